@@ -1,0 +1,49 @@
+//! Server fns: thin shims over [`crate::service::PortalService`]. Each reads the service from
+//! context, makes one call and returns. Endpoints are fixed so that plain HTML forms can post to
+//! them without JavaScript.
+
+use crate::{
+    dto::{SessionView, SiteInfo},
+    error::PortalError,
+};
+use leptos::prelude::*;
+
+/// Facts for the login page (organization name, demo mode).
+#[server(endpoint = "site_info")]
+pub async fn get_site_info() -> Result<SiteInfo, PortalError> {
+    let (service, request) = crate::service::portal()?;
+    Ok(service.site_info(&request))
+}
+
+/// Logs in and opens an access session; a plain form post is redirected to the session page.
+#[server(endpoint = "login")]
+pub async fn login(username: String, password: String) -> Result<(), PortalError> {
+    let (service, request) = crate::service::portal()?;
+    let input = crate::service::LoginInput { username, password };
+    service.login(&request, input).await?;
+    leptos_axum::redirect("/session");
+    Ok(())
+}
+
+/// The caller's active access session, or `None`.
+#[server(endpoint = "current_session")]
+pub async fn current_session() -> Result<Option<SessionView>, PortalError> {
+    let (service, request) = crate::service::portal()?;
+    service.current_session(&request).await
+}
+
+/// Restarts the window (capped by the limit) and returns the new state.
+#[server(endpoint = "refresh")]
+pub async fn refresh() -> Result<SessionView, PortalError> {
+    let (service, request) = crate::service::portal()?;
+    service.refresh(&request).await
+}
+
+/// Ends the access session; a plain form post is redirected to the login page.
+#[server(endpoint = "disconnect")]
+pub async fn disconnect() -> Result<(), PortalError> {
+    let (service, request) = crate::service::portal()?;
+    service.disconnect(&request).await?;
+    leptos_axum::redirect("/");
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! Plain (non-interactive) views shared by pages and islands.
+
+use crate::error::PortalError;
+use leptos::prelude::*;
+
+/// An error box announced to screen readers; renders nothing without an error.
+#[component]
+pub fn ErrorMessage(#[prop(into)] error: Signal<Option<PortalError>>) -> impl IntoView {
+    move || {
+        error.get().map(|e| {
+            view! {
+                <p role="alert" class="mt-4 rounded border border-red-700 bg-red-50 px-4 py-3 text-red-900">
+                    {e.to_string()}
+                </p>
+            }
+        })
+    }
+}
+
+/// The "demo mode" warning shown on every page under `radius-portal demo`.
+#[component]
+pub fn DemoBanner(demo: bool) -> impl IntoView {
+    demo.then(|| {
+        view! {
+            <p class="mb-6 rounded bg-amber-200 px-4 py-2 text-center font-bold text-amber-950">
+                "DEMO MODE — built-in test RADIUS server, not for production"
+            </p>
+        }
+    })
+}

@@ -1,0 +1,44 @@
+//! Wire types shared by the server and the browser. Plain data: every rule that produced them
+//! (window, limit, guard) was applied on the server.
+
+use serde::{Deserialize, Serialize};
+
+/// Which deadline will end the access session if nothing else happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndsBy {
+    /// The window (idle time without a refresh) runs out first; Refresh extends it.
+    Window,
+    /// The limit (maximum lifetime since login) is reached first; Refresh cannot pass it.
+    Limit,
+}
+
+/// What the session page shows about the user's access session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionView {
+    /// RADIUS User-Name the session was opened for.
+    pub username: String,
+    /// Display name of the organization.
+    pub organization: String,
+    /// Client IP the session is bound to (Framed-IP-Address / Calling-Station-Id).
+    pub client_ip: String,
+    /// Milliseconds left, computed by the server when this view was made. The browser counts down
+    /// from it with its monotonic clock, so a wrong wall clock in the browser does not matter.
+    pub remaining_ms: u64,
+    /// Which deadline ends the session.
+    pub ends_by: EndsBy,
+    /// When the session ends, as server wall-clock time (UTC, `HH:MM:SS`).
+    pub ends_at_utc: String,
+    /// Length of the window in seconds (how long a refresh extends the session).
+    pub window_secs: u64,
+    /// Whether a refresh can currently push the end time out.
+    pub can_extend: bool,
+}
+
+/// Facts about the deployment the login page shows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SiteInfo {
+    /// Display name of the organization the login form signs into.
+    pub organization: String,
+    /// True under `radius-portal demo`: the page says so in large letters.
+    pub demo: bool,
+}

@@ -1,0 +1,105 @@
+//! The portal's user interface: pages, the session-panel island, server fn declarations and the
+//! wire types they exchange.
+//!
+//! Compiled twice: with `ssr` it is linked into the server (pages render to HTML there, server fns
+//! run there); with `hydrate` it becomes the WASM bundle, of which only the `islands/` code is
+//! reachable. This crate holds no RADIUS, storage or policy code: server fns are shims over the
+//! [`service::PortalService`] interface that the `server` crate implements and provides through
+//! Leptos context.
+//!
+//! Layout: `pages/` (one file per route, server-rendered), `islands/` (the only interactive code,
+//! shipped as WASM), `components/` (plain views), `api` (server fns), `dto` (wire types), `error`
+//! (the user-facing error type), `validation` (login input rules).
+
+pub mod api;
+pub mod components;
+pub mod dto;
+pub mod error;
+pub mod islands;
+pub mod pages;
+#[cfg(feature = "ssr")]
+pub mod service;
+pub mod validation;
+
+use leptos::prelude::*;
+use leptos_meta::{provide_meta_context, Title};
+use leptos_router::{
+    components::{Route, Router, Routes},
+    path, SsrMode,
+};
+
+/// The HTML document around every page. Server-only: it sets the Content-Security-Policy with this
+/// request's nonce and makes the Leptos options available to pages that host an island.
+pub fn shell(options: LeptosOptions) -> impl IntoView {
+    #[cfg(feature = "ssr")]
+    set_content_security_policy();
+    provide_context(options.clone());
+    view! {
+        <!DOCTYPE html>
+        <html lang="en">
+            <head>
+                <meta charset="utf-8" />
+                <meta name="viewport" content="width=device-width, initial-scale=1" />
+                <leptos_meta::HashedStylesheet options=options.clone() id="leptos" />
+                <AutoReload options=options />
+                <leptos_meta::MetaTags />
+            </head>
+            <body class="min-h-screen bg-slate-100 text-slate-900 antialiased">
+                <App />
+            </body>
+        </html>
+    }
+}
+
+/// Sends the strict CSP of design.md §6 with a fresh nonce; Leptos puts the same nonce on the
+/// scripts it renders (hydration loader, island props).
+#[cfg(feature = "ssr")]
+fn set_content_security_policy() {
+    use leptos::nonce::use_nonce;
+    let Some(response) = use_context::<leptos_axum::ResponseOptions>() else {
+        return;
+    };
+    let nonce = use_nonce().map(|n| n.to_string()).unwrap_or_default();
+    // Under `cargo leptos watch` the live-reload websocket needs its port in connect-src.
+    let reload = match std::env::var("LEPTOS_WATCH") {
+        Ok(_) => {
+            let port = std::env::var("LEPTOS_RELOAD_PORT").unwrap_or_else(|_| "3001".into());
+            format!(" ws://127.0.0.1:{port} ws://localhost:{port}")
+        }
+        Err(_) => String::new(),
+    };
+    let policy = format!(
+        "default-src 'self'; script-src 'self' 'nonce-{nonce}' 'wasm-unsafe-eval'; \
+         style-src 'self'; img-src 'self' data:; connect-src 'self'{reload}; object-src 'none'; \
+         base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+    );
+    if let Ok(value) = http::HeaderValue::from_str(&policy) {
+        response.insert_header(http::header::CONTENT_SECURITY_POLICY, value);
+    }
+}
+
+/// The router: every route is rendered on the server; `SsrMode::Async` so that pages are complete
+/// HTML without JavaScript.
+#[component]
+pub fn App() -> impl IntoView {
+    provide_meta_context();
+    view! {
+        <Title text="Network access portal" />
+        <Router>
+            <main class="mx-auto max-w-md px-4 py-10">
+                <Routes fallback=pages::not_found::NotFound>
+                    <Route path=path!("/") view=pages::login::LoginPage ssr=SsrMode::Async />
+                    <Route path=path!("/session") view=pages::session::SessionPage ssr=SsrMode::Async />
+                </Routes>
+            </main>
+        </Router>
+    }
+}
+
+/// WASM entry point: hydrates the islands on the page (nothing else runs in the browser).
+#[cfg(feature = "hydrate")]
+#[wasm_bindgen::prelude::wasm_bindgen]
+pub fn hydrate() {
+    console_error_panic_hook::set_once();
+    leptos::mount::hydrate_islands();
+}

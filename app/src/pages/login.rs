@@ -1,0 +1,54 @@
+//! `/`: the sign-in form. A plain HTML form posting to the `login` server fn: it ships no WASM and
+//! works without JavaScript; errors come back through the redirect's `__err` parameter and are
+//! shown by the same `ServerAction`.
+
+use crate::{
+    api::{get_site_info, Login},
+    components::{DemoBanner, ErrorMessage},
+};
+use leptos::prelude::*;
+use leptos_router::components::A;
+
+/// The sign-in page.
+#[component]
+pub fn LoginPage() -> impl IntoView {
+    let login = ServerAction::<Login>::new();
+    let info = Resource::new_blocking(|| (), |_| get_site_info());
+    let error = move || login.value().get().and_then(Result::err);
+    view! {
+        <Suspense>
+            {move || Suspend::new(async move {
+                let info = info.await.ok();
+                let demo = info.as_ref().is_some_and(|i| i.demo);
+                let organization = info.map(|i| i.organization).unwrap_or_default();
+                view! {
+                    <DemoBanner demo />
+                    <h1 class="text-2xl font-semibold">"Sign in to the network"</h1>
+                    <p class="mt-1 text-slate-700">{organization}</p>
+                }
+            })}
+        </Suspense>
+        <ErrorMessage error=Signal::derive(error) />
+        <ActionForm action=login attr:class="mt-6 space-y-4 rounded-lg bg-white p-6 shadow">
+            <div>
+                <label for="username" class="block text-sm font-medium">"Username"</label>
+                <input id="username" name="username" type="text" required maxlength="63"
+                    autocomplete="username" autocapitalize="none" spellcheck="false"
+                    class="mt-1 w-full rounded border border-slate-400 px-3 py-2" />
+            </div>
+            <div>
+                <label for="password" class="block text-sm font-medium">"Password"</label>
+                <input id="password" name="password" type="password" required maxlength="128"
+                    autocomplete="current-password"
+                    class="mt-1 w-full rounded border border-slate-400 px-3 py-2" />
+            </div>
+            <button type="submit"
+                class="w-full rounded bg-blue-800 px-4 py-2 font-semibold text-white hover:bg-blue-900">
+                "Sign in"
+            </button>
+        </ActionForm>
+        <p class="mt-4 text-sm text-slate-600">
+            "Already signed in? " <A href="/session" attr:class="text-blue-800 underline">"See your session"</A>
+        </p>
+    }
+}

@@ -1,0 +1,46 @@
+//! The interface the server fns need from the server (ssr only). The `server` crate implements
+//! [`PortalService`] and provides it through Leptos context as [`Portal`]; server fns read it with
+//! [`portal`] and make one call.
+
+use crate::{
+    dto::{SessionView, SiteInfo},
+    error::PortalError,
+};
+use http::request::Parts;
+use leptos::prelude::use_context;
+use std::sync::Arc;
+
+/// Username and password as typed into the login form.
+#[derive(Clone)]
+pub struct LoginInput {
+    /// As typed; validated by the service.
+    pub username: String,
+    /// As typed; never logged.
+    pub password: String,
+}
+
+/// What the UI asks of the server. `request` carries the web session and client address.
+#[async_trait::async_trait]
+pub trait PortalService: Send + Sync + 'static {
+    /// Facts for the login page.
+    fn site_info(&self, request: &Parts) -> SiteInfo;
+    /// Authenticates and opens an access session for the request's client.
+    async fn login(&self, request: &Parts, input: LoginInput) -> Result<SessionView, PortalError>;
+    /// The web session's active access session, if any.
+    async fn current_session(&self, request: &Parts) -> Result<Option<SessionView>, PortalError>;
+    /// Restarts the window of the web session's access session.
+    async fn refresh(&self, request: &Parts) -> Result<SessionView, PortalError>;
+    /// Ends the web session's access session (Accounting-Stop, User-Request).
+    async fn disconnect(&self, request: &Parts) -> Result<(), PortalError>;
+}
+
+/// The service as stored in Leptos context.
+#[derive(Clone)]
+pub struct Portal(pub Arc<dyn PortalService>);
+
+/// Reads the service and the current request from context.
+pub fn portal() -> Result<(Arc<dyn PortalService>, Parts), PortalError> {
+    let service = use_context::<Portal>().ok_or(PortalError::Internal)?;
+    let parts = use_context::<Parts>().ok_or(PortalError::Internal)?;
+    Ok((service.0, parts))
+}

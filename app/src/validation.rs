@@ -1,0 +1,112 @@
+//! Login input rules (design.md §6) that hold for every organization: lengths, UTF-8, no control
+//! characters. The organization's own username character pattern is checked by the server, which
+//! owns organization settings. Pure functions: no I/O.
+
+use crate::error::PortalError;
+
+/// Longest accepted username in bytes (RADIUS User-Name as used by Cisco ISE).
+pub const USERNAME_MAX_BYTES: usize = 63;
+/// Longest accepted password in bytes (RFC 2865 User-Password carries at most 128 octets).
+pub const PASSWORD_MAX_BYTES: usize = 128;
+
+fn invalid(field: &str, message: impl Into<String>) -> PortalError {
+    PortalError::InvalidInput {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Checks a username's length and characters; `allowed` is the organization's pattern.
+pub fn validate_username(username: &str, allowed: impl Fn(&str) -> bool) -> Result<(), PortalError> {
+    if username.is_empty() {
+        return Err(invalid("username", "Username is required."));
+    }
+    if username.len() > USERNAME_MAX_BYTES {
+        return Err(invalid(
+            "username",
+            format!("Username is too long (at most {USERNAME_MAX_BYTES} bytes)."),
+        ));
+    }
+    if username.chars().any(char::is_control) {
+        return Err(invalid("username", "Username contains control characters."));
+    }
+    if !allowed(username) {
+        return Err(invalid("username", "Username contains characters that are not allowed."));
+    }
+    Ok(())
+}
+
+/// Checks a password's length and characters.
+pub fn validate_password(password: &str) -> Result<(), PortalError> {
+    if password.is_empty() {
+        return Err(invalid("password", "Password is required."));
+    }
+    if password.len() > PASSWORD_MAX_BYTES {
+        return Err(invalid(
+            "password",
+            format!("Password is too long (at most {PASSWORD_MAX_BYTES} bytes)."),
+        ));
+    }
+    if password.chars().any(char::is_control) {
+        return Err(invalid("password", "Password contains control characters."));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any(_: &str) -> bool {
+        true
+    }
+
+    fn field_of(result: Result<(), PortalError>) -> String {
+        match result {
+            Err(PortalError::InvalidInput { field, .. }) => field,
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_normal_username_and_password_pass() {
+        assert!(validate_username("alice@example.com", any).is_ok());
+        assert!(validate_password("correct horse battery staple").is_ok());
+    }
+
+    #[test]
+    fn username_of_63_bytes_passes_and_64_fails() {
+        assert!(validate_username(&"a".repeat(63), any).is_ok());
+        assert_eq!(field_of(validate_username(&"a".repeat(64), any)), "username");
+    }
+
+    #[test]
+    fn username_length_counts_bytes_not_characters() {
+        // 32 two-byte characters = 64 bytes.
+        assert!(validate_username(&"é".repeat(32), any).is_err());
+    }
+
+    #[test]
+    fn empty_fields_are_rejected_with_their_name() {
+        assert_eq!(field_of(validate_username("", any)), "username");
+        assert_eq!(field_of(validate_password("")), "password");
+    }
+
+    #[test]
+    fn control_characters_are_rejected() {
+        assert_eq!(field_of(validate_username("al\nice", any)), "username");
+        assert_eq!(field_of(validate_password("pass\u{0}word")), "password");
+    }
+
+    #[test]
+    fn password_of_128_bytes_passes_and_129_fails() {
+        assert!(validate_password(&"p".repeat(128)).is_ok());
+        assert_eq!(field_of(validate_password(&"p".repeat(129))), "password");
+    }
+
+    #[test]
+    fn organization_pattern_is_applied() {
+        let no_spaces = |u: &str| !u.contains(' ');
+        assert_eq!(field_of(validate_username("al ice", no_spaces)), "username");
+    }
+}

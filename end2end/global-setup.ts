@@ -1,0 +1,116 @@
+// Starts FreeRADIUS (config from server/tests/fixtures/freeradius) and the portal binary built by
+// `cargo leptos build`, each on free loopback ports; exports PORTAL_URL for the tests and returns
+// the teardown that stops both.
+import { spawn, ChildProcess } from "node:child_process";
+import * as dgram from "node:dgram";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as os from "node:os";
+import * as path from "node:path";
+
+const root = path.resolve(__dirname, "..");
+
+function freeTcpPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const port = (server.address() as net.AddressInfo).port;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+function freeUdpPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const socket = dgram.createSocket("udp4");
+    socket.once("error", reject);
+    socket.bind(0, "127.0.0.1", () => {
+      const port = socket.address().port;
+      socket.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitFor(what: string, timeoutMs: number, check: () => Promise<boolean> | boolean) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+function exited(child: ChildProcess): boolean {
+  return child.exitCode !== null || child.signalCode !== null;
+}
+
+export default async function globalSetup() {
+  const state = fs.mkdtempSync(path.join(os.tmpdir(), "portal-e2e-"));
+  const [auth, acct, strict, http] = [await freeUdpPort(), await freeUdpPort(), await freeUdpPort(), await freeTcpPort()];
+
+  const radiusLog = path.join(state, "radius.log");
+  const radius = spawn(
+    "freeradius",
+    ["-f", "-d", path.join(root, "server/tests/fixtures/freeradius"), "-l", radiusLog],
+    {
+      env: {
+        ...process.env,
+        RADIUS_AUTH_PORT: String(auth),
+        RADIUS_ACCT_PORT: String(acct),
+        RADIUS_STRICT_PORT: String(strict),
+        RADIUS_STATE_DIR: state,
+      },
+      stdio: "ignore",
+    },
+  );
+  await waitFor("FreeRADIUS to be ready", 15_000, () => {
+    if (exited(radius)) throw new Error(`FreeRADIUS exited: ${fs.readFileSync(radiusLog, "utf8")}`);
+    return fs.existsSync(radiusLog) && fs.readFileSync(radiusLog, "utf8").includes("Ready to process requests");
+  });
+
+  const config = path.join(state, "portal.toml");
+  fs.writeFileSync(
+    config,
+    `[http]
+listen = "127.0.0.1:${http}"
+[database]
+path = "${path.join(state, "portal.db")}"
+[radius]
+bind = "127.0.0.1"
+[[organizations]]
+id = "e2e"
+name = "End-to-End Org"
+nas_identifier = "portal-e2e"
+[[organizations.servers]]
+name = "freeradius"
+address = "127.0.0.1"
+auth_port = ${strict}
+acct_port = ${acct}
+secret = "testing123"
+timeout = "1s"
+`,
+  );
+  const portalLog = fs.openSync(path.join(state, "portal.log"), "w");
+  const portal = spawn(path.join(root, "target/debug/radius-portal"), ["--config", config, "serve"], {
+    cwd: root,
+    env: { ...process.env, RUST_LOG: "info" },
+    stdio: ["ignore", portalLog, portalLog],
+  });
+  const url = `http://127.0.0.1:${http}`;
+  await waitFor("the portal to answer /healthz", 30_000, async () => {
+    if (exited(portal)) throw new Error(`portal exited: ${fs.readFileSync(path.join(state, "portal.log"), "utf8")}`);
+    try {
+      return (await fetch(`${url}/healthz`)).ok;
+    } catch {
+      return false;
+    }
+  });
+  process.env.PORTAL_URL = url;
+  process.env.PORTAL_E2E_STATE = state;
+
+  return async () => {
+    portal.kill("SIGTERM");
+    radius.kill("SIGTERM");
+  };
+}

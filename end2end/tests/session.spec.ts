@@ -1,0 +1,66 @@
+// User journeys with JavaScript: log in, watch the countdown tick, refresh, disconnect;
+// a wrong password shows the server's message.
+import { expect, test, Page } from "@playwright/test";
+
+const url = (p: string) => `${process.env.PORTAL_URL}${p}`;
+
+/** Seconds shown by the countdown ("MM:SS" or "H:MM:SS"). */
+async function secondsLeft(page: Page): Promise<number> {
+  const text = (await page.getByRole("timer").textContent()) ?? "";
+  return text
+    .trim()
+    .split(":")
+    .map(Number)
+    .reduce((acc, n) => acc * 60 + n, 0);
+}
+
+async function logIn(page: Page, username: string, password: string) {
+  await page.goto(url("/"));
+  await page.getByLabel("Username").fill(username);
+  await page.getByLabel("Password").fill(password);
+  await page.getByRole("button", { name: "Sign in" }).click();
+}
+
+test("log in, see the countdown tick, refresh moves the end time, disconnect", async ({ page }) => {
+  const violations: string[] = [];
+  page.on("console", (msg) => {
+    if (msg.type() === "error") violations.push(msg.text());
+  });
+
+  await logIn(page, "bob", "bob-pass"); // 20-second window
+  await expect(page).toHaveURL(url("/session"));
+  await expect(page.getByRole("heading", { name: "You are connected" })).toBeVisible();
+  await expect(page.getByTestId("username")).toHaveText("bob");
+
+  const first = await secondsLeft(page);
+  expect(first).toBeGreaterThan(15);
+  // After hydration the countdown ticks in the browser: it drops by at least 2 seconds.
+  await expect.poll(() => secondsLeft(page), { timeout: 15_000 }).toBeLessThanOrEqual(first - 2);
+
+  const endsBefore = await page.getByTestId("ends").textContent();
+  await page.getByRole("button", { name: "Refresh" }).click();
+  await expect(page.getByTestId("ends")).not.toHaveText(endsBefore ?? "");
+  await expect.poll(() => secondsLeft(page)).toBeGreaterThanOrEqual(first - 1);
+  await expect(page).toHaveURL(url("/session")); // refreshed in place, no reload
+
+  await page.getByRole("button", { name: "Disconnect" }).click();
+  await expect(page).toHaveURL(url("/"));
+  await expect(page.getByRole("button", { name: "Sign in" })).toBeVisible();
+  expect(violations.filter((v) => v.includes("Content Security Policy"))).toEqual([]);
+});
+
+test("a rejected login shows the RADIUS server's Reply-Message", async ({ page }) => {
+  await logIn(page, "dave", "wrong");
+  await expect(page.getByRole("alert")).toHaveText("Sign-in refused: Account locked");
+  await expect(page.getByRole("button", { name: "Sign in" })).toBeVisible();
+});
+
+test("the login page downloads no WebAssembly", async ({ page }) => {
+  const wasm: string[] = [];
+  page.on("request", (r) => {
+    if (r.url().endsWith(".wasm") || r.url().endsWith(".js")) wasm.push(r.url());
+  });
+  await page.goto(url("/"));
+  await expect(page.getByRole("button", { name: "Sign in" })).toBeVisible();
+  expect(wasm).toEqual([]);
+});

@@ -1,0 +1,5 @@
+# Sourced by the scripts: the tools setup.sh installed, and the LEPTOS_* variables cargo-leptos sets
+# when it compiles the server. `cargo test` uses the same ones so it reuses cargo-leptos' build of
+# the dependencies instead of rebuilding leptos (it reads LEPTOS_OUTPUT_NAME at compile time).
+export PATH="$PWD/node_modules/.bin:$HOME/.cargo/bin:$PATH"
+export LEPTOS_OUTPUT_NAME=radius-portal

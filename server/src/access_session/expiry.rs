@@ -1,0 +1,64 @@
+//! Expiry: stops access sessions whose persisted deadline has passed (Stop with Idle-Timeout or
+//! Session-Timeout, stamped at the deadline, so a Stop sent late after a restart carries the
+//! right Acct-Session-Time and an Acct-Delay-Time).
+//!
+//! Storage holds the deadlines; memory only holds the next wake-up. [`Expiry::expire_due`] is the
+//! one step tests drive; [`Expiry::run`] loops it.
+
+use super::now_ms;
+use crate::{accounting::Accounting, storage::{Storage, StorageError}, storage::sqlite::Stopped};
+use std::{sync::Arc, time::Duration};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Longest sleep between checks, so a missed wake-up costs at most this long.
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+/// The expiry task.
+#[derive(Clone)]
+pub struct Expiry {
+    storage: Storage,
+    accounting: Accounting,
+    /// Notified when a session is created or refreshed (its deadline may be the next one).
+    wake: Arc<Notify>,
+}
+
+impl Expiry {
+    /// Wires the task.
+    pub fn new(storage: Storage, accounting: Accounting, wake: Arc<Notify>) -> Self {
+        Expiry { storage, accounting, wake }
+    }
+
+    /// Stops every session due at `now` and wakes accounting to send the Stops.
+    pub async fn expire_due(&self, now: i64) -> Result<Vec<Stopped>, StorageError> {
+        let stopped = self.storage.stop_due_sessions(now).await?;
+        if !stopped.is_empty() {
+            tracing::info!(count = stopped.len(), "expired access sessions stopped");
+            self.accounting.wake();
+        }
+        Ok(stopped)
+    }
+
+    /// Runs until `shutdown`: expire what is due, sleep until the next deadline or a wake-up.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            let notified = self.wake.notified();
+            if let Err(e) = self.expire_due(now_ms()).await {
+                tracing::error!(error = ?e, "expiry check failed; retrying");
+            }
+            let sleep = match self.storage.next_expiry().await {
+                Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(0) as u64 + 1).min(MAX_SLEEP),
+                Ok(None) => MAX_SLEEP,
+                Err(e) => {
+                    tracing::error!(error = ?e, "reading the next deadline failed");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = notified => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+}

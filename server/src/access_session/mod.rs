@@ -1,0 +1,207 @@
+//! Access sessions: the network access RADIUS granted, from login to Stop (design.md §3).
+//!
+//! [`AccessSessions`] owns the lifecycle — login (guard → Access-Request → session + Start),
+//! refresh (window restart + Interim-Update), disconnect (Stop, User-Request) — and
+//! [`expiry::Expiry`] stops sessions whose persisted deadline has passed. Accounting packets are
+//! queued in storage in the same transaction as the change and delivered by `accounting`.
+
+pub mod expiry;
+pub mod timing;
+
+use crate::{
+    accounting::Accounting,
+    organizations::{
+        guard::{self, Operation, OrgState},
+        Organization, Organizations,
+    },
+    radius::{status_type, terminate_cause, AuthOutcome, Radius, RadiusError},
+    storage::{AccessSessionRecord, NewAccessSession, Storage, StorageError},
+};
+use std::{net::IpAddr, sync::Arc};
+use tokio::{sync::Notify, time::Instant};
+use timing::Terms;
+
+/// Why a lifecycle operation did not happen.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The RADIUS server rejected the credentials: show `reply_message`.
+    #[error("access rejected")]
+    Rejected {
+        /// Reply-Message for the user.
+        reply_message: Option<String>,
+    },
+    /// The organization is disabled or unknown: nothing was sent.
+    #[error("organization is disabled or unknown")]
+    OrganizationDisabled,
+    /// No RADIUS server answered: tell the user to retry later.
+    #[error("RADIUS servers unavailable")]
+    ServersUnavailable(#[source] RadiusError),
+    /// The Accounting-Start was not acknowledged in time: the session was ended again (its Start
+    /// and Stop stay queued, so the server ends up consistent). Tell the user to retry later.
+    #[error("accounting server did not acknowledge the Start")]
+    AccountingUnavailable,
+    /// The session is not active any more (expired, stopped elsewhere).
+    #[error("access session is not active")]
+    NotActive,
+    /// Storage failed: internal error.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The accounting outbox failed: internal error.
+    #[error(transparent)]
+    Accounting(#[from] crate::accounting::OutboxError),
+}
+
+/// Current time as Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// The access-session lifecycle. Cheap to clone.
+#[derive(Clone)]
+pub struct AccessSessions {
+    storage: Storage,
+    organizations: Arc<Organizations>,
+    radius: Radius,
+    accounting: Accounting,
+    /// Wakes the expiry task when a deadline moved earlier than it knows.
+    expiry_wake: Arc<Notify>,
+}
+
+impl AccessSessions {
+    /// Wires the lifecycle.
+    pub fn new(
+        storage: Storage,
+        organizations: Arc<Organizations>,
+        radius: Radius,
+        accounting: Accounting,
+        expiry_wake: Arc<Notify>,
+    ) -> Self {
+        AccessSessions { storage, organizations, radius, accounting, expiry_wake }
+    }
+
+    /// The organization of `id`, if it passes the guard for `operation`.
+    pub fn guarded_organization(&self, id: &str, operation: Operation) -> Result<Arc<Organization>, SessionError> {
+        let org = self.organizations.get(id);
+        let state = OrgState::from_active(org.as_ref().map(|o| o.active));
+        match org {
+            Some(org) if guard::allows(operation, state) => Ok(org),
+            _ => {
+                tracing::warn!(organization = id, ?operation, "denied by the disabled-organization guard");
+                Err(SessionError::OrganizationDisabled)
+            }
+        }
+    }
+
+    /// Authenticates `username` and opens an access session for `client_ip`. A previous active
+    /// session of the same client in the organization is stopped (Port-Preempted). Returns once
+    /// the Accounting-Start is acknowledged.
+    pub async fn login(
+        &self,
+        organization_id: &str,
+        username: &str,
+        password: &str,
+        client_ip: IpAddr,
+    ) -> Result<AccessSessionRecord, SessionError> {
+        let org = self.guarded_organization(organization_id, Operation::Login)?;
+        let deadline = Instant::now() + org.login_timeout;
+        let outcome = self
+            .radius
+            .authenticate(&org.servers, &org.nas, username, password, client_ip, deadline)
+            .await
+            .map_err(SessionError::ServersUnavailable)?;
+        let (server, grant) = match outcome {
+            AuthOutcome::Accept { server, grant } => (server, grant),
+            AuthOutcome::Reject { reply_message } => {
+                tracing::info!(organization = %org.id, username, %client_ip, "login rejected");
+                return Err(SessionError::Rejected { reply_message });
+            }
+        };
+        let terms = Terms::from_grant(grant.idle_timeout, grant.session_timeout, org.default_window, org.max_lifetime);
+        let started_at = now_ms();
+        let limit_at = terms.limit_at(started_at);
+        let new = NewAccessSession {
+            acct_session_id: new_acct_session_id(),
+            organization_id: org.id.clone(),
+            username: username.to_string(),
+            client_ip: client_ip.to_string(),
+            server_index: server as i64,
+            server_name: org.servers[server].name.clone(),
+            classes: grant.classes,
+            started_at,
+            window_ms: terms.window_ms(),
+            limit_at,
+            expires_at: timing::expires_at(started_at, terms.window_ms(), limit_at),
+            interim_interval: grant.interim_interval.map(i64::from),
+        };
+        let (id, preempted) = self.storage.open_session(&new).await?;
+        self.expiry_wake.notify_one();
+        if !preempted.is_empty() {
+            tracing::info!(organization = %org.id, %client_ip, count = preempted.len(), "previous session of this client preempted");
+            self.accounting.wake();
+        }
+        tracing::info!(organization = %org.id, username, %client_ip, acct_session_id = %new.acct_session_id,
+            server = %new.server_name, window_s = terms.window.as_secs(), limit_s = terms.limit.map(|l| l.as_secs()),
+            "access session opened");
+        let start_deadline = deadline.max(Instant::now() + org.servers[server].timeout);
+        if !self.accounting.deliver_now(id, status_type::START, start_deadline).await? {
+            tracing::warn!(acct_session_id = %new.acct_session_id, "Accounting-Start not acknowledged; ending the session");
+            self.storage.stop_session(id, terminate_cause::NAS_ERROR, now_ms()).await?;
+            self.accounting.wake();
+            return Err(SessionError::AccountingUnavailable);
+        }
+        self.storage.session(id).await?.ok_or(SessionError::NotActive)
+    }
+
+    /// The session if it is still active.
+    pub async fn active(&self, id: i64) -> Result<Option<AccessSessionRecord>, SessionError> {
+        Ok(self.storage.session(id).await?.filter(|s| s.active && s.expires_at > now_ms()))
+    }
+
+    /// Restarts the window (capped by the limit) and queues an Interim-Update.
+    pub async fn refresh(&self, id: i64) -> Result<AccessSessionRecord, SessionError> {
+        let session = self.active(id).await?.ok_or(SessionError::NotActive)?;
+        self.guarded_organization(&session.organization_id, Operation::Refresh)?;
+        let now = now_ms();
+        let expires_at = timing::expires_at(now, session.window_ms, session.limit_at);
+        let refreshed = self.storage.refresh_session(id, now, expires_at).await?.ok_or(SessionError::NotActive)?;
+        self.accounting.wake();
+        self.expiry_wake.notify_one();
+        tracing::info!(acct_session_id = %refreshed.acct_session_id, "access session refreshed");
+        Ok(refreshed)
+    }
+
+    /// Ends the session at the user's request (Stop, User-Request).
+    pub async fn disconnect(&self, id: i64) -> Result<(), SessionError> {
+        if self.storage.stop_session(id, terminate_cause::USER_REQUEST, now_ms()).await? {
+            tracing::info!(session = id, "access session disconnected by the user");
+            self.accounting.wake();
+        }
+        Ok(())
+    }
+
+    /// Looks up an organization (display name etc.).
+    pub fn organization(&self, id: &str) -> Option<Arc<Organization>> {
+        self.organizations.get(id)
+    }
+}
+
+/// A new unique Acct-Session-Id: 16 random bytes, hex (unique without coordination between
+/// replicas; the database enforces uniqueness as well).
+fn new_acct_session_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn acct_session_ids_are_unique_and_hex() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| super::new_acct_session_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids.iter().all(|id| id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit())));
+    }
+}

@@ -1,0 +1,444 @@
+//! Configuration: a [`Settings`] tree read from a TOML file, then overridden by `PORTAL_*`
+//! environment variables (and the original portal's `PORT`). Every error names the key and what
+//! is wrong with it. Secrets live in [`Secret`], whose `Debug` never shows them.
+
+use serde::{Deserialize, Deserializer};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// Username pattern of the original portal (RADIUS_CHAR_PATTERN).
+pub const DEFAULT_USERNAME_PATTERN: &str = r"^[a-zA-Z0-9!#$%&'()*+,./:;=?@_{-]+$";
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error at `{key}`: {problem}")]
+pub struct ConfigError {
+    /// Dotted key path (`organizations[0].servers[1].secret`) or file name.
+    pub key: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+fn config_error(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.into(), problem: problem.into() }
+}
+
+/// A secret string (RADIUS shared secret, keys). `Debug` and `Display` print `[redacted]`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself; call only where it is used on the wire.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration like \"5s\" or \"4h\": {e}")))
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+/// The whole configuration.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Web server.
+    #[serde(default)]
+    pub http: HttpSettings,
+    /// Storage.
+    #[serde(default)]
+    pub database: DatabaseSettings,
+    /// RADIUS client.
+    #[serde(default)]
+    pub radius: RadiusSettings,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogSettings,
+    /// Organizations (tenants). For now the first one is the one the login page signs into.
+    #[serde(default)]
+    pub organizations: Vec<OrganizationSettings>,
+}
+
+/// `[http]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address to listen on; default: Leptos' `site-addr` (127.0.0.1:3000).
+    pub listen: Option<SocketAddr>,
+    /// Mark the web-session cookie `Secure` (set when users reach the portal over HTTPS).
+    #[serde(default)]
+    pub secure_cookies: bool,
+}
+
+/// `[database]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// SQLite database file (created with its directory if missing).
+    #[serde(default = "default_db_path")]
+    pub path: PathBuf,
+}
+
+fn default_db_path() -> PathBuf {
+    PathBuf::from("data/portal.db")
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings { path: default_db_path() }
+    }
+}
+
+/// `[radius]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RadiusSettings {
+    /// Local IPv4 address the RADIUS client socket binds to.
+    #[serde(default = "unspecified_v4")]
+    pub bind: Ipv4Addr,
+}
+
+fn unspecified_v4() -> Ipv4Addr {
+    Ipv4Addr::UNSPECIFIED
+}
+
+impl Default for RadiusSettings {
+    fn default() -> Self {
+        RadiusSettings { bind: unspecified_v4() }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    #[serde(default = "default_log_format")]
+    pub format: String,
+    /// tracing filter (`info`, `radius_portal=debug`); `RUST_LOG` wins when set.
+    #[serde(default = "default_log_filter")]
+    pub filter: String,
+}
+
+fn default_log_format() -> String {
+    "text".into()
+}
+fn default_log_filter() -> String {
+    "info".into()
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings { format: default_log_format(), filter: default_log_filter() }
+    }
+}
+
+/// `[[organizations]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrganizationSettings {
+    /// Stable identifier (letters, digits, `-`, `_`).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// A disabled organization cannot log in or refresh (design.md §5).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// NAS-Identifier sent for this organization.
+    #[serde(default = "default_nas_identifier")]
+    pub nas_identifier: String,
+    /// NAS-IP-Address sent for this organization.
+    #[serde(default = "loopback")]
+    pub nas_ip: IpAddr,
+    /// Window when the Accept has no Idle-Timeout.
+    #[serde(default = "four_hours", deserialize_with = "duration")]
+    pub default_window: Duration,
+    /// Limit when the Accept has no Session-Timeout (none by default).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub max_lifetime: Option<Duration>,
+    /// Regular expression a username must match.
+    #[serde(default = "default_pattern")]
+    pub username_pattern: String,
+    /// End-to-end deadline of a login's RADIUS exchange across all servers.
+    #[serde(default = "ten_seconds", deserialize_with = "duration")]
+    pub login_timeout: Duration,
+    /// RADIUS servers in order of preference.
+    #[serde(default)]
+    pub servers: Vec<ServerSettings>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_nas_identifier() -> String {
+    "radius-portal".into()
+}
+fn loopback() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+fn four_hours() -> Duration {
+    Duration::from_secs(4 * 3600)
+}
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_pattern() -> String {
+    DEFAULT_USERNAME_PATTERN.into()
+}
+
+/// `[[organizations.servers]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Name for logs and metrics.
+    pub name: String,
+    /// Server IP address.
+    pub address: IpAddr,
+    /// Authentication port.
+    #[serde(default = "auth_port")]
+    pub auth_port: u16,
+    /// Accounting port.
+    #[serde(default = "acct_port")]
+    pub acct_port: u16,
+    /// Shared secret (or use `secret_file`).
+    pub secret: Option<Secret>,
+    /// File holding the shared secret (trailing newline ignored).
+    pub secret_file: Option<PathBuf>,
+    /// Reply wait before a retransmission.
+    #[serde(default = "three_seconds", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Retransmissions after the first send.
+    #[serde(default = "two")]
+    pub retries: u32,
+    /// Drop replies without a valid Message-Authenticator (BlastRADIUS). Default true.
+    #[serde(default = "yes")]
+    pub require_message_authenticator: bool,
+}
+
+fn auth_port() -> u16 {
+    1812
+}
+fn acct_port() -> u16 {
+    1813
+}
+fn three_seconds() -> Duration {
+    Duration::from_secs(3)
+}
+fn two() -> u32 {
+    2
+}
+
+impl ServerSettings {
+    /// The shared secret from `secret` or `secret_file`.
+    pub fn load_secret(&self, key: &str) -> Result<Secret, ConfigError> {
+        match (&self.secret, &self.secret_file) {
+            (Some(s), None) if !s.expose().is_empty() => Ok(s.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| config_error(format!("{key}.secret_file"), format!("cannot read {}: {e}", path.display())))?;
+                let text = text.trim_end_matches(['\n', '\r']);
+                if text.is_empty() {
+                    return Err(config_error(format!("{key}.secret_file"), "the file is empty"));
+                }
+                Ok(Secret::new(text))
+            }
+            (Some(_), Some(_)) => Err(config_error(key, "set either `secret` or `secret_file`, not both")),
+            (Some(_), None) => Err(config_error(format!("{key}.secret"), "the secret is empty")),
+            (None, None) => Err(config_error(key, "a shared `secret` (or `secret_file`) is required")),
+        }
+    }
+}
+
+impl Settings {
+    /// Reads `path` (if given), applies environment overrides, validates.
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut settings = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| config_error(path.display().to_string(), format!("cannot read the file: {e}")))?;
+                Settings::from_toml(&text)?
+            }
+            None => Settings::default(),
+        };
+        settings.apply_env(|k| std::env::var(k).ok())?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Parses TOML text (no environment, no validation).
+    pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let key = e.span().map(|s| format!("byte {}..{}", s.start, s.end)).unwrap_or_else(|| "file".into());
+            config_error(key, e.message().to_string())
+        })
+    }
+
+    /// Applies `PORTAL_*` overrides (and the original's `PORT`) read through `var`.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(port) = var("PORT") {
+            let port: u16 = port.parse().map_err(|_| config_error("PORT", format!("`{port}` is not a port number")))?;
+            self.http.listen = Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+        }
+        if let Some(listen) = var("PORTAL_HTTP_LISTEN") {
+            self.http.listen = Some(
+                listen
+                    .parse()
+                    .map_err(|_| config_error("PORTAL_HTTP_LISTEN", format!("`{listen}` is not an address like 127.0.0.1:3000")))?,
+            );
+        }
+        if let Some(v) = var("PORTAL_HTTP_SECURE_COOKIES") {
+            self.http.secure_cookies = parse_bool("PORTAL_HTTP_SECURE_COOKIES", &v)?;
+        }
+        if let Some(path) = var("PORTAL_DATABASE_PATH") {
+            self.database.path = PathBuf::from(path);
+        }
+        if let Some(format) = var("PORTAL_LOG_FORMAT") {
+            self.log.format = format;
+        }
+        if let Some(filter) = var("PORTAL_LOG_FILTER") {
+            self.log.filter = filter;
+        }
+        Ok(())
+    }
+
+    /// Checks what serde cannot: cross-field rules, patterns, secrets.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(config_error("log.format", format!("`{}` is not `text` or `json`", self.log.format)));
+        }
+        if self.organizations.is_empty() {
+            return Err(config_error("organizations", "at least one [[organizations]] entry is required"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, org) in self.organizations.iter().enumerate() {
+            let key = format!("organizations[{i}]");
+            if org.id.is_empty() || !org.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(config_error(format!("{key}.id"), "use letters, digits, `-` and `_` only"));
+            }
+            if !seen.insert(org.id.as_str()) {
+                return Err(config_error(format!("{key}.id"), format!("`{}` is used twice", org.id)));
+            }
+            if let Err(e) = regex::Regex::new(&org.username_pattern) {
+                return Err(config_error(format!("{key}.username_pattern"), format!("not a valid regular expression: {e}")));
+            }
+            if org.default_window.is_zero() {
+                return Err(config_error(format!("{key}.default_window"), "must be longer than 0s"));
+            }
+            if org.max_lifetime.is_some_and(|d| d.is_zero()) {
+                return Err(config_error(format!("{key}.max_lifetime"), "must be longer than 0s"));
+            }
+            if org.servers.is_empty() {
+                return Err(config_error(format!("{key}.servers"), "at least one RADIUS server is required"));
+            }
+            for (j, server) in org.servers.iter().enumerate() {
+                server.load_secret(&format!("{key}.servers[{j}]"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(config_error(key, format!("`{v}` is not true or false"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [[organizations]]
+        id = "acme"
+        name = "Acme"
+        [[organizations.servers]]
+        name = "primary"
+        address = "10.0.0.1"
+        secret = "s3cr3t-value"
+    "#;
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "[redacted]");
+        assert_eq!(format!("{s}"), "[redacted]");
+        let settings = Settings::from_toml(MINIMAL).expect("parses");
+        assert!(!format!("{settings:?}").contains("s3cr3t-value"));
+    }
+
+    #[test]
+    fn minimal_file_gets_documented_defaults() {
+        let settings = Settings::from_toml(MINIMAL).expect("parses");
+        settings.validate().expect("valid");
+        let org = &settings.organizations[0];
+        assert_eq!(org.default_window, Duration::from_secs(4 * 3600));
+        assert_eq!(org.max_lifetime, None);
+        assert_eq!(org.servers[0].auth_port, 1812);
+        assert!(org.servers[0].require_message_authenticator);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Settings::from_toml("[http]\nlisten_port = 3\n").expect_err("unknown key");
+        assert!(err.problem.contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_problem() {
+        let text = MINIMAL.replace("name = \"Acme\"", "name = \"Acme\"\ndefault_window = \"four hours\"");
+        let err = Settings::from_toml(&text).expect_err("bad duration");
+        assert!(err.problem.contains("four hours"), "{err}");
+    }
+
+    #[test]
+    fn missing_secret_names_the_server() {
+        let text = MINIMAL.replace("secret = \"s3cr3t-value\"", "");
+        let err = Settings::from_toml(&text).expect("parses").validate().expect_err("no secret");
+        assert_eq!(err.key, "organizations[0].servers[0]");
+    }
+
+    #[test]
+    fn env_overrides_the_file_and_port_keeps_working() {
+        let mut settings = Settings::from_toml(MINIMAL).expect("parses");
+        settings
+            .apply_env(|k| match k {
+                "PORT" => Some("8443".into()),
+                "PORTAL_DATABASE_PATH" => Some("/tmp/x.db".into()),
+                _ => None,
+            })
+            .expect("applies");
+        assert_eq!(settings.http.listen, Some("0.0.0.0:8443".parse().expect("addr")));
+        assert_eq!(settings.database.path, PathBuf::from("/tmp/x.db"));
+        let err = settings.apply_env(|k| (k == "PORT").then(|| "eighty".into())).expect_err("bad port");
+        assert_eq!(err.key, "PORT");
+    }
+}

@@ -1,0 +1,156 @@
+//! The in-process demo RADIUS server for `radius-portal demo`: loopback only, a fixed secret and a
+//! few demo users. Built on the same packet codec as the client, so it verifies what the portal
+//! sends (Message-Authenticator, accounting authenticators) and signs what it answers.
+//! Never for production: it is labelled DEMO in the log and on every page.
+
+use crate::radius::packet::{self, attr, Code, Packet, MAX_PACKET};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    sync::Arc,
+};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+/// Shared secret of the demo server.
+pub const DEMO_SECRET: &str = "demo-secret";
+
+/// A demo account.
+pub struct DemoUser {
+    /// Username.
+    pub username: &'static str,
+    /// Password (None = always rejected).
+    pub password: Option<&'static str>,
+    /// Session-Timeout to grant.
+    pub session_timeout: Option<u32>,
+    /// Idle-Timeout to grant.
+    pub idle_timeout: Option<u32>,
+    /// Reply-Message to send.
+    pub reply_message: Option<&'static str>,
+    /// What the login page lists about it.
+    pub description: &'static str,
+}
+
+/// The demo accounts.
+pub const DEMO_USERS: &[DemoUser] = &[
+    DemoUser {
+        username: "alice",
+        password: Some("alice-pass"),
+        session_timeout: Some(3600),
+        idle_timeout: Some(900),
+        reply_message: Some("Welcome to the demo network, alice"),
+        description: "15-minute window (Refresh extends it), 1-hour limit",
+    },
+    DemoUser {
+        username: "short",
+        password: Some("short-pass"),
+        session_timeout: Some(60),
+        idle_timeout: None,
+        reply_message: None,
+        description: "60-second limit: watch the countdown end",
+    },
+    DemoUser {
+        username: "locked",
+        password: None,
+        session_timeout: None,
+        idle_timeout: None,
+        reply_message: Some("Account locked (demo)"),
+        description: "always rejected, shows the server's message",
+    },
+];
+
+/// Addresses of a running demo server.
+pub struct DemoRadius {
+    /// Access-Request / Status-Server port.
+    pub auth_addr: SocketAddr,
+    /// Accounting port.
+    pub acct_addr: SocketAddr,
+}
+
+impl DemoRadius {
+    /// Binds two loopback ports and serves until `shutdown`.
+    pub async fn start(shutdown: CancellationToken) -> std::io::Result<DemoRadius> {
+        let auth = Arc::new(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?);
+        let acct = Arc::new(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?);
+        let demo = DemoRadius { auth_addr: auth.local_addr()?, acct_addr: acct.local_addr()? };
+        tokio::spawn(serve(auth, shutdown.clone()));
+        tokio::spawn(serve(acct, shutdown));
+        Ok(demo)
+    }
+}
+
+async fn serve(socket: Arc<UdpSocket>, shutdown: CancellationToken) {
+    let mut buf = vec![0u8; MAX_PACKET];
+    loop {
+        let (len, from) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = socket.recv_from(&mut buf) => match r { Ok(r) => r, Err(_) => continue },
+        };
+        if let Some(reply) = answer(&buf[..len]) {
+            let _ = socket.send_to(&reply, from).await;
+        }
+    }
+}
+
+/// The reply to one request, or None to drop it (malformed, bad authenticator).
+pub fn answer(bytes: &[u8]) -> Option<Vec<u8>> {
+    let secret = DEMO_SECRET.as_bytes();
+    let request = Packet::decode(bytes).ok()?;
+    let mut reply = match request.code {
+        Code::AccessRequest | Code::StatusServer => {
+            if packet::verify_request_message_authenticator(bytes, secret) != Some(true) {
+                tracing::warn!("DEMO RADIUS: request without a valid Message-Authenticator dropped");
+                return None;
+            }
+            if request.code == Code::StatusServer {
+                Packet::new(Code::AccessAccept, request.identifier, [0; 16])
+            } else {
+                authenticate(&request, secret)
+            }
+        }
+        Code::AccountingRequest => {
+            if !packet::verify_accounting_request(bytes, secret) {
+                return None;
+            }
+            tracing::info!(
+                status_type = request.get_u32(attr::ACCT_STATUS_TYPE),
+                acct_session_id = request.get_text(attr::ACCT_SESSION_ID).unwrap_or_default(),
+                user = request.get_text(attr::USER_NAME).unwrap_or_default(),
+                cause = request.get_u32(attr::ACCT_TERMINATE_CAUSE),
+                "DEMO RADIUS: accounting received"
+            );
+            Packet::new(Code::AccountingResponse, request.identifier, [0; 16])
+        }
+        _ => return None,
+    };
+    if reply.code != Code::AccountingResponse {
+        reply.attributes.insert(0, (attr::MESSAGE_AUTHENTICATOR, vec![0; 16]));
+    }
+    packet::encode_response(&reply, &request.authenticator, secret).ok()
+}
+
+fn authenticate(request: &Packet, secret: &[u8]) -> Packet {
+    let username = request.get_text(attr::USER_NAME).unwrap_or_default();
+    let password = request
+        .get(attr::USER_PASSWORD)
+        .map(|hidden| packet::unhide_password(hidden, secret, &request.authenticator))
+        .unwrap_or_default();
+    let user = DEMO_USERS.iter().find(|u| u.username == username);
+    let accepted = user.and_then(|u| u.password).is_some_and(|p| p.as_bytes() == password.as_slice());
+    let mut reply = Packet::new(if accepted { Code::AccessAccept } else { Code::AccessReject }, request.identifier, [0; 16]);
+    if let Some(user) = user {
+        if let Some(message) = user.reply_message {
+            reply.push(attr::REPLY_MESSAGE, message.as_bytes().to_vec());
+        }
+        if accepted {
+            if let Some(t) = user.session_timeout {
+                reply.push_u32(attr::SESSION_TIMEOUT, t);
+            }
+            if let Some(t) = user.idle_timeout {
+                reply.push_u32(attr::IDLE_TIMEOUT, t);
+            }
+            reply.push(attr::CLASS, format!("DEMO:{username}").into_bytes());
+        }
+    }
+    tracing::info!(user = %username, accepted, "DEMO RADIUS: Access-Request answered");
+    reply
+}

@@ -1,0 +1,92 @@
+//! The web server's router: Leptos pages and server fns, static assets, health endpoints, and the
+//! layers every request passes (web session, client IP, security headers, compression, tracing).
+
+pub mod client_ip;
+pub mod security;
+
+use app::service::Portal;
+use axum::{
+    body::Body,
+    extract::{Request, State},
+    http::{header, HeaderValue, StatusCode},
+    middleware,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use leptos::prelude::*;
+use leptos_axum::{generate_route_list, handle_server_fns_with_context, LeptosRoutes};
+use std::path::PathBuf;
+use tower_http::{compression::CompressionLayer, services::ServeDir, set_header::SetResponseHeaderLayer, trace::TraceLayer};
+use tower_sessions::{cookie::SameSite, Expiry, SessionManagerLayer};
+use tower_sessions_sqlx_store::SqliteStore;
+
+/// What the router needs.
+pub struct RouterParts {
+    /// Leptos runtime options (site root, output name).
+    pub leptos_options: LeptosOptions,
+    /// The UI's service implementation.
+    pub portal: Portal,
+    /// Web-session store (same database).
+    pub session_store: SqliteStore,
+    /// Mark cookies Secure.
+    pub secure_cookies: bool,
+    /// Database handle for readiness.
+    pub storage: crate::storage::Storage,
+}
+
+/// Builds the application router.
+pub fn router(parts: RouterParts) -> Router {
+    let RouterParts { leptos_options, portal, session_store, secure_cookies, storage } = parts;
+    let routes = generate_route_list(app::App);
+    let context = {
+        let portal = portal.clone();
+        move || provide_context(portal.clone())
+    };
+    let site_root = PathBuf::from(leptos_options.site_root.as_ref());
+    let pkg_dir = site_root.join(leptos_options.site_pkg_dir.as_ref());
+    let pkg = tower::ServiceBuilder::new()
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=31536000, immutable"),
+        ))
+        .service(ServeDir::new(pkg_dir).precompressed_br().precompressed_gzip());
+    let server_fns = {
+        let context = context.clone();
+        move |request: Request<Body>| handle_server_fns_with_context(context.clone(), request)
+    };
+    let sessions = SessionManagerLayer::new(session_store)
+        .with_name("portal_session")
+        .with_same_site(SameSite::Strict)
+        .with_http_only(true)
+        .with_secure(secure_cookies)
+        .with_expiry(Expiry::OnInactivity(tower_sessions::cookie::time::Duration::days(1)));
+
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz).with_state(storage))
+        .route("/api/{*fn_name}", post(server_fns))
+        .leptos_routes_with_context(&leptos_options, routes, context, {
+            let options = leptos_options.clone();
+            move || app::shell(options.clone())
+        })
+        .nest_service("/pkg", pkg)
+        .fallback_service(ServeDir::new(site_root))
+        .layer(sessions)
+        .layer(middleware::from_fn(client_ip::insert_client_ip))
+        .layer(middleware::from_fn(security::reject_cross_site))
+        .layer(middleware::from_fn(security::security_headers))
+        .layer(CompressionLayer::new())
+        .layer(TraceLayer::new_for_http())
+        .with_state(leptos_options)
+}
+
+async fn readyz(State(storage): State<crate::storage::Storage>) -> Response {
+    match storage.active_sessions().await {
+        Ok(_) => "ready".into_response(),
+        Err(e) => {
+            tracing::error!(error = %crate::portal_backend::error_chain(&e), "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
+        }
+    }
+}

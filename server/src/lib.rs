@@ -1,0 +1,28 @@
+//! radius-portal server: a self-service RADIUS session portal acting as the NAS.
+//!
+//! Module map (see ARCHITECTURE.md for how a login flows through them):
+//! - `config`        settings tree (TOML + `PORTAL_*` env), secrets redacted
+//! - `startup`       builds the services, binds, runs web server + background tasks
+//! - `telemetry`     tracing setup
+//! - `cli`           `serve`, `demo`, `check-config`
+//! - `portal_backend` the UI's service interface implemented over the services below
+//! - `http`          router, security headers, cross-site refusal, client IP
+//! - `radius`        packet codec, shared multiplexed UDP client, authenticate/account/probe
+//! - `accounting`    durable outbox delivery (Start/Interim/Stop), retries with backoff
+//! - `access_session` lifecycle (login/refresh/disconnect), window/limit timing, expiry
+//! - `organizations` tenants and the disabled-organization guard
+//! - `storage`       SQLite persistence (sessions, outbox, organizations, web sessions)
+//! - `demo_radius`   in-process demo RADIUS server for `radius-portal demo`
+
+pub mod access_session;
+pub mod accounting;
+pub mod cli;
+pub mod config;
+pub mod demo_radius;
+pub mod http;
+pub mod organizations;
+pub mod portal_backend;
+pub mod radius;
+pub mod startup;
+pub mod storage;
+pub mod telemetry;

@@ -1,0 +1,228 @@
+//! The one place that joins the UI's interface ([`app::service::PortalService`]) to the server's
+//! services: it reads the web session and client address from the request, validates input, calls
+//! the access-session lifecycle, and turns its errors into the safe, user-facing
+//! [`PortalError`] (logging the cause). Nothing else in the server produces user-facing errors.
+
+use crate::{
+    access_session::{now_ms, timing, AccessSessions, SessionError},
+    http::client_ip::ClientIp,
+    organizations::Organizations,
+    storage::AccessSessionRecord,
+};
+use app::{
+    dto::{EndsBy, SessionView, SiteInfo},
+    error::PortalError,
+    service::{LoginInput, PortalService},
+    validation,
+};
+use http::{header::ACCEPT, request::Parts, StatusCode};
+use std::sync::Arc;
+use tower_sessions::Session;
+
+/// Web-session key holding the access session's row id.
+const ACCESS_SESSION_KEY: &str = "access_session_id";
+
+/// Implementation of the UI's service interface.
+pub struct PortalBackend {
+    sessions: AccessSessions,
+    organizations: Arc<Organizations>,
+    /// Under `radius-portal demo`: pages show a DEMO banner.
+    demo: bool,
+}
+
+impl PortalBackend {
+    /// Wires the backend.
+    pub fn new(sessions: AccessSessions, organizations: Arc<Organizations>, demo: bool) -> Self {
+        PortalBackend { sessions, organizations, demo }
+    }
+
+    fn view(&self, s: &AccessSessionRecord) -> SessionView {
+        let organization = self
+            .organizations
+            .get(&s.organization_id)
+            .map(|o| o.name.clone())
+            .unwrap_or_else(|| s.organization_id.clone());
+        let ends_by = timing::ends_by(s.expires_at, s.limit_at);
+        SessionView {
+            username: s.username.clone(),
+            organization,
+            client_ip: s.client_ip.clone(),
+            remaining_ms: (s.expires_at - now_ms()).max(0) as u64,
+            ends_by,
+            ends_at_utc: utc_clock(s.expires_at),
+            window_secs: (s.window_ms / 1000) as u64,
+            can_extend: ends_by == EndsBy::Window,
+        }
+    }
+
+    async fn linked_session_id(&self, web: &Session) -> Result<Option<i64>, PortalError> {
+        web.get::<i64>(ACCESS_SESSION_KEY).await.map_err(|e| internal("reading the web session", &e))
+    }
+}
+
+fn web_session(request: &Parts) -> Result<Session, PortalError> {
+    request.extensions.get::<Session>().cloned().ok_or_else(|| {
+        tracing::error!("no web session on the request (session layer missing)");
+        PortalError::Internal
+    })
+}
+
+fn client_ip(request: &Parts) -> Result<std::net::IpAddr, PortalError> {
+    request.extensions.get::<ClientIp>().map(|c| c.0).ok_or_else(|| {
+        tracing::error!("no client address on the request (client-ip layer missing)");
+        PortalError::Internal
+    })
+}
+
+fn internal(context: &str, error: &dyn std::error::Error) -> PortalError {
+    tracing::error!(error = %error_chain(error), "{context} failed");
+    PortalError::Internal
+}
+
+/// `error: cause: cause…` for logs.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Maps lifecycle errors to what the user may see; logs the cause of internal ones.
+fn user_error(error: SessionError) -> PortalError {
+    match error {
+        SessionError::Rejected { reply_message } => PortalError::Rejected { message: reply_message },
+        SessionError::OrganizationDisabled => PortalError::OrganizationDisabled,
+        SessionError::ServersUnavailable(e) => {
+            tracing::warn!(error = %error_chain(&e), "login failed: RADIUS servers unavailable");
+            PortalError::ServersUnavailable
+        }
+        SessionError::AccountingUnavailable => PortalError::ServersUnavailable,
+        SessionError::NotActive => PortalError::NoSession,
+        other => internal("access-session operation", &other),
+    }
+}
+
+/// For callers that are not plain HTML forms (fetch from the island, scripts), answer with a
+/// status that says what happened. Plain form posts keep leptos_axum's redirect back to the form.
+fn set_error_status(request: &Parts, error: &PortalError) {
+    let accepts_html = request
+        .headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    if accepts_html {
+        return;
+    }
+    let status = match error {
+        PortalError::InvalidInput { .. } => StatusCode::BAD_REQUEST,
+        PortalError::Rejected { .. } | PortalError::NoSession => StatusCode::UNAUTHORIZED,
+        PortalError::OrganizationDisabled | PortalError::Forbidden => StatusCode::FORBIDDEN,
+        PortalError::ServersUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    if let Some(response) = leptos::prelude::use_context::<leptos_axum::ResponseOptions>() {
+        response.set_status(status);
+    }
+}
+
+fn with_status<T>(request: &Parts, result: Result<T, PortalError>) -> Result<T, PortalError> {
+    if let Err(e) = &result {
+        set_error_status(request, e);
+    }
+    result
+}
+
+/// `HH:MM:SS` of a Unix-ms time, UTC.
+fn utc_clock(unix_ms: i64) -> String {
+    let secs = (unix_ms / 1000).rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+#[async_trait::async_trait]
+impl PortalService for PortalBackend {
+    fn site_info(&self, _request: &Parts) -> SiteInfo {
+        let organization = self
+            .organizations
+            .get(self.organizations.default_id())
+            .map(|o| o.name.clone())
+            .unwrap_or_default();
+        SiteInfo { organization, demo: self.demo }
+    }
+
+    async fn login(&self, request: &Parts, input: LoginInput) -> Result<SessionView, PortalError> {
+        let result = async {
+            let org_id = self.organizations.default_id().to_string();
+            let org = self.organizations.get(&org_id).ok_or(PortalError::OrganizationDisabled)?;
+            validation::validate_username(&input.username, |u| org.username_pattern.is_match(u))?;
+            validation::validate_password(&input.password)?;
+            let ip = client_ip(request)?;
+            let web = web_session(request)?;
+            let session = self.sessions.login(&org_id, &input.username, &input.password, ip).await.map_err(user_error)?;
+            // A new login gets a new web-session id (no fixation).
+            web.cycle_id().await.map_err(|e| internal("rotating the web session id", &e))?;
+            web.insert(ACCESS_SESSION_KEY, session.id)
+                .await
+                .map_err(|e| internal("writing the web session", &e))?;
+            Ok(self.view(&session))
+        }
+        .await;
+        with_status(request, result)
+    }
+
+    async fn current_session(&self, request: &Parts) -> Result<Option<SessionView>, PortalError> {
+        let result = async {
+            let web = web_session(request)?;
+            let Some(id) = self.linked_session_id(&web).await? else {
+                return Ok(None);
+            };
+            match self.sessions.active(id).await.map_err(user_error)? {
+                Some(session) => Ok(Some(self.view(&session))),
+                None => Ok(None),
+            }
+        }
+        .await;
+        with_status(request, result)
+    }
+
+    async fn refresh(&self, request: &Parts) -> Result<SessionView, PortalError> {
+        let result = async {
+            let web = web_session(request)?;
+            let id = self.linked_session_id(&web).await?.ok_or(PortalError::NoSession)?;
+            let session = self.sessions.refresh(id).await.map_err(user_error)?;
+            Ok(self.view(&session))
+        }
+        .await;
+        with_status(request, result)
+    }
+
+    async fn disconnect(&self, request: &Parts) -> Result<(), PortalError> {
+        let result = async {
+            let web = web_session(request)?;
+            if let Some(id) = self.linked_session_id(&web).await? {
+                self.sessions.disconnect(id).await.map_err(user_error)?;
+                web.remove::<i64>(ACCESS_SESSION_KEY)
+                    .await
+                    .map_err(|e| internal("writing the web session", &e))?;
+            }
+            Ok(())
+        }
+        .await;
+        with_status(request, result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_clock_formats_time_of_day() {
+        assert_eq!(utc_clock(0), "00:00:00");
+        assert_eq!(utc_clock((13 * 3600 + 5 * 60 + 9) * 1000 + 999), "13:05:09");
+        assert_eq!(utc_clock(86_400_000 + 61_000), "00:01:01");
+    }
+}

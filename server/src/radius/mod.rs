@@ -1,0 +1,321 @@
+//! RADIUS as the portal speaks it: the packet codec, the shared UDP client, and the operations the
+//! rest of the server uses — authenticate against an organization's servers with failover, send an
+//! accounting packet to one server, probe a server with Status-Server.
+//!
+//! Deliberately not here: what to do with a session (that is `access_session`), durability of
+//! accounting (that is `accounting`).
+
+pub mod client;
+pub mod packet;
+
+use crate::config::Secret;
+use client::{Exchange, RadiusClient};
+use packet::{attr, Code, Packet, PacketError};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+use tokio::time::Instant;
+
+/// Failures of a RADIUS exchange.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RadiusError {
+    /// No verified reply before the deadline: try the next server, or report servers unavailable.
+    #[error("no reply from the RADIUS server in time")]
+    Timeout,
+    /// Socket error: try the next server.
+    #[error("RADIUS socket error")]
+    Io(#[source] std::io::Error),
+    /// The request could not be encoded (attribute too long): a bug or bad input; give up.
+    #[error("RADIUS request could not be encoded")]
+    Encode(#[source] PacketError),
+    /// A verified reply could not be parsed: treat as no reply.
+    #[error("RADIUS reply is malformed")]
+    MalformedReply(#[source] PacketError),
+    /// The server answered with a code that does not fit the request (e.g. Access-Challenge,
+    /// which PAP login cannot continue): treat as a failure of this server.
+    #[error("unexpected RADIUS reply code {0:?}")]
+    UnexpectedReply(Code),
+    /// 256 requests to one server are in flight: retry shortly.
+    #[error("all RADIUS identifiers for the server are in use")]
+    IdentifiersExhausted,
+    /// An IPv6 server is configured but this host has no IPv6 socket: fix the configuration.
+    #[error("no IPv6 socket for an IPv6 RADIUS server")]
+    NoIpv6Socket,
+    /// The organization has no servers configured.
+    #[error("no RADIUS servers configured")]
+    NoServers,
+}
+
+/// One RADIUS server of an organization, resolved and ready to use.
+#[derive(Clone, Debug)]
+pub struct ServerEndpoint {
+    /// Operator-facing name ("primary", "ise-2").
+    pub name: String,
+    /// Where Access-Request and Status-Server go.
+    pub auth_addr: SocketAddr,
+    /// Where Accounting-Request goes.
+    pub acct_addr: SocketAddr,
+    /// Shared secret (redacted in Debug).
+    pub secret: Secret,
+    /// Wait for a reply before retransmitting.
+    pub timeout: Duration,
+    /// Retransmissions after the first send.
+    pub retries: u32,
+    /// Drop replies without a valid Message-Authenticator (BlastRADIUS, CVE-2024-3596).
+    pub require_message_authenticator: bool,
+}
+
+/// How the portal identifies itself as the NAS.
+#[derive(Clone, Debug)]
+pub struct NasIdentity {
+    /// NAS-IP-Address (or NAS-IPv6-Address).
+    pub ip: IpAddr,
+    /// NAS-Identifier.
+    pub identifier: String,
+}
+
+/// What the server granted in an Access-Accept.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// Session-Timeout in seconds (the session's limit).
+    pub session_timeout: Option<u32>,
+    /// Idle-Timeout in seconds (the session's window).
+    pub idle_timeout: Option<u32>,
+    /// Acct-Interim-Interval in seconds.
+    pub interim_interval: Option<u32>,
+    /// Every Class attribute, raw, in order: echoed unmodified in accounting.
+    pub classes: Vec<Vec<u8>>,
+    /// Reply-Message text for the user.
+    pub reply_message: Option<String>,
+}
+
+/// Result of authenticating a user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// Accepted by `servers[server]`.
+    Accept {
+        /// Index of the server that answered (accounting goes there).
+        server: usize,
+        /// What the Accept granted.
+        grant: Grant,
+    },
+    /// Rejected; `reply_message` is for the user.
+    Reject {
+        /// Reply-Message text, if the server sent one.
+        reply_message: Option<String>,
+    },
+}
+
+/// The RADIUS operations the portal needs, over one shared [`RadiusClient`].
+#[derive(Clone)]
+pub struct Radius {
+    client: RadiusClient,
+}
+
+fn random_authenticator() -> [u8; 16] {
+    rand::random()
+}
+
+fn reply_message(p: &Packet) -> Option<String> {
+    let parts: Vec<String> = p.get_all(attr::REPLY_MESSAGE).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+    (!parts.is_empty()).then(|| parts.join("\n"))
+}
+
+fn push_nas_and_client(p: &mut Packet, nas: &NasIdentity, client_ip: IpAddr) {
+    match nas.ip {
+        IpAddr::V4(ip) => p.push_ipv4(attr::NAS_IP_ADDRESS, ip),
+        IpAddr::V6(ip) => p.push(attr::NAS_IPV6_ADDRESS, ip.octets().to_vec()),
+    }
+    p.push(attr::NAS_IDENTIFIER, nas.identifier.as_bytes().to_vec());
+    p.push_u32(attr::NAS_PORT_TYPE, 5); // Virtual
+    p.push(attr::CALLING_STATION_ID, client_ip.to_string().into_bytes());
+    match client_ip {
+        IpAddr::V4(ip) => p.push_ipv4(attr::FRAMED_IP_ADDRESS, ip),
+        // Framed-IPv6-Address (RFC 6911) carries the 16 address bytes.
+        IpAddr::V6(ip) => p.push(attr::FRAMED_IPV6_ADDRESS, ip.octets().to_vec()),
+    }
+}
+
+/// One accounting packet's content (RFC 2866).
+#[derive(Clone, Debug)]
+pub struct AccountingRecord {
+    /// 1 Start, 2 Stop, 3 Interim-Update.
+    pub status_type: u32,
+    /// Unique per access session, generated by the portal.
+    pub acct_session_id: String,
+    /// User-Name.
+    pub username: String,
+    /// Client address (Calling-Station-Id, Framed-IP-Address).
+    pub client_ip: IpAddr,
+    /// Class values from the Accept, echoed unmodified.
+    pub classes: Vec<Vec<u8>>,
+    /// When the event happened (Unix seconds).
+    pub event_timestamp: u32,
+    /// Seconds between the event and this transmission.
+    pub delay_secs: u32,
+    /// Acct-Session-Time (Interim and Stop).
+    pub session_time_secs: Option<u32>,
+    /// Acct-Terminate-Cause (Stop).
+    pub terminate_cause: Option<u32>,
+}
+
+impl Radius {
+    /// Wraps a client.
+    pub fn new(client: RadiusClient) -> Self {
+        Radius { client }
+    }
+
+    /// Sends an Access-Request (PAP) to the servers in order until one answers or `deadline`
+    /// passes. A Reject is final (no failover); silence or errors move on to the next server.
+    pub async fn authenticate(
+        &self,
+        servers: &[ServerEndpoint],
+        nas: &NasIdentity,
+        username: &str,
+        password: &str,
+        client_ip: IpAddr,
+        deadline: Instant,
+    ) -> Result<AuthOutcome, RadiusError> {
+        let mut last_error = RadiusError::NoServers;
+        for (index, server) in servers.iter().enumerate() {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let exchange = Exchange {
+                destination: server.auth_addr,
+                secret: server.secret.expose().as_bytes(),
+                timeout: server.timeout,
+                retries: server.retries,
+                deadline,
+                require_message_authenticator: server.require_message_authenticator,
+            };
+            let secret = server.secret.expose().as_bytes();
+            let reply = self
+                .client
+                .exchange(exchange, |id| {
+                    let authenticator = random_authenticator();
+                    let mut p = Packet::new(Code::AccessRequest, id, authenticator);
+                    p.push(attr::USER_NAME, username.as_bytes().to_vec());
+                    p.push(attr::USER_PASSWORD, packet::hide_password(password.as_bytes(), secret, &authenticator));
+                    push_nas_and_client(&mut p, nas, client_ip);
+                    let bytes = packet::encode_access_request(&p, secret).map_err(RadiusError::Encode)?;
+                    Ok((bytes, authenticator))
+                })
+                .await;
+            match reply {
+                Ok(p) if p.code == Code::AccessAccept => {
+                    let grant = Grant {
+                        session_timeout: p.get_u32(attr::SESSION_TIMEOUT),
+                        idle_timeout: p.get_u32(attr::IDLE_TIMEOUT),
+                        interim_interval: p.get_u32(attr::ACCT_INTERIM_INTERVAL),
+                        classes: p.get_all(attr::CLASS).map(<[u8]>::to_vec).collect(),
+                        reply_message: reply_message(&p),
+                    };
+                    return Ok(AuthOutcome::Accept { server: index, grant });
+                }
+                Ok(p) if p.code == Code::AccessReject => {
+                    return Ok(AuthOutcome::Reject { reply_message: reply_message(&p) });
+                }
+                Ok(p) => {
+                    tracing::warn!(server = %server.name, code = ?p.code, "unexpected reply to Access-Request");
+                    last_error = RadiusError::UnexpectedReply(p.code);
+                }
+                Err(e @ RadiusError::Encode(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(server = %server.name, error = %e, "RADIUS server failed, trying the next one");
+                    last_error = e;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Sends one Accounting-Request to `server` and waits for the Accounting-Response.
+    pub async fn account(
+        &self,
+        server: &ServerEndpoint,
+        nas: &NasIdentity,
+        record: &AccountingRecord,
+        deadline: Instant,
+    ) -> Result<(), RadiusError> {
+        let secret = server.secret.expose().as_bytes();
+        let exchange = Exchange {
+            destination: server.acct_addr,
+            secret,
+            timeout: server.timeout,
+            retries: server.retries,
+            deadline,
+            // Accounting-Responses rarely carry Message-Authenticator; the Response
+            // Authenticator already covers the whole packet.
+            require_message_authenticator: false,
+        };
+        let reply = self
+            .client
+            .exchange(exchange, |id| {
+                let mut p = Packet::new(Code::AccountingRequest, id, [0; 16]);
+                p.push_u32(attr::ACCT_STATUS_TYPE, record.status_type);
+                p.push(attr::ACCT_SESSION_ID, record.acct_session_id.as_bytes().to_vec());
+                p.push(attr::USER_NAME, record.username.as_bytes().to_vec());
+                push_nas_and_client(&mut p, nas, record.client_ip);
+                p.push_u32(attr::ACCT_AUTHENTIC, 1); // RADIUS
+                for class in &record.classes {
+                    p.push(attr::CLASS, class.clone());
+                }
+                p.push_u32(attr::EVENT_TIMESTAMP, record.event_timestamp);
+                p.push_u32(attr::ACCT_DELAY_TIME, record.delay_secs);
+                if let Some(t) = record.session_time_secs {
+                    p.push_u32(attr::ACCT_SESSION_TIME, t);
+                }
+                if let Some(c) = record.terminate_cause {
+                    p.push_u32(attr::ACCT_TERMINATE_CAUSE, c);
+                }
+                packet::encode_accounting_request(&p, secret).map_err(RadiusError::Encode)
+            })
+            .await?;
+        match reply.code {
+            Code::AccountingResponse => Ok(()),
+            other => Err(RadiusError::UnexpectedReply(other)),
+        }
+    }
+
+    /// Sends a Status-Server (RFC 5997) to a server's auth port; Ok when it answers.
+    pub async fn status_server(&self, server: &ServerEndpoint, deadline: Instant) -> Result<Code, RadiusError> {
+        let secret = server.secret.expose().as_bytes();
+        let exchange = Exchange {
+            destination: server.auth_addr,
+            secret,
+            timeout: server.timeout,
+            retries: server.retries,
+            deadline,
+            require_message_authenticator: server.require_message_authenticator,
+        };
+        let reply = self
+            .client
+            .exchange(exchange, |id| {
+                let authenticator = random_authenticator();
+                let p = Packet::new(Code::StatusServer, id, authenticator);
+                Ok((packet::encode_access_request(&p, secret).map_err(RadiusError::Encode)?, authenticator))
+            })
+            .await?;
+        Ok(reply.code)
+    }
+}
+
+/// Acct-Status-Type values (RFC 2866 §5.1).
+pub mod status_type {
+    pub const START: u32 = 1;
+    pub const STOP: u32 = 2;
+    pub const INTERIM_UPDATE: u32 = 3;
+}
+
+/// Acct-Terminate-Cause values (RFC 2866 §5.10) the portal sends.
+pub mod terminate_cause {
+    pub const USER_REQUEST: u32 = 1;
+    pub const IDLE_TIMEOUT: u32 = 4;
+    pub const SESSION_TIMEOUT: u32 = 5;
+    pub const ADMIN_RESET: u32 = 6;
+    pub const NAS_ERROR: u32 = 9;
+    pub const PORT_PREEMPTED: u32 = 13;
+}

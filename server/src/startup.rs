@@ -1,0 +1,113 @@
+//! Start-up: opens storage, builds the services, stops what became due while the portal was down,
+//! binds the listener, and runs the web server and background tasks until shutdown.
+
+use crate::{
+    access_session::{expiry::Expiry, now_ms, AccessSessions},
+    accounting::Accounting,
+    config::Settings,
+    http::{router, RouterParts},
+    organizations::Organizations,
+    portal_backend::PortalBackend,
+    radius::{client::RadiusClient, Radius},
+    storage::Storage,
+};
+use anyhow::Context;
+use app::service::Portal;
+use leptos::prelude::LeptosOptions;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+use tokio::{net::TcpListener, sync::Notify, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tower_sessions::session_store::ExpiredDeletion;
+use tower_sessions_sqlx_store::SqliteStore;
+
+/// How long shutdown waits for background tasks.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A built, bound, not yet running portal.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    accounting: Accounting,
+    expiry: Expiry,
+    session_store: SqliteStore,
+    /// Exposed for tests and the CLI.
+    pub storage: Storage,
+}
+
+impl Application {
+    /// Builds everything and binds the listener; errors say what failed (nothing is served then).
+    pub async fn build(settings: &Settings, leptos_options: LeptosOptions, demo: bool) -> anyhow::Result<Application> {
+        let storage = Storage::open(&settings.database.path)
+            .await
+            .with_context(|| format!("while opening the database {}", settings.database.path.display()))?;
+        let organizations = Arc::new(Organizations::from_settings(&settings.organizations).context("while loading organizations")?);
+        for org in organizations.all() {
+            storage
+                .upsert_organization(&org.id, &org.name, org.active, now_ms())
+                .await
+                .context("while storing organizations")?;
+        }
+        let client = RadiusClient::bind(settings.radius.bind).await.context("while binding the RADIUS client socket")?;
+        let radius = Radius::new(client);
+        let accounting = Accounting::new(storage.clone(), radius.clone(), organizations.clone());
+        let expiry_wake = Arc::new(Notify::new());
+        let expiry = Expiry::new(storage.clone(), accounting.clone(), expiry_wake.clone());
+        // Sessions that ran out while the portal was down are stopped before anything is served.
+        let stopped = expiry.expire_due(now_ms()).await.context("while stopping sessions that expired during downtime")?;
+        if !stopped.is_empty() {
+            tracing::info!(count = stopped.len(), "stopped sessions that expired while the portal was down");
+        }
+        let sessions = AccessSessions::new(storage.clone(), organizations.clone(), radius, accounting.clone(), expiry_wake);
+        let backend = PortalBackend::new(sessions, organizations, demo);
+        let session_store = SqliteStore::new(storage.pool().clone());
+        session_store.migrate().await.context("while creating the web-session table")?;
+        let router = router(RouterParts {
+            leptos_options: leptos_options.clone(),
+            portal: Portal(Arc::new(backend)),
+            session_store: session_store.clone(),
+            secure_cookies: settings.http.secure_cookies,
+            storage: storage.clone(),
+        });
+        let addr = match settings.http.listen {
+            Some(addr) => addr,
+            None => leptos_options.site_addr,
+        };
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("while binding the web listener to {addr}"))?;
+        Ok(Application { listener, router, accounting, expiry, session_store, storage })
+    }
+
+    /// The bound address (port 0 resolved).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains background tasks.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut tasks = JoinSet::new();
+        tasks.spawn(self.accounting.clone().run(shutdown.clone()));
+        tasks.spawn(self.expiry.clone().run(shutdown.clone()));
+        let store = self.session_store.clone();
+        let cleanup_shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = cleanup_shutdown.cancelled() => {}
+                _ = store.continuously_delete_expired(Duration::from_secs(3600)) => {}
+            }
+        });
+        let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let serve_shutdown = shutdown.clone();
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move { serve_shutdown.cancelled().await })
+            .await
+            .context("while serving HTTP");
+        shutdown.cancel();
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("background tasks did not stop within {SHUTDOWN_GRACE:?}");
+        }
+        served
+    }
+}

@@ -1,0 +1,403 @@
+//! The SQLite implementation of storage (WAL, busy timeout, `BEGIN IMMEDIATE` for every
+//! read-then-write transaction so two writers never deadlock on a lock upgrade).
+
+use super::{decode_classes, encode_classes, AccessSessionRecord, NewAccessSession, OutboxRow, StorageError};
+use crate::radius::{status_type, terminate_cause};
+use sqlx::{
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
+    Row, Sqlite, SqlitePool, Transaction,
+};
+use std::{path::Path, str::FromStr, time::Duration};
+
+/// Outbox destination of the server that authenticated the session (the only one for now).
+pub const AUTH_SERVER_DESTINATION: &str = "auth-server";
+
+/// Handle to the database. Cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    pool: SqlitePool,
+}
+
+const SESSION_COLUMNS: &str = "id, acct_session_id, organization_id, username, client_ip, server_index, server_name, \
+     classes, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, state, terminate_cause";
+
+fn session_from_row(row: &SqliteRow) -> Result<AccessSessionRecord, StorageError> {
+    let classes: Vec<u8> = row.try_get("classes")?;
+    let state: String = row.try_get("state")?;
+    Ok(AccessSessionRecord {
+        id: row.try_get("id")?,
+        acct_session_id: row.try_get("acct_session_id")?,
+        organization_id: row.try_get("organization_id")?,
+        username: row.try_get("username")?,
+        client_ip: row.try_get("client_ip")?,
+        server_index: row.try_get("server_index")?,
+        server_name: row.try_get("server_name")?,
+        classes: decode_classes(&classes)?,
+        started_at: row.try_get("started_at")?,
+        refreshed_at: row.try_get("refreshed_at")?,
+        window_ms: row.try_get("window_ms")?,
+        limit_at: row.try_get("limit_at")?,
+        expires_at: row.try_get("expires_at")?,
+        interim_interval: row.try_get("interim_interval")?,
+        active: state == "active",
+        terminate_cause: row.try_get("terminate_cause")?,
+    })
+}
+
+fn outbox_from_row(row: &SqliteRow) -> Result<OutboxRow, StorageError> {
+    Ok(OutboxRow {
+        id: row.try_get("id")?,
+        access_session_id: row.try_get("access_session_id")?,
+        status_type: row.try_get("status_type")?,
+        event_at: row.try_get("event_at")?,
+        session_time_secs: row.try_get("session_time_secs")?,
+        terminate_cause: row.try_get("terminate_cause")?,
+        attempts: row.try_get("attempts")?,
+    })
+}
+
+/// A session stopped by a transaction, with its Stop queued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stopped {
+    /// Session row id.
+    pub id: i64,
+    /// Acct-Terminate-Cause queued.
+    pub cause: u32,
+}
+
+impl Storage {
+    /// Opens (creating if needed) the database file and runs migrations.
+    pub async fn open(path: &Path) -> Result<Storage, StorageError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StorageError::Database(sqlx::Error::Io(e)))?;
+        }
+        let url = format!("sqlite://{}", path.display());
+        let options = SqliteConnectOptions::from_str(&url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Storage { pool })
+    }
+
+    /// The pool, for the web-session store that shares the database.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StorageError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Inserts or updates an organization from configuration.
+    pub async fn upsert_organization(&self, id: &str, name: &str, active: bool, now: i64) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO organizations (id, name, is_active, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT(id) DO UPDATE SET name = excluded.name, is_active = excluded.is_active, updated_at = excluded.updated_at",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(active)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Creates an access session with its Start queued. An active session of the same
+    /// (organization, client IP) is stopped first (Port-Preempted), in the same transaction.
+    pub async fn open_session(&self, new: &NewAccessSession) -> Result<(i64, Vec<Stopped>), StorageError> {
+        let mut tx = self.begin().await?;
+        let previous: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM access_sessions WHERE organization_id = ? AND client_ip = ? AND state = 'active'",
+        )
+        .bind(&new.organization_id)
+        .bind(&new.client_ip)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut stopped = Vec::new();
+        for id in previous {
+            if stop_in(&mut tx, id, terminate_cause::PORT_PREEMPTED, new.started_at, None).await? {
+                stopped.push(Stopped { id, cause: terminate_cause::PORT_PREEMPTED });
+            }
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO access_sessions (acct_session_id, organization_id, username, client_ip, server_index, server_name, \
+             classes, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, state) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active') RETURNING id",
+        )
+        .bind(&new.acct_session_id)
+        .bind(&new.organization_id)
+        .bind(&new.username)
+        .bind(&new.client_ip)
+        .bind(new.server_index)
+        .bind(&new.server_name)
+        .bind(encode_classes(&new.classes))
+        .bind(new.started_at)
+        .bind(new.started_at)
+        .bind(new.window_ms)
+        .bind(new.limit_at)
+        .bind(new.expires_at)
+        .bind(new.interim_interval)
+        .fetch_one(&mut *tx)
+        .await?;
+        enqueue(&mut tx, id, status_type::START, new.started_at, None, None).await?;
+        tx.commit().await?;
+        Ok((id, stopped))
+    }
+
+    /// Loads a session by id.
+    pub async fn session(&self, id: i64) -> Result<Option<AccessSessionRecord>, StorageError> {
+        let row = sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM access_sessions WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    /// Loads a session by Acct-Session-Id.
+    pub async fn session_by_acct_id(&self, acct_session_id: &str) -> Result<Option<AccessSessionRecord>, StorageError> {
+        let row = sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM access_sessions WHERE acct_session_id = ?"))
+            .bind(acct_session_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    /// Moves an active session's deadline to `expires_at` (refreshed at `now`) and queues an
+    /// Interim-Update. Returns the updated session, or None if it is no longer active.
+    pub async fn refresh_session(&self, id: i64, now: i64, expires_at: i64) -> Result<Option<AccessSessionRecord>, StorageError> {
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE access_sessions SET refreshed_at = ?, expires_at = ? WHERE id = ? AND state = 'active' AND expires_at > ? \
+             RETURNING started_at",
+        )
+        .bind(now)
+        .bind(expires_at)
+        .bind(id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = updated else {
+            return Ok(None);
+        };
+        let started_at: i64 = row.try_get("started_at")?;
+        enqueue(&mut tx, id, status_type::INTERIM_UPDATE, now, Some((now - started_at) / 1000), None).await?;
+        let row = sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM access_sessions WHERE id = ?"))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let session = session_from_row(&row)?;
+        tx.commit().await?;
+        Ok(Some(session))
+    }
+
+    /// Stops an active session at `event_at` with `cause` and queues its Stop. False if it was
+    /// not active (already stopped: nothing is queued twice).
+    pub async fn stop_session(&self, id: i64, cause: u32, event_at: i64) -> Result<bool, StorageError> {
+        let mut tx = self.begin().await?;
+        let stopped = stop_in(&mut tx, id, cause, event_at, None).await?;
+        tx.commit().await?;
+        Ok(stopped)
+    }
+
+    /// Stops every active session whose deadline is at or before `now`. Each is stopped at its
+    /// own deadline, with Session-Timeout when the limit was reached, else Idle-Timeout.
+    pub async fn stop_due_sessions(&self, now: i64) -> Result<Vec<Stopped>, StorageError> {
+        let mut tx = self.begin().await?;
+        let due = sqlx::query(
+            "SELECT id, expires_at, limit_at FROM access_sessions WHERE state = 'active' AND expires_at <= ? ORDER BY expires_at",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut stopped = Vec::new();
+        for row in due {
+            let id: i64 = row.try_get("id")?;
+            let expires_at: i64 = row.try_get("expires_at")?;
+            let limit_at: Option<i64> = row.try_get("limit_at")?;
+            let cause = if limit_at.is_some_and(|l| l <= expires_at) {
+                terminate_cause::SESSION_TIMEOUT
+            } else {
+                terminate_cause::IDLE_TIMEOUT
+            };
+            if stop_in(&mut tx, id, cause, expires_at, Some(now)).await? {
+                stopped.push(Stopped { id, cause });
+            }
+        }
+        tx.commit().await?;
+        Ok(stopped)
+    }
+
+    /// Earliest deadline of an active session.
+    pub async fn next_expiry(&self) -> Result<Option<i64>, StorageError> {
+        Ok(sqlx::query_scalar("SELECT MIN(expires_at) FROM access_sessions WHERE state = 'active'")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Number of active sessions.
+    pub async fn active_sessions(&self) -> Result<i64, StorageError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM access_sessions WHERE state = 'active'")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Claims the oldest due outbox row whose earlier rows (same session and destination) are all
+    /// delivered, so a session's packets go out in order. The claim lasts until `lease_until`.
+    pub async fn claim_next_outbox(&self, now: i64, lease_until: i64) -> Result<Option<OutboxRow>, StorageError> {
+        let row = sqlx::query(
+            "UPDATE accounting_outbox SET claimed_until = ?, attempts = attempts + 1 WHERE id = ( \
+               SELECT o.id FROM accounting_outbox o \
+               WHERE o.delivered_at IS NULL AND o.next_attempt_at <= ? \
+                 AND (o.claimed_until IS NULL OR o.claimed_until < ?) \
+                 AND NOT EXISTS (SELECT 1 FROM accounting_outbox p WHERE p.access_session_id = o.access_session_id \
+                                 AND p.destination = o.destination AND p.id < o.id AND p.delivered_at IS NULL) \
+               ORDER BY o.next_attempt_at, o.id LIMIT 1) \
+             RETURNING id, access_session_id, status_type, event_at, session_time_secs, terminate_cause, attempts",
+        )
+        .bind(lease_until)
+        .bind(now)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(outbox_from_row).transpose()
+    }
+
+    /// Claims a session's next undelivered row of `status_type` if it is first in line (used to
+    /// send a Start at once, inside the login request).
+    pub async fn claim_session_outbox(
+        &self,
+        access_session_id: i64,
+        status_type: u32,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<OutboxRow>, StorageError> {
+        let row = sqlx::query(
+            "UPDATE accounting_outbox SET claimed_until = ?, attempts = attempts + 1 WHERE id = ( \
+               SELECT o.id FROM accounting_outbox o \
+               WHERE o.access_session_id = ? AND o.status_type = ? AND o.delivered_at IS NULL \
+                 AND (o.claimed_until IS NULL OR o.claimed_until < ?) \
+                 AND NOT EXISTS (SELECT 1 FROM accounting_outbox p WHERE p.access_session_id = o.access_session_id \
+                                 AND p.destination = o.destination AND p.id < o.id AND p.delivered_at IS NULL) \
+               ORDER BY o.id LIMIT 1) \
+             RETURNING id, access_session_id, status_type, event_at, session_time_secs, terminate_cause, attempts",
+        )
+        .bind(lease_until)
+        .bind(access_session_id)
+        .bind(status_type)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(outbox_from_row).transpose()
+    }
+
+    /// Marks a claimed row delivered.
+    pub async fn mark_delivered(&self, id: i64, now: i64) -> Result<(), StorageError> {
+        sqlx::query("UPDATE accounting_outbox SET delivered_at = ?, claimed_until = NULL, last_error = NULL WHERE id = ?")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Releases a claimed row for a retry at `next_attempt_at`, recording why it failed.
+    pub async fn mark_failed(&self, id: i64, next_attempt_at: i64, error: &str) -> Result<(), StorageError> {
+        sqlx::query("UPDATE accounting_outbox SET next_attempt_at = ?, claimed_until = NULL, last_error = ? WHERE id = ?")
+            .bind(next_attempt_at)
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// When the next undelivered row becomes due (claimed rows count from their lease end).
+    pub async fn next_outbox_attempt(&self) -> Result<Option<i64>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(MAX(next_attempt_at, COALESCE(claimed_until, 0))) FROM accounting_outbox WHERE delivered_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Undelivered rows (backlog).
+    pub async fn outbox_backlog(&self) -> Result<i64, StorageError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM accounting_outbox WHERE delivered_at IS NULL")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}
+
+/// Stops `id` if active and queues its Stop (Acct-Session-Time up to `event_at`). `due_by` makes
+/// the stop conditional on the deadline still being due (a concurrent refresh wins).
+async fn stop_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    id: i64,
+    cause: u32,
+    event_at: i64,
+    due_by: Option<i64>,
+) -> Result<bool, StorageError> {
+    let row = sqlx::query(
+        "UPDATE access_sessions SET state = 'stopped', stopped_at = ?, terminate_cause = ? \
+         WHERE id = ? AND state = 'active' AND (? IS NULL OR expires_at <= ?) RETURNING started_at",
+    )
+    .bind(event_at)
+    .bind(cause)
+    .bind(id)
+    .bind(due_by)
+    .bind(due_by)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    let started_at: i64 = row.try_get("started_at")?;
+    let session_time = (event_at - started_at).max(0) / 1000;
+    enqueue(tx, id, status_type::STOP, event_at, Some(session_time), Some(cause)).await?;
+    Ok(true)
+}
+
+async fn enqueue(
+    tx: &mut Transaction<'static, Sqlite>,
+    access_session_id: i64,
+    status_type: u32,
+    event_at: i64,
+    session_time_secs: Option<i64>,
+    cause: Option<u32>,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, session_time_secs, \
+         terminate_cause, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(access_session_id)
+    .bind(AUTH_SERVER_DESTINATION)
+    .bind(status_type)
+    .bind(event_at)
+    .bind(session_time_secs)
+    .bind(cause)
+    .bind(event_at)
+    .bind(event_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+impl Storage {
+    /// Whether a session's packet of `status_type` has been acknowledged.
+    pub async fn outbox_delivered(&self, access_session_id: i64, status_type: u32) -> Result<bool, StorageError> {
+        let delivered: Option<i64> = sqlx::query_scalar(
+            "SELECT delivered_at FROM accounting_outbox WHERE access_session_id = ? AND status_type = ? ORDER BY id DESC LIMIT 1",
+        )
+        .bind(access_session_id)
+        .bind(status_type)
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten();
+        Ok(delivered.is_some())
+    }
+}

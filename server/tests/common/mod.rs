@@ -1,0 +1,285 @@
+//! Test fixtures: a real FreeRADIUS instance ([`FreeRadius`]) started from the committed config in
+//! `tests/fixtures/freeradius`, and the real portal ([`TestApp`]) served in-process on a loopback
+//! port with a fresh database, driven over HTTP like a browser without JavaScript.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use radius_portal::{
+    config::{OrganizationSettings, Secret, ServerSettings, Settings, DEFAULT_USERNAME_PATTERN},
+    radius::{client::RadiusClient, Radius, ServerEndpoint},
+    startup::Application,
+    storage::Storage,
+};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "testing123";
+
+/// Polls `check` until it returns Some or `timeout` passes (then panics with `what`).
+pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
+}
+
+/// A FreeRADIUS server on free loopback ports, killed on drop.
+pub struct FreeRadius {
+    pub auth_port: u16,
+    pub acct_port: u16,
+    /// Auth port whose client must send Message-Authenticator and whose replies carry one.
+    pub strict_port: u16,
+    state: tempfile::TempDir,
+    child: Child,
+}
+
+impl FreeRadius {
+    pub async fn start() -> FreeRadius {
+        let config_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/freeradius");
+        for _attempt in 0..5 {
+            let state = tempfile::tempdir().unwrap();
+            let (auth_port, acct_port, strict_port) = (free_udp_port(), free_udp_port(), free_udp_port());
+            let child = Command::new("freeradius")
+                .args(["-f", "-d"])
+                .arg(&config_dir)
+                .arg("-l")
+                .arg(state.path().join("radius.log"))
+                .env("RADIUS_AUTH_PORT", auth_port.to_string())
+                .env("RADIUS_ACCT_PORT", acct_port.to_string())
+                .env("RADIUS_STRICT_PORT", strict_port.to_string())
+                .env("RADIUS_STATE_DIR", state.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("freeradius must be installed (scripts/setup.sh --test installs it)");
+            let mut server = FreeRadius { auth_port, acct_port, strict_port, state, child };
+            if server.wait_ready().await {
+                return server;
+            }
+            let log = std::fs::read_to_string(server.state.path().join("radius.log")).unwrap_or_default();
+            eprintln!("FreeRADIUS did not start (retrying with other ports):\n{log}");
+        }
+        panic!("FreeRADIUS did not start");
+    }
+
+    async fn wait_ready(&mut self) -> bool {
+        let radius = Radius::new(RadiusClient::bind(Ipv4Addr::LOCALHOST).await.unwrap());
+        let endpoint = self.endpoint("probe", true);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            let probe = radius.status_server(&endpoint, Instant::now() + Duration::from_millis(300)).await;
+            if probe.is_ok() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// A server entry for the portal's configuration.
+    pub fn server_settings(&self, name: &str, strict: bool) -> ServerSettings {
+        ServerSettings {
+            name: name.into(),
+            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            auth_port: if strict { self.strict_port } else { self.auth_port },
+            acct_port: self.acct_port,
+            secret: Some(Secret::new(SECRET)),
+            secret_file: None,
+            timeout: Duration::from_millis(500),
+            retries: 2,
+            require_message_authenticator: strict,
+        }
+    }
+
+    fn endpoint(&self, name: &str, strict: bool) -> ServerEndpoint {
+        let s = self.server_settings(name, strict);
+        ServerEndpoint {
+            name: s.name,
+            auth_addr: SocketAddr::new(s.address, s.auth_port),
+            acct_addr: SocketAddr::new(s.address, s.acct_port),
+            secret: Secret::new(SECRET),
+            timeout: Duration::from_millis(200),
+            retries: 0,
+            require_message_authenticator: strict,
+        }
+    }
+
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.state.path().join(file)).unwrap_or_default()
+    }
+
+    /// One line per accounting packet received (see `acct_log` in radiusd.conf).
+    pub fn acct_lines(&self) -> Vec<String> {
+        self.read("acct.log").lines().map(str::to_string).collect()
+    }
+
+    /// One line per Access-Request answered.
+    pub fn auth_lines(&self) -> Vec<String> {
+        self.read("auth.log").lines().map(str::to_string).collect()
+    }
+
+    /// Full detail records of accounting packets.
+    pub fn detail(&self) -> String {
+        self.read("detail")
+    }
+
+    /// Waits for an accounting line containing every fragment.
+    pub async fn wait_for_acct(&self, fragments: &[&str]) -> String {
+        let what = format!("an accounting line with {fragments:?}");
+        wait_for(&what, Duration::from_secs(15), || {
+            self.acct_lines().into_iter().find(|l| fragments.iter().all(|f| l.contains(f)))
+        })
+        .await
+    }
+}
+
+impl Drop for FreeRadius {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads `key=value` from an accounting line.
+pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let prefix = format!("{key}=");
+    line.split(' ').find_map(|part| part.strip_prefix(prefix.as_str())).unwrap_or("")
+}
+
+/// Portal settings for one organization served by `servers`.
+pub fn settings(db: &Path, servers: Vec<ServerSettings>) -> Settings {
+    let mut settings = Settings::default();
+    settings.database.path = db.to_path_buf();
+    settings.http.listen = Some("127.0.0.1:0".parse().unwrap());
+    settings.radius.bind = Ipv4Addr::LOCALHOST;
+    settings.organizations.push(OrganizationSettings {
+        id: "acme".into(),
+        name: "Acme Test Org".into(),
+        enabled: true,
+        nas_identifier: "portal-test".into(),
+        nas_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        default_window: Duration::from_secs(4 * 3600),
+        max_lifetime: None,
+        username_pattern: DEFAULT_USERNAME_PATTERN.into(),
+        login_timeout: Duration::from_secs(5),
+        servers,
+    });
+    settings.validate().unwrap();
+    settings
+}
+
+fn leptos_options(site_root: &Path) -> leptos::prelude::LeptosOptions {
+    leptos::prelude::LeptosOptions::builder()
+        .output_name("radius-portal")
+        .site_root(site_root.to_string_lossy().to_string())
+        .build()
+}
+
+/// The portal served in-process on 127.0.0.1:<free port>.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub storage: Storage,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _site: tempfile::TempDir,
+}
+
+impl TestApp {
+    pub async fn spawn(settings: &Settings) -> TestApp {
+        let site = tempfile::tempdir().unwrap();
+        let app = Application::build(settings, leptos_options(site.path()), false).await.expect("portal builds");
+        let addr = app.local_addr();
+        let storage = app.storage.clone();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app.run(shutdown.clone()));
+        TestApp { addr, storage, shutdown, task, _site: site }
+    }
+
+    /// Graceful shutdown, as on SIGTERM.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+
+    /// A browser without JavaScript, connecting from `client_ip` (any 127.x.y.z address).
+    pub fn browser(&self, client_ip: Ipv4Addr) -> Browser {
+        let http = reqwest::Client::builder()
+            .cookie_store(true)
+            .local_address(IpAddr::V4(client_ip))
+            .build()
+            .unwrap();
+        Browser { http, base: format!("http://{}", self.addr) }
+    }
+}
+
+/// A cookie-keeping HTTP client that posts forms like a browser without JavaScript.
+pub struct Browser {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+/// Where a request ended up after redirects.
+pub struct Page {
+    pub path: String,
+    pub status: u16,
+    pub body: String,
+}
+
+impl Browser {
+    pub async fn get(&self, path: &str) -> Page {
+        let response = self.http.get(format!("{}{path}", self.base)).header("accept", "text/html").send().await.unwrap();
+        Self::page(response).await
+    }
+
+    /// Posts a form from the page at `from` (Referer), following redirects.
+    pub async fn post_form(&self, action: &str, from: &str, form: &[(&str, &str)]) -> Page {
+        let response = self
+            .http
+            .post(format!("{}{action}", self.base))
+            .header("accept", "text/html")
+            .header("referer", format!("{}{from}", self.base))
+            .header("origin", self.base.clone())
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        Self::page(response).await
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Page {
+        self.post_form("/api/login", "/", &[("username", username), ("password", password)]).await
+    }
+
+    async fn page(response: reqwest::Response) -> Page {
+        let path = response.url().path().to_string();
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        Page { path, status, body }
+    }
+}
+
+/// A fresh temporary database path (the directory lives as long as the returned guard).
+pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portal.db");
+    (dir, path)
+}
