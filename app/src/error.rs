@@ -1,11 +1,11 @@
 //! The one error type the browser ever sees. Every variant is safe to show: the server maps its
 //! internal errors to these in one place (`server::portal_backend`) and logs the cause there.
 
-use serde::{Deserialize, Serialize};
 use leptos::server_fn::{
     codec::JsonEncoding,
     error::{FromServerFnError, ServerFnErrorErr},
 };
+use serde::{Deserialize, Serialize};
 
 /// A user-facing failure of a portal operation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -29,7 +29,9 @@ pub enum PortalError {
     #[error("This organization is disabled. Please contact your network administrator.")]
     OrganizationDisabled,
     /// No RADIUS server of the organization answered in time. Retry later.
-    #[error("The authentication servers cannot be reached right now. Please try again in a minute.")]
+    #[error(
+        "The authentication servers cannot be reached right now. Please try again in a minute."
+    )]
     ServersUnavailable,
     /// The web session holds no active access session (expired, disconnected or never opened).
     #[error("You have no active session. Please sign in.")]

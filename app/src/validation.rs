@@ -17,7 +17,10 @@ fn invalid(field: &str, message: impl Into<String>) -> PortalError {
 }
 
 /// Checks a username's length and characters; `allowed` is the organization's pattern.
-pub fn validate_username(username: &str, allowed: impl Fn(&str) -> bool) -> Result<(), PortalError> {
+pub fn validate_username(
+    username: &str,
+    allowed: impl Fn(&str) -> bool,
+) -> Result<(), PortalError> {
     if username.is_empty() {
         return Err(invalid("username", "Username is required."));
     }
@@ -31,7 +34,10 @@ pub fn validate_username(username: &str, allowed: impl Fn(&str) -> bool) -> Resu
         return Err(invalid("username", "Username contains control characters."));
     }
     if !allowed(username) {
-        return Err(invalid("username", "Username contains characters that are not allowed."));
+        return Err(invalid(
+            "username",
+            "Username contains characters that are not allowed.",
+        ));
     }
     Ok(())
 }
@@ -77,7 +83,10 @@ mod tests {
     #[test]
     fn username_of_63_bytes_passes_and_64_fails() {
         assert!(validate_username(&"a".repeat(63), any).is_ok());
-        assert_eq!(field_of(validate_username(&"a".repeat(64), any)), "username");
+        assert_eq!(
+            field_of(validate_username(&"a".repeat(64), any)),
+            "username"
+        );
     }
 
     #[test]

@@ -24,7 +24,12 @@ pub struct Cli {
     #[arg(long, short, global = true, env = "PORTAL_CONFIG")]
     pub config: Option<PathBuf>,
     /// Leptos runtime options (site root, asset names).
-    #[arg(long, global = true, env = "PORTAL_LEPTOS_CONFIG", default_value = "Leptos.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "PORTAL_LEPTOS_CONFIG",
+        default_value = "Leptos.toml"
+    )]
     pub leptos_config: PathBuf,
     /// What to do (default: serve).
     #[command(subcommand)]
@@ -69,8 +74,14 @@ pub async fn run() -> anyhow::Result<()> {
             settings.apply_env(|k| std::env::var(k).ok())?;
             telemetry::init(&settings.log);
             let shutdown = CancellationToken::new();
-            let demo = DemoRadius::start(shutdown.clone()).await.context("while starting the demo RADIUS server")?;
-            if let Some(server) = settings.organizations.first_mut().and_then(|o| o.servers.first_mut()) {
+            let demo = DemoRadius::start(shutdown.clone())
+                .await
+                .context("while starting the demo RADIUS server")?;
+            if let Some(server) = settings
+                .organizations
+                .first_mut()
+                .and_then(|o| o.servers.first_mut())
+            {
                 server.auth_port = demo.auth_addr.port();
                 server.acct_port = demo.acct_addr.port();
             }
@@ -105,7 +116,12 @@ async fn serve(settings: &Settings, options: LeptosOptions, demo: bool) -> anyho
     if demo {
         println!("\nDEMO portal running at http://{addr}/  (Ctrl-C to stop)\nDemo users:");
         for user in DEMO_USERS {
-            println!("  {:<8} password {:<12} {}", user.username, user.password.unwrap_or("(any)"), user.description);
+            println!(
+                "  {:<8} password {:<12} {}",
+                user.username,
+                user.password.unwrap_or("(any)"),
+                user.description
+            );
         }
         println!();
     }
@@ -117,14 +133,15 @@ async fn cancel_on_signal(token: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                token.cancel();
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -24,7 +24,10 @@ pub struct ConfigError {
 }
 
 fn config_error(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError { key: key.into(), problem: problem.into() }
+    ConfigError {
+        key: key.into(),
+        problem: problem.into(),
+    }
 }
 
 /// A secret string (RADIUS shared secret, keys). `Debug` and `Display` print `[redacted]`.
@@ -57,7 +60,11 @@ impl fmt::Display for Secret {
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration like \"5s\" or \"4h\": {e}")))
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a duration like \"5s\" or \"4h\": {e}"
+        ))
+    })
 }
 
 fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -111,7 +118,9 @@ fn default_db_path() -> PathBuf {
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        DatabaseSettings { path: default_db_path() }
+        DatabaseSettings {
+            path: default_db_path(),
+        }
     }
 }
 
@@ -130,7 +139,9 @@ fn unspecified_v4() -> Ipv4Addr {
 
 impl Default for RadiusSettings {
     fn default() -> Self {
-        RadiusSettings { bind: unspecified_v4() }
+        RadiusSettings {
+            bind: unspecified_v4(),
+        }
     }
 }
 
@@ -155,7 +166,10 @@ fn default_log_filter() -> String {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        LogSettings { format: default_log_format(), filter: default_log_filter() }
+        LogSettings {
+            format: default_log_format(),
+            filter: default_log_filter(),
+        }
     }
 }
 
@@ -260,17 +274,30 @@ impl ServerSettings {
         match (&self.secret, &self.secret_file) {
             (Some(s), None) if !s.expose().is_empty() => Ok(s.clone()),
             (None, Some(path)) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| config_error(format!("{key}.secret_file"), format!("cannot read {}: {e}", path.display())))?;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    config_error(
+                        format!("{key}.secret_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
                 let text = text.trim_end_matches(['\n', '\r']);
                 if text.is_empty() {
-                    return Err(config_error(format!("{key}.secret_file"), "the file is empty"));
+                    return Err(config_error(
+                        format!("{key}.secret_file"),
+                        "the file is empty",
+                    ));
                 }
                 Ok(Secret::new(text))
             }
-            (Some(_), Some(_)) => Err(config_error(key, "set either `secret` or `secret_file`, not both")),
+            (Some(_), Some(_)) => Err(config_error(
+                key,
+                "set either `secret` or `secret_file`, not both",
+            )),
             (Some(_), None) => Err(config_error(format!("{key}.secret"), "the secret is empty")),
-            (None, None) => Err(config_error(key, "a shared `secret` (or `secret_file`) is required")),
+            (None, None) => Err(config_error(
+                key,
+                "a shared `secret` (or `secret_file`) is required",
+            )),
         }
     }
 }
@@ -280,8 +307,12 @@ impl Settings {
     pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
         let mut settings = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| config_error(path.display().to_string(), format!("cannot read the file: {e}")))?;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    config_error(
+                        path.display().to_string(),
+                        format!("cannot read the file: {e}"),
+                    )
+                })?;
                 Settings::from_toml(&text)?
             }
             None => Settings::default(),
@@ -294,7 +325,10 @@ impl Settings {
     /// Parses TOML text (no environment, no validation).
     pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
         toml::from_str(text).map_err(|e| {
-            let key = e.span().map(|s| format!("byte {}..{}", s.start, s.end)).unwrap_or_else(|| "file".into());
+            let key = e
+                .span()
+                .map(|s| format!("byte {}..{}", s.start, s.end))
+                .unwrap_or_else(|| "file".into());
             config_error(key, e.message().to_string())
         })
     }
@@ -302,15 +336,18 @@ impl Settings {
     /// Applies `PORTAL_*` overrides (and the original's `PORT`) read through `var`.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(port) = var("PORT") {
-            let port: u16 = port.parse().map_err(|_| config_error("PORT", format!("`{port}` is not a port number")))?;
+            let port: u16 = port
+                .parse()
+                .map_err(|_| config_error("PORT", format!("`{port}` is not a port number")))?;
             self.http.listen = Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
         }
         if let Some(listen) = var("PORTAL_HTTP_LISTEN") {
-            self.http.listen = Some(
-                listen
-                    .parse()
-                    .map_err(|_| config_error("PORTAL_HTTP_LISTEN", format!("`{listen}` is not an address like 127.0.0.1:3000")))?,
-            );
+            self.http.listen = Some(listen.parse().map_err(|_| {
+                config_error(
+                    "PORTAL_HTTP_LISTEN",
+                    format!("`{listen}` is not an address like 127.0.0.1:3000"),
+                )
+            })?);
         }
         if let Some(v) = var("PORTAL_HTTP_SECURE_COOKIES") {
             self.http.secure_cookies = parse_bool("PORTAL_HTTP_SECURE_COOKIES", &v)?;
@@ -330,31 +367,60 @@ impl Settings {
     /// Checks what serde cannot: cross-field rules, patterns, secrets.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(config_error("log.format", format!("`{}` is not `text` or `json`", self.log.format)));
+            return Err(config_error(
+                "log.format",
+                format!("`{}` is not `text` or `json`", self.log.format),
+            ));
         }
         if self.organizations.is_empty() {
-            return Err(config_error("organizations", "at least one [[organizations]] entry is required"));
+            return Err(config_error(
+                "organizations",
+                "at least one [[organizations]] entry is required",
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, org) in self.organizations.iter().enumerate() {
             let key = format!("organizations[{i}]");
-            if org.id.is_empty() || !org.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(config_error(format!("{key}.id"), "use letters, digits, `-` and `_` only"));
+            if org.id.is_empty()
+                || !org
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(config_error(
+                    format!("{key}.id"),
+                    "use letters, digits, `-` and `_` only",
+                ));
             }
             if !seen.insert(org.id.as_str()) {
-                return Err(config_error(format!("{key}.id"), format!("`{}` is used twice", org.id)));
+                return Err(config_error(
+                    format!("{key}.id"),
+                    format!("`{}` is used twice", org.id),
+                ));
             }
             if let Err(e) = regex::Regex::new(&org.username_pattern) {
-                return Err(config_error(format!("{key}.username_pattern"), format!("not a valid regular expression: {e}")));
+                return Err(config_error(
+                    format!("{key}.username_pattern"),
+                    format!("not a valid regular expression: {e}"),
+                ));
             }
             if org.default_window.is_zero() {
-                return Err(config_error(format!("{key}.default_window"), "must be longer than 0s"));
+                return Err(config_error(
+                    format!("{key}.default_window"),
+                    "must be longer than 0s",
+                ));
             }
             if org.max_lifetime.is_some_and(|d| d.is_zero()) {
-                return Err(config_error(format!("{key}.max_lifetime"), "must be longer than 0s"));
+                return Err(config_error(
+                    format!("{key}.max_lifetime"),
+                    "must be longer than 0s",
+                ));
             }
             if org.servers.is_empty() {
-                return Err(config_error(format!("{key}.servers"), "at least one RADIUS server is required"));
+                return Err(config_error(
+                    format!("{key}.servers"),
+                    "at least one RADIUS server is required",
+                ));
             }
             for (j, server) in org.servers.iter().enumerate() {
                 server.load_secret(&format!("{key}.servers[{j}]"))?;
@@ -414,7 +480,10 @@ mod tests {
 
     #[test]
     fn bad_duration_names_the_problem() {
-        let text = MINIMAL.replace("name = \"Acme\"", "name = \"Acme\"\ndefault_window = \"four hours\"");
+        let text = MINIMAL.replace(
+            "name = \"Acme\"",
+            "name = \"Acme\"\ndefault_window = \"four hours\"",
+        );
         let err = Settings::from_toml(&text).expect_err("bad duration");
         assert!(err.problem.contains("four hours"), "{err}");
     }
@@ -422,7 +491,10 @@ mod tests {
     #[test]
     fn missing_secret_names_the_server() {
         let text = MINIMAL.replace("secret = \"s3cr3t-value\"", "");
-        let err = Settings::from_toml(&text).expect("parses").validate().expect_err("no secret");
+        let err = Settings::from_toml(&text)
+            .expect("parses")
+            .validate()
+            .expect_err("no secret");
         assert_eq!(err.key, "organizations[0].servers[0]");
     }
 
@@ -436,9 +508,14 @@ mod tests {
                 _ => None,
             })
             .expect("applies");
-        assert_eq!(settings.http.listen, Some("0.0.0.0:8443".parse().expect("addr")));
+        assert_eq!(
+            settings.http.listen,
+            Some("0.0.0.0:8443".parse().expect("addr"))
+        );
         assert_eq!(settings.database.path, PathBuf::from("/tmp/x.db"));
-        let err = settings.apply_env(|k| (k == "PORT").then(|| "eighty".into())).expect_err("bad port");
+        let err = settings
+            .apply_env(|k| (k == "PORT").then(|| "eighty".into()))
+            .expect_err("bad port");
         assert_eq!(err.key, "PORT");
     }
 }

@@ -71,7 +71,10 @@ impl DemoRadius {
     pub async fn start(shutdown: CancellationToken) -> std::io::Result<DemoRadius> {
         let auth = Arc::new(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?);
         let acct = Arc::new(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?);
-        let demo = DemoRadius { auth_addr: auth.local_addr()?, acct_addr: acct.local_addr()? };
+        let demo = DemoRadius {
+            auth_addr: auth.local_addr()?,
+            acct_addr: acct.local_addr()?,
+        };
         tokio::spawn(serve(auth, shutdown.clone()));
         tokio::spawn(serve(acct, shutdown));
         Ok(demo)
@@ -98,7 +101,9 @@ pub fn answer(bytes: &[u8]) -> Option<Vec<u8>> {
     let mut reply = match request.code {
         Code::AccessRequest | Code::StatusServer => {
             if packet::verify_request_message_authenticator(bytes, secret) != Some(true) {
-                tracing::warn!("DEMO RADIUS: request without a valid Message-Authenticator dropped");
+                tracing::warn!(
+                    "DEMO RADIUS: request without a valid Message-Authenticator dropped"
+                );
                 return None;
             }
             if request.code == Code::StatusServer {
@@ -123,7 +128,9 @@ pub fn answer(bytes: &[u8]) -> Option<Vec<u8>> {
         _ => return None,
     };
     if reply.code != Code::AccountingResponse {
-        reply.attributes.insert(0, (attr::MESSAGE_AUTHENTICATOR, vec![0; 16]));
+        reply
+            .attributes
+            .insert(0, (attr::MESSAGE_AUTHENTICATOR, vec![0; 16]));
     }
     packet::encode_response(&reply, &request.authenticator, secret).ok()
 }
@@ -135,8 +142,18 @@ fn authenticate(request: &Packet, secret: &[u8]) -> Packet {
         .map(|hidden| packet::unhide_password(hidden, secret, &request.authenticator))
         .unwrap_or_default();
     let user = DEMO_USERS.iter().find(|u| u.username == username);
-    let accepted = user.and_then(|u| u.password).is_some_and(|p| p.as_bytes() == password.as_slice());
-    let mut reply = Packet::new(if accepted { Code::AccessAccept } else { Code::AccessReject }, request.identifier, [0; 16]);
+    let accepted = user
+        .and_then(|u| u.password)
+        .is_some_and(|p| p.as_bytes() == password.as_slice());
+    let mut reply = Packet::new(
+        if accepted {
+            Code::AccessAccept
+        } else {
+            Code::AccessReject
+        },
+        request.identifier,
+        [0; 16],
+    );
     if let Some(user) = user {
         if let Some(message) = user.reply_message {
             reply.push(attr::REPLY_MESSAGE, message.as_bytes().to_vec());

@@ -33,7 +33,11 @@ pub struct PortalBackend {
 impl PortalBackend {
     /// Wires the backend.
     pub fn new(sessions: AccessSessions, organizations: Arc<Organizations>, demo: bool) -> Self {
-        PortalBackend { sessions, organizations, demo }
+        PortalBackend {
+            sessions,
+            organizations,
+            demo,
+        }
     }
 
     fn view(&self, s: &AccessSessionRecord) -> SessionView {
@@ -56,7 +60,9 @@ impl PortalBackend {
     }
 
     async fn linked_session_id(&self, web: &Session) -> Result<Option<i64>, PortalError> {
-        web.get::<i64>(ACCESS_SESSION_KEY).await.map_err(|e| internal("reading the web session", &e))
+        web.get::<i64>(ACCESS_SESSION_KEY)
+            .await
+            .map_err(|e| internal("reading the web session", &e))
     }
 }
 
@@ -68,10 +74,14 @@ fn web_session(request: &Parts) -> Result<Session, PortalError> {
 }
 
 fn client_ip(request: &Parts) -> Result<std::net::IpAddr, PortalError> {
-    request.extensions.get::<ClientIp>().map(|c| c.0).ok_or_else(|| {
-        tracing::error!("no client address on the request (client-ip layer missing)");
-        PortalError::Internal
-    })
+    request
+        .extensions
+        .get::<ClientIp>()
+        .map(|c| c.0)
+        .ok_or_else(|| {
+            tracing::error!("no client address on the request (client-ip layer missing)");
+            PortalError::Internal
+        })
 }
 
 fn internal(context: &str, error: &dyn std::error::Error) -> PortalError {
@@ -94,7 +104,9 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 /// Maps lifecycle errors to what the user may see; logs the cause of internal ones.
 fn user_error(error: SessionError) -> PortalError {
     match error {
-        SessionError::Rejected { reply_message } => PortalError::Rejected { message: reply_message },
+        SessionError::Rejected { reply_message } => PortalError::Rejected {
+            message: reply_message,
+        },
         SessionError::OrganizationDisabled => PortalError::OrganizationDisabled,
         SessionError::ServersUnavailable(e) => {
             tracing::warn!(error = %error_chain(&e), "login failed: RADIUS servers unavailable");
@@ -150,20 +162,32 @@ impl PortalService for PortalBackend {
             .get(self.organizations.default_id())
             .map(|o| o.name.clone())
             .unwrap_or_default();
-        SiteInfo { organization, demo: self.demo }
+        SiteInfo {
+            organization,
+            demo: self.demo,
+        }
     }
 
     async fn login(&self, request: &Parts, input: LoginInput) -> Result<SessionView, PortalError> {
         let result = async {
             let org_id = self.organizations.default_id().to_string();
-            let org = self.organizations.get(&org_id).ok_or(PortalError::OrganizationDisabled)?;
+            let org = self
+                .organizations
+                .get(&org_id)
+                .ok_or(PortalError::OrganizationDisabled)?;
             validation::validate_username(&input.username, |u| org.username_pattern.is_match(u))?;
             validation::validate_password(&input.password)?;
             let ip = client_ip(request)?;
             let web = web_session(request)?;
-            let session = self.sessions.login(&org_id, &input.username, &input.password, ip).await.map_err(user_error)?;
+            let session = self
+                .sessions
+                .login(&org_id, &input.username, &input.password, ip)
+                .await
+                .map_err(user_error)?;
             // A new login gets a new web-session id (no fixation).
-            web.cycle_id().await.map_err(|e| internal("rotating the web session id", &e))?;
+            web.cycle_id()
+                .await
+                .map_err(|e| internal("rotating the web session id", &e))?;
             web.insert(ACCESS_SESSION_KEY, session.id)
                 .await
                 .map_err(|e| internal("writing the web session", &e))?;
@@ -191,7 +215,10 @@ impl PortalService for PortalBackend {
     async fn refresh(&self, request: &Parts) -> Result<SessionView, PortalError> {
         let result = async {
             let web = web_session(request)?;
-            let id = self.linked_session_id(&web).await?.ok_or(PortalError::NoSession)?;
+            let id = self
+                .linked_session_id(&web)
+                .await?
+                .ok_or(PortalError::NoSession)?;
             let session = self.sessions.refresh(id).await.map_err(user_error)?;
             Ok(self.view(&session))
         }

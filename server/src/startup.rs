@@ -36,31 +36,60 @@ pub struct Application {
 
 impl Application {
     /// Builds everything and binds the listener; errors say what failed (nothing is served then).
-    pub async fn build(settings: &Settings, leptos_options: LeptosOptions, demo: bool) -> anyhow::Result<Application> {
+    pub async fn build(
+        settings: &Settings,
+        leptos_options: LeptosOptions,
+        demo: bool,
+    ) -> anyhow::Result<Application> {
         let storage = Storage::open(&settings.database.path)
             .await
-            .with_context(|| format!("while opening the database {}", settings.database.path.display()))?;
-        let organizations = Arc::new(Organizations::from_settings(&settings.organizations).context("while loading organizations")?);
+            .with_context(|| {
+                format!(
+                    "while opening the database {}",
+                    settings.database.path.display()
+                )
+            })?;
+        let organizations = Arc::new(
+            Organizations::from_settings(&settings.organizations)
+                .context("while loading organizations")?,
+        );
         for org in organizations.all() {
             storage
                 .upsert_organization(&org.id, &org.name, org.active, now_ms())
                 .await
                 .context("while storing organizations")?;
         }
-        let client = RadiusClient::bind(settings.radius.bind).await.context("while binding the RADIUS client socket")?;
+        let client = RadiusClient::bind(settings.radius.bind)
+            .await
+            .context("while binding the RADIUS client socket")?;
         let radius = Radius::new(client);
         let accounting = Accounting::new(storage.clone(), radius.clone(), organizations.clone());
         let expiry_wake = Arc::new(Notify::new());
         let expiry = Expiry::new(storage.clone(), accounting.clone(), expiry_wake.clone());
         // Sessions that ran out while the portal was down are stopped before anything is served.
-        let stopped = expiry.expire_due(now_ms()).await.context("while stopping sessions that expired during downtime")?;
+        let stopped = expiry
+            .expire_due(now_ms())
+            .await
+            .context("while stopping sessions that expired during downtime")?;
         if !stopped.is_empty() {
-            tracing::info!(count = stopped.len(), "stopped sessions that expired while the portal was down");
+            tracing::info!(
+                count = stopped.len(),
+                "stopped sessions that expired while the portal was down"
+            );
         }
-        let sessions = AccessSessions::new(storage.clone(), organizations.clone(), radius, accounting.clone(), expiry_wake);
+        let sessions = AccessSessions::new(
+            storage.clone(),
+            organizations.clone(),
+            radius,
+            accounting.clone(),
+            expiry_wake,
+        );
         let backend = PortalBackend::new(sessions, organizations, demo);
         let session_store = SqliteStore::new(storage.pool().clone());
-        session_store.migrate().await.context("while creating the web-session table")?;
+        session_store
+            .migrate()
+            .await
+            .context("while creating the web-session table")?;
         let router = router(RouterParts {
             leptos_options: leptos_options.clone(),
             portal: Portal(Arc::new(backend)),
@@ -72,13 +101,24 @@ impl Application {
             Some(addr) => addr,
             None => leptos_options.site_addr,
         };
-        let listener = TcpListener::bind(addr).await.with_context(|| format!("while binding the web listener to {addr}"))?;
-        Ok(Application { listener, router, accounting, expiry, session_store, storage })
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("while binding the web listener to {addr}"))?;
+        Ok(Application {
+            listener,
+            router,
+            accounting,
+            expiry,
+            session_store,
+            storage,
+        })
     }
 
     /// The bound address (port 0 resolved).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// Serves until `shutdown` is cancelled, then drains background tasks.
@@ -94,7 +134,9 @@ impl Application {
                 _ = store.continuously_delete_expired(Duration::from_secs(3600)) => {}
             }
         });
-        let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let app = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
         let serve_shutdown = shutdown.clone();
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { serve_shutdown.cancelled().await })

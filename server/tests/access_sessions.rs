@@ -1,6 +1,8 @@
 //! Login, refresh, disconnect, expiry and restart against a real FreeRADIUS, through the portal's
 //! HTTP interface as a browser without JavaScript uses it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{field, settings, temp_db, wait_for, FreeRadius, TestApp};
@@ -12,22 +14,49 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 async fn accept_with_session_timeout_and_ise_class_opens_a_session_and_echoes_the_class() {
     let radius = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(&db, vec![radius.server_settings("primary", true)])).await;
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await;
 
     let page = app.browser(CLIENT).login("alice", "alice-pass").await;
 
-    assert_eq!(page.path, "/session", "login should land on the session page");
-    assert!(page.body.contains("alice"), "session page shows the username");
-    assert!(page.body.contains("maximum session length"), "a 30 s Session-Timeout is the limit that ends it");
+    assert_eq!(
+        page.path, "/session",
+        "login should land on the session page"
+    );
+    assert!(
+        page.body.contains("alice"),
+        "session page shows the username"
+    );
+    assert!(
+        page.body.contains("maximum session length"),
+        "a 30 s Session-Timeout is the limit that ends it"
+    );
     let start = radius.wait_for_acct(&["status=Start", "user=alice"]).await;
-    assert_eq!(field(&start, "class"), "CACS:0a0a0a0a0000000123456789:ise-node-1/123456789/42");
+    assert_eq!(
+        field(&start, "class"),
+        "CACS:0a0a0a0a0000000123456789:ise-node-1/123456789/42"
+    );
     assert_eq!(field(&start, "ip"), "127.0.0.1");
     assert_eq!(field(&start, "nas_id"), "portal-test");
-    assert_eq!(field(&start, "sid").len(), 32, "portal-generated Acct-Session-Id");
-    let auth = radius.auth_lines().into_iter().find(|l| l.contains("user=alice")).expect("Access-Request logged");
+    assert_eq!(
+        field(&start, "sid").len(),
+        32,
+        "portal-generated Acct-Session-Id"
+    );
+    let auth = radius
+        .auth_lines()
+        .into_iter()
+        .find(|l| l.contains("user=alice"))
+        .expect("Access-Request logged");
     assert!(auth.contains("result=Access-Accept"), "{auth}");
     assert!(auth.contains("calling=127.0.0.1"), "{auth}");
-    assert!(auth.contains("ma=0x"), "Access-Request carries Message-Authenticator: {auth}");
+    assert!(
+        auth.contains("ma=0x"),
+        "Access-Request carries Message-Authenticator: {auth}"
+    );
     app.stop().await;
 }
 
@@ -35,13 +64,23 @@ async fn accept_with_session_timeout_and_ise_class_opens_a_session_and_echoes_th
 async fn accept_with_idle_timeout_only_uses_it_as_the_window() {
     let radius = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(&db, vec![radius.server_settings("primary", true)])).await;
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await;
 
     let page = app.browser(CLIENT).login("bob", "bob-pass").await;
 
     assert_eq!(page.path, "/session");
-    assert!(page.body.contains("unless you refresh"), "the window ends it");
-    assert!(page.body.contains("20 seconds"), "window is the Idle-Timeout");
+    assert!(
+        page.body.contains("unless you refresh"),
+        "the window ends it"
+    );
+    assert!(
+        page.body.contains("20 seconds"),
+        "window is the Idle-Timeout"
+    );
     let start = radius.wait_for_acct(&["status=Start", "user=bob"]).await;
     assert_eq!(field(&start, "class"), "plain-class-value");
     app.stop().await;
@@ -51,15 +90,26 @@ async fn accept_with_idle_timeout_only_uses_it_as_the_window() {
 async fn accept_without_timeouts_gets_the_organization_default_window_and_no_class() {
     let radius = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(&db, vec![radius.server_settings("primary", true)])).await;
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await;
 
     let page = app.browser(CLIENT).login("carol", "carol-pass").await;
 
     assert_eq!(page.path, "/session");
     assert!(page.body.contains("4 hours"), "org default window of 4 h");
     let start = radius.wait_for_acct(&["status=Start", "user=carol"]).await;
-    assert_eq!(field(&start, "class"), "", "no Class in the Accept, none echoed");
-    assert!(!radius.detail().contains("Class ="), "no Class attribute at all in the Start");
+    assert_eq!(
+        field(&start, "class"),
+        "",
+        "no Class in the Accept, none echoed"
+    );
+    assert!(
+        !radius.detail().contains("Class ="),
+        "no Class attribute at all in the Start"
+    );
     app.stop().await;
 }
 
@@ -67,16 +117,32 @@ async fn accept_without_timeouts_gets_the_organization_default_window_and_no_cla
 async fn binary_and_multiple_class_values_are_echoed_byte_for_byte() {
     let radius = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(&db, vec![radius.server_settings("primary", true)])).await;
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await;
 
     let page = app.browser(CLIENT).login("frank", "frank-pass").await;
 
     assert_eq!(page.path, "/session");
     radius.wait_for_acct(&["status=Start", "user=frank"]).await;
     let detail = radius.detail();
-    assert!(detail.contains("Class = 0x00ff10fe80"), "binary Class echoed unmodified:\n{detail}");
-    let second = format!("Class = 0x{}", "second-class".bytes().map(|b| format!("{b:02x}")).collect::<String>());
-    assert!(detail.contains(&second), "second Class echoed too:\n{detail}");
+    assert!(
+        detail.contains("Class = 0x00ff10fe80"),
+        "binary Class echoed unmodified:\n{detail}"
+    );
+    let second = format!(
+        "Class = 0x{}",
+        "second-class"
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    assert!(
+        detail.contains(&second),
+        "second Class echoed too:\n{detail}"
+    );
     app.stop().await;
 }
 
@@ -84,19 +150,33 @@ async fn binary_and_multiple_class_values_are_echoed_byte_for_byte() {
 async fn reject_shows_the_reply_message_and_opens_nothing() {
     let radius = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(&db, vec![radius.server_settings("primary", true)])).await;
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await;
 
     let page = app.browser(CLIENT).login("dave", "whatever").await;
 
     assert_eq!(page.path, "/", "back on the login page");
-    assert!(page.body.contains("Sign-in refused: Account locked"), "Reply-Message shown: {}", page.body);
+    assert!(
+        page.body.contains("Sign-in refused: Account locked"),
+        "Reply-Message shown: {}",
+        page.body
+    );
     assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
     let auth = wait_for("the reject in auth.log", Duration::from_secs(5), || {
-        radius.auth_lines().into_iter().find(|l| l.contains("user=dave"))
+        radius
+            .auth_lines()
+            .into_iter()
+            .find(|l| l.contains("user=dave"))
     })
     .await;
     assert!(auth.contains("Access-Reject"), "{auth}");
-    assert!(radius.acct_lines().is_empty(), "no accounting for a rejected login");
+    assert!(
+        radius.acct_lines().is_empty(),
+        "no accounting for a rejected login"
+    );
     app.stop().await;
 }
 
@@ -104,14 +184,23 @@ async fn reject_shows_the_reply_message_and_opens_nothing() {
 async fn invalid_input_is_refused_with_the_field_named_and_nothing_is_sent() {
     let radius = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(&db, vec![radius.server_settings("primary", true)])).await;
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await;
     let browser = app.browser(CLIENT);
 
     let long = "a".repeat(64);
     let page = browser.login(&long, "x").await;
     assert!(page.body.contains("Username is too long"), "{}", page.body);
     let page = browser.login("bad user", "x").await;
-    assert!(page.body.contains("Username contains characters that are not allowed"), "{}", page.body);
+    assert!(
+        page.body
+            .contains("Username contains characters that are not allowed"),
+        "{}",
+        page.body
+    );
 
     // JSON clients (scripts, the island) get HTTP 400.
     let response = browser
@@ -132,25 +221,50 @@ async fn invalid_input_is_refused_with_the_field_named_and_nothing_is_sent() {
 async fn refresh_sends_an_interim_update_and_disconnect_a_stop_with_user_request() {
     let radius = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(&db, vec![radius.server_settings("primary", true)])).await;
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await;
     let browser = app.browser(CLIENT);
     browser.login("bob", "bob-pass").await;
     let start = radius.wait_for_acct(&["status=Start", "user=bob"]).await;
     let sid = field(&start, "sid").to_string();
 
     let page = browser.post_form("/api/refresh", "/session", &[]).await;
-    assert_eq!(page.path, "/session", "a no-JS refresh returns to the session page");
-    let interim = radius.wait_for_acct(&["status=Interim-Update", &format!("sid={sid}")]).await;
-    assert_eq!(field(&interim, "class"), "plain-class-value", "Class echoed in Interim-Update");
+    assert_eq!(
+        page.path, "/session",
+        "a no-JS refresh returns to the session page"
+    );
+    let interim = radius
+        .wait_for_acct(&["status=Interim-Update", &format!("sid={sid}")])
+        .await;
+    assert_eq!(
+        field(&interim, "class"),
+        "plain-class-value",
+        "Class echoed in Interim-Update"
+    );
 
     let page = browser.post_form("/api/disconnect", "/session", &[]).await;
-    assert_eq!(page.path, "/", "a no-JS disconnect returns to the login page");
-    let stop = radius.wait_for_acct(&["status=Stop", &format!("sid={sid}")]).await;
+    assert_eq!(
+        page.path, "/",
+        "a no-JS disconnect returns to the login page"
+    );
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={sid}")])
+        .await;
     assert_eq!(field(&stop, "cause"), "User-Request");
-    assert_eq!(field(&stop, "class"), "plain-class-value", "Class echoed in Stop");
+    assert_eq!(
+        field(&stop, "class"),
+        "plain-class-value",
+        "Class echoed in Stop"
+    );
     assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
     let page = browser.get("/session").await;
-    assert_eq!(page.path, "/", "no session any more: the session page sends you to sign in");
+    assert_eq!(
+        page.path, "/",
+        "no session any more: the session page sends you to sign in"
+    );
     app.stop().await;
 }
 
@@ -158,13 +272,19 @@ async fn refresh_sends_an_interim_update_and_disconnect_a_stop_with_user_request
 async fn a_second_login_from_the_same_client_stops_the_first_with_port_preempted() {
     let radius = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(&db, vec![radius.server_settings("primary", true)])).await;
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await;
     app.browser(CLIENT).login("carol", "carol-pass").await;
     let first = radius.wait_for_acct(&["status=Start", "user=carol"]).await;
 
     app.browser(CLIENT).login("erin", "erin-pass").await;
 
-    let stop = radius.wait_for_acct(&["status=Stop", &format!("sid={}", field(&first, "sid"))]).await;
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={}", field(&first, "sid"))])
+        .await;
     assert_eq!(field(&stop, "cause"), "Port-Preempted");
     radius.wait_for_acct(&["status=Start", "user=erin"]).await;
     assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
@@ -175,7 +295,11 @@ async fn a_second_login_from_the_same_client_stops_the_first_with_port_preempted
 async fn the_limit_expiring_stops_the_session_with_session_timeout() {
     let radius = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(&db, vec![radius.server_settings("primary", true)])).await;
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await;
     app.browser(CLIENT).login("gina", "gina-pass").await;
 
     let stop = radius.wait_for_acct(&["status=Stop", "user=gina"]).await;
@@ -189,7 +313,11 @@ async fn the_limit_expiring_stops_the_session_with_session_timeout() {
 async fn the_window_expiring_stops_the_session_with_idle_timeout() {
     let radius = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(&db, vec![radius.server_settings("primary", true)])).await;
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await;
     app.browser(CLIENT).login("hugo", "hugo-pass").await;
 
     let stop = radius.wait_for_acct(&["status=Stop", "user=hugo"]).await;
@@ -212,7 +340,11 @@ async fn sessions_survive_a_restart_and_those_due_meanwhile_are_stopped_late_wit
     radius.wait_for_acct(&["status=Start", "user=ivan"]).await;
     radius.wait_for_acct(&["status=Start", "user=judy"]).await;
     let storage = app.storage.clone();
-    let ivan = storage.session(1).await.unwrap().expect("ivan's session is row 1");
+    let ivan = storage
+        .session(1)
+        .await
+        .unwrap()
+        .expect("ivan's session is row 1");
     assert_eq!(ivan.username, "ivan");
     app.stop().await;
 
@@ -221,24 +353,41 @@ async fn sessions_survive_a_restart_and_those_due_meanwhile_are_stopped_late_wit
         (radius_portal::access_session::now_ms() > ivan.expires_at + 1500).then_some(())
     })
     .await;
-    assert!(radius.acct_lines().iter().all(|l| !l.contains("status=Stop")), "nothing stopped while down");
+    assert!(
+        radius
+            .acct_lines()
+            .iter()
+            .all(|l| !l.contains("status=Stop")),
+        "nothing stopped while down"
+    );
 
     let app = TestApp::spawn(&config).await;
     let stop = radius.wait_for_acct(&["status=Stop", "user=ivan"]).await;
     assert_eq!(field(&stop, "cause"), "Session-Timeout");
-    assert_eq!(field(&stop, "session_time"), "3", "session time ends at the deadline, not at the restart");
+    assert_eq!(
+        field(&stop, "session_time"),
+        "3",
+        "session time ends at the deadline, not at the restart"
+    );
     let delay: u32 = field(&stop, "delay").parse().unwrap();
     assert!(delay >= 1, "Acct-Delay-Time says the Stop is late: {stop}");
 
-    // judy's session is untouched and her browser still sees it.
-    let page = app.browser(Ipv4Addr::new(127, 0, 0, 3));
-    let _ = page; // a new client has no cookie; use the original one against the new port:
+    // judy's session is untouched and her browser (same cookie) still sees it.
     let base = format!("http://{}", app.addr);
-    let response = long.http.get(format!("{base}/session")).header("accept", "text/html").send().await.unwrap();
+    let response = long
+        .http
+        .get(format!("{base}/session"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
     let body = response.text().await.unwrap();
     assert!(body.contains("judy"), "judy's session survived the restart");
     assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
-    assert!(radius.acct_lines().iter().all(|l| !(l.contains("status=Stop") && l.contains("user=judy"))));
+    assert!(radius
+        .acct_lines()
+        .iter()
+        .all(|l| !(l.contains("status=Stop") && l.contains("user=judy"))));
     app.stop().await;
 }
 
@@ -248,17 +397,28 @@ async fn login_fails_over_to_the_backup_and_accounts_there() {
     let (_dir, db) = temp_db();
     let mut dead = radius.server_settings("dead-primary", true);
     // Nothing listens here: requests go unanswered (or are refused) and time out.
-    dead.auth_port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    dead.auth_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     dead.acct_port = dead.auth_port;
     dead.timeout = Duration::from_millis(200);
     dead.retries = 1;
-    let app = TestApp::spawn(&settings(&db, vec![dead, radius.server_settings("backup", true)])).await;
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![dead, radius.server_settings("backup", true)],
+    ))
+    .await;
 
     let page = app.browser(CLIENT).login("carol", "carol-pass").await;
 
     assert_eq!(page.path, "/session", "{}", page.body);
     radius.wait_for_acct(&["status=Start", "user=carol"]).await;
     let session = app.storage.session(1).await.unwrap().unwrap();
-    assert_eq!(session.server_name, "backup", "accounting goes to the server that authenticated");
+    assert_eq!(
+        session.server_name, "backup",
+        "accounting goes to the server that authenticated"
+    );
     app.stop().await;
 }

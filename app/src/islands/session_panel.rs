@@ -25,7 +25,9 @@ pub fn SessionPanel(session: SessionView) -> impl IntoView {
     #[cfg(feature = "hydrate")]
     {
         use std::time::Duration;
-        let ticker = set_interval_with_handle(move || now.set(monotonic_ms()), Duration::from_millis(250)).ok();
+        let ticker =
+            set_interval_with_handle(move || now.set(monotonic_ms()), Duration::from_millis(250))
+                .ok();
         on_cleanup(move || {
             if let Some(ticker) = ticker {
                 ticker.clear();

@@ -29,5 +29,6 @@ pub fn SessionPage() -> impl IntoView {
 /// The WASM loader, rendered only on pages that have an island so other pages download none.
 #[component]
 fn IslandScripts() -> impl IntoView {
-    use_context::<LeptosOptions>().map(|options| view! { <HydrationScripts options islands=true /> })
+    use_context::<LeptosOptions>()
+        .map(|options| view! { <HydrationScripts options islands=true /> })
 }

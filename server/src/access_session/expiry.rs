@@ -6,7 +6,11 @@
 //! one step tests drive; [`Expiry::run`] loops it.
 
 use super::now_ms;
-use crate::{accounting::Accounting, storage::{Storage, StorageError}, storage::sqlite::Stopped};
+use crate::{
+    accounting::Accounting,
+    storage::sqlite::Stopped,
+    storage::{Storage, StorageError},
+};
 use std::{sync::Arc, time::Duration};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +30,11 @@ pub struct Expiry {
 impl Expiry {
     /// Wires the task.
     pub fn new(storage: Storage, accounting: Accounting, wake: Arc<Notify>) -> Self {
-        Expiry { storage, accounting, wake }
+        Expiry {
+            storage,
+            accounting,
+            wake,
+        }
     }
 
     /// Stops every session due at `now` and wakes accounting to send the Stops.
@@ -47,7 +55,9 @@ impl Expiry {
                 tracing::error!(error = ?e, "expiry check failed; retrying");
             }
             let sleep = match self.storage.next_expiry().await {
-                Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(0) as u64 + 1).min(MAX_SLEEP),
+                Ok(Some(at)) => {
+                    Duration::from_millis((at - now_ms()).max(0) as u64 + 1).min(MAX_SLEEP)
+                }
                 Ok(None) => MAX_SLEEP,
                 Err(e) => {
                     tracing::error!(error = ?e, "reading the next deadline failed");

@@ -18,8 +18,8 @@ use crate::{
     storage::{AccessSessionRecord, NewAccessSession, Storage, StorageError},
 };
 use std::{net::IpAddr, sync::Arc};
-use tokio::{sync::Notify, time::Instant};
 use timing::Terms;
+use tokio::{sync::Notify, time::Instant};
 
 /// Why a lifecycle operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -80,17 +80,31 @@ impl AccessSessions {
         accounting: Accounting,
         expiry_wake: Arc<Notify>,
     ) -> Self {
-        AccessSessions { storage, organizations, radius, accounting, expiry_wake }
+        AccessSessions {
+            storage,
+            organizations,
+            radius,
+            accounting,
+            expiry_wake,
+        }
     }
 
     /// The organization of `id`, if it passes the guard for `operation`.
-    pub fn guarded_organization(&self, id: &str, operation: Operation) -> Result<Arc<Organization>, SessionError> {
+    pub fn guarded_organization(
+        &self,
+        id: &str,
+        operation: Operation,
+    ) -> Result<Arc<Organization>, SessionError> {
         let org = self.organizations.get(id);
         let state = OrgState::from_active(org.as_ref().map(|o| o.active));
         match org {
             Some(org) if guard::allows(operation, state) => Ok(org),
             _ => {
-                tracing::warn!(organization = id, ?operation, "denied by the disabled-organization guard");
+                tracing::warn!(
+                    organization = id,
+                    ?operation,
+                    "denied by the disabled-organization guard"
+                );
                 Err(SessionError::OrganizationDisabled)
             }
         }
@@ -110,7 +124,14 @@ impl AccessSessions {
         let deadline = Instant::now() + org.login_timeout;
         let outcome = self
             .radius
-            .authenticate(&org.servers, &org.nas, username, password, client_ip, deadline)
+            .authenticate(
+                &org.servers,
+                &org.nas,
+                username,
+                password,
+                client_ip,
+                deadline,
+            )
             .await
             .map_err(SessionError::ServersUnavailable)?;
         let (server, grant) = match outcome {
@@ -120,7 +141,12 @@ impl AccessSessions {
                 return Err(SessionError::Rejected { reply_message });
             }
         };
-        let terms = Terms::from_grant(grant.idle_timeout, grant.session_timeout, org.default_window, org.max_lifetime);
+        let terms = Terms::from_grant(
+            grant.idle_timeout,
+            grant.session_timeout,
+            org.default_window,
+            org.max_lifetime,
+        );
         let started_at = now_ms();
         let limit_at = terms.limit_at(started_at);
         let new = NewAccessSession {
@@ -147,18 +173,31 @@ impl AccessSessions {
             server = %new.server_name, window_s = terms.window.as_secs(), limit_s = terms.limit.map(|l| l.as_secs()),
             "access session opened");
         let start_deadline = deadline.max(Instant::now() + org.servers[server].timeout);
-        if !self.accounting.deliver_now(id, status_type::START, start_deadline).await? {
+        if !self
+            .accounting
+            .deliver_now(id, status_type::START, start_deadline)
+            .await?
+        {
             tracing::warn!(acct_session_id = %new.acct_session_id, "Accounting-Start not acknowledged; ending the session");
-            self.storage.stop_session(id, terminate_cause::NAS_ERROR, now_ms()).await?;
+            self.storage
+                .stop_session(id, terminate_cause::NAS_ERROR, now_ms())
+                .await?;
             self.accounting.wake();
             return Err(SessionError::AccountingUnavailable);
         }
-        self.storage.session(id).await?.ok_or(SessionError::NotActive)
+        self.storage
+            .session(id)
+            .await?
+            .ok_or(SessionError::NotActive)
     }
 
     /// The session if it is still active.
     pub async fn active(&self, id: i64) -> Result<Option<AccessSessionRecord>, SessionError> {
-        Ok(self.storage.session(id).await?.filter(|s| s.active && s.expires_at > now_ms()))
+        Ok(self
+            .storage
+            .session(id)
+            .await?
+            .filter(|s| s.active && s.expires_at > now_ms()))
     }
 
     /// Restarts the window (capped by the limit) and queues an Interim-Update.
@@ -167,7 +206,11 @@ impl AccessSessions {
         self.guarded_organization(&session.organization_id, Operation::Refresh)?;
         let now = now_ms();
         let expires_at = timing::expires_at(now, session.window_ms, session.limit_at);
-        let refreshed = self.storage.refresh_session(id, now, expires_at).await?.ok_or(SessionError::NotActive)?;
+        let refreshed = self
+            .storage
+            .refresh_session(id, now, expires_at)
+            .await?
+            .ok_or(SessionError::NotActive)?;
         self.accounting.wake();
         self.expiry_wake.notify_one();
         tracing::info!(acct_session_id = %refreshed.acct_session_id, "access session refreshed");
@@ -176,7 +219,11 @@ impl AccessSessions {
 
     /// Ends the session at the user's request (Stop, User-Request).
     pub async fn disconnect(&self, id: i64) -> Result<(), SessionError> {
-        if self.storage.stop_session(id, terminate_cause::USER_REQUEST, now_ms()).await? {
+        if self
+            .storage
+            .stop_session(id, terminate_cause::USER_REQUEST, now_ms())
+            .await?
+        {
             tracing::info!(session = id, "access session disconnected by the user");
             self.accounting.wake();
         }
@@ -200,8 +247,11 @@ fn new_acct_session_id() -> String {
 mod tests {
     #[test]
     fn acct_session_ids_are_unique_and_hex() {
-        let ids: std::collections::HashSet<String> = (0..1000).map(|_| super::new_acct_session_id()).collect();
+        let ids: std::collections::HashSet<String> =
+            (0..1000).map(|_| super::new_acct_session_id()).collect();
         assert_eq!(ids.len(), 1000);
-        assert!(ids.iter().all(|id| id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit())));
+        assert!(ids
+            .iter()
+            .all(|id| id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit())));
     }
 }

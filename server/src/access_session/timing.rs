@@ -25,7 +25,10 @@ impl Terms {
         default_window: Duration,
         max_lifetime: Option<Duration>,
     ) -> Terms {
-        let secs = |v: Option<u32>| v.filter(|s| *s > 0).map(|s| Duration::from_secs(u64::from(s)));
+        let secs = |v: Option<u32>| {
+            v.filter(|s| *s > 0)
+                .map(|s| Duration::from_secs(u64::from(s)))
+        };
         let window = secs(idle_timeout).unwrap_or(default_window);
         let limit = secs(session_timeout).or(max_lifetime);
         let window = match limit {
@@ -69,8 +72,17 @@ mod tests {
     #[test]
     fn accept_without_timeouts_uses_the_org_default_window_and_no_limit() {
         let t = Terms::from_grant(None, None, H4, None);
-        assert_eq!(t, Terms { window: H4, limit: None });
-        assert_eq!(expires_at(1_000, t.window_ms(), t.limit_at(1_000)), 1_000 + 4 * 3600 * 1000);
+        assert_eq!(
+            t,
+            Terms {
+                window: H4,
+                limit: None
+            }
+        );
+        assert_eq!(
+            expires_at(1_000, t.window_ms(), t.limit_at(1_000)),
+            1_000 + 4 * 3600 * 1000
+        );
     }
 
     #[test]
@@ -91,7 +103,10 @@ mod tests {
     fn a_limit_shorter_than_the_window_shortens_the_window() {
         let t = Terms::from_grant(None, Some(30), H4, None);
         assert_eq!(t.window, Duration::from_secs(30));
-        assert_eq!(ends_by(expires_at(0, t.window_ms(), t.limit_at(0)), t.limit_at(0)), EndsBy::Limit);
+        assert_eq!(
+            ends_by(expires_at(0, t.window_ms(), t.limit_at(0)), t.limit_at(0)),
+            EndsBy::Limit
+        );
     }
 
     #[test]
@@ -105,7 +120,13 @@ mod tests {
 
     #[test]
     fn zero_timeouts_count_as_absent() {
-        assert_eq!(Terms::from_grant(Some(0), Some(0), H4, None), Terms { window: H4, limit: None });
+        assert_eq!(
+            Terms::from_grant(Some(0), Some(0), H4, None),
+            Terms {
+                window: H4,
+                limit: None
+            }
+        );
     }
 
     #[test]

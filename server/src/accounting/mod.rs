@@ -65,7 +65,12 @@ pub fn backoff_ms(attempts: i64) -> i64 {
 impl Accounting {
     /// Wires the deliverer.
     pub fn new(storage: Storage, radius: Radius, organizations: Arc<Organizations>) -> Self {
-        Accounting { storage, radius, organizations, wake: Arc::new(Notify::new()) }
+        Accounting {
+            storage,
+            radius,
+            organizations,
+            wake: Arc::new(Notify::new()),
+        }
     }
 
     /// Asks the delivery loop to look at the outbox now.
@@ -76,7 +81,11 @@ impl Accounting {
     /// Claims and delivers the next due row; `None` when nothing is due.
     pub async fn deliver_next(&self) -> Result<Option<Delivery>, OutboxError> {
         let now = now_ms();
-        let Some(row) = self.storage.claim_next_outbox(now, now + CLAIM_LEASE_MS).await? else {
+        let Some(row) = self
+            .storage
+            .claim_next_outbox(now, now + CLAIM_LEASE_MS)
+            .await?
+        else {
             return Ok(None);
         };
         Ok(Some(self.deliver(row, None).await?))
@@ -85,14 +94,27 @@ impl Accounting {
     /// Delivers a session's queued packet of `status_type` right away (login waits for its
     /// Start). True once it is acknowledged — by this call or by the background loop — before
     /// `deadline`.
-    pub async fn deliver_now(&self, session_id: i64, status_type: u32, deadline: Instant) -> Result<bool, OutboxError> {
+    pub async fn deliver_now(
+        &self,
+        session_id: i64,
+        status_type: u32,
+        deadline: Instant,
+    ) -> Result<bool, OutboxError> {
         loop {
             let now = now_ms();
-            if let Some(row) = self.storage.claim_session_outbox(session_id, status_type, now, now + CLAIM_LEASE_MS).await? {
+            if let Some(row) = self
+                .storage
+                .claim_session_outbox(session_id, status_type, now, now + CLAIM_LEASE_MS)
+                .await?
+            {
                 return Ok(self.deliver(row, Some(deadline)).await? == Delivery::Delivered);
             }
             // Someone else holds the claim (the background loop): wait for its outcome.
-            if self.storage.outbox_delivered(session_id, status_type).await? {
+            if self
+                .storage
+                .outbox_delivered(session_id, status_type)
+                .await?
+            {
                 return Ok(true);
             }
             if Instant::now() >= deadline {
@@ -102,10 +124,16 @@ impl Accounting {
         }
     }
 
-    async fn deliver(&self, row: OutboxRow, deadline: Option<Instant>) -> Result<Delivery, OutboxError> {
+    async fn deliver(
+        &self,
+        row: OutboxRow,
+        deadline: Option<Instant>,
+    ) -> Result<Delivery, OutboxError> {
         let now = now_ms();
         let Some(session) = self.storage.session(row.access_session_id).await? else {
-            return Err(StorageError::Corrupt(format!("outbox row {} has no session", row.id)).into());
+            return Err(
+                StorageError::Corrupt(format!("outbox row {} has no session", row.id)).into(),
+            );
         };
         let org = self.organizations.get(&session.organization_id);
         if row.status_type == i64::from(status_type::START) {
@@ -118,7 +146,9 @@ impl Accounting {
         }
         let Some(org) = org else {
             let retry = now + MAX_BACKOFF_MS;
-            self.storage.mark_failed(row.id, retry, "organization not configured").await?;
+            self.storage
+                .mark_failed(row.id, retry, "organization not configured")
+                .await?;
             tracing::error!(organization = %session.organization_id, "accounting for an organization missing from the configuration");
             return Ok(Delivery::RetryAt(retry));
         };
@@ -144,7 +174,11 @@ impl Accounting {
         };
         let own_deadline = Instant::now() + server.timeout * (server.retries + 1);
         let deadline = deadline.map_or(own_deadline, |d| d.min(own_deadline));
-        match self.radius.account(server, &org.nas, &record, deadline).await {
+        match self
+            .radius
+            .account(server, &org.nas, &record, deadline)
+            .await
+        {
             Ok(()) => {
                 self.storage.mark_delivered(row.id, now_ms()).await?;
                 tracing::info!(acct_session_id = %record.acct_session_id, status_type = record.status_type,
@@ -153,7 +187,9 @@ impl Accounting {
             }
             Err(e) => {
                 let retry = now_ms() + backoff_ms(row.attempts);
-                self.storage.mark_failed(row.id, retry, &e.to_string()).await?;
+                self.storage
+                    .mark_failed(row.id, retry, &e.to_string())
+                    .await?;
                 tracing::warn!(acct_session_id = %record.acct_session_id, status_type = record.status_type,
                     server = %server.name, attempts = row.attempts, error = %e, "accounting not acknowledged; will retry");
                 Ok(Delivery::RetryAt(retry))
@@ -178,7 +214,9 @@ impl Accounting {
                 }
             }
             let sleep = match self.storage.next_outbox_attempt().await {
-                Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(0) as u64 + 1).min(MAX_SLEEP),
+                Ok(Some(at)) => {
+                    Duration::from_millis((at - now_ms()).max(0) as u64 + 1).min(MAX_SLEEP)
+                }
                 Ok(None) => MAX_SLEEP,
                 Err(_) => Duration::from_secs(1),
             };

@@ -12,8 +12,14 @@ pub struct ClientIp(pub IpAddr);
 
 /// Middleware: inserts [`ClientIp`] from the connection's peer address.
 pub async fn insert_client_ip(mut request: Request, next: Next) -> Response {
-    if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
-        request.extensions_mut().insert(ClientIp(peer.ip().to_canonical()));
+    if let Some(ConnectInfo(peer)) = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .copied()
+    {
+        request
+            .extensions_mut()
+            .insert(ClientIp(peer.ip().to_canonical()));
     }
     next.run(request).await
 }

@@ -17,7 +17,10 @@ use axum::{
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, handle_server_fns_with_context, LeptosRoutes};
 use std::path::PathBuf;
-use tower_http::{compression::CompressionLayer, services::ServeDir, set_header::SetResponseHeaderLayer, trace::TraceLayer};
+use tower_http::{
+    compression::CompressionLayer, services::ServeDir, set_header::SetResponseHeaderLayer,
+    trace::TraceLayer,
+};
 use tower_sessions::{cookie::SameSite, Expiry, SessionManagerLayer};
 use tower_sessions_sqlx_store::SqliteStore;
 
@@ -37,7 +40,13 @@ pub struct RouterParts {
 
 /// Builds the application router.
 pub fn router(parts: RouterParts) -> Router {
-    let RouterParts { leptos_options, portal, session_store, secure_cookies, storage } = parts;
+    let RouterParts {
+        leptos_options,
+        portal,
+        session_store,
+        secure_cookies,
+        storage,
+    } = parts;
     let routes = generate_route_list(app::App);
     let context = {
         let portal = portal.clone();
@@ -50,7 +59,11 @@ pub fn router(parts: RouterParts) -> Router {
             header::CACHE_CONTROL,
             HeaderValue::from_static("public, max-age=31536000, immutable"),
         ))
-        .service(ServeDir::new(pkg_dir).precompressed_br().precompressed_gzip());
+        .service(
+            ServeDir::new(pkg_dir)
+                .precompressed_br()
+                .precompressed_gzip(),
+        );
     let server_fns = {
         let context = context.clone();
         move |request: Request<Body>| handle_server_fns_with_context(context.clone(), request)
@@ -60,7 +73,9 @@ pub fn router(parts: RouterParts) -> Router {
         .with_same_site(SameSite::Strict)
         .with_http_only(true)
         .with_secure(secure_cookies)
-        .with_expiry(Expiry::OnInactivity(tower_sessions::cookie::time::Duration::days(1)));
+        .with_expiry(Expiry::OnInactivity(
+            tower_sessions::cookie::time::Duration::days(1),
+        ));
 
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

@@ -17,8 +17,14 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("strict-origin-when-cross-origin"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("strict-origin-when-cross-origin"),
+    );
     if !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
@@ -36,7 +42,10 @@ pub fn is_cross_site(method: &Method, headers: &HeaderMap) -> bool {
         }
     }
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
         if origin == "null" || origin_host != host {
             return true;
@@ -68,18 +77,28 @@ mod tests {
 
     #[test]
     fn same_origin_post_passes() {
-        let h = headers(&[("host", "portal.example:3000"), ("origin", "http://portal.example:3000"), ("sec-fetch-site", "same-origin")]);
+        let h = headers(&[
+            ("host", "portal.example:3000"),
+            ("origin", "http://portal.example:3000"),
+            ("sec-fetch-site", "same-origin"),
+        ]);
         assert!(!is_cross_site(&Method::POST, &h));
     }
 
     #[test]
     fn post_without_browser_headers_passes() {
-        assert!(!is_cross_site(&Method::POST, &headers(&[("host", "portal.example")])));
+        assert!(!is_cross_site(
+            &Method::POST,
+            &headers(&[("host", "portal.example")])
+        ));
     }
 
     #[test]
     fn foreign_origin_or_cross_site_fetch_is_refused() {
-        let h = headers(&[("host", "portal.example"), ("origin", "https://evil.example")]);
+        let h = headers(&[
+            ("host", "portal.example"),
+            ("origin", "https://evil.example"),
+        ]);
         assert!(is_cross_site(&Method::POST, &h));
         let h = headers(&[("host", "portal.example"), ("sec-fetch-site", "cross-site")]);
         assert!(is_cross_site(&Method::POST, &h));
@@ -89,7 +108,10 @@ mod tests {
 
     #[test]
     fn safe_methods_are_never_refused() {
-        let h = headers(&[("host", "portal.example"), ("origin", "https://evil.example")]);
+        let h = headers(&[
+            ("host", "portal.example"),
+            ("origin", "https://evil.example"),
+        ]);
         assert!(!is_cross_site(&Method::GET, &h));
     }
 }

@@ -50,7 +50,10 @@ pub fn allows(operation: Operation, state: OrgState) -> bool {
             Operation::Login | Operation::AccountingStart | Operation::Refresh => false,
             // Ending and observing sessions must always work: a session that cannot be stopped
             // keeps a firewall identity alive.
-            Operation::InterimUpdate | Operation::Disconnect | Operation::Expiry | Operation::ReadOwnSession => true,
+            Operation::InterimUpdate
+            | Operation::Disconnect
+            | Operation::Expiry
+            | Operation::ReadOwnSession => true,
         },
     }
 }

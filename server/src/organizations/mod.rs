@@ -38,7 +38,10 @@ pub struct Organization {
 
 impl Organization {
     /// Builds an organization from its settings (already validated: errors name the key anyway).
-    pub fn from_settings(index: usize, s: &OrganizationSettings) -> Result<Organization, ConfigError> {
+    pub fn from_settings(
+        index: usize,
+        s: &OrganizationSettings,
+    ) -> Result<Organization, ConfigError> {
         let key = format!("organizations[{index}]");
         let username_pattern = Regex::new(&s.username_pattern).map_err(|e| ConfigError {
             key: format!("{key}.username_pattern"),
@@ -64,7 +67,10 @@ impl Organization {
             id: s.id.clone(),
             name: s.name.clone(),
             active: s.enabled,
-            nas: NasIdentity { ip: s.nas_ip, identifier: s.nas_identifier.clone() },
+            nas: NasIdentity {
+                ip: s.nas_ip,
+                identifier: s.nas_identifier.clone(),
+            },
             default_window: s.default_window,
             max_lifetime: s.max_lifetime,
             username_pattern,
@@ -88,10 +94,13 @@ impl Organizations {
         for (i, s) in settings.iter().enumerate() {
             by_id.insert(s.id.clone(), Arc::new(Organization::from_settings(i, s)?));
         }
-        let default_id = settings.first().map(|s| s.id.clone()).ok_or_else(|| ConfigError {
-            key: "organizations".into(),
-            problem: "at least one organization is required".into(),
-        })?;
+        let default_id = settings
+            .first()
+            .map(|s| s.id.clone())
+            .ok_or_else(|| ConfigError {
+                key: "organizations".into(),
+                problem: "at least one organization is required".into(),
+            })?;
         Ok(Organizations { by_id, default_id })
     }
 

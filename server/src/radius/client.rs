@@ -47,8 +47,15 @@ pub struct Exchange<'a> {
 impl RadiusClient {
     /// Binds the sockets: IPv4 on `bind_v4` (port 0 = any), IPv6 on `[::]:0` when available.
     pub async fn bind(bind_v4: Ipv4Addr) -> Result<RadiusClient, RadiusError> {
-        let v4 = Arc::new(UdpSocket::bind((bind_v4, 0)).await.map_err(RadiusError::Io)?);
-        let v6 = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).await.ok().map(Arc::new);
+        let v4 = Arc::new(
+            UdpSocket::bind((bind_v4, 0))
+                .await
+                .map_err(RadiusError::Io)?,
+        );
+        let v6 = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))
+            .await
+            .ok()
+            .map(Arc::new);
         let client = RadiusClient {
             v4,
             v6,
@@ -79,13 +86,19 @@ impl RadiusClient {
     ) -> Result<Packet, RadiusError> {
         let socket = self.socket_for(ex.destination)?.clone();
         let (id, mut replies) = self.register(ex.destination)?;
-        let _registration = Registration { waiters: &self.waiters, key: (ex.destination, id) };
+        let _registration = Registration {
+            waiters: &self.waiters,
+            key: (ex.destination, id),
+        };
         let (bytes, request_authenticator) = build(id)?;
         for _attempt in 0..=ex.retries {
             if Instant::now() >= ex.deadline {
                 break;
             }
-            socket.send_to(&bytes, ex.destination).await.map_err(RadiusError::Io)?;
+            socket
+                .send_to(&bytes, ex.destination)
+                .await
+                .map_err(RadiusError::Io)?;
             let wait_until = (Instant::now() + ex.timeout).min(ex.deadline);
             loop {
                 let reply = match tokio::time::timeout_at(wait_until, replies.recv()).await {
@@ -93,7 +106,9 @@ impl RadiusClient {
                     Ok(None) | Err(_) => break, // timed out: retransmit
                 };
                 match verify_reply(&reply, &request_authenticator, ex.secret) {
-                    ReplyCheck::Verified { has_message_authenticator } => {
+                    ReplyCheck::Verified {
+                        has_message_authenticator,
+                    } => {
                         if ex.require_message_authenticator && !has_message_authenticator {
                             tracing::warn!(server = %ex.destination, id, "reply without Message-Authenticator dropped (server requires it)");
                             continue;
@@ -110,16 +125,21 @@ impl RadiusClient {
     }
 
     /// Reserves a free Identifier for `destination` and a channel for its replies.
-    fn register(&self, destination: SocketAddr) -> Result<(u8, mpsc::Receiver<Vec<u8>>), RadiusError> {
+    fn register(
+        &self,
+        destination: SocketAddr,
+    ) -> Result<(u8, mpsc::Receiver<Vec<u8>>), RadiusError> {
         let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = self.next_id.lock().unwrap_or_else(|p| p.into_inner());
         let start = next.entry(destination).or_insert(0);
         for step in 0..=255u8 {
             let id = start.wrapping_add(step);
-            if !waiters.contains_key(&(destination, id)) {
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                waiters.entry((destination, id))
+            {
                 *start = id.wrapping_add(1);
                 let (tx, rx) = mpsc::channel(4);
-                waiters.insert((destination, id), tx);
+                slot.insert(tx);
                 return Ok((id, rx));
             }
         }
@@ -135,7 +155,10 @@ struct Registration<'a> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
     }
 }
 
@@ -154,7 +177,11 @@ async fn receive_loop(socket: Arc<UdpSocket>, waiters: Waiters) {
             continue;
         }
         let id = buf[1];
-        let sender = waiters.lock().unwrap_or_else(|p| p.into_inner()).get(&(from, id)).cloned();
+        let sender = waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(from, id))
+            .cloned();
         match sender {
             Some(tx) => {
                 let _ = tx.try_send(buf[..len].to_vec());

@@ -119,7 +119,10 @@ fn random_authenticator() -> [u8; 16] {
 }
 
 fn reply_message(p: &Packet) -> Option<String> {
-    let parts: Vec<String> = p.get_all(attr::REPLY_MESSAGE).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+    let parts: Vec<String> = p
+        .get_all(attr::REPLY_MESSAGE)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
     (!parts.is_empty()).then(|| parts.join("\n"))
 }
 
@@ -198,9 +201,13 @@ impl Radius {
                     let authenticator = random_authenticator();
                     let mut p = Packet::new(Code::AccessRequest, id, authenticator);
                     p.push(attr::USER_NAME, username.as_bytes().to_vec());
-                    p.push(attr::USER_PASSWORD, packet::hide_password(password.as_bytes(), secret, &authenticator));
+                    p.push(
+                        attr::USER_PASSWORD,
+                        packet::hide_password(password.as_bytes(), secret, &authenticator),
+                    );
                     push_nas_and_client(&mut p, nas, client_ip);
-                    let bytes = packet::encode_access_request(&p, secret).map_err(RadiusError::Encode)?;
+                    let bytes =
+                        packet::encode_access_request(&p, secret).map_err(RadiusError::Encode)?;
                     Ok((bytes, authenticator))
                 })
                 .await;
@@ -213,10 +220,15 @@ impl Radius {
                         classes: p.get_all(attr::CLASS).map(<[u8]>::to_vec).collect(),
                         reply_message: reply_message(&p),
                     };
-                    return Ok(AuthOutcome::Accept { server: index, grant });
+                    return Ok(AuthOutcome::Accept {
+                        server: index,
+                        grant,
+                    });
                 }
                 Ok(p) if p.code == Code::AccessReject => {
-                    return Ok(AuthOutcome::Reject { reply_message: reply_message(&p) });
+                    return Ok(AuthOutcome::Reject {
+                        reply_message: reply_message(&p),
+                    });
                 }
                 Ok(p) => {
                     tracing::warn!(server = %server.name, code = ?p.code, "unexpected reply to Access-Request");
@@ -256,7 +268,10 @@ impl Radius {
             .exchange(exchange, |id| {
                 let mut p = Packet::new(Code::AccountingRequest, id, [0; 16]);
                 p.push_u32(attr::ACCT_STATUS_TYPE, record.status_type);
-                p.push(attr::ACCT_SESSION_ID, record.acct_session_id.as_bytes().to_vec());
+                p.push(
+                    attr::ACCT_SESSION_ID,
+                    record.acct_session_id.as_bytes().to_vec(),
+                );
                 p.push(attr::USER_NAME, record.username.as_bytes().to_vec());
                 push_nas_and_client(&mut p, nas, record.client_ip);
                 p.push_u32(attr::ACCT_AUTHENTIC, 1); // RADIUS
@@ -281,7 +296,11 @@ impl Radius {
     }
 
     /// Sends a Status-Server (RFC 5997) to a server's auth port; Ok when it answers.
-    pub async fn status_server(&self, server: &ServerEndpoint, deadline: Instant) -> Result<Code, RadiusError> {
+    pub async fn status_server(
+        &self,
+        server: &ServerEndpoint,
+        deadline: Instant,
+    ) -> Result<Code, RadiusError> {
         let secret = server.secret.expose().as_bytes();
         let exchange = Exchange {
             destination: server.auth_addr,
@@ -296,7 +315,10 @@ impl Radius {
             .exchange(exchange, |id| {
                 let authenticator = random_authenticator();
                 let p = Packet::new(Code::StatusServer, id, authenticator);
-                Ok((packet::encode_access_request(&p, secret).map_err(RadiusError::Encode)?, authenticator))
+                Ok((
+                    packet::encode_access_request(&p, secret).map_err(RadiusError::Encode)?,
+                    authenticator,
+                ))
             })
             .await?;
         Ok(reply.code)

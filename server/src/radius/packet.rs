@@ -126,7 +126,12 @@ pub struct Packet {
 impl Packet {
     /// A packet with no attributes.
     pub fn new(code: Code, identifier: u8, authenticator: [u8; 16]) -> Self {
-        Packet { code, identifier, authenticator, attributes: Vec::new() }
+        Packet {
+            code,
+            identifier,
+            authenticator,
+            attributes: Vec::new(),
+        }
     }
 
     /// Appends an attribute.
@@ -146,12 +151,18 @@ impl Packet {
 
     /// First value of an attribute.
     pub fn get(&self, typ: u8) -> Option<&[u8]> {
-        self.attributes.iter().find(|(t, _)| *t == typ).map(|(_, v)| v.as_slice())
+        self.attributes
+            .iter()
+            .find(|(t, _)| *t == typ)
+            .map(|(_, v)| v.as_slice())
     }
 
     /// Every value of an attribute, in order.
     pub fn get_all(&self, typ: u8) -> impl Iterator<Item = &[u8]> {
-        self.attributes.iter().filter(move |(t, _)| *t == typ).map(|(_, v)| v.as_slice())
+        self.attributes
+            .iter()
+            .filter(move |(t, _)| *t == typ)
+            .map(|(_, v)| v.as_slice())
     }
 
     /// First value of an attribute read as a 32-bit integer (None if absent or not 4 bytes).
@@ -162,7 +173,8 @@ impl Packet {
 
     /// First value of a text attribute (lossy UTF-8).
     pub fn get_text(&self, typ: u8) -> Option<String> {
-        self.get(typ).map(|v| String::from_utf8_lossy(v).into_owned())
+        self.get(typ)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
     /// Encodes as-is (authenticator and Message-Authenticator bytes as they are).
@@ -215,7 +227,12 @@ impl Packet {
             attributes.push((typ, bytes[at + 2..at + alen].to_vec()));
             at += alen;
         }
-        Ok(Packet { code: Code::from_u8(bytes[0]), identifier: bytes[1], authenticator, attributes })
+        Ok(Packet {
+            code: Code::from_u8(bytes[0]),
+            identifier: bytes[1],
+            authenticator,
+            attributes,
+        })
     }
 }
 
@@ -226,7 +243,10 @@ pub fn hide_password(password: &[u8], secret: &[u8], authenticator: &[u8; 16]) -
     out.resize(padded_len, 0);
     let mut prev: Vec<u8> = authenticator.to_vec();
     for chunk in out.chunks_mut(16) {
-        let digest = Md5::new().chain_update(secret).chain_update(&prev).finalize();
+        let digest = Md5::new()
+            .chain_update(secret)
+            .chain_update(&prev)
+            .finalize();
         for (b, d) in chunk.iter_mut().zip(digest.iter()) {
             *b ^= d;
         }
@@ -240,7 +260,10 @@ pub fn unhide_password(hidden: &[u8], secret: &[u8], authenticator: &[u8; 16]) -
     let mut out = Vec::with_capacity(hidden.len());
     let mut prev: Vec<u8> = authenticator.to_vec();
     for chunk in hidden.chunks(16) {
-        let digest = Md5::new().chain_update(secret).chain_update(&prev).finalize();
+        let digest = Md5::new()
+            .chain_update(secret)
+            .chain_update(&prev)
+            .finalize();
         out.extend(chunk.iter().zip(digest.iter()).map(|(b, d)| b ^ d));
         prev = chunk.to_vec();
     }
@@ -291,8 +314,10 @@ fn sign_message_authenticator(bytes: &mut [u8], secret: &[u8], header_authentica
 /// Authenticator; Message-Authenticator is (re)placed last and signed.
 pub fn encode_access_request(packet: &Packet, secret: &[u8]) -> Result<Vec<u8>, PacketError> {
     let mut p = packet.clone();
-    p.attributes.retain(|(t, _)| *t != attr::MESSAGE_AUTHENTICATOR);
-    p.attributes.insert(0, (attr::MESSAGE_AUTHENTICATOR, vec![0; 16]));
+    p.attributes
+        .retain(|(t, _)| *t != attr::MESSAGE_AUTHENTICATOR);
+    p.attributes
+        .insert(0, (attr::MESSAGE_AUTHENTICATOR, vec![0; 16]));
     let mut bytes = p.encode()?;
     sign_message_authenticator(&mut bytes, secret, &p.authenticator);
     Ok(bytes)
@@ -301,24 +326,40 @@ pub fn encode_access_request(packet: &Packet, secret: &[u8]) -> Result<Vec<u8>, 
 /// Encodes an Accounting-Request (or CoA/Disconnect request): the Request Authenticator is
 /// MD5(packet with zero authenticator + secret) (RFC 2866 §3). Returns the bytes and the
 /// authenticator actually sent (needed to verify the response).
-pub fn encode_accounting_request(packet: &Packet, secret: &[u8]) -> Result<(Vec<u8>, [u8; 16]), PacketError> {
+pub fn encode_accounting_request(
+    packet: &Packet,
+    secret: &[u8],
+) -> Result<(Vec<u8>, [u8; 16]), PacketError> {
     let mut p = packet.clone();
     p.authenticator = [0; 16];
-    p.attributes.retain(|(t, _)| *t != attr::MESSAGE_AUTHENTICATOR);
+    p.attributes
+        .retain(|(t, _)| *t != attr::MESSAGE_AUTHENTICATOR);
     let mut bytes = p.encode()?;
-    let auth: [u8; 16] = Md5::new().chain_update(&bytes).chain_update(secret).finalize().into();
+    let auth: [u8; 16] = Md5::new()
+        .chain_update(&bytes)
+        .chain_update(secret)
+        .finalize()
+        .into();
     bytes[4..20].copy_from_slice(&auth);
     Ok((bytes, auth))
 }
 
 /// Encodes a reply to `request_authenticator`: Message-Authenticator (if the reply has one) is
 /// signed over the request's authenticator, then the Response Authenticator is computed.
-pub fn encode_response(packet: &Packet, request_authenticator: &[u8; 16], secret: &[u8]) -> Result<Vec<u8>, PacketError> {
+pub fn encode_response(
+    packet: &Packet,
+    request_authenticator: &[u8; 16],
+    secret: &[u8],
+) -> Result<Vec<u8>, PacketError> {
     let mut p = packet.clone();
     p.authenticator = *request_authenticator;
     let mut bytes = p.encode()?;
     sign_message_authenticator(&mut bytes, secret, request_authenticator);
-    let auth: [u8; 16] = Md5::new().chain_update(&bytes).chain_update(secret).finalize().into();
+    let auth: [u8; 16] = Md5::new()
+        .chain_update(&bytes)
+        .chain_update(secret)
+        .finalize()
+        .into();
     bytes[4..20].copy_from_slice(&auth);
     Ok(bytes)
 }
@@ -347,17 +388,25 @@ pub fn verify_reply(bytes: &[u8], request_authenticator: &[u8; 16], secret: &[u8
     let bytes = &bytes[..len];
     let mut scratch = bytes.to_vec();
     scratch[4..20].copy_from_slice(request_authenticator);
-    let expected: [u8; 16] = Md5::new().chain_update(&scratch).chain_update(secret).finalize().into();
+    let expected: [u8; 16] = Md5::new()
+        .chain_update(&scratch)
+        .chain_update(secret)
+        .finalize()
+        .into();
     if expected[..] != bytes[4..20] {
         return ReplyCheck::BadResponseAuthenticator;
     }
     match message_authenticator_offset(bytes) {
-        None => ReplyCheck::Verified { has_message_authenticator: false },
+        None => ReplyCheck::Verified {
+            has_message_authenticator: false,
+        },
         Some(at) => {
             scratch[at..at + 16].fill(0);
             let mac = hmac_md5(secret, &scratch);
             if mac[..] == bytes[at..at + 16] {
-                ReplyCheck::Verified { has_message_authenticator: true }
+                ReplyCheck::Verified {
+                    has_message_authenticator: true,
+                }
             } else {
                 ReplyCheck::BadMessageAuthenticator
             }
@@ -381,7 +430,11 @@ pub fn verify_accounting_request(bytes: &[u8], secret: &[u8]) -> bool {
     }
     let mut scratch = bytes.to_vec();
     scratch[4..20].fill(0);
-    let expected: [u8; 16] = Md5::new().chain_update(&scratch).chain_update(secret).finalize().into();
+    let expected: [u8; 16] = Md5::new()
+        .chain_update(&scratch)
+        .chain_update(secret)
+        .finalize()
+        .into();
     expected[..] == bytes[4..20]
 }
 
@@ -407,11 +460,13 @@ mod tests {
     fn hidden_password_matches_rfc2865_example() {
         // RFC 2865 §7.1 example: secret "xyzzy5461", password "arctangent".
         let auth: [u8; 16] = [
-            0x0f, 0x40, 0x3f, 0x94, 0x73, 0x97, 0x80, 0x57, 0xbd, 0x83, 0xd5, 0xcb, 0x98, 0xf4, 0x22, 0x7a,
+            0x0f, 0x40, 0x3f, 0x94, 0x73, 0x97, 0x80, 0x57, 0xbd, 0x83, 0xd5, 0xcb, 0x98, 0xf4,
+            0x22, 0x7a,
         ];
         let hidden = hide_password(b"arctangent", b"xyzzy5461", &auth);
         let expected = [
-            0x0d, 0xbe, 0x70, 0x8d, 0x93, 0xd4, 0x13, 0xce, 0x31, 0x96, 0xe4, 0x3f, 0x78, 0x2a, 0x0a, 0xee,
+            0x0d, 0xbe, 0x70, 0x8d, 0x93, 0xd4, 0x13, 0xce, 0x31, 0x96, 0xe4, 0x3f, 0x78, 0x2a,
+            0x0a, 0xee,
         ];
         assert_eq!(hidden, expected);
     }
@@ -429,16 +484,24 @@ mod tests {
     #[test]
     fn malformed_packets_are_errors_not_panics() {
         assert_eq!(Packet::decode(&[1, 2, 3]), Err(PacketError::Truncated));
-        let mut bytes = Packet::new(Code::AccessAccept, 1, [0; 16]).encode().expect("encodes");
+        let mut bytes = Packet::new(Code::AccessAccept, 1, [0; 16])
+            .encode()
+            .expect("encodes");
         bytes[3] = 10;
         assert_eq!(Packet::decode(&bytes), Err(PacketError::BadLength(10)));
         let mut p = Packet::new(Code::AccessAccept, 1, [0; 16]);
         p.push(attr::CLASS, vec![1, 2, 3]);
         let mut bytes = p.encode().expect("encodes");
         bytes[21] = 40; // attribute length past the end
-        assert_eq!(Packet::decode(&bytes), Err(PacketError::BadAttribute(attr::CLASS)));
+        assert_eq!(
+            Packet::decode(&bytes),
+            Err(PacketError::BadAttribute(attr::CLASS))
+        );
         bytes[21] = 1; // attribute length below 2
-        assert_eq!(Packet::decode(&bytes), Err(PacketError::BadAttribute(attr::CLASS)));
+        assert_eq!(
+            Packet::decode(&bytes),
+            Err(PacketError::BadAttribute(attr::CLASS))
+        );
     }
 
     #[test]
@@ -450,14 +513,25 @@ mod tests {
         let bytes = encode_response(&reply, &request_auth, SECRET).expect("encodes");
         assert_eq!(
             verify_reply(&bytes, &request_auth, SECRET),
-            ReplyCheck::Verified { has_message_authenticator: true }
+            ReplyCheck::Verified {
+                has_message_authenticator: true
+            }
         );
-        assert_eq!(verify_reply(&bytes, &request_auth, b"other"), ReplyCheck::BadResponseAuthenticator);
-        assert_eq!(verify_reply(&bytes, &[8u8; 16], SECRET), ReplyCheck::BadResponseAuthenticator);
+        assert_eq!(
+            verify_reply(&bytes, &request_auth, b"other"),
+            ReplyCheck::BadResponseAuthenticator
+        );
+        assert_eq!(
+            verify_reply(&bytes, &[8u8; 16], SECRET),
+            ReplyCheck::BadResponseAuthenticator
+        );
         let mut tampered = bytes.clone();
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
-        assert_eq!(verify_reply(&tampered, &request_auth, SECRET), ReplyCheck::BadResponseAuthenticator);
+        assert_eq!(
+            verify_reply(&tampered, &request_auth, SECRET),
+            ReplyCheck::BadResponseAuthenticator
+        );
     }
 
     #[test]
@@ -465,8 +539,14 @@ mod tests {
         let mut p = Packet::new(Code::AccessRequest, 3, [4; 16]);
         p.push(attr::USER_NAME, b"alice".to_vec());
         let bytes = encode_access_request(&p, SECRET).expect("encodes");
-        assert_eq!(verify_request_message_authenticator(&bytes, SECRET), Some(true));
-        assert_eq!(verify_request_message_authenticator(&bytes, b"wrong"), Some(false));
+        assert_eq!(
+            verify_request_message_authenticator(&bytes, SECRET),
+            Some(true)
+        );
+        assert_eq!(
+            verify_request_message_authenticator(&bytes, b"wrong"),
+            Some(false)
+        );
     }
 
     #[test]

@@ -134,7 +134,9 @@ pub fn decode_classes(blob: &[u8]) -> Result<Vec<Vec<u8>>, StorageError> {
         }
         let len = u16::from_be_bytes([blob[at], blob[at + 1]]) as usize;
         at += 2;
-        let value = blob.get(at..at + len).ok_or_else(|| StorageError::Corrupt("class blob truncated".into()))?;
+        let value = blob
+            .get(at..at + len)
+            .ok_or_else(|| StorageError::Corrupt("class blob truncated".into()))?;
         out.push(value.to_vec());
         at += len;
     }
@@ -154,7 +156,10 @@ mod tests {
             vec![vec![], vec![7; 253]],
         ];
         for classes in cases {
-            assert_eq!(decode_classes(&encode_classes(&classes)).expect("decodes"), classes);
+            assert_eq!(
+                decode_classes(&encode_classes(&classes)).expect("decodes"),
+                classes
+            );
         }
     }
 

@@ -1,10 +1,14 @@
 //! The SQLite implementation of storage (WAL, busy timeout, `BEGIN IMMEDIATE` for every
 //! read-then-write transaction so two writers never deadlock on a lock upgrade).
 
-use super::{decode_classes, encode_classes, AccessSessionRecord, NewAccessSession, OutboxRow, StorageError};
+use super::{
+    decode_classes, encode_classes, AccessSessionRecord, NewAccessSession, OutboxRow, StorageError,
+};
 use crate::radius::{status_type, terminate_cause};
 use sqlx::{
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    },
     Row, Sqlite, SqlitePool, Transaction,
 };
 use std::{path::Path, str::FromStr, time::Duration};
@@ -78,7 +82,10 @@ impl Storage {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Storage { pool })
     }
@@ -93,7 +100,13 @@ impl Storage {
     }
 
     /// Inserts or updates an organization from configuration.
-    pub async fn upsert_organization(&self, id: &str, name: &str, active: bool, now: i64) -> Result<(), StorageError> {
+    pub async fn upsert_organization(
+        &self,
+        id: &str,
+        name: &str,
+        active: bool,
+        now: i64,
+    ) -> Result<(), StorageError> {
         sqlx::query(
             "INSERT INTO organizations (id, name, is_active, updated_at) VALUES (?, ?, ?, ?) \
              ON CONFLICT(id) DO UPDATE SET name = excluded.name, is_active = excluded.is_active, updated_at = excluded.updated_at",
@@ -109,7 +122,10 @@ impl Storage {
 
     /// Creates an access session with its Start queued. An active session of the same
     /// (organization, client IP) is stopped first (Port-Preempted), in the same transaction.
-    pub async fn open_session(&self, new: &NewAccessSession) -> Result<(i64, Vec<Stopped>), StorageError> {
+    pub async fn open_session(
+        &self,
+        new: &NewAccessSession,
+    ) -> Result<(i64, Vec<Stopped>), StorageError> {
         let mut tx = self.begin().await?;
         let previous: Vec<i64> = sqlx::query_scalar(
             "SELECT id FROM access_sessions WHERE organization_id = ? AND client_ip = ? AND state = 'active'",
@@ -120,8 +136,19 @@ impl Storage {
         .await?;
         let mut stopped = Vec::new();
         for id in previous {
-            if stop_in(&mut tx, id, terminate_cause::PORT_PREEMPTED, new.started_at, None).await? {
-                stopped.push(Stopped { id, cause: terminate_cause::PORT_PREEMPTED });
+            if stop_in(
+                &mut tx,
+                id,
+                terminate_cause::PORT_PREEMPTED,
+                new.started_at,
+                None,
+            )
+            .await?
+            {
+                stopped.push(Stopped {
+                    id,
+                    cause: terminate_cause::PORT_PREEMPTED,
+                });
             }
         }
         let id: i64 = sqlx::query_scalar(
@@ -151,25 +178,37 @@ impl Storage {
 
     /// Loads a session by id.
     pub async fn session(&self, id: i64) -> Result<Option<AccessSessionRecord>, StorageError> {
-        let row = sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM access_sessions WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM access_sessions WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(session_from_row).transpose()
     }
 
     /// Loads a session by Acct-Session-Id.
-    pub async fn session_by_acct_id(&self, acct_session_id: &str) -> Result<Option<AccessSessionRecord>, StorageError> {
-        let row = sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM access_sessions WHERE acct_session_id = ?"))
-            .bind(acct_session_id)
-            .fetch_optional(&self.pool)
-            .await?;
+    pub async fn session_by_acct_id(
+        &self,
+        acct_session_id: &str,
+    ) -> Result<Option<AccessSessionRecord>, StorageError> {
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM access_sessions WHERE acct_session_id = ?"
+        ))
+        .bind(acct_session_id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(session_from_row).transpose()
     }
 
     /// Moves an active session's deadline to `expires_at` (refreshed at `now`) and queues an
     /// Interim-Update. Returns the updated session, or None if it is no longer active.
-    pub async fn refresh_session(&self, id: i64, now: i64, expires_at: i64) -> Result<Option<AccessSessionRecord>, StorageError> {
+    pub async fn refresh_session(
+        &self,
+        id: i64,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Option<AccessSessionRecord>, StorageError> {
         let mut tx = self.begin().await?;
         let updated = sqlx::query(
             "UPDATE access_sessions SET refreshed_at = ?, expires_at = ? WHERE id = ? AND state = 'active' AND expires_at > ? \
@@ -185,11 +224,21 @@ impl Storage {
             return Ok(None);
         };
         let started_at: i64 = row.try_get("started_at")?;
-        enqueue(&mut tx, id, status_type::INTERIM_UPDATE, now, Some((now - started_at) / 1000), None).await?;
-        let row = sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM access_sessions WHERE id = ?"))
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+        enqueue(
+            &mut tx,
+            id,
+            status_type::INTERIM_UPDATE,
+            now,
+            Some((now - started_at) / 1000),
+            None,
+        )
+        .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM access_sessions WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
         let session = session_from_row(&row)?;
         tx.commit().await?;
         Ok(Some(session))
@@ -197,7 +246,12 @@ impl Storage {
 
     /// Stops an active session at `event_at` with `cause` and queues its Stop. False if it was
     /// not active (already stopped: nothing is queued twice).
-    pub async fn stop_session(&self, id: i64, cause: u32, event_at: i64) -> Result<bool, StorageError> {
+    pub async fn stop_session(
+        &self,
+        id: i64,
+        cause: u32,
+        event_at: i64,
+    ) -> Result<bool, StorageError> {
         let mut tx = self.begin().await?;
         let stopped = stop_in(&mut tx, id, cause, event_at, None).await?;
         tx.commit().await?;
@@ -234,21 +288,31 @@ impl Storage {
 
     /// Earliest deadline of an active session.
     pub async fn next_expiry(&self) -> Result<Option<i64>, StorageError> {
-        Ok(sqlx::query_scalar("SELECT MIN(expires_at) FROM access_sessions WHERE state = 'active'")
+        Ok(
+            sqlx::query_scalar(
+                "SELECT MIN(expires_at) FROM access_sessions WHERE state = 'active'",
+            )
             .fetch_one(&self.pool)
-            .await?)
+            .await?,
+        )
     }
 
     /// Number of active sessions.
     pub async fn active_sessions(&self) -> Result<i64, StorageError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM access_sessions WHERE state = 'active'")
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM access_sessions WHERE state = 'active'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// Claims the oldest due outbox row whose earlier rows (same session and destination) are all
     /// delivered, so a session's packets go out in order. The claim lasts until `lease_until`.
-    pub async fn claim_next_outbox(&self, now: i64, lease_until: i64) -> Result<Option<OutboxRow>, StorageError> {
+    pub async fn claim_next_outbox(
+        &self,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<OutboxRow>, StorageError> {
         let row = sqlx::query(
             "UPDATE accounting_outbox SET claimed_until = ?, attempts = attempts + 1 WHERE id = ( \
                SELECT o.id FROM accounting_outbox o \
@@ -306,7 +370,12 @@ impl Storage {
     }
 
     /// Releases a claimed row for a retry at `next_attempt_at`, recording why it failed.
-    pub async fn mark_failed(&self, id: i64, next_attempt_at: i64, error: &str) -> Result<(), StorageError> {
+    pub async fn mark_failed(
+        &self,
+        id: i64,
+        next_attempt_at: i64,
+        error: &str,
+    ) -> Result<(), StorageError> {
         sqlx::query("UPDATE accounting_outbox SET next_attempt_at = ?, claimed_until = NULL, last_error = ? WHERE id = ?")
             .bind(next_attempt_at)
             .bind(error)
@@ -327,9 +396,11 @@ impl Storage {
 
     /// Undelivered rows (backlog).
     pub async fn outbox_backlog(&self) -> Result<i64, StorageError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM accounting_outbox WHERE delivered_at IS NULL")
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM accounting_outbox WHERE delivered_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 }
 
@@ -358,7 +429,15 @@ async fn stop_in(
     };
     let started_at: i64 = row.try_get("started_at")?;
     let session_time = (event_at - started_at).max(0) / 1000;
-    enqueue(tx, id, status_type::STOP, event_at, Some(session_time), Some(cause)).await?;
+    enqueue(
+        tx,
+        id,
+        status_type::STOP,
+        event_at,
+        Some(session_time),
+        Some(cause),
+    )
+    .await?;
     Ok(true)
 }
 
@@ -389,7 +468,11 @@ async fn enqueue(
 
 impl Storage {
     /// Whether a session's packet of `status_type` has been acknowledged.
-    pub async fn outbox_delivered(&self, access_session_id: i64, status_type: u32) -> Result<bool, StorageError> {
+    pub async fn outbox_delivered(
+        &self,
+        access_session_id: i64,
+        status_type: u32,
+    ) -> Result<bool, StorageError> {
         let delivered: Option<i64> = sqlx::query_scalar(
             "SELECT delivered_at FROM accounting_outbox WHERE access_session_id = ? AND status_type = ? ORDER BY id DESC LIMIT 1",
         )

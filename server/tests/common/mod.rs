@@ -36,7 +36,11 @@ pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() 
 }
 
 fn free_udp_port() -> u16 {
-    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
+    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A FreeRADIUS server on free loopback ports, killed on drop.
@@ -54,7 +58,8 @@ impl FreeRadius {
         let config_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/freeradius");
         for _attempt in 0..5 {
             let state = tempfile::tempdir().unwrap();
-            let (auth_port, acct_port, strict_port) = (free_udp_port(), free_udp_port(), free_udp_port());
+            let (auth_port, acct_port, strict_port) =
+                (free_udp_port(), free_udp_port(), free_udp_port());
             let child = Command::new("freeradius")
                 .args(["-f", "-d"])
                 .arg(&config_dir)
@@ -69,11 +74,18 @@ impl FreeRadius {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("freeradius must be installed (scripts/setup.sh --test installs it)");
-            let mut server = FreeRadius { auth_port, acct_port, strict_port, state, child };
+            let mut server = FreeRadius {
+                auth_port,
+                acct_port,
+                strict_port,
+                state,
+                child,
+            };
             if server.wait_ready().await {
                 return server;
             }
-            let log = std::fs::read_to_string(server.state.path().join("radius.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(server.state.path().join("radius.log")).unwrap_or_default();
             eprintln!("FreeRADIUS did not start (retrying with other ports):\n{log}");
         }
         panic!("FreeRADIUS did not start");
@@ -87,7 +99,9 @@ impl FreeRadius {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            let probe = radius.status_server(&endpoint, Instant::now() + Duration::from_millis(300)).await;
+            let probe = radius
+                .status_server(&endpoint, Instant::now() + Duration::from_millis(300))
+                .await;
             if probe.is_ok() {
                 return true;
             }
@@ -100,7 +114,11 @@ impl FreeRadius {
         ServerSettings {
             name: name.into(),
             address: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            auth_port: if strict { self.strict_port } else { self.auth_port },
+            auth_port: if strict {
+                self.strict_port
+            } else {
+                self.auth_port
+            },
             acct_port: self.acct_port,
             secret: Some(Secret::new(SECRET)),
             secret_file: None,
@@ -146,7 +164,9 @@ impl FreeRadius {
     pub async fn wait_for_acct(&self, fragments: &[&str]) -> String {
         let what = format!("an accounting line with {fragments:?}");
         wait_for(&what, Duration::from_secs(15), || {
-            self.acct_lines().into_iter().find(|l| fragments.iter().all(|f| l.contains(f)))
+            self.acct_lines()
+                .into_iter()
+                .find(|l| fragments.iter().all(|f| l.contains(f)))
         })
         .await
     }
@@ -162,7 +182,9 @@ impl Drop for FreeRadius {
 /// Reads `key=value` from an accounting line.
 pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
     let prefix = format!("{key}=");
-    line.split(' ').find_map(|part| part.strip_prefix(prefix.as_str())).unwrap_or("")
+    line.split(' ')
+        .find_map(|part| part.strip_prefix(prefix.as_str()))
+        .unwrap_or("")
 }
 
 /// Portal settings for one organization served by `servers`.
@@ -206,12 +228,20 @@ pub struct TestApp {
 impl TestApp {
     pub async fn spawn(settings: &Settings) -> TestApp {
         let site = tempfile::tempdir().unwrap();
-        let app = Application::build(settings, leptos_options(site.path()), false).await.expect("portal builds");
+        let app = Application::build(settings, leptos_options(site.path()), false)
+            .await
+            .expect("portal builds");
         let addr = app.local_addr();
         let storage = app.storage.clone();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run(shutdown.clone()));
-        TestApp { addr, storage, shutdown, task, _site: site }
+        TestApp {
+            addr,
+            storage,
+            shutdown,
+            task,
+            _site: site,
+        }
     }
 
     /// Graceful shutdown, as on SIGTERM.
@@ -227,7 +257,10 @@ impl TestApp {
             .local_address(IpAddr::V4(client_ip))
             .build()
             .unwrap();
-        Browser { http, base: format!("http://{}", self.addr) }
+        Browser {
+            http,
+            base: format!("http://{}", self.addr),
+        }
     }
 }
 
@@ -246,7 +279,13 @@ pub struct Page {
 
 impl Browser {
     pub async fn get(&self, path: &str) -> Page {
-        let response = self.http.get(format!("{}{path}", self.base)).header("accept", "text/html").send().await.unwrap();
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap();
         Self::page(response).await
     }
 
@@ -266,7 +305,12 @@ impl Browser {
     }
 
     pub async fn login(&self, username: &str, password: &str) -> Page {
-        self.post_form("/api/login", "/", &[("username", username), ("password", password)]).await
+        self.post_form(
+            "/api/login",
+            "/",
+            &[("username", username), ("password", password)],
+        )
+        .await
     }
 
     async fn page(response: reqwest::Response) -> Page {
