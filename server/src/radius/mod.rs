@@ -91,6 +91,20 @@ pub struct Grant {
     pub reply_message: Option<String>,
 }
 
+impl Grant {
+    /// Reads what an Access-Accept granted. Class values are kept raw, whatever their format;
+    /// malformed integer attributes (not 4 bytes) count as absent.
+    pub fn from_accept(accept: &Packet) -> Grant {
+        Grant {
+            session_timeout: accept.get_u32(attr::SESSION_TIMEOUT),
+            idle_timeout: accept.get_u32(attr::IDLE_TIMEOUT),
+            interim_interval: accept.get_u32(attr::ACCT_INTERIM_INTERVAL),
+            classes: accept.get_all(attr::CLASS).map(<[u8]>::to_vec).collect(),
+            reply_message: reply_message(accept),
+        }
+    }
+}
+
 /// Result of authenticating a user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AuthOutcome {
@@ -213,13 +227,7 @@ impl Radius {
                 .await;
             match reply {
                 Ok(p) if p.code == Code::AccessAccept => {
-                    let grant = Grant {
-                        session_timeout: p.get_u32(attr::SESSION_TIMEOUT),
-                        idle_timeout: p.get_u32(attr::IDLE_TIMEOUT),
-                        interim_interval: p.get_u32(attr::ACCT_INTERIM_INTERVAL),
-                        classes: p.get_all(attr::CLASS).map(<[u8]>::to_vec).collect(),
-                        reply_message: reply_message(&p),
-                    };
+                    let grant = Grant::from_accept(&p);
                     return Ok(AuthOutcome::Accept {
                         server: index,
                         grant,
@@ -340,4 +348,49 @@ pub mod terminate_cause {
     pub const ADMIN_RESET: u32 = 6;
     pub const NAS_ERROR: u32 = 9;
     pub const PORT_PREEMPTED: u32 = 13;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(attrs: &[(u8, &[u8])]) -> Packet {
+        let mut p = Packet::new(Code::AccessAccept, 1, [0; 16]);
+        for (t, v) in attrs {
+            p.push(*t, v.to_vec());
+        }
+        p
+    }
+
+    #[test]
+    fn every_class_is_kept_raw_and_in_order() {
+        let ise = b"CACS:0a0a0a0a0000000123456789:ise-node-1/123456789/42";
+        let binary: &[u8] = &[0x00, 0xff, 0x80, 0x0a];
+        let grant = Grant::from_accept(&accept(&[(attr::CLASS, ise), (attr::CLASS, binary)]));
+        assert_eq!(grant.classes, vec![ise.to_vec(), binary.to_vec()]);
+    }
+
+    #[test]
+    fn an_accept_without_class_or_timeouts_grants_nothing_extra() {
+        assert_eq!(Grant::from_accept(&accept(&[])), Grant::default());
+    }
+
+    #[test]
+    fn timeouts_and_reply_messages_are_read() {
+        let grant = Grant::from_accept(&accept(&[
+            (attr::SESSION_TIMEOUT, &30u32.to_be_bytes()),
+            (attr::IDLE_TIMEOUT, &20u32.to_be_bytes()),
+            (attr::REPLY_MESSAGE, b"Welcome"),
+            (attr::REPLY_MESSAGE, b"second line"),
+        ]));
+        assert_eq!(grant.session_timeout, Some(30));
+        assert_eq!(grant.idle_timeout, Some(20));
+        assert_eq!(grant.reply_message.as_deref(), Some("Welcome\nsecond line"));
+    }
+
+    #[test]
+    fn a_malformed_timeout_counts_as_absent_instead_of_failing() {
+        let grant = Grant::from_accept(&accept(&[(attr::SESSION_TIMEOUT, &[1, 2])]));
+        assert_eq!(grant.session_timeout, None);
+    }
 }

@@ -35,12 +35,45 @@ pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() 
     }
 }
 
+/// Polls the async `check` until it is true, for at most 15 s (then panics with `what`).
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !check().await {
+        if Instant::now() >= deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn free_udp_port() -> u16 {
     UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+fn spawn_freeradius(state: &Path, auth_port: u16, acct_port: u16, strict_port: u16) -> Child {
+    let config_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/freeradius");
+    Command::new("freeradius")
+        .args(["-f", "-d"])
+        .arg(&config_dir)
+        .arg("-l")
+        .arg(state.join("radius.log"))
+        .env("RADIUS_AUTH_PORT", auth_port.to_string())
+        .env("RADIUS_ACCT_PORT", acct_port.to_string())
+        .env("RADIUS_STRICT_PORT", strict_port.to_string())
+        .env("RADIUS_STATE_DIR", state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("freeradius must be installed (scripts/setup.sh --test installs it)")
 }
 
 /// A FreeRADIUS server on free loopback ports, killed on drop.
@@ -55,25 +88,11 @@ pub struct FreeRadius {
 
 impl FreeRadius {
     pub async fn start() -> FreeRadius {
-        let config_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/freeradius");
         for _attempt in 0..5 {
             let state = tempfile::tempdir().unwrap();
             let (auth_port, acct_port, strict_port) =
                 (free_udp_port(), free_udp_port(), free_udp_port());
-            let child = Command::new("freeradius")
-                .args(["-f", "-d"])
-                .arg(&config_dir)
-                .arg("-l")
-                .arg(state.path().join("radius.log"))
-                .env("RADIUS_AUTH_PORT", auth_port.to_string())
-                .env("RADIUS_ACCT_PORT", acct_port.to_string())
-                .env("RADIUS_STRICT_PORT", strict_port.to_string())
-                .env("RADIUS_STATE_DIR", state.path())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("freeradius must be installed (scripts/setup.sh --test installs it)");
+            let child = spawn_freeradius(state.path(), auth_port, acct_port, strict_port);
             let mut server = FreeRadius {
                 auth_port,
                 acct_port,
@@ -84,11 +103,34 @@ impl FreeRadius {
             if server.wait_ready().await {
                 return server;
             }
-            let log =
-                std::fs::read_to_string(server.state.path().join("radius.log")).unwrap_or_default();
-            eprintln!("FreeRADIUS did not start (retrying with other ports):\n{log}");
+            eprintln!(
+                "FreeRADIUS did not start (retrying with other ports):\n{}",
+                server.read("radius.log")
+            );
         }
         panic!("FreeRADIUS did not start");
+    }
+
+    /// Kills the server (its ports then refuse packets), as an outage.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same ports and state directory.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.child = spawn_freeradius(
+            self.state.path(),
+            self.auth_port,
+            self.acct_port,
+            self.strict_port,
+        );
+        assert!(
+            self.wait_ready().await,
+            "FreeRADIUS restarts:\n{}",
+            self.read("radius.log")
+        );
     }
 
     async fn wait_ready(&mut self) -> bool {
