@@ -15,8 +15,9 @@ cargo fmt --all -- --check
 step "build (cargo leptos build: server + WASM + CSS)"
 cargo leptos build
 
-step "lints (server and app with ssr)"
+step "lints (server and app with ssr; app with hydrate on wasm32)"
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p app --no-default-features --features hydrate --target wasm32-unknown-unknown -- -D warnings
 
 step "unit + integration tests (FreeRADIUS started per test)"
 cargo test --workspace

@@ -169,6 +169,7 @@ pub fn demo_settings(data_dir: &Path) -> Settings {
         max_lifetime: None,
         username_pattern: DEFAULT_USERNAME_PATTERN.into(),
         login_timeout: Duration::from_secs(5),
+        min_interim_interval: Duration::from_secs(60),
         servers: vec![ServerSettings {
             name: "demo".into(),
             address: IpAddr::V4(Ipv4Addr::LOCALHOST),

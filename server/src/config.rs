@@ -2,6 +2,7 @@
 //! environment variables (and the original portal's `PORT`). Every error names the key and what
 //! is wrong with it. Secrets live in [`Secret`], whose `Debug` never shows them.
 
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use std::{
     fmt,
@@ -101,6 +102,32 @@ pub struct HttpSettings {
     /// Mark the web-session cookie `Secure` (set when users reach the portal over HTTPS).
     #[serde(default)]
     pub secure_cookies: bool,
+    /// Reverse proxies (addresses or CIDRs) whose `Forwarded` / `X-Forwarded-For` are believed.
+    /// Empty (default): the socket peer is the client.
+    #[serde(default, deserialize_with = "networks")]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Parses "10.0.0.0/8" or a single address ("127.0.0.1" = /32).
+pub fn parse_network(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("`{text}` is not an IP address or CIDR network"))
+}
+
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|t| parse_network(t).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+fn network_list(key: &str, text: &str) -> Result<Vec<IpNet>, ConfigError> {
+    text.split(',')
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| parse_network(t).map_err(|problem| config_error(key, problem)))
+        .collect()
 }
 
 /// `[database]`
@@ -202,6 +229,9 @@ pub struct OrganizationSettings {
     /// End-to-end deadline of a login's RADIUS exchange across all servers.
     #[serde(default = "ten_seconds", deserialize_with = "duration")]
     pub login_timeout: Duration,
+    /// Shortest Acct-Interim-Interval honoured; shorter values from the Accept are raised to it.
+    #[serde(default = "sixty_seconds", deserialize_with = "duration")]
+    pub min_interim_interval: Duration,
     /// RADIUS servers in order of preference.
     #[serde(default)]
     pub servers: Vec<ServerSettings>,
@@ -218,6 +248,9 @@ fn loopback() -> IpAddr {
 }
 fn four_hours() -> Duration {
     Duration::from_secs(4 * 3600)
+}
+fn sixty_seconds() -> Duration {
+    Duration::from_secs(60)
 }
 fn ten_seconds() -> Duration {
     Duration::from_secs(10)
@@ -348,6 +381,13 @@ impl Settings {
                     format!("`{listen}` is not an address like 127.0.0.1:3000"),
                 )
             })?);
+        }
+        // The original portal's variable (comma-separated addresses); ours wins when both are set.
+        if let Some(list) = var("FORWARDED_ALLOW_IPS") {
+            self.http.trusted_proxies = network_list("FORWARDED_ALLOW_IPS", &list)?;
+        }
+        if let Some(list) = var("PORTAL_HTTP_TRUSTED_PROXIES") {
+            self.http.trusted_proxies = network_list("PORTAL_HTTP_TRUSTED_PROXIES", &list)?;
         }
         if let Some(v) = var("PORTAL_HTTP_SECURE_COOKIES") {
             self.http.secure_cookies = parse_bool("PORTAL_HTTP_SECURE_COOKIES", &v)?;
@@ -496,6 +536,31 @@ mod tests {
             .validate()
             .expect_err("no secret");
         assert_eq!(err.key, "organizations[0].servers[0]");
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_networks_from_file_and_env() {
+        let mut settings =
+            Settings::from_toml("[http]\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n")
+                .expect("parses");
+        assert_eq!(settings.http.trusted_proxies.len(), 2);
+        assert!(
+            settings.http.trusted_proxies[0].contains(&"127.0.0.1".parse::<IpAddr>().expect("ip"))
+        );
+        settings
+            .apply_env(|k| (k == "FORWARDED_ALLOW_IPS").then(|| "192.0.2.1, 2001:db8::/32".into()))
+            .expect("applies");
+        assert_eq!(settings.http.trusted_proxies.len(), 2);
+        let err = settings
+            .apply_env(|k| {
+                (k == "PORTAL_HTTP_TRUSTED_PROXIES").then(|| "10.0.0.0/8,not-an-ip".into())
+            })
+            .expect_err("bad entry");
+        assert_eq!(err.key, "PORTAL_HTTP_TRUSTED_PROXIES");
+        assert!(err.problem.contains("not-an-ip"));
+        let err = Settings::from_toml("[http]\ntrusted_proxies = [\"everyone\"]\n")
+            .expect_err("bad entry");
+        assert!(err.problem.contains("everyone"), "{err}");
     }
 
     #[test]

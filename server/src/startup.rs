@@ -95,6 +95,9 @@ impl Application {
             portal: Portal(Arc::new(backend)),
             session_store: session_store.clone(),
             secure_cookies: settings.http.secure_cookies,
+            trusted_proxies: crate::http::client_ip::TrustedProxies::new(
+                settings.http.trusted_proxies.clone(),
+            ),
             storage: storage.clone(),
         });
         let addr = match settings.http.listen {

@@ -422,3 +422,76 @@ async fn login_fails_over_to_the_backup_and_accounts_there() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
+    config.http.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    let app = TestApp::spawn(&config).await;
+    let xff = [("x-forwarded-for", "6.6.6.6, 198.51.100.7")];
+    let login = [("username", "carol"), ("password", "carol-pass")];
+
+    let page = app
+        .browser(CLIENT)
+        .post_form_with("/api/login", "/", &login, &xff)
+        .await;
+    assert!(
+        page.body.contains("198.51.100.7"),
+        "via the trusted proxy, the forwarded client is used"
+    );
+    let start = radius.wait_for_acct(&["status=Start", "user=carol"]).await;
+    assert_eq!(field(&start, "ip"), "198.51.100.7");
+
+    let untrusted = Ipv4Addr::new(127, 0, 0, 9);
+    let login = [("username", "erin"), ("password", "erin-pass")];
+    app.browser(untrusted)
+        .post_form_with("/api/login", "/", &login, &xff)
+        .await;
+    let start = radius.wait_for_acct(&["status=Start", "user=erin"]).await;
+    assert_eq!(
+        field(&start, "ip"),
+        "127.0.0.9",
+        "a spoofed header from elsewhere is ignored"
+    );
+    let auth = radius
+        .auth_lines()
+        .into_iter()
+        .find(|l| l.contains("user=erin"))
+        .unwrap();
+    assert!(auth.contains("calling=127.0.0.9"), "{auth}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn acct_interim_interval_from_the_accept_sends_periodic_interim_updates() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
+    config.organizations[0].min_interim_interval = Duration::from_secs(1);
+    let app = TestApp::spawn(&config).await;
+    app.browser(CLIENT).login("kate", "kate-pass").await;
+    let start = radius.wait_for_acct(&["status=Start", "user=kate"]).await;
+    let sid = format!("sid={}", field(&start, "sid"));
+
+    let interims = wait_for(
+        "two periodic Interim-Updates",
+        Duration::from_secs(15),
+        || {
+            let lines: Vec<String> = radius
+                .acct_lines()
+                .into_iter()
+                .filter(|l| l.contains("status=Interim-Update") && l.contains(&sid))
+                .collect();
+            (lines.len() >= 2).then_some(lines)
+        },
+    )
+    .await;
+    let times: Vec<u32> = interims
+        .iter()
+        .map(|l| field(l, "session_time").parse().unwrap())
+        .collect();
+    assert!(times[1] > times[0], "Acct-Session-Time grows: {times:?}");
+    app.stop().await;
+}

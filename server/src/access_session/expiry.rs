@@ -47,14 +47,35 @@ impl Expiry {
         Ok(stopped)
     }
 
-    /// Runs until `shutdown`: expire what is due, sleep until the next deadline or a wake-up.
+    /// Queues the periodic Interim-Updates due at `now` and wakes accounting to send them.
+    pub async fn send_due_interims(&self, now: i64) -> Result<usize, StorageError> {
+        let queued = self.storage.queue_due_interims(now).await?;
+        if queued > 0 {
+            self.accounting.wake();
+        }
+        Ok(queued)
+    }
+
+    /// The next instant (unix ms) something is due: a deadline or a periodic Interim-Update.
+    async fn next_due(&self) -> Result<Option<i64>, StorageError> {
+        let expiry = self.storage.next_expiry().await?;
+        let interim = self.storage.next_interim().await?;
+        Ok(expiry.into_iter().chain(interim).min())
+    }
+
+    /// Runs until `shutdown`: stop what is due, queue due Interim-Updates, then sleep until the
+    /// next deadline or a wake-up.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
             let notified = self.wake.notified();
-            if let Err(e) = self.expire_due(now_ms()).await {
+            let now = now_ms();
+            if let Err(e) = self.expire_due(now).await {
                 tracing::error!(error = ?e, "expiry check failed; retrying");
             }
-            let sleep = match self.storage.next_expiry().await {
+            if let Err(e) = self.send_due_interims(now).await {
+                tracing::error!(error = ?e, "queueing interim updates failed; retrying");
+            }
+            let sleep = match self.next_due().await {
                 Ok(Some(at)) => {
                     Duration::from_millis((at - now_ms()).max(0) as u64 + 1).min(MAX_SLEEP)
                 }

@@ -161,7 +161,10 @@ impl AccessSessions {
             window_ms: terms.window_ms(),
             limit_at,
             expires_at: timing::expires_at(started_at, terms.window_ms(), limit_at),
-            interim_interval: grant.interim_interval.map(i64::from),
+            interim_interval: grant
+                .interim_interval
+                .filter(|secs| *secs > 0)
+                .map(|secs| i64::from(secs).max(org.min_interim_interval.as_secs() as i64)),
         };
         let (id, preempted) = self.storage.open_session(&new).await?;
         self.expiry_wake.notify_one();

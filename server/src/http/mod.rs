@@ -34,6 +34,8 @@ pub struct RouterParts {
     pub session_store: SqliteStore,
     /// Mark cookies Secure.
     pub secure_cookies: bool,
+    /// Proxies whose forwarding headers are believed.
+    pub trusted_proxies: client_ip::TrustedProxies,
     /// Database handle for readiness.
     pub storage: crate::storage::Storage,
 }
@@ -45,6 +47,7 @@ pub fn router(parts: RouterParts) -> Router {
         portal,
         session_store,
         secure_cookies,
+        trusted_proxies,
         storage,
     } = parts;
     let routes = generate_route_list(app::App);
@@ -88,7 +91,10 @@ pub fn router(parts: RouterParts) -> Router {
         .nest_service("/pkg", pkg)
         .fallback_service(ServeDir::new(site_root))
         .layer(sessions)
-        .layer(middleware::from_fn(client_ip::insert_client_ip))
+        .layer(middleware::from_fn_with_state(
+            trusted_proxies,
+            client_ip::insert_client_ip,
+        ))
         .layer(middleware::from_fn(security::reject_cross_site))
         .layer(middleware::from_fn(security::security_headers))
         .layer(CompressionLayer::new())

@@ -32,6 +32,8 @@ pub struct Organization {
     pub username_pattern: Regex,
     /// End-to-end deadline of a login's RADIUS exchange.
     pub login_timeout: Duration,
+    /// Shortest Acct-Interim-Interval honoured (RFC 2869 §5.16: not below 60 s).
+    pub min_interim_interval: Duration,
     /// RADIUS servers in order of preference.
     pub servers: Vec<ServerEndpoint>,
 }
@@ -75,6 +77,7 @@ impl Organization {
             max_lifetime: s.max_lifetime,
             username_pattern,
             login_timeout: s.login_timeout,
+            min_interim_interval: s.min_interim_interval,
             servers,
         })
     }

@@ -90,7 +90,8 @@ pub struct NewAccessSession {
     pub limit_at: Option<i64>,
     /// First deadline.
     pub expires_at: i64,
-    /// Acct-Interim-Interval.
+    /// Seconds between periodic Interim-Updates (Acct-Interim-Interval, at least the
+    /// organization's minimum), or None.
     pub interim_interval: Option<i64>,
 }
 

@@ -153,8 +153,8 @@ impl Storage {
         }
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO access_sessions (acct_session_id, organization_id, username, client_ip, server_index, server_name, \
-             classes, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, state) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active') RETURNING id",
+             classes, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, next_interim_at, state) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active') RETURNING id",
         )
         .bind(&new.acct_session_id)
         .bind(&new.organization_id)
@@ -169,6 +169,7 @@ impl Storage {
         .bind(new.limit_at)
         .bind(new.expires_at)
         .bind(new.interim_interval)
+        .bind(new.interim_interval.map(|secs| new.started_at + secs * 1000))
         .fetch_one(&mut *tx)
         .await?;
         enqueue(&mut tx, id, status_type::START, new.started_at, None, None).await?;
@@ -284,6 +285,50 @@ impl Storage {
         }
         tx.commit().await?;
         Ok(stopped)
+    }
+
+    /// Queues an Interim-Update for every active session whose periodic update (from
+    /// Acct-Interim-Interval) is due at `now`, and schedules the next one. Returns how many.
+    pub async fn queue_due_interims(&self, now: i64) -> Result<usize, StorageError> {
+        let mut tx = self.begin().await?;
+        let due = sqlx::query(
+            "SELECT id, started_at, interim_interval FROM access_sessions \
+             WHERE state = 'active' AND next_interim_at <= ? AND expires_at > ?",
+        )
+        .bind(now)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &due {
+            let id: i64 = row.try_get("id")?;
+            let started_at: i64 = row.try_get("started_at")?;
+            let interval: i64 = row.try_get("interim_interval")?;
+            enqueue(
+                &mut tx,
+                id,
+                status_type::INTERIM_UPDATE,
+                now,
+                Some((now - started_at) / 1000),
+                None,
+            )
+            .await?;
+            sqlx::query("UPDATE access_sessions SET next_interim_at = ? WHERE id = ?")
+                .bind(now + interval * 1000)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(due.len())
+    }
+
+    /// When the next periodic Interim-Update is due.
+    pub async fn next_interim(&self) -> Result<Option<i64>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(next_interim_at) FROM access_sessions WHERE state = 'active'",
+        )
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// Earliest deadline of an active session.

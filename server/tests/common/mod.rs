@@ -245,6 +245,7 @@ pub fn settings(db: &Path, servers: Vec<ServerSettings>) -> Settings {
         max_lifetime: None,
         username_pattern: DEFAULT_USERNAME_PATTERN.into(),
         login_timeout: Duration::from_secs(5),
+        min_interim_interval: Duration::from_secs(60),
         servers,
     });
     settings.validate().unwrap();
@@ -333,9 +334,22 @@ impl Browser {
 
     /// Posts a form from the page at `from` (Referer), following redirects.
     pub async fn post_form(&self, action: &str, from: &str, form: &[(&str, &str)]) -> Page {
-        let response = self
-            .http
-            .post(format!("{}{action}", self.base))
+        self.post_form_with(action, from, form, &[]).await
+    }
+
+    /// [`Browser::post_form`] with extra request headers (as a reverse proxy would add).
+    pub async fn post_form_with(
+        &self,
+        action: &str,
+        from: &str,
+        form: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Page {
+        let mut request = self.http.post(format!("{}{action}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request
             .header("accept", "text/html")
             .header("referer", format!("{}{from}", self.base))
             .header("origin", self.base.clone())
