@@ -15,11 +15,26 @@ pub async fn get_site_info() -> Result<SiteInfo, PortalError> {
     Ok(service.site_info(&request))
 }
 
+/// The form token to put in every state-changing form (`csrf` field).
+#[server(endpoint = "form_token")]
+pub async fn get_form_token() -> Result<String, PortalError> {
+    let (service, request) = crate::service::portal()?;
+    service.form_token(&request).await
+}
+
 /// Logs in and opens an access session; a plain form post is redirected to the session page.
 #[server(endpoint = "login")]
-pub async fn login(username: String, password: String) -> Result<(), PortalError> {
+pub async fn login(
+    username: String,
+    password: String,
+    csrf: Option<String>,
+) -> Result<(), PortalError> {
     let (service, request) = crate::service::portal()?;
-    let input = crate::service::LoginInput { username, password };
+    let input = crate::service::LoginInput {
+        username,
+        password,
+        form_token: csrf.unwrap_or_default(),
+    };
     service.login(&request, input).await?;
     leptos_axum::redirect("/session");
     Ok(())
@@ -34,16 +49,20 @@ pub async fn current_session() -> Result<Option<SessionView>, PortalError> {
 
 /// Restarts the window (capped by the limit) and returns the new state.
 #[server(endpoint = "refresh")]
-pub async fn refresh() -> Result<SessionView, PortalError> {
+pub async fn refresh(csrf: Option<String>) -> Result<SessionView, PortalError> {
     let (service, request) = crate::service::portal()?;
-    service.refresh(&request).await
+    service
+        .refresh(&request, csrf.as_deref().unwrap_or_default())
+        .await
 }
 
 /// Ends the access session; a plain form post is redirected to the login page.
 #[server(endpoint = "disconnect")]
-pub async fn disconnect() -> Result<(), PortalError> {
+pub async fn disconnect(csrf: Option<String>) -> Result<(), PortalError> {
     let (service, request) = crate::service::portal()?;
-    service.disconnect(&request).await?;
+    service
+        .disconnect(&request, csrf.as_deref().unwrap_or_default())
+        .await?;
     leptos_axum::redirect("/");
     Ok(())
 }

@@ -17,6 +17,8 @@ pub struct LoginInput {
     pub username: String,
     /// As typed; never logged.
     pub password: String,
+    /// The form token the page was rendered with (CSRF protection).
+    pub form_token: String,
 }
 
 /// What the UI asks of the server. `request` carries the web session and client address.
@@ -24,14 +26,16 @@ pub struct LoginInput {
 pub trait PortalService: Send + Sync + 'static {
     /// Facts for the login page.
     fn site_info(&self, request: &Parts) -> SiteInfo;
+    /// The web session's form token, created on first use; every state-changing form carries it.
+    async fn form_token(&self, request: &Parts) -> Result<String, PortalError>;
     /// Authenticates and opens an access session for the request's client.
     async fn login(&self, request: &Parts, input: LoginInput) -> Result<SessionView, PortalError>;
     /// The web session's active access session, if any.
     async fn current_session(&self, request: &Parts) -> Result<Option<SessionView>, PortalError>;
     /// Restarts the window of the web session's access session.
-    async fn refresh(&self, request: &Parts) -> Result<SessionView, PortalError>;
+    async fn refresh(&self, request: &Parts, form_token: &str) -> Result<SessionView, PortalError>;
     /// Ends the web session's access session (Accounting-Stop, User-Request).
-    async fn disconnect(&self, request: &Parts) -> Result<(), PortalError>;
+    async fn disconnect(&self, request: &Parts, form_token: &str) -> Result<(), PortalError>;
 }
 
 /// The service as stored in Leptos context.

@@ -21,6 +21,8 @@ use tower_sessions::Session;
 
 /// Web-session key holding the access session's row id.
 const ACCESS_SESSION_KEY: &str = "access_session_id";
+/// Web-session key holding the form (CSRF) token.
+const FORM_TOKEN_KEY: &str = "form_token";
 
 /// Implementation of the UI's service interface.
 pub struct PortalBackend {
@@ -63,6 +65,31 @@ impl PortalBackend {
         web.get::<i64>(ACCESS_SESSION_KEY)
             .await
             .map_err(|e| internal("reading the web session", &e))
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a guess was right.
+fn tokens_match(expected: &str, supplied: &str) -> bool {
+    expected.len() == supplied.len()
+        && expected
+            .bytes()
+            .zip(supplied.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// Refuses the request unless it carries the web session's form token (design.md §6).
+async fn check_form_token(web: &Session, supplied: &str) -> Result<(), PortalError> {
+    let expected = web
+        .get::<String>(FORM_TOKEN_KEY)
+        .await
+        .map_err(|e| internal("reading the web session", &e))?;
+    match expected {
+        Some(expected) if tokens_match(&expected, supplied) => Ok(()),
+        _ => {
+            tracing::warn!("state-changing request without a valid form token refused");
+            Err(PortalError::Forbidden)
+        }
     }
 }
 
@@ -168,8 +195,26 @@ impl PortalService for PortalBackend {
         }
     }
 
+    async fn form_token(&self, request: &Parts) -> Result<String, PortalError> {
+        let web = web_session(request)?;
+        if let Some(token) = web
+            .get::<String>(FORM_TOKEN_KEY)
+            .await
+            .map_err(|e| internal("reading the web session", &e))?
+        {
+            return Ok(token);
+        }
+        let bytes: [u8; 32] = rand::random();
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        web.insert(FORM_TOKEN_KEY, &token)
+            .await
+            .map_err(|e| internal("writing the web session", &e))?;
+        Ok(token)
+    }
+
     async fn login(&self, request: &Parts, input: LoginInput) -> Result<SessionView, PortalError> {
         let result = async {
+            check_form_token(&web_session(request)?, &input.form_token).await?;
             let org_id = self.organizations.default_id().to_string();
             let org = self
                 .organizations
@@ -212,9 +257,10 @@ impl PortalService for PortalBackend {
         with_status(request, result)
     }
 
-    async fn refresh(&self, request: &Parts) -> Result<SessionView, PortalError> {
+    async fn refresh(&self, request: &Parts, form_token: &str) -> Result<SessionView, PortalError> {
         let result = async {
             let web = web_session(request)?;
+            check_form_token(&web, form_token).await?;
             let id = self
                 .linked_session_id(&web)
                 .await?
@@ -226,9 +272,10 @@ impl PortalService for PortalBackend {
         with_status(request, result)
     }
 
-    async fn disconnect(&self, request: &Parts) -> Result<(), PortalError> {
+    async fn disconnect(&self, request: &Parts, form_token: &str) -> Result<(), PortalError> {
         let result = async {
             let web = web_session(request)?;
+            check_form_token(&web, form_token).await?;
             if let Some(id) = self.linked_session_id(&web).await? {
                 self.sessions.disconnect(id).await.map_err(user_error)?;
                 web.remove::<i64>(ACCESS_SESSION_KEY)
@@ -245,6 +292,14 @@ impl PortalService for PortalBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn form_tokens_must_match_exactly() {
+        assert!(tokens_match("abc123", "abc123"));
+        assert!(!tokens_match("abc123", "abc124"));
+        assert!(!tokens_match("abc123", "abc12"));
+        assert!(!tokens_match("abc123", ""));
+    }
 
     #[test]
     fn utc_clock_formats_time_of_day() {

@@ -203,11 +203,16 @@ async fn invalid_input_is_refused_with_the_field_named_and_nothing_is_sent() {
     );
 
     // JSON clients (scripts, the island) get HTTP 400.
+    let token = browser.form_token("/").await;
     let response = browser
         .http
         .post(format!("{}/api/login", browser.base))
         .header("accept", "application/json")
-        .form(&[("username", long.as_str()), ("password", "x")])
+        .form(&[
+            ("username", long.as_str()),
+            ("password", "x"),
+            ("csrf", &token),
+        ])
         .send()
         .await
         .unwrap();
@@ -493,5 +498,62 @@ async fn acct_interim_interval_from_the_accept_sends_periodic_interim_updates() 
         .map(|l| field(l, "session_time").parse().unwrap())
         .collect();
     assert!(times[1] > times[0], "Acct-Session-Time grows: {times:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn state_changing_posts_without_the_form_token_are_refused() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await;
+    let browser = app.browser(CLIENT);
+    let login = [("username", "carol"), ("password", "carol-pass")];
+
+    let page = browser.post_raw("/api/login", "/", &login, &[]).await;
+    assert!(
+        page.body.contains("refused for your security"),
+        "{}",
+        page.body
+    );
+    let forged = [
+        ("username", "carol"),
+        ("password", "carol-pass"),
+        ("csrf", "0000"),
+    ];
+    let page = browser.post_raw("/api/login", "/", &forged, &[]).await;
+    assert!(
+        page.body.contains("refused for your security"),
+        "{}",
+        page.body
+    );
+    assert!(radius.auth_lines().is_empty(), "nothing reached RADIUS");
+
+    browser.login("carol", "carol-pass").await;
+    radius.wait_for_acct(&["status=Start", "user=carol"]).await;
+    browser
+        .post_raw("/api/disconnect", "/session", &[], &[])
+        .await;
+    assert_eq!(
+        app.storage.active_sessions().await.unwrap(),
+        1,
+        "a disconnect without the token does nothing"
+    );
+
+    // A cross-site post is refused before it reaches the portal, token or not.
+    let token = browser.form_token("/session").await;
+    let page = browser
+        .post_raw(
+            "/api/disconnect",
+            "/session",
+            &[("csrf", &token)],
+            &[("sec-fetch-site", "cross-site")],
+        )
+        .await;
+    assert_eq!(page.status, 403);
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
     app.stop().await;
 }

@@ -14,7 +14,7 @@ use leptos::{prelude::*, server_fn::ServerFn};
 
 /// Countdown and controls for one access session.
 #[island]
-pub fn SessionPanel(session: SessionView) -> impl IntoView {
+pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
     let state = RwSignal::new(session);
     let now = RwSignal::new(monotonic_ms());
     let deadline = RwSignal::new(now.get_untracked() + state.get_untracked().remaining_ms as f64);
@@ -68,6 +68,7 @@ pub fn SessionPanel(session: SessionView) -> impl IntoView {
     };
 
     let refresh_url = <Refresh as ServerFn>::PATH;
+    let (refresh_token, disconnect_token) = (form_token.clone(), form_token.clone());
     let disconnect_url = <Disconnect as ServerFn>::PATH;
     view! {
         <section class="rounded-lg bg-white p-6 shadow" aria-labelledby="session-title">
@@ -90,8 +91,9 @@ pub fn SessionPanel(session: SessionView) -> impl IntoView {
                 <form method="post" action=refresh_url
                     on:submit=move |ev: leptos::ev::SubmitEvent| {
                         ev.prevent_default();
-                        refresh.dispatch(Refresh {});
+                        refresh.dispatch(Refresh { csrf: Some(refresh_token.clone()) });
                     }>
+                    <input type="hidden" name="csrf" value=form_token.clone() />
                     <button type="submit" disabled=busy
                         class="w-full rounded bg-blue-800 px-4 py-2 font-semibold text-white hover:bg-blue-900 disabled:opacity-60">
                         "Refresh"
@@ -100,8 +102,9 @@ pub fn SessionPanel(session: SessionView) -> impl IntoView {
                 <form method="post" action=disconnect_url
                     on:submit=move |ev: leptos::ev::SubmitEvent| {
                         ev.prevent_default();
-                        disconnect.dispatch(Disconnect {});
+                        disconnect.dispatch(Disconnect { csrf: Some(disconnect_token.clone()) });
                     }>
+                    <input type="hidden" name="csrf" value=form_token />
                     <button type="submit" disabled=busy
                         class="w-full rounded border border-slate-500 px-4 py-2 font-semibold hover:bg-slate-100 disabled:opacity-60">
                         "Disconnect"

@@ -3,7 +3,7 @@
 //! shown by the same `ServerAction`.
 
 use crate::{
-    api::{get_site_info, Login},
+    api::{get_form_token, get_site_info, Login},
     components::{DemoBanner, ErrorMessage},
 };
 use leptos::prelude::*;
@@ -14,6 +14,7 @@ use leptos_router::components::A;
 pub fn LoginPage() -> impl IntoView {
     let login = ServerAction::<Login>::new();
     let info = Resource::new_blocking(|| (), |_| get_site_info());
+    let token = Resource::new_blocking(|| (), |_| get_form_token());
     let error = move || login.value().get().and_then(Result::err);
     view! {
         <Suspense>
@@ -30,6 +31,12 @@ pub fn LoginPage() -> impl IntoView {
         </Suspense>
         <ErrorMessage error=Signal::derive(error) />
         <ActionForm action=login attr:class="mt-6 space-y-4 rounded-lg bg-white p-6 shadow">
+            <Suspense>
+                {move || Suspend::new(async move {
+                    let token = token.await.unwrap_or_default();
+                    view! { <input type="hidden" name="csrf" value=token /> }
+                })}
+            </Suspense>
             <div>
                 <label for="username" class="block text-sm font-medium">"Username"</label>
                 <input id="username" name="username" type="text" required maxlength="63"

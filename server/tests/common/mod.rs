@@ -337,8 +337,25 @@ impl Browser {
         self.post_form_with(action, from, form, &[]).await
     }
 
-    /// [`Browser::post_form`] with extra request headers (as a reverse proxy would add).
+    /// [`Browser::post_form`] with extra request headers (as a reverse proxy would add). The
+    /// form token of the page at `from` is added, as the page's form carries it.
     pub async fn post_form_with(
+        &self,
+        action: &str,
+        from: &str,
+        form: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Page {
+        let token = self.form_token(from).await;
+        let mut fields: Vec<(&str, &str)> = form.to_vec();
+        if !fields.iter().any(|(k, _)| *k == "csrf") {
+            fields.push(("csrf", &token));
+        }
+        self.post_raw(action, from, &fields, headers).await
+    }
+
+    /// Posts exactly `form` (no form token added).
+    pub async fn post_raw(
         &self,
         action: &str,
         from: &str,
@@ -358,6 +375,18 @@ impl Browser {
             .await
             .unwrap();
         Self::page(response).await
+    }
+
+    /// The form token in the page at `path` (hidden `csrf` input).
+    pub async fn form_token(&self, path: &str) -> String {
+        let page = self.get(path).await;
+        let marker = "name=\"csrf\" value=\"";
+        let start = page
+            .body
+            .find(marker)
+            .unwrap_or_else(|| panic!("no form token in {path}:\n{}", page.body))
+            + marker.len();
+        page.body[start..].split('"').next().unwrap().to_string()
     }
 
     pub async fn login(&self, username: &str, password: &str) -> Page {
