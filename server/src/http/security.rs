@@ -2,7 +2,8 @@
 //! with its per-request nonce is set by the page shell) and refusal of cross-site
 //! state-changing requests (Origin / Sec-Fetch-Site), on top of the SameSite=Strict cookie.
 //!
-//! Not yet here: the per-session CSRF form token of design.md §6.
+//! The per-session form token (the other half of CSRF protection) is checked by
+//! `portal_backend`, which owns the web session.
 
 use axum::{
     extract::Request,
