@@ -84,6 +84,15 @@ impl Application {
             accounting.clone(),
             expiry_wake,
         );
+        let captive = crate::http::captive::CaptiveApi {
+            sessions: sessions.clone(),
+            organization_id: organizations.default_id().into(),
+            scheme: if settings.http.secure_cookies {
+                "https"
+            } else {
+                "http"
+            },
+        };
         let backend = PortalBackend::new(sessions, organizations, demo);
         let session_store = SqliteStore::new(storage.pool().clone());
         session_store
@@ -99,6 +108,7 @@ impl Application {
                 settings.http.trusted_proxies.clone(),
             ),
             storage: storage.clone(),
+            captive,
         });
         let addr = match settings.http.listen {
             Some(addr) => addr,

@@ -557,3 +557,54 @@ async fn state_changing_posts_without_the_form_token_are_refused() {
     assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_captive_portal_api_reports_the_clients_own_session() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await;
+    let browser = app.browser(CLIENT);
+    let captive = |b: &common::Browser| {
+        let request = b.http.get(format!("{}/captive-portal/api", b.base)).send();
+        async move {
+            let response = request.await.unwrap();
+            let content_type = response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            assert_eq!(content_type, "application/captive+json");
+            serde_json::from_str::<serde_json::Value>(&response.text().await.unwrap()).unwrap()
+        }
+    };
+
+    let before = captive(&browser).await;
+    assert_eq!(before["captive"], true);
+    assert!(before["user-portal-url"].as_str().unwrap().ends_with('/'));
+    assert!(before.get("seconds-remaining").is_none());
+
+    browser.login("bob", "bob-pass").await;
+    let during = captive(&browser).await;
+    assert_eq!(during["captive"], false);
+    let left = during["seconds-remaining"].as_u64().unwrap();
+    assert!((1..=20).contains(&left), "within bob's 20 s window: {left}");
+    assert_eq!(during["can-extend-session"], true);
+    assert!(during["user-portal-url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/session"));
+
+    let other = app.browser(Ipv4Addr::new(127, 0, 0, 5));
+    assert_eq!(
+        captive(&other).await["captive"],
+        true,
+        "another client's session is not yours"
+    );
+
+    browser.post_form("/api/disconnect", "/session", &[]).await;
+    assert_eq!(captive(&browser).await["captive"], true);
+    app.stop().await;
+}

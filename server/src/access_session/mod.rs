@@ -233,6 +233,18 @@ impl AccessSessions {
         Ok(())
     }
 
+    /// The client's active session in the organization, if any (Captive Portal API).
+    pub async fn active_for_client(
+        &self,
+        organization_id: &str,
+        client_ip: IpAddr,
+    ) -> Result<Option<AccessSessionRecord>, SessionError> {
+        Ok(self
+            .storage
+            .active_session_for_client(organization_id, &client_ip.to_string(), now_ms())
+            .await?)
+    }
+
     /// Looks up an organization (display name etc.).
     pub fn organization(&self, id: &str) -> Option<Arc<Organization>> {
         self.organizations.get(id)

@@ -1,6 +1,7 @@
 //! The web server's router: Leptos pages and server fns, static assets, health endpoints, and the
 //! layers every request passes (web session, client IP, security headers, compression, tracing).
 
+pub mod captive;
 pub mod client_ip;
 pub mod security;
 
@@ -38,6 +39,8 @@ pub struct RouterParts {
     pub trusted_proxies: client_ip::TrustedProxies,
     /// Database handle for readiness.
     pub storage: crate::storage::Storage,
+    /// Captive Portal API state.
+    pub captive: captive::CaptiveApi,
 }
 
 /// Builds the application router.
@@ -49,6 +52,7 @@ pub fn router(parts: RouterParts) -> Router {
         secure_cookies,
         trusted_proxies,
         storage,
+        captive,
     } = parts;
     let routes = generate_route_list(app::App);
     let context = {
@@ -83,6 +87,10 @@ pub fn router(parts: RouterParts) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz).with_state(storage))
+        .route(
+            captive::PATH,
+            get(captive::captive_state).with_state(captive),
+        )
         .route("/api/{*fn_name}", post(server_fns))
         .leptos_routes_with_context(&leptos_options, routes, context, {
             let options = leptos_options.clone();

@@ -331,6 +331,25 @@ impl Storage {
         .await?)
     }
 
+    /// The active, not yet due session of a client in an organization.
+    pub async fn active_session_for_client(
+        &self,
+        organization_id: &str,
+        client_ip: &str,
+        now: i64,
+    ) -> Result<Option<AccessSessionRecord>, StorageError> {
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM access_sessions \
+             WHERE organization_id = ? AND client_ip = ? AND state = 'active' AND expires_at > ?"
+        ))
+        .bind(organization_id)
+        .bind(client_ip)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
     /// Earliest deadline of an active session.
     pub async fn next_expiry(&self) -> Result<Option<i64>, StorageError> {
         Ok(

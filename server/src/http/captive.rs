@@ -1,0 +1,95 @@
+//! Captive Portal API (RFC 8908): the client's access-session state as `application/captive+json`
+//! at `/captive-portal/api`, so OS captive-portal assistants and scripts can read it. The URI is
+//! what an operator announces with DHCP option 114 / RA (RFC 8910).
+
+use super::client_ip::ClientIp;
+use crate::access_session::{now_ms, timing, AccessSessions};
+use app::dto::EndsBy;
+use axum::{
+    extract::{Extension, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use std::sync::Arc;
+
+/// Path of the API.
+pub const PATH: &str = "/captive-portal/api";
+
+/// What the handler needs.
+#[derive(Clone)]
+pub struct CaptiveApi {
+    /// Session lookups.
+    pub sessions: AccessSessions,
+    /// Organization the portal signs into (for now the default one).
+    pub organization_id: Arc<str>,
+    /// `https` when users reach the portal over TLS (RFC 8908 wants an HTTPS portal URL).
+    pub scheme: &'static str,
+}
+
+/// RFC 8908 §5 JSON keys.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct CaptiveState {
+    /// True while the client has no access session.
+    pub captive: bool,
+    /// Where the user signs in or manages the session.
+    #[serde(rename = "user-portal-url")]
+    pub user_portal_url: String,
+    /// Seconds until the session ends (only when not captive).
+    #[serde(rename = "seconds-remaining", skip_serializing_if = "Option::is_none")]
+    pub seconds_remaining: Option<u64>,
+    /// Whether a refresh can push the end out (only when not captive).
+    #[serde(rename = "can-extend-session", skip_serializing_if = "Option::is_none")]
+    pub can_extend_session: Option<bool>,
+}
+
+/// `GET /captive-portal/api`
+pub async fn captive_state(
+    State(api): State<CaptiveApi>,
+    client: Option<Extension<ClientIp>>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(Extension(ClientIp(ip))) = client else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let base = format!("{}://{host}", api.scheme);
+    let state = match api
+        .sessions
+        .active_for_client(&api.organization_id, ip)
+        .await
+    {
+        Ok(Some(session)) => CaptiveState {
+            captive: false,
+            user_portal_url: format!("{base}/session"),
+            seconds_remaining: Some(((session.expires_at - now_ms()).max(0) / 1000) as u64),
+            can_extend_session: Some(
+                timing::ends_by(session.expires_at, session.limit_at) == EndsBy::Window,
+            ),
+        },
+        Ok(None) => CaptiveState {
+            captive: true,
+            user_portal_url: format!("{base}/"),
+            seconds_remaining: None,
+            can_extend_session: None,
+        },
+        Err(e) => {
+            tracing::error!(error = %crate::portal_backend::error_chain(&e), "captive portal API lookup failed");
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+    };
+    let mut response = axum::Json(state).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/captive+json"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    response
+}
