@@ -33,6 +33,12 @@ pub enum PortalError {
         "The authentication servers cannot be reached right now. Please try again in a minute."
     )]
     ServersUnavailable,
+    /// Too many login attempts from this address or for this username: wait and retry.
+    #[error("Too many sign-in attempts. Please wait {retry_after_secs} seconds and try again.")]
+    RateLimited {
+        /// Seconds until the next attempt is allowed.
+        retry_after_secs: u64,
+    },
     /// The web session holds no active access session (expired, disconnected or never opened).
     #[error("You have no active session. Please sign in.")]
     NoSession,

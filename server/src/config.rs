@@ -88,6 +88,9 @@ pub struct Settings {
     /// Logging.
     #[serde(default)]
     pub log: LogSettings,
+    /// Login rate limits.
+    #[serde(default)]
+    pub rate_limit: RateLimitSettings,
     /// Organizations (tenants). For now the first one is the one the login page signs into.
     #[serde(default)]
     pub organizations: Vec<OrganizationSettings>,
@@ -168,6 +171,41 @@ impl Default for RadiusSettings {
     fn default() -> Self {
         RadiusSettings {
             bind: unspecified_v4(),
+        }
+    }
+}
+
+/// `[rate_limit]`: login attempts allowed per `period`, per client IP and per username.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Attempts per client IP (many users can share one address behind NAT).
+    #[serde(default = "thirty")]
+    pub login_per_ip: u32,
+    /// Attempts per (organization, username).
+    #[serde(default = "ten")]
+    pub login_per_user: u32,
+    /// Refill period of both limits.
+    #[serde(default = "one_minute", deserialize_with = "duration")]
+    pub period: Duration,
+}
+
+fn thirty() -> u32 {
+    30
+}
+fn ten() -> u32 {
+    10
+}
+fn one_minute() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            login_per_ip: thirty(),
+            login_per_user: ten(),
+            period: one_minute(),
         }
     }
 }

@@ -5,7 +5,8 @@
 
 use crate::{
     access_session::{now_ms, timing, AccessSessions, SessionError},
-    http::client_ip::ClientIp,
+    config::RateLimitSettings,
+    http::{client_ip::ClientIp, rate_limit::RateLimiter},
     organizations::Organizations,
     storage::AccessSessionRecord,
 };
@@ -16,7 +17,7 @@ use app::{
     validation,
 };
 use http::{header::ACCEPT, request::Parts, StatusCode};
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 use tower_sessions::Session;
 
 /// Web-session key holding the access session's row id.
@@ -30,16 +31,43 @@ pub struct PortalBackend {
     organizations: Arc<Organizations>,
     /// Under `radius-portal demo`: pages show a DEMO banner.
     demo: bool,
+    /// Login attempts per client IP.
+    per_ip: RateLimiter<IpAddr>,
+    /// Login attempts per (organization, lower-cased username).
+    per_user: RateLimiter<(String, String)>,
 }
 
 impl PortalBackend {
     /// Wires the backend.
-    pub fn new(sessions: AccessSessions, organizations: Arc<Organizations>, demo: bool) -> Self {
+    pub fn new(
+        sessions: AccessSessions,
+        organizations: Arc<Organizations>,
+        limits: &RateLimitSettings,
+        demo: bool,
+    ) -> Self {
         PortalBackend {
             sessions,
             organizations,
             demo,
+            per_ip: RateLimiter::new(limits.login_per_ip, limits.period),
+            per_user: RateLimiter::new(limits.login_per_user, limits.period),
         }
+    }
+
+    /// Counts a login attempt against both limits.
+    fn check_rate(&self, org_id: &str, username: &str, ip: IpAddr) -> Result<(), PortalError> {
+        let now = std::time::Instant::now();
+        let user_key = (org_id.to_string(), username.to_lowercase());
+        let verdict = self
+            .per_ip
+            .check(&ip, now)
+            .and_then(|()| self.per_user.check(&user_key, now));
+        verdict.map_err(|wait| {
+            tracing::warn!(organization = org_id, username, %ip, "login rate limited");
+            PortalError::RateLimited {
+                retry_after_secs: wait.as_secs() + 1,
+            }
+        })
     }
 
     fn view(&self, s: &AccessSessionRecord) -> SessionView {
@@ -161,10 +189,17 @@ fn set_error_status(request: &Parts, error: &PortalError) {
         PortalError::Rejected { .. } | PortalError::NoSession => StatusCode::UNAUTHORIZED,
         PortalError::OrganizationDisabled | PortalError::Forbidden => StatusCode::FORBIDDEN,
         PortalError::ServersUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        PortalError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if let Some(response) = leptos::prelude::use_context::<leptos_axum::ResponseOptions>() {
         response.set_status(status);
+        if let PortalError::RateLimited { retry_after_secs } = error {
+            response.insert_header(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(*retry_after_secs),
+            );
+        }
     }
 }
 
@@ -223,6 +258,7 @@ impl PortalService for PortalBackend {
             validation::validate_username(&input.username, |u| org.username_pattern.is_match(u))?;
             validation::validate_password(&input.password)?;
             let ip = client_ip(request)?;
+            self.check_rate(&org_id, &input.username, ip)?;
             let web = web_session(request)?;
             let session = self
                 .sessions

@@ -93,7 +93,7 @@ impl Application {
                 "http"
             },
         };
-        let backend = PortalBackend::new(sessions, organizations, demo);
+        let backend = PortalBackend::new(sessions, organizations, &settings.rate_limit, demo);
         let session_store = SqliteStore::new(storage.pool().clone());
         session_store
             .migrate()

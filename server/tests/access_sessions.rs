@@ -608,3 +608,58 @@ async fn the_captive_portal_api_reports_the_clients_own_session() {
     assert_eq!(captive(&browser).await["captive"], true);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn repeated_logins_for_one_username_are_rate_limited_with_retry_after() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
+    config.rate_limit.login_per_user = 2;
+    let app = TestApp::spawn(&config).await;
+    let browser = app.browser(CLIENT);
+
+    for _ in 0..2 {
+        let page = browser.login("dave", "guess").await;
+        assert!(page.body.contains("Account locked"), "{}", page.body);
+    }
+    let page = browser.login("DAVE", "guess").await;
+    assert!(
+        page.body.contains("Too many sign-in attempts"),
+        "usernames are limited case-blind: {}",
+        page.body
+    );
+
+    let token = browser.form_token("/").await;
+    let response = browser
+        .http
+        .post(format!("{}/api/login", browser.base))
+        .header("accept", "application/json")
+        .form(&[
+            ("username", "dave"),
+            ("password", "guess"),
+            ("csrf", token.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=31).contains(&retry_after), "{retry_after}");
+
+    let attempts = radius
+        .auth_lines()
+        .iter()
+        .filter(|l| l.contains("user=dave"))
+        .count();
+    assert_eq!(attempts, 2, "limited attempts never reach RADIUS");
+    let page = browser.login("carol", "carol-pass").await;
+    assert_eq!(
+        page.path, "/session",
+        "another username from the same address still works"
+    );
+    app.stop().await;
+}

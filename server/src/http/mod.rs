@@ -3,6 +3,7 @@
 
 pub mod captive;
 pub mod client_ip;
+pub mod rate_limit;
 pub mod security;
 
 use app::service::Portal;
