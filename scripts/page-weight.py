@@ -48,13 +48,16 @@ def fetch_plain(path):
         return resp.geturl(), 0, resp.read()
 
 
+login_rows = page_weight("/")
+# The login form carries the web session's form token (CSRF); post it like the browser does.
+token = re.search(r'name="csrf" value="([0-9a-f]+)"', fetch_plain("/")[2].decode()).group(1)
 for name, rows in [
-    ("login page", page_weight("/")),
+    ("login page", login_rows),
     (
         "session page",
         page_weight(
             "/api/login",
-            urllib.parse.urlencode({"username": user, "password": password}).encode(),
+            urllib.parse.urlencode({"username": user, "password": password, "csrf": token}).encode(),
             {"Referer": base + "/", "Origin": base},
         ),
     ),

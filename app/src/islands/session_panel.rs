@@ -18,8 +18,8 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
     let state = RwSignal::new(session);
     let now = RwSignal::new(monotonic_ms());
     let deadline = RwSignal::new(now.get_untracked() + state.get_untracked().remaining_ms as f64);
-    let refresh = ServerAction::<Refresh>::new();
-    let disconnect = ServerAction::<Disconnect>::new();
+    let refresh = server_action::<Refresh>();
+    let disconnect = server_action::<Disconnect>();
     let remaining_secs = move || ((deadline.get() - now.get()).max(0.0) / 1000.0).ceil() as u64;
 
     #[cfg(feature = "hydrate")]
@@ -112,6 +112,25 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
                 </form>
             </div>
         </section>
+    }
+}
+
+/// On the server, a `ServerAction` (it shows a no-JS form post's error, carried back in the URL);
+/// in the browser, a plain `Action` calling the server fn, which keeps the URL-error decoding
+/// out of the WASM every user downloads.
+fn server_action<S>() -> Action<S, Result<S::Output, S::Error>>
+where
+    S: ServerFn + Clone + Send + Sync + 'static,
+    S::Output: Send + Sync + 'static,
+    S::Error: Send + Sync + 'static,
+{
+    #[cfg(not(feature = "hydrate"))]
+    {
+        *ServerAction::<S>::new()
+    }
+    #[cfg(feature = "hydrate")]
+    {
+        Action::new(|input: &S| input.clone().run_on_client())
     }
 }
 
