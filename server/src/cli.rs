@@ -49,6 +49,34 @@ pub enum Command {
     },
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,
+    /// RADIUS checks against the configured servers (like radclient).
+    Radius {
+        /// What to check.
+        #[command(subcommand)]
+        command: RadiusCommand,
+    },
+}
+
+/// `radius …` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum RadiusCommand {
+    /// Ask every server of an organization: Status-Server (RFC 5997), or with --username an
+    /// Access-Request. Exits non-zero if a server does not answer.
+    Test {
+        /// Organization id (default: the first configured).
+        #[arg(long)]
+        org: Option<String>,
+        /// Send an Access-Request for this user instead of Status-Server.
+        #[arg(long)]
+        username: Option<String>,
+        /// Environment variable holding that user's password (never a command-line argument,
+        /// which other users of the machine could read).
+        #[arg(long, default_value = "PORTAL_TEST_PASSWORD")]
+        password_env: String,
+        /// Calling-Station-Id / Framed-IP-Address to send.
+        #[arg(long, default_value = "127.0.0.1")]
+        client_ip: IpAddr,
+    },
 }
 
 /// Parses arguments and runs the chosen command.
@@ -58,6 +86,31 @@ pub async fn run() -> anyhow::Result<()> {
         Command::CheckConfig => {
             let settings = Settings::load(cli.config.as_deref())?;
             println!("configuration is valid:\n{settings:#?}");
+            Ok(())
+        }
+        Command::Radius {
+            command:
+                RadiusCommand::Test {
+                    org,
+                    username,
+                    password_env,
+                    client_ip,
+                },
+        } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            let credentials = match username {
+                Some(user) => {
+                    let password = std::env::var(&password_env)
+                        .with_context(|| format!("--username needs the password in the environment variable {password_env}"))?;
+                    Some((user, password))
+                }
+                None => None,
+            };
+            let all_answered =
+                radius_test(&settings, org.as_deref(), credentials, client_ip).await?;
+            if !all_answered {
+                bail!("not every RADIUS server answered");
+            }
             Ok(())
         }
         Command::Serve => {
@@ -93,6 +146,75 @@ pub async fn run() -> anyhow::Result<()> {
             result
         }
     }
+}
+
+/// Asks every server of the organization and prints one line per server. True if all answered.
+pub async fn radius_test(
+    settings: &Settings,
+    org_id: Option<&str>,
+    credentials: Option<(String, String)>,
+    client_ip: IpAddr,
+) -> anyhow::Result<bool> {
+    use crate::{
+        organizations::Organizations,
+        radius::{client::RadiusClient, AuthOutcome, Radius},
+    };
+    let organizations = Organizations::from_settings(&settings.organizations)?;
+    let org_id = org_id.unwrap_or(organizations.default_id());
+    let Some(org) = organizations.get(org_id) else {
+        bail!("no organization `{org_id}` in the configuration");
+    };
+    let radius = Radius::new(
+        RadiusClient::bind(settings.radius.bind)
+            .await
+            .context("while binding the RADIUS socket")?,
+    );
+    let mut all_answered = true;
+    for server in &org.servers {
+        let started = tokio::time::Instant::now();
+        let deadline = started + server.timeout * (server.retries + 1);
+        let outcome = match &credentials {
+            None => radius.status_server(server, deadline).await.map(|code| format!("answered Status-Server ({code:?})")),
+            Some((user, password)) => radius
+                .authenticate(std::slice::from_ref(server), &org.nas, user, password, client_ip, deadline)
+                .await
+                .map(|outcome| match outcome {
+                    AuthOutcome::Accept { grant, .. } => format!(
+                        "Access-Accept: Session-Timeout={} Idle-Timeout={} Acct-Interim-Interval={} Class={} value(s){}",
+                        show(grant.session_timeout),
+                        show(grant.idle_timeout),
+                        show(grant.interim_interval),
+                        grant.classes.len(),
+                        grant.reply_message.map(|m| format!(" Reply-Message={m:?}")).unwrap_or_default()
+                    ),
+                    AuthOutcome::Reject { reply_message } => format!(
+                        "Access-Reject{}",
+                        reply_message.map(|m| format!(" Reply-Message={m:?}")).unwrap_or_default()
+                    ),
+                }),
+        };
+        let elapsed = started.elapsed().as_millis();
+        match outcome {
+            Ok(text) => println!(
+                "{} ({}): {text} in {elapsed} ms",
+                server.name, server.auth_addr
+            ),
+            Err(e) => {
+                all_answered = false;
+                println!(
+                    "{} ({}): no answer: {} after {elapsed} ms",
+                    server.name,
+                    server.auth_addr,
+                    crate::portal_backend::error_chain(&e)
+                );
+            }
+        }
+    }
+    Ok(all_answered)
+}
+
+fn show(value: Option<u32>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
 /// Loads the Leptos runtime options, with a clear error when the file is missing.

@@ -398,8 +398,7 @@ impl Settings {
         toml::from_str(text).map_err(|e| {
             let key = e
                 .span()
-                .map(|s| format!("byte {}..{}", s.start, s.end))
-                .unwrap_or_else(|| "file".into());
+                .map_or_else(|| "file".into(), |span| locate(text, span.start));
             config_error(key, e.message().to_string())
         })
     }
@@ -508,6 +507,17 @@ impl Settings {
     }
 }
 
+/// "line N: key" for a byte offset in a TOML text: the key whose line the offset falls on.
+fn locate(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_no = text[..offset].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    match line.split_once('=') {
+        Some((key, _)) => format!("line {line_no}: {}", key.trim()),
+        None => format!("line {line_no}: {line}"),
+    }
+}
+
 fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
     match v.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
@@ -564,6 +574,10 @@ mod tests {
         );
         let err = Settings::from_toml(&text).expect_err("bad duration");
         assert!(err.problem.contains("four hours"), "{err}");
+        assert!(
+            err.key.ends_with(": default_window"),
+            "the key is named: {err}"
+        );
     }
 
     #[test]

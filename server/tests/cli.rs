@@ -1,0 +1,157 @@
+//! The `radius-portal` binary's operator commands, run as an operator runs them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{FreeRadius, SECRET};
+use std::process::Command;
+
+fn config(radius: &FreeRadius, acct_secret_ok: bool) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portal.toml");
+    let second_secret = if acct_secret_ok {
+        SECRET
+    } else {
+        "wrong-secret"
+    };
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[radius]
+bind = "127.0.0.1"
+[[organizations]]
+id = "acme"
+name = "Acme"
+[[organizations.servers]]
+name = "primary"
+address = "127.0.0.1"
+auth_port = {strict}
+acct_port = {acct}
+secret = "{SECRET}"
+timeout = "300ms"
+retries = 1
+[[organizations.servers]]
+name = "misconfigured"
+address = "127.0.0.1"
+auth_port = {strict}
+acct_port = {acct}
+secret = "{second_secret}"
+timeout = "300ms"
+retries = 1
+"#,
+            strict = radius.strict_port,
+            acct = radius.acct_port,
+        ),
+    )
+    .unwrap();
+    (dir, path)
+}
+
+fn portal(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_radius-portal"));
+    command.args(args).env_remove("PORTAL_TEST_PASSWORD");
+    command
+}
+
+#[tokio::test]
+async fn radius_test_probes_every_server_and_fails_when_one_is_silent() {
+    let radius = FreeRadius::start().await;
+    let (_dir, path) = config(&radius, false);
+    let path = path.to_str().unwrap();
+
+    let output = portal(&["--config", path, "radius", "test"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !output.status.success(),
+        "a server with the wrong secret does not answer"
+    );
+    assert!(
+        stdout.contains("primary (127.0.0.1:") && stdout.contains("answered Status-Server"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("misconfigured (127.0.0.1:") && stdout.contains("no answer"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(SECRET) && !stdout.contains("wrong-secret"),
+        "secrets never printed"
+    );
+}
+
+#[tokio::test]
+async fn radius_test_with_a_username_sends_an_access_request() {
+    let radius = FreeRadius::start().await;
+    let (_dir, path) = config(&radius, true);
+    let path = path.to_str().unwrap();
+
+    let output = portal(&["--config", path, "radius", "test", "--username", "alice"])
+        .env("PORTAL_TEST_PASSWORD", "alice-pass")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("Access-Accept: Session-Timeout=30"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Class=1 value(s)"), "{stdout}");
+    assert!(
+        !stdout.contains("alice-pass"),
+        "the password is never printed"
+    );
+
+    let output = portal(&["--config", path, "radius", "test", "--username", "alice"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("PORTAL_TEST_PASSWORD"),
+        "says where the password goes"
+    );
+}
+
+#[test]
+fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[[organizations]]\nid = \"acme\"\nname = \"Acme\"\n[[organizations.servers]]\nname = \"ise\"\naddress = \"10.0.0.1\"\nsecret = \"very-secret-value\"\n",
+    )
+    .unwrap();
+    let output = portal(&["--config", good.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    assert!(
+        stdout.contains("configuration is valid") && stdout.contains("[redacted]"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("very-secret-value"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[organizations]]\nid = \"acme\"\nname = \"Acme\"\ndefault_window = \"soon\"\n",
+    )
+    .unwrap();
+    let output = portal(&["--config", bad.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("soon"),
+        "the error names the bad value: {stderr}"
+    );
+}
