@@ -188,20 +188,6 @@ impl Storage {
         row.as_ref().map(session_from_row).transpose()
     }
 
-    /// Loads a session by Acct-Session-Id.
-    pub async fn session_by_acct_id(
-        &self,
-        acct_session_id: &str,
-    ) -> Result<Option<AccessSessionRecord>, StorageError> {
-        let row = sqlx::query(&format!(
-            "SELECT {SESSION_COLUMNS} FROM access_sessions WHERE acct_session_id = ?"
-        ))
-        .bind(acct_session_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(session_from_row).transpose()
-    }
-
     /// Moves an active session's deadline to `expires_at` (refreshed at `now`) and queues an
     /// Interim-Update. Returns the updated session, or None if it is no longer active.
     pub async fn refresh_session(
@@ -225,15 +211,7 @@ impl Storage {
             return Ok(None);
         };
         let started_at: i64 = row.try_get("started_at")?;
-        enqueue(
-            &mut tx,
-            id,
-            status_type::INTERIM_UPDATE,
-            now,
-            Some((now - started_at) / 1000),
-            None,
-        )
-        .await?;
+        enqueue_interim(&mut tx, id, started_at, now).await?;
         let row = sqlx::query(&format!(
             "SELECT {SESSION_COLUMNS} FROM access_sessions WHERE id = ?"
         ))
@@ -303,15 +281,7 @@ impl Storage {
             let id: i64 = row.try_get("id")?;
             let started_at: i64 = row.try_get("started_at")?;
             let interval: i64 = row.try_get("interim_interval")?;
-            enqueue(
-                &mut tx,
-                id,
-                status_type::INTERIM_UPDATE,
-                now,
-                Some((now - started_at) / 1000),
-                None,
-            )
-            .await?;
+            enqueue_interim(&mut tx, id, started_at, now).await?;
             sqlx::query("UPDATE access_sessions SET next_interim_at = ? WHERE id = ?")
                 .bind(now + interval * 1000)
                 .bind(id)
@@ -503,6 +473,25 @@ async fn stop_in(
     )
     .await?;
     Ok(true)
+}
+
+/// Queues an Interim-Update at `now` with the session time since `started_at`.
+async fn enqueue_interim(
+    tx: &mut Transaction<'static, Sqlite>,
+    access_session_id: i64,
+    started_at: i64,
+    now: i64,
+) -> Result<(), StorageError> {
+    let session_time = Some((now - started_at) / 1000);
+    enqueue(
+        tx,
+        access_session_id,
+        status_type::INTERIM_UPDATE,
+        now,
+        session_time,
+        None,
+    )
+    .await
 }
 
 async fn enqueue(
