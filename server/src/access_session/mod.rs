@@ -244,11 +244,6 @@ impl AccessSessions {
             .active_session_for_client(organization_id, &client_ip.to_string(), now_ms())
             .await?)
     }
-
-    /// Looks up an organization (display name etc.).
-    pub fn organization(&self, id: &str) -> Option<Arc<Organization>> {
-        self.organizations.get(id)
-    }
 }
 
 /// A new unique Acct-Session-Id: 16 random bytes, hex (unique without coordination between
