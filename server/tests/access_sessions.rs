@@ -203,19 +203,7 @@ async fn invalid_input_is_refused_with_the_field_named_and_nothing_is_sent() {
     );
 
     // JSON clients (scripts, the island) get HTTP 400.
-    let token = browser.form_token("/").await;
-    let response = browser
-        .http
-        .post(format!("{}/api/login", browser.base))
-        .header("accept", "application/json")
-        .form(&[
-            ("username", long.as_str()),
-            ("password", "x"),
-            ("csrf", &token),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let response = browser.login_as_script(&long, "x").await;
     assert_eq!(response.status().as_u16(), 400);
     assert!(response.text().await.unwrap().contains("username"));
     assert!(radius.auth_lines().is_empty(), "nothing reached RADIUS");
@@ -629,19 +617,7 @@ async fn repeated_logins_for_one_username_are_rate_limited_with_retry_after() {
         page.body
     );
 
-    let token = browser.form_token("/").await;
-    let response = browser
-        .http
-        .post(format!("{}/api/login", browser.base))
-        .header("accept", "application/json")
-        .form(&[
-            ("username", "dave"),
-            ("password", "guess"),
-            ("csrf", token.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let response = browser.login_as_script("dave", "guess").await;
     assert_eq!(response.status().as_u16(), 429);
     let retry_after: u64 = response.headers()["retry-after"]
         .to_str()

@@ -377,6 +377,22 @@ impl Browser {
         Self::page(response).await
     }
 
+    /// Logs in as a script or the island does (JSON answer, not a redirect), with the form token.
+    pub async fn login_as_script(&self, username: &str, password: &str) -> reqwest::Response {
+        let token = self.form_token("/").await;
+        self.http
+            .post(format!("{}/api/login", self.base))
+            .header("accept", "application/json")
+            .form(&[
+                ("username", username),
+                ("password", password),
+                ("csrf", &token),
+            ])
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// The form token in the page at `path` (hidden `csrf` input).
     pub async fn form_token(&self, path: &str) -> String {
         let page = self.get(path).await;
