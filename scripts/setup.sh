@@ -20,6 +20,7 @@ apt_missing=()
 need_apt() { dpkg -s "$1" >/dev/null 2>&1 || apt_missing+=("$1"); }
 if [ "$want_test" = yes ]; then
   need_apt freeradius
+  need_apt freeradius-utils   # radclient: Disconnect-/CoA-Request in the RFC 5176 tests
   need_apt chromium
 fi
 if [ ${#apt_missing[@]} -gt 0 ]; then

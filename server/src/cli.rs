@@ -1,4 +1,4 @@
-//! Command line: `serve` (default), `demo`, `check-config`.
+//! Command line: `serve` (default), `demo`, `check-config`, `radius test`, `accounting …`.
 
 use crate::{
     config::{OrganizationSettings, Secret, ServerSettings, Settings, DEFAULT_USERNAME_PATTERN},
@@ -55,6 +55,25 @@ pub enum Command {
         #[command(subcommand)]
         command: RadiusCommand,
     },
+    /// Inspect the accounting outbox (same database as the running server).
+    Accounting {
+        /// What to show.
+        #[command(subcommand)]
+        command: AccountingCommand,
+    },
+}
+
+/// `accounting …` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum AccountingCommand {
+    /// Rows that will never be sent, with the reason (newest first).
+    DeadLetters {
+        /// How many to show.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Rows waiting to be delivered.
+    Backlog,
 }
 
 /// `radius …` subcommands.
@@ -113,6 +132,10 @@ pub async fn run() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Accounting { command } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            accounting_report(&settings, command).await
+        }
         Command::Serve => {
             if cli.config.is_none() {
                 bail!("no configuration file: pass --config FILE (or PORTAL_CONFIG), or run `radius-portal demo`");
@@ -146,6 +169,47 @@ pub async fn run() -> anyhow::Result<()> {
             result
         }
     }
+}
+
+/// Prints the accounting outbox's dead letters or backlog.
+async fn accounting_report(settings: &Settings, command: AccountingCommand) -> anyhow::Result<()> {
+    let storage = crate::storage::Storage::open(&settings.database.path)
+        .await
+        .with_context(|| {
+            format!(
+                "while opening the database {}",
+                settings.database.path.display()
+            )
+        })?;
+    match command {
+        AccountingCommand::DeadLetters { limit } => {
+            let rows = storage.dead_letters(limit).await?;
+            if rows.is_empty() {
+                println!("no dead-lettered accounting rows");
+            }
+            for (row, acct_session_id, org) in rows {
+                let kind = match row.status_type {
+                    1 => "Start",
+                    2 => "Stop",
+                    3 => "Interim-Update",
+                    _ => "?",
+                };
+                println!(
+                    "row {} {kind} org={org} acct_session_id={acct_session_id} sent={} reason: {}",
+                    row.id,
+                    row.transmissions,
+                    row.dead_reason.unwrap_or_default()
+                );
+            }
+        }
+        AccountingCommand::Backlog => {
+            println!(
+                "{} accounting rows waiting",
+                storage.outbox_backlog().await?
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Asks every server of the organization and prints one line per server. True if all answered.
@@ -189,6 +253,10 @@ pub async fn radius_test(
                     ),
                     AuthOutcome::Reject { reply_message } => format!(
                         "Access-Reject{}",
+                        reply_message.map(|m| format!(" Reply-Message={m:?}")).unwrap_or_default()
+                    ),
+                    AuthOutcome::Challenge { reply_message } => format!(
+                        "Access-Challenge (not supported by the portal){}",
                         reply_message.map(|m| format!(" Reply-Message={m:?}")).unwrap_or_default()
                     ),
                 }),
@@ -301,7 +369,7 @@ pub fn demo_settings(data_dir: &Path) -> Settings {
             secret_file: None,
             timeout: Duration::from_secs(1),
             retries: 2,
-            require_message_authenticator: true,
+            require_message_authenticator: crate::config::MessageAuthenticatorMode::On,
         }],
     });
     settings

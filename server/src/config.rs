@@ -91,6 +91,12 @@ pub struct Settings {
     /// Login rate limits.
     #[serde(default)]
     pub rate_limit: RateLimitSettings,
+    /// Accounting outbox.
+    #[serde(default)]
+    pub accounting: AccountingSettings,
+    /// RFC 5176 listener.
+    #[serde(default)]
+    pub dynamic_authorization: DynamicAuthorizationSettings,
     /// Organizations (tenants). For now the first one is the one the login page signs into.
     #[serde(default)]
     pub organizations: Vec<OrganizationSettings>,
@@ -161,6 +167,16 @@ pub struct RadiusSettings {
     /// Local IPv4 address the RADIUS client socket binds to.
     #[serde(default = "unspecified_v4")]
     pub bind: Ipv4Addr,
+    /// Consecutive unanswered exchanges that open a server's circuit breaker.
+    #[serde(default = "two")]
+    pub breaker_failures: u32,
+    /// Time between Status-Server probes of a server whose breaker is open.
+    #[serde(default = "two_seconds", deserialize_with = "duration")]
+    pub probe_interval: Duration,
+}
+
+fn two_seconds() -> Duration {
+    Duration::from_secs(2)
 }
 
 fn unspecified_v4() -> Ipv4Addr {
@@ -171,6 +187,30 @@ impl Default for RadiusSettings {
     fn default() -> Self {
         RadiusSettings {
             bind: unspecified_v4(),
+            breaker_failures: two(),
+            probe_interval: two_seconds(),
+        }
+    }
+}
+
+/// `[accounting]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountingSettings {
+    /// How long delivered accounting rows and ended sessions stay readable before they are
+    /// deleted (pending rows and active sessions are never deleted).
+    #[serde(default = "thirty_days", deserialize_with = "duration")]
+    pub retention: Duration,
+}
+
+fn thirty_days() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+
+impl Default for AccountingSettings {
+    fn default() -> Self {
+        AccountingSettings {
+            retention: thirty_days(),
         }
     }
 }
@@ -321,9 +361,55 @@ pub struct ServerSettings {
     /// Retransmissions after the first send.
     #[serde(default = "two")]
     pub retries: u32,
-    /// Drop replies without a valid Message-Authenticator (BlastRADIUS). Default true.
-    #[serde(default = "yes")]
-    pub require_message_authenticator: bool,
+    /// Message-Authenticator in this server's replies (BlastRADIUS, CVE-2024-3596): `true` /
+    /// `"on"` (default) requires it, `"learn"` requires it once the server has sent one,
+    /// `false` / `"off"` accepts replies without it (still verified when present).
+    #[serde(default)]
+    pub require_message_authenticator: MessageAuthenticatorMode,
+}
+
+/// Whether replies must carry a valid Message-Authenticator.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MessageAuthenticatorMode {
+    /// Not required (verified when present).
+    Off,
+    /// Required from the first reply that carried one on (per server, per process).
+    Learn,
+    /// Always required.
+    #[default]
+    On,
+}
+
+impl From<bool> for MessageAuthenticatorMode {
+    fn from(required: bool) -> Self {
+        if required {
+            MessageAuthenticatorMode::On
+        } else {
+            MessageAuthenticatorMode::Off
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MessageAuthenticatorMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Flag(b) => Ok(b.into()),
+            Raw::Word(w) => match w.to_ascii_lowercase().as_str() {
+                "on" | "true" | "yes" => Ok(MessageAuthenticatorMode::On),
+                "learn" => Ok(MessageAuthenticatorMode::Learn),
+                "off" | "false" | "no" => Ok(MessageAuthenticatorMode::Off),
+                _ => Err(serde::de::Error::custom(format!(
+                    "`{w}` is not one of \"on\", \"learn\", \"off\""
+                ))),
+            },
+        }
+    }
 }
 
 fn auth_port() -> u16 {
@@ -342,34 +428,90 @@ fn two() -> u32 {
 impl ServerSettings {
     /// The shared secret from `secret` or `secret_file`.
     pub fn load_secret(&self, key: &str) -> Result<Secret, ConfigError> {
-        match (&self.secret, &self.secret_file) {
-            (Some(s), None) if !s.expose().is_empty() => Ok(s.clone()),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    config_error(
-                        format!("{key}.secret_file"),
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                let text = text.trim_end_matches(['\n', '\r']);
-                if text.is_empty() {
-                    return Err(config_error(
-                        format!("{key}.secret_file"),
-                        "the file is empty",
-                    ));
-                }
-                Ok(Secret::new(text))
-            }
-            (Some(_), Some(_)) => Err(config_error(
-                key,
-                "set either `secret` or `secret_file`, not both",
-            )),
-            (Some(_), None) => Err(config_error(format!("{key}.secret"), "the secret is empty")),
-            (None, None) => Err(config_error(
-                key,
-                "a shared `secret` (or `secret_file`) is required",
-            )),
+        load_secret(&self.secret, &self.secret_file, key)
+    }
+}
+
+/// `[dynamic_authorization]`: the RFC 5176 listener (Disconnect-Request, CoA-Request). It runs
+/// only when at least one client is configured.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicAuthorizationSettings {
+    /// UDP address to listen on.
+    #[serde(default = "dynauth_listen")]
+    pub listen: SocketAddr,
+    /// RADIUS servers allowed to send requests, with their secrets.
+    #[serde(default)]
+    pub clients: Vec<DynamicAuthorizationClient>,
+}
+
+fn dynauth_listen() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::UNSPECIFIED, 3799))
+}
+
+impl Default for DynamicAuthorizationSettings {
+    fn default() -> Self {
+        DynamicAuthorizationSettings {
+            listen: dynauth_listen(),
+            clients: Vec::new(),
         }
+    }
+}
+
+/// `[[dynamic_authorization.clients]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicAuthorizationClient {
+    /// Name for logs.
+    pub name: String,
+    /// Source address of its requests.
+    pub address: IpAddr,
+    /// Shared secret (or use `secret_file`).
+    pub secret: Option<Secret>,
+    /// File holding the shared secret (trailing newline ignored).
+    pub secret_file: Option<PathBuf>,
+}
+
+impl DynamicAuthorizationClient {
+    /// The shared secret from `secret` or `secret_file`.
+    pub fn load_secret(&self, key: &str) -> Result<Secret, ConfigError> {
+        load_secret(&self.secret, &self.secret_file, key)
+    }
+}
+
+/// A shared secret from exactly one of `secret` and `secret_file`; errors name `key`.
+fn load_secret(
+    secret: &Option<Secret>,
+    secret_file: &Option<PathBuf>,
+    key: &str,
+) -> Result<Secret, ConfigError> {
+    match (secret, secret_file) {
+        (Some(s), None) if !s.expose().is_empty() => Ok(s.clone()),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                config_error(
+                    format!("{key}.secret_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let text = text.trim_end_matches(['\n', '\r']);
+            if text.is_empty() {
+                return Err(config_error(
+                    format!("{key}.secret_file"),
+                    "the file is empty",
+                ));
+            }
+            Ok(Secret::new(text))
+        }
+        (Some(_), Some(_)) => Err(config_error(
+            key,
+            "set either `secret` or `secret_file`, not both",
+        )),
+        (Some(_), None) => Err(config_error(format!("{key}.secret"), "the secret is empty")),
+        (None, None) => Err(config_error(
+            key,
+            "a shared `secret` (or `secret_file`) is required",
+        )),
     }
 }
 
@@ -503,6 +645,9 @@ impl Settings {
                 server.load_secret(&format!("{key}.servers[{j}]"))?;
             }
         }
+        for (i, client) in self.dynamic_authorization.clients.iter().enumerate() {
+            client.load_secret(&format!("dynamic_authorization.clients[{i}]"))?;
+        }
         Ok(())
     }
 }
@@ -557,7 +702,37 @@ mod tests {
         assert_eq!(org.default_window, Duration::from_secs(4 * 3600));
         assert_eq!(org.max_lifetime, None);
         assert_eq!(org.servers[0].auth_port, 1812);
-        assert!(org.servers[0].require_message_authenticator);
+        assert_eq!(
+            org.servers[0].require_message_authenticator,
+            MessageAuthenticatorMode::On
+        );
+        assert_eq!(settings.radius.breaker_failures, 2);
+    }
+
+    #[test]
+    fn message_authenticator_mode_takes_flags_and_words() {
+        for (value, mode) in [
+            ("true", MessageAuthenticatorMode::On),
+            ("false", MessageAuthenticatorMode::Off),
+            ("\"learn\"", MessageAuthenticatorMode::Learn),
+            ("\"off\"", MessageAuthenticatorMode::Off),
+        ] {
+            let text = MINIMAL.replace(
+                "secret = \"s3cr3t-value\"",
+                &format!("secret = \"s3cr3t-value\"\nrequire_message_authenticator = {value}"),
+            );
+            let settings = Settings::from_toml(&text).expect("parses");
+            assert_eq!(
+                settings.organizations[0].servers[0].require_message_authenticator,
+                mode
+            );
+        }
+        let text = MINIMAL.replace(
+            "secret = \"s3cr3t-value\"",
+            "secret = \"s3cr3t-value\"\nrequire_message_authenticator = \"maybe\"",
+        );
+        let err = Settings::from_toml(&text).expect_err("bad mode");
+        assert!(err.problem.contains("maybe"), "{err}");
     }
 
     #[test]

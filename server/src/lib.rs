@@ -7,22 +7,27 @@
 //! - `cli`           `serve`, `demo`, `check-config`
 //! - `portal_backend` the UI's service interface implemented over the services below
 //! - `http`          router, security headers, cross-site refusal, client IP
-//! - `radius`        packet codec, shared multiplexed UDP client, authenticate/account/probe
+//! - `radius`        packet codec, shared multiplexed UDP client, circuit breakers and
+//!   Status-Server probes, authenticate/account
+//! - `supervise`     background tasks restarted when they crash; their state in `/readyz`
 //! - `accounting`    durable outbox delivery (Start/Interim/Stop), retries with backoff
 //! - `access_session` lifecycle (login/refresh/disconnect), window/limit timing, expiry
 //! - `organizations` tenants and the disabled-organization guard
 //! - `storage`       SQLite persistence (sessions, outbox, organizations, web sessions)
 //! - `demo_radius`   in-process demo RADIUS server for `radius-portal demo`
+//! - `dynauth`       RFC 5176 listener: Disconnect-Request / CoA-Request from RADIUS servers
 
 pub mod access_session;
 pub mod accounting;
 pub mod cli;
 pub mod config;
 pub mod demo_radius;
+pub mod dynauth;
 pub mod http;
 pub mod organizations;
 pub mod portal_backend;
 pub mod radius;
 pub mod startup;
 pub mod storage;
+pub mod supervise;
 pub mod telemetry;

@@ -162,6 +162,12 @@ fn user_error(error: SessionError) -> PortalError {
         SessionError::Rejected { reply_message } => PortalError::Rejected {
             message: reply_message,
         },
+        SessionError::ChallengeUnsupported { reply_message } => PortalError::Rejected {
+            message: Some(match reply_message {
+                Some(m) => format!("{m} (this sign-in needs an extra step that this portal does not support; contact your network administrator)"),
+                None => "this sign-in needs an extra step (Access-Challenge) that this portal does not support; contact your network administrator".into(),
+            }),
+        },
         SessionError::OrganizationDisabled => PortalError::OrganizationDisabled,
         SessionError::ServersUnavailable(e) => {
             tracing::warn!(error = %error_chain(&e), "login failed: RADIUS servers unavailable");

@@ -5,11 +5,13 @@ use crate::{
     access_session::{expiry::Expiry, now_ms, AccessSessions},
     accounting::Accounting,
     config::Settings,
+    dynauth::DynAuthListener,
     http::{router, RouterParts},
     organizations::Organizations,
     portal_backend::PortalBackend,
-    radius::{client::RadiusClient, Radius},
+    radius::{breaker::BreakerPolicy, client::RadiusClient, Radius},
     storage::Storage,
+    supervise::{self, TaskHealth},
 };
 use anyhow::Context;
 use app::service::Portal;
@@ -22,6 +24,8 @@ use tower_sessions_sqlx_store::SqliteStore;
 
 /// How long shutdown waits for background tasks.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often old accounting history and ended sessions are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// A built, bound, not yet running portal.
 pub struct Application {
@@ -29,6 +33,12 @@ pub struct Application {
     router: axum::Router,
     accounting: Accounting,
     expiry: Expiry,
+    /// Exposed for tests (breaker states).
+    pub radius: Radius,
+    /// The RFC 5176 listener, when clients are configured (tests read its address and counters).
+    pub dynauth: Option<DynAuthListener>,
+    tasks: TaskHealth,
+    retention: Duration,
     session_store: SqliteStore,
     /// Exposed for tests and the CLI.
     pub storage: Storage,
@@ -59,10 +69,28 @@ impl Application {
                 .await
                 .context("while storing organizations")?;
         }
-        let client = RadiusClient::bind(settings.radius.bind)
+        // Claims held by a previous process of this database are void.
+        let released = storage
+            .release_outbox_claims()
+            .await
+            .context("while releasing accounting claims of a previous run")?;
+        if released > 0 {
+            tracing::info!(
+                rows = released,
+                "accounting rows claimed by the previous run are sent again"
+            );
+        }
+        let tasks = TaskHealth::default();
+        let client = RadiusClient::bind_with(settings.radius.bind, tasks.clone())
             .await
             .context("while binding the RADIUS client socket")?;
-        let radius = Radius::new(client);
+        let radius = Radius::with_policy(
+            client,
+            BreakerPolicy {
+                failure_threshold: settings.radius.breaker_failures,
+                probe_interval: settings.radius.probe_interval,
+            },
+        );
         let accounting = Accounting::new(storage.clone(), radius.clone(), organizations.clone());
         let expiry_wake = Arc::new(Notify::new());
         let expiry = Expiry::new(storage.clone(), accounting.clone(), expiry_wake.clone());
@@ -80,7 +108,7 @@ impl Application {
         let sessions = AccessSessions::new(
             storage.clone(),
             organizations.clone(),
-            radius,
+            radius.clone(),
             accounting.clone(),
             expiry_wake,
         );
@@ -93,6 +121,11 @@ impl Application {
                 "http"
             },
         };
+        let dynauth =
+            DynAuthListener::bind(&settings.dynamic_authorization, sessions.clone()).await?;
+        if let Some(listener) = &dynauth {
+            tracing::info!(addr = ?listener.local_addr(), "Dynamic Authorization (RFC 5176) listener bound");
+        }
         let backend = PortalBackend::new(sessions, organizations, &settings.rate_limit, demo);
         let session_store = SqliteStore::new(storage.pool().clone());
         session_store
@@ -108,6 +141,7 @@ impl Application {
                 settings.http.trusted_proxies.clone(),
             ),
             storage: storage.clone(),
+            tasks: tasks.clone(),
             captive,
         });
         let addr = match settings.http.listen {
@@ -122,6 +156,10 @@ impl Application {
             router,
             accounting,
             expiry,
+            radius,
+            dynauth,
+            tasks,
+            retention: settings.accounting.retention,
             session_store,
             storage,
         })
@@ -137,8 +175,46 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then drains background tasks.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut tasks = JoinSet::new();
-        tasks.spawn(self.accounting.clone().run(shutdown.clone()));
-        tasks.spawn(self.expiry.clone().run(shutdown.clone()));
+        let mut supervised = vec![
+            {
+                let (accounting, shutdown) = (self.accounting.clone(), shutdown.clone());
+                supervise::spawn(self.tasks.clone(), "accounting", move || {
+                    accounting.clone().run(shutdown.clone())
+                })
+            },
+            {
+                let (expiry, shutdown) = (self.expiry.clone(), shutdown.clone());
+                supervise::spawn(self.tasks.clone(), "expiry", move || {
+                    expiry.clone().run(shutdown.clone())
+                })
+            },
+            {
+                let (radius, shutdown) = (self.radius.clone(), shutdown.clone());
+                supervise::spawn(self.tasks.clone(), "radius-prober", move || {
+                    radius.clone().run_prober(shutdown.clone())
+                })
+            },
+            {
+                let (storage, shutdown, retention) =
+                    (self.storage.clone(), shutdown.clone(), self.retention);
+                supervise::spawn(self.tasks.clone(), "prune", move || {
+                    prune_loop(storage.clone(), retention, shutdown.clone())
+                })
+            },
+        ];
+        if let Some(listener) = &self.dynauth {
+            let (listener, shutdown) = (listener.clone_handle(), shutdown.clone());
+            supervised.push(supervise::spawn(
+                self.tasks.clone(),
+                "dynamic-authorization",
+                move || listener.clone_handle().run(shutdown.clone()),
+            ));
+        }
+        for handle in supervised {
+            tasks.spawn(async move {
+                let _ = handle.await;
+            });
+        }
         let store = self.session_store.clone();
         let cleanup_shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -164,5 +240,24 @@ impl Application {
             tracing::warn!("background tasks did not stop within {SHUTDOWN_GRACE:?}");
         }
         served
+    }
+}
+
+/// Deletes accounting history and ended sessions older than `retention`, hourly.
+async fn prune_loop(storage: Storage, retention: Duration, shutdown: CancellationToken) {
+    loop {
+        let before = now_ms() - retention.as_millis() as i64;
+        match storage.prune(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                sessions = n,
+                "pruned ended sessions older than the retention"
+            ),
+            Err(e) => tracing::error!(error = ?e, "pruning old sessions failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
     }
 }

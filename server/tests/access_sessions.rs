@@ -281,6 +281,19 @@ async fn a_second_login_from_the_same_client_stops_the_first_with_port_preempted
     assert_eq!(field(&stop, "cause"), "Port-Preempted");
     radius.wait_for_acct(&["status=Start", "user=erin"]).await;
     assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
+    let lines = radius.acct_lines();
+    let stop_at = lines
+        .iter()
+        .position(|l| l.contains("status=Stop"))
+        .unwrap();
+    let start_at = lines
+        .iter()
+        .position(|l| l.contains("status=Start") && l.contains("user=erin"))
+        .unwrap();
+    assert!(
+        stop_at < start_at,
+        "the old session's Stop reaches the server before the new Start: {lines:#?}"
+    );
     app.stop().await;
 }
 

@@ -85,3 +85,90 @@ async fn a_stop_queued_while_the_server_is_down_survives_a_restart_and_is_delive
     .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_start_that_never_went_out_is_rolled_back_without_a_stop() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut server = radius.server_settings("primary", true);
+    // Authentication works, accounting goes nowhere: its breaker opens after two logins.
+    server.acct_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    server.timeout = Duration::from_millis(200);
+    server.retries = 0;
+    let acct_addr = std::net::SocketAddr::from(([127, 0, 0, 1], server.acct_port));
+    let mut config = settings(&db, vec![server]);
+    config.organizations[0].login_timeout = Duration::from_secs(2);
+    let app = TestApp::spawn(&config).await;
+    for n in 1..=2 {
+        let page = app
+            .browser(Ipv4Addr::new(127, 0, 3, n))
+            .login("carol", "carol-pass")
+            .await;
+        assert!(page.body.contains("cannot be reached"), "{}", page.body);
+    }
+    assert!(
+        !app.radius.health().allows(acct_addr),
+        "accounting breaker open"
+    );
+
+    let page = app
+        .browser(Ipv4Addr::new(127, 0, 3, 3))
+        .login("carol", "carol-pass")
+        .await;
+
+    assert!(page.body.contains("cannot be reached"), "{}", page.body);
+    let session = app.storage.session(3).await.unwrap().unwrap();
+    assert!(!session.active);
+    let rows = app.storage.session_outbox(3).await.unwrap();
+    assert_eq!(rows.len(), 1, "no Stop for a Start never sent: {rows:?}");
+    assert_eq!(rows[0].transmissions, 0);
+    assert!(rows[0].dead_at.is_some(), "{rows:?}");
+    let sent = app.storage.session_outbox(1).await.unwrap();
+    assert_eq!(
+        sent.len(),
+        2,
+        "a Start that went out is followed by its Stop: {sent:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn interim_updates_queued_during_an_outage_coalesce() {
+    let mut radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut server = radius.server_settings("primary", true);
+    server.timeout = Duration::from_millis(200);
+    server.retries = 0;
+    let config = settings(&db, vec![server]);
+    let app = TestApp::spawn(&config).await;
+    let browser = app.browser(CLIENT);
+    browser.login("carol", "carol-pass").await;
+    radius.wait_for_acct(&["status=Start", "user=carol"]).await;
+
+    radius.kill();
+    for _ in 0..6 {
+        let page = browser.post_form("/api/refresh", "/session", &[]).await;
+        assert_eq!(page.path, "/session", "{}", page.body);
+    }
+    let backlog = app.storage.outbox_backlog().await.unwrap();
+    assert!(
+        backlog <= 2,
+        "six refreshes leave at most one Interim in flight and one queued: {backlog}"
+    );
+    radius.restart().await;
+    wait_until("the outbox to drain", || async {
+        app.storage.outbox_backlog().await.unwrap() == 0
+    })
+    .await;
+    let interims = radius
+        .acct_lines()
+        .iter()
+        .filter(|l| l.contains("status=Interim-Update"))
+        .count();
+    assert!((1..=2).contains(&interims), "{interims} Interim-Updates");
+    app.stop().await;
+}

@@ -15,7 +15,7 @@ use crate::{
         Organization, Organizations,
     },
     radius::{status_type, terminate_cause, AuthOutcome, Radius, RadiusError},
-    storage::{AccessSessionRecord, NewAccessSession, Storage, StorageError},
+    storage::{AccessSessionRecord, NewAccessSession, SessionMatch, Storage, StorageError},
 };
 use std::{net::IpAddr, sync::Arc};
 use timing::Terms;
@@ -29,6 +29,13 @@ pub enum SessionError {
     #[error("access rejected")]
     Rejected {
         /// Reply-Message for the user.
+        reply_message: Option<String>,
+    },
+    /// The server answered Access-Challenge (a second factor, EAP): a PAP login page cannot
+    /// continue; the user is told so.
+    #[error("Access-Challenge is not supported")]
+    ChallengeUnsupported {
+        /// Reply-Message from the challenge.
         reply_message: Option<String>,
     },
     /// The organization is disabled or unknown: nothing was sent.
@@ -140,6 +147,10 @@ impl AccessSessions {
                 tracing::info!(organization = %org.id, username, %client_ip, "login rejected");
                 return Err(SessionError::Rejected { reply_message });
             }
+            AuthOutcome::Challenge { reply_message } => {
+                tracing::info!(organization = %org.id, username, %client_ip, "login needs Access-Challenge (unsupported)");
+                return Err(SessionError::ChallengeUnsupported { reply_message });
+            }
         };
         let terms = Terms::from_grant(
             grant.idle_timeout,
@@ -168,23 +179,46 @@ impl AccessSessions {
         };
         let (id, preempted) = self.storage.open_session(&new).await?;
         self.expiry_wake.notify_one();
+        let start_deadline = deadline.max(Instant::now() + org.servers[server].timeout);
         if !preempted.is_empty() {
             tracing::info!(organization = %org.id, %client_ip, count = preempted.len(), "previous session of this client preempted");
+            // The old session's Stop reaches the server before the new session's Start (the
+            // firewall must not see the new identity replaced by the old one's end).
+            for old in &preempted {
+                if !self
+                    .accounting
+                    .deliver_now(old.id, status_type::STOP, start_deadline)
+                    .await?
+                {
+                    tracing::warn!(
+                        session = old.id,
+                        "Stop of the preempted session not acknowledged yet; it stays queued"
+                    );
+                }
+            }
             self.accounting.wake();
         }
         tracing::info!(organization = %org.id, username, %client_ip, acct_session_id = %new.acct_session_id,
             server = %new.server_name, window_s = terms.window.as_secs(), limit_s = terms.limit.map(|l| l.as_secs()),
             "access session opened");
-        let start_deadline = deadline.max(Instant::now() + org.servers[server].timeout);
         if !self
             .accounting
             .deliver_now(id, status_type::START, start_deadline)
             .await?
         {
-            tracing::warn!(acct_session_id = %new.acct_session_id, "Accounting-Start not acknowledged; ending the session");
-            self.storage
-                .stop_session(id, terminate_cause::NAS_ERROR, now_ms())
+            // Never sent: roll the session back (no Start, no Stop). Sent but unanswered: the
+            // server may have it, so end it with a Stop queued behind the Start.
+            let rolled_back = self
+                .storage
+                .rollback_unsent_start(id, now_ms(), "login failed before the Start was sent")
                 .await?;
+            if !rolled_back {
+                self.storage
+                    .stop_session(id, terminate_cause::NAS_ERROR, now_ms())
+                    .await?;
+            }
+            tracing::warn!(acct_session_id = %new.acct_session_id, rolled_back,
+                "Accounting-Start not acknowledged; the session is ended");
             self.accounting.wake();
             return Err(SessionError::AccountingUnavailable);
         }
@@ -231,6 +265,32 @@ impl AccessSessions {
             self.accounting.wake();
         }
         Ok(())
+    }
+
+    /// Ends a session on the operator's or the RADIUS server's behalf (Stop, Admin-Reset).
+    /// False if it was not active.
+    pub async fn stop_by_operator(&self, id: i64) -> Result<bool, SessionError> {
+        let stopped = self
+            .storage
+            .stop_session(id, terminate_cause::ADMIN_RESET, now_ms())
+            .await?;
+        if stopped {
+            self.accounting.wake();
+        }
+        Ok(stopped)
+    }
+
+    /// Active sessions a Dynamic Authorization request names.
+    pub async fn find_active(
+        &self,
+        wanted: &SessionMatch,
+    ) -> Result<Vec<AccessSessionRecord>, SessionError> {
+        Ok(self.storage.find_active_sessions(wanted).await?)
+    }
+
+    /// Whether an organization is active (None: unknown), as the guard's callers need it.
+    pub fn organization_active(&self, id: &str) -> Option<bool> {
+        self.organizations.get(id).map(|o| o.active)
     }
 
     /// The client's active session in the organization, if any (Captive Portal API).

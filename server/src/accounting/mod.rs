@@ -1,30 +1,57 @@
 //! Durable accounting: delivers the outbox rows that storage wrote with each session change
-//! (Start, Interim-Update, Stop), in order per session, to the server that authenticated the
-//! session, retrying with backoff until acknowledged. A crash loses nothing: rows are delivered
-//! after restart, with Acct-Delay-Time saying how late they are.
+//! (Start, Interim-Update, Stop), strictly in order per session, concurrently across sessions,
+//! to the server that authenticated the session (by name; the organization's next server while
+//! its breaker is open), retrying with backoff until acknowledged. A crash loses nothing: rows
+//! are delivered after restart, with Acct-Delay-Time saying how late they are.
 //!
-//! [`Accounting::deliver_next`] is the one step tests drive; [`Accounting::run`] loops it.
+//! Rows that can never be sent are dead-lettered with a reason instead of blocking their
+//! session: a record that cannot be encoded, an organization that is gone, a Start the
+//! disabled-organization guard cancels, a Start not acknowledged within [`START_GIVE_UP_MS`].
+//! The rule for Starts: a Start that never went on the wire takes its session's later rows with
+//! it (no Stop for a session the server never saw) and the session ends; a Start that was sent
+//! but is still unacknowledged after an hour is given up and the rows behind it go ahead — the
+//! Stop above all, because a Stop the server does not need is harmless and a lost one keeps a
+//! firewall identity alive.
+//!
+//! [`Accounting::deliver_due`] is the one step tests drive; [`Accounting::run`] loops it.
 
 use crate::{
     access_session::now_ms,
     organizations::{
         guard::{self, Operation, OrgState},
-        Organizations,
+        Organization, Organizations,
     },
-    radius::{status_type, AccountingRecord, Radius},
+    radius::{
+        encode_accounting, status_type, AccountingRecord, Radius, RadiusError, ServerEndpoint,
+    },
     storage::{OutboxRow, Storage, StorageError},
 };
-use std::{net::IpAddr, sync::Arc, time::Duration};
-use tokio::{sync::Notify, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::{
+    sync::{Notify, Semaphore},
+    task::JoinSet,
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
-/// A sender owns a claimed row this long; another sender may take it over afterwards (a crashed
-/// sender's rows are not stuck). Longer than any single delivery's deadline.
-const CLAIM_LEASE_MS: i64 = 60_000;
+/// A sender owns a claimed row this long; afterwards the row may be claimed again. Longer than
+/// any single delivery (waiting for a send slot plus one exchange's deadline).
+const CLAIM_LEASE_MS: i64 = 120_000;
 /// Longest sleep between outbox checks.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// Cap of the retry backoff.
 const MAX_BACKOFF_MS: i64 = 300_000;
+/// Rows delivered at once (across all destinations); memory bound of the deliverer.
+const MAX_IN_FLIGHT: usize = 2048;
+/// Accounting-Requests in flight to one server at once.
+const WINDOW_PER_DESTINATION: usize = 64;
+/// A Start still unacknowledged this long after its event is given up (see the module doc).
+pub const START_GIVE_UP_MS: i64 = 3_600_000;
 
 /// Outbox failures.
 #[derive(Debug, thiserror::Error)]
@@ -42,8 +69,8 @@ pub enum Delivery {
     Delivered,
     /// Not acknowledged; retried at the given time (unix ms).
     RetryAt(i64),
-    /// Not sent by policy (Start of a disabled organization); the row is closed.
-    Cancelled,
+    /// Closed without delivery (dead-lettered) for the given reason.
+    DeadLettered(String),
 }
 
 /// The accounting deliverer. Cheap to clone.
@@ -54,12 +81,34 @@ pub struct Accounting {
     organizations: Arc<Organizations>,
     /// Wakes the delivery loop when rows were queued.
     wake: Arc<Notify>,
+    /// One send window per destination address, so a slow or dead server only ever holds its
+    /// own slots. A std Mutex: map lookups only.
+    windows: Arc<Mutex<HashMap<SocketAddr, Arc<Semaphore>>>>,
 }
 
 /// Delay before retry `attempts` (1-based): 1 s, 2 s, 4 s … capped at 5 min.
 pub fn backoff_ms(attempts: i64) -> i64 {
     let exp = (attempts - 1).clamp(0, 20) as u32;
     (1000i64 << exp).min(MAX_BACKOFF_MS)
+}
+
+/// The server an accounting row goes to: the session's own (by name) while its breaker is
+/// closed, else the organization's first other server whose breaker is closed. None when
+/// every server is down. The flag says whether this is a failover.
+pub fn pick_server<'a>(
+    org: &'a Organization,
+    session_server: &str,
+    allows: impl Fn(&ServerEndpoint) -> bool,
+) -> Option<(&'a ServerEndpoint, bool)> {
+    let own = org.servers.iter().find(|s| s.name == session_server);
+    if let Some(own) = own.filter(|s| allows(s)) {
+        return Some((own, false));
+    }
+    org.servers
+        .iter()
+        .filter(|s| s.name != session_server)
+        .find(|s| allows(s))
+        .map(|s| (s, true))
 }
 
 impl Accounting {
@@ -70,6 +119,7 @@ impl Accounting {
             radius,
             organizations,
             wake: Arc::new(Notify::new()),
+            windows: Arc::default(),
         }
     }
 
@@ -78,17 +128,35 @@ impl Accounting {
         self.wake.notify_one();
     }
 
-    /// Claims and delivers the next due row; `None` when nothing is due.
-    pub async fn deliver_next(&self) -> Result<Option<Delivery>, OutboxError> {
+    fn window(&self, destination: SocketAddr) -> Arc<Semaphore> {
+        self.windows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(destination)
+            .or_insert_with(|| Arc::new(Semaphore::new(WINDOW_PER_DESTINATION)))
+            .clone()
+    }
+
+    /// Claims every due row (first in line for its session) and delivers them concurrently;
+    /// returns what happened to each. The one step tests drive.
+    pub async fn deliver_due(&self) -> Result<Vec<Delivery>, OutboxError> {
         let now = now_ms();
-        let Some(row) = self
+        let rows = self
             .storage
-            .claim_next_outbox(now, now + CLAIM_LEASE_MS)
-            .await?
-        else {
-            return Ok(None);
-        };
-        Ok(Some(self.deliver(row, None).await?))
+            .claim_due_outbox(now, now + CLAIM_LEASE_MS, MAX_IN_FLIGHT as i64)
+            .await?;
+        let mut set = JoinSet::new();
+        for row in rows {
+            let this = self.clone();
+            set.spawn(async move { this.deliver(row, None).await });
+        }
+        let mut outcomes = Vec::new();
+        while let Some(done) = set.join_next().await {
+            if let Ok(outcome) = done {
+                outcomes.push(outcome?);
+            }
+        }
+        Ok(outcomes)
     }
 
     /// Delivers a session's queued packet of `status_type` right away (login waits for its
@@ -120,8 +188,24 @@ impl Accounting {
             if Instant::now() >= deadline {
                 return Ok(false);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    async fn dead_letter(
+        &self,
+        row: &OutboxRow,
+        acct_session_id: &str,
+        reason: String,
+    ) -> Result<Delivery, OutboxError> {
+        // A Start that never reached the wire takes the session's later rows with it.
+        let cascade = row.status_type == i64::from(status_type::START) && row.transmissions == 0;
+        self.storage
+            .dead_letter(row.id, now_ms(), &reason, cascade)
+            .await?;
+        tracing::error!(%acct_session_id, status_type = row.status_type, reason = %reason, cascade,
+            "accounting row dead-lettered (never sent again; see `radius-portal accounting dead-letters`)");
+        Ok(Delivery::DeadLettered(reason))
     }
 
     async fn deliver(
@@ -135,32 +219,50 @@ impl Accounting {
                 StorageError::Corrupt(format!("outbox row {} has no session", row.id)).into(),
             );
         };
+        let acct_id = session.acct_session_id.as_str();
+        let is_start = row.status_type == i64::from(status_type::START);
         let org = self.organizations.get(&session.organization_id);
-        if row.status_type == i64::from(status_type::START) {
+        if is_start {
             let state = OrgState::from_active(org.as_ref().map(|o| o.active));
             if !guard::allows(Operation::AccountingStart, state) {
-                tracing::warn!(acct_session_id = %session.acct_session_id, "Accounting-Start cancelled: organization disabled");
-                self.storage.mark_delivered(row.id, now).await?;
-                return Ok(Delivery::Cancelled);
+                return self
+                    .dead_letter(&row, acct_id, "cancelled: organization disabled".into())
+                    .await;
+            }
+            if row.transmissions > 0 && now - row.event_at > START_GIVE_UP_MS {
+                return self
+                    .dead_letter(
+                        &row,
+                        acct_id,
+                        "Start not acknowledged within an hour".into(),
+                    )
+                    .await;
             }
         }
         let Some(org) = org else {
-            let retry = now + MAX_BACKOFF_MS;
-            self.storage
-                .mark_failed(row.id, retry, "organization not configured")
-                .await?;
-            tracing::error!(organization = %session.organization_id, "accounting for an organization missing from the configuration");
-            return Ok(Delivery::RetryAt(retry));
+            return self
+                .dead_letter(
+                    &row,
+                    acct_id,
+                    format!(
+                        "organization `{}` is no longer configured",
+                        session.organization_id
+                    ),
+                )
+                .await;
         };
-        let server = org
-            .servers
-            .get(session.server_index as usize)
-            .or_else(|| org.servers.first())
-            .ok_or_else(|| StorageError::Corrupt("organization has no servers".into()))?;
-        let client_ip: IpAddr = session
-            .client_ip
-            .parse()
-            .map_err(|_| StorageError::Corrupt(format!("session {} client_ip", session.id)))?;
+        let Ok(client_ip) = session.client_ip.parse::<IpAddr>() else {
+            return self
+                .dead_letter(
+                    &row,
+                    acct_id,
+                    format!(
+                        "stored client address `{}` is not an IP address",
+                        session.client_ip
+                    ),
+                )
+                .await;
+        };
         let record = AccountingRecord {
             status_type: row.status_type as u32,
             acct_session_id: session.acct_session_id.clone(),
@@ -171,6 +273,44 @@ impl Accounting {
             delay_secs: ((now - row.event_at).max(0) / 1000) as u32,
             session_time_secs: row.session_time_secs.map(|s| s as u32),
             terminate_cause: row.terminate_cause.map(|c| c as u32),
+        };
+        // A record that cannot be encoded never will be: close it rather than retry forever.
+        if let Err(e) = encode_accounting(0, &org.nas, &record, b"probe") {
+            return self
+                .dead_letter(
+                    &row,
+                    acct_id,
+                    format!(
+                        "cannot be encoded: {}",
+                        crate::portal_backend::error_chain(&e)
+                    ),
+                )
+                .await;
+        }
+        let health = self.radius.health();
+        let Some((server, failover)) =
+            pick_server(&org, &session.server_name, |s| health.allows(s.acct_addr))
+        else {
+            let retry = now + backoff_ms(row.attempts);
+            self.storage
+                .mark_failed(row.id, retry, "every accounting server is down", false)
+                .await?;
+            tracing::warn!(acct_session_id = %acct_id, status_type = record.status_type,
+                "accounting held: every server of the organization is down; will retry");
+            return Ok(Delivery::RetryAt(retry));
+        };
+        if failover {
+            tracing::warn!(acct_session_id = %acct_id, status_type = record.status_type,
+                session_server = %session.server_name, server = %server.name,
+                "accounting fails over: the session's server is down");
+        }
+        let window = self.window(server.acct_addr);
+        // The semaphore is never closed, so acquiring cannot fail.
+        let _slot = window.acquire().await.ok();
+        // Acct-Delay-Time counts from the event to this transmission (time in the window too).
+        let record = AccountingRecord {
+            delay_secs: ((now_ms() - row.event_at).max(0) / 1000) as u32,
+            ..record
         };
         let own_deadline = Instant::now() + server.timeout * (server.retries + 1);
         let deadline = deadline.map_or(own_deadline, |d| d.min(own_deadline));
@@ -186,9 +326,13 @@ impl Accounting {
                 Ok(Delivery::Delivered)
             }
             Err(e) => {
+                let transmitted = !matches!(
+                    e,
+                    RadiusError::IdentifiersExhausted | RadiusError::NoIpv6Socket
+                );
                 let retry = now_ms() + backoff_ms(row.attempts);
                 self.storage
-                    .mark_failed(row.id, retry, &e.to_string())
+                    .mark_failed(row.id, retry, &e.to_string(), transmitted)
                     .await?;
                 tracing::warn!(acct_session_id = %record.acct_session_id, status_type = record.status_type,
                     server = %server.name, attempts = row.attempts, error = %e, "accounting not acknowledged; will retry");
@@ -197,32 +341,79 @@ impl Accounting {
         }
     }
 
-    /// Runs until `shutdown`: deliver everything due, then sleep until the next retry or a wake.
+    /// Runs until `shutdown`: keeps claiming due rows and delivering them concurrently (up to
+    /// [`MAX_IN_FLIGHT`]); sleeps until the next claimable row is due, new rows are queued, a
+    /// delivery finishes, or a server recovers (then rows waiting out a backoff go at once).
     pub async fn run(self, shutdown: CancellationToken) {
+        let recovered = self.radius.health().recovered();
+        let mut in_flight: JoinSet<Result<Delivery, OutboxError>> = JoinSet::new();
+        let mut in_flight_ids: HashSet<i64> = HashSet::new();
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<i64>();
         loop {
-            loop {
-                if shutdown.is_cancelled() {
-                    return;
-                }
-                match self.deliver_next().await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::error!(error = ?e, "accounting delivery failed");
-                        break;
-                    }
+            if shutdown.is_cancelled() {
+                return;
+            }
+            while let Ok(id) = done_rx.try_recv() {
+                in_flight_ids.remove(&id);
+            }
+            while let Some(done) = in_flight.try_join_next() {
+                match done {
+                    Ok(Err(e)) => tracing::error!(error = ?e, "accounting delivery failed"),
+                    Err(e) if e.is_panic() => tracing::error!("accounting delivery task crashed"),
+                    _ => {}
                 }
             }
-            let sleep = match self.storage.next_outbox_attempt().await {
-                Ok(Some(at)) => {
-                    Duration::from_millis((at - now_ms()).max(0) as u64 + 1).min(MAX_SLEEP)
+            let capacity = MAX_IN_FLIGHT.saturating_sub(in_flight.len());
+            let mut claimed_all = false;
+            if capacity > 0 {
+                let now = now_ms();
+                match self
+                    .storage
+                    .claim_due_outbox(now, now + CLAIM_LEASE_MS, capacity as i64)
+                    .await
+                {
+                    Ok(rows) => {
+                        claimed_all = rows.len() == capacity;
+                        for row in rows {
+                            if !in_flight_ids.insert(row.id) {
+                                continue; // still being delivered (lease ran out): leave it
+                            }
+                            let this = self.clone();
+                            let done = done_tx.clone();
+                            in_flight.spawn(async move {
+                                let id = row.id;
+                                let outcome = this.deliver(row, None).await;
+                                let _ = done.send(id);
+                                outcome
+                            });
+                        }
+                    }
+                    Err(e) => tracing::error!(error = ?e, "claiming accounting rows failed"),
                 }
-                Ok(None) => MAX_SLEEP,
-                Err(_) => Duration::from_secs(1),
+            }
+            if claimed_all {
+                continue;
+            }
+            let sleep = if capacity == 0 {
+                MAX_SLEEP // full: the next finished delivery wakes the loop
+            } else {
+                match self.storage.next_outbox_attempt().await {
+                    Ok(Some(at)) => {
+                        Duration::from_millis((at - now_ms()).max(0) as u64 + 1).min(MAX_SLEEP)
+                    }
+                    Ok(None) => MAX_SLEEP,
+                    Err(_) => Duration::from_secs(1),
+                }
             };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}
+                _ = recovered.notified() => {
+                    if let Err(e) = self.storage.retry_pending_now(now_ms()).await {
+                        tracing::error!(error = ?e, "rescheduling accounting after a server recovered failed");
+                    }
+                }
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 _ = tokio::time::sleep(sleep) => {}
             }
         }

@@ -40,6 +40,8 @@ pub struct RouterParts {
     pub trusted_proxies: client_ip::TrustedProxies,
     /// Database handle for readiness.
     pub storage: crate::storage::Storage,
+    /// Background tasks' health for readiness.
+    pub tasks: crate::supervise::TaskHealth,
     /// Captive Portal API state.
     pub captive: captive::CaptiveApi,
 }
@@ -53,6 +55,7 @@ pub fn router(parts: RouterParts) -> Router {
         secure_cookies,
         trusted_proxies,
         storage,
+        tasks,
         captive,
     } = parts;
     let routes = generate_route_list(app::App);
@@ -87,7 +90,7 @@ pub fn router(parts: RouterParts) -> Router {
 
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz).with_state(storage))
+        .route("/readyz", get(readyz).with_state((storage, tasks)))
         .route(
             captive::PATH,
             get(captive::captive_state).with_state(captive),
@@ -111,7 +114,17 @@ pub fn router(parts: RouterParts) -> Router {
         .with_state(leptos_options)
 }
 
-async fn readyz(State(storage): State<crate::storage::Storage>) -> Response {
+async fn readyz(
+    State((storage, tasks)): State<(crate::storage::Storage, crate::supervise::TaskHealth)>,
+) -> Response {
+    let down = tasks.down();
+    if !down.is_empty() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("background task restarting: {}", down.join(", ")),
+        )
+            .into_response();
+    }
     match storage.active_sessions().await {
         Ok(_) => "ready".into_response(),
         Err(e) => {

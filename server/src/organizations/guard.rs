@@ -18,6 +18,11 @@ pub enum Operation {
     Expiry,
     /// Reading one's own session status.
     ReadOwnSession,
+    /// Incoming CoA-Request (RFC 5176) for one of the organization's sessions: a disabled
+    /// organization's sessions get no new authorization (NAK).
+    CoaRequest,
+    /// Incoming Disconnect-Request (RFC 5176): ACK and stop, whatever the state.
+    DisconnectRequest,
 }
 
 /// What the organization's state is, as the caller knows it.
@@ -47,13 +52,17 @@ pub fn allows(operation: Operation, state: OrgState) -> bool {
     match state {
         OrgState::Active => true,
         OrgState::Disabled | OrgState::Unknown => match operation {
-            Operation::Login | Operation::AccountingStart | Operation::Refresh => false,
+            Operation::Login
+            | Operation::AccountingStart
+            | Operation::Refresh
+            | Operation::CoaRequest => false,
             // Ending and observing sessions must always work: a session that cannot be stopped
             // keeps a firewall identity alive.
             Operation::InterimUpdate
             | Operation::Disconnect
             | Operation::Expiry
-            | Operation::ReadOwnSession => true,
+            | Operation::ReadOwnSession
+            | Operation::DisconnectRequest => true,
         },
     }
 }
@@ -74,6 +83,8 @@ mod tests {
             (Disconnect, [true, true, true]),
             (Expiry, [true, true, true]),
             (ReadOwnSession, [true, true, true]),
+            (CoaRequest, [true, false, false]),
+            (DisconnectRequest, [true, true, true]),
         ];
         for (op, expected) in table {
             for (state, want) in [Active, Disabled, Unknown].into_iter().zip(expected) {

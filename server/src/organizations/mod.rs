@@ -61,7 +61,7 @@ impl Organization {
                     secret: server.load_secret(&format!("{key}.servers[{j}]"))?,
                     timeout: server.timeout,
                     retries: server.retries,
-                    require_message_authenticator: server.require_message_authenticator,
+                    message_authenticator: server.require_message_authenticator,
                 })
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;

@@ -1,31 +1,102 @@
-//! UDP transport for RADIUS requests: one socket per address family shared by every request in
-//! flight, Identifiers multiplexed per destination, retransmissions that reuse the Identifier and
-//! bytes, and replies accepted only after their authenticators verify.
+//! UDP transport for RADIUS requests: a few source sockets per address family shared by every
+//! request in flight, Identifiers multiplexed per (socket, destination), retransmissions that
+//! reuse the Identifier and bytes, and replies accepted only after they verify.
 //!
-//! It does not choose servers or decide failover: that is [`super::pool`].
+//! The receive loop verifies every datagram against the request it claims to answer (Response
+//! Authenticator, Message-Authenticator) before handing it over, so a forged or garbled datagram
+//! can neither panic anything nor take the place of the real reply: the request keeps waiting
+//! for the genuine one. When all 256 Identifiers towards a server are in use on every socket, a
+//! new source socket is opened (up to [`MAX_SOCKETS_PER_FAMILY`]); beyond that a request waits
+//! for a free Identifier until its deadline — it never fails merely because many are in flight.
+//!
+//! It does not choose servers or decide failover: that is [`super::Radius`].
 
-use super::packet::{verify_reply, Packet, ReplyCheck, MAX_PACKET};
+use super::packet::{accept_reply, Dropped, Packet, MAX_PACKET};
 use super::RadiusError;
+use crate::supervise::{self, TaskHealth};
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, Weak,
+    },
     time::Duration,
 };
-use tokio::{net::UdpSocket, sync::mpsc, time::Instant};
+use tokio::{
+    net::UdpSocket,
+    sync::{oneshot, Notify},
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
 
-type Waiters = Arc<Mutex<HashMap<(SocketAddr, u8), mpsc::Sender<Vec<u8>>>>>;
+/// Source sockets per address family: 256 Identifiers each, per destination.
+pub const MAX_SOCKETS_PER_FAMILY: usize = 16;
+/// Receive buffer asked of the kernel (it caps it at `net.core.rmem_max`): hundreds of replies
+/// can arrive between two reads under load.
+const RECEIVE_BUFFER: usize = 4 << 20;
+
+/// A verified, decoded reply.
+#[derive(Debug)]
+pub struct Reply {
+    /// The reply.
+    pub packet: Packet,
+    /// It carried a valid Message-Authenticator.
+    pub has_message_authenticator: bool,
+}
+
+/// What a reply to one request is checked against (known once the request is built).
+#[derive(Clone)]
+struct Expectation {
+    request_authenticator: [u8; 16],
+    secret: Arc<[u8]>,
+    require_message_authenticator: bool,
+}
+
+/// One request in flight.
+struct Pending {
+    /// None between reserving the Identifier and building the request: replies are dropped.
+    expect: Option<Expectation>,
+    /// Taken by the first verified reply; later duplicates find it empty and are dropped.
+    reply: Option<oneshot::Sender<Reply>>,
+}
+
+/// (socket index within its family, server, Identifier).
+type Key = (usize, SocketAddr, u8);
+
+#[derive(Default)]
+struct Inner {
+    waiters: HashMap<Key, Pending>,
+    /// Next Identifier to try per (socket, destination), so consecutive requests differ.
+    next_id: HashMap<(usize, SocketAddr), u8>,
+    v4: Vec<Arc<UdpSocket>>,
+    v6: Vec<Arc<UdpSocket>>,
+}
+
+struct Shared {
+    /// A std Mutex: held only for map operations and binding a socket, never across an await.
+    inner: Mutex<Inner>,
+    /// Signalled whenever an Identifier is freed (requests waiting for one retry).
+    freed: Notify,
+    bind_v4: Ipv4Addr,
+    /// Receive loops are supervised; their state shows in `/readyz`.
+    health: TaskHealth,
+    /// Stops the receive loops when the last client handle is dropped.
+    stop: CancellationToken,
+    /// Datagrams dropped: not a RADIUS packet, no request waiting, or failed verification.
+    dropped: AtomicU64,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
 
 /// A shared RADIUS client. Cheap to clone.
 #[derive(Clone)]
 pub struct RadiusClient {
-    v4: Arc<UdpSocket>,
-    v6: Option<Arc<UdpSocket>>,
-    /// Requests waiting for a reply, by (server, Identifier). A std Mutex: held only for map
-    /// operations, never across an await.
-    waiters: Waiters,
-    /// Next Identifier to try per destination, so consecutive requests use different ones.
-    next_id: Arc<Mutex<HashMap<SocketAddr, u8>>>,
+    shared: Arc<Shared>,
 }
 
 /// One request/response exchange's parameters.
@@ -44,36 +115,86 @@ pub struct Exchange<'a> {
     pub require_message_authenticator: bool,
 }
 
+fn new_socket(local: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
+    if local.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // Best effort: the kernel may grant less.
+    let _ = socket.set_recv_buffer_size(RECEIVE_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&local.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
 impl RadiusClient {
-    /// Binds the sockets: IPv4 on `bind_v4` (port 0 = any), IPv6 on `[::]:0` when available.
+    /// Binds the first IPv4 socket on `bind_v4` (port 0 = any); more sockets, and IPv6 ones,
+    /// are opened when needed. Receive loops report to a health registry of their own.
     pub async fn bind(bind_v4: Ipv4Addr) -> Result<RadiusClient, RadiusError> {
-        let v4 = Arc::new(
-            UdpSocket::bind((bind_v4, 0))
-                .await
-                .map_err(RadiusError::Io)?,
-        );
-        let v6 = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))
-            .await
-            .ok()
-            .map(Arc::new);
+        Self::bind_with(bind_v4, TaskHealth::default()).await
+    }
+
+    /// [`RadiusClient::bind`] reporting receive-loop crashes to `health`.
+    pub async fn bind_with(
+        bind_v4: Ipv4Addr,
+        health: TaskHealth,
+    ) -> Result<RadiusClient, RadiusError> {
         let client = RadiusClient {
-            v4,
-            v6,
-            waiters: Arc::default(),
-            next_id: Arc::default(),
+            shared: Arc::new(Shared {
+                inner: Mutex::default(),
+                freed: Notify::new(),
+                bind_v4,
+                health,
+                stop: CancellationToken::new(),
+                dropped: AtomicU64::new(0),
+            }),
         };
-        tokio::spawn(receive_loop(client.v4.clone(), client.waiters.clone()));
-        if let Some(v6) = &client.v6 {
-            tokio::spawn(receive_loop(v6.clone(), client.waiters.clone()));
-        }
+        let mut inner = client.lock();
+        client.open_socket(&mut inner, false)?;
+        drop(inner);
         Ok(client)
     }
 
-    fn socket_for(&self, destination: SocketAddr) -> Result<&Arc<UdpSocket>, RadiusError> {
-        match destination.ip() {
-            IpAddr::V4(_) => Ok(&self.v4),
-            IpAddr::V6(_) => self.v6.as_ref().ok_or(RadiusError::NoIpv6Socket),
-        }
+    /// Datagrams dropped so far (forged, unsolicited, malformed).
+    pub fn dropped_datagrams(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Source sockets open (IPv4 + IPv6).
+    pub fn socket_count(&self) -> usize {
+        let inner = self.lock();
+        inner.v4.len() + inner.v6.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.shared.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens one more socket of a family and starts its receive loop; returns its index.
+    fn open_socket(&self, inner: &mut Inner, v6: bool) -> Result<usize, RadiusError> {
+        let local = if v6 {
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+        } else {
+            SocketAddr::from((self.shared.bind_v4, 0))
+        };
+        let socket = Arc::new(new_socket(local).map_err(|e| {
+            if v6 {
+                RadiusError::NoIpv6Socket
+            } else {
+                RadiusError::Io(e)
+            }
+        })?);
+        let list = if v6 { &mut inner.v6 } else { &mut inner.v4 };
+        list.push(socket.clone());
+        let index = list.len() - 1;
+        let shared = Arc::downgrade(&self.shared);
+        let stop = self.shared.stop.clone();
+        let name = format!("radius-receive-{}-{index}", if v6 { "v6" } else { "v4" });
+        supervise::spawn(self.shared.health.clone(), name, move || {
+            receive_loop(socket.clone(), index, shared.clone(), stop.clone())
+        });
+        Ok(index)
     }
 
     /// Sends the packet `build(identifier)` returns and waits for a verified reply, retransmitting
@@ -83,14 +204,20 @@ impl RadiusClient {
         &self,
         ex: Exchange<'_>,
         build: impl FnOnce(u8) -> Result<(Vec<u8>, [u8; 16]), RadiusError>,
-    ) -> Result<Packet, RadiusError> {
-        let socket = self.socket_for(ex.destination)?.clone();
-        let (id, mut replies) = self.register(ex.destination)?;
+    ) -> Result<Reply, RadiusError> {
+        let (key, socket, mut reply) = self.register(ex.destination, ex.deadline).await?;
         let _registration = Registration {
-            waiters: &self.waiters,
-            key: (ex.destination, id),
+            shared: &self.shared,
+            key,
         };
-        let (bytes, request_authenticator) = build(id)?;
+        let (bytes, request_authenticator) = build(key.2)?;
+        if let Some(pending) = self.lock().waiters.get_mut(&key) {
+            pending.expect = Some(Expectation {
+                request_authenticator,
+                secret: Arc::from(ex.secret),
+                require_message_authenticator: ex.require_message_authenticator,
+            });
+        }
         for _attempt in 0..=ex.retries {
             if Instant::now() >= ex.deadline {
                 break;
@@ -100,72 +227,110 @@ impl RadiusClient {
                 .await
                 .map_err(RadiusError::Io)?;
             let wait_until = (Instant::now() + ex.timeout).min(ex.deadline);
-            loop {
-                let reply = match tokio::time::timeout_at(wait_until, replies.recv()).await {
-                    Ok(Some(reply)) => reply,
-                    Ok(None) | Err(_) => break, // timed out: retransmit
-                };
-                match verify_reply(&reply, &request_authenticator, ex.secret) {
-                    ReplyCheck::Verified {
-                        has_message_authenticator,
-                    } => {
-                        if ex.require_message_authenticator && !has_message_authenticator {
-                            tracing::warn!(server = %ex.destination, id, "reply without Message-Authenticator dropped (server requires it)");
-                            continue;
-                        }
-                        return Packet::decode(&reply).map_err(RadiusError::MalformedReply);
-                    }
-                    other => {
-                        tracing::warn!(server = %ex.destination, id, check = ?other, "unverifiable reply dropped");
-                    }
-                }
+            match tokio::time::timeout_at(wait_until, &mut reply).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                // The sender is dropped only with the registration: cannot happen while we wait.
+                Ok(Err(_)) => break,
+                Err(_) => {} // timed out: retransmit
             }
         }
         Err(RadiusError::Timeout)
     }
 
-    /// Reserves a free Identifier for `destination` and a channel for its replies.
-    fn register(
+    /// Reserves a free Identifier towards `destination` on some socket (opening another when
+    /// every one is full), waiting for one to be freed if the socket limit is reached.
+    async fn register(
         &self,
         destination: SocketAddr,
-    ) -> Result<(u8, mpsc::Receiver<Vec<u8>>), RadiusError> {
-        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next = self.next_id.lock().unwrap_or_else(|p| p.into_inner());
-        let start = next.entry(destination).or_insert(0);
-        for step in 0..=255u8 {
-            let id = start.wrapping_add(step);
-            if let std::collections::hash_map::Entry::Vacant(slot) =
-                waiters.entry((destination, id))
+        deadline: Instant,
+    ) -> Result<(Key, Arc<UdpSocket>, oneshot::Receiver<Reply>), RadiusError> {
+        let v6 = matches!(destination.ip(), IpAddr::V6(_));
+        loop {
+            let freed = self.shared.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
             {
-                *start = id.wrapping_add(1);
-                let (tx, rx) = mpsc::channel(4);
-                slot.insert(tx);
-                return Ok((id, rx));
+                let mut inner = self.lock();
+                let sockets = if v6 { inner.v6.len() } else { inner.v4.len() };
+                let mut slot = (0..sockets).find_map(|index| {
+                    free_identifier(&mut inner, index, destination).map(|id| (index, id))
+                });
+                if slot.is_none() && sockets < MAX_SOCKETS_PER_FAMILY {
+                    let index = self.open_socket(&mut inner, v6)?;
+                    slot = free_identifier(&mut inner, index, destination).map(|id| (index, id));
+                }
+                if let Some((index, id)) = slot {
+                    let key = (index, destination, id);
+                    let (tx, rx) = oneshot::channel();
+                    inner.waiters.insert(
+                        key,
+                        Pending {
+                            expect: None,
+                            reply: Some(tx),
+                        },
+                    );
+                    let socket = if v6 {
+                        inner.v6[index].clone()
+                    } else {
+                        inner.v4[index].clone()
+                    };
+                    return Ok((key, socket, rx));
+                }
+            }
+            tracing::debug!(server = %destination, "every RADIUS identifier is in use; waiting for one");
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(RadiusError::IdentifiersExhausted);
             }
         }
-        Err(RadiusError::IdentifiersExhausted)
     }
+}
+
+/// A free Identifier towards `destination` on socket `index`, advancing the rotation.
+fn free_identifier(inner: &mut Inner, index: usize, destination: SocketAddr) -> Option<u8> {
+    let start = *inner.next_id.get(&(index, destination)).unwrap_or(&0);
+    let id = (0..=255u8)
+        .map(|step| start.wrapping_add(step))
+        .find(|id| !inner.waiters.contains_key(&(index, destination, *id)))?;
+    inner
+        .next_id
+        .insert((index, destination), id.wrapping_add(1));
+    Some(id)
 }
 
 /// Frees the Identifier when the exchange ends, however it ends.
 struct Registration<'a> {
-    waiters: &'a Waiters,
-    key: (SocketAddr, u8),
+    shared: &'a Shared,
+    key: Key,
 }
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        self.waiters
+        self.shared
+            .inner
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .waiters
             .remove(&self.key);
+        self.shared.freed.notify_waiters();
     }
 }
 
-async fn receive_loop(socket: Arc<UdpSocket>, waiters: Waiters) {
+async fn receive_loop(
+    socket: Arc<UdpSocket>,
+    index: usize,
+    shared: Weak<Shared>,
+    stop: CancellationToken,
+) {
     let mut buf = vec![0u8; MAX_PACKET];
     loop {
-        let (len, from) = match socket.recv_from(&mut buf).await {
+        let received = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = socket.recv_from(&mut buf) => r,
+        };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let (len, from) = match received {
             Ok(r) => r,
             Err(e) => {
                 // ICMP errors (port unreachable) surface here on Linux; keep receiving.
@@ -173,20 +338,54 @@ async fn receive_loop(socket: Arc<UdpSocket>, waiters: Waiters) {
                 continue;
             }
         };
-        if len < 20 {
-            continue;
-        }
-        let id = buf[1];
-        let sender = waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(from, id))
-            .cloned();
-        match sender {
-            Some(tx) => {
-                let _ = tx.try_send(buf[..len].to_vec());
+        handle_datagram(&shared, index, from, &buf[..len]);
+    }
+}
+
+/// Hands a datagram to the request it answers if it verifies; otherwise drops and counts it.
+fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[u8]) {
+    let drop_it = |why: &dyn std::fmt::Debug| {
+        shared.dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%from, reason = ?why, "RADIUS datagram dropped");
+    };
+    let Some(&id) = datagram.get(1) else {
+        return drop_it(&"shorter than a header");
+    };
+    let key = (index, from, id);
+    let expect = {
+        let inner = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.waiters.get(&key).and_then(|p| p.expect.clone())
+    };
+    let Some(expect) = expect else {
+        return drop_it(&"no request waiting for this identifier");
+    };
+    match accept_reply(
+        datagram,
+        &expect.request_authenticator,
+        &expect.secret,
+        expect.require_message_authenticator,
+    ) {
+        Ok((packet, has_message_authenticator)) => {
+            let sender = shared
+                .inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .waiters
+                .get_mut(&key)
+                .and_then(|p| p.reply.take());
+            match sender {
+                Some(tx) => {
+                    let _ = tx.send(Reply {
+                        packet,
+                        has_message_authenticator,
+                    });
+                }
+                None => tracing::debug!(%from, id, "duplicate reply dropped"),
             }
-            None => tracing::debug!(%from, id, "reply for no pending request dropped"),
         }
+        Err(Dropped::MissingMessageAuthenticator) => {
+            drop_it(&"no Message-Authenticator although the server must send one")
+        }
+        Err(why) => drop_it(&why),
     }
 }

@@ -1,21 +1,27 @@
-//! RADIUS as the portal speaks it: the packet codec, the shared UDP client, and the operations the
-//! rest of the server uses — authenticate against an organization's servers with failover, send an
-//! accounting packet to one server, probe a server with Status-Server.
+//! RADIUS as the portal speaks it: the packet codec, the shared UDP client, per-server health
+//! (circuit breakers, Status-Server probes), and the operations the rest of the server uses —
+//! authenticate against an organization's servers with failover, send an accounting packet to
+//! one server, probe a server with Status-Server.
 //!
 //! Deliberately not here: what to do with a session (that is `access_session`), durability of
 //! accounting (that is `accounting`).
 
+pub mod breaker;
 pub mod client;
+pub mod health;
 pub mod packet;
 
-use crate::config::Secret;
-use client::{Exchange, RadiusClient};
+use crate::config::{MessageAuthenticatorMode, Secret};
+use breaker::BreakerPolicy;
+use client::{Exchange, RadiusClient, Reply};
+use health::{Port, ServerHealth};
 use packet::{attr, Code, Packet, PacketError};
 use std::{
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Failures of a RADIUS exchange.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +52,9 @@ pub enum RadiusError {
     /// The organization has no servers configured.
     #[error("no RADIUS servers configured")]
     NoServers,
+    /// Every server's circuit breaker is open: nothing was sent; they are being probed.
+    #[error("every RADIUS server is down (circuit breakers open)")]
+    AllServersDown,
 }
 
 /// One RADIUS server of an organization, resolved and ready to use.
@@ -63,8 +72,8 @@ pub struct ServerEndpoint {
     pub timeout: Duration,
     /// Retransmissions after the first send.
     pub retries: u32,
-    /// Drop replies without a valid Message-Authenticator (BlastRADIUS, CVE-2024-3596).
-    pub require_message_authenticator: bool,
+    /// Message-Authenticator required in replies (BlastRADIUS, CVE-2024-3596).
+    pub message_authenticator: MessageAuthenticatorMode,
 }
 
 /// How the portal identifies itself as the NAS.
@@ -120,24 +129,32 @@ pub enum AuthOutcome {
         /// Reply-Message text, if the server sent one.
         reply_message: Option<String>,
     },
+    /// Access-Challenge: the server wants another round (OTP, EAP) that a PAP login page cannot
+    /// continue. Final: the password is not sent to another server.
+    Challenge {
+        /// Reply-Message text, if the server sent one.
+        reply_message: Option<String>,
+    },
 }
 
-/// The RADIUS operations the portal needs, over one shared [`RadiusClient`].
+/// The RADIUS operations the portal needs, over one shared [`RadiusClient`] and one view of
+/// server health.
 #[derive(Clone)]
 pub struct Radius {
     client: RadiusClient,
+    health: ServerHealth,
 }
 
 fn random_authenticator() -> [u8; 16] {
     rand::random()
 }
 
+/// Every Reply-Message attribute, joined as bytes (a long text is split across attributes, a
+/// character may straddle two), then decoded; invalid UTF-8 is replaced, never an error.
 fn reply_message(p: &Packet) -> Option<String> {
-    let parts: Vec<String> = p
-        .get_all(attr::REPLY_MESSAGE)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .collect();
-    (!parts.is_empty()).then(|| parts.join("\n"))
+    let bytes: Vec<u8> = p.get_all(attr::REPLY_MESSAGE).flatten().copied().collect();
+    let text = String::from_utf8_lossy(&bytes).trim().to_string();
+    (!text.is_empty()).then_some(text)
 }
 
 fn push_nas_and_client(p: &mut Packet, nas: &NasIdentity, client_ip: IpAddr) {
@@ -179,13 +196,75 @@ pub struct AccountingRecord {
 }
 
 impl Radius {
-    /// Wraps a client.
+    /// Wraps a client with the default breaker policy.
     pub fn new(client: RadiusClient) -> Self {
-        Radius { client }
+        Self::with_policy(client, BreakerPolicy::default())
     }
 
-    /// Sends an Access-Request (PAP) to the servers in order until one answers or `deadline`
-    /// passes. A Reject is final (no failover); silence or errors move on to the next server.
+    /// Wraps a client; breakers follow `policy`.
+    pub fn with_policy(client: RadiusClient, policy: BreakerPolicy) -> Self {
+        Radius {
+            client,
+            health: ServerHealth::new(policy),
+        }
+    }
+
+    /// Per-server health (breakers), for accounting's failover and for tests.
+    pub fn health(&self) -> &ServerHealth {
+        &self.health
+    }
+
+    /// The underlying client (counters, socket count).
+    pub fn client(&self) -> &RadiusClient {
+        &self.client
+    }
+
+    fn requires_message_authenticator(&self, server: &ServerEndpoint) -> bool {
+        match server.message_authenticator {
+            MessageAuthenticatorMode::On => true,
+            MessageAuthenticatorMode::Off => false,
+            MessageAuthenticatorMode::Learn => {
+                self.health.learned_message_authenticator(server.auth_addr)
+            }
+        }
+    }
+
+    /// One exchange with `server` at `port`, feeding the outcome to its breaker.
+    async fn exchange_with(
+        &self,
+        server: &ServerEndpoint,
+        port: Port,
+        deadline: Instant,
+        require_message_authenticator: bool,
+        build: impl FnOnce(u8) -> Result<(Vec<u8>, [u8; 16]), RadiusError>,
+    ) -> Result<Reply, RadiusError> {
+        let destination = health::address(server, port);
+        let exchange = Exchange {
+            destination,
+            secret: server.secret.expose().as_bytes(),
+            timeout: server.timeout,
+            retries: server.retries,
+            deadline,
+            require_message_authenticator,
+        };
+        let result = self.client.exchange(exchange, build).await;
+        match &result {
+            Ok(reply) => self
+                .health
+                .record_success(destination, reply.has_message_authenticator),
+            Err(RadiusError::Timeout | RadiusError::Io(_)) => {
+                self.health.record_failure(server, port)
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Sends an Access-Request (PAP) to the servers whose breakers are closed, in order, until
+    /// one answers or `deadline` passes. Each server gets an equal share of the time left (at
+    /// least one timeout), so a silent primary never eats the backup's time. A Reject or
+    /// Challenge is final (no failover); silence moves on. When every breaker is open nothing is
+    /// sent and [`RadiusError::AllServersDown`] comes back at once.
     pub async fn authenticate(
         &self,
         servers: &[ServerEndpoint],
@@ -195,46 +274,64 @@ impl Radius {
         client_ip: IpAddr,
         deadline: Instant,
     ) -> Result<AuthOutcome, RadiusError> {
-        let mut last_error = RadiusError::NoServers;
-        for (index, server) in servers.iter().enumerate() {
-            if Instant::now() >= deadline {
+        if servers.is_empty() {
+            return Err(RadiusError::NoServers);
+        }
+        let candidates: Vec<(usize, &ServerEndpoint)> = servers
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| self.health.allows(s.auth_addr))
+            .collect();
+        let mut last_error = RadiusError::AllServersDown;
+        for (k, (index, server)) in candidates.iter().enumerate() {
+            let now = Instant::now();
+            if now >= deadline {
                 break;
             }
-            let exchange = Exchange {
-                destination: server.auth_addr,
-                secret: server.secret.expose().as_bytes(),
-                timeout: server.timeout,
-                retries: server.retries,
-                deadline,
-                require_message_authenticator: server.require_message_authenticator,
-            };
+            if k > 0 && !self.health.allows(server.auth_addr) {
+                continue; // opened by a concurrent login meanwhile
+            }
+            let remaining = deadline - now;
+            let share = remaining / (candidates.len() - k) as u32;
+            let server_deadline = now + share.max(server.timeout).min(remaining);
             let secret = server.secret.expose().as_bytes();
             let reply = self
-                .client
-                .exchange(exchange, |id| {
-                    let authenticator = random_authenticator();
-                    let mut p = Packet::new(Code::AccessRequest, id, authenticator);
-                    p.push(attr::USER_NAME, username.as_bytes().to_vec());
-                    p.push(
-                        attr::USER_PASSWORD,
-                        packet::hide_password(password.as_bytes(), secret, &authenticator),
-                    );
-                    push_nas_and_client(&mut p, nas, client_ip);
-                    let bytes =
-                        packet::encode_access_request(&p, secret).map_err(RadiusError::Encode)?;
-                    Ok((bytes, authenticator))
-                })
+                .exchange_with(
+                    server,
+                    Port::Auth,
+                    server_deadline,
+                    self.requires_message_authenticator(server),
+                    |id| {
+                        let authenticator = random_authenticator();
+                        let mut p = Packet::new(Code::AccessRequest, id, authenticator);
+                        p.push(attr::USER_NAME, username.as_bytes().to_vec());
+                        p.push(
+                            attr::USER_PASSWORD,
+                            packet::hide_password(password.as_bytes(), secret, &authenticator),
+                        );
+                        push_nas_and_client(&mut p, nas, client_ip);
+                        let bytes = packet::encode_access_request(&p, secret)
+                            .map_err(RadiusError::Encode)?;
+                        Ok((bytes, authenticator))
+                    },
+                )
                 .await;
-            match reply {
+            match reply.map(|r| r.packet) {
                 Ok(p) if p.code == Code::AccessAccept => {
                     let grant = Grant::from_accept(&p);
                     return Ok(AuthOutcome::Accept {
-                        server: index,
+                        server: *index,
                         grant,
                     });
                 }
                 Ok(p) if p.code == Code::AccessReject => {
                     return Ok(AuthOutcome::Reject {
+                        reply_message: reply_message(&p),
+                    });
+                }
+                Ok(p) if p.code == Code::AccessChallenge => {
+                    tracing::warn!(server = %server.name, "Access-Challenge received: multi-round authentication is not supported");
+                    return Ok(AuthOutcome::Challenge {
                         reply_message: reply_message(&p),
                     });
                 }
@@ -261,65 +358,48 @@ impl Radius {
         deadline: Instant,
     ) -> Result<(), RadiusError> {
         let secret = server.secret.expose().as_bytes();
-        let exchange = Exchange {
-            destination: server.acct_addr,
-            secret,
-            timeout: server.timeout,
-            retries: server.retries,
-            deadline,
-            // Accounting-Responses rarely carry Message-Authenticator; the Response
-            // Authenticator already covers the whole packet.
-            require_message_authenticator: false,
-        };
+        // Accounting-Responses rarely carry Message-Authenticator; the Response Authenticator
+        // already covers the whole packet.
         let reply = self
-            .client
-            .exchange(exchange, |id| {
-                let mut p = Packet::new(Code::AccountingRequest, id, [0; 16]);
-                p.push_u32(attr::ACCT_STATUS_TYPE, record.status_type);
-                p.push(
-                    attr::ACCT_SESSION_ID,
-                    record.acct_session_id.as_bytes().to_vec(),
-                );
-                p.push(attr::USER_NAME, record.username.as_bytes().to_vec());
-                push_nas_and_client(&mut p, nas, record.client_ip);
-                p.push_u32(attr::ACCT_AUTHENTIC, 1); // RADIUS
-                for class in &record.classes {
-                    p.push(attr::CLASS, class.clone());
-                }
-                p.push_u32(attr::EVENT_TIMESTAMP, record.event_timestamp);
-                p.push_u32(attr::ACCT_DELAY_TIME, record.delay_secs);
-                if let Some(t) = record.session_time_secs {
-                    p.push_u32(attr::ACCT_SESSION_TIME, t);
-                }
-                if let Some(c) = record.terminate_cause {
-                    p.push_u32(attr::ACCT_TERMINATE_CAUSE, c);
-                }
-                packet::encode_accounting_request(&p, secret).map_err(RadiusError::Encode)
+            .exchange_with(server, Port::Acct, deadline, false, |id| {
+                encode_accounting(id, nas, record, secret)
             })
             .await?;
-        match reply.code {
+        match reply.packet.code {
             Code::AccountingResponse => Ok(()),
             other => Err(RadiusError::UnexpectedReply(other)),
         }
     }
 
-    /// Sends a Status-Server (RFC 5997) to a server's auth port; Ok when it answers.
+    /// Sends a Status-Server (RFC 5997) to a server's auth port; the reply's code when it
+    /// answers. Does not touch the breakers (the `radius test` command and test fixtures).
     pub async fn status_server(
         &self,
         server: &ServerEndpoint,
         deadline: Instant,
     ) -> Result<Code, RadiusError> {
+        self.status_server_at(server, Port::Auth, deadline)
+            .await
+            .map(|r| r.packet.code)
+    }
+
+    async fn status_server_at(
+        &self,
+        server: &ServerEndpoint,
+        port: Port,
+        deadline: Instant,
+    ) -> Result<Reply, RadiusError> {
         let secret = server.secret.expose().as_bytes();
         let exchange = Exchange {
-            destination: server.auth_addr,
+            destination: health::address(server, port),
             secret,
             timeout: server.timeout,
             retries: server.retries,
             deadline,
-            require_message_authenticator: server.require_message_authenticator,
+            require_message_authenticator: port == Port::Auth
+                && self.requires_message_authenticator(server),
         };
-        let reply = self
-            .client
+        self.client
             .exchange(exchange, |id| {
                 let authenticator = random_authenticator();
                 let p = Packet::new(Code::StatusServer, id, authenticator);
@@ -328,9 +408,66 @@ impl Radius {
                     authenticator,
                 ))
             })
-            .await?;
-        Ok(reply.code)
+            .await
     }
+
+    /// Probes servers whose breakers are open, each once per probe interval, until `shutdown`.
+    /// A verified answer (with Message-Authenticator where the server's mode requires it)
+    /// closes the breaker.
+    pub async fn run_prober(self, shutdown: CancellationToken) {
+        loop {
+            let (due, next) = self.health.take_due_probes();
+            for (server, port) in due {
+                let radius = self.clone();
+                tokio::spawn(async move {
+                    let deadline = Instant::now() + server.timeout;
+                    match radius.status_server_at(&server, port, deadline).await {
+                        Ok(_) => radius.health.record_probe_success(&server, port),
+                        Err(e) => {
+                            tracing::debug!(server = %server.name, ?port, error = %e, "Status-Server probe unanswered")
+                        }
+                    }
+                });
+            }
+            let sleep_until = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.health.opened().notified() => {}
+                _ = tokio::time::sleep_until(sleep_until) => {}
+            }
+        }
+    }
+}
+
+/// Encodes an Accounting-Request for `record` with Identifier `id`; also the check every row
+/// passes before it is sent (a record that cannot be encoded is dead-lettered, not retried).
+pub fn encode_accounting(
+    id: u8,
+    nas: &NasIdentity,
+    record: &AccountingRecord,
+    secret: &[u8],
+) -> Result<(Vec<u8>, [u8; 16]), RadiusError> {
+    let mut p = Packet::new(Code::AccountingRequest, id, [0; 16]);
+    p.push_u32(attr::ACCT_STATUS_TYPE, record.status_type);
+    p.push(
+        attr::ACCT_SESSION_ID,
+        record.acct_session_id.as_bytes().to_vec(),
+    );
+    p.push(attr::USER_NAME, record.username.as_bytes().to_vec());
+    push_nas_and_client(&mut p, nas, record.client_ip);
+    p.push_u32(attr::ACCT_AUTHENTIC, 1); // RADIUS
+    for class in &record.classes {
+        p.push(attr::CLASS, class.clone());
+    }
+    p.push_u32(attr::EVENT_TIMESTAMP, record.event_timestamp);
+    p.push_u32(attr::ACCT_DELAY_TIME, record.delay_secs);
+    if let Some(t) = record.session_time_secs {
+        p.push_u32(attr::ACCT_SESSION_TIME, t);
+    }
+    if let Some(c) = record.terminate_cause {
+        p.push_u32(attr::ACCT_TERMINATE_CAUSE, c);
+    }
+    packet::encode_accounting_request(&p, secret).map_err(RadiusError::Encode)
 }
 
 /// Acct-Status-Type values (RFC 2866 §5.1).
@@ -380,12 +517,24 @@ mod tests {
         let grant = Grant::from_accept(&accept(&[
             (attr::SESSION_TIMEOUT, &30u32.to_be_bytes()),
             (attr::IDLE_TIMEOUT, &20u32.to_be_bytes()),
-            (attr::REPLY_MESSAGE, b"Welcome"),
-            (attr::REPLY_MESSAGE, b"second line"),
+            (attr::REPLY_MESSAGE, b"Welcome, "),
+            (attr::REPLY_MESSAGE, b"second part"),
         ]));
         assert_eq!(grant.session_timeout, Some(30));
         assert_eq!(grant.idle_timeout, Some(20));
-        assert_eq!(grant.reply_message.as_deref(), Some("Welcome\nsecond line"));
+        assert_eq!(grant.reply_message.as_deref(), Some("Welcome, second part"));
+    }
+
+    #[test]
+    fn reply_message_parts_are_joined_as_bytes_before_decoding() {
+        let text = "Grüße";
+        let bytes = text.as_bytes();
+        // Split inside the two-byte "ü".
+        let grant = Grant::from_accept(&accept(&[
+            (attr::REPLY_MESSAGE, &bytes[..3]),
+            (attr::REPLY_MESSAGE, &bytes[3..]),
+        ]));
+        assert_eq!(grant.reply_message.as_deref(), Some(text));
     }
 
     #[test]

@@ -27,6 +27,18 @@ pub enum Code {
     AccessChallenge,
     /// 12
     StatusServer,
+    /// 40 (RFC 5176)
+    DisconnectRequest,
+    /// 41
+    DisconnectAck,
+    /// 42
+    DisconnectNak,
+    /// 43
+    CoaRequest,
+    /// 44
+    CoaAck,
+    /// 45
+    CoaNak,
     /// Anything else (kept so decoding never fails on an unexpected code).
     Other(u8),
 }
@@ -42,6 +54,12 @@ impl Code {
             Code::AccountingResponse => 5,
             Code::AccessChallenge => 11,
             Code::StatusServer => 12,
+            Code::DisconnectRequest => 40,
+            Code::DisconnectAck => 41,
+            Code::DisconnectNak => 42,
+            Code::CoaRequest => 43,
+            Code::CoaAck => 44,
+            Code::CoaNak => 45,
             Code::Other(c) => c,
         }
     }
@@ -56,6 +74,12 @@ impl Code {
             5 => Code::AccountingResponse,
             11 => Code::AccessChallenge,
             12 => Code::StatusServer,
+            40 => Code::DisconnectRequest,
+            41 => Code::DisconnectAck,
+            42 => Code::DisconnectNak,
+            43 => Code::CoaRequest,
+            44 => Code::CoaAck,
+            45 => Code::CoaNak,
             other => Code::Other(other),
         }
     }
@@ -84,6 +108,7 @@ pub mod attr {
     pub const NAS_PORT_TYPE: u8 = 61;
     pub const MESSAGE_AUTHENTICATOR: u8 = 80;
     pub const ACCT_INTERIM_INTERVAL: u8 = 85;
+    pub const ERROR_CAUSE: u8 = 101;
     pub const NAS_IPV6_ADDRESS: u8 = 95;
     pub const FRAMED_IPV6_ADDRESS: u8 = 168;
 }
@@ -273,13 +298,28 @@ pub fn unhide_password(hidden: &[u8], secret: &[u8], authenticator: &[u8; 16]) -
     out
 }
 
+/// The packet's own length (its Length field) if the bytes can be a RADIUS packet: at least a
+/// header, Length within 20..=4096 and not beyond the datagram (RFC 2865 §3: bytes past Length
+/// are padding and ignored; a Length longer than the datagram means drop it). Everything that
+/// reads received bytes asks this first, so no slice below can go out of bounds.
+pub fn declared_length(bytes: &[u8]) -> Option<usize> {
+    if bytes.len() < HEADER {
+        return None;
+    }
+    let len = u16::from_be_bytes([bytes[2], bytes[3]]) as usize;
+    ((HEADER..=MAX_PACKET).contains(&len) && len <= bytes.len()).then_some(len)
+}
+
 /// Offset of the Message-Authenticator value in encoded bytes, if present.
 fn message_authenticator_offset(bytes: &[u8]) -> Option<usize> {
-    let len = u16::from_be_bytes([bytes[2], bytes[3]]) as usize;
+    let len = declared_length(bytes)?;
     let mut at = HEADER;
     while at + 2 <= len {
         let (typ, alen) = (bytes[at], bytes[at + 1] as usize);
         if alen < 2 {
+            return None;
+        }
+        if at + alen > len {
             return None;
         }
         if typ == attr::MESSAGE_AUTHENTICATOR && alen == 18 {
@@ -376,15 +416,17 @@ pub enum ReplyCheck {
     BadResponseAuthenticator,
     /// Message-Authenticator present but wrong. Drop the reply.
     BadMessageAuthenticator,
+    /// Not a RADIUS packet (shorter than a header, Length outside 20..=4096 or beyond the
+    /// datagram). Drop it.
+    Malformed,
 }
 
 /// Verifies a reply's Response Authenticator and Message-Authenticator against the request's
 /// authenticator (RFC 2865 §3, RFC 3579 §3.2).
 pub fn verify_reply(bytes: &[u8], request_authenticator: &[u8; 16], secret: &[u8]) -> ReplyCheck {
-    if bytes.len() < HEADER {
-        return ReplyCheck::BadResponseAuthenticator;
-    }
-    let len = (u16::from_be_bytes([bytes[2], bytes[3]]) as usize).min(bytes.len());
+    let Some(len) = declared_length(bytes) else {
+        return ReplyCheck::Malformed;
+    };
     let bytes = &bytes[..len];
     let mut scratch = bytes.to_vec();
     scratch[4..20].copy_from_slice(request_authenticator);
@@ -414,20 +456,96 @@ pub fn verify_reply(bytes: &[u8], request_authenticator: &[u8; 16], secret: &[u8
     }
 }
 
+/// Why a received datagram was not accepted as the reply to a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// Integrity check failed (forged, other secret, not RADIUS).
+    Check(ReplyCheck),
+    /// Verified but no Message-Authenticator although this server must send one.
+    MissingMessageAuthenticator,
+    /// Verified but the attributes do not parse.
+    Undecodable(PacketError),
+}
+
+/// The whole receive-side decision for one datagram: verified (Response Authenticator,
+/// Message-Authenticator when present or required) and decoded — or why it is dropped. Total
+/// over any bytes: never panics (fuzzed in the tests below).
+pub fn accept_reply(
+    bytes: &[u8],
+    request_authenticator: &[u8; 16],
+    secret: &[u8],
+    require_message_authenticator: bool,
+) -> Result<(Packet, bool), Dropped> {
+    match verify_reply(bytes, request_authenticator, secret) {
+        ReplyCheck::Verified {
+            has_message_authenticator,
+        } => {
+            if require_message_authenticator && !has_message_authenticator {
+                return Err(Dropped::MissingMessageAuthenticator);
+            }
+            let packet = Packet::decode(bytes).map_err(Dropped::Undecodable)?;
+            Ok((packet, has_message_authenticator))
+        }
+        other => Err(Dropped::Check(other)),
+    }
+}
+
 /// Verifies a received request's Message-Authenticator (server side). `None` if absent.
 pub fn verify_request_message_authenticator(bytes: &[u8], secret: &[u8]) -> Option<bool> {
     let at = message_authenticator_offset(bytes)?;
-    let mut scratch = bytes.to_vec();
+    let len = declared_length(bytes)?;
+    let mut scratch = bytes[..len].to_vec();
     scratch[at..at + 16].fill(0);
     let mac = hmac_md5(secret, &scratch);
     Some(mac[..] == bytes[at..at + 16])
 }
 
+/// Verifies a CoA-Request or Disconnect-Request (RFC 5176 §3.5, §3.3): the Request
+/// Authenticator as for accounting, and a Message-Authenticator, when present, computed over the
+/// packet with a zero Request Authenticator. `Some(has_message_authenticator)` when authentic.
+pub fn verify_dynauth_request(bytes: &[u8], secret: &[u8]) -> Option<bool> {
+    if !verify_accounting_request(bytes, secret) {
+        return None;
+    }
+    let len = declared_length(bytes)?;
+    let bytes = &bytes[..len];
+    match message_authenticator_offset(bytes) {
+        None => Some(false),
+        Some(at) => {
+            let mut scratch = bytes.to_vec();
+            scratch[4..20].fill(0);
+            scratch[at..at + 16].fill(0);
+            (hmac_md5(secret, &scratch)[..] == bytes[at..at + 16]).then_some(true)
+        }
+    }
+}
+
+/// Encodes a CoA-Request or Disconnect-Request as a server sends it (tests, tools): Request
+/// Authenticator as for accounting, Message-Authenticator signed with a zero one.
+pub fn encode_dynauth_request(packet: &Packet, secret: &[u8]) -> Result<Vec<u8>, PacketError> {
+    let mut p = packet.clone();
+    p.authenticator = [0; 16];
+    p.attributes
+        .retain(|(t, _)| *t != attr::MESSAGE_AUTHENTICATOR);
+    p.attributes
+        .push((attr::MESSAGE_AUTHENTICATOR, vec![0; 16]));
+    let mut bytes = p.encode()?;
+    sign_message_authenticator(&mut bytes, secret, &[0; 16]);
+    let auth: [u8; 16] = Md5::new()
+        .chain_update(&bytes)
+        .chain_update(secret)
+        .finalize()
+        .into();
+    bytes[4..20].copy_from_slice(&auth);
+    Ok(bytes)
+}
+
 /// Verifies a received Accounting-Request's authenticator (server side).
 pub fn verify_accounting_request(bytes: &[u8], secret: &[u8]) -> bool {
-    if bytes.len() < HEADER {
+    let Some(len) = declared_length(bytes) else {
         return false;
-    }
+    };
+    let bytes = &bytes[..len];
     let mut scratch = bytes.to_vec();
     scratch[4..20].fill(0);
     let expected: [u8; 16] = Md5::new()
@@ -534,6 +652,96 @@ mod tests {
         );
     }
 
+    fn signed_reply(request_auth: &[u8; 16]) -> Vec<u8> {
+        let mut reply = Packet::new(Code::AccessAccept, 5, [0; 16]);
+        reply.push(attr::MESSAGE_AUTHENTICATOR, vec![0; 16]);
+        reply.push(attr::CLASS, b"class".to_vec());
+        encode_response(&reply, request_auth, SECRET).expect("encodes")
+    }
+
+    #[test]
+    fn a_length_field_below_the_header_is_dropped_not_a_panic() {
+        let request_auth = [9u8; 16];
+        for bad_len in [0u16, 1, 4, 19] {
+            let mut bytes = signed_reply(&request_auth);
+            bytes[2..4].copy_from_slice(&bad_len.to_be_bytes());
+            assert_eq!(
+                verify_reply(&bytes, &request_auth, SECRET),
+                ReplyCheck::Malformed
+            );
+            assert_eq!(verify_request_message_authenticator(&bytes, SECRET), None);
+            assert!(!verify_accounting_request(&bytes, SECRET));
+        }
+        let mut longer = signed_reply(&request_auth);
+        let claimed = (longer.len() + 1) as u16;
+        longer[2..4].copy_from_slice(&claimed.to_be_bytes());
+        assert_eq!(
+            verify_reply(&longer, &request_auth, SECRET),
+            ReplyCheck::Malformed,
+            "a Length beyond the datagram is dropped"
+        );
+    }
+
+    #[test]
+    fn accept_reply_requires_message_authenticator_only_when_asked() {
+        let request_auth = [3u8; 16];
+        let mut plain = Packet::new(Code::AccessAccept, 1, [0; 16]);
+        plain.push(attr::CLASS, b"c".to_vec());
+        let bytes = encode_response(&plain, &request_auth, SECRET).expect("encodes");
+        assert!(accept_reply(&bytes, &request_auth, SECRET, false).is_ok());
+        assert_eq!(
+            accept_reply(&bytes, &request_auth, SECRET, true).map(|(p, _)| p),
+            Err(Dropped::MissingMessageAuthenticator)
+        );
+        let signed = signed_reply(&request_auth);
+        let (packet, has_ma) =
+            accept_reply(&signed, &request_auth, SECRET, true).expect("signed reply accepted");
+        assert!(has_ma);
+        assert_eq!(packet.get(attr::CLASS), Some(&b"class"[..]));
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            /// Any datagram at all: every receive-side function returns, none panics.
+            #[test]
+            fn any_datagram_is_handled(bytes in proptest::collection::vec(any::<u8>(), 0..700),
+                                       auth in any::<[u8; 16]>(), require in any::<bool>()) {
+                let _ = accept_reply(&bytes, &auth, SECRET, require);
+                let _ = Packet::decode(&bytes);
+                let _ = verify_request_message_authenticator(&bytes, SECRET);
+                let _ = verify_accounting_request(&bytes, SECRET);
+                let _ = verify_dynauth_request(&bytes, SECRET);
+            }
+
+            /// A genuine signed reply with bytes overwritten anywhere (Length field, attribute
+            /// lengths, Message-Authenticator) or cut short is never accepted as something else,
+            /// and nothing panics.
+            #[test]
+            fn tampered_replies_are_dropped(edits in proptest::collection::vec((0usize..64, any::<u8>()), 1..6),
+                                            cut in 0usize..64) {
+                let request_auth = [9u8; 16];
+                let genuine = signed_reply(&request_auth);
+                let mut bytes = genuine.clone();
+                for (at, value) in edits {
+                    let at = at % bytes.len();
+                    bytes[at] = value;
+                }
+                bytes.truncate(bytes.len().saturating_sub(cut % 8));
+                if let Ok((packet, _)) = accept_reply(&bytes, &request_auth, SECRET, true) {
+                    // Only edits that changed nothing the checks cover can pass.
+                    let decoded = Packet::decode(&genuine).expect("genuine decodes");
+                    prop_assert_eq!(packet.attributes, decoded.attributes);
+                    prop_assert_eq!(packet.code, decoded.code);
+                }
+            }
+        }
+    }
+
     #[test]
     fn access_request_message_authenticator_verifies() {
         let mut p = Packet::new(Code::AccessRequest, 3, [4; 16]);
@@ -547,6 +755,19 @@ mod tests {
             verify_request_message_authenticator(&bytes, b"wrong"),
             Some(false)
         );
+    }
+
+    #[test]
+    fn dynauth_requests_verify_with_a_zero_authenticator_message_authenticator() {
+        let mut p = Packet::new(Code::DisconnectRequest, 7, [0; 16]);
+        p.push(attr::ACCT_SESSION_ID, b"abc".to_vec());
+        let bytes = encode_dynauth_request(&p, SECRET).expect("encodes");
+        assert_eq!(verify_dynauth_request(&bytes, SECRET), Some(true));
+        assert_eq!(verify_dynauth_request(&bytes, b"wrong"), None);
+        let mut tampered = bytes.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert_eq!(verify_dynauth_request(&tampered, SECRET), None);
     }
 
     #[test]

@@ -112,6 +112,45 @@ pub struct OutboxRow {
     pub terminate_cause: Option<i64>,
     /// Delivery attempts so far, including this one.
     pub attempts: i64,
+    /// Packets put on the wire for it so far (0 = the server never saw it).
+    pub transmissions: i64,
+}
+
+/// How a Dynamic Authorization request names the session(s) it is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionMatch {
+    /// Acct-Session-Id.
+    AcctSessionId(String),
+    /// User-Name together with Framed-IP-Address (the client address).
+    UserAndAddress {
+        /// User-Name.
+        username: String,
+        /// Client IP as stored.
+        client_ip: String,
+    },
+    /// One of the session's Class values, byte for byte.
+    Class(Vec<u8>),
+}
+
+/// An outbox row's delivery state, for inspection (tests, CLI).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Row id.
+    pub id: i64,
+    /// 1 Start, 2 Stop, 3 Interim-Update.
+    pub status_type: i64,
+    /// Claims so far.
+    pub attempts: i64,
+    /// Packets put on the wire.
+    pub transmissions: i64,
+    /// When the server acknowledged it (unix ms).
+    pub delivered_at: Option<i64>,
+    /// When it was dead-lettered (unix ms).
+    pub dead_at: Option<i64>,
+    /// Why it was dead-lettered.
+    pub dead_reason: Option<String>,
+    /// The last delivery error.
+    pub last_error: Option<String>,
 }
 
 /// Encodes Class values as one blob: each value is a 2-byte big-endian length and its bytes.

@@ -2,7 +2,8 @@
 //! read-then-write transaction so two writers never deadlock on a lock upgrade).
 
 use super::{
-    decode_classes, encode_classes, AccessSessionRecord, NewAccessSession, OutboxRow, StorageError,
+    decode_classes, encode_classes, AccessSessionRecord, NewAccessSession, OutboxEntry, OutboxRow,
+    SessionMatch, StorageError,
 };
 use crate::radius::{status_type, terminate_cause};
 use sqlx::{
@@ -48,6 +49,27 @@ fn session_from_row(row: &SqliteRow) -> Result<AccessSessionRecord, StorageError
     })
 }
 
+/// A pending outbox row (alias `o`): neither delivered nor dead-lettered.
+const PENDING_O: &str = "o.delivered_at IS NULL AND o.dead_at IS NULL";
+/// Row `o` is first in line: no earlier pending row of its session and destination.
+const HEAD_O: &str = "NOT EXISTS (SELECT 1 FROM accounting_outbox p WHERE p.access_session_id = o.access_session_id \
+     AND p.destination = o.destination AND p.id < o.id AND p.delivered_at IS NULL AND p.dead_at IS NULL)";
+const OUTBOX_COLUMNS: &str =
+    "id, access_session_id, status_type, event_at, session_time_secs, terminate_cause, attempts, transmissions";
+
+fn outbox_entry_from_row(row: &SqliteRow) -> Result<OutboxEntry, StorageError> {
+    Ok(OutboxEntry {
+        id: row.try_get("id")?,
+        status_type: row.try_get("status_type")?,
+        attempts: row.try_get("attempts")?,
+        transmissions: row.try_get("transmissions")?,
+        delivered_at: row.try_get("delivered_at")?,
+        dead_at: row.try_get("dead_at")?,
+        dead_reason: row.try_get("dead_reason")?,
+        last_error: row.try_get("last_error")?,
+    })
+}
+
 fn outbox_from_row(row: &SqliteRow) -> Result<OutboxRow, StorageError> {
     Ok(OutboxRow {
         id: row.try_get("id")?,
@@ -57,6 +79,7 @@ fn outbox_from_row(row: &SqliteRow) -> Result<OutboxRow, StorageError> {
         session_time_secs: row.try_get("session_time_secs")?,
         terminate_cause: row.try_get("terminate_cause")?,
         attempts: row.try_get("attempts")?,
+        transmissions: row.try_get("transmissions")?,
     })
 }
 
@@ -79,7 +102,7 @@ impl Storage {
         let options = SqliteConnectOptions::from_str(&url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
@@ -320,6 +343,45 @@ impl Storage {
         row.as_ref().map(session_from_row).transpose()
     }
 
+    /// Active sessions a Dynamic Authorization request names.
+    pub async fn find_active_sessions(
+        &self,
+        wanted: &SessionMatch,
+    ) -> Result<Vec<AccessSessionRecord>, StorageError> {
+        let base = format!("SELECT {SESSION_COLUMNS} FROM access_sessions WHERE state = 'active'");
+        let rows = match wanted {
+            SessionMatch::AcctSessionId(id) => {
+                sqlx::query(&format!("{base} AND acct_session_id = ?"))
+                    .bind(id)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            SessionMatch::UserAndAddress {
+                username,
+                client_ip,
+            } => {
+                sqlx::query(&format!("{base} AND username = ? AND client_ip = ?"))
+                    .bind(username)
+                    .bind(client_ip)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            // Class values are stored length-prefixed: compare decoded values.
+            SessionMatch::Class(_) => sqlx::query(&base).fetch_all(&self.pool).await?,
+        };
+        let sessions = rows
+            .iter()
+            .map(session_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(match wanted {
+            SessionMatch::Class(class) => sessions
+                .into_iter()
+                .filter(|s| s.classes.iter().any(|c| c == class))
+                .collect(),
+            _ => sessions,
+        })
+    }
+
     /// Earliest deadline of an active session.
     pub async fn next_expiry(&self) -> Result<Option<i64>, StorageError> {
         Ok(
@@ -340,33 +402,39 @@ impl Storage {
         )
     }
 
-    /// Claims the oldest due outbox row whose earlier rows (same session and destination) are all
-    /// delivered, so a session's packets go out in order. The claim lasts until `lease_until`.
-    pub async fn claim_next_outbox(
+    /// Claims up to `limit` due outbox rows, each the first pending row of its session (and
+    /// destination), so a session's packets go out in order while different sessions' packets
+    /// go out together. A claim lasts until `lease_until`; an expired claim can be taken again.
+    pub async fn claim_due_outbox(
         &self,
         now: i64,
         lease_until: i64,
-    ) -> Result<Option<OutboxRow>, StorageError> {
-        let row = sqlx::query(
-            "UPDATE accounting_outbox SET claimed_until = ?, attempts = attempts + 1 WHERE id = ( \
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>, StorageError> {
+        let rows = sqlx::query(&format!(
+            "UPDATE accounting_outbox SET claimed_until = ?, attempts = attempts + 1 WHERE id IN ( \
                SELECT o.id FROM accounting_outbox o \
-               WHERE o.delivered_at IS NULL AND o.next_attempt_at <= ? \
-                 AND (o.claimed_until IS NULL OR o.claimed_until < ?) \
-                 AND NOT EXISTS (SELECT 1 FROM accounting_outbox p WHERE p.access_session_id = o.access_session_id \
-                                 AND p.destination = o.destination AND p.id < o.id AND p.delivered_at IS NULL) \
-               ORDER BY o.next_attempt_at, o.id LIMIT 1) \
-             RETURNING id, access_session_id, status_type, event_at, session_time_secs, terminate_cause, attempts",
-        )
+               WHERE {PENDING_O} AND o.next_attempt_at <= ? \
+                 AND (o.claimed_until IS NULL OR o.claimed_until < ?) AND {HEAD_O} \
+               ORDER BY o.next_attempt_at, o.id LIMIT ?) \
+             RETURNING {OUTBOX_COLUMNS}"
+        ))
         .bind(lease_until)
         .bind(now)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .bind(limit)
+        .fetch_all(&self.pool)
         .await?;
-        row.as_ref().map(outbox_from_row).transpose()
+        let mut rows = rows
+            .iter()
+            .map(outbox_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.sort_by_key(|r| r.id);
+        Ok(rows)
     }
 
-    /// Claims a session's next undelivered row of `status_type` if it is first in line (used to
-    /// send a Start at once, inside the login request).
+    /// Claims a session's next pending row of `status_type` if it is first in line (used to
+    /// send a Start, or a preempted session's Stop, at once inside the login request).
     pub async fn claim_session_outbox(
         &self,
         access_session_id: i64,
@@ -374,16 +442,14 @@ impl Storage {
         now: i64,
         lease_until: i64,
     ) -> Result<Option<OutboxRow>, StorageError> {
-        let row = sqlx::query(
+        let row = sqlx::query(&format!(
             "UPDATE accounting_outbox SET claimed_until = ?, attempts = attempts + 1 WHERE id = ( \
                SELECT o.id FROM accounting_outbox o \
-               WHERE o.access_session_id = ? AND o.status_type = ? AND o.delivered_at IS NULL \
-                 AND (o.claimed_until IS NULL OR o.claimed_until < ?) \
-                 AND NOT EXISTS (SELECT 1 FROM accounting_outbox p WHERE p.access_session_id = o.access_session_id \
-                                 AND p.destination = o.destination AND p.id < o.id AND p.delivered_at IS NULL) \
+               WHERE o.access_session_id = ? AND o.status_type = ? AND {PENDING_O} \
+                 AND (o.claimed_until IS NULL OR o.claimed_until < ?) AND {HEAD_O} \
                ORDER BY o.id LIMIT 1) \
-             RETURNING id, access_session_id, status_type, event_at, session_time_secs, terminate_cause, attempts",
-        )
+             RETURNING {OUTBOX_COLUMNS}"
+        ))
         .bind(lease_until)
         .bind(access_session_id)
         .bind(status_type)
@@ -393,9 +459,21 @@ impl Storage {
         row.as_ref().map(outbox_from_row).transpose()
     }
 
+    /// Releases every claim (at start-up: claims held by a previous process of this database
+    /// are void; their rows are sent again, idempotent by Acct-Session-Id and status type).
+    pub async fn release_outbox_claims(&self) -> Result<u64, StorageError> {
+        Ok(sqlx::query(
+            "UPDATE accounting_outbox SET claimed_until = NULL WHERE claimed_until IS NOT NULL AND delivered_at IS NULL",
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     /// Marks a claimed row delivered.
     pub async fn mark_delivered(&self, id: i64, now: i64) -> Result<(), StorageError> {
-        sqlx::query("UPDATE accounting_outbox SET delivered_at = ?, claimed_until = NULL, last_error = NULL WHERE id = ?")
+        sqlx::query("UPDATE accounting_outbox SET delivered_at = ?, claimed_until = NULL, last_error = NULL, \
+                     transmissions = transmissions + 1 WHERE id = ?")
             .bind(now)
             .bind(id)
             .execute(&self.pool)
@@ -403,39 +481,209 @@ impl Storage {
         Ok(())
     }
 
-    /// Releases a claimed row for a retry at `next_attempt_at`, recording why it failed.
+    /// Releases a claimed row for a retry at `next_attempt_at`, recording why it failed and
+    /// whether a packet went out this time.
     pub async fn mark_failed(
         &self,
         id: i64,
         next_attempt_at: i64,
         error: &str,
+        transmitted: bool,
     ) -> Result<(), StorageError> {
-        sqlx::query("UPDATE accounting_outbox SET next_attempt_at = ?, claimed_until = NULL, last_error = ? WHERE id = ?")
+        sqlx::query("UPDATE accounting_outbox SET next_attempt_at = ?, claimed_until = NULL, last_error = ?, \
+                     transmissions = transmissions + ? WHERE id = ?")
             .bind(next_attempt_at)
             .bind(error)
+            .bind(i64::from(transmitted))
             .bind(id)
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
-    /// When the next undelivered row becomes due (claimed rows count from their lease end).
-    pub async fn next_outbox_attempt(&self) -> Result<Option<i64>, StorageError> {
-        Ok(sqlx::query_scalar(
-            "SELECT MIN(MAX(next_attempt_at, COALESCE(claimed_until, 0))) FROM accounting_outbox WHERE delivered_at IS NULL",
+    /// Closes a row that can never be sent, with the reason, so it stops blocking its session's
+    /// later rows. With `cascade`, the session's later pending rows are closed too ("the Start
+    /// was never sent", so no Interim or Stop may follow it), and an active session is ended
+    /// without a Stop: it never existed for the server.
+    pub async fn dead_letter(
+        &self,
+        id: i64,
+        now: i64,
+        reason: &str,
+        cascade: bool,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.begin().await?;
+        dead_letter_in(&mut tx, id, now, reason, cascade).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Rolls back a session whose Start never went on the wire and is not being sent right now
+    /// (login gave up on it): the Start and everything behind it are dead-lettered with
+    /// `reason` and the session ends without a Stop. False (nothing changed) if the Start was
+    /// transmitted, delivered, or is claimed — then the Stop must follow it as usual.
+    pub async fn rollback_unsent_start(
+        &self,
+        access_session_id: i64,
+        now: i64,
+        reason: &str,
+    ) -> Result<bool, StorageError> {
+        let mut tx = self.begin().await?;
+        let start: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM accounting_outbox WHERE access_session_id = ? AND status_type = ? \
+             AND delivered_at IS NULL AND dead_at IS NULL AND transmissions = 0 AND claimed_until IS NULL",
         )
+        .bind(access_session_id)
+        .bind(status_type::START)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = start else {
+            return Ok(false);
+        };
+        dead_letter_in(&mut tx, id, now, reason, true).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Pending rows of `access_session_id`, oldest first (tests, CLI).
+    pub async fn session_outbox(
+        &self,
+        access_session_id: i64,
+    ) -> Result<Vec<OutboxEntry>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT id, status_type, attempts, transmissions, delivered_at, dead_at, dead_reason, last_error \
+             FROM accounting_outbox WHERE access_session_id = ? ORDER BY id",
+        )
+        .bind(access_session_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(outbox_entry_from_row).collect()
+    }
+
+    /// Dead-lettered rows, newest first (CLI `accounting dead-letters`).
+    pub async fn dead_letters(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<(OutboxEntry, String, String)>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT o.id, o.status_type, o.attempts, o.transmissions, o.delivered_at, o.dead_at, o.dead_reason, o.last_error, \
+                    s.acct_session_id, s.organization_id \
+             FROM accounting_outbox o JOIN access_sessions s ON s.id = o.access_session_id \
+             WHERE o.dead_at IS NOT NULL ORDER BY o.dead_at DESC, o.id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    outbox_entry_from_row(row)?,
+                    row.try_get("acct_session_id")?,
+                    row.try_get("organization_id")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Makes every pending row due now (a server came back: no need to wait out the backoff).
+    pub async fn retry_pending_now(&self, now: i64) -> Result<u64, StorageError> {
+        Ok(sqlx::query(&format!(
+            "UPDATE accounting_outbox AS o SET next_attempt_at = ? WHERE {PENDING_O} AND o.next_attempt_at > ?"
+        ))
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// When the next claimable row becomes due: only rows first in line for their session
+    /// count (a row waiting behind an undelivered earlier row cannot be claimed, so its time
+    /// must not wake anyone), and a claimed row counts from its lease end.
+    pub async fn next_outbox_attempt(&self) -> Result<Option<i64>, StorageError> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT MIN(MAX(o.next_attempt_at, COALESCE(o.claimed_until, 0))) FROM accounting_outbox o \
+             WHERE {PENDING_O} AND {HEAD_O}"
+        ))
         .fetch_one(&self.pool)
         .await?)
     }
 
+    /// Deletes accounting history and ended sessions older than `before` (unix ms): delivered
+    /// or dead rows of sessions that ended before it, then those sessions. Returns the number of
+    /// sessions removed. Pending rows and active sessions are never touched.
+    pub async fn prune(&self, before: i64) -> Result<u64, StorageError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "DELETE FROM accounting_outbox WHERE access_session_id IN ( \
+               SELECT s.id FROM access_sessions s WHERE s.state = 'stopped' AND s.stopped_at < ? \
+                 AND NOT EXISTS (SELECT 1 FROM accounting_outbox p WHERE p.access_session_id = s.id \
+                                 AND p.delivered_at IS NULL AND p.dead_at IS NULL))",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+        let removed = sqlx::query(
+            "DELETE FROM access_sessions WHERE state = 'stopped' AND stopped_at < ? \
+             AND NOT EXISTS (SELECT 1 FROM accounting_outbox p WHERE p.access_session_id = access_sessions.id)",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(removed)
+    }
+
     /// Undelivered rows (backlog).
     pub async fn outbox_backlog(&self) -> Result<i64, StorageError> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM accounting_outbox WHERE delivered_at IS NULL")
-                .fetch_one(&self.pool)
-                .await?,
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM accounting_outbox WHERE delivered_at IS NULL AND dead_at IS NULL",
         )
+        .fetch_one(&self.pool)
+        .await?)
     }
+}
+
+/// See [`Storage::dead_letter`].
+async fn dead_letter_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    id: i64,
+    now: i64,
+    reason: &str,
+    cascade: bool,
+) -> Result<(), StorageError> {
+    let row = sqlx::query(
+        "UPDATE accounting_outbox SET dead_at = ?, dead_reason = ?, claimed_until = NULL \
+         WHERE id = ? AND delivered_at IS NULL RETURNING access_session_id",
+    )
+    .bind(now)
+    .bind(reason)
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let (Some(row), true) = (row, cascade) {
+        let session: i64 = row.try_get("access_session_id")?;
+        sqlx::query(
+            "UPDATE accounting_outbox SET dead_at = ?, dead_reason = 'its Start was never sent', claimed_until = NULL \
+             WHERE access_session_id = ? AND id > ? AND delivered_at IS NULL AND dead_at IS NULL",
+        )
+        .bind(now)
+        .bind(session)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE access_sessions SET state = 'stopped', stopped_at = ?, terminate_cause = ? \
+             WHERE id = ? AND state = 'active'",
+        )
+        .bind(now)
+        .bind(terminate_cause::NAS_ERROR)
+        .bind(session)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Stops `id` if active and queues its Stop (Acct-Session-Time up to `event_at`). `due_by` makes
@@ -482,6 +730,16 @@ async fn enqueue_interim(
     started_at: i64,
     now: i64,
 ) -> Result<(), StorageError> {
+    // Coalesce: an Interim-Update not yet on its way is superseded by this newer one (an outage
+    // must not pile up one row per refresh or per interval).
+    sqlx::query(
+        "DELETE FROM accounting_outbox WHERE access_session_id = ? AND status_type = ? \
+         AND delivered_at IS NULL AND dead_at IS NULL AND claimed_until IS NULL",
+    )
+    .bind(access_session_id)
+    .bind(status_type::INTERIM_UPDATE)
+    .execute(&mut **tx)
+    .await?;
     let session_time = Some((now - started_at) / 1000);
     enqueue(
         tx,
@@ -527,7 +785,7 @@ impl Storage {
         status_type: u32,
     ) -> Result<bool, StorageError> {
         let delivered: Option<i64> = sqlx::query_scalar(
-            "SELECT delivered_at FROM accounting_outbox WHERE access_session_id = ? AND status_type = ? ORDER BY id DESC LIMIT 1",
+            "SELECT delivered_at FROM accounting_outbox WHERE access_session_id = ? AND status_type = ? AND dead_at IS NULL ORDER BY id DESC LIMIT 1",
         )
         .bind(access_session_id)
         .bind(status_type)

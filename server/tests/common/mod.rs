@@ -117,6 +117,26 @@ impl FreeRadius {
         let _ = self.child.wait();
     }
 
+    /// Freezes the server (`kill -STOP`): requests are black-holed until [`FreeRadius::resume`].
+    pub fn pause(&self) {
+        signal(&self.child, "-STOP");
+    }
+
+    /// Unfreezes a paused server (`kill -CONT`); it then answers its backlog.
+    pub fn resume(&self) {
+        signal(&self.child, "-CONT");
+    }
+
+    /// The auth address the portal sends to.
+    pub fn auth_addr(&self, strict: bool) -> SocketAddr {
+        let port = if strict {
+            self.strict_port
+        } else {
+            self.auth_port
+        };
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+    }
+
     /// Starts the server again on the same ports and state directory.
     pub async fn restart(&mut self) {
         self.kill();
@@ -166,7 +186,7 @@ impl FreeRadius {
             secret_file: None,
             timeout: Duration::from_millis(500),
             retries: 2,
-            require_message_authenticator: strict,
+            require_message_authenticator: strict.into(),
         }
     }
 
@@ -179,7 +199,7 @@ impl FreeRadius {
             secret: Secret::new(SECRET),
             timeout: Duration::from_millis(200),
             retries: 0,
-            require_message_authenticator: strict,
+            message_authenticator: strict.into(),
         }
     }
 
@@ -214,10 +234,29 @@ impl FreeRadius {
     }
 }
 
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .arg(sig)
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig}");
+}
+
 impl Drop for FreeRadius {
     fn drop(&mut self) {
+        self.resume_quietly();
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl FreeRadius {
+    fn resume_quietly(&self) {
+        let _ = Command::new("kill")
+            .arg("-CONT")
+            .arg(self.child.id().to_string())
+            .status();
     }
 }
 
@@ -263,6 +302,12 @@ fn leptos_options(site_root: &Path) -> leptos::prelude::LeptosOptions {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub storage: Storage,
+    pub radius: Radius,
+    /// The RFC 5176 listener's address and counters, when clients are configured.
+    pub dynauth: Option<(
+        SocketAddr,
+        std::sync::Arc<radius_portal::dynauth::DynAuthStats>,
+    )>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     _site: tempfile::TempDir,
@@ -276,11 +321,18 @@ impl TestApp {
             .expect("portal builds");
         let addr = app.local_addr();
         let storage = app.storage.clone();
+        let radius = app.radius.clone();
+        let dynauth = app
+            .dynauth
+            .as_ref()
+            .map(|l| (l.local_addr().unwrap(), l.stats()));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run(shutdown.clone()));
         TestApp {
             addr,
             storage,
+            radius,
+            dynauth,
             shutdown,
             task,
             _site: site,

@@ -1,0 +1,347 @@
+//! Dynamic Authorization listener (RFC 5176): the RADIUS server (ISE, FreeRADIUS) asks the
+//! portal, as the NAS, to end a session (Disconnect-Request) or change it (CoA-Request).
+//!
+//! - Requests come only from configured clients, each with its secret; anything else — unknown
+//!   source, not a RADIUS packet, bad Request Authenticator, bad Message-Authenticator — is
+//!   dropped without an answer and counted.
+//! - Disconnect-Request: the session is found by Acct-Session-Id, else by User-Name together
+//!   with Framed-IP-Address, else by Class; found → Disconnect-ACK and the session stops (Stop,
+//!   Admin-Reset), whatever the organization's state (design.md §5); not found → Disconnect-NAK
+//!   with Error-Cause 503 (Session-Context-Not-Found).
+//! - CoA-Request: Disconnect-NAK's sibling CoA-NAK, Error-Cause 405 (Unsupported-Service) — the
+//!   portal has nothing to change a session with yet. The guard decides first: a disabled
+//!   organization's session is NAKed (Error-Cause 503 is not given for it, 405 is).
+//! - A retransmitted request (same source, Identifier and authenticator within
+//!   [`DUPLICATE_WINDOW`]) is answered from a cache of recent replies and not acted on twice
+//!   (RFC 5080 §2.2.2).
+
+use crate::{
+    access_session::AccessSessions,
+    config::{ConfigError, DynamicAuthorizationSettings},
+    organizations::guard::{self, Operation, OrgState},
+    radius::packet::{self, attr, Code, Packet, MAX_PACKET},
+    storage::SessionMatch,
+};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+use tokio::{net::UdpSocket, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How long a reply is kept to answer a retransmission of its request.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(5);
+/// Error-Cause 405: Unsupported-Service.
+const UNSUPPORTED_SERVICE: u32 = 405;
+/// Error-Cause 503: Session-Context-Not-Found.
+const SESSION_CONTEXT_NOT_FOUND: u32 = 503;
+
+/// Counters, for tests and metrics.
+#[derive(Debug, Default)]
+pub struct DynAuthStats {
+    /// Requests dropped without an answer (unknown client, bad authenticator, malformed).
+    pub dropped: AtomicU64,
+    /// ACKs sent.
+    pub acked: AtomicU64,
+    /// NAKs sent.
+    pub naked: AtomicU64,
+    /// Retransmissions answered from the cache.
+    pub duplicates: AtomicU64,
+}
+
+/// (source, Identifier, Request Authenticator) → (when answered, the encoded answer).
+type RecentReplies = HashMap<(SocketAddr, u8, [u8; 16]), (Instant, Vec<u8>)>;
+
+struct Client {
+    name: String,
+    secret: Vec<u8>,
+}
+
+/// A bound listener, ready to run.
+pub struct DynAuthListener {
+    socket: Arc<UdpSocket>,
+    clients: Arc<HashMap<IpAddr, Client>>,
+    sessions: AccessSessions,
+    /// Recent replies by (source, Identifier, Request Authenticator). A std Mutex: map
+    /// operations only.
+    recent: Arc<Mutex<RecentReplies>>,
+    stats: Arc<DynAuthStats>,
+}
+
+impl DynAuthListener {
+    /// Binds the listener (None when no client is configured: nothing listens).
+    pub async fn bind(
+        settings: &DynamicAuthorizationSettings,
+        sessions: AccessSessions,
+    ) -> Result<Option<DynAuthListener>, anyhow::Error> {
+        if settings.clients.is_empty() {
+            return Ok(None);
+        }
+        let mut clients = HashMap::new();
+        for (i, c) in settings.clients.iter().enumerate() {
+            let secret = c.load_secret(&format!("dynamic_authorization.clients[{i}]"))?;
+            if clients
+                .insert(
+                    c.address,
+                    Client {
+                        name: c.name.clone(),
+                        secret: secret.expose().as_bytes().to_vec(),
+                    },
+                )
+                .is_some()
+            {
+                return Err(ConfigError {
+                    key: format!("dynamic_authorization.clients[{i}].address"),
+                    problem: format!("{} is listed twice", c.address),
+                }
+                .into());
+            }
+        }
+        let socket = UdpSocket::bind(settings.listen).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot bind the Dynamic Authorization listener to {} (dynamic_authorization.listen): {e}",
+                settings.listen
+            )
+        })?;
+        Ok(Some(DynAuthListener {
+            socket: Arc::new(socket),
+            clients: Arc::new(clients),
+            sessions,
+            recent: Arc::default(),
+            stats: Arc::default(),
+        }))
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.socket.local_addr().ok()
+    }
+
+    /// Shared counters.
+    pub fn stats(&self) -> Arc<DynAuthStats> {
+        self.stats.clone()
+    }
+
+    /// A handle to run (the listener itself stays shareable).
+    pub fn clone_handle(&self) -> DynAuthListener {
+        DynAuthListener {
+            socket: self.socket.clone(),
+            clients: self.clients.clone(),
+            sessions: self.sessions.clone(),
+            recent: self.recent.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// Answers requests until `shutdown`. Each request is handled in its own task, so a slow
+    /// database write never holds up the next datagram.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let mut buf = vec![0u8; MAX_PACKET];
+        loop {
+            let (len, from) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = this.socket.recv_from(&mut buf) => match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "Dynamic Authorization socket receive error");
+                        continue;
+                    }
+                },
+            };
+            let datagram = buf[..len].to_vec();
+            let this = this.clone();
+            tokio::spawn(async move { this.handle(from, &datagram).await });
+        }
+    }
+
+    fn drop_request(&self, from: SocketAddr, why: &str) {
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%from, reason = why, "Dynamic Authorization request dropped");
+    }
+
+    async fn handle(&self, from: SocketAddr, datagram: &[u8]) {
+        let Some(client) = self.clients.get(&from.ip()) else {
+            return self.drop_request(from, "unknown client");
+        };
+        let Some(len) = packet::declared_length(datagram) else {
+            return self.drop_request(from, "not a RADIUS packet");
+        };
+        let datagram = &datagram[..len];
+        let Some(_has_message_authenticator) =
+            packet::verify_dynauth_request(datagram, &client.secret)
+        else {
+            return self.drop_request(
+                from,
+                "bad Request Authenticator or Message-Authenticator (wrong secret?)",
+            );
+        };
+        let Ok(request) = Packet::decode(datagram) else {
+            return self.drop_request(from, "malformed attributes");
+        };
+        if !matches!(request.code, Code::DisconnectRequest | Code::CoaRequest) {
+            return self.drop_request(from, "not a Disconnect-Request or CoA-Request");
+        }
+        let key = (from, request.identifier, request.authenticator);
+        let cached = {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            recent.retain(|_, (at, _)| at.elapsed() < DUPLICATE_WINDOW);
+            recent.get(&key).map(|(_, reply)| reply.clone())
+        };
+        if let Some(reply) = cached {
+            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            let _ = self.socket.send_to(&reply, from).await;
+            return;
+        }
+        let reply = self.answer(&client.name, &request).await;
+        let Ok(bytes) = packet::encode_response(&reply, &request.authenticator, &client.secret)
+        else {
+            tracing::error!(%from, "Dynamic Authorization reply could not be encoded");
+            return;
+        };
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (Instant::now(), bytes.clone()));
+        if matches!(reply.code, Code::DisconnectAck | Code::CoaAck) {
+            self.stats.acked.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats.naked.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Err(e) = self.socket.send_to(&bytes, from).await {
+            tracing::warn!(%from, error = %e, "Dynamic Authorization reply not sent");
+        }
+    }
+
+    /// The reply to an authentic request (and its effect).
+    async fn answer(&self, client: &str, request: &Packet) -> Packet {
+        let disconnect = request.code == Code::DisconnectRequest;
+        let (ack, nak) = if disconnect {
+            (Code::DisconnectAck, Code::DisconnectNak)
+        } else {
+            (Code::CoaAck, Code::CoaNak)
+        };
+        let reply = |code: Code, cause: Option<u32>| {
+            let mut p = Packet::new(code, request.identifier, [0; 16]);
+            if request.get(attr::MESSAGE_AUTHENTICATOR).is_some() {
+                p.push(attr::MESSAGE_AUTHENTICATOR, vec![0; 16]);
+            }
+            if let Some(cause) = cause {
+                p.push_u32(attr::ERROR_CAUSE, cause);
+            }
+            p
+        };
+        let Some(wanted) = session_match(request) else {
+            tracing::info!(client, code = ?request.code, "Dynamic Authorization request names no session");
+            return reply(nak, Some(SESSION_CONTEXT_NOT_FOUND));
+        };
+        let found = match self.sessions.find_active(&wanted).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(client, error = ?e, "looking up the session of a Dynamic Authorization request failed");
+                // Not an answer the server should act on: let it retransmit.
+                return reply(nak, Some(506)); // Resources-Unavailable
+            }
+        };
+        if found.is_empty() {
+            tracing::info!(client, code = ?request.code, "Dynamic Authorization request for no active session");
+            return reply(nak, Some(SESSION_CONTEXT_NOT_FOUND));
+        }
+        if !disconnect {
+            let disabled = found.iter().any(|s| {
+                !guard::allows(
+                    Operation::CoaRequest,
+                    OrgState::from_active(self.sessions.organization_active(&s.organization_id)),
+                )
+            });
+            tracing::info!(
+                client,
+                sessions = found.len(),
+                disabled,
+                "CoA-Request refused: changing a session is not supported"
+            );
+            return reply(nak, Some(UNSUPPORTED_SERVICE));
+        }
+        for session in &found {
+            match self.sessions.stop_by_operator(session.id).await {
+                Ok(_) => tracing::info!(client, acct_session_id = %session.acct_session_id,
+                    organization = %session.organization_id, "session ended by Disconnect-Request"),
+                Err(e) => {
+                    tracing::error!(client, error = ?e, "stopping a session for a Disconnect-Request failed");
+                    return reply(nak, Some(506));
+                }
+            }
+        }
+        reply(ack, None)
+    }
+}
+
+/// Which session a request names: Acct-Session-Id, else User-Name with Framed-IP-Address, else
+/// Class. None when it names none of these.
+pub fn session_match(request: &Packet) -> Option<SessionMatch> {
+    if let Some(id) = request.get(attr::ACCT_SESSION_ID) {
+        return Some(SessionMatch::AcctSessionId(
+            String::from_utf8_lossy(id).into_owned(),
+        ));
+    }
+    let username = request.get(attr::USER_NAME);
+    let framed = request
+        .get(attr::FRAMED_IP_ADDRESS)
+        .and_then(|v| <[u8; 4]>::try_from(v).ok())
+        .map(IpAddr::from)
+        .or_else(|| {
+            request
+                .get(attr::FRAMED_IPV6_ADDRESS)
+                .and_then(|v| <[u8; 16]>::try_from(v).ok())
+                .map(IpAddr::from)
+        });
+    if let (Some(username), Some(ip)) = (username, framed) {
+        return Some(SessionMatch::UserAndAddress {
+            username: String::from_utf8_lossy(username).into_owned(),
+            client_ip: ip.to_string(),
+        });
+    }
+    request
+        .get(attr::CLASS)
+        .map(|class| SessionMatch::Class(class.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_names_its_session_by_id_then_user_and_address_then_class() {
+        let mut p = Packet::new(Code::DisconnectRequest, 1, [0; 16]);
+        p.push(attr::CLASS, b"c".to_vec());
+        assert_eq!(session_match(&p), Some(SessionMatch::Class(b"c".to_vec())));
+        p.push(attr::USER_NAME, b"alice".to_vec());
+        assert_eq!(
+            session_match(&p),
+            Some(SessionMatch::Class(b"c".to_vec())),
+            "User-Name alone is not enough"
+        );
+        p.push(attr::FRAMED_IP_ADDRESS, vec![10, 0, 0, 5]);
+        assert_eq!(
+            session_match(&p),
+            Some(SessionMatch::UserAndAddress {
+                username: "alice".into(),
+                client_ip: "10.0.0.5".into()
+            })
+        );
+        p.push(attr::ACCT_SESSION_ID, b"abc".to_vec());
+        assert_eq!(
+            session_match(&p),
+            Some(SessionMatch::AcctSessionId("abc".into()))
+        );
+        assert_eq!(
+            session_match(&Packet::new(Code::CoaRequest, 1, [0; 16])),
+            None
+        );
+    }
+}

@@ -1,0 +1,149 @@
+//! What the portal knows about each RADIUS server address while it runs: its circuit breaker and
+//! whether it has been seen sending Message-Authenticator (`learn` mode). Keyed by the address
+//! requests go to (auth and acct ports are separate entries: one can be down while the other
+//! answers). Shared by every organization using the same server.
+
+use super::breaker::{Breaker, BreakerPolicy, BreakerState};
+use super::ServerEndpoint;
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+use tokio::{sync::Notify, time::Instant};
+
+/// Which port of a server an entry is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Port {
+    /// Access-Request / Status-Server (answered with Access-Accept).
+    Auth,
+    /// Accounting-Request (Status-Server answered with Accounting-Response).
+    Acct,
+}
+
+struct Entry {
+    breaker: Breaker,
+    /// A reply with a valid Message-Authenticator has been seen (`learn` mode).
+    learned_message_authenticator: bool,
+    /// Where and how to probe while open: the endpoint that last used this address.
+    probe: Option<(ServerEndpoint, Port)>,
+}
+
+/// Per-address server state. Cheap to clone.
+#[derive(Clone)]
+pub struct ServerHealth {
+    policy: BreakerPolicy,
+    /// A std Mutex: held for map operations only.
+    entries: Arc<Mutex<HashMap<SocketAddr, Entry>>>,
+    /// Signalled when a breaker opens (the prober schedules a probe).
+    opened: Arc<Notify>,
+    /// Signalled when a breaker closes (accounting retries what waited for it).
+    recovered: Arc<Notify>,
+}
+
+impl ServerHealth {
+    /// Empty registry: every server starts closed.
+    pub fn new(policy: BreakerPolicy) -> Self {
+        ServerHealth {
+            policy,
+            entries: Arc::default(),
+            opened: Arc::new(Notify::new()),
+            recovered: Arc::new(Notify::new()),
+        }
+    }
+
+    fn with<T>(&self, addr: SocketAddr, f: impl FnOnce(&mut Entry) -> T) -> T {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = entries.entry(addr).or_insert_with(|| Entry {
+            breaker: Breaker::new(self.policy),
+            learned_message_authenticator: false,
+            probe: None,
+        });
+        f(entry)
+    }
+
+    /// Whether ordinary requests may go to `addr` now.
+    pub fn allows(&self, addr: SocketAddr) -> bool {
+        let now = Instant::now();
+        self.with(addr, |e| e.breaker.allows_request(now))
+    }
+
+    /// The breaker state of `addr` (tests, CLI, metrics).
+    pub fn state(&self, addr: SocketAddr) -> BreakerState {
+        self.with(addr, |e| e.breaker.state())
+    }
+
+    /// Whether `addr` has sent a valid Message-Authenticator before.
+    pub fn learned_message_authenticator(&self, addr: SocketAddr) -> bool {
+        self.with(addr, |e| e.learned_message_authenticator)
+    }
+
+    /// A verified reply arrived from `addr`.
+    pub fn record_success(&self, addr: SocketAddr, had_message_authenticator: bool) {
+        self.with(addr, |e| {
+            e.breaker.record_success();
+            e.learned_message_authenticator |= had_message_authenticator;
+        });
+    }
+
+    /// An exchange with `server` at `port` got no verified reply in time.
+    pub fn record_failure(&self, server: &ServerEndpoint, port: Port) {
+        let addr = address(server, port);
+        let opened = self.with(addr, |e| {
+            e.probe = Some((server.clone(), port));
+            e.breaker.record_failure(Instant::now())
+        });
+        if opened {
+            tracing::warn!(server = %server.name, %addr, ?port,
+                "RADIUS server not answering: circuit breaker open, probing with Status-Server");
+            self.opened.notify_one();
+        }
+    }
+
+    /// Probes due now (each taken once per probe interval), and when the next one is due.
+    pub fn take_due_probes(&self) -> (Vec<(ServerEndpoint, Port)>, Option<Instant>) {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut due = Vec::new();
+        let mut next = None::<Instant>;
+        for entry in entries.values_mut() {
+            if entry.breaker.take_probe(now) {
+                if let Some(target) = &entry.probe {
+                    due.push(target.clone());
+                }
+            }
+            if let Some(at) = entry.breaker.probe_due() {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        (due, next)
+    }
+
+    /// A probe of `addr` was answered: close its breaker.
+    pub fn record_probe_success(&self, server: &ServerEndpoint, port: Port) {
+        let addr = address(server, port);
+        if self.with(addr, |e| e.breaker.record_probe_success()) {
+            tracing::info!(server = %server.name, %addr, ?port,
+                "RADIUS server answers Status-Server again: circuit breaker closed");
+            self.recovered.notify_waiters();
+        }
+    }
+
+    /// Signalled when a breaker opens.
+    pub fn opened(&self) -> &Notify {
+        &self.opened
+    }
+
+    /// Signalled (to every waiter) when a breaker closes.
+    pub fn recovered(&self) -> Arc<Notify> {
+        self.recovered.clone()
+    }
+}
+
+/// The address of `server`'s `port`.
+pub fn address(server: &ServerEndpoint, port: Port) -> SocketAddr {
+    match port {
+        Port::Auth => server.auth_addr,
+        Port::Acct => server.acct_addr,
+    }
+}

@@ -1,0 +1,104 @@
+//! Supervised background tasks: a task that panics is logged and restarted after a pause, and
+//! while it is down its name is listed in [`TaskHealth`], which `/readyz` reports. A task that
+//! returns normally (shutdown) is not restarted.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::task::JoinHandle;
+
+/// Pause before a crashed task is started again (keeps a crash loop from spinning).
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+/// Which supervised tasks are down right now, and how often each has crashed. Cheap to clone.
+#[derive(Clone, Default, Debug)]
+pub struct TaskHealth {
+    /// Task name → (currently down, crashes so far). A std Mutex: held for map operations only.
+    tasks: Arc<Mutex<BTreeMap<String, (bool, u64)>>>,
+}
+
+impl TaskHealth {
+    /// Names of the tasks that crashed and are not running again yet.
+    pub fn down(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, (down, _))| *down)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Crashes of `name` so far.
+    pub fn crashes(&self, name: &str) -> u64 {
+        self.lock().get(name).map_or(0, |(_, n)| *n)
+    }
+
+    fn set(&self, name: &str, down: bool) {
+        let mut tasks = self.lock();
+        let entry = tasks.entry(name.to_string()).or_insert((false, 0));
+        if down {
+            entry.1 += 1;
+        }
+        entry.0 = down;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (bool, u64)>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Runs `make()`'s future as a task; restarts it whenever it panics, until it returns.
+pub fn spawn<F, Fut>(health: TaskHealth, name: impl Into<String>, make: F) -> JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let name = name.into();
+    tokio::spawn(async move {
+        loop {
+            match tokio::spawn(make()).await {
+                Ok(()) => return,
+                Err(e) if e.is_panic() => {
+                    health.set(&name, true);
+                    tracing::error!(task = %name, "background task crashed; restarting it");
+                    tokio::time::sleep(RESTART_PAUSE).await;
+                    health.set(&name, false);
+                }
+                // Cancelled through its runtime shutting down: nothing to restart.
+                Err(_) => return,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn a_crashed_task_is_reported_down_then_restarted() {
+        let health = TaskHealth::default();
+        let runs = Arc::new(AtomicU32::new(0));
+        let counter = runs.clone();
+        let handle = spawn(health.clone(), "flaky", move || {
+            let counter = counter.clone();
+            async move {
+                if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                    panic!("first run crashes");
+                }
+            }
+        });
+        // The first run crashes: the task is down during the restart pause.
+        while health.down().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(health.down(), vec!["flaky".to_string()]);
+        handle.await.expect("supervisor ends when the task returns");
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "restarted once");
+        assert!(health.down().is_empty());
+        assert_eq!(health.crashes("flaky"), 1);
+    }
+}

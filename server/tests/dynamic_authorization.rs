@@ -1,0 +1,266 @@
+//! The RFC 5176 listener, driven by FreeRADIUS's own `radclient` as a RADIUS server would: a
+//! Disconnect-Request ends the session (Stop, Admin-Reset, seen by FreeRADIUS), CoA-Request is
+//! refused, unknown sessions are NAKed, forged requests get no answer, retransmissions are
+//! answered from the cache and acted on once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{field, settings, temp_db, FreeRadius, TestApp, SECRET};
+use radius_portal::{
+    config::{DynamicAuthorizationClient, Secret, Settings},
+    radius::packet::{attr, encode_dynauth_request, Code, Packet},
+};
+use std::{
+    io::Write,
+    net::{Ipv4Addr, SocketAddr},
+    process::{Command, Stdio},
+    sync::atomic::Ordering,
+    time::Duration,
+};
+
+fn with_listener(mut settings: Settings) -> Settings {
+    settings.dynamic_authorization.listen = "127.0.0.1:0".parse().unwrap();
+    settings
+        .dynamic_authorization
+        .clients
+        .push(DynamicAuthorizationClient {
+            name: "radclient".into(),
+            address: "127.0.0.1".parse().unwrap(),
+            secret: Some(Secret::new(SECRET)),
+            secret_file: None,
+        });
+    settings
+}
+
+/// Runs `radclient` with `attributes` on stdin; its whole output.
+fn radclient(addr: SocketAddr, command: &str, secret: &str, attributes: &str) -> String {
+    let mut child = Command::new("radclient")
+        .args(["-x", "-t", "2", "-r", "1"])
+        .arg(addr.to_string())
+        .arg(command)
+        .arg(secret)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("radclient must be installed (scripts/setup.sh --test installs freeradius-utils)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(attributes.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+async fn radclient_async(
+    addr: SocketAddr,
+    command: &str,
+    secret: &str,
+    attributes: &str,
+) -> String {
+    let (command, secret, attributes) = (
+        command.to_string(),
+        secret.to_string(),
+        attributes.to_string(),
+    );
+    tokio::task::spawn_blocking(move || radclient(addr, &command, &secret, &attributes))
+        .await
+        .unwrap()
+}
+
+fn client(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 2, n)
+}
+
+#[tokio::test]
+async fn disconnect_request_by_session_id_user_and_address_or_class_ends_the_session() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&with_listener(settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    )))
+    .await;
+    let (listener, stats) = app.dynauth.clone().unwrap();
+
+    // By Acct-Session-Id.
+    app.browser(client(1)).login("carol", "carol-pass").await;
+    let start = radius
+        .wait_for_acct(&["status=Start", "ip=127.0.2.1"])
+        .await;
+    let sid = field(&start, "sid").to_string();
+    let out = radclient_async(
+        listener,
+        "disconnect",
+        SECRET,
+        &format!("Acct-Session-Id = \"{sid}\"\n"),
+    )
+    .await;
+    assert!(out.contains("Disconnect-ACK"), "{out}");
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={sid}")])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Admin-Reset");
+
+    // By User-Name + Framed-IP-Address.
+    app.browser(client(2)).login("erin", "erin-pass").await;
+    radius
+        .wait_for_acct(&["status=Start", "ip=127.0.2.2"])
+        .await;
+    let out = radclient_async(
+        listener,
+        "disconnect",
+        SECRET,
+        "User-Name = \"erin\"\nFramed-IP-Address = 127.0.2.2\n",
+    )
+    .await;
+    assert!(out.contains("Disconnect-ACK"), "{out}");
+    radius
+        .wait_for_acct(&["status=Stop", "ip=127.0.2.2", "cause=Admin-Reset"])
+        .await;
+
+    // By Class.
+    app.browser(client(3)).login("bob", "bob-pass").await;
+    radius
+        .wait_for_acct(&["status=Start", "ip=127.0.2.3"])
+        .await;
+    let out = radclient_async(
+        listener,
+        "disconnect",
+        SECRET,
+        "Class = \"plain-class-value\"\n",
+    )
+    .await;
+    assert!(out.contains("Disconnect-ACK"), "{out}");
+    radius
+        .wait_for_acct(&["status=Stop", "ip=127.0.2.3", "cause=Admin-Reset"])
+        .await;
+
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
+    assert_eq!(stats.acked.load(Ordering::Relaxed), 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_sessions_coa_and_forged_requests_are_refused() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&with_listener(settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    )))
+    .await;
+    let (listener, stats) = app.dynauth.clone().unwrap();
+    app.browser(client(10)).login("carol", "carol-pass").await;
+    let start = radius
+        .wait_for_acct(&["status=Start", "ip=127.0.2.10"])
+        .await;
+    let sid = field(&start, "sid").to_string();
+
+    let out = radclient_async(
+        listener,
+        "disconnect",
+        SECRET,
+        "Acct-Session-Id = \"no-such-session\"\n",
+    )
+    .await;
+    assert!(out.contains("Disconnect-NAK"), "{out}");
+    assert!(out.contains("Session-Context-Not-Found"), "{out}");
+
+    let out = radclient_async(
+        listener,
+        "coa",
+        SECRET,
+        &format!("Acct-Session-Id = \"{sid}\"\nSession-Timeout = 60\n"),
+    )
+    .await;
+    assert!(out.contains("CoA-NAK"), "{out}");
+    assert!(out.contains("Unsupported-Service"), "{out}");
+
+    let out = radclient_async(
+        listener,
+        "disconnect",
+        "not-the-secret",
+        &format!("Acct-Session-Id = \"{sid}\"\n"),
+    )
+    .await;
+    assert!(
+        !out.contains("Disconnect-ACK") && !out.contains("Disconnect-NAK"),
+        "a forged request gets no answer: {out}"
+    );
+    assert!(stats.dropped.load(Ordering::Relaxed) >= 1);
+
+    assert_eq!(
+        app.storage.active_sessions().await.unwrap(),
+        1,
+        "neither the CoA nor the forged Disconnect ended the session"
+    );
+    assert!(!radius
+        .acct_lines()
+        .iter()
+        .any(|l| l.contains("status=Stop")));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_retransmitted_disconnect_is_answered_from_the_cache_and_acted_on_once() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&with_listener(settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    )))
+    .await;
+    let (listener, stats) = app.dynauth.clone().unwrap();
+    app.browser(client(20)).login("carol", "carol-pass").await;
+    let start = radius
+        .wait_for_acct(&["status=Start", "ip=127.0.2.20"])
+        .await;
+    let sid = field(&start, "sid").to_string();
+
+    let mut request = Packet::new(Code::DisconnectRequest, 77, [0; 16]);
+    request.push(attr::ACCT_SESSION_ID, sid.as_bytes().to_vec());
+    let bytes = encode_dynauth_request(&request, SECRET.as_bytes()).unwrap();
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut replies = Vec::new();
+    for _ in 0..2 {
+        socket.send_to(&bytes, listener).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        replies.push(buf[..n].to_vec());
+    }
+    assert_eq!(replies[0], replies[1], "the same answer, byte for byte");
+    assert_eq!(
+        Packet::decode(&replies[0]).unwrap().code,
+        Code::DisconnectAck
+    );
+    assert_eq!(stats.duplicates.load(Ordering::Relaxed), 1);
+    radius
+        .wait_for_acct(&["status=Stop", &format!("sid={sid}")])
+        .await;
+    assert_eq!(
+        app.storage.active_sessions().await.unwrap(),
+        0,
+        "the session ended once"
+    );
+    assert_eq!(
+        radius
+            .acct_lines()
+            .iter()
+            .filter(|l| l.contains("status=Stop"))
+            .count(),
+        1
+    );
+    app.stop().await;
+}

@@ -1,0 +1,381 @@
+//! The RADIUS engine against real FreeRADIUS servers: forged replies, a black-holed or killed
+//! primary (circuit breaker, Status-Server probes), every server down, dead-lettered accounting,
+//! and accounting that keeps up with many concurrent users.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{field, settings, temp_db, wait_until, FreeRadius, TestApp, SECRET};
+use md5::{Digest, Md5};
+use radius_portal::{
+    radius::packet::{attr, encode_response, Code, Packet},
+    storage::NewAccessSession,
+};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+use tokio::net::UdpSocket;
+
+fn client(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 1, n)
+}
+
+/// Signs a reply the way a server does, but with the Message-Authenticator given verbatim
+/// (a wrong one) and a correct Response Authenticator over it.
+fn reply_with_bad_message_authenticator(id: u8, request_auth: &[u8; 16]) -> Vec<u8> {
+    let mut p = Packet::new(Code::AccessAccept, id, *request_auth);
+    p.push(attr::MESSAGE_AUTHENTICATOR, vec![0x42; 16]);
+    p.push(attr::CLASS, b"FORGED".to_vec());
+    let mut bytes = p.encode().unwrap();
+    let auth: [u8; 16] = Md5::new()
+        .chain_update(&bytes)
+        .chain_update(SECRET.as_bytes())
+        .finalize()
+        .into();
+    bytes[4..20].copy_from_slice(&auth);
+    bytes
+}
+
+/// Every kind of forged or broken reply to the request `request`.
+fn forgeries(request: &[u8]) -> Vec<Vec<u8>> {
+    let id = request[1];
+    let mut request_auth = [0u8; 16];
+    request_auth.copy_from_slice(&request[4..20]);
+    let forged_accept = |id: u8, secret: &str, with_ma: bool| {
+        let mut p = Packet::new(Code::AccessAccept, id, [0; 16]);
+        if with_ma {
+            p.push(attr::MESSAGE_AUTHENTICATOR, vec![0; 16]);
+        }
+        p.push(attr::CLASS, b"FORGED".to_vec());
+        encode_response(&p, &request_auth, secret.as_bytes()).unwrap()
+    };
+    let mut short_length = forged_accept(id, SECRET, true);
+    short_length[2..4].copy_from_slice(&5u16.to_be_bytes());
+    // Attribute running past the packet, with authenticators valid over the broken bytes.
+    let truncated = {
+        let mut bytes = vec![Code::AccessAccept.to_u8(), id, 0, 24];
+        bytes.extend_from_slice(&request_auth);
+        bytes.extend_from_slice(&[attr::CLASS, 40, b'X', b'Y']);
+        let auth: [u8; 16] = Md5::new()
+            .chain_update(&bytes)
+            .chain_update(SECRET.as_bytes())
+            .finalize()
+            .into();
+        bytes[4..20].copy_from_slice(&auth);
+        bytes
+    };
+    vec![
+        forged_accept(id, "not-the-secret", true),
+        forged_accept(id.wrapping_add(1), SECRET, true),
+        forged_accept(id, SECRET, false), // the strict server must send Message-Authenticator
+        reply_with_bad_message_authenticator(id, &request_auth),
+        short_length,
+        truncated,
+        vec![2, id, 0],
+        Vec::new(),
+    ]
+}
+
+/// A UDP relay in front of a real server that answers every request with forgeries first,
+/// then passes the genuine reply on.
+async fn forging_relay(upstream: SocketAddr) -> SocketAddr {
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = front.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (len, from) = front.recv_from(&mut buf).await.unwrap();
+            let request = buf[..len].to_vec();
+            let front = front.clone();
+            tokio::spawn(async move {
+                for forged in forgeries(&request) {
+                    front.send_to(&forged, from).await.unwrap();
+                }
+                let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                back.send_to(&request, upstream).await.unwrap();
+                let mut reply = vec![0u8; 4096];
+                if let Ok(Ok((n, _))) =
+                    tokio::time::timeout(Duration::from_secs(5), back.recv_from(&mut reply)).await
+                {
+                    front.send_to(&reply[..n], from).await.unwrap();
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn forged_replies_are_dropped_and_the_login_succeeds_through_the_real_server() {
+    let radius = FreeRadius::start().await;
+    let relay = forging_relay(radius.auth_addr(true)).await;
+    let (_dir, db) = temp_db();
+    let mut server = radius.server_settings("primary", true);
+    server.auth_port = relay.port();
+    let app = TestApp::spawn(&settings(&db, vec![server])).await;
+
+    let page = app.browser(client(1)).login("alice", "alice-pass").await;
+
+    assert_eq!(page.path, "/session", "{}", page.body);
+    let session = app.storage.session(1).await.unwrap().unwrap();
+    assert_eq!(
+        session.classes,
+        vec![b"CACS:0a0a0a0a0000000123456789:ise-node-1/123456789/42".to_vec()],
+        "only the genuine Accept's Class is kept"
+    );
+    assert!(
+        app.radius.client().dropped_datagrams() >= 8,
+        "every forgery was dropped and counted"
+    );
+    assert!(
+        app.radius.health().allows(relay),
+        "forgeries do not count against the server"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_black_holed_or_killed_primary_is_skipped_once_its_breaker_opens_and_probes_bring_it_back(
+) {
+    let mut primary = FreeRadius::start().await;
+    let backup = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut fast_primary = primary.server_settings("primary", true);
+    fast_primary.timeout = Duration::from_millis(300);
+    fast_primary.retries = 1;
+    let mut settings = settings(
+        &db,
+        vec![fast_primary, backup.server_settings("backup", true)],
+    );
+    settings.radius.breaker_failures = 2;
+    settings.radius.probe_interval = Duration::from_millis(200);
+    let app = TestApp::spawn(&settings).await;
+    let primary_addr = primary.auth_addr(true);
+
+    // Black-holed: the first two logins wait for the primary, then fail over; the breaker opens.
+    primary.pause();
+    for n in 1..=2 {
+        let page = app.browser(client(n)).login("carol", "carol-pass").await;
+        assert_eq!(page.path, "/session", "{}", page.body);
+    }
+    assert!(!app.radius.health().allows(primary_addr), "breaker open");
+    // While open, logins go straight to the backup: the primary never sees this client.
+    let page = app.browser(client(3)).login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    let session = app
+        .storage
+        .active_session_for_client("acme", "127.0.1.3", 0)
+        .await;
+    assert_eq!(session.unwrap().unwrap().server_name, "backup");
+
+    primary.resume();
+    wait_until(
+        "a Status-Server probe closes the primary's breaker",
+        || async { app.radius.health().allows(primary_addr) },
+    )
+    .await;
+    assert!(
+        !primary
+            .auth_lines()
+            .iter()
+            .any(|l| l.contains("calling=127.0.1.3")),
+        "no request was sent to the primary while its breaker was open"
+    );
+    let page = app.browser(client(4)).login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    wait_until("traffic returns to the primary", || async {
+        primary
+            .auth_lines()
+            .iter()
+            .any(|l| l.contains("calling=127.0.1.4"))
+    })
+    .await;
+
+    // Killed: same story, and a restart closes it again.
+    primary.kill();
+    for n in 5..=6 {
+        let page = app.browser(client(n)).login("carol", "carol-pass").await;
+        assert_eq!(page.path, "/session", "{}", page.body);
+    }
+    assert!(!app.radius.health().allows(primary_addr), "breaker open");
+    primary.restart().await;
+    wait_until("the restarted primary's breaker closes", || async {
+        app.radius.health().allows(primary_addr)
+    })
+    .await;
+    let page = app.browser(client(7)).login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    assert_eq!(
+        app.storage.active_sessions().await.unwrap(),
+        7,
+        "one session per login, no duplicates from late replies"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn with_every_server_down_login_fails_at_once_and_recovers_by_itself() {
+    let mut radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut server = radius.server_settings("only", true);
+    server.timeout = Duration::from_millis(200);
+    server.retries = 0;
+    let mut settings = settings(&db, vec![server]);
+    settings.radius.probe_interval = Duration::from_millis(200);
+    let app = TestApp::spawn(&settings).await;
+    let addr = radius.auth_addr(true);
+
+    radius.kill();
+    for n in 1..=2 {
+        let page = app.browser(client(n)).login("carol", "carol-pass").await;
+        assert!(page.body.contains("cannot be reached"), "{}", page.body);
+    }
+    assert!(!app.radius.health().allows(addr));
+    let page = app.browser(client(3)).login("carol", "carol-pass").await;
+    assert!(
+        page.body.contains("cannot be reached"),
+        "refused without sending: {}",
+        page.body
+    );
+
+    radius.restart().await;
+    wait_until("the breaker closes by itself", || async {
+        app.radius.health().allows(addr)
+    })
+    .await;
+    let page = app.browser(client(4)).login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_row_that_cannot_be_encoded_is_dead_lettered_and_does_not_block_others() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await;
+    // 20 Class values of 250 bytes: no RADIUS packet can carry them.
+    let now = radius_portal::access_session::now_ms();
+    let (huge, _) = app
+        .storage
+        .open_session(&NewAccessSession {
+            acct_session_id: "huge-class-session".into(),
+            organization_id: "acme".into(),
+            username: "carol".into(),
+            client_ip: "127.0.1.50".into(),
+            server_index: 0,
+            server_name: "primary".into(),
+            classes: vec![vec![b'c'; 250]; 20],
+            started_at: now,
+            window_ms: 3_600_000,
+            limit_at: None,
+            expires_at: now + 3_600_000,
+            interim_interval: None,
+        })
+        .await
+        .unwrap();
+
+    // A normal user's whole session goes through meanwhile (its disconnect wakes the loop).
+    let browser = app.browser(client(1));
+    browser.login("carol", "carol-pass").await;
+    browser.post_form("/api/disconnect", "/session", &[]).await;
+    radius.wait_for_acct(&["status=Stop", "user=carol"]).await;
+
+    wait_until("the unencodable Start is dead-lettered", || async {
+        let rows = app.storage.session_outbox(huge).await.unwrap();
+        rows[0].dead_at.is_some()
+    })
+    .await;
+    let rows = app.storage.session_outbox(huge).await.unwrap();
+    assert!(
+        rows[0].dead_reason.as_deref().unwrap().contains("encoded"),
+        "{rows:?}"
+    );
+    let session = app.storage.session(huge).await.unwrap().unwrap();
+    assert!(
+        !session.active,
+        "a session whose Start was never sent is rolled back"
+    );
+    assert!(
+        !radius
+            .acct_lines()
+            .iter()
+            .any(|l| l.contains("huge-class-session")),
+        "nothing was sent for it"
+    );
+    app.stop().await;
+
+    // The operator sees it, with the reason.
+    let config = db.with_file_name("portal.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\npath = \"{}\"\n[[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
+             [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\nsecret = \"x\"\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
+        .args(["accounting", "dead-letters", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("huge-class-session") && text.contains("cannot be encoded"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn accounting_keeps_up_with_64_concurrent_users() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut settings = settings(&db, vec![radius.server_settings("primary", true)]);
+    settings.rate_limit.login_per_user = 10_000;
+    let app = Arc::new(TestApp::spawn(&settings).await);
+
+    let mut users = tokio::task::JoinSet::new();
+    for n in 1..=64u8 {
+        let app = app.clone();
+        users.spawn(async move {
+            let browser = app.browser(client(100 + n));
+            let page = browser.login("carol", "carol-pass").await;
+            assert_eq!(page.path, "/session", "{}", page.body);
+            browser.post_form("/api/disconnect", "/session", &[]).await;
+        });
+    }
+    while let Some(done) = users.join_next().await {
+        done.unwrap();
+    }
+    wait_until("64 Starts and 64 Stops reach FreeRADIUS", || async {
+        let lines = radius.acct_lines();
+        lines.iter().filter(|l| l.contains("status=Stop")).count() == 64
+    })
+    .await;
+    let lines = radius.acct_lines();
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("status=Start")).count(),
+        64
+    );
+    let late: Vec<&String> = lines.iter().filter(|l| field(l, "delay") != "0").collect();
+    assert!(late.is_empty(), "no Accounting-Request waited: {late:#?}");
+    for start in lines.iter().filter(|l| l.contains("status=Start")) {
+        let sid = field(start, "sid");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("status=Stop") && field(l, "sid") == sid),
+            "every Start has its Stop: {sid}"
+        );
+    }
+    Arc::into_inner(app).unwrap().stop().await;
+}
