@@ -47,7 +47,13 @@ function exited(child: ChildProcess): boolean {
 
 export default async function globalSetup() {
   const state = fs.mkdtempSync(path.join(os.tmpdir(), "portal-e2e-"));
-  const [auth, acct, strict, http] = [await freeUdpPort(), await freeUdpPort(), await freeUdpPort(), await freeTcpPort()];
+  const [auth, acct, strict, http, dynauth] = [
+    await freeUdpPort(),
+    await freeUdpPort(),
+    await freeUdpPort(),
+    await freeTcpPort(),
+    await freeUdpPort(),
+  ];
 
   const radiusLog = path.join(state, "radius.log");
   const radius = spawn(
@@ -89,6 +95,12 @@ auth_port = ${strict}
 acct_port = ${acct}
 secret = "testing123"
 timeout = "1s"
+[dynamic_authorization]
+listen = "127.0.0.1:${dynauth}"
+[[dynamic_authorization.clients]]
+name = "radclient"
+address = "127.0.0.1"
+secret = "testing123"
 `,
   );
   const portalLog = fs.openSync(path.join(state, "portal.log"), "w");
@@ -108,6 +120,7 @@ timeout = "1s"
   });
   process.env.PORTAL_URL = url;
   process.env.PORTAL_E2E_STATE = state;
+  process.env.PORTAL_DYNAUTH_ADDR = `127.0.0.1:${dynauth}`;
 
   return async () => {
     portal.kill("SIGTERM");

@@ -3,7 +3,7 @@
 //! them without JavaScript.
 
 use crate::{
-    dto::{SessionView, SiteInfo},
+    dto::{SessionStatus, SessionView, SiteInfo},
     error::PortalError,
 };
 use leptos::prelude::*;
@@ -45,6 +45,17 @@ pub async fn login(
 pub async fn current_session() -> Result<Option<SessionView>, PortalError> {
     let (service, request) = crate::service::portal()?;
     service.current_session(&request).await
+}
+
+/// Where the live session state streams (Server-Sent Events, served by the server crate).
+pub const LIVE_EVENTS_PATH: &str = "/session/events";
+
+/// The caller's access session, active or ended (the island's fallback when the live stream at
+/// `/session/events` is unavailable).
+#[server(endpoint = "session_status")]
+pub async fn get_session_status() -> Result<SessionStatus, PortalError> {
+    let (service, request) = crate::service::portal()?;
+    service.session_status(&request).await
 }
 
 /// Restarts the window (capped by the limit) and returns the new state.

@@ -26,12 +26,47 @@ pub struct SessionView {
     pub remaining_ms: u64,
     /// Which deadline ends the session.
     pub ends_by: EndsBy,
-    /// When the session ends, as server wall-clock time (UTC, `HH:MM:SS`).
+    /// When the session ends, as server wall-clock time (UTC, `HH:MM:SS`): what the page shows
+    /// without JavaScript.
     pub ends_at_utc: String,
+    /// When the session ends, Unix milliseconds on the server's clock: the browser shows it in
+    /// its own time zone (the remaining time never comes from the browser's clock).
+    pub ends_at_ms: i64,
+    /// Reply-Message of the Access-Accept (all parts), shown to the user.
+    pub reply_message: Option<String>,
     /// Length of the window in seconds (how long a refresh extends the session).
     pub window_secs: u64,
     /// Whether a refresh can currently push the end time out.
     pub can_extend: bool,
+}
+
+/// Why an access session ended, as the session page explains it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndReason {
+    /// The window ran out without a refresh.
+    Expired,
+    /// The maximum session length was reached.
+    LimitReached,
+    /// Disconnected by the user (on this or another page).
+    Disconnected,
+    /// Ended by the network operator or the RADIUS server (Disconnect-Request, admin).
+    EndedByOperator,
+    /// Replaced by a newer sign-in from the same device.
+    Replaced,
+    /// Ended because the accounting servers could not be reached.
+    Failed,
+}
+
+/// The state of the page's access session: what the live updates (Server-Sent Events) and the
+/// status server fn report. The server is the only source of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SessionStatus {
+    /// Active, with its current view (remaining time measured by the server now).
+    Active(SessionView),
+    /// Ended, and why.
+    Ended(EndReason),
+    /// This browser has no access session.
+    NoSession,
 }
 
 /// Facts about the deployment the login page shows.

@@ -40,6 +40,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
             <head>
                 <meta charset="utf-8" />
                 <meta name="viewport" content="width=device-width, initial-scale=1" />
+                <link rel="icon" href="/favicon.svg" type="image/svg+xml" />
                 <leptos_meta::HashedStylesheet options=options.clone() id="leptos" />
                 <AutoReload options=options />
                 <leptos_meta::MetaTags />

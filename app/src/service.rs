@@ -3,7 +3,7 @@
 //! [`portal`] and make one call.
 
 use crate::{
-    dto::{SessionView, SiteInfo},
+    dto::{SessionStatus, SessionView, SiteInfo},
     error::PortalError,
 };
 use http::request::Parts;
@@ -32,6 +32,8 @@ pub trait PortalService: Send + Sync + 'static {
     async fn login(&self, request: &Parts, input: LoginInput) -> Result<SessionView, PortalError>;
     /// The web session's active access session, if any.
     async fn current_session(&self, request: &Parts) -> Result<Option<SessionView>, PortalError>;
+    /// The web session's access session, active or ended (live updates, polling fallback).
+    async fn session_status(&self, request: &Parts) -> Result<SessionStatus, PortalError>;
     /// Restarts the window of the web session's access session.
     async fn refresh(&self, request: &Parts, form_token: &str) -> Result<SessionView, PortalError>;
     /// Ends the web session's access session (Accounting-Stop, User-Request).

@@ -11,7 +11,7 @@ use crate::{
     storage::AccessSessionRecord,
 };
 use app::{
-    dto::{EndsBy, SessionView, SiteInfo},
+    dto::{EndReason, EndsBy, SessionStatus, SessionView, SiteInfo},
     error::PortalError,
     service::{LoginInput, PortalService},
     validation,
@@ -21,7 +21,7 @@ use std::{net::IpAddr, sync::Arc};
 use tower_sessions::Session;
 
 /// Web-session key holding the access session's row id.
-const ACCESS_SESSION_KEY: &str = "access_session_id";
+pub const ACCESS_SESSION_KEY: &str = "access_session_id";
 /// Web-session key holding the form (CSRF) token.
 const FORM_TOKEN_KEY: &str = "form_token";
 
@@ -84,12 +84,44 @@ impl PortalBackend {
             remaining_ms: (s.expires_at - now_ms()).max(0) as u64,
             ends_by,
             ends_at_utc: utc_clock(s.expires_at),
+            ends_at_ms: s.expires_at,
+            reply_message: s.reply_message.clone(),
             window_secs: (s.window_ms / 1000) as u64,
             can_extend: ends_by == EndsBy::Window,
         }
     }
 
-    async fn linked_session_id(&self, web: &Session) -> Result<Option<i64>, PortalError> {
+    /// The state of access session `id` as the session page shows it. A session whose deadline
+    /// has passed counts as ended even before the expiry task has stopped it.
+    pub async fn status_of(&self, id: Option<i64>) -> Result<SessionStatus, PortalError> {
+        let Some(id) = id else {
+            return Ok(SessionStatus::NoSession);
+        };
+        let Some(s) = self.sessions.record(id).await.map_err(user_error)? else {
+            return Ok(SessionStatus::NoSession);
+        };
+        if s.active && s.expires_at > now_ms() {
+            return Ok(SessionStatus::Active(self.view(&s)));
+        }
+        let expired = match timing::ends_by(s.expires_at, s.limit_at) {
+            EndsBy::Limit => EndReason::LimitReached,
+            EndsBy::Window => EndReason::Expired,
+        };
+        use crate::radius::terminate_cause as cause;
+        let reason = match s.terminate_cause.map(|c| c as u32) {
+            None => expired,
+            Some(cause::USER_REQUEST) => EndReason::Disconnected,
+            Some(cause::IDLE_TIMEOUT) => EndReason::Expired,
+            Some(cause::SESSION_TIMEOUT) => EndReason::LimitReached,
+            Some(cause::ADMIN_RESET) => EndReason::EndedByOperator,
+            Some(cause::PORT_PREEMPTED) => EndReason::Replaced,
+            Some(_) => EndReason::Failed,
+        };
+        Ok(SessionStatus::Ended(reason))
+    }
+
+    /// The access session linked to a web session, if any.
+    pub async fn linked_session_id(&self, web: &Session) -> Result<Option<i64>, PortalError> {
         web.get::<i64>(ACCESS_SESSION_KEY)
             .await
             .map_err(|e| internal("reading the web session", &e))
@@ -294,6 +326,15 @@ impl PortalService for PortalBackend {
                 Some(session) => Ok(Some(self.view(&session))),
                 None => Ok(None),
             }
+        }
+        .await;
+        with_status(request, result)
+    }
+
+    async fn session_status(&self, request: &Parts) -> Result<SessionStatus, PortalError> {
+        let result = async {
+            let id = self.linked_session_id(&web_session(request)?).await?;
+            self.status_of(id).await
         }
         .await;
         with_status(request, result)

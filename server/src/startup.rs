@@ -2,7 +2,7 @@
 //! binds the listener, and runs the web server and background tasks until shutdown.
 
 use crate::{
-    access_session::{expiry::Expiry, now_ms, AccessSessions},
+    access_session::{events::SessionEvents, expiry::Expiry, now_ms, AccessSessions},
     accounting::Accounting,
     config::Settings,
     dynauth::DynAuthListener,
@@ -39,6 +39,8 @@ pub struct Application {
     pub dynauth: Option<DynAuthListener>,
     tasks: TaskHealth,
     retention: Duration,
+    /// Ends the open live-update streams at shutdown (they would hold graceful shutdown open).
+    live_stop: CancellationToken,
     session_store: SqliteStore,
     /// Exposed for tests and the CLI.
     pub storage: Storage,
@@ -93,7 +95,13 @@ impl Application {
         );
         let accounting = Accounting::new(storage.clone(), radius.clone(), organizations.clone());
         let expiry_wake = Arc::new(Notify::new());
-        let expiry = Expiry::new(storage.clone(), accounting.clone(), expiry_wake.clone());
+        let events = SessionEvents::default();
+        let expiry = Expiry::new(
+            storage.clone(),
+            accounting.clone(),
+            expiry_wake.clone(),
+            events.clone(),
+        );
         // Sessions that ran out while the portal was down are stopped before anything is served.
         let stopped = expiry
             .expire_due(now_ms())
@@ -111,6 +119,7 @@ impl Application {
             radius.clone(),
             accounting.clone(),
             expiry_wake,
+            events.clone(),
         );
         let captive = crate::http::captive::CaptiveApi {
             sessions: sessions.clone(),
@@ -126,7 +135,13 @@ impl Application {
         if let Some(listener) = &dynauth {
             tracing::info!(addr = ?listener.local_addr(), "Dynamic Authorization (RFC 5176) listener bound");
         }
-        let backend = PortalBackend::new(sessions, organizations, &settings.rate_limit, demo);
+        let backend = Arc::new(PortalBackend::new(
+            sessions,
+            organizations,
+            &settings.rate_limit,
+            demo,
+        ));
+        let live_stop = CancellationToken::new();
         let session_store = SqliteStore::new(storage.pool().clone());
         session_store
             .migrate()
@@ -134,7 +149,12 @@ impl Application {
             .context("while creating the web-session table")?;
         let router = router(RouterParts {
             leptos_options: leptos_options.clone(),
-            portal: Portal(Arc::new(backend)),
+            portal: Portal(backend.clone()),
+            live: crate::http::live::LiveState {
+                backend,
+                events,
+                stop: live_stop.clone(),
+            },
             session_store: session_store.clone(),
             secure_cookies: settings.http.secure_cookies,
             trusted_proxies: crate::http::client_ip::TrustedProxies::new(
@@ -160,6 +180,7 @@ impl Application {
             dynauth,
             tasks,
             retention: settings.accounting.retention,
+            live_stop,
             session_store,
             storage,
         })
@@ -227,8 +248,12 @@ impl Application {
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
         let serve_shutdown = shutdown.clone();
+        let live_stop = self.live_stop.clone();
         let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { serve_shutdown.cancelled().await })
+            .with_graceful_shutdown(async move {
+                serve_shutdown.cancelled().await;
+                live_stop.cancel();
+            })
             .await
             .context("while serving HTTP");
         shutdown.cancel();

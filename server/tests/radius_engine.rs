@@ -272,6 +272,7 @@ async fn a_row_that_cannot_be_encoded_is_dead_lettered_and_does_not_block_others
             server_index: 0,
             server_name: "primary".into(),
             classes: vec![vec![b'c'; 250]; 20],
+            reply_message: None,
             started_at: now,
             window_ms: 3_600_000,
             limit_at: None,

@@ -1,51 +1,77 @@
-//! The session panel island: countdown, Refresh, Disconnect.
+//! The session panel island: countdown, Refresh, Disconnect, and the truth about the session.
 //!
 //! Server-rendered, it is complete HTML with two real forms that post to the `refresh` and
-//! `disconnect` server fns, so it works without JavaScript. Hydrated, it ticks the countdown and
-//! submits the forms with fetch. The remaining time always comes from the server (`remaining_ms`);
-//! the browser only measures elapsed time with its monotonic clock.
+//! `disconnect` server fns, so it works without JavaScript. Hydrated, it ticks the countdown,
+//! submits the forms with fetch, and follows the session live: a Server-Sent Events stream
+//! (`/session/events`) reports every change made elsewhere (refresh in another tab, expiry,
+//! Disconnect-Request, the operator); when the stream is closed it polls; it re-syncs when the
+//! page becomes visible again or the network returns (a sleeping phone pauses the monotonic
+//! clock). The remaining time always comes from the server (`remaining_ms`); the browser only
+//! measures elapsed time with its monotonic clock, and shows the end time in its own time zone
+//! from the server's epoch. When the session ends the panel says so and why, in place.
 
 use crate::{
     api::{Disconnect, Refresh},
     components::ErrorMessage,
-    dto::{EndsBy, SessionView},
+    dto::{EndReason, EndsBy, SessionStatus, SessionView},
 };
 use leptos::{prelude::*, server_fn::ServerFn};
+
+/// Seconds before the end from which the page warns.
+const WARN_SECS: u64 = 60;
+
+/// What the page says about an ended session.
+pub fn end_text(reason: EndReason) -> &'static str {
+    match reason {
+        EndReason::Expired => "It expired: it was not refreshed in time.",
+        EndReason::LimitReached => "It reached its maximum length.",
+        EndReason::Disconnected => "It was disconnected (here or on another page).",
+        EndReason::EndedByOperator => "It was ended by the network operator.",
+        EndReason::Replaced => "This device signed in again, which replaced it.",
+        EndReason::Failed => "The network's servers could not be reached.",
+    }
+}
 
 /// Countdown and controls for one access session.
 #[island]
 pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
     let state = RwSignal::new(session);
+    let ended = RwSignal::new(None::<EndReason>);
+    let hydrated = RwSignal::new(false);
     let now = RwSignal::new(monotonic_ms());
     let deadline = RwSignal::new(now.get_untracked() + state.get_untracked().remaining_ms as f64);
     let refresh = server_action::<Refresh>();
     let disconnect = server_action::<Disconnect>();
     let remaining_secs = move || ((deadline.get() - now.get()).max(0.0) / 1000.0).ceil() as u64;
+    let apply = move |status: SessionStatus| match status {
+        SessionStatus::Active(view) => {
+            deadline.set(monotonic_ms() + view.remaining_ms as f64);
+            state.set(view);
+            ended.set(None);
+        }
+        SessionStatus::Ended(reason) => ended.set(Some(reason)),
+        SessionStatus::NoSession => ended.set(Some(EndReason::Disconnected)),
+    };
 
     #[cfg(feature = "hydrate")]
+    live::follow(apply, now, remaining_secs, ended, hydrated);
+    #[cfg(feature = "hydrate")]
     {
-        use std::time::Duration;
-        let ticker =
-            set_interval_with_handle(move || now.set(monotonic_ms()), Duration::from_millis(250))
-                .ok();
-        on_cleanup(move || {
-            if let Some(ticker) = ticker {
-                ticker.clear();
+        Effect::new(move |_| {
+            match refresh.value().get() {
+                Some(Ok(fresh)) => apply(SessionStatus::Active(fresh)),
+                // Refresh refused (e.g. the session ended meanwhile): ask how things stand.
+                Some(Err(_)) => live::resync(apply),
+                None => {}
             }
         });
         Effect::new(move |_| {
-            if let Some(Ok(fresh)) = refresh.value().get() {
-                deadline.set(monotonic_ms() + fresh.remaining_ms as f64);
-                state.set(fresh);
-            }
-        });
-        Effect::new(move |_| {
-            let disconnected = matches!(disconnect.value().get(), Some(Ok(())));
-            if disconnected || remaining_secs() == 0 {
+            if matches!(disconnect.value().get(), Some(Ok(()))) {
                 let _ = window().location().set_href("/");
             }
         });
     }
+    let _ = (&apply, &hydrated);
 
     let error = Signal::derive(move || {
         let refresh_error = refresh.value().get().and_then(Result::err);
@@ -54,17 +80,30 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
     let busy = move || refresh.pending().get() || disconnect.pending().get();
     let ends_text = move || {
         let s = state.get();
+        let at = if hydrated.get() {
+            local_time(s.ends_at_ms)
+        } else {
+            format!("{} UTC", s.ends_at_utc)
+        };
         match s.ends_by {
             EndsBy::Window => format!(
-                "Ends at {} UTC unless you refresh. A refresh gives you {} again.",
-                s.ends_at_utc,
+                "Ends at {at} unless you refresh. A refresh gives you {} again.",
                 format_length(s.window_secs)
             ),
-            EndsBy::Limit => format!(
-                "Ends at {} UTC: the maximum session length. A refresh cannot extend it.",
-                s.ends_at_utc
-            ),
+            EndsBy::Limit => {
+                format!("Ends at {at}: the maximum session length. A refresh cannot extend it.")
+            }
         }
+    };
+    let warning = move || {
+        (ended.get().is_none() && remaining_secs() <= WARN_SECS).then(|| {
+            let text = if state.get().can_extend {
+                "Less than a minute left: refresh now to stay connected."
+            } else {
+                "Less than a minute left: the session reaches its maximum length."
+            };
+            view! { <p aria-live="polite" data-testid="warning" class="mt-4 rounded bg-amber-100 p-3 text-sm text-amber-900">{text}</p> }
+        })
     };
 
     let refresh_url = <Refresh as ServerFn>::PATH;
@@ -72,7 +111,9 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
     let disconnect_url = <Disconnect as ServerFn>::PATH;
     view! {
         <section class="rounded-lg bg-white p-6 shadow" aria-labelledby="session-title">
-            <h1 id="session-title" class="text-2xl font-semibold">"You are connected"</h1>
+            <h1 id="session-title" class="text-2xl font-semibold">
+                {move || if ended.get().is_some() { "Session ended" } else { "You are connected" }}
+            </h1>
             <dl class="mt-4 grid grid-cols-[auto_1fr] gap-x-4 gap-y-1 text-sm">
                 <dt class="text-slate-600">"User"</dt>
                 <dd data-testid="username">{move || state.get().username}</dd>
@@ -81,37 +122,141 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
                 <dt class="text-slate-600">"Device address"</dt>
                 <dd data-testid="client-ip">{move || state.get().client_ip}</dd>
             </dl>
-            <p class="mt-6 text-center text-sm text-slate-600">"Time left"</p>
-            <p role="timer" aria-label="Time left" class="text-center font-mono text-5xl tabular-nums">
-                {move || format_clock(remaining_secs())}
-            </p>
-            <p data-testid="ends" class="mt-2 text-center text-sm text-slate-700">{ends_text}</p>
-            <ErrorMessage error />
-            <div class="mt-6 grid grid-cols-2 gap-3">
-                <form method="post" action=refresh_url
-                    on:submit=move |ev: leptos::ev::SubmitEvent| {
-                        ev.prevent_default();
-                        refresh.dispatch(Refresh { csrf: Some(refresh_token.clone()) });
-                    }>
-                    <input type="hidden" name="csrf" value=form_token.clone() />
-                    <button type="submit" disabled=busy
-                        class="w-full rounded bg-blue-800 px-4 py-2 font-semibold text-white hover:bg-blue-900 disabled:opacity-60">
-                        "Refresh"
-                    </button>
-                </form>
-                <form method="post" action=disconnect_url
-                    on:submit=move |ev: leptos::ev::SubmitEvent| {
-                        ev.prevent_default();
-                        disconnect.dispatch(Disconnect { csrf: Some(disconnect_token.clone()) });
-                    }>
-                    <input type="hidden" name="csrf" value=form_token />
-                    <button type="submit" disabled=busy
-                        class="w-full rounded border border-slate-500 px-4 py-2 font-semibold hover:bg-slate-100 disabled:opacity-60">
-                        "Disconnect"
-                    </button>
-                </form>
+            <div data-testid="ended" role="status" class="mt-6 text-center" class:hidden=move || ended.get().is_none()>
+                <p class="text-lg font-semibold">"Your session has ended."</p>
+                <p class="mt-1 text-sm text-slate-700">{move || ended.get().map(end_text)}</p>
+                <p class="mt-4"><a class="text-blue-800 underline" href="/">"Sign in again"</a></p>
+            </div>
+            <div class:hidden=move || ended.get().is_some()>
+                <p class="mt-6 text-center text-sm text-slate-600">"Time left"</p>
+                <p role="timer" aria-label="Time left" class="text-center font-mono text-5xl tabular-nums">
+                    {move || format_clock(remaining_secs())}
+                </p>
+                <p data-testid="ends" class="mt-2 text-center text-sm text-slate-700">{ends_text}</p>
+                {warning}
+                <ErrorMessage error />
+                <div class="mt-6 grid grid-cols-2 gap-3">
+                    <form method="post" action=refresh_url
+                        on:submit=move |ev: leptos::ev::SubmitEvent| {
+                            ev.prevent_default();
+                            refresh.dispatch(Refresh { csrf: Some(refresh_token.clone()) });
+                        }>
+                        <input type="hidden" name="csrf" value=form_token.clone() />
+                        <button type="submit" disabled=busy
+                            class="w-full rounded bg-blue-800 px-4 py-2 font-semibold text-white hover:bg-blue-900 disabled:opacity-60">
+                            "Refresh"
+                        </button>
+                    </form>
+                    <form method="post" action=disconnect_url
+                        on:submit=move |ev: leptos::ev::SubmitEvent| {
+                            ev.prevent_default();
+                            disconnect.dispatch(Disconnect { csrf: Some(disconnect_token.clone()) });
+                        }>
+                        <input type="hidden" name="csrf" value=form_token />
+                        <button type="submit" disabled=busy
+                            class="w-full rounded border border-slate-500 px-4 py-2 font-semibold hover:bg-slate-100 disabled:opacity-60">
+                            "Disconnect"
+                        </button>
+                    </form>
+                </div>
             </div>
         </section>
+    }
+}
+
+/// The browser side of live state: the event stream, its polling fallback, re-syncs.
+#[cfg(feature = "hydrate")]
+mod live {
+    use super::*;
+    use crate::api::get_session_status;
+    use std::time::Duration;
+    use wasm_bindgen::{closure::Closure, JsCast};
+    use web_sys::{EventSource, MessageEvent};
+
+    /// Asks the server how the session stands and applies the answer.
+    pub fn resync(apply: impl Fn(SessionStatus) + 'static) {
+        leptos::task::spawn_local(async move {
+            if let Ok(status) = get_session_status().await {
+                apply(status);
+            }
+        });
+    }
+
+    /// Wires the stream, the ticker, the polling fallback and the re-sync triggers.
+    pub fn follow(
+        apply: impl Fn(SessionStatus) + Copy + 'static,
+        now: RwSignal<f64>,
+        remaining_secs: impl Fn() -> u64 + Copy + 'static,
+        ended: RwSignal<Option<EndReason>>,
+        hydrated: RwSignal<bool>,
+    ) {
+        Effect::new(move |_| hydrated.set(true));
+        let stream = EventSource::new(crate::api::LIVE_EVENTS_PATH).ok();
+        if let Some(es) = &stream {
+            let es_inner = es.clone();
+            let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
+                let Some(text) = ev.data().as_string() else {
+                    return;
+                };
+                if let Ok(status) = serde_json::from_str::<SessionStatus>(&text) {
+                    if !matches!(status, SessionStatus::Active(_)) {
+                        es_inner.close();
+                    }
+                    apply(status);
+                }
+            });
+            es.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+            on_message.forget();
+        }
+        // Last re-sync (monotonic ms), so the countdown reaching 0 asks at most once a second.
+        let last_check = StoredValue::new(0.0f64);
+        let ticker = set_interval_with_handle(
+            move || {
+                let t = monotonic_ms();
+                now.set(t);
+                let due = ended.get_untracked().is_none() && remaining_secs() == 0;
+                // Stream closed for good (HTTP error): poll every 5 s instead.
+                let closed = stream
+                    .as_ref()
+                    .is_none_or(|es| es.ready_state() == EventSource::CLOSED);
+                let every = if due { 1000.0 } else { 5000.0 };
+                if (due || (closed && ended.get_untracked().is_none()))
+                    && t - last_check.get_value() >= every
+                {
+                    last_check.set_value(t);
+                    resync(apply);
+                }
+            },
+            Duration::from_millis(250),
+        )
+        .ok();
+        on_cleanup(move || {
+            if let Some(ticker) = ticker {
+                ticker.clear();
+            }
+        });
+        for event in ["visibilitychange", "online", "pageshow", "focus"] {
+            let _ = window_event_listener_untyped(event, move |_| resync(apply));
+        }
+    }
+}
+
+/// The end time in the browser's time zone (server epoch, browser formatting).
+fn local_time(unix_ms: i64) -> String {
+    #[cfg(feature = "hydrate")]
+    {
+        let date = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(unix_ms as f64));
+        String::from(date.to_locale_time_string("default"))
+    }
+    #[cfg(not(feature = "hydrate"))]
+    {
+        let secs = (unix_ms / 1000).rem_euclid(86_400);
+        format!(
+            "{:02}:{:02}:{:02} UTC",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        )
     }
 }
 

@@ -3,8 +3,8 @@
 //! Without an active session the page redirects to the sign-in form.
 
 use crate::{
-    api::{current_session, get_form_token},
-    components::ErrorMessage,
+    api::{current_session, get_form_token, get_site_info},
+    components::{DemoBanner, ErrorMessage},
     islands::session_panel::SessionPanel,
 };
 use leptos::{either::EitherOf3, prelude::*};
@@ -15,12 +15,25 @@ use leptos_router::components::Redirect;
 pub fn SessionPage() -> impl IntoView {
     let session = Resource::new_blocking(|| (), |_| current_session());
     let token = Resource::new_blocking(|| (), |_| get_form_token());
+    let info = Resource::new_blocking(|| (), |_| get_site_info());
     view! {
         <Suspense>
             {move || Suspend::new(async move {
+                let demo = info.await.is_ok_and(|i| i.demo);
                 match session.await {
                     Ok(Some(view)) => EitherOf3::A(view! {
+                        <DemoBanner demo />
+                        {view.reply_message.clone().map(|message| view! {
+                            <p data-testid="reply-message" class="mb-4 rounded bg-blue-50 px-4 py-3 text-blue-950">
+                                {message}
+                            </p>
+                        })}
                         <SessionPanel session=view form_token=token.await.unwrap_or_default() />
+                        <noscript>
+                            <p class="mt-4 text-center text-sm text-slate-600">
+                                "Without JavaScript the time left does not count down or update by itself: reload the page to see it."
+                            </p>
+                        </noscript>
                         <IslandScripts />
                     }),
                     Ok(None) => EitherOf3::B(view! { <Redirect path="/" /> }),

@@ -9,3 +9,5 @@ DROP INDEX accounting_outbox_pending;
 CREATE INDEX accounting_outbox_pending ON accounting_outbox(next_attempt_at)
     WHERE delivered_at IS NULL AND dead_at IS NULL;
 CREATE INDEX access_sessions_stopped ON access_sessions(stopped_at) WHERE state = 'stopped';
+-- The Access-Accept's Reply-Message, shown on the session page.
+ALTER TABLE access_sessions ADD COLUMN reply_message TEXT;

@@ -5,7 +5,7 @@
 //! Storage holds the deadlines; memory only holds the next wake-up. [`Expiry::expire_due`] is the
 //! one step tests drive; [`Expiry::run`] loops it.
 
-use super::now_ms;
+use super::{events::SessionEvents, now_ms};
 use crate::{
     accounting::Accounting,
     storage::sqlite::Stopped,
@@ -25,15 +25,23 @@ pub struct Expiry {
     accounting: Accounting,
     /// Notified when a session is created or refreshed (its deadline may be the next one).
     wake: Arc<Notify>,
+    /// Tells open session pages their session ended.
+    events: SessionEvents,
 }
 
 impl Expiry {
     /// Wires the task.
-    pub fn new(storage: Storage, accounting: Accounting, wake: Arc<Notify>) -> Self {
+    pub fn new(
+        storage: Storage,
+        accounting: Accounting,
+        wake: Arc<Notify>,
+        events: SessionEvents,
+    ) -> Self {
         Expiry {
             storage,
             accounting,
             wake,
+            events,
         }
     }
 
@@ -43,6 +51,9 @@ impl Expiry {
         if !stopped.is_empty() {
             tracing::info!(count = stopped.len(), "expired access sessions stopped");
             self.accounting.wake();
+            for s in &stopped {
+                self.events.publish(s.id);
+            }
         }
         Ok(stopped)
     }

@@ -5,6 +5,7 @@
 //! [`expiry::Expiry`] stops sessions whose persisted deadline has passed. Accounting packets are
 //! queued in storage in the same transaction as the change and delivered by `accounting`.
 
+pub mod events;
 pub mod expiry;
 pub mod timing;
 
@@ -17,6 +18,7 @@ use crate::{
     radius::{status_type, terminate_cause, AuthOutcome, Radius, RadiusError},
     storage::{AccessSessionRecord, NewAccessSession, SessionMatch, Storage, StorageError},
 };
+use events::SessionEvents;
 use std::{net::IpAddr, sync::Arc};
 use timing::Terms;
 use tokio::{sync::Notify, time::Instant};
@@ -76,6 +78,8 @@ pub struct AccessSessions {
     accounting: Accounting,
     /// Wakes the expiry task when a deadline moved earlier than it knows.
     expiry_wake: Arc<Notify>,
+    /// Tells open session pages that a session changed.
+    events: SessionEvents,
 }
 
 impl AccessSessions {
@@ -86,6 +90,7 @@ impl AccessSessions {
         radius: Radius,
         accounting: Accounting,
         expiry_wake: Arc<Notify>,
+        events: SessionEvents,
     ) -> Self {
         AccessSessions {
             storage,
@@ -93,7 +98,18 @@ impl AccessSessions {
             radius,
             accounting,
             expiry_wake,
+            events,
         }
+    }
+
+    /// The change notices (the live session page subscribes).
+    pub fn events(&self) -> &SessionEvents {
+        &self.events
+    }
+
+    /// A session in any state (the page explains how it ended).
+    pub async fn record(&self, id: i64) -> Result<Option<AccessSessionRecord>, SessionError> {
+        Ok(self.storage.session(id).await?)
     }
 
     /// The organization of `id`, if it passes the guard for `operation`.
@@ -168,6 +184,7 @@ impl AccessSessions {
             server_index: server as i64,
             server_name: org.servers[server].name.clone(),
             classes: grant.classes,
+            reply_message: grant.reply_message,
             started_at,
             window_ms: terms.window_ms(),
             limit_at,
@@ -185,6 +202,7 @@ impl AccessSessions {
             // The old session's Stop reaches the server before the new session's Start (the
             // firewall must not see the new identity replaced by the old one's end).
             for old in &preempted {
+                self.events.publish(old.id);
                 if !self
                     .accounting
                     .deliver_now(old.id, status_type::STOP, start_deadline)
@@ -250,6 +268,7 @@ impl AccessSessions {
             .ok_or(SessionError::NotActive)?;
         self.accounting.wake();
         self.expiry_wake.notify_one();
+        self.events.publish(id);
         tracing::info!(acct_session_id = %refreshed.acct_session_id, "access session refreshed");
         Ok(refreshed)
     }
@@ -263,6 +282,7 @@ impl AccessSessions {
         {
             tracing::info!(session = id, "access session disconnected by the user");
             self.accounting.wake();
+            self.events.publish(id);
         }
         Ok(())
     }
@@ -276,6 +296,7 @@ impl AccessSessions {
             .await?;
         if stopped {
             self.accounting.wake();
+            self.events.publish(id);
         }
         Ok(stopped)
     }

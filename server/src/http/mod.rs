@@ -3,6 +3,7 @@
 
 pub mod captive;
 pub mod client_ip;
+pub mod live;
 pub mod rate_limit;
 pub mod security;
 
@@ -44,6 +45,8 @@ pub struct RouterParts {
     pub tasks: crate::supervise::TaskHealth,
     /// Captive Portal API state.
     pub captive: captive::CaptiveApi,
+    /// Live session updates (Server-Sent Events).
+    pub live: live::LiveState,
 }
 
 /// Builds the application router.
@@ -57,6 +60,7 @@ pub fn router(parts: RouterParts) -> Router {
         storage,
         tasks,
         captive,
+        live,
     } = parts;
     let routes = generate_route_list(app::App);
     let context = {
@@ -95,6 +99,7 @@ pub fn router(parts: RouterParts) -> Router {
             captive::PATH,
             get(captive::captive_state).with_state(captive),
         )
+        .route(live::PATH, get(live::session_events).with_state(live))
         .route("/api/{*fn_name}", post(server_fns))
         .leptos_routes_with_context(&leptos_options, routes, context, {
             let options = leptos_options.clone();

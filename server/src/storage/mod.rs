@@ -47,6 +47,8 @@ pub struct AccessSessionRecord {
     pub server_name: String,
     /// Class values to echo.
     pub classes: Vec<Vec<u8>>,
+    /// Reply-Message of the Access-Accept, for the session page.
+    pub reply_message: Option<String>,
     /// Login time.
     pub started_at: i64,
     /// Login or last refresh.
@@ -82,6 +84,8 @@ pub struct NewAccessSession {
     pub server_name: String,
     /// Class values from the Accept.
     pub classes: Vec<Vec<u8>>,
+    /// Reply-Message of the Access-Accept, for the session page.
+    pub reply_message: Option<String>,
     /// Login time.
     pub started_at: i64,
     /// Window length.

@@ -24,7 +24,7 @@ pub struct Storage {
 }
 
 const SESSION_COLUMNS: &str = "id, acct_session_id, organization_id, username, client_ip, server_index, server_name, \
-     classes, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, state, terminate_cause";
+     classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, state, terminate_cause";
 
 fn session_from_row(row: &SqliteRow) -> Result<AccessSessionRecord, StorageError> {
     let classes: Vec<u8> = row.try_get("classes")?;
@@ -38,6 +38,7 @@ fn session_from_row(row: &SqliteRow) -> Result<AccessSessionRecord, StorageError
         server_index: row.try_get("server_index")?,
         server_name: row.try_get("server_name")?,
         classes: decode_classes(&classes)?,
+        reply_message: row.try_get("reply_message")?,
         started_at: row.try_get("started_at")?,
         refreshed_at: row.try_get("refreshed_at")?,
         window_ms: row.try_get("window_ms")?,
@@ -176,8 +177,8 @@ impl Storage {
         }
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO access_sessions (acct_session_id, organization_id, username, client_ip, server_index, server_name, \
-             classes, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, next_interim_at, state) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active') RETURNING id",
+             classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, next_interim_at, state) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active') RETURNING id",
         )
         .bind(&new.acct_session_id)
         .bind(&new.organization_id)
@@ -186,6 +187,7 @@ impl Storage {
         .bind(new.server_index)
         .bind(&new.server_name)
         .bind(encode_classes(&new.classes))
+        .bind(&new.reply_message)
         .bind(new.started_at)
         .bind(new.started_at)
         .bind(new.window_ms)

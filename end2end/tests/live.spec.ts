@@ -1,0 +1,73 @@
+// The session page tells the truth without a reload: the end of a session shows in place with
+// its reason, a refresh in another tab moves this tab's countdown, a Disconnect-Request from the
+// RADIUS server reaches the open page, the end time is in the browser's time zone, and the
+// Accept's Reply-Message is shown.
+import { execFileSync } from "node:child_process";
+import { expect, test, Page } from "@playwright/test";
+
+const url = (p: string) => `${process.env.PORTAL_URL}${p}`;
+
+async function secondsLeft(page: Page): Promise<number> {
+  const text = (await page.getByRole("timer").textContent()) ?? "";
+  return text
+    .trim()
+    .split(":")
+    .map(Number)
+    .reduce((acc, n) => acc * 60 + n, 0);
+}
+
+async function logIn(page: Page, username: string, password: string) {
+  await page.goto(url("/"));
+  await page.getByLabel("Username").fill(username);
+  await page.getByLabel("Password").fill(password);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await expect(page).toHaveURL(url("/session"));
+}
+
+/** Waits until the island is hydrated (the end time is shown in local time, not UTC). */
+async function hydrated(page: Page) {
+  await expect(page.getByTestId("ends")).not.toContainText("UTC");
+}
+
+test("when the countdown reaches 0 the page says the session ended, and why", async ({ page }) => {
+  await logIn(page, "gina", "gina-pass"); // 2-second limit
+  await expect(page.getByTestId("ended")).toBeVisible();
+  await expect(page.getByTestId("ended")).toContainText("maximum length");
+  await expect(page.getByRole("heading", { name: "Session ended" })).toBeVisible();
+  await expect(page).toHaveURL(url("/session")); // no silent jump to the login page
+});
+
+test("a refresh in a second tab moves the first tab's countdown", async ({ context }) => {
+  const first = await context.newPage();
+  await logIn(first, "bob", "bob-pass"); // 20-second window
+  await hydrated(first);
+  const start = await secondsLeft(first);
+  await expect.poll(() => secondsLeft(first), { timeout: 15_000 }).toBeLessThanOrEqual(start - 3);
+
+  const second = await context.newPage();
+  await second.goto(url("/session"));
+  await hydrated(second);
+  await second.getByRole("button", { name: "Refresh" }).click();
+
+  await expect.poll(() => secondsLeft(first), { timeout: 5_000 }).toBeGreaterThanOrEqual(start - 1);
+});
+
+test("a Disconnect-Request from the RADIUS server ends the open page's session", async ({ page }) => {
+  await logIn(page, "carol", "carol-pass");
+  await hydrated(page);
+  const out = execFileSync(
+    "radclient",
+    ["-x", "-t", "2", "-r", "1", process.env.PORTAL_DYNAUTH_ADDR!, "disconnect", "testing123"],
+    { input: 'User-Name = "carol"\nFramed-IP-Address = 127.0.0.1\n' },
+  ).toString();
+  expect(out).toContain("Disconnect-ACK");
+  await expect(page.getByTestId("ended")).toContainText("ended by the network operator", { timeout: 2_000 });
+});
+
+test("the Accept's Reply-Message and a last-minute warning are shown", async ({ page }) => {
+  await logIn(page, "erin", "erin-pass");
+  await expect(page.getByTestId("reply-message")).toHaveText("Welcome, erin");
+  await logIn(page, "alice", "alice-pass"); // 30-second limit: inside the last minute at once
+  await hydrated(page);
+  await expect(page.getByTestId("warning")).toContainText("maximum length");
+});

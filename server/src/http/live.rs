@@ -1,0 +1,105 @@
+//! Live session state for the session page: `GET /session/events`, a Server-Sent Events stream
+//! (same origin, allowed by `connect-src 'self'`) of the web session's access-session status.
+//! One event at once, one whenever that session changes (refresh in another tab, expiry,
+//! Disconnect-Request, operator), and one every [`RESYNC`] so a page that slept re-syncs. The
+//! stream ends after reporting an ended session (or none), and at shutdown.
+
+use crate::{access_session::events::SessionEvents, portal_backend::PortalBackend};
+use app::dto::SessionStatus;
+use axum::{
+    extract::State,
+    response::{
+        sse::{Event, KeepAlive, Sse},
+        IntoResponse, Response,
+    },
+};
+use std::{convert::Infallible, sync::Arc, time::Duration};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_util::sync::CancellationToken;
+use tower_sessions::Session;
+
+/// Path of the stream.
+pub const PATH: &str = app::api::LIVE_EVENTS_PATH;
+/// A status is sent at least this often, whatever happens.
+pub const RESYNC: Duration = Duration::from_secs(15);
+
+/// What the stream handler needs.
+#[derive(Clone)]
+pub struct LiveState {
+    /// Computes the status the page shows (same code as the status server fn).
+    pub backend: Arc<PortalBackend>,
+    /// Change notices.
+    pub events: SessionEvents,
+    /// Cancelled at shutdown: ends every open stream.
+    pub stop: CancellationToken,
+}
+
+struct Watch {
+    live: LiveState,
+    id: Option<i64>,
+    notices: broadcast::Receiver<i64>,
+    first: bool,
+    done: bool,
+}
+
+impl Watch {
+    /// Waits until this session may have changed (or the resync period passed). False at
+    /// shutdown.
+    async fn changed(&mut self) -> bool {
+        let resync = tokio::time::sleep(RESYNC);
+        tokio::pin!(resync);
+        loop {
+            tokio::select! {
+                _ = self.live.stop.cancelled() => return false,
+                _ = &mut resync => return true,
+                notice = self.notices.recv() => match notice {
+                    Ok(id) if Some(id) == self.id => return true,
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => return true,
+                    Err(RecvError::Closed) => return false,
+                },
+            }
+        }
+    }
+}
+
+/// `GET /session/events`.
+pub async fn session_events(State(live): State<LiveState>, web: Session) -> Response {
+    // An unreadable web session counts as none: the page then says it has no session.
+    let id = live
+        .backend
+        .linked_session_id(&web)
+        .await
+        .unwrap_or_default();
+    let watch = Watch {
+        notices: live.events.subscribe(),
+        live,
+        id,
+        first: true,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(watch, |mut w| async move {
+        if w.done || (!w.first && !w.changed().await) {
+            return None;
+        }
+        w.first = false;
+        let status = match w.live.backend.status_of(w.id).await {
+            Ok(status) => status,
+            // Storage trouble: say nothing this time; the next resync tries again.
+            Err(_) => {
+                return Some((
+                    Ok::<Event, Infallible>(Event::default().comment("retry")),
+                    w,
+                ))
+            }
+        };
+        w.done = !matches!(status, SessionStatus::Active(_));
+        let event = Event::default()
+            .json_data(&status)
+            .unwrap_or_else(|_| Event::default().comment("unencodable"));
+        Some((Ok(event), w))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
