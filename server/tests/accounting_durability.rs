@@ -172,3 +172,99 @@ async fn interim_updates_queued_during_an_outage_coalesce() {
     assert!((1..=2).contains(&interims), "{interims} Interim-Updates");
     app.stop().await;
 }
+
+/// The real binary, as an operator runs it, on `config`; killed (SIGKILL) on drop.
+struct PortalProcess(std::process::Child);
+
+impl PortalProcess {
+    async fn start(config: &std::path::Path, base: &str) -> PortalProcess {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
+            .arg("--config")
+            .arg(config)
+            .arg("--leptos-config")
+            .arg(root.join("Leptos.toml"))
+            .arg("serve")
+            .current_dir(&root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let health = format!("{base}/healthz");
+        wait_until("the portal to answer /healthz", || async {
+            reqwest::get(&health).await.is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        PortalProcess(child)
+    }
+
+    /// `kill -9`: no shutdown code runs.
+    fn kill_9(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for PortalProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn kill_9_with_a_stop_pending_loses_nothing() {
+    let mut radius = FreeRadius::start().await;
+    let (dir, db) = temp_db();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let config = dir.path().join("portal.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n[database]\npath = \"{}\"\n\
+             [radius]\nbind = \"127.0.0.1\"\nprobe_interval = \"200ms\"\n\
+             [[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
+             [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\n\
+             auth_port = {}\nacct_port = {}\nsecret = \"{}\"\ntimeout = \"200ms\"\nretries = 0\n",
+            db.display(),
+            radius.strict_port,
+            radius.acct_port,
+            common::SECRET
+        ),
+    )
+    .unwrap();
+    let portal = PortalProcess::start(&config, &base).await;
+    let browser = common::Browser {
+        http: reqwest::Client::builder().cookie_store(true).build().unwrap(),
+        base: base.clone(),
+    };
+    let page = browser.login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    let start = radius.wait_for_acct(&["status=Start", "user=carol"]).await;
+
+    // The server goes away; the user disconnects; the Stop is recorded but cannot be sent.
+    radius.kill();
+    browser.post_form("/api/disconnect", "/session", &[]).await;
+    let storage = radius_portal::storage::Storage::open(&db).await.unwrap();
+    wait_until("the Stop to be recorded", || async {
+        storage.outbox_backlog().await.unwrap() == 1
+    })
+    .await;
+    portal.kill_9();
+
+    radius.restart().await;
+    let _portal = PortalProcess::start(&config, &base).await;
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={}", field(&start, "sid"))])
+        .await;
+    assert_eq!(field(&stop, "cause"), "User-Request");
+    wait_until("the outbox to drain", || async {
+        storage.outbox_backlog().await.unwrap() == 0
+    })
+    .await;
+}
