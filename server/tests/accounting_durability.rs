@@ -192,7 +192,9 @@ impl PortalProcess {
             .unwrap();
         let health = format!("{base}/healthz");
         wait_until("the portal to answer /healthz", || async {
-            reqwest::get(&health).await.is_ok_and(|r| r.status().is_success())
+            reqwest::get(&health)
+                .await
+                .is_ok_and(|r| r.status().is_success())
         })
         .await;
         PortalProcess(child)
@@ -240,7 +242,10 @@ async fn kill_9_with_a_stop_pending_loses_nothing() {
     .unwrap();
     let portal = PortalProcess::start(&config, &base).await;
     let browser = common::Browser {
-        http: reqwest::Client::builder().cookie_store(true).build().unwrap(),
+        http: reqwest::Client::builder()
+            .cookie_store(true)
+            .build()
+            .unwrap(),
         base: base.clone(),
     };
     let page = browser.login("carol", "carol-pass").await;

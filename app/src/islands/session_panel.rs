@@ -14,6 +14,7 @@ use crate::{
     api::{Disconnect, Refresh},
     components::ErrorMessage,
     dto::{EndReason, EndsBy, SessionStatus, SessionView},
+    error::PortalError,
 };
 use leptos::{prelude::*, server_fn::ServerFn};
 
@@ -40,8 +41,10 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
     let hydrated = RwSignal::new(false);
     let now = RwSignal::new(monotonic_ms());
     let deadline = RwSignal::new(now.get_untracked() + state.get_untracked().remaining_ms as f64);
-    let refresh = server_action::<Refresh>();
-    let disconnect = server_action::<Disconnect>();
+    // Without JavaScript, a failed form post comes back with its error (rendered by the
+    // server); in the browser, the island's own requests set it.
+    let error = RwSignal::new(form_post_error());
+    let busy = RwSignal::new(false);
     let remaining_secs = move || ((deadline.get() - now.get()).max(0.0) / 1000.0).ceil() as u64;
     let apply = move |status: SessionStatus| match status {
         SessionStatus::Active(view) => {
@@ -52,32 +55,35 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
         SessionStatus::Ended(reason) => ended.set(Some(reason)),
         SessionStatus::NoSession => ended.set(Some(EndReason::Disconnected)),
     };
-
     #[cfg(feature = "hydrate")]
     live::follow(apply, now, remaining_secs, ended, hydrated);
-    #[cfg(feature = "hydrate")]
-    {
-        Effect::new(move |_| {
-            match refresh.value().get() {
-                Some(Ok(fresh)) => apply(SessionStatus::Active(fresh)),
-                // Refresh refused (e.g. the session ended meanwhile): ask how things stand.
-                Some(Err(_)) => live::resync(apply),
-                None => {}
-            }
-        });
-        Effect::new(move |_| {
-            if matches!(disconnect.value().get(), Some(Ok(()))) {
-                let _ = window().location().set_href("/");
-            }
-        });
-    }
-    let _ = (&apply, &hydrated);
-
-    let error = Signal::derive(move || {
-        let refresh_error = refresh.value().get().and_then(Result::err);
-        refresh_error.or_else(|| disconnect.value().get().and_then(Result::err))
-    });
-    let busy = move || refresh.pending().get() || disconnect.pending().get();
+    // Posts one of the panel's forms with fetch (Refresh: apply the new state; Disconnect: back
+    // to the sign-in page).
+    let submit = move |path: &'static str, token: String, refresh: bool| {
+        #[cfg(feature = "hydrate")]
+        {
+            busy.set(true);
+            let form = super::fetch::csrf_form(Some(&token));
+            leptos::task::spawn_local(async move {
+                let result = if refresh {
+                    super::fetch::call::<SessionView>(path, form)
+                        .await
+                        .map(|view| apply(SessionStatus::Active(view)))
+                } else {
+                    super::fetch::call::<()>(path, form).await.map(|()| {
+                        let _ = window().location().set_href("/");
+                    })
+                };
+                busy.set(false);
+                if result.is_err() {
+                    // Refused (e.g. the session ended meanwhile): ask how things stand.
+                    live::resync(apply);
+                }
+                error.set(result.err());
+            });
+        }
+        let _ = (path, token, refresh, &apply);
+    };
     let ends_text = move || {
         let s = state.get();
         let at = if hydrated.get() {
@@ -110,18 +116,10 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
     let (refresh_token, disconnect_token) = (form_token.clone(), form_token.clone());
     let disconnect_url = <Disconnect as ServerFn>::PATH;
     view! {
-        <section class="rounded-lg bg-white p-6 shadow" aria-labelledby="session-title">
+        <div>
             <h1 id="session-title" class="text-2xl font-semibold">
                 {move || if ended.get().is_some() { "Session ended" } else { "You are connected" }}
             </h1>
-            <dl class="mt-4 grid grid-cols-[auto_1fr] gap-x-4 gap-y-1 text-sm">
-                <dt class="text-slate-600">"User"</dt>
-                <dd data-testid="username">{move || state.get().username}</dd>
-                <dt class="text-slate-600">"Organization"</dt>
-                <dd>{move || state.get().organization}</dd>
-                <dt class="text-slate-600">"Device address"</dt>
-                <dd data-testid="client-ip">{move || state.get().client_ip}</dd>
-            </dl>
             <div data-testid="ended" role="status" class="mt-6 text-center" class:hidden=move || ended.get().is_none()>
                 <p class="text-lg font-semibold">"Your session has ended."</p>
                 <p class="mt-1 text-sm text-slate-700">{move || ended.get().map(end_text)}</p>
@@ -139,10 +137,10 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
                     <form method="post" action=refresh_url
                         on:submit=move |ev: leptos::ev::SubmitEvent| {
                             ev.prevent_default();
-                            refresh.dispatch(Refresh { csrf: Some(refresh_token.clone()) });
+                            submit(refresh_url, refresh_token.clone(), true);
                         }>
                         <input type="hidden" name="csrf" value=form_token.clone() />
-                        <button type="submit" disabled=busy
+                        <button type="submit" disabled=move || busy.get()
                             class="w-full rounded bg-blue-800 px-4 py-2 font-semibold text-white hover:bg-blue-900 disabled:opacity-60">
                             "Refresh"
                         </button>
@@ -150,17 +148,17 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
                     <form method="post" action=disconnect_url
                         on:submit=move |ev: leptos::ev::SubmitEvent| {
                             ev.prevent_default();
-                            disconnect.dispatch(Disconnect { csrf: Some(disconnect_token.clone()) });
+                            submit(disconnect_url, disconnect_token.clone(), false);
                         }>
                         <input type="hidden" name="csrf" value=form_token />
-                        <button type="submit" disabled=busy
+                        <button type="submit" disabled=move || busy.get()
                             class="w-full rounded border border-slate-500 px-4 py-2 font-semibold hover:bg-slate-100 disabled:opacity-60">
                             "Disconnect"
                         </button>
                     </form>
                 </div>
             </div>
-        </section>
+        </div>
     }
 }
 
@@ -168,7 +166,7 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
 #[cfg(feature = "hydrate")]
 mod live {
     use super::*;
-    use crate::api::get_session_status;
+    use crate::api::GetSessionStatus;
     use std::time::Duration;
     use wasm_bindgen::{closure::Closure, JsCast};
     use web_sys::{EventSource, MessageEvent};
@@ -176,7 +174,10 @@ mod live {
     /// Asks the server how the session stands and applies the answer.
     pub fn resync(apply: impl Fn(SessionStatus) + 'static) {
         leptos::task::spawn_local(async move {
-            if let Ok(status) = get_session_status().await {
+            let path = <GetSessionStatus as ServerFn>::PATH;
+            if let Ok(status) =
+                crate::islands::fetch::call::<SessionStatus>(path, String::new()).await
+            {
                 apply(status);
             }
         });
@@ -260,22 +261,19 @@ fn local_time(unix_ms: i64) -> String {
     }
 }
 
-/// On the server, a `ServerAction` (it shows a no-JS form post's error, carried back in the URL);
-/// in the browser, a plain `Action` calling the server fn, which keeps the URL-error decoding
-/// out of the WASM every user downloads.
-fn server_action<S>() -> Action<S, Result<S::Output, S::Error>>
-where
-    S: ServerFn + Clone + Send + Sync + 'static,
-    S::Output: Send + Sync + 'static,
-    S::Error: Send + Sync + 'static,
-{
+/// The error of a no-JS form post of this panel, as the server renders it (`ServerAction` reads
+/// it on the server); none in the browser.
+fn form_post_error() -> Option<PortalError> {
     #[cfg(not(feature = "hydrate"))]
     {
-        *ServerAction::<S>::new()
+        let of = |value: Option<Result<(), PortalError>>| value.and_then(Result::err);
+        let refresh = ServerAction::<Refresh>::new().value().get_untracked();
+        let disconnect = ServerAction::<Disconnect>::new().value().get_untracked();
+        of(refresh.map(|r| r.map(|_| ()))).or_else(|| of(disconnect))
     }
     #[cfg(feature = "hydrate")]
     {
-        Action::new(|input: &S| input.clone().run_on_client())
+        None
     }
 }
 

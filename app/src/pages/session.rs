@@ -28,7 +28,18 @@ pub fn SessionPage() -> impl IntoView {
                                 {message}
                             </p>
                         })}
-                        <SessionPanel session=view form_token=token.await.unwrap_or_default() />
+                        <section class="rounded-lg bg-white p-6 shadow" aria-labelledby="session-title">
+                            <SessionPanel session=view.clone() form_token=token.await.unwrap_or_default() />
+                            // Fixed for the session's life: rendered here, not in the island's WASM.
+                            <dl class="mt-6 grid grid-cols-[auto_1fr] gap-x-4 gap-y-1 border-t border-slate-200 pt-4 text-sm">
+                                <dt class="text-slate-600">"User"</dt>
+                                <dd data-testid="username">{view.username.clone()}</dd>
+                                <dt class="text-slate-600">"Organization"</dt>
+                                <dd>{view.organization.clone()}</dd>
+                                <dt class="text-slate-600">"Device address"</dt>
+                                <dd data-testid="client-ip">{view.client_ip.clone()}</dd>
+                            </dl>
+                        </section>
                         <noscript>
                             <p class="mt-4 text-center text-sm text-slate-600">
                                 "Without JavaScript the time left does not count down or update by itself: reload the page to see it."
