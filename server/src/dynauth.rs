@@ -154,6 +154,10 @@ impl DynAuthListener {
                     }
                 },
             };
+            if !this.clients.contains_key(&from.ip()) {
+                this.drop_request(from, "unknown client");
+                continue;
+            }
             let datagram = buf[..len].to_vec();
             let this = this.clone();
             tokio::spawn(async move { this.handle(from, &datagram).await });
@@ -161,8 +165,13 @@ impl DynAuthListener {
     }
 
     fn drop_request(&self, from: SocketAddr, why: &str) {
-        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%from, reason = why, "Dynamic Authorization request dropped");
+        let before = self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        // Throttled like the RADIUS client's drops: a flood must not flood the log.
+        if crate::telemetry::worth_a_warning(before) {
+            tracing::warn!(%from, reason = why, dropped_so_far = before + 1, "Dynamic Authorization request dropped");
+        } else {
+            tracing::debug!(%from, reason = why, "Dynamic Authorization request dropped");
+        }
     }
 
     async fn handle(&self, from: SocketAddr, datagram: &[u8]) {

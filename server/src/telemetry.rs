@@ -15,3 +15,10 @@ pub fn init(settings: &LogSettings) {
         builder.try_init()
     };
 }
+
+/// For events that an attacker can repeat at will (forged datagrams): true for the first
+/// occurrence and every 1000th after it, given how many there were before this one. Callers
+/// warn when it is true and log at debug otherwise, and keep the full count in a counter.
+pub fn worth_a_warning(occurrences_before: u64) -> bool {
+    occurrences_before.is_multiple_of(1000)
+}

@@ -345,8 +345,14 @@ async fn receive_loop(
 /// Hands a datagram to the request it answers if it verifies; otherwise drops and counts it.
 fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[u8]) {
     let drop_it = |why: &dyn std::fmt::Debug| {
-        shared.dropped.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%from, reason = ?why, "RADIUS datagram dropped");
+        let before = shared.dropped.fetch_add(1, Ordering::Relaxed);
+        // A flood of forged datagrams must not become a flood of log lines: warn for the first
+        // and then every 1000th; the rest go to debug. The counter has them all.
+        if crate::telemetry::worth_a_warning(before) {
+            tracing::warn!(%from, reason = ?why, dropped_so_far = before + 1, "RADIUS datagram dropped");
+        } else {
+            tracing::debug!(%from, reason = ?why, "RADIUS datagram dropped");
+        }
     };
     let Some(&id) = datagram.get(1) else {
         return drop_it(&"shorter than a header");
