@@ -36,6 +36,10 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a reply is kept to answer a retransmission of its request.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(5);
+/// Requests handled at once; beyond it datagrams are dropped (the server retransmits).
+const MAX_IN_PROGRESS: usize = 256;
+/// Error-Cause 506: Resources-Unavailable (the portal's own trouble: not cached, retry welcome).
+const RESOURCES_UNAVAILABLE: u32 = 506;
 /// Error-Cause 405: Unsupported-Service.
 const UNSUPPORTED_SERVICE: u32 = 405;
 /// Error-Cause 503: Session-Context-Not-Found.
@@ -71,6 +75,8 @@ pub struct DynAuthListener {
     /// operations only.
     recent: Arc<Mutex<RecentReplies>>,
     stats: Arc<DynAuthStats>,
+    /// Bounds the requests handled at once.
+    in_progress: Arc<tokio::sync::Semaphore>,
 }
 
 impl DynAuthListener {
@@ -114,6 +120,7 @@ impl DynAuthListener {
             sessions,
             recent: Arc::default(),
             stats: Arc::default(),
+            in_progress: Arc::new(tokio::sync::Semaphore::new(MAX_IN_PROGRESS)),
         }))
     }
 
@@ -135,6 +142,7 @@ impl DynAuthListener {
             sessions: self.sessions.clone(),
             recent: self.recent.clone(),
             stats: self.stats.clone(),
+            in_progress: self.in_progress.clone(),
         }
     }
 
@@ -158,9 +166,16 @@ impl DynAuthListener {
                 this.drop_request(from, "unknown client");
                 continue;
             }
+            let Ok(permit) = this.in_progress.clone().try_acquire_owned() else {
+                this.drop_request(from, "too many requests in progress");
+                continue;
+            };
             let datagram = buf[..len].to_vec();
             let this = this.clone();
-            tokio::spawn(async move { this.handle(from, &datagram).await });
+            tokio::spawn(async move {
+                this.handle(from, &datagram).await;
+                drop(permit);
+            });
         }
     }
 
@@ -197,14 +212,22 @@ impl DynAuthListener {
             return self.drop_request(from, "not a Disconnect-Request or CoA-Request");
         }
         let key = (from, request.identifier, request.authenticator);
+        // An empty entry marks a request being handled: its retransmission is not acted on
+        // again (and gets the answer when it is retransmitted once more).
         let cached = {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
             recent.retain(|_, (at, _)| at.elapsed() < DUPLICATE_WINDOW);
-            recent.get(&key).map(|(_, reply)| reply.clone())
+            let cached = recent.get(&key).map(|(_, reply)| reply.clone());
+            if cached.is_none() {
+                recent.insert(key, (Instant::now(), Vec::new()));
+            }
+            cached
         };
         if let Some(reply) = cached {
             self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-            let _ = self.socket.send_to(&reply, from).await;
+            if !reply.is_empty() {
+                let _ = self.socket.send_to(&reply, from).await;
+            }
             return;
         }
         let reply = self.answer(&client.name, &request).await;
@@ -213,10 +236,14 @@ impl DynAuthListener {
             tracing::error!(%from, "Dynamic Authorization reply could not be encoded");
             return;
         };
-        self.recent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, (Instant::now(), bytes.clone()));
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if reply.get_u32(attr::ERROR_CAUSE) == Some(RESOURCES_UNAVAILABLE) {
+                recent.remove(&key); // our own trouble: a retransmission is tried afresh
+            } else {
+                recent.insert(key, (Instant::now(), bytes.clone()));
+            }
+        }
         if matches!(reply.code, Code::DisconnectAck | Code::CoaAck) {
             self.stats.acked.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -254,7 +281,7 @@ impl DynAuthListener {
             Err(e) => {
                 tracing::error!(client, error = ?e, "looking up the session of a Dynamic Authorization request failed");
                 // Not an answer the server should act on: let it retransmit.
-                return reply(nak, Some(506)); // Resources-Unavailable
+                return reply(nak, Some(RESOURCES_UNAVAILABLE));
             }
         };
         if found.is_empty() {
@@ -282,7 +309,7 @@ impl DynAuthListener {
                     organization = %session.organization_id, "session ended by Disconnect-Request"),
                 Err(e) => {
                     tracing::error!(client, error = ?e, "stopping a session for a Disconnect-Request failed");
-                    return reply(nak, Some(506));
+                    return reply(nak, Some(RESOURCES_UNAVAILABLE));
                 }
             }
         }

@@ -196,7 +196,7 @@ impl AccessSessions {
         };
         let (id, preempted) = self.storage.open_session(&new).await?;
         self.expiry_wake.notify_one();
-        let start_deadline = deadline.max(Instant::now() + org.servers[server].timeout);
+        let exchange_time = org.servers[server].timeout * (org.servers[server].retries + 1);
         if !preempted.is_empty() {
             tracing::info!(organization = %org.id, %client_ip, count = preempted.len(), "previous session of this client preempted");
             // The old session's Stop reaches the server before the new session's Start (the
@@ -205,7 +205,7 @@ impl AccessSessions {
                 self.events.publish(old.id);
                 if !self
                     .accounting
-                    .deliver_now(old.id, status_type::STOP, start_deadline)
+                    .deliver_now(old.id, status_type::STOP, Instant::now() + exchange_time)
                     .await?
                 {
                     tracing::warn!(
@@ -219,6 +219,8 @@ impl AccessSessions {
         tracing::info!(organization = %org.id, username, %client_ip, acct_session_id = %new.acct_session_id,
             server = %new.server_name, window_s = terms.window.as_secs(), limit_s = terms.limit.map(|l| l.as_secs()),
             "access session opened");
+        // The Start's own budget: what is left of the login deadline, but at least one exchange.
+        let start_deadline = deadline.max(Instant::now() + exchange_time);
         if !self
             .accounting
             .deliver_now(id, status_type::START, start_deadline)

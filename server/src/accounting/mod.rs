@@ -198,8 +198,12 @@ impl Accounting {
         acct_session_id: &str,
         reason: String,
     ) -> Result<Delivery, OutboxError> {
-        // A Start that never reached the wire takes the session's later rows with it.
-        let cascade = row.status_type == i64::from(status_type::START) && row.transmissions == 0;
+        // A Start that certainly never reached the wire takes the session's later rows with it:
+        // nothing recorded as sent, and this is its first claim (an earlier claim may have sent
+        // it just before a crash, before the transmission was recorded).
+        let cascade = row.status_type == i64::from(status_type::START)
+            && row.transmissions == 0
+            && row.attempts <= 1;
         self.storage
             .dead_letter(row.id, now_ms(), &reason, cascade)
             .await?;
@@ -307,6 +311,15 @@ impl Accounting {
         let window = self.window(server.acct_addr);
         // The semaphore is never closed, so acquiring cannot fail.
         let _slot = window.acquire().await.ok();
+        // The server may have gone down while this row waited for a slot: do not queue up
+        // behind its timeouts, try again (or fail over) later.
+        if !health.allows(server.acct_addr) {
+            let retry = now_ms() + backoff_ms(row.attempts);
+            self.storage
+                .mark_failed(row.id, retry, "accounting server went down", false)
+                .await?;
+            return Ok(Delivery::RetryAt(retry));
+        }
         // Acct-Delay-Time counts from the event to this transmission (time in the window too).
         let record = AccountingRecord {
             delay_secs: ((now_ms() - row.event_at).max(0) / 1000) as u32,
@@ -328,7 +341,9 @@ impl Accounting {
             Err(e) => {
                 let transmitted = !matches!(
                     e,
-                    RadiusError::IdentifiersExhausted | RadiusError::NoIpv6Socket
+                    RadiusError::IdentifiersExhausted
+                        | RadiusError::NoIpv6Socket
+                        | RadiusError::NotSent
                 );
                 let retry = now_ms() + backoff_ms(row.attempts);
                 self.storage
@@ -353,6 +368,10 @@ impl Accounting {
             if shutdown.is_cancelled() {
                 return;
             }
+            // Registered before looking at the outbox, so a recovery meanwhile is not missed.
+            let server_recovered = recovered.notified();
+            tokio::pin!(server_recovered);
+            server_recovered.as_mut().enable();
             while let Ok(id) = done_rx.try_recv() {
                 in_flight_ids.remove(&id);
             }
@@ -408,7 +427,7 @@ impl Accounting {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}
-                _ = recovered.notified() => {
+                _ = server_recovered => {
                     if let Err(e) = self.storage.retry_pending_now(now_ms()).await {
                         tracing::error!(error = ?e, "rescheduling accounting after a server recovered failed");
                     }

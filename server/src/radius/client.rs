@@ -85,6 +85,8 @@ struct Shared {
     stop: CancellationToken,
     /// Datagrams dropped: not a RADIUS packet, no request waiting, or failed verification.
     dropped: AtomicU64,
+    /// Of those, the ones anyone could have sent (they decide when to warn).
+    suspicious: AtomicU64,
 }
 
 impl Drop for Shared {
@@ -148,6 +150,7 @@ impl RadiusClient {
                 health,
                 stop: CancellationToken::new(),
                 dropped: AtomicU64::new(0),
+                suspicious: AtomicU64::new(0),
             }),
         };
         let mut inner = client.lock();
@@ -218,10 +221,12 @@ impl RadiusClient {
                 require_message_authenticator: ex.require_message_authenticator,
             });
         }
+        let mut sent = false;
         for _attempt in 0..=ex.retries {
             if Instant::now() >= ex.deadline {
                 break;
             }
+            sent = true;
             socket
                 .send_to(&bytes, ex.destination)
                 .await
@@ -234,7 +239,11 @@ impl RadiusClient {
                 Err(_) => {} // timed out: retransmit
             }
         }
-        Err(RadiusError::Timeout)
+        Err(if sent {
+            RadiusError::Timeout
+        } else {
+            RadiusError::NotSent
+        })
     }
 
     /// Reserves a free Identifier towards `destination` on some socket (opening another when
@@ -344,10 +353,16 @@ async fn receive_loop(
 
 /// Hands a datagram to the request it answers if it verifies; otherwise drops and counts it.
 fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[u8]) {
-    let drop_it = |why: &dyn std::fmt::Debug| {
-        let before = shared.dropped.fetch_add(1, Ordering::Relaxed);
-        // A flood of forged datagrams must not become a flood of log lines: warn for the first
-        // and then every 1000th; the rest go to debug. The counter has them all.
+    // `repeatable`: anyone can send such datagrams at will, so a flood of them must not become
+    // a flood of log lines: warn for the first and then every 1000th, the rest go to debug.
+    // Drops only a holder of the secret can cause always warn. The counter has them all.
+    let drop_it = |why: &dyn std::fmt::Debug, repeatable: bool| {
+        shared.dropped.fetch_add(1, Ordering::Relaxed);
+        let before = if repeatable {
+            shared.suspicious.fetch_add(1, Ordering::Relaxed)
+        } else {
+            0
+        };
         if crate::telemetry::worth_a_warning(before) {
             tracing::warn!(%from, reason = ?why, dropped_so_far = before + 1, "RADIUS datagram dropped");
         } else {
@@ -355,7 +370,7 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
         }
     };
     let Some(&id) = datagram.get(1) else {
-        return drop_it(&"shorter than a header");
+        return drop_it(&"shorter than a header", true);
     };
     let key = (index, from, id);
     let expect = {
@@ -363,7 +378,10 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
         inner.waiters.get(&key).and_then(|p| p.expect.clone())
     };
     let Some(expect) = expect else {
-        return drop_it(&"no request waiting for this identifier");
+        // Routine: a late reply to a request that was answered or gave up.
+        shared.dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%from, id, "RADIUS reply for no waiting request dropped");
+        return;
     };
     match accept_reply(
         datagram,
@@ -389,9 +407,10 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
                 None => tracing::debug!(%from, id, "duplicate reply dropped"),
             }
         }
-        Err(Dropped::MissingMessageAuthenticator) => {
-            drop_it(&"no Message-Authenticator although the server must send one")
-        }
-        Err(why) => drop_it(&why),
+        Err(Dropped::MissingMessageAuthenticator) => drop_it(
+            &"no Message-Authenticator although the server must send one",
+            false,
+        ),
+        Err(why) => drop_it(&why, true),
     }
 }

@@ -52,6 +52,10 @@ pub enum RadiusError {
     /// The organization has no servers configured.
     #[error("no RADIUS servers configured")]
     NoServers,
+    /// The exchange's deadline had passed before anything was sent: says nothing about the
+    /// server (not a breaker failure, not a transmission).
+    #[error("no time left to send the RADIUS request")]
+    NotSent,
     /// Every server's circuit breaker is open: nothing was sent; they are being probed.
     #[error("every RADIUS server is down (circuit breakers open)")]
     AllServersDown,
