@@ -97,8 +97,8 @@ async fn serve(socket: Arc<UdpSocket>, shutdown: CancellationToken) {
 /// The reply to one request, or None to drop it (malformed, bad authenticator).
 pub fn answer(bytes: &[u8]) -> Option<Vec<u8>> {
     let secret = DEMO_SECRET.as_bytes();
-    let request = Packet::decode(bytes).ok()?;
-    let mut reply = match request.code {
+    let request = Packet::decode(bytes, secret).ok()?;
+    let reply = match request.code() {
         Code::AccessRequest | Code::StatusServer => {
             if packet::verify_request_message_authenticator(bytes, secret) != Some(true) {
                 tracing::warn!(
@@ -106,10 +106,10 @@ pub fn answer(bytes: &[u8]) -> Option<Vec<u8>> {
                 );
                 return None;
             }
-            if request.code == Code::StatusServer {
-                Packet::new(Code::AccessAccept, request.identifier, [0; 16])
+            if request.code() == Code::StatusServer {
+                signed_reply(&request, Code::AccessAccept)
             } else {
-                authenticate(&request, secret)
+                authenticate(&request)
             }
         }
         Code::AccountingRequest => {
@@ -123,40 +123,38 @@ pub fn answer(bytes: &[u8]) -> Option<Vec<u8>> {
                 cause = request.get_u32(attr::ACCT_TERMINATE_CAUSE),
                 "DEMO RADIUS: accounting received"
             );
-            Packet::new(Code::AccountingResponse, request.identifier, [0; 16])
+            request.reply(Code::AccountingResponse)
         }
         _ => return None,
     };
-    if reply.code != Code::AccountingResponse {
-        reply
-            .attributes
-            .insert(0, (attr::MESSAGE_AUTHENTICATOR, vec![0; 16]));
-    }
-    packet::encode_response(&reply, &request.authenticator, secret).ok()
+    packet::encode_response(&reply).ok()
 }
 
-fn authenticate(request: &Packet, secret: &[u8]) -> Packet {
+/// A reply carrying Message-Authenticator first, as hardened servers send it.
+fn signed_reply(request: &Packet, code: Code) -> Packet {
+    let mut reply = request.reply(code);
+    reply.push(attr::MESSAGE_AUTHENTICATOR, [0u8; 16]);
+    reply
+}
+
+fn authenticate(request: &Packet) -> Packet {
     let username = request.get_text(attr::USER_NAME).unwrap_or_default();
-    let password = request
-        .get(attr::USER_PASSWORD)
-        .map(|hidden| packet::unhide_password(hidden, secret, &request.authenticator))
-        .unwrap_or_default();
+    let password = request.user_password().unwrap_or_default();
     let user = DEMO_USERS.iter().find(|u| u.username == username);
     let accepted = user
         .and_then(|u| u.password)
         .is_some_and(|p| p.as_bytes() == password.as_slice());
-    let mut reply = Packet::new(
+    let mut reply = signed_reply(
+        request,
         if accepted {
             Code::AccessAccept
         } else {
             Code::AccessReject
         },
-        request.identifier,
-        [0; 16],
     );
     if let Some(user) = user {
         if let Some(message) = user.reply_message {
-            reply.push(attr::REPLY_MESSAGE, message.as_bytes().to_vec());
+            reply.push(attr::REPLY_MESSAGE, message.as_bytes());
         }
         if accepted {
             if let Some(t) = user.session_timeout {
@@ -165,7 +163,7 @@ fn authenticate(request: &Packet, secret: &[u8]) -> Packet {
             if let Some(t) = user.idle_timeout {
                 reply.push_u32(attr::IDLE_TIMEOUT, t);
             }
-            reply.push(attr::CLASS, format!("DEMO:{username}").into_bytes());
+            reply.push(attr::CLASS, format!("DEMO:{username}"));
         }
     }
     tracing::info!(user = %username, accepted, "DEMO RADIUS: Access-Request answered");

@@ -205,13 +205,13 @@ impl DynAuthListener {
                 "bad Request Authenticator or Message-Authenticator (wrong secret?)",
             );
         };
-        let Ok(request) = Packet::decode(datagram) else {
+        let Ok(request) = Packet::decode(datagram, &client.secret) else {
             return self.drop_request(from, "malformed attributes");
         };
-        if !matches!(request.code, Code::DisconnectRequest | Code::CoaRequest) {
+        if !matches!(request.code(), Code::DisconnectRequest | Code::CoARequest) {
             return self.drop_request(from, "not a Disconnect-Request or CoA-Request");
         }
-        let key = (from, request.identifier, request.authenticator);
+        let key = (from, request.identifier(), request.authenticator());
         // An empty entry marks a request being handled: its retransmission is not acted on
         // again (and gets the answer when it is retransmitted once more).
         let cached = {
@@ -231,8 +231,7 @@ impl DynAuthListener {
             return;
         }
         let reply = self.answer(&client.name, &request).await;
-        let Ok(bytes) = packet::encode_response(&reply, &request.authenticator, &client.secret)
-        else {
+        let Ok(bytes) = packet::encode_response(&reply) else {
             tracing::error!(%from, "Dynamic Authorization reply could not be encoded");
             return;
         };
@@ -244,7 +243,7 @@ impl DynAuthListener {
                 recent.insert(key, (Instant::now(), bytes.clone()));
             }
         }
-        if matches!(reply.code, Code::DisconnectAck | Code::CoaAck) {
+        if matches!(reply.code(), Code::DisconnectACK | Code::CoAACK) {
             self.stats.acked.fetch_add(1, Ordering::Relaxed);
         } else {
             self.stats.naked.fetch_add(1, Ordering::Relaxed);
@@ -256,16 +255,16 @@ impl DynAuthListener {
 
     /// The reply to an authentic request (and its effect).
     async fn answer(&self, client: &str, request: &Packet) -> Packet {
-        let disconnect = request.code == Code::DisconnectRequest;
+        let disconnect = request.code() == Code::DisconnectRequest;
         let (ack, nak) = if disconnect {
-            (Code::DisconnectAck, Code::DisconnectNak)
+            (Code::DisconnectACK, Code::DisconnectNAK)
         } else {
-            (Code::CoaAck, Code::CoaNak)
+            (Code::CoAACK, Code::CoANAK)
         };
         let reply = |code: Code, cause: Option<u32>| {
-            let mut p = Packet::new(code, request.identifier, [0; 16]);
+            let mut p = request.reply(code);
             if request.get(attr::MESSAGE_AUTHENTICATOR).is_some() {
-                p.push(attr::MESSAGE_AUTHENTICATOR, vec![0; 16]);
+                p.push(attr::MESSAGE_AUTHENTICATOR, [0u8; 16]);
             }
             if let Some(cause) = cause {
                 p.push_u32(attr::ERROR_CAUSE, cause);
@@ -273,7 +272,7 @@ impl DynAuthListener {
             p
         };
         let Some(wanted) = session_match(request) else {
-            tracing::info!(client, code = ?request.code, "Dynamic Authorization request names no session");
+            tracing::info!(client, code = ?request.code(), "Dynamic Authorization request names no session");
             return reply(nak, Some(SESSION_CONTEXT_NOT_FOUND));
         };
         let found = match self.sessions.find_active(&wanted).await {
@@ -285,7 +284,7 @@ impl DynAuthListener {
             }
         };
         if found.is_empty() {
-            tracing::info!(client, code = ?request.code, "Dynamic Authorization request for no active session");
+            tracing::info!(client, code = ?request.code(), "Dynamic Authorization request for no active session");
             return reply(nak, Some(SESSION_CONTEXT_NOT_FOUND));
         }
         if !disconnect {
@@ -322,29 +321,29 @@ impl DynAuthListener {
 pub fn session_match(request: &Packet) -> Option<SessionMatch> {
     if let Some(id) = request.get(attr::ACCT_SESSION_ID) {
         return Some(SessionMatch::AcctSessionId(
-            String::from_utf8_lossy(id).into_owned(),
+            String::from_utf8_lossy(&id).into_owned(),
         ));
     }
     let username = request.get(attr::USER_NAME);
     let framed = request
         .get(attr::FRAMED_IP_ADDRESS)
-        .and_then(|v| <[u8; 4]>::try_from(v).ok())
+        .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
         .map(IpAddr::from)
         .or_else(|| {
             request
                 .get(attr::FRAMED_IPV6_ADDRESS)
-                .and_then(|v| <[u8; 16]>::try_from(v).ok())
+                .and_then(|v| <[u8; 16]>::try_from(v.as_slice()).ok())
                 .map(IpAddr::from)
         });
     if let (Some(username), Some(ip)) = (username, framed) {
         return Some(SessionMatch::UserAndAddress {
-            username: String::from_utf8_lossy(username).into_owned(),
+            username: String::from_utf8_lossy(&username).into_owned(),
             client_ip: ip.to_string(),
         });
     }
     request
         .get(attr::CLASS)
-        .map(|class| SessionMatch::Class(class.to_vec()))
+        .map(SessionMatch::Class)
 }
 
 #[cfg(test)]
@@ -353,7 +352,7 @@ mod tests {
 
     #[test]
     fn a_request_names_its_session_by_id_then_user_and_address_then_class() {
-        let mut p = Packet::new(Code::DisconnectRequest, 1, [0; 16]);
+        let mut p = Packet::new(Code::DisconnectRequest, 1, [0; 16], b"s");
         p.push(attr::CLASS, b"c".to_vec());
         assert_eq!(session_match(&p), Some(SessionMatch::Class(b"c".to_vec())));
         p.push(attr::USER_NAME, b"alice".to_vec());
@@ -376,7 +375,7 @@ mod tests {
             Some(SessionMatch::AcctSessionId("abc".into()))
         );
         assert_eq!(
-            session_match(&Packet::new(Code::CoaRequest, 1, [0; 16])),
+            session_match(&Packet::new(Code::CoARequest, 1, [0; 16], b"s")),
             None
         );
     }

@@ -226,9 +226,9 @@ async fn a_retransmitted_disconnect_is_answered_from_the_cache_and_acted_on_once
         .await;
     let sid = field(&start, "sid").to_string();
 
-    let mut request = Packet::new(Code::DisconnectRequest, 77, [0; 16]);
-    request.push(attr::ACCT_SESSION_ID, sid.as_bytes().to_vec());
-    let bytes = encode_dynauth_request(&request, SECRET.as_bytes()).unwrap();
+    let mut request = Packet::new(Code::DisconnectRequest, 77, [0; 16], SECRET.as_bytes());
+    request.push(attr::ACCT_SESSION_ID, sid.as_bytes());
+    let bytes = encode_dynauth_request(&request).unwrap();
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut replies = Vec::new();
     for _ in 0..2 {
@@ -242,8 +242,8 @@ async fn a_retransmitted_disconnect_is_answered_from_the_cache_and_acted_on_once
     }
     assert_eq!(replies[0], replies[1], "the same answer, byte for byte");
     assert_eq!(
-        Packet::decode(&replies[0]).unwrap().code,
-        Code::DisconnectAck
+        Packet::decode(&replies[0], SECRET.as_bytes()).unwrap().code(),
+        Code::DisconnectACK
     );
     assert_eq!(stats.duplicates.load(Ordering::Relaxed), 1);
     radius

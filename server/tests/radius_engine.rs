@@ -24,19 +24,13 @@ fn client(n: u8) -> Ipv4Addr {
 }
 
 /// Signs a reply the way a server does, but with the Message-Authenticator given verbatim
-/// (a wrong one) and a correct Response Authenticator over it.
-fn reply_with_bad_message_authenticator(id: u8, request_auth: &[u8; 16]) -> Vec<u8> {
-    let mut p = Packet::new(Code::AccessAccept, id, *request_auth);
-    p.push(attr::MESSAGE_AUTHENTICATOR, vec![0x42; 16]);
-    p.push(attr::CLASS, b"FORGED".to_vec());
-    let mut bytes = p.encode().unwrap();
-    let auth: [u8; 16] = Md5::new()
-        .chain_update(&bytes)
-        .chain_update(SECRET.as_bytes())
-        .finalize()
-        .into();
-    bytes[4..20].copy_from_slice(&auth);
-    bytes
+/// (a wrong one) and a correct Response Authenticator over it (the crate's encoder).
+fn reply_with_bad_message_authenticator(request: &[u8]) -> Vec<u8> {
+    let request = radius::core::packet::Packet::decode(request, SECRET.as_bytes()).unwrap();
+    let mut p = request.make_response_packet(Code::AccessAccept);
+    p.add(radius::core::avp::AVP::from_bytes(attr::MESSAGE_AUTHENTICATOR, &[0x42; 16]));
+    p.add(radius::core::avp::AVP::from_bytes(attr::CLASS, b"FORGED"));
+    p.encode().unwrap()
 }
 
 /// Every kind of forged or broken reply to the request `request`.
@@ -45,18 +39,22 @@ fn forgeries(request: &[u8]) -> Vec<Vec<u8>> {
     let mut request_auth = [0u8; 16];
     request_auth.copy_from_slice(&request[4..20]);
     let forged_accept = |id: u8, secret: &str, with_ma: bool| {
-        let mut p = Packet::new(Code::AccessAccept, id, [0; 16]);
+        let mut to = request.to_vec();
+        to[1] = id;
+        let mut p = Packet::decode(&to, secret.as_bytes())
+            .unwrap()
+            .reply(Code::AccessAccept);
         if with_ma {
-            p.push(attr::MESSAGE_AUTHENTICATOR, vec![0; 16]);
+            p.push(attr::MESSAGE_AUTHENTICATOR, [0u8; 16]);
         }
-        p.push(attr::CLASS, b"FORGED".to_vec());
-        encode_response(&p, &request_auth, secret.as_bytes()).unwrap()
+        p.push(attr::CLASS, b"FORGED");
+        encode_response(&p).unwrap()
     };
     let mut short_length = forged_accept(id, SECRET, true);
     short_length[2..4].copy_from_slice(&5u16.to_be_bytes());
     // Attribute running past the packet, with authenticators valid over the broken bytes.
     let truncated = {
-        let mut bytes = vec![Code::AccessAccept.to_u8(), id, 0, 24];
+        let mut bytes = vec![Code::AccessAccept as u8, id, 0, 24];
         bytes.extend_from_slice(&request_auth);
         bytes.extend_from_slice(&[attr::CLASS, 40, b'X', b'Y']);
         let auth: [u8; 16] = Md5::new()
@@ -71,7 +69,7 @@ fn forgeries(request: &[u8]) -> Vec<Vec<u8>> {
         forged_accept(id, "not-the-secret", true),
         forged_accept(id.wrapping_add(1), SECRET, true),
         forged_accept(id, SECRET, false), // the strict server must send Message-Authenticator
-        reply_with_bad_message_authenticator(id, &request_auth),
+        reply_with_bad_message_authenticator(request),
         short_length,
         truncated,
         vec![2, id, 0],

@@ -112,7 +112,7 @@ impl Grant {
             session_timeout: accept.get_u32(attr::SESSION_TIMEOUT),
             idle_timeout: accept.get_u32(attr::IDLE_TIMEOUT),
             interim_interval: accept.get_u32(attr::ACCT_INTERIM_INTERVAL),
-            classes: accept.get_all(attr::CLASS).map(<[u8]>::to_vec).collect(),
+            classes: accept.get_all(attr::CLASS),
             reply_message: reply_message(accept),
         }
     }
@@ -156,7 +156,7 @@ fn random_authenticator() -> [u8; 16] {
 /// Every Reply-Message attribute, joined as bytes (a long text is split across attributes, a
 /// character may straddle two), then decoded; invalid UTF-8 is replaced, never an error.
 fn reply_message(p: &Packet) -> Option<String> {
-    let bytes: Vec<u8> = p.get_all(attr::REPLY_MESSAGE).flatten().copied().collect();
+    let bytes: Vec<u8> = p.get_all(attr::REPLY_MESSAGE).concat();
     let text = String::from_utf8_lossy(&bytes).trim().to_string();
     (!text.is_empty()).then_some(text)
 }
@@ -164,15 +164,15 @@ fn reply_message(p: &Packet) -> Option<String> {
 fn push_nas_and_client(p: &mut Packet, nas: &NasIdentity, client_ip: IpAddr) {
     match nas.ip {
         IpAddr::V4(ip) => p.push_ipv4(attr::NAS_IP_ADDRESS, ip),
-        IpAddr::V6(ip) => p.push(attr::NAS_IPV6_ADDRESS, ip.octets().to_vec()),
+        IpAddr::V6(ip) => p.push_ipv6(attr::NAS_IPV6_ADDRESS, ip),
     }
-    p.push(attr::NAS_IDENTIFIER, nas.identifier.as_bytes().to_vec());
+    p.push(attr::NAS_IDENTIFIER, nas.identifier.as_bytes());
     p.push_u32(attr::NAS_PORT_TYPE, 5); // Virtual
-    p.push(attr::CALLING_STATION_ID, client_ip.to_string().into_bytes());
+    p.push(attr::CALLING_STATION_ID, client_ip.to_string());
     match client_ip {
         IpAddr::V4(ip) => p.push_ipv4(attr::FRAMED_IP_ADDRESS, ip),
         // Framed-IPv6-Address (RFC 6911) carries the 16 address bytes.
-        IpAddr::V6(ip) => p.push(attr::FRAMED_IPV6_ADDRESS, ip.octets().to_vec()),
+        IpAddr::V6(ip) => p.push_ipv6(attr::FRAMED_IPV6_ADDRESS, ip),
     }
 }
 
@@ -307,41 +307,40 @@ impl Radius {
                     self.requires_message_authenticator(server),
                     |id| {
                         let authenticator = random_authenticator();
-                        let mut p = Packet::new(Code::AccessRequest, id, authenticator);
-                        p.push(attr::USER_NAME, username.as_bytes().to_vec());
-                        p.push(
-                            attr::USER_PASSWORD,
-                            packet::hide_password(password.as_bytes(), secret, &authenticator),
-                        );
-                        push_nas_and_client(&mut p, nas, client_ip);
-                        let bytes = packet::encode_access_request(&p, secret)
+                        let mut p =
+                            Packet::access_request(Code::AccessRequest, id, authenticator, secret);
+                        p.push(attr::USER_NAME, username.as_bytes());
+                        p.push_user_password(password.as_bytes())
                             .map_err(RadiusError::Encode)?;
+                        push_nas_and_client(&mut p, nas, client_ip);
+                        let bytes =
+                            packet::encode_access_request(&p).map_err(RadiusError::Encode)?;
                         Ok((bytes, authenticator))
                     },
                 )
                 .await;
             match reply.map(|r| r.packet) {
-                Ok(p) if p.code == Code::AccessAccept => {
+                Ok(p) if p.code() == Code::AccessAccept => {
                     let grant = Grant::from_accept(&p);
                     return Ok(AuthOutcome::Accept {
                         server: *index,
                         grant,
                     });
                 }
-                Ok(p) if p.code == Code::AccessReject => {
+                Ok(p) if p.code() == Code::AccessReject => {
                     return Ok(AuthOutcome::Reject {
                         reply_message: reply_message(&p),
                     });
                 }
-                Ok(p) if p.code == Code::AccessChallenge => {
+                Ok(p) if p.code() == Code::AccessChallenge => {
                     tracing::warn!(server = %server.name, "Access-Challenge received: multi-round authentication is not supported");
                     return Ok(AuthOutcome::Challenge {
                         reply_message: reply_message(&p),
                     });
                 }
                 Ok(p) => {
-                    tracing::warn!(server = %server.name, code = ?p.code, "unexpected reply to Access-Request");
-                    last_error = RadiusError::UnexpectedReply(p.code);
+                    tracing::warn!(server = %server.name, code = ?p.code(), "unexpected reply to Access-Request");
+                    last_error = RadiusError::UnexpectedReply(p.code());
                 }
                 Err(e @ RadiusError::Encode(_)) => return Err(e),
                 Err(e) => {
@@ -369,7 +368,7 @@ impl Radius {
                 encode_accounting(id, nas, record, secret)
             })
             .await?;
-        match reply.packet.code {
+        match reply.packet.code() {
             Code::AccountingResponse => Ok(()),
             other => Err(RadiusError::UnexpectedReply(other)),
         }
@@ -384,7 +383,7 @@ impl Radius {
     ) -> Result<Code, RadiusError> {
         self.status_server_at(server, Port::Auth, deadline)
             .await
-            .map(|r| r.packet.code)
+            .map(|r| r.packet.code())
     }
 
     async fn status_server_at(
@@ -406,9 +405,9 @@ impl Radius {
         self.client
             .exchange(exchange, |id| {
                 let authenticator = random_authenticator();
-                let p = Packet::new(Code::StatusServer, id, authenticator);
+                let p = Packet::access_request(Code::StatusServer, id, authenticator, secret);
                 Ok((
-                    packet::encode_access_request(&p, secret).map_err(RadiusError::Encode)?,
+                    packet::encode_access_request(&p).map_err(RadiusError::Encode)?,
                     authenticator,
                 ))
             })
@@ -451,17 +450,14 @@ pub fn encode_accounting(
     record: &AccountingRecord,
     secret: &[u8],
 ) -> Result<(Vec<u8>, [u8; 16]), RadiusError> {
-    let mut p = Packet::new(Code::AccountingRequest, id, [0; 16]);
+    let mut p = Packet::new(Code::AccountingRequest, id, [0; 16], secret);
     p.push_u32(attr::ACCT_STATUS_TYPE, record.status_type);
-    p.push(
-        attr::ACCT_SESSION_ID,
-        record.acct_session_id.as_bytes().to_vec(),
-    );
-    p.push(attr::USER_NAME, record.username.as_bytes().to_vec());
+    p.push(attr::ACCT_SESSION_ID, record.acct_session_id.as_bytes());
+    p.push(attr::USER_NAME, record.username.as_bytes());
     push_nas_and_client(&mut p, nas, record.client_ip);
     p.push_u32(attr::ACCT_AUTHENTIC, 1); // RADIUS
     for class in &record.classes {
-        p.push(attr::CLASS, class.clone());
+        p.push(attr::CLASS, class);
     }
     p.push_u32(attr::EVENT_TIMESTAMP, record.event_timestamp);
     p.push_u32(attr::ACCT_DELAY_TIME, record.delay_secs);
@@ -471,7 +467,7 @@ pub fn encode_accounting(
     if let Some(c) = record.terminate_cause {
         p.push_u32(attr::ACCT_TERMINATE_CAUSE, c);
     }
-    packet::encode_accounting_request(&p, secret).map_err(RadiusError::Encode)
+    packet::encode_accounting_request(&p).map_err(RadiusError::Encode)
 }
 
 /// Acct-Status-Type values (RFC 2866 §5.1).
@@ -496,9 +492,9 @@ mod tests {
     use super::*;
 
     fn accept(attrs: &[(u8, &[u8])]) -> Packet {
-        let mut p = Packet::new(Code::AccessAccept, 1, [0; 16]);
+        let mut p = Packet::new(Code::AccessAccept, 1, [0; 16], b"s");
         for (t, v) in attrs {
-            p.push(*t, v.to_vec());
+            p.push(*t, v);
         }
         p
     }
