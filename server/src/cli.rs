@@ -221,18 +221,16 @@ pub async fn radius_test(
 ) -> anyhow::Result<bool> {
     use crate::{
         organizations::Organizations,
-        radius::{client::RadiusClient, AuthOutcome, Radius},
+        radius::{AuthOutcome, Radius},
     };
     let organizations = Organizations::from_settings(&settings.organizations)?;
     let org_id = org_id.unwrap_or(organizations.default_id());
     let Some(org) = organizations.get(org_id) else {
         bail!("no organization `{org_id}` in the configuration");
     };
-    let radius = Radius::new(
-        RadiusClient::bind(settings.radius.bind)
-            .await
-            .context("while binding the RADIUS socket")?,
-    );
+    let radius = Radius::bind(&settings.radius, Default::default())
+        .await
+        .context("while binding the RADIUS socket")?;
     let mut all_answered = true;
     for server in &org.servers {
         let started = tokio::time::Instant::now();

@@ -66,7 +66,8 @@ struct Client {
     secret: Vec<u8>,
 }
 
-/// A bound listener, ready to run.
+/// A bound listener, ready to run (clones share the socket, cache and counters).
+#[derive(Clone)]
 pub struct DynAuthListener {
     socket: Arc<UdpSocket>,
     clients: Arc<HashMap<IpAddr, Client>>,
@@ -132,18 +133,6 @@ impl DynAuthListener {
     /// Shared counters.
     pub fn stats(&self) -> Arc<DynAuthStats> {
         self.stats.clone()
-    }
-
-    /// A handle to run (the listener itself stays shareable).
-    pub fn clone_handle(&self) -> DynAuthListener {
-        DynAuthListener {
-            socket: self.socket.clone(),
-            clients: self.clients.clone(),
-            sessions: self.sessions.clone(),
-            recent: self.recent.clone(),
-            stats: self.stats.clone(),
-            in_progress: self.in_progress.clone(),
-        }
     }
 
     /// Answers requests until `shutdown`. Each request is handled in its own task, so a slow

@@ -9,7 +9,7 @@ use crate::{
     http::{router, RouterParts},
     organizations::Organizations,
     portal_backend::PortalBackend,
-    radius::{breaker::BreakerPolicy, client::RadiusClient, Radius},
+    radius::Radius,
     storage::Storage,
     supervise::{self, TaskHealth},
 };
@@ -83,16 +83,9 @@ impl Application {
             );
         }
         let tasks = TaskHealth::default();
-        let client = RadiusClient::bind_with(settings.radius.bind, tasks.clone())
+        let radius = Radius::bind(&settings.radius, tasks.clone())
             .await
             .context("while binding the RADIUS client socket")?;
-        let radius = Radius::with_policy(
-            client,
-            BreakerPolicy {
-                failure_threshold: settings.radius.breaker_failures,
-                probe_interval: settings.radius.probe_interval,
-            },
-        );
         let accounting = Accounting::new(storage.clone(), radius.clone(), organizations.clone());
         let expiry_wake = Arc::new(Notify::new());
         let events = SessionEvents::default();
@@ -224,11 +217,11 @@ impl Application {
             },
         ];
         if let Some(listener) = &self.dynauth {
-            let (listener, shutdown) = (listener.clone_handle(), shutdown.clone());
+            let (listener, shutdown) = (listener.clone(), shutdown.clone());
             supervised.push(supervise::spawn(
                 self.tasks.clone(),
                 "dynamic-authorization",
-                move || listener.clone_handle().run(shutdown.clone()),
+                move || listener.clone().run(shutdown.clone()),
             ));
         }
         for handle in supervised {

@@ -9,7 +9,11 @@ mod common;
 use common::{field, settings, temp_db, wait_until, FreeRadius, TestApp, SECRET};
 use md5::{Digest, Md5};
 use radius_portal::{
-    radius::packet::{attr, encode_response, Code, Packet},
+    radius::{
+        packet::{attr, encode_response, Code, Packet},
+        client::RadiusClient,
+        status_type, AccountingRecord, NasIdentity, Radius,
+    },
     storage::NewAccessSession,
 };
 use std::{
@@ -377,4 +381,58 @@ async fn accounting_keeps_up_with_64_concurrent_users() {
         );
     }
     Arc::into_inner(app).unwrap().stop().await;
+}
+
+/// More than 256 requests in flight to one server (one Identifier space per source socket): more
+/// source sockets are opened and every request completes — none fails for want of an Identifier.
+#[tokio::test]
+async fn more_than_256_requests_in_flight_to_one_server_all_complete_over_more_sockets() {
+    let server = FreeRadius::start().await;
+    let radius = Radius::new(RadiusClient::bind(Ipv4Addr::LOCALHOST).await.unwrap());
+    let mut endpoint = server.endpoint("primary", false);
+    // Black-holed while they pile up: the kernel may drop some of them, retransmissions cover it.
+    endpoint.timeout = Duration::from_secs(2);
+    endpoint.retries = 10;
+    let nas = NasIdentity {
+        ip: Ipv4Addr::LOCALHOST.into(),
+        identifier: "many-in-flight".into(),
+    };
+    const REQUESTS: u32 = 600;
+    server.pause();
+    let mut set = tokio::task::JoinSet::new();
+    for n in 0..REQUESTS {
+        let (radius, endpoint, nas) = (radius.clone(), endpoint.clone(), nas.clone());
+        set.spawn(async move {
+            let record = AccountingRecord {
+                status_type: status_type::START,
+                acct_session_id: format!("inflight-{n}"),
+                username: "carol".into(),
+                client_ip: Ipv4Addr::new(127, 0, 3, 1).into(),
+                classes: Vec::new(),
+                event_timestamp: 1_700_000_000,
+                delay_secs: 0,
+                session_time_secs: None,
+                terminate_cause: None,
+            };
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            radius.account(&endpoint, &nas, &record, deadline).await
+        });
+    }
+    let needed = (REQUESTS as usize).div_ceil(256);
+    wait_until("the requests to spread over more source sockets", || async {
+        radius.client().socket_count() >= needed
+    })
+    .await;
+    server.resume();
+    while let Some(done) = set.join_next().await {
+        done.unwrap().expect("every request is answered");
+    }
+    wait_until("every Start reaches FreeRADIUS", || async {
+        let lines = server.acct_lines();
+        (0..REQUESTS).all(|n| {
+            let sid = format!("inflight-{n}");
+            lines.iter().any(|l| field(l, "sid") == sid)
+        })
+    })
+    .await;
 }

@@ -12,8 +12,6 @@
 //! but is still unacknowledged after an hour is given up and the rows behind it go ahead — the
 //! Stop above all, because a Stop the server does not need is harmless and a lost one keeps a
 //! firewall identity alive.
-//!
-//! [`Accounting::deliver_due`] is the one step tests drive; [`Accounting::run`] loops it.
 
 use crate::{
     access_session::now_ms,
@@ -135,28 +133,6 @@ impl Accounting {
             .entry(destination)
             .or_insert_with(|| Arc::new(Semaphore::new(WINDOW_PER_DESTINATION)))
             .clone()
-    }
-
-    /// Claims every due row (first in line for its session) and delivers them concurrently;
-    /// returns what happened to each. The one step tests drive.
-    pub async fn deliver_due(&self) -> Result<Vec<Delivery>, OutboxError> {
-        let now = now_ms();
-        let rows = self
-            .storage
-            .claim_due_outbox(now, now + CLAIM_LEASE_MS, MAX_IN_FLIGHT as i64)
-            .await?;
-        let mut set = JoinSet::new();
-        for row in rows {
-            let this = self.clone();
-            set.spawn(async move { this.deliver(row, None).await });
-        }
-        let mut outcomes = Vec::new();
-        while let Some(done) = set.join_next().await {
-            if let Ok(outcome) = done {
-                outcomes.push(outcome?);
-            }
-        }
-        Ok(outcomes)
     }
 
     /// Delivers a session's queued packet of `status_type` right away (login waits for its

@@ -11,7 +11,10 @@ pub mod client;
 pub mod health;
 pub mod packet;
 
-use crate::config::{MessageAuthenticatorMode, Secret};
+use crate::{
+    config::{MessageAuthenticatorMode, RadiusSettings, Secret},
+    supervise::TaskHealth,
+};
 use breaker::BreakerPolicy;
 use client::{Exchange, RadiusClient, Reply};
 use health::{Port, ServerHealth};
@@ -203,6 +206,19 @@ impl Radius {
     /// Wraps a client with the default breaker policy.
     pub fn new(client: RadiusClient) -> Self {
         Self::with_policy(client, BreakerPolicy::default())
+    }
+
+    /// Binds the client's sockets as `[radius]` says (receive loops reported to `tasks`);
+    /// breakers follow its policy.
+    pub async fn bind(settings: &RadiusSettings, tasks: TaskHealth) -> Result<Self, RadiusError> {
+        let client = RadiusClient::bind_with(settings.bind, tasks).await?;
+        Ok(Self::with_policy(
+            client,
+            BreakerPolicy {
+                failure_threshold: settings.breaker_failures,
+                probe_interval: settings.probe_interval,
+            },
+        ))
     }
 
     /// Wraps a client; breakers follow `policy`.

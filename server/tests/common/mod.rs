@@ -190,7 +190,7 @@ impl FreeRadius {
         }
     }
 
-    fn endpoint(&self, name: &str, strict: bool) -> ServerEndpoint {
+    pub fn endpoint(&self, name: &str, strict: bool) -> ServerEndpoint {
         let s = self.server_settings(name, strict);
         ServerEndpoint {
             name: s.name,
