@@ -368,6 +368,7 @@ pub fn demo_settings(data_dir: &Path) -> Settings {
             timeout: Duration::from_secs(1),
             retries: 2,
             require_message_authenticator: crate::config::MessageAuthenticatorMode::On,
+            status_check: Default::default(),
         }],
     });
     settings

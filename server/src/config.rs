@@ -366,6 +366,22 @@ pub struct ServerSettings {
     /// `false` / `"off"` accepts replies without it (still verified when present).
     #[serde(default)]
     pub require_message_authenticator: MessageAuthenticatorMode,
+    /// How a server whose circuit breaker opened is found alive again: `"status-server"`
+    /// (default; RFC 5997 probes) or `"request"` for servers that never answer Status-Server
+    /// (Microsoft NPS): one ordinary request per probe interval goes as a trial.
+    #[serde(default)]
+    pub status_check: StatusCheck,
+}
+
+/// How a down server is checked (the name follows FreeRADIUS's `home_server.status_check`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StatusCheck {
+    /// Status-Server probes (RFC 5997).
+    #[default]
+    StatusServer,
+    /// A trial ordinary request per probe interval.
+    Request,
 }
 
 /// Whether replies must carry a valid Message-Authenticator.
@@ -443,6 +459,18 @@ pub struct DynamicAuthorizationSettings {
     /// RADIUS servers allowed to send requests, with their secrets.
     #[serde(default)]
     pub clients: Vec<DynamicAuthorizationClient>,
+    /// Replay protection (RFC 5176 §3.5): a request whose Event-Timestamp differs from the
+    /// portal's clock by more than this is dropped.
+    #[serde(default = "five_minutes", deserialize_with = "duration")]
+    pub event_timestamp_window: Duration,
+    /// Drop requests without Event-Timestamp (RFC 5176 §3.5; off by default because some
+    /// servers do not send it).
+    #[serde(default)]
+    pub require_event_timestamp: bool,
+}
+
+fn five_minutes() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn dynauth_listen() -> SocketAddr {
@@ -454,6 +482,8 @@ impl Default for DynamicAuthorizationSettings {
         DynamicAuthorizationSettings {
             listen: dynauth_listen(),
             clients: Vec::new(),
+            event_timestamp_window: five_minutes(),
+            require_event_timestamp: false,
         }
     }
 }

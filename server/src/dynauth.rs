@@ -78,6 +78,10 @@ pub struct DynAuthListener {
     stats: Arc<DynAuthStats>,
     /// Bounds the requests handled at once.
     in_progress: Arc<tokio::sync::Semaphore>,
+    /// Replay protection: Event-Timestamp must be this close to our clock.
+    event_timestamp_window: Duration,
+    /// Requests without Event-Timestamp are dropped.
+    require_event_timestamp: bool,
 }
 
 impl DynAuthListener {
@@ -122,6 +126,8 @@ impl DynAuthListener {
             recent: Arc::default(),
             stats: Arc::default(),
             in_progress: Arc::new(tokio::sync::Semaphore::new(MAX_IN_PROGRESS)),
+            event_timestamp_window: settings.event_timestamp_window,
+            require_event_timestamp: settings.require_event_timestamp,
         }))
     }
 
@@ -200,6 +206,9 @@ impl DynAuthListener {
         if !matches!(request.code(), Code::DisconnectRequest | Code::CoARequest) {
             return self.drop_request(from, "not a Disconnect-Request or CoA-Request");
         }
+        if let Some(why) = self.replay_check(&request) {
+            return self.drop_request(from, why);
+        }
         let key = (from, request.identifier(), request.authenticator());
         // An empty entry marks a request being handled: its retransmission is not acted on
         // again (and gets the answer when it is retransmitted once more).
@@ -239,6 +248,22 @@ impl DynAuthListener {
         }
         if let Err(e) = self.socket.send_to(&bytes, from).await {
             tracing::warn!(%from, error = %e, "Dynamic Authorization reply not sent");
+        }
+    }
+
+    /// Why a request fails replay protection (RFC 5176 §3.5), if it does: its Event-Timestamp
+    /// is outside the window around our clock, or missing while required.
+    fn replay_check(&self, request: &Packet) -> Option<&'static str> {
+        match request.get_u32(attr::EVENT_TIMESTAMP) {
+            Some(sent) => {
+                let now = crate::access_session::now_ms() / 1000;
+                let skew = (now - i64::from(sent)).unsigned_abs();
+                (skew > self.event_timestamp_window.as_secs())
+                    .then_some("Event-Timestamp outside the replay window (replayed, or clocks apart)")
+            }
+            None => self
+                .require_event_timestamp
+                .then_some("no Event-Timestamp (dynamic_authorization.require_event_timestamp)"),
         }
     }
 

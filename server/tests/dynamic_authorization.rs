@@ -97,11 +97,16 @@ async fn disconnect_request_by_session_id_user_and_address_or_class_ends_the_ses
         .wait_for_acct(&["status=Start", "ip=127.0.2.1"])
         .await;
     let sid = field(&start, "sid").to_string();
+    // With a current Event-Timestamp (inside the replay window), as ISE sends it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let out = radclient_async(
         listener,
         "disconnect",
         SECRET,
-        &format!("Acct-Session-Id = \"{sid}\"\n"),
+        &format!("Acct-Session-Id = \"{sid}\"\nEvent-Timestamp = {now}\n"),
     )
     .await;
     assert!(out.contains("Disconnect-ACK"), "{out}");
@@ -197,6 +202,26 @@ async fn unknown_sessions_coa_and_forged_requests_are_refused() {
         "a forged request gets no answer: {out}"
     );
     assert!(stats.dropped.load(Ordering::Relaxed) >= 1);
+
+    // A captured request replayed an hour later: outside the Event-Timestamp window, dropped.
+    let dropped_before = stats.dropped.load(Ordering::Relaxed);
+    let an_hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 3600;
+    let out = radclient_async(
+        listener,
+        "disconnect",
+        SECRET,
+        &format!("Acct-Session-Id = \"{sid}\"\nEvent-Timestamp = {an_hour_ago}\n"),
+    )
+    .await;
+    assert!(
+        !out.contains("Disconnect-ACK") && !out.contains("Disconnect-NAK"),
+        "a stale request gets no answer: {out}"
+    );
+    assert!(stats.dropped.load(Ordering::Relaxed) > dropped_before);
 
     assert_eq!(
         app.storage.active_sessions().await.unwrap(),

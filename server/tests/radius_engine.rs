@@ -436,3 +436,85 @@ async fn more_than_256_requests_in_flight_to_one_server_all_complete_over_more_s
     })
     .await;
 }
+
+/// A UDP relay in front of a real server that behaves like a server without Status-Server
+/// (Microsoft NPS): Status-Server is never answered (and counted); everything else is passed on
+/// while `up`.
+async fn relay_without_status_server(
+    upstream: SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    status_servers: Arc<std::sync::atomic::AtomicUsize>,
+) -> SocketAddr {
+    use std::sync::atomic::Ordering;
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = front.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (len, from) = front.recv_from(&mut buf).await.unwrap();
+            if buf[0] == Code::StatusServer as u8 {
+                status_servers.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            if !up.load(Ordering::SeqCst) {
+                continue;
+            }
+            let request = buf[..len].to_vec();
+            let front = front.clone();
+            tokio::spawn(async move {
+                let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                back.send_to(&request, upstream).await.unwrap();
+                let mut reply = vec![0u8; 4096];
+                if let Ok(Ok((n, _))) =
+                    tokio::time::timeout(Duration::from_secs(5), back.recv_from(&mut reply)).await
+                {
+                    front.send_to(&reply[..n], from).await.unwrap();
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `status_check = "request"`: a server that never answers Status-Server is not probed with it;
+/// once it is back, a trial login closes its breaker — it does not stay out of use until restart.
+#[tokio::test]
+async fn a_server_without_status_server_comes_back_through_a_trial_request() {
+    use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+    let radius = FreeRadius::start().await;
+    let up = Arc::new(AtomicBool::new(false));
+    let status_servers = Arc::new(AtomicUsize::new(0));
+    let relay =
+        relay_without_status_server(radius.auth_addr(true), up.clone(), status_servers.clone())
+            .await;
+    let (_dir, db) = temp_db();
+    let mut server = radius.server_settings("nps", true);
+    server.auth_port = relay.port();
+    server.timeout = Duration::from_millis(200);
+    server.retries = 0;
+    server.status_check = radius_portal::config::StatusCheck::Request;
+    let mut settings = settings(&db, vec![server]);
+    settings.radius.probe_interval = Duration::from_millis(200);
+    let app = TestApp::spawn(&settings).await;
+
+    for n in 1..=2 {
+        let page = app.browser(client(n)).login("carol", "carol-pass").await;
+        assert!(page.body.contains("cannot be reached"), "{}", page.body);
+    }
+    assert!(!app.radius.health().allows(relay), "the breaker opened");
+
+    up.store(true, Ordering::SeqCst);
+    let next = AtomicU8::new(10);
+    wait_until("a trial login succeeds", || async {
+        let n = next.fetch_add(1, Ordering::SeqCst);
+        app.browser(client(n)).login("carol", "carol-pass").await.path == "/session"
+    })
+    .await;
+    assert!(app.radius.health().allows(relay), "the trial closed the breaker");
+    assert_eq!(
+        status_servers.load(Ordering::SeqCst),
+        0,
+        "a server checked by request gets no Status-Server"
+    );
+    app.stop().await;
+}

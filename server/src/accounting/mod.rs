@@ -20,7 +20,8 @@ use crate::{
         Organization, Organizations,
     },
     radius::{
-        encode_accounting, status_type, AccountingRecord, Radius, RadiusError, ServerEndpoint,
+        encode_accounting, health::Port, status_type, AccountingRecord, Radius, RadiusError,
+        ServerEndpoint,
     },
     storage::{OutboxRow, Storage, StorageError},
 };
@@ -269,7 +270,7 @@ impl Accounting {
         }
         let health = self.radius.health();
         let Some((server, failover)) =
-            pick_server(&org, &session.server_name, |s| health.allows(s.acct_addr))
+            pick_server(&org, &session.server_name, |s| health.admit(s, Port::Acct))
         else {
             let retry = now + backoff_ms(row.attempts);
             self.storage
@@ -289,7 +290,7 @@ impl Accounting {
         let _slot = window.acquire().await.ok();
         // The server may have gone down while this row waited for a slot: do not queue up
         // behind its timeouts, try again (or fail over) later.
-        if !health.allows(server.acct_addr) {
+        if health.is_open(server.acct_addr) {
             let retry = now_ms() + backoff_ms(row.attempts);
             self.storage
                 .mark_failed(row.id, retry, "accounting server went down", false)

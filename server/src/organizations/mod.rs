@@ -62,6 +62,7 @@ impl Organization {
                     timeout: server.timeout,
                     retries: server.retries,
                     message_authenticator: server.require_message_authenticator,
+                    status_check: server.status_check,
                 })
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;

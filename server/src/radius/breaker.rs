@@ -1,21 +1,35 @@
 //! Per-server circuit breaker (design.md §4): a pure state machine, no clocks or sockets inside.
 //!
 //! Closed: requests flow; consecutive failed exchanges are counted and `failure_threshold` of
-//! them open the breaker. Open: no request is sent to the server; the prober sends a
-//! Status-Server (RFC 5997) when [`Breaker::probe_due`] says so, and only a verified answer to
-//! that probe closes the breaker again. A late success of an ordinary request while open does
-//! not close it: the server may be answering a backlog (a `kill -STOP`ped server does).
-//! So the breaker never stays open for good: it closes as soon as the server answers a probe.
+//! them open the breaker. Open: no request is sent to the server. How it closes again depends on
+//! how the server is checked (`status_check`):
+//!
+//! - **Status-Server** (default): the prober sends a Status-Server (RFC 5997) when
+//!   [`Breaker::take_probe`] says so, and only a verified answer to that probe closes the
+//!   breaker. A late success of an ordinary request while open does not close it: the server may
+//!   be answering a backlog (a `kill -STOP`ped server does).
+//! - **Request** (servers that never answer Status-Server, such as Microsoft NPS): once per probe
+//!   interval one ordinary request is let through as a trial ([`Breaker::take_trial`]); its
+//!   verified answer closes the breaker, its silence opens it again.
+//!
+//! Flapping is damped: a server that is closed by a probe (or trial) and opens again before any
+//! ordinary request succeeded — it answers Status-Server while its back end is down — waits
+//! twice as long for its next probe each time (up to 2^[`MAX_BACKOFF_LEVEL`] intervals); an
+//! ordinary success resets that. So the breaker never stays open for good, and a sick server
+//! costs ever fewer requests.
 
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// Largest back-off exponent: probes at most every 2^5 = 32 probe intervals.
+pub const MAX_BACKOFF_LEVEL: u32 = 5;
 
 /// Breaker parameters.
 #[derive(Clone, Copy, Debug)]
 pub struct BreakerPolicy {
     /// Consecutive failed exchanges that open the breaker.
     pub failure_threshold: u32,
-    /// Time between Status-Server probes while open.
+    /// Time between Status-Server probes (or trial requests) while open, before back-off.
     pub probe_interval: Duration,
 }
 
@@ -36,12 +50,20 @@ pub enum BreakerState {
         /// Consecutive failed exchanges since the last success.
         failures: u32,
     },
-    /// No requests; waiting for a probe to be answered.
+    /// No requests; waiting for a probe (or trial) to be answered.
     Open {
         /// When the breaker opened.
         since: Instant,
-        /// When the next probe may be sent.
+        /// When the next probe or trial may be sent.
         next_probe: Instant,
+    },
+    /// One ordinary request is out as a trial; no other request until its outcome (or `until`,
+    /// after which the trial is taken as lost and another may go).
+    Trial {
+        /// When the breaker opened.
+        since: Instant,
+        /// When the trial counts as lost.
+        until: Instant,
     },
 }
 
@@ -50,6 +72,10 @@ pub enum BreakerState {
 pub struct Breaker {
     policy: BreakerPolicy,
     state: BreakerState,
+    /// Back-off exponent for the wait before the next probe.
+    backoff_level: u32,
+    /// Closed by a probe or trial, and no ordinary request has succeeded since.
+    closed_on_probation: bool,
 }
 
 impl Breaker {
@@ -58,6 +84,8 @@ impl Breaker {
         Breaker {
             policy,
             state: BreakerState::Closed { failures: 0 },
+            backoff_level: 0,
+            closed_on_probation: false,
         }
     }
 
@@ -66,27 +94,58 @@ impl Breaker {
         self.state
     }
 
-    /// Whether an ordinary request may be sent to the server now.
+    /// The wait before the next probe at the current back-off level.
+    fn probe_wait(&self) -> Duration {
+        self.policy.probe_interval * 2u32.pow(self.backoff_level.min(MAX_BACKOFF_LEVEL))
+    }
+
+    /// Whether an ordinary request may be sent to the server now (closed).
     pub fn allows_request(&self, _now: Instant) -> bool {
         matches!(self.state, BreakerState::Closed { .. })
     }
 
-    /// An exchange was answered (verified reply). Resets the failure count while closed.
-    pub fn record_success(&mut self) {
-        if let BreakerState::Closed { .. } = self.state {
-            self.state = BreakerState::Closed { failures: 0 };
+    /// Whether the breaker is open with no trial out (nothing may be sent but a probe).
+    pub fn is_open(&self) -> bool {
+        matches!(self.state, BreakerState::Open { .. })
+    }
+
+    /// An exchange was answered (verified reply). While closed: resets the failure count and the
+    /// back-off. A trial's answer closes the breaker (returns true). While open it changes
+    /// nothing: a late reply to an old request says nothing about the server now.
+    pub fn record_success(&mut self) -> bool {
+        match self.state {
+            BreakerState::Closed { .. } => {
+                self.state = BreakerState::Closed { failures: 0 };
+                self.backoff_level = 0;
+                self.closed_on_probation = false;
+                false
+            }
+            BreakerState::Trial { .. } => {
+                self.state = BreakerState::Closed { failures: 0 };
+                self.backoff_level = 0;
+                self.closed_on_probation = false;
+                true
+            }
+            BreakerState::Open { .. } => false,
         }
     }
 
-    /// An exchange got no verified reply. Returns true when this failure opened the breaker.
+    /// An exchange got no verified reply. Returns true when this failure opened a closed
+    /// breaker. A lost trial opens it again with a longer wait.
     pub fn record_failure(&mut self, now: Instant) -> bool {
         match self.state {
             BreakerState::Closed { failures } => {
                 let failures = failures.saturating_add(1);
                 if failures >= self.policy.failure_threshold.max(1) {
+                    self.backoff_level = if self.closed_on_probation {
+                        (self.backoff_level + 1).min(MAX_BACKOFF_LEVEL)
+                    } else {
+                        0
+                    };
+                    self.closed_on_probation = false;
                     self.state = BreakerState::Open {
                         since: now,
-                        next_probe: now + self.policy.probe_interval,
+                        next_probe: now + self.probe_wait(),
                     };
                     true
                 } else {
@@ -94,18 +153,26 @@ impl Breaker {
                     false
                 }
             }
+            BreakerState::Trial { since, .. } => {
+                self.backoff_level = (self.backoff_level + 1).min(MAX_BACKOFF_LEVEL);
+                self.state = BreakerState::Open {
+                    since,
+                    next_probe: now + self.probe_wait(),
+                };
+                false
+            }
             BreakerState::Open { .. } => false,
         }
     }
 
-    /// Whether a probe should be sent now (open and its time has come). Taking the probe moves
-    /// the next one `probe_interval` ahead, so concurrent probers send one at a time.
+    /// Whether a Status-Server probe should be sent now (open and its time has come). Taking the
+    /// probe moves the next one a wait ahead, so concurrent probers send one at a time.
     pub fn take_probe(&mut self, now: Instant) -> bool {
         match self.state {
             BreakerState::Open { since, next_probe } if now >= next_probe => {
                 self.state = BreakerState::Open {
                     since,
-                    next_probe: now + self.policy.probe_interval,
+                    next_probe: now + self.probe_wait(),
                 };
                 true
             }
@@ -113,17 +180,44 @@ impl Breaker {
         }
     }
 
-    /// When the next probe is due (None while closed).
-    pub fn probe_due(&self) -> Option<Instant> {
+    /// Whether one ordinary request may go now as a trial (servers checked by request): open
+    /// and its time has come, or an earlier trial outlived `until` without an outcome. The
+    /// trial is held for `hold` (the longest its exchange can take).
+    pub fn take_trial(&mut self, now: Instant, hold: Duration) -> bool {
         match self.state {
-            BreakerState::Open { next_probe, .. } => Some(next_probe),
-            BreakerState::Closed { .. } => None,
+            BreakerState::Open { since, next_probe } if now >= next_probe => {
+                self.state = BreakerState::Trial {
+                    since,
+                    until: now + hold,
+                };
+                true
+            }
+            BreakerState::Trial { since, until } if now >= until => {
+                self.state = BreakerState::Trial {
+                    since,
+                    until: now + hold,
+                };
+                true
+            }
+            _ => false,
         }
     }
 
-    /// A probe was answered with a verified reply: close. Returns true if it was open.
+    /// When the next probe is due (None unless open).
+    pub fn probe_due(&self) -> Option<Instant> {
+        match self.state {
+            BreakerState::Open { next_probe, .. } => Some(next_probe),
+            BreakerState::Closed { .. } | BreakerState::Trial { .. } => None,
+        }
+    }
+
+    /// A probe was answered with a verified reply: close, on probation until an ordinary request
+    /// succeeds. Returns true if it was open.
     pub fn record_probe_success(&mut self) -> bool {
-        let was_open = matches!(self.state, BreakerState::Open { .. });
+        let was_open = !matches!(self.state, BreakerState::Closed { .. });
+        if was_open {
+            self.closed_on_probation = true;
+        }
         self.state = BreakerState::Closed { failures: 0 };
         was_open
     }
@@ -206,5 +300,67 @@ mod tests {
             probe_interval: Duration::from_secs(1),
         });
         assert!(b.record_failure(now));
+    }
+
+    fn open(b: &mut Breaker, now: Instant) {
+        while !b.record_failure(now) {}
+    }
+
+    #[test]
+    fn a_server_that_answers_probes_but_not_requests_is_probed_ever_less_often() {
+        let mut now = Instant::now();
+        let mut b = Breaker::new(policy());
+        open(&mut b, now);
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let due = b.probe_due().expect("open");
+            waits.push((due - now).as_secs());
+            now = due;
+            assert!(b.take_probe(now));
+            assert!(b.record_probe_success());
+            open(&mut b, now); // its back end is still down: requests time out again
+        }
+        assert_eq!(waits, vec![5, 10, 20, 40, 80, 160, 160, 160]);
+        // An ordinary success after a probe closed it resets the back-off.
+        now = b.probe_due().expect("open");
+        assert!(b.take_probe(now));
+        b.record_probe_success();
+        b.record_success();
+        open(&mut b, now);
+        assert_eq!(b.probe_due(), Some(now + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_trial_request_closes_it_when_answered_and_backs_off_when_lost() {
+        let now = Instant::now();
+        let hold = Duration::from_secs(3);
+        let mut b = Breaker::new(policy());
+        open(&mut b, now);
+        assert!(!b.take_trial(now, hold), "the first trial waits one interval");
+        let t1 = now + Duration::from_secs(5);
+        assert!(b.take_trial(t1, hold));
+        assert!(!b.take_trial(t1, hold), "one trial at a time");
+        assert!(!b.allows_request(t1));
+        assert!(!b.is_open(), "a trial is out");
+        assert!(!b.record_failure(t1), "a lost trial is not a new opening");
+        assert_eq!(b.probe_due(), Some(t1 + Duration::from_secs(10)), "backed off");
+        let t2 = t1 + Duration::from_secs(10);
+        assert!(b.take_trial(t2, hold));
+        // The trial's exchange vanished (its task ended without an outcome): another may go.
+        assert!(!b.take_trial(t2 + Duration::from_secs(2), hold));
+        assert!(b.take_trial(t2 + hold, hold));
+        assert!(b.record_success(), "an answered trial closes it");
+        assert!(b.allows_request(t2 + hold));
+        assert!(!b.record_failure(t2), "the count starts afresh");
+    }
+
+    #[test]
+    fn a_late_reply_while_open_neither_closes_it_nor_takes_the_probe() {
+        let now = Instant::now();
+        let mut b = Breaker::new(policy());
+        open(&mut b, now);
+        assert!(!b.record_success());
+        assert!(b.is_open());
+        assert!(!b.take_trial(now, Duration::from_secs(1)));
     }
 }

@@ -5,6 +5,7 @@
 
 use super::breaker::{Breaker, BreakerPolicy, BreakerState};
 use super::ServerEndpoint;
+use crate::config::StatusCheck;
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -62,10 +63,39 @@ impl ServerHealth {
         f(entry)
     }
 
-    /// Whether ordinary requests may go to `addr` now.
+    /// Whether ordinary requests may go to `addr` now (closed breaker).
     pub fn allows(&self, addr: SocketAddr) -> bool {
         let now = Instant::now();
         self.with(addr, |e| e.breaker.allows_request(now))
+    }
+
+    /// Whether `addr`'s breaker is open with no trial out: nothing but a probe may go there.
+    pub fn is_open(&self, addr: SocketAddr) -> bool {
+        self.with(addr, |e| e.breaker.is_open())
+    }
+
+    /// Whether a request may go to `server` at `port` now: its breaker is closed, or — for a
+    /// server checked by request (`status_check = "request"`) — a trial is due, which this
+    /// request then is.
+    pub fn admit(&self, server: &ServerEndpoint, port: Port) -> bool {
+        let now = Instant::now();
+        let addr = address(server, port);
+        let trial = self.with(addr, |e| {
+            if e.breaker.allows_request(now) {
+                return Some(false);
+            }
+            if server.status_check != StatusCheck::Request {
+                return None;
+            }
+            e.probe = Some((server.clone(), port));
+            let hold = server.timeout * (server.retries + 1);
+            e.breaker.take_trial(now, hold).then_some(true)
+        });
+        if trial == Some(true) {
+            tracing::info!(server = %server.name, %addr, ?port,
+                "RADIUS server down: one request goes as a trial (status_check = \"request\")");
+        }
+        trial.is_some()
     }
 
     /// The breaker state of `addr` (tests, CLI, metrics).
@@ -80,10 +110,14 @@ impl ServerHealth {
 
     /// A verified reply arrived from `addr`.
     pub fn record_success(&self, addr: SocketAddr, had_message_authenticator: bool) {
-        self.with(addr, |e| {
-            e.breaker.record_success();
+        let closed = self.with(addr, |e| {
             e.learned_message_authenticator |= had_message_authenticator;
+            e.breaker.record_success()
         });
+        if closed {
+            tracing::info!(%addr, "RADIUS server answered a trial request: circuit breaker closed");
+            self.recovered.notify_waiters();
+        }
     }
 
     /// An exchange with `server` at `port` got no verified reply in time.
@@ -107,6 +141,13 @@ impl ServerHealth {
         let mut due = Vec::new();
         let mut next = None::<Instant>;
         for entry in entries.values_mut() {
+            if entry
+                .probe
+                .as_ref()
+                .is_some_and(|(server, _)| server.status_check == StatusCheck::Request)
+            {
+                continue; // checked by trial requests, never by Status-Server
+            }
             if entry.breaker.take_probe(now) {
                 if let Some(target) = &entry.probe {
                     due.push(target.clone());

@@ -12,7 +12,7 @@ pub mod health;
 pub mod packet;
 
 use crate::{
-    config::{MessageAuthenticatorMode, RadiusSettings, Secret},
+    config::{MessageAuthenticatorMode, RadiusSettings, Secret, StatusCheck},
     supervise::TaskHealth,
 };
 use breaker::BreakerPolicy;
@@ -81,6 +81,8 @@ pub struct ServerEndpoint {
     pub retries: u32,
     /// Message-Authenticator required in replies (BlastRADIUS, CVE-2024-3596).
     pub message_authenticator: MessageAuthenticatorMode,
+    /// How the server is found alive again once its breaker opened.
+    pub status_check: StatusCheck,
 }
 
 /// How the portal identifies itself as the NAS.
@@ -300,7 +302,7 @@ impl Radius {
         let candidates: Vec<(usize, &ServerEndpoint)> = servers
             .iter()
             .enumerate()
-            .filter(|(_, s)| self.health.allows(s.auth_addr))
+            .filter(|(_, s)| self.health.admit(s, Port::Auth))
             .collect();
         let mut last_error = RadiusError::AllServersDown;
         for (k, (index, server)) in candidates.iter().enumerate() {
@@ -308,7 +310,7 @@ impl Radius {
             if now >= deadline {
                 break;
             }
-            if k > 0 && !self.health.allows(server.auth_addr) {
+            if k > 0 && self.health.is_open(server.auth_addr) {
                 continue; // opened by a concurrent login meanwhile
             }
             let remaining = deadline - now;

@@ -187,6 +187,7 @@ impl FreeRadius {
             timeout: Duration::from_millis(500),
             retries: 2,
             require_message_authenticator: strict.into(),
+            status_check: Default::default(),
         }
     }
 
@@ -200,6 +201,7 @@ impl FreeRadius {
             timeout: Duration::from_millis(200),
             retries: 0,
             message_authenticator: strict.into(),
+            status_check: Default::default(),
         }
     }
 
