@@ -101,8 +101,7 @@ async fn main() {
 
     // 2. The portal's RADIUS path.
     let storage = Storage::open(&db).await.unwrap();
-    storage
-        .upsert_organization("acme", "Acme", true, 0)
+    radius_portal::organizations::seed(&storage, &config.organizations)
         .await
         .unwrap();
     let accounting = Accounting::new(storage.clone(), radius.clone(), organizations.clone());

@@ -1,4 +1,5 @@
-//! Command line: `serve` (default), `demo`, `check-config`, `radius test`, `accounting …`.
+//! Command line: `serve` (default), `demo`, `check-config`, `radius test`, `org …`, `audit …`,
+//! `accounting …`.
 
 use crate::{
     config::{OrganizationSettings, Secret, ServerSettings, Settings, DEFAULT_USERNAME_PATTERN},
@@ -55,6 +56,18 @@ pub enum Command {
         #[command(subcommand)]
         command: RadiusCommand,
     },
+    /// Organizations: list, show, enable, disable (same database as the running server).
+    Org {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::operator::OrgCommand,
+    },
+    /// The audit log (organization changes, guard denials, jobs).
+    Audit {
+        /// What to show.
+        #[command(subcommand)]
+        command: crate::operator::AuditCommand,
+    },
     /// Inspect the accounting outbox (same database as the running server).
     Accounting {
         /// What to show.
@@ -98,10 +111,48 @@ pub enum RadiusCommand {
     },
 }
 
+/// Parses arguments, runs the chosen command and says how the process should exit (0 done,
+/// 1 error, 2 usage — from clap —, 3 no such organization).
+pub async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<NotFound>() {
+            Some(NotFound(id)) => {
+                eprintln!("error: no organization `{id}`");
+                std::process::ExitCode::from(crate::operator::EXIT_NOT_FOUND)
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// An operator command named an organization that does not exist (exit code 3).
+#[derive(Debug, thiserror::Error)]
+#[error("no organization `{0}`")]
+pub struct NotFound(pub String);
+
+fn exit_of(outcome: crate::operator::Outcome) -> anyhow::Result<()> {
+    match outcome {
+        crate::operator::Outcome::Done => Ok(()),
+        crate::operator::Outcome::NotFound(id) => Err(NotFound(id).into()),
+    }
+}
+
 /// Parses arguments and runs the chosen command.
 pub async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
+        Command::Org { command } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            exit_of(crate::operator::org(&settings, command).await?)
+        }
+        Command::Audit { command } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            exit_of(crate::operator::audit(&settings, command).await?)
+        }
         Command::CheckConfig => {
             let settings = Settings::load(cli.config.as_deref())?;
             println!("configuration is valid:\n{settings:#?}");
@@ -224,7 +275,8 @@ pub async fn radius_test(
         radius::{AuthOutcome, Radius},
     };
     let organizations = Organizations::from_settings(&settings.organizations)?;
-    let org_id = org_id.unwrap_or(organizations.default_id());
+    let default_id = organizations.default_id();
+    let org_id = org_id.unwrap_or(&default_id);
     let Some(org) = organizations.get(org_id) else {
         bail!("no organization `{org_id}` in the configuration");
     };
@@ -350,7 +402,7 @@ pub fn demo_settings(data_dir: &Path) -> Settings {
     settings.organizations.push(OrganizationSettings {
         id: "demo".into(),
         name: "Demo Organization".into(),
-        enabled: true,
+        enabled: None,
         nas_identifier: "radius-portal-demo".into(),
         nas_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         default_window: Duration::from_secs(4 * 3600),

@@ -3,7 +3,7 @@
 //! is wrong with it. Secrets live in [`Secret`], whose `Debug` never shows them.
 
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -59,17 +59,45 @@ impl fmt::Display for Secret {
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!(
+fn parse_duration<E: serde::de::Error>(text: &str) -> Result<Duration, E> {
+    humantime::parse_duration(text).map_err(|e| {
+        E::custom(format!(
             "`{text}` is not a duration like \"5s\" or \"4h\": {e}"
         ))
     })
 }
 
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    parse_duration(&String::deserialize(d)?)
+}
+
+/// A duration, or nothing (absent in TOML; `null` in the stored JSON).
 fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d).map(Some)
+    Option::<String>::deserialize(d)?
+        .map(|text| parse_duration(&text))
+        .transpose()
+}
+
+fn duration_text<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+fn optional_duration_text<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => duration_text(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Writes a secret in clear: only for the organization store (see [`OrganizationSettings`]).
+fn secret_for_storage<S: serde::Serializer>(secret: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(secret) => s.serialize_some(secret.expose()),
+        None => s.serialize_none(),
+    }
 }
 
 /// The whole configuration.
@@ -278,17 +306,21 @@ impl Default for LogSettings {
     }
 }
 
-/// `[[organizations]]`
-#[derive(Debug, Deserialize)]
+/// `[[organizations]]`. Also the form an organization is stored in (JSON in the organizations
+/// table): `Serialize` writes the shared secrets and exists for that store only — API and CLI
+/// output use their own views without secrets.
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrganizationSettings {
     /// Stable identifier (letters, digits, `-`, `_`).
     pub id: String,
     /// Display name.
     pub name: String,
-    /// A disabled organization cannot log in or refresh (design.md §5).
-    #[serde(default = "yes")]
-    pub enabled: bool,
+    /// A disabled organization cannot log in or refresh (design.md §5). At start-up, a listed
+    /// value is applied (false: its open sessions are stopped); left out, a new organization is
+    /// enabled and an existing one keeps the state the CLI or admin API gave it.
+    #[serde(default, skip_serializing)]
+    pub enabled: Option<bool>,
     /// NAS-Identifier sent for this organization.
     #[serde(default = "default_nas_identifier")]
     pub nas_identifier: String,
@@ -296,28 +328,25 @@ pub struct OrganizationSettings {
     #[serde(default = "loopback")]
     pub nas_ip: IpAddr,
     /// Window when the Accept has no Idle-Timeout.
-    #[serde(default = "four_hours", deserialize_with = "duration")]
+    #[serde(default = "four_hours", deserialize_with = "duration", serialize_with = "duration_text")]
     pub default_window: Duration,
     /// Limit when the Accept has no Session-Timeout (none by default).
-    #[serde(default, deserialize_with = "optional_duration")]
+    #[serde(default, deserialize_with = "optional_duration", serialize_with = "optional_duration_text")]
     pub max_lifetime: Option<Duration>,
     /// Regular expression a username must match.
     #[serde(default = "default_pattern")]
     pub username_pattern: String,
     /// End-to-end deadline of a login's RADIUS exchange across all servers.
-    #[serde(default = "ten_seconds", deserialize_with = "duration")]
+    #[serde(default = "ten_seconds", deserialize_with = "duration", serialize_with = "duration_text")]
     pub login_timeout: Duration,
     /// Shortest Acct-Interim-Interval honoured; shorter values from the Accept are raised to it.
-    #[serde(default = "sixty_seconds", deserialize_with = "duration")]
+    #[serde(default = "sixty_seconds", deserialize_with = "duration", serialize_with = "duration_text")]
     pub min_interim_interval: Duration,
     /// RADIUS servers in order of preference.
     #[serde(default)]
     pub servers: Vec<ServerSettings>,
 }
 
-fn yes() -> bool {
-    true
-}
 fn default_nas_identifier() -> String {
     "radius-portal".into()
 }
@@ -337,8 +366,8 @@ fn default_pattern() -> String {
     DEFAULT_USERNAME_PATTERN.into()
 }
 
-/// `[[organizations.servers]]`
-#[derive(Debug, Deserialize)]
+/// `[[organizations.servers]]` (stored with its organization; see [`OrganizationSettings`]).
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     /// Name for logs and metrics.
@@ -352,11 +381,12 @@ pub struct ServerSettings {
     #[serde(default = "acct_port")]
     pub acct_port: u16,
     /// Shared secret (or use `secret_file`).
+    #[serde(serialize_with = "secret_for_storage")]
     pub secret: Option<Secret>,
     /// File holding the shared secret (trailing newline ignored).
     pub secret_file: Option<PathBuf>,
     /// Reply wait before a retransmission.
-    #[serde(default = "three_seconds", deserialize_with = "duration")]
+    #[serde(default = "three_seconds", deserialize_with = "duration", serialize_with = "duration_text")]
     pub timeout: Duration,
     /// Retransmissions after the first send.
     #[serde(default = "two")]
@@ -374,7 +404,7 @@ pub struct ServerSettings {
 }
 
 /// How a down server is checked (the name follows FreeRADIUS's `home_server.status_check`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StatusCheck {
     /// Status-Server probes (RFC 5997).
@@ -403,6 +433,16 @@ impl From<bool> for MessageAuthenticatorMode {
         } else {
             MessageAuthenticatorMode::Off
         }
+    }
+}
+
+impl Serialize for MessageAuthenticatorMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            MessageAuthenticatorMode::On => "on",
+            MessageAuthenticatorMode::Learn => "learn",
+            MessageAuthenticatorMode::Off => "off",
+        })
     }
 }
 
@@ -722,6 +762,22 @@ mod tests {
         assert_eq!(format!("{s}"), "[redacted]");
         let settings = Settings::from_toml(MINIMAL).expect("parses");
         assert!(!format!("{settings:?}").contains("s3cr3t-value"));
+    }
+
+    #[test]
+    fn an_organization_survives_the_store_round_trip() {
+        for extra in ["", "max_lifetime = \"8h\"\ndefault_window = \"90m\"\n"] {
+            let text = MINIMAL.replace("name = \"Acme\"\n", &format!("name = \"Acme\"\n{extra}"));
+            let settings = Settings::from_toml(&text).expect("parses");
+            let org = &settings.organizations[0];
+            let json = serde_json::to_string(org).expect("serializes");
+            let back: OrganizationSettings = serde_json::from_str(&json).expect("reads back");
+            assert_eq!(back.default_window, org.default_window);
+            assert_eq!(back.max_lifetime, org.max_lifetime);
+            assert_eq!(back.servers[0].secret, org.servers[0].secret);
+            assert_eq!(back.servers[0].timeout, org.servers[0].timeout);
+            assert_eq!(back.enabled, None, "the flag lives in its own column");
+        }
     }
 
     #[test]

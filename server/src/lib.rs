@@ -4,15 +4,17 @@
 //! - `config`        settings tree (TOML + `PORTAL_*` env), secrets redacted
 //! - `startup`       builds the services, binds, runs web server + background tasks
 //! - `telemetry`     tracing setup
-//! - `cli`           `serve`, `demo`, `check-config`
+//! - `cli`           `serve`, `demo`, `check-config`, `radius test`, `accounting …`
+//! - `operator`      `org …` and `audit …` commands (same database as the running portal)
 //! - `portal_backend` the UI's service interface implemented over the services below
 //! - `http`          router, security headers, cross-site refusal, client IP
-//! - `radius`        packet codec, shared multiplexed UDP client, circuit breakers and
+//! - `radius`        packets (the `radius` crate + Message-Authenticator), shared multiplexed UDP client, circuit breakers and
 //!   Status-Server probes, authenticate/account
 //! - `supervise`     background tasks restarted when they crash; their state in `/readyz`
 //! - `accounting`    durable outbox delivery (Start/Interim/Stop), retries with backoff
 //! - `access_session` lifecycle (login/refresh/disconnect), window/limit timing, expiry
-//! - `organizations` tenants and the disabled-organization guard
+//! - `organizations` tenants (stored, cached per process), the disabled-organization guard,
+//!   the one enable/disable write path and the worker that stops a disabled one's sessions
 //! - `storage`       SQLite persistence (sessions, outbox, organizations, web sessions)
 //! - `demo_radius`   in-process demo RADIUS server for `radius-portal demo`
 //! - `dynauth`       RFC 5176 listener: Disconnect-Request / CoA-Request from RADIUS servers
@@ -24,6 +26,7 @@ pub mod config;
 pub mod demo_radius;
 pub mod dynauth;
 pub mod http;
+pub mod operator;
 pub mod organizations;
 pub mod portal_backend;
 pub mod radius;

@@ -259,7 +259,7 @@ impl PortalService for PortalBackend {
     fn site_info(&self, _request: &Parts) -> SiteInfo {
         let organization = self
             .organizations
-            .get(self.organizations.default_id())
+            .get(&self.organizations.default_id())
             .map(|o| o.name.clone())
             .unwrap_or_default();
         SiteInfo {

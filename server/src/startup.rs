@@ -7,7 +7,7 @@ use crate::{
     config::Settings,
     dynauth::DynAuthListener,
     http::{router, RouterParts},
-    organizations::Organizations,
+    organizations::{worker::OrganizationWorker, Organizations},
     portal_backend::PortalBackend,
     radius::Radius,
     storage::Storage,
@@ -44,6 +44,12 @@ pub struct Application {
     session_store: SqliteStore,
     /// Exposed for tests and the CLI.
     pub storage: Storage,
+    /// This process's organization cache (tests).
+    pub organizations: Arc<Organizations>,
+    /// Organization jobs and cache refresh.
+    pub org_worker: OrganizationWorker,
+    /// The access-session lifecycle (tests).
+    pub sessions: AccessSessions,
 }
 
 impl Application {
@@ -61,16 +67,14 @@ impl Application {
                     settings.database.path.display()
                 )
             })?;
+        crate::organizations::seed(&storage, &settings.organizations)
+            .await
+            .context("while storing the configured organizations")?;
         let organizations = Arc::new(
-            Organizations::from_settings(&settings.organizations)
+            Organizations::load(&storage)
+                .await
                 .context("while loading organizations")?,
         );
-        for org in organizations.all() {
-            storage
-                .upsert_organization(&org.id, &org.name, org.active, now_ms())
-                .await
-                .context("while storing organizations")?;
-        }
         // Claims held by a previous process of this database are void.
         let released = storage
             .release_outbox_claims()
@@ -114,6 +118,7 @@ impl Application {
             expiry_wake,
             events.clone(),
         );
+        let org_worker = OrganizationWorker::new(storage.clone(), organizations.clone(), sessions.clone());
         let captive = crate::http::captive::CaptiveApi {
             sessions: sessions.clone(),
             organization_id: organizations.default_id().into(),
@@ -129,8 +134,8 @@ impl Application {
             tracing::info!(addr = ?listener.local_addr(), "Dynamic Authorization (RFC 5176) listener bound");
         }
         let backend = Arc::new(PortalBackend::new(
-            sessions,
-            organizations,
+            sessions.clone(),
+            organizations.clone(),
             &settings.rate_limit,
             demo,
         ));
@@ -176,6 +181,9 @@ impl Application {
             live_stop,
             session_store,
             storage,
+            organizations,
+            org_worker,
+            sessions,
         })
     }
 
@@ -206,6 +214,12 @@ impl Application {
                 let (radius, shutdown) = (self.radius.clone(), shutdown.clone());
                 supervise::spawn(self.tasks.clone(), "radius-prober", move || {
                     radius.clone().run_prober(shutdown.clone())
+                })
+            },
+            {
+                let (worker, shutdown) = (self.org_worker.clone(), shutdown.clone());
+                supervise::spawn(self.tasks.clone(), "organizations", move || {
+                    worker.clone().run(shutdown.clone())
                 })
             },
             {

@@ -112,22 +112,34 @@ impl AccessSessions {
         Ok(self.storage.session(id).await?)
     }
 
-    /// The organization of `id`, if it passes the guard for `operation`.
-    pub fn guarded_organization(
+    /// The organization of `id`, if it passes the guard for `operation`. The flag is read from
+    /// the database (a disable made by another process counts at once); the settings come from
+    /// the cache. A denial is logged and audited.
+    pub async fn guarded_organization(
         &self,
         id: &str,
         operation: Operation,
+        username: &str,
     ) -> Result<Arc<Organization>, SessionError> {
         let org = self.organizations.get(id);
-        let state = OrgState::from_active(org.as_ref().map(|o| o.active));
+        let stored = self.storage.organization_active(id).await?;
+        let state = match (&org, stored) {
+            (Some(_), Some(active)) => OrgState::from_active(Some(active)),
+            _ => OrgState::Unknown,
+        };
         match org {
             Some(org) if guard::allows(operation, state) => Ok(org),
             _ => {
                 tracing::warn!(
                     organization = id,
                     ?operation,
+                    username,
                     "denied by the disabled-organization guard"
                 );
+                let detail = serde_json::json!({ "operation": format!("{operation:?}"), "state": format!("{state:?}"), "username": username });
+                if let Err(e) = self.storage.audit(now_ms(), "user", "guard.denied", Some(id), &detail).await {
+                    tracing::error!(error = %e, "audit entry for a guard denial could not be written");
+                }
                 Err(SessionError::OrganizationDisabled)
             }
         }
@@ -143,7 +155,9 @@ impl AccessSessions {
         password: &str,
         client_ip: IpAddr,
     ) -> Result<AccessSessionRecord, SessionError> {
-        let org = self.guarded_organization(organization_id, Operation::Login)?;
+        let org = self
+            .guarded_organization(organization_id, Operation::Login, username)
+            .await?;
         let deadline = Instant::now() + org.login_timeout;
         let outcome = self
             .radius
@@ -194,7 +208,14 @@ impl AccessSessions {
                 .filter(|secs| *secs > 0)
                 .map(|secs| i64::from(secs).max(org.min_interim_interval.as_secs() as i64)),
         };
-        let (id, preempted) = self.storage.open_session(&new).await?;
+        let (id, preempted) = match self.storage.open_session(&new).await {
+            Err(StorageError::OrganizationDisabled) => {
+                tracing::warn!(organization = %org.id, username, %client_ip,
+                    "login accepted by RADIUS but the organization was disabled meanwhile: no session");
+                return Err(SessionError::OrganizationDisabled);
+            }
+            other => other?,
+        };
         self.expiry_wake.notify_one();
         let exchange_time = org.servers[server].timeout * (org.servers[server].retries + 1);
         if !preempted.is_empty() {
@@ -260,7 +281,8 @@ impl AccessSessions {
     /// Restarts the window (capped by the limit) and queues an Interim-Update.
     pub async fn refresh(&self, id: i64) -> Result<AccessSessionRecord, SessionError> {
         let session = self.active(id).await?.ok_or(SessionError::NotActive)?;
-        self.guarded_organization(&session.organization_id, Operation::Refresh)?;
+        self.guarded_organization(&session.organization_id, Operation::Refresh, &session.username)
+            .await?;
         let now = now_ms();
         let expires_at = timing::expires_at(now, session.window_ms, session.limit_at);
         let refreshed = self

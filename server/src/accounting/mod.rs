@@ -204,7 +204,13 @@ impl Accounting {
         let is_start = row.status_type == i64::from(status_type::START);
         let org = self.organizations.get(&session.organization_id);
         if is_start {
-            let state = OrgState::from_active(org.as_ref().map(|o| o.active));
+            // The stored flag, not the cache: a disable made a moment ago by another process
+            // must stop a queued Start.
+            let stored = self
+                .storage
+                .organization_active(&session.organization_id)
+                .await?;
+            let state = OrgState::from_active(stored.filter(|_| org.is_some()));
             if !guard::allows(Operation::AccountingStart, state) {
                 return self
                     .dead_letter(&row, acct_id, "cancelled: organization disabled".into())

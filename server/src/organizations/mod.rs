@@ -1,17 +1,30 @@
-//! Organizations (tenants): their RADIUS servers and session policy, resolved from configuration,
-//! and the disabled-organization guard (design.md §5).
+//! Organizations (tenants): their RADIUS servers and session policy, and the
+//! disabled-organization guard (design.md §5).
 //!
-//! For now organizations come from the configuration file and the login page signs into the first
-//! one; the data model and every call path already carry the organization id.
+//! The database is the truth at run time ([`crate::storage::organizations`]): the configuration
+//! seeds it at start-up ([`seed`]), the CLI (and later the admin API) change it through
+//! [`set_active`]. Each process keeps a cache of built organizations ([`Organizations`]) keyed by
+//! id with the revision it was built from; a change drops and rebuilds only the changed
+//! organization — at once in the process that made it, within [`worker::POLL`] elsewhere (the
+//! worker polls the global revision). Paths that must not act on a stale flag (login, refresh,
+//! session creation, Accounting-Start) read the flag from the database as well.
 
 pub mod guard;
+
+pub mod worker;
 
 use crate::{
     config::{ConfigError, OrganizationSettings},
     radius::{NasIdentity, ServerEndpoint},
+    storage::{SeedOutcome, Storage, StorageError, StoredOrganization},
 };
 use regex::Regex;
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 /// One organization, ready to use.
 #[derive(Debug)]
@@ -39,12 +52,8 @@ pub struct Organization {
 }
 
 impl Organization {
-    /// Builds an organization from its settings (already validated: errors name the key anyway).
-    pub fn from_settings(
-        index: usize,
-        s: &OrganizationSettings,
-    ) -> Result<Organization, ConfigError> {
-        let key = format!("organizations[{index}]");
+    /// Builds an organization from its settings (already validated: errors name `key` anyway).
+    pub fn from_settings(key: &str, s: &OrganizationSettings) -> Result<Organization, ConfigError> {
         let username_pattern = Regex::new(&s.username_pattern).map_err(|e| ConfigError {
             key: format!("{key}.username_pattern"),
             problem: e.to_string(),
@@ -69,7 +78,7 @@ impl Organization {
         Ok(Organization {
             id: s.id.clone(),
             name: s.name.clone(),
-            active: s.enabled,
+            active: s.enabled.unwrap_or(true),
             nas: NasIdentity {
                 ip: s.nas_ip,
                 identifier: s.nas_identifier.clone(),
@@ -84,19 +93,40 @@ impl Organization {
     }
 }
 
-/// All organizations, by id. Unknown ids resolve to `None` (the guard then denies: fail closed).
-#[derive(Debug, Clone)]
+/// Why organizations could not be loaded or changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OrganizationError {
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A stored or configured organization's settings are invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Stored settings could not be read back.
+    #[error("organization `{0}`: stored settings are unreadable: {1}")]
+    Corrupt(String, String),
+}
+
+/// The organizations this process knows, by id, each with the revision it was built from.
+/// Unknown ids resolve to `None` (the guard then denies: fail closed). Shared as `Arc`.
+#[derive(Debug)]
 pub struct Organizations {
-    by_id: HashMap<String, Arc<Organization>>,
-    default_id: String,
+    by_id: RwLock<HashMap<String, (i64, Arc<Organization>)>>,
+    /// The organization the login page at `/` signs into (first in configuration order).
+    default_id: RwLock<String>,
+    /// Global revision the cache was last brought up to.
+    revision: RwLock<i64>,
 }
 
 impl Organizations {
-    /// From the configured list; the first is the default for the login page.
+    /// In memory only, from settings (tools and tests that have no database): the first is
+    /// the default.
     pub fn from_settings(settings: &[OrganizationSettings]) -> Result<Organizations, ConfigError> {
         let mut by_id = HashMap::new();
         for (i, s) in settings.iter().enumerate() {
-            by_id.insert(s.id.clone(), Arc::new(Organization::from_settings(i, s)?));
+            let org = Organization::from_settings(&format!("organizations[{i}]"), s)?;
+            by_id.insert(s.id.clone(), (0, Arc::new(org)));
         }
         let default_id = settings
             .first()
@@ -105,21 +135,158 @@ impl Organizations {
                 key: "organizations".into(),
                 problem: "at least one organization is required".into(),
             })?;
-        Ok(Organizations { by_id, default_id })
+        Ok(Organizations {
+            by_id: RwLock::new(by_id),
+            default_id: RwLock::new(default_id),
+            revision: RwLock::new(0),
+        })
+    }
+
+    /// Everything stored (the database is the truth).
+    pub async fn load(storage: &Storage) -> Result<Organizations, OrganizationError> {
+        let organizations = Organizations {
+            by_id: RwLock::default(),
+            default_id: RwLock::default(),
+            revision: RwLock::new(-1),
+        };
+        organizations.refresh(storage).await?;
+        Ok(organizations)
+    }
+
+    /// Brings the cache up to the stored state: rebuilds the organizations whose revision
+    /// changed, drops removed ones, leaves every other entry untouched (same `Arc`). Returns
+    /// the ids that changed. One small query when nothing changed.
+    pub async fn refresh(&self, storage: &Storage) -> Result<Vec<String>, OrganizationError> {
+        let revision = storage.organization_revision().await?;
+        if *self.revision.read().unwrap_or_else(|p| p.into_inner()) == revision {
+            return Ok(Vec::new());
+        }
+        let stored = storage.organizations().await?;
+        let known: HashMap<String, i64> = self
+            .by_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, (rev, _))| (id.clone(), *rev))
+            .collect();
+        let mut rebuilt = Vec::new();
+        let mut changed = Vec::new();
+        for row in &stored {
+            if known.get(&row.id) == Some(&row.revision) {
+                continue;
+            }
+            changed.push(row.id.clone());
+            match build_stored(row) {
+                Ok(org) => rebuilt.push((row.id.clone(), row.revision, Some(Arc::new(org)))),
+                Err(e) => {
+                    // Fail closed: an organization that cannot be built is unknown.
+                    tracing::error!(organization = %row.id, error = %e, "organization cannot be used");
+                    rebuilt.push((row.id.clone(), row.revision, None));
+                }
+            }
+        }
+        let removed: Vec<String> = known
+            .keys()
+            .filter(|id| !stored.iter().any(|row| &row.id == *id))
+            .cloned()
+            .collect();
+        {
+            let mut by_id = self.by_id.write().unwrap_or_else(|p| p.into_inner());
+            for (id, rev, org) in rebuilt {
+                match org {
+                    Some(org) => by_id.insert(id, (rev, org)),
+                    None => by_id.remove(&id),
+                };
+            }
+            for id in &removed {
+                by_id.remove(id);
+            }
+        }
+        changed.extend(removed);
+        if let Some(first) = stored.first() {
+            *self.default_id.write().unwrap_or_else(|p| p.into_inner()) = first.id.clone();
+        }
+        *self.revision.write().unwrap_or_else(|p| p.into_inner()) = revision;
+        Ok(changed)
     }
 
     /// Looks an organization up.
     pub fn get(&self, id: &str) -> Option<Arc<Organization>> {
-        self.by_id.get(id).cloned()
+        self.by_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(|(_, org)| org.clone())
     }
 
-    /// The organization the login page signs into.
-    pub fn default_id(&self) -> &str {
-        &self.default_id
+    /// The organization the login page at `/` signs into.
+    pub fn default_id(&self) -> String {
+        self.default_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    /// Every organization.
-    pub fn all(&self) -> impl Iterator<Item = &Arc<Organization>> {
-        self.by_id.values()
+    /// Every organization (a snapshot).
+    pub fn all(&self) -> Vec<Arc<Organization>> {
+        self.by_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|(_, org)| org.clone())
+            .collect()
     }
+}
+
+/// Builds a stored organization (settings from JSON, the flag from its column).
+fn build_stored(row: &StoredOrganization) -> Result<Organization, OrganizationError> {
+    let json = row.settings.as_deref().ok_or_else(|| {
+        OrganizationError::Corrupt(row.id.clone(), "no settings stored (list it in the configuration)".into())
+    })?;
+    let settings: OrganizationSettings = serde_json::from_str(json)
+        .map_err(|e| OrganizationError::Corrupt(row.id.clone(), e.to_string()))?;
+    let mut org = Organization::from_settings(&format!("organizations.{}", row.id), &settings)?;
+    org.active = row.active;
+    org.name = row.name.clone();
+    Ok(org)
+}
+
+/// Seeds the store from the configuration: creates or updates every listed organization (and
+/// applies a listed `enabled`), logging what changed. Listed organizations are validated first
+/// (secrets resolved), so a broken entry stops start-up instead of being stored.
+pub async fn seed(storage: &Storage, settings: &[OrganizationSettings]) -> Result<(), OrganizationError> {
+    for (i, s) in settings.iter().enumerate() {
+        Organization::from_settings(&format!("organizations[{i}]"), s)?;
+        let json = serde_json::to_string(s)
+            .map_err(|e| OrganizationError::Corrupt(s.id.clone(), e.to_string()))?;
+        let outcome = storage
+            .seed_organization(&s.id, &s.name, &json, s.enabled, i as i64, crate::access_session::now_ms())
+            .await?;
+        match outcome {
+            SeedOutcome::Created => tracing::info!(organization = %s.id, "organization created from the configuration"),
+            SeedOutcome::Updated(parts) => tracing::info!(organization = %s.id, changed = ?parts, "organization updated from the configuration"),
+            SeedOutcome::Unchanged => tracing::debug!(organization = %s.id, "organization unchanged"),
+        }
+    }
+    Ok(())
+}
+
+/// Enables or disables an organization — the one write path: the stored flag (with its audit
+/// entry and, on disable, the durable job that stops its open sessions), then this process's
+/// cache entry for that organization only. `Ok(None)`: no such organization.
+pub async fn set_active(
+    storage: &Storage,
+    organizations: &Organizations,
+    id: &str,
+    active: bool,
+    actor: &str,
+) -> Result<Option<bool>, OrganizationError> {
+    let changed = storage
+        .set_organization_active(id, active, actor, crate::access_session::now_ms())
+        .await?;
+    if changed == Some(true) {
+        tracing::warn!(organization = id, active, actor, "organization {}", if active { "enabled" } else { "disabled" });
+    }
+    organizations.refresh(storage).await?;
+    Ok(changed)
 }

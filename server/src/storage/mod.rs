@@ -8,8 +8,10 @@
 //! Not here yet: the PostgreSQL backend (design.md §7); the types below are the contract it will
 //! implement.
 
+pub mod organizations;
 pub mod sqlite;
 
+pub use organizations::{AuditEntry, OrganizationJob, SeedOutcome, StoredOrganization};
 pub use sqlite::Storage;
 
 /// Storage failures.
@@ -26,6 +28,10 @@ pub enum StorageError {
     /// A stored value could not be read back (corrupt row): report an internal error.
     #[error("stored value is corrupt: {0}")]
     Corrupt(String),
+    /// The organization is disabled or unknown (checked inside the transaction that would have
+    /// created the session): nothing was written.
+    #[error("organization disabled")]
+    OrganizationDisabled,
 }
 
 /// A stored access session.

@@ -119,29 +119,8 @@ impl Storage {
         &self.pool
     }
 
-    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StorageError> {
+    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StorageError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
-    }
-
-    /// Inserts or updates an organization from configuration.
-    pub async fn upsert_organization(
-        &self,
-        id: &str,
-        name: &str,
-        active: bool,
-        now: i64,
-    ) -> Result<(), StorageError> {
-        sqlx::query(
-            "INSERT INTO organizations (id, name, is_active, updated_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT(id) DO UPDATE SET name = excluded.name, is_active = excluded.is_active, updated_at = excluded.updated_at",
-        )
-        .bind(id)
-        .bind(name)
-        .bind(active)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     /// Creates an access session with its Start queued. An active session of the same
@@ -151,6 +130,17 @@ impl Storage {
         new: &NewAccessSession,
     ) -> Result<(i64, Vec<Stopped>), StorageError> {
         let mut tx = self.begin().await?;
+        // Defence in depth against a disable racing the login: writers are serialized, so
+        // either this session commits first (and the disable's stop job sees it) or the flag
+        // is already off here and nothing is created.
+        let active: Option<bool> =
+            sqlx::query_scalar("SELECT is_active FROM organizations WHERE id = ?")
+                .bind(&new.organization_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if active != Some(true) {
+            return Err(StorageError::OrganizationDisabled);
+        }
         let previous: Vec<i64> = sqlx::query_scalar(
             "SELECT id FROM access_sessions WHERE organization_id = ? AND client_ip = ? AND state = 'active'",
         )

@@ -279,7 +279,7 @@ pub fn settings(db: &Path, servers: Vec<ServerSettings>) -> Settings {
     settings.organizations.push(OrganizationSettings {
         id: "acme".into(),
         name: "Acme Test Org".into(),
-        enabled: true,
+        enabled: None,
         nas_identifier: "portal-test".into(),
         nas_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         default_window: Duration::from_secs(4 * 3600),
@@ -310,6 +310,10 @@ pub struct TestApp {
         SocketAddr,
         std::sync::Arc<radius_portal::dynauth::DynAuthStats>,
     )>,
+    /// The access-session lifecycle, organization cache and worker of the served portal.
+    pub sessions: radius_portal::access_session::AccessSessions,
+    pub organizations: std::sync::Arc<radius_portal::organizations::Organizations>,
+    pub org_worker: radius_portal::organizations::worker::OrganizationWorker,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     _site: tempfile::TempDir,
@@ -328,6 +332,11 @@ impl TestApp {
             .dynauth
             .as_ref()
             .map(|l| (l.local_addr().unwrap(), l.stats()));
+        let (sessions, organizations, org_worker) = (
+            app.sessions.clone(),
+            app.organizations.clone(),
+            app.org_worker.clone(),
+        );
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run(shutdown.clone()));
         TestApp {
@@ -335,6 +344,9 @@ impl TestApp {
             storage,
             radius,
             dynauth,
+            sessions,
+            organizations,
+            org_worker,
             shutdown,
             task,
             _site: site,

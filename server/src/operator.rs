@@ -1,0 +1,287 @@
+//! Operator commands on the database the running portal uses: `org list|show|enable|disable`
+//! and `audit tail`. Human tables by default, `--json` for scripts. Secrets never appear: the
+//! views below say only whether a secret is set (or which file holds it).
+//!
+//! Exit codes (see README): 0 done (also "already disabled"), 1 error (configuration,
+//! database), 2 usage, 3 no such organization.
+
+use crate::{
+    config::{OrganizationSettings, Settings},
+    organizations::{self, Organizations},
+    storage::{Storage, StoredOrganization},
+};
+use anyhow::Context;
+use clap::Subcommand;
+use serde::Serialize;
+
+/// Exit code for "no such organization".
+pub const EXIT_NOT_FOUND: u8 = 3;
+
+/// `org …` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum OrgCommand {
+    /// Every organization with its state and open sessions.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One organization's settings (secrets never shown).
+    Show {
+        /// Organization id (slug).
+        id: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable: logins, refreshes and Accounting-Starts are refused at once, and the running
+    /// portal stops every open session (Accounting-Stop, Admin-Reset).
+    Disable {
+        /// Organization id (slug).
+        id: String,
+    },
+    /// Enable again (sessions stopped by the disable stay stopped).
+    Enable {
+        /// Organization id (slug).
+        id: String,
+    },
+}
+
+/// `audit …` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// The newest entries, oldest first.
+    Tail {
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Machine-readable output (one JSON object per line).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// An outcome the CLI turns into an exit code.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Exit 0.
+    Done,
+    /// Exit 3: the organization does not exist.
+    NotFound(String),
+}
+
+/// A RADIUS server as shown to operators.
+#[derive(Debug, Serialize)]
+pub struct ServerView {
+    name: String,
+    address: String,
+    auth_port: u16,
+    acct_port: u16,
+    timeout_ms: u128,
+    retries: u32,
+    require_message_authenticator: crate::config::MessageAuthenticatorMode,
+    status_check: crate::config::StatusCheck,
+    /// "set" or "file:<path>": never the secret.
+    secret: String,
+}
+
+/// An organization as shown to operators.
+#[derive(Debug, Serialize)]
+pub struct OrganizationView {
+    id: String,
+    name: String,
+    active: bool,
+    active_sessions: usize,
+    nas_identifier: Option<String>,
+    nas_ip: Option<String>,
+    default_window_s: Option<u64>,
+    max_lifetime_s: Option<u64>,
+    username_pattern: Option<String>,
+    servers: Vec<ServerView>,
+}
+
+impl OrganizationView {
+    fn new(row: &StoredOrganization, active_sessions: usize) -> Self {
+        let settings: Option<OrganizationSettings> = row
+            .settings
+            .as_deref()
+            .and_then(|json| serde_json::from_str(json).ok());
+        let servers = settings
+            .as_ref()
+            .map(|s| {
+                s.servers
+                    .iter()
+                    .map(|server| ServerView {
+                        name: server.name.clone(),
+                        address: server.address.to_string(),
+                        auth_port: server.auth_port,
+                        acct_port: server.acct_port,
+                        timeout_ms: server.timeout.as_millis(),
+                        retries: server.retries,
+                        require_message_authenticator: server.require_message_authenticator,
+                        status_check: server.status_check,
+                        secret: match &server.secret_file {
+                            Some(path) => format!("file:{}", path.display()),
+                            None => "set".into(),
+                        },
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        OrganizationView {
+            id: row.id.clone(),
+            name: row.name.clone(),
+            active: row.active,
+            active_sessions,
+            nas_identifier: settings.as_ref().map(|s| s.nas_identifier.clone()),
+            nas_ip: settings.as_ref().map(|s| s.nas_ip.to_string()),
+            default_window_s: settings.as_ref().map(|s| s.default_window.as_secs()),
+            max_lifetime_s: settings
+                .as_ref()
+                .and_then(|s| s.max_lifetime.map(|d| d.as_secs())),
+            username_pattern: settings.as_ref().map(|s| s.username_pattern.clone()),
+            servers,
+        }
+    }
+}
+
+async fn open(settings: &Settings) -> anyhow::Result<Storage> {
+    Storage::open(&settings.database.path)
+        .await
+        .with_context(|| format!("while opening the database {}", settings.database.path.display()))
+}
+
+fn state(active: bool) -> &'static str {
+    if active {
+        "active"
+    } else {
+        "DISABLED"
+    }
+}
+
+/// Who is acting, for the audit log.
+fn actor() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
+}
+
+/// Runs an `org` command.
+pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Outcome> {
+    let storage = open(settings).await?;
+    match command {
+        OrgCommand::List { json } => {
+            let mut views = Vec::new();
+            for row in storage.organizations().await? {
+                let sessions = storage.active_session_ids_of(&row.id).await?.len();
+                views.push(OrganizationView::new(&row, sessions));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&views)?);
+            } else if views.is_empty() {
+                println!("no organizations stored yet (the portal stores the configured ones when it starts)");
+            } else {
+                println!("{:<20} {:<28} {:<9} {:>8}  SERVERS", "ID", "NAME", "STATE", "SESSIONS");
+                for v in &views {
+                    let servers: Vec<&str> = v.servers.iter().map(|s| s.name.as_str()).collect();
+                    println!(
+                        "{:<20} {:<28} {:<9} {:>8}  {}",
+                        v.id,
+                        v.name,
+                        state(v.active),
+                        v.active_sessions,
+                        servers.join(", ")
+                    );
+                }
+            }
+            Ok(Outcome::Done)
+        }
+        OrgCommand::Show { id, json } => {
+            let Some(row) = storage.organization(&id).await? else {
+                return Ok(Outcome::NotFound(id));
+            };
+            let view = OrganizationView::new(&row, storage.active_session_ids_of(&id).await?.len());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                println!("id:               {}", view.id);
+                println!("name:             {}", view.name);
+                println!("state:            {}", state(view.active));
+                println!("open sessions:    {}", view.active_sessions);
+                println!("NAS-Identifier:   {}", view.nas_identifier.as_deref().unwrap_or("?"));
+                println!("NAS-IP-Address:   {}", view.nas_ip.as_deref().unwrap_or("?"));
+                println!("default window:   {}", view.default_window_s.map_or("?".into(), |s| format!("{s} s")));
+                println!("max lifetime:     {}", view.max_lifetime_s.map_or("none".into(), |s| format!("{s} s")));
+                println!("username pattern: {}", view.username_pattern.as_deref().unwrap_or("?"));
+                for s in &view.servers {
+                    println!(
+                        "server {}: {} auth {} acct {} timeout {} ms retries {} Message-Authenticator {:?} status check {:?} secret {}",
+                        s.name, s.address, s.auth_port, s.acct_port, s.timeout_ms, s.retries,
+                        s.require_message_authenticator, s.status_check, s.secret
+                    );
+                }
+            }
+            Ok(Outcome::Done)
+        }
+        OrgCommand::Disable { id } | OrgCommand::Enable { id }
+            if storage.organization(&id).await?.is_none() =>
+        {
+            Ok(Outcome::NotFound(id))
+        }
+        OrgCommand::Disable { id } => {
+            let cache = Organizations::load(&storage).await?;
+            match organizations::set_active(&storage, &cache, &id, false, &actor()).await? {
+                None => return Ok(Outcome::NotFound(id)),
+                Some(false) => println!("organization {id} is already disabled"),
+                Some(true) => {
+                    let open = storage.active_session_ids_of(&id).await?.len();
+                    println!("organization {id} disabled: logins and refreshes are refused; the running portal stops its {open} open session(s) (Admin-Reset)");
+                }
+            }
+            Ok(Outcome::Done)
+        }
+        OrgCommand::Enable { id } => {
+            let cache = Organizations::load(&storage).await?;
+            match organizations::set_active(&storage, &cache, &id, true, &actor()).await? {
+                None => return Ok(Outcome::NotFound(id)),
+                Some(false) => println!("organization {id} is already active"),
+                Some(true) => println!("organization {id} enabled"),
+            }
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+/// Runs an `audit` command.
+pub async fn audit(settings: &Settings, command: AuditCommand) -> anyhow::Result<Outcome> {
+    let storage = open(settings).await?;
+    match command {
+        AuditCommand::Tail { limit, json } => {
+            for entry in storage.audit_tail(limit).await? {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "id": entry.id, "at_ms": entry.at, "actor": entry.actor,
+                            "action": entry.action, "organization": entry.organization_id,
+                            "detail": serde_json::from_str::<serde_json::Value>(&entry.detail).unwrap_or_default(),
+                        })
+                    );
+                } else {
+                    println!(
+                        "{} {:<16} {:<14} {:<12} {}",
+                        humantime::format_rfc3339_millis(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_millis(entry.at.max(0) as u64)
+                        ),
+                        entry.actor,
+                        entry.action,
+                        entry.organization_id.as_deref().unwrap_or("-"),
+                        entry.detail
+                    );
+                }
+            }
+            Ok(Outcome::Done)
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The organization worker: keeps this process's organization cache in step with the database
+//! (changes made by the CLI or another replica) and runs the durable organization jobs — "stop
+//! every open session" after a disable (Admin-Reset), which goes on past individual failures
+//! and does nothing for an organization re-enabled before (or while) it runs. A job interrupted
+//! by a crash is still pending and runs again at start-up: stopping is idempotent.
+
+use super::Organizations;
+use crate::{
+    access_session::{now_ms, AccessSessions},
+    storage::{OrganizationJob, Storage},
+};
+use std::{sync::Arc, time::Duration};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How often the database is asked whether organizations changed or jobs are waiting.
+pub const POLL: Duration = Duration::from_millis(500);
+
+/// Runs organization jobs and refreshes the cache. Cheap to clone.
+#[derive(Clone)]
+pub struct OrganizationWorker {
+    storage: Storage,
+    organizations: Arc<Organizations>,
+    sessions: AccessSessions,
+    wake: Arc<Notify>,
+}
+
+/// What a job run did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Every open session was stopped (how many).
+    Stopped(usize),
+    /// The organization was active again: nothing done.
+    SkippedReenabled,
+    /// Some stops failed; the job stays pending and runs again.
+    Incomplete {
+        /// Stopped this time.
+        stopped: usize,
+        /// Failed this time.
+        failed: usize,
+    },
+}
+
+impl OrganizationWorker {
+    /// Wires the worker.
+    pub fn new(storage: Storage, organizations: Arc<Organizations>, sessions: AccessSessions) -> Self {
+        OrganizationWorker {
+            storage,
+            organizations,
+            sessions,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Asks the worker to look now (after a change made in this process).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// One pass: refresh the cache, run what is pending. Returns the jobs run.
+    pub async fn tick(&self) -> anyhow::Result<Vec<(OrganizationJob, JobOutcome)>> {
+        let changed = self.organizations.refresh(&self.storage).await?;
+        for id in &changed {
+            tracing::info!(organization = %id, "organization changed: cached settings reloaded");
+        }
+        let mut done = Vec::new();
+        for job in self.storage.pending_organization_jobs().await? {
+            let outcome = self.run_job(&job).await?;
+            done.push((job, outcome));
+        }
+        Ok(done)
+    }
+
+    async fn still_disabled(&self, organization_id: &str) -> anyhow::Result<bool> {
+        Ok(self.storage.organization_active(organization_id).await? != Some(true))
+    }
+
+    async fn run_job(&self, job: &OrganizationJob) -> anyhow::Result<JobOutcome> {
+        let org = job.organization_id.as_str();
+        let (mut stopped, mut failed) = (0usize, 0usize);
+        let mut reenabled = !self.still_disabled(org).await?;
+        if !reenabled {
+            for id in self.storage.active_session_ids_of(org).await? {
+                // Re-enabled midway: leave the remaining sessions alone.
+                if !self.still_disabled(org).await? {
+                    reenabled = true;
+                    break;
+                }
+                match self.sessions.stop_by_operator(id).await {
+                    Ok(true) => stopped += 1,
+                    Ok(false) => {} // ended meanwhile
+                    Err(e) => {
+                        failed += 1;
+                        tracing::error!(organization = org, session = id, error = %e,
+                            "stopping a session of a disabled organization failed; the job continues and will retry it");
+                    }
+                }
+            }
+        }
+        let outcome = if failed > 0 {
+            JobOutcome::Incomplete { stopped, failed }
+        } else if reenabled && stopped == 0 {
+            JobOutcome::SkippedReenabled
+        } else {
+            JobOutcome::Stopped(stopped)
+        };
+        match &outcome {
+            JobOutcome::Incomplete { .. } => {}
+            JobOutcome::SkippedReenabled => {
+                tracing::info!(organization = org, "organization re-enabled before its sessions were stopped: nothing done");
+                self.storage
+                    .finish_organization_job(job, "skipped: re-enabled", now_ms())
+                    .await?;
+            }
+            JobOutcome::Stopped(n) => {
+                tracing::warn!(organization = org, sessions = n, "disabled organization: open sessions stopped (Admin-Reset)");
+                self.storage
+                    .finish_organization_job(job, &format!("stopped {n} sessions"), now_ms())
+                    .await?;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Runs until `shutdown`: a pass on every wake-up and every [`POLL`].
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::error!(error = %crate::portal_backend::error_chain(e.as_ref()), "organization worker pass failed; retrying");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! The organization store: organizations with their settings (the run-time truth), the global
+//! revision other processes poll, durable organization jobs, and the audit log.
+//!
+//! Every change goes through one transaction that writes the row, bumps its revision and the
+//! global one, records the audit entry and — on disable — queues the "stop every open session"
+//! job. Nothing here decides policy: callers ask the guard.
+
+use super::{Storage, StorageError};
+use sqlx::{Row, Sqlite, Transaction};
+
+/// An organization as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredOrganization {
+    /// Slug (stable id).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// False = disabled.
+    pub active: bool,
+    /// Settings as JSON (secrets included: never shown).
+    pub settings: Option<String>,
+    /// Bumped by every change of this organization.
+    pub revision: i64,
+}
+
+/// What seeding one organization from the configuration did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SeedOutcome {
+    /// It was new.
+    Created,
+    /// It existed; these parts changed (`settings`, `name`, `enabled`, `disabled`).
+    Updated(Vec<&'static str>),
+    /// Nothing changed.
+    Unchanged,
+}
+
+/// A queued organization job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrganizationJob {
+    /// Row id.
+    pub id: i64,
+    /// Organization it is about.
+    pub organization_id: String,
+    /// `stop_sessions`.
+    pub kind: String,
+}
+
+/// One audit log entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Row id.
+    pub id: i64,
+    /// Unix ms.
+    pub at: i64,
+    /// Who: `config`, `cli:<user>`, `system`, …
+    pub actor: String,
+    /// What: `org.create`, `org.disable`, `guard.denied`, …
+    pub action: String,
+    /// Organization concerned, if any.
+    pub organization_id: Option<String>,
+    /// Details as JSON (never secrets).
+    pub detail: String,
+}
+
+/// The audit entry of a change, written in the change's transaction.
+async fn audit_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    at: i64,
+    actor: &str,
+    action: &str,
+    organization_id: Option<&str>,
+    detail: &serde_json::Value,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor, action, organization_id, detail) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(at)
+    .bind(actor)
+    .bind(action)
+    .bind(organization_id)
+    .bind(detail.to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn bump_revision(tx: &mut Transaction<'static, Sqlite>) -> Result<(), StorageError> {
+    sqlx::query("UPDATE organization_revision SET value = value + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Flips the active flag inside `tx` (row revision, global revision, audit entry, and on
+/// disable the stop job). True if it changed.
+async fn set_active_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    id: &str,
+    active: bool,
+    actor: &str,
+    now: i64,
+) -> Result<bool, StorageError> {
+    let changed = sqlx::query(
+        "UPDATE organizations SET is_active = ?, revision = revision + 1, updated_at = ? \
+         WHERE id = ? AND is_active != ?",
+    )
+    .bind(active)
+    .bind(now)
+    .bind(id)
+    .bind(active)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        > 0;
+    if !changed {
+        return Ok(false);
+    }
+    bump_revision(tx).await?;
+    if !active {
+        sqlx::query(
+            "INSERT INTO organization_jobs (organization_id, kind, created_at) VALUES (?, 'stop_sessions', ?)",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    audit_in(
+        tx,
+        now,
+        actor,
+        if active { "org.enable" } else { "org.disable" },
+        Some(id),
+        &serde_json::json!({ "before": { "active": !active }, "after": { "active": active } }),
+    )
+    .await?;
+    Ok(true)
+}
+
+impl Storage {
+    /// Every stored organization, in configuration order (then by creation).
+    pub async fn organizations(&self) -> Result<Vec<StoredOrganization>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT id, name, is_active, settings, revision FROM organizations \
+             ORDER BY position IS NULL, position, created_at, id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredOrganization {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    active: r.try_get("is_active")?,
+                    settings: r.try_get("settings")?,
+                    revision: r.try_get("revision")?,
+                })
+            })
+            .collect()
+    }
+
+    /// One stored organization.
+    pub async fn organization(&self, id: &str) -> Result<Option<StoredOrganization>, StorageError> {
+        Ok(self
+            .organizations()
+            .await?
+            .into_iter()
+            .find(|o| o.id == id))
+    }
+
+    /// The global organization revision: changes whenever any organization changes.
+    pub async fn organization_revision(&self) -> Result<i64, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM organization_revision WHERE id = 1")
+                .fetch_one(self.pool())
+                .await?,
+        )
+    }
+
+    /// Whether an organization is active, read from the database (the authority the guard's
+    /// strict callers use); None if it does not exist.
+    pub async fn organization_active(&self, id: &str) -> Result<Option<bool>, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT is_active FROM organizations WHERE id = ?")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
+    /// Creates or updates an organization from the configuration (`enabled` None: a new one is
+    /// enabled, an existing one keeps its state). Disabling queues the stop job.
+    pub async fn seed_organization(
+        &self,
+        id: &str,
+        name: &str,
+        settings_json: &str,
+        enabled: Option<bool>,
+        position: i64,
+        now: i64,
+    ) -> Result<SeedOutcome, StorageError> {
+        let mut tx = self.begin().await?;
+        let existing: Option<(String, Option<String>, bool)> =
+            sqlx::query_as("SELECT name, settings, is_active FROM organizations WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let outcome = match existing {
+            None => {
+                let active = enabled.unwrap_or(true);
+                sqlx::query(
+                    "INSERT INTO organizations (id, name, is_active, settings, revision, created_at, updated_at, position) \
+                     VALUES (?, ?, ?, ?, 1, ?, ?, ?)",
+                )
+                .bind(id)
+                .bind(name)
+                .bind(active)
+                .bind(settings_json)
+                .bind(now)
+                .bind(now)
+                .bind(position)
+                .execute(&mut *tx)
+                .await?;
+                bump_revision(&mut tx).await?;
+                audit_in(&mut tx, now, "config", "org.create", Some(id),
+                    &serde_json::json!({ "after": { "name": name, "active": active } })).await?;
+                SeedOutcome::Created
+            }
+            Some((old_name, old_settings, _)) => {
+                let mut changed = Vec::new();
+                if old_name != name {
+                    changed.push("name");
+                }
+                if old_settings.as_deref() != Some(settings_json) {
+                    changed.push("settings");
+                }
+                sqlx::query("UPDATE organizations SET position = ? WHERE id = ?")
+                    .bind(position)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                if !changed.is_empty() {
+                    sqlx::query(
+                        "UPDATE organizations SET name = ?, settings = ?, revision = revision + 1, updated_at = ? WHERE id = ?",
+                    )
+                    .bind(name)
+                    .bind(settings_json)
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    bump_revision(&mut tx).await?;
+                    audit_in(&mut tx, now, "config", "org.update", Some(id),
+                        &serde_json::json!({ "changed": changed, "before": { "name": old_name }, "after": { "name": name } })).await?;
+                }
+                if let Some(active) = enabled {
+                    if set_active_in(&mut tx, id, active, "config", now).await? {
+                        changed.push(if active { "enabled" } else { "disabled" });
+                    }
+                }
+                if changed.is_empty() {
+                    SeedOutcome::Unchanged
+                } else {
+                    SeedOutcome::Updated(changed)
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Enables or disables an organization: one transaction flips the flag, bumps the
+    /// revisions, audits, and on disable queues the job that stops its open sessions.
+    /// `Ok(None)`: no such organization; `Ok(Some(changed))` otherwise.
+    pub async fn set_organization_active(
+        &self,
+        id: &str,
+        active: bool,
+        actor: &str,
+        now: i64,
+    ) -> Result<Option<bool>, StorageError> {
+        let mut tx = self.begin().await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM organizations WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let changed = set_active_in(&mut tx, id, active, actor, now).await?;
+        tx.commit().await?;
+        Ok(Some(changed))
+    }
+
+    /// Organization jobs not done yet, oldest first.
+    pub async fn pending_organization_jobs(&self) -> Result<Vec<OrganizationJob>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT id, organization_id, kind FROM organization_jobs WHERE done_at IS NULL ORDER BY id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OrganizationJob {
+                    id: r.try_get("id")?,
+                    organization_id: r.try_get("organization_id")?,
+                    kind: r.try_get("kind")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks a job done with its outcome, audited.
+    pub async fn finish_organization_job(
+        &self,
+        job: &OrganizationJob,
+        outcome: &str,
+        now: i64,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE organization_jobs SET done_at = ?, outcome = ? WHERE id = ? AND done_at IS NULL")
+            .bind(now)
+            .bind(outcome)
+            .bind(job.id)
+            .execute(&mut *tx)
+            .await?;
+        audit_in(&mut tx, now, "system", &format!("job.{}", job.kind), Some(&job.organization_id),
+            &serde_json::json!({ "job": job.id, "outcome": outcome })).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ids of an organization's active sessions.
+    pub async fn active_session_ids_of(&self, organization_id: &str) -> Result<Vec<i64>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM access_sessions WHERE organization_id = ? AND state = 'active' ORDER BY id",
+        )
+        .bind(organization_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Appends an audit entry on its own (guard denials and other events outside a change).
+    pub async fn audit(
+        &self,
+        at: i64,
+        actor: &str,
+        action: &str,
+        organization_id: Option<&str>,
+        detail: &serde_json::Value,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.begin().await?;
+        audit_in(&mut tx, at, actor, action, organization_id, detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The newest `limit` audit entries, oldest first.
+    pub async fn audit_tail(&self, limit: i64) -> Result<Vec<AuditEntry>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, organization_id, detail FROM \
+             (SELECT * FROM audit_log ORDER BY id DESC LIMIT ?) ORDER BY id",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    organization_id: r.try_get("organization_id")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+}
