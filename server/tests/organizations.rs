@@ -1,0 +1,253 @@
+//! Organizations and the disabled-organization policy against real FreeRADIUS servers: two
+//! organizations with the same username, a disable that stops only its own sessions (and only
+//! its own cache entry), denied logins that send nothing, a disable racing a login, and the
+//! operator CLI on the database of a running portal.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{field, settings, temp_db, wait_until, FreeRadius, TestApp, SECRET};
+use radius_portal::{
+    access_session::SessionError,
+    config::{OrganizationSettings, Settings},
+    organizations,
+};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    process::Command,
+    sync::Arc,
+    time::Duration,
+};
+use tokio::{net::UdpSocket, sync::Notify};
+
+fn ip(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 5, n))
+}
+
+/// `acme` on server `a`, `beta` on server `b` (the same users exist on both).
+fn two_organizations(db: &std::path::Path, a: &FreeRadius, b: &FreeRadius) -> Settings {
+    let mut settings = settings(db, vec![a.server_settings("a-primary", true)]);
+    let mut beta: OrganizationSettings = settings.organizations[0].clone();
+    beta.id = "beta".into();
+    beta.name = "Beta Org".into();
+    beta.nas_identifier = "portal-beta".into();
+    beta.servers = vec![b.server_settings("b-primary", true)];
+    settings.organizations.push(beta);
+    settings.validate().unwrap();
+    settings
+}
+
+#[tokio::test]
+async fn disabling_one_organization_stops_its_sessions_and_denies_it_while_the_other_keeps_working() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&two_organizations(&db, &a, &b)).await;
+
+    // The same username, the same client address, two organizations: two identities.
+    let in_acme = app.sessions.login("acme", "carol", "carol-pass", ip(1)).await.unwrap();
+    let in_beta = app.sessions.login("beta", "carol", "carol-pass", ip(1)).await.unwrap();
+    assert_ne!(in_acme.id, in_beta.id);
+    a.wait_for_acct(&["status=Start", &format!("sid={}", in_acme.acct_session_id)]).await;
+    b.wait_for_acct(&["status=Start", &format!("sid={}", in_beta.acct_session_id)]).await;
+
+    let acme_cached = app.organizations.get("acme").unwrap();
+    let changed = organizations::set_active(&app.storage, &app.organizations, "beta", false, "test")
+        .await
+        .unwrap();
+    assert_eq!(changed, Some(true));
+    app.org_worker.wake();
+    assert!(
+        Arc::ptr_eq(&acme_cached, &app.organizations.get("acme").unwrap()),
+        "another organization's cache entry is untouched"
+    );
+    assert!(!app.organizations.get("beta").unwrap().active);
+
+    // Beta's open session is stopped with Admin-Reset; acme's is not.
+    let stop = b
+        .wait_for_acct(&["status=Stop", &format!("sid={}", in_beta.acct_session_id)])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Admin-Reset");
+    assert!(app.storage.session(in_acme.id).await.unwrap().unwrap().active);
+
+    // Beta: login denied without a packet; acme: login and refresh work.
+    let beta_auths = b.auth_lines().len();
+    let denied = app.sessions.login("beta", "carol", "carol-pass", ip(2)).await;
+    assert!(matches!(denied, Err(SessionError::OrganizationDisabled)), "{denied:?}");
+    assert_eq!(b.auth_lines().len(), beta_auths, "no Access-Request for a disabled organization");
+    app.sessions.login("acme", "carol", "carol-pass", ip(2)).await.unwrap();
+    app.sessions.refresh(in_acme.id).await.unwrap();
+
+    // Audited: the disable, the stop job, the denial (never a password).
+    let audit = app.storage.audit_tail(50).await.unwrap();
+    let actions: Vec<(&str, Option<&str>)> = audit
+        .iter()
+        .map(|e| (e.action.as_str(), e.organization_id.as_deref()))
+        .collect();
+    assert!(actions.contains(&("org.disable", Some("beta"))), "{actions:?}");
+    assert!(actions.contains(&("job.stop_sessions", Some("beta"))), "{actions:?}");
+    assert!(actions.contains(&("guard.denied", Some("beta"))), "{actions:?}");
+    assert!(audit.iter().all(|e| !e.detail.contains("carol-pass")));
+
+    // Enabled again: beta works again; its stopped session stays stopped.
+    organizations::set_active(&app.storage, &app.organizations, "beta", true, "test")
+        .await
+        .unwrap();
+    app.sessions.login("beta", "carol", "carol-pass", ip(3)).await.unwrap();
+    assert!(!app.storage.session(in_beta.id).await.unwrap().unwrap().active);
+    app.stop().await;
+}
+
+/// A relay that passes Access-Requests to `upstream` but holds each reply until `release`.
+async fn holding_relay(upstream: SocketAddr, held: Arc<Notify>, release: Arc<Notify>) -> SocketAddr {
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = front.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (len, from) = front.recv_from(&mut buf).await.unwrap();
+            let request = buf[..len].to_vec();
+            let (front, held, release) = (front.clone(), held.clone(), release.clone());
+            tokio::spawn(async move {
+                let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                back.send_to(&request, upstream).await.unwrap();
+                let mut reply = vec![0u8; 4096];
+                let (n, _) = back.recv_from(&mut reply).await.unwrap();
+                held.notify_one();
+                release.notified().await;
+                front.send_to(&reply[..n], from).await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_disable_between_access_accept_and_start_leaves_no_session_and_sends_no_start() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (held, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let relay = holding_relay(b.auth_addr(true), held.clone(), release.clone()).await;
+    let (_dir, db) = temp_db();
+    let mut settings = two_organizations(&db, &a, &b);
+    settings.organizations[1].servers[0].auth_port = relay.port();
+    settings.organizations[1].servers[0].timeout = Duration::from_secs(5);
+    let app = Arc::new(TestApp::spawn(&settings).await);
+
+    let login = {
+        let app = app.clone();
+        tokio::spawn(async move { app.sessions.login("beta", "carol", "carol-pass", ip(9)).await })
+    };
+    held.notified().await; // FreeRADIUS has accepted; the portal has not seen it yet
+    organizations::set_active(&app.storage, &app.organizations, "beta", false, "test")
+        .await
+        .unwrap();
+    release.notify_one();
+    let outcome = login.await.unwrap();
+    assert!(matches!(outcome, Err(SessionError::OrganizationDisabled)), "{outcome:?}");
+    assert!(b.auth_lines().iter().any(|l| l.contains("result=Access-Accept")));
+    assert!(app.storage.active_session_ids_of("beta").await.unwrap().is_empty());
+    assert!(
+        !b.acct_lines().iter().any(|l| l.contains("status=Start")),
+        "no Start for a login the disable overtook"
+    );
+    Arc::into_inner(app).unwrap().stop().await;
+}
+
+fn portal(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_radius-portal"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("USER", "operator-jo")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_cli_disables_an_organization_of_the_running_portal() {
+    let radius = FreeRadius::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("portal.db");
+    let config = dir.path().join("portal.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[database]
+path = "{db}"
+[http]
+listen = "127.0.0.1:0"
+[radius]
+bind = "127.0.0.1"
+[[organizations]]
+id = "acme"
+name = "Acme Test Org"
+nas_identifier = "portal-test"
+[[organizations.servers]]
+name = "primary"
+address = "127.0.0.1"
+auth_port = {auth}
+acct_port = {acct}
+secret = "{SECRET}"
+timeout = "500ms"
+"#,
+            db = db.display(),
+            auth = radius.strict_port,
+            acct = radius.acct_port,
+        ),
+    )
+    .unwrap();
+    let settings = Settings::load(Some(&config)).unwrap();
+    let app = TestApp::spawn(&settings).await;
+    let session = app.sessions.login("acme", "carol", "carol-pass", ip(20)).await.unwrap();
+
+    let out = portal(&config, &["org", "disable", "acme"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("disabled"), "{out:?}");
+    // The running portal notices (it polls the organization revision) and stops the session.
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={}", session.acct_session_id)])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Admin-Reset");
+    wait_until("the running portal's cache follows", || async {
+        !app.organizations.get("acme").unwrap().active
+    })
+    .await;
+
+    let again = portal(&config, &["org", "disable", "acme"]);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already disabled"));
+
+    let list = portal(&config, &["org", "list", "--json"]);
+    assert!(list.status.success(), "{list:?}");
+    let text = String::from_utf8_lossy(&list.stdout);
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json[0]["id"], "acme");
+    assert_eq!(json[0]["active"], false);
+    assert_eq!(json[0]["servers"][0]["secret"], "set");
+    for args in [&["org", "list"][..], &["org", "show", "acme"], &["org", "show", "acme", "--json"], &["audit", "tail"]] {
+        let out = portal(&config, args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!all.contains(SECRET), "{args:?} shows no secret: {all}");
+    }
+    let audit = portal(&config, &["audit", "tail", "--json"]);
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        audit.lines().any(|l| l.contains("\"org.disable\"") && l.contains("cli:operator-jo")),
+        "{audit}"
+    );
+
+    let missing = portal(&config, &["org", "show", "no-such-org"]);
+    assert_eq!(missing.status.code(), Some(3), "{missing:?}");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no organization `no-such-org`"));
+
+    let enable = portal(&config, &["org", "enable", "acme"]);
+    assert!(enable.status.success());
+    wait_until("the running portal's cache follows again", || async {
+        app.organizations.get("acme").unwrap().active
+    })
+    .await;
+    app.sessions.login("acme", "carol", "carol-pass", ip(21)).await.unwrap();
+    app.stop().await;
+}
