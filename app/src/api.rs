@@ -22,21 +22,24 @@ pub async fn get_form_token() -> Result<String, PortalError> {
     service.form_token(&request).await
 }
 
-/// Logs in and opens an access session; a plain form post is redirected to the session page.
+/// Logs in and opens an access session; a plain form post is redirected to the session page
+/// of the organization's portal.
 #[server(endpoint = "login")]
 pub async fn login(
     username: String,
     password: String,
     csrf: Option<String>,
+    org: Option<String>,
 ) -> Result<(), PortalError> {
     let (service, request) = crate::service::portal()?;
     let input = crate::service::LoginInput {
         username,
         password,
         form_token: csrf.unwrap_or_default(),
+        organization: org.filter(|o| !o.is_empty()),
     };
-    service.login(&request, input).await?;
-    leptos_axum::redirect("/session");
+    let view = service.login(&request, input).await?;
+    leptos_axum::redirect(&format!("{}/session", view.base));
     Ok(())
 }
 
@@ -67,13 +70,13 @@ pub async fn refresh(csrf: Option<String>) -> Result<SessionView, PortalError> {
         .await
 }
 
-/// Ends the access session; a plain form post is redirected to the login page.
+/// Ends the access session; a plain form post is redirected to the organization's login page.
 #[server(endpoint = "disconnect")]
 pub async fn disconnect(csrf: Option<String>) -> Result<(), PortalError> {
     let (service, request) = crate::service::portal()?;
-    service
+    let base = service
         .disconnect(&request, csrf.as_deref().unwrap_or_default())
         .await?;
-    leptos_axum::redirect("/");
+    leptos_axum::redirect(&format!("{base}/"));
     Ok(())
 }

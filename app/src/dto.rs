@@ -38,6 +38,9 @@ pub struct SessionView {
     pub window_secs: u64,
     /// Whether a refresh can currently push the end time out.
     pub can_extend: bool,
+    /// Path prefix of the organization's portal (`""` at `/`, else `/o/{slug}`): the page's
+    /// forms, requests and links stay in the organization's portal.
+    pub base: String,
 }
 
 /// Why an access session ended, as the session page explains it.
@@ -74,6 +77,12 @@ pub enum SessionStatus {
 pub struct SiteInfo {
     /// Display name of the organization the login form signs into.
     pub organization: String,
+    /// Its id (slug): the login form names it.
+    pub organization_id: String,
+    /// Path prefix of its portal (`""` at `/`, else `/o/{slug}`).
+    pub base: String,
+    /// False when the organization is disabled: the page says so and offers no form.
+    pub active: bool,
     /// True under `radius-portal demo`: the page says so in large letters.
     pub demo: bool,
 }

@@ -91,6 +91,8 @@ pub fn App() -> impl IntoView {
                 <Routes fallback=pages::not_found::NotFound>
                     <Route path=path!("/") view=pages::login::LoginPage ssr=SsrMode::Async />
                     <Route path=path!("/session") view=pages::session::SessionPage ssr=SsrMode::Async />
+                    // Where the server sends `/o/{slug}/…` of an organization that does not exist.
+                    <Route path=path!("/no-such-portal") view=pages::not_found::NotFound ssr=SsrMode::Async />
                 </Routes>
             </main>
         </Router>

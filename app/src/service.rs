@@ -1,6 +1,7 @@
 //! The interface the server fns need from the server (ssr only). The `server` crate implements
 //! [`PortalService`] and provides it through Leptos context as [`Portal`]; server fns read it with
-//! [`portal`] and make one call.
+//! [`portal`] and make one call. Requests under `/o/{slug}/` are that organization's (the
+//! server scopes them); the rest are the default organization's.
 
 use crate::{
     dto::{SessionStatus, SessionView, SiteInfo},
@@ -19,6 +20,8 @@ pub struct LoginInput {
     pub password: String,
     /// The form token the page was rendered with (CSRF protection).
     pub form_token: String,
+    /// The organization the form signs into (`org` field); None: the request's portal.
+    pub organization: Option<String>,
 }
 
 /// What the UI asks of the server. `request` carries the web session and client address.
@@ -36,8 +39,9 @@ pub trait PortalService: Send + Sync + 'static {
     async fn session_status(&self, request: &Parts) -> Result<SessionStatus, PortalError>;
     /// Restarts the window of the web session's access session.
     async fn refresh(&self, request: &Parts, form_token: &str) -> Result<SessionView, PortalError>;
-    /// Ends the web session's access session (Accounting-Stop, User-Request).
-    async fn disconnect(&self, request: &Parts, form_token: &str) -> Result<(), PortalError>;
+    /// Ends the web session's access session (Accounting-Stop, User-Request); returns the
+    /// path prefix of the organization's portal (where the user goes next).
+    async fn disconnect(&self, request: &Parts, form_token: &str) -> Result<String, PortalError>;
 }
 
 /// The service as stored in Leptos context.

@@ -230,8 +230,13 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
             Ok(Outcome::NotFound(id))
         }
         OrgCommand::Disable { id } => {
-            let cache = Organizations::load(&storage).await?;
-            match organizations::set_active(&storage, &cache, &id, false, &actor()).await? {
+            let cache = Organizations::load(&storage)
+                .await
+                .context("while reading the organizations")?;
+            match organizations::set_active(&storage, &cache, &id, false, &actor())
+                .await
+                .context("while disabling the organization")?
+            {
                 None => return Ok(Outcome::NotFound(id)),
                 Some(false) => println!("organization {id} is already disabled"),
                 Some(true) => {
@@ -242,8 +247,13 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
             Ok(Outcome::Done)
         }
         OrgCommand::Enable { id } => {
-            let cache = Organizations::load(&storage).await?;
-            match organizations::set_active(&storage, &cache, &id, true, &actor()).await? {
+            let cache = Organizations::load(&storage)
+                .await
+                .context("while reading the organizations")?;
+            match organizations::set_active(&storage, &cache, &id, true, &actor())
+                .await
+                .context("while enabling the organization")?
+            {
                 None => return Ok(Outcome::NotFound(id)),
                 Some(false) => println!("organization {id} is already active"),
                 Some(true) => println!("organization {id} enabled"),

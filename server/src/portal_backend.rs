@@ -6,7 +6,11 @@
 use crate::{
     access_session::{now_ms, timing, AccessSessions, SessionError},
     config::RateLimitSettings,
-    http::{client_ip::ClientIp, rate_limit::RateLimiter},
+    http::{
+        client_ip::ClientIp,
+        org_scope::{base_of, OrgScope},
+        rate_limit::RateLimiter,
+    },
     organizations::Organizations,
     storage::AccessSessionRecord,
 };
@@ -20,8 +24,11 @@ use http::{header::ACCEPT, request::Parts, StatusCode};
 use std::{net::IpAddr, sync::Arc};
 use tower_sessions::Session;
 
-/// Web-session key holding the access session's row id.
-pub const ACCESS_SESSION_KEY: &str = "access_session_id";
+/// Web-session key holding the access session's row id in organization `org`: one per
+/// organization, so a login in one organization's portal never touches another's session.
+pub fn access_session_key(org: &str) -> String {
+    format!("access_session_id:{org}")
+}
 /// Web-session key holding the form (CSRF) token.
 const FORM_TOKEN_KEY: &str = "form_token";
 
@@ -88,6 +95,7 @@ impl PortalBackend {
             reply_message: s.reply_message.clone(),
             window_secs: (s.window_ms / 1000) as u64,
             can_extend: ends_by == EndsBy::Window,
+            base: base_of(&self.organizations, &s.organization_id),
         }
     }
 
@@ -121,10 +129,26 @@ impl PortalBackend {
     }
 
     /// The access session linked to a web session, if any.
-    pub async fn linked_session_id(&self, web: &Session) -> Result<Option<i64>, PortalError> {
-        web.get::<i64>(ACCESS_SESSION_KEY)
+    pub async fn linked_session_id(
+        &self,
+        web: &Session,
+        org: &str,
+    ) -> Result<Option<i64>, PortalError> {
+        web.get::<i64>(&access_session_key(org))
             .await
             .map_err(|e| internal("reading the web session", &e))
+    }
+
+    /// The organization a request is for: its `/o/{slug}` scope, else the default.
+    fn scope(&self, request: &Parts) -> OrgScope {
+        request
+            .extensions
+            .get::<OrgScope>()
+            .cloned()
+            .unwrap_or_else(|| OrgScope {
+                id: self.organizations.default_id(),
+                base: String::new(),
+            })
     }
 }
 
@@ -256,14 +280,14 @@ fn utc_clock(unix_ms: i64) -> String {
 
 #[async_trait::async_trait]
 impl PortalService for PortalBackend {
-    fn site_info(&self, _request: &Parts) -> SiteInfo {
-        let organization = self
-            .organizations
-            .get(&self.organizations.default_id())
-            .map(|o| o.name.clone())
-            .unwrap_or_default();
+    fn site_info(&self, request: &Parts) -> SiteInfo {
+        let scope = self.scope(request);
+        let org = self.organizations.get(&scope.id);
         SiteInfo {
-            organization,
+            organization: org.as_ref().map(|o| o.name.clone()).unwrap_or_default(),
+            active: org.as_ref().is_some_and(|o| o.active),
+            organization_id: scope.id,
+            base: scope.base,
             demo: self.demo,
         }
     }
@@ -288,7 +312,10 @@ impl PortalService for PortalBackend {
     async fn login(&self, request: &Parts, input: LoginInput) -> Result<SessionView, PortalError> {
         let result = async {
             check_form_token(&web_session(request)?, &input.form_token).await?;
-            let org_id = self.organizations.default_id().to_string();
+            let org_id = input
+                .organization
+                .clone()
+                .unwrap_or_else(|| self.scope(request).id);
             let org = self
                 .organizations
                 .get(&org_id)
@@ -307,7 +334,7 @@ impl PortalService for PortalBackend {
             web.cycle_id()
                 .await
                 .map_err(|e| internal("rotating the web session id", &e))?;
-            web.insert(ACCESS_SESSION_KEY, session.id)
+            web.insert(&access_session_key(&org_id), session.id)
                 .await
                 .map_err(|e| internal("writing the web session", &e))?;
             Ok(self.view(&session))
@@ -319,7 +346,7 @@ impl PortalService for PortalBackend {
     async fn current_session(&self, request: &Parts) -> Result<Option<SessionView>, PortalError> {
         let result = async {
             let web = web_session(request)?;
-            let Some(id) = self.linked_session_id(&web).await? else {
+            let Some(id) = self.linked_session_id(&web, &self.scope(request).id).await? else {
                 return Ok(None);
             };
             match self.sessions.active(id).await.map_err(user_error)? {
@@ -333,7 +360,9 @@ impl PortalService for PortalBackend {
 
     async fn session_status(&self, request: &Parts) -> Result<SessionStatus, PortalError> {
         let result = async {
-            let id = self.linked_session_id(&web_session(request)?).await?;
+            let id = self
+                .linked_session_id(&web_session(request)?, &self.scope(request).id)
+                .await?;
             self.status_of(id).await
         }
         .await;
@@ -345,7 +374,7 @@ impl PortalService for PortalBackend {
             let web = web_session(request)?;
             check_form_token(&web, form_token).await?;
             let id = self
-                .linked_session_id(&web)
+                .linked_session_id(&web, &self.scope(request).id)
                 .await?
                 .ok_or(PortalError::NoSession)?;
             let session = self.sessions.refresh(id).await.map_err(user_error)?;
@@ -355,17 +384,18 @@ impl PortalService for PortalBackend {
         with_status(request, result)
     }
 
-    async fn disconnect(&self, request: &Parts, form_token: &str) -> Result<(), PortalError> {
+    async fn disconnect(&self, request: &Parts, form_token: &str) -> Result<String, PortalError> {
         let result = async {
             let web = web_session(request)?;
             check_form_token(&web, form_token).await?;
-            if let Some(id) = self.linked_session_id(&web).await? {
+            let scope = self.scope(request);
+            if let Some(id) = self.linked_session_id(&web, &scope.id).await? {
                 self.sessions.disconnect(id).await.map_err(user_error)?;
-                web.remove::<i64>(ACCESS_SESSION_KEY)
+                web.remove::<i64>(&access_session_key(&scope.id))
                     .await
                     .map_err(|e| internal("writing the web session", &e))?;
             }
-            Ok(())
+            Ok(scope.base)
         }
         .await;
         with_status(request, result)

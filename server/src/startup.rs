@@ -161,6 +161,7 @@ impl Application {
             storage: storage.clone(),
             tasks: tasks.clone(),
             captive,
+            organizations: organizations.clone(),
         });
         let addr = match settings.http.listen {
             Some(addr) => addr,

@@ -15,7 +15,6 @@ use radius_portal::{
 };
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    process::Command,
     sync::Arc,
     time::Duration,
 };
@@ -153,13 +152,16 @@ async fn a_disable_between_access_accept_and_start_leaves_no_session_and_sends_n
     Arc::into_inner(app).unwrap().stop().await;
 }
 
-fn portal(config: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_radius-portal"))
+/// Runs the binary as an operator would, without blocking the runtime the portal under test
+/// runs on (a blocked runtime would hold its open transactions, and the CLI would wait on them).
+async fn portal(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
         .arg("--config")
         .arg(config)
         .args(args)
         .env("USER", "operator-jo")
         .output()
+        .await
         .unwrap()
 }
 
@@ -201,7 +203,7 @@ timeout = "500ms"
     let app = TestApp::spawn(&settings).await;
     let session = app.sessions.login("acme", "carol", "carol-pass", ip(20)).await.unwrap();
 
-    let out = portal(&config, &["org", "disable", "acme"]);
+    let out = portal(&config, &["org", "disable", "acme"]).await;
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("disabled"), "{out:?}");
     // The running portal notices (it polls the organization revision) and stops the session.
@@ -214,11 +216,11 @@ timeout = "500ms"
     })
     .await;
 
-    let again = portal(&config, &["org", "disable", "acme"]);
+    let again = portal(&config, &["org", "disable", "acme"]).await;
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stdout).contains("already disabled"));
 
-    let list = portal(&config, &["org", "list", "--json"]);
+    let list = portal(&config, &["org", "list", "--json"]).await;
     assert!(list.status.success(), "{list:?}");
     let text = String::from_utf8_lossy(&list.stdout);
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -226,28 +228,89 @@ timeout = "500ms"
     assert_eq!(json[0]["active"], false);
     assert_eq!(json[0]["servers"][0]["secret"], "set");
     for args in [&["org", "list"][..], &["org", "show", "acme"], &["org", "show", "acme", "--json"], &["audit", "tail"]] {
-        let out = portal(&config, args);
+        let out = portal(&config, args).await;
         assert!(out.status.success(), "{args:?}: {out:?}");
         let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(!all.contains(SECRET), "{args:?} shows no secret: {all}");
     }
-    let audit = portal(&config, &["audit", "tail", "--json"]);
+    let audit = portal(&config, &["audit", "tail", "--json"]).await;
     let audit = String::from_utf8_lossy(&audit.stdout);
     assert!(
         audit.lines().any(|l| l.contains("\"org.disable\"") && l.contains("cli:operator-jo")),
         "{audit}"
     );
 
-    let missing = portal(&config, &["org", "show", "no-such-org"]);
+    let missing = portal(&config, &["org", "show", "no-such-org"]).await;
     assert_eq!(missing.status.code(), Some(3), "{missing:?}");
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no organization `no-such-org`"));
 
-    let enable = portal(&config, &["org", "enable", "acme"]);
+    let enable = portal(&config, &["org", "enable", "acme"]).await;
     assert!(enable.status.success());
     wait_until("the running portal's cache follows again", || async {
         app.organizations.get("acme").unwrap().active
     })
     .await;
     app.sessions.login("acme", "carol", "carol-pass", ip(21)).await.unwrap();
+    app.stop().await;
+}
+
+/// `/o/{slug}/` is that organization's portal: its name and form, its session page, its
+/// Captive API; a login there never touches the default organization's session; an unknown
+/// slug is a 404; a disabled organization's page says so and has no form.
+#[tokio::test]
+async fn each_organization_has_its_own_portal_under_its_slug() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&two_organizations(&db, &a, &b)).await;
+    let browser = app.browser(Ipv4Addr::new(127, 0, 5, 30));
+
+    let page = browser.get("/o/beta/").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("Beta Org"), "{}", page.body);
+    assert!(page.body.contains(r#"name="org" value="beta""#), "{}", page.body);
+    assert!(browser.get("/").await.body.contains("Acme Test Org"));
+    let missing = browser.get("/o/no-such-org/").await;
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    assert!(!missing.body.contains("name=\"password\""));
+
+    let page = browser
+        .post_form(
+            "/api/login",
+            "/o/beta/",
+            &[("username", "carol"), ("password", "carol-pass"), ("org", "beta")],
+        )
+        .await;
+    assert_eq!(page.path, "/o/beta/session", "{}", page.body);
+    assert!(page.body.contains("Beta Org"));
+    assert!(page.body.contains(r#"action="/o/beta/api/refresh""#), "{}", page.body);
+    b.wait_for_acct(&["status=Start", "ip=127.0.5.30"]).await;
+    assert!(a.acct_lines().is_empty(), "nothing went to the other organization's server");
+    // The default organization's portal has no session for this browser.
+    assert_eq!(browser.get("/session").await.path, "/");
+    let captive: serde_json::Value = serde_json::from_str(
+        &browser.get("/o/beta/captive-portal/api").await.body,
+    )
+    .unwrap();
+    assert_eq!(captive["captive"], false);
+    assert!(captive["user-portal-url"].as_str().unwrap().ends_with("/o/beta/session"));
+    let captive: serde_json::Value =
+        serde_json::from_str(&browser.get("/captive-portal/api").await.body).unwrap();
+    assert_eq!(captive["captive"], true, "the default organization has no session for it");
+
+    // Refresh and disconnect stay in beta's portal.
+    let page = browser.post_form("/o/beta/api/refresh", "/o/beta/session", &[]).await;
+    assert_eq!(page.path, "/o/beta/session", "{}", page.body);
+    b.wait_for_acct(&["status=Interim-Update", "ip=127.0.5.30"]).await;
+    let page = browser.post_form("/o/beta/api/disconnect", "/o/beta/session", &[]).await;
+    assert_eq!(page.path, "/o/beta/", "{}", page.body);
+    b.wait_for_acct(&["status=Stop", "ip=127.0.5.30", "cause=User-Request"]).await;
+
+    organizations::set_active(&app.storage, &app.organizations, "beta", false, "test")
+        .await
+        .unwrap();
+    let page = browser.get("/o/beta/").await;
+    assert!(page.body.contains("has been disabled"), "{}", page.body);
+    assert!(!page.body.contains("name=\"password\""), "no form for a disabled organization");
+    assert!(browser.get("/").await.body.contains("name=\"password\""));
     app.stop().await;
 }

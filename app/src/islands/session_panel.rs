@@ -56,32 +56,42 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
         SessionStatus::NoSession => ended.set(Some(EndReason::Disconnected)),
     };
     #[cfg(feature = "hydrate")]
-    live::follow(apply, now, remaining_secs, ended, hydrated);
+    live::follow(
+        state.get_untracked().base,
+        apply,
+        now,
+        remaining_secs,
+        ended,
+        hydrated,
+    );
     // Posts one of the panel's forms with fetch (Refresh: apply the new state; Disconnect: back
     // to the sign-in page).
-    let submit = move |path: &'static str, token: String, refresh: bool| {
+    let submit = move |path: String, token: String, refresh: bool| {
         #[cfg(feature = "hydrate")]
         {
             busy.set(true);
             let form = super::fetch::csrf_form(Some(&token));
             leptos::task::spawn_local(async move {
                 let result = if refresh {
-                    super::fetch::call::<SessionView>(path, form)
+                    super::fetch::call::<SessionView>(&path, form)
                         .await
                         .map(|view| apply(SessionStatus::Active(view)))
                 } else {
-                    super::fetch::call::<()>(path, form).await.map(|()| {
-                        let _ = window().location().set_href("/");
+                    super::fetch::call::<()>(&path, form).await.map(|()| {
+                        let _ = window()
+                            .location()
+                            .set_href(&format!("{}/", state.get_untracked().base));
                     })
                 };
                 busy.set(false);
                 if result.is_err() {
                     // Refused (e.g. the session ended meanwhile): ask how things stand.
-                    live::resync(apply);
+                    live::resync(state.get_untracked().base, apply);
                 }
                 error.set(result.err());
             });
         }
+        #[cfg(not(feature = "hydrate"))]
         let _ = (path, token, refresh, &apply);
     };
     let ends_text = move || {
@@ -112,9 +122,13 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
         })
     };
 
-    let refresh_url = <Refresh as ServerFn>::PATH;
+    // Everything stays in the organization's portal (`/o/{slug}` prefix; the server scopes it).
+    let base = state.get_untracked().base;
+    let refresh_url = format!("{base}{}", <Refresh as ServerFn>::PATH);
     let (refresh_token, disconnect_token) = (form_token.clone(), form_token.clone());
-    let disconnect_url = <Disconnect as ServerFn>::PATH;
+    let disconnect_url = format!("{base}{}", <Disconnect as ServerFn>::PATH);
+    let (refresh_post, disconnect_post) = (refresh_url.clone(), disconnect_url.clone());
+    let sign_in_url = format!("{base}/");
     view! {
         <div>
             <h1 id="session-title" class="text-2xl font-semibold">
@@ -123,7 +137,7 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
             <div data-testid="ended" role="status" class="mt-6 text-center" class:hidden=move || ended.get().is_none()>
                 <p class="text-lg font-semibold">"Your session has ended."</p>
                 <p class="mt-1 text-sm text-slate-700">{move || ended.get().map(end_text)}</p>
-                <p class="mt-4"><a class="text-blue-800 underline" href="/">"Sign in again"</a></p>
+                <p class="mt-4"><a class="text-blue-800 underline" href=sign_in_url>"Sign in again"</a></p>
             </div>
             <div class:hidden=move || ended.get().is_some()>
                 <p class="mt-6 text-center text-sm text-slate-600">"Time left"</p>
@@ -137,7 +151,7 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
                     <form method="post" action=refresh_url
                         on:submit=move |ev: leptos::ev::SubmitEvent| {
                             ev.prevent_default();
-                            submit(refresh_url, refresh_token.clone(), true);
+                            submit(refresh_post.clone(), refresh_token.clone(), true);
                         }>
                         <input type="hidden" name="csrf" value=form_token.clone() />
                         <button type="submit" disabled=move || busy.get()
@@ -148,7 +162,7 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
                     <form method="post" action=disconnect_url
                         on:submit=move |ev: leptos::ev::SubmitEvent| {
                             ev.prevent_default();
-                            submit(disconnect_url, disconnect_token.clone(), false);
+                            submit(disconnect_post.clone(), disconnect_token.clone(), false);
                         }>
                         <input type="hidden" name="csrf" value=form_token />
                         <button type="submit" disabled=move || busy.get()
@@ -172,11 +186,11 @@ mod live {
     use web_sys::{EventSource, MessageEvent};
 
     /// Asks the server how the session stands and applies the answer.
-    pub fn resync(apply: impl Fn(SessionStatus) + 'static) {
+    pub fn resync(base: String, apply: impl Fn(SessionStatus) + 'static) {
         leptos::task::spawn_local(async move {
-            let path = <GetSessionStatus as ServerFn>::PATH;
+            let path = format!("{base}{}", <GetSessionStatus as ServerFn>::PATH);
             if let Ok(status) =
-                crate::islands::fetch::call::<SessionStatus>(path, String::new()).await
+                crate::islands::fetch::call::<SessionStatus>(&path, String::new()).await
             {
                 apply(status);
             }
@@ -185,6 +199,7 @@ mod live {
 
     /// Wires the stream, the ticker, the polling fallback and the re-sync triggers.
     pub fn follow(
+        base: String,
         apply: impl Fn(SessionStatus) + Copy + 'static,
         now: RwSignal<f64>,
         remaining_secs: impl Fn() -> u64 + Copy + 'static,
@@ -192,7 +207,7 @@ mod live {
         hydrated: RwSignal<bool>,
     ) {
         Effect::new(move |_| hydrated.set(true));
-        let stream = EventSource::new(crate::api::LIVE_EVENTS_PATH).ok();
+        let stream = EventSource::new(&format!("{base}{}", crate::api::LIVE_EVENTS_PATH)).ok();
         if let Some(es) = &stream {
             let es_inner = es.clone();
             let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
@@ -209,6 +224,7 @@ mod live {
             es.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
             on_message.forget();
         }
+        let base_for_ticks = StoredValue::new(base.clone());
         // Last re-sync (monotonic ms), so the countdown reaching 0 asks at most once a second.
         let last_check = StoredValue::new(0.0f64);
         let ticker = set_interval_with_handle(
@@ -225,7 +241,7 @@ mod live {
                     && t - last_check.get_value() >= every
                 {
                     last_check.set_value(t);
-                    resync(apply);
+                    resync(base_for_ticks.get_value(), apply);
                 }
             },
             Duration::from_millis(250),
@@ -237,7 +253,8 @@ mod live {
             }
         });
         for event in ["visibilitychange", "online", "pageshow", "focus"] {
-            let _ = window_event_listener_untyped(event, move |_| resync(apply));
+            let base = base.clone();
+            let _ = window_event_listener_untyped(event, move |_| resync(base.clone(), apply));
         }
     }
 }
@@ -337,3 +354,4 @@ mod tests {
         assert_eq!(format_length(60), "1 minute");
     }
 }
+

@@ -1,12 +1,13 @@
-//! `/`: the sign-in form. A plain HTML form posting to the `login` server fn: it ships no WASM and
-//! works without JavaScript; errors come back through the redirect's `__err` parameter and are
-//! shown by the same `ServerAction`.
+//! `/` (and `/o/{slug}/`): the sign-in form of the organization's portal. A plain HTML form
+//! posting to the `login` server fn: it ships no WASM and works without JavaScript; errors come
+//! back through the redirect's `__err` parameter and are shown by the same `ServerAction`. A
+//! disabled organization's page says so and offers no form.
 
 use crate::{
     api::{get_form_token, get_site_info, Login},
     components::{DemoBanner, ErrorMessage},
 };
-use leptos::prelude::*;
+use leptos::{either::Either, prelude::*};
 use leptos_router::components::A;
 
 /// The sign-in page.
@@ -21,41 +22,53 @@ pub fn LoginPage() -> impl IntoView {
             {move || Suspend::new(async move {
                 let info = info.await.ok();
                 let demo = info.as_ref().is_some_and(|i| i.demo);
-                let organization = info.map(|i| i.organization).unwrap_or_default();
+                let active = info.as_ref().is_none_or(|i| i.active);
+                let organization = info.as_ref().map(|i| i.organization.clone()).unwrap_or_default();
+                let organization_id = info.as_ref().map(|i| i.organization_id.clone()).unwrap_or_default();
+                let base = info.map(|i| i.base).unwrap_or_default();
+                let token = token.await.unwrap_or_default();
+                let body = if active {
+                    Either::Left(view! {
+                        <ErrorMessage error=Signal::derive(error) />
+                        <ActionForm action=login attr:class="mt-6 space-y-4 rounded-lg bg-white p-6 shadow">
+                            <input type="hidden" name="csrf" value=token />
+                            <input type="hidden" name="org" value=organization_id />
+                            <div>
+                                <label for="username" class="block text-sm font-medium">"Username"</label>
+                                <input id="username" name="username" type="text" required maxlength="63"
+                                    autocomplete="username" autocapitalize="none" spellcheck="false"
+                                    class="mt-1 w-full rounded border border-slate-400 px-3 py-2" />
+                            </div>
+                            <div>
+                                <label for="password" class="block text-sm font-medium">"Password"</label>
+                                <input id="password" name="password" type="password" required maxlength="128"
+                                    autocomplete="current-password"
+                                    class="mt-1 w-full rounded border border-slate-400 px-3 py-2" />
+                            </div>
+                            <button type="submit"
+                                class="w-full rounded bg-blue-800 px-4 py-2 font-semibold text-white hover:bg-blue-900">
+                                "Sign in"
+                            </button>
+                        </ActionForm>
+                        <p class="mt-4 text-sm text-slate-600">
+                            "Already signed in? "
+                            <A href=format!("{base}/session") attr:class="text-blue-800 underline">"See your session"</A>
+                        </p>
+                    })
+                } else {
+                    Either::Right(view! {
+                        <p role="alert" data-testid="disabled" class="mt-6 rounded border border-red-700 bg-red-50 px-4 py-3 text-red-900">
+                            "Signing in is not available: this organization's network access has been disabled. Please contact your network administrator."
+                        </p>
+                    })
+                };
                 view! {
                     <DemoBanner demo />
                     <h1 class="text-2xl font-semibold">"Sign in to the network"</h1>
                     <p class="mt-1 text-slate-700">{organization}</p>
+                    {body}
                 }
             })}
         </Suspense>
-        <ErrorMessage error=Signal::derive(error) />
-        <ActionForm action=login attr:class="mt-6 space-y-4 rounded-lg bg-white p-6 shadow">
-            <Suspense>
-                {move || Suspend::new(async move {
-                    let token = token.await.unwrap_or_default();
-                    view! { <input type="hidden" name="csrf" value=token /> }
-                })}
-            </Suspense>
-            <div>
-                <label for="username" class="block text-sm font-medium">"Username"</label>
-                <input id="username" name="username" type="text" required maxlength="63"
-                    autocomplete="username" autocapitalize="none" spellcheck="false"
-                    class="mt-1 w-full rounded border border-slate-400 px-3 py-2" />
-            </div>
-            <div>
-                <label for="password" class="block text-sm font-medium">"Password"</label>
-                <input id="password" name="password" type="password" required maxlength="128"
-                    autocomplete="current-password"
-                    class="mt-1 w-full rounded border border-slate-400 px-3 py-2" />
-            </div>
-            <button type="submit"
-                class="w-full rounded bg-blue-800 px-4 py-2 font-semibold text-white hover:bg-blue-900">
-                "Sign in"
-            </button>
-        </ActionForm>
-        <p class="mt-4 text-sm text-slate-600">
-            "Already signed in? " <A href="/session" attr:class="text-blue-800 underline">"See your session"</A>
-        </p>
     }
 }

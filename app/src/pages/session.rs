@@ -1,4 +1,4 @@
-//! `/session`: the user's access session. Rendered complete on the server (works without
+//! `/session` (and `/o/{slug}/session`): the user's access session in that organization. Rendered complete on the server (works without
 //! JavaScript); the panel is an island that ticks and takes over Refresh/Disconnect once hydrated.
 //! Without an active session the page redirects to the sign-in form.
 
@@ -47,7 +47,10 @@ pub fn SessionPage() -> impl IntoView {
                         </noscript>
                         <IslandScripts />
                     }),
-                    Ok(None) => EitherOf3::B(view! { <Redirect path="/" /> }),
+                    Ok(None) => {
+                        let base = info.await.map(|i| i.base).unwrap_or_default();
+                        EitherOf3::B(view! { <Redirect path=format!("{base}/") /> })
+                    }
                     Err(e) => EitherOf3::C(view! { <ErrorMessage error=Signal::stored(Some(e)) /> }),
                 }
             })}

@@ -21,7 +21,7 @@ pub const PATH: &str = "/captive-portal/api";
 pub struct CaptiveApi {
     /// Session lookups.
     pub sessions: AccessSessions,
-    /// Organization the portal signs into (for now the default one).
+    /// Organization of requests outside any `/o/{slug}/` portal (the default one).
     pub organization_id: Arc<str>,
     /// `https` when users reach the portal over TLS (RFC 8908 wants an HTTPS portal URL).
     pub scheme: &'static str,
@@ -47,8 +47,14 @@ pub struct CaptiveState {
 pub async fn captive_state(
     State(api): State<CaptiveApi>,
     client: Option<Extension<ClientIp>>,
+    scope: Option<Extension<super::org_scope::OrgScope>>,
     headers: HeaderMap,
 ) -> Response {
+    // `/o/{slug}/captive-portal/api` answers for that organization's portal.
+    let (organization_id, prefix) = match scope {
+        Some(Extension(scope)) => (scope.id, scope.base),
+        None => (api.organization_id.to_string(), String::new()),
+    };
     let Some(Extension(ClientIp(ip))) = client else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
@@ -56,10 +62,10 @@ pub async fn captive_state(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
-    let base = format!("{}://{host}", api.scheme);
+    let base = format!("{}://{host}{prefix}", api.scheme);
     let state = match api
         .sessions
-        .active_for_client(&api.organization_id, ip)
+        .active_for_client(&organization_id, ip)
         .await
     {
         Ok(Some(session)) => CaptiveState {

@@ -64,11 +64,16 @@ impl Watch {
 }
 
 /// `GET /session/events`.
-pub async fn session_events(State(live): State<LiveState>, web: Session) -> Response {
+pub async fn session_events(
+    State(live): State<LiveState>,
+    scope: Option<axum::extract::Extension<super::org_scope::OrgScope>>,
+    web: Session,
+) -> Response {
     // An unreadable web session counts as none: the page then says it has no session.
+    let org = scope.map(|axum::extract::Extension(s)| s.id).unwrap_or_default();
     let id = live
         .backend
-        .linked_session_id(&web)
+        .linked_session_id(&web, &org)
         .await
         .unwrap_or_default();
     let watch = Watch {

@@ -4,6 +4,7 @@
 pub mod captive;
 pub mod client_ip;
 pub mod live;
+pub mod org_scope;
 pub mod rate_limit;
 pub mod security;
 
@@ -47,6 +48,8 @@ pub struct RouterParts {
     pub captive: captive::CaptiveApi,
     /// Live session updates (Server-Sent Events).
     pub live: live::LiveState,
+    /// Organizations, for `/o/{slug}/` scoping.
+    pub organizations: std::sync::Arc<crate::organizations::Organizations>,
 }
 
 /// Builds the application router.
@@ -61,8 +64,9 @@ pub fn router(parts: RouterParts) -> Router {
         tasks,
         captive,
         live,
+        organizations,
     } = parts;
-    let routes = generate_route_list(app::App);
+    let route_list = generate_route_list(app::App);
     let context = {
         let portal = portal.clone();
         move || provide_context(portal.clone())
@@ -92,7 +96,7 @@ pub fn router(parts: RouterParts) -> Router {
             tower_sessions::cookie::time::Duration::days(1),
         ));
 
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz).with_state((storage, tasks)))
         .route(
@@ -101,7 +105,7 @@ pub fn router(parts: RouterParts) -> Router {
         )
         .route(live::PATH, get(live::session_events).with_state(live))
         .route("/api/{*fn_name}", post(server_fns))
-        .leptos_routes_with_context(&leptos_options, routes, context, {
+        .leptos_routes_with_context(&leptos_options, route_list, context, {
             let options = leptos_options.clone();
             move || app::shell(options.clone())
         })
@@ -115,8 +119,12 @@ pub fn router(parts: RouterParts) -> Router {
         .layer(middleware::from_fn(security::reject_cross_site))
         .layer(middleware::from_fn(security::security_headers))
         .layer(CompressionLayer::new())
+        .with_state(leptos_options);
+    // `/o/{slug}/…` is taken off before the routes above see the request.
+    Router::new()
+        .fallback_service(routes)
+        .layer(middleware::from_fn_with_state(organizations, org_scope::scope))
         .layer(TraceLayer::new_for_http())
-        .with_state(leptos_options)
 }
 
 async fn readyz(

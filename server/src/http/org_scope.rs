@@ -1,0 +1,94 @@
+//! Which organization's portal a request is for: `/o/{slug}/…` is that organization's portal
+//! (login, session, live updates, Captive API), everything else the default organization's.
+//! The prefix is taken off before routing, so the pages and endpoints exist once; the scope
+//! travels as a request extension. An unknown slug gets the 404 page (nothing reveals whether
+//! an organization exists but is disabled: a disabled one is found and says it is unavailable).
+
+use crate::organizations::Organizations;
+use axum::{
+    extract::{Request, State},
+    http::Uri,
+    middleware::Next,
+    response::Response,
+};
+use std::sync::Arc;
+
+/// Path the pages answer "no such portal" on (rewritten to for unknown slugs).
+pub const NO_SUCH_PORTAL: &str = "/no-such-portal";
+
+/// The organization of a request and the path prefix its pages live under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrgScope {
+    /// Organization id (slug).
+    pub id: String,
+    /// `""` for the default organization at `/`, else `/o/{slug}`.
+    pub base: String,
+}
+
+/// Splits `/o/{slug}/rest` into the slug and `/rest`.
+pub fn split_scoped(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/o/")?;
+    match rest.find('/') {
+        Some(at) => Some((&rest[..at], &rest[at..])),
+        None => Some((rest, "/")),
+    }
+}
+
+/// The prefix pages of organization `id` live under.
+pub fn base_of(organizations: &Organizations, id: &str) -> String {
+    if organizations.default_id() == id {
+        String::new()
+    } else {
+        format!("/o/{id}")
+    }
+}
+
+/// Middleware: sets [`OrgScope`] and takes the `/o/{slug}` prefix off the URI.
+pub async fn scope(
+    State(organizations): State<Arc<Organizations>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path().to_string();
+    let scope = match split_scoped(&path) {
+        Some((slug, rest)) => {
+            let known = !slug.is_empty() && organizations.get(slug).is_some();
+            let new_path = if known { rest } else { NO_SUCH_PORTAL };
+            let query = request
+                .uri()
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
+            if let Ok(uri) = format!("{new_path}{query}").parse::<Uri>() {
+                *request.uri_mut() = uri;
+            }
+            known.then(|| OrgScope {
+                id: slug.to_string(),
+                base: format!("/o/{slug}"),
+            })
+        }
+        None => Some(OrgScope {
+            id: organizations.default_id(),
+            base: String::new(),
+        }),
+    };
+    if let Some(scope) = scope {
+        request.extensions_mut().insert(scope);
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_scoped;
+
+    #[test]
+    fn scoped_paths_split_into_slug_and_rest() {
+        assert_eq!(split_scoped("/o/acme"), Some(("acme", "/")));
+        assert_eq!(split_scoped("/o/acme/"), Some(("acme", "/")));
+        assert_eq!(split_scoped("/o/acme/session"), Some(("acme", "/session")));
+        assert_eq!(split_scoped("/o/acme/api/login"), Some(("acme", "/api/login")));
+        assert_eq!(split_scoped("/session"), None);
+        assert_eq!(split_scoped("/other/acme"), None);
+    }
+}
