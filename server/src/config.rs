@@ -93,7 +93,10 @@ fn optional_duration_text<S: serde::Serializer>(
 }
 
 /// Writes a secret in clear: only for the organization store (see [`OrganizationSettings`]).
-fn secret_for_storage<S: serde::Serializer>(secret: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+fn secret_for_storage<S: serde::Serializer>(
+    secret: &Option<Secret>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match secret {
         Some(secret) => s.serialize_some(secret.expose()),
         None => s.serialize_none(),
@@ -328,19 +331,35 @@ pub struct OrganizationSettings {
     #[serde(default = "loopback")]
     pub nas_ip: IpAddr,
     /// Window when the Accept has no Idle-Timeout.
-    #[serde(default = "four_hours", deserialize_with = "duration", serialize_with = "duration_text")]
+    #[serde(
+        default = "four_hours",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     pub default_window: Duration,
     /// Limit when the Accept has no Session-Timeout (none by default).
-    #[serde(default, deserialize_with = "optional_duration", serialize_with = "optional_duration_text")]
+    #[serde(
+        default,
+        deserialize_with = "optional_duration",
+        serialize_with = "optional_duration_text"
+    )]
     pub max_lifetime: Option<Duration>,
     /// Regular expression a username must match.
     #[serde(default = "default_pattern")]
     pub username_pattern: String,
     /// End-to-end deadline of a login's RADIUS exchange across all servers.
-    #[serde(default = "ten_seconds", deserialize_with = "duration", serialize_with = "duration_text")]
+    #[serde(
+        default = "ten_seconds",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     pub login_timeout: Duration,
     /// Shortest Acct-Interim-Interval honoured; shorter values from the Accept are raised to it.
-    #[serde(default = "sixty_seconds", deserialize_with = "duration", serialize_with = "duration_text")]
+    #[serde(
+        default = "sixty_seconds",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     pub min_interim_interval: Duration,
     /// RADIUS servers in order of preference.
     #[serde(default)]
@@ -386,7 +405,11 @@ pub struct ServerSettings {
     /// File holding the shared secret (trailing newline ignored).
     pub secret_file: Option<PathBuf>,
     /// Reply wait before a retransmission.
-    #[serde(default = "three_seconds", deserialize_with = "duration", serialize_with = "duration_text")]
+    #[serde(
+        default = "three_seconds",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     pub timeout: Duration,
     /// Retransmissions after the first send.
     #[serde(default = "two")]

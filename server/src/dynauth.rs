@@ -258,8 +258,9 @@ impl DynAuthListener {
             Some(sent) => {
                 let now = crate::access_session::now_ms() / 1000;
                 let skew = (now - i64::from(sent)).unsigned_abs();
-                (skew > self.event_timestamp_window.as_secs())
-                    .then_some("Event-Timestamp outside the replay window (replayed, or clocks apart)")
+                (skew > self.event_timestamp_window.as_secs()).then_some(
+                    "Event-Timestamp outside the replay window (replayed, or clocks apart)",
+                )
             }
             None => self
                 .require_event_timestamp
@@ -355,9 +356,7 @@ pub fn session_match(request: &Packet) -> Option<SessionMatch> {
             client_ip: ip.to_string(),
         });
     }
-    request
-        .get(attr::CLASS)
-        .map(SessionMatch::Class)
+    request.get(attr::CLASS).map(SessionMatch::Class)
 }
 
 #[cfg(test)]
@@ -367,9 +366,9 @@ mod tests {
     #[test]
     fn a_request_names_its_session_by_id_then_user_and_address_then_class() {
         let mut p = Packet::new(Code::DisconnectRequest, 1, [0; 16], b"s");
-        p.push(attr::CLASS, b"c".to_vec());
+        p.push(attr::CLASS, b"c");
         assert_eq!(session_match(&p), Some(SessionMatch::Class(b"c".to_vec())));
-        p.push(attr::USER_NAME, b"alice".to_vec());
+        p.push(attr::USER_NAME, b"alice");
         assert_eq!(
             session_match(&p),
             Some(SessionMatch::Class(b"c".to_vec())),
@@ -383,7 +382,7 @@ mod tests {
                 client_ip: "10.0.0.5".into()
             })
         );
-        p.push(attr::ACCT_SESSION_ID, b"abc".to_vec());
+        p.push(attr::ACCT_SESSION_ID, b"abc");
         assert_eq!(
             session_match(&p),
             Some(SessionMatch::AcctSessionId("abc".into()))

@@ -148,7 +148,12 @@ impl OrganizationView {
 async fn open(settings: &Settings) -> anyhow::Result<Storage> {
     Storage::open(&settings.database.path)
         .await
-        .with_context(|| format!("while opening the database {}", settings.database.path.display()))
+        .with_context(|| {
+            format!(
+                "while opening the database {}",
+                settings.database.path.display()
+            )
+        })
 }
 
 fn state(active: bool) -> &'static str {
@@ -182,7 +187,10 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
             } else if views.is_empty() {
                 println!("no organizations stored yet (the portal stores the configured ones when it starts)");
             } else {
-                println!("{:<20} {:<28} {:<9} {:>8}  SERVERS", "ID", "NAME", "STATE", "SESSIONS");
+                println!(
+                    "{:<20} {:<28} {:<9} {:>8}  SERVERS",
+                    "ID", "NAME", "STATE", "SESSIONS"
+                );
                 for v in &views {
                     let servers: Vec<&str> = v.servers.iter().map(|s| s.name.as_str()).collect();
                     println!(
@@ -209,11 +217,28 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
                 println!("name:             {}", view.name);
                 println!("state:            {}", state(view.active));
                 println!("open sessions:    {}", view.active_sessions);
-                println!("NAS-Identifier:   {}", view.nas_identifier.as_deref().unwrap_or("?"));
-                println!("NAS-IP-Address:   {}", view.nas_ip.as_deref().unwrap_or("?"));
-                println!("default window:   {}", view.default_window_s.map_or("?".into(), |s| format!("{s} s")));
-                println!("max lifetime:     {}", view.max_lifetime_s.map_or("none".into(), |s| format!("{s} s")));
-                println!("username pattern: {}", view.username_pattern.as_deref().unwrap_or("?"));
+                println!(
+                    "NAS-Identifier:   {}",
+                    view.nas_identifier.as_deref().unwrap_or("?")
+                );
+                println!(
+                    "NAS-IP-Address:   {}",
+                    view.nas_ip.as_deref().unwrap_or("?")
+                );
+                println!(
+                    "default window:   {}",
+                    view.default_window_s
+                        .map_or("?".into(), |s| format!("{s} s"))
+                );
+                println!(
+                    "max lifetime:     {}",
+                    view.max_lifetime_s
+                        .map_or("none".into(), |s| format!("{s} s"))
+                );
+                println!(
+                    "username pattern: {}",
+                    view.username_pattern.as_deref().unwrap_or("?")
+                );
                 for s in &view.servers {
                     println!(
                         "server {}: {} auth {} acct {} timeout {} ms retries {} Message-Authenticator {:?} status check {:?} secret {}",
@@ -282,7 +307,8 @@ pub async fn audit(settings: &Settings, command: AuditCommand) -> anyhow::Result
                     println!(
                         "{} {:<16} {:<14} {:<12} {}",
                         humantime::format_rfc3339_millis(
-                            std::time::UNIX_EPOCH + std::time::Duration::from_millis(entry.at.max(0) as u64)
+                            std::time::UNIX_EPOCH
+                                + std::time::Duration::from_millis(entry.at.max(0) as u64)
                         ),
                         entry.actor,
                         entry.action,

@@ -346,7 +346,10 @@ impl PortalService for PortalBackend {
     async fn current_session(&self, request: &Parts) -> Result<Option<SessionView>, PortalError> {
         let result = async {
             let web = web_session(request)?;
-            let Some(id) = self.linked_session_id(&web, &self.scope(request).id).await? else {
+            let Some(id) = self
+                .linked_session_id(&web, &self.scope(request).id)
+                .await?
+            else {
                 return Ok(None);
             };
             match self.sessions.active(id).await.map_err(user_error)? {

@@ -118,7 +118,8 @@ impl Application {
             expiry_wake,
             events.clone(),
         );
-        let org_worker = OrganizationWorker::new(storage.clone(), organizations.clone(), sessions.clone());
+        let org_worker =
+            OrganizationWorker::new(storage.clone(), organizations.clone(), sessions.clone());
         let captive = crate::http::captive::CaptiveApi {
             sessions: sessions.clone(),
             organization_id: organizations.default_id().into(),

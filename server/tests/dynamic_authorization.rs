@@ -267,7 +267,9 @@ async fn a_retransmitted_disconnect_is_answered_from_the_cache_and_acted_on_once
     }
     assert_eq!(replies[0], replies[1], "the same answer, byte for byte");
     assert_eq!(
-        Packet::decode(&replies[0], SECRET.as_bytes()).unwrap().code(),
+        Packet::decode(&replies[0], SECRET.as_bytes())
+            .unwrap()
+            .code(),
         Code::DisconnectACK
     );
     assert_eq!(stats.duplicates.load(Ordering::Relaxed), 1);

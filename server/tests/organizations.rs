@@ -38,22 +38,34 @@ fn two_organizations(db: &std::path::Path, a: &FreeRadius, b: &FreeRadius) -> Se
 }
 
 #[tokio::test]
-async fn disabling_one_organization_stops_its_sessions_and_denies_it_while_the_other_keeps_working() {
+async fn disabling_one_organization_stops_its_sessions_and_denies_it_while_the_other_keeps_working()
+{
     let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
     let (_dir, db) = temp_db();
     let app = TestApp::spawn(&two_organizations(&db, &a, &b)).await;
 
     // The same username, the same client address, two organizations: two identities.
-    let in_acme = app.sessions.login("acme", "carol", "carol-pass", ip(1)).await.unwrap();
-    let in_beta = app.sessions.login("beta", "carol", "carol-pass", ip(1)).await.unwrap();
-    assert_ne!(in_acme.id, in_beta.id);
-    a.wait_for_acct(&["status=Start", &format!("sid={}", in_acme.acct_session_id)]).await;
-    b.wait_for_acct(&["status=Start", &format!("sid={}", in_beta.acct_session_id)]).await;
-
-    let acme_cached = app.organizations.get("acme").unwrap();
-    let changed = organizations::set_active(&app.storage, &app.organizations, "beta", false, "test")
+    let in_acme = app
+        .sessions
+        .login("acme", "carol", "carol-pass", ip(1))
         .await
         .unwrap();
+    let in_beta = app
+        .sessions
+        .login("beta", "carol", "carol-pass", ip(1))
+        .await
+        .unwrap();
+    assert_ne!(in_acme.id, in_beta.id);
+    a.wait_for_acct(&["status=Start", &format!("sid={}", in_acme.acct_session_id)])
+        .await;
+    b.wait_for_acct(&["status=Start", &format!("sid={}", in_beta.acct_session_id)])
+        .await;
+
+    let acme_cached = app.organizations.get("acme").unwrap();
+    let changed =
+        organizations::set_active(&app.storage, &app.organizations, "beta", false, "test")
+            .await
+            .unwrap();
     assert_eq!(changed, Some(true));
     app.org_worker.wake();
     assert!(
@@ -67,14 +79,34 @@ async fn disabling_one_organization_stops_its_sessions_and_denies_it_while_the_o
         .wait_for_acct(&["status=Stop", &format!("sid={}", in_beta.acct_session_id)])
         .await;
     assert_eq!(field(&stop, "cause"), "Admin-Reset");
-    assert!(app.storage.session(in_acme.id).await.unwrap().unwrap().active);
+    assert!(
+        app.storage
+            .session(in_acme.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .active
+    );
 
     // Beta: login denied without a packet; acme: login and refresh work.
     let beta_auths = b.auth_lines().len();
-    let denied = app.sessions.login("beta", "carol", "carol-pass", ip(2)).await;
-    assert!(matches!(denied, Err(SessionError::OrganizationDisabled)), "{denied:?}");
-    assert_eq!(b.auth_lines().len(), beta_auths, "no Access-Request for a disabled organization");
-    app.sessions.login("acme", "carol", "carol-pass", ip(2)).await.unwrap();
+    let denied = app
+        .sessions
+        .login("beta", "carol", "carol-pass", ip(2))
+        .await;
+    assert!(
+        matches!(denied, Err(SessionError::OrganizationDisabled)),
+        "{denied:?}"
+    );
+    assert_eq!(
+        b.auth_lines().len(),
+        beta_auths,
+        "no Access-Request for a disabled organization"
+    );
+    app.sessions
+        .login("acme", "carol", "carol-pass", ip(2))
+        .await
+        .unwrap();
     app.sessions.refresh(in_acme.id).await.unwrap();
 
     // Audited: the disable, the stop job, the denial (never a password).
@@ -83,22 +115,45 @@ async fn disabling_one_organization_stops_its_sessions_and_denies_it_while_the_o
         .iter()
         .map(|e| (e.action.as_str(), e.organization_id.as_deref()))
         .collect();
-    assert!(actions.contains(&("org.disable", Some("beta"))), "{actions:?}");
-    assert!(actions.contains(&("job.stop_sessions", Some("beta"))), "{actions:?}");
-    assert!(actions.contains(&("guard.denied", Some("beta"))), "{actions:?}");
+    assert!(
+        actions.contains(&("org.disable", Some("beta"))),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&("job.stop_sessions", Some("beta"))),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&("guard.denied", Some("beta"))),
+        "{actions:?}"
+    );
     assert!(audit.iter().all(|e| !e.detail.contains("carol-pass")));
 
     // Enabled again: beta works again; its stopped session stays stopped.
     organizations::set_active(&app.storage, &app.organizations, "beta", true, "test")
         .await
         .unwrap();
-    app.sessions.login("beta", "carol", "carol-pass", ip(3)).await.unwrap();
-    assert!(!app.storage.session(in_beta.id).await.unwrap().unwrap().active);
+    app.sessions
+        .login("beta", "carol", "carol-pass", ip(3))
+        .await
+        .unwrap();
+    assert!(
+        !app.storage
+            .session(in_beta.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .active
+    );
     app.stop().await;
 }
 
 /// A relay that passes Access-Requests to `upstream` but holds each reply until `release`.
-async fn holding_relay(upstream: SocketAddr, held: Arc<Notify>, release: Arc<Notify>) -> SocketAddr {
+async fn holding_relay(
+    upstream: SocketAddr,
+    held: Arc<Notify>,
+    release: Arc<Notify>,
+) -> SocketAddr {
     let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let addr = front.local_addr().unwrap();
     tokio::spawn(async move {
@@ -134,7 +189,11 @@ async fn a_disable_between_access_accept_and_start_leaves_no_session_and_sends_n
 
     let login = {
         let app = app.clone();
-        tokio::spawn(async move { app.sessions.login("beta", "carol", "carol-pass", ip(9)).await })
+        tokio::spawn(async move {
+            app.sessions
+                .login("beta", "carol", "carol-pass", ip(9))
+                .await
+        })
     };
     held.notified().await; // FreeRADIUS has accepted; the portal has not seen it yet
     organizations::set_active(&app.storage, &app.organizations, "beta", false, "test")
@@ -142,9 +201,20 @@ async fn a_disable_between_access_accept_and_start_leaves_no_session_and_sends_n
         .unwrap();
     release.notify_one();
     let outcome = login.await.unwrap();
-    assert!(matches!(outcome, Err(SessionError::OrganizationDisabled)), "{outcome:?}");
-    assert!(b.auth_lines().iter().any(|l| l.contains("result=Access-Accept")));
-    assert!(app.storage.active_session_ids_of("beta").await.unwrap().is_empty());
+    assert!(
+        matches!(outcome, Err(SessionError::OrganizationDisabled)),
+        "{outcome:?}"
+    );
+    assert!(b
+        .auth_lines()
+        .iter()
+        .any(|l| l.contains("result=Access-Accept")));
+    assert!(app
+        .storage
+        .active_session_ids_of("beta")
+        .await
+        .unwrap()
+        .is_empty());
     assert!(
         !b.acct_lines().iter().any(|l| l.contains("status=Start")),
         "no Start for a login the disable overtook"
@@ -201,11 +271,18 @@ timeout = "500ms"
     .unwrap();
     let settings = Settings::load(Some(&config)).unwrap();
     let app = TestApp::spawn(&settings).await;
-    let session = app.sessions.login("acme", "carol", "carol-pass", ip(20)).await.unwrap();
+    let session = app
+        .sessions
+        .login("acme", "carol", "carol-pass", ip(20))
+        .await
+        .unwrap();
 
     let out = portal(&config, &["org", "disable", "acme"]).await;
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("disabled"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("disabled"),
+        "{out:?}"
+    );
     // The running portal notices (it polls the organization revision) and stops the session.
     let stop = radius
         .wait_for_acct(&["status=Stop", &format!("sid={}", session.acct_session_id)])
@@ -227,16 +304,27 @@ timeout = "500ms"
     assert_eq!(json[0]["id"], "acme");
     assert_eq!(json[0]["active"], false);
     assert_eq!(json[0]["servers"][0]["secret"], "set");
-    for args in [&["org", "list"][..], &["org", "show", "acme"], &["org", "show", "acme", "--json"], &["audit", "tail"]] {
+    for args in [
+        &["org", "list"][..],
+        &["org", "show", "acme"],
+        &["org", "show", "acme", "--json"],
+        &["audit", "tail"],
+    ] {
         let out = portal(&config, args).await;
         assert!(out.status.success(), "{args:?}: {out:?}");
-        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!all.contains(SECRET), "{args:?} shows no secret: {all}");
     }
     let audit = portal(&config, &["audit", "tail", "--json"]).await;
     let audit = String::from_utf8_lossy(&audit.stdout);
     assert!(
-        audit.lines().any(|l| l.contains("\"org.disable\"") && l.contains("cli:operator-jo")),
+        audit
+            .lines()
+            .any(|l| l.contains("\"org.disable\"") && l.contains("cli:operator-jo")),
         "{audit}"
     );
 
@@ -250,7 +338,10 @@ timeout = "500ms"
         app.organizations.get("acme").unwrap().active
     })
     .await;
-    app.sessions.login("acme", "carol", "carol-pass", ip(21)).await.unwrap();
+    app.sessions
+        .login("acme", "carol", "carol-pass", ip(21))
+        .await
+        .unwrap();
     app.stop().await;
 }
 
@@ -267,7 +358,11 @@ async fn each_organization_has_its_own_portal_under_its_slug() {
     let page = browser.get("/o/beta/").await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("Beta Org"), "{}", page.body);
-    assert!(page.body.contains(r#"name="org" value="beta""#), "{}", page.body);
+    assert!(
+        page.body.contains(r#"name="org" value="beta""#),
+        "{}",
+        page.body
+    );
     assert!(browser.get("/").await.body.contains("Acme Test Org"));
     let missing = browser.get("/o/no-such-org/").await;
     assert_eq!(missing.status, 404, "{}", missing.body);
@@ -277,40 +372,64 @@ async fn each_organization_has_its_own_portal_under_its_slug() {
         .post_form(
             "/api/login",
             "/o/beta/",
-            &[("username", "carol"), ("password", "carol-pass"), ("org", "beta")],
+            &[
+                ("username", "carol"),
+                ("password", "carol-pass"),
+                ("org", "beta"),
+            ],
         )
         .await;
     assert_eq!(page.path, "/o/beta/session", "{}", page.body);
     assert!(page.body.contains("Beta Org"));
-    assert!(page.body.contains(r#"action="/o/beta/api/refresh""#), "{}", page.body);
+    assert!(
+        page.body.contains(r#"action="/o/beta/api/refresh""#),
+        "{}",
+        page.body
+    );
     b.wait_for_acct(&["status=Start", "ip=127.0.5.30"]).await;
-    assert!(a.acct_lines().is_empty(), "nothing went to the other organization's server");
+    assert!(
+        a.acct_lines().is_empty(),
+        "nothing went to the other organization's server"
+    );
     // The default organization's portal has no session for this browser.
     assert_eq!(browser.get("/session").await.path, "/");
-    let captive: serde_json::Value = serde_json::from_str(
-        &browser.get("/o/beta/captive-portal/api").await.body,
-    )
-    .unwrap();
+    let captive: serde_json::Value =
+        serde_json::from_str(&browser.get("/o/beta/captive-portal/api").await.body).unwrap();
     assert_eq!(captive["captive"], false);
-    assert!(captive["user-portal-url"].as_str().unwrap().ends_with("/o/beta/session"));
+    assert!(captive["user-portal-url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/o/beta/session"));
     let captive: serde_json::Value =
         serde_json::from_str(&browser.get("/captive-portal/api").await.body).unwrap();
-    assert_eq!(captive["captive"], true, "the default organization has no session for it");
+    assert_eq!(
+        captive["captive"], true,
+        "the default organization has no session for it"
+    );
 
     // Refresh and disconnect stay in beta's portal.
-    let page = browser.post_form("/o/beta/api/refresh", "/o/beta/session", &[]).await;
+    let page = browser
+        .post_form("/o/beta/api/refresh", "/o/beta/session", &[])
+        .await;
     assert_eq!(page.path, "/o/beta/session", "{}", page.body);
-    b.wait_for_acct(&["status=Interim-Update", "ip=127.0.5.30"]).await;
-    let page = browser.post_form("/o/beta/api/disconnect", "/o/beta/session", &[]).await;
+    b.wait_for_acct(&["status=Interim-Update", "ip=127.0.5.30"])
+        .await;
+    let page = browser
+        .post_form("/o/beta/api/disconnect", "/o/beta/session", &[])
+        .await;
     assert_eq!(page.path, "/o/beta/", "{}", page.body);
-    b.wait_for_acct(&["status=Stop", "ip=127.0.5.30", "cause=User-Request"]).await;
+    b.wait_for_acct(&["status=Stop", "ip=127.0.5.30", "cause=User-Request"])
+        .await;
 
     organizations::set_active(&app.storage, &app.organizations, "beta", false, "test")
         .await
         .unwrap();
     let page = browser.get("/o/beta/").await;
     assert!(page.body.contains("has been disabled"), "{}", page.body);
-    assert!(!page.body.contains("name=\"password\""), "no form for a disabled organization");
+    assert!(
+        !page.body.contains("name=\"password\""),
+        "no form for a disabled organization"
+    );
     assert!(browser.get("/").await.body.contains("name=\"password\""));
     app.stop().await;
 }

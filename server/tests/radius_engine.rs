@@ -10,8 +10,8 @@ use common::{field, settings, temp_db, wait_until, FreeRadius, TestApp, SECRET};
 use md5::{Digest, Md5};
 use radius_portal::{
     radius::{
-        packet::{attr, encode_response, Code, Packet},
         client::RadiusClient,
+        packet::{attr, encode_response, Code, Packet},
         status_type, AccountingRecord, NasIdentity, Radius,
     },
     storage::NewAccessSession,
@@ -32,7 +32,10 @@ fn client(n: u8) -> Ipv4Addr {
 fn reply_with_bad_message_authenticator(request: &[u8]) -> Vec<u8> {
     let request = radius::core::packet::Packet::decode(request, SECRET.as_bytes()).unwrap();
     let mut p = request.make_response_packet(Code::AccessAccept);
-    p.add(radius::core::avp::AVP::from_bytes(attr::MESSAGE_AUTHENTICATOR, &[0x42; 16]));
+    p.add(radius::core::avp::AVP::from_bytes(
+        attr::MESSAGE_AUTHENTICATOR,
+        &[0x42; 16],
+    ));
     p.add(radius::core::avp::AVP::from_bytes(attr::CLASS, b"FORGED"));
     p.encode().unwrap()
 }
@@ -419,9 +422,10 @@ async fn more_than_256_requests_in_flight_to_one_server_all_complete_over_more_s
         });
     }
     let needed = (REQUESTS as usize).div_ceil(256);
-    wait_until("the requests to spread over more source sockets", || async {
-        radius.client().socket_count() >= needed
-    })
+    wait_until(
+        "the requests to spread over more source sockets",
+        || async { radius.client().socket_count() >= needed },
+    )
     .await;
     server.resume();
     while let Some(done) = set.join_next().await {
@@ -507,10 +511,17 @@ async fn a_server_without_status_server_comes_back_through_a_trial_request() {
     let next = AtomicU8::new(10);
     wait_until("a trial login succeeds", || async {
         let n = next.fetch_add(1, Ordering::SeqCst);
-        app.browser(client(n)).login("carol", "carol-pass").await.path == "/session"
+        app.browser(client(n))
+            .login("carol", "carol-pass")
+            .await
+            .path
+            == "/session"
     })
     .await;
-    assert!(app.radius.health().allows(relay), "the trial closed the breaker");
+    assert!(
+        app.radius.health().allows(relay),
+        "the trial closed the breaker"
+    );
     assert_eq!(
         status_servers.load(Ordering::SeqCst),
         0,

@@ -354,4 +354,3 @@ mod tests {
         assert_eq!(format_length(60), "1 minute");
     }
 }
-

@@ -137,7 +137,11 @@ impl AccessSessions {
                     "denied by the disabled-organization guard"
                 );
                 let detail = serde_json::json!({ "operation": format!("{operation:?}"), "state": format!("{state:?}"), "username": username });
-                if let Err(e) = self.storage.audit(now_ms(), "user", "guard.denied", Some(id), &detail).await {
+                if let Err(e) = self
+                    .storage
+                    .audit(now_ms(), "user", "guard.denied", Some(id), &detail)
+                    .await
+                {
                     tracing::error!(error = %e, "audit entry for a guard denial could not be written");
                 }
                 Err(SessionError::OrganizationDisabled)
@@ -281,8 +285,12 @@ impl AccessSessions {
     /// Restarts the window (capped by the limit) and queues an Interim-Update.
     pub async fn refresh(&self, id: i64) -> Result<AccessSessionRecord, SessionError> {
         let session = self.active(id).await?.ok_or(SessionError::NotActive)?;
-        self.guarded_organization(&session.organization_id, Operation::Refresh, &session.username)
-            .await?;
+        self.guarded_organization(
+            &session.organization_id,
+            Operation::Refresh,
+            &session.username,
+        )
+        .await?;
         let now = now_ms();
         let expires_at = timing::expires_at(now, session.window_ms, session.limit_at);
         let refreshed = self

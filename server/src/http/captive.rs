@@ -63,11 +63,7 @@ pub async fn captive_state(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
     let base = format!("{}://{host}{prefix}", api.scheme);
-    let state = match api
-        .sessions
-        .active_for_client(&organization_id, ip)
-        .await
-    {
+    let state = match api.sessions.active_for_client(&organization_id, ip).await {
         Ok(Some(session)) => CaptiveState {
             captive: false,
             user_portal_url: format!("{base}/session"),

@@ -70,7 +70,9 @@ pub async fn session_events(
     web: Session,
 ) -> Response {
     // An unreadable web session counts as none: the page then says it has no session.
-    let org = scope.map(|axum::extract::Extension(s)| s.id).unwrap_or_default();
+    let org = scope
+        .map(|axum::extract::Extension(s)| s.id)
+        .unwrap_or_default();
     let id = live
         .backend
         .linked_session_id(&web, &org)

@@ -123,7 +123,10 @@ pub fn router(parts: RouterParts) -> Router {
     // `/o/{slug}/…` is taken off before the routes above see the request.
     Router::new()
         .fallback_service(routes)
-        .layer(middleware::from_fn_with_state(organizations, org_scope::scope))
+        .layer(middleware::from_fn_with_state(
+            organizations,
+            org_scope::scope,
+        ))
         .layer(TraceLayer::new_for_http())
 }
 

@@ -87,7 +87,10 @@ mod tests {
         assert_eq!(split_scoped("/o/acme"), Some(("acme", "/")));
         assert_eq!(split_scoped("/o/acme/"), Some(("acme", "/")));
         assert_eq!(split_scoped("/o/acme/session"), Some(("acme", "/session")));
-        assert_eq!(split_scoped("/o/acme/api/login"), Some(("acme", "/api/login")));
+        assert_eq!(
+            split_scoped("/o/acme/api/login"),
+            Some(("acme", "/api/login"))
+        );
         assert_eq!(split_scoped("/session"), None);
         assert_eq!(split_scoped("/other/acme"), None);
     }

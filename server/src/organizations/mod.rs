@@ -241,7 +241,10 @@ impl Organizations {
 /// Builds a stored organization (settings from JSON, the flag from its column).
 fn build_stored(row: &StoredOrganization) -> Result<Organization, OrganizationError> {
     let json = row.settings.as_deref().ok_or_else(|| {
-        OrganizationError::Corrupt(row.id.clone(), "no settings stored (list it in the configuration)".into())
+        OrganizationError::Corrupt(
+            row.id.clone(),
+            "no settings stored (list it in the configuration)".into(),
+        )
     })?;
     let settings: OrganizationSettings = serde_json::from_str(json)
         .map_err(|e| OrganizationError::Corrupt(row.id.clone(), e.to_string()))?;
@@ -254,18 +257,34 @@ fn build_stored(row: &StoredOrganization) -> Result<Organization, OrganizationEr
 /// Seeds the store from the configuration: creates or updates every listed organization (and
 /// applies a listed `enabled`), logging what changed. Listed organizations are validated first
 /// (secrets resolved), so a broken entry stops start-up instead of being stored.
-pub async fn seed(storage: &Storage, settings: &[OrganizationSettings]) -> Result<(), OrganizationError> {
+pub async fn seed(
+    storage: &Storage,
+    settings: &[OrganizationSettings],
+) -> Result<(), OrganizationError> {
     for (i, s) in settings.iter().enumerate() {
         Organization::from_settings(&format!("organizations[{i}]"), s)?;
         let json = serde_json::to_string(s)
             .map_err(|e| OrganizationError::Corrupt(s.id.clone(), e.to_string()))?;
         let outcome = storage
-            .seed_organization(&s.id, &s.name, &json, s.enabled, i as i64, crate::access_session::now_ms())
+            .seed_organization(
+                &s.id,
+                &s.name,
+                &json,
+                s.enabled,
+                i as i64,
+                crate::access_session::now_ms(),
+            )
             .await?;
         match outcome {
-            SeedOutcome::Created => tracing::info!(organization = %s.id, "organization created from the configuration"),
-            SeedOutcome::Updated(parts) => tracing::info!(organization = %s.id, changed = ?parts, "organization updated from the configuration"),
-            SeedOutcome::Unchanged => tracing::debug!(organization = %s.id, "organization unchanged"),
+            SeedOutcome::Created => {
+                tracing::info!(organization = %s.id, "organization created from the configuration")
+            }
+            SeedOutcome::Updated(parts) => {
+                tracing::info!(organization = %s.id, changed = ?parts, "organization updated from the configuration")
+            }
+            SeedOutcome::Unchanged => {
+                tracing::debug!(organization = %s.id, "organization unchanged")
+            }
         }
     }
     Ok(())
@@ -285,7 +304,13 @@ pub async fn set_active(
         .set_organization_active(id, active, actor, crate::access_session::now_ms())
         .await?;
     if changed == Some(true) {
-        tracing::warn!(organization = id, active, actor, "organization {}", if active { "enabled" } else { "disabled" });
+        tracing::warn!(
+            organization = id,
+            active,
+            actor,
+            "organization {}",
+            if active { "enabled" } else { "disabled" }
+        );
     }
     organizations.refresh(storage).await?;
     Ok(changed)

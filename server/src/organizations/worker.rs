@@ -43,7 +43,11 @@ pub enum JobOutcome {
 
 impl OrganizationWorker {
     /// Wires the worker.
-    pub fn new(storage: Storage, organizations: Arc<Organizations>, sessions: AccessSessions) -> Self {
+    pub fn new(
+        storage: Storage,
+        organizations: Arc<Organizations>,
+        sessions: AccessSessions,
+    ) -> Self {
         OrganizationWorker {
             storage,
             organizations,
@@ -107,13 +111,20 @@ impl OrganizationWorker {
         match &outcome {
             JobOutcome::Incomplete { .. } => {}
             JobOutcome::SkippedReenabled => {
-                tracing::info!(organization = org, "organization re-enabled before its sessions were stopped: nothing done");
+                tracing::info!(
+                    organization = org,
+                    "organization re-enabled before its sessions were stopped: nothing done"
+                );
                 self.storage
                     .finish_organization_job(job, "skipped: re-enabled", now_ms())
                     .await?;
             }
             JobOutcome::Stopped(n) => {
-                tracing::warn!(organization = org, sessions = n, "disabled organization: open sessions stopped (Admin-Reset)");
+                tracing::warn!(
+                    organization = org,
+                    sessions = n,
+                    "disabled organization: open sessions stopped (Admin-Reset)"
+                );
                 self.storage
                     .finish_organization_job(job, &format!("stopped {n} sessions"), now_ms())
                     .await?;

@@ -336,14 +336,21 @@ mod tests {
         let hold = Duration::from_secs(3);
         let mut b = Breaker::new(policy());
         open(&mut b, now);
-        assert!(!b.take_trial(now, hold), "the first trial waits one interval");
+        assert!(
+            !b.take_trial(now, hold),
+            "the first trial waits one interval"
+        );
         let t1 = now + Duration::from_secs(5);
         assert!(b.take_trial(t1, hold));
         assert!(!b.take_trial(t1, hold), "one trial at a time");
         assert!(!b.allows_request(t1));
         assert!(!b.is_open(), "a trial is out");
         assert!(!b.record_failure(t1), "a lost trial is not a new opening");
-        assert_eq!(b.probe_due(), Some(t1 + Duration::from_secs(10)), "backed off");
+        assert_eq!(
+            b.probe_due(),
+            Some(t1 + Duration::from_secs(10)),
+            "backed off"
+        );
         let t2 = t1 + Duration::from_secs(10);
         assert!(b.take_trial(t2, hold));
         // The trial's exchange vanished (its task ended without an outcome): another may go.

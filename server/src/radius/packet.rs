@@ -119,7 +119,12 @@ impl Packet {
 
     /// An Access-Request or Status-Server: Message-Authenticator is its first attribute (zero
     /// until [`encode_access_request`] signs it; first, as BlastRADIUS mitigations ask).
-    pub fn access_request(code: Code, identifier: u8, authenticator: [u8; 16], secret: &[u8]) -> Self {
+    pub fn access_request(
+        code: Code,
+        identifier: u8,
+        authenticator: [u8; 16],
+        secret: &[u8],
+    ) -> Self {
         let mut p = Packet::new(code, identifier, authenticator, secret);
         p.push(attr::MESSAGE_AUTHENTICATOR, [0u8; 16]);
         p
@@ -308,7 +313,11 @@ fn sign_message_authenticator(bytes: &mut [u8], secret: &[u8], header_authentica
 /// authenticator over the signed bytes (reply: the request's authenticator; RFC 5176 request:
 /// zero). The crate computes the same authenticator but cannot sign Message-Authenticator
 /// first, which has to be inside that hash.
-fn sign_then_authenticate(mut bytes: Vec<u8>, secret: &[u8], header_authenticator: &[u8; 16]) -> Vec<u8> {
+fn sign_then_authenticate(
+    mut bytes: Vec<u8>,
+    secret: &[u8],
+    header_authenticator: &[u8; 16],
+) -> Vec<u8> {
     sign_message_authenticator(&mut bytes, secret, header_authenticator);
     let auth = md5(&[&bytes, secret]);
     bytes[4..HEADER].copy_from_slice(&auth);
@@ -344,7 +353,11 @@ pub fn encode_response(packet: &Packet) -> Result<Vec<u8>, PacketError> {
     if packet.get(attr::MESSAGE_AUTHENTICATOR).is_none() {
         return Ok(bytes);
     }
-    Ok(sign_then_authenticate(bytes, packet.wire.get_secret(), &packet.authenticator()))
+    Ok(sign_then_authenticate(
+        bytes,
+        packet.wire.get_secret(),
+        &packet.authenticator(),
+    ))
 }
 
 /// Encodes a CoA-Request or Disconnect-Request as a server sends it (tests, tools): a
@@ -499,7 +512,8 @@ mod tests {
         let auth: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
         let mut p = Packet::access_request(Code::AccessRequest, 7, auth, SECRET);
         p.push(attr::USER_NAME, b"alice");
-        p.push_user_password(b"correct horse battery").expect("fits");
+        p.push_user_password(b"correct horse battery")
+            .expect("fits");
         p.push_ipv4(attr::NAS_IP_ADDRESS, Ipv4Addr::new(127, 0, 0, 1));
         p.push(attr::NAS_IDENTIFIER, b"portal");
         p.push_u32(attr::NAS_PORT_TYPE, 5);
@@ -598,8 +612,8 @@ mod tests {
         let mut p = request.reply(Code::AccessAccept);
         p.push(attr::CLASS, [0, 255, 1, 2]);
         p.push_u32(attr::SESSION_TIMEOUT, 30);
-        let decoded =
-            Packet::decode(&encode_response(&p).expect("small packet encodes"), SECRET).expect("decodes");
+        let decoded = Packet::decode(&encode_response(&p).expect("small packet encodes"), SECRET)
+            .expect("decodes");
         assert_eq!(decoded.code(), Code::AccessAccept);
         assert_eq!(decoded.identifier(), 42);
         assert_eq!(decoded.get_all(attr::CLASS), vec![vec![0, 255, 1, 2]]);
@@ -628,18 +642,30 @@ mod tests {
 
     #[test]
     fn malformed_packets_are_errors_not_panics() {
-        assert_eq!(Packet::decode(&[1, 2, 3], SECRET).map(|_| ()), Err(PacketError::Truncated));
+        assert_eq!(
+            Packet::decode(&[1, 2, 3], SECRET).map(|_| ()),
+            Err(PacketError::Truncated)
+        );
         let request = Packet::new(Code::AccessRequest, 1, [0; 16], SECRET);
         let mut bytes = encode_response(&request.reply(Code::AccessAccept)).expect("encodes");
         bytes[3] = 10;
-        assert_eq!(Packet::decode(&bytes, SECRET).map(|_| ()), Err(PacketError::Truncated));
+        assert_eq!(
+            Packet::decode(&bytes, SECRET).map(|_| ()),
+            Err(PacketError::Truncated)
+        );
         let mut p = request.reply(Code::AccessAccept);
         p.push(attr::CLASS, [1, 2, 3]);
         let mut bytes = encode_response(&p).expect("encodes");
         bytes[21] = 40; // attribute length past the end
-        assert!(matches!(Packet::decode(&bytes, SECRET), Err(PacketError::Malformed(_))));
+        assert!(matches!(
+            Packet::decode(&bytes, SECRET),
+            Err(PacketError::Malformed(_))
+        ));
         bytes[21] = 1; // attribute length below 2
-        assert!(matches!(Packet::decode(&bytes, SECRET), Err(PacketError::Malformed(_))));
+        assert!(matches!(
+            Packet::decode(&bytes, SECRET),
+            Err(PacketError::Malformed(_))
+        ));
     }
 
     fn signed_reply(request_auth: &[u8; 16]) -> Vec<u8> {

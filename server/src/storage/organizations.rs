@@ -161,11 +161,7 @@ impl Storage {
 
     /// One stored organization.
     pub async fn organization(&self, id: &str) -> Result<Option<StoredOrganization>, StorageError> {
-        Ok(self
-            .organizations()
-            .await?
-            .into_iter()
-            .find(|o| o.id == id))
+        Ok(self.organizations().await?.into_iter().find(|o| o.id == id))
     }
 
     /// The global organization revision: changes whenever any organization changes.
@@ -222,8 +218,15 @@ impl Storage {
                 .execute(&mut *tx)
                 .await?;
                 bump_revision(&mut tx).await?;
-                audit_in(&mut tx, now, "config", "org.create", Some(id),
-                    &serde_json::json!({ "after": { "name": name, "active": active } })).await?;
+                audit_in(
+                    &mut tx,
+                    now,
+                    "config",
+                    "org.create",
+                    Some(id),
+                    &serde_json::json!({ "after": { "name": name, "active": active } }),
+                )
+                .await?;
                 SeedOutcome::Created
             }
             Some((old_name, old_settings, _)) => {
@@ -324,14 +327,24 @@ impl Storage {
             .bind(job.id)
             .execute(&mut *tx)
             .await?;
-        audit_in(&mut tx, now, "system", &format!("job.{}", job.kind), Some(&job.organization_id),
-            &serde_json::json!({ "job": job.id, "outcome": outcome })).await?;
+        audit_in(
+            &mut tx,
+            now,
+            "system",
+            &format!("job.{}", job.kind),
+            Some(&job.organization_id),
+            &serde_json::json!({ "job": job.id, "outcome": outcome }),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Ids of an organization's active sessions.
-    pub async fn active_session_ids_of(&self, organization_id: &str) -> Result<Vec<i64>, StorageError> {
+    pub async fn active_session_ids_of(
+        &self,
+        organization_id: &str,
+    ) -> Result<Vec<i64>, StorageError> {
         Ok(sqlx::query_scalar(
             "SELECT id FROM access_sessions WHERE organization_id = ? AND state = 'active' ORDER BY id",
         )
