@@ -95,6 +95,17 @@ auth_port = ${strict}
 acct_port = ${acct}
 secret = "testing123"
 timeout = "1s"
+[[organizations]]
+id = "beta"
+name = "Beta Branch Office"
+nas_identifier = "portal-e2e-beta"
+[[organizations.servers]]
+name = "freeradius"
+address = "127.0.0.1"
+auth_port = ${strict}
+acct_port = ${acct}
+secret = "testing123"
+timeout = "1s"
 [dynamic_authorization]
 listen = "127.0.0.1:${dynauth}"
 [[dynamic_authorization.clients]]
@@ -120,6 +131,7 @@ secret = "testing123"
   });
   process.env.PORTAL_URL = url;
   process.env.PORTAL_E2E_STATE = state;
+  process.env.PORTAL_E2E_CONFIG = config;
   process.env.PORTAL_DYNAUTH_ADDR = `127.0.0.1:${dynauth}`;
 
   return async () => {

@@ -3,31 +3,8 @@
 // RADIUS server reaches the open page, the end time is in the browser's time zone, and the
 // Accept's Reply-Message is shown.
 import { execFileSync } from "node:child_process";
-import { expect, test, Page } from "@playwright/test";
-
-const url = (p: string) => `${process.env.PORTAL_URL}${p}`;
-
-async function secondsLeft(page: Page): Promise<number> {
-  const text = (await page.getByRole("timer").textContent()) ?? "";
-  return text
-    .trim()
-    .split(":")
-    .map(Number)
-    .reduce((acc, n) => acc * 60 + n, 0);
-}
-
-async function logIn(page: Page, username: string, password: string) {
-  await page.goto(url("/"));
-  await page.getByLabel("Username").fill(username);
-  await page.getByLabel("Password").fill(password);
-  await page.getByRole("button", { name: "Sign in" }).click();
-  await expect(page).toHaveURL(url("/session"));
-}
-
-/** Waits until the island is hydrated (the end time is shown in local time, not UTC). */
-async function hydrated(page: Page) {
-  await expect(page.getByTestId("ends")).not.toContainText("UTC");
-}
+import { expect, test } from "@playwright/test";
+import { hydrated, logIn, secondsLeft, url } from "./helpers";
 
 test("when the countdown reaches 0 the page says the session ended, and why", async ({ page }) => {
   await logIn(page, "gina", "gina-pass"); // 2-second limit

@@ -1,7 +1,6 @@
 // The same journeys with JavaScript disabled: plain form posts must work.
 import { expect, test } from "@playwright/test";
-
-const url = (p: string) => `${process.env.PORTAL_URL}${p}`;
+import { url } from "./helpers";
 
 test.use({ javaScriptEnabled: false });
 

@@ -1,25 +1,7 @@
 // User journeys with JavaScript: log in, watch the countdown tick, refresh, disconnect;
 // a wrong password shows the server's message.
-import { expect, test, Page } from "@playwright/test";
-
-const url = (p: string) => `${process.env.PORTAL_URL}${p}`;
-
-/** Seconds shown by the countdown ("MM:SS" or "H:MM:SS"). */
-async function secondsLeft(page: Page): Promise<number> {
-  const text = (await page.getByRole("timer").textContent()) ?? "";
-  return text
-    .trim()
-    .split(":")
-    .map(Number)
-    .reduce((acc, n) => acc * 60 + n, 0);
-}
-
-async function logIn(page: Page, username: string, password: string) {
-  await page.goto(url("/"));
-  await page.getByLabel("Username").fill(username);
-  await page.getByLabel("Password").fill(password);
-  await page.getByRole("button", { name: "Sign in" }).click();
-}
+import { expect, test } from "@playwright/test";
+import { secondsLeft, submitLogin as logIn, url } from "./helpers";
 
 test("log in, see the countdown tick, refresh moves the end time, disconnect", async ({ page }) => {
   const violations: string[] = [];
