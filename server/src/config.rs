@@ -125,6 +125,9 @@ pub struct Settings {
     /// Accounting outbox.
     #[serde(default)]
     pub accounting: AccountingSettings,
+    /// Audit log.
+    #[serde(default)]
+    pub audit: AuditSettings,
     /// RFC 5176 listener.
     #[serde(default)]
     pub dynamic_authorization: DynamicAuthorizationSettings,
@@ -220,6 +223,27 @@ impl Default for RadiusSettings {
             bind: unspecified_v4(),
             breaker_failures: two(),
             probe_interval: two_seconds(),
+        }
+    }
+}
+
+/// `[audit]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// How long audit entries are kept.
+    #[serde(default = "one_year", deserialize_with = "duration")]
+    pub retention: Duration,
+}
+
+fn one_year() -> Duration {
+    Duration::from_secs(365 * 24 * 3600)
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            retention: one_year(),
         }
     }
 }

@@ -39,6 +39,7 @@ pub struct Application {
     pub dynauth: Option<DynAuthListener>,
     tasks: TaskHealth,
     retention: Duration,
+    audit_retention: Duration,
     /// Ends the open live-update streams at shutdown (they would hold graceful shutdown open).
     live_stop: CancellationToken,
     session_store: SqliteStore,
@@ -180,6 +181,7 @@ impl Application {
             dynauth,
             tasks,
             retention: settings.accounting.retention,
+            audit_retention: settings.audit.retention,
             live_stop,
             session_store,
             storage,
@@ -225,8 +227,11 @@ impl Application {
                 })
             },
             {
-                let (storage, shutdown, retention) =
-                    (self.storage.clone(), shutdown.clone(), self.retention);
+                let (storage, shutdown, retention) = (
+                    self.storage.clone(),
+                    shutdown.clone(),
+                    (self.retention, self.audit_retention),
+                );
                 supervise::spawn(self.tasks.clone(), "prune", move || {
                     prune_loop(storage.clone(), retention, shutdown.clone())
                 })
@@ -277,9 +282,20 @@ impl Application {
     }
 }
 
-/// Deletes accounting history and ended sessions older than `retention`, hourly.
-async fn prune_loop(storage: Storage, retention: Duration, shutdown: CancellationToken) {
+/// Deletes accounting history and ended sessions older than the accounting retention, and
+/// audit entries older than the audit retention, hourly.
+async fn prune_loop(
+    storage: Storage,
+    (retention, audit_retention): (Duration, Duration),
+    shutdown: CancellationToken,
+) {
     loop {
+        if let Err(e) = storage
+            .prune_audit(now_ms() - audit_retention.as_millis() as i64)
+            .await
+        {
+            tracing::error!(error = ?e, "pruning old audit entries failed");
+        }
         let before = now_ms() - retention.as_millis() as i64;
         match storage.prune(before).await {
             Ok(0) => {}

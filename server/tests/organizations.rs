@@ -127,6 +127,16 @@ async fn disabling_one_organization_stops_its_sessions_and_denies_it_while_the_o
         actions.contains(&("guard.denied", Some("beta"))),
         "{actions:?}"
     );
+    assert!(
+        actions.contains(&("login.accepted", Some("acme"))),
+        "{actions:?}"
+    );
+    assert!(
+        audit.iter().any(|e| e.action == "session.end"
+            && e.detail.contains(&in_beta.acct_session_id)
+            && e.detail.contains("\"terminate_cause\":6")),
+        "the session's end is audited with its cause"
+    );
     assert!(audit.iter().all(|e| !e.detail.contains("carol-pass")));
 
     // Enabled again: beta works again; its stopped session stays stopped.
@@ -431,5 +441,68 @@ async fn each_organization_has_its_own_portal_under_its_slug() {
         "no form for a disabled organization"
     );
     assert!(browser.get("/").await.body.contains("name=\"password\""));
+    app.stop().await;
+}
+
+/// The configuration seeds organizations at start-up: `enabled = false` disables one (its open
+/// sessions are stopped), leaving `enabled` out keeps the state the operator gave it, and an
+/// organization removed from the file is disabled the same way.
+#[tokio::test]
+async fn start_up_applies_a_listed_disable_keeps_operator_state_and_disables_removed_organizations()
+{
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (_dir, db) = temp_db();
+    let both = two_organizations(&db, &a, &b);
+
+    let app = TestApp::spawn(&both).await;
+    let first = app
+        .sessions
+        .login("beta", "carol", "carol-pass", ip(40))
+        .await
+        .unwrap();
+    app.stop().await;
+
+    let mut disabled = two_organizations(&db, &a, &b);
+    disabled.organizations[1].enabled = Some(false);
+    let app = TestApp::spawn(&disabled).await;
+    let stop = b
+        .wait_for_acct(&["status=Stop", &format!("sid={}", first.acct_session_id)])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Admin-Reset");
+    app.stop().await;
+
+    // `enabled` left out: the state stays as it was (disabled).
+    let app = TestApp::spawn(&both).await;
+    let denied = app
+        .sessions
+        .login("beta", "carol", "carol-pass", ip(41))
+        .await;
+    assert!(
+        matches!(denied, Err(SessionError::OrganizationDisabled)),
+        "{denied:?}"
+    );
+    organizations::set_active(&app.storage, &app.organizations, "beta", true, "test")
+        .await
+        .unwrap();
+    let second = app
+        .sessions
+        .login("beta", "carol", "carol-pass", ip(42))
+        .await
+        .unwrap();
+    app.stop().await;
+
+    // Removed from the file: disabled, its open session stopped; the other one is untouched.
+    let mut only_acme = two_organizations(&db, &a, &b);
+    only_acme.organizations.truncate(1);
+    let app = TestApp::spawn(&only_acme).await;
+    let stop = b
+        .wait_for_acct(&["status=Stop", &format!("sid={}", second.acct_session_id)])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Admin-Reset");
+    assert!(!app.organizations.get("beta").unwrap().active);
+    app.sessions
+        .login("acme", "carol", "carol-pass", ip(43))
+        .await
+        .unwrap();
     app.stop().await;
 }

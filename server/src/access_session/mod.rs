@@ -173,16 +173,27 @@ impl AccessSessions {
                 client_ip,
                 deadline,
             )
-            .await
-            .map_err(SessionError::ServersUnavailable)?;
+            .await;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                self.audit_login(&org.id, username, client_ip, "login.unavailable")
+                    .await;
+                return Err(SessionError::ServersUnavailable(e));
+            }
+        };
         let (server, grant) = match outcome {
             AuthOutcome::Accept { server, grant } => (server, grant),
             AuthOutcome::Reject { reply_message } => {
                 tracing::info!(organization = %org.id, username, %client_ip, "login rejected");
+                self.audit_login(&org.id, username, client_ip, "login.rejected")
+                    .await;
                 return Err(SessionError::Rejected { reply_message });
             }
             AuthOutcome::Challenge { reply_message } => {
                 tracing::info!(organization = %org.id, username, %client_ip, "login needs Access-Challenge (unsupported)");
+                self.audit_login(&org.id, username, client_ip, "login.challenge")
+                    .await;
                 return Err(SessionError::ChallengeUnsupported { reply_message });
             }
         };
@@ -271,6 +282,20 @@ impl AccessSessions {
             .session(id)
             .await?
             .ok_or(SessionError::NotActive)
+    }
+
+    /// Audits a login attempt that opened nothing (an accepted one is audited in the
+    /// transaction that opens its session). Never the password; a failed write is logged.
+    async fn audit_login(&self, org: &str, username: &str, client_ip: IpAddr, action: &str) {
+        let detail =
+            serde_json::json!({ "username": username, "client_ip": client_ip.to_string() });
+        if let Err(e) = self
+            .storage
+            .audit(now_ms(), "user", action, Some(org), &detail)
+            .await
+        {
+            tracing::error!(error = %e, "audit entry for a login attempt could not be written");
+        }
     }
 
     /// The session if it is still active.

@@ -287,6 +287,21 @@ pub async fn seed(
             }
         }
     }
+    // Removed from the configuration: disabled (its open sessions are stopped), kept for the
+    // record; listing it again updates it (and `enabled = true` enables it again).
+    for stored in storage.organizations().await? {
+        if stored.from_config && !settings.iter().any(|s| s.id == stored.id) {
+            let now = crate::access_session::now_ms();
+            if storage
+                .set_organization_active(&stored.id, false, "config", now)
+                .await?
+                == Some(true)
+            {
+                tracing::warn!(organization = %stored.id, "organization removed from the configuration: disabled, its open sessions are stopped");
+            }
+            storage.forget_config_position(&stored.id).await?;
+        }
+    }
     Ok(())
 }
 

@@ -21,6 +21,8 @@ pub struct StoredOrganization {
     pub settings: Option<String>,
     /// Bumped by every change of this organization.
     pub revision: i64,
+    /// Listed in the configuration at the last start-up.
+    pub from_config: bool,
 }
 
 /// What seeding one organization from the configuration did.
@@ -63,7 +65,7 @@ pub struct AuditEntry {
 }
 
 /// The audit entry of a change, written in the change's transaction.
-async fn audit_in(
+pub(crate) async fn audit_in(
     tx: &mut Transaction<'static, Sqlite>,
     at: i64,
     actor: &str,
@@ -141,7 +143,7 @@ impl Storage {
     /// Every stored organization, in configuration order (then by creation).
     pub async fn organizations(&self) -> Result<Vec<StoredOrganization>, StorageError> {
         let rows = sqlx::query(
-            "SELECT id, name, is_active, settings, revision FROM organizations \
+            "SELECT id, name, is_active, settings, revision, position IS NOT NULL AS from_config FROM organizations \
              ORDER BY position IS NULL, position, created_at, id",
         )
         .fetch_all(self.pool())
@@ -154,6 +156,7 @@ impl Storage {
                     active: r.try_get("is_active")?,
                     settings: r.try_get("settings")?,
                     revision: r.try_get("revision")?,
+                    from_config: r.try_get("from_config")?,
                 })
             })
             .collect()
@@ -295,6 +298,16 @@ impl Storage {
         Ok(Some(changed))
     }
 
+    /// An organization no longer listed in the configuration: it is no longer the configuration's
+    /// (its position is cleared).
+    pub async fn forget_config_position(&self, id: &str) -> Result<(), StorageError> {
+        sqlx::query("UPDATE organizations SET position = NULL WHERE id = ?")
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     /// Organization jobs not done yet, oldest first.
     pub async fn pending_organization_jobs(&self) -> Result<Vec<OrganizationJob>, StorageError> {
         let rows = sqlx::query(
@@ -366,6 +379,15 @@ impl Storage {
         audit_in(&mut tx, at, actor, action, organization_id, detail).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Deletes audit entries older than `before` (retention); how many.
+    pub async fn prune_audit(&self, before: i64) -> Result<u64, StorageError> {
+        Ok(sqlx::query("DELETE FROM audit_log WHERE at < ?")
+            .bind(before)
+            .execute(self.pool())
+            .await?
+            .rows_affected())
     }
 
     /// The newest `limit` audit entries, oldest first.

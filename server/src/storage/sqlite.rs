@@ -188,6 +188,20 @@ impl Storage {
         .fetch_one(&mut *tx)
         .await?;
         enqueue(&mut tx, id, status_type::START, new.started_at, None, None).await?;
+        super::organizations::audit_in(
+            &mut tx,
+            new.started_at,
+            "user",
+            "login.accepted",
+            Some(&new.organization_id),
+            &serde_json::json!({
+                "username": new.username,
+                "client_ip": new.client_ip,
+                "acct_session_id": new.acct_session_id,
+                "server": new.server_name,
+            }),
+        )
+        .await?;
         tx.commit().await?;
         Ok((id, stopped))
     }
@@ -689,7 +703,8 @@ async fn stop_in(
 ) -> Result<bool, StorageError> {
     let row = sqlx::query(
         "UPDATE access_sessions SET state = 'stopped', stopped_at = ?, terminate_cause = ? \
-         WHERE id = ? AND state = 'active' AND (? IS NULL OR expires_at <= ?) RETURNING started_at",
+         WHERE id = ? AND state = 'active' AND (? IS NULL OR expires_at <= ?) \
+         RETURNING started_at, organization_id, username, client_ip, acct_session_id",
     )
     .bind(event_at)
     .bind(cause)
@@ -703,6 +718,22 @@ async fn stop_in(
     };
     let started_at: i64 = row.try_get("started_at")?;
     let session_time = (event_at - started_at).max(0) / 1000;
+    let organization_id: String = row.try_get("organization_id")?;
+    super::organizations::audit_in(
+        tx,
+        event_at,
+        "system",
+        "session.end",
+        Some(&organization_id),
+        &serde_json::json!({
+            "acct_session_id": row.try_get::<String, _>("acct_session_id")?,
+            "username": row.try_get::<String, _>("username")?,
+            "client_ip": row.try_get::<String, _>("client_ip")?,
+            "terminate_cause": cause,
+            "session_time_s": session_time,
+        }),
+    )
+    .await?;
     enqueue(
         tx,
         id,
