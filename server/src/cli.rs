@@ -62,7 +62,13 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::operator::OrgCommand,
     },
-    /// The audit log (organization changes, guard denials, jobs).
+    /// Access sessions: list, show, terminate (same database as the running server).
+    Session {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::operator::SessionCommand,
+    },
+    /// The audit log (logins, session ends, organization changes, guard denials, jobs).
     Audit {
         /// What to show.
         #[command(subcommand)]
@@ -117,8 +123,8 @@ pub async fn main() -> std::process::ExitCode {
     match run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<NotFound>() {
-            Some(NotFound(id)) => {
-                eprintln!("error: no organization `{id}`");
+            Some(not_found) => {
+                eprintln!("error: {not_found}");
                 std::process::ExitCode::from(crate::operator::EXIT_NOT_FOUND)
             }
             None => {
@@ -129,15 +135,22 @@ pub async fn main() -> std::process::ExitCode {
     }
 }
 
-/// An operator command named an organization that does not exist (exit code 3).
+/// An operator command named an organization or session that does not exist (exit code 3).
 #[derive(Debug, thiserror::Error)]
-#[error("no organization `{0}`")]
-pub struct NotFound(pub String);
+pub enum NotFound {
+    /// No such organization.
+    #[error("no organization `{0}`")]
+    Organization(String),
+    /// No such session.
+    #[error("no session `{0}`")]
+    Session(String),
+}
 
 fn exit_of(outcome: crate::operator::Outcome) -> anyhow::Result<()> {
     match outcome {
         crate::operator::Outcome::Done => Ok(()),
-        crate::operator::Outcome::NotFound(id) => Err(NotFound(id).into()),
+        crate::operator::Outcome::NotFound(id) => Err(NotFound::Organization(id).into()),
+        crate::operator::Outcome::NoSession(id) => Err(NotFound::Session(id).into()),
     }
 }
 
@@ -148,6 +161,10 @@ pub async fn run() -> anyhow::Result<()> {
         Command::Org { command } => {
             let settings = Settings::load(cli.config.as_deref())?;
             exit_of(crate::operator::org(&settings, command).await?)
+        }
+        Command::Session { command } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            exit_of(crate::operator::session(&settings, command).await?)
         }
         Command::Audit { command } => {
             let settings = Settings::load(cli.config.as_deref())?;

@@ -1,14 +1,14 @@
-//! Operator commands on the database the running portal uses: `org list|show|enable|disable`
-//! and `audit tail`. Human tables by default, `--json` for scripts. Secrets never appear: the
+//! Operator commands on the database the running portal uses: `org list|show|enable|disable`,
+//! `session list|show|terminate` and `audit tail`. Human tables by default, `--json` for scripts. Secrets never appear: the
 //! views below say only whether a secret is set (or which file holds it).
 //!
 //! Exit codes (see README): 0 done (also "already disabled"), 1 error (configuration,
-//! database), 2 usage, 3 no such organization.
+//! database), 2 usage, 3 no such organization or session.
 
 use crate::{
     config::{OrganizationSettings, Settings},
     organizations::{self, Organizations},
-    storage::{Storage, StoredOrganization},
+    storage::{AccessSessionRecord, Storage, StoredOrganization},
 };
 use anyhow::Context;
 use clap::Subcommand;
@@ -47,6 +47,163 @@ pub enum OrgCommand {
     },
 }
 
+/// `session …` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum SessionCommand {
+    /// Active sessions (oldest first).
+    List {
+        /// Only this organization's.
+        #[arg(long)]
+        org: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One session, active or ended, by row id or Acct-Session-Id.
+    Show {
+        /// Row id or Acct-Session-Id.
+        id: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End an active session (Accounting-Stop, Admin-Reset): the running portal stops it and
+    /// its open page says it was ended by the operator.
+    Terminate {
+        /// Row id or Acct-Session-Id.
+        id: String,
+    },
+}
+
+/// An access session as shown to operators.
+#[derive(Debug, Serialize)]
+pub struct SessionRow {
+    id: i64,
+    acct_session_id: String,
+    organization: String,
+    username: String,
+    client_ip: String,
+    server: String,
+    active: bool,
+    started_at_ms: i64,
+    expires_at_ms: i64,
+    terminate_cause: Option<i64>,
+}
+
+impl From<&AccessSessionRecord> for SessionRow {
+    fn from(s: &AccessSessionRecord) -> Self {
+        SessionRow {
+            id: s.id,
+            acct_session_id: s.acct_session_id.clone(),
+            organization: s.organization_id.clone(),
+            username: s.username.clone(),
+            client_ip: s.client_ip.clone(),
+            server: s.server_name.clone(),
+            active: s.active,
+            started_at_ms: s.started_at,
+            expires_at_ms: s.expires_at,
+            terminate_cause: s.terminate_cause,
+        }
+    }
+}
+
+fn clock(unix_ms: i64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms.max(0) as u64),
+    )
+    .to_string()
+}
+
+async fn find_session(storage: &Storage, id: &str) -> anyhow::Result<Option<AccessSessionRecord>> {
+    if let Ok(row_id) = id.parse::<i64>() {
+        if let Some(s) = storage.session(row_id).await? {
+            return Ok(Some(s));
+        }
+    }
+    Ok(storage.session_by_acct_id(id).await?)
+}
+
+/// Runs a `session` command.
+pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Result<Outcome> {
+    let storage = open(settings).await?;
+    match command {
+        SessionCommand::List { org, limit, json } => {
+            let rows: Vec<SessionRow> = storage
+                .active_sessions_of(org.as_deref(), limit)
+                .await?
+                .iter()
+                .map(SessionRow::from)
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:>6} {:<16} {:<20} {:<16} {:<20} {:<20}",
+                    "ID", "ORG", "USER", "CLIENT IP", "STARTED", "ENDS"
+                );
+                for r in &rows {
+                    println!(
+                        "{:>6} {:<16} {:<20} {:<16} {:<20} {:<20}",
+                        r.id,
+                        r.organization,
+                        r.username,
+                        r.client_ip,
+                        clock(r.started_at_ms),
+                        clock(r.expires_at_ms)
+                    );
+                }
+            }
+            Ok(Outcome::Done)
+        }
+        SessionCommand::Show { id, json } => {
+            let Some(s) = find_session(&storage, &id).await? else {
+                return Ok(Outcome::NoSession(id));
+            };
+            let row = SessionRow::from(&s);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&row)?);
+            } else {
+                println!("id:              {}", row.id);
+                println!("Acct-Session-Id: {}", row.acct_session_id);
+                println!("organization:    {}", row.organization);
+                println!("user:            {}", row.username);
+                println!("client IP:       {}", row.client_ip);
+                println!("server:          {}", row.server);
+                println!(
+                    "state:           {}",
+                    if row.active { "active" } else { "ended" }
+                );
+                println!("started:         {}", clock(row.started_at_ms));
+                println!("ends / ended:    {}", clock(row.expires_at_ms));
+                if let Some(cause) = row.terminate_cause {
+                    println!("Acct-Terminate-Cause: {cause}");
+                }
+            }
+            Ok(Outcome::Done)
+        }
+        SessionCommand::Terminate { id } => {
+            let Some(s) = find_session(&storage, &id).await? else {
+                return Ok(Outcome::NoSession(id));
+            };
+            if storage
+                .queue_session_termination(s.id, &actor(), crate::access_session::now_ms())
+                .await?
+            {
+                println!(
+                    "session {} ({}, {}) will be stopped by the running portal (Admin-Reset)",
+                    s.id, s.username, s.organization_id
+                );
+            } else {
+                println!("session {} is not active", s.id);
+            }
+            Ok(Outcome::Done)
+        }
+    }
+}
+
 /// `audit …` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
@@ -68,6 +225,8 @@ pub enum Outcome {
     Done,
     /// Exit 3: the organization does not exist.
     NotFound(String),
+    /// Exit 3: the session does not exist.
+    NoSession(String),
 }
 
 /// A RADIUS server as shown to operators.

@@ -348,10 +348,30 @@ timeout = "500ms"
         app.organizations.get("acme").unwrap().active
     })
     .await;
-    app.sessions
+    let again = app
+        .sessions
         .login("acme", "carol", "carol-pass", ip(21))
         .await
         .unwrap();
+
+    // Sessions: listed, shown, terminated by the running portal (Admin-Reset).
+    let list = portal(&config, &["session", "list", "--json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 1, "{json}");
+    assert_eq!(json[0]["acct_session_id"], again.acct_session_id.as_str());
+    let show = portal(&config, &["session", "show", &again.acct_session_id]).await;
+    assert!(
+        String::from_utf8_lossy(&show.stdout).contains("active"),
+        "{show:?}"
+    );
+    let terminate = portal(&config, &["session", "terminate", &again.id.to_string()]).await;
+    assert!(terminate.status.success(), "{terminate:?}");
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={}", again.acct_session_id)])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Admin-Reset");
+    let missing = portal(&config, &["session", "terminate", "no-such-session"]).await;
+    assert_eq!(missing.status.code(), Some(3), "{missing:?}");
     app.stop().await;
 }
 

@@ -13,12 +13,14 @@ CREATE TABLE organization_revision (
 );
 INSERT INTO organization_revision (id, value) VALUES (1, 0);
 
--- Durable work an organization change leaves behind ("stop every open session" on disable):
--- written in the same transaction as the change, done by the running portal, re-run after a crash.
+-- Durable work for the running portal, left by a change ("stop every open session" on disable,
+-- written in the same transaction) or by an operator command in another process ("terminate
+-- this session"): done by the running portal's worker, re-run after a crash.
 CREATE TABLE organization_jobs (
-    id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    organization_id TEXT NOT NULL,
-    kind            TEXT NOT NULL CHECK (kind IN ('stop_sessions')),
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    organization_id   TEXT NOT NULL,
+    kind              TEXT NOT NULL CHECK (kind IN ('stop_sessions', 'terminate_session')),
+    access_session_id INTEGER,
     created_at      INTEGER NOT NULL,
     done_at         INTEGER,
     outcome         TEXT

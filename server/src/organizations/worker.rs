@@ -2,7 +2,9 @@
 //! (changes made by the CLI or another replica) and runs the durable organization jobs — "stop
 //! every open session" after a disable (Admin-Reset), which goes on past individual failures
 //! and does nothing for an organization re-enabled before (or while) it runs. A job interrupted
-//! by a crash is still pending and runs again at start-up: stopping is idempotent.
+//! by a crash is still pending and runs again at start-up: stopping is idempotent. Operator
+//! commands run in another process (`session terminate`) leave a job here too, so the stop
+//! happens in the portal that serves the open pages and sends the accounting.
 
 use super::Organizations;
 use crate::{
@@ -80,6 +82,21 @@ impl OrganizationWorker {
     }
 
     async fn run_job(&self, job: &OrganizationJob) -> anyhow::Result<JobOutcome> {
+        if job.kind == "terminate_session" {
+            let stopped = match job.access_session_id {
+                Some(id) => self.sessions.stop_by_operator(id).await?,
+                None => false,
+            };
+            tracing::warn!(session = ?job.access_session_id, stopped, "session terminated by the operator (Admin-Reset)");
+            self.storage
+                .finish_organization_job(
+                    job,
+                    if stopped { "stopped" } else { "was not active" },
+                    now_ms(),
+                )
+                .await?;
+            return Ok(JobOutcome::Stopped(usize::from(stopped)));
+        }
         let org = job.organization_id.as_str();
         let (mut stopped, mut failed) = (0usize, 0usize);
         let mut reenabled = !self.still_disabled(org).await?;

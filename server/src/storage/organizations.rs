@@ -43,8 +43,10 @@ pub struct OrganizationJob {
     pub id: i64,
     /// Organization it is about.
     pub organization_id: String,
-    /// `stop_sessions`.
+    /// `stop_sessions` or `terminate_session`.
     pub kind: String,
+    /// The session of a `terminate_session` job.
+    pub access_session_id: Option<i64>,
 }
 
 /// One audit log entry.
@@ -308,10 +310,49 @@ impl Storage {
         Ok(())
     }
 
+    /// Queues the termination of an active session for the running portal (operator command in
+    /// another process), audited. False if the session is not active.
+    pub async fn queue_session_termination(
+        &self,
+        session_id: i64,
+        actor: &str,
+        now: i64,
+    ) -> Result<bool, StorageError> {
+        let mut tx = self.begin().await?;
+        let row: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT organization_id, acct_session_id, username FROM access_sessions WHERE id = ? AND state = 'active'",
+        )
+        .bind(session_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((organization_id, acct_session_id, username)) = row else {
+            return Ok(false);
+        };
+        sqlx::query(
+            "INSERT INTO organization_jobs (organization_id, kind, access_session_id, created_at) VALUES (?, 'terminate_session', ?, ?)",
+        )
+        .bind(&organization_id)
+        .bind(session_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        audit_in(
+            &mut tx,
+            now,
+            actor,
+            "session.terminate",
+            Some(&organization_id),
+            &serde_json::json!({ "acct_session_id": acct_session_id, "username": username }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Organization jobs not done yet, oldest first.
     pub async fn pending_organization_jobs(&self) -> Result<Vec<OrganizationJob>, StorageError> {
         let rows = sqlx::query(
-            "SELECT id, organization_id, kind FROM organization_jobs WHERE done_at IS NULL ORDER BY id",
+            "SELECT id, organization_id, kind, access_session_id FROM organization_jobs WHERE done_at IS NULL ORDER BY id",
         )
         .fetch_all(self.pool())
         .await?;
@@ -321,6 +362,7 @@ impl Storage {
                     id: r.try_get("id")?,
                     organization_id: r.try_get("organization_id")?,
                     kind: r.try_get("kind")?,
+                    access_session_id: r.try_get("access_session_id")?,
                 })
             })
             .collect()

@@ -388,6 +388,38 @@ impl Storage {
         })
     }
 
+    /// Active sessions, of one organization or all, oldest first (operator listing).
+    pub async fn active_sessions_of(
+        &self,
+        organization_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<AccessSessionRecord>, StorageError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM access_sessions WHERE state = 'active' \
+             AND (? IS NULL OR organization_id = ?) ORDER BY id LIMIT ?"
+        ))
+        .bind(organization_id)
+        .bind(organization_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(session_from_row).collect()
+    }
+
+    /// A session by its Acct-Session-Id.
+    pub async fn session_by_acct_id(
+        &self,
+        acct_session_id: &str,
+    ) -> Result<Option<AccessSessionRecord>, StorageError> {
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM access_sessions WHERE acct_session_id = ?"
+        ))
+        .bind(acct_session_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
     /// Earliest deadline of an active session.
     pub async fn next_expiry(&self) -> Result<Option<i64>, StorageError> {
         Ok(
