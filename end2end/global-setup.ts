@@ -2,35 +2,12 @@
 // `cargo leptos build`, each on free loopback ports; exports PORTAL_URL for the tests and returns
 // the teardown that stops both.
 import { spawn, ChildProcess } from "node:child_process";
-import * as dgram from "node:dgram";
 import * as fs from "node:fs";
-import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
+import { freeTcpPort, freeUdpPort } from "./ports";
 
 const root = path.resolve(__dirname, "..");
-
-function freeTcpPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const port = (server.address() as net.AddressInfo).port;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-function freeUdpPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const socket = dgram.createSocket("udp4");
-    socket.once("error", reject);
-    socket.bind(0, "127.0.0.1", () => {
-      const port = socket.address().port;
-      socket.close(() => resolve(port));
-    });
-  });
-}
 
 async function waitFor(what: string, timeoutMs: number, check: () => Promise<boolean> | boolean) {
   const deadline = Date.now() + timeoutMs;
@@ -132,6 +109,7 @@ secret = "testing123"
   process.env.PORTAL_URL = url;
   process.env.PORTAL_E2E_STATE = state;
   process.env.PORTAL_E2E_CONFIG = config;
+  process.env.PORTAL_E2E_RADIUS_PORTS = `${strict},${acct}`;
   process.env.PORTAL_DYNAUTH_ADDR = `127.0.0.1:${dynauth}`;
 
   return async () => {
