@@ -62,6 +62,12 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::operator::OrgCommand,
     },
+    /// Admin API helpers.
+    Admin {
+        /// What to do.
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Access sessions: list, show, terminate (same database as the running server).
     Session {
         /// What to do.
@@ -80,6 +86,13 @@ pub enum Command {
         #[command(subcommand)]
         command: AccountingCommand,
     },
+}
+
+/// `admin …` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Reads a bearer token on stdin and prints the SHA-256 to put in `[[admin.tokens]] sha256`.
+    HashToken,
 }
 
 /// `accounting …` subcommands.
@@ -161,6 +174,19 @@ pub async fn run() -> anyhow::Result<()> {
         Command::Org { command } => {
             let settings = Settings::load(cli.config.as_deref())?;
             exit_of(crate::operator::org(&settings, command).await?)
+        }
+        Command::Admin {
+            command: AdminCommand::HashToken,
+        } => {
+            let mut token = String::new();
+            std::io::stdin()
+                .read_line(&mut token)
+                .context("while reading the token from stdin")?;
+            if token.trim().is_empty() {
+                bail!("no token on stdin (generate one, e.g. `openssl rand -hex 32`)");
+            }
+            println!("{}", crate::http::admin::hash_token(&token));
+            Ok(())
         }
         Command::Session { command } => {
             let settings = Settings::load(cli.config.as_deref())?;

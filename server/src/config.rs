@@ -128,6 +128,9 @@ pub struct Settings {
     /// Audit log.
     #[serde(default)]
     pub audit: AuditSettings,
+    /// Admin REST API.
+    #[serde(default)]
+    pub admin: AdminSettings,
     /// RFC 5176 listener.
     #[serde(default)]
     pub dynamic_authorization: DynamicAuthorizationSettings,
@@ -225,6 +228,26 @@ impl Default for RadiusSettings {
             probe_interval: two_seconds(),
         }
     }
+}
+
+/// `[admin]`: the admin REST API under `/admin/api/v1/`. Without tokens it answers 401 to
+/// everything.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Bearer tokens allowed, by their SHA-256 (`radius-portal admin hash-token` prints it).
+    #[serde(default)]
+    pub tokens: Vec<AdminToken>,
+}
+
+/// `[[admin.tokens]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    /// Who holds it (the audit log's actor is `admin:<name>`).
+    pub name: String,
+    /// Lower-case hex SHA-256 of the token.
+    pub sha256: String,
 }
 
 /// `[audit]`
@@ -713,6 +736,19 @@ impl Settings {
                 "organizations",
                 "at least one [[organizations]] entry is required",
             ));
+        }
+        for (i, token) in self.admin.tokens.iter().enumerate() {
+            if token.sha256.len() != 64
+                || !token
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(config_error(
+                    &format!("admin.tokens[{i}].sha256"),
+                    "is not 64 lower-case hex digits (use `radius-portal admin hash-token`)",
+                ));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, org) in self.organizations.iter().enumerate() {

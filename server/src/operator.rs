@@ -260,7 +260,8 @@ pub struct OrganizationView {
 }
 
 impl OrganizationView {
-    fn new(row: &StoredOrganization, active_sessions: usize) -> Self {
+    /// The view of a stored organization with its number of open sessions.
+    pub fn new(row: &StoredOrganization, active_sessions: usize) -> Self {
         let settings: Option<OrganizationSettings> = row
             .settings
             .as_deref()

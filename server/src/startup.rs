@@ -164,6 +164,13 @@ impl Application {
             tasks: tasks.clone(),
             captive,
             organizations: organizations.clone(),
+            admin: crate::http::admin::AdminApi {
+                storage: storage.clone(),
+                organizations: organizations.clone(),
+                worker: org_worker.clone(),
+                sessions: sessions.clone(),
+                tokens: Arc::new(crate::http::admin::token_hashes(&settings.admin.tokens)),
+            },
         });
         let addr = match settings.http.listen {
             Some(addr) => addr,

@@ -1,6 +1,7 @@
 //! The web server's router: Leptos pages and server fns, static assets, health endpoints, and the
 //! layers every request passes (web session, client IP, security headers, compression, tracing).
 
+pub mod admin;
 pub mod captive;
 pub mod client_ip;
 pub mod live;
@@ -50,6 +51,8 @@ pub struct RouterParts {
     pub live: live::LiveState,
     /// Organizations, for `/o/{slug}/` scoping.
     pub organizations: std::sync::Arc<crate::organizations::Organizations>,
+    /// The admin REST API.
+    pub admin: admin::AdminApi,
 }
 
 /// Builds the application router.
@@ -65,6 +68,7 @@ pub fn router(parts: RouterParts) -> Router {
         captive,
         live,
         organizations,
+        admin,
     } = parts;
     let route_list = generate_route_list(app::App);
     let context = {
@@ -105,6 +109,7 @@ pub fn router(parts: RouterParts) -> Router {
         )
         .route(live::PATH, get(live::session_events).with_state(live))
         .route("/api/{*fn_name}", post(server_fns))
+        .nest_service(admin::PREFIX, admin::routes(admin))
         .leptos_routes_with_context(&leptos_options, route_list, context, {
             let options = leptos_options.clone();
             move || app::shell(options.clone())

@@ -23,6 +23,16 @@ pub enum Operation {
     CoaRequest,
     /// Incoming Disconnect-Request (RFC 5176): ACK and stop, whatever the state.
     DisconnectRequest,
+    /// Admin (API or CLI) reads the organization or its objects.
+    AdminRead,
+    /// Admin deletes the organization or one of its objects.
+    AdminDelete,
+    /// Admin creates an object of the organization.
+    AdminCreate,
+    /// Admin changes the organization or its objects (other than the active flag).
+    AdminUpdate,
+    /// Admin enables or disables the organization: always possible.
+    SetActive,
 }
 
 /// What the organization's state is, as the caller knows it.
@@ -55,14 +65,19 @@ pub fn allows(operation: Operation, state: OrgState) -> bool {
             Operation::Login
             | Operation::AccountingStart
             | Operation::Refresh
-            | Operation::CoaRequest => false,
+            | Operation::CoaRequest
+            | Operation::AdminCreate
+            | Operation::AdminUpdate => false,
             // Ending and observing sessions must always work: a session that cannot be stopped
             // keeps a firewall identity alive.
             Operation::InterimUpdate
             | Operation::Disconnect
             | Operation::Expiry
             | Operation::ReadOwnSession
-            | Operation::DisconnectRequest => true,
+            | Operation::DisconnectRequest
+            | Operation::AdminRead
+            | Operation::AdminDelete
+            | Operation::SetActive => true,
         },
     }
 }
@@ -85,6 +100,11 @@ mod tests {
             (ReadOwnSession, [true, true, true]),
             (CoaRequest, [true, false, false]),
             (DisconnectRequest, [true, true, true]),
+            (AdminRead, [true, true, true]),
+            (AdminDelete, [true, true, true]),
+            (AdminCreate, [true, false, false]),
+            (AdminUpdate, [true, false, false]),
+            (SetActive, [true, true, true]),
         ];
         for (op, expected) in table {
             for (state, want) in [Active, Disabled, Unknown].into_iter().zip(expected) {

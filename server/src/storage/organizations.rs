@@ -349,6 +349,46 @@ impl Storage {
         Ok(true)
     }
 
+    /// Renames an organization (admin update), audited. `Ok(None)`: no such organization.
+    pub async fn rename_organization(
+        &self,
+        id: &str,
+        name: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<Option<bool>, StorageError> {
+        let mut tx = self.begin().await?;
+        let before: Option<String> =
+            sqlx::query_scalar("SELECT name FROM organizations WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(before) = before else {
+            return Ok(None);
+        };
+        if before == name {
+            return Ok(Some(false));
+        }
+        sqlx::query("UPDATE organizations SET name = ?, revision = revision + 1, updated_at = ? WHERE id = ?")
+            .bind(name)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        bump_revision(&mut tx).await?;
+        audit_in(
+            &mut tx,
+            now,
+            actor,
+            "org.update",
+            Some(id),
+            &serde_json::json!({ "before": { "name": before }, "after": { "name": name } }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(true))
+    }
+
     /// Organization jobs not done yet, oldest first.
     pub async fn pending_organization_jobs(&self) -> Result<Vec<OrganizationJob>, StorageError> {
         let rows = sqlx::query(

@@ -1,0 +1,357 @@
+//! The admin REST API under `/admin/api/v1/` (JSON): organizations, sessions and the audit log,
+//! with the same rules as the CLI — the guard decides what may change, secrets never appear,
+//! every change is audited with the token's name as the actor. Bearer tokens are configured by
+//! their SHA-256; a missing or wrong token gets 401 and nothing else. The OpenAPI document at
+//! `/admin/api/v1/openapi.json` describes exactly the routes below (a test holds them together).
+
+use crate::{
+    access_session::{now_ms, AccessSessions},
+    config::AdminToken,
+    operator::{OrganizationView, SessionRow},
+    organizations::{
+        self,
+        guard::{self, Operation, OrgState},
+        worker::OrganizationWorker,
+        Organizations,
+    },
+    storage::Storage,
+};
+use axum::{
+    extract::{DefaultBodyLimit, Extension, Path, Query, Request, State},
+    http::{header, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// Where the API lives.
+pub const PREFIX: &str = "/admin/api/v1";
+/// Largest request body accepted.
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+/// What the handlers need.
+#[derive(Clone)]
+pub struct AdminApi {
+    /// Database.
+    pub storage: Storage,
+    /// This process's organization cache.
+    pub organizations: Arc<Organizations>,
+    /// Runs the stop job after a disable.
+    pub worker: OrganizationWorker,
+    /// Terminates sessions.
+    pub sessions: AccessSessions,
+    /// Allowed tokens: (name, SHA-256).
+    pub tokens: Arc<Vec<(String, [u8; 32])>>,
+}
+
+/// The caller, once its token matched: `admin:<name>`.
+#[derive(Clone, Debug)]
+struct Actor(String);
+
+/// Token hashes from configuration (validated there: 64 hex digits).
+pub fn token_hashes(tokens: &[AdminToken]) -> Vec<(String, [u8; 32])> {
+    tokens
+        .iter()
+        .filter_map(|t| {
+            let mut hash = [0u8; 32];
+            for (i, chunk) in t.sha256.as_bytes().chunks(2).enumerate() {
+                let text = std::str::from_utf8(chunk).ok()?;
+                *hash.get_mut(i)? = u8::from_str_radix(text, 16).ok()?;
+            }
+            Some((t.name.clone(), hash))
+        })
+        .collect()
+}
+
+/// SHA-256 of a token, lower-case hex (what `[[admin.tokens]] sha256` holds).
+pub fn hash_token(token: &str) -> String {
+    Sha256::digest(token.trim().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// Middleware: the bearer token must hash to a configured one (compared without early exit).
+async fn require_token(State(api): State<AdminApi>, mut request: Request, next: Next) -> Response {
+    let supplied = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|token| Sha256::digest(token.trim().as_bytes()));
+    let actor = supplied.and_then(|digest| {
+        api.tokens.iter().find_map(|(name, hash)| {
+            let same = digest
+                .iter()
+                .zip(hash.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+            same.then(|| Actor(format!("admin:{name}")))
+        })
+    });
+    let Some(actor) = actor else {
+        let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized");
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return response;
+    };
+    request.extensions_mut().insert(actor);
+    next.run(request).await
+}
+
+/// The API's routes (mounted at [`PREFIX`]).
+pub fn routes(api: AdminApi) -> Router {
+    Router::new()
+        .route("/organizations", get(list_organizations))
+        .route(
+            "/organizations/{id}",
+            get(show_organization).patch(update_organization),
+        )
+        .route("/sessions", get(list_sessions))
+        .route(
+            "/sessions/{id}",
+            get(show_session).delete(terminate_session),
+        )
+        .route("/audit", get(audit))
+        .layer(middleware::from_fn_with_state(api.clone(), require_token))
+        .route("/openapi.json", get(openapi))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(api)
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "admin API request failed");
+    error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+}
+
+async fn organization_view(api: &AdminApi, id: &str) -> Result<Option<OrganizationView>, Response> {
+    let Some(row) = api.storage.organization(id).await.map_err(internal)? else {
+        return Ok(None);
+    };
+    let open = api
+        .storage
+        .active_session_ids_of(id)
+        .await
+        .map_err(internal)?
+        .len();
+    Ok(Some(OrganizationView::new(&row, open)))
+}
+
+async fn list_organizations(State(api): State<AdminApi>) -> Response {
+    let rows = match api.storage.organizations().await {
+        Ok(rows) => rows,
+        Err(e) => return internal(e),
+    };
+    let mut views = Vec::new();
+    for row in rows {
+        match organization_view(&api, &row.id).await {
+            Ok(Some(view)) => views.push(view),
+            Ok(None) => {}
+            Err(response) => return response,
+        }
+    }
+    Json(views).into_response()
+}
+
+async fn show_organization(State(api): State<AdminApi>, Path(id): Path<String>) -> Response {
+    match organization_view(&api, &id).await {
+        Ok(Some(view)) => Json(view).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no such organization"),
+        Err(response) => response,
+    }
+}
+
+/// `PATCH /organizations/{id}`: the fields that may change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrganizationPatch {
+    is_active: Option<bool>,
+    name: Option<String>,
+}
+
+async fn update_organization(
+    State(api): State<AdminApi>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(id): Path<String>,
+    body: Result<Json<OrganizationPatch>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(patch) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            // Too large stays 413; every other malformed body is the caller's 400.
+            let status = match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return error(status, &format!("invalid body: {}", rejection.body_text()));
+        }
+    };
+    let state = match api.storage.organization_active(&id).await {
+        Ok(Some(active)) => OrgState::from_active(Some(active)),
+        Ok(None) => return error(StatusCode::NOT_FOUND, "no such organization"),
+        Err(e) => return internal(e),
+    };
+    if let Some(name) = &patch.name {
+        // Only the active flag may change while disabled — also not together with re-enabling.
+        if !guard::allows(Operation::AdminUpdate, state) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "the organization is disabled: only is_active may change (enable it first, in a request of its own)",
+            );
+        }
+        if name.trim().is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "name: must be 1-200 characters without control characters",
+            );
+        }
+        if let Err(e) = api
+            .storage
+            .rename_organization(&id, name.trim(), &actor, now_ms())
+            .await
+        {
+            return internal(e);
+        }
+    }
+    if let Some(active) = patch.is_active {
+        if let Err(e) =
+            organizations::set_active(&api.storage, &api.organizations, &id, active, &actor).await
+        {
+            return internal(e);
+        }
+        api.worker.wake();
+    }
+    if let Err(e) = api.organizations.refresh(&api.storage).await {
+        return internal(e);
+    }
+    show_organization(State(api), Path(id)).await
+}
+
+/// `GET /sessions` filters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionFilter {
+    organization: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_sessions(
+    State(api): State<AdminApi>,
+    filter: Result<Query<SessionFilter>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(filter) = match filter {
+        Ok(filter) => filter,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    };
+    let limit = filter.limit.unwrap_or(1000).clamp(1, 10_000);
+    match api
+        .storage
+        .active_sessions_of(filter.organization.as_deref(), limit)
+        .await
+    {
+        Ok(rows) => Json(rows.iter().map(SessionRow::from).collect::<Vec<_>>()).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn show_session(State(api): State<AdminApi>, Path(id): Path<i64>) -> Response {
+    match api.storage.session(id).await {
+        Ok(Some(s)) => Json(SessionRow::from(&s)).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no such session"),
+        Err(e) => internal(e),
+    }
+}
+
+/// `DELETE /sessions/{id}`: Accounting-Stop with Admin-Reset (allowed for a disabled
+/// organization too: ending sessions always works).
+async fn terminate_session(
+    State(api): State<AdminApi>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(id): Path<i64>,
+) -> Response {
+    let session = match api.storage.session(id).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return error(StatusCode::NOT_FOUND, "no such session"),
+        Err(e) => return internal(e),
+    };
+    match api.sessions.stop_by_operator(id).await {
+        Ok(stopped) => {
+            let detail = serde_json::json!({ "acct_session_id": session.acct_session_id, "username": session.username, "stopped": stopped });
+            if let Err(e) = api
+                .storage
+                .audit(
+                    now_ms(),
+                    &actor,
+                    "session.terminate",
+                    Some(&session.organization_id),
+                    &detail,
+                )
+                .await
+            {
+                tracing::error!(error = %e, "audit entry for a session termination could not be written");
+            }
+            if stopped {
+                StatusCode::NO_CONTENT.into_response()
+            } else {
+                error(StatusCode::CONFLICT, "the session is not active")
+            }
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /audit` filters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditFilter {
+    limit: Option<i64>,
+}
+
+async fn audit(
+    State(api): State<AdminApi>,
+    filter: Result<Query<AuditFilter>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(filter) = match filter {
+        Ok(filter) => filter,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    };
+    match api
+        .storage
+        .audit_tail(filter.limit.unwrap_or(100).clamp(1, 10_000))
+        .await
+    {
+        Ok(entries) => Json(
+            entries
+                .into_iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "id": e.id, "at_ms": e.at, "actor": e.actor, "action": e.action,
+                        "organization": e.organization_id,
+                        "detail": serde_json::from_str::<serde_json::Value>(&e.detail).unwrap_or_default(),
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// The OpenAPI document (3.1) of the routes above.
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("admin_openapi.json"),
+    )
+        .into_response()
+}

@@ -1,0 +1,288 @@
+//! The admin REST API: bearer tokens (401 without detail), organizations (the guard's CRUD
+//! rules: a disabled organization may only change its active flag, also not together with
+//! re-enabling), sessions (terminate → Stop Admin-Reset), the audit log, no secret in any
+//! answer, a body limit, and the OpenAPI document held against the routes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{field, settings, temp_db, FreeRadius, TestApp, SECRET};
+use radius_portal::{
+    config::{AdminToken, OrganizationSettings, Settings},
+    http::admin::hash_token,
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::net::{IpAddr, Ipv4Addr};
+
+const TOKEN: &str = "s3cret-admin-token";
+
+fn with_admin(db: &std::path::Path, a: &FreeRadius, b: &FreeRadius) -> Settings {
+    let mut settings = settings(db, vec![a.server_settings("a-primary", true)]);
+    let mut beta: OrganizationSettings = settings.organizations[0].clone();
+    beta.id = "beta".into();
+    beta.name = "Beta Org".into();
+    beta.servers = vec![b.server_settings("b-primary", true)];
+    settings.organizations.push(beta);
+    settings.admin.tokens.push(AdminToken {
+        name: "ops".into(),
+        sha256: hash_token(TOKEN),
+    });
+    settings.validate().unwrap();
+    settings
+}
+
+struct Admin {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Admin {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, String) {
+        let mut request = self
+            .http
+            .request(method, format!("{}/admin/api/v1{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.text().await.unwrap())
+    }
+
+    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let (status, text) = self.call(method, path, Some(TOKEN), body).await;
+        assert!(status.is_success(), "{status} {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+}
+
+#[tokio::test]
+async fn the_admin_api_follows_the_guard_and_never_shows_secrets() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&with_admin(&db, &a, &b)).await;
+    let admin = Admin {
+        http: reqwest::Client::new(),
+        base: format!("http://{}", app.addr),
+    };
+    let ip = |n| IpAddr::V4(Ipv4Addr::new(127, 0, 6, n));
+
+    // 401 without detail for no token, a wrong one, a malformed header.
+    for token in [None, Some("wrong"), Some("")] {
+        let (status, text) = admin.call(Method::GET, "/organizations", token, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(text, r#"{"error":"unauthorized"}"#);
+    }
+
+    let orgs = admin.ok(Method::GET, "/organizations", None).await;
+    assert_eq!(orgs.as_array().unwrap().len(), 2);
+    assert_eq!(orgs[1]["id"], "beta");
+    assert_eq!(orgs[1]["servers"][0]["secret"], "set");
+    let (status, _) = admin
+        .call(Method::GET, "/organizations/nope", Some(TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Disable beta: its open session is stopped.
+    let session = app
+        .sessions
+        .login("beta", "carol", "carol-pass", ip(1))
+        .await
+        .unwrap();
+    let beta = admin
+        .ok(
+            Method::PATCH,
+            "/organizations/beta",
+            Some(json!({ "is_active": false })),
+        )
+        .await;
+    assert_eq!(beta["active"], false);
+    let stop = b
+        .wait_for_acct(&["status=Stop", &format!("sid={}", session.acct_session_id)])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Admin-Reset");
+
+    // A disabled organization: only the flag may change, and re-enabling alone.
+    for body in [
+        json!({ "name": "X" }),
+        json!({ "is_active": true, "name": "X" }),
+    ] {
+        let (status, text) = admin
+            .call(
+                Method::PATCH,
+                "/organizations/beta",
+                Some(TOKEN),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    }
+    assert_eq!(
+        admin.ok(Method::GET, "/organizations/beta", None).await["active"],
+        false
+    );
+    let (status, text) = admin
+        .call(
+            Method::PATCH,
+            "/organizations/beta",
+            Some(TOKEN),
+            Some(json!({ "bogus": 1 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        text.contains("bogus"),
+        "the message names the field: {text}"
+    );
+    let beta = admin
+        .ok(
+            Method::PATCH,
+            "/organizations/beta",
+            Some(json!({ "is_active": true })),
+        )
+        .await;
+    assert_eq!(beta["active"], true);
+    let acme = admin
+        .ok(
+            Method::PATCH,
+            "/organizations/acme",
+            Some(json!({ "name": "Acme Renamed" })),
+        )
+        .await;
+    assert_eq!(acme["name"], "Acme Renamed");
+    assert_eq!(app.organizations.get("acme").unwrap().name, "Acme Renamed");
+
+    // Sessions: list, show, terminate (then 409), 404.
+    let open = app
+        .sessions
+        .login("acme", "carol", "carol-pass", ip(2))
+        .await
+        .unwrap();
+    let list = admin
+        .ok(Method::GET, "/sessions?organization=acme", None)
+        .await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["acct_session_id"], open.acct_session_id.as_str());
+    let path = format!("/sessions/{}", open.id);
+    assert_eq!(admin.ok(Method::GET, &path, None).await["active"], true);
+    let (status, _) = admin.call(Method::DELETE, &path, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let stop = a
+        .wait_for_acct(&["status=Stop", &format!("sid={}", open.acct_session_id)])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Admin-Reset");
+    let (status, _) = admin.call(Method::DELETE, &path, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = admin
+        .call(Method::GET, "/sessions/999999", Some(TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Audited with the token's name; no secret anywhere.
+    let audit = admin.ok(Method::GET, "/audit?limit=500", None).await;
+    let entries = audit.as_array().unwrap();
+    for action in [
+        "org.disable",
+        "org.enable",
+        "org.update",
+        "session.terminate",
+    ] {
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["action"] == action && e["actor"] == "admin:ops"),
+            "{action} by admin:ops in {audit}"
+        );
+    }
+    for path in [
+        "/organizations",
+        "/organizations/acme",
+        "/sessions",
+        "/audit",
+    ] {
+        let (_, text) = admin.call(Method::GET, path, Some(TOKEN), None).await;
+        assert!(!text.contains(SECRET), "{path} shows no secret");
+        assert!(!text.contains(TOKEN));
+    }
+
+    // A body over the limit is refused before anything happens.
+    let big = json!({ "name": "x".repeat(32 * 1024) });
+    let (status, _) = admin
+        .call(Method::PATCH, "/organizations/acme", Some(TOKEN), Some(big))
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    app.stop().await;
+}
+
+/// Every operation the OpenAPI document lists exists and answers one of its documented codes;
+/// methods it does not list are not served.
+#[tokio::test]
+async fn the_openapi_document_matches_the_routes() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&with_admin(&db, &a, &b)).await;
+    let admin = Admin {
+        http: reqwest::Client::new(),
+        base: format!("http://{}", app.addr),
+    };
+    let session = app
+        .sessions
+        .login(
+            "acme",
+            "carol",
+            "carol-pass",
+            IpAddr::V4(Ipv4Addr::new(127, 0, 6, 9)),
+        )
+        .await
+        .unwrap();
+    let (status, text) = admin.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 6);
+    for (path, item) in paths {
+        let concrete = path
+            .replace(
+                "{id}",
+                if path.starts_with("/sessions") {
+                    "SID"
+                } else {
+                    "acme"
+                },
+            )
+            .replace("SID", &session.id.to_string());
+        for method in ["get", "post", "put", "patch", "delete"] {
+            let http_method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let body = (method == "patch").then(|| json!({ "is_active": true }));
+            let (status, text) = admin.call(http_method, &concrete, Some(TOKEN), body).await;
+            match item.get(method) {
+                Some(operation) => {
+                    let documented = operation["responses"].as_object().unwrap();
+                    assert!(
+                        documented.contains_key(status.as_str()),
+                        "{method} {path} answered {status}, not documented: {text}"
+                    );
+                }
+                None => assert_eq!(
+                    status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {path} is served but not documented"
+                ),
+            }
+        }
+    }
+    app.stop().await;
+}
