@@ -745,7 +745,7 @@ impl Settings {
                     .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
             {
                 return Err(config_error(
-                    &format!("admin.tokens[{i}].sha256"),
+                    format!("admin.tokens[{i}].sha256"),
                     "is not 64 lower-case hex digits (use `radius-portal admin hash-token`)",
                 ));
             }
