@@ -291,3 +291,44 @@ async fn a_retransmitted_disconnect_is_answered_from_the_cache_and_acted_on_once
     );
     app.stop().await;
 }
+
+/// Sessions opened before the Class index existed are indexed at start-up: a Disconnect-Request
+/// by Class still finds them.
+#[tokio::test]
+async fn sessions_from_before_the_class_index_are_found_by_class_after_a_restart() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let settings = with_listener(settings(&db, vec![radius.server_settings("primary", true)]));
+    let app = TestApp::spawn(&settings).await;
+    app.browser(client(30)).login("bob", "bob-pass").await;
+    radius
+        .wait_for_acct(&["status=Start", "ip=127.0.2.30"])
+        .await;
+    app.stop().await;
+    {
+        use sqlx::ConnectOptions;
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&db)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM session_classes")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let app = TestApp::spawn(&settings).await;
+    let (listener, _) = app.dynauth.clone().unwrap();
+    let out = radclient_async(
+        listener,
+        "disconnect",
+        SECRET,
+        "Class = \"plain-class-value\"\n",
+    )
+    .await;
+    assert!(out.contains("Disconnect-ACK"), "{out}");
+    radius
+        .wait_for_acct(&["status=Stop", "ip=127.0.2.30", "cause=Admin-Reset"])
+        .await;
+    app.stop().await;
+}

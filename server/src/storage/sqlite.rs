@@ -111,7 +111,35 @@ impl Storage {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Storage { pool })
+        let storage = Storage { pool };
+        storage.index_classes_of_older_sessions().await?;
+        Ok(storage)
+    }
+
+    /// Indexes the Class values of active sessions opened before the index existed (once; a
+    /// no-op afterwards).
+    async fn index_classes_of_older_sessions(&self) -> Result<(), StorageError> {
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT id, classes FROM access_sessions s WHERE state = 'active' AND length(classes) > 0 \
+             AND NOT EXISTS (SELECT 1 FROM session_classes c WHERE c.access_session_id = s.id)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for (id, blob) in &rows {
+            for class in decode_classes(blob)? {
+                sqlx::query("INSERT INTO session_classes (access_session_id, class) VALUES (?, ?)")
+                    .bind(id)
+                    .bind(class)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The pool, for the web-session store that shares the database.
@@ -187,6 +215,13 @@ impl Storage {
         .bind(new.interim_interval.map(|secs| new.started_at + secs * 1000))
         .fetch_one(&mut *tx)
         .await?;
+        for class in &new.classes {
+            sqlx::query("INSERT INTO session_classes (access_session_id, class) VALUES (?, ?)")
+                .bind(id)
+                .bind(class)
+                .execute(&mut *tx)
+                .await?;
+        }
         enqueue(&mut tx, id, status_type::START, new.started_at, None, None).await?;
         super::organizations::audit_in(
             &mut tx,
@@ -372,20 +407,14 @@ impl Storage {
                     .fetch_all(&self.pool)
                     .await?
             }
-            // Class values are stored length-prefixed: compare decoded values.
-            SessionMatch::Class(_) => sqlx::query(&base).fetch_all(&self.pool).await?,
+            SessionMatch::Class(class) => sqlx::query(&format!(
+                "{base} AND id IN (SELECT access_session_id FROM session_classes WHERE class = ?)"
+            ))
+            .bind(class)
+            .fetch_all(&self.pool)
+            .await?,
         };
-        let sessions = rows
-            .iter()
-            .map(session_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(match wanted {
-            SessionMatch::Class(class) => sessions
-                .into_iter()
-                .filter(|s| s.classes.iter().any(|c| c == class))
-                .collect(),
-            _ => sessions,
-        })
+        rows.iter().map(session_from_row).collect()
     }
 
     /// Active sessions, of one organization or all, oldest first (operator listing).
