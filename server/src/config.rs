@@ -606,6 +606,10 @@ pub struct DynamicAuthorizationClient {
     pub name: String,
     /// Source address of its requests.
     pub address: IpAddr,
+    /// The organizations whose sessions it may end (left out: every organization). A request
+    /// for another organization's session is answered as if there were no such session.
+    #[serde(default)]
+    pub organizations: Option<Vec<String>>,
     /// Shared secret (or use `secret_file`).
     pub secret: Option<Secret>,
     /// File holding the shared secret (trailing newline ignored).

@@ -64,6 +64,8 @@ type RecentReplies = HashMap<(SocketAddr, u8, [u8; 16]), (Instant, Vec<u8>)>;
 struct Client {
     name: String,
     secret: Vec<u8>,
+    /// The organizations whose sessions it may act on (None: every organization).
+    organizations: Option<Vec<String>>,
 }
 
 /// A bound listener, ready to run (clones share the socket, cache and counters).
@@ -102,6 +104,7 @@ impl DynAuthListener {
                     Client {
                         name: c.name.clone(),
                         secret: secret.expose().as_bytes().to_vec(),
+                        organizations: c.organizations.clone(),
                     },
                 )
                 .is_some()
@@ -228,7 +231,7 @@ impl DynAuthListener {
             }
             return;
         }
-        let reply = self.answer(&client.name, &request).await;
+        let reply = self.answer(client, &request).await;
         let Ok(bytes) = packet::encode_response(&reply) else {
             tracing::error!(%from, "Dynamic Authorization reply could not be encoded");
             return;
@@ -269,7 +272,8 @@ impl DynAuthListener {
     }
 
     /// The reply to an authentic request (and its effect).
-    async fn answer(&self, client: &str, request: &Packet) -> Packet {
+    async fn answer(&self, from: &Client, request: &Packet) -> Packet {
+        let client = from.name.as_str();
         let disconnect = request.code() == Code::DisconnectRequest;
         let (ack, nak) = if disconnect {
             (Code::DisconnectACK, Code::DisconnectNAK)
@@ -291,7 +295,15 @@ impl DynAuthListener {
             return reply(nak, Some(SESSION_CONTEXT_NOT_FOUND));
         };
         let found = match self.sessions.find_active(&wanted).await {
-            Ok(found) => found,
+            // A client tied to organizations sees only their sessions (others: not found).
+            Ok(found) => found
+                .into_iter()
+                .filter(|s| {
+                    from.organizations
+                        .as_ref()
+                        .is_none_or(|orgs| orgs.contains(&s.organization_id))
+                })
+                .collect::<Vec<_>>(),
             Err(e) => {
                 tracing::error!(client, error = ?e, "looking up the session of a Dynamic Authorization request failed");
                 // Not an answer the server should act on: let it retransmit.

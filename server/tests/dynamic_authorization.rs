@@ -30,6 +30,7 @@ fn with_listener(mut settings: Settings) -> Settings {
             address: "127.0.0.1".parse().unwrap(),
             secret: Some(Secret::new(SECRET)),
             secret_file: None,
+            organizations: None,
         });
     settings
 }
@@ -330,5 +331,33 @@ async fn sessions_from_before_the_class_index_are_found_by_class_after_a_restart
     radius
         .wait_for_acct(&["status=Stop", "ip=127.0.2.30", "cause=Admin-Reset"])
         .await;
+    app.stop().await;
+}
+
+/// A client tied to other organizations cannot end this organization's sessions: it is told
+/// there is no such session (nothing reveals that one exists).
+#[tokio::test]
+async fn a_client_tied_to_other_organizations_cannot_end_this_ones_sessions() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut settings = with_listener(settings(&db, vec![radius.server_settings("primary", true)]));
+    settings.dynamic_authorization.clients[0].organizations = Some(vec!["beta".into()]);
+    let app = TestApp::spawn(&settings).await;
+    let (listener, _) = app.dynauth.clone().unwrap();
+    app.browser(client(31)).login("carol", "carol-pass").await;
+    let start = radius
+        .wait_for_acct(&["status=Start", "ip=127.0.2.31"])
+        .await;
+    let sid = field(&start, "sid").to_string();
+    let out = radclient_async(
+        listener,
+        "disconnect",
+        SECRET,
+        &format!("Acct-Session-Id = \"{sid}\"\n"),
+    )
+    .await;
+    assert!(out.contains("Disconnect-NAK"), "{out}");
+    assert!(out.contains("Session-Context-Not-Found"), "{out}");
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
     app.stop().await;
 }

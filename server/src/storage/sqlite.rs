@@ -407,12 +407,14 @@ impl Storage {
                     .fetch_all(&self.pool)
                     .await?
             }
-            SessionMatch::Class(class) => sqlx::query(&format!(
+            SessionMatch::Class(class) => {
+                sqlx::query(&format!(
                 "{base} AND id IN (SELECT access_session_id FROM session_classes WHERE class = ?)"
             ))
-            .bind(class)
-            .fetch_all(&self.pool)
-            .await?,
+                .bind(class)
+                .fetch_all(&self.pool)
+                .await?
+            }
         };
         rows.iter().map(session_from_row).collect()
     }
