@@ -4,7 +4,7 @@
 //! - `config`        settings tree (TOML + `PORTAL_*` env), secrets redacted
 //! - `startup`       builds the services, binds, runs web server + background tasks
 //! - `telemetry`     tracing setup
-//! - `cli`           `serve`, `demo`, `check-config`, `radius test`, `accounting …`
+//! - `cli`           `serve`, `demo`, `check-config`, `radius test`, `accounting …`, `admin hash-token`, and dispatch of `org`/`session`/`audit`
 //! - `operator`      `org …` and `audit …` commands (same database as the running portal)
 //! - `portal_backend` the UI's service interface implemented over the services below
 //! - `http`          router, security headers, cross-site refusal, client IP
