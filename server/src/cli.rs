@@ -140,6 +140,10 @@ pub async fn main() -> std::process::ExitCode {
                 eprintln!("error: {not_found}");
                 std::process::ExitCode::from(crate::operator::EXIT_NOT_FOUND)
             }
+            None if e.is::<Refused>() => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::from(crate::operator::EXIT_REFUSED)
+            }
             None => {
                 eprintln!("error: {e:#}");
                 std::process::ExitCode::FAILURE
@@ -147,6 +151,11 @@ pub async fn main() -> std::process::ExitCode {
         },
     }
 }
+
+/// The guard or the stored state refused an operator change (exit code 4).
+#[derive(Debug, thiserror::Error)]
+#[error("refused: {0}")]
+pub struct Refused(pub String);
 
 /// An operator command named an organization or session that does not exist (exit code 3).
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +166,9 @@ pub enum NotFound {
     /// No such session.
     #[error("no session `{0}`")]
     Session(String),
+    /// No such server in an organization.
+    #[error("organization `{0}` has no server `{1}`")]
+    Server(String, String),
 }
 
 fn exit_of(outcome: crate::operator::Outcome) -> anyhow::Result<()> {
@@ -164,6 +176,8 @@ fn exit_of(outcome: crate::operator::Outcome) -> anyhow::Result<()> {
         crate::operator::Outcome::Done => Ok(()),
         crate::operator::Outcome::NotFound(id) => Err(NotFound::Organization(id).into()),
         crate::operator::Outcome::NoSession(id) => Err(NotFound::Session(id).into()),
+        crate::operator::Outcome::NoServer(id, name) => Err(NotFound::Server(id, name).into()),
+        crate::operator::Outcome::Refused(why) => Err(Refused(why).into()),
     }
 }
 
@@ -465,6 +479,7 @@ pub fn demo_settings(data_dir: &Path) -> Settings {
             require_message_authenticator: crate::config::MessageAuthenticatorMode::On,
             status_check: Default::default(),
         }],
+        branding: Default::default(),
     });
     settings
 }

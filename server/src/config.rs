@@ -411,6 +411,170 @@ pub struct OrganizationSettings {
     /// RADIUS servers in order of preference.
     #[serde(default)]
     pub servers: Vec<ServerSettings>,
+    /// How the organization's pages look.
+    #[serde(default, skip_serializing_if = "branding_is_default")]
+    pub branding: Branding,
+}
+
+fn branding_is_default(b: &Branding) -> bool {
+    *b == Branding::default()
+}
+
+impl OrganizationSettings {
+    /// Checks what serde cannot (errors name `key`, e.g. `organizations[0]`): the id, the
+    /// username pattern, durations, servers (at least one, names unique, secrets readable),
+    /// branding.
+    pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.id.is_empty()
+            || self.id.len() > 63
+            || !self
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(config_error(
+                format!("{key}.id"),
+                "use 1-63 letters, digits, `-` and `_`",
+            ));
+        }
+        if self.name.trim().is_empty()
+            || self.name.chars().count() > 200
+            || self.name.chars().any(char::is_control)
+        {
+            return Err(config_error(
+                format!("{key}.name"),
+                "must be 1-200 characters without control characters",
+            ));
+        }
+        if let Err(e) = regex::Regex::new(&self.username_pattern) {
+            return Err(config_error(
+                format!("{key}.username_pattern"),
+                format!("not a valid regular expression: {e}"),
+            ));
+        }
+        if self.default_window.is_zero() {
+            return Err(config_error(
+                format!("{key}.default_window"),
+                "must be longer than 0s",
+            ));
+        }
+        if self.max_lifetime.is_some_and(|d| d.is_zero()) {
+            return Err(config_error(
+                format!("{key}.max_lifetime"),
+                "must be longer than 0s",
+            ));
+        }
+        if self.servers.is_empty() {
+            return Err(config_error(
+                format!("{key}.servers"),
+                "at least one RADIUS server is required",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (j, server) in self.servers.iter().enumerate() {
+            let server_key = format!("{key}.servers[{j}]");
+            if server.name.trim().is_empty() || server.name.len() > 63 {
+                return Err(config_error(
+                    format!("{server_key}.name"),
+                    "must be 1-63 characters",
+                ));
+            }
+            if !names.insert(server.name.as_str()) {
+                return Err(config_error(
+                    format!("{server_key}.name"),
+                    format!("`{}` is used twice in this organization", server.name),
+                ));
+            }
+            server.load_secret(&server_key)?;
+        }
+        self.branding.validate(&format!("{key}.branding"))
+    }
+}
+
+/// How an organization's portal pages look (`[organizations.branding]`). Plain text only: the
+/// pages never render it as HTML.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Branding {
+    /// Colour of the sign-in button, links and page accents: `#rrggbb`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accent_color: Option<String>,
+    /// Logo shown above the form: a PNG, JPEG, SVG or WebP file on the portal's machine
+    /// (at most 256 KiB), served at `{portal}/logo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logo_file: Option<PathBuf>,
+    /// A line of help under the form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub help_text: Option<String>,
+    /// Who to ask for help (an e-mail address, a phone number, a desk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<String>,
+}
+
+/// Largest logo file served.
+pub const MAX_LOGO_BYTES: u64 = 256 * 1024;
+
+impl Branding {
+    /// Checks the colour, the texts and that the logo file is a readable image of a known kind.
+    pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if let Some(colour) = &self.accent_color {
+            let hex = colour.strip_prefix('#').unwrap_or("");
+            if hex.len() != 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(config_error(
+                    format!("{key}.accent_color"),
+                    format!("`{colour}` is not a colour like `#1e40af`"),
+                ));
+            }
+        }
+        for (field, text, limit) in [
+            ("help_text", &self.help_text, 500),
+            ("contact", &self.contact, 200),
+        ] {
+            if let Some(text) = text {
+                if text.chars().count() > limit || text.chars().any(|c| c.is_control() && c != '\n') {
+                    return Err(config_error(
+                        format!("{key}.{field}"),
+                        format!("must be at most {limit} characters without control characters"),
+                    ));
+                }
+            }
+        }
+        if let Some(path) = &self.logo_file {
+            logo_content_type(path).ok_or_else(|| {
+                config_error(
+                    format!("{key}.logo_file"),
+                    format!("`{}` is not a .png, .jpg, .jpeg, .svg or .webp file", path.display()),
+                )
+            })?;
+            let size = std::fs::metadata(path)
+                .map_err(|e| {
+                    config_error(
+                        format!("{key}.logo_file"),
+                        format!("cannot read `{}`: {e}", path.display()),
+                    )
+                })?
+                .len();
+            if size > MAX_LOGO_BYTES {
+                return Err(config_error(
+                    format!("{key}.logo_file"),
+                    format!("`{}` is {size} bytes; at most {MAX_LOGO_BYTES}", path.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The Content-Type a logo file is served with, from its extension.
+pub fn logo_content_type(path: &std::path::Path) -> Option<&'static str> {
+    let extension = path.extension()?.to_str()?.to_ascii_lowercase();
+    Some(match extension.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "svg" => "image/svg+xml",
+        "webp" => "image/webp",
+        _ => return None,
+    })
 }
 
 fn default_nas_identifier() -> String {
@@ -757,49 +921,12 @@ impl Settings {
         let mut seen = std::collections::HashSet::new();
         for (i, org) in self.organizations.iter().enumerate() {
             let key = format!("organizations[{i}]");
-            if org.id.is_empty()
-                || !org
-                    .id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err(config_error(
-                    format!("{key}.id"),
-                    "use letters, digits, `-` and `_` only",
-                ));
-            }
+            org.validate(&key)?;
             if !seen.insert(org.id.as_str()) {
                 return Err(config_error(
                     format!("{key}.id"),
                     format!("`{}` is used twice", org.id),
                 ));
-            }
-            if let Err(e) = regex::Regex::new(&org.username_pattern) {
-                return Err(config_error(
-                    format!("{key}.username_pattern"),
-                    format!("not a valid regular expression: {e}"),
-                ));
-            }
-            if org.default_window.is_zero() {
-                return Err(config_error(
-                    format!("{key}.default_window"),
-                    "must be longer than 0s",
-                ));
-            }
-            if org.max_lifetime.is_some_and(|d| d.is_zero()) {
-                return Err(config_error(
-                    format!("{key}.max_lifetime"),
-                    "must be longer than 0s",
-                ));
-            }
-            if org.servers.is_empty() {
-                return Err(config_error(
-                    format!("{key}.servers"),
-                    "at least one RADIUS server is required",
-                ));
-            }
-            for (j, server) in org.servers.iter().enumerate() {
-                server.load_secret(&format!("{key}.servers[{j}]"))?;
             }
         }
         for (i, client) in self.dynamic_authorization.clients.iter().enumerate() {

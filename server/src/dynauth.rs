@@ -11,9 +11,11 @@
 //! - CoA-Request: Disconnect-NAK's sibling CoA-NAK, Error-Cause 405 (Unsupported-Service) — the
 //!   portal has nothing to change a session with yet. The guard decides first: a disabled
 //!   organization's session is NAKed (Error-Cause 503 is not given for it, 405 is).
-//! - A retransmitted request (same source, Identifier and authenticator within
-//!   [`DUPLICATE_WINDOW`]) is answered from a cache of recent replies and not acted on twice
-//!   (RFC 5080 §2.2.2).
+//! - A retransmitted request (same source address and Request Authenticator — which covers
+//!   the Identifier and every attribute) is answered from a cache of recent replies and not
+//!   acted on twice (RFC 5080 §2.2.2). The entry is kept for [`DUPLICATE_WINDOW`], or, when the
+//!   request carries an Event-Timestamp, for as long as that timestamp passes the replay check:
+//!   a captured request replayed from any port inside the window is not acted on again.
 
 use crate::{
     access_session::AccessSessions,
@@ -58,8 +60,8 @@ pub struct DynAuthStats {
     pub duplicates: AtomicU64,
 }
 
-/// (source, Identifier, Request Authenticator) → (when answered, the encoded answer).
-type RecentReplies = HashMap<(SocketAddr, u8, [u8; 16]), (Instant, Vec<u8>)>;
+/// (source address, Request Authenticator) → (kept until, reply; empty while being handled).
+type RecentReplies = HashMap<(IpAddr, [u8; 16]), (Instant, Vec<u8>)>;
 
 struct Client {
     name: String,
@@ -212,15 +214,21 @@ impl DynAuthListener {
         if let Some(why) = self.replay_check(&request) {
             return self.drop_request(from, why);
         }
-        let key = (from, request.identifier(), request.authenticator());
+        let key = (from.ip(), request.authenticator());
+        // Keep the entry while a replay of this request would still pass the replay check.
+        let keep = match request.get_u32(attr::EVENT_TIMESTAMP) {
+            Some(_) => (self.event_timestamp_window * 2).max(DUPLICATE_WINDOW),
+            None => DUPLICATE_WINDOW,
+        };
         // An empty entry marks a request being handled: its retransmission is not acted on
         // again (and gets the answer when it is retransmitted once more).
         let cached = {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-            recent.retain(|_, (at, _)| at.elapsed() < DUPLICATE_WINDOW);
+            let now = Instant::now();
+            recent.retain(|_, (until, _)| *until > now);
             let cached = recent.get(&key).map(|(_, reply)| reply.clone());
             if cached.is_none() {
-                recent.insert(key, (Instant::now(), Vec::new()));
+                recent.insert(key, (now + keep, Vec::new()));
             }
             cached
         };
@@ -241,7 +249,7 @@ impl DynAuthListener {
             if reply.get_u32(attr::ERROR_CAUSE) == Some(RESOURCES_UNAVAILABLE) {
                 recent.remove(&key); // our own trouble: a retransmission is tried afresh
             } else {
-                recent.insert(key, (Instant::now(), bytes.clone()));
+                recent.insert(key, (Instant::now() + keep, bytes.clone()));
             }
         }
         if matches!(reply.code(), Code::DisconnectACK | Code::CoAACK) {

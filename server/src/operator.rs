@@ -7,15 +7,22 @@
 
 use crate::{
     config::{OrganizationSettings, Settings},
-    organizations::{self, Organizations},
+    organizations::{
+        self,
+        change::{self, ChangeError},
+        Organizations,
+    },
     storage::{AccessSessionRecord, Storage, StoredOrganization},
 };
 use anyhow::Context;
 use clap::Subcommand;
 use serde::Serialize;
 
-/// Exit code for "no such organization".
+/// Exit code for "no such organization" (or session, or server).
 pub const EXIT_NOT_FOUND: u8 = 3;
+/// Exit code for a change refused by the guard or the stored state (disabled organization,
+/// invalid settings, open sessions left).
+pub const EXIT_REFUSED: u8 = 4;
 
 /// `org …` subcommands.
 #[derive(Subcommand, Debug)]
@@ -45,7 +52,75 @@ pub enum OrgCommand {
         /// Organization id (slug).
         id: String,
     },
+    /// Create an organization from a file holding one organization table in the configuration
+    /// file's form (TOML, or JSON if the name ends in `.json`); `enabled = false` creates it
+    /// disabled.
+    Create {
+        /// The organization's settings.
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+    /// Change an organization: the keys in the file replace the stored ones (`servers` replaces
+    /// the list; a server without `secret`/`secret_file` keeps its stored secret). Refused while
+    /// it is disabled (enable it first).
+    Update {
+        /// Organization id (slug).
+        id: String,
+        /// Settings to change (TOML, or JSON if the name ends in `.json`).
+        #[arg(long, required_unless_present = "name")]
+        file: Option<std::path::PathBuf>,
+        /// New display name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Delete an organization with its ended sessions (the audit log keeps its history).
+    /// Refused while it has open sessions or undelivered accounting (disable it first) or is
+    /// listed in the configuration file.
+    Delete {
+        /// Organization id (slug).
+        id: String,
+    },
+    /// Add a RADIUS server (last in the order of preference) from a file holding one server
+    /// table (`name`, `address`, `secret` or `secret_file`, …).
+    ServerAdd {
+        /// Organization id (slug).
+        id: String,
+        /// The server's settings (TOML, or JSON if the name ends in `.json`).
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+    /// Change a RADIUS server's fields (the keys in the file; the secret is kept unless given).
+    ServerUpdate {
+        /// Organization id (slug).
+        id: String,
+        /// Server name.
+        name: String,
+        /// Fields to change (TOML, or JSON if the name ends in `.json`).
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+    /// Remove a RADIUS server (not the last one).
+    ServerRemove {
+        /// Organization id (slug).
+        id: String,
+        /// Server name.
+        name: String,
+    },
 }
+
+/// A settings file for `org create|update|server-…` as JSON: TOML, or JSON by extension.
+fn settings_file(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("while reading {}", path.display()))?;
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+    } else {
+        let value: toml::Value = toml::from_str(&text)
+            .with_context(|| format!("{} is not valid TOML", path.display()))?;
+        Ok(serde_json::to_value(value)?)
+    }
+}
+
 
 /// `session …` subcommands.
 #[derive(Subcommand, Debug)]
@@ -227,6 +302,10 @@ pub enum Outcome {
     NotFound(String),
     /// Exit 3: the session does not exist.
     NoSession(String),
+    /// Exit 3: the organization has no such RADIUS server.
+    NoServer(String, String),
+    /// Exit 4: the change was refused (why).
+    Refused(String),
 }
 
 /// A RADIUS server as shown to operators.
@@ -445,6 +524,86 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
             }
             Ok(Outcome::Done)
         }
+        OrgCommand::Create { file } => {
+            let cache = cache(&storage).await?;
+            finish(
+                change::create(&storage, &cache, settings_file(&file)?, &actor())
+                    .await
+                    .map(|id| format!("organization {id} created")),
+            )
+        }
+        OrgCommand::Update { id, file, name } => {
+            let mut patch = match file {
+                Some(file) => settings_file(&file)?,
+                None => serde_json::json!({}),
+            };
+            if let (Some(name), Some(map)) = (name, patch.as_object_mut()) {
+                map.insert("name".into(), name.into());
+            }
+            let cache = cache(&storage).await?;
+            finish(
+                change::update(&storage, &cache, &id, patch, &actor())
+                    .await
+                    .map(|changed| match changed {
+                        true => format!("organization {id} updated"),
+                        false => format!("organization {id}: nothing changed"),
+                    }),
+            )
+        }
+        OrgCommand::Delete { id } => {
+            let cache = cache(&storage).await?;
+            finish(
+                change::delete(&storage, &cache, &id, &actor())
+                    .await
+                    .map(|()| format!("organization {id} deleted")),
+            )
+        }
+        OrgCommand::ServerAdd { id, file } => {
+            let cache = cache(&storage).await?;
+            finish(
+                change::add_server(&storage, &cache, &id, settings_file(&file)?, &actor())
+                    .await
+                    .map(|()| format!("server added to organization {id}")),
+            )
+        }
+        OrgCommand::ServerUpdate { id, name, file } => {
+            let patch = settings_file(&file)?;
+            let cache = cache(&storage).await?;
+            finish(
+                change::update_server(&storage, &cache, &id, &name, patch, &actor())
+                    .await
+                    .map(|_| format!("server {name} of organization {id} updated")),
+            )
+        }
+        OrgCommand::ServerRemove { id, name } => {
+            let cache = cache(&storage).await?;
+            finish(
+                change::remove_server(&storage, &cache, &id, &name, &actor())
+                    .await
+                    .map(|()| format!("server {name} removed from organization {id}")),
+            )
+        }
+    }
+}
+
+/// The stored organizations, built (the change functions refresh it).
+async fn cache(storage: &Storage) -> anyhow::Result<Organizations> {
+    Organizations::load(storage)
+        .await
+        .context("while reading the organizations")
+}
+
+/// Prints what a change did, or turns its refusal into an exit code.
+fn finish(result: Result<String, ChangeError>) -> anyhow::Result<Outcome> {
+    match result {
+        Ok(message) => {
+            println!("{message}");
+            Ok(Outcome::Done)
+        }
+        Err(ChangeError::NotFound(id)) => Ok(Outcome::NotFound(id)),
+        Err(ChangeError::NoServer(id, name)) => Ok(Outcome::NoServer(id, name)),
+        Err(ChangeError::Internal(e)) => Err(e.into()),
+        Err(other) => Ok(Outcome::Refused(other.to_string())),
     }
 }
 

@@ -254,10 +254,18 @@ async fn a_retransmitted_disconnect_is_answered_from_the_cache_and_acted_on_once
 
     let mut request = Packet::new(Code::DisconnectRequest, 77, [0; 16], SECRET.as_bytes());
     request.push(attr::ACCT_SESSION_ID, sid.as_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    request.push_u32(attr::EVENT_TIMESTAMP, now);
     let bytes = encode_dynauth_request(&request).unwrap();
+    // A retransmission from the same socket, then the same bytes replayed from another port
+    // (a captured request, still inside its Event-Timestamp window).
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let replayer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut replies = Vec::new();
-    for _ in 0..2 {
+    for socket in [&socket, &socket, &replayer] {
         socket.send_to(&bytes, listener).await.unwrap();
         let mut buf = vec![0u8; 4096];
         let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
@@ -267,13 +275,14 @@ async fn a_retransmitted_disconnect_is_answered_from_the_cache_and_acted_on_once
         replies.push(buf[..n].to_vec());
     }
     assert_eq!(replies[0], replies[1], "the same answer, byte for byte");
+    assert_eq!(replies[0], replies[2], "the replay gets the cached answer");
     assert_eq!(
         Packet::decode(&replies[0], SECRET.as_bytes())
             .unwrap()
             .code(),
         Code::DisconnectACK
     );
-    assert_eq!(stats.duplicates.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.duplicates.load(Ordering::Relaxed), 2);
     radius
         .wait_for_acct(&["status=Stop", &format!("sid={sid}")])
         .await;

@@ -189,6 +189,15 @@ impl Accounting {
         Ok(Delivery::DeadLettered(reason))
     }
 
+    /// The guard's answer for an Accounting-Start of `organization_id`, from the stored flag
+    /// (not the cache: a disable made a moment ago by another process must stop a queued
+    /// Start). `known`: this process can build the organization at all.
+    async fn start_allowed(&self, organization_id: &str, known: bool) -> Result<bool, OutboxError> {
+        let stored = self.storage.organization_active(organization_id).await?;
+        let state = OrgState::from_active(stored.filter(|_| known));
+        Ok(guard::allows(Operation::AccountingStart, state))
+    }
+
     async fn deliver(
         &self,
         row: OutboxRow,
@@ -204,14 +213,7 @@ impl Accounting {
         let is_start = row.status_type == i64::from(status_type::START);
         let org = self.organizations.get(&session.organization_id);
         if is_start {
-            // The stored flag, not the cache: a disable made a moment ago by another process
-            // must stop a queued Start.
-            let stored = self
-                .storage
-                .organization_active(&session.organization_id)
-                .await?;
-            let state = OrgState::from_active(stored.filter(|_| org.is_some()));
-            if !guard::allows(Operation::AccountingStart, state) {
+            if !self.start_allowed(&session.organization_id, org.is_some()).await? {
                 return self
                     .dead_letter(&row, acct_id, "cancelled: organization disabled".into())
                     .await;
@@ -227,16 +229,19 @@ impl Accounting {
             }
         }
         let Some(org) = org else {
-            return self
-                .dead_letter(
-                    &row,
-                    acct_id,
-                    format!(
-                        "organization `{}` is no longer configured",
-                        session.organization_id
-                    ),
-                )
-                .await;
+            // Never drop an Interim or Stop: a firewall identity would outlive its session.
+            // The organization is missing from this process's cache (its settings cannot be
+            // built, e.g. an unreadable secret file): hold the row until it can be sent.
+            let retry = now + backoff_ms(row.attempts);
+            let reason = format!(
+                "organization `{}` cannot be used (see the log); will retry",
+                session.organization_id
+            );
+            self.storage.mark_failed(row.id, retry, &reason, false).await?;
+            tracing::error!(acct_session_id = %acct_id, status_type = row.status_type,
+                organization = %session.organization_id,
+                "accounting held: the organization's settings cannot be used; will retry");
+            return Ok(Delivery::RetryAt(retry));
         };
         let Ok(client_ip) = session.client_ip.parse::<IpAddr>() else {
             return self
@@ -302,6 +307,13 @@ impl Accounting {
                 .mark_failed(row.id, retry, "accounting server went down", false)
                 .await?;
             return Ok(Delivery::RetryAt(retry));
+        }
+        // A Start may have waited for its slot while the organization was disabled: the
+        // guard is asked again at the moment the packet would leave.
+        if is_start && !self.start_allowed(&session.organization_id, true).await? {
+            return self
+                .dead_letter(&row, acct_id, "cancelled: organization disabled".into())
+                .await;
         }
         // Acct-Delay-Time counts from the event to this transmission (time in the window too).
         let record = AccountingRecord {

@@ -8,23 +8,19 @@ use crate::{
     access_session::{now_ms, AccessSessions},
     config::AdminToken,
     operator::{OrganizationView, SessionRow},
-    organizations::{
-        self,
-        guard::{self, Operation, OrgState},
-        worker::OrganizationWorker,
-        Organizations,
-    },
+    organizations::{change::{self, ChangeError}, worker::OrganizationWorker, Organizations},
     storage::Storage,
 };
 use axum::{
-    extract::{DefaultBodyLimit, Extension, Path, Query, Request, State},
+    extract::{rejection::JsonRejection, DefaultBodyLimit, Extension, Path, Query, Request, State},
     http::{header, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, patch, post},
     Json, Router,
 };
 use serde::Deserialize;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -112,10 +108,20 @@ async fn require_token(State(api): State<AdminApi>, mut request: Request, next: 
 /// The API's routes (mounted at [`PREFIX`]).
 pub fn routes(api: AdminApi) -> Router {
     Router::new()
-        .route("/organizations", get(list_organizations))
+        .route(
+            "/organizations",
+            get(list_organizations).post(create_organization),
+        )
         .route(
             "/organizations/{id}",
-            get(show_organization).patch(update_organization),
+            get(show_organization)
+                .patch(update_organization)
+                .delete(delete_organization),
+        )
+        .route("/organizations/{id}/servers", post(add_server))
+        .route(
+            "/organizations/{id}/servers/{name}",
+            patch(update_server).delete(remove_server),
         )
         .route("/sessions", get(list_sessions))
         .route(
@@ -171,70 +177,128 @@ async fn show_organization(State(api): State<AdminApi>, Path(id): Path<String>) 
     }
 }
 
-/// `PATCH /organizations/{id}`: the fields that may change.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OrganizationPatch {
-    is_active: Option<bool>,
-    name: Option<String>,
+/// A JSON body, or the caller's error (413 stays 413, everything else malformed is 400).
+fn json_body(body: Result<Json<Value>, JsonRejection>) -> Result<Value, Response> {
+    body.map(|Json(v)| v).map_err(|rejection| {
+        let status = match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        error(status, &format!("invalid body: {}", rejection.body_text()))
+    })
 }
 
+/// The HTTP answer to a refused change.
+fn refused(e: ChangeError) -> Response {
+    let status = match &e {
+        ChangeError::NotFound(_) | ChangeError::NoServer(..) => StatusCode::NOT_FOUND,
+        ChangeError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ChangeError::Forbidden(_) => StatusCode::FORBIDDEN,
+        ChangeError::Conflict(_) => StatusCode::CONFLICT,
+        ChangeError::Internal(e) => return internal(e),
+    };
+    error(status, &e.to_string())
+}
+
+/// After a change: the organization as it is now (`status` 200 or 201).
+async fn changed(api: AdminApi, id: &str, status: StatusCode) -> Response {
+    api.worker.wake();
+    match organization_view(&api, id).await {
+        Ok(Some(view)) => (status, Json(view)).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no such organization"),
+        Err(response) => response,
+    }
+}
+
+/// `POST /organizations`: settings in the configuration file's form.
+async fn create_organization(
+    State(api): State<AdminApi>,
+    Extension(Actor(actor)): Extension<Actor>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Response {
+    let body = match json_body(body) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    match change::create(&api.storage, &api.organizations, body, &actor).await {
+        Ok(id) => changed(api, &id, StatusCode::CREATED).await,
+        Err(e) => refused(e),
+    }
+}
+
+/// `PATCH /organizations/{id}`: `is_active` on its own, or settings keys.
 async fn update_organization(
     State(api): State<AdminApi>,
     Extension(Actor(actor)): Extension<Actor>,
     Path(id): Path<String>,
-    body: Result<Json<OrganizationPatch>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
-    let Json(patch) = match body {
+    let body = match json_body(body) {
         Ok(body) => body,
-        Err(rejection) => {
-            // Too large stays 413; every other malformed body is the caller's 400.
-            let status = match rejection.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            return error(status, &format!("invalid body: {}", rejection.body_text()));
-        }
+        Err(response) => return response,
     };
-    let state = match api.storage.organization_active(&id).await {
-        Ok(Some(active)) => OrgState::from_active(Some(active)),
-        Ok(None) => return error(StatusCode::NOT_FOUND, "no such organization"),
-        Err(e) => return internal(e),
+    match change::update(&api.storage, &api.organizations, &id, body, &actor).await {
+        Ok(_) => changed(api, &id, StatusCode::OK).await,
+        Err(e) => refused(e),
+    }
+}
+
+/// `DELETE /organizations/{id}`.
+async fn delete_organization(
+    State(api): State<AdminApi>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Response {
+    match change::delete(&api.storage, &api.organizations, &id, &actor).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+/// `POST /organizations/{id}/servers`.
+async fn add_server(
+    State(api): State<AdminApi>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(id): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Response {
+    let body = match json_body(body) {
+        Ok(body) => body,
+        Err(response) => return response,
     };
-    if let Some(name) = &patch.name {
-        // Only the active flag may change while disabled — also not together with re-enabling.
-        if !guard::allows(Operation::AdminUpdate, state) {
-            return error(
-                StatusCode::FORBIDDEN,
-                "the organization is disabled: only is_active may change (enable it first, in a request of its own)",
-            );
-        }
-        if name.trim().is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "name: must be 1-200 characters without control characters",
-            );
-        }
-        if let Err(e) = api
-            .storage
-            .rename_organization(&id, name.trim(), &actor, now_ms())
-            .await
-        {
-            return internal(e);
-        }
+    match change::add_server(&api.storage, &api.organizations, &id, body, &actor).await {
+        Ok(()) => changed(api, &id, StatusCode::CREATED).await,
+        Err(e) => refused(e),
     }
-    if let Some(active) = patch.is_active {
-        if let Err(e) =
-            organizations::set_active(&api.storage, &api.organizations, &id, active, &actor).await
-        {
-            return internal(e);
-        }
-        api.worker.wake();
+}
+
+/// `PATCH /organizations/{id}/servers/{name}`.
+async fn update_server(
+    State(api): State<AdminApi>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path((id, name)): Path<(String, String)>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Response {
+    let body = match json_body(body) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    match change::update_server(&api.storage, &api.organizations, &id, &name, body, &actor).await {
+        Ok(_) => changed(api, &id, StatusCode::OK).await,
+        Err(e) => refused(e),
     }
-    if let Err(e) = api.organizations.refresh(&api.storage).await {
-        return internal(e);
+}
+
+/// `DELETE /organizations/{id}/servers/{name}`.
+async fn remove_server(
+    State(api): State<AdminApi>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path((id, name)): Path<(String, String)>,
+) -> Response {
+    match change::remove_server(&api.storage, &api.organizations, &id, &name, &actor).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => refused(e),
     }
-    show_organization(State(api), Path(id)).await
 }
 
 /// `GET /sessions` filters.

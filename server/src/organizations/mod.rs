@@ -9,6 +9,8 @@
 //! worker polls the global revision). Paths that must not act on a stale flag (login, refresh,
 //! session creation, Accounting-Start) read the flag from the database as well.
 
+pub mod change;
+
 pub mod guard;
 
 pub mod worker;
@@ -27,7 +29,7 @@ use std::{
 };
 
 /// One organization, ready to use.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Organization {
     /// Stable id.
     pub id: String,
@@ -178,11 +180,24 @@ impl Organizations {
             changed.push(row.id.clone());
             match build_stored(row) {
                 Ok(org) => rebuilt.push((row.id.clone(), row.revision, Some(Arc::new(org)))),
-                Err(e) => {
-                    // Fail closed: an organization that cannot be built is unknown.
-                    tracing::error!(organization = %row.id, error = %e, "organization cannot be used");
-                    rebuilt.push((row.id.clone(), row.revision, None));
-                }
+                Err(e) => match self.get(&row.id) {
+                    // Its sessions still need their Stops: keep the last settings that worked,
+                    // with the stored flag and name (a disable must still take effect).
+                    Some(previous) => {
+                        tracing::error!(organization = %row.id, error = %e,
+                            "organization's new settings cannot be used: keeping its previous ones");
+                        let mut org = Organization::clone(&previous);
+                        org.active = row.active;
+                        org.name = row.name.clone();
+                        rebuilt.push((row.id.clone(), row.revision, Some(Arc::new(org))));
+                    }
+                    // Fail closed: an organization that was never built is unknown (login and
+                    // Start denied; its queued Stops wait for it, see `accounting`).
+                    None => {
+                        tracing::error!(organization = %row.id, error = %e, "organization cannot be used");
+                        rebuilt.push((row.id.clone(), row.revision, None));
+                    }
+                },
             }
         }
         let removed: Vec<String> = known

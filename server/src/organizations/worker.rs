@@ -11,7 +11,11 @@ use crate::{
     access_session::{now_ms, AccessSessions},
     storage::{OrganizationJob, Storage},
 };
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +29,14 @@ pub struct OrganizationWorker {
     organizations: Arc<Organizations>,
     sessions: AccessSessions,
     wake: Arc<Notify>,
+    /// Jobs that did not finish: (failures so far, not before). In memory: a restart retries
+    /// at once, which is what a restart is for.
+    retry_at: Arc<Mutex<HashMap<i64, (u32, Instant)>>>,
+}
+
+/// Wait before running an unfinished job again: 1 s, 2 s, 4 s … capped at 1 min.
+fn job_backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60))
 }
 
 /// What a job run did.
@@ -55,6 +67,7 @@ impl OrganizationWorker {
             organizations,
             sessions,
             wake: Arc::new(Notify::new()),
+            retry_at: Arc::default(),
         }
     }
 
@@ -70,8 +83,37 @@ impl OrganizationWorker {
             tracing::info!(organization = %id, "organization changed: cached settings reloaded");
         }
         let mut done = Vec::new();
+        let now = Instant::now();
         for job in self.storage.pending_organization_jobs().await? {
-            let outcome = self.run_job(&job).await?;
+            let waiting = self
+                .retry_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&job.id)
+                .is_some_and(|(_, at)| *at > now);
+            if waiting {
+                continue;
+            }
+            // One job's failure never holds up the others: it is retried with a back-off.
+            let outcome = match self.run_job(&job).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    tracing::error!(job = job.id, organization = %job.organization_id, kind = %job.kind,
+                        error = %crate::portal_backend::error_chain(e.as_ref()), "organization job failed; will retry");
+                    JobOutcome::Incomplete {
+                        stopped: 0,
+                        failed: 1,
+                    }
+                }
+            };
+            let mut retry_at = self.retry_at.lock().unwrap_or_else(|p| p.into_inner());
+            if matches!(outcome, JobOutcome::Incomplete { .. }) {
+                let failures = retry_at.get(&job.id).map_or(0, |(n, _)| *n) + 1;
+                retry_at.insert(job.id, (failures, Instant::now() + job_backoff(failures)));
+            } else {
+                retry_at.remove(&job.id);
+            }
+            drop(retry_at);
             done.push((job, outcome));
         }
         Ok(done)
@@ -162,5 +204,19 @@ impl OrganizationWorker {
                 _ = tokio::time::sleep(POLL) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::job_backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn unfinished_jobs_back_off_up_to_a_minute() {
+        assert_eq!(job_backoff(1), Duration::from_secs(1));
+        assert_eq!(job_backoff(2), Duration::from_secs(2));
+        assert_eq!(job_backoff(4), Duration::from_secs(8));
+        assert_eq!(job_backoff(40), Duration::from_secs(60));
     }
 }

@@ -11,7 +11,9 @@
 pub mod organizations;
 pub mod sqlite;
 
-pub use organizations::{AuditEntry, OrganizationJob, SeedOutcome, StoredOrganization};
+pub use organizations::{
+    AuditEntry, DeleteOutcome, OrganizationJob, SeedOutcome, StoredOrganization, UpdateOutcome,
+};
 pub use sqlite::Storage;
 
 /// Storage failures.

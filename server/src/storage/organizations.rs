@@ -36,6 +36,37 @@ pub enum SeedOutcome {
     Unchanged,
 }
 
+/// What an operator's update did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    /// Stored.
+    Updated,
+    /// Nothing differed.
+    Unchanged,
+    /// No such organization.
+    NotFound,
+    /// The organization is disabled (and the change required it active).
+    Disabled,
+}
+
+/// What an operator's delete did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// Gone.
+    Deleted,
+    /// No such organization.
+    NotFound,
+    /// Listed in the configuration file (it would come back at the next start).
+    FromConfig,
+    /// Work left that needs the organization.
+    Busy {
+        /// Sessions still open.
+        open_sessions: i64,
+        /// Accounting rows not yet delivered.
+        pending_accounting: i64,
+    },
+}
+
 /// A queued organization job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OrganizationJob {
@@ -349,44 +380,141 @@ impl Storage {
         Ok(true)
     }
 
-    /// Renames an organization (admin update), audited. `Ok(None)`: no such organization.
-    pub async fn rename_organization(
+    /// Creates an organization (operator), audited. False if the id is taken.
+    pub async fn create_organization(
         &self,
         id: &str,
         name: &str,
+        settings_json: &str,
+        active: bool,
         actor: &str,
         now: i64,
-    ) -> Result<Option<bool>, StorageError> {
+        detail: &serde_json::Value,
+    ) -> Result<bool, StorageError> {
         let mut tx = self.begin().await?;
-        let before: Option<String> =
-            sqlx::query_scalar("SELECT name FROM organizations WHERE id = ?")
+        let created = sqlx::query(
+            "INSERT INTO organizations (id, name, is_active, settings, revision, created_at, updated_at, position) \
+             VALUES (?, ?, ?, ?, 1, ?, ?, NULL) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(active)
+        .bind(settings_json)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if !created {
+            return Ok(false);
+        }
+        bump_revision(&mut tx).await?;
+        audit_in(&mut tx, now, actor, "org.create", Some(id), detail).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Replaces an organization's name and settings (operator), audited — with
+    /// `require_active`, only while it is enabled (checked in the same statement, so a disable
+    /// racing the change wins).
+    pub async fn update_organization(
+        &self,
+        id: &str,
+        name: &str,
+        settings_json: &str,
+        require_active: bool,
+        actor: &str,
+        now: i64,
+        detail: &serde_json::Value,
+    ) -> Result<UpdateOutcome, StorageError> {
+        let mut tx = self.begin().await?;
+        let before: Option<(String, Option<String>, bool)> =
+            sqlx::query_as("SELECT name, settings, is_active FROM organizations WHERE id = ?")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let Some(before) = before else {
-            return Ok(None);
+        let Some((old_name, old_settings, active)) = before else {
+            return Ok(UpdateOutcome::NotFound);
         };
-        if before == name {
-            return Ok(Some(false));
+        if require_active && !active {
+            return Ok(UpdateOutcome::Disabled);
         }
-        sqlx::query("UPDATE organizations SET name = ?, revision = revision + 1, updated_at = ? WHERE id = ?")
-            .bind(name)
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        bump_revision(&mut tx).await?;
-        audit_in(
-            &mut tx,
-            now,
-            actor,
-            "org.update",
-            Some(id),
-            &serde_json::json!({ "before": { "name": before }, "after": { "name": name } }),
+        if old_name == name && old_settings.as_deref() == Some(settings_json) {
+            return Ok(UpdateOutcome::Unchanged);
+        }
+        sqlx::query(
+            "UPDATE organizations SET name = ?, settings = ?, revision = revision + 1, updated_at = ? \
+             WHERE id = ? AND (is_active = 1 OR ? = 0)",
         )
+        .bind(name)
+        .bind(settings_json)
+        .bind(now)
+        .bind(id)
+        .bind(require_active)
+        .execute(&mut *tx)
         .await?;
+        bump_revision(&mut tx).await?;
+        audit_in(&mut tx, now, actor, "org.update", Some(id), detail).await?;
         tx.commit().await?;
-        Ok(Some(true))
+        Ok(UpdateOutcome::Updated)
+    }
+
+    /// Deletes an organization with its ended sessions and their accounting rows (the audit
+    /// log keeps its history), audited. Refused while it is listed in the configuration, has
+    /// open sessions or accounting not yet delivered: nothing may be lost.
+    pub async fn delete_organization(
+        &self,
+        id: &str,
+        actor: &str,
+        now: i64,
+        detail: &serde_json::Value,
+    ) -> Result<DeleteOutcome, StorageError> {
+        let mut tx = self.begin().await?;
+        let row: Option<bool> = sqlx::query_scalar(
+            "SELECT position IS NOT NULL FROM organizations WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(from_config) = row else {
+            return Ok(DeleteOutcome::NotFound);
+        };
+        if from_config {
+            return Ok(DeleteOutcome::FromConfig);
+        }
+        let open_sessions: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM access_sessions WHERE organization_id = ? AND state = 'active'",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let pending_accounting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM accounting_outbox o JOIN access_sessions s ON s.id = o.access_session_id \
+             WHERE s.organization_id = ? AND o.delivered_at IS NULL AND o.dead_at IS NULL",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if open_sessions > 0 || pending_accounting > 0 {
+            return Ok(DeleteOutcome::Busy {
+                open_sessions,
+                pending_accounting,
+            });
+        }
+        for statement in [
+            "DELETE FROM session_classes WHERE access_session_id IN (SELECT id FROM access_sessions WHERE organization_id = ?)",
+            "DELETE FROM accounting_outbox WHERE access_session_id IN (SELECT id FROM access_sessions WHERE organization_id = ?)",
+            "DELETE FROM access_sessions WHERE organization_id = ?",
+            "DELETE FROM organization_jobs WHERE organization_id = ?",
+            "DELETE FROM organizations WHERE id = ?",
+        ] {
+            sqlx::query(statement).bind(id).execute(&mut *tx).await?;
+        }
+        bump_revision(&mut tx).await?;
+        audit_in(&mut tx, now, actor, "org.delete", Some(id), detail).await?;
+        tx.commit().await?;
+        Ok(DeleteOutcome::Deleted)
     }
 
     /// Organization jobs not done yet, oldest first.

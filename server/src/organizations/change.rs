@@ -1,0 +1,403 @@
+//! Operator changes of organizations — the one implementation behind the CLI and the admin API:
+//! create, update, delete, enable/disable, and an organization's RADIUS servers. Every change
+//! asks the guard (design.md §5: a disabled organization's objects may be read and deleted,
+//! not created — 400 — or updated — 403; only its active flag may change, and re-enabling
+//! together with another change is refused), validates the result as the configuration file
+//! would (secrets resolved), stores it in one audited transaction, and refreshes this process's
+//! cache entry of that organization only. Audit details never hold secrets.
+
+use super::{guard, set_active, Organization, OrganizationError, Organizations};
+use crate::{
+    access_session::now_ms,
+    config::{OrganizationSettings, ServerSettings},
+    organizations::guard::{Operation, OrgState},
+    storage::{DeleteOutcome, Storage, StorageError, UpdateOutcome},
+};
+use serde_json::{Map, Value};
+
+/// Why a change was refused. Each kind has one HTTP status and one CLI exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// 404 / exit 3.
+    #[error("no organization `{0}`")]
+    NotFound(String),
+    /// 404 / exit 3.
+    #[error("organization `{0}` has no server `{1}`")]
+    NoServer(String, String),
+    /// 400 / exit 4: the request itself is wrong (the message names the field).
+    #[error("{0}")]
+    Invalid(String),
+    /// 403 / exit 4: the guard refuses it (the organization is disabled).
+    #[error("{0}")]
+    Forbidden(String),
+    /// 409 / exit 4: conflicts with the stored state.
+    #[error("{0}")]
+    Conflict(String),
+    /// 500 / exit 1.
+    #[error(transparent)]
+    Internal(#[from] OrganizationError),
+}
+
+impl From<StorageError> for ChangeError {
+    fn from(e: StorageError) -> Self {
+        ChangeError::Internal(e.into())
+    }
+}
+
+/// What a disabled organization's update gets (the guard's AdminUpdate row).
+const DISABLED_UPDATE: &str =
+    "the organization is disabled: only is_active may change (enable it first, in a request of its own)";
+/// What creating an object of a disabled organization gets (the guard's AdminCreate row).
+const DISABLED_CREATE: &str =
+    "the organization is disabled: nothing can be added to it (enable it first, in a request of its own)";
+
+/// The keys that name the active flag in a change (`enabled` as in the configuration file).
+const ACTIVE_KEYS: [&str; 2] = ["is_active", "enabled"];
+
+/// Settings as shown in audit entries and operator output: every secret replaced by whether
+/// it is set.
+pub fn redacted(settings: &OrganizationSettings) -> Value {
+    let mut value = serde_json::to_value(settings).unwrap_or(Value::Null);
+    if let Some(servers) = value.get_mut("servers").and_then(Value::as_array_mut) {
+        for server in servers {
+            if let Some(secret) = server.get_mut("secret") {
+                if !secret.is_null() {
+                    *secret = Value::String("(set)".into());
+                }
+            }
+        }
+    }
+    value
+}
+
+fn object(value: Value, what: &str) -> Result<Map<String, Value>, ChangeError> {
+    match value {
+        Value::Object(map) if !map.is_empty() => Ok(map),
+        Value::Object(_) => Err(ChangeError::Invalid(format!("{what}: nothing to change"))),
+        _ => Err(ChangeError::Invalid(format!("{what}: must be a JSON object"))),
+    }
+}
+
+/// Parses and checks settings the way the configuration file is checked.
+fn checked(value: Value, key: &str) -> Result<OrganizationSettings, ChangeError> {
+    let settings: OrganizationSettings =
+        serde_json::from_value(value).map_err(|e| ChangeError::Invalid(format!("{key}: {e}")))?;
+    settings
+        .validate(key)
+        .map_err(|e| ChangeError::Invalid(format!("{}: {}", e.key, e.problem)))?;
+    Organization::from_settings(key, &settings)
+        .map_err(|e| ChangeError::Invalid(format!("{}: {}", e.key, e.problem)))?;
+    Ok(settings)
+}
+
+/// The guard's state of a stored organization (NotFound if there is none).
+async fn state_of(storage: &Storage, id: &str) -> Result<OrgState, ChangeError> {
+    match storage.organization_active(id).await? {
+        None => Err(ChangeError::NotFound(id.to_string())),
+        active => Ok(OrgState::from_active(active)),
+    }
+}
+
+/// The stored settings of an organization as JSON.
+async fn stored_settings(storage: &Storage, id: &str) -> Result<Map<String, Value>, ChangeError> {
+    let row = storage
+        .organization(id)
+        .await?
+        .ok_or_else(|| ChangeError::NotFound(id.to_string()))?;
+    let json = row.settings.ok_or_else(|| {
+        ChangeError::Conflict(format!(
+            "organization `{id}` has no stored settings (list it in the configuration file)"
+        ))
+    })?;
+    match serde_json::from_str(&json) {
+        Ok(Value::Object(mut map)) => {
+            // The column is the truth for the name.
+            map.insert("name".into(), Value::String(row.name));
+            Ok(map)
+        }
+        _ => Err(ChangeError::Internal(OrganizationError::Corrupt(
+            id.to_string(),
+            "stored settings are not a JSON object".into(),
+        ))),
+    }
+}
+
+/// A server entry of a change that names neither `secret` nor `secret_file` keeps the stored
+/// server's (by name): secrets are never shown, so a read-modify-write must not wipe them.
+fn keep_secret(entry: &mut Map<String, Value>, stored: Option<&Value>) {
+    if entry.contains_key("secret") || entry.contains_key("secret_file") {
+        return;
+    }
+    if let Some(stored) = stored.and_then(Value::as_object) {
+        for key in ["secret", "secret_file"] {
+            if let Some(v) = stored.get(key).filter(|v| !v.is_null()) {
+                entry.insert(key.into(), v.clone());
+            }
+        }
+    }
+}
+
+fn stored_server<'a>(settings: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    settings
+        .get("servers")?
+        .as_array()?
+        .iter()
+        .find(|s| s.get("name").and_then(Value::as_str) == Some(name))
+}
+
+/// Validates and stores new settings of an existing organization; `require_active` for
+/// creates and updates (the guard), not for deletes of its objects.
+async fn store(
+    storage: &Storage,
+    organizations: &Organizations,
+    id: &str,
+    before: Map<String, Value>,
+    after: Map<String, Value>,
+    require_active: bool,
+    actor: &str,
+    what: &str,
+) -> Result<bool, ChangeError> {
+    let key = format!("organizations.{id}");
+    let after = checked(Value::Object(after), &key)?;
+    let before_view = serde_json::from_value::<OrganizationSettings>(Value::Object(before))
+        .map(|b| redacted(&b))
+        .unwrap_or(Value::Null);
+    let json = serde_json::to_string(&after)
+        .map_err(|e| OrganizationError::Corrupt(id.to_string(), e.to_string()))?;
+    let detail = serde_json::json!({ "change": what, "before": before_view, "after": redacted(&after) });
+    let outcome = storage
+        .update_organization(id, &after.name, &json, require_active, actor, now_ms(), &detail)
+        .await?;
+    organizations.refresh(storage).await?;
+    match outcome {
+        UpdateOutcome::Updated => Ok(true),
+        UpdateOutcome::Unchanged => Ok(false),
+        UpdateOutcome::NotFound => Err(ChangeError::NotFound(id.to_string())),
+        // Disabled between the check and the write: the disable wins.
+        UpdateOutcome::Disabled => Err(ChangeError::Forbidden(DISABLED_UPDATE.into())),
+    }
+}
+
+/// Creates an organization from settings in the configuration file's form (JSON). `enabled`
+/// (or `is_active`) false creates it disabled.
+pub async fn create(
+    storage: &Storage,
+    organizations: &Organizations,
+    body: Value,
+    actor: &str,
+) -> Result<String, ChangeError> {
+    let mut body = object(body, "organization")?;
+    let active = match body.remove("is_active") {
+        Some(Value::Bool(b)) => Some(b),
+        Some(_) => return Err(ChangeError::Invalid("is_active: must be true or false".into())),
+        None => None,
+    };
+    let settings = checked(Value::Object(body), "organization")?;
+    let active = active.or(settings.enabled).unwrap_or(true);
+    let json = serde_json::to_string(&settings)
+        .map_err(|e| OrganizationError::Corrupt(settings.id.clone(), e.to_string()))?;
+    let detail = serde_json::json!({ "after": redacted(&settings), "active": active });
+    if !storage
+        .create_organization(&settings.id, &settings.name, &json, active, actor, now_ms(), &detail)
+        .await?
+    {
+        return Err(ChangeError::Conflict(format!(
+            "organization `{}` exists already",
+            settings.id
+        )));
+    }
+    organizations.refresh(storage).await?;
+    tracing::warn!(organization = %settings.id, actor, active, "organization created");
+    Ok(settings.id)
+}
+
+/// Changes an organization: `is_active` (or `enabled`) on its own, or any other settings keys
+/// of the configuration file's form (`servers` replaces the list; a server listed without a
+/// secret keeps its stored one). True if something changed.
+pub async fn update(
+    storage: &Storage,
+    organizations: &Organizations,
+    id: &str,
+    patch: Value,
+    actor: &str,
+) -> Result<bool, ChangeError> {
+    let mut patch = object(patch, "change")?;
+    let state = state_of(storage, id).await?;
+    let flag = ACTIVE_KEYS.iter().find_map(|k| patch.remove(*k).map(|v| (*k, v)));
+    if let Some((key, value)) = flag {
+        let Value::Bool(active) = value else {
+            return Err(ChangeError::Invalid(format!("{key}: must be true or false")));
+        };
+        if !patch.is_empty() {
+            return Err(if guard::allows(Operation::AdminUpdate, state) {
+                ChangeError::Invalid(format!("{key}: change it in a request of its own"))
+            } else {
+                ChangeError::Forbidden(DISABLED_UPDATE.into())
+            });
+        }
+        return match set_active(storage, organizations, id, active, actor).await? {
+            None => Err(ChangeError::NotFound(id.to_string())),
+            Some(changed) => Ok(changed),
+        };
+    }
+    if !guard::allows(Operation::AdminUpdate, state) {
+        return Err(ChangeError::Forbidden(DISABLED_UPDATE.into()));
+    }
+    if patch.contains_key("id") {
+        return Err(ChangeError::Invalid(
+            "id: cannot be changed (create a new organization)".into(),
+        ));
+    }
+    let before = stored_settings(storage, id).await?;
+    let mut after = before.clone();
+    for (key, mut value) in patch {
+        if key == "servers" {
+            if let Some(servers) = value.as_array_mut() {
+                for entry in servers.iter_mut().filter_map(Value::as_object_mut) {
+                    let name = entry.get("name").and_then(Value::as_str).map(str::to_owned);
+                    keep_secret(entry, name.as_deref().and_then(|n| stored_server(&before, n)));
+                }
+            }
+        }
+        after.insert(key, value);
+    }
+    store(storage, organizations, id, before, after, true, actor, "update").await
+}
+
+/// Deletes an organization that has nothing left to do: no open sessions, no accounting to
+/// deliver, not listed in the configuration file.
+pub async fn delete(
+    storage: &Storage,
+    organizations: &Organizations,
+    id: &str,
+    actor: &str,
+) -> Result<(), ChangeError> {
+    let state = state_of(storage, id).await?;
+    debug_assert!(guard::allows(Operation::AdminDelete, state));
+    let before = stored_settings(storage, id)
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_value::<OrganizationSettings>(Value::Object(b)).ok())
+        .map(|b| redacted(&b))
+        .unwrap_or(Value::Null);
+    let detail = serde_json::json!({ "before": before });
+    match storage.delete_organization(id, actor, now_ms(), &detail).await? {
+        DeleteOutcome::Deleted => {
+            organizations.refresh(storage).await?;
+            tracing::warn!(organization = id, actor, "organization deleted");
+            Ok(())
+        }
+        DeleteOutcome::NotFound => Err(ChangeError::NotFound(id.to_string())),
+        DeleteOutcome::FromConfig => Err(ChangeError::Conflict(format!(
+            "organization `{id}` is listed in the configuration file: remove it there (the portal then disables it at start-up), then delete it"
+        ))),
+        DeleteOutcome::Busy { open_sessions, pending_accounting } => Err(ChangeError::Conflict(format!(
+            "organization `{id}` has {open_sessions} open session(s) and {pending_accounting} accounting record(s) not yet delivered: disable it first (its sessions are stopped), then delete it"
+        ))),
+    }
+}
+
+/// Adds a RADIUS server (at the end of the order of preference).
+pub async fn add_server(
+    storage: &Storage,
+    organizations: &Organizations,
+    id: &str,
+    server: Value,
+    actor: &str,
+) -> Result<(), ChangeError> {
+    let server = object(server, "server")?;
+    if !guard::allows(Operation::AdminCreate, state_of(storage, id).await?) {
+        return Err(ChangeError::Invalid(DISABLED_CREATE.into()));
+    }
+    let name = server.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+    // Checked on its own first, so errors name the server's fields.
+    serde_json::from_value::<ServerSettings>(Value::Object(server.clone()))
+        .map_err(|e| ChangeError::Invalid(format!("server: {e}")))?;
+    let before = stored_settings(storage, id).await?;
+    if stored_server(&before, &name).is_some() {
+        return Err(ChangeError::Conflict(format!(
+            "organization `{id}` has a server `{name}` already"
+        )));
+    }
+    let mut after = before.clone();
+    let mut servers = after.get("servers").and_then(Value::as_array).cloned().unwrap_or_default();
+    servers.push(Value::Object(server));
+    after.insert("servers".into(), Value::Array(servers));
+    store(storage, organizations, id, before, after, true, actor, "server.add").await?;
+    Ok(())
+}
+
+/// Changes a RADIUS server's fields (a rename with `name`; the secret is kept unless given).
+pub async fn update_server(
+    storage: &Storage,
+    organizations: &Organizations,
+    id: &str,
+    name: &str,
+    patch: Value,
+    actor: &str,
+) -> Result<bool, ChangeError> {
+    let patch = object(patch, "server")?;
+    if !guard::allows(Operation::AdminUpdate, state_of(storage, id).await?) {
+        return Err(ChangeError::Forbidden(DISABLED_UPDATE.into()));
+    }
+    let before = stored_settings(storage, id).await?;
+    let Some(Value::Object(mut entry)) = stored_server(&before, name).cloned() else {
+        return Err(ChangeError::NoServer(id.to_string(), name.to_string()));
+    };
+    if patch.contains_key("secret") || patch.contains_key("secret_file") {
+        entry.remove("secret");
+        entry.remove("secret_file");
+    }
+    entry.extend(patch);
+    let mut after = before.clone();
+    let servers: Vec<Value> = after
+        .get("servers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| {
+            if s.get("name").and_then(Value::as_str) == Some(name) {
+                Value::Object(entry.clone())
+            } else {
+                s
+            }
+        })
+        .collect();
+    after.insert("servers".into(), Value::Array(servers));
+    store(storage, organizations, id, before, after, true, actor, "server.update").await
+}
+
+/// Removes a RADIUS server (allowed for a disabled organization too). Its sessions' accounting
+/// goes to the organization's other servers; the last server cannot be removed.
+pub async fn remove_server(
+    storage: &Storage,
+    organizations: &Organizations,
+    id: &str,
+    name: &str,
+    actor: &str,
+) -> Result<(), ChangeError> {
+    let state = state_of(storage, id).await?;
+    debug_assert!(guard::allows(Operation::AdminDelete, state));
+    let before = stored_settings(storage, id).await?;
+    if stored_server(&before, name).is_none() {
+        return Err(ChangeError::NoServer(id.to_string(), name.to_string()));
+    }
+    let servers: Vec<Value> = before
+        .get("servers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s.get("name").and_then(Value::as_str) != Some(name))
+        .collect();
+    if servers.is_empty() {
+        return Err(ChangeError::Conflict(format!(
+            "`{name}` is the last RADIUS server of organization `{id}`: add another first, or delete the organization"
+        )));
+    }
+    let mut after = before.clone();
+    after.insert("servers".into(), Value::Array(servers));
+    store(storage, organizations, id, before, after, false, actor, "server.remove").await?;
+    Ok(())
+}
