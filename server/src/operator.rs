@@ -336,6 +336,7 @@ pub struct OrganizationView {
     max_lifetime_s: Option<u64>,
     username_pattern: Option<String>,
     servers: Vec<ServerView>,
+    branding: crate::config::Branding,
 }
 
 impl OrganizationView {
@@ -380,6 +381,7 @@ impl OrganizationView {
                 .and_then(|s| s.max_lifetime.map(|d| d.as_secs())),
             username_pattern: settings.as_ref().map(|s| s.username_pattern.clone()),
             servers,
+            branding: settings.map(|s| s.branding).unwrap_or_default(),
         }
     }
 }

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{field, settings, temp_db, FreeRadius, TestApp, SECRET};
+use common::{field, settings, temp_db, wait_until, FreeRadius, TestApp, SECRET};
 use radius_portal::{
     config::{AdminToken, OrganizationSettings, Settings},
     http::admin::hash_token,
@@ -137,7 +137,7 @@ async fn the_admin_api_follows_the_guard_and_never_shows_secrets() {
     let (status, text) = admin
         .call(
             Method::PATCH,
-            "/organizations/beta",
+            "/organizations/acme",
             Some(TOKEN),
             Some(json!({ "bogus": 1 })),
         )
@@ -227,6 +227,203 @@ async fn the_admin_api_follows_the_guard_and_never_shows_secrets() {
     app.stop().await;
 }
 
+/// Organizations and their RADIUS servers are created, changed and deleted at run time, by the
+/// guard's rules: a disabled organization's objects may be read and deleted, not created (400)
+/// or changed (403); nothing is deleted while it has work left; secrets never come back.
+#[tokio::test]
+async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_rules() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&with_admin(&db, &a, &b)).await;
+    let admin = Admin {
+        http: reqwest::Client::new(),
+        base: format!("http://{}", app.addr),
+    };
+    let ip = |n| IpAddr::V4(Ipv4Addr::new(127, 0, 7, n));
+    let server = serde_json::to_value(b.server_settings("g1", true)).unwrap();
+    assert_eq!(server["secret"], SECRET, "the create body carries the secret");
+    let gamma = json!({
+        "id": "gamma", "name": "Gamma Org", "nas_identifier": "gamma-nas",
+        "servers": [server],
+        "branding": { "accent_color": "#0f766e", "help_text": "Ask the front desk." },
+    });
+
+    // Bad input: 400 naming the field, nothing stored.
+    for (body, field_name) in [
+        (json!({ "id": "gamma", "name": "G" }), "servers"),
+        (json!({ "id": "bad slug", "name": "G", "servers": gamma["servers"] }), "id"),
+        (
+            json!({ "id": "gamma", "name": "G", "servers": gamma["servers"], "branding": { "accent_color": "red" } }),
+            "accent_color",
+        ),
+        (json!({ "id": "gamma", "name": "G", "servers": gamma["servers"], "colour": 1 }), "colour"),
+    ] {
+        let (status, text) = admin
+            .call(Method::POST, "/organizations", Some(TOKEN), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        assert!(text.contains(field_name), "names `{field_name}`: {text}");
+    }
+    assert!(app.organizations.get("gamma").is_none());
+
+    let created = admin
+        .ok(Method::POST, "/organizations", Some(gamma.clone()))
+        .await;
+    assert_eq!(created["id"], "gamma");
+    assert_eq!(created["servers"][0]["secret"], "set");
+    assert_eq!(created["branding"]["accent_color"], "#0f766e");
+    let (status, _) = admin
+        .call(Method::POST, "/organizations", Some(TOKEN), Some(gamma))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // At once in the running portal: a login goes to gamma's server with gamma's NAS identity.
+    let first = app
+        .sessions
+        .login("gamma", "carol", "carol-pass", ip(1))
+        .await
+        .unwrap();
+    let start = b
+        .wait_for_acct(&["status=Start", &format!("sid={}", first.acct_session_id)])
+        .await;
+    assert_eq!(field(&start, "nas_id"), "gamma-nas");
+
+    // The server list replaced without secrets: the stored secret is kept (logins still work).
+    let mut without_secret = serde_json::to_value(b.server_settings("g1", true)).unwrap();
+    without_secret.as_object_mut().unwrap().remove("secret");
+    admin
+        .ok(
+            Method::PATCH,
+            "/organizations/gamma",
+            Some(json!({ "servers": [without_secret], "default_window": "2h" })),
+        )
+        .await;
+    let second = app
+        .sessions
+        .login("gamma", "carol", "carol-pass", ip(2))
+        .await
+        .expect("the secret was kept");
+
+    // Servers as objects of their own.
+    let g2 = json!({ "name": "g2", "address": "127.0.0.1", "auth_port": 9, "acct_port": 9, "secret": "other-secret" });
+    let (status, text) = admin
+        .call(Method::POST, "/organizations/gamma/servers", Some(TOKEN), Some(g2.clone()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["servers"][1]["name"],
+        "g2"
+    );
+    let (status, _) = admin
+        .call(Method::POST, "/organizations/gamma/servers", Some(TOKEN), Some(g2))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let changed = admin
+        .ok(
+            Method::PATCH,
+            "/organizations/gamma/servers/g2",
+            Some(json!({ "retries": 0 })),
+        )
+        .await;
+    assert_eq!(changed["servers"][1]["retries"], 0);
+    let (status, _) = admin
+        .call(
+            Method::PATCH,
+            "/organizations/gamma/servers/nope",
+            Some(TOKEN),
+            Some(json!({ "retries": 0 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Not deleted while it has open sessions.
+    let (status, text) = admin
+        .call(Method::DELETE, "/organizations/gamma", Some(TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{text}");
+    assert!(text.contains("open session"), "{text}");
+
+    // Disabled: read and delete allowed, create 400, update 403.
+    admin
+        .ok(
+            Method::PATCH,
+            "/organizations/gamma",
+            Some(json!({ "is_active": false })),
+        )
+        .await;
+    let (status, text) = admin
+        .call(
+            Method::POST,
+            "/organizations/gamma/servers",
+            Some(TOKEN),
+            Some(json!({ "name": "g3", "address": "127.0.0.1", "secret": "x" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("disabled"), "{text}");
+    for (method, path, body) in [
+        (Method::PATCH, "/organizations/gamma/servers/g2", json!({ "retries": 1 })),
+        (Method::PATCH, "/organizations/gamma", json!({ "default_window": "1h" })),
+    ] {
+        let (status, text) = admin.call(method, path, Some(TOKEN), Some(body)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {text}");
+    }
+    assert_eq!(
+        admin.ok(Method::GET, "/organizations/gamma", None).await["servers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let (status, _) = admin
+        .call(Method::DELETE, "/organizations/gamma/servers/g2", Some(TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, text) = admin
+        .call(Method::DELETE, "/organizations/gamma/servers/g1", Some(TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "the last server stays: {text}");
+
+    // Once its sessions are stopped (Stops delivered), it can be deleted; a configured one not.
+    for session in [&first, &second] {
+        b.wait_for_acct(&["status=Stop", &format!("sid={}", session.acct_session_id)])
+            .await;
+    }
+    wait_until("gamma can be deleted", || async {
+        admin
+            .call(Method::DELETE, "/organizations/gamma", Some(TOKEN), None)
+            .await
+            .0
+            == StatusCode::NO_CONTENT
+    })
+    .await;
+    let (status, _) = admin
+        .call(Method::GET, "/organizations/gamma", Some(TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(app.organizations.get("gamma").is_none());
+    let (status, text) = admin
+        .call(Method::DELETE, "/organizations/acme", Some(TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{text}");
+    assert!(text.contains("configuration"), "{text}");
+
+    // Every change audited, and no secret in the log.
+    let audit = admin.ok(Method::GET, "/audit?limit=500", None).await;
+    let text = audit.to_string();
+    for action in ["org.create", "org.update", "org.disable", "org.delete"] {
+        assert!(
+            audit
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["action"] == action && e["organization"] == "gamma"),
+            "{action} in {text}"
+        );
+    }
+    assert!(!text.contains(SECRET) && !text.contains("other-secret"), "{text}");
+    app.stop().await;
+}
+
 /// Every operation the OpenAPI document lists exists and answers one of its documented codes;
 /// methods it does not list are not served.
 #[tokio::test]
@@ -263,7 +460,8 @@ async fn the_openapi_document_matches_the_routes() {
                     "acme"
                 },
             )
-            .replace("SID", &session.id.to_string());
+            .replace("SID", &session.id.to_string())
+            .replace("{name}", "a-primary");
         for method in ["get", "post", "put", "patch", "delete"] {
             let http_method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let body = (method == "patch").then(|| json!({ "is_active": true }));

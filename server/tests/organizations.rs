@@ -372,6 +372,81 @@ timeout = "500ms"
     assert_eq!(field(&stop, "cause"), "Admin-Reset");
     let missing = portal(&config, &["session", "terminate", "no-such-session"]).await;
     assert_eq!(missing.status.code(), Some(3), "{missing:?}");
+
+    // Create, change and delete an organization from files in the configuration's form.
+    let gamma = dir.path().join("gamma.toml");
+    std::fs::write(
+        &gamma,
+        format!(
+            r##"
+id = "gamma"
+name = "Gamma Org"
+[[servers]]
+name = "g1"
+address = "127.0.0.1"
+auth_port = {auth}
+acct_port = {acct}
+secret = "{SECRET}"
+[branding]
+accent_color = "#0f766e"
+"##,
+            auth = radius.strict_port,
+            acct = radius.acct_port,
+        ),
+    )
+    .unwrap();
+    let create = portal(&config, &["org", "create", "--file", gamma.to_str().unwrap()]).await;
+    assert!(create.status.success(), "{create:?}");
+    wait_until("the running portal knows gamma", || async {
+        app.organizations.get("gamma").is_some()
+    })
+    .await;
+    let session = app
+        .sessions
+        .login("gamma", "carol", "carol-pass", ip(22))
+        .await
+        .unwrap();
+    let twice = portal(&config, &["org", "create", "--file", gamma.to_str().unwrap()]).await;
+    assert_eq!(twice.status.code(), Some(4), "{twice:?}");
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("exists"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "default_window = \"0s\"\n").unwrap();
+    let out = portal(&config, &["org", "update", "gamma", "--file", bad.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("default_window"),
+        "{out:?}"
+    );
+    let rename = portal(&config, &["org", "update", "gamma", "--name", "Gamma Two"]).await;
+    assert!(rename.status.success(), "{rename:?}");
+    wait_until("the running portal renames gamma", || async {
+        app.organizations.get("gamma").unwrap().name == "Gamma Two"
+    })
+    .await;
+    let last = portal(&config, &["org", "server-remove", "gamma", "g1"]).await;
+    assert_eq!(last.status.code(), Some(4), "{last:?}");
+    let nope = portal(&config, &["org", "server-remove", "gamma", "nope"]).await;
+    assert_eq!(nope.status.code(), Some(3), "{nope:?}");
+    let busy = portal(&config, &["org", "delete", "gamma"]).await;
+    assert_eq!(busy.status.code(), Some(4), "{busy:?}");
+    let configured = portal(&config, &["org", "delete", "acme"]).await;
+    assert_eq!(configured.status.code(), Some(4), "{configured:?}");
+
+    assert!(portal(&config, &["org", "disable", "gamma"]).await.status.success());
+    radius
+        .wait_for_acct(&["status=Stop", &format!("sid={}", session.acct_session_id)])
+        .await;
+    wait_until("gamma is deleted once its Stop is delivered", || async {
+        portal(&config, &["org", "delete", "gamma"]).await.status.success()
+    })
+    .await;
+    let gone = portal(&config, &["org", "show", "gamma"]).await;
+    assert_eq!(gone.status.code(), Some(3), "{gone:?}");
+    let audit = portal(&config, &["audit", "tail", "--limit", "500"]).await;
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert!(audit.contains("org.delete"), "{audit}");
+    assert!(!audit.contains(SECRET), "{audit}");
     app.stop().await;
 }
 

@@ -125,7 +125,8 @@ async fn stored_settings(storage: &Storage, id: &str) -> Result<Map<String, Valu
 /// A server entry of a change that names neither `secret` nor `secret_file` keeps the stored
 /// server's (by name): secrets are never shown, so a read-modify-write must not wipe them.
 fn keep_secret(entry: &mut Map<String, Value>, stored: Option<&Value>) {
-    if entry.contains_key("secret") || entry.contains_key("secret_file") {
+    let given = |key: &str| entry.get(key).is_some_and(|v| !v.is_null());
+    if given("secret") || given("secret_file") {
         return;
     }
     if let Some(stored) = stored.and_then(Value::as_object) {
@@ -344,7 +345,10 @@ pub async fn update_server(
     let Some(Value::Object(mut entry)) = stored_server(&before, name).cloned() else {
         return Err(ChangeError::NoServer(id.to_string(), name.to_string()));
     };
-    if patch.contains_key("secret") || patch.contains_key("secret_file") {
+    if ["secret", "secret_file"]
+        .iter()
+        .any(|k| patch.get(*k).is_some_and(|v| !v.is_null()))
+    {
         entry.remove("secret");
         entry.remove("secret_file");
     }

@@ -288,6 +288,7 @@ pub fn settings(db: &Path, servers: Vec<ServerSettings>) -> Settings {
         login_timeout: Duration::from_secs(5),
         min_interim_interval: Duration::from_secs(60),
         servers,
+        branding: Default::default(),
     });
     settings.validate().unwrap();
     settings
