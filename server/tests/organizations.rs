@@ -601,3 +601,50 @@ async fn start_up_applies_a_listed_disable_keeps_operator_state_and_disables_rem
         .unwrap();
     app.stop().await;
 }
+
+/// An organization whose stored settings stop being buildable while it runs (here: its secret
+/// file is gone when a change makes the portal rebuild it) keeps working with its last good
+/// settings: its sessions' Stops are still delivered, never dead-lettered.
+#[tokio::test]
+async fn an_organization_that_cannot_be_rebuilt_keeps_its_last_settings_and_its_stops() {
+    let radius = FreeRadius::start().await;
+    let (dir, db) = temp_db();
+    let secret_file = dir.path().join("acme.secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let mut server = radius.server_settings("primary", true);
+    server.secret = None;
+    server.secret_file = Some(secret_file.clone());
+    let app = TestApp::spawn(&settings(&db, vec![server])).await;
+    let session = app
+        .sessions
+        .login("acme", "carol", "carol-pass", ip(40))
+        .await
+        .unwrap();
+
+    std::fs::remove_file(&secret_file).unwrap();
+    let stored = app.storage.organization("acme").await.unwrap().unwrap();
+    app.storage
+        .update_organization(
+            "acme",
+            "Acme Renamed",
+            stored.settings.as_deref().unwrap(),
+            false,
+            "test",
+            0,
+            &serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    wait_until("the portal has looked at the change", || async {
+        app.organizations.get("acme").unwrap().name == "Acme Renamed"
+    })
+    .await;
+
+    assert!(app.sessions.stop_by_operator(session.id).await.unwrap());
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={}", session.acct_session_id)])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Admin-Reset");
+    assert!(app.storage.dead_letters(10).await.unwrap().is_empty());
+    app.stop().await;
+}
