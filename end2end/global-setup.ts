@@ -52,6 +52,14 @@ export default async function globalSetup() {
     return fs.existsSync(radiusLog) && fs.readFileSync(radiusLog, "utf8").includes("Ready to process requests");
   });
 
+  // Beta's branding: a logo file, an accent colour, a help line and a contact.
+  const logo = path.join(state, "beta-logo.svg");
+  fs.writeFileSync(
+    logo,
+    `<svg xmlns="http://www.w3.org/2000/svg" width="160" height="48" viewBox="0 0 160 48">` +
+      `<rect width="48" height="48" rx="10" fill="#0f766e"/><circle cx="24" cy="24" r="12" fill="#fff"/>` +
+      `<text x="58" y="32" font-family="sans-serif" font-size="22" fill="#0f766e">Beta</text></svg>`,
+  );
   const config = path.join(state, "portal.toml");
   fs.writeFileSync(
     config,
@@ -83,6 +91,11 @@ auth_port = ${strict}
 acct_port = ${acct}
 secret = "testing123"
 timeout = "1s"
+[organizations.branding]
+accent_color = "#0f766e"
+logo_file = "${logo}"
+help_text = "Guests: your sign-in details are on the card at the front desk."
+contact = "it-help@beta.example, ext. 4242"
 [dynamic_authorization]
 listen = "127.0.0.1:${dynauth}"
 [[dynamic_authorization.clients]]

@@ -85,4 +85,20 @@ pub struct SiteInfo {
     pub active: bool,
     /// True under `radius-portal demo`: the page says so in large letters.
     pub demo: bool,
+    /// The organization's look.
+    pub branding: BrandingInfo,
+}
+
+/// What the pages need of an organization's branding (the colour and logo themselves are
+/// served at `{base}/brand.css` and `{base}/logo`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BrandingInfo {
+    /// It has an accent colour: link `{base}/brand.css`.
+    pub accent: bool,
+    /// It has a logo: show `{base}/logo`.
+    pub logo: bool,
+    /// A line of help under the form (plain text).
+    pub help_text: Option<String>,
+    /// Who to ask for help (plain text).
+    pub contact: Option<String>,
 }

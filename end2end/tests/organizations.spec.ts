@@ -2,6 +2,8 @@
 // (with the operator CLI, on the running portal's database) ends its open session page in place
 // and takes its sign-in form away, while the other keeps working.
 import { expect, test } from "@playwright/test";
+import * as fs from "node:fs";
+import * as path from "node:path";
 import { hydrated, logIn, portalCli, url } from "./helpers";
 
 test.afterEach(() => {
@@ -35,4 +37,29 @@ test("disabling an organization ends its open page in place and closes its form"
   await expect(page.getByRole("button", { name: "Sign in" })).toHaveCount(0);
   await page.goto(url("/"));
   await expect(page.getByRole("button", { name: "Sign in" })).toBeVisible();
+});
+
+test("two organizations' branding side by side", async ({ page }) => {
+  const buttonColour = () =>
+    page.getByRole("button", { name: "Sign in" }).evaluate((b) => getComputedStyle(b).backgroundColor);
+
+  await page.goto(url("/"));
+  await expect(page.getByTestId("organization")).toHaveText("End-to-End Org");
+  await expect(page.getByTestId("logo")).toHaveCount(0);
+  await expect(page.getByTestId("help")).toHaveCount(0);
+  const plain = await buttonColour();
+  const shots = process.env.UPDATE_SCREENSHOTS ? path.join(__dirname, "../../docs/screenshots") : test.info().outputDir;
+  fs.mkdirSync(shots, { recursive: true });
+  await page.screenshot({ path: path.join(shots, "login-default.png") });
+
+  await page.goto(url("/o/beta/"));
+  await expect(page.getByTestId("organization")).toHaveText("Beta Branch Office");
+  const logo = page.getByTestId("logo");
+  await expect(logo).toBeVisible();
+  await expect.poll(() => logo.evaluate((img: HTMLImageElement) => img.naturalWidth)).toBeGreaterThan(0);
+  await expect(page.getByTestId("help")).toContainText("front desk");
+  await expect(page.getByTestId("help")).toContainText("it-help@beta.example");
+  await expect.poll(buttonColour).toBe("rgb(15, 118, 110)");
+  expect(plain).not.toBe("rgb(15, 118, 110)");
+  await page.screenshot({ path: path.join(shots, "login-beta.png") });
 });

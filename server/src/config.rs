@@ -531,7 +531,8 @@ impl Branding {
             ("contact", &self.contact, 200),
         ] {
             if let Some(text) = text {
-                if text.chars().count() > limit || text.chars().any(|c| c.is_control() && c != '\n') {
+                if text.chars().count() > limit || text.chars().any(|c| c.is_control() && c != '\n')
+                {
                     return Err(config_error(
                         format!("{key}.{field}"),
                         format!("must be at most {limit} characters without control characters"),
@@ -543,7 +544,10 @@ impl Branding {
             logo_content_type(path).ok_or_else(|| {
                 config_error(
                     format!("{key}.logo_file"),
-                    format!("`{}` is not a .png, .jpg, .jpeg, .svg or .webp file", path.display()),
+                    format!(
+                        "`{}` is not a .png, .jpg, .jpeg, .svg or .webp file",
+                        path.display()
+                    ),
                 )
             })?;
             let size = std::fs::metadata(path)
@@ -557,7 +561,10 @@ impl Branding {
             if size > MAX_LOGO_BYTES {
                 return Err(config_error(
                     format!("{key}.logo_file"),
-                    format!("`{}` is {size} bytes; at most {MAX_LOGO_BYTES}", path.display()),
+                    format!(
+                        "`{}` is {size} bytes; at most {MAX_LOGO_BYTES}",
+                        path.display()
+                    ),
                 ));
             }
         }

@@ -112,7 +112,10 @@ pub enum OrgCommand {
 fn settings_file(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("while reading {}", path.display()))?;
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    {
         serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
     } else {
         let value: toml::Value = toml::from_str(&text)
@@ -120,7 +123,6 @@ fn settings_file(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
         Ok(serde_json::to_value(value)?)
     }
 }
-
 
 /// `session …` subcommands.
 #[derive(Subcommand, Debug)]

@@ -15,7 +15,7 @@ use crate::{
     storage::AccessSessionRecord,
 };
 use app::{
-    dto::{EndReason, EndsBy, SessionStatus, SessionView, SiteInfo},
+    dto::{BrandingInfo, EndReason, EndsBy, SessionStatus, SessionView, SiteInfo},
     error::PortalError,
     service::{LoginInput, PortalService},
     validation,
@@ -289,6 +289,15 @@ impl PortalService for PortalBackend {
             organization_id: scope.id,
             base: scope.base,
             demo: self.demo,
+            branding: org
+                .as_ref()
+                .map(|o| BrandingInfo {
+                    accent: o.branding.accent_color.is_some(),
+                    logo: o.branding.logo_file.is_some(),
+                    help_text: o.branding.help_text.clone(),
+                    contact: o.branding.contact.clone(),
+                })
+                .unwrap_or_default(),
         }
     }
 

@@ -241,7 +241,10 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
     };
     let ip = |n| IpAddr::V4(Ipv4Addr::new(127, 0, 7, n));
     let server = serde_json::to_value(b.server_settings("g1", true)).unwrap();
-    assert_eq!(server["secret"], SECRET, "the create body carries the secret");
+    assert_eq!(
+        server["secret"], SECRET,
+        "the create body carries the secret"
+    );
     let gamma = json!({
         "id": "gamma", "name": "Gamma Org", "nas_identifier": "gamma-nas",
         "servers": [server],
@@ -251,12 +254,18 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
     // Bad input: 400 naming the field, nothing stored.
     for (body, field_name) in [
         (json!({ "id": "gamma", "name": "G" }), "servers"),
-        (json!({ "id": "bad slug", "name": "G", "servers": gamma["servers"] }), "id"),
+        (
+            json!({ "id": "bad slug", "name": "G", "servers": gamma["servers"] }),
+            "id",
+        ),
         (
             json!({ "id": "gamma", "name": "G", "servers": gamma["servers"], "branding": { "accent_color": "red" } }),
             "accent_color",
         ),
-        (json!({ "id": "gamma", "name": "G", "servers": gamma["servers"], "colour": 1 }), "colour"),
+        (
+            json!({ "id": "gamma", "name": "G", "servers": gamma["servers"], "colour": 1 }),
+            "colour",
+        ),
     ] {
         let (status, text) = admin
             .call(Method::POST, "/organizations", Some(TOKEN), Some(body))
@@ -306,7 +315,12 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
     // Servers as objects of their own.
     let g2 = json!({ "name": "g2", "address": "127.0.0.1", "auth_port": 9, "acct_port": 9, "secret": "other-secret" });
     let (status, text) = admin
-        .call(Method::POST, "/organizations/gamma/servers", Some(TOKEN), Some(g2.clone()))
+        .call(
+            Method::POST,
+            "/organizations/gamma/servers",
+            Some(TOKEN),
+            Some(g2.clone()),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{text}");
     assert_eq!(
@@ -314,7 +328,12 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
         "g2"
     );
     let (status, _) = admin
-        .call(Method::POST, "/organizations/gamma/servers", Some(TOKEN), Some(g2))
+        .call(
+            Method::POST,
+            "/organizations/gamma/servers",
+            Some(TOKEN),
+            Some(g2),
+        )
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
     let changed = admin
@@ -361,8 +380,16 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
     assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
     assert!(text.contains("disabled"), "{text}");
     for (method, path, body) in [
-        (Method::PATCH, "/organizations/gamma/servers/g2", json!({ "retries": 1 })),
-        (Method::PATCH, "/organizations/gamma", json!({ "default_window": "1h" })),
+        (
+            Method::PATCH,
+            "/organizations/gamma/servers/g2",
+            json!({ "retries": 1 }),
+        ),
+        (
+            Method::PATCH,
+            "/organizations/gamma",
+            json!({ "default_window": "1h" }),
+        ),
     ] {
         let (status, text) = admin.call(method, path, Some(TOKEN), Some(body)).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {text}");
@@ -375,13 +402,27 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
         2
     );
     let (status, _) = admin
-        .call(Method::DELETE, "/organizations/gamma/servers/g2", Some(TOKEN), None)
+        .call(
+            Method::DELETE,
+            "/organizations/gamma/servers/g2",
+            Some(TOKEN),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, text) = admin
-        .call(Method::DELETE, "/organizations/gamma/servers/g1", Some(TOKEN), None)
+        .call(
+            Method::DELETE,
+            "/organizations/gamma/servers/g1",
+            Some(TOKEN),
+            None,
+        )
         .await;
-    assert_eq!(status, StatusCode::CONFLICT, "the last server stays: {text}");
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "the last server stays: {text}"
+    );
 
     // Once its sessions are stopped (Stops delivered), it can be deleted; a configured one not.
     for session in [&first, &second] {
@@ -420,7 +461,10 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
             "{action} in {text}"
         );
     }
-    assert!(!text.contains(SECRET) && !text.contains("other-secret"), "{text}");
+    assert!(
+        !text.contains(SECRET) && !text.contains("other-secret"),
+        "{text}"
+    );
     app.stop().await;
 }
 

@@ -395,7 +395,11 @@ accent_color = "#0f766e"
         ),
     )
     .unwrap();
-    let create = portal(&config, &["org", "create", "--file", gamma.to_str().unwrap()]).await;
+    let create = portal(
+        &config,
+        &["org", "create", "--file", gamma.to_str().unwrap()],
+    )
+    .await;
     assert!(create.status.success(), "{create:?}");
     wait_until("the running portal knows gamma", || async {
         app.organizations.get("gamma").is_some()
@@ -406,13 +410,21 @@ accent_color = "#0f766e"
         .login("gamma", "carol", "carol-pass", ip(22))
         .await
         .unwrap();
-    let twice = portal(&config, &["org", "create", "--file", gamma.to_str().unwrap()]).await;
+    let twice = portal(
+        &config,
+        &["org", "create", "--file", gamma.to_str().unwrap()],
+    )
+    .await;
     assert_eq!(twice.status.code(), Some(4), "{twice:?}");
     assert!(String::from_utf8_lossy(&twice.stderr).contains("exists"));
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "default_window = \"0s\"\n").unwrap();
-    let out = portal(&config, &["org", "update", "gamma", "--file", bad.to_str().unwrap()]).await;
+    let out = portal(
+        &config,
+        &["org", "update", "gamma", "--file", bad.to_str().unwrap()],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("default_window"),
@@ -433,12 +445,18 @@ accent_color = "#0f766e"
     let configured = portal(&config, &["org", "delete", "acme"]).await;
     assert_eq!(configured.status.code(), Some(4), "{configured:?}");
 
-    assert!(portal(&config, &["org", "disable", "gamma"]).await.status.success());
+    assert!(portal(&config, &["org", "disable", "gamma"])
+        .await
+        .status
+        .success());
     radius
         .wait_for_acct(&["status=Stop", &format!("sid={}", session.acct_session_id)])
         .await;
     wait_until("gamma is deleted once its Stop is delivered", || async {
-        portal(&config, &["org", "delete", "gamma"]).await.status.success()
+        portal(&config, &["org", "delete", "gamma"])
+            .await
+            .status
+            .success()
     })
     .await;
     let gone = portal(&config, &["org", "show", "gamma"]).await;

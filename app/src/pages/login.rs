@@ -8,7 +8,21 @@ use crate::{
     components::{DemoBanner, ErrorMessage},
 };
 use leptos::{either::Either, prelude::*};
+use leptos_meta::Link;
 use leptos_router::components::A;
+
+/// The organization's help line and contact, as plain text.
+#[component]
+fn Help(help_text: Option<String>, contact: Option<String>) -> impl IntoView {
+    (help_text.is_some() || contact.is_some()).then(|| {
+        view! {
+            <div class="mt-4 text-sm text-slate-700" data-testid="help">
+                {help_text.map(|text| view! { <p>{text}</p> })}
+                {contact.map(|contact| view! { <p class="mt-1">"Contact: " {contact}</p> })}
+            </div>
+        }
+    })
+}
 
 /// The sign-in page.
 #[component]
@@ -25,6 +39,7 @@ pub fn LoginPage() -> impl IntoView {
                 let active = info.as_ref().is_none_or(|i| i.active);
                 let organization = info.as_ref().map(|i| i.organization.clone()).unwrap_or_default();
                 let organization_id = info.as_ref().map(|i| i.organization_id.clone()).unwrap_or_default();
+                let branding = info.as_ref().map(|i| i.branding.clone()).unwrap_or_default();
                 let base = info.map(|i| i.base).unwrap_or_default();
                 let token = token.await.unwrap_or_default();
                 let body = if active {
@@ -46,14 +61,15 @@ pub fn LoginPage() -> impl IntoView {
                                     class="mt-1 w-full rounded border border-slate-400 px-3 py-2" />
                             </div>
                             <button type="submit"
-                                class="w-full rounded bg-blue-800 px-4 py-2 font-semibold text-white hover:bg-blue-900">
+                                class="brand-button w-full rounded bg-blue-800 px-4 py-2 font-semibold text-white hover:bg-blue-900">
                                 "Sign in"
                             </button>
                         </ActionForm>
                         <p class="mt-4 text-sm text-slate-600">
                             "Already signed in? "
-                            <A href=format!("{base}/session") attr:class="text-blue-800 underline">"See your session"</A>
+                            <A href=format!("{base}/session") attr:class="brand-link text-blue-800 underline">"See your session"</A>
                         </p>
+                        <Help help_text=branding.help_text.clone() contact=branding.contact.clone() />
                     })
                 } else {
                     Either::Right(view! {
@@ -62,10 +78,21 @@ pub fn LoginPage() -> impl IntoView {
                         </p>
                     })
                 };
+                let accent = branding.accent.then(|| view! {
+                    <Link rel="stylesheet" href=format!("{base}/brand.css") />
+                });
+                let logo = branding.logo.then(|| view! {
+                    <img src=format!("{base}/logo") alt=format!("{organization} logo") data-testid="logo"
+                        class="mb-4 h-16 w-auto" />
+                });
                 view! {
+                    {accent}
                     <DemoBanner demo />
-                    <h1 class="text-2xl font-semibold">"Sign in to the network"</h1>
-                    <p class="mt-1 text-slate-700">{organization}</p>
+                    <div class="brand-bar">
+                        {logo}
+                        <h1 class="text-2xl font-semibold">"Sign in to the network"</h1>
+                        <p class="mt-1 text-slate-700" data-testid="organization">{organization}</p>
+                    </div>
                     {body}
                 }
             })}

@@ -213,7 +213,10 @@ impl Accounting {
         let is_start = row.status_type == i64::from(status_type::START);
         let org = self.organizations.get(&session.organization_id);
         if is_start {
-            if !self.start_allowed(&session.organization_id, org.is_some()).await? {
+            if !self
+                .start_allowed(&session.organization_id, org.is_some())
+                .await?
+            {
                 return self
                     .dead_letter(&row, acct_id, "cancelled: organization disabled".into())
                     .await;
@@ -237,7 +240,9 @@ impl Accounting {
                 "organization `{}` cannot be used (see the log); will retry",
                 session.organization_id
             );
-            self.storage.mark_failed(row.id, retry, &reason, false).await?;
+            self.storage
+                .mark_failed(row.id, retry, &reason, false)
+                .await?;
             tracing::error!(acct_session_id = %acct_id, status_type = row.status_type,
                 organization = %session.organization_id,
                 "accounting held: the organization's settings cannot be used; will retry");

@@ -8,7 +8,11 @@ use crate::{
     access_session::{now_ms, AccessSessions},
     config::AdminToken,
     operator::{OrganizationView, SessionRow},
-    organizations::{change::{self, ChangeError}, worker::OrganizationWorker, Organizations},
+    organizations::{
+        change::{self, ChangeError},
+        worker::OrganizationWorker,
+        Organizations,
+    },
     storage::Storage,
 };
 use axum::{

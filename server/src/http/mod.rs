@@ -2,6 +2,7 @@
 //! layers every request passes (web session, client IP, security headers, compression, tracing).
 
 pub mod admin;
+pub mod branding;
 pub mod captive;
 pub mod client_ip;
 pub mod live;
@@ -108,6 +109,14 @@ pub fn router(parts: RouterParts) -> Router {
             get(captive::captive_state).with_state(captive),
         )
         .route(live::PATH, get(live::session_events).with_state(live))
+        .route(
+            branding::CSS_PATH,
+            get(branding::stylesheet).with_state(organizations.clone()),
+        )
+        .route(
+            branding::LOGO_PATH,
+            get(branding::logo).with_state(organizations.clone()),
+        )
         .route("/api/{*fn_name}", post(server_fns))
         .nest_service(admin::PREFIX, admin::routes(admin))
         .leptos_routes_with_context(&leptos_options, route_list, context, {

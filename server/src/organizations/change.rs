@@ -74,7 +74,9 @@ fn object(value: Value, what: &str) -> Result<Map<String, Value>, ChangeError> {
     match value {
         Value::Object(map) if !map.is_empty() => Ok(map),
         Value::Object(_) => Err(ChangeError::Invalid(format!("{what}: nothing to change"))),
-        _ => Err(ChangeError::Invalid(format!("{what}: must be a JSON object"))),
+        _ => Err(ChangeError::Invalid(format!(
+            "{what}: must be a JSON object"
+        ))),
     }
 }
 
@@ -165,9 +167,18 @@ async fn store(
         .unwrap_or(Value::Null);
     let json = serde_json::to_string(&after)
         .map_err(|e| OrganizationError::Corrupt(id.to_string(), e.to_string()))?;
-    let detail = serde_json::json!({ "change": what, "before": before_view, "after": redacted(&after) });
+    let detail =
+        serde_json::json!({ "change": what, "before": before_view, "after": redacted(&after) });
     let outcome = storage
-        .update_organization(id, &after.name, &json, require_active, actor, now_ms(), &detail)
+        .update_organization(
+            id,
+            &after.name,
+            &json,
+            require_active,
+            actor,
+            now_ms(),
+            &detail,
+        )
         .await?;
     organizations.refresh(storage).await?;
     match outcome {
@@ -190,7 +201,11 @@ pub async fn create(
     let mut body = object(body, "organization")?;
     let active = match body.remove("is_active") {
         Some(Value::Bool(b)) => Some(b),
-        Some(_) => return Err(ChangeError::Invalid("is_active: must be true or false".into())),
+        Some(_) => {
+            return Err(ChangeError::Invalid(
+                "is_active: must be true or false".into(),
+            ))
+        }
         None => None,
     };
     let settings = checked(Value::Object(body), "organization")?;
@@ -199,7 +214,15 @@ pub async fn create(
         .map_err(|e| OrganizationError::Corrupt(settings.id.clone(), e.to_string()))?;
     let detail = serde_json::json!({ "after": redacted(&settings), "active": active });
     if !storage
-        .create_organization(&settings.id, &settings.name, &json, active, actor, now_ms(), &detail)
+        .create_organization(
+            &settings.id,
+            &settings.name,
+            &json,
+            active,
+            actor,
+            now_ms(),
+            &detail,
+        )
         .await?
     {
         return Err(ChangeError::Conflict(format!(
@@ -224,10 +247,14 @@ pub async fn update(
 ) -> Result<bool, ChangeError> {
     let mut patch = object(patch, "change")?;
     let state = state_of(storage, id).await?;
-    let flag = ACTIVE_KEYS.iter().find_map(|k| patch.remove(*k).map(|v| (*k, v)));
+    let flag = ACTIVE_KEYS
+        .iter()
+        .find_map(|k| patch.remove(*k).map(|v| (*k, v)));
     if let Some((key, value)) = flag {
         let Value::Bool(active) = value else {
-            return Err(ChangeError::Invalid(format!("{key}: must be true or false")));
+            return Err(ChangeError::Invalid(format!(
+                "{key}: must be true or false"
+            )));
         };
         if !patch.is_empty() {
             return Err(if guard::allows(Operation::AdminUpdate, state) {
@@ -256,13 +283,26 @@ pub async fn update(
             if let Some(servers) = value.as_array_mut() {
                 for entry in servers.iter_mut().filter_map(Value::as_object_mut) {
                     let name = entry.get("name").and_then(Value::as_str).map(str::to_owned);
-                    keep_secret(entry, name.as_deref().and_then(|n| stored_server(&before, n)));
+                    keep_secret(
+                        entry,
+                        name.as_deref().and_then(|n| stored_server(&before, n)),
+                    );
                 }
             }
         }
         after.insert(key, value);
     }
-    store(storage, organizations, id, before, after, true, actor, "update").await
+    store(
+        storage,
+        organizations,
+        id,
+        before,
+        after,
+        true,
+        actor,
+        "update",
+    )
+    .await
 }
 
 /// Deletes an organization that has nothing left to do: no open sessions, no accounting to
@@ -310,7 +350,11 @@ pub async fn add_server(
     if !guard::allows(Operation::AdminCreate, state_of(storage, id).await?) {
         return Err(ChangeError::Invalid(DISABLED_CREATE.into()));
     }
-    let name = server.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let name = server
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     // Checked on its own first, so errors name the server's fields.
     serde_json::from_value::<ServerSettings>(Value::Object(server.clone()))
         .map_err(|e| ChangeError::Invalid(format!("server: {e}")))?;
@@ -321,10 +365,24 @@ pub async fn add_server(
         )));
     }
     let mut after = before.clone();
-    let mut servers = after.get("servers").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut servers = after
+        .get("servers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     servers.push(Value::Object(server));
     after.insert("servers".into(), Value::Array(servers));
-    store(storage, organizations, id, before, after, true, actor, "server.add").await?;
+    store(
+        storage,
+        organizations,
+        id,
+        before,
+        after,
+        true,
+        actor,
+        "server.add",
+    )
+    .await?;
     Ok(())
 }
 
@@ -369,7 +427,17 @@ pub async fn update_server(
         })
         .collect();
     after.insert("servers".into(), Value::Array(servers));
-    store(storage, organizations, id, before, after, true, actor, "server.update").await
+    store(
+        storage,
+        organizations,
+        id,
+        before,
+        after,
+        true,
+        actor,
+        "server.update",
+    )
+    .await
 }
 
 /// Removes a RADIUS server (allowed for a disabled organization too). Its sessions' accounting
@@ -402,6 +470,16 @@ pub async fn remove_server(
     }
     let mut after = before.clone();
     after.insert("servers".into(), Value::Array(servers));
-    store(storage, organizations, id, before, after, false, actor, "server.remove").await?;
+    store(
+        storage,
+        organizations,
+        id,
+        before,
+        after,
+        false,
+        actor,
+        "server.remove",
+    )
+    .await?;
     Ok(())
 }

@@ -16,7 +16,7 @@ pub mod guard;
 pub mod worker;
 
 use crate::{
-    config::{ConfigError, OrganizationSettings},
+    config::{Branding, ConfigError, OrganizationSettings},
     radius::{NasIdentity, ServerEndpoint},
     storage::{SeedOutcome, Storage, StorageError, StoredOrganization},
 };
@@ -51,6 +51,8 @@ pub struct Organization {
     pub min_interim_interval: Duration,
     /// RADIUS servers in order of preference.
     pub servers: Vec<ServerEndpoint>,
+    /// How its pages look.
+    pub branding: Branding,
 }
 
 impl Organization {
@@ -91,6 +93,7 @@ impl Organization {
             login_timeout: s.login_timeout,
             min_interim_interval: s.min_interim_interval,
             servers,
+            branding: s.branding.clone(),
         })
     }
 }

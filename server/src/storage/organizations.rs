@@ -471,12 +471,11 @@ impl Storage {
         detail: &serde_json::Value,
     ) -> Result<DeleteOutcome, StorageError> {
         let mut tx = self.begin().await?;
-        let row: Option<bool> = sqlx::query_scalar(
-            "SELECT position IS NOT NULL FROM organizations WHERE id = ?",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let row: Option<bool> =
+            sqlx::query_scalar("SELECT position IS NOT NULL FROM organizations WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
         let Some(from_config) = row else {
             return Ok(DeleteOutcome::NotFound);
         };

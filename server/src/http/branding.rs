@@ -1,0 +1,88 @@
+//! An organization's look: `{portal}/brand.css` (its accent colour, as a stylesheet because the
+//! CSP allows no inline styles) and `{portal}/logo` (its logo file). Both are small, cached
+//! briefly (a change shows within a minute), and 404 when the organization has none.
+
+use super::org_scope::OrgScope;
+use crate::{config, organizations::Organizations};
+use axum::{
+    extract::{Extension, State},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+};
+use std::sync::Arc;
+
+/// Path of the stylesheet (under the organization's prefix).
+pub const CSS_PATH: &str = "/brand.css";
+/// Path of the logo (under the organization's prefix).
+pub const LOGO_PATH: &str = "/logo";
+const CACHE: &str = "public, max-age=60";
+
+/// The accent colour as a stylesheet (the colour was validated as `#rrggbb`).
+pub async fn stylesheet(
+    State(organizations): State<Arc<Organizations>>,
+    scope: Option<Extension<OrgScope>>,
+) -> Response {
+    let accent = scope
+        .and_then(|Extension(scope)| organizations.get(&scope.id))
+        .and_then(|org| org.branding.accent_color.clone());
+    let Some(accent) = accent else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let css = format!(
+        "button.brand-button{{background-color:{accent}}}button.brand-button:hover{{filter:brightness(.9)}}\
+         a.brand-link{{color:{accent}}}div.brand-bar{{border-top:6px solid {accent};padding-top:1rem}}"
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, CACHE),
+        ],
+        css,
+    )
+        .into_response()
+}
+
+/// The logo file, read when asked (an operator may replace it; a vanished file is a 404 and
+/// a log line, never an error page).
+pub async fn logo(
+    State(organizations): State<Arc<Organizations>>,
+    scope: Option<Extension<OrgScope>>,
+) -> Response {
+    let Some(org) = scope.and_then(|Extension(scope)| organizations.get(&scope.id)) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let Some(path) = org.branding.logo_file.clone() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let Some(content_type) = config::logo_content_type(&path) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let bytes = match tokio::fs::metadata(&path).await {
+        Ok(meta) if meta.len() <= config::MAX_LOGO_BYTES => tokio::fs::read(&path).await,
+        Ok(meta) => Err(std::io::Error::other(format!(
+            "{} bytes, more than {}",
+            meta.len(),
+            config::MAX_LOGO_BYTES
+        ))),
+        Err(e) => Err(e),
+    };
+    match bytes {
+        Ok(bytes) => (
+            [
+                (header::CONTENT_TYPE, content_type),
+                (header::CACHE_CONTROL, CACHE),
+                // An SVG is an image here, never a document with scripts.
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    "default-src 'none'; style-src 'unsafe-inline'; sandbox",
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(organization = %org.id, file = %path.display(), error = %e, "logo cannot be served");
+            StatusCode::NOT_FOUND.into_response()
+        }
+    }
+}
