@@ -1,9 +1,10 @@
 //! Operator commands on the database the running portal uses: `org list|show|enable|disable`,
-//! `session list|show|terminate` and `audit tail`. Human tables by default, `--json` for scripts. Secrets never appear: the
+//! `org create|update|delete|server-add|server-update|server-remove` (through
+//! [`crate::organizations::change`]), `session list|show|terminate` and `audit tail`. Human tables by default, `--json` for scripts. Secrets never appear: the
 //! views below say only whether a secret is set (or which file holds it).
 //!
 //! Exit codes (see README): 0 done (also "already disabled"), 1 error (configuration,
-//! database), 2 usage, 3 no such organization or session.
+//! database), 2 usage, 3 no such organization, server or session, 4 refused.
 
 use crate::{
     config::{OrganizationSettings, Settings},
