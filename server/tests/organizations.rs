@@ -641,16 +641,17 @@ async fn an_organization_that_cannot_be_rebuilt_keeps_its_last_settings_and_its_
 
     std::fs::remove_file(&secret_file).unwrap();
     let stored = app.storage.organization("acme").await.unwrap().unwrap();
+    let detail = serde_json::json!({});
+    let write = radius_portal::storage::OrganizationWrite {
+        id: "acme",
+        name: "Acme Renamed",
+        settings_json: stored.settings.as_deref().unwrap(),
+        actor: "test",
+        now: 0,
+        detail: &detail,
+    };
     app.storage
-        .update_organization(
-            "acme",
-            "Acme Renamed",
-            stored.settings.as_deref().unwrap(),
-            false,
-            "test",
-            0,
-            &serde_json::json!({}),
-        )
+        .update_organization(&write, false)
         .await
         .unwrap();
     wait_until("the portal has looked at the change", || async {

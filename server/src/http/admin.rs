@@ -182,13 +182,16 @@ async fn show_organization(State(api): State<AdminApi>, Path(id): Path<String>) 
 }
 
 /// A JSON body, or the caller's error (413 stays 413, everything else malformed is 400).
-fn json_body(body: Result<Json<Value>, JsonRejection>) -> Result<Value, Response> {
+fn json_body(body: Result<Json<Value>, JsonRejection>) -> Result<Value, Box<Response>> {
     body.map(|Json(v)| v).map_err(|rejection| {
         let status = match rejection.status() {
             StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::BAD_REQUEST,
         };
-        error(status, &format!("invalid body: {}", rejection.body_text()))
+        Box::new(error(
+            status,
+            &format!("invalid body: {}", rejection.body_text()),
+        ))
     })
 }
 
@@ -222,7 +225,7 @@ async fn create_organization(
 ) -> Response {
     let body = match json_body(body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match change::create(&api.storage, &api.organizations, body, &actor).await {
         Ok(id) => changed(api, &id, StatusCode::CREATED).await,
@@ -239,7 +242,7 @@ async fn update_organization(
 ) -> Response {
     let body = match json_body(body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match change::update(&api.storage, &api.organizations, &id, body, &actor).await {
         Ok(_) => changed(api, &id, StatusCode::OK).await,
@@ -268,7 +271,7 @@ async fn add_server(
 ) -> Response {
     let body = match json_body(body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match change::add_server(&api.storage, &api.organizations, &id, body, &actor).await {
         Ok(()) => changed(api, &id, StatusCode::CREATED).await,
@@ -285,7 +288,7 @@ async fn update_server(
 ) -> Response {
     let body = match json_body(body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match change::update_server(&api.storage, &api.organizations, &id, &name, body, &actor).await {
         Ok(_) => changed(api, &id, StatusCode::OK).await,

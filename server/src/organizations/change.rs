@@ -11,7 +11,7 @@ use crate::{
     access_session::now_ms,
     config::{OrganizationSettings, ServerSettings},
     organizations::guard::{Operation, OrgState},
-    storage::{DeleteOutcome, Storage, StorageError, UpdateOutcome},
+    storage::{DeleteOutcome, OrganizationWrite, Storage, StorageError, UpdateOutcome},
 };
 use serde_json::{Map, Value};
 
@@ -148,18 +148,30 @@ fn stored_server<'a>(settings: &'a Map<String, Value>, name: &str) -> Option<&'a
         .find(|s| s.get("name").and_then(Value::as_str) == Some(name))
 }
 
-/// Validates and stores new settings of an existing organization; `require_active` for
-/// creates and updates (the guard), not for deletes of its objects.
+/// Which change [`store`] writes: of organization `id`, by `actor`; `what` names it in the
+/// audit entry; `require_active` for creates and updates (the guard), not for deletes of its
+/// objects.
+struct Change<'a> {
+    id: &'a str,
+    actor: &'a str,
+    what: &'a str,
+    require_active: bool,
+}
+
+/// Validates and stores new settings of an existing organization.
 async fn store(
     storage: &Storage,
     organizations: &Organizations,
-    id: &str,
+    change: Change<'_>,
     before: Map<String, Value>,
     after: Map<String, Value>,
-    require_active: bool,
-    actor: &str,
-    what: &str,
 ) -> Result<bool, ChangeError> {
+    let Change {
+        id,
+        actor,
+        what,
+        require_active,
+    } = change;
     let key = format!("organizations.{id}");
     let after = checked(Value::Object(after), &key)?;
     let before_view = serde_json::from_value::<OrganizationSettings>(Value::Object(before))
@@ -169,17 +181,15 @@ async fn store(
         .map_err(|e| OrganizationError::Corrupt(id.to_string(), e.to_string()))?;
     let detail =
         serde_json::json!({ "change": what, "before": before_view, "after": redacted(&after) });
-    let outcome = storage
-        .update_organization(
-            id,
-            &after.name,
-            &json,
-            require_active,
-            actor,
-            now_ms(),
-            &detail,
-        )
-        .await?;
+    let write = OrganizationWrite {
+        id,
+        name: &after.name,
+        settings_json: &json,
+        actor,
+        now: now_ms(),
+        detail: &detail,
+    };
+    let outcome = storage.update_organization(&write, require_active).await?;
     organizations.refresh(storage).await?;
     match outcome {
         UpdateOutcome::Updated => Ok(true),
@@ -213,18 +223,15 @@ pub async fn create(
     let json = serde_json::to_string(&settings)
         .map_err(|e| OrganizationError::Corrupt(settings.id.clone(), e.to_string()))?;
     let detail = serde_json::json!({ "after": redacted(&settings), "active": active });
-    if !storage
-        .create_organization(
-            &settings.id,
-            &settings.name,
-            &json,
-            active,
-            actor,
-            now_ms(),
-            &detail,
-        )
-        .await?
-    {
+    let write = OrganizationWrite {
+        id: &settings.id,
+        name: &settings.name,
+        settings_json: &json,
+        actor,
+        now: now_ms(),
+        detail: &detail,
+    };
+    if !storage.create_organization(&write, active).await? {
         return Err(ChangeError::Conflict(format!(
             "organization `{}` exists already",
             settings.id
@@ -295,12 +302,14 @@ pub async fn update(
     store(
         storage,
         organizations,
-        id,
+        Change {
+            id,
+            actor,
+            what: "update",
+            require_active: true,
+        },
         before,
         after,
-        true,
-        actor,
-        "update",
     )
     .await
 }
@@ -375,12 +384,14 @@ pub async fn add_server(
     store(
         storage,
         organizations,
-        id,
+        Change {
+            id,
+            actor,
+            what: "server.add",
+            require_active: true,
+        },
         before,
         after,
-        true,
-        actor,
-        "server.add",
     )
     .await?;
     Ok(())
@@ -430,12 +441,14 @@ pub async fn update_server(
     store(
         storage,
         organizations,
-        id,
+        Change {
+            id,
+            actor,
+            what: "server.update",
+            require_active: true,
+        },
         before,
         after,
-        true,
-        actor,
-        "server.update",
     )
     .await
 }
@@ -473,12 +486,14 @@ pub async fn remove_server(
     store(
         storage,
         organizations,
-        id,
+        Change {
+            id,
+            actor,
+            what: "server.remove",
+            require_active: false,
+        },
         before,
         after,
-        false,
-        actor,
-        "server.remove",
     )
     .await?;
     Ok(())

@@ -12,7 +12,8 @@ pub mod organizations;
 pub mod sqlite;
 
 pub use organizations::{
-    AuditEntry, DeleteOutcome, OrganizationJob, SeedOutcome, StoredOrganization, UpdateOutcome,
+    AuditEntry, DeleteOutcome, OrganizationJob, OrganizationWrite, SeedOutcome, StoredOrganization,
+    UpdateOutcome,
 };
 pub use sqlite::Storage;
 

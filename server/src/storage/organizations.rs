@@ -36,6 +36,23 @@ pub enum SeedOutcome {
     Unchanged,
 }
 
+/// An operator's write of an organization's name and settings, with its audit entry.
+#[derive(Clone, Copy, Debug)]
+pub struct OrganizationWrite<'a> {
+    /// Organization id.
+    pub id: &'a str,
+    /// Display name.
+    pub name: &'a str,
+    /// Settings as JSON (secrets included).
+    pub settings_json: &'a str,
+    /// Who (`cli:<user>`, `admin:<token>`).
+    pub actor: &'a str,
+    /// Unix ms.
+    pub now: i64,
+    /// The audit entry's detail (never secrets).
+    pub detail: &'a serde_json::Value,
+}
+
 /// What an operator's update did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpdateOutcome {
@@ -383,14 +400,17 @@ impl Storage {
     /// Creates an organization (operator), audited. False if the id is taken.
     pub async fn create_organization(
         &self,
-        id: &str,
-        name: &str,
-        settings_json: &str,
+        write: &OrganizationWrite<'_>,
         active: bool,
-        actor: &str,
-        now: i64,
-        detail: &serde_json::Value,
     ) -> Result<bool, StorageError> {
+        let OrganizationWrite {
+            id,
+            name,
+            settings_json,
+            actor,
+            now,
+            detail,
+        } = *write;
         let mut tx = self.begin().await?;
         let created = sqlx::query(
             "INSERT INTO organizations (id, name, is_active, settings, revision, created_at, updated_at, position) \
@@ -420,14 +440,17 @@ impl Storage {
     /// racing the change wins).
     pub async fn update_organization(
         &self,
-        id: &str,
-        name: &str,
-        settings_json: &str,
+        write: &OrganizationWrite<'_>,
         require_active: bool,
-        actor: &str,
-        now: i64,
-        detail: &serde_json::Value,
     ) -> Result<UpdateOutcome, StorageError> {
+        let OrganizationWrite {
+            id,
+            name,
+            settings_json,
+            actor,
+            now,
+            detail,
+        } = *write;
         let mut tx = self.begin().await?;
         let before: Option<(String, Option<String>, bool)> =
             sqlx::query_as("SELECT name, settings, is_active FROM organizations WHERE id = ?")
