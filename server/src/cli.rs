@@ -186,7 +186,7 @@ pub async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Org { command } => {
-            let settings = Settings::load(cli.config.as_deref())?;
+            let settings = Settings::load_for_operator(cli.config.as_deref())?;
             exit_of(crate::operator::org(&settings, command).await?)
         }
         Command::Admin {
@@ -203,11 +203,11 @@ pub async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Session { command } => {
-            let settings = Settings::load(cli.config.as_deref())?;
+            let settings = Settings::load_for_operator(cli.config.as_deref())?;
             exit_of(crate::operator::session(&settings, command).await?)
         }
         Command::Audit { command } => {
-            let settings = Settings::load(cli.config.as_deref())?;
+            let settings = Settings::load_for_operator(cli.config.as_deref())?;
             exit_of(crate::operator::audit(&settings, command).await?)
         }
         Command::CheckConfig => {

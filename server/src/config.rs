@@ -833,6 +833,20 @@ fn load_secret(
 impl Settings {
     /// Reads `path` (if given), applies environment overrides, validates.
     pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let settings = Settings::read(path)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// For operator commands (`org`, `session`, `audit`), which use only `[database]`: read and
+    /// parsed (unknown keys are still errors) but not validated, so a file with `[database]`
+    /// alone works and secret files need not be readable by the operator.
+    pub fn load_for_operator(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        Settings::read(path)
+    }
+
+    /// The file (or defaults) with the environment applied.
+    fn read(path: Option<&Path>) -> Result<Settings, ConfigError> {
         let mut settings = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
@@ -846,7 +860,6 @@ impl Settings {
             None => Settings::default(),
         };
         settings.apply_env(|k| std::env::var(k).ok())?;
-        settings.validate()?;
         Ok(settings)
     }
 

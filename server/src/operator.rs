@@ -168,6 +168,7 @@ pub struct SessionRow {
     active: bool,
     started_at_ms: i64,
     expires_at_ms: i64,
+    stopped_at_ms: Option<i64>,
     terminate_cause: Option<i64>,
 }
 
@@ -183,6 +184,7 @@ impl From<&AccessSessionRecord> for SessionRow {
             active: s.active,
             started_at_ms: s.started_at,
             expires_at_ms: s.expires_at,
+            stopped_at_ms: s.stopped_at,
             terminate_cause: s.terminate_cause,
         }
     }
@@ -209,6 +211,11 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
     let storage = open(settings).await?;
     match command {
         SessionCommand::List { org, limit, json } => {
+            if let Some(org) = &org {
+                if storage.organization(org).await?.is_none() {
+                    return Ok(Outcome::NotFound(org.clone()));
+                }
+            }
             let rows: Vec<SessionRow> = storage
                 .active_sessions_of(org.as_deref(), limit)
                 .await?
@@ -255,9 +262,15 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                     if row.active { "active" } else { "ended" }
                 );
                 println!("started:         {}", clock(row.started_at_ms));
-                println!("ends / ended:    {}", clock(row.expires_at_ms));
+                match row.stopped_at_ms {
+                    Some(at) => println!("ended:           {}", clock(at)),
+                    None => println!("ends:            {}", clock(row.expires_at_ms)),
+                }
                 if let Some(cause) = row.terminate_cause {
-                    println!("Acct-Terminate-Cause: {cause}");
+                    println!(
+                        "ended because:   {} ({cause})",
+                        crate::radius::terminate_cause::name(cause).unwrap_or("other")
+                    );
                 }
             }
             Ok(Outcome::Done)
@@ -274,10 +287,10 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                     "session {} ({}, {}) will be stopped by the running portal (Admin-Reset)",
                     s.id, s.username, s.organization_id
                 );
+                Ok(Outcome::Done)
             } else {
-                println!("session {} is not active", s.id);
+                Ok(Outcome::Refused(format!("session {} is not active", s.id)))
             }
-            Ok(Outcome::Done)
         }
     }
 }
@@ -390,14 +403,28 @@ impl OrganizationView {
 }
 
 async fn open(settings: &Settings) -> anyhow::Result<Storage> {
-    Storage::open(&settings.database.path)
-        .await
-        .with_context(|| {
-            format!(
-                "while opening the database {}",
-                settings.database.path.display()
-            )
-        })
+    let path = &settings.database.path;
+    if !path.exists() {
+        anyhow::bail!(
+            "no database at {} (check [database] path; the portal creates it when it first starts)",
+            path.display()
+        );
+    }
+    Storage::open(path).await.with_context(|| {
+        format!(
+            "while opening the database {}",
+            settings.database.path.display()
+        )
+    })
+}
+
+/// A value as its configuration text (`"on"`, `"status-server"`).
+fn text_of(value: &impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(text)) => text,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".into(),
+    }
 }
 
 fn state(active: bool) -> &'static str {
@@ -410,10 +437,11 @@ fn state(active: bool) -> &'static str {
 
 /// Who is acting, for the audit log.
 fn actor() -> String {
-    format!(
-        "cli:{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-    )
+    let user = ["USER", "LOGNAME", "SUDO_USER"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "unknown".into());
+    format!("cli:{user}")
 }
 
 /// Runs an `org` command.
@@ -483,11 +511,25 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
                     "username pattern: {}",
                     view.username_pattern.as_deref().unwrap_or("?")
                 );
+                let b = &view.branding;
+                for (label, value) in [
+                    ("accent colour:   ", b.accent_color.clone()),
+                    (
+                        "logo file:       ",
+                        b.logo_file.as_ref().map(|p| p.display().to_string()),
+                    ),
+                    ("help text:       ", b.help_text.clone()),
+                    ("contact:         ", b.contact.clone()),
+                ] {
+                    if let Some(value) = value {
+                        println!("{label}{value}");
+                    }
+                }
                 for s in &view.servers {
                     println!(
-                        "server {}: {} auth {} acct {} timeout {} ms retries {} Message-Authenticator {:?} status check {:?} secret {}",
+                        "server {}: {} auth {} acct {} timeout {} ms retries {} Message-Authenticator {} status check {} secret {}",
                         s.name, s.address, s.auth_port, s.acct_port, s.timeout_ms, s.retries,
-                        s.require_message_authenticator, s.status_check, s.secret
+                        text_of(&s.require_message_authenticator), text_of(&s.status_check), s.secret
                     );
                 }
             }

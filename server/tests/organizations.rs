@@ -372,6 +372,32 @@ timeout = "500ms"
     assert_eq!(field(&stop, "cause"), "Admin-Reset");
     let missing = portal(&config, &["session", "terminate", "no-such-session"]).await;
     assert_eq!(missing.status.code(), Some(3), "{missing:?}");
+    let ended = portal(&config, &["session", "terminate", &again.id.to_string()]).await;
+    assert_eq!(ended.status.code(), Some(4), "{ended:?}");
+    assert!(String::from_utf8_lossy(&ended.stderr).contains("not active"));
+    let show = portal(&config, &["session", "show", &again.id.to_string()]).await;
+    assert!(
+        String::from_utf8_lossy(&show.stdout).contains("Admin-Reset"),
+        "{show:?}"
+    );
+    let unknown = portal(&config, &["session", "list", "--org", "no-such-org"]).await;
+    assert_eq!(unknown.status.code(), Some(3), "{unknown:?}");
+
+    // Operator commands need only `[database]` (no organizations, no readable secrets).
+    let operator = dir.path().join("operator.toml");
+    std::fs::write(
+        &operator,
+        format!("[database]\npath = \"{}\"\n", db.display()),
+    )
+    .unwrap();
+    let list = portal(&operator, &["org", "list"]).await;
+    assert!(list.status.success(), "{list:?}");
+    assert!(String::from_utf8_lossy(&list.stdout).contains("acme"));
+    let nowhere = dir.path().join("nowhere.toml");
+    std::fs::write(&nowhere, "[database]\npath = \"/nonexistent/portal.db\"\n").unwrap();
+    let missing_db = portal(&nowhere, &["org", "list"]).await;
+    assert_eq!(missing_db.status.code(), Some(1), "{missing_db:?}");
+    assert!(String::from_utf8_lossy(&missing_db.stderr).contains("no database"));
 
     // Create, change and delete an organization from files in the configuration's form.
     let gamma = dir.path().join("gamma.toml");

@@ -503,6 +503,19 @@ pub mod terminate_cause {
     pub const ADMIN_RESET: u32 = 6;
     pub const NAS_ERROR: u32 = 9;
     pub const PORT_PREEMPTED: u32 = 13;
+
+    /// The RFC 2866 name of a cause (as FreeRADIUS's dictionary spells it).
+    pub fn name(cause: i64) -> Option<&'static str> {
+        Some(match u32::try_from(cause).ok()? {
+            USER_REQUEST => "User-Request",
+            IDLE_TIMEOUT => "Idle-Timeout",
+            SESSION_TIMEOUT => "Session-Timeout",
+            ADMIN_RESET => "Admin-Reset",
+            NAS_ERROR => "NAS-Error",
+            PORT_PREEMPTED => "Port-Preempted",
+            _ => return None,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -72,6 +72,8 @@ pub struct AccessSessionRecord {
     pub interim_interval: Option<i64>,
     /// Still active?
     pub active: bool,
+    /// Unix ms it ended, once stopped.
+    pub stopped_at: Option<i64>,
     /// Acct-Terminate-Cause once stopped.
     pub terminate_cause: Option<i64>,
 }

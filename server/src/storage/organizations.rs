@@ -613,8 +613,14 @@ impl Storage {
         Ok(())
     }
 
-    /// Deletes audit entries older than `before` (retention); how many.
+    /// Deletes audit entries and finished organization jobs older than `before` (retention);
+    /// how many audit entries.
     pub async fn prune_audit(&self, before: i64) -> Result<u64, StorageError> {
+        // Finished organization jobs are history too (their outcome is in the audit log).
+        sqlx::query("DELETE FROM organization_jobs WHERE done_at IS NOT NULL AND done_at < ?")
+            .bind(before)
+            .execute(self.pool())
+            .await?;
         Ok(sqlx::query("DELETE FROM audit_log WHERE at < ?")
             .bind(before)
             .execute(self.pool())

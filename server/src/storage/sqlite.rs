@@ -24,7 +24,7 @@ pub struct Storage {
 }
 
 const SESSION_COLUMNS: &str = "id, acct_session_id, organization_id, username, client_ip, server_index, server_name, \
-     classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, state, terminate_cause";
+     classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, state, stopped_at, terminate_cause";
 
 fn session_from_row(row: &SqliteRow) -> Result<AccessSessionRecord, StorageError> {
     let classes: Vec<u8> = row.try_get("classes")?;
@@ -46,8 +46,30 @@ fn session_from_row(row: &SqliteRow) -> Result<AccessSessionRecord, StorageError
         expires_at: row.try_get("expires_at")?,
         interim_interval: row.try_get("interim_interval")?,
         active: state == "active",
+        stopped_at: row.try_get("stopped_at")?,
         terminate_cause: row.try_get("terminate_cause")?,
     })
+}
+
+/// The database holds the organizations' shared secrets: only its owner may read it (and its
+/// WAL and shared-memory files). Best effort: a failure is logged, not fatal.
+fn restrict_to_owner(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            let file = std::path::PathBuf::from(file);
+            if !file.exists() {
+                continue;
+            }
+            if let Err(e) = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+            {
+                tracing::warn!(file = %file.display(), error = %e, "cannot make the database readable by its owner only");
+            }
+        }
+    }
 }
 
 /// A pending outbox row (alias `o`): neither delivered nor dead-lettered.
@@ -111,6 +133,7 @@ impl Storage {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        restrict_to_owner(path);
         let storage = Storage { pool };
         storage.index_classes_of_older_sessions().await?;
         Ok(storage)
