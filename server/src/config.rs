@@ -306,6 +306,14 @@ pub struct RateLimitSettings {
     /// Refill period of both limits.
     #[serde(default = "one_minute", deserialize_with = "duration")]
     pub period: Duration,
+    /// IPv6 clients are limited per network of this prefix length (a host usually holds a
+    /// whole /64); 128 limits each address.
+    #[serde(default = "sixty_four")]
+    pub ipv6_prefix: u8,
+}
+
+fn sixty_four() -> u8 {
+    64
 }
 
 fn thirty() -> u32 {
@@ -322,6 +330,7 @@ impl Default for RateLimitSettings {
     fn default() -> Self {
         RateLimitSettings {
             login_per_ip: thirty(),
+            ipv6_prefix: sixty_four(),
             login_per_user: ten(),
             period: one_minute(),
         }

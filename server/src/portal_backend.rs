@@ -9,7 +9,7 @@ use crate::{
     http::{
         client_ip::ClientIp,
         org_scope::{base_of, OrgScope},
-        rate_limit::RateLimiter,
+        rate_limit::{client_key, RateLimiter},
     },
     organizations::Organizations,
     storage::AccessSessionRecord,
@@ -38,8 +38,9 @@ pub struct PortalBackend {
     organizations: Arc<Organizations>,
     /// Under `radius-portal demo`: pages show a DEMO banner.
     demo: bool,
-    /// Login attempts per client IP.
+    /// Login attempts per client IP (IPv6: per network of `ipv6_prefix`).
     per_ip: RateLimiter<IpAddr>,
+    ipv6_prefix: u8,
     /// Login attempts per (organization, lower-cased username).
     per_user: RateLimiter<(String, String)>,
 }
@@ -57,6 +58,7 @@ impl PortalBackend {
             organizations,
             demo,
             per_ip: RateLimiter::new(limits.login_per_ip, limits.period),
+            ipv6_prefix: limits.ipv6_prefix,
             per_user: RateLimiter::new(limits.login_per_user, limits.period),
         }
     }
@@ -67,7 +69,7 @@ impl PortalBackend {
         let user_key = (org_id.to_string(), username.to_lowercase());
         let verdict = self
             .per_ip
-            .check(&ip, now)
+            .check(&client_key(ip, self.ipv6_prefix), now)
             .and_then(|()| self.per_user.check(&user_key, now));
         verdict.map_err(|wait| {
             tracing::warn!(organization = org_id, username, %ip, "login rate limited");

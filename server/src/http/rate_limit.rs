@@ -5,11 +5,14 @@
 use std::{
     collections::HashMap,
     hash::Hash,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Mutex,
     time::{Duration, Instant},
 };
 
-/// Most keys remembered; beyond it, full (idle) buckets are forgotten first.
+/// Most keys remembered (about 10 MB): beyond it, full (idle) buckets are forgotten first,
+/// then the least recently used, down to three quarters — memory stays bounded under a flood
+/// of distinct keys, and the cost of a clean-up is spread over the checks that filled it.
 const MAX_KEYS: usize = 100_000;
 
 /// A bucket of `capacity` attempts, refilled evenly over `period`.
@@ -19,6 +22,8 @@ pub struct RateLimiter<K> {
     per_second: f64,
     /// Tokens left and when they were counted, per key. A std Mutex: held for a map lookup only.
     buckets: Mutex<HashMap<K, (f64, Instant)>>,
+    /// [`MAX_KEYS`] (smaller in tests).
+    max_keys: usize,
 }
 
 impl<K: Eq + Hash + Clone> RateLimiter<K> {
@@ -29,17 +34,37 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
             capacity,
             per_second: capacity / period.as_secs_f64().max(0.001),
             buckets: Mutex::default(),
+            max_keys: MAX_KEYS,
         }
+    }
+
+    /// Keys currently remembered.
+    pub fn len(&self) -> usize {
+        self.buckets.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// True when no key is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Takes one attempt for `key` at `now`: Ok, or Err(time until the next attempt is allowed).
     pub fn check(&self, key: &K, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= MAX_KEYS {
+        if buckets.len() >= self.max_keys && !buckets.contains_key(key) {
             let (capacity, rate) = (self.capacity, self.per_second);
             buckets.retain(|_, (tokens, at)| {
                 *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < capacity
             });
+            let keep = self.max_keys * 3 / 4;
+            if buckets.len() > keep {
+                // Still crowded with fresh keys (a flood): forget the least recently used.
+                let mut times: Vec<Instant> = buckets.values().map(|(_, at)| *at).collect();
+                let cut = times.len() - keep;
+                let (_, oldest_kept, _) = times.select_nth_unstable(cut);
+                let oldest_kept = *oldest_kept;
+                buckets.retain(|_, (_, at)| *at >= oldest_kept);
+            }
         }
         let (tokens, at) = buckets.entry(key.clone()).or_insert((self.capacity, now));
         let refilled = (*tokens
@@ -57,9 +82,52 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
     }
 }
 
+/// The key a client address is limited under: IPv4 addresses as they are, IPv6 addresses by
+/// their `/ipv6_prefix` network (a host usually holds a whole /64 and can rotate inside it).
+pub fn client_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let prefix = u32::from(ipv6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(bits & mask))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_of_distinct_keys_stays_bounded_and_keeps_recent_debts() {
+        let mut limiter = RateLimiter::new(1, Duration::from_secs(3600));
+        limiter.max_keys = 1000;
+        let t0 = Instant::now();
+        assert!(limiter.check(&u32::MAX, t0).is_ok());
+        for i in 0..10_000u32 {
+            let _ = limiter.check(&i, t0 + Duration::from_millis(u64::from(i) + 1));
+            assert!(limiter.len() <= 1000);
+        }
+        // The newest keys are still limited.
+        assert!(limiter
+            .check(&9_999, t0 + Duration::from_millis(10_001))
+            .is_err());
+    }
+
+    #[test]
+    fn ipv6_clients_are_limited_per_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(client_key(a, 64), client_key(b, 64));
+        assert_ne!(client_key(a, 64), client_key(other, 64));
+        assert_ne!(client_key(a, 128), client_key(b, 128));
+        assert_eq!(client_key(a, 0), client_key(other, 0));
+        let v4: IpAddr = Ipv4Addr::new(192, 0, 2, 1).into();
+        assert_eq!(client_key(v4, 64), v4);
+    }
 
     #[test]
     fn a_burst_up_to_capacity_passes_then_waits_for_refill() {
