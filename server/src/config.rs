@@ -152,6 +152,11 @@ pub struct HttpSettings {
     /// Empty (default): the socket peer is the client.
     #[serde(default, deserialize_with = "networks")]
     pub trusted_proxies: Vec<IpNet>,
+    /// The one header the trusted proxies write the client's address in: `"x-forwarded-for"`
+    /// (default), `"forwarded"` (RFC 7239) or `"x-real-ip"`. Other forwarding headers are
+    /// ignored (proxies pass the client's own through).
+    #[serde(default)]
+    pub forwarded_header: crate::http::client_ip::ForwardedHeader,
 }
 
 /// Parses "10.0.0.0/8" or a single address ("127.0.0.1" = /32).
@@ -904,6 +909,16 @@ impl Settings {
         }
         if let Some(list) = var("PORTAL_HTTP_TRUSTED_PROXIES") {
             self.http.trusted_proxies = network_list("PORTAL_HTTP_TRUSTED_PROXIES", &list)?;
+        }
+        if let Some(header) = var("PORTAL_HTTP_FORWARDED_HEADER") {
+            self.http.forwarded_header =
+                serde_json::from_value(serde_json::Value::String(header.to_ascii_lowercase()))
+                    .map_err(|_| {
+                        config_error(
+                            "PORTAL_HTTP_FORWARDED_HEADER",
+                            format!("`{header}` is not x-forwarded-for, forwarded or x-real-ip"),
+                        )
+                    })?;
         }
         if let Some(v) = var("PORTAL_HTTP_SECURE_COOKIES") {
             self.http.secure_cookies = parse_bool("PORTAL_HTTP_SECURE_COOKIES", &v)?;

@@ -159,6 +159,7 @@ impl Application {
             secure_cookies: settings.http.secure_cookies,
             trusted_proxies: crate::http::client_ip::TrustedProxies::new(
                 settings.http.trusted_proxies.clone(),
+                settings.http.forwarded_header,
             ),
             storage: storage.clone(),
             tasks: tasks.clone(),

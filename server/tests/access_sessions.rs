@@ -169,7 +169,7 @@ async fn reject_shows_the_reply_message_and_opens_nothing() {
         radius
             .auth_lines()
             .into_iter()
-            .find(|l| l.contains("user=dave"))
+            .find(|l| l.contains("user=judy"))
     })
     .await;
     assert!(auth.contains("Access-Reject"), "{auth}");
@@ -467,6 +467,48 @@ async fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
         .find(|l| l.contains("user=erin"))
         .unwrap();
     assert!(auth.contains("calling=127.0.0.9"), "{auth}");
+
+    // Through the trusted proxy, a client's own `Forwarded` (passed through by nginx, which
+    // only appends to X-Forwarded-For) is not read: the configured header alone counts.
+    let login = [("username", "judy"), ("password", "judy-pass")];
+    let page = app
+        .browser(CLIENT)
+        .post_form_with(
+            "/api/login",
+            "/",
+            &login,
+            &[
+                ("forwarded", "for=6.6.6.6"),
+                ("x-forwarded-for", "[2001:db8::7]:4711"),
+            ],
+        )
+        .await;
+    assert!(page.body.contains("2001:db8::7"), "{}", page.body);
+    let auth = radius
+        .auth_lines()
+        .into_iter()
+        .find(|l| l.contains("user=judy"))
+        .unwrap();
+    assert!(auth.contains("calling=2001:db8::7"), "{auth}");
+
+    // Forwarding data from the trusted proxy that is not an address: 400, nothing sent.
+    for bad in [
+        "unknown",
+        "198.51.100.9, not-an-ip",
+        "198.51.100.9, caf\u{e9}",
+    ] {
+        let login = [("username", "frank"), ("password", "frank-pass")];
+        let page = app
+            .browser(CLIENT)
+            .post_form_with("/api/login", "/", &login, &[("x-forwarded-for", bad)])
+            .await;
+        assert_eq!(page.status, 400, "{bad}: {}", page.body);
+        assert!(page.body.contains("x-forwarded-for"), "{}", page.body);
+    }
+    assert!(
+        !radius.auth_lines().iter().any(|l| l.contains("user=frank")),
+        "no Access-Request for a refused request"
+    );
     app.stop().await;
 }
 

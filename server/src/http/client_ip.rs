@@ -1,17 +1,28 @@
 //! The client's IP address for a request, put into request extensions as [`ClientIp`]
-//! (design.md §6): `Forwarded` / `X-Forwarded-For` are honoured only when the socket peer is a
-//! configured trusted proxy, and then the right-most address that is not a trusted proxy is the
-//! client. From anywhere else the headers are ignored, so a client cannot spoof its address.
+//! (design.md §6). It becomes the RADIUS Calling-Station-Id / Framed-IP-Address — someone's
+//! firewall identity — so it is never taken from what a client says:
+//!
+//! - From a peer that is not a configured trusted proxy, the socket peer is the client and
+//!   every forwarding header is ignored.
+//! - From a trusted proxy, only the one header the operator named (`forwarded_header`:
+//!   X-Forwarded-For by default, or RFC 7239 `Forwarded`, or `X-Real-IP`) is read; the others
+//!   are ignored, because proxies pass a client's own headers through. Walking the chain from
+//!   the right, the first address that is not a trusted proxy is the client.
+//! - Forwarding data from a trusted proxy that cannot be understood where it matters (not
+//!   ASCII, not an address, an obfuscated or `unknown` node, several X-Real-IP lines) is a 400:
+//!   never a fallback to the proxy's own address, which would make every user one client.
+//!   What a client prepended to the left of the hop that names it is never parsed.
 
 use axum::{
     extract::{ConnectInfo, Request, State},
-    http::HeaderMap,
+    http::{HeaderMap, StatusCode},
     middleware::Next,
-    response::Response,
+    response::{IntoResponse, Response},
 };
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
 };
 
@@ -19,86 +30,214 @@ use std::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
-/// Networks whose forwarding headers are believed.
+/// Which header the trusted proxies write (`[http] forwarded_header`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, …` (nginx, HAProxy, Caddy, most ingresses).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client;proto=https, for=…`.
+    Forwarded,
+    /// `X-Real-IP: client` (one address, set by the proxy).
+    XRealIp,
+}
+
+impl ForwardedHeader {
+    /// The header's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ForwardedHeader::XForwardedFor => "x-forwarded-for",
+            ForwardedHeader::Forwarded => "forwarded",
+            ForwardedHeader::XRealIp => "x-real-ip",
+        }
+    }
+}
+
+/// Networks whose forwarding header is believed, and which header that is.
 #[derive(Clone, Debug, Default)]
-pub struct TrustedProxies(Arc<Vec<IpNet>>);
+pub struct TrustedProxies {
+    networks: Arc<Vec<IpNet>>,
+    header: ForwardedHeader,
+}
 
 impl TrustedProxies {
-    /// From configured networks.
-    pub fn new(networks: Vec<IpNet>) -> Self {
-        TrustedProxies(Arc::new(networks))
+    /// From configured networks and header.
+    pub fn new(networks: Vec<IpNet>, header: ForwardedHeader) -> Self {
+        TrustedProxies {
+            networks: Arc::new(networks),
+            header,
+        }
     }
 
     fn contains(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|net| net.contains(&ip))
+        self.networks.iter().any(|net| net.contains(&ip))
     }
 }
 
-/// One hop of a forwarding chain: an address, or something unusable ("unknown", obfuscated).
-fn parse_hop(text: &str) -> Option<IpAddr> {
-    let text = text.trim().trim_matches('"');
-    if let Some(rest) = text.strip_prefix('[') {
+/// Why a trusted proxy's forwarding data was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{header} from the proxy: {problem}")]
+pub struct ForwardingError {
+    /// The header.
+    pub header: &'static str,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// One node of a forwarding chain (RFC 7239 §6): an address, with or without a port.
+/// `Err` names what it is instead (`unknown`, an obfuscated identifier, garbage).
+/// `rfc7239`: the node is from `Forwarded`, where IPv6 must be bracketed.
+fn parse_node(text: &str, rfc7239: bool) -> Result<IpAddr, String> {
+    let node = text.trim();
+    let unquoted = node
+        .strip_prefix('"')
+        .and_then(|n| n.strip_suffix('"'))
+        .unwrap_or(node);
+    if unquoted.eq_ignore_ascii_case("unknown") {
+        return Err("the client is `unknown`".into());
+    }
+    if unquoted.starts_with('_') {
+        return Err(format!("the client is hidden (`{unquoted}`)"));
+    }
+    if let Some(rest) = unquoted.strip_prefix('[') {
         // "[2001:db8::1]" or "[2001:db8::1]:4711"
-        return rest.split(']').next()?.parse().ok();
+        let (address, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("`{unquoted}` is not an address"))?;
+        let port_ok = after.is_empty()
+            || after
+                .strip_prefix(':')
+                .is_some_and(|p| p.parse::<u16>().is_ok() || p.starts_with('_'));
+        return match (address.parse::<IpAddr>(), port_ok) {
+            (Ok(ip @ IpAddr::V6(_)), true) => Ok(ip),
+            _ => Err(format!("`{unquoted}` is not an address")),
+        };
     }
-    text.parse::<IpAddr>()
-        .ok()
-        .or_else(|| text.parse::<SocketAddr>().ok().map(|s| s.ip()))
+    if let Ok(ip) = unquoted.parse::<IpAddr>() {
+        if ip.is_ipv6() && rfc7239 {
+            return Err(format!(
+                "`{unquoted}`: an IPv6 node must be in brackets and quoted"
+            ));
+        }
+        return Ok(ip);
+    }
+    if let Ok(socket) = unquoted.parse::<SocketAddr>() {
+        return Ok(socket.ip());
+    }
+    // "192.0.2.1:_port" (an obfuscated port)
+    if let Some((v4, port)) = unquoted.split_once(':') {
+        if let (Ok(v4), true) = (v4.parse::<Ipv4Addr>(), port.starts_with('_')) {
+            return Ok(IpAddr::V4(v4));
+        }
+    }
+    Err(format!("`{unquoted}` is not an address"))
 }
 
-/// The forwarding chain, client first: `Forwarded` (RFC 7239) if present, else `X-Forwarded-For`.
-fn forwarded_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
-    let forwarded: Vec<Option<IpAddr>> = headers
-        .get_all("forwarded")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|element| {
-            element
-                .split(';')
-                .find_map(|pair| {
-                    let (key, value) = pair.split_once('=')?;
-                    key.trim()
-                        .eq_ignore_ascii_case("for")
-                        .then(|| parse_hop(value))
-                })
-                .flatten()
-        })
-        .collect();
-    if !forwarded.is_empty() {
-        return forwarded;
+/// Splits on `separator` outside double-quoted strings (RFC 7230 quoted-string, with `\`
+/// escapes).
+fn split_unquoted(text: &str, separator: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == separator && !quoted => {
+                parts.push(&text[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
     }
-    headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(parse_hop)
-        .collect()
+    parts.push(&text[start..]);
+    parts
+}
+
+/// The `for=` node of one `Forwarded` element (`for=…;proto=…;by=…`).
+fn forwarded_for(element: &str) -> Result<&str, String> {
+    let mut found = None;
+    for pair in split_unquoted(element, ';') {
+        let Some((key, value)) = pair.split_once('=') else {
+            if pair.trim().is_empty() {
+                continue;
+            }
+            return Err(format!("`{}` is not a key=value pair", pair.trim()));
+        };
+        if key.trim().eq_ignore_ascii_case("for") {
+            if found.is_some() {
+                return Err("an element names `for` twice".into());
+            }
+            found = Some(value);
+        }
+    }
+    found.ok_or_else(|| format!("the element `{}` has no `for=`", element.trim()))
+}
+
+/// The hops the configured header lists, client first (the raw text of each; parsed lazily,
+/// right to left, so the part a client wrote itself is never looked at).
+fn hops<'a>(
+    headers: &'a HeaderMap,
+    header: ForwardedHeader,
+) -> Result<Vec<&'a str>, ForwardingError> {
+    let refuse = |problem: String| ForwardingError {
+        header: header.name(),
+        problem,
+    };
+    let mut lines = Vec::new();
+    for value in headers.get_all(header.name()) {
+        lines.push(value.to_str().map_err(|_| {
+            refuse("not visible ASCII (the proxy must pass addresses only)".into())
+        })?);
+    }
+    if header == ForwardedHeader::XRealIp && lines.len() > 1 {
+        return Err(refuse("sent more than once".into()));
+    }
+    Ok(lines
+        .into_iter()
+        .flat_map(|line| match header {
+            ForwardedHeader::Forwarded => split_unquoted(line, ','),
+            _ => line.split(',').collect(),
+        })
+        .collect())
 }
 
 /// The client address of a request from `peer` with `headers`.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
-    let mut client = peer.to_canonical();
-    if !trusted.contains(client) {
-        return client;
+pub fn client_ip(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &TrustedProxies,
+) -> Result<IpAddr, ForwardingError> {
+    let peer = peer.to_canonical();
+    if !trusted.contains(peer) {
+        return Ok(peer);
     }
-    for hop in forwarded_chain(headers).into_iter().rev() {
-        match hop {
-            Some(ip) => {
-                client = ip.to_canonical();
-                if !trusted.contains(client) {
-                    return client;
-                }
-            }
-            // An unusable hop: the last trusted proxy is the best we know.
-            None => return client,
+    let header = trusted.header;
+    let refuse = |problem: String| ForwardingError {
+        header: header.name(),
+        problem,
+    };
+    let mut client = peer;
+    for hop in hops(headers, header)?.into_iter().rev() {
+        let node = match header {
+            ForwardedHeader::Forwarded => forwarded_for(hop).map_err(refuse)?,
+            _ => hop,
+        };
+        client = parse_node(node, header == ForwardedHeader::Forwarded)
+            .map_err(refuse)?
+            .to_canonical();
+        if !trusted.contains(client) {
+            return Ok(client);
         }
     }
-    client
+    // No header (the proxy itself asks, e.g. a health check), or every hop is a trusted proxy:
+    // the left-most known address.
+    Ok(client)
 }
 
-/// Middleware: inserts [`ClientIp`] for the request.
+/// Middleware: inserts [`ClientIp`] for the request, or answers 400 for forwarding data a
+/// trusted proxy sent that cannot be understood.
 pub async fn insert_client_ip(
     State(trusted): State<TrustedProxies>,
     mut request: Request,
@@ -109,8 +248,19 @@ pub async fn insert_client_ip(
         .get::<ConnectInfo<SocketAddr>>()
         .copied()
     {
-        let ip = client_ip(peer.ip(), request.headers(), &trusted);
-        request.extensions_mut().insert(ClientIp(ip));
+        match client_ip(peer.ip(), request.headers(), &trusted) {
+            Ok(ip) => {
+                request.extensions_mut().insert(ClientIp(ip));
+            }
+            Err(e) => {
+                tracing::warn!(peer = %peer.ip(), error = %e, "request refused: unusable forwarding header from a trusted proxy");
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("Bad request: {e}. The proxy in front of the portal must pass the client's address.\n"),
+                )
+                    .into_response();
+            }
+        }
     }
     next.run(request).await
 }
@@ -124,12 +274,17 @@ mod tests {
         s.parse().expect("test address")
     }
 
-    fn trusted(nets: &[&str]) -> TrustedProxies {
+    fn trusted_with(header: ForwardedHeader, nets: &[&str]) -> TrustedProxies {
         TrustedProxies::new(
             nets.iter()
                 .map(|n| n.parse().expect("test network"))
                 .collect(),
+            header,
         )
+    }
+
+    fn trusted(nets: &[&str]) -> TrustedProxies {
+        trusted_with(ForwardedHeader::XForwardedFor, nets)
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -142,23 +297,52 @@ mod tests {
 
     #[test]
     fn headers_from_an_untrusted_peer_are_ignored() {
-        let h = headers(&[("x-forwarded-for", "10.9.9.9")]);
+        let h = headers(&[
+            ("x-forwarded-for", "10.9.9.9"),
+            ("forwarded", "for=1.1.1.1"),
+        ]);
         assert_eq!(
             client_ip(ip("203.0.113.5"), &h, &trusted(&["127.0.0.1/32"])),
-            ip("203.0.113.5")
+            Ok(ip("203.0.113.5"))
         );
         assert_eq!(
             client_ip(ip("127.0.0.1"), &h, &TrustedProxies::default()),
-            ip("127.0.0.1")
+            Ok(ip("127.0.0.1"))
+        );
+        // Even garbage: it is not read.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xff\xfe").expect("opaque bytes"),
+        );
+        assert_eq!(
+            client_ip(ip("203.0.113.5"), &h, &trusted(&["127.0.0.1/32"])),
+            Ok(ip("203.0.113.5"))
         );
     }
 
     #[test]
     fn the_right_most_untrusted_address_is_the_client() {
-        // The client put a fake address first; the trusted proxy appended the real one.
-        let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.0.0.2")]);
+        // The client put a fake address (and junk) first; the trusted proxy appended the real one.
+        let h = headers(&[("x-forwarded-for", "junk, 6.6.6.6, 198.51.100.7, 10.0.0.2")]);
         let t = trusted(&["127.0.0.0/8", "10.0.0.0/8"]);
-        assert_eq!(client_ip(ip("127.0.0.1"), &h, &t), ip("198.51.100.7"));
+        assert_eq!(client_ip(ip("127.0.0.1"), &h, &t), Ok(ip("198.51.100.7")));
+    }
+
+    #[test]
+    fn only_the_named_header_is_read() {
+        // nginx appends to X-Forwarded-For and passes the client's own Forwarded through.
+        let h = headers(&[
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "7.7.7.7"),
+            ("x-forwarded-for", "198.51.100.7"),
+        ]);
+        let xff = trusted(&["127.0.0.1/32"]);
+        assert_eq!(client_ip(ip("127.0.0.1"), &h, &xff), Ok(ip("198.51.100.7")));
+        let fwd = trusted_with(ForwardedHeader::Forwarded, &["127.0.0.1/32"]);
+        assert_eq!(client_ip(ip("127.0.0.1"), &h, &fwd), Ok(ip("6.6.6.6")));
+        let real = trusted_with(ForwardedHeader::XRealIp, &["127.0.0.1/32"]);
+        assert_eq!(client_ip(ip("127.0.0.1"), &h, &real), Ok(ip("7.7.7.7")));
     }
 
     #[test]
@@ -169,43 +353,102 @@ mod tests {
         ]);
         assert_eq!(
             client_ip(ip("127.0.0.1"), &h, &trusted(&["127.0.0.1/32"])),
-            ip("198.51.100.7")
+            Ok(ip("198.51.100.7"))
         );
     }
 
     #[test]
-    fn forwarded_header_is_preferred_and_parsed() {
-        let h = headers(&[
+    fn forwarded_is_parsed_per_rfc_7239() {
+        let t = trusted_with(ForwardedHeader::Forwarded, &["127.0.0.1/32", "10.0.0.0/8"]);
+        for (value, client) in [
             (
-                "forwarded",
                 "for=6.6.6.6, for=\"[2001:db8:cafe::17]:4711\";proto=https",
+                "2001:db8:cafe::17",
             ),
-            ("x-forwarded-for", "5.5.5.5"),
-        ]);
-        assert_eq!(
-            client_ip(ip("127.0.0.1"), &h, &trusted(&["127.0.0.1/32"])),
-            ip("2001:db8:cafe::17")
-        );
+            ("For=\"192.0.2.60:_hidden\";by=10.0.0.1", "192.0.2.60"),
+            ("proto=https;for=192.0.2.43, for=10.0.0.3", "192.0.2.43"),
+            ("for=\"[2001:db8::1]\"", "2001:db8::1"),
+            ("for=\"_client\", for=192.0.2.9", "192.0.2.9"),
+            ("for=\"a,b\";x=1, for=192.0.2.10", "192.0.2.10"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("forwarded", HeaderValue::from_static(value));
+            assert_eq!(
+                client_ip(ip("127.0.0.1"), &h, &t),
+                Ok(ip(client)),
+                "{value}"
+            );
+        }
     }
 
     #[test]
-    fn an_unusable_hop_stops_at_the_last_trusted_address() {
-        let h = headers(&[("x-forwarded-for", "198.51.100.7, unknown")]);
-        assert_eq!(
-            client_ip(ip("127.0.0.1"), &h, &trusted(&["127.0.0.1/32"])),
-            ip("127.0.0.1")
+    fn unusable_data_from_a_trusted_proxy_is_refused_not_replaced_by_its_address() {
+        let fwd = trusted_with(ForwardedHeader::Forwarded, &["127.0.0.1/32"]);
+        for value in [
+            "for=unknown",
+            "for=_hidden",
+            "for=2001:db8::1",
+            "proto=https",
+            "for=1.2.3.4;for=5.6.7.8",
+            "for=\"[2001:db8::1\"",
+            "for=300.1.1.1",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("forwarded", HeaderValue::from_static(value));
+            assert!(client_ip(ip("127.0.0.1"), &h, &fwd).is_err(), "{value}");
+        }
+        let xff = trusted(&["127.0.0.1/32"]);
+        for value in ["198.51.100.7, unknown", "", "198.51.100.7,", "not-an-ip"] {
+            let h = headers(&[("x-forwarded-for", value)]);
+            assert!(client_ip(ip("127.0.0.1"), &h, &xff).is_err(), "{value:?}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes("198.51.100.7, \u{e9}".as_bytes()).expect("bytes"),
         );
+        let e = client_ip(ip("127.0.0.1"), &h, &xff).expect_err("non-ASCII");
+        assert!(e.to_string().contains("x-forwarded-for"), "{e}");
+        let real = trusted_with(ForwardedHeader::XRealIp, &["127.0.0.1/32"]);
+        let h = headers(&[("x-real-ip", "192.0.2.1"), ("x-real-ip", "192.0.2.2")]);
+        assert!(client_ip(ip("127.0.0.1"), &h, &real).is_err());
     }
 
     #[test]
-    fn ipv4_mapped_peers_are_unmapped() {
+    fn ports_and_mapped_addresses_are_understood() {
+        let t = trusted(&["127.0.0.1/32"]);
+        for (value, client) in [
+            ("192.0.2.1:51234", "192.0.2.1"),
+            ("[2001:db8::5]:443", "2001:db8::5"),
+            ("2001:db8::6", "2001:db8::6"),
+            ("::ffff:192.0.2.7", "192.0.2.7"),
+        ] {
+            let h = headers(&[("x-forwarded-for", value)]);
+            assert_eq!(
+                client_ip(ip("127.0.0.1"), &h, &t),
+                Ok(ip(client)),
+                "{value}"
+            );
+        }
         assert_eq!(
             client_ip(
                 ip("::ffff:192.0.2.1"),
                 &HeaderMap::new(),
                 &TrustedProxies::default()
             ),
-            ip("192.0.2.1")
+            Ok(ip("192.0.2.1"))
+        );
+    }
+
+    #[test]
+    fn a_trusted_proxy_without_the_header_is_the_client() {
+        assert_eq!(
+            client_ip(
+                ip("127.0.0.1"),
+                &HeaderMap::new(),
+                &trusted(&["127.0.0.1/32"])
+            ),
+            Ok(ip("127.0.0.1"))
         );
     }
 }
