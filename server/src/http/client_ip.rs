@@ -177,10 +177,7 @@ fn forwarded_for(element: &str) -> Result<&str, String> {
 
 /// The hops the configured header lists, client first (the raw text of each; parsed lazily,
 /// right to left, so the part a client wrote itself is never looked at).
-fn hops<'a>(
-    headers: &'a HeaderMap,
-    header: ForwardedHeader,
-) -> Result<Vec<&'a str>, ForwardingError> {
+fn hops(headers: &HeaderMap, header: ForwardedHeader) -> Result<Vec<&str>, ForwardingError> {
     let refuse = |problem: String| ForwardingError {
         header: header.name(),
         problem,
