@@ -56,7 +56,8 @@ pub enum Command {
         #[command(subcommand)]
         command: RadiusCommand,
     },
-    /// Organizations: list, show, enable, disable (same database as the running server).
+    /// Organizations: list, show, enable, disable, create, update, delete, and their RADIUS
+    /// servers (same database as the running server).
     Org {
         /// What to do.
         #[command(subcommand)]

@@ -31,10 +31,49 @@ fn config_error(key: impl Into<String>, problem: impl Into<String>) -> ConfigErr
     }
 }
 
-/// A secret string (RADIUS shared secret, keys). `Debug` and `Display` print `[redacted]`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
+/// A secret string (RADIUS shared secret, keys). `Debug` and `Display` print `[redacted]`, and
+/// a value of the wrong type is refused without echoing it (a number typed as a secret is
+/// still a secret).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        struct Text;
+        const WRONG: &str = "must be a string in quotes (the value is not shown)";
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom(WRONG))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(E::custom(WRONG))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(E::custom(WRONG))
+            }
+            fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<Secret, E> {
+                Err(E::custom(WRONG))
+            }
+            fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<Secret, E> {
+                Err(E::custom(WRONG))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom(WRONG))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<Secret, E> {
+                Err(E::custom(WRONG))
+            }
+        }
+        d.deserialize_str(Text)
+    }
+}
 
 impl Secret {
     /// Wraps a secret value.
@@ -1012,6 +1051,16 @@ mod tests {
         address = "10.0.0.1"
         secret = "s3cr3t-value"
     "#;
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_not_echoed() {
+        let text = MINIMAL.replace("secret = \"s3cr3t-value\"", "secret = 987654321");
+        let e = Settings::from_toml(&text).expect_err("a number is not a secret");
+        assert!(!e.to_string().contains("987654321"), "{e}");
+        let json = serde_json::json!({ "name": "x", "address": "10.0.0.1", "secret": 987654321 });
+        let e = serde_json::from_value::<ServerSettings>(json).expect_err("a number");
+        assert!(!e.to_string().contains("987654321"), "{e}");
+    }
 
     #[test]
     fn secret_debug_is_redacted() {

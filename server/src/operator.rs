@@ -353,6 +353,9 @@ pub struct OrganizationView {
     username_pattern: Option<String>,
     servers: Vec<ServerView>,
     branding: crate::config::Branding,
+    /// The settings in the configuration file's form, without secrets: edit and give back to
+    /// `org update` (servers without a secret keep theirs).
+    settings: Option<serde_json::Value>,
 }
 
 impl OrganizationView {
@@ -397,7 +400,11 @@ impl OrganizationView {
                 .and_then(|s| s.max_lifetime.map(|d| d.as_secs())),
             username_pattern: settings.as_ref().map(|s| s.username_pattern.clone()),
             servers,
-            branding: settings.map(|s| s.branding).unwrap_or_default(),
+            branding: settings
+                .as_ref()
+                .map(|s| s.branding.clone())
+                .unwrap_or_default(),
+            settings: settings.as_ref().map(change::without_secrets),
         }
     }
 }

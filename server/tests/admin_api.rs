@@ -266,6 +266,18 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
             json!({ "id": "gamma", "name": "G", "servers": gamma["servers"], "colour": 1 }),
             "colour",
         ),
+        (
+            json!({ "id": "gamma", "name": "G", "servers": [{ "name": "x", "address": "not-an-ip", "secret": "s" }] }),
+            "servers[0].address",
+        ),
+        (
+            json!({ "id": "gamma", "name": "G", "servers": [{ "name": "x", "address": "10.0.0.1", "secret_file": "/etc/shadow" }] }),
+            "secret_file",
+        ),
+        (
+            json!({ "id": "gamma", "name": "G", "servers": gamma["servers"], "branding": { "logo_file": "/etc/passwd.png" } }),
+            "logo_file",
+        ),
     ] {
         let (status, text) = admin
             .call(Method::POST, "/organizations", Some(TOKEN), Some(body))
@@ -311,6 +323,31 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
         .login("gamma", "carol", "carol-pass", ip(2))
         .await
         .expect("the secret was kept");
+
+    // Show, edit, give back: the settings round-trip without secrets (and with the id).
+    let shown = admin.ok(Method::GET, "/organizations/gamma", None).await;
+    let mut settings = shown["settings"].clone();
+    assert_eq!(settings["id"], "gamma");
+    assert!(settings["servers"][0].get("secret").is_none(), "{settings}");
+    settings["name"] = json!("Gamma Renamed");
+    let renamed = admin
+        .ok(Method::PATCH, "/organizations/gamma", Some(settings))
+        .await;
+    assert_eq!(renamed["name"], "Gamma Renamed");
+    let third = app
+        .sessions
+        .login("gamma", "carol", "carol-pass", ip(3))
+        .await
+        .expect("the round trip kept the secret");
+    let (status, text) = admin
+        .call(
+            Method::PATCH,
+            "/organizations/gamma",
+            Some(TOKEN),
+            Some(json!({ "id": "delta" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
 
     // Servers as objects of their own.
     let g2 = json!({ "name": "g2", "address": "127.0.0.1", "auth_port": 9, "acct_port": 9, "secret": "other-secret" });
@@ -425,7 +462,7 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
     );
 
     // Once its sessions are stopped (Stops delivered), it can be deleted; a configured one not.
-    for session in [&first, &second] {
+    for session in [&first, &second, &third] {
         b.wait_for_acct(&["status=Stop", &format!("sid={}", session.acct_session_id)])
             .await;
     }

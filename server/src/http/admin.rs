@@ -195,6 +195,35 @@ fn json_body(body: Result<Json<Value>, JsonRejection>) -> Result<Value, Box<Resp
     })
 }
 
+/// The field of a body that names a file on the portal's machine, if any: the API does not
+/// take those (a token holder could make any file the portal can read a RADIUS secret or a
+/// served logo); the configuration file and the CLI, run by the machine's operator, do.
+fn names_a_file(body: &Value) -> Option<&'static str> {
+    let servers = body
+        .get("servers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .chain(std::iter::once(body));
+    for server in servers {
+        if server.get("secret_file").is_some_and(|v| !v.is_null()) {
+            return Some("secret_file");
+        }
+    }
+    body.get("branding")
+        .and_then(|b| b.get("logo_file"))
+        .filter(|v| !v.is_null())
+        .map(|_| "branding.logo_file")
+}
+
+/// The 400 for a body naming a local file.
+fn file_refused(field: &str) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        &format!("{field}: files on the portal's machine can be named only in the configuration file or with the CLI"),
+    )
+}
+
 /// The HTTP answer to a refused change.
 fn refused(e: ChangeError) -> Response {
     let status = match &e {
@@ -227,6 +256,9 @@ async fn create_organization(
         Ok(body) => body,
         Err(response) => return *response,
     };
+    if let Some(field) = names_a_file(&body) {
+        return file_refused(field);
+    }
     match change::create(&api.storage, &api.organizations, body, &actor).await {
         Ok(id) => changed(api, &id, StatusCode::CREATED).await,
         Err(e) => refused(e),
@@ -244,6 +276,9 @@ async fn update_organization(
         Ok(body) => body,
         Err(response) => return *response,
     };
+    if let Some(field) = names_a_file(&body) {
+        return file_refused(field);
+    }
     match change::update(&api.storage, &api.organizations, &id, body, &actor).await {
         Ok(_) => changed(api, &id, StatusCode::OK).await,
         Err(e) => refused(e),
@@ -273,6 +308,9 @@ async fn add_server(
         Ok(body) => body,
         Err(response) => return *response,
     };
+    if let Some(field) = names_a_file(&body) {
+        return file_refused(field);
+    }
     match change::add_server(&api.storage, &api.organizations, &id, body, &actor).await {
         Ok(()) => changed(api, &id, StatusCode::CREATED).await,
         Err(e) => refused(e),
@@ -290,6 +328,9 @@ async fn update_server(
         Ok(body) => body,
         Err(response) => return *response,
     };
+    if let Some(field) = names_a_file(&body) {
+        return file_refused(field);
+    }
     match change::update_server(&api.storage, &api.organizations, &id, &name, body, &actor).await {
         Ok(_) => changed(api, &id, StatusCode::OK).await,
         Err(e) => refused(e),

@@ -46,10 +46,10 @@ impl From<StorageError> for ChangeError {
 
 /// What a disabled organization's update gets (the guard's AdminUpdate row).
 const DISABLED_UPDATE: &str =
-    "the organization is disabled: only is_active may change (enable it first, in a request of its own)";
+    "the organization is disabled: it cannot be changed, only enabled (enable it first, on its own)";
 /// What creating an object of a disabled organization gets (the guard's AdminCreate row).
 const DISABLED_CREATE: &str =
-    "the organization is disabled: nothing can be added to it (enable it first, in a request of its own)";
+    "the organization is disabled: nothing can be added to it (enable it first, on its own)";
 
 /// The keys that name the active flag in a change (`enabled` as in the configuration file).
 const ACTIVE_KEYS: [&str; 2] = ["is_active", "enabled"];
@@ -70,6 +70,22 @@ pub fn redacted(settings: &OrganizationSettings) -> Value {
     value
 }
 
+/// Settings in the configuration file's form for operators (`org show --json`'s `settings`):
+/// `secret` left out (a `secret_file` path stays), so the text can be edited and given back to
+/// `update`, where servers without a secret keep theirs.
+pub fn without_secrets(settings: &OrganizationSettings) -> Value {
+    let mut value = serde_json::to_value(settings).unwrap_or(Value::Null);
+    if let Some(servers) = value.get_mut("servers").and_then(Value::as_array_mut) {
+        for server in servers.iter_mut().filter_map(Value::as_object_mut) {
+            server.remove("secret");
+            if server.get("secret_file").is_some_and(Value::is_null) {
+                server.remove("secret_file");
+            }
+        }
+    }
+    value
+}
+
 fn object(value: Value, what: &str) -> Result<Map<String, Value>, ChangeError> {
     match value {
         Value::Object(map) if !map.is_empty() => Ok(map),
@@ -80,10 +96,23 @@ fn object(value: Value, what: &str) -> Result<Map<String, Value>, ChangeError> {
     }
 }
 
+/// Deserializes `value`, naming the field a problem is in (`organization.servers[0].address:
+/// invalid IP address syntax`).
+fn parse<T: serde::de::DeserializeOwned>(value: Value, key: &str) -> Result<T, ChangeError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            key.to_string()
+        } else {
+            format!("{key}.{path}")
+        };
+        ChangeError::Invalid(format!("{at}: {}", e.inner()))
+    })
+}
+
 /// Parses and checks settings the way the configuration file is checked.
 fn checked(value: Value, key: &str) -> Result<OrganizationSettings, ChangeError> {
-    let settings: OrganizationSettings =
-        serde_json::from_value(value).map_err(|e| ChangeError::Invalid(format!("{key}: {e}")))?;
+    let settings: OrganizationSettings = parse(value, key)?;
     settings
         .validate(key)
         .map_err(|e| ChangeError::Invalid(format!("{}: {}", e.key, e.problem)))?;
@@ -265,7 +294,9 @@ pub async fn update(
         };
         if !patch.is_empty() {
             return Err(if guard::allows(Operation::AdminUpdate, state) {
-                ChangeError::Invalid(format!("{key}: change it in a request of its own"))
+                ChangeError::Invalid(format!(
+                    "{key}: enable or disable on its own, not together with other changes"
+                ))
             } else {
                 ChangeError::Forbidden(DISABLED_UPDATE.into())
             });
@@ -278,10 +309,15 @@ pub async fn update(
     if !guard::allows(Operation::AdminUpdate, state) {
         return Err(ChangeError::Forbidden(DISABLED_UPDATE.into()));
     }
-    if patch.contains_key("id") {
-        return Err(ChangeError::Invalid(
-            "id: cannot be changed (create a new organization)".into(),
-        ));
+    // The id may be repeated (a file from `org show --json`'s settings), not changed.
+    match patch.remove("id") {
+        Some(Value::String(same)) if same == id => {}
+        Some(_) => {
+            return Err(ChangeError::Invalid(
+                "id: cannot be changed (create a new organization)".into(),
+            ))
+        }
+        None => {}
     }
     let before = stored_settings(storage, id).await?;
     let mut after = before.clone();
@@ -365,8 +401,7 @@ pub async fn add_server(
         .unwrap_or_default()
         .to_string();
     // Checked on its own first, so errors name the server's fields.
-    serde_json::from_value::<ServerSettings>(Value::Object(server.clone()))
-        .map_err(|e| ChangeError::Invalid(format!("server: {e}")))?;
+    parse::<ServerSettings>(Value::Object(server.clone()), "server")?;
     let before = stored_settings(storage, id).await?;
     if stored_server(&before, &name).is_some() {
         return Err(ChangeError::Conflict(format!(
