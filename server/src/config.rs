@@ -41,7 +41,7 @@ impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
         struct Text;
         const WRONG: &str = "must be a string in quotes (the value is not shown)";
-        impl serde::de::Visitor<'_> for Text {
+        impl<'de> serde::de::Visitor<'de> for Text {
             type Value = Secret;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a string")
@@ -70,8 +70,17 @@ impl<'de> Deserialize<'de> for Secret {
             fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<Secret, E> {
                 Err(E::custom(WRONG))
             }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Secret, E> {
+                Err(E::custom(WRONG))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+                Err(serde::de::Error::custom(WRONG))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+                Err(serde::de::Error::custom(WRONG))
+            }
         }
-        d.deserialize_str(Text)
+        d.deserialize_any(Text)
     }
 }
 
