@@ -694,3 +694,92 @@ async fn repeated_logins_for_one_username_are_rate_limited_with_retry_after() {
     );
     app.stop().await;
 }
+
+/// A failed plain form post keeps its message in the web session, not in the URL: the
+/// redirect names only the page, the page shows the message once, and a crafted link carrying
+/// Leptos' error parameters shows nothing.
+#[tokio::test]
+async fn form_errors_travel_in_the_web_session_never_in_the_url() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await;
+    let browser = app.browser(Ipv4Addr::new(127, 0, 3, 1));
+    let token = browser.form_token("/").await;
+    let no_redirects = reqwest::Client::builder()
+        .cookie_store(true)
+        .local_address(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 3, 1)))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = format!("http://{}", app.addr);
+    // The same cookie as the form token's page: take it from the first client.
+    let page = no_redirects.get(format!("{base}/")).send().await.unwrap();
+    let body = page.text().await.unwrap();
+    let marker = "name=\"csrf\" value=\"";
+    let start = body.find(marker).unwrap() + marker.len();
+    let token_here = body[start..].split('"').next().unwrap().to_string();
+    assert!(!token.is_empty() && !token_here.is_empty());
+
+    for (referer, expected) in [(Some(format!("{base}/")), "/"), (None, "/")] {
+        let mut post = no_redirects
+            .post(format!("{base}/api/login"))
+            .header("accept", "text/html")
+            .header("origin", base.clone())
+            .form(&[
+                ("username", "dave"),
+                ("password", "x"),
+                ("csrf", &token_here),
+            ]);
+        if let Some(referer) = &referer {
+            post = post.header("referer", referer);
+        }
+        let response = post.send().await.unwrap();
+        assert!(response.status().is_redirection(), "{}", response.status());
+        let location = response.headers()["location"].to_str().unwrap().to_string();
+        assert_eq!(
+            location, expected,
+            "no error in the URL (referer {referer:?})"
+        );
+        let shown = no_redirects
+            .get(format!("{base}{location}"))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(shown.contains("Sign-in refused: Account locked"), "{shown}");
+        let again = no_redirects
+            .get(format!("{base}{location}"))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!again.contains("Sign-in refused"), "shown once");
+    }
+
+    // A crafted link with an attacker's text in Leptos' error parameters shows nothing.
+    use base64::Engine;
+    let err = base64::engine::general_purpose::URL_SAFE
+        .encode(br#"{"Rejected":{"message":"Call 555-0100 to unlock"}}"#);
+    let crafted = reqwest::Client::new()
+        .get(format!("{base}/?__path=%2Fapi%2Flogin&__err={err}"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(crafted.contains("Sign in"), "{crafted}");
+    assert!(!crafted.contains("555-0100"), "{crafted}");
+    app.stop().await;
+}

@@ -1,6 +1,7 @@
 //! `/` (and `/o/{slug}/`): the sign-in form of the organization's portal. A plain HTML form
-//! posting to the `login` server fn: it ships no WASM and works without JavaScript; errors come
-//! back through the redirect's `__err` parameter and are shown by the same `ServerAction`. A
+//! posting to the `login` server fn: it ships no WASM and works without JavaScript; an error of a
+//! plain form post is kept in the web session by the server (`http::flash`) and handed back to
+//! this page's `ServerAction` on the next view — never read from the URL. A
 //! disabled organization's page says so and offers no form.
 
 use crate::{

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod branding;
 pub mod captive;
 pub mod client_ip;
+pub mod flash;
 pub mod live;
 pub mod org_scope;
 pub mod rate_limit;
@@ -125,6 +126,7 @@ pub fn router(parts: RouterParts) -> Router {
         })
         .nest_service("/pkg", pkg)
         .fallback_service(ServeDir::new(site_root))
+        .layer(middleware::from_fn(flash::carry_form_errors))
         .layer(sessions)
         .layer(middleware::from_fn_with_state(
             trusted_proxies,
