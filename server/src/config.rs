@@ -514,17 +514,31 @@ impl OrganizationSettings {
                 format!("not a valid regular expression: {e}"),
             ));
         }
-        if self.default_window.is_zero() {
+        if self.nas_identifier.is_empty() || self.nas_identifier.len() > 253 {
             return Err(config_error(
-                format!("{key}.default_window"),
-                "must be longer than 0s",
+                format!("{key}.nas_identifier"),
+                "must be 1-253 bytes (a RADIUS attribute)",
             ));
         }
-        if self.max_lifetime.is_some_and(|d| d.is_zero()) {
-            return Err(config_error(
-                format!("{key}.max_lifetime"),
-                "must be longer than 0s",
-            ));
+        const SECOND: Duration = Duration::from_secs(1);
+        const YEAR: Duration = Duration::from_secs(366 * 24 * 3600);
+        for (field, value, low, high) in [
+            ("default_window", Some(self.default_window), SECOND, YEAR),
+            ("max_lifetime", self.max_lifetime, SECOND, YEAR),
+            (
+                "login_timeout",
+                Some(self.login_timeout),
+                SECOND,
+                Duration::from_secs(300),
+            ),
+            (
+                "min_interim_interval",
+                Some(self.min_interim_interval),
+                SECOND,
+                Duration::from_secs(24 * 3600),
+            ),
+        ] {
+            in_range(&format!("{key}.{field}"), value, low, high)?;
         }
         if self.servers.is_empty() {
             return Err(config_error(
@@ -541,6 +555,18 @@ impl OrganizationSettings {
                     "must be 1-63 characters",
                 ));
             }
+            in_range(
+                &format!("{server_key}.timeout"),
+                Some(server.timeout),
+                Duration::from_millis(100),
+                Duration::from_secs(60),
+            )?;
+            if server.retries > 10 {
+                return Err(config_error(
+                    format!("{server_key}.retries"),
+                    "must be at most 10",
+                ));
+            }
             if !names.insert(server.name.as_str()) {
                 return Err(config_error(
                     format!("{server_key}.name"),
@@ -550,6 +576,26 @@ impl OrganizationSettings {
             server.load_secret(&server_key)?;
         }
         self.branding.validate(&format!("{key}.branding"))
+    }
+}
+
+/// Checks that a duration (when set) lies in `low..=high`.
+fn in_range(
+    key: &str,
+    value: Option<Duration>,
+    low: Duration,
+    high: Duration,
+) -> Result<(), ConfigError> {
+    match value {
+        Some(v) if v < low || v > high => Err(config_error(
+            key,
+            format!(
+                "must be between {} and {}",
+                humantime::format_duration(low),
+                humantime::format_duration(high)
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -573,6 +619,12 @@ pub struct Branding {
     pub contact: Option<String>,
 }
 
+/// `#rrggbb`.
+pub fn is_colour(text: &str) -> bool {
+    text.strip_prefix('#')
+        .is_some_and(|hex| hex.len() == 6 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// Largest logo file served.
 pub const MAX_LOGO_BYTES: u64 = 256 * 1024;
 
@@ -580,8 +632,7 @@ impl Branding {
     /// Checks the colour, the texts and that the logo file is a readable image of a known kind.
     pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
         if let Some(colour) = &self.accent_color {
-            let hex = colour.strip_prefix('#').unwrap_or("");
-            if hex.len() != 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if !is_colour(colour) {
                 return Err(config_error(
                     format!("{key}.accent_color"),
                     format!("`{colour}` is not a colour like `#1e40af`"),
@@ -1029,7 +1080,7 @@ impl Settings {
 }
 
 /// "line N: key" for a byte offset in a TOML text: the key whose line the offset falls on.
-fn locate(text: &str, offset: usize) -> String {
+pub(crate) fn locate(text: &str, offset: usize) -> String {
     let offset = offset.min(text.len());
     let line_no = text[..offset].matches('\n').count() + 1;
     let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
@@ -1069,6 +1120,32 @@ mod tests {
         let json = serde_json::json!({ "name": "x", "address": "10.0.0.1", "secret": 987654321 });
         let e = serde_json::from_value::<ServerSettings>(json).expect_err("a number");
         assert!(!e.to_string().contains("987654321"), "{e}");
+    }
+
+    #[test]
+    fn values_that_would_break_the_radius_engine_are_refused() {
+        for (extra, key) in [
+            ("timeout = \"0s\"\n", "servers[0].timeout"),
+            ("timeout = \"200000000000y\"\n", "servers[0].timeout"),
+            ("retries = 4294967295\n", "servers[0].retries"),
+        ] {
+            let text = format!("{MINIMAL}{extra}");
+            let settings = Settings::from_toml(&text).expect("parses");
+            let e = settings.validate().expect_err(extra);
+            assert!(e.key.ends_with(key), "{extra}: {e}");
+        }
+        let text = MINIMAL.replace(
+            "name = \"Acme\"\n",
+            &format!(
+                "name = \"Acme\"\nnas_identifier = \"{}\"\n",
+                "n".repeat(254)
+            ),
+        );
+        let e = Settings::from_toml(&text)
+            .expect("parses")
+            .validate()
+            .expect_err("too long");
+        assert!(e.key.ends_with("nas_identifier"), "{e}");
     }
 
     #[test]

@@ -119,8 +119,19 @@ fn settings_file(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
     {
         serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
     } else {
-        let value: toml::Value = toml::from_str(&text)
-            .with_context(|| format!("{} is not valid TOML", path.display()))?;
+        // The parser's own message quotes the offending line, which may hold a secret: say
+        // only where and what.
+        let value: toml::Value = toml::from_str(&text).map_err(|e| {
+            let at = e.span().map_or_else(
+                || "?".into(),
+                |span| crate::config::locate(&text, span.start),
+            );
+            anyhow::anyhow!(
+                "{} is not valid TOML at {at}: {}",
+                path.display(),
+                e.message()
+            )
+        })?;
         Ok(serde_json::to_value(value)?)
     }
 }

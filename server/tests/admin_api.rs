@@ -381,6 +381,28 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
         )
         .await;
     assert_eq!(changed["servers"][1]["retries"], 0);
+    // Pointing a server elsewhere needs its secret again (the stored one stays with its host).
+    let (status, text) = admin
+        .call(
+            Method::PATCH,
+            "/organizations/gamma/servers/g2",
+            Some(TOKEN),
+            Some(json!({ "address": "192.0.2.1" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("secret"), "{text}");
+    // A server its open sessions still need cannot go (their Stops go to it).
+    let (status, text) = admin
+        .call(
+            Method::DELETE,
+            "/organizations/gamma/servers/g1",
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{text}");
+    assert!(text.contains("still needed"), "{text}");
     let (status, _) = admin
         .call(
             Method::PATCH,

@@ -444,6 +444,28 @@ accent_color = "#0f766e"
     assert_eq!(twice.status.code(), Some(4), "{twice:?}");
     assert!(String::from_utf8_lossy(&twice.stderr).contains("exists"));
 
+    let unquoted = dir.path().join("unquoted.toml");
+    std::fs::write(
+        &unquoted,
+        "[[servers]]\nname = \"g2\"\naddress = \"127.0.0.1\"\nsecret = hunter2xyz\n",
+    )
+    .unwrap();
+    let out = portal(
+        &config,
+        &[
+            "org",
+            "update",
+            "gamma",
+            "--file",
+            unquoted.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let all = format!("{out:?}");
+    assert!(all.contains("line 4"), "says where: {all}");
+    assert!(!all.contains("hunter2xyz"), "never the value: {all}");
+
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "default_window = \"0s\"\n").unwrap();
     let out = portal(
@@ -675,6 +697,7 @@ async fn an_organization_that_cannot_be_rebuilt_keeps_its_last_settings_and_its_
         actor: "test",
         now: 0,
         detail: &detail,
+        expected_revision: None,
     };
     app.storage
         .update_organization(&write, false)

@@ -24,7 +24,8 @@ pub async fn stylesheet(
 ) -> Response {
     let accent = scope
         .and_then(|Extension(scope)| organizations.get(&scope.id))
-        .and_then(|org| org.branding.accent_color.clone());
+        .and_then(|org| org.branding.accent_color.clone())
+        .filter(|colour| config::is_colour(colour));
     let Some(accent) = accent else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -57,15 +58,7 @@ pub async fn logo(
     let Some(content_type) = config::logo_content_type(&path) else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let bytes = match tokio::fs::metadata(&path).await {
-        Ok(meta) if meta.len() <= config::MAX_LOGO_BYTES => tokio::fs::read(&path).await,
-        Ok(meta) => Err(std::io::Error::other(format!(
-            "{} bytes, more than {}",
-            meta.len(),
-            config::MAX_LOGO_BYTES
-        ))),
-        Err(e) => Err(e),
-    };
+    let bytes = read_logo(&path).await;
     match bytes {
         Ok(bytes) => (
             [
@@ -85,4 +78,26 @@ pub async fn logo(
             StatusCode::NOT_FOUND.into_response()
         }
     }
+}
+
+/// Reads a logo: a regular file, at most [`config::MAX_LOGO_BYTES`] (read through one handle,
+/// so a file swapped or grown meanwhile cannot make it larger; a FIFO or device is refused
+/// before it could block).
+async fn read_logo(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path).await?;
+    if !file.metadata().await?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(config::MAX_LOGO_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .await?;
+    if bytes.len() as u64 > config::MAX_LOGO_BYTES {
+        return Err(std::io::Error::other(format!(
+            "more than {} bytes",
+            config::MAX_LOGO_BYTES
+        )));
+    }
+    Ok(bytes)
 }

@@ -129,8 +129,14 @@ async fn state_of(storage: &Storage, id: &str) -> Result<OrgState, ChangeError> 
     }
 }
 
+/// An organization's stored settings as JSON, with the revision they were read at.
+struct Stored {
+    settings: Map<String, Value>,
+    revision: i64,
+}
+
 /// The stored settings of an organization as JSON.
-async fn stored_settings(storage: &Storage, id: &str) -> Result<Map<String, Value>, ChangeError> {
+async fn stored_settings(storage: &Storage, id: &str) -> Result<Stored, ChangeError> {
     let row = storage
         .organization(id)
         .await?
@@ -144,7 +150,10 @@ async fn stored_settings(storage: &Storage, id: &str) -> Result<Map<String, Valu
         Ok(Value::Object(mut map)) => {
             // The column is the truth for the name.
             map.insert("name".into(), Value::String(row.name));
-            Ok(map)
+            Ok(Stored {
+                settings: map,
+                revision: row.revision,
+            })
         }
         _ => Err(ChangeError::Internal(OrganizationError::Corrupt(
             id.to_string(),
@@ -153,14 +162,36 @@ async fn stored_settings(storage: &Storage, id: &str) -> Result<Map<String, Valu
     }
 }
 
+/// Where a server entry sends packets: address and ports (the defaults when left out).
+fn destination(server: &Map<String, Value>) -> (Option<&Value>, u64, u64) {
+    let port = |key: &str, default: u64| server.get(key).and_then(Value::as_u64).unwrap_or(default);
+    (
+        server.get("address"),
+        port("auth_port", 1812),
+        port("acct_port", 1813),
+    )
+}
+
+/// Refreshes this process's cache after a committed change; a failure is logged (the change
+/// is stored; the worker's next pass brings the cache up to it).
+async fn refresh_after_change(storage: &Storage, organizations: &Organizations) {
+    if let Err(e) = organizations.refresh(storage).await {
+        tracing::error!(error = %e, "organization cache not refreshed after a change; the worker retries");
+    }
+}
+
 /// A server entry of a change that names neither `secret` nor `secret_file` keeps the stored
 /// server's (by name): secrets are never shown, so a read-modify-write must not wipe them.
+/// Not when it now points somewhere else: the secret would be handed to another host.
 fn keep_secret(entry: &mut Map<String, Value>, stored: Option<&Value>) {
     let given = |key: &str| entry.get(key).is_some_and(|v| !v.is_null());
     if given("secret") || given("secret_file") {
         return;
     }
-    if let Some(stored) = stored.and_then(Value::as_object) {
+    if let Some(stored) = stored
+        .and_then(Value::as_object)
+        .filter(|stored| destination(stored) == destination(entry))
+    {
         for key in ["secret", "secret_file"] {
             if let Some(v) = stored.get(key).filter(|v| !v.is_null()) {
                 entry.insert(key.into(), v.clone());
@@ -192,7 +223,7 @@ async fn store(
     storage: &Storage,
     organizations: &Organizations,
     change: Change<'_>,
-    before: Map<String, Value>,
+    before: Stored,
     after: Map<String, Value>,
 ) -> Result<bool, ChangeError> {
     let Change {
@@ -203,9 +234,31 @@ async fn store(
     } = change;
     let key = format!("organizations.{id}");
     let after = checked(Value::Object(after), &key)?;
-    let before_view = serde_json::from_value::<OrganizationSettings>(Value::Object(before))
-        .map(|b| redacted(&b))
-        .unwrap_or(Value::Null);
+    // A server that goes away (removed, or renamed) must not be needed by a session: its
+    // Stops go to the server that authenticated it, by name.
+    let names_before: Vec<String> = before
+        .settings
+        .get("servers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.get("name").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    for gone in names_before
+        .iter()
+        .filter(|name| !after.servers.iter().any(|s| &s.name == *name))
+    {
+        let needing = storage.sessions_needing_server(id, gone).await?;
+        if needing > 0 {
+            return Err(ChangeError::Conflict(format!(
+                "server `{gone}` is still needed by {needing} session(s) (open, or with accounting not yet delivered): keep it until they have ended (disable the organization to end them)"
+            )));
+        }
+    }
+    let before_view =
+        serde_json::from_value::<OrganizationSettings>(Value::Object(before.settings))
+            .map(|b| redacted(&b))
+            .unwrap_or(Value::Null);
     let json = serde_json::to_string(&after)
         .map_err(|e| OrganizationError::Corrupt(id.to_string(), e.to_string()))?;
     let detail =
@@ -217,15 +270,19 @@ async fn store(
         actor,
         now: now_ms(),
         detail: &detail,
+        expected_revision: Some(before.revision),
     };
     let outcome = storage.update_organization(&write, require_active).await?;
-    organizations.refresh(storage).await?;
+    refresh_after_change(storage, organizations).await;
     match outcome {
         UpdateOutcome::Updated => Ok(true),
         UpdateOutcome::Unchanged => Ok(false),
         UpdateOutcome::NotFound => Err(ChangeError::NotFound(id.to_string())),
         // Disabled between the check and the write: the disable wins.
         UpdateOutcome::Disabled => Err(ChangeError::Forbidden(DISABLED_UPDATE.into())),
+        UpdateOutcome::Stale => Err(ChangeError::Conflict(format!(
+            "organization `{id}` was changed by someone else meanwhile: read it again and retry"
+        ))),
     }
 }
 
@@ -259,6 +316,7 @@ pub async fn create(
         actor,
         now: now_ms(),
         detail: &detail,
+        expected_revision: None,
     };
     if !storage.create_organization(&write, active).await? {
         return Err(ChangeError::Conflict(format!(
@@ -266,7 +324,7 @@ pub async fn create(
             settings.id
         )));
     }
-    organizations.refresh(storage).await?;
+    refresh_after_change(storage, organizations).await;
     tracing::warn!(organization = %settings.id, actor, active, "organization created");
     Ok(settings.id)
 }
@@ -320,7 +378,7 @@ pub async fn update(
         None => {}
     }
     let before = stored_settings(storage, id).await?;
-    let mut after = before.clone();
+    let mut after = before.settings.clone();
     for (key, mut value) in patch {
         if key == "servers" {
             if let Some(servers) = value.as_array_mut() {
@@ -328,7 +386,8 @@ pub async fn update(
                     let name = entry.get("name").and_then(Value::as_str).map(str::to_owned);
                     keep_secret(
                         entry,
-                        name.as_deref().and_then(|n| stored_server(&before, n)),
+                        name.as_deref()
+                            .and_then(|n| stored_server(&before.settings, n)),
                     );
                 }
             }
@@ -363,13 +422,15 @@ pub async fn delete(
     let before = stored_settings(storage, id)
         .await
         .ok()
-        .and_then(|b| serde_json::from_value::<OrganizationSettings>(Value::Object(b)).ok())
+        .and_then(|b| {
+            serde_json::from_value::<OrganizationSettings>(Value::Object(b.settings)).ok()
+        })
         .map(|b| redacted(&b))
         .unwrap_or(Value::Null);
     let detail = serde_json::json!({ "before": before });
     match storage.delete_organization(id, actor, now_ms(), &detail).await? {
         DeleteOutcome::Deleted => {
-            organizations.refresh(storage).await?;
+            refresh_after_change(storage, organizations).await;
             tracing::warn!(organization = id, actor, "organization deleted");
             Ok(())
         }
@@ -403,12 +464,12 @@ pub async fn add_server(
     // Checked on its own first, so errors name the server's fields.
     parse::<ServerSettings>(Value::Object(server.clone()), "server")?;
     let before = stored_settings(storage, id).await?;
-    if stored_server(&before, &name).is_some() {
+    if stored_server(&before.settings, &name).is_some() {
         return Err(ChangeError::Conflict(format!(
             "organization `{id}` has a server `{name}` already"
         )));
     }
-    let mut after = before.clone();
+    let mut after = before.settings.clone();
     let mut servers = after
         .get("servers")
         .and_then(Value::as_array)
@@ -446,18 +507,24 @@ pub async fn update_server(
         return Err(ChangeError::Forbidden(DISABLED_UPDATE.into()));
     }
     let before = stored_settings(storage, id).await?;
-    let Some(Value::Object(mut entry)) = stored_server(&before, name).cloned() else {
+    let Some(Value::Object(mut entry)) = stored_server(&before.settings, name).cloned() else {
         return Err(ChangeError::NoServer(id.to_string(), name.to_string()));
     };
-    if ["secret", "secret_file"]
+    let stored_entry = entry.clone();
+    let secret_given = ["secret", "secret_file"]
         .iter()
-        .any(|k| patch.get(*k).is_some_and(|v| !v.is_null()))
-    {
-        entry.remove("secret");
-        entry.remove("secret_file");
-    }
+        .any(|k| patch.get(*k).is_some_and(|v| !v.is_null()));
     entry.extend(patch);
-    let mut after = before.clone();
+    // A new secret replaces the stored one; a new destination needs one (the stored secret is
+    // never handed to another host).
+    if secret_given || destination(&entry) != destination(&stored_entry) {
+        for key in ["secret", "secret_file"] {
+            if stored_entry.get(key) == entry.get(key) {
+                entry.remove(key);
+            }
+        }
+    }
+    let mut after = before.settings.clone();
     let servers: Vec<Value> = after
         .get("servers")
         .and_then(Value::as_array)
@@ -500,10 +567,11 @@ pub async fn remove_server(
     let state = state_of(storage, id).await?;
     debug_assert!(guard::allows(Operation::AdminDelete, state));
     let before = stored_settings(storage, id).await?;
-    if stored_server(&before, name).is_none() {
+    if stored_server(&before.settings, name).is_none() {
         return Err(ChangeError::NoServer(id.to_string(), name.to_string()));
     }
     let servers: Vec<Value> = before
+        .settings
         .get("servers")
         .and_then(Value::as_array)
         .cloned()
@@ -516,7 +584,7 @@ pub async fn remove_server(
             "`{name}` is the last RADIUS server of organization `{id}`: add another first, or delete the organization"
         )));
     }
-    let mut after = before.clone();
+    let mut after = before.settings.clone();
     after.insert("servers".into(), Value::Array(servers));
     store(
         storage,

@@ -51,6 +51,9 @@ pub struct OrganizationWrite<'a> {
     pub now: i64,
     /// The audit entry's detail (never secrets).
     pub detail: &'a serde_json::Value,
+    /// Updates only: the revision the change was computed from; another change stored since
+    /// makes this one [`UpdateOutcome::Stale`] (no lost updates).
+    pub expected_revision: Option<i64>,
 }
 
 /// What an operator's update did.
@@ -64,6 +67,8 @@ pub enum UpdateOutcome {
     NotFound,
     /// The organization is disabled (and the change required it active).
     Disabled,
+    /// It changed since the change was computed (`expected_revision`).
+    Stale,
 }
 
 /// What an operator's delete did.
@@ -259,7 +264,7 @@ impl Storage {
                 let active = enabled.unwrap_or(true);
                 sqlx::query(
                     "INSERT INTO organizations (id, name, is_active, settings, revision, created_at, updated_at, position) \
-                     VALUES (?, ?, ?, ?, 1, ?, ?, ?)",
+                     VALUES (?, ?, ?, ?, (SELECT value + 1 FROM organization_revision WHERE id = 1), ?, ?, ?)",
                 )
                 .bind(id)
                 .bind(name)
@@ -410,11 +415,15 @@ impl Storage {
             actor,
             now,
             detail,
+            ..
         } = *write;
         let mut tx = self.begin().await?;
+        // The revision starts above every revision ever stored (the global one counts them
+        // all), so a process still caching a deleted organization of the same id rebuilds.
         let created = sqlx::query(
             "INSERT INTO organizations (id, name, is_active, settings, revision, created_at, updated_at, position) \
-             VALUES (?, ?, ?, ?, 1, ?, ?, NULL) ON CONFLICT (id) DO NOTHING",
+             VALUES (?, ?, ?, ?, (SELECT value + 1 FROM organization_revision WHERE id = 1), ?, ?, NULL) \
+             ON CONFLICT (id) DO NOTHING",
         )
         .bind(id)
         .bind(name)
@@ -450,18 +459,23 @@ impl Storage {
             actor,
             now,
             detail,
+            expected_revision,
         } = *write;
         let mut tx = self.begin().await?;
-        let before: Option<(String, Option<String>, bool)> =
-            sqlx::query_as("SELECT name, settings, is_active FROM organizations WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((old_name, old_settings, active)) = before else {
+        let before: Option<(String, Option<String>, bool, i64)> = sqlx::query_as(
+            "SELECT name, settings, is_active, revision FROM organizations WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((old_name, old_settings, active, revision)) = before else {
             return Ok(UpdateOutcome::NotFound);
         };
         if require_active && !active {
             return Ok(UpdateOutcome::Disabled);
+        }
+        if expected_revision.is_some_and(|expected| expected != revision) {
+            return Ok(UpdateOutcome::Stale);
         }
         if old_name == name && old_settings.as_deref() == Some(settings_json) {
             return Ok(UpdateOutcome::Unchanged);
@@ -481,6 +495,24 @@ impl Storage {
         audit_in(&mut tx, now, actor, "org.update", Some(id), detail).await?;
         tx.commit().await?;
         Ok(UpdateOutcome::Updated)
+    }
+
+    /// Sessions of an organization that still need server `name`: open, or with accounting not
+    /// yet delivered (their Stops go to the server that authenticated them).
+    pub async fn sessions_needing_server(
+        &self,
+        organization_id: &str,
+        name: &str,
+    ) -> Result<i64, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM access_sessions s WHERE s.organization_id = ? AND s.server_name = ? \
+             AND (s.state = 'active' OR EXISTS (SELECT 1 FROM accounting_outbox o \
+                  WHERE o.access_session_id = s.id AND o.delivered_at IS NULL AND o.dead_at IS NULL))",
+        )
+        .bind(organization_id)
+        .bind(name)
+        .fetch_one(self.pool())
+        .await?)
     }
 
     /// Deletes an organization with its ended sessions and their accounting rows (the audit
@@ -524,6 +556,27 @@ impl Storage {
                 pending_accounting,
             });
         }
+        // Dead-lettered rows are the only record of accounting that was never sent: they go
+        // into the audit entry before the rows go.
+        let dead: Vec<(String, i64, Option<String>)> = sqlx::query_as(
+            "SELECT s.acct_session_id, o.status_type, o.dead_reason FROM accounting_outbox o \
+             JOIN access_sessions s ON s.id = o.access_session_id \
+             WHERE s.organization_id = ? AND o.dead_at IS NOT NULL ORDER BY o.id LIMIT 1000",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut detail = detail.clone();
+        if let Some(map) = detail.as_object_mut() {
+            map.insert(
+                "dead_letters".into(),
+                dead.iter()
+                    .map(|(sid, status, reason)| {
+                        serde_json::json!({ "acct_session_id": sid, "status_type": status, "reason": reason })
+                    })
+                    .collect(),
+            );
+        }
         for statement in [
             "DELETE FROM session_classes WHERE access_session_id IN (SELECT id FROM access_sessions WHERE organization_id = ?)",
             "DELETE FROM accounting_outbox WHERE access_session_id IN (SELECT id FROM access_sessions WHERE organization_id = ?)",
@@ -534,7 +587,7 @@ impl Storage {
             sqlx::query(statement).bind(id).execute(&mut *tx).await?;
         }
         bump_revision(&mut tx).await?;
-        audit_in(&mut tx, now, actor, "org.delete", Some(id), detail).await?;
+        audit_in(&mut tx, now, actor, "org.delete", Some(id), &detail).await?;
         tx.commit().await?;
         Ok(DeleteOutcome::Deleted)
     }
