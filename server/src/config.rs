@@ -193,9 +193,15 @@ pub struct Settings {
 pub struct HttpSettings {
     /// Address to listen on; default: Leptos' `site-addr` (127.0.0.1:3000).
     pub listen: Option<SocketAddr>,
-    /// Mark the web-session cookie `Secure` (set when users reach the portal over HTTPS).
+    /// Mark the web-session cookie `Secure` (set when users reach the portal over HTTPS;
+    /// implied by an `https` `public_url`).
     #[serde(default)]
     pub secure_cookies: bool,
+    /// Where users reach the portal (`https://portal.example.com`): what the Origin of a form
+    /// post must be, the base of the Captive API's URLs; `https` turns on HSTS and `Secure`
+    /// `__Host-` cookies. Unset: the request's own Host.
+    #[serde(default, deserialize_with = "public_url")]
+    pub public_url: Option<PublicUrl>,
     /// Reverse proxies (addresses or CIDRs) whose `Forwarded` / `X-Forwarded-For` are believed.
     /// Empty (default): the socket peer is the client.
     #[serde(default, deserialize_with = "networks")]
@@ -205,6 +211,69 @@ pub struct HttpSettings {
     /// ignored (proxies pass the client's own through).
     #[serde(default)]
     pub forwarded_header: crate::http::client_ip::ForwardedHeader,
+}
+
+impl HttpSettings {
+    /// Users reach the portal over HTTPS (`secure_cookies`, or an `https` public URL).
+    pub fn https(&self) -> bool {
+        self.secure_cookies || self.public_url.as_ref().is_some_and(PublicUrl::is_https)
+    }
+}
+
+/// The portal's public origin (`[http] public_url`): scheme and host[:port].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicUrl {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// Host with the port when it is not the scheme's default (as browsers send Origin).
+    pub authority: String,
+}
+
+impl PublicUrl {
+    /// Parses `https://host[:port]` (a trailing `/` is fine; a path prefix is not supported).
+    pub fn parse(text: &str) -> Result<PublicUrl, String> {
+        let url = url::Url::parse(text.trim())
+            .map_err(|e| format!("`{text}` is not a URL like https://portal.example.com: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("`{text}`: the scheme must be http or https"));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("`{text}` has no host"))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!("`{text}`: no user or password in the URL"));
+        }
+        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "`{text}`: only scheme and host (and port) — the portal is served at the root of its host"
+            ));
+        }
+        let authority = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        Ok(PublicUrl {
+            scheme: url.scheme().to_string(),
+            authority,
+        })
+    }
+
+    /// `scheme://authority`, as browsers send it in `Origin`.
+    pub fn origin(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority)
+    }
+
+    /// Users reach the portal over TLS.
+    pub fn is_https(&self) -> bool {
+        self.scheme == "https"
+    }
+}
+
+fn public_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PublicUrl>, D::Error> {
+    let text = String::deserialize(d)?;
+    PublicUrl::parse(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// Parses "10.0.0.0/8" or a single address ("127.0.0.1" = /32).
@@ -1019,6 +1088,12 @@ impl Settings {
                         )
                     })?;
         }
+        if let Some(url) = var("PORTAL_HTTP_PUBLIC_URL") {
+            self.http.public_url = Some(
+                PublicUrl::parse(&url)
+                    .map_err(|problem| config_error("PORTAL_HTTP_PUBLIC_URL", problem))?,
+            );
+        }
         if let Some(v) = var("PORTAL_HTTP_SECURE_COOKIES") {
             self.http.secure_cookies = parse_bool("PORTAL_HTTP_SECURE_COOKIES", &v)?;
         }
@@ -1146,6 +1221,33 @@ mod tests {
             .validate()
             .expect_err("too long");
         assert!(e.key.ends_with("nas_identifier"), "{e}");
+    }
+
+    #[test]
+    fn public_url_is_an_origin() {
+        let url = PublicUrl::parse("https://Portal.Example.com/").expect("valid");
+        assert_eq!(url.origin(), "https://portal.example.com");
+        assert!(url.is_https());
+        assert_eq!(
+            PublicUrl::parse("http://10.0.0.1:8080")
+                .expect("valid")
+                .origin(),
+            "http://10.0.0.1:8080"
+        );
+        assert_eq!(
+            PublicUrl::parse("https://p.example:443")
+                .expect("valid")
+                .origin(),
+            "https://p.example"
+        );
+        for bad in [
+            "ftp://x",
+            "https://x/portal",
+            "portal.example",
+            "https://u:p@x",
+        ] {
+            assert!(PublicUrl::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

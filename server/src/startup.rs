@@ -124,11 +124,12 @@ impl Application {
         let captive = crate::http::captive::CaptiveApi {
             sessions: sessions.clone(),
             organization_id: organizations.default_id().into(),
-            scheme: if settings.http.secure_cookies {
+            scheme: if settings.http.https() {
                 "https"
             } else {
                 "http"
             },
+            public_url: settings.http.public_url.clone(),
         };
         let dynauth =
             DynAuthListener::bind(&settings.dynamic_authorization, sessions.clone()).await?;
@@ -156,7 +157,11 @@ impl Application {
                 stop: live_stop.clone(),
             },
             session_store: session_store.clone(),
-            secure_cookies: settings.http.secure_cookies,
+            secure_cookies: settings.http.https(),
+            site_security: crate::http::security::SiteSecurity {
+                public_url: settings.http.public_url.clone(),
+                hsts: settings.http.https(),
+            },
             trusted_proxies: crate::http::client_ip::TrustedProxies::new(
                 settings.http.trusted_proxies.clone(),
                 settings.http.forwarded_header,

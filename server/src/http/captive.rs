@@ -25,6 +25,8 @@ pub struct CaptiveApi {
     pub organization_id: Arc<str>,
     /// `https` when users reach the portal over TLS (RFC 8908 wants an HTTPS portal URL).
     pub scheme: &'static str,
+    /// `[http] public_url`: the URLs' base when set (never the request's Host then).
+    pub public_url: Option<crate::config::PublicUrl>,
 }
 
 /// RFC 8908 §5 JSON keys.
@@ -58,11 +60,17 @@ pub async fn captive_state(
     let Some(Extension(ClientIp(ip))) = client else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    let base = format!("{}://{host}{prefix}", api.scheme);
+    let origin = match &api.public_url {
+        Some(public) => public.origin(),
+        None => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            format!("{}://{host}", api.scheme)
+        }
+    };
+    let base = format!("{origin}{prefix}");
     let state = match api.sessions.active_for_client(&organization_id, ip).await {
         Ok(Some(session)) => CaptiveState {
             captive: false,

@@ -39,8 +39,10 @@ pub struct RouterParts {
     pub portal: Portal,
     /// Web-session store (same database).
     pub session_store: SqliteStore,
-    /// Mark cookies Secure.
+    /// Mark cookies Secure (and name the web-session cookie `__Host-…`).
     pub secure_cookies: bool,
+    /// Public URL (Origin checks) and HSTS.
+    pub site_security: security::SiteSecurity,
     /// Proxies whose forwarding headers are believed.
     pub trusted_proxies: client_ip::TrustedProxies,
     /// Database handle for readiness.
@@ -64,6 +66,7 @@ pub fn router(parts: RouterParts) -> Router {
         portal,
         session_store,
         secure_cookies,
+        site_security,
         trusted_proxies,
         storage,
         tasks,
@@ -93,8 +96,14 @@ pub fn router(parts: RouterParts) -> Router {
         let context = context.clone();
         move |request: Request<Body>| handle_server_fns_with_context(context.clone(), request)
     };
+    // Under HTTPS the `__Host-` prefix makes browsers refuse the cookie unless it is Secure,
+    // host-only and for `/` — no subdomain or plain-HTTP page can plant or read it.
     let sessions = SessionManagerLayer::new(session_store)
-        .with_name("portal_session")
+        .with_name(if secure_cookies {
+            "__Host-portal_session"
+        } else {
+            "portal_session"
+        })
         .with_same_site(SameSite::Strict)
         .with_http_only(true)
         .with_secure(secure_cookies)
@@ -132,8 +141,14 @@ pub fn router(parts: RouterParts) -> Router {
             trusted_proxies,
             client_ip::insert_client_ip,
         ))
-        .layer(middleware::from_fn(security::reject_cross_site))
-        .layer(middleware::from_fn(security::security_headers))
+        .layer(middleware::from_fn_with_state(
+            site_security.clone(),
+            security::reject_cross_site,
+        ))
+        .layer(middleware::from_fn_with_state(
+            site_security,
+            security::security_headers,
+        ))
         .layer(CompressionLayer::new())
         .with_state(leptos_options);
     // `/o/{slug}/…` is taken off before the routes above see the request.

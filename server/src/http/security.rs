@@ -5,18 +5,39 @@
 //! The per-session form token (the other half of CSRF protection) is checked by
 //! `portal_backend`, which owns the web session.
 
+use crate::config::PublicUrl;
 use axum::{
-    extract::Request,
+    extract::{Request, State},
     http::{header, HeaderMap, HeaderValue, Method, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
 };
 
-/// Middleware: adds X-Frame-Options, X-Content-Type-Options, Referrer-Policy, and `no-store`
-/// for responses that did not set their own caching (HTML, server fns).
-pub async fn security_headers(request: Request, next: Next) -> Response {
+/// What the security middleware needs: the public URL (Origin checks), and whether users
+/// reach the portal over HTTPS (HSTS).
+#[derive(Clone, Debug, Default)]
+pub struct SiteSecurity {
+    /// `[http] public_url`.
+    pub public_url: Option<PublicUrl>,
+    /// Send `Strict-Transport-Security`.
+    pub hsts: bool,
+}
+
+/// Middleware: adds X-Frame-Options, X-Content-Type-Options, Referrer-Policy, HSTS under
+/// HTTPS, and `no-store` for responses that did not set their own caching (HTML, server fns).
+pub async fn security_headers(
+    State(site): State<SiteSecurity>,
+    request: Request,
+    next: Next,
+) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
+    if site.hsts {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -32,8 +53,9 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
     response
 }
 
-/// True when a state-changing request comes from another site.
-pub fn is_cross_site(method: &Method, headers: &HeaderMap) -> bool {
+/// True when a state-changing request comes from another site: `Sec-Fetch-Site` says so, or
+/// `Origin` is not the public URL's origin (without one: its host is not the `Host` header).
+pub fn is_cross_site(method: &Method, headers: &HeaderMap, public_url: Option<&PublicUrl>) -> bool {
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return false;
     }
@@ -43,6 +65,10 @@ pub fn is_cross_site(method: &Method, headers: &HeaderMap) -> bool {
         }
     }
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        if let Some(public) = public_url {
+            // A proxy may rewrite Host; the public URL is what browsers were given.
+            return !origin.eq_ignore_ascii_case(&public.origin());
+        }
         let host = headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
@@ -56,8 +82,16 @@ pub fn is_cross_site(method: &Method, headers: &HeaderMap) -> bool {
 }
 
 /// Middleware: answers 403 to cross-site state-changing requests.
-pub async fn reject_cross_site(request: Request, next: Next) -> Response {
-    if is_cross_site(request.method(), request.headers()) {
+pub async fn reject_cross_site(
+    State(site): State<SiteSecurity>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if is_cross_site(
+        request.method(),
+        request.headers(),
+        site.public_url.as_ref(),
+    ) {
         tracing::warn!(path = %request.uri().path(), "cross-site request refused");
         return (StatusCode::FORBIDDEN, "Cross-site request refused.").into_response();
     }
@@ -83,14 +117,15 @@ mod tests {
             ("origin", "http://portal.example:3000"),
             ("sec-fetch-site", "same-origin"),
         ]);
-        assert!(!is_cross_site(&Method::POST, &h));
+        assert!(!is_cross_site(&Method::POST, &h, None));
     }
 
     #[test]
     fn post_without_browser_headers_passes() {
         assert!(!is_cross_site(
             &Method::POST,
-            &headers(&[("host", "portal.example")])
+            &headers(&[("host", "portal.example")]),
+            None
         ));
     }
 
@@ -100,11 +135,27 @@ mod tests {
             ("host", "portal.example"),
             ("origin", "https://evil.example"),
         ]);
-        assert!(is_cross_site(&Method::POST, &h));
+        assert!(is_cross_site(&Method::POST, &h, None));
         let h = headers(&[("host", "portal.example"), ("sec-fetch-site", "cross-site")]);
-        assert!(is_cross_site(&Method::POST, &h));
+        assert!(is_cross_site(&Method::POST, &h, None));
         let h = headers(&[("host", "portal.example"), ("origin", "null")]);
-        assert!(is_cross_site(&Method::POST, &h));
+        assert!(is_cross_site(&Method::POST, &h, None));
+    }
+
+    #[test]
+    fn with_a_public_url_the_origin_must_be_it_whatever_the_host_header_says() {
+        let public = PublicUrl::parse("https://portal.example").expect("valid");
+        // nginx's default `proxy_set_header Host $proxy_host` rewrites Host.
+        let h = headers(&[
+            ("host", "127.0.0.1:3000"),
+            ("origin", "https://portal.example"),
+        ]);
+        assert!(!is_cross_site(&Method::POST, &h, Some(&public)));
+        for origin in ["http://portal.example", "https://evil.example", "null"] {
+            let mut h = headers(&[("host", "portal.example")]);
+            h.insert("origin", HeaderValue::from_str(origin).expect("header"));
+            assert!(is_cross_site(&Method::POST, &h, Some(&public)), "{origin}");
+        }
     }
 
     #[test]
@@ -113,6 +164,6 @@ mod tests {
             ("host", "portal.example"),
             ("origin", "https://evil.example"),
         ]);
-        assert!(!is_cross_site(&Method::GET, &h));
+        assert!(!is_cross_site(&Method::GET, &h, None));
     }
 }

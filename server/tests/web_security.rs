@@ -1,0 +1,110 @@
+//! Web security behind real proxies: with `public_url` set, the Origin of a form post is
+//! checked against it (a proxy that rewrites Host does not break sign-in; a foreign or
+//! plain-HTTP origin is refused and sends nothing), the Captive API's URLs come from it and
+//! never from a Host header, and an https public URL turns on HSTS and `__Host-` Secure cookies.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{settings, temp_db, FreeRadius, TestApp};
+use radius_portal::config::PublicUrl;
+use std::net::Ipv4Addr;
+
+#[tokio::test]
+async fn with_a_public_url_the_origin_is_checked_against_it_and_urls_come_from_it() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
+    config.http.public_url = Some(PublicUrl::parse("http://portal.example:8080").unwrap());
+    let app = TestApp::spawn(&config).await;
+    let login = [("username", "carol"), ("password", "carol-pass")];
+
+    // The browser was given portal.example; the proxy rewrote Host to the backend address.
+    let browser = app.browser(Ipv4Addr::new(127, 0, 8, 1));
+    let token = browser.form_token("/").await;
+    let form = [login[0], login[1], ("csrf", token.as_str())];
+    let refused = browser
+        .http
+        .post(format!("{}/api/login", browser.base))
+        .header("accept", "text/html")
+        .header("origin", browser.base.clone()) // the backend's own origin: not the public one
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(
+        radius.auth_lines().is_empty(),
+        "nothing sent for a refused post"
+    );
+    for origin in ["https://portal.example:8080", "http://evil.example"] {
+        let refused = browser
+            .http
+            .post(format!("{}/api/login", browser.base))
+            .header("origin", origin)
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 403, "{origin}");
+    }
+    let page = browser
+        .post_raw(
+            "/api/login",
+            "/",
+            &form,
+            &[("origin", "http://portal.example:8080")],
+        )
+        .await;
+    assert!(page.body.contains("You are connected"), "{}", page.body);
+
+    // The Captive API names the public URL, whatever Host says.
+    let captive = browser
+        .http
+        .get(format!("{}/captive-portal/api", browser.base))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let captive: serde_json::Value = serde_json::from_str(&captive).unwrap();
+    assert_eq!(
+        captive["user-portal-url"],
+        "http://portal.example:8080/session"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_https_public_url_sends_hsts_and_a_host_prefixed_secure_cookie() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
+    config.http.public_url = Some(PublicUrl::parse("https://portal.example").unwrap());
+    let app = TestApp::spawn(&config).await;
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/", app.addr))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["strict-transport-security"],
+        "max-age=31536000"
+    );
+    let cookie = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.contains("portal_session"))
+        .expect("the page's form token opens a web session");
+    assert!(cookie.starts_with("__Host-portal_session="), "{cookie}");
+    assert!(cookie.contains("Secure"), "{cookie}");
+    assert!(cookie.contains("Path=/"), "{cookie}");
+    assert!(!cookie.contains("Domain"), "{cookie}");
+    app.stop().await;
+}
