@@ -8,6 +8,7 @@ use crate::{
     config::RateLimitSettings,
     http::{
         client_ip::ClientIp,
+        form_token::{AnonId, FormTokens},
         org_scope::{base_of, OrgScope},
         rate_limit::{client_key, RateLimiter},
     },
@@ -43,6 +44,8 @@ pub struct PortalBackend {
     ipv6_prefix: u8,
     /// Login attempts per (organization, lower-cased username).
     per_user: RateLimiter<(String, String)>,
+    /// Signs anonymous visitors' form tokens.
+    form_tokens: FormTokens,
 }
 
 impl PortalBackend {
@@ -51,6 +54,7 @@ impl PortalBackend {
         sessions: AccessSessions,
         organizations: Arc<Organizations>,
         limits: &RateLimitSettings,
+        form_tokens: FormTokens,
         demo: bool,
     ) -> Self {
         PortalBackend {
@@ -60,6 +64,7 @@ impl PortalBackend {
             per_ip: RateLimiter::new(limits.login_per_ip, limits.period),
             ipv6_prefix: limits.ipv6_prefix,
             per_user: RateLimiter::new(limits.login_per_user, limits.period),
+            form_tokens,
         }
     }
 
@@ -141,6 +146,32 @@ impl PortalBackend {
             .map_err(|e| internal("reading the web session", &e))
     }
 
+    /// Refuses the request unless it carries this browser's form token (design.md §6): the
+    /// web session's, or — for a visitor without one — the signed token of its cookie.
+    async fn check_form_token(
+        &self,
+        request: &Parts,
+        web: &Session,
+        supplied: &str,
+    ) -> Result<(), PortalError> {
+        let stored = web
+            .get::<String>(FORM_TOKEN_KEY)
+            .await
+            .map_err(|e| internal("reading the web session", &e))?;
+        // Once the browser has a web session, only its token counts (rotated at login).
+        let expected = stored.or_else(|| {
+            request
+                .extensions
+                .get::<AnonId>()
+                .map(|anon| self.form_tokens.token_for(anon))
+        });
+        if expected.is_some_and(|expected| tokens_match(&expected, supplied)) {
+            return Ok(());
+        }
+        tracing::warn!("state-changing request without a valid form token refused");
+        Err(PortalError::Forbidden)
+    }
+
     /// The organization a request is for: its `/o/{slug}` scope, else the default.
     fn scope(&self, request: &Parts) -> OrgScope {
         request
@@ -164,19 +195,12 @@ fn tokens_match(expected: &str, supplied: &str) -> bool {
             == 0
 }
 
-/// Refuses the request unless it carries the web session's form token (design.md §6).
-async fn check_form_token(web: &Session, supplied: &str) -> Result<(), PortalError> {
-    let expected = web
-        .get::<String>(FORM_TOKEN_KEY)
-        .await
-        .map_err(|e| internal("reading the web session", &e))?;
-    match expected {
-        Some(expected) if tokens_match(&expected, supplied) => Ok(()),
-        _ => {
-            tracing::warn!("state-changing request without a valid form token refused");
-            Err(PortalError::Forbidden)
-        }
-    }
+/// A fresh random form token (stored in a web session).
+fn random_token() -> String {
+    rand::random::<[u8; 32]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn web_session(request: &Parts) -> Result<Session, PortalError> {
@@ -312,8 +336,12 @@ impl PortalService for PortalBackend {
         {
             return Ok(token);
         }
-        let bytes: [u8; 32] = rand::random();
-        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        // A visitor without a web session: the signed token of its `portal_anon` cookie (no
+        // write). Only a caller that has neither gets a token stored in a new web session.
+        if let Some(anon) = request.extensions.get::<AnonId>() {
+            return Ok(self.form_tokens.token_for(anon));
+        }
+        let token = random_token();
         web.insert(FORM_TOKEN_KEY, &token)
             .await
             .map_err(|e| internal("writing the web session", &e))?;
@@ -322,7 +350,8 @@ impl PortalService for PortalBackend {
 
     async fn login(&self, request: &Parts, input: LoginInput) -> Result<SessionView, PortalError> {
         let result = async {
-            check_form_token(&web_session(request)?, &input.form_token).await?;
+            self.check_form_token(request, &web_session(request)?, &input.form_token)
+                .await?;
             let org_id = input
                 .organization
                 .clone()
@@ -341,10 +370,13 @@ impl PortalService for PortalBackend {
                 .login(&org_id, &input.username, &input.password, ip)
                 .await
                 .map_err(user_error)?;
-            // A new login gets a new web-session id (no fixation).
+            // A new login gets a new web-session id (no fixation) and a new form token.
             web.cycle_id()
                 .await
                 .map_err(|e| internal("rotating the web session id", &e))?;
+            web.insert(FORM_TOKEN_KEY, random_token())
+                .await
+                .map_err(|e| internal("writing the web session", &e))?;
             web.insert(&access_session_key(&org_id), session.id)
                 .await
                 .map_err(|e| internal("writing the web session", &e))?;
@@ -386,7 +418,7 @@ impl PortalService for PortalBackend {
     async fn refresh(&self, request: &Parts, form_token: &str) -> Result<SessionView, PortalError> {
         let result = async {
             let web = web_session(request)?;
-            check_form_token(&web, form_token).await?;
+            self.check_form_token(request, &web, form_token).await?;
             let id = self
                 .linked_session_id(&web, &self.scope(request).id)
                 .await?
@@ -401,7 +433,7 @@ impl PortalService for PortalBackend {
     async fn disconnect(&self, request: &Parts, form_token: &str) -> Result<String, PortalError> {
         let result = async {
             let web = web_session(request)?;
-            check_form_token(&web, form_token).await?;
+            self.check_form_token(request, &web, form_token).await?;
             let scope = self.scope(request);
             if let Some(id) = self.linked_session_id(&web, &scope.id).await? {
                 self.sessions.disconnect(id).await.map_err(user_error)?;

@@ -136,10 +136,15 @@ impl Application {
         if let Some(listener) = &dynauth {
             tracing::info!(addr = ?listener.local_addr(), "Dynamic Authorization (RFC 5176) listener bound");
         }
+        let form_tokens = crate::http::form_token::FormTokens::new(
+            storage.app_secret("form_token_key").await?,
+            settings.http.https(),
+        );
         let backend = Arc::new(PortalBackend::new(
             sessions.clone(),
             organizations.clone(),
             &settings.rate_limit,
+            form_tokens.clone(),
             demo,
         ));
         let live_stop = CancellationToken::new();
@@ -158,6 +163,7 @@ impl Application {
             },
             session_store: session_store.clone(),
             secure_cookies: settings.http.https(),
+            form_tokens,
             site_security: crate::http::security::SiteSecurity {
                 public_url: settings.http.public_url.clone(),
                 hsts: settings.http.https(),

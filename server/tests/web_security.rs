@@ -2,6 +2,7 @@
 //! checked against it (a proxy that rewrites Host does not break sign-in; a foreign or
 //! plain-HTTP origin is refused and sends nothing), the Captive API's URLs come from it and
 //! never from a Host header, and an https public URL turns on HSTS and `__Host-` Secure cookies.
+//! Anonymous visitors cost no web-session write; the form token rotates at login.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,6 +10,7 @@ mod common;
 
 use common::{settings, temp_db, FreeRadius, TestApp};
 use radius_portal::config::PublicUrl;
+use reqwest::StatusCode;
 use std::net::Ipv4Addr;
 
 #[tokio::test]
@@ -79,7 +81,7 @@ async fn with_a_public_url_the_origin_is_checked_against_it_and_urls_come_from_i
 }
 
 #[tokio::test]
-async fn an_https_public_url_sends_hsts_and_a_host_prefixed_secure_cookie() {
+async fn an_https_public_url_sends_hsts_and_host_prefixed_secure_cookies() {
     let radius = FreeRadius::start().await;
     let (_dir, db) = temp_db();
     let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
@@ -100,11 +102,90 @@ async fn an_https_public_url_sends_hsts_and_a_host_prefixed_secure_cookie() {
         .get_all("set-cookie")
         .iter()
         .map(|v| v.to_str().unwrap().to_string())
-        .find(|c| c.contains("portal_session"))
-        .expect("the page's form token opens a web session");
-    assert!(cookie.starts_with("__Host-portal_session="), "{cookie}");
-    assert!(cookie.contains("Secure"), "{cookie}");
-    assert!(cookie.contains("Path=/"), "{cookie}");
+        .find(|c| c.contains("portal_anon"))
+        .expect("the sign-in page gives the visitor its cookie");
+    assert!(cookie.starts_with("__Host-portal_anon="), "{cookie}");
+    for attribute in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attribute), "{attribute}: {cookie}");
+    }
     assert!(!cookie.contains("Domain"), "{cookie}");
+    app.stop().await;
+}
+
+/// Visitors without a web session cost no database write (their form token is a signature of
+/// a cookie); a login creates the web session with a new token, and the old one stops working.
+#[tokio::test]
+async fn anonymous_visitors_write_nothing_and_the_form_token_rotates_at_login() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await;
+    let base = format!("http://{}", app.addr);
+    let bots = reqwest::Client::new();
+    for path in ["/", "/session", "/captive-portal/api", "/o/acme/"] {
+        for _ in 0..25 {
+            let response = bots
+                .get(format!("{base}{path}"))
+                .header("accept", "text/html")
+                .send()
+                .await
+                .unwrap();
+            assert!(response.status().is_success() || response.status().is_redirection());
+        }
+    }
+    assert_eq!(app.storage.web_session_count().await.unwrap(), 0);
+
+    let browser = app.browser(Ipv4Addr::new(127, 0, 8, 7));
+    let anonymous = browser.form_token("/").await;
+    assert_eq!(
+        anonymous,
+        browser.form_token("/").await,
+        "stable per browser"
+    );
+    let other = app.browser(Ipv4Addr::new(127, 0, 8, 8));
+    assert_ne!(
+        anonymous,
+        other.form_token("/").await,
+        "bound to the browser's cookie"
+    );
+    // Another browser's token is refused (nothing sent).
+    let page = other
+        .post_raw(
+            "/api/login",
+            "/",
+            &[
+                ("username", "carol"),
+                ("password", "carol-pass"),
+                ("csrf", &anonymous),
+            ],
+            &[],
+        )
+        .await;
+    assert!(!page.body.contains("You are connected"));
+    assert!(radius.auth_lines().is_empty());
+
+    // (The refused post's message waits in a web session of that browser: one row.)
+    let before = app.storage.web_session_count().await.unwrap();
+    let page = browser.login("carol", "carol-pass").await;
+    assert!(page.body.contains("You are connected"), "{}", page.body);
+    assert_eq!(
+        app.storage.web_session_count().await.unwrap(),
+        before + 1,
+        "the login made the web session"
+    );
+    let rotated = browser.form_token("/session").await;
+    assert_ne!(rotated, anonymous, "a new token at login");
+    let stale = browser
+        .http
+        .post(format!("{base}/api/refresh"))
+        .header("origin", base.clone())
+        .form(&[("csrf", anonymous.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), StatusCode::FORBIDDEN);
     app.stop().await;
 }

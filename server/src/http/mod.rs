@@ -6,6 +6,7 @@ pub mod branding;
 pub mod captive;
 pub mod client_ip;
 pub mod flash;
+pub mod form_token;
 pub mod live;
 pub mod org_scope;
 pub mod rate_limit;
@@ -43,6 +44,8 @@ pub struct RouterParts {
     pub secure_cookies: bool,
     /// Public URL (Origin checks) and HSTS.
     pub site_security: security::SiteSecurity,
+    /// Anonymous visitors' form tokens (cookie + signature).
+    pub form_tokens: form_token::FormTokens,
     /// Proxies whose forwarding headers are believed.
     pub trusted_proxies: client_ip::TrustedProxies,
     /// Database handle for readiness.
@@ -67,6 +70,7 @@ pub fn router(parts: RouterParts) -> Router {
         session_store,
         secure_cookies,
         site_security,
+        form_tokens,
         trusted_proxies,
         storage,
         tasks,
@@ -136,6 +140,10 @@ pub fn router(parts: RouterParts) -> Router {
         .nest_service("/pkg", pkg)
         .fallback_service(ServeDir::new(site_root))
         .layer(middleware::from_fn(flash::carry_form_errors))
+        .layer(middleware::from_fn_with_state(
+            form_tokens,
+            form_token::anonymous_id,
+        ))
         .layer(sessions)
         .layer(middleware::from_fn_with_state(
             trusted_proxies,

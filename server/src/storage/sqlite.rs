@@ -139,6 +139,34 @@ impl Storage {
         Ok(storage)
     }
 
+    /// A 32-byte key the portal keeps for itself under `name`, created on first use and the
+    /// same for every process on this database.
+    pub async fn app_secret(&self, name: &str) -> Result<[u8; 32], StorageError> {
+        let fresh: [u8; 32] = rand::random();
+        sqlx::query(
+            "INSERT INTO app_secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(fresh.as_slice())
+        .bind(crate::access_session::now_ms())
+        .execute(&self.pool)
+        .await?;
+        let stored: Vec<u8> = sqlx::query_scalar("SELECT value FROM app_secrets WHERE name = ?")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        stored
+            .try_into()
+            .map_err(|_| StorageError::Corrupt(format!("app secret `{name}` is not 32 bytes")))
+    }
+
+    /// Stored web sessions (tests and operators: anonymous visitors must not add any).
+    pub async fn web_session_count(&self) -> Result<i64, StorageError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM tower_sessions")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     /// Indexes the Class values of active sessions opened before the index existed (once; a
     /// no-op afterwards).
     async fn index_classes_of_older_sessions(&self) -> Result<(), StorageError> {

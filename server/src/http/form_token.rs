@@ -1,0 +1,134 @@
+//! Form tokens (the per-browser half of CSRF protection, design.md §6) without a write per
+//! anonymous visitor. A browser without a web session gets a random `portal_anon` cookie
+//! (HttpOnly, SameSite=Strict; `__Host-` and Secure under HTTPS) and its form token is an HMAC
+//! of that cookie under a key kept in the database — a signed double-submit token: valid only
+//! together with the cookie, which another site can neither read nor set. Bots and
+//! captive-portal probes fetching the sign-in page cost no database write. A login creates the
+//! real web session, which then holds a fresh random token (rotated at login).
+
+use axum::{
+    extract::{Request, State},
+    http::{header, HeaderValue, Method},
+    middleware::Next,
+    response::Response,
+};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::sync::Arc;
+
+/// The anonymous visitor id from (or newly set into) the `portal_anon` cookie.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnonId(pub String);
+
+/// Signs anonymous form tokens. Cheap to clone.
+#[derive(Clone)]
+pub struct FormTokens {
+    key: Arc<[u8; 32]>,
+    cookie: &'static str,
+    secure: bool,
+}
+
+impl std::fmt::Debug for FormTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FormTokens")
+            .field("cookie", &self.cookie)
+            .finish_non_exhaustive()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl FormTokens {
+    /// With the database's key; `secure`: users reach the portal over HTTPS.
+    pub fn new(key: [u8; 32], secure: bool) -> Self {
+        FormTokens {
+            key: Arc::new(key),
+            cookie: if secure {
+                "__Host-portal_anon"
+            } else {
+                "portal_anon"
+            },
+            secure,
+        }
+    }
+
+    /// The form token of an anonymous visitor.
+    pub fn token_for(&self, anon: &AnonId) -> String {
+        // A 32-byte key is always a valid HMAC key.
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(self.key.as_slice()) else {
+            return String::new();
+        };
+        mac.update(b"radius-portal form token\0");
+        mac.update(anon.0.as_bytes());
+        hex(&mac.finalize().into_bytes())
+    }
+
+    /// The visitor id in a request's cookies, if well-formed (64 hex digits).
+    fn from_cookies(&self, request: &Request) -> Option<AnonId> {
+        request
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, _)| *name == self.cookie)
+            .map(|(_, value)| value)
+            .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(|v| AnonId(v.to_ascii_lowercase()))
+    }
+}
+
+/// Middleware: puts the visitor's [`AnonId`] into the request; a page view (a GET accepting
+/// HTML) without one gets a new id and the cookie that carries it.
+pub async fn anonymous_id(
+    State(tokens): State<FormTokens>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if let Some(anon) = tokens.from_cookies(&request) {
+        request.extensions_mut().insert(anon);
+        return next.run(request).await;
+    }
+    let page_view = request.method() == Method::GET
+        && request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/html"));
+    if !page_view {
+        return next.run(request).await;
+    }
+    let anon = AnonId(hex(&rand::random::<[u8; 32]>()));
+    let cookie = format!(
+        "{}={}; Path=/; HttpOnly; SameSite=Strict{}",
+        tokens.cookie,
+        anon.0,
+        if tokens.secure { "; Secure" } else { "" }
+    );
+    request.extensions_mut().insert(anon);
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_bound_to_the_visitor_and_the_key() {
+        let a = FormTokens::new([1; 32], false);
+        let b = FormTokens::new([2; 32], false);
+        let me = AnonId("aa".repeat(32));
+        let you = AnonId("bb".repeat(32));
+        assert_eq!(a.token_for(&me), a.token_for(&me));
+        assert_ne!(a.token_for(&me), a.token_for(&you));
+        assert_ne!(a.token_for(&me), b.token_for(&me));
+        assert_eq!(a.token_for(&me).len(), 64);
+    }
+}
