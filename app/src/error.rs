@@ -64,7 +64,18 @@ impl FromServerFnError for PortalError {
     type Encoder = JsonEncoding;
 
     fn from_server_fn_error(value: ServerFnErrorErr) -> Self {
-        PortalError::Communication(value.to_string())
+        match value {
+            // The server could not read the request's fields (missing, unknown, not text):
+            // the caller's mistake, said plainly (serde names the field).
+            ServerFnErrorErr::Args(detail) => PortalError::InvalidInput {
+                field: "request".into(),
+                message: format!(
+                    "The request could not be read: {}",
+                    detail.chars().take(200).collect::<String>()
+                ),
+            },
+            other => PortalError::Communication(other.to_string()),
+        }
     }
 }
 

@@ -263,6 +263,18 @@ fn user_error(error: SessionError) -> PortalError {
 
 /// For callers that are not plain HTML forms (fetch from the island, scripts), answer with a
 /// status that says what happened. Plain form posts keep leptos_axum's redirect back to the form.
+/// The HTTP status a script caller gets for an error (README's table).
+pub fn status_of(error: &PortalError) -> StatusCode {
+    match error {
+        PortalError::InvalidInput { .. } => StatusCode::BAD_REQUEST,
+        PortalError::Rejected { .. } | PortalError::NoSession => StatusCode::UNAUTHORIZED,
+        PortalError::OrganizationDisabled | PortalError::Forbidden => StatusCode::FORBIDDEN,
+        PortalError::ServersUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        PortalError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 fn set_error_status(request: &Parts, error: &PortalError) {
     let accepts_html = request
         .headers
@@ -272,14 +284,7 @@ fn set_error_status(request: &Parts, error: &PortalError) {
     if accepts_html {
         return;
     }
-    let status = match error {
-        PortalError::InvalidInput { .. } => StatusCode::BAD_REQUEST,
-        PortalError::Rejected { .. } | PortalError::NoSession => StatusCode::UNAUTHORIZED,
-        PortalError::OrganizationDisabled | PortalError::Forbidden => StatusCode::FORBIDDEN,
-        PortalError::ServersUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-        PortalError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+    let status = status_of(error);
     if let Some(response) = leptos::prelude::use_context::<leptos_axum::ResponseOptions>() {
         response.set_status(status);
         if let PortalError::RateLimited { retry_after_secs } = error {

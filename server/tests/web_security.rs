@@ -189,3 +189,46 @@ async fn anonymous_visitors_write_nothing_and_the_form_token_rotates_at_login() 
     assert_eq!(stale.status(), StatusCode::FORBIDDEN);
     app.stop().await;
 }
+
+/// Requests a server fn cannot read are the caller's 400 naming the field, not a 500; bodies
+/// over the limit are 413; neither sends anything.
+#[tokio::test]
+async fn unreadable_and_oversized_requests_are_the_callers_errors() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await;
+    let browser = app.browser(Ipv4Addr::new(127, 0, 8, 9));
+    let token = browser.form_token("/").await;
+    let post = |body: String| {
+        browser
+            .http
+            .post(format!("{}/api/login", browser.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("origin", browser.base.clone())
+            .body(body)
+            .send()
+    };
+    let missing = post(format!("csrf={token}&password=x")).await.unwrap();
+    let status = missing.status();
+    let headers = format!("{:?}", missing.headers());
+    let text = missing.text().await.unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{headers} {text}");
+    assert!(text.contains("username"), "names the field: {text}");
+    let huge = post(format!(
+        "csrf={token}&username=carol&password={}",
+        "x".repeat(20_000)
+    ))
+    .await
+    .unwrap();
+    assert_eq!(huge.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(radius.auth_lines().is_empty(), "nothing sent");
+    let healthy = reqwest::get(format!("{}/healthz", browser.base))
+        .await
+        .unwrap();
+    assert!(healthy.status().is_success());
+    app.stop().await;
+}

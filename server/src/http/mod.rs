@@ -139,6 +139,7 @@ pub fn router(parts: RouterParts) -> Router {
         })
         .nest_service("/pkg", pkg)
         .fallback_service(ServeDir::new(site_root))
+        .layer(middleware::from_fn(server_fn_limits))
         .layer(middleware::from_fn(flash::carry_form_errors))
         .layer(middleware::from_fn_with_state(
             form_tokens,
@@ -167,6 +168,48 @@ pub fn router(parts: RouterParts) -> Router {
             org_scope::scope,
         ))
         .layer(TraceLayer::new_for_http())
+}
+
+/// Largest request body of a server fn (a login form is well under 1 KiB).
+pub const API_BODY_LIMIT: usize = 16 * 1024;
+
+/// Middleware for the server fns (`/api/…`; Leptos registers one route per function): a body
+/// over [`API_BODY_LIMIT`] is a 413 before anything reads it, and an error answered before our
+/// code ran (arguments that could not be read) gets its error's status instead of 500.
+async fn server_fn_limits(request: Request<Body>, next: middleware::Next) -> Response {
+    if !request.uri().path().starts_with("/api/") {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, API_BODY_LIMIT).await else {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("The request is larger than {API_BODY_LIMIT} bytes.\n"),
+        )
+            .into_response();
+    };
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    error_status(response).await
+}
+
+/// A server fn's error answered before our code ran (its arguments could not be read) comes
+/// back as 500: give it the status of the error it carries, as for every other error.
+async fn error_status(response: Response) -> Response {
+    if response.status() != StatusCode::INTERNAL_SERVER_ERROR
+        || !response.headers().contains_key("serverfnerror")
+    {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    if let Ok(error) = serde_json::from_slice::<app::error::PortalError>(&bytes) {
+        parts.status = crate::portal_backend::status_of(&error);
+    }
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 async fn readyz(
