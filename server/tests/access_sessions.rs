@@ -169,7 +169,7 @@ async fn reject_shows_the_reply_message_and_opens_nothing() {
         radius
             .auth_lines()
             .into_iter()
-            .find(|l| l.contains("user=judy"))
+            .find(|l| l.contains("user=dave"))
     })
     .await;
     assert!(auth.contains("Access-Reject"), "{auth}");

@@ -66,7 +66,7 @@ impl FormTokens {
     }
 
     /// The visitor id in a request's cookies, if well-formed (64 hex digits).
-    fn from_cookies(&self, request: &Request) -> Option<AnonId> {
+    fn visitor_in(&self, request: &Request) -> Option<AnonId> {
         request
             .headers()
             .get_all(header::COOKIE)
@@ -88,7 +88,7 @@ pub async fn anonymous_id(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if let Some(anon) = tokens.from_cookies(&request) {
+    if let Some(anon) = tokens.visitor_in(&request) {
         request.extensions_mut().insert(anon);
         return next.run(request).await;
     }
