@@ -202,7 +202,10 @@ pub struct HttpSettings {
     /// `__Host-` cookies. Unset: the request's own Host.
     #[serde(default, deserialize_with = "public_url")]
     pub public_url: Option<PublicUrl>,
-    /// Reverse proxies (addresses or CIDRs) whose `Forwarded` / `X-Forwarded-For` are believed.
+    /// Serve HTTPS directly (`[http.tls]`); unset: plain HTTP (behind a TLS proxy).
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+    /// Reverse proxies (addresses or CIDRs) whose forwarding header is believed.
     /// Empty (default): the socket peer is the client.
     #[serde(default, deserialize_with = "networks")]
     pub trusted_proxies: Vec<IpNet>,
@@ -213,10 +216,23 @@ pub struct HttpSettings {
     pub forwarded_header: crate::http::client_ip::ForwardedHeader,
 }
 
+/// `[http.tls]`: the certificate the portal serves HTTPS with (PEM files; reloaded on SIGHUP).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Certificate chain (leaf first), PEM.
+    pub cert_file: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1), PEM.
+    pub key_file: PathBuf,
+}
+
 impl HttpSettings {
-    /// Users reach the portal over HTTPS (`secure_cookies`, or an `https` public URL).
+    /// Users reach the portal over HTTPS (built-in TLS, `secure_cookies`, or an `https`
+    /// public URL).
     pub fn https(&self) -> bool {
-        self.secure_cookies || self.public_url.as_ref().is_some_and(PublicUrl::is_https)
+        self.tls.is_some()
+            || self.secure_cookies
+            || self.public_url.as_ref().is_some_and(PublicUrl::is_https)
     }
 }
 
@@ -1087,6 +1103,30 @@ impl Settings {
                             format!("`{header}` is not x-forwarded-for, forwarded or x-real-ip"),
                         )
                     })?;
+        }
+        match (
+            var("PORTAL_HTTP_TLS_CERT_FILE"),
+            var("PORTAL_HTTP_TLS_KEY_FILE"),
+        ) {
+            (Some(cert_file), Some(key_file)) => {
+                self.http.tls = Some(TlsSettings {
+                    cert_file: cert_file.into(),
+                    key_file: key_file.into(),
+                })
+            }
+            (None, None) => {}
+            _ => {
+                return Err(config_error(
+                    "PORTAL_HTTP_TLS_CERT_FILE",
+                    "set both PORTAL_HTTP_TLS_CERT_FILE and PORTAL_HTTP_TLS_KEY_FILE",
+                ))
+            }
+        }
+        // The original portal's switch: plain HTTP (a TLS proxy in front), whatever the file says.
+        if let Some(v) = var("SERVE_HTTP") {
+            if parse_bool("SERVE_HTTP", &v)? {
+                self.http.tls = None;
+            }
         }
         if let Some(url) = var("PORTAL_HTTP_PUBLIC_URL") {
             self.http.public_url = Some(

@@ -15,6 +15,7 @@ use crate::{
 };
 use anyhow::Context;
 use app::service::Portal;
+use axum::serve::ListenerExt;
 use leptos::prelude::LeptosOptions;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::Notify, task::JoinSet};
@@ -30,6 +31,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// A built, bound, not yet running portal.
 pub struct Application {
     listener: TcpListener,
+    /// Built-in TLS: the files and the certificate in use.
+    tls: Option<(crate::config::TlsSettings, crate::http::tls::CurrentConfig)>,
     router: axum::Router,
     accounting: Accounting,
     expiry: Expiry,
@@ -188,11 +191,20 @@ impl Application {
             Some(addr) => addr,
             None => leptos_options.site_addr,
         };
+        // Read before binding: a missing, unreadable or mismatched pair stops start-up here.
+        let tls = match &settings.http.tls {
+            Some(files) => Some((
+                files.clone(),
+                crate::http::tls::CurrentConfig::new(crate::http::tls::load(files)?),
+            )),
+            None => None,
+        };
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("while binding the web listener to {addr}"))?;
         Ok(Application {
             listener,
+            tls,
             router,
             accounting,
             expiry,
@@ -282,13 +294,32 @@ impl Application {
             .into_make_service_with_connect_info::<SocketAddr>();
         let serve_shutdown = shutdown.clone();
         let live_stop = self.live_stop.clone();
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move {
-                serve_shutdown.cancelled().await;
-                live_stop.cancel();
-            })
-            .await
-            .context("while serving HTTP");
+        let stopped = async move {
+            serve_shutdown.cancelled().await;
+            live_stop.cancel();
+        };
+        let served = match self.tls {
+            Some((files, current)) => {
+                tracing::info!(cert = %files.cert_file.display(), "serving HTTPS");
+                tasks.spawn(crate::http::tls::reload_on_sighup(
+                    files,
+                    current.clone(),
+                    shutdown.clone(),
+                ));
+                let listener =
+                    crate::http::tls::TlsListener::new(self.listener, current, shutdown.clone())
+                        .tap_io(|_| {});
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+            None => {
+                axum::serve(self.listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+        }
+        .context("while serving HTTP");
         shutdown.cancel();
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while tasks.join_next().await.is_some() {}

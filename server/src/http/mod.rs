@@ -11,6 +11,7 @@ pub mod live;
 pub mod org_scope;
 pub mod rate_limit;
 pub mod security;
+pub mod tls;
 
 use app::service::Portal;
 use axum::{

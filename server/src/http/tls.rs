@@ -1,0 +1,233 @@
+//! Built-in TLS (rustls with the `ring` provider): the portal serves HTTPS itself from a PEM
+//! certificate chain and private key, reloaded on SIGHUP (a renewed certificate needs no
+//! restart; a broken pair is refused and the previous one kept).
+//!
+//! Handshakes run in their own tasks with a deadline, so a client that connects and never
+//! speaks cannot hold up anyone else's connection; completed connections are handed to
+//! `axum::serve` through [`TlsListener`].
+
+use crate::config::TlsSettings;
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, Semaphore},
+};
+use tokio_rustls::{
+    rustls::{
+        crypto::ring,
+        pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+        ServerConfig,
+    },
+    server::TlsStream,
+    TlsAcceptor,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Longest a client may take to complete its handshake.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; beyond it new connections wait to be accepted.
+const MAX_HANDSHAKES: usize = 1024;
+
+/// Why the certificate and key could not be used: which file, what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS: {0}")]
+pub struct TlsError(String);
+
+/// Reads the certificate chain and key and checks that they belong together.
+pub fn load(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+    let read_error = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
+        TlsError(format!("cannot read the {what} {}: {e}", path.display()))
+    };
+    std::fs::metadata(&settings.cert_file)
+        .map_err(|e| read_error("certificate file", &settings.cert_file, &e))?;
+    std::fs::metadata(&settings.key_file)
+        .map_err(|e| read_error("private key file", &settings.key_file, &e))?;
+    let certs = CertificateDer::pem_file_iter(&settings.cert_file)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| read_error("certificate file", &settings.cert_file, &e))?;
+    if certs.is_empty() {
+        return Err(TlsError(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            settings.cert_file.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&settings.key_file)
+        .map_err(|e| read_error("private key file", &settings.key_file, &e))?;
+    let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            TlsError(format!(
+                "the private key {} does not go with the certificate {}: {e}",
+                settings.key_file.display(),
+                settings.cert_file.display()
+            ))
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The certificate in use; replaced on reload.
+#[derive(Clone)]
+pub struct CurrentConfig(Arc<RwLock<Arc<ServerConfig>>>);
+
+impl CurrentConfig {
+    /// Starts with `config`.
+    pub fn new(config: Arc<ServerConfig>) -> Self {
+        CurrentConfig(Arc::new(RwLock::new(config)))
+    }
+
+    fn get(&self) -> Arc<ServerConfig> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Loads the files again; on success new connections use them, on failure the previous
+    /// certificate stays (and the error is returned).
+    pub fn reload(&self, settings: &TlsSettings) -> Result<(), TlsError> {
+        let config = load(settings)?;
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = config;
+        Ok(())
+    }
+}
+
+/// Completed TLS connections, for `axum::serve`.
+pub struct TlsListener {
+    connections: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    /// Accepts on `tcp` until `shutdown`, handshaking with the current certificate.
+    pub fn new(tcp: TcpListener, current: CurrentConfig, shutdown: CancellationToken) -> Self {
+        let local = tcp
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (tx, connections) = mpsc::channel(64);
+        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        tokio::spawn(async move {
+            loop {
+                let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                    return;
+                };
+                let accepted = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    accepted = tcp.accept() => accepted,
+                };
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let acceptor = TlsAcceptor::from(current.get());
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        TlsListener { connections, local }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.connections.recv().await {
+            Some(connection) => connection,
+            // The acceptor stopped (shutdown): nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// Reloads the certificate and key on every SIGHUP until `shutdown`.
+pub async fn reload_on_sighup(
+    settings: TlsSettings,
+    current: CurrentConfig,
+    shutdown: CancellationToken,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("SIGHUP cannot be watched: certificate reload by signal is off");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                got = hangups.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    match current.reload(&settings) {
+                        Ok(()) => tracing::info!(cert = %settings.cert_file.display(), "TLS certificate reloaded"),
+                        Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays in use"),
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (settings, current);
+        shutdown.cancelled().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(dir: &Path, name: &str) -> TlsSettings {
+        let issued = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let settings = TlsSettings {
+            cert_file: dir.join(format!("{name}.crt")),
+            key_file: dir.join(format!("{name}.key")),
+        };
+        std::fs::write(&settings.cert_file, issued.cert.pem()).unwrap();
+        std::fs::write(&settings.key_file, issued.key_pair.serialize_pem()).unwrap();
+        settings
+    }
+
+    #[test]
+    fn a_failed_reload_keeps_the_certificate_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = pair(dir.path(), "good");
+        let other = pair(dir.path(), "other");
+        let current = CurrentConfig::new(load(&good).unwrap());
+        let before = current.get();
+        let mismatched = TlsSettings {
+            cert_file: good.cert_file.clone(),
+            key_file: other.key_file.clone(),
+        };
+        let e = current.reload(&mismatched).expect_err("mismatched pair");
+        assert!(e.to_string().contains("does not go with"), "{e}");
+        assert!(Arc::ptr_eq(&before, &current.get()), "still the old one");
+        current.reload(&other).unwrap();
+        assert!(!Arc::ptr_eq(&before, &current.get()), "a good pair replaces it");
+    }
+}
