@@ -22,6 +22,7 @@ if [ "$want_test" = yes ]; then
   need_apt freeradius
   need_apt freeradius-utils   # radclient: Disconnect-/CoA-Request in the RFC 5176 tests
   need_apt chromium
+  need_apt openssl            # self-signed certificates for the HTTPS end-to-end test
 fi
 if [ ${#apt_missing[@]} -gt 0 ]; then
   log "apt: installing ${apt_missing[*]}"
