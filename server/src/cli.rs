@@ -251,6 +251,9 @@ pub async fn run() -> anyhow::Result<()> {
             }
             let settings = Settings::load(cli.config.as_deref())?;
             telemetry::init(&settings.log);
+            if let Some(path) = cli.config.as_deref() {
+                warn_if_secrets_are_readable(path, &settings);
+            }
             let options = leptos_options(&cli.leptos_config)?;
             serve(&settings, options, false).await
         }
@@ -404,6 +407,36 @@ pub fn leptos_options(path: &Path) -> anyhow::Result<LeptosOptions> {
     let conf = leptos::config::get_configuration(Some(&path.to_string_lossy()))
         .with_context(|| format!("while reading Leptos options from {}", path.display()))?;
     Ok(conf.leptos_options)
+}
+
+/// Warns when the configuration file holds shared secrets inline and other users of the
+/// machine can read it (`secret_file` with tight permissions is the better place).
+fn warn_if_secrets_are_readable(path: &Path, settings: &Settings) {
+    let inline = settings
+        .organizations
+        .iter()
+        .flat_map(|o| o.servers.iter())
+        .any(|s| s.secret.is_some())
+        || settings
+            .dynamic_authorization
+            .clients
+            .iter()
+            .any(|c| c.secret.is_some());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        if inline && meta.permissions().mode() & 0o044 != 0 {
+            tracing::warn!(
+                file = %path.display(),
+                "the configuration file holds RADIUS shared secrets and other users can read it: `chmod 600` it, or move the secrets to secret_file"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, inline);
 }
 
 async fn serve(settings: &Settings, options: LeptosOptions, demo: bool) -> anyhow::Result<()> {

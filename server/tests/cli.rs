@@ -155,3 +155,48 @@ fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
         "the error names the bad value: {stderr}"
     );
 }
+
+/// `serve` warns when its configuration file holds shared secrets and others can read it.
+#[tokio::test]
+async fn serve_warns_about_a_readable_file_with_secrets() {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::AsyncBufReadExt;
+    let radius = FreeRadius::start().await;
+    let (dir, path) = config(&radius, true);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[database]\npath = \"{}\"\n{text}",
+            dir.path().join("portal.db").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
+        .args(["--config", path.to_str().unwrap(), "serve"])
+        .current_dir(env!("CARGO_MANIFEST_DIR").to_string() + "/..")
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let logs = child.stderr.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(logs).lines();
+    let warning = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("other users can read it") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    child.kill().await.unwrap();
+    let warning = warning.expect("the warning is logged");
+    assert!(!warning.contains(SECRET), "{warning}");
+}

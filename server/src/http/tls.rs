@@ -228,6 +228,9 @@ mod tests {
         assert!(e.to_string().contains("does not go with"), "{e}");
         assert!(Arc::ptr_eq(&before, &current.get()), "still the old one");
         current.reload(&other).unwrap();
-        assert!(!Arc::ptr_eq(&before, &current.get()), "a good pair replaces it");
+        assert!(
+            !Arc::ptr_eq(&before, &current.get()),
+            "a good pair replaces it"
+        );
     }
 }
