@@ -33,6 +33,12 @@ pub fn validate_username(
     if username.chars().any(char::is_control) {
         return Err(invalid("username", "Username contains control characters."));
     }
+    if username.chars().any(is_direction_mark) {
+        return Err(invalid(
+            "username",
+            "Username contains invisible text-direction characters.",
+        ));
+    }
     if !allowed(username) {
         return Err(invalid(
             "username",
@@ -40,6 +46,11 @@ pub fn validate_username(
         ));
     }
     Ok(())
+}
+
+/// Unicode bidirectional controls (they make text display other than it is: "Trojan Source").
+fn is_direction_mark(c: char) -> bool {
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Checks a password's length and characters.
@@ -56,12 +67,25 @@ pub fn validate_password(password: &str) -> Result<(), PortalError> {
     if password.chars().any(char::is_control) {
         return Err(invalid("password", "Password contains control characters."));
     }
+    if password.chars().any(is_direction_mark) {
+        return Err(invalid(
+            "password",
+            "Password contains invisible text-direction characters.",
+        ));
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn direction_marks_are_refused_in_both_fields() {
+        assert!(validate_username("ad\u{202E}nimda", any).is_err());
+        assert!(validate_password("pass\u{2066}word").is_err());
+        assert!(validate_password("pässwörd ✓").is_ok());
+    }
 
     fn any(_: &str) -> bool {
         true
