@@ -143,3 +143,26 @@ mod tests {
         assert_eq!(field_of(validate_username("al ice", no_spaces)), "username");
     }
 }
+
+/// Property tests: any text is judged without panicking, and what passes meets every rule.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(2000)))]
+
+        #[test]
+        fn whatever_passes_meets_the_rules(text in "\\PC{0,70}|.{0,140}|[\\x00-\\x1f\\u{202a}-\\u{202e}a-z]{0,10}") {
+            if validate_password(&text).is_ok() {
+                prop_assert!(!text.is_empty() && text.len() <= PASSWORD_MAX_BYTES);
+                prop_assert!(!text.chars().any(|c| c.is_control() || is_direction_mark(c)));
+            }
+            if validate_username(&text, |_| true).is_ok() {
+                prop_assert!(!text.is_empty() && text.len() <= USERNAME_MAX_BYTES);
+                prop_assert!(!text.chars().any(|c| c.is_control() || is_direction_mark(c)));
+            }
+        }
+    }
+}

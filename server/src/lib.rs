@@ -34,3 +34,13 @@ pub mod startup;
 pub mod storage;
 pub mod supervise;
 pub mod telemetry;
+
+/// Cases per property test: `PROPTEST_CASES` when set (long fuzz runs, `scripts/fuzz.sh`),
+/// else the test's own number (CI).
+#[cfg(test)]
+pub(crate) fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -449,3 +449,78 @@ mod tests {
         );
     }
 }
+
+/// Property tests (run longer with `PROPTEST_CASES=…`, see docs/BENCHMARKS.md): whatever a
+/// proxy or client writes, parsing returns, and never invents an address.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use axum::http::HeaderValue;
+    use proptest::prelude::*;
+
+    /// Header text built from the pieces forwarding headers are made of, plus any bytes.
+    fn header_text() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"for=".to_vec()),
+            Just(b",".to_vec()),
+            Just(b";".to_vec()),
+            Just(b"\"".to_vec()),
+            Just(b"[".to_vec()),
+            Just(b"]".to_vec()),
+            Just(b":".to_vec()),
+            Just(b" ".to_vec()),
+            Just(b"_hidden".to_vec()),
+            Just(b"unknown".to_vec()),
+            Just(b"proto=https".to_vec()),
+            any::<[u8; 4]>().prop_map(|o| std::net::Ipv4Addr::from(o).to_string().into_bytes()),
+            any::<[u8; 16]>().prop_map(|o| std::net::Ipv6Addr::from(o).to_string().into_bytes()),
+            any::<u16>().prop_map(|p| p.to_string().into_bytes()),
+            proptest::collection::vec(any::<u8>(), 0..4),
+        ];
+        proptest::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+    }
+
+    fn header_kind() -> impl Strategy<Value = ForwardedHeader> {
+        prop_oneof![
+            Just(ForwardedHeader::XForwardedFor),
+            Just(ForwardedHeader::Forwarded),
+            Just(ForwardedHeader::XRealIp),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(2000)))]
+
+        #[test]
+        fn forwarding_headers_never_panic_or_invent_addresses(
+            values in proptest::collection::vec(header_text(), 0..3),
+            kind in header_kind(),
+            peer_trusted in any::<bool>(),
+        ) {
+            let mut headers = HeaderMap::new();
+            let mut texts = Vec::new();
+            for value in &values {
+                if let Ok(value) = HeaderValue::from_bytes(value) {
+                    texts.push(String::from_utf8_lossy(value.as_bytes()).to_string());
+                    headers.append(kind.name(), value);
+                }
+            }
+            let trusted = TrustedProxies::new(vec!["127.0.0.0/8".parse().expect("net")], kind);
+            let peer: IpAddr = if peer_trusted { "127.0.0.1" } else { "203.0.113.9" }.parse().expect("ip");
+            match client_ip(peer, &headers, &trusted) {
+                Ok(ip) if ip == peer => {}
+                Ok(ip) => {
+                    prop_assert!(peer_trusted, "an untrusted peer's headers were read");
+                    // The address is in what the proxy wrote (in some spelling).
+                    let all = texts.join(",").to_ascii_lowercase();
+                    let v4_mapped = match ip { IpAddr::V4(v4) => Some(v4.to_ipv6_mapped().to_string()), _ => None };
+                    prop_assert!(
+                        all.contains(&ip.to_string()) || v4_mapped.is_some_and(|m| all.contains(&m)) || all.contains(':'),
+                        "{ip} not in {all}"
+                    );
+                }
+                Err(e) => prop_assert!(peer_trusted && !texts.is_empty(), "{e}"),
+            }
+        }
+    }
+}

@@ -199,3 +199,34 @@ mod tests {
         assert!(local_location("//evil.example/", Some("portal.example")).is_none());
     }
 }
+
+/// Property tests: any Location or query is handled, and a redirect never leaves the site or
+/// carries the error parameters.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(2000)))]
+
+        #[test]
+        fn locations_stay_on_the_site(target in "(https?://[a-z.]{0,12}(:[0-9]{1,5})?)?[/\\\\]{0,3}[a-z0-9%._?&=/-]{0,40}(__err=[A-Za-z0-9%=]{0,10})?",
+                                      host in "[a-z.]{0,12}") {
+            if let Some(location) = local_location(&target, Some(&host)) {
+                prop_assert!(location.starts_with('/') && !location.starts_with("//"), "{location}");
+                let query = location.split_once('?').map_or("", |(_, q)| q);
+                for (key, _) in url::form_urlencoded::parse(query.as_bytes()) {
+                    prop_assert!(!ERROR_PARAMS.contains(&key.as_ref()), "{location}");
+                }
+            }
+        }
+
+        #[test]
+        fn any_query_splits(query in ".{0,80}") {
+            for (key, _) in split_query(&query) {
+                prop_assert!(!ERROR_PARAMS.contains(&key.as_str()));
+            }
+        }
+    }
+}

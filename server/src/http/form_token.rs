@@ -132,3 +132,35 @@ mod tests {
         assert_eq!(a.token_for(&me).len(), 64);
     }
 }
+
+/// Property tests: any Cookie header is handled; only a well-formed visitor id is taken.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(2000)))]
+
+        #[test]
+        fn cookie_headers_never_panic(cookies in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..120), 0..3),
+                                      planted in proptest::option::of("[0-9a-fA-F]{60,68}")) {
+            let tokens = FormTokens::new([7; 32], false);
+            let mut request = Request::new(axum::body::Body::empty());
+            for cookie in &cookies {
+                if let Ok(value) = HeaderValue::from_bytes(cookie) {
+                    request.headers_mut().append(header::COOKIE, value);
+                }
+            }
+            if let Some(planted) = &planted {
+                if let Ok(value) = HeaderValue::from_str(&format!("a=b; portal_anon={planted}")) {
+                    request.headers_mut().append(header::COOKIE, value);
+                }
+            }
+            if let Some(AnonId(id)) = tokens.visitor_in(&request) {
+                prop_assert_eq!(id.len(), 64);
+                prop_assert!(id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            }
+        }
+    }
+}

@@ -758,7 +758,7 @@ mod tests {
         use proptest::prelude::*;
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(4000))]
+            #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(4000)))]
 
             /// Any datagram at all: every receive-side function returns, none panics.
             #[test]
