@@ -264,21 +264,47 @@ pub fn declared_length(bytes: &[u8]) -> Option<usize> {
     ((HEADER..=MAX_PACKET).contains(&len) && len <= bytes.len()).then_some(len)
 }
 
-/// Offset of the Message-Authenticator value in encoded bytes, if present.
-fn message_authenticator_offset(bytes: &[u8]) -> Option<usize> {
-    let len = declared_length(bytes)?;
+/// Where a packet's Message-Authenticator is.
+#[derive(Debug, PartialEq, Eq)]
+enum MessageAuthenticator {
+    /// Not in the packet.
+    Absent,
+    /// Its value starts at this offset.
+    At(usize),
+    /// An attribute of its type with a length other than 18, or attributes that do not parse
+    /// up to it: the packet is refused (never read as "without one").
+    Malformed,
+}
+
+/// Finds the Message-Authenticator in encoded bytes.
+fn find_message_authenticator(bytes: &[u8]) -> MessageAuthenticator {
+    let Some(len) = declared_length(bytes) else {
+        return MessageAuthenticator::Malformed;
+    };
     let mut at = HEADER;
     while at + 2 <= len {
         let (typ, alen) = (bytes[at], bytes[at + 1] as usize);
         if alen < 2 || at + alen > len {
-            return None;
+            return MessageAuthenticator::Malformed;
         }
-        if typ == attr::MESSAGE_AUTHENTICATOR && alen == 18 {
-            return Some(at + 2);
+        if typ == attr::MESSAGE_AUTHENTICATOR {
+            return if alen == 18 {
+                MessageAuthenticator::At(at + 2)
+            } else {
+                MessageAuthenticator::Malformed
+            };
         }
         at += alen;
     }
-    None
+    MessageAuthenticator::Absent
+}
+
+/// Offset of a well-formed Message-Authenticator value in encoded bytes (our own packets).
+fn message_authenticator_offset(bytes: &[u8]) -> Option<usize> {
+    match find_message_authenticator(bytes) {
+        MessageAuthenticator::At(at) => Some(at),
+        _ => None,
+    }
 }
 
 fn hmac_md5(secret: &[u8], data: &[u8]) -> [u8; 16] {
@@ -400,11 +426,12 @@ pub fn verify_reply(bytes: &[u8], request_authenticator: &[u8; 16], secret: &[u8
     if !WirePacket::is_authentic_response(bytes, &request, secret) {
         return ReplyCheck::BadResponseAuthenticator;
     }
-    match message_authenticator_offset(bytes) {
-        None => ReplyCheck::Verified {
+    match find_message_authenticator(bytes) {
+        MessageAuthenticator::Absent => ReplyCheck::Verified {
             has_message_authenticator: false,
         },
-        Some(at) => {
+        MessageAuthenticator::Malformed => ReplyCheck::BadMessageAuthenticator,
+        MessageAuthenticator::At(at) => {
             let mut scratch = bytes.to_vec();
             scratch[4..HEADER].copy_from_slice(request_authenticator);
             scratch[at..at + 16].fill(0);
@@ -455,7 +482,11 @@ pub fn accept_reply(
 
 /// Verifies a received request's Message-Authenticator (server side). `None` if absent.
 pub fn verify_request_message_authenticator(bytes: &[u8], secret: &[u8]) -> Option<bool> {
-    let at = message_authenticator_offset(bytes)?;
+    let at = match find_message_authenticator(bytes) {
+        MessageAuthenticator::Absent => return None,
+        MessageAuthenticator::Malformed => return Some(false),
+        MessageAuthenticator::At(at) => at,
+    };
     let len = declared_length(bytes)?;
     let mut scratch = bytes[..len].to_vec();
     scratch[at..at + 16].fill(0);
@@ -484,9 +515,10 @@ pub fn verify_dynauth_request(bytes: &[u8], secret: &[u8]) -> Option<bool> {
     }
     let len = declared_length(bytes)?;
     let bytes = &bytes[..len];
-    match message_authenticator_offset(bytes) {
-        None => Some(false),
-        Some(at) => {
+    match find_message_authenticator(bytes) {
+        MessageAuthenticator::Absent => Some(false),
+        MessageAuthenticator::Malformed => None,
+        MessageAuthenticator::At(at) => {
             let mut scratch = bytes.to_vec();
             scratch[4..HEADER].fill(0);
             scratch[at..at + 16].fill(0);
@@ -677,6 +709,29 @@ mod tests {
     }
 
     #[test]
+    fn a_malformed_message_authenticator_is_refused_not_taken_as_absent() {
+        // A reply whose Response Authenticator is right (whoever knows the secret… or a
+        // server bug) but whose Message-Authenticator attribute is 10 bytes long.
+        let request_auth = [9u8; 16];
+        let mut bytes = vec![2u8, 5, 0, 0];
+        bytes.extend_from_slice(&[0u8; 16]);
+        bytes.extend_from_slice(&[attr::MESSAGE_AUTHENTICATOR, 10, 1, 2, 3, 4, 5, 6, 7, 8]);
+        let len = bytes.len() as u16;
+        bytes[2..4].copy_from_slice(&len.to_be_bytes());
+        let authenticator = md5(&[&bytes[..4], &request_auth, &bytes[HEADER..], SECRET]);
+        bytes[4..HEADER].copy_from_slice(&authenticator);
+        assert_eq!(
+            verify_reply(&bytes, &request_auth, SECRET),
+            ReplyCheck::BadMessageAuthenticator
+        );
+        assert!(accept_reply(&bytes, &request_auth, SECRET, false).is_err());
+        assert_eq!(
+            verify_request_message_authenticator(&bytes, SECRET),
+            Some(false)
+        );
+    }
+
+    #[test]
     fn signed_reply_verifies_and_tampering_is_detected() {
         let request_auth = [9u8; 16];
         let bytes = signed_reply(&request_auth);
@@ -713,7 +768,11 @@ mod tests {
                 verify_reply(&bytes, &request_auth, SECRET),
                 ReplyCheck::Malformed
             );
-            assert_eq!(verify_request_message_authenticator(&bytes, SECRET), None);
+            // Unreadable is "bad", never "absent" (which a caller could accept).
+            assert_eq!(
+                verify_request_message_authenticator(&bytes, SECRET),
+                Some(false)
+            );
             assert!(!verify_accounting_request(&bytes, SECRET));
         }
         let mut longer = signed_reply(&request_auth);
