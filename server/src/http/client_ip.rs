@@ -135,8 +135,9 @@ fn parse_node(text: &str, rfc7239: bool) -> Result<IpAddr, String> {
 }
 
 /// Splits on `separator` outside double-quoted strings (RFC 7230 quoted-string, with `\`
-/// escapes).
-fn split_unquoted(text: &str, separator: char) -> Vec<&str> {
+/// escapes). `None` for an unterminated quote or escape: a client's `for=1.2.3.4;x="` would
+/// otherwise swallow the hop a proxy appends to the same line.
+fn split_unquoted(text: &str, separator: char) -> Option<Vec<&str>> {
     let mut parts = Vec::new();
     let (mut start, mut quoted, mut escaped) = (0, false, false);
     for (i, c) in text.char_indices() {
@@ -151,14 +152,19 @@ fn split_unquoted(text: &str, separator: char) -> Vec<&str> {
             _ => {}
         }
     }
+    if quoted || escaped {
+        return None;
+    }
     parts.push(&text[start..]);
-    parts
+    Some(parts)
 }
 
 /// The `for=` node of one `Forwarded` element (`for=…;proto=…;by=…`).
 fn forwarded_for(element: &str) -> Result<&str, String> {
     let mut found = None;
-    for pair in split_unquoted(element, ';') {
+    let pairs =
+        split_unquoted(element, ';').ok_or_else(|| "an unterminated quoted string".to_string())?;
+    for pair in pairs {
         let Some((key, value)) = pair.split_once('=') else {
             if pair.trim().is_empty() {
                 continue;
@@ -191,13 +197,17 @@ fn hops(headers: &HeaderMap, header: ForwardedHeader) -> Result<Vec<&str>, Forwa
     if header == ForwardedHeader::XRealIp && lines.len() > 1 {
         return Err(refuse("sent more than once".into()));
     }
-    Ok(lines
-        .into_iter()
-        .flat_map(|line| match header {
-            ForwardedHeader::Forwarded => split_unquoted(line, ','),
-            _ => line.split(',').collect(),
-        })
-        .collect())
+    let mut hops = Vec::new();
+    for line in lines {
+        match header {
+            ForwardedHeader::Forwarded => hops.extend(
+                split_unquoted(line, ',')
+                    .ok_or_else(|| refuse("an unterminated quoted string".into()))?,
+            ),
+            _ => hops.extend(line.split(',')),
+        }
+    }
+    Ok(hops)
 }
 
 /// The client address of a request from `peer` with `headers`.
@@ -389,6 +399,9 @@ mod tests {
             "for=1.2.3.4;for=5.6.7.8",
             "for=\"[2001:db8::1\"",
             "for=300.1.1.1",
+            // A client's unterminated quote swallowing the hop the proxy appended.
+            "for=6.6.6.6;x=\", for=198.51.100.7",
+            "for=\"[2001:db8::1]\\",
         ] {
             let mut h = HeaderMap::new();
             h.insert("forwarded", HeaderValue::from_static(value));

@@ -151,7 +151,9 @@ pub async fn carry_form_errors(mut request: Request, next: Next) -> Response {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("text/html"));
     let query = request.uri().query().unwrap_or("");
-    let crafted = ERROR_PARAMS.iter().any(|p| query.contains(p));
+    // Decoded names: `%5F%5Ferr` is `__err` to Leptos too.
+    let crafted = url::form_urlencoded::parse(query.as_bytes())
+        .any(|(key, _)| ERROR_PARAMS.contains(&key.as_ref()));
     if page_view || crafted {
         let pending = match (&session, page_view) {
             (Some(session), true) => session.remove::<Flash>(FLASH_KEY).await.ok().flatten(),
