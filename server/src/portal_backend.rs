@@ -342,15 +342,11 @@ impl PortalService for PortalBackend {
             return Ok(token);
         }
         // A visitor without a web session: the signed token of its `portal_anon` cookie (no
-        // write). Only a caller that has neither gets a token stored in a new web session.
-        if let Some(anon) = request.extensions.get::<AnonId>() {
-            return Ok(self.form_tokens.token_for(anon));
+        // write; every request to the pages and server fns carries one).
+        match request.extensions.get::<AnonId>() {
+            Some(anon) => Ok(self.form_tokens.token_for(anon)),
+            None => Err(PortalError::Forbidden),
         }
-        let token = random_token();
-        web.insert(FORM_TOKEN_KEY, &token)
-            .await
-            .map_err(|e| internal("writing the web session", &e))?;
-        Ok(token)
     }
 
     async fn login(&self, request: &Parts, input: LoginInput) -> Result<SessionView, PortalError> {

@@ -15,7 +15,6 @@ use crate::{
 };
 use anyhow::Context;
 use app::service::Portal;
-use axum::serve::ListenerExt;
 use leptos::prelude::LeptosOptions;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::Notify, task::JoinSet};
@@ -31,6 +30,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// A built, bound, not yet running portal.
 pub struct Application {
     listener: TcpListener,
+    /// Proxies whose connections are not limited per client (all users come through them).
+    trusted_proxies: Vec<ipnet::IpNet>,
     /// Built-in TLS: the files and the certificate in use.
     tls: Option<(crate::config::TlsSettings, crate::http::tls::CurrentConfig)>,
     router: axum::Router,
@@ -204,6 +205,7 @@ impl Application {
             .with_context(|| format!("while binding the web listener to {addr}"))?;
         Ok(Application {
             listener,
+            trusted_proxies: settings.http.trusted_proxies.clone(),
             tls,
             router,
             accounting,
@@ -289,16 +291,11 @@ impl Application {
                 _ = store.continuously_delete_expired(Duration::from_secs(3600)) => {}
             }
         });
-        let app = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let serve_shutdown = shutdown.clone();
         let live_stop = self.live_stop.clone();
-        let stopped = async move {
-            serve_shutdown.cancelled().await;
-            live_stop.cancel();
-        };
-        let served = match self.tls {
+        let proxies = self.trusted_proxies.clone();
+        let unlimited = move |ip: std::net::IpAddr| proxies.iter().any(|net| net.contains(&ip));
+        let on_shutdown = move || live_stop.cancel();
+        match self.tls {
             Some((files, current)) => {
                 tracing::info!(cert = %files.cert_file.display(), "serving HTTPS");
                 tasks.spawn(crate::http::tls::reload_on_sighup(
@@ -307,19 +304,29 @@ impl Application {
                     shutdown.clone(),
                 ));
                 let listener =
-                    crate::http::tls::TlsListener::new(self.listener, current, shutdown.clone())
-                        .tap_io(|_| {});
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stopped)
-                    .await
+                    crate::http::tls::TlsListener::new(self.listener, current, shutdown.clone());
+                crate::http::serve::serve(
+                    listener,
+                    self.router,
+                    unlimited,
+                    shutdown.clone(),
+                    on_shutdown,
+                    SHUTDOWN_GRACE,
+                )
+                .await
             }
             None => {
-                axum::serve(self.listener, app)
-                    .with_graceful_shutdown(stopped)
-                    .await
+                crate::http::serve::serve(
+                    self.listener,
+                    self.router,
+                    unlimited,
+                    shutdown.clone(),
+                    on_shutdown,
+                    SHUTDOWN_GRACE,
+                )
+                .await
             }
         }
-        .context("while serving HTTP");
         shutdown.cancel();
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while tasks.join_next().await.is_some() {}
@@ -328,7 +335,7 @@ impl Application {
         if drained.is_err() {
             tracing::warn!("background tasks did not stop within {SHUTDOWN_GRACE:?}");
         }
-        served
+        Ok(())
     }
 }
 

@@ -182,6 +182,27 @@ async fn static_paths_do_not_escape_the_site_and_visitors_leave_no_trace() {
         .count()
         .await;
     assert_eq!(ok, 10_000);
+    // Nor do scanners that accept anything, or failing form posts (their message travels in a
+    // signed cookie).
+    for _ in 0..200 {
+        http.get(format!("{base}/"))
+            .header("accept", "*/*")
+            .send()
+            .await
+            .unwrap();
+        http.post(format!("{base}/api/form_token"))
+            .header("origin", base.clone())
+            .send()
+            .await
+            .unwrap();
+        http.post(format!("{base}/api/login"))
+            .header("accept", "text/html")
+            .header("origin", base.clone())
+            .form(&[("username", "carol"), ("password", "x"), ("csrf", "forged")])
+            .send()
+            .await
+            .unwrap();
+    }
     assert_eq!(app.storage.web_session_count().await.unwrap(), 0);
     assert!(
         std::fs::metadata(&db).unwrap().len() <= size_before + 64 * 1024,

@@ -232,3 +232,69 @@ async fn unreadable_and_oversized_requests_are_the_callers_errors() {
     assert!(healthy.status().is_success());
     app.stop().await;
 }
+
+/// A client that sends its request headers a byte at a time, or never finishes them, is cut
+/// off after the header deadline; one address cannot hold more than its share of connections.
+#[tokio::test]
+async fn slow_clients_are_cut_off_and_connections_per_client_are_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await;
+    let connect_from = |ip: Ipv4Addr| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((ip, 0).into()).unwrap();
+        socket.connect(app.addr).await.unwrap()
+    };
+
+    let mut slow = connect_from(Ipv4Addr::new(127, 0, 10, 1)).await;
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed, Ok(true), "an unfinished request is not kept open");
+
+    let mut held = Vec::new();
+    for _ in 0..radius_portal::http::serve::MAX_CONNECTIONS_PER_CLIENT {
+        held.push(connect_from(Ipv4Addr::new(127, 0, 10, 2)).await);
+    }
+    let mut extra = connect_from(Ipv4Addr::new(127, 0, 10, 2)).await;
+    extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = extra.read_to_end(&mut answer).await;
+    assert!(
+        answer.is_empty(),
+        "the connection over the cap is closed at once"
+    );
+    // Another address is served meanwhile.
+    let mut other = connect_from(Ipv4Addr::new(127, 0, 10, 3)).await;
+    other
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    other.read_to_end(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    drop(held);
+    app.stop().await;
+}

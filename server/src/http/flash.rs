@@ -4,39 +4,98 @@
 //! query (`?__path=…&__err=<base64>`), and renders whatever such a URL says. Anyone could then
 //! craft a link that shows their text in the portal's own alert box. Here:
 //!
-//! - a failed form post's error (the server fn's own error answer) goes into the web session as
-//!   a one-time flash, and the redirect keeps only the Referer's path on this site (never
-//!   another host, never the error; without a Referer — where Leptos would drop the error — the
-//!   organization's sign-in page);
+//! - a failed form post's error (the server fn's own error answer) goes into a short-lived
+//!   cookie signed with the portal's key (no database write, so a flood of failing posts costs
+//!   nothing; a cookie nobody signed is ignored), and the redirect keeps only the Referer's path
+//!   on this site (never another host, never the error; without a Referer — where Leptos would
+//!   drop the error — the organization's sign-in page);
 //! - every request has `__err`/`__path` removed from its URL, so a crafted link shows nothing;
-//!   on a page view (a GET accepting HTML) a flash the web session holds is taken (shown once)
-//!   and handed to the page renderer on the request's inner URI only.
+//!   on a page view (a GET accepting HTML) a valid flash cookie is taken (shown once: the
+//!   answer clears it) and handed to the page renderer on the request's inner URI only.
 
-use super::org_scope::OrgScope;
+use super::{form_token::FormTokens, org_scope::OrgScope};
+use crate::config::PublicUrl;
 use axum::{
-    extract::Request,
+    extract::{Request, State},
     http::{header, HeaderValue, Method, Uri},
     middleware::Next,
     response::Response,
 };
 use base64::Engine;
-use serde::{Deserialize, Serialize};
-use tower_sessions::Session;
 
-/// Web-session key of the pending flash.
-const FLASH_KEY: &str = "form_error";
 /// Query parameters Leptos uses for form errors.
 const ERROR_PARAMS: [&str; 2] = ["__err", "__path"];
-/// Longest error kept (our own errors are far shorter).
-const MAX_FLASH: usize = 4096;
+/// Longest error kept (our own errors are far shorter; a cookie must stay small).
+const MAX_FLASH: usize = 1024;
+/// Signing purpose of flash cookies.
+const DOMAIN: &[u8] = b"radius-portal form error\0";
 
-/// A form error waiting for the next page view.
-#[derive(Debug, Serialize, Deserialize)]
-struct Flash {
-    /// The server fn's path (`/api/login`): which form it belongs to.
-    path: String,
-    /// The encoded error, as Leptos reads it.
-    err: String,
+/// What the flash middleware needs.
+#[derive(Clone, Debug)]
+pub struct FlashState {
+    /// Signs and checks flash cookies.
+    pub tokens: FormTokens,
+    /// `[http] public_url`: its host is this site too (a proxy may rewrite Host).
+    pub public_url: Option<PublicUrl>,
+}
+
+impl FlashState {
+    fn cookie_name(&self) -> &'static str {
+        if self.tokens.secure() {
+            "__Host-portal_flash"
+        } else {
+            "portal_flash"
+        }
+    }
+
+    /// `path.err.signature`, each part base64url (the signature hex).
+    fn seal(&self, path: &str, err: &[u8]) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let body = format!("{}.{}", b64.encode(path), b64.encode(err));
+        let signature = self.tokens.sign(DOMAIN, body.as_bytes());
+        format!("{body}.{signature}")
+    }
+
+    /// The (path, encoded error as Leptos reads it) of a flash cookie we signed.
+    fn open(&self, value: &str) -> Option<(String, String)> {
+        let (body, signature) = value.rsplit_once('.')?;
+        let expected = self.tokens.sign(DOMAIN, body.as_bytes());
+        let same = expected.len() == signature.len()
+            && expected
+                .bytes()
+                .zip(signature.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !same {
+            return None;
+        }
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let (path, err) = body.split_once('.')?;
+        let path = String::from_utf8(b64.decode(path).ok()?).ok()?;
+        let err = b64.decode(err).ok()?;
+        Some((path, base64::engine::general_purpose::URL_SAFE.encode(err)))
+    }
+
+    fn cookie(&self, value: &str, max_age: u32) -> Option<HeaderValue> {
+        HeaderValue::from_str(&format!(
+            "{}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{}",
+            self.cookie_name(),
+            if self.tokens.secure() { "; Secure" } else { "" }
+        ))
+        .ok()
+    }
+
+    fn cookie_in(&self, request: &Request) -> Option<String> {
+        request
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, _)| *name == self.cookie_name())
+            .map(|(_, value)| value.to_string())
+    }
 }
 
 /// The query without the error parameters.
@@ -54,8 +113,9 @@ fn encode(pairs: &[(String, String)]) -> String {
 }
 
 /// A same-site Location for `target` (an absolute URL or a path): its path and non-error
-/// query, or None when it points elsewhere or is unusable.
-fn local_location(target: &str, host: Option<&str>) -> Option<String> {
+/// query, or None when it points elsewhere or is unusable. `hosts`: this site's names (the
+/// Host header, the public URL's).
+fn local_location(target: &str, hosts: &[&str]) -> Option<String> {
     let (path_and_query, authority) = match target.parse::<Uri>().ok()? {
         uri if uri.scheme().is_some() => (
             uri.path_and_query()?.clone(),
@@ -63,8 +123,10 @@ fn local_location(target: &str, host: Option<&str>) -> Option<String> {
         ),
         uri => (uri.path_and_query()?.clone(), None),
     };
-    if authority.is_some() && authority.as_deref() != host {
-        return None;
+    if let Some(authority) = authority {
+        if !hosts.iter().any(|h| h.eq_ignore_ascii_case(&authority)) {
+            return None;
+        }
     }
     let path = path_and_query.path();
     if !path.starts_with('/') || path.starts_with("//") {
@@ -78,23 +140,33 @@ fn local_location(target: &str, host: Option<&str>) -> Option<String> {
     })
 }
 
-/// Middleware (inside the web-session layer): moves form errors from redirect URLs into the
-/// web session and back into the page renderer, so no error text ever comes from a URL.
-pub async fn carry_form_errors(mut request: Request, next: Next) -> Response {
-    let session = request.extensions().get::<Session>().cloned();
-    let is_form_post = request.method() == Method::POST
+fn accepts_html(request: &Request) -> bool {
+    request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"))
+}
+
+/// Middleware: moves a failed form post's error from the redirect URL into a signed flash
+/// cookie and back into the page renderer, so no error text ever comes from a URL.
+pub async fn carry_form_errors(
+    State(flash): State<FlashState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if request.method() == Method::POST
         && request.uri().path().starts_with("/api/")
-        && request
-            .headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("text/html"));
-    if is_form_post {
-        let host = request
+        && accepts_html(&request)
+    {
+        let mut hosts: Vec<String> = request
             .headers()
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+            .map(str::to_owned)
+            .into_iter()
+            .collect();
+        hosts.extend(flash.public_url.as_ref().map(|u| u.authority.clone()));
         let sign_in = request
             .extensions()
             .get::<OrgScope>()
@@ -115,20 +187,14 @@ pub async fn carry_form_errors(mut request: Request, next: Next) -> Response {
             .get("serverfnerror")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let location =
-            local_location(&location, host.as_deref()).unwrap_or_else(|| sign_in.clone());
+        let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        let location = local_location(&location, &hosts).unwrap_or_else(|| sign_in.clone());
         let (mut parts, body) = response.into_parts();
         if let Some(path) = failed_fn {
             match axum::body::to_bytes(body, MAX_FLASH).await {
                 Ok(bytes) => {
-                    let flash = Flash {
-                        path,
-                        err: base64::engine::general_purpose::URL_SAFE.encode(&bytes),
-                    };
-                    if let Some(session) = &session {
-                        if let Err(e) = session.insert(FLASH_KEY, &flash).await {
-                            tracing::warn!(error = %e, "form error could not be kept for the next page");
-                        }
+                    if let Some(cookie) = flash.cookie(&flash.seal(&path, &bytes), 60) {
+                        parts.headers.append(header::SET_COOKIE, cookie);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "form error too large to keep"),
@@ -144,39 +210,37 @@ pub async fn carry_form_errors(mut request: Request, next: Next) -> Response {
         parts.headers.remove(header::CONTENT_LENGTH);
         return Response::from_parts(parts, axum::body::Body::empty());
     }
-    let page_view = request.method() == Method::GET
-        && request
-            .headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("text/html"));
+    let page_view = request.method() == Method::GET && accepts_html(&request);
     let query = request.uri().query().unwrap_or("");
     // Decoded names: `%5F%5Ferr` is `__err` to Leptos too.
     let crafted = url::form_urlencoded::parse(query.as_bytes())
         .any(|(key, _)| ERROR_PARAMS.contains(&key.as_ref()));
-    if page_view || crafted {
-        let pending = match (&session, page_view) {
-            (Some(session), true) => session.remove::<Flash>(FLASH_KEY).await.ok().flatten(),
-            _ => None,
+    let cookie = page_view.then(|| flash.cookie_in(&request)).flatten();
+    let pending = cookie.as_deref().and_then(|value| flash.open(value));
+    if crafted || pending.is_some() {
+        let mut kept = split_query(query);
+        if let Some((path, err)) = pending {
+            kept.push(("__path".into(), path));
+            kept.push(("__err".into(), err));
+        }
+        let path = request.uri().path();
+        let rewritten = if kept.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{}", encode(&kept))
         };
-        if crafted || pending.is_some() {
-            let mut kept = split_query(query);
-            if let Some(flash) = pending {
-                kept.push(("__path".into(), flash.path));
-                kept.push(("__err".into(), flash.err));
-            }
-            let path = request.uri().path();
-            let rewritten = if kept.is_empty() {
-                path.to_string()
-            } else {
-                format!("{path}?{}", encode(&kept))
-            };
-            if let Ok(uri) = rewritten.parse::<Uri>() {
-                *request.uri_mut() = uri;
-            }
+        if let Ok(uri) = rewritten.parse::<Uri>() {
+            *request.uri_mut() = uri;
         }
     }
-    next.run(request).await
+    let mut response = next.run(request).await;
+    // Shown once: the page that showed it (or ignored a forged one) clears the cookie.
+    if cookie.is_some() {
+        if let Some(clear) = flash.cookie("", 0) {
+            response.headers_mut().append(header::SET_COOKIE, clear);
+        }
+    }
+    response
 }
 
 #[cfg(test)]
@@ -184,21 +248,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn flash_cookies_open_only_when_we_signed_them() {
+        let flash = FlashState {
+            tokens: FormTokens::new([3; 32], false),
+            public_url: None,
+        };
+        let sealed = flash.seal("/api/login", br#"{"Rejected":{"message":"x"}}"#);
+        let (path, err) = flash.open(&sealed).expect("ours");
+        assert_eq!(path, "/api/login");
+        assert_eq!(
+            base64::engine::general_purpose::URL_SAFE
+                .decode(err)
+                .unwrap(),
+            br#"{"Rejected":{"message":"x"}}"#
+        );
+        let other = FlashState {
+            tokens: FormTokens::new([4; 32], false),
+            public_url: None,
+        };
+        assert!(other.open(&sealed).is_none(), "another key");
+        let (body, _) = sealed.rsplit_once('.').unwrap();
+        assert!(
+            flash.open(&format!("{body}.{}", "0".repeat(64))).is_none(),
+            "forged"
+        );
+        assert!(flash.open("garbage").is_none());
+    }
+
+    #[test]
     fn redirects_keep_only_local_paths_and_lose_the_error() {
         assert_eq!(
             local_location(
                 "http://portal.example/o/beta/?x=1&__path=%2Fapi%2Flogin&__err=abc",
-                Some("portal.example"),
+                &["portal.example"],
             )
             .as_deref(),
             Some("/o/beta/?x=1")
         );
         assert_eq!(
-            local_location("/?__path=%2Fapi%2Flogin&__err=abc", None).as_deref(),
+            local_location("/?__path=%2Fapi%2Flogin&__err=abc", &[]).as_deref(),
             Some("/")
         );
-        assert!(local_location("http://evil.example/", Some("portal.example")).is_none());
-        assert!(local_location("//evil.example/", Some("portal.example")).is_none());
+        assert!(local_location("http://evil.example/", &["portal.example"]).is_none());
+        assert!(local_location("//evil.example/", &["portal.example"]).is_none());
     }
 }
 
@@ -215,7 +307,7 @@ mod fuzz {
         #[test]
         fn locations_stay_on_the_site(target in "(https?://[a-z.]{0,12}(:[0-9]{1,5})?)?[/\\\\]{0,3}[a-z0-9%._?&=/-]{0,40}(__err=[A-Za-z0-9%=]{0,10})?",
                                       host in "[a-z.]{0,12}") {
-            if let Some(location) = local_location(&target, Some(&host)) {
+            if let Some(location) = local_location(&target, &[host.as_str()]) {
                 prop_assert!(location.starts_with('/') && !location.starts_with("//"), "{location}");
                 let query = location.split_once('?').map_or("", |(_, q)| q);
                 for (key, _) in url::form_urlencoded::parse(query.as_bytes()) {

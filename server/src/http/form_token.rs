@@ -8,7 +8,7 @@
 
 use axum::{
     extract::{Request, State},
-    http::{header, HeaderValue, Method},
+    http::{header, HeaderValue},
     middleware::Next,
     response::Response,
 };
@@ -56,13 +56,23 @@ impl FormTokens {
 
     /// The form token of an anonymous visitor.
     pub fn token_for(&self, anon: &AnonId) -> String {
+        self.sign(b"radius-portal form token\0", anon.0.as_bytes())
+    }
+
+    /// HMAC-SHA256 (hex) of `data` under the key, for the purpose `domain`.
+    pub fn sign(&self, domain: &[u8], data: &[u8]) -> String {
         // A 32-byte key is always a valid HMAC key.
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(self.key.as_slice()) else {
             return String::new();
         };
-        mac.update(b"radius-portal form token\0");
-        mac.update(anon.0.as_bytes());
+        mac.update(domain);
+        mac.update(data);
         hex(&mac.finalize().into_bytes())
+    }
+
+    /// Whether cookies are marked Secure (and `__Host-`) — users reach the portal over HTTPS.
+    pub fn secure(&self) -> bool {
+        self.secure
     }
 
     /// The visitor id in a request's cookies, if well-formed (64 hex digits).
@@ -81,8 +91,8 @@ impl FormTokens {
     }
 }
 
-/// Middleware: puts the visitor's [`AnonId`] into the request; a page view (a GET accepting
-/// HTML) without one gets a new id and the cookie that carries it.
+/// Middleware: puts the visitor's [`AnonId`] into the request; a visitor without one gets a new
+/// id and the cookie that carries it.
 pub async fn anonymous_id(
     State(tokens): State<FormTokens>,
     mut request: Request,
@@ -92,13 +102,13 @@ pub async fn anonymous_id(
         request.extensions_mut().insert(anon);
         return next.run(request).await;
     }
-    let page_view = request.method() == Method::GET
-        && request
-            .headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("text/html"));
-    if !page_view {
+    // Every visitor of the portal's pages and server fns gets one (whatever it accepts), so a
+    // form token never needs a stored web session; assets and probes do not.
+    let path = request.uri().path();
+    if ["/pkg/", "/healthz", "/readyz", "/admin/"]
+        .iter()
+        .any(|prefix| path.starts_with(prefix))
+    {
         return next.run(request).await;
     }
     let anon = AnonId(hex(&rand::random::<[u8; 32]>()));

@@ -11,6 +11,7 @@ pub mod live;
 pub mod org_scope;
 pub mod rate_limit;
 pub mod security;
+pub mod serve;
 pub mod tls;
 
 use app::service::Portal;
@@ -141,7 +142,13 @@ pub fn router(parts: RouterParts) -> Router {
         .nest_service("/pkg", pkg)
         .fallback_service(ServeDir::new(site_root))
         .layer(middleware::from_fn(server_fn_limits))
-        .layer(middleware::from_fn(flash::carry_form_errors))
+        .layer(middleware::from_fn_with_state(
+            flash::FlashState {
+                tokens: form_tokens.clone(),
+                public_url: site_security.public_url.clone(),
+            },
+            flash::carry_form_errors,
+        ))
         .layer(middleware::from_fn_with_state(
             form_tokens,
             form_token::anonymous_id,
