@@ -192,6 +192,7 @@ impl Application {
             Some(addr) => addr,
             None => leptos_options.site_addr,
         };
+        warn_about_exposure(settings, addr);
         // Read before binding: a missing, unreadable or mismatched pair stops start-up here.
         let tls = match &settings.http.tls {
             Some(files) => Some((
@@ -292,8 +293,9 @@ impl Application {
             }
         });
         let live_stop = self.live_stop.clone();
-        let proxies = self.trusted_proxies.clone();
-        let unlimited = move |ip: std::net::IpAddr| proxies.iter().any(|net| net.contains(&ip));
+        let proxies = Arc::new(self.trusted_proxies.clone());
+        let unlimited: Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync> =
+            Arc::new(move |ip| proxies.iter().any(|net| net.contains(&ip)));
         let on_shutdown = move || live_stop.cancel();
         match self.tls {
             Some((files, current)) => {
@@ -303,12 +305,16 @@ impl Application {
                     current.clone(),
                     shutdown.clone(),
                 ));
-                let listener =
-                    crate::http::tls::TlsListener::new(self.listener, current, shutdown.clone());
+                let listener = crate::http::tls::TlsListener::new(
+                    self.listener,
+                    current,
+                    unlimited.clone(),
+                    shutdown.clone(),
+                );
                 crate::http::serve::serve(
                     listener,
                     self.router,
-                    unlimited,
+                    move |ip| unlimited(ip),
                     shutdown.clone(),
                     on_shutdown,
                     SHUTDOWN_GRACE,
@@ -319,7 +325,7 @@ impl Application {
                 crate::http::serve::serve(
                     self.listener,
                     self.router,
-                    unlimited,
+                    move |ip| unlimited(ip),
                     shutdown.clone(),
                     on_shutdown,
                     SHUTDOWN_GRACE,
@@ -336,6 +342,29 @@ impl Application {
             tracing::warn!("background tasks did not stop within {SHUTDOWN_GRACE:?}");
         }
         Ok(())
+    }
+}
+
+/// Start-up warnings for settings that leave a reachable portal weaker than it should be.
+fn warn_about_exposure(settings: &Settings, addr: SocketAddr) {
+    let http = &settings.http;
+    for net in &http.trusted_proxies {
+        let wide = match net {
+            ipnet::IpNet::V4(v4) => v4.prefix_len() < 24,
+            ipnet::IpNet::V6(v6) => v6.prefix_len() < 64,
+        };
+        if wide {
+            tracing::warn!(network = %net, "trusted_proxies holds a wide network: any client inside it can name any address as its own; list your proxies' addresses");
+        }
+    }
+    if addr.ip().is_loopback() {
+        return;
+    }
+    if http.public_url.is_none() {
+        tracing::warn!("no public_url while listening on {addr}: form posts are checked against the Host header only (DNS rebinding); set public_url to the address users type");
+    }
+    if !http.https() {
+        tracing::warn!("plain HTTP on {addr} without an https public_url: cookies are not Secure; serve HTTPS ([http.tls]) or put a TLS proxy in front and set public_url = \"https://…\"");
     }
 }
 

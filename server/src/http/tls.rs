@@ -2,15 +2,18 @@
 //! certificate chain and private key, reloaded on SIGHUP (a renewed certificate needs no
 //! restart; a broken pair is refused and the previous one kept).
 //!
-//! Handshakes run in their own tasks with a deadline, so a client that connects and never
-//! speaks cannot hold up anyone else's connection; completed connections are handed to
-//! `axum::serve` through [`TlsListener`].
+//! Handshakes run in their own tasks with a deadline, at most 16 at once per client address
+//! (IPv6: per /64) and 1024 in all; beyond that a connection is closed at once, so a client that
+//! connects and never speaks cannot hold up anyone else's; completed connections are handed to
+//! the connection loop (`serve`) through [`TlsListener`].
 
+use super::rate_limit::client_key;
 use crate::config::TlsSettings;
 use std::{
-    net::SocketAddr,
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
     path::Path,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 use tokio::{
@@ -29,9 +32,11 @@ use tokio_rustls::{
 use tokio_util::sync::CancellationToken;
 
 /// Longest a client may take to complete its handshake.
-const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; beyond it new connections wait to be accepted.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
+/// Handshakes in progress at once; beyond it new connections are closed at once.
 const MAX_HANDSHAKES: usize = 1024;
+/// Handshakes in progress at once from one client address (IPv6: one /64).
+const MAX_HANDSHAKES_PER_CLIENT: usize = 16;
 
 /// Why the certificate and key could not be used: which file, what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -97,25 +102,47 @@ impl CurrentConfig {
     }
 }
 
-/// Completed TLS connections, for `axum::serve`.
+/// One client's handshake in progress; gives its count back when dropped.
+struct HandshakeSlot {
+    per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    client: IpAddr,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut counts = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.client) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// Completed TLS connections, for the connection loop.
 pub struct TlsListener {
     connections: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     local: SocketAddr,
 }
 
 impl TlsListener {
-    /// Accepts on `tcp` until `shutdown`, handshaking with the current certificate.
-    pub fn new(tcp: TcpListener, current: CurrentConfig, shutdown: CancellationToken) -> Self {
+    /// Accepts on `tcp` until `shutdown`, handshaking with the current certificate; peers for
+    /// which `unlimited` says yes (a load balancer in front) are not limited per client.
+    pub fn new(
+        tcp: TcpListener,
+        current: CurrentConfig,
+        unlimited: Arc<dyn Fn(IpAddr) -> bool + Send + Sync>,
+        shutdown: CancellationToken,
+    ) -> Self {
         let local = tcp
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (tx, connections) = mpsc::channel(64);
         let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let per_client: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
         tokio::spawn(async move {
             loop {
-                let Ok(permit) = handshakes.clone().acquire_owned().await else {
-                    return;
-                };
                 let accepted = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     accepted = tcp.accept() => accepted,
@@ -128,10 +155,27 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // Full (in total or for this client): closed at once, never queued.
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    continue;
+                };
+                let ip = peer.ip().to_canonical();
+                let client = client_key(ip, 64);
+                if !unlimited(ip) {
+                    let mut counts = per_client.lock().unwrap_or_else(|p| p.into_inner());
+                    let count = counts.entry(client).or_insert(0);
+                    if *count >= MAX_HANDSHAKES_PER_CLIENT {
+                        continue;
+                    }
+                    *count += 1;
+                }
+                let unlimited_peer = unlimited(ip);
                 let acceptor = TlsAcceptor::from(current.get());
                 let tx = tx.clone();
+                let per_client = per_client.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
+                    let _slot = (!unlimited_peer).then_some(HandshakeSlot { per_client, client });
                     match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
