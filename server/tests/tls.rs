@@ -9,7 +9,7 @@ mod common;
 
 use common::{settings, temp_db, FreeRadius, TestApp};
 use radius_portal::{config::TlsSettings, startup::Application};
-use std::{net::SocketAddr, path::Path, sync::Arc};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::{
     rustls::{self, pki_types::CertificateDer, RootCertStore},
@@ -34,8 +34,14 @@ fn certificate(dir: &Path, name: &str) -> (TlsSettings, Vec<u8>) {
 }
 
 /// GET `path` over TLS trusting only `trusted`; the response head and the certificate the
-/// server presented.
+/// server presented. Fails instead of hanging if the server does not answer.
 async fn get(addr: SocketAddr, trusted: &[u8], path: &str) -> (String, Vec<u8>) {
+    tokio::time::timeout(Duration::from_secs(20), get_unbounded(addr, trusted, path))
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} over TLS got no answer"))
+}
+
+async fn get_unbounded(addr: SocketAddr, trusted: &[u8], path: &str) -> (String, Vec<u8>) {
     let mut roots = RootCertStore::empty();
     roots.add(CertificateDer::from(trusted.to_vec())).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -101,7 +107,9 @@ async fn the_portal_serves_https_and_reloads_its_certificate_on_sighup() {
         }
     };
     assert!(kill("-HUP").await.success());
-    hangups.recv().await;
+    tokio::time::timeout(Duration::from_secs(20), hangups.recv())
+        .await
+        .expect("SIGHUP arrives");
     common::wait_until("the renewed certificate is served", || async {
         let mut roots = RootCertStore::empty();
         roots.add(CertificateDer::from(second.clone())).unwrap();
@@ -113,10 +121,14 @@ async fn the_portal_serves_https_and_reloads_its_certificate_on_sighup() {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-        TlsConnector::from(Arc::new(config))
-            .connect("localhost".try_into().unwrap(), tcp)
-            .await
-            .is_ok()
+        matches!(
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                TlsConnector::from(Arc::new(config)).connect("localhost".try_into().unwrap(), tcp),
+            )
+            .await,
+            Ok(Ok(_))
+        )
     })
     .await;
     let (head, presented) = get(app.addr, &second, "/healthz").await;
@@ -128,7 +140,9 @@ async fn the_portal_serves_https_and_reloads_its_certificate_on_sighup() {
     let (other, _) = certificate(dir.path(), "third");
     std::fs::copy(&other.key_file, &files.key_file).unwrap();
     assert!(kill("-HUP").await.success());
-    hangups.recv().await;
+    tokio::time::timeout(Duration::from_secs(20), hangups.recv())
+        .await
+        .expect("SIGHUP arrives");
     let (head, presented) = get(app.addr, &second, "/healthz").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(presented, second);
