@@ -8,7 +8,11 @@ use leptos::server_fn::{
 use serde::{Deserialize, Serialize};
 
 /// A user-facing failure of a portal operation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+///
+/// On the wire (a server fn's error body) it is one JSON object that a script can use without
+/// knowing this type: `{"error": "<variant>", "message": "<the sentence shown>", …fields}`,
+/// e.g. `{"error":"RateLimited","message":"Too many sign-in attempts. …","retry_after_secs":30}`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PortalError {
     /// Input failed validation; `field` names the form field. Fix the input and retry.
@@ -45,6 +49,12 @@ pub enum PortalError {
     /// The request was refused as cross-site or without a valid form token.
     #[error("This request was refused for your security. Please reload the page and try again.")]
     Forbidden,
+    /// The request came through a trusted proxy that did not say whose it is, so the portal
+    /// cannot tell the client's address (the identity a session is bound to).
+    #[error(
+        "The portal cannot tell your device's address (the proxy in front of it did not pass it). Please tell your network administrator."
+    )]
+    AddressUnknown,
     /// Anything else; the server logged the cause. Retry.
     #[error("Something went wrong on our side. Please try again.")]
     Internal,
@@ -57,6 +67,87 @@ fn rejected_text(message: &Option<String>) -> String {
     match message {
         Some(m) if !m.trim().is_empty() => format!("Sign-in refused: {}", m.trim()),
         _ => "Sign-in refused: wrong username or password.".to_string(),
+    }
+}
+
+/// The wire form of [`PortalError`]: every field a variant may carry, all optional but `error`.
+#[derive(Serialize, Deserialize, Default)]
+struct WireError {
+    error: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reply_message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry_after_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+impl Serialize for PortalError {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut wire = WireError {
+            message: self.to_string(),
+            ..WireError::default()
+        };
+        wire.error = match self {
+            PortalError::InvalidInput { field, .. } => {
+                wire.field = Some(field.clone());
+                "InvalidInput"
+            }
+            PortalError::Rejected { message } => {
+                wire.reply_message = message.clone();
+                "Rejected"
+            }
+            PortalError::OrganizationDisabled => "OrganizationDisabled",
+            PortalError::ServersUnavailable => "ServersUnavailable",
+            PortalError::RateLimited { retry_after_secs } => {
+                wire.retry_after_secs = Some(*retry_after_secs);
+                "RateLimited"
+            }
+            PortalError::NoSession => "NoSession",
+            PortalError::Forbidden => "Forbidden",
+            PortalError::AddressUnknown => "AddressUnknown",
+            PortalError::Internal => "Internal",
+            PortalError::Communication(detail) => {
+                wire.detail = Some(detail.clone());
+                "Communication"
+            }
+        }
+        .to_string();
+        wire.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortalError {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = WireError::deserialize(deserializer)?;
+        Ok(match wire.error.as_str() {
+            "InvalidInput" => PortalError::InvalidInput {
+                field: wire.field.unwrap_or_default(),
+                message: wire.message,
+            },
+            "Rejected" => PortalError::Rejected {
+                message: wire.reply_message,
+            },
+            "OrganizationDisabled" => PortalError::OrganizationDisabled,
+            "ServersUnavailable" => PortalError::ServersUnavailable,
+            "RateLimited" => PortalError::RateLimited {
+                retry_after_secs: wire.retry_after_secs.unwrap_or(60),
+            },
+            "NoSession" => PortalError::NoSession,
+            "Forbidden" => PortalError::Forbidden,
+            "AddressUnknown" => PortalError::AddressUnknown,
+            "Internal" => PortalError::Internal,
+            "Communication" => PortalError::Communication(wire.detail.unwrap_or_default()),
+            other => {
+                return Err(serde::de::Error::custom(format_args!(
+                    "unknown error kind `{other}`"
+                )))
+            }
+        })
     }
 }
 
@@ -95,6 +186,41 @@ mod tests {
     fn rejection_without_reply_message_says_credentials_are_wrong() {
         let e = PortalError::Rejected { message: None };
         assert!(e.to_string().contains("wrong username or password"));
+    }
+
+    #[test]
+    fn the_wire_form_names_the_error_and_says_its_sentence_and_round_trips() {
+        let cases = [
+            PortalError::InvalidInput {
+                field: "username".into(),
+                message: "Username is required.".into(),
+            },
+            PortalError::Rejected {
+                message: Some("Account locked".into()),
+            },
+            PortalError::Rejected { message: None },
+            PortalError::RateLimited {
+                retry_after_secs: 7,
+            },
+            PortalError::Forbidden,
+            PortalError::AddressUnknown,
+            PortalError::Communication("reset".into()),
+        ];
+        for error in cases {
+            let json = serde_json::to_value(&error).expect("serializes");
+            assert_eq!(json["message"], error.to_string(), "{json}");
+            assert!(json["error"].is_string(), "{json}");
+            let back: PortalError = serde_json::from_value(json.clone()).expect("deserializes");
+            assert_eq!(back, error, "{json}");
+        }
+        let json = serde_json::to_value(PortalError::RateLimited {
+            retry_after_secs: 7,
+        })
+        .expect("serializes");
+        assert_eq!(json["error"], "RateLimited");
+        assert_eq!(json["retry_after_secs"], 7);
+        assert!(serde_json::from_str::<PortalError>(r#"{"error":"Nonsense"}"#).is_err());
+        assert!(serde_json::from_str::<PortalError>(r#""Forbidden""#).is_err());
     }
 
     #[test]

@@ -213,6 +213,10 @@ pub async fn run() -> anyhow::Result<()> {
         }
         Command::CheckConfig => {
             let settings = Settings::load(cli.config.as_deref())?;
+            // The certificate and key as `serve` would load them (readable, PEM, a matching pair).
+            if let Some(tls) = &settings.http.tls {
+                crate::http::tls::load(tls)?;
+            }
             println!("configuration is valid:\n{settings:#?}");
             Ok(())
         }

@@ -1190,6 +1190,17 @@ impl Settings {
         for (i, client) in self.dynamic_authorization.clients.iter().enumerate() {
             client.load_secret(&format!("dynamic_authorization.clients[{i}]"))?;
         }
+        if let (Some(_), Some(public)) = (&self.http.tls, &self.http.public_url) {
+            if !public.is_https() {
+                return Err(config_error(
+                    "http.public_url",
+                    format!(
+                        "`{}` is plain http, but [http.tls] serves HTTPS: browsers would send an https origin and every sign-in would be refused (use https://)",
+                        public.origin()
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -1261,6 +1272,23 @@ mod tests {
             .validate()
             .expect_err("too long");
         assert!(e.key.ends_with("nas_identifier"), "{e}");
+    }
+
+    #[test]
+    fn built_in_tls_needs_an_https_public_url() {
+        let toml = |url: &str| {
+            format!(
+                "[http]\npublic_url = \"{url}\"\n[http.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n{}",
+                &MINIMAL[..]
+            )
+        };
+        let err = Settings::from_toml(&toml("http://portal.example.com"))
+            .and_then(|s| s.validate())
+            .expect_err("http public_url with TLS");
+        assert!(err.to_string().contains("http.public_url"), "{err}");
+        Settings::from_toml(&toml("https://portal.example.com"))
+            .and_then(|s| s.validate())
+            .expect("https public_url with TLS");
     }
 
     #[test]

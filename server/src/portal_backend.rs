@@ -215,10 +215,7 @@ fn client_ip(request: &Parts) -> Result<std::net::IpAddr, PortalError> {
         .extensions
         .get::<ClientIp>()
         .map(|c| c.0)
-        .ok_or_else(|| {
-            tracing::error!("no client address on the request (client-ip layer missing)");
-            PortalError::Internal
-        })
+        .ok_or(PortalError::AddressUnknown)
 }
 
 fn internal(context: &str, error: &dyn std::error::Error) -> PortalError {
@@ -266,7 +263,7 @@ fn user_error(error: SessionError) -> PortalError {
 /// The HTTP status a script caller gets for an error (README's table).
 pub fn status_of(error: &PortalError) -> StatusCode {
     match error {
-        PortalError::InvalidInput { .. } => StatusCode::BAD_REQUEST,
+        PortalError::InvalidInput { .. } | PortalError::AddressUnknown => StatusCode::BAD_REQUEST,
         PortalError::Rejected { .. } | PortalError::NoSession => StatusCode::UNAUTHORIZED,
         PortalError::OrganizationDisabled | PortalError::Forbidden => StatusCode::FORBIDDEN,
         PortalError::ServersUnavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -505,6 +505,27 @@ async fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
         assert_eq!(page.status, 400, "{bad}: {}", page.body);
         assert!(page.body.contains("x-forwarded-for"), "{}", page.body);
     }
+    // Through the trusted proxy without the header the client is unknown: no login (taking
+    // the proxy's address would make every user behind it one client).
+    let page = app.browser(CLIENT).login("frank", "frank-pass").await;
+    assert!(
+        page.body.contains("cannot tell your device"),
+        "{}",
+        page.body
+    );
+    let response = app
+        .browser(CLIENT)
+        .login_as_script("frank", "frank-pass")
+        .await;
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "AddressUnknown", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("address"),
+        "{body}"
+    );
+    // The proxy's own requests still work.
+    assert_eq!(app.browser(CLIENT).get("/healthz").await.status, 200);
     assert!(
         !radius.auth_lines().iter().any(|l| l.contains("user=frank")),
         "no Access-Request for a refused request"
@@ -769,7 +790,7 @@ async fn form_errors_travel_in_the_web_session_never_in_the_url() {
     // A crafted link with an attacker's text in Leptos' error parameters shows nothing.
     use base64::Engine;
     let err = base64::engine::general_purpose::URL_SAFE
-        .encode(br#"{"Rejected":{"message":"Call 555-0100 to unlock"}}"#);
+        .encode(br#"{"error":"Rejected","message":"Sign-in refused: Call 555-0100 to unlock","reply_message":"Call 555-0100 to unlock"}"#);
     for query in [
         format!("__path=%2Fapi%2Flogin&__err={err}"),
         format!("%5F%5Fpath=%2Fapi%2Flogin&%5F%5Ferr={err}"),

@@ -154,6 +154,27 @@ fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
         stderr.contains("soon"),
         "the error names the bad value: {stderr}"
     );
+
+    // `[http.tls]` is checked as `serve` would load it: a missing key file is named.
+    let tls = dir.path().join("tls.toml");
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, "not a certificate").unwrap();
+    std::fs::write(
+        &tls,
+        format!(
+            "[http.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n{}",
+            cert.display(),
+            dir.path().join("missing-key.pem").display(),
+            std::fs::read_to_string(&good).unwrap()
+        ),
+    )
+    .unwrap();
+    let output = portal(&["--config", tls.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("TLS:"), "{stderr}");
 }
 
 /// `serve` warns when its configuration file holds shared secrets and others can read it.

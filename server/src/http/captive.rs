@@ -58,7 +58,12 @@ pub async fn captive_state(
         None => (api.organization_id.to_string(), String::new()),
     };
     let Some(Extension(ClientIp(ip))) = client else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        // A trusted proxy's request without the forwarding header: whose state is unknown.
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("{}\n", app::error::PortalError::AddressUnknown),
+        )
+            .into_response();
     };
     let origin = match &api.public_url {
         Some(public) => public.origin(),

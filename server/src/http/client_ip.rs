@@ -12,6 +12,10 @@
 //!   ASCII, not an address, an obfuscated or `unknown` node, several X-Real-IP lines) is a 400:
 //!   never a fallback to the proxy's own address, which would make every user one client.
 //!   What a client prepended to the left of the hop that names it is never parsed.
+//! - A trusted proxy's request without the header has no client address: the proxy's own
+//!   requests (health checks) work, but nothing that binds a session to an address does
+//!   (login answers 400 "AddressUnknown") — taking the proxy's address would make every user
+//!   behind a misconfigured proxy one client, each login ending the previous user's session.
 
 use axum::{
     extract::{ConnectInfo, Request, State},
@@ -194,8 +198,13 @@ fn hops(headers: &HeaderMap, header: ForwardedHeader) -> Result<Vec<&str>, Forwa
             refuse("not visible ASCII (the proxy must pass addresses only)".into())
         })?);
     }
-    if header == ForwardedHeader::XRealIp && lines.len() > 1 {
-        return Err(refuse("sent more than once".into()));
+    if header == ForwardedHeader::XRealIp {
+        if lines.len() > 1 {
+            return Err(refuse("sent more than once".into()));
+        }
+        if lines.iter().any(|line| line.contains(',')) {
+            return Err(refuse("a list, not one address".into()));
+        }
     }
     let mut hops = Vec::new();
     for line in lines {
@@ -210,23 +219,28 @@ fn hops(headers: &HeaderMap, header: ForwardedHeader) -> Result<Vec<&str>, Forwa
     Ok(hops)
 }
 
-/// The client address of a request from `peer` with `headers`.
+/// The client address of a request from `peer` with `headers`; `None` for a trusted proxy's
+/// request that names no client (the configured header is absent).
 pub fn client_ip(
     peer: IpAddr,
     headers: &HeaderMap,
     trusted: &TrustedProxies,
-) -> Result<IpAddr, ForwardingError> {
+) -> Result<Option<IpAddr>, ForwardingError> {
     let peer = peer.to_canonical();
     if !trusted.contains(peer) {
-        return Ok(peer);
+        return Ok(Some(peer));
     }
     let header = trusted.header;
     let refuse = |problem: String| ForwardingError {
         header: header.name(),
         problem,
     };
+    let hops = hops(headers, header)?;
+    if hops.is_empty() {
+        return Ok(None);
+    }
     let mut client = peer;
-    for hop in hops(headers, header)?.into_iter().rev() {
+    for hop in hops.into_iter().rev() {
         let node = match header {
             ForwardedHeader::Forwarded => forwarded_for(hop).map_err(refuse)?,
             _ => hop,
@@ -235,16 +249,16 @@ pub fn client_ip(
             .map_err(refuse)?
             .to_canonical();
         if !trusted.contains(client) {
-            return Ok(client);
+            return Ok(Some(client));
         }
     }
-    // No header (the proxy itself asks, e.g. a health check), or every hop is a trusted proxy:
-    // the left-most known address.
-    Ok(client)
+    // Every hop is a trusted proxy: the left-most known address.
+    Ok(Some(client))
 }
 
-/// Middleware: inserts [`ClientIp`] for the request, or answers 400 for forwarding data a
-/// trusted proxy sent that cannot be understood.
+/// Middleware: inserts [`ClientIp`] for the request (none for a trusted proxy's request without
+/// the header), or answers 400 for forwarding data a trusted proxy sent that cannot be
+/// understood.
 pub async fn insert_client_ip(
     State(trusted): State<TrustedProxies>,
     mut request: Request,
@@ -256,8 +270,11 @@ pub async fn insert_client_ip(
         .copied()
     {
         match client_ip(peer.ip(), request.headers(), &trusted) {
-            Ok(ip) => {
+            Ok(Some(ip)) => {
                 request.extensions_mut().insert(ClientIp(ip));
+            }
+            Ok(None) => {
+                tracing::debug!(peer = %peer.ip(), header = trusted.header.name(), "a trusted proxy's request names no client");
             }
             Err(e) => {
                 tracing::warn!(peer = %peer.ip(), error = %e, "request refused: unusable forwarding header from a trusted proxy");
@@ -310,11 +327,11 @@ mod tests {
         ]);
         assert_eq!(
             client_ip(ip("203.0.113.5"), &h, &trusted(&["127.0.0.1/32"])),
-            Ok(ip("203.0.113.5"))
+            Ok(Some(ip("203.0.113.5")))
         );
         assert_eq!(
             client_ip(ip("127.0.0.1"), &h, &TrustedProxies::default()),
-            Ok(ip("127.0.0.1"))
+            Ok(Some(ip("127.0.0.1")))
         );
         // Even garbage: it is not read.
         let mut h = HeaderMap::new();
@@ -324,7 +341,7 @@ mod tests {
         );
         assert_eq!(
             client_ip(ip("203.0.113.5"), &h, &trusted(&["127.0.0.1/32"])),
-            Ok(ip("203.0.113.5"))
+            Ok(Some(ip("203.0.113.5")))
         );
     }
 
@@ -333,7 +350,10 @@ mod tests {
         // The client put a fake address (and junk) first; the trusted proxy appended the real one.
         let h = headers(&[("x-forwarded-for", "junk, 6.6.6.6, 198.51.100.7, 10.0.0.2")]);
         let t = trusted(&["127.0.0.0/8", "10.0.0.0/8"]);
-        assert_eq!(client_ip(ip("127.0.0.1"), &h, &t), Ok(ip("198.51.100.7")));
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &h, &t),
+            Ok(Some(ip("198.51.100.7")))
+        );
     }
 
     #[test]
@@ -345,11 +365,20 @@ mod tests {
             ("x-forwarded-for", "198.51.100.7"),
         ]);
         let xff = trusted(&["127.0.0.1/32"]);
-        assert_eq!(client_ip(ip("127.0.0.1"), &h, &xff), Ok(ip("198.51.100.7")));
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &h, &xff),
+            Ok(Some(ip("198.51.100.7")))
+        );
         let fwd = trusted_with(ForwardedHeader::Forwarded, &["127.0.0.1/32"]);
-        assert_eq!(client_ip(ip("127.0.0.1"), &h, &fwd), Ok(ip("6.6.6.6")));
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &h, &fwd),
+            Ok(Some(ip("6.6.6.6")))
+        );
         let real = trusted_with(ForwardedHeader::XRealIp, &["127.0.0.1/32"]);
-        assert_eq!(client_ip(ip("127.0.0.1"), &h, &real), Ok(ip("7.7.7.7")));
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &h, &real),
+            Ok(Some(ip("7.7.7.7")))
+        );
     }
 
     #[test]
@@ -360,7 +389,7 @@ mod tests {
         ]);
         assert_eq!(
             client_ip(ip("127.0.0.1"), &h, &trusted(&["127.0.0.1/32"])),
-            Ok(ip("198.51.100.7"))
+            Ok(Some(ip("198.51.100.7")))
         );
     }
 
@@ -382,7 +411,7 @@ mod tests {
             h.insert("forwarded", HeaderValue::from_static(value));
             assert_eq!(
                 client_ip(ip("127.0.0.1"), &h, &t),
-                Ok(ip(client)),
+                Ok(Some(ip(client))),
                 "{value}"
             );
         }
@@ -436,7 +465,7 @@ mod tests {
             let h = headers(&[("x-forwarded-for", value)]);
             assert_eq!(
                 client_ip(ip("127.0.0.1"), &h, &t),
-                Ok(ip(client)),
+                Ok(Some(ip(client))),
                 "{value}"
             );
         }
@@ -446,20 +475,42 @@ mod tests {
                 &HeaderMap::new(),
                 &TrustedProxies::default()
             ),
-            Ok(ip("192.0.2.1"))
+            Ok(Some(ip("192.0.2.1")))
         );
     }
 
     #[test]
-    fn a_trusted_proxy_without_the_header_is_the_client() {
+    fn a_trusted_proxy_without_the_header_names_no_client() {
+        for kind in [
+            ForwardedHeader::XForwardedFor,
+            ForwardedHeader::Forwarded,
+            ForwardedHeader::XRealIp,
+        ] {
+            let t = trusted_with(kind, &["127.0.0.1/32"]);
+            assert_eq!(client_ip(ip("127.0.0.1"), &HeaderMap::new(), &t), Ok(None));
+            // Another header than the configured one does not count.
+            let h = headers(&[("x-client-ip", "192.0.2.1")]);
+            assert_eq!(client_ip(ip("127.0.0.1"), &h, &t), Ok(None));
+        }
+        // Every hop a trusted proxy: the left-most.
+        let h = headers(&[("x-forwarded-for", "10.0.0.5, 10.0.0.6")]);
         assert_eq!(
             client_ip(
                 ip("127.0.0.1"),
-                &HeaderMap::new(),
-                &trusted(&["127.0.0.1/32"])
+                &h,
+                &trusted(&["127.0.0.1/32", "10.0.0.0/8"])
             ),
-            Ok(ip("127.0.0.1"))
+            Ok(Some(ip("10.0.0.5")))
         );
+    }
+
+    #[test]
+    fn x_real_ip_is_one_address() {
+        let real = trusted_with(ForwardedHeader::XRealIp, &["127.0.0.1/32"]);
+        for value in ["192.0.2.1, 192.0.2.2", "192.0.2.1,"] {
+            let h = headers(&[("x-real-ip", value)]);
+            assert!(client_ip(ip("127.0.0.1"), &h, &real).is_err(), "{value}");
+        }
     }
 }
 
@@ -521,8 +572,9 @@ mod fuzz {
             let trusted = TrustedProxies::new(vec!["127.0.0.0/8".parse().expect("net")], kind);
             let peer: IpAddr = if peer_trusted { "127.0.0.1" } else { "203.0.113.9" }.parse().expect("ip");
             match client_ip(peer, &headers, &trusted) {
-                Ok(ip) if ip == peer => {}
-                Ok(ip) => {
+                Ok(None) => prop_assert!(peer_trusted, "an untrusted peer has no address"),
+                Ok(Some(ip)) if ip == peer => {}
+                Ok(Some(ip)) => {
                     prop_assert!(peer_trusted, "an untrusted peer's headers were read");
                     // The address is in what the proxy wrote (in some spelling).
                     let all = texts.join(",").to_ascii_lowercase();
