@@ -5,6 +5,7 @@ import { spawn, ChildProcess } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { organizationToml, portalToml } from "./config";
 import { freeTcpPort, freeUdpPort } from "./ports";
 
 const root = path.resolve(__dirname, "..");
@@ -63,40 +64,21 @@ export default async function globalSetup() {
   const config = path.join(state, "portal.toml");
   fs.writeFileSync(
     config,
-    `[http]
-listen = "127.0.0.1:${http}"
-[database]
-path = "${path.join(state, "portal.db")}"
-[radius]
-bind = "127.0.0.1"
-[[organizations]]
-id = "e2e"
-name = "End-to-End Org"
-nas_identifier = "portal-e2e"
-[[organizations.servers]]
-name = "freeradius"
-address = "127.0.0.1"
-auth_port = ${strict}
-acct_port = ${acct}
-secret = "testing123"
-timeout = "1s"
-[[organizations]]
-id = "beta"
-name = "Beta Branch Office"
-nas_identifier = "portal-e2e-beta"
-[[organizations.servers]]
-name = "freeradius"
-address = "127.0.0.1"
-auth_port = ${strict}
-acct_port = ${acct}
-secret = "testing123"
-timeout = "1s"
-[organizations.branding]
+    portalToml(http, path.join(state, "portal.db")) +
+      organizationToml("e2e", "End-to-End Org", strict, acct) +
+      organizationToml(
+        "beta",
+        "Beta Branch Office",
+        strict,
+        acct,
+        `[organizations.branding]
 accent_color = "#0f766e"
 logo_file = "${logo}"
 help_text = "Guests: your sign-in details are on the card at the front desk."
 contact = "it-help@beta.example, ext. 4242"
-[dynamic_authorization]
+`,
+      ) +
+      `[dynamic_authorization]
 listen = "127.0.0.1:${dynauth}"
 [[dynamic_authorization.clients]]
 name = "radclient"

@@ -6,6 +6,7 @@ import * as https from "node:https";
 import * as os from "node:os";
 import * as path from "node:path";
 import { expect } from "@playwright/test";
+import { organizationToml, portalToml } from "./config";
 import { freeTcpPort } from "./ports";
 
 export const root = path.resolve(__dirname, "..");
@@ -44,7 +45,7 @@ export async function ownPortal(id: string, name: string, options: { tls?: boole
   const state = fs.mkdtempSync(path.join(os.tmpdir(), `portal-${id}-`));
   const [strict, acct] = process.env.PORTAL_E2E_RADIUS_PORTS!.split(",");
   const port = await freeTcpPort();
-  let tls = "";
+  let tls: { cert: string; key: string } | undefined;
   if (options.tls) {
     const cert = path.join(state, "portal.crt");
     const key = path.join(state, "portal.key");
@@ -53,30 +54,10 @@ export async function ownPortal(id: string, name: string, options: { tls?: boole
       "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
       "-addext", "subjectAltName=IP:127.0.0.1",
     ], { stdio: "ignore" });
-    tls = `[http.tls]\ncert_file = "${cert}"\nkey_file = "${key}"\n`;
+    tls = { cert, key };
   }
   const config = path.join(state, "portal.toml");
-  fs.writeFileSync(
-    config,
-    `[http]
-listen = "127.0.0.1:${port}"
-${tls}[database]
-path = "${path.join(state, "portal.db")}"
-[radius]
-bind = "127.0.0.1"
-[[organizations]]
-id = "${id}"
-name = "${name}"
-nas_identifier = "portal-e2e-${id}"
-[[organizations.servers]]
-name = "freeradius"
-address = "127.0.0.1"
-auth_port = ${strict}
-acct_port = ${acct}
-secret = "testing123"
-timeout = "1s"
-`,
-  );
+  fs.writeFileSync(config, portalToml(port, path.join(state, "portal.db"), tls) + organizationToml(id, name, strict, acct));
   const log = fs.openSync(path.join(state, "portal.log"), "a");
   const url = `${options.tls ? "https" : "http"}://127.0.0.1:${port}`;
   let child: ChildProcess | undefined;

@@ -225,6 +225,11 @@ impl Application {
         })
     }
 
+    /// The certificate in use with built-in TLS (tests read its reload outcomes).
+    pub fn tls(&self) -> Option<crate::http::tls::CurrentConfig> {
+        self.tls.as_ref().map(|(_, current)| current.clone())
+    }
+
     /// The bound address (port 0 resolved).
     pub fn local_addr(&self) -> SocketAddr {
         self.listener

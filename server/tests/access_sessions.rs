@@ -5,20 +5,14 @@
 
 mod common;
 
-use common::{field, settings, temp_db, wait_for, FreeRadius, TestApp};
+use common::{field, portal_with_one_server, settings, temp_db, wait_for, FreeRadius, TestApp};
 use std::{net::Ipv4Addr, time::Duration};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 
 #[tokio::test]
 async fn accept_with_session_timeout_and_ise_class_opens_a_session_and_echoes_the_class() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let (radius, app, _dir) = portal_with_one_server().await;
 
     let page = app.browser(CLIENT).login("alice", "alice-pass").await;
 
@@ -62,13 +56,7 @@ async fn accept_with_session_timeout_and_ise_class_opens_a_session_and_echoes_th
 
 #[tokio::test]
 async fn accept_with_idle_timeout_only_uses_it_as_the_window() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let (radius, app, _dir) = portal_with_one_server().await;
 
     let page = app.browser(CLIENT).login("bob", "bob-pass").await;
 
@@ -88,13 +76,7 @@ async fn accept_with_idle_timeout_only_uses_it_as_the_window() {
 
 #[tokio::test]
 async fn accept_without_timeouts_gets_the_organization_default_window_and_no_class() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let (radius, app, _dir) = portal_with_one_server().await;
 
     let page = app.browser(CLIENT).login("carol", "carol-pass").await;
 
@@ -115,13 +97,7 @@ async fn accept_without_timeouts_gets_the_organization_default_window_and_no_cla
 
 #[tokio::test]
 async fn binary_and_multiple_class_values_are_echoed_byte_for_byte() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let (radius, app, _dir) = portal_with_one_server().await;
 
     let page = app.browser(CLIENT).login("frank", "frank-pass").await;
 
@@ -148,13 +124,7 @@ async fn binary_and_multiple_class_values_are_echoed_byte_for_byte() {
 
 #[tokio::test]
 async fn reject_shows_the_reply_message_and_opens_nothing() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let (radius, app, _dir) = portal_with_one_server().await;
 
     let page = app.browser(CLIENT).login("dave", "whatever").await;
 
@@ -182,13 +152,7 @@ async fn reject_shows_the_reply_message_and_opens_nothing() {
 
 #[tokio::test]
 async fn invalid_input_is_refused_with_the_field_named_and_nothing_is_sent() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let (radius, app, _dir) = portal_with_one_server().await;
     let browser = app.browser(CLIENT);
 
     let long = "a".repeat(64);
@@ -212,13 +176,7 @@ async fn invalid_input_is_refused_with_the_field_named_and_nothing_is_sent() {
 
 #[tokio::test]
 async fn refresh_sends_an_interim_update_and_disconnect_a_stop_with_user_request() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let (radius, app, _dir) = portal_with_one_server().await;
     let browser = app.browser(CLIENT);
     browser.login("bob", "bob-pass").await;
     let start = radius.wait_for_acct(&["status=Start", "user=bob"]).await;
@@ -263,13 +221,7 @@ async fn refresh_sends_an_interim_update_and_disconnect_a_stop_with_user_request
 
 #[tokio::test]
 async fn a_second_login_from_the_same_client_stops_the_first_with_port_preempted() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let (radius, app, _dir) = portal_with_one_server().await;
     app.browser(CLIENT).login("carol", "carol-pass").await;
     let first = radius.wait_for_acct(&["status=Start", "user=carol"]).await;
 
@@ -299,13 +251,7 @@ async fn a_second_login_from_the_same_client_stops_the_first_with_port_preempted
 
 #[tokio::test]
 async fn the_limit_expiring_stops_the_session_with_session_timeout() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let (radius, app, _dir) = portal_with_one_server().await;
     app.browser(CLIENT).login("gina", "gina-pass").await;
 
     let stop = radius.wait_for_acct(&["status=Stop", "user=gina"]).await;
@@ -317,13 +263,7 @@ async fn the_limit_expiring_stops_the_session_with_session_timeout() {
 
 #[tokio::test]
 async fn the_window_expiring_stops_the_session_with_idle_timeout() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let (radius, app, _dir) = portal_with_one_server().await;
     app.browser(CLIENT).login("hugo", "hugo-pass").await;
 
     let stop = radius.wait_for_acct(&["status=Stop", "user=hugo"]).await;
@@ -567,13 +507,7 @@ async fn acct_interim_interval_from_the_accept_sends_periodic_interim_updates() 
 
 #[tokio::test]
 async fn state_changing_posts_without_the_form_token_are_refused() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let (radius, app, _dir) = portal_with_one_server().await;
     let browser = app.browser(CLIENT);
     let login = [("username", "carol"), ("password", "carol-pass")];
 
@@ -624,13 +558,7 @@ async fn state_changing_posts_without_the_form_token_are_refused() {
 
 #[tokio::test]
 async fn the_captive_portal_api_reports_the_clients_own_session() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let (_radius, app, _dir) = portal_with_one_server().await;
     let browser = app.browser(CLIENT);
     let captive = |b: &common::Browser| {
         let request = b.http.get(format!("{}/captive-portal/api", b.base)).send();
@@ -721,13 +649,7 @@ async fn repeated_logins_for_one_username_are_rate_limited_with_retry_after() {
 /// Leptos' error parameters shows nothing.
 #[tokio::test]
 async fn form_errors_travel_in_the_web_session_never_in_the_url() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let (_radius, app, _dir) = portal_with_one_server().await;
     let browser = app.browser(Ipv4Addr::new(127, 0, 3, 1));
     let token = browser.form_token("/").await;
     let no_redirects = reqwest::Client::builder()

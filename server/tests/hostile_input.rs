@@ -6,18 +6,12 @@
 
 mod common;
 
-use common::{settings, temp_db, FreeRadius, TestApp};
+use common::portal_with_one_server;
 use std::net::Ipv4Addr;
 
 #[tokio::test]
 async fn hostile_logins_get_clear_4xx_answers_and_send_nothing() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let (radius, app, _dir) = portal_with_one_server().await;
     let browser = app.browser(Ipv4Addr::new(127, 0, 9, 1));
     let token = browser.form_token("/").await;
     let long_user = "u".repeat(64);
@@ -133,13 +127,8 @@ async fn hostile_logins_get_clear_4xx_answers_and_send_nothing() {
 
 #[tokio::test]
 async fn static_paths_do_not_escape_the_site_and_visitors_leave_no_trace() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let (_radius, app, dir) = portal_with_one_server().await;
+    let db = dir.path().join("portal.db");
     let base = format!("http://{}", app.addr);
     let http = reqwest::Client::new();
     for path in [

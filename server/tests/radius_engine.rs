@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::{field, settings, temp_db, wait_until, FreeRadius, TestApp, SECRET};
+use common::{
+    field, portal_with_one_server, settings, temp_db, wait_until, FreeRadius, TestApp, SECRET,
+};
 use md5::{Digest, Md5};
 use radius_portal::{
     radius::{
@@ -258,13 +260,8 @@ async fn with_every_server_down_login_fails_at_once_and_recovers_by_itself() {
 
 #[tokio::test]
 async fn a_row_that_cannot_be_encoded_is_dead_lettered_and_does_not_block_others() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let (radius, app, dir) = portal_with_one_server().await;
+    let db = dir.path().join("portal.db");
     // 20 Class values of 250 bytes: no RADIUS packet can carry them.
     let now = radius_portal::access_session::now_ms();
     let (huge, _) = app

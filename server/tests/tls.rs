@@ -139,10 +139,23 @@ async fn the_portal_serves_https_and_reloads_its_certificate_on_sighup() {
     // certificate stays.
     let (other, _) = certificate(dir.path(), "third");
     std::fs::copy(&other.key_file, &files.key_file).unwrap();
+    let outcomes = app.tls.clone().expect("built-in TLS");
+    let failed = |o: &radius_portal::http::tls::CurrentConfig| {
+        o.outcomes()
+            .failed
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    assert_eq!(failed(&outcomes), 0);
     assert!(kill("-HUP").await.success());
     tokio::time::timeout(Duration::from_secs(20), hangups.recv())
         .await
         .expect("SIGHUP arrives");
+    // Checked after the portal has tried (and refused) the broken pair, not before.
+    common::wait_until("the broken renewal is refused", || {
+        let done = failed(&outcomes) == 1;
+        async move { done }
+    })
+    .await;
     let (head, presented) = get(app.addr, &second, "/healthz").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(presented, second);

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{settings, temp_db, FreeRadius, TestApp};
+use common::{portal_with_one_server, settings, temp_db, FreeRadius, TestApp};
 use radius_portal::config::PublicUrl;
 use reqwest::StatusCode;
 use std::net::Ipv4Addr;
@@ -116,13 +116,7 @@ async fn an_https_public_url_sends_hsts_and_host_prefixed_secure_cookies() {
 /// a cookie); a login creates the web session with a new token, and the old one stops working.
 #[tokio::test]
 async fn anonymous_visitors_write_nothing_and_the_form_token_rotates_at_login() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let (radius, app, _dir) = portal_with_one_server().await;
     let base = format!("http://{}", app.addr);
     let bots = reqwest::Client::new();
     for path in ["/", "/session", "/captive-portal/api", "/o/acme/"] {
@@ -194,13 +188,7 @@ async fn anonymous_visitors_write_nothing_and_the_form_token_rotates_at_login() 
 /// over the limit are 413; neither sends anything.
 #[tokio::test]
 async fn unreadable_and_oversized_requests_are_the_callers_errors() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let (radius, app, _dir) = portal_with_one_server().await;
     let browser = app.browser(Ipv4Addr::new(127, 0, 8, 9));
     let token = browser.form_token("/").await;
     let post = |body: String| {
@@ -238,13 +226,7 @@ async fn unreadable_and_oversized_requests_are_the_callers_errors() {
 #[tokio::test]
 async fn slow_clients_are_cut_off_and_connections_per_client_are_capped() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let (_radius, app, _dir) = portal_with_one_server().await;
     let connect_from = |ip: Ipv4Addr| async move {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind((ip, 0).into()).unwrap();

@@ -16,7 +16,10 @@ use crate::{
     storage::Storage,
 };
 use axum::{
-    extract::{rejection::JsonRejection, DefaultBodyLimit, Extension, Path, Query, Request, State},
+    extract::{
+        rejection::JsonRejection, DefaultBodyLimit, Extension, FromRequest, Path, Query, Request,
+        State,
+    },
     http::{header, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -181,18 +184,28 @@ async fn show_organization(State(api): State<AdminApi>, Path(id): Path<String>) 
     }
 }
 
-/// A JSON body, or the caller's error (413 stays 413, everything else malformed is 400).
-fn json_body(body: Result<Json<Value>, JsonRejection>) -> Result<Value, Box<Response>> {
-    body.map(|Json(v)| v).map_err(|rejection| {
-        let status = match rejection.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        Box::new(error(
-            status,
-            &format!("invalid body: {}", rejection.body_text()),
-        ))
-    })
+/// The JSON body of a write: malformed is the caller's error (413 stays 413, everything else
+/// 400), and so is a field naming a local file ([`names_a_file`]).
+struct WriteBody(Value);
+
+impl<S: Send + Sync> FromRequest<S> for WriteBody {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        let Json(body) = Json::<Value>::from_request(request, state).await.map_err(
+            |rejection: JsonRejection| {
+                let status = match rejection.status() {
+                    StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                error(status, &format!("invalid body: {}", rejection.body_text()))
+            },
+        )?;
+        if let Some(field) = names_a_file(&body) {
+            return Err(file_refused(field));
+        }
+        Ok(WriteBody(body))
+    }
 }
 
 /// The field of a body that names a file on the portal's machine, if any: the API does not
@@ -250,15 +263,8 @@ async fn changed(api: AdminApi, id: &str, status: StatusCode) -> Response {
 async fn create_organization(
     State(api): State<AdminApi>,
     Extension(Actor(actor)): Extension<Actor>,
-    body: Result<Json<Value>, JsonRejection>,
+    WriteBody(body): WriteBody,
 ) -> Response {
-    let body = match json_body(body) {
-        Ok(body) => body,
-        Err(response) => return *response,
-    };
-    if let Some(field) = names_a_file(&body) {
-        return file_refused(field);
-    }
     match change::create(&api.storage, &api.organizations, body, &actor).await {
         Ok(id) => changed(api, &id, StatusCode::CREATED).await,
         Err(e) => refused(e),
@@ -270,15 +276,8 @@ async fn update_organization(
     State(api): State<AdminApi>,
     Extension(Actor(actor)): Extension<Actor>,
     Path(id): Path<String>,
-    body: Result<Json<Value>, JsonRejection>,
+    WriteBody(body): WriteBody,
 ) -> Response {
-    let body = match json_body(body) {
-        Ok(body) => body,
-        Err(response) => return *response,
-    };
-    if let Some(field) = names_a_file(&body) {
-        return file_refused(field);
-    }
     match change::update(&api.storage, &api.organizations, &id, body, &actor).await {
         Ok(_) => changed(api, &id, StatusCode::OK).await,
         Err(e) => refused(e),
@@ -302,15 +301,8 @@ async fn add_server(
     State(api): State<AdminApi>,
     Extension(Actor(actor)): Extension<Actor>,
     Path(id): Path<String>,
-    body: Result<Json<Value>, JsonRejection>,
+    WriteBody(body): WriteBody,
 ) -> Response {
-    let body = match json_body(body) {
-        Ok(body) => body,
-        Err(response) => return *response,
-    };
-    if let Some(field) = names_a_file(&body) {
-        return file_refused(field);
-    }
     match change::add_server(&api.storage, &api.organizations, &id, body, &actor).await {
         Ok(()) => changed(api, &id, StatusCode::CREATED).await,
         Err(e) => refused(e),
@@ -322,15 +314,8 @@ async fn update_server(
     State(api): State<AdminApi>,
     Extension(Actor(actor)): Extension<Actor>,
     Path((id, name)): Path<(String, String)>,
-    body: Result<Json<Value>, JsonRejection>,
+    WriteBody(body): WriteBody,
 ) -> Response {
-    let body = match json_body(body) {
-        Ok(body) => body,
-        Err(response) => return *response,
-    };
-    if let Some(field) = names_a_file(&body) {
-        return file_refused(field);
-    }
     match change::update_server(&api.storage, &api.organizations, &id, &name, body, &actor).await {
         Ok(_) => changed(api, &id, StatusCode::OK).await,
         Err(e) => refused(e),

@@ -13,7 +13,10 @@ use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     path::Path,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, RwLock,
+    },
     time::Duration,
 };
 use tokio::{
@@ -81,24 +84,53 @@ pub fn load(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
 
 /// The certificate in use; replaced on reload.
 #[derive(Clone)]
-pub struct CurrentConfig(Arc<RwLock<Arc<ServerConfig>>>);
+pub struct CurrentConfig {
+    config: Arc<RwLock<Arc<ServerConfig>>>,
+    outcomes: Arc<ReloadOutcomes>,
+}
+
+/// How many reloads succeeded and failed since start (for operators and tests).
+#[derive(Debug, Default)]
+pub struct ReloadOutcomes {
+    /// Reloads that replaced the certificate.
+    pub succeeded: AtomicU64,
+    /// Reloads refused (the previous certificate stayed).
+    pub failed: AtomicU64,
+}
 
 impl CurrentConfig {
     /// Starts with `config`.
     pub fn new(config: Arc<ServerConfig>) -> Self {
-        CurrentConfig(Arc::new(RwLock::new(config)))
+        CurrentConfig {
+            config: Arc::new(RwLock::new(config)),
+            outcomes: Arc::default(),
+        }
     }
 
     fn get(&self) -> Arc<ServerConfig> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Loads the files again; on success new connections use them, on failure the previous
     /// certificate stays (and the error is returned).
     pub fn reload(&self, settings: &TlsSettings) -> Result<(), TlsError> {
-        let config = load(settings)?;
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = config;
-        Ok(())
+        let result = load(settings).map(|config| {
+            *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+        });
+        let counter = match result {
+            Ok(()) => &self.outcomes.succeeded,
+            Err(_) => &self.outcomes.failed,
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+        result
+    }
+
+    /// Reload outcomes so far.
+    pub fn outcomes(&self) -> &ReloadOutcomes {
+        &self.outcomes
     }
 }
 

@@ -58,16 +58,22 @@ const ACTIVE_KEYS: [&str; 2] = ["is_active", "enabled"];
 /// it is set.
 pub fn redacted(settings: &OrganizationSettings) -> Value {
     let mut value = serde_json::to_value(settings).unwrap_or(Value::Null);
-    if let Some(servers) = value.get_mut("servers").and_then(Value::as_array_mut) {
-        for server in servers {
-            if let Some(secret) = server.get_mut("secret") {
-                if !secret.is_null() {
-                    *secret = Value::String("(set)".into());
-                }
-            }
+    for server in servers_mut(&mut value) {
+        if let Some(secret) = server.get_mut("secret").filter(|s| !s.is_null()) {
+            *secret = Value::String("(set)".into());
         }
     }
     value
+}
+
+/// The server entries of settings as JSON, to change in place.
+fn servers_mut(settings: &mut Value) -> impl Iterator<Item = &mut Map<String, Value>> {
+    settings
+        .get_mut("servers")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_object_mut)
 }
 
 /// Settings in the configuration file's form for operators (`org show --json`'s `settings`):
@@ -75,12 +81,10 @@ pub fn redacted(settings: &OrganizationSettings) -> Value {
 /// `update`, where servers without a secret keep theirs.
 pub fn without_secrets(settings: &OrganizationSettings) -> Value {
     let mut value = serde_json::to_value(settings).unwrap_or(Value::Null);
-    if let Some(servers) = value.get_mut("servers").and_then(Value::as_array_mut) {
-        for server in servers.iter_mut().filter_map(Value::as_object_mut) {
-            server.remove("secret");
-            if server.get("secret_file").is_some_and(Value::is_null) {
-                server.remove("secret_file");
-            }
+    for server in servers_mut(&mut value) {
+        server.remove("secret");
+        if server.get("secret_file").is_some_and(Value::is_null) {
+            server.remove("secret_file");
         }
     }
     value
@@ -200,12 +204,24 @@ fn keep_secret(entry: &mut Map<String, Value>, stored: Option<&Value>) {
     }
 }
 
-fn stored_server<'a>(settings: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+/// The server entries of stored settings (none when the key is missing or not a list).
+fn servers_of(settings: &Map<String, Value>) -> &[Value] {
     settings
-        .get("servers")?
-        .as_array()?
+        .get("servers")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+/// A server entry's `name`.
+fn name_of(server: &Value) -> Option<&str> {
+    server.get("name").and_then(Value::as_str)
+}
+
+fn stored_server<'a>(settings: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    servers_of(settings)
         .iter()
-        .find(|s| s.get("name").and_then(Value::as_str) == Some(name))
+        .find(|s| name_of(s) == Some(name))
 }
 
 /// Which change [`store`] writes: of organization `id`, by `actor`; `what` names it in the
@@ -236,13 +252,9 @@ async fn store(
     let after = checked(Value::Object(after), &key)?;
     // A server that goes away (removed, or renamed) must not be needed by a session: its
     // Stops go to the server that authenticated it, by name.
-    let names_before: Vec<String> = before
-        .settings
-        .get("servers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.get("name").and_then(Value::as_str).map(str::to_owned))
+    let names_before: Vec<String> = servers_of(&before.settings)
+        .iter()
+        .filter_map(|s| name_of(s).map(str::to_owned))
         .collect();
     for gone in names_before
         .iter()
@@ -470,11 +482,7 @@ pub async fn add_server(
         )));
     }
     let mut after = before.settings.clone();
-    let mut servers = after
-        .get("servers")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let mut servers = servers_of(&after).to_vec();
     servers.push(Value::Object(server));
     after.insert("servers".into(), Value::Array(servers));
     store(
@@ -525,17 +533,13 @@ pub async fn update_server(
         }
     }
     let mut after = before.settings.clone();
-    let servers: Vec<Value> = after
-        .get("servers")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
+    let servers: Vec<Value> = servers_of(&after)
+        .iter()
         .map(|s| {
-            if s.get("name").and_then(Value::as_str) == Some(name) {
+            if name_of(s) == Some(name) {
                 Value::Object(entry.clone())
             } else {
-                s
+                s.clone()
             }
         })
         .collect();
@@ -570,14 +574,10 @@ pub async fn remove_server(
     if stored_server(&before.settings, name).is_none() {
         return Err(ChangeError::NoServer(id.to_string(), name.to_string()));
     }
-    let servers: Vec<Value> = before
-        .settings
-        .get("servers")
-        .and_then(Value::as_array)
+    let servers: Vec<Value> = servers_of(&before.settings)
+        .iter()
+        .filter(|s| name_of(s) != Some(name))
         .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|s| s.get("name").and_then(Value::as_str) != Some(name))
         .collect();
     if servers.is_empty() {
         return Err(ChangeError::Conflict(format!(

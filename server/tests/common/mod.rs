@@ -315,6 +315,8 @@ pub struct TestApp {
     pub sessions: radius_portal::access_session::AccessSessions,
     pub organizations: std::sync::Arc<radius_portal::organizations::Organizations>,
     pub org_worker: radius_portal::organizations::worker::OrganizationWorker,
+    /// The certificate in use, with built-in TLS.
+    pub tls: Option<radius_portal::http::tls::CurrentConfig>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     _site: tempfile::TempDir,
@@ -338,6 +340,7 @@ impl TestApp {
             app.organizations.clone(),
             app.org_worker.clone(),
         );
+        let tls = app.tls();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run(shutdown.clone()));
         TestApp {
@@ -348,6 +351,7 @@ impl TestApp {
             sessions,
             organizations,
             org_worker,
+            tls,
             shutdown,
             task,
             _site: site,
@@ -487,6 +491,20 @@ impl Browser {
         let body = response.text().await.unwrap();
         Page { path, status, body }
     }
+}
+
+/// The most common set-up: one FreeRADIUS and a portal with it as its only server
+/// (`primary`, strict), on a fresh database (its directory lives as long as the guard).
+#[allow(dead_code)]
+pub async fn portal_with_one_server() -> (FreeRadius, TestApp, tempfile::TempDir) {
+    let radius = FreeRadius::start().await;
+    let (dir, db) = temp_db();
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await;
+    (radius, app, dir)
 }
 
 /// A fresh temporary database path (the directory lives as long as the returned guard).
