@@ -1279,7 +1279,7 @@ mod tests {
         let toml = |url: &str| {
             format!(
                 "[http]\npublic_url = \"{url}\"\n[http.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n{}",
-                &MINIMAL[..]
+                MINIMAL
             )
         };
         let err = Settings::from_toml(&toml("http://portal.example.com"))
