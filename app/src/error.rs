@@ -156,17 +156,38 @@ impl FromServerFnError for PortalError {
 
     fn from_server_fn_error(value: ServerFnErrorErr) -> Self {
         match value {
-            // The server could not read the request's fields (missing, unknown, not text):
-            // the caller's mistake, said plainly (serde names the field).
-            ServerFnErrorErr::Args(detail) => PortalError::InvalidInput {
-                field: "request".into(),
-                message: format!(
-                    "The request could not be read: {}",
-                    detail.chars().take(200).collect::<String>()
-                ),
-            },
+            // The server could not read the request's fields (missing, repeated, not text):
+            // the caller's mistake, said plainly. The decoder's own text is not passed on (it
+            // quotes keys the caller chose, which would then be shown as the portal's words);
+            // only a field of ours it names is.
+            ServerFnErrorErr::Args(detail) => args_error(&detail),
             other => PortalError::Communication(other.to_string()),
         }
+    }
+}
+
+/// The fields of the portal's forms (server fn arguments).
+const FORM_FIELDS: [&str; 4] = ["username", "password", "csrf", "org"];
+
+/// [`PortalError::InvalidInput`] for arguments that could not be decoded: which of our fields,
+/// if the decoder named one, and what is wrong in our words.
+fn args_error(detail: &str) -> PortalError {
+    let named = FORM_FIELDS.iter().find(|field| {
+        detail.contains(&format!("`{field}`")) || detail.contains(&format!("\"{field}\""))
+    });
+    let message = match named {
+        Some(field) if detail.starts_with("missing field") => {
+            format!("The request could not be read: `{field}` is missing.")
+        }
+        Some(field) => {
+            format!("The request could not be read: `{field}` is not a single text value.")
+        }
+        None => "The request could not be read: a field is missing, repeated, unknown or not text."
+            .to_string(),
+    };
+    PortalError::InvalidInput {
+        field: named.map_or("request", |f| f).to_string(),
+        message,
     }
 }
 
@@ -221,6 +242,29 @@ mod tests {
         assert_eq!(json["retry_after_secs"], 7);
         assert!(serde_json::from_str::<PortalError>(r#"{"error":"Nonsense"}"#).is_err());
         assert!(serde_json::from_str::<PortalError>(r#""Forbidden""#).is_err());
+    }
+
+    #[test]
+    fn undecodable_arguments_name_our_field_never_the_callers_text() {
+        let e = args_error("missing field `username`");
+        assert_eq!(
+            e,
+            PortalError::InvalidInput {
+                field: "username".into(),
+                message: "The request could not be read: `username` is missing.".into()
+            }
+        );
+        let e = args_error("Multiple values for one key: \"Your account is locked. Call 0800\"");
+        assert!(!e.to_string().contains("0800"), "{e}");
+        assert!(e.to_string().contains("could not be read"), "{e}");
+        let e = args_error("invalid type: sequence, expected a string for key `password`");
+        assert!(e.to_string().contains("`password`"), "{e}");
+        let e = args_error("Multiple values for one key: \"username\"");
+        assert!(
+            e.to_string()
+                .contains("`username` is not a single text value"),
+            "{e}"
+        );
     }
 
     #[test]

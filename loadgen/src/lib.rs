@@ -190,7 +190,11 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     let mut users = tokio::task::JoinSet::new();
     for n in 1..=config.users {
         let (config, totals, host) = (config.clone(), totals.clone(), host.clone());
-        users.spawn(async move { VirtualUser::new(n, config, host).run(deadline, totals).await });
+        users.spawn(async move {
+            VirtualUser::new(n, config, host)
+                .run(deadline, totals)
+                .await
+        });
     }
     while users.join_next().await.is_some() {}
     let elapsed = started.elapsed();

@@ -422,6 +422,9 @@ impl PortalService for PortalBackend {
                 .await?
                 .ok_or(PortalError::NoSession)?;
             let session = self.sessions.refresh(id).await.map_err(user_error)?;
+            // Saved with a new inactivity deadline: a web session in use never ends before
+            // the access session it controls (reads alone do not write it).
+            web.set_expiry(Some(crate::http::WEB_SESSION_EXPIRY));
             Ok(self.view(&session))
         }
         .await;

@@ -302,14 +302,15 @@ impl Application {
         let unlimited: Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync> =
             Arc::new(move |ip| proxies.iter().any(|net| net.contains(&ip)));
         let on_shutdown = move || live_stop.cancel();
+        // SIGHUP (a reload habit, logrotate, systemd's ExecReload) never ends the portal:
+        // with built-in TLS it reloads the certificate, otherwise there is nothing to reload.
+        tasks.spawn(crate::http::tls::reload_on_sighup(
+            self.tls.clone(),
+            shutdown.clone(),
+        ));
         match self.tls {
             Some((files, current)) => {
                 tracing::info!(cert = %files.cert_file.display(), "serving HTTPS");
-                tasks.spawn(crate::http::tls::reload_on_sighup(
-                    files,
-                    current.clone(),
-                    shutdown.clone(),
-                ));
                 let listener = crate::http::tls::TlsListener::new(
                     self.listener,
                     current,
@@ -362,14 +363,22 @@ fn warn_about_exposure(settings: &Settings, addr: SocketAddr) {
             tracing::warn!(network = %net, "trusted_proxies holds a wide network: any client inside it can name any address as its own; list your proxies' addresses");
         }
     }
-    if addr.ip().is_loopback() {
+    // Reachable by others: listening beyond loopback, or behind a proxy (which may listen
+    // anywhere and pass on whatever Host a browser sent).
+    let proxied = !http.trusted_proxies.is_empty();
+    if addr.ip().is_loopback() && !proxied {
         return;
     }
+    let place = if proxied {
+        format!("behind a proxy (listening on {addr})")
+    } else {
+        format!("on {addr}")
+    };
     if http.public_url.is_none() {
-        tracing::warn!("no public_url while listening on {addr}: form posts are checked against the Host header only (DNS rebinding); set public_url to the address users type");
+        tracing::warn!("no public_url {place}: form posts are checked against the Host header only, which a DNS-rebinding page controls; set public_url to the address users type");
     }
     if !http.https() {
-        tracing::warn!("plain HTTP on {addr} without an https public_url: cookies are not Secure; serve HTTPS ([http.tls]) or put a TLS proxy in front and set public_url = \"https://…\"");
+        tracing::warn!("plain HTTP {place} without an https public_url: cookies are not Secure; serve HTTPS ([http.tls]) or put a TLS proxy in front and set public_url = \"https://…\"");
     }
 }
 

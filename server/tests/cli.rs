@@ -177,7 +177,8 @@ fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
     assert!(stderr.contains("TLS:"), "{stderr}");
 }
 
-/// `serve` warns when its configuration file holds shared secrets and others can read it.
+/// `serve` warns when its configuration file holds shared secrets and others can read it, and
+/// keeps running on SIGHUP.
 #[tokio::test]
 async fn serve_warns_about_a_readable_file_with_secrets() {
     use std::os::unix::fs::PermissionsExt;
@@ -185,10 +186,15 @@ async fn serve_warns_about_a_readable_file_with_secrets() {
     let radius = FreeRadius::start().await;
     let (dir, path) = config(&radius, true);
     let text = std::fs::read_to_string(&path).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     std::fs::write(
         &path,
         format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n[database]\npath = \"{}\"\n{text}",
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n[database]\npath = \"{}\"\n{text}",
             dir.path().join("portal.db").display()
         ),
     )
@@ -217,7 +223,23 @@ async fn serve_warns_about_a_readable_file_with_secrets() {
     .await
     .ok()
     .flatten();
-    child.kill().await.unwrap();
     let warning = warning.expect("the warning is logged");
     assert!(!warning.contains(SECRET), "{warning}");
+    // Once it answers, a SIGHUP (logrotate, a reload habit) does not end it, without TLS too.
+    let healthz = || async {
+        reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    };
+    common::wait_until("the portal answers", healthz).await;
+    let pid = child.id().unwrap().to_string();
+    let hup = tokio::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(hup.success());
+    common::wait_until("an answer after the SIGHUP", healthz).await;
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    child.kill().await.unwrap();
 }

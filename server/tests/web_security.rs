@@ -50,6 +50,10 @@ async fn with_a_public_url_the_origin_is_checked_against_it_and_urls_come_from_i
             .await
             .unwrap();
         assert_eq!(refused.status(), 403, "{origin}");
+        // A script gets the JSON every error has.
+        let body: serde_json::Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
+        assert_eq!(body["error"], "CrossSite", "{body}");
+        assert_eq!(body["message"], "Cross-site request refused.", "{body}");
     }
     let page = browser
         .post_raw(
@@ -213,6 +217,17 @@ async fn unreadable_and_oversized_requests_are_the_callers_errors() {
     .await
     .unwrap();
     assert_eq!(huge.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: serde_json::Value = serde_json::from_str(&huge.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "TooLarge", "{body}");
+    // A key of the caller's choosing is never repeated back as the portal's words.
+    let crafted = post(format!(
+        "csrf={token}&username=x&password=y&Your+account+is+locked.+Call+0800-555&Your+account+is+locked.+Call+0800-555=2"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(crafted.status(), StatusCode::BAD_REQUEST);
+    let text = crafted.text().await.unwrap();
+    assert!(!text.contains("0800"), "{text}");
     assert!(radius.auth_lines().is_empty(), "nothing sent");
     let healthy = reqwest::get(format!("{}/healthz", browser.base))
         .await
@@ -233,21 +248,57 @@ async fn slow_clients_are_cut_off_and_connections_per_client_are_capped() {
         socket.connect(app.addr).await.unwrap()
     };
 
+    // Closed by the portal (bounded by a generous deadline so a failure is a message, not a hang).
+    let closed_by_portal = |mut stream: tokio::net::TcpStream| async move {
+        let mut buf = [0u8; 512];
+        let mut received = Vec::new();
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(n) => received.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        (
+            closed == Ok(true),
+            String::from_utf8_lossy(&received).to_string(),
+        )
+    };
     let mut slow = connect_from(Ipv4Addr::new(127, 0, 10, 1)).await;
     slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
-    let mut buf = [0u8; 512];
-    let closed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        loop {
-            match slow.read(&mut buf).await {
-                Ok(0) | Err(_) => return true,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert_eq!(closed, Ok(true), "an unfinished request is not kept open");
+    let silent = connect_from(Ipv4Addr::new(127, 0, 10, 1)).await;
+    let mut h2 = connect_from(Ipv4Addr::new(127, 0, 10, 1)).await;
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let (slow, silent, h2) = tokio::join!(
+        closed_by_portal(slow),
+        closed_by_portal(silent),
+        closed_by_portal(h2)
+    );
+    assert!(slow.0, "an unfinished request is not kept open");
+    assert!(silent.0, "a connection that sends nothing is not kept open");
+    assert!(h2.0, "HTTP/2 prior knowledge is not spoken: {}", h2.1);
+    assert!(
+        h2.1.is_empty() || h2.1.starts_with("HTTP/1.1 4") || h2.1.starts_with("HTTP/1.1 505"),
+        "{}",
+        h2.1
+    );
+
+    // A body trickled in is cut off: 408, with a JSON error for a script.
+    let mut trickle = connect_from(Ipv4Addr::new(127, 0, 10, 4)).await;
+    trickle
+        .write_all(b"POST /api/login HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\nusername=")
+        .await
+        .unwrap();
+    let (closed, answer) = closed_by_portal(trickle).await;
+    assert!(closed, "a trickled body is not waited for forever");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""error":"TooSlow""#), "{answer}");
 
     let mut held = Vec::new();
     for _ in 0..radius_portal::http::serve::MAX_CONNECTIONS_PER_CLIENT {

@@ -59,11 +59,12 @@ pub async fn captive_state(
     };
     let Some(Extension(ClientIp(ip))) = client else {
         // A trusted proxy's request without the forwarding header: whose state is unknown.
-        return (
+        return super::caller_error(
+            &headers,
             StatusCode::BAD_REQUEST,
-            format!("{}\n", app::error::PortalError::AddressUnknown),
-        )
-            .into_response();
+            "AddressUnknown",
+            &app::error::PortalError::AddressUnknown.to_string(),
+        );
     };
     let origin = match &api.public_url {
         Some(public) => public.origin(),

@@ -21,7 +21,7 @@ use axum::{
     extract::{ConnectInfo, Request, State},
     http::{HeaderMap, StatusCode},
     middleware::Next,
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -278,11 +278,12 @@ pub async fn insert_client_ip(
             }
             Err(e) => {
                 tracing::warn!(peer = %peer.ip(), error = %e, "request refused: unusable forwarding header from a trusted proxy");
-                return (
+                return super::caller_error(
+                    request.headers(),
                     StatusCode::BAD_REQUEST,
-                    format!("Bad request: {e}. The proxy in front of the portal must pass the client's address.\n"),
-                )
-                    .into_response();
+                    "BadForwarding",
+                    &format!("Bad request: {e}. The proxy in front of the portal must pass the client's address."),
+                );
             }
         }
     }

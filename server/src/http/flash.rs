@@ -5,15 +5,20 @@
 //! craft a link that shows their text in the portal's own alert box. Here:
 //!
 //! - a failed form post's error (the server fn's own error answer) goes into a short-lived
-//!   cookie signed with the portal's key (no database write, so a flood of failing posts costs
-//!   nothing; a cookie nobody signed is ignored), and the redirect keeps only the Referer's path
+//!   cookie signed with the portal's key, bound to the visitor's `portal_anon` cookie and to
+//!   its minute (no database write, so a flood of failing posts costs nothing; a cookie nobody
+//!   signed, minted for another visitor, or older than [`FLASH_LIFETIME_SECS`] is ignored, so
+//!   nobody can plant a message of theirs in someone else's browser), and the redirect keeps only the Referer's path
 //!   on this site (never another host, never the error; without a Referer — where Leptos would
 //!   drop the error — the organization's sign-in page);
 //! - every request has `__err`/`__path` removed from its URL, so a crafted link shows nothing;
 //!   on a page view (a GET accepting HTML) a valid flash cookie is taken (shown once: the
 //!   answer clears it) and handed to the page renderer on the request's inner URI only.
 
-use super::{form_token::FormTokens, org_scope::OrgScope};
+use super::{
+    form_token::{AnonId, FormTokens},
+    org_scope::OrgScope,
+};
 use crate::config::PublicUrl;
 use axum::{
     extract::{Request, State},
@@ -29,6 +34,23 @@ const ERROR_PARAMS: [&str; 2] = ["__err", "__path"];
 const MAX_FLASH: usize = 1024;
 /// Signing purpose of flash cookies.
 const DOMAIN: &[u8] = b"radius-portal form error\0";
+/// How long a flash cookie is shown after the failed post (also its Max-Age).
+const FLASH_LIFETIME_SECS: u64 = 60;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The visitor a request is from (its `portal_anon` id; empty if it has none).
+fn visitor(request: &Request) -> String {
+    request
+        .extensions()
+        .get::<AnonId>()
+        .map(|a| a.0.clone())
+        .unwrap_or_default()
+}
 
 /// What the flash middleware needs.
 #[derive(Clone, Debug)]
@@ -48,18 +70,25 @@ impl FlashState {
         }
     }
 
-    /// `path.err.signature`, each part base64url (the signature hex).
-    fn seal(&self, path: &str, err: &[u8]) -> String {
+    /// `issued.path.err.signature` (path and err base64url, the signature hex) for `visitor`,
+    /// whose id is signed but not written into the cookie.
+    fn seal(&self, visitor: &str, issued: u64, path: &str, err: &[u8]) -> String {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let body = format!("{}.{}", b64.encode(path), b64.encode(err));
-        let signature = self.tokens.sign(DOMAIN, body.as_bytes());
+        let body = format!("{issued}.{}.{}", b64.encode(path), b64.encode(err));
+        let signature = self.signature(visitor, &body);
         format!("{body}.{signature}")
     }
 
-    /// The (path, encoded error as Leptos reads it) of a flash cookie we signed.
-    fn open(&self, value: &str) -> Option<(String, String)> {
+    fn signature(&self, visitor: &str, body: &str) -> String {
+        self.tokens
+            .sign(DOMAIN, format!("{visitor}\0{body}").as_bytes())
+    }
+
+    /// The (path, encoded error as Leptos reads it) of a flash cookie we signed for `visitor`
+    /// within the last [`FLASH_LIFETIME_SECS`] before `now`.
+    fn open(&self, value: &str, visitor: &str, now: u64) -> Option<(String, String)> {
         let (body, signature) = value.rsplit_once('.')?;
-        let expected = self.tokens.sign(DOMAIN, body.as_bytes());
+        let expected = self.signature(visitor, body);
         let same = expected.len() == signature.len()
             && expected
                 .bytes()
@@ -70,13 +99,18 @@ impl FlashState {
             return None;
         }
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let (path, err) = body.split_once('.')?;
+        let (issued, rest) = body.split_once('.')?;
+        let issued: u64 = issued.parse().ok()?;
+        if issued > now + 5 || now.saturating_sub(issued) > FLASH_LIFETIME_SECS {
+            return None;
+        }
+        let (path, err) = rest.split_once('.')?;
         let path = String::from_utf8(b64.decode(path).ok()?).ok()?;
         let err = b64.decode(err).ok()?;
         Some((path, base64::engine::general_purpose::URL_SAFE.encode(err)))
     }
 
-    fn cookie(&self, value: &str, max_age: u32) -> Option<HeaderValue> {
+    fn cookie(&self, value: &str, max_age: u64) -> Option<HeaderValue> {
         HeaderValue::from_str(&format!(
             "{}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{}",
             self.cookie_name(),
@@ -171,6 +205,7 @@ pub async fn carry_form_errors(
             .extensions()
             .get::<OrgScope>()
             .map_or_else(|| "/".to_string(), |scope| format!("{}/", scope.base));
+        let visitor = visitor(&request);
         let response = next.run(request).await;
         let Some(location) = response
             .headers()
@@ -193,7 +228,8 @@ pub async fn carry_form_errors(
         if let Some(path) = failed_fn {
             match axum::body::to_bytes(body, MAX_FLASH).await {
                 Ok(bytes) => {
-                    if let Some(cookie) = flash.cookie(&flash.seal(&path, &bytes), 60) {
+                    let sealed = flash.seal(&visitor, unix_now(), &path, &bytes);
+                    if let Some(cookie) = flash.cookie(&sealed, FLASH_LIFETIME_SECS) {
                         parts.headers.append(header::SET_COOKIE, cookie);
                     }
                 }
@@ -216,7 +252,10 @@ pub async fn carry_form_errors(
     let crafted = url::form_urlencoded::parse(query.as_bytes())
         .any(|(key, _)| ERROR_PARAMS.contains(&key.as_ref()));
     let cookie = page_view.then(|| flash.cookie_in(&request)).flatten();
-    let pending = cookie.as_deref().and_then(|value| flash.open(value));
+    let visitor = visitor(&request);
+    let pending = cookie
+        .as_deref()
+        .and_then(|value| flash.open(value, &visitor, unix_now()));
     if crafted || pending.is_some() {
         let mut kept = split_query(query);
         if let Some((path, err)) = pending {
@@ -253,8 +292,14 @@ mod tests {
             tokens: FormTokens::new([3; 32], false),
             public_url: None,
         };
-        let sealed = flash.seal("/api/login", br#"{"Rejected":{"message":"x"}}"#);
-        let (path, err) = flash.open(&sealed).expect("ours");
+        let now = 1_800_000_000;
+        let sealed = flash.seal(
+            "anon-1",
+            now,
+            "/api/login",
+            br#"{"Rejected":{"message":"x"}}"#,
+        );
+        let (path, err) = flash.open(&sealed, "anon-1", now + 30).expect("ours");
         assert_eq!(path, "/api/login");
         assert_eq!(
             base64::engine::general_purpose::URL_SAFE
@@ -266,13 +311,27 @@ mod tests {
             tokens: FormTokens::new([4; 32], false),
             public_url: None,
         };
-        assert!(other.open(&sealed).is_none(), "another key");
+        assert!(other.open(&sealed, "anon-1", now).is_none(), "another key");
+        assert!(
+            flash.open(&sealed, "anon-2", now).is_none(),
+            "minted for another visitor"
+        );
+        assert!(
+            flash.open(&sealed, "anon-1", now + 61).is_none(),
+            "older than a minute"
+        );
+        assert!(
+            flash.open(&sealed, "anon-1", now - 60).is_none(),
+            "from the future"
+        );
         let (body, _) = sealed.rsplit_once('.').unwrap();
         assert!(
-            flash.open(&format!("{body}.{}", "0".repeat(64))).is_none(),
+            flash
+                .open(&format!("{body}.{}", "0".repeat(64)), "anon-1", now)
+                .is_none(),
             "forged"
         );
-        assert!(flash.open("garbage").is_none());
+        assert!(flash.open("garbage", "anon-1", now).is_none());
     }
 
     #[test]

@@ -113,9 +113,7 @@ pub fn router(parts: RouterParts) -> Router {
         .with_same_site(SameSite::Strict)
         .with_http_only(true)
         .with_secure(secure_cookies)
-        .with_expiry(Expiry::OnInactivity(
-            tower_sessions::cookie::time::Duration::days(1),
-        ));
+        .with_expiry(WEB_SESSION_EXPIRY);
 
     let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -178,23 +176,76 @@ pub fn router(parts: RouterParts) -> Router {
         .layer(TraceLayer::new_for_http())
 }
 
+/// An error the portal answers before any page or server fn runs (cross-site, unusable
+/// forwarding data, too large or too slow a body): to a page (Accept: text/html) the sentence as
+/// text, to every other caller the same JSON a server fn's error has, `{"error": kind,
+/// "message": sentence}`, so a script handles every error one way.
+pub(crate) fn caller_error(
+    headers: &axum::http::HeaderMap,
+    status: StatusCode,
+    kind: &str,
+    message: &str,
+) -> Response {
+    let html = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    if html {
+        (status, format!("{message}\n")).into_response()
+    } else {
+        (
+            status,
+            axum::Json(serde_json::json!({ "error": kind, "message": message })),
+        )
+            .into_response()
+    }
+}
+
+/// A web session ends a day after its last write (login, refresh, disconnect).
+pub const WEB_SESSION_EXPIRY: Expiry =
+    Expiry::OnInactivity(tower_sessions::cookie::time::Duration::days(1));
+
 /// Largest request body of a server fn (a login form is well under 1 KiB).
 pub const API_BODY_LIMIT: usize = 16 * 1024;
+/// Time a server fn's whole request body has to arrive (a trickled body would hold a
+/// connection slot and its buffer indefinitely).
+pub const API_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Middleware for the server fns (`/api/…`; Leptos registers one route per function): a body
-/// over [`API_BODY_LIMIT`] is a 413 before anything reads it, and an error answered before our
-/// code ran (arguments that could not be read) gets its error's status instead of 500.
+/// over [`API_BODY_LIMIT`] is a 413 before anything reads it, one not complete within
+/// [`API_BODY_DEADLINE`] a 408, and an error answered before our code ran (arguments that could
+/// not be read) gets its error's status instead of 500.
 async fn server_fn_limits(request: Request<Body>, next: middleware::Next) -> Response {
     if !request.uri().path().starts_with("/api/") {
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, API_BODY_LIMIT).await else {
-        return (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("The request is larger than {API_BODY_LIMIT} bytes.\n"),
-        )
-            .into_response();
+    let bytes = match tokio::time::timeout(
+        API_BODY_DEADLINE,
+        axum::body::to_bytes(body, API_BODY_LIMIT),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return caller_error(
+                &parts.headers,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "TooLarge",
+                &format!("The request is larger than {API_BODY_LIMIT} bytes."),
+            )
+        }
+        Err(_) => {
+            return caller_error(
+                &parts.headers,
+                StatusCode::REQUEST_TIMEOUT,
+                "TooSlow",
+                &format!(
+                    "The request body did not arrive within {} seconds.",
+                    API_BODY_DEADLINE.as_secs()
+                ),
+            )
+        }
     };
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))

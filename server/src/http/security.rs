@@ -10,7 +10,7 @@ use axum::{
     extract::{Request, State},
     http::{header, HeaderMap, HeaderValue, Method, StatusCode},
     middleware::Next,
-    response::{IntoResponse, Response},
+    response::Response,
 };
 
 /// What the security middleware needs: the public URL (Origin checks), and whether users
@@ -93,7 +93,12 @@ pub async fn reject_cross_site(
         site.public_url.as_ref(),
     ) {
         tracing::warn!(path = %request.uri().path(), "cross-site request refused");
-        return (StatusCode::FORBIDDEN, "Cross-site request refused.").into_response();
+        return super::caller_error(
+            request.headers(),
+            StatusCode::FORBIDDEN,
+            "CrossSite",
+            "Cross-site request refused.",
+        );
     }
     next.run(request).await
 }

@@ -1,6 +1,8 @@
-//! The connection loop (instead of `axum::serve`, which runs hyper without a timer): request
-//! headers must arrive within [`HEADER_DEADLINE`] — also on an idle keep-alive connection — so a
-//! client sending a byte at a time (slowloris) cannot hold a connection; open connections are
+//! The connection loop (instead of `axum::serve`, which runs hyper without a timer): HTTP/1.1
+//! only (HTTP/2 would bring its own unbounded states: streams per connection, no header
+//! deadline), request headers must arrive within [`HEADER_DEADLINE`] — from the first byte of a
+//! new connection and on an idle keep-alive one — so a silent client or one sending a byte at a
+//! time (slowloris) cannot hold a connection; open connections are
 //! capped in total and per client address (per /64 for IPv6), and excess connections are closed
 //! at once. Long-lived responses (the session page's event stream) are unaffected: the deadline
 //! covers request headers only. On shutdown, connections finish their requests within the grace
@@ -8,9 +10,10 @@
 
 use super::rate_limit::client_key;
 use axum::{extract::ConnectInfo, serve::Listener, Router};
+use hyper::server::conn::http1::Builder;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto::Builder, graceful::GracefulShutdown},
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
 use std::{
@@ -90,9 +93,8 @@ pub async fn serve<L>(
 ) where
     L: Listener<Addr = SocketAddr>,
 {
-    let mut builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_DEADLINE)
         .keep_alive(true);
@@ -116,9 +118,8 @@ pub async fn serve<L>(
                 request
             },
         );
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service))
-            .into_owned();
+        let connection =
+            builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
         let watched = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = watched.await {

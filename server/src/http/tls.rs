@@ -239,38 +239,46 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-/// Reloads the certificate and key on every SIGHUP until `shutdown`.
-pub async fn reload_on_sighup(
-    settings: TlsSettings,
-    current: CurrentConfig,
+/// Reloads the certificate and key (when serving HTTPS) on every SIGHUP until `shutdown`. The
+/// signal is watched from the call on (before the returned future first runs), so a SIGHUP
+/// right after start-up cannot end the process.
+pub fn reload_on_sighup(
+    tls: Option<(TlsSettings, CurrentConfig)>,
     shutdown: CancellationToken,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!("SIGHUP cannot be watched: certificate reload by signal is off");
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                got = hangups.recv() => {
-                    if got.is_none() {
-                        return;
-                    }
-                    match current.reload(&settings) {
-                        Ok(()) => tracing::info!(cert = %settings.cert_file.display(), "TLS certificate reloaded"),
-                        Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays in use"),
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        #[cfg(unix)]
+        {
+            let Ok(mut hangups) = hangups else {
+                tracing::warn!("SIGHUP cannot be watched: certificate reload by signal is off");
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    got = hangups.recv() => {
+                        if got.is_none() {
+                            return;
+                        }
+                        let Some((settings, current)) = &tls else {
+                            tracing::info!("SIGHUP: nothing to reload (no built-in TLS)");
+                            continue;
+                        };
+                        match current.reload(settings) {
+                            Ok(()) => tracing::info!(cert = %settings.cert_file.display(), "TLS certificate reloaded"),
+                            Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays in use"),
+                        }
                     }
                 }
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (settings, current);
-        shutdown.cancelled().await;
+        #[cfg(not(unix))]
+        {
+            let _ = tls;
+            shutdown.cancelled().await;
+        }
     }
 }
 
