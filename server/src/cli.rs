@@ -200,7 +200,7 @@ pub async fn run() -> anyhow::Result<()> {
             if token.trim().is_empty() {
                 bail!("no token on stdin (generate one, e.g. `openssl rand -hex 32`)");
             }
-            println!("{}", crate::http::admin::hash_token(&token));
+            say!("{}", crate::http::admin::hash_token(&token));
             Ok(())
         }
         Command::Session { command } => {
@@ -217,7 +217,7 @@ pub async fn run() -> anyhow::Result<()> {
             if let Some(tls) = &settings.http.tls {
                 crate::http::tls::load(tls)?;
             }
-            println!("configuration is valid:\n{settings:#?}");
+            say!("configuration is valid:\n{settings:#?}");
             Ok(())
         }
         Command::Radius {
@@ -301,7 +301,7 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
         AccountingCommand::DeadLetters { limit } => {
             let rows = storage.dead_letters(limit).await?;
             if rows.is_empty() {
-                println!("no dead-lettered accounting rows");
+                say!("no dead-lettered accounting rows");
             }
             for (row, acct_session_id, org) in rows {
                 let kind = match row.status_type {
@@ -310,7 +310,7 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
                     3 => "Interim-Update",
                     _ => "?",
                 };
-                println!(
+                say!(
                     "row {} {kind} org={org} acct_session_id={acct_session_id} sent={} reason: {}",
                     row.id,
                     row.transmissions,
@@ -319,7 +319,7 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
             }
         }
         AccountingCommand::Backlog => {
-            println!(
+            say!(
                 "{} accounting rows waiting",
                 storage.outbox_backlog().await?
             );
@@ -378,13 +378,14 @@ pub async fn radius_test(
         };
         let elapsed = started.elapsed().as_millis();
         match outcome {
-            Ok(text) => println!(
+            Ok(text) => say!(
                 "{} ({}): {text} in {elapsed} ms",
-                server.name, server.auth_addr
+                server.name,
+                server.auth_addr
             ),
             Err(e) => {
                 all_answered = false;
-                println!(
+                say!(
                     "{} ({}): no answer: {} after {elapsed} ms",
                     server.name,
                     server.auth_addr,
@@ -410,7 +411,29 @@ pub fn leptos_options(path: &Path) -> anyhow::Result<LeptosOptions> {
     }
     let conf = leptos::config::get_configuration(Some(&path.to_string_lossy()))
         .with_context(|| format!("while reading Leptos options from {}", path.display()))?;
-    Ok(conf.leptos_options)
+    let mut options = conf.leptos_options;
+    // A relative site root in the file is relative to the file (not to where the portal was
+    // started), unless LEPTOS_SITE_ROOT says otherwise.
+    let site_root = Path::new(&*options.site_root);
+    if site_root.is_relative() && std::env::var_os("LEPTOS_SITE_ROOT").is_none() {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            options.site_root = dir.join(site_root).to_string_lossy().into();
+        }
+    }
+    // Pages name their hashed asset files from `hash.txt` beside the binary: without it they
+    // would fail on first render, so refuse to start instead.
+    if options.hash_files {
+        let hash_file = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join(&*options.hash_file)));
+        if let Some(hash_file) = hash_file.filter(|f| !f.exists()) {
+            bail!(
+                "{} not found: it is written by `cargo leptos build` beside the binary; ship it with the binary",
+                hash_file.display()
+            );
+        }
+    }
+    Ok(options)
 }
 
 /// Warns when the configuration file holds shared secrets inline and other users of the
@@ -449,16 +472,21 @@ async fn serve(settings: &Settings, options: LeptosOptions, demo: bool) -> anyho
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     if demo {
-        println!("\nDEMO portal running at http://{addr}/  (Ctrl-C to stop)\nDemo users:");
+        let scheme = if settings.http.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        say!("\nDEMO portal running at {scheme}://{addr}/  (Ctrl-C to stop)\nDemo users:");
         for user in DEMO_USERS {
-            println!(
+            say!(
                 "  {:<8} password {:<12} {}",
                 user.username,
                 user.password.unwrap_or("(any)"),
                 user.description
             );
         }
-        println!();
+        say!();
     }
     tracing::info!(%addr, demo, "radius-portal listening");
     app.run(shutdown).await
@@ -520,4 +548,13 @@ pub fn demo_settings(data_dir: &Path) -> Settings {
         branding: Default::default(),
     });
     settings
+}
+
+/// Standard output could not be written: quietly done when the reader closed the pipe.
+pub(crate) fn output_failed(error: std::io::Error) -> ! {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: writing the output failed: {error}");
+    std::process::exit(1);
 }

@@ -19,6 +19,17 @@
 //! - `demo_radius`   in-process demo RADIUS server for `radius-portal demo`
 //! - `dynauth`       RFC 5176 listener: Disconnect-Request / CoA-Request from RADIUS servers
 
+/// `println!` for command output: a reader that went away (`… | head`) ends the command quietly
+/// (exit 0) instead of a panic; any other write error ends it with a message (exit 1).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::cli::output_failed(e)
+        }
+    }};
+}
+
 pub mod access_session;
 pub mod accounting;
 pub mod cli;

@@ -234,14 +234,19 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                 .map(SessionRow::from)
                 .collect();
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                say!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!(
+                say!(
                     "{:>6} {:<16} {:<20} {:<16} {:<20} {:<20}",
-                    "ID", "ORG", "USER", "CLIENT IP", "STARTED", "ENDS"
+                    "ID",
+                    "ORG",
+                    "USER",
+                    "CLIENT IP",
+                    "STARTED",
+                    "ENDS"
                 );
                 for r in &rows {
-                    println!(
+                    say!(
                         "{:>6} {:<16} {:<20} {:<16} {:<20} {:<20}",
                         r.id,
                         r.organization,
@@ -260,25 +265,25 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
             };
             let row = SessionRow::from(&s);
             if json {
-                println!("{}", serde_json::to_string_pretty(&row)?);
+                say!("{}", serde_json::to_string_pretty(&row)?);
             } else {
-                println!("id:              {}", row.id);
-                println!("Acct-Session-Id: {}", row.acct_session_id);
-                println!("organization:    {}", row.organization);
-                println!("user:            {}", row.username);
-                println!("client IP:       {}", row.client_ip);
-                println!("server:          {}", row.server);
-                println!(
+                say!("id:              {}", row.id);
+                say!("Acct-Session-Id: {}", row.acct_session_id);
+                say!("organization:    {}", row.organization);
+                say!("user:            {}", row.username);
+                say!("client IP:       {}", row.client_ip);
+                say!("server:          {}", row.server);
+                say!(
                     "state:           {}",
                     if row.active { "active" } else { "ended" }
                 );
-                println!("started:         {}", clock(row.started_at_ms));
+                say!("started:         {}", clock(row.started_at_ms));
                 match row.stopped_at_ms {
-                    Some(at) => println!("ended:           {}", clock(at)),
-                    None => println!("ends:            {}", clock(row.expires_at_ms)),
+                    Some(at) => say!("ended:           {}", clock(at)),
+                    None => say!("ends:            {}", clock(row.expires_at_ms)),
                 }
                 if let Some(cause) = row.terminate_cause {
-                    println!(
+                    say!(
                         "ended because:   {} ({cause})",
                         crate::radius::terminate_cause::name(cause).unwrap_or("other")
                     );
@@ -294,9 +299,11 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                 .queue_session_termination(s.id, &actor(), crate::access_session::now_ms())
                 .await?
             {
-                println!(
+                say!(
                     "session {} ({}, {}) will be stopped by the running portal (Admin-Reset)",
-                    s.id, s.username, s.organization_id
+                    s.id,
+                    s.username,
+                    s.organization_id
                 );
                 Ok(Outcome::Done)
             } else {
@@ -473,17 +480,20 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
                 views.push(OrganizationView::new(&row, sessions));
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&views)?);
+                say!("{}", serde_json::to_string_pretty(&views)?);
             } else if views.is_empty() {
-                println!("no organizations stored yet (the portal stores the configured ones when it starts)");
+                say!("no organizations stored yet (the portal stores the configured ones when it starts)");
             } else {
-                println!(
+                say!(
                     "{:<20} {:<28} {:<9} {:>8}  SERVERS",
-                    "ID", "NAME", "STATE", "SESSIONS"
+                    "ID",
+                    "NAME",
+                    "STATE",
+                    "SESSIONS"
                 );
                 for v in &views {
                     let servers: Vec<&str> = v.servers.iter().map(|s| s.name.as_str()).collect();
-                    println!(
+                    say!(
                         "{:<20} {:<28} {:<9} {:>8}  {}",
                         v.id,
                         v.name,
@@ -501,31 +511,31 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
             };
             let view = OrganizationView::new(&row, storage.active_session_ids_of(&id).await?.len());
             if json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
+                say!("{}", serde_json::to_string_pretty(&view)?);
             } else {
-                println!("id:               {}", view.id);
-                println!("name:             {}", view.name);
-                println!("state:            {}", state(view.active));
-                println!("open sessions:    {}", view.active_sessions);
-                println!(
+                say!("id:               {}", view.id);
+                say!("name:             {}", view.name);
+                say!("state:            {}", state(view.active));
+                say!("open sessions:    {}", view.active_sessions);
+                say!(
                     "NAS-Identifier:   {}",
                     view.nas_identifier.as_deref().unwrap_or("?")
                 );
-                println!(
+                say!(
                     "NAS-IP-Address:   {}",
                     view.nas_ip.as_deref().unwrap_or("?")
                 );
-                println!(
+                say!(
                     "default window:   {}",
                     view.default_window_s
                         .map_or("?".into(), |s| format!("{s} s"))
                 );
-                println!(
+                say!(
                     "max lifetime:     {}",
                     view.max_lifetime_s
                         .map_or("none".into(), |s| format!("{s} s"))
                 );
-                println!(
+                say!(
                     "username pattern: {}",
                     view.username_pattern.as_deref().unwrap_or("?")
                 );
@@ -540,11 +550,11 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
                     ("contact:         ", b.contact.clone()),
                 ] {
                     if let Some(value) = value {
-                        println!("{label}{value}");
+                        say!("{label}{value}");
                     }
                 }
                 for s in &view.servers {
-                    println!(
+                    say!(
                         "server {}: {} auth {} acct {} timeout {} ms retries {} Message-Authenticator {} status check {} secret {}",
                         s.name, s.address, s.auth_port, s.acct_port, s.timeout_ms, s.retries,
                         text_of(&s.require_message_authenticator), text_of(&s.status_check), s.secret
@@ -567,10 +577,10 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
                 .context("while disabling the organization")?
             {
                 None => return Ok(Outcome::NotFound(id)),
-                Some(false) => println!("organization {id} is already disabled"),
+                Some(false) => say!("organization {id} is already disabled"),
                 Some(true) => {
                     let open = storage.active_session_ids_of(&id).await?.len();
-                    println!("organization {id} disabled: logins and refreshes are refused; the running portal stops its {open} open session(s) (Admin-Reset)");
+                    say!("organization {id} disabled: logins and refreshes are refused; the running portal stops its {open} open session(s) (Admin-Reset)");
                 }
             }
             Ok(Outcome::Done)
@@ -584,8 +594,8 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
                 .context("while enabling the organization")?
             {
                 None => return Ok(Outcome::NotFound(id)),
-                Some(false) => println!("organization {id} is already active"),
-                Some(true) => println!("organization {id} enabled"),
+                Some(false) => say!("organization {id} is already active"),
+                Some(true) => say!("organization {id} enabled"),
             }
             Ok(Outcome::Done)
         }
@@ -662,7 +672,7 @@ async fn cache(storage: &Storage) -> anyhow::Result<Organizations> {
 fn finish(result: Result<String, ChangeError>) -> anyhow::Result<Outcome> {
     match result {
         Ok(message) => {
-            println!("{message}");
+            say!("{message}");
             Ok(Outcome::Done)
         }
         Err(ChangeError::NotFound(id)) => Ok(Outcome::NotFound(id)),
@@ -679,7 +689,7 @@ pub async fn audit(settings: &Settings, command: AuditCommand) -> anyhow::Result
         AuditCommand::Tail { limit, json } => {
             for entry in storage.audit_tail(limit).await? {
                 if json {
-                    println!(
+                    say!(
                         "{}",
                         serde_json::json!({
                             "id": entry.id, "at_ms": entry.at, "actor": entry.actor,
@@ -688,7 +698,7 @@ pub async fn audit(settings: &Settings, command: AuditCommand) -> anyhow::Result
                         })
                     );
                 } else {
-                    println!(
+                    say!(
                         "{} {:<16} {:<14} {:<12} {}",
                         humantime::format_rfc3339_millis(
                             std::time::UNIX_EPOCH

@@ -83,6 +83,22 @@ async fn the_portal_serves_https_and_reloads_its_certificate_on_sighup() {
     let (head, presented) = get(app.addr, &first, "/healthz").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(presented, first);
+    // Plain HTTP to the HTTPS port: told so in plain words.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut plain = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        plain
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(20), plain.read_to_string(&mut answer))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("use https://"), "{answer}");
+    }
     let (page, _) = get(app.addr, &first, "/").await;
     assert!(
         page.to_ascii_lowercase()

@@ -152,6 +152,30 @@ impl Drop for HandshakeSlot {
     }
 }
 
+/// A client speaking plain HTTP to the HTTPS port (a TLS handshake starts with 0x16; an HTTP
+/// request with a method's capital letter) gets a plain answer saying so, like nginx's, instead
+/// of an unreadable TLS alert; true when it was answered (and the connection is done).
+async fn speaks_plain_http(stream: &mut TcpStream) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(HANDSHAKE_DEADLINE, stream.peek(&mut first)).await;
+    if !matches!(peeked, Ok(Ok(1))) || !first[0].is_ascii_uppercase() {
+        return false;
+    }
+    // Read the request (what has arrived) first: closing with unread data would reset the
+    // connection before the client reads the answer.
+    let mut request = [0u8; 8192];
+    let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut request)).await;
+    let body = "This port speaks HTTPS: use https:// in the address.\n";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(HANDSHAKE_DEADLINE, stream.write_all(answer.as_bytes())).await;
+    let _ = stream.shutdown().await;
+    true
+}
+
 /// Completed TLS connections, for the connection loop.
 pub struct TlsListener {
     connections: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
@@ -208,6 +232,10 @@ impl TlsListener {
                 tokio::spawn(async move {
                     let _permit = permit;
                     let _slot = (!unlimited_peer).then_some(HandshakeSlot { per_client, client });
+                    let mut stream = stream;
+                    if speaks_plain_http(&mut stream).await {
+                        return;
+                    }
                     match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
