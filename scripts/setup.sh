@@ -55,10 +55,13 @@ if ! wasm-bindgen --version 2>/dev/null | grep -q " $WASM_BINDGEN_VERSION"; then
     cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --force
 fi
 
+# Exactly the versions in package-lock.json (committed; it names no registry, only integrity
+# hashes); change them with `npm install <pkg>@<version>` and commit the lock file.
 if [ ! -x node_modules/.bin/tailwindcss ] || [ ! -x node_modules/.bin/wasm-opt ] \
-   || [ ! -d node_modules/@playwright/test ] || [ package.json -nt node_modules/.installed ]; then
-  log "npm: installing tailwindcss, binaryen (wasm-opt), @playwright/test"
-  npm install --no-audit --no-fund --loglevel=error
+   || [ ! -d node_modules/@playwright/test ] || [ package-lock.json -nt node_modules/.installed ] \
+   || [ package.json -nt node_modules/.installed ]; then
+  log "npm: installing tailwindcss, binaryen (wasm-opt), @playwright/test (npm ci)"
+  npm ci --no-audit --no-fund --loglevel=error
   touch node_modules/.installed
 fi
 log "tools ready"
