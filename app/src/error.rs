@@ -86,37 +86,40 @@ struct WireError {
     detail: Option<String>,
 }
 
-impl Serialize for PortalError {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut wire = WireError {
-            message: self.to_string(),
-            ..WireError::default()
-        };
-        wire.error = match self {
-            PortalError::InvalidInput { field, .. } => {
-                wire.field = Some(field.clone());
-                "InvalidInput"
-            }
-            PortalError::Rejected { message } => {
-                wire.reply_message = message.clone();
-                "Rejected"
-            }
+impl PortalError {
+    /// The variant's name: the `error` of the wire form, and a metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PortalError::InvalidInput { .. } => "InvalidInput",
+            PortalError::Rejected { .. } => "Rejected",
             PortalError::OrganizationDisabled => "OrganizationDisabled",
             PortalError::ServersUnavailable => "ServersUnavailable",
-            PortalError::RateLimited { retry_after_secs } => {
-                wire.retry_after_secs = Some(*retry_after_secs);
-                "RateLimited"
-            }
+            PortalError::RateLimited { .. } => "RateLimited",
             PortalError::NoSession => "NoSession",
             PortalError::Forbidden => "Forbidden",
             PortalError::AddressUnknown => "AddressUnknown",
             PortalError::Internal => "Internal",
-            PortalError::Communication(detail) => {
-                wire.detail = Some(detail.clone());
-                "Communication"
-            }
+            PortalError::Communication(_) => "Communication",
         }
-        .to_string();
+    }
+}
+
+impl Serialize for PortalError {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut wire = WireError {
+            error: self.kind().to_string(),
+            message: self.to_string(),
+            ..WireError::default()
+        };
+        match self {
+            PortalError::InvalidInput { field, .. } => wire.field = Some(field.clone()),
+            PortalError::Rejected { message } => wire.reply_message = message.clone(),
+            PortalError::RateLimited { retry_after_secs } => {
+                wire.retry_after_secs = Some(*retry_after_secs)
+            }
+            PortalError::Communication(detail) => wire.detail = Some(detail.clone()),
+            _ => {}
+        }
         wire.serialize(serializer)
     }
 }

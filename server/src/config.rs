@@ -182,9 +182,21 @@ pub struct Settings {
     /// RFC 5176 listener.
     #[serde(default)]
     pub dynamic_authorization: DynamicAuthorizationSettings,
+    /// Prometheus metrics.
+    #[serde(default)]
+    pub metrics: MetricsSettings,
     /// Organizations (tenants). For now the first one is the one the login page signs into.
     #[serde(default)]
     pub organizations: Vec<OrganizationSettings>,
+}
+
+/// `[metrics]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Where `GET /metrics` (Prometheus text format) is served, apart from the users' port
+    /// (it names organizations and servers). Unset (default): no metrics listener.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[http]`
@@ -1136,6 +1148,14 @@ impl Settings {
         }
         if let Some(v) = var("PORTAL_HTTP_SECURE_COOKIES") {
             self.http.secure_cookies = parse_bool("PORTAL_HTTP_SECURE_COOKIES", &v)?;
+        }
+        if let Some(addr) = var("PORTAL_METRICS_LISTEN") {
+            self.metrics.listen = Some(addr.parse().map_err(|_| {
+                config_error(
+                    "PORTAL_METRICS_LISTEN",
+                    format!("`{addr}` is not an address:port"),
+                )
+            })?);
         }
         if let Some(path) = var("PORTAL_DATABASE_PATH") {
             self.database.path = PathBuf::from(path);

@@ -18,6 +18,7 @@
 //! - `storage`       SQLite persistence (sessions, outbox, organizations, web sessions)
 //! - `demo_radius`   in-process demo RADIUS server for `radius-portal demo`
 //! - `dynauth`       RFC 5176 listener: Disconnect-Request / CoA-Request from RADIUS servers
+//! - `metrics`       Prometheus metrics (own registry), served on `[metrics] listen`
 
 /// `println!` for command output: a reader that went away (`… | head`) ends the command quietly
 /// (exit 0) instead of a panic; any other write error ends it with a message (exit 1).
@@ -37,6 +38,7 @@ pub mod config;
 pub mod demo_radius;
 pub mod dynauth;
 pub mod http;
+pub mod metrics;
 pub mod operator;
 pub mod organizations;
 pub mod portal_backend;

@@ -46,6 +46,8 @@ pub struct PortalBackend {
     per_user: RateLimiter<(String, String)>,
     /// Signs anonymous visitors' form tokens.
     form_tokens: FormTokens,
+    /// Sign-in outcomes.
+    metrics: crate::metrics::Metrics,
 }
 
 impl PortalBackend {
@@ -65,7 +67,14 @@ impl PortalBackend {
             ipv6_prefix: limits.ipv6_prefix,
             per_user: RateLimiter::new(limits.login_per_user, limits.period),
             form_tokens,
+            metrics: crate::metrics::Metrics::default(),
         }
+    }
+
+    /// Counts sign-in outcomes in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Counts a login attempt against both limits.
@@ -347,6 +356,10 @@ impl PortalService for PortalBackend {
     }
 
     async fn login(&self, request: &Parts, input: LoginInput) -> Result<SessionView, PortalError> {
+        let input_org = input
+            .organization
+            .clone()
+            .unwrap_or_else(|| self.scope(request).id);
         let result = async {
             self.check_form_token(request, &web_session(request)?, &input.form_token)
                 .await?;
@@ -381,6 +394,14 @@ impl PortalService for PortalBackend {
             Ok(self.view(&session))
         }
         .await;
+        // Labelled with known organizations only (the form's `org` is the caller's text).
+        let known = self.organizations.get(&input_org).is_some();
+        self.metrics.login(
+            if known { &input_org } else { "unknown" },
+            result
+                .as_ref()
+                .map_or_else(PortalError::kind, |_| "Accepted"),
+        );
         with_status(request, result)
     }
 

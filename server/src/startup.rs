@@ -30,6 +30,9 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// A built, bound, not yet running portal.
 pub struct Application {
     listener: TcpListener,
+    /// `[metrics] listen`, bound at start-up.
+    metrics_listener: Option<TcpListener>,
+    metrics: crate::metrics::Metrics,
     /// Proxies whose connections are not limited per client (all users come through them).
     trusted_proxies: Vec<ipnet::IpNet>,
     /// Built-in TLS: the files and the certificate in use.
@@ -92,9 +95,11 @@ impl Application {
             );
         }
         let tasks = TaskHealth::default();
+        let metrics = crate::metrics::Metrics::new();
         let radius = Radius::bind(&settings.radius, tasks.clone())
             .await
-            .context("while binding the RADIUS client socket")?;
+            .context("while binding the RADIUS client socket")?
+            .with_metrics(metrics.clone());
         let accounting = Accounting::new(storage.clone(), radius.clone(), organizations.clone());
         let expiry_wake = Arc::new(Notify::new());
         let events = SessionEvents::default();
@@ -103,7 +108,8 @@ impl Application {
             accounting.clone(),
             expiry_wake.clone(),
             events.clone(),
-        );
+        )
+        .with_metrics(metrics.clone());
         // Sessions that ran out while the portal was down are stopped before anything is served.
         let stopped = expiry
             .expire_due(now_ms())
@@ -144,13 +150,16 @@ impl Application {
             storage.app_secret("form_token_key").await?,
             settings.http.https(),
         );
-        let backend = Arc::new(PortalBackend::new(
-            sessions.clone(),
-            organizations.clone(),
-            &settings.rate_limit,
-            form_tokens.clone(),
-            demo,
-        ));
+        let backend = Arc::new(
+            PortalBackend::new(
+                sessions.clone(),
+                organizations.clone(),
+                &settings.rate_limit,
+                form_tokens.clone(),
+                demo,
+            )
+            .with_metrics(metrics.clone()),
+        );
         let live_stop = CancellationToken::new();
         let session_store = SqliteStore::new(storage.pool().clone());
         session_store
@@ -187,6 +196,8 @@ impl Application {
                 sessions: sessions.clone(),
                 tokens: Arc::new(crate::http::admin::token_hashes(&settings.admin.tokens)),
             },
+            metrics: metrics.clone(),
+            radius_health: radius.health().clone(),
         });
         let addr = match settings.http.listen {
             Some(addr) => addr,
@@ -204,8 +215,18 @@ impl Application {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("while binding the web listener to {addr}"))?;
+        let metrics_listener = match settings.metrics.listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("while binding the metrics listener to {addr}"))?,
+            ),
+            None => None,
+        };
         Ok(Application {
             listener,
+            metrics_listener,
+            metrics,
             trusted_proxies: settings.http.trusted_proxies.clone(),
             tls,
             router,
@@ -228,6 +249,13 @@ impl Application {
     /// The certificate in use with built-in TLS (tests read its reload outcomes).
     pub fn tls(&self) -> Option<crate::http::tls::CurrentConfig> {
         self.tls.as_ref().map(|(_, current)| current.clone())
+    }
+
+    /// The metrics listener's bound address, if one is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The bound address (port 0 resolved).
@@ -288,6 +316,26 @@ impl Application {
             tasks.spawn(async move {
                 let _ = handle.await;
             });
+        }
+        if let Some(listener) = self.metrics_listener {
+            let scrape = MetricsScrape {
+                metrics: self.metrics.clone(),
+                storage: self.storage.clone(),
+                radius: self.radius.clone(),
+                tasks: self.tasks.clone(),
+            };
+            let router = axum::Router::new()
+                .route("/metrics", axum::routing::get(serve_metrics))
+                .with_state(scrape);
+            tracing::info!(addr = ?listener.local_addr().ok(), "metrics served at /metrics");
+            tasks.spawn(crate::http::serve::serve(
+                listener,
+                router,
+                |_| false,
+                shutdown.clone(),
+                || {},
+                SHUTDOWN_GRACE,
+            ));
         }
         let store = self.session_store.clone();
         let cleanup_shutdown = shutdown.clone();
@@ -380,6 +428,57 @@ fn warn_about_exposure(settings: &Settings, addr: SocketAddr) {
     if !http.https() {
         tracing::warn!("plain HTTP {place} without an https public_url: cookies are not Secure; serve HTTPS ([http.tls]) or put a TLS proxy in front and set public_url = \"https://…\"");
     }
+}
+
+/// What a metrics scrape reads.
+#[derive(Clone)]
+struct MetricsScrape {
+    metrics: crate::metrics::Metrics,
+    storage: Storage,
+    radius: Radius,
+    tasks: TaskHealth,
+}
+
+/// `GET /metrics` on the metrics listener: recorded metrics plus the state read now.
+async fn serve_metrics(
+    axum::extract::State(scrape): axum::extract::State<MetricsScrape>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut snapshot = match scrape.storage.metrics_snapshot(now_ms()).await {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            tracing::error!(error = %crate::portal_backend::error_chain(&e), "metrics: the database cannot be read");
+            return (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "database unavailable\n",
+            )
+                .into_response();
+        }
+    };
+    use crate::radius::breaker::BreakerState;
+    snapshot.breakers = scrape
+        .radius
+        .health()
+        .states()
+        .into_iter()
+        .map(|(addr, state)| {
+            let value = match state {
+                BreakerState::Closed { .. } => 0,
+                BreakerState::Open { .. } => 1,
+                BreakerState::Trial { .. } => 2,
+            };
+            (addr.to_string(), value)
+        })
+        .collect();
+    snapshot.tasks_down = scrape.tasks.down().len() as i64;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        scrape.metrics.render(&snapshot),
+    )
+        .into_response()
 }
 
 /// Deletes accounting history and ended sessions older than the accounting retention, and

@@ -731,3 +731,65 @@ async fn form_errors_travel_in_the_web_session_never_in_the_url() {
     }
     app.stop().await;
 }
+
+/// `[metrics] listen`: Prometheus text on its own port (not the users'), counting sign-ins by
+/// organization and outcome, RADIUS exchanges per server, HTTP requests by route, and the
+/// state read at the scrape (open sessions, accounting backlog, breakers, tasks).
+#[tokio::test]
+async fn metrics_count_what_happened_on_their_own_listener() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
+    config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    let app = TestApp::spawn(&config).await;
+    let metrics_addr = app.metrics_addr.expect("metrics listener");
+
+    let page = app.browser(CLIENT).login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    app.browser(Ipv4Addr::new(127, 0, 0, 2))
+        .login("dave", "whatever")
+        .await;
+    // Sign-ins naming an organization that does not exist are counted without its name.
+    app.browser(Ipv4Addr::new(127, 0, 0, 3))
+        .post_form(
+            "/api/login",
+            "/",
+            &[
+                ("username", "x"),
+                ("password", "y"),
+                ("org", "no-such-org-123"),
+            ],
+        )
+        .await;
+
+    let scrape = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .unwrap();
+    assert!(scrape.status().is_success());
+    let text = scrape.text().await.unwrap();
+    for expected in [
+        r#"portal_logins_total{organization="acme",outcome="Accepted"} 1"#,
+        r#"portal_logins_total{organization="acme",outcome="Rejected"} 1"#,
+        r#"portal_logins_total{organization="unknown",outcome="OrganizationDisabled"} 1"#,
+        r#"portal_active_sessions{organization="acme"} 1"#,
+        r#"portal_radius_request_seconds_count{port="auth",result="answered",server="primary"} 2"#,
+        r#"portal_http_requests_total{route="/api/login",status="302"} 3"#,
+        "portal_accounting_backlog 0",
+        "portal_background_tasks_down 0",
+    ] {
+        assert!(text.contains(expected), "{expected} missing in:\n{text}");
+    }
+    assert!(!text.contains("no-such-org-123"), "caller text is no label");
+    assert!(
+        !text.contains("carol-pass") && !text.contains("testing123"),
+        "no secrets"
+    );
+    // Not on the users' port.
+    let users = app.browser(CLIENT).get("/metrics").await;
+    assert!(
+        !users.body.contains("portal_logins_total"),
+        "{}",
+        users.body
+    );
+    app.stop().await;
+}

@@ -526,3 +526,60 @@ async fn a_server_without_status_server_comes_back_through_a_trial_request() {
     );
     app.stop().await;
 }
+
+/// `/readyz` says 503 while every server of every organization has an open breaker (no
+/// sign-in can succeed on this replica), and ready again once a probe closes one; the metrics
+/// show the breaker and the timeouts meanwhile.
+#[tokio::test]
+async fn readiness_fails_while_every_server_is_open_circuit_and_recovers() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut settings = settings(&db, vec![radius.server_settings("primary", true)]);
+    settings.radius.probe_interval = Duration::from_millis(200);
+    settings.organizations[0].login_timeout = Duration::from_secs(2);
+    settings.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    let app = TestApp::spawn(&settings).await;
+    let ready = || async {
+        reqwest::get(format!("http://{}/readyz", app.addr))
+            .await
+            .unwrap()
+    };
+    assert_eq!(ready().await.status(), 200);
+
+    radius.pause();
+    let addr = radius.auth_addr(true);
+    for n in 1..=2 {
+        let page = app
+            .browser(client(20 + n))
+            .login("carol", "carol-pass")
+            .await;
+        assert_ne!(page.path, "/session", "{}", page.body);
+    }
+    assert!(!app.radius.health().allows(addr), "breaker open");
+    let answer = ready().await;
+    assert_eq!(answer.status(), 503);
+    assert!(answer.text().await.unwrap().contains("breakers open"));
+    let metrics = reqwest::get(format!("http://{}/metrics", app.metrics_addr.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "portal_radius_breaker_state{{address=\"{addr}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"portal_radius_timeouts_total{port="auth",server="primary"}"#),
+        "{metrics}"
+    );
+
+    radius.resume();
+    wait_until("ready again after a probe", || async {
+        ready().await.status() == 200
+    })
+    .await;
+    app.stop().await;
+}

@@ -27,6 +27,8 @@ pub struct Expiry {
     wake: Arc<Notify>,
     /// Tells open session pages their session ended.
     events: SessionEvents,
+    /// Expiry lag.
+    metrics: crate::metrics::Metrics,
 }
 
 impl Expiry {
@@ -42,7 +44,14 @@ impl Expiry {
             accounting,
             wake,
             events,
+            metrics: crate::metrics::Metrics::default(),
         }
+    }
+
+    /// Records how late sessions were stopped in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Stops every session due at `now` and wakes accounting to send the Stops.
@@ -53,6 +62,9 @@ impl Expiry {
             self.accounting.wake();
             for s in &stopped {
                 self.events.publish(s.id);
+                self.metrics.expired(Duration::from_millis(
+                    now.saturating_sub(s.due_at).max(0) as u64
+                ));
             }
         }
         Ok(stopped)

@@ -62,6 +62,10 @@ pub struct RouterParts {
     pub organizations: std::sync::Arc<crate::organizations::Organizations>,
     /// The admin REST API.
     pub admin: admin::AdminApi,
+    /// HTTP requests by route and status.
+    pub metrics: crate::metrics::Metrics,
+    /// Breakers, for readiness.
+    pub radius_health: crate::radius::health::ServerHealth,
 }
 
 /// Builds the application router.
@@ -80,6 +84,8 @@ pub fn router(parts: RouterParts) -> Router {
         live,
         organizations,
         admin,
+        metrics,
+        radius_health,
     } = parts;
     let route_list = generate_route_list(app::App);
     let context = {
@@ -117,7 +123,15 @@ pub fn router(parts: RouterParts) -> Router {
 
     let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz).with_state((storage, tasks)))
+        .route(
+            "/readyz",
+            get(readyz).with_state(Readiness {
+                storage,
+                tasks,
+                organizations: organizations.clone(),
+                radius_health,
+            }),
+        )
         .route(
             captive::PATH,
             get(captive::captive_state).with_state(captive),
@@ -165,6 +179,8 @@ pub fn router(parts: RouterParts) -> Router {
             security::security_headers,
         ))
         .layer(CompressionLayer::new())
+        // Outermost of the routes' layers: every answer counts, refusals included.
+        .layer(middleware::from_fn_with_state(metrics, count_request))
         .with_state(leptos_options);
     // `/o/{slug}/…` is taken off before the routes above see the request.
     Router::new()
@@ -204,6 +220,24 @@ pub(crate) fn caller_error(
 /// A web session ends a day after its last write (login, refresh, disconnect).
 pub const WEB_SESSION_EXPIRY: Expiry =
     Expiry::OnInactivity(tower_sessions::cookie::time::Duration::days(1));
+
+/// Middleware: counts the request by route (the router's template, so labels stay bounded:
+/// `/pkg` for assets, `other` for static files and unknown paths) and status.
+async fn count_request(
+    State(metrics): State<crate::metrics::Metrics>,
+    request: Request<Body>,
+    next: middleware::Next,
+) -> Response {
+    let route = match request.extensions().get::<axum::extract::MatchedPath>() {
+        Some(path) if path.as_str().starts_with("/pkg") => "/pkg".to_string(),
+        Some(path) => path.as_str().to_string(),
+        None => "other".to_string(),
+    };
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    metrics.http_request(&route, response.status().as_u16(), started.elapsed());
+    response
+}
 
 /// Largest request body of a server fn (a login form is well under 1 KiB).
 pub const API_BODY_LIMIT: usize = 16 * 1024;
@@ -271,9 +305,39 @@ async fn error_status(response: Response) -> Response {
     Response::from_parts(parts, Body::from(bytes))
 }
 
-async fn readyz(
-    State((storage, tasks)): State<(crate::storage::Storage, crate::supervise::TaskHealth)>,
-) -> Response {
+/// What `/readyz` looks at.
+#[derive(Clone)]
+struct Readiness {
+    storage: crate::storage::Storage,
+    tasks: crate::supervise::TaskHealth,
+    organizations: std::sync::Arc<crate::organizations::Organizations>,
+    radius_health: crate::radius::health::ServerHealth,
+}
+
+impl Readiness {
+    /// Every authentication server of every active organization has an open breaker: no
+    /// sign-in can succeed here now (a load balancer should prefer another replica).
+    fn all_servers_down(&self) -> bool {
+        let mut servers = self
+            .organizations
+            .all()
+            .into_iter()
+            .filter(|org| org.active)
+            .flat_map(|org| org.servers.clone())
+            .peekable();
+        servers.peek().is_some() && servers.all(|s| self.radius_health.is_open(s.auth_addr))
+    }
+}
+
+async fn readyz(State(ready): State<Readiness>) -> Response {
+    if ready.all_servers_down() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "every RADIUS server of every organization is unreachable (circuit breakers open)",
+        )
+            .into_response();
+    }
+    let (storage, tasks) = (ready.storage, ready.tasks);
     let down = tasks.down();
     if !down.is_empty() {
         return (

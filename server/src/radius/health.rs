@@ -98,6 +98,15 @@ impl ServerHealth {
         trial.is_some()
     }
 
+    /// Every known server address with its breaker state (metrics).
+    pub fn states(&self) -> Vec<(SocketAddr, BreakerState)> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .iter()
+            .map(|(addr, e)| (*addr, e.breaker.state()))
+            .collect()
+    }
+
     /// The breaker state of `addr` (tests, CLI, metrics).
     pub fn state(&self, addr: SocketAddr) -> BreakerState {
         self.with(addr, |e| e.breaker.state())

@@ -152,6 +152,7 @@ pub enum AuthOutcome {
 pub struct Radius {
     client: RadiusClient,
     health: ServerHealth,
+    metrics: crate::metrics::Metrics,
 }
 
 fn random_authenticator() -> [u8; 16] {
@@ -228,7 +229,14 @@ impl Radius {
         Radius {
             client,
             health: ServerHealth::new(policy),
+            metrics: crate::metrics::Metrics::default(),
         }
+    }
+
+    /// Records exchanges in `metrics` (latency and timeouts per server).
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Per-server health (breakers), for accounting's failover and for tests.
@@ -269,7 +277,19 @@ impl Radius {
             deadline,
             require_message_authenticator,
         };
+        let started = std::time::Instant::now();
         let result = self.client.exchange(exchange, build).await;
+        let outcome = match &result {
+            Ok(_) => "answered",
+            Err(RadiusError::Timeout) => "timeout",
+            Err(_) => "error",
+        };
+        let port_name = match port {
+            Port::Auth => "auth",
+            Port::Acct => "acct",
+        };
+        self.metrics
+            .radius_exchange(&server.name, port_name, outcome, started.elapsed());
         match &result {
             Ok(reply) => self
                 .health

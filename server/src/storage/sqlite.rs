@@ -111,6 +111,8 @@ fn outbox_from_row(row: &SqliteRow) -> Result<OutboxRow, StorageError> {
 pub struct Stopped {
     /// Session row id.
     pub id: i64,
+    /// When it was stopped as of (its deadline; a preemption: the new login's start), unix ms.
+    pub due_at: i64,
     /// Acct-Terminate-Cause queued.
     pub cause: u32,
 }
@@ -240,6 +242,7 @@ impl Storage {
             {
                 stopped.push(Stopped {
                     id,
+                    due_at: new.started_at,
                     cause: terminate_cause::PORT_PREEMPTED,
                 });
             }
@@ -373,7 +376,11 @@ impl Storage {
                 terminate_cause::IDLE_TIMEOUT
             };
             if stop_in(&mut tx, id, cause, expires_at, Some(now)).await? {
-                stopped.push(Stopped { id, cause });
+                stopped.push(Stopped {
+                    id,
+                    due_at: expires_at,
+                    cause,
+                });
             }
         }
         tx.commit().await?;
@@ -753,6 +760,37 @@ impl Storage {
         .rows_affected();
         tx.commit().await?;
         Ok(removed)
+    }
+
+    /// What the metrics show of the database at a scrape: active sessions per organization,
+    /// undelivered accounting rows and the age of the oldest, dead letters kept.
+    pub async fn metrics_snapshot(
+        &self,
+        now: i64,
+    ) -> Result<crate::metrics::Snapshot, StorageError> {
+        let active_sessions: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT organization_id, COUNT(*) FROM access_sessions WHERE state = 'active' GROUP BY organization_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let (backlog, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MIN(created_at) FROM accounting_outbox WHERE delivered_at IS NULL AND dead_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let dead_letters: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM accounting_outbox WHERE dead_at IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(crate::metrics::Snapshot {
+            active_sessions,
+            outbox_backlog: backlog,
+            outbox_oldest: std::time::Duration::from_millis(
+                oldest.map_or(0, |o| now.saturating_sub(o).max(0) as u64),
+            ),
+            dead_letters,
+            ..Default::default()
+        })
     }
 
     /// Undelivered rows (backlog).

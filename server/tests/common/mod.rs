@@ -317,6 +317,8 @@ pub struct TestApp {
     pub org_worker: radius_portal::organizations::worker::OrganizationWorker,
     /// The certificate in use, with built-in TLS.
     pub tls: Option<radius_portal::http::tls::CurrentConfig>,
+    /// The metrics listener, when `[metrics] listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     _site: tempfile::TempDir,
@@ -341,6 +343,7 @@ impl TestApp {
             app.org_worker.clone(),
         );
         let tls = app.tls();
+        let metrics_addr = app.metrics_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run(shutdown.clone()));
         TestApp {
@@ -352,6 +355,7 @@ impl TestApp {
             organizations,
             org_worker,
             tls,
+            metrics_addr,
             shutdown,
             task,
             _site: site,

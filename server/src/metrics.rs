@@ -1,0 +1,321 @@
+//! Prometheus metrics, served on their own listener (`[metrics] listen`, e.g. 127.0.0.1:9464),
+//! never on the users' port: they name organizations and servers.
+//!
+//! Counters and histograms are recorded where things happen (logins in `portal_backend`,
+//! RADIUS exchanges in `radius`, expiries in `access_session::expiry`, HTTP requests in a
+//! middleware); gauges that describe state (sessions, outbox, breakers, background tasks) are
+//! read when scraped, so they are never stale. Each [`Metrics`] has its own registry (several
+//! portals in one test process do not mix). Label values are bounded: organizations are known
+//! ids or `unknown`, routes are the router's templates or `other`.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+use std::{sync::Arc, time::Duration};
+
+/// The portal's metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+struct Inner {
+    registry: Registry,
+    logins: IntCounterVec,
+    radius_seconds: HistogramVec,
+    radius_timeouts: IntCounterVec,
+    http_requests: IntCounterVec,
+    http_seconds: HistogramVec,
+    expiry_lag: Histogram,
+    active_sessions: IntGaugeVec,
+    outbox_backlog: IntGauge,
+    outbox_oldest: Gauge,
+    dead_letters: IntGauge,
+    breaker: IntGaugeVec,
+    tasks_down: IntGauge,
+}
+
+/// State read at scrape time.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Active sessions per organization id.
+    pub active_sessions: Vec<(String, i64)>,
+    /// Undelivered accounting rows.
+    pub outbox_backlog: i64,
+    /// Age of the oldest undelivered row.
+    pub outbox_oldest: Duration,
+    /// Dead-lettered accounting rows kept.
+    pub dead_letters: i64,
+    /// Breaker per server address (auth and acct ports apart): 0 closed, 1 open, 2 half-open.
+    pub breakers: Vec<(String, i64)>,
+    /// Background tasks restarting now.
+    pub tasks_down: i64,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    // Names are constants below and registered once per registry: a failure is a programming
+    // error that the unit test catches.
+    let _ = registry.register(Box::new(metric.clone()));
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|_| unreachable_metric(name)),
+    )
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    register(
+        registry,
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+            .unwrap_or_else(|_| unreachable_metric(name)),
+    )
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(
+        registry,
+        IntGaugeVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|_| unreachable_metric(name)),
+    )
+}
+
+fn unreachable_metric(name: &str) -> ! {
+    panic!("metric {name} has an invalid definition")
+}
+
+/// Latency buckets (seconds) for RADIUS exchanges and HTTP requests.
+const LATENCY: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let logins = counter(
+            &r,
+            "portal_logins_total",
+            "Sign-in attempts by organization and outcome (accepted, rejected, rate_limited, …)",
+            &["organization", "outcome"],
+        );
+        let radius_seconds = histogram(
+            &r,
+            "portal_radius_request_seconds",
+            "RADIUS exchanges (with retransmissions) by server, port and result",
+            &["server", "port", "result"],
+            LATENCY.to_vec(),
+        );
+        let radius_timeouts = counter(
+            &r,
+            "portal_radius_timeouts_total",
+            "RADIUS exchanges that got no valid answer in time, by server and port",
+            &["server", "port"],
+        );
+        let http_requests = counter(
+            &r,
+            "portal_http_requests_total",
+            "HTTP requests by route and status",
+            &["route", "status"],
+        );
+        let http_seconds = histogram(
+            &r,
+            "portal_http_request_seconds",
+            "HTTP time to the response head by route",
+            &["route"],
+            LATENCY.to_vec(),
+        );
+        let expiry_lag = register(
+            &r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "portal_expiry_lag_seconds",
+                    "How late expired sessions were stopped after their deadline",
+                )
+                .buckets(vec![0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 30.0, 300.0]),
+            )
+            .unwrap_or_else(|_| unreachable_metric("portal_expiry_lag_seconds")),
+        );
+        let active_sessions = gauge_vec(
+            &r,
+            "portal_active_sessions",
+            "Open access sessions by organization",
+            &["organization"],
+        );
+        let outbox_backlog = register(
+            &r,
+            IntGauge::new(
+                "portal_accounting_backlog",
+                "Accounting-Requests not yet acknowledged",
+            )
+            .unwrap_or_else(|_| unreachable_metric("portal_accounting_backlog")),
+        );
+        let outbox_oldest = register(
+            &r,
+            Gauge::new(
+                "portal_accounting_oldest_seconds",
+                "Age of the oldest Accounting-Request not yet acknowledged",
+            )
+            .unwrap_or_else(|_| unreachable_metric("portal_accounting_oldest_seconds")),
+        );
+        let dead_letters = register(
+            &r,
+            IntGauge::new(
+                "portal_accounting_dead_letters",
+                "Accounting-Requests given up (kept for `accounting dead-letters`)",
+            )
+            .unwrap_or_else(|_| unreachable_metric("portal_accounting_dead_letters")),
+        );
+        let breaker = gauge_vec(
+            &r,
+            "portal_radius_breaker_state",
+            "Circuit breaker per server address (auth and acct ports apart): 0 closed, 1 open, 2 half-open",
+            &["address"],
+        );
+        let tasks_down = register(
+            &r,
+            IntGauge::new(
+                "portal_background_tasks_down",
+                "Background tasks restarting after a failure",
+            )
+            .unwrap_or_else(|_| unreachable_metric("portal_background_tasks_down")),
+        );
+        Metrics(Arc::new(Inner {
+            registry: r,
+            logins,
+            radius_seconds,
+            radius_timeouts,
+            http_requests,
+            http_seconds,
+            expiry_lag,
+            active_sessions,
+            outbox_backlog,
+            outbox_oldest,
+            dead_letters,
+            breaker,
+            tasks_down,
+        }))
+    }
+
+    /// A sign-in attempt's outcome.
+    pub fn login(&self, organization: &str, outcome: &str) {
+        self.0
+            .logins
+            .with_label_values(&[organization, outcome])
+            .inc();
+    }
+
+    /// One RADIUS exchange; `result` is `answered`, `timeout` or `error`.
+    pub fn radius_exchange(&self, server: &str, port: &str, result: &str, took: Duration) {
+        self.0
+            .radius_seconds
+            .with_label_values(&[server, port, result])
+            .observe(took.as_secs_f64());
+        if result == "timeout" {
+            self.0
+                .radius_timeouts
+                .with_label_values(&[server, port])
+                .inc();
+        }
+    }
+
+    /// One HTTP request.
+    pub fn http_request(&self, route: &str, status: u16, took: Duration) {
+        self.0
+            .http_requests
+            .with_label_values(&[route, &status.to_string()])
+            .inc();
+        self.0
+            .http_seconds
+            .with_label_values(&[route])
+            .observe(took.as_secs_f64());
+    }
+
+    /// A session stopped `lag` after its deadline.
+    pub fn expired(&self, lag: Duration) {
+        self.0.expiry_lag.observe(lag.as_secs_f64());
+    }
+
+    /// The text exposition of every metric, with the state gauges set from `snapshot`.
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        let inner = &self.0;
+        inner.active_sessions.reset();
+        for (organization, count) in &snapshot.active_sessions {
+            inner
+                .active_sessions
+                .with_label_values(&[organization])
+                .set(*count);
+        }
+        inner.outbox_backlog.set(snapshot.outbox_backlog);
+        inner
+            .outbox_oldest
+            .set(snapshot.outbox_oldest.as_secs_f64());
+        inner.dead_letters.set(snapshot.dead_letters);
+        inner.breaker.reset();
+        for (address, state) in &snapshot.breakers {
+            inner.breaker.with_label_values(&[address]).set(*state);
+        }
+        inner.tasks_down.set(snapshot.tasks_down);
+        let mut text = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&inner.registry.gather(), &mut text) {
+            tracing::error!(error = %e, "metrics could not be encoded");
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_registered_and_rendered() {
+        let m = Metrics::new();
+        m.login("acme", "accepted");
+        m.login("acme", "rejected");
+        m.radius_exchange("primary", "auth", "answered", Duration::from_millis(2));
+        m.radius_exchange("primary", "acct", "timeout", Duration::from_secs(3));
+        m.http_request("/api/login", 303, Duration::from_millis(4));
+        m.expired(Duration::from_millis(20));
+        let text = m.render(&Snapshot {
+            active_sessions: vec![("acme".into(), 3)],
+            outbox_backlog: 2,
+            outbox_oldest: Duration::from_secs(7),
+            dead_letters: 1,
+            breakers: vec![("127.0.0.1:1812".into(), 1)],
+            tasks_down: 0,
+        });
+        for expected in [
+            "portal_logins_total{organization=\"acme\",outcome=\"accepted\"} 1",
+            "portal_radius_timeouts_total{port=\"acct\",server=\"primary\"} 1",
+            "portal_radius_request_seconds_count{port=\"auth\",result=\"answered\",server=\"primary\"} 1",
+            "portal_http_requests_total{route=\"/api/login\",status=\"303\"} 1",
+            "portal_expiry_lag_seconds_count 1",
+            "portal_active_sessions{organization=\"acme\"} 3",
+            "portal_accounting_backlog 2",
+            "portal_accounting_oldest_seconds 7",
+            "portal_accounting_dead_letters 1",
+            "portal_radius_breaker_state{address=\"127.0.0.1:1812\"} 1",
+            "portal_background_tasks_down 0",
+        ] {
+            assert!(text.contains(expected), "{expected} missing in:\n{text}");
+        }
+        // State gauges follow the snapshot: an organization without sessions disappears.
+        let text = m.render(&Snapshot::default());
+        assert!(!text.contains("portal_active_sessions{"), "{text}");
+    }
+}
