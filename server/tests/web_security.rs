@@ -233,6 +233,27 @@ async fn unreadable_and_oversized_requests_are_the_callers_errors() {
         .await
         .unwrap();
     assert!(healthy.status().is_success());
+    // Every answer names its request id (ours, never the caller's).
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let response = reqwest::Client::new()
+            .get(format!("{}/healthz", browser.base))
+            .header("x-request-id", "chosen-by-the-client")
+            .send()
+            .await
+            .unwrap();
+        ids.push(
+            response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    for id in &ids {
+        assert_eq!(id.len(), 16, "{id}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    }
+    assert_ne!(ids[0], ids[1]);
     app.stop().await;
 }
 

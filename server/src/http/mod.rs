@@ -190,6 +190,22 @@ pub fn router(parts: RouterParts) -> Router {
             org_scope::scope,
         ))
         .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(request_id))
+}
+
+/// Middleware (outermost): every request gets an id of our own — in the span every log line
+/// of the request carries (`request{id=…}`; JSON logs list it under `spans`) and in the
+/// `X-Request-Id` response header, so a user's report can be matched with the log. An id a
+/// client sends is not taken (it would let anyone write into the log's correlation field).
+async fn request_id(request: Request<Body>, next: middleware::Next) -> Response {
+    use tracing::Instrument;
+    let id = format!("{:016x}", rand::random::<u64>());
+    let span = tracing::info_span!("request", id = %id);
+    let mut response = next.run(request).instrument(span).await;
+    if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
 }
 
 /// An error the portal answers before any page or server fn runs (cross-site, unusable
