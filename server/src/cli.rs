@@ -217,7 +217,7 @@ pub async fn run() -> anyhow::Result<()> {
             if let Some(tls) = &settings.http.tls {
                 crate::http::tls::load(tls)?;
             }
-            say!("configuration is valid:\n{settings:#?}");
+            say!("{}", effective_configuration(&settings)?);
             Ok(())
         }
         Command::Radius {
@@ -548,6 +548,41 @@ pub fn demo_settings(data_dir: &Path) -> Settings {
         branding: Default::default(),
     });
     settings
+}
+
+/// The configuration in effect (file, environment and defaults) as TOML that `--config` takes
+/// back, every `secret` shown as `[redacted]`, under a comment saying what it implies.
+pub fn effective_configuration(settings: &Settings) -> anyhow::Result<String> {
+    fn redact(value: &mut toml::Value) {
+        match value {
+            toml::Value::Table(table) => {
+                for (key, value) in table.iter_mut() {
+                    if key == "secret" {
+                        *value = toml::Value::String("[redacted]".into());
+                    } else {
+                        redact(value);
+                    }
+                }
+            }
+            toml::Value::Array(items) => items.iter_mut().for_each(redact),
+            _ => {}
+        }
+    }
+    let mut value = toml::Value::try_from(settings).context("while writing the configuration")?;
+    redact(&mut value);
+    let http = &settings.http;
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    Ok(format!(
+        "# configuration is valid; in effect (file, environment, defaults), secrets redacted\n\
+         # HTTPS cookies (Secure, __Host-) and HSTS: {}; built-in TLS: {}; metrics: {}\n\n{}",
+        yes(http.https()),
+        yes(http.tls.is_some()),
+        settings
+            .metrics
+            .listen
+            .map_or_else(|| "off".to_string(), |a| a.to_string()),
+        toml::to_string_pretty(&value).context("while writing the configuration")?
+    ))
 }
 
 /// Standard output could not be written: quietly done when the reader closed the pipe.

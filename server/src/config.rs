@@ -126,6 +126,17 @@ fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
         .transpose()
 }
 
+fn public_url_text<S: serde::Serializer>(url: &Option<PublicUrl>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(url) => s.serialize_some(&url.origin()),
+        None => s.serialize_none(),
+    }
+}
+
+fn networks_text<S: serde::Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(nets.iter().map(ToString::to_string))
+}
+
 fn duration_text<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
 }
@@ -152,7 +163,7 @@ fn secret_for_storage<S: serde::Serializer>(
 }
 
 /// The whole configuration.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Web server.
@@ -191,7 +202,7 @@ pub struct Settings {
 }
 
 /// `[metrics]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
     /// Where `GET /metrics` (Prometheus text format) is served, apart from the users' port
@@ -200,7 +211,7 @@ pub struct MetricsSettings {
 }
 
 /// `[http]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     /// Address to listen on; default: Leptos' `site-addr` (127.0.0.1:3000).
@@ -212,14 +223,22 @@ pub struct HttpSettings {
     /// Where users reach the portal (`https://portal.example.com`): what the Origin of a form
     /// post must be, the base of the Captive API's URLs; `https` turns on HSTS and `Secure`
     /// `__Host-` cookies. Unset: the request's own Host.
-    #[serde(default, deserialize_with = "public_url")]
+    #[serde(
+        default,
+        deserialize_with = "public_url",
+        serialize_with = "public_url_text"
+    )]
     pub public_url: Option<PublicUrl>,
     /// Serve HTTPS directly (`[http.tls]`); unset: plain HTTP (behind a TLS proxy).
     #[serde(default)]
     pub tls: Option<TlsSettings>,
     /// Reverse proxies (addresses or CIDRs) whose forwarding header is believed.
     /// Empty (default): the socket peer is the client.
-    #[serde(default, deserialize_with = "networks")]
+    #[serde(
+        default,
+        deserialize_with = "networks",
+        serialize_with = "networks_text"
+    )]
     pub trusted_proxies: Vec<IpNet>,
     /// The one header the trusted proxies write the client's address in: `"x-forwarded-for"`
     /// (default), `"forwarded"` (RFC 7239) or `"x-real-ip"`. Other forwarding headers are
@@ -229,7 +248,7 @@ pub struct HttpSettings {
 }
 
 /// `[http.tls]`: the certificate the portal serves HTTPS with (PEM files; reloaded on SIGHUP).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSettings {
     /// Certificate chain (leaf first), PEM.
@@ -327,7 +346,7 @@ fn network_list(key: &str, text: &str) -> Result<Vec<IpNet>, ConfigError> {
 }
 
 /// `[database]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// SQLite database file (created with its directory if missing).
@@ -348,7 +367,7 @@ impl Default for DatabaseSettings {
 }
 
 /// `[radius]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RadiusSettings {
     /// Local IPv4 address the RADIUS client socket binds to.
@@ -358,7 +377,11 @@ pub struct RadiusSettings {
     #[serde(default = "two")]
     pub breaker_failures: u32,
     /// Time between Status-Server probes of a server whose breaker is open.
-    #[serde(default = "two_seconds", deserialize_with = "duration")]
+    #[serde(
+        default = "two_seconds",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     pub probe_interval: Duration,
 }
 
@@ -382,7 +405,7 @@ impl Default for RadiusSettings {
 
 /// `[admin]`: the admin REST API under `/admin/api/v1/`. Without tokens it answers 401 to
 /// everything.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
     /// Bearer tokens allowed, by their SHA-256 (`radius-portal admin hash-token` prints it).
@@ -391,7 +414,7 @@ pub struct AdminSettings {
 }
 
 /// `[[admin.tokens]]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminToken {
     /// Who holds it (the audit log's actor is `admin:<name>`).
@@ -401,11 +424,15 @@ pub struct AdminToken {
 }
 
 /// `[audit]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditSettings {
     /// How long audit entries are kept.
-    #[serde(default = "one_year", deserialize_with = "duration")]
+    #[serde(
+        default = "one_year",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     pub retention: Duration,
 }
 
@@ -422,12 +449,16 @@ impl Default for AuditSettings {
 }
 
 /// `[accounting]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountingSettings {
     /// How long delivered accounting rows and ended sessions stay readable before they are
     /// deleted (pending rows and active sessions are never deleted).
-    #[serde(default = "thirty_days", deserialize_with = "duration")]
+    #[serde(
+        default = "thirty_days",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     pub retention: Duration,
 }
 
@@ -444,7 +475,7 @@ impl Default for AccountingSettings {
 }
 
 /// `[rate_limit]`: login attempts allowed per `period`, per client IP and per username.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSettings {
     /// Attempts per client IP (many users can share one address behind NAT).
@@ -454,7 +485,11 @@ pub struct RateLimitSettings {
     #[serde(default = "ten")]
     pub login_per_user: u32,
     /// Refill period of both limits.
-    #[serde(default = "one_minute", deserialize_with = "duration")]
+    #[serde(
+        default = "one_minute",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     pub period: Duration,
     /// IPv6 clients are limited per network of this prefix length (a host usually holds a
     /// whole /64); 128 limits each address.
@@ -488,7 +523,7 @@ impl Default for RateLimitSettings {
 }
 
 /// `[log]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// `text` or `json`.
@@ -941,7 +976,7 @@ impl ServerSettings {
 
 /// `[dynamic_authorization]`: the RFC 5176 listener (Disconnect-Request, CoA-Request). It runs
 /// only when at least one client is configured.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DynamicAuthorizationSettings {
     /// UDP address to listen on.
@@ -952,7 +987,11 @@ pub struct DynamicAuthorizationSettings {
     pub clients: Vec<DynamicAuthorizationClient>,
     /// Replay protection (RFC 5176 §3.5): a request whose Event-Timestamp differs from the
     /// portal's clock by more than this is dropped.
-    #[serde(default = "five_minutes", deserialize_with = "duration")]
+    #[serde(
+        default = "five_minutes",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     pub event_timestamp_window: Duration,
     /// Drop requests without Event-Timestamp (RFC 5176 §3.5; off by default because some
     /// servers do not send it).
@@ -980,7 +1019,7 @@ impl Default for DynamicAuthorizationSettings {
 }
 
 /// `[[dynamic_authorization.clients]]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DynamicAuthorizationClient {
     /// Name for logs.
@@ -992,6 +1031,7 @@ pub struct DynamicAuthorizationClient {
     #[serde(default)]
     pub organizations: Option<Vec<String>>,
     /// Shared secret (or use `secret_file`).
+    #[serde(serialize_with = "secret_for_storage")]
     pub secret: Option<Secret>,
     /// File holding the shared secret (trailing newline ignored).
     pub secret_file: Option<PathBuf>,

@@ -138,6 +138,18 @@ fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
         "{stdout}"
     );
     assert!(!stdout.contains("very-secret-value"));
+    // It is the configuration as TOML: with a secret put back, it is accepted as it is.
+    let again = dir.path().join("again.toml");
+    std::fs::write(&again, stdout.replace("[redacted]", "another-secret")).unwrap();
+    let output = portal(&["--config", again.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), stdout);
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(
