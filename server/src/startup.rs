@@ -267,6 +267,11 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled, then drains background tasks.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // Two phases: `shutdown` (SIGTERM) stops the web server, which lets requests under way
+        // finish; only then are the background tasks told (`background`), so accounting still
+        // delivers the Starts and Stops those requests queue, then flushes what is due.
+        let web_shutdown = shutdown;
+        let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut supervised = vec![
             {
@@ -363,13 +368,13 @@ impl Application {
                     self.listener,
                     current,
                     unlimited.clone(),
-                    shutdown.clone(),
+                    web_shutdown.clone(),
                 );
                 crate::http::serve::serve(
                     listener,
                     self.router,
                     move |ip| unlimited(ip),
-                    shutdown.clone(),
+                    web_shutdown.clone(),
                     on_shutdown,
                     SHUTDOWN_GRACE,
                 )
@@ -380,7 +385,7 @@ impl Application {
                     self.listener,
                     self.router,
                     move |ip| unlimited(ip),
-                    shutdown.clone(),
+                    web_shutdown.clone(),
                     on_shutdown,
                     SHUTDOWN_GRACE,
                 )

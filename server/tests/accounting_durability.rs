@@ -273,3 +273,36 @@ async fn kill_9_with_a_stop_pending_loses_nothing() {
     })
     .await;
 }
+
+/// A graceful stop (SIGTERM) first lets requests under way finish, then delivers the Stops
+/// they and the requests before them queued — not at the next start: the RADIUS server has
+/// every Stop by the time the portal has exited, and nothing is left in the outbox.
+#[tokio::test]
+async fn a_graceful_shutdown_delivers_the_stops_queued_just_before() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await;
+    let browsers: Vec<_> = (1..=3)
+        .map(|n| app.browser(std::net::Ipv4Addr::new(127, 0, 6, n)))
+        .collect();
+    for browser in &browsers {
+        let page = browser.login("carol", "carol-pass").await;
+        assert_eq!(page.path, "/session", "{}", page.body);
+    }
+    for browser in &browsers {
+        browser.post_form("/api/disconnect", "/session", &[]).await;
+    }
+    let storage = app.storage.clone();
+    app.stop().await;
+    let stops = radius
+        .acct_lines()
+        .iter()
+        .filter(|l| l.contains("status=Stop"))
+        .count();
+    assert_eq!(stops, 3, "every Stop delivered before the exit");
+    assert_eq!(storage.outbox_backlog().await.unwrap(), 0);
+}

@@ -47,6 +47,9 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 const MAX_BACKOFF_MS: i64 = 300_000;
 /// Rows delivered at once (across all destinations); memory bound of the deliverer.
 const MAX_IN_FLIGHT: usize = 2048;
+/// At shutdown, how long what is due (a Stop just queued) and what is on its way may still be
+/// delivered before the process exits; the rest stays in the outbox for the next start.
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 /// Accounting-Requests in flight to one server at once.
 const WINDOW_PER_DESTINATION: usize = 64;
 /// A Start still unacknowledged this long after its event is given up (see the module doc).
@@ -356,6 +359,55 @@ impl Accounting {
         }
     }
 
+    /// At shutdown (graceful: SIGTERM): delivers what is due now and lets deliveries under way
+    /// finish, for at most [`SHUTDOWN_FLUSH`], so a Stop queued just before does not wait for
+    /// the next start. Rows not delivered by then stay in the outbox (their claims are
+    /// released at the next start): nothing is lost either way.
+    async fn flush(
+        &self,
+        mut in_flight: JoinSet<Result<Delivery, OutboxError>>,
+        mut in_flight_ids: HashSet<i64>,
+    ) {
+        let flushed = tokio::time::timeout(SHUTDOWN_FLUSH, async {
+            loop {
+                let now = now_ms();
+                let rows = match self
+                    .storage
+                    .claim_due_outbox(now, now + CLAIM_LEASE_MS, MAX_IN_FLIGHT as i64)
+                    .await
+                {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        tracing::error!(error = ?e, "claiming accounting rows at shutdown failed");
+                        Vec::new()
+                    }
+                };
+                for row in rows {
+                    if in_flight_ids.insert(row.id) {
+                        let this = self.clone();
+                        in_flight.spawn(async move { this.deliver(row, None).await });
+                    }
+                }
+                if in_flight.is_empty() {
+                    return;
+                }
+                while in_flight.join_next().await.is_some() {}
+                in_flight_ids.clear();
+            }
+        })
+        .await;
+        match flushed {
+            Ok(()) => tracing::info!("accounting flushed at shutdown"),
+            Err(_) => match self.storage.outbox_backlog().await {
+                Ok(left) => tracing::warn!(
+                    left,
+                    "accounting not flushed within {SHUTDOWN_FLUSH:?}: the rest is sent at the next start"
+                ),
+                Err(e) => tracing::warn!(error = ?e, "accounting not flushed at shutdown"),
+            },
+        }
+    }
+
     /// Runs until `shutdown`: keeps claiming due rows and delivering them concurrently (up to
     /// [`MAX_IN_FLIGHT`]); sleeps until the next claimable row is due, new rows are queued, a
     /// delivery finishes, or a server recovers (then rows waiting out a backoff go at once).
@@ -366,7 +418,7 @@ impl Accounting {
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<i64>();
         loop {
             if shutdown.is_cancelled() {
-                return;
+                return self.flush(in_flight, in_flight_ids).await;
             }
             // Registered before looking at the outbox, so a recovery meanwhile is not missed.
             let server_recovered = recovered.notified();
@@ -425,7 +477,7 @@ impl Accounting {
                 }
             };
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return self.flush(in_flight, in_flight_ids).await,
                 _ = self.wake.notified() => {}
                 _ = server_recovered => {
                     if let Err(e) = self.storage.retry_pending_now(now_ms()).await {
