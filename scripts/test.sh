@@ -19,6 +19,9 @@ step "lints (server and app with ssr; app with hydrate on wasm32)"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p app --no-default-features --features hydrate --target wasm32-unknown-unknown -- -D warnings
 
+step "deployment files (hadolint, kubernetes-validate, systemd-analyze)"
+bash scripts/lint-deploy.sh
+
 step "unit + integration tests (FreeRADIUS started per test)"
 cargo test --workspace
 
