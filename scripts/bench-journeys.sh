@@ -3,7 +3,8 @@
 # driven by portal-load at several user counts. Prints one report per count; record results in
 # docs/BENCHMARKS.md with the date and machine.
 #   USERS="1 16 64" DURATION=10s scripts/bench-journeys.sh
-#   PERF=1 ...  also records a perf profile of the portal during the last count (needs linux-perf).
+#   PERF=1 ...  also records a perf profile of the portal during the last count (needs linux-perf);
+#               PERF_SORT=comm,dso sorts it by thread and library instead of by symbol.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -79,5 +80,5 @@ for users in $USERS; do
 done
 if [ -n "${perf_pid:-}" ]; then
   wait "$perf_pid" || true
-  perf report -i "$state/perf.data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null | head -60
+  perf report -i "$state/perf.data" --no-children --sort "${PERF_SORT:-dso,symbol}" --stdio -g none 2>/dev/null | head -60
 fi
