@@ -31,7 +31,7 @@ use std::{
     },
     time::Duration,
 };
-use tokio::{sync::Notify, time::Instant};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const SECONDS: u64 = 5;
@@ -112,7 +112,7 @@ async fn main() {
         organizations.clone(),
         radius.clone(),
         accounting,
-        Arc::new(Notify::new()),
+        radius_portal::access_session::expiry::ExpiryWake::default(),
         SessionEvents::default(),
     );
     let offset = Arc::new(AtomicU64::new(0));

@@ -17,7 +17,7 @@ use anyhow::Context;
 use app::service::Portal;
 use leptos::prelude::LeptosOptions;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
-use tokio::{net::TcpListener, sync::Notify, task::JoinSet};
+use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tower_sessions::session_store::ExpiredDeletion;
 use tower_sessions_sqlx_store::SqliteStore;
@@ -101,7 +101,7 @@ impl Application {
             .context("while binding the RADIUS client socket")?
             .with_metrics(metrics.clone());
         let accounting = Accounting::new(storage.clone(), radius.clone(), organizations.clone());
-        let expiry_wake = Arc::new(Notify::new());
+        let expiry_wake = crate::access_session::expiry::ExpiryWake::default();
         let events = SessionEvents::default();
         let expiry = Expiry::new(
             storage.clone(),

@@ -11,20 +11,61 @@ use crate::{
     storage::sqlite::Stopped,
     storage::{Storage, StorageError},
 };
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Longest sleep between checks, so a missed wake-up costs at most this long.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 
+/// Tells the expiry task about new deadlines. It knows when the task will next look (the
+/// earliest deadline it read, or its longest sleep) and wakes it only for an earlier one: a
+/// login whose window ends in hours costs the task no queries. While the task is reading the
+/// deadlines, every new one wakes it (it cannot know yet whether the read saw it). Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct ExpiryWake(Arc<WakeState>);
+
+struct WakeState {
+    /// When the task looks next (unix ms); `i64::MAX` while it reads the deadlines.
+    next_look: AtomicI64,
+    notify: Notify,
+}
+
+impl Default for ExpiryWake {
+    fn default() -> Self {
+        ExpiryWake(Arc::new(WakeState {
+            next_look: AtomicI64::new(i64::MAX),
+            notify: Notify::new(),
+        }))
+    }
+}
+
+impl ExpiryWake {
+    /// Something is due at `at` (unix ms): a new session's deadline or Interim-Update. True
+    /// when the task was woken (it would otherwise look too late).
+    pub fn due_at(&self, at: i64) -> bool {
+        let earlier = at < self.0.next_look.load(Ordering::SeqCst);
+        if earlier {
+            self.0.notify.notify_one();
+        }
+        earlier
+    }
+}
+
 /// The expiry task.
 #[derive(Clone)]
 pub struct Expiry {
     storage: Storage,
     accounting: Accounting,
-    /// Notified when a session is created or refreshed (its deadline may be the next one).
-    wake: Arc<Notify>,
+    /// Woken for a deadline earlier than the one it sleeps towards.
+    wake: ExpiryWake,
     /// Tells open session pages their session ended.
     events: SessionEvents,
     /// Expiry lag.
@@ -36,7 +77,7 @@ impl Expiry {
     pub fn new(
         storage: Storage,
         accounting: Accounting,
-        wake: Arc<Notify>,
+        wake: ExpiryWake,
         events: SessionEvents,
     ) -> Self {
         Expiry {
@@ -89,8 +130,11 @@ impl Expiry {
     /// Runs until `shutdown`: stop what is due, queue due Interim-Updates, then sleep until the
     /// next deadline or a wake-up.
     pub async fn run(self, shutdown: CancellationToken) {
+        let wake = &self.wake.0;
         loop {
-            let notified = self.wake.notified();
+            // From here until `next_look` is stored, every new deadline wakes the task.
+            wake.next_look.store(i64::MAX, Ordering::SeqCst);
+            let notified = wake.notify.notified();
             let now = now_ms();
             if let Err(e) = self.expire_due(now).await {
                 tracing::error!(error = ?e, "expiry check failed; retrying");
@@ -108,11 +152,29 @@ impl Expiry {
                     Duration::from_secs(1)
                 }
             };
+            wake.next_look
+                .store(now_ms() + sleep.as_millis() as i64, Ordering::SeqCst);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = notified => {}
                 _ = tokio::time::sleep(sleep) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_deadline_before_the_next_look_wakes_the_task() {
+        let wake = ExpiryWake::default();
+        // Before the task has read the deadlines: every deadline wakes it.
+        assert!(wake.due_at(i64::MAX - 1));
+        wake.0.next_look.store(10_000, Ordering::SeqCst);
+        assert!(!wake.due_at(10_000), "due when the task looks anyway");
+        assert!(!wake.due_at(14_400_000), "a window of hours costs nothing");
+        assert!(wake.due_at(9_999), "an earlier deadline wakes it");
     }
 }

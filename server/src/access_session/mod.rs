@@ -19,9 +19,10 @@ use crate::{
     storage::{AccessSessionRecord, NewAccessSession, SessionMatch, Storage, StorageError},
 };
 use events::SessionEvents;
+use expiry::ExpiryWake;
 use std::{net::IpAddr, sync::Arc};
 use timing::Terms;
-use tokio::{sync::Notify, time::Instant};
+use tokio::time::Instant;
 
 /// Why a lifecycle operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +78,7 @@ pub struct AccessSessions {
     radius: Radius,
     accounting: Accounting,
     /// Wakes the expiry task when a deadline moved earlier than it knows.
-    expiry_wake: Arc<Notify>,
+    expiry_wake: ExpiryWake,
     /// Tells open session pages that a session changed.
     events: SessionEvents,
 }
@@ -89,7 +90,7 @@ impl AccessSessions {
         organizations: Arc<Organizations>,
         radius: Radius,
         accounting: Accounting,
-        expiry_wake: Arc<Notify>,
+        expiry_wake: ExpiryWake,
         events: SessionEvents,
     ) -> Self {
         AccessSessions {
@@ -231,7 +232,10 @@ impl AccessSessions {
             }
             other => other?,
         };
-        self.expiry_wake.notify_one();
+        self.expiry_wake
+            .due_at(new.interim_interval.map_or(new.expires_at, |secs| {
+                new.expires_at.min(new.started_at + secs * 1000)
+            }));
         let exchange_time = org.servers[server].timeout * (org.servers[server].retries + 1);
         if !preempted.is_empty() {
             tracing::info!(organization = %org.id, %client_ip, count = preempted.len(), "previous session of this client preempted");
@@ -324,7 +328,7 @@ impl AccessSessions {
             .await?
             .ok_or(SessionError::NotActive)?;
         self.accounting.wake();
-        self.expiry_wake.notify_one();
+        self.expiry_wake.due_at(refreshed.expires_at);
         self.events.publish(id);
         tracing::info!(acct_session_id = %refreshed.acct_session_id, "access session refreshed");
         Ok(refreshed)
