@@ -228,6 +228,19 @@ async fn unreadable_and_oversized_requests_are_the_callers_errors() {
     assert_eq!(crafted.status(), StatusCode::BAD_REQUEST);
     let text = crafted.text().await.unwrap();
     assert!(!text.contains("0800"), "{text}");
+    // Bytes that are not text are the caller's 400 too, not the server's 500.
+    let binary = browser
+        .http
+        .post(format!("{}/api/login", browser.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", browser.base.clone())
+        .body(vec![b'u', b'=', 0xff, 0xfe, 0xfd])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(binary.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = serde_json::from_str(&binary.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "InvalidInput", "{body}");
     assert!(radius.auth_lines().is_empty(), "nothing sent");
     let healthy = reqwest::get(format!("{}/healthz", browser.base))
         .await
@@ -320,6 +333,14 @@ async fn slow_clients_are_cut_off_and_connections_per_client_are_capped() {
     assert!(closed, "a trickled body is not waited for forever");
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains(r#""error":"TooSlow""#), "{answer}");
+    // A body announced as too large is refused at once, not waited for.
+    let mut announced = connect_from(Ipv4Addr::new(127, 0, 10, 5)).await;
+    announced
+        .write_all(b"POST /api/login HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 99999999\r\n\r\n")
+        .await
+        .unwrap();
+    let (_, answer) = closed_by_portal(announced).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 
     let mut held = Vec::new();
     for _ in 0..radius_portal::http::serve::MAX_CONNECTIONS_PER_CLIENT {

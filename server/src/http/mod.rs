@@ -270,6 +270,20 @@ async fn server_fn_limits(request: Request<Body>, next: middleware::Next) -> Res
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
+    // A body announced as too large is refused before waiting for it.
+    let announced = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > API_BODY_LIMIT as u64) {
+        return caller_error(
+            &parts.headers,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "TooLarge",
+            &format!("The request is larger than {API_BODY_LIMIT} bytes."),
+        );
+    }
     let bytes = match tokio::time::timeout(
         API_BODY_DEADLINE,
         axum::body::to_bytes(body, API_BODY_LIMIT),
@@ -315,10 +329,21 @@ async fn error_status(response: Response) -> Response {
     let bytes = axum::body::to_bytes(body, 64 * 1024)
         .await
         .unwrap_or_default();
-    if let Ok(error) = serde_json::from_slice::<app::error::PortalError>(&bytes) {
-        parts.status = crate::portal_backend::status_of(&error);
+    let Ok(mut error) = serde_json::from_slice::<app::error::PortalError>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    // On the server, a decoding error of the request (a body that is not UTF-8, say) comes
+    // back as `Communication`, the browser's kind of error: it is the caller's 400.
+    if matches!(error, app::error::PortalError::Communication(_)) {
+        error = app::error::PortalError::InvalidInput {
+            field: "request".into(),
+            message: "The request could not be read: it is not a form of text fields.".into(),
+        };
     }
-    Response::from_parts(parts, Body::from(bytes))
+    parts.status = crate::portal_backend::status_of(&error);
+    let body = serde_json::to_vec(&error).unwrap_or_default();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
 }
 
 /// What `/readyz` looks at.

@@ -155,10 +155,10 @@ impl Drop for HandshakeSlot {
 /// A client speaking plain HTTP to the HTTPS port (a TLS handshake starts with 0x16; an HTTP
 /// request with a method's capital letter) gets a plain answer saying so, like nginx's, instead
 /// of an unreadable TLS alert; true when it was answered (and the connection is done).
-async fn speaks_plain_http(stream: &mut TcpStream) -> bool {
+async fn speaks_plain_http(stream: &mut TcpStream, deadline: tokio::time::Instant) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut first = [0u8; 1];
-    let peeked = tokio::time::timeout(HANDSHAKE_DEADLINE, stream.peek(&mut first)).await;
+    let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await;
     if !matches!(peeked, Ok(Ok(1))) || !first[0].is_ascii_uppercase() {
         return false;
     }
@@ -171,7 +171,7 @@ async fn speaks_plain_http(stream: &mut TcpStream) -> bool {
         "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = tokio::time::timeout(HANDSHAKE_DEADLINE, stream.write_all(answer.as_bytes())).await;
+    let _ = tokio::time::timeout_at(deadline, stream.write_all(answer.as_bytes())).await;
     let _ = stream.shutdown().await;
     true
 }
@@ -232,11 +232,13 @@ impl TlsListener {
                 tokio::spawn(async move {
                     let _permit = permit;
                     let _slot = (!unlimited_peer).then_some(HandshakeSlot { per_client, client });
+                    // One deadline for everything before the handshake completes.
+                    let deadline = tokio::time::Instant::now() + HANDSHAKE_DEADLINE;
                     let mut stream = stream;
-                    if speaks_plain_http(&mut stream).await {
+                    if speaks_plain_http(&mut stream, deadline).await {
                         return;
                     }
-                    match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(stream)).await {
+                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
                         }
