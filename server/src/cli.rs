@@ -558,7 +558,7 @@ pub fn effective_configuration(settings: &Settings) -> anyhow::Result<String> {
             toml::Value::Table(table) => {
                 for (key, value) in table.iter_mut() {
                     if key == "secret" {
-                        *value = toml::Value::String("[redacted]".into());
+                        *value = toml::Value::String(crate::config::REDACTED.into());
                     } else {
                         redact(value);
                     }

@@ -137,8 +137,25 @@ fn networks_text<S: serde::Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S:
     s.collect_seq(nets.iter().map(ToString::to_string))
 }
 
+/// What `check-config` prints instead of a secret (refused as a secret when read back).
+pub const REDACTED: &str = "[redacted]";
+
+/// A duration in the largest exact unit (`365d`, `4h`, `90s`, `1500ms`): what was written
+/// comes back (humantime's own format turns a year of days into months).
 fn duration_text<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&humantime::format_duration(*d).to_string())
+    let ms = d.as_millis();
+    let text = match ms {
+        _ if !d.subsec_nanos().is_multiple_of(1_000_000) => {
+            humantime::format_duration(*d).to_string()
+        }
+        0 => "0s".to_string(),
+        _ if ms.is_multiple_of(86_400_000) => format!("{}d", ms / 86_400_000),
+        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
+        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
+    };
+    s.serialize_str(&text)
 }
 
 fn optional_duration_text<S: serde::Serializer>(
@@ -383,6 +400,15 @@ pub struct RadiusSettings {
         serialize_with = "duration_text"
     )]
     pub probe_interval: Duration,
+    /// `/readyz` fails while every server of every enabled organization is open-circuit (a load
+    /// balancer then prefers another replica). Turn off with a single replica: it should keep
+    /// serving its pages (and sign-outs) during a RADIUS outage.
+    #[serde(default = "yes")]
+    pub readiness_requires_servers: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn two_seconds() -> Duration {
@@ -399,6 +425,7 @@ impl Default for RadiusSettings {
             bind: unspecified_v4(),
             breaker_failures: two(),
             probe_interval: two_seconds(),
+            readiness_requires_servers: true,
         }
     }
 }
@@ -1051,6 +1078,10 @@ fn load_secret(
     key: &str,
 ) -> Result<Secret, ConfigError> {
     match (secret, secret_file) {
+        (Some(s), None) if s.expose() == REDACTED => Err(config_error(
+            format!("{key}.secret"),
+            "is the placeholder `check-config` prints instead of a secret: put the real secret here, or use secret_file",
+        )),
         (Some(s), None) if !s.expose().is_empty() => Ok(s.clone()),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
@@ -1332,6 +1363,21 @@ mod tests {
             .validate()
             .expect_err("too long");
         assert!(e.key.ends_with("nas_identifier"), "{e}");
+    }
+
+    #[test]
+    fn check_configs_placeholder_is_no_secret_and_durations_print_exactly() {
+        let text = MINIMAL.replace("s3cr3t-value", REDACTED);
+        let e = Settings::from_toml(&text)
+            .and_then(|s| s.validate())
+            .expect_err("the placeholder");
+        assert!(e.to_string().contains("placeholder"), "{e}");
+        let text = format!("{MINIMAL}\n[audit]\nretention = \"365d\"\n");
+        let settings = Settings::from_toml(&text).expect("parses");
+        let value = toml::Value::try_from(&settings).expect("serializes");
+        assert_eq!(value["audit"]["retention"].as_str(), Some("365d"));
+        assert_eq!(value["rate_limit"]["period"].as_str(), Some("1m"));
+        assert_eq!(value["radius"]["probe_interval"].as_str(), Some("2s"));
     }
 
     #[test]

@@ -245,6 +245,14 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// A configured server: its timeout counters exist (at 0) before its first timeout, so an
+    /// alert on them sees a series from the start.
+    pub fn known_server(&self, server: &str) {
+        for port in ["auth", "acct"] {
+            self.0.radius_timeouts.with_label_values(&[server, port]);
+        }
+    }
+
     /// A session stopped `lag` after its deadline.
     pub fn expired(&self, lag: Duration) {
         self.0.expiry_lag.observe(lag.as_secs_f64());

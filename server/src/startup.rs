@@ -197,7 +197,10 @@ impl Application {
                 tokens: Arc::new(crate::http::admin::token_hashes(&settings.admin.tokens)),
             },
             metrics: metrics.clone(),
-            radius_health: radius.health().clone(),
+            radius_health: settings
+                .radius
+                .readiness_requires_servers
+                .then(|| radius.health().clone()),
         });
         let addr = match settings.http.listen {
             Some(addr) => addr,
@@ -325,6 +328,7 @@ impl Application {
         if let Some(listener) = self.metrics_listener {
             let scrape = MetricsScrape {
                 metrics: self.metrics.clone(),
+                organizations: self.organizations.clone(),
                 storage: self.storage.clone(),
                 radius: self.radius.clone(),
                 tasks: self.tasks.clone(),
@@ -439,6 +443,7 @@ fn warn_about_exposure(settings: &Settings, addr: SocketAddr) {
 #[derive(Clone)]
 struct MetricsScrape {
     metrics: crate::metrics::Metrics,
+    organizations: Arc<Organizations>,
     storage: Storage,
     radius: Radius,
     tasks: TaskHealth,
@@ -476,6 +481,11 @@ async fn serve_metrics(
         })
         .collect();
     snapshot.tasks_down = scrape.tasks.down().len() as i64;
+    for organization in scrape.organizations.all() {
+        for server in &organization.servers {
+            scrape.metrics.known_server(&server.name);
+        }
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -776,6 +776,7 @@ async fn metrics_count_what_happened_on_their_own_listener() {
         r#"portal_http_requests_total{route="/api/login",status="302"} 3"#,
         "portal_accounting_backlog 0",
         "portal_background_tasks_down 0",
+        r#"portal_radius_timeouts_total{port="auth",server="primary"} 0"#,
     ] {
         assert!(text.contains(expected), "{expected} missing in:\n{text}");
     }

@@ -576,6 +576,28 @@ async fn readiness_fails_while_every_server_is_open_circuit_and_recovers() {
         "{metrics}"
     );
 
+    // A single replica can opt out: it keeps serving its pages during the outage.
+    let (_dir2, db2) = temp_db();
+    let mut single = common::settings(&db2, vec![radius.server_settings("primary", true)]);
+    single.organizations[0].login_timeout = Duration::from_secs(2);
+    single.radius.readiness_requires_servers = false;
+    let alone = TestApp::spawn(&single).await;
+    for n in 1..=2 {
+        alone
+            .browser(client(30 + n))
+            .login("carol", "carol-pass")
+            .await;
+    }
+    assert!(
+        !alone.radius.health().allows(addr),
+        "its breaker is open too"
+    );
+    let answer = reqwest::get(format!("http://{}/readyz", alone.addr))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    alone.stop().await;
+
     radius.resume();
     wait_until("ready again after a probe", || async {
         ready().await.status() == 200

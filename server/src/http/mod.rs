@@ -64,8 +64,8 @@ pub struct RouterParts {
     pub admin: admin::AdminApi,
     /// HTTP requests by route and status.
     pub metrics: crate::metrics::Metrics,
-    /// Breakers, for readiness.
-    pub radius_health: crate::radius::health::ServerHealth,
+    /// Breakers, for readiness (None: readiness does not look at them).
+    pub radius_health: Option<crate::radius::health::ServerHealth>,
 }
 
 /// Builds the application router.
@@ -352,13 +352,16 @@ struct Readiness {
     storage: crate::storage::Storage,
     tasks: crate::supervise::TaskHealth,
     organizations: std::sync::Arc<crate::organizations::Organizations>,
-    radius_health: crate::radius::health::ServerHealth,
+    radius_health: Option<crate::radius::health::ServerHealth>,
 }
 
 impl Readiness {
     /// Every authentication server of every active organization has an open breaker: no
     /// sign-in can succeed here now (a load balancer should prefer another replica).
     fn all_servers_down(&self) -> bool {
+        let Some(health) = &self.radius_health else {
+            return false;
+        };
         let mut servers = self
             .organizations
             .all()
@@ -366,7 +369,7 @@ impl Readiness {
             .filter(|org| org.active)
             .flat_map(|org| org.servers.clone())
             .peekable();
-        servers.peek().is_some() && servers.all(|s| self.radius_health.is_open(s.auth_addr))
+        servers.peek().is_some() && servers.all(|s| health.is_open(s.auth_addr))
     }
 }
 
