@@ -1,6 +1,7 @@
 //! Start-up: opens storage, builds the services, stops what became due while the portal was down,
 //! binds the listener, and runs the web server and background tasks until shutdown.
 
+use crate::storage::web_sessions::WebSessionStore;
 use crate::{
     access_session::{events::SessionEvents, expiry::Expiry, now_ms, AccessSessions},
     accounting::Accounting,
@@ -19,8 +20,6 @@ use leptos::prelude::LeptosOptions;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
-use tower_sessions::session_store::ExpiredDeletion;
-use tower_sessions_sqlx_store::SqliteStore;
 
 /// How long shutdown waits for background tasks.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -49,7 +48,7 @@ pub struct Application {
     audit_retention: Duration,
     /// Ends the open live-update streams at shutdown (they would hold graceful shutdown open).
     live_stop: CancellationToken,
-    session_store: SqliteStore,
+    session_store: WebSessionStore,
     /// Exposed for tests and the CLI.
     pub storage: Storage,
     /// This process's organization cache (tests).
@@ -161,11 +160,7 @@ impl Application {
             .with_metrics(metrics.clone()),
         );
         let live_stop = CancellationToken::new();
-        let session_store = SqliteStore::new(storage.pool().clone());
-        session_store
-            .migrate()
-            .await
-            .context("while creating the web-session table")?;
+        let session_store = storage.web_sessions();
         let router = router(RouterParts {
             leptos_options: leptos_options.clone(),
             portal: Portal(backend.clone()),
@@ -351,7 +346,15 @@ impl Application {
         tasks.spawn(async move {
             tokio::select! {
                 _ = cleanup_shutdown.cancelled() => {}
-                _ = store.continuously_delete_expired(Duration::from_secs(3600)) => {}
+                _ = async {
+                    let mut every_hour = tokio::time::interval(Duration::from_secs(3600));
+                    loop {
+                        every_hour.tick().await;
+                        if let Err(e) = store.delete_expired().await {
+                            tracing::warn!(error = %e, "expired web sessions could not be deleted; will retry");
+                        }
+                    }
+                } => {}
             }
         });
         let live_stop = self.live_stop.clone();

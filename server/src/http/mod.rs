@@ -14,6 +14,7 @@ pub mod security;
 pub mod serve;
 pub mod tls;
 
+use crate::storage::web_sessions::WebSessionStore;
 use app::service::Portal;
 use axum::{
     body::Body,
@@ -32,7 +33,6 @@ use tower_http::{
     trace::TraceLayer,
 };
 use tower_sessions::{cookie::SameSite, Expiry, SessionManagerLayer};
-use tower_sessions_sqlx_store::SqliteStore;
 
 /// What the router needs.
 pub struct RouterParts {
@@ -41,7 +41,7 @@ pub struct RouterParts {
     /// The UI's service implementation.
     pub portal: Portal,
     /// Web-session store (same database).
-    pub session_store: SqliteStore,
+    pub session_store: WebSessionStore,
     /// Mark cookies Secure (and name the web-session cookie `__Host-…`).
     pub secure_cookies: bool,
     /// Public URL (Origin checks) and HSTS.

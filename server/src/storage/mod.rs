@@ -1,5 +1,5 @@
 //! Persistence: organizations, access sessions with their deadlines, the accounting outbox, and
-//! (through tower-sessions' store) web sessions — all in one SQLite file (WAL).
+//! web sessions (a tower-sessions store of our own) — all in one SQLite file (WAL).
 //!
 //! Every change that must be accounted for writes its outbox row in the same transaction, so a
 //! crash can never leave a session change without its Start/Interim/Stop queued.
@@ -8,8 +8,10 @@
 //! Not here yet: the PostgreSQL backend (design.md §7); the types below are the contract it will
 //! implement.
 
+mod engine;
 pub mod organizations;
 pub mod sqlite;
+pub mod web_sessions;
 
 pub use organizations::{
     AuditEntry, DeleteOutcome, OrganizationJob, OrganizationWrite, SeedOutcome, StoredOrganization,
@@ -25,6 +27,14 @@ pub enum StorageError {
     /// later or report an internal error.
     #[error("database error")]
     Database(#[from] sqlx::Error),
+    /// The database failed (I/O, lock timeout, constraint) in the SQLite engine: the operation
+    /// did not happen.
+    #[error("database error")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The engine could not run the operation (its writer stopped, a batch was not committed):
+    /// the operation did not happen.
+    #[error("database error: {0}")]
+    Engine(String),
     /// Schema migration failed at start-up: do not serve.
     #[error("database migration failed")]
     Migration(#[from] sqlx::migrate::MigrateError),

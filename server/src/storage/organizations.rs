@@ -6,6 +6,7 @@
 //! job. Nothing here decides policy: callers ask the guard.
 
 use super::{Storage, StorageError};
+use rusqlite::OptionalExtension;
 use sqlx::{Row, Sqlite, Transaction};
 
 /// An organization as stored.
@@ -141,6 +142,28 @@ pub(crate) async fn audit_in(
     Ok(())
 }
 
+/// The audit entry of a change made through the engine, written in that write.
+pub(crate) fn audit_on(
+    conn: &rusqlite::Connection,
+    at: i64,
+    actor: &str,
+    action: &str,
+    organization_id: Option<&str>,
+    detail: &serde_json::Value,
+) -> Result<(), StorageError> {
+    conn.prepare_cached(
+        "INSERT INTO audit_log (at, actor, action, organization_id, detail) VALUES (?, ?, ?, ?, ?)",
+    )?
+    .execute(rusqlite::params![
+        at,
+        actor,
+        action,
+        organization_id,
+        detail.to_string()
+    ])?;
+    Ok(())
+}
+
 async fn bump_revision(tx: &mut Transaction<'static, Sqlite>) -> Result<(), StorageError> {
     sqlx::query("UPDATE organization_revision SET value = value + 1 WHERE id = 1")
         .execute(&mut **tx)
@@ -234,12 +257,13 @@ impl Storage {
     /// Whether an organization is active, read from the database (the authority the guard's
     /// strict callers use); None if it does not exist.
     pub async fn organization_active(&self, id: &str) -> Result<Option<bool>, StorageError> {
-        Ok(
-            sqlx::query_scalar("SELECT is_active FROM organizations WHERE id = ?")
-                .bind(id)
-                .fetch_optional(self.pool())
-                .await?,
-        )
+        self.engine.read(|c| {
+            Ok(
+                c.prepare_cached("SELECT is_active FROM organizations WHERE id = ?")?
+                    .query_row([id], |r| r.get(0))
+                    .optional()?,
+            )
+        })
     }
 
     /// Creates or updates an organization from the configuration (`enabled` None: a new one is
@@ -660,10 +684,15 @@ impl Storage {
         organization_id: Option<&str>,
         detail: &serde_json::Value,
     ) -> Result<(), StorageError> {
-        let mut tx = self.begin().await?;
-        audit_in(&mut tx, at, actor, action, organization_id, detail).await?;
-        tx.commit().await?;
-        Ok(())
+        let (actor, action, organization_id, detail) = (
+            actor.to_string(),
+            action.to_string(),
+            organization_id.map(str::to_string),
+            detail.clone(),
+        );
+        self.engine
+            .write(move |c| audit_on(c, at, &actor, &action, organization_id.as_deref(), &detail))
+            .await
     }
 
     /// Deletes audit entries and finished organization jobs older than `before` (retention);

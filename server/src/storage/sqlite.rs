@@ -1,16 +1,18 @@
-//! The SQLite implementation of storage (WAL, busy timeout, `BEGIN IMMEDIATE` for every
-//! read-then-write transaction so two writers never deadlock on a lock upgrade).
+//! The SQLite implementation of storage. Sessions, the accounting outbox and web sessions go
+//! through the [`Engine`] (rusqlite: reads where the caller runs, writes group-committed by one
+//! writer thread, synchronous=FULL); migrations and the organization store still use sqlx's pool
+//! on the same file (WAL; `BEGIN IMMEDIATE` for every read-then-write transaction, a busy
+//! timeout for the writer lock the two share).
 
 use super::{
-    decode_classes, encode_classes, AccessSessionRecord, NewAccessSession, OutboxEntry, OutboxRow,
-    SessionMatch, StorageError,
+    decode_classes, encode_classes, engine::Engine, AccessSessionRecord, NewAccessSession,
+    OutboxEntry, OutboxRow, SessionMatch, StorageError,
 };
 use crate::radius::{status_type, terminate_cause};
+use rusqlite::{params, Connection, OptionalExtension};
 use sqlx::{
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-    },
-    Row, Sqlite, SqlitePool, Transaction,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    Sqlite, SqlitePool, Transaction,
 };
 use std::{path::Path, str::FromStr, time::Duration};
 
@@ -21,34 +23,95 @@ pub const AUTH_SERVER_DESTINATION: &str = "auth-server";
 #[derive(Clone)]
 pub struct Storage {
     pool: SqlitePool,
+    pub(crate) engine: Engine,
 }
 
-const SESSION_COLUMNS: &str = "id, acct_session_id, organization_id, username, client_ip, server_index, server_name, \
-     classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, state, stopped_at, terminate_cause";
+/// `SELECT <every session column> FROM access_sessions ` followed by the rest of the statement.
+macro_rules! select_sessions {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, acct_session_id, organization_id, username, client_ip, server_index, server_name, \
+             classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, \
+             state, stopped_at, terminate_cause FROM access_sessions ",
+            $rest
+        )
+    };
+}
 
-fn session_from_row(row: &SqliteRow) -> Result<AccessSessionRecord, StorageError> {
-    let classes: Vec<u8> = row.try_get("classes")?;
-    let state: String = row.try_get("state")?;
+/// A pending outbox row (alias `o`): neither delivered nor dead-lettered.
+macro_rules! pending_o {
+    () => {
+        "o.delivered_at IS NULL AND o.dead_at IS NULL"
+    };
+}
+
+/// Row `o` is first in line: no earlier pending row of its session and destination.
+macro_rules! head_o {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM accounting_outbox p WHERE p.access_session_id = o.access_session_id \
+         AND p.destination = o.destination AND p.id < o.id AND p.delivered_at IS NULL AND p.dead_at IS NULL)"
+    };
+}
+
+macro_rules! outbox_columns {
+    () => {
+        "id, access_session_id, status_type, event_at, session_time_secs, terminate_cause, attempts, transmissions"
+    };
+}
+
+fn session_from_row(row: &rusqlite::Row<'_>) -> Result<AccessSessionRecord, StorageError> {
+    let classes: Vec<u8> = row.get(7)?;
+    let state: String = row.get(15)?;
     Ok(AccessSessionRecord {
-        id: row.try_get("id")?,
-        acct_session_id: row.try_get("acct_session_id")?,
-        organization_id: row.try_get("organization_id")?,
-        username: row.try_get("username")?,
-        client_ip: row.try_get("client_ip")?,
-        server_index: row.try_get("server_index")?,
-        server_name: row.try_get("server_name")?,
+        id: row.get(0)?,
+        acct_session_id: row.get(1)?,
+        organization_id: row.get(2)?,
+        username: row.get(3)?,
+        client_ip: row.get(4)?,
+        server_index: row.get(5)?,
+        server_name: row.get(6)?,
         classes: decode_classes(&classes)?,
-        reply_message: row.try_get("reply_message")?,
-        started_at: row.try_get("started_at")?,
-        refreshed_at: row.try_get("refreshed_at")?,
-        window_ms: row.try_get("window_ms")?,
-        limit_at: row.try_get("limit_at")?,
-        expires_at: row.try_get("expires_at")?,
-        interim_interval: row.try_get("interim_interval")?,
+        reply_message: row.get(8)?,
+        started_at: row.get(9)?,
+        refreshed_at: row.get(10)?,
+        window_ms: row.get(11)?,
+        limit_at: row.get(12)?,
+        expires_at: row.get(13)?,
+        interim_interval: row.get(14)?,
         active: state == "active",
-        stopped_at: row.try_get("stopped_at")?,
-        terminate_cause: row.try_get("terminate_cause")?,
+        stopped_at: row.get(16)?,
+        terminate_cause: row.get(17)?,
     })
+}
+
+/// Every row of a [`select_sessions!`] statement.
+fn sessions_where(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<AccessSessionRecord>, StorageError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(session_from_row(row)?);
+    }
+    Ok(out)
+}
+
+/// The first row of a [`select_sessions!`] statement.
+fn session_where(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Option<AccessSessionRecord>, StorageError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    rows.next()?.map(session_from_row).transpose()
+}
+
+fn session_by_id(conn: &Connection, id: i64) -> Result<Option<AccessSessionRecord>, StorageError> {
+    session_where(conn, select_sessions!("WHERE id = ?"), [id])
 }
 
 /// The database holds the organizations' shared secrets: only its owner may read it (and its
@@ -72,37 +135,53 @@ fn restrict_to_owner(path: &Path) {
     }
 }
 
-/// A pending outbox row (alias `o`): neither delivered nor dead-lettered.
-const PENDING_O: &str = "o.delivered_at IS NULL AND o.dead_at IS NULL";
-/// Row `o` is first in line: no earlier pending row of its session and destination.
-const HEAD_O: &str = "NOT EXISTS (SELECT 1 FROM accounting_outbox p WHERE p.access_session_id = o.access_session_id \
-     AND p.destination = o.destination AND p.id < o.id AND p.delivered_at IS NULL AND p.dead_at IS NULL)";
-const OUTBOX_COLUMNS: &str =
-    "id, access_session_id, status_type, event_at, session_time_secs, terminate_cause, attempts, transmissions";
+/// The [`OutboxEntry`] columns, each prefixed by a table alias.
+macro_rules! outbox_entry_columns {
+    ($p:literal) => {
+        concat!(
+            $p,
+            "id, ",
+            $p,
+            "status_type, ",
+            $p,
+            "attempts, ",
+            $p,
+            "transmissions, ",
+            $p,
+            "delivered_at, ",
+            $p,
+            "dead_at, ",
+            $p,
+            "dead_reason, ",
+            $p,
+            "last_error"
+        )
+    };
+}
 
-fn outbox_entry_from_row(row: &SqliteRow) -> Result<OutboxEntry, StorageError> {
+fn outbox_entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntry> {
     Ok(OutboxEntry {
-        id: row.try_get("id")?,
-        status_type: row.try_get("status_type")?,
-        attempts: row.try_get("attempts")?,
-        transmissions: row.try_get("transmissions")?,
-        delivered_at: row.try_get("delivered_at")?,
-        dead_at: row.try_get("dead_at")?,
-        dead_reason: row.try_get("dead_reason")?,
-        last_error: row.try_get("last_error")?,
+        id: row.get(0)?,
+        status_type: row.get(1)?,
+        attempts: row.get(2)?,
+        transmissions: row.get(3)?,
+        delivered_at: row.get(4)?,
+        dead_at: row.get(5)?,
+        dead_reason: row.get(6)?,
+        last_error: row.get(7)?,
     })
 }
 
-fn outbox_from_row(row: &SqliteRow) -> Result<OutboxRow, StorageError> {
+fn outbox_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
     Ok(OutboxRow {
-        id: row.try_get("id")?,
-        access_session_id: row.try_get("access_session_id")?,
-        status_type: row.try_get("status_type")?,
-        event_at: row.try_get("event_at")?,
-        session_time_secs: row.try_get("session_time_secs")?,
-        terminate_cause: row.try_get("terminate_cause")?,
-        attempts: row.try_get("attempts")?,
-        transmissions: row.try_get("transmissions")?,
+        id: row.get(0)?,
+        access_session_id: row.get(1)?,
+        status_type: row.get(2)?,
+        event_at: row.get(3)?,
+        session_time_secs: row.get(4)?,
+        terminate_cause: row.get(5)?,
+        attempts: row.get(6)?,
+        transmissions: row.get(7)?,
     })
 }
 
@@ -131,12 +210,13 @@ impl Storage {
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
-            .max_connections(8)
+            .max_connections(4)
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         restrict_to_owner(path);
-        let storage = Storage { pool };
+        let engine = Engine::open(path)?;
+        let storage = Storage { pool, engine };
         storage.index_classes_of_older_sessions().await?;
         Ok(storage)
     }
@@ -145,57 +225,52 @@ impl Storage {
     /// same for every process on this database.
     pub async fn app_secret(&self, name: &str) -> Result<[u8; 32], StorageError> {
         let fresh: [u8; 32] = rand::random();
-        sqlx::query(
-            "INSERT INTO app_secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(name)
-        .bind(fresh.as_slice())
-        .bind(crate::access_session::now_ms())
-        .execute(&self.pool)
-        .await?;
-        let stored: Vec<u8> = sqlx::query_scalar("SELECT value FROM app_secrets WHERE name = ?")
-            .bind(name)
-            .fetch_one(&self.pool)
-            .await?;
-        stored
-            .try_into()
-            .map_err(|_| StorageError::Corrupt(format!("app secret `{name}` is not 32 bytes")))
+        let name = name.to_string();
+        self.engine
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO app_secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                    params![name, fresh.as_slice(), crate::access_session::now_ms()],
+                )?;
+                let stored: Vec<u8> = c.query_row(
+                    "SELECT value FROM app_secrets WHERE name = ?",
+                    [&name],
+                    |r| r.get(0),
+                )?;
+                stored.try_into().map_err(|_| {
+                    StorageError::Corrupt(format!("app secret `{name}` is not 32 bytes"))
+                })
+            })
+            .await
     }
 
     /// Stored web sessions (tests and operators: anonymous visitors must not add any).
     pub async fn web_session_count(&self) -> Result<i64, StorageError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM tower_sessions")
-            .fetch_one(&self.pool)
-            .await?)
+        self.engine
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM tower_sessions", [], |r| r.get(0))?))
     }
 
     /// Indexes the Class values of active sessions opened before the index existed (once; a
     /// no-op afterwards).
     async fn index_classes_of_older_sessions(&self) -> Result<(), StorageError> {
-        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT id, classes FROM access_sessions s WHERE state = 'active' AND length(classes) > 0 \
-             AND NOT EXISTS (SELECT 1 FROM session_classes c WHERE c.access_session_id = s.id)",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.begin().await?;
-        for (id, blob) in &rows {
-            for class in decode_classes(blob)? {
-                sqlx::query("INSERT INTO session_classes (access_session_id, class) VALUES (?, ?)")
-                    .bind(id)
-                    .bind(class)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(())
+        self.engine
+            .write(|c| {
+                let rows: Vec<(i64, Vec<u8>)> = c
+                    .prepare(
+                        "SELECT id, classes FROM access_sessions s WHERE state = 'active' AND length(classes) > 0 \
+                         AND NOT EXISTS (SELECT 1 FROM session_classes c WHERE c.access_session_id = s.id)",
+                    )?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                for (id, blob) in &rows {
+                    insert_classes(c, *id, &decode_classes(blob)?)?;
+                }
+                Ok(())
+            })
+            .await
     }
 
-    /// The pool, for the web-session store that shares the database.
+    /// The sqlx pool (organization store, tests).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
@@ -210,100 +285,13 @@ impl Storage {
         &self,
         new: &NewAccessSession,
     ) -> Result<(i64, Vec<Stopped>), StorageError> {
-        let mut tx = self.begin().await?;
-        // Defence in depth against a disable racing the login: writers are serialized, so
-        // either this session commits first (and the disable's stop job sees it) or the flag
-        // is already off here and nothing is created.
-        let active: Option<bool> =
-            sqlx::query_scalar("SELECT is_active FROM organizations WHERE id = ?")
-                .bind(&new.organization_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if active != Some(true) {
-            return Err(StorageError::OrganizationDisabled);
-        }
-        let previous: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM access_sessions WHERE organization_id = ? AND client_ip = ? AND state = 'active'",
-        )
-        .bind(&new.organization_id)
-        .bind(&new.client_ip)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut stopped = Vec::new();
-        for id in previous {
-            if stop_in(
-                &mut tx,
-                id,
-                terminate_cause::PORT_PREEMPTED,
-                new.started_at,
-                None,
-            )
-            .await?
-            {
-                stopped.push(Stopped {
-                    id,
-                    due_at: new.started_at,
-                    cause: terminate_cause::PORT_PREEMPTED,
-                });
-            }
-        }
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO access_sessions (acct_session_id, organization_id, username, client_ip, server_index, server_name, \
-             classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, next_interim_at, state) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active') RETURNING id",
-        )
-        .bind(&new.acct_session_id)
-        .bind(&new.organization_id)
-        .bind(&new.username)
-        .bind(&new.client_ip)
-        .bind(new.server_index)
-        .bind(&new.server_name)
-        .bind(encode_classes(&new.classes))
-        .bind(&new.reply_message)
-        .bind(new.started_at)
-        .bind(new.started_at)
-        .bind(new.window_ms)
-        .bind(new.limit_at)
-        .bind(new.expires_at)
-        .bind(new.interim_interval)
-        .bind(new.interim_interval.map(|secs| new.started_at + secs * 1000))
-        .fetch_one(&mut *tx)
-        .await?;
-        for class in &new.classes {
-            sqlx::query("INSERT INTO session_classes (access_session_id, class) VALUES (?, ?)")
-                .bind(id)
-                .bind(class)
-                .execute(&mut *tx)
-                .await?;
-        }
-        enqueue(&mut tx, id, status_type::START, new.started_at, None, None).await?;
-        super::organizations::audit_in(
-            &mut tx,
-            new.started_at,
-            "user",
-            "login.accepted",
-            Some(&new.organization_id),
-            &serde_json::json!({
-                "username": new.username,
-                "client_ip": new.client_ip,
-                "acct_session_id": new.acct_session_id,
-                "server": new.server_name,
-            }),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok((id, stopped))
+        let new = new.clone();
+        self.engine.write(move |c| open_session_in(c, &new)).await
     }
 
     /// Loads a session by id.
     pub async fn session(&self, id: i64) -> Result<Option<AccessSessionRecord>, StorageError> {
-        let row = sqlx::query(&format!(
-            "SELECT {SESSION_COLUMNS} FROM access_sessions WHERE id = ?"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(session_from_row).transpose()
+        self.engine.read(|c| session_by_id(c, id))
     }
 
     /// Moves an active session's deadline to `expires_at` (refreshed at `now`) and queues an
@@ -314,31 +302,22 @@ impl Storage {
         now: i64,
         expires_at: i64,
     ) -> Result<Option<AccessSessionRecord>, StorageError> {
-        let mut tx = self.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE access_sessions SET refreshed_at = ?, expires_at = ? WHERE id = ? AND state = 'active' AND expires_at > ? \
-             RETURNING started_at",
-        )
-        .bind(now)
-        .bind(expires_at)
-        .bind(id)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = updated else {
-            return Ok(None);
-        };
-        let started_at: i64 = row.try_get("started_at")?;
-        enqueue_interim(&mut tx, id, started_at, now).await?;
-        let row = sqlx::query(&format!(
-            "SELECT {SESSION_COLUMNS} FROM access_sessions WHERE id = ?"
-        ))
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let session = session_from_row(&row)?;
-        tx.commit().await?;
-        Ok(Some(session))
+        self.engine
+            .write(move |c| {
+                let started_at: Option<i64> = c
+                    .prepare_cached(
+                        "UPDATE access_sessions SET refreshed_at = ?, expires_at = ? \
+                         WHERE id = ? AND state = 'active' AND expires_at > ? RETURNING started_at",
+                    )?
+                    .query_row(params![now, expires_at, id, now], |r| r.get(0))
+                    .optional()?;
+                let Some(started_at) = started_at else {
+                    return Ok(None);
+                };
+                enqueue_interim(c, id, started_at, now)?;
+                session_by_id(c, id)
+            })
+            .await
     }
 
     /// Stops an active session at `event_at` with `cause` and queues its Stop. False if it was
@@ -349,78 +328,75 @@ impl Storage {
         cause: u32,
         event_at: i64,
     ) -> Result<bool, StorageError> {
-        let mut tx = self.begin().await?;
-        let stopped = stop_in(&mut tx, id, cause, event_at, None).await?;
-        tx.commit().await?;
-        Ok(stopped)
+        self.engine
+            .write(move |c| stop_in(c, id, cause, event_at, None))
+            .await
     }
 
     /// Stops every active session whose deadline is at or before `now`. Each is stopped at its
     /// own deadline, with Session-Timeout when the limit was reached, else Idle-Timeout.
     pub async fn stop_due_sessions(&self, now: i64) -> Result<Vec<Stopped>, StorageError> {
-        let mut tx = self.begin().await?;
-        let due = sqlx::query(
-            "SELECT id, expires_at, limit_at FROM access_sessions WHERE state = 'active' AND expires_at <= ? ORDER BY expires_at",
-        )
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut stopped = Vec::new();
-        for row in due {
-            let id: i64 = row.try_get("id")?;
-            let expires_at: i64 = row.try_get("expires_at")?;
-            let limit_at: Option<i64> = row.try_get("limit_at")?;
-            let cause = if limit_at.is_some_and(|l| l <= expires_at) {
-                terminate_cause::SESSION_TIMEOUT
-            } else {
-                terminate_cause::IDLE_TIMEOUT
-            };
-            if stop_in(&mut tx, id, cause, expires_at, Some(now)).await? {
-                stopped.push(Stopped {
-                    id,
-                    due_at: expires_at,
-                    cause,
-                });
-            }
-        }
-        tx.commit().await?;
-        Ok(stopped)
+        self.engine
+            .write(move |c| {
+                let due: Vec<(i64, i64, Option<i64>)> = c
+                    .prepare_cached(
+                        "SELECT id, expires_at, limit_at FROM access_sessions \
+                         WHERE state = 'active' AND expires_at <= ? ORDER BY expires_at",
+                    )?
+                    .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<Result<_, _>>()?;
+                let mut stopped = Vec::new();
+                for (id, expires_at, limit_at) in due {
+                    let cause = if limit_at.is_some_and(|l| l <= expires_at) {
+                        terminate_cause::SESSION_TIMEOUT
+                    } else {
+                        terminate_cause::IDLE_TIMEOUT
+                    };
+                    if stop_in(c, id, cause, expires_at, Some(now))? {
+                        stopped.push(Stopped {
+                            id,
+                            due_at: expires_at,
+                            cause,
+                        });
+                    }
+                }
+                Ok(stopped)
+            })
+            .await
     }
 
     /// Queues an Interim-Update for every active session whose periodic update (from
     /// Acct-Interim-Interval) is due at `now`, and schedules the next one. Returns how many.
     pub async fn queue_due_interims(&self, now: i64) -> Result<usize, StorageError> {
-        let mut tx = self.begin().await?;
-        let due = sqlx::query(
-            "SELECT id, started_at, interim_interval FROM access_sessions \
-             WHERE state = 'active' AND next_interim_at <= ? AND expires_at > ?",
-        )
-        .bind(now)
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
-        for row in &due {
-            let id: i64 = row.try_get("id")?;
-            let started_at: i64 = row.try_get("started_at")?;
-            let interval: i64 = row.try_get("interim_interval")?;
-            enqueue_interim(&mut tx, id, started_at, now).await?;
-            sqlx::query("UPDATE access_sessions SET next_interim_at = ? WHERE id = ?")
-                .bind(now + interval * 1000)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(due.len())
+        self.engine
+            .write(move |c| {
+                let due: Vec<(i64, i64, i64)> = c
+                    .prepare_cached(
+                        "SELECT id, started_at, interim_interval FROM access_sessions \
+                         WHERE state = 'active' AND next_interim_at <= ? AND expires_at > ?",
+                    )?
+                    .query_map([now, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<Result<_, _>>()?;
+                for (id, started_at, interval) in &due {
+                    enqueue_interim(c, *id, *started_at, now)?;
+                    c.prepare_cached(
+                        "UPDATE access_sessions SET next_interim_at = ? WHERE id = ?",
+                    )?
+                    .execute([now + interval * 1000, *id])?;
+                }
+                Ok(due.len())
+            })
+            .await
     }
 
     /// When the next periodic Interim-Update is due.
     pub async fn next_interim(&self) -> Result<Option<i64>, StorageError> {
-        Ok(sqlx::query_scalar(
-            "SELECT MIN(next_interim_at) FROM access_sessions WHERE state = 'active'",
-        )
-        .fetch_one(&self.pool)
-        .await?)
+        self.engine.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT MIN(next_interim_at) FROM access_sessions WHERE state = 'active'",
+            )?
+            .query_row([], |r| r.get(0))?)
+        })
     }
 
     /// The active, not yet due session of a client in an organization.
@@ -430,16 +406,15 @@ impl Storage {
         client_ip: &str,
         now: i64,
     ) -> Result<Option<AccessSessionRecord>, StorageError> {
-        let row = sqlx::query(&format!(
-            "SELECT {SESSION_COLUMNS} FROM access_sessions \
-             WHERE organization_id = ? AND client_ip = ? AND state = 'active' AND expires_at > ?"
-        ))
-        .bind(organization_id)
-        .bind(client_ip)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(session_from_row).transpose()
+        self.engine.read(|c| {
+            session_where(
+                c,
+                select_sessions!(
+                    "WHERE organization_id = ? AND client_ip = ? AND state = 'active' AND expires_at > ?"
+                ),
+                params![organization_id, client_ip, now],
+            )
+        })
     }
 
     /// Active sessions a Dynamic Authorization request names.
@@ -447,34 +422,28 @@ impl Storage {
         &self,
         wanted: &SessionMatch,
     ) -> Result<Vec<AccessSessionRecord>, StorageError> {
-        let base = format!("SELECT {SESSION_COLUMNS} FROM access_sessions WHERE state = 'active'");
-        let rows = match wanted {
-            SessionMatch::AcctSessionId(id) => {
-                sqlx::query(&format!("{base} AND acct_session_id = ?"))
-                    .bind(id)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
+        self.engine.read(|c| match wanted {
+            SessionMatch::AcctSessionId(id) => sessions_where(
+                c,
+                select_sessions!("WHERE state = 'active' AND acct_session_id = ?"),
+                [id],
+            ),
             SessionMatch::UserAndAddress {
                 username,
                 client_ip,
-            } => {
-                sqlx::query(&format!("{base} AND username = ? AND client_ip = ?"))
-                    .bind(username)
-                    .bind(client_ip)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            SessionMatch::Class(class) => {
-                sqlx::query(&format!(
-                "{base} AND id IN (SELECT access_session_id FROM session_classes WHERE class = ?)"
-            ))
-                .bind(class)
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
-        rows.iter().map(session_from_row).collect()
+            } => sessions_where(
+                c,
+                select_sessions!("WHERE state = 'active' AND username = ? AND client_ip = ?"),
+                [username, client_ip],
+            ),
+            SessionMatch::Class(class) => sessions_where(
+                c,
+                select_sessions!(
+                    "WHERE state = 'active' AND id IN (SELECT access_session_id FROM session_classes WHERE class = ?)"
+                ),
+                [class],
+            ),
+        })
     }
 
     /// Active sessions, of one organization or all, oldest first (operator listing).
@@ -483,16 +452,18 @@ impl Storage {
         organization_id: Option<&str>,
         limit: i64,
     ) -> Result<Vec<AccessSessionRecord>, StorageError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {SESSION_COLUMNS} FROM access_sessions WHERE state = 'active' \
-             AND (? IS NULL OR organization_id = ?) ORDER BY id LIMIT ?"
-        ))
-        .bind(organization_id)
-        .bind(organization_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(session_from_row).collect()
+        let organization_id = organization_id.map(str::to_string);
+        self.engine
+            .read_long(move |c| {
+                sessions_where(
+                    c,
+                    select_sessions!(
+                        "WHERE state = 'active' AND (?1 IS NULL OR organization_id = ?1) ORDER BY id LIMIT ?2"
+                    ),
+                    params![organization_id, limit],
+                )
+            })
+            .await
     }
 
     /// A session by its Acct-Session-Id.
@@ -500,33 +471,36 @@ impl Storage {
         &self,
         acct_session_id: &str,
     ) -> Result<Option<AccessSessionRecord>, StorageError> {
-        let row = sqlx::query(&format!(
-            "SELECT {SESSION_COLUMNS} FROM access_sessions WHERE acct_session_id = ?"
-        ))
-        .bind(acct_session_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(session_from_row).transpose()
+        self.engine.read(|c| {
+            session_where(
+                c,
+                select_sessions!("WHERE acct_session_id = ?"),
+                [acct_session_id],
+            )
+        })
     }
 
     /// Earliest deadline of an active session.
     pub async fn next_expiry(&self) -> Result<Option<i64>, StorageError> {
-        Ok(
-            sqlx::query_scalar(
+        self.engine.read(|c| {
+            Ok(c.prepare_cached(
                 "SELECT MIN(expires_at) FROM access_sessions WHERE state = 'active'",
-            )
-            .fetch_one(&self.pool)
-            .await?,
-        )
+            )?
+            .query_row([], |r| r.get(0))?)
+        })
     }
 
     /// Number of active sessions.
     pub async fn active_sessions(&self) -> Result<i64, StorageError> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM access_sessions WHERE state = 'active'")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        self.engine
+            .read_long(|c| {
+                Ok(c.query_row(
+                    "SELECT COUNT(*) FROM access_sessions WHERE state = 'active'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
     }
 
     /// Claims up to `limit` due outbox rows, each the first pending row of its session (and
@@ -538,26 +512,24 @@ impl Storage {
         lease_until: i64,
         limit: i64,
     ) -> Result<Vec<OutboxRow>, StorageError> {
-        let rows = sqlx::query(&format!(
-            "UPDATE accounting_outbox SET claimed_until = ?, attempts = attempts + 1 WHERE id IN ( \
-               SELECT o.id FROM accounting_outbox o \
-               WHERE {PENDING_O} AND o.next_attempt_at <= ? \
-                 AND (o.claimed_until IS NULL OR o.claimed_until < ?) AND {HEAD_O} \
-               ORDER BY o.next_attempt_at, o.id LIMIT ?) \
-             RETURNING {OUTBOX_COLUMNS}"
-        ))
-        .bind(lease_until)
-        .bind(now)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut rows = rows
-            .iter()
-            .map(outbox_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        rows.sort_by_key(|r| r.id);
-        Ok(rows)
+        self.engine
+            .write(move |c| {
+                let mut rows: Vec<OutboxRow> = c
+                    .prepare_cached(concat!(
+                        "UPDATE accounting_outbox SET claimed_until = ?1, attempts = attempts + 1 WHERE id IN ( \
+                           SELECT o.id FROM accounting_outbox o WHERE ",
+                        pending_o!(),
+                        " AND o.next_attempt_at <= ?2 AND (o.claimed_until IS NULL OR o.claimed_until < ?2) AND ",
+                        head_o!(),
+                        " ORDER BY o.next_attempt_at, o.id LIMIT ?3) RETURNING ",
+                        outbox_columns!()
+                    ))?
+                    .query_map([lease_until, now, limit], outbox_from_row)?
+                    .collect::<Result<_, _>>()?;
+                rows.sort_by_key(|r| r.id);
+                Ok(rows)
+            })
+            .await
     }
 
     /// Claims a session's next pending row of `status_type` if it is first in line (used to
@@ -569,43 +541,52 @@ impl Storage {
         now: i64,
         lease_until: i64,
     ) -> Result<Option<OutboxRow>, StorageError> {
-        let row = sqlx::query(&format!(
-            "UPDATE accounting_outbox SET claimed_until = ?, attempts = attempts + 1 WHERE id = ( \
-               SELECT o.id FROM accounting_outbox o \
-               WHERE o.access_session_id = ? AND o.status_type = ? AND {PENDING_O} \
-                 AND (o.claimed_until IS NULL OR o.claimed_until < ?) AND {HEAD_O} \
-               ORDER BY o.id LIMIT 1) \
-             RETURNING {OUTBOX_COLUMNS}"
-        ))
-        .bind(lease_until)
-        .bind(access_session_id)
-        .bind(status_type)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(outbox_from_row).transpose()
+        self.engine
+            .write(move |c| {
+                Ok(c.prepare_cached(concat!(
+                    "UPDATE accounting_outbox SET claimed_until = ?1, attempts = attempts + 1 WHERE id = ( \
+                       SELECT o.id FROM accounting_outbox o \
+                       WHERE o.access_session_id = ?2 AND o.status_type = ?3 AND ",
+                    pending_o!(),
+                    " AND (o.claimed_until IS NULL OR o.claimed_until < ?4) AND ",
+                    head_o!(),
+                    " ORDER BY o.id LIMIT 1) RETURNING ",
+                    outbox_columns!()
+                ))?
+                .query_row(
+                    params![lease_until, access_session_id, status_type, now],
+                    outbox_from_row,
+                )
+                .optional()?)
+            })
+            .await
     }
 
     /// Releases every claim (at start-up: claims held by a previous process of this database
     /// are void; their rows are sent again, idempotent by Acct-Session-Id and status type).
     pub async fn release_outbox_claims(&self) -> Result<u64, StorageError> {
-        Ok(sqlx::query(
-            "UPDATE accounting_outbox SET claimed_until = NULL WHERE claimed_until IS NOT NULL AND delivered_at IS NULL",
-        )
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        self.engine
+            .write(|c| {
+                Ok(c.execute(
+                    "UPDATE accounting_outbox SET claimed_until = NULL WHERE claimed_until IS NOT NULL AND delivered_at IS NULL",
+                    [],
+                )? as u64)
+            })
+            .await
     }
 
     /// Marks a claimed row delivered.
     pub async fn mark_delivered(&self, id: i64, now: i64) -> Result<(), StorageError> {
-        sqlx::query("UPDATE accounting_outbox SET delivered_at = ?, claimed_until = NULL, last_error = NULL, \
-                     transmissions = transmissions + 1 WHERE id = ?")
-            .bind(now)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.engine
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE accounting_outbox SET delivered_at = ?, claimed_until = NULL, last_error = NULL, \
+                     transmissions = transmissions + 1 WHERE id = ?",
+                )?
+                .execute([now, id])?;
+                Ok(())
+            })
+            .await
     }
 
     /// Releases a claimed row for a retry at `next_attempt_at`, recording why it failed and
@@ -617,15 +598,17 @@ impl Storage {
         error: &str,
         transmitted: bool,
     ) -> Result<(), StorageError> {
-        sqlx::query("UPDATE accounting_outbox SET next_attempt_at = ?, claimed_until = NULL, last_error = ?, \
-                     transmissions = transmissions + ? WHERE id = ?")
-            .bind(next_attempt_at)
-            .bind(error)
-            .bind(i64::from(transmitted))
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let error = error.to_string();
+        self.engine
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE accounting_outbox SET next_attempt_at = ?, claimed_until = NULL, last_error = ?, \
+                     transmissions = transmissions + ? WHERE id = ?",
+                )?
+                .execute(params![next_attempt_at, error, i64::from(transmitted), id])?;
+                Ok(())
+            })
+            .await
     }
 
     /// Closes a row that can never be sent, with the reason, so it stops blocking its session's
@@ -639,10 +622,10 @@ impl Storage {
         reason: &str,
         cascade: bool,
     ) -> Result<(), StorageError> {
-        let mut tx = self.begin().await?;
-        dead_letter_in(&mut tx, id, now, reason, cascade).await?;
-        tx.commit().await?;
-        Ok(())
+        let reason = reason.to_string();
+        self.engine
+            .write(move |c| dead_letter_in(c, id, now, &reason, cascade))
+            .await
     }
 
     /// Rolls back a session whose Start never went on the wire and is not being sent right now
@@ -655,21 +638,23 @@ impl Storage {
         now: i64,
         reason: &str,
     ) -> Result<bool, StorageError> {
-        let mut tx = self.begin().await?;
-        let start: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM accounting_outbox WHERE access_session_id = ? AND status_type = ? \
-             AND delivered_at IS NULL AND dead_at IS NULL AND transmissions = 0 AND claimed_until IS NULL",
-        )
-        .bind(access_session_id)
-        .bind(status_type::START)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(id) = start else {
-            return Ok(false);
-        };
-        dead_letter_in(&mut tx, id, now, reason, true).await?;
-        tx.commit().await?;
-        Ok(true)
+        let reason = reason.to_string();
+        self.engine
+            .write(move |c| {
+                let start: Option<i64> = c
+                    .prepare_cached(
+                        "SELECT id FROM accounting_outbox WHERE access_session_id = ? AND status_type = ? \
+                         AND delivered_at IS NULL AND dead_at IS NULL AND transmissions = 0 AND claimed_until IS NULL",
+                    )?
+                    .query_row(params![access_session_id, status_type::START], |r| r.get(0))
+                    .optional()?;
+                let Some(id) = start else {
+                    return Ok(false);
+                };
+                dead_letter_in(c, id, now, &reason, true)?;
+                Ok(true)
+            })
+            .await
     }
 
     /// Pending rows of `access_session_id`, oldest first (tests, CLI).
@@ -677,14 +662,15 @@ impl Storage {
         &self,
         access_session_id: i64,
     ) -> Result<Vec<OutboxEntry>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT id, status_type, attempts, transmissions, delivered_at, dead_at, dead_reason, last_error \
-             FROM accounting_outbox WHERE access_session_id = ? ORDER BY id",
-        )
-        .bind(access_session_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(outbox_entry_from_row).collect()
+        self.engine.read(|c| {
+            Ok(c.prepare_cached(concat!(
+                "SELECT ",
+                outbox_entry_columns!(""),
+                " FROM accounting_outbox WHERE access_session_id = ? ORDER BY id"
+            ))?
+            .query_map([access_session_id], outbox_entry_from_row)?
+            .collect::<Result<_, _>>()?)
+        })
     }
 
     /// Dead-lettered rows, newest first (CLI `accounting dead-letters`).
@@ -692,74 +678,72 @@ impl Storage {
         &self,
         limit: i64,
     ) -> Result<Vec<(OutboxEntry, String, String)>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT o.id, o.status_type, o.attempts, o.transmissions, o.delivered_at, o.dead_at, o.dead_reason, o.last_error, \
-                    s.acct_session_id, s.organization_id \
-             FROM accounting_outbox o JOIN access_sessions s ON s.id = o.access_session_id \
-             WHERE o.dead_at IS NOT NULL ORDER BY o.dead_at DESC, o.id DESC LIMIT ?",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    outbox_entry_from_row(row)?,
-                    row.try_get("acct_session_id")?,
-                    row.try_get("organization_id")?,
-                ))
+        self.engine
+            .read_long(move |c| {
+                Ok(c.prepare_cached(concat!(
+                    "SELECT ",
+                    outbox_entry_columns!("o."),
+                    ", s.acct_session_id, s.organization_id \
+                     FROM accounting_outbox o JOIN access_sessions s ON s.id = o.access_session_id \
+                     WHERE o.dead_at IS NOT NULL ORDER BY o.dead_at DESC, o.id DESC LIMIT ?"
+                ))?
+                .query_map([limit], |r| {
+                    Ok((outbox_entry_from_row(r)?, r.get(8)?, r.get(9)?))
+                })?
+                .collect::<Result<_, _>>()?)
             })
-            .collect()
+            .await
     }
 
     /// Makes every pending row due now (a server came back: no need to wait out the backoff).
     pub async fn retry_pending_now(&self, now: i64) -> Result<u64, StorageError> {
-        Ok(sqlx::query(&format!(
-            "UPDATE accounting_outbox AS o SET next_attempt_at = ? WHERE {PENDING_O} AND o.next_attempt_at > ?"
-        ))
-        .bind(now)
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        self.engine
+            .write(move |c| {
+                Ok(c.prepare_cached(concat!(
+                    "UPDATE accounting_outbox AS o SET next_attempt_at = ?1 WHERE ",
+                    pending_o!(),
+                    " AND o.next_attempt_at > ?1"
+                ))?
+                .execute([now])? as u64)
+            })
+            .await
     }
 
     /// When the next claimable row becomes due: only rows first in line for their session
     /// count (a row waiting behind an undelivered earlier row cannot be claimed, so its time
     /// must not wake anyone), and a claimed row counts from its lease end.
     pub async fn next_outbox_attempt(&self) -> Result<Option<i64>, StorageError> {
-        Ok(sqlx::query_scalar(&format!(
-            "SELECT MIN(MAX(o.next_attempt_at, COALESCE(o.claimed_until, 0))) FROM accounting_outbox o \
-             WHERE {PENDING_O} AND {HEAD_O}"
-        ))
-        .fetch_one(&self.pool)
-        .await?)
+        self.engine.read(|c| {
+            Ok(c.prepare_cached(concat!(
+                "SELECT MIN(MAX(o.next_attempt_at, COALESCE(o.claimed_until, 0))) FROM accounting_outbox o WHERE ",
+                pending_o!(),
+                " AND ",
+                head_o!()
+            ))?
+            .query_row([], |r| r.get(0))?)
+        })
     }
 
     /// Deletes accounting history and ended sessions older than `before` (unix ms): delivered
     /// or dead rows of sessions that ended before it, then those sessions. Returns the number of
     /// sessions removed. Pending rows and active sessions are never touched.
     pub async fn prune(&self, before: i64) -> Result<u64, StorageError> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "DELETE FROM accounting_outbox WHERE access_session_id IN ( \
-               SELECT s.id FROM access_sessions s WHERE s.state = 'stopped' AND s.stopped_at < ? \
-                 AND NOT EXISTS (SELECT 1 FROM accounting_outbox p WHERE p.access_session_id = s.id \
-                                 AND p.delivered_at IS NULL AND p.dead_at IS NULL))",
-        )
-        .bind(before)
-        .execute(&mut *tx)
-        .await?;
-        let removed = sqlx::query(
-            "DELETE FROM access_sessions WHERE state = 'stopped' AND stopped_at < ? \
-             AND NOT EXISTS (SELECT 1 FROM accounting_outbox p WHERE p.access_session_id = access_sessions.id)",
-        )
-        .bind(before)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(removed)
+        self.engine
+            .write(move |c| {
+                c.execute(
+                    "DELETE FROM accounting_outbox WHERE access_session_id IN ( \
+                       SELECT s.id FROM access_sessions s WHERE s.state = 'stopped' AND s.stopped_at < ? \
+                         AND NOT EXISTS (SELECT 1 FROM accounting_outbox p WHERE p.access_session_id = s.id \
+                                         AND p.delivered_at IS NULL AND p.dead_at IS NULL))",
+                    [before],
+                )?;
+                Ok(c.execute(
+                    "DELETE FROM access_sessions WHERE state = 'stopped' AND stopped_at < ? \
+                     AND NOT EXISTS (SELECT 1 FROM accounting_outbox p WHERE p.access_session_id = access_sessions.id)",
+                    [before],
+                )? as u64)
+            })
+            .await
     }
 
     /// What the metrics show of the database at a scrape: active sessions per organization,
@@ -768,205 +752,272 @@ impl Storage {
         &self,
         now: i64,
     ) -> Result<crate::metrics::Snapshot, StorageError> {
-        let active_sessions: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT organization_id, COUNT(*) FROM access_sessions WHERE state = 'active' GROUP BY organization_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let (backlog, oldest): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT COUNT(*), MIN(created_at) FROM accounting_outbox WHERE delivered_at IS NULL AND dead_at IS NULL",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        let dead_letters: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM accounting_outbox WHERE dead_at IS NOT NULL")
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(crate::metrics::Snapshot {
-            active_sessions,
-            outbox_backlog: backlog,
-            outbox_oldest: std::time::Duration::from_millis(
-                oldest.map_or(0, |o| now.saturating_sub(o).max(0) as u64),
-            ),
-            dead_letters,
-            ..Default::default()
-        })
+        self.engine
+            .read_long(move |c| {
+                let active_sessions: Vec<(String, i64)> = c
+                    .prepare_cached(
+                        "SELECT organization_id, COUNT(*) FROM access_sessions WHERE state = 'active' GROUP BY organization_id",
+                    )?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                let (backlog, oldest): (i64, Option<i64>) = c.prepare_cached(
+                    "SELECT COUNT(*), MIN(created_at) FROM accounting_outbox WHERE delivered_at IS NULL AND dead_at IS NULL",
+                )?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let dead_letters: i64 = c
+                    .prepare_cached("SELECT COUNT(*) FROM accounting_outbox WHERE dead_at IS NOT NULL")?
+                    .query_row([], |r| r.get(0))?;
+                Ok(crate::metrics::Snapshot {
+                    active_sessions,
+                    outbox_backlog: backlog,
+                    outbox_oldest: std::time::Duration::from_millis(
+                        oldest.map_or(0, |o| now.saturating_sub(o).max(0) as u64),
+                    ),
+                    dead_letters,
+                    ..Default::default()
+                })
+            })
+            .await
     }
 
     /// Undelivered rows (backlog).
     pub async fn outbox_backlog(&self) -> Result<i64, StorageError> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM accounting_outbox WHERE delivered_at IS NULL AND dead_at IS NULL",
-        )
-        .fetch_one(&self.pool)
-        .await?)
+        self.engine
+            .read_long(|c| {
+                Ok(c.query_row(
+                    "SELECT COUNT(*) FROM accounting_outbox WHERE delivered_at IS NULL AND dead_at IS NULL",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
     }
-}
 
-/// See [`Storage::dead_letter`].
-async fn dead_letter_in(
-    tx: &mut Transaction<'static, Sqlite>,
-    id: i64,
-    now: i64,
-    reason: &str,
-    cascade: bool,
-) -> Result<(), StorageError> {
-    let row = sqlx::query(
-        "UPDATE accounting_outbox SET dead_at = ?, dead_reason = ?, claimed_until = NULL \
-         WHERE id = ? AND delivered_at IS NULL RETURNING access_session_id",
-    )
-    .bind(now)
-    .bind(reason)
-    .bind(id)
-    .fetch_optional(&mut **tx)
-    .await?;
-    if let (Some(row), true) = (row, cascade) {
-        let session: i64 = row.try_get("access_session_id")?;
-        sqlx::query(
-            "UPDATE accounting_outbox SET dead_at = ?, dead_reason = 'its Start was never sent', claimed_until = NULL \
-             WHERE access_session_id = ? AND id > ? AND delivered_at IS NULL AND dead_at IS NULL",
-        )
-        .bind(now)
-        .bind(session)
-        .bind(id)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query(
-            "UPDATE access_sessions SET state = 'stopped', stopped_at = ?, terminate_cause = ? \
-             WHERE id = ? AND state = 'active'",
-        )
-        .bind(now)
-        .bind(terminate_cause::NAS_ERROR)
-        .bind(session)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
-}
-
-/// Stops `id` if active and queues its Stop (Acct-Session-Time up to `event_at`). `due_by` makes
-/// the stop conditional on the deadline still being due (a concurrent refresh wins).
-async fn stop_in(
-    tx: &mut Transaction<'static, Sqlite>,
-    id: i64,
-    cause: u32,
-    event_at: i64,
-    due_by: Option<i64>,
-) -> Result<bool, StorageError> {
-    let row = sqlx::query(
-        "UPDATE access_sessions SET state = 'stopped', stopped_at = ?, terminate_cause = ? \
-         WHERE id = ? AND state = 'active' AND (? IS NULL OR expires_at <= ?) \
-         RETURNING started_at, organization_id, username, client_ip, acct_session_id",
-    )
-    .bind(event_at)
-    .bind(cause)
-    .bind(id)
-    .bind(due_by)
-    .bind(due_by)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some(row) = row else {
-        return Ok(false);
-    };
-    let started_at: i64 = row.try_get("started_at")?;
-    let session_time = (event_at - started_at).max(0) / 1000;
-    let organization_id: String = row.try_get("organization_id")?;
-    super::organizations::audit_in(
-        tx,
-        event_at,
-        "system",
-        "session.end",
-        Some(&organization_id),
-        &serde_json::json!({
-            "acct_session_id": row.try_get::<String, _>("acct_session_id")?,
-            "username": row.try_get::<String, _>("username")?,
-            "client_ip": row.try_get::<String, _>("client_ip")?,
-            "terminate_cause": cause,
-            "session_time_s": session_time,
-        }),
-    )
-    .await?;
-    enqueue(
-        tx,
-        id,
-        status_type::STOP,
-        event_at,
-        Some(session_time),
-        Some(cause),
-    )
-    .await?;
-    Ok(true)
-}
-
-/// Queues an Interim-Update at `now` with the session time since `started_at`.
-async fn enqueue_interim(
-    tx: &mut Transaction<'static, Sqlite>,
-    access_session_id: i64,
-    started_at: i64,
-    now: i64,
-) -> Result<(), StorageError> {
-    // Coalesce: an Interim-Update not yet on its way is superseded by this newer one (an outage
-    // must not pile up one row per refresh or per interval).
-    sqlx::query(
-        "DELETE FROM accounting_outbox WHERE access_session_id = ? AND status_type = ? \
-         AND delivered_at IS NULL AND dead_at IS NULL AND claimed_until IS NULL",
-    )
-    .bind(access_session_id)
-    .bind(status_type::INTERIM_UPDATE)
-    .execute(&mut **tx)
-    .await?;
-    let session_time = Some((now - started_at) / 1000);
-    enqueue(
-        tx,
-        access_session_id,
-        status_type::INTERIM_UPDATE,
-        now,
-        session_time,
-        None,
-    )
-    .await
-}
-
-async fn enqueue(
-    tx: &mut Transaction<'static, Sqlite>,
-    access_session_id: i64,
-    status_type: u32,
-    event_at: i64,
-    session_time_secs: Option<i64>,
-    cause: Option<u32>,
-) -> Result<(), StorageError> {
-    sqlx::query(
-        "INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, session_time_secs, \
-         terminate_cause, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(access_session_id)
-    .bind(AUTH_SERVER_DESTINATION)
-    .bind(status_type)
-    .bind(event_at)
-    .bind(session_time_secs)
-    .bind(cause)
-    .bind(event_at)
-    .bind(event_at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-impl Storage {
     /// Whether a session's packet of `status_type` has been acknowledged.
     pub async fn outbox_delivered(
         &self,
         access_session_id: i64,
         status_type: u32,
     ) -> Result<bool, StorageError> {
-        let delivered: Option<i64> = sqlx::query_scalar(
-            "SELECT delivered_at FROM accounting_outbox WHERE access_session_id = ? AND status_type = ? AND dead_at IS NULL ORDER BY id DESC LIMIT 1",
-        )
-        .bind(access_session_id)
-        .bind(status_type)
-        .fetch_optional(&self.pool)
-        .await?
-        .flatten();
-        Ok(delivered.is_some())
+        self.engine.read(|c| {
+            let delivered: Option<Option<i64>> = c
+                .prepare_cached(
+                    "SELECT delivered_at FROM accounting_outbox WHERE access_session_id = ? AND status_type = ? \
+                     AND dead_at IS NULL ORDER BY id DESC LIMIT 1",
+                )?
+                .query_row(params![access_session_id, status_type], |r| r.get(0))
+                .optional()?;
+            Ok(delivered.flatten().is_some())
+        })
     }
+}
+
+/// See [`Storage::open_session`].
+fn open_session_in(
+    c: &Connection,
+    new: &NewAccessSession,
+) -> Result<(i64, Vec<Stopped>), StorageError> {
+    // Defence in depth against a disable racing the login: writers are serialized, so either
+    // this session commits first (and the disable's stop job sees it) or the flag is already
+    // off here and nothing is created.
+    let active: Option<bool> = c
+        .prepare_cached("SELECT is_active FROM organizations WHERE id = ?")?
+        .query_row([&new.organization_id], |r| r.get(0))
+        .optional()?;
+    if active != Some(true) {
+        return Err(StorageError::OrganizationDisabled);
+    }
+    let previous: Vec<i64> = c
+        .prepare_cached(
+            "SELECT id FROM access_sessions WHERE organization_id = ? AND client_ip = ? AND state = 'active'",
+        )?
+        .query_map([&new.organization_id, &new.client_ip], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut stopped = Vec::new();
+    for id in previous {
+        if stop_in(c, id, terminate_cause::PORT_PREEMPTED, new.started_at, None)? {
+            stopped.push(Stopped {
+                id,
+                due_at: new.started_at,
+                cause: terminate_cause::PORT_PREEMPTED,
+            });
+        }
+    }
+    let id: i64 = c
+        .prepare_cached(
+            "INSERT INTO access_sessions (acct_session_id, organization_id, username, client_ip, server_index, server_name, \
+             classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, next_interim_at, state) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active') RETURNING id",
+        )?
+        .query_row(
+            params![
+                new.acct_session_id,
+                new.organization_id,
+                new.username,
+                new.client_ip,
+                new.server_index,
+                new.server_name,
+                encode_classes(&new.classes),
+                new.reply_message,
+                new.started_at,
+                new.started_at,
+                new.window_ms,
+                new.limit_at,
+                new.expires_at,
+                new.interim_interval,
+                new.interim_interval.map(|secs| new.started_at + secs * 1000),
+            ],
+            |r| r.get(0),
+        )?;
+    insert_classes(c, id, &new.classes)?;
+    enqueue(c, id, status_type::START, new.started_at, None, None)?;
+    super::organizations::audit_on(
+        c,
+        new.started_at,
+        "user",
+        "login.accepted",
+        Some(&new.organization_id),
+        &serde_json::json!({
+            "username": new.username,
+            "client_ip": new.client_ip,
+            "acct_session_id": new.acct_session_id,
+            "server": new.server_name,
+        }),
+    )?;
+    Ok((id, stopped))
+}
+
+fn insert_classes(c: &Connection, id: i64, classes: &[Vec<u8>]) -> Result<(), StorageError> {
+    let mut insert =
+        c.prepare_cached("INSERT INTO session_classes (access_session_id, class) VALUES (?, ?)")?;
+    for class in classes {
+        insert.execute(params![id, class])?;
+    }
+    Ok(())
+}
+
+/// See [`Storage::dead_letter`].
+fn dead_letter_in(
+    c: &Connection,
+    id: i64,
+    now: i64,
+    reason: &str,
+    cascade: bool,
+) -> Result<(), StorageError> {
+    let session: Option<i64> = c
+        .prepare_cached(
+            "UPDATE accounting_outbox SET dead_at = ?, dead_reason = ?, claimed_until = NULL \
+             WHERE id = ? AND delivered_at IS NULL RETURNING access_session_id",
+        )?
+        .query_row(params![now, reason, id], |r| r.get(0))
+        .optional()?;
+    if let (Some(session), true) = (session, cascade) {
+        c.prepare_cached(
+            "UPDATE accounting_outbox SET dead_at = ?, dead_reason = 'its Start was never sent', claimed_until = NULL \
+             WHERE access_session_id = ? AND id > ? AND delivered_at IS NULL AND dead_at IS NULL",
+        )?
+        .execute([now, session, id])?;
+        c.prepare_cached(
+            "UPDATE access_sessions SET state = 'stopped', stopped_at = ?, terminate_cause = ? \
+             WHERE id = ? AND state = 'active'",
+        )?
+        .execute(params![now, terminate_cause::NAS_ERROR, session])?;
+    }
+    Ok(())
+}
+
+/// Stops `id` if active and queues its Stop (Acct-Session-Time up to `event_at`). `due_by` makes
+/// the stop conditional on the deadline still being due (a concurrent refresh wins).
+fn stop_in(
+    c: &Connection,
+    id: i64,
+    cause: u32,
+    event_at: i64,
+    due_by: Option<i64>,
+) -> Result<bool, StorageError> {
+    let ended: Option<(i64, String, String, String, String)> = c
+        .prepare_cached(
+            "UPDATE access_sessions SET state = 'stopped', stopped_at = ?1, terminate_cause = ?2 \
+             WHERE id = ?3 AND state = 'active' AND (?4 IS NULL OR expires_at <= ?4) \
+             RETURNING started_at, organization_id, username, client_ip, acct_session_id",
+        )?
+        .query_row(params![event_at, cause, id, due_by], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()?;
+    let Some((started_at, organization_id, username, client_ip, acct_session_id)) = ended else {
+        return Ok(false);
+    };
+    let session_time = (event_at - started_at).max(0) / 1000;
+    super::organizations::audit_on(
+        c,
+        event_at,
+        "system",
+        "session.end",
+        Some(&organization_id),
+        &serde_json::json!({
+            "acct_session_id": acct_session_id,
+            "username": username,
+            "client_ip": client_ip,
+            "terminate_cause": cause,
+            "session_time_s": session_time,
+        }),
+    )?;
+    enqueue(
+        c,
+        id,
+        status_type::STOP,
+        event_at,
+        Some(session_time),
+        Some(cause),
+    )?;
+    Ok(true)
+}
+
+/// Queues an Interim-Update at `now` with the session time since `started_at`.
+fn enqueue_interim(
+    c: &Connection,
+    access_session_id: i64,
+    started_at: i64,
+    now: i64,
+) -> Result<(), StorageError> {
+    // Coalesce: an Interim-Update not yet on its way is superseded by this newer one (an outage
+    // must not pile up one row per refresh or per interval).
+    c.prepare_cached(
+        "DELETE FROM accounting_outbox WHERE access_session_id = ? AND status_type = ? \
+         AND delivered_at IS NULL AND dead_at IS NULL AND claimed_until IS NULL",
+    )?
+    .execute(params![access_session_id, status_type::INTERIM_UPDATE])?;
+    let session_time = Some((now - started_at) / 1000);
+    enqueue(
+        c,
+        access_session_id,
+        status_type::INTERIM_UPDATE,
+        now,
+        session_time,
+        None,
+    )
+}
+
+fn enqueue(
+    c: &Connection,
+    access_session_id: i64,
+    status_type: u32,
+    event_at: i64,
+    session_time_secs: Option<i64>,
+    cause: Option<u32>,
+) -> Result<(), StorageError> {
+    c.prepare_cached(
+        "INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, session_time_secs, \
+         terminate_cause, next_attempt_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?4, ?4)",
+    )?
+    .execute(params![
+        access_session_id,
+        AUTH_SERVER_DESTINATION,
+        status_type,
+        event_at,
+        session_time_secs,
+        cause
+    ])?;
+    Ok(())
 }

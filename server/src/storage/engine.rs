@@ -1,0 +1,309 @@
+//! The SQLite engine under [`super::Storage`]: rusqlite connections used where the caller runs
+//! (a read of a few indexed rows costs microseconds; no thread hop per statement) and one writer
+//! thread that commits whatever writes are queued together (group commit: one fsync for a batch).
+//!
+//! A write is a closure run on the writer's connection inside the batch's transaction, in its
+//! own savepoint: an `Err` rolls back that write alone. Its result reaches the caller only after
+//! the batch's COMMIT returned (synchronous=FULL), so an acknowledged write survives power loss.
+//! If the COMMIT fails, every write of the batch gets the error and none happened.
+
+use super::StorageError;
+use rusqlite::{Connection, OpenFlags};
+use std::{
+    panic::AssertUnwindSafe,
+    path::{Path, PathBuf},
+    sync::{mpsc, Arc, Mutex},
+    time::Duration,
+};
+
+/// Writes committed together at most (a batch's latency grows with it).
+const MAX_BATCH: usize = 256;
+/// Idle reader connections kept open.
+const MAX_IDLE_READERS: usize = 8;
+/// How long a statement waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Handle to the engine. Cheap to clone; the writer thread ends with the last handle.
+#[derive(Clone)]
+pub(crate) struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    jobs: mpsc::Sender<Box<dyn WriteJob>>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+/// A queued write, type-erased for the writer's channel.
+trait WriteJob: Send {
+    /// Runs inside the batch's transaction; false: roll this write back.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Reports the outcome once the batch is over (`Err`: the batch was not committed).
+    fn finish(self: Box<Self>, batch: Result<(), String>);
+}
+
+struct Job<F, R> {
+    work: Option<F>,
+    result: Option<Result<R, StorageError>>,
+    reply: tokio::sync::oneshot::Sender<Result<R, StorageError>>,
+}
+
+impl<F, R> WriteJob for Job<F, R>
+where
+    F: FnOnce(&Connection) -> Result<R, StorageError> + Send,
+    R: Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| work(conn)))
+            .unwrap_or_else(|_| Err(StorageError::Engine("a database write panicked".into())));
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn finish(self: Box<Self>, batch: Result<(), String>) {
+        let outcome = match (self.result, batch) {
+            // A write that failed on its own reports its own error, committed or not.
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(value)), Ok(())) => Ok(value),
+            (_, Err(e)) => Err(StorageError::Engine(e)),
+            (None, Ok(())) => Err(StorageError::Engine("the write did not run".into())),
+        };
+        // The caller may have gone away (its request was cancelled): the write stands.
+        let _ = self.reply.send(outcome);
+    }
+}
+
+fn configure(conn: &Connection, reader: bool) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    if reader {
+        conn.pragma_update(None, "query_only", true)?;
+    }
+    conn.set_prepared_statement_cache_capacity(128);
+    Ok(())
+}
+
+impl Engine {
+    /// Opens the engine on an existing, migrated database in WAL mode.
+    pub(crate) fn open(path: &Path) -> Result<Engine, StorageError> {
+        let writer = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        configure(&writer, false)?;
+        let (jobs, queue) = mpsc::channel::<Box<dyn WriteJob>>();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(&writer, &queue))
+            .map_err(|e| StorageError::Engine(format!("cannot start the database writer: {e}")))?;
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                jobs,
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Runs `work` in the next write batch and returns its result once the batch is durable.
+    pub(crate) async fn write<R, F>(&self, work: F) -> Result<R, StorageError>
+    where
+        F: FnOnce(&Connection) -> Result<R, StorageError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.inner
+            .jobs
+            .send(Box::new(Job {
+                work: Some(work),
+                result: None,
+                reply,
+            }))
+            .map_err(|_| StorageError::Engine("the database writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StorageError::Engine("the database writer has stopped".into()))?
+    }
+
+    /// Runs a short read right here on a reader connection (its own snapshot per statement).
+    pub(crate) fn read<R>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<R, StorageError>,
+    ) -> Result<R, StorageError> {
+        let conn = self.reader()?;
+        let result = work(&conn);
+        let mut idle = self.inner.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
+
+    /// A read that may scan many rows (counts, listings): on a blocking thread.
+    pub(crate) async fn read_long<R, F>(&self, work: F) -> Result<R, StorageError>
+    where
+        F: FnOnce(&Connection) -> Result<R, StorageError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || engine.read(work))
+            .await
+            .map_err(|e| StorageError::Engine(format!("a database read failed: {e}")))?
+    }
+
+    fn reader(&self) -> Result<Connection, StorageError> {
+        let idle = self
+            .inner
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        if let Some(conn) = idle {
+            return Ok(conn);
+        }
+        let conn = Connection::open_with_flags(
+            &self.inner.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        configure(&conn, true)?;
+        Ok(conn)
+    }
+}
+
+fn writer_loop(conn: &Connection, queue: &mpsc::Receiver<Box<dyn WriteJob>>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let outcome = run_batch(conn, &mut batch).map_err(|e| {
+            tracing::error!(error = %e, writes = batch.len(), "database write batch failed; nothing of it was stored");
+            format!("database write failed: {e}")
+        });
+        for job in batch {
+            job.finish(outcome.clone());
+        }
+    }
+}
+
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> rusqlite::Result<()> {
+    exec(conn, "BEGIN IMMEDIATE")?;
+    let ran = (|| {
+        for job in batch.iter_mut() {
+            exec(conn, "SAVEPOINT write")?;
+            if job.run(conn) {
+                exec(conn, "RELEASE write")?;
+            } else {
+                exec(conn, "ROLLBACK TO write")?;
+                exec(conn, "RELEASE write")?;
+            }
+        }
+        if conn.is_autocommit() {
+            // SQLite rolled the whole transaction back on its own (I/O error, full disk).
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                Some("the transaction was rolled back".into()),
+            ));
+        }
+        exec(conn, "COMMIT")
+    })();
+    if ran.is_err() && !conn.is_autocommit() {
+        let _ = exec(conn, "ROLLBACK");
+    }
+    ran
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn engine() -> (tempfile::TempDir, Engine) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("engine.db");
+        let conn = Connection::open(&path).expect("create");
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL UNIQUE);",
+        )
+        .expect("schema");
+        drop(conn);
+        let engine = Engine::open(&path).expect("engine");
+        (dir, engine)
+    }
+
+    fn count(engine: &Engine) -> i64 {
+        engine
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
+            .expect("count")
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_rolled_back_alone_and_the_others_commit() {
+        let (_dir, engine) = engine().await;
+        let mut writes = Vec::new();
+        for i in 0..50 {
+            let engine = engine.clone();
+            writes.push(tokio::spawn(async move {
+                engine
+                    .write(move |c| {
+                        c.execute("INSERT INTO t (v) VALUES (?)", [format!("v{i}")])?;
+                        if i % 10 == 0 {
+                            // A duplicate fails; its own insert above must not survive.
+                            c.execute("INSERT INTO t (v) VALUES (?)", [format!("v{i}")])?;
+                        }
+                        Ok(i)
+                    })
+                    .await
+            }));
+        }
+        let mut failed = 0;
+        for write in writes {
+            if write.await.expect("task").is_err() {
+                failed += 1;
+            }
+        }
+        assert_eq!(failed, 5);
+        assert_eq!(count(&engine), 45);
+        let zero: i64 = engine
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM t WHERE v = 'v0'", [], |r| r.get(0))?))
+            .expect("read");
+        assert_eq!(zero, 0);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_write_fails_without_stopping_the_writer() {
+        let (_dir, engine) = engine().await;
+        let panicked = engine
+            .write(|c| -> Result<(), StorageError> {
+                c.execute("INSERT INTO t (v) VALUES ('a')", [])?;
+                panic!("boom")
+            })
+            .await;
+        assert!(matches!(panicked, Err(StorageError::Engine(_))));
+        engine
+            .write(|c| Ok(c.execute("INSERT INTO t (v) VALUES ('b')", [])?))
+            .await
+            .expect("the writer still works");
+        assert_eq!(count(&engine), 1);
+    }
+
+    #[tokio::test]
+    async fn readers_cannot_write() {
+        let (_dir, engine) = engine().await;
+        let tried = engine.read(|c| Ok(c.execute("INSERT INTO t (v) VALUES ('x')", [])?));
+        assert!(tried.is_err());
+        assert_eq!(count(&engine), 0);
+    }
+}
