@@ -4,7 +4,9 @@
 # docs/BENCHMARKS.md with the date and machine.
 #   USERS="1 16 64" DURATION=10s scripts/bench-journeys.sh
 #   PERF=1 ...  also records a perf profile of the portal during the last count (needs linux-perf);
-#               PERF_SORT=comm,dso sorts it by thread and library instead of by symbol.
+#               PERF_SORT=comm,dso sorts it by thread and library instead of by symbol;
+#               PERF_KEEP=FILE keeps the recording there for `perf report -i FILE`;
+#               PERF_CALL_GRAPH=dwarf PERF_FREQ=99 for call stacks through Rust code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -71,7 +73,7 @@ echo "portal $(target/release/radius-portal --version 2>/dev/null || true), Free
 last=${USERS##* }
 for users in $USERS; do
   if [ "${PERF:-}" = 1 ] && [ "$users" = "$last" ]; then
-    perf record -F 499 -g -p "$portal_pid" -o "$state/perf.data" -- sleep "${DURATION%s}" >/dev/null 2>&1 &
+    perf record -F "${PERF_FREQ:-499}" --call-graph "${PERF_CALL_GRAPH:-fp}" -p "$portal_pid" -o "$state/perf.data" -- sleep "${DURATION%s}" >/dev/null 2>&1 &
     perf_pid=$!
   fi
   target/release/portal-load --url "http://127.0.0.1:$http" --users "$users" --duration "$DURATION" \
@@ -80,5 +82,7 @@ for users in $USERS; do
 done
 if [ -n "${perf_pid:-}" ]; then
   wait "$perf_pid" || true
-  perf report -i "$state/perf.data" --no-children --sort "${PERF_SORT:-dso,symbol}" --stdio -g none 2>/dev/null | head -60
+  [ -z "${PERF_KEEP:-}" ] || cp "$state/perf.data" "$PERF_KEEP"
+  { perf report -i "$state/perf.data" --no-children --sort "${PERF_SORT:-dso,symbol}" --stdio -g none 2>/dev/null \
+    | grep -v '^#' | sed 's/ \{2,\}/ /g' | cut -c1-140 | head -60; } || true
 fi

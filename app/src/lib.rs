@@ -41,7 +41,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <meta charset="utf-8" />
                 <meta name="viewport" content="width=device-width, initial-scale=1" />
                 <link rel="icon" href="/favicon.svg" type="image/svg+xml" />
-                <leptos_meta::HashedStylesheet options=options.clone() id="leptos" />
+                <link id="leptos" rel="stylesheet" href=stylesheet_href(&options) />
                 <AutoReload options=options />
                 <leptos_meta::MetaTags />
             </head>
@@ -50,6 +50,33 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
             </body>
         </html>
     }
+}
+
+/// The stylesheet's URL with its content hash (`hash.txt` beside the binary, as Leptos's
+/// `HashedStylesheet` finds it), worked out once per process rather than read on every render.
+fn stylesheet_href(options: &LeptosOptions) -> String {
+    static HREF: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HREF.get_or_init(|| {
+        let mut name = options.output_name.to_string();
+        if options.hash_files {
+            let hashes = std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|dir| dir.join(options.hash_file.as_ref())))
+                .and_then(|file| std::fs::read_to_string(file).ok())
+                .unwrap_or_default();
+            let css = hashes
+                .lines()
+                .find_map(|line| match line.trim().split_once(':') {
+                    Some(("css", hash)) => Some(hash.trim().to_string()),
+                    _ => None,
+                });
+            if let Some(hash) = css {
+                name = format!("{name}.{hash}");
+            }
+        }
+        format!("/{}/{name}.css", options.site_pkg_dir)
+    })
+    .clone()
 }
 
 /// Sends the strict CSP of design.md §6 with a fresh nonce; Leptos puts the same nonce on the
@@ -62,13 +89,14 @@ fn set_content_security_policy() {
     };
     let nonce = use_nonce().map(|n| n.to_string()).unwrap_or_default();
     // Under `cargo leptos watch` the live-reload websocket needs its port in connect-src.
-    let reload = match std::env::var("LEPTOS_WATCH") {
+    static RELOAD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let reload = RELOAD.get_or_init(|| match std::env::var("LEPTOS_WATCH") {
         Ok(_) => {
             let port = std::env::var("LEPTOS_RELOAD_PORT").unwrap_or_else(|_| "3001".into());
             format!(" ws://127.0.0.1:{port} ws://localhost:{port}")
         }
         Err(_) => String::new(),
-    };
+    });
     let policy = format!(
         "default-src 'self'; script-src 'self' 'nonce-{nonce}' 'wasm-unsafe-eval'; \
          style-src 'self'; img-src 'self' data:; connect-src 'self'{reload}; object-src 'none'; \

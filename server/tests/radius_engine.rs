@@ -264,7 +264,7 @@ async fn a_row_that_cannot_be_encoded_is_dead_lettered_and_does_not_block_others
     let db = dir.path().join("portal.db");
     // 20 Class values of 250 bytes: no RADIUS packet can carry them.
     let now = radius_portal::access_session::now_ms();
-    let (huge, _) = app
+    let huge = app
         .storage
         .open_session(&NewAccessSession {
             acct_session_id: "huge-class-session".into(),
@@ -280,9 +280,11 @@ async fn a_row_that_cannot_be_encoded_is_dead_lettered_and_does_not_block_others
             limit_at: None,
             expires_at: now + 3_600_000,
             interim_interval: None,
+            start_claimed_until: None,
         })
         .await
-        .unwrap();
+        .unwrap()
+        .id;
 
     // A normal user's whole session goes through meanwhile (its disconnect wakes the loop).
     let browser = app.browser(client(1));

@@ -223,8 +223,10 @@ impl AccessSessions {
                 .interim_interval
                 .filter(|secs| *secs > 0)
                 .map(|secs| i64::from(secs).max(org.min_interim_interval.as_secs() as i64)),
+            // This request sends the Start itself (below), so it is queued already claimed.
+            start_claimed_until: Some(started_at + crate::accounting::CLAIM_LEASE_MS),
         };
-        let (id, preempted) = match self.storage.open_session(&new).await {
+        let opened = match self.storage.open_session(&new).await {
             Err(StorageError::OrganizationDisabled) => {
                 tracing::warn!(organization = %org.id, username, %client_ip,
                     "login accepted by RADIUS but the organization was disabled meanwhile: no session");
@@ -232,6 +234,7 @@ impl AccessSessions {
             }
             other => other?,
         };
+        let (id, preempted) = (opened.id, opened.preempted);
         self.expiry_wake
             .due_at(new.interim_interval.map_or(new.expires_at, |secs| {
                 new.expires_at.min(new.started_at + secs * 1000)
@@ -261,11 +264,19 @@ impl AccessSessions {
             "access session opened");
         // The Start's own budget: what is left of the login deadline, but at least one exchange.
         let start_deadline = deadline.max(Instant::now() + exchange_time);
-        if !self
-            .accounting
-            .deliver_now(id, status_type::START, start_deadline)
-            .await?
-        {
+        let start_delivered = match opened.claimed_start {
+            Some(start) => {
+                self.accounting
+                    .deliver_claimed(start, start_deadline)
+                    .await?
+            }
+            None => {
+                self.accounting
+                    .deliver_now(id, status_type::START, start_deadline)
+                    .await?
+            }
+        };
+        if !start_delivered {
             // Never sent: roll the session back (no Start, no Stop). Sent but unanswered: the
             // server may have it, so end it with a Stop queued behind the Start.
             let rolled_back = self

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 /// A sender owns a claimed row this long; afterwards the row may be claimed again. Longer than
 /// any single delivery (waiting for a send slot plus one exchange's deadline).
-const CLAIM_LEASE_MS: i64 = 120_000;
+pub(crate) const CLAIM_LEASE_MS: i64 = 120_000;
 /// Longest sleep between outbox checks.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// Cap of the retry backoff.
@@ -169,6 +169,23 @@ impl Accounting {
                 return Ok(false);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Delivers a row the caller already holds the claim of (the Start a login queued
+    /// claimed). True once acknowledged before `deadline`. The delivery runs as a task of its
+    /// own: a caller that goes away (a cancelled request) does not leave the claim held.
+    pub async fn deliver_claimed(
+        &self,
+        row: OutboxRow,
+        deadline: Instant,
+    ) -> Result<bool, OutboxError> {
+        let this = self.clone();
+        let delivery = tokio::spawn(async move { this.deliver(row, Some(deadline)).await });
+        match delivery.await {
+            Ok(outcome) => Ok(outcome? == Delivery::Delivered),
+            // The delivery panicked: its claim lapses and the loop sends the row later.
+            Err(_) => Ok(false),
         }
     }
 

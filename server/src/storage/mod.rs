@@ -118,6 +118,20 @@ pub struct NewAccessSession {
     /// Seconds between periodic Interim-Updates (Acct-Interim-Interval, at least the
     /// organization's minimum), or None.
     pub interim_interval: Option<i64>,
+    /// The caller sends the Start itself: it is queued already claimed until then (no second
+    /// write to claim it). None: the delivery loop sends it.
+    pub start_claimed_until: Option<i64>,
+}
+
+/// What opening a session did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenedSession {
+    /// The new session's row id.
+    pub id: i64,
+    /// The client's previous session, stopped (Port-Preempted) with its Stop queued.
+    pub preempted: Vec<sqlite::Stopped>,
+    /// The Start, claimed for the caller when it asked ([`NewAccessSession::start_claimed_until`]).
+    pub claimed_start: Option<OutboxRow>,
 }
 
 /// An outbox row claimed for delivery.

@@ -6,7 +6,7 @@
 
 use super::{
     decode_classes, encode_classes, engine::Engine, AccessSessionRecord, NewAccessSession,
-    OutboxEntry, OutboxRow, SessionMatch, StorageError,
+    OpenedSession, OutboxEntry, OutboxRow, SessionMatch, StorageError,
 };
 use crate::radius::{status_type, terminate_cause};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -279,12 +279,13 @@ impl Storage {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    /// Creates an access session with its Start queued. An active session of the same
-    /// (organization, client IP) is stopped first (Port-Preempted), in the same transaction.
+    /// Creates an access session with its Start queued (claimed for the caller if it asks). An
+    /// active session of the same (organization, client IP) is stopped first (Port-Preempted),
+    /// in the same transaction.
     pub async fn open_session(
         &self,
         new: &NewAccessSession,
-    ) -> Result<(i64, Vec<Stopped>), StorageError> {
+    ) -> Result<OpenedSession, StorageError> {
         let new = new.clone();
         self.engine.write(move |c| open_session_in(c, &new)).await
     }
@@ -813,10 +814,7 @@ impl Storage {
 }
 
 /// See [`Storage::open_session`].
-fn open_session_in(
-    c: &Connection,
-    new: &NewAccessSession,
-) -> Result<(i64, Vec<Stopped>), StorageError> {
+fn open_session_in(c: &Connection, new: &NewAccessSession) -> Result<OpenedSession, StorageError> {
     // Defence in depth against a disable racing the login: writers are serialized, so either
     // this session commits first (and the disable's stop job sees it) or the flag is already
     // off here and nothing is created.
@@ -870,7 +868,17 @@ fn open_session_in(
             |r| r.get(0),
         )?;
     insert_classes(c, id, &new.classes)?;
-    enqueue(c, id, status_type::START, new.started_at, None, None)?;
+    let start = enqueue(c, id, status_type::START, new.started_at, None, None)?;
+    let claimed_start = match new.start_claimed_until {
+        Some(until) => Some(
+            c.prepare_cached(concat!(
+                "UPDATE accounting_outbox SET claimed_until = ?, attempts = 1 WHERE id = ? RETURNING ",
+                outbox_columns!()
+            ))?
+            .query_row([until, start], outbox_from_row)?,
+        ),
+        None => None,
+    };
     super::organizations::audit_on(
         c,
         new.started_at,
@@ -884,7 +892,11 @@ fn open_session_in(
             "server": new.server_name,
         }),
     )?;
-    Ok((id, stopped))
+    Ok(OpenedSession {
+        id,
+        preempted: stopped,
+        claimed_start,
+    })
 }
 
 fn insert_classes(c: &Connection, id: i64, classes: &[Vec<u8>]) -> Result<(), StorageError> {
@@ -997,6 +1009,7 @@ fn enqueue_interim(
         session_time,
         None,
     )
+    .map(|_| ())
 }
 
 fn enqueue(
@@ -1006,7 +1019,7 @@ fn enqueue(
     event_at: i64,
     session_time_secs: Option<i64>,
     cause: Option<u32>,
-) -> Result<(), StorageError> {
+) -> Result<i64, StorageError> {
     c.prepare_cached(
         "INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, session_time_secs, \
          terminate_cause, next_attempt_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?4, ?4)",
@@ -1019,5 +1032,5 @@ fn enqueue(
         session_time_secs,
         cause
     ])?;
-    Ok(())
+    Ok(c.last_insert_rowid())
 }
