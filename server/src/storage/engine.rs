@@ -6,6 +6,13 @@
 //! own savepoint: an `Err` rolls back that write alone. Its result reaches the caller only after
 //! the batch's COMMIT returned (synchronous=FULL), so an acknowledged write survives power loss.
 //! If the COMMIT fails, every write of the batch gets the error and none happened.
+//!
+//! A write may be *relaxed* ([`Engine::write_relaxed`]): bookkeeping whose loss on power failure
+//! is harmless (a delivery mark: the row is sent again, idempotent; a claim: claims are void
+//! after a restart anyway). A batch of relaxed writes only commits without the fsync
+//! (synchronous=NORMAL); the next durable batch's fsync makes it durable too, because the WAL is
+//! written in order — so a relaxed write can be lost only together with everything after it, and
+//! never a durable write before it. Any durable write in a batch makes the whole batch FULL.
 
 use super::StorageError;
 use rusqlite::{Connection, OpenFlags};
@@ -37,6 +44,8 @@ struct Inner {
 
 /// A queued write, type-erased for the writer's channel.
 trait WriteJob: Send {
+    /// Must this write survive power loss once acknowledged?
+    fn durable(&self) -> bool;
     /// Runs inside the batch's transaction; false: roll this write back.
     fn run(&mut self, conn: &Connection) -> bool;
     /// Reports the outcome once the batch is over (`Err`: the batch was not committed).
@@ -44,6 +53,7 @@ trait WriteJob: Send {
 }
 
 struct Job<F, R> {
+    durable: bool,
     work: Option<F>,
     result: Option<Result<R, StorageError>>,
     reply: tokio::sync::oneshot::Sender<Result<R, StorageError>>,
@@ -54,6 +64,10 @@ where
     F: FnOnce(&Connection) -> Result<R, StorageError> + Send,
     R: Send,
 {
+    fn durable(&self) -> bool {
+        self.durable
+    }
+
     fn run(&mut self, conn: &Connection) -> bool {
         let Some(work) = self.work.take() else {
             return false;
@@ -117,10 +131,29 @@ impl Engine {
         F: FnOnce(&Connection) -> Result<R, StorageError> + Send + 'static,
         R: Send + 'static,
     {
+        self.submit(true, work).await
+    }
+
+    /// Like [`Engine::write`] for bookkeeping whose loss on power failure is harmless: returns
+    /// once committed, durable with the next durable write (see the module notes).
+    pub(crate) async fn write_relaxed<R, F>(&self, work: F) -> Result<R, StorageError>
+    where
+        F: FnOnce(&Connection) -> Result<R, StorageError> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.submit(false, work).await
+    }
+
+    async fn submit<R, F>(&self, durable: bool, work: F) -> Result<R, StorageError>
+    where
+        F: FnOnce(&Connection) -> Result<R, StorageError> + Send + 'static,
+        R: Send + 'static,
+    {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.inner
             .jobs
             .send(Box::new(Job {
+                durable,
                 work: Some(work),
                 result: None,
                 reply,
@@ -177,6 +210,7 @@ impl Engine {
 }
 
 fn writer_loop(conn: &Connection, queue: &mpsc::Receiver<Box<dyn WriteJob>>) {
+    let mut synced = true;
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -185,7 +219,10 @@ fn writer_loop(conn: &Connection, queue: &mpsc::Receiver<Box<dyn WriteJob>>) {
                 Err(_) => break,
             }
         }
-        let outcome = run_batch(conn, &mut batch).map_err(|e| {
+        let durable = batch.iter().any(|job| job.durable());
+        let outcome = sync_mode(conn, &mut synced, durable)
+            .and_then(|()| run_batch(conn, &mut batch))
+            .map_err(|e| {
             tracing::error!(error = %e, writes = batch.len(), "database write batch failed; nothing of it was stored");
             format!("database write failed: {e}")
         });
@@ -193,6 +230,22 @@ fn writer_loop(conn: &Connection, queue: &mpsc::Receiver<Box<dyn WriteJob>>) {
             job.finish(outcome.clone());
         }
     }
+}
+
+/// FULL (fsync at commit) for a batch with a durable write, NORMAL otherwise.
+fn sync_mode(conn: &Connection, synced: &mut bool, durable: bool) -> rusqlite::Result<()> {
+    if *synced != durable {
+        exec(
+            conn,
+            if durable {
+                "PRAGMA synchronous = FULL"
+            } else {
+                "PRAGMA synchronous = NORMAL"
+            },
+        )?;
+        *synced = durable;
+    }
+    Ok(())
 }
 
 fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
@@ -297,6 +350,29 @@ mod tests {
             .await
             .expect("the writer still works");
         assert_eq!(count(&engine), 1);
+    }
+
+    #[tokio::test]
+    async fn relaxed_and_durable_writes_commit_together_and_are_read_back() {
+        let (_dir, engine) = engine().await;
+        let mut writes = Vec::new();
+        for i in 0..40 {
+            let engine = engine.clone();
+            writes.push(tokio::spawn(async move {
+                let work = move |c: &Connection| {
+                    Ok(c.execute("INSERT INTO t (v) VALUES (?)", [format!("v{i}")])?)
+                };
+                if i % 2 == 0 {
+                    engine.write_relaxed(work).await
+                } else {
+                    engine.write(work).await
+                }
+            }));
+        }
+        for write in writes {
+            assert_eq!(write.await.expect("task").expect("write"), 1);
+        }
+        assert_eq!(count(&engine), 40);
     }
 
     #[tokio::test]

@@ -507,6 +507,8 @@ impl Storage {
     /// Claims up to `limit` due outbox rows, each the first pending row of its session (and
     /// destination), so a session's packets go out in order while different sessions' packets
     /// go out together. A claim lasts until `lease_until`; an expired claim can be taken again.
+    /// Durable: a claim counts an attempt before the packet can leave, which is how a crash
+    /// after sending is told from a Start that never went out.
     pub async fn claim_due_outbox(
         &self,
         now: i64,
@@ -567,7 +569,7 @@ impl Storage {
     /// are void; their rows are sent again, idempotent by Acct-Session-Id and status type).
     pub async fn release_outbox_claims(&self) -> Result<u64, StorageError> {
         self.engine
-            .write(|c| {
+            .write_relaxed(|c| {
                 Ok(c.execute(
                     "UPDATE accounting_outbox SET claimed_until = NULL WHERE claimed_until IS NOT NULL AND delivered_at IS NULL",
                     [],
@@ -576,10 +578,11 @@ impl Storage {
             .await
     }
 
-    /// Marks a claimed row delivered.
+    /// Marks a claimed row delivered. Relaxed (see the engine): lost on power failure, the row
+    /// is sent again, which accounting servers take as a duplicate.
     pub async fn mark_delivered(&self, id: i64, now: i64) -> Result<(), StorageError> {
         self.engine
-            .write(move |c| {
+            .write_relaxed(move |c| {
                 c.prepare_cached(
                     "UPDATE accounting_outbox SET delivered_at = ?, claimed_until = NULL, last_error = NULL, \
                      transmissions = transmissions + 1 WHERE id = ?",
@@ -601,7 +604,7 @@ impl Storage {
     ) -> Result<(), StorageError> {
         let error = error.to_string();
         self.engine
-            .write(move |c| {
+            .write_relaxed(move |c| {
                 c.prepare_cached(
                     "UPDATE accounting_outbox SET next_attempt_at = ?, claimed_until = NULL, last_error = ?, \
                      transmissions = transmissions + ? WHERE id = ?",
@@ -699,7 +702,7 @@ impl Storage {
     /// Makes every pending row due now (a server came back: no need to wait out the backoff).
     pub async fn retry_pending_now(&self, now: i64) -> Result<u64, StorageError> {
         self.engine
-            .write(move |c| {
+            .write_relaxed(move |c| {
                 Ok(c.prepare_cached(concat!(
                     "UPDATE accounting_outbox AS o SET next_attempt_at = ?1 WHERE ",
                     pending_o!(),
@@ -730,7 +733,7 @@ impl Storage {
     /// sessions removed. Pending rows and active sessions are never touched.
     pub async fn prune(&self, before: i64) -> Result<u64, StorageError> {
         self.engine
-            .write(move |c| {
+            .write_relaxed(move |c| {
                 c.execute(
                     "DELETE FROM accounting_outbox WHERE access_session_id IN ( \
                        SELECT s.id FROM access_sessions s WHERE s.state = 'stopped' AND s.stopped_at < ? \
