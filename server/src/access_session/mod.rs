@@ -16,7 +16,10 @@ use crate::{
         Organization, Organizations,
     },
     radius::{status_type, terminate_cause, AuthOutcome, Radius, RadiusError},
-    storage::{AccessSessionRecord, NewAccessSession, SessionMatch, Storage, StorageError},
+    storage::{
+        sqlite::StopOutcome, AccessSessionRecord, NewAccessSession, SessionMatch, Storage,
+        StorageError,
+    },
 };
 use events::SessionEvents;
 use expiry::ExpiryWake;
@@ -348,29 +351,35 @@ impl AccessSessions {
     /// Ends the session at the user's request (Stop, User-Request).
     pub async fn disconnect(&self, id: i64) -> Result<(), SessionError> {
         if self
-            .storage
-            .stop_session(id, terminate_cause::USER_REQUEST, now_ms())
+            .stop_and_send(id, terminate_cause::USER_REQUEST)
             .await?
         {
             tracing::info!(session = id, "access session disconnected by the user");
-            self.accounting.wake();
-            self.events.publish(id);
         }
         Ok(())
+    }
+
+    /// Stops an active session with `cause`; its Stop leaves at once (claimed in the same
+    /// write) unless earlier rows of the session are still on their way. False if not active.
+    async fn stop_and_send(&self, id: i64, cause: u32) -> Result<bool, SessionError> {
+        let now = now_ms();
+        let outcome = self
+            .storage
+            .stop_session_claiming(id, cause, now, now + crate::accounting::CLAIM_LEASE_MS)
+            .await?;
+        match outcome {
+            StopOutcome::NotActive => return Ok(false),
+            StopOutcome::Queued => self.accounting.wake(),
+            StopOutcome::Claimed(stop) => self.accounting.send_claimed(stop),
+        }
+        self.events.publish(id);
+        Ok(true)
     }
 
     /// Ends a session on the operator's or the RADIUS server's behalf (Stop, Admin-Reset).
     /// False if it was not active.
     pub async fn stop_by_operator(&self, id: i64) -> Result<bool, SessionError> {
-        let stopped = self
-            .storage
-            .stop_session(id, terminate_cause::ADMIN_RESET, now_ms())
-            .await?;
-        if stopped {
-            self.accounting.wake();
-            self.events.publish(id);
-        }
-        Ok(stopped)
+        self.stop_and_send(id, terminate_cause::ADMIN_RESET).await
     }
 
     /// Active sessions a Dynamic Authorization request names.

@@ -86,6 +86,9 @@ pub struct Accounting {
     /// One send window per destination address, so a slow or dead server only ever holds its
     /// own slots. A std Mutex: map lookups only.
     windows: Arc<Mutex<HashMap<SocketAddr, Arc<Semaphore>>>>,
+    /// Deliveries of rows a request claimed itself (a login's Start, a user's Stop): a graceful
+    /// shutdown waits for them like for the loop's own.
+    claimed: tokio_util::task::TaskTracker,
 }
 
 /// Delay before retry `attempts` (1-based): 1 s, 2 s, 4 s … capped at 5 min.
@@ -122,6 +125,7 @@ impl Accounting {
             organizations,
             wake: Arc::new(Notify::new()),
             windows: Arc::default(),
+            claimed: tokio_util::task::TaskTracker::new(),
         }
     }
 
@@ -181,12 +185,30 @@ impl Accounting {
         deadline: Instant,
     ) -> Result<bool, OutboxError> {
         let this = self.clone();
-        let delivery = tokio::spawn(async move { this.deliver(row, Some(deadline)).await });
+        let delivery = self
+            .claimed
+            .spawn(async move { this.deliver(row, Some(deadline)).await });
         match delivery.await {
             Ok(outcome) => Ok(outcome? == Delivery::Delivered),
             // The delivery panicked: its claim lapses and the loop sends the row later.
             Err(_) => Ok(false),
         }
+    }
+
+    /// Sends a row the caller claimed (a user's Stop) right away in the background, not at the
+    /// delivery loop's next pass. If it is not delivered, the loop takes it from there.
+    pub fn send_claimed(&self, row: OutboxRow) {
+        let this = self.clone();
+        self.claimed.spawn(async move {
+            match this.deliver(row, None).await {
+                Ok(Delivery::Delivered) => {}
+                Ok(_) => this.wake(),
+                Err(e) => {
+                    tracing::error!(error = ?e, "accounting delivery failed");
+                    this.wake();
+                }
+            }
+        });
     }
 
     async fn dead_letter(
@@ -405,10 +427,12 @@ impl Accounting {
                         in_flight.spawn(async move { this.deliver(row, None).await });
                     }
                 }
-                if in_flight.is_empty() {
+                if in_flight.is_empty() && self.claimed.is_empty() {
                     return;
                 }
                 while in_flight.join_next().await.is_some() {}
+                self.claimed.close();
+                self.claimed.wait().await;
                 in_flight_ids.clear();
             }
         })

@@ -545,22 +545,31 @@ impl Storage {
         lease_until: i64,
     ) -> Result<Option<OutboxRow>, StorageError> {
         self.engine
+            .write(move |c| claim_session_in(c, access_session_id, status_type, now, lease_until))
+            .await
+    }
+
+    /// Stops an active session like [`Storage::stop_session`] and, in the same write, claims
+    /// its Stop for the caller until `lease_until` when nothing of the session is still pending
+    /// before it (the caller sends it at once).
+    pub async fn stop_session_claiming(
+        &self,
+        id: i64,
+        cause: u32,
+        event_at: i64,
+        lease_until: i64,
+    ) -> Result<StopOutcome, StorageError> {
+        self.engine
             .write(move |c| {
-                Ok(c.prepare_cached(concat!(
-                    "UPDATE accounting_outbox SET claimed_until = ?1, attempts = attempts + 1 WHERE id = ( \
-                       SELECT o.id FROM accounting_outbox o \
-                       WHERE o.access_session_id = ?2 AND o.status_type = ?3 AND ",
-                    pending_o!(),
-                    " AND (o.claimed_until IS NULL OR o.claimed_until < ?4) AND ",
-                    head_o!(),
-                    " ORDER BY o.id LIMIT 1) RETURNING ",
-                    outbox_columns!()
-                ))?
-                .query_row(
-                    params![lease_until, access_session_id, status_type, now],
-                    outbox_from_row,
+                if !stop_in(c, id, cause, event_at, None)? {
+                    return Ok(StopOutcome::NotActive);
+                }
+                Ok(
+                    match claim_session_in(c, id, status_type::STOP, event_at, lease_until)? {
+                        Some(stop) => StopOutcome::Claimed(stop),
+                        None => StopOutcome::Queued,
+                    },
                 )
-                .optional()?)
             })
             .await
     }
@@ -814,6 +823,42 @@ impl Storage {
             Ok(delivered.flatten().is_some())
         })
     }
+}
+
+/// What [`Storage::stop_session_claiming`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// The session was not active: nothing changed.
+    NotActive,
+    /// Stopped; its Stop waits behind earlier rows for the delivery loop.
+    Queued,
+    /// Stopped; its Stop is claimed for the caller.
+    Claimed(OutboxRow),
+}
+
+/// See [`Storage::claim_session_outbox`].
+fn claim_session_in(
+    c: &Connection,
+    access_session_id: i64,
+    status_type: u32,
+    now: i64,
+    lease_until: i64,
+) -> Result<Option<OutboxRow>, StorageError> {
+    Ok(c.prepare_cached(concat!(
+        "UPDATE accounting_outbox SET claimed_until = ?1, attempts = attempts + 1 WHERE id = ( \
+               SELECT o.id FROM accounting_outbox o \
+               WHERE o.access_session_id = ?2 AND o.status_type = ?3 AND ",
+        pending_o!(),
+        " AND (o.claimed_until IS NULL OR o.claimed_until < ?4) AND ",
+        head_o!(),
+        " ORDER BY o.id LIMIT 1) RETURNING ",
+        outbox_columns!()
+    ))?
+    .query_row(
+        params![lease_until, access_session_id, status_type, now],
+        outbox_from_row,
+    )
+    .optional()?)
 }
 
 /// See [`Storage::open_session`].

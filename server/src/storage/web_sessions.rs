@@ -1,6 +1,10 @@
 //! Web sessions (tower-sessions' records) in the portal's database, through the same engine as
 //! everything else: a load is a read where the request runs, a save joins the next write batch.
 //! Records are MessagePack like tower-sessions' own stores; expiry is Unix seconds.
+//!
+//! Writes are relaxed (no fsync of their own; see the engine): a power failure may at worst sign
+//! a browser out or bring back a web session whose access session has ended — never an access
+//! session, a Stop or a Start, which are written durably before the web session changes.
 
 use super::{engine::Engine, Storage, StorageError};
 use rusqlite::OptionalExtension;
@@ -47,7 +51,7 @@ impl WebSessionStore {
     pub async fn delete_expired(&self) -> Result<usize, StorageError> {
         let now = now_secs();
         self.engine
-            .write(move |c| {
+            .write_relaxed(move |c| {
                 Ok(c.execute("DELETE FROM tower_sessions WHERE expiry_date <= ?", [now])?)
             })
             .await
@@ -66,7 +70,7 @@ impl SessionStore for WebSessionStore {
             );
             let inserted = self
                 .engine
-                .write(move |c| {
+                .write_relaxed(move |c| {
                     Ok(c.prepare_cached(
                         "INSERT INTO tower_sessions (id, data, expiry_date) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
                     )?
@@ -88,7 +92,7 @@ impl SessionStore for WebSessionStore {
             record.expiry_date.unix_timestamp(),
         );
         self.engine
-            .write(move |c| {
+            .write_relaxed(move |c| {
                 c.prepare_cached(
                     "INSERT INTO tower_sessions (id, data, expiry_date) VALUES (?, ?, ?) \
                      ON CONFLICT (id) DO UPDATE SET data = excluded.data, expiry_date = excluded.expiry_date",
@@ -121,7 +125,7 @@ impl SessionStore for WebSessionStore {
     async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
         let id = session_id.to_string();
         self.engine
-            .write(move |c| {
+            .write_relaxed(move |c| {
                 c.prepare_cached("DELETE FROM tower_sessions WHERE id = ?")?
                     .execute([id])?;
                 Ok(())
