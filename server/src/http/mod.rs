@@ -390,6 +390,10 @@ async fn readyz(State(ready): State<Readiness>) -> Response {
         )
             .into_response();
     }
+    if !storage.writable() {
+        tracing::error!("readiness check failed: the database writer has stopped");
+        return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response();
+    }
     match storage.active_sessions().await {
         Ok(_) => "ready".into_response(),
         Err(e) => {

@@ -41,6 +41,7 @@ pub(crate) struct Engine {
 struct Inner {
     path: PathBuf,
     jobs: mpsc::Sender<Box<dyn WriteJob>>,
+    writer: std::thread::JoinHandle<()>,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -119,7 +120,7 @@ impl Engine {
         )?;
         configure(&writer, false)?;
         let (jobs, queue) = mpsc::channel::<Box<dyn WriteJob>>();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(&writer, &queue))
             .map_err(|e| StorageError::Engine(format!("cannot start the database writer: {e}")))?;
@@ -127,9 +128,16 @@ impl Engine {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 jobs,
+                writer,
                 readers: Mutex::new(Vec::new()),
             }),
         })
+    }
+
+    /// False once the writer thread has ended (it never should: every write is isolated from
+    /// it); `/readyz` reports it.
+    pub(crate) fn writer_alive(&self) -> bool {
+        !self.inner.writer.is_finished()
     }
 
     /// Runs `work` in the next write batch and returns its result once the batch is durable.

@@ -491,6 +491,11 @@ impl Storage {
         })
     }
 
+    /// Whether writes can be made (the engine's writer thread runs); `/readyz` asks.
+    pub fn writable(&self) -> bool {
+        self.engine.writer_alive()
+    }
+
     /// Number of active sessions.
     pub async fn active_sessions(&self) -> Result<i64, StorageError> {
         self.engine
