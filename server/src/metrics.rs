@@ -32,6 +32,8 @@ struct Inner {
     dead_letters: IntGauge,
     breaker: IntGaugeVec,
     tasks_down: IntGauge,
+    /// Serializes scrapes (see `render`).
+    render_lock: std::sync::Mutex<()>,
 }
 
 /// State read at scrape time.
@@ -85,6 +87,13 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
         registry,
         IntGaugeVec::new(Opts::new(name, help), labels)
             .unwrap_or_else(|_| unreachable_metric(name)),
+    )
+}
+
+fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    register(
+        registry,
+        IntGauge::new(name, help).unwrap_or_else(|_| unreachable_metric(name)),
     )
 }
 
@@ -156,13 +165,10 @@ impl Metrics {
             "Open access sessions by organization",
             &["organization"],
         );
-        let outbox_backlog = register(
+        let outbox_backlog = int_gauge(
             &r,
-            IntGauge::new(
-                "portal_accounting_backlog",
-                "Accounting-Requests not yet acknowledged",
-            )
-            .unwrap_or_else(|_| unreachable_metric("portal_accounting_backlog")),
+            "portal_accounting_backlog",
+            "Accounting-Requests not yet acknowledged",
         );
         let outbox_oldest = register(
             &r,
@@ -172,13 +178,10 @@ impl Metrics {
             )
             .unwrap_or_else(|_| unreachable_metric("portal_accounting_oldest_seconds")),
         );
-        let dead_letters = register(
+        let dead_letters = int_gauge(
             &r,
-            IntGauge::new(
-                "portal_accounting_dead_letters",
-                "Accounting-Requests given up (kept for `accounting dead-letters`)",
-            )
-            .unwrap_or_else(|_| unreachable_metric("portal_accounting_dead_letters")),
+            "portal_accounting_dead_letters",
+            "Accounting-Requests given up (kept for `accounting dead-letters`)",
         );
         let breaker = gauge_vec(
             &r,
@@ -186,13 +189,10 @@ impl Metrics {
             "Circuit breaker per server address (auth and acct ports apart): 0 closed, 1 open, 2 half-open",
             &["address"],
         );
-        let tasks_down = register(
+        let tasks_down = int_gauge(
             &r,
-            IntGauge::new(
-                "portal_background_tasks_down",
-                "Background tasks restarting after a failure",
-            )
-            .unwrap_or_else(|_| unreachable_metric("portal_background_tasks_down")),
+            "portal_background_tasks_down",
+            "Background tasks restarting after a failure",
         );
         Metrics(Arc::new(Inner {
             registry: r,
@@ -208,6 +208,7 @@ impl Metrics {
             dead_letters,
             breaker,
             tasks_down,
+            render_lock: std::sync::Mutex::new(()),
         }))
     }
 
@@ -261,6 +262,8 @@ impl Metrics {
     /// The text exposition of every metric, with the state gauges set from `snapshot`.
     pub fn render(&self, snapshot: &Snapshot) -> String {
         let inner = &self.0;
+        // Two scrapes at once must not interleave one's reset with the other's gather.
+        let _one_at_a_time = inner.render_lock.lock().unwrap_or_else(|p| p.into_inner());
         inner.active_sessions.reset();
         for (organization, count) in &snapshot.active_sessions {
             inner
