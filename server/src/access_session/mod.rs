@@ -245,29 +245,68 @@ impl AccessSessions {
         let exchange_time = org.servers[server].timeout * (org.servers[server].retries + 1);
         if !preempted.is_empty() {
             tracing::info!(organization = %org.id, %client_ip, count = preempted.len(), "previous session of this client preempted");
-            // The old session's Stop reaches the server before the new session's Start (the
-            // firewall must not see the new identity replaced by the old one's end).
-            for old in &preempted {
-                self.events.publish(old.id);
-                if !self
-                    .accounting
-                    .deliver_now(old.id, status_type::STOP, Instant::now() + exchange_time)
-                    .await?
-                {
-                    tracing::warn!(
-                        session = old.id,
-                        "Stop of the preempted session not acknowledged yet; it stays queued"
-                    );
-                }
-            }
-            self.accounting.wake();
         }
         tracing::info!(organization = %org.id, username, %client_ip, acct_session_id = %new.acct_session_id,
             server = %new.server_name, window_s = terms.window.as_secs(), limit_s = terms.limit.map(|l| l.as_secs()),
             "access session opened");
+        // From here on the session exists with its Start claimed for this login: the rest runs
+        // as a task of its own, so a cancelled request (the browser gave up) never leaves the
+        // claim held with nobody sending the Start.
+        let this = self.clone();
+        let acct_session_id = new.acct_session_id.clone();
+        let accounted = self.accounting.track(async move {
+            this.send_login_accounting(
+                id,
+                &preempted,
+                opened.claimed_start,
+                &acct_session_id,
+                exchange_time,
+                deadline,
+            )
+            .await
+        });
+        match accounted.await {
+            Ok(result) => result?,
+            Err(_) => return Err(SessionError::AccountingUnavailable),
+        }
+        self.storage
+            .session(id)
+            .await?
+            .ok_or(SessionError::NotActive)
+    }
+
+    /// A new session's accounting: the preempted sessions' Stops first (the firewall must not
+    /// see the new identity replaced by the old one's end), then the Start. If the Start is not
+    /// acknowledged in time the session is ended: rolled back without a Stop if the Start never
+    /// went on the wire, else stopped with a Stop queued behind the Start.
+    async fn send_login_accounting(
+        &self,
+        id: i64,
+        preempted: &[crate::storage::sqlite::Stopped],
+        claimed_start: Option<crate::storage::OutboxRow>,
+        acct_session_id: &str,
+        exchange_time: std::time::Duration,
+        deadline: Instant,
+    ) -> Result<(), SessionError> {
+        for old in preempted {
+            self.events.publish(old.id);
+            let sent = self
+                .accounting
+                .deliver_now(old.id, status_type::STOP, Instant::now() + exchange_time)
+                .await;
+            if !matches!(sent, Ok(true)) {
+                tracing::warn!(
+                    session = old.id,
+                    "Stop of the preempted session not acknowledged yet; it stays queued"
+                );
+            }
+        }
+        if !preempted.is_empty() {
+            self.accounting.wake();
+        }
         // The Start's own budget: what is left of the login deadline, but at least one exchange.
         let start_deadline = deadline.max(Instant::now() + exchange_time);
-        let start_delivered = match opened.claimed_start {
+        let start_delivered = match claimed_start {
             Some(start) => {
                 self.accounting
                     .deliver_claimed(start, start_deadline)
@@ -279,27 +318,22 @@ impl AccessSessions {
                     .await?
             }
         };
-        if !start_delivered {
-            // Never sent: roll the session back (no Start, no Stop). Sent but unanswered: the
-            // server may have it, so end it with a Stop queued behind the Start.
-            let rolled_back = self
-                .storage
-                .rollback_unsent_start(id, now_ms(), "login failed before the Start was sent")
-                .await?;
-            if !rolled_back {
-                self.storage
-                    .stop_session(id, terminate_cause::NAS_ERROR, now_ms())
-                    .await?;
-            }
-            tracing::warn!(acct_session_id = %new.acct_session_id, rolled_back,
-                "Accounting-Start not acknowledged; the session is ended");
-            self.accounting.wake();
-            return Err(SessionError::AccountingUnavailable);
+        if start_delivered {
+            return Ok(());
         }
-        self.storage
-            .session(id)
-            .await?
-            .ok_or(SessionError::NotActive)
+        let rolled_back = self
+            .storage
+            .rollback_unsent_start(id, now_ms(), "login failed before the Start was sent")
+            .await?;
+        if !rolled_back {
+            self.storage
+                .stop_session(id, terminate_cause::NAS_ERROR, now_ms())
+                .await?;
+        }
+        tracing::warn!(%acct_session_id, rolled_back,
+            "Accounting-Start not acknowledged; the session is ended");
+        self.accounting.wake();
+        Err(SessionError::AccountingUnavailable)
     }
 
     /// Audits a login attempt that opened nothing (an accepted one is audited in the

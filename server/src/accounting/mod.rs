@@ -41,6 +41,9 @@ use tokio_util::sync::CancellationToken;
 /// A sender owns a claimed row this long; afterwards the row may be claimed again. Longer than
 /// any single delivery (waiting for a send slot plus one exchange's deadline).
 pub(crate) const CLAIM_LEASE_MS: i64 = 120_000;
+/// Longest wait for a send slot of a destination: with one exchange after it, well inside
+/// [`CLAIM_LEASE_MS`].
+const SLOT_WAIT: Duration = Duration::from_secs(60);
 /// Longest sleep between outbox checks.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// Cap of the retry backoff.
@@ -177,22 +180,23 @@ impl Accounting {
     }
 
     /// Delivers a row the caller already holds the claim of (the Start a login queued
-    /// claimed). True once acknowledged before `deadline`. The delivery runs as a task of its
-    /// own: a caller that goes away (a cancelled request) does not leave the claim held.
+    /// claimed). True once acknowledged before `deadline`.
     pub async fn deliver_claimed(
         &self,
         row: OutboxRow,
         deadline: Instant,
     ) -> Result<bool, OutboxError> {
-        let this = self.clone();
-        let delivery = self
-            .claimed
-            .spawn(async move { this.deliver(row, Some(deadline)).await });
-        match delivery.await {
-            Ok(outcome) => Ok(outcome? == Delivery::Delivered),
-            // The delivery panicked: its claim lapses and the loop sends the row later.
-            Err(_) => Ok(false),
-        }
+        Ok(self.deliver(row, Some(deadline)).await? == Delivery::Delivered)
+    }
+
+    /// Runs `work` as a task that a graceful shutdown waits for (like the loop's deliveries):
+    /// for work holding claims that must not be abandoned when its request is cancelled.
+    pub fn track<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.claimed.spawn(work)
     }
 
     /// Sends a row the caller claimed (a user's Stop) right away in the background, not at the
@@ -344,8 +348,17 @@ impl Accounting {
                 "accounting fails over: the session's server is down");
         }
         let window = self.window(server.acct_addr);
+        // Waiting for a send slot is bounded well inside the claim's lease, so this delivery
+        // never transmits after its claim lapsed and another sender took the row.
+        let Ok(slot) = tokio::time::timeout(SLOT_WAIT, window.acquire()).await else {
+            let retry = now_ms() + backoff_ms(row.attempts);
+            self.storage
+                .mark_failed(row.id, retry, "no send slot in time (server busy)", false)
+                .await?;
+            return Ok(Delivery::RetryAt(retry));
+        };
         // The semaphore is never closed, so acquiring cannot fail.
-        let _slot = window.acquire().await.ok();
+        let _slot = slot.ok();
         // The server may have gone down while this row waited for a slot: do not queue up
         // behind its timeouts, try again (or fail over) later.
         if health.is_open(server.acct_addr) {

@@ -394,8 +394,8 @@ async fn readyz(State(ready): State<Readiness>) -> Response {
         tracing::error!("readiness check failed: the database writer has stopped");
         return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response();
     }
-    match storage.active_sessions().await {
-        Ok(_) => "ready".into_response(),
+    match storage.ping().await {
+        Ok(()) => "ready".into_response(),
         Err(e) => {
             tracing::error!(error = %crate::portal_backend::error_chain(&e), "readiness check failed");
             (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()

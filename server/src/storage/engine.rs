@@ -19,14 +19,24 @@ use rusqlite::{Connection, OpenFlags};
 use std::{
     panic::AssertUnwindSafe,
     path::{Path, PathBuf},
-    sync::{mpsc, Arc, Mutex},
+    sync::{
+        atomic::{AtomicI64, AtomicUsize, Ordering},
+        mpsc, Arc, Mutex,
+    },
     time::Duration,
 };
 
 /// Writes committed together at most (a batch's latency grows with it).
 const MAX_BATCH: usize = 256;
+/// Writes queued at most; beyond, a write fails at once ("database overloaded") rather than
+/// letting memory and latency grow without bound.
+const MAX_QUEUED: usize = 65_536;
 /// Idle reader connections kept open.
 const MAX_IDLE_READERS: usize = 8;
+/// Long reads (scans) running at once, on blocking threads.
+const MAX_LONG_READS: usize = 4;
+/// A queued write waiting this long without any batch finishing: the writer is stalled.
+const STALL_MS: i64 = 10_000;
 /// Bytes of the database file each connection maps into memory.
 const MMAP_SIZE: i64 = 256 << 20;
 /// How long a statement waits for another process's write lock.
@@ -40,9 +50,23 @@ pub(crate) struct Engine {
 
 struct Inner {
     path: PathBuf,
-    jobs: mpsc::Sender<Box<dyn WriteJob>>,
+    jobs: mpsc::SyncSender<Box<dyn WriteJob>>,
     writer: std::thread::JoinHandle<()>,
     readers: Mutex<Vec<Connection>>,
+    long_reads: tokio::sync::Semaphore,
+    progress: Arc<Progress>,
+    /// Held by the writer thread for each batch and by this process's sqlx transactions
+    /// (organization store): FIFO, so neither starves the other of SQLite's write lock.
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// What `/readyz` needs to tell a stalled writer from an idle one.
+#[derive(Default)]
+struct Progress {
+    /// Writes submitted and not yet answered.
+    queued: AtomicUsize,
+    /// When the last batch finished (unix ms).
+    last_batch: AtomicI64,
 }
 
 /// A queued write, type-erased for the writer's channel.
@@ -75,6 +99,10 @@ where
         let Some(work) = self.work.take() else {
             return false;
         };
+        if self.reply.is_closed() {
+            // Its caller went away before it ran (a cancelled request): it never happens.
+            return false;
+        }
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| work(conn)))
             .unwrap_or_else(|_| Err(StorageError::Engine("a database write panicked".into())));
         let ok = result.is_ok();
@@ -119,10 +147,13 @@ impl Engine {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         configure(&writer, false)?;
-        let (jobs, queue) = mpsc::channel::<Box<dyn WriteJob>>();
+        let (jobs, queue) = mpsc::sync_channel::<Box<dyn WriteJob>>(MAX_QUEUED);
+        let progress = Arc::new(Progress::default());
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
+        let (thread_progress, thread_gate) = (progress.clone(), gate.clone());
         let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(&writer, &queue))
+            .spawn(move || writer_loop(&writer, &queue, &thread_progress, &thread_gate))
             .map_err(|e| StorageError::Engine(format!("cannot start the database writer: {e}")))?;
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -130,6 +161,9 @@ impl Engine {
                 jobs,
                 writer,
                 readers: Mutex::new(Vec::new()),
+                long_reads: tokio::sync::Semaphore::new(MAX_LONG_READS),
+                progress,
+                gate,
             }),
         })
     }
@@ -137,7 +171,17 @@ impl Engine {
     /// False once the writer thread has ended (it never should: every write is isolated from
     /// it); `/readyz` reports it.
     pub(crate) fn writer_alive(&self) -> bool {
-        !self.inner.writer.is_finished()
+        let progress = &self.inner.progress;
+        let stalled = progress.queued.load(Ordering::SeqCst) > 0
+            && crate::access_session::now_ms() - progress.last_batch.load(Ordering::SeqCst)
+                > STALL_MS;
+        !self.inner.writer.is_finished() && !stalled
+    }
+
+    /// Takes the write gate for a transaction made outside the engine (sqlx): the writer thread
+    /// waits for it between batches instead of racing it for SQLite's lock.
+    pub(crate) async fn gate(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.inner.gate.clone().lock_owned().await
     }
 
     /// Runs `work` in the next write batch and returns its result once the batch is durable.
@@ -165,18 +209,33 @@ impl Engine {
         R: Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.inner
-            .jobs
-            .send(Box::new(Job {
-                durable,
-                work: Some(work),
-                result: None,
-                reply,
-            }))
-            .map_err(|_| StorageError::Engine("the database writer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StorageError::Engine("the database writer has stopped".into()))?
+        let progress = &self.inner.progress;
+        if progress.queued.fetch_add(1, Ordering::SeqCst) == 0 {
+            // Idle until now: the stall clock starts with this write.
+            progress
+                .last_batch
+                .store(crate::access_session::now_ms(), Ordering::SeqCst);
+        }
+        let sent = self.inner.jobs.try_send(Box::new(Job {
+            durable,
+            work: Some(work),
+            result: None,
+            reply,
+        }));
+        let answered = match sent {
+            Ok(()) => answer
+                .await
+                .map_err(|_| StorageError::Engine("the database writer has stopped".into()))
+                .and_then(|result| result),
+            Err(mpsc::TrySendError::Full(_)) => Err(StorageError::Engine(
+                "database overloaded: too many writes queued".into(),
+            )),
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(StorageError::Engine(
+                "the database writer has stopped".into(),
+            )),
+        };
+        progress.queued.fetch_sub(1, Ordering::SeqCst);
+        answered
     }
 
     /// Runs a short read right here on a reader connection (its own snapshot per statement).
@@ -199,6 +258,7 @@ impl Engine {
         F: FnOnce(&Connection) -> Result<R, StorageError> + Send + 'static,
         R: Send + 'static,
     {
+        let _slot = self.inner.long_reads.acquire().await;
         let engine = self.clone();
         tokio::task::spawn_blocking(move || engine.read(work))
             .await
@@ -224,15 +284,25 @@ impl Engine {
     }
 }
 
-fn writer_loop(conn: &Connection, queue: &mpsc::Receiver<Box<dyn WriteJob>>) {
+fn writer_loop(
+    conn: &Connection,
+    queue: &mpsc::Receiver<Box<dyn WriteJob>>,
+    progress: &Progress,
+    gate: &tokio::sync::Mutex<()>,
+) {
     let mut synced = true;
     while let Ok(first) = queue.recv() {
+        let _gate = gate.blocking_lock();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
+        }
+        if !conn.is_autocommit() {
+            // A failed ROLLBACK left a transaction open: never build on it.
+            let _ = exec(conn, "ROLLBACK");
         }
         let durable = batch.iter().any(|job| job.durable());
         let outcome = sync_mode(conn, &mut synced, durable)
@@ -241,6 +311,9 @@ fn writer_loop(conn: &Connection, queue: &mpsc::Receiver<Box<dyn WriteJob>>) {
             tracing::error!(error = %e, writes = batch.len(), "database write batch failed; nothing of it was stored");
             format!("database write failed: {e}")
         });
+        progress
+            .last_batch
+            .store(crate::access_session::now_ms(), Ordering::SeqCst);
         for job in batch {
             job.finish(outcome.clone());
         }
@@ -267,12 +340,24 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
+fn rolled_back() -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+        Some("the transaction was rolled back".into()),
+    )
+}
+
 fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> rusqlite::Result<()> {
     exec(conn, "BEGIN IMMEDIATE")?;
     let ran = (|| {
         for job in batch.iter_mut() {
             exec(conn, "SAVEPOINT write")?;
-            if job.run(conn) {
+            let kept = job.run(conn);
+            if conn.is_autocommit() {
+                // SQLite rolled the whole transaction back on its own (I/O error, full disk).
+                return Err(rolled_back());
+            }
+            if kept {
                 exec(conn, "RELEASE write")?;
             } else {
                 exec(conn, "ROLLBACK TO write")?;
@@ -280,11 +365,7 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> rusqlite::Re
             }
         }
         if conn.is_autocommit() {
-            // SQLite rolled the whole transaction back on its own (I/O error, full disk).
-            return Err(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-                Some("the transaction was rolled back".into()),
-            ));
+            return Err(rolled_back());
         }
         exec(conn, "COMMIT")
     })();
@@ -388,6 +469,61 @@ mod tests {
             assert_eq!(write.await.expect("task").expect("write"), 1);
         }
         assert_eq!(count(&engine), 40);
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_caller_went_away_before_it_ran_never_happens() {
+        let (_dir, engine) = engine().await;
+        let slow = engine.clone();
+        let busy = tokio::spawn(async move {
+            slow.write(|c| {
+                std::thread::sleep(Duration::from_millis(300));
+                Ok(c.execute("INSERT INTO t (v) VALUES ('slow')", [])?)
+            })
+            .await
+        });
+        // Queued behind the slow write, then abandoned (a cancelled request).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(20),
+            engine.write(|c| Ok(c.execute("INSERT INTO t (v) VALUES ('abandoned')", [])?)),
+        )
+        .await;
+        assert!(abandoned.is_err(), "the write was still queued");
+        busy.await.expect("task").expect("slow write");
+        engine
+            .write(|c| Ok(c.execute("INSERT INTO t (v) VALUES ('after')", [])?))
+            .await
+            .expect("later write");
+        let values: Vec<String> = engine
+            .read(|c| {
+                Ok(c.prepare("SELECT v FROM t ORDER BY id")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?)
+            })
+            .expect("read");
+        assert_eq!(values, ["slow", "after"]);
+    }
+
+    #[tokio::test]
+    async fn the_writer_waits_for_a_transaction_holding_the_gate() {
+        let (_dir, engine) = engine().await;
+        let gate = engine.gate().await;
+        let writer = engine.clone();
+        let write = tokio::spawn(async move {
+            writer
+                .write(|c| Ok(c.execute("INSERT INTO t (v) VALUES ('w')", [])?))
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !write.is_finished(),
+            "the write went ahead of the gate's holder"
+        );
+        assert_eq!(count(&engine), 0);
+        drop(gate);
+        write.await.expect("task").expect("write");
+        assert_eq!(count(&engine), 1);
     }
 
     #[tokio::test]

@@ -277,7 +277,7 @@ impl Storage {
         position: i64,
         now: i64,
     ) -> Result<SeedOutcome, StorageError> {
-        let mut tx = self.begin().await?;
+        let (_gate, mut tx) = self.begin().await?;
         let existing: Option<(String, Option<String>, bool)> =
             sqlx::query_as("SELECT name, settings, is_active FROM organizations WHERE id = ?")
                 .bind(id)
@@ -364,7 +364,7 @@ impl Storage {
         actor: &str,
         now: i64,
     ) -> Result<Option<bool>, StorageError> {
-        let mut tx = self.begin().await?;
+        let (_gate, mut tx) = self.begin().await?;
         let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM organizations WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -380,6 +380,7 @@ impl Storage {
     /// An organization no longer listed in the configuration: it is no longer the configuration's
     /// (its position is cleared).
     pub async fn forget_config_position(&self, id: &str) -> Result<(), StorageError> {
+        let _gate = self.write_gate().await;
         sqlx::query("UPDATE organizations SET position = NULL WHERE id = ?")
             .bind(id)
             .execute(self.pool())
@@ -395,7 +396,7 @@ impl Storage {
         actor: &str,
         now: i64,
     ) -> Result<bool, StorageError> {
-        let mut tx = self.begin().await?;
+        let (_gate, mut tx) = self.begin().await?;
         let row: Option<(String, String, String)> = sqlx::query_as(
             "SELECT organization_id, acct_session_id, username FROM access_sessions WHERE id = ? AND state = 'active'",
         )
@@ -441,7 +442,7 @@ impl Storage {
             detail,
             ..
         } = *write;
-        let mut tx = self.begin().await?;
+        let (_gate, mut tx) = self.begin().await?;
         // The revision starts above every revision ever stored (the global one counts them
         // all), so a process still caching a deleted organization of the same id rebuilds.
         let created = sqlx::query(
@@ -485,7 +486,7 @@ impl Storage {
             detail,
             expected_revision,
         } = *write;
-        let mut tx = self.begin().await?;
+        let (_gate, mut tx) = self.begin().await?;
         let before: Option<(String, Option<String>, bool, i64)> = sqlx::query_as(
             "SELECT name, settings, is_active, revision FROM organizations WHERE id = ?",
         )
@@ -549,7 +550,7 @@ impl Storage {
         now: i64,
         detail: &serde_json::Value,
     ) -> Result<DeleteOutcome, StorageError> {
-        let mut tx = self.begin().await?;
+        let (_gate, mut tx) = self.begin().await?;
         let row: Option<bool> =
             sqlx::query_scalar("SELECT position IS NOT NULL FROM organizations WHERE id = ?")
                 .bind(id)
@@ -642,7 +643,7 @@ impl Storage {
         outcome: &str,
         now: i64,
     ) -> Result<(), StorageError> {
-        let mut tx = self.begin().await?;
+        let (_gate, mut tx) = self.begin().await?;
         sqlx::query("UPDATE organization_jobs SET done_at = ?, outcome = ? WHERE id = ? AND done_at IS NULL")
             .bind(now)
             .bind(outcome)
@@ -699,6 +700,7 @@ impl Storage {
     /// how many audit entries.
     pub async fn prune_audit(&self, before: i64) -> Result<u64, StorageError> {
         // Finished organization jobs are history too (their outcome is in the audit log).
+        let _gate = self.write_gate().await;
         sqlx::query("DELETE FROM organization_jobs WHERE done_at IS NOT NULL AND done_at < ?")
             .bind(before)
             .execute(self.pool())

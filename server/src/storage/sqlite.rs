@@ -275,8 +275,25 @@ impl Storage {
         &self.pool
     }
 
-    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StorageError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    /// A write transaction on sqlx's pool (the organization store), holding the engine's write
+    /// gate until the guard is dropped, so the engine's writer and this transaction take turns
+    /// for SQLite's write lock instead of one starving the other.
+    pub(crate) async fn begin(
+        &self,
+    ) -> Result<
+        (
+            tokio::sync::OwnedMutexGuard<()>,
+            Transaction<'static, Sqlite>,
+        ),
+        StorageError,
+    > {
+        let gate = self.engine.gate().await;
+        Ok((gate, self.pool.begin_with("BEGIN IMMEDIATE").await?))
+    }
+
+    /// The engine's write gate, for a single sqlx write outside a transaction.
+    pub(crate) async fn write_gate(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.engine.gate().await
     }
 
     /// Creates an access session with its Start queued (claimed for the caller if it asks). An
@@ -418,12 +435,14 @@ impl Storage {
         })
     }
 
-    /// Active sessions a Dynamic Authorization request names.
+    /// Active sessions a Dynamic Authorization request names (a Class may name a whole group:
+    /// off the async threads).
     pub async fn find_active_sessions(
         &self,
         wanted: &SessionMatch,
     ) -> Result<Vec<AccessSessionRecord>, StorageError> {
-        self.engine.read(|c| match wanted {
+        let wanted = wanted.clone();
+        self.engine.read_long(move |c| match &wanted {
             SessionMatch::AcctSessionId(id) => sessions_where(
                 c,
                 select_sessions!("WHERE state = 'active' AND acct_session_id = ?"),
@@ -445,6 +464,7 @@ impl Storage {
                 [class],
             ),
         })
+        .await
     }
 
     /// Active sessions, of one organization or all, oldest first (operator listing).
@@ -494,6 +514,15 @@ impl Storage {
     /// Whether writes can be made (the engine's writer thread runs); `/readyz` asks.
     pub fn writable(&self) -> bool {
         self.engine.writer_alive()
+    }
+
+    /// Whether the database answers a query (one indexed row; `/readyz`).
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        self.engine.read(|c| {
+            c.prepare_cached("SELECT value FROM organization_revision WHERE id = 1")?
+                .query_row([], |r| r.get::<_, i64>(0))?;
+            Ok(())
+        })
     }
 
     /// Number of active sessions.
@@ -731,15 +760,18 @@ impl Storage {
     /// count (a row waiting behind an undelivered earlier row cannot be claimed, so its time
     /// must not wake anyone), and a claimed row counts from its lease end.
     pub async fn next_outbox_attempt(&self) -> Result<Option<i64>, StorageError> {
-        self.engine.read(|c| {
-            Ok(c.prepare_cached(concat!(
-                "SELECT MIN(MAX(o.next_attempt_at, COALESCE(o.claimed_until, 0))) FROM accounting_outbox o WHERE ",
-                pending_o!(),
-                " AND ",
-                head_o!()
-            ))?
-            .query_row([], |r| r.get(0))?)
-        })
+        // A scan of the pending rows (all of them during an outage): off the async threads.
+        self.engine
+            .read_long(|c| {
+                Ok(c.prepare_cached(concat!(
+                    "SELECT MIN(MAX(o.next_attempt_at, COALESCE(o.claimed_until, 0))) FROM accounting_outbox o WHERE ",
+                    pending_o!(),
+                    " AND ",
+                    head_o!()
+                ))?
+                .query_row([], |r| r.get(0))?)
+            })
+            .await
     }
 
     /// Deletes accounting history and ended sessions older than `before` (unix ms): delivered

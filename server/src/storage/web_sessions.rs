@@ -2,9 +2,10 @@
 //! everything else: a load is a read where the request runs, a save joins the next write batch.
 //! Records are MessagePack like tower-sessions' own stores; expiry is Unix seconds.
 //!
-//! Writes are relaxed (no fsync of their own; see the engine): a power failure may at worst sign
-//! a browser out or bring back a web session whose access session has ended — never an access
-//! session, a Stop or a Start, which are written durably before the web session changes.
+//! Creates and saves are relaxed (no fsync of their own; see the engine): a power failure may at
+//! worst sign a browser out or bring back a web session whose access session has ended — never an
+//! access session, a Stop or a Start, which are written durably before the web session changes.
+//! Deletes (sign-out, the old id a login replaces) are durable: they never come back.
 
 use super::{engine::Engine, Storage, StorageError};
 use rusqlite::OptionalExtension;
@@ -125,7 +126,7 @@ impl SessionStore for WebSessionStore {
     async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
         let id = session_id.to_string();
         self.engine
-            .write_relaxed(move |c| {
+            .write(move |c| {
                 c.prepare_cached("DELETE FROM tower_sessions WHERE id = ?")?
                     .execute([id])?;
                 Ok(())
