@@ -475,15 +475,18 @@ mod tests {
     async fn a_write_whose_caller_went_away_before_it_ran_never_happens() {
         let (_dir, engine) = engine().await;
         let slow = engine.clone();
+        let (started, writer_busy) = tokio::sync::oneshot::channel();
         let busy = tokio::spawn(async move {
-            slow.write(|c| {
+            slow.write(move |c| {
+                let _ = started.send(());
                 std::thread::sleep(Duration::from_millis(300));
                 Ok(c.execute("INSERT INTO t (v) VALUES ('slow')", [])?)
             })
             .await
         });
-        // Queued behind the slow write, then abandoned (a cancelled request).
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Queued behind the slow write once the writer is inside it, then abandoned (a
+        // cancelled request).
+        writer_busy.await.expect("the slow write started");
         let abandoned = tokio::time::timeout(
             Duration::from_millis(20),
             engine.write(|c| Ok(c.execute("INSERT INTO t (v) VALUES ('abandoned')", [])?)),

@@ -120,6 +120,10 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// One audit entry: at, actor, action, organization id, detail (JSON).
+const AUDIT_INSERT: &str =
+    "INSERT INTO audit_log (at, actor, action, organization_id, detail) VALUES (?, ?, ?, ?, ?)";
+
 /// The audit entry of a change, written in the change's transaction.
 pub(crate) async fn audit_in(
     tx: &mut Transaction<'static, Sqlite>,
@@ -129,16 +133,14 @@ pub(crate) async fn audit_in(
     organization_id: Option<&str>,
     detail: &serde_json::Value,
 ) -> Result<(), StorageError> {
-    sqlx::query(
-        "INSERT INTO audit_log (at, actor, action, organization_id, detail) VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(at)
-    .bind(actor)
-    .bind(action)
-    .bind(organization_id)
-    .bind(detail.to_string())
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(AUDIT_INSERT)
+        .bind(at)
+        .bind(actor)
+        .bind(action)
+        .bind(organization_id)
+        .bind(detail.to_string())
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -151,16 +153,14 @@ pub(crate) fn audit_on(
     organization_id: Option<&str>,
     detail: &serde_json::Value,
 ) -> Result<(), StorageError> {
-    conn.prepare_cached(
-        "INSERT INTO audit_log (at, actor, action, organization_id, detail) VALUES (?, ?, ?, ?, ?)",
-    )?
-    .execute(rusqlite::params![
-        at,
-        actor,
-        action,
-        organization_id,
-        detail.to_string()
-    ])?;
+    conn.prepare_cached(AUDIT_INSERT)?
+        .execute(rusqlite::params![
+            at,
+            actor,
+            action,
+            organization_id,
+            detail.to_string()
+        ])?;
     Ok(())
 }
 
