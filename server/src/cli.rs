@@ -289,14 +289,7 @@ pub async fn run() -> anyhow::Result<()> {
 
 /// Prints the accounting outbox's dead letters or backlog.
 async fn accounting_report(settings: &Settings, command: AccountingCommand) -> anyhow::Result<()> {
-    let storage = crate::storage::Storage::open(&settings.database.path)
-        .await
-        .with_context(|| {
-            format!(
-                "while opening the database {}",
-                settings.database.path.display()
-            )
-        })?;
+    let storage = crate::operator::open(settings).await?;
     match command {
         AccountingCommand::DeadLetters { limit } => {
             let rows = storage.dead_letters(limit).await?;

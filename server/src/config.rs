@@ -366,9 +366,95 @@ fn network_list(key: &str, text: &str) -> Result<Vec<IpNet>, ConfigError> {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
-    /// SQLite database file (created with its directory if missing).
+    /// SQLite database file (created with its directory if missing); unused when `url` is set.
     #[serde(default = "default_db_path")]
     pub path: PathBuf,
+    /// PostgreSQL instead of SQLite: `postgres://user:password@host:port/database` (several
+    /// replicas share one database). A secret: it may carry the password.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "url_without_password"
+    )]
+    pub url: Option<Secret>,
+}
+
+impl DatabaseSettings {
+    /// Where the database is, for messages: the SQLite file, or the URL without its password.
+    pub fn location(&self) -> String {
+        match &self.url {
+            Some(url) => redact_url(url.expose()),
+            None => self.path.display().to_string(),
+        }
+    }
+
+    /// A PostgreSQL URL must say so (a typo would otherwise surface as a connection error).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let Some(url) = &self.url else {
+            return Ok(());
+        };
+        let url = url.expose();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(config_error(
+                "database.url",
+                "must start with `postgres://` (user:password@host:port/database); for SQLite use `database.path`",
+            ));
+        }
+        if url.contains(REDACTED) {
+            return Err(config_error(
+                "database.url",
+                "holds the placeholder `check-config` prints instead of the password: put the real one here",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A database URL with its password (in the user part or a `password=` parameter) replaced by
+/// [`REDACTED`]: `check-config` shows where the portal connects, never how it logs in.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _password)) => format!("{user}:{REDACTED}@{host}"),
+            None => authority.to_string(),
+        },
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                        format!("{key}={REDACTED}")
+                    }
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    if scheme.is_empty() {
+        format!("{authority}{tail}")
+    } else {
+        format!("{scheme}://{authority}{tail}")
+    }
+}
+
+fn url_without_password<S: serde::Serializer>(
+    url: &Option<Secret>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(url) => s.serialize_some(&redact_url(url.expose())),
+        None => s.serialize_none(),
+    }
 }
 
 fn default_db_path() -> PathBuf {
@@ -379,6 +465,7 @@ impl Default for DatabaseSettings {
     fn default() -> Self {
         DatabaseSettings {
             path: default_db_path(),
+            url: None,
         }
     }
 }
@@ -1123,7 +1210,9 @@ impl Settings {
     /// parsed (unknown keys are still errors) but not validated, so a file with `[database]`
     /// alone works and secret files need not be readable by the operator.
     pub fn load_for_operator(path: Option<&Path>) -> Result<Settings, ConfigError> {
-        Settings::read(path)
+        let settings = Settings::read(path)?;
+        settings.database.validate()?;
+        Ok(settings)
     }
 
     /// The file (or defaults) with the environment applied.
@@ -1231,6 +1320,9 @@ impl Settings {
         if let Some(path) = var("PORTAL_DATABASE_PATH") {
             self.database.path = PathBuf::from(path);
         }
+        if let Some(url) = var("PORTAL_DATABASE_URL") {
+            self.database.url = Some(Secret::new(url));
+        }
         if let Some(format) = var("PORTAL_LOG_FORMAT") {
             self.log.format = format;
         }
@@ -1242,6 +1334,7 @@ impl Settings {
 
     /// Checks what serde cannot: cross-field rules, patterns, secrets.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.database.validate()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(config_error(
                 "log.format",
@@ -1422,6 +1515,24 @@ mod tests {
         ] {
             assert!(PublicUrl::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn database_url_shows_where_not_the_password() {
+        assert_eq!(
+            redact_url("postgres://portal:pa55@db.example:5432/portal?sslmode=require"),
+            "postgres://portal:[redacted]@db.example:5432/portal?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgresql://db/portal?user=portal&password=pa55"),
+            "postgresql://db/portal?user=portal&password=[redacted]"
+        );
+        assert_eq!(redact_url("postgres://portal@db/portal"), "postgres://portal@db/portal");
+        let bad = DatabaseSettings {
+            url: Some(Secret::new("mysql://db/portal")),
+            ..Default::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().key, "database.url");
     }
 
     #[test]

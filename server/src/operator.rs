@@ -427,20 +427,19 @@ impl OrganizationView {
     }
 }
 
-async fn open(settings: &Settings) -> anyhow::Result<Storage> {
+/// The database the running portal uses (`[database]`); a SQLite file must exist already (the
+/// portal creates it when it first starts).
+pub(crate) async fn open(settings: &Settings) -> anyhow::Result<Storage> {
     let path = &settings.database.path;
-    if !path.exists() {
+    if settings.database.url.is_none() && !path.exists() {
         anyhow::bail!(
             "no database at {} (check [database] path; the portal creates it when it first starts)",
             path.display()
         );
     }
-    Storage::open(path).await.with_context(|| {
-        format!(
-            "while opening the database {}",
-            settings.database.path.display()
-        )
-    })
+    Storage::connect(&settings.database)
+        .await
+        .with_context(|| format!("while opening the database {}", settings.database.location()))
 }
 
 /// A value as its configuration text (`"on"`, `"status-server"`).

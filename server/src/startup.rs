@@ -66,14 +66,9 @@ impl Application {
         leptos_options: LeptosOptions,
         demo: bool,
     ) -> anyhow::Result<Application> {
-        let storage = Storage::open(&settings.database.path)
+        let storage = Storage::connect(&settings.database)
             .await
-            .with_context(|| {
-                format!(
-                    "while opening the database {}",
-                    settings.database.path.display()
-                )
-            })?;
+            .with_context(|| format!("while opening the database {}", settings.database.location()))?;
         crate::organizations::seed(&storage, &settings.organizations)
             .await
             .context("while storing the configured organizations")?;

@@ -8,7 +8,7 @@
 use super::{events::SessionEvents, now_ms};
 use crate::{
     accounting::Accounting,
-    storage::sqlite::Stopped,
+    storage::Stopped,
     storage::{Storage, StorageError},
 };
 use std::{

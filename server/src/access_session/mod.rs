@@ -17,7 +17,7 @@ use crate::{
     },
     radius::{status_type, terminate_cause, AuthOutcome, Radius, RadiusError},
     storage::{
-        sqlite::StopOutcome, AccessSessionRecord, NewAccessSession, SessionMatch, Storage,
+        StopOutcome, AccessSessionRecord, NewAccessSession, SessionMatch, Storage,
         StorageError,
     },
 };
@@ -282,7 +282,7 @@ impl AccessSessions {
     async fn send_login_accounting(
         &self,
         id: i64,
-        preempted: &[crate::storage::sqlite::Stopped],
+        preempted: &[crate::storage::Stopped],
         claimed_start: Option<crate::storage::OutboxRow>,
         acct_session_id: &str,
         exchange_time: std::time::Duration,

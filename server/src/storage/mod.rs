@@ -1,15 +1,20 @@
-//! Persistence: organizations, access sessions with their deadlines, the accounting outbox, and
-//! web sessions (a tower-sessions store of our own) — all in one SQLite file (WAL).
+//! Persistence: organizations, access sessions with their deadlines, the accounting outbox, the
+//! audit log and web sessions (a tower-sessions store of our own) — in one SQLite file (WAL; the
+//! embedded default) or in PostgreSQL (several replicas on one database).
+//!
+//! The contract is two traits, [`SessionStore`] (access sessions and the accounting outbox) and
+//! [`OrganizationStore`] (organizations, their jobs, the audit log), implemented by
+//! [`sqlite::SqliteStore`] and [`postgres::PgStore`]; [`Storage`] is the handle the rest of the
+//! portal holds and forwards each call to the backend it was opened on. One contract test suite
+//! (`tests/storage_contract.rs`) runs on both.
 //!
 //! Every change that must be accounted for writes its outbox row in the same transaction, so a
 //! crash can never leave a session change without its Start/Interim/Stop queued.
 //! Times are Unix milliseconds (`i64`), passed in by callers so tests control them.
-//!
-//! Not here yet: the PostgreSQL backend (design.md §7); the types below are the contract it will
-//! implement.
 
 mod engine;
 pub mod organizations;
+pub mod postgres;
 pub mod sqlite;
 pub mod web_sessions;
 
@@ -17,7 +22,258 @@ pub use organizations::{
     AuditEntry, DeleteOutcome, OrganizationJob, OrganizationWrite, SeedOutcome, StoredOrganization,
     UpdateOutcome,
 };
-pub use sqlite::Storage;
+use postgres::PgStore;
+use sqlite::SqliteStore;
+use std::path::Path;
+
+/// Outbox destination of the server that authenticated the session (the only one for now).
+pub const AUTH_SERVER_DESTINATION: &str = "auth-server";
+
+/// Handle to the database, whichever backend. Cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// Declares one part of the storage contract: the trait both backends implement, and the
+/// matching methods of [`Storage`], each forwarding to the backend it was opened on.
+macro_rules! contract {
+    ($(#[$trait_meta:meta])* trait $trait:ident {
+        $( $(#[$meta:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty; )*
+    }) => {
+        $(#[$trait_meta])*
+        pub trait $trait: Send + Sync {
+            $( $(#[$meta])*
+            fn $name(&self $(, $arg: $ty)*)
+                -> impl std::future::Future<Output = Result<$ret, StorageError>> + Send; )*
+        }
+
+        impl Storage {
+            $( $(#[$meta])*
+            pub async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StorageError> {
+                match &self.backend {
+                    Backend::Sqlite(store) => $trait::$name(store $(, $arg)*).await,
+                    Backend::Postgres(store) => $trait::$name(store $(, $arg)*).await,
+                }
+            } )*
+        }
+    };
+}
+
+contract! {
+    /// Access sessions, the accounting outbox, and the keys the portal keeps for itself.
+    trait SessionStore {
+        /// A 32-byte key the portal keeps for itself under `name`, created on first use and
+        /// the same for every process on this database.
+        fn app_secret(&self, name: &str) -> [u8; 32];
+        /// Stored web sessions (tests and operators: anonymous visitors must not add any).
+        fn web_session_count(&self) -> i64;
+        /// Creates an access session with its Start queued (claimed for the caller if it asks).
+        /// An active session of the same (organization, client IP) is stopped first
+        /// (Port-Preempted), in the same transaction. Fails with
+        /// [`StorageError::OrganizationDisabled`] (nothing written) when the organization is
+        /// disabled or gone: a disable racing the login either sees this session or stops it.
+        fn open_session(&self, new: &NewAccessSession) -> OpenedSession;
+        /// Loads a session by id.
+        fn session(&self, id: i64) -> Option<AccessSessionRecord>;
+        /// Moves an active session's deadline to `expires_at` (refreshed at `now`) and queues an
+        /// Interim-Update. Returns the updated session, or None if it is no longer active.
+        fn refresh_session(&self, id: i64, now: i64, expires_at: i64) -> Option<AccessSessionRecord>;
+        /// Stops an active session at `event_at` with `cause` and queues its Stop. False if it
+        /// was not active (already stopped: nothing is queued twice).
+        fn stop_session(&self, id: i64, cause: u32, event_at: i64) -> bool;
+        /// Stops every active session whose deadline is at or before `now`. Each is stopped at
+        /// its own deadline, with Session-Timeout when the limit was reached, else Idle-Timeout.
+        /// Several processes may run this at once: each session is stopped exactly once.
+        fn stop_due_sessions(&self, now: i64) -> Vec<Stopped>;
+        /// Queues an Interim-Update for every active session whose periodic update (from
+        /// Acct-Interim-Interval) is due at `now`, and schedules the next one. Returns how many.
+        fn queue_due_interims(&self, now: i64) -> usize;
+        /// When the next periodic Interim-Update is due.
+        fn next_interim(&self) -> Option<i64>;
+        /// The active, not yet due session of a client in an organization.
+        fn active_session_for_client(&self, organization_id: &str, client_ip: &str, now: i64) -> Option<AccessSessionRecord>;
+        /// Active sessions a Dynamic Authorization request names.
+        fn find_active_sessions(&self, wanted: &SessionMatch) -> Vec<AccessSessionRecord>;
+        /// Active sessions, of one organization or all, oldest first (operator listing).
+        fn active_sessions_of(&self, organization_id: Option<&str>, limit: i64) -> Vec<AccessSessionRecord>;
+        /// A session by its Acct-Session-Id.
+        fn session_by_acct_id(&self, acct_session_id: &str) -> Option<AccessSessionRecord>;
+        /// Earliest deadline of an active session.
+        fn next_expiry(&self) -> Option<i64>;
+        /// Whether the database answers a query (one indexed row; `/readyz`).
+        fn ping(&self) -> ();
+        /// Number of active sessions.
+        fn active_sessions(&self) -> i64;
+        /// Claims up to `limit` due outbox rows, each the first pending row of its session (and
+        /// destination), so a session's packets go out in order while different sessions'
+        /// packets go out together. A claim lasts until `lease_until`; an expired claim can be
+        /// taken again; a row is never claimed by two callers at once. Durable: a claim counts
+        /// an attempt before the packet can leave, which is how a crash after sending is told
+        /// from a Start that never went out.
+        fn claim_due_outbox(&self, now: i64, lease_until: i64, limit: i64) -> Vec<OutboxRow>;
+        /// Claims a session's next pending row of `status_type` if it is first in line (used to
+        /// send a Start, or a preempted session's Stop, at once inside the login request).
+        fn claim_session_outbox(&self, access_session_id: i64, status_type: u32, now: i64, lease_until: i64) -> Option<OutboxRow>;
+        /// Stops an active session like `stop_session` and, in the same write, claims its Stop
+        /// for the caller until `lease_until` when nothing of the session is still pending
+        /// before it (the caller sends it at once).
+        fn stop_session_claiming(&self, id: i64, cause: u32, event_at: i64, lease_until: i64) -> StopOutcome;
+        /// At start-up: releases the claims a previous process of this database left behind
+        /// (their rows are sent again, idempotent by Acct-Session-Id and status type). Where
+        /// several processes share the database, claims of another process are left to run
+        /// out their lease.
+        fn release_outbox_claims(&self) -> u64;
+        /// Marks a claimed row delivered. May be relaxed (lost on power failure: the row is
+        /// sent again, which accounting servers take as a duplicate).
+        fn mark_delivered(&self, id: i64, now: i64) -> ();
+        /// Releases a claimed row for a retry at `next_attempt_at`, recording why it failed and
+        /// whether a packet went out this time.
+        fn mark_failed(&self, id: i64, next_attempt_at: i64, error: &str, transmitted: bool) -> ();
+        /// Closes a row that can never be sent, with the reason, so it stops blocking its
+        /// session's later rows. With `cascade`, the session's later pending rows are closed too
+        /// ("the Start was never sent", so no Interim or Stop may follow it), and an active
+        /// session is ended without a Stop: it never existed for the server.
+        fn dead_letter(&self, id: i64, now: i64, reason: &str, cascade: bool) -> ();
+        /// Rolls back a session whose Start never went on the wire and is not being sent right
+        /// now (login gave up on it): the Start and everything behind it are dead-lettered with
+        /// `reason` and the session ends without a Stop. False (nothing changed) if the Start
+        /// was transmitted, delivered, or is claimed — then the Stop must follow it as usual.
+        fn rollback_unsent_start(&self, access_session_id: i64, now: i64, reason: &str) -> bool;
+        /// Pending rows of `access_session_id`, oldest first (tests, CLI).
+        fn session_outbox(&self, access_session_id: i64) -> Vec<OutboxEntry>;
+        /// Dead-lettered rows with their session's Acct-Session-Id and organization, newest
+        /// first (CLI `accounting dead-letters`).
+        fn dead_letters(&self, limit: i64) -> Vec<(OutboxEntry, String, String)>;
+        /// Makes every pending row due now (a server came back: no need to wait out the backoff).
+        fn retry_pending_now(&self, now: i64) -> u64;
+        /// When the next claimable row becomes due: only rows first in line for their session
+        /// count (a row waiting behind an undelivered earlier row cannot be claimed, so its time
+        /// must not wake anyone), and a claimed row counts from its lease end.
+        fn next_outbox_attempt(&self) -> Option<i64>;
+        /// Deletes accounting history and ended sessions older than `before` (unix ms):
+        /// delivered or dead rows of sessions that ended before it, then those sessions. Returns
+        /// the number of sessions removed. Pending rows and active sessions are never touched.
+        fn prune(&self, before: i64) -> u64;
+        /// What the metrics show of the database at a scrape: active sessions per organization,
+        /// undelivered accounting rows and the age of the oldest, dead letters kept.
+        fn metrics_snapshot(&self, now: i64) -> crate::metrics::Snapshot;
+        /// Undelivered rows (backlog).
+        fn outbox_backlog(&self) -> i64;
+        /// Whether a session's packet of `status_type` has been acknowledged.
+        fn outbox_delivered(&self, access_session_id: i64, status_type: u32) -> bool;
+    }
+}
+
+contract! {
+    /// Organizations (the run-time truth, seeded from configuration), the global revision other
+    /// processes poll, durable organization jobs, and the audit log.
+    ///
+    /// Every change goes through one transaction that writes the row, bumps its revision and
+    /// the global one, records the audit entry and — on disable — queues the "stop every open
+    /// session" job. Nothing here decides policy: callers ask the guard.
+    trait OrganizationStore {
+        /// Every stored organization, in configuration order (then by creation).
+        fn organizations(&self) -> Vec<StoredOrganization>;
+        /// The global organization revision: changes whenever any organization changes.
+        fn organization_revision(&self) -> i64;
+        /// Whether an organization is active, read from the database (the authority the
+        /// guard's strict callers use); None if it does not exist.
+        fn organization_active(&self, id: &str) -> Option<bool>;
+        /// Creates or updates an organization from the configuration (`enabled` None: a new one
+        /// is enabled, an existing one keeps its state). Disabling queues the stop job.
+        fn seed_organization(&self, id: &str, name: &str, settings_json: &str, enabled: Option<bool>, position: i64, now: i64) -> SeedOutcome;
+        /// Enables or disables an organization: one transaction flips the flag, bumps the
+        /// revisions, audits, and on disable queues the job that stops its open sessions.
+        /// `Ok(None)`: no such organization; `Ok(Some(changed))` otherwise.
+        fn set_organization_active(&self, id: &str, active: bool, actor: &str, now: i64) -> Option<bool>;
+        /// An organization no longer listed in the configuration: it is no longer the
+        /// configuration's (its position is cleared).
+        fn forget_config_position(&self, id: &str) -> ();
+        /// Queues the termination of an active session for the running portal (operator command
+        /// in another process), audited. False if the session is not active.
+        fn queue_session_termination(&self, session_id: i64, actor: &str, now: i64) -> bool;
+        /// Creates an organization (operator), audited. False if the id is taken.
+        fn create_organization(&self, write: &OrganizationWrite<'_>, active: bool) -> bool;
+        /// Replaces an organization's name and settings (operator), audited — with
+        /// `require_active`, only while it is enabled (checked in the same statement, so a
+        /// disable racing the change wins).
+        fn update_organization(&self, write: &OrganizationWrite<'_>, require_active: bool) -> UpdateOutcome;
+        /// Sessions of an organization that still need server `name`: open, or with accounting
+        /// not yet delivered (their Stops go to the server that authenticated them).
+        fn sessions_needing_server(&self, organization_id: &str, name: &str) -> i64;
+        /// Deletes an organization with its ended sessions and their accounting rows (the audit
+        /// log keeps its history), audited. Refused while it is listed in the configuration, has
+        /// open sessions or accounting not yet delivered: nothing may be lost.
+        fn delete_organization(&self, id: &str, actor: &str, now: i64, detail: &serde_json::Value) -> DeleteOutcome;
+        /// Organization jobs not done yet, oldest first.
+        fn pending_organization_jobs(&self) -> Vec<OrganizationJob>;
+        /// Marks a job done with its outcome, audited (once, however many processes finish it).
+        fn finish_organization_job(&self, job: &OrganizationJob, outcome: &str, now: i64) -> ();
+        /// Ids of an organization's active sessions.
+        fn active_session_ids_of(&self, organization_id: &str) -> Vec<i64>;
+        /// Appends an audit entry on its own (guard denials and other events outside a change).
+        fn audit(&self, at: i64, actor: &str, action: &str, organization_id: Option<&str>, detail: &serde_json::Value) -> ();
+        /// Deletes audit entries and finished organization jobs older than `before`
+        /// (retention); how many audit entries.
+        fn prune_audit(&self, before: i64) -> u64;
+        /// The newest `limit` audit entries, oldest first.
+        fn audit_tail(&self, limit: i64) -> Vec<AuditEntry>;
+    }
+}
+
+impl Storage {
+    /// Opens (creating if needed) a SQLite database file and runs its migrations.
+    pub async fn open(path: &Path) -> Result<Storage, StorageError> {
+        Ok(Storage {
+            backend: Backend::Sqlite(SqliteStore::open(path).await?),
+        })
+    }
+
+    /// Connects to a PostgreSQL database (`postgres://…`) and runs its migrations.
+    pub async fn open_postgres(url: &str) -> Result<Storage, StorageError> {
+        Ok(Storage {
+            backend: Backend::Postgres(PgStore::open(url).await?),
+        })
+    }
+
+    /// Opens the database `[database]` names: PostgreSQL when `url` is set, else the SQLite
+    /// file at `path`.
+    pub async fn connect(settings: &crate::config::DatabaseSettings) -> Result<Storage, StorageError> {
+        match &settings.url {
+            Some(url) => Storage::open_postgres(url.expose()).await,
+            None => Storage::open(&settings.path).await,
+        }
+    }
+
+    /// Which backend: `sqlite` or `postgres` (logs, `/readyz` text).
+    pub fn backend_name(&self) -> &'static str {
+        match &self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Whether writes can be made (SQLite: the engine's writer thread runs; PostgreSQL: the
+    /// pool is open); `/readyz` asks.
+    pub fn writable(&self) -> bool {
+        match &self.backend {
+            Backend::Sqlite(store) => store.writable(),
+            Backend::Postgres(store) => store.writable(),
+        }
+    }
+
+    /// One stored organization.
+    pub async fn organization(&self, id: &str) -> Result<Option<StoredOrganization>, StorageError> {
+        Ok(self.organizations().await?.into_iter().find(|o| o.id == id))
+    }
+}
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
@@ -129,9 +385,31 @@ pub struct OpenedSession {
     /// The new session's row id.
     pub id: i64,
     /// The client's previous session, stopped (Port-Preempted) with its Stop queued.
-    pub preempted: Vec<sqlite::Stopped>,
+    pub preempted: Vec<Stopped>,
     /// The Start, claimed for the caller when it asked ([`NewAccessSession::start_claimed_until`]).
     pub claimed_start: Option<OutboxRow>,
+}
+
+/// A session stopped by a transaction, with its Stop queued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stopped {
+    /// Session row id.
+    pub id: i64,
+    /// When it was stopped as of (its deadline; a preemption: the new login's start), unix ms.
+    pub due_at: i64,
+    /// Acct-Terminate-Cause queued.
+    pub cause: u32,
+}
+
+/// What [`Storage::stop_session_claiming`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// The session was not active: nothing changed.
+    NotActive,
+    /// Stopped; its Stop waits behind earlier rows for the delivery loop.
+    Queued,
+    /// Stopped; its Stop is claimed for the caller.
+    Claimed(OutboxRow),
 }
 
 /// An outbox row claimed for delivery.

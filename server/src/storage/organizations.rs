@@ -1,11 +1,8 @@
-//! The organization store: organizations with their settings (the run-time truth), the global
+//! The organization store's types, and its SQLite implementation ([`OrganizationStore`] for
+//! [`SqliteStore`]): organizations with their settings (the run-time truth), the global
 //! revision other processes poll, durable organization jobs, and the audit log.
-//!
-//! Every change goes through one transaction that writes the row, bumps its revision and the
-//! global one, records the audit entry and — on disable — queues the "stop every open session"
-//! job. Nothing here decides policy: callers ask the guard.
 
-use super::{Storage, StorageError};
+use super::{sqlite::SqliteStore, OrganizationStore, StorageError};
 use rusqlite::OptionalExtension;
 use sqlx::{Row, Sqlite, Transaction};
 
@@ -121,8 +118,8 @@ pub struct AuditEntry {
 }
 
 /// One audit entry: at, actor, action, organization id, detail (JSON).
-const AUDIT_INSERT: &str =
-    "INSERT INTO audit_log (at, actor, action, organization_id, detail) VALUES (?, ?, ?, ?, ?)";
+pub(crate) const AUDIT_INSERT: &str =
+    "INSERT INTO audit_log (at, actor, action, organization_id, detail) VALUES ($1, $2, $3, $4, $5)";
 
 /// The audit entry of a change, written in the change's transaction.
 pub(crate) async fn audit_in(
@@ -162,6 +159,26 @@ pub(crate) fn audit_on(
             detail.to_string()
         ])?;
     Ok(())
+}
+
+/// A deleted organization's audit detail with its dead-lettered rows (Acct-Session-Id, status
+/// type, reason): they are the only record of accounting that was never sent.
+pub(crate) fn with_dead_letters(
+    detail: &serde_json::Value,
+    dead: &[(String, i64, Option<String>)],
+) -> serde_json::Value {
+    let mut detail = detail.clone();
+    if let Some(map) = detail.as_object_mut() {
+        map.insert(
+            "dead_letters".into(),
+            dead.iter()
+                .map(|(sid, status, reason)| {
+                    serde_json::json!({ "acct_session_id": sid, "status_type": status, "reason": reason })
+                })
+                .collect(),
+        );
+    }
+    detail
 }
 
 async fn bump_revision(tx: &mut Transaction<'static, Sqlite>) -> Result<(), StorageError> {
@@ -217,9 +234,8 @@ async fn set_active_in(
     Ok(true)
 }
 
-impl Storage {
-    /// Every stored organization, in configuration order (then by creation).
-    pub async fn organizations(&self) -> Result<Vec<StoredOrganization>, StorageError> {
+impl OrganizationStore for SqliteStore {
+    async fn organizations(&self) -> Result<Vec<StoredOrganization>, StorageError> {
         let rows = sqlx::query(
             "SELECT id, name, is_active, settings, revision, position IS NOT NULL AS from_config FROM organizations \
              ORDER BY position IS NULL, position, created_at, id",
@@ -240,13 +256,7 @@ impl Storage {
             .collect()
     }
 
-    /// One stored organization.
-    pub async fn organization(&self, id: &str) -> Result<Option<StoredOrganization>, StorageError> {
-        Ok(self.organizations().await?.into_iter().find(|o| o.id == id))
-    }
-
-    /// The global organization revision: changes whenever any organization changes.
-    pub async fn organization_revision(&self) -> Result<i64, StorageError> {
+    async fn organization_revision(&self) -> Result<i64, StorageError> {
         Ok(
             sqlx::query_scalar("SELECT value FROM organization_revision WHERE id = 1")
                 .fetch_one(self.pool())
@@ -254,9 +264,7 @@ impl Storage {
         )
     }
 
-    /// Whether an organization is active, read from the database (the authority the guard's
-    /// strict callers use); None if it does not exist.
-    pub async fn organization_active(&self, id: &str) -> Result<Option<bool>, StorageError> {
+    async fn organization_active(&self, id: &str) -> Result<Option<bool>, StorageError> {
         self.engine.read(|c| {
             Ok(
                 c.prepare_cached("SELECT is_active FROM organizations WHERE id = ?")?
@@ -266,9 +274,7 @@ impl Storage {
         })
     }
 
-    /// Creates or updates an organization from the configuration (`enabled` None: a new one is
-    /// enabled, an existing one keeps its state). Disabling queues the stop job.
-    pub async fn seed_organization(
+    async fn seed_organization(
         &self,
         id: &str,
         name: &str,
@@ -354,10 +360,7 @@ impl Storage {
         Ok(outcome)
     }
 
-    /// Enables or disables an organization: one transaction flips the flag, bumps the
-    /// revisions, audits, and on disable queues the job that stops its open sessions.
-    /// `Ok(None)`: no such organization; `Ok(Some(changed))` otherwise.
-    pub async fn set_organization_active(
+    async fn set_organization_active(
         &self,
         id: &str,
         active: bool,
@@ -377,9 +380,7 @@ impl Storage {
         Ok(Some(changed))
     }
 
-    /// An organization no longer listed in the configuration: it is no longer the configuration's
-    /// (its position is cleared).
-    pub async fn forget_config_position(&self, id: &str) -> Result<(), StorageError> {
+    async fn forget_config_position(&self, id: &str) -> Result<(), StorageError> {
         let _gate = self.write_gate().await;
         sqlx::query("UPDATE organizations SET position = NULL WHERE id = ?")
             .bind(id)
@@ -388,9 +389,7 @@ impl Storage {
         Ok(())
     }
 
-    /// Queues the termination of an active session for the running portal (operator command in
-    /// another process), audited. False if the session is not active.
-    pub async fn queue_session_termination(
+    async fn queue_session_termination(
         &self,
         session_id: i64,
         actor: &str,
@@ -427,8 +426,7 @@ impl Storage {
         Ok(true)
     }
 
-    /// Creates an organization (operator), audited. False if the id is taken.
-    pub async fn create_organization(
+    async fn create_organization(
         &self,
         write: &OrganizationWrite<'_>,
         active: bool,
@@ -469,10 +467,7 @@ impl Storage {
         Ok(true)
     }
 
-    /// Replaces an organization's name and settings (operator), audited — with
-    /// `require_active`, only while it is enabled (checked in the same statement, so a disable
-    /// racing the change wins).
-    pub async fn update_organization(
+    async fn update_organization(
         &self,
         write: &OrganizationWrite<'_>,
         require_active: bool,
@@ -522,9 +517,7 @@ impl Storage {
         Ok(UpdateOutcome::Updated)
     }
 
-    /// Sessions of an organization that still need server `name`: open, or with accounting not
-    /// yet delivered (their Stops go to the server that authenticated them).
-    pub async fn sessions_needing_server(
+    async fn sessions_needing_server(
         &self,
         organization_id: &str,
         name: &str,
@@ -540,10 +533,7 @@ impl Storage {
         .await?)
     }
 
-    /// Deletes an organization with its ended sessions and their accounting rows (the audit
-    /// log keeps its history), audited. Refused while it is listed in the configuration, has
-    /// open sessions or accounting not yet delivered: nothing may be lost.
-    pub async fn delete_organization(
+    async fn delete_organization(
         &self,
         id: &str,
         actor: &str,
@@ -591,17 +581,7 @@ impl Storage {
         .bind(id)
         .fetch_all(&mut *tx)
         .await?;
-        let mut detail = detail.clone();
-        if let Some(map) = detail.as_object_mut() {
-            map.insert(
-                "dead_letters".into(),
-                dead.iter()
-                    .map(|(sid, status, reason)| {
-                        serde_json::json!({ "acct_session_id": sid, "status_type": status, "reason": reason })
-                    })
-                    .collect(),
-            );
-        }
+        let detail = with_dead_letters(detail, &dead);
         for statement in [
             "DELETE FROM session_classes WHERE access_session_id IN (SELECT id FROM access_sessions WHERE organization_id = ?)",
             "DELETE FROM accounting_outbox WHERE access_session_id IN (SELECT id FROM access_sessions WHERE organization_id = ?)",
@@ -617,8 +597,7 @@ impl Storage {
         Ok(DeleteOutcome::Deleted)
     }
 
-    /// Organization jobs not done yet, oldest first.
-    pub async fn pending_organization_jobs(&self) -> Result<Vec<OrganizationJob>, StorageError> {
+    async fn pending_organization_jobs(&self) -> Result<Vec<OrganizationJob>, StorageError> {
         let rows = sqlx::query(
             "SELECT id, organization_id, kind, access_session_id FROM organization_jobs WHERE done_at IS NULL ORDER BY id",
         )
@@ -636,20 +615,24 @@ impl Storage {
             .collect()
     }
 
-    /// Marks a job done with its outcome, audited.
-    pub async fn finish_organization_job(
+    async fn finish_organization_job(
         &self,
         job: &OrganizationJob,
         outcome: &str,
         now: i64,
     ) -> Result<(), StorageError> {
         let (_gate, mut tx) = self.begin().await?;
-        sqlx::query("UPDATE organization_jobs SET done_at = ?, outcome = ? WHERE id = ? AND done_at IS NULL")
+        let finished = sqlx::query("UPDATE organization_jobs SET done_at = ?, outcome = ? WHERE id = ? AND done_at IS NULL")
             .bind(now)
             .bind(outcome)
             .bind(job.id)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected()
+            > 0;
+        if !finished {
+            return Ok(());
+        }
         audit_in(
             &mut tx,
             now,
@@ -663,8 +646,7 @@ impl Storage {
         Ok(())
     }
 
-    /// Ids of an organization's active sessions.
-    pub async fn active_session_ids_of(
+    async fn active_session_ids_of(
         &self,
         organization_id: &str,
     ) -> Result<Vec<i64>, StorageError> {
@@ -676,8 +658,7 @@ impl Storage {
         .await?)
     }
 
-    /// Appends an audit entry on its own (guard denials and other events outside a change).
-    pub async fn audit(
+    async fn audit(
         &self,
         at: i64,
         actor: &str,
@@ -696,9 +677,7 @@ impl Storage {
             .await
     }
 
-    /// Deletes audit entries and finished organization jobs older than `before` (retention);
-    /// how many audit entries.
-    pub async fn prune_audit(&self, before: i64) -> Result<u64, StorageError> {
+    async fn prune_audit(&self, before: i64) -> Result<u64, StorageError> {
         // Finished organization jobs are history too (their outcome is in the audit log).
         let _gate = self.write_gate().await;
         sqlx::query("DELETE FROM organization_jobs WHERE done_at IS NOT NULL AND done_at < ?")
@@ -712,8 +691,7 @@ impl Storage {
             .rows_affected())
     }
 
-    /// The newest `limit` audit entries, oldest first.
-    pub async fn audit_tail(&self, limit: i64) -> Result<Vec<AuditEntry>, StorageError> {
+    async fn audit_tail(&self, limit: i64) -> Result<Vec<AuditEntry>, StorageError> {
         let rows = sqlx::query(
             "SELECT id, at, actor, action, organization_id, detail FROM \
              (SELECT * FROM audit_log ORDER BY id DESC LIMIT ?) ORDER BY id",

@@ -6,7 +6,8 @@
 
 use super::{
     decode_classes, encode_classes, engine::Engine, AccessSessionRecord, NewAccessSession,
-    OpenedSession, OutboxEntry, OutboxRow, SessionMatch, StorageError,
+    OpenedSession, OutboxEntry, OutboxRow, SessionMatch, SessionStore, StopOutcome, Stopped,
+    StorageError, AUTH_SERVER_DESTINATION,
 };
 use crate::radius::{status_type, terminate_cause};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -16,12 +17,9 @@ use sqlx::{
 };
 use std::{path::Path, str::FromStr, time::Duration};
 
-/// Outbox destination of the server that authenticated the session (the only one for now).
-pub const AUTH_SERVER_DESTINATION: &str = "auth-server";
-
-/// Handle to the database. Cheap to clone.
+/// The SQLite backend. Cheap to clone.
 #[derive(Clone)]
-pub struct Storage {
+pub struct SqliteStore {
     pool: SqlitePool,
     pub(crate) engine: Engine,
 }
@@ -185,20 +183,9 @@ fn outbox_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
     })
 }
 
-/// A session stopped by a transaction, with its Stop queued.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stopped {
-    /// Session row id.
-    pub id: i64,
-    /// When it was stopped as of (its deadline; a preemption: the new login's start), unix ms.
-    pub due_at: i64,
-    /// Acct-Terminate-Cause queued.
-    pub cause: u32,
-}
-
-impl Storage {
+impl SqliteStore {
     /// Opens (creating if needed) the database file and runs migrations.
-    pub async fn open(path: &Path) -> Result<Storage, StorageError> {
+    pub async fn open(path: &Path) -> Result<SqliteStore, StorageError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StorageError::Database(sqlx::Error::Io(e)))?;
         }
@@ -216,38 +203,9 @@ impl Storage {
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         restrict_to_owner(path);
         let engine = Engine::open(path)?;
-        let storage = Storage { pool, engine };
+        let storage = SqliteStore { pool, engine };
         storage.index_classes_of_older_sessions().await?;
         Ok(storage)
-    }
-
-    /// A 32-byte key the portal keeps for itself under `name`, created on first use and the
-    /// same for every process on this database.
-    pub async fn app_secret(&self, name: &str) -> Result<[u8; 32], StorageError> {
-        let fresh: [u8; 32] = rand::random();
-        let name = name.to_string();
-        self.engine
-            .write(move |c| {
-                c.execute(
-                    "INSERT INTO app_secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
-                    params![name, fresh.as_slice(), crate::access_session::now_ms()],
-                )?;
-                let stored: Vec<u8> = c.query_row(
-                    "SELECT value FROM app_secrets WHERE name = ?",
-                    [&name],
-                    |r| r.get(0),
-                )?;
-                stored.try_into().map_err(|_| {
-                    StorageError::Corrupt(format!("app secret `{name}` is not 32 bytes"))
-                })
-            })
-            .await
-    }
-
-    /// Stored web sessions (tests and operators: anonymous visitors must not add any).
-    pub async fn web_session_count(&self) -> Result<i64, StorageError> {
-        self.engine
-            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM tower_sessions", [], |r| r.get(0))?))
     }
 
     /// Indexes the Class values of active sessions opened before the index existed (once; a
@@ -296,10 +254,40 @@ impl Storage {
         self.engine.gate().await
     }
 
-    /// Creates an access session with its Start queued (claimed for the caller if it asks). An
-    /// active session of the same (organization, client IP) is stopped first (Port-Preempted),
-    /// in the same transaction.
-    pub async fn open_session(
+    /// Whether writes can be made (the engine's writer thread runs); `/readyz` asks.
+    pub(crate) fn writable(&self) -> bool {
+        self.engine.writer_alive()
+    }
+}
+
+impl SessionStore for SqliteStore {
+    async fn app_secret(&self, name: &str) -> Result<[u8; 32], StorageError> {
+        let fresh: [u8; 32] = rand::random();
+        let name = name.to_string();
+        self.engine
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO app_secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                    params![name, fresh.as_slice(), crate::access_session::now_ms()],
+                )?;
+                let stored: Vec<u8> = c.query_row(
+                    "SELECT value FROM app_secrets WHERE name = ?",
+                    [&name],
+                    |r| r.get(0),
+                )?;
+                stored.try_into().map_err(|_| {
+                    StorageError::Corrupt(format!("app secret `{name}` is not 32 bytes"))
+                })
+            })
+            .await
+    }
+
+    async fn web_session_count(&self) -> Result<i64, StorageError> {
+        self.engine
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM tower_sessions", [], |r| r.get(0))?))
+    }
+
+    async fn open_session(
         &self,
         new: &NewAccessSession,
     ) -> Result<OpenedSession, StorageError> {
@@ -307,14 +295,11 @@ impl Storage {
         self.engine.write(move |c| open_session_in(c, &new)).await
     }
 
-    /// Loads a session by id.
-    pub async fn session(&self, id: i64) -> Result<Option<AccessSessionRecord>, StorageError> {
+    async fn session(&self, id: i64) -> Result<Option<AccessSessionRecord>, StorageError> {
         self.engine.read(|c| session_by_id(c, id))
     }
 
-    /// Moves an active session's deadline to `expires_at` (refreshed at `now`) and queues an
-    /// Interim-Update. Returns the updated session, or None if it is no longer active.
-    pub async fn refresh_session(
+    async fn refresh_session(
         &self,
         id: i64,
         now: i64,
@@ -338,9 +323,7 @@ impl Storage {
             .await
     }
 
-    /// Stops an active session at `event_at` with `cause` and queues its Stop. False if it was
-    /// not active (already stopped: nothing is queued twice).
-    pub async fn stop_session(
+    async fn stop_session(
         &self,
         id: i64,
         cause: u32,
@@ -351,9 +334,7 @@ impl Storage {
             .await
     }
 
-    /// Stops every active session whose deadline is at or before `now`. Each is stopped at its
-    /// own deadline, with Session-Timeout when the limit was reached, else Idle-Timeout.
-    pub async fn stop_due_sessions(&self, now: i64) -> Result<Vec<Stopped>, StorageError> {
+    async fn stop_due_sessions(&self, now: i64) -> Result<Vec<Stopped>, StorageError> {
         self.engine
             .write(move |c| {
                 let due: Vec<(i64, i64, Option<i64>)> = c
@@ -383,9 +364,7 @@ impl Storage {
             .await
     }
 
-    /// Queues an Interim-Update for every active session whose periodic update (from
-    /// Acct-Interim-Interval) is due at `now`, and schedules the next one. Returns how many.
-    pub async fn queue_due_interims(&self, now: i64) -> Result<usize, StorageError> {
+    async fn queue_due_interims(&self, now: i64) -> Result<usize, StorageError> {
         self.engine
             .write(move |c| {
                 let due: Vec<(i64, i64, i64)> = c
@@ -407,8 +386,7 @@ impl Storage {
             .await
     }
 
-    /// When the next periodic Interim-Update is due.
-    pub async fn next_interim(&self) -> Result<Option<i64>, StorageError> {
+    async fn next_interim(&self) -> Result<Option<i64>, StorageError> {
         self.engine.read(|c| {
             Ok(c.prepare_cached(
                 "SELECT MIN(next_interim_at) FROM access_sessions WHERE state = 'active'",
@@ -417,8 +395,7 @@ impl Storage {
         })
     }
 
-    /// The active, not yet due session of a client in an organization.
-    pub async fn active_session_for_client(
+    async fn active_session_for_client(
         &self,
         organization_id: &str,
         client_ip: &str,
@@ -435,9 +412,7 @@ impl Storage {
         })
     }
 
-    /// Active sessions a Dynamic Authorization request names (a Class may name a whole group:
-    /// off the async threads).
-    pub async fn find_active_sessions(
+    async fn find_active_sessions(
         &self,
         wanted: &SessionMatch,
     ) -> Result<Vec<AccessSessionRecord>, StorageError> {
@@ -467,8 +442,7 @@ impl Storage {
         .await
     }
 
-    /// Active sessions, of one organization or all, oldest first (operator listing).
-    pub async fn active_sessions_of(
+    async fn active_sessions_of(
         &self,
         organization_id: Option<&str>,
         limit: i64,
@@ -487,8 +461,7 @@ impl Storage {
             .await
     }
 
-    /// A session by its Acct-Session-Id.
-    pub async fn session_by_acct_id(
+    async fn session_by_acct_id(
         &self,
         acct_session_id: &str,
     ) -> Result<Option<AccessSessionRecord>, StorageError> {
@@ -501,8 +474,7 @@ impl Storage {
         })
     }
 
-    /// Earliest deadline of an active session.
-    pub async fn next_expiry(&self) -> Result<Option<i64>, StorageError> {
+    async fn next_expiry(&self) -> Result<Option<i64>, StorageError> {
         self.engine.read(|c| {
             Ok(c.prepare_cached(
                 "SELECT MIN(expires_at) FROM access_sessions WHERE state = 'active'",
@@ -511,13 +483,7 @@ impl Storage {
         })
     }
 
-    /// Whether writes can be made (the engine's writer thread runs); `/readyz` asks.
-    pub fn writable(&self) -> bool {
-        self.engine.writer_alive()
-    }
-
-    /// Whether the database answers a query (one indexed row; `/readyz`).
-    pub async fn ping(&self) -> Result<(), StorageError> {
+    async fn ping(&self) -> Result<(), StorageError> {
         self.engine.read(|c| {
             c.prepare_cached("SELECT value FROM organization_revision WHERE id = 1")?
                 .query_row([], |r| r.get::<_, i64>(0))?;
@@ -525,8 +491,7 @@ impl Storage {
         })
     }
 
-    /// Number of active sessions.
-    pub async fn active_sessions(&self) -> Result<i64, StorageError> {
+    async fn active_sessions(&self) -> Result<i64, StorageError> {
         self.engine
             .read_long(|c| {
                 Ok(c.query_row(
@@ -538,12 +503,7 @@ impl Storage {
             .await
     }
 
-    /// Claims up to `limit` due outbox rows, each the first pending row of its session (and
-    /// destination), so a session's packets go out in order while different sessions' packets
-    /// go out together. A claim lasts until `lease_until`; an expired claim can be taken again.
-    /// Durable: a claim counts an attempt before the packet can leave, which is how a crash
-    /// after sending is told from a Start that never went out.
-    pub async fn claim_due_outbox(
+    async fn claim_due_outbox(
         &self,
         now: i64,
         lease_until: i64,
@@ -569,9 +529,7 @@ impl Storage {
             .await
     }
 
-    /// Claims a session's next pending row of `status_type` if it is first in line (used to
-    /// send a Start, or a preempted session's Stop, at once inside the login request).
-    pub async fn claim_session_outbox(
+    async fn claim_session_outbox(
         &self,
         access_session_id: i64,
         status_type: u32,
@@ -583,10 +541,7 @@ impl Storage {
             .await
     }
 
-    /// Stops an active session like [`Storage::stop_session`] and, in the same write, claims
-    /// its Stop for the caller until `lease_until` when nothing of the session is still pending
-    /// before it (the caller sends it at once).
-    pub async fn stop_session_claiming(
+    async fn stop_session_claiming(
         &self,
         id: i64,
         cause: u32,
@@ -608,9 +563,7 @@ impl Storage {
             .await
     }
 
-    /// Releases every claim (at start-up: claims held by a previous process of this database
-    /// are void; their rows are sent again, idempotent by Acct-Session-Id and status type).
-    pub async fn release_outbox_claims(&self) -> Result<u64, StorageError> {
+    async fn release_outbox_claims(&self) -> Result<u64, StorageError> {
         self.engine
             .write_relaxed(|c| {
                 Ok(c.execute(
@@ -621,9 +574,7 @@ impl Storage {
             .await
     }
 
-    /// Marks a claimed row delivered. Relaxed (see the engine): lost on power failure, the row
-    /// is sent again, which accounting servers take as a duplicate.
-    pub async fn mark_delivered(&self, id: i64, now: i64) -> Result<(), StorageError> {
+    async fn mark_delivered(&self, id: i64, now: i64) -> Result<(), StorageError> {
         self.engine
             .write_relaxed(move |c| {
                 c.prepare_cached(
@@ -636,9 +587,7 @@ impl Storage {
             .await
     }
 
-    /// Releases a claimed row for a retry at `next_attempt_at`, recording why it failed and
-    /// whether a packet went out this time.
-    pub async fn mark_failed(
+    async fn mark_failed(
         &self,
         id: i64,
         next_attempt_at: i64,
@@ -658,11 +607,7 @@ impl Storage {
             .await
     }
 
-    /// Closes a row that can never be sent, with the reason, so it stops blocking its session's
-    /// later rows. With `cascade`, the session's later pending rows are closed too ("the Start
-    /// was never sent", so no Interim or Stop may follow it), and an active session is ended
-    /// without a Stop: it never existed for the server.
-    pub async fn dead_letter(
+    async fn dead_letter(
         &self,
         id: i64,
         now: i64,
@@ -675,11 +620,7 @@ impl Storage {
             .await
     }
 
-    /// Rolls back a session whose Start never went on the wire and is not being sent right now
-    /// (login gave up on it): the Start and everything behind it are dead-lettered with
-    /// `reason` and the session ends without a Stop. False (nothing changed) if the Start was
-    /// transmitted, delivered, or is claimed — then the Stop must follow it as usual.
-    pub async fn rollback_unsent_start(
+    async fn rollback_unsent_start(
         &self,
         access_session_id: i64,
         now: i64,
@@ -704,8 +645,7 @@ impl Storage {
             .await
     }
 
-    /// Pending rows of `access_session_id`, oldest first (tests, CLI).
-    pub async fn session_outbox(
+    async fn session_outbox(
         &self,
         access_session_id: i64,
     ) -> Result<Vec<OutboxEntry>, StorageError> {
@@ -720,8 +660,7 @@ impl Storage {
         })
     }
 
-    /// Dead-lettered rows, newest first (CLI `accounting dead-letters`).
-    pub async fn dead_letters(
+    async fn dead_letters(
         &self,
         limit: i64,
     ) -> Result<Vec<(OutboxEntry, String, String)>, StorageError> {
@@ -742,8 +681,7 @@ impl Storage {
             .await
     }
 
-    /// Makes every pending row due now (a server came back: no need to wait out the backoff).
-    pub async fn retry_pending_now(&self, now: i64) -> Result<u64, StorageError> {
+    async fn retry_pending_now(&self, now: i64) -> Result<u64, StorageError> {
         self.engine
             .write_relaxed(move |c| {
                 Ok(c.prepare_cached(concat!(
@@ -756,10 +694,7 @@ impl Storage {
             .await
     }
 
-    /// When the next claimable row becomes due: only rows first in line for their session
-    /// count (a row waiting behind an undelivered earlier row cannot be claimed, so its time
-    /// must not wake anyone), and a claimed row counts from its lease end.
-    pub async fn next_outbox_attempt(&self) -> Result<Option<i64>, StorageError> {
+    async fn next_outbox_attempt(&self) -> Result<Option<i64>, StorageError> {
         // A scan of the pending rows (all of them during an outage): off the async threads.
         self.engine
             .read_long(|c| {
@@ -774,10 +709,7 @@ impl Storage {
             .await
     }
 
-    /// Deletes accounting history and ended sessions older than `before` (unix ms): delivered
-    /// or dead rows of sessions that ended before it, then those sessions. Returns the number of
-    /// sessions removed. Pending rows and active sessions are never touched.
-    pub async fn prune(&self, before: i64) -> Result<u64, StorageError> {
+    async fn prune(&self, before: i64) -> Result<u64, StorageError> {
         self.engine
             .write_relaxed(move |c| {
                 c.execute(
@@ -796,9 +728,7 @@ impl Storage {
             .await
     }
 
-    /// What the metrics show of the database at a scrape: active sessions per organization,
-    /// undelivered accounting rows and the age of the oldest, dead letters kept.
-    pub async fn metrics_snapshot(
+    async fn metrics_snapshot(
         &self,
         now: i64,
     ) -> Result<crate::metrics::Snapshot, StorageError> {
@@ -830,8 +760,7 @@ impl Storage {
             .await
     }
 
-    /// Undelivered rows (backlog).
-    pub async fn outbox_backlog(&self) -> Result<i64, StorageError> {
+    async fn outbox_backlog(&self) -> Result<i64, StorageError> {
         self.engine
             .read_long(|c| {
                 Ok(c.query_row(
@@ -843,8 +772,7 @@ impl Storage {
             .await
     }
 
-    /// Whether a session's packet of `status_type` has been acknowledged.
-    pub async fn outbox_delivered(
+    async fn outbox_delivered(
         &self,
         access_session_id: i64,
         status_type: u32,
@@ -862,18 +790,7 @@ impl Storage {
     }
 }
 
-/// What [`Storage::stop_session_claiming`] did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StopOutcome {
-    /// The session was not active: nothing changed.
-    NotActive,
-    /// Stopped; its Stop waits behind earlier rows for the delivery loop.
-    Queued,
-    /// Stopped; its Stop is claimed for the caller.
-    Claimed(OutboxRow),
-}
-
-/// See [`Storage::claim_session_outbox`].
+/// See [`SessionStore::claim_session_outbox`].
 fn claim_session_in(
     c: &Connection,
     access_session_id: i64,
@@ -898,7 +815,7 @@ fn claim_session_in(
     .optional()?)
 }
 
-/// See [`Storage::open_session`].
+/// See [`SessionStore::open_session`].
 fn open_session_in(c: &Connection, new: &NewAccessSession) -> Result<OpenedSession, StorageError> {
     // Defence in depth against a disable racing the login: writers are serialized, so either
     // this session commits first (and the disable's stop job sees it) or the flag is already
@@ -993,7 +910,7 @@ fn insert_classes(c: &Connection, id: i64, classes: &[Vec<u8>]) -> Result<(), St
     Ok(())
 }
 
-/// See [`Storage::dead_letter`].
+/// See [`SessionStore::dead_letter`].
 fn dead_letter_in(
     c: &Connection,
     id: i64,

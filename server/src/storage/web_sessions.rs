@@ -1,14 +1,19 @@
-//! Web sessions (tower-sessions' records) in the portal's database, through the same engine as
-//! everything else: a load is a read where the request runs, a save joins the next write batch.
-//! Records are MessagePack like tower-sessions' own stores; expiry is Unix seconds.
+//! Web sessions (tower-sessions' records) in the portal's database, so every replica on one
+//! database knows every browser. Records are MessagePack like tower-sessions' own stores; expiry
+//! is Unix seconds.
 //!
-//! Creates and saves are relaxed (no fsync of their own; see the engine): a power failure may at
-//! worst sign a browser out or bring back a web session whose access session has ended — never an
-//! access session, a Stop or a Start, which are written durably before the web session changes.
-//! Deletes (sign-out, the old id a login replaces) are durable: they never come back.
+//! SQLite: through the same engine as everything else — a load is a read where the request
+//! runs, a save joins the next write batch. Creates and saves are relaxed (no fsync of their
+//! own; see the engine): a power failure may at worst sign a browser out or bring back a web
+//! session whose access session has ended — never an access session, a Stop or a Start, which
+//! are written durably before the web session changes. Deletes (sign-out, the old id a login
+//! replaces) are durable: they never come back.
+//!
+//! PostgreSQL: one statement each on the pool (`synchronous_commit` as the server sets it).
 
-use super::{engine::Engine, Storage, StorageError};
+use super::{engine::Engine, Backend, Storage, StorageError};
 use rusqlite::OptionalExtension;
+use sqlx::PgPool;
 use tower_sessions::{
     session::{Id, Record},
     session_store, SessionStore,
@@ -17,7 +22,13 @@ use tower_sessions::{
 /// The store the web-session layer uses.
 #[derive(Clone)]
 pub struct WebSessionStore {
-    engine: Engine,
+    backend: WebBackend,
+}
+
+#[derive(Clone)]
+enum WebBackend {
+    Sqlite(Engine),
+    Postgres(PgPool),
 }
 
 impl std::fmt::Debug for WebSessionStore {
@@ -30,14 +41,32 @@ impl Storage {
     /// The web-session store on this database.
     pub fn web_sessions(&self) -> WebSessionStore {
         WebSessionStore {
-            engine: self.engine.clone(),
+            backend: match &self.backend {
+                Backend::Sqlite(store) => WebBackend::Sqlite(store.engine.clone()),
+                Backend::Postgres(store) => WebBackend::Postgres(store.pool().clone()),
+            },
         }
     }
 }
 
-fn backend(e: StorageError) -> session_store::Error {
-    session_store::Error::Backend(e.to_string())
+fn backend(e: impl Into<StorageError>) -> session_store::Error {
+    session_store::Error::Backend(e.into().to_string())
 }
+
+fn decode(data: Option<Vec<u8>>) -> session_store::Result<Option<Record>> {
+    data.map(|data| {
+        rmp_serde::from_slice(&data).map_err(|e| session_store::Error::Decode(e.to_string()))
+    })
+    .transpose()
+}
+
+const INSERT_NEW: &str =
+    "INSERT INTO tower_sessions (id, data, expiry_date) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING";
+const UPSERT: &str = "INSERT INTO tower_sessions (id, data, expiry_date) VALUES ($1, $2, $3) \
+     ON CONFLICT (id) DO UPDATE SET data = excluded.data, expiry_date = excluded.expiry_date";
+const LOAD: &str = "SELECT data FROM tower_sessions WHERE id = $1 AND expiry_date > $2";
+const DELETE: &str = "DELETE FROM tower_sessions WHERE id = $1";
+const DELETE_EXPIRED: &str = "DELETE FROM tower_sessions WHERE expiry_date <= $1";
 
 fn encode(record: &Record) -> session_store::Result<Vec<u8>> {
     rmp_serde::to_vec(record).map_err(|e| session_store::Error::Encode(e.to_string()))
@@ -51,11 +80,18 @@ impl WebSessionStore {
     /// Deletes expired web sessions; how many.
     pub async fn delete_expired(&self) -> Result<usize, StorageError> {
         let now = now_secs();
-        self.engine
-            .write_relaxed(move |c| {
-                Ok(c.execute("DELETE FROM tower_sessions WHERE expiry_date <= ?", [now])?)
-            })
-            .await
+        match &self.backend {
+            WebBackend::Sqlite(engine) => {
+                engine
+                    .write_relaxed(move |c| Ok(c.execute(DELETE_EXPIRED, [now])?))
+                    .await
+            }
+            WebBackend::Postgres(pool) => Ok(sqlx::query(DELETE_EXPIRED)
+                .bind(now)
+                .execute(pool)
+                .await?
+                .rows_affected() as usize),
+        }
     }
 }
 
@@ -69,16 +105,23 @@ impl SessionStore for WebSessionStore {
                 encode(record)?,
                 record.expiry_date.unix_timestamp(),
             );
-            let inserted = self
-                .engine
-                .write_relaxed(move |c| {
-                    Ok(c.prepare_cached(
-                        "INSERT INTO tower_sessions (id, data, expiry_date) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                    )?
-                    .execute(rusqlite::params![id, data, expiry])?)
-                })
-                .await
-                .map_err(backend)?;
+            let inserted = match &self.backend {
+                WebBackend::Sqlite(engine) => engine
+                    .write_relaxed(move |c| {
+                        Ok(c.prepare_cached(INSERT_NEW)?
+                            .execute(rusqlite::params![id, data, expiry])?)
+                    })
+                    .await
+                    .map_err(backend)?,
+                WebBackend::Postgres(pool) => sqlx::query(INSERT_NEW)
+                    .bind(id)
+                    .bind(data)
+                    .bind(expiry)
+                    .execute(pool)
+                    .await
+                    .map_err(backend)?
+                    .rows_affected() as usize,
+            };
             if inserted == 1 {
                 return Ok(());
             }
@@ -92,46 +135,65 @@ impl SessionStore for WebSessionStore {
             encode(record)?,
             record.expiry_date.unix_timestamp(),
         );
-        self.engine
-            .write_relaxed(move |c| {
-                c.prepare_cached(
-                    "INSERT INTO tower_sessions (id, data, expiry_date) VALUES (?, ?, ?) \
-                     ON CONFLICT (id) DO UPDATE SET data = excluded.data, expiry_date = excluded.expiry_date",
-                )?
-                .execute(rusqlite::params![id, data, expiry])?;
-                Ok(())
-            })
-            .await
-            .map_err(backend)
+        match &self.backend {
+            WebBackend::Sqlite(engine) => engine
+                .write_relaxed(move |c| {
+                    c.prepare_cached(UPSERT)?
+                        .execute(rusqlite::params![id, data, expiry])?;
+                    Ok(())
+                })
+                .await
+                .map_err(backend),
+            WebBackend::Postgres(pool) => sqlx::query(UPSERT)
+                .bind(id)
+                .bind(data)
+                .bind(expiry)
+                .execute(pool)
+                .await
+                .map(|_| ())
+                .map_err(backend),
+        }
     }
 
     async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
         let id = session_id.to_string();
-        let data: Option<Vec<u8>> = self
-            .engine
-            .read(|c| {
-                Ok(c.prepare_cached(
-                    "SELECT data FROM tower_sessions WHERE id = ? AND expiry_date > ?",
-                )?
-                .query_row(rusqlite::params![id, now_secs()], |r| r.get(0))
-                .optional()?)
-            })
-            .map_err(backend)?;
-        data.map(|data| {
-            rmp_serde::from_slice(&data).map_err(|e| session_store::Error::Decode(e.to_string()))
-        })
-        .transpose()
+        match &self.backend {
+            WebBackend::Sqlite(engine) => decode(
+                engine
+                    .read(|c| {
+                        Ok(c.prepare_cached(LOAD)?
+                            .query_row(rusqlite::params![id, now_secs()], |r| r.get(0))
+                            .optional()?)
+                    })
+                    .map_err(backend)?,
+            ),
+            WebBackend::Postgres(pool) => decode(
+                sqlx::query_scalar(LOAD)
+                    .bind(id)
+                    .bind(now_secs())
+                    .fetch_optional(pool)
+                    .await
+                    .map_err(backend)?,
+            ),
+        }
     }
 
     async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
         let id = session_id.to_string();
-        self.engine
-            .write(move |c| {
-                c.prepare_cached("DELETE FROM tower_sessions WHERE id = ?")?
-                    .execute([id])?;
-                Ok(())
-            })
-            .await
-            .map_err(backend)
+        match &self.backend {
+            WebBackend::Sqlite(engine) => engine
+                .write(move |c| {
+                    c.prepare_cached(DELETE)?.execute([id])?;
+                    Ok(())
+                })
+                .await
+                .map_err(backend),
+            WebBackend::Postgres(pool) => sqlx::query(DELETE)
+                .bind(id)
+                .execute(pool)
+                .await
+                .map(|_| ())
+                .map_err(backend),
+        }
     }
 }

@@ -1,0 +1,1443 @@
+//! The PostgreSQL implementation of storage, for several portal replicas on one database.
+//!
+//! Each contract method is one transaction (most are one statement). What SQLite gets from its
+//! single writer, PostgreSQL gets from row locks and claims:
+//! - a session is stopped by an `UPDATE … WHERE state = 'active'`: of two replicas stopping it,
+//!   the second finds it stopped and queues nothing (exactly one Stop);
+//! - due expiries, due Interim-Updates and outbox rows are taken with `FOR UPDATE SKIP LOCKED`,
+//!   so replicas split the work instead of waiting on each other, and an outbox claim is a lease
+//!   (`claimed_until`): a replica that dies mid-claim leaves rows another takes once it ends;
+//! - a login locks its organization row `FOR SHARE` (a disable, which updates the row, waits or
+//!   is waited for: either the disable's stop job sees the session or the login sees the
+//!   disable) and takes a transaction advisory lock on (organization, client IP), so two
+//!   replicas logging in the same client one after the other preempt, never collide;
+//! - organization changes take one transaction advisory lock, serialized like SQLite's writer.
+//!
+//! Expiry and Interim-Update sweeps are set-based: one statement stops a whole chunk of due
+//! sessions, queues their Stops and writes their audit entries.
+
+use super::{
+    decode_classes, encode_classes, AccessSessionRecord, AuditEntry, DeleteOutcome,
+    NewAccessSession, OpenedSession, OrganizationJob, OrganizationStore, OrganizationWrite,
+    OutboxEntry, OutboxRow, SeedOutcome, SessionMatch, SessionStore, StopOutcome, Stopped,
+    StorageError, StoredOrganization, UpdateOutcome, AUTH_SERVER_DESTINATION,
+};
+use crate::radius::{status_type, terminate_cause};
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions, PgRow},
+    PgConnection, PgPool, Row,
+};
+use std::{str::FromStr, time::Duration};
+
+/// The PostgreSQL backend. Cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// Due sessions stopped per transaction: a large sweep commits in chunks (each chunk's Stops
+/// can leave while the next is written) and another replica takes the rows this one has locked.
+const STOP_CHUNK: i64 = 2_000;
+
+/// Key of the advisory lock every organization change takes (serializes them across replicas).
+const ORGANIZATION_LOCK: i64 = 0x7261_6469_7573_6f72; // "radiusor"
+
+/// `SELECT <every session column> FROM access_sessions ` followed by the rest of the statement.
+macro_rules! select_sessions {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, acct_session_id, organization_id, username, client_ip, server_index, server_name, \
+             classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, \
+             state, stopped_at, terminate_cause FROM access_sessions ",
+            $rest
+        )
+    };
+}
+
+macro_rules! outbox_columns {
+    () => {
+        "id, access_session_id, status_type, event_at, session_time_secs, terminate_cause, attempts, transmissions"
+    };
+}
+
+/// Row `o` is pending and first in line: no earlier pending row of its session and destination.
+macro_rules! pending_head_o {
+    () => {
+        "o.delivered_at IS NULL AND o.dead_at IS NULL AND NOT EXISTS (SELECT 1 FROM accounting_outbox p \
+         WHERE p.access_session_id = o.access_session_id AND p.destination = o.destination AND p.id < o.id \
+         AND p.delivered_at IS NULL AND p.dead_at IS NULL)"
+    };
+}
+
+/// Ends the sessions the `target` query names (columns `id`, `at`, `cause`) if still active:
+/// queues each one's Stop (Acct-Session-Time up to `at`) and writes its audit entry, in one
+/// statement. Returns the stopped sessions (`id`, `at`, `cause`).
+macro_rules! stop_sessions {
+    ($target:literal) => {
+        concat!(
+            "WITH target AS (", $target, "), \
+             stopped AS (UPDATE access_sessions s SET state = 'stopped', stopped_at = t.at, terminate_cause = t.cause \
+               FROM target t WHERE s.id = t.id AND s.state = 'active' \
+               RETURNING s.id, t.at, t.cause, GREATEST(t.at - s.started_at, 0) / 1000 AS session_time, \
+                 s.organization_id, s.username, s.client_ip, s.acct_session_id), \
+             queued AS (INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
+                 session_time_secs, terminate_cause, next_attempt_at, created_at) \
+               SELECT id, 'auth-server', 2, at, session_time, cause, at, at FROM stopped), \
+             audited AS (INSERT INTO audit_log (at, actor, action, organization_id, detail) \
+               SELECT at, 'system', 'session.end', organization_id, jsonb_build_object('acct_session_id', acct_session_id, \
+                 'client_ip', client_ip, 'session_time_s', session_time, 'terminate_cause', cause, 'username', username)::text \
+               FROM stopped) \
+             SELECT id, at, cause FROM stopped ORDER BY at, id"
+        )
+    };
+}
+
+fn session_from_row(row: &PgRow) -> Result<AccessSessionRecord, StorageError> {
+    let classes: Vec<u8> = row.try_get(7)?;
+    let state: String = row.try_get(15)?;
+    Ok(AccessSessionRecord {
+        id: row.try_get(0)?,
+        acct_session_id: row.try_get(1)?,
+        organization_id: row.try_get(2)?,
+        username: row.try_get(3)?,
+        client_ip: row.try_get(4)?,
+        server_index: row.try_get(5)?,
+        server_name: row.try_get(6)?,
+        classes: decode_classes(&classes)?,
+        reply_message: row.try_get(8)?,
+        started_at: row.try_get(9)?,
+        refreshed_at: row.try_get(10)?,
+        window_ms: row.try_get(11)?,
+        limit_at: row.try_get(12)?,
+        expires_at: row.try_get(13)?,
+        interim_interval: row.try_get(14)?,
+        active: state == "active",
+        stopped_at: row.try_get(16)?,
+        terminate_cause: row.try_get(17)?,
+    })
+}
+
+fn sessions(rows: &[PgRow]) -> Result<Vec<AccessSessionRecord>, StorageError> {
+    rows.iter().map(session_from_row).collect()
+}
+
+fn outbox_from_row(row: &PgRow) -> Result<OutboxRow, StorageError> {
+    Ok(OutboxRow {
+        id: row.try_get(0)?,
+        access_session_id: row.try_get(1)?,
+        status_type: row.try_get(2)?,
+        event_at: row.try_get(3)?,
+        session_time_secs: row.try_get(4)?,
+        terminate_cause: row.try_get(5)?,
+        attempts: row.try_get(6)?,
+        transmissions: row.try_get(7)?,
+    })
+}
+
+fn outbox_entry_from_row(row: &PgRow) -> Result<OutboxEntry, StorageError> {
+    Ok(OutboxEntry {
+        id: row.try_get(0)?,
+        status_type: row.try_get(1)?,
+        attempts: row.try_get(2)?,
+        transmissions: row.try_get(3)?,
+        delivered_at: row.try_get(4)?,
+        dead_at: row.try_get(5)?,
+        dead_reason: row.try_get(6)?,
+        last_error: row.try_get(7)?,
+    })
+}
+
+fn stopped_from_row(row: &PgRow) -> Result<Stopped, StorageError> {
+    Ok(Stopped {
+        id: row.try_get(0)?,
+        due_at: row.try_get(1)?,
+        cause: u32::try_from(row.try_get::<i64, _>(2)?)
+            .map_err(|_| StorageError::Corrupt("terminate cause out of range".into()))?,
+    })
+}
+
+impl PgStore {
+    /// Connects (a pool of up to 16 connections) and runs the migrations; replicas starting
+    /// together migrate once (sqlx takes an advisory lock).
+    pub async fn open(url: &str) -> Result<PgStore, StorageError> {
+        let options = PgConnectOptions::from_str(url)?.application_name("radius-portal");
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(PgStore { pool })
+    }
+
+    /// The pool (web sessions).
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The pool is open (connections are made on demand; `ping` checks one answers).
+    pub(crate) fn writable(&self) -> bool {
+        !self.pool.is_closed()
+    }
+}
+
+async fn session_by_id(
+    c: &mut PgConnection,
+    id: i64,
+) -> Result<Option<AccessSessionRecord>, StorageError> {
+    sqlx::query(select_sessions!("WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(c)
+        .await?
+        .as_ref()
+        .map(session_from_row)
+        .transpose()
+}
+
+/// Stops `id` if active, queues its Stop and audits it. False if it was not active.
+async fn stop_in(
+    c: &mut PgConnection,
+    id: i64,
+    cause: u32,
+    event_at: i64,
+) -> Result<bool, StorageError> {
+    let stopped = sqlx::query(stop_sessions!(
+        "SELECT $1::BIGINT AS id, $2::BIGINT AS at, $3::BIGINT AS cause"
+    ))
+    .bind(id)
+    .bind(event_at)
+    .bind(i64::from(cause))
+    .fetch_optional(c)
+    .await?;
+    Ok(stopped.is_some())
+}
+
+/// Queues an Interim-Update at `now` (superseding one not yet on its way).
+async fn enqueue_interim(
+    c: &mut PgConnection,
+    access_session_id: i64,
+    started_at: i64,
+    now: i64,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "DELETE FROM accounting_outbox WHERE access_session_id = $1 AND status_type = $2 \
+         AND delivered_at IS NULL AND dead_at IS NULL AND claimed_until IS NULL",
+    )
+    .bind(access_session_id)
+    .bind(i64::from(status_type::INTERIM_UPDATE))
+    .execute(&mut *c)
+    .await?;
+    sqlx::query(
+        "INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, session_time_secs, \
+         next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $4, $4)",
+    )
+    .bind(access_session_id)
+    .bind(AUTH_SERVER_DESTINATION)
+    .bind(i64::from(status_type::INTERIM_UPDATE))
+    .bind(now)
+    .bind((now - started_at) / 1000)
+    .execute(c)
+    .await?;
+    Ok(())
+}
+
+async fn claim_session_in(
+    c: &mut PgConnection,
+    access_session_id: i64,
+    status_type: u32,
+    now: i64,
+    lease_until: i64,
+) -> Result<Option<OutboxRow>, StorageError> {
+    sqlx::query(concat!(
+        "UPDATE accounting_outbox SET claimed_until = $1, attempts = attempts + 1 WHERE id = ( \
+           SELECT o.id FROM accounting_outbox o WHERE o.access_session_id = $2 AND o.status_type = $3 \
+           AND (o.claimed_until IS NULL OR o.claimed_until < $4) AND ",
+        pending_head_o!(),
+        " ORDER BY o.id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING ",
+        outbox_columns!()
+    ))
+    .bind(lease_until)
+    .bind(access_session_id)
+    .bind(i64::from(status_type))
+    .bind(now)
+    .fetch_optional(c)
+    .await?
+    .as_ref()
+    .map(outbox_from_row)
+    .transpose()
+}
+
+async fn dead_letter_in(
+    c: &mut PgConnection,
+    id: i64,
+    now: i64,
+    reason: &str,
+    cascade: bool,
+) -> Result<(), StorageError> {
+    let session: Option<i64> = sqlx::query_scalar(
+        "UPDATE accounting_outbox SET dead_at = $1, dead_reason = $2, claimed_until = NULL \
+         WHERE id = $3 AND delivered_at IS NULL RETURNING access_session_id",
+    )
+    .bind(now)
+    .bind(reason)
+    .bind(id)
+    .fetch_optional(&mut *c)
+    .await?;
+    if let (Some(session), true) = (session, cascade) {
+        sqlx::query(
+            "UPDATE accounting_outbox SET dead_at = $1, dead_reason = 'its Start was never sent', claimed_until = NULL \
+             WHERE access_session_id = $2 AND id > $3 AND delivered_at IS NULL AND dead_at IS NULL",
+        )
+        .bind(now)
+        .bind(session)
+        .bind(id)
+        .execute(&mut *c)
+        .await?;
+        sqlx::query(
+            "UPDATE access_sessions SET state = 'stopped', stopped_at = $1, terminate_cause = $2 \
+             WHERE id = $3 AND state = 'active'",
+        )
+        .bind(now)
+        .bind(i64::from(terminate_cause::NAS_ERROR))
+        .bind(session)
+        .execute(c)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn audit_in(
+    c: &mut PgConnection,
+    at: i64,
+    actor: &str,
+    action: &str,
+    organization_id: Option<&str>,
+    detail: &serde_json::Value,
+) -> Result<(), StorageError> {
+    sqlx::query(super::organizations::AUDIT_INSERT)
+        .bind(at)
+        .bind(actor)
+        .bind(action)
+        .bind(organization_id)
+        .bind(detail.to_string())
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+async fn bump_revision(c: &mut PgConnection) -> Result<(), StorageError> {
+    sqlx::query("UPDATE organization_revision SET value = value + 1 WHERE id = 1")
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+/// Takes the organization-change lock for the rest of the transaction.
+async fn lock_organizations(c: &mut PgConnection) -> Result<(), StorageError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(ORGANIZATION_LOCK)
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+/// See the SQLite store's `set_active_in`.
+async fn set_active_in(
+    c: &mut PgConnection,
+    id: &str,
+    active: bool,
+    actor: &str,
+    now: i64,
+) -> Result<bool, StorageError> {
+    let changed = sqlx::query(
+        "UPDATE organizations SET is_active = $1, revision = revision + 1, updated_at = $2 \
+         WHERE id = $3 AND is_active != $1",
+    )
+    .bind(active)
+    .bind(now)
+    .bind(id)
+    .execute(&mut *c)
+    .await?
+    .rows_affected()
+        > 0;
+    if !changed {
+        return Ok(false);
+    }
+    bump_revision(c).await?;
+    if !active {
+        sqlx::query(
+            "INSERT INTO organization_jobs (organization_id, kind, created_at) VALUES ($1, 'stop_sessions', $2)",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *c)
+        .await?;
+    }
+    audit_in(
+        c,
+        now,
+        actor,
+        if active { "org.enable" } else { "org.disable" },
+        Some(id),
+        &serde_json::json!({ "before": { "active": !active }, "after": { "active": active } }),
+    )
+    .await?;
+    Ok(true)
+}
+
+impl SessionStore for PgStore {
+    async fn app_secret(&self, name: &str) -> Result<[u8; 32], StorageError> {
+        let fresh: [u8; 32] = rand::random();
+        sqlx::query(
+            "INSERT INTO app_secrets (name, value, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(fresh.as_slice())
+        .bind(crate::access_session::now_ms())
+        .execute(&self.pool)
+        .await?;
+        let stored: Vec<u8> = sqlx::query_scalar("SELECT value FROM app_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        stored
+            .try_into()
+            .map_err(|_| StorageError::Corrupt(format!("app secret `{name}` is not 32 bytes")))
+    }
+
+    async fn web_session_count(&self) -> Result<i64, StorageError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM tower_sessions")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn open_session(&self, new: &NewAccessSession) -> Result<OpenedSession, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(1) || $2, 0))")
+            .bind(&new.organization_id)
+            .bind(&new.client_ip)
+            .execute(&mut *tx)
+            .await?;
+        let active: Option<bool> =
+            sqlx::query_scalar("SELECT is_active FROM organizations WHERE id = $1 FOR SHARE")
+                .bind(&new.organization_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if active != Some(true) {
+            return Err(StorageError::OrganizationDisabled);
+        }
+        let preempted = sqlx::query(stop_sessions!(
+            "SELECT id, $3::BIGINT AS at, $4::BIGINT AS cause FROM access_sessions \
+             WHERE organization_id = $1 AND client_ip = $2 AND state = 'active'"
+        ))
+        .bind(&new.organization_id)
+        .bind(&new.client_ip)
+        .bind(new.started_at)
+        .bind(i64::from(terminate_cause::PORT_PREEMPTED))
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(stopped_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO access_sessions (acct_session_id, organization_id, username, client_ip, server_index, server_name, \
+             classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, next_interim_at, state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14, 'active') RETURNING id",
+        )
+        .bind(&new.acct_session_id)
+        .bind(&new.organization_id)
+        .bind(&new.username)
+        .bind(&new.client_ip)
+        .bind(new.server_index)
+        .bind(&new.server_name)
+        .bind(encode_classes(&new.classes))
+        .bind(&new.reply_message)
+        .bind(new.started_at)
+        .bind(new.window_ms)
+        .bind(new.limit_at)
+        .bind(new.expires_at)
+        .bind(new.interim_interval)
+        .bind(new.interim_interval.map(|secs| new.started_at + secs * 1000))
+        .fetch_one(&mut *tx)
+        .await?;
+        if !new.classes.is_empty() {
+            sqlx::query(
+                "INSERT INTO session_classes (access_session_id, class) SELECT $1, unnest($2::BYTEA[])",
+            )
+            .bind(id)
+            .bind(&new.classes)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let start = sqlx::query(concat!(
+            "INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, next_attempt_at, \
+             created_at, claimed_until, attempts) VALUES ($1, $2, $3, $4, $4, $4, $5, CASE WHEN $5::BIGINT IS NULL THEN 0 ELSE 1 END) \
+             RETURNING ",
+            outbox_columns!()
+        ))
+        .bind(id)
+        .bind(AUTH_SERVER_DESTINATION)
+        .bind(i64::from(status_type::START))
+        .bind(new.started_at)
+        .bind(new.start_claimed_until)
+        .fetch_one(&mut *tx)
+        .await?;
+        let claimed_start = match new.start_claimed_until {
+            Some(_) => Some(outbox_from_row(&start)?),
+            None => None,
+        };
+        audit_in(
+            &mut tx,
+            new.started_at,
+            "user",
+            "login.accepted",
+            Some(&new.organization_id),
+            &serde_json::json!({
+                "username": new.username,
+                "client_ip": new.client_ip,
+                "acct_session_id": new.acct_session_id,
+                "server": new.server_name,
+            }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(OpenedSession {
+            id,
+            preempted,
+            claimed_start,
+        })
+    }
+
+    async fn session(&self, id: i64) -> Result<Option<AccessSessionRecord>, StorageError> {
+        let mut c = self.pool.acquire().await?;
+        session_by_id(&mut c, id).await
+    }
+
+    async fn refresh_session(
+        &self,
+        id: i64,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Option<AccessSessionRecord>, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        let started_at: Option<i64> = sqlx::query_scalar(
+            "UPDATE access_sessions SET refreshed_at = $1, expires_at = $2 \
+             WHERE id = $3 AND state = 'active' AND expires_at > $1 RETURNING started_at",
+        )
+        .bind(now)
+        .bind(expires_at)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(started_at) = started_at else {
+            return Ok(None);
+        };
+        enqueue_interim(&mut tx, id, started_at, now).await?;
+        let session = session_by_id(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(session)
+    }
+
+    async fn stop_session(&self, id: i64, cause: u32, event_at: i64) -> Result<bool, StorageError> {
+        let mut c = self.pool.acquire().await?;
+        stop_in(&mut c, id, cause, event_at).await
+    }
+
+    async fn stop_due_sessions(&self, now: i64) -> Result<Vec<Stopped>, StorageError> {
+        let mut all = Vec::new();
+        loop {
+            let chunk = sqlx::query(stop_sessions!(
+                "SELECT id, expires_at AS at, CASE WHEN limit_at IS NOT NULL AND limit_at <= expires_at \
+                 THEN $2::BIGINT ELSE $3::BIGINT END AS cause FROM access_sessions \
+                 WHERE state = 'active' AND expires_at <= $1 ORDER BY expires_at LIMIT $4 FOR UPDATE SKIP LOCKED"
+            ))
+            .bind(now)
+            .bind(i64::from(terminate_cause::SESSION_TIMEOUT))
+            .bind(i64::from(terminate_cause::IDLE_TIMEOUT))
+            .bind(STOP_CHUNK)
+            .fetch_all(&self.pool)
+            .await?;
+            let done = (chunk.len() as i64) < STOP_CHUNK;
+            for row in &chunk {
+                all.push(stopped_from_row(row)?);
+            }
+            if done {
+                return Ok(all);
+            }
+        }
+    }
+
+    async fn queue_due_interims(&self, now: i64) -> Result<usize, StorageError> {
+        let queued: i64 = sqlx::query_scalar(
+            "WITH due AS (SELECT id, started_at, interim_interval FROM access_sessions \
+               WHERE state = 'active' AND next_interim_at <= $1 AND expires_at > $1 FOR UPDATE SKIP LOCKED), \
+             superseded AS (DELETE FROM accounting_outbox o USING due WHERE o.access_session_id = due.id \
+               AND o.status_type = $2 AND o.delivered_at IS NULL AND o.dead_at IS NULL AND o.claimed_until IS NULL), \
+             queued AS (INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
+               session_time_secs, next_attempt_at, created_at) \
+               SELECT id, $3, $2, $1, ($1 - started_at) / 1000, $1, $1 FROM due), \
+             scheduled AS (UPDATE access_sessions s SET next_interim_at = $1 + due.interim_interval * 1000 \
+               FROM due WHERE s.id = due.id) \
+             SELECT COUNT(*) FROM due",
+        )
+        .bind(now)
+        .bind(i64::from(status_type::INTERIM_UPDATE))
+        .bind(AUTH_SERVER_DESTINATION)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(queued as usize)
+    }
+
+    async fn next_interim(&self) -> Result<Option<i64>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(next_interim_at) FROM access_sessions WHERE state = 'active'",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn active_session_for_client(
+        &self,
+        organization_id: &str,
+        client_ip: &str,
+        now: i64,
+    ) -> Result<Option<AccessSessionRecord>, StorageError> {
+        sqlx::query(select_sessions!(
+            "WHERE organization_id = $1 AND client_ip = $2 AND state = 'active' AND expires_at > $3"
+        ))
+        .bind(organization_id)
+        .bind(client_ip)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(session_from_row)
+        .transpose()
+    }
+
+    async fn find_active_sessions(
+        &self,
+        wanted: &SessionMatch,
+    ) -> Result<Vec<AccessSessionRecord>, StorageError> {
+        let rows = match wanted {
+            SessionMatch::AcctSessionId(id) => {
+                sqlx::query(select_sessions!(
+                    "WHERE state = 'active' AND acct_session_id = $1"
+                ))
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            SessionMatch::UserAndAddress {
+                username,
+                client_ip,
+            } => {
+                sqlx::query(select_sessions!(
+                    "WHERE state = 'active' AND username = $1 AND client_ip = $2"
+                ))
+                .bind(username)
+                .bind(client_ip)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            SessionMatch::Class(class) => {
+                sqlx::query(select_sessions!(
+                    "WHERE state = 'active' AND id IN (SELECT access_session_id FROM session_classes WHERE class = $1)"
+                ))
+                .bind(class)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        sessions(&rows)
+    }
+
+    async fn active_sessions_of(
+        &self,
+        organization_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<AccessSessionRecord>, StorageError> {
+        let rows = sqlx::query(select_sessions!(
+            "WHERE state = 'active' AND ($1::TEXT IS NULL OR organization_id = $1) ORDER BY id LIMIT $2"
+        ))
+        .bind(organization_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        sessions(&rows)
+    }
+
+    async fn session_by_acct_id(
+        &self,
+        acct_session_id: &str,
+    ) -> Result<Option<AccessSessionRecord>, StorageError> {
+        sqlx::query(select_sessions!("WHERE acct_session_id = $1"))
+            .bind(acct_session_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(session_from_row)
+            .transpose()
+    }
+
+    async fn next_expiry(&self) -> Result<Option<i64>, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT MIN(expires_at) FROM access_sessions WHERE state = 'active'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn ping(&self) -> Result<(), StorageError> {
+        sqlx::query_scalar::<_, i64>("SELECT value FROM organization_revision WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn active_sessions(&self) -> Result<i64, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM access_sessions WHERE state = 'active'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn claim_due_outbox(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>, StorageError> {
+        let rows = sqlx::query(concat!(
+            "UPDATE accounting_outbox SET claimed_until = $1, attempts = attempts + 1 WHERE id IN ( \
+               SELECT o.id FROM accounting_outbox o WHERE o.next_attempt_at <= $2 \
+               AND (o.claimed_until IS NULL OR o.claimed_until < $2) AND ",
+            pending_head_o!(),
+            " ORDER BY o.next_attempt_at, o.id LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING ",
+            outbox_columns!()
+        ))
+        .bind(lease_until)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut rows = rows
+            .iter()
+            .map(outbox_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.sort_by_key(|r| r.id);
+        Ok(rows)
+    }
+
+    async fn claim_session_outbox(
+        &self,
+        access_session_id: i64,
+        status_type: u32,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<OutboxRow>, StorageError> {
+        let mut c = self.pool.acquire().await?;
+        claim_session_in(&mut c, access_session_id, status_type, now, lease_until).await
+    }
+
+    async fn stop_session_claiming(
+        &self,
+        id: i64,
+        cause: u32,
+        event_at: i64,
+        lease_until: i64,
+    ) -> Result<StopOutcome, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        if !stop_in(&mut tx, id, cause, event_at).await? {
+            return Ok(StopOutcome::NotActive);
+        }
+        let claimed =
+            claim_session_in(&mut tx, id, status_type::STOP, event_at, lease_until).await?;
+        tx.commit().await?;
+        Ok(match claimed {
+            Some(stop) => StopOutcome::Claimed(stop),
+            None => StopOutcome::Queued,
+        })
+    }
+
+    async fn release_outbox_claims(&self) -> Result<u64, StorageError> {
+        // Other replicas may hold live claims on this database, and nothing tells this
+        // process's former claims from theirs: every claim runs out its lease instead.
+        Ok(0)
+    }
+
+    async fn mark_delivered(&self, id: i64, now: i64) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE accounting_outbox SET delivered_at = $1, claimed_until = NULL, last_error = NULL, \
+             transmissions = transmissions + 1 WHERE id = $2",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_failed(
+        &self,
+        id: i64,
+        next_attempt_at: i64,
+        error: &str,
+        transmitted: bool,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE accounting_outbox SET next_attempt_at = $1, claimed_until = NULL, last_error = $2, \
+             transmissions = transmissions + $3 WHERE id = $4",
+        )
+        .bind(next_attempt_at)
+        .bind(error)
+        .bind(i64::from(transmitted))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        id: i64,
+        now: i64,
+        reason: &str,
+        cascade: bool,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.pool.begin().await?;
+        dead_letter_in(&mut tx, id, now, reason, cascade).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rollback_unsent_start(
+        &self,
+        access_session_id: i64,
+        now: i64,
+        reason: &str,
+    ) -> Result<bool, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        let start: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM accounting_outbox WHERE access_session_id = $1 AND status_type = $2 \
+             AND delivered_at IS NULL AND dead_at IS NULL AND transmissions = 0 AND claimed_until IS NULL \
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(access_session_id)
+        .bind(i64::from(status_type::START))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = start else {
+            return Ok(false);
+        };
+        dead_letter_in(&mut tx, id, now, reason, true).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn session_outbox(&self, access_session_id: i64) -> Result<Vec<OutboxEntry>, StorageError> {
+        sqlx::query(
+            "SELECT id, status_type, attempts, transmissions, delivered_at, dead_at, dead_reason, last_error \
+             FROM accounting_outbox WHERE access_session_id = $1 ORDER BY id",
+        )
+        .bind(access_session_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(outbox_entry_from_row)
+        .collect()
+    }
+
+    async fn dead_letters(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<(OutboxEntry, String, String)>, StorageError> {
+        sqlx::query(
+            "SELECT o.id, o.status_type, o.attempts, o.transmissions, o.delivered_at, o.dead_at, o.dead_reason, \
+             o.last_error, s.acct_session_id, s.organization_id \
+             FROM accounting_outbox o JOIN access_sessions s ON s.id = o.access_session_id \
+             WHERE o.dead_at IS NOT NULL ORDER BY o.dead_at DESC, o.id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| Ok((outbox_entry_from_row(r)?, r.try_get(8)?, r.try_get(9)?)))
+        .collect()
+    }
+
+    async fn retry_pending_now(&self, now: i64) -> Result<u64, StorageError> {
+        Ok(sqlx::query(
+            "UPDATE accounting_outbox SET next_attempt_at = $1 WHERE delivered_at IS NULL AND dead_at IS NULL \
+             AND next_attempt_at > $1",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn next_outbox_attempt(&self) -> Result<Option<i64>, StorageError> {
+        Ok(sqlx::query_scalar(concat!(
+            "SELECT MIN(GREATEST(o.next_attempt_at, COALESCE(o.claimed_until, 0))) FROM accounting_outbox o WHERE ",
+            pending_head_o!()
+        ))
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn prune(&self, before: i64) -> Result<u64, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM accounting_outbox WHERE access_session_id IN ( \
+               SELECT s.id FROM access_sessions s WHERE s.state = 'stopped' AND s.stopped_at < $1 \
+                 AND NOT EXISTS (SELECT 1 FROM accounting_outbox p WHERE p.access_session_id = s.id \
+                                 AND p.delivered_at IS NULL AND p.dead_at IS NULL))",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+        let removed = sqlx::query(
+            "DELETE FROM access_sessions WHERE state = 'stopped' AND stopped_at < $1 \
+             AND NOT EXISTS (SELECT 1 FROM accounting_outbox p WHERE p.access_session_id = access_sessions.id)",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    async fn metrics_snapshot(&self, now: i64) -> Result<crate::metrics::Snapshot, StorageError> {
+        let active_sessions: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT organization_id, COUNT(*) FROM access_sessions WHERE state = 'active' GROUP BY organization_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let (backlog, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MIN(created_at) FROM accounting_outbox WHERE delivered_at IS NULL AND dead_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let dead_letters: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM accounting_outbox WHERE dead_at IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(crate::metrics::Snapshot {
+            active_sessions,
+            outbox_backlog: backlog,
+            outbox_oldest: Duration::from_millis(
+                oldest.map_or(0, |o| now.saturating_sub(o).max(0) as u64),
+            ),
+            dead_letters,
+            ..Default::default()
+        })
+    }
+
+    async fn outbox_backlog(&self) -> Result<i64, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM accounting_outbox WHERE delivered_at IS NULL AND dead_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn outbox_delivered(
+        &self,
+        access_session_id: i64,
+        status_type: u32,
+    ) -> Result<bool, StorageError> {
+        let delivered: Option<Option<i64>> = sqlx::query_scalar(
+            "SELECT delivered_at FROM accounting_outbox WHERE access_session_id = $1 AND status_type = $2 \
+             AND dead_at IS NULL ORDER BY id DESC LIMIT 1",
+        )
+        .bind(access_session_id)
+        .bind(i64::from(status_type))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(delivered.flatten().is_some())
+    }
+}
+
+impl OrganizationStore for PgStore {
+    async fn organizations(&self) -> Result<Vec<StoredOrganization>, StorageError> {
+        sqlx::query(
+            "SELECT id, name, is_active, settings, revision, position IS NOT NULL AS from_config FROM organizations \
+             ORDER BY position IS NULL, position, created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(StoredOrganization {
+                id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                active: r.try_get("is_active")?,
+                settings: r.try_get("settings")?,
+                revision: r.try_get("revision")?,
+                from_config: r.try_get("from_config")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn organization_revision(&self) -> Result<i64, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM organization_revision WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn organization_active(&self, id: &str) -> Result<Option<bool>, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT is_active FROM organizations WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn seed_organization(
+        &self,
+        id: &str,
+        name: &str,
+        settings_json: &str,
+        enabled: Option<bool>,
+        position: i64,
+        now: i64,
+    ) -> Result<SeedOutcome, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        lock_organizations(&mut tx).await?;
+        let existing: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT name, settings FROM organizations WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let outcome = match existing {
+            None => {
+                let active = enabled.unwrap_or(true);
+                sqlx::query(
+                    "INSERT INTO organizations (id, name, is_active, settings, revision, created_at, updated_at, position) \
+                     VALUES ($1, $2, $3, $4, (SELECT value + 1 FROM organization_revision WHERE id = 1), $5, $5, $6)",
+                )
+                .bind(id)
+                .bind(name)
+                .bind(active)
+                .bind(settings_json)
+                .bind(now)
+                .bind(position)
+                .execute(&mut *tx)
+                .await?;
+                bump_revision(&mut tx).await?;
+                audit_in(
+                    &mut tx,
+                    now,
+                    "config",
+                    "org.create",
+                    Some(id),
+                    &serde_json::json!({ "after": { "name": name, "active": active } }),
+                )
+                .await?;
+                SeedOutcome::Created
+            }
+            Some((old_name, old_settings)) => {
+                let mut changed = Vec::new();
+                if old_name != name {
+                    changed.push("name");
+                }
+                if old_settings.as_deref() != Some(settings_json) {
+                    changed.push("settings");
+                }
+                sqlx::query("UPDATE organizations SET position = $1 WHERE id = $2")
+                    .bind(position)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                if !changed.is_empty() {
+                    sqlx::query(
+                        "UPDATE organizations SET name = $1, settings = $2, revision = revision + 1, updated_at = $3 \
+                         WHERE id = $4",
+                    )
+                    .bind(name)
+                    .bind(settings_json)
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    bump_revision(&mut tx).await?;
+                    audit_in(
+                        &mut tx,
+                        now,
+                        "config",
+                        "org.update",
+                        Some(id),
+                        &serde_json::json!({ "changed": changed, "before": { "name": old_name }, "after": { "name": name } }),
+                    )
+                    .await?;
+                }
+                if let Some(active) = enabled {
+                    if set_active_in(&mut tx, id, active, "config", now).await? {
+                        changed.push(if active { "enabled" } else { "disabled" });
+                    }
+                }
+                if changed.is_empty() {
+                    SeedOutcome::Unchanged
+                } else {
+                    SeedOutcome::Updated(changed)
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn set_organization_active(
+        &self,
+        id: &str,
+        active: bool,
+        actor: &str,
+        now: i64,
+    ) -> Result<Option<bool>, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        lock_organizations(&mut tx).await?;
+        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM organizations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let changed = set_active_in(&mut tx, id, active, actor, now).await?;
+        tx.commit().await?;
+        Ok(Some(changed))
+    }
+
+    async fn forget_config_position(&self, id: &str) -> Result<(), StorageError> {
+        sqlx::query("UPDATE organizations SET position = NULL WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn queue_session_termination(
+        &self,
+        session_id: i64,
+        actor: &str,
+        now: i64,
+    ) -> Result<bool, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT organization_id, acct_session_id, username FROM access_sessions WHERE id = $1 AND state = 'active'",
+        )
+        .bind(session_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((organization_id, acct_session_id, username)) = row else {
+            return Ok(false);
+        };
+        sqlx::query(
+            "INSERT INTO organization_jobs (organization_id, kind, access_session_id, created_at) \
+             VALUES ($1, 'terminate_session', $2, $3)",
+        )
+        .bind(&organization_id)
+        .bind(session_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        audit_in(
+            &mut tx,
+            now,
+            actor,
+            "session.terminate",
+            Some(&organization_id),
+            &serde_json::json!({ "acct_session_id": acct_session_id, "username": username }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn create_organization(
+        &self,
+        write: &OrganizationWrite<'_>,
+        active: bool,
+    ) -> Result<bool, StorageError> {
+        let OrganizationWrite {
+            id,
+            name,
+            settings_json,
+            actor,
+            now,
+            detail,
+            ..
+        } = *write;
+        let mut tx = self.pool.begin().await?;
+        lock_organizations(&mut tx).await?;
+        let created = sqlx::query(
+            "INSERT INTO organizations (id, name, is_active, settings, revision, created_at, updated_at, position) \
+             VALUES ($1, $2, $3, $4, (SELECT value + 1 FROM organization_revision WHERE id = 1), $5, $5, NULL) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(active)
+        .bind(settings_json)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if !created {
+            return Ok(false);
+        }
+        bump_revision(&mut tx).await?;
+        audit_in(&mut tx, now, actor, "org.create", Some(id), detail).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn update_organization(
+        &self,
+        write: &OrganizationWrite<'_>,
+        require_active: bool,
+    ) -> Result<UpdateOutcome, StorageError> {
+        let OrganizationWrite {
+            id,
+            name,
+            settings_json,
+            actor,
+            now,
+            detail,
+            expected_revision,
+        } = *write;
+        let mut tx = self.pool.begin().await?;
+        lock_organizations(&mut tx).await?;
+        let before: Option<(String, Option<String>, bool, i64)> = sqlx::query_as(
+            "SELECT name, settings, is_active, revision FROM organizations WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((old_name, old_settings, active, revision)) = before else {
+            return Ok(UpdateOutcome::NotFound);
+        };
+        if require_active && !active {
+            return Ok(UpdateOutcome::Disabled);
+        }
+        if expected_revision.is_some_and(|expected| expected != revision) {
+            return Ok(UpdateOutcome::Stale);
+        }
+        if old_name == name && old_settings.as_deref() == Some(settings_json) {
+            return Ok(UpdateOutcome::Unchanged);
+        }
+        sqlx::query(
+            "UPDATE organizations SET name = $1, settings = $2, revision = revision + 1, updated_at = $3 \
+             WHERE id = $4 AND (is_active OR NOT $5)",
+        )
+        .bind(name)
+        .bind(settings_json)
+        .bind(now)
+        .bind(id)
+        .bind(require_active)
+        .execute(&mut *tx)
+        .await?;
+        bump_revision(&mut tx).await?;
+        audit_in(&mut tx, now, actor, "org.update", Some(id), detail).await?;
+        tx.commit().await?;
+        Ok(UpdateOutcome::Updated)
+    }
+
+    async fn sessions_needing_server(
+        &self,
+        organization_id: &str,
+        name: &str,
+    ) -> Result<i64, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM access_sessions s WHERE s.organization_id = $1 AND s.server_name = $2 \
+             AND (s.state = 'active' OR EXISTS (SELECT 1 FROM accounting_outbox o \
+                  WHERE o.access_session_id = s.id AND o.delivered_at IS NULL AND o.dead_at IS NULL))",
+        )
+        .bind(organization_id)
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn delete_organization(
+        &self,
+        id: &str,
+        actor: &str,
+        now: i64,
+        detail: &serde_json::Value,
+    ) -> Result<DeleteOutcome, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        lock_organizations(&mut tx).await?;
+        // Locked: no login of this organization commits while it is checked and deleted.
+        let row: Option<bool> = sqlx::query_scalar(
+            "SELECT position IS NOT NULL FROM organizations WHERE id = $1 FOR UPDATE",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(from_config) = row else {
+            return Ok(DeleteOutcome::NotFound);
+        };
+        if from_config {
+            return Ok(DeleteOutcome::FromConfig);
+        }
+        let open_sessions: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM access_sessions WHERE organization_id = $1 AND state = 'active'",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let pending_accounting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM accounting_outbox o JOIN access_sessions s ON s.id = o.access_session_id \
+             WHERE s.organization_id = $1 AND o.delivered_at IS NULL AND o.dead_at IS NULL",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if open_sessions > 0 || pending_accounting > 0 {
+            return Ok(DeleteOutcome::Busy {
+                open_sessions,
+                pending_accounting,
+            });
+        }
+        let dead: Vec<(String, i64, Option<String>)> = sqlx::query_as(
+            "SELECT s.acct_session_id, o.status_type, o.dead_reason FROM accounting_outbox o \
+             JOIN access_sessions s ON s.id = o.access_session_id \
+             WHERE s.organization_id = $1 AND o.dead_at IS NOT NULL ORDER BY o.id LIMIT 1000",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let detail = super::organizations::with_dead_letters(detail, &dead);
+        for statement in [
+            "DELETE FROM session_classes WHERE access_session_id IN (SELECT id FROM access_sessions WHERE organization_id = $1)",
+            "DELETE FROM accounting_outbox WHERE access_session_id IN (SELECT id FROM access_sessions WHERE organization_id = $1)",
+            "DELETE FROM access_sessions WHERE organization_id = $1",
+            "DELETE FROM organization_jobs WHERE organization_id = $1",
+            "DELETE FROM organizations WHERE id = $1",
+        ] {
+            sqlx::query(statement).bind(id).execute(&mut *tx).await?;
+        }
+        bump_revision(&mut tx).await?;
+        audit_in(&mut tx, now, actor, "org.delete", Some(id), &detail).await?;
+        tx.commit().await?;
+        Ok(DeleteOutcome::Deleted)
+    }
+
+    async fn pending_organization_jobs(&self) -> Result<Vec<OrganizationJob>, StorageError> {
+        sqlx::query(
+            "SELECT id, organization_id, kind, access_session_id FROM organization_jobs \
+             WHERE done_at IS NULL ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(OrganizationJob {
+                id: r.try_get("id")?,
+                organization_id: r.try_get("organization_id")?,
+                kind: r.try_get("kind")?,
+                access_session_id: r.try_get("access_session_id")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn finish_organization_job(
+        &self,
+        job: &OrganizationJob,
+        outcome: &str,
+        now: i64,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.pool.begin().await?;
+        let finished = sqlx::query(
+            "UPDATE organization_jobs SET done_at = $1, outcome = $2 WHERE id = $3 AND done_at IS NULL",
+        )
+        .bind(now)
+        .bind(outcome)
+        .bind(job.id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if finished {
+            audit_in(
+                &mut tx,
+                now,
+                "system",
+                &format!("job.{}", job.kind),
+                Some(&job.organization_id),
+                &serde_json::json!({ "job": job.id, "outcome": outcome }),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn active_session_ids_of(&self, organization_id: &str) -> Result<Vec<i64>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM access_sessions WHERE organization_id = $1 AND state = 'active' ORDER BY id",
+        )
+        .bind(organization_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn audit(
+        &self,
+        at: i64,
+        actor: &str,
+        action: &str,
+        organization_id: Option<&str>,
+        detail: &serde_json::Value,
+    ) -> Result<(), StorageError> {
+        let mut c = self.pool.acquire().await?;
+        audit_in(&mut c, at, actor, action, organization_id, detail).await
+    }
+
+    async fn prune_audit(&self, before: i64) -> Result<u64, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM organization_jobs WHERE done_at IS NOT NULL AND done_at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        let removed = sqlx::query("DELETE FROM audit_log WHERE at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    async fn audit_tail(&self, limit: i64) -> Result<Vec<AuditEntry>, StorageError> {
+        sqlx::query(
+            "SELECT id, at, actor, action, organization_id, detail FROM \
+             (SELECT * FROM audit_log ORDER BY id DESC LIMIT $1) newest ORDER BY id",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(AuditEntry {
+                id: r.try_get("id")?,
+                at: r.try_get("at")?,
+                actor: r.try_get("actor")?,
+                action: r.try_get("action")?,
+                organization_id: r.try_get("organization_id")?,
+                detail: r.try_get("detail")?,
+            })
+        })
+        .collect()
+    }
+}
