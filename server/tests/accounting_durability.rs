@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{field, settings, temp_db, wait_until, FreeRadius, TestApp};
+use common::{field, settings, temp_db, wait_until, FreeRadius, PortalProcess, TestApp};
 use std::{net::Ipv4Addr, time::Duration};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
@@ -171,47 +171,6 @@ async fn interim_updates_queued_during_an_outage_coalesce() {
         .count();
     assert!((1..=2).contains(&interims), "{interims} Interim-Updates");
     app.stop().await;
-}
-
-/// The real binary, as an operator runs it, on `config`; killed (SIGKILL) on drop.
-struct PortalProcess(std::process::Child);
-
-impl PortalProcess {
-    async fn start(config: &std::path::Path, base: &str) -> PortalProcess {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
-            .arg("--config")
-            .arg(config)
-            .arg("--leptos-config")
-            .arg(root.join("Leptos.toml"))
-            .arg("serve")
-            .current_dir(&root)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let health = format!("{base}/healthz");
-        wait_until("the portal to answer /healthz", || async {
-            reqwest::get(&health)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        })
-        .await;
-        PortalProcess(child)
-    }
-
-    /// `kill -9`: no shutdown code runs.
-    fn kill_9(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for PortalProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]

@@ -142,11 +142,12 @@ impl Expiry {
             if let Err(e) = self.send_due_interims(now).await {
                 tracing::error!(error = ?e, "queueing interim updates failed; retrying");
             }
+            let longest = MAX_SLEEP.min(self.storage.longest_sleep());
             let sleep = match self.next_due().await {
                 Ok(Some(at)) => {
-                    Duration::from_millis((at - now_ms()).max(0) as u64 + 1).min(MAX_SLEEP)
+                    Duration::from_millis((at - now_ms()).max(0) as u64 + 1).min(longest)
                 }
-                Ok(None) => MAX_SLEEP,
+                Ok(None) => longest,
                 Err(e) => {
                     tracing::error!(error = ?e, "reading the next deadline failed");
                     Duration::from_secs(1)

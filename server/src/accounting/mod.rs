@@ -519,14 +519,15 @@ impl Accounting {
             if claimed_all {
                 continue;
             }
+            let longest = MAX_SLEEP.min(self.storage.longest_sleep());
             let sleep = if capacity == 0 {
                 MAX_SLEEP // full: the next finished delivery wakes the loop
             } else {
                 match self.storage.next_outbox_attempt().await {
                     Ok(Some(at)) => {
-                        Duration::from_millis((at - now_ms()).max(0) as u64 + 1).min(MAX_SLEEP)
+                        Duration::from_millis((at - now_ms()).max(0) as u64 + 1).min(longest)
                     }
-                    Ok(None) => MAX_SLEEP,
+                    Ok(None) => longest,
                     Err(_) => Duration::from_secs(1),
                 }
             };

@@ -269,6 +269,18 @@ impl Storage {
         }
     }
 
+    /// The longest a background loop (expiry, accounting delivery) may sleep before it reads
+    /// the shared deadlines again. SQLite: this process makes every deadline and wakes its own
+    /// loops, so they only guard against a missed wake-up. PostgreSQL: other replicas add
+    /// deadlines and outbox rows nobody here is told of (and leave them behind when they die),
+    /// so a replica looks every second.
+    pub fn longest_sleep(&self) -> std::time::Duration {
+        match &self.backend {
+            Backend::Sqlite(_) => std::time::Duration::from_secs(30),
+            Backend::Postgres(_) => std::time::Duration::from_secs(1),
+        }
+    }
+
     /// One stored organization.
     pub async fn organization(&self, id: &str) -> Result<Option<StoredOrganization>, StorageError> {
         Ok(self.organizations().await?.into_iter().find(|o| o.id == id))

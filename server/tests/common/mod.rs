@@ -519,3 +519,45 @@ pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
     let path = dir.path().join("portal.db");
     (dir, path)
 }
+
+/// The portal binary serving `config` (`radius-portal serve`), started and waited for until
+/// `base`/healthz answers; killed on drop.
+pub struct PortalProcess(std::process::Child);
+
+impl PortalProcess {
+    pub async fn start(config: &std::path::Path, base: &str) -> PortalProcess {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
+            .arg("--config")
+            .arg(config)
+            .arg("--leptos-config")
+            .arg(root.join("Leptos.toml"))
+            .arg("serve")
+            .current_dir(&root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let health = format!("{base}/healthz");
+        wait_until("the portal to answer /healthz", || async {
+            reqwest::get(&health)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        PortalProcess(child)
+    }
+
+    /// `kill -9`: no shutdown code runs.
+    pub fn kill_9(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for PortalProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,181 @@
+//! Several portal replicas on one PostgreSQL database, against a real FreeRADIUS: a browser
+//! moves between replicas (web sessions and access sessions are shared), an organization
+//! disabled through one replica is denied by the other at once and its sessions are stopped
+//! once, and a replica killed with `kill -9` leaves its due sessions to the other, which stops
+//! each exactly once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{field, settings, wait_until, Browser, FreeRadius, PortalProcess, TestApp};
+use radius_portal::{config::Secret, storage::Storage};
+use std::{net::Ipv4Addr, path::Path};
+
+/// Portal settings on the PostgreSQL database `url`.
+fn on_postgres(url: &str, radius: &FreeRadius) -> radius_portal::config::Settings {
+    let mut s = settings(Path::new("unused.db"), vec![radius.server_settings("primary", true)]);
+    s.database.url = Some(Secret::new(url));
+    s
+}
+
+/// Accounting lines of `status` for Acct-Session-Id `sid`.
+fn acct_count(radius: &FreeRadius, status: &str, sid: &str) -> usize {
+    radius
+        .acct_lines()
+        .iter()
+        .filter(|l| l.contains(&format!("status={status} ")) && l.contains(&format!("sid={sid} ")))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_moves_between_replicas_and_a_disable_holds_on_both() {
+    let radius = FreeRadius::start().await;
+    let url = common::postgres::fresh_database().await;
+    let a = TestApp::spawn(&on_postgres(&url, &radius)).await;
+    let b = TestApp::spawn(&on_postgres(&url, &radius)).await;
+
+    // Signed in through A; the same browser (its cookie) is signed in on B.
+    let on_a = a.browser(Ipv4Addr::new(127, 0, 0, 7));
+    let page = on_a.login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    let start = radius.wait_for_acct(&["status=Start", "user=carol"]).await;
+    let sid = field(&start, "sid").to_string();
+    let on_b = Browser {
+        http: on_a.http.clone(),
+        base: format!("http://{}", b.addr),
+    };
+    let page = on_b.get("/session").await;
+    assert_eq!(page.path, "/session");
+    assert!(page.body.contains("carol"), "B shows A's session:\n{}", page.body);
+
+    // Refreshed through B: one Interim-Update; disconnected through B: one Stop.
+    let before = b.storage.session_by_acct_id(&sid).await.unwrap().unwrap();
+    let page = on_b.post_form("/api/refresh", "/session", &[]).await;
+    assert_eq!(page.path, "/session");
+    radius
+        .wait_for_acct(&["status=Interim-Update", &format!("sid={sid}")])
+        .await;
+    let after = a.storage.session_by_acct_id(&sid).await.unwrap().unwrap();
+    assert!(after.refreshed_at > before.refreshed_at, "A reads B's refresh");
+    on_b.post_form("/api/disconnect", "/session", &[]).await;
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={sid}")])
+        .await;
+    assert_eq!(field(&stop, "cause"), "User-Request");
+
+    // A session opened on B, then the organization disabled through A (as `org disable` does:
+    // one write to the shared database): B denies the next login at once, without a packet,
+    // and the session is stopped once by whichever replica takes the job.
+    let bob = b.browser(Ipv4Addr::new(127, 0, 0, 8));
+    assert_eq!(bob.login("bob", "bob-pass").await.path, "/session");
+    let bob_start = radius.wait_for_acct(&["status=Start", "user=bob"]).await;
+    let bob_sid = field(&bob_start, "sid").to_string();
+    assert_eq!(
+        a.storage
+            .set_organization_active("acme", false, "cli:test", radius_portal::access_session::now_ms())
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    let auths = radius.auth_lines().len();
+    let erin = b.browser(Ipv4Addr::new(127, 0, 0, 9));
+    let page = erin.login("erin", "erin-pass").await;
+    assert_ne!(page.path, "/session", "B let a login of a disabled organization in");
+    assert!(page.body.contains("organization is disabled"), "{}", page.body);
+    assert_eq!(radius.auth_lines().len(), auths, "no Access-Request once disabled");
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={bob_sid}")])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Admin-Reset");
+    wait_until("both replicas to see the stop job done", || async {
+        a.storage.pending_organization_jobs().await.unwrap().is_empty()
+            && a.storage.outbox_backlog().await.unwrap() == 0
+    })
+    .await;
+    // Both workers may have run the job: still one Stop each.
+    for (status, sid) in [("Stop", &sid), ("Stop", &bob_sid), ("Start", &sid)] {
+        assert_eq!(acct_count(&radius, status, sid), 1, "{status} of {sid}");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_with_sessions_due_leaves_them_to_the_other() {
+    let radius = FreeRadius::start().await;
+    let url = common::postgres::fresh_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let start_replica = |name: &str| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[http]\nlisten = \"127.0.0.1:{port}\"\n[database]\nurl = \"{url}\"\n\
+                 [radius]\nbind = \"127.0.0.1\"\n\
+                 [[organizations]]\nid = \"acme\"\nname = \"Acme\"\ndefault_window = \"3s\"\n\
+                 [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\n\
+                 auth_port = {}\nacct_port = {}\nsecret = \"{}\"\ntimeout = \"500ms\"\nretries = 1\n",
+                radius.strict_port,
+                radius.acct_port,
+                common::SECRET
+            ),
+        )
+        .unwrap();
+        (config, format!("http://127.0.0.1:{port}"))
+    };
+    let (config_a, base_a) = start_replica("a");
+    let (config_b, base_b) = start_replica("b");
+    let a = PortalProcess::start(&config_a, &base_a).await;
+    let _b = PortalProcess::start(&config_b, &base_b).await;
+
+    // Two users sign in through A (3 s windows); A dies before their deadlines.
+    let mut sids = Vec::new();
+    for (n, user) in [(11, "carol"), (12, "erin")] {
+        let browser = Browser {
+            http: reqwest::Client::builder()
+                .cookie_store(true)
+                .local_address(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)))
+                .build()
+                .unwrap(),
+            base: base_a.clone(),
+        };
+        let page = browser.login(user, &format!("{user}-pass")).await;
+        assert_eq!(page.path, "/session", "{}", page.body);
+        let start = radius
+            .wait_for_acct(&["status=Start", &format!("user={user}")])
+            .await;
+        sids.push(field(&start, "sid").to_string());
+    }
+    a.kill_9();
+
+    // B stops both at their deadlines: one Stop each, Idle-Timeout, stamped at the deadline.
+    let storage = Storage::open_postgres(&url).await.unwrap();
+    for sid in &sids {
+        let stop = radius
+            .wait_for_acct(&["status=Stop", &format!("sid={sid}")])
+            .await;
+        assert_eq!(field(&stop, "cause"), "Idle-Timeout");
+        assert_eq!(field(&stop, "session_time"), "3");
+        let delay: u64 = field(&stop, "delay").parse().expect("Acct-Delay-Time sent");
+        assert!(delay < 60, "{delay}");
+        let session = storage.session_by_acct_id(sid).await.unwrap().unwrap();
+        assert_eq!(
+            field(&stop, "event_ts").parse::<i64>().unwrap(),
+            session.expires_at / 1000,
+            "stamped at the deadline, not when B noticed"
+        );
+    }
+    wait_until("the outbox to drain", || async {
+        storage.outbox_backlog().await.unwrap() == 0
+    })
+    .await;
+    for sid in &sids {
+        assert_eq!(acct_count(&radius, "Stop", sid), 1, "one Stop for {sid}");
+    }
+}
