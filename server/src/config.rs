@@ -1527,7 +1527,10 @@ mod tests {
             redact_url("postgresql://db/portal?user=portal&password=pa55"),
             "postgresql://db/portal?user=portal&password=[redacted]"
         );
-        assert_eq!(redact_url("postgres://portal@db/portal"), "postgres://portal@db/portal");
+        assert_eq!(
+            redact_url("postgres://portal@db/portal"),
+            "postgres://portal@db/portal"
+        );
         let bad = DatabaseSettings {
             url: Some(Secret::new("mysql://db/portal")),
             ..Default::default()

@@ -437,9 +437,12 @@ pub(crate) async fn open(settings: &Settings) -> anyhow::Result<Storage> {
             path.display()
         );
     }
-    Storage::connect(&settings.database)
-        .await
-        .with_context(|| format!("while opening the database {}", settings.database.location()))
+    Storage::connect(&settings.database).await.with_context(|| {
+        format!(
+            "while opening the database {}",
+            settings.database.location()
+        )
+    })
 }
 
 /// A value as its configuration text (`"on"`, `"status-server"`).

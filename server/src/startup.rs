@@ -68,7 +68,12 @@ impl Application {
     ) -> anyhow::Result<Application> {
         let storage = Storage::connect(&settings.database)
             .await
-            .with_context(|| format!("while opening the database {}", settings.database.location()))?;
+            .with_context(|| {
+                format!(
+                    "while opening the database {}",
+                    settings.database.location()
+                )
+            })?;
         crate::organizations::seed(&storage, &settings.organizations)
             .await
             .context("while storing the configured organizations")?;

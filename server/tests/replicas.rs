@@ -14,7 +14,10 @@ use std::{net::Ipv4Addr, path::Path};
 
 /// Portal settings on the PostgreSQL database `url`.
 fn on_postgres(url: &str, radius: &FreeRadius) -> radius_portal::config::Settings {
-    let mut s = settings(Path::new("unused.db"), vec![radius.server_settings("primary", true)]);
+    let mut s = settings(
+        Path::new("unused.db"),
+        vec![radius.server_settings("primary", true)],
+    );
     s.database.url = Some(Secret::new(url));
     s
 }
@@ -47,7 +50,11 @@ async fn a_browser_moves_between_replicas_and_a_disable_holds_on_both() {
     };
     let page = on_b.get("/session").await;
     assert_eq!(page.path, "/session");
-    assert!(page.body.contains("carol"), "B shows A's session:\n{}", page.body);
+    assert!(
+        page.body.contains("carol"),
+        "B shows A's session:\n{}",
+        page.body
+    );
 
     // Refreshed through B: one Interim-Update; disconnected through B: one Stop.
     let before = b.storage.session_by_acct_id(&sid).await.unwrap().unwrap();
@@ -57,7 +64,10 @@ async fn a_browser_moves_between_replicas_and_a_disable_holds_on_both() {
         .wait_for_acct(&["status=Interim-Update", &format!("sid={sid}")])
         .await;
     let after = a.storage.session_by_acct_id(&sid).await.unwrap().unwrap();
-    assert!(after.refreshed_at > before.refreshed_at, "A reads B's refresh");
+    assert!(
+        after.refreshed_at > before.refreshed_at,
+        "A reads B's refresh"
+    );
     on_b.post_form("/api/disconnect", "/session", &[]).await;
     let stop = radius
         .wait_for_acct(&["status=Stop", &format!("sid={sid}")])
@@ -73,7 +83,12 @@ async fn a_browser_moves_between_replicas_and_a_disable_holds_on_both() {
     let bob_sid = field(&bob_start, "sid").to_string();
     assert_eq!(
         a.storage
-            .set_organization_active("acme", false, "cli:test", radius_portal::access_session::now_ms())
+            .set_organization_active(
+                "acme",
+                false,
+                "cli:test",
+                radius_portal::access_session::now_ms()
+            )
             .await
             .unwrap(),
         Some(true)
@@ -81,15 +96,30 @@ async fn a_browser_moves_between_replicas_and_a_disable_holds_on_both() {
     let auths = radius.auth_lines().len();
     let erin = b.browser(Ipv4Addr::new(127, 0, 0, 9));
     let page = erin.login("erin", "erin-pass").await;
-    assert_ne!(page.path, "/session", "B let a login of a disabled organization in");
-    assert!(page.body.contains("organization is disabled"), "{}", page.body);
-    assert_eq!(radius.auth_lines().len(), auths, "no Access-Request once disabled");
+    assert_ne!(
+        page.path, "/session",
+        "B let a login of a disabled organization in"
+    );
+    assert!(
+        page.body.contains("organization is disabled"),
+        "{}",
+        page.body
+    );
+    assert_eq!(
+        radius.auth_lines().len(),
+        auths,
+        "no Access-Request once disabled"
+    );
     let stop = radius
         .wait_for_acct(&["status=Stop", &format!("sid={bob_sid}")])
         .await;
     assert_eq!(field(&stop, "cause"), "Admin-Reset");
     wait_until("both replicas to see the stop job done", || async {
-        a.storage.pending_organization_jobs().await.unwrap().is_empty()
+        a.storage
+            .pending_organization_jobs()
+            .await
+            .unwrap()
+            .is_empty()
             && a.storage.outbox_backlog().await.unwrap() == 0
     })
     .await;

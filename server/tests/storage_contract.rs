@@ -10,8 +10,8 @@ mod common;
 use radius_portal::{
     radius::{status_type, terminate_cause},
     storage::{
-        DeleteOutcome, NewAccessSession, OrganizationWrite, SeedOutcome, SessionMatch,
-        StopOutcome, Storage, StorageError, UpdateOutcome,
+        DeleteOutcome, NewAccessSession, OrganizationWrite, SeedOutcome, SessionMatch, StopOutcome,
+        Storage, StorageError, UpdateOutcome,
     },
 };
 use std::collections::{BTreeSet, HashSet};
@@ -146,7 +146,10 @@ on_both_backends!(
 
 async fn a_session_opens_refreshes_and_stops_once(db: Db) {
     let s = &db.storage;
-    let opened = s.open_session(&login("10.0.0.1", T0, 10 * MINUTE)).await.unwrap();
+    let opened = s
+        .open_session(&login("10.0.0.1", T0, 10 * MINUTE))
+        .await
+        .unwrap();
     assert!(opened.preempted.is_empty());
     assert_eq!(opened.claimed_start, None);
     let session = s.session(opened.id).await.unwrap().unwrap();
@@ -156,7 +159,10 @@ async fn a_session_opens_refreshes_and_stops_once(db: Db) {
     assert_eq!(s.active_sessions().await.unwrap(), 1);
     assert_eq!(s.next_expiry().await.unwrap(), Some(T0 + 10 * MINUTE));
     assert_eq!(
-        s.active_session_for_client("acme", "10.0.0.1", T0 + 1).await.unwrap().map(|r| r.id),
+        s.active_session_for_client("acme", "10.0.0.1", T0 + 1)
+            .await
+            .unwrap()
+            .map(|r| r.id),
         Some(opened.id)
     );
     assert_eq!(outbox_types(s, opened.id).await, [START]);
@@ -176,20 +182,31 @@ async fn a_session_opens_refreshes_and_stops_once(db: Db) {
     assert_eq!(outbox_types(s, opened.id).await, [START, INTERIM]);
 
     let cause = terminate_cause::USER_REQUEST;
-    assert!(s.stop_session(opened.id, cause, T0 + 3 * MINUTE).await.unwrap());
-    assert!(!s.stop_session(opened.id, cause, T0 + 4 * MINUTE).await.unwrap());
+    assert!(s
+        .stop_session(opened.id, cause, T0 + 3 * MINUTE)
+        .await
+        .unwrap());
+    assert!(!s
+        .stop_session(opened.id, cause, T0 + 4 * MINUTE)
+        .await
+        .unwrap());
     let stopped = s.session(opened.id).await.unwrap().unwrap();
     assert!(!stopped.active);
     assert_eq!(stopped.stopped_at, Some(T0 + 3 * MINUTE));
     assert_eq!(stopped.terminate_cause, Some(i64::from(cause)));
     assert_eq!(outbox_types(s, opened.id).await, [START, INTERIM, STOP]);
     assert_eq!(
-        s.refresh_session(opened.id, T0 + 5 * MINUTE, T0 + 15 * MINUTE).await.unwrap(),
+        s.refresh_session(opened.id, T0 + 5 * MINUTE, T0 + 15 * MINUTE)
+            .await
+            .unwrap(),
         None
     );
     assert_eq!(s.active_sessions().await.unwrap(), 0);
     let audit = s.audit_tail(10).await.unwrap();
-    let end = audit.iter().find(|e| e.action == "session.end").expect("session.end audited");
+    let end = audit
+        .iter()
+        .find(|e| e.action == "session.end")
+        .expect("session.end audited");
     let detail: serde_json::Value = serde_json::from_str(&end.detail).unwrap();
     assert_eq!(detail["session_time_s"], 180);
     assert_eq!(detail["terminate_cause"], i64::from(cause));
@@ -197,7 +214,10 @@ async fn a_session_opens_refreshes_and_stops_once(db: Db) {
 
 async fn a_second_login_of_a_client_preempts_the_first(db: Db) {
     let s = &db.storage;
-    let first = s.open_session(&login("10.0.0.2", T0, 10 * MINUTE)).await.unwrap();
+    let first = s
+        .open_session(&login("10.0.0.2", T0, 10 * MINUTE))
+        .await
+        .unwrap();
     let mut again = login("10.0.0.2", T0 + MINUTE, 10 * MINUTE);
     again.start_claimed_until = Some(T0 + 3 * MINUTE);
     let second = s.open_session(&again).await.unwrap();
@@ -205,12 +225,17 @@ async fn a_second_login_of_a_client_preempts_the_first(db: Db) {
     assert_eq!(second.preempted[0].id, first.id);
     assert_eq!(second.preempted[0].due_at, T0 + MINUTE);
     assert_eq!(second.preempted[0].cause, terminate_cause::PORT_PREEMPTED);
-    let start = second.claimed_start.expect("the Start is claimed for the caller");
+    let start = second
+        .claimed_start
+        .expect("the Start is claimed for the caller");
     assert_eq!((start.status_type, start.attempts), (START, 1));
     assert_eq!(outbox_types(s, first.id).await, [START, STOP]);
     assert_eq!(s.active_sessions().await.unwrap(), 1);
     // Claimed for the caller: the delivery loop does not take it before the lease ends.
-    let due = s.claim_due_outbox(T0 + 2 * MINUTE, T0 + 4 * MINUTE, 100).await.unwrap();
+    let due = s
+        .claim_due_outbox(T0 + 2 * MINUTE, T0 + 4 * MINUTE, 100)
+        .await
+        .unwrap();
     assert!(due.iter().all(|r| r.id != start.id));
 }
 
@@ -218,14 +243,23 @@ async fn a_disabled_organization_gets_no_session_and_a_stop_job(db: Db) {
     let s = &db.storage;
     let revision = s.organization_revision().await.unwrap();
     assert_eq!(
-        s.set_organization_active("acme", false, "cli:test", T0).await.unwrap(),
+        s.set_organization_active("acme", false, "cli:test", T0)
+            .await
+            .unwrap(),
         Some(true)
     );
     assert_eq!(
-        s.set_organization_active("acme", false, "cli:test", T0).await.unwrap(),
+        s.set_organization_active("acme", false, "cli:test", T0)
+            .await
+            .unwrap(),
         Some(false)
     );
-    assert_eq!(s.set_organization_active("nope", false, "cli:test", T0).await.unwrap(), None);
+    assert_eq!(
+        s.set_organization_active("nope", false, "cli:test", T0)
+            .await
+            .unwrap(),
+        None
+    );
     assert!(s.organization_revision().await.unwrap() > revision);
     assert_eq!(s.organization_active("acme").await.unwrap(), Some(false));
     let refused = s.open_session(&login("10.0.0.3", T0, MINUTE)).await;
@@ -234,15 +268,32 @@ async fn a_disabled_organization_gets_no_session_and_a_stop_job(db: Db) {
 
     let jobs = s.pending_organization_jobs().await.unwrap();
     assert_eq!(jobs.len(), 1);
-    assert_eq!((jobs[0].organization_id.as_str(), jobs[0].kind.as_str()), ("acme", "stop_sessions"));
+    assert_eq!(
+        (jobs[0].organization_id.as_str(), jobs[0].kind.as_str()),
+        ("acme", "stop_sessions")
+    );
     // Two processes finishing the same job: done once, audited once.
     let other = db.open().await;
-    s.finish_organization_job(&jobs[0], "stopped 0", T0 + 1).await.unwrap();
-    other.finish_organization_job(&jobs[0], "stopped 0", T0 + 2).await.unwrap();
+    s.finish_organization_job(&jobs[0], "stopped 0", T0 + 1)
+        .await
+        .unwrap();
+    other
+        .finish_organization_job(&jobs[0], "stopped 0", T0 + 2)
+        .await
+        .unwrap();
     assert!(s.pending_organization_jobs().await.unwrap().is_empty());
     let audit = s.audit_tail(50).await.unwrap();
-    assert_eq!(audit.iter().filter(|e| e.action == "job.stop_sessions").count(), 1);
-    assert_eq!(audit.iter().filter(|e| e.action == "org.disable").count(), 1);
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|e| e.action == "job.stop_sessions")
+            .count(),
+        1
+    );
+    assert_eq!(
+        audit.iter().filter(|e| e.action == "org.disable").count(),
+        1
+    );
 }
 
 async fn due_sessions_stop_once_at_their_deadline_across_replicas(db: Db) {
@@ -256,7 +307,10 @@ async fn due_sessions_stop_once_at_their_deadline_across_replicas(db: Db) {
         }
         s.open_session(&new).await.unwrap();
     }
-    let late = s.open_session(&login("10.9.9.9", T0, 60 * MINUTE)).await.unwrap();
+    let late = s
+        .open_session(&login("10.9.9.9", T0, 60 * MINUTE))
+        .await
+        .unwrap();
     let other = db.open().await;
     let now = T0 + 2 * MINUTE;
     let (a, b) = tokio::join!(s.stop_due_sessions(now), other.stop_due_sessions(now));
@@ -266,7 +320,10 @@ async fn due_sessions_stop_once_at_their_deadline_across_replicas(db: Db) {
     assert_eq!(a.len() + b.len(), n, "no session stopped twice");
     for stopped in a.iter().chain(&b) {
         let session = s.session(stopped.id).await.unwrap().unwrap();
-        assert_eq!(stopped.due_at, session.expires_at, "stopped as of its deadline");
+        assert_eq!(
+            stopped.due_at, session.expires_at,
+            "stopped as of its deadline"
+        );
         assert_eq!(session.stopped_at, Some(session.expires_at));
         let expected = if session.limit_at.is_some() {
             terminate_cause::SESSION_TIMEOUT
@@ -286,9 +343,15 @@ async fn outbox_rows_go_in_order_and_no_claim_is_shared(db: Db) {
     let n = 300;
     let mut sessions = Vec::new();
     for i in 0..n {
-        let id = s.open_session(&login(&ip(i), T0, 10 * MINUTE)).await.unwrap().id;
+        let id = s
+            .open_session(&login(&ip(i), T0, 10 * MINUTE))
+            .await
+            .unwrap()
+            .id;
         if i % 2 == 0 {
-            s.stop_session(id, terminate_cause::USER_REQUEST, T0 + 1).await.unwrap();
+            s.stop_session(id, terminate_cause::USER_REQUEST, T0 + 1)
+                .await
+                .unwrap();
         }
         sessions.push(id);
     }
@@ -311,19 +374,29 @@ async fn outbox_rows_go_in_order_and_no_claim_is_shared(db: Db) {
     let unique: HashSet<i64> = claimed.iter().map(|r| r.id).collect();
     assert_eq!(unique.len(), claimed.len(), "a row was claimed twice");
     assert_eq!(claimed.len(), n, "one row per session: its Start");
-    assert!(claimed.iter().all(|r| r.status_type == START && r.attempts == 1));
+    assert!(claimed
+        .iter()
+        .all(|r| r.status_type == START && r.attempts == 1));
     assert_eq!(s.next_outbox_attempt().await.unwrap(), Some(lease));
 
     // The Stops come due once their Starts are delivered.
     for row in &claimed {
         s.mark_delivered(row.id, now).await.unwrap();
     }
-    assert!(s.outbox_delivered(sessions[0], status_type::START).await.unwrap());
+    assert!(s
+        .outbox_delivered(sessions[0], status_type::START)
+        .await
+        .unwrap());
     let stops = s.claim_due_outbox(now, lease, 1000).await.unwrap();
     assert_eq!(stops.len(), n / 2);
-    assert!(stops.iter().all(|r| r.status_type == STOP && r.session_time_secs == Some(0)));
+    assert!(stops
+        .iter()
+        .all(|r| r.status_type == STOP && r.session_time_secs == Some(0)));
     // A claim whose lease ran out (its sender died) is taken again, with another attempt.
-    let again = other.claim_due_outbox(lease + 1, lease + MINUTE, 1000).await.unwrap();
+    let again = other
+        .claim_due_outbox(lease + 1, lease + MINUTE, 1000)
+        .await
+        .unwrap();
     assert_eq!(again.len(), n / 2);
     assert!(again.iter().all(|r| r.attempts == 2));
     assert_eq!(s.outbox_backlog().await.unwrap(), (n / 2) as i64);
@@ -331,11 +404,29 @@ async fn outbox_rows_go_in_order_and_no_claim_is_shared(db: Db) {
 
 async fn a_failed_row_waits_and_retry_now_makes_it_due(db: Db) {
     let s = &db.storage;
-    let id = s.open_session(&login("10.0.0.4", T0, MINUTE)).await.unwrap().id;
-    let row = s.claim_session_outbox(id, status_type::START, T0, T0 + MINUTE).await.unwrap().unwrap();
-    assert!(s.claim_session_outbox(id, status_type::START, T0, T0 + MINUTE).await.unwrap().is_none());
-    s.mark_failed(row.id, T0 + 30_000, "timeout", true).await.unwrap();
-    assert!(s.claim_due_outbox(T0 + 1, T0 + MINUTE, 10).await.unwrap().is_empty());
+    let id = s
+        .open_session(&login("10.0.0.4", T0, MINUTE))
+        .await
+        .unwrap()
+        .id;
+    let row = s
+        .claim_session_outbox(id, status_type::START, T0, T0 + MINUTE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(s
+        .claim_session_outbox(id, status_type::START, T0, T0 + MINUTE)
+        .await
+        .unwrap()
+        .is_none());
+    s.mark_failed(row.id, T0 + 30_000, "timeout", true)
+        .await
+        .unwrap();
+    assert!(s
+        .claim_due_outbox(T0 + 1, T0 + MINUTE, 10)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(s.next_outbox_attempt().await.unwrap(), Some(T0 + 30_000));
     assert_eq!(s.retry_pending_now(T0 + 2).await.unwrap(), 1);
     let retried = s.claim_due_outbox(T0 + 2, T0 + MINUTE, 10).await.unwrap();
@@ -348,12 +439,24 @@ async fn a_failed_row_waits_and_retry_now_makes_it_due(db: Db) {
 async fn dead_letters_unblock_and_a_never_sent_start_takes_its_session_along(db: Db) {
     let s = &db.storage;
     // A Start that never went out: rolled back with everything behind it, no Stop follows.
-    let unsent = s.open_session(&login("10.0.0.5", T0, MINUTE)).await.unwrap().id;
-    s.refresh_session(unsent, T0 + 1, T0 + MINUTE).await.unwrap();
-    assert!(s.rollback_unsent_start(unsent, T0 + 2, "login gave up").await.unwrap());
+    let unsent = s
+        .open_session(&login("10.0.0.5", T0, MINUTE))
+        .await
+        .unwrap()
+        .id;
+    s.refresh_session(unsent, T0 + 1, T0 + MINUTE)
+        .await
+        .unwrap();
+    assert!(s
+        .rollback_unsent_start(unsent, T0 + 2, "login gave up")
+        .await
+        .unwrap());
     let session = s.session(unsent).await.unwrap().unwrap();
     assert!(!session.active);
-    assert_eq!(session.terminate_cause, Some(i64::from(terminate_cause::NAS_ERROR)));
+    assert_eq!(
+        session.terminate_cause,
+        Some(i64::from(terminate_cause::NAS_ERROR))
+    );
     let rows = s.session_outbox(unsent).await.unwrap();
     assert!(rows.iter().all(|r| r.dead_at.is_some()));
     assert_eq!(rows[0].dead_reason.as_deref(), Some("login gave up"));
@@ -361,14 +464,36 @@ async fn dead_letters_unblock_and_a_never_sent_start_takes_its_session_along(db:
 
     // A claimed Start is not rolled back (the Stop must follow it); dead-lettering it without
     // cascade lets the Stop behind it go.
-    let sent = s.open_session(&login("10.0.0.6", T0, MINUTE)).await.unwrap().id;
-    let start = s.claim_session_outbox(sent, status_type::START, T0, T0 + MINUTE).await.unwrap().unwrap();
-    assert!(!s.rollback_unsent_start(sent, T0 + 2, "login gave up").await.unwrap());
-    s.stop_session(sent, terminate_cause::USER_REQUEST, T0 + 3).await.unwrap();
-    assert!(s.claim_due_outbox(T0 + 4, T0 + MINUTE, 10).await.unwrap().is_empty());
-    s.dead_letter(start.id, T0 + 5, "cannot be encoded", false).await.unwrap();
+    let sent = s
+        .open_session(&login("10.0.0.6", T0, MINUTE))
+        .await
+        .unwrap()
+        .id;
+    let start = s
+        .claim_session_outbox(sent, status_type::START, T0, T0 + MINUTE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!s
+        .rollback_unsent_start(sent, T0 + 2, "login gave up")
+        .await
+        .unwrap());
+    s.stop_session(sent, terminate_cause::USER_REQUEST, T0 + 3)
+        .await
+        .unwrap();
+    assert!(s
+        .claim_due_outbox(T0 + 4, T0 + MINUTE, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    s.dead_letter(start.id, T0 + 5, "cannot be encoded", false)
+        .await
+        .unwrap();
     let next = s.claim_due_outbox(T0 + 6, T0 + MINUTE, 10).await.unwrap();
-    assert_eq!(next.iter().map(|r| r.status_type).collect::<Vec<_>>(), [STOP]);
+    assert_eq!(
+        next.iter().map(|r| r.status_type).collect::<Vec<_>>(),
+        [STOP]
+    );
     let dead = s.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 3);
     assert_eq!(dead[0].0.dead_reason.as_deref(), Some("cannot be encoded"));
@@ -376,7 +501,10 @@ async fn dead_letters_unblock_and_a_never_sent_start_takes_its_session_along(db:
     let snapshot = s.metrics_snapshot(T0 + MINUTE).await.unwrap();
     assert_eq!(snapshot.dead_letters, 3);
     assert_eq!(snapshot.outbox_backlog, 1);
-    assert_eq!(snapshot.outbox_oldest, std::time::Duration::from_millis((MINUTE - 3) as u64));
+    assert_eq!(
+        snapshot.outbox_oldest,
+        std::time::Duration::from_millis((MINUTE - 3) as u64)
+    );
 }
 
 async fn disconnect_requests_find_sessions_by_id_user_and_class(db: Db) {
@@ -391,13 +519,21 @@ async fn disconnect_requests_find_sessions_by_id_user_and_class(db: Db) {
     let found = |m: SessionMatch| {
         let s = s.clone();
         async move {
-            let mut ids: Vec<i64> =
-                s.find_active_sessions(&m).await.unwrap().iter().map(|r| r.id).collect();
+            let mut ids: Vec<i64> = s
+                .find_active_sessions(&m)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.id)
+                .collect();
             ids.sort();
             ids
         }
     };
-    assert_eq!(found(SessionMatch::AcctSessionId(new.acct_session_id.clone())).await, [id]);
+    assert_eq!(
+        found(SessionMatch::AcctSessionId(new.acct_session_id.clone())).await,
+        [id]
+    );
     assert_eq!(
         found(SessionMatch::UserAndAddress {
             username: new.username.clone(),
@@ -406,17 +542,37 @@ async fn disconnect_requests_find_sessions_by_id_user_and_class(db: Db) {
         .await,
         [id]
     );
-    assert_eq!(found(SessionMatch::Class(vec![0, 0xff, 0x80, 7])).await, [id]);
-    assert_eq!(found(SessionMatch::Class(b"CACS:group".to_vec())).await, [id, other_id]);
-    assert!(found(SessionMatch::Class(b"CACS:none".to_vec())).await.is_empty());
-    let session = s.session_by_acct_id(&new.acct_session_id).await.unwrap().unwrap();
+    assert_eq!(
+        found(SessionMatch::Class(vec![0, 0xff, 0x80, 7])).await,
+        [id]
+    );
+    assert_eq!(
+        found(SessionMatch::Class(b"CACS:group".to_vec())).await,
+        [id, other_id]
+    );
+    assert!(found(SessionMatch::Class(b"CACS:none".to_vec()))
+        .await
+        .is_empty());
+    let session = s
+        .session_by_acct_id(&new.acct_session_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(session.classes, new.classes, "Class values byte for byte");
     let listed = s.active_sessions_of(Some("acme"), 10).await.unwrap();
     assert_eq!(listed.len(), 2);
     assert_eq!(s.active_sessions_of(None, 1).await.unwrap().len(), 1);
-    assert_eq!(s.active_session_ids_of("acme").await.unwrap(), [id, other_id]);
-    s.stop_session(id, terminate_cause::ADMIN_RESET, T0 + 1).await.unwrap();
-    assert_eq!(found(SessionMatch::Class(b"CACS:group".to_vec())).await, [other_id]);
+    assert_eq!(
+        s.active_session_ids_of("acme").await.unwrap(),
+        [id, other_id]
+    );
+    s.stop_session(id, terminate_cause::ADMIN_RESET, T0 + 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        found(SessionMatch::Class(b"CACS:group".to_vec())).await,
+        [other_id]
+    );
 }
 
 async fn periodic_interims_come_due_and_coalesce(db: Db) {
@@ -436,18 +592,37 @@ async fn periodic_interims_come_due_and_coalesce(db: Db) {
         .await
         .unwrap();
     assert_eq!(interim.len(), 1, "only the Start is first in line");
-    s.mark_delivered(interim[0].id, T0 + 10 * MINUTE).await.unwrap();
-    let interim = s.claim_due_outbox(T0 + 10 * MINUTE, T0 + 11 * MINUTE, 10).await.unwrap();
+    s.mark_delivered(interim[0].id, T0 + 10 * MINUTE)
+        .await
+        .unwrap();
+    let interim = s
+        .claim_due_outbox(T0 + 10 * MINUTE, T0 + 11 * MINUTE, 10)
+        .await
+        .unwrap();
     assert_eq!(interim[0].session_time_secs, Some(600));
 }
 
 async fn pruning_keeps_what_is_pending(db: Db) {
     let s = &db.storage;
-    let old = s.open_session(&login("10.0.1.1", T0, MINUTE)).await.unwrap().id;
-    let pending = s.open_session(&login("10.0.1.2", T0, MINUTE)).await.unwrap().id;
-    let active = s.open_session(&login("10.0.1.3", T0, 600 * MINUTE)).await.unwrap().id;
+    let old = s
+        .open_session(&login("10.0.1.1", T0, MINUTE))
+        .await
+        .unwrap()
+        .id;
+    let pending = s
+        .open_session(&login("10.0.1.2", T0, MINUTE))
+        .await
+        .unwrap()
+        .id;
+    let active = s
+        .open_session(&login("10.0.1.3", T0, 600 * MINUTE))
+        .await
+        .unwrap()
+        .id;
     for id in [old, pending] {
-        s.stop_session(id, terminate_cause::USER_REQUEST, T0 + 1).await.unwrap();
+        s.stop_session(id, terminate_cause::USER_REQUEST, T0 + 1)
+            .await
+            .unwrap();
     }
     for row in s.claim_due_outbox(T0 + 2, T0 + MINUTE, 10).await.unwrap() {
         s.mark_delivered(row.id, T0 + 2).await.unwrap();
@@ -459,7 +634,10 @@ async fn pruning_keeps_what_is_pending(db: Db) {
     }
     assert_eq!(s.prune(T0 + 10 * MINUTE).await.unwrap(), 1);
     assert!(s.session(old).await.unwrap().is_none());
-    assert!(s.session(pending).await.unwrap().is_some(), "its Stop is not delivered yet");
+    assert!(
+        s.session(pending).await.unwrap().is_some(),
+        "its Stop is not delivered yet"
+    );
     assert!(s.session(active).await.unwrap().is_some());
     assert_eq!(s.outbox_backlog().await.unwrap(), 1);
 }
@@ -467,19 +645,28 @@ async fn pruning_keeps_what_is_pending(db: Db) {
 async fn organization_changes_are_revisioned_audited_and_guarded(db: Db) {
     let s = &db.storage;
     assert_eq!(
-        s.seed_organization("acme", "Acme", "{}", None, 0, T0).await.unwrap(),
+        s.seed_organization("acme", "Acme", "{}", None, 0, T0)
+            .await
+            .unwrap(),
         SeedOutcome::Unchanged
     );
     assert_eq!(
-        s.seed_organization("acme", "Acme Corp", "{}", None, 0, T0).await.unwrap(),
+        s.seed_organization("acme", "Acme Corp", "{}", None, 0, T0)
+            .await
+            .unwrap(),
         SeedOutcome::Updated(vec!["name"])
     );
     assert_eq!(
-        s.seed_organization("beta", "Beta", "{\"a\":1}", Some(false), 1, T0).await.unwrap(),
+        s.seed_organization("beta", "Beta", "{\"a\":1}", Some(false), 1, T0)
+            .await
+            .unwrap(),
         SeedOutcome::Created
     );
     let orgs = s.organizations().await.unwrap();
-    assert_eq!(orgs.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), ["acme", "beta"]);
+    assert_eq!(
+        orgs.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),
+        ["acme", "beta"]
+    );
     assert!(orgs[0].active && !orgs[1].active && orgs[1].from_config);
     let revision = orgs[0].revision;
 
@@ -493,38 +680,62 @@ async fn organization_changes_are_revisioned_audited_and_guarded(db: Db) {
         detail: &detail,
         expected_revision,
     };
-    assert!(s.create_organization(&write("gamma", "Gamma", None), true).await.unwrap());
-    assert!(!s.create_organization(&write("gamma", "Gamma", None), true).await.unwrap());
+    assert!(s
+        .create_organization(&write("gamma", "Gamma", None), true)
+        .await
+        .unwrap());
+    assert!(!s
+        .create_organization(&write("gamma", "Gamma", None), true)
+        .await
+        .unwrap());
     assert_eq!(
-        s.update_organization(&write("acme", "Acme 2", Some(revision - 1)), true).await.unwrap(),
+        s.update_organization(&write("acme", "Acme 2", Some(revision - 1)), true)
+            .await
+            .unwrap(),
         UpdateOutcome::Stale
     );
     assert_eq!(
-        s.update_organization(&write("acme", "Acme 2", Some(revision)), true).await.unwrap(),
+        s.update_organization(&write("acme", "Acme 2", Some(revision)), true)
+            .await
+            .unwrap(),
         UpdateOutcome::Updated
     );
     assert_eq!(
-        s.update_organization(&write("beta", "Beta 2", None), true).await.unwrap(),
+        s.update_organization(&write("beta", "Beta 2", None), true)
+            .await
+            .unwrap(),
         UpdateOutcome::Disabled
     );
     assert_eq!(
-        s.update_organization(&write("nope", "x", None), false).await.unwrap(),
+        s.update_organization(&write("nope", "x", None), false)
+            .await
+            .unwrap(),
         UpdateOutcome::NotFound
     );
     assert!(s.organization("acme").await.unwrap().unwrap().revision > revision);
 
     // Deleting: refused while configured or busy; once done, the history stays in the audit log.
     assert_eq!(
-        s.delete_organization("beta", "cli:test", T0, &detail).await.unwrap(),
+        s.delete_organization("beta", "cli:test", T0, &detail)
+            .await
+            .unwrap(),
         DeleteOutcome::FromConfig
     );
     let mut new = login("10.0.2.1", T0, MINUTE);
     new.organization_id = "gamma".into();
     let id = s.open_session(&new).await.unwrap().id;
-    assert_eq!(s.sessions_needing_server("gamma", "primary").await.unwrap(), 1);
     assert_eq!(
-        s.delete_organization("gamma", "cli:test", T0, &detail).await.unwrap(),
-        DeleteOutcome::Busy { open_sessions: 1, pending_accounting: 1 }
+        s.sessions_needing_server("gamma", "primary").await.unwrap(),
+        1
+    );
+    assert_eq!(
+        s.delete_organization("gamma", "cli:test", T0, &detail)
+            .await
+            .unwrap(),
+        DeleteOutcome::Busy {
+            open_sessions: 1,
+            pending_accounting: 1
+        }
     );
     let StopOutcome::Queued = s
         .stop_session_claiming(id, terminate_cause::ADMIN_RESET, T0 + 1, T0 + MINUTE)
@@ -539,15 +750,34 @@ async fn organization_changes_are_revisioned_audited_and_guarded(db: Db) {
         }
     }
     assert_eq!(
-        s.delete_organization("gamma", "cli:test", T0 + 3, &detail).await.unwrap(),
+        s.delete_organization("gamma", "cli:test", T0 + 3, &detail)
+            .await
+            .unwrap(),
         DeleteOutcome::Deleted
     );
     assert!(s.session(id).await.unwrap().is_none());
     assert_eq!(s.organization_active("gamma").await.unwrap(), None);
-    s.audit(T0 + 4, "portal", "guard.denied", Some("beta"), &detail).await.unwrap();
-    let actions: Vec<String> = s.audit_tail(100).await.unwrap().into_iter().map(|e| e.action).collect();
-    for action in ["org.create", "org.update", "org.delete", "login.accepted", "guard.denied"] {
-        assert!(actions.iter().any(|a| a == action), "{action} audited: {actions:?}");
+    s.audit(T0 + 4, "portal", "guard.denied", Some("beta"), &detail)
+        .await
+        .unwrap();
+    let actions: Vec<String> = s
+        .audit_tail(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    for action in [
+        "org.create",
+        "org.update",
+        "org.delete",
+        "login.accepted",
+        "guard.denied",
+    ] {
+        assert!(
+            actions.iter().any(|a| a == action),
+            "{action} audited: {actions:?}"
+        );
     }
     assert_eq!(actions.last().map(String::as_str), Some("guard.denied"));
     assert!(s.prune_audit(T0 + 10).await.unwrap() > 0);
@@ -566,13 +796,24 @@ async fn keys_and_web_sessions_are_shared_by_every_process(db: Db) {
         data: Default::default(),
         expiry_date: OffsetDateTime::now_utc() + Duration::hours(1),
     };
-    record.data.insert("access_session".into(), serde_json::json!(42));
+    record
+        .data
+        .insert("access_session".into(), serde_json::json!(42));
     mine.create(&mut record).await.unwrap();
-    let loaded = theirs.load(&record.id).await.unwrap().expect("seen by the other process");
+    let loaded = theirs
+        .load(&record.id)
+        .await
+        .unwrap()
+        .expect("seen by the other process");
     assert_eq!(loaded.data["access_session"], 42);
-    record.data.insert("access_session".into(), serde_json::json!(43));
+    record
+        .data
+        .insert("access_session".into(), serde_json::json!(43));
     theirs.save(&record).await.unwrap();
-    assert_eq!(mine.load(&record.id).await.unwrap().unwrap().data["access_session"], 43);
+    assert_eq!(
+        mine.load(&record.id).await.unwrap().unwrap().data["access_session"],
+        43
+    );
     assert_eq!(db.storage.web_session_count().await.unwrap(), 1);
 
     let mut expired = Record {
@@ -581,7 +822,10 @@ async fn keys_and_web_sessions_are_shared_by_every_process(db: Db) {
         expiry_date: OffsetDateTime::now_utc() - Duration::seconds(1),
     };
     mine.create(&mut expired).await.unwrap();
-    assert!(mine.load(&expired.id).await.unwrap().is_none(), "expired: not loaded");
+    assert!(
+        mine.load(&expired.id).await.unwrap().is_none(),
+        "expired: not loaded"
+    );
     assert_eq!(mine.delete_expired().await.unwrap(), 1);
     theirs.delete(&record.id).await.unwrap();
     assert!(mine.load(&record.id).await.unwrap().is_none());
@@ -592,15 +836,25 @@ async fn logins_racing_a_disable_never_outlive_it(db: Db) {
     let other = db.open().await;
     let logins: Vec<_> = (0..60)
         .map(|i| {
-            let store = if i % 2 == 0 { db.storage.clone() } else { other.clone() };
+            let store = if i % 2 == 0 {
+                db.storage.clone()
+            } else {
+                other.clone()
+            };
             tokio::spawn(async move { store.open_session(&login(&ip(i), T0, MINUTE)).await })
         })
         .collect();
     tokio::task::yield_now().await;
-    db.storage.set_organization_active("acme", false, "cli:test", T0).await.unwrap();
+    db.storage
+        .set_organization_active("acme", false, "cli:test", T0)
+        .await
+        .unwrap();
     // What the stop job does once the disable is stored: it stops every session it finds.
     for id in db.storage.active_session_ids_of("acme").await.unwrap() {
-        db.storage.stop_session(id, terminate_cause::ADMIN_RESET, T0 + 1).await.unwrap();
+        db.storage
+            .stop_session(id, terminate_cause::ADMIN_RESET, T0 + 1)
+            .await
+            .unwrap();
     }
     let mut refused = 0;
     for task in logins {
@@ -628,7 +882,11 @@ async fn two_replicas_logging_in_one_client_leave_one_session(db: Db) {
         let (ra, rb) = tokio::join!(db.storage.open_session(&a), other.open_session(&b));
         ra.unwrap();
         rb.unwrap();
-        assert_eq!(db.storage.active_sessions().await.unwrap(), 1, "round {round}");
+        assert_eq!(
+            db.storage.active_sessions().await.unwrap(),
+            1,
+            "round {round}"
+        );
     }
     // Every session but the last was preempted with exactly one Stop.
     let all: Vec<_> = db.storage.active_sessions_of(None, 100).await.unwrap();

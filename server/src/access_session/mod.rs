@@ -17,8 +17,7 @@ use crate::{
     },
     radius::{status_type, terminate_cause, AuthOutcome, Radius, RadiusError},
     storage::{
-        StopOutcome, AccessSessionRecord, NewAccessSession, SessionMatch, Storage,
-        StorageError,
+        AccessSessionRecord, NewAccessSession, SessionMatch, StopOutcome, Storage, StorageError,
     },
 };
 use events::SessionEvents;

@@ -245,7 +245,9 @@ impl Storage {
 
     /// Opens the database `[database]` names: PostgreSQL when `url` is set, else the SQLite
     /// file at `path`.
-    pub async fn connect(settings: &crate::config::DatabaseSettings) -> Result<Storage, StorageError> {
+    pub async fn connect(
+        settings: &crate::config::DatabaseSettings,
+    ) -> Result<Storage, StorageError> {
         match &settings.url {
             Some(url) => Storage::open_postgres(url.expose()).await,
             None => Storage::open(&settings.path).await,

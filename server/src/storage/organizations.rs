@@ -646,10 +646,7 @@ impl OrganizationStore for SqliteStore {
         Ok(())
     }
 
-    async fn active_session_ids_of(
-        &self,
-        organization_id: &str,
-    ) -> Result<Vec<i64>, StorageError> {
+    async fn active_session_ids_of(&self, organization_id: &str) -> Result<Vec<i64>, StorageError> {
         Ok(sqlx::query_scalar(
             "SELECT id FROM access_sessions WHERE organization_id = ? AND state = 'active' ORDER BY id",
         )

@@ -682,9 +682,11 @@ impl SessionStore for PgStore {
 
     async fn next_expiry(&self) -> Result<Option<i64>, StorageError> {
         Ok(
-            sqlx::query_scalar("SELECT MIN(expires_at) FROM access_sessions WHERE state = 'active'")
-                .fetch_one(&self.pool)
-                .await?,
+            sqlx::query_scalar(
+                "SELECT MIN(expires_at) FROM access_sessions WHERE state = 'active'",
+            )
+            .fetch_one(&self.pool)
+            .await?,
         )
     }
 
@@ -836,7 +838,10 @@ impl SessionStore for PgStore {
         Ok(true)
     }
 
-    async fn session_outbox(&self, access_session_id: i64) -> Result<Vec<OutboxEntry>, StorageError> {
+    async fn session_outbox(
+        &self,
+        access_session_id: i64,
+    ) -> Result<Vec<OutboxEntry>, StorageError> {
         sqlx::query(
             "SELECT id, status_type, attempts, transmissions, delivered_at, dead_at, dead_reason, last_error \
              FROM accounting_outbox WHERE access_session_id = $1 ORDER BY id",

@@ -287,10 +287,7 @@ impl SessionStore for SqliteStore {
             .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM tower_sessions", [], |r| r.get(0))?))
     }
 
-    async fn open_session(
-        &self,
-        new: &NewAccessSession,
-    ) -> Result<OpenedSession, StorageError> {
+    async fn open_session(&self, new: &NewAccessSession) -> Result<OpenedSession, StorageError> {
         let new = new.clone();
         self.engine.write(move |c| open_session_in(c, &new)).await
     }
@@ -323,12 +320,7 @@ impl SessionStore for SqliteStore {
             .await
     }
 
-    async fn stop_session(
-        &self,
-        id: i64,
-        cause: u32,
-        event_at: i64,
-    ) -> Result<bool, StorageError> {
+    async fn stop_session(&self, id: i64, cause: u32, event_at: i64) -> Result<bool, StorageError> {
         self.engine
             .write(move |c| stop_in(c, id, cause, event_at, None))
             .await
@@ -728,10 +720,7 @@ impl SessionStore for SqliteStore {
             .await
     }
 
-    async fn metrics_snapshot(
-        &self,
-        now: i64,
-    ) -> Result<crate::metrics::Snapshot, StorageError> {
+    async fn metrics_snapshot(&self, now: i64) -> Result<crate::metrics::Snapshot, StorageError> {
         self.engine
             .read_long(move |c| {
                 let active_sessions: Vec<(String, i64)> = c

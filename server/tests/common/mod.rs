@@ -522,8 +522,10 @@ pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
 
 /// The portal binary serving `config` (`radius-portal serve`), started and waited for until
 /// `base`/healthz answers; killed on drop.
+#[cfg(test)]
 pub struct PortalProcess(std::process::Child);
 
+#[cfg(test)]
 impl PortalProcess {
     pub async fn start(config: &std::path::Path, base: &str) -> PortalProcess {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -555,6 +557,7 @@ impl PortalProcess {
     }
 }
 
+#[cfg(test)]
 impl Drop for PortalProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();

@@ -79,7 +79,10 @@ impl Cluster {
         std::fs::create_dir_all(&dir).unwrap();
         let as_postgres = {
             use std::os::unix::fs::MetadataExt;
-            std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1) == 0
+            std::fs::metadata("/proc/self")
+                .map(|m| m.uid())
+                .unwrap_or(1)
+                == 0
         };
         if as_postgres {
             let status = Command::new("chown")
@@ -147,6 +150,7 @@ impl Cluster {
 
     /// Leaves a watchdog that stops the cluster and removes its directory once this test
     /// process has exited, however it ends (even `kill -9`).
+    #[allow(clippy::zombie_processes)] // it must outlive this process: never waited for
     fn stop_when_gone(&self, dir: &Path) {
         let stop = if self.as_postgres {
             "runuser -u postgres -- \"$1/pg_ctl\" -D \"$2/data\" -m immediate stop"
@@ -199,6 +203,8 @@ pub async fn fresh_database() -> String {
 pub fn server_log() -> String {
     CLUSTER
         .get()
-        .and_then(|c| std::fs::read_to_string(c.data.parent().unwrap_or(Path::new("/")).join("log")).ok())
+        .and_then(|c| {
+            std::fs::read_to_string(c.data.parent().unwrap_or(Path::new("/")).join("log")).ok()
+        })
         .unwrap_or_default()
 }
