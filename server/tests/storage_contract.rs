@@ -892,3 +892,16 @@ async fn two_replicas_logging_in_one_client_leave_one_session(db: Db) {
     let all: Vec<_> = db.storage.active_sessions_of(None, 100).await.unwrap();
     assert_eq!(all.len(), 1);
 }
+
+/// A wrong PostgreSQL URL fails at once with the server's reason, not a pool time-out.
+#[tokio::test]
+async fn a_missing_postgres_database_is_named_in_the_error() {
+    let url = common::postgres::fresh_database().await;
+    let missing = format!("{}_missing", url);
+    let err = match Storage::open_postgres(&missing).await {
+        Ok(_) => panic!("opened a database that does not exist"),
+        Err(e) => e,
+    };
+    let text = format!("{err}: {:?}", err);
+    assert!(text.contains("does not exist"), "{text}");
+}

@@ -161,6 +161,9 @@ impl PgStore {
     /// together migrate once (sqlx takes an advisory lock).
     pub async fn open(url: &str) -> Result<PgStore, StorageError> {
         let options = PgConnectOptions::from_str(url)?.application_name("radius-portal");
+        // One connection first: its error says what is wrong (refused, authentication, no such
+        // database); the pool would only report that it timed out.
+        sqlx::Connection::close(sqlx::ConnectOptions::connect(&options).await?).await?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(5))
