@@ -39,6 +39,8 @@ pub struct Application {
     router: axum::Router,
     accounting: Accounting,
     expiry: Expiry,
+    /// Access-session change notices (other replicas' changes are published here too).
+    events: SessionEvents,
     /// Exposed for tests (breaker states).
     pub radius: Radius,
     /// The RFC 5176 listener, when clients are configured (tests read its address and counters).
@@ -166,7 +168,7 @@ impl Application {
             portal: Portal(backend.clone()),
             live: crate::http::live::LiveState {
                 backend,
-                events,
+                events: events.clone(),
                 stop: live_stop.clone(),
             },
             session_store: session_store.clone(),
@@ -230,6 +232,7 @@ impl Application {
             router,
             accounting,
             expiry,
+            events,
             radius,
             dynauth,
             tasks,
@@ -304,6 +307,18 @@ impl Application {
                 );
                 supervise::spawn(self.tasks.clone(), "prune", move || {
                     prune_loop(storage.clone(), retention, shutdown.clone())
+                })
+            },
+            {
+                let listeners = NoticeListeners {
+                    storage: self.storage.clone(),
+                    events: self.events.clone(),
+                    worker: self.org_worker.clone(),
+                    accounting: self.accounting.clone(),
+                };
+                let shutdown = shutdown.clone();
+                supervise::spawn(self.tasks.clone(), "notices", move || {
+                    listeners.clone().run(shutdown.clone())
                 })
             },
         ];
@@ -501,6 +516,47 @@ async fn serve_metrics(
 
 /// Deletes accounting history and ended sessions older than the accounting retention, and
 /// audit entries older than the audit retention, hourly.
+/// Where other replicas' announcements go (PostgreSQL; on SQLite the task ends at once).
+#[derive(Clone)]
+struct NoticeListeners {
+    storage: Storage,
+    events: SessionEvents,
+    worker: OrganizationWorker,
+    accounting: Accounting,
+}
+
+impl NoticeListeners {
+    async fn run(self, shutdown: CancellationToken) {
+        use crate::storage::Notice;
+        loop {
+            match self.storage.listen().await {
+                Ok(None) => return,
+                Ok(Some(mut listener)) => loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        notice = listener.recv() => match notice {
+                            Ok(Notice::Session(id)) => self.events.publish(id),
+                            Ok(Notice::Organizations) => self.worker.wake(),
+                            Ok(Notice::Accounting) => self.accounting.wake(),
+                            Err(e) => {
+                                tracing::error!(error = %e, "listening for other replicas' changes failed; reconnecting");
+                                break;
+                            }
+                        },
+                    }
+                },
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for other replicas' changes; retrying")
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
 async fn prune_loop(
     storage: Storage,
     (retention, audit_retention): (Duration, Duration),

@@ -283,6 +283,16 @@ impl Storage {
         }
     }
 
+    /// Listens for changes other processes announce (PostgreSQL); None where nobody else
+    /// writes without telling this process (SQLite: operator commands leave jobs the worker
+    /// polls for).
+    pub async fn listen(&self) -> Result<Option<postgres::NoticeListener>, StorageError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(store) => store.listen().await.map(Some),
+        }
+    }
+
     /// One stored organization.
     pub async fn organization(&self, id: &str) -> Result<Option<StoredOrganization>, StorageError> {
         Ok(self.organizations().await?.into_iter().find(|o| o.id == id))
@@ -424,6 +434,18 @@ pub enum StopOutcome {
     Queued,
     /// Stopped; its Stop is claimed for the caller.
     Claimed(OutboxRow),
+}
+
+/// A change announced by another process on the same database (PostgreSQL's NOTIFY, after its
+/// commit). It carries no state: the receiver re-reads what it is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// Access session `id` changed (refreshed, stopped): its open pages re-read it.
+    Session(i64),
+    /// An organization changed or an organization job was queued: caches and workers look now.
+    Organizations,
+    /// Accounting became due at once (a server came back): delivery loops look now.
+    Accounting,
 }
 
 /// An outbox row claimed for delivery.

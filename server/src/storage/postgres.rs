@@ -15,24 +15,98 @@
 //!
 //! Expiry and Interim-Update sweeps are set-based: one statement stops a whole chunk of due
 //! sessions, queues their Stops and writes their audit entries.
+//!
+//! Changes other replicas must hear of at once are announced with NOTIFY on one channel, in the
+//! transaction that makes them (delivered after the commit): a session changed (its open pages
+//! re-read it), organizations changed (caches and the job worker look now), accounting became
+//! due (delivery loops look now). Each announcement names the process that made it, which
+//! ignores its own ([`NoticeListener`]).
 
 use super::{
     decode_classes, encode_classes, AccessSessionRecord, AuditEntry, DeleteOutcome,
-    NewAccessSession, OpenedSession, OrganizationJob, OrganizationStore, OrganizationWrite,
+    NewAccessSession, Notice, OpenedSession, OrganizationJob, OrganizationStore, OrganizationWrite,
     OutboxEntry, OutboxRow, SeedOutcome, SessionMatch, SessionStore, StopOutcome, Stopped,
     StorageError, StoredOrganization, UpdateOutcome, AUTH_SERVER_DESTINATION,
 };
 use crate::radius::{status_type, terminate_cause};
 use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions, PgRow},
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow},
     PgConnection, PgPool, Row,
 };
-use std::{str::FromStr, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 /// The PostgreSQL backend. Cheap to clone.
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// This process, in the announcements it makes (random per process).
+    origin: Arc<str>,
+}
+
+/// The NOTIFY channel of every announcement.
+const CHANNEL: &str = "radius_portal";
+
+/// Announcements of changes other processes made on the database, after their commit.
+pub struct NoticeListener {
+    listener: PgListener,
+    origin: Arc<str>,
+}
+
+impl NoticeListener {
+    /// The next announcement of another process. Reconnects by itself when the connection
+    /// drops (announcements made meanwhile are missed: the polling loops catch up); an error
+    /// means it could not.
+    pub async fn recv(&mut self) -> Result<Notice, StorageError> {
+        loop {
+            let notification = self.listener.recv().await?;
+            if let Some(notice) = parse_notice(notification.payload(), &self.origin) {
+                return Ok(notice);
+            }
+        }
+    }
+}
+
+/// `<origin> s <id>`, `<origin> o`, `<origin> q`; None for this process's own and for
+/// anything else (another version's announcements are ignored, not misread).
+fn parse_notice(payload: &str, own: &str) -> Option<Notice> {
+    let mut parts = payload.split(' ');
+    let origin = parts.next()?;
+    if origin == own {
+        return None;
+    }
+    let notice = match (parts.next()?, parts.next()) {
+        ("s", Some(id)) => Notice::Session(id.parse().ok()?),
+        ("o", None) => Notice::Organizations,
+        ("q", None) => Notice::Accounting,
+        _ => return None,
+    };
+    parts.next().is_none().then_some(notice)
+}
+
+fn notice_payload(origin: &str, notice: &Notice) -> String {
+    match notice {
+        Notice::Session(id) => format!("{origin} s {id}"),
+        Notice::Organizations => format!("{origin} o"),
+        Notice::Accounting => format!("{origin} q"),
+    }
+}
+
+/// Announces `notices` (inside a transaction: when it commits; PostgreSQL folds identical ones).
+async fn notify(c: &mut PgConnection, origin: &str, notices: &[Notice]) -> Result<(), StorageError> {
+    if notices.is_empty() {
+        return Ok(());
+    }
+    let payloads: Vec<String> = notices.iter().map(|n| notice_payload(origin, n)).collect();
+    sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::TEXT[]) p")
+        .bind(CHANNEL)
+        .bind(&payloads)
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+fn session_notices(stopped: &[Stopped]) -> Vec<Notice> {
+    stopped.iter().map(|s| Notice::Session(s.id)).collect()
 }
 
 /// Due sessions stopped per transaction: a large sweep commits in chunks (each chunk's Stops
@@ -170,7 +244,26 @@ impl PgStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(PgStore { pool })
+        let origin: u64 = rand::random();
+        Ok(PgStore {
+            pool,
+            origin: format!("{origin:016x}").into(),
+        })
+    }
+
+    /// Listens for other processes' announcements (a connection of its own).
+    pub(crate) async fn listen(&self) -> Result<NoticeListener, StorageError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANNEL).await?;
+        Ok(NoticeListener {
+            listener,
+            origin: self.origin.clone(),
+        })
+    }
+
+    async fn announce(&self, notices: &[Notice]) -> Result<(), StorageError> {
+        let mut c = self.pool.acquire().await?;
+        notify(&mut c, &self.origin, notices).await
     }
 
     /// The pool (web sessions).
@@ -276,7 +369,7 @@ async fn dead_letter_in(
     now: i64,
     reason: &str,
     cascade: bool,
-) -> Result<(), StorageError> {
+) -> Result<Option<Notice>, StorageError> {
     let session: Option<i64> = sqlx::query_scalar(
         "UPDATE accounting_outbox SET dead_at = $1, dead_reason = $2, claimed_until = NULL \
          WHERE id = $3 AND delivered_at IS NULL RETURNING access_session_id",
@@ -296,7 +389,7 @@ async fn dead_letter_in(
         .bind(id)
         .execute(&mut *c)
         .await?;
-        sqlx::query(
+        let ended = sqlx::query(
             "UPDATE access_sessions SET state = 'stopped', stopped_at = $1, terminate_cause = $2 \
              WHERE id = $3 AND state = 'active'",
         )
@@ -304,9 +397,12 @@ async fn dead_letter_in(
         .bind(i64::from(terminate_cause::NAS_ERROR))
         .bind(session)
         .execute(c)
-        .await?;
+        .await?
+        .rows_affected()
+            > 0;
+        return Ok(ended.then_some(Notice::Session(session)));
     }
-    Ok(())
+    Ok(None)
 }
 
 async fn audit_in(
@@ -328,11 +424,12 @@ async fn audit_in(
     Ok(())
 }
 
-async fn bump_revision(c: &mut PgConnection) -> Result<(), StorageError> {
+/// Bumps the global revision other processes compare, and tells them to look now.
+async fn bump_revision(c: &mut PgConnection, origin: &str) -> Result<(), StorageError> {
     sqlx::query("UPDATE organization_revision SET value = value + 1 WHERE id = 1")
-        .execute(c)
+        .execute(&mut *c)
         .await?;
-    Ok(())
+    notify(c, origin, &[Notice::Organizations]).await
 }
 
 /// Takes the organization-change lock for the rest of the transaction.
@@ -347,6 +444,7 @@ async fn lock_organizations(c: &mut PgConnection) -> Result<(), StorageError> {
 /// See the SQLite store's `set_active_in`.
 async fn set_active_in(
     c: &mut PgConnection,
+    origin: &str,
     id: &str,
     active: bool,
     actor: &str,
@@ -366,7 +464,7 @@ async fn set_active_in(
     if !changed {
         return Ok(false);
     }
-    bump_revision(c).await?;
+    bump_revision(c, origin).await?;
     if !active {
         sqlx::query(
             "INSERT INTO organization_jobs (organization_id, kind, created_at) VALUES ($1, 'stop_sessions', $2)",
@@ -442,6 +540,7 @@ impl SessionStore for PgStore {
         .iter()
         .map(stopped_from_row)
         .collect::<Result<Vec<_>, _>>()?;
+        notify(&mut tx, &self.origin, &session_notices(&preempted)).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO access_sessions (acct_session_id, organization_id, username, client_ip, server_index, server_name, \
              classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, next_interim_at, state) \
@@ -536,19 +635,26 @@ impl SessionStore for PgStore {
             return Ok(None);
         };
         enqueue_interim(&mut tx, id, started_at, now).await?;
+        notify(&mut tx, &self.origin, &[Notice::Session(id)]).await?;
         let session = session_by_id(&mut tx, id).await?;
         tx.commit().await?;
         Ok(session)
     }
 
     async fn stop_session(&self, id: i64, cause: u32, event_at: i64) -> Result<bool, StorageError> {
-        let mut c = self.pool.acquire().await?;
-        stop_in(&mut c, id, cause, event_at).await
+        let mut tx = self.pool.begin().await?;
+        if !stop_in(&mut tx, id, cause, event_at).await? {
+            return Ok(false);
+        }
+        notify(&mut tx, &self.origin, &[Notice::Session(id)]).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn stop_due_sessions(&self, now: i64) -> Result<Vec<Stopped>, StorageError> {
         let mut all = Vec::new();
         loop {
+            let mut tx = self.pool.begin().await?;
             let chunk = sqlx::query(stop_sessions!(
                 "SELECT id, expires_at AS at, CASE WHEN limit_at IS NOT NULL AND limit_at <= expires_at \
                  THEN $2::BIGINT ELSE $3::BIGINT END AS cause FROM access_sessions \
@@ -558,12 +664,16 @@ impl SessionStore for PgStore {
             .bind(i64::from(terminate_cause::SESSION_TIMEOUT))
             .bind(i64::from(terminate_cause::IDLE_TIMEOUT))
             .bind(STOP_CHUNK)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
             let done = (chunk.len() as i64) < STOP_CHUNK;
-            for row in &chunk {
-                all.push(stopped_from_row(row)?);
-            }
+            let stopped = chunk
+                .iter()
+                .map(stopped_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            notify(&mut tx, &self.origin, &session_notices(&stopped)).await?;
+            tx.commit().await?;
+            all.extend(stopped);
             if done {
                 return Ok(all);
             }
@@ -759,6 +869,7 @@ impl SessionStore for PgStore {
         }
         let claimed =
             claim_session_in(&mut tx, id, status_type::STOP, event_at, lease_until).await?;
+        notify(&mut tx, &self.origin, &[Notice::Session(id)]).await?;
         tx.commit().await?;
         Ok(match claimed {
             Some(stop) => StopOutcome::Claimed(stop),
@@ -812,7 +923,8 @@ impl SessionStore for PgStore {
         cascade: bool,
     ) -> Result<(), StorageError> {
         let mut tx = self.pool.begin().await?;
-        dead_letter_in(&mut tx, id, now, reason, cascade).await?;
+        let ended = dead_letter_in(&mut tx, id, now, reason, cascade).await?;
+        notify(&mut tx, &self.origin, ended.as_slice()).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -836,7 +948,8 @@ impl SessionStore for PgStore {
         let Some(id) = start else {
             return Ok(false);
         };
-        dead_letter_in(&mut tx, id, now, reason, true).await?;
+        let ended = dead_letter_in(&mut tx, id, now, reason, true).await?;
+        notify(&mut tx, &self.origin, ended.as_slice()).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -876,6 +989,8 @@ impl SessionStore for PgStore {
     }
 
     async fn retry_pending_now(&self, now: i64) -> Result<u64, StorageError> {
+        // Every replica's delivery loop looks now (a server came back).
+        self.announce(&[Notice::Accounting]).await?;
         Ok(sqlx::query(
             "UPDATE accounting_outbox SET next_attempt_at = $1 WHERE delivered_at IS NULL AND dead_at IS NULL \
              AND next_attempt_at > $1",
@@ -1039,7 +1154,7 @@ impl OrganizationStore for PgStore {
                 .bind(position)
                 .execute(&mut *tx)
                 .await?;
-                bump_revision(&mut tx).await?;
+                bump_revision(&mut tx, &self.origin).await?;
                 audit_in(
                     &mut tx,
                     now,
@@ -1075,7 +1190,7 @@ impl OrganizationStore for PgStore {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                    bump_revision(&mut tx).await?;
+                    bump_revision(&mut tx, &self.origin).await?;
                     audit_in(
                         &mut tx,
                         now,
@@ -1087,7 +1202,7 @@ impl OrganizationStore for PgStore {
                     .await?;
                 }
                 if let Some(active) = enabled {
-                    if set_active_in(&mut tx, id, active, "config", now).await? {
+                    if set_active_in(&mut tx, &self.origin, id, active, "config", now).await? {
                         changed.push(if active { "enabled" } else { "disabled" });
                     }
                 }
@@ -1118,7 +1233,7 @@ impl OrganizationStore for PgStore {
         if exists.is_none() {
             return Ok(None);
         }
-        let changed = set_active_in(&mut tx, id, active, actor, now).await?;
+        let changed = set_active_in(&mut tx, &self.origin, id, active, actor, now).await?;
         tx.commit().await?;
         Ok(Some(changed))
     }
@@ -1165,6 +1280,8 @@ impl OrganizationStore for PgStore {
             &serde_json::json!({ "acct_session_id": acct_session_id, "username": username }),
         )
         .await?;
+        // The job worker of every replica looks now.
+        notify(&mut tx, &self.origin, &[Notice::Organizations]).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -1202,7 +1319,7 @@ impl OrganizationStore for PgStore {
         if !created {
             return Ok(false);
         }
-        bump_revision(&mut tx).await?;
+        bump_revision(&mut tx, &self.origin).await?;
         audit_in(&mut tx, now, actor, "org.create", Some(id), detail).await?;
         tx.commit().await?;
         Ok(true)
@@ -1253,7 +1370,7 @@ impl OrganizationStore for PgStore {
         .bind(require_active)
         .execute(&mut *tx)
         .await?;
-        bump_revision(&mut tx).await?;
+        bump_revision(&mut tx, &self.origin).await?;
         audit_in(&mut tx, now, actor, "org.update", Some(id), detail).await?;
         tx.commit().await?;
         Ok(UpdateOutcome::Updated)
@@ -1334,7 +1451,7 @@ impl OrganizationStore for PgStore {
         ] {
             sqlx::query(statement).bind(id).execute(&mut *tx).await?;
         }
-        bump_revision(&mut tx).await?;
+        bump_revision(&mut tx, &self.origin).await?;
         audit_in(&mut tx, now, actor, "org.delete", Some(id), &detail).await?;
         tx.commit().await?;
         Ok(DeleteOutcome::Deleted)
