@@ -414,17 +414,16 @@ impl DatabaseSettings {
 /// [`REDACTED`]: `check-config` shows where the portal connects, never how it logs in.
 pub fn redact_url(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(at) => rest.split_at(at),
-        None => (rest, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((user_info, host)) => match user_info.split_once(':') {
-            Some((user, _password)) => format!("{user}:{REDACTED}@{host}"),
-            None => authority.to_string(),
+    // The user part ends at the last `@` (a password may hold `/`, `?` or `@` unencoded): when
+    // in doubt, more is hidden, never less.
+    let (user, tail) = match rest.rsplit_once('@') {
+        Some((user_info, host_and_rest)) => match user_info.split_once(':') {
+            Some((user, _password)) => (format!("{user}:{REDACTED}@"), host_and_rest),
+            None => (format!("{user_info}@"), host_and_rest),
         },
-        None => authority.to_string(),
+        None => (String::new(), rest),
     };
+    let authority = user;
     let tail = match tail.split_once('?') {
         Some((path, query)) => {
             let query: Vec<String> = query
@@ -1530,6 +1529,10 @@ mod tests {
         assert_eq!(
             redact_url("postgres://portal@db/portal"),
             "postgres://portal@db/portal"
+        );
+        assert_eq!(
+            redact_url("postgres://portal:ab/cd+e=?@x@db:5432/portal"),
+            "postgres://portal:[redacted]@db:5432/portal"
         );
         let bad = DatabaseSettings {
             url: Some(Secret::new("mysql://db/portal")),

@@ -84,7 +84,8 @@ impl Application {
                 .await
                 .context("while loading organizations")?,
         );
-        // Claims held by a previous process of this database are void.
+        // Claims held by a previous process of this database are void (SQLite; on PostgreSQL
+        // other replicas' claims may be live: they run out their lease instead).
         let released = storage
             .release_outbox_claims()
             .await

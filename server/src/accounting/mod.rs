@@ -414,7 +414,8 @@ impl Accounting {
     /// At shutdown (graceful: SIGTERM): delivers what is due now and lets deliveries under way
     /// finish, for at most [`SHUTDOWN_FLUSH`], so a Stop queued just before does not wait for
     /// the next start. Rows not delivered by then stay in the outbox (their claims are
-    /// released at the next start): nothing is lost either way.
+    /// released at the next start on SQLite, run out their lease on PostgreSQL): nothing is
+    /// lost either way.
     async fn flush(
         &self,
         mut in_flight: JoinSet<Result<Delivery, OutboxError>>,

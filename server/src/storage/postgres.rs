@@ -234,7 +234,20 @@ impl PgStore {
     /// Connects (a pool of up to 16 connections) and runs the migrations; replicas starting
     /// together migrate once (sqlx takes an advisory lock).
     pub async fn open(url: &str) -> Result<PgStore, StorageError> {
-        let options = PgConnectOptions::from_str(url)?.application_name("radius-portal");
+        // A replica cut off in the middle of a transaction must not hold its locks (a login's
+        // hold on its organization row, claims, due sessions) for the kernel's two-hour TCP
+        // time-out: the server ends the transaction after 30 s idle, and probes the connection.
+        // No statement waits on a lock more than 10 s, nor runs more than 60 s.
+        let options = PgConnectOptions::from_str(url)?
+            .application_name("radius-portal")
+            .options([
+                ("idle_in_transaction_session_timeout", "30s"),
+                ("lock_timeout", "10s"),
+                ("statement_timeout", "60s"),
+                ("tcp_keepalives_idle", "30"),
+                ("tcp_keepalives_interval", "10"),
+                ("tcp_keepalives_count", "3"),
+            ]);
         // One connection first: its error says what is wrong (refused, authentication, no such
         // database); the pool would only report that it timed out.
         sqlx::Connection::close(sqlx::ConnectOptions::connect(&options).await?).await?;
@@ -370,6 +383,16 @@ async fn dead_letter_in(
     reason: &str,
     cascade: bool,
 ) -> Result<Option<Notice>, StorageError> {
+    // The session first, as every writer of a session's rows does: a Stop or Interim-Update
+    // another replica is queueing for it either committed before (and is closed below) or
+    // waits and then finds the session ended.
+    sqlx::query(
+        "SELECT 1 FROM access_sessions WHERE id = (SELECT access_session_id FROM accounting_outbox WHERE id = $1) \
+         FOR UPDATE",
+    )
+    .bind(id)
+    .execute(&mut *c)
+    .await?;
     let session: Option<i64> = sqlx::query_scalar(
         "UPDATE accounting_outbox SET dead_at = $1, dead_reason = $2, claimed_until = NULL \
          WHERE id = $3 AND delivered_at IS NULL RETURNING access_session_id",
@@ -936,6 +959,10 @@ impl SessionStore for PgStore {
         reason: &str,
     ) -> Result<bool, StorageError> {
         let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT 1 FROM access_sessions WHERE id = $1 FOR UPDATE")
+            .bind(access_session_id)
+            .execute(&mut *tx)
+            .await?;
         let start: Option<i64> = sqlx::query_scalar(
             "SELECT id FROM accounting_outbox WHERE access_session_id = $1 AND status_type = $2 \
              AND delivered_at IS NULL AND dead_at IS NULL AND transmissions = 0 AND claimed_until IS NULL \
