@@ -119,6 +119,9 @@ async fn a_browser_moves_between_replicas_and_a_disable_holds_on_both() {
     assert_eq!(bob.login("bob", "bob-pass").await.path, "/session");
     let bob_start = radius.wait_for_acct(&["status=Start", "user=bob"]).await;
     let bob_sid = field(&bob_start, "sid").to_string();
+    // Erin has the sign-in page open (with its form token) before the disable.
+    let erin = b.browser(Ipv4Addr::new(127, 0, 0, 9));
+    let erin_token = erin.form_token("/").await;
     assert_eq!(
         a.storage
             .set_organization_active(
@@ -132,8 +135,18 @@ async fn a_browser_moves_between_replicas_and_a_disable_holds_on_both() {
         Some(true)
     );
     let auths = radius.auth_lines().len();
-    let erin = b.browser(Ipv4Addr::new(127, 0, 0, 9));
-    let page = erin.login("erin", "erin-pass").await;
+    let page = erin
+        .post_raw(
+            "/api/login",
+            "/",
+            &[
+                ("username", "erin"),
+                ("password", "erin-pass"),
+                ("csrf", &erin_token),
+            ],
+            &[],
+        )
+        .await;
     assert_ne!(
         page.path, "/session",
         "B let a login of a disabled organization in"

@@ -905,3 +905,33 @@ async fn a_missing_postgres_database_is_named_in_the_error() {
     let text = format!("{err}: {:?}", err);
     assert!(text.contains("does not exist"), "{text}");
 }
+
+/// On a shared database an organization job is run by one replica at a time: the other sees
+/// it again only once the first one's claim has run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replicas_take_turns_for_organization_jobs() {
+    let db = Db::new(Kind::Postgres).await;
+    let other = db.open().await;
+    db.storage
+        .set_organization_active("acme", false, "cli:test", T0)
+        .await
+        .unwrap();
+    let (mine, theirs) = tokio::join!(
+        db.storage.claim_organization_jobs(T0, T0 + MINUTE),
+        other.claim_organization_jobs(T0, T0 + MINUTE)
+    );
+    let (mine, theirs) = (mine.unwrap(), theirs.unwrap());
+    assert_eq!(mine.len() + theirs.len(), 1, "{mine:?} {theirs:?}");
+    let (holder, waiting) = if mine.is_empty() {
+        (&other, &db.storage)
+    } else {
+        (&db.storage, &other)
+    };
+    // The holder keeps it (a retry after a failure); the other waits out the lease.
+    assert_eq!(holder.claim_organization_jobs(T0 + 1, T0 + MINUTE).await.unwrap().len(), 1);
+    assert!(waiting.claim_organization_jobs(T0 + 1, T0 + MINUTE).await.unwrap().is_empty());
+    assert_eq!(
+        waiting.claim_organization_jobs(T0 + MINUTE + 1, T0 + 2 * MINUTE).await.unwrap().len(),
+        1
+    );
+}

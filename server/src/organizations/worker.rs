@@ -22,6 +22,11 @@ use tokio_util::sync::CancellationToken;
 /// How often the database is asked whether organizations changed or jobs are waiting.
 pub const POLL: Duration = Duration::from_millis(500);
 
+/// How long a job claimed by this process is left to it by other replicas (a stop job of a
+/// large organization may run this long; past it, another replica may run it too, which stops
+/// nothing twice).
+const JOB_LEASE_MS: i64 = 120_000;
+
 /// Runs organization jobs and refreshes the cache. Cheap to clone.
 #[derive(Clone)]
 pub struct OrganizationWorker {
@@ -84,7 +89,12 @@ impl OrganizationWorker {
         }
         let mut done = Vec::new();
         let now = Instant::now();
-        for job in self.storage.pending_organization_jobs().await? {
+        let claimed_at = now_ms();
+        for job in self
+            .storage
+            .claim_organization_jobs(claimed_at, claimed_at + JOB_LEASE_MS)
+            .await?
+        {
             let waiting = self
                 .retry_at
                 .lock()

@@ -212,8 +212,14 @@ contract! {
         /// log keeps its history), audited. Refused while it is listed in the configuration, has
         /// open sessions or accounting not yet delivered: nothing may be lost.
         fn delete_organization(&self, id: &str, actor: &str, now: i64, detail: &serde_json::Value) -> DeleteOutcome;
-        /// Organization jobs not done yet, oldest first.
+        /// Organization jobs not done yet, oldest first (inspection: tests, operators).
         fn pending_organization_jobs(&self) -> Vec<OrganizationJob>;
+        /// The jobs for this process to run, oldest first. On a shared database (PostgreSQL)
+        /// each is claimed until `lease_until`, and a job another process holds a live claim on
+        /// is left out, so one replica runs it (and audits its outcome); a replica that dies
+        /// leaves it to another once the lease ends. SQLite (one portal process): every pending
+        /// job.
+        fn claim_organization_jobs(&self, now: i64, lease_until: i64) -> Vec<OrganizationJob>;
         /// Marks a job done with its outcome, audited (once, however many processes finish it).
         fn finish_organization_job(&self, job: &OrganizationJob, outcome: &str, now: i64) -> ();
         /// Ids of an organization's active sessions.

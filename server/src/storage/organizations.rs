@@ -615,6 +615,15 @@ impl OrganizationStore for SqliteStore {
             .collect()
     }
 
+    async fn claim_organization_jobs(
+        &self,
+        _now: i64,
+        _lease_until: i64,
+    ) -> Result<Vec<OrganizationJob>, StorageError> {
+        // One portal process per SQLite file: nobody else runs jobs.
+        self.pending_organization_jobs().await
+    }
+
     async fn finish_organization_job(
         &self,
         job: &OrganizationJob,

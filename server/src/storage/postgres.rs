@@ -221,6 +221,15 @@ fn outbox_entry_from_row(row: &PgRow) -> Result<OutboxEntry, StorageError> {
     })
 }
 
+fn job_from_row(r: &PgRow) -> Result<OrganizationJob, StorageError> {
+    Ok(OrganizationJob {
+        id: r.try_get("id")?,
+        organization_id: r.try_get("organization_id")?,
+        kind: r.try_get("kind")?,
+        access_session_id: r.try_get("access_session_id")?,
+    })
+}
+
 fn stopped_from_row(row: &PgRow) -> Result<Stopped, StorageError> {
     Ok(Stopped {
         id: row.try_get(0)?,
@@ -1492,15 +1501,32 @@ impl OrganizationStore for PgStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|r| {
-            Ok(OrganizationJob {
-                id: r.try_get("id")?,
-                organization_id: r.try_get("organization_id")?,
-                kind: r.try_get("kind")?,
-                access_session_id: r.try_get("access_session_id")?,
-            })
-        })
+        .map(job_from_row)
         .collect()
+    }
+
+    async fn claim_organization_jobs(
+        &self,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Vec<OrganizationJob>, StorageError> {
+        let mut jobs = sqlx::query(
+            "UPDATE organization_jobs SET claimed_by = $1, claimed_until = $2 WHERE id IN ( \
+               SELECT id FROM organization_jobs WHERE done_at IS NULL \
+               AND (claimed_by = $1 OR claimed_until IS NULL OR claimed_until < $3) \
+               ORDER BY id FOR UPDATE SKIP LOCKED) \
+             RETURNING id, organization_id, kind, access_session_id",
+        )
+        .bind(&*self.origin)
+        .bind(lease_until)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(job_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        jobs.sort_by_key(|j| j.id);
+        Ok(jobs)
     }
 
     async fn finish_organization_job(
