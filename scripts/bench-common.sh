@@ -2,7 +2,12 @@
 # Shared set-up of the benchmarks (sourced): builds the release portal, starts FreeRADIUS (the
 # test fixture) on loopback and writes a portal configuration for one organization `bench`, all
 # in a temporary directory removed on exit. Gives: $state, $http, $radius_pid, start_portal
-# (sets $portal_pid), stop_portal, bench_header.
+# (sets $portal_pid, and $portal_pids / $portal_urls for every replica), stop_portal,
+# bench_header, $load_targets (portal-load's --url and --cpu arguments for every process).
+#   DB=postgres  a throwaway PostgreSQL cluster (durable: fsync on) instead of a SQLite file;
+#                its CPU (postmaster and backends) is reported as `postgres`
+#   REPLICAS=2   that many portal processes on the one database (PostgreSQL only), the load
+#                spread over them
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/env.sh
@@ -12,11 +17,16 @@ cargo build --release -q -p radius-portal -p portal-load
 [ -f target/debug/hash.txt ] || cargo leptos build
 cp target/debug/hash.txt target/release/hash.txt
 
+DB=${DB:-sqlite}
+REPLICAS=${REPLICAS:-1}
+[ "$DB" = postgres ] || [ "$REPLICAS" = 1 ] || { echo "REPLICAS > 1 needs DB=postgres" >&2; exit 2; }
 state=$(mktemp -d /tmp/portal-bench.XXXXXX)
 pids=()
+pg_ctl_cmd=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  [ ${#pg_ctl_cmd[@]} -eq 0 ] || "${pg_ctl_cmd[@]}" -D "$state/pg/data" -m fast stop >/dev/null 2>&1 || true
   rm -rf "$state"
 }
 trap cleanup EXIT
@@ -33,12 +43,28 @@ pids+=("$radius_pid")
 for _ in $(seq 150); do grep -qs "Ready to process requests" "$state/radius.log" && break; sleep 0.1; done
 grep -qs "Ready to process requests" "$state/radius.log" || { cat "$state/radius.log"; exit 1; }
 
+database="path = \"$state/portal.db\""
+if [ "$DB" = postgres ]; then
+  pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  pg_port=$(free_port tcp)
+  mkdir -p "$state/pg"
+  as_pg=()
+  if [ "$(id -u)" = 0 ]; then chmod 755 "$state"; chown postgres "$state/pg"; as_pg=(runuser -u postgres --); fi
+  pg_ctl_cmd=("${as_pg[@]}" "$pg_bin/pg_ctl")
+  (cd "$state/pg" && "${as_pg[@]}" "$pg_bin/initdb" -D "$state/pg/data" -U postgres -A trust -E UTF8 \
+    --locale=C.UTF-8 >/dev/null)
+  (cd "$state/pg" && "${pg_ctl_cmd[@]}" -D "$state/pg/data" -l "$state/pg/log" -w start \
+    -o "-p $pg_port -k $state/pg -c listen_addresses=127.0.0.1 -c max_connections=200" >/dev/null)
+  "${as_pg[@]}" "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres portal
+  database="url = \"postgres://postgres@127.0.0.1:$pg_port/portal\""
+fi
+
 cat >"$state/portal.toml" <<TOML
 [http]
 listen = "127.0.0.1:$http"
 trusted_proxies = ["127.0.0.1"]
 [database]
-path = "$state/portal.db"
+$database
 [radius]
 bind = "127.0.0.1"
 [rate_limit]
@@ -57,20 +83,43 @@ acct_port = $acct
 secret = "testing123"
 TOML
 start_portal() {
-  LEPTOS_SITE_ROOT=target/site target/release/radius-portal --config "$state/portal.toml" serve \
-    >"$state/portal.log" 2>&1 &
-  portal_pid=$!
-  pids+=("$portal_pid")
-  for _ in $(seq 300); do curl -fs "http://127.0.0.1:$http/healthz" >/dev/null && break; sleep 0.1; done
-  curl -fs "http://127.0.0.1:$http/healthz" >/dev/null || { cat "$state/portal.log"; exit 1; }
+  portal_pids=(); portal_urls=(); load_targets=()
+  for replica in $(seq "$REPLICAS"); do
+    local port=$http config=$state/portal.toml
+    if [ "$replica" -gt 1 ]; then
+      port=$(free_port tcp); config=$state/portal-$replica.toml
+      sed "s/^listen = \"127.0.0.1:$http\"/listen = \"127.0.0.1:$port\"/" "$state/portal.toml" >"$config"
+    fi
+    LEPTOS_SITE_ROOT=target/site target/release/radius-portal --config "$config" serve \
+      >"$state/portal-$replica.log" 2>&1 &
+    portal_pids+=($!); pids+=($!)
+    for _ in $(seq 300); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+    curl -fs "http://127.0.0.1:$port/healthz" >/dev/null || { cat "$state/portal-$replica.log"; exit 1; }
+    portal_urls+=("http://127.0.0.1:$port")
+    local label=portal; [ "$REPLICAS" = 1 ] || label=portal$replica
+    load_targets+=(--url "http://127.0.0.1:$port" --cpu "$label=${portal_pids[-1]}")
+  done
+  portal_pid=${portal_pids[0]}
+  load_targets+=(--cpu "freeradius=$radius_pid")
+  if [ "$DB" = postgres ]; then
+    load_targets+=(--cpu "postgres=$(head -1 "$state/pg/data/postmaster.pid")")
+  fi
+}
+
+# PostgreSQL: transactions committed and statements run so far in the portal's database.
+pg_counters() {
+  "$pg_bin/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -d portal -Atc \
+    "SELECT xact_commit FROM pg_stat_database WHERE datname = 'portal'"
 }
 
 # Graceful stop (SIGTERM: accounting is flushed first).
 stop_portal() {
-  kill -TERM "$portal_pid"
-  wait "$portal_pid" || true
+  for pid in "${portal_pids[@]}"; do kill -TERM "$pid"; done
+  for pid in "${portal_pids[@]}"; do wait "$pid" || true; done
 }
 
 bench_header() {
-  echo "portal $(target/release/radius-portal --version 2>/dev/null || true), FreeRADIUS $(freeradius -v | head -1 | grep -o 'Version [0-9.]*'), $(nproc) cores, $(date -u +%F)"
+  local db=$DB
+  [ "$DB" != postgres ] || db="PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}')"
+  echo "portal $(target/release/radius-portal --version 2>/dev/null || true), FreeRADIUS $(freeradius -v | head -1 | grep -o 'Version [0-9.]*'), $db, $REPLICAS replica(s), $(nproc) cores, $(date -u +%F)"
 }

@@ -3,6 +3,7 @@
 # driven by portal-load at several user counts. Prints one report per count; record results in
 # docs/BENCHMARKS.md with the date and machine.
 #   USERS="1 16 64" DURATION=10s scripts/bench-journeys.sh
+#   DB=postgres REPLICAS=2 ...  two portal replicas on a throwaway PostgreSQL (bench-common.sh)
 #   PERF=1 ...  also records a perf profile of the portal during the last count (needs linux-perf);
 #               PERF_SORT=comm,dso sorts it by thread and library instead of by symbol;
 #               PERF_KEEP=FILE keeps the recording there for `perf report -i FILE`;
@@ -18,8 +19,12 @@ for users in $USERS; do
     perf record -F "${PERF_FREQ:-499}" --call-graph "${PERF_CALL_GRAPH:-fp}" -p "$portal_pid" -o "$state/perf.data" -- sleep "${DURATION%s}" >/dev/null 2>&1 &
     perf_pid=$!
   fi
-  target/release/portal-load --url "http://127.0.0.1:$http" --users "$users" --duration "$DURATION" \
-    --cpu "portal=$portal_pid" --cpu "freeradius=$radius_pid"
+  [ "$DB" != postgres ] || commits_before=$(pg_counters)
+  target/release/portal-load --users "$users" --duration "$DURATION" "${load_targets[@]}" | tee "$state/report"
+  if [ "$DB" = postgres ]; then
+    journeys=$(grep -o '[0-9]* journeys' "$state/report" | head -1 | cut -d' ' -f1)
+    echo "postgres: $(( ($(pg_counters) - commits_before) / (journeys > 0 ? journeys : 1) )) transactions per journey"
+  fi
   echo
 done
 if [ -n "${perf_pid:-}" ]; then

@@ -29,8 +29,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The portal's origin, `http://127.0.0.1:3000` (plain HTTP).
-    pub origin: String,
+    /// The portal's origins, `http://127.0.0.1:3000` (plain HTTP): user n uses the n-th, round
+    /// robin (several replicas of one portal).
+    pub origins: Vec<String>,
     /// Path prefix of the organization's portal (`/o/beta`), or empty for the default one.
     pub prefix: String,
     /// Concurrent virtual users.
@@ -134,14 +135,37 @@ impl fmt::Display for Report {
     }
 }
 
-/// CPU time (user + system) of a process so far, from `/proc/<pid>/stat`.
+/// CPU time (user + system) of a process so far, with that of its children (living ones, and
+/// those it has waited for): a server of several processes (PostgreSQL's backends) counts
+/// whole. From `/proc/<pid>/stat`.
 pub fn process_cpu(pid: &str) -> Option<Duration> {
+    let (_, own) = stat_ticks(pid)?;
+    let children: u64 = match pid.parse::<u32>() {
+        Ok(parent) => std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|child| stat_ticks(&child.to_string()))
+            .filter(|(ppid, _)| *ppid == parent)
+            .map(|(_, ticks)| ticks)
+            .sum(),
+        Err(_) => 0,
+    };
+    Some(Duration::from_secs_f64(
+        (own + children) as f64 / clock_ticks() as f64,
+    ))
+}
+
+/// (parent pid, utime + stime + cutime + cstime) of a process.
+fn stat_ticks(pid: &str) -> Option<(u32, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) in parentheses: state is the
-    // first, utime the 12th, stime the 13th.
+    // first, ppid the 2nd, utime the 12th, stime the 13th, cutime and cstime the 14th and 15th.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
+    let field = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    let ppid = fields.get(1)?.parse().ok()?;
+    Some((ppid, field(11)? + field(12)? + field(13)? + field(14)?))
 }
 
 fn clock_ticks() -> u64 {
@@ -167,12 +191,18 @@ struct Totals {
 
 /// Runs the virtual users for the configured duration and reports.
 pub async fn run(config: Config) -> anyhow::Result<Report> {
-    let host = config
-        .origin
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow::anyhow!("origin must be http://host:port"))?
-        .trim_end_matches('/')
-        .to_string();
+    anyhow::ensure!(!config.origins.is_empty(), "no origin to load");
+    let hosts = config
+        .origins
+        .iter()
+        .map(|origin| {
+            Ok(origin
+                .strip_prefix("http://")
+                .ok_or_else(|| anyhow::anyhow!("origin must be http://host:port"))?
+                .trim_end_matches('/')
+                .to_string())
+        })
+        .collect::<anyhow::Result<Vec<String>>>()?;
     let mut processes: Vec<(String, String)> = config
         .processes
         .iter()
@@ -189,7 +219,8 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     let config = Arc::new(config);
     let mut users = tokio::task::JoinSet::new();
     for n in 1..=config.users {
-        let (config, totals, host) = (config.clone(), totals.clone(), host.clone());
+        let index = (n as usize - 1) % hosts.len();
+        let (config, totals, host) = (config.clone(), totals.clone(), hosts[index].clone());
         users.spawn(async move {
             VirtualUser::new(n, config, host)
                 .run(deadline, totals)
@@ -344,7 +375,7 @@ impl VirtualUser {
         path: &str,
         form: Option<String>,
     ) -> Result<Answer, String> {
-        let origin = self.config.origin.trim_end_matches('/').to_string();
+        let origin = format!("http://{}", self.host);
         let mut builder = Request::builder()
             .method(method.clone())
             .uri(path)

@@ -8,9 +8,10 @@ use std::{net::Ipv4Addr, time::Duration};
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// The portal's origin (plain HTTP); it must list 127.0.0.1 in `trusted_proxies`.
+    /// The portal's origin (plain HTTP); it must list 127.0.0.1 in `trusted_proxies`. Repeat
+    /// it for several replicas: users are spread over them round robin.
     #[arg(long, default_value = "http://127.0.0.1:3000")]
-    url: String,
+    url: Vec<String>,
     /// Path prefix of an organization's portal (`/o/beta`).
     #[arg(long, default_value = "")]
     prefix: String,
@@ -51,7 +52,7 @@ fn label_pid(text: &str) -> Result<(String, u32), String> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let report = portal_load::run(portal_load::Config {
-        origin: args.url,
+        origins: args.url,
         prefix: args.prefix,
         users: args.users,
         duration: args.duration,

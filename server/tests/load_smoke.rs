@@ -22,7 +22,7 @@ async fn journeys_under_load_all_succeed_and_every_start_gets_its_stop() {
     let app = TestApp::spawn(&config).await;
 
     let report = portal_load::run(portal_load::Config {
-        origin: format!("http://{}", app.addr),
+        origins: vec![format!("http://{}", app.addr)],
         prefix: String::new(),
         users: 32,
         duration: Duration::from_secs(3),
