@@ -36,7 +36,11 @@ async fn next_event(stream: &mut reqwest::Response, buffer: &mut String) -> Stri
             }
             continue;
         }
-        let chunk = stream.chunk().await.unwrap().expect("the stream stays open");
+        let chunk = stream
+            .chunk()
+            .await
+            .unwrap()
+            .expect("the stream stays open");
         buffer.push_str(&String::from_utf8_lossy(&chunk));
     }
 }

@@ -399,6 +399,15 @@ async fn outbox_rows_go_in_order_and_no_claim_is_shared(db: Db) {
         .unwrap();
     assert_eq!(again.len(), n / 2);
     assert!(again.iter().all(|r| r.attempts == 2));
+    // The first sender, stalled past its lease, fails late: the row stays the second's.
+    s.mark_failed(&stops[0], lease + 2, "late", true)
+        .await
+        .unwrap();
+    assert!(s
+        .claim_due_outbox(lease + 3, lease + MINUTE, 1000)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(s.outbox_backlog().await.unwrap(), (n / 2) as i64);
 }
 
@@ -419,7 +428,7 @@ async fn a_failed_row_waits_and_retry_now_makes_it_due(db: Db) {
         .await
         .unwrap()
         .is_none());
-    s.mark_failed(row.id, T0 + 30_000, "timeout", true)
+    s.mark_failed(&row, T0 + 30_000, "timeout", true)
         .await
         .unwrap();
     assert!(s
@@ -928,10 +937,25 @@ async fn postgres_replicas_take_turns_for_organization_jobs() {
         (&db.storage, &other)
     };
     // The holder keeps it (a retry after a failure); the other waits out the lease.
-    assert_eq!(holder.claim_organization_jobs(T0 + 1, T0 + MINUTE).await.unwrap().len(), 1);
-    assert!(waiting.claim_organization_jobs(T0 + 1, T0 + MINUTE).await.unwrap().is_empty());
     assert_eq!(
-        waiting.claim_organization_jobs(T0 + MINUTE + 1, T0 + 2 * MINUTE).await.unwrap().len(),
+        holder
+            .claim_organization_jobs(T0 + 1, T0 + MINUTE)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(waiting
+        .claim_organization_jobs(T0 + 1, T0 + MINUTE)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        waiting
+            .claim_organization_jobs(T0 + MINUTE + 1, T0 + 2 * MINUTE)
+            .await
+            .unwrap()
+            .len(),
         1
     );
 }

@@ -287,7 +287,7 @@ impl Accounting {
                 session.organization_id
             );
             self.storage
-                .mark_failed(row.id, retry, &reason, false)
+                .mark_failed(&row, retry, &reason, false)
                 .await?;
             tracing::error!(acct_session_id = %acct_id, status_type = row.status_type,
                 organization = %session.organization_id,
@@ -336,7 +336,7 @@ impl Accounting {
         else {
             let retry = now + backoff_ms(row.attempts);
             self.storage
-                .mark_failed(row.id, retry, "every accounting server is down", false)
+                .mark_failed(&row, retry, "every accounting server is down", false)
                 .await?;
             tracing::warn!(acct_session_id = %acct_id, status_type = record.status_type,
                 "accounting held: every server of the organization is down; will retry");
@@ -353,7 +353,7 @@ impl Accounting {
         let Ok(slot) = tokio::time::timeout(SLOT_WAIT, window.acquire()).await else {
             let retry = now_ms() + backoff_ms(row.attempts);
             self.storage
-                .mark_failed(row.id, retry, "no send slot in time (server busy)", false)
+                .mark_failed(&row, retry, "no send slot in time (server busy)", false)
                 .await?;
             return Ok(Delivery::RetryAt(retry));
         };
@@ -364,7 +364,7 @@ impl Accounting {
         if health.is_open(server.acct_addr) {
             let retry = now_ms() + backoff_ms(row.attempts);
             self.storage
-                .mark_failed(row.id, retry, "accounting server went down", false)
+                .mark_failed(&row, retry, "accounting server went down", false)
                 .await?;
             return Ok(Delivery::RetryAt(retry));
         }
@@ -402,7 +402,7 @@ impl Accounting {
                 );
                 let retry = now_ms() + backoff_ms(row.attempts);
                 self.storage
-                    .mark_failed(row.id, retry, &e.to_string(), transmitted)
+                    .mark_failed(&row, retry, &e.to_string(), transmitted)
                     .await?;
                 tracing::warn!(acct_session_id = %record.acct_session_id, status_type = record.status_type,
                     server = %server.name, attempts = row.attempts, error = %e, "accounting not acknowledged; will retry");

@@ -135,7 +135,9 @@ contract! {
         fn mark_delivered(&self, id: i64, now: i64) -> ();
         /// Releases a claimed row for a retry at `next_attempt_at`, recording why it failed and
         /// whether a packet went out this time.
-        fn mark_failed(&self, id: i64, next_attempt_at: i64, error: &str, transmitted: bool) -> ();
+        /// Only while the row is still this claim's (`row.attempts` counts claims): a sender
+        /// that stalled past its lease never releases a row another sender has claimed since.
+        fn mark_failed(&self, row: &OutboxRow, next_attempt_at: i64, error: &str, transmitted: bool) -> ();
         /// Closes a row that can never be sent, with the reason, so it stops blocking its
         /// session's later rows. With `cascade`, the session's later pending rows are closed too
         /// ("the Start was never sent", so no Interim or Stop may follow it), and an active

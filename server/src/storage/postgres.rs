@@ -92,7 +92,11 @@ fn notice_payload(origin: &str, notice: &Notice) -> String {
 }
 
 /// Announces `notices` (inside a transaction: when it commits; PostgreSQL folds identical ones).
-async fn notify(c: &mut PgConnection, origin: &str, notices: &[Notice]) -> Result<(), StorageError> {
+async fn notify(
+    c: &mut PgConnection,
+    origin: &str,
+    notices: &[Notice],
+) -> Result<(), StorageError> {
     if notices.is_empty() {
         return Ok(());
     }
@@ -929,19 +933,20 @@ impl SessionStore for PgStore {
 
     async fn mark_failed(
         &self,
-        id: i64,
+        row: &OutboxRow,
         next_attempt_at: i64,
         error: &str,
         transmitted: bool,
     ) -> Result<(), StorageError> {
         sqlx::query(
             "UPDATE accounting_outbox SET next_attempt_at = $1, claimed_until = NULL, last_error = $2, \
-             transmissions = transmissions + $3 WHERE id = $4",
+             transmissions = transmissions + $3 WHERE id = $4 AND attempts = $5",
         )
         .bind(next_attempt_at)
         .bind(error)
         .bind(i64::from(transmitted))
-        .bind(id)
+        .bind(row.id)
+        .bind(row.attempts)
         .execute(&self.pool)
         .await?;
         Ok(())

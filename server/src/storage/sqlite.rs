@@ -581,19 +581,19 @@ impl SessionStore for SqliteStore {
 
     async fn mark_failed(
         &self,
-        id: i64,
+        row: &OutboxRow,
         next_attempt_at: i64,
         error: &str,
         transmitted: bool,
     ) -> Result<(), StorageError> {
-        let error = error.to_string();
+        let (id, attempts, error) = (row.id, row.attempts, error.to_string());
         self.engine
             .write_relaxed(move |c| {
                 c.prepare_cached(
                     "UPDATE accounting_outbox SET next_attempt_at = ?, claimed_until = NULL, last_error = ?, \
-                     transmissions = transmissions + ? WHERE id = ?",
+                     transmissions = transmissions + ? WHERE id = ? AND attempts = ?",
                 )?
-                .execute(params![next_attempt_at, error, i64::from(transmitted), id])?;
+                .execute(params![next_attempt_at, error, i64::from(transmitted), id, attempts])?;
                 Ok(())
             })
             .await
