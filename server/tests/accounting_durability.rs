@@ -238,13 +238,7 @@ async fn kill_9_with_a_stop_pending_loses_nothing() {
 /// every Stop by the time the portal has exited, and nothing is left in the outbox.
 #[tokio::test]
 async fn a_graceful_shutdown_delivers_the_stops_queued_just_before() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let (radius, app, _dir) = common::portal_with_one_server().await;
     let browsers: Vec<_> = (1..=3)
         .map(|n| app.browser(std::net::Ipv4Addr::new(127, 0, 6, n)))
         .collect();

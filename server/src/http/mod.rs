@@ -244,14 +244,19 @@ async fn count_request(
     request: Request<Body>,
     next: middleware::Next,
 ) -> Response {
-    let route = match request.extensions().get::<axum::extract::MatchedPath>() {
-        Some(path) if path.as_str().starts_with("/pkg") => "/pkg".to_string(),
-        Some(path) => path.as_str().to_string(),
-        None => "other".to_string(),
+    // The matched path is shared (a reference count), never copied per request.
+    let matched = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .cloned();
+    let route = match &matched {
+        Some(path) if path.as_str().starts_with("/pkg") => "/pkg",
+        Some(path) => path.as_str(),
+        None => "other",
     };
     let started = std::time::Instant::now();
     let response = next.run(request).await;
-    metrics.http_request(&route, response.status().as_u16(), started.elapsed());
+    metrics.http_request(route, response.status().as_u16(), started.elapsed());
     response
 }
 
