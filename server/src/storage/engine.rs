@@ -37,8 +37,11 @@ const MAX_IDLE_READERS: usize = 8;
 const MAX_LONG_READS: usize = 4;
 /// A queued write waiting this long without any batch finishing: the writer is stalled.
 const STALL_MS: i64 = 10_000;
-/// Bytes of the database file each connection maps into memory.
-const MMAP_SIZE: i64 = 256 << 20;
+/// Bytes of the database file each connection maps into memory: none. A growing database made
+/// every connection remap it after each checkpoint (TLB shoot-downs on every core); reading
+/// through the page cache measured 3-10 % less CPU per journey (docs/BENCHMARKS.md), and an I/O
+/// error stays an error instead of a SIGBUS.
+const MMAP_SIZE: i64 = 0;
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -127,8 +130,6 @@ fn configure(conn: &Connection, reader: bool) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "foreign_keys", true)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    // Pages are read from a memory map rather than copied in by pread: a read after another
-    // connection's commit starts with an empty page cache, so this is most of a read's cost.
     conn.pragma_update(None, "mmap_size", MMAP_SIZE)?;
     // A write's savepoint journal stays in memory, never in a temporary file.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
