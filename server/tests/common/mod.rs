@@ -374,6 +374,9 @@ impl TestApp {
     pub fn browser(&self, client_ip: Ipv4Addr) -> Browser {
         let http = reqwest::Client::builder()
             .cookie_store(true)
+            // A request the portal never answers fails the test with its URL instead of
+            // hanging it.
+            .timeout(Duration::from_secs(30))
             .local_address(IpAddr::V4(client_ip))
             .build()
             .unwrap();
