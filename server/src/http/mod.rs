@@ -68,6 +68,17 @@ pub struct RouterParts {
     pub radius_health: Option<crate::radius::health::ServerHealth>,
 }
 
+/// The pages' routes, found once per process by rendering the app without data. Leptos marks
+/// that render with a process-wide flag, and a page whose data is first asked for while the
+/// flag is up waits forever (leptos_server's `SuppressResourceLoad`): so the routes are never
+/// found again once any router serves — not even by a second portal in the same process (the
+/// tests run many).
+fn route_list() -> Vec<leptos_axum::AxumRouteListing> {
+    static ROUTES: std::sync::OnceLock<Vec<leptos_axum::AxumRouteListing>> =
+        std::sync::OnceLock::new();
+    ROUTES.get_or_init(|| generate_route_list(app::App)).clone()
+}
+
 /// Builds the application router.
 pub fn router(parts: RouterParts) -> Router {
     let RouterParts {
@@ -87,7 +98,7 @@ pub fn router(parts: RouterParts) -> Router {
         metrics,
         radius_health,
     } = parts;
-    let route_list = generate_route_list(app::App);
+    let route_list = route_list();
     let context = {
         let portal = portal.clone();
         move || provide_context(portal.clone())

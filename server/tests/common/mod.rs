@@ -328,6 +328,13 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn(settings: &Settings) -> TestApp {
+        // `PORTAL_TEST_LOG=debug` (a tracing filter): the portal's log, shown with a failure.
+        if let Ok(filter) = std::env::var("PORTAL_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let site = tempfile::tempdir().unwrap();
         let app = Application::build(settings, leptos_options(site.path()), false)
             .await
