@@ -149,7 +149,9 @@ macro_rules! pending_head_o {
 
 /// Ends the sessions the `target` query names (columns `id`, `at`, `cause`) if still active:
 /// queues each one's Stop (Acct-Session-Time up to `at`) and writes its audit entry, in one
-/// statement. Returns the stopped sessions (`id`, `at`, `cause`).
+/// statement. Returns the stopped sessions (`id`, `at`, `cause`). The Stop's destination and
+/// status type are written out (`'auth-server'`, `2`) because each caller numbers its own
+/// parameters; a test holds them to [`AUTH_SERVER_DESTINATION`] and `status_type::STOP`.
 macro_rules! stop_sessions {
     ($target:literal) => {
         concat!(
@@ -1622,5 +1624,20 @@ impl OrganizationStore for PgStore {
             })
         })
         .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stop_query_queues_stops_for_the_auth_server() {
+        let sql = stop_sessions!("SELECT 1 AS id, 0 AS at, 1 AS cause");
+        let queued = format!(
+            "SELECT id, '{AUTH_SERVER_DESTINATION}', {}, at,",
+            status_type::STOP
+        );
+        assert!(sql.contains(&queued), "{sql}");
     }
 }
