@@ -11,6 +11,10 @@
 //! shipped as WASM), `components/` (plain views), `api` (server fns), `dto` (wire types), `error`
 //! (the user-facing error type), `validation` (login input rules).
 
+// Pages render in one synchronous pass (`pages`): their view types nest deeper than the
+// default limit allows the compiler to lay out.
+#![recursion_limit = "256"]
+
 pub mod api;
 pub mod components;
 pub mod dto;

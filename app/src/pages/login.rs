@@ -5,7 +5,7 @@
 //! disabled organization's page says so and offers no form.
 
 use crate::{
-    api::{get_form_token, get_site_info, Login},
+    api::Login,
     components::{DemoBanner, ErrorMessage},
 };
 use leptos::{either::Either, prelude::*};
@@ -29,74 +29,79 @@ fn Help(help_text: Option<String>, contact: Option<String>) -> impl IntoView {
 #[component]
 pub fn LoginPage() -> impl IntoView {
     let login = ServerAction::<Login>::new();
-    let info = Resource::new_blocking(|| (), |_| get_site_info());
-    let token = Resource::new_blocking(|| (), |_| get_form_token());
     let error = move || login.value().get().and_then(Result::err);
+    let info = super::site_info();
+    let demo = info.as_ref().is_some_and(|i| i.demo);
+    let active = info.as_ref().is_none_or(|i| i.active);
+    let organization = info
+        .as_ref()
+        .map(|i| i.organization.clone())
+        .unwrap_or_default();
+    let organization_id = info
+        .as_ref()
+        .map(|i| i.organization_id.clone())
+        .unwrap_or_default();
+    let branding = info
+        .as_ref()
+        .map(|i| i.branding.clone())
+        .unwrap_or_default();
+    let base = info.map(|i| i.base).unwrap_or_default();
+    let token = super::data().form_token();
+    let body = if active {
+        Either::Left(view! {
+            <ErrorMessage error=Signal::derive(error) />
+            <ActionForm action=login attr:class="mt-6 space-y-4 rounded-lg bg-white p-6 shadow">
+                <input type="hidden" name="csrf" value=token />
+                <input type="hidden" name="org" value=organization_id />
+                <div>
+                    <label for="username" class="block text-sm font-medium">"Username"</label>
+                    <input id="username" name="username" type="text" required maxlength="63"
+                        autocomplete="username" autocapitalize="none" spellcheck="false"
+                        class="mt-1 w-full rounded border border-slate-400 px-3 py-2" />
+                </div>
+                <div>
+                    <label for="password" class="block text-sm font-medium">"Password"</label>
+                    <input id="password" name="password" type="password" required maxlength="128"
+                        autocomplete="current-password"
+                        class="mt-1 w-full rounded border border-slate-400 px-3 py-2" />
+                </div>
+                <button type="submit"
+                    class="brand-button w-full rounded bg-blue-800 px-4 py-2 font-semibold text-white hover:bg-blue-900">
+                    "Sign in"
+                </button>
+            </ActionForm>
+            <p class="mt-4 text-sm text-slate-600">
+                "Already signed in? "
+                <A href=format!("{base}/session") attr:class="brand-link text-blue-800 underline">"See your session"</A>
+            </p>
+            <Help help_text=branding.help_text.clone() contact=branding.contact.clone() />
+        })
+    } else {
+        Either::Right(view! {
+            <p role="alert" data-testid="disabled" class="mt-6 rounded border border-red-700 bg-red-50 px-4 py-3 text-red-900">
+                "Signing in is not available: this organization's network access has been disabled. Please contact your network administrator."
+            </p>
+        })
+    };
+    let accent = branding.accent.then(|| {
+        view! {
+            <Link rel="stylesheet" href=format!("{base}/brand.css") />
+        }
+    });
+    let logo = branding.logo.then(|| {
+        view! {
+            <img src=format!("{base}/logo") alt=format!("{organization} logo") data-testid="logo"
+                class="mb-4 h-16 w-auto" />
+        }
+    });
     view! {
-        <Suspense>
-            {move || Suspend::new(async move {
-                let info = info.await.ok();
-                let demo = info.as_ref().is_some_and(|i| i.demo);
-                let active = info.as_ref().is_none_or(|i| i.active);
-                let organization = info.as_ref().map(|i| i.organization.clone()).unwrap_or_default();
-                let organization_id = info.as_ref().map(|i| i.organization_id.clone()).unwrap_or_default();
-                let branding = info.as_ref().map(|i| i.branding.clone()).unwrap_or_default();
-                let base = info.map(|i| i.base).unwrap_or_default();
-                let token = token.await.unwrap_or_default();
-                let body = if active {
-                    Either::Left(view! {
-                        <ErrorMessage error=Signal::derive(error) />
-                        <ActionForm action=login attr:class="mt-6 space-y-4 rounded-lg bg-white p-6 shadow">
-                            <input type="hidden" name="csrf" value=token />
-                            <input type="hidden" name="org" value=organization_id />
-                            <div>
-                                <label for="username" class="block text-sm font-medium">"Username"</label>
-                                <input id="username" name="username" type="text" required maxlength="63"
-                                    autocomplete="username" autocapitalize="none" spellcheck="false"
-                                    class="mt-1 w-full rounded border border-slate-400 px-3 py-2" />
-                            </div>
-                            <div>
-                                <label for="password" class="block text-sm font-medium">"Password"</label>
-                                <input id="password" name="password" type="password" required maxlength="128"
-                                    autocomplete="current-password"
-                                    class="mt-1 w-full rounded border border-slate-400 px-3 py-2" />
-                            </div>
-                            <button type="submit"
-                                class="brand-button w-full rounded bg-blue-800 px-4 py-2 font-semibold text-white hover:bg-blue-900">
-                                "Sign in"
-                            </button>
-                        </ActionForm>
-                        <p class="mt-4 text-sm text-slate-600">
-                            "Already signed in? "
-                            <A href=format!("{base}/session") attr:class="brand-link text-blue-800 underline">"See your session"</A>
-                        </p>
-                        <Help help_text=branding.help_text.clone() contact=branding.contact.clone() />
-                    })
-                } else {
-                    Either::Right(view! {
-                        <p role="alert" data-testid="disabled" class="mt-6 rounded border border-red-700 bg-red-50 px-4 py-3 text-red-900">
-                            "Signing in is not available: this organization's network access has been disabled. Please contact your network administrator."
-                        </p>
-                    })
-                };
-                let accent = branding.accent.then(|| view! {
-                    <Link rel="stylesheet" href=format!("{base}/brand.css") />
-                });
-                let logo = branding.logo.then(|| view! {
-                    <img src=format!("{base}/logo") alt=format!("{organization} logo") data-testid="logo"
-                        class="mb-4 h-16 w-auto" />
-                });
-                view! {
-                    {accent}
-                    <DemoBanner demo />
-                    <div class="brand-bar">
-                        {logo}
-                        <h1 class="text-2xl font-semibold">"Sign in to the network"</h1>
-                        <p class="mt-1 text-slate-700" data-testid="organization">{organization}</p>
-                    </div>
-                    {body}
-                }
-            })}
-        </Suspense>
+        {accent}
+        <DemoBanner demo />
+        <div class="brand-bar">
+            {logo}
+            <h1 class="text-2xl font-semibold">"Sign in to the network"</h1>
+            <p class="mt-1 text-slate-700" data-testid="organization">{organization}</p>
+        </div>
+        {body}
     }
 }

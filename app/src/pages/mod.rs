@@ -1,4 +1,84 @@
 //! One file per route; all rendered on the server.
+//!
+//! A page's data is loaded before the page renders ([`load`], called by the server for every
+//! page request) and read from the request by the page ([`data`]): the pages render in one
+//! synchronous pass, without resources or `Suspense` (they are never rendered in the browser:
+//! only their islands are).
 pub mod login;
 pub mod not_found;
 pub mod session;
+
+use crate::{dto::SessionView, error::PortalError};
+
+/// What the page of a request shows, beyond the organization's facts (read where needed).
+#[derive(Clone, Debug, Default)]
+pub struct PageData {
+    /// The web session's form token (every page with a form).
+    pub form_token: Option<Result<String, PortalError>>,
+    /// The web session's active access session (the session page).
+    pub session: Option<Result<Option<SessionView>, PortalError>>,
+}
+
+impl PageData {
+    /// The form token, or empty if it could not be had (the form's post is then refused
+    /// with a clear message).
+    pub fn form_token(&self) -> String {
+        self.form_token
+            .clone()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    }
+}
+
+/// Loads what the page at `path` (after any `/o/{slug}` prefix) shows; None for a path that is
+/// not a page with data.
+#[cfg(feature = "ssr")]
+pub async fn load(
+    path: &str,
+    service: &dyn crate::service::PortalService,
+    request: &http::request::Parts,
+) -> Option<PageData> {
+    match path {
+        "/" => Some(PageData {
+            form_token: Some(service.form_token(request).await),
+            session: None,
+        }),
+        "/session" => {
+            let session = service.current_session(request).await;
+            // No form token for a page that only redirects.
+            let form_token = match &session {
+                Ok(Some(_)) => Some(service.form_token(request).await),
+                _ => None,
+            };
+            Some(PageData {
+                form_token,
+                session: Some(session),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The data [`load`] put on this request (empty if none).
+pub fn data() -> PageData {
+    #[cfg(feature = "ssr")]
+    {
+        leptos::prelude::use_context::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<PageData>().cloned())
+            .unwrap_or_default()
+    }
+    #[cfg(not(feature = "ssr"))]
+    PageData::default()
+}
+
+/// The organization's facts for the page (name, branding, demo mode), if the service is there.
+pub fn site_info() -> Option<crate::dto::SiteInfo> {
+    #[cfg(feature = "ssr")]
+    {
+        crate::service::portal()
+            .ok()
+            .map(|(service, request)| service.site_info(&request))
+    }
+    #[cfg(not(feature = "ssr"))]
+    None
+}

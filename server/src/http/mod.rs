@@ -164,6 +164,7 @@ pub fn router(parts: RouterParts) -> Router {
         })
         .nest_service("/pkg", pkg)
         .fallback_service(ServeDir::new(site_root))
+        .layer(middleware::from_fn_with_state(portal, page_data))
         .layer(middleware::from_fn(server_fn_limits))
         .layer(middleware::from_fn_with_state(
             flash::FlashState {
@@ -269,6 +270,27 @@ async fn count_request(
     let response = next.run(request).await;
     metrics.http_request(route, response.status().as_u16(), started.elapsed());
     response
+}
+
+/// Middleware: a page's data is loaded before the page renders (`app::pages::load`), so the
+/// page renders in one pass without Leptos resources.
+async fn page_data(
+    State(portal): State<Portal>,
+    request: Request<Body>,
+    next: middleware::Next,
+) -> Response {
+    if !matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) {
+        return next.run(request).await;
+    }
+    let (mut parts, body) = request.into_parts();
+    let path = parts.uri.path().to_string();
+    if let Some(data) = app::pages::load(&path, portal.0.as_ref(), &parts).await {
+        parts.extensions.insert(data);
+    }
+    next.run(Request::from_parts(parts, body)).await
 }
 
 /// Largest request body of a server fn (a login form is well under 1 KiB).
