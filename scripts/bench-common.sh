@@ -8,6 +8,8 @@
 #                its CPU (postmaster and backends) is reported as `postgres`
 #   REPLICAS=2   that many portal processes on the one database (PostgreSQL only), the load
 #                spread over them
+#   PORTAL_BIN=path  another build of the portal (A/B comparisons in one sitting: copy a
+#                release binary elsewhere with its hash.txt)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/env.sh
@@ -17,6 +19,7 @@ cargo build --release -q -p radius-portal -p portal-load
 [ -f target/debug/hash.txt ] || cargo leptos build
 cp target/debug/hash.txt target/release/hash.txt
 
+portal_bin=${PORTAL_BIN:-target/release/radius-portal}
 DB=${DB:-sqlite}
 REPLICAS=${REPLICAS:-1}
 [ "$DB" = postgres ] || [ "$REPLICAS" = 1 ] || { echo "REPLICAS > 1 needs DB=postgres" >&2; exit 2; }
@@ -90,7 +93,7 @@ start_portal() {
       port=$(free_port tcp); config=$state/portal-$replica.toml
       sed "s/^listen = \"127.0.0.1:$http\"/listen = \"127.0.0.1:$port\"/" "$state/portal.toml" >"$config"
     fi
-    LEPTOS_SITE_ROOT=target/site target/release/radius-portal --config "$config" serve \
+    LEPTOS_SITE_ROOT=target/site "$portal_bin" --config "$config" serve \
       >"$state/portal-$replica.log" 2>&1 &
     portal_pids+=($!); pids+=($!)
     for _ in $(seq 300); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
@@ -121,5 +124,5 @@ stop_portal() {
 bench_header() {
   local db=$DB
   [ "$DB" != postgres ] || db="PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}')"
-  echo "portal $(target/release/radius-portal --version 2>/dev/null || true), FreeRADIUS $(freeradius -v | head -1 | grep -o 'Version [0-9.]*'), $db, $REPLICAS replica(s), $(nproc) cores, $(date -u +%F)"
+  echo "portal $("$portal_bin" --version 2>/dev/null || true), FreeRADIUS $(freeradius -v | head -1 | grep -o 'Version [0-9.]*'), $db, $REPLICAS replica(s), $(nproc) cores, $(date -u +%F)"
 }

@@ -568,7 +568,7 @@ impl SessionStore for SqliteStore {
 
     async fn mark_delivered(&self, id: i64, now: i64) -> Result<(), StorageError> {
         self.engine
-            .write_relaxed(move |c| {
+            .write_relaxed_small(move |c| {
                 c.prepare_cached(
                     "UPDATE accounting_outbox SET delivered_at = ?, claimed_until = NULL, last_error = NULL, \
                      transmissions = transmissions + 1 WHERE id = ?",
@@ -588,7 +588,7 @@ impl SessionStore for SqliteStore {
     ) -> Result<(), StorageError> {
         let (id, attempts, error) = (row.id, row.attempts, error.to_string());
         self.engine
-            .write_relaxed(move |c| {
+            .write_relaxed_small(move |c| {
                 c.prepare_cached(
                     "UPDATE accounting_outbox SET next_attempt_at = ?, claimed_until = NULL, last_error = ?, \
                      transmissions = transmissions + ? WHERE id = ? AND attempts = ?",

@@ -109,7 +109,7 @@ impl SessionStore for WebSessionStore {
             );
             let inserted = match &self.backend {
                 WebBackend::Sqlite(engine) => engine
-                    .write_relaxed(move |c| {
+                    .write_relaxed_small(move |c| {
                         Ok(c.prepare_cached(INSERT_NEW)?
                             .execute(rusqlite::params![id, data, expiry])?)
                     })
@@ -139,7 +139,7 @@ impl SessionStore for WebSessionStore {
         );
         match &self.backend {
             WebBackend::Sqlite(engine) => engine
-                .write_relaxed(move |c| {
+                .write_relaxed_small(move |c| {
                     c.prepare_cached(UPSERT)?
                         .execute(rusqlite::params![id, data, expiry])?;
                     Ok(())
@@ -184,7 +184,7 @@ impl SessionStore for WebSessionStore {
         let id = session_id.to_string();
         match &self.backend {
             WebBackend::Sqlite(engine) => engine
-                .write_relaxed(move |c| {
+                .write_relaxed_small(move |c| {
                     c.prepare_cached(DELETE)?.execute([id])?;
                     Ok(())
                 })
