@@ -281,13 +281,16 @@ pub fn status_of(error: &PortalError) -> StatusCode {
     }
 }
 
-fn set_error_status(request: &Parts, error: &PortalError) {
-    let accepts_html = request
-        .headers
+/// Whether the caller is a browser asking for a page (it is shown the error, with 200).
+pub fn accepts_html(headers: &http::HeaderMap) -> bool {
+    headers
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/html"));
-    if accepts_html {
+        .is_some_and(|v| v.contains("text/html"))
+}
+
+fn set_error_status(request: &Parts, error: &PortalError) {
+    if accepts_html(&request.headers) {
         return;
     }
     let status = status_of(error);

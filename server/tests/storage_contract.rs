@@ -873,6 +873,18 @@ async fn logins_racing_a_disable_never_outlive_it(db: Db) {
             Err(e) => panic!("a login failed otherwise: {e}"),
         }
     }
+    // However the race above fell, a login made once the disable is stored is refused by
+    // either process (whatever its cache says: the check is in the login's own write).
+    for i in 60..70 {
+        let store = if i % 2 == 0 { &db.storage } else { &other };
+        assert!(
+            matches!(
+                store.open_session(&login(&ip(i), T0 + 2, MINUTE)).await,
+                Err(StorageError::OrganizationDisabled)
+            ),
+            "login {i} after the disable"
+        );
+    }
     assert_eq!(
         db.storage.active_sessions().await.unwrap(),
         0,

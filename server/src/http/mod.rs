@@ -287,10 +287,25 @@ async fn page_data(
     }
     let (mut parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
-    if let Some(data) = app::pages::load(&path, portal.0.as_ref(), &parts).await {
-        parts.extensions.insert(data);
+    let Some(data) = app::pages::load(&path, portal.0.as_ref(), &parts).await else {
+        return next.run(Request::from_parts(parts, body)).await;
+    };
+    // A script asking for the page learns of a failure from the status, as from a server fn.
+    let failed = [
+        data.session.as_ref().and_then(|s| s.as_ref().err()),
+        data.form_token.as_ref().and_then(|t| t.as_ref().err()),
+    ]
+    .into_iter()
+    .flatten()
+    .next()
+    .filter(|_| !crate::portal_backend::accepts_html(&parts.headers))
+    .map(crate::portal_backend::status_of);
+    parts.extensions.insert(data);
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    if let Some(status) = failed {
+        *response.status_mut() = status;
     }
-    next.run(Request::from_parts(parts, body)).await
+    response
 }
 
 /// Largest request body of a server fn (a login form is well under 1 KiB).

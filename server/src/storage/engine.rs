@@ -50,6 +50,11 @@ const STALL_MS: i64 = 10_000;
 const MMAP_SIZE: i64 = 0;
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Writes between two WAL checkpoints (a write appends ~10-30 pages: about SQLite's default of
+/// a checkpoint per 1000 pages). The write connection never checkpoints on its own
+/// (`wal_autocheckpoint = 0`): a checkpoint copies pages into the database file and fsyncs it,
+/// and runs on the writer thread only — never on the caller's thread of a write committed there.
+const CHECKPOINT_EVERY: usize = 64;
 
 /// Handle to the engine. Cheap to clone; the writer thread ends with the last handle.
 #[derive(Clone)]
@@ -76,6 +81,17 @@ struct WriteConn {
     conn: Connection,
     /// True: synchronous = FULL.
     synced: bool,
+    /// Writes committed since the last checkpoint.
+    unchecked: usize,
+}
+
+/// A submitted write until it is answered or abandoned.
+struct Queued<'a>(&'a Progress);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// What `/readyz` needs to tell a stalled writer from an idle one.
@@ -163,9 +179,11 @@ impl Engine {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         configure(&writer, false)?;
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         let write_conn = Arc::new(Mutex::new(WriteConn {
             conn: writer,
             synced: true,
+            unchecked: 0,
         }));
         let (jobs, queue) = mpsc::sync_channel::<Box<dyn WriteJob>>(MAX_QUEUED);
         let progress = Arc::new(Progress::default());
@@ -271,6 +289,10 @@ impl Engine {
                 .last_batch
                 .store(crate::access_session::now_ms(), Ordering::SeqCst);
         }
+        // Counted down however this ends, also when the caller stops waiting (a cancelled
+        // request): a count left up would report a stalled writer and keep the writer's fast
+        // path off for good.
+        let _counted = Queued(progress);
         let sent = self.inner.jobs.try_send(job as Box<dyn WriteJob>);
         let answered = match sent {
             Ok(()) => answer
@@ -284,7 +306,6 @@ impl Engine {
                 "the database writer has stopped".into(),
             )),
         };
-        progress.queued.fetch_sub(1, Ordering::SeqCst);
         answered
     }
 
@@ -298,16 +319,26 @@ impl Engine {
         let Ok(_gate) = self.inner.gate.try_lock() else {
             return Err(job);
         };
-        let Ok(mut conn) = self.inner.write_conn.try_lock() else {
+        let Ok(mut guard) = self.inner.write_conn.try_lock() else {
             return Err(job);
         };
-        // Checked again under the locks: a write queued meanwhile goes first.
-        if progress.queued.load(Ordering::SeqCst) != 0 {
+        let conn = &mut *guard;
+        // Checked again under the locks: a write queued meanwhile goes first. A checkpoint
+        // due is the writer thread's to run: the write goes there.
+        if progress.queued.load(Ordering::SeqCst) != 0 || conn.unchecked >= CHECKPOINT_EVERY {
+            return Err(job);
+        }
+        // Never wait here for another connection's write lock (a sqlx transaction finishing,
+        // another process): the writer thread waits instead.
+        if !conn.conn.is_autocommit()
+            || sync_mode(&conn.conn, &mut conn.synced, false).is_err()
+            || !begin_now(&conn.conn)
+        {
             return Err(job);
         }
         let mut batch: Vec<Box<dyn WriteJob>> = vec![job];
-        let outcome = commit(&mut conn, &mut batch);
-        drop(conn);
+        let outcome = commit(conn, &mut batch, true);
+        drop(guard);
         for job in batch {
             job.finish(outcome.clone());
         }
@@ -367,7 +398,7 @@ fn writer_loop(
     gate: &tokio::sync::Mutex<()>,
 ) {
     while let Ok(first) = queue.recv() {
-        let _gate = gate.blocking_lock();
+        let gate = gate.blocking_lock();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -377,8 +408,14 @@ fn writer_loop(
         }
         let outcome = {
             let mut conn = write_conn.lock().unwrap_or_else(|p| p.into_inner());
-            commit(&mut conn, &mut batch)
+            let outcome = commit(&mut conn, &mut batch, false);
+            if conn.unchecked >= CHECKPOINT_EVERY {
+                checkpoint(&mut conn);
+            }
+            outcome
         };
+        // Free before anyone hears back, so a caller's next write finds the writer idle.
+        drop(gate);
         progress
             .last_batch
             .store(crate::access_session::now_ms(), Ordering::SeqCst);
@@ -388,14 +425,54 @@ fn writer_loop(
     }
 }
 
-/// Runs `batch` in one transaction on the write connection: FULL if any write is durable.
-fn commit(conn: &mut WriteConn, batch: &mut [Box<dyn WriteJob>]) -> Result<(), String> {
-    if !conn.conn.is_autocommit() {
-        // A failed ROLLBACK left a transaction open: never build on it.
-        let _ = exec(&conn.conn, "ROLLBACK");
+/// Starts the write transaction without waiting for another connection's lock; false if it
+/// is held.
+fn begin_now(conn: &Connection) -> bool {
+    if conn.busy_timeout(Duration::ZERO).is_err() {
+        return false;
     }
+    let begun = exec(conn, "BEGIN IMMEDIATE").is_ok();
+    if conn.busy_timeout(BUSY_TIMEOUT).is_err() && begun {
+        let _ = exec(conn, "ROLLBACK");
+        return false;
+    }
+    begun
+}
+
+/// Copies the WAL's pages into the database file as far as readers allow (PASSIVE: never
+/// waits for them), so the WAL file is reused instead of growing.
+fn checkpoint(conn: &mut WriteConn) {
+    match conn
+        .conn
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+    {
+        Ok(()) => conn.unchecked = 0,
+        Err(e) => {
+            tracing::warn!(error = %e, "database checkpoint failed; retried after the next write")
+        }
+    }
+}
+
+/// Runs `batch` in one transaction on the write connection (`begun`: the fast path began it
+/// already): FULL if any write is durable.
+fn commit(
+    conn: &mut WriteConn,
+    batch: &mut [Box<dyn WriteJob>],
+    begun: bool,
+) -> Result<(), String> {
+    conn.unchecked += batch.len();
     let durable = batch.iter().any(|job| job.durable());
-    sync_mode(&conn.conn, &mut conn.synced, durable)
+    let ready = if begun {
+        Ok(())
+    } else {
+        if !conn.conn.is_autocommit() {
+            // A failed ROLLBACK left a transaction open: never build on it.
+            let _ = exec(&conn.conn, "ROLLBACK");
+        }
+        sync_mode(&conn.conn, &mut conn.synced, durable)
+            .and_then(|()| exec(&conn.conn, "BEGIN IMMEDIATE"))
+    };
+    ready
         .and_then(|()| run_batch(&conn.conn, batch))
         .map_err(|e| {
             tracing::error!(error = %e, writes = batch.len(), "database write batch failed; nothing of it was stored");
@@ -430,8 +507,8 @@ fn rolled_back() -> rusqlite::Error {
     )
 }
 
+/// Runs the writes of `batch` in the open transaction, each in its own savepoint, and commits.
 fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> rusqlite::Result<()> {
-    exec(conn, "BEGIN IMMEDIATE")?;
     let ran = (|| {
         for job in batch.iter_mut() {
             exec(conn, "SAVEPOINT write")?;
@@ -589,6 +666,34 @@ mod tests {
             })
             .expect("read");
         assert_eq!(values, ["slow", "after"]);
+        // The abandoned write no longer counts as pending: the idle fast path is open again.
+        let here = engine
+            .write_relaxed_small(|c| {
+                c.execute("INSERT INTO t (v) VALUES ('idle')", [])?;
+                Ok(std::thread::current().name().map(str::to_string))
+            })
+            .await
+            .expect("idle write");
+        assert_ne!(here.as_deref(), Some("sqlite-writer"));
+    }
+
+    #[tokio::test]
+    async fn writes_committed_on_the_callers_thread_still_get_checkpointed() {
+        let (dir, engine) = engine().await;
+        for i in 0..2000 {
+            engine
+                .write_relaxed_small(move |c| {
+                    Ok(c.execute("INSERT INTO t (v) VALUES (?)", [format!("v{i}")])?)
+                })
+                .await
+                .expect("write");
+        }
+        assert_eq!(count(&engine), 2000);
+        // Without checkpoints the WAL would hold every page written: ~2000 × 2 pages × 4 KiB.
+        let wal = std::fs::metadata(dir.path().join("engine.db-wal"))
+            .expect("WAL file")
+            .len();
+        assert!(wal < 4 << 20, "WAL of {wal} bytes: never checkpointed");
     }
 
     #[tokio::test]

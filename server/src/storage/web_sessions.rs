@@ -5,8 +5,10 @@
 //! SQLite: through the same engine as everything else — a load is a read where the request
 //! runs, a write joins the next write batch. Every web-session write is relaxed (no fsync of its
 //! own; see the engine): a power failure may at worst sign a browser out, or bring back a
-//! record a later write replaced or deleted — the anonymous record a login's new id replaced
-//! (it holds a form token, nothing else), or a signed-out one whose access session has ended.
+//! record a later write replaced or deleted — the record a login's new id replaced (its form
+//! token and any earlier access-session links; the browser holds only the new id), or a
+//! signed-out one whose access session has ended. The WAL is written in order, so a lost delete
+//! is lost together with the new record that replaced it.
 //! Neither grants anything: access sessions, Starts and Stops are written durably before the
 //! web session changes, and every request checks the access session itself. (A durable
 //! delete cost each login a second fsync: ~0.4 ms of its latency for one user.)
