@@ -552,6 +552,28 @@ mod tests {
         (dir, engine)
     }
 
+    /// The values of `t` in insertion order.
+    fn values(engine: &Engine) -> Vec<String> {
+        engine
+            .read(|c| {
+                Ok(c.prepare("SELECT v FROM t ORDER BY id")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?)
+            })
+            .expect("read")
+    }
+
+    /// Inserts `v` with a small relaxed write; the name of the thread it ran on.
+    async fn insert_small(engine: &Engine, v: &'static str) -> Option<String> {
+        engine
+            .write_relaxed_small(move |c| {
+                c.execute("INSERT INTO t (v) VALUES (?)", [v])?;
+                Ok(std::thread::current().name().map(str::to_string))
+            })
+            .await
+            .expect("small write")
+    }
+
     fn count(engine: &Engine) -> i64 {
         engine
             .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
@@ -658,22 +680,10 @@ mod tests {
             .write(|c| Ok(c.execute("INSERT INTO t (v) VALUES ('after')", [])?))
             .await
             .expect("later write");
-        let values: Vec<String> = engine
-            .read(|c| {
-                Ok(c.prepare("SELECT v FROM t ORDER BY id")?
-                    .query_map([], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?)
-            })
-            .expect("read");
+        let values = values(&engine);
         assert_eq!(values, ["slow", "after"]);
         // The abandoned write no longer counts as pending: the idle fast path is open again.
-        let here = engine
-            .write_relaxed_small(|c| {
-                c.execute("INSERT INTO t (v) VALUES ('idle')", [])?;
-                Ok(std::thread::current().name().map(str::to_string))
-            })
-            .await
-            .expect("idle write");
+        let here = insert_small(&engine, "idle").await;
         assert_ne!(here.as_deref(), Some("sqlite-writer"));
     }
 
@@ -720,46 +730,43 @@ mod tests {
     #[tokio::test]
     async fn a_small_relaxed_write_commits_here_when_idle_and_never_overtakes_a_queued_one() {
         let (_dir, engine) = engine().await;
-        let here = engine
-            .write_relaxed_small(|c| {
-                c.execute("INSERT INTO t (v) VALUES ('idle')", [])?;
-                Ok(std::thread::current().name().map(str::to_string))
-            })
-            .await
-            .expect("idle write");
+        let here = insert_small(&engine, "idle").await;
         assert_ne!(
             here.as_deref(),
             Some("sqlite-writer"),
             "ran on the caller's thread"
         );
-        // The writer busy with an earlier write: the small write queues behind it.
+        // The writer busy with an earlier write, held until the small write is queued: the
+        // small write goes behind it.
         let slow = engine.clone();
         let (started, writer_busy) = tokio::sync::oneshot::channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
         let busy = tokio::spawn(async move {
             slow.write(move |c| {
                 let _ = started.send(());
-                std::thread::sleep(Duration::from_millis(100));
+                let _ = held.recv_timeout(Duration::from_secs(10));
                 Ok(c.execute("INSERT INTO t (v) VALUES ('slow')", [])?)
             })
             .await
         });
         writer_busy.await.expect("the slow write started");
-        let queued = engine
-            .write_relaxed_small(|c| {
-                c.execute("INSERT INTO t (v) VALUES ('behind')", [])?;
-                Ok(std::thread::current().name().map(str::to_string))
-            })
-            .await
-            .expect("queued write");
-        assert_eq!(queued.as_deref(), Some("sqlite-writer"));
+        let small = engine.clone();
+        let queued = tokio::spawn(async move { insert_small(&small, "behind").await });
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while engine.inner.progress.queued.load(Ordering::SeqCst) < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the small write never queued"
+            );
+            tokio::task::yield_now().await;
+        }
+        release.send(()).expect("release the writer");
+        assert_eq!(
+            queued.await.expect("task").as_deref(),
+            Some("sqlite-writer")
+        );
         busy.await.expect("task").expect("slow write");
-        let values: Vec<String> = engine
-            .read(|c| {
-                Ok(c.prepare("SELECT v FROM t ORDER BY id")?
-                    .query_map([], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?)
-            })
-            .expect("read");
+        let values = values(&engine);
         assert_eq!(values, ["idle", "slow", "behind"]);
     }
 
