@@ -962,12 +962,33 @@ async fn postgres_replicas_take_turns_for_organization_jobs() {
         .await
         .unwrap()
         .is_empty());
+    // A long job renews its claim: the other still waits past the first lease, and cannot
+    // renew a claim it does not hold.
+    let job = holder.pending_organization_jobs().await.unwrap()[0].id;
+    assert!(holder
+        .renew_organization_job(job, T0 + 2 * MINUTE)
+        .await
+        .unwrap());
+    assert!(!waiting
+        .renew_organization_job(job, T0 + 3 * MINUTE)
+        .await
+        .unwrap());
+    assert!(waiting
+        .claim_organization_jobs(T0 + MINUTE + 1, T0 + 2 * MINUTE)
+        .await
+        .unwrap()
+        .is_empty());
+    // Once the renewed lease runs out the other takes over, and the first can no longer renew.
     assert_eq!(
         waiting
-            .claim_organization_jobs(T0 + MINUTE + 1, T0 + 2 * MINUTE)
+            .claim_organization_jobs(T0 + 2 * MINUTE + 1, T0 + 3 * MINUTE)
             .await
             .unwrap()
             .len(),
         1
     );
+    assert!(!holder
+        .renew_organization_job(job, T0 + 4 * MINUTE)
+        .await
+        .unwrap());
 }

@@ -22,9 +22,10 @@ use tokio_util::sync::CancellationToken;
 /// How often the database is asked whether organizations changed or jobs are waiting.
 pub const POLL: Duration = Duration::from_millis(500);
 
-/// How long a job claimed by this process is left to it by other replicas (a stop job of a
-/// large organization may run this long; past it, another replica may run it too, which stops
-/// nothing twice).
+/// How long a job claimed by this process is left to it by other replicas. A job that runs
+/// longer (the stop job of a large organization) renews its claim every quarter of the lease;
+/// a replica that dies leaves the job to another once the lease runs out (which stops nothing
+/// twice).
 const JOB_LEASE_MS: i64 = 120_000;
 
 /// Runs organization jobs and refreshes the cache. Cheap to clone.
@@ -51,6 +52,12 @@ pub enum JobOutcome {
     Stopped(usize),
     /// The organization was active again: nothing done.
     SkippedReenabled,
+    /// This process's claim ran out (it stalled past the lease) and another replica took the
+    /// job over: this one stopped where it was and leaves the rest to it.
+    HandedOver {
+        /// Stopped before the hand-over.
+        stopped: usize,
+    },
     /// Some stops failed; the job stays pending and runs again.
     Incomplete {
         /// Stopped this time.
@@ -152,8 +159,23 @@ impl OrganizationWorker {
         let org = job.organization_id.as_str();
         let (mut stopped, mut failed) = (0usize, 0usize);
         let mut reenabled = !self.still_disabled(org).await?;
+        let mut renewed_at = now_ms();
         if !reenabled {
             for id in self.storage.active_session_ids_of(org).await? {
+                // A long job keeps its claim, so no other replica starts it over meanwhile.
+                let now = now_ms();
+                if now - renewed_at >= JOB_LEASE_MS / 4 {
+                    if !self
+                        .storage
+                        .renew_organization_job(job.id, now + JOB_LEASE_MS)
+                        .await?
+                    {
+                        tracing::warn!(organization = org, job = job.id, stopped,
+                            "organization job taken over by another replica (this one stalled past its claim); leaving the rest to it");
+                        return Ok(JobOutcome::HandedOver { stopped });
+                    }
+                    renewed_at = now;
+                }
                 // Re-enabled midway: leave the remaining sessions alone.
                 if !self.still_disabled(org).await? {
                     reenabled = true;
@@ -178,7 +200,7 @@ impl OrganizationWorker {
             JobOutcome::Stopped(stopped)
         };
         match &outcome {
-            JobOutcome::Incomplete { .. } => {}
+            JobOutcome::Incomplete { .. } | JobOutcome::HandedOver { .. } => {}
             JobOutcome::SkippedReenabled => {
                 tracing::info!(
                     organization = org,

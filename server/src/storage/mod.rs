@@ -222,6 +222,10 @@ contract! {
         /// leaves it to another once the lease ends. SQLite (one portal process): every pending
         /// job.
         fn claim_organization_jobs(&self, now: i64, lease_until: i64) -> Vec<OrganizationJob>;
+        /// Extends this process's claim on a job it is still running to `lease_until`; false
+        /// when the claim is no longer this process's (its lease ran out and another replica
+        /// took the job over) or the job is done. SQLite: always true.
+        fn renew_organization_job(&self, job_id: i64, lease_until: i64) -> bool;
         /// Marks a job done with its outcome, audited (once, however many processes finish it).
         fn finish_organization_job(&self, job: &OrganizationJob, outcome: &str, now: i64) -> ();
         /// Ids of an organization's active sessions.

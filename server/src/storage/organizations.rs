@@ -624,6 +624,14 @@ impl OrganizationStore for SqliteStore {
         self.pending_organization_jobs().await
     }
 
+    async fn renew_organization_job(
+        &self,
+        _job_id: i64,
+        _lease_until: i64,
+    ) -> Result<bool, StorageError> {
+        Ok(true)
+    }
+
     async fn finish_organization_job(
         &self,
         job: &OrganizationJob,

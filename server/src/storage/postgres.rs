@@ -741,7 +741,8 @@ impl SessionStore for PgStore {
 
     async fn next_interim(&self) -> Result<Option<i64>, StorageError> {
         Ok(sqlx::query_scalar(
-            "SELECT MIN(next_interim_at) FROM access_sessions WHERE state = 'active'",
+            "SELECT MIN(next_interim_at) FROM access_sessions \
+                 WHERE state = 'active' AND next_interim_at IS NOT NULL",
         )
         .fetch_one(&self.pool)
         .await?)
@@ -1534,6 +1535,24 @@ impl OrganizationStore for PgStore {
         .collect::<Result<Vec<_>, _>>()?;
         jobs.sort_by_key(|j| j.id);
         Ok(jobs)
+    }
+
+    async fn renew_organization_job(
+        &self,
+        job_id: i64,
+        lease_until: i64,
+    ) -> Result<bool, StorageError> {
+        Ok(sqlx::query(
+            "UPDATE organization_jobs SET claimed_until = $1 \
+             WHERE id = $2 AND claimed_by = $3 AND done_at IS NULL",
+        )
+        .bind(lease_until)
+        .bind(job_id)
+        .bind(&*self.origin)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            > 0)
     }
 
     async fn finish_organization_job(

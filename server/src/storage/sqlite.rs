@@ -381,7 +381,8 @@ impl SessionStore for SqliteStore {
     async fn next_interim(&self) -> Result<Option<i64>, StorageError> {
         self.engine.read(|c| {
             Ok(c.prepare_cached(
-                "SELECT MIN(next_interim_at) FROM access_sessions WHERE state = 'active'",
+                "SELECT MIN(next_interim_at) FROM access_sessions \
+                 WHERE state = 'active' AND next_interim_at IS NOT NULL",
             )?
             .query_row([], |r| r.get(0))?)
         })
