@@ -716,7 +716,13 @@ mod tests {
                 .write(|c| Ok(c.execute("INSERT INTO t (v) VALUES ('w')", [])?))
                 .await
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Queued (a condition, not a fixed wait): from here on it may only finish after the
+        // gate is freed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while engine.inner.progress.queued.load(Ordering::SeqCst) < 1 {
+            assert!(std::time::Instant::now() < deadline, "the write never queued");
+            tokio::task::yield_now().await;
+        }
         assert!(
             !write.is_finished(),
             "the write went ahead of the gate's holder"
