@@ -22,6 +22,8 @@ use std::{path::Path, str::FromStr, time::Duration};
 pub struct SqliteStore {
     pool: SqlitePool,
     pub(crate) engine: Engine,
+    /// The web-session records this process wrote (see `web_sessions`).
+    pub(crate) web_records: std::sync::Arc<super::web_sessions::RecordCache>,
 }
 
 /// `SELECT <every session column> FROM access_sessions ` followed by the rest of the statement.
@@ -203,7 +205,11 @@ impl SqliteStore {
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         restrict_to_owner(path);
         let engine = Engine::open(path)?;
-        let storage = SqliteStore { pool, engine };
+        let storage = SqliteStore {
+            pool,
+            engine,
+            web_records: Default::default(),
+        };
         storage.index_classes_of_older_sessions().await?;
         Ok(storage)
     }
