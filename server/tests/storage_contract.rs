@@ -609,15 +609,6 @@ async fn periodic_interims_come_due_and_coalesce(db: Db) {
         .await
         .unwrap();
     assert_eq!(interim[0].session_time_secs, Some(600));
-    // Its sender dies holding it: once the claim has run out, the next Interim-Update
-    // replaces it rather than queueing behind it.
-    assert_eq!(s.queue_due_interims(T0 + 15 * MINUTE).await.unwrap(), 1);
-    assert_eq!(outbox_types(s, id).await, [START, INTERIM]);
-    let interim = s
-        .claim_due_outbox(T0 + 15 * MINUTE, T0 + 16 * MINUTE, 10)
-        .await
-        .unwrap();
-    assert_eq!(interim[0].session_time_secs, Some(900));
 }
 
 async fn pruning_keeps_what_is_pending(db: Db) {

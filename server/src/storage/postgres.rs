@@ -336,8 +336,7 @@ async fn stop_in(
     Ok(stopped.is_some())
 }
 
-/// Queues an Interim-Update at `now` (superseding one not yet on its way: unclaimed, or its
-/// sender's claim ran out).
+/// Queues an Interim-Update at `now` (superseding one not yet on its way).
 async fn enqueue_interim(
     c: &mut PgConnection,
     access_session_id: i64,
@@ -346,11 +345,10 @@ async fn enqueue_interim(
 ) -> Result<(), StorageError> {
     sqlx::query(
         "DELETE FROM accounting_outbox WHERE access_session_id = $1 AND status_type = $2 \
-         AND delivered_at IS NULL AND dead_at IS NULL AND (claimed_until IS NULL OR claimed_until < $3)",
+         AND delivered_at IS NULL AND dead_at IS NULL AND claimed_until IS NULL",
     )
     .bind(access_session_id)
     .bind(i64::from(status_type::INTERIM_UPDATE))
-    .bind(now)
     .execute(&mut *c)
     .await?;
     sqlx::query(
@@ -725,8 +723,7 @@ impl SessionStore for PgStore {
             "WITH due AS (SELECT id, started_at, interim_interval FROM access_sessions \
                WHERE state = 'active' AND next_interim_at <= $1 AND expires_at > $1 FOR UPDATE SKIP LOCKED), \
              superseded AS (DELETE FROM accounting_outbox o USING due WHERE o.access_session_id = due.id \
-               AND o.status_type = $2 AND o.delivered_at IS NULL AND o.dead_at IS NULL \
-               AND (o.claimed_until IS NULL OR o.claimed_until < $1)), \
+               AND o.status_type = $2 AND o.delivered_at IS NULL AND o.dead_at IS NULL AND o.claimed_until IS NULL), \
              queued AS (INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
                session_time_secs, next_attempt_at, created_at) \
                SELECT id, $3, $2, $1, ($1 - started_at) / 1000, $1, $1 FROM due), \

@@ -991,14 +991,13 @@ fn enqueue_interim(
     started_at: i64,
     now: i64,
 ) -> Result<(), StorageError> {
-    // Coalesce: an Interim-Update not yet on its way (unclaimed, or its sender's claim ran out)
-    // is superseded by this newer one (an outage must not pile up one row per refresh or per
-    // interval).
+    // Coalesce: an Interim-Update not yet on its way is superseded by this newer one (an outage
+    // must not pile up one row per refresh or per interval).
     c.prepare_cached(
         "DELETE FROM accounting_outbox WHERE access_session_id = ? AND status_type = ? \
-         AND delivered_at IS NULL AND dead_at IS NULL AND (claimed_until IS NULL OR claimed_until < ?)",
+         AND delivered_at IS NULL AND dead_at IS NULL AND claimed_until IS NULL",
     )?
-    .execute(params![access_session_id, status_type::INTERIM_UPDATE, now])?;
+    .execute(params![access_session_id, status_type::INTERIM_UPDATE])?;
     let session_time = Some((now - started_at) / 1000);
     enqueue(
         c,
