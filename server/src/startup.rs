@@ -176,7 +176,7 @@ impl Application {
             secure_cookies: settings.http.https(),
             form_tokens,
             site_security: crate::http::security::SiteSecurity {
-                public_url: settings.http.public_url.clone(),
+                public_url: settings.http.public_url.clone().map(std::sync::Arc::new),
                 hsts: settings.http.https(),
             },
             trusted_proxies: crate::http::client_ip::TrustedProxies::new(

@@ -799,14 +799,10 @@ async fn keys_and_web_sessions_are_shared_by_every_process(db: Db) {
     assert_eq!(other.app_secret("form-token").await.unwrap(), key);
     assert_ne!(other.app_secret("another").await.unwrap(), key);
 
-    // Web sessions: every replica on PostgreSQL sees every browser. A SQLite database has one
-    // portal process, which keeps the records it writes in memory: there the second store
-    // is the same process's.
-    let theirs = match db.place {
-        Place::Postgres(_) => other.web_sessions(),
-        Place::Sqlite(_) => db.storage.web_sessions(),
-    };
-    let mine = db.storage.web_sessions();
+    // Web sessions: what one process writes is in the database for every other (a replica on
+    // PostgreSQL; on SQLite, the same portal after a restart — there one process owns the
+    // database and also keeps the records it writes in memory).
+    let (mine, theirs) = (db.storage.web_sessions(), other.web_sessions());
     let mut record = Record {
         id: Id::default(),
         data: Default::default(),
@@ -825,11 +821,23 @@ async fn keys_and_web_sessions_are_shared_by_every_process(db: Db) {
     record
         .data
         .insert("access_session".into(), serde_json::json!(43));
-    theirs.save(&record).await.unwrap();
-    assert_eq!(
-        mine.load(&record.id).await.unwrap().unwrap().data["access_session"],
-        43
-    );
+    mine.save(&record).await.unwrap();
+    for store in [&mine, &theirs] {
+        assert_eq!(
+            store.load(&record.id).await.unwrap().unwrap().data["access_session"],
+            43
+        );
+    }
+    if let Place::Postgres(_) = db.place {
+        record
+            .data
+            .insert("access_session".into(), serde_json::json!(44));
+        theirs.save(&record).await.unwrap();
+        assert_eq!(
+            mine.load(&record.id).await.unwrap().unwrap().data["access_session"],
+            44
+        );
+    }
     assert_eq!(db.storage.web_session_count().await.unwrap(), 1);
 
     let mut expired = Record {
@@ -843,8 +851,10 @@ async fn keys_and_web_sessions_are_shared_by_every_process(db: Db) {
         "expired: not loaded"
     );
     assert_eq!(mine.delete_expired().await.unwrap(), 1);
-    theirs.delete(&record.id).await.unwrap();
-    assert!(mine.load(&record.id).await.unwrap().is_none());
+    mine.delete(&record.id).await.unwrap();
+    for store in [&mine, &theirs] {
+        assert!(store.load(&record.id).await.unwrap().is_none());
+    }
     assert_eq!(db.storage.web_session_count().await.unwrap(), 0);
 }
 

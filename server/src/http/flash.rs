@@ -58,7 +58,7 @@ pub struct FlashState {
     /// Signs and checks flash cookies.
     pub tokens: FormTokens,
     /// `[http] public_url`: its host is this site too (a proxy may rewrite Host).
-    pub public_url: Option<PublicUrl>,
+    pub public_url: Option<std::sync::Arc<PublicUrl>>,
 }
 
 impl FlashState {

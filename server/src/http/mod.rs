@@ -79,6 +79,17 @@ fn route_list() -> Vec<leptos_axum::AxumRouteListing> {
     ROUTES.get_or_init(|| generate_route_list(app::App)).clone()
 }
 
+/// The pages' router state: Leptos's options behind one pointer. Every layer clones the
+/// service below it for each request, and the options (a dozen strings) were copied with it.
+#[derive(Clone)]
+struct PagesState(std::sync::Arc<LeptosOptions>);
+
+impl axum::extract::FromRef<PagesState> for LeptosOptions {
+    fn from_ref(state: &PagesState) -> Self {
+        LeptosOptions::clone(&state.0)
+    }
+}
+
 /// Builds the application router.
 pub fn router(parts: RouterParts) -> Router {
     let RouterParts {
@@ -132,7 +143,8 @@ pub fn router(parts: RouterParts) -> Router {
         .with_secure(secure_cookies)
         .with_expiry(WEB_SESSION_EXPIRY);
 
-    let routes = Router::new()
+    let pages_state = PagesState(std::sync::Arc::new(leptos_options.clone()));
+    let routes = Router::<PagesState>::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
@@ -158,7 +170,7 @@ pub fn router(parts: RouterParts) -> Router {
         )
         .route("/api/{*fn_name}", post(server_fns))
         .nest_service(admin::PREFIX, admin::routes(admin))
-        .leptos_routes_with_context(&leptos_options, route_list, context, {
+        .leptos_routes_with_context(&pages_state, route_list, context, {
             let options = leptos_options.clone();
             move || app::shell(options.clone())
         })
@@ -193,7 +205,7 @@ pub fn router(parts: RouterParts) -> Router {
         .layer(CompressionLayer::new())
         // Outermost of the routes' layers: every answer counts, refusals included.
         .layer(middleware::from_fn_with_state(metrics, count_request))
-        .with_state(leptos_options);
+        .with_state(pages_state);
     // `/o/{slug}/…` is taken off before the routes above see the request.
     Router::new()
         .fallback_service(routes)

@@ -17,8 +17,8 @@ use axum::{
 /// reach the portal over HTTPS (HSTS).
 #[derive(Clone, Debug, Default)]
 pub struct SiteSecurity {
-    /// `[http] public_url`.
-    pub public_url: Option<PublicUrl>,
+    /// `[http] public_url` (shared: the state is cloned for every request).
+    pub public_url: Option<std::sync::Arc<PublicUrl>>,
     /// Send `Strict-Transport-Security`.
     pub hsts: bool,
 }
@@ -90,7 +90,7 @@ pub async fn reject_cross_site(
     if is_cross_site(
         request.method(),
         request.headers(),
-        site.public_url.as_ref(),
+        site.public_url.as_deref(),
     ) {
         tracing::warn!(path = %request.uri().path(), "cross-site request refused");
         return super::caller_error(

@@ -111,6 +111,29 @@ impl OrganizationWorker {
             if waiting {
                 continue;
             }
+            // The jobs run one after another on one claim: each starts only while it is still
+            // this process's, with its lease renewed (an earlier long job may have used it up,
+            // and another replica taken this one over).
+            match self
+                .storage
+                .renew_organization_job(job.id, now_ms() + JOB_LEASE_MS)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(job = job.id, organization = %job.organization_id,
+                        "organization job taken over by another replica; left to it");
+                    self.retry_at
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&job.id);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(job = job.id, error = %e, "renewing an organization job's claim failed; it runs on a later pass");
+                    continue;
+                }
+            }
             // One job's failure never holds up the others: it is retried with a back-off.
             let outcome = match self.run_job(&job).await {
                 Ok(outcome) => outcome,

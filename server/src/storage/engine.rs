@@ -118,7 +118,12 @@ struct Job<F, R> {
     work: Option<F>,
     result: Option<Result<R, StorageError>>,
     reply: tokio::sync::oneshot::Sender<Result<R, StorageError>>,
+    /// Run here when the write is not stored, whether or not its caller still waits.
+    on_failure: Option<OnFailure>,
 }
+
+/// What a write does when it is not stored (see [`Engine::write_relaxed_small_or`]).
+type OnFailure = Box<dyn FnOnce() + Send>;
 
 impl<F, R> WriteJob for Job<F, R>
 where
@@ -152,6 +157,9 @@ where
             (_, Err(e)) => Err(StorageError::Engine(e)),
             (None, Ok(())) => Err(StorageError::Engine("the write did not run".into())),
         };
+        if let (Err(_), Some(on_failure)) = (&outcome, self.on_failure) {
+            on_failure();
+        }
         // The caller may have gone away (its request was cancelled): the write stands.
         let _ = self.reply.send(outcome);
     }
@@ -230,7 +238,7 @@ impl Engine {
         F: FnOnce(&Connection) -> Result<R, StorageError> + Send + 'static,
         R: Send + 'static,
     {
-        self.submit(true, false, work).await
+        self.submit(true, false, work, None).await
     }
 
     /// Like [`Engine::write`] for bookkeeping whose loss on power failure is harmless: returns
@@ -240,7 +248,7 @@ impl Engine {
         F: FnOnce(&Connection) -> Result<R, StorageError> + Send + 'static,
         R: Send + 'static,
     {
-        self.submit(false, false, work).await
+        self.submit(false, false, work, None).await
     }
 
     /// [`Engine::write_relaxed`] for a write of a row or two: committed right here when the
@@ -250,7 +258,23 @@ impl Engine {
         F: FnOnce(&Connection) -> Result<R, StorageError> + Send + 'static,
         R: Send + 'static,
     {
-        self.submit(false, true, work).await
+        self.submit(false, true, work, None).await
+    }
+
+    /// [`Engine::write_relaxed_small`] that runs `on_failure` on the engine's side when the
+    /// write is not stored (its own error, or the batch's) — also when the caller has stopped
+    /// waiting, so memory kept in step with the write inside `work` is always undone.
+    pub(crate) async fn write_relaxed_small_or<R, F>(
+        &self,
+        work: F,
+        on_failure: impl FnOnce() + Send + 'static,
+    ) -> Result<R, StorageError>
+    where
+        F: FnOnce(&Connection) -> Result<R, StorageError> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.submit(false, true, work, Some(Box::new(on_failure)))
+            .await
     }
 
     async fn submit<R, F>(
@@ -258,6 +282,7 @@ impl Engine {
         durable: bool,
         here_if_idle: bool,
         work: F,
+        on_failure: Option<OnFailure>,
     ) -> Result<R, StorageError>
     where
         F: FnOnce(&Connection) -> Result<R, StorageError> + Send + 'static,
@@ -269,6 +294,7 @@ impl Engine {
             work: Some(work),
             result: None,
             reply,
+            on_failure,
         });
         let job = if durable || !here_if_idle {
             job
@@ -630,6 +656,89 @@ mod tests {
         assert_eq!(count(&engine), 1);
     }
 
+    /// The undo of a write that is not stored runs on the engine's side: for its own error, and
+    /// for a caller that stopped waiting before it ran.
+    #[tokio::test]
+    async fn a_write_not_stored_runs_its_undo_even_without_its_caller() {
+        let undone = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let undo = |undone: &Arc<std::sync::atomic::AtomicUsize>| {
+            let undone = undone.clone();
+            move || {
+                undone.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        let (_dir, engine) = engine().await;
+        engine
+            .write_relaxed_small_or(
+                |c| Ok(c.execute("INSERT INTO t (v) VALUES ('kept')", [])?),
+                undo(&undone),
+            )
+            .await
+            .expect("stored");
+        assert_eq!(
+            undone.load(Ordering::SeqCst),
+            0,
+            "a stored write is not undone"
+        );
+        let failed = engine
+            .write_relaxed_small_or(
+                |c| -> Result<(), StorageError> {
+                    c.execute("INSERT INTO t (v) VALUES ('lost')", [])?;
+                    Err(StorageError::Engine("refused".into()))
+                },
+                undo(&undone),
+            )
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(undone.load(Ordering::SeqCst), 1);
+        assert_eq!(values(&engine), ["kept"]);
+
+        // Its caller gone (a cancelled request) while it waited behind a busy writer.
+        let slow = engine.clone();
+        let (started, writer_busy) = tokio::sync::oneshot::channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let busy = tokio::spawn(async move {
+            slow.write(move |c| {
+                let _ = started.send(());
+                let _ = held.recv_timeout(Duration::from_secs(10));
+                Ok(c.execute("INSERT INTO t (v) VALUES ('slow')", [])?)
+            })
+            .await
+        });
+        writer_busy.await.expect("the slow write started");
+        let queued = engine.clone();
+        let on_failure = undo(&undone);
+        let cancelled = tokio::spawn(async move {
+            queued
+                .write_relaxed_small_or(
+                    |c| Ok(c.execute("INSERT INTO t (v) VALUES ('cancelled')", [])?),
+                    on_failure,
+                )
+                .await
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while engine.inner.progress.queued.load(Ordering::SeqCst) < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the write never queued"
+            );
+            tokio::task::yield_now().await;
+        }
+        cancelled.abort();
+        assert!(cancelled.await.is_err(), "cancelled");
+        release.send(()).expect("release the writer");
+        busy.await.expect("task").expect("slow write");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while undone.load(Ordering::SeqCst) < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cancelled write was never undone"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(values(&engine), ["kept", "slow"]);
+    }
+
     #[tokio::test]
     async fn relaxed_and_durable_writes_commit_together_and_are_read_back() {
         let (_dir, engine) = engine().await;
@@ -720,7 +829,10 @@ mod tests {
         // gate is freed.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while engine.inner.progress.queued.load(Ordering::SeqCst) < 1 {
-            assert!(std::time::Instant::now() < deadline, "the write never queued");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the write never queued"
+            );
             tokio::task::yield_now().await;
         }
         assert!(

@@ -226,7 +226,8 @@ contract! {
         /// when the claim is no longer this process's (its lease ran out and another replica
         /// took the job over) or the job is done. SQLite: always true.
         fn renew_organization_job(&self, job_id: i64, lease_until: i64) -> bool;
-        /// Marks a job done with its outcome, audited (once, however many processes finish it).
+        /// Marks a job done with its outcome, audited (once, however many processes finish it;
+        /// on a shared database only by the process holding its claim, or anyone if unclaimed).
         fn finish_organization_job(&self, job: &OrganizationJob, outcome: &str, now: i64) -> ();
         /// Ids of an organization's active sessions.
         fn active_session_ids_of(&self, organization_id: &str) -> Vec<i64>;

@@ -1563,11 +1563,13 @@ impl OrganizationStore for PgStore {
     ) -> Result<(), StorageError> {
         let mut tx = self.pool.begin().await?;
         let finished = sqlx::query(
-            "UPDATE organization_jobs SET done_at = $1, outcome = $2 WHERE id = $3 AND done_at IS NULL",
+            "UPDATE organization_jobs SET done_at = $1, outcome = $2 WHERE id = $3 AND done_at IS NULL \
+             AND (claimed_by IS NULL OR claimed_by = $4)",
         )
         .bind(now)
         .bind(outcome)
         .bind(job.id)
+        .bind(&*self.origin)
         .execute(&mut *tx)
         .await?
         .rows_affected()

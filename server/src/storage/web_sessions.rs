@@ -48,9 +48,10 @@ enum WebBackend {
 const CACHED_RECORDS_MAX: usize = 65_536;
 
 /// The web-session records this process wrote to its SQLite database, by id. Updated inside
-/// the write itself (on the connection that commits it, so in commit order) and forgotten when
-/// a write fails; a load that misses reads the database and keeps nothing, so no read can put
-/// back a record a write has replaced meanwhile. Expired records are never returned.
+/// the write itself (on the connection that commits it, so in commit order) and forgotten by
+/// the engine when the write is not stored (even if its request was cancelled meanwhile); a
+/// load that misses reads the database and keeps nothing, so no read can put back a record a
+/// write has replaced meanwhile. Expired records are never returned.
 #[derive(Default)]
 pub(crate) struct RecordCache {
     records: Mutex<HashMap<Id, Record>>,
@@ -77,6 +78,12 @@ impl RecordCache {
 
     fn forget(&self, id: &Id) {
         self.records().remove(id);
+    }
+
+    /// Forgets `id` when run: a write's undo if it is not stored.
+    fn undo(self: &Arc<Self>, id: Id) -> impl FnOnce() + Send + 'static {
+        let cache = self.clone();
+        move || cache.forget(&id)
     }
 
     fn forget_expired(&self, now_secs: i64) {
@@ -164,22 +171,23 @@ impl SessionStore for WebSessionStore {
             );
             let inserted = match &self.backend {
                 WebBackend::Sqlite(engine, cache) => {
-                    let (cached, kept) = (cache.clone(), record.clone());
+                    let (cached, kept, undo) =
+                        (cache.clone(), record.clone(), cache.undo(record.id));
                     engine
-                        .write_relaxed_small(move |c| {
-                            let inserted = c
-                                .prepare_cached(INSERT_NEW)?
-                                .execute(rusqlite::params![id, data, expiry])?;
-                            if inserted == 1 {
-                                cached.put(kept);
-                            }
-                            Ok(inserted)
-                        })
+                        .write_relaxed_small_or(
+                            move |c| {
+                                let inserted = c
+                                    .prepare_cached(INSERT_NEW)?
+                                    .execute(rusqlite::params![id, data, expiry])?;
+                                if inserted == 1 {
+                                    cached.put(kept);
+                                }
+                                Ok(inserted)
+                            },
+                            undo,
+                        )
                         .await
-                        .map_err(|e| {
-                            cache.forget(&record.id);
-                            backend(e)
-                        })?
+                        .map_err(backend)?
                 }
                 WebBackend::Postgres(pool) => sqlx::query(INSERT_NEW)
                     .bind(id)
@@ -205,19 +213,19 @@ impl SessionStore for WebSessionStore {
         );
         match &self.backend {
             WebBackend::Sqlite(engine, cache) => {
-                let (cached, kept) = (cache.clone(), record.clone());
+                let (cached, kept, undo) = (cache.clone(), record.clone(), cache.undo(record.id));
                 engine
-                    .write_relaxed_small(move |c| {
-                        c.prepare_cached(UPSERT)?
-                            .execute(rusqlite::params![id, data, expiry])?;
-                        cached.put(kept);
-                        Ok(())
-                    })
+                    .write_relaxed_small_or(
+                        move |c| {
+                            c.prepare_cached(UPSERT)?
+                                .execute(rusqlite::params![id, data, expiry])?;
+                            cached.put(kept);
+                            Ok(())
+                        },
+                        undo,
+                    )
                     .await
-                    .map_err(|e| {
-                        cache.forget(&record.id);
-                        backend(e)
-                    })
+                    .map_err(backend)
             }
             WebBackend::Postgres(pool) => sqlx::query(UPSERT)
                 .bind(id)
@@ -238,7 +246,7 @@ impl SessionStore for WebSessionStore {
                 None => decode(
                     engine
                         .read(|c| {
-                        Ok(c.prepare_cached(LOAD)?
+                            Ok(c.prepare_cached(LOAD)?
                                 .query_row(rusqlite::params![id, now_secs()], |r| r.get(0))
                                 .optional()?)
                         })
