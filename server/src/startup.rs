@@ -59,6 +59,40 @@ pub struct Application {
     pub org_worker: OrganizationWorker,
     /// The access-session lifecycle (tests).
     pub sessions: AccessSessions,
+    /// SQLite: this process's hold on the database (see [`own_sqlite_database`]).
+    _sqlite_owner: Option<std::fs::File>,
+}
+
+/// Takes the SQLite database for this portal process, or says which one has it: releasing a
+/// previous run's claims at start-up, the expiry and accounting loops and the web sessions kept
+/// in memory all assume one portal per file (PostgreSQL is for several). An advisory lock on
+/// `<file>.lock`, held while the process runs and dropped by the system when it dies (kill -9
+/// included); operator commands do not take it.
+fn own_sqlite_database(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("while creating the directory {}", dir.display()))?;
+    }
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock = std::path::PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .with_context(|| format!("while opening {}", lock.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another portal process is serving the SQLite database {} (it holds {}): run one portal per SQLite file, or PostgreSQL ([database] url) for several replicas",
+            path.display(),
+            lock.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("while locking {}", lock.display()))
+        }
+    }
 }
 
 impl Application {
@@ -68,6 +102,10 @@ impl Application {
         leptos_options: LeptosOptions,
         demo: bool,
     ) -> anyhow::Result<Application> {
+        let sqlite_owner = match settings.database.url {
+            None => Some(own_sqlite_database(&settings.database.path)?),
+            Some(_) => None,
+        };
         let storage = Storage::connect(&settings.database)
             .await
             .with_context(|| {
@@ -245,6 +283,7 @@ impl Application {
             organizations,
             org_worker,
             sessions,
+            _sqlite_owner: sqlite_owner,
         })
     }
 

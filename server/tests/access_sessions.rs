@@ -794,3 +794,24 @@ async fn metrics_count_what_happened_on_their_own_listener() {
     );
     app.stop().await;
 }
+
+/// One portal process per SQLite file: a second portal on the same database is refused with
+/// the reason (its start-up would release the first one's accounting claims), and starts once
+/// the first has stopped.
+#[tokio::test]
+async fn a_second_portal_on_the_same_sqlite_file_is_refused_until_the_first_stops() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let config = settings(&db, vec![radius.server_settings("primary", true)]);
+    let first = TestApp::spawn(&config).await;
+    let refused = match TestApp::try_spawn(&config).await {
+        Ok(_) => panic!("a second portal started on the same SQLite file"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        refused.contains("another portal process is serving the SQLite database"),
+        "{refused}"
+    );
+    first.stop().await;
+    TestApp::spawn(&config).await.stop().await;
+}

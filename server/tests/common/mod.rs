@@ -328,6 +328,11 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn(settings: &Settings) -> TestApp {
+        Self::try_spawn(settings).await.expect("portal builds")
+    }
+
+    /// [`TestApp::spawn`], or why the portal did not build.
+    pub async fn try_spawn(settings: &Settings) -> anyhow::Result<TestApp> {
         // `PORTAL_TEST_LOG=debug` (a tracing filter): the portal's log, shown with a failure.
         if let Ok(filter) = std::env::var("PORTAL_TEST_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -336,9 +341,7 @@ impl TestApp {
                 .try_init();
         }
         let site = tempfile::tempdir().unwrap();
-        let app = Application::build(settings, leptos_options(site.path()), false)
-            .await
-            .expect("portal builds");
+        let app = Application::build(settings, leptos_options(site.path()), false).await?;
         let addr = app.local_addr();
         let storage = app.storage.clone();
         let radius = app.radius.clone();
@@ -355,7 +358,7 @@ impl TestApp {
         let metrics_addr = app.metrics_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run(shutdown.clone()));
-        TestApp {
+        Ok(TestApp {
             addr,
             storage,
             radius,
@@ -368,7 +371,7 @@ impl TestApp {
             shutdown,
             task,
             _site: site,
-        }
+        })
     }
 
     /// Graceful shutdown, as on SIGTERM.
