@@ -63,12 +63,17 @@ pub struct Application {
     _sqlite_owner: Option<std::fs::File>,
 }
 
+/// How long start-up waits for the SQLite database's lock: a previous process still exiting (a
+/// restart), or a process being started that briefly holds a copy of the lock's descriptor.
+const SQLITE_OWNER_WAIT: Duration = Duration::from_secs(5);
+
 /// Takes the SQLite database for this portal process, or says which one has it: releasing a
 /// previous run's claims at start-up, the expiry and accounting loops and the web sessions kept
 /// in memory all assume one portal per file (PostgreSQL is for several). An advisory lock on
 /// `<file>.lock`, held while the process runs and dropped by the system when it dies (kill -9
-/// included); operator commands do not take it.
-fn own_sqlite_database(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+/// included); operator commands do not take it. A lock held elsewhere is waited for up to
+/// [`SQLITE_OWNER_WAIT`].
+async fn own_sqlite_database(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("while creating the directory {}", dir.display()))?;
@@ -82,15 +87,21 @@ fn own_sqlite_database(path: &std::path::Path) -> anyhow::Result<std::fs::File> 
         .write(true)
         .open(&lock)
         .with_context(|| format!("while opening {}", lock.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
-            "another portal process is serving the SQLite database {} (it holds {}): run one portal per SQLite file, or PostgreSQL ([database] url) for several replicas",
-            path.display(),
-            lock.display()
-        ),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("while locking {}", lock.display()))
+    let deadline = tokio::time::Instant::now() + SQLITE_OWNER_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "another portal process is serving the SQLite database {} (it holds {}): run one portal per SQLite file, or PostgreSQL ([database] url) for several replicas",
+                path.display(),
+                lock.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("while locking {}", lock.display()))
+            }
         }
     }
 }
@@ -103,7 +114,7 @@ impl Application {
         demo: bool,
     ) -> anyhow::Result<Application> {
         let sqlite_owner = match settings.database.url {
-            None => Some(own_sqlite_database(&settings.database.path)?),
+            None => Some(own_sqlite_database(&settings.database.path).await?),
             Some(_) => None,
         };
         let storage = Storage::connect(&settings.database)
