@@ -600,6 +600,40 @@ mod tests {
             .expect("small write")
     }
 
+    /// Holds the writer inside a write (of 'slow') until the returned sender is used.
+    async fn hold_writer(
+        engine: &Engine,
+    ) -> (
+        std::sync::mpsc::Sender<()>,
+        tokio::task::JoinHandle<Result<usize, StorageError>>,
+    ) {
+        let slow = engine.clone();
+        let (started, writer_busy) = tokio::sync::oneshot::channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let busy = tokio::spawn(async move {
+            slow.write(move |c| {
+                let _ = started.send(());
+                let _ = held.recv_timeout(Duration::from_secs(10));
+                Ok(c.execute("INSERT INTO t (v) VALUES ('slow')", [])?)
+            })
+            .await
+        });
+        writer_busy.await.expect("the slow write started");
+        (release, busy)
+    }
+
+    /// Waits (a condition with a deadline) until `writes` writes are queued or running.
+    async fn wait_queued(engine: &Engine, writes: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while engine.inner.progress.queued.load(Ordering::SeqCst) < writes {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fewer than {writes} writes ever queued"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
     fn count(engine: &Engine) -> i64 {
         engine
             .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
@@ -694,18 +728,7 @@ mod tests {
         assert_eq!(values(&engine), ["kept"]);
 
         // Its caller gone (a cancelled request) while it waited behind a busy writer.
-        let slow = engine.clone();
-        let (started, writer_busy) = tokio::sync::oneshot::channel();
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let busy = tokio::spawn(async move {
-            slow.write(move |c| {
-                let _ = started.send(());
-                let _ = held.recv_timeout(Duration::from_secs(10));
-                Ok(c.execute("INSERT INTO t (v) VALUES ('slow')", [])?)
-            })
-            .await
-        });
-        writer_busy.await.expect("the slow write started");
+        let (release, busy) = hold_writer(&engine).await;
         let queued = engine.clone();
         let on_failure = undo(&undone);
         let cancelled = tokio::spawn(async move {
@@ -716,14 +739,7 @@ mod tests {
                 )
                 .await
         });
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while engine.inner.progress.queued.load(Ordering::SeqCst) < 2 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the write never queued"
-            );
-            tokio::task::yield_now().await;
-        }
+        wait_queued(&engine, 2).await;
         cancelled.abort();
         assert!(cancelled.await.is_err(), "cancelled");
         release.send(()).expect("release the writer");
@@ -827,14 +843,7 @@ mod tests {
         });
         // Queued (a condition, not a fixed wait): from here on it may only finish after the
         // gate is freed.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while engine.inner.progress.queued.load(Ordering::SeqCst) < 1 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the write never queued"
-            );
-            tokio::task::yield_now().await;
-        }
+        wait_queued(&engine, 1).await;
         assert!(
             !write.is_finished(),
             "the write went ahead of the gate's holder"
@@ -856,28 +865,10 @@ mod tests {
         );
         // The writer busy with an earlier write, held until the small write is queued: the
         // small write goes behind it.
-        let slow = engine.clone();
-        let (started, writer_busy) = tokio::sync::oneshot::channel();
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let busy = tokio::spawn(async move {
-            slow.write(move |c| {
-                let _ = started.send(());
-                let _ = held.recv_timeout(Duration::from_secs(10));
-                Ok(c.execute("INSERT INTO t (v) VALUES ('slow')", [])?)
-            })
-            .await
-        });
-        writer_busy.await.expect("the slow write started");
+        let (release, busy) = hold_writer(&engine).await;
         let small = engine.clone();
         let queued = tokio::spawn(async move { insert_small(&small, "behind").await });
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while engine.inner.progress.queued.load(Ordering::SeqCst) < 2 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the small write never queued"
-            );
-            tokio::task::yield_now().await;
-        }
+        wait_queued(&engine, 2).await;
         release.send(()).expect("release the writer");
         assert_eq!(
             queued.await.expect("task").as_deref(),
