@@ -781,25 +781,19 @@ mod tests {
     #[tokio::test]
     async fn a_write_whose_caller_went_away_before_it_ran_never_happens() {
         let (_dir, engine) = engine().await;
-        let slow = engine.clone();
-        let (started, writer_busy) = tokio::sync::oneshot::channel();
-        let busy = tokio::spawn(async move {
-            slow.write(move |c| {
-                let _ = started.send(());
-                std::thread::sleep(Duration::from_millis(300));
-                Ok(c.execute("INSERT INTO t (v) VALUES ('slow')", [])?)
-            })
-            .await
+        // Queued behind a write the writer is held inside, then abandoned (a cancelled
+        // request) before the writer is let go.
+        let (release, busy) = hold_writer(&engine).await;
+        let queued = engine.clone();
+        let abandoned = tokio::spawn(async move {
+            queued
+                .write(|c| Ok(c.execute("INSERT INTO t (v) VALUES ('abandoned')", [])?))
+                .await
         });
-        // Queued behind the slow write once the writer is inside it, then abandoned (a
-        // cancelled request).
-        writer_busy.await.expect("the slow write started");
-        let abandoned = tokio::time::timeout(
-            Duration::from_millis(20),
-            engine.write(|c| Ok(c.execute("INSERT INTO t (v) VALUES ('abandoned')", [])?)),
-        )
-        .await;
-        assert!(abandoned.is_err(), "the write was still queued");
+        wait_queued(&engine, 2).await;
+        abandoned.abort();
+        assert!(abandoned.await.is_err(), "abandoned while still queued");
+        release.send(()).expect("release the writer");
         busy.await.expect("task").expect("slow write");
         engine
             .write(|c| Ok(c.execute("INSERT INTO t (v) VALUES ('after')", [])?))
