@@ -1,19 +1,25 @@
-//! The organization store's types, and its SQLite implementation ([`OrganizationStore`] for
-//! [`SqliteStore`]): organizations with their settings (the run-time truth), the global
+//! The organization store: organizations with their settings (the run-time truth), the global
 //! revision other processes poll, durable organization jobs, and the audit log.
+//!
+//! Written once for both backends ([`OrganizationStore`] for every [`OrgBackend`]): the
+//! statements are the same SQL on SQLite and PostgreSQL (both read `$1`-style parameters), run
+//! through [`OrgSql`]. A backend supplies only what differs — how a change's transaction takes
+//! its turn, how other processes hear of a change, job claims on a shared database, and the
+//! SQLite engine's fast paths.
 
-use super::{sqlite::SqliteStore, OrganizationStore, StorageError};
-use rusqlite::OptionalExtension;
-use sqlx::{Row, Sqlite, Transaction};
+use super::{OrganizationStore, StorageError};
+use sqlx::{postgres::PgRow, sqlite::SqliteRow, Database, Transaction};
+use std::future::Future;
 
 /// An organization as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct StoredOrganization {
     /// Slug (stable id).
     pub id: String,
     /// Display name.
     pub name: String,
     /// False = disabled.
+    #[sqlx(rename = "is_active")]
     pub active: bool,
     /// Settings as JSON (secrets included: never shown).
     pub settings: Option<String>,
@@ -88,7 +94,7 @@ pub enum DeleteOutcome {
 }
 
 /// A queued organization job.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct OrganizationJob {
     /// Row id.
     pub id: i64,
@@ -101,7 +107,7 @@ pub struct OrganizationJob {
 }
 
 /// One audit log entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct AuditEntry {
     /// Row id.
     pub id: i64,
@@ -121,27 +127,7 @@ pub struct AuditEntry {
 pub(crate) const AUDIT_INSERT: &str =
     "INSERT INTO audit_log (at, actor, action, organization_id, detail) VALUES ($1, $2, $3, $4, $5)";
 
-/// The audit entry of a change, written in the change's transaction.
-pub(crate) async fn audit_in(
-    tx: &mut Transaction<'static, Sqlite>,
-    at: i64,
-    actor: &str,
-    action: &str,
-    organization_id: Option<&str>,
-    detail: &serde_json::Value,
-) -> Result<(), StorageError> {
-    sqlx::query(AUDIT_INSERT)
-        .bind(at)
-        .bind(actor)
-        .bind(action)
-        .bind(organization_id)
-        .bind(detail.to_string())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// The audit entry of a change made through the engine, written in that write.
+/// The audit entry of a change made through the SQLite engine, written in that write.
 pub(crate) fn audit_on(
     conn: &rusqlite::Connection,
     at: i64,
@@ -161,9 +147,33 @@ pub(crate) fn audit_on(
     Ok(())
 }
 
+/// The audit entry of a change, written on `c` (in the change's transaction).
+pub(crate) async fn audit_in(
+    c: &mut impl OrgSql,
+    at: i64,
+    actor: &str,
+    action: &str,
+    organization_id: Option<&str>,
+    detail: &serde_json::Value,
+) -> Result<(), StorageError> {
+    let detail = detail.to_string();
+    c.execute(
+        AUDIT_INSERT,
+        &[
+            Arg::Int(at),
+            Arg::Text(actor),
+            Arg::Text(action),
+            Arg::MaybeText(organization_id),
+            Arg::Text(&detail),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 /// A deleted organization's audit detail with its dead-lettered rows (Acct-Session-Id, status
 /// type, reason): they are the only record of accounting that was never sent.
-pub(crate) fn with_dead_letters(
+fn with_dead_letters(
     detail: &serde_json::Value,
     dead: &[(String, i64, Option<String>)],
 ) -> serde_json::Value {
@@ -181,49 +191,242 @@ pub(crate) fn with_dead_letters(
     detail
 }
 
-async fn bump_revision(tx: &mut Transaction<'static, Sqlite>) -> Result<(), StorageError> {
-    sqlx::query("UPDATE organization_revision SET value = value + 1 WHERE id = 1")
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+/// A value bound to one of the organization store's statements.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Arg<'a> {
+    /// An integer (ids, times, revisions).
+    Int(i64),
+    /// Text.
+    Text(&'a str),
+    /// Text or NULL.
+    MaybeText(Option<&'a str>),
+    /// A flag (`is_active`: a boolean in PostgreSQL, 0/1 in SQLite).
+    Flag(bool),
 }
 
-/// Flips the active flag inside `tx` (row revision, global revision, audit entry, and on
+/// What a statement's rows decode into on either backend (a struct deriving `sqlx::FromRow`,
+/// or a tuple).
+pub(crate) trait Decoded:
+    for<'r> sqlx::FromRow<'r, SqliteRow> + for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin
+{
+}
+impl<T> Decoded for T where
+    T: for<'r> sqlx::FromRow<'r, SqliteRow> + for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin
+{
+}
+
+/// A connection of either backend, as the organization store runs its statements on it.
+pub(crate) trait OrgSql: Send {
+    /// Runs a statement; how many rows it changed.
+    fn execute(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send;
+    /// Every row of a query.
+    fn fetch_all<T: Decoded>(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> impl Future<Output = Result<Vec<T>, StorageError>> + Send;
+    /// The first row of a query, if any.
+    fn fetch_optional<T: Decoded>(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> impl Future<Output = Result<Option<T>, StorageError>> + Send;
+}
+
+/// A write transaction of one organization change.
+pub(crate) struct OrgTx<DB: Database> {
+    tx: Transaction<'static, DB>,
+    /// SQLite: the engine's write gate, held until the transaction ends.
+    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl<DB: Database> OrgTx<DB> {
+    /// A change in `tx`, holding `gate` (if any) until it ends.
+    pub(crate) fn new(
+        tx: Transaction<'static, DB>,
+        gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+    ) -> Self {
+        OrgTx { tx, _gate: gate }
+    }
+}
+
+/// A change's transaction: its connection, and its commit (dropped without: rolled back).
+pub(crate) trait Change: Send {
+    /// The backend's connection.
+    type Conn: OrgSql;
+    /// The transaction's connection.
+    fn conn(&mut self) -> &mut Self::Conn;
+    /// Commits the change.
+    fn commit(self) -> impl Future<Output = Result<(), StorageError>> + Send;
+}
+
+/// The values of `args`, encoded for one backend.
+fn arguments<'q, A>(args: &[Arg<'q>]) -> Result<A, StorageError>
+where
+    A: sqlx::Arguments<'q>,
+    i64: sqlx::Encode<'q, A::Database> + sqlx::Type<A::Database>,
+    &'q str: sqlx::Encode<'q, A::Database> + sqlx::Type<A::Database>,
+    Option<&'q str>: sqlx::Encode<'q, A::Database> + sqlx::Type<A::Database>,
+    bool: sqlx::Encode<'q, A::Database> + sqlx::Type<A::Database>,
+{
+    let mut arguments = A::default();
+    for arg in args {
+        match *arg {
+            Arg::Int(v) => arguments.add(v),
+            Arg::Text(v) => arguments.add(v),
+            Arg::MaybeText(v) => arguments.add(v),
+            Arg::Flag(v) => arguments.add(v),
+        }
+        .map_err(|e| StorageError::Database(sqlx::Error::Encode(e)))?;
+    }
+    Ok(arguments)
+}
+
+/// [`OrgSql`] on a backend's connection and [`Change`] on its transactions.
+macro_rules! backend_sql {
+    ($db:ty, $conn:ty, $arguments:ty) => {
+        impl OrgSql for $conn {
+            async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StorageError> {
+                let arguments = arguments::<$arguments>(args)?;
+                Ok(sqlx::query_with(sql, arguments)
+                    .execute(self)
+                    .await?
+                    .rows_affected())
+            }
+
+            async fn fetch_all<T: Decoded>(
+                &mut self,
+                sql: &str,
+                args: &[Arg<'_>],
+            ) -> Result<Vec<T>, StorageError> {
+                let arguments = arguments::<$arguments>(args)?;
+                Ok(sqlx::query_as_with(sql, arguments).fetch_all(self).await?)
+            }
+
+            async fn fetch_optional<T: Decoded>(
+                &mut self,
+                sql: &str,
+                args: &[Arg<'_>],
+            ) -> Result<Option<T>, StorageError> {
+                let arguments = arguments::<$arguments>(args)?;
+                Ok(sqlx::query_as_with(sql, arguments)
+                    .fetch_optional(self)
+                    .await?)
+            }
+        }
+
+        impl Change for OrgTx<$db> {
+            type Conn = $conn;
+
+            fn conn(&mut self) -> &mut $conn {
+                &mut self.tx
+            }
+
+            async fn commit(self) -> Result<(), StorageError> {
+                Ok(self.tx.commit().await?)
+            }
+        }
+    };
+}
+
+backend_sql!(
+    sqlx::Sqlite,
+    sqlx::SqliteConnection,
+    sqlx::sqlite::SqliteArguments<'_>
+);
+backend_sql!(
+    sqlx::Postgres,
+    sqlx::PgConnection,
+    sqlx::postgres::PgArguments
+);
+
+/// What differs between the backends of the organization store.
+pub(crate) trait OrgBackend: Send + Sync {
+    /// The backend's connection.
+    type Conn: OrgSql;
+    /// A change's transaction.
+    type Change: Change<Conn = Self::Conn>;
+    /// A connection from the pool, for reads.
+    type Reader: std::ops::DerefMut<Target = Self::Conn> + Send;
+    /// What a read that the change then writes appends to lock the row (PostgreSQL:
+    /// `FOR UPDATE`, so that no login of the organization commits meanwhile; SQLite's write
+    /// transaction already excludes every other writer).
+    const LOCK_ROW: &'static str;
+
+    /// Begins a change; organization changes take turns (SQLite: the engine's write gate and
+    /// `BEGIN IMMEDIATE`; PostgreSQL: an advisory lock held until the transaction ends).
+    fn begin_change(&self) -> impl Future<Output = Result<Self::Change, StorageError>> + Send;
+    /// A connection for reads.
+    fn reader(&self) -> impl Future<Output = Result<Self::Reader, StorageError>> + Send;
+    /// Tells the other processes on the database, when `c`'s transaction commits, that
+    /// organizations or their jobs changed (PostgreSQL: NOTIFY; SQLite: one process, nothing).
+    fn announce(&self, c: &mut Self::Conn)
+        -> impl Future<Output = Result<(), StorageError>> + Send;
+    /// On a database several processes share, the name this process claims jobs under
+    /// (PostgreSQL); None where one process runs every job (SQLite).
+    fn claimant(&self) -> Option<&str>;
+    /// Whether an organization is active (the guard's authority, read on every login).
+    fn read_active(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<bool>, StorageError>> + Send;
+    /// Appends one audit entry on its own.
+    fn audit_alone(
+        &self,
+        at: i64,
+        actor: &str,
+        action: &str,
+        organization_id: Option<&str>,
+        detail: &serde_json::Value,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+}
+
+/// Bumps the global revision other processes compare, and tells them to look now.
+async fn bump_revision<B: OrgBackend>(backend: &B, c: &mut B::Conn) -> Result<(), StorageError> {
+    c.execute(
+        "UPDATE organization_revision SET value = value + 1 WHERE id = 1",
+        &[],
+    )
+    .await?;
+    backend.announce(c).await
+}
+
+/// Flips the active flag in a change (row revision, global revision, audit entry, and on
 /// disable the stop job). True if it changed.
-async fn set_active_in(
-    tx: &mut Transaction<'static, Sqlite>,
+async fn set_active_in<B: OrgBackend>(
+    backend: &B,
+    c: &mut B::Conn,
     id: &str,
     active: bool,
     actor: &str,
     now: i64,
 ) -> Result<bool, StorageError> {
-    let changed = sqlx::query(
-        "UPDATE organizations SET is_active = ?, revision = revision + 1, updated_at = ? \
-         WHERE id = ? AND is_active != ?",
-    )
-    .bind(active)
-    .bind(now)
-    .bind(id)
-    .bind(active)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected()
+    let changed = c
+        .execute(
+            "UPDATE organizations SET is_active = $1, revision = revision + 1, updated_at = $2 \
+             WHERE id = $3 AND is_active != $1",
+            &[Arg::Flag(active), Arg::Int(now), Arg::Text(id)],
+        )
+        .await?
         > 0;
     if !changed {
         return Ok(false);
     }
-    bump_revision(tx).await?;
+    bump_revision(backend, c).await?;
     if !active {
-        sqlx::query(
-            "INSERT INTO organization_jobs (organization_id, kind, created_at) VALUES (?, 'stop_sessions', ?)",
+        c.execute(
+            "INSERT INTO organization_jobs (organization_id, kind, created_at) \
+             VALUES ($1, 'stop_sessions', $2)",
+            &[Arg::Text(id), Arg::Int(now)],
         )
-        .bind(id)
-        .bind(now)
-        .execute(&mut **tx)
         .await?;
     }
     audit_in(
-        tx,
+        c,
         now,
         actor,
         if active { "org.enable" } else { "org.disable" },
@@ -234,44 +437,33 @@ async fn set_active_in(
     Ok(true)
 }
 
-impl OrganizationStore for SqliteStore {
+/// Columns of [`OrganizationJob`].
+const JOB_COLUMNS: &str = "id, organization_id, kind, access_session_id";
+
+impl<B: OrgBackend> OrganizationStore for B {
     async fn organizations(&self) -> Result<Vec<StoredOrganization>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT id, name, is_active, settings, revision, position IS NOT NULL AS from_config FROM organizations \
-             ORDER BY position IS NULL, position, created_at, id",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredOrganization {
-                    id: r.try_get("id")?,
-                    name: r.try_get("name")?,
-                    active: r.try_get("is_active")?,
-                    settings: r.try_get("settings")?,
-                    revision: r.try_get("revision")?,
-                    from_config: r.try_get("from_config")?,
-                })
-            })
-            .collect()
+        self.reader()
+            .await?
+            .fetch_all(
+                "SELECT id, name, is_active, settings, revision, position IS NOT NULL AS from_config \
+                 FROM organizations ORDER BY position IS NULL, position, created_at, id",
+                &[],
+            )
+            .await
     }
 
     async fn organization_revision(&self) -> Result<i64, StorageError> {
-        Ok(
-            sqlx::query_scalar("SELECT value FROM organization_revision WHERE id = 1")
-                .fetch_one(self.pool())
-                .await?,
-        )
+        let (revision,): (i64,) = self
+            .reader()
+            .await?
+            .fetch_optional("SELECT value FROM organization_revision WHERE id = 1", &[])
+            .await?
+            .ok_or_else(|| StorageError::Corrupt("the organization revision is missing".into()))?;
+        Ok(revision)
     }
 
     async fn organization_active(&self, id: &str) -> Result<Option<bool>, StorageError> {
-        self.engine.read(|c| {
-            Ok(
-                c.prepare_cached("SELECT is_active FROM organizations WHERE id = ?")?
-                    .query_row([id], |r| r.get(0))
-                    .optional()?,
-            )
-        })
+        self.read_active(id).await
     }
 
     async fn seed_organization(
@@ -283,31 +475,33 @@ impl OrganizationStore for SqliteStore {
         position: i64,
         now: i64,
     ) -> Result<SeedOutcome, StorageError> {
-        let (_gate, mut tx) = self.begin().await?;
-        let existing: Option<(String, Option<String>, bool)> =
-            sqlx::query_as("SELECT name, settings, is_active FROM organizations WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let mut change = self.begin_change().await?;
+        let c = change.conn();
+        let existing: Option<(String, Option<String>)> = c
+            .fetch_optional(
+                "SELECT name, settings FROM organizations WHERE id = $1",
+                &[Arg::Text(id)],
+            )
+            .await?;
         let outcome = match existing {
             None => {
                 let active = enabled.unwrap_or(true);
-                sqlx::query(
+                c.execute(
                     "INSERT INTO organizations (id, name, is_active, settings, revision, created_at, updated_at, position) \
-                     VALUES (?, ?, ?, ?, (SELECT value + 1 FROM organization_revision WHERE id = 1), ?, ?, ?)",
+                     VALUES ($1, $2, $3, $4, (SELECT value + 1 FROM organization_revision WHERE id = 1), $5, $5, $6)",
+                    &[
+                        Arg::Text(id),
+                        Arg::Text(name),
+                        Arg::Flag(active),
+                        Arg::Text(settings_json),
+                        Arg::Int(now),
+                        Arg::Int(position),
+                    ],
                 )
-                .bind(id)
-                .bind(name)
-                .bind(active)
-                .bind(settings_json)
-                .bind(now)
-                .bind(now)
-                .bind(position)
-                .execute(&mut *tx)
                 .await?;
-                bump_revision(&mut tx).await?;
+                bump_revision(self, c).await?;
                 audit_in(
-                    &mut tx,
+                    c,
                     now,
                     "config",
                     "org.create",
@@ -317,7 +511,7 @@ impl OrganizationStore for SqliteStore {
                 .await?;
                 SeedOutcome::Created
             }
-            Some((old_name, old_settings, _)) => {
+            Some((old_name, old_settings)) => {
                 let mut changed = Vec::new();
                 if old_name != name {
                     changed.push("name");
@@ -325,27 +519,36 @@ impl OrganizationStore for SqliteStore {
                 if old_settings.as_deref() != Some(settings_json) {
                     changed.push("settings");
                 }
-                sqlx::query("UPDATE organizations SET position = ? WHERE id = ?")
-                    .bind(position)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                c.execute(
+                    "UPDATE organizations SET position = $1 WHERE id = $2",
+                    &[Arg::Int(position), Arg::Text(id)],
+                )
+                .await?;
                 if !changed.is_empty() {
-                    sqlx::query(
-                        "UPDATE organizations SET name = ?, settings = ?, revision = revision + 1, updated_at = ? WHERE id = ?",
+                    c.execute(
+                        "UPDATE organizations SET name = $1, settings = $2, revision = revision + 1, \
+                         updated_at = $3 WHERE id = $4",
+                        &[
+                            Arg::Text(name),
+                            Arg::Text(settings_json),
+                            Arg::Int(now),
+                            Arg::Text(id),
+                        ],
                     )
-                    .bind(name)
-                    .bind(settings_json)
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *tx)
                     .await?;
-                    bump_revision(&mut tx).await?;
-                    audit_in(&mut tx, now, "config", "org.update", Some(id),
-                        &serde_json::json!({ "changed": changed, "before": { "name": old_name }, "after": { "name": name } })).await?;
+                    bump_revision(self, c).await?;
+                    audit_in(
+                        c,
+                        now,
+                        "config",
+                        "org.update",
+                        Some(id),
+                        &serde_json::json!({ "changed": changed, "before": { "name": old_name }, "after": { "name": name } }),
+                    )
+                    .await?;
                 }
                 if let Some(active) = enabled {
-                    if set_active_in(&mut tx, id, active, "config", now).await? {
+                    if set_active_in(self, c, id, active, "config", now).await? {
                         changed.push(if active { "enabled" } else { "disabled" });
                     }
                 }
@@ -356,7 +559,7 @@ impl OrganizationStore for SqliteStore {
                 }
             }
         };
-        tx.commit().await?;
+        change.commit().await?;
         Ok(outcome)
     }
 
@@ -367,26 +570,32 @@ impl OrganizationStore for SqliteStore {
         actor: &str,
         now: i64,
     ) -> Result<Option<bool>, StorageError> {
-        let (_gate, mut tx) = self.begin().await?;
-        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM organizations WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
+        let mut change = self.begin_change().await?;
+        let c = change.conn();
+        let exists: Option<(String,)> = c
+            .fetch_optional(
+                "SELECT id FROM organizations WHERE id = $1",
+                &[Arg::Text(id)],
+            )
             .await?;
         if exists.is_none() {
             return Ok(None);
         }
-        let changed = set_active_in(&mut tx, id, active, actor, now).await?;
-        tx.commit().await?;
+        let changed = set_active_in(self, c, id, active, actor, now).await?;
+        change.commit().await?;
         Ok(Some(changed))
     }
 
     async fn forget_config_position(&self, id: &str) -> Result<(), StorageError> {
-        let _gate = self.write_gate().await;
-        sqlx::query("UPDATE organizations SET position = NULL WHERE id = ?")
-            .bind(id)
-            .execute(self.pool())
+        let mut change = self.begin_change().await?;
+        change
+            .conn()
+            .execute(
+                "UPDATE organizations SET position = NULL WHERE id = $1",
+                &[Arg::Text(id)],
+            )
             .await?;
-        Ok(())
+        change.commit().await
     }
 
     async fn queue_session_termination(
@@ -395,26 +604,30 @@ impl OrganizationStore for SqliteStore {
         actor: &str,
         now: i64,
     ) -> Result<bool, StorageError> {
-        let (_gate, mut tx) = self.begin().await?;
-        let row: Option<(String, String, String)> = sqlx::query_as(
-            "SELECT organization_id, acct_session_id, username FROM access_sessions WHERE id = ? AND state = 'active'",
-        )
-        .bind(session_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let mut change = self.begin_change().await?;
+        let c = change.conn();
+        let row: Option<(String, String, String)> = c
+            .fetch_optional(
+                "SELECT organization_id, acct_session_id, username FROM access_sessions \
+                 WHERE id = $1 AND state = 'active'",
+                &[Arg::Int(session_id)],
+            )
+            .await?;
         let Some((organization_id, acct_session_id, username)) = row else {
             return Ok(false);
         };
-        sqlx::query(
-            "INSERT INTO organization_jobs (organization_id, kind, access_session_id, created_at) VALUES (?, 'terminate_session', ?, ?)",
+        c.execute(
+            "INSERT INTO organization_jobs (organization_id, kind, access_session_id, created_at) \
+             VALUES ($1, 'terminate_session', $2, $3)",
+            &[
+                Arg::Text(&organization_id),
+                Arg::Int(session_id),
+                Arg::Int(now),
+            ],
         )
-        .bind(&organization_id)
-        .bind(session_id)
-        .bind(now)
-        .execute(&mut *tx)
         .await?;
         audit_in(
-            &mut tx,
+            c,
             now,
             actor,
             "session.terminate",
@@ -422,7 +635,9 @@ impl OrganizationStore for SqliteStore {
             &serde_json::json!({ "acct_session_id": acct_session_id, "username": username }),
         )
         .await?;
-        tx.commit().await?;
+        // The job worker of every process looks now.
+        self.announce(c).await?;
+        change.commit().await?;
         Ok(true)
     }
 
@@ -440,30 +655,31 @@ impl OrganizationStore for SqliteStore {
             detail,
             ..
         } = *write;
-        let (_gate, mut tx) = self.begin().await?;
+        let mut change = self.begin_change().await?;
+        let c = change.conn();
         // The revision starts above every revision ever stored (the global one counts them
         // all), so a process still caching a deleted organization of the same id rebuilds.
-        let created = sqlx::query(
-            "INSERT INTO organizations (id, name, is_active, settings, revision, created_at, updated_at, position) \
-             VALUES (?, ?, ?, ?, (SELECT value + 1 FROM organization_revision WHERE id = 1), ?, ?, NULL) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(id)
-        .bind(name)
-        .bind(active)
-        .bind(settings_json)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
+        let created = c
+            .execute(
+                "INSERT INTO organizations (id, name, is_active, settings, revision, created_at, updated_at, position) \
+                 VALUES ($1, $2, $3, $4, (SELECT value + 1 FROM organization_revision WHERE id = 1), $5, $5, NULL) \
+                 ON CONFLICT (id) DO NOTHING",
+                &[
+                    Arg::Text(id),
+                    Arg::Text(name),
+                    Arg::Flag(active),
+                    Arg::Text(settings_json),
+                    Arg::Int(now),
+                ],
+            )
+            .await?
             > 0;
         if !created {
             return Ok(false);
         }
-        bump_revision(&mut tx).await?;
-        audit_in(&mut tx, now, actor, "org.create", Some(id), detail).await?;
-        tx.commit().await?;
+        bump_revision(self, c).await?;
+        audit_in(c, now, actor, "org.create", Some(id), detail).await?;
+        change.commit().await?;
         Ok(true)
     }
 
@@ -481,13 +697,14 @@ impl OrganizationStore for SqliteStore {
             detail,
             expected_revision,
         } = *write;
-        let (_gate, mut tx) = self.begin().await?;
-        let before: Option<(String, Option<String>, bool, i64)> = sqlx::query_as(
-            "SELECT name, settings, is_active, revision FROM organizations WHERE id = ?",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let mut change = self.begin_change().await?;
+        let c = change.conn();
+        let before: Option<(String, Option<String>, bool, i64)> = c
+            .fetch_optional(
+                "SELECT name, settings, is_active, revision FROM organizations WHERE id = $1",
+                &[Arg::Text(id)],
+            )
+            .await?;
         let Some((old_name, old_settings, active, revision)) = before else {
             return Ok(UpdateOutcome::NotFound);
         };
@@ -500,20 +717,21 @@ impl OrganizationStore for SqliteStore {
         if old_name == name && old_settings.as_deref() == Some(settings_json) {
             return Ok(UpdateOutcome::Unchanged);
         }
-        sqlx::query(
-            "UPDATE organizations SET name = ?, settings = ?, revision = revision + 1, updated_at = ? \
-             WHERE id = ? AND (is_active = 1 OR ? = 0)",
+        c.execute(
+            "UPDATE organizations SET name = $1, settings = $2, revision = revision + 1, updated_at = $3 \
+             WHERE id = $4 AND (is_active OR NOT $5)",
+            &[
+                Arg::Text(name),
+                Arg::Text(settings_json),
+                Arg::Int(now),
+                Arg::Text(id),
+                Arg::Flag(require_active),
+            ],
         )
-        .bind(name)
-        .bind(settings_json)
-        .bind(now)
-        .bind(id)
-        .bind(require_active)
-        .execute(&mut *tx)
         .await?;
-        bump_revision(&mut tx).await?;
-        audit_in(&mut tx, now, actor, "org.update", Some(id), detail).await?;
-        tx.commit().await?;
+        bump_revision(self, c).await?;
+        audit_in(c, now, actor, "org.update", Some(id), detail).await?;
+        change.commit().await?;
         Ok(UpdateOutcome::Updated)
     }
 
@@ -522,15 +740,18 @@ impl OrganizationStore for SqliteStore {
         organization_id: &str,
         name: &str,
     ) -> Result<i64, StorageError> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM access_sessions s WHERE s.organization_id = ? AND s.server_name = ? \
-             AND (s.state = 'active' OR EXISTS (SELECT 1 FROM accounting_outbox o \
-                  WHERE o.access_session_id = s.id AND o.delivered_at IS NULL AND o.dead_at IS NULL))",
-        )
-        .bind(organization_id)
-        .bind(name)
-        .fetch_one(self.pool())
-        .await?)
+        let (count,): (i64,) = self
+            .reader()
+            .await?
+            .fetch_optional(
+                "SELECT COUNT(*) FROM access_sessions s WHERE s.organization_id = $1 AND s.server_name = $2 \
+                 AND (s.state = 'active' OR EXISTS (SELECT 1 FROM accounting_outbox o \
+                      WHERE o.access_session_id = s.id AND o.delivered_at IS NULL AND o.dead_at IS NULL))",
+                &[Arg::Text(organization_id), Arg::Text(name)],
+            )
+            .await?
+            .unwrap_or((0,));
+        Ok(count)
     }
 
     async fn delete_organization(
@@ -540,31 +761,32 @@ impl OrganizationStore for SqliteStore {
         now: i64,
         detail: &serde_json::Value,
     ) -> Result<DeleteOutcome, StorageError> {
-        let (_gate, mut tx) = self.begin().await?;
-        let row: Option<bool> =
-            sqlx::query_scalar("SELECT position IS NOT NULL FROM organizations WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(from_config) = row else {
+        let mut change = self.begin_change().await?;
+        let c = change.conn();
+        let row: Option<(bool,)> = c
+            .fetch_optional(
+                &format!(
+                    "SELECT position IS NOT NULL FROM organizations WHERE id = $1{}",
+                    B::LOCK_ROW
+                ),
+                &[Arg::Text(id)],
+            )
+            .await?;
+        let Some((from_config,)) = row else {
             return Ok(DeleteOutcome::NotFound);
         };
         if from_config {
             return Ok(DeleteOutcome::FromConfig);
         }
-        let open_sessions: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM access_sessions WHERE organization_id = ? AND state = 'active'",
-        )
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let pending_accounting: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM accounting_outbox o JOIN access_sessions s ON s.id = o.access_session_id \
-             WHERE s.organization_id = ? AND o.delivered_at IS NULL AND o.dead_at IS NULL",
-        )
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let counts: Option<(i64, i64)> = c
+            .fetch_optional(
+                "SELECT (SELECT COUNT(*) FROM access_sessions WHERE organization_id = $1 AND state = 'active'), \
+                 (SELECT COUNT(*) FROM accounting_outbox o JOIN access_sessions s ON s.id = o.access_session_id \
+                  WHERE s.organization_id = $1 AND o.delivered_at IS NULL AND o.dead_at IS NULL)",
+                &[Arg::Text(id)],
+            )
+            .await?;
+        let (open_sessions, pending_accounting) = counts.unwrap_or((0, 0));
         if open_sessions > 0 || pending_accounting > 0 {
             return Ok(DeleteOutcome::Busy {
                 open_sessions,
@@ -573,63 +795,87 @@ impl OrganizationStore for SqliteStore {
         }
         // Dead-lettered rows are the only record of accounting that was never sent: they go
         // into the audit entry before the rows go.
-        let dead: Vec<(String, i64, Option<String>)> = sqlx::query_as(
-            "SELECT s.acct_session_id, o.status_type, o.dead_reason FROM accounting_outbox o \
-             JOIN access_sessions s ON s.id = o.access_session_id \
-             WHERE s.organization_id = ? AND o.dead_at IS NOT NULL ORDER BY o.id LIMIT 1000",
-        )
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await?;
+        let dead: Vec<(String, i64, Option<String>)> = c
+            .fetch_all(
+                "SELECT s.acct_session_id, o.status_type, o.dead_reason FROM accounting_outbox o \
+                 JOIN access_sessions s ON s.id = o.access_session_id \
+                 WHERE s.organization_id = $1 AND o.dead_at IS NOT NULL ORDER BY o.id LIMIT 1000",
+                &[Arg::Text(id)],
+            )
+            .await?;
         let detail = with_dead_letters(detail, &dead);
         for statement in [
-            "DELETE FROM session_classes WHERE access_session_id IN (SELECT id FROM access_sessions WHERE organization_id = ?)",
-            "DELETE FROM accounting_outbox WHERE access_session_id IN (SELECT id FROM access_sessions WHERE organization_id = ?)",
-            "DELETE FROM access_sessions WHERE organization_id = ?",
-            "DELETE FROM organization_jobs WHERE organization_id = ?",
-            "DELETE FROM organizations WHERE id = ?",
+            "DELETE FROM session_classes WHERE access_session_id IN (SELECT id FROM access_sessions WHERE organization_id = $1)",
+            "DELETE FROM accounting_outbox WHERE access_session_id IN (SELECT id FROM access_sessions WHERE organization_id = $1)",
+            "DELETE FROM access_sessions WHERE organization_id = $1",
+            "DELETE FROM organization_jobs WHERE organization_id = $1",
+            "DELETE FROM organizations WHERE id = $1",
         ] {
-            sqlx::query(statement).bind(id).execute(&mut *tx).await?;
+            c.execute(statement, &[Arg::Text(id)]).await?;
         }
-        bump_revision(&mut tx).await?;
-        audit_in(&mut tx, now, actor, "org.delete", Some(id), &detail).await?;
-        tx.commit().await?;
+        bump_revision(self, c).await?;
+        audit_in(c, now, actor, "org.delete", Some(id), &detail).await?;
+        change.commit().await?;
         Ok(DeleteOutcome::Deleted)
     }
 
     async fn pending_organization_jobs(&self) -> Result<Vec<OrganizationJob>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT id, organization_id, kind, access_session_id FROM organization_jobs WHERE done_at IS NULL ORDER BY id",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(OrganizationJob {
-                    id: r.try_get("id")?,
-                    organization_id: r.try_get("organization_id")?,
-                    kind: r.try_get("kind")?,
-                    access_session_id: r.try_get("access_session_id")?,
-                })
-            })
-            .collect()
+        self.reader()
+            .await?
+            .fetch_all(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM organization_jobs WHERE done_at IS NULL ORDER BY id"
+                ),
+                &[],
+            )
+            .await
     }
 
     async fn claim_organization_jobs(
         &self,
-        _now: i64,
-        _lease_until: i64,
+        now: i64,
+        lease_until: i64,
     ) -> Result<Vec<OrganizationJob>, StorageError> {
-        // One portal process per SQLite file: nobody else runs jobs.
-        self.pending_organization_jobs().await
+        // Where one process runs every job, nobody else claims them.
+        let Some(claimant) = self.claimant() else {
+            return self.pending_organization_jobs().await;
+        };
+        let mut jobs: Vec<OrganizationJob> = self
+            .reader()
+            .await?
+            .fetch_all(
+                &format!(
+                    "UPDATE organization_jobs SET claimed_by = $1, claimed_until = $2 WHERE id IN ( \
+                       SELECT id FROM organization_jobs WHERE done_at IS NULL \
+                       AND (claimed_by = $1 OR claimed_until IS NULL OR claimed_until < $3) \
+                       ORDER BY id FOR UPDATE SKIP LOCKED) \
+                     RETURNING {JOB_COLUMNS}"
+                ),
+                &[Arg::Text(claimant), Arg::Int(lease_until), Arg::Int(now)],
+            )
+            .await?;
+        jobs.sort_by_key(|j| j.id);
+        Ok(jobs)
     }
 
     async fn renew_organization_job(
         &self,
-        _job_id: i64,
-        _lease_until: i64,
+        job_id: i64,
+        lease_until: i64,
     ) -> Result<bool, StorageError> {
-        Ok(true)
+        let Some(claimant) = self.claimant() else {
+            return Ok(true);
+        };
+        Ok(self
+            .reader()
+            .await?
+            .execute(
+                "UPDATE organization_jobs SET claimed_until = $1 \
+                 WHERE id = $2 AND claimed_by = $3 AND done_at IS NULL",
+                &[Arg::Int(lease_until), Arg::Int(job_id), Arg::Text(claimant)],
+            )
+            .await?
+            > 0)
     }
 
     async fn finish_organization_job(
@@ -638,20 +884,22 @@ impl OrganizationStore for SqliteStore {
         outcome: &str,
         now: i64,
     ) -> Result<(), StorageError> {
-        let (_gate, mut tx) = self.begin().await?;
-        let finished = sqlx::query("UPDATE organization_jobs SET done_at = ?, outcome = ? WHERE id = ? AND done_at IS NULL")
-            .bind(now)
-            .bind(outcome)
-            .bind(job.id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            > 0;
-        if !finished {
+        let mut change = self.begin_change().await?;
+        let c = change.conn();
+        let mut args = vec![Arg::Int(now), Arg::Text(outcome), Arg::Int(job.id)];
+        let mut sql = String::from(
+            "UPDATE organization_jobs SET done_at = $1, outcome = $2 WHERE id = $3 AND done_at IS NULL",
+        );
+        // On a shared database, only the claim's holder (or anyone, if unclaimed).
+        if let Some(claimant) = self.claimant() {
+            sql.push_str(" AND (claimed_by IS NULL OR claimed_by = $4)");
+            args.push(Arg::Text(claimant));
+        }
+        if c.execute(&sql, &args).await? == 0 {
             return Ok(());
         }
         audit_in(
-            &mut tx,
+            c,
             now,
             "system",
             &format!("job.{}", job.kind),
@@ -659,17 +907,19 @@ impl OrganizationStore for SqliteStore {
             &serde_json::json!({ "job": job.id, "outcome": outcome }),
         )
         .await?;
-        tx.commit().await?;
-        Ok(())
+        change.commit().await
     }
 
     async fn active_session_ids_of(&self, organization_id: &str) -> Result<Vec<i64>, StorageError> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM access_sessions WHERE organization_id = ? AND state = 'active' ORDER BY id",
-        )
-        .bind(organization_id)
-        .fetch_all(self.pool())
-        .await?)
+        let ids: Vec<(i64,)> = self
+            .reader()
+            .await?
+            .fetch_all(
+                "SELECT id FROM access_sessions WHERE organization_id = $1 AND state = 'active' ORDER BY id",
+                &[Arg::Text(organization_id)],
+            )
+            .await?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
     }
 
     async fn audit(
@@ -680,50 +930,34 @@ impl OrganizationStore for SqliteStore {
         organization_id: Option<&str>,
         detail: &serde_json::Value,
     ) -> Result<(), StorageError> {
-        let (actor, action, organization_id, detail) = (
-            actor.to_string(),
-            action.to_string(),
-            organization_id.map(str::to_string),
-            detail.clone(),
-        );
-        self.engine
-            .write(move |c| audit_on(c, at, &actor, &action, organization_id.as_deref(), &detail))
+        self.audit_alone(at, actor, action, organization_id, detail)
             .await
     }
 
     async fn prune_audit(&self, before: i64) -> Result<u64, StorageError> {
+        let mut change = self.begin_change().await?;
+        let c = change.conn();
         // Finished organization jobs are history too (their outcome is in the audit log).
-        let _gate = self.write_gate().await;
-        sqlx::query("DELETE FROM organization_jobs WHERE done_at IS NOT NULL AND done_at < ?")
-            .bind(before)
-            .execute(self.pool())
+        c.execute(
+            "DELETE FROM organization_jobs WHERE done_at IS NOT NULL AND done_at < $1",
+            &[Arg::Int(before)],
+        )
+        .await?;
+        let removed = c
+            .execute("DELETE FROM audit_log WHERE at < $1", &[Arg::Int(before)])
             .await?;
-        Ok(sqlx::query("DELETE FROM audit_log WHERE at < ?")
-            .bind(before)
-            .execute(self.pool())
-            .await?
-            .rows_affected())
+        change.commit().await?;
+        Ok(removed)
     }
 
     async fn audit_tail(&self, limit: i64) -> Result<Vec<AuditEntry>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT id, at, actor, action, organization_id, detail FROM \
-             (SELECT * FROM audit_log ORDER BY id DESC LIMIT ?) ORDER BY id",
-        )
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEntry {
-                    id: r.try_get("id")?,
-                    at: r.try_get("at")?,
-                    actor: r.try_get("actor")?,
-                    action: r.try_get("action")?,
-                    organization_id: r.try_get("organization_id")?,
-                    detail: r.try_get("detail")?,
-                })
-            })
-            .collect()
+        self.reader()
+            .await?
+            .fetch_all(
+                "SELECT id, at, actor, action, organization_id, detail FROM \
+                 (SELECT * FROM audit_log ORDER BY id DESC LIMIT $1) newest ORDER BY id",
+                &[Arg::Int(limit)],
+            )
+            .await
     }
 }

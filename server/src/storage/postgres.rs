@@ -23,15 +23,16 @@
 //! ignores its own ([`NoticeListener`]).
 
 use super::{
-    decode_classes, encode_classes, AccessSessionRecord, AuditEntry, DeleteOutcome,
-    NewAccessSession, Notice, OpenedSession, OrganizationJob, OrganizationStore, OrganizationWrite,
-    OutboxEntry, OutboxRow, SeedOutcome, SessionMatch, SessionStore, StopOutcome, Stopped,
-    StorageError, StoredOrganization, UpdateOutcome, AUTH_SERVER_DESTINATION,
+    decode_classes, encode_classes,
+    organizations::{audit_in, OrgBackend, OrgTx},
+    AccessSessionRecord, NewAccessSession, Notice, OpenedSession, OutboxEntry, OutboxRow,
+    SessionMatch, SessionStore, StopOutcome, Stopped, StorageError, AUTH_SERVER_DESTINATION,
 };
 use crate::radius::{status_type, terminate_cause};
 use sqlx::{
+    pool::PoolConnection,
     postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow},
-    PgConnection, PgPool, Row,
+    PgConnection, PgPool, Postgres, Row,
 };
 use std::{str::FromStr, sync::Arc, time::Duration};
 
@@ -224,15 +225,6 @@ fn outbox_entry_from_row(row: &PgRow) -> Result<OutboxEntry, StorageError> {
         dead_at: row.try_get(5)?,
         dead_reason: row.try_get(6)?,
         last_error: row.try_get(7)?,
-    })
-}
-
-fn job_from_row(r: &PgRow) -> Result<OrganizationJob, StorageError> {
-    Ok(OrganizationJob {
-        id: r.try_get("id")?,
-        organization_id: r.try_get("organization_id")?,
-        kind: r.try_get("kind")?,
-        access_session_id: r.try_get("access_session_id")?,
     })
 }
 
@@ -443,33 +435,6 @@ async fn dead_letter_in(
     Ok(None)
 }
 
-async fn audit_in(
-    c: &mut PgConnection,
-    at: i64,
-    actor: &str,
-    action: &str,
-    organization_id: Option<&str>,
-    detail: &serde_json::Value,
-) -> Result<(), StorageError> {
-    sqlx::query(super::organizations::AUDIT_INSERT)
-        .bind(at)
-        .bind(actor)
-        .bind(action)
-        .bind(organization_id)
-        .bind(detail.to_string())
-        .execute(c)
-        .await?;
-    Ok(())
-}
-
-/// Bumps the global revision other processes compare, and tells them to look now.
-async fn bump_revision(c: &mut PgConnection, origin: &str) -> Result<(), StorageError> {
-    sqlx::query("UPDATE organization_revision SET value = value + 1 WHERE id = 1")
-        .execute(&mut *c)
-        .await?;
-    notify(c, origin, &[Notice::Organizations]).await
-}
-
 /// Takes the organization-change lock for the rest of the transaction.
 async fn lock_organizations(c: &mut PgConnection) -> Result<(), StorageError> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -477,51 +442,6 @@ async fn lock_organizations(c: &mut PgConnection) -> Result<(), StorageError> {
         .execute(c)
         .await?;
     Ok(())
-}
-
-/// See the SQLite store's `set_active_in`.
-async fn set_active_in(
-    c: &mut PgConnection,
-    origin: &str,
-    id: &str,
-    active: bool,
-    actor: &str,
-    now: i64,
-) -> Result<bool, StorageError> {
-    let changed = sqlx::query(
-        "UPDATE organizations SET is_active = $1, revision = revision + 1, updated_at = $2 \
-         WHERE id = $3 AND is_active != $1",
-    )
-    .bind(active)
-    .bind(now)
-    .bind(id)
-    .execute(&mut *c)
-    .await?
-    .rows_affected()
-        > 0;
-    if !changed {
-        return Ok(false);
-    }
-    bump_revision(c, origin).await?;
-    if !active {
-        sqlx::query(
-            "INSERT INTO organization_jobs (organization_id, kind, created_at) VALUES ($1, 'stop_sessions', $2)",
-        )
-        .bind(id)
-        .bind(now)
-        .execute(&mut *c)
-        .await?;
-    }
-    audit_in(
-        c,
-        now,
-        actor,
-        if active { "org.enable" } else { "org.disable" },
-        Some(id),
-        &serde_json::json!({ "before": { "active": !active }, "after": { "active": active } }),
-    )
-    .await?;
-    Ok(true)
 }
 
 impl SessionStore for PgStore {
@@ -627,7 +547,7 @@ impl SessionStore for PgStore {
             None => None,
         };
         audit_in(
-            &mut tx,
+            &mut *tx,
             new.started_at,
             "user",
             "login.accepted",
@@ -1128,37 +1048,34 @@ impl SessionStore for PgStore {
     }
 }
 
-impl OrganizationStore for PgStore {
-    async fn organizations(&self) -> Result<Vec<StoredOrganization>, StorageError> {
-        sqlx::query(
-            "SELECT id, name, is_active, settings, revision, position IS NOT NULL AS from_config FROM organizations \
-             ORDER BY position IS NULL, position, created_at, id",
-        )
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(StoredOrganization {
-                id: r.try_get("id")?,
-                name: r.try_get("name")?,
-                active: r.try_get("is_active")?,
-                settings: r.try_get("settings")?,
-                revision: r.try_get("revision")?,
-                from_config: r.try_get("from_config")?,
-            })
-        })
-        .collect()
+/// The organization store on PostgreSQL (`organizations`): every change takes the
+/// organization-change lock, announces itself to the other replicas, and jobs are claimed
+/// under this process's origin.
+impl OrgBackend for PgStore {
+    type Conn = PgConnection;
+    type Change = OrgTx<Postgres>;
+    type Reader = PoolConnection<Postgres>;
+    const LOCK_ROW: &'static str = " FOR UPDATE";
+
+    async fn begin_change(&self) -> Result<OrgTx<Postgres>, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        lock_organizations(&mut tx).await?;
+        Ok(OrgTx::new(tx, None))
     }
 
-    async fn organization_revision(&self) -> Result<i64, StorageError> {
-        Ok(
-            sqlx::query_scalar("SELECT value FROM organization_revision WHERE id = 1")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+    async fn reader(&self) -> Result<PoolConnection<Postgres>, StorageError> {
+        Ok(self.pool.acquire().await?)
     }
 
-    async fn organization_active(&self, id: &str) -> Result<Option<bool>, StorageError> {
+    async fn announce(&self, c: &mut PgConnection) -> Result<(), StorageError> {
+        notify(c, &self.origin, &[Notice::Organizations]).await
+    }
+
+    fn claimant(&self) -> Option<&str> {
+        Some(&self.origin)
+    }
+
+    async fn read_active(&self, id: &str) -> Result<Option<bool>, StorageError> {
         Ok(
             sqlx::query_scalar("SELECT is_active FROM organizations WHERE id = $1")
                 .bind(id)
@@ -1167,438 +1084,7 @@ impl OrganizationStore for PgStore {
         )
     }
 
-    async fn seed_organization(
-        &self,
-        id: &str,
-        name: &str,
-        settings_json: &str,
-        enabled: Option<bool>,
-        position: i64,
-        now: i64,
-    ) -> Result<SeedOutcome, StorageError> {
-        let mut tx = self.pool.begin().await?;
-        lock_organizations(&mut tx).await?;
-        let existing: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT name, settings FROM organizations WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let outcome = match existing {
-            None => {
-                let active = enabled.unwrap_or(true);
-                sqlx::query(
-                    "INSERT INTO organizations (id, name, is_active, settings, revision, created_at, updated_at, position) \
-                     VALUES ($1, $2, $3, $4, (SELECT value + 1 FROM organization_revision WHERE id = 1), $5, $5, $6)",
-                )
-                .bind(id)
-                .bind(name)
-                .bind(active)
-                .bind(settings_json)
-                .bind(now)
-                .bind(position)
-                .execute(&mut *tx)
-                .await?;
-                bump_revision(&mut tx, &self.origin).await?;
-                audit_in(
-                    &mut tx,
-                    now,
-                    "config",
-                    "org.create",
-                    Some(id),
-                    &serde_json::json!({ "after": { "name": name, "active": active } }),
-                )
-                .await?;
-                SeedOutcome::Created
-            }
-            Some((old_name, old_settings)) => {
-                let mut changed = Vec::new();
-                if old_name != name {
-                    changed.push("name");
-                }
-                if old_settings.as_deref() != Some(settings_json) {
-                    changed.push("settings");
-                }
-                sqlx::query("UPDATE organizations SET position = $1 WHERE id = $2")
-                    .bind(position)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                if !changed.is_empty() {
-                    sqlx::query(
-                        "UPDATE organizations SET name = $1, settings = $2, revision = revision + 1, updated_at = $3 \
-                         WHERE id = $4",
-                    )
-                    .bind(name)
-                    .bind(settings_json)
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                    bump_revision(&mut tx, &self.origin).await?;
-                    audit_in(
-                        &mut tx,
-                        now,
-                        "config",
-                        "org.update",
-                        Some(id),
-                        &serde_json::json!({ "changed": changed, "before": { "name": old_name }, "after": { "name": name } }),
-                    )
-                    .await?;
-                }
-                if let Some(active) = enabled {
-                    if set_active_in(&mut tx, &self.origin, id, active, "config", now).await? {
-                        changed.push(if active { "enabled" } else { "disabled" });
-                    }
-                }
-                if changed.is_empty() {
-                    SeedOutcome::Unchanged
-                } else {
-                    SeedOutcome::Updated(changed)
-                }
-            }
-        };
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    async fn set_organization_active(
-        &self,
-        id: &str,
-        active: bool,
-        actor: &str,
-        now: i64,
-    ) -> Result<Option<bool>, StorageError> {
-        let mut tx = self.pool.begin().await?;
-        lock_organizations(&mut tx).await?;
-        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM organizations WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            return Ok(None);
-        }
-        let changed = set_active_in(&mut tx, &self.origin, id, active, actor, now).await?;
-        tx.commit().await?;
-        Ok(Some(changed))
-    }
-
-    async fn forget_config_position(&self, id: &str) -> Result<(), StorageError> {
-        sqlx::query("UPDATE organizations SET position = NULL WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn queue_session_termination(
-        &self,
-        session_id: i64,
-        actor: &str,
-        now: i64,
-    ) -> Result<bool, StorageError> {
-        let mut tx = self.pool.begin().await?;
-        let row: Option<(String, String, String)> = sqlx::query_as(
-            "SELECT organization_id, acct_session_id, username FROM access_sessions WHERE id = $1 AND state = 'active'",
-        )
-        .bind(session_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((organization_id, acct_session_id, username)) = row else {
-            return Ok(false);
-        };
-        sqlx::query(
-            "INSERT INTO organization_jobs (organization_id, kind, access_session_id, created_at) \
-             VALUES ($1, 'terminate_session', $2, $3)",
-        )
-        .bind(&organization_id)
-        .bind(session_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        audit_in(
-            &mut tx,
-            now,
-            actor,
-            "session.terminate",
-            Some(&organization_id),
-            &serde_json::json!({ "acct_session_id": acct_session_id, "username": username }),
-        )
-        .await?;
-        // The job worker of every replica looks now.
-        notify(&mut tx, &self.origin, &[Notice::Organizations]).await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    async fn create_organization(
-        &self,
-        write: &OrganizationWrite<'_>,
-        active: bool,
-    ) -> Result<bool, StorageError> {
-        let OrganizationWrite {
-            id,
-            name,
-            settings_json,
-            actor,
-            now,
-            detail,
-            ..
-        } = *write;
-        let mut tx = self.pool.begin().await?;
-        lock_organizations(&mut tx).await?;
-        let created = sqlx::query(
-            "INSERT INTO organizations (id, name, is_active, settings, revision, created_at, updated_at, position) \
-             VALUES ($1, $2, $3, $4, (SELECT value + 1 FROM organization_revision WHERE id = 1), $5, $5, NULL) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(id)
-        .bind(name)
-        .bind(active)
-        .bind(settings_json)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
-        if !created {
-            return Ok(false);
-        }
-        bump_revision(&mut tx, &self.origin).await?;
-        audit_in(&mut tx, now, actor, "org.create", Some(id), detail).await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    async fn update_organization(
-        &self,
-        write: &OrganizationWrite<'_>,
-        require_active: bool,
-    ) -> Result<UpdateOutcome, StorageError> {
-        let OrganizationWrite {
-            id,
-            name,
-            settings_json,
-            actor,
-            now,
-            detail,
-            expected_revision,
-        } = *write;
-        let mut tx = self.pool.begin().await?;
-        lock_organizations(&mut tx).await?;
-        let before: Option<(String, Option<String>, bool, i64)> = sqlx::query_as(
-            "SELECT name, settings, is_active, revision FROM organizations WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((old_name, old_settings, active, revision)) = before else {
-            return Ok(UpdateOutcome::NotFound);
-        };
-        if require_active && !active {
-            return Ok(UpdateOutcome::Disabled);
-        }
-        if expected_revision.is_some_and(|expected| expected != revision) {
-            return Ok(UpdateOutcome::Stale);
-        }
-        if old_name == name && old_settings.as_deref() == Some(settings_json) {
-            return Ok(UpdateOutcome::Unchanged);
-        }
-        sqlx::query(
-            "UPDATE organizations SET name = $1, settings = $2, revision = revision + 1, updated_at = $3 \
-             WHERE id = $4 AND (is_active OR NOT $5)",
-        )
-        .bind(name)
-        .bind(settings_json)
-        .bind(now)
-        .bind(id)
-        .bind(require_active)
-        .execute(&mut *tx)
-        .await?;
-        bump_revision(&mut tx, &self.origin).await?;
-        audit_in(&mut tx, now, actor, "org.update", Some(id), detail).await?;
-        tx.commit().await?;
-        Ok(UpdateOutcome::Updated)
-    }
-
-    async fn sessions_needing_server(
-        &self,
-        organization_id: &str,
-        name: &str,
-    ) -> Result<i64, StorageError> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM access_sessions s WHERE s.organization_id = $1 AND s.server_name = $2 \
-             AND (s.state = 'active' OR EXISTS (SELECT 1 FROM accounting_outbox o \
-                  WHERE o.access_session_id = s.id AND o.delivered_at IS NULL AND o.dead_at IS NULL))",
-        )
-        .bind(organization_id)
-        .bind(name)
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
-    async fn delete_organization(
-        &self,
-        id: &str,
-        actor: &str,
-        now: i64,
-        detail: &serde_json::Value,
-    ) -> Result<DeleteOutcome, StorageError> {
-        let mut tx = self.pool.begin().await?;
-        lock_organizations(&mut tx).await?;
-        // Locked: no login of this organization commits while it is checked and deleted.
-        let row: Option<bool> = sqlx::query_scalar(
-            "SELECT position IS NOT NULL FROM organizations WHERE id = $1 FOR UPDATE",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(from_config) = row else {
-            return Ok(DeleteOutcome::NotFound);
-        };
-        if from_config {
-            return Ok(DeleteOutcome::FromConfig);
-        }
-        let open_sessions: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM access_sessions WHERE organization_id = $1 AND state = 'active'",
-        )
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let pending_accounting: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM accounting_outbox o JOIN access_sessions s ON s.id = o.access_session_id \
-             WHERE s.organization_id = $1 AND o.delivered_at IS NULL AND o.dead_at IS NULL",
-        )
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if open_sessions > 0 || pending_accounting > 0 {
-            return Ok(DeleteOutcome::Busy {
-                open_sessions,
-                pending_accounting,
-            });
-        }
-        let dead: Vec<(String, i64, Option<String>)> = sqlx::query_as(
-            "SELECT s.acct_session_id, o.status_type, o.dead_reason FROM accounting_outbox o \
-             JOIN access_sessions s ON s.id = o.access_session_id \
-             WHERE s.organization_id = $1 AND o.dead_at IS NOT NULL ORDER BY o.id LIMIT 1000",
-        )
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await?;
-        let detail = super::organizations::with_dead_letters(detail, &dead);
-        for statement in [
-            "DELETE FROM session_classes WHERE access_session_id IN (SELECT id FROM access_sessions WHERE organization_id = $1)",
-            "DELETE FROM accounting_outbox WHERE access_session_id IN (SELECT id FROM access_sessions WHERE organization_id = $1)",
-            "DELETE FROM access_sessions WHERE organization_id = $1",
-            "DELETE FROM organization_jobs WHERE organization_id = $1",
-            "DELETE FROM organizations WHERE id = $1",
-        ] {
-            sqlx::query(statement).bind(id).execute(&mut *tx).await?;
-        }
-        bump_revision(&mut tx, &self.origin).await?;
-        audit_in(&mut tx, now, actor, "org.delete", Some(id), &detail).await?;
-        tx.commit().await?;
-        Ok(DeleteOutcome::Deleted)
-    }
-
-    async fn pending_organization_jobs(&self) -> Result<Vec<OrganizationJob>, StorageError> {
-        sqlx::query(
-            "SELECT id, organization_id, kind, access_session_id FROM organization_jobs \
-             WHERE done_at IS NULL ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(job_from_row)
-        .collect()
-    }
-
-    async fn claim_organization_jobs(
-        &self,
-        now: i64,
-        lease_until: i64,
-    ) -> Result<Vec<OrganizationJob>, StorageError> {
-        let mut jobs = sqlx::query(
-            "UPDATE organization_jobs SET claimed_by = $1, claimed_until = $2 WHERE id IN ( \
-               SELECT id FROM organization_jobs WHERE done_at IS NULL \
-               AND (claimed_by = $1 OR claimed_until IS NULL OR claimed_until < $3) \
-               ORDER BY id FOR UPDATE SKIP LOCKED) \
-             RETURNING id, organization_id, kind, access_session_id",
-        )
-        .bind(&*self.origin)
-        .bind(lease_until)
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(job_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-        jobs.sort_by_key(|j| j.id);
-        Ok(jobs)
-    }
-
-    async fn renew_organization_job(
-        &self,
-        job_id: i64,
-        lease_until: i64,
-    ) -> Result<bool, StorageError> {
-        Ok(sqlx::query(
-            "UPDATE organization_jobs SET claimed_until = $1 \
-             WHERE id = $2 AND claimed_by = $3 AND done_at IS NULL",
-        )
-        .bind(lease_until)
-        .bind(job_id)
-        .bind(&*self.origin)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            > 0)
-    }
-
-    async fn finish_organization_job(
-        &self,
-        job: &OrganizationJob,
-        outcome: &str,
-        now: i64,
-    ) -> Result<(), StorageError> {
-        let mut tx = self.pool.begin().await?;
-        let finished = sqlx::query(
-            "UPDATE organization_jobs SET done_at = $1, outcome = $2 WHERE id = $3 AND done_at IS NULL \
-             AND (claimed_by IS NULL OR claimed_by = $4)",
-        )
-        .bind(now)
-        .bind(outcome)
-        .bind(job.id)
-        .bind(&*self.origin)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
-        if finished {
-            audit_in(
-                &mut tx,
-                now,
-                "system",
-                &format!("job.{}", job.kind),
-                Some(&job.organization_id),
-                &serde_json::json!({ "job": job.id, "outcome": outcome }),
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn active_session_ids_of(&self, organization_id: &str) -> Result<Vec<i64>, StorageError> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM access_sessions WHERE organization_id = $1 AND state = 'active' ORDER BY id",
-        )
-        .bind(organization_id)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn audit(
+    async fn audit_alone(
         &self,
         at: i64,
         actor: &str,
@@ -1607,44 +1093,7 @@ impl OrganizationStore for PgStore {
         detail: &serde_json::Value,
     ) -> Result<(), StorageError> {
         let mut c = self.pool.acquire().await?;
-        audit_in(&mut c, at, actor, action, organization_id, detail).await
-    }
-
-    async fn prune_audit(&self, before: i64) -> Result<u64, StorageError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM organization_jobs WHERE done_at IS NOT NULL AND done_at < $1")
-            .bind(before)
-            .execute(&mut *tx)
-            .await?;
-        let removed = sqlx::query("DELETE FROM audit_log WHERE at < $1")
-            .bind(before)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(removed)
-    }
-
-    async fn audit_tail(&self, limit: i64) -> Result<Vec<AuditEntry>, StorageError> {
-        sqlx::query(
-            "SELECT id, at, actor, action, organization_id, detail FROM \
-             (SELECT * FROM audit_log ORDER BY id DESC LIMIT $1) newest ORDER BY id",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(AuditEntry {
-                id: r.try_get("id")?,
-                at: r.try_get("at")?,
-                actor: r.try_get("actor")?,
-                action: r.try_get("action")?,
-                organization_id: r.try_get("organization_id")?,
-                detail: r.try_get("detail")?,
-            })
-        })
-        .collect()
+        audit_in(&mut *c, at, actor, action, organization_id, detail).await
     }
 }
 

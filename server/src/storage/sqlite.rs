@@ -1,19 +1,22 @@
 //! The SQLite implementation of storage. Sessions, the accounting outbox and web sessions go
 //! through the [`Engine`] (rusqlite: reads where the caller runs, writes group-committed by one
-//! writer thread, synchronous=FULL); migrations and the organization store still use sqlx's pool
-//! on the same file (WAL; `BEGIN IMMEDIATE` for every read-then-write transaction, a busy
-//! timeout for the writer lock the two share).
+//! writer thread, synchronous=FULL); migrations and the organization store (`organizations`,
+//! through [`OrgBackend`]) still use sqlx's pool on the same file (WAL; `BEGIN IMMEDIATE` for
+//! every read-then-write transaction, a busy timeout for the writer lock the two share).
 
 use super::{
-    decode_classes, encode_classes, engine::Engine, AccessSessionRecord, NewAccessSession,
-    OpenedSession, OutboxEntry, OutboxRow, SessionMatch, SessionStore, StopOutcome, Stopped,
-    StorageError, AUTH_SERVER_DESTINATION,
+    decode_classes, encode_classes,
+    engine::Engine,
+    organizations::{audit_on, OrgBackend, OrgTx},
+    AccessSessionRecord, NewAccessSession, OpenedSession, OutboxEntry, OutboxRow, SessionMatch,
+    SessionStore, StopOutcome, Stopped, StorageError, AUTH_SERVER_DESTINATION,
 };
 use crate::radius::{status_type, terminate_cause};
 use rusqlite::{params, Connection, OptionalExtension};
 use sqlx::{
+    pool::PoolConnection,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
-    Sqlite, SqlitePool, Transaction,
+    Sqlite, SqliteConnection, SqlitePool,
 };
 use std::{path::Path, str::FromStr, time::Duration};
 
@@ -239,30 +242,67 @@ impl SqliteStore {
         &self.pool
     }
 
-    /// A write transaction on sqlx's pool (the organization store), holding the engine's write
-    /// gate until the guard is dropped, so the engine's writer and this transaction take turns
-    /// for SQLite's write lock instead of one starving the other.
-    pub(crate) async fn begin(
-        &self,
-    ) -> Result<
-        (
-            tokio::sync::OwnedMutexGuard<()>,
-            Transaction<'static, Sqlite>,
-        ),
-        StorageError,
-    > {
-        let gate = self.engine.gate().await;
-        Ok((gate, self.pool.begin_with("BEGIN IMMEDIATE").await?))
-    }
-
-    /// The engine's write gate, for a single sqlx write outside a transaction.
-    pub(crate) async fn write_gate(&self) -> tokio::sync::OwnedMutexGuard<()> {
-        self.engine.gate().await
-    }
-
     /// Whether writes can be made (the engine's writer thread runs); `/readyz` asks.
     pub(crate) fn writable(&self) -> bool {
         self.engine.writer_alive()
+    }
+}
+
+/// The organization store on SQLite (`organizations`): its changes run on sqlx's pool, each
+/// holding the engine's write gate so that the engine's writer and the change take turns for
+/// SQLite's write lock instead of one starving the other; one portal process per file, so no
+/// announcements and no job claims.
+impl OrgBackend for SqliteStore {
+    type Conn = SqliteConnection;
+    type Change = OrgTx<Sqlite>;
+    type Reader = PoolConnection<Sqlite>;
+    const LOCK_ROW: &'static str = "";
+
+    async fn begin_change(&self) -> Result<OrgTx<Sqlite>, StorageError> {
+        let gate = self.engine.gate().await;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(OrgTx::new(tx, Some(gate)))
+    }
+
+    async fn reader(&self) -> Result<PoolConnection<Sqlite>, StorageError> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    async fn announce(&self, _c: &mut SqliteConnection) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn claimant(&self) -> Option<&str> {
+        None
+    }
+
+    async fn read_active(&self, id: &str) -> Result<Option<bool>, StorageError> {
+        self.engine.read(|c| {
+            Ok(
+                c.prepare_cached("SELECT is_active FROM organizations WHERE id = ?")?
+                    .query_row([id], |r| r.get(0))
+                    .optional()?,
+            )
+        })
+    }
+
+    async fn audit_alone(
+        &self,
+        at: i64,
+        actor: &str,
+        action: &str,
+        organization_id: Option<&str>,
+        detail: &serde_json::Value,
+    ) -> Result<(), StorageError> {
+        let (actor, action, organization_id, detail) = (
+            actor.to_string(),
+            action.to_string(),
+            organization_id.map(str::to_string),
+            detail.clone(),
+        );
+        self.engine
+            .write(move |c| audit_on(c, at, &actor, &action, organization_id.as_deref(), &detail))
+            .await
     }
 }
 
@@ -877,7 +917,7 @@ fn open_session_in(c: &Connection, new: &NewAccessSession) -> Result<OpenedSessi
         ),
         None => None,
     };
-    super::organizations::audit_on(
+    audit_on(
         c,
         new.started_at,
         "user",
@@ -959,7 +999,7 @@ fn stop_in(
         return Ok(false);
     };
     let session_time = (event_at - started_at).max(0) / 1000;
-    super::organizations::audit_on(
+    audit_on(
         c,
         event_at,
         "system",
