@@ -39,11 +39,14 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 /// A sender owns a claimed row this long; afterwards the row may be claimed again. Longer than
-/// any single delivery (waiting for a send slot plus one exchange's deadline).
+/// any single delivery: waiting for a send slot ([`SLOT_WAIT`]) plus one exchange, which the
+/// configuration keeps within [`crate::config::MAX_EXCHANGE`].
 pub(crate) const CLAIM_LEASE_MS: i64 = 120_000;
-/// Longest wait for a send slot of a destination: with one exchange after it, well inside
-/// [`CLAIM_LEASE_MS`].
-const SLOT_WAIT: Duration = Duration::from_secs(60);
+/// Longest wait for a send slot of a destination.
+const SLOT_WAIT: Duration = Duration::from_secs(45);
+const _: () = assert!(
+    (SLOT_WAIT.as_millis() + crate::config::MAX_EXCHANGE.as_millis()) < CLAIM_LEASE_MS as u128
+);
 /// Longest sleep between outbox checks.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// Cap of the retry backoff.

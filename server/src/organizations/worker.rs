@@ -90,18 +90,27 @@ impl OrganizationWorker {
 
     /// One pass: refresh the cache, run what is pending. Returns the jobs run.
     pub async fn tick(&self) -> anyhow::Result<Vec<(OrganizationJob, JobOutcome)>> {
+        let now = Instant::now();
+        let claimed_at = now_ms();
+        let jobs = self
+            .storage
+            .claim_organization_jobs(claimed_at, claimed_at + JOB_LEASE_MS)
+            .await?;
+        // After the claim: a job's change (a disable) was committed with the job, so the
+        // cache shows it before the job's effects do (a page the job ends, then reloaded,
+        // already says the organization is disabled).
         let changed = self.organizations.refresh(&self.storage).await?;
         for id in &changed {
             tracing::info!(organization = %id, "organization changed: cached settings reloaded");
         }
         let mut done = Vec::new();
-        let now = Instant::now();
-        let claimed_at = now_ms();
-        for job in self
-            .storage
-            .claim_organization_jobs(claimed_at, claimed_at + JOB_LEASE_MS)
-            .await?
-        {
+        // A job no longer among this process's (finished, or another replica holds it) has
+        // no retry left here.
+        self.retry_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| jobs.iter().any(|job| job.id == *id));
+        for job in jobs {
             let waiting = self
                 .retry_at
                 .lock()
@@ -195,6 +204,17 @@ impl OrganizationWorker {
                     {
                         tracing::warn!(organization = org, job = job.id, stopped,
                             "organization job taken over by another replica (this one stalled past its claim); leaving the rest to it");
+                        // The replica that finishes the job audits its outcome; the stops
+                        // made here before are recorded now.
+                        self.storage
+                            .audit(
+                                now_ms(),
+                                "system",
+                                &format!("job.{}", job.kind),
+                                Some(org),
+                                &serde_json::json!({ "job": job.id, "outcome": format!("handed over after stopping {stopped} sessions") }),
+                            )
+                            .await?;
                         return Ok(JobOutcome::HandedOver { stopped });
                     }
                     renewed_at = now;
