@@ -373,3 +373,74 @@ async fn slow_clients_are_cut_off_and_connections_per_client_are_capped() {
     drop(held);
     app.stop().await;
 }
+
+/// Pages are answered whole (their length is known; no chunked stream), each with a fresh
+/// nonce in its Content-Security-Policy that every script of the page carries, and with the
+/// security headers; a path that is neither a page nor a file gets the not-found page (404)
+/// the same way.
+#[tokio::test]
+async fn pages_are_whole_with_their_csp_nonce_and_unknown_paths_get_the_not_found_page() {
+    let (_radius, app, _dir) = portal_with_one_server().await;
+    let browser = app.browser(Ipv4Addr::new(127, 0, 8, 9));
+    assert_eq!(browser.login("alice", "alice-pass").await.path, "/session");
+    let mut nonces = std::collections::HashSet::new();
+    for (path, status, text) in [
+        ("/session", 200, "alice"),
+        ("/", 200, "name=\"password\""),
+        ("/no/such/page", 404, "Page not found"),
+        ("/o/acme/missing.txt", 404, "Page not found"),
+    ] {
+        let response = browser
+            .http
+            .get(format!("{}{path}", browser.base))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        let headers = response.headers().clone();
+        assert!(
+            headers.get("transfer-encoding").is_none(),
+            "{path}: {headers:?}"
+        );
+        let length: usize = headers["content-length"].to_str().unwrap().parse().unwrap();
+        assert_eq!(headers["x-frame-options"], "DENY", "{path}");
+        assert_eq!(headers["cache-control"], "no-store", "{path}");
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{path}"
+        );
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        let nonce = csp
+            .split("'nonce-")
+            .nth(1)
+            .and_then(|rest| rest.split('\'').next())
+            .unwrap_or_else(|| panic!("{path}: no nonce in {csp}"))
+            .to_string();
+        let body = response.text().await.unwrap();
+        assert_eq!(body.len(), length, "{path}");
+        assert!(body.contains(text), "{path}: {body}");
+        let scripts: Vec<&str> = body
+            .split("<script")
+            .skip(1)
+            .map(|rest| rest.split('>').next().unwrap_or(""))
+            .collect();
+        for tag in &scripts {
+            assert!(
+                tag.contains(&format!("nonce=\"{nonce}\"")),
+                "{path}: <script{tag}>"
+            );
+        }
+        if path == "/session" {
+            assert!(
+                !scripts.is_empty(),
+                "the session page loads its island: {body}"
+            );
+        }
+        assert!(nonces.insert(nonce), "{path}: a nonce was used twice");
+    }
+    app.stop().await;
+}

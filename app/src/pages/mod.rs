@@ -63,9 +63,12 @@ pub async fn load(
 pub fn data() -> PageData {
     #[cfg(feature = "ssr")]
     {
-        leptos::prelude::use_context::<http::request::Parts>()
-            .and_then(|parts| parts.extensions.get::<PageData>().cloned())
-            .unwrap_or_default()
+        // Read in place: the request's head is not copied for it.
+        leptos::prelude::with_context::<http::request::Parts, _>(|parts| {
+            parts.extensions.get::<PageData>().cloned()
+        })
+        .flatten()
+        .unwrap_or_default()
     }
     #[cfg(not(feature = "ssr"))]
     PageData::default()
@@ -75,9 +78,10 @@ pub fn data() -> PageData {
 pub fn site_info() -> Option<crate::dto::SiteInfo> {
     #[cfg(feature = "ssr")]
     {
-        crate::service::portal()
-            .ok()
-            .map(|(service, request)| service.site_info(&request))
+        let service = leptos::prelude::use_context::<crate::service::Portal>()?;
+        leptos::prelude::with_context::<http::request::Parts, _>(|request| {
+            service.0.site_info(request)
+        })
     }
     #[cfg(not(feature = "ssr"))]
     None

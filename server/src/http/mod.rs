@@ -9,6 +9,7 @@ pub mod flash;
 pub mod form_token;
 pub mod live;
 pub mod org_scope;
+pub mod pages;
 pub mod rate_limit;
 pub mod security;
 pub mod serve;
@@ -26,7 +27,7 @@ use axum::{
     Router,
 };
 use leptos::prelude::*;
-use leptos_axum::{generate_route_list, handle_server_fns_with_context, LeptosRoutes};
+use leptos_axum::{generate_route_list, handle_server_fns_with_context};
 use std::path::PathBuf;
 use tower_http::{
     compression::CompressionLayer, services::ServeDir, set_header::SetResponseHeaderLayer,
@@ -77,17 +78,6 @@ fn route_list() -> Vec<leptos_axum::AxumRouteListing> {
     static ROUTES: std::sync::OnceLock<Vec<leptos_axum::AxumRouteListing>> =
         std::sync::OnceLock::new();
     ROUTES.get_or_init(|| generate_route_list(app::App)).clone()
-}
-
-/// The pages' router state: Leptos's options behind one pointer. Every layer clones the
-/// service below it for each request, and the options (a dozen strings) were copied with it.
-#[derive(Clone)]
-struct PagesState(std::sync::Arc<LeptosOptions>);
-
-impl axum::extract::FromRef<PagesState> for LeptosOptions {
-    fn from_ref(state: &PagesState) -> Self {
-        LeptosOptions::clone(&state.0)
-    }
 }
 
 /// Builds the application router.
@@ -143,8 +133,9 @@ pub fn router(parts: RouterParts) -> Router {
         .with_secure(secure_cookies)
         .with_expiry(WEB_SESSION_EXPIRY);
 
-    let pages_state = PagesState(std::sync::Arc::new(leptos_options.clone()));
-    let routes = Router::<PagesState>::new()
+    let pages = pages::Pages::new(leptos_options, portal.clone());
+    let page = get(pages::render).with_state(pages.clone());
+    let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
@@ -168,14 +159,27 @@ pub fn router(parts: RouterParts) -> Router {
             branding::LOGO_PATH,
             get(branding::logo).with_state(organizations.clone()),
         )
-        .route("/api/{*fn_name}", post(server_fns))
-        .nest_service(admin::PREFIX, admin::routes(admin))
-        .leptos_routes_with_context(&pages_state, route_list, context, {
-            let options = leptos_options.clone();
-            move || app::shell(options.clone())
+        // Unknown server fns too: they get a server fn's error answer.
+        .route("/api/{*fn_name}", post(server_fns.clone()))
+        .nest_service(admin::PREFIX, admin::routes(admin));
+    // One route per server fn, so that the metrics count each under its own path.
+    let routes =
+        leptos::server_fn::axum::server_fn_paths().fold(routes, |routes, (path, method)| {
+            let method = axum::routing::MethodFilter::try_from(method)
+                .unwrap_or(axum::routing::MethodFilter::POST);
+            routes.route(path, axum::routing::on(method, server_fns.clone()))
+        });
+    let routes = route_list
+        .iter()
+        .fold(routes, |routes, listing| {
+            routes.route(listing.path(), page.clone())
         })
         .nest_service("/pkg", pkg)
-        .fallback_service(ServeDir::new(site_root))
+        // A path that is neither a page nor a file: the not-found page.
+        .fallback_service(
+            ServeDir::new(site_root)
+                .not_found_service(axum::handler::Handler::with_state(pages::render, pages)),
+        )
         .layer(middleware::from_fn_with_state(portal, page_data))
         .layer(middleware::from_fn(server_fn_limits))
         .layer(middleware::from_fn_with_state(
@@ -204,8 +208,7 @@ pub fn router(parts: RouterParts) -> Router {
         ))
         .layer(CompressionLayer::new())
         // Outermost of the routes' layers: every answer counts, refusals included.
-        .layer(middleware::from_fn_with_state(metrics, count_request))
-        .with_state(pages_state);
+        .layer(middleware::from_fn_with_state(metrics, count_request));
     // `/o/{slug}/…` is taken off before the routes above see the request.
     Router::new()
         .fallback_service(routes)

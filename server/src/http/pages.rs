@@ -1,0 +1,90 @@
+//! The pages' handler: each page renders in one synchronous pass (its data was loaded by the
+//! `page_data` middleware before) into one string, answered with its length.
+//!
+//! Leptos's own handler (`leptos_axum`'s `render_app_async_with_context`) renders through a
+//! stream built for pages that wait on resources: it copies the request's head into the
+//! page's context, boxes a stream of chunks, waits for deferred data and answers with a
+//! chunked body. None of that serves a page with nothing to wait for, and at 64 users it was
+//! an eighth of the portal's CPU. This handler provides the same contexts (the request's head —
+//! moved, not copied — the response options, the request URL for the router, the meta context,
+//! the redirect hook, the CSP nonce, the portal service) and renders the same shell. A path
+//! that is neither a page nor a file is answered by the app's not-found page (404).
+
+use app::service::Portal;
+use axum::{
+    body::Body,
+    extract::{Request, State},
+    http::{header, HeaderValue},
+    response::Response,
+};
+use futures_util::StreamExt;
+use leptos::{
+    prelude::{provide_context, LeptosOptions},
+    reactive::owner::Owner,
+    tachys::view::RenderHtml,
+};
+use leptos_axum::ResponseOptions;
+use leptos_meta::ServerMetaContext;
+use leptos_router::{components::provide_server_redirect, location::RequestUrl};
+use std::sync::Arc;
+
+/// What every page render needs. Cheap to clone.
+#[derive(Clone)]
+pub struct Pages {
+    options: Arc<LeptosOptions>,
+    portal: Portal,
+}
+
+impl Pages {
+    /// The pages of `portal`, with Leptos's options.
+    pub fn new(options: LeptosOptions, portal: Portal) -> Self {
+        // The meta context waits one tick of Leptos's executor before it reads the page.
+        let _ = any_spawner::Executor::init_tokio();
+        Pages {
+            options: Arc::new(options),
+            portal,
+        }
+    }
+}
+
+/// Renders the page at the request's path (the app's router picks it).
+pub async fn render(State(pages): State<Pages>, request: Request) -> Response {
+    let (head, _body) = request.into_parts();
+    // The router parses an absolute URL; only its path and query matter.
+    let url = format!(
+        "http://localhost{}",
+        head.uri.path_and_query().map_or("/", |pq| pq.as_str())
+    );
+    let options = ResponseOptions::default();
+    let (meta, meta_output) = ServerMetaContext::new();
+    let owner = Owner::new_root(Some(Arc::new(hydration_context::SsrSharedContext::new())));
+    let html = owner.with(|| {
+        provide_context(RequestUrl::new(&url));
+        provide_context(meta);
+        provide_context(head);
+        provide_context(options.clone());
+        provide_server_redirect(leptos_axum::redirect);
+        leptos::nonce::provide_nonce();
+        provide_context(pages.portal.clone());
+        app::shell(LeptosOptions::clone(&pages.options)).to_html()
+    });
+    // The title and the `<head>` links the page registered go into the head.
+    let html: String = meta_output
+        .inject_meta_context(futures_util::stream::iter([html]))
+        .await
+        .collect()
+        .await;
+    owner.unset_with_forced_cleanup();
+
+    let mut response = Response::new(Body::from(html));
+    let set = std::mem::take(&mut *options.0.write().unwrap_or_else(|p| p.into_inner()));
+    if let Some(status) = set.status {
+        *response.status_mut() = status;
+    }
+    let headers = response.headers_mut();
+    headers.extend(set.headers);
+    headers
+        .entry(header::CONTENT_TYPE)
+        .or_insert(HeaderValue::from_static("text/html; charset=utf-8"));
+    response
+}
