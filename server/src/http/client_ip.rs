@@ -18,9 +18,8 @@
 //!   behind a misconfigured proxy one client, each login ending the previous user's session.
 
 use axum::{
-    extract::{ConnectInfo, Request, State},
+    extract::{ConnectInfo, Request},
     http::{HeaderMap, StatusCode},
-    middleware::Next,
     response::Response,
 };
 use ipnet::IpNet;
@@ -256,38 +255,32 @@ pub fn client_ip(
     Ok(Some(client))
 }
 
-/// Middleware: inserts [`ClientIp`] for the request (none for a trusted proxy's request without
-/// the header), or answers 400 for forwarding data a trusted proxy sent that cannot be
-/// understood.
-pub async fn insert_client_ip(
-    State(trusted): State<TrustedProxies>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    if let Some(ConnectInfo(peer)) = request
+/// Inserts [`ClientIp`] into the request (none for a trusted proxy's request without the
+/// header). Some: the 400 to answer instead, for forwarding data a trusted proxy sent that
+/// cannot be understood.
+pub fn insert_client_ip(trusted: &TrustedProxies, request: &mut Request) -> Option<Response> {
+    let ConnectInfo(peer) = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .copied()
-    {
-        match client_ip(peer.ip(), request.headers(), &trusted) {
-            Ok(Some(ip)) => {
-                request.extensions_mut().insert(ClientIp(ip));
-            }
-            Ok(None) => {
-                tracing::debug!(peer = %peer.ip(), header = trusted.header.name(), "a trusted proxy's request names no client");
-            }
-            Err(e) => {
-                tracing::warn!(peer = %peer.ip(), error = %e, "request refused: unusable forwarding header from a trusted proxy");
-                return super::caller_error(
-                    request.headers(),
-                    StatusCode::BAD_REQUEST,
-                    "BadForwarding",
-                    &format!("Bad request: {e}. The proxy in front of the portal must pass the client's address."),
-                );
-            }
+        .copied()?;
+    match client_ip(peer.ip(), request.headers(), trusted) {
+        Ok(Some(ip)) => {
+            request.extensions_mut().insert(ClientIp(ip));
+        }
+        Ok(None) => {
+            tracing::debug!(peer = %peer.ip(), header = trusted.header.name(), "a trusted proxy's request names no client");
+        }
+        Err(e) => {
+            tracing::warn!(peer = %peer.ip(), error = %e, "request refused: unusable forwarding header from a trusted proxy");
+            return Some(super::caller_error(
+                request.headers(),
+                StatusCode::BAD_REQUEST,
+                "BadForwarding",
+                &format!("Bad request: {e}. The proxy in front of the portal must pass the client's address."),
+            ));
         }
     }
-    next.run(request).await
+    None
 }
 
 #[cfg(test)]

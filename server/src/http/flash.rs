@@ -21,9 +21,8 @@ use super::{
 };
 use crate::config::PublicUrl;
 use axum::{
-    extract::{Request, State},
+    extract::Request,
     http::{header, HeaderValue, Method, Uri},
-    middleware::Next,
     response::Response,
 };
 use base64::Engine;
@@ -182,13 +181,17 @@ fn accepts_html(request: &Request) -> bool {
         .is_some_and(|v| v.contains("text/html"))
 }
 
-/// Middleware: moves a failed form post's error from the redirect URL into a signed flash
+/// Moves a failed form post's error from the redirect URL into a signed flash
 /// cookie and back into the page renderer, so no error text ever comes from a URL.
-pub async fn carry_form_errors(
-    State(flash): State<FlashState>,
+pub async fn carry_form_errors<F, Fut>(
+    flash: &FlashState,
     mut request: Request,
-    next: Next,
-) -> Response {
+    next: F,
+) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     if request.method() == Method::POST
         && request.uri().path().starts_with("/api/")
         && accepts_html(&request)
@@ -206,7 +209,7 @@ pub async fn carry_form_errors(
             .get::<OrgScope>()
             .map_or_else(|| "/".to_string(), |scope| format!("{}/", scope.base));
         let visitor = visitor(&request);
-        let response = next.run(request).await;
+        let response = next(request).await;
         let Some(location) = response
             .headers()
             .get(header::LOCATION)
@@ -272,7 +275,7 @@ pub async fn carry_form_errors(
             *request.uri_mut() = uri;
         }
     }
-    let mut response = next.run(request).await;
+    let mut response = next(request).await;
     // Shown once: the page that showed it (or ignored a forged one) clears the cookie.
     if cookie.is_some() {
         if let Some(clear) = flash.cookie("", 0) {

@@ -7,10 +7,8 @@
 //! real web session, which then holds a fresh random token (rotated at login).
 
 use axum::{
-    extract::{Request, State},
+    extract::Request,
     http::{header, HeaderValue},
-    middleware::Next,
-    response::Response,
 };
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -91,16 +89,12 @@ impl FormTokens {
     }
 }
 
-/// Middleware: puts the visitor's [`AnonId`] into the request; a visitor without one gets a new
-/// id and the cookie that carries it.
-pub async fn anonymous_id(
-    State(tokens): State<FormTokens>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    if let Some(anon) = tokens.visitor_in(&request) {
+/// Puts the visitor's [`AnonId`] into the request; for a visitor without one, a new id and
+/// the `Set-Cookie` that carries it (to add to the response).
+pub fn insert_anonymous_id(tokens: &FormTokens, request: &mut Request) -> Option<HeaderValue> {
+    if let Some(anon) = tokens.visitor_in(request) {
         request.extensions_mut().insert(anon);
-        return next.run(request).await;
+        return None;
     }
     // Every visitor of the portal's pages and server fns gets one (whatever it accepts), so a
     // form token never needs a stored web session; assets and probes do not.
@@ -109,7 +103,7 @@ pub async fn anonymous_id(
         .iter()
         .any(|prefix| path.starts_with(prefix))
     {
-        return next.run(request).await;
+        return None;
     }
     let anon = AnonId(hex(&rand::random::<[u8; 32]>()));
     let cookie = format!(
@@ -119,11 +113,7 @@ pub async fn anonymous_id(
         if tokens.secure { "; Secure" } else { "" }
     );
     request.extensions_mut().insert(anon);
-    let mut response = next.run(request).await;
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().append(header::SET_COOKIE, value);
-    }
-    response
+    HeaderValue::from_str(&cookie).ok()
 }
 
 #[cfg(test)]

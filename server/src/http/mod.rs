@@ -180,57 +180,128 @@ pub fn router(parts: RouterParts) -> Router {
             ServeDir::new(site_root)
                 .not_found_service(axum::handler::Handler::with_state(pages::render, pages)),
         )
-        .layer(middleware::from_fn_with_state(portal, page_data))
-        .layer(middleware::from_fn(server_fn_limits))
+        // The layers every request passes, as three functions: each layer costs every request
+        // a copy of the service below it and a boxed future (ten layers were a sixth of the
+        // portal's CPU per journey).
         .layer(middleware::from_fn_with_state(
-            flash::FlashState {
-                tokens: form_tokens.clone(),
-                public_url: site_security.public_url.clone(),
+            PerVisitor {
+                flash: flash::FlashState {
+                    tokens: form_tokens.clone(),
+                    public_url: site_security.public_url.clone(),
+                },
+                tokens: form_tokens,
+                portal,
             },
-            flash::carry_form_errors,
-        ))
-        .layer(middleware::from_fn_with_state(
-            form_tokens,
-            form_token::anonymous_id,
+            per_visitor,
         ))
         .layer(sessions)
-        .layer(middleware::from_fn_with_state(
-            trusted_proxies,
-            client_ip::insert_client_ip,
-        ))
-        .layer(middleware::from_fn_with_state(
-            site_security.clone(),
-            security::reject_cross_site,
-        ))
-        .layer(middleware::from_fn_with_state(
-            site_security,
-            security::security_headers,
-        ))
         .layer(CompressionLayer::new())
         // Outermost of the routes' layers: every answer counts, refusals included.
-        .layer(middleware::from_fn_with_state(metrics, count_request));
+        .layer(middleware::from_fn_with_state(
+            FrontDoor {
+                metrics,
+                site: site_security,
+                trusted: trusted_proxies,
+            },
+            front_door,
+        ));
     // `/o/{slug}/…` is taken off before the routes above see the request.
     Router::new()
         .fallback_service(routes)
-        .layer(middleware::from_fn_with_state(
-            organizations,
-            org_scope::scope,
-        ))
         .layer(TraceLayer::new_for_http())
-        .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn_with_state(organizations, entry))
 }
 
 /// Middleware (outermost): every request gets an id of our own — in the span every log line
 /// of the request carries (`request{id=…}`; JSON logs list it under `spans`) and in the
 /// `X-Request-Id` response header, so a user's report can be matched with the log. An id a
 /// client sends is not taken (it would let anyone write into the log's correlation field).
-async fn request_id(request: Request<Body>, next: middleware::Next) -> Response {
+/// Then the organization scope: `/o/{slug}` is taken off the path before routing.
+async fn entry(
+    State(organizations): State<std::sync::Arc<crate::organizations::Organizations>>,
+    mut request: Request<Body>,
+    next: middleware::Next,
+) -> Response {
     use tracing::Instrument;
     let id = format!("{:016x}", rand::random::<u64>());
     let span = tracing::info_span!("request", id = %id);
+    org_scope::scope(&organizations, &mut request);
     let mut response = next.run(request).instrument(span).await;
     if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// What [`front_door`] needs.
+#[derive(Clone)]
+struct FrontDoor {
+    metrics: crate::metrics::Metrics,
+    site: security::SiteSecurity,
+    trusted: client_ip::TrustedProxies,
+}
+
+/// Middleware (outermost of the routes'): refuses cross-site state-changing requests and
+/// unusable forwarding data, puts the client's address into the request, adds the security
+/// headers to every answer, and counts every answer by route (the router's template, so labels
+/// stay bounded: `/pkg` for assets, `other` for static files and unknown paths) and status.
+async fn front_door(
+    State(door): State<FrontDoor>,
+    mut request: Request<Body>,
+    next: middleware::Next,
+) -> Response {
+    // The matched path is shared (a reference count), never copied per request.
+    let matched = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .cloned();
+    let route = match &matched {
+        Some(path) if path.as_str().starts_with("/pkg") => "/pkg",
+        Some(path) => path.as_str(),
+        None => "other",
+    };
+    let started = std::time::Instant::now();
+    let refused = security::cross_site_refusal(&door.site, &request)
+        .or_else(|| client_ip::insert_client_ip(&door.trusted, &mut request));
+    let mut response = match refused {
+        Some(refusal) => refusal,
+        None => next.run(request).await,
+    };
+    security::add_security_headers(&door.site, response.headers_mut());
+    door.metrics
+        .http_request(route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// What [`per_visitor`] needs.
+#[derive(Clone)]
+struct PerVisitor {
+    tokens: form_token::FormTokens,
+    flash: flash::FlashState,
+    portal: Portal,
+}
+
+/// Middleware (inside the web session): the visitor's anonymous id (and its cookie when new),
+/// a failed form post's error carried to the page, and then a server fn's body limits or a
+/// page's data.
+async fn per_visitor(
+    State(visitor): State<PerVisitor>,
+    mut request: Request<Body>,
+    next: middleware::Next,
+) -> Response {
+    let new_id = form_token::insert_anonymous_id(&visitor.tokens, &mut request);
+    let mut response = flash::carry_form_errors(&visitor.flash, request, |request| async {
+        if request.uri().path().starts_with("/api/") {
+            server_fn_limits(request, next).await
+        } else {
+            page_data(&visitor.portal, request, next).await
+        }
+    })
+    .await;
+    if let Some(cookie) = new_id {
+        response
+            .headers_mut()
+            .append(axum::http::header::SET_COOKIE, cookie);
     }
     response
 }
@@ -264,36 +335,9 @@ pub(crate) fn caller_error(
 pub const WEB_SESSION_EXPIRY: Expiry =
     Expiry::OnInactivity(tower_sessions::cookie::time::Duration::days(1));
 
-/// Middleware: counts the request by route (the router's template, so labels stay bounded:
-/// `/pkg` for assets, `other` for static files and unknown paths) and status.
-async fn count_request(
-    State(metrics): State<crate::metrics::Metrics>,
-    request: Request<Body>,
-    next: middleware::Next,
-) -> Response {
-    // The matched path is shared (a reference count), never copied per request.
-    let matched = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .cloned();
-    let route = match &matched {
-        Some(path) if path.as_str().starts_with("/pkg") => "/pkg",
-        Some(path) => path.as_str(),
-        None => "other",
-    };
-    let started = std::time::Instant::now();
-    let response = next.run(request).await;
-    metrics.http_request(route, response.status().as_u16(), started.elapsed());
-    response
-}
-
-/// Middleware: a page's data is loaded before the page renders (`app::pages::load`), so the
-/// page renders in one pass without Leptos resources.
-async fn page_data(
-    State(portal): State<Portal>,
-    request: Request<Body>,
-    next: middleware::Next,
-) -> Response {
+/// A page's data is loaded before the page renders (`app::pages::load`), so the page renders
+/// in one pass without Leptos resources.
+async fn page_data(portal: &Portal, request: Request<Body>, next: middleware::Next) -> Response {
     if !matches!(
         *request.method(),
         axum::http::Method::GET | axum::http::Method::HEAD
@@ -329,14 +373,11 @@ pub const API_BODY_LIMIT: usize = 16 * 1024;
 /// connection slot and its buffer indefinitely).
 pub const API_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Middleware for the server fns (`/api/…`; Leptos registers one route per function): a body
+/// The server fns' limits (`/api/…`): a body
 /// over [`API_BODY_LIMIT`] is a 413 before anything reads it, one not complete within
 /// [`API_BODY_DEADLINE`] a 408, and an error answered before our code ran (arguments that could
 /// not be read) gets its error's status instead of 500.
 async fn server_fn_limits(request: Request<Body>, next: middleware::Next) -> Response {
-    if !request.uri().path().starts_with("/api/") {
-        return next.run(request).await;
-    }
     let (parts, body) = request.into_parts();
     // A body announced as too large is refused before waiting for it.
     let announced = parts

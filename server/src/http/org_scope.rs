@@ -5,13 +5,7 @@
 //! an organization exists but is disabled: a disabled one is found and says it is unavailable).
 
 use crate::organizations::Organizations;
-use axum::{
-    extract::{Request, State},
-    http::Uri,
-    middleware::Next,
-    response::Response,
-};
-use std::sync::Arc;
+use axum::{extract::Request, http::Uri};
 
 /// Path the pages answer "no such portal" on (rewritten to for unknown slugs).
 pub const NO_SUCH_PORTAL: &str = "/no-such-portal";
@@ -43,12 +37,8 @@ pub fn base_of(organizations: &Organizations, id: &str) -> String {
     }
 }
 
-/// Middleware: sets [`OrgScope`] and takes the `/o/{slug}` prefix off the URI.
-pub async fn scope(
-    State(organizations): State<Arc<Organizations>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// Sets [`OrgScope`] and takes the `/o/{slug}` prefix off the URI (before routing).
+pub fn scope(organizations: &Organizations, request: &mut Request) {
     let path = request.uri().path().to_string();
     let scope = match split_scoped(&path) {
         Some((slug, rest)) => {
@@ -75,7 +65,6 @@ pub async fn scope(
     if let Some(scope) = scope {
         request.extensions_mut().insert(scope);
     }
-    next.run(request).await
 }
 
 #[cfg(test)]

@@ -7,13 +7,12 @@
 
 use crate::config::PublicUrl;
 use axum::{
-    extract::{Request, State},
+    extract::Request,
     http::{header, HeaderMap, HeaderValue, Method, StatusCode},
-    middleware::Next,
     response::Response,
 };
 
-/// What the security middleware needs: the public URL (Origin checks), and whether users
+/// What the security checks need: the public URL (Origin checks), and whether users
 /// reach the portal over HTTPS (HSTS).
 #[derive(Clone, Debug, Default)]
 pub struct SiteSecurity {
@@ -23,15 +22,9 @@ pub struct SiteSecurity {
     pub hsts: bool,
 }
 
-/// Middleware: adds X-Frame-Options, X-Content-Type-Options, Referrer-Policy, HSTS under
-/// HTTPS, and `no-store` for responses that did not set their own caching (HTML, server fns).
-pub async fn security_headers(
-    State(site): State<SiteSecurity>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let mut response = next.run(request).await;
-    let headers = response.headers_mut();
+/// Adds X-Frame-Options, X-Content-Type-Options, Referrer-Policy, HSTS under HTTPS, and
+/// `no-store` to a response that did not set its own caching (HTML, server fns).
+pub fn add_security_headers(site: &SiteSecurity, headers: &mut HeaderMap) {
     if site.hsts {
         headers.insert(
             header::STRICT_TRANSPORT_SECURITY,
@@ -50,7 +43,6 @@ pub async fn security_headers(
     if !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
-    response
 }
 
 /// True when a state-changing request comes from another site: `Sec-Fetch-Site` says so, or
@@ -81,26 +73,22 @@ pub fn is_cross_site(method: &Method, headers: &HeaderMap, public_url: Option<&P
     false
 }
 
-/// Middleware: answers 403 to cross-site state-changing requests.
-pub async fn reject_cross_site(
-    State(site): State<SiteSecurity>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if is_cross_site(
+/// The 403 for a cross-site state-changing request; None for every other request.
+pub fn cross_site_refusal(site: &SiteSecurity, request: &Request) -> Option<Response> {
+    if !is_cross_site(
         request.method(),
         request.headers(),
         site.public_url.as_deref(),
     ) {
-        tracing::warn!(path = %request.uri().path(), "cross-site request refused");
-        return super::caller_error(
-            request.headers(),
-            StatusCode::FORBIDDEN,
-            "CrossSite",
-            "Cross-site request refused.",
-        );
+        return None;
     }
-    next.run(request).await
+    tracing::warn!(path = %request.uri().path(), "cross-site request refused");
+    Some(super::caller_error(
+        request.headers(),
+        StatusCode::FORBIDDEN,
+        "CrossSite",
+        "Cross-site request refused.",
+    ))
 }
 
 #[cfg(test)]
