@@ -389,6 +389,8 @@ async fn pages_are_whole_with_their_csp_nonce_and_unknown_paths_get_the_not_foun
         ("/", 200, "name=\"password\""),
         ("/no/such/page", 404, "Page not found"),
         ("/o/acme/missing.txt", 404, "Page not found"),
+        // Not a page either (the app's router alone would take it for `/session`).
+        ("/session/", 404, "Page not found"),
     ] {
         let response = browser
             .http

@@ -39,14 +39,15 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 /// A sender owns a claimed row this long; afterwards the row may be claimed again. Longer than
-/// any single delivery: waiting for a send slot ([`SLOT_WAIT`]) plus one exchange, which the
-/// configuration keeps within [`crate::config::MAX_EXCHANGE`].
+/// any single delivery: waiting for a send slot ([`SLOT_WAIT`]) plus one exchange (at most
+/// [`MAX_EXCHANGE`]).
 pub(crate) const CLAIM_LEASE_MS: i64 = 120_000;
 /// Longest wait for a send slot of a destination.
 const SLOT_WAIT: Duration = Duration::from_secs(45);
-const _: () = assert!(
-    (SLOT_WAIT.as_millis() + crate::config::MAX_EXCHANGE.as_millis()) < CLAIM_LEASE_MS as u128
-);
+/// Longest exchange of one Accounting-Request, all tries included: a server's `timeout ×
+/// (retries + 1)` (up to 11 minutes) is cut to this, so the row's claim outlives it.
+const MAX_EXCHANGE: Duration = Duration::from_secs(60);
+const _: () = assert!((SLOT_WAIT.as_millis() + MAX_EXCHANGE.as_millis()) < CLAIM_LEASE_MS as u128);
 /// Longest sleep between outbox checks.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// Cap of the retry backoff.
@@ -383,7 +384,8 @@ impl Accounting {
             delay_secs: ((now_ms() - row.event_at).max(0) / 1000) as u32,
             ..record
         };
-        let own_deadline = Instant::now() + server.timeout * (server.retries + 1);
+        let own_deadline =
+            Instant::now() + (server.timeout * (server.retries + 1)).min(MAX_EXCHANGE);
         let deadline = deadline.map_or(own_deadline, |d| d.min(own_deadline));
         match self
             .radius

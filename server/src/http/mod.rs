@@ -178,7 +178,7 @@ pub fn router(parts: RouterParts) -> Router {
         // A path that is neither a page nor a file: the not-found page.
         .fallback_service(
             ServeDir::new(site_root)
-                .not_found_service(axum::handler::Handler::with_state(pages::render, pages)),
+                .not_found_service(axum::handler::Handler::with_state(pages::not_found, pages)),
         )
         // The layers every request passes, as three functions: each layer costs every request
         // a copy of the service below it and a boxed future (ten layers were a sixth of the
@@ -216,7 +216,8 @@ pub fn router(parts: RouterParts) -> Router {
 /// of the request carries (`request{id=…}`; JSON logs list it under `spans`) and in the
 /// `X-Request-Id` response header, so a user's report can be matched with the log. An id a
 /// client sends is not taken (it would let anyone write into the log's correlation field).
-/// Then the organization scope: `/o/{slug}` is taken off the path before routing.
+/// Then the organization scope: `/o/{slug}` is taken off the path before routing (the span
+/// keeps the original path as `scoped`).
 async fn entry(
     State(organizations): State<std::sync::Arc<crate::organizations::Organizations>>,
     mut request: Request<Body>,
@@ -224,7 +225,11 @@ async fn entry(
 ) -> Response {
     use tracing::Instrument;
     let id = format!("{:016x}", rand::random::<u64>());
-    let span = tracing::info_span!("request", id = %id);
+    let span = tracing::info_span!("request", id = %id, scoped = tracing::field::Empty);
+    // The path before `/o/{slug}` comes off (the request logs below see the rest).
+    if request.uri().path().starts_with("/o/") {
+        span.record("scoped", request.uri().path());
+    }
     org_scope::scope(&organizations, &mut request);
     let mut response = next.run(request).instrument(span).await;
     if let Ok(value) = axum::http::HeaderValue::from_str(&id) {

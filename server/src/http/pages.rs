@@ -9,12 +9,15 @@
 //! moved, not copied — the response options, the request URL for the router, the meta context,
 //! the redirect hook, the CSP nonce, the portal service) and renders the same shell. A path
 //! that is neither a page nor a file is answered by the app's not-found page (404).
+//!
+//! The page's reactive owner is cleaned up when the render ends; a request cancelled
+//! meanwhile drops the last reference to it, which cleans up the same way.
 
 use app::service::Portal;
 use axum::{
     body::Body,
     extract::{Request, State},
-    http::{header, HeaderValue},
+    http::{header, request::Parts, HeaderValue},
     response::Response,
 };
 use futures_util::StreamExt;
@@ -50,11 +53,25 @@ impl Pages {
 /// Renders the page at the request's path (the app's router picks it).
 pub async fn render(State(pages): State<Pages>, request: Request) -> Response {
     let (head, _body) = request.into_parts();
+    let path = head
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_string();
+    render_at(&pages, head, &path).await
+}
+
+/// Renders the not-found page (404), whatever the path: a path nothing else answered is never
+/// handed to the app's router, which would read `/x/../session` as `/session`.
+pub async fn not_found(State(pages): State<Pages>, request: Request) -> Response {
+    let (head, _body) = request.into_parts();
+    render_at(&pages, head, super::org_scope::NO_SUCH_PORTAL).await
+}
+
+/// Renders the page at `path` for the request `head`.
+async fn render_at(pages: &Pages, head: Parts, path: &str) -> Response {
     // The router parses an absolute URL; only its path and query matter.
-    let url = format!(
-        "http://localhost{}",
-        head.uri.path_and_query().map_or("/", |pq| pq.as_str())
-    );
+    let url = format!("http://localhost{path}");
     let options = ResponseOptions::default();
     let (meta, meta_output) = ServerMetaContext::new();
     let owner = Owner::new_root(Some(Arc::new(hydration_context::SsrSharedContext::new())));

@@ -99,9 +99,19 @@ impl OrganizationWorker {
         // After the claim: a job's change (a disable) was committed with the job, so the
         // cache shows it before the job's effects do (a page the job ends, then reloaded,
         // already says the organization is disabled).
-        let changed = self.organizations.refresh(&self.storage).await?;
-        for id in &changed {
-            tracing::info!(organization = %id, "organization changed: cached settings reloaded");
+        // A failed refresh does not hold up the claimed jobs (they read the flag they act on
+        // from the database): returning would renew their claims on every pass without ever
+        // running them.
+        match self.organizations.refresh(&self.storage).await {
+            Ok(changed) => {
+                for id in &changed {
+                    tracing::info!(organization = %id, "organization changed: cached settings reloaded");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %crate::portal_backend::error_chain(&e),
+                    "reloading changed organizations failed; retrying on the next pass");
+            }
         }
         let mut done = Vec::new();
         // A job no longer among this process's (finished, or another replica holds it) has
@@ -204,17 +214,21 @@ impl OrganizationWorker {
                     {
                         tracing::warn!(organization = org, job = job.id, stopped,
                             "organization job taken over by another replica (this one stalled past its claim); leaving the rest to it");
-                        // The replica that finishes the job audits its outcome; the stops
-                        // made here before are recorded now.
-                        self.storage
+                        // The replica that finishes the job audits its outcome (once); the
+                        // stops made here before are recorded under an action of their own.
+                        if let Err(e) = self
+                            .storage
                             .audit(
                                 now_ms(),
                                 "system",
-                                &format!("job.{}", job.kind),
+                                &format!("job.{}.handed_over", job.kind),
                                 Some(org),
-                                &serde_json::json!({ "job": job.id, "outcome": format!("handed over after stopping {stopped} sessions") }),
+                                &serde_json::json!({ "job": job.id, "stopped": stopped }),
                             )
-                            .await?;
+                            .await
+                        {
+                            tracing::error!(job = job.id, error = %e, "auditing an organization job's hand-over failed");
+                        }
                         return Ok(JobOutcome::HandedOver { stopped });
                     }
                     renewed_at = now;

@@ -357,9 +357,12 @@ pub(crate) trait OrgBackend: Send + Sync {
     /// transaction already excludes every other writer).
     const LOCK_ROW: &'static str;
 
-    /// Begins a change; organization changes take turns (SQLite: the engine's write gate and
-    /// `BEGIN IMMEDIATE`; PostgreSQL: an advisory lock held until the transaction ends).
+    /// Begins a change of organizations; they take turns (SQLite: the engine's write gate and
+    /// `BEGIN IMMEDIATE`; PostgreSQL: also an advisory lock held until the transaction ends).
     fn begin_change(&self) -> impl Future<Output = Result<Self::Change, StorageError>> + Send;
+    /// Begins a write that changes no organization (jobs, audit, configuration positions):
+    /// on PostgreSQL without the organization lock, so that it never waits for a change.
+    fn begin_write(&self) -> impl Future<Output = Result<Self::Change, StorageError>> + Send;
     /// A connection for reads.
     fn reader(&self) -> impl Future<Output = Result<Self::Reader, StorageError>> + Send;
     /// Tells the other processes on the database, when `c`'s transaction commits, that
@@ -587,7 +590,7 @@ impl<B: OrgBackend> OrganizationStore for B {
     }
 
     async fn forget_config_position(&self, id: &str) -> Result<(), StorageError> {
-        let mut change = self.begin_change().await?;
+        let mut change = self.begin_write().await?;
         change
             .conn()
             .execute(
@@ -604,7 +607,7 @@ impl<B: OrgBackend> OrganizationStore for B {
         actor: &str,
         now: i64,
     ) -> Result<bool, StorageError> {
-        let mut change = self.begin_change().await?;
+        let mut change = self.begin_write().await?;
         let c = change.conn();
         let row: Option<(String, String, String)> = c
             .fetch_optional(
@@ -884,7 +887,7 @@ impl<B: OrgBackend> OrganizationStore for B {
         outcome: &str,
         now: i64,
     ) -> Result<(), StorageError> {
-        let mut change = self.begin_change().await?;
+        let mut change = self.begin_write().await?;
         let c = change.conn();
         let mut args = vec![Arg::Int(now), Arg::Text(outcome), Arg::Int(job.id)];
         let mut sql = String::from(
@@ -935,7 +938,7 @@ impl<B: OrgBackend> OrganizationStore for B {
     }
 
     async fn prune_audit(&self, before: i64) -> Result<u64, StorageError> {
-        let mut change = self.begin_change().await?;
+        let mut change = self.begin_write().await?;
         let c = change.conn();
         // Finished organization jobs are history too (their outcome is in the audit log).
         c.execute(

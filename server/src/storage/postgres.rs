@@ -1063,6 +1063,10 @@ impl OrgBackend for PgStore {
         Ok(OrgTx::new(tx, None))
     }
 
+    async fn begin_write(&self) -> Result<OrgTx<Postgres>, StorageError> {
+        Ok(OrgTx::new(self.pool.begin().await?, None))
+    }
+
     async fn reader(&self) -> Result<PoolConnection<Postgres>, StorageError> {
         Ok(self.pool.acquire().await?)
     }

@@ -259,6 +259,10 @@ impl OrgBackend for SqliteStore {
     const LOCK_ROW: &'static str = "";
 
     async fn begin_change(&self) -> Result<OrgTx<Sqlite>, StorageError> {
+        self.begin_write().await
+    }
+
+    async fn begin_write(&self) -> Result<OrgTx<Sqlite>, StorageError> {
         let gate = self.engine.gate().await;
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok(OrgTx::new(tx, Some(gate)))
