@@ -246,7 +246,7 @@ pub async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Accounting { command } => {
-            let settings = Settings::load(cli.config.as_deref())?;
+            let settings = Settings::load_for_operator(cli.config.as_deref())?;
             accounting_report(&settings, command).await
         }
         Command::Serve => {

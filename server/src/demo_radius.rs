@@ -153,7 +153,13 @@ fn authenticate(request: &Packet) -> Packet {
         },
     );
     if let Some(user) = user {
-        if let Some(message) = user.reply_message {
+        // An account's message goes with its own answer: the welcome with the Accept, the
+        // lock notice with the Reject of a locked account — never a welcome with the Reject
+        // of a wrong password.
+        if let Some(message) = user
+            .reply_message
+            .filter(|_| accepted || user.password.is_none())
+        {
             reply.push(attr::REPLY_MESSAGE, message.as_bytes());
         }
         if accepted {
@@ -168,4 +174,39 @@ fn authenticate(request: &Packet) -> Packet {
     }
     tracing::info!(user = %username, accepted, "DEMO RADIUS: Access-Request answered");
     reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The demo server's answer to `username` / `password`: its code and Reply-Message.
+    fn login(username: &str, password: &str) -> (Code, Option<String>) {
+        let secret = DEMO_SECRET.as_bytes();
+        let mut request = Packet::access_request(Code::AccessRequest, 7, [3; 16], secret);
+        request.push(attr::USER_NAME, username.as_bytes());
+        request
+            .push_user_password(password.as_bytes())
+            .expect("fits");
+        let bytes = packet::encode_access_request(&request).expect("encodes");
+        let reply = Packet::decode(&answer(&bytes).expect("answered"), secret).expect("decodes");
+        (reply.code(), reply.get_text(attr::REPLY_MESSAGE))
+    }
+
+    #[test]
+    fn a_wrong_password_gets_no_welcome() {
+        assert_eq!(
+            login("alice", "alice-pass"),
+            (
+                Code::AccessAccept,
+                Some("Welcome to the demo network, alice".into())
+            )
+        );
+        assert_eq!(login("alice", "wrong"), (Code::AccessReject, None));
+        assert_eq!(
+            login("locked", "anything"),
+            (Code::AccessReject, Some("Account locked (demo)".into()))
+        );
+        assert_eq!(login("nobody", "x"), (Code::AccessReject, None));
+    }
 }

@@ -393,6 +393,9 @@ timeout = "500ms"
     let list = portal(&operator, &["org", "list"]).await;
     assert!(list.status.success(), "{list:?}");
     assert!(String::from_utf8_lossy(&list.stdout).contains("acme"));
+    let backlog = portal(&operator, &["accounting", "backlog"]).await;
+    assert!(backlog.status.success(), "{backlog:?}");
+    assert!(String::from_utf8_lossy(&backlog.stdout).contains("accounting rows waiting"));
     let nowhere = dir.path().join("nowhere.toml");
     std::fs::write(&nowhere, "[database]\npath = \"/nonexistent/portal.db\"\n").unwrap();
     let missing_db = portal(&nowhere, &["org", "list"]).await;

@@ -444,5 +444,20 @@ async fn pages_are_whole_with_their_csp_nonce_and_unknown_paths_get_the_not_foun
         }
         assert!(nonces.insert(nonce), "{path}: a nonce was used twice");
     }
+    // Without a session the session page sends any caller to the sign-in page.
+    let script = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for accept in ["*/*", "text/html"] {
+        let response = script
+            .get(format!("{}/session", browser.base))
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::FOUND, "{accept}");
+        assert_eq!(response.headers()["location"], "/", "{accept}");
+    }
     app.stop().await;
 }

@@ -1,14 +1,15 @@
 //! The pages' handler: each page renders in one synchronous pass (its data was loaded by the
-//! `page_data` middleware before) into one string, answered with its length.
+//! `per_visitor` middleware before) into one string, answered with its length.
 //!
 //! Leptos's own handler (`leptos_axum`'s `render_app_async_with_context`) renders through a
 //! stream built for pages that wait on resources: it copies the request's head into the
 //! page's context, boxes a stream of chunks, waits for deferred data and answers with a
 //! chunked body. None of that serves a page with nothing to wait for, and at 64 users it was
 //! an eighth of the portal's CPU. This handler provides the same contexts (the request's head —
-//! moved, not copied — the response options, the request URL for the router, the meta context,
-//! the redirect hook, the CSP nonce, the portal service) and renders the same shell. A path
-//! that is neither a page nor a file is answered by the app's not-found page (404).
+//! moved, not copied — the response options, the request URL for the router, the meta
+//! context, a redirect hook, the CSP nonce, the portal service) and renders the same shell. A
+//! page's redirect is a 302 for every caller. A path that is neither a page nor a file is
+//! answered by the app's not-found page (404).
 //!
 //! The page's reactive owner is cleaned up when the render ends; a request cancelled
 //! meanwhile drops the last reference to it, which cleans up the same way.
@@ -17,7 +18,7 @@ use app::service::Portal;
 use axum::{
     body::Body,
     extract::{Request, State},
-    http::{header, request::Parts, HeaderValue},
+    http::{header, request::Parts, HeaderValue, StatusCode},
     response::Response,
 };
 use futures_util::StreamExt;
@@ -80,7 +81,15 @@ async fn render_at(pages: &Pages, head: Parts, path: &str) -> Response {
         provide_context(meta);
         provide_context(head);
         provide_context(options.clone());
-        provide_server_redirect(leptos_axum::redirect);
+        // A page's redirect is a 302 whoever asks (leptos_axum's answers a script with 200
+        // and a header meant for server fn calls).
+        let redirect = options.clone();
+        provide_server_redirect(move |path| {
+            if let Ok(location) = HeaderValue::from_str(path) {
+                redirect.insert_header(header::LOCATION, location);
+                redirect.set_status(StatusCode::FOUND);
+            }
+        });
         leptos::nonce::provide_nonce();
         provide_context(pages.portal.clone());
         app::shell(LeptosOptions::clone(&pages.options)).to_html()
