@@ -61,13 +61,24 @@ pub async fn get_session_status() -> Result<SessionStatus, PortalError> {
     service.session_status(&request).await
 }
 
-/// Restarts the window (capped by the limit) and returns the new state.
+/// Restarts the window (capped by the limit) and returns the new state; a plain form post is
+/// redirected to the session page (also when the browser sends no Referer).
 #[server(endpoint = "refresh")]
 pub async fn refresh(csrf: Option<String>) -> Result<SessionView, PortalError> {
     let (service, request) = crate::service::portal()?;
-    service
+    let view = service
         .refresh(&request, csrf.as_deref().unwrap_or_default())
-        .await
+        .await?;
+    let plain_form = request
+        .headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    // The island's call gets the new state and stays on its page.
+    if plain_form {
+        leptos_axum::redirect(&format!("{}/session", view.base));
+    }
+    Ok(view)
 }
 
 /// Ends the access session; a plain form post is redirected to the organization's login page.

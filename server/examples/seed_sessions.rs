@@ -6,7 +6,7 @@
 
 use radius_portal::{
     access_session::now_ms,
-    storage::{NewAccessSession, Storage},
+    storage::{Audit, NewAccessSession, Storage},
 };
 use std::{net::Ipv4Addr, path::PathBuf, sync::Arc};
 
@@ -75,13 +75,13 @@ async fn main() -> anyhow::Result<()> {
     }
     // Durable before this process ends (the marks above were relaxed writes).
     storage
-        .audit(
-            now_ms(),
-            "bench",
-            "bench.seeded",
-            Some(org),
-            &serde_json::json!({ "sessions": count }),
-        )
+        .audit(&Audit {
+            at: now_ms(),
+            actor: "bench",
+            action: "bench.seeded",
+            organization_id: Some(org),
+            detail: serde_json::json!({ "sessions": count }),
+        })
         .await?;
     println!(
         "seeded {count} sessions in {} ms, due at {expires_at}",

@@ -187,6 +187,20 @@ async fn refresh_sends_an_interim_update_and_disconnect_a_stop_with_user_request
         page.path, "/session",
         "a no-JS refresh returns to the session page"
     );
+    // A browser that sends no Referer (a privacy setting) lands there too, not on the
+    // server fn's data.
+    let token = browser.form_token("/session").await;
+    let response = browser
+        .http
+        .post(format!("{}/api/refresh", browser.base))
+        .header("accept", "text/html")
+        .header("origin", browser.base.clone())
+        .form(&[("csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.url().path(), "/session");
+    assert!(response.text().await.unwrap().contains("Disconnect"));
     let interim = radius
         .wait_for_acct(&["status=Interim-Update", &format!("sid={sid}")])
         .await;

@@ -10,8 +10,8 @@ mod common;
 use radius_portal::{
     radius::{status_type, terminate_cause},
     storage::{
-        DeleteOutcome, NewAccessSession, OrganizationWrite, SeedOutcome, SessionMatch, StopOutcome,
-        Storage, StorageError, UpdateOutcome,
+        Audit, DeleteOutcome, NewAccessSession, OrganizationWrite, SeedOutcome, SessionMatch,
+        StopOutcome, Storage, StorageError, UpdateOutcome,
     },
 };
 use std::collections::{BTreeSet, HashSet};
@@ -210,6 +210,7 @@ async fn a_session_opens_refreshes_and_stops_once(db: Db) {
     let detail: serde_json::Value = serde_json::from_str(&end.detail).unwrap();
     assert_eq!(detail["session_time_s"], 180);
     assert_eq!(detail["terminate_cause"], i64::from(cause));
+    assert_eq!(end.actor, "user", "the user ended it (User-Request)");
 }
 
 async fn a_second_login_of_a_client_preempts_the_first(db: Db) {
@@ -231,6 +232,12 @@ async fn a_second_login_of_a_client_preempts_the_first(db: Db) {
     assert_eq!((start.status_type, start.attempts), (START, 1));
     assert_eq!(outbox_types(s, first.id).await, [START, STOP]);
     assert_eq!(s.active_sessions().await.unwrap(), 1);
+    let audit = s.audit_tail(10).await.unwrap();
+    let end = audit
+        .iter()
+        .find(|e| e.action == "session.end")
+        .expect("the preempted session's end audited");
+    assert_eq!(end.actor, "system", "the portal ended it (Port-Preempted)");
     // Claimed for the caller: the delivery loop does not take it before the lease ends.
     let due = s
         .claim_due_outbox(T0 + 2 * MINUTE, T0 + 4 * MINUTE, 100)
@@ -766,9 +773,15 @@ async fn organization_changes_are_revisioned_audited_and_guarded(db: Db) {
     );
     assert!(s.session(id).await.unwrap().is_none());
     assert_eq!(s.organization_active("gamma").await.unwrap(), None);
-    s.audit(T0 + 4, "portal", "guard.denied", Some("beta"), &detail)
-        .await
-        .unwrap();
+    s.audit(&Audit {
+        at: T0 + 4,
+        actor: "portal",
+        action: "guard.denied",
+        organization_id: Some("beta"),
+        detail,
+    })
+    .await
+    .unwrap();
     let actions: Vec<String> = s
         .audit_tail(100)
         .await

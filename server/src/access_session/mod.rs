@@ -17,7 +17,8 @@ use crate::{
     },
     radius::{status_type, terminate_cause, AuthOutcome, Radius, RadiusError},
     storage::{
-        AccessSessionRecord, NewAccessSession, SessionMatch, StopOutcome, Storage, StorageError,
+        AccessSessionRecord, Audit, NewAccessSession, SessionMatch, StopOutcome, Storage,
+        StorageError,
     },
 };
 use events::SessionEvents;
@@ -142,7 +143,13 @@ impl AccessSessions {
                 let detail = serde_json::json!({ "operation": format!("{operation:?}"), "state": format!("{state:?}"), "username": username });
                 if let Err(e) = self
                     .storage
-                    .audit(now_ms(), "user", "guard.denied", Some(id), &detail)
+                    .audit(&Audit {
+                        at: now_ms(),
+                        actor: "user",
+                        action: "guard.denied",
+                        organization_id: Some(id),
+                        detail,
+                    })
                     .await
                 {
                     tracing::error!(error = %e, "audit entry for a guard denial could not be written");
@@ -342,7 +349,13 @@ impl AccessSessions {
             serde_json::json!({ "username": username, "client_ip": client_ip.to_string() });
         if let Err(e) = self
             .storage
-            .audit(now_ms(), "user", action, Some(org), &detail)
+            .audit(&Audit {
+                at: now_ms(),
+                actor: "user",
+                action,
+                organization_id: Some(org),
+                detail,
+            })
             .await
         {
             tracing::error!(error = %e, "audit entry for a login attempt could not be written");

@@ -13,7 +13,7 @@ use crate::{
         worker::OrganizationWorker,
         Organizations,
     },
-    storage::Storage,
+    storage::{Audit, Storage},
 };
 use axum::{
     extract::{
@@ -386,13 +386,13 @@ async fn terminate_session(
             let detail = serde_json::json!({ "acct_session_id": session.acct_session_id, "username": session.username, "stopped": stopped });
             if let Err(e) = api
                 .storage
-                .audit(
-                    now_ms(),
-                    &actor,
-                    "session.terminate",
-                    Some(&session.organization_id),
-                    &detail,
-                )
+                .audit(&Audit {
+                    at: now_ms(),
+                    actor: &actor,
+                    action: "session.terminate",
+                    organization_id: Some(&session.organization_id),
+                    detail,
+                })
                 .await
             {
                 tracing::error!(error = %e, "audit entry for a session termination could not be written");

@@ -9,7 +9,7 @@
 use super::Organizations;
 use crate::{
     access_session::{now_ms, AccessSessions},
-    storage::{OrganizationJob, Storage},
+    storage::{Audit, OrganizationJob, Storage},
 };
 use std::{
     collections::HashMap,
@@ -218,13 +218,13 @@ impl OrganizationWorker {
                         // stops made here before are recorded under an action of their own.
                         if let Err(e) = self
                             .storage
-                            .audit(
-                                now_ms(),
-                                "system",
-                                &format!("job.{}.handed_over", job.kind),
-                                Some(org),
-                                &serde_json::json!({ "job": job.id, "stopped": stopped }),
-                            )
+                            .audit(&Audit {
+                                at: now_ms(),
+                                actor: "system",
+                                action: &format!("job.{}.handed_over", job.kind),
+                                organization_id: Some(org),
+                                detail: serde_json::json!({ "job": job.id, "stopped": stopped }),
+                            })
                             .await
                         {
                             tracing::error!(job = job.id, error = %e, "auditing an organization job's hand-over failed");

@@ -19,8 +19,8 @@ pub mod sqlite;
 pub mod web_sessions;
 
 pub use organizations::{
-    AuditEntry, DeleteOutcome, OrganizationJob, OrganizationWrite, SeedOutcome, StoredOrganization,
-    UpdateOutcome,
+    Audit, AuditEntry, DeleteOutcome, OrganizationJob, OrganizationWrite, SeedOutcome,
+    StoredOrganization, UpdateOutcome,
 };
 use postgres::PgStore;
 use sqlite::SqliteStore;
@@ -232,7 +232,7 @@ contract! {
         /// Ids of an organization's active sessions.
         fn active_session_ids_of(&self, organization_id: &str) -> Vec<i64>;
         /// Appends an audit entry on its own (guard denials and other events outside a change).
-        fn audit(&self, at: i64, actor: &str, action: &str, organization_id: Option<&str>, detail: &serde_json::Value) -> ();
+        fn audit(&self, entry: &Audit<'_>) -> ();
         /// Deletes audit entries and finished organization jobs older than `before`
         /// (retention); how many audit entries.
         fn prune_audit(&self, before: i64) -> u64;

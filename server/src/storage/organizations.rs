@@ -127,43 +127,73 @@ pub struct AuditEntry {
 pub(crate) const AUDIT_INSERT: &str =
     "INSERT INTO audit_log (at, actor, action, organization_id, detail) VALUES ($1, $2, $3, $4, $5)";
 
+/// One audit entry to append (read back as [`AuditEntry`]).
+#[derive(Clone, Debug)]
+pub struct Audit<'a> {
+    /// Unix ms.
+    pub at: i64,
+    /// Who: `config`, `cli:<user>`, `user`, `system`, …
+    pub actor: &'a str,
+    /// What: `org.create`, `org.disable`, `guard.denied`, …
+    pub action: &'a str,
+    /// Organization concerned, if any.
+    pub organization_id: Option<&'a str>,
+    /// Details (never secrets).
+    pub detail: serde_json::Value,
+}
+
+impl Audit<'_> {
+    /// The entry of an accepted login, written with its session (both backends).
+    pub(crate) fn login_accepted(new: &super::NewAccessSession) -> Audit<'_> {
+        Audit {
+            at: new.started_at,
+            actor: "user",
+            action: "login.accepted",
+            organization_id: Some(&new.organization_id),
+            detail: serde_json::json!({
+                "username": new.username,
+                "client_ip": new.client_ip,
+                "acct_session_id": new.acct_session_id,
+                "server": new.server_name,
+            }),
+        }
+    }
+}
+
+/// Who ended a session, for its `session.end` entry: the user who disconnected, or the portal
+/// (expiry, preemption, a RADIUS server's Disconnect-Request, an operator's request — which
+/// has an entry of its own naming the operator).
+pub(crate) fn session_end_actor(cause: u32) -> &'static str {
+    if cause == crate::radius::terminate_cause::USER_REQUEST {
+        "user"
+    } else {
+        "system"
+    }
+}
+
 /// The audit entry of a change made through the SQLite engine, written in that write.
-pub(crate) fn audit_on(
-    conn: &rusqlite::Connection,
-    at: i64,
-    actor: &str,
-    action: &str,
-    organization_id: Option<&str>,
-    detail: &serde_json::Value,
-) -> Result<(), StorageError> {
+pub(crate) fn audit_on(conn: &rusqlite::Connection, entry: &Audit<'_>) -> Result<(), StorageError> {
     conn.prepare_cached(AUDIT_INSERT)?
         .execute(rusqlite::params![
-            at,
-            actor,
-            action,
-            organization_id,
-            detail.to_string()
+            entry.at,
+            entry.actor,
+            entry.action,
+            entry.organization_id,
+            entry.detail.to_string()
         ])?;
     Ok(())
 }
 
 /// The audit entry of a change, written on `c` (in the change's transaction).
-pub(crate) async fn audit_in(
-    c: &mut impl OrgSql,
-    at: i64,
-    actor: &str,
-    action: &str,
-    organization_id: Option<&str>,
-    detail: &serde_json::Value,
-) -> Result<(), StorageError> {
-    let detail = detail.to_string();
+pub(crate) async fn audit_in(c: &mut impl OrgSql, entry: &Audit<'_>) -> Result<(), StorageError> {
+    let detail = entry.detail.to_string();
     c.execute(
         AUDIT_INSERT,
         &[
-            Arg::Int(at),
-            Arg::Text(actor),
-            Arg::Text(action),
-            Arg::MaybeText(organization_id),
+            Arg::Int(entry.at),
+            Arg::Text(entry.actor),
+            Arg::Text(entry.action),
+            Arg::MaybeText(entry.organization_id),
             Arg::Text(&detail),
         ],
     )
@@ -380,11 +410,7 @@ pub(crate) trait OrgBackend: Send + Sync {
     /// Appends one audit entry on its own.
     fn audit_alone(
         &self,
-        at: i64,
-        actor: &str,
-        action: &str,
-        organization_id: Option<&str>,
-        detail: &serde_json::Value,
+        entry: &Audit<'_>,
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
 }
 
@@ -428,14 +454,7 @@ async fn set_active_in<B: OrgBackend>(
         )
         .await?;
     }
-    audit_in(
-        c,
-        now,
-        actor,
-        if active { "org.enable" } else { "org.disable" },
-        Some(id),
-        &serde_json::json!({ "before": { "active": !active }, "after": { "active": active } }),
-    )
+    audit_in(c, &Audit { at: now, actor, action: if active { "org.enable" } else { "org.disable" }, organization_id: Some(id), detail: serde_json::json!({ "before": { "active": !active }, "after": { "active": active } }) })
     .await?;
     Ok(true)
 }
@@ -505,11 +524,13 @@ impl<B: OrgBackend> OrganizationStore for B {
                 bump_revision(self, c).await?;
                 audit_in(
                     c,
-                    now,
-                    "config",
-                    "org.create",
-                    Some(id),
-                    &serde_json::json!({ "after": { "name": name, "active": active } }),
+                    &Audit {
+                        at: now,
+                        actor: "config",
+                        action: "org.create",
+                        organization_id: Some(id),
+                        detail: serde_json::json!({ "after": { "name": name, "active": active } }),
+                    },
                 )
                 .await?;
                 SeedOutcome::Created
@@ -540,14 +561,7 @@ impl<B: OrgBackend> OrganizationStore for B {
                     )
                     .await?;
                     bump_revision(self, c).await?;
-                    audit_in(
-                        c,
-                        now,
-                        "config",
-                        "org.update",
-                        Some(id),
-                        &serde_json::json!({ "changed": changed, "before": { "name": old_name }, "after": { "name": name } }),
-                    )
+                    audit_in(c, &Audit { at: now, actor: "config", action: "org.update", organization_id: Some(id), detail: serde_json::json!({ "changed": changed, "before": { "name": old_name }, "after": { "name": name } }) })
                     .await?;
                 }
                 if let Some(active) = enabled {
@@ -629,14 +643,7 @@ impl<B: OrgBackend> OrganizationStore for B {
             ],
         )
         .await?;
-        audit_in(
-            c,
-            now,
-            actor,
-            "session.terminate",
-            Some(&organization_id),
-            &serde_json::json!({ "acct_session_id": acct_session_id, "username": username }),
-        )
+        audit_in(c, &Audit { at: now, actor, action: "session.terminate", organization_id: Some(&organization_id), detail: serde_json::json!({ "acct_session_id": acct_session_id, "username": username }) })
         .await?;
         // The job worker of every process looks now.
         self.announce(c).await?;
@@ -681,7 +688,17 @@ impl<B: OrgBackend> OrganizationStore for B {
             return Ok(false);
         }
         bump_revision(self, c).await?;
-        audit_in(c, now, actor, "org.create", Some(id), detail).await?;
+        audit_in(
+            c,
+            &Audit {
+                at: now,
+                actor,
+                action: "org.create",
+                organization_id: Some(id),
+                detail: detail.clone(),
+            },
+        )
+        .await?;
         change.commit().await?;
         Ok(true)
     }
@@ -733,7 +750,17 @@ impl<B: OrgBackend> OrganizationStore for B {
         )
         .await?;
         bump_revision(self, c).await?;
-        audit_in(c, now, actor, "org.update", Some(id), detail).await?;
+        audit_in(
+            c,
+            &Audit {
+                at: now,
+                actor,
+                action: "org.update",
+                organization_id: Some(id),
+                detail: detail.clone(),
+            },
+        )
+        .await?;
         change.commit().await?;
         Ok(UpdateOutcome::Updated)
     }
@@ -817,7 +844,17 @@ impl<B: OrgBackend> OrganizationStore for B {
             c.execute(statement, &[Arg::Text(id)]).await?;
         }
         bump_revision(self, c).await?;
-        audit_in(c, now, actor, "org.delete", Some(id), &detail).await?;
+        audit_in(
+            c,
+            &Audit {
+                at: now,
+                actor,
+                action: "org.delete",
+                organization_id: Some(id),
+                detail,
+            },
+        )
+        .await?;
         change.commit().await?;
         Ok(DeleteOutcome::Deleted)
     }
@@ -903,11 +940,13 @@ impl<B: OrgBackend> OrganizationStore for B {
         }
         audit_in(
             c,
-            now,
-            "system",
-            &format!("job.{}", job.kind),
-            Some(&job.organization_id),
-            &serde_json::json!({ "job": job.id, "outcome": outcome }),
+            &Audit {
+                at: now,
+                actor: "system",
+                action: &format!("job.{}", job.kind),
+                organization_id: Some(&job.organization_id),
+                detail: serde_json::json!({ "job": job.id, "outcome": outcome }),
+            },
         )
         .await?;
         change.commit().await
@@ -925,16 +964,8 @@ impl<B: OrgBackend> OrganizationStore for B {
         Ok(ids.into_iter().map(|(id,)| id).collect())
     }
 
-    async fn audit(
-        &self,
-        at: i64,
-        actor: &str,
-        action: &str,
-        organization_id: Option<&str>,
-        detail: &serde_json::Value,
-    ) -> Result<(), StorageError> {
-        self.audit_alone(at, actor, action, organization_id, detail)
-            .await
+    async fn audit(&self, entry: &Audit<'_>) -> Result<(), StorageError> {
+        self.audit_alone(entry).await
     }
 
     async fn prune_audit(&self, before: i64) -> Result<u64, StorageError> {

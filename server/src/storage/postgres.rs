@@ -24,7 +24,7 @@
 
 use super::{
     decode_classes, encode_classes,
-    organizations::{audit_in, OrgBackend, OrgTx},
+    organizations::{audit_in, Audit, OrgBackend, OrgTx},
     AccessSessionRecord, NewAccessSession, Notice, OpenedSession, OutboxEntry, OutboxRow,
     SessionMatch, SessionStore, StopOutcome, Stopped, StorageError, AUTH_SERVER_DESTINATION,
 };
@@ -151,8 +151,9 @@ macro_rules! pending_head_o {
 /// Ends the sessions the `target` query names (columns `id`, `at`, `cause`) if still active:
 /// queues each one's Stop (Acct-Session-Time up to `at`) and writes its audit entry, in one
 /// statement. Returns the stopped sessions (`id`, `at`, `cause`). The Stop's destination and
-/// status type are written out (`'auth-server'`, `2`) because each caller numbers its own
-/// parameters; a test holds them to [`AUTH_SERVER_DESTINATION`] and `status_type::STOP`.
+/// status type and the audit's actor (`user` for User-Request, `1`) are written out because
+/// each caller numbers its own parameters; a test holds them to [`AUTH_SERVER_DESTINATION`],
+/// `status_type::STOP` and [`session_end_actor`].
 macro_rules! stop_sessions {
     ($target:literal) => {
         concat!(
@@ -165,7 +166,7 @@ macro_rules! stop_sessions {
                  session_time_secs, terminate_cause, next_attempt_at, created_at) \
                SELECT id, 'auth-server', 2, at, session_time, cause, at, at FROM stopped), \
              audited AS (INSERT INTO audit_log (at, actor, action, organization_id, detail) \
-               SELECT at, 'system', 'session.end', organization_id, jsonb_build_object('acct_session_id', acct_session_id, \
+               SELECT at, CASE WHEN cause = 1 THEN 'user' ELSE 'system' END, 'session.end', organization_id, jsonb_build_object('acct_session_id', acct_session_id, \
                  'client_ip', client_ip, 'session_time_s', session_time, 'terminate_cause', cause, 'username', username)::text \
                FROM stopped) \
              SELECT id, at, cause FROM stopped ORDER BY at, id"
@@ -546,20 +547,7 @@ impl SessionStore for PgStore {
             Some(_) => Some(outbox_from_row(&start)?),
             None => None,
         };
-        audit_in(
-            &mut *tx,
-            new.started_at,
-            "user",
-            "login.accepted",
-            Some(&new.organization_id),
-            &serde_json::json!({
-                "username": new.username,
-                "client_ip": new.client_ip,
-                "acct_session_id": new.acct_session_id,
-                "server": new.server_name,
-            }),
-        )
-        .await?;
+        audit_in(&mut *tx, &Audit::login_accepted(new)).await?;
         tx.commit().await?;
         Ok(OpenedSession {
             id,
@@ -1088,22 +1076,16 @@ impl OrgBackend for PgStore {
         )
     }
 
-    async fn audit_alone(
-        &self,
-        at: i64,
-        actor: &str,
-        action: &str,
-        organization_id: Option<&str>,
-        detail: &serde_json::Value,
-    ) -> Result<(), StorageError> {
+    async fn audit_alone(&self, entry: &Audit<'_>) -> Result<(), StorageError> {
         let mut c = self.pool.acquire().await?;
-        audit_in(&mut *c, at, actor, action, organization_id, detail).await
+        audit_in(&mut *c, entry).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::organizations::session_end_actor;
 
     #[test]
     fn the_stop_query_queues_stops_for_the_auth_server() {
@@ -1113,5 +1095,12 @@ mod tests {
             status_type::STOP
         );
         assert!(sql.contains(&queued), "{sql}");
+        let actor = format!(
+            "CASE WHEN cause = {} THEN '{}' ELSE '{}' END",
+            terminate_cause::USER_REQUEST,
+            session_end_actor(terminate_cause::USER_REQUEST),
+            session_end_actor(terminate_cause::ADMIN_RESET)
+        );
+        assert!(sql.contains(&actor), "{sql}");
     }
 }

@@ -7,7 +7,7 @@
 use super::{
     decode_classes, encode_classes,
     engine::Engine,
-    organizations::{audit_on, OrgBackend, OrgTx},
+    organizations::{audit_on, session_end_actor, Audit, OrgBackend, OrgTx},
     AccessSessionRecord, NewAccessSession, OpenedSession, OutboxEntry, OutboxRow, SessionMatch,
     SessionStore, StopOutcome, Stopped, StorageError, AUTH_SERVER_DESTINATION,
 };
@@ -290,22 +290,27 @@ impl OrgBackend for SqliteStore {
         })
     }
 
-    async fn audit_alone(
-        &self,
-        at: i64,
-        actor: &str,
-        action: &str,
-        organization_id: Option<&str>,
-        detail: &serde_json::Value,
-    ) -> Result<(), StorageError> {
-        let (actor, action, organization_id, detail) = (
-            actor.to_string(),
-            action.to_string(),
-            organization_id.map(str::to_string),
-            detail.clone(),
+    async fn audit_alone(&self, entry: &Audit<'_>) -> Result<(), StorageError> {
+        let (at, actor, action, organization_id, detail) = (
+            entry.at,
+            entry.actor.to_string(),
+            entry.action.to_string(),
+            entry.organization_id.map(str::to_string),
+            entry.detail.clone(),
         );
         self.engine
-            .write(move |c| audit_on(c, at, &actor, &action, organization_id.as_deref(), &detail))
+            .write(move |c| {
+                audit_on(
+                    c,
+                    &Audit {
+                        at,
+                        actor: &actor,
+                        action: &action,
+                        organization_id: organization_id.as_deref(),
+                        detail,
+                    },
+                )
+            })
             .await
     }
 }
@@ -921,19 +926,7 @@ fn open_session_in(c: &Connection, new: &NewAccessSession) -> Result<OpenedSessi
         ),
         None => None,
     };
-    audit_on(
-        c,
-        new.started_at,
-        "user",
-        "login.accepted",
-        Some(&new.organization_id),
-        &serde_json::json!({
-            "username": new.username,
-            "client_ip": new.client_ip,
-            "acct_session_id": new.acct_session_id,
-            "server": new.server_name,
-        }),
-    )?;
+    audit_on(c, &Audit::login_accepted(new))?;
     Ok(OpenedSession {
         id,
         preempted: stopped,
@@ -1005,17 +998,19 @@ fn stop_in(
     let session_time = (event_at - started_at).max(0) / 1000;
     audit_on(
         c,
-        event_at,
-        "system",
-        "session.end",
-        Some(&organization_id),
-        &serde_json::json!({
-            "acct_session_id": acct_session_id,
-            "username": username,
-            "client_ip": client_ip,
-            "terminate_cause": cause,
-            "session_time_s": session_time,
-        }),
+        &Audit {
+            at: event_at,
+            actor: session_end_actor(cause),
+            action: "session.end",
+            organization_id: Some(&organization_id),
+            detail: serde_json::json!({
+                "acct_session_id": acct_session_id,
+                "username": username,
+                "client_ip": client_ip,
+                "terminate_cause": cause,
+                "session_time_s": session_time,
+            }),
+        },
     )?;
     enqueue(
         c,
