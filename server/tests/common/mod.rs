@@ -129,6 +129,11 @@ impl FreeRadius {
         signal(&self.child, "-CONT");
     }
 
+    /// The server's process id (benchmarks read its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The auth address the portal sends to.
     pub fn auth_addr(&self, strict: bool) -> SocketAddr {
         let port = if strict {
