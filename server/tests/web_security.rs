@@ -425,6 +425,7 @@ async fn pages_are_whole_with_their_csp_nonce_and_unknown_paths_get_the_not_foun
         let body = response.text().await.unwrap();
         assert_eq!(body.len(), length, "{path}");
         assert!(body.contains(text), "{path}: {body}");
+        assert!(!body.contains("DEMO MODE"), "{path}: not a demo");
         let scripts: Vec<&str> = body
             .split("<script")
             .skip(1)
@@ -460,4 +461,30 @@ async fn pages_are_whole_with_their_csp_nonce_and_unknown_paths_get_the_not_foun
         assert_eq!(response.headers()["location"], "/", "{accept}");
     }
     app.stop().await;
+}
+
+#[tokio::test]
+async fn demo_mode_is_labelled_on_every_page_the_not_found_page_included() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn_demo(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await;
+    let browser = app.browser(Ipv4Addr::new(127, 0, 8, 10));
+    for (path, status) in [("/", 200), ("/o/acme/", 200), ("/no/such/page", 404)] {
+        let response = browser
+            .http
+            .get(format!("{}{path}", browser.base))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains("DEMO MODE"), "{path}: {body}");
+    }
+    assert_eq!(browser.login("carol", "carol-pass").await.path, "/session");
+    assert!(browser.get("/session").await.body.contains("DEMO MODE"));
 }

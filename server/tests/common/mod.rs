@@ -336,8 +336,19 @@ impl TestApp {
         Self::try_spawn(settings).await.expect("portal builds")
     }
 
+    /// [`TestApp::spawn`] labelled as demo mode (`radius-portal demo`'s pages).
+    pub async fn spawn_demo(settings: &Settings) -> TestApp {
+        Self::try_spawn_as(settings, true)
+            .await
+            .expect("portal builds")
+    }
+
     /// [`TestApp::spawn`], or why the portal did not build.
     pub async fn try_spawn(settings: &Settings) -> anyhow::Result<TestApp> {
+        Self::try_spawn_as(settings, false).await
+    }
+
+    async fn try_spawn_as(settings: &Settings, demo: bool) -> anyhow::Result<TestApp> {
         // `PORTAL_TEST_LOG=debug` (a tracing filter): the portal's log, shown with a failure.
         if let Ok(filter) = std::env::var("PORTAL_TEST_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -346,7 +357,7 @@ impl TestApp {
                 .try_init();
         }
         let site = tempfile::tempdir().unwrap();
-        let app = Application::build(settings, leptos_options(site.path()), false).await?;
+        let app = Application::build(settings, leptos_options(site.path()), demo).await?;
         let addr = app.local_addr();
         let storage = app.storage.clone();
         let radius = app.radius.clone();
