@@ -4,4 +4,4 @@
 export PATH="$PWD/node_modules/.bin:$HOME/.cargo/bin:$PATH"
 export LEPTOS_OUTPUT_NAME=radius-portal
 # CI builds a fresh clone once: incremental state would only cost time and ~13 GB of disk.
-if [ "${CI:-}" = "true" ]; then export CARGO_INCREMENTAL=0; fi
+case "${CI:-}" in "" | false | 0) ;; *) export CARGO_INCREMENTAL=0 ;; esac

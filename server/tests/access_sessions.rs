@@ -187,8 +187,8 @@ async fn refresh_sends_an_interim_update_and_disconnect_a_stop_with_user_request
         page.path, "/session",
         "a no-JS refresh returns to the session page"
     );
-    // A browser that sends no Referer (a privacy setting) lands there too, not on the
-    // server fn's data.
+    // A browser that sends no Referer (a privacy setting) lands there too (it used to land
+    // on the sign-in page).
     let token = browser.form_token("/session").await;
     let response = browser
         .http
@@ -201,6 +201,25 @@ async fn refresh_sends_an_interim_update_and_disconnect_a_stop_with_user_request
         .unwrap();
     assert_eq!(response.url().path(), "/session");
     assert!(response.text().await.unwrap().contains("Disconnect"));
+    // A script's refresh (the island's) gets the new state and no redirect.
+    let response = browser
+        .http
+        .post(format!("{}/api/refresh", browser.base))
+        .header("accept", "application/json")
+        .header("origin", browser.base.clone())
+        .form(&[("csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    assert!(response.headers().get("location").is_none());
+    assert!(response.headers().get("serverfnredirect").is_none());
+    let state: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(state["username"], "bob", "{state}");
+    assert!(
+        state["remaining_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "{state}"
+    );
     let interim = radius
         .wait_for_acct(&["status=Interim-Update", &format!("sid={sid}")])
         .await;

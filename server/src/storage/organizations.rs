@@ -454,7 +454,18 @@ async fn set_active_in<B: OrgBackend>(
         )
         .await?;
     }
-    audit_in(c, &Audit { at: now, actor, action: if active { "org.enable" } else { "org.disable" }, organization_id: Some(id), detail: serde_json::json!({ "before": { "active": !active }, "after": { "active": active } }) })
+    let detail =
+        serde_json::json!({ "before": { "active": !active }, "after": { "active": active } });
+    audit_in(
+        c,
+        &Audit {
+            at: now,
+            actor,
+            action: if active { "org.enable" } else { "org.disable" },
+            organization_id: Some(id),
+            detail,
+        },
+    )
     .await?;
     Ok(true)
 }
@@ -561,7 +572,17 @@ impl<B: OrgBackend> OrganizationStore for B {
                     )
                     .await?;
                     bump_revision(self, c).await?;
-                    audit_in(c, &Audit { at: now, actor: "config", action: "org.update", organization_id: Some(id), detail: serde_json::json!({ "changed": changed, "before": { "name": old_name }, "after": { "name": name } }) })
+                    let detail = serde_json::json!({ "changed": changed, "before": { "name": old_name }, "after": { "name": name } });
+                    audit_in(
+                        c,
+                        &Audit {
+                            at: now,
+                            actor: "config",
+                            action: "org.update",
+                            organization_id: Some(id),
+                            detail,
+                        },
+                    )
                     .await?;
                 }
                 if let Some(active) = enabled {
@@ -643,7 +664,18 @@ impl<B: OrgBackend> OrganizationStore for B {
             ],
         )
         .await?;
-        audit_in(c, &Audit { at: now, actor, action: "session.terminate", organization_id: Some(&organization_id), detail: serde_json::json!({ "acct_session_id": acct_session_id, "username": username }) })
+        let detail =
+            serde_json::json!({ "acct_session_id": acct_session_id, "username": username });
+        audit_in(
+            c,
+            &Audit {
+                at: now,
+                actor,
+                action: "session.terminate",
+                organization_id: Some(&organization_id),
+                detail,
+            },
+        )
         .await?;
         // The job worker of every process looks now.
         self.announce(c).await?;
