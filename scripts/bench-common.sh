@@ -5,7 +5,8 @@
 # (sets $portal_pid, and $portal_pids / $portal_urls for every replica), stop_portal,
 # bench_header, $load_targets (portal-load's --url and --cpu arguments for every process).
 #   DB=postgres  a throwaway PostgreSQL cluster (durable: fsync on) instead of a SQLite file;
-#                its CPU (postmaster and backends) is reported as `postgres`
+#                its CPU (postmaster and backends) is reported as `postgres`;
+#                PG_STATEMENTS=1 also logs every statement and prints them per journey, by kind
 #   REPLICAS=2   that many portal processes on the one database (PostgreSQL only), the load
 #                spread over them
 #   PORTAL_BIN=path  another build of the portal (A/B comparisons in one sitting: copy a
@@ -57,7 +58,7 @@ if [ "$DB" = postgres ]; then
   (cd "$state/pg" && "${as_pg[@]}" "$pg_bin/initdb" -D "$state/pg/data" -U postgres -A trust -E UTF8 \
     --locale=C.UTF-8 >/dev/null)
   (cd "$state/pg" && "${pg_ctl_cmd[@]}" -D "$state/pg/data" -l "$state/pg/log" -w start \
-    -o "-p $pg_port -k $state/pg -c listen_addresses=127.0.0.1 -c max_connections=200" >/dev/null)
+    -o "-p $pg_port -k $state/pg -c listen_addresses=127.0.0.1 -c max_connections=200 ${PG_STATEMENTS:+-c log_statement=all}" >/dev/null)
   "${as_pg[@]}" "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres portal
   database="url = \"postgres://postgres@127.0.0.1:$pg_port/portal\""
 fi

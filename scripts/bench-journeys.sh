@@ -24,6 +24,12 @@ for users in $USERS; do
   if [ "$DB" = postgres ]; then
     journeys=$(grep -o '[0-9]* journeys' "$state/report" | head -1 | cut -d' ' -f1)
     echo "postgres: $(( ($(pg_counters) - commits_before) / (journeys > 0 ? journeys : 1) )) transactions per journey"
+    if [ -n "${PG_STATEMENTS:-}" ]; then
+      echo "postgres statements per journey (all counts so far, by kind):"
+      grep -oE '(statement|execute [^:]*): .*' "$state/pg/log" | sed -E 's/^execute [^:]*: /execute: /' \
+        | cut -c1-110 | sort | uniq -c | sort -rn \
+        | awk -v j="$journeys" '{ n = $1; $1 = ""; printf "%6.2f %s\n", n / (j > 0 ? j : 1), $0 }' | head -40
+    fi
   fi
   echo
 done

@@ -354,15 +354,20 @@ impl Accounting {
         let window = self.window(server.acct_addr);
         // Waiting for a send slot is bounded well inside the claim's lease, so this delivery
         // never transmits after its claim lapsed and another sender took the row.
-        let Ok(slot) = tokio::time::timeout(SLOT_WAIT, window.acquire()).await else {
-            let retry = now_ms() + backoff_ms(row.attempts);
-            self.storage
-                .mark_failed(&row, retry, "no send slot in time (server busy)", false)
-                .await?;
-            return Ok(Delivery::RetryAt(retry));
+        let (_slot, waited) = match window.try_acquire() {
+            Ok(slot) => (Some(slot), false),
+            Err(_) => match tokio::time::timeout(SLOT_WAIT, window.acquire()).await {
+                // The semaphore is never closed, so acquiring cannot fail.
+                Ok(slot) => (slot.ok(), true),
+                Err(_) => {
+                    let retry = now_ms() + backoff_ms(row.attempts);
+                    self.storage
+                        .mark_failed(&row, retry, "no send slot in time (server busy)", false)
+                        .await?;
+                    return Ok(Delivery::RetryAt(retry));
+                }
+            },
         };
-        // The semaphore is never closed, so acquiring cannot fail.
-        let _slot = slot.ok();
         // The server may have gone down while this row waited for a slot: do not queue up
         // behind its timeouts, try again (or fail over) later.
         if health.is_open(server.acct_addr) {
@@ -372,9 +377,10 @@ impl Accounting {
                 .await?;
             return Ok(Delivery::RetryAt(retry));
         }
-        // A Start may have waited for its slot while the organization was disabled: the
-        // guard is asked again at the moment the packet would leave.
-        if is_start && !self.start_allowed(&session.organization_id, true).await? {
+        // A Start that waited for its slot may have waited while the organization was
+        // disabled: the guard is asked again at the moment the packet would leave (a slot free
+        // at once follows the first answer within the same moment).
+        if is_start && waited && !self.start_allowed(&session.organization_id, true).await? {
             return self
                 .dead_letter(&row, acct_id, "cancelled: organization disabled".into())
                 .await;
