@@ -146,13 +146,17 @@ on_both_backends!(
 
 async fn a_session_opens_refreshes_and_stops_once(db: Db) {
     let s = &db.storage;
-    let opened = s
-        .open_session(&login("10.0.0.1", T0, 10 * MINUTE))
-        .await
-        .unwrap();
+    let mut new = login("10.0.0.1", T0, 10 * MINUTE);
+    new.classes = vec![b"class-1".to_vec(), vec![0, 255, 10]];
+    let opened = s.open_session(&new).await.unwrap();
     assert!(opened.preempted.is_empty());
     assert_eq!(opened.claimed_start, None);
     let session = s.session(opened.id).await.unwrap().unwrap();
+    assert_eq!(
+        session,
+        new.opened(opened.id),
+        "what a login answers without reading it back"
+    );
     assert!(session.active);
     assert_eq!(session.expires_at, T0 + 10 * MINUTE);
     assert_eq!(session.reply_message.as_deref(), Some("Welcome"));

@@ -275,10 +275,9 @@ impl AccessSessions {
             Ok(result) => result?,
             Err(_) => return Err(SessionError::AccountingUnavailable),
         }
-        self.storage
-            .session(id)
-            .await?
-            .ok_or(SessionError::NotActive)
+        // As stored (not read back: a change made since — another login of this client — is
+        // what the session page reads and shows next).
+        Ok(new.opened(id))
     }
 
     /// A new session's accounting: the preempted sessions' Stops first (the firewall must not

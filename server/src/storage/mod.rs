@@ -416,6 +416,33 @@ pub struct NewAccessSession {
     pub start_claimed_until: Option<i64>,
 }
 
+impl NewAccessSession {
+    /// The record [`SessionStore::open_session`] stored for it under `id` (as read back right
+    /// after opening: active, never refreshed).
+    pub fn opened(self, id: i64) -> AccessSessionRecord {
+        AccessSessionRecord {
+            id,
+            acct_session_id: self.acct_session_id,
+            organization_id: self.organization_id,
+            username: self.username,
+            client_ip: self.client_ip,
+            server_index: self.server_index,
+            server_name: self.server_name,
+            classes: self.classes,
+            reply_message: self.reply_message,
+            started_at: self.started_at,
+            refreshed_at: self.started_at,
+            window_ms: self.window_ms,
+            limit_at: self.limit_at,
+            expires_at: self.expires_at,
+            interim_interval: self.interim_interval,
+            active: true,
+            stopped_at: None,
+            terminate_cause: None,
+        }
+    }
+}
+
 /// What opening a session did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenedSession {
