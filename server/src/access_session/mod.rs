@@ -255,17 +255,19 @@ impl AccessSessions {
         tracing::info!(organization = %org.id, username, %client_ip, acct_session_id = %new.acct_session_id,
             server = %new.server_name, window_s = terms.window.as_secs(), limit_s = terms.limit.map(|l| l.as_secs()),
             "access session opened");
+        // The session as stored, for its Start and the answer (not read back: a change made
+        // since — another login of this client — is what the session page reads next).
+        let session = new.opened(id);
         // From here on the session exists with its Start claimed for this login: the rest runs
         // as a task of its own, so a cancelled request (the browser gave up) never leaves the
         // claim held with nobody sending the Start.
         let this = self.clone();
-        let acct_session_id = new.acct_session_id.clone();
+        let stored = session.clone();
         let accounted = self.accounting.track(async move {
             this.send_login_accounting(
-                id,
+                &stored,
                 &preempted,
                 opened.claimed_start,
-                &acct_session_id,
                 exchange_time,
                 deadline,
             )
@@ -275,9 +277,7 @@ impl AccessSessions {
             Ok(result) => result?,
             Err(_) => return Err(SessionError::AccountingUnavailable),
         }
-        // As stored (not read back: a change made since — another login of this client — is
-        // what the session page reads and shows next).
-        Ok(new.opened(id))
+        Ok(session)
     }
 
     /// A new session's accounting: the preempted sessions' Stops first (the firewall must not
@@ -286,13 +286,13 @@ impl AccessSessions {
     /// went on the wire, else stopped with a Stop queued behind the Start.
     async fn send_login_accounting(
         &self,
-        id: i64,
+        session: &AccessSessionRecord,
         preempted: &[crate::storage::Stopped],
         claimed_start: Option<crate::storage::OutboxRow>,
-        acct_session_id: &str,
         exchange_time: std::time::Duration,
         deadline: Instant,
     ) -> Result<(), SessionError> {
+        let (id, acct_session_id) = (session.id, &session.acct_session_id);
         for old in preempted {
             self.events.publish(old.id);
             let sent = self
@@ -314,7 +314,7 @@ impl AccessSessions {
         let start_delivered = match claimed_start {
             Some(start) => {
                 self.accounting
-                    .deliver_claimed(start, start_deadline)
+                    .deliver_claimed(start, session.clone(), start_deadline)
                     .await?
             }
             None => {

@@ -23,7 +23,7 @@ use crate::{
         encode_accounting, health::Port, status_type, AccountingRecord, Radius, RadiusError,
         ServerEndpoint,
     },
-    storage::{OutboxRow, Storage, StorageError},
+    storage::{AccessSessionRecord, OutboxRow, Storage, StorageError},
 };
 use std::{
     collections::{HashMap, HashSet},
@@ -166,7 +166,7 @@ impl Accounting {
                 .claim_session_outbox(session_id, status_type, now, now + CLAIM_LEASE_MS)
                 .await?
             {
-                return Ok(self.deliver(row, Some(deadline)).await? == Delivery::Delivered);
+                return Ok(self.deliver(row, Some(deadline), None).await? == Delivery::Delivered);
             }
             // Someone else holds the claim (the background loop): wait for its outcome.
             if self
@@ -184,13 +184,15 @@ impl Accounting {
     }
 
     /// Delivers a row the caller already holds the claim of (the Start a login queued
-    /// claimed). True once acknowledged before `deadline`.
+    /// claimed), of `session` as the caller stored it. True once acknowledged before
+    /// `deadline`.
     pub async fn deliver_claimed(
         &self,
         row: OutboxRow,
+        session: AccessSessionRecord,
         deadline: Instant,
     ) -> Result<bool, OutboxError> {
-        Ok(self.deliver(row, Some(deadline)).await? == Delivery::Delivered)
+        Ok(self.deliver(row, Some(deadline), Some(session)).await? == Delivery::Delivered)
     }
 
     /// Runs `work` as a task that a graceful shutdown waits for (like the loop's deliveries):
@@ -208,7 +210,7 @@ impl Accounting {
     pub fn send_claimed(&self, row: OutboxRow) {
         let this = self.clone();
         self.claimed.spawn(async move {
-            match this.deliver(row, None).await {
+            match this.deliver(row, None, None).await {
                 Ok(Delivery::Delivered) => {}
                 Ok(_) => this.wake(),
                 Err(e) => {
@@ -252,12 +254,24 @@ impl Accounting {
         &self,
         row: OutboxRow,
         deadline: Option<Instant>,
+        known: Option<AccessSessionRecord>,
     ) -> Result<Delivery, OutboxError> {
         let now = now_ms();
-        let Some(session) = self.storage.session(row.access_session_id).await? else {
-            return Err(
-                StorageError::Corrupt(format!("outbox row {} has no session", row.id)).into(),
-            );
+        // A packet needs only what never changes in a session (ids, user, address, Class,
+        // server): a record the caller holds serves as well as one read now.
+        let known = known.filter(|s| s.id == row.access_session_id);
+        let session = match known {
+            Some(session) => session,
+            None => match self.storage.session(row.access_session_id).await? {
+                Some(session) => session,
+                None => {
+                    return Err(StorageError::Corrupt(format!(
+                        "outbox row {} has no session",
+                        row.id
+                    ))
+                    .into())
+                }
+            },
         };
         let acct_id = session.acct_session_id.as_str();
         let is_start = row.status_type == i64::from(status_type::START);
@@ -449,7 +463,7 @@ impl Accounting {
                 for row in rows {
                     if in_flight_ids.insert(row.id) {
                         let this = self.clone();
-                        in_flight.spawn(async move { this.deliver(row, None).await });
+                        in_flight.spawn(async move { this.deliver(row, None, None).await });
                     }
                 }
                 if in_flight.is_empty() && self.claimed.is_empty() {
@@ -519,7 +533,7 @@ impl Accounting {
                             let done = done_tx.clone();
                             in_flight.spawn(async move {
                                 let id = row.id;
-                                let outcome = this.deliver(row, None).await;
+                                let outcome = this.deliver(row, None, None).await;
                                 let _ = done.send(id);
                                 outcome
                             });
