@@ -189,28 +189,15 @@ async fn refresh_sends_an_interim_update_and_disconnect_a_stop_with_user_request
     );
     // A browser that sends no Referer (a privacy setting) lands there too (it used to land
     // on the sign-in page).
-    let token = browser.form_token("/session").await;
     let response = browser
-        .http
-        .post(format!("{}/api/refresh", browser.base))
-        .header("accept", "text/html")
-        .header("origin", browser.base.clone())
-        .form(&[("csrf", token.as_str())])
-        .send()
-        .await
-        .unwrap();
+        .post_token("/api/refresh", "/session", "text/html")
+        .await;
     assert_eq!(response.url().path(), "/session");
     assert!(response.text().await.unwrap().contains("Disconnect"));
     // A script's refresh (the island's) gets the new state and no redirect.
     let response = browser
-        .http
-        .post(format!("{}/api/refresh", browser.base))
-        .header("accept", "application/json")
-        .header("origin", browser.base.clone())
-        .form(&[("csrf", token.as_str())])
-        .send()
-        .await
-        .unwrap();
+        .post_token("/api/refresh", "/session", "application/json")
+        .await;
     assert_eq!(response.status(), reqwest::StatusCode::OK);
     assert!(response.headers().get("location").is_none());
     assert!(response.headers().get("serverfnredirect").is_none());

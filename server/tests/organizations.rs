@@ -587,16 +587,9 @@ async fn each_organization_has_its_own_portal_under_its_slug() {
         .await;
     assert_eq!(page.path, "/o/beta/session", "{}", page.body);
     // Without a Referer, too.
-    let token = browser.form_token("/o/beta/session").await;
     let response = browser
-        .http
-        .post(format!("{}/o/beta/api/refresh", browser.base))
-        .header("accept", "text/html")
-        .header("origin", browser.base.clone())
-        .form(&[("csrf", token.as_str())])
-        .send()
-        .await
-        .unwrap();
+        .post_token("/o/beta/api/refresh", "/o/beta/session", "text/html")
+        .await;
     assert_eq!(response.url().path(), "/o/beta/session");
     b.wait_for_acct(&["status=Interim-Update", "ip=127.0.5.30"])
         .await;

@@ -8,7 +8,9 @@
 
 mod common;
 
-use common::{portal_with_one_server, settings, temp_db, FreeRadius, TestApp};
+use common::{
+    demo_portal_with_one_server, portal_with_one_server, settings, temp_db, FreeRadius, TestApp,
+};
 use radius_portal::config::PublicUrl;
 use reqwest::StatusCode;
 use std::net::Ipv4Addr;
@@ -465,25 +467,12 @@ async fn pages_are_whole_with_their_csp_nonce_and_unknown_paths_get_the_not_foun
 
 #[tokio::test]
 async fn demo_mode_is_labelled_on_every_page_the_not_found_page_included() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn_demo(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let (_radius, app, _dir) = demo_portal_with_one_server().await;
     let browser = app.browser(Ipv4Addr::new(127, 0, 8, 10));
     for (path, status) in [("/", 200), ("/o/acme/", 200), ("/no/such/page", 404)] {
-        let response = browser
-            .http
-            .get(format!("{}{path}", browser.base))
-            .header("accept", "text/html")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), status, "{path}");
-        let body = response.text().await.unwrap();
-        assert!(body.contains("DEMO MODE"), "{path}: {body}");
+        let page = browser.get(path).await;
+        assert_eq!(page.status, status, "{path}");
+        assert!(page.body.contains("DEMO MODE"), "{path}: {}", page.body);
     }
     assert_eq!(browser.login("carol", "carol-pass").await.path, "/session");
     assert!(browser.get("/session").await.body.contains("DEMO MODE"));

@@ -336,18 +336,12 @@ impl TestApp {
         Self::try_spawn(settings).await.expect("portal builds")
     }
 
-    /// [`TestApp::spawn`] labelled as demo mode (`radius-portal demo`'s pages).
-    pub async fn spawn_demo(settings: &Settings) -> TestApp {
-        Self::try_spawn_as(settings, true)
-            .await
-            .expect("portal builds")
-    }
-
     /// [`TestApp::spawn`], or why the portal did not build.
     pub async fn try_spawn(settings: &Settings) -> anyhow::Result<TestApp> {
         Self::try_spawn_as(settings, false).await
     }
 
+    /// [`TestApp::try_spawn`], labelled as demo mode (`radius-portal demo`'s pages) if `demo`.
     async fn try_spawn_as(settings: &Settings, demo: bool) -> anyhow::Result<TestApp> {
         // `PORTAL_TEST_LOG=debug` (a tracing filter): the portal's log, shown with a failure.
         if let Ok(filter) = std::env::var("PORTAL_TEST_LOG") {
@@ -499,6 +493,20 @@ impl Browser {
             .unwrap()
     }
 
+    /// Posts the form token of the page at `from` to `action` from this site (`Origin`) with
+    /// `accept`, without a Referer (a browser whose privacy settings strip it, or a script).
+    pub async fn post_token(&self, action: &str, from: &str, accept: &str) -> reqwest::Response {
+        let token = self.form_token(from).await;
+        self.http
+            .post(format!("{}{action}", self.base))
+            .header("accept", accept)
+            .header("origin", self.base.clone())
+            .form(&[("csrf", token.as_str())])
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// The form token in the page at `path` (hidden `csrf` input).
     pub async fn form_token(&self, path: &str) -> String {
         let page = self.get(path).await;
@@ -532,13 +540,22 @@ impl Browser {
 /// (`primary`, strict), on a fresh database (its directory lives as long as the guard).
 #[allow(dead_code)]
 pub async fn portal_with_one_server() -> (FreeRadius, TestApp, tempfile::TempDir) {
+    one_server_portal(false).await
+}
+
+/// [`portal_with_one_server`] labelled as demo mode.
+#[allow(dead_code)]
+pub async fn demo_portal_with_one_server() -> (FreeRadius, TestApp, tempfile::TempDir) {
+    one_server_portal(true).await
+}
+
+async fn one_server_portal(demo: bool) -> (FreeRadius, TestApp, tempfile::TempDir) {
     let radius = FreeRadius::start().await;
     let (dir, db) = temp_db();
-    let app = TestApp::spawn(&settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    ))
-    .await;
+    let config = settings(&db, vec![radius.server_settings("primary", true)]);
+    let app = TestApp::try_spawn_as(&config, demo)
+        .await
+        .expect("portal builds");
     (radius, app, dir)
 }
 
