@@ -69,13 +69,8 @@ pub async fn refresh(csrf: Option<String>) -> Result<SessionView, PortalError> {
     let view = service
         .refresh(&request, csrf.as_deref().unwrap_or_default())
         .await?;
-    let plain_form = request
-        .headers
-        .get(http::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/html"));
     // The island's call gets the new state and stays on its page.
-    if plain_form {
+    if crate::service::accepts_html(&request.headers) {
         leptos_axum::redirect(&format!("{}/session", view.base));
     }
     Ok(view)

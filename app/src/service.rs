@@ -44,6 +44,15 @@ pub trait PortalService: Send + Sync + 'static {
     async fn disconnect(&self, request: &Parts, form_token: &str) -> Result<String, PortalError>;
 }
 
+/// Whether the caller is a browser asking for a page (a plain form post or a page view), not a
+/// script or the island (which ask for JSON).
+pub fn accepts_html(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"))
+}
+
 /// The service as stored in Leptos context.
 #[derive(Clone)]
 pub struct Portal(pub Arc<dyn PortalService>);

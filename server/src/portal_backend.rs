@@ -21,7 +21,7 @@ use app::{
     service::{LoginInput, PortalService},
     validation,
 };
-use http::{header::ACCEPT, request::Parts, StatusCode};
+use http::{request::Parts, StatusCode};
 use std::{net::IpAddr, sync::Arc};
 use tower_sessions::Session;
 
@@ -282,12 +282,7 @@ pub fn status_of(error: &PortalError) -> StatusCode {
 }
 
 /// Whether the caller is a browser asking for a page (it is shown the error, with 200).
-pub fn accepts_html(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/html"))
-}
+pub use app::service::accepts_html;
 
 fn set_error_status(request: &Parts, error: &PortalError) {
     if accepts_html(&request.headers) {

@@ -259,19 +259,15 @@ impl Accounting {
         let now = now_ms();
         // A packet needs only what never changes in a session (ids, user, address, Class,
         // server): a record the caller holds serves as well as one read now.
-        let known = known.filter(|s| s.id == row.access_session_id);
-        let session = match known {
+        let session = match known.filter(|s| s.id == row.access_session_id) {
             Some(session) => session,
-            None => match self.storage.session(row.access_session_id).await? {
-                Some(session) => session,
-                None => {
-                    return Err(StorageError::Corrupt(format!(
-                        "outbox row {} has no session",
-                        row.id
-                    ))
-                    .into())
-                }
-            },
+            None => self
+                .storage
+                .session(row.access_session_id)
+                .await?
+                .ok_or_else(|| {
+                    StorageError::Corrupt(format!("outbox row {} has no session", row.id))
+                })?,
         };
         let acct_id = session.acct_session_id.as_str();
         let is_start = row.status_type == i64::from(status_type::START);

@@ -174,11 +174,7 @@ fn local_location(target: &str, hosts: &[&str]) -> Option<String> {
 }
 
 fn accepts_html(request: &Request) -> bool {
-    request
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/html"))
+    app::service::accepts_html(request.headers())
 }
 
 /// Moves a failed form post's error from the redirect URL into a signed flash

@@ -321,11 +321,7 @@ pub(crate) fn caller_error(
     kind: &str,
     message: &str,
 ) -> Response {
-    let html = headers
-        .get(axum::http::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/html"));
-    if html {
+    if app::service::accepts_html(headers) {
         (status, format!("{message}\n")).into_response()
     } else {
         (
