@@ -46,6 +46,9 @@ pub struct Config {
     pub first_address: Ipv4Addr,
     /// Processes whose CPU time is reported per journey: (label, pid).
     pub processes: Vec<(String, u32)>,
+    /// Instead of journeys, GET this path (after the prefix) over and over: each answered
+    /// request counts as a journey, so the report gives the cost of one page or endpoint.
+    pub only_get: Option<String>,
 }
 
 /// What happened.
@@ -309,6 +312,13 @@ impl VirtualUser {
     /// One journey; `Ok(login request time)`, or what went wrong.
     async fn journey(&mut self) -> Result<Duration, String> {
         let prefix = self.config.prefix.clone();
+        if let Some(path) = &self.config.only_get {
+            let started = Instant::now();
+            let path = format!("{prefix}{path}");
+            let page = self.request(Method::GET, &path, None).await?;
+            expect(&page, StatusCode::OK, &format!("GET {path}"))?;
+            return Ok(started.elapsed());
+        }
         let home = format!("{prefix}/");
         let page = self.request(Method::GET, &home, None).await?;
         expect(&page, StatusCode::OK, "GET /")?;

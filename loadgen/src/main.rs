@@ -33,6 +33,10 @@ struct Args {
     /// A process whose CPU is reported per journey: `label=pid` (repeatable).
     #[arg(long = "cpu", value_parser = label_pid)]
     processes: Vec<(String, u32)>,
+    /// Only GET this path (after the prefix) over and over, each answer counted as a journey:
+    /// the cost of one page or endpoint (`/`, `/healthz`).
+    #[arg(long)]
+    get: Option<String>,
     /// Exit with status 1 if any journey failed.
     #[arg(long)]
     strict: bool,
@@ -60,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
         password: args.password,
         first_address: args.first_address,
         processes: args.processes,
+        only_get: args.get,
     })
     .await?;
     println!("{report}");

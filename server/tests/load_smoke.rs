@@ -30,6 +30,7 @@ async fn journeys_under_load_all_succeed_and_every_start_gets_its_stop() {
         password: "load-pass".into(),
         first_address: Ipv4Addr::new(10, 100, 0, 1),
         processes: Vec::new(),
+        only_get: None,
     })
     .await
     .unwrap();
