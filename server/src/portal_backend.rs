@@ -106,7 +106,7 @@ impl PortalBackend {
             client_ip: s.client_ip.clone(),
             remaining_ms: (s.expires_at - now_ms()).max(0) as u64,
             ends_by,
-            ends_at_utc: utc_clock(s.expires_at),
+            ends_at_utc: utc_clock(s.expires_at, now_ms()),
             ends_at_ms: s.expires_at,
             reply_message: s.reply_message.clone(),
             window_secs: (s.window_ms / 1000) as u64,
@@ -244,14 +244,32 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// Longest refusal text shown, in bytes: a refused form post carries its error to the page in a
+/// signed cookie, which must stay under browsers' 4 KiB cookie limit however the server's text
+/// encodes ([`crate::http::flash::MAX_FLASH`] holds the encoded error, the text in it twice).
+pub const MAX_REFUSAL_BYTES: usize = 400;
+
+/// A server's refusal text cut to [`MAX_REFUSAL_BYTES`] (at a character's start), marked with
+/// "…" when cut.
+fn shortened(text: String) -> String {
+    if text.len() <= MAX_REFUSAL_BYTES {
+        return text;
+    }
+    let end = (0..=MAX_REFUSAL_BYTES)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{}…", text[..end].trim_end())
+}
+
 /// Maps lifecycle errors to what the user may see; logs the cause of internal ones.
 fn user_error(error: SessionError) -> PortalError {
     match error {
         SessionError::Rejected { reply_message } => PortalError::Rejected {
-            message: reply_message,
+            message: reply_message.map(shortened),
         },
         SessionError::ChallengeUnsupported { reply_message } => PortalError::Rejected {
-            message: Some(match reply_message {
+            message: Some(match reply_message.map(shortened) {
                 Some(m) => format!("{m} (this sign-in needs an extra step that this portal does not support; contact your network administrator)"),
                 None => "this sign-in needs an extra step (Access-Challenge) that this portal does not support; contact your network administrator".into(),
             }),
@@ -307,10 +325,38 @@ fn with_status<T>(request: &Parts, result: Result<T, PortalError>) -> Result<T, 
     result
 }
 
-/// `HH:MM:SS` of a Unix-ms time, UTC.
-fn utc_clock(unix_ms: i64) -> String {
-    let secs = (unix_ms / 1000).rem_euclid(86_400);
-    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+/// `HH:MM:SS` of a Unix-ms time, UTC, with the date in front (`YYYY-MM-DD HH:MM:SS`) when it is
+/// not on the same UTC day as `now_ms` (a server may grant days).
+fn utc_clock(unix_ms: i64, now_ms: i64) -> String {
+    const DAY_MS: i64 = 86_400_000;
+    let secs = unix_ms.rem_euclid(DAY_MS) / 1000;
+    let time = format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+    let day = unix_ms.div_euclid(DAY_MS);
+    if day == now_ms.div_euclid(DAY_MS) {
+        return time;
+    }
+    let (year, month, date) = civil_date(day);
+    format!("{year:04}-{month:02}-{date:02} {time}")
+}
+
+/// (year, month, day) of a count of days since 1970-01-01 (proleptic Gregorian calendar).
+fn civil_date(days: i64) -> (i64, i64, i64) {
+    // Days counted from 0000-03-01, so that a leap day ends its 400-year era's years.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let date = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, date)
 }
 
 #[async_trait::async_trait]
@@ -481,9 +527,48 @@ mod tests {
     }
 
     #[test]
-    fn utc_clock_formats_time_of_day() {
-        assert_eq!(utc_clock(0), "00:00:00");
-        assert_eq!(utc_clock((13 * 3600 + 5 * 60 + 9) * 1000 + 999), "13:05:09");
-        assert_eq!(utc_clock(86_400_000 + 61_000), "00:01:01");
+    fn a_refusal_of_any_length_fits_the_form_error_cookie() {
+        // The worst text for its length: every byte escaped in JSON, four-byte characters, and
+        // the Access-Challenge sentence appended.
+        for text in ["\"".repeat(2000), "😀".repeat(500), "ok".into()] {
+            for error in [
+                SessionError::Rejected {
+                    reply_message: Some(text.clone()),
+                },
+                SessionError::ChallengeUnsupported {
+                    reply_message: Some(text.clone()),
+                },
+            ] {
+                let shown = user_error(error);
+                let PortalError::Rejected { message: Some(m) } = &shown else {
+                    panic!("{shown:?}")
+                };
+                assert!(m.starts_with(text.chars().next().unwrap()), "{m}");
+                assert_eq!(text.len() > MAX_REFUSAL_BYTES, m.contains('…'), "{m}");
+                let wire = serde_json::to_vec(&shown).unwrap();
+                assert!(wire.len() <= crate::http::flash::MAX_FLASH, "{}", wire.len());
+            }
+        }
+    }
+
+    #[test]
+    fn utc_clock_formats_time_of_day_and_the_date_of_another_day() {
+        let day = 86_400_000;
+        assert_eq!(utc_clock(0, 0), "00:00:00");
+        assert_eq!(
+            utc_clock((13 * 3600 + 5 * 60 + 9) * 1000 + 999, 1000),
+            "13:05:09"
+        );
+        assert_eq!(utc_clock(day + 61_000, day), "00:01:01");
+        assert_eq!(utc_clock(day + 61_000, day - 1), "1970-01-02 00:01:01");
+        // 2024-02-29 (a leap day), 2000-03-01, and the largest Session-Timeout from 2026-12-01.
+        assert_eq!(utc_clock(1_709_164_800_000, 0), "2024-02-29 00:00:00");
+        assert_eq!(utc_clock(951_868_800_000, 0), "2000-03-01 00:00:00");
+        let now = 1_796_083_200_000;
+        assert_eq!(utc_clock(now, now), "00:00:00");
+        assert_eq!(
+            utc_clock(now + u32::MAX as i64 * 1000, now),
+            "2163-01-07 06:28:15"
+        );
     }
 }

@@ -151,6 +151,27 @@ async fn reject_shows_the_reply_message_and_opens_nothing() {
 }
 
 #[tokio::test]
+async fn a_long_refusal_is_shown_cut_to_fit() {
+    // Two Reply-Message attributes of ~220 bytes: more than a form error's cookie can carry
+    // twice, so the page shows the start of it, marked as cut.
+    let (_radius, app, _dir) = portal_with_one_server().await;
+
+    let page = app.browser(CLIENT).login("rita", "whatever").await;
+
+    assert_eq!(page.path, "/", "back on the login page");
+    assert!(
+        page.body
+            .contains("Sign-in refused: Your account is locked until the helpdesk unlocks it."),
+        "Reply-Message shown: {}",
+        page.body
+    );
+    assert!(page.body.contains("Call the helpdesk"), "second part joined");
+    assert!(page.body.contains('…'), "marked as cut: {}", page.body);
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn invalid_input_is_refused_with_the_field_named_and_nothing_is_sent() {
     let (radius, app, _dir) = portal_with_one_server().await;
     let browser = app.browser(CLIENT);

@@ -259,12 +259,17 @@ mod live {
     }
 }
 
-/// The end time in the browser's time zone (server epoch, browser formatting).
+/// The end time in the browser's time zone (server epoch, browser formatting), with its date
+/// when that is not today.
 fn local_time(unix_ms: i64) -> String {
     #[cfg(feature = "hydrate")]
     {
         let date = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(unix_ms as f64));
-        String::from(date.to_locale_time_string("default"))
+        if date.to_date_string() == js_sys::Date::new_0().to_date_string() {
+            String::from(date.to_locale_time_string("default"))
+        } else {
+            String::from(date.to_locale_string("default", &wasm_bindgen::JsValue::UNDEFINED))
+        }
     }
     #[cfg(not(feature = "hydrate"))]
     {

@@ -29,8 +29,9 @@ use base64::Engine;
 
 /// Query parameters Leptos uses for form errors.
 const ERROR_PARAMS: [&str; 2] = ["__err", "__path"];
-/// Longest error kept (our own errors are far shorter; a cookie must stay small).
-const MAX_FLASH: usize = 1024;
+/// Longest encoded error kept: a cookie holding it stays under browsers' 4 KiB limit (a server's
+/// refusal text is cut to `portal_backend::MAX_REFUSAL_BYTES` to fit).
+pub(crate) const MAX_FLASH: usize = 2048;
 /// Signing purpose of flash cookies.
 const DOMAIN: &[u8] = b"radius-portal form error\0";
 /// How long a flash cookie is shown after the failed post (also its Max-Age).
@@ -331,6 +332,22 @@ mod tests {
             "forged"
         );
         assert!(flash.open("garbage", "anon-1", now).is_none());
+    }
+
+    #[test]
+    fn the_largest_form_error_makes_a_cookie_browsers_keep() {
+        let flash = FlashState {
+            tokens: FormTokens::new([3; 32], true),
+            public_url: None,
+        };
+        let sealed = flash.seal(
+            "a".repeat(43).as_str(),
+            1_800_000_000,
+            "/api/disconnect",
+            &[b'x'; MAX_FLASH],
+        );
+        let cookie = flash.cookie(&sealed, FLASH_LIFETIME_SECS).unwrap();
+        assert!(cookie.len() < 4000, "{}", cookie.len());
     }
 
     #[test]

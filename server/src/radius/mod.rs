@@ -160,11 +160,16 @@ fn random_authenticator() -> [u8; 16] {
 }
 
 /// Every Reply-Message attribute, joined as bytes (a long text is split across attributes, a
-/// character may straddle two), then decoded; invalid UTF-8 is replaced, never an error.
+/// character may straddle two), then decoded; invalid UTF-8 is replaced, never an error. Control
+/// characters other than line breaks become spaces (a message is text for a person).
 fn reply_message(p: &Packet) -> Option<String> {
     let bytes: Vec<u8> = p.get_all(attr::REPLY_MESSAGE).concat();
-    let text = String::from_utf8_lossy(&bytes).trim().to_string();
-    (!text.is_empty()).then_some(text)
+    let text: String = String::from_utf8_lossy(&bytes)
+        .chars()
+        .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
+        .collect();
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_string())
 }
 
 fn push_nas_and_client(p: &mut Packet, nas: &NasIdentity, client_ip: IpAddr) {
@@ -574,6 +579,15 @@ mod tests {
         assert_eq!(grant.session_timeout, Some(30));
         assert_eq!(grant.idle_timeout, Some(20));
         assert_eq!(grant.reply_message.as_deref(), Some("Welcome, second part"));
+    }
+
+    #[test]
+    fn control_characters_in_a_reply_message_become_spaces() {
+        let grant = Grant::from_accept(&accept(&[(
+            attr::REPLY_MESSAGE,
+            b"\x01Line one\r\nline\ttwo\x00\x7f",
+        )]));
+        assert_eq!(grant.reply_message.as_deref(), Some("Line one \nline two"));
     }
 
     #[test]
