@@ -806,6 +806,20 @@ impl OrganizationSettings {
                 Duration::from_millis(100),
                 Duration::from_secs(60),
             )?;
+            if server.address.is_unspecified() {
+                return Err(config_error(
+                    format!("{server_key}.address"),
+                    format!("`{}` is not a server's address", server.address),
+                ));
+            }
+            for (field, port) in [("auth_port", server.auth_port), ("acct_port", server.acct_port)] {
+                if port == 0 {
+                    return Err(config_error(
+                        format!("{server_key}.{field}"),
+                        "must be a port number (1-65535)",
+                    ));
+                }
+            }
             if server.retries > 10 {
                 return Err(config_error(
                     format!("{server_key}.retries"),
@@ -1370,8 +1384,66 @@ impl Settings {
                 ));
             }
         }
+        const HOUR: u64 = 3600;
+        const DAY: u64 = 24 * HOUR;
+        for (key, value, low, high) in [
+            (
+                "radius.probe_interval",
+                self.radius.probe_interval,
+                Duration::from_millis(100),
+                Duration::from_secs(HOUR),
+            ),
+            (
+                "rate_limit.period",
+                self.rate_limit.period,
+                Duration::from_secs(1),
+                Duration::from_secs(DAY),
+            ),
+            (
+                "accounting.retention",
+                self.accounting.retention,
+                Duration::from_secs(HOUR),
+                Duration::from_secs(100 * 365 * DAY),
+            ),
+            (
+                "audit.retention",
+                self.audit.retention,
+                Duration::from_secs(HOUR),
+                Duration::from_secs(100 * 365 * DAY),
+            ),
+            (
+                "dynamic_authorization.event_timestamp_window",
+                self.dynamic_authorization.event_timestamp_window,
+                Duration::from_secs(1),
+                Duration::from_secs(DAY),
+            ),
+        ] {
+            in_range(key, Some(value), low, high)?;
+        }
+        for (key, value) in [
+            ("radius.breaker_failures", self.radius.breaker_failures),
+            ("rate_limit.login_per_ip", self.rate_limit.login_per_ip),
+            ("rate_limit.login_per_user", self.rate_limit.login_per_user),
+        ] {
+            if value == 0 {
+                return Err(config_error(key, "must be at least 1"));
+            }
+        }
+        if self.rate_limit.ipv6_prefix > 128 {
+            return Err(config_error(
+                "rate_limit.ipv6_prefix",
+                "must be a prefix length (0-128)",
+            ));
+        }
+        let mut clients = std::collections::HashSet::new();
         for (i, client) in self.dynamic_authorization.clients.iter().enumerate() {
             client.load_secret(&format!("dynamic_authorization.clients[{i}]"))?;
+            if !clients.insert(client.address) {
+                return Err(config_error(
+                    format!("dynamic_authorization.clients[{i}].address"),
+                    format!("{} is listed twice", client.address),
+                ));
+            }
         }
         if let (Some(_), Some(public)) = (&self.http.tls, &self.http.public_url) {
             if !public.is_https() {
@@ -1442,6 +1514,34 @@ mod tests {
             let settings = Settings::from_toml(&text).expect("parses");
             let e = settings.validate().expect_err(extra);
             assert!(e.key.ends_with(key), "{extra}: {e}");
+        }
+        for (section, key) in [
+            ("[radius]\nprobe_interval = \"0s\"\n", "radius.probe_interval"),
+            ("[radius]\nbreaker_failures = 0\n", "radius.breaker_failures"),
+            ("[rate_limit]\nperiod = \"0s\"\n", "rate_limit.period"),
+            ("[rate_limit]\nlogin_per_ip = 0\n", "rate_limit.login_per_ip"),
+            ("[rate_limit]\nlogin_per_user = 0\n", "rate_limit.login_per_user"),
+            ("[rate_limit]\nipv6_prefix = 129\n", "rate_limit.ipv6_prefix"),
+            ("[accounting]\nretention = \"0s\"\n", "accounting.retention"),
+            ("[audit]\nretention = \"300000000y\"\n", "audit.retention"),
+            (
+                "[dynamic_authorization]\nevent_timestamp_window = \"0s\"\n",
+                "dynamic_authorization.event_timestamp_window",
+            ),
+        ] {
+            let text = format!("{section}{MINIMAL}");
+            let settings = Settings::from_toml(&text).expect("parses");
+            let e = settings.validate().expect_err(section);
+            assert_eq!(e.key, key, "{section}: {e}");
+        }
+        for (from, to, key) in [
+            ("10.0.0.1", "0.0.0.0", "servers[0].address"),
+            ("secret = ", "auth_port = 0\nsecret = ", "servers[0].auth_port"),
+        ] {
+            let text = MINIMAL.replacen(from, to, 1);
+            let settings = Settings::from_toml(&text).expect("parses");
+            let e = settings.validate().expect_err(to);
+            assert!(e.key.ends_with(key), "{to}: {e}");
         }
         let text = MINIMAL.replace(
             "name = \"Acme\"\n",

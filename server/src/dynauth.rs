@@ -88,12 +88,36 @@ pub struct DynAuthListener {
     require_event_timestamp: bool,
 }
 
+/// The listener's socket, bound before anything is stored at start-up (a port in use then
+/// changes nothing); [`DynAuthSocket::serving`] makes it a listener.
+pub struct DynAuthSocket {
+    socket: UdpSocket,
+    clients: HashMap<IpAddr, Client>,
+    event_timestamp_window: Duration,
+    require_event_timestamp: bool,
+}
+
+impl DynAuthSocket {
+    /// The listener acting on `sessions`.
+    pub fn serving(self, sessions: AccessSessions) -> DynAuthListener {
+        DynAuthListener {
+            socket: Arc::new(self.socket),
+            clients: Arc::new(self.clients),
+            sessions,
+            recent: Arc::default(),
+            stats: Arc::default(),
+            in_progress: Arc::new(tokio::sync::Semaphore::new(MAX_IN_PROGRESS)),
+            event_timestamp_window: self.event_timestamp_window,
+            require_event_timestamp: self.require_event_timestamp,
+        }
+    }
+}
+
 impl DynAuthListener {
-    /// Binds the listener (None when no client is configured: nothing listens).
+    /// Binds the listener's socket (None when no client is configured: nothing listens).
     pub async fn bind(
         settings: &DynamicAuthorizationSettings,
-        sessions: AccessSessions,
-    ) -> Result<Option<DynAuthListener>, anyhow::Error> {
+    ) -> Result<Option<DynAuthSocket>, anyhow::Error> {
         if settings.clients.is_empty() {
             return Ok(None);
         }
@@ -124,13 +148,9 @@ impl DynAuthListener {
                 settings.listen
             )
         })?;
-        Ok(Some(DynAuthListener {
-            socket: Arc::new(socket),
-            clients: Arc::new(clients),
-            sessions,
-            recent: Arc::default(),
-            stats: Arc::default(),
-            in_progress: Arc::new(tokio::sync::Semaphore::new(MAX_IN_PROGRESS)),
+        Ok(Some(DynAuthSocket {
+            socket,
+            clients,
             event_timestamp_window: settings.event_timestamp_window,
             require_event_timestamp: settings.require_event_timestamp,
         }))

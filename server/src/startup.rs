@@ -125,6 +125,39 @@ impl Application {
                     settings.database.location()
                 )
             })?;
+        // Everything that can fail for reasons outside the database is bound or read before the
+        // configuration is stored: a start that fails changes nothing.
+        let tasks = TaskHealth::default();
+        let metrics = crate::metrics::Metrics::new();
+        let radius = Radius::bind(&settings.radius, tasks.clone())
+            .await
+            .context("while binding the RADIUS client socket")?
+            .with_metrics(metrics.clone());
+        let dynauth_socket = DynAuthListener::bind(&settings.dynamic_authorization).await?;
+        let addr = match settings.http.listen {
+            Some(addr) => addr,
+            None => leptos_options.site_addr,
+        };
+        warn_about_exposure(settings, addr);
+        // Read before binding: a missing, unreadable or mismatched pair stops start-up here.
+        let tls = match &settings.http.tls {
+            Some(files) => Some((
+                files.clone(),
+                crate::http::tls::CurrentConfig::new(crate::http::tls::load(files)?),
+            )),
+            None => None,
+        };
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("while binding the web listener to {addr}"))?;
+        let metrics_listener = match settings.metrics.listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("while binding the metrics listener to {addr}"))?,
+            ),
+            None => None,
+        };
         crate::organizations::seed(&storage, &settings.organizations)
             .await
             .context("while storing the configured organizations")?;
@@ -145,12 +178,6 @@ impl Application {
                 "accounting rows claimed by the previous run are sent again"
             );
         }
-        let tasks = TaskHealth::default();
-        let metrics = crate::metrics::Metrics::new();
-        let radius = Radius::bind(&settings.radius, tasks.clone())
-            .await
-            .context("while binding the RADIUS client socket")?
-            .with_metrics(metrics.clone());
         let accounting = Accounting::new(storage.clone(), radius.clone(), organizations.clone());
         let expiry_wake = crate::access_session::expiry::ExpiryWake::default();
         let events = SessionEvents::default();
@@ -192,8 +219,7 @@ impl Application {
             },
             public_url: settings.http.public_url.clone(),
         };
-        let dynauth =
-            DynAuthListener::bind(&settings.dynamic_authorization, sessions.clone()).await?;
+        let dynauth = dynauth_socket.map(|socket| socket.serving(sessions.clone()));
         if let Some(listener) = &dynauth {
             tracing::info!(addr = ?listener.local_addr(), "Dynamic Authorization (RFC 5176) listener bound");
         }
@@ -249,30 +275,6 @@ impl Application {
                 .readiness_requires_servers
                 .then(|| radius.health().clone()),
         });
-        let addr = match settings.http.listen {
-            Some(addr) => addr,
-            None => leptos_options.site_addr,
-        };
-        warn_about_exposure(settings, addr);
-        // Read before binding: a missing, unreadable or mismatched pair stops start-up here.
-        let tls = match &settings.http.tls {
-            Some(files) => Some((
-                files.clone(),
-                crate::http::tls::CurrentConfig::new(crate::http::tls::load(files)?),
-            )),
-            None => None,
-        };
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("while binding the web listener to {addr}"))?;
-        let metrics_listener = match settings.metrics.listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("while binding the metrics listener to {addr}"))?,
-            ),
-            None => None,
-        };
         Ok(Application {
             listener,
             metrics_listener,

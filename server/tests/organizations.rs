@@ -676,6 +676,89 @@ async fn start_up_applies_a_listed_disable_keeps_operator_state_and_disables_rem
     app.stop().await;
 }
 
+/// A configuration that would leave a session without its Stop is refused at start-up, naming
+/// the key, and nothing of it is stored: a server renamed away from under an open session, an
+/// organization removed together with the secret file its Stops need. Fixed, it starts.
+#[tokio::test]
+async fn start_up_refuses_a_configuration_that_would_strand_stops_and_stores_none_of_it() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (dir, db) = temp_db();
+    let secret_file = dir.path().join("beta.secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let both = || {
+        let mut both = two_organizations(&db, &a, &b);
+        both.organizations[1].servers[0].secret = None;
+        both.organizations[1].servers[0].secret_file = Some(secret_file.clone());
+        both
+    };
+    let app = TestApp::spawn(&both()).await;
+    let session = app
+        .sessions
+        .login("beta", "carol", "carol-pass", ip(50))
+        .await
+        .unwrap();
+    app.stop().await;
+    let before = |storage: &radius_portal::storage::Storage| {
+        let storage = storage.clone();
+        async move {
+            storage
+                .organizations()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|o| (o.id, o.active, o.revision))
+                .collect::<Vec<_>>()
+        }
+    };
+    let stored = {
+        let storage = radius_portal::storage::Storage::open(&db).await.unwrap();
+        before(&storage).await
+    };
+
+    // beta removed from the file, but the web port is taken: the start fails before anything
+    // is stored (beta not disabled, its session not stopped).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut only_acme = both();
+    only_acme.organizations.truncate(1);
+    only_acme.http.listen = Some(taken.local_addr().unwrap());
+    let error = format!("{:#}", TestApp::try_spawn(&only_acme).await.err().unwrap());
+    assert!(error.contains("web listener"), "{error}");
+    let storage = radius_portal::storage::Storage::open(&db).await.unwrap();
+    assert_eq!(before(&storage).await, stored, "nothing stored");
+    drop(storage);
+
+    // beta's server renamed (and acme changed too, listed first): refused, nothing stored.
+    let mut renamed = both();
+    renamed.organizations[0].name = "Acme Renamed".into();
+    renamed.organizations[1].servers[0].name = "b-new".into();
+    let error = format!("{:#}", TestApp::try_spawn(&renamed).await.err().unwrap());
+    assert!(error.contains("organizations[1].servers"), "{error}");
+    assert!(error.contains("`b-primary`"), "{error}");
+    let storage = radius_portal::storage::Storage::open(&db).await.unwrap();
+    assert_eq!(before(&storage).await, stored, "nothing stored");
+    drop(storage);
+
+    // beta removed from the file, and its secret file gone with it: its Stop could never go.
+    std::fs::remove_file(&secret_file).unwrap();
+    let mut only_acme = both();
+    only_acme.organizations.truncate(1);
+    let error = format!("{:#}", TestApp::try_spawn(&only_acme).await.err().unwrap());
+    assert!(error.contains("organization `beta`"), "{error}");
+    assert!(error.contains("beta.secret"), "{error}");
+    let storage = radius_portal::storage::Storage::open(&db).await.unwrap();
+    assert_eq!(before(&storage).await, stored, "beta not disabled");
+    drop(storage);
+
+    // The secret file back: beta is disabled and its session stopped.
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let app = TestApp::spawn(&only_acme).await;
+    let stop = b
+        .wait_for_acct(&["status=Stop", &format!("sid={}", session.acct_session_id)])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Admin-Reset");
+    app.stop().await;
+}
+
 /// An organization whose stored settings stop being buildable while it runs (here: its secret
 /// file is gone when a change makes the portal rebuild it) keeps working with its last good
 /// settings: its sessions' Stops are still delivered, never dead-lettered.

@@ -505,6 +505,12 @@ async fn a_server_without_status_server_comes_back_through_a_trial_request() {
         assert!(page.body.contains("cannot be reached"), "{}", page.body);
     }
     assert!(!app.radius.health().allows(relay), "the breaker opened");
+    // Still ready: only a login's trial can close this breaker, and a replica out of a load
+    // balancer's rotation would never get one.
+    let ready = reqwest::get(format!("http://{}/readyz", app.addr))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
 
     up.store(true, Ordering::SeqCst);
     let next = AtomicU8::new(10);

@@ -479,7 +479,13 @@ impl Readiness {
             .filter(|org| org.active)
             .flat_map(|org| org.servers.clone())
             .peekable();
-        servers.peek().is_some() && servers.all(|s| health.is_open(s.auth_addr))
+        // A server checked by request (`status_check = "request"`) closes its breaker only
+        // through a login's trial: a replica kept out of rotation would never see one.
+        servers.peek().is_some()
+            && servers.all(|s| {
+                s.status_check != crate::config::StatusCheck::Request
+                    && health.is_open(s.auth_addr)
+            })
     }
 }
 

@@ -273,14 +273,15 @@ fn build_stored(row: &StoredOrganization) -> Result<Organization, OrganizationEr
 }
 
 /// Seeds the store from the configuration: creates or updates every listed organization (and
-/// applies a listed `enabled`), logging what changed. Listed organizations are validated first
-/// (secrets resolved), so a broken entry stops start-up instead of being stored.
+/// applies a listed `enabled`), logging what changed. Nothing is written unless the whole
+/// configuration can be used ([`check_seed`]): a broken entry stops start-up instead of being
+/// stored.
 pub async fn seed(
     storage: &Storage,
     settings: &[OrganizationSettings],
 ) -> Result<(), OrganizationError> {
+    check_seed(storage, settings).await?;
     for (i, s) in settings.iter().enumerate() {
-        Organization::from_settings(&format!("organizations[{i}]"), s)?;
         let json = serde_json::to_string(s)
             .map_err(|e| OrganizationError::Corrupt(s.id.clone(), e.to_string()))?;
         let outcome = storage
@@ -318,6 +319,64 @@ pub async fn seed(
                 tracing::warn!(organization = %stored.id, "organization removed from the configuration: disabled, its open sessions are stopped");
             }
             storage.forget_config_position(&stored.id).await?;
+        }
+    }
+    Ok(())
+}
+
+/// What must hold before the configuration is stored, so that no session loses its Stop:
+/// every listed organization builds (secrets resolved); a server that goes away from a listed
+/// organization (removed or renamed) is not needed by a session — its accounting goes to it by
+/// name, as the admin API refuses the same change; an organization removed from the
+/// configuration while sessions still need its servers can still be built from what is stored
+/// (a `secret_file` that went with it would hold its Stops forever).
+async fn check_seed(
+    storage: &Storage,
+    settings: &[OrganizationSettings],
+) -> Result<(), OrganizationError> {
+    let conflict = |key: String, problem: String| OrganizationError::Config(ConfigError { key, problem });
+    let stored = storage.organizations().await?;
+    let server_names = |row: &StoredOrganization| -> Vec<String> {
+        row.settings
+            .as_deref()
+            .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok())
+            .and_then(|v| v.get("servers").and_then(|s| s.as_array()).cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| s.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+            .collect()
+    };
+    for (i, s) in settings.iter().enumerate() {
+        Organization::from_settings(&format!("organizations[{i}]"), s)?;
+        let Some(row) = stored.iter().find(|row| row.id == s.id) else {
+            continue;
+        };
+        for gone in server_names(row)
+            .iter()
+            .filter(|name| !s.servers.iter().any(|server| &server.name == *name))
+        {
+            let needing = storage.sessions_needing_server(&s.id, gone).await?;
+            if needing > 0 {
+                return Err(conflict(
+                    format!("organizations[{i}].servers"),
+                    format!("server `{gone}` is no longer listed but {needing} session(s) still need it (open, or with accounting not yet delivered; their accounting goes to it by name): list it until they have ended"),
+                ));
+            }
+        }
+    }
+    for row in stored.iter().filter(|row| !settings.iter().any(|s| s.id == row.id)) {
+        let Err(e) = build_stored(row) else {
+            continue;
+        };
+        let mut needing = 0;
+        for name in server_names(row) {
+            needing += storage.sessions_needing_server(&row.id, &name).await?;
+        }
+        if needing > 0 {
+            return Err(conflict(
+                "organizations".into(),
+                format!("organization `{}` is no longer listed and {needing} session(s) still need its servers for their Stops, but its stored settings cannot be used ({e}): restore what they need (a secret file?) until its sessions have been stopped", row.id),
+            ));
         }
     }
     Ok(())
