@@ -150,6 +150,35 @@ async fn reject_shows_the_reply_message_and_opens_nothing() {
     app.stop().await;
 }
 
+/// RFC 2865 §5.1: the User-Name of the Access-Accept (here the realm stripped) is the name of
+/// the session's accounting, Start to Stop, and of the session the page shows.
+#[tokio::test]
+async fn the_accepts_user_name_names_the_session_and_its_accounting() {
+    let (radius, app, _dir) = portal_with_one_server().await;
+    let browser = app.browser(CLIENT);
+
+    let page = browser.login("rw@example.org", "rw-pass").await;
+
+    assert_eq!(page.path, "/session", "{}", page.body);
+    let auth = radius.auth_lines();
+    assert!(
+        auth.iter().any(|l| l.contains("user=rw@example.org")),
+        "asked with the typed name: {auth:#?}"
+    );
+    let start = radius.wait_for_acct(&["status=Start", "user=rw "]).await;
+    let sid = field(&start, "sid");
+    browser.post_form("/api/disconnect", "/session", &[]).await;
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={sid}")])
+        .await;
+    assert_eq!(field(&stop, "user"), "rw");
+    assert!(
+        radius.acct_lines().iter().all(|l| !l.contains("example.org")),
+        "no Accounting-Request with the typed name"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_long_refusal_is_shown_cut_to_fit() {
     // Two Reply-Message attributes of ~220 bytes: more than a form error's cookie can carry

@@ -215,6 +215,17 @@ impl AccessSessions {
         );
         let started_at = now_ms();
         let limit_at = terms.limit_at(started_at);
+        // RFC 2865 §5.1: a User-Name in the Accept is the name of this session's accounting
+        // (a realm stripped, an identity normalised): the session is that user's from here on.
+        let username = match grant.user_name {
+            Some(named) if named != username => {
+                tracing::info!(organization = %org.id, typed = username, named = %named, %client_ip,
+                    "the server named the user in its Access-Accept: the session and its accounting use that name");
+                named
+            }
+            _ => username.to_string(),
+        };
+        let username = username.as_str();
         let new = NewAccessSession {
             acct_session_id: new_acct_session_id(),
             organization_id: org.id.clone(),

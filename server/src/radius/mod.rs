@@ -107,6 +107,10 @@ pub struct Grant {
     pub classes: Vec<Vec<u8>>,
     /// Reply-Message text for the user.
     pub reply_message: Option<String>,
+    /// The User-Name the Accept returned (RFC 2865 §5.1: the name the NAS uses in all of the
+    /// session's Accounting-Requests), when it is usable text: valid UTF-8 without control
+    /// characters.
+    pub user_name: Option<String>,
 }
 
 impl Grant {
@@ -119,6 +123,10 @@ impl Grant {
             interim_interval: accept.get_u32(attr::ACCT_INTERIM_INTERVAL),
             classes: accept.get_all(attr::CLASS),
             reply_message: reply_message(accept),
+            user_name: accept
+                .get(attr::USER_NAME)
+                .and_then(|name| String::from_utf8(name).ok())
+                .filter(|name| !name.is_empty() && !name.chars().any(char::is_control)),
         }
     }
 }
@@ -579,6 +587,18 @@ mod tests {
         assert_eq!(grant.session_timeout, Some(30));
         assert_eq!(grant.idle_timeout, Some(20));
         assert_eq!(grant.reply_message.as_deref(), Some("Welcome, second part"));
+    }
+
+    #[test]
+    fn the_accepts_user_name_is_kept_when_it_is_text() {
+        let named = |value: &[u8]| {
+            Grant::from_accept(&accept(&[(attr::USER_NAME, value)])).user_name
+        };
+        assert_eq!(named(b"rw").as_deref(), Some("rw"));
+        assert_eq!(named("jürgen".as_bytes()).as_deref(), Some("jürgen"));
+        assert_eq!(named(b"\xff\xfe"), None, "not UTF-8");
+        assert_eq!(named(b"a\x00b"), None, "a control character");
+        assert_eq!(Grant::from_accept(&accept(&[])).user_name, None);
     }
 
     #[test]
