@@ -179,6 +179,40 @@ async fn the_accepts_user_name_names_the_session_and_its_accounting() {
     app.stop().await;
 }
 
+/// An Access-Challenge (a second factor) is a final answer: the user is told this portal cannot
+/// do the extra step, with the server's message; the backup is not asked with the password.
+#[tokio::test]
+async fn an_access_challenge_is_final_and_says_so() {
+    let (primary, backup) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![
+            primary.server_settings("primary", true),
+            backup.server_settings("backup", true),
+        ],
+    ))
+    .await;
+
+    let page = app.browser(CLIENT).login("chris", "chris-pass").await;
+
+    assert_eq!(page.path, "/", "back on the login page");
+    assert!(
+        page.body
+            .contains("Sign-in refused: Enter the code we sent to your phone (this sign-in needs an extra step"),
+        "{}",
+        page.body
+    );
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
+    assert!(
+        backup.auth_lines().is_empty(),
+        "the backup was not asked: {:#?}",
+        backup.auth_lines()
+    );
+    assert!(primary.acct_lines().is_empty(), "no accounting");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_long_refusal_is_shown_cut_to_fit() {
     // Two Reply-Message attributes of ~220 bytes: more than a form error's cookie can carry
