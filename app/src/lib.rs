@@ -27,14 +27,38 @@ pub mod validation;
 
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, Title};
-use leptos_router::{
-    components::{Route, Router, Routes},
-    path, SsrMode,
-};
+
+/// The pages, by path (after any `/o/{slug}` prefix). They are only ever rendered on the server
+/// (the browser runs islands alone), so there is no client-side router: the server picks the
+/// page from the request's path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Page {
+    /// `/`: the sign-in form.
+    SignIn,
+    /// `/session`: the user's access session.
+    Session,
+    /// Any other path, and `/no-such-portal` (where `/o/{slug}/…` of an unknown organization
+    /// is sent): the not-found page (404).
+    NotFound,
+}
+
+impl Page {
+    /// The paths that are pages (the server routes each to the page renderer).
+    pub const PATHS: [&'static str; 3] = ["/", "/session", "/no-such-portal"];
+
+    /// The page at `path` (a query is ignored).
+    pub fn at(path: &str) -> Page {
+        match path.split_once('?').map_or(path, |(path, _)| path) {
+            "/" => Page::SignIn,
+            "/session" => Page::Session,
+            _ => Page::NotFound,
+        }
+    }
+}
 
 /// The HTML document around every page. Server-only: it sets the Content-Security-Policy with this
 /// request's nonce and makes the Leptos options available to pages that host an island.
-pub fn shell(options: LeptosOptions) -> impl IntoView {
+pub fn shell(options: LeptosOptions, page: Page) -> impl IntoView {
     #[cfg(feature = "ssr")]
     set_content_security_policy();
     provide_context(options.clone());
@@ -50,7 +74,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <leptos_meta::MetaTags />
             </head>
             <body class="min-h-screen bg-slate-100 text-slate-900 antialiased">
-                <App />
+                <App page />
             </body>
         </html>
     }
@@ -111,23 +135,18 @@ fn set_content_security_policy() {
     }
 }
 
-/// The router: every route is rendered on the server; `SsrMode::Async` so that pages are complete
-/// HTML without JavaScript.
+/// The page inside the document's `<main>`.
 #[component]
-pub fn App() -> impl IntoView {
+pub fn App(page: Page) -> impl IntoView {
     provide_meta_context();
+    let page = match page {
+        Page::SignIn => pages::login::LoginPage().into_any(),
+        Page::Session => pages::session::SessionPage().into_any(),
+        Page::NotFound => pages::not_found::NotFound().into_any(),
+    };
     view! {
         <Title text="Network access portal" />
-        <Router>
-            <main class="mx-auto max-w-md px-4 py-10">
-                <Routes fallback=pages::not_found::NotFound>
-                    <Route path=path!("/") view=pages::login::LoginPage ssr=SsrMode::Async />
-                    <Route path=path!("/session") view=pages::session::SessionPage ssr=SsrMode::Async />
-                    // Where the server sends `/o/{slug}/…` of an organization that does not exist.
-                    <Route path=path!("/no-such-portal") view=pages::not_found::NotFound ssr=SsrMode::Async />
-                </Routes>
-            </main>
-        </Router>
+        <main class="mx-auto max-w-md px-4 py-10">{page}</main>
     }
 }
 

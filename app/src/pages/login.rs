@@ -10,7 +10,6 @@ use crate::{
 };
 use leptos::{either::Either, prelude::*};
 use leptos_meta::Link;
-use leptos_router::components::A;
 
 /// The organization's help line and contact, as plain text.
 #[component]
@@ -72,7 +71,7 @@ pub fn LoginPage() -> impl IntoView {
             </ActionForm>
             <p class="mt-4 text-sm text-slate-600">
                 "Already signed in? "
-                <A href=format!("{base}/session") attr:class="brand-link text-blue-800 underline">"See your session"</A>
+                <a href=format!("{base}/session") class="brand-link text-blue-800 underline">"See your session"</a>
             </p>
             <Help help_text=branding.help_text.clone() contact=branding.contact.clone() />
         })

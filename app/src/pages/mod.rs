@@ -59,6 +59,19 @@ pub async fn load(
     }
 }
 
+/// How a page sends the browser elsewhere instead of rendering (the server provides it: a 302
+/// with `Location`).
+#[derive(Clone)]
+pub struct PageRedirect(pub std::sync::Arc<dyn Fn(&str) + Send + Sync>);
+
+/// Sends the browser to `path` instead of this page (nothing happens where no [`PageRedirect`]
+/// is provided).
+pub fn redirect(path: &str) {
+    if let Some(PageRedirect(to)) = leptos::prelude::use_context::<PageRedirect>() {
+        to(path);
+    }
+}
+
 /// The data [`load`] put on this request (empty if none).
 pub fn data() -> PageData {
     #[cfg(feature = "ssr")]

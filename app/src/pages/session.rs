@@ -7,7 +7,6 @@ use crate::{
     islands::session_panel::SessionPanel,
 };
 use leptos::prelude::*;
-use leptos_router::components::Redirect;
 
 /// The session page.
 #[component]
@@ -46,7 +45,8 @@ pub fn SessionPage() -> impl IntoView {
         .into_any(),
         Ok(None) => {
             let base = info.map(|i| i.base).unwrap_or_default();
-            view! { <Redirect path=format!("{base}/") /> }.into_any()
+            super::redirect(&format!("{base}/"));
+            ().into_any()
         }
         Err(e) => view! { <ErrorMessage error=Signal::stored(Some(e)) /> }.into_any(),
     }

@@ -27,7 +27,7 @@ use axum::{
     Router,
 };
 use leptos::prelude::*;
-use leptos_axum::{generate_route_list, handle_server_fns_with_context};
+use leptos_axum::handle_server_fns_with_context;
 use std::path::PathBuf;
 use tower_http::{
     compression::CompressionLayer, services::ServeDir, set_header::SetResponseHeaderLayer,
@@ -69,17 +69,6 @@ pub struct RouterParts {
     pub radius_health: Option<crate::radius::health::ServerHealth>,
 }
 
-/// The pages' routes, found once per process by rendering the app without data. Leptos marks
-/// that render with a process-wide flag, and a page whose data is first asked for while the
-/// flag is up waits forever (leptos_server's `SuppressResourceLoad`): so the routes are never
-/// found again once any router serves — not even by a second portal in the same process (the
-/// tests run many).
-fn route_list() -> Vec<leptos_axum::AxumRouteListing> {
-    static ROUTES: std::sync::OnceLock<Vec<leptos_axum::AxumRouteListing>> =
-        std::sync::OnceLock::new();
-    ROUTES.get_or_init(|| generate_route_list(app::App)).clone()
-}
-
 /// Builds the application router.
 pub fn router(parts: RouterParts) -> Router {
     let RouterParts {
@@ -99,7 +88,6 @@ pub fn router(parts: RouterParts) -> Router {
         metrics,
         radius_health,
     } = parts;
-    let route_list = route_list();
     let context = {
         let portal = portal.clone();
         move || provide_context(portal.clone())
@@ -169,11 +157,9 @@ pub fn router(parts: RouterParts) -> Router {
                 .unwrap_or(axum::routing::MethodFilter::POST);
             routes.route(path, axum::routing::on(method, server_fns.clone()))
         });
-    let routes = route_list
+    let routes = app::Page::PATHS
         .iter()
-        .fold(routes, |routes, listing| {
-            routes.route(listing.path(), page.clone())
-        })
+        .fold(routes, |routes, path| routes.route(path, page.clone()))
         .nest_service("/pkg", pkg)
         // A path that is neither a page nor a file: the not-found page.
         .fallback_service(

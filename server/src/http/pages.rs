@@ -5,11 +5,13 @@
 //! stream built for pages that wait on resources: it copies the request's head into the
 //! page's context, boxes a stream of chunks, waits for deferred data and answers with a
 //! chunked body. None of that serves a page with nothing to wait for, and at 64 users it was
-//! an eighth of the portal's CPU. This handler provides the same contexts (the request's head —
-//! moved, not copied — the response options, the request URL for the router, the meta
-//! context, a redirect hook, the CSP nonce, the portal service) and renders the same shell. A
-//! page's redirect is a 302 for every caller. A path that is neither a page nor a file is
-//! answered by the app's not-found page (404).
+//! an eighth of the portal's CPU. This handler provides the contexts the pages read (the
+//! request's head — moved, not copied — the response options, the meta context, a redirect
+//! hook, the CSP nonce, the portal service, a failed form post's error) and renders the shell
+//! around the page the path names (`app::Page`). There is no router: the pages are only ever
+//! rendered here, and Leptos's router, matching the path on every render, was a third of a
+//! page's cost. A page's redirect is a 302 for every caller. A path that is neither a page nor
+//! a file is answered by the app's not-found page (404).
 //!
 //! The page's reactive owner is cleaned up when the render ends; a request cancelled
 //! meanwhile drops the last reference to it, which cleans up the same way.
@@ -27,9 +29,9 @@ use leptos::{
     reactive::owner::Owner,
     tachys::view::RenderHtml,
 };
+use leptos::server::ServerActionError;
 use leptos_axum::ResponseOptions;
 use leptos_meta::ServerMetaContext;
-use leptos_router::{components::provide_server_redirect, location::RequestUrl};
 use std::sync::Arc;
 
 /// What every page render needs. Cheap to clone.
@@ -51,7 +53,7 @@ impl Pages {
     }
 }
 
-/// Renders the page at the request's path (the app's router picks it).
+/// Renders the page at the request's path.
 pub async fn render(State(pages): State<Pages>, request: Request) -> Response {
     let (head, _body) = request.into_parts();
     let path = head
@@ -63,36 +65,51 @@ pub async fn render(State(pages): State<Pages>, request: Request) -> Response {
 }
 
 /// Renders the not-found page (404), whatever the path: a path nothing else answered is never
-/// handed to the app's router, which would read `/x/../session` as `/session`.
+/// matched against the pages (`/x/../session` is not `/session`).
 pub async fn not_found(State(pages): State<Pages>, request: Request) -> Response {
     let (head, _body) = request.into_parts();
     render_at(&pages, head, super::org_scope::NO_SUCH_PORTAL).await
 }
 
-/// Renders the page at `path` for the request `head`.
+/// The failed form post this page shows, as `http::flash` put it in the query (`__err`, the
+/// encoded error, for the server fn at `__path`): what a form's `ServerAction` reads.
+fn form_error(query: &str) -> Option<ServerActionError> {
+    let (mut err, mut path) = (None, None);
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
+            "__err" => err = Some(value),
+            "__path" => path = Some(value),
+            _ => {}
+        }
+    }
+    Some(ServerActionError::new(&path?, &err?))
+}
+
+/// Renders the page at `path` (with its query) for the request `head`.
 async fn render_at(pages: &Pages, head: Parts, path: &str) -> Response {
-    // The router parses an absolute URL; only its path and query matter.
-    let url = format!("http://localhost{path}");
+    let page = app::Page::at(path);
+    let form_error = path.split_once('?').and_then(|(_, query)| form_error(query));
     let options = ResponseOptions::default();
     let (meta, meta_output) = ServerMetaContext::new();
     let owner = Owner::new_root(Some(Arc::new(hydration_context::SsrSharedContext::new())));
     let html = owner.with(|| {
-        provide_context(RequestUrl::new(&url));
+        if let Some(error) = form_error {
+            provide_context(error);
+        }
         provide_context(meta);
         provide_context(head);
         provide_context(options.clone());
-        // A page's redirect is a 302 whoever asks (leptos_axum's answers a script with 200
-        // and a header meant for server fn calls).
+        // A page's redirect is a 302 whoever asks.
         let redirect = options.clone();
-        provide_server_redirect(move |path| {
+        provide_context(app::pages::PageRedirect(Arc::new(move |path| {
             if let Ok(location) = HeaderValue::from_str(path) {
                 redirect.insert_header(header::LOCATION, location);
                 redirect.set_status(StatusCode::FOUND);
             }
-        });
+        })));
         leptos::nonce::provide_nonce();
         provide_context(pages.portal.clone());
-        app::shell(LeptosOptions::clone(&pages.options)).to_html()
+        app::shell(LeptosOptions::clone(&pages.options), page).to_html()
     });
     // The title and the `<head>` links the page registered go into the head.
     let html: String = meta_output
