@@ -29,7 +29,7 @@ use std::{
         atomic::{AtomicI64, AtomicUsize, Ordering},
         mpsc, Arc, Mutex,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// Writes committed together at most (a batch's latency grows with it).
@@ -50,11 +50,24 @@ const STALL_MS: i64 = 10_000;
 const MMAP_SIZE: i64 = 0;
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Writes between two WAL checkpoints (a write appends ~10-30 pages: about SQLite's default of
-/// a checkpoint per 1000 pages). The write connection never checkpoints on its own
+/// Writes between two WAL checkpoints (an unbatched write appends ~10-30 pages: about SQLite's
+/// default of a checkpoint per 1000 pages). The write connection never checkpoints on its own
 /// (`wal_autocheckpoint = 0`): a checkpoint copies pages into the database file and fsyncs it,
 /// and runs on the writer thread only — never on the caller's thread of a write committed there.
 const CHECKPOINT_EVERY: usize = 64;
+/// Under load, at most one checkpoint per this long: batched writes append only a page or two
+/// each, to the same hot pages, so 64 of them are a few dozen pages — and a checkpoint's two
+/// fsyncs cost the same however few pages it copies (a checkpoint per 64 writes was a fifth of
+/// the writer thread's CPU at 64 users, docs/BENCHMARKS.md). The WAL then holds at most what
+/// is written in this time.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+/// Writes after which a checkpoint is due however recent the last one (bounds the WAL).
+const CHECKPOINT_LIMIT: usize = 4096;
+
+/// Whether a checkpoint is due after `unchecked` writes, `since` the last one.
+fn checkpoint_due(unchecked: usize, since: Duration, interval: Duration) -> bool {
+    unchecked >= CHECKPOINT_LIMIT || (unchecked >= CHECKPOINT_EVERY && since >= interval)
+}
 
 /// Handle to the engine. Cheap to clone; the writer thread ends with the last handle.
 #[derive(Clone)]
@@ -83,6 +96,20 @@ struct WriteConn {
     synced: bool,
     /// Writes committed since the last checkpoint.
     unchecked: usize,
+    /// When the last checkpoint ran.
+    checkpointed_at: Instant,
+    /// [`CHECKPOINT_INTERVAL`] (shorter in tests).
+    checkpoint_interval: Duration,
+}
+
+impl WriteConn {
+    fn checkpoint_due(&self) -> bool {
+        checkpoint_due(
+            self.unchecked,
+            self.checkpointed_at.elapsed(),
+            self.checkpoint_interval,
+        )
+    }
 }
 
 /// A submitted write until it is answered or abandoned.
@@ -192,6 +219,8 @@ impl Engine {
             conn: writer,
             synced: true,
             unchecked: 0,
+            checkpointed_at: Instant::now(),
+            checkpoint_interval: CHECKPOINT_INTERVAL,
         }));
         let (jobs, queue) = mpsc::sync_channel::<Box<dyn WriteJob>>(MAX_QUEUED);
         let progress = Arc::new(Progress::default());
@@ -351,7 +380,7 @@ impl Engine {
         let conn = &mut *guard;
         // Checked again under the locks: a write queued meanwhile goes first. A checkpoint
         // due is the writer thread's to run: the write goes there.
-        if progress.queued.load(Ordering::SeqCst) != 0 || conn.unchecked >= CHECKPOINT_EVERY {
+        if progress.queued.load(Ordering::SeqCst) != 0 || conn.checkpoint_due() {
             return Err(job);
         }
         // Never wait here for another connection's write lock (a sqlx transaction finishing,
@@ -435,7 +464,7 @@ fn writer_loop(
         let outcome = {
             let mut conn = write_conn.lock().unwrap_or_else(|p| p.into_inner());
             let outcome = commit(&mut conn, &mut batch, false);
-            if conn.unchecked >= CHECKPOINT_EVERY {
+            if conn.checkpoint_due() {
                 checkpoint(&mut conn);
             }
             outcome
@@ -472,7 +501,10 @@ fn checkpoint(conn: &mut WriteConn) {
         .conn
         .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
     {
-        Ok(()) => conn.unchecked = 0,
+        Ok(()) => {
+            conn.unchecked = 0;
+            conn.checkpointed_at = Instant::now();
+        }
         Err(e) => {
             tracing::warn!(error = %e, "database checkpoint failed; retried after the next write")
         }
@@ -806,9 +838,26 @@ mod tests {
         assert_ne!(here.as_deref(), Some("sqlite-writer"));
     }
 
+    #[test]
+    fn checkpoints_wait_for_enough_writes_and_time_under_load_but_not_past_the_limit() {
+        let interval = CHECKPOINT_INTERVAL;
+        assert!(!checkpoint_due(CHECKPOINT_EVERY - 1, interval * 10, interval));
+        assert!(checkpoint_due(CHECKPOINT_EVERY, interval, interval));
+        assert!(!checkpoint_due(CHECKPOINT_EVERY, interval / 2, interval));
+        assert!(!checkpoint_due(CHECKPOINT_LIMIT - 1, interval / 2, interval));
+        assert!(checkpoint_due(CHECKPOINT_LIMIT, Duration::ZERO, interval));
+    }
+
     #[tokio::test]
     async fn writes_committed_on_the_callers_thread_still_get_checkpointed() {
         let (dir, engine) = engine().await;
+        // As when the writes come slower than the interval (here: 2000 of them at once).
+        engine
+            .inner
+            .write_conn
+            .lock()
+            .expect("write connection")
+            .checkpoint_interval = Duration::ZERO;
         for i in 0..2000 {
             engine
                 .write_relaxed_small(move |c| {
