@@ -26,7 +26,6 @@ pub mod service;
 pub mod validation;
 
 use leptos::prelude::*;
-use leptos_meta::{provide_meta_context, Title};
 
 /// The pages, by path (after any `/o/{slug}` prefix). They are only ever rendered on the server
 /// (the browser runs islands alone), so there is no client-side router: the server picks the
@@ -62,6 +61,12 @@ pub fn shell(options: LeptosOptions, page: Page) -> impl IntoView {
     #[cfg(feature = "ssr")]
     set_content_security_policy();
     provide_context(options.clone());
+    // The sign-in page wears the organization's accent colour.
+    let brand = (page == Page::SignIn)
+        .then(pages::site_info)
+        .flatten()
+        .filter(|info| info.branding.accent)
+        .map(|info| view! { <link rel="stylesheet" href=format!("{}/brand.css", info.base) /> });
     view! {
         <!DOCTYPE html>
         <html lang="en">
@@ -71,7 +76,8 @@ pub fn shell(options: LeptosOptions, page: Page) -> impl IntoView {
                 <link rel="icon" href="/favicon.svg" type="image/svg+xml" />
                 <link id="leptos" rel="stylesheet" href=stylesheet_href(&options) />
                 <AutoReload options=options />
-                <leptos_meta::MetaTags />
+                <title>"Network access portal"</title>
+                {brand}
             </head>
             <body class="min-h-screen bg-slate-100 text-slate-900 antialiased">
                 <App page />
@@ -138,16 +144,12 @@ fn set_content_security_policy() {
 /// The page inside the document's `<main>`.
 #[component]
 pub fn App(page: Page) -> impl IntoView {
-    provide_meta_context();
     let page = match page {
         Page::SignIn => pages::login::LoginPage().into_any(),
         Page::Session => pages::session::SessionPage().into_any(),
         Page::NotFound => pages::not_found::NotFound().into_any(),
     };
-    view! {
-        <Title text="Network access portal" />
-        <main class="mx-auto max-w-md px-4 py-10">{page}</main>
-    }
+    view! { <main class="mx-auto max-w-md px-4 py-10">{page}</main> }
 }
 
 /// WASM entry point: hydrates the islands on the page (nothing else runs in the browser).

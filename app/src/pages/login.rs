@@ -9,7 +9,6 @@ use crate::{
     components::{DemoBanner, ErrorMessage},
 };
 use leptos::{either::Either, prelude::*};
-use leptos_meta::Link;
 
 /// The organization's help line and contact, as plain text.
 #[component]
@@ -82,11 +81,6 @@ pub fn LoginPage() -> impl IntoView {
             </p>
         })
     };
-    let accent = branding.accent.then(|| {
-        view! {
-            <Link rel="stylesheet" href=format!("{base}/brand.css") />
-        }
-    });
     let logo = branding.logo.then(|| {
         view! {
             <img src=format!("{base}/logo") alt=format!("{organization} logo") data-testid="logo"
@@ -94,7 +88,6 @@ pub fn LoginPage() -> impl IntoView {
         }
     });
     view! {
-        {accent}
         <DemoBanner demo />
         <div class="brand-bar">
             {logo}

@@ -6,15 +6,16 @@
 //! page's context, boxes a stream of chunks, waits for deferred data and answers with a
 //! chunked body. None of that serves a page with nothing to wait for, and at 64 users it was
 //! an eighth of the portal's CPU. This handler provides the contexts the pages read (the
-//! request's head — moved, not copied — the response options, the meta context, a redirect
+//! request's head — moved, not copied — the response options, a redirect
 //! hook, the CSP nonce, the portal service, a failed form post's error) and renders the shell
 //! around the page the path names (`app::Page`). There is no router: the pages are only ever
 //! rendered here, and Leptos's router, matching the path on every render, was a third of a
 //! page's cost. A page's redirect is a 302 for every caller. A path that is neither a page nor
 //! a file is answered by the app's not-found page (404).
 //!
-//! The page's reactive owner is cleaned up when the render ends; a request cancelled
-//! meanwhile drops the last reference to it, which cleans up the same way.
+//! The shell writes the `<head>` itself (title, the organization's stylesheet): leptos_meta
+//! collected them during the render and then scanned and copied the whole page to insert them.
+//! The page's reactive owner is cleaned up when the render ends.
 
 use app::service::Portal;
 use axum::{
@@ -23,16 +24,17 @@ use axum::{
     http::{header, request::Parts, HeaderValue, StatusCode},
     response::Response,
 };
-use futures_util::StreamExt;
 use leptos::{
     prelude::{provide_context, LeptosOptions},
     reactive::owner::Owner,
-    tachys::view::RenderHtml,
+    tachys::view::{Position, RenderHtml},
 };
 use leptos::server::ServerActionError;
 use leptos_axum::ResponseOptions;
-use leptos_meta::ServerMetaContext;
 use std::sync::Arc;
+
+/// Bytes reserved for a page's HTML: more than the largest page (the session page, ~5 KB).
+const PAGE_CAPACITY: usize = 8 * 1024;
 
 /// What every page render needs. Cheap to clone.
 #[derive(Clone)]
@@ -44,7 +46,7 @@ pub struct Pages {
 impl Pages {
     /// The pages of `portal`, with Leptos's options.
     pub fn new(options: LeptosOptions, portal: Portal) -> Self {
-        // The meta context waits one tick of Leptos's executor before it reads the page.
+        // What anything Leptos spawns during a render would run on.
         let _ = any_spawner::Executor::init_tokio();
         Pages {
             options: Arc::new(options),
@@ -61,14 +63,14 @@ pub async fn render(State(pages): State<Pages>, request: Request) -> Response {
         .path_and_query()
         .map_or("/", |pq| pq.as_str())
         .to_string();
-    render_at(&pages, head, &path).await
+    render_at(&pages, head, &path)
 }
 
 /// Renders the not-found page (404), whatever the path: a path nothing else answered is never
 /// matched against the pages (`/x/../session` is not `/session`).
 pub async fn not_found(State(pages): State<Pages>, request: Request) -> Response {
     let (head, _body) = request.into_parts();
-    render_at(&pages, head, super::org_scope::NO_SUCH_PORTAL).await
+    render_at(&pages, head, super::org_scope::NO_SUCH_PORTAL)
 }
 
 /// The failed form post this page shows, as `http::flash` put it in the query (`__err`, the
@@ -86,17 +88,15 @@ fn form_error(query: &str) -> Option<ServerActionError> {
 }
 
 /// Renders the page at `path` (with its query) for the request `head`.
-async fn render_at(pages: &Pages, head: Parts, path: &str) -> Response {
+fn render_at(pages: &Pages, head: Parts, path: &str) -> Response {
     let page = app::Page::at(path);
     let form_error = path.split_once('?').and_then(|(_, query)| form_error(query));
     let options = ResponseOptions::default();
-    let (meta, meta_output) = ServerMetaContext::new();
     let owner = Owner::new_root(Some(Arc::new(hydration_context::SsrSharedContext::new())));
     let html = owner.with(|| {
         if let Some(error) = form_error {
             provide_context(error);
         }
-        provide_context(meta);
         provide_context(head);
         provide_context(options.clone());
         // A page's redirect is a 302 whoever asks.
@@ -109,14 +109,18 @@ async fn render_at(pages: &Pages, head: Parts, path: &str) -> Response {
         })));
         leptos::nonce::provide_nonce();
         provide_context(pages.portal.clone());
-        app::shell(LeptosOptions::clone(&pages.options), page).to_html()
+        // Into a buffer that holds any page (tachys's estimate of a page's length leaves out
+        // everything dynamic: the buffer would grow by copying several times).
+        let mut html = String::with_capacity(PAGE_CAPACITY);
+        app::shell(LeptosOptions::clone(&pages.options), page).to_html_with_buf(
+            &mut html,
+            &mut Position::FirstChild,
+            true,
+            false,
+            vec![],
+        );
+        html
     });
-    // The title and the `<head>` links the page registered go into the head.
-    let html: String = meta_output
-        .inject_meta_context(futures_util::stream::iter([html]))
-        .await
-        .collect()
-        .await;
     owner.unset_with_forced_cleanup();
 
     let mut response = Response::new(Body::from(html));
