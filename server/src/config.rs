@@ -812,7 +812,10 @@ impl OrganizationSettings {
                     format!("`{}` is not a server's address", server.address),
                 ));
             }
-            for (field, port) in [("auth_port", server.auth_port), ("acct_port", server.acct_port)] {
+            for (field, port) in [
+                ("auth_port", server.auth_port),
+                ("acct_port", server.acct_port),
+            ] {
                 if port == 0 {
                     return Err(config_error(
                         format!("{server_key}.{field}"),
@@ -1516,12 +1519,27 @@ mod tests {
             assert!(e.key.ends_with(key), "{extra}: {e}");
         }
         for (section, key) in [
-            ("[radius]\nprobe_interval = \"0s\"\n", "radius.probe_interval"),
-            ("[radius]\nbreaker_failures = 0\n", "radius.breaker_failures"),
+            (
+                "[radius]\nprobe_interval = \"0s\"\n",
+                "radius.probe_interval",
+            ),
+            (
+                "[radius]\nbreaker_failures = 0\n",
+                "radius.breaker_failures",
+            ),
             ("[rate_limit]\nperiod = \"0s\"\n", "rate_limit.period"),
-            ("[rate_limit]\nlogin_per_ip = 0\n", "rate_limit.login_per_ip"),
-            ("[rate_limit]\nlogin_per_user = 0\n", "rate_limit.login_per_user"),
-            ("[rate_limit]\nipv6_prefix = 129\n", "rate_limit.ipv6_prefix"),
+            (
+                "[rate_limit]\nlogin_per_ip = 0\n",
+                "rate_limit.login_per_ip",
+            ),
+            (
+                "[rate_limit]\nlogin_per_user = 0\n",
+                "rate_limit.login_per_user",
+            ),
+            (
+                "[rate_limit]\nipv6_prefix = 129\n",
+                "rate_limit.ipv6_prefix",
+            ),
             ("[accounting]\nretention = \"0s\"\n", "accounting.retention"),
             ("[audit]\nretention = \"300000000y\"\n", "audit.retention"),
             (
@@ -1536,7 +1554,11 @@ mod tests {
         }
         for (from, to, key) in [
             ("10.0.0.1", "0.0.0.0", "servers[0].address"),
-            ("secret = ", "auth_port = 0\nsecret = ", "servers[0].auth_port"),
+            (
+                "secret = ",
+                "auth_port = 0\nsecret = ",
+                "servers[0].auth_port",
+            ),
         ] {
             let text = MINIMAL.replacen(from, to, 1);
             let settings = Settings::from_toml(&text).expect("parses");

@@ -546,7 +546,11 @@ mod tests {
                 assert!(m.starts_with(text.chars().next().unwrap()), "{m}");
                 assert_eq!(text.len() > MAX_REFUSAL_BYTES, m.contains('…'), "{m}");
                 let wire = serde_json::to_vec(&shown).unwrap();
-                assert!(wire.len() <= crate::http::flash::MAX_FLASH, "{}", wire.len());
+                assert!(
+                    wire.len() <= crate::http::flash::MAX_FLASH,
+                    "{}",
+                    wire.len()
+                );
             }
         }
     }

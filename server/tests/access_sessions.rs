@@ -173,7 +173,10 @@ async fn the_accepts_user_name_names_the_session_and_its_accounting() {
         .await;
     assert_eq!(field(&stop, "user"), "rw");
     assert!(
-        radius.acct_lines().iter().all(|l| !l.contains("example.org")),
+        radius
+            .acct_lines()
+            .iter()
+            .all(|l| !l.contains("example.org")),
         "no Accounting-Request with the typed name"
     );
     app.stop().await;
@@ -228,7 +231,10 @@ async fn a_long_refusal_is_shown_cut_to_fit() {
         "Reply-Message shown: {}",
         page.body
     );
-    assert!(page.body.contains("Call the helpdesk"), "second part joined");
+    assert!(
+        page.body.contains("Call the helpdesk"),
+        "second part joined"
+    );
     assert!(page.body.contains('…'), "marked as cut: {}", page.body);
     assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
     app.stop().await;

@@ -24,12 +24,12 @@ use axum::{
     http::{header, request::Parts, HeaderValue, StatusCode},
     response::Response,
 };
+use leptos::server::ServerActionError;
 use leptos::{
     prelude::{provide_context, LeptosOptions},
     reactive::owner::Owner,
     tachys::view::{Position, RenderHtml},
 };
-use leptos::server::ServerActionError;
 use leptos_axum::ResponseOptions;
 use std::sync::Arc;
 
@@ -90,7 +90,9 @@ fn form_error(query: &str) -> Option<ServerActionError> {
 /// Renders the page at `path` (with its query) for the request `head`.
 fn render_at(pages: &Pages, head: Parts, path: &str) -> Response {
     let page = app::Page::at(path);
-    let form_error = path.split_once('?').and_then(|(_, query)| form_error(query));
+    let form_error = path
+        .split_once('?')
+        .and_then(|(_, query)| form_error(query));
     let options = ResponseOptions::default();
     let owner = Owner::new_root(Some(Arc::new(hydration_context::SsrSharedContext::new())));
     let html = owner.with(|| {

@@ -334,7 +334,8 @@ async fn check_seed(
     storage: &Storage,
     settings: &[OrganizationSettings],
 ) -> Result<(), OrganizationError> {
-    let conflict = |key: String, problem: String| OrganizationError::Config(ConfigError { key, problem });
+    let conflict =
+        |key: String, problem: String| OrganizationError::Config(ConfigError { key, problem });
     let stored = storage.organizations().await?;
     let server_names = |row: &StoredOrganization| -> Vec<String> {
         row.settings
@@ -364,7 +365,10 @@ async fn check_seed(
             }
         }
     }
-    for row in stored.iter().filter(|row| !settings.iter().any(|s| s.id == row.id)) {
+    for row in stored
+        .iter()
+        .filter(|row| !settings.iter().any(|s| s.id == row.id))
+    {
         let Err(e) = build_stored(row) else {
             continue;
         };

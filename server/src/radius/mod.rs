@@ -591,9 +591,8 @@ mod tests {
 
     #[test]
     fn the_accepts_user_name_is_kept_when_it_is_text() {
-        let named = |value: &[u8]| {
-            Grant::from_accept(&accept(&[(attr::USER_NAME, value)])).user_name
-        };
+        let named =
+            |value: &[u8]| Grant::from_accept(&accept(&[(attr::USER_NAME, value)])).user_name;
         assert_eq!(named(b"rw").as_deref(), Some("rw"));
         assert_eq!(named("jürgen".as_bytes()).as_deref(), Some("jürgen"));
         assert_eq!(named(b"\xff\xfe"), None, "not UTF-8");

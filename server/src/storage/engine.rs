@@ -841,10 +841,18 @@ mod tests {
     #[test]
     fn checkpoints_wait_for_enough_writes_and_time_under_load_but_not_past_the_limit() {
         let interval = CHECKPOINT_INTERVAL;
-        assert!(!checkpoint_due(CHECKPOINT_EVERY - 1, interval * 10, interval));
+        assert!(!checkpoint_due(
+            CHECKPOINT_EVERY - 1,
+            interval * 10,
+            interval
+        ));
         assert!(checkpoint_due(CHECKPOINT_EVERY, interval, interval));
         assert!(!checkpoint_due(CHECKPOINT_EVERY, interval / 2, interval));
-        assert!(!checkpoint_due(CHECKPOINT_LIMIT - 1, interval / 2, interval));
+        assert!(!checkpoint_due(
+            CHECKPOINT_LIMIT - 1,
+            interval / 2,
+            interval
+        ));
         assert!(checkpoint_due(CHECKPOINT_LIMIT, Duration::ZERO, interval));
     }
 
