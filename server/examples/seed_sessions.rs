@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
             expires_at,
             interim_interval: None,
             start_claimed_until: None,
+            typed_username: None,
         };
         writes.spawn(async move {
             let opened = storage.open_session(&new).await;

@@ -281,6 +281,7 @@ async fn a_row_that_cannot_be_encoded_is_dead_lettered_and_does_not_block_others
             expires_at: now + 3_600_000,
             interim_interval: None,
             start_claimed_until: None,
+            typed_username: None,
         })
         .await
         .unwrap()

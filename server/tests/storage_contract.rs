@@ -85,6 +85,7 @@ fn login(ip: &str, at: i64, window_ms: i64) -> NewAccessSession {
         expires_at: at + window_ms,
         interim_interval: None,
         start_claimed_until: None,
+        typed_username: None,
     }
 }
 

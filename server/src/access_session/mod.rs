@@ -217,13 +217,14 @@ impl AccessSessions {
         let limit_at = terms.limit_at(started_at);
         // RFC 2865 §5.1: a User-Name in the Accept is the name of this session's accounting
         // (a realm stripped, an identity normalised): the session is that user's from here on.
-        let username = match grant.user_name {
-            Some(named) if named != username => {
-                tracing::info!(organization = %org.id, typed = username, named = %named, %client_ip,
+        let typed = username;
+        let (username, typed_username) = match grant.user_name {
+            Some(named) if named != typed => {
+                tracing::info!(organization = %org.id, typed, named = %named, %client_ip,
                     "the server named the user in its Access-Accept: the session and its accounting use that name");
-                named
+                (named, Some(typed.to_string()))
             }
-            _ => username.to_string(),
+            _ => (typed.to_string(), None),
         };
         let username = username.as_str();
         let new = NewAccessSession {
@@ -245,6 +246,7 @@ impl AccessSessions {
                 .map(|secs| i64::from(secs).max(org.min_interim_interval.as_secs() as i64)),
             // This request sends the Start itself (below), so it is queued already claimed.
             start_claimed_until: Some(started_at + crate::accounting::CLAIM_LEASE_MS),
+            typed_username,
         };
         let opened = match self.storage.open_session(&new).await {
             Err(StorageError::OrganizationDisabled) => {

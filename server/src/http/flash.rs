@@ -11,9 +11,10 @@
 //!   nobody can plant a message of theirs in someone else's browser), and the redirect keeps only the Referer's path
 //!   on this site (never another host, never the error; without a Referer — where Leptos would
 //!   drop the error — the organization's sign-in page);
-//! - every request has `__err`/`__path` removed from its URL, so a crafted link shows nothing;
-//!   on a page view (a GET accepting HTML) a valid flash cookie is taken (shown once: the
-//!   answer clears it) and handed to the page renderer on the request's inner URI only.
+//! - on a page view (a GET accepting HTML) a valid flash cookie is taken (shown once: the
+//!   answer clears it) and handed to the page renderer as a request extension ([`FormError`]);
+//!   the pages read a form error from nothing else, so a crafted link shows nothing (its
+//!   `__err`/`__path` are removed from the URL all the same).
 
 use super::{
     form_token::{AnonId, FormTokens},
@@ -50,6 +51,17 @@ fn visitor(request: &Request) -> String {
         .get::<AnonId>()
         .map(|a| a.0.clone())
         .unwrap_or_default()
+}
+
+/// The failed form post a page shows: the server fn's path and its error, encoded as Leptos
+/// reads it. Only this middleware puts it on a request, from a flash cookie it signed for
+/// this visitor — never from the URL.
+#[derive(Clone, Debug)]
+pub struct FormError {
+    /// The server fn's path (`/api/login`).
+    pub path: String,
+    /// The encoded error.
+    pub err: String,
 }
 
 /// What the flash middleware needs.
@@ -256,12 +268,10 @@ where
     let pending = cookie
         .as_deref()
         .and_then(|value| flash.open(value, &visitor, unix_now()));
-    if crafted || pending.is_some() {
-        let mut kept = split_query(query);
-        if let Some((path, err)) = pending {
-            kept.push(("__path".into(), path));
-            kept.push(("__err".into(), err));
-        }
+    if crafted {
+        // Nothing reads the error parameters from the URL (the page reads `FormError`); they
+        // are dropped all the same, so no handler below ever sees them.
+        let kept = split_query(query);
         let path = request.uri().path();
         let rewritten = if kept.is_empty() {
             path.to_string()
@@ -271,6 +281,9 @@ where
         if let Ok(uri) = rewritten.parse::<Uri>() {
             *request.uri_mut() = uri;
         }
+    }
+    if let Some((path, err)) = pending {
+        request.extensions_mut().insert(FormError { path, err });
     }
     let mut response = next(request).await;
     // Shown once: the page that showed it (or ignored a forged one) clears the cookie.

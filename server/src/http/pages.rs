@@ -73,26 +73,14 @@ pub async fn not_found(State(pages): State<Pages>, request: Request) -> Response
     render_at(&pages, head, super::org_scope::NO_SUCH_PORTAL)
 }
 
-/// The failed form post this page shows, as `http::flash` put it in the query (`__err`, the
-/// encoded error, for the server fn at `__path`): what a form's `ServerAction` reads.
-fn form_error(query: &str) -> Option<ServerActionError> {
-    let (mut err, mut path) = (None, None);
-    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-        match key.as_ref() {
-            "__err" => err = Some(value),
-            "__path" => path = Some(value),
-            _ => {}
-        }
-    }
-    Some(ServerActionError::new(&path?, &err?))
-}
-
 /// Renders the page at `path` (with its query) for the request `head`.
 fn render_at(pages: &Pages, head: Parts, path: &str) -> Response {
     let page = app::Page::at(path);
-    let form_error = path
-        .split_once('?')
-        .and_then(|(_, query)| form_error(query));
+    // The failed form post this page shows, from the flash cookie (`http::flash`).
+    let form_error = head
+        .extensions
+        .get::<super::flash::FormError>()
+        .map(|e| ServerActionError::new(&e.path, &e.err));
     let options = ResponseOptions::default();
     let owner = Owner::new_root(Some(Arc::new(hydration_context::SsrSharedContext::new())));
     let html = owner.with(|| {

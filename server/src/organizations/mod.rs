@@ -365,11 +365,15 @@ async fn check_seed(
             }
         }
     }
+    // Removed from the file now (this start disables them and queues their Stops): what a Stop
+    // needs of the stored settings, each server's secret, must still be there. (Organizations
+    // created through the CLI or the API, or removed at an earlier start, are not touched by
+    // this start: one that cannot be built fails closed, see `Organizations::refresh`.)
     for row in stored
         .iter()
-        .filter(|row| !settings.iter().any(|s| s.id == row.id))
+        .filter(|row| row.from_config && !settings.iter().any(|s| s.id == row.id))
     {
-        let Err(e) = build_stored(row) else {
+        let Err(e) = stop_secrets(row) else {
             continue;
         };
         let mut needing = 0;
@@ -379,9 +383,20 @@ async fn check_seed(
         if needing > 0 {
             return Err(conflict(
                 "organizations".into(),
-                format!("organization `{}` is no longer listed and {needing} session(s) still need its servers for their Stops, but its stored settings cannot be used ({e}): restore what they need (a secret file?) until its sessions have been stopped", row.id),
+                format!("organization `{}` is no longer listed and {needing} session(s) still need its servers for their Stops, but a server's secret cannot be read ({e}): restore it until its sessions have been stopped", row.id),
             ));
         }
+    }
+    Ok(())
+}
+
+/// Whether each server's secret of a stored organization can be read (what its Stops need).
+fn stop_secrets(row: &StoredOrganization) -> Result<(), OrganizationError> {
+    let json = row.settings.as_deref().unwrap_or("{}");
+    let settings: OrganizationSettings = serde_json::from_str(json)
+        .map_err(|e| OrganizationError::Corrupt(row.id.clone(), e.to_string()))?;
+    for (j, server) in settings.servers.iter().enumerate() {
+        server.load_secret(&format!("organizations.{}.servers[{j}]", row.id))?;
     }
     Ok(())
 }

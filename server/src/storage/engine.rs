@@ -452,7 +452,30 @@ fn writer_loop(
     progress: &Progress,
     gate: &tokio::sync::Mutex<()>,
 ) {
-    while let Ok(first) = queue.recv() {
+    loop {
+        // Writes left unchecked when the load stopped get their checkpoint once the writer has
+        // been idle for an interval (the WAL does not stay large until the next write).
+        let pending = write_conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unchecked
+            > 0;
+        let first = if pending {
+            match queue.recv_timeout(CHECKPOINT_INTERVAL) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _gate = gate.blocking_lock();
+                    checkpoint(&mut write_conn.lock().unwrap_or_else(|p| p.into_inner()));
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match queue.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            }
+        };
         let gate = gate.blocking_lock();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -854,6 +877,33 @@ mod tests {
             interval
         ));
         assert!(checkpoint_due(CHECKPOINT_LIMIT, Duration::ZERO, interval));
+    }
+
+    #[tokio::test]
+    async fn an_idle_writer_checkpoints_what_the_last_writes_left() {
+        let (_dir, engine) = engine().await;
+        for i in 0..10 {
+            engine
+                .write_relaxed_small(move |c| {
+                    Ok(c.execute("INSERT INTO t (v) VALUES (?)", [format!("v{i}")])?)
+                })
+                .await
+                .expect("write");
+        }
+        let unchecked = || {
+            engine
+                .inner
+                .write_conn
+                .lock()
+                .expect("write connection")
+                .unchecked
+        };
+        assert!(unchecked() > 0, "fewer writes than a checkpoint needs");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while unchecked() > 0 {
+            assert!(std::time::Instant::now() < deadline, "never checkpointed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]

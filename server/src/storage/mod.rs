@@ -414,6 +414,9 @@ pub struct NewAccessSession {
     /// The caller sends the Start itself: it is queued already claimed until then (no second
     /// write to claim it). None: the delivery loop sends it.
     pub start_claimed_until: Option<i64>,
+    /// The name the user typed, when the Access-Accept named the user otherwise (`username`
+    /// is then the server's name): for the audit entry only.
+    pub typed_username: Option<String>,
 }
 
 impl NewAccessSession {

@@ -145,17 +145,21 @@ pub struct Audit<'a> {
 impl Audit<'_> {
     /// The entry of an accepted login, written with its session (both backends).
     pub(crate) fn login_accepted(new: &super::NewAccessSession) -> Audit<'_> {
+        let mut detail = serde_json::json!({
+            "username": new.username,
+            "client_ip": new.client_ip,
+            "acct_session_id": new.acct_session_id,
+            "server": new.server_name,
+        });
+        if let Some(typed) = &new.typed_username {
+            detail["typed_username"] = typed.as_str().into();
+        }
         Audit {
             at: new.started_at,
             actor: "user",
             action: "login.accepted",
             organization_id: Some(&new.organization_id),
-            detail: serde_json::json!({
-                "username": new.username,
-                "client_ip": new.client_ip,
-                "acct_session_id": new.acct_session_id,
-                "server": new.server_name,
-            }),
+            detail,
         }
     }
 }
