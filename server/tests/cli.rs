@@ -119,6 +119,45 @@ async fn radius_test_with_a_username_sends_an_access_request() {
     );
 }
 
+/// A server that answers without Message-Authenticator (FreeRADIUS 3.2.1 as Debian ships it)
+/// while the portal requires one: `radius test` says so and what to set, instead of "no answer".
+#[tokio::test]
+async fn radius_test_names_a_missing_message_authenticator() {
+    let radius = FreeRadius::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portal.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[radius]\nbind = \"127.0.0.1\"\n[[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
+             [[organizations.servers]]\nname = \"stock\"\naddress = \"127.0.0.1\"\n\
+             auth_port = {}\nacct_port = {}\nsecret = \"{SECRET}\"\ntimeout = \"300ms\"\nretries = 0\n",
+            radius.auth_port, radius.acct_port
+        ),
+    )
+    .unwrap();
+
+    let output = portal(&[
+        "--config",
+        path.to_str().unwrap(),
+        "radius",
+        "test",
+        "--username",
+        "alice",
+    ])
+    .env("PORTAL_TEST_PASSWORD", "alice-pass")
+    .output()
+    .unwrap();
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("answered without a Message-Authenticator"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"learn\" or false"), "{stdout}");
+}
+
 #[test]
 fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
     let dir = tempfile::tempdir().unwrap();

@@ -59,6 +59,8 @@ struct Pending {
     expect: Option<Expectation>,
     /// Taken by the first verified reply; later duplicates find it empty and are dropped.
     reply: Option<oneshot::Sender<Reply>>,
+    /// An authentic reply came but was dropped for lacking the Message-Authenticator.
+    unsigned_reply: bool,
 }
 
 /// (socket index within its family, server, Identifier).
@@ -239,10 +241,15 @@ impl RadiusClient {
                 Err(_) => {} // timed out: retransmit
             }
         }
-        Err(if sent {
-            RadiusError::Timeout
-        } else {
-            RadiusError::NotSent
+        let unsigned = self
+            .lock()
+            .waiters
+            .get(&key)
+            .is_some_and(|pending| pending.unsigned_reply);
+        Err(match (sent, unsigned) {
+            (true, true) => RadiusError::UnsignedReply,
+            (true, false) => RadiusError::Timeout,
+            (false, _) => RadiusError::NotSent,
         })
     }
 
@@ -276,6 +283,7 @@ impl RadiusClient {
                         Pending {
                             expect: None,
                             reply: Some(tx),
+                            unsigned_reply: false,
                         },
                     );
                     let socket = if v6 {
@@ -407,10 +415,21 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
                 None => tracing::debug!(%from, id, "duplicate reply dropped"),
             }
         }
-        Err(Dropped::MissingMessageAuthenticator) => drop_it(
-            &"no Message-Authenticator although the server must send one",
-            false,
-        ),
+        Err(Dropped::MissingMessageAuthenticator) => {
+            if let Some(pending) = shared
+                .inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .waiters
+                .get_mut(&key)
+            {
+                pending.unsigned_reply = true;
+            }
+            drop_it(
+                &"no Message-Authenticator although the server must send one",
+                false,
+            )
+        }
         Err(why) => drop_it(&why, true),
     }
 }

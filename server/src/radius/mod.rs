@@ -33,6 +33,11 @@ pub enum RadiusError {
     /// No verified reply before the deadline: try the next server, or report servers unavailable.
     #[error("no reply from the RADIUS server in time")]
     Timeout,
+    /// Only replies without the Message-Authenticator this server must send (they were
+    /// dropped) before the deadline: a timeout for failover and the breaker, named so that the
+    /// operator learns why.
+    #[error("the RADIUS server answered without a Message-Authenticator, which `require_message_authenticator` demands (servers that cannot send one, e.g. FreeRADIUS before 3.2.5, need \"learn\" or false)")]
+    UnsignedReply,
     /// Socket error: try the next server.
     #[error("RADIUS socket error")]
     Io(#[source] std::io::Error),
@@ -294,7 +299,7 @@ impl Radius {
         let result = self.client.exchange(exchange, build).await;
         let outcome = match &result {
             Ok(_) => "answered",
-            Err(RadiusError::Timeout) => "timeout",
+            Err(RadiusError::Timeout | RadiusError::UnsignedReply) => "timeout",
             Err(_) => "error",
         };
         let port_name = match port {
@@ -307,7 +312,7 @@ impl Radius {
             Ok(reply) => self
                 .health
                 .record_success(destination, reply.has_message_authenticator),
-            Err(RadiusError::Timeout | RadiusError::Io(_)) => {
+            Err(RadiusError::Timeout | RadiusError::UnsignedReply | RadiusError::Io(_)) => {
                 self.health.record_failure(server, port)
             }
             Err(_) => {}
