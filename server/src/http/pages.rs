@@ -9,8 +9,8 @@
 //! request's head — moved, not copied — the response options, a redirect
 //! hook, the CSP nonce, the portal service, a failed form post's error) and renders the shell
 //! around the page the path names (`app::Page`). There is no router: the pages are only ever
-//! rendered here, and Leptos's router, matching the path on every render, was a third of a
-//! page's cost. A page's redirect is a 302 for every caller. A path that is neither a page nor
+//! rendered here, and Leptos's router, matching the path on every render, was over half of a
+//! page render. A page's redirect is a 302 for every caller. A path that is neither a page nor
 //! a file is answered by the app's not-found page (404).
 //!
 //! The shell writes the `<head>` itself (title, the organization's stylesheet): leptos_meta

@@ -328,8 +328,8 @@ pub async fn seed(
 /// every listed organization builds (secrets resolved); a server that goes away from a listed
 /// organization (removed or renamed) is not needed by a session — its accounting goes to it by
 /// name, as the admin API refuses the same change; an organization removed from the
-/// configuration while sessions still need its servers can still be built from what is stored
-/// (a `secret_file` that went with it would hold its Stops forever).
+/// configuration while sessions still need its servers still has its servers' secrets (a
+/// `secret_file` that went with it would hold its Stops forever).
 async fn check_seed(
     storage: &Storage,
     settings: &[OrganizationSettings],
