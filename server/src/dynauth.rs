@@ -98,22 +98,6 @@ pub struct DynAuthSocket {
 }
 
 impl DynAuthSocket {
-    /// The listener acting on `sessions`.
-    pub fn serving(self, sessions: AccessSessions) -> DynAuthListener {
-        DynAuthListener {
-            socket: Arc::new(self.socket),
-            clients: Arc::new(self.clients),
-            sessions,
-            recent: Arc::default(),
-            stats: Arc::default(),
-            in_progress: Arc::new(tokio::sync::Semaphore::new(MAX_IN_PROGRESS)),
-            event_timestamp_window: self.event_timestamp_window,
-            require_event_timestamp: self.require_event_timestamp,
-        }
-    }
-}
-
-impl DynAuthListener {
     /// Binds the listener's socket (None when no client is configured: nothing listens).
     pub async fn bind(
         settings: &DynamicAuthorizationSettings,
@@ -156,6 +140,22 @@ impl DynAuthListener {
         }))
     }
 
+    /// The listener acting on `sessions`.
+    pub fn serving(self, sessions: AccessSessions) -> DynAuthListener {
+        DynAuthListener {
+            socket: Arc::new(self.socket),
+            clients: Arc::new(self.clients),
+            sessions,
+            recent: Arc::default(),
+            stats: Arc::default(),
+            in_progress: Arc::new(tokio::sync::Semaphore::new(MAX_IN_PROGRESS)),
+            event_timestamp_window: self.event_timestamp_window,
+            require_event_timestamp: self.require_event_timestamp,
+        }
+    }
+}
+
+impl DynAuthListener {
     /// The bound address.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.socket.local_addr().ok()

@@ -6,7 +6,7 @@ use crate::{
     access_session::{events::SessionEvents, expiry::Expiry, now_ms, AccessSessions},
     accounting::Accounting,
     config::Settings,
-    dynauth::DynAuthListener,
+    dynauth::{DynAuthListener, DynAuthSocket},
     http::{router, RouterParts},
     organizations::{worker::OrganizationWorker, Organizations},
     portal_backend::PortalBackend,
@@ -133,7 +133,7 @@ impl Application {
             .await
             .context("while binding the RADIUS client socket")?
             .with_metrics(metrics.clone());
-        let dynauth_socket = DynAuthListener::bind(&settings.dynamic_authorization).await?;
+        let dynauth_socket = DynAuthSocket::bind(&settings.dynamic_authorization).await?;
         let addr = match settings.http.listen {
             Some(addr) => addr,
             None => leptos_options.site_addr,

@@ -698,22 +698,19 @@ async fn start_up_refuses_a_configuration_that_would_strand_stops_and_stores_non
         .await
         .unwrap();
     app.stop().await;
-    let before = |storage: &radius_portal::storage::Storage| {
-        let storage = storage.clone();
-        async move {
-            storage
-                .organizations()
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|o| (o.id, o.active, o.revision))
-                .collect::<Vec<_>>()
-        }
+    // Each organization's id, state and revision as stored (read while no portal runs).
+    let stored_now = || async {
+        radius_portal::storage::Storage::open(&db)
+            .await
+            .unwrap()
+            .organizations()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| (o.id, o.active, o.revision))
+            .collect::<Vec<_>>()
     };
-    let stored = {
-        let storage = radius_portal::storage::Storage::open(&db).await.unwrap();
-        before(&storage).await
-    };
+    let stored = stored_now().await;
 
     // beta removed from the file, but the web port is taken: the start fails before anything
     // is stored (beta not disabled, its session not stopped).
@@ -723,9 +720,7 @@ async fn start_up_refuses_a_configuration_that_would_strand_stops_and_stores_non
     only_acme.http.listen = Some(taken.local_addr().unwrap());
     let error = format!("{:#}", TestApp::try_spawn(&only_acme).await.err().unwrap());
     assert!(error.contains("web listener"), "{error}");
-    let storage = radius_portal::storage::Storage::open(&db).await.unwrap();
-    assert_eq!(before(&storage).await, stored, "nothing stored");
-    drop(storage);
+    assert_eq!(stored_now().await, stored, "nothing stored");
 
     // beta's server renamed (and acme changed too, listed first): refused, nothing stored.
     let mut renamed = both();
@@ -734,9 +729,7 @@ async fn start_up_refuses_a_configuration_that_would_strand_stops_and_stores_non
     let error = format!("{:#}", TestApp::try_spawn(&renamed).await.err().unwrap());
     assert!(error.contains("organizations[1].servers"), "{error}");
     assert!(error.contains("`b-primary`"), "{error}");
-    let storage = radius_portal::storage::Storage::open(&db).await.unwrap();
-    assert_eq!(before(&storage).await, stored, "nothing stored");
-    drop(storage);
+    assert_eq!(stored_now().await, stored, "nothing stored");
 
     // beta removed from the file, and its secret file gone with it: its Stop could never go.
     std::fs::remove_file(&secret_file).unwrap();
@@ -745,9 +738,7 @@ async fn start_up_refuses_a_configuration_that_would_strand_stops_and_stores_non
     let error = format!("{:#}", TestApp::try_spawn(&only_acme).await.err().unwrap());
     assert!(error.contains("organization `beta`"), "{error}");
     assert!(error.contains("beta.secret"), "{error}");
-    let storage = radius_portal::storage::Storage::open(&db).await.unwrap();
-    assert_eq!(before(&storage).await, stored, "beta not disabled");
-    drop(storage);
+    assert_eq!(stored_now().await, stored, "beta not disabled");
 
     // The secret file back: beta is disabled and its session stopped.
     std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();

@@ -655,6 +655,18 @@ mod tests {
             .expect("small write")
     }
 
+    /// `n` small relaxed writes, one after the other.
+    async fn insert_many(engine: &Engine, n: usize) {
+        for i in 0..n {
+            engine
+                .write_relaxed_small(move |c| {
+                    Ok(c.execute("INSERT INTO t (v) VALUES (?)", [format!("v{i}")])?)
+                })
+                .await
+                .expect("write");
+        }
+    }
+
     /// Holds the writer inside a write (of 'slow') until the returned sender is used.
     async fn hold_writer(
         engine: &Engine,
@@ -882,14 +894,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_writer_checkpoints_what_the_last_writes_left() {
         let (_dir, engine) = engine().await;
-        for i in 0..10 {
-            engine
-                .write_relaxed_small(move |c| {
-                    Ok(c.execute("INSERT INTO t (v) VALUES (?)", [format!("v{i}")])?)
-                })
-                .await
-                .expect("write");
-        }
+        insert_many(&engine, 10).await;
         let unchecked = || {
             engine
                 .inner
@@ -916,14 +921,7 @@ mod tests {
             .lock()
             .expect("write connection")
             .checkpoint_interval = Duration::ZERO;
-        for i in 0..2000 {
-            engine
-                .write_relaxed_small(move |c| {
-                    Ok(c.execute("INSERT INTO t (v) VALUES (?)", [format!("v{i}")])?)
-                })
-                .await
-                .expect("write");
-        }
+        insert_many(&engine, 2000).await;
         assert_eq!(count(&engine), 2000);
         // Without checkpoints the WAL would hold every page written: ~2000 × 2 pages × 4 KiB.
         let wal = std::fs::metadata(dir.path().join("engine.db-wal"))
