@@ -207,10 +207,10 @@ impl Accounting {
 
     /// Sends a row the caller claimed (a user's Stop) right away in the background, not at the
     /// delivery loop's next pass. If it is not delivered, the loop takes it from there.
-    pub fn send_claimed(&self, row: OutboxRow) {
+    pub fn send_claimed(&self, row: OutboxRow, session: AccessSessionRecord) {
         let this = self.clone();
         self.claimed.spawn(async move {
-            match this.deliver(row, None, None).await {
+            match this.deliver(row, None, Some(session)).await {
                 Ok(Delivery::Delivered) => {}
                 Ok(_) => this.wake(),
                 Err(e) => {

@@ -475,8 +475,9 @@ pub enum StopOutcome {
     NotActive,
     /// Stopped; its Stop waits behind earlier rows for the delivery loop.
     Queued,
-    /// Stopped; its Stop is claimed for the caller.
-    Claimed(OutboxRow),
+    /// Stopped; its Stop is claimed for the caller, with the session as the stop left it (read
+    /// in the same transaction, so the delivery needs no read of its own).
+    Claimed(OutboxRow, Box<AccessSessionRecord>),
 }
 
 /// A change announced by another process on the same database (PostgreSQL's NOTIFY, after its

@@ -815,13 +815,18 @@ impl SessionStore for PgStore {
             return Ok(StopOutcome::NotActive);
         }
         let claimed =
-            claim_session_in(&mut tx, id, status_type::STOP, event_at, lease_until).await?;
+            match claim_session_in(&mut tx, id, status_type::STOP, event_at, lease_until).await? {
+                Some(stop) => {
+                    let session = session_by_id(&mut tx, id).await?.ok_or_else(|| {
+                        StorageError::Corrupt(format!("session {id} vanished while it stopped"))
+                    })?;
+                    StopOutcome::Claimed(stop, Box::new(session))
+                }
+                None => StopOutcome::Queued,
+            };
         notify(&mut tx, &self.origin, &[Notice::Session(id)]).await?;
         tx.commit().await?;
-        Ok(match claimed {
-            Some(stop) => StopOutcome::Claimed(stop),
-            None => StopOutcome::Queued,
-        })
+        Ok(claimed)
     }
 
     async fn release_outbox_claims(&self) -> Result<u64, StorageError> {

@@ -307,7 +307,7 @@ impl OrgBackend for SqliteStore {
                         actor: &actor,
                         action: &action,
                         organization_id: organization_id.as_deref(),
-                        detail,
+                        detail: detail.clone(),
                     },
                 )
             })
@@ -601,12 +601,14 @@ impl SessionStore for SqliteStore {
                 if !stop_in(c, id, cause, event_at, None)? {
                     return Ok(StopOutcome::NotActive);
                 }
-                Ok(
-                    match claim_session_in(c, id, status_type::STOP, event_at, lease_until)? {
-                        Some(stop) => StopOutcome::Claimed(stop),
-                        None => StopOutcome::Queued,
-                    },
-                )
+                let Some(stop) = claim_session_in(c, id, status_type::STOP, event_at, lease_until)?
+                else {
+                    return Ok(StopOutcome::Queued);
+                };
+                let session = session_by_id(c, id)?.ok_or_else(|| {
+                    StorageError::Corrupt(format!("session {id} vanished while it stopped"))
+                })?;
+                Ok(StopOutcome::Claimed(stop, Box::new(session)))
             })
             .await
     }

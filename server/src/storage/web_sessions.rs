@@ -171,15 +171,16 @@ impl SessionStore for WebSessionStore {
             );
             let inserted = match &self.backend {
                 WebBackend::Sqlite(engine, cache) => {
-                    let (cached, kept, undo) =
-                        (cache.clone(), record.clone(), cache.undo(record.id));
+                    let (cached, mut kept, undo) =
+                        (cache.clone(), Some(record.clone()), cache.undo(record.id));
                     engine
                         .write_relaxed_small_or(
                             move |c| {
                                 let inserted = c
                                     .prepare_cached(INSERT_NEW)?
                                     .execute(rusqlite::params![id, data, expiry])?;
-                                if inserted == 1 {
+                                // Once: a second run of the write finds it there.
+                                if let Some(kept) = kept.take().filter(|_| inserted == 1) {
                                     cached.put(kept);
                                 }
                                 Ok(inserted)
@@ -213,13 +214,17 @@ impl SessionStore for WebSessionStore {
         );
         match &self.backend {
             WebBackend::Sqlite(engine, cache) => {
-                let (cached, kept, undo) = (cache.clone(), record.clone(), cache.undo(record.id));
+                let (cached, mut kept, undo) =
+                    (cache.clone(), Some(record.clone()), cache.undo(record.id));
                 engine
                     .write_relaxed_small_or(
                         move |c| {
                             c.prepare_cached(UPSERT)?
                                 .execute(rusqlite::params![id, data, expiry])?;
-                            cached.put(kept);
+                            // Once: a second run of the write finds it there.
+                            if let Some(kept) = kept.take() {
+                                cached.put(kept);
+                            }
                             Ok(())
                         },
                         undo,
@@ -271,7 +276,7 @@ impl SessionStore for WebSessionStore {
                 let (cached, gone) = (cache.clone(), *session_id);
                 let deleted = engine
                     .write_relaxed_small(move |c| {
-                        c.prepare_cached(DELETE)?.execute([id])?;
+                        c.prepare_cached(DELETE)?.execute([&id])?;
                         cached.forget(&gone);
                         Ok(())
                     })
