@@ -166,7 +166,9 @@ impl Accounting {
                 .claim_session_outbox(session_id, status_type, now, now + CLAIM_LEASE_MS)
                 .await?
             {
-                return Ok(self.deliver(row, Some(deadline), None).await? == Delivery::Delivered);
+                return Ok(
+                    self.deliver(row, Some(deadline), None, false).await? == Delivery::Delivered
+                );
             }
             // Someone else holds the claim (the background loop): wait for its outcome.
             if self
@@ -185,14 +187,19 @@ impl Accounting {
 
     /// Delivers a row the caller already holds the claim of (the Start a login queued
     /// claimed), of `session` as the caller stored it. True once acknowledged before
-    /// `deadline`.
+    /// `deadline`. The write that stored it found the organization active (in the same
+    /// transaction), which stands for the guard's check of the Start: a disable committed
+    /// after it stops the session, and its Stop follows this Start.
     pub async fn deliver_claimed(
         &self,
         row: OutboxRow,
         session: AccessSessionRecord,
         deadline: Instant,
     ) -> Result<bool, OutboxError> {
-        Ok(self.deliver(row, Some(deadline), Some(session)).await? == Delivery::Delivered)
+        Ok(self
+            .deliver(row, Some(deadline), Some(session), true)
+            .await?
+            == Delivery::Delivered)
     }
 
     /// Runs `work` as a task that a graceful shutdown waits for (like the loop's deliveries):
@@ -210,7 +217,7 @@ impl Accounting {
     pub fn send_claimed(&self, row: OutboxRow, session: AccessSessionRecord) {
         let this = self.clone();
         self.claimed.spawn(async move {
-            match this.deliver(row, None, Some(session)).await {
+            match this.deliver(row, None, Some(session), false).await {
                 Ok(Delivery::Delivered) => {}
                 Ok(_) => this.wake(),
                 Err(e) => {
@@ -255,6 +262,7 @@ impl Accounting {
         row: OutboxRow,
         deadline: Option<Instant>,
         known: Option<AccessSessionRecord>,
+        org_checked: bool,
     ) -> Result<Delivery, OutboxError> {
         let now = now_ms();
         // A packet needs only what never changes in a session (ids, user, address, Class,
@@ -273,9 +281,12 @@ impl Accounting {
         let is_start = row.status_type == i64::from(status_type::START);
         let org = self.organizations.get(&session.organization_id);
         if is_start {
-            if !self
-                .start_allowed(&session.organization_id, org.is_some())
-                .await?
+            // `org_checked`: the Start was stored just now by a write that found the
+            // organization active (see `deliver_claimed`).
+            if !(org_checked && org.is_some())
+                && !self
+                    .start_allowed(&session.organization_id, org.is_some())
+                    .await?
             {
                 return self
                     .dead_letter(&row, acct_id, "cancelled: organization disabled".into())
@@ -459,7 +470,7 @@ impl Accounting {
                 for row in rows {
                     if in_flight_ids.insert(row.id) {
                         let this = self.clone();
-                        in_flight.spawn(async move { this.deliver(row, None, None).await });
+                        in_flight.spawn(async move { this.deliver(row, None, None, false).await });
                     }
                 }
                 if in_flight.is_empty() && self.claimed.is_empty() {
@@ -529,7 +540,7 @@ impl Accounting {
                             let done = done_tx.clone();
                             in_flight.spawn(async move {
                                 let id = row.id;
-                                let outcome = this.deliver(row, None, None).await;
+                                let outcome = this.deliver(row, None, None, false).await;
                                 let _ = done.send(id);
                                 outcome
                             });

@@ -123,52 +123,77 @@ pub fn router(parts: RouterParts) -> Router {
 
     let pages = pages::Pages::new(leptos_options, portal.clone());
     let page = get(pages::render).with_state(pages.clone());
-    let routes = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(readyz).with_state(Readiness {
-                storage,
-                tasks,
-                organizations: organizations.clone(),
-                radius_health,
-            }),
-        )
-        .route(
-            captive::PATH,
-            get(captive::captive_state).with_state(captive),
-        )
-        .route(live::PATH, get(live::session_events).with_state(live))
-        .route(
-            branding::CSS_PATH,
-            get(branding::stylesheet).with_state(organizations.clone()),
-        )
-        .route(
-            branding::LOGO_PATH,
-            get(branding::logo).with_state(organizations.clone()),
-        )
+    let mut labels = RouteLabels::default();
+    let mut routes = Router::new();
+    let mut route = |path: &str, method_router: axum::routing::MethodRouter| {
+        labels.exact.insert(path.to_string());
+        routes = std::mem::take(&mut routes).route(path, method_router);
+    };
+    route("/healthz", get(|| async { "ok" }));
+    route(
+        "/readyz",
+        get(readyz).with_state(Readiness {
+            storage,
+            tasks,
+            organizations: organizations.clone(),
+            radius_health,
+        }),
+    );
+    route(
+        captive::PATH,
+        get(captive::captive_state).with_state(captive),
+    );
+    route(live::PATH, get(live::session_events).with_state(live));
+    route(
+        branding::CSS_PATH,
+        get(branding::stylesheet).with_state(organizations.clone()),
+    );
+    route(
+        branding::LOGO_PATH,
+        get(branding::logo).with_state(organizations.clone()),
+    );
+    // One route per server fn, so that each has its own label in the metrics.
+    for (path, method) in leptos::server_fn::axum::server_fn_paths() {
+        let method = axum::routing::MethodFilter::try_from(method)
+            .unwrap_or(axum::routing::MethodFilter::POST);
+        route(path, axum::routing::on(method, server_fns.clone()));
+    }
+    for path in app::Page::PATHS {
+        route(path, page.clone());
+    }
+    labels.prefixes = vec![
+        ("/pkg", "/pkg"),
+        (admin::PREFIX, admin::PREFIX),
+        ("/api", UNKNOWN_SERVER_FN),
+    ];
+    let routes = routes
         // Unknown server fns too: they get a server fn's error answer.
-        .route("/api/{*fn_name}", post(server_fns.clone()))
-        .nest_service(admin::PREFIX, admin::routes(admin));
-    // One route per server fn, so that the metrics count each under its own path.
-    let routes =
-        leptos::server_fn::axum::server_fn_paths().fold(routes, |routes, (path, method)| {
-            let method = axum::routing::MethodFilter::try_from(method)
-                .unwrap_or(axum::routing::MethodFilter::POST);
-            routes.route(path, axum::routing::on(method, server_fns.clone()))
-        });
-    let routes = app::Page::PATHS
-        .iter()
-        .fold(routes, |routes, path| routes.route(path, page.clone()))
+        .route(UNKNOWN_SERVER_FN, post(server_fns.clone()))
+        .nest_service(admin::PREFIX, admin::routes(admin))
         .nest_service("/pkg", pkg)
         // A path that is neither a page nor a file: the not-found page.
         .fallback_service(
             ServeDir::new(site_root)
                 .not_found_service(axum::handler::Handler::with_state(pages::not_found, pages)),
-        )
-        // The layers every request passes, as three functions: each layer costs every request
-        // a copy of the service below it and a boxed future (ten layers were a sixth of the
-        // portal's CPU per journey).
+        );
+    // The layers every request passes wrap the routes once, outside them: a layer added to a
+    // router is added to each of its routes, and each request then cloned and boxed the whole
+    // stack of its route, layer by layer.
+    let stack = tower::ServiceBuilder::new()
+        .layer(middleware::from_fn_with_state(organizations, entry))
+        .layer(TraceLayer::new_for_http())
+        // Outermost of the portal's own layers: every answer counts, refusals included.
+        .layer(middleware::from_fn_with_state(
+            FrontDoor {
+                metrics,
+                site: site_security.clone(),
+                trusted: trusted_proxies,
+                labels: std::sync::Arc::new(labels),
+            },
+            front_door,
+        ))
+        .layer(CompressionLayer::new())
+        .layer(sessions)
         .layer(middleware::from_fn_with_state(
             PerVisitor {
                 flash: flash::FlashState {
@@ -180,22 +205,38 @@ pub fn router(parts: RouterParts) -> Router {
             },
             per_visitor,
         ))
-        .layer(sessions)
-        .layer(CompressionLayer::new())
-        // Outermost of the routes' layers: every answer counts, refusals included.
-        .layer(middleware::from_fn_with_state(
-            FrontDoor {
-                metrics,
-                site: site_security,
-                trusted: trusted_proxies,
-            },
-            front_door,
-        ));
-    // `/o/{slug}/…` is taken off before the routes above see the request.
-    Router::new()
-        .fallback_service(routes)
-        .layer(TraceLayer::new_for_http())
-        .layer(middleware::from_fn_with_state(organizations, entry))
+        .service(routes);
+    Router::new().fallback_service(stack)
+}
+
+/// The route of a server fn path that names none.
+const UNKNOWN_SERVER_FN: &str = "/api/{*fn_name}";
+
+/// The metrics' route label of a path: the route that serves it, so labels stay bounded (the
+/// layers run before the router has matched the request).
+#[derive(Default)]
+struct RouteLabels {
+    /// Routes of one path each.
+    exact: std::collections::HashSet<String>,
+    /// Services nested under a prefix, and their label.
+    prefixes: Vec<(&'static str, &'static str)>,
+}
+
+impl RouteLabels {
+    /// The label of `path` (after any `/o/{slug}`): its route, the label of the prefix it is
+    /// nested under, or `other` (static files, unknown paths).
+    fn label<'a>(&'a self, path: &str) -> &'a str {
+        if let Some(exact) = self.exact.get(path) {
+            return exact;
+        }
+        self.prefixes
+            .iter()
+            .find(|(prefix, _)| {
+                path.strip_prefix(prefix)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+            .map_or("other", |(_, label)| label)
+    }
 }
 
 /// Middleware (outermost): every request gets an id of our own — in the span every log line
@@ -230,27 +271,21 @@ struct FrontDoor {
     metrics: crate::metrics::Metrics,
     site: security::SiteSecurity,
     trusted: client_ip::TrustedProxies,
+    labels: std::sync::Arc<RouteLabels>,
 }
 
 /// Middleware (outermost of the routes'): refuses cross-site state-changing requests and
 /// unusable forwarding data, puts the client's address into the request, adds the security
-/// headers to every answer, and counts every answer by route (the router's template, so labels
-/// stay bounded: `/pkg` for assets, `other` for static files and unknown paths) and status.
+/// headers to every answer, and counts every answer by route ([`RouteLabels`]: the route's
+/// path, so labels stay bounded: `/pkg` for assets, the admin API's prefix for its calls,
+/// `other` for static files and unknown paths) and status.
 async fn front_door(
     State(door): State<FrontDoor>,
     mut request: Request<Body>,
     next: middleware::Next,
 ) -> Response {
-    // The matched path is shared (a reference count), never copied per request.
-    let matched = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .cloned();
-    let route = match &matched {
-        Some(path) if path.as_str().starts_with("/pkg") => "/pkg",
-        Some(path) => path.as_str(),
-        None => "other",
-    };
+    let labels = door.labels.clone();
+    let route = labels.label(request.uri().path());
     let started = std::time::Instant::now();
     let refused = security::cross_site_refusal(&door.site, &request)
         .or_else(|| client_ip::insert_client_ip(&door.trusted, &mut request));
@@ -500,6 +535,42 @@ async fn readyz(State(ready): State<Readiness>) -> Response {
         Err(e) => {
             tracing::error!(error = %crate::portal_backend::error_chain(&e), "readiness check failed");
             (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_labels_name_the_route_and_stay_bounded() {
+        let labels = RouteLabels {
+            exact: ["/", "/session", "/healthz", "/api/login"]
+                .map(String::from)
+                .into(),
+            prefixes: vec![
+                ("/pkg", "/pkg"),
+                (admin::PREFIX, admin::PREFIX),
+                ("/api", UNKNOWN_SERVER_FN),
+            ],
+        };
+        for (path, label) in [
+            ("/", "/"),
+            ("/session", "/session"),
+            ("/session/", "other"),
+            ("/healthz", "/healthz"),
+            ("/api/login", "/api/login"),
+            ("/api/nope", UNKNOWN_SERVER_FN),
+            ("/apix", "other"),
+            ("/pkg", "/pkg"),
+            ("/pkg/radius-portal.abc.css", "/pkg"),
+            ("/pkgs/x", "other"),
+            ("/admin/api/v1/organizations/acme", admin::PREFIX),
+            ("/favicon.svg", "other"),
+            ("/x/../session", "other"),
+        ] {
+            assert_eq!(labels.label(path), label, "{path}");
         }
     }
 }
