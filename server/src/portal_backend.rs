@@ -503,7 +503,14 @@ impl PortalService for PortalBackend {
             let scope = self.scope(request);
             if let Some(id) = self.linked_session_id(&web, &scope.id).await? {
                 self.sessions.disconnect(id).await.map_err(user_error)?;
-                web.remove::<i64>(&access_session_key(&scope.id))
+                let others = self
+                    .organizations
+                    .all()
+                    .into_iter()
+                    .filter(|org| org.id != scope.id)
+                    .map(|org| access_session_key(&org.id))
+                    .collect::<Vec<_>>();
+                forget_access_session(&web, &access_session_key(&scope.id), &others)
                     .await
                     .map_err(|e| internal("writing the web session", &e))?;
             }
@@ -512,6 +519,24 @@ impl PortalService for PortalBackend {
         .await;
         with_status(request, result)
     }
+}
+
+/// Takes an ended access session (`key`) off the web session. A web session that links no
+/// other access session (`others`: the other organizations' keys) is deleted, record and
+/// cookie: the browser is an anonymous visitor again, as before its login, and its next login
+/// stores one web session instead of replacing one.
+async fn forget_access_session(
+    web: &Session,
+    key: &str,
+    others: &[String],
+) -> Result<(), tower_sessions::session::Error> {
+    web.remove_value(key).await?;
+    for other in others {
+        if web.get_value(other).await?.is_some() {
+            return Ok(());
+        }
+    }
+    web.flush().await
 }
 
 #[cfg(test)]

@@ -334,6 +334,12 @@ async fn refresh_sends_an_interim_update_and_disconnect_a_stop_with_user_request
         page.path, "/",
         "no session any more: the session page sends you to sign in"
     );
+    // Nothing but its form token was left in the web session: it is gone, record and
+    // cookie, and the browser signs in again as the anonymous visitor it was before.
+    assert_eq!(app.storage.web_session_count().await.unwrap(), 0);
+    let page = browser.login("bob", "bob-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    assert_eq!(app.storage.web_session_count().await.unwrap(), 1);
     app.stop().await;
 }
 

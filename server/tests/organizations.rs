@@ -581,6 +581,11 @@ async fn each_organization_has_its_own_portal_under_its_slug() {
         "the default organization has no session for it"
     );
 
+    // A login at the default organization too: one web session links both sessions.
+    let page = browser.login("bob", "bob-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    a.wait_for_acct(&["status=Start", "ip=127.0.5.30"]).await;
+
     // Refresh and disconnect stay in beta's portal.
     let page = browser
         .post_form("/o/beta/api/refresh", "/o/beta/session", &[])
@@ -599,6 +604,11 @@ async fn each_organization_has_its_own_portal_under_its_slug() {
     assert_eq!(page.path, "/o/beta/", "{}", page.body);
     b.wait_for_acct(&["status=Stop", "ip=127.0.5.30", "cause=User-Request"])
         .await;
+    // The web session still holds the default organization's session.
+    assert_eq!(app.storage.web_session_count().await.unwrap(), 1);
+    let page = browser.get("/session").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    assert_eq!(browser.get("/o/beta/session").await.path, "/o/beta/");
 
     organizations::set_active(&app.storage, &app.organizations, "beta", false, "test")
         .await
