@@ -31,7 +31,6 @@ use leptos_axum::handle_server_fns_with_context;
 use std::path::PathBuf;
 use tower_http::{
     compression::CompressionLayer, services::ServeDir, set_header::SetResponseHeaderLayer,
-    trace::TraceLayer,
 };
 use tower_sessions::{cookie::SameSite, Expiry, SessionManagerLayer};
 
@@ -180,11 +179,10 @@ pub fn router(parts: RouterParts) -> Router {
     // router is added to each of its routes, and each request then cloned and boxed the whole
     // stack of its route, layer by layer.
     let stack = tower::ServiceBuilder::new()
-        .layer(middleware::from_fn_with_state(organizations, entry))
-        .layer(TraceLayer::new_for_http())
-        // Outermost of the portal's own layers: every answer counts, refusals included.
+        // Outermost: every answer counts and is logged, refusals included.
         .layer(middleware::from_fn_with_state(
             FrontDoor {
+                organizations,
                 metrics,
                 site: site_security.clone(),
                 trusted: trusted_proxies,
@@ -239,61 +237,68 @@ impl RouteLabels {
     }
 }
 
-/// Middleware (outermost): every request gets an id of our own — in the span every log line
-/// of the request carries (`request{id=…}`; JSON logs list it under `spans`) and in the
-/// `X-Request-Id` response header, so a user's report can be matched with the log. An id a
-/// client sends is not taken (it would let anyone write into the log's correlation field).
-/// Then the organization scope: `/o/{slug}` is taken off the path before routing (the span
-/// keeps the original path as `scoped`).
-async fn entry(
-    State(organizations): State<std::sync::Arc<crate::organizations::Organizations>>,
-    mut request: Request<Body>,
-    next: middleware::Next,
-) -> Response {
-    use tracing::Instrument;
-    let id = format!("{:016x}", rand::random::<u64>());
-    let span = tracing::info_span!("request", id = %id, scoped = tracing::field::Empty);
-    // The path before `/o/{slug}` comes off (the request logs below see the rest).
-    if request.uri().path().starts_with("/o/") {
-        span.record("scoped", request.uri().path());
-    }
-    org_scope::scope(&organizations, &mut request);
-    let mut response = next.run(request).instrument(span).await;
-    if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", value);
-    }
-    response
-}
-
 /// What [`front_door`] needs.
 #[derive(Clone)]
 struct FrontDoor {
+    organizations: std::sync::Arc<crate::organizations::Organizations>,
     metrics: crate::metrics::Metrics,
     site: security::SiteSecurity,
     trusted: client_ip::TrustedProxies,
     labels: std::sync::Arc<RouteLabels>,
 }
 
-/// Middleware (outermost of the routes'): refuses cross-site state-changing requests and
-/// unusable forwarding data, puts the client's address into the request, adds the security
-/// headers to every answer, and counts every answer by route ([`RouteLabels`]: the route's
-/// path, so labels stay bounded: `/pkg` for assets, the admin API's prefix for its calls,
-/// `other` for static files and unknown paths) and status.
+/// Middleware (outermost), in this order:
+/// - every request gets an id of our own — in the span every log line of the request carries
+///   (`request{id=…}`; JSON logs list it under `spans`) and in the `X-Request-Id` response
+///   header, so a user's report can be matched with the log. An id a client sends is not
+///   taken (it would let anyone write into the log's correlation field);
+/// - the organization scope: `/o/{slug}` is taken off the path before routing (the span keeps
+///   the original path as `scoped`);
+/// - cross-site state-changing requests and unusable forwarding data are refused, and the
+///   client's address is put into the request;
+/// - the answer gets the security headers, is counted by route ([`RouteLabels`]: the route's
+///   path, so labels stay bounded: `/pkg` for assets, the admin API's prefix for its calls,
+///   `other` for static files and unknown paths) and status, and is logged: at `debug` every
+///   request, at `error` a server error (5xx).
 async fn front_door(
     State(door): State<FrontDoor>,
     mut request: Request<Body>,
     next: middleware::Next,
 ) -> Response {
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let id = format!("{:016x}", rand::random::<u64>());
+    let span = tracing::info_span!("request", id = %id, scoped = tracing::field::Empty);
+    // The path before `/o/{slug}` comes off (the request logs below see the rest).
+    if request.uri().path().starts_with("/o/") {
+        span.record("scoped", request.uri().path());
+    }
+    org_scope::scope(&door.organizations, &mut request);
     let labels = door.labels.clone();
     let route = labels.label(request.uri().path());
-    let started = std::time::Instant::now();
-    let refused = security::cross_site_refusal(&door.site, &request)
-        .or_else(|| client_ip::insert_client_ip(&door.trusted, &mut request));
-    let mut response = match refused {
-        Some(refusal) => refusal,
-        None => next.run(request).await,
-    };
-    security::add_security_headers(&door.site, response.headers_mut());
+    let method = request.method().clone();
+    let mut response = async {
+        let refused = security::cross_site_refusal(&door.site, &request)
+            .or_else(|| client_ip::insert_client_ip(&door.trusted, &mut request));
+        let response = match refused {
+            Some(refusal) => refusal,
+            None => next.run(request).await,
+        };
+        let (status, took) = (response.status(), started.elapsed());
+        if status.is_server_error() {
+            tracing::error!(%method, route, status = status.as_u16(), took_ms = took.as_millis() as u64, "request failed");
+        } else {
+            tracing::debug!(%method, route, status = status.as_u16(), took_us = took.as_micros() as u64, "request");
+        }
+        response
+    }
+    .instrument(span)
+    .await;
+    let headers = response.headers_mut();
+    security::add_security_headers(&door.site, headers);
+    if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+        headers.insert("x-request-id", value);
+    }
     door.metrics
         .http_request(route, response.status().as_u16(), started.elapsed());
     response
