@@ -122,6 +122,14 @@ fn set_content_security_policy() {
         return;
     };
     let nonce = use_nonce().map(|n| n.to_string()).unwrap_or_default();
+    if let Ok(value) = http::HeaderValue::from_str(&content_security_policy(&nonce)) {
+        response.insert_header(http::header::CONTENT_SECURITY_POLICY, value);
+    }
+}
+
+/// The strict CSP of design.md §6 with `nonce` for the page's scripts.
+#[cfg(feature = "ssr")]
+pub fn content_security_policy(nonce: &str) -> String {
     // Under `cargo leptos watch` the live-reload websocket needs its port in connect-src.
     static RELOAD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let reload = RELOAD.get_or_init(|| match std::env::var("LEPTOS_WATCH") {
@@ -131,14 +139,11 @@ fn set_content_security_policy() {
         }
         Err(_) => String::new(),
     });
-    let policy = format!(
+    format!(
         "default-src 'self'; script-src 'self' 'nonce-{nonce}' 'wasm-unsafe-eval'; \
          style-src 'self'; img-src 'self' data:; connect-src 'self'{reload}; object-src 'none'; \
          base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
-    );
-    if let Ok(value) = http::HeaderValue::from_str(&policy) {
-        response.insert_header(http::header::CONTENT_SECURITY_POLICY, value);
-    }
+    )
 }
 
 /// The page inside the document's `<main>`.

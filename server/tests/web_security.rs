@@ -477,3 +477,55 @@ async fn demo_mode_is_labelled_on_every_page_the_not_found_page_included() {
     assert_eq!(browser.login("carol", "carol-pass").await.path, "/session");
     assert!(browser.get("/session").await.body.contains("DEMO MODE"));
 }
+
+/// The sign-in page is the same for every visitor but for its form token (the page is kept
+/// per organization and only the token is put in); each answer has its own CSP nonce, and a
+/// change of the organization (disabled) shows at once.
+#[tokio::test]
+async fn every_visitor_gets_the_sign_in_page_with_its_own_token_and_nonce() {
+    let (_radius, app, _dir) = portal_with_one_server().await;
+    let mut seen = Vec::new();
+    for last in 1..=3u8 {
+        let browser = app.browser(Ipv4Addr::new(127, 0, 8, 40 + last));
+        let response = browser
+            .http
+            .get(format!("{}/", browser.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let csp = response.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body = response.text().await.unwrap();
+        let token = browser.form_token("/").await;
+        assert!(
+            body.contains(&token),
+            "the page carries the visitor's own token"
+        );
+        assert_eq!(body.matches("name=\"csrf\"").count(), 1);
+        seen.push((token.clone(), csp, body.replace(&token, "TOKEN")));
+        // The token of the page works.
+        let page = browser.login("bob", "bob-pass").await;
+        assert_eq!(page.path, "/session", "{}", page.body);
+    }
+    let (first, rest) = seen.split_first().unwrap();
+    for other in rest {
+        assert_ne!(first.0, other.0, "each visitor has its own token");
+        assert_ne!(first.1, other.1, "each answer has its own nonce");
+        assert_eq!(first.2, other.2, "the page is the same but for the token");
+    }
+    radius_portal::organizations::set_active(
+        &app.storage,
+        &app.organizations,
+        "acme",
+        false,
+        "test",
+    )
+    .await
+    .unwrap();
+    let page = app.browser(Ipv4Addr::new(127, 0, 8, 50)).get("/").await;
+    assert!(page.body.contains("has been disabled"), "{}", page.body);
+    app.stop().await;
+}

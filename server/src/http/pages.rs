@@ -21,7 +21,7 @@ use app::service::Portal;
 use axum::{
     body::Body,
     extract::{Request, State},
-    http::{header, request::Parts, HeaderValue, StatusCode},
+    http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode},
     response::Response,
 };
 use leptos::server::ServerActionError;
@@ -41,6 +41,44 @@ const PAGE_CAPACITY: usize = 8 * 1024;
 pub struct Pages {
     options: Arc<LeptosOptions>,
     portal: Portal,
+    sign_in: Arc<SignInPages>,
+}
+
+/// The sign-in page of each organization (and path prefix) as last rendered, split around its
+/// form token: every visitor is shown the same page but for that token. Kept with the
+/// organization's facts it was rendered from (`SiteInfo`: name, active, branding, demo); when
+/// they change the page is rendered afresh. A page with an error to show, or whose HTML
+/// carries its render's CSP nonce (scripts: `cargo leptos watch`), is never kept.
+#[derive(Default)]
+struct SignInPages(std::sync::Mutex<std::collections::HashMap<(String, String), Arc<SignInPage>>>);
+
+struct SignInPage {
+    info: app::dto::SiteInfo,
+    before_token: String,
+    after_token: String,
+}
+
+/// What the form token is while a sign-in page is rendered to be kept (the tokens are hex).
+const TOKEN_MARK: &str = "form-token-goes-here";
+
+impl SignInPages {
+    fn get(&self, info: &app::dto::SiteInfo) -> Option<Arc<SignInPage>> {
+        let pages = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        pages
+            .get(&(info.organization_id.clone(), info.base.clone()))
+            .filter(|page| page.info == *info)
+            .cloned()
+    }
+
+    fn put(&self, page: SignInPage) {
+        let mut pages = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded by the organizations (each at `/` or `/o/{slug}`); a full map starts over.
+        if pages.len() >= 4096 {
+            pages.clear();
+        }
+        let key = (page.info.organization_id.clone(), page.info.base.clone());
+        pages.insert(key, Arc::new(page));
+    }
 }
 
 impl Pages {
@@ -51,6 +89,7 @@ impl Pages {
         Pages {
             options: Arc::new(options),
             portal,
+            sign_in: Arc::default(),
         }
     }
 }
@@ -81,6 +120,111 @@ fn render_at(pages: &Pages, head: Parts, path: &str) -> Response {
         .extensions
         .get::<super::flash::FormError>()
         .map(|e| ServerActionError::new(&e.path, &e.err));
+    if page == app::Page::SignIn && form_error.is_none() {
+        return sign_in(pages, head, path);
+    }
+    render_page(pages, head, page, form_error)
+}
+
+/// The sign-in page without an error to show: the organization's kept page with this
+/// visitor's form token, else rendered (and kept, see [`SignInPages`]).
+fn sign_in(pages: &Pages, mut head: Parts, path: &str) -> Response {
+    let token = match head.extensions.get::<app::pages::PageData>() {
+        Some(app::pages::PageData {
+            form_token: Some(Ok(token)),
+            ..
+        }) if !token.contains(TOKEN_MARK) => token.clone(),
+        _ => return render_page(pages, head, app::Page::at(path), None),
+    };
+    let info = pages.portal.0.site_info(&head);
+    if let Some(kept) = pages.sign_in.get(&info) {
+        return sign_in_response(&kept, &token);
+    }
+    // Rendered with a mark where the token goes, split there and kept.
+    head.extensions.insert(app::pages::PageData {
+        form_token: Some(Ok(TOKEN_MARK.to_string())),
+        session: None,
+    });
+    let (html, status, headers) = render_html(pages, head, app::Page::SignIn, None);
+    let nonce = headers
+        .get(header::CONTENT_SECURITY_POLICY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|csp| csp.split("'nonce-").nth(1))
+        .and_then(|rest| rest.split('\'').next())
+        .unwrap_or_default();
+    let split = match html.split_once(TOKEN_MARK) {
+        Some((before, after))
+            if status.is_none()
+                && !after.contains(TOKEN_MARK)
+                && !nonce.is_empty()
+                && !html.contains(nonce) =>
+        {
+            Some((before.to_string(), after.to_string()))
+        }
+        _ => None,
+    };
+    let Some((before_token, after_token)) = split else {
+        // Not a page to keep: answered as rendered, with the visitor's token in place.
+        let mut response = Response::new(Body::from(html.replace(TOKEN_MARK, &token)));
+        if let Some(status) = status {
+            *response.status_mut() = status;
+        }
+        *response.headers_mut() = headers;
+        return response;
+    };
+    let kept = SignInPage {
+        info,
+        before_token,
+        after_token,
+    };
+    let response = sign_in_response(&kept, &token);
+    pages.sign_in.put(kept);
+    response
+}
+
+/// A kept sign-in page with `token`, and the headers its render sets (a fresh CSP nonce).
+fn sign_in_response(page: &SignInPage, token: &str) -> Response {
+    let mut html =
+        String::with_capacity(page.before_token.len() + token.len() + page.after_token.len());
+    html.push_str(&page.before_token);
+    html.push_str(token);
+    html.push_str(&page.after_token);
+    let mut response = Response::new(Body::from(html));
+    let headers = response.headers_mut();
+    let nonce = format!("{:032x}", rand::random::<u128>());
+    if let Ok(csp) = HeaderValue::from_str(&app::content_security_policy(&nonce)) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, csp);
+    }
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+}
+
+/// Renders `page` for the request `head`.
+fn render_page(
+    pages: &Pages,
+    head: Parts,
+    page: app::Page,
+    form_error: Option<ServerActionError>,
+) -> Response {
+    let (html, status, headers) = render_html(pages, head, page, form_error);
+    let mut response = Response::new(Body::from(html));
+    if let Some(status) = status {
+        *response.status_mut() = status;
+    }
+    *response.headers_mut() = headers;
+    response
+}
+
+/// Renders `page` for the request `head`: its HTML, and the status and headers the render set.
+fn render_html(
+    pages: &Pages,
+    head: Parts,
+    page: app::Page,
+    form_error: Option<ServerActionError>,
+) -> (String, Option<StatusCode>, HeaderMap) {
     let options = ResponseOptions::default();
     let owner = Owner::new_root(Some(Arc::new(hydration_context::SsrSharedContext::new())));
     let html = owner.with(|| {
@@ -113,15 +257,10 @@ fn render_at(pages: &Pages, head: Parts, path: &str) -> Response {
     });
     owner.unset_with_forced_cleanup();
 
-    let mut response = Response::new(Body::from(html));
     let set = std::mem::take(&mut *options.0.write().unwrap_or_else(|p| p.into_inner()));
-    if let Some(status) = set.status {
-        *response.status_mut() = status;
-    }
-    let headers = response.headers_mut();
-    headers.extend(set.headers);
+    let mut headers = set.headers;
     headers
         .entry(header::CONTENT_TYPE)
         .or_insert(HeaderValue::from_static("text/html; charset=utf-8"));
-    response
+    (html, set.status, headers)
 }
