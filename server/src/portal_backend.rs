@@ -206,10 +206,7 @@ fn tokens_match(expected: &str, supplied: &str) -> bool {
 
 /// A fresh random form token (stored in a web session).
 fn random_token() -> String {
-    rand::random::<[u8; 32]>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex(&rand::random::<[u8; 32]>())
 }
 
 fn web_session(request: &Parts) -> Result<Session, PortalError> {

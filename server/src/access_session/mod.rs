@@ -472,11 +472,10 @@ impl AccessSessions {
 /// page of the id's unique index instead of a random one (random ids were a fifth of the pages
 /// each commit wrote, docs/BENCHMARKS.md).
 fn new_acct_session_id() -> String {
+    let millis = now_ms().clamp(0, 0xffff_ffff_ffff).to_be_bytes();
     let random: [u8; 10] = rand::random();
-    let mut id = format!("{:012x}", now_ms().clamp(0, 0xffff_ffff_ffff));
-    for b in random {
-        id.push_str(&format!("{b:02x}"));
-    }
+    let mut id = crate::hex(&millis[2..]);
+    id.push_str(&crate::hex(&random));
     id
 }
 

@@ -283,11 +283,11 @@ impl Accounting {
         if is_start {
             // `org_checked`: the Start was stored just now by a write that found the
             // organization active (see `deliver_claimed`).
-            if !(org_checked && org.is_some())
-                && !self
+            let allowed = (org_checked && org.is_some())
+                || self
                     .start_allowed(&session.organization_id, org.is_some())
-                    .await?
-            {
+                    .await?;
+            if !allowed {
                 return self
                     .dead_letter(&row, acct_id, "cancelled: organization disabled".into())
                     .await;

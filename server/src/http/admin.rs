@@ -72,10 +72,7 @@ pub fn token_hashes(tokens: &[AdminToken]) -> Vec<(String, [u8; 32])> {
 
 /// SHA-256 of a token, lower-case hex (what `[[admin.tokens]] sha256` holds).
 pub fn hash_token(token: &str) -> String {
-    Sha256::digest(token.trim().as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex(&Sha256::digest(token.trim().as_bytes()))
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

@@ -21,7 +21,8 @@ pub struct AnonId(pub String);
 /// Signs anonymous form tokens. Cheap to clone.
 #[derive(Clone)]
 pub struct FormTokens {
-    key: Arc<[u8; 32]>,
+    /// HMAC-SHA256 keyed once (the key's inner and outer pads hashed): cloned per token.
+    mac: Arc<Hmac<Sha256>>,
     cookie: &'static str,
     secure: bool,
 }
@@ -34,15 +35,21 @@ impl std::fmt::Debug for FormTokens {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+use crate::hex;
+
+/// HMAC-SHA256 under `key`. A key shorter than SHA-256's 64-byte block is zero-padded to it
+/// (RFC 2104), so the padded key gives the same MACs as the key itself.
+fn keyed(key: &[u8; 32]) -> Hmac<Sha256> {
+    let mut block = [0u8; 64];
+    block[..32].copy_from_slice(key);
+    <Hmac<Sha256> as hmac::digest::KeyInit>::new(&block.into())
 }
 
 impl FormTokens {
     /// With the database's key; `secure`: users reach the portal over HTTPS.
     pub fn new(key: [u8; 32], secure: bool) -> Self {
         FormTokens {
-            key: Arc::new(key),
+            mac: Arc::new(keyed(&key)),
             cookie: if secure {
                 "__Host-portal_anon"
             } else {
@@ -59,10 +66,7 @@ impl FormTokens {
 
     /// HMAC-SHA256 (hex) of `data` under the key, for the purpose `domain`.
     pub fn sign(&self, domain: &[u8], data: &[u8]) -> String {
-        // A 32-byte key is always a valid HMAC key.
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(self.key.as_slice()) else {
-            return String::new();
-        };
+        let mut mac = Hmac::<Sha256>::clone(&self.mac);
         mac.update(domain);
         mac.update(data);
         hex(&mac.finalize().into_bytes())
@@ -130,6 +134,20 @@ mod tests {
         assert_ne!(a.token_for(&me), a.token_for(&you));
         assert_ne!(a.token_for(&me), b.token_for(&me));
         assert_eq!(a.token_for(&me).len(), 64);
+    }
+
+    #[test]
+    fn the_key_padded_to_the_block_gives_the_keys_own_macs() {
+        use hmac::Mac;
+        let key = [9u8; 32];
+        let mut own = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+        own.update(b"radius-portal form token\0visitor");
+        let expected = hex(&own.finalize().into_bytes());
+        let tokens = FormTokens::new(key, false);
+        assert_eq!(
+            tokens.sign(b"radius-portal form token\0", b"visitor"),
+            expected
+        );
     }
 }
 

@@ -7,6 +7,7 @@ pub mod captive;
 pub mod client_ip;
 pub mod flash;
 pub mod form_token;
+mod layer;
 pub mod live;
 pub mod org_scope;
 pub mod pages;
@@ -21,11 +22,11 @@ use axum::{
     body::Body,
     extract::{Request, State},
     http::{header, HeaderValue, StatusCode},
-    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
     Router,
 };
+use layer::{Middleware, MiddlewareLayer, Next};
 use leptos::prelude::*;
 use leptos_axum::handle_server_fns_with_context;
 use std::path::PathBuf;
@@ -180,29 +181,23 @@ pub fn router(parts: RouterParts) -> Router {
     // stack of its route, layer by layer.
     let stack = tower::ServiceBuilder::new()
         // Outermost: every answer counts and is logged, refusals included.
-        .layer(middleware::from_fn_with_state(
-            FrontDoor {
-                organizations,
-                metrics,
-                site: site_security.clone(),
-                trusted: trusted_proxies,
-                labels: std::sync::Arc::new(labels),
-            },
-            front_door,
-        ))
+        .layer(MiddlewareLayer(FrontDoor {
+            organizations,
+            metrics,
+            site: site_security.clone(),
+            trusted: trusted_proxies,
+            labels: std::sync::Arc::new(labels),
+        }))
         .layer(CompressionLayer::new())
         .layer(sessions)
-        .layer(middleware::from_fn_with_state(
-            PerVisitor {
-                flash: flash::FlashState {
-                    tokens: form_tokens.clone(),
-                    public_url: site_security.public_url.clone(),
-                },
-                tokens: form_tokens,
-                portal,
+        .layer(MiddlewareLayer(PerVisitor {
+            flash: flash::FlashState {
+                tokens: form_tokens.clone(),
+                public_url: site_security.public_url.clone(),
             },
-            per_visitor,
-        ))
+            tokens: form_tokens,
+            portal,
+        }))
         .service(routes);
     Router::new().fallback_service(stack)
 }
@@ -260,10 +255,10 @@ struct FrontDoor {
 ///   path, so labels stay bounded: `/pkg` for assets, the admin API's prefix for its calls,
 ///   `other` for static files and unknown paths) and status, and is logged: at `debug` every
 ///   request, at `error` a server error (5xx).
-async fn front_door(
-    State(door): State<FrontDoor>,
+async fn front_door<S: NextService>(
+    door: FrontDoor,
     mut request: Request<Body>,
-    next: middleware::Next,
+    next: Next<S>,
 ) -> Response {
     use tracing::Instrument;
     let started = std::time::Instant::now();
@@ -304,6 +299,49 @@ async fn front_door(
     response
 }
 
+impl<S: NextService> Middleware<S> for FrontDoor {
+    fn call(
+        self,
+        request: Request,
+        next: Next<S>,
+    ) -> impl std::future::Future<Output = Response> + Send {
+        front_door(self, request, next)
+    }
+}
+
+impl<S: NextService> Middleware<S> for PerVisitor {
+    fn call(
+        self,
+        request: Request,
+        next: Next<S>,
+    ) -> impl std::future::Future<Output = Response> + Send {
+        per_visitor(self, request, next)
+    }
+}
+
+/// What a middleware passes requests on to.
+trait NextService:
+    tower::Service<Request, Error = std::convert::Infallible, Response: IntoResponse, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> NextService for S where
+    S: tower::Service<
+            Request,
+            Error = std::convert::Infallible,
+            Response: IntoResponse,
+            Future: Send,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// What [`per_visitor`] needs.
 #[derive(Clone)]
 struct PerVisitor {
@@ -315,10 +353,10 @@ struct PerVisitor {
 /// Middleware (inside the web session): the visitor's anonymous id (and its cookie when new),
 /// a failed form post's error carried to the page, and then a server fn's body limits or a
 /// page's data.
-async fn per_visitor(
-    State(visitor): State<PerVisitor>,
+async fn per_visitor<S: NextService>(
+    visitor: PerVisitor,
     mut request: Request<Body>,
-    next: middleware::Next,
+    next: Next<S>,
 ) -> Response {
     let new_id = form_token::insert_anonymous_id(&visitor.tokens, &mut request);
     let mut response = flash::carry_form_errors(&visitor.flash, request, |request| async {
@@ -364,7 +402,11 @@ pub const WEB_SESSION_EXPIRY: Expiry =
 
 /// A page's data is loaded before the page renders (`app::pages::load`), so the page renders
 /// in one pass without Leptos resources.
-async fn page_data(portal: &Portal, request: Request<Body>, next: middleware::Next) -> Response {
+async fn page_data<S: NextService>(
+    portal: &Portal,
+    request: Request<Body>,
+    next: Next<S>,
+) -> Response {
     if !matches!(
         *request.method(),
         axum::http::Method::GET | axum::http::Method::HEAD
@@ -404,7 +446,7 @@ pub const API_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_sec
 /// over [`API_BODY_LIMIT`] is a 413 before anything reads it, one not complete within
 /// [`API_BODY_DEADLINE`] a 408, and an error answered before our code ran (arguments that could
 /// not be read) gets its error's status instead of 500.
-async fn server_fn_limits(request: Request<Body>, next: middleware::Next) -> Response {
+async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>) -> Response {
     let (parts, body) = request.into_parts();
     // A body announced as too large is refused before waiting for it.
     let announced = parts

@@ -533,9 +533,7 @@ mod tests {
 
     const SECRET: &[u8] = b"testing123";
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
+    use crate::hex;
 
     /// The bytes every kind of packet had on the wire with the hand-written codec this module
     /// replaced (recorded from it with these inputs): moving to the crate changed none of them.
