@@ -48,6 +48,9 @@ pub struct PortalBackend {
     form_tokens: FormTokens,
     /// Sign-in outcomes.
     metrics: crate::metrics::Metrics,
+    /// The web sessions' store (what a web session holds as stored); None: a web session is
+    /// never deleted at sign-out.
+    web_sessions: Option<crate::storage::web_sessions::WebSessionStore>,
 }
 
 impl PortalBackend {
@@ -68,12 +71,22 @@ impl PortalBackend {
             per_user: RateLimiter::new(limits.login_per_user, limits.period),
             form_tokens,
             metrics: crate::metrics::Metrics::default(),
+            web_sessions: None,
         }
     }
 
     /// Counts sign-in outcomes in `metrics`.
     pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Lets sign-out delete a web session left with nothing (see [`forget_access_session`]).
+    pub fn with_web_sessions(
+        mut self,
+        store: crate::storage::web_sessions::WebSessionStore,
+    ) -> Self {
+        self.web_sessions = Some(store);
         self
     }
 
@@ -500,16 +513,13 @@ impl PortalService for PortalBackend {
             let scope = self.scope(request);
             if let Some(id) = self.linked_session_id(&web, &scope.id).await? {
                 self.sessions.disconnect(id).await.map_err(user_error)?;
-                let others = self
-                    .organizations
-                    .all()
-                    .into_iter()
-                    .filter(|org| org.id != scope.id)
-                    .map(|org| access_session_key(&org.id))
-                    .collect::<Vec<_>>();
-                forget_access_session(&web, &access_session_key(&scope.id), &others)
-                    .await
-                    .map_err(|e| internal("writing the web session", &e))?;
+                forget_access_session(
+                    &web,
+                    self.web_sessions.as_ref(),
+                    &access_session_key(&scope.id),
+                )
+                .await
+                .map_err(|e| internal("writing the web session", &e))?;
             }
             Ok(scope.base)
         }
@@ -518,22 +528,31 @@ impl PortalService for PortalBackend {
     }
 }
 
-/// Takes an ended access session (`key`) off the web session. A web session that links no
-/// other access session (`others`: the other organizations' keys) is deleted, record and
-/// cookie: the browser is an anonymous visitor again, as before its login, and its next login
-/// stores one web session instead of replacing one.
+/// Takes an ended access session (`key`) off the web session. A web session whose stored
+/// record holds nothing else but its form token (no other organization's session, whichever
+/// replica linked it) is deleted, record and cookie: the browser is an anonymous visitor
+/// again, as before its login, and its next login stores one web session instead of
+/// replacing one.
 async fn forget_access_session(
     web: &Session,
+    store: Option<&crate::storage::web_sessions::WebSessionStore>,
     key: &str,
-    others: &[String],
 ) -> Result<(), tower_sessions::session::Error> {
+    use tower_sessions::SessionStore as _;
     web.remove_value(key).await?;
-    for other in others {
-        if web.get_value(other).await?.is_some() {
-            return Ok(());
-        }
+    let (Some(store), Some(id)) = (store, web.id()) else {
+        return Ok(());
+    };
+    let stored = store
+        .load(&id)
+        .await
+        .map_err(tower_sessions::session::Error::Store)?;
+    let nothing_else =
+        stored.is_some_and(|record| record.data.keys().all(|k| k == key || k == FORM_TOKEN_KEY));
+    if nothing_else {
+        web.flush().await?;
     }
-    web.flush().await
+    Ok(())
 }
 
 #[cfg(test)]

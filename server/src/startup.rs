@@ -235,7 +235,8 @@ impl Application {
                 form_tokens.clone(),
                 demo,
             )
-            .with_metrics(metrics.clone()),
+            .with_metrics(metrics.clone())
+            .with_web_sessions(storage.web_sessions()),
         );
         let live_stop = CancellationToken::new();
         let session_store = storage.web_sessions();

@@ -326,8 +326,11 @@ impl AccessSessions {
         let start_deadline = deadline.max(Instant::now() + exchange_time);
         let start_delivered = match claimed_start {
             Some(start) => {
+                // Straight after the write that found the organization active, that check
+                // stands for the Start's; after waiting for preempted sessions' Stops (a dead
+                // server: seconds) the Start checks the organization again.
                 self.accounting
-                    .deliver_claimed(start, session.clone(), start_deadline)
+                    .deliver_claimed(start, session.clone(), start_deadline, preempted.is_empty())
                     .await?
             }
             None => {

@@ -187,19 +187,22 @@ impl Accounting {
 
     /// Delivers a row the caller already holds the claim of (the Start a login queued
     /// claimed), of `session` as the caller stored it. True once acknowledged before
-    /// `deadline`. The write that stored it found the organization active (in the same
-    /// transaction), which stands for the guard's check of the Start: a disable committed
-    /// after it stops the session, and its Stop follows this Start.
+    /// `deadline`. `just_stored`: the write that stored it found the organization active (in
+    /// the same transaction) a moment ago, which stands for the guard's check of the Start
+    /// while this process still has the organization active (a disable committed after the
+    /// write stops the session, and its Stop follows this Start); otherwise the Start reads
+    /// the organization's state like every other.
     pub async fn deliver_claimed(
         &self,
         row: OutboxRow,
         session: AccessSessionRecord,
         deadline: Instant,
+        just_stored: bool,
     ) -> Result<bool, OutboxError> {
-        Ok(self
-            .deliver(row, Some(deadline), Some(session), true)
-            .await?
-            == Delivery::Delivered)
+        let delivery = self
+            .deliver(row, Some(deadline), Some(session), just_stored)
+            .await?;
+        Ok(delivery == Delivery::Delivered)
     }
 
     /// Runs `work` as a task that a graceful shutdown waits for (like the loop's deliveries):
@@ -283,7 +286,7 @@ impl Accounting {
         if is_start {
             // `org_checked`: the Start was stored just now by a write that found the
             // organization active (see `deliver_claimed`).
-            let allowed = (org_checked && org.is_some())
+            let allowed = (org_checked && org.as_ref().is_some_and(|o| o.active))
                 || self
                     .start_allowed(&session.organization_id, org.is_some())
                     .await?;
