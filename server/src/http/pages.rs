@@ -129,11 +129,12 @@ fn render_at(pages: &Pages, head: Parts, path: &str) -> Response {
 /// The sign-in page without an error to show: the organization's kept page with this
 /// visitor's form token, else rendered (and kept, see [`SignInPages`]).
 fn sign_in(pages: &Pages, mut head: Parts, path: &str) -> Response {
+    // Tokens are hex: put in as they are (anything else is rendered, and escaped, below).
     let token = match head.extensions.get::<app::pages::PageData>() {
         Some(app::pages::PageData {
             form_token: Some(Ok(token)),
             ..
-        }) if !token.contains(TOKEN_MARK) => token.clone(),
+        }) if token.bytes().all(|b| b.is_ascii_hexdigit()) => token.clone(),
         _ => return render_page(pages, head, app::Page::at(path), None),
     };
     let info = pages.portal.0.site_info(&head);
