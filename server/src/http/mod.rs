@@ -269,8 +269,7 @@ async fn front_door<S: NextService>(
         span.record("scoped", request.uri().path());
     }
     org_scope::scope(&door.organizations, &mut request);
-    let labels = door.labels.clone();
-    let route = labels.label(request.uri().path());
+    let route = door.labels.label(request.uri().path());
     let method = request.method().clone();
     let mut response = async {
         let refused = security::cross_site_refusal(&door.site, &request)

@@ -121,21 +121,21 @@ fn render_at(pages: &Pages, head: Parts, path: &str) -> Response {
         .get::<super::flash::FormError>()
         .map(|e| ServerActionError::new(&e.path, &e.err));
     if page == app::Page::SignIn && form_error.is_none() {
-        return sign_in(pages, head, path);
+        return sign_in(pages, head);
     }
     render_page(pages, head, page, form_error)
 }
 
 /// The sign-in page without an error to show: the organization's kept page with this
 /// visitor's form token, else rendered (and kept, see [`SignInPages`]).
-fn sign_in(pages: &Pages, mut head: Parts, path: &str) -> Response {
+fn sign_in(pages: &Pages, mut head: Parts) -> Response {
     // Tokens are hex: put in as they are (anything else is rendered, and escaped, below).
     let token = match head.extensions.get::<app::pages::PageData>() {
         Some(app::pages::PageData {
             form_token: Some(Ok(token)),
             ..
         }) if token.bytes().all(|b| b.is_ascii_hexdigit()) => token.clone(),
-        _ => return render_page(pages, head, app::Page::at(path), None),
+        _ => return render_page(pages, head, app::Page::SignIn, None),
     };
     let info = pages.portal.0.site_info(&head);
     if let Some(kept) = pages.sign_in.get(&info) {
@@ -166,12 +166,7 @@ fn sign_in(pages: &Pages, mut head: Parts, path: &str) -> Response {
     };
     let Some((before_token, after_token)) = split else {
         // Not a page to keep: answered as rendered, with the visitor's token in place.
-        let mut response = Response::new(Body::from(html.replace(TOKEN_MARK, &token)));
-        if let Some(status) = status {
-            *response.status_mut() = status;
-        }
-        *response.headers_mut() = headers;
-        return response;
+        return page_response(html.replace(TOKEN_MARK, &token), status, headers);
     };
     let kept = SignInPage {
         info,
@@ -211,6 +206,11 @@ fn render_page(
     form_error: Option<ServerActionError>,
 ) -> Response {
     let (html, status, headers) = render_html(pages, head, page, form_error);
+    page_response(html, status, headers)
+}
+
+/// The answer of a rendered page: its HTML, with the status and headers its render set.
+fn page_response(html: String, status: Option<StatusCode>, headers: HeaderMap) -> Response {
     let mut response = Response::new(Body::from(html));
     if let Some(status) = status {
         *response.status_mut() = status;
