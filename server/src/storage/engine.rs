@@ -457,27 +457,24 @@ fn writer_loop(
 ) {
     loop {
         // Writes left unchecked when the load stopped get their checkpoint once the writer has
-        // been idle for an interval (the WAL does not stay large until the next write).
-        let pending = write_conn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .unchecked
-            > 0;
-        let first = if pending {
-            match queue.recv_timeout(CHECKPOINT_INTERVAL) {
-                Ok(job) => job,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
+        // been idle for an interval (the WAL does not stay large until the next write). The
+        // writer wakes every interval even when idle: a small write committed on its caller's
+        // thread ([`Engine::write_relaxed_small`]) never reaches this queue.
+        let first = match queue.recv_timeout(CHECKPOINT_INTERVAL) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let pending = write_conn
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .unchecked
+                    > 0;
+                if pending {
                     let _gate = gate.blocking_lock();
                     checkpoint(&mut write_conn.lock().unwrap_or_else(|p| p.into_inner()));
-                    continue;
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                continue;
             }
-        } else {
-            match queue.recv() {
-                Ok(job) => job,
-                Err(_) => break,
-            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         let gate = gate.blocking_lock();
         let mut batch = vec![first];
