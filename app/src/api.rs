@@ -39,7 +39,7 @@ pub async fn login(
         organization: org.filter(|o| !o.is_empty()),
     };
     let view = service.login(&request, input).await?;
-    leptos_axum::redirect(&format!("{}/session", view.base));
+    crate::service::redirect(&request, &format!("{}/session", view.base));
     Ok(())
 }
 
@@ -71,7 +71,7 @@ pub async fn refresh(csrf: Option<String>) -> Result<SessionView, PortalError> {
         .await?;
     // The island's call gets the new state and stays on its page.
     if crate::service::accepts_html(&request.headers) {
-        leptos_axum::redirect(&format!("{}/session", view.base));
+        crate::service::redirect(&request, &format!("{}/session", view.base));
     }
     Ok(view)
 }
@@ -83,6 +83,6 @@ pub async fn disconnect(csrf: Option<String>) -> Result<(), PortalError> {
     let base = service
         .disconnect(&request, csrf.as_deref().unwrap_or_default())
         .await?;
-    leptos_axum::redirect(&format!("{base}/"));
+    crate::service::redirect(&request, &format!("{base}/"));
     Ok(())
 }

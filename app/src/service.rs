@@ -57,9 +57,32 @@ pub fn accepts_html(headers: &http::HeaderMap) -> bool {
 #[derive(Clone)]
 pub struct Portal(pub Arc<dyn PortalService>);
 
-/// Reads the service and the current request from context.
+/// Reads the service and the current request from a server fn's context. The request's head
+/// is taken out of the context, not copied (headers and every extension): a server fn reads
+/// it once, here, and answers with [`redirect`], which needs no context of it.
 pub fn portal() -> Result<(Arc<dyn PortalService>, Parts), PortalError> {
     let service = use_context::<Portal>().ok_or(PortalError::Internal)?;
-    let parts = use_context::<Parts>().ok_or(PortalError::Internal)?;
+    let parts = leptos::prelude::take_context::<Parts>().ok_or(PortalError::Internal)?;
     Ok((service.0, parts))
+}
+
+/// Sends the caller of a server fn to `path` (`leptos_axum::redirect`, given the request):
+/// a plain form post (Accept: text/html) with a 302, the island's call with the header that
+/// makes its client follow.
+pub fn redirect(request: &Parts, path: &str) {
+    let Some(options) = use_context::<leptos_axum::ResponseOptions>() else {
+        return;
+    };
+    let Ok(location) = http::HeaderValue::from_str(path) else {
+        return;
+    };
+    options.insert_header(http::header::LOCATION, location);
+    if accepts_html(&request.headers) {
+        options.set_status(http::StatusCode::FOUND);
+    } else {
+        options.insert_header(
+            http::HeaderName::from_static(leptos::server_fn::redirect::REDIRECT_HEADER),
+            http::HeaderValue::from_static(""),
+        );
+    }
 }

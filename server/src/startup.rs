@@ -36,7 +36,7 @@ pub struct Application {
     trusted_proxies: Vec<ipnet::IpNet>,
     /// Built-in TLS: the files and the certificate in use.
     tls: Option<(crate::config::TlsSettings, crate::http::tls::CurrentConfig)>,
-    router: axum::Router,
+    router: crate::http::Site,
     accounting: Accounting,
     expiry: Expiry,
     /// Access-session change notices (other replicas' changes are published here too).

@@ -340,6 +340,14 @@ async fn refresh_sends_an_interim_update_and_disconnect_a_stop_with_user_request
     let page = browser.login("bob", "bob-pass").await;
     assert_eq!(page.path, "/session", "{}", page.body);
     assert_eq!(app.storage.web_session_count().await.unwrap(), 1);
+    // The island's disconnect (a script) is told where to go, without a 3xx of its own.
+    let response = browser
+        .post_token("/api/disconnect", "/session", "application/json")
+        .await;
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    assert_eq!(response.headers()["location"], "/");
+    assert!(response.headers().get("serverfnredirect").is_some());
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
     app.stop().await;
 }
 

@@ -466,6 +466,65 @@ async fn pages_are_whole_with_their_csp_nonce_and_unknown_paths_get_the_not_foun
 }
 
 #[tokio::test]
+async fn answers_are_compressed_for_clients_that_ask_and_plain_for_the_rest() {
+    let (_radius, app, _dir) = portal_with_one_server().await;
+    let browser = app.browser(Ipv4Addr::new(127, 0, 8, 10));
+    assert_eq!(browser.login("alice", "alice-pass").await.path, "/session");
+    let get = |path: &'static str, encoding: Option<&'static str>| {
+        let mut request = browser
+            .http
+            .get(format!("{}{path}", browser.base))
+            .header("accept", "text/html");
+        if let Some(encoding) = encoding {
+            request = request.header("accept-encoding", encoding);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let headers = response.headers().clone();
+            (headers, response.bytes().await.unwrap().to_vec())
+        }
+    };
+    for path in ["/session", "/"] {
+        let (plain_headers, plain) = get(path, None).await;
+        assert!(
+            plain_headers.get("content-encoding").is_none(),
+            "{path}: {plain_headers:?}"
+        );
+        assert!(
+            String::from_utf8_lossy(&plain).contains("</html>"),
+            "{path}"
+        );
+
+        let (headers, gzipped) = get(path, Some("gzip")).await;
+        assert_eq!(headers["content-encoding"], "gzip", "{path}: {headers:?}");
+        assert_eq!(headers["x-frame-options"], "DENY", "{path}");
+        let mut html = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(gzipped.as_slice()),
+            &mut html,
+        )
+        .unwrap();
+        assert!(html.contains("</html>"), "{path}: {html}");
+        assert!(
+            gzipped.len() < html.len() / 2,
+            "{path}: {} bytes",
+            gzipped.len()
+        );
+
+        let (headers, _) = get(path, Some("br;q=1.0, gzip;q=0.5")).await;
+        assert_eq!(headers["content-encoding"], "br", "{path}: {headers:?}");
+        // `identity` alone: asked, but nothing to compress with.
+        let (headers, body) = get(path, Some("identity")).await;
+        assert!(
+            headers.get("content-encoding").is_none(),
+            "{path}: {headers:?}"
+        );
+        assert!(String::from_utf8_lossy(&body).contains("</html>"), "{path}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn demo_mode_is_labelled_on_every_page_the_not_found_page_included() {
     let (_radius, app, _dir) = demo_portal_with_one_server().await;
     let browser = app.browser(Ipv4Addr::new(127, 0, 8, 10));

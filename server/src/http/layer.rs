@@ -78,3 +78,64 @@ where
         Box::pin(async move { Ok(middleware.call(request, next).await) })
     }
 }
+
+/// tower-http's compression for the clients that ask for it (`Accept-Encoding`); a request
+/// without the header passes it by. Its answer type carries a compressor's whole state inline
+/// (about 6 KB), copied at each layer it passes and boxed at the top, on every answer, also
+/// for clients that take no compressed answer at all (scripts, monitors, load tests).
+#[derive(Clone)]
+pub(crate) struct CompressWhenAsked<S> {
+    compress: tower_http::compression::Compression<S>,
+    plain: S,
+}
+
+/// Puts [`CompressWhenAsked`] above a service.
+#[derive(Clone, Copy)]
+pub(crate) struct CompressWhenAskedLayer;
+
+impl<S: Clone> Layer<S> for CompressWhenAskedLayer {
+    type Service = CompressWhenAsked<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CompressWhenAsked {
+            compress: tower_http::compression::Compression::new(inner.clone()),
+            plain: inner,
+        }
+    }
+}
+
+type Compressed<F> = futures_util::future::Map<
+    tower_http::compression::ResponseFuture<F, tower_http::compression::DefaultPredicate>,
+    fn(
+        Result<Response<tower_http::compression::CompressionBody<Body>>, Infallible>,
+    ) -> Result<Response, Infallible>,
+>;
+
+impl<S> Service<Request<Body>> for CompressWhenAsked<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures_util::future::Either<Compressed<S::Future>, S::Future>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Like the router below it, always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        use futures_util::FutureExt;
+        if request
+            .headers()
+            .contains_key(axum::http::header::ACCEPT_ENCODING)
+        {
+            let boxed: fn(_) -> _ = |answer: Result<Response<_>, Infallible>| {
+                answer.map(|response| response.map(Body::new))
+            };
+            futures_util::future::Either::Left(self.compress.call(request).map(boxed))
+        } else {
+            futures_util::future::Either::Right(self.plain.call(request))
+        }
+    }
+}

@@ -14,6 +14,7 @@ pub mod pages;
 pub mod rate_limit;
 pub mod security;
 pub mod serve;
+mod server_fns;
 pub mod tls;
 
 use crate::storage::web_sessions::WebSessionStore;
@@ -26,13 +27,10 @@ use axum::{
     routing::{get, post},
     Router,
 };
-use layer::{Middleware, MiddlewareLayer, Next};
+use layer::{CompressWhenAskedLayer, Middleware, MiddlewareLayer, Next};
 use leptos::prelude::*;
-use leptos_axum::handle_server_fns_with_context;
 use std::path::PathBuf;
-use tower_http::{
-    compression::CompressionLayer, services::ServeDir, set_header::SetResponseHeaderLayer,
-};
+use tower_http::{services::ServeDir, set_header::SetResponseHeaderLayer};
 use tower_sessions::{cookie::SameSite, Expiry, SessionManagerLayer};
 
 /// What the router needs.
@@ -69,8 +67,40 @@ pub struct RouterParts {
     pub radius_health: Option<crate::radius::health::ServerHealth>,
 }
 
-/// Builds the application router.
-pub fn router(parts: RouterParts) -> Router {
+/// The portal's web service: the layers every request passes, around the routes.
+#[derive(Clone)]
+pub struct Site(SiteStack);
+
+type SiteStack = layer::WithMiddleware<
+    FrontDoor,
+    layer::CompressWhenAsked<
+        <SessionManagerLayer<WebSessionStore> as tower::Layer<
+            layer::WithMiddleware<PerVisitor, Router>,
+        >>::Service,
+    >,
+>;
+
+impl tower::Service<Request<Body>> for Site {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // Every layer is ready at once (see `layer::WithMiddleware`).
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        self.0.call(request)
+    }
+}
+
+/// Builds the portal's web service.
+pub fn router(parts: RouterParts) -> Site {
     let RouterParts {
         leptos_options,
         portal,
@@ -88,10 +118,6 @@ pub fn router(parts: RouterParts) -> Router {
         metrics,
         radius_health,
     } = parts;
-    let context = {
-        let portal = portal.clone();
-        move || provide_context(portal.clone())
-    };
     let site_root = PathBuf::from(leptos_options.site_root.as_ref());
     let pkg_dir = site_root.join(leptos_options.site_pkg_dir.as_ref());
     let pkg = tower::ServiceBuilder::new()
@@ -104,10 +130,6 @@ pub fn router(parts: RouterParts) -> Router {
                 .precompressed_br()
                 .precompressed_gzip(),
         );
-    let server_fns = {
-        let context = context.clone();
-        move |request: Request<Body>| handle_server_fns_with_context(context.clone(), request)
-    };
     // Under HTTPS the `__Host-` prefix makes browsers refuse the cookie unless it is Secure,
     // host-only and for `/` — no subdomain or plain-HTTP page can plant or read it.
     let sessions = SessionManagerLayer::new(session_store)
@@ -156,7 +178,10 @@ pub fn router(parts: RouterParts) -> Router {
     for (path, method) in leptos::server_fn::axum::server_fn_paths() {
         let method = axum::routing::MethodFilter::try_from(method)
             .unwrap_or(axum::routing::MethodFilter::POST);
-        route(path, axum::routing::on(method, server_fns.clone()));
+        route(
+            path,
+            axum::routing::on(method, server_fns::handle).with_state(portal.clone()),
+        );
     }
     for path in app::Page::PATHS {
         route(path, page.clone());
@@ -168,7 +193,10 @@ pub fn router(parts: RouterParts) -> Router {
     ];
     let routes = routes
         // Unknown server fns too: they get a server fn's error answer.
-        .route(UNKNOWN_SERVER_FN, post(server_fns.clone()))
+        .route(
+            UNKNOWN_SERVER_FN,
+            post(server_fns::handle).with_state(portal.clone()),
+        )
         .nest_service(admin::PREFIX, admin::routes(admin))
         .nest_service("/pkg", pkg)
         // A path that is neither a page nor a file: the not-found page.
@@ -188,7 +216,7 @@ pub fn router(parts: RouterParts) -> Router {
             trusted: trusted_proxies,
             labels: std::sync::Arc::new(labels),
         }))
-        .layer(CompressionLayer::new())
+        .layer(CompressWhenAskedLayer)
         .layer(sessions)
         .layer(MiddlewareLayer(PerVisitor {
             flash: flash::FlashState {
@@ -199,7 +227,7 @@ pub fn router(parts: RouterParts) -> Router {
             portal,
         }))
         .service(routes);
-    Router::new().fallback_service(stack)
+    Site(stack)
 }
 
 /// The route of a server fn path that names none.

@@ -9,7 +9,7 @@
 //! period.
 
 use super::rate_limit::client_key;
-use axum::{extract::ConnectInfo, serve::Listener, Router};
+use axum::{extract::ConnectInfo, serve::Listener};
 use hyper::server::conn::http1::Builder;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
@@ -81,17 +81,26 @@ impl Drop for Slot {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown`; then stops accepting, runs `on_shutdown`
-/// (ends long-lived streams) and waits up to `grace` for open requests.
-pub async fn serve<L>(
+/// Serves `router` (the portal's [`super::Site`], or a plain router) on `listener` until
+/// `shutdown`; then stops accepting, runs `on_shutdown` (ends long-lived streams) and waits up
+/// to `grace` for open requests.
+pub async fn serve<L, S>(
     mut listener: L,
-    router: Router,
+    router: S,
     unlimited: impl Fn(IpAddr) -> bool + Send + 'static,
     shutdown: CancellationToken,
     on_shutdown: impl FnOnce(),
     grace: Duration,
 ) where
     L: Listener<Addr = SocketAddr>,
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
 {
     let mut builder = Builder::new();
     builder
@@ -113,7 +122,8 @@ pub async fn serve<L>(
             continue;
         };
         let service = router.clone().map_request(
-            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+            move |request: axum::extract::Request<hyper::body::Incoming>| {
+                let mut request = request.map(axum::body::Body::new);
                 request.extensions_mut().insert(ConnectInfo(peer));
                 request
             },

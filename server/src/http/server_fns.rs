@@ -1,0 +1,68 @@
+//! The server fns' handler. Like `leptos_axum`'s, it runs the server fn registered at the
+//! request's path in a reactive owner of its own, with the request's head, the response
+//! options and the portal service in context; a plain form post (Accept: text/html) without a
+//! Location of its own is sent back to its Referer; the status and headers the server fn set are
+//! applied. Unlike it, the request's head is moved into the context, not copied: the server fn
+//! itself is given the method, URI, headers and body it decodes from, and the portal reads the
+//! head's extensions (web session, client address, organization scope) from the context, once
+//! (`app::service::portal`). `leptos_axum` copied the head — headers and every extension — for
+//! the context, and the context's reader copied it again.
+
+use app::service::Portal;
+use axum::{
+    extract::{Request, State},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+};
+use leptos::{
+    prelude::provide_context,
+    reactive::{computed::ScopedFuture, owner::Owner},
+};
+use leptos_axum::ResponseOptions;
+
+/// Runs the server fn at the request's path (400 when there is none).
+pub async fn handle(State(portal): State<Portal>, request: Request) -> Response {
+    let Some(mut server_fn) = leptos::server_fn::axum::get_server_fn_service(
+        request.uri().path(),
+        request.method().clone(),
+    ) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("no server fn at {}\n", request.uri().path()),
+        )
+            .into_response();
+    };
+    let (head, body) = request.into_parts();
+    let mut call = Request::new(body);
+    *call.method_mut() = head.method.clone();
+    *call.uri_mut() = head.uri.clone();
+    *call.headers_mut() = head.headers.clone();
+    let back_to = app::service::accepts_html(&head.headers)
+        .then(|| head.headers.get(header::REFERER).cloned())
+        .flatten();
+    let owner = Owner::new();
+    owner
+        .with(|| {
+            ScopedFuture::new(async move {
+                provide_context(head);
+                let options = ResponseOptions::default();
+                provide_context(options.clone());
+                provide_context(portal);
+                let mut response = server_fn.run(call).await;
+                if let Some(referer) = back_to {
+                    if !response.headers().contains_key(header::LOCATION) {
+                        *response.status_mut() = StatusCode::FOUND;
+                        response.headers_mut().insert(header::LOCATION, referer);
+                    }
+                }
+                let set =
+                    std::mem::take(&mut *options.0.write().unwrap_or_else(|p| p.into_inner()));
+                if let Some(status) = set.status {
+                    *response.status_mut() = status;
+                }
+                response.headers_mut().extend(set.headers);
+                response
+            })
+        })
+        .await
+}
