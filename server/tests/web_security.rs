@@ -115,6 +115,31 @@ async fn an_https_public_url_sends_hsts_and_host_prefixed_secure_cookies() {
         assert!(cookie.contains(attribute), "{attribute}: {cookie}");
     }
     assert!(!cookie.contains("Domain"), "{cookie}");
+    // A web-session cookie that names nothing is removed with the attributes a browser needs
+    // to remove a `__Host-` cookie.
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/", app.addr))
+        .header("accept", "text/html")
+        .header("cookie", "__Host-portal_session=not-an-id")
+        .send()
+        .await
+        .unwrap();
+    let removal = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with("__Host-portal_session="))
+        .expect("the cookie is removed");
+    for attribute in [
+        "Max-Age=0",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/",
+    ] {
+        assert!(removal.contains(attribute), "{attribute}: {removal}");
+    }
     app.stop().await;
 }
 
@@ -521,6 +546,116 @@ async fn answers_are_compressed_for_clients_that_ask_and_plain_for_the_rest() {
         );
         assert!(String::from_utf8_lossy(&body).contains("</html>"), "{path}");
     }
+    app.stop().await;
+}
+
+/// The web session's cookie, by hand (no cookie store): set at login with its attributes and
+/// expiry, not sent again while the session is unchanged, removed with the same attributes at
+/// sign-out, and removed when it names no session or is not an id at all.
+#[tokio::test]
+async fn the_web_session_cookie_is_set_at_login_and_removed_when_it_names_nothing() {
+    let (_radius, app, _dir) = portal_with_one_server().await;
+    let base = format!("http://{}", app.addr);
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 8, 11)))
+        .build()
+        .unwrap();
+    let set_cookies = |response: &reqwest::Response| -> Vec<String> {
+        response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    };
+    let token_in = |body: &str| {
+        let marker = "name=\"csrf\" value=\"";
+        let start = body.find(marker).expect("a form token") + marker.len();
+        body[start..].split('"').next().unwrap().to_string()
+    };
+    let get = |path: &'static str, cookie: String| {
+        client
+            .get(format!("{base}{path}"))
+            .header("accept", "text/html")
+            .header("cookie", cookie)
+            .send()
+    };
+    let post = |path: &'static str, cookie: String, form: Vec<(&'static str, String)>| {
+        client
+            .post(format!("{base}{path}"))
+            .header("accept", "text/html")
+            .header("origin", base.clone())
+            .header("cookie", cookie)
+            .form(&form)
+            .send()
+    };
+
+    let first = get("/", String::new()).await.unwrap();
+    let anon = set_cookies(&first)
+        .into_iter()
+        .find(|c| c.starts_with("portal_anon="))
+        .unwrap();
+    let anon = anon.split(';').next().unwrap().to_string();
+    let token = token_in(&first.text().await.unwrap());
+    let login = post(
+        "/api/login",
+        anon.clone(),
+        vec![
+            ("username", "alice".into()),
+            ("password", "alice-pass".into()),
+            ("csrf", token),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(login.status(), StatusCode::FOUND);
+    let cookies = set_cookies(&login);
+    let session = cookies
+        .iter()
+        .find(|c| c.starts_with("portal_session="))
+        .unwrap_or_else(|| panic!("the login sets the web session's cookie: {cookies:?}"));
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=86400"] {
+        assert!(session.contains(attribute), "{attribute}: {session}");
+    }
+    assert!(!session.contains("Secure"), "plain HTTP: {session}");
+    let session = session.split(';').next().unwrap().to_string();
+    let both = format!("{anon}; {session}");
+
+    let page = get("/session", both.clone()).await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(
+        set_cookies(&page).is_empty(),
+        "an unchanged session is not sent again: {:?}",
+        set_cookies(&page)
+    );
+    let token = token_in(&page.text().await.unwrap());
+    let signed_out = post("/api/disconnect", both.clone(), vec![("csrf", token)])
+        .await
+        .unwrap();
+    assert_eq!(signed_out.status(), StatusCode::FOUND);
+    let removal = set_cookies(&signed_out)
+        .into_iter()
+        .find(|c| c.starts_with("portal_session="))
+        .expect("sign-out removes the web session's cookie");
+    assert!(removal.starts_with("portal_session=;"), "{removal}");
+    for attribute in ["Max-Age=0", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(removal.contains(attribute), "{attribute}: {removal}");
+    }
+
+    // The old id names nothing any more; a value that is no id at all names nothing either.
+    for cookie in [both, format!("{anon}; portal_session=not-an-id")] {
+        let page = get("/", cookie.clone()).await.unwrap();
+        assert_eq!(page.status(), StatusCode::OK);
+        assert!(
+            set_cookies(&page)
+                .iter()
+                .any(|c| c.starts_with("portal_session=;") && c.contains("Max-Age=0")),
+            "{cookie}: {:?}",
+            set_cookies(&page)
+        );
+    }
+    assert_eq!(app.storage.web_session_count().await.unwrap(), 0);
     app.stop().await;
 }
 

@@ -132,15 +132,7 @@ impl FlashState {
     }
 
     fn cookie_in(&self, request: &Request) -> Option<String> {
-        request
-            .headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(name, _)| *name == self.cookie_name())
-            .map(|(_, value)| value.to_string())
+        super::cookie_value(request.headers(), self.cookie_name()).map(str::to_string)
     }
 }
 

@@ -6,10 +6,7 @@
 //! captive-portal probes fetching the sign-in page cost no database write. A login creates the
 //! real web session, which then holds a fresh random token (rotated at login).
 
-use axum::{
-    extract::Request,
-    http::{header, HeaderValue},
-};
+use axum::{extract::Request, http::HeaderValue};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::sync::Arc;
@@ -79,15 +76,7 @@ impl FormTokens {
 
     /// The visitor id in a request's cookies, if well-formed (64 hex digits).
     fn visitor_in(&self, request: &Request) -> Option<AnonId> {
-        request
-            .headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(name, _)| *name == self.cookie)
-            .map(|(_, value)| value)
+        super::cookie_value(request.headers(), self.cookie)
             .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
             .map(|v| AnonId(v.to_ascii_lowercase()))
     }
@@ -167,12 +156,12 @@ mod fuzz {
             let mut request = Request::new(axum::body::Body::empty());
             for cookie in &cookies {
                 if let Ok(value) = HeaderValue::from_bytes(cookie) {
-                    request.headers_mut().append(header::COOKIE, value);
+                    request.headers_mut().append(axum::http::header::COOKIE, value);
                 }
             }
             if let Some(planted) = &planted {
                 if let Ok(value) = HeaderValue::from_str(&format!("a=b; portal_anon={planted}")) {
-                    request.headers_mut().append(header::COOKIE, value);
+                    request.headers_mut().append(axum::http::header::COOKIE, value);
                 }
             }
             if let Some(AnonId(id)) = tokens.visitor_in(&request) {

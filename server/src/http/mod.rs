@@ -16,6 +16,7 @@ pub mod security;
 pub mod serve;
 mod server_fns;
 pub mod tls;
+pub mod web_session;
 
 use crate::storage::web_sessions::WebSessionStore;
 use app::service::Portal;
@@ -31,7 +32,7 @@ use layer::{CompressWhenAskedLayer, Middleware, MiddlewareLayer, Next};
 use leptos::prelude::*;
 use std::path::PathBuf;
 use tower_http::{services::ServeDir, set_header::SetResponseHeaderLayer};
-use tower_sessions::{cookie::SameSite, Expiry, SessionManagerLayer};
+use tower_sessions::Expiry;
 
 /// What the router needs.
 pub struct RouterParts {
@@ -73,11 +74,7 @@ pub struct Site(SiteStack);
 
 type SiteStack = layer::WithMiddleware<
     FrontDoor,
-    layer::CompressWhenAsked<
-        <SessionManagerLayer<WebSessionStore> as tower::Layer<
-            layer::WithMiddleware<PerVisitor, Router>,
-        >>::Service,
-    >,
+    layer::CompressWhenAsked<layer::WithMiddleware<PerVisitor, Router>>,
 >;
 
 impl tower::Service<Request<Body>> for Site {
@@ -130,18 +127,6 @@ pub fn router(parts: RouterParts) -> Site {
                 .precompressed_br()
                 .precompressed_gzip(),
         );
-    // Under HTTPS the `__Host-` prefix makes browsers refuse the cookie unless it is Secure,
-    // host-only and for `/` — no subdomain or plain-HTTP page can plant or read it.
-    let sessions = SessionManagerLayer::new(session_store)
-        .with_name(if secure_cookies {
-            "__Host-portal_session"
-        } else {
-            "portal_session"
-        })
-        .with_same_site(SameSite::Strict)
-        .with_http_only(true)
-        .with_secure(secure_cookies)
-        .with_expiry(WEB_SESSION_EXPIRY);
 
     let pages = pages::Pages::new(leptos_options, portal.clone());
     let page = get(pages::render).with_state(pages.clone());
@@ -217,8 +202,8 @@ pub fn router(parts: RouterParts) -> Site {
             labels: std::sync::Arc::new(labels),
         }))
         .layer(CompressWhenAskedLayer)
-        .layer(sessions)
         .layer(MiddlewareLayer(PerVisitor {
+            web_sessions: web_session::WebSessions::new(session_store, secure_cookies),
             flash: flash::FlashState {
                 tokens: form_tokens.clone(),
                 public_url: site_security.public_url.clone(),
@@ -372,19 +357,21 @@ impl<S> NextService for S where
 /// What [`per_visitor`] needs.
 #[derive(Clone)]
 struct PerVisitor {
+    web_sessions: web_session::WebSessions,
     tokens: form_token::FormTokens,
     flash: flash::FlashState,
     portal: Portal,
 }
 
-/// Middleware (inside the web session): the visitor's anonymous id (and its cookie when new),
-/// a failed form post's error carried to the page, and then a server fn's body limits or a
-/// page's data.
+/// Middleware: the visitor's web session (`web_session`: opened from its cookie, saved after
+/// the answer), its anonymous id (and its cookie when new), a failed form post's error carried
+/// to the page, and then a server fn's body limits or a page's data.
 async fn per_visitor<S: NextService>(
     visitor: PerVisitor,
     mut request: Request<Body>,
     next: Next<S>,
 ) -> Response {
+    let web_session = visitor.web_sessions.open(&mut request);
     let new_id = form_token::insert_anonymous_id(&visitor.tokens, &mut request);
     let mut response = flash::carry_form_errors(&visitor.flash, request, |request| async {
         if request.uri().path().starts_with("/api/") {
@@ -399,7 +386,20 @@ async fn per_visitor<S: NextService>(
             .headers_mut()
             .append(axum::http::header::SET_COOKIE, cookie);
     }
+    visitor.web_sessions.close(web_session, &mut response).await;
     response
+}
+
+/// The value of the cookie `name` in a request's `Cookie` headers (the first one so named).
+pub(crate) fn cookie_value<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
 }
 
 /// An error the portal answers before any page or server fn runs (cross-site, unusable

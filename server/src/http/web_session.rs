@@ -1,0 +1,132 @@
+//! Each request's web session (design.md: server-side, in the portal's database; the cookie
+//! carries nothing but its id): a `tower_sessions::Session` put into the request's extensions
+//! from the session cookie, and after the answer
+//! - saved, with its cookie set (a new or rotated id, the expiry renewed), when it changed and
+//!   still holds something (not after a 5xx);
+//! - or its cookie removed, when the request brought one and the session is empty (flushed at
+//!   sign-out, expired, or an id that names nothing).
+//!
+//! This is what tower-sessions' `SessionManagerLayer` did, without the cookie jar of
+//! tower-cookies under it, which parsed every cookie of every request into a jar, and without
+//! a boxed, instrumented future of its own per request: one cookie is read and at most one
+//! `Set-Cookie` written, inside the per-visitor middleware. The removal carries the cookie's
+//! attributes (`Secure` included), as browsers need to remove a `__Host-` cookie.
+
+use crate::storage::web_sessions::WebSessionStore;
+use axum::{
+    extract::Request,
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use std::sync::Arc;
+use tower_sessions::{
+    session::{Id, Session},
+    Expiry,
+};
+
+/// The web sessions of a site: their store and their cookie.
+#[derive(Clone)]
+pub struct WebSessions {
+    store: Arc<WebSessionStore>,
+    cookie: &'static str,
+    secure: bool,
+}
+
+/// A request's web session, as it was opened.
+pub struct Opened {
+    session: Session,
+    /// The request brought a session cookie (well-formed or not).
+    had_cookie: bool,
+}
+
+impl WebSessions {
+    /// Web sessions in `store`; `secure` cookies (HTTPS) are named `__Host-portal_session`,
+    /// which browsers refuse unless it is Secure, host-only and for `/`.
+    pub fn new(store: WebSessionStore, secure: bool) -> Self {
+        WebSessions {
+            store: Arc::new(store),
+            cookie: if secure {
+                "__Host-portal_session"
+            } else {
+                "portal_session"
+            },
+            secure,
+        }
+    }
+
+    /// Puts the web session named by the request's cookie (or a new, empty one) into its
+    /// extensions. It is loaded from the store when first read.
+    pub fn open(&self, request: &mut Request) -> Opened {
+        let value = super::cookie_value(request.headers(), self.cookie);
+        let had_cookie = value.is_some();
+        let id = value.and_then(|value| match value.parse::<Id>() {
+            Ok(id) => Some(id),
+            Err(_) => {
+                tracing::warn!("malformed web-session id in a cookie: ignored");
+                None
+            }
+        });
+        let session = Session::new(id, self.store.clone(), Some(super::WEB_SESSION_EXPIRY));
+        request.extensions_mut().insert(session.clone());
+        Opened {
+            session,
+            had_cookie,
+        }
+    }
+
+    /// Saves the session if it changed and sets its cookie, or removes the cookie of an empty
+    /// one. A session that cannot be saved turns the answer into a 500.
+    pub async fn close(&self, opened: Opened, response: &mut Response) {
+        let Opened {
+            session,
+            had_cookie,
+        } = opened;
+        let empty = session.is_empty().await;
+        let cookie = if empty {
+            if !had_cookie {
+                return;
+            }
+            format!("{}=; Max-Age=0{}", self.cookie, self.attributes())
+        } else {
+            if !session.is_modified() || response.status().is_server_error() {
+                return;
+            }
+            if let Err(e) = session.save().await {
+                tracing::error!(error = %e, "saving the web session failed");
+                *response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                return;
+            }
+            let Some(id) = session.id() else {
+                tracing::error!("a saved web session has no id");
+                *response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                return;
+            };
+            let max_age = match session.expiry() {
+                Some(Expiry::OnInactivity(duration)) => {
+                    format!("; Max-Age={}", duration.whole_seconds().max(0))
+                }
+                Some(Expiry::AtDateTime(at)) => format!(
+                    "; Max-Age={}",
+                    (at - tower_sessions::cookie::time::OffsetDateTime::now_utc())
+                        .whole_seconds()
+                        .max(0)
+                ),
+                Some(Expiry::OnSessionEnd) | None => String::new(),
+            };
+            format!("{}={id}{max_age}{}", self.cookie, self.attributes())
+        };
+        if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+    }
+
+    /// The cookie's attributes: for the whole site, not for scripts, never sent cross-site,
+    /// Secure under HTTPS.
+    fn attributes(&self) -> &'static str {
+        if self.secure {
+            "; Path=/; HttpOnly; SameSite=Strict; Secure"
+        } else {
+            "; Path=/; HttpOnly; SameSite=Strict"
+        }
+    }
+}
