@@ -114,6 +114,19 @@ async fn hostile_logins_get_clear_4xx_answers_and_send_nothing() {
         assert_eq!(got, *status, "{body:.80}: {answer}");
         assert!(answer.contains(text), "{body:.80}: {answer}");
     }
+    // A server fn that does not exist gets the server fns' error answer.
+    let response = browser
+        .http
+        .post(format!("{}/api/no_such_fn", browser.base))
+        .header("origin", browser.base.clone())
+        .header("accept", "application/json")
+        .form(&[("x", "1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let answer: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(answer["error"], "NotFound", "{answer}");
     assert!(
         radius.auth_lines().is_empty(),
         "no Access-Request for any of them"

@@ -515,6 +515,8 @@ async fn answers_are_compressed_for_clients_that_ask_and_plain_for_the_rest() {
             plain_headers.get("content-encoding").is_none(),
             "{path}: {plain_headers:?}"
         );
+        // A cache must not hand this plain copy to a client that asks for a compressed one.
+        assert_eq!(plain_headers["vary"], "accept-encoding", "{path}");
         assert!(
             String::from_utf8_lossy(&plain).contains("</html>"),
             "{path}"
@@ -522,6 +524,7 @@ async fn answers_are_compressed_for_clients_that_ask_and_plain_for_the_rest() {
 
         let (headers, gzipped) = get(path, Some("gzip")).await;
         assert_eq!(headers["content-encoding"], "gzip", "{path}: {headers:?}");
+        assert_eq!(headers["vary"], "accept-encoding", "{path}");
         assert_eq!(headers["x-frame-options"], "DENY", "{path}");
         let mut html = String::new();
         std::io::Read::read_to_string(
@@ -656,6 +659,62 @@ async fn the_web_session_cookie_is_set_at_login_and_removed_when_it_names_nothin
         );
     }
     assert_eq!(app.storage.web_session_count().await.unwrap(), 0);
+
+    // Signed in again: another application's cookie with a value that is not ASCII hides
+    // nothing of ours; two session cookies (one planted) name no session and remove neither.
+    let first = get("/", anon.clone()).await.unwrap();
+    let token = token_in(&first.text().await.unwrap());
+    let login = post(
+        "/api/login",
+        anon.clone(),
+        vec![
+            ("username", "alice".into()),
+            ("password", "alice-pass".into()),
+            ("csrf", token),
+        ],
+    )
+    .await
+    .unwrap();
+    let session = set_cookies(&login)
+        .into_iter()
+        .find(|c| c.starts_with("portal_session="))
+        .unwrap();
+    let session = session.split(';').next().unwrap().to_string();
+    let mut with_other = b"other=caf".to_vec();
+    with_other.extend_from_slice("\u{e9}".as_bytes());
+    with_other.extend_from_slice(format!("; {anon}; {session}").as_bytes());
+    let page = client
+        .get(format!("{base}/session"))
+        .header("accept", "text/html")
+        .header(
+            "cookie",
+            reqwest::header::HeaderValue::from_bytes(&with_other).unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK, "still signed in");
+    let page = get(
+        "/session",
+        format!("{anon}; portal_session=planted; {session}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        page.status(),
+        StatusCode::FOUND,
+        "no session with two cookies"
+    );
+    assert!(set_cookies(&page)
+        .iter()
+        .all(|c| !c.starts_with("portal_session=")));
+    assert_eq!(
+        get("/session", format!("{anon}; {session}"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
     app.stop().await;
 }
 

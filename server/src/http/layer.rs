@@ -80,7 +80,8 @@ where
 }
 
 /// tower-http's compression for the clients that ask for it (`Accept-Encoding`); a request
-/// without the header passes it by. Its answer type carries a compressor's whole state inline
+/// without the header passes it by (its answer gets the `Vary` the compression layer would
+/// have added). Its answer type carries a compressor's whole state inline
 /// (about 6 KB), copied at each layer it passes and boxed at the top, on every answer, also
 /// for clients that take no compressed answer at all (scripts, monitors, load tests).
 #[derive(Clone)]
@@ -111,13 +112,39 @@ type Compressed<F> = futures_util::future::Map<
     ) -> Result<Response, Infallible>,
 >;
 
+type Plain<F> =
+    futures_util::future::Map<F, fn(Result<Response, Infallible>) -> Result<Response, Infallible>>;
+
+/// `Vary: Accept-Encoding` on an answer that would have been compressed for a client that
+/// asked, as the compression layer puts it there (a shared cache must not give this plain
+/// copy to a client that asks for a compressed one, or the other way round).
+fn vary_by_encoding(answer: Result<Response, Infallible>) -> Result<Response, Infallible> {
+    use axum::http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_RANGE, VARY};
+    use tower_http::compression::predicate::{DefaultPredicate, Predicate};
+    let Ok(mut response) = answer;
+    let headers = response.headers();
+    let compressible = !headers.contains_key(CONTENT_ENCODING)
+        && !headers.contains_key(CONTENT_RANGE)
+        && DefaultPredicate::new().should_compress(&response);
+    let varies = headers.get_all(VARY).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|name| name.trim_ascii().eq_ignore_ascii_case(b"accept-encoding"))
+    });
+    if compressible && !varies {
+        response.headers_mut().append(VARY, ACCEPT_ENCODING.into());
+    }
+    Ok(response)
+}
+
 impl<S> Service<Request<Body>> for CompressWhenAsked<S>
 where
     S: Service<Request, Response = Response, Error = Infallible> + Clone,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = futures_util::future::Either<Compressed<S::Future>, S::Future>;
+    type Future = futures_util::future::Either<Compressed<S::Future>, Plain<S::Future>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Like the router below it, always ready.
@@ -135,7 +162,8 @@ where
             };
             futures_util::future::Either::Left(self.compress.call(request).map(boxed))
         } else {
-            futures_util::future::Either::Right(self.plain.call(request))
+            let vary: fn(_) -> _ = vary_by_encoding;
+            futures_util::future::Either::Right(self.plain.call(request).map(vary))
         }
     }
 }

@@ -122,6 +122,11 @@ pub fn router(parts: RouterParts) -> Site {
             header::CACHE_CONTROL,
             HeaderValue::from_static("public, max-age=31536000, immutable"),
         ))
+        // Which file is served (precompressed or not) depends on Accept-Encoding.
+        .layer(SetResponseHeaderLayer::appending(
+            header::VARY,
+            HeaderValue::from_static("accept-encoding"),
+        ))
         .service(
             ServeDir::new(pkg_dir)
                 .precompressed_br()
@@ -390,16 +395,33 @@ async fn per_visitor<S: NextService>(
     response
 }
 
-/// The value of the cookie `name` in a request's `Cookie` headers (the first one so named).
-pub(crate) fn cookie_value<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+/// The values of the cookies named `name` in a request's `Cookie` headers, in order. Pairs are
+/// split as bytes, so a cookie of another application with a value that is not ASCII (which
+/// makes the whole header unreadable as a string) hides none of ours; a value of ours that is
+/// not UTF-8 is skipped.
+pub(crate) fn cookie_values<'a>(
+    headers: &'a axum::http::HeaderMap,
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value)
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .filter_map(move |pair| {
+            let pair = pair.trim_ascii();
+            let at = pair.iter().position(|&b| b == b'=')?;
+            (&pair[..at] == name.as_bytes())
+                .then(|| std::str::from_utf8(&pair[at + 1..]).ok())
+                .flatten()
+        })
+}
+
+/// The value of the cookie `name` in a request's `Cookie` headers (the first one so named).
+pub(crate) fn cookie_value<'a>(
+    headers: &'a axum::http::HeaderMap,
+    name: &'a str,
+) -> Option<&'a str> {
+    cookie_values(headers, name).next()
 }
 
 /// An error the portal answers before any page or server fn runs (cross-site, unusable

@@ -12,7 +12,7 @@ use app::service::Portal;
 use axum::{
     extract::{Request, State},
     http::{header, StatusCode},
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use leptos::{
     prelude::provide_context,
@@ -20,17 +20,19 @@ use leptos::{
 };
 use leptos_axum::ResponseOptions;
 
-/// Runs the server fn at the request's path (400 when there is none).
+/// Runs the server fn at the request's path (400, the server fns' error answer, when there
+/// is none).
 pub async fn handle(State(portal): State<Portal>, request: Request) -> Response {
     let Some(mut server_fn) = leptos::server_fn::axum::get_server_fn_service(
         request.uri().path(),
         request.method().clone(),
     ) else {
-        return (
+        return super::caller_error(
+            request.headers(),
             StatusCode::BAD_REQUEST,
-            format!("no server fn at {}\n", request.uri().path()),
-        )
-            .into_response();
+            "NotFound",
+            &format!("There is no server function at {}.", request.uri().path()),
+        );
     };
     let (head, body) = request.into_parts();
     let mut call = Request::new(body);

@@ -6,6 +6,8 @@
 //! - or its cookie removed, when the request brought one and the session is empty (flushed at
 //!   sign-out, expired, or an id that names nothing).
 //!
+//! A request with two session cookies has no session, and neither cookie is removed.
+//!
 //! This is what tower-sessions' `SessionManagerLayer` did, without the cookie jar of
 //! tower-cookies under it, which parsed every cookie of every request into a jar, and without
 //! a boxed, instrumented future of its own per request: one cookie is read and at most one
@@ -57,15 +59,25 @@ impl WebSessions {
     /// Puts the web session named by the request's cookie (or a new, empty one) into its
     /// extensions. It is loaded from the store when first read.
     pub fn open(&self, request: &mut Request) -> Opened {
-        let value = super::cookie_value(request.headers(), self.cookie);
-        let had_cookie = value.is_some();
-        let id = value.and_then(|value| match value.parse::<Id>() {
-            Ok(id) => Some(id),
-            Err(_) => {
-                tracing::warn!("malformed web-session id in a cookie: ignored");
-                None
-            }
-        });
+        // Two cookies of that name (one planted for a narrower path, say, on plain HTTP where
+        // the name has no `__Host-` prefix) name no session, and neither is removed: the
+        // browser's own cookie is not ours to tell apart from the planted one.
+        let mut values = super::cookie_values(request.headers(), self.cookie);
+        let (value, more) = (values.next(), values.next().is_some());
+        let had_cookie = value.is_some() && !more;
+        let id = value
+            .filter(|_| !more)
+            .and_then(|value| match value.parse::<Id>() {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    tracing::debug!("malformed web-session id in a cookie: ignored");
+                    None
+                }
+            });
+        drop(values);
+        if more {
+            tracing::debug!("more than one web-session cookie: none is used");
+        }
         let session = Session::new(id, self.store.clone(), Some(super::WEB_SESSION_EXPIRY));
         request.extensions_mut().insert(session.clone());
         Opened {
