@@ -353,10 +353,16 @@ fn sign_then_authenticate(
 /// Encodes an Access-Request or Status-Server (built by [`Packet::access_request`]): the
 /// authenticator as chosen, the Message-Authenticator signed.
 pub fn encode_access_request(packet: &Packet) -> Result<Vec<u8>, PacketError> {
-    let mut p = packet.clone();
-    if p.get(attr::MESSAGE_AUTHENTICATOR).is_none() {
-        p.push(attr::MESSAGE_AUTHENTICATOR, [0u8; 16]);
-    }
+    // Built by `Packet::access_request`, it has one already (copied only when it has not).
+    let signed;
+    let p = if packet.wire.lookup(attr::MESSAGE_AUTHENTICATOR).is_some() {
+        packet
+    } else {
+        let mut with = packet.clone();
+        with.push(attr::MESSAGE_AUTHENTICATOR, [0u8; 16]);
+        signed = with;
+        &signed
+    };
     let mut bytes = p.encode_wire()?;
     sign_message_authenticator(&mut bytes, p.wire.get_secret(), &p.authenticator());
     Ok(bytes)
