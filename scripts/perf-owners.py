@@ -13,11 +13,11 @@ import sys
 
 OWNERS = [
     ("sqlite (reads on workers)", ("sqlite3", "rusqlite")),
-    ("web-session store", ("tower_sessions", "web_sessions")),
+    ("web sessions (layer and store)", ("tower_sessions", "tower_cookies", "web_session")),
     ("radius client/accounting", ("radius_portal::radius", "radius_portal::accounting")),
     ("page render (tachys/leptos view)", ("tachys::", "app::pages", "app::islands", "app::shell",
                                           "leptos_meta", "leptos::hydration", "leptos_router")),
-    ("server fn plumbing", ("server_fn::", "handle_server_fns")),
+    ("server fn plumbing", ("server_fn::", "handle_server_fns", "radius_portal::http::server_fns")),
     ("portal backend", ("radius_portal::portal_backend", "radius_portal::access_session")),
     ("middleware (ours)", ("radius_portal::http",)),
     ("leptos_axum/integration", ("leptos_axum", "leptos_integration_utils", "reactive_graph",
