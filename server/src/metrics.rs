@@ -235,10 +235,10 @@ impl Metrics {
     }
 
     /// One HTTP request.
-    pub fn http_request(&self, route: &str, status: u16, took: Duration) {
+    pub fn http_request(&self, route: &str, status: axum::http::StatusCode, took: Duration) {
         self.0
             .http_requests
-            .with_label_values(&[route, &status.to_string()])
+            .with_label_values(&[route, status.as_str()])
             .inc();
         self.0
             .http_seconds
@@ -300,7 +300,11 @@ mod tests {
         m.login("acme", "rejected");
         m.radius_exchange("primary", "auth", "answered", Duration::from_millis(2));
         m.radius_exchange("primary", "acct", "timeout", Duration::from_secs(3));
-        m.http_request("/api/login", 303, Duration::from_millis(4));
+        m.http_request(
+            "/api/login",
+            axum::http::StatusCode::SEE_OTHER,
+            Duration::from_millis(4),
+        );
         m.expired(Duration::from_millis(20));
         let text = m.render(&Snapshot {
             active_sessions: vec![("acme".into(), 3)],

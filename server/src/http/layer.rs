@@ -73,9 +73,11 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
+        use futures_util::FutureExt;
         let next = Next(self.inner.clone());
-        let middleware = self.middleware.clone();
-        Box::pin(async move { Ok(middleware.call(request, next).await) })
+        // Boxed as it is made: an async block around it would be boxed with room for it and
+        // then move it in on its first poll, a copy of its whole state more per request.
+        Box::pin(self.middleware.clone().call(request, next).map(Ok))
     }
 }
 

@@ -280,7 +280,7 @@ async fn front_door<S: NextService>(
 ) -> Response {
     use tracing::Instrument;
     let started = std::time::Instant::now();
-    let id = format!("{:016x}", rand::random::<u64>());
+    let id = crate::hex(&rand::random::<[u8; 8]>());
     let span = tracing::info_span!("request", id = %id, scoped = tracing::field::Empty);
     // The path before `/o/{slug}` comes off (the request logs below see the rest).
     if request.uri().path().starts_with("/o/") {
@@ -309,12 +309,15 @@ async fn front_door<S: NextService>(
     let headers = response.headers_mut();
     security::add_security_headers(&door.site, headers);
     if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
-        headers.insert("x-request-id", value);
+        headers.insert(REQUEST_ID, value);
     }
     door.metrics
-        .http_request(route, response.status().as_u16(), started.elapsed());
+        .http_request(route, response.status(), started.elapsed());
     response
 }
+
+/// The response header that carries a request's id.
+const REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
 
 impl<S: NextService> Middleware<S> for FrontDoor {
     fn call(

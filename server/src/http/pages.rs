@@ -50,7 +50,7 @@ pub struct Pages {
 /// they change the page is rendered afresh. A page with an error to show, or whose HTML
 /// carries its render's CSP nonce (scripts: `cargo leptos watch`), is never kept.
 #[derive(Default)]
-struct SignInPages(std::sync::Mutex<std::collections::HashMap<(String, String), Arc<SignInPage>>>);
+struct SignInPages(std::sync::Mutex<std::collections::HashMap<String, Vec<Arc<SignInPage>>>>);
 
 struct SignInPage {
     info: app::dto::SiteInfo,
@@ -62,11 +62,14 @@ struct SignInPage {
 const TOKEN_MARK: &str = "form-token-goes-here";
 
 impl SignInPages {
+    /// The organization's page at the prefix `info` names, if it was rendered from `info`.
+    /// Looked up by borrowed names (a page view allocates no key).
     fn get(&self, info: &app::dto::SiteInfo) -> Option<Arc<SignInPage>> {
         let pages = self.0.lock().unwrap_or_else(|p| p.into_inner());
         pages
-            .get(&(info.organization_id.clone(), info.base.clone()))
-            .filter(|page| page.info == *info)
+            .get(info.organization_id.as_str())?
+            .iter()
+            .find(|page| page.info == *info)
             .cloned()
     }
 
@@ -76,8 +79,9 @@ impl SignInPages {
         if pages.len() >= 4096 {
             pages.clear();
         }
-        let key = (page.info.organization_id.clone(), page.info.base.clone());
-        pages.insert(key, Arc::new(page));
+        let kept = pages.entry(page.info.organization_id.clone()).or_default();
+        kept.retain(|old| old.info.base != page.info.base);
+        kept.push(Arc::new(page));
     }
 }
 
