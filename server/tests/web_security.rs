@@ -769,6 +769,22 @@ async fn every_visitor_gets_the_sign_in_page_with_its_own_token_and_nonce() {
         assert_ne!(first.1, other.1, "each answer has its own nonce");
         assert_eq!(first.2, other.2, "the page is the same but for the token");
     }
+    // The organization at its own prefix is another kept page, whose links stay under it;
+    // the page at `/` is still the one for `/`.
+    for _ in 0..2 {
+        let scoped = app
+            .browser(Ipv4Addr::new(127, 0, 8, 45))
+            .get("/o/acme/")
+            .await;
+        assert!(
+            scoped.body.contains("href=\"/o/acme/session\""),
+            "{}",
+            scoped.body
+        );
+        let root = app.browser(Ipv4Addr::new(127, 0, 8, 46)).get("/").await;
+        assert!(root.body.contains("href=\"/session\""), "{}", root.body);
+        assert!(!root.body.contains("/o/acme/"), "{}", root.body);
+    }
     radius_portal::organizations::set_active(
         &app.storage,
         &app.organizations,
