@@ -183,7 +183,7 @@ mod tests {
     /// The demo server's answer to `username` / `password`: its code and Reply-Message.
     fn login(username: &str, password: &str) -> (Code, Option<String>) {
         let secret = DEMO_SECRET.as_bytes();
-        let mut request = Packet::access_request(Code::AccessRequest, 7, [3; 16], secret);
+        let mut request = packet::Request::access_request(Code::AccessRequest, 7, [3; 16], secret);
         request.push(attr::USER_NAME, username.as_bytes());
         request
             .push_user_password(password.as_bytes())

@@ -18,7 +18,7 @@ use crate::{
 use breaker::BreakerPolicy;
 use client::{Exchange, RadiusClient, Reply};
 use health::{Port, ServerHealth};
-use packet::{attr, Code, Packet, PacketError};
+use packet::{attr, Code, Packet, PacketError, Request};
 use std::{
     net::{IpAddr, SocketAddr},
     time::Duration,
@@ -185,7 +185,7 @@ fn reply_message(p: &Packet) -> Option<String> {
     (!text.is_empty()).then(|| text.to_string())
 }
 
-fn push_nas_and_client(p: &mut Packet, nas: &NasIdentity, client_ip: IpAddr) {
+fn push_nas_and_client(p: &mut Request<'_>, nas: &NasIdentity, client_ip: IpAddr) {
     match nas.ip {
         IpAddr::V4(ip) => p.push_ipv4(attr::NAS_IP_ADDRESS, ip),
         IpAddr::V6(ip) => p.push_ipv6(attr::NAS_IPV6_ADDRESS, ip),
@@ -364,7 +364,7 @@ impl Radius {
                     |id| {
                         let authenticator = random_authenticator();
                         let mut p =
-                            Packet::access_request(Code::AccessRequest, id, authenticator, secret);
+                            Request::access_request(Code::AccessRequest, id, authenticator, secret);
                         p.push(attr::USER_NAME, username.as_bytes());
                         p.push_user_password(password.as_bytes())
                             .map_err(RadiusError::Encode)?;
@@ -461,7 +461,7 @@ impl Radius {
         self.client
             .exchange(exchange, |id| {
                 let authenticator = random_authenticator();
-                let p = Packet::access_request(Code::StatusServer, id, authenticator, secret);
+                let p = Request::access_request(Code::StatusServer, id, authenticator, secret);
                 Ok((
                     packet::encode_access_request(&p).map_err(RadiusError::Encode)?,
                     authenticator,
@@ -506,7 +506,7 @@ pub fn encode_accounting(
     record: &AccountingRecord,
     secret: &[u8],
 ) -> Result<(Vec<u8>, [u8; 16]), RadiusError> {
-    let mut p = Packet::new(Code::AccountingRequest, id, [0; 16], secret);
+    let mut p = Request::new(Code::AccountingRequest, id, [0; 16], secret);
     p.push_u32(attr::ACCT_STATUS_TYPE, record.status_type);
     p.push(attr::ACCT_SESSION_ID, record.acct_session_id.as_bytes());
     p.push(attr::USER_NAME, record.username.as_bytes());
