@@ -402,6 +402,7 @@ impl<'s> Request<'s> {
         if password.len() > MAX_PASSWORD {
             return Err(PacketError::PasswordTooLong);
         }
+        self.secret_given()?;
         let len = password.len().div_ceil(16).max(1) * 16;
         let mut hidden = [0u8; MAX_PASSWORD];
         hidden[..password.len()].copy_from_slice(password);
@@ -437,8 +438,25 @@ impl<'s> Request<'s> {
         None
     }
 
-    /// The bytes with their Length set, after the size checks.
-    fn wire(&self) -> Result<Vec<u8>, PacketError> {
+    /// A request is hidden and signed with its server's shared secret: never with none (the
+    /// configuration refuses an empty one; this is the last guard).
+    fn secret_given(&self) -> Result<(), PacketError> {
+        if self.secret.is_empty() {
+            return Err(PacketError::Encode("no shared secret".into()));
+        }
+        Ok(())
+    }
+
+    /// The bytes with their Length set, after the checks: a shared secret, a code among
+    /// `codes`, sizes.
+    fn wire(&self, codes: &[Code]) -> Result<Vec<u8>, PacketError> {
+        self.secret_given()?;
+        let code = Code::from(self.bytes[0]);
+        if !codes.contains(&code) {
+            return Err(PacketError::Encode(format!(
+                "not a request of this kind: {code:?}"
+            )));
+        }
         if self.oversized_value || self.bytes.len() > MAX_PACKET {
             return Err(PacketError::TooLarge);
         }
@@ -449,8 +467,9 @@ impl<'s> Request<'s> {
     }
 }
 
-/// Encodes an Access-Request or Status-Server (built by [`Request::access_request`]): the
-/// authenticator as chosen, the Message-Authenticator signed (appended first if absent).
+/// Encodes an Access-Request or Status-Server (built by [`Request::access_request`], which
+/// puts the Message-Authenticator first): the authenticator as chosen, the
+/// Message-Authenticator signed (appended last to a request built without one).
 pub fn encode_access_request(request: &Request<'_>) -> Result<Vec<u8>, PacketError> {
     let appended;
     let request = if request.get(attr::MESSAGE_AUTHENTICATOR).is_some() {
@@ -461,7 +480,7 @@ pub fn encode_access_request(request: &Request<'_>) -> Result<Vec<u8>, PacketErr
         appended = with;
         &appended
     };
-    let mut bytes = request.wire()?;
+    let mut bytes = request.wire(&[Code::AccessRequest, Code::StatusServer])?;
     sign_message_authenticator(&mut bytes, request.secret, &request.authenticator());
     Ok(bytes)
 }
@@ -472,7 +491,7 @@ pub fn encode_access_request(request: &Request<'_>) -> Result<Vec<u8>, PacketErr
 pub fn encode_accounting_request(
     request: &Request<'_>,
 ) -> Result<(Vec<u8>, [u8; 16]), PacketError> {
-    let mut bytes = request.wire()?;
+    let mut bytes = request.wire(&[Code::AccountingRequest])?;
     bytes[4..HEADER].fill(0);
     let auth = md5(&[&bytes, request.secret]);
     bytes[4..HEADER].copy_from_slice(&auth);
@@ -665,7 +684,8 @@ mod tests {
     }
 
     /// The bytes every kind of packet had on the wire with the hand-written codec this module
-    /// replaced (recorded from it with these inputs): moving to the crate changed none of them.
+    /// replaced (recorded from it with these inputs): neither moving to the crate nor writing
+    /// the requests ourselves again changed any of them.
     #[test]
     fn wire_bytes_are_those_of_the_previous_codec() {
         let auth: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
@@ -731,13 +751,15 @@ mod tests {
     #[test]
     fn hidden_password_round_trips_for_every_length() {
         let auth = [7u8; 16];
-        for len in [1usize, 15, 16, 17, 32, 100, 128] {
+        for len in [0usize, 1, 15, 16, 17, 32, 100, 128] {
             let pw: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
             let mut p = Request::access_request(Code::AccessRequest, 1, auth, SECRET);
             p.push_user_password(&pw).expect("fits");
             let hidden = p.get(attr::USER_PASSWORD).expect("present");
-            assert_eq!(hidden.len() % 16, 0);
-            assert_ne!(hidden[..len.min(16)], pw[..len.min(16)]);
+            assert_eq!(hidden.len(), len.div_ceil(16).max(1) * 16, "{len}");
+            if len > 0 {
+                assert_ne!(hidden[..len.min(16)], pw[..len.min(16)]);
+            }
             let received = Packet::decode(&encode_access_request(&p).expect("encodes"), SECRET)
                 .expect("decodes");
             assert_eq!(received.user_password(), Some(pw));
@@ -797,6 +819,78 @@ mod tests {
         assert!(encode_accounting_request(&p).is_ok(), "3,845 bytes fit");
         p.push(attr::CLASS, [1u8; 253]);
         assert_eq!(encode_accounting_request(&p), Err(PacketError::TooLarge));
+        // Exactly 4,096 bytes fit; one more does not.
+        for (value, fits) in [(249usize, true), (250, false)] {
+            let mut p = Request::new(Code::AccountingRequest, 1, [0; 16], SECRET);
+            for _ in 0..15 {
+                p.push(attr::CLASS, [1u8; 253]);
+            }
+            p.push(attr::CLASS, vec![2u8; value]);
+            let encoded = encode_accounting_request(&p);
+            assert_eq!(encoded.is_ok(), fits, "{value}");
+            if let Ok((bytes, _)) = encoded {
+                assert_eq!(bytes.len(), MAX_PACKET);
+            }
+        }
+    }
+
+    /// What the crate writes for the same request, with its own authenticator: every kind of
+    /// attribute the portal's accounting sends, IPv6 addresses and several Class values (one
+    /// empty) included.
+    #[test]
+    fn accounting_requests_are_the_bytes_the_crate_writes() {
+        let mut ours = Request::new(Code::AccountingRequest, 200, [0; 16], SECRET);
+        let mut crates = Packet::new(Code::AccountingRequest, 200, [0; 16], SECRET);
+        let v6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+        for (typ, value) in [
+            (attr::ACCT_STATUS_TYPE, 2u32.to_be_bytes().to_vec()),
+            (
+                attr::ACCT_SESSION_ID,
+                b"0190a1b2c3d4e5f60718293a4b5c6d7e".to_vec(),
+            ),
+            (attr::USER_NAME, b"alice@example".to_vec()),
+            (attr::NAS_IPV6_ADDRESS, v6.octets().to_vec()),
+            (attr::CALLING_STATION_ID, b"2001:db8::10".to_vec()),
+            (attr::FRAMED_IPV6_ADDRESS, v6.octets().to_vec()),
+            (attr::CLASS, vec![0, 255, 1]),
+            (attr::CLASS, Vec::new()),
+            (attr::CLASS, vec![7; 253]),
+            (attr::ACCT_SESSION_TIME, 3_600u32.to_be_bytes().to_vec()),
+            (attr::ACCT_TERMINATE_CAUSE, 6u32.to_be_bytes().to_vec()),
+        ] {
+            ours.push(typ, &value);
+            crates.push(typ, &value);
+        }
+        let (bytes, auth) = encode_accounting_request(&ours).expect("encodes");
+        assert_eq!(
+            hex(&bytes),
+            hex(&crates.encode_wire().expect("the crate encodes"))
+        );
+        assert_eq!(auth[..], bytes[4..20]);
+        assert!(verify_accounting_request(&bytes, SECRET));
+    }
+
+    #[test]
+    fn requests_need_a_secret_and_their_own_encoder() {
+        let mut p = Request::access_request(Code::AccessRequest, 1, [1; 16], b"");
+        assert!(matches!(
+            p.push_user_password(b"pw"),
+            Err(PacketError::Encode(_))
+        ));
+        assert!(matches!(
+            encode_access_request(&p),
+            Err(PacketError::Encode(_))
+        ));
+        let a = Request::new(Code::AccountingRequest, 1, [0; 16], SECRET);
+        assert!(matches!(
+            encode_access_request(&a),
+            Err(PacketError::Encode(_))
+        ));
+        let r = Request::access_request(Code::AccessRequest, 1, [1; 16], SECRET);
+        assert!(matches!(
+            encode_accounting_request(&r),
+            Err(PacketError::Encode(_))
+        ));
     }
 
     #[test]
