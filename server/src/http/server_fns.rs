@@ -31,7 +31,8 @@ pub async fn handle(State(portal): State<Portal>, request: Request) -> Response 
             request.headers(),
             StatusCode::BAD_REQUEST,
             "NotFound",
-            &format!("There is no server function at {}.", request.uri().path()),
+            // The path is the caller's text: not repeated back.
+            "There is no server function at this path.",
         );
     };
     let (head, body) = request.into_parts();
