@@ -3,7 +3,7 @@
 //! sends (Message-Authenticator, accounting authenticators) and signs what it answers.
 //! Never for production: it is labelled DEMO in the log and on every page.
 
-use crate::radius::packet::{self, attr, Code, Packet, MAX_PACKET};
+use crate::radius::packet::{self, attr, Code, Packet, PushAttribute, MAX_PACKET};
 use std::{
     net::{Ipv4Addr, SocketAddr},
     sync::Arc,

@@ -21,7 +21,7 @@ use crate::{
     access_session::AccessSessions,
     config::{ConfigError, DynamicAuthorizationSettings},
     organizations::guard::{self, Operation, OrgState},
-    radius::packet::{self, attr, Code, Packet, MAX_PACKET},
+    radius::packet::{self, attr, Code, Packet, PushAttribute, MAX_PACKET},
     storage::SessionMatch,
 };
 use std::{

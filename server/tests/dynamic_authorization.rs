@@ -10,7 +10,7 @@ mod common;
 use common::{field, settings, temp_db, FreeRadius, TestApp, SECRET};
 use radius_portal::{
     config::{DynamicAuthorizationClient, Secret, Settings},
-    radius::packet::{attr, encode_dynauth_request, Code, Packet},
+    radius::packet::{attr, encode_dynauth_request, Code, Packet, PushAttribute},
 };
 use std::{
     io::Write,

@@ -13,7 +13,7 @@ use md5::{Digest, Md5};
 use radius_portal::{
     radius::{
         client::RadiusClient,
-        packet::{attr, encode_response, Code, Packet},
+        packet::{attr, encode_response, Code, Packet, PushAttribute},
         status_type, AccountingRecord, NasIdentity, Radius,
     },
     storage::NewAccessSession,

@@ -18,7 +18,7 @@ use crate::{
 use breaker::BreakerPolicy;
 use client::{Exchange, RadiusClient, Reply};
 use health::{Port, ServerHealth};
-use packet::{attr, Code, Packet, PacketError, Request};
+use packet::{attr, Code, Packet, PacketError, PushAttribute, Request};
 use std::{
     net::{IpAddr, SocketAddr},
     time::Duration,

@@ -164,29 +164,6 @@ impl Packet {
         a
     }
 
-    /// Appends an attribute.
-    pub fn push(&mut self, typ: u8, value: impl AsRef<[u8]>) {
-        let value = value.as_ref();
-        self.oversized_value |= value.len() > MAX_VALUE;
-        self.attributes_len += 2 + value.len();
-        self.wire.add(AVP::from_bytes(typ, value));
-    }
-
-    /// Appends a 32-bit integer attribute.
-    pub fn push_u32(&mut self, typ: u8, value: u32) {
-        self.push(typ, value.to_be_bytes());
-    }
-
-    /// Appends an IPv4 address attribute.
-    pub fn push_ipv4(&mut self, typ: u8, value: Ipv4Addr) {
-        self.push(typ, value.octets());
-    }
-
-    /// Appends an IPv6 address attribute.
-    pub fn push_ipv6(&mut self, typ: u8, value: Ipv6Addr) {
-        self.push(typ, value.octets());
-    }
-
     /// The User-Password of a received Access-Request, revealed (NUL padding removed).
     pub fn user_password(&self) -> Option<Vec<u8>> {
         let avp = self.wire.lookup(attr::USER_PASSWORD)?;
@@ -368,33 +345,6 @@ impl<'s> Request<'s> {
         request
     }
 
-    /// Appends an attribute (a value over 253 bytes makes the request unencodable).
-    pub fn push(&mut self, typ: u8, value: impl AsRef<[u8]>) {
-        let value = value.as_ref();
-        if value.len() > MAX_VALUE {
-            self.oversized_value = true;
-            return;
-        }
-        self.bytes.push(typ);
-        self.bytes.push((value.len() + 2) as u8);
-        self.bytes.extend_from_slice(value);
-    }
-
-    /// Appends a 32-bit integer attribute.
-    pub fn push_u32(&mut self, typ: u8, value: u32) {
-        self.push(typ, value.to_be_bytes());
-    }
-
-    /// Appends an IPv4 address attribute.
-    pub fn push_ipv4(&mut self, typ: u8, value: Ipv4Addr) {
-        self.push(typ, value.octets());
-    }
-
-    /// Appends an IPv6 address attribute.
-    pub fn push_ipv6(&mut self, typ: u8, value: Ipv6Addr) {
-        self.push(typ, value.octets());
-    }
-
     /// Appends User-Password hidden with the secret and this request's authenticator (RFC
     /// 2865 §5.2): NUL-padded to a multiple of 16 bytes, each block XORed with the MD5 of the
     /// secret and the block before it (the authenticator for the first).
@@ -464,6 +414,50 @@ impl<'s> Request<'s> {
         let len = bytes.len() as u16;
         bytes[2..4].copy_from_slice(&len.to_be_bytes());
         Ok(bytes)
+    }
+}
+
+/// Appending attributes, the same for a request being written ([`Request`]) and a reply
+/// being built ([`Packet`]).
+pub trait PushAttribute {
+    /// Appends an attribute (a value over 253 bytes makes the packet unencodable).
+    fn push(&mut self, typ: u8, value: impl AsRef<[u8]>);
+
+    /// Appends a 32-bit integer attribute.
+    fn push_u32(&mut self, typ: u8, value: u32) {
+        self.push(typ, value.to_be_bytes());
+    }
+
+    /// Appends an IPv4 address attribute.
+    fn push_ipv4(&mut self, typ: u8, value: Ipv4Addr) {
+        self.push(typ, value.octets());
+    }
+
+    /// Appends an IPv6 address attribute.
+    fn push_ipv6(&mut self, typ: u8, value: Ipv6Addr) {
+        self.push(typ, value.octets());
+    }
+}
+
+impl PushAttribute for Packet {
+    fn push(&mut self, typ: u8, value: impl AsRef<[u8]>) {
+        let value = value.as_ref();
+        self.oversized_value |= value.len() > MAX_VALUE;
+        self.attributes_len += 2 + value.len();
+        self.wire.add(AVP::from_bytes(typ, value));
+    }
+}
+
+impl PushAttribute for Request<'_> {
+    fn push(&mut self, typ: u8, value: impl AsRef<[u8]>) {
+        let value = value.as_ref();
+        if value.len() > MAX_VALUE {
+            self.oversized_value = true;
+            return;
+        }
+        self.bytes.push(typ);
+        self.bytes.push((value.len() + 2) as u8);
+        self.bytes.extend_from_slice(value);
     }
 }
 
