@@ -594,24 +594,33 @@ async fn the_web_session_cookie_is_set_at_login_and_removed_when_it_names_nothin
             .send()
     };
 
+    // Signs in with the form token of the sign-in page shown to the visitor `anon`.
+    let sign_in = |anon: String| {
+        let (get, post, token_in) = (&get, &post, &token_in);
+        async move {
+            let page = get("/", anon.clone()).await.unwrap();
+            let token = token_in(&page.text().await.unwrap());
+            post(
+                "/api/login",
+                anon,
+                vec![
+                    ("username", "alice".into()),
+                    ("password", "alice-pass".into()),
+                    ("csrf", token),
+                ],
+            )
+            .await
+            .unwrap()
+        }
+    };
+
     let first = get("/", String::new()).await.unwrap();
     let anon = set_cookies(&first)
         .into_iter()
         .find(|c| c.starts_with("portal_anon="))
         .unwrap();
     let anon = anon.split(';').next().unwrap().to_string();
-    let token = token_in(&first.text().await.unwrap());
-    let login = post(
-        "/api/login",
-        anon.clone(),
-        vec![
-            ("username", "alice".into()),
-            ("password", "alice-pass".into()),
-            ("csrf", token),
-        ],
-    )
-    .await
-    .unwrap();
+    let login = sign_in(anon.clone()).await;
     assert_eq!(login.status(), StatusCode::FOUND);
     let cookies = set_cookies(&login);
     let session = cookies
@@ -662,19 +671,7 @@ async fn the_web_session_cookie_is_set_at_login_and_removed_when_it_names_nothin
 
     // Signed in again: another application's cookie with a value that is not ASCII hides
     // nothing of ours; two session cookies (one planted) name no session and remove neither.
-    let first = get("/", anon.clone()).await.unwrap();
-    let token = token_in(&first.text().await.unwrap());
-    let login = post(
-        "/api/login",
-        anon.clone(),
-        vec![
-            ("username", "alice".into()),
-            ("password", "alice-pass".into()),
-            ("csrf", token),
-        ],
-    )
-    .await
-    .unwrap();
+    let login = sign_in(anon.clone()).await;
     let session = set_cookies(&login)
         .into_iter()
         .find(|c| c.starts_with("portal_session="))
