@@ -39,6 +39,7 @@ free_port() { # $1: tcp or udp
   python3 -c "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_STREAM if sys.argv[1]=='tcp' else socket.SOCK_DGRAM); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])" "$1"
 }
 auth=$(free_port udp); acct=$(free_port udp); strict=$(free_port udp); http=$(free_port tcp)
+metrics=$(free_port tcp)
 
 RADIUS_AUTH_PORT=$auth RADIUS_ACCT_PORT=$acct RADIUS_STRICT_PORT=$strict RADIUS_STATE_DIR=$state \
   freeradius -f -d server/tests/fixtures/freeradius -l "$state/radius.log" &
@@ -76,6 +77,8 @@ login_per_ip = 1000000
 login_per_user = 1000000
 [log]
 filter = "warn"
+[metrics]
+listen = "127.0.0.1:$metrics"
 [[organizations]]
 id = "bench"
 name = "Benchmark"
@@ -114,6 +117,16 @@ start_portal() {
 pg_counters() {
   "$pg_bin/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -d portal -Atc \
     "SELECT xact_commit FROM pg_stat_database WHERE datname = 'portal'"
+}
+
+# SQLite (the first replica): transactions committed with an fsync, without, and the writes
+# in them so far, from the portal's metrics.
+sqlite_counters() {
+  curl -fs "http://127.0.0.1:$metrics/metrics" | awk '
+    /^portal_database_commits_total\{synced="true"\}/ { s = $2 }
+    /^portal_database_commits_total\{synced="false"\}/ { u = $2 }
+    /^portal_database_writes_total / { w = $2 }
+    END { print s + 0, u + 0, w + 0 }'
 }
 
 # Graceful stop (SIGTERM: accounting is flushed first).

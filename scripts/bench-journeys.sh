@@ -19,10 +19,17 @@ for users in $USERS; do
     perf record -F "${PERF_FREQ:-499}" --call-graph "${PERF_CALL_GRAPH:-fp}" -p "$portal_pid" -o "$state/perf.data" -- sleep "${DURATION%s}" >/dev/null 2>&1 &
     perf_pid=$!
   fi
-  [ "$DB" != postgres ] || commits_before=$(pg_counters)
+  if [ "$DB" = postgres ]; then commits_before=$(pg_counters); else sqlite_before=$(sqlite_counters); fi
   target/release/portal-load --users "$users" --duration "$DURATION" "${load_targets[@]}" | tee "$state/report"
+  journeys=$(grep -o '[0-9]* journeys' "$state/report" | head -1 | cut -d' ' -f1)
+  if [ "$DB" != postgres ]; then
+    read -r s0 u0 w0 <<<"$sqlite_before"
+    read -r s1 u1 w1 <<<"$(sqlite_counters)"
+    awk -v j="$journeys" -v s=$((s1 - s0)) -v u=$((u1 - u0)) -v w=$((w1 - w0)) 'BEGIN {
+      j = j > 0 ? j : 1
+      printf "sqlite per journey: %.2f commits (%.2f with fsync), %.2f writes\n", (s + u) / j, s / j, w / j }'
+  fi
   if [ "$DB" = postgres ]; then
-    journeys=$(grep -o '[0-9]* journeys' "$state/report" | head -1 | cut -d' ' -f1)
     echo "postgres: $(( ($(pg_counters) - commits_before) / (journeys > 0 ? journeys : 1) )) transactions per journey"
     if [ -n "${PG_STATEMENTS:-}" ]; then
       echo "postgres statements per journey (all counts so far, by kind):"

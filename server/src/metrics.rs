@@ -32,6 +32,8 @@ struct Inner {
     dead_letters: IntGauge,
     breaker: IntGaugeVec,
     tasks_down: IntGauge,
+    database_commits: IntCounterVec,
+    database_writes: IntCounterVec,
     /// Serializes scrapes (see `render`).
     render_lock: std::sync::Mutex<()>,
 }
@@ -51,6 +53,21 @@ pub struct Snapshot {
     pub breakers: Vec<(String, i64)>,
     /// Background tasks restarting now.
     pub tasks_down: i64,
+    /// What the embedded database has committed (SQLite; none on PostgreSQL, whose own
+    /// statistics count its transactions).
+    pub database_commits: Option<DatabaseCommits>,
+}
+
+/// Transactions and writes the SQLite engine has committed since it was opened (the
+/// benchmarks count commits and fsyncs per journey with them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatabaseCommits {
+    /// Transactions committed with an fsync (a durable write was in them).
+    pub synced: u64,
+    /// Transactions committed without (relaxed writes only).
+    pub unsynced: u64,
+    /// Writes in them (a transaction commits one write or a batch).
+    pub writes: u64,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -194,6 +211,18 @@ impl Metrics {
             "portal_background_tasks_down",
             "Background tasks restarting after a failure",
         );
+        let database_commits = counter(
+            &r,
+            "portal_database_commits_total",
+            "SQLite transactions committed, with an fsync (`synced=\"true\"`) or without",
+            &["synced"],
+        );
+        let database_writes = counter(
+            &r,
+            "portal_database_writes_total",
+            "SQLite writes committed (one transaction commits one write or a batch of them)",
+            &[],
+        );
         Metrics(Arc::new(Inner {
             registry: r,
             logins,
@@ -208,6 +237,8 @@ impl Metrics {
             dead_letters,
             breaker,
             tasks_down,
+            database_commits,
+            database_writes,
             render_lock: std::sync::Mutex::new(()),
         }))
     }
@@ -281,6 +312,25 @@ impl Metrics {
             inner.breaker.with_label_values(&[address]).set(*state);
         }
         inner.tasks_down.set(snapshot.tasks_down);
+        if let Some(commits) = snapshot.database_commits {
+            // Counted by the engine; brought up to its totals here.
+            for (counter, total) in [
+                (
+                    inner.database_commits.with_label_values(&["true"]),
+                    commits.synced,
+                ),
+                (
+                    inner.database_commits.with_label_values(&["false"]),
+                    commits.unsynced,
+                ),
+                (
+                    inner.database_writes.with_label_values::<&str>(&[]),
+                    commits.writes,
+                ),
+            ] {
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
+        }
         let mut text = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&inner.registry.gather(), &mut text) {
             tracing::error!(error = %e, "metrics could not be encoded");
@@ -313,6 +363,11 @@ mod tests {
             dead_letters: 1,
             breakers: vec![("127.0.0.1:1812".into(), 1)],
             tasks_down: 0,
+            database_commits: Some(DatabaseCommits {
+                synced: 5,
+                unsynced: 2,
+                writes: 9,
+            }),
         });
         for expected in [
             "portal_logins_total{organization=\"acme\",outcome=\"accepted\"} 1",
@@ -326,6 +381,9 @@ mod tests {
             "portal_accounting_dead_letters 1",
             "portal_radius_breaker_state{address=\"127.0.0.1:1812\"} 1",
             "portal_background_tasks_down 0",
+            "portal_database_commits_total{synced=\"true\"} 5",
+            "portal_database_commits_total{synced=\"false\"} 2",
+            "portal_database_writes_total 9",
         ] {
             assert!(text.contains(expected), "{expected} missing in:\n{text}");
         }

@@ -27,7 +27,7 @@ use std::{
     panic::AssertUnwindSafe,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicI64, AtomicUsize, Ordering},
+        atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering},
         mpsc, Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -122,13 +122,18 @@ impl Drop for Queued<'_> {
     }
 }
 
-/// What `/readyz` needs to tell a stalled writer from an idle one.
+/// What `/readyz` needs to tell a stalled writer from an idle one, and what `/metrics` counts.
 #[derive(Default)]
 struct Progress {
     /// Writes submitted and not yet answered.
     queued: AtomicUsize,
     /// When the last batch finished (unix ms).
     last_batch: AtomicI64,
+    /// Transactions committed with an fsync (synchronous = FULL) and without.
+    commits_synced: AtomicU64,
+    commits_unsynced: AtomicU64,
+    /// Writes committed (a transaction holds one or more).
+    writes: AtomicU64,
 }
 
 /// A queued write, type-erased for the writer's channel.
@@ -256,6 +261,16 @@ impl Engine {
             && crate::access_session::now_ms() - progress.last_batch.load(Ordering::SeqCst)
                 > STALL_MS;
         !self.inner.writer.is_finished() && !stalled
+    }
+
+    /// What has been committed since the engine was opened.
+    pub(crate) fn commit_counts(&self) -> crate::metrics::DatabaseCommits {
+        let progress = &self.inner.progress;
+        crate::metrics::DatabaseCommits {
+            synced: progress.commits_synced.load(Ordering::Relaxed),
+            unsynced: progress.commits_unsynced.load(Ordering::Relaxed),
+            writes: progress.writes.load(Ordering::Relaxed),
+        }
     }
 
     /// Takes the write gate for a transaction made outside the engine (sqlx): the writer thread
@@ -395,7 +410,7 @@ impl Engine {
             return Err(job);
         }
         let mut batch: Vec<Box<dyn WriteJob>> = vec![job];
-        let outcome = commit(conn, &mut batch, true);
+        let outcome = commit(conn, &mut batch, true, progress);
         drop(guard);
         for job in batch {
             job.finish(outcome.clone());
@@ -486,7 +501,7 @@ fn writer_loop(
         }
         let outcome = {
             let mut conn = write_conn.lock().unwrap_or_else(|p| p.into_inner());
-            let outcome = commit(&mut conn, &mut batch, false);
+            let outcome = commit(&mut conn, &mut batch, false, progress);
             if conn.checkpoint_due() {
                 checkpoint(&mut conn);
             }
@@ -535,11 +550,12 @@ fn checkpoint(conn: &mut WriteConn) {
 }
 
 /// Runs `batch` in one transaction on the write connection (`begun`: the fast path began it
-/// already): FULL if any write is durable.
+/// already): FULL if any write is durable. Counts what it committed in `progress`.
 fn commit(
     conn: &mut WriteConn,
     batch: &mut [Box<dyn WriteJob>],
     begun: bool,
+    progress: &Progress,
 ) -> Result<(), String> {
     conn.unchecked += batch.len();
     let durable = batch.iter().any(|job| job.durable());
@@ -553,12 +569,26 @@ fn commit(
         sync_mode(&conn.conn, &mut conn.synced, durable)
             .and_then(|()| exec(&conn.conn, "BEGIN IMMEDIATE"))
     };
-    ready
-        .and_then(|()| run_batch(&conn.conn, batch))
-        .map_err(|e| {
+    match ready.and_then(|()| run_batch(&conn.conn, batch)) {
+        Ok(committed) => {
+            if committed {
+                let commits = if conn.synced {
+                    &progress.commits_synced
+                } else {
+                    &progress.commits_unsynced
+                };
+                commits.fetch_add(1, Ordering::Relaxed);
+                progress
+                    .writes
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+            Ok(())
+        }
+        Err(e) => {
             tracing::error!(error = %e, writes = batch.len(), "database write batch failed; nothing of it was stored");
-            format!("database write failed: {e}")
-        })
+            Err(format!("database write failed: {e}"))
+        }
+    }
 }
 
 /// FULL (fsync at commit) for a batch with a durable write, NORMAL otherwise.
@@ -593,7 +623,8 @@ fn rolled_back() -> rusqlite::Error {
 /// and the batch run again, each write in its own savepoint, so that the failed write alone is
 /// undone. A savepoint per write copied every page a write touched into the savepoint's
 /// journal: about a tenth of the writer thread's CPU for writes that practically never fail.
-fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> rusqlite::Result<()> {
+/// True if it committed (false: its only write failed and was rolled back).
+fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> rusqlite::Result<bool> {
     let ran = run_all(conn, batch, false).and_then(|all_kept| {
         if all_kept {
             return Ok(true);
@@ -608,12 +639,12 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> rusqlite::Re
     });
     let ran = ran.and_then(|commit| {
         if !commit {
-            return Ok(());
+            return Ok(false);
         }
         if conn.is_autocommit() {
             return Err(rolled_back());
         }
-        exec(conn, "COMMIT")
+        exec(conn, "COMMIT").map(|()| true)
     });
     if ran.is_err() && !conn.is_autocommit() {
         let _ = exec(conn, "ROLLBACK");
@@ -743,6 +774,30 @@ mod tests {
         engine
             .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
             .expect("count")
+    }
+
+    #[tokio::test]
+    async fn commits_are_counted_by_kind_and_a_failed_write_is_not() {
+        let (_dir, engine) = engine().await;
+        let counts = |synced, unsynced, writes| crate::metrics::DatabaseCommits {
+            synced,
+            unsynced,
+            writes,
+        };
+        assert_eq!(engine.commit_counts(), counts(0, 0, 0));
+        insert_small(&engine, "a").await;
+        assert_eq!(engine.commit_counts(), counts(0, 1, 1));
+        engine
+            .write(|c| Ok(c.execute("INSERT INTO t (v) VALUES ('b')", [])?))
+            .await
+            .expect("durable write");
+        assert_eq!(engine.commit_counts(), counts(1, 1, 2));
+        // A duplicate fails alone: rolled back, nothing committed.
+        let failed = engine
+            .write(|c| Ok(c.execute("INSERT INTO t (v) VALUES ('b')", [])?))
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(engine.commit_counts(), counts(1, 1, 2));
     }
 
     #[tokio::test]

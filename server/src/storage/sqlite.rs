@@ -779,6 +779,7 @@ impl SessionStore for SqliteStore {
     }
 
     async fn metrics_snapshot(&self, now: i64) -> Result<crate::metrics::Snapshot, StorageError> {
+        let database_commits = Some(self.engine.commit_counts());
         self.engine
             .read_long(move |c| {
                 let active_sessions: Vec<(String, i64)> = c
@@ -801,6 +802,7 @@ impl SessionStore for SqliteStore {
                         oldest.map_or(0, |o| now.saturating_sub(o).max(0) as u64),
                     ),
                     dead_letters,
+                    database_commits,
                     ..Default::default()
                 })
             })
