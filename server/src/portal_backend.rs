@@ -435,10 +435,14 @@ impl PortalService for PortalBackend {
                 .login(&org_id, &input.username, &input.password, ip)
                 .await
                 .map_err(user_error)?;
-            // A new login gets a new web-session id (no fixation) and a new form token.
-            web.cycle_id()
-                .await
-                .map_err(|e| internal("rotating the web session id", &e))?;
+            // A new login gets a new web-session id (no fixation) and a new form token. A
+            // browser without one gets a fresh id when the session is first saved; rotating
+            // would only delete a random id that was never stored (a write per login).
+            if web.id().is_some() {
+                web.cycle_id()
+                    .await
+                    .map_err(|e| internal("rotating the web session id", &e))?;
+            }
             web.insert(FORM_TOKEN_KEY, random_token())
                 .await
                 .map_err(|e| internal("writing the web session", &e))?;

@@ -642,6 +642,33 @@ async fn the_web_session_cookie_is_set_at_login_and_removed_when_it_names_nothin
         set_cookies(&page)
     );
     let token = token_in(&page.text().await.unwrap());
+
+    // Signing in again from a signed-in browser rotates the web session's id (no fixation):
+    // the old id names nothing any more.
+    let again = post(
+        "/api/login",
+        both.clone(),
+        vec![
+            ("username", "alice".into()),
+            ("password", "alice-pass".into()),
+            ("csrf", token),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.status(), StatusCode::FOUND);
+    let rotated = set_cookies(&again)
+        .into_iter()
+        .find(|c| c.starts_with("portal_session="))
+        .expect("a new web-session cookie");
+    let rotated = rotated.split(';').next().unwrap().to_string();
+    assert_ne!(rotated, session, "a new id at login");
+    let old = get("/session", both.clone()).await.unwrap();
+    assert_eq!(old.status(), StatusCode::FOUND, "the old id is signed out");
+    let both = format!("{anon}; {rotated}");
+    let page = get("/session", both.clone()).await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let token = token_in(&page.text().await.unwrap());
     let signed_out = post("/api/disconnect", both.clone(), vec![("csrf", token)])
         .await
         .unwrap();
