@@ -95,7 +95,9 @@ start_portal() {
     local port=$http config=$state/portal.toml
     if [ "$replica" -gt 1 ]; then
       port=$(free_port tcp); config=$state/portal-$replica.toml
-      sed "s/^listen = \"127.0.0.1:$http\"/listen = \"127.0.0.1:$port\"/" "$state/portal.toml" >"$config"
+      sed -e "s/^listen = \"127.0.0.1:$http\"/listen = \"127.0.0.1:$port\"/" \
+        -e "s/^listen = \"127.0.0.1:$metrics\"/listen = \"127.0.0.1:$(free_port tcp)\"/" \
+        "$state/portal.toml" >"$config"
     fi
     LEPTOS_SITE_ROOT=target/site "$portal_bin" --config "$config" serve \
       >"$state/portal-$replica.log" 2>&1 &
@@ -119,14 +121,17 @@ pg_counters() {
     "SELECT xact_commit FROM pg_stat_database WHERE datname = 'portal'"
 }
 
-# SQLite (the first replica): transactions committed with an fsync, without, and the writes
-# in them so far, from the portal's metrics.
+# SQLite (the first replica): transactions committed under synchronous=FULL (an fsync each)
+# and NORMAL, and the writes stored, so far, from the portal's metrics; nothing if they
+# cannot be read.
 sqlite_counters() {
-  curl -fs "http://127.0.0.1:$metrics/metrics" | awk '
-    /^portal_database_commits_total\{synced="true"\}/ { s = $2 }
-    /^portal_database_commits_total\{synced="false"\}/ { u = $2 }
+  local text
+  text=$(curl -fs "http://127.0.0.1:$metrics/metrics") || { echo "metrics unreadable" >&2; return 0; }
+  awk '
+    /^portal_database_commits_total\{synchronous="full"\}/ { f = $2 }
+    /^portal_database_commits_total\{synchronous="normal"\}/ { n = $2 }
     /^portal_database_writes_total / { w = $2 }
-    END { print s + 0, u + 0, w + 0 }'
+    END { print f + 0, n + 0, w + 0 }' <<<"$text"
 }
 
 # Graceful stop (SIGTERM: accounting is flushed first).

@@ -21,13 +21,15 @@ for users in $USERS; do
   fi
   if [ "$DB" = postgres ]; then commits_before=$(pg_counters); else sqlite_before=$(sqlite_counters); fi
   target/release/portal-load --users "$users" --duration "$DURATION" "${load_targets[@]}" | tee "$state/report"
-  journeys=$(grep -o '[0-9]* journeys' "$state/report" | head -1 | cut -d' ' -f1)
+  journeys=$(grep -o '[0-9]* journeys' "$state/report" | head -1 | cut -d' ' -f1 || true)
   if [ "$DB" != postgres ]; then
-    read -r s0 u0 w0 <<<"$sqlite_before"
-    read -r s1 u1 w1 <<<"$(sqlite_counters)"
-    awk -v j="$journeys" -v s=$((s1 - s0)) -v u=$((u1 - u0)) -v w=$((w1 - w0)) 'BEGIN {
-      j = j > 0 ? j : 1
-      printf "sqlite per journey: %.2f commits (%.2f with fsync), %.2f writes\n", (s + u) / j, s / j, w / j }'
+    sqlite_after=$(sqlite_counters)
+    if [ -n "$sqlite_before" ] && [ -n "$sqlite_after" ] && [ "${journeys:-0}" -gt 0 ]; then
+      read -r f0 n0 w0 <<<"$sqlite_before"
+      read -r f1 n1 w1 <<<"$sqlite_after"
+      awk -v j="$journeys" -v f=$((f1 - f0)) -v n=$((n1 - n0)) -v w=$((w1 - w0)) 'BEGIN {
+        printf "sqlite per journey: %.2f commits (%.2f with fsync), %.2f writes\n", (f + n) / j, f / j, w / j }'
+    fi
   fi
   if [ "$DB" = postgres ]; then
     echo "postgres: $(( ($(pg_counters) - commits_before) / (journeys > 0 ? journeys : 1) )) transactions per journey"

@@ -62,11 +62,13 @@ pub struct Snapshot {
 /// benchmarks count commits and fsyncs per journey with them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DatabaseCommits {
-    /// Transactions committed with an fsync (a durable write was in them).
-    pub synced: u64,
-    /// Transactions committed without (relaxed writes only).
-    pub unsynced: u64,
-    /// Writes in them (a transaction commits one write or a batch).
+    /// Transactions committed under `synchronous = FULL` (a durable write was in them: an
+    /// fsync of the WAL each, when they wrote anything).
+    pub full: u64,
+    /// Transactions committed under `NORMAL` (relaxed writes only: no fsync of their own).
+    pub normal: u64,
+    /// Writes stored by them (a transaction commits one write or a batch; a write that
+    /// failed and was rolled back alone is not counted).
     pub writes: u64,
 }
 
@@ -214,8 +216,8 @@ impl Metrics {
         let database_commits = counter(
             &r,
             "portal_database_commits_total",
-            "SQLite transactions committed, with an fsync (`synced=\"true\"`) or without",
-            &["synced"],
+            "SQLite transactions committed, by synchronous mode: full (an fsync each) or normal (none)",
+            &["synchronous"],
         );
         let database_writes = counter(
             &r,
@@ -316,12 +318,12 @@ impl Metrics {
             // Counted by the engine; brought up to its totals here.
             for (counter, total) in [
                 (
-                    inner.database_commits.with_label_values(&["true"]),
-                    commits.synced,
+                    inner.database_commits.with_label_values(&["full"]),
+                    commits.full,
                 ),
                 (
-                    inner.database_commits.with_label_values(&["false"]),
-                    commits.unsynced,
+                    inner.database_commits.with_label_values(&["normal"]),
+                    commits.normal,
                 ),
                 (
                     inner.database_writes.with_label_values::<&str>(&[]),
@@ -364,8 +366,8 @@ mod tests {
             breakers: vec![("127.0.0.1:1812".into(), 1)],
             tasks_down: 0,
             database_commits: Some(DatabaseCommits {
-                synced: 5,
-                unsynced: 2,
+                full: 5,
+                normal: 2,
                 writes: 9,
             }),
         });
@@ -381,8 +383,8 @@ mod tests {
             "portal_accounting_dead_letters 1",
             "portal_radius_breaker_state{address=\"127.0.0.1:1812\"} 1",
             "portal_background_tasks_down 0",
-            "portal_database_commits_total{synced=\"true\"} 5",
-            "portal_database_commits_total{synced=\"false\"} 2",
+            "portal_database_commits_total{synchronous=\"full\"} 5",
+            "portal_database_commits_total{synchronous=\"normal\"} 2",
             "portal_database_writes_total 9",
         ] {
             assert!(text.contains(expected), "{expected} missing in:\n{text}");

@@ -129,9 +129,9 @@ struct Progress {
     queued: AtomicUsize,
     /// When the last batch finished (unix ms).
     last_batch: AtomicI64,
-    /// Transactions committed with an fsync (synchronous = FULL) and without.
-    commits_synced: AtomicU64,
-    commits_unsynced: AtomicU64,
+    /// Transactions committed under synchronous = FULL and under NORMAL.
+    commits_full: AtomicU64,
+    commits_normal: AtomicU64,
     /// Writes committed (a transaction holds one or more).
     writes: AtomicU64,
 }
@@ -144,6 +144,9 @@ trait WriteJob: Send {
     /// time (after the batch's first run was rolled back because another write failed): the
     /// outcome of the last run counts.
     fn run(&mut self, conn: &Connection) -> bool;
+    /// Whether its last run succeeded (false: it failed, or it never ran because its caller
+    /// had gone away).
+    fn succeeded(&self) -> bool;
     /// Reports the outcome once the batch is over (`Err`: the batch was not committed).
     fn finish(self: Box<Self>, batch: Result<(), String>);
 }
@@ -182,6 +185,10 @@ where
         let ok = result.is_ok();
         self.result = Some(result);
         ok
+    }
+
+    fn succeeded(&self) -> bool {
+        matches!(self.result, Some(Ok(_)))
     }
 
     fn finish(self: Box<Self>, batch: Result<(), String>) {
@@ -267,8 +274,8 @@ impl Engine {
     pub(crate) fn commit_counts(&self) -> crate::metrics::DatabaseCommits {
         let progress = &self.inner.progress;
         crate::metrics::DatabaseCommits {
-            synced: progress.commits_synced.load(Ordering::Relaxed),
-            unsynced: progress.commits_unsynced.load(Ordering::Relaxed),
+            full: progress.commits_full.load(Ordering::Relaxed),
+            normal: progress.commits_normal.load(Ordering::Relaxed),
             writes: progress.writes.load(Ordering::Relaxed),
         }
     }
@@ -573,14 +580,13 @@ fn commit(
         Ok(committed) => {
             if committed {
                 let commits = if conn.synced {
-                    &progress.commits_synced
+                    &progress.commits_full
                 } else {
-                    &progress.commits_unsynced
+                    &progress.commits_normal
                 };
                 commits.fetch_add(1, Ordering::Relaxed);
-                progress
-                    .writes
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                let stored = batch.iter().filter(|job| job.succeeded()).count();
+                progress.writes.fetch_add(stored as u64, Ordering::Relaxed);
             }
             Ok(())
         }
@@ -779,9 +785,9 @@ mod tests {
     #[tokio::test]
     async fn commits_are_counted_by_kind_and_a_failed_write_is_not() {
         let (_dir, engine) = engine().await;
-        let counts = |synced, unsynced, writes| crate::metrics::DatabaseCommits {
-            synced,
-            unsynced,
+        let counts = |full, normal, writes| crate::metrics::DatabaseCommits {
+            full,
+            normal,
             writes,
         };
         assert_eq!(engine.commit_counts(), counts(0, 0, 0));
@@ -798,6 +804,30 @@ mod tests {
             .await;
         assert!(failed.is_err());
         assert_eq!(engine.commit_counts(), counts(1, 1, 2));
+        // Writes made together, one of them failing: only the stored ones count.
+        let writes: Vec<_> = (0..20)
+            .map(|i| {
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    let v = if i == 7 {
+                        "b".to_string()
+                    } else {
+                        format!("w{i}")
+                    };
+                    engine
+                        .write(move |c| Ok(c.execute("INSERT INTO t (v) VALUES (?)", [&v])?))
+                        .await
+                })
+            })
+            .collect();
+        let mut stored = 0;
+        for write in writes {
+            stored += u64::from(write.await.expect("task").is_ok());
+        }
+        assert_eq!(stored, 19);
+        let after = engine.commit_counts();
+        assert_eq!((after.normal, after.writes), (1, 2 + stored));
+        assert!((2..=20).contains(&after.full), "{after:?}");
     }
 
     #[tokio::test]
