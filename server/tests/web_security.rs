@@ -622,6 +622,15 @@ async fn the_web_session_cookie_is_set_at_login_and_removed_when_it_names_nothin
     let anon = anon.split(';').next().unwrap().to_string();
     let login = sign_in(anon.clone()).await;
     assert_eq!(login.status(), StatusCode::FOUND);
+    assert_eq!(
+        login.headers().get("content-length").map(|v| v.as_bytes()),
+        Some(&b"0"[..])
+    );
+    assert!(
+        login.headers().get("content-type").is_none(),
+        "a redirect without a body has no content type: {:?}",
+        login.headers()
+    );
     let cookies = set_cookies(&login);
     let session = cookies
         .iter()

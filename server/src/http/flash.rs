@@ -240,8 +240,9 @@ where
                 Err(e) => tracing::warn!(error = %e, "form error too large to keep"),
             }
             parts.headers.remove("serverfnerror");
-            parts.headers.remove(header::CONTENT_TYPE);
         }
+        // The answer is a redirect without a body (a server fn's answer was JSON).
+        parts.headers.remove(header::CONTENT_TYPE);
         // Without a Referer, Leptos redirects to `/`: the organization's page instead.
         let location = if location == "/" { sign_in } else { location };
         if let Ok(value) = HeaderValue::from_str(&location) {
