@@ -22,6 +22,22 @@ test("without JavaScript, log in, refresh and disconnect work as form posts", as
   await expect(page.getByRole("button", { name: "Sign in" })).toBeVisible();
 });
 
+test("without JavaScript, a reload after the session ended says so and why", async ({ page }) => {
+  await page.goto(url("/"));
+  await page.getByLabel("Username").fill("gina"); // 2-second limit
+  await page.getByLabel("Password").fill("gina-pass");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await expect(page).toHaveURL(url("/session"));
+  await expect(async () => {
+    await page.reload();
+    await expect(page.getByTestId("ended")).toContainText("maximum length", { timeout: 500 });
+  }).toPass({ timeout: 15_000 });
+  await expect(page).toHaveURL(url("/session")); // no silent jump to the sign-in page
+  await expect(page.getByRole("heading", { name: "Session ended" })).toBeVisible();
+  await page.getByRole("link", { name: "Sign in again" }).click();
+  await expect(page.getByRole("button", { name: "Sign in" })).toBeVisible();
+});
+
 test("without JavaScript, a rejected login shows the message", async ({ page }) => {
   await page.goto(url("/"));
   await page.getByLabel("Username").fill("dave");

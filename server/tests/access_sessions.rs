@@ -384,12 +384,53 @@ async fn a_second_login_from_the_same_client_stops_the_first_with_port_preempted
 #[tokio::test]
 async fn the_limit_expiring_stops_the_session_with_session_timeout() {
     let (radius, app, _dir) = portal_with_one_server().await;
-    app.browser(CLIENT).login("gina", "gina-pass").await;
+    let browser = app.browser(CLIENT);
+    browser.login("gina", "gina-pass").await;
 
     let stop = radius.wait_for_acct(&["status=Stop", "user=gina"]).await;
 
     assert_eq!(field(&stop, "cause"), "Session-Timeout");
     assert_eq!(field(&stop, "session_time"), "2");
+    // The session page, reloaded (no JavaScript needed), says it ended and why.
+    let page = browser.get("/session").await;
+    assert_eq!((page.status, page.path.as_str()), (200, "/session"));
+    assert!(
+        page.body.contains("Your session has ended."),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("It reached its maximum length."));
+    app.stop().await;
+}
+
+/// A session the operator ended is shown as ended, with why, on the next load of the session
+/// page (no silent jump to the sign-in form); a browser that never signed in is sent there.
+#[tokio::test]
+async fn the_session_page_says_why_the_session_ended() {
+    let (radius, app, _dir) = portal_with_one_server().await;
+    let browser = app.browser(CLIENT);
+    browser.login("carol", "carol-pass").await;
+    let session = app
+        .sessions
+        .active_for_client("acme", CLIENT.into())
+        .await
+        .unwrap()
+        .expect("carol's session");
+    assert!(app.sessions.stop_by_operator(session.id).await.unwrap());
+    radius.wait_for_acct(&["status=Stop", "user=carol"]).await;
+
+    let page = browser.get("/session").await;
+    assert_eq!((page.status, page.path.as_str()), (200, "/session"));
+    assert!(page.body.contains("Session ended"), "{}", page.body);
+    assert!(page.body.contains("It was ended by the network operator."));
+    assert!(page.body.contains("Sign in again"));
+    assert!(
+        !page.body.contains("Disconnect"),
+        "no controls for an ended session"
+    );
+
+    let stranger = app.browser(Ipv4Addr::new(127, 0, 0, 2));
+    assert_eq!(stranger.get("/session").await.path, "/");
     app.stop().await;
 }
 

@@ -8,15 +8,16 @@ pub mod login;
 pub mod not_found;
 pub mod session;
 
-use crate::{dto::SessionView, error::PortalError};
+use crate::{dto::SessionStatus, error::PortalError};
 
 /// What the page of a request shows, beyond the organization's facts (read where needed).
 #[derive(Clone, Debug, Default)]
 pub struct PageData {
     /// The web session's form token (every page with a form).
     pub form_token: Option<Result<String, PortalError>>,
-    /// The web session's active access session (the session page).
-    pub session: Option<Result<Option<SessionView>, PortalError>>,
+    /// How the web session's access session stands (the session page): active, ended (and
+    /// why), or none.
+    pub session: Option<Result<SessionStatus, PortalError>>,
 }
 
 impl PageData {
@@ -44,10 +45,10 @@ pub async fn load(
             session: None,
         }),
         "/session" => {
-            let session = service.current_session(request).await;
-            // No form token for a page that only redirects.
+            let session = service.session_status(request).await;
+            // Only an active session's page has forms.
             let form_token = match &session {
-                Ok(Some(_)) => Some(service.form_token(request).await),
+                Ok(SessionStatus::Active(_)) => Some(service.form_token(request).await),
                 _ => None,
             };
             Some(PageData {

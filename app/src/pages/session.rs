@@ -1,10 +1,12 @@
 //! `/session` (and `/o/{slug}/session`): the user's access session in that organization. Rendered complete on the server (works without
 //! JavaScript); the panel is an island that ticks and takes over Refresh/Disconnect once hydrated.
-//! Without an active session the page redirects to the sign-in form.
+//! A session that has ended is shown as ended, with why (also after a reload without
+//! JavaScript); without any session the page redirects to the sign-in form.
 
 use crate::{
     components::{DemoBanner, ErrorMessage},
-    islands::session_panel::SessionPanel,
+    dto::SessionStatus,
+    islands::session_panel::{end_text, SessionPanel},
 };
 use leptos::prelude::*;
 
@@ -15,8 +17,9 @@ pub fn SessionPage() -> impl IntoView {
     let data = super::data();
     let demo = info.as_ref().is_some_and(|i| i.demo);
     let token = data.form_token();
-    match data.session.unwrap_or(Ok(None)) {
-        Ok(Some(view)) => view! {
+    let base = info.map(|i| i.base).unwrap_or_default();
+    match data.session.unwrap_or(Ok(SessionStatus::NoSession)) {
+        Ok(SessionStatus::Active(view)) => view! {
             <DemoBanner demo />
             {view.reply_message.clone().map(|message| view! {
                 <p data-testid="reply-message" class="mb-4 rounded bg-blue-50 px-4 py-3 text-blue-950">
@@ -43,8 +46,20 @@ pub fn SessionPage() -> impl IntoView {
             <IslandScripts />
         }
         .into_any(),
-        Ok(None) => {
-            let base = info.map(|i| i.base).unwrap_or_default();
+        // What the live panel says when the session ends while the page is open.
+        Ok(SessionStatus::Ended(reason)) => view! {
+            <DemoBanner demo />
+            <section class="rounded-lg bg-white p-6 shadow" aria-labelledby="session-title">
+                <h1 id="session-title" class="text-2xl font-semibold">"Session ended"</h1>
+                <div data-testid="ended" role="status" class="mt-6 text-center">
+                    <p class="text-lg font-semibold">"Your session has ended."</p>
+                    <p class="mt-1 text-sm text-slate-700">{end_text(reason)}</p>
+                    <p class="mt-4"><a class="text-blue-800 underline" href=format!("{base}/")>"Sign in again"</a></p>
+                </div>
+            </section>
+        }
+        .into_any(),
+        Ok(SessionStatus::NoSession) => {
             super::redirect(&format!("{base}/"));
             ().into_any()
         }
