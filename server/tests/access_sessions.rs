@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{field, portal_with_one_server, settings, temp_db, wait_for, FreeRadius, TestApp};
+use common::{
+    field, portal_with_one_server, settings, temp_db, wait_for, wait_until, FreeRadius, TestApp,
+};
 use std::{net::Ipv4Addr, time::Duration};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
@@ -428,9 +430,38 @@ async fn the_session_page_says_why_the_session_ended() {
         !page.body.contains("Disconnect"),
         "no controls for an ended session"
     );
+    // Under the organization's own prefix too, the way back stays under it.
+    let page = browser.get("/o/acme/session").await;
+    assert_eq!((page.status, page.path.as_str()), (200, "/o/acme/session"));
+    assert!(page.body.contains("It was ended by the network operator."));
+    assert!(page.body.contains("href=\"/o/acme/\""), "{}", page.body);
 
     let stranger = app.browser(Ipv4Addr::new(127, 0, 0, 2));
     assert_eq!(stranger.get("/session").await.path, "/");
+
+    // A disabled organization offers no sign-in: the page says so instead of the link.
+    radius_portal::organizations::set_active(
+        &app.storage,
+        &app.organizations,
+        "acme",
+        false,
+        "test",
+    )
+    .await
+    .unwrap();
+    app.org_worker.wake();
+    wait_until("the organization disabled in the cache", || async {
+        app.organizations.get("acme").is_some_and(|o| !o.active)
+    })
+    .await;
+    let page = browser.get("/session").await;
+    assert!(
+        page.body.contains("Your session has ended."),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("has been disabled"), "{}", page.body);
+    assert!(!page.body.contains("Sign in again"), "{}", page.body);
     app.stop().await;
 }
 

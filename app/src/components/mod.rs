@@ -17,6 +17,16 @@ pub fn ErrorMessage(#[prop(into)] error: Signal<Option<PortalError>>) -> impl In
     }
 }
 
+/// What a disabled organization's pages say instead of offering to sign in.
+#[component]
+pub fn DisabledNotice() -> impl IntoView {
+    view! {
+        <p role="alert" data-testid="disabled" class="mt-6 rounded border border-red-700 bg-red-50 px-4 py-3 text-red-900">
+            "Signing in is not available: this organization's network access has been disabled. Please contact your network administrator."
+        </p>
+    }
+}
+
 /// The "demo mode" warning shown on every page under `radius-portal demo`.
 #[component]
 pub fn DemoBanner(demo: bool) -> impl IntoView {

@@ -6,7 +6,7 @@
 
 use crate::{
     api::Login,
-    components::{DemoBanner, ErrorMessage},
+    components::{DemoBanner, DisabledNotice, ErrorMessage},
 };
 use leptos::{either::Either, prelude::*};
 
@@ -75,11 +75,7 @@ pub fn LoginPage() -> impl IntoView {
             <Help help_text=branding.help_text.clone() contact=branding.contact.clone() />
         })
     } else {
-        Either::Right(view! {
-            <p role="alert" data-testid="disabled" class="mt-6 rounded border border-red-700 bg-red-50 px-4 py-3 text-red-900">
-                "Signing in is not available: this organization's network access has been disabled. Please contact your network administrator."
-            </p>
-        })
+        Either::Right(view! { <DisabledNotice /> })
     };
     let logo = branding.logo.then(|| {
         view! {

@@ -4,7 +4,7 @@
 //! JavaScript); without any session the page redirects to the sign-in form.
 
 use crate::{
-    components::{DemoBanner, ErrorMessage},
+    components::{DemoBanner, DisabledNotice, ErrorMessage},
     dto::SessionStatus,
     islands::session_panel::{end_text, SessionPanel},
 };
@@ -17,6 +17,7 @@ pub fn SessionPage() -> impl IntoView {
     let data = super::data();
     let demo = info.as_ref().is_some_and(|i| i.demo);
     let token = data.form_token();
+    let active = info.as_ref().is_none_or(|i| i.active);
     let base = info.map(|i| i.base).unwrap_or_default();
     match data.session.unwrap_or(Ok(SessionStatus::NoSession)) {
         Ok(SessionStatus::Active(view)) => view! {
@@ -54,7 +55,12 @@ pub fn SessionPage() -> impl IntoView {
                 <div data-testid="ended" role="status" class="mt-6 text-center">
                     <p class="text-lg font-semibold">"Your session has ended."</p>
                     <p class="mt-1 text-sm text-slate-700">{end_text(reason)}</p>
-                    <p class="mt-4"><a class="text-blue-800 underline" href=format!("{base}/")>"Sign in again"</a></p>
+                    // A disabled organization offers no sign-in: its notice instead of the link.
+                    {if active {
+                        view! { <p class="mt-4"><a class="text-blue-800 underline" href=format!("{base}/")>"Sign in again"</a></p> }.into_any()
+                    } else {
+                        view! { <DisabledNotice /> }.into_any()
+                    }}
                 </div>
             </section>
         }
