@@ -5,9 +5,7 @@
 
 mod common;
 
-use common::{
-    field, portal_with_one_server, settings, temp_db, wait_for, wait_until, FreeRadius, TestApp,
-};
+use common::{field, portal_with_one_server, settings, temp_db, wait_for, FreeRadius, TestApp};
 use std::{net::Ipv4Addr, time::Duration};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
@@ -440,20 +438,7 @@ async fn the_session_page_says_why_the_session_ended() {
     assert_eq!(stranger.get("/session").await.path, "/");
 
     // A disabled organization offers no sign-in: the page says so instead of the link.
-    radius_portal::organizations::set_active(
-        &app.storage,
-        &app.organizations,
-        "acme",
-        false,
-        "test",
-    )
-    .await
-    .unwrap();
-    app.org_worker.wake();
-    wait_until("the organization disabled in the cache", || async {
-        app.organizations.get("acme").is_some_and(|o| !o.active)
-    })
-    .await;
+    app.set_organization_active("acme", false).await;
     let page = browser.get("/session").await;
     assert!(
         page.body.contains("Your session has ended."),

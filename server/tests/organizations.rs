@@ -11,7 +11,6 @@ use common::{field, settings, temp_db, wait_until, FreeRadius, TestApp, SECRET};
 use radius_portal::{
     access_session::SessionError,
     config::{OrganizationSettings, Settings},
-    organizations,
 };
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -62,10 +61,7 @@ async fn disabling_one_organization_stops_its_sessions_and_denies_it_while_the_o
         .await;
 
     let acme_cached = app.organizations.get("acme").unwrap();
-    let changed =
-        organizations::set_active(&app.storage, &app.organizations, "beta", false, "test")
-            .await
-            .unwrap();
+    let changed = app.set_organization_active("beta", false).await;
     assert_eq!(changed, Some(true));
     app.org_worker.wake();
     assert!(
@@ -140,9 +136,7 @@ async fn disabling_one_organization_stops_its_sessions_and_denies_it_while_the_o
     assert!(audit.iter().all(|e| !e.detail.contains("carol-pass")));
 
     // Enabled again: beta works again; its stopped session stays stopped.
-    organizations::set_active(&app.storage, &app.organizations, "beta", true, "test")
-        .await
-        .unwrap();
+    app.set_organization_active("beta", true).await;
     app.sessions
         .login("beta", "carol", "carol-pass", ip(3))
         .await
@@ -206,9 +200,7 @@ async fn a_disable_between_access_accept_and_start_leaves_no_session_and_sends_n
         })
     };
     held.notified().await; // FreeRADIUS has accepted; the portal has not seen it yet
-    organizations::set_active(&app.storage, &app.organizations, "beta", false, "test")
-        .await
-        .unwrap();
+    app.set_organization_active("beta", false).await;
     release.notify_one();
     let outcome = login.await.unwrap();
     assert!(
@@ -610,9 +602,7 @@ async fn each_organization_has_its_own_portal_under_its_slug() {
     assert_eq!(page.path, "/session", "{}", page.body);
     assert_eq!(browser.get("/o/beta/session").await.path, "/o/beta/");
 
-    organizations::set_active(&app.storage, &app.organizations, "beta", false, "test")
-        .await
-        .unwrap();
+    app.set_organization_active("beta", false).await;
     let page = browser.get("/o/beta/").await;
     assert!(page.body.contains("has been disabled"), "{}", page.body);
     assert!(
@@ -660,9 +650,7 @@ async fn start_up_applies_a_listed_disable_keeps_operator_state_and_disables_rem
         matches!(denied, Err(SessionError::OrganizationDisabled)),
         "{denied:?}"
     );
-    organizations::set_active(&app.storage, &app.organizations, "beta", true, "test")
-        .await
-        .unwrap();
+    app.set_organization_active("beta", true).await;
     let second = app
         .sessions
         .login("beta", "carol", "carol-pass", ip(42))

@@ -818,15 +818,7 @@ async fn every_visitor_gets_the_sign_in_page_with_its_own_token_and_nonce() {
         assert!(root.body.contains("href=\"/session\""), "{}", root.body);
         assert!(!root.body.contains("/o/acme/"), "{}", root.body);
     }
-    radius_portal::organizations::set_active(
-        &app.storage,
-        &app.organizations,
-        "acme",
-        false,
-        "test",
-    )
-    .await
-    .unwrap();
+    app.set_organization_active("acme", false).await;
     let page = app.browser(Ipv4Addr::new(127, 0, 8, 50)).get("/").await;
     assert!(page.body.contains("has been disabled"), "{}", page.body);
     app.stop().await;

@@ -384,6 +384,20 @@ impl TestApp {
         })
     }
 
+    /// Enables or disables organization `id` as an operator would (`org enable|disable`): stored
+    /// and the cache refreshed before it returns. Whether the state changed.
+    pub async fn set_organization_active(&self, id: &str, active: bool) -> Option<bool> {
+        radius_portal::organizations::set_active(
+            &self.storage,
+            &self.organizations,
+            id,
+            active,
+            "test",
+        )
+        .await
+        .unwrap()
+    }
+
     /// Graceful shutdown, as on SIGTERM.
     pub async fn stop(self) {
         self.shutdown.cancel();
