@@ -9,8 +9,8 @@
 //! ids or `unknown`, routes are the router's templates or `other`.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::{sync::Arc, time::Duration};
 
@@ -33,7 +33,7 @@ struct Inner {
     breaker: IntGaugeVec,
     tasks_down: IntGauge,
     database_commits: IntCounterVec,
-    database_writes: IntCounterVec,
+    database_writes: IntCounter,
     /// Serializes scrapes (see `render`).
     render_lock: std::sync::Mutex<()>,
 }
@@ -219,11 +219,13 @@ impl Metrics {
             "SQLite transactions committed, by synchronous mode: full (an fsync each) or normal (none)",
             &["synchronous"],
         );
-        let database_writes = counter(
+        let database_writes = register(
             &r,
-            "portal_database_writes_total",
-            "SQLite writes committed (one transaction commits one write or a batch of them)",
-            &[],
+            IntCounter::new(
+                "portal_database_writes_total",
+                "SQLite writes committed (one transaction commits one write or a batch of them)",
+            )
+            .unwrap_or_else(|_| unreachable_metric("portal_database_writes_total")),
         );
         Metrics(Arc::new(Inner {
             registry: r,
@@ -325,10 +327,7 @@ impl Metrics {
                     inner.database_commits.with_label_values(&["normal"]),
                     commits.normal,
                 ),
-                (
-                    inner.database_writes.with_label_values::<&str>(&[]),
-                    commits.writes,
-                ),
+                (inner.database_writes.clone(), commits.writes),
             ] {
                 counter.inc_by(total.saturating_sub(counter.get()));
             }
