@@ -54,6 +54,9 @@ pub enum EndReason {
     Disconnected,
     /// Ended by the network operator or the RADIUS server (Disconnect-Request, admin).
     EndedByOperator,
+    /// Ended because the operator disabled the organization, which stays disabled: signing in
+    /// again is not possible, so the page offers no sign-in.
+    OrganizationDisabled,
     /// Replaced by a newer sign-in from the same device.
     Replaced,
     /// Ended because the accounting servers could not be reached.

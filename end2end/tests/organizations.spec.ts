@@ -30,7 +30,10 @@ test("disabling an organization ends its open page in place and closes its form"
   await logIn(page, "erin", "erin-pass", "/o/beta");
   await hydrated(page);
   expect(portalCli("org", "disable", "beta")).toContain("disabled");
-  await expect(page.getByTestId("ended")).toContainText("ended by the network operator", { timeout: 2_000 });
+  await expect(page.getByTestId("ended")).toContainText("who disabled this organization", { timeout: 2_000 });
+  // The live panel offers no way back in while the organization stays disabled.
+  await expect(page.getByTestId("ended").getByTestId("disabled")).toContainText("has been disabled");
+  await expect(page.getByRole("link", { name: "Sign in again" })).toBeHidden();
 
   await page.goto(url("/o/beta/"));
   await expect(page.getByTestId("disabled")).toContainText("has been disabled");

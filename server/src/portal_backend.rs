@@ -150,6 +150,16 @@ impl PortalBackend {
             Some(cause::USER_REQUEST) => EndReason::Disconnected,
             Some(cause::IDLE_TIMEOUT) => EndReason::Expired,
             Some(cause::SESSION_TIMEOUT) => EndReason::LimitReached,
+            // Stopped by the operator; if it was by disabling the organization, which is still
+            // disabled, the page must not offer to sign in again.
+            Some(cause::ADMIN_RESET)
+                if !self
+                    .organizations
+                    .get(&s.organization_id)
+                    .is_some_and(|o| o.active) =>
+            {
+                EndReason::OrganizationDisabled
+            }
             Some(cause::ADMIN_RESET) => EndReason::EndedByOperator,
             Some(cause::PORT_PREEMPTED) => EndReason::Replaced,
             Some(_) => EndReason::Failed,

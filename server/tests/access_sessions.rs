@@ -447,6 +447,12 @@ async fn the_session_page_says_why_the_session_ended() {
     );
     assert!(page.body.contains("has been disabled"), "{}", page.body);
     assert!(!page.body.contains("Sign in again"), "{}", page.body);
+    // The operator's stop now reads as the disable it amounts to (the live panel says the same).
+    assert!(
+        page.body.contains("who disabled this organization"),
+        "{}",
+        page.body
+    );
     app.stop().await;
 }
 

@@ -12,7 +12,7 @@
 
 use crate::{
     api::{Disconnect, Refresh},
-    components::ErrorMessage,
+    components::{DisabledNotice, ErrorMessage},
     dto::{EndReason, EndsBy, SessionStatus, SessionView},
     error::PortalError,
 };
@@ -28,6 +28,9 @@ pub fn end_text(reason: EndReason) -> &'static str {
         EndReason::LimitReached => "It reached its maximum length.",
         EndReason::Disconnected => "It was disconnected (here or on another page).",
         EndReason::EndedByOperator => "It was ended by the network operator.",
+        EndReason::OrganizationDisabled => {
+            "It was ended by the network operator, who disabled this organization's network access."
+        }
         EndReason::Replaced => "This device signed in again, which replaced it.",
         EndReason::Failed => "The network's servers could not be reached.",
     }
@@ -129,6 +132,7 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
     let disconnect_url = format!("{base}{}", <Disconnect as ServerFn>::PATH);
     let (refresh_post, disconnect_post) = (refresh_url.clone(), disconnect_url.clone());
     let sign_in_url = format!("{base}/");
+    let disabled = move || ended.get() == Some(EndReason::OrganizationDisabled);
     view! {
         <div>
             <h1 id="session-title" class="text-2xl font-semibold">
@@ -137,7 +141,9 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
             <div data-testid="ended" role="status" class="mt-6 text-center" class:hidden=move || ended.get().is_none()>
                 <p class="text-lg font-semibold">"Your session has ended."</p>
                 <p class="mt-1 text-sm text-slate-700">{move || ended.get().map(end_text)}</p>
-                <p class="mt-4"><a class="text-blue-800 underline" href=sign_in_url>"Sign in again"</a></p>
+                // A disabled organization offers no sign-in: its notice instead of the link.
+                <p class="mt-4" class:hidden=move || disabled()><a class="text-blue-800 underline" href=sign_in_url>"Sign in again"</a></p>
+                {move || disabled().then(|| view! { <DisabledNotice /> })}
             </div>
             <div class:hidden=move || ended.get().is_some()>
                 <p class="mt-6 text-center text-sm text-slate-600">"Time left"</p>

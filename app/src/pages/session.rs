@@ -5,7 +5,7 @@
 
 use crate::{
     components::{DemoBanner, DisabledNotice, ErrorMessage},
-    dto::SessionStatus,
+    dto::{EndReason, SessionStatus},
     islands::session_panel::{end_text, SessionPanel},
 };
 use leptos::prelude::*;
@@ -56,7 +56,7 @@ pub fn SessionPage() -> impl IntoView {
                     <p class="text-lg font-semibold">"Your session has ended."</p>
                     <p class="mt-1 text-sm text-slate-700">{end_text(reason)}</p>
                     // A disabled organization offers no sign-in: its notice instead of the link.
-                    {if active {
+                    {if active && reason != EndReason::OrganizationDisabled {
                         view! { <p class="mt-4"><a class="text-blue-800 underline" href=format!("{base}/")>"Sign in again"</a></p> }.into_any()
                     } else {
                         view! { <DisabledNotice /> }.into_any()
