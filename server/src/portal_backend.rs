@@ -431,10 +431,14 @@ impl PortalService for PortalBackend {
                 .organization
                 .clone()
                 .unwrap_or_else(|| self.scope(request).id);
+            // The form's `org` names no organization (the caller's text: not repeated back).
             let org = self
                 .organizations
                 .get(&org_id)
-                .ok_or(PortalError::OrganizationDisabled)?;
+                .ok_or_else(|| PortalError::InvalidInput {
+                    field: "org".into(),
+                    message: "No organization has this id.".into(),
+                })?;
             validation::validate_username(&input.username, |u| org.username_pattern.is_match(u))?;
             validation::validate_password(&input.password)?;
             let ip = client_ip(request)?;

@@ -640,6 +640,18 @@ async fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
         assert_eq!(page.status, 400, "{bad}: {}", page.body);
         assert!(page.body.contains("x-forwarded-for"), "{}", page.body);
     }
+    // The probes do not use the client's address: they answer whatever the proxy says of it.
+    let browser = app.browser(CLIENT);
+    for probe in ["/healthz", "/readyz"] {
+        let answer = browser
+            .http
+            .get(format!("{}{probe}", browser.base))
+            .header("x-forwarded-for", "unknown")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "{probe}");
+    }
     // Through the trusted proxy without the header the client is unknown: no login (taking
     // the proxy's address would make every user behind it one client).
     let page = app.browser(CLIENT).login("frank", "frank-pass").await;
@@ -967,7 +979,7 @@ async fn metrics_count_what_happened_on_their_own_listener() {
     for expected in [
         r#"portal_logins_total{organization="acme",outcome="Accepted"} 1"#,
         r#"portal_logins_total{organization="acme",outcome="Rejected"} 1"#,
-        r#"portal_logins_total{organization="unknown",outcome="OrganizationDisabled"} 1"#,
+        r#"portal_logins_total{organization="unknown",outcome="InvalidInput"} 1"#,
         r#"portal_active_sessions{organization="acme"} 1"#,
         r#"portal_radius_request_seconds_count{port="auth",result="answered",server="primary"} 2"#,
         r#"portal_http_requests_total{route="/api/login",status="302"} 3"#,

@@ -268,6 +268,72 @@ async fn unreadable_and_oversized_requests_are_the_callers_errors() {
     assert_eq!(binary.status(), StatusCode::BAD_REQUEST);
     let body: serde_json::Value = serde_json::from_str(&binary.text().await.unwrap()).unwrap();
     assert_eq!(body["error"], "InvalidInput", "{body}");
+    // So are percent-escapes of bytes that are not UTF-8: the field is named, nothing is sent
+    // (decoded leniently, they would reach RADIUS as U+FFFD).
+    for (body, field) in [
+        (
+            format!("csrf={token}&username=carol&password=a%C3%28"),
+            "password",
+        ),
+        (
+            format!("csrf={token}&username=car%FFol&password=carol-pass"),
+            "username",
+        ),
+    ] {
+        let refused = post(body).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        let body: serde_json::Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
+        assert_eq!(
+            (body["error"].as_str(), body["field"].as_str()),
+            (Some("InvalidInput"), Some(field)),
+            "{body}"
+        );
+        assert!(
+            body["message"].as_str().unwrap().contains("UTF-8"),
+            "{body}"
+        );
+    }
+    // A body that is not a form is refused for its type, whatever it holds.
+    for content_type in ["text/plain", "application/json"] {
+        let refused = browser
+            .http
+            .post(format!("{}/api/login", browser.base))
+            .header("content-type", content_type)
+            .header("origin", browser.base.clone())
+            .body(format!("csrf={token}&username=carol&password=carol-pass"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            refused.status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{content_type}"
+        );
+        let body: serde_json::Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
+        assert_eq!(body["error"], "UnsupportedMediaType", "{body}");
+    }
+    // An organization that does not exist is the `org` field's error.
+    let unknown = post(format!(
+        "csrf={token}&username=carol&password=carol-pass&org=nope"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = serde_json::from_str(&unknown.text().await.unwrap()).unwrap();
+    assert_eq!(body["field"], "org", "{body}");
+    // No server fn, or no organization, at the path: 404, whatever the method.
+    for path in ["/api/nope", "/o/nope/api/login", "/o/nope/"] {
+        let missing = browser
+            .http
+            .post(format!("{}{path}", browser.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("origin", browser.base.clone())
+            .body(format!("csrf={token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND, "{path}");
+    }
     assert!(radius.auth_lines().is_empty(), "nothing sent");
     let healthy = reqwest::get(format!("{}/healthz", browser.base))
         .await
@@ -398,6 +464,54 @@ async fn slow_clients_are_cut_off_and_connections_per_client_are_capped() {
         String::from_utf8_lossy(&answer)
     );
     drop(held);
+
+    // A Host that is missing (HTTP/1.1), repeated or not a host is a 400 (the portal builds
+    // URLs from it when no public_url is set: the Captive API's, for one).
+    for head in [
+        "GET /captive-portal/api HTTP/1.1\r\nHost: evil.example:1/x?y#z\r\n",
+        "GET /captive-portal/api HTTP/1.1\r\nHost: a@b\r\n",
+        "GET /captive-portal/api HTTP/1.1\r\nHost: \r\n",
+        "GET /captive-portal/api HTTP/1.1\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n",
+    ] {
+        let mut client = connect_from(Ipv4Addr::new(127, 0, 10, 4)).await;
+        client
+            .write_all(format!("{head}Connection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{head:?}: {answer}");
+        assert!(!answer.contains("evil"), "{answer}");
+    }
+    // A head larger than the portal reads is refused without reading on (431).
+    let mut client = connect_from(Ipv4Addr::new(127, 0, 10, 4)).await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\nConnection: close\r\n\r\n",
+        "f".repeat(2 * radius_portal::http::serve::MAX_HEAD_BYTES)
+    );
+    let _ = client.write_all(big.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = client.read_to_end(&mut answer).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // HTTP/1.0 needs none.
+    let mut client = connect_from(Ipv4Addr::new(127, 0, 10, 4)).await;
+    client
+        .write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
     app.stop().await;
 }
 

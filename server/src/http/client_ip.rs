@@ -97,30 +97,32 @@ fn parse_node(text: &str, rfc7239: bool) -> Result<IpAddr, String> {
         .strip_prefix('"')
         .and_then(|n| n.strip_suffix('"'))
         .unwrap_or(node);
+    // What the errors show of it (one log line, one answer: never a header's worth).
+    let shown = shortened(unquoted);
     if unquoted.eq_ignore_ascii_case("unknown") {
         return Err("the client is `unknown`".into());
     }
     if unquoted.starts_with('_') {
-        return Err(format!("the client is hidden (`{unquoted}`)"));
+        return Err(format!("the client is hidden (`{shown}`)"));
     }
     if let Some(rest) = unquoted.strip_prefix('[') {
         // "[2001:db8::1]" or "[2001:db8::1]:4711"
         let (address, after) = rest
             .split_once(']')
-            .ok_or_else(|| format!("`{unquoted}` is not an address"))?;
+            .ok_or_else(|| format!("`{shown}` is not an address"))?;
         let port_ok = after.is_empty()
             || after
                 .strip_prefix(':')
                 .is_some_and(|p| p.parse::<u16>().is_ok() || p.starts_with('_'));
         return match (address.parse::<IpAddr>(), port_ok) {
             (Ok(ip @ IpAddr::V6(_)), true) => Ok(ip),
-            _ => Err(format!("`{unquoted}` is not an address")),
+            _ => Err(format!("`{shown}` is not an address")),
         };
     }
     if let Ok(ip) = unquoted.parse::<IpAddr>() {
         if ip.is_ipv6() && rfc7239 {
             return Err(format!(
-                "`{unquoted}`: an IPv6 node must be in brackets and quoted"
+                "`{shown}`: an IPv6 node must be in brackets and quoted"
             ));
         }
         return Ok(ip);
@@ -134,7 +136,15 @@ fn parse_node(text: &str, rfc7239: bool) -> Result<IpAddr, String> {
             return Ok(IpAddr::V4(v4));
         }
     }
-    Err(format!("`{unquoted}` is not an address"))
+    Err(format!("`{shown}` is not an address"))
+}
+
+/// At most 64 characters of `text` (an ellipsis marks the cut).
+fn shortened(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(64) {
+        Some((at, _)) => format!("{}…", &text[..at]).into(),
+        None => text.into(),
+    }
 }
 
 /// Splits on `separator` outside double-quoted strings (RFC 7230 quoted-string, with `\`
@@ -172,7 +182,10 @@ fn forwarded_for(element: &str) -> Result<&str, String> {
             if pair.trim().is_empty() {
                 continue;
             }
-            return Err(format!("`{}` is not a key=value pair", pair.trim()));
+            return Err(format!(
+                "`{}` is not a key=value pair",
+                shortened(pair.trim())
+            ));
         };
         if key.trim().eq_ignore_ascii_case("for") {
             if found.is_some() {
@@ -181,7 +194,7 @@ fn forwarded_for(element: &str) -> Result<&str, String> {
             found = Some(value);
         }
     }
-    found.ok_or_else(|| format!("the element `{}` has no `for=`", element.trim()))
+    found.ok_or_else(|| format!("the element `{}` has no `for=`", shortened(element.trim())))
 }
 
 /// The hops the configured header lists, client first (the raw text of each; parsed lazily,
@@ -496,6 +509,24 @@ mod tests {
             ),
             Ok(Some(ip("10.0.0.5")))
         );
+    }
+
+    #[test]
+    fn a_refusal_shows_only_the_start_of_what_the_proxy_sent() {
+        let garbage = "x".repeat(60_000);
+        for (kind, value) in [
+            (ForwardedHeader::XForwardedFor, garbage.clone()),
+            (ForwardedHeader::Forwarded, garbage.clone()),
+            (ForwardedHeader::Forwarded, format!("for=1.2.3.4;{garbage}")),
+            (ForwardedHeader::Forwarded, format!("by={garbage}")),
+        ] {
+            let t = trusted_with(kind, &["127.0.0.1/32"]);
+            let mut h = HeaderMap::new();
+            h.insert(kind.name(), HeaderValue::from_str(&value).unwrap());
+            let error = client_ip(ip("127.0.0.1"), &h, &t).unwrap_err().to_string();
+            assert!(error.len() < 200, "{kind:?}: {} bytes", error.len());
+            assert!(error.contains("xxx…"), "{error}");
+        }
     }
 
     #[test]

@@ -174,7 +174,18 @@ pub fn router(parts: RouterParts) -> Site {
         );
     }
     for path in app::Page::PATHS {
-        route(path, page.clone());
+        if path == org_scope::NO_SUCH_PORTAL {
+            // Where `/o/{slug}/…` of an unknown organization is sent: not found, whatever the
+            // method (a form posted there too).
+            route(
+                path,
+                get(pages::render)
+                    .fallback(pages::not_found)
+                    .with_state(pages.clone()),
+            );
+        } else {
+            route(path, page.clone());
+        }
     }
     labels.prefixes = vec![
         ("/pkg", "/pkg"),
@@ -290,8 +301,15 @@ async fn front_door<S: NextService>(
     let route = door.labels.label(request.uri().path());
     let method = request.method().clone();
     let mut response = async {
-        let refused = security::cross_site_refusal(&door.site, &request)
-            .or_else(|| client_ip::insert_client_ip(&door.trusted, &mut request));
+        // The probes answer whatever the proxy says of the client (they do not use it).
+        let probe = matches!(request.uri().path(), "/healthz" | "/readyz");
+        let refused = security::host_refusal(&request)
+            .or_else(|| security::cross_site_refusal(&door.site, &request))
+            .or_else(|| {
+                (!probe)
+                    .then(|| client_ip::insert_client_ip(&door.trusted, &mut request))
+                    .flatten()
+            });
         let response = match refused {
             Some(refusal) => refusal,
             None => next.run(request).await,
@@ -427,6 +445,16 @@ pub(crate) fn cookie_value<'a>(
     cookie_values(headers, name).next()
 }
 
+/// A portal error answered before a server fn ran, as the server fn would have answered it.
+fn portal_error(headers: &axum::http::HeaderMap, error: &app::error::PortalError) -> Response {
+    let status = crate::portal_backend::status_of(error);
+    if app::service::accepts_html(headers) {
+        (status, format!("{error}\n")).into_response()
+    } else {
+        (status, axum::Json(error)).into_response()
+    }
+}
+
 /// An error the portal answers before any page or server fn runs (cross-site, unusable
 /// forwarding data, too large or too slow a body): to a page (Accept: text/html) the sentence as
 /// text, to every other caller the same JSON a server fn's error has, `{"error": kind,
@@ -541,10 +569,84 @@ async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>)
             )
         }
     };
+    if let Some(refusal) = unreadable_form(&parts.headers, &bytes) {
+        return refusal;
+    }
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
     error_status(response).await
+}
+
+/// The fields a server fn takes (the only names an error repeats back: the rest is the
+/// caller's text).
+const FORM_FIELDS: [&str; 4] = ["username", "password", "csrf", "org"];
+
+/// A server fn's body that is not a form of UTF-8 text fields (design.md §6): another content
+/// type is a 415; a field whose percent-decoded bytes are not UTF-8 is a 400 naming it — the
+/// decoder would otherwise pass it on with U+FFFD in place of the bytes (to RADIUS, say).
+fn unreadable_form(headers: &axum::http::HeaderMap, body: &[u8]) -> Option<Response> {
+    let form = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| {
+            t.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !form && !body.is_empty() {
+        return Some(caller_error(
+            headers,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            "Send the fields as an HTML form does (Content-Type: application/x-www-form-urlencoded).",
+        ));
+    }
+    let field = body.split(|b| *b == b'&').find_map(|pair| {
+        let (name, value) = match pair.iter().position(|b| *b == b'=') {
+            Some(at) => (&pair[..at], &pair[at + 1..]),
+            None => (pair, &[][..]),
+        };
+        let name = percent_decoded(name);
+        let readable = std::str::from_utf8(&name).is_ok()
+            && std::str::from_utf8(&percent_decoded(value)).is_ok();
+        (!readable).then(|| {
+            FORM_FIELDS
+                .into_iter()
+                .find(|f| f.as_bytes() == name.as_slice())
+                .unwrap_or("request")
+        })
+    })?;
+    let error = app::error::PortalError::InvalidInput {
+        field: field.to_string(),
+        message: format!("The field `{field}` is not valid UTF-8 text."),
+    };
+    Some(portal_error(headers, &error))
+}
+
+/// A form field's bytes: `+` is a space, `%XX` the byte XX (a `%` without two hex digits
+/// stays as it is, as the form decoder keeps it).
+fn percent_decoded(text: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        let escaped = match text.get(i..i + 3) {
+            Some([b'%', high, low]) => hex(*high).zip(hex(*low)).map(|(h, l)| (h * 16 + l) as u8),
+            _ => None,
+        };
+        match (escaped, text[i]) {
+            (Some(byte), _) => {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, byte) => out.push(byte),
+        }
+        i += 1;
+    }
+    out
 }
 
 /// A server fn's error answered before our code ran (its arguments could not be read) comes

@@ -56,7 +56,17 @@ pub fn is_cross_site(method: &Method, headers: &HeaderMap, public_url: Option<&P
             return true;
         }
     }
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+    // An Origin sent twice, or not text, is no origin of ours.
+    let mut origins = headers.get_all(header::ORIGIN).iter();
+    let origin = match (origins.next(), origins.next()) {
+        (Some(origin), None) => match origin.to_str() {
+            Ok(origin) => Some(origin),
+            Err(_) => return true,
+        },
+        (None, _) => None,
+        (Some(_), Some(_)) => return true,
+    };
+    if let Some(origin) = origin {
         if let Some(public) = public_url {
             // A proxy may rewrite Host; the public URL is what browsers were given.
             return !origin.eq_ignore_ascii_case(&public.origin());
@@ -71,6 +81,58 @@ pub fn is_cross_site(method: &Method, headers: &HeaderMap, public_url: Option<&P
         }
     }
     false
+}
+
+/// The 400 for a request whose `Host` is not one host (RFC 9112 §3.2: missing from an
+/// HTTP/1.1 request, sent twice, or not a host name or address with an optional port); None
+/// for every other request. The portal builds URLs from it when no `public_url` is set.
+pub fn host_refusal(request: &Request) -> Option<Response> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let valid = match (hosts.next(), hosts.next()) {
+        (Some(host), None) => host.to_str().is_ok_and(is_host),
+        (None, _) => request.version() != axum::http::Version::HTTP_11,
+        (Some(_), Some(_)) => false,
+    };
+    if valid {
+        return None;
+    }
+    Some(super::caller_error(
+        request.headers(),
+        StatusCode::BAD_REQUEST,
+        "BadHost",
+        "Bad request: the Host header must be sent once and name one host (a name or address, and optionally a port).",
+    ))
+}
+
+/// `host[:port]`: a DNS name or IPv4 address, or an IPv6 address in brackets.
+fn is_host(text: &str) -> bool {
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, after)) if v6.parse::<std::net::Ipv6Addr>().is_ok() => {
+                return after.is_empty()
+                    || after
+                        .strip_prefix(':')
+                        .is_some_and(|p| p.parse::<u16>().is_ok());
+            }
+            _ => return false,
+        },
+        None => match text.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        },
+    };
+    // A fully qualified name may end in a dot.
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    name_ok && port.is_none_or(|p| p.parse::<u16>().is_ok())
 }
 
 /// The 403 for a cross-site state-changing request; None for every other request.
@@ -158,5 +220,53 @@ mod tests {
             ("origin", "https://evil.example"),
         ]);
         assert!(!is_cross_site(&Method::GET, &h, None));
+    }
+
+    #[test]
+    fn an_origin_sent_twice_or_not_text_is_refused() {
+        let mut h = headers(&[
+            ("host", "portal.example"),
+            ("origin", "http://portal.example"),
+        ]);
+        assert!(!is_cross_site(&Method::POST, &h, None));
+        h.append("origin", HeaderValue::from_static("https://evil.example"));
+        assert!(is_cross_site(&Method::POST, &h, None));
+        let mut h = headers(&[("host", "portal.example")]);
+        h.insert(
+            "origin",
+            HeaderValue::from_bytes(b"http://portal.example\xff").expect("header"),
+        );
+        assert!(is_cross_site(&Method::POST, &h, None));
+    }
+
+    #[test]
+    fn a_host_is_a_name_or_an_address_with_an_optional_port() {
+        for good in [
+            "portal.example",
+            "portal.example.",
+            "portal.example:3000",
+            "localhost",
+            "127.0.0.1:8080",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "my_host.lan",
+        ] {
+            assert!(is_host(good), "{good}");
+        }
+        for bad in [
+            "",
+            "evil.example:1/x?y#z",
+            "a b",
+            "a@b",
+            "portal.example:99999",
+            "portal.example:",
+            "[::1",
+            "[portal]",
+            "..",
+            "a..b",
+            "http://portal.example",
+        ] {
+            assert!(!is_host(bad), "{bad}");
+        }
     }
 }

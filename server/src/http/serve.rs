@@ -27,6 +27,10 @@ use tower::ServiceExt;
 
 /// Time a client has to send a request's headers.
 pub const HEADER_DEADLINE: Duration = Duration::from_secs(10);
+/// A request's head (request line and headers) at most, in bytes: beyond, 431. A browser's
+/// is well under 8 KiB; 256 connections per client each holding hyper's default (~400 KiB)
+/// would be 100 MiB per client.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 /// Open connections at most.
 pub const MAX_CONNECTIONS: usize = 16_384;
 /// Open connections at most per client address (IPv6: per /64). Behind a reverse proxy every
@@ -106,6 +110,7 @@ pub async fn serve<L, S>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_DEADLINE)
+        .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     let slots = Slots::default();

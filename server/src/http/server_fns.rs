@@ -20,7 +20,7 @@ use leptos::{
 };
 use leptos_axum::ResponseOptions;
 
-/// Runs the server fn at the request's path (400, the server fns' error answer, when there
+/// Runs the server fn at the request's path (404, in the server fns' error form, when there
 /// is none).
 pub async fn handle(State(portal): State<Portal>, request: Request) -> Response {
     let Some(mut server_fn) = leptos::server_fn::axum::get_server_fn_service(
@@ -29,7 +29,7 @@ pub async fn handle(State(portal): State<Portal>, request: Request) -> Response 
     ) else {
         return super::caller_error(
             request.headers(),
-            StatusCode::BAD_REQUEST,
+            StatusCode::NOT_FOUND,
             "NotFound",
             // The path is the caller's text: not repeated back.
             "There is no server function at this path.",

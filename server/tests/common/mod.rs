@@ -480,10 +480,16 @@ impl Browser {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
+        // This site's origin unless the caller names one (a request with two is refused).
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("origin"))
+        {
+            request = request.header("origin", self.base.clone());
+        }
         let response = request
             .header("accept", "text/html")
             .header("referer", format!("{}{from}", self.base))
-            .header("origin", self.base.clone())
             .form(form)
             .send()
             .await
