@@ -37,6 +37,13 @@ pub enum PortalError {
         "The authentication servers cannot be reached right now. Please try again in a minute."
     )]
     ServersUnavailable,
+    /// The server accepted the sign-in but the session's Accounting-Start could not be
+    /// delivered, so no session was opened (a session nobody accounts for would grant access
+    /// the network cannot see). Retry later.
+    #[error(
+        "Your sign-in was accepted, but the network cannot record sessions right now, so none was opened. Please try again in a minute."
+    )]
+    AccountingUnavailable,
     /// Too many login attempts from this address or for this username: wait and retry.
     #[error("Too many sign-in attempts. Please wait {retry_after_secs} seconds and try again.")]
     RateLimited {
@@ -94,6 +101,7 @@ impl PortalError {
             PortalError::Rejected { .. } => "Rejected",
             PortalError::OrganizationDisabled => "OrganizationDisabled",
             PortalError::ServersUnavailable => "ServersUnavailable",
+            PortalError::AccountingUnavailable => "AccountingUnavailable",
             PortalError::RateLimited { .. } => "RateLimited",
             PortalError::NoSession => "NoSession",
             PortalError::Forbidden => "Forbidden",
@@ -137,6 +145,7 @@ impl<'de> Deserialize<'de> for PortalError {
             },
             "OrganizationDisabled" => PortalError::OrganizationDisabled,
             "ServersUnavailable" => PortalError::ServersUnavailable,
+            "AccountingUnavailable" => PortalError::AccountingUnavailable,
             "RateLimited" => PortalError::RateLimited {
                 retry_after_secs: wire.retry_after_secs.unwrap_or(60),
             },
@@ -169,8 +178,9 @@ impl FromServerFnError for PortalError {
     }
 }
 
-/// The fields of the portal's forms (server fn arguments).
-const FORM_FIELDS: [&str; 4] = ["username", "password", "csrf", "org"];
+/// The fields of the portal's forms (server fn arguments): the only names an error repeats
+/// back (any other key is the caller's text).
+pub const FORM_FIELDS: [&str; 4] = ["username", "password", "csrf", "org"];
 
 /// [`PortalError::InvalidInput`] for arguments that could not be decoded: which of our fields,
 /// if the decoder named one, and what is wrong in our words.

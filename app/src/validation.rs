@@ -40,10 +40,20 @@ pub fn validate_username(
         ));
     }
     if !allowed(username) {
-        return Err(invalid(
-            "username",
-            "Username contains characters that are not allowed.",
-        ));
+        // A pattern that is a set of characters (the default) takes some of them on their own:
+        // then name the first it refuses; else the form as a whole is wrong.
+        let alone = |c: char| allowed(c.encode_utf8(&mut [0; 4]));
+        let refused = username
+            .chars()
+            .any(alone)
+            .then(|| username.chars().find(|c| !alone(*c)))
+            .flatten();
+        let message = match refused {
+            Some(c) if c.is_whitespace() => "Username must not contain spaces.".to_string(),
+            Some(c) => format!("Username must not contain “{c}”."),
+            None => "Username is not in the form this organization expects.".to_string(),
+        };
+        return Err(invalid("username", message));
     }
     Ok(())
 }
@@ -96,6 +106,28 @@ mod tests {
             Err(PortalError::InvalidInput { field, .. }) => field,
             other => panic!("expected InvalidInput, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_refused_username_says_which_character_or_what_is_wrong() {
+        let message = |username: &str, allowed: fn(&str) -> bool| match validate_username(
+            username, allowed,
+        ) {
+            Err(PortalError::InvalidInput { message, .. }) => message,
+            other => panic!("expected InvalidInput, got {other:?}"),
+        };
+        let letters: fn(&str) -> bool = |u| u.chars().all(|c| c.is_ascii_lowercase());
+        assert_eq!(
+            message("bad user", letters),
+            "Username must not contain spaces."
+        );
+        assert_eq!(message("carol!", letters), "Username must not contain “!”.");
+        // A pattern no single character satisfies (a whole form): said as such.
+        let email: fn(&str) -> bool = |u| u.ends_with("@example.org");
+        assert_eq!(
+            message("carol", email),
+            "Username is not in the form this organization expects."
+        );
     }
 
     #[test]

@@ -299,7 +299,7 @@ fn user_error(error: SessionError) -> PortalError {
             tracing::warn!(error = %error_chain(&e), "login failed: RADIUS servers unavailable");
             PortalError::ServersUnavailable
         }
-        SessionError::AccountingUnavailable => PortalError::ServersUnavailable,
+        SessionError::AccountingUnavailable => PortalError::AccountingUnavailable,
         SessionError::NotActive => PortalError::NoSession,
         other => internal("access-session operation", &other),
     }
@@ -313,7 +313,9 @@ pub fn status_of(error: &PortalError) -> StatusCode {
         PortalError::InvalidInput { .. } | PortalError::AddressUnknown => StatusCode::BAD_REQUEST,
         PortalError::Rejected { .. } | PortalError::NoSession => StatusCode::UNAUTHORIZED,
         PortalError::OrganizationDisabled | PortalError::Forbidden => StatusCode::FORBIDDEN,
-        PortalError::ServersUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        PortalError::ServersUnavailable | PortalError::AccountingUnavailable => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         PortalError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

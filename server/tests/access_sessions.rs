@@ -258,8 +258,7 @@ async fn invalid_input_is_refused_with_the_field_named_and_nothing_is_sent() {
     assert!(page.body.contains("Username is too long"), "{}", page.body);
     let page = browser.login("bad user", "x").await;
     assert!(
-        page.body
-            .contains("Username contains characters that are not allowed"),
+        page.body.contains("Username must not contain spaces."),
         "{}",
         page.body
     );
@@ -760,6 +759,59 @@ async fn state_changing_posts_without_the_form_token_are_refused() {
         .await;
     assert_eq!(page.status, 403);
     assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_username_pattern_must_match_the_whole_username() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
+    // Written without anchors: still the whole name.
+    config.organizations[0].username_pattern = "[a-z]+".into();
+    let app = TestApp::spawn(&config).await;
+    let page = app.browser(CLIENT).login("carol!", "carol-pass").await;
+    assert!(
+        page.body.contains("Username must not contain “!”."),
+        "{}",
+        page.body
+    );
+    assert!(radius.auth_lines().is_empty(), "nothing sent");
+    let page = app.browser(CLIENT).login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeated_session_timeout_counts_its_shortest_and_reply_messages_keep_their_lines() {
+    let (_radius, app, _dir) = portal_with_one_server().await;
+    let browser = app.browser(CLIENT);
+    let page = browser.login("lena", "lena-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    assert!(
+        page.body.contains("the maximum session length"),
+        "{}",
+        page.body
+    );
+    // Each Reply-Message on a line of its own (the page keeps the line break).
+    assert!(page.body.contains("Line one\nLine two"), "{}", page.body);
+    let captive: serde_json::Value = serde_json::from_str(
+        &browser
+            .http
+            .get(format!("{}/captive-portal/api", browser.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let left = captive["seconds-remaining"].as_u64().unwrap();
+    assert!(
+        left <= 60,
+        "the 60-second Session-Timeout, not 7200: {left}"
+    );
     app.stop().await;
 }
 

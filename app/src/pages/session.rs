@@ -23,7 +23,7 @@ pub fn SessionPage() -> impl IntoView {
         Ok(SessionStatus::Active(view)) => view! {
             <DemoBanner demo />
             {view.reply_message.clone().map(|message| view! {
-                <p data-testid="reply-message" class="mb-4 rounded bg-blue-50 px-4 py-3 text-blue-950">
+                <p data-testid="reply-message" class="mb-4 whitespace-pre-line rounded bg-blue-50 px-4 py-3 text-blue-950">
                     {message}
                 </p>
             })}

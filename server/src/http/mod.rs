@@ -578,10 +578,6 @@ async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>)
     error_status(response).await
 }
 
-/// The fields a server fn takes (the only names an error repeats back: the rest is the
-/// caller's text).
-const FORM_FIELDS: [&str; 4] = ["username", "password", "csrf", "org"];
-
 /// A server fn's body that is not a form of UTF-8 text fields (design.md §6): another content
 /// type is a 415; a field whose percent-decoded bytes are not UTF-8 is a 400 naming it — the
 /// decoder would otherwise pass it on with U+FFFD in place of the bytes (to RADIUS, say).
@@ -611,7 +607,7 @@ fn unreadable_form(headers: &axum::http::HeaderMap, body: &[u8]) -> Option<Respo
         let readable = std::str::from_utf8(&name).is_ok()
             && std::str::from_utf8(&percent_decoded(value)).is_ok();
         (!readable).then(|| {
-            FORM_FIELDS
+            app::error::FORM_FIELDS
                 .into_iter()
                 .find(|f| f.as_bytes() == name.as_slice())
                 .unwrap_or("request")

@@ -58,10 +58,12 @@ pub struct Organization {
 impl Organization {
     /// Builds an organization from its settings (already validated: errors name `key` anyway).
     pub fn from_settings(key: &str, s: &OrganizationSettings) -> Result<Organization, ConfigError> {
-        let username_pattern = Regex::new(&s.username_pattern).map_err(|e| ConfigError {
-            key: format!("{key}.username_pattern"),
-            problem: e.to_string(),
-        })?;
+        // The whole username must match, whether or not the operator wrote `^…$`.
+        let username_pattern =
+            Regex::new(&format!("^(?:{})$", s.username_pattern)).map_err(|e| ConfigError {
+                key: format!("{key}.username_pattern"),
+                problem: e.to_string(),
+            })?;
         let servers = s
             .servers
             .iter()

@@ -119,12 +119,15 @@ pub struct Grant {
 }
 
 impl Grant {
-    /// Reads what an Access-Accept granted. Class values are kept raw, whatever their format;
-    /// malformed integer attributes (not 4 bytes) count as absent.
-    pub fn from_accept(accept: &Packet) -> Grant {
-        Grant {
-            session_timeout: accept.get_u32(attr::SESSION_TIMEOUT),
-            idle_timeout: accept.get_u32(attr::IDLE_TIMEOUT),
+    /// Reads what an Access-Accept granted. Class values are kept raw, whatever their format.
+    /// The session's lengths are what the server decided: a Session-Timeout or Idle-Timeout
+    /// that is not a 4-byte integer makes the Accept unusable (`Err` says which), since reading
+    /// it as absent would drop the limit the server set; repeated, the shortest counts. A
+    /// malformed Acct-Interim-Interval counts as absent (no periodic updates).
+    pub fn from_accept(accept: &Packet) -> Result<Grant, String> {
+        Ok(Grant {
+            session_timeout: shortest_length(accept, attr::SESSION_TIMEOUT, "Session-Timeout")?,
+            idle_timeout: shortest_length(accept, attr::IDLE_TIMEOUT, "Idle-Timeout")?,
             interim_interval: accept.get_u32(attr::ACCT_INTERIM_INTERVAL),
             classes: accept.get_all(attr::CLASS),
             reply_message: reply_message(accept),
@@ -132,8 +135,21 @@ impl Grant {
                 .get(attr::USER_NAME)
                 .and_then(|name| String::from_utf8(name).ok())
                 .filter(|name| !name.is_empty() && !name.chars().any(char::is_control)),
-        }
+        })
     }
+}
+
+/// The shortest of a length attribute's values (seconds), or which one is malformed.
+fn shortest_length(accept: &Packet, typ: u8, name: &str) -> Result<Option<u32>, String> {
+    accept
+        .get_all(typ)
+        .into_iter()
+        .try_fold(None, |shortest: Option<u32>, value| {
+            let seconds = <[u8; 4]>::try_from(value.as_slice())
+                .map(u32::from_be_bytes)
+                .map_err(|_| format!("its {name} is {} bytes long, not 4", value.len()))?;
+            Ok(Some(shortest.map_or(seconds, |s| s.min(seconds))))
+        })
 }
 
 /// Result of authenticating a user.
@@ -172,17 +188,44 @@ fn random_authenticator() -> [u8; 16] {
     rand::random()
 }
 
-/// Every Reply-Message attribute, joined as bytes (a long text is split across attributes, a
-/// character may straddle two), then decoded; invalid UTF-8 is replaced, never an error. Control
-/// characters other than line breaks become spaces (a message is text for a person).
+/// Every Reply-Message attribute in order (RFC 2865 §5.18), each on a line of its own — unless
+/// it continues the one before: that one is full (253 bytes: a long text split across
+/// attributes) or ends inside a character. Then decoded; invalid UTF-8 is replaced, never an
+/// error. Control characters other than line breaks become spaces (a message is text for a
+/// person).
 fn reply_message(p: &Packet) -> Option<String> {
-    let bytes: Vec<u8> = p.get_all(attr::REPLY_MESSAGE).concat();
+    let mut bytes = Vec::new();
+    let mut previous_len = 0;
+    for part in p.get_all(attr::REPLY_MESSAGE) {
+        if !bytes.is_empty() && previous_len < 253 && !ends_inside_a_character(&bytes) {
+            bytes.push(b'\n');
+        }
+        previous_len = part.len();
+        bytes.extend(part);
+    }
     let text: String = String::from_utf8_lossy(&bytes)
         .chars()
         .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
         .collect();
     let text = text.trim();
     (!text.is_empty()).then(|| text.to_string())
+}
+
+/// Whether `bytes` end with the first bytes of a multi-byte UTF-8 character.
+fn ends_inside_a_character(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(3)..];
+    match tail.iter().rposition(|b| b & 0xc0 != 0x80) {
+        Some(lead) => {
+            let needs = match tail[lead] {
+                0xc0..=0xdf => 2,
+                0xe0..=0xef => 3,
+                0xf0..=0xf7 => 4,
+                _ => 1,
+            };
+            tail.len() - lead < needs
+        }
+        None => false,
+    }
 }
 
 fn push_nas_and_client(p: &mut Request<'_>, nas: &NasIdentity, client_ip: IpAddr) {
@@ -377,10 +420,22 @@ impl Radius {
                 .await;
             match reply.map(|r| r.packet) {
                 Ok(p) if p.code() == Code::AccessAccept => {
-                    let grant = Grant::from_accept(&p);
-                    return Ok(AuthOutcome::Accept {
-                        server: *index,
-                        grant,
+                    return Ok(match Grant::from_accept(&p) {
+                        Ok(grant) => AuthOutcome::Accept {
+                            server: *index,
+                            grant,
+                        },
+                        // Final, like a Reject: the server answered, and another server
+                        // would be asked for what this one refused to say readably.
+                        Err(problem) => {
+                            tracing::error!(server = %server.name, %problem,
+                                "Access-Accept refused: the session length it sets cannot be read (fix the server's reply attributes)");
+                            AuthOutcome::Reject {
+                                reply_message: Some(format!(
+                                    "the authentication server's answer cannot be used ({problem}). Please tell your network administrator."
+                                )),
+                            }
+                        }
                     });
                 }
                 Ok(p) if p.code() == Code::AccessReject => {
@@ -572,13 +627,14 @@ mod tests {
     fn every_class_is_kept_raw_and_in_order() {
         let ise = b"CACS:0a0a0a0a0000000123456789:ise-node-1/123456789/42";
         let binary: &[u8] = &[0x00, 0xff, 0x80, 0x0a];
-        let grant = Grant::from_accept(&accept(&[(attr::CLASS, ise), (attr::CLASS, binary)]));
+        let grant =
+            Grant::from_accept(&accept(&[(attr::CLASS, ise), (attr::CLASS, binary)])).unwrap();
         assert_eq!(grant.classes, vec![ise.to_vec(), binary.to_vec()]);
     }
 
     #[test]
     fn an_accept_without_class_or_timeouts_grants_nothing_extra() {
-        assert_eq!(Grant::from_accept(&accept(&[])), Grant::default());
+        assert_eq!(Grant::from_accept(&accept(&[])), Ok(Grant::default()));
     }
 
     #[test]
@@ -586,23 +642,31 @@ mod tests {
         let grant = Grant::from_accept(&accept(&[
             (attr::SESSION_TIMEOUT, &30u32.to_be_bytes()),
             (attr::IDLE_TIMEOUT, &20u32.to_be_bytes()),
-            (attr::REPLY_MESSAGE, b"Welcome, "),
+            (attr::REPLY_MESSAGE, b"Welcome."),
             (attr::REPLY_MESSAGE, b"second part"),
-        ]));
+        ]))
+        .unwrap();
         assert_eq!(grant.session_timeout, Some(30));
         assert_eq!(grant.idle_timeout, Some(20));
-        assert_eq!(grant.reply_message.as_deref(), Some("Welcome, second part"));
+        // Each part on a line of its own (RFC 2865 §5.18: shown in order).
+        assert_eq!(
+            grant.reply_message.as_deref(),
+            Some("Welcome.\nsecond part")
+        );
     }
 
     #[test]
     fn the_accepts_user_name_is_kept_when_it_is_text() {
-        let named =
-            |value: &[u8]| Grant::from_accept(&accept(&[(attr::USER_NAME, value)])).user_name;
+        let named = |value: &[u8]| {
+            Grant::from_accept(&accept(&[(attr::USER_NAME, value)]))
+                .unwrap()
+                .user_name
+        };
         assert_eq!(named(b"rw").as_deref(), Some("rw"));
         assert_eq!(named("jürgen".as_bytes()).as_deref(), Some("jürgen"));
         assert_eq!(named(b"\xff\xfe"), None, "not UTF-8");
         assert_eq!(named(b"a\x00b"), None, "a control character");
-        assert_eq!(Grant::from_accept(&accept(&[])).user_name, None);
+        assert_eq!(Grant::from_accept(&accept(&[])).unwrap().user_name, None);
     }
 
     #[test]
@@ -610,7 +674,8 @@ mod tests {
         let grant = Grant::from_accept(&accept(&[(
             attr::REPLY_MESSAGE,
             b"\x01Line one\r\nline\ttwo\x00\x7f",
-        )]));
+        )]))
+        .unwrap();
         assert_eq!(grant.reply_message.as_deref(), Some("Line one \nline two"));
     }
 
@@ -622,13 +687,43 @@ mod tests {
         let grant = Grant::from_accept(&accept(&[
             (attr::REPLY_MESSAGE, &bytes[..3]),
             (attr::REPLY_MESSAGE, &bytes[3..]),
-        ]));
+        ]))
+        .unwrap();
         assert_eq!(grant.reply_message.as_deref(), Some(text));
+        // A full attribute (253 bytes) is a long text the server split: continued, no break.
+        let long = "a".repeat(253);
+        let grant = Grant::from_accept(&accept(&[
+            (attr::REPLY_MESSAGE, long.as_bytes()),
+            (attr::REPLY_MESSAGE, b"b"),
+            (attr::REPLY_MESSAGE, b"c"),
+        ]))
+        .unwrap();
+        assert_eq!(grant.reply_message, Some(format!("{long}b\nc")));
     }
 
     #[test]
-    fn a_malformed_timeout_counts_as_absent_instead_of_failing() {
-        let grant = Grant::from_accept(&accept(&[(attr::SESSION_TIMEOUT, &[1, 2])]));
-        assert_eq!(grant.session_timeout, None);
+    fn a_malformed_session_length_makes_the_accept_unusable_and_the_shortest_counts() {
+        for typ in [attr::SESSION_TIMEOUT, attr::IDLE_TIMEOUT] {
+            let refused = Grant::from_accept(&accept(&[(typ, &[0, 0, 60])])).unwrap_err();
+            assert!(refused.contains("3 bytes long"), "{refused}");
+            let refused = Grant::from_accept(&accept(&[(typ, &60u32.to_be_bytes()), (typ, &[1])]));
+            assert!(refused.is_err(), "a malformed second value too");
+        }
+        let grant = Grant::from_accept(&accept(&[
+            (attr::SESSION_TIMEOUT, &7200u32.to_be_bytes()),
+            (attr::SESSION_TIMEOUT, &60u32.to_be_bytes()),
+            (attr::IDLE_TIMEOUT, &30u32.to_be_bytes()),
+            (attr::IDLE_TIMEOUT, &90u32.to_be_bytes()),
+            (attr::ACCT_INTERIM_INTERVAL, &[1, 2]),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (
+                grant.session_timeout,
+                grant.idle_timeout,
+                grant.interim_interval
+            ),
+            (Some(60), Some(30), None)
+        );
     }
 }
