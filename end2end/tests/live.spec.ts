@@ -37,7 +37,7 @@ test("a Disconnect-Request from the RADIUS server ends the open page's session",
     ["-x", "-t", "2", "-r", "1", process.env.PORTAL_DYNAUTH_ADDR!, "disconnect", "testing123"],
     { input: 'User-Name = "carol"\nFramed-IP-Address = 127.0.0.1\n' },
   ).toString();
-  expect(out).toContain("Disconnect-ACK");
+  expect(out).toContain("Received Disconnect-ACK");
   await expect(page.getByTestId("ended")).toContainText("ended by the network operator", { timeout: 2_000 });
 });
 

@@ -22,7 +22,8 @@ use crate::{
     config::{ConfigError, DynamicAuthorizationSettings},
     organizations::guard::{self, Operation, OrgState},
     radius::packet::{self, attr, Code, Packet, PushAttribute, MAX_PACKET},
-    storage::SessionMatch,
+    radius::NasIdentity,
+    storage::{AccessSessionRecord, SessionMatch},
 };
 use std::{
     collections::HashMap,
@@ -46,6 +47,10 @@ const RESOURCES_UNAVAILABLE: u32 = 506;
 const UNSUPPORTED_SERVICE: u32 = 405;
 /// Error-Cause 503: Session-Context-Not-Found.
 const SESSION_CONTEXT_NOT_FOUND: u32 = 503;
+/// Error-Cause 402: Missing-Attribute (no session identification attribute).
+const MISSING_ATTRIBUTE: u32 = 402;
+/// Error-Cause 403: NAS-Identification-Mismatch.
+const NAS_IDENTIFICATION_MISMATCH: u32 = 403;
 
 /// Counters, for tests and metrics.
 #[derive(Debug, Default)]
@@ -318,11 +323,12 @@ impl DynAuthListener {
             }
             p
         };
-        let Some(wanted) = session_match(request) else {
-            tracing::info!(client, code = ?request.code(), "Dynamic Authorization request names no session");
-            return reply(nak, Some(SESSION_CONTEXT_NOT_FOUND));
+        let identification = Identification::of(request);
+        let Some(wanted) = identification.lookup() else {
+            tracing::info!(client, code = ?request.code(), "Dynamic Authorization request names no session (no identification attribute)");
+            return reply(nak, Some(MISSING_ATTRIBUTE));
         };
-        let found = match self.sessions.find_active(&wanted).await {
+        let candidates = match self.sessions.find_active(&wanted).await {
             // A client tied to organizations sees only their sessions (others: not found).
             Ok(found) => found
                 .into_iter()
@@ -331,6 +337,7 @@ impl DynAuthListener {
                         .as_ref()
                         .is_none_or(|orgs| orgs.contains(&s.organization_id))
                 })
+                .filter(|s| identification.matches(s))
                 .collect::<Vec<_>>(),
             Err(e) => {
                 tracing::error!(client, error = ?e, "looking up the session of a Dynamic Authorization request failed");
@@ -338,6 +345,20 @@ impl DynAuthListener {
                 return reply(nak, Some(RESOURCES_UNAVAILABLE));
             }
         };
+        // The NAS it names must be the one the session's organization presents (RFC 5176 §3).
+        let found = candidates
+            .iter()
+            .filter(|s| {
+                self.sessions
+                    .organization_nas(&s.organization_id)
+                    .is_some_and(|nas| identification.names_nas(&nas))
+            })
+            .cloned()
+            .collect::<Vec<_>>();
+        if found.is_empty() && !candidates.is_empty() {
+            tracing::info!(client, code = ?request.code(), "Dynamic Authorization request names another NAS");
+            return reply(nak, Some(NAS_IDENTIFICATION_MISMATCH));
+        }
         if found.is_empty() {
             tracing::info!(client, code = ?request.code(), "Dynamic Authorization request for no active session");
             return reply(nak, Some(SESSION_CONTEXT_NOT_FOUND));
@@ -371,65 +392,226 @@ impl DynAuthListener {
     }
 }
 
-/// Which session a request names: Acct-Session-Id, else User-Name with Framed-IP-Address, else
-/// Class. None when it names none of these.
-pub fn session_match(request: &Packet) -> Option<SessionMatch> {
-    if let Some(id) = request.get(attr::ACCT_SESSION_ID) {
-        return Some(SessionMatch::AcctSessionId(
-            String::from_utf8_lossy(&id).into_owned(),
-        ));
+/// How a request identifies its session(s) (RFC 5176 §3): every identification attribute it
+/// carries must match — Acct-Session-Id, User-Name, the client's address (Framed-IP-Address,
+/// Framed-IPv6-Address and Calling-Station-Id, which the portal sends as that address) and
+/// Class (the session holds it; ISE's Class names one session) — and the NAS attributes it
+/// carries must be the session's organization's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identification {
+    acct_session_id: Option<String>,
+    username: Option<String>,
+    /// Every address the request gives for the client (all must be the session's).
+    client_ips: Vec<String>,
+    classes: Vec<Vec<u8>>,
+    nas_ips: Vec<IpAddr>,
+    nas_identifiers: Vec<String>,
+}
+
+impl Identification {
+    /// The identification attributes of `request`.
+    pub fn of(request: &Packet) -> Identification {
+        let text = |value: Vec<u8>| String::from_utf8_lossy(&value).into_owned();
+        let address = |value: Vec<u8>| match value.len() {
+            4 => <[u8; 4]>::try_from(value.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(value.as_slice())
+                .ok()
+                .map(IpAddr::from),
+            _ => None,
+        };
+        // A malformed address names no one: it must not match anyone either.
+        let framed = [attr::FRAMED_IP_ADDRESS, attr::FRAMED_IPV6_ADDRESS]
+            .into_iter()
+            .flat_map(|typ| request.get_all(typ))
+            .map(|v| address(v).map_or_else(|| "(malformed)".to_string(), |ip| ip.to_string()));
+        let calling = request
+            .get_all(attr::CALLING_STATION_ID)
+            .into_iter()
+            .map(|v| normalised_address(&text(v)));
+        Identification {
+            acct_session_id: request.get(attr::ACCT_SESSION_ID).map(text),
+            username: request.get(attr::USER_NAME).map(text),
+            client_ips: framed.chain(calling).collect(),
+            classes: request.get_all(attr::CLASS),
+            nas_ips: [attr::NAS_IP_ADDRESS, attr::NAS_IPV6_ADDRESS]
+                .into_iter()
+                .flat_map(|typ| request.get_all(typ))
+                .map(|v| address(v).unwrap_or(IpAddr::from([0u8; 4])))
+                .collect(),
+            nas_identifiers: request
+                .get_all(attr::NAS_IDENTIFIER)
+                .into_iter()
+                .map(text)
+                .collect(),
+        }
     }
-    let username = request.get(attr::USER_NAME);
-    let framed = request
-        .get(attr::FRAMED_IP_ADDRESS)
-        .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
-        .map(IpAddr::from)
-        .or_else(|| {
-            request
-                .get(attr::FRAMED_IPV6_ADDRESS)
-                .and_then(|v| <[u8; 16]>::try_from(v.as_slice()).ok())
-                .map(IpAddr::from)
-        });
-    if let (Some(username), Some(ip)) = (username, framed) {
-        return Some(SessionMatch::UserAndAddress {
-            username: String::from_utf8_lossy(&username).into_owned(),
-            client_ip: ip.to_string(),
-        });
+
+    /// What storage looks sessions up by: the most selective attribute there is (the others
+    /// are checked on what it finds, [`Self::matches`]). None: the request carries none.
+    pub fn lookup(&self) -> Option<SessionMatch> {
+        if let Some(id) = &self.acct_session_id {
+            return Some(SessionMatch::AcctSessionId(id.clone()));
+        }
+        if let Some(ip) = self.client_ips.first() {
+            return Some(SessionMatch::ClientIp(ip.clone()));
+        }
+        if let Some(class) = self.classes.first() {
+            return Some(SessionMatch::Class(class.clone()));
+        }
+        self.username.clone().map(SessionMatch::UserName)
     }
-    request.get(attr::CLASS).map(SessionMatch::Class)
+
+    /// Whether `session` has every identification attribute the request gives.
+    pub fn matches(&self, session: &AccessSessionRecord) -> bool {
+        self.acct_session_id
+            .as_ref()
+            .is_none_or(|id| *id == session.acct_session_id)
+            && self
+                .username
+                .as_ref()
+                .is_none_or(|u| *u == session.username)
+            && self.client_ips.iter().all(|ip| *ip == session.client_ip)
+            && self.classes.iter().all(|c| session.classes.contains(c))
+    }
+
+    /// Whether the NAS attributes the request gives (if any) are `nas`'s.
+    pub fn names_nas(&self, nas: &NasIdentity) -> bool {
+        self.nas_ips.iter().all(|ip| *ip == nas.ip)
+            && self.nas_identifiers.iter().all(|id| *id == nas.identifier)
+    }
+}
+
+/// A Calling-Station-Id as the portal writes addresses (an IPv6 address in any of its spellings
+/// is the same address); other text as it is.
+fn normalised_address(text: &str) -> String {
+    text.trim()
+        .parse::<IpAddr>()
+        .map_or_else(|_| text.to_string(), |ip| ip.to_canonical().to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_request_names_its_session_by_id_then_user_and_address_then_class() {
+    fn session(acct: &str, user: &str, ip: &str, classes: &[&[u8]]) -> AccessSessionRecord {
+        AccessSessionRecord {
+            id: 1,
+            acct_session_id: acct.into(),
+            organization_id: "acme".into(),
+            username: user.into(),
+            client_ip: ip.into(),
+            server_index: 0,
+            server_name: "primary".into(),
+            classes: classes.iter().map(|c| c.to_vec()).collect(),
+            reply_message: None,
+            started_at: 0,
+            refreshed_at: 0,
+            window_ms: 0,
+            limit_at: None,
+            expires_at: 0,
+            interim_interval: None,
+            active: true,
+            stopped_at: None,
+            terminate_cause: None,
+        }
+    }
+
+    fn request(attrs: &[(u8, &[u8])]) -> Identification {
         let mut p = Packet::new(Code::DisconnectRequest, 1, [0; 16], b"s");
-        p.push(attr::CLASS, b"c");
-        assert_eq!(session_match(&p), Some(SessionMatch::Class(b"c".to_vec())));
-        p.push(attr::USER_NAME, b"alice");
+        for (typ, value) in attrs {
+            p.push(*typ, *value);
+        }
+        Identification::of(&p)
+    }
+
+    #[test]
+    fn storage_looks_up_by_the_most_selective_attribute_and_none_without_one() {
+        let all = request(&[
+            (attr::CLASS, b"c"),
+            (attr::USER_NAME, b"alice"),
+            (attr::FRAMED_IP_ADDRESS, &[10, 0, 0, 5]),
+            (attr::ACCT_SESSION_ID, b"abc"),
+        ]);
         assert_eq!(
-            session_match(&p),
-            Some(SessionMatch::Class(b"c".to_vec())),
-            "User-Name alone is not enough"
-        );
-        p.push(attr::FRAMED_IP_ADDRESS, vec![10, 0, 0, 5]);
-        assert_eq!(
-            session_match(&p),
-            Some(SessionMatch::UserAndAddress {
-                username: "alice".into(),
-                client_ip: "10.0.0.5".into()
-            })
-        );
-        p.push(attr::ACCT_SESSION_ID, b"abc");
-        assert_eq!(
-            session_match(&p),
+            all.lookup(),
             Some(SessionMatch::AcctSessionId("abc".into()))
         );
+        let by_ip = request(&[
+            (attr::USER_NAME, b"alice"),
+            (attr::CALLING_STATION_ID, b"10.0.0.5"),
+        ]);
         assert_eq!(
-            session_match(&Packet::new(Code::CoARequest, 1, [0; 16], b"s")),
-            None
+            by_ip.lookup(),
+            Some(SessionMatch::ClientIp("10.0.0.5".into()))
         );
+        let by_class = request(&[(attr::USER_NAME, b"alice"), (attr::CLASS, b"c")]);
+        assert_eq!(by_class.lookup(), Some(SessionMatch::Class(b"c".to_vec())));
+        let by_user = request(&[(attr::USER_NAME, b"alice")]);
+        assert_eq!(
+            by_user.lookup(),
+            Some(SessionMatch::UserName("alice".into()))
+        );
+        assert_eq!(request(&[(attr::NAS_IDENTIFIER, b"portal")]).lookup(), None);
+    }
+
+    #[test]
+    fn every_identification_attribute_given_must_match() {
+        let alice = session("abc", "alice", "10.0.0.5", &[b"group"]);
+        for (attrs, expected) in [
+            (vec![(attr::ACCT_SESSION_ID, &b"abc"[..])], true),
+            (
+                vec![
+                    (attr::ACCT_SESSION_ID, &b"abc"[..]),
+                    (attr::USER_NAME, b"mallory"),
+                ],
+                false,
+            ),
+            (
+                vec![
+                    (attr::ACCT_SESSION_ID, &b"abc"[..]),
+                    (attr::FRAMED_IP_ADDRESS, &[10, 9, 9, 9]),
+                ],
+                false,
+            ),
+            (
+                vec![(attr::USER_NAME, &b"alice"[..]), (attr::CLASS, b"group")],
+                true,
+            ),
+            (
+                vec![(attr::USER_NAME, &b"bob"[..]), (attr::CLASS, b"group")],
+                false,
+            ),
+            (vec![(attr::CALLING_STATION_ID, &b"10.0.0.5"[..])], true),
+            (
+                vec![
+                    (attr::CALLING_STATION_ID, &b"10.0.0.5"[..]),
+                    (attr::FRAMED_IP_ADDRESS, &[10, 0, 0, 6]),
+                ],
+                false,
+            ),
+            (vec![(attr::FRAMED_IP_ADDRESS, &[10, 0, 0][..])], false),
+            (vec![(attr::CLASS, &b"other"[..])], false),
+        ] {
+            assert_eq!(request(&attrs).matches(&alice), expected, "{attrs:?}");
+        }
+        // Any spelling of an IPv6 address is that address.
+        let v6 = session("x", "v", "2001:db8::7", &[]);
+        assert!(request(&[(attr::CALLING_STATION_ID, b"2001:DB8:0::7")]).matches(&v6));
+    }
+
+    #[test]
+    fn the_nas_named_must_be_the_organizations() {
+        let nas = NasIdentity {
+            ip: IpAddr::from([127, 0, 0, 1]),
+            identifier: "radius-portal".into(),
+        };
+        assert!(request(&[]).names_nas(&nas));
+        assert!(request(&[
+            (attr::NAS_IP_ADDRESS, &[127, 0, 0, 1]),
+            (attr::NAS_IDENTIFIER, b"radius-portal")
+        ])
+        .names_nas(&nas));
+        assert!(!request(&[(attr::NAS_IP_ADDRESS, &[10, 1, 2, 3])]).names_nas(&nas));
+        assert!(!request(&[(attr::NAS_IDENTIFIER, b"other-nas")]).names_nas(&nas));
     }
 }

@@ -110,7 +110,7 @@ async fn disconnect_request_by_session_id_user_and_address_or_class_ends_the_ses
         &format!("Acct-Session-Id = \"{sid}\"\nEvent-Timestamp = {now}\n"),
     )
     .await;
-    assert!(out.contains("Disconnect-ACK"), "{out}");
+    assert!(out.contains("Received Disconnect-ACK"), "{out}");
     let stop = radius
         .wait_for_acct(&["status=Stop", &format!("sid={sid}")])
         .await;
@@ -128,7 +128,7 @@ async fn disconnect_request_by_session_id_user_and_address_or_class_ends_the_ses
         "User-Name = \"erin\"\nFramed-IP-Address = 127.0.2.2\n",
     )
     .await;
-    assert!(out.contains("Disconnect-ACK"), "{out}");
+    assert!(out.contains("Received Disconnect-ACK"), "{out}");
     radius
         .wait_for_acct(&["status=Stop", "ip=127.0.2.2", "cause=Admin-Reset"])
         .await;
@@ -145,7 +145,7 @@ async fn disconnect_request_by_session_id_user_and_address_or_class_ends_the_ses
         "Class = \"plain-class-value\"\n",
     )
     .await;
-    assert!(out.contains("Disconnect-ACK"), "{out}");
+    assert!(out.contains("Received Disconnect-ACK"), "{out}");
     radius
         .wait_for_acct(&["status=Stop", "ip=127.0.2.3", "cause=Admin-Reset"])
         .await;
@@ -178,7 +178,7 @@ async fn unknown_sessions_coa_and_forged_requests_are_refused() {
         "Acct-Session-Id = \"no-such-session\"\n",
     )
     .await;
-    assert!(out.contains("Disconnect-NAK"), "{out}");
+    assert!(out.contains("Received Disconnect-NAK"), "{out}");
     assert!(out.contains("Session-Context-Not-Found"), "{out}");
 
     let out = radclient_async(
@@ -188,7 +188,7 @@ async fn unknown_sessions_coa_and_forged_requests_are_refused() {
         &format!("Acct-Session-Id = \"{sid}\"\nSession-Timeout = 60\n"),
     )
     .await;
-    assert!(out.contains("CoA-NAK"), "{out}");
+    assert!(out.contains("Received CoA-NAK"), "{out}");
     assert!(out.contains("Unsupported-Service"), "{out}");
 
     let out = radclient_async(
@@ -224,15 +224,58 @@ async fn unknown_sessions_coa_and_forged_requests_are_refused() {
     );
     assert!(stats.dropped.load(Ordering::Relaxed) > dropped_before);
 
+    // Every identification attribute given must match (RFC 5176 §3): the right id with
+    // another user or address names no session; another NAS is a mismatch; none is missing.
+    for (attributes, cause) in [
+        (
+            format!("Acct-Session-Id = \"{sid}\"\nUser-Name = \"mallory\"\n"),
+            "Session-Context-Not-Found",
+        ),
+        (
+            format!("Acct-Session-Id = \"{sid}\"\nFramed-IP-Address = 10.9.9.9\n"),
+            "Session-Context-Not-Found",
+        ),
+        (
+            format!("Acct-Session-Id = \"{sid}\"\nNAS-Identifier = \"other-nas\"\n"),
+            "NAS-Identification-Mismatch",
+        ),
+        (
+            format!("Acct-Session-Id = \"{sid}\"\nNAS-IP-Address = 10.1.2.3\n"),
+            "NAS-Identification-Mismatch",
+        ),
+        (
+            "NAS-Identifier = \"radius-portal\"\n".to_string(),
+            "Missing-Attribute",
+        ),
+    ] {
+        let out = radclient_async(listener, "disconnect", SECRET, &attributes).await;
+        assert!(out.contains("Received Disconnect-NAK"), "{attributes}: {out}");
+        assert!(out.contains(cause), "{attributes}: {out}");
+    }
+
     assert_eq!(
         app.storage.active_sessions().await.unwrap(),
         1,
-        "neither the CoA nor the forged Disconnect ended the session"
+        "neither the CoA nor the forged or mismatched Disconnects ended the session"
     );
     assert!(!radius
         .acct_lines()
         .iter()
         .any(|l| l.contains("status=Stop")));
+
+    // The client's address as Calling-Station-Id (as the portal sends it), with the user and
+    // the NAS the organization presents: that session.
+    let out = radclient_async(
+        listener,
+        "disconnect",
+        SECRET,
+        "Calling-Station-Id = \"127.0.2.10\"\nUser-Name = \"carol\"\nNAS-IP-Address = 127.0.0.1\nNAS-Identifier = \"portal-test\"\n",
+    )
+    .await;
+    assert!(out.contains("Received Disconnect-ACK"), "{out}");
+    radius
+        .wait_for_acct(&["status=Stop", "ip=127.0.2.10", "cause=Admin-Reset"])
+        .await;
     app.stop().await;
 }
 
@@ -336,7 +379,7 @@ async fn sessions_from_before_the_class_index_are_found_by_class_after_a_restart
         "Class = \"plain-class-value\"\n",
     )
     .await;
-    assert!(out.contains("Disconnect-ACK"), "{out}");
+    assert!(out.contains("Received Disconnect-ACK"), "{out}");
     radius
         .wait_for_acct(&["status=Stop", "ip=127.0.2.30", "cause=Admin-Reset"])
         .await;
@@ -365,7 +408,7 @@ async fn a_client_tied_to_other_organizations_cannot_end_this_ones_sessions() {
         &format!("Acct-Session-Id = \"{sid}\"\n"),
     )
     .await;
-    assert!(out.contains("Disconnect-NAK"), "{out}");
+    assert!(out.contains("Received Disconnect-NAK"), "{out}");
     assert!(out.contains("Session-Context-Not-Found"), "{out}");
     assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
     app.stop().await;

@@ -136,7 +136,7 @@ on_both_backends!(
     outbox_rows_go_in_order_and_no_claim_is_shared,
     a_failed_row_waits_and_retry_now_makes_it_due,
     dead_letters_unblock_and_a_never_sent_start_takes_its_session_along,
-    disconnect_requests_find_sessions_by_id_user_and_class,
+    disconnect_requests_find_sessions_by_id_address_user_and_class,
     periodic_interims_come_due_and_coalesce,
     pruning_keeps_what_is_pending,
     organization_changes_are_revisioned_audited_and_guarded,
@@ -528,7 +528,7 @@ async fn dead_letters_unblock_and_a_never_sent_start_takes_its_session_along(db:
     );
 }
 
-async fn disconnect_requests_find_sessions_by_id_user_and_class(db: Db) {
+async fn disconnect_requests_find_sessions_by_id_address_user_and_class(db: Db) {
     let s = &db.storage;
     let mut new = login("10.0.0.7", T0, MINUTE);
     new.classes = vec![vec![0, 0xff, 0x80, 7], b"CACS:group".to_vec()];
@@ -555,14 +555,14 @@ async fn disconnect_requests_find_sessions_by_id_user_and_class(db: Db) {
         found(SessionMatch::AcctSessionId(new.acct_session_id.clone())).await,
         [id]
     );
+    assert_eq!(found(SessionMatch::ClientIp("10.0.0.7".into())).await, [id]);
     assert_eq!(
-        found(SessionMatch::UserAndAddress {
-            username: new.username.clone(),
-            client_ip: "10.0.0.7".into()
-        })
-        .await,
+        found(SessionMatch::UserName(new.username.clone())).await,
         [id]
     );
+    assert!(found(SessionMatch::UserName("nobody".into()))
+        .await
+        .is_empty());
     assert_eq!(
         found(SessionMatch::Class(vec![0, 0xff, 0x80, 7])).await,
         [id]

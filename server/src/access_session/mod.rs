@@ -451,6 +451,11 @@ impl AccessSessions {
         Ok(self.storage.find_active_sessions(wanted).await?)
     }
 
+    /// The NAS identity organization `id` presents to its RADIUS servers (None: unknown).
+    pub fn organization_nas(&self, id: &str) -> Option<crate::radius::NasIdentity> {
+        self.organizations.get(id).map(|o| o.nas.clone())
+    }
+
     /// Whether an organization is active (None: unknown), as the guard's callers need it.
     pub fn organization_active(&self, id: &str) -> Option<bool> {
         self.organizations.get(id).map(|o| o.active)

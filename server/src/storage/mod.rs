@@ -518,13 +518,10 @@ pub struct OutboxRow {
 pub enum SessionMatch {
     /// Acct-Session-Id.
     AcctSessionId(String),
-    /// User-Name together with Framed-IP-Address (the client address).
-    UserAndAddress {
-        /// User-Name.
-        username: String,
-        /// Client IP as stored.
-        client_ip: String,
-    },
+    /// The client's address, as stored.
+    ClientIp(String),
+    /// User-Name.
+    UserName(String),
     /// One of the session's Class values, byte for byte.
     Class(Vec<u8>),
 }

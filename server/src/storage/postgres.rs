@@ -688,15 +688,19 @@ impl SessionStore for PgStore {
                 .fetch_all(&self.pool)
                 .await?
             }
-            SessionMatch::UserAndAddress {
-                username,
-                client_ip,
-            } => {
+            SessionMatch::ClientIp(ip) => {
                 sqlx::query(select_sessions!(
-                    "WHERE state = 'active' AND username = $1 AND client_ip = $2"
+                    "WHERE state = 'active' AND client_ip = $1"
+                ))
+                .bind(ip)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            SessionMatch::UserName(username) => {
+                sqlx::query(select_sessions!(
+                    "WHERE state = 'active' AND username = $1"
                 ))
                 .bind(username)
-                .bind(client_ip)
                 .fetch_all(&self.pool)
                 .await?
             }

@@ -471,13 +471,15 @@ impl SessionStore for SqliteStore {
                 select_sessions!("WHERE state = 'active' AND acct_session_id = ?"),
                 [id],
             ),
-            SessionMatch::UserAndAddress {
-                username,
-                client_ip,
-            } => sessions_where(
+            SessionMatch::ClientIp(ip) => sessions_where(
                 c,
-                select_sessions!("WHERE state = 'active' AND username = ? AND client_ip = ?"),
-                [username, client_ip],
+                select_sessions!("WHERE state = 'active' AND client_ip = ?"),
+                [ip],
+            ),
+            SessionMatch::UserName(username) => sessions_where(
+                c,
+                select_sessions!("WHERE state = 'active' AND username = ?"),
+                [username],
             ),
             SessionMatch::Class(class) => sessions_where(
                 c,
