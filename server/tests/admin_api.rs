@@ -190,6 +190,49 @@ async fn the_admin_api_follows_the_guard_and_never_shows_secrets() {
         .call(Method::GET, "/sessions/999999", Some(TOKEN), None)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // By its Acct-Session-Id too (as the CLI takes it).
+    let by_sid = admin
+        .ok(
+            Method::GET,
+            &format!("/sessions/{}", open.acct_session_id),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (by_sid["id"].as_i64(), by_sid["active"].as_bool()),
+        (Some(open.id), Some(false))
+    );
+    // A limit out of range is refused, not quietly changed.
+    for path in [
+        "/sessions?limit=0",
+        "/sessions?limit=-1",
+        "/audit?limit=10001",
+        "/sessions?limit=x",
+    ] {
+        let (status, text) = admin.call(Method::GET, path, Some(TOKEN), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert!(body["error"].is_string(), "{path}: {text}");
+    }
+    // A path or method the API does not have: JSON too.
+    for (method, path, expected) in [
+        (Method::GET, "/nope", StatusCode::NOT_FOUND),
+        (Method::PUT, "/sessions", StatusCode::METHOD_NOT_ALLOWED),
+    ] {
+        let (status, text) = admin.call(method, path, Some(TOKEN), None).await;
+        assert_eq!(status, expected, "{path}");
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert!(body["error"].is_string(), "{path}: {text}");
+    }
+    // The scheme is case-insensitive.
+    let lower = admin
+        .http
+        .get(format!("{}/admin/api/v1/organizations", admin.base))
+        .header("authorization", format!("bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), StatusCode::OK);
 
     // Audited with the token's name; no secret anywhere.
     let audit = admin.ok(Method::GET, "/audit?limit=500", None).await;

@@ -249,7 +249,10 @@ async fn unknown_sessions_coa_and_forged_requests_are_refused() {
         ),
     ] {
         let out = radclient_async(listener, "disconnect", SECRET, &attributes).await;
-        assert!(out.contains("Received Disconnect-NAK"), "{attributes}: {out}");
+        assert!(
+            out.contains("Received Disconnect-NAK"),
+            "{attributes}: {out}"
+        );
         assert!(out.contains(cause), "{attributes}: {out}");
     }
 

@@ -13,7 +13,7 @@ use crate::{
         worker::OrganizationWorker,
         Organizations,
     },
-    storage::{Audit, Storage},
+    storage::{AccessSessionRecord, Audit, Storage},
 };
 use axum::{
     extract::{
@@ -85,8 +85,10 @@ async fn require_token(State(api): State<AdminApi>, mut request: Request, next: 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|token| Sha256::digest(token.trim().as_bytes()));
+        .and_then(|v| v.trim().split_once(' '))
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| Sha256::digest(token.trim().as_bytes()));
     let actor = supplied.and_then(|digest| {
         api.tokens.iter().find_map(|(name, hash)| {
             let same = digest
@@ -135,6 +137,19 @@ pub fn routes(api: AdminApi) -> Router {
         .route("/audit", get(audit))
         .layer(middleware::from_fn_with_state(api.clone(), require_token))
         .route("/openapi.json", get(openapi))
+        // Every answer is JSON, a path or method the API does not have too.
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint (see /admin/api/v1/openapi.json)",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this endpoint does not take this method",
+            )
+        })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(api)
 }
@@ -347,7 +362,10 @@ async fn list_sessions(
         Ok(filter) => filter,
         Err(rejection) => return error(StatusCode::BAD_REQUEST, &rejection.body_text()),
     };
-    let limit = filter.limit.unwrap_or(1000).clamp(1, 10_000);
+    let limit = match row_limit(filter.limit, 1000) {
+        Ok(limit) => limit,
+        Err(refused) => return refused,
+    };
     match api
         .storage
         .active_sessions_of(filter.organization.as_deref(), limit)
@@ -358,11 +376,31 @@ async fn list_sessions(
     }
 }
 
-async fn show_session(State(api): State<AdminApi>, Path(id): Path<i64>) -> Response {
-    match api.storage.session(id).await {
-        Ok(Some(s)) => Json(SessionRow::from(&s)).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, "no such session"),
-        Err(e) => internal(e),
+/// The `limit` of a listing: `default` when absent, else 1-10 000 (400 otherwise).
+fn row_limit(limit: Option<i64>, default: i64) -> Result<i64, Response> {
+    match limit.unwrap_or(default) {
+        limit @ 1..=10_000 => Ok(limit),
+        _ => Err(error(StatusCode::BAD_REQUEST, "`limit` must be 1-10000")),
+    }
+}
+
+/// The session a path names: by its number, or by its Acct-Session-Id (as the CLI takes it).
+async fn named_session(api: &AdminApi, name: &str) -> Result<AccessSessionRecord, Response> {
+    let found = match name.parse::<i64>() {
+        Ok(id) => api.storage.session(id).await,
+        Err(_) => api.storage.session_by_acct_id(name).await,
+    };
+    match found {
+        Ok(Some(session)) => Ok(session),
+        Ok(None) => Err(error(StatusCode::NOT_FOUND, "no such session")),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+async fn show_session(State(api): State<AdminApi>, Path(name): Path<String>) -> Response {
+    match named_session(&api, &name).await {
+        Ok(s) => Json(SessionRow::from(&s)).into_response(),
+        Err(refused) => refused,
     }
 }
 
@@ -371,14 +409,13 @@ async fn show_session(State(api): State<AdminApi>, Path(id): Path<i64>) -> Respo
 async fn terminate_session(
     State(api): State<AdminApi>,
     Extension(Actor(actor)): Extension<Actor>,
-    Path(id): Path<i64>,
+    Path(name): Path<String>,
 ) -> Response {
-    let session = match api.storage.session(id).await {
-        Ok(Some(s)) => s,
-        Ok(None) => return error(StatusCode::NOT_FOUND, "no such session"),
-        Err(e) => return internal(e),
+    let session = match named_session(&api, &name).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
     };
-    match api.sessions.stop_by_operator(id).await {
+    match api.sessions.stop_by_operator(session.id).await {
         Ok(stopped) => {
             let detail = serde_json::json!({ "acct_session_id": session.acct_session_id, "username": session.username, "stopped": stopped });
             if let Err(e) = api
@@ -419,10 +456,11 @@ async fn audit(
         Ok(filter) => filter,
         Err(rejection) => return error(StatusCode::BAD_REQUEST, &rejection.body_text()),
     };
-    match api
-        .storage
-        .audit_tail(filter.limit.unwrap_or(100).clamp(1, 10_000))
-        .await
+    let limit = match row_limit(filter.limit, 100) {
+        Ok(limit) => limit,
+        Err(refused) => return refused,
+    };
+    match api.storage.audit_tail(limit).await
     {
         Ok(entries) => Json(
             entries
