@@ -385,22 +385,22 @@ fn row_limit(limit: Option<i64>, default: i64) -> Result<i64, Response> {
 }
 
 /// The session a path names: by its number, or by its Acct-Session-Id (as the CLI takes it).
-async fn named_session(api: &AdminApi, name: &str) -> Result<AccessSessionRecord, Response> {
+async fn named_session(api: &AdminApi, name: &str) -> Result<AccessSessionRecord, Box<Response>> {
     let found = match name.parse::<i64>() {
         Ok(id) => api.storage.session(id).await,
         Err(_) => api.storage.session_by_acct_id(name).await,
     };
     match found {
         Ok(Some(session)) => Ok(session),
-        Ok(None) => Err(error(StatusCode::NOT_FOUND, "no such session")),
-        Err(e) => Err(internal(e)),
+        Ok(None) => Err(Box::new(error(StatusCode::NOT_FOUND, "no such session"))),
+        Err(e) => Err(Box::new(internal(e))),
     }
 }
 
 async fn show_session(State(api): State<AdminApi>, Path(name): Path<String>) -> Response {
     match named_session(&api, &name).await {
         Ok(s) => Json(SessionRow::from(&s)).into_response(),
-        Err(refused) => refused,
+        Err(refused) => *refused,
     }
 }
 
@@ -413,7 +413,7 @@ async fn terminate_session(
 ) -> Response {
     let session = match named_session(&api, &name).await {
         Ok(s) => s,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     match api.sessions.stop_by_operator(session.id).await {
         Ok(stopped) => {
