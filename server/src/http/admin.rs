@@ -364,7 +364,7 @@ async fn list_sessions(
     };
     let limit = match row_limit(filter.limit, 1000) {
         Ok(limit) => limit,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     match api
         .storage
@@ -377,10 +377,13 @@ async fn list_sessions(
 }
 
 /// The `limit` of a listing: `default` when absent, else 1-10 000 (400 otherwise).
-fn row_limit(limit: Option<i64>, default: i64) -> Result<i64, Response> {
+fn row_limit(limit: Option<i64>, default: i64) -> Result<i64, Box<Response>> {
     match limit.unwrap_or(default) {
         limit @ 1..=10_000 => Ok(limit),
-        _ => Err(error(StatusCode::BAD_REQUEST, "`limit` must be 1-10000")),
+        _ => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "`limit` must be 1-10000",
+        ))),
     }
 }
 
@@ -458,7 +461,7 @@ async fn audit(
     };
     let limit = match row_limit(filter.limit, 100) {
         Ok(limit) => limit,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     match api.storage.audit_tail(limit).await
     {
