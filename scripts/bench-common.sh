@@ -10,7 +10,8 @@
 #   REPLICAS=2   that many portal processes on the one database (PostgreSQL only), the load
 #                spread over them
 #   PORTAL_BIN=path  another build of the portal (A/B comparisons in one sitting: copy a
-#                release binary elsewhere with its hash.txt)
+#                release binary elsewhere; the current site's hash.txt is put beside it, since
+#                the portal refuses to start with asset names the site does not have)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/env.sh
@@ -19,6 +20,7 @@ cargo build --release -q -p radius-portal -p portal-load
 # debug site (`cargo leptos build`) rather than a slow WASM release build.
 [ -f target/debug/hash.txt ] || cargo leptos build
 cp target/debug/hash.txt target/release/hash.txt
+[ -z "${PORTAL_BIN:-}" ] || cp target/debug/hash.txt "$(dirname "$PORTAL_BIN")/hash.txt"
 
 portal_bin=${PORTAL_BIN:-target/release/radius-portal}
 DB=${DB:-sqlite}

@@ -262,6 +262,10 @@ pub async fn run() -> anyhow::Result<()> {
             serve(&settings, options, false).await
         }
         Command::Demo { data_dir } => {
+            // The demo is its own configuration: a file would be silently ignored.
+            if cli.config.is_some() {
+                bail!("`demo` takes no configuration file (it runs its own demo settings); use `radius-portal --config FILE serve` for a configured portal, or PORTAL_* variables to change the demo's address");
+            }
             let mut settings = demo_settings(&data_dir);
             settings.apply_env(|k| std::env::var(k).ok())?;
             telemetry::init(&settings.log);
@@ -419,14 +423,44 @@ pub fn leptos_options(path: &Path) -> anyhow::Result<LeptosOptions> {
         let hash_file = std::env::current_exe()
             .ok()
             .and_then(|exe| exe.parent().map(|dir| dir.join(&*options.hash_file)));
-        if let Some(hash_file) = hash_file.filter(|f| !f.exists()) {
-            bail!(
-                "{} not found: it is written by `cargo leptos build` beside the binary; ship it with the binary",
-                hash_file.display()
-            );
+        if let Some(hash_file) = hash_file {
+            if !hash_file.exists() {
+                bail!(
+                    "{} not found: it is written by `cargo leptos build` beside the binary; ship it with the binary",
+                    hash_file.display()
+                );
+            }
+            check_site_files(&options, &hash_file)?;
         }
     }
     Ok(options)
+}
+
+/// The hashed asset files `hash.txt` names must be in the site root: a binary started with
+/// another build's site (or none) would serve pages whose script and style are missing.
+fn check_site_files(options: &LeptosOptions, hash_file: &Path) -> anyhow::Result<()> {
+    let hashes = std::fs::read_to_string(hash_file)
+        .with_context(|| format!("while reading {}", hash_file.display()))?;
+    let pkg = Path::new(&*options.site_root).join(&*options.site_pkg_dir);
+    for line in hashes.lines() {
+        let Some((ext, hash)) = line.split_once(':') else {
+            continue;
+        };
+        let file = pkg.join(format!(
+            "{}.{}.{}",
+            options.output_name,
+            hash.trim(),
+            ext.trim()
+        ));
+        if !file.exists() {
+            bail!(
+                "{} not found: the site files ({}) are not those of this binary's build (`cargo leptos build` writes both; ship them together)",
+                file.display(),
+                pkg.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Warns when the configuration file holds shared secrets inline and other users of the

@@ -1357,6 +1357,15 @@ impl Settings {
                 format!("`{}` is not `text` or `json`", self.log.format),
             ));
         }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            return Err(config_error(
+                "log.filter",
+                format!(
+                    "`{}` is not a log filter ({e}); e.g. `info` or `info,radius_portal=debug`",
+                    self.log.filter
+                ),
+            ));
+        }
         if self.organizations.is_empty() {
             return Err(config_error(
                 "organizations",
@@ -1504,6 +1513,21 @@ mod tests {
         let json = serde_json::json!({ "name": "x", "address": "10.0.0.1", "secret": 987654321 });
         let e = serde_json::from_value::<ServerSettings>(json).expect_err("a number");
         assert!(!e.to_string().contains("987654321"), "{e}");
+    }
+
+    #[test]
+    fn a_log_filter_that_is_none_is_refused_by_name() {
+        let text = format!("[log]\nfilter = \"[[[[\"\n{MINIMAL}");
+        let e = Settings::from_toml(&text)
+            .expect("parses")
+            .validate()
+            .expect_err("not a filter");
+        assert_eq!(e.key, "log.filter", "{e}");
+        let text = format!("[log]\nfilter = \"info,radius_portal=debug\"\n{MINIMAL}");
+        Settings::from_toml(&text)
+            .expect("parses")
+            .validate()
+            .expect("a filter");
     }
 
     #[test]

@@ -400,7 +400,9 @@ impl Application {
             let router = axum::Router::new()
                 .route("/metrics", axum::routing::get(serve_metrics))
                 .with_state(scrape);
-            tracing::info!(addr = ?listener.local_addr().ok(), "metrics served at /metrics");
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "metrics served at /metrics");
+            }
             tasks.spawn(crate::http::serve::serve(
                 listener,
                 router,

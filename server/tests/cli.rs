@@ -228,6 +228,44 @@ fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
     assert!(stderr.contains("TLS:"), "{stderr}");
 }
 
+/// The demo runs its own settings: a configuration file given to it is refused, not ignored.
+#[test]
+fn demo_refuses_a_configuration_file_instead_of_ignoring_it() {
+    let output = portal(&["--config", "/nonexistent/portal.toml", "demo"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("`demo` takes no configuration file"),
+        "{stderr}"
+    );
+}
+
+/// `serve` refuses to start with a site root whose asset files are not its build's (the pages
+/// would name scripts and styles that are not there).
+#[test]
+fn serve_refuses_a_site_root_without_its_builds_assets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portal.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\npath = \"{}\"\n[[organizations]]\nid = \"acme\"\nname = \"Acme\"\n[[organizations.servers]]\nname = \"ise\"\naddress = \"127.0.0.1\"\nsecret = \"s\"\n",
+            dir.path().join("portal.db").display()
+        ),
+    )
+    .unwrap();
+    let output = portal(&["--config", config.to_str().unwrap(), "serve"])
+        .current_dir(env!("CARGO_MANIFEST_DIR").to_string() + "/..")
+        .env("LEPTOS_SITE_ROOT", dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not found: the site files"), "{stderr}");
+}
+
 /// `serve` warns when its configuration file holds shared secrets and others can read it, and
 /// keeps running on SIGHUP.
 #[tokio::test]
