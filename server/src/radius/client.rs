@@ -372,7 +372,8 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
             0
         };
         if crate::telemetry::worth_a_warning(before) {
-            tracing::warn!(%from, reason = ?why, dropped_so_far = before + 1, "RADIUS datagram dropped");
+            let dropped_so_far = shared.dropped.load(Ordering::Relaxed);
+            tracing::warn!(%from, reason = ?why, dropped_so_far, "RADIUS datagram dropped");
         } else {
             tracing::debug!(%from, reason = ?why, "RADIUS datagram dropped");
         }
@@ -381,11 +382,22 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
         return drop_it(&"shorter than a header", true);
     };
     let key = (index, from, id);
-    let expect = {
+    let (expect, asked) = {
         let inner = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.waiters.get(&key).and_then(|p| p.expect.clone())
+        (
+            inner.waiters.get(&key).and_then(|p| p.expect.clone()),
+            inner.next_id.contains_key(&(index, from)),
+        )
     };
     let Some(expect) = expect else {
+        if !asked {
+            // Never a request to this address and port: a server answering from another
+            // address than the one configured (multi-homed, NAT) looks like silence otherwise.
+            return drop_it(
+                &"from an address and port this socket never sent a request to (does the server answer from another address than the one configured?)",
+                true,
+            );
+        }
         // Routine: a late reply to a request that was answered or gave up.
         shared.dropped.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%from, id, "RADIUS reply for no waiting request dropped");
