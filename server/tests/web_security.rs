@@ -578,6 +578,12 @@ async fn pages_are_whole_with_their_csp_nonce_and_unknown_paths_get_the_not_foun
                 "{path}: <script{tag}>"
             );
         }
+        // The nonce appears only where the browser hides it (`nonce` attributes).
+        assert_eq!(
+            body.matches(nonce.as_str()).count(),
+            body.matches(&format!("nonce=\"{nonce}\"")).count(),
+            "{path}: the nonce elsewhere: {body}"
+        );
         if path == "/session" {
             assert!(
                 !scripts.is_empty(),

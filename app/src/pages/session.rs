@@ -89,6 +89,10 @@ fn IslandScripts() -> impl IntoView {
             leptos::nonce::provide_nonce();
             let placeholder = use_nonce().map(|n| n.to_string()).unwrap_or_default();
             let html = view! { <HydrationScripts options islands=true /> }.to_html();
+            // Leptos writes the nonce into the preload links' `crossorigin` too, where the
+            // browser does not hide it from the page (CSS selectors could read it): there an
+            // empty value, which means the same (`anonymous`).
+            let html = html.replace(&format!("crossorigin=\"{placeholder}\""), "crossorigin=\"\"");
             (html, placeholder)
         })
     });
