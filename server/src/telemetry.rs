@@ -8,6 +8,16 @@ use tracing_subscriber::{fmt, EnvFilter};
 pub fn init(settings: &LogSettings) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
+    // tower-sessions warns ("possibly suspicious activity") for every request whose cookie names
+    // no stored session: anyone can send those at will, and the portal answers them as it
+    // answers a visitor without a session (the cookie is removed). Not at warn, unless the
+    // filter asks for tower-sessions by name.
+    let quiet = !settings.filter.contains("tower_sessions")
+        && !std::env::var("RUST_LOG").is_ok_and(|f| f.contains("tower_sessions"));
+    let filter = match "tower_sessions_core=error".parse() {
+        Ok(directive) if quiet => filter.add_directive(directive),
+        _ => filter,
+    };
     // Colours only for a terminal: a file or a journal gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = fmt()
