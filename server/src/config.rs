@@ -143,8 +143,13 @@ pub const REDACTED: &str = "[redacted]";
 /// A duration in the largest exact unit (`365d`, `4h`, `90s`, `1500ms`): what was written
 /// comes back (humantime's own format turns a year of days into months).
 fn duration_text<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&exact_duration(d))
+}
+
+/// [`duration_text`]'s form of a duration (also how errors name bounds).
+fn exact_duration(d: &Duration) -> String {
     let ms = d.as_millis();
-    let text = match ms {
+    match ms {
         _ if !d.subsec_nanos().is_multiple_of(1_000_000) => {
             humantime::format_duration(*d).to_string()
         }
@@ -154,8 +159,7 @@ fn duration_text<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::E
         _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
         _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
         _ => format!("{ms}ms"),
-    };
-    s.serialize_str(&text)
+    }
 }
 
 fn optional_duration_text<S: serde::Serializer>(
@@ -853,8 +857,8 @@ fn in_range(
             key,
             format!(
                 "must be between {} and {}",
-                humantime::format_duration(low),
-                humantime::format_duration(high)
+                exact_duration(&low),
+                exact_duration(&high)
             ),
         )),
         _ => Ok(()),
@@ -1255,7 +1259,13 @@ impl Settings {
             let key = e
                 .span()
                 .map_or_else(|| "file".into(), |span| locate(text, span.start));
-            config_error(key, e.message().to_string())
+            // The standard library's address errors do not say what is expected.
+            let problem = match e.message() {
+                "invalid socket address syntax" => "not an IP address and port like `127.0.0.1:3000` or `[::]:3000` (host names are not looked up)".to_string(),
+                "invalid IP address syntax" => "not an IP address like `10.0.0.1` or `2001:db8::1` (host names are not looked up)".to_string(),
+                other => other.to_string(),
+            };
+            config_error(key, problem)
         })
     }
 
@@ -1472,14 +1482,25 @@ impl Settings {
     }
 }
 
-/// "line N: key" for a byte offset in a TOML text: the key whose line the offset falls on.
+/// "table.key (line N)" for a byte offset in a TOML text: the key whose line the offset falls
+/// on, under the table it is in.
 pub(crate) fn locate(text: &str, offset: usize) -> String {
-    let offset = offset.min(text.len());
-    let line_no = text[..offset].matches('\n').count() + 1;
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line_no = before.matches('\n').count() + 1;
     let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
-    match line.split_once('=') {
-        Some((key, _)) => format!("line {line_no}: {}", key.trim()),
-        None => format!("line {line_no}: {line}"),
+    // The table the line is in (`[http]`, `[[organizations.servers]]`), for a dotted key.
+    let earlier_lines = &before[..before.rfind('\n').map_or(0, |at| at + 1)];
+    let table = earlier_lines
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .and_then(|l| l.split(']').next())
+        .map(|l| l.trim_start_matches('[').trim());
+    match (line.split_once('='), table) {
+        (Some((key, _)), Some(table)) => format!("{table}.{} (line {line_no})", key.trim()),
+        (Some((key, _)), None) => format!("{} (line {line_no})", key.trim()),
+        (None, _) => format!("line {line_no}: {line}"),
     }
 }
 
@@ -1513,6 +1534,31 @@ mod tests {
         let json = serde_json::json!({ "name": "x", "address": "10.0.0.1", "secret": 987654321 });
         let e = serde_json::from_value::<ServerSettings>(json).expect_err("a number");
         assert!(!e.to_string().contains("987654321"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_value_is_named_by_its_table_and_line_and_an_address_says_what_is_expected() {
+        let e = Settings::from_toml(&format!("[http]\nlisten = \"localhost:3000\"\n{MINIMAL}"))
+            .expect_err("a host name");
+        assert_eq!(e.key, "http.listen (line 2)", "{e}");
+        assert!(e.problem.contains("127.0.0.1:3000"), "{e}");
+        let text = MINIMAL.replace("address = \"10.0.0.1\"", "address = \"radius.example\"");
+        let e = Settings::from_toml(&text).expect_err("a host name");
+        assert_eq!(e.key, "organizations.servers.address (line 7)", "{e}");
+        assert!(e.problem.contains("not an IP address"), "{e}");
+        let e = Settings::from_toml(&format!("[http]\nlisten_nowhere = 1\n{MINIMAL}"))
+            .expect_err("an unknown key");
+        assert!(e.key.starts_with("http.listen_nowhere"), "{e}");
+        // Bounds are said as they are written.
+        let text = MINIMAL.replace(
+            "name = \"Acme\"",
+            "name = \"Acme\"\ndefault_window = \"400d\"",
+        );
+        let e = Settings::from_toml(&text)
+            .expect("parses")
+            .validate()
+            .expect_err("too long");
+        assert!(e.problem.ends_with("between 1s and 366d"), "{e}");
     }
 
     #[test]
@@ -1767,8 +1813,8 @@ mod tests {
         );
         let err = Settings::from_toml(&text).expect_err("bad duration");
         assert!(err.problem.contains("four hours"), "{err}");
-        assert!(
-            err.key.ends_with(": default_window"),
+        assert_eq!(
+            err.key, "organizations.default_window (line 5)",
             "the key is named: {err}"
         );
     }

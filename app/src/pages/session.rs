@@ -92,7 +92,10 @@ fn IslandScripts() -> impl IntoView {
             // Leptos writes the nonce into the preload links' `crossorigin` too, where the
             // browser does not hide it from the page (CSS selectors could read it): there an
             // empty value, which means the same (`anonymous`).
-            let html = html.replace(&format!("crossorigin=\"{placeholder}\""), "crossorigin=\"\"");
+            let html = html.replace(
+                &format!("crossorigin=\"{placeholder}\""),
+                "crossorigin=\"\"",
+            );
             (html, placeholder)
         })
     });
