@@ -462,13 +462,28 @@ fn state(active: bool) -> &'static str {
     }
 }
 
-/// Who is acting, for the audit log.
+/// Who is acting, for the audit log: the person behind `sudo` first, then the login name,
+/// else the numeric user id (a container often sets no USER).
 fn actor() -> String {
-    let user = ["USER", "LOGNAME", "SUDO_USER"]
+    let user = ["SUDO_USER", "USER", "LOGNAME"]
         .iter()
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .or_else(uid)
         .unwrap_or_else(|| "unknown".into());
     format!("cli:{user}")
+}
+
+#[cfg(unix)]
+fn uid() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .ok()
+        .map(|m| format!("uid {}", m.uid()))
+}
+
+#[cfg(not(unix))]
+fn uid() -> Option<String> {
+    None
 }
 
 /// Runs an `org` command.

@@ -232,6 +232,7 @@ async fn portal(config: &std::path::Path, args: &[&str]) -> std::process::Output
         .arg(config)
         .args(args)
         .env("USER", "operator-jo")
+        .env_remove("SUDO_USER")
         .output()
         .await
         .unwrap()
@@ -329,6 +330,28 @@ timeout = "500ms"
             .any(|l| l.contains("\"org.disable\"") && l.contains("cli:operator-jo")),
         "{audit}"
     );
+
+    // Without any login name in the environment (a container), the user id stands in.
+    let anonymous = tokio::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
+        .arg("--config")
+        .arg(&config)
+        .args(["org", "enable", "acme"])
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .env_remove("SUDO_USER")
+        .output()
+        .await
+        .unwrap();
+    assert!(anonymous.status.success(), "{anonymous:?}");
+    let audit = portal(&config, &["audit", "tail", "--json"]).await;
+    assert!(
+        String::from_utf8_lossy(&audit.stdout)
+            .lines()
+            .any(|l| l.contains("\"org.enable\"") && l.contains("cli:uid ")),
+        "{}",
+        String::from_utf8_lossy(&audit.stdout)
+    );
+    portal(&config, &["org", "disable", "acme"]).await;
 
     let missing = portal(&config, &["org", "show", "no-such-org"]).await;
     assert_eq!(missing.status.code(), Some(3), "{missing:?}");
