@@ -229,7 +229,7 @@ pub async fn run() -> anyhow::Result<()> {
                     client_ip,
                 },
         } => {
-            let settings = Settings::load(cli.config.as_deref())?;
+            let settings = Settings::load_for_operator(cli.config.as_deref())?;
             let credentials = match username {
                 Some(user) => {
                     let password = std::env::var(&password_env)
@@ -336,11 +336,19 @@ pub async fn radius_test(
         organizations::Organizations,
         radius::{AuthOutcome, Radius},
     };
-    let organizations = Organizations::from_settings(&settings.organizations)?;
+    // The database is the truth (organizations created or changed at run time); before the
+    // portal first started there is only the configuration file.
+    let organizations = match crate::operator::open(settings).await {
+        Ok(storage) => Organizations::load(&storage).await?,
+        Err(_) if !settings.organizations.is_empty() => {
+            Organizations::from_settings(&settings.organizations)?
+        }
+        Err(e) => return Err(e),
+    };
     let default_id = organizations.default_id();
     let org_id = org_id.unwrap_or(&default_id);
     let Some(org) = organizations.get(org_id) else {
-        bail!("no organization `{org_id}` in the configuration");
+        bail!("no organization `{org_id}` in the database or the configuration");
     };
     let radius = Radius::bind(&settings.radius, Default::default())
         .await

@@ -449,6 +449,13 @@ accent_color = "#0f766e"
         app.organizations.get("gamma").is_some()
     })
     .await;
+    // `radius test` knows it too (from the database), with the operator's [database]-only file.
+    let probe = portal(&operator, &["radius", "test", "--org", "gamma"]).await;
+    assert!(probe.status.success(), "{probe:?}");
+    assert!(
+        String::from_utf8_lossy(&probe.stdout).contains("answered Status-Server"),
+        "{probe:?}"
+    );
     let session = app
         .sessions
         .login("gamma", "carol", "carol-pass", ip(22))
