@@ -109,31 +109,35 @@ pub enum OrgCommand {
     },
 }
 
-/// A settings file for `org create|update|server-…` as JSON: TOML, or JSON by extension.
-fn settings_file(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+/// A settings file for `org create|update|server-…` as JSON: TOML, or JSON by extension. An
+/// unreadable file is an error (exit 1); one that is not TOML (JSON) is refused like any
+/// invalid settings (`Err` inside: why; exit 4).
+fn settings_file(path: &std::path::Path) -> anyhow::Result<Result<serde_json::Value, String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("while reading {}", path.display()))?;
     if path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"))
     {
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
-    } else {
-        // The parser's own message quotes the offending line, which may hold a secret: say
-        // only where and what.
-        let value: toml::Value = toml::from_str(&text).map_err(|e| {
+        return Ok(serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not valid JSON: {e}", path.display())));
+    }
+    // The parser's own message quotes the offending line, which may hold a secret: say only
+    // where and what.
+    Ok(match toml::from_str::<toml::Value>(&text) {
+        Ok(value) => Ok(serde_json::to_value(value)?),
+        Err(e) => {
             let at = e.span().map_or_else(
                 || "?".into(),
                 |span| crate::config::locate(&text, span.start),
             );
-            anyhow::anyhow!(
+            Err(format!(
                 "{} is not valid TOML at {at}: {}",
                 path.display(),
                 e.message()
-            )
-        })?;
-        Ok(serde_json::to_value(value)?)
-    }
+            ))
+        }
+    })
 }
 
 /// `session …` subcommands.
@@ -617,16 +621,21 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
             Ok(Outcome::Done)
         }
         OrgCommand::Create { file } => {
+            let settings = match settings_file(&file)? {
+                Ok(settings) => settings,
+                Err(why) => return Ok(Outcome::Refused(why)),
+            };
             let cache = cache(&storage).await?;
             finish(
-                change::create(&storage, &cache, settings_file(&file)?, &actor())
+                change::create(&storage, &cache, settings, &actor())
                     .await
                     .map(|id| format!("organization {id} created")),
             )
         }
         OrgCommand::Update { id, file, name } => {
-            let mut patch = match file {
-                Some(file) => settings_file(&file)?,
+            let mut patch = match file.map(|file| settings_file(&file)).transpose()? {
+                Some(Ok(patch)) => patch,
+                Some(Err(why)) => return Ok(Outcome::Refused(why)),
                 None => serde_json::json!({}),
             };
             if let (Some(name), Some(map)) = (name, patch.as_object_mut()) {
@@ -651,15 +660,22 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
             )
         }
         OrgCommand::ServerAdd { id, file } => {
+            let server = match settings_file(&file)? {
+                Ok(server) => server,
+                Err(why) => return Ok(Outcome::Refused(why)),
+            };
             let cache = cache(&storage).await?;
             finish(
-                change::add_server(&storage, &cache, &id, settings_file(&file)?, &actor())
+                change::add_server(&storage, &cache, &id, server, &actor())
                     .await
                     .map(|()| format!("server added to organization {id}")),
             )
         }
         OrgCommand::ServerUpdate { id, name, file } => {
-            let patch = settings_file(&file)?;
+            let patch = match settings_file(&file)? {
+                Ok(patch) => patch,
+                Err(why) => return Ok(Outcome::Refused(why)),
+            };
             let cache = cache(&storage).await?;
             finish(
                 change::update_server(&storage, &cache, &id, &name, patch, &actor())

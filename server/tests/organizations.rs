@@ -486,7 +486,8 @@ accent_color = "#0f766e"
         ],
     )
     .await;
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // Refused like any invalid settings (not a failure of the tool).
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
     let all = format!("{out:?}");
     assert!(all.contains("line 4"), "says where: {all}");
     assert!(!all.contains("hunter2xyz"), "never the value: {all}");
