@@ -200,6 +200,10 @@ pub async fn run() -> anyhow::Result<()> {
             if token.trim().is_empty() {
                 bail!("no token on stdin (generate one, e.g. `openssl rand -hex 32`)");
             }
+            // Anyone who reaches the API may guess it: a short token is a weak password.
+            if token.trim().chars().count() < 16 {
+                bail!("the token is too short: use at least 16 random characters (e.g. `openssl rand -hex 32`)");
+            }
             say!("{}", crate::http::admin::hash_token(&token));
             Ok(())
         }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{FreeRadius, SECRET};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 fn config(radius: &FreeRadius, acct_secret_ok: bool) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -226,6 +226,39 @@ fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("TLS:"), "{stderr}");
+}
+
+/// `admin hash-token` prints the SHA-256 the configuration holds, and refuses a short token.
+#[test]
+fn admin_hash_token_hashes_a_long_token_and_refuses_a_short_one() {
+    use std::io::Write as _;
+    let hash = |token: &str| {
+        let mut child = portal(&["admin", "hash-token"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{token}\n").as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let long = hash("0123456789abcdef0123");
+    assert!(long.status.success(), "{long:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&long.stdout).trim(),
+        radius_portal::http::admin::hash_token("0123456789abcdef0123")
+    );
+    let short = hash("x");
+    assert!(!short.status.success());
+    assert!(
+        String::from_utf8_lossy(&short.stderr).contains("too short"),
+        "{short:?}"
+    );
 }
 
 /// The demo runs its own settings: a configuration file given to it is refused, not ignored.
