@@ -266,8 +266,14 @@ pub async fn run() -> anyhow::Result<()> {
             serve(&settings, options, false).await
         }
         Command::Demo { data_dir } => {
-            // The demo is its own configuration: a file would be silently ignored.
-            if cli.config.is_some() {
+            // The demo is its own configuration: a file named on the command line would be
+            // silently ignored (PORTAL_CONFIG in the environment — a container's — is ignored).
+            let named = std::env::args().any(|a| {
+                a == "--config"
+                    || a.starts_with("--config=")
+                    || (a.starts_with("-c") && !a.starts_with("--"))
+            });
+            if cli.config.is_some() && named {
                 bail!("`demo` takes no configuration file (it runs its own demo settings); use `radius-portal --config FILE serve` for a configured portal, or PORTAL_* variables to change the demo's address");
             }
             let mut settings = demo_settings(&data_dir);
@@ -341,13 +347,16 @@ pub async fn radius_test(
         radius::{AuthOutcome, Radius},
     };
     // The database is the truth (organizations created or changed at run time); before the
-    // portal first started there is only the configuration file.
-    let organizations = match crate::operator::open(settings).await {
-        Ok(storage) => Organizations::load(&storage).await?,
-        Err(_) if !settings.organizations.is_empty() => {
-            Organizations::from_settings(&settings.organizations)?
-        }
-        Err(e) => return Err(e),
+    // portal first started (no SQLite file yet) there is only the configuration file.
+    let no_database_yet = settings.database.url.is_none() && !settings.database.path.exists();
+    let organizations = if no_database_yet && !settings.organizations.is_empty() {
+        say!(
+            "no database at {} yet: testing the configuration file's organizations",
+            settings.database.path.display()
+        );
+        Organizations::from_settings(&settings.organizations)?
+    } else {
+        Organizations::load(&crate::operator::open(settings).await?).await?
     };
     let default_id = organizations.default_id();
     let org_id = org_id.unwrap_or(&default_id);
@@ -379,6 +388,9 @@ pub async fn radius_test(
                         "Access-Reject{}",
                         reply_message.map(|m| format!(" Reply-Message={m:?}")).unwrap_or_default()
                     ),
+                    AuthOutcome::Unusable { problem } => {
+                        format!("Access-Accept the portal cannot use: {problem}")
+                    }
                     AuthOutcome::Challenge { reply_message } => format!(
                         "Access-Challenge (not supported by the portal){}",
                         reply_message.map(|m| format!(" Reply-Message={m:?}")).unwrap_or_default()
@@ -455,7 +467,10 @@ fn check_site_files(options: &LeptosOptions, hash_file: &Path) -> anyhow::Result
         .with_context(|| format!("while reading {}", hash_file.display()))?;
     let pkg = Path::new(&*options.site_root).join(&*options.site_pkg_dir);
     for line in hashes.lines() {
-        let Some((ext, hash)) = line.split_once(':') else {
+        // The files the pages name (cargo-leptos may list others, e.g. WASM splitting's).
+        let Some((ext @ ("js" | "wasm" | "css"), hash)) =
+            line.split_once(':').map(|(e, h)| (e.trim(), h))
+        else {
             continue;
         };
         let file = pkg.join(format!(

@@ -399,8 +399,9 @@ impl DynAuthListener {
 /// carries must be the session's organization's.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identification {
-    acct_session_id: Option<String>,
-    username: Option<String>,
+    /// Every value of each attribute counts (a repeated one must match too).
+    acct_session_ids: Vec<String>,
+    usernames: Vec<String>,
     /// Every address the request gives for the client (all must be the session's).
     client_ips: Vec<String>,
     classes: Vec<Vec<u8>>,
@@ -429,8 +430,16 @@ impl Identification {
             .into_iter()
             .map(|v| normalised_address(&text(v)));
         Identification {
-            acct_session_id: request.get(attr::ACCT_SESSION_ID).map(text),
-            username: request.get(attr::USER_NAME).map(text),
+            acct_session_ids: request
+                .get_all(attr::ACCT_SESSION_ID)
+                .into_iter()
+                .map(text)
+                .collect(),
+            usernames: request
+                .get_all(attr::USER_NAME)
+                .into_iter()
+                .map(text)
+                .collect(),
             client_ips: framed.chain(calling).collect(),
             classes: request.get_all(attr::CLASS),
             nas_ips: [attr::NAS_IP_ADDRESS, attr::NAS_IPV6_ADDRESS]
@@ -449,7 +458,7 @@ impl Identification {
     /// What storage looks sessions up by: the most selective attribute there is (the others
     /// are checked on what it finds, [`Self::matches`]). None: the request carries none.
     pub fn lookup(&self) -> Option<SessionMatch> {
-        if let Some(id) = &self.acct_session_id {
+        if let Some(id) = self.acct_session_ids.first() {
             return Some(SessionMatch::AcctSessionId(id.clone()));
         }
         if let Some(ip) = self.client_ips.first() {
@@ -458,18 +467,15 @@ impl Identification {
         if let Some(class) = self.classes.first() {
             return Some(SessionMatch::Class(class.clone()));
         }
-        self.username.clone().map(SessionMatch::UserName)
+        self.usernames.first().cloned().map(SessionMatch::UserName)
     }
 
     /// Whether `session` has every identification attribute the request gives.
     pub fn matches(&self, session: &AccessSessionRecord) -> bool {
-        self.acct_session_id
-            .as_ref()
-            .is_none_or(|id| *id == session.acct_session_id)
-            && self
-                .username
-                .as_ref()
-                .is_none_or(|u| *u == session.username)
+        self.acct_session_ids
+            .iter()
+            .all(|id| *id == session.acct_session_id)
+            && self.usernames.iter().all(|u| *u == session.username)
             && self.client_ips.iter().all(|ip| *ip == session.client_ip)
             && self.classes.iter().all(|c| session.classes.contains(c))
     }
@@ -482,10 +488,10 @@ impl Identification {
 }
 
 /// A Calling-Station-Id as the portal writes addresses (an IPv6 address in any of its spellings
-/// is the same address); other text as it is.
+/// is the same address; a trailing NUL some servers add is no part of it); other text as it is.
 fn normalised_address(text: &str) -> String {
-    text.trim()
-        .parse::<IpAddr>()
+    let text = text.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+    text.parse::<IpAddr>()
         .map_or_else(|_| text.to_string(), |ip| ip.to_canonical().to_string())
 }
 
@@ -594,9 +600,18 @@ mod tests {
         ] {
             assert_eq!(request(&attrs).matches(&alice), expected, "{attrs:?}");
         }
-        // Any spelling of an IPv6 address is that address.
+        // Any spelling of an IPv6 address is that address; a trailing NUL is no part of it.
         let v6 = session("x", "v", "2001:db8::7", &[]);
         assert!(request(&[(attr::CALLING_STATION_ID, b"2001:DB8:0::7")]).matches(&v6));
+        assert!(request(&[(attr::CALLING_STATION_ID, b"10.0.0.5\0")]).matches(&alice));
+        // A repeated attribute: every value must be the session's.
+        let both = request(&[
+            (attr::ACCT_SESSION_ID, b"abc"),
+            (attr::ACCT_SESSION_ID, b"other"),
+        ]);
+        assert!(!both.matches(&alice));
+        let twice = request(&[(attr::USER_NAME, b"alice"), (attr::USER_NAME, b"alice")]);
+        assert!(twice.matches(&alice));
     }
 
     #[test]

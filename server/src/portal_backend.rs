@@ -294,6 +294,11 @@ fn user_error(error: SessionError) -> PortalError {
                 None => "this sign-in needs an extra step (Access-Challenge) that this portal does not support; contact your network administrator".into(),
             }),
         },
+        SessionError::UnusableAccept { problem } => PortalError::Rejected {
+            message: Some(format!(
+                "the authentication server's answer cannot be used ({problem}). Please tell your network administrator."
+            )),
+        },
         SessionError::OrganizationDisabled => PortalError::OrganizationDisabled,
         SessionError::ServersUnavailable(e) => {
             tracing::warn!(error = %error_chain(&e), "login failed: RADIUS servers unavailable");

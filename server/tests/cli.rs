@@ -273,6 +273,21 @@ fn demo_refuses_a_configuration_file_instead_of_ignoring_it() {
         stderr.contains("`demo` takes no configuration file"),
         "{stderr}"
     );
+    // From the environment (a container image sets it) it is ignored: the demo gets as far as
+    // its own start-up (here it stops at the missing Leptos options file, not at the config).
+    let data = tempfile::tempdir().unwrap();
+    let output = portal(&[
+        "demo",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--leptos-config",
+        "/nonexistent/Leptos.toml",
+    ])
+    .env("PORTAL_CONFIG", "/nonexistent/portal.toml")
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Leptos options file"), "{stderr}");
 }
 
 /// `serve` refuses to start with a site root whose asset files are not its build's (the pages

@@ -144,6 +144,53 @@ async fn forged_replies_are_dropped_and_the_login_succeeds_through_the_real_serv
     app.stop().await;
 }
 
+/// A server whose policy sends an Accept with a malformed Session-Timeout (3 bytes): the limit
+/// it meant cannot be read, so no session opens (read as absent, it would have none); the user
+/// is told to ask the administrator and the audit says why.
+#[tokio::test]
+async fn an_accept_with_a_malformed_session_timeout_opens_no_session() {
+    let radius = FreeRadius::start().await;
+    let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = front.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (len, from) = front.recv_from(&mut buf).await.unwrap();
+            let Ok(request) = Packet::decode(&buf[..len], SECRET.as_bytes()) else {
+                continue;
+            };
+            let mut accept = request.reply(Code::AccessAccept);
+            accept.push(attr::MESSAGE_AUTHENTICATOR, [0u8; 16]);
+            accept.push(attr::SESSION_TIMEOUT, [0u8, 0, 60]);
+            front
+                .send_to(&encode_response(&accept).unwrap(), from)
+                .await
+                .unwrap();
+        }
+    });
+    let (_dir, db) = temp_db();
+    let mut server = radius.server_settings("primary", true);
+    server.auth_port = port;
+    let app = TestApp::spawn(&settings(&db, vec![server])).await;
+
+    let page = app.browser(client(2)).login("alice", "alice-pass").await;
+
+    assert_eq!(page.path, "/", "{}", page.body);
+    assert!(
+        page.body.contains("answer cannot be used") && page.body.contains("3 bytes long"),
+        "{}",
+        page.body
+    );
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
+    let audit = app.storage.audit_tail(10).await.unwrap();
+    assert!(
+        audit.iter().any(|e| e.action == "login.unusable_accept"),
+        "{audit:?}"
+    );
+    assert!(radius.acct_lines().is_empty(), "no Start");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_black_holed_or_killed_primary_is_skipped_once_its_breaker_opens_and_probes_bring_it_back(
 ) {

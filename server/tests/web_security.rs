@@ -499,6 +499,19 @@ async fn slow_clients_are_cut_off_and_connections_per_client_are_capped() {
         "{}",
         String::from_utf8_lossy(&answer)
     );
+    // The probes do not look at it (a load balancer's check may send none).
+    let mut client = connect_from(Ipv4Addr::new(127, 0, 10, 4)).await;
+    client
+        .write_all(b"GET /readyz HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
     // HTTP/1.0 needs none.
     let mut client = connect_from(Ipv4Addr::new(127, 0, 10, 4)).await;
     client

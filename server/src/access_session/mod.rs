@@ -44,6 +44,12 @@ pub enum SessionError {
         /// Reply-Message from the challenge.
         reply_message: Option<String>,
     },
+    /// The server accepted, but with a session length the portal cannot read: no session.
+    #[error("the Access-Accept cannot be used: {problem}")]
+    UnusableAccept {
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The organization is disabled or unknown: nothing was sent.
     #[error("organization is disabled or unknown")]
     OrganizationDisabled,
@@ -199,6 +205,11 @@ impl AccessSessions {
                 self.audit_login(&org.id, username, client_ip, "login.rejected")
                     .await;
                 return Err(SessionError::Rejected { reply_message });
+            }
+            AuthOutcome::Unusable { problem } => {
+                self.audit_login(&org.id, username, client_ip, "login.unusable_accept")
+                    .await;
+                return Err(SessionError::UnusableAccept { problem });
             }
             AuthOutcome::Challenge { reply_message } => {
                 tracing::info!(organization = %org.id, username, %client_ip, "login needs Access-Challenge (unsupported)");

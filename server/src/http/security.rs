@@ -109,10 +109,7 @@ fn is_host(text: &str) -> bool {
     let (host, port) = match text.strip_prefix('[') {
         Some(rest) => match rest.split_once(']') {
             Some((v6, after)) if v6.parse::<std::net::Ipv6Addr>().is_ok() => {
-                return after.is_empty()
-                    || after
-                        .strip_prefix(':')
-                        .is_some_and(|p| p.parse::<u16>().is_ok());
+                return after.is_empty() || after.strip_prefix(':').is_some_and(is_port);
             }
             _ => return false,
         },
@@ -132,7 +129,12 @@ fn is_host(text: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
-    name_ok && port.is_none_or(|p| p.parse::<u16>().is_ok())
+    name_ok && port.is_none_or(is_port)
+}
+
+/// A port: digits only (`u16`'s parser takes a `+`), at most 65535.
+fn is_port(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && text.parse::<u16>().is_ok()
 }
 
 /// The 403 for a cross-site state-changing request; None for every other request.
@@ -260,6 +262,8 @@ mod tests {
             "a@b",
             "portal.example:99999",
             "portal.example:",
+            "portal.example:+80",
+            "[::1]:+80",
             "[::1",
             "[portal]",
             "..",

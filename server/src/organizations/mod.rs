@@ -55,15 +55,32 @@ pub struct Organization {
     pub branding: Branding,
 }
 
+/// Whether a pattern matches whole names only: it starts with `^` (or `\A`) and ends with `$`
+/// (or `\z`).
+pub fn anchored(pattern: &str) -> bool {
+    let pattern = pattern.trim();
+    // Flags first (`(?i)^…$`) are no part of the anchoring.
+    let pattern = match pattern.strip_prefix("(?").and_then(|r| r.split_once(')')) {
+        Some((flags, rest)) if flags.chars().all(|c| c.is_ascii_alphabetic() || c == '-') => rest,
+        _ => pattern,
+    };
+    (pattern.starts_with('^') || pattern.starts_with("\\A"))
+        && (pattern.ends_with('$') || pattern.ends_with("\\z"))
+}
+
 impl Organization {
     /// Builds an organization from its settings (already validated: errors name `key` anyway).
     pub fn from_settings(key: &str, s: &OrganizationSettings) -> Result<Organization, ConfigError> {
-        // The whole username must match, whether or not the operator wrote `^…$`.
-        let username_pattern =
-            Regex::new(&format!("^(?:{})$", s.username_pattern)).map_err(|e| ConfigError {
-                key: format!("{key}.username_pattern"),
-                problem: e.to_string(),
-            })?;
+        let username_pattern = Regex::new(&s.username_pattern).map_err(|e| ConfigError {
+            key: format!("{key}.username_pattern"),
+            problem: e.to_string(),
+        })?;
+        // A regular expression is searched: without `^…$` a name that merely contains a match
+        // passes. Said, not changed (a pattern written as a search keeps working).
+        if !anchored(&s.username_pattern) {
+            tracing::warn!(organization = %s.id, pattern = %s.username_pattern,
+                "username_pattern is not anchored (^…$): any username that merely contains a match is accepted");
+        }
         let servers = s
             .servers
             .iter()
@@ -427,4 +444,24 @@ pub async fn set_active(
     }
     organizations.refresh(storage).await?;
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::anchored;
+
+    #[test]
+    fn a_pattern_is_anchored_when_it_starts_and_ends_with_an_anchor() {
+        for yes in [
+            "^[a-z]+$",
+            crate::config::DEFAULT_USERNAME_PATTERN,
+            "(?i)^[a-z]+$",
+            r"\A[a-z]+\z",
+        ] {
+            assert!(anchored(yes), "{yes}");
+        }
+        for no in ["[a-z]+", "^[a-z]+", "@corp\\.example$", "(?i)[a-z]+"] {
+            assert!(!anchored(no), "{no}");
+        }
+    }
 }

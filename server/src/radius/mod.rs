@@ -139,7 +139,8 @@ impl Grant {
     }
 }
 
-/// The shortest of a length attribute's values (seconds), or which one is malformed.
+/// The shortest of a length attribute's values (seconds; 0 means none, as if absent), or which
+/// one is malformed.
 fn shortest_length(accept: &Packet, typ: u8, name: &str) -> Result<Option<u32>, String> {
     accept
         .get_all(typ)
@@ -148,7 +149,11 @@ fn shortest_length(accept: &Packet, typ: u8, name: &str) -> Result<Option<u32>, 
             let seconds = <[u8; 4]>::try_from(value.as_slice())
                 .map(u32::from_be_bytes)
                 .map_err(|_| format!("its {name} is {} bytes long, not 4", value.len()))?;
-            Ok(Some(shortest.map_or(seconds, |s| s.min(seconds))))
+            Ok(match (shortest, seconds) {
+                (shortest, 0) => shortest,
+                (Some(s), seconds) => Some(s.min(seconds)),
+                (None, seconds) => Some(seconds),
+            })
         })
 }
 
@@ -166,6 +171,12 @@ pub enum AuthOutcome {
     Reject {
         /// Reply-Message text, if the server sent one.
         reply_message: Option<String>,
+    },
+    /// An Access-Accept the portal cannot use (a session length it cannot read): final, like
+    /// a Reject — another server is not asked for what this one said unreadably.
+    Unusable {
+        /// What is wrong with it (no secret; attribute names and lengths).
+        problem: String,
     },
     /// Access-Challenge: the server wants another round (OTP, EAP) that a PAP login page cannot
     /// continue. Final: the password is not sent to another server.
@@ -425,16 +436,10 @@ impl Radius {
                             server: *index,
                             grant,
                         },
-                        // Final, like a Reject: the server answered, and another server
-                        // would be asked for what this one refused to say readably.
                         Err(problem) => {
                             tracing::error!(server = %server.name, %problem,
                                 "Access-Accept refused: the session length it sets cannot be read (fix the server's reply attributes)");
-                            AuthOutcome::Reject {
-                                reply_message: Some(format!(
-                                    "the authentication server's answer cannot be used ({problem}). Please tell your network administrator."
-                                )),
-                            }
+                            AuthOutcome::Unusable { problem }
                         }
                     });
                 }
@@ -724,6 +729,17 @@ mod tests {
                 grant.interim_interval
             ),
             (Some(60), Some(30), None)
+        );
+        // 0 is "none" (as if absent): it never cancels another value's limit.
+        let grant = Grant::from_accept(&accept(&[
+            (attr::SESSION_TIMEOUT, &3600u32.to_be_bytes()),
+            (attr::SESSION_TIMEOUT, &0u32.to_be_bytes()),
+            (attr::IDLE_TIMEOUT, &0u32.to_be_bytes()),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (grant.session_timeout, grant.idle_timeout),
+            (Some(3600), None)
         );
     }
 }
