@@ -831,6 +831,15 @@ async fn the_captive_portal_api_reports_the_clients_own_session() {
         }
     };
 
+    // An OS assistant polling it is handed no cookie.
+    let polled = reqwest::get(format!("{}/captive-portal/api", browser.base))
+        .await
+        .unwrap();
+    assert!(
+        polled.headers().get("set-cookie").is_none(),
+        "{:?}",
+        polled.headers()
+    );
     let before = captive(&browser).await;
     assert_eq!(before["captive"], true);
     assert!(before["user-portal-url"].as_str().unwrap().ends_with('/'));

@@ -115,7 +115,11 @@ async fn a_start_that_never_went_out_is_rolled_back_without_a_stop() {
             .browser(Ipv4Addr::new(127, 0, 3, n))
             .login("carol", "carol-pass")
             .await;
-        assert!(page.body.contains("cannot record sessions"), "{}", page.body);
+        assert!(
+            page.body.contains("cannot record sessions"),
+            "{}",
+            page.body
+        );
     }
     assert!(
         !app.radius.health().allows(acct_addr),

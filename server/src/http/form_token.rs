@@ -90,11 +90,19 @@ pub fn insert_anonymous_id(tokens: &FormTokens, request: &mut Request) -> Option
         return None;
     }
     // Every visitor of the portal's pages and server fns gets one (whatever it accepts), so a
-    // form token never needs a stored web session; assets and probes do not.
+    // form token never needs a stored web session; assets, probes, the Captive API (polled by
+    // OS assistants), the live stream and the admin API do not.
     let path = request.uri().path();
     if ["/pkg/", "/healthz", "/readyz", "/admin/"]
         .iter()
         .any(|prefix| path.starts_with(prefix))
+        || [
+            super::captive::PATH,
+            super::live::PATH,
+            super::branding::CSS_PATH,
+            super::branding::LOGO_PATH,
+        ]
+        .contains(&path)
     {
         return None;
     }
