@@ -1027,3 +1027,41 @@ async fn postgres_replicas_take_turns_for_organization_jobs() {
         .await
         .unwrap());
 }
+
+/// PostgreSQL over TLS, verified (a managed PostgreSQL requires it): `sslmode=verify-full` with
+/// the server's CA as `sslrootcert` connects, and the session is encrypted; a CA that did not
+/// sign the server's certificate is refused.
+#[tokio::test]
+async fn postgres_over_verified_tls() {
+    let url = common::postgres::fresh_database().await;
+    let root = common::postgres::tls_root_cert().await;
+    let verified = format!("{url}?sslmode=verify-full&sslrootcert={}", root.display());
+    let storage = Storage::open_postgres(&verified)
+        .await
+        .expect("connects over verified TLS");
+    assert!(storage.organization_revision().await.is_ok());
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&verified).await.unwrap();
+    let (ssl,): (bool,) =
+        sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert!(ssl, "the session is encrypted");
+    let other = tempfile::tempdir().unwrap();
+    let stranger = other.path().join("other-ca.crt");
+    std::fs::write(
+        &stranger,
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()])
+            .unwrap()
+            .cert
+            .pem(),
+    )
+    .unwrap();
+    let refused = Storage::open_postgres(&format!(
+        "{url}?sslmode=verify-full&sslrootcert={}",
+        stranger.display()
+    ))
+    .await;
+    assert!(refused.is_err(), "a certificate from another CA is refused");
+}

@@ -2,6 +2,8 @@
 //! (`scripts/setup.sh --test` installs it), initialised in a temporary directory, listening on
 //! 127.0.0.1 on a free port, started on first use and stopped (`pg_ctl stop -m immediate`) by a
 //! watchdog once the test binary has exited. Each test gets a database of its own ([`fresh_database`]).
+//! The server speaks TLS too (a self-signed certificate for 127.0.0.1, [`tls_root_cert`]), as a
+//! managed PostgreSQL does; plain connections stay allowed.
 
 use std::{
     net::{Ipv4Addr, TcpListener},
@@ -18,6 +20,8 @@ struct Cluster {
     data: PathBuf,
     port: u16,
     as_postgres: bool,
+    /// The server certificate (self-signed: also the root a client trusts).
+    cert: PathBuf,
 }
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
@@ -92,11 +96,31 @@ impl Cluster {
                 .unwrap();
             assert!(status.success(), "chown postgres {}", dir.display());
         }
+        // TLS: a certificate for the address the tests connect to; the key readable by the
+        // server's user only (PostgreSQL refuses it otherwise).
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+        std::fs::write(&cert, certified.cert.pem()).unwrap();
+        std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        if as_postgres {
+            let status = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&cert)
+                .arg(&key)
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown postgres the certificate");
+        }
         let cluster = Cluster {
             bin: server_bin(),
             data: dir.join("data"),
             port: free_tcp_port(),
             as_postgres,
+            cert: cert.clone(),
         };
         let data = cluster.data.to_str().unwrap().to_string();
         let out = cluster.run(
@@ -120,9 +144,11 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300 -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
             cluster.port,
-            dir.display()
+            dir.display(),
+            cert.display(),
+            key.display()
         );
         let log = dir.join("log");
         let out = cluster.run(
@@ -207,4 +233,11 @@ pub fn server_log() -> String {
             std::fs::read_to_string(c.data.parent().unwrap_or(Path::new("/")).join("log")).ok()
         })
         .unwrap_or_default()
+}
+
+/// The certificate a client must trust to verify the test cluster (`sslrootcert`).
+#[allow(dead_code)]
+pub async fn tls_root_cert() -> PathBuf {
+    let cluster = tokio::task::spawn_blocking(cluster).await.unwrap();
+    cluster.cert.clone()
 }
