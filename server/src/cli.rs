@@ -278,6 +278,9 @@ pub async fn run() -> anyhow::Result<()> {
             }
             let mut settings = demo_settings(&data_dir);
             settings.apply_env(|k| std::env::var(k).ok())?;
+            // The demo's data stays in its own directory: a production database named in the
+            // environment (a container's PORTAL_DATABASE_*) is never the demo's.
+            settings.database = demo_settings(&data_dir).database;
             telemetry::init(&settings.log);
             let shutdown = CancellationToken::new();
             let demo = DemoRadius::start(shutdown.clone())

@@ -290,6 +290,37 @@ fn demo_refuses_a_configuration_file_instead_of_ignoring_it() {
     assert!(stderr.contains("Leptos options file"), "{stderr}");
 }
 
+/// The demo keeps its data in its own directory whatever database the environment names (a
+/// container image names the production one).
+#[tokio::test]
+async fn demo_keeps_its_database_to_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, production) = (dir.path().join("demo"), dir.path().join("production.db"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
+        .args(["demo", "--data-dir", data.to_str().unwrap()])
+        .current_dir(env!("CARGO_MANIFEST_DIR").to_string() + "/..")
+        .env("PORTAL_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PORTAL_DATABASE_PATH", &production)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    common::wait_until("the demo answers", || async {
+        reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    assert!(data.join("demo.db").exists(), "the demo's own database");
+    assert!(!production.exists(), "the environment's database untouched");
+}
+
 /// `serve` refuses to start with a site root whose asset files are not its build's (the pages
 /// would name scripts and styles that are not there).
 #[test]
