@@ -81,6 +81,12 @@ impl Organization {
             tracing::warn!(organization = %s.id, pattern = %s.username_pattern,
                 "username_pattern is not anchored (^…$): any username that merely contains a match is accepted");
         }
+        // NAS-IP-Address names the portal to servers elsewhere (their client lists, ISE's
+        // session directory, CoA): a loopback address says nothing there.
+        if s.nas_ip.is_loopback() && s.servers.iter().any(|server| !server.address.is_loopback()) {
+            tracing::warn!(organization = %s.id, nas_ip = %s.nas_ip,
+                "nas_ip is a loopback address but the RADIUS servers are elsewhere: set nas_ip to the address the servers see the portal at");
+        }
         let servers = s
             .servers
             .iter()
