@@ -27,6 +27,9 @@ pub mod validation;
 
 use leptos::prelude::*;
 
+/// The portal's name in every page's title, after what the page is.
+pub const PORTAL_TITLE: &str = "Network access portal";
+
 /// The pages, by path (after any `/o/{slug}` prefix). They are only ever rendered on the server
 /// (the browser runs islands alone), so there is no client-side router: the server picks the
 /// page from the request's path.
@@ -76,7 +79,7 @@ pub fn shell(options: LeptosOptions, page: Page) -> impl IntoView {
                 <link rel="icon" href="/favicon.svg" type="image/svg+xml" />
                 <link id="leptos" rel="stylesheet" href=stylesheet_href(&options) />
                 <AutoReload options=options />
-                <title>"Network access portal"</title>
+                <title>{title(page)}</title>
                 {brand}
             </head>
             <body class="min-h-screen bg-slate-100 text-slate-900 antialiased">
@@ -84,6 +87,21 @@ pub fn shell(options: LeptosOptions, page: Page) -> impl IntoView {
             </body>
         </html>
     }
+}
+
+/// The document's title: what the page is, then the portal (tabs and screen readers tell the
+/// pages apart by it).
+fn title(page: Page) -> String {
+    use dto::SessionStatus;
+    let what = match page {
+        Page::SignIn => "Sign in",
+        Page::Session => match pages::data().session {
+            Some(Ok(SessionStatus::Ended(_))) => "Session ended",
+            _ => "Your session",
+        },
+        Page::NotFound => "Page not found",
+    };
+    format!("{what} – {PORTAL_TITLE}")
 }
 
 /// The stylesheet's URL with its content hash (`hash.txt` beside the binary, as Leptos's

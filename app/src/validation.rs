@@ -27,7 +27,7 @@ pub fn validate_username(
     if username.len() > USERNAME_MAX_BYTES {
         return Err(invalid(
             "username",
-            format!("Username is too long (at most {USERNAME_MAX_BYTES} bytes)."),
+            format!("Username is too long: at most {USERNAME_MAX_BYTES} characters (accented letters and other symbols count as two or more)."),
         ));
     }
     if username.chars().any(char::is_control) {
@@ -71,7 +71,7 @@ pub fn validate_password(password: &str) -> Result<(), PortalError> {
     if password.len() > PASSWORD_MAX_BYTES {
         return Err(invalid(
             "password",
-            format!("Password is too long (at most {PASSWORD_MAX_BYTES} bytes)."),
+            format!("Password is too long: at most {PASSWORD_MAX_BYTES} characters (accented letters and other symbols count as two or more)."),
         ));
     }
     if password.chars().any(char::is_control) {

@@ -545,6 +545,18 @@ async fn pages_are_whole_with_their_csp_nonce_and_unknown_paths_get_the_not_foun
         ("/o/acme/missing.txt", 404, "Page not found"),
         // Not a page either (the app's router alone would take it for `/session`).
         ("/session/", 404, "Page not found"),
+        // Each page says in its title what it is (tabs, screen readers).
+        (
+            "/session",
+            200,
+            "<title>Your session – Network access portal</title>",
+        ),
+        ("/", 200, "<title>Sign in – Network access portal</title>"),
+        (
+            "/nowhere",
+            404,
+            "<title>Page not found – Network access portal</title>",
+        ),
     ] {
         let response = browser
             .http
@@ -602,9 +614,19 @@ async fn pages_are_whole_with_their_csp_nonce_and_unknown_paths_get_the_not_foun
                 !scripts.is_empty(),
                 "the session page loads its island: {body}"
             );
+            // Its script loads the WASM: no preload links, which a browser without JavaScript
+            // would download for nothing.
+            assert!(!body.contains("preload"), "{body}");
         }
         assert!(nonces.insert(nonce), "{path}: a nonce was used twice");
     }
+    // The icon every page links is cached for a day and sets no cookie.
+    let icon = reqwest::get(format!("{}/favicon.svg", browser.base))
+        .await
+        .unwrap();
+    assert_eq!(icon.status(), 200);
+    assert_eq!(icon.headers()["cache-control"], "public, max-age=86400");
+    assert!(icon.headers().get("set-cookie").is_none());
     // Without a session the session page sends any caller to the sign-in page.
     let script = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

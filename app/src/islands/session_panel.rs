@@ -51,7 +51,10 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
     let remaining_secs = move || ((deadline.get() - now.get()).max(0.0) / 1000.0).ceil() as u64;
     let apply = move |status: SessionStatus| match status {
         SessionStatus::Active(view) => {
-            deadline.set(monotonic_ms() + view.remaining_ms as f64);
+            // The clock's last tick may be a quarter second old: count from now.
+            let at = monotonic_ms();
+            now.set(at);
+            deadline.set(at + view.remaining_ms as f64);
             state.set(view);
             ended.set(None);
         }
@@ -72,6 +75,10 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
     let submit = move |path: String, token: String, refresh: bool| {
         #[cfg(feature = "hydrate")]
         {
+            // Busy: the buttons stay focusable (aria-disabled), a second press does nothing.
+            if busy.get_untracked() {
+                return;
+            }
             busy.set(true);
             let form = super::fetch::csrf_form(Some(&token));
             leptos::task::spawn_local(async move {
@@ -114,16 +121,40 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
             }
         }
     };
-    let warning = move || {
-        (ended.get().is_none() && remaining_secs() <= WARN_SECS).then(|| {
-            let text = if state.get().can_extend {
+    let warning_text = move || {
+        (ended.get().is_none() && remaining_secs() < WARN_SECS).then(|| {
+            if state.get().can_extend {
                 "Less than a minute left: refresh now to stay connected."
             } else {
                 "Less than a minute left: the session reaches its maximum length."
-            };
-            view! { <p aria-live="polite" data-testid="warning" class="mt-4 rounded bg-amber-100 p-3 text-sm text-amber-900">{text}</p> }
+            }
         })
     };
+    let warning = move || {
+        warning_text().map(|text| {
+            view! { <p data-testid="warning" class="mt-4 rounded bg-amber-100 p-3 text-sm text-amber-900">{text}</p> }
+        })
+    };
+    // What a screen reader announces: a live region that is always in the page, whose text
+    // changes (one that appears already filled is often not read).
+    let announcement = move || match ended.get() {
+        Some(reason) => format!("Your session has ended. {}", end_text(reason)),
+        None => warning_text().unwrap_or_default().to_string(),
+    };
+    // When the session ends the controls go away: focus moves to the heading that says so, and
+    // the tab's title follows.
+    let heading = NodeRef::<leptos::html::H1>::new();
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |_| {
+        if ended.get().is_some() {
+            if let Some(heading) = heading.get() {
+                let _ = heading.focus();
+            }
+            if let Some(document) = window().document() {
+                document.set_title(&format!("Session ended – {}", crate::PORTAL_TITLE));
+            }
+        }
+    });
 
     // Everything stays in the organization's portal (`/o/{slug}` prefix; the server scopes it).
     let base = state.get_untracked().base;
@@ -135,10 +166,11 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
     let disabled = move || ended.get() == Some(EndReason::OrganizationDisabled);
     view! {
         <div>
-            <h1 id="session-title" class="text-2xl font-semibold">
+            <h1 id="session-title" node_ref=heading tabindex="-1" class="text-2xl font-semibold focus:outline-none">
                 {move || if ended.get().is_some() { "Session ended" } else { "You are connected" }}
             </h1>
-            <div data-testid="ended" role="status" class="mt-6 text-center" class:hidden=move || ended.get().is_none()>
+            <p role="status" class="sr-only">{announcement}</p>
+            <div data-testid="ended" class="mt-6 text-center" class:hidden=move || ended.get().is_none()>
                 <p class="text-lg font-semibold">"Your session has ended."</p>
                 <p class="mt-1 text-sm text-slate-700">{move || ended.get().map(end_text)}</p>
                 // A disabled organization offers no sign-in: its notice instead of the link.
@@ -160,8 +192,8 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
                             submit(refresh_post.clone(), refresh_token.clone(), true);
                         }>
                         <input type="hidden" name="csrf" value=form_token.clone() />
-                        <button type="submit" disabled=move || busy.get()
-                            class="w-full rounded bg-blue-800 px-4 py-2 font-semibold text-white hover:bg-blue-900 disabled:opacity-60">
+                        <button type="submit" aria-disabled=move || busy.get().then_some("true")
+                            class="w-full rounded bg-blue-800 px-2 py-2 font-semibold text-white hover:bg-blue-900 aria-disabled:opacity-60">
                             "Refresh"
                         </button>
                     </form>
@@ -171,8 +203,8 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
                             submit(disconnect_post.clone(), disconnect_token.clone(), false);
                         }>
                         <input type="hidden" name="csrf" value=form_token />
-                        <button type="submit" disabled=move || busy.get()
-                            class="w-full rounded border border-slate-500 px-4 py-2 font-semibold hover:bg-slate-100 disabled:opacity-60">
+                        <button type="submit" aria-disabled=move || busy.get().then_some("true")
+                            class="w-full rounded border-2 border-slate-500 bg-white px-2 py-2 font-semibold hover:bg-slate-100 aria-disabled:opacity-60">
                             "Disconnect"
                         </button>
                     </form>

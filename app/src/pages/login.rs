@@ -53,15 +53,17 @@ pub fn LoginPage() -> impl IntoView {
                 <input type="hidden" name="org" value=organization_id />
                 <div>
                     <label for="username" class="block text-sm font-medium">"Username"</label>
-                    <input id="username" name="username" type="text" required maxlength="63"
+                    // No maxlength: it counts characters, not the 63 bytes allowed, and cuts a
+                    // pasted name silently; the server says what is too long.
+                    <input id="username" name="username" type="text" required
                         autocomplete="username" autocapitalize="none" spellcheck="false"
-                        class="mt-1 w-full rounded border border-slate-400 px-3 py-2" />
+                        class="mt-1 w-full rounded border border-slate-500 px-3 py-2" />
                 </div>
                 <div>
                     <label for="password" class="block text-sm font-medium">"Password"</label>
-                    <input id="password" name="password" type="password" required maxlength="128"
+                    <input id="password" name="password" type="password" required
                         autocomplete="current-password"
-                        class="mt-1 w-full rounded border border-slate-400 px-3 py-2" />
+                        class="mt-1 w-full rounded border border-slate-500 px-3 py-2" />
                 </div>
                 <button type="submit"
                     class="brand-button w-full rounded bg-blue-800 px-4 py-2 font-semibold text-white hover:bg-blue-900">

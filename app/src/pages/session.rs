@@ -89,13 +89,14 @@ fn IslandScripts() -> impl IntoView {
             leptos::nonce::provide_nonce();
             let placeholder = use_nonce().map(|n| n.to_string()).unwrap_or_default();
             let html = view! { <HydrationScripts options islands=true /> }.to_html();
-            // Leptos writes the nonce into the preload links' `crossorigin` too, where the
-            // browser does not hide it from the page (CSS selectors could read it): there an
-            // empty value, which means the same (`anonymous`).
-            let html = html.replace(
-                &format!("crossorigin=\"{placeholder}\""),
-                "crossorigin=\"\"",
-            );
+            // Only the loader script: Leptos also writes preload links for the JS and the WASM,
+            // which a browser without JavaScript downloads for nothing (right before the
+            // script that loads them anyway, they win nothing) — and with the CSP nonce in
+            // their `crossorigin`, where the browser does not hide it from the page.
+            let html = html
+                .find("<script")
+                .map_or(html.as_str(), |at| &html[at..])
+                .to_string();
             (html, placeholder)
         })
     });

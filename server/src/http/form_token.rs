@@ -101,6 +101,7 @@ pub fn insert_anonymous_id(tokens: &FormTokens, request: &mut Request) -> Option
             super::live::PATH,
             super::branding::CSS_PATH,
             super::branding::LOGO_PATH,
+            super::FAVICON_PATH,
         ]
         .contains(&path)
     {

@@ -142,6 +142,18 @@ pub fn router(parts: RouterParts) -> Site {
         routes = std::mem::take(&mut routes).route(path, method_router);
     };
     route("/healthz", get(|| async { "ok" }));
+    // The icon every page links: not hashed like `/pkg`'s files, so cached for a day rather
+    // than forever (and not fetched again on every page view).
+    route(
+        FAVICON_PATH,
+        axum::routing::get_service(tower_http::services::ServeFile::new(
+            site_root.join("favicon.svg"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=86400"),
+        )),
+    );
     route(
         "/readyz",
         get(readyz).with_state(Readiness {
@@ -230,6 +242,9 @@ pub fn router(parts: RouterParts) -> Site {
         .service(routes);
     Site(stack)
 }
+
+/// The icon the pages link.
+pub const FAVICON_PATH: &str = "/favicon.svg";
 
 /// The route of a server fn path that names none.
 const UNKNOWN_SERVER_FN: &str = "/api/{*fn_name}";

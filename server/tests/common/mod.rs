@@ -351,6 +351,12 @@ impl TestApp {
                 .try_init();
         }
         let site = tempfile::tempdir().unwrap();
+        // A site root as `cargo leptos build` leaves it, as far as the server serves files.
+        std::fs::write(
+            site.path().join("favicon.svg"),
+            r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 1 1"/>"#,
+        )
+        .unwrap();
         let app = Application::build(settings, leptos_options(site.path()), demo).await?;
         let addr = app.local_addr();
         let storage = app.storage.clone();
