@@ -35,7 +35,13 @@ def page_weight(path, data=None, extra=None):
     except Exception:
         _, _, plain = fetch_plain(urllib.parse.urlparse(url).path)
         html = plain.decode()
-    assets = sorted(set(re.findall(r'(/pkg/[^"]+)', html)))
+    assets = set(re.findall(r'(/pkg/[^"]+)', html))
+    # The island loader names its JS and WASM as arguments: (root, pkg, js name, wasm name, …).
+    for root, pkg, js, wasm in re.findall(
+        r'\("([^"]*)", "([^"]+)", "([^"]+)", "([^"]+)", (?:true|false)\)', html
+    ):
+        assets.update({f"{root}/{pkg}/{js}.js", f"{root}/{pkg}/{wasm}.wasm"})
+    assets = sorted(assets)
     rows = [("html " + urllib.parse.urlparse(url).path, size)]
     for asset in assets:
         rows.append((asset, fetch(asset)[1]))
