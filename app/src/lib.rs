@@ -29,6 +29,8 @@ use leptos::prelude::*;
 
 /// The portal's name in every page's title, after what the page is.
 pub const PORTAL_TITLE: &str = "Network access portal";
+/// The title of a session page whose session has ended (the island sets it when it ends).
+pub const SESSION_ENDED_TITLE: &str = "Session ended – Network access portal";
 
 /// The pages, by path (after any `/o/{slug}` prefix). They are only ever rendered on the server
 /// (the browser runs islands alone), so there is no client-side router: the server picks the
@@ -96,7 +98,7 @@ fn title(page: Page) -> String {
     let what = match page {
         Page::SignIn => "Sign in",
         Page::Session => match pages::data().session {
-            Some(Ok(SessionStatus::Ended(_))) => "Session ended",
+            Some(Ok(SessionStatus::Ended(_))) => return SESSION_ENDED_TITLE.to_string(),
             _ => "Your session",
         },
         Page::NotFound => "Page not found",

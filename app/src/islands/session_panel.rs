@@ -151,7 +151,7 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
                 let _ = heading.focus();
             }
             if let Some(document) = window().document() {
-                document.set_title(&format!("Session ended – {}", crate::PORTAL_TITLE));
+                document.set_title(crate::SESSION_ENDED_TITLE);
             }
         }
     });
