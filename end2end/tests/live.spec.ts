@@ -52,4 +52,7 @@ test("the Accept's Reply-Message and a last-minute warning are shown", async ({ 
   await logIn(page, "alice", "alice-pass"); // 30-second limit: inside the last minute at once
   await hydrated(page);
   await expect(page.getByTestId("warning")).toContainText("maximum length");
+  // A refresh could not extend it: no Refresh button, Disconnect alone.
+  await expect(page.getByRole("button", { name: "Refresh" })).toBeHidden();
+  await expect(page.getByRole("button", { name: "Disconnect" })).toBeVisible();
 });

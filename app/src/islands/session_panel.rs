@@ -186,7 +186,8 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
                 {warning}
                 <ErrorMessage error />
                 <div class="mt-6 grid grid-cols-2 gap-3">
-                    <form method="post" action=refresh_url
+                    // A session its limit ends gains nothing from a refresh: no button for it.
+                    <form method="post" action=refresh_url class:hidden=move || !state.get().can_extend
                         on:submit=move |ev: leptos::ev::SubmitEvent| {
                             ev.prevent_default();
                             submit(refresh_post.clone(), refresh_token.clone(), true);
@@ -197,7 +198,7 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
                             "Refresh"
                         </button>
                     </form>
-                    <form method="post" action=disconnect_url
+                    <form method="post" action=disconnect_url class:col-span-2=move || !state.get().can_extend
                         on:submit=move |ev: leptos::ev::SubmitEvent| {
                             ev.prevent_default();
                             submit(disconnect_post.clone(), disconnect_token.clone(), false);
