@@ -35,6 +35,15 @@ test("a rejected login shows the RADIUS server's Reply-Message", async ({ page }
   await logIn(page, "dave", "wrong");
   await expect(page.getByRole("alert")).toHaveText("Sign-in refused: Account locked");
   await expect(page.getByRole("button", { name: "Sign in" })).toBeVisible();
+  // The name tried is filled in again, the cursor in the password; the page says it is the sign-in.
+  await expect(page.getByLabel("Username")).toHaveValue("dave");
+  await expect(page.getByLabel("Password")).toHaveValue("");
+  await expect(page.getByLabel("Password")).toBeFocused();
+  await expect(page).toHaveTitle("Sign in – Network access portal");
+  // Only once: a reload is a fresh form.
+  await page.reload();
+  await expect(page.getByLabel("Username")).toHaveValue("");
+  await expect(page.getByRole("alert")).toHaveCount(0);
 });
 
 test("the login page downloads no WebAssembly", async ({ page }) => {

@@ -258,6 +258,11 @@ async fn invalid_input_is_refused_with_the_field_named_and_nothing_is_sent() {
     assert!(page.body.contains("Username is too long"), "{}", page.body);
     let page = browser.login("bad user", "x").await;
     assert!(
+        page.body.contains("value=\"bad user\""),
+        "filled in again: {}",
+        page.body
+    );
+    assert!(
         page.body.contains("Username must not contain spaces."),
         "{}",
         page.body

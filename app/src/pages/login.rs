@@ -44,7 +44,11 @@ pub fn LoginPage() -> impl IntoView {
         .map(|i| i.branding.clone())
         .unwrap_or_default();
     let base = info.map(|i| i.base).unwrap_or_default();
-    let token = super::data().form_token();
+    let data = super::data();
+    let token = data.form_token();
+    // After a failed sign-in: the name tried, filled in again, and the cursor in the password.
+    let tried = data.username.unwrap_or_default();
+    let again = !tried.is_empty();
     let body = if active {
         Either::Left(view! {
             <ErrorMessage error=Signal::derive(error) />
@@ -55,13 +59,13 @@ pub fn LoginPage() -> impl IntoView {
                     <label for="username" class="block text-sm font-medium">"Username"</label>
                     // No maxlength: it counts characters, not the 63 bytes allowed, and cuts a
                     // pasted name silently; the server says what is too long.
-                    <input id="username" name="username" type="text" required
+                    <input id="username" name="username" type="text" required value=tried
                         autocomplete="username" autocapitalize="none" spellcheck="false"
                         class="mt-1 w-full rounded border border-slate-500 px-3 py-2" />
                 </div>
                 <div>
                     <label for="password" class="block text-sm font-medium">"Password"</label>
-                    <input id="password" name="password" type="password" required
+                    <input id="password" name="password" type="password" required autofocus=again
                         autocomplete="current-password"
                         class="mt-1 w-full rounded border border-slate-500 px-3 py-2" />
                 </div>

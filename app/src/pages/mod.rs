@@ -18,6 +18,8 @@ pub struct PageData {
     /// How the web session's access session stands (the session page): active, ended (and
     /// why), or none.
     pub session: Option<Result<SessionStatus, PortalError>>,
+    /// The username a failed sign-in was tried with (the sign-in form fills it in again).
+    pub username: Option<String>,
 }
 
 impl PageData {
@@ -42,7 +44,7 @@ pub async fn load(
     match path {
         "/" => Some(PageData {
             form_token: Some(service.form_token(request).await),
-            session: None,
+            ..PageData::default()
         }),
         "/session" => {
             let session = service.session_status(request).await;
@@ -54,6 +56,7 @@ pub async fn load(
             Some(PageData {
                 form_token,
                 session: Some(session),
+                username: None,
             })
         }
         _ => None,

@@ -62,7 +62,17 @@ pub struct FormError {
     pub path: String,
     /// The encoded error.
     pub err: String,
+    /// The username a failed sign-in was tried with ([`SubmittedUsername`]).
+    pub username: Option<String>,
 }
+
+/// The `username` field a sign-in posted, put on its answer by the server fns' layer (which
+/// holds the body): a failed sign-in's flash keeps it, so the form is filled in again.
+#[derive(Clone, Debug)]
+pub struct SubmittedUsername(pub String);
+
+/// Longest username a flash cookie keeps (longer ones are refused anyway: 63 bytes).
+const MAX_FLASH_USERNAME: usize = 256;
 
 /// What the flash middleware needs.
 #[derive(Clone, Debug)]
@@ -82,11 +92,16 @@ impl FlashState {
         }
     }
 
-    /// `issued.path.err.signature` (path and err base64url, the signature hex) for `visitor`,
-    /// whose id is signed but not written into the cookie.
-    fn seal(&self, visitor: &str, issued: u64, path: &str, err: &[u8]) -> String {
+    /// `issued.path.err.username.signature` (path, err and username base64url, the signature
+    /// hex) for `visitor`, whose id is signed but not written into the cookie.
+    fn seal(&self, visitor: &str, issued: u64, path: &str, err: &[u8], username: &str) -> String {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let body = format!("{issued}.{}.{}", b64.encode(path), b64.encode(err));
+        let body = format!(
+            "{issued}.{}.{}.{}",
+            b64.encode(path),
+            b64.encode(err),
+            b64.encode(username)
+        );
         let signature = self.signature(visitor, &body);
         format!("{body}.{signature}")
     }
@@ -96,9 +111,10 @@ impl FlashState {
             .sign(DOMAIN, format!("{visitor}\0{body}").as_bytes())
     }
 
-    /// The (path, encoded error as Leptos reads it) of a flash cookie we signed for `visitor`
-    /// within the last [`FLASH_LIFETIME_SECS`] before `now`.
-    fn open(&self, value: &str, visitor: &str, now: u64) -> Option<(String, String)> {
+    /// The failed post of a flash cookie we signed for `visitor` within the last
+    /// [`FLASH_LIFETIME_SECS`] before `now`: its path, error (encoded as Leptos reads it) and
+    /// username.
+    fn open(&self, value: &str, visitor: &str, now: u64) -> Option<FormError> {
         let (body, signature) = value.rsplit_once('.')?;
         let expected = self.signature(visitor, body);
         let same = expected.len() == signature.len()
@@ -116,10 +132,16 @@ impl FlashState {
         if issued > now + 5 || now.saturating_sub(issued) > FLASH_LIFETIME_SECS {
             return None;
         }
-        let (path, err) = rest.split_once('.')?;
+        let mut parts = rest.split('.');
+        let (path, err, username) = (parts.next()?, parts.next()?, parts.next()?);
         let path = String::from_utf8(b64.decode(path).ok()?).ok()?;
         let err = b64.decode(err).ok()?;
-        Some((path, base64::engine::general_purpose::URL_SAFE.encode(err)))
+        let username = String::from_utf8(b64.decode(username).ok()?).ok()?;
+        Some(FormError {
+            path,
+            err: base64::engine::general_purpose::URL_SAFE.encode(err),
+            username: (!username.is_empty()).then_some(username),
+        })
     }
 
     fn cookie(&self, value: &str, max_age: u64) -> Option<HeaderValue> {
@@ -230,9 +252,16 @@ where
         let location = local_location(&location, &hosts).unwrap_or_else(|| sign_in.clone());
         let (mut parts, body) = response.into_parts();
         if let Some(path) = failed_fn {
+            let username = parts
+                .extensions
+                .get::<SubmittedUsername>()
+                .map(|u| u.0.as_str())
+                .filter(|u| u.len() <= MAX_FLASH_USERNAME)
+                .unwrap_or_default()
+                .to_string();
             match axum::body::to_bytes(body, MAX_FLASH).await {
                 Ok(bytes) => {
-                    let sealed = flash.seal(&visitor, unix_now(), &path, &bytes);
+                    let sealed = flash.seal(&visitor, unix_now(), &path, &bytes, &username);
                     if let Some(cookie) = flash.cookie(&sealed, FLASH_LIFETIME_SECS) {
                         parts.headers.append(header::SET_COOKIE, cookie);
                     }
@@ -275,8 +304,8 @@ where
             *request.uri_mut() = uri;
         }
     }
-    if let Some((path, err)) = pending {
-        request.extensions_mut().insert(FormError { path, err });
+    if let Some(pending) = pending {
+        request.extensions_mut().insert(pending);
     }
     let mut response = next(request).await;
     // Shown once: the page that showed it (or ignored a forged one) clears the cookie.
@@ -304,15 +333,19 @@ mod tests {
             now,
             "/api/login",
             br#"{"Rejected":{"message":"x"}}"#,
+            "carol",
         );
-        let (path, err) = flash.open(&sealed, "anon-1", now + 30).expect("ours");
-        assert_eq!(path, "/api/login");
+        let opened = flash.open(&sealed, "anon-1", now + 30).expect("ours");
+        assert_eq!(opened.path, "/api/login");
         assert_eq!(
             base64::engine::general_purpose::URL_SAFE
-                .decode(err)
+                .decode(opened.err)
                 .unwrap(),
             br#"{"Rejected":{"message":"x"}}"#
         );
+        assert_eq!(opened.username.as_deref(), Some("carol"));
+        let without = flash.seal("anon-1", now, "/api/refresh", b"{}", "");
+        assert_eq!(flash.open(&without, "anon-1", now).unwrap().username, None);
         let other = FlashState {
             tokens: FormTokens::new([4; 32], false),
             public_url: None,
@@ -351,6 +384,7 @@ mod tests {
             1_800_000_000,
             "/api/disconnect",
             &[b'x'; MAX_FLASH],
+            &"u".repeat(MAX_FLASH_USERNAME),
         );
         let cookie = flash.cookie(&sealed, FLASH_LIFETIME_SECS).unwrap();
         assert!(cookie.len() < 4000, "{}", cookie.len());

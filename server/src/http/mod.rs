@@ -590,10 +590,24 @@ async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>)
     if let Some(refusal) = unreadable_form(&parts.headers, &bytes) {
         return refusal;
     }
+    // A sign-in's username, for its answer: if it fails, the form is filled in again with it.
+    let username = (parts.uri.path() == <app::api::Login as leptos::server_fn::ServerFn>::PATH)
+        .then(|| {
+            url::form_urlencoded::parse(&bytes)
+                .find(|(key, _)| key == "username")
+                .map(|(_, value)| value.into_owned())
+        })
+        .flatten();
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
-    error_status(response).await
+    let mut response = error_status(response).await;
+    if let Some(username) = username {
+        response
+            .extensions_mut()
+            .insert(flash::SubmittedUsername(username));
+    }
+    response
 }
 
 /// A server fn's body that is not a form of UTF-8 text fields (design.md §6): another content

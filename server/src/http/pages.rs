@@ -117,13 +117,20 @@ pub async fn not_found(State(pages): State<Pages>, request: Request) -> Response
 }
 
 /// Renders the page at `path` (with its query) for the request `head`.
-fn render_at(pages: &Pages, head: Parts, path: &str) -> Response {
+fn render_at(pages: &Pages, mut head: Parts, path: &str) -> Response {
     let page = app::Page::at(path);
-    // The failed form post this page shows, from the flash cookie (`http::flash`).
-    let form_error = head
-        .extensions
-        .get::<super::flash::FormError>()
+    // The failed form post this page shows, from the flash cookie (`http::flash`), and the
+    // username it was tried with.
+    let flash = head.extensions.get::<super::flash::FormError>().cloned();
+    let form_error = flash
+        .as_ref()
         .map(|e| ServerActionError::new(&e.path, &e.err));
+    if let (Some(username), Some(data)) = (
+        flash.and_then(|e| e.username),
+        head.extensions.get_mut::<app::pages::PageData>(),
+    ) {
+        data.username = Some(username);
+    }
     if page == app::Page::SignIn && form_error.is_none() {
         return sign_in(pages, head);
     }
@@ -148,7 +155,7 @@ fn sign_in(pages: &Pages, mut head: Parts) -> Response {
     // Rendered with a mark where the token goes, split there and kept.
     head.extensions.insert(app::pages::PageData {
         form_token: Some(Ok(TOKEN_MARK.to_string())),
-        session: None,
+        ..app::pages::PageData::default()
     });
     let (html, status, headers) = render_html(pages, head, app::Page::SignIn, None);
     let nonce = headers
