@@ -14,8 +14,8 @@ trap 'rm -rf "$tmp"' EXIT
 echo "hadolint deploy/Dockerfile"
 "$tools/hadolint" deploy/Dockerfile
 
-echo "kubernetes-validate deploy/kubernetes/*.yaml"
-"$tools/kubernetes-validate" --strict --quiet deploy/kubernetes/*.yaml
+echo "kubernetes-validate deploy/kubernetes/*.yaml deploy/kubernetes/optional/*.yaml"
+"$tools/kubernetes-validate" --strict --quiet deploy/kubernetes/*.yaml deploy/kubernetes/optional/*.yaml
 
 echo "check-config: the ConfigMap's portal.toml"
 "$tools/python" - "$tmp" <<'PY'

@@ -31,6 +31,8 @@ use leptos::prelude::*;
 pub const PORTAL_TITLE: &str = "Network access portal";
 /// The title of a session page whose session has ended (the island sets it when it ends).
 pub const SESSION_ENDED_TITLE: &str = "Session ended – Network access portal";
+/// The title of a session page with its session active.
+pub const SESSION_TITLE: &str = "Your session – Network access portal";
 
 /// The pages, by path (after any `/o/{slug}` prefix). They are only ever rendered on the server
 /// (the browser runs islands alone), so there is no client-side router: the server picks the
@@ -99,7 +101,7 @@ fn title(page: Page) -> String {
         Page::SignIn => "Sign in",
         Page::Session => match pages::data().session {
             Some(Ok(SessionStatus::Ended(_))) => return SESSION_ENDED_TITLE.to_string(),
-            _ => "Your session",
+            _ => return SESSION_TITLE.to_string(),
         },
         Page::NotFound => "Page not found",
     };

@@ -93,7 +93,10 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
                             .set_href(&format!("{}/", state.get_untracked().base));
                     })
                 };
-                busy.set(false);
+                // Disconnected: busy until the sign-in page has replaced this one.
+                if refresh || result.is_err() {
+                    busy.set(false);
+                }
                 if result.is_err() {
                     // Refused (e.g. the session ended meanwhile): ask how things stand.
                     live::resync(state.get_untracked().base, apply);
@@ -142,18 +145,43 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
         None => warning_text().unwrap_or_default().to_string(),
     };
     // When the session ends the controls go away: focus moves to the heading that says so, and
-    // the tab's title follows.
+    // the tab's title follows (and goes back if it comes back). Only on a change: a re-check
+    // that finds it still ended (the tab shown again) leaves focus where the user put it.
     let heading = NodeRef::<leptos::html::H1>::new();
+    let disconnect_button = NodeRef::<leptos::html::Button>::new();
+    #[cfg(feature = "hydrate")]
+    let is_over = Memo::new(move |_| ended.get().is_some());
+    let extendable = Memo::new(move |_| state.get().can_extend);
     #[cfg(feature = "hydrate")]
     Effect::new(move |_| {
-        if ended.get().is_some() {
-            if let Some(heading) = heading.get() {
+        let over = is_over.get();
+        if over {
+            if let Some(heading) = heading.get_untracked() {
                 let _ = heading.focus();
             }
-            if let Some(document) = window().document() {
-                document.set_title(crate::SESSION_ENDED_TITLE);
+        }
+        if let Some(document) = window().document() {
+            document.set_title(if over {
+                crate::SESSION_ENDED_TITLE
+            } else {
+                crate::SESSION_TITLE
+            });
+        }
+    });
+    // A refresh that reached the limit takes the Refresh button away while it has focus: focus
+    // goes to Disconnect, the one control left.
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |was: Option<bool>| {
+        let now = extendable.get();
+        let lost = document()
+            .active_element()
+            .is_none_or(|e| e.tag_name().eq_ignore_ascii_case("body"));
+        if was == Some(true) && !now && lost {
+            if let Some(button) = disconnect_button.get_untracked() {
+                let _ = button.focus();
             }
         }
+        now
     });
 
     // Everything stays in the organization's portal (`/o/{slug}` prefix; the server scopes it).
@@ -187,7 +215,7 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
                 <ErrorMessage error />
                 <div class="mt-6 grid grid-cols-2 gap-3">
                     // A session its limit ends gains nothing from a refresh: no button for it.
-                    <form method="post" action=refresh_url class:hidden=move || !state.get().can_extend
+                    <form method="post" action=refresh_url class:hidden=move || !extendable.get()
                         on:submit=move |ev: leptos::ev::SubmitEvent| {
                             ev.prevent_default();
                             submit(refresh_post.clone(), refresh_token.clone(), true);
@@ -198,13 +226,13 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
                             "Refresh"
                         </button>
                     </form>
-                    <form method="post" action=disconnect_url class:col-span-2=move || !state.get().can_extend
+                    <form method="post" action=disconnect_url class:col-span-2=move || !extendable.get()
                         on:submit=move |ev: leptos::ev::SubmitEvent| {
                             ev.prevent_default();
                             submit(disconnect_post.clone(), disconnect_token.clone(), false);
                         }>
                         <input type="hidden" name="csrf" value=form_token />
-                        <button type="submit" aria-disabled=move || busy.get().then_some("true")
+                        <button type="submit" node_ref=disconnect_button aria-disabled=move || busy.get().then_some("true")
                             class="w-full rounded border-2 border-slate-500 bg-white px-2 py-2 font-semibold hover:bg-slate-100 aria-disabled:opacity-60">
                             "Disconnect"
                         </button>

@@ -5,7 +5,7 @@
 //! craft a link that shows their text in the portal's own alert box. Here:
 //!
 //! - a failed form post's error (the server fn's own error answer) goes into a short-lived
-//!   cookie signed with the portal's key, bound to the visitor's `portal_anon` cookie and to
+//!   cookie encrypted and authenticated with a key derived from the portal's, bound to the visitor's `portal_anon` cookie and to
 //!   its minute (no database write, so a flood of failing posts costs nothing; a cookie nobody
 //!   signed, minted for another visitor, or older than [`FLASH_LIFETIME_SECS`] is ignored, so
 //!   nobody can plant a message of theirs in someone else's browser), and the redirect keeps only the Referer's path
@@ -27,13 +27,14 @@ use axum::{
     response::Response,
 };
 use base64::Engine;
+use ring::aead;
 
 /// Query parameters Leptos uses for form errors.
 const ERROR_PARAMS: [&str; 2] = ["__err", "__path"];
 /// Longest encoded error kept: a cookie holding it stays under browsers' 4 KiB limit (a server's
 /// refusal text is cut to `portal_backend::MAX_REFUSAL_BYTES` to fit).
 pub(crate) const MAX_FLASH: usize = 2048;
-/// Signing purpose of flash cookies.
+/// Purpose of the flash cookies' key.
 const DOMAIN: &[u8] = b"radius-portal form error\0";
 /// How long a flash cookie is shown after the failed post (also its Max-Age).
 const FLASH_LIFETIME_SECS: u64 = 60;
@@ -92,51 +93,72 @@ impl FlashState {
         }
     }
 
-    /// `issued.path.err.username.signature` (path, err and username base64url, the signature
-    /// hex) for `visitor`, whose id is signed but not written into the cookie.
+    /// The cookie's value: `issued`, `path`, `err` and `username` encrypted and authenticated
+    /// (ChaCha20-Poly1305 under a key derived from the portal's) with `visitor`'s id as the
+    /// associated data (bound to it, not written into the cookie), base64url: what a failed
+    /// post's answer carried — a sign-in's username among it — is nobody else's to read, on
+    /// the wire or in a proxy's log.
     fn seal(&self, visitor: &str, issued: u64, path: &str, err: &[u8], username: &str) -> String {
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let body = format!(
-            "{issued}.{}.{}.{}",
-            b64.encode(path),
-            b64.encode(err),
-            b64.encode(username)
-        );
-        let signature = self.signature(visitor, &body);
-        format!("{body}.{signature}")
+        let mut plain = Vec::with_capacity(12 + path.len() + err.len() + username.len());
+        plain.extend_from_slice(&issued.to_be_bytes());
+        for part in [path.as_bytes(), err] {
+            plain.extend_from_slice(&(part.len() as u16).to_be_bytes());
+            plain.extend_from_slice(part);
+        }
+        plain.extend_from_slice(username.as_bytes());
+        let nonce: [u8; aead::NONCE_LEN] = rand::random();
+        let sealed = self
+            .key()
+            .seal_in_place_append_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(visitor.as_bytes()),
+                &mut plain,
+            )
+            .map(|()| plain);
+        let mut value = nonce.to_vec();
+        value.extend(sealed.unwrap_or_default());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value)
     }
 
-    fn signature(&self, visitor: &str, body: &str) -> String {
-        self.tokens
-            .sign(DOMAIN, format!("{visitor}\0{body}").as_bytes())
+    fn key(&self) -> aead::LessSafeKey {
+        let key = self.tokens.derive(DOMAIN);
+        // Cannot fail: ChaCha20-Poly1305 takes exactly a 32-byte key, and `derive` gives one.
+        aead::LessSafeKey::new(
+            aead::UnboundKey::new(&aead::CHACHA20_POLY1305, &key)
+                .expect("a 32-byte ChaCha20-Poly1305 key"),
+        )
     }
 
-    /// The failed post of a flash cookie we signed for `visitor` within the last
+    /// The failed post of a flash cookie we sealed for `visitor` within the last
     /// [`FLASH_LIFETIME_SECS`] before `now`: its path, error (encoded as Leptos reads it) and
     /// username.
     fn open(&self, value: &str, visitor: &str, now: u64) -> Option<FormError> {
-        let (body, signature) = value.rsplit_once('.')?;
-        let expected = self.signature(visitor, body);
-        let same = expected.len() == signature.len()
-            && expected
-                .bytes()
-                .zip(signature.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if !same {
+        let mut bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(value)
+            .ok()?;
+        if bytes.len() < aead::NONCE_LEN {
             return None;
         }
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let (issued, rest) = body.split_once('.')?;
-        let issued: u64 = issued.parse().ok()?;
+        let mut sealed = bytes.split_off(aead::NONCE_LEN);
+        let nonce = aead::Nonce::try_assume_unique_for_key(&bytes).ok()?;
+        let plain = self
+            .key()
+            .open_in_place(nonce, aead::Aad::from(visitor.as_bytes()), &mut sealed)
+            .ok()?;
+        let issued = u64::from_be_bytes(plain.get(..8)?.try_into().ok()?);
         if issued > now + 5 || now.saturating_sub(issued) > FLASH_LIFETIME_SECS {
             return None;
         }
-        let mut parts = rest.split('.');
-        let (path, err, username) = (parts.next()?, parts.next()?, parts.next()?);
-        let path = String::from_utf8(b64.decode(path).ok()?).ok()?;
-        let err = b64.decode(err).ok()?;
-        let username = String::from_utf8(b64.decode(username).ok()?).ok()?;
+        let mut rest = &plain[8..];
+        let mut part = || {
+            let len = usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?));
+            let field = rest.get(2..2 + len)?;
+            rest = &rest[2 + len..];
+            Some(field)
+        };
+        let path = String::from_utf8(part()?.to_vec()).ok()?;
+        let err = part()?.to_vec();
+        let username = String::from_utf8(rest.to_vec()).ok()?;
         Some(FormError {
             path,
             err: base64::engine::general_purpose::URL_SAFE.encode(err),
@@ -363,13 +385,30 @@ mod tests {
             flash.open(&sealed, "anon-1", now - 60).is_none(),
             "from the future"
         );
-        let (body, _) = sealed.rsplit_once('.').unwrap();
+        let mut tampered = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&sealed)
+            .unwrap();
+        let last = tampered.len() - 20;
+        tampered[last] ^= 1;
         assert!(
             flash
-                .open(&format!("{body}.{}", "0".repeat(64)), "anon-1", now)
+                .open(
+                    &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tampered),
+                    "anon-1",
+                    now
+                )
                 .is_none(),
-            "forged"
+            "tampered"
         );
+        // Encrypted: neither the username nor the error can be read from the cookie.
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&sealed)
+            .unwrap();
+        assert!(
+            !raw.windows(5).any(|w| w == b"carol"),
+            "the username is not in the clear"
+        );
+        assert!(!sealed.contains("carol"));
         assert!(flash.open("garbage", "anon-1", now).is_none());
     }
 

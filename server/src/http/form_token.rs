@@ -61,6 +61,14 @@ impl FormTokens {
         self.sign(b"radius-portal form token\0", anon.0.as_bytes())
     }
 
+    /// A key of its own for the purpose `domain`, derived from the portal's (HMAC-SHA256).
+    pub fn derive(&self, domain: &[u8]) -> [u8; 32] {
+        let mut mac = Hmac::<Sha256>::clone(&self.mac);
+        mac.update(b"derived key\0");
+        mac.update(domain);
+        mac.finalize().into_bytes().into()
+    }
+
     /// HMAC-SHA256 (hex) of `data` under the key, for the purpose `domain`.
     pub fn sign(&self, domain: &[u8], data: &[u8]) -> String {
         let mut mac = Hmac::<Sha256>::clone(&self.mac);
@@ -102,6 +110,7 @@ pub fn insert_anonymous_id(tokens: &FormTokens, request: &mut Request) -> Option
             super::branding::CSS_PATH,
             super::branding::LOGO_PATH,
             super::FAVICON_PATH,
+            "/favicon.ico",
         ]
         .contains(&path)
     {

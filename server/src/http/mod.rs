@@ -154,6 +154,11 @@ pub fn router(parts: RouterParts) -> Site {
             HeaderValue::from_static("public, max-age=86400"),
         )),
     );
+    // Browsers and captive-portal assistants that ask for the old name get the icon.
+    route(
+        "/favicon.ico",
+        get(|| async { axum::response::Redirect::permanent(FAVICON_PATH) }),
+    );
     route(
         "/readyz",
         get(readyz).with_state(Readiness {
