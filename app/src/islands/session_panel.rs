@@ -124,7 +124,8 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
             }
         }
     };
-    let warning_text = move || {
+    // Memos: they change (and the page with them) when the text does, not at every tick.
+    let warning_text = Memo::new(move |_| {
         (ended.get().is_none() && remaining_secs() < WARN_SECS).then(|| {
             if state.get().can_extend {
                 "Less than a minute left: refresh now to stay connected."
@@ -132,18 +133,18 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
                 "Less than a minute left: the session reaches its maximum length."
             }
         })
-    };
+    });
     let warning = move || {
-        warning_text().map(|text| {
+        warning_text.get().map(|text| {
             view! { <p data-testid="warning" class="mt-4 rounded bg-amber-100 p-3 text-sm text-amber-900">{text}</p> }
         })
     };
     // What a screen reader announces: a live region that is always in the page, whose text
     // changes (one that appears already filled is often not read).
-    let announcement = move || match ended.get() {
+    let announcement = Memo::new(move |_| match ended.get() {
         Some(reason) => format!("Your session has ended. {}", end_text(reason)),
-        None => warning_text().unwrap_or_default().to_string(),
-    };
+        None => warning_text.get().unwrap_or_default().to_string(),
+    });
     // When the session ends the controls go away: focus moves to the heading that says so, and
     // the tab's title follows (and goes back if it comes back). Only on a change: a re-check
     // that finds it still ended (the tab shown again) leaves focus where the user put it.
@@ -197,7 +198,7 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
             <h1 id="session-title" node_ref=heading tabindex="-1" class="text-2xl font-semibold focus:outline-none">
                 {move || if ended.get().is_some() { "Session ended" } else { "You are connected" }}
             </h1>
-            <p role="status" class="sr-only">{announcement}</p>
+            <p role="status" class="sr-only">{move || announcement.get()}</p>
             <div data-testid="ended" class="mt-6 text-center" class:hidden=move || ended.get().is_none()>
                 <p class="text-lg font-semibold">"Your session has ended."</p>
                 <p class="mt-1 text-sm text-slate-700">{move || ended.get().map(end_text)}</p>
