@@ -27,9 +27,8 @@ pub mod validation;
 
 use leptos::prelude::*;
 
-/// The portal's name in every page's title, after what the page is.
-pub const PORTAL_TITLE: &str = "Network access portal";
 /// The title of a session page whose session has ended (the island sets it when it ends).
+/// Every page's title says what the page is, then the portal.
 pub const SESSION_ENDED_TITLE: &str = "Session ended – Network access portal";
 /// The title of a session page with its session active.
 pub const SESSION_TITLE: &str = "Your session – Network access portal";
@@ -95,17 +94,16 @@ pub fn shell(options: LeptosOptions, page: Page) -> impl IntoView {
 
 /// The document's title: what the page is, then the portal (tabs and screen readers tell the
 /// pages apart by it).
-fn title(page: Page) -> String {
+fn title(page: Page) -> &'static str {
     use dto::SessionStatus;
-    let what = match page {
-        Page::SignIn => "Sign in",
+    match page {
+        Page::SignIn => "Sign in – Network access portal",
         Page::Session => match pages::data().session {
-            Some(Ok(SessionStatus::Ended(_))) => return SESSION_ENDED_TITLE.to_string(),
-            _ => return SESSION_TITLE.to_string(),
+            Some(Ok(SessionStatus::Ended(_))) => SESSION_ENDED_TITLE,
+            _ => SESSION_TITLE,
         },
-        Page::NotFound => "Page not found",
-    };
-    format!("{what} – {PORTAL_TITLE}")
+        Page::NotFound => "Page not found – Network access portal",
+    }
 }
 
 /// The stylesheet's URL with its content hash (`hash.txt` beside the binary, as Leptos's
@@ -113,26 +111,44 @@ fn title(page: Page) -> String {
 fn stylesheet_href(options: &LeptosOptions) -> String {
     static HREF: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     HREF.get_or_init(|| {
-        let mut name = options.output_name.to_string();
-        if options.hash_files {
-            let hashes = std::env::current_exe()
-                .ok()
-                .and_then(|exe| exe.parent().map(|dir| dir.join(options.hash_file.as_ref())))
-                .and_then(|file| std::fs::read_to_string(file).ok())
-                .unwrap_or_default();
-            let css = hashes
-                .lines()
-                .find_map(|line| match line.trim().split_once(':') {
-                    Some(("css", hash)) => Some(hash.trim().to_string()),
-                    _ => None,
-                });
-            if let Some(hash) = css {
-                name = format!("{name}.{hash}");
-            }
-        }
-        format!("/{}/{name}.css", options.site_pkg_dir)
+        let hashes = hash_file(options)
+            .and_then(|file| std::fs::read_to_string(file).ok())
+            .unwrap_or_default();
+        let name = hashed_assets(options, &hashes)
+            .find_map(|(kind, name)| (kind == "css").then_some(name))
+            .unwrap_or_else(|| format!("{}.css", options.output_name));
+        format!("/{}/{name}", options.site_pkg_dir)
     })
     .clone()
+}
+
+/// Where `hash.txt` is when the asset names are hashed: beside the binary, where
+/// `cargo leptos build` writes it and Leptos's own components read it.
+pub fn hash_file(options: &LeptosOptions) -> Option<std::path::PathBuf> {
+    if !options.hash_files {
+        return None;
+    }
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.join(options.hash_file.as_ref()))
+}
+
+/// The pages' asset files `hash.txt`'s text (`hashes`) names: (`js`, `wasm` or `css`, the
+/// file's name in the site's pkg directory). cargo-leptos may list other kinds (WASM
+/// splitting's): not the pages'.
+pub fn hashed_assets<'a>(
+    options: &'a LeptosOptions,
+    hashes: &'a str,
+) -> impl Iterator<Item = (&'a str, String)> + 'a {
+    hashes.lines().filter_map(move |line| {
+        let (kind, hash) = line.split_once(':')?;
+        let kind = kind.trim();
+        matches!(kind, "js" | "wasm" | "css").then(|| {
+            (
+                kind,
+                format!("{}.{}.{kind}", options.output_name, hash.trim()),
+            )
+        })
+    })
 }
 
 /// Sends the strict CSP of design.md §6 with a fresh nonce; Leptos puts the same nonce on the

@@ -351,16 +351,16 @@ pub async fn radius_test(
     };
     // The database is the truth (organizations created or changed at run time); before the
     // portal first started (no SQLite file yet) there is only the configuration file.
-    let no_database_yet = settings.database.url.is_none() && !settings.database.path.exists();
-    let organizations = if no_database_yet && !settings.organizations.is_empty() {
-        say!(
-            "no database at {} yet: testing the configuration file's organizations",
-            settings.database.path.display()
-        );
-        Organizations::from_settings(&settings.organizations)?
-    } else {
-        Organizations::load(&crate::operator::open(settings).await?).await?
-    };
+    let organizations =
+        if crate::operator::no_database_yet(settings) && !settings.organizations.is_empty() {
+            say!(
+                "no database at {} yet: testing the configuration file's organizations",
+                settings.database.path.display()
+            );
+            Organizations::from_settings(&settings.organizations)?
+        } else {
+            Organizations::load(&crate::operator::open(settings).await?).await?
+        };
     let default_id = organizations.default_id();
     let org_id = org_id.unwrap_or(&default_id);
     let Some(org) = organizations.get(org_id) else {
@@ -446,19 +446,14 @@ pub fn leptos_options(path: &Path) -> anyhow::Result<LeptosOptions> {
     }
     // Pages name their hashed asset files from `hash.txt` beside the binary: without it they
     // would fail on first render, so refuse to start instead.
-    if options.hash_files {
-        let hash_file = std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(|dir| dir.join(&*options.hash_file)));
-        if let Some(hash_file) = hash_file {
-            if !hash_file.exists() {
-                bail!(
-                    "{} not found: it is written by `cargo leptos build` beside the binary; ship it with the binary",
-                    hash_file.display()
-                );
-            }
-            check_site_files(&options, &hash_file)?;
+    if let Some(hash_file) = app::hash_file(&options) {
+        if !hash_file.exists() {
+            bail!(
+                "{} not found: it is written by `cargo leptos build` beside the binary; ship it with the binary",
+                hash_file.display()
+            );
         }
+        check_site_files(&options, &hash_file)?;
     }
     Ok(options)
 }
@@ -469,19 +464,8 @@ fn check_site_files(options: &LeptosOptions, hash_file: &Path) -> anyhow::Result
     let hashes = std::fs::read_to_string(hash_file)
         .with_context(|| format!("while reading {}", hash_file.display()))?;
     let pkg = Path::new(&*options.site_root).join(&*options.site_pkg_dir);
-    for line in hashes.lines() {
-        // The files the pages name (cargo-leptos may list others, e.g. WASM splitting's).
-        let Some((ext @ ("js" | "wasm" | "css"), hash)) =
-            line.split_once(':').map(|(e, h)| (e.trim(), h))
-        else {
-            continue;
-        };
-        let file = pkg.join(format!(
-            "{}.{}.{}",
-            options.output_name,
-            hash.trim(),
-            ext.trim()
-        ));
+    for (_, name) in app::hashed_assets(options, &hashes) {
+        let file = pkg.join(name);
         if !file.exists() {
             bail!(
                 "{} not found: the site files ({}) are not those of this binary's build (`cargo leptos build` writes both; ship them together)",

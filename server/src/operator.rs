@@ -434,11 +434,10 @@ impl OrganizationView {
 /// The database the running portal uses (`[database]`); a SQLite file must exist already (the
 /// portal creates it when it first starts).
 pub(crate) async fn open(settings: &Settings) -> anyhow::Result<Storage> {
-    let path = &settings.database.path;
-    if settings.database.url.is_none() && !path.exists() {
+    if no_database_yet(settings) {
         anyhow::bail!(
             "no database at {} (check [database] path; the portal creates it when it first starts)",
-            path.display()
+            settings.database.path.display()
         );
     }
     Storage::connect(&settings.database).await.with_context(|| {
@@ -447,6 +446,11 @@ pub(crate) async fn open(settings: &Settings) -> anyhow::Result<Storage> {
             settings.database.location()
         )
     })
+}
+
+/// The SQLite file the portal would create at its first start is not there (yet).
+pub(crate) fn no_database_yet(settings: &Settings) -> bool {
+    settings.database.url.is_none() && !settings.database.path.exists()
 }
 
 /// A value as its configuration text (`"on"`, `"status-server"`).
