@@ -63,6 +63,14 @@ pub enum EndReason {
     Failed,
 }
 
+/// What the sign-in page tells a visitor once, after what the visitor just did (carried by the
+/// server's flash cookie, never by the URL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Notice {
+    /// The visitor pressed Disconnect: the session ended and network access with it.
+    Disconnected,
+}
+
 /// The state of the page's access session: what the live updates (Server-Sent Events) and the
 /// status server fn report. The server is the only source of it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

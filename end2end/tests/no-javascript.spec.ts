@@ -20,6 +20,7 @@ test("without JavaScript, log in, refresh and disconnect work as form posts", as
   await page.getByRole("button", { name: "Disconnect" }).click();
   await expect(page).toHaveURL(url("/"));
   await expect(page.getByRole("button", { name: "Sign in" })).toBeVisible();
+  await expect(page.getByRole("status")).toContainText("You are disconnected");
 });
 
 test("without JavaScript, a reload after the session ended says so and why", async ({ page }) => {

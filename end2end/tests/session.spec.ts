@@ -28,6 +28,11 @@ test("log in, see the countdown tick, refresh moves the end time, disconnect", a
   await page.getByRole("button", { name: "Disconnect" }).click();
   await expect(page).toHaveURL(url("/"));
   await expect(page.getByRole("button", { name: "Sign in" })).toBeVisible();
+  // The sign-in page says the session ended, once.
+  await expect(page.getByRole("status")).toContainText("You are disconnected");
+  await page.reload();
+  await expect(page.getByRole("button", { name: "Sign in" })).toBeVisible();
+  await expect(page.getByTestId("notice")).toHaveCount(0);
   expect(violations.filter((v) => v.includes("Content Security Policy"))).toEqual([]);
 });
 

@@ -323,6 +323,12 @@ async fn refresh_sends_an_interim_update_and_disconnect_a_stop_with_user_request
         page.path, "/",
         "a no-JS disconnect returns to the login page"
     );
+    const DISCONNECTED: &str = "You are disconnected";
+    assert!(
+        page.body.contains(DISCONNECTED) && page.body.contains(r#"role="status""#),
+        "the sign-in page says the session ended: {}",
+        page.body
+    );
     let stop = radius
         .wait_for_acct(&["status=Stop", &format!("sid={sid}")])
         .await;
@@ -338,6 +344,10 @@ async fn refresh_sends_an_interim_update_and_disconnect_a_stop_with_user_request
         page.path, "/",
         "no session any more: the session page sends you to sign in"
     );
+    assert!(
+        !page.body.contains(DISCONNECTED),
+        "the notice is shown once"
+    );
     // Nothing but its form token was left in the web session: it is gone, record and
     // cookie, and the browser signs in again as the anonymous visitor it was before.
     assert_eq!(app.storage.web_session_count().await.unwrap(), 0);
@@ -352,6 +362,19 @@ async fn refresh_sends_an_interim_update_and_disconnect_a_stop_with_user_request
     assert_eq!(response.headers()["location"], "/");
     assert!(response.headers().get("serverfnredirect").is_some());
     assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
+    // The page the island goes to next says so too, once; a refused Disconnect leaves no notice.
+    let page = browser.get("/").await;
+    assert!(page.body.contains(DISCONNECTED), "{}", page.body);
+    let refused = browser
+        .post_raw(
+            "/api/disconnect",
+            "/session",
+            &[("csrf", "not-the-token")],
+            &[],
+        )
+        .await;
+    assert!(!refused.body.contains(DISCONNECTED), "{}", refused.body);
+    assert!(!browser.get("/").await.body.contains(DISCONNECTED));
     app.stop().await;
 }
 

@@ -164,6 +164,24 @@ async fn static_paths_do_not_escape_the_site_and_visitors_leave_no_trace() {
         );
     }
 
+    // `/pkg` serves the build's scripts (cached for good), not what else the build left there.
+    let script = http
+        .get(format!("{base}/pkg/radius-portal.test.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(script.status(), 200);
+    assert!(script.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("immutable"));
+    let declarations = http
+        .get(format!("{base}/pkg/radius-portal.d.test.ts"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(declarations.status(), 404);
+
     // 10 000 cookieless visitors of the sign-in page: no web session, nothing stored.
     use futures_util::StreamExt;
     // The database file's size, with everything written so far copied into it (the portal

@@ -560,6 +560,35 @@ async fn each_organization_has_its_own_portal_under_its_slug() {
         "{}",
         page.body
     );
+    // The form posts within beta's portal: a failed sign-in from a browser that sends no
+    // Referer comes back to beta's page with the server's answer, the name filled in.
+    assert!(
+        page.body.contains(r#"action="/o/beta/api/login""#),
+        "{}",
+        page.body
+    );
+    let token = browser.form_token("/o/beta/").await;
+    let refused = browser
+        .http
+        .post(format!("{}/o/beta/api/login", browser.base))
+        .header("accept", "text/html")
+        .header("origin", browser.base.clone())
+        .form(&[
+            ("username", "carol"),
+            ("password", "wrong"),
+            ("csrf", token.as_str()),
+            ("org", "beta"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.url().path(), "/o/beta/");
+    let body = refused.text().await.unwrap();
+    assert!(
+        body.contains("Beta Org") && body.contains(r#"role="alert""#),
+        "{body}"
+    );
+    assert!(body.contains(r#"value="carol""#), "{body}");
     assert!(browser.get("/").await.body.contains("Acme Test Org"));
     let missing = browser.get("/o/no-such-org/").await;
     assert_eq!(missing.status, 404, "{}", missing.body);

@@ -7,8 +7,9 @@
 use crate::{
     api::Login,
     components::{DemoBanner, DisabledNotice, ErrorMessage},
+    dto::Notice,
 };
-use leptos::{either::Either, prelude::*};
+use leptos::{either::Either, prelude::*, server_fn::ServerFn};
 
 /// The organization's help line and contact, as plain text.
 #[component]
@@ -49,10 +50,21 @@ pub fn LoginPage() -> impl IntoView {
     // After a failed sign-in: the name tried, filled in again, and the cursor in the password.
     let tried = data.username.unwrap_or_default();
     let again = !tried.is_empty();
+    let notice = data.notice.map(|notice| match notice {
+        Notice::Disconnected => view! {
+            <p role="status" data-testid="notice" class="mt-6 rounded border border-green-700 bg-green-50 px-4 py-3 text-green-900">
+                "You are disconnected: your session has ended, and with it your network access. Sign in again to reconnect."
+            </p>
+        },
+    });
     let body = if active {
         Either::Left(view! {
             <ErrorMessage error=Signal::derive(error) />
-            <ActionForm action=login attr:class="mt-6 space-y-4 rounded-lg bg-white p-6 shadow">
+            // A plain form (the page ships no script), posted within the organization's portal
+            // (`/o/{slug}/api/login`): a failed post comes back to this page even when the
+            // browser sends no Referer.
+            <form method="post" action=format!("{base}{}", <Login as ServerFn>::PATH)
+                class="mt-6 space-y-4 rounded-lg bg-white p-6 shadow">
                 <input type="hidden" name="csrf" value=token />
                 <input type="hidden" name="org" value=organization_id />
                 <div>
@@ -73,7 +85,7 @@ pub fn LoginPage() -> impl IntoView {
                     class="brand-button w-full rounded bg-blue-800 px-4 py-2 font-semibold text-white hover:bg-blue-900">
                     "Sign in"
                 </button>
-            </ActionForm>
+            </form>
             <p class="mt-4 text-sm text-slate-600">
                 "Already signed in? "
                 <a href=format!("{base}/session") class="brand-link text-blue-800 underline">"See your session"</a>
@@ -96,6 +108,7 @@ pub fn LoginPage() -> impl IntoView {
             <h1 class="text-2xl font-semibold">"Sign in to the network"</h1>
             <p class="mt-1 text-slate-700" data-testid="organization">{organization}</p>
         </div>
+        {notice}
         {body}
     }
 }

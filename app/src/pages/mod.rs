@@ -20,6 +20,8 @@ pub struct PageData {
     pub session: Option<Result<SessionStatus, PortalError>>,
     /// The username a failed sign-in was tried with (the sign-in form fills it in again).
     pub username: Option<String>,
+    /// What the sign-in page tells the visitor after what they just did (Disconnect).
+    pub notice: Option<crate::dto::Notice>,
 }
 
 impl PageData {
@@ -56,7 +58,7 @@ pub async fn load(
             Some(PageData {
                 form_token,
                 session: Some(session),
-                username: None,
+                ..PageData::default()
             })
         }
         _ => None,

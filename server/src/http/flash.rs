@@ -67,6 +67,21 @@ pub struct FormError {
     pub username: Option<String>,
 }
 
+/// Put on a Disconnect's successful answer by the server fns' layer: the sign-in page the
+/// browser goes to next says that the session ended ([`app::dto::Notice::Disconnected`]).
+#[derive(Clone, Copy, Debug)]
+pub struct SignedOut;
+
+/// What a flash cookie carries: a failed form post, or a notice.
+enum Flash {
+    FormError(FormError),
+    Notice(app::dto::Notice),
+}
+
+/// The first byte of a flash cookie's plain text: what follows.
+const KIND_FORM_ERROR: u8 = 0;
+const KIND_NOTICE: u8 = 1;
+
 /// The `username` field a sign-in posted, put on its answer by the server fns' layer (which
 /// holds the body): a failed sign-in's flash keeps it, so the form is filled in again.
 #[derive(Clone, Debug)]
@@ -93,19 +108,42 @@ impl FlashState {
         }
     }
 
-    /// The cookie's value: `issued`, `path`, `err` and `username` encrypted and authenticated
-    /// (ChaCha20-Poly1305 under a key derived from the portal's) with `visitor`'s id as the
-    /// associated data (bound to it, not written into the cookie), base64url: what a failed
-    /// post's answer carried — a sign-in's username among it — is nobody else's to read, on
-    /// the wire or in a proxy's log.
-    fn seal(&self, visitor: &str, issued: u64, path: &str, err: &[u8], username: &str) -> String {
-        let mut plain = Vec::with_capacity(12 + path.len() + err.len() + username.len());
-        plain.extend_from_slice(&issued.to_be_bytes());
+    /// A failed post's cookie value: its `path`, `err` and `username` sealed ([`Self::seal`]).
+    fn seal_form_error(
+        &self,
+        visitor: &str,
+        issued: u64,
+        path: &str,
+        err: &[u8],
+        username: &str,
+    ) -> String {
+        let mut plain = Vec::with_capacity(4 + path.len() + err.len() + username.len());
         for part in [path.as_bytes(), err] {
             plain.extend_from_slice(&(part.len() as u16).to_be_bytes());
             plain.extend_from_slice(part);
         }
         plain.extend_from_slice(username.as_bytes());
+        self.seal(visitor, issued, KIND_FORM_ERROR, &plain)
+    }
+
+    /// A notice's cookie value ([`Self::seal`]).
+    fn seal_notice(&self, visitor: &str, issued: u64, notice: app::dto::Notice) -> String {
+        let code = match notice {
+            app::dto::Notice::Disconnected => 0,
+        };
+        self.seal(visitor, issued, KIND_NOTICE, &[code])
+    }
+
+    /// The cookie's value: `issued`, `kind` and `content` encrypted and authenticated
+    /// (ChaCha20-Poly1305 under a key derived from the portal's) with `visitor`'s id as the
+    /// associated data (bound to it, not written into the cookie), base64url: what a failed
+    /// post's answer carried — a sign-in's username among it — is nobody else's to read, on
+    /// the wire or in a proxy's log.
+    fn seal(&self, visitor: &str, issued: u64, kind: u8, content: &[u8]) -> String {
+        let mut plain = Vec::with_capacity(9 + content.len() + aead::MAX_TAG_LEN);
+        plain.extend_from_slice(&issued.to_be_bytes());
+        plain.push(kind);
+        plain.extend_from_slice(content);
         let nonce: [u8; aead::NONCE_LEN] = rand::random();
         let sealed = self
             .key()
@@ -129,10 +167,10 @@ impl FlashState {
         )
     }
 
-    /// The failed post of a flash cookie we sealed for `visitor` within the last
-    /// [`FLASH_LIFETIME_SECS`] before `now`: its path, error (encoded as Leptos reads it) and
-    /// username.
-    fn open(&self, value: &str, visitor: &str, now: u64) -> Option<FormError> {
+    /// What a flash cookie we sealed for `visitor` within the last [`FLASH_LIFETIME_SECS`]
+    /// before `now` carries: a failed post (its path, error encoded as Leptos reads it, and
+    /// username) or a notice.
+    fn open(&self, value: &str, visitor: &str, now: u64) -> Option<Flash> {
         let mut bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(value)
             .ok()?;
@@ -149,7 +187,16 @@ impl FlashState {
         if issued > now + 5 || now.saturating_sub(issued) > FLASH_LIFETIME_SECS {
             return None;
         }
-        let mut rest = &plain[8..];
+        let (&kind, mut rest) = plain[8..].split_first()?;
+        if kind == KIND_NOTICE {
+            return match rest {
+                [0] => Some(Flash::Notice(app::dto::Notice::Disconnected)),
+                _ => None,
+            };
+        }
+        if kind != KIND_FORM_ERROR {
+            return None;
+        }
         let mut part = || {
             let len = usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?));
             let field = rest.get(2..2 + len)?;
@@ -159,11 +206,11 @@ impl FlashState {
         let path = String::from_utf8(part()?.to_vec()).ok()?;
         let err = part()?.to_vec();
         let username = String::from_utf8(rest.to_vec()).ok()?;
-        Some(FormError {
+        Some(Flash::FormError(FormError {
             path,
             err: base64::engine::general_purpose::URL_SAFE.encode(err),
             username: (!username.is_empty()).then_some(username),
-        })
+        }))
     }
 
     fn cookie(&self, value: &str, max_age: u64) -> Option<HeaderValue> {
@@ -173,6 +220,13 @@ impl FlashState {
             if self.tokens.secure() { "; Secure" } else { "" }
         ))
         .ok()
+    }
+
+    /// The flash cookie of an answer that ended the visitor's session ([`SignedOut`]).
+    fn notice_cookie(&self, visitor: &str, answer: &axum::http::Extensions) -> Option<HeaderValue> {
+        answer.get::<SignedOut>()?;
+        let sealed = self.seal_notice(visitor, unix_now(), app::dto::Notice::Disconnected);
+        self.cookie(&sealed, FLASH_LIFETIME_SECS)
     }
 
     fn cookie_in(&self, request: &Request) -> Option<String> {
@@ -283,7 +337,8 @@ where
                 .to_string();
             match axum::body::to_bytes(body, MAX_FLASH).await {
                 Ok(bytes) => {
-                    let sealed = flash.seal(&visitor, unix_now(), &path, &bytes, &username);
+                    let sealed =
+                        flash.seal_form_error(&visitor, unix_now(), &path, &bytes, &username);
                     if let Some(cookie) = flash.cookie(&sealed, FLASH_LIFETIME_SECS) {
                         parts.headers.append(header::SET_COOKIE, cookie);
                     }
@@ -291,6 +346,8 @@ where
                 Err(e) => tracing::warn!(error = %e, "form error too large to keep"),
             }
             parts.headers.remove("serverfnerror");
+        } else if let Some(cookie) = flash.notice_cookie(&visitor, &parts.extensions) {
+            parts.headers.append(header::SET_COOKIE, cookie);
         }
         // The answer is a redirect without a body (a server fn's answer was JSON).
         parts.headers.remove(header::CONTENT_TYPE);
@@ -326,10 +383,21 @@ where
             *request.uri_mut() = uri;
         }
     }
-    if let Some(pending) = pending {
-        request.extensions_mut().insert(pending);
+    match pending {
+        Some(Flash::FormError(error)) => {
+            request.extensions_mut().insert(error);
+        }
+        Some(Flash::Notice(notice)) => {
+            request.extensions_mut().insert(notice);
+        }
+        None => {}
     }
     let mut response = next(request).await;
+    // A Disconnect made by a script (the session page's island) sets its notice too: the page
+    // the island goes to next shows it.
+    if let Some(cookie) = flash.notice_cookie(&visitor, response.extensions()) {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
     // Shown once: the page that showed it (or ignored a forged one) clears the cookie.
     if cookie.is_some() {
         if let Some(clear) = flash.cookie("", 0) {
@@ -350,14 +418,16 @@ mod tests {
             public_url: None,
         };
         let now = 1_800_000_000;
-        let sealed = flash.seal(
+        let sealed = flash.seal_form_error(
             "anon-1",
             now,
             "/api/login",
             br#"{"Rejected":{"message":"x"}}"#,
             "carol",
         );
-        let opened = flash.open(&sealed, "anon-1", now + 30).expect("ours");
+        let Some(Flash::FormError(opened)) = flash.open(&sealed, "anon-1", now + 30) else {
+            panic!("ours, a form error");
+        };
         assert_eq!(opened.path, "/api/login");
         assert_eq!(
             base64::engine::general_purpose::URL_SAFE
@@ -366,8 +436,25 @@ mod tests {
             br#"{"Rejected":{"message":"x"}}"#
         );
         assert_eq!(opened.username.as_deref(), Some("carol"));
-        let without = flash.seal("anon-1", now, "/api/refresh", b"{}", "");
-        assert_eq!(flash.open(&without, "anon-1", now).unwrap().username, None);
+        let without = flash.seal_form_error("anon-1", now, "/api/refresh", b"{}", "");
+        assert!(matches!(
+            flash.open(&without, "anon-1", now),
+            Some(Flash::FormError(FormError { username: None, .. }))
+        ));
+        let notice = flash.seal_notice("anon-1", now, app::dto::Notice::Disconnected);
+        assert!(matches!(
+            flash.open(&notice, "anon-1", now + 30),
+            Some(Flash::Notice(app::dto::Notice::Disconnected))
+        ));
+        assert!(
+            flash.open(&notice, "anon-2", now).is_none(),
+            "a notice is the visitor's own"
+        );
+        // A notice of an unknown code or a kind nobody wrote opens as nothing.
+        for (kind, content) in [(KIND_NOTICE, &[7u8][..]), (9, &[0u8][..])] {
+            let odd = flash.seal("anon-1", now, kind, content);
+            assert!(flash.open(&odd, "anon-1", now).is_none());
+        }
         let other = FlashState {
             tokens: FormTokens::new([4; 32], false),
             public_url: None,
@@ -418,7 +505,7 @@ mod tests {
             tokens: FormTokens::new([3; 32], true),
             public_url: None,
         };
-        let sealed = flash.seal(
+        let sealed = flash.seal_form_error(
             "a".repeat(43).as_str(),
             1_800_000_000,
             "/api/disconnect",

@@ -216,7 +216,7 @@ pub fn router(parts: RouterParts) -> Site {
             post(server_fns::handle).with_state(portal.clone()),
         )
         .nest_service(admin::PREFIX, admin::routes(admin))
-        .nest_service("/pkg", pkg)
+        .nest_service("/pkg", pkg_files(pkg))
         // A path that is neither a page nor a file: the not-found page.
         .fallback_service(
             ServeDir::new(site_root)
@@ -439,6 +439,33 @@ async fn per_visitor<S: NextService>(
     response
 }
 
+/// `/pkg`: the build's scripts, WebAssembly and stylesheets, nothing else the build left there
+/// (wasm-bindgen's TypeScript declarations, the precompressed copies by their own names).
+fn pkg_files<S>(files: S) -> axum::routing::MethodRouter
+where
+    S: tower::Service<Request<Body>, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Response: IntoResponse,
+    S::Future: Send,
+{
+    axum::routing::get(move |request: Request<Body>| async move {
+        let path = request.uri().path();
+        let asset = [".js", ".wasm", ".css"]
+            .iter()
+            .any(|extension| path.ends_with(extension));
+        if !asset {
+            return StatusCode::NOT_FOUND.into_response();
+        }
+        match tower::ServiceExt::oneshot(files, request).await {
+            Ok(response) => response.into_response(),
+            Err(never) => match never {},
+        }
+    })
+}
+
 /// The values of the cookies named `name` in a request's `Cookie` headers, in order. Pairs are
 /// split as bytes, so a cookie of another application with a value that is not ASCII (which
 /// makes the whole header unreadable as a string) hides none of ours; a value of ours that is
@@ -603,6 +630,8 @@ async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>)
                 .map(|(_, value)| value.into_owned())
         })
         .flatten();
+    let disconnect =
+        parts.uri.path() == <app::api::Disconnect as leptos::server_fn::ServerFn>::PATH;
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
@@ -611,6 +640,12 @@ async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>)
         response
             .extensions_mut()
             .insert(flash::SubmittedUsername(username));
+    }
+    // A Disconnect that succeeded: the sign-in page shown next says the session ended.
+    let succeeded = (response.status().is_success() || response.status().is_redirection())
+        && !response.headers().contains_key("serverfnerror");
+    if disconnect && succeeded {
+        response.extensions_mut().insert(flash::SignedOut);
     }
     response
 }

@@ -47,13 +47,16 @@ pub struct Pages {
 /// The sign-in page of each organization (and path prefix) as last rendered, split around its
 /// form token: every visitor is shown the same page but for that token. Kept with the
 /// organization's facts it was rendered from (`SiteInfo`: name, active, branding, demo); when
-/// they change the page is rendered afresh. A page with an error to show, or whose HTML
+/// they change the page is rendered afresh. The page with the notice a Disconnect leaves is kept
+/// beside it (every journey's last page). A page with an error to show, or whose HTML
 /// carries its render's CSP nonce (scripts: `cargo leptos watch`), is never kept.
 #[derive(Default)]
 struct SignInPages(std::sync::Mutex<std::collections::HashMap<String, Vec<Arc<SignInPage>>>>);
 
 struct SignInPage {
     info: app::dto::SiteInfo,
+    /// The notice it shows (after a Disconnect), if any: each is a page of its own.
+    notice: Option<app::dto::Notice>,
     before_token: String,
     after_token: String,
 }
@@ -62,14 +65,18 @@ struct SignInPage {
 const TOKEN_MARK: &str = "form-token-goes-here";
 
 impl SignInPages {
-    /// The organization's page at the prefix `info` names, if it was rendered from `info`.
-    /// Looked up by borrowed names (a page view allocates no key).
-    fn get(&self, info: &app::dto::SiteInfo) -> Option<Arc<SignInPage>> {
+    /// The organization's page at the prefix `info` names with `notice`, if it was rendered
+    /// from `info`. Looked up by borrowed names (a page view allocates no key).
+    fn get(
+        &self,
+        info: &app::dto::SiteInfo,
+        notice: Option<app::dto::Notice>,
+    ) -> Option<Arc<SignInPage>> {
         let pages = self.0.lock().unwrap_or_else(|p| p.into_inner());
         pages
             .get(info.organization_id.as_str())?
             .iter()
-            .find(|page| page.info == *info)
+            .find(|page| page.info == *info && page.notice == notice)
             .cloned()
     }
 
@@ -80,7 +87,7 @@ impl SignInPages {
             pages.clear();
         }
         let kept = pages.entry(page.info.organization_id.clone()).or_default();
-        kept.retain(|old| old.info.base != page.info.base);
+        kept.retain(|old| old.info.base != page.info.base || old.notice != page.notice);
         kept.push(Arc::new(page));
     }
 }
@@ -131,15 +138,21 @@ fn render_at(pages: &Pages, mut head: Parts, path: &str) -> Response {
     ) {
         data.username = Some(username);
     }
+    // What the sign-in page says after a Disconnect, from the flash cookie too.
+    let notice = head.extensions.get::<app::dto::Notice>().copied();
+    if let (Some(notice), Some(data)) = (notice, head.extensions.get_mut::<app::pages::PageData>())
+    {
+        data.notice = Some(notice);
+    }
     if page == app::Page::SignIn && form_error.is_none() {
-        return sign_in(pages, head);
+        return sign_in(pages, head, notice);
     }
     render_page(pages, head, page, form_error)
 }
 
-/// The sign-in page without an error to show: the organization's kept page with this
-/// visitor's form token, else rendered (and kept, see [`SignInPages`]).
-fn sign_in(pages: &Pages, mut head: Parts) -> Response {
+/// The sign-in page without an error to show (with `notice`, or without): the organization's
+/// kept page with this visitor's form token, else rendered (and kept, see [`SignInPages`]).
+fn sign_in(pages: &Pages, mut head: Parts, notice: Option<app::dto::Notice>) -> Response {
     // Tokens are hex: put in as they are (anything else is rendered, and escaped, below).
     let token = match head.extensions.get::<app::pages::PageData>() {
         Some(app::pages::PageData {
@@ -149,12 +162,13 @@ fn sign_in(pages: &Pages, mut head: Parts) -> Response {
         _ => return render_page(pages, head, app::Page::SignIn, None),
     };
     let info = pages.portal.0.site_info(&head);
-    if let Some(kept) = pages.sign_in.get(&info) {
+    if let Some(kept) = pages.sign_in.get(&info, notice) {
         return sign_in_response(&kept, &token);
     }
     // Rendered with a mark where the token goes, split there and kept.
     head.extensions.insert(app::pages::PageData {
         form_token: Some(Ok(TOKEN_MARK.to_string())),
+        notice,
         ..app::pages::PageData::default()
     });
     let (html, status, headers) = render_html(pages, head, app::Page::SignIn, None);
@@ -181,6 +195,7 @@ fn sign_in(pages: &Pages, mut head: Parts) -> Response {
     };
     let kept = SignInPage {
         info,
+        notice,
         before_token,
         after_token,
     };

@@ -357,6 +357,11 @@ impl TestApp {
             r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 1 1"/>"#,
         )
         .unwrap();
+        // A script and what wasm-bindgen leaves beside it (TypeScript declarations).
+        let pkg = site.path().join("pkg");
+        std::fs::create_dir(&pkg).unwrap();
+        std::fs::write(pkg.join("radius-portal.test.js"), "export {};\n").unwrap();
+        std::fs::write(pkg.join("radius-portal.d.test.ts"), "export {};\n").unwrap();
         let app = Application::build(settings, leptos_options(site.path()), demo).await?;
         let addr = app.local_addr();
         let storage = app.storage.clone();
