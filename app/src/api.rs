@@ -80,9 +80,12 @@ pub async fn refresh(csrf: Option<String>) -> Result<SessionView, PortalError> {
 #[server(endpoint = "disconnect")]
 pub async fn disconnect(csrf: Option<String>) -> Result<(), PortalError> {
     let (service, request) = crate::service::portal()?;
-    let base = service
+    let done = service
         .disconnect(&request, csrf.as_deref().unwrap_or_default())
         .await?;
-    crate::service::redirect(&request, &format!("{base}/"));
+    if done.ended {
+        crate::service::mark_signed_out();
+    }
+    crate::service::redirect(&request, &format!("{}/", done.base));
     Ok(())
 }

@@ -97,7 +97,12 @@ pub fn shell(options: LeptosOptions, page: Page) -> impl IntoView {
 fn title(page: Page) -> &'static str {
     use dto::SessionStatus;
     match page {
-        Page::SignIn => "Sign in – Network access portal",
+        // After a Disconnect the title says so first: it is what a screen reader reads out
+        // when the page loads.
+        Page::SignIn => match pages::data().notice {
+            Some(dto::Notice::Disconnected) => "Disconnected – Sign in – Network access portal",
+            None => "Sign in – Network access portal",
+        },
         Page::Session => match pages::data().session {
             Some(Ok(SessionStatus::Ended(_))) => SESSION_ENDED_TITLE,
             _ => SESSION_TITLE,

@@ -30,9 +30,11 @@ test("log in, see the countdown tick, refresh moves the end time, disconnect", a
   await expect(page.getByRole("button", { name: "Sign in" })).toBeVisible();
   // The sign-in page says the session ended, once.
   await expect(page.getByRole("status")).toContainText("You are disconnected");
+  await expect(page).toHaveTitle("Disconnected – Sign in – Network access portal");
   await page.reload();
   await expect(page.getByRole("button", { name: "Sign in" })).toBeVisible();
   await expect(page.getByTestId("notice")).toHaveCount(0);
+  await expect(page).toHaveTitle("Sign in – Network access portal");
   expect(violations.filter((v) => v.includes("Content Security Policy"))).toEqual([]);
 });
 

@@ -434,10 +434,20 @@ impl PortalService for PortalBackend {
         let result = async {
             self.check_form_token(request, &web_session(request)?, &input.form_token)
                 .await?;
-            let org_id = input
-                .organization
-                .clone()
-                .unwrap_or_else(|| self.scope(request).id);
+            let scope = self.scope(request);
+            let org_id = match input.organization.clone() {
+                // Posted within one organization's portal (`/o/{slug}/api/login`) for another:
+                // the page and the sign-in would not agree on whose it is.
+                Some(named) if !scope.base.is_empty() && named != scope.id => {
+                    return Err(PortalError::InvalidInput {
+                        field: "org".into(),
+                        message: "This sign-in form belongs to another organization's portal."
+                            .into(),
+                    })
+                }
+                Some(named) => named,
+                None => scope.id,
+            };
             // The form's `org` names no organization (the caller's text: not repeated back).
             let org = self
                 .organizations
@@ -531,13 +541,18 @@ impl PortalService for PortalBackend {
         with_status(request, result)
     }
 
-    async fn disconnect(&self, request: &Parts, form_token: &str) -> Result<String, PortalError> {
+    async fn disconnect(
+        &self,
+        request: &Parts,
+        form_token: &str,
+    ) -> Result<app::service::Disconnected, PortalError> {
         let result = async {
             let web = web_session(request)?;
             self.check_form_token(request, &web, form_token).await?;
             let scope = self.scope(request);
+            let mut ended = false;
             if let Some(id) = self.linked_session_id(&web, &scope.id).await? {
-                self.sessions.disconnect(id).await.map_err(user_error)?;
+                ended = self.sessions.disconnect(id).await.map_err(user_error)?;
                 forget_access_session(
                     &web,
                     self.web_sessions.as_ref(),
@@ -546,7 +561,10 @@ impl PortalService for PortalBackend {
                 .await
                 .map_err(|e| internal("writing the web session", &e))?;
             }
-            Ok(scope.base)
+            Ok(app::service::Disconnected {
+                base: scope.base,
+                ended,
+            })
         }
         .await;
         with_status(request, result)

@@ -362,18 +362,35 @@ async fn refresh_sends_an_interim_update_and_disconnect_a_stop_with_user_request
     assert_eq!(response.headers()["location"], "/");
     assert!(response.headers().get("serverfnredirect").is_some());
     assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
-    // The page the island goes to next says so too, once; a refused Disconnect leaves no notice.
+    // The page the island goes to next says so too, once.
     let page = browser.get("/").await;
     assert!(page.body.contains(DISCONNECTED), "{}", page.body);
-    let refused = browser
-        .post_raw(
-            "/api/disconnect",
-            "/session",
-            &[("csrf", "not-the-token")],
-            &[],
-        )
+    assert!(!browser.get("/").await.body.contains(DISCONNECTED));
+    // A Disconnect that ends nothing (a second click, another tab) or is refused leaves none.
+    let sets_flash = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.starts_with("portal_flash=") && !v.contains("Max-Age=0"))
+    };
+    let again = browser
+        .post_token("/api/disconnect", "/", "application/json")
         .await;
-    assert!(!refused.body.contains(DISCONNECTED), "{}", refused.body);
+    assert_eq!(again.status(), reqwest::StatusCode::OK);
+    assert!(!sets_flash(&again), "{:?}", again.headers());
+    let refused = browser
+        .http
+        .post(format!("{}/api/disconnect", browser.base))
+        .header("accept", "application/json")
+        .header("origin", browser.base.clone())
+        .form(&[("csrf", "not-the-token")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
+    assert!(!sets_flash(&refused), "{:?}", refused.headers());
     assert!(!browser.get("/").await.body.contains(DISCONNECTED));
     app.stop().await;
 }

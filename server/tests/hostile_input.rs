@@ -181,6 +181,17 @@ async fn static_paths_do_not_escape_the_site_and_visitors_leave_no_trace() {
         .await
         .unwrap();
     assert_eq!(declarations.status(), 404);
+    // A script not (yet) deployed here is not cached as missing for a year.
+    let missing = http
+        .get(format!("{base}/pkg/radius-portal.next-build.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert!(!missing.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("immutable"));
 
     // 10 000 cookieless visitors of the sign-in page: no web session, nothing stored.
     use futures_util::StreamExt;

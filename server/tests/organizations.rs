@@ -589,6 +589,24 @@ async fn each_organization_has_its_own_portal_under_its_slug() {
         "{body}"
     );
     assert!(body.contains(r#"value="carol""#), "{body}");
+    // Within beta's portal, a sign-in for another organization is refused: nothing is sent.
+    let page = browser
+        .post_form(
+            "/o/beta/api/login",
+            "/o/beta/",
+            &[
+                ("username", "carol"),
+                ("password", "carol-pass"),
+                ("org", "acme"),
+            ],
+        )
+        .await;
+    assert_eq!(page.path, "/o/beta/", "{}", page.body);
+    assert!(
+        page.body.contains("belongs to another organization"),
+        "{}",
+        page.body
+    );
     assert!(browser.get("/").await.body.contains("Acme Test Org"));
     let missing = browser.get("/o/no-such-org/").await;
     assert_eq!(missing.status, 404, "{}", missing.body);

@@ -149,6 +149,32 @@ async fn forged_replies_are_dropped_and_the_login_succeeds_through_the_real_serv
 /// is told to ask the administrator and the audit says why.
 #[tokio::test]
 async fn an_accept_with_a_malformed_session_timeout_opens_no_session() {
+    an_unusable_accept_opens_no_session(
+        |accept| accept.push(attr::SESSION_TIMEOUT, [0u8, 0, 60]),
+        "3 bytes long",
+    )
+    .await;
+}
+
+/// An Accept whose Class values leave no room for the session's Accounting-Stop (4,096 bytes
+/// at most): the Stop could never be sent, so no session opens and no Start goes out.
+#[tokio::test]
+async fn an_accept_whose_stop_could_not_be_sent_opens_no_session() {
+    an_unusable_accept_opens_no_session(
+        |accept| {
+            for _ in 0..15 {
+                accept.push(attr::CLASS, [b'c'; 253]);
+            }
+            accept.push(attr::CLASS, [b'x'; 180]);
+        },
+        "no room for the session",
+    )
+    .await;
+}
+
+/// A scripted server (FreeRADIUS cannot send these) accepts every Access-Request with what
+/// `shape` adds: the login fails saying `why`, audited, with no session and no accounting.
+async fn an_unusable_accept_opens_no_session(shape: fn(&mut Packet), why: &str) {
     let radius = FreeRadius::start().await;
     let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let port = front.local_addr().unwrap().port();
@@ -161,7 +187,7 @@ async fn an_accept_with_a_malformed_session_timeout_opens_no_session() {
             };
             let mut accept = request.reply(Code::AccessAccept);
             accept.push(attr::MESSAGE_AUTHENTICATOR, [0u8; 16]);
-            accept.push(attr::SESSION_TIMEOUT, [0u8, 0, 60]);
+            shape(&mut accept);
             front
                 .send_to(&encode_response(&accept).unwrap(), from)
                 .await
@@ -177,7 +203,7 @@ async fn an_accept_with_a_malformed_session_timeout_opens_no_session() {
 
     assert_eq!(page.path, "/", "{}", page.body);
     assert!(
-        page.body.contains("answer cannot be used") && page.body.contains("3 bytes long"),
+        page.body.contains("answer cannot be used") && page.body.contains(why),
         "{}",
         page.body
     );
@@ -186,6 +212,10 @@ async fn an_accept_with_a_malformed_session_timeout_opens_no_session() {
     assert!(
         audit.iter().any(|e| e.action == "login.unusable_accept"),
         "{audit:?}"
+    );
+    assert!(
+        app.storage.dead_letters(10).await.unwrap().is_empty(),
+        "nothing queued to be given up"
     );
     assert!(radius.acct_lines().is_empty(), "no Start");
     app.stop().await;

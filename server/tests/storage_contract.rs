@@ -135,6 +135,7 @@ on_both_backends!(
     due_sessions_stop_once_at_their_deadline_across_replicas,
     outbox_rows_go_in_order_and_no_claim_is_shared,
     a_failed_row_waits_and_retry_now_makes_it_due,
+    a_lapsed_claim_is_renewed_only_by_its_holder_and_a_transmission_always_counts,
     dead_letters_unblock_and_a_never_sent_start_takes_its_session_along,
     disconnect_requests_find_sessions_by_id_address_user_and_class,
     periodic_interims_come_due_and_coalesce,
@@ -455,6 +456,65 @@ async fn a_failed_row_waits_and_retry_now_makes_it_due(db: Db) {
     assert_eq!((retried[0].attempts, retried[0].transmissions), (2, 1));
     let entry = &s.session_outbox(id).await.unwrap()[0];
     assert_eq!(entry.last_error.as_deref(), Some("timeout"));
+}
+
+async fn a_lapsed_claim_is_renewed_only_by_its_holder_and_a_transmission_always_counts(db: Db) {
+    let s = &db.storage;
+    let id = s
+        .open_session(&login("10.0.0.14", T0, MINUTE))
+        .await
+        .unwrap()
+        .id;
+    let first = s
+        .claim_session_outbox(id, status_type::START, T0, T0 + 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    // Held and still the holder's after its lease ran out, as long as nobody took it.
+    assert!(s.renew_claim(&first, T0 + 5_000).await.unwrap());
+    assert!(
+        s.claim_due_outbox(T0 + 2_000, T0 + MINUTE, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "renewed: not claimable"
+    );
+    // Lapsed and taken by another sender: the first may neither renew nor release it.
+    let second = s
+        .claim_due_outbox(T0 + 6_000, T0 + MINUTE, 10)
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].attempts, first.attempts + 1);
+    assert!(!s.renew_claim(&first, T0 + 9_000).await.unwrap());
+    // The first sender's packet did go out before it gave up: that counts, while the claim
+    // stays the second sender's — so the Start is never taken for one that never left.
+    s.mark_failed(&first, T0 + 10_000, "timeout", true)
+        .await
+        .unwrap();
+    assert!(
+        !s.rollback_unsent_start(id, T0 + 7_000, "login gave up")
+            .await
+            .unwrap(),
+        "claimed by the second sender"
+    );
+    s.mark_failed(&second[0], T0 + 7_000, "timeout", false)
+        .await
+        .unwrap();
+    assert!(
+        !s.rollback_unsent_start(id, T0 + 7_000, "login gave up")
+            .await
+            .unwrap(),
+        "transmitted once: a Stop must follow it"
+    );
+    let retried = s
+        .claim_due_outbox(T0 + 8_000, T0 + MINUTE, 10)
+        .await
+        .unwrap();
+    assert_eq!((retried[0].attempts, retried[0].transmissions), (3, 1));
+    // A settled row is nobody's to renew.
+    s.mark_delivered(retried[0].id, T0 + 8_500).await.unwrap();
+    assert!(!s.renew_claim(&retried[0], T0 + 9_000).await.unwrap());
 }
 
 async fn dead_letters_unblock_and_a_never_sent_start_takes_its_session_along(db: Db) {

@@ -53,7 +53,9 @@ pub fn LoginPage() -> impl IntoView {
     let notice = data.notice.map(|notice| match notice {
         Notice::Disconnected => view! {
             <p role="status" data-testid="notice" class="mt-6 rounded border border-green-700 bg-green-50 px-4 py-3 text-green-900">
-                "You are disconnected: your session has ended, and with it your network access. Sign in again to reconnect."
+                "You are disconnected: your session has ended, and with it your network access."
+                // A disabled organization's page offers no sign-in (its notice follows).
+                {active.then_some(" Sign in again to reconnect.")}
             </p>
         },
     });

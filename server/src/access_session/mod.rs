@@ -71,6 +71,29 @@ pub enum SessionError {
     Accounting(#[from] crate::accounting::OutboxError),
 }
 
+/// Whether a session's Accounting-Stop can be encoded with the organization's NAS attributes
+/// (`nas`): the largest packet of its accounting — the most attributes, each at its widest.
+fn stop_fits(
+    nas: &crate::radius::NasIdentity,
+    acct_session_id: &str,
+    username: &str,
+    client_ip: IpAddr,
+    classes: &[Vec<u8>],
+) -> Result<(), RadiusError> {
+    let stop = crate::radius::AccountingRecord {
+        status_type: status_type::STOP,
+        acct_session_id: acct_session_id.to_string(),
+        username: username.to_string(),
+        client_ip,
+        classes: classes.to_vec(),
+        event_timestamp: u32::MAX,
+        delay_secs: u32::MAX,
+        session_time_secs: Some(u32::MAX),
+        terminate_cause: Some(terminate_cause::NAS_ERROR),
+    };
+    crate::radius::encode_accounting(0, nas, &stop, b"probe").map(|_| ())
+}
+
 /// Current time as Unix milliseconds.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -259,6 +282,27 @@ impl AccessSessions {
             start_claimed_until: Some(started_at + crate::accounting::CLAIM_LEASE_MS),
             typed_username,
         };
+        // The session's Stop carries the most attributes of its accounting (its Start's and
+        // more): one that could not be encoded would be dead-lettered and the firewall would
+        // keep the identity. Such an Accept opens no session.
+        if let Err(e) = stop_fits(
+            &org.nas,
+            &new.acct_session_id,
+            username,
+            client_ip,
+            &new.classes,
+        ) {
+            tracing::warn!(organization = %org.id, username, %client_ip, error = %e,
+                "login accepted by RADIUS but its session's Accounting-Stop could not be encoded: no session");
+            self.audit_login(&org.id, username, client_ip, "login.unusable_accept")
+                .await;
+            return Err(SessionError::UnusableAccept {
+                problem: format!(
+                    "its attributes leave no room for the session's accounting ({})",
+                    crate::portal_backend::error_chain(&e)
+                ),
+            });
+        }
         let opened = match self.storage.open_session(&new).await {
             Err(StorageError::OrganizationDisabled) => {
                 tracing::warn!(organization = %org.id, username, %client_ip,
@@ -337,12 +381,33 @@ impl AccessSessions {
         let start_deadline = deadline.max(Instant::now() + exchange_time);
         let start_delivered = match claimed_start {
             Some(start) => {
-                // Straight after the write that found the organization active, that check
-                // stands for the Start's; after waiting for preempted sessions' Stops (a dead
-                // server: seconds) the Start checks the organization again.
-                self.accounting
-                    .deliver_claimed(start, session.clone(), start_deadline, preempted.is_empty())
-                    .await?
+                // After waiting for preempted sessions' Stops (a slow server: up to minutes)
+                // the claim the login's write took may be running out: it is renewed before
+                // the Start leaves, so no other sender takes the row while this one sends it.
+                // Taken meanwhile (the lease ran out and the delivery loop claimed it): that
+                // sender's outcome is awaited instead, never a second sender of the Start.
+                let mine = preempted.is_empty()
+                    || self
+                        .storage
+                        .renew_claim(&start, now_ms() + crate::accounting::CLAIM_LEASE_MS)
+                        .await?;
+                if mine {
+                    // Straight after the write that found the organization active, that check
+                    // stands for the Start's; after waiting for preempted sessions' Stops the
+                    // Start checks the organization again.
+                    self.accounting
+                        .deliver_claimed(
+                            start,
+                            session.clone(),
+                            start_deadline,
+                            preempted.is_empty(),
+                        )
+                        .await?
+                } else {
+                    self.accounting
+                        .deliver_now(id, status_type::START, start_deadline)
+                        .await?
+                }
             }
             None => {
                 self.accounting
@@ -421,19 +486,33 @@ impl AccessSessions {
     }
 
     /// Ends the session at the user's request (Stop, User-Request).
-    pub async fn disconnect(&self, id: i64) -> Result<(), SessionError> {
-        if self
+    /// Ends an active session on its user's behalf (Stop, User-Request). False if it was not
+    /// active.
+    pub async fn disconnect(&self, id: i64) -> Result<bool, SessionError> {
+        let ended = self
             .stop_and_send(id, terminate_cause::USER_REQUEST)
-            .await?
-        {
+            .await?;
+        if ended {
             tracing::info!(session = id, "access session disconnected by the user");
         }
-        Ok(())
+        Ok(ended)
     }
 
     /// Stops an active session with `cause`; its Stop leaves at once (claimed in the same
     /// write) unless earlier rows of the session are still on their way. False if not active.
+    /// Runs to its end as a task of its own: a caller that stops waiting (the browser closed
+    /// the connection) never leaves a Stop stored and claimed with nobody sending it until
+    /// the claim runs out.
     async fn stop_and_send(&self, id: i64, cause: u32) -> Result<bool, SessionError> {
+        let this = self.clone();
+        tokio::spawn(async move { this.stop_and_send_here(id, cause).await })
+            .await
+            .map_err(|e| {
+                SessionError::Storage(StorageError::Engine(format!("stopping a session: {e}")))
+            })?
+    }
+
+    async fn stop_and_send_here(&self, id: i64, cause: u32) -> Result<bool, SessionError> {
         let now = now_ms();
         let outcome = self
             .storage
@@ -500,6 +579,50 @@ fn new_acct_session_id() -> String {
 
 #[cfg(test)]
 mod tests {
+    use crate::radius::{encode_accounting, status_type, AccountingRecord, NasIdentity};
+
+    /// A Class the Start has room for and the Stop has not (the Stop carries 12 bytes more):
+    /// refused at login, never dead-lettered at the Stop.
+    #[test]
+    fn an_accept_whose_stop_would_not_fit_is_found_before_the_session_opens() {
+        let nas = NasIdentity {
+            ip: "192.0.2.1".parse().unwrap(),
+            identifier: "radius-portal".into(),
+        };
+        let (id, user) = (super::new_acct_session_id(), "alice");
+        let ip = "198.51.100.7".parse().unwrap();
+        let start_fits = |classes: &[Vec<u8>]| {
+            let start = AccountingRecord {
+                status_type: status_type::START,
+                acct_session_id: id.clone(),
+                username: user.into(),
+                client_ip: ip,
+                classes: classes.to_vec(),
+                event_timestamp: u32::MAX,
+                delay_secs: u32::MAX,
+                session_time_secs: None,
+                terminate_cause: None,
+            };
+            encode_accounting(0, &nas, &start, b"s").is_ok()
+        };
+        let mut window = 0;
+        for last in 1..=253 {
+            let classes = vec![vec![b'c'; 253]; 15]
+                .into_iter()
+                .chain([vec![b'x'; last]])
+                .collect::<Vec<_>>();
+            let stop = super::stop_fits(&nas, &id, user, ip, &classes).is_ok();
+            assert!(
+                !stop || start_fits(&classes),
+                "a Stop fits only where its Start does"
+            );
+            if start_fits(&classes) && !stop {
+                window += 1;
+            }
+        }
+        assert!(window > 0, "some Accepts leave room for the Start only");
+    }
+
     #[test]
     fn acct_session_ids_are_unique_and_hex() {
         let ids: std::collections::HashSet<String> =

@@ -14,7 +14,11 @@
 //! - on a page view (a GET accepting HTML) a valid flash cookie is taken (shown once: the
 //!   answer clears it) and handed to the page renderer as a request extension ([`FormError`]);
 //!   the pages read a form error from nothing else, so a crafted link shows nothing (its
-//!   `__err`/`__path` are removed from the URL all the same).
+//!   `__err`/`__path` are removed from the URL all the same);
+//! - the same cookie carries the one notice a page shows after what the visitor did: a
+//!   Disconnect that ended a session ([`SignedOut`], from its server fn through
+//!   `server_fn_limits`) leaves "You are disconnected" for the next page view, the sign-in page
+//!   the browser goes to (a form post's redirect, or the island's navigation after its call).
 
 use super::{
     form_token::{AnonId, FormTokens},

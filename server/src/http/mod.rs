@@ -117,21 +117,9 @@ pub fn router(parts: RouterParts) -> Site {
     } = parts;
     let site_root = PathBuf::from(leptos_options.site_root.as_ref());
     let pkg_dir = site_root.join(leptos_options.site_pkg_dir.as_ref());
-    let pkg = tower::ServiceBuilder::new()
-        .layer(SetResponseHeaderLayer::overriding(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("public, max-age=31536000, immutable"),
-        ))
-        // Which file is served (precompressed or not) depends on Accept-Encoding.
-        .layer(SetResponseHeaderLayer::appending(
-            header::VARY,
-            HeaderValue::from_static("accept-encoding"),
-        ))
-        .service(
-            ServeDir::new(pkg_dir)
-                .precompressed_br()
-                .precompressed_gzip(),
-        );
+    let pkg = ServeDir::new(pkg_dir)
+        .precompressed_br()
+        .precompressed_gzip();
 
     let pages = pages::Pages::new(leptos_options, portal.clone());
     let page = get(pages::render).with_state(pages.clone());
@@ -459,10 +447,22 @@ where
         if !asset {
             return StatusCode::NOT_FOUND.into_response();
         }
-        match tower::ServiceExt::oneshot(files, request).await {
+        let mut response = match tower::ServiceExt::oneshot(files, request).await {
             Ok(response) => response.into_response(),
             Err(never) => match never {},
+        };
+        // Hashed names: a file is cached for good — but not a miss (a file of the next build,
+        // asked for before it is deployed here, must not stay missing in caches).
+        if response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED {
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=31536000, immutable"),
+            );
+            // Which file is served (precompressed or not) depends on Accept-Encoding.
+            headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
         }
+        response
     })
 }
 
@@ -641,10 +641,15 @@ async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>)
             .extensions_mut()
             .insert(flash::SubmittedUsername(username));
     }
-    // A Disconnect that succeeded: the sign-in page shown next says the session ended.
+    // A Disconnect that ended a session (its server fn says so): the sign-in page shown next
+    // says the session ended.
+    let marked = response
+        .headers_mut()
+        .remove(app::service::SIGNED_OUT_HEADER)
+        .is_some();
     let succeeded = (response.status().is_success() || response.status().is_redirection())
         && !response.headers().contains_key("serverfnerror");
-    if disconnect && succeeded {
+    if marked && disconnect && succeeded {
         response.extensions_mut().insert(flash::SignedOut);
     }
     response

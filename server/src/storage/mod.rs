@@ -121,6 +121,10 @@ contract! {
         /// Claims a session's next pending row of `status_type` if it is first in line (used to
         /// send a Start, or a preempted session's Stop, at once inside the login request).
         fn claim_session_outbox(&self, access_session_id: i64, status_type: u32, now: i64, lease_until: i64) -> Option<OutboxRow>;
+        /// Extends the caller's claim of `row` to `lease_until` if it is still the caller's (no
+        /// other sender claimed the row since, even after the lease ran out) and the row is
+        /// still pending. False: the row is another sender's, or settled.
+        fn renew_claim(&self, row: &OutboxRow, lease_until: i64) -> bool;
         /// Stops an active session like `stop_session` and, in the same write, claims its Stop
         /// for the caller until `lease_until` when nothing of the session is still pending
         /// before it (the caller sends it at once).
@@ -135,8 +139,10 @@ contract! {
         fn mark_delivered(&self, id: i64, now: i64) -> ();
         /// Releases a claimed row for a retry at `next_attempt_at`, recording why it failed and
         /// whether a packet went out this time.
-        /// Only while the row is still this claim's (`row.attempts` counts claims): a sender
-        /// that stalled past its lease never releases a row another sender has claimed since.
+        /// The release only while the row is still this claim's (`row.attempts` counts claims):
+        /// a sender that stalled past its lease never releases a row another sender has claimed
+        /// since. A transmission counts whoever holds the row now: a Start that went on the wire
+        /// is never taken for one that did not (which would end its session without a Stop).
         fn mark_failed(&self, row: &OutboxRow, next_attempt_at: i64, error: &str, transmitted: bool) -> ();
         /// Closes a row that can never be sent, with the reason, so it stops blocking its
         /// session's later rows. With `cascade`, the session's later pending rows are closed too

@@ -859,17 +859,33 @@ impl SessionStore for PgStore {
         transmitted: bool,
     ) -> Result<(), StorageError> {
         sqlx::query(
-            "UPDATE accounting_outbox SET next_attempt_at = $1, claimed_until = NULL, last_error = $2, \
-             transmissions = transmissions + $3 WHERE id = $4 AND attempts = $5",
+            "UPDATE accounting_outbox SET transmissions = transmissions + $1, \
+             next_attempt_at = CASE WHEN attempts = $2 THEN $3 ELSE next_attempt_at END, \
+             claimed_until = CASE WHEN attempts = $2 THEN NULL ELSE claimed_until END, \
+             last_error = CASE WHEN attempts = $2 THEN $4 ELSE last_error END \
+             WHERE id = $5",
         )
+        .bind(i64::from(transmitted))
+        .bind(row.attempts)
         .bind(next_attempt_at)
         .bind(error)
-        .bind(i64::from(transmitted))
+        .bind(row.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn renew_claim(&self, row: &OutboxRow, lease_until: i64) -> Result<bool, StorageError> {
+        let renewed = sqlx::query(
+            "UPDATE accounting_outbox SET claimed_until = $1 WHERE id = $2 AND attempts = $3 \
+             AND claimed_until IS NOT NULL AND delivered_at IS NULL AND dead_at IS NULL",
+        )
+        .bind(lease_until)
         .bind(row.id)
         .bind(row.attempts)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(renewed.rows_affected() == 1)
     }
 
     async fn dead_letter(

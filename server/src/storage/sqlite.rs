@@ -650,11 +650,34 @@ impl SessionStore for SqliteStore {
         self.engine
             .write_relaxed_small(move |c| {
                 c.prepare_cached(
-                    "UPDATE accounting_outbox SET next_attempt_at = ?, claimed_until = NULL, last_error = ?, \
-                     transmissions = transmissions + ? WHERE id = ? AND attempts = ?",
+                    "UPDATE accounting_outbox SET transmissions = transmissions + ?1, \
+                     next_attempt_at = CASE WHEN attempts = ?2 THEN ?3 ELSE next_attempt_at END, \
+                     claimed_until = CASE WHEN attempts = ?2 THEN NULL ELSE claimed_until END, \
+                     last_error = CASE WHEN attempts = ?2 THEN ?4 ELSE last_error END \
+                     WHERE id = ?5",
                 )?
-                .execute(params![next_attempt_at, error, i64::from(transmitted), id, attempts])?;
+                .execute(params![
+                    i64::from(transmitted),
+                    attempts,
+                    next_attempt_at,
+                    error,
+                    id
+                ])?;
                 Ok(())
+            })
+            .await
+    }
+
+    async fn renew_claim(&self, row: &OutboxRow, lease_until: i64) -> Result<bool, StorageError> {
+        let (id, attempts) = (row.id, row.attempts);
+        self.engine
+            .write_relaxed_small(move |c| {
+                Ok(c.prepare_cached(
+                    "UPDATE accounting_outbox SET claimed_until = ? WHERE id = ? AND attempts = ? \
+                     AND claimed_until IS NOT NULL AND delivered_at IS NULL AND dead_at IS NULL",
+                )?
+                .execute(params![lease_until, id, attempts])?
+                    == 1)
             })
             .await
     }
