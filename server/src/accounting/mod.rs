@@ -48,6 +48,12 @@ const SLOT_WAIT: Duration = Duration::from_secs(45);
 /// (retries + 1)` (up to 11 minutes) is cut to this, so the row's claim outlives it.
 const MAX_EXCHANGE: Duration = Duration::from_secs(60);
 const _: () = assert!((SLOT_WAIT.as_millis() + MAX_EXCHANGE.as_millis()) < CLAIM_LEASE_MS as u128);
+/// A delivery that has taken longer than this before its packet leaves (a stalled database,
+/// the longest wait for a slot) renews its claim first: the claim must outlive the exchange,
+/// or another sender could take the row meanwhile — a Start sent twice, or after its Stop.
+const CLAIM_SAFE_START: Duration =
+    Duration::from_millis(CLAIM_LEASE_MS as u64 - MAX_EXCHANGE.as_millis() as u64 - 10_000);
+const _: () = assert!(SLOT_WAIT.as_millis() < CLAIM_SAFE_START.as_millis());
 /// Longest sleep between outbox checks.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// Cap of the retry backoff.
@@ -80,6 +86,9 @@ pub enum Delivery {
     RetryAt(i64),
     /// Closed without delivery (dead-lettered) for the given reason.
     DeadLettered(String),
+    /// Not sent: this delivery stalled until its claim ran out and another sender took the
+    /// row (that sender's outcome is the row's).
+    TakenOver,
 }
 
 /// The accounting deliverer. Cheap to clone.
@@ -166,9 +175,12 @@ impl Accounting {
                 .claim_session_outbox(session_id, status_type, now, now + CLAIM_LEASE_MS)
                 .await?
             {
-                return Ok(
-                    self.deliver(row, Some(deadline), None, false).await? == Delivery::Delivered
-                );
+                match self.deliver(row, Some(deadline), None, false).await? {
+                    Delivery::Delivered => return Ok(true),
+                    // Another sender has it now: its outcome is awaited below.
+                    Delivery::TakenOver => {}
+                    Delivery::RetryAt(_) | Delivery::DeadLettered(_) => return Ok(false),
+                }
             }
             // Someone else holds the claim (the background loop): wait for its outcome.
             if self
@@ -199,10 +211,15 @@ impl Accounting {
         deadline: Instant,
         just_stored: bool,
     ) -> Result<bool, OutboxError> {
-        let delivery = self
+        let (session_id, status) = (row.access_session_id, row.status_type as u32);
+        match self
             .deliver(row, Some(deadline), Some(session), just_stored)
-            .await?;
-        Ok(delivery == Delivery::Delivered)
+            .await?
+        {
+            Delivery::Delivered => Ok(true),
+            Delivery::TakenOver => self.deliver_now(session_id, status, deadline).await,
+            Delivery::RetryAt(_) | Delivery::DeadLettered(_) => Ok(false),
+        }
     }
 
     /// Runs `work` as a task that a graceful shutdown waits for (like the loop's deliveries):
@@ -267,6 +284,7 @@ impl Accounting {
         known: Option<AccessSessionRecord>,
         org_checked: bool,
     ) -> Result<Delivery, OutboxError> {
+        let began = Instant::now();
         let now = now_ms();
         // A packet needs only what never changes in a session (ids, user, address, Class,
         // server): a record the caller holds serves as well as one read now.
@@ -414,6 +432,18 @@ impl Accounting {
             delay_secs: ((now_ms() - row.event_at).max(0) / 1000) as u32,
             ..record
         };
+        if began.elapsed() > CLAIM_SAFE_START {
+            let asked = Instant::now();
+            let kept = self
+                .storage
+                .renew_claim(&row, now_ms() + CLAIM_LEASE_MS)
+                .await?;
+            if !kept || asked.elapsed() > CLAIM_SAFE_START {
+                tracing::warn!(acct_session_id = %acct_id, status_type = record.status_type, kept,
+                    "accounting delivery stalled past its claim; left to the sender that holds the row now");
+                return Ok(Delivery::TakenOver);
+            }
+        }
         let own_deadline =
             Instant::now() + (server.timeout * (server.retries + 1)).min(MAX_EXCHANGE);
         let deadline = deadline.map_or(own_deadline, |d| d.min(own_deadline));
