@@ -45,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
             interim_interval: None,
             start_claimed_until: None,
             typed_username: None,
+            nas: None,
         };
         writes.spawn(async move {
             let opened = storage.open_session(&new).await;

@@ -345,13 +345,16 @@ impl DynAuthListener {
                 return reply(nak, Some(RESOURCES_UNAVAILABLE));
             }
         };
-        // The NAS it names must be the one the session's organization presents (RFC 5176 §3).
+        // The NAS it names must be the one the session presents (RFC 5176 §3): the identity its
+        // login presented, kept for its accounting (else its organization's now).
         let found = candidates
             .iter()
-            .filter(|s| {
-                self.sessions
+            .filter(|s| match &s.nas {
+                Some(nas) => identification.names_nas(nas),
+                None => self
+                    .sessions
                     .organization_nas(&s.organization_id)
-                    .is_some_and(|nas| identification.names_nas(&nas))
+                    .is_some_and(|nas| identification.names_nas(&nas)),
             })
             .cloned()
             .collect::<Vec<_>>();
@@ -519,6 +522,7 @@ mod tests {
             active: true,
             stopped_at: None,
             terminate_cause: None,
+            nas: None,
         }
     }
 

@@ -1129,3 +1129,38 @@ async fn a_second_portal_on_the_same_sqlite_file_is_refused_until_the_first_stop
     first.stop().await;
     TestApp::spawn(&config).await.stop().await;
 }
+
+/// An operator's change of the NAS identity applies to new sessions; an open session's
+/// accounting keeps presenting the identity its login presented (the server knows the session
+/// by it: a Stop from "another NAS" would leave the firewall identity open).
+#[tokio::test]
+async fn an_open_session_keeps_the_nas_identity_it_started_with() {
+    let (radius, app, _dir) = portal_with_one_server().await;
+    let browser = app.browser(CLIENT);
+    browser.login("carol", "carol-pass").await;
+    let start = radius.wait_for_acct(&["status=Start", "user=carol"]).await;
+    let before = field(&start, "nas_id").to_string();
+    assert!(!before.is_empty() && before != "renamed-nas", "{start}");
+
+    radius_portal::organizations::change::update(
+        &app.storage,
+        &app.organizations,
+        "acme",
+        serde_json::json!({ "nas_identifier": "renamed-nas" }),
+        "test",
+    )
+    .await
+    .unwrap();
+    browser.post_form("/api/disconnect", "/session", &[]).await;
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={}", field(&start, "sid"))])
+        .await;
+    assert_eq!(field(&stop, "nas_id"), before, "{stop}");
+
+    app.browser(Ipv4Addr::new(127, 0, 0, 9))
+        .login("erin", "erin-pass")
+        .await;
+    let next = radius.wait_for_acct(&["status=Start", "user=erin"]).await;
+    assert_eq!(field(&next, "nas_id"), "renamed-nas", "{next}");
+    app.stop().await;
+}

@@ -416,3 +416,71 @@ async fn a_client_tied_to_other_organizations_cannot_end_this_ones_sessions() {
     assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
     app.stop().await;
 }
+
+/// After an operator renames the portal's NAS, a session opened before is still the NAS the
+/// server knows it by: a Disconnect-Request naming the old NAS-Identifier ends it, one naming
+/// the new identifier is another NAS's (403); a session opened after answers to the new one.
+#[tokio::test]
+async fn a_session_answers_to_the_nas_identity_it_started_with() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&with_listener(settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    )))
+    .await;
+    let (listener, _stats) = app.dynauth.clone().unwrap();
+    app.browser(client(20)).login("carol", "carol-pass").await;
+    let start = radius
+        .wait_for_acct(&["status=Start", "ip=127.0.2.20"])
+        .await;
+    let (sid, old) = (field(&start, "sid"), field(&start, "nas_id"));
+    radius_portal::organizations::change::update(
+        &app.storage,
+        &app.organizations,
+        "acme",
+        serde_json::json!({ "nas_identifier": "renamed-nas" }),
+        "test",
+    )
+    .await
+    .unwrap();
+
+    let out = radclient_async(
+        listener,
+        "disconnect",
+        SECRET,
+        &format!("Acct-Session-Id = \"{sid}\"\nNAS-Identifier = \"renamed-nas\"\n"),
+    )
+    .await;
+    assert!(out.contains("Received Disconnect-NAK"), "{out}");
+    assert!(out.contains("NAS-Identification-Mismatch"), "{out}");
+    let out = radclient_async(
+        listener,
+        "disconnect",
+        SECRET,
+        &format!("Acct-Session-Id = \"{sid}\"\nNAS-Identifier = \"{old}\"\n"),
+    )
+    .await;
+    assert!(out.contains("Received Disconnect-ACK"), "{out}");
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={sid}")])
+        .await;
+    assert_eq!(field(&stop, "nas_id"), old);
+
+    app.browser(client(21)).login("erin", "erin-pass").await;
+    let start = radius
+        .wait_for_acct(&["status=Start", "ip=127.0.2.21"])
+        .await;
+    let out = radclient_async(
+        listener,
+        "disconnect",
+        SECRET,
+        &format!(
+            "Acct-Session-Id = \"{}\"\nNAS-Identifier = \"renamed-nas\"\n",
+            field(&start, "sid")
+        ),
+    )
+    .await;
+    assert!(out.contains("Received Disconnect-ACK"), "{out}");
+    app.stop().await;
+}

@@ -359,6 +359,7 @@ async fn a_row_that_cannot_be_encoded_is_dead_lettered_and_does_not_block_others
             interim_interval: None,
             start_claimed_until: None,
             typed_username: None,
+            nas: None,
         })
         .await
         .unwrap()

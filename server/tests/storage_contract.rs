@@ -86,6 +86,7 @@ fn login(ip: &str, at: i64, window_ms: i64) -> NewAccessSession {
         interim_interval: None,
         start_claimed_until: None,
         typed_username: None,
+        nas: None,
     }
 }
 
@@ -487,6 +488,17 @@ async fn a_lapsed_claim_is_renewed_only_by_its_holder_and_a_transmission_always_
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].attempts, first.attempts + 1);
     assert!(!s.renew_claim(&first, T0 + 9_000).await.unwrap());
+    assert_eq!(
+        second[0].lease_until,
+        T0 + MINUTE,
+        "a claimed row says until when"
+    );
+    // Nor close it: the row, and the session, stay as the second sender has them.
+    s.dead_letter(first.id, Some(first.attempts), T0 + 6_500, "stale", true)
+        .await
+        .unwrap();
+    assert!(s.session(id).await.unwrap().unwrap().active);
+    assert!(s.session_outbox(id).await.unwrap()[0].dead_at.is_none());
     // The first sender's packet did go out before it gave up: that counts, while the claim
     // stays the second sender's — so the Start is never taken for one that never left.
     s.mark_failed(&first, T0 + 10_000, "timeout", true)
@@ -567,7 +579,7 @@ async fn dead_letters_unblock_and_a_never_sent_start_takes_its_session_along(db:
         .await
         .unwrap()
         .is_empty());
-    s.dead_letter(start.id, T0 + 5, "cannot be encoded", false)
+    s.dead_letter(start.id, None, T0 + 5, "cannot be encoded", false)
         .await
         .unwrap();
     let next = s.claim_due_outbox(T0 + 6, T0 + MINUTE, 10).await.unwrap();

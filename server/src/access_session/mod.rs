@@ -281,6 +281,7 @@ impl AccessSessions {
             // This request sends the Start itself (below), so it is queued already claimed.
             start_claimed_until: Some(started_at + crate::accounting::CLAIM_LEASE_MS),
             typed_username,
+            nas: Some(org.nas.clone()),
         };
         // The session's Stop carries the most attributes of its accounting (its Start's and
         // more): one that could not be encoded would be dead-lettered and the firewall would
@@ -381,33 +382,14 @@ impl AccessSessions {
         let start_deadline = deadline.max(Instant::now() + exchange_time);
         let start_delivered = match claimed_start {
             Some(start) => {
-                // After waiting for preempted sessions' Stops (a slow server: up to minutes)
-                // the claim the login's write took may be running out: it is renewed before
-                // the Start leaves, so no other sender takes the row while this one sends it.
-                // Taken meanwhile (the lease ran out and the delivery loop claimed it): that
-                // sender's outcome is awaited instead, never a second sender of the Start.
-                let mine = preempted.is_empty()
-                    || self
-                        .storage
-                        .renew_claim(&start, now_ms() + crate::accounting::CLAIM_LEASE_MS)
-                        .await?;
-                if mine {
-                    // Straight after the write that found the organization active, that check
-                    // stands for the Start's; after waiting for preempted sessions' Stops the
-                    // Start checks the organization again.
-                    self.accounting
-                        .deliver_claimed(
-                            start,
-                            session.clone(),
-                            start_deadline,
-                            preempted.is_empty(),
-                        )
-                        .await?
-                } else {
-                    self.accounting
-                        .deliver_now(id, status_type::START, start_deadline)
-                        .await?
-                }
+                // Straight after the write that found the organization active, that check
+                // stands for the Start's; after waiting for preempted sessions' Stops (a slow
+                // server: up to minutes) the Start checks the organization again — and renews
+                // its claim if little of it is left (`deliver`), or leaves the Start to a sender
+                // that took it meanwhile and waits for that one's outcome.
+                self.accounting
+                    .deliver_claimed(start, session.clone(), start_deadline, preempted.is_empty())
+                    .await?
             }
             None => {
                 self.accounting
@@ -505,7 +487,8 @@ impl AccessSessions {
     /// the claim runs out.
     async fn stop_and_send(&self, id: i64, cause: u32) -> Result<bool, SessionError> {
         let this = self.clone();
-        tokio::spawn(async move { this.stop_and_send_here(id, cause).await })
+        self.accounting
+            .track(async move { this.stop_and_send_here(id, cause).await })
             .await
             .map_err(|e| {
                 SessionError::Storage(StorageError::Engine(format!("stopping a session: {e}")))

@@ -48,12 +48,15 @@ const SLOT_WAIT: Duration = Duration::from_secs(45);
 /// (retries + 1)` (up to 11 minutes) is cut to this, so the row's claim outlives it.
 const MAX_EXCHANGE: Duration = Duration::from_secs(60);
 const _: () = assert!((SLOT_WAIT.as_millis() + MAX_EXCHANGE.as_millis()) < CLAIM_LEASE_MS as u128);
-/// A delivery that has taken longer than this before its packet leaves (a stalled database,
-/// the longest wait for a slot) renews its claim first: the claim must outlive the exchange,
-/// or another sender could take the row meanwhile — a Start sent twice, or after its Stop.
-const CLAIM_SAFE_START: Duration =
-    Duration::from_millis(CLAIM_LEASE_MS as u64 - MAX_EXCHANGE.as_millis() as u64 - 10_000);
-const _: () = assert!(SLOT_WAIT.as_millis() < CLAIM_SAFE_START.as_millis());
+/// What a claim must have left when its packet leaves: the longest exchange and a margin (for
+/// the clocks of replicas, which compare leases). Less left (a stalled database, a login that
+/// waited for a preempted session's Stop) and the claim is renewed first, or another sender
+/// could take the row meanwhile — a Start sent twice, or after its Stop.
+const CLAIM_LEFT_TO_SEND_MS: i64 = MAX_EXCHANGE.as_millis() as i64 + 10_000;
+/// After a claim another delivery of the same row still holds (it stalled past its lease), the
+/// row waits this long before it is claimed again: the stalled delivery finds its claim gone
+/// and leaves the row, and the loop does not claim it over and over meanwhile.
+const RECLAIM_AFTER_MS: i64 = 1_000;
 /// Longest sleep between outbox checks.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// Cap of the retry backoff.
@@ -260,8 +263,9 @@ impl Accounting {
         let cascade = row.status_type == i64::from(status_type::START)
             && row.transmissions == 0
             && row.attempts <= 1;
+        // Only while the row is this claim's (a stalled sender never closes a row another took).
         self.storage
-            .dead_letter(row.id, now_ms(), &reason, cascade)
+            .dead_letter(row.id, Some(row.attempts), now_ms(), &reason, cascade)
             .await?;
         tracing::error!(%acct_session_id, status_type = row.status_type, reason = %reason, cascade,
             "accounting row dead-lettered (never sent again; see `radius-portal accounting dead-letters`)");
@@ -284,7 +288,6 @@ impl Accounting {
         known: Option<AccessSessionRecord>,
         org_checked: bool,
     ) -> Result<Delivery, OutboxError> {
-        let began = Instant::now();
         let now = now_ms();
         // A packet needs only what never changes in a session (ids, user, address, Class,
         // server): a record the caller holds serves as well as one read now.
@@ -364,7 +367,7 @@ impl Accounting {
             terminate_cause: row.terminate_cause.map(|c| c as u32),
         };
         // A record that cannot be encoded never will be: close it rather than retry forever.
-        if let Err(e) = encode_accounting(0, &org.nas, &record, b"probe") {
+        if let Err(e) = encode_accounting(0, session.nas_or(&org.nas), &record, b"probe") {
             return self
                 .dead_letter(
                     &row,
@@ -432,16 +435,20 @@ impl Accounting {
             delay_secs: ((now_ms() - row.event_at).max(0) / 1000) as u32,
             ..record
         };
-        if began.elapsed() > CLAIM_SAFE_START {
-            let asked = Instant::now();
-            let kept = self
-                .storage
-                .renew_claim(&row, now_ms() + CLAIM_LEASE_MS)
-                .await?;
-            if !kept || asked.elapsed() > CLAIM_SAFE_START {
-                tracing::warn!(acct_session_id = %acct_id, status_type = record.status_type, kept,
-                    "accounting delivery stalled past its claim; left to the sender that holds the row now");
+        if row.lease_until - now_ms() < CLAIM_LEFT_TO_SEND_MS {
+            let lease_until = now_ms() + CLAIM_LEASE_MS;
+            if !self.storage.renew_claim(&row, lease_until).await? {
+                tracing::warn!(acct_session_id = %acct_id, status_type = record.status_type,
+                    "accounting delivery stalled past its claim; the row is left to the sender that took it");
                 return Ok(Delivery::TakenOver);
+            }
+            if lease_until - now_ms() < CLAIM_LEFT_TO_SEND_MS {
+                // The renewal itself took most of the new lease: not sent, released for a retry.
+                let retry = now_ms();
+                self.storage
+                    .mark_failed(&row, retry, "delivery stalled (database)", false)
+                    .await?;
+                return Ok(Delivery::RetryAt(retry));
             }
         }
         let own_deadline =
@@ -449,7 +456,7 @@ impl Accounting {
         let deadline = deadline.map_or(own_deadline, |d| d.min(own_deadline));
         match self
             .radius
-            .account(server, &org.nas, &record, deadline)
+            .account(server, session.nas_or(&org.nas), &record, deadline)
             .await
         {
             Ok(()) => {
@@ -567,7 +574,18 @@ impl Accounting {
                         claimed_all = rows.len() == capacity;
                         for row in rows {
                             if !in_flight_ids.insert(row.id) {
-                                continue; // still being delivered (lease ran out): leave it
+                                // Still being delivered by a claim that ran out (a stalled
+                                // delivery): released again, so that delivery finds its claim
+                                // gone and leaves the row, which is claimed afresh after it.
+                                let retry = now_ms() + RECLAIM_AFTER_MS;
+                                if let Err(e) = self
+                                    .storage
+                                    .mark_failed(&row, retry, "an earlier claim still runs", false)
+                                    .await
+                                {
+                                    tracing::error!(error = ?e, "releasing a claimed accounting row failed");
+                                }
+                                continue;
                             }
                             let this = self.clone();
                             let done = done_tx.clone();

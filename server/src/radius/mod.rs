@@ -91,7 +91,7 @@ pub struct ServerEndpoint {
 }
 
 /// How the portal identifies itself as the NAS.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NasIdentity {
     /// NAS-IP-Address (or NAS-IPv6-Address).
     pub ip: IpAddr,

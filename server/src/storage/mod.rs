@@ -148,7 +148,9 @@ contract! {
         /// session's later rows. With `cascade`, the session's later pending rows are closed too
         /// ("the Start was never sent", so no Interim or Stop may follow it), and an active
         /// session is ended without a Stop: it never existed for the server.
-        fn dead_letter(&self, id: i64, now: i64, reason: &str, cascade: bool) -> ();
+        /// With `claim` (a claim's `attempts`), only while the row is still that claim's: a
+        /// sender that stalled past its lease never closes a row another sender took since.
+        fn dead_letter(&self, id: i64, claim: Option<i64>, now: i64, reason: &str, cascade: bool) -> ();
         /// Rolls back a session whose Start never went on the wire and is not being sent right
         /// now (login gave up on it): the Start and everything behind it are dead-lettered with
         /// `reason` and the session ends without a Stop. False (nothing changed) if the Start
@@ -385,6 +387,32 @@ pub struct AccessSessionRecord {
     pub stopped_at: Option<i64>,
     /// Acct-Terminate-Cause once stopped.
     pub terminate_cause: Option<i64>,
+    /// The NAS identity its accounting presents, as at its login (NAS-IP-Address or
+    /// NAS-IPv6-Address, NAS-Identifier); None for a session stored before the portal recorded
+    /// it, which presents its organization's current one.
+    pub nas: Option<crate::radius::NasIdentity>,
+}
+
+impl AccessSessionRecord {
+    /// The NAS identity of the session's accounting and Dynamic Authorization: its own, else
+    /// `current` (its organization's now).
+    pub fn nas_or<'a>(
+        &'a self,
+        current: &'a crate::radius::NasIdentity,
+    ) -> &'a crate::radius::NasIdentity {
+        self.nas.as_ref().unwrap_or(current)
+    }
+}
+
+/// The NAS identity a session row stored (both columns, an address that parses), if any.
+pub(crate) fn stored_nas(
+    ip: Option<String>,
+    identifier: Option<String>,
+) -> Option<crate::radius::NasIdentity> {
+    Some(crate::radius::NasIdentity {
+        ip: ip?.parse().ok()?,
+        identifier: identifier?,
+    })
 }
 
 /// What a new access session starts with.
@@ -423,6 +451,9 @@ pub struct NewAccessSession {
     /// The name the user typed, when the Access-Accept named the user otherwise (`username`
     /// is then the server's name): for the audit entry only.
     pub typed_username: Option<String>,
+    /// The NAS identity the login presented: the session's accounting keeps presenting it
+    /// (None: its organization's current one, whatever it is then).
+    pub nas: Option<crate::radius::NasIdentity>,
 }
 
 impl NewAccessSession {
@@ -448,6 +479,7 @@ impl NewAccessSession {
             active: true,
             stopped_at: None,
             terminate_cause: None,
+            nas: self.nas,
         }
     }
 }
@@ -517,6 +549,8 @@ pub struct OutboxRow {
     pub attempts: i64,
     /// Packets put on the wire for it so far (0 = the server never saw it).
     pub transmissions: i64,
+    /// Until when (unix ms) the claim that returned the row holds it.
+    pub lease_until: i64,
 }
 
 /// How a Dynamic Authorization request names the session(s) it is about.

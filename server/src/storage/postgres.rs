@@ -127,7 +127,7 @@ macro_rules! select_sessions {
         concat!(
             "SELECT id, acct_session_id, organization_id, username, client_ip, server_index, server_name, \
              classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, \
-             state, stopped_at, terminate_cause FROM access_sessions ",
+             state, stopped_at, terminate_cause, nas_ip, nas_identifier FROM access_sessions ",
             $rest
         )
     };
@@ -135,7 +135,8 @@ macro_rules! select_sessions {
 
 macro_rules! outbox_columns {
     () => {
-        "id, access_session_id, status_type, event_at, session_time_secs, terminate_cause, attempts, transmissions"
+        "id, access_session_id, status_type, event_at, session_time_secs, terminate_cause, attempts, transmissions, \
+         claimed_until"
     };
 }
 
@@ -196,6 +197,7 @@ fn session_from_row(row: &PgRow) -> Result<AccessSessionRecord, StorageError> {
         active: state == "active",
         stopped_at: row.try_get(16)?,
         terminate_cause: row.try_get(17)?,
+        nas: super::stored_nas(row.try_get(18)?, row.try_get(19)?),
     })
 }
 
@@ -213,6 +215,7 @@ fn outbox_from_row(row: &PgRow) -> Result<OutboxRow, StorageError> {
         terminate_cause: row.try_get(5)?,
         attempts: row.try_get(6)?,
         transmissions: row.try_get(7)?,
+        lease_until: row.try_get::<Option<i64>, _>(8)?.unwrap_or_default(),
     })
 }
 
@@ -387,6 +390,7 @@ async fn claim_session_in(
 async fn dead_letter_in(
     c: &mut PgConnection,
     id: i64,
+    claim: Option<i64>,
     now: i64,
     reason: &str,
     cascade: bool,
@@ -403,11 +407,13 @@ async fn dead_letter_in(
     .await?;
     let session: Option<i64> = sqlx::query_scalar(
         "UPDATE accounting_outbox SET dead_at = $1, dead_reason = $2, claimed_until = NULL \
-         WHERE id = $3 AND delivered_at IS NULL RETURNING access_session_id",
+         WHERE id = $3 AND delivered_at IS NULL AND ($4::BIGINT IS NULL OR attempts = $4) \
+         RETURNING access_session_id",
     )
     .bind(now)
     .bind(reason)
     .bind(id)
+    .bind(claim)
     .fetch_optional(&mut *c)
     .await?;
     if let (Some(session), true) = (session, cascade) {
@@ -502,8 +508,9 @@ impl SessionStore for PgStore {
         notify(&mut tx, &self.origin, &session_notices(&preempted)).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO access_sessions (acct_session_id, organization_id, username, client_ip, server_index, server_name, \
-             classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, next_interim_at, state) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14, 'active') RETURNING id",
+             classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, next_interim_at, state, \
+             nas_ip, nas_identifier) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14, 'active', $15, $16) RETURNING id",
         )
         .bind(&new.acct_session_id)
         .bind(&new.organization_id)
@@ -519,6 +526,8 @@ impl SessionStore for PgStore {
         .bind(new.expires_at)
         .bind(new.interim_interval)
         .bind(new.interim_interval.map(|secs| new.started_at + secs * 1000))
+        .bind(new.nas.as_ref().map(|nas| nas.ip.to_string()))
+        .bind(new.nas.as_ref().map(|nas| nas.identifier.as_str()))
         .fetch_one(&mut *tx)
         .await?;
         if !new.classes.is_empty() {
@@ -891,12 +900,13 @@ impl SessionStore for PgStore {
     async fn dead_letter(
         &self,
         id: i64,
+        claim: Option<i64>,
         now: i64,
         reason: &str,
         cascade: bool,
     ) -> Result<(), StorageError> {
         let mut tx = self.pool.begin().await?;
-        let ended = dead_letter_in(&mut tx, id, now, reason, cascade).await?;
+        let ended = dead_letter_in(&mut tx, id, claim, now, reason, cascade).await?;
         notify(&mut tx, &self.origin, ended.as_slice()).await?;
         tx.commit().await?;
         Ok(())
@@ -925,7 +935,7 @@ impl SessionStore for PgStore {
         let Some(id) = start else {
             return Ok(false);
         };
-        let ended = dead_letter_in(&mut tx, id, now, reason, true).await?;
+        let ended = dead_letter_in(&mut tx, id, None, now, reason, true).await?;
         notify(&mut tx, &self.origin, ended.as_slice()).await?;
         tx.commit().await?;
         Ok(true)

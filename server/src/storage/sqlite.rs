@@ -35,7 +35,7 @@ macro_rules! select_sessions {
         concat!(
             "SELECT id, acct_session_id, organization_id, username, client_ip, server_index, server_name, \
              classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, \
-             state, stopped_at, terminate_cause FROM access_sessions ",
+             state, stopped_at, terminate_cause, nas_ip, nas_identifier FROM access_sessions ",
             $rest
         )
     };
@@ -58,7 +58,8 @@ macro_rules! head_o {
 
 macro_rules! outbox_columns {
     () => {
-        "id, access_session_id, status_type, event_at, session_time_secs, terminate_cause, attempts, transmissions"
+        "id, access_session_id, status_type, event_at, session_time_secs, terminate_cause, attempts, transmissions, \
+         claimed_until"
     };
 }
 
@@ -84,6 +85,7 @@ fn session_from_row(row: &rusqlite::Row<'_>) -> Result<AccessSessionRecord, Stor
         active: state == "active",
         stopped_at: row.get(16)?,
         terminate_cause: row.get(17)?,
+        nas: super::stored_nas(row.get(18)?, row.get(19)?),
     })
 }
 
@@ -185,6 +187,7 @@ fn outbox_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
         terminate_cause: row.get(5)?,
         attempts: row.get(6)?,
         transmissions: row.get(7)?,
+        lease_until: row.get::<_, Option<i64>>(8)?.unwrap_or_default(),
     })
 }
 
@@ -685,13 +688,14 @@ impl SessionStore for SqliteStore {
     async fn dead_letter(
         &self,
         id: i64,
+        claim: Option<i64>,
         now: i64,
         reason: &str,
         cascade: bool,
     ) -> Result<(), StorageError> {
         let reason = reason.to_string();
         self.engine
-            .write(move |c| dead_letter_in(c, id, now, &reason, cascade))
+            .write(move |c| dead_letter_in(c, id, claim, now, &reason, cascade))
             .await
     }
 
@@ -714,7 +718,7 @@ impl SessionStore for SqliteStore {
                 let Some(id) = start else {
                     return Ok(false);
                 };
-                dead_letter_in(c, id, now, &reason, true)?;
+                dead_letter_in(c, id, None, now, &reason, true)?;
                 Ok(true)
             })
             .await
@@ -920,8 +924,9 @@ fn open_session_in(c: &Connection, new: &NewAccessSession) -> Result<OpenedSessi
     let id: i64 = c
         .prepare_cached(
             "INSERT INTO access_sessions (acct_session_id, organization_id, username, client_ip, server_index, server_name, \
-             classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, next_interim_at, state) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active') RETURNING id",
+             classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, next_interim_at, state, \
+             nas_ip, nas_identifier) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?) RETURNING id",
         )?
         .query_row(
             params![
@@ -940,6 +945,8 @@ fn open_session_in(c: &Connection, new: &NewAccessSession) -> Result<OpenedSessi
                 new.expires_at,
                 new.interim_interval,
                 new.interim_interval.map(|secs| new.started_at + secs * 1000),
+                new.nas.as_ref().map(|nas| nas.ip.to_string()),
+                new.nas.as_ref().map(|nas| nas.identifier.as_str()),
             ],
             |r| r.get(0),
         )?;
@@ -976,6 +983,7 @@ fn insert_classes(c: &Connection, id: i64, classes: &[Vec<u8>]) -> Result<(), St
 fn dead_letter_in(
     c: &Connection,
     id: i64,
+    claim: Option<i64>,
     now: i64,
     reason: &str,
     cascade: bool,
@@ -983,9 +991,9 @@ fn dead_letter_in(
     let session: Option<i64> = c
         .prepare_cached(
             "UPDATE accounting_outbox SET dead_at = ?, dead_reason = ?, claimed_until = NULL \
-             WHERE id = ? AND delivered_at IS NULL RETURNING access_session_id",
+             WHERE id = ? AND delivered_at IS NULL AND (?4 IS NULL OR attempts = ?4) RETURNING access_session_id",
         )?
-        .query_row(params![now, reason, id], |r| r.get(0))
+        .query_row(params![now, reason, id, claim], |r| r.get(0))
         .optional()?;
     if let (Some(session), true) = (session, cascade) {
         c.prepare_cached(
