@@ -151,6 +151,11 @@ async fn a_session_opens_refreshes_and_stops_once(db: Db) {
     let s = &db.storage;
     let mut new = login("10.0.0.1", T0, 10 * MINUTE);
     new.classes = vec![b"class-1".to_vec(), vec![0, 255, 10]];
+    // The NAS identity the login presented is the session's (read back as stored).
+    new.nas = Some(radius_portal::radius::NasIdentity {
+        ip: "2001:db8::7".parse().unwrap(),
+        identifier: "portal-v6".into(),
+    });
     let opened = s.open_session(&new).await.unwrap();
     assert!(opened.preempted.is_empty());
     assert_eq!(opened.claimed_start, None);
@@ -494,9 +499,10 @@ async fn a_lapsed_claim_is_renewed_only_by_its_holder_and_a_transmission_always_
         "a claimed row says until when"
     );
     // Nor close it: the row, and the session, stay as the second sender has them.
-    s.dead_letter(first.id, Some(first.attempts), T0 + 6_500, "stale", true)
+    assert!(!s
+        .dead_letter(first.id, Some(first.attempts), T0 + 6_500, "stale", true)
         .await
-        .unwrap();
+        .unwrap());
     assert!(s.session(id).await.unwrap().unwrap().active);
     assert!(s.session_outbox(id).await.unwrap()[0].dead_at.is_none());
     // The first sender's packet did go out before it gave up: that counts, while the claim

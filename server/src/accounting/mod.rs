@@ -53,10 +53,10 @@ const _: () = assert!((SLOT_WAIT.as_millis() + MAX_EXCHANGE.as_millis()) < CLAIM
 /// waited for a preempted session's Stop) and the claim is renewed first, or another sender
 /// could take the row meanwhile — a Start sent twice, or after its Stop.
 const CLAIM_LEFT_TO_SEND_MS: i64 = MAX_EXCHANGE.as_millis() as i64 + 10_000;
-/// After a claim another delivery of the same row still holds (it stalled past its lease), the
-/// row waits this long before it is claimed again: the stalled delivery finds its claim gone
-/// and leaves the row, and the loop does not claim it over and over meanwhile.
-const RECLAIM_AFTER_MS: i64 = 1_000;
+/// What a claim must have left when its delivery begins: the longest wait for a send slot, then
+/// what it must have left to send.
+const CLAIM_LEFT_TO_BEGIN_MS: i64 = SLOT_WAIT.as_millis() as i64 + CLAIM_LEFT_TO_SEND_MS;
+const _: () = assert!(CLAIM_LEFT_TO_BEGIN_MS < CLAIM_LEASE_MS - 2_000);
 /// Longest sleep between outbox checks.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// Cap of the retry backoff.
@@ -264,12 +264,47 @@ impl Accounting {
             && row.transmissions == 0
             && row.attempts <= 1;
         // Only while the row is this claim's (a stalled sender never closes a row another took).
-        self.storage
+        let closed = self
+            .storage
             .dead_letter(row.id, Some(row.attempts), now_ms(), &reason, cascade)
             .await?;
+        if !closed {
+            tracing::warn!(%acct_session_id, status_type = row.status_type, reason = %reason,
+                "accounting row not dead-lettered: another sender has taken it (or settled it) meanwhile");
+            return Ok(Delivery::TakenOver);
+        }
         tracing::error!(%acct_session_id, status_type = row.status_type, reason = %reason, cascade,
             "accounting row dead-lettered (never sent again; see `radius-portal accounting dead-letters`)");
         Ok(Delivery::DeadLettered(reason))
+    }
+
+    /// Makes sure the claim of `row` has `needed_ms` left: renewed if it has less. None: held
+    /// (the row is this delivery's to decide on and send); else what the delivery ends with —
+    /// `TakenOver` if another sender took the row meanwhile, a retry if the renewal itself took
+    /// most of the new lease (a stalled database: released, not sent).
+    async fn hold_claim(
+        &self,
+        row: &mut OutboxRow,
+        needed_ms: i64,
+    ) -> Result<Option<Delivery>, OutboxError> {
+        if row.lease_until - now_ms() >= needed_ms {
+            return Ok(None);
+        }
+        let lease_until = now_ms() + CLAIM_LEASE_MS;
+        if !self.storage.renew_claim(row, lease_until).await? {
+            tracing::warn!(row = row.id, status_type = row.status_type,
+                "accounting delivery stalled past its claim; the row is left to the sender that took it");
+            return Ok(Some(Delivery::TakenOver));
+        }
+        row.lease_until = lease_until;
+        if lease_until - now_ms() < needed_ms {
+            let retry = now_ms();
+            self.storage
+                .mark_failed(row, retry, "delivery stalled (database)", false)
+                .await?;
+            return Ok(Some(Delivery::RetryAt(retry)));
+        }
+        Ok(None)
     }
 
     /// The guard's answer for an Accounting-Start of `organization_id`, from the stored flag
@@ -288,6 +323,12 @@ impl Accounting {
         known: Option<AccessSessionRecord>,
         org_checked: bool,
     ) -> Result<Delivery, OutboxError> {
+        let mut row = row;
+        // A claim taken long ago (a login's Start after waiting for a preempted session's
+        // Stop) is renewed before anything is decided on it, or left to the sender that took it.
+        if let Some(outcome) = self.hold_claim(&mut row, CLAIM_LEFT_TO_BEGIN_MS).await? {
+            return Ok(outcome);
+        }
         let now = now_ms();
         // A packet needs only what never changes in a session (ids, user, address, Class,
         // server): a record the caller holds serves as well as one read now.
@@ -435,21 +476,8 @@ impl Accounting {
             delay_secs: ((now_ms() - row.event_at).max(0) / 1000) as u32,
             ..record
         };
-        if row.lease_until - now_ms() < CLAIM_LEFT_TO_SEND_MS {
-            let lease_until = now_ms() + CLAIM_LEASE_MS;
-            if !self.storage.renew_claim(&row, lease_until).await? {
-                tracing::warn!(acct_session_id = %acct_id, status_type = record.status_type,
-                    "accounting delivery stalled past its claim; the row is left to the sender that took it");
-                return Ok(Delivery::TakenOver);
-            }
-            if lease_until - now_ms() < CLAIM_LEFT_TO_SEND_MS {
-                // The renewal itself took most of the new lease: not sent, released for a retry.
-                let retry = now_ms();
-                self.storage
-                    .mark_failed(&row, retry, "delivery stalled (database)", false)
-                    .await?;
-                return Ok(Delivery::RetryAt(retry));
-            }
+        if let Some(outcome) = self.hold_claim(&mut row, CLAIM_LEFT_TO_SEND_MS).await? {
+            return Ok(outcome);
         }
         let own_deadline =
             Instant::now() + (server.timeout * (server.retries + 1)).min(MAX_EXCHANGE);
@@ -574,17 +602,9 @@ impl Accounting {
                         claimed_all = rows.len() == capacity;
                         for row in rows {
                             if !in_flight_ids.insert(row.id) {
-                                // Still being delivered by a claim that ran out (a stalled
-                                // delivery): released again, so that delivery finds its claim
-                                // gone and leaves the row, which is claimed afresh after it.
-                                let retry = now_ms() + RECLAIM_AFTER_MS;
-                                if let Err(e) = self
-                                    .storage
-                                    .mark_failed(&row, retry, "an earlier claim still runs", false)
-                                    .await
-                                {
-                                    tracing::error!(error = ?e, "releasing a claimed accounting row failed");
-                                }
+                                // Still being delivered by a claim that ran out (a delivery
+                                // stalled for minutes): that delivery finds its claim gone and
+                                // leaves the row, which this claim holds until it runs out.
                                 continue;
                             }
                             let this = self.clone();

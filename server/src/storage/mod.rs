@@ -150,7 +150,8 @@ contract! {
         /// session is ended without a Stop: it never existed for the server.
         /// With `claim` (a claim's `attempts`), only while the row is still that claim's: a
         /// sender that stalled past its lease never closes a row another sender took since.
-        fn dead_letter(&self, id: i64, claim: Option<i64>, now: i64, reason: &str, cascade: bool) -> ();
+        /// False: nothing closed (the row was settled, or is another claim's).
+        fn dead_letter(&self, id: i64, claim: Option<i64>, now: i64, reason: &str, cascade: bool) -> bool;
         /// Rolls back a session whose Start never went on the wire and is not being sent right
         /// now (login gave up on it): the Start and everything behind it are dead-lettered with
         /// `reason` and the session ends without a Stop. False (nothing changed) if the Start

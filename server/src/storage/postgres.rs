@@ -394,7 +394,7 @@ async fn dead_letter_in(
     now: i64,
     reason: &str,
     cascade: bool,
-) -> Result<Option<Notice>, StorageError> {
+) -> Result<(bool, Option<Notice>), StorageError> {
     // The session first, as every writer of a session's rows does: a Stop or Interim-Update
     // another replica is queueing for it either committed before (and is closed below) or
     // waits and then finds the session ended.
@@ -437,9 +437,9 @@ async fn dead_letter_in(
         .await?
         .rows_affected()
             > 0;
-        return Ok(ended.then_some(Notice::Session(session)));
+        return Ok((true, ended.then_some(Notice::Session(session))));
     }
-    Ok(None)
+    Ok((session.is_some(), None))
 }
 
 /// Takes the organization-change lock for the rest of the transaction.
@@ -904,12 +904,12 @@ impl SessionStore for PgStore {
         now: i64,
         reason: &str,
         cascade: bool,
-    ) -> Result<(), StorageError> {
+    ) -> Result<bool, StorageError> {
         let mut tx = self.pool.begin().await?;
-        let ended = dead_letter_in(&mut tx, id, claim, now, reason, cascade).await?;
+        let (closed, ended) = dead_letter_in(&mut tx, id, claim, now, reason, cascade).await?;
         notify(&mut tx, &self.origin, ended.as_slice()).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(closed)
     }
 
     async fn rollback_unsent_start(
@@ -935,7 +935,7 @@ impl SessionStore for PgStore {
         let Some(id) = start else {
             return Ok(false);
         };
-        let ended = dead_letter_in(&mut tx, id, None, now, reason, true).await?;
+        let (_, ended) = dead_letter_in(&mut tx, id, None, now, reason, true).await?;
         notify(&mut tx, &self.origin, ended.as_slice()).await?;
         tx.commit().await?;
         Ok(true)

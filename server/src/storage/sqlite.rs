@@ -692,7 +692,7 @@ impl SessionStore for SqliteStore {
         now: i64,
         reason: &str,
         cascade: bool,
-    ) -> Result<(), StorageError> {
+    ) -> Result<bool, StorageError> {
         let reason = reason.to_string();
         self.engine
             .write(move |c| dead_letter_in(c, id, claim, now, &reason, cascade))
@@ -718,7 +718,7 @@ impl SessionStore for SqliteStore {
                 let Some(id) = start else {
                     return Ok(false);
                 };
-                dead_letter_in(c, id, None, now, &reason, true)?;
+                let _closed = dead_letter_in(c, id, None, now, &reason, true)?;
                 Ok(true)
             })
             .await
@@ -987,7 +987,7 @@ fn dead_letter_in(
     now: i64,
     reason: &str,
     cascade: bool,
-) -> Result<(), StorageError> {
+) -> Result<bool, StorageError> {
     let session: Option<i64> = c
         .prepare_cached(
             "UPDATE accounting_outbox SET dead_at = ?, dead_reason = ?, claimed_until = NULL \
@@ -1007,7 +1007,7 @@ fn dead_letter_in(
         )?
         .execute(params![now, terminate_cause::NAS_ERROR, session])?;
     }
-    Ok(())
+    Ok(session.is_some())
 }
 
 /// Stops `id` if active and queues its Stop (Acct-Session-Time up to `event_at`). `due_by` makes
