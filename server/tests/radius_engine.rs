@@ -692,3 +692,88 @@ async fn readiness_fails_while_every_server_is_open_circuit_and_recovers() {
     .await;
     app.stop().await;
 }
+
+/// A delivery whose claim ran out while it waited (a login's Start after minutes behind a
+/// preempted session's Stop) never sends a row another sender took meanwhile: it leaves the
+/// row to that sender, and the server gets one Start. A claim merely running short is renewed
+/// and the packet sent.
+#[tokio::test]
+async fn a_delivery_never_sends_a_row_whose_claim_another_sender_took() {
+    let (radius, app, _dir) = portal_with_one_server().await;
+    let accounting = radius_portal::accounting::Accounting::new(
+        app.storage.clone(),
+        app.radius.clone(),
+        app.organizations.clone(),
+    );
+    let now = radius_portal::access_session::now_ms();
+    let session = |sid: &str, ip: &str, claimed_until: i64| NewAccessSession {
+        acct_session_id: sid.into(),
+        organization_id: "acme".into(),
+        username: "carol".into(),
+        client_ip: ip.into(),
+        server_index: 0,
+        server_name: "primary".into(),
+        classes: vec![],
+        reply_message: None,
+        started_at: now,
+        window_ms: 3_600_000,
+        limit_at: None,
+        expires_at: now + 3_600_000,
+        interim_interval: None,
+        start_claimed_until: Some(claimed_until),
+        typed_username: None,
+        nas: None,
+    };
+    let soon = || tokio::time::Instant::now() + Duration::from_secs(5);
+
+    // A second of the claim left: renewed, then sent.
+    let short = session("short-lease", "127.0.1.60", now + 1_000);
+    let opened = app.storage.open_session(&short).await.unwrap();
+    let row = opened.claimed_start.unwrap();
+    assert!(accounting
+        .deliver_claimed(row, short.opened(opened.id), soon(), false)
+        .await
+        .unwrap());
+    radius
+        .wait_for_acct(&["status=Start", "sid=short-lease"])
+        .await;
+
+    // Run out, and taken by another sender: the stale delivery sends nothing and waits for the
+    // other's outcome (none within its deadline here).
+    let stale = session("stale-lease", "127.0.1.61", now - 1);
+    let opened = app.storage.open_session(&stale).await.unwrap();
+    let row = opened.claimed_start.unwrap();
+    let at = radius_portal::access_session::now_ms();
+    let taken = app
+        .storage
+        .claim_session_outbox(opened.id, status_type::START, at, at + 120_000)
+        .await
+        .unwrap()
+        .expect("a claim that ran out is free to take");
+    assert_eq!(taken.attempts, row.attempts + 1);
+    let record = stale.opened(opened.id);
+    assert!(!accounting
+        .deliver_claimed(
+            row,
+            record.clone(),
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            false
+        )
+        .await
+        .unwrap());
+    // The sender that holds it sends it: the server has exactly one Start for the session.
+    assert!(accounting
+        .deliver_claimed(taken, record, soon(), false)
+        .await
+        .unwrap());
+    radius
+        .wait_for_acct(&["status=Start", "sid=stale-lease"])
+        .await;
+    let starts = radius
+        .acct_lines()
+        .iter()
+        .filter(|l| l.contains("status=Start") && l.contains("sid=stale-lease "))
+        .count();
+    assert_eq!(starts, 1, "{:?}", radius.acct_lines());
+    app.stop().await;
+}

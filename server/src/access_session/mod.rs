@@ -467,7 +467,6 @@ impl AccessSessions {
         Ok(refreshed)
     }
 
-    /// Ends the session at the user's request (Stop, User-Request).
     /// Ends an active session on its user's behalf (Stop, User-Request). False if it was not
     /// active.
     pub async fn disconnect(&self, id: i64) -> Result<bool, SessionError> {
