@@ -267,6 +267,21 @@ async fn invalid_input_is_refused_with_the_field_named_and_nothing_is_sent() {
         "{}",
         page.body
     );
+    // The cursor goes where the fix is: the username, not the password.
+    let input = |id: &str| {
+        let at = page.body.find(&format!(r#"id="{id}""#)).unwrap();
+        page.body[at..at + page.body[at..].find('>').unwrap()].to_string()
+    };
+    assert!(
+        input("username").contains("autofocus"),
+        "{}",
+        input("username")
+    );
+    assert!(
+        !input("password").contains("autofocus"),
+        "{}",
+        input("password")
+    );
 
     // JSON clients (scripts, the island) get HTTP 400.
     let response = browser.login_as_script(&long, "x").await;

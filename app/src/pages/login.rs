@@ -47,9 +47,14 @@ pub fn LoginPage() -> impl IntoView {
     let base = info.map(|i| i.base).unwrap_or_default();
     let data = super::data();
     let token = data.form_token();
-    // After a failed sign-in: the name tried, filled in again, and the cursor in the password.
+    // After a failed sign-in: the name tried, filled in again, and the cursor in the password —
+    // or in the username when that is what the server refused.
     let tried = data.username.unwrap_or_default();
-    let again = !tried.is_empty();
+    let username_refused = matches!(
+        login.value().get_untracked().and_then(Result::err),
+        Some(crate::error::PortalError::InvalidInput { ref field, .. }) if field == "username"
+    );
+    let again = !tried.is_empty() && !username_refused;
     let notice = data.notice.map(|notice| match notice {
         Notice::Disconnected => view! {
             <p role="status" data-testid="notice" class="mt-6 rounded border border-green-700 bg-green-50 px-4 py-3 text-green-900">
@@ -74,6 +79,7 @@ pub fn LoginPage() -> impl IntoView {
                     // No maxlength: it counts characters, not the 63 bytes allowed, and cuts a
                     // pasted name silently; the server says what is too long.
                     <input id="username" name="username" type="text" required value=tried
+                        autofocus=username_refused
                         autocomplete="username" autocapitalize="none" spellcheck="false"
                         class="mt-1 w-full rounded border border-slate-500 px-3 py-2" />
                 </div>
