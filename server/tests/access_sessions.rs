@@ -1157,15 +1157,7 @@ async fn an_open_session_keeps_the_nas_identity_it_started_with() {
     let before = field(&start, "nas_id").to_string();
     assert!(!before.is_empty() && before != "renamed-nas", "{start}");
 
-    radius_portal::organizations::change::update(
-        &app.storage,
-        &app.organizations,
-        "acme",
-        serde_json::json!({ "nas_identifier": "renamed-nas" }),
-        "test",
-    )
-    .await
-    .unwrap();
+    app.rename_nas("acme", "renamed-nas").await;
     browser.post_form("/api/disconnect", "/session", &[]).await;
     let stop = radius
         .wait_for_acct(&["status=Stop", &format!("sid={}", field(&start, "sid"))])

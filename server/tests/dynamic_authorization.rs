@@ -435,15 +435,7 @@ async fn a_session_answers_to_the_nas_identity_it_started_with() {
         .wait_for_acct(&["status=Start", "ip=127.0.2.20"])
         .await;
     let (sid, old) = (field(&start, "sid"), field(&start, "nas_id"));
-    radius_portal::organizations::change::update(
-        &app.storage,
-        &app.organizations,
-        "acme",
-        serde_json::json!({ "nas_identifier": "renamed-nas" }),
-        "test",
-    )
-    .await
-    .unwrap();
+    app.rename_nas("acme", "renamed-nas").await;
 
     let out = radclient_async(
         listener,

@@ -344,22 +344,8 @@ async fn a_row_that_cannot_be_encoded_is_dead_lettered_and_does_not_block_others
     let huge = app
         .storage
         .open_session(&NewAccessSession {
-            acct_session_id: "huge-class-session".into(),
-            organization_id: "acme".into(),
-            username: "carol".into(),
-            client_ip: "127.0.1.50".into(),
-            server_index: 0,
-            server_name: "primary".into(),
             classes: vec![vec![b'c'; 250]; 20],
-            reply_message: None,
-            started_at: now,
-            window_ms: 3_600_000,
-            limit_at: None,
-            expires_at: now + 3_600_000,
-            interim_interval: None,
-            start_claimed_until: None,
-            typed_username: None,
-            nas: None,
+            ..stored_session("huge-class-session", "127.0.1.50", now)
         })
         .await
         .unwrap()
@@ -707,22 +693,8 @@ async fn a_delivery_never_sends_a_row_whose_claim_another_sender_took() {
     );
     let now = radius_portal::access_session::now_ms();
     let session = |sid: &str, ip: &str, claimed_until: i64| NewAccessSession {
-        acct_session_id: sid.into(),
-        organization_id: "acme".into(),
-        username: "carol".into(),
-        client_ip: ip.into(),
-        server_index: 0,
-        server_name: "primary".into(),
-        classes: vec![],
-        reply_message: None,
-        started_at: now,
-        window_ms: 3_600_000,
-        limit_at: None,
-        expires_at: now + 3_600_000,
-        interim_interval: None,
         start_claimed_until: Some(claimed_until),
-        typed_username: None,
-        nas: None,
+        ..stored_session(sid, ip, now)
     };
     let soon = || tokio::time::Instant::now() + Duration::from_secs(5);
 
@@ -776,4 +748,27 @@ async fn a_delivery_never_sends_a_row_whose_claim_another_sender_took() {
         .count();
     assert_eq!(starts, 1, "{:?}", radius.acct_lines());
     app.stop().await;
+}
+
+/// A session of carol's at `ip` opened at `now` for an hour, as written straight into storage
+/// (no login, no RADIUS exchange), its Start queued unclaimed.
+fn stored_session(acct_session_id: &str, ip: &str, now: i64) -> NewAccessSession {
+    NewAccessSession {
+        acct_session_id: acct_session_id.into(),
+        organization_id: "acme".into(),
+        username: "carol".into(),
+        client_ip: ip.into(),
+        server_index: 0,
+        server_name: "primary".into(),
+        classes: vec![],
+        reply_message: None,
+        started_at: now,
+        window_ms: 3_600_000,
+        limit_at: None,
+        expires_at: now + 3_600_000,
+        interim_interval: None,
+        start_claimed_until: None,
+        typed_username: None,
+        nas: None,
+    }
 }

@@ -395,6 +395,19 @@ impl TestApp {
         })
     }
 
+    /// Renames organization `id`'s NAS (`nas_identifier`) as an operator would (`org update`).
+    pub async fn rename_nas(&self, id: &str, identifier: &str) {
+        radius_portal::organizations::change::update(
+            &self.storage,
+            &self.organizations,
+            id,
+            serde_json::json!({ "nas_identifier": identifier }),
+            "test",
+        )
+        .await
+        .unwrap();
+    }
+
     /// Enables or disables organization `id` as an operator would (`org enable|disable`): stored
     /// and the cache refreshed before it returns. Whether the state changed.
     pub async fn set_organization_active(&self, id: &str, active: bool) -> Option<bool> {
