@@ -80,12 +80,9 @@ pub async fn refresh(csrf: Option<String>) -> Result<SessionView, PortalError> {
 #[server(endpoint = "disconnect")]
 pub async fn disconnect(csrf: Option<String>) -> Result<(), PortalError> {
     let (service, request) = crate::service::portal()?;
-    let done = service
+    let base = service
         .disconnect(&request, csrf.as_deref().unwrap_or_default())
         .await?;
-    if done.ended {
-        crate::service::mark_signed_out();
-    }
-    crate::service::redirect(&request, &format!("{}/", done.base));
+    crate::service::redirect(&request, &format!("{base}/"));
     Ok(())
 }

@@ -39,35 +39,9 @@ pub trait PortalService: Send + Sync + 'static {
     async fn session_status(&self, request: &Parts) -> Result<SessionStatus, PortalError>;
     /// Restarts the window of the web session's access session.
     async fn refresh(&self, request: &Parts, form_token: &str) -> Result<SessionView, PortalError>;
-    /// Ends the web session's access session (Accounting-Stop, User-Request).
-    async fn disconnect(
-        &self,
-        request: &Parts,
-        form_token: &str,
-    ) -> Result<Disconnected, PortalError>;
-}
-
-/// What a Disconnect did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Disconnected {
-    /// Path prefix of the organization's portal (where the user goes next).
-    pub base: String,
-    /// Whether it ended an active session (false: there was none to end).
-    pub ended: bool,
-}
-
-/// The header a Disconnect that ended a session sets on its answer: the server turns it into
-/// the sign-in page's one-time "You are disconnected" (and removes it).
-pub const SIGNED_OUT_HEADER: &str = "x-portal-signed-out";
-
-/// Marks the server fn's answer with [`SIGNED_OUT_HEADER`].
-pub fn mark_signed_out() {
-    if let Some(options) = use_context::<leptos_axum::ResponseOptions>() {
-        options.insert_header(
-            http::HeaderName::from_static(SIGNED_OUT_HEADER),
-            http::HeaderValue::from_static("1"),
-        );
-    }
+    /// Ends the web session's access session (Accounting-Stop, User-Request); returns the
+    /// path prefix of the organization's portal (where the user goes next).
+    async fn disconnect(&self, request: &Parts, form_token: &str) -> Result<String, PortalError>;
 }
 
 /// Whether the caller is a browser asking for a page (a plain form post or a page view), not a

@@ -541,18 +541,16 @@ impl PortalService for PortalBackend {
         with_status(request, result)
     }
 
-    async fn disconnect(
-        &self,
-        request: &Parts,
-        form_token: &str,
-    ) -> Result<app::service::Disconnected, PortalError> {
+    async fn disconnect(&self, request: &Parts, form_token: &str) -> Result<String, PortalError> {
         let result = async {
             let web = web_session(request)?;
             self.check_form_token(request, &web, form_token).await?;
             let scope = self.scope(request);
-            let mut ended = false;
             if let Some(id) = self.linked_session_id(&web, &scope.id).await? {
-                ended = self.sessions.disconnect(id).await.map_err(user_error)?;
+                if self.sessions.disconnect(id).await.map_err(user_error)? {
+                    // The sign-in page shown next says the session ended.
+                    crate::http::flash::mark_signed_out();
+                }
                 forget_access_session(
                     &web,
                     self.web_sessions.as_ref(),
@@ -561,10 +559,7 @@ impl PortalService for PortalBackend {
                 .await
                 .map_err(|e| internal("writing the web session", &e))?;
             }
-            Ok(app::service::Disconnected {
-                base: scope.base,
-                ended,
-            })
+            Ok(scope.base)
         }
         .await;
         with_status(request, result)

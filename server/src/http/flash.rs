@@ -16,7 +16,7 @@
 //!   the pages read a form error from nothing else, so a crafted link shows nothing (its
 //!   `__err`/`__path` are removed from the URL all the same);
 //! - the same cookie carries the one notice a page shows after what the visitor did: a
-//!   Disconnect that ended a session ([`SignedOut`], from its server fn through
+//!   Disconnect that ended a session ([`SignedOut`], marked by the backend, turned into it by
 //!   `server_fn_limits`) leaves "You are disconnected" for the next page view, the sign-in page
 //!   the browser goes to (a form post's redirect, or the island's navigation after its call).
 
@@ -69,6 +69,20 @@ pub struct FormError {
     pub err: String,
     /// The username a failed sign-in was tried with ([`SubmittedUsername`]).
     pub username: Option<String>,
+}
+
+/// The header a Disconnect that ended a session puts on its server fn's answer
+/// ([`mark_signed_out`]); the server fns' layer turns it into [`SignedOut`] and removes it.
+pub(crate) const SIGNED_OUT_HEADER: &str = "x-portal-signed-out";
+
+/// Marks the answer of the server fn being run with [`SIGNED_OUT_HEADER`].
+pub(crate) fn mark_signed_out() {
+    if let Some(options) = leptos::prelude::use_context::<leptos_axum::ResponseOptions>() {
+        options.insert_header(
+            axum::http::HeaderName::from_static(SIGNED_OUT_HEADER),
+            HeaderValue::from_static("1"),
+        );
+    }
 }
 
 /// Put on a Disconnect's successful answer by the server fns' layer: the sign-in page the

@@ -645,7 +645,7 @@ async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>)
     // says the session ended.
     let marked = response
         .headers_mut()
-        .remove(app::service::SIGNED_OUT_HEADER)
+        .remove(flash::SIGNED_OUT_HEADER)
         .is_some();
     let succeeded = (response.status().is_success() || response.status().is_redirection())
         && !response.headers().contains_key("serverfnerror");
