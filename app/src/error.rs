@@ -44,6 +44,16 @@ pub enum PortalError {
         "Your sign-in was accepted, but the network cannot record sessions right now, so none was opened. Please try again in a minute."
     )]
     AccountingUnavailable,
+    /// The server accepted the sign-in with an answer the portal cannot use (a session length
+    /// it cannot read, a service it does not provide, attributes that leave no room for the
+    /// session's accounting): no session was opened. Only the server's operator can fix it.
+    #[error(
+        "Your sign-in was accepted, but the authentication server's answer cannot be used ({problem}). Please tell your network administrator."
+    )]
+    UnusableAnswer {
+        /// What is wrong with the answer (attribute names and values; never a secret).
+        problem: String,
+    },
     /// Too many login attempts from this address or for this username: wait and retry.
     #[error("Too many sign-in attempts. Please wait {retry_after_secs} seconds and try again.")]
     RateLimited {
@@ -102,6 +112,7 @@ impl PortalError {
             PortalError::OrganizationDisabled => "OrganizationDisabled",
             PortalError::ServersUnavailable => "ServersUnavailable",
             PortalError::AccountingUnavailable => "AccountingUnavailable",
+            PortalError::UnusableAnswer { .. } => "UnusableAnswer",
             PortalError::RateLimited { .. } => "RateLimited",
             PortalError::NoSession => "NoSession",
             PortalError::Forbidden => "Forbidden",
@@ -125,7 +136,8 @@ impl Serialize for PortalError {
             PortalError::RateLimited { retry_after_secs } => {
                 wire.retry_after_secs = Some(*retry_after_secs)
             }
-            PortalError::Communication(detail) => wire.detail = Some(detail.clone()),
+            PortalError::Communication(detail)
+            | PortalError::UnusableAnswer { problem: detail } => wire.detail = Some(detail.clone()),
             _ => {}
         }
         wire.serialize(serializer)
@@ -146,6 +158,9 @@ impl<'de> Deserialize<'de> for PortalError {
             "OrganizationDisabled" => PortalError::OrganizationDisabled,
             "ServersUnavailable" => PortalError::ServersUnavailable,
             "AccountingUnavailable" => PortalError::AccountingUnavailable,
+            "UnusableAnswer" => PortalError::UnusableAnswer {
+                problem: wire.detail.unwrap_or_default(),
+            },
             "RateLimited" => PortalError::RateLimited {
                 retry_after_secs: wire.retry_after_secs.unwrap_or(60),
             },

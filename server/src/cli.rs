@@ -145,6 +145,10 @@ pub async fn main() -> std::process::ExitCode {
                 eprintln!("error: {e}");
                 std::process::ExitCode::from(crate::operator::EXIT_REFUSED)
             }
+            None if e.is::<Usage>() => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::from(2)
+            }
             None => {
                 eprintln!("error: {e:#}");
                 std::process::ExitCode::FAILURE
@@ -157,6 +161,11 @@ pub async fn main() -> std::process::ExitCode {
 #[derive(Debug, thiserror::Error)]
 #[error("refused: {0}")]
 pub struct Refused(pub String);
+
+/// The command line is incomplete in a way clap cannot see (exit code 2, as clap's own).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
 
 /// An operator command named an organization or session that does not exist (exit code 3).
 #[derive(Debug, thiserror::Error)]
@@ -236,8 +245,9 @@ pub async fn run() -> anyhow::Result<()> {
             let settings = Settings::load_for_operator(cli.config.as_deref())?;
             let credentials = match username {
                 Some(user) => {
-                    let password = std::env::var(&password_env)
-                        .with_context(|| format!("--username needs the password in the environment variable {password_env}"))?;
+                    let password = std::env::var(&password_env).map_err(|_| {
+                        Usage(format!("--username needs the password in the environment variable {password_env}"))
+                    })?;
                     Some((user, password))
                 }
                 None => None,
@@ -255,7 +265,7 @@ pub async fn run() -> anyhow::Result<()> {
         }
         Command::Serve => {
             if cli.config.is_none() {
-                bail!("no configuration file: pass --config FILE (or PORTAL_CONFIG), or run `radius-portal demo`");
+                return Err(Usage("no configuration file: pass --config FILE (or PORTAL_CONFIG), or run `radius-portal demo`".into()).into());
             }
             let settings = Settings::load(cli.config.as_deref())?;
             telemetry::init(&settings.log);
@@ -346,26 +356,58 @@ pub async fn radius_test(
     client_ip: IpAddr,
 ) -> anyhow::Result<bool> {
     use crate::{
-        organizations::Organizations,
+        organizations::{
+            guard::{self, Operation, OrgState},
+            Organizations,
+        },
         radius::{AuthOutcome, Radius},
     };
     // The database is the truth (organizations created or changed at run time); before the
     // portal first started (no SQLite file yet) there is only the configuration file.
-    let organizations =
+    let storage =
         if crate::operator::no_database_yet(settings) && !settings.organizations.is_empty() {
             say!(
                 "no database at {} yet: testing the configuration file's organizations",
                 settings.database.path.display()
             );
-            Organizations::from_settings(&settings.organizations)?
+            None
         } else {
-            Organizations::load(&crate::operator::open(settings).await?).await?
+            Some(crate::operator::open(settings).await?)
         };
+    let organizations = match &storage {
+        None => Organizations::from_settings(&settings.organizations)?,
+        Some(storage) => Organizations::load(storage).await?,
+    };
     let default_id = organizations.default_id();
     let org_id = org_id.unwrap_or(&default_id);
     let Some(org) = organizations.get(org_id) else {
-        bail!("no organization `{org_id}` in the database or the configuration");
+        return Err(NotFound::Organization(org_id.to_string()).into());
     };
+    // An Access-Request is a login as far as the guard goes (design.md §5): none for a
+    // disabled organization, and the denial is audited. Status-Server is not a login.
+    let state = OrgState::from_active(Some(org.active));
+    if let Some((user, _)) = &credentials {
+        if !guard::allows(Operation::Login, state) {
+            if let Some(storage) = &storage {
+                let detail = serde_json::json!({ "operation": "Login", "state": format!("{state:?}"), "username": user, "command": "radius test" });
+                storage
+                    .audit(&crate::storage::Audit {
+                        at: crate::access_session::now_ms(),
+                        actor: &crate::operator::actor(),
+                        action: "guard.denied",
+                        organization_id: Some(org_id),
+                        detail,
+                    })
+                    .await?;
+            }
+            return Err(Refused(format!(
+                "organization `{org_id}` is disabled: no Access-Request was sent (enable it first; without --username, Status-Server still tests its servers)"
+            ))
+            .into());
+        }
+    } else if !org.active {
+        say!("organization `{org_id}` is disabled (Status-Server only tests its servers)");
+    }
     let radius = Radius::bind(&settings.radius, Default::default())
         .await
         .context("while binding the RADIUS socket")?;

@@ -472,7 +472,7 @@ fn state(active: bool) -> &'static str {
 
 /// Who is acting, for the audit log: the person behind `sudo` first, then the login name,
 /// else the numeric user id (a container often sets no USER).
-fn actor() -> String {
+pub fn actor() -> String {
     let user = ["SUDO_USER", "USER", "LOGNAME"]
         .iter()
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))

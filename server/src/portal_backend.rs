@@ -294,11 +294,7 @@ fn user_error(error: SessionError) -> PortalError {
                 None => "this sign-in needs an extra step (Access-Challenge) that this portal does not support; contact your network administrator".into(),
             }),
         },
-        SessionError::UnusableAccept { problem } => PortalError::Rejected {
-            message: Some(format!(
-                "the authentication server's answer cannot be used ({problem}). Please tell your network administrator."
-            )),
-        },
+        SessionError::UnusableAccept { problem } => PortalError::UnusableAnswer { problem },
         SessionError::OrganizationDisabled => PortalError::OrganizationDisabled,
         SessionError::ServersUnavailable(e) => {
             tracing::warn!(error = %error_chain(&e), "login failed: RADIUS servers unavailable");
@@ -321,6 +317,8 @@ pub fn status_of(error: &PortalError) -> StatusCode {
         PortalError::ServersUnavailable | PortalError::AccountingUnavailable => {
             StatusCode::SERVICE_UNAVAILABLE
         }
+        // The upstream server's answer is the fault, not the caller's nor the portal's.
+        PortalError::UnusableAnswer { .. } => StatusCode::BAD_GATEWAY,
         PortalError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

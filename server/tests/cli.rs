@@ -108,11 +108,15 @@ async fn radius_test_with_a_username_sends_an_access_request() {
         !stdout.contains("alice-pass"),
         "the password is never printed"
     );
+    let output = portal(&["--config", path, "radius", "test", "--org", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3), "no such organization");
 
     let output = portal(&["--config", path, "radius", "test", "--username", "alice"])
         .output()
         .unwrap();
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(2), "wrong usage");
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("PORTAL_TEST_PASSWORD"),
         "says where the password goes"

@@ -300,6 +300,32 @@ timeout = "500ms"
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stdout).contains("already disabled"));
 
+    // `radius test --username` is a login as far as the guard goes: refused (exit 4), no
+    // Access-Request sent, the denial audited. Status-Server still tests the servers.
+    let logins_before = radius.auth_lines().len();
+    let test = tokio::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
+        .arg("--config")
+        .arg(&config)
+        .args(["radius", "test", "--username", "carol"])
+        .env("PORTAL_TEST_PASSWORD", "carol-pass")
+        .env("USER", "operator-jo")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(test.status.code(), Some(4), "{test:?}");
+    assert!(
+        String::from_utf8_lossy(&test.stderr).contains("`acme` is disabled: no Access-Request"),
+        "{test:?}"
+    );
+    let probe = portal(&config, &["radius", "test"]).await;
+    assert!(probe.status.success(), "{probe:?}");
+    assert!(String::from_utf8_lossy(&probe.stdout).contains("answered Status-Server"));
+    assert_eq!(
+        radius.auth_lines().len(),
+        logins_before,
+        "no Access-Request"
+    );
+
     let list = portal(&config, &["org", "list", "--json"]).await;
     assert!(list.status.success(), "{list:?}");
     let text = String::from_utf8_lossy(&list.stdout);
@@ -328,6 +354,12 @@ timeout = "500ms"
         audit
             .lines()
             .any(|l| l.contains("\"org.disable\"") && l.contains("cli:operator-jo")),
+        "{audit}"
+    );
+    assert!(
+        audit.lines().any(|l| l.contains("\"guard.denied\"")
+            && l.contains("cli:operator-jo")
+            && l.contains("radius test")),
         "{audit}"
     );
 

@@ -167,7 +167,30 @@ async fn an_accept_whose_stop_could_not_be_sent_opens_no_session() {
             }
             accept.push(attr::CLASS, [b'x'; 180]);
         },
-        "no room for the session",
+        "attributes are too long for the session",
+    )
+    .await;
+}
+
+/// RFC 2865 §5.6: a NAS treats a Service-Type it does not provide as a Reject. An Accept for
+/// an administrator's shell (a policy that matched the wrong rule) opens no network session.
+#[tokio::test]
+async fn an_accept_for_another_service_opens_no_session() {
+    an_unusable_accept_opens_no_session(
+        |accept| accept.push(attr::SERVICE_TYPE, 6u32.to_be_bytes()),
+        "Administrative-User (6)",
+    )
+    .await;
+}
+
+/// An Accept naming the user with bytes that are not text: the session's accounting must carry
+/// the server's name (RFC 2865 §5.1), which the portal can neither show nor keep faithfully; it
+/// does not fall back to the typed name (the server would not know that session).
+#[tokio::test]
+async fn an_accept_naming_the_user_with_no_text_opens_no_session() {
+    an_unusable_accept_opens_no_session(
+        |accept| accept.push(attr::USER_NAME, b"al\xffice"),
+        "not UTF-8 text",
     )
     .await;
 }
@@ -207,6 +230,17 @@ async fn an_unusable_accept_opens_no_session(shape: fn(&mut Packet), why: &str) 
         "{}",
         page.body
     );
+    // A script is told the server accepted with an answer of no use (not "Rejected": the
+    // credentials were right), and what is wrong with it.
+    let answer = app
+        .browser(client(3))
+        .login_as_script("alice", "alice-pass")
+        .await;
+    assert_eq!(answer.status(), 502);
+    let body: serde_json::Value = serde_json::from_str(&answer.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "UnusableAnswer", "{body}");
+    assert!(body.get("reply_message").is_none(), "{body}");
+    assert!(body["detail"].as_str().unwrap().contains(why), "{body}");
     assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
     let audit = app.storage.audit_tail(10).await.unwrap();
     assert!(

@@ -230,6 +230,8 @@ impl AccessSessions {
                 return Err(SessionError::Rejected { reply_message });
             }
             AuthOutcome::Unusable { problem } => {
+                tracing::warn!(organization = %org.id, username, %client_ip, %problem,
+                    "login accepted by RADIUS with an answer that cannot be used: no session");
                 self.audit_login(&org.id, username, client_ip, "login.unusable_accept")
                     .await;
                 return Err(SessionError::UnusableAccept { problem });
@@ -298,10 +300,7 @@ impl AccessSessions {
             self.audit_login(&org.id, username, client_ip, "login.unusable_accept")
                 .await;
             return Err(SessionError::UnusableAccept {
-                problem: format!(
-                    "its attributes leave no room for the session's accounting ({})",
-                    crate::portal_backend::error_chain(&e)
-                ),
+                problem: "its Class and User-Name attributes are too long for the session's Accounting-Stop to fit in one RADIUS packet".into(),
             });
         }
         let opened = match self.storage.open_session(&new).await {

@@ -113,29 +113,104 @@ pub struct Grant {
     /// Reply-Message text for the user.
     pub reply_message: Option<String>,
     /// The User-Name the Accept returned (RFC 2865 §5.1: the name the NAS uses in all of the
-    /// session's Accounting-Requests), when it is usable text: valid UTF-8 without control
-    /// characters.
+    /// session's Accounting-Requests). Always usable text: valid UTF-8, not blank, without
+    /// control characters (an Accept naming the user otherwise is unusable).
     pub user_name: Option<String>,
 }
 
 impl Grant {
-    /// Reads what an Access-Accept granted. Class values are kept raw, whatever their format.
-    /// The session's lengths are what the server decided: a Session-Timeout or Idle-Timeout
-    /// that is not a 4-byte integer makes the Accept unusable (`Err` says which), since reading
-    /// it as absent would drop the limit the server set; repeated, the shortest counts. A
-    /// malformed Acct-Interim-Interval counts as absent (no periodic updates).
+    /// Reads what an Access-Accept granted. Class values are kept raw, whatever their format
+    /// (an empty one, which RFC 2865 does not allow and no server could read back, is left
+    /// out). `Err` says why the Accept cannot be used:
+    ///
+    /// - a Session-Timeout or Idle-Timeout that is not a 4-byte integer: reading it as absent
+    ///   would drop the limit the server set (repeated, the shortest counts);
+    /// - a Service-Type other than Login-User or Framed-User (e.g. Administrative-User):
+    ///   RFC 2865 §5.6, a NAS treats a Service-Type it does not support as a Reject — this one
+    ///   grants network access to a person at a web page, nothing else;
+    /// - a User-Name that is not text (not UTF-8, blank, control characters): the session's
+    ///   accounting must carry the server's name (§5.1), and the portal could neither show nor
+    ///   store it faithfully.
+    ///
+    /// A malformed Acct-Interim-Interval counts as absent (no periodic updates); repeated, the
+    /// shortest counts.
     pub fn from_accept(accept: &Packet) -> Result<Grant, String> {
+        check_service_type(accept)?;
         Ok(Grant {
             session_timeout: shortest_length(accept, attr::SESSION_TIMEOUT, "Session-Timeout")?,
             idle_timeout: shortest_length(accept, attr::IDLE_TIMEOUT, "Idle-Timeout")?,
-            interim_interval: accept.get_u32(attr::ACCT_INTERIM_INTERVAL),
-            classes: accept.get_all(attr::CLASS),
+            interim_interval: accept
+                .get_all(attr::ACCT_INTERIM_INTERVAL)
+                .into_iter()
+                .filter_map(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
+                .map(u32::from_be_bytes)
+                .filter(|&seconds| seconds > 0)
+                .min(),
+            classes: accept
+                .get_all(attr::CLASS)
+                .into_iter()
+                .filter(|class| !class.is_empty())
+                .collect(),
             reply_message: reply_message(accept),
-            user_name: accept
-                .get(attr::USER_NAME)
-                .and_then(|name| String::from_utf8(name).ok())
-                .filter(|name| !name.is_empty() && !name.chars().any(char::is_control)),
+            user_name: accepted_user_name(accept)?,
         })
+    }
+}
+
+/// Service-Type values a web login grants (RFC 2865 §5.6): Login-User and Framed-User.
+const GRANTED_SERVICE_TYPES: [u32; 2] = [1, 2];
+
+/// `Err` unless every Service-Type of the Accept is one this NAS provides.
+fn check_service_type(accept: &Packet) -> Result<(), String> {
+    for value in accept.get_all(attr::SERVICE_TYPE) {
+        let Ok(bytes) = <[u8; 4]>::try_from(value.as_slice()) else {
+            return Err(format!(
+                "its Service-Type is {} bytes long, not 4",
+                value.len()
+            ));
+        };
+        let service = u32::from_be_bytes(bytes);
+        if !GRANTED_SERVICE_TYPES.contains(&service) {
+            return Err(format!(
+                "its Service-Type is {} ({service}); a web sign-in grants only Login-User or Framed-User",
+                service_type_name(service)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// RFC 2865 §5.6's name of a Service-Type value.
+fn service_type_name(value: u32) -> &'static str {
+    match value {
+        1 => "Login-User",
+        2 => "Framed-User",
+        3 => "Callback-Login-User",
+        4 => "Callback-Framed-User",
+        5 => "Outbound-User",
+        6 => "Administrative-User",
+        7 => "NAS-Prompt-User",
+        8 => "Authenticate-Only",
+        9 => "Callback-NAS-Prompt",
+        10 => "Call-Check",
+        11 => "Callback-Administrative",
+        _ => "unknown",
+    }
+}
+
+/// The Accept's User-Name: `None` when it has none (or an empty one, which RFC 2865 does not
+/// allow), `Err` when it is not text a session can carry.
+fn accepted_user_name(accept: &Packet) -> Result<Option<String>, String> {
+    let Some(name) = accept.get(attr::USER_NAME).filter(|name| !name.is_empty()) else {
+        return Ok(None);
+    };
+    match String::from_utf8(name) {
+        Ok(name) if name.chars().any(char::is_control) => {
+            Err("its User-Name contains control characters".into())
+        }
+        Ok(name) if name.trim().is_empty() => Err("its User-Name is blank".into()),
+        Ok(name) => Ok(Some(name)),
+        Err(_) => Err("its User-Name is not UTF-8 text".into()),
     }
 }
 
@@ -438,7 +513,7 @@ impl Radius {
                         },
                         Err(problem) => {
                             tracing::error!(server = %server.name, %problem,
-                                "Access-Accept refused: the session length it sets cannot be read (fix the server's reply attributes)");
+                                "Access-Accept refused: it cannot be used (fix the server's reply attributes)");
                             AuthOutcome::Unusable { problem }
                         }
                     });
@@ -669,9 +744,61 @@ mod tests {
         };
         assert_eq!(named(b"rw").as_deref(), Some("rw"));
         assert_eq!(named("jürgen".as_bytes()).as_deref(), Some("jürgen"));
-        assert_eq!(named(b"\xff\xfe"), None, "not UTF-8");
-        assert_eq!(named(b"a\x00b"), None, "a control character");
+        assert_eq!(named(b""), None, "empty: as if absent");
         assert_eq!(Grant::from_accept(&accept(&[])).unwrap().user_name, None);
+    }
+
+    #[test]
+    fn an_accept_naming_the_user_with_no_usable_text_is_unusable() {
+        for (value, problem) in [
+            (&b"\xff\xfeX"[..], "not UTF-8"),
+            (b"a\x00b", "control characters"),
+            (b"bad\nname\x1b[31m", "control characters"),
+            (b"  ", "blank"),
+        ] {
+            let refused = Grant::from_accept(&accept(&[(attr::USER_NAME, value)])).unwrap_err();
+            assert!(refused.contains(problem), "{value:?}: {refused}");
+        }
+    }
+
+    #[test]
+    fn only_login_and_framed_service_types_are_granted() {
+        let service = |values: &[u32]| {
+            let bytes: Vec<[u8; 4]> = values.iter().map(|v| v.to_be_bytes()).collect();
+            let attrs: Vec<(u8, &[u8])> =
+                bytes.iter().map(|b| (attr::SERVICE_TYPE, &b[..])).collect();
+            Grant::from_accept(&accept(&attrs))
+        };
+        assert!(service(&[]).is_ok());
+        assert!(service(&[1]).is_ok(), "Login-User");
+        assert!(service(&[2]).is_ok(), "Framed-User");
+        let refused = service(&[6]).unwrap_err();
+        assert!(refused.contains("Administrative-User (6)"), "{refused}");
+        assert!(service(&[2, 7]).is_err(), "every value counts");
+        assert!(service(&[99]).unwrap_err().contains("unknown (99)"));
+        let short = Grant::from_accept(&accept(&[(attr::SERVICE_TYPE, &[0, 1])])).unwrap_err();
+        assert!(short.contains("2 bytes long"), "{short}");
+    }
+
+    #[test]
+    fn the_shortest_interim_interval_counts_and_empty_classes_are_left_out() {
+        let grant = Grant::from_accept(&accept(&[
+            (attr::ACCT_INTERIM_INTERVAL, &3600u32.to_be_bytes()),
+            (attr::ACCT_INTERIM_INTERVAL, &0u32.to_be_bytes()),
+            (attr::ACCT_INTERIM_INTERVAL, &[1, 2]),
+            (attr::ACCT_INTERIM_INTERVAL, &61u32.to_be_bytes()),
+            (attr::CLASS, b""),
+            (attr::CLASS, b"kept"),
+        ]))
+        .unwrap();
+        assert_eq!(grant.interim_interval, Some(61));
+        assert_eq!(grant.classes, vec![b"kept".to_vec()]);
+        let none = Grant::from_accept(&accept(&[(attr::ACCT_INTERIM_INTERVAL, &[0, 0, 0, 0])]));
+        assert_eq!(
+            none.unwrap().interim_interval,
+            None,
+            "0: no periodic updates"
+        );
     }
 
     #[test]
