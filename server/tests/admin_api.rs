@@ -80,12 +80,50 @@ async fn the_admin_api_follows_the_guard_and_never_shows_secrets() {
     };
     let ip = |n| IpAddr::V4(Ipv4Addr::new(127, 0, 6, n));
 
-    // 401 without detail for no token, a wrong one, a malformed header.
+    // 401 without detail for no token, a wrong one, a malformed header — whatever the path
+    // and method (no route is revealed to a caller without a token).
     for token in [None, Some("wrong"), Some("")] {
-        let (status, text) = admin.call(Method::GET, "/organizations", token, None).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED);
-        assert_eq!(text, r#"{"error":"unauthorized"}"#);
+        for (method, path) in [
+            (Method::GET, "/organizations"),
+            (Method::GET, "/no-such-endpoint"),
+            (Method::PUT, "/organizations"),
+            (Method::DELETE, "/audit"),
+        ] {
+            let (status, text) = admin.call(method.clone(), path, token, None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+            assert_eq!(text, r#"{"error":"unauthorized"}"#);
+        }
     }
+    let (status, _) = admin
+        .call(Method::PUT, "/organizations", Some(TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "with a token");
+    // The API exists once, at its prefix: not under an organization's portal (an ingress
+    // allow-list on /admin/api/v1 covers every way to it).
+    for path in [
+        "/o/beta/admin/api/v1/organizations",
+        "/o/beta/admin/api/v1/openapi.json",
+    ] {
+        let response = admin
+            .http
+            .get(format!("{}{path}", admin.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    // A server fn under an unknown organization: the server fns' JSON 404 for a script.
+    let response = admin
+        .http
+        .post(format!("{}/o/nosuch/api/form_token", admin.base))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "NotFound", "{body}");
 
     let orgs = admin.ok(Method::GET, "/organizations", None).await;
     assert_eq!(orgs.as_array().unwrap().len(), 2);
@@ -627,6 +665,76 @@ async fn the_openapi_document_matches_the_routes() {
                 ),
             }
         }
+    }
+    app.stop().await;
+}
+
+/// `GET /organizations/{id}`'s settings, edited and sent back, are taken — also for a server
+/// whose secret is in a file: the same file again gives no new access. Another file is refused.
+#[tokio::test]
+async fn settings_read_back_can_be_patched_with_their_secret_file() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (dir, db) = temp_db();
+    let secret_path = dir.path().join("beta.secret");
+    std::fs::write(&secret_path, format!("{SECRET}\n")).unwrap();
+    let mut settings = with_admin(&db, &a, &b);
+    settings.organizations[1].servers[0].secret = None;
+    settings.organizations[1].servers[0].secret_file = Some(secret_path.clone());
+    settings.validate().unwrap();
+    let app = TestApp::spawn(&settings).await;
+    let admin = Admin {
+        http: reqwest::Client::new(),
+        base: format!("http://{}", app.addr),
+    };
+
+    let view = admin.ok(Method::GET, "/organizations/beta", None).await;
+    let mut edited = view["settings"].clone();
+    assert_eq!(
+        edited["servers"][0]["secret_file"],
+        secret_path.to_str().unwrap(),
+        "{view}"
+    );
+    edited["name"] = json!("Beta, renamed");
+    let after = admin
+        .ok(Method::PATCH, "/organizations/beta", Some(edited.clone()))
+        .await;
+    assert_eq!(after["name"], "Beta, renamed");
+    wait_until("the running portal follows", || async {
+        app.organizations.get("beta").unwrap().name == "Beta, renamed"
+    })
+    .await;
+    app.sessions
+        .login(
+            "beta",
+            "carol",
+            "carol-pass",
+            IpAddr::V4(Ipv4Addr::new(127, 0, 6, 9)),
+        )
+        .await
+        .expect("the secret from the file still signs the packets");
+
+    // The same file on the server's own endpoint; another file on either is refused.
+    let same = json!({ "secret_file": secret_path, "retries": 2 });
+    admin
+        .ok(
+            Method::PATCH,
+            "/organizations/beta/servers/b-primary",
+            Some(same),
+        )
+        .await;
+    edited["servers"][0]["secret_file"] = json!("/etc/shadow");
+    for (path, body) in [
+        ("/organizations/beta", edited),
+        (
+            "/organizations/beta/servers/b-primary",
+            json!({ "secret_file": "/etc/shadow" }),
+        ),
+    ] {
+        let (status, text) = admin
+            .call(Method::PATCH, path, Some(TOKEN), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {text}");
+        assert!(text.contains("secret_file"), "{text}");
     }
     app.stop().await;
 }

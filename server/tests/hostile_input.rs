@@ -192,6 +192,17 @@ async fn static_paths_do_not_escape_the_site_and_visitors_leave_no_trace() {
         .to_str()
         .unwrap()
         .contains("immutable"));
+    // A path segment too long for the file system is a 404 like any unknown path, not an
+    // error of the portal (which anyone could make fire alerts with).
+    let long = "a".repeat(300);
+    for path in [
+        format!("/{long}"),
+        format!("/pkg/{long}.js"),
+        format!("/o/{long}"),
+    ] {
+        let response = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+    }
 
     // 10 000 cookieless visitors of the sign-in page: no web session, nothing stored.
     use futures_util::StreamExt;

@@ -79,8 +79,16 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
+/// The one path served without a token (within [`PREFIX`]).
+const OPENAPI_PATH: &str = "/openapi.json";
+
 /// Middleware: the bearer token must hash to a configured one (compared without early exit).
+/// It runs before routing: without a token every path and method but the OpenAPI document
+/// is 401 alike, so an unauthenticated caller learns nothing of which endpoints exist.
 async fn require_token(State(api): State<AdminApi>, mut request: Request, next: Next) -> Response {
+    if request.uri().path() == OPENAPI_PATH {
+        return next.run(request).await;
+    }
     let supplied = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -135,8 +143,7 @@ pub fn routes(api: AdminApi) -> Router {
             get(show_session).delete(terminate_session),
         )
         .route("/audit", get(audit))
-        .layer(middleware::from_fn_with_state(api.clone(), require_token))
-        .route("/openapi.json", get(openapi))
+        .route(OPENAPI_PATH, get(openapi))
         // Every answer is JSON, a path or method the API does not have too.
         .fallback(|| async {
             error(
@@ -151,6 +158,8 @@ pub fn routes(api: AdminApi) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Last: it wraps the routes and both fallbacks.
+        .layer(middleware::from_fn_with_state(api.clone(), require_token))
         .with_state(api)
 }
 
@@ -197,7 +206,7 @@ async fn show_organization(State(api): State<AdminApi>, Path(id): Path<String>) 
 }
 
 /// The JSON body of a write: malformed is the caller's error (413 stays 413, everything else
-/// 400), and so is a field naming a local file ([`names_a_file`]).
+/// 400). Each handler then refuses fields naming a new local file ([`new_file_refusal`]).
 struct WriteBody(Value);
 
 impl<S: Send + Sync> FromRequest<S> for WriteBody {
@@ -213,40 +222,81 @@ impl<S: Send + Sync> FromRequest<S> for WriteBody {
                 error(status, &format!("invalid body: {}", rejection.body_text()))
             },
         )?;
-        if let Some(field) = names_a_file(&body) {
-            return Err(file_refused(field));
-        }
         Ok(WriteBody(body))
     }
 }
 
-/// The field of a body that names a file on the portal's machine, if any: the API does not
-/// take those (a token holder could make any file the portal can read a RADIUS secret or a
-/// served logo); the configuration file and the CLI, run by the machine's operator, do.
-fn names_a_file(body: &Value) -> Option<&'static str> {
-    let servers = body
+/// The field of a body that names a file on the portal's machine, if any, other than the one
+/// `stored` already names there: the API does not take new ones (a token holder could make
+/// any file the portal can read a RADIUS secret or a served logo); the configuration file and
+/// the CLI, run by the machine's operator, do. The same file again is no new access, and it is
+/// what a `GET`'s settings, edited and sent back, carry.
+///
+/// `body` is an organization's settings (`stored` its stored settings) or one server
+/// (`stored` that server as stored).
+fn names_a_new_file(body: &Value, stored: Option<&Value>) -> Option<&'static str> {
+    let new = |given: Option<&Value>, kept: Option<&Value>| {
+        given.is_some_and(|v| !v.is_null() && Some(v) != kept)
+    };
+    let stored_servers = stored
+        .and_then(|s| s.get("servers"))
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for server in body
         .get("servers")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .chain(std::iter::once(body));
-    for server in servers {
-        if server.get("secret_file").is_some_and(|v| !v.is_null()) {
+    {
+        let kept = server
+            .get("name")
+            .and_then(|name| stored_servers.iter().find(|s| s.get("name") == Some(name)))
+            .and_then(|s| s.get("secret_file"));
+        if new(server.get("secret_file"), kept) {
             return Some("secret_file");
         }
     }
-    body.get("branding")
-        .and_then(|b| b.get("logo_file"))
-        .filter(|v| !v.is_null())
-        .map(|_| "branding.logo_file")
+    if new(
+        body.get("secret_file"),
+        stored.and_then(|s| s.get("secret_file")),
+    ) {
+        return Some("secret_file");
+    }
+    new(logo_file(body), stored.and_then(logo_file)).then_some("branding.logo_file")
 }
 
-/// The 400 for a body naming a local file.
-fn file_refused(field: &str) -> Response {
-    error(
-        StatusCode::BAD_REQUEST,
-        &format!("{field}: files on the portal's machine can be named only in the configuration file or with the CLI"),
-    )
+fn logo_file(settings: &Value) -> Option<&Value> {
+    settings.get("branding")?.get("logo_file")
+}
+
+/// The 400 for a body naming a new local file ([`names_a_new_file`]).
+fn new_file_refusal(body: &Value, stored: Option<&Value>) -> Option<Response> {
+    names_a_new_file(body, stored).map(|field| {
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("{field}: files on the portal's machine can be named only in the configuration file or with the CLI"),
+        )
+    })
+}
+
+/// An organization's stored settings as JSON (`None` when it has none or does not exist: the
+/// change itself then says so).
+async fn stored_settings(api: &AdminApi, id: &str) -> Result<Option<Value>, Response> {
+    let row = api.storage.organization(id).await.map_err(internal)?;
+    Ok(row
+        .and_then(|row| row.settings)
+        .and_then(|json| serde_json::from_str(&json).ok()))
+}
+
+/// One server of stored settings, by name.
+fn stored_server(settings: Option<Value>, name: &str) -> Option<Value> {
+    let mut servers = settings?.get_mut("servers")?.take();
+    let list = servers.as_array_mut()?;
+    let at = list
+        .iter()
+        .position(|s| s.get("name").and_then(Value::as_str) == Some(name))?;
+    Some(list.swap_remove(at))
 }
 
 /// The HTTP answer to a refused change.
@@ -277,6 +327,9 @@ async fn create_organization(
     Extension(Actor(actor)): Extension<Actor>,
     WriteBody(body): WriteBody,
 ) -> Response {
+    if let Some(refused) = new_file_refusal(&body, None) {
+        return refused;
+    }
     match change::create(&api.storage, &api.organizations, body, &actor).await {
         Ok(id) => changed(api, &id, StatusCode::CREATED).await,
         Err(e) => refused(e),
@@ -290,6 +343,13 @@ async fn update_organization(
     Path(id): Path<String>,
     WriteBody(body): WriteBody,
 ) -> Response {
+    let stored = match stored_settings(&api, &id).await {
+        Ok(stored) => stored,
+        Err(response) => return response,
+    };
+    if let Some(refused) = new_file_refusal(&body, stored.as_ref()) {
+        return refused;
+    }
     match change::update(&api.storage, &api.organizations, &id, body, &actor).await {
         Ok(_) => changed(api, &id, StatusCode::OK).await,
         Err(e) => refused(e),
@@ -315,6 +375,9 @@ async fn add_server(
     Path(id): Path<String>,
     WriteBody(body): WriteBody,
 ) -> Response {
+    if let Some(refused) = new_file_refusal(&body, None) {
+        return refused;
+    }
     match change::add_server(&api.storage, &api.organizations, &id, body, &actor).await {
         Ok(()) => changed(api, &id, StatusCode::CREATED).await,
         Err(e) => refused(e),
@@ -328,6 +391,13 @@ async fn update_server(
     Path((id, name)): Path<(String, String)>,
     WriteBody(body): WriteBody,
 ) -> Response {
+    let stored = match stored_settings(&api, &id).await {
+        Ok(stored) => stored_server(stored, &name),
+        Err(response) => return response,
+    };
+    if let Some(refused) = new_file_refusal(&body, stored.as_ref()) {
+        return refused;
+    }
     match change::update_server(&api.storage, &api.organizations, &id, &name, body, &actor).await {
         Ok(_) => changed(api, &id, StatusCode::OK).await,
         Err(e) => refused(e),

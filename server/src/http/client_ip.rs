@@ -89,9 +89,23 @@ pub struct ForwardingError {
 }
 
 /// One node of a forwarding chain (RFC 7239 §6): an address, with or without a port.
-/// `Err` names what it is instead (`unknown`, an obfuscated identifier, garbage).
+/// `Err` names what it is instead (`unknown`, an obfuscated identifier, garbage, an address
+/// no client has: unspecified, broadcast, multicast — it would be the session's identity in
+/// RADIUS and on the firewall).
 /// `rfc7239`: the node is from `Forwarded`, where IPv6 must be bracketed.
 fn parse_node(text: &str, rfc7239: bool) -> Result<IpAddr, String> {
+    let ip = parse_address(text, rfc7239)?;
+    let no_client = ip.is_unspecified()
+        || ip.is_multicast()
+        || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if no_client {
+        return Err(format!("`{ip}` is no client's address"));
+    }
+    Ok(ip)
+}
+
+/// [`parse_node`]'s reading of the text.
+fn parse_address(text: &str, rfc7239: bool) -> Result<IpAddr, String> {
     let node = text.trim();
     let unquoted = node
         .strip_prefix('"')
@@ -444,7 +458,18 @@ mod tests {
             assert!(client_ip(ip("127.0.0.1"), &h, &fwd).is_err(), "{value}");
         }
         let xff = trusted(&["127.0.0.1/32"]);
-        for value in ["198.51.100.7, unknown", "", "198.51.100.7,", "not-an-ip"] {
+        for value in [
+            "198.51.100.7, unknown",
+            "",
+            "198.51.100.7,",
+            "not-an-ip",
+            // No client has these addresses (RADIUS and the firewall would get them).
+            "0.0.0.0",
+            "255.255.255.255",
+            "::",
+            "224.0.0.1",
+            "ff02::1",
+        ] {
             let h = headers(&[("x-forwarded-for", value)]);
             assert!(client_ip(ip("127.0.0.1"), &h, &xff).is_err(), "{value:?}");
         }

@@ -283,7 +283,8 @@ fn local_location(target: &str, hosts: &[&str]) -> Option<String> {
         }
     }
     let path = path_and_query.path();
-    if !path.starts_with('/') || path.starts_with("//") {
+    // Browsers read a backslash as a slash: `/\evil.example` is `//evil.example`, another site.
+    if !path.starts_with('/') || path.starts_with("//") || path.contains('\\') {
         return None;
     }
     let kept = split_query(path_and_query.query().unwrap_or(""));
@@ -550,6 +551,8 @@ mod tests {
         );
         assert!(local_location("http://evil.example/", &["portal.example"]).is_none());
         assert!(local_location("//evil.example/", &["portal.example"]).is_none());
+        assert!(local_location("/\\evil.example", &["portal.example"]).is_none());
+        assert!(local_location("/session\\..", &["portal.example"]).is_none());
     }
 }
 

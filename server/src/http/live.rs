@@ -106,7 +106,13 @@ pub async fn session_events(
             .unwrap_or_else(|_| Event::default().comment("unencodable"));
         Some((Ok(event), w))
     });
-    Sse::new(stream)
+    let mut response = Sse::new(stream)
         .keep_alive(KeepAlive::default())
-        .into_response()
+        .into_response();
+    // A session's status is the user's: stored by no cache (axum says only `no-cache`).
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    response
 }

@@ -205,11 +205,10 @@ pub fn router(parts: RouterParts) -> Site {
         )
         .nest_service(admin::PREFIX, admin::routes(admin))
         .nest_service("/pkg", pkg_files(pkg))
-        // A path that is neither a page nor a file: the not-found page.
-        .fallback_service(
-            ServeDir::new(site_root)
-                .not_found_service(axum::handler::Handler::with_state(pages::not_found, pages)),
-        );
+        // A path that is neither a page nor an asset: the not-found page. The site root holds
+        // nothing else to serve (`/pkg` and the icon are routed above), so an unknown path never
+        // touches the file system (a file name too long for it was a 500 and an error log).
+        .fallback_service(axum::handler::Handler::with_state(pages::not_found, pages));
     // The layers every request passes wrap the routes once, outside them: a layer added to a
     // router is added to each of its routes, and each request then cloned and boxed the whole
     // stack of its route, layer by layer.
@@ -429,6 +428,9 @@ async fn per_visitor<S: NextService>(
 
 /// `/pkg`: the build's scripts, WebAssembly and stylesheets, nothing else the build left there
 /// (wasm-bindgen's TypeScript declarations, the precompressed copies by their own names).
+/// The longest path under `/pkg` that can name an asset.
+const MAX_ASSET_PATH: usize = 200;
+
 fn pkg_files<S>(files: S) -> axum::routing::MethodRouter
 where
     S: tower::Service<Request<Body>, Error = std::convert::Infallible>
@@ -441,9 +443,12 @@ where
 {
     axum::routing::get(move |request: Request<Body>| async move {
         let path = request.uri().path();
-        let asset = [".js", ".wasm", ".css"]
-            .iter()
-            .any(|extension| path.ends_with(extension));
+        // Hashed names are short: a longer one is no asset (and a name too long for the file
+        // system would be an error of the file service, a 500 and an error log).
+        let asset = path.len() <= MAX_ASSET_PATH
+            && [".js", ".wasm", ".css"]
+                .iter()
+                .any(|extension| path.ends_with(extension));
         if !asset {
             return StatusCode::NOT_FOUND.into_response();
         }

@@ -10,6 +10,18 @@ use axum::{extract::Request, http::Uri};
 /// Path the pages answer "no such portal" on (rewritten to for unknown slugs).
 pub const NO_SUCH_PORTAL: &str = "/no-such-portal";
 
+/// Where a server fn call under an unknown slug is sent: a path that names no server fn, so
+/// a script gets the server fns' JSON 404 (`NotFound`), as for any other path under `/api/`.
+const NO_SUCH_PORTAL_API: &str = "/api/no-such-portal";
+
+/// Whether `rest` (a path after `/o/{slug}`) is the site's, not an organization's portal's:
+/// the admin API exists once, at its own prefix (an ingress allow-list on that prefix must
+/// cover every way to it).
+fn site_wide(rest: &str) -> bool {
+    rest.strip_prefix(super::admin::PREFIX)
+        .is_some_and(|tail| tail.is_empty() || tail.starts_with('/'))
+}
+
 /// The organization of a request and the path prefix its pages live under.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OrgScope {
@@ -43,7 +55,13 @@ pub fn scope(organizations: &Organizations, request: &mut Request) {
     let scope = match split_scoped(&path) {
         Some((slug, rest)) => {
             let known = !slug.is_empty() && organizations.get(slug).is_some();
-            let new_path = if known { rest } else { NO_SUCH_PORTAL };
+            let new_path = if known && !site_wide(rest) {
+                rest
+            } else if !known && rest.starts_with("/api/") {
+                NO_SUCH_PORTAL_API
+            } else {
+                NO_SUCH_PORTAL
+            };
             let query = request
                 .uri()
                 .query()
@@ -81,6 +99,10 @@ mod tests {
             Some(("acme", "/api/login"))
         );
         assert_eq!(split_scoped("/session"), None);
+        assert!(super::site_wide("/admin/api/v1"));
+        assert!(super::site_wide("/admin/api/v1/organizations"));
+        assert!(!super::site_wide("/admin/api/v10"));
+        assert!(!super::site_wide("/session"));
         assert_eq!(split_scoped("/other/acme"), None);
     }
 }

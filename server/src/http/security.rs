@@ -51,10 +51,16 @@ pub fn is_cross_site(method: &Method, headers: &HeaderMap, public_url: Option<&P
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return false;
     }
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        if site != "same-origin" && site != "none" {
-            return true;
+    // Sent twice (no browser does), or not text, it vouches for nothing.
+    let mut sites = headers.get_all("sec-fetch-site").iter();
+    match (sites.next(), sites.next()) {
+        (Some(site), None) => {
+            if !matches!(site.to_str(), Ok("same-origin" | "none")) {
+                return true;
+            }
         }
+        (None, _) => {}
+        (Some(_), Some(_)) => return true,
     }
     // An Origin sent twice, or not text, is no origin of ours.
     let mut origins = headers.get_all(header::ORIGIN).iter();
@@ -75,8 +81,18 @@ pub fn is_cross_site(method: &Method, headers: &HeaderMap, public_url: Option<&P
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
-        if origin == "null" || origin_host != host {
+        // Without a public URL the scheme is not known here (TLS may end at a proxy in front):
+        // either web scheme, and exactly this host and port.
+        let origin_host = ["http://", "https://"]
+            .iter()
+            .find_map(|scheme| {
+                origin
+                    .get(..scheme.len())
+                    .filter(|s| s.eq_ignore_ascii_case(scheme))
+                    .map(|_| &origin[scheme.len()..])
+            })
+            .unwrap_or("");
+        if origin_host.is_empty() || origin_host != host {
             return true;
         }
     }
@@ -196,6 +212,30 @@ mod tests {
         let h = headers(&[("host", "portal.example"), ("sec-fetch-site", "cross-site")]);
         assert!(is_cross_site(&Method::POST, &h, None));
         let h = headers(&[("host", "portal.example"), ("origin", "null")]);
+        assert!(is_cross_site(&Method::POST, &h, None));
+        let h = headers(&[
+            ("host", "portal.example"),
+            ("origin", "ftp://portal.example"),
+        ]);
+        assert!(is_cross_site(&Method::POST, &h, None), "not a web origin");
+        let h = headers(&[
+            ("host", "portal.example"),
+            ("origin", "HTTPS://portal.example"),
+        ]);
+        assert!(
+            !is_cross_site(&Method::POST, &h, None),
+            "schemes are case-insensitive"
+        );
+    }
+
+    #[test]
+    fn sec_fetch_site_sent_twice_vouches_for_nothing() {
+        let mut h = headers(&[
+            ("host", "portal.example"),
+            ("sec-fetch-site", "same-origin"),
+        ]);
+        assert!(!is_cross_site(&Method::POST, &h, None));
+        h.append("sec-fetch-site", HeaderValue::from_static("cross-site"));
         assert!(is_cross_site(&Method::POST, &h, None));
     }
 

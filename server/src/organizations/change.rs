@@ -519,15 +519,16 @@ pub async fn update_server(
         return Err(ChangeError::NoServer(id.to_string(), name.to_string()));
     };
     let stored_entry = entry.clone();
-    let secret_given = ["secret", "secret_file"]
-        .iter()
-        .any(|k| patch.get(*k).is_some_and(|v| !v.is_null()));
+    let given: Vec<&str> = ["secret", "secret_file"]
+        .into_iter()
+        .filter(|k| patch.get(*k).is_some_and(|v| !v.is_null()))
+        .collect();
     entry.extend(patch);
-    // A new secret replaces the stored one; a new destination needs one (the stored secret is
-    // never handed to another host).
-    if secret_given || destination(&entry) != destination(&stored_entry) {
+    // A secret given replaces the stored one (of either kind; the same one given again stays);
+    // a new destination needs one (the stored secret is never handed to another host).
+    if !given.is_empty() || destination(&entry) != destination(&stored_entry) {
         for key in ["secret", "secret_file"] {
-            if stored_entry.get(key) == entry.get(key) {
+            if !given.contains(&key) && stored_entry.get(key) == entry.get(key) {
                 entry.remove(key);
             }
         }
