@@ -138,21 +138,21 @@ impl Metrics {
         let logins = counter(
             &r,
             "portal_logins_total",
-            "Sign-in attempts by organization and outcome (accepted, rejected, rate_limited, …)",
+            "Sign-in attempts by organization and outcome (Accepted, or the error's kind: Rejected, ServersUnavailable, OrganizationDisabled, RateLimited, InvalidInput, …)",
             &["organization", "outcome"],
         );
         let radius_seconds = histogram(
             &r,
             "portal_radius_request_seconds",
-            "RADIUS exchanges (with retransmissions) by server, port and result",
-            &["server", "port", "result"],
+            "RADIUS exchanges (with retransmissions) by server (name and address: names are per organization), port and result",
+            &["server", "address", "port", "result"],
             LATENCY.to_vec(),
         );
         let radius_timeouts = counter(
             &r,
             "portal_radius_timeouts_total",
-            "RADIUS exchanges that got no valid answer in time, by server and port",
-            &["server", "port"],
+            "RADIUS exchanges that got no valid answer in time, by server (name and address) and port",
+            &["server", "address", "port"],
         );
         let http_requests = counter(
             &r,
@@ -255,16 +255,24 @@ impl Metrics {
             .inc();
     }
 
-    /// One RADIUS exchange; `result` is `answered`, `timeout` or `error`.
-    pub fn radius_exchange(&self, server: &str, port: &str, result: &str, took: Duration) {
+    /// One RADIUS exchange with `server` (its name) at `address`; `result` is `answered`,
+    /// `timeout` or `error`.
+    pub fn radius_exchange(
+        &self,
+        server: &str,
+        address: &str,
+        port: &str,
+        result: &str,
+        took: Duration,
+    ) {
         self.0
             .radius_seconds
-            .with_label_values(&[server, port, result])
+            .with_label_values(&[server, address, port, result])
             .observe(took.as_secs_f64());
         if result == "timeout" {
             self.0
                 .radius_timeouts
-                .with_label_values(&[server, port])
+                .with_label_values(&[server, address, port])
                 .inc();
         }
     }
@@ -281,11 +289,13 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// A configured server: its timeout counters exist (at 0) before its first timeout, so an
-    /// alert on them sees a series from the start.
-    pub fn known_server(&self, server: &str) {
-        for port in ["auth", "acct"] {
-            self.0.radius_timeouts.with_label_values(&[server, port]);
+    /// A configured server (its name, auth and acct addresses): its timeout counters exist (at
+    /// 0) before its first timeout, so an alert on them sees a series from the start.
+    pub fn known_server(&self, server: &str, auth: &str, acct: &str) {
+        for (address, port) in [(auth, "auth"), (acct, "acct")] {
+            self.0
+                .radius_timeouts
+                .with_label_values(&[server, address, port]);
         }
     }
 
@@ -349,8 +359,20 @@ mod tests {
         let m = Metrics::new();
         m.login("acme", "accepted");
         m.login("acme", "rejected");
-        m.radius_exchange("primary", "auth", "answered", Duration::from_millis(2));
-        m.radius_exchange("primary", "acct", "timeout", Duration::from_secs(3));
+        m.radius_exchange(
+            "primary",
+            "127.0.0.1:1812",
+            "auth",
+            "answered",
+            Duration::from_millis(2),
+        );
+        m.radius_exchange(
+            "primary",
+            "127.0.0.1:1813",
+            "acct",
+            "timeout",
+            Duration::from_secs(3),
+        );
         m.http_request(
             "/api/login",
             axum::http::StatusCode::SEE_OTHER,
@@ -372,8 +394,8 @@ mod tests {
         });
         for expected in [
             "portal_logins_total{organization=\"acme\",outcome=\"accepted\"} 1",
-            "portal_radius_timeouts_total{port=\"acct\",server=\"primary\"} 1",
-            "portal_radius_request_seconds_count{port=\"auth\",result=\"answered\",server=\"primary\"} 1",
+            "portal_radius_timeouts_total{address=\"127.0.0.1:1813\",port=\"acct\",server=\"primary\"} 1",
+            "portal_radius_request_seconds_count{address=\"127.0.0.1:1812\",port=\"auth\",result=\"answered\",server=\"primary\"} 1",
             "portal_http_requests_total{route=\"/api/login\",status=\"303\"} 1",
             "portal_expiry_lag_seconds_count 1",
             "portal_active_sessions{organization=\"acme\"} 3",

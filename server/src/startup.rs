@@ -555,9 +555,24 @@ async fn serve_metrics(
         })
         .collect();
     snapshot.tasks_down = scrape.tasks.down().len() as i64;
+    // Every configured organization and server has its series, at 0 while nothing happened:
+    // an alert on "= 0" or on `absent()` sees them from the start, not after a first event.
     for organization in scrape.organizations.all() {
+        if !snapshot
+            .active_sessions
+            .iter()
+            .any(|(id, _)| *id == organization.id)
+        {
+            snapshot.active_sessions.push((organization.id.clone(), 0));
+        }
         for server in &organization.servers {
-            scrape.metrics.known_server(&server.name);
+            let (auth, acct) = (server.auth_addr.to_string(), server.acct_addr.to_string());
+            scrape.metrics.known_server(&server.name, &auth, &acct);
+            for address in [auth, acct] {
+                if !snapshot.breakers.iter().any(|(a, _)| *a == address) {
+                    snapshot.breakers.push((address, 0));
+                }
+            }
         }
     }
     (

@@ -1072,6 +1072,31 @@ async fn metrics_count_what_happened_on_their_own_listener() {
     config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
     let app = TestApp::spawn(&config).await;
     let metrics_addr = app.metrics_addr.expect("metrics listener");
+    let scrape = || async move {
+        reqwest::get(format!("http://{metrics_addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    // Before anything happened every configured organization and server has its series, at 0
+    // (an alert on "= 0" or `absent()` sees them from the start).
+    let (auth, acct) = (
+        format!("127.0.0.1:{}", radius.strict_port),
+        format!("127.0.0.1:{}", radius.acct_port),
+    );
+    let fresh = scrape().await;
+    for expected in [
+        r#"portal_active_sessions{organization="acme"} 0"#.to_string(),
+        format!(r#"portal_radius_breaker_state{{address="{auth}"}} 0"#),
+        format!(r#"portal_radius_breaker_state{{address="{acct}"}} 0"#),
+        format!(
+            r#"portal_radius_timeouts_total{{address="{acct}",port="acct",server="primary"}} 0"#
+        ),
+    ] {
+        assert!(fresh.contains(&expected), "{expected} missing in:\n{fresh}");
+    }
 
     let page = app.browser(CLIENT).login("carol", "carol-pass").await;
     assert_eq!(page.path, "/session", "{}", page.body);
@@ -1091,21 +1116,21 @@ async fn metrics_count_what_happened_on_their_own_listener() {
         )
         .await;
 
-    let scrape = reqwest::get(format!("http://{metrics_addr}/metrics"))
-        .await
-        .unwrap();
-    assert!(scrape.status().is_success());
-    let text = scrape.text().await.unwrap();
+    let text = scrape().await;
     for expected in [
         r#"portal_logins_total{organization="acme",outcome="Accepted"} 1"#,
         r#"portal_logins_total{organization="acme",outcome="Rejected"} 1"#,
         r#"portal_logins_total{organization="unknown",outcome="InvalidInput"} 1"#,
         r#"portal_active_sessions{organization="acme"} 1"#,
-        r#"portal_radius_request_seconds_count{port="auth",result="answered",server="primary"} 2"#,
+        &format!(
+            r#"portal_radius_request_seconds_count{{address="{auth}",port="auth",result="answered",server="primary"}} 2"#
+        ),
         r#"portal_http_requests_total{route="/api/login",status="302"} 3"#,
         "portal_accounting_backlog 0",
         "portal_background_tasks_down 0",
-        r#"portal_radius_timeouts_total{port="auth",server="primary"} 0"#,
+        &format!(
+            r#"portal_radius_timeouts_total{{address="{auth}",port="auth",server="primary"}} 0"#
+        ),
     ] {
         assert!(text.contains(expected), "{expected} missing in:\n{text}");
     }

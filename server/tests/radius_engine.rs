@@ -137,6 +137,19 @@ async fn forged_replies_are_dropped_and_the_login_succeeds_through_the_real_serv
         app.radius.client().dropped_datagrams() >= 8,
         "every forgery was dropped and counted"
     );
+    // Counted per server (each server's first is worth a warning of its own: a server with
+    // the wrong secret is named in the log whatever other datagrams were dropped before).
+    assert!(
+        app.radius.client().unverified_replies_from(relay) >= 4,
+        "{}",
+        app.radius.client().unverified_replies_from(relay)
+    );
+    assert_eq!(
+        app.radius
+            .client()
+            .unverified_replies_from(radius.auth_addr(false)),
+        0
+    );
     assert!(
         app.radius.health().allows(relay),
         "forgeries do not count against the server"
@@ -679,7 +692,9 @@ async fn readiness_fails_while_every_server_is_open_circuit_and_recovers() {
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"portal_radius_timeouts_total{port="auth",server="primary"}"#),
+        metrics.contains(&format!(
+            r#"portal_radius_timeouts_total{{address="{addr}",port="auth",server="primary"}}"#
+        )),
         "{metrics}"
     );
 

@@ -71,6 +71,10 @@ struct Inner {
     waiters: HashMap<Key, Pending>,
     /// Next Identifier to try per (socket, destination), so consecutive requests differ.
     next_id: HashMap<(usize, SocketAddr), u8>,
+    /// Replies that failed verification, per server that sent them (only addresses a request
+    /// went to: bounded by the configured servers). Each server's first warns, so a server
+    /// with the wrong secret is named in the log whatever other datagrams were dropped before.
+    unverified_from: HashMap<SocketAddr, u64>,
     v4: Vec<Arc<UdpSocket>>,
     v6: Vec<Arc<UdpSocket>>,
 }
@@ -87,7 +91,8 @@ struct Shared {
     stop: CancellationToken,
     /// Datagrams dropped: not a RADIUS packet, no request waiting, or failed verification.
     dropped: AtomicU64,
-    /// Of those, the ones anyone could have sent (they decide when to warn).
+    /// Of those, the ones anyone could have sent from an address no request went to (they
+    /// decide when to warn about those).
     suspicious: AtomicU64,
 }
 
@@ -164,6 +169,13 @@ impl RadiusClient {
     /// Datagrams dropped so far (forged, unsolicited, malformed).
     pub fn dropped_datagrams(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Replies from `server` dropped so far because they failed verification (a wrong secret,
+    /// a forgery, a malformed packet). Its first is logged as a warning, whatever else was.
+    pub fn unverified_replies_from(&self, server: SocketAddr) -> u64 {
+        let inner = self.shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.unverified_from.get(&server).copied().unwrap_or(0)
     }
 
     /// Source sockets open (IPv4 + IPv6).
@@ -359,17 +371,35 @@ async fn receive_loop(
     }
 }
 
+/// Who could have caused a dropped datagram (decides how often it is worth a warning).
+#[derive(Clone, Copy)]
+enum DropCause {
+    /// Anyone, from any address.
+    Anyone,
+    /// Anyone, or the server a request went to (a reply that failed verification: a wrong
+    /// secret, or a forgery).
+    FromServer,
+    /// Only a holder of the secret.
+    SecretHolder,
+}
+
 /// Hands a datagram to the request it answers if it verifies; otherwise drops and counts it.
 fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[u8]) {
-    // `repeatable`: anyone can send such datagrams at will, so a flood of them must not become
-    // a flood of log lines: warn for the first and then every 1000th, the rest go to debug.
-    // Drops only a holder of the secret can cause always warn. The counter has them all.
-    let drop_it = |why: &dyn std::fmt::Debug, repeatable: bool| {
+    // Anyone can send `Anyone` and `FromServer` datagrams at will, so a flood of them must not
+    // become a flood of log lines: warn for the first and then every 1000th — of all unsolicited
+    // ones, and of each server's unverified replies apart — the rest go to debug. Drops only a
+    // holder of the secret can cause always warn. The counter has them all.
+    let drop_it = |why: &dyn std::fmt::Debug, cause: DropCause| {
         shared.dropped.fetch_add(1, Ordering::Relaxed);
-        let before = if repeatable {
-            shared.suspicious.fetch_add(1, Ordering::Relaxed)
-        } else {
-            0
+        let before = match cause {
+            DropCause::Anyone => shared.suspicious.fetch_add(1, Ordering::Relaxed),
+            DropCause::FromServer => {
+                let mut inner = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+                let count = inner.unverified_from.entry(from).or_default();
+                *count += 1;
+                *count - 1
+            }
+            DropCause::SecretHolder => 0,
         };
         if crate::telemetry::worth_a_warning(before) {
             let dropped_so_far = shared.dropped.load(Ordering::Relaxed);
@@ -379,7 +409,7 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
         }
     };
     let Some(&id) = datagram.get(1) else {
-        return drop_it(&"shorter than a header", true);
+        return drop_it(&"shorter than a header", DropCause::Anyone);
     };
     let key = (index, from, id);
     let (expect, asked) = {
@@ -395,7 +425,7 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
             // address than the one configured (multi-homed, NAT) looks like silence otherwise.
             return drop_it(
                 &"from an address and port this socket never sent a request to (does the server answer from another address than the one configured?)",
-                true,
+                DropCause::Anyone,
             );
         }
         // Routine: a late reply to a request that was answered or gave up.
@@ -439,9 +469,9 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
             }
             drop_it(
                 &"no Message-Authenticator although the server must send one",
-                false,
+                DropCause::SecretHolder,
             )
         }
-        Err(why) => drop_it(&why, true),
+        Err(why) => drop_it(&why, DropCause::FromServer),
     }
 }

@@ -435,8 +435,13 @@ impl Radius {
             Port::Auth => "auth",
             Port::Acct => "acct",
         };
-        self.metrics
-            .radius_exchange(&server.name, port_name, outcome, started.elapsed());
+        self.metrics.radius_exchange(
+            &server.name,
+            &destination.to_string(),
+            port_name,
+            outcome,
+            started.elapsed(),
+        );
         match &result {
             Ok(reply) => self
                 .health
