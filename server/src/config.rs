@@ -1081,7 +1081,7 @@ impl<'de> Deserialize<'de> for MessageAuthenticatorMode {
                 "learn" => Ok(MessageAuthenticatorMode::Learn),
                 "off" | "false" | "no" => Ok(MessageAuthenticatorMode::Off),
                 _ => Err(serde::de::Error::custom(format!(
-                    "`{w}` is not one of \"on\", \"learn\", \"off\""
+                    "`{w}` is not one of true (or \"on\"), \"learn\", false (or \"off\")"
                 ))),
             },
         }
@@ -1361,6 +1361,15 @@ impl Settings {
     /// Checks what serde cannot: cross-field rules, patterns, secrets.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.database.validate()?;
+        // The users' port would serve the metrics (or `serve` would fail to bind the second).
+        if let Some(metrics) = self.metrics.listen {
+            if Some(metrics) == self.http.listen && metrics.port() != 0 {
+                return Err(config_error(
+                    "metrics.listen",
+                    format!("is `http.listen` ({metrics}): give the metrics a port of their own"),
+                ));
+            }
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(config_error(
                 "log.format",
@@ -1559,6 +1568,27 @@ mod tests {
             .validate()
             .expect_err("too long");
         assert!(e.problem.ends_with("between 1s and 366d"), "{e}");
+    }
+
+    #[test]
+    fn metrics_on_the_users_port_are_refused_by_name() {
+        let text = format!(
+            "[http]\nlisten = \"127.0.0.1:3000\"\n[metrics]\nlisten = \"127.0.0.1:3000\"\n{MINIMAL}"
+        );
+        let e = Settings::from_toml(&text)
+            .expect("parses")
+            .validate()
+            .expect_err("one port for both");
+        assert_eq!(e.key, "metrics.listen", "{e}");
+        let own = text.replacen(
+            "127.0.0.1:3000\"\n[metrics]\nlisten = \"127.0.0.1:3000",
+            "127.0.0.1:3000\"\n[metrics]\nlisten = \"127.0.0.1:9464",
+            1,
+        );
+        Settings::from_toml(&own)
+            .expect("parses")
+            .validate()
+            .expect("a port of their own");
     }
 
     #[test]
