@@ -102,7 +102,7 @@ pub enum AccountingCommand {
     /// Rows that will never be sent, with the reason (newest first).
     DeadLetters {
         /// How many to show.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=10_000))]
         limit: i64,
     },
     /// Rows waiting to be delivered.
@@ -452,7 +452,7 @@ pub async fn radius_test(
             Err(e) => {
                 all_answered = false;
                 say!(
-                    "{} ({}): no answer: {} after {elapsed} ms",
+                    "{} ({}): no usable answer: {} after {elapsed} ms",
                     server.name,
                     server.auth_addr,
                     crate::portal_backend::error_chain(&e)

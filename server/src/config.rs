@@ -414,6 +414,24 @@ impl DatabaseSettings {
     }
 }
 
+/// Names among `names` that look like a setting's override (`PORTAL_` and a section the
+/// configuration has) but are none: a typo that would otherwise be ignored in silence.
+fn unknown_overrides(names: impl Iterator<Item = std::ffi::OsString>) -> Vec<String> {
+    const SECTIONS: [&str; 4] = [
+        "PORTAL_HTTP_",
+        "PORTAL_DATABASE_",
+        "PORTAL_LOG_",
+        "PORTAL_METRICS_",
+    ];
+    let mut unknown: Vec<String> = names
+        .filter_map(|name| name.into_string().ok())
+        .filter(|name| SECTIONS.iter().any(|section| name.starts_with(section)))
+        .filter(|name| !Settings::ENV_OVERRIDES.contains(&name.as_str()))
+        .collect();
+    unknown.sort();
+    unknown
+}
+
 /// A database URL with its password (in the user part or a `password=` parameter) replaced by
 /// [`REDACTED`]: `check-config` shows where the portal connects, never how it logs in.
 pub fn redact_url(url: &str) -> String {
@@ -1250,6 +1268,10 @@ impl Settings {
             None => Settings::default(),
         };
         settings.apply_env(|k| std::env::var(k).ok())?;
+        for name in unknown_overrides(std::env::vars_os().map(|(k, _)| k)) {
+            // Before logging is set up (its settings are being read): on stderr.
+            eprintln!("warning: the environment variable {name} is not a setting of the portal (a typo?); it is ignored");
+        }
         Ok(settings)
     }
 
@@ -1268,6 +1290,23 @@ impl Settings {
             config_error(key, problem)
         })
     }
+
+    /// The `PORTAL_*` variables [`Settings::apply_env`] reads.
+    pub const ENV_OVERRIDES: [&'static str; 13] = [
+        "PORTAL_HTTP_LISTEN",
+        "PORTAL_HTTP_TRUSTED_PROXIES",
+        "PORTAL_HTTP_FORWARDED_HEADER",
+        "PORTAL_HTTP_TLS_CERT_FILE",
+        "PORTAL_HTTP_TLS_KEY_FILE",
+        "PORTAL_HTTP_PUBLIC_URL",
+        "PORTAL_HTTP_SECURE_COOKIES",
+        "PORTAL_METRICS_LISTEN",
+        "PORTAL_DATABASE_PATH",
+        "PORTAL_DATABASE_URL",
+        "PORTAL_LOG_FORMAT",
+        "PORTAL_LOG_FILTER",
+        "PORTAL_LEPTOS_CONFIG",
+    ];
 
     /// Applies `PORTAL_*` overrides (and the original's `PORT`) read through `var`.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
@@ -1568,6 +1607,22 @@ mod tests {
             .validate()
             .expect_err("too long");
         assert!(e.problem.ends_with("between 1s and 366d"), "{e}");
+    }
+
+    #[test]
+    fn an_override_of_no_setting_is_found() {
+        let names = [
+            "PORTAL_HTTP_LISTN",
+            "PORTAL_HTTP_LISTEN",
+            "PORTAL_BIN",
+            "PATH",
+            "PORTAL_LOG_LEVEL",
+        ]
+        .map(std::ffi::OsString::from);
+        assert_eq!(
+            unknown_overrides(names.into_iter()),
+            ["PORTAL_HTTP_LISTN", "PORTAL_LOG_LEVEL"]
+        );
     }
 
     #[test]

@@ -149,7 +149,7 @@ pub enum SessionCommand {
         #[arg(long)]
         org: Option<String>,
         /// At most this many.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=10_000))]
         limit: i64,
         /// Machine-readable output.
         #[arg(long)]
@@ -323,7 +323,7 @@ pub enum AuditCommand {
     /// The newest entries, oldest first.
     Tail {
         /// How many.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=10_000))]
         limit: i64,
         /// Machine-readable output (one JSON object per line).
         #[arg(long)]
@@ -566,13 +566,13 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
                 );
                 let b = &view.branding;
                 for (label, value) in [
-                    ("accent colour:   ", b.accent_color.clone()),
+                    ("accent colour:    ", b.accent_color.clone()),
                     (
-                        "logo file:       ",
+                        "logo file:        ",
                         b.logo_file.as_ref().map(|p| p.display().to_string()),
                     ),
-                    ("help text:       ", b.help_text.clone()),
-                    ("contact:         ", b.contact.clone()),
+                    ("help text:        ", b.help_text.clone()),
+                    ("contact:          ", b.contact.clone()),
                 ] {
                     if let Some(value) = value {
                         say!("{label}{value}");
@@ -646,13 +646,15 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
                 map.insert("name".into(), name.into());
             }
             let cache = cache(&storage).await?;
+            let note = lasting_note(&storage, &id).await;
             finish(
                 change::update(&storage, &cache, &id, patch, &actor())
                     .await
                     .map(|changed| match changed {
                         true => format!("organization {id} updated"),
                         false => format!("organization {id}: nothing changed"),
-                    }),
+                    })
+                    .map(|message| message + &note),
             )
         }
         OrgCommand::Delete { id } => {
@@ -669,10 +671,11 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
                 Err(why) => return Ok(Outcome::Refused(why)),
             };
             let cache = cache(&storage).await?;
+            let note = lasting_note(&storage, &id).await;
             finish(
                 change::add_server(&storage, &cache, &id, server, &actor())
                     .await
-                    .map(|()| format!("server added to organization {id}")),
+                    .map(|()| format!("server added to organization {id}{note}")),
             )
         }
         OrgCommand::ServerUpdate { id, name, file } => {
@@ -681,18 +684,20 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
                 Err(why) => return Ok(Outcome::Refused(why)),
             };
             let cache = cache(&storage).await?;
+            let note = lasting_note(&storage, &id).await;
             finish(
                 change::update_server(&storage, &cache, &id, &name, patch, &actor())
                     .await
-                    .map(|_| format!("server {name} of organization {id} updated")),
+                    .map(|_| format!("server {name} of organization {id} updated{note}")),
             )
         }
         OrgCommand::ServerRemove { id, name } => {
             let cache = cache(&storage).await?;
+            let note = lasting_note(&storage, &id).await;
             finish(
                 change::remove_server(&storage, &cache, &id, &name, &actor())
                     .await
-                    .map(|()| format!("server {name} removed from organization {id}")),
+                    .map(|()| format!("server {name} removed from organization {id}{note}")),
             )
         }
     }
@@ -706,6 +711,17 @@ async fn cache(storage: &Storage) -> anyhow::Result<Organizations> {
 }
 
 /// Prints what a change did, or turns its refusal into an exit code.
+/// For a change that took effect: what to add when organization `id` is listed in the
+/// configuration file (the next start brings the file's settings back).
+async fn lasting_note(storage: &Storage, id: &str) -> String {
+    match storage.organization(id).await {
+        Ok(Some(row)) if row.from_config => format!(
+            "\nnote: organization {id} is listed in the configuration file: the next start brings back the file's settings (make the change there to keep it)"
+        ),
+        _ => String::new(),
+    }
+}
+
 fn finish(result: Result<String, ChangeError>) -> anyhow::Result<Outcome> {
     match result {
         Ok(message) => {

@@ -117,16 +117,9 @@ impl Application {
             None => Some(own_sqlite_database(&settings.database.path).await?),
             Some(_) => None,
         };
-        let storage = Storage::connect(&settings.database)
-            .await
-            .with_context(|| {
-                format!(
-                    "while opening the database {}",
-                    settings.database.location()
-                )
-            })?;
         // Everything that can fail for reasons outside the database is bound or read before the
-        // configuration is stored: a start that fails changes nothing.
+        // database is opened (SQLite: created and migrated) and the configuration stored: a
+        // start that fails changes nothing.
         let tasks = TaskHealth::default();
         let metrics = crate::metrics::Metrics::new();
         let radius = Radius::bind(&settings.radius, tasks.clone())
@@ -158,6 +151,14 @@ impl Application {
             ),
             None => None,
         };
+        let storage = Storage::connect(&settings.database)
+            .await
+            .with_context(|| {
+                format!(
+                    "while opening the database {}",
+                    settings.database.location()
+                )
+            })?;
         crate::organizations::seed(&storage, &settings.organizations)
             .await
             .context("while storing the configured organizations")?;

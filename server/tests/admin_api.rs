@@ -185,11 +185,12 @@ async fn the_admin_api_follows_the_guard_and_never_shows_secrets() {
         text.contains("bogus"),
         "the message names the field: {text}"
     );
+    // Re-enabled with the key a GET shows (`active`).
     let beta = admin
         .ok(
             Method::PATCH,
             "/organizations/beta",
-            Some(json!({ "is_active": true })),
+            Some(json!({ "active": true })),
         )
         .await;
     assert_eq!(beta["active"], true);
@@ -214,6 +215,19 @@ async fn the_admin_api_follows_the_guard_and_never_shows_secrets() {
         .await;
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["acct_session_id"], open.acct_session_id.as_str());
+    let (status, _) = admin
+        .call(
+            Method::GET,
+            "/sessions?organization=nope",
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "no such organization: not an empty list"
+    );
     let path = format!("/sessions/{}", open.id);
     assert_eq!(admin.ok(Method::GET, &path, None).await["active"], true);
     let (status, _) = admin.call(Method::DELETE, &path, Some(TOKEN), None).await;

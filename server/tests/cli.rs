@@ -74,7 +74,7 @@ async fn radius_test_probes_every_server_and_fails_when_one_is_silent() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("misconfigured (127.0.0.1:") && stdout.contains("no answer"),
+        stdout.contains("misconfigured (127.0.0.1:") && stdout.contains("no usable answer"),
         "{stdout}"
     );
     assert!(
@@ -347,6 +347,40 @@ fn serve_refuses_a_site_root_without_its_builds_assets() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not found: the site files"), "{stderr}");
+}
+
+/// A start that fails (the web port is taken) changes nothing: no database is created, so the
+/// operator commands still say there is none.
+#[test]
+fn a_start_that_fails_creates_no_database() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("portal.db");
+    let config = dir.path().join("portal.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\npath = \"{}\"\n[http]\nlisten = \"{}\"\n[[organizations]]\nid = \"acme\"\nname = \"Acme\"\n[[organizations.servers]]\nname = \"ise\"\naddress = \"127.0.0.1\"\nsecret = \"s\"\n",
+            db.display(),
+            taken.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let output = portal(&["--config", config.to_str().unwrap(), "serve"])
+        .current_dir(env!("CARGO_MANIFEST_DIR").to_string() + "/..")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("binding the web listener"), "{stderr}");
+    assert!(!db.exists(), "no database left behind");
+    let list = portal(&["--config", config.to_str().unwrap(), "org", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&list.stderr).contains("no database"),
+        "{list:?}"
+    );
 }
 
 /// `serve` warns when its configuration file holds shared secrets and others can read it, and

@@ -538,6 +538,18 @@ accent_color = "#0f766e"
     );
     let rename = portal(&config, &["org", "update", "gamma", "--name", "Gamma Two"]).await;
     assert!(rename.status.success(), "{rename:?}");
+    assert!(
+        !String::from_utf8_lossy(&rename.stdout).contains("configuration file"),
+        "created at run time: the change lasts"
+    );
+    // An organization of the configuration file: done, and told that the next start undoes it.
+    let file_org = portal(&config, &["org", "update", "acme", "--name", "Acme Two"]).await;
+    assert!(file_org.status.success(), "{file_org:?}");
+    assert!(
+        String::from_utf8_lossy(&file_org.stdout)
+            .contains("listed in the configuration file: the next start brings back"),
+        "{file_org:?}"
+    );
     wait_until("the running portal renames gamma", || async {
         app.organizations.get("gamma").unwrap().name == "Gamma Two"
     })

@@ -753,7 +753,7 @@ async fn organization_changes_are_revisioned_audited_and_guarded(db: Db) {
         s.seed_organization("acme", "Acme Corp", "{}", None, 0, T0)
             .await
             .unwrap(),
-        SeedOutcome::Updated(vec!["name"])
+        SeedOutcome::Updated(vec!["name".to_string()])
     );
     assert_eq!(
         s.seed_organization("beta", "Beta", "{\"a\":1}", Some(false), 1, T0)

@@ -436,6 +436,14 @@ async fn list_sessions(
         Ok(limit) => limit,
         Err(refused) => return *refused,
     };
+    // As `session list --org`: an organization that does not exist is not an empty list.
+    if let Some(id) = &filter.organization {
+        match api.storage.organization(id).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return error(StatusCode::NOT_FOUND, "no such organization"),
+            Err(e) => return internal(e),
+        }
+    }
     match api
         .storage
         .active_sessions_of(filter.organization.as_deref(), limit)

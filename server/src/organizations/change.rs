@@ -51,8 +51,9 @@ const DISABLED_UPDATE: &str =
 const DISABLED_CREATE: &str =
     "the organization is disabled: nothing can be added to it (enable it first, on its own)";
 
-/// The keys that name the active flag in a change (`enabled` as in the configuration file).
-const ACTIVE_KEYS: [&str; 2] = ["is_active", "enabled"];
+/// The keys that name the active flag in a change (`enabled` as in the configuration file,
+/// `active` as a `GET` shows it).
+const ACTIVE_KEYS: [&str; 3] = ["is_active", "enabled", "active"];
 
 /// Settings as shown in audit entries and operator output: every secret replaced by whether
 /// it is set.

@@ -29,13 +29,78 @@ pub struct StoredOrganization {
     pub from_config: bool,
 }
 
+/// The keys that differ between two organizations' settings (JSON), as `settings.key`, a
+/// server's as `settings.servers.{name}.key` (servers are told apart by name; one added or
+/// removed is `settings.servers.{name}`). Keys only, never values: secrets are among them.
+pub fn settings_changes(before: &str, after: &str) -> Vec<String> {
+    use serde_json::{Map, Value};
+    let parse = |text: &str| match serde_json::from_str(text) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    fn diff(prefix: &str, before: &Map<String, Value>, after: &Map<String, Value>) -> Vec<String> {
+        let mut keys: Vec<&String> = before.keys().chain(after.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter(|k| before.get(*k) != after.get(*k))
+            .map(|k| format!("{prefix}.{k}"))
+            .collect()
+    }
+    let (before, after) = (parse(before), parse(after));
+    let mut changed = Vec::new();
+    for key in diff("settings", &before, &after) {
+        if key != "settings.servers" {
+            changed.push(key);
+            continue;
+        }
+        let by_name = |settings: &Map<String, Value>| -> Vec<(String, Map<String, Value>)> {
+            settings
+                .get("servers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|s| {
+                    let name = s.get("name")?.as_str()?.to_string();
+                    Some((name, s.as_object()?.clone()))
+                })
+                .collect()
+        };
+        let (old, new) = (by_name(&before), by_name(&after));
+        let find = |list: &[(String, Map<String, Value>)], name: &str| {
+            list.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone())
+        };
+        let mut names: Vec<&String> = old.iter().chain(new.iter()).map(|(n, _)| n).collect();
+        names.sort();
+        names.dedup();
+        let mut servers = Vec::new();
+        for name in names {
+            let prefix = format!("settings.servers.{name}");
+            match (find(&old, name), find(&new, name)) {
+                (Some(o), Some(n)) => servers.extend(diff(&prefix, &o, &n)),
+                _ => servers.push(prefix),
+            }
+        }
+        servers.sort();
+        servers.dedup();
+        // Only the order changed (which server is tried first): the list as a whole.
+        changed.extend(if servers.is_empty() {
+            vec![key]
+        } else {
+            servers
+        });
+    }
+    changed
+}
+
 /// What seeding one organization from the configuration did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SeedOutcome {
     /// It was new.
     Created,
-    /// It existed; these parts changed (`settings`, `name`, `enabled`, `disabled`).
-    Updated(Vec<&'static str>),
+    /// It existed; these parts changed: `name`, `enabled`, `disabled`, and each setting by its
+    /// key (`settings.login_timeout`, `settings.servers.primary.timeout`; never a value).
+    Updated(Vec<String>),
     /// Nothing changed.
     Unchanged,
 }
@@ -553,10 +618,13 @@ impl<B: OrgBackend> OrganizationStore for B {
             Some((old_name, old_settings)) => {
                 let mut changed = Vec::new();
                 if old_name != name {
-                    changed.push("name");
+                    changed.push("name".to_string());
                 }
                 if old_settings.as_deref() != Some(settings_json) {
-                    changed.push("settings");
+                    changed.extend(settings_changes(
+                        old_settings.as_deref().unwrap_or("{}"),
+                        settings_json,
+                    ));
                 }
                 c.execute(
                     "UPDATE organizations SET position = $1 WHERE id = $2",
@@ -591,7 +659,7 @@ impl<B: OrgBackend> OrganizationStore for B {
                 }
                 if let Some(active) = enabled {
                     if set_active_in(self, c, id, active, "config", now).await? {
-                        changed.push(if active { "enabled" } else { "disabled" });
+                        changed.push(if active { "enabled" } else { "disabled" }.to_string());
                     }
                 }
                 if changed.is_empty() {
@@ -1029,5 +1097,39 @@ impl<B: OrgBackend> OrganizationStore for B {
                 &[Arg::Int(limit)],
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::settings_changes;
+
+    #[test]
+    fn settings_changes_name_keys_and_servers_never_values() {
+        let before = r#"{"name":"A","login_timeout":"10s","servers":[
+            {"name":"primary","secret":"s3cr3t","timeout":"3s"},
+            {"name":"backup","secret":"x"}]}"#;
+        let after = r#"{"name":"A","login_timeout":"20s","servers":[
+            {"name":"primary","secret":"n3w","timeout":"3s","require_message_authenticator":"off"},
+            {"name":"third","secret":"y"}]}"#;
+        assert_eq!(
+            settings_changes(before, after),
+            [
+                "settings.login_timeout",
+                "settings.servers.backup",
+                "settings.servers.primary.require_message_authenticator",
+                "settings.servers.primary.secret",
+                "settings.servers.third",
+            ]
+        );
+        let swapped = r#"{"servers":[{"name":"b"},{"name":"a"}]}"#;
+        assert_eq!(
+            settings_changes(r#"{"servers":[{"name":"a"},{"name":"b"}]}"#, swapped),
+            ["settings.servers"],
+            "only the order"
+        );
+        assert!(settings_changes(before, before).is_empty());
+        let all = settings_changes(before, after).join(" ");
+        assert!(!all.contains("s3cr3t") && !all.contains("n3w"), "{all}");
     }
 }
