@@ -19,7 +19,7 @@ use radius_portal::{
     storage::NewAccessSession,
 };
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
@@ -820,4 +820,66 @@ fn stored_session(acct_session_id: &str, ip: &str, now: i64) -> NewAccessSession
         typed_username: None,
         nas: None,
     }
+}
+
+/// Servers coming back together after an outage: a Stop held through it goes to the session's
+/// own server, not to whichever server answered its probe first — that one never saw the
+/// session's Start, and a Stop there leaves the Start open at the own server.
+#[tokio::test]
+async fn a_stop_held_through_an_outage_goes_to_the_sessions_own_server_when_both_return() {
+    let mut primary = FreeRadius::start().await;
+    let mut backup = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let fast = |radius: &FreeRadius, name: &str| {
+        let mut server = radius.server_settings(name, true);
+        server.timeout = Duration::from_millis(300);
+        server.retries = 1;
+        server
+    };
+    let mut settings = settings(
+        &db,
+        vec![fast(&primary, "primary"), fast(&backup, "backup")],
+    );
+    settings.radius.probe_interval = Duration::from_millis(500);
+    settings.radius.breaker_failures = 1;
+    let app = TestApp::spawn(&settings).await;
+    let acct = |radius: &FreeRadius| SocketAddr::from(([127, 0, 0, 1], radius.acct_port));
+    let (primary_acct, backup_acct) = (acct(&primary), acct(&backup));
+
+    // The primary is down: the session opens on the backup.
+    primary.kill();
+    let session = app
+        .sessions
+        .login("acme", "carol", "carol-pass", IpAddr::V4(client(8)))
+        .await
+        .unwrap();
+    assert_eq!(session.server_name, "backup");
+    let sid = format!("sid={}", session.acct_session_id);
+    backup.wait_for_acct(&["status=Start", &sid]).await;
+
+    // Then the backup goes too, and the user disconnects: the Stop is held.
+    backup.kill();
+    let sessions = app.sessions.clone();
+    tokio::spawn(async move { sessions.disconnect(session.id).await });
+    let health = app.radius.health().clone();
+    wait_until("every accounting server is down", || async {
+        health.is_open(primary_acct) && health.is_open(backup_acct)
+    })
+    .await;
+
+    // The primary answers its probe first, the backup a moment later.
+    primary.restart().await;
+    wait_until("the primary is back", || async {
+        health.allows(primary_acct)
+    })
+    .await;
+    backup.restart().await;
+    let stop = backup.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&stop, "cause"), "User-Request");
+    assert!(
+        primary.acct_lines().iter().all(|line| !line.contains(&sid)),
+        "the primary never saw the session: {:?}",
+        primary.acct_lines()
+    );
+    app.stop().await;
 }

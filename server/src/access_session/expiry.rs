@@ -131,19 +131,32 @@ impl Expiry {
     /// next deadline or a wake-up.
     pub async fn run(self, shutdown: CancellationToken) {
         let wake = &self.wake.0;
+        // Passes in a row whose writes failed (a full disk, a read-only database): what is due
+        // stays due, so the next pass waits a back-off, not for a deadline already past.
+        let mut failures = 0u32;
         loop {
             // From here until `next_look` is stored, every new deadline wakes the task.
             wake.next_look.store(i64::MAX, Ordering::SeqCst);
             let notified = wake.notify.notified();
             let now = now_ms();
+            let mut failed = false;
             if let Err(e) = self.expire_due(now).await {
-                tracing::error!(error = ?e, "expiry check failed; retrying");
+                failed = true;
+                // One line per pass: the back-off bounds them (one per 5 s at most, soon).
+                tracing::error!(error = ?e, failures, "expiry check failed; retrying");
             }
             if let Err(e) = self.send_due_interims(now).await {
-                tracing::error!(error = ?e, "queueing interim updates failed; retrying");
+                failed = true;
+                tracing::error!(error = ?e, failures, "queueing interim updates failed; retrying");
             }
+            failures = if failed {
+                failures.saturating_add(1)
+            } else {
+                0
+            };
             let longest = MAX_SLEEP.min(self.storage.longest_sleep());
             let sleep = match self.next_due().await {
+                _ if failures > 0 => retry_after(failures),
                 Ok(Some(at)) => {
                     Duration::from_millis((at - now_ms()).max(0) as u64 + 1).min(longest)
                 }
@@ -164,9 +177,25 @@ impl Expiry {
     }
 }
 
+/// The wait before the next pass after `failures` failed passes in a row: 100 ms, doubling,
+/// at most 5 s.
+fn retry_after(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(6);
+    Duration::from_millis(100 << doublings).min(Duration::from_secs(5))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_passes_back_off_to_five_seconds() {
+        assert_eq!(retry_after(1), Duration::from_millis(100));
+        assert_eq!(retry_after(2), Duration::from_millis(200));
+        assert_eq!(retry_after(6), Duration::from_millis(3200));
+        assert_eq!(retry_after(7), Duration::from_secs(5));
+        assert_eq!(retry_after(u32::MAX), Duration::from_secs(5));
+    }
 
     #[test]
     fn only_a_deadline_before_the_next_look_wakes_the_task() {

@@ -113,23 +113,53 @@ pub fn backoff_ms(attempts: i64) -> i64 {
     (1000i64 << exp).min(MAX_BACKOFF_MS)
 }
 
-/// The server an accounting row goes to: the session's own (by name) while its breaker is
-/// closed, else the organization's first other server whose breaker is closed. None when
-/// every server is down. The flag says whether this is a failover.
+/// Where an accounting row goes ([`pick_server`]).
+#[derive(Debug)]
+pub enum Pick<'a> {
+    /// The session's own server (by name): its breaker is closed.
+    Own(&'a ServerEndpoint),
+    /// Another server of the organization: the session's own is down.
+    Failover(&'a ServerEndpoint),
+    /// The session's own server is down and the others that are up came back only just:
+    /// wait this long, so that servers returning together after an outage each answer their
+    /// probe first, and the row goes to its own server rather than to whichever came first
+    /// (a Stop at a server that never saw the Start leaves the Start open there).
+    Settling(Duration),
+    /// Every server of the organization is down.
+    AllDown,
+}
+
+/// The server an accounting row goes to: the session's own (by name) while `allows` it, else
+/// the organization's first other server that it allows and that has settled (`settling`:
+/// how long until it has been back long enough; None when it has).
 pub fn pick_server<'a>(
     org: &'a Organization,
     session_server: &str,
     allows: impl Fn(&ServerEndpoint) -> bool,
-) -> Option<(&'a ServerEndpoint, bool)> {
+    settling: impl Fn(&ServerEndpoint) -> Option<Duration>,
+) -> Pick<'a> {
     let own = org.servers.iter().find(|s| s.name == session_server);
     if let Some(own) = own.filter(|s| allows(s)) {
-        return Some((own, false));
+        return Pick::Own(own);
     }
-    org.servers
-        .iter()
-        .filter(|s| s.name != session_server)
-        .find(|s| allows(s))
-        .map(|s| (s, true))
+    let mut wait: Option<Duration> = None;
+    for other in org.servers.iter().filter(|s| s.name != session_server) {
+        if !allows(other) {
+            continue;
+        }
+        match settling(other) {
+            None => return Pick::Failover(other),
+            Some(left) => wait = Some(wait.map_or(left, |w| w.min(left))),
+        }
+    }
+    wait.map_or(Pick::AllDown, Pick::Settling)
+}
+
+/// How long a server must have been back before accounting fails over to it (see
+/// [`Pick::Settling`]): two probe intervals and a second, so that the session's own server,
+/// back at the same time, is probed and answers first; at least 5 s.
+pub fn failover_settle(probe_interval: Duration) -> Duration {
+    (probe_interval * 2 + Duration::from_secs(1)).max(Duration::from_secs(5))
 }
 
 impl Accounting {
@@ -418,16 +448,39 @@ impl Accounting {
                 .await;
         }
         let health = self.radius.health();
-        let Some((server, failover)) =
-            pick_server(&org, &session.server_name, |s| health.admit(s, Port::Acct))
-        else {
-            let retry = now + backoff_ms(row.attempts);
-            self.storage
-                .mark_failed(&row, retry, "every accounting server is down", false)
-                .await?;
-            tracing::warn!(acct_session_id = %acct_id, status_type = record.status_type,
-                "accounting held: every server of the organization is down; will retry");
-            return Ok(Delivery::RetryAt(retry));
+        let settle = failover_settle(health.probe_interval());
+        let (server, failover) = match pick_server(
+            &org,
+            &session.server_name,
+            |s| health.admit(s, Port::Acct),
+            |s| health.settling(s, Port::Acct, settle),
+        ) {
+            Pick::Own(server) => (server, false),
+            Pick::Failover(server) => (server, true),
+            Pick::Settling(left) => {
+                let retry = now + left.as_millis() as i64 + 1;
+                self.storage
+                    .mark_failed(
+                        &row,
+                        retry,
+                        "the session's server is down and the others are only just back",
+                        false,
+                    )
+                    .await?;
+                tracing::info!(acct_session_id = %acct_id, status_type = record.status_type,
+                    session_server = %session.server_name,
+                    "accounting waits before failing over: the other servers are only just back (the session's own may be too)");
+                return Ok(Delivery::RetryAt(retry));
+            }
+            Pick::AllDown => {
+                let retry = now + backoff_ms(row.attempts);
+                self.storage
+                    .mark_failed(&row, retry, "every accounting server is down", false)
+                    .await?;
+                tracing::warn!(acct_session_id = %acct_id, status_type = record.status_type,
+                    "accounting held: every server of the organization is down; will retry");
+                return Ok(Delivery::RetryAt(retry));
+            }
         };
         if failover {
             tracing::warn!(acct_session_id = %acct_id, status_type = record.status_type,
@@ -650,7 +703,91 @@ impl Accounting {
 
 #[cfg(test)]
 mod tests {
-    use super::backoff_ms;
+    use super::{backoff_ms, failover_settle, pick_server, Pick};
+    use std::time::Duration;
+
+    #[test]
+    fn a_row_goes_to_its_own_server_else_to_another_that_has_settled() {
+        let org = crate::organizations::Organization::from_settings(
+            "organizations.acme",
+            &toml::from_str(
+                r#"
+                id = "acme"
+                name = "Acme"
+                [[servers]]
+                name = "primary"
+                address = "10.0.0.1"
+                secret = "s"
+                [[servers]]
+                name = "backup"
+                address = "10.0.0.2"
+                secret = "s"
+                [[servers]]
+                name = "third"
+                address = "10.0.0.3"
+                secret = "s"
+                "#,
+            )
+            .expect("settings"),
+        )
+        .expect("organization");
+        let up = |names: &'static [&'static str]| {
+            move |s: &crate::radius::ServerEndpoint| names.contains(&s.name.as_str())
+        };
+        let settled = |_: &crate::radius::ServerEndpoint| None;
+        let name = |pick: Pick| match pick {
+            Pick::Own(s) => format!("own {}", s.name),
+            Pick::Failover(s) => format!("failover {}", s.name),
+            Pick::Settling(left) => format!("settling {left:?}"),
+            Pick::AllDown => "all down".into(),
+        };
+        let all = up(&["primary", "backup", "third"]);
+        assert_eq!(
+            name(pick_server(&org, "backup", &all, settled)),
+            "own backup"
+        );
+        let others = up(&["primary", "third"]);
+        assert_eq!(
+            name(pick_server(&org, "backup", &others, settled)),
+            "failover primary"
+        );
+        assert_eq!(
+            name(pick_server(&org, "backup", up(&[]), settled)),
+            "all down"
+        );
+        // The others came back only just: wait for the shortest of them to settle…
+        let just_back = |s: &crate::radius::ServerEndpoint| {
+            Some(Duration::from_secs(if s.name == "primary" { 4 } else { 2 }))
+        };
+        assert_eq!(
+            name(pick_server(&org, "backup", &others, just_back)),
+            "settling 2s"
+        );
+        // …unless another has been back long enough; the own server needs no settling.
+        let primary_settled =
+            |s: &crate::radius::ServerEndpoint| (s.name == "third").then(|| Duration::from_secs(3));
+        assert_eq!(
+            name(pick_server(&org, "backup", &others, primary_settled)),
+            "failover primary"
+        );
+        assert_eq!(
+            name(pick_server(&org, "backup", &all, just_back)),
+            "own backup"
+        );
+        // A server that is gone from the configuration: any other that has settled.
+        assert_eq!(
+            name(pick_server(&org, "removed", &all, settled)),
+            "failover primary"
+        );
+        assert_eq!(
+            failover_settle(Duration::from_secs(2)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            failover_settle(Duration::from_secs(10)),
+            Duration::from_secs(21)
+        );
+    }
 
     #[test]
     fn backoff_doubles_from_one_second_and_is_capped() {

@@ -10,6 +10,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 use tokio::{sync::Notify, time::Instant};
 
@@ -28,6 +29,8 @@ struct Entry {
     learned_message_authenticator: bool,
     /// Where and how to probe while open: the endpoint that last used this address.
     probe: Option<(ServerEndpoint, Port)>,
+    /// When its breaker last closed after being open (None: never opened).
+    closed_again_at: Option<Instant>,
 }
 
 /// Per-address server state. Cheap to clone.
@@ -59,6 +62,7 @@ impl ServerHealth {
             breaker: Breaker::new(self.policy),
             learned_message_authenticator: false,
             probe: None,
+            closed_again_at: None,
         });
         f(entry)
     }
@@ -121,7 +125,11 @@ impl ServerHealth {
     pub fn record_success(&self, addr: SocketAddr, had_message_authenticator: bool) {
         let closed = self.with(addr, |e| {
             e.learned_message_authenticator |= had_message_authenticator;
-            e.breaker.record_success()
+            let closed = e.breaker.record_success();
+            if closed {
+                e.closed_again_at = Some(Instant::now());
+            }
+            closed
         });
         if closed {
             tracing::info!(%addr, "RADIUS server answered a trial request: circuit breaker closed");
@@ -172,11 +180,42 @@ impl ServerHealth {
     /// A probe of `addr` was answered: close its breaker.
     pub fn record_probe_success(&self, server: &ServerEndpoint, port: Port) {
         let addr = address(server, port);
-        if self.with(addr, |e| e.breaker.record_probe_success()) {
+        let closed = self.with(addr, |e| {
+            let closed = e.breaker.record_probe_success();
+            if closed {
+                e.closed_again_at = Some(Instant::now());
+            }
+            closed
+        });
+        if closed {
             tracing::info!(server = %server.name, %addr, ?port,
                 "RADIUS server answers Status-Server again: circuit breaker closed");
             self.recovered.notify_waiters();
         }
+    }
+
+    /// The time between probes of a server that is down (at the first back-off level).
+    pub fn probe_interval(&self) -> Duration {
+        self.policy.probe_interval
+    }
+
+    /// How long until `server` at `port`, whose breaker closed again less than `settle` ago,
+    /// has been back for `settle`; None when it has (or never was down, or is not closed).
+    /// Accounting fails over only to a server that has settled: servers that come back
+    /// together after an outage each get the time to answer their probe, so a session's row
+    /// goes to its own server rather than to whichever answered first.
+    pub fn settling(
+        &self,
+        server: &ServerEndpoint,
+        port: Port,
+        settle: Duration,
+    ) -> Option<Duration> {
+        let now = Instant::now();
+        self.with(address(server, port), |e| {
+            let closed = matches!(e.breaker.state(), BreakerState::Closed { .. });
+            let settled_at = e.closed_again_at? + settle;
+            (closed && now < settled_at).then(|| settled_at - now)
+        })
     }
 
     /// Signalled when a breaker opens.

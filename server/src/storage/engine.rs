@@ -134,7 +134,17 @@ struct Progress {
     commits_normal: AtomicU64,
     /// Writes committed (a transaction holds one or more).
     writes: AtomicU64,
+    /// When a batch last failed as a whole (unix ms; 0: never): the database refused writes
+    /// (a full disk, a read-only file), not one write its own rule.
+    last_failure: AtomicI64,
+    /// When a batch last committed (unix ms; 0: never).
+    last_commit: AtomicI64,
 }
+
+/// How long after a failed batch, with none committed since, the database counts as not
+/// writable (`/readyz`): long enough to cover the retries that follow, short enough that an
+/// idle portal whose disk was freed is ready again without writing to find out.
+const FAILING_FOR_MS: i64 = 30_000;
 
 /// A queued write, type-erased for the writer's channel.
 trait WriteJob: Send {
@@ -147,8 +157,22 @@ trait WriteJob: Send {
     /// Whether its last run succeeded (false: it failed, or it never ran because its caller
     /// had gone away).
     fn succeeded(&self) -> bool;
+    /// Whether its last run failed because the database refused to store anything (a full
+    /// disk, a read-only or broken file), not by a rule of its own.
+    fn refused_by_database(&self) -> bool;
     /// Reports the outcome once the batch is over (`Err`: the batch was not committed).
     fn finish(self: Box<Self>, batch: Result<(), String>);
+}
+
+/// Whether `error` says the database cannot store anything now (rather than that one write
+/// broke a rule).
+fn database_refuses(error: &StorageError) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        error,
+        StorageError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+            if matches!(e.code, DiskFull | ReadOnly | SystemIoFailure | CannotOpen | DatabaseCorrupt | NotADatabase)
+    )
 }
 
 struct Job<F, R> {
@@ -189,6 +213,10 @@ where
 
     fn succeeded(&self) -> bool {
         matches!(self.result, Some(Ok(_)))
+    }
+
+    fn refused_by_database(&self) -> bool {
+        matches!(&self.result, Some(Err(e)) if database_refuses(e))
     }
 
     fn finish(self: Box<Self>, batch: Result<(), String>) {
@@ -261,13 +289,17 @@ impl Engine {
     }
 
     /// False once the writer thread has ended (it never should: every write is isolated from
-    /// it); `/readyz` reports it.
+    /// it), while it is stalled, or while the database refuses writes (the last batch failed,
+    /// none committed since, within [`FAILING_FOR_MS`]); `/readyz` reports it.
     pub(crate) fn writer_alive(&self) -> bool {
         let progress = &self.inner.progress;
+        let now = crate::access_session::now_ms();
         let stalled = progress.queued.load(Ordering::SeqCst) > 0
-            && crate::access_session::now_ms() - progress.last_batch.load(Ordering::SeqCst)
-                > STALL_MS;
-        !self.inner.writer.is_finished() && !stalled
+            && now - progress.last_batch.load(Ordering::SeqCst) > STALL_MS;
+        let failed_at = progress.last_failure.load(Ordering::SeqCst);
+        let refusing = failed_at > progress.last_commit.load(Ordering::SeqCst)
+            && now - failed_at < FAILING_FOR_MS;
+        !self.inner.writer.is_finished() && !stalled && !refusing
     }
 
     /// What has been committed since the engine was opened.
@@ -587,10 +619,20 @@ fn commit(
                 commits.fetch_add(1, Ordering::Relaxed);
                 let stored = batch.iter().filter(|job| job.succeeded()).count();
                 progress.writes.fetch_add(stored as u64, Ordering::Relaxed);
+                progress
+                    .last_commit
+                    .store(crate::access_session::now_ms(), Ordering::SeqCst);
+            } else if batch.iter().any(|job| job.refused_by_database()) {
+                progress
+                    .last_failure
+                    .store(crate::access_session::now_ms(), Ordering::SeqCst);
             }
             Ok(())
         }
         Err(e) => {
+            progress
+                .last_failure
+                .store(crate::access_session::now_ms(), Ordering::SeqCst);
             tracing::error!(error = %e, writes = batch.len(), "database write batch failed; nothing of it was stored");
             Err(format!("database write failed: {e}"))
         }
@@ -780,6 +822,37 @@ mod tests {
         engine
             .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
             .expect("count")
+    }
+
+    /// `/readyz` says "database unavailable" while the database refuses writes (here: full),
+    /// and ready again once a write commits; a write breaking its own rule changes nothing.
+    #[tokio::test]
+    async fn a_database_refusing_writes_is_not_writable_until_one_commits() {
+        let (_dir, engine) = engine().await;
+        insert_small(&engine, "a").await;
+        assert!(engine.writer_alive());
+        let duplicate = engine
+            .write(|c| Ok(c.execute("INSERT INTO t (v) VALUES ('a')", [])?))
+            .await;
+        assert!(duplicate.is_err());
+        assert!(engine.writer_alive(), "a write's own error is no outage");
+        let full = engine
+            .write(|c| {
+                let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+                c.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+                Ok(c.execute("INSERT INTO t (v) VALUES (?)", ["x".repeat(100_000)])?)
+            })
+            .await;
+        assert!(full.is_err(), "the file may not grow");
+        assert!(!engine.writer_alive(), "refusing writes");
+        engine
+            .write(|c| {
+                c.query_row("PRAGMA max_page_count = 1073741823", [], |_| Ok(()))?;
+                Ok(c.execute("INSERT INTO t (v) VALUES ('room again')", [])?)
+            })
+            .await
+            .expect("room again");
+        assert!(engine.writer_alive());
     }
 
     #[tokio::test]
