@@ -735,7 +735,7 @@ mod tests {
             move |s: &crate::radius::ServerEndpoint| names.contains(&s.name.as_str())
         };
         let settled = |_: &crate::radius::ServerEndpoint| None;
-        let name = |pick: Pick| match pick {
+        let name = |pick: Pick<'_>| match pick {
             Pick::Own(s) => format!("own {}", s.name),
             Pick::Failover(s) => format!("failover {}", s.name),
             Pick::Settling(left) => format!("settling {left:?}"),
@@ -743,12 +743,12 @@ mod tests {
         };
         let all = up(&["primary", "backup", "third"]);
         assert_eq!(
-            name(pick_server(&org, "backup", &all, settled)),
+            name(pick_server(&org, "backup", all, settled)),
             "own backup"
         );
         let others = up(&["primary", "third"]);
         assert_eq!(
-            name(pick_server(&org, "backup", &others, settled)),
+            name(pick_server(&org, "backup", others, settled)),
             "failover primary"
         );
         assert_eq!(
@@ -760,23 +760,23 @@ mod tests {
             Some(Duration::from_secs(if s.name == "primary" { 4 } else { 2 }))
         };
         assert_eq!(
-            name(pick_server(&org, "backup", &others, just_back)),
+            name(pick_server(&org, "backup", others, just_back)),
             "settling 2s"
         );
         // …unless another has been back long enough; the own server needs no settling.
         let primary_settled =
             |s: &crate::radius::ServerEndpoint| (s.name == "third").then(|| Duration::from_secs(3));
         assert_eq!(
-            name(pick_server(&org, "backup", &others, primary_settled)),
+            name(pick_server(&org, "backup", others, primary_settled)),
             "failover primary"
         );
         assert_eq!(
-            name(pick_server(&org, "backup", &all, just_back)),
+            name(pick_server(&org, "backup", all, just_back)),
             "own backup"
         );
         // A server that is gone from the configuration: any other that has settled.
         assert_eq!(
-            name(pick_server(&org, "removed", &all, settled)),
+            name(pick_server(&org, "removed", all, settled)),
             "failover primary"
         );
         assert_eq!(
