@@ -478,6 +478,17 @@ impl PortalService for PortalBackend {
             web.insert(&access_session_key(&org_id), session.id)
                 .await
                 .map_err(|e| internal("writing the web session", &e))?;
+            // Stored before the answer: a browser that is told its sign-in failed must not
+            // leave an access session behind that it can neither see nor end.
+            if let Err(e) = crate::http::web_session::save_now(request, &web).await {
+                tracing::error!(error = %e, acct_session_id = %session.acct_session_id,
+                    "the new session's web session could not be saved: ending the session");
+                if let Err(stop) = self.sessions.end_unlinked(session.id).await {
+                    tracing::error!(error = %error_chain(&stop), acct_session_id = %session.acct_session_id,
+                        "ending a session no browser is linked to failed: it ends at its deadline");
+                }
+                return Err(PortalError::Internal);
+            }
             Ok(self.view(&session))
         }
         .await;

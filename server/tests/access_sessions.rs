@@ -1196,3 +1196,36 @@ async fn an_open_session_keeps_the_nas_identity_it_started_with() {
     assert_eq!(field(&next, "nas_id"), "renamed-nas", "{next}");
     app.stop().await;
 }
+
+/// A sign-in whose web session cannot be stored (here the database refuses that one write)
+/// answers 500 and leaves nothing behind: the access session it opened is ended at once (Stop,
+/// NAS-Error) instead of granting access to a user who was told the sign-in failed and who
+/// could neither see nor end it.
+#[tokio::test]
+async fn a_sign_in_whose_web_session_cannot_be_stored_leaves_no_session() {
+    let (radius, app, dir) = portal_with_one_server().await;
+    let db = dir.path().join("portal.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER refuse_web_sessions BEFORE INSERT ON tower_sessions \
+             BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
+        )
+        .unwrap();
+    }
+
+    let answer = app
+        .browser(CLIENT)
+        .login_as_script("carol", "carol-pass")
+        .await;
+
+    assert_eq!(answer.status(), 500);
+    let body: serde_json::Value = serde_json::from_str(&answer.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "Internal", "{body}");
+    let start = radius.wait_for_acct(&["status=Start", "user=carol"]).await;
+    let sid = format!("sid={}", field(&start, "sid"));
+    let stop = radius.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&stop, "cause"), "NAS-Error");
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
+    app.stop().await;
+}

@@ -515,7 +515,7 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
     assert_eq!(status, StatusCode::CONFLICT, "{text}");
     assert!(text.contains("open session"), "{text}");
 
-    // Disabled: read and delete allowed, create 400, update 403.
+    // Disabled: read and delete allowed, create and update 403.
     admin
         .ok(
             Method::PATCH,
@@ -531,7 +531,7 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
             Some(json!({ "name": "g3", "address": "127.0.0.1", "secret": "x" })),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
     assert!(text.contains("disabled"), "{text}");
     for (method, path, body) in [
         (

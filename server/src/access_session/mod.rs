@@ -508,6 +508,13 @@ impl AccessSessions {
         Ok(true)
     }
 
+    /// Ends a session that opened but could not be linked to its browser (its web session
+    /// was not stored: the user was told the sign-in failed): Stop with NAS-Error, the
+    /// portal's own failure. False if it was not active.
+    pub async fn end_unlinked(&self, id: i64) -> Result<bool, SessionError> {
+        self.stop_and_send(id, terminate_cause::NAS_ERROR).await
+    }
+
     /// Ends a session on the operator's or the RADIUS server's behalf (Stop, Admin-Reset).
     /// False if it was not active.
     pub async fn stop_by_operator(&self, id: i64) -> Result<bool, SessionError> {

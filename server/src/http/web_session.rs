@@ -20,7 +20,10 @@ use axum::{
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use std::sync::Arc;
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
 use tower_sessions::{
     session::{Id, Session},
     Expiry,
@@ -39,6 +42,27 @@ pub struct Opened {
     session: Session,
     /// The request brought a session cookie (well-formed or not).
     had_cookie: bool,
+    /// Shared with the request's extensions: set by [`save_now`].
+    saved: SavedDuringRequest,
+}
+
+/// In a request's extensions beside its [`Session`]: whether the request saved it itself
+/// ([`save_now`]), so the answer does not save it again.
+#[derive(Clone, Default)]
+pub struct SavedDuringRequest(Arc<AtomicBool>);
+
+/// Saves the request's web session now rather than after the answer, for a caller that must
+/// know it is stored before it answers (a login: an access session the browser is not linked
+/// to would be one its user can neither see nor end). The answer then only sets the cookie.
+pub async fn save_now(
+    request: &axum::http::request::Parts,
+    session: &Session,
+) -> Result<(), tower_sessions::session::Error> {
+    session.save().await?;
+    if let Some(saved) = request.extensions.get::<SavedDuringRequest>() {
+        saved.0.store(true, Ordering::SeqCst);
+    }
+    Ok(())
 }
 
 impl WebSessions {
@@ -79,10 +103,13 @@ impl WebSessions {
             tracing::debug!("more than one web-session cookie: none is used");
         }
         let session = Session::new(id, self.store.clone(), Some(super::WEB_SESSION_EXPIRY));
+        let saved = SavedDuringRequest::default();
         request.extensions_mut().insert(session.clone());
+        request.extensions_mut().insert(saved.clone());
         Opened {
             session,
             had_cookie,
+            saved,
         }
     }
 
@@ -92,6 +119,7 @@ impl WebSessions {
         let Opened {
             session,
             had_cookie,
+            saved,
         } = opened;
         let empty = session.is_empty().await;
         let cookie = if empty {
@@ -103,7 +131,12 @@ impl WebSessions {
             if !session.is_modified() || response.status().is_server_error() {
                 return;
             }
-            if let Err(e) = session.save().await {
+            let saved_already = saved.0.load(Ordering::SeqCst);
+            if let Err(e) = if saved_already {
+                Ok(())
+            } else {
+                session.save().await
+            } {
                 tracing::error!(error = %e, "saving the web session failed");
                 *response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
                 return;

@@ -467,7 +467,7 @@ pub async fn add_server(
 ) -> Result<(), ChangeError> {
     let server = object(server, "server")?;
     if !guard::allows(Operation::AdminCreate, state_of(storage, id).await?) {
-        return Err(ChangeError::Invalid(DISABLED_CREATE.into()));
+        return Err(ChangeError::Forbidden(DISABLED_CREATE.into()));
     }
     let name = server
         .get("name")

@@ -27,7 +27,7 @@ use std::{
     panic::AssertUnwindSafe,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering},
         mpsc, Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -134,11 +134,20 @@ struct Progress {
     commits_normal: AtomicU64,
     /// Writes committed (a transaction holds one or more).
     writes: AtomicU64,
-    /// When a batch last failed as a whole (unix ms; 0: never): the database refused writes
-    /// (a full disk, a read-only file), not one write its own rule.
-    last_failure: AtomicI64,
-    /// When a batch last committed (unix ms; 0: never).
-    last_commit: AtomicI64,
+    /// The last batch that wrote or tried to write found the database refusing writes (a full
+    /// disk, a read-only file: not one write's own rule); cleared by the next commit.
+    refusing: AtomicBool,
+    /// When it last refused (unix ms).
+    last_refusal: AtomicI64,
+}
+
+impl Progress {
+    /// The database refused a batch's writes.
+    fn refused(&self) {
+        self.last_refusal
+            .store(crate::access_session::now_ms(), Ordering::SeqCst);
+        self.refusing.store(true, Ordering::SeqCst);
+    }
 }
 
 /// How long after a failed batch, with none committed since, the database counts as not
@@ -296,9 +305,8 @@ impl Engine {
         let now = crate::access_session::now_ms();
         let stalled = progress.queued.load(Ordering::SeqCst) > 0
             && now - progress.last_batch.load(Ordering::SeqCst) > STALL_MS;
-        let failed_at = progress.last_failure.load(Ordering::SeqCst);
-        let refusing = failed_at > progress.last_commit.load(Ordering::SeqCst)
-            && now - failed_at < FAILING_FOR_MS;
+        let refusing = progress.refusing.load(Ordering::SeqCst)
+            && now - progress.last_refusal.load(Ordering::SeqCst) < FAILING_FOR_MS;
         !self.inner.writer.is_finished() && !stalled && !refusing
     }
 
@@ -619,20 +627,14 @@ fn commit(
                 commits.fetch_add(1, Ordering::Relaxed);
                 let stored = batch.iter().filter(|job| job.succeeded()).count();
                 progress.writes.fetch_add(stored as u64, Ordering::Relaxed);
-                progress
-                    .last_commit
-                    .store(crate::access_session::now_ms(), Ordering::SeqCst);
+                progress.refusing.store(false, Ordering::SeqCst);
             } else if batch.iter().any(|job| job.refused_by_database()) {
-                progress
-                    .last_failure
-                    .store(crate::access_session::now_ms(), Ordering::SeqCst);
+                progress.refused();
             }
             Ok(())
         }
         Err(e) => {
-            progress
-                .last_failure
-                .store(crate::access_session::now_ms(), Ordering::SeqCst);
+            progress.refused();
             tracing::error!(error = %e, writes = batch.len(), "database write batch failed; nothing of it was stored");
             Err(format!("database write failed: {e}"))
         }
