@@ -76,9 +76,14 @@ pub enum PortalError {
     #[error("Something went wrong on our side. Please try again.")]
     Internal,
     /// The browser could not reach the server or decode its answer (detail kept for debugging).
-    #[error("The portal could not be reached. Please check your connection and try again.")]
+    #[error("{UNREACHABLE}")]
     Communication(String),
 }
+
+/// What a user reads when the portal cannot be reached or its answer cannot be read (the
+/// island shows it too, without this type).
+pub const UNREACHABLE: &str =
+    "The portal could not be reached. Please check your connection and try again.";
 
 fn rejected_text(message: &Option<String>) -> String {
     match message {

@@ -466,23 +466,21 @@ impl PortalService for PortalBackend {
                 .map_err(user_error)?;
             // A new login gets a new web-session id (no fixation) and a new form token. A
             // browser without one gets a fresh id when the session is first saved; rotating
-            // would only delete a random id that was never stored (a write per login).
-            if web.id().is_some() {
-                web.cycle_id()
-                    .await
-                    .map_err(|e| internal("rotating the web session id", &e))?;
+            // would only delete a random id that was never stored (a write per login). Stored
+            // before the answer: a browser that is told its sign-in failed must not leave an
+            // access session behind that it can neither see nor end.
+            let linked = async {
+                if web.id().is_some() {
+                    web.cycle_id().await?;
+                }
+                web.insert(FORM_TOKEN_KEY, random_token()).await?;
+                web.insert(&access_session_key(&org_id), session.id).await?;
+                crate::http::web_session::save_now(request, &web).await
             }
-            web.insert(FORM_TOKEN_KEY, random_token())
-                .await
-                .map_err(|e| internal("writing the web session", &e))?;
-            web.insert(&access_session_key(&org_id), session.id)
-                .await
-                .map_err(|e| internal("writing the web session", &e))?;
-            // Stored before the answer: a browser that is told its sign-in failed must not
-            // leave an access session behind that it can neither see nor end.
-            if let Err(e) = crate::http::web_session::save_now(request, &web).await {
+            .await;
+            if let Err(e) = linked {
                 tracing::error!(error = %e, acct_session_id = %session.acct_session_id,
-                    "the new session's web session could not be saved: ending the session");
+                    "the new session's web session could not be stored: ending the session");
                 if let Err(stop) = self.sessions.end_unlinked(session.id).await {
                     tracing::error!(error = %error_chain(&stop), acct_session_id = %session.acct_session_id,
                         "ending a session no browser is linked to failed: it ends at its deadline");

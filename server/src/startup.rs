@@ -119,7 +119,7 @@ impl Application {
         };
         // Everything that can fail for reasons outside the database is bound or read before the
         // database is opened (SQLite: created and migrated) and the configuration stored: a
-        // start that fails changes nothing.
+        // start that fails leaves no database (at most the lock file beside where it would be).
         let tasks = TaskHealth::default();
         let metrics = crate::metrics::Metrics::new();
         let radius = Radius::bind(&settings.radius, tasks.clone())

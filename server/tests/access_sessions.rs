@@ -1197,35 +1197,52 @@ async fn an_open_session_keeps_the_nas_identity_it_started_with() {
     app.stop().await;
 }
 
-/// A sign-in whose web session cannot be stored (here the database refuses that one write)
+/// A sign-in whose web session cannot be stored (here the database refuses those writes)
 /// answers 500 and leaves nothing behind: the access session it opened is ended at once (Stop,
 /// NAS-Error) instead of granting access to a user who was told the sign-in failed and who
-/// could neither see nor end it.
+/// could neither see nor end it. For a new browser the write is the record's insert; for one
+/// signed in before, first the delete of its old id (the id is rotated at every sign-in).
 #[tokio::test]
 async fn a_sign_in_whose_web_session_cannot_be_stored_leaves_no_session() {
     let (radius, app, dir) = portal_with_one_server().await;
     let db = dir.path().join("portal.db");
+    let returning = app.browser(Ipv4Addr::new(127, 0, 0, 2));
+    let before = returning.login_as_script("erin", "erin-pass").await;
+    assert_eq!(before.status(), 200);
     {
         let conn = rusqlite::Connection::open(&db).unwrap();
         conn.execute_batch(
-            "CREATE TRIGGER refuse_web_sessions BEFORE INSERT ON tower_sessions \
+            "CREATE TRIGGER refuse_new_web_sessions BEFORE INSERT ON tower_sessions \
+             BEGIN SELECT RAISE(ABORT, 'the disk is full'); END; \
+             CREATE TRIGGER refuse_web_session_deletes BEFORE DELETE ON tower_sessions \
              BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
         )
         .unwrap();
     }
 
-    let answer = app
-        .browser(CLIENT)
-        .login_as_script("carol", "carol-pass")
-        .await;
-
-    assert_eq!(answer.status(), 500);
-    let body: serde_json::Value = serde_json::from_str(&answer.text().await.unwrap()).unwrap();
-    assert_eq!(body["error"], "Internal", "{body}");
-    let start = radius.wait_for_acct(&["status=Start", "user=carol"]).await;
-    let sid = format!("sid={}", field(&start, "sid"));
-    let stop = radius.wait_for_acct(&["status=Stop", &sid]).await;
-    assert_eq!(field(&stop, "cause"), "NAS-Error");
+    for (browser, user) in [(app.browser(CLIENT), "carol"), (returning, "erin")] {
+        let answer = browser.login_as_script(user, &format!("{user}-pass")).await;
+        assert_eq!(answer.status(), 500, "{user}");
+        let body: serde_json::Value = serde_json::from_str(&answer.text().await.unwrap()).unwrap();
+        assert_eq!(body["error"], "Internal", "{body}");
+    }
+    for user in ["carol", "erin"] {
+        let user = format!("user={user}");
+        let starts: Vec<String> =
+            wait_for("both sign-ins' Starts", Duration::from_secs(15), || {
+                let starts: Vec<String> = radius
+                    .acct_lines()
+                    .into_iter()
+                    .filter(|l| l.contains("status=Start") && l.contains(&user))
+                    .collect();
+                (!starts.is_empty()).then_some(starts)
+            })
+            .await;
+        let last = starts.last().unwrap();
+        let sid = format!("sid={}", field(last, "sid"));
+        let stop = radius.wait_for_acct(&["status=Stop", &sid]).await;
+        assert_eq!(field(&stop, "cause"), "NAS-Error", "{user}");
+    }
     assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
     app.stop().await;
 }

@@ -736,8 +736,20 @@ async fn settings_read_back_can_be_patched_with_their_secret_file() {
             Some(same),
         )
         .await;
+    // The same file for another address: the file's secret would go to a new host.
+    let mut moved = edited.clone();
+    moved["servers"][0]["address"] = json!("198.51.100.66");
     edited["servers"][0]["secret_file"] = json!("/etc/shadow");
     for (path, body) in [
+        ("/organizations/beta", moved),
+        (
+            "/organizations/beta/servers/b-primary",
+            json!({ "secret_file": secret_path, "address": "198.51.100.66" }),
+        ),
+        (
+            "/organizations/beta/servers/b-primary",
+            json!({ "secret_file": secret_path, "acct_port": 1 }),
+        ),
         ("/organizations/beta", edited),
         (
             "/organizations/beta/servers/b-primary",

@@ -334,6 +334,16 @@ async fn unreadable_and_oversized_requests_are_the_callers_errors() {
             .unwrap();
         assert_eq!(missing.status(), StatusCode::NOT_FOUND, "{path}");
     }
+    for path in ["/api/nope", "/o/nope/api/login"] {
+        let missing = browser
+            .http
+            .get(format!("{}{path}", browser.base))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND, "GET {path}");
+    }
     assert!(radius.auth_lines().is_empty(), "nothing sent");
     let healthy = reqwest::get(format!("{}/healthz", browser.base))
         .await

@@ -1,16 +1,16 @@
 //! Plain (non-interactive) views shared by pages and islands.
 
-use crate::error::PortalError;
 use leptos::prelude::*;
 
-/// An error box announced to screen readers; renders nothing without an error.
+/// An error box announced to screen readers; renders nothing without an error (its sentence:
+/// a `PortalError`'s text, as the server composed it).
 #[component]
-pub fn ErrorMessage(#[prop(into)] error: Signal<Option<PortalError>>) -> impl IntoView {
+pub fn ErrorMessage(#[prop(into)] error: Signal<Option<String>>) -> impl IntoView {
     move || {
         error.get().map(|e| {
             view! {
                 <p role="alert" class="mt-4 whitespace-pre-line rounded border border-red-700 bg-red-50 px-4 py-3 text-red-900">
-                    {e.to_string()}
+                    {e}
                 </p>
             }
         })

@@ -1,17 +1,25 @@
 //! The island's own small client for the three server fns it calls (refresh, disconnect,
 //! session status): one `fetch` posting a form body, the answer decoded as JSON — the value, or
-//! the server's `PortalError` for a non-2xx status. The server fns stay the single server-side
-//! definition; this replaces only leptos' generic browser client, which weighed more in the WASM
-//! every user downloads than the island itself.
+//! for a non-2xx status the sentence the server's error answer carries (`message`: the server
+//! composed it from its `PortalError`, so the WASM every user downloads holds none of that
+//! type's texts and decoding). The server fns stay the single server-side definition; this
+//! replaces only leptos' generic browser client, which weighed more in the WASM than the island
+//! itself.
 
-use crate::error::PortalError;
-use serde::de::DeserializeOwned;
+use serde::{de::DeserializeOwned, Deserialize};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Headers, RequestInit, Response};
 
-fn failed(what: &str) -> PortalError {
-    PortalError::Communication(what.to_string())
+/// What the user reads when the portal cannot be reached or its answer cannot be read.
+fn unreachable<E>(_: E) -> String {
+    crate::error::UNREACHABLE.to_string()
+}
+
+/// The part of the server's error answer the island shows.
+#[derive(Deserialize)]
+struct Refusal {
+    message: String,
 }
 
 /// The form body carrying the form token.
@@ -20,9 +28,10 @@ pub fn csrf_form(token: Option<&str>) -> String {
     format!("csrf={}", String::from(js_sys::encode_uri_component(token)))
 }
 
-/// POSTs `form` (url-encoded) to the server fn at `path` and decodes its JSON answer.
-pub async fn call<T: DeserializeOwned>(path: &str, form: String) -> Result<T, PortalError> {
-    let headers = Headers::new().map_err(|_| failed("headers"))?;
+/// POSTs `form` (url-encoded) to the server fn at `path` and decodes its JSON answer; `Err` is
+/// the sentence to show.
+pub async fn call<T: DeserializeOwned>(path: &str, form: String) -> Result<T, String> {
+    let headers = Headers::new().map_err(unreachable)?;
     let _ = headers.set("Content-Type", "application/x-www-form-urlencoded");
     let _ = headers.set("Accept", "application/json");
     let init = RequestInit::new();
@@ -32,18 +41,20 @@ pub async fn call<T: DeserializeOwned>(path: &str, form: String) -> Result<T, Po
     let promise = leptos::prelude::window().fetch_with_str_and_init(path, &init);
     let response: Response = JsFuture::from(promise)
         .await
-        .map_err(|_| failed("network"))?
+        .map_err(unreachable)?
         .dyn_into()
-        .map_err(|_| failed("response"))?;
-    let body = response.text().map_err(|_| failed("body"))?;
+        .map_err(unreachable)?;
+    let body = response.text().map_err(unreachable)?;
     let text = JsFuture::from(body)
         .await
-        .map_err(|_| failed("body"))?
+        .map_err(unreachable)?
         .as_string()
         .unwrap_or_default();
     if response.ok() {
-        serde_json::from_str(&text).map_err(|_| failed("answer"))
+        serde_json::from_str(&text).map_err(unreachable)
     } else {
-        Err(serde_json::from_str(&text).unwrap_or_else(|_| failed("error answer")))
+        Err(serde_json::from_str::<Refusal>(&text)
+            .map(|refusal| refusal.message)
+            .unwrap_or_else(unreachable))
     }
 }

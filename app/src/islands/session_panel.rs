@@ -14,7 +14,6 @@ use crate::{
     api::{Disconnect, Refresh},
     components::{DisabledNotice, ErrorMessage},
     dto::{EndReason, EndsBy, SessionStatus, SessionView},
-    error::PortalError,
 };
 use leptos::{prelude::*, server_fn::ServerFn};
 
@@ -353,13 +352,15 @@ fn local_time(unix_ms: i64) -> String {
 
 /// The error of a no-JS form post of this panel, as the server renders it (`ServerAction` reads
 /// it on the server); none in the browser.
-fn form_post_error() -> Option<PortalError> {
+fn form_post_error() -> Option<String> {
     #[cfg(not(feature = "hydrate"))]
     {
-        let of = |value: Option<Result<(), PortalError>>| value.and_then(Result::err);
+        let of = |value: Option<Result<(), crate::error::PortalError>>| value.and_then(Result::err);
         let refresh = ServerAction::<Refresh>::new().value().get_untracked();
         let disconnect = ServerAction::<Disconnect>::new().value().get_untracked();
-        of(refresh.map(|r| r.map(|_| ()))).or_else(|| of(disconnect))
+        of(refresh.map(|r| r.map(|_| ())))
+            .or_else(|| of(disconnect))
+            .map(|e| e.to_string())
     }
     #[cfg(feature = "hydrate")]
     {

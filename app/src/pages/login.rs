@@ -66,7 +66,7 @@ pub fn LoginPage() -> impl IntoView {
     });
     let body = if active {
         Either::Left(view! {
-            <ErrorMessage error=Signal::derive(error) />
+            <ErrorMessage error=Signal::derive(move || error().map(|e| e.to_string())) />
             // A plain form (the page ships no script), posted within the organization's portal
             // (`/o/{slug}/api/login`): a failed post comes back to this page even when the
             // browser sends no Referer.

@@ -69,7 +69,7 @@ pub fn SessionPage() -> impl IntoView {
             super::redirect(&format!("{base}/"));
             ().into_any()
         }
-        Err(e) => view! { <ErrorMessage error=Signal::stored(Some(e)) /> }.into_any(),
+        Err(e) => view! { <ErrorMessage error=Signal::stored(Some(e.to_string())) /> }.into_any(),
     }
 }
 

@@ -162,6 +162,27 @@ pub fn failover_settle(probe_interval: Duration) -> Duration {
     (probe_interval * 2 + Duration::from_secs(1)).max(Duration::from_secs(5))
 }
 
+/// A failover target never waits longer than this after it came back (the session's own server
+/// may be probed only minutes later, its probes backed off after flapping).
+pub const MAX_FAILOVER_SETTLE: Duration = Duration::from_secs(60);
+
+/// How long a failover target back since `back_since` still has to wait at `now` (None: not
+/// at all): until it has been back `settle`, and until the session's own server, down, has had
+/// its next probe answered (`own_probe_done`) — at most [`MAX_FAILOVER_SETTLE`] after it came
+/// back. A target that was never down (`back_since` None) has nothing to wait for.
+pub fn settle_left(
+    now: tokio::time::Instant,
+    back_since: Option<tokio::time::Instant>,
+    settle: Duration,
+    own_probe_done: Option<tokio::time::Instant>,
+) -> Option<Duration> {
+    let since = back_since?;
+    let until = (since + settle)
+        .max(own_probe_done.unwrap_or(since))
+        .min(since + MAX_FAILOVER_SETTLE);
+    (until > now).then(|| until - now)
+}
+
 impl Accounting {
     /// Wires the deliverer.
     pub fn new(storage: Storage, radius: Radius, organizations: Arc<Organizations>) -> Self {
@@ -449,11 +470,28 @@ impl Accounting {
         }
         let health = self.radius.health();
         let settle = failover_settle(health.probe_interval());
+        // The session's own server, down: when its next probe is answered at the latest.
+        let own_probe_done = org
+            .servers
+            .iter()
+            .find(|s| s.name == session.server_name)
+            .and_then(|own| {
+                let probe = health.next_probe_at(own, Port::Acct)?;
+                Some(probe + own.timeout * (own.retries + 1))
+            });
+        let now_instant = tokio::time::Instant::now();
         let (server, failover) = match pick_server(
             &org,
             &session.server_name,
             |s| health.admit(s, Port::Acct),
-            |s| health.settling(s, Port::Acct, settle),
+            |s| {
+                settle_left(
+                    now_instant,
+                    health.back_since(s, Port::Acct),
+                    settle,
+                    own_probe_done,
+                )
+            },
         ) {
             Pick::Own(server) => (server, false),
             Pick::Failover(server) => (server, true),
@@ -467,7 +505,7 @@ impl Accounting {
                         false,
                     )
                     .await?;
-                tracing::info!(acct_session_id = %acct_id, status_type = record.status_type,
+                tracing::debug!(acct_session_id = %acct_id, status_type = record.status_type,
                     session_server = %session.server_name,
                     "accounting waits before failing over: the other servers are only just back (the session's own may be too)");
                 return Ok(Delivery::RetryAt(retry));
@@ -703,7 +741,7 @@ impl Accounting {
 
 #[cfg(test)]
 mod tests {
-    use super::{backoff_ms, failover_settle, pick_server, Pick};
+    use super::{backoff_ms, failover_settle, pick_server, settle_left, Pick};
     use std::time::Duration;
 
     #[test]
@@ -786,6 +824,35 @@ mod tests {
         assert_eq!(
             failover_settle(Duration::from_secs(10)),
             Duration::from_secs(21)
+        );
+    }
+
+    #[test]
+    fn a_target_back_only_just_waits_for_the_settle_and_the_own_servers_next_probe() {
+        let t0 = tokio::time::Instant::now();
+        let s = Duration::from_secs;
+        let settle = s(5);
+        assert_eq!(settle_left(t0, None, settle, None), None, "never down");
+        assert_eq!(settle_left(t0 + s(1), Some(t0), settle, None), Some(s(4)));
+        assert_eq!(settle_left(t0 + s(5), Some(t0), settle, None), None);
+        // The own server is probed only in 20 s (backed off): wait for that answer…
+        assert_eq!(
+            settle_left(t0 + s(6), Some(t0), settle, Some(t0 + s(20))),
+            Some(s(14))
+        );
+        // …but never more than a minute after the target came back.
+        assert_eq!(
+            settle_left(t0 + s(30), Some(t0), settle, Some(t0 + s(300))),
+            Some(s(30))
+        );
+        assert_eq!(
+            settle_left(t0 + s(61), Some(t0), settle, Some(t0 + s(300))),
+            None
+        );
+        // Back long ago: the steady failover is not delayed by the own server's probes.
+        assert_eq!(
+            settle_left(t0 + s(120), Some(t0), settle, Some(t0 + s(150))),
+            None
         );
     }
 

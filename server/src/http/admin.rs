@@ -9,7 +9,7 @@ use crate::{
     config::AdminToken,
     operator::{OrganizationView, SessionRow},
     organizations::{
-        change::{self, ChangeError},
+        change::{self, destination, ChangeError},
         worker::OrganizationWorker,
         Organizations,
     },
@@ -229,14 +229,35 @@ impl<S: Send + Sync> FromRequest<S> for WriteBody {
 /// The field of a body that names a file on the portal's machine, if any, other than the one
 /// `stored` already names there: the API does not take new ones (a token holder could make
 /// any file the portal can read a RADIUS secret or a served logo); the configuration file and
-/// the CLI, run by the machine's operator, do. The same file again is no new access, and it is
-/// what a `GET`'s settings, edited and sent back, carry.
+/// the CLI, run by the machine's operator, do. The same file again is no new access — and it
+/// is what a `GET`'s settings, edited and sent back, carry — unless the server it is the
+/// secret of goes to another address or port: a file's secret is never handed to a new host
+/// through the API.
 ///
-/// `body` is an organization's settings (`stored` its stored settings) or one server
-/// (`stored` that server as stored).
+/// `body` is an organization's settings (`stored` its stored settings; each server entry is
+/// whole) or one server's change (`stored` that server as stored; the change is partial).
 fn names_a_new_file(body: &Value, stored: Option<&Value>) -> Option<&'static str> {
     let new = |given: Option<&Value>, kept: Option<&Value>| {
         given.is_some_and(|v| !v.is_null() && Some(v) != kept)
+    };
+    // The secret file of `entry` is the one `kept` uses, for the same destination.
+    let same_secret = |entry: &Value, kept: Option<&Value>, partial: bool| {
+        let given = entry.get("secret_file").filter(|v| !v.is_null());
+        let Some(given) = given else { return true };
+        let Some(kept) = kept.and_then(Value::as_object) else {
+            return false;
+        };
+        let Some(entry) = entry.as_object() else {
+            return false;
+        };
+        let merged = if partial {
+            let mut merged = kept.clone();
+            merged.extend(entry.clone());
+            merged
+        } else {
+            entry.clone()
+        };
+        kept.get("secret_file") == Some(given) && destination(&merged) == destination(kept)
     };
     let stored_servers = stored
         .and_then(|s| s.get("servers"))
@@ -251,16 +272,12 @@ fn names_a_new_file(body: &Value, stored: Option<&Value>) -> Option<&'static str
     {
         let kept = server
             .get("name")
-            .and_then(|name| stored_servers.iter().find(|s| s.get("name") == Some(name)))
-            .and_then(|s| s.get("secret_file"));
-        if new(server.get("secret_file"), kept) {
+            .and_then(|name| stored_servers.iter().find(|s| s.get("name") == Some(name)));
+        if !same_secret(server, kept, false) {
             return Some("secret_file");
         }
     }
-    if new(
-        body.get("secret_file"),
-        stored.and_then(|s| s.get("secret_file")),
-    ) {
+    if !same_secret(body, stored, true) {
         return Some("secret_file");
     }
     new(logo_file(body), stored.and_then(logo_file)).then_some("branding.logo_file")
@@ -275,7 +292,7 @@ fn new_file_refusal(body: &Value, stored: Option<&Value>) -> Option<Response> {
     names_a_new_file(body, stored).map(|field| {
         error(
             StatusCode::BAD_REQUEST,
-            &format!("{field}: files on the portal's machine can be named only in the configuration file or with the CLI"),
+            &format!("{field}: files on the portal's machine can be named only in the configuration file or with the CLI (the file a server already uses only for its current address and ports)"),
         )
     })
 }

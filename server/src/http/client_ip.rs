@@ -94,10 +94,11 @@ pub struct ForwardingError {
 /// RADIUS and on the firewall).
 /// `rfc7239`: the node is from `Forwarded`, where IPv6 must be bracketed.
 fn parse_node(text: &str, rfc7239: bool) -> Result<IpAddr, String> {
-    let ip = parse_address(text, rfc7239)?;
+    // As the caller will use it: an IPv4-mapped IPv6 address is its IPv4 address.
+    let ip = parse_address(text, rfc7239)?.to_canonical();
     let no_client = ip.is_unspecified()
         || ip.is_multicast()
-        || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+        || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast() || v4.octets()[0] == 0);
     if no_client {
         return Err(format!("`{ip}` is no client's address"));
     }
@@ -469,6 +470,10 @@ mod tests {
             "::",
             "224.0.0.1",
             "ff02::1",
+            "::ffff:0.0.0.0",
+            "::ffff:255.255.255.255",
+            "::ffff:224.0.0.1",
+            "0.1.2.3",
         ] {
             let h = headers(&[("x-forwarded-for", value)]);
             assert!(client_ip(ip("127.0.0.1"), &h, &xff).is_err(), "{value:?}");

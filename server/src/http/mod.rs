@@ -25,7 +25,7 @@ use axum::{
     extract::{Request, State},
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::get,
     Router,
 };
 use layer::{CompressWhenAskedLayer, Middleware, MiddlewareLayer, Next};
@@ -201,7 +201,8 @@ pub fn router(parts: RouterParts) -> Site {
         // Unknown server fns too: they get a server fn's error answer.
         .route(
             UNKNOWN_SERVER_FN,
-            post(server_fns::handle).with_state(portal.clone()),
+            // Whatever the method: no server fn there is a 404, not a 405.
+            axum::routing::any(server_fns::handle).with_state(portal.clone()),
         )
         .nest_service(admin::PREFIX, admin::routes(admin))
         .nest_service("/pkg", pkg_files(pkg))
@@ -806,7 +807,7 @@ async fn readyz(State(ready): State<Readiness>) -> Response {
             .into_response();
     }
     if !storage.writable() {
-        tracing::error!("readiness check failed: the database writer has stopped");
+        tracing::error!("readiness check failed: the database writer has stopped, is stuck, or the database refuses writes (full disk, read-only file)");
         return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response();
     }
     match storage.ping().await {

@@ -168,7 +168,7 @@ async fn stored_settings(storage: &Storage, id: &str) -> Result<Stored, ChangeEr
 }
 
 /// Where a server entry sends packets: address and ports (the defaults when left out).
-fn destination(server: &Map<String, Value>) -> (Option<&Value>, u64, u64) {
+pub(crate) fn destination(server: &Map<String, Value>) -> (Option<&Value>, u64, u64) {
     let port = |key: &str, default: u64| server.get(key).and_then(Value::as_u64).unwrap_or(default);
     (
         server.get("address"),

@@ -199,23 +199,19 @@ impl ServerHealth {
         self.policy.probe_interval
     }
 
-    /// How long until `server` at `port`, whose breaker closed again less than `settle` ago,
-    /// has been back for `settle`; None when it has (or never was down, or is not closed).
-    /// Accounting fails over only to a server that has settled: servers that come back
-    /// together after an outage each get the time to answer their probe, so a session's row
-    /// goes to its own server rather than to whichever answered first.
-    pub fn settling(
-        &self,
-        server: &ServerEndpoint,
-        port: Port,
-        settle: Duration,
-    ) -> Option<Duration> {
-        let now = Instant::now();
+    /// Since when `server` at `port` is back: its breaker closed again at that instant after
+    /// being open, and is closed now. None when it never was down or is not closed.
+    pub fn back_since(&self, server: &ServerEndpoint, port: Port) -> Option<Instant> {
         self.with(address(server, port), |e| {
-            let closed = matches!(e.breaker.state(), BreakerState::Closed { .. });
-            let settled_at = e.closed_again_at? + settle;
-            (closed && now < settled_at).then(|| settled_at - now)
+            matches!(e.breaker.state(), BreakerState::Closed { .. })
+                .then_some(e.closed_again_at)
+                .flatten()
         })
+    }
+
+    /// When `server` at `port`, being down, is probed next (None unless its breaker is open).
+    pub fn next_probe_at(&self, server: &ServerEndpoint, port: Port) -> Option<Instant> {
+        self.with(address(server, port), |e| e.breaker.probe_due())
     }
 
     /// Signalled when a breaker opens.

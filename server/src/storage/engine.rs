@@ -176,10 +176,15 @@ trait WriteJob: Send {
 /// Whether `error` says the database cannot store anything now (rather than that one write
 /// broke a rule).
 fn database_refuses(error: &StorageError) -> bool {
+    matches!(error, StorageError::Sqlite(e) if sqlite_refuses(e))
+}
+
+/// Whether SQLite says it cannot store anything now (not: busy, or a rule of one write).
+fn sqlite_refuses(error: &rusqlite::Error) -> bool {
     use rusqlite::ErrorCode::*;
     matches!(
         error,
-        StorageError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+        rusqlite::Error::SqliteFailure(e, _)
             if matches!(e.code, DiskFull | ReadOnly | SystemIoFailure | CannotOpen | DatabaseCorrupt | NotADatabase)
     )
 }
@@ -634,7 +639,12 @@ fn commit(
             Ok(())
         }
         Err(e) => {
-            progress.refused();
+            // A lock held too long by another connection (busy) is no refusal of the database;
+            // a full disk is, also when SQLite rolled the transaction back on its own (the
+            // batch's error is then "rolled back", the write's own says why).
+            if sqlite_refuses(&e) || batch.iter().any(|job| job.refused_by_database()) {
+                progress.refused();
+            }
             tracing::error!(error = %e, writes = batch.len(), "database write batch failed; nothing of it was stored");
             Err(format!("database write failed: {e}"))
         }
