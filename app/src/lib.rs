@@ -99,10 +99,14 @@ fn title(page: Page) -> &'static str {
     match page {
         // After a Disconnect the title says so first: it is what a screen reader reads out
         // when the page loads.
-        Page::SignIn => match pages::data().notice {
-            Some(dto::Notice::Disconnected) => "Disconnected – Sign in – Network access portal",
-            None => "Sign in – Network access portal",
-        },
+        Page::SignIn => {
+            let data = pages::data();
+            match data.notice {
+                Some(dto::Notice::Disconnected) => "Disconnected – Sign in – Network access portal",
+                None if data.form_failed => "Sign-in failed – Sign in – Network access portal",
+                None => "Sign in – Network access portal",
+            }
+        }
         Page::Session => match pages::data().session {
             Some(Ok(SessionStatus::Ended(_))) => SESSION_ENDED_TITLE,
             _ => SESSION_TITLE,

@@ -46,11 +46,18 @@ test("a rejected login shows the RADIUS server's Reply-Message", async ({ page }
   await expect(page.getByLabel("Username")).toHaveValue("dave");
   await expect(page.getByLabel("Password")).toHaveValue("");
   await expect(page.getByLabel("Password")).toBeFocused();
-  await expect(page).toHaveTitle("Sign in – Network access portal");
+  // The title says first that it failed, and the focused field points at the error (what a
+  // screen reader reads when the page loads).
+  await expect(page).toHaveTitle("Sign-in failed – Sign in – Network access portal");
+  await expect(page.getByLabel("Password")).toHaveAttribute("aria-invalid", "true");
+  await expect(page.getByLabel("Password")).toHaveAccessibleDescription(
+    "Sign-in refused: Account locked",
+  );
   // Only once: a reload is a fresh form.
   await page.reload();
   await expect(page.getByLabel("Username")).toHaveValue("");
   await expect(page.getByRole("alert")).toHaveCount(0);
+  await expect(page).toHaveTitle("Sign in – Network access portal");
 });
 
 test("the login page downloads no WebAssembly", async ({ page }) => {

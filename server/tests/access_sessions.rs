@@ -273,9 +273,17 @@ async fn invalid_input_is_refused_with_the_field_named_and_nothing_is_sent() {
         page.body[at..at + page.body[at..].find('>').unwrap()].to_string()
     };
     assert!(
-        input("username").contains("autofocus"),
+        input("username").contains("autofocus")
+            && input("username").contains(r#"aria-invalid="true""#)
+            && input("username").contains(r#"aria-describedby="form-error""#),
         "{}",
         input("username")
+    );
+    assert!(page.body.contains(r#"id="form-error""#), "{}", page.body);
+    assert!(
+        page.body.contains("<title>Sign-in failed – Sign in"),
+        "{}",
+        page.body
     );
     assert!(
         !input("password").contains("autofocus"),
@@ -1243,6 +1251,41 @@ async fn a_sign_in_whose_web_session_cannot_be_stored_leaves_no_session() {
         let stop = radius.wait_for_acct(&["status=Stop", &sid]).await;
         assert_eq!(field(&stop, "cause"), "NAS-Error", "{user}");
     }
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
+    app.stop().await;
+}
+
+/// When the database refuses the Stop of such a sign-in too (it is usually the database that
+/// fails), the session is ended once the database takes writes again, not hours later at its
+/// deadline.
+#[tokio::test]
+async fn a_failed_sign_ins_session_is_ended_once_the_database_is_back() {
+    let (radius, app, dir) = portal_with_one_server().await;
+    let conn = rusqlite::Connection::open(dir.path().join("portal.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER refuse_new_web_sessions BEFORE INSERT ON tower_sessions \
+         BEGIN SELECT RAISE(ABORT, 'the disk is full'); END; \
+         CREATE TRIGGER refuse_stops BEFORE INSERT ON accounting_outbox WHEN NEW.status_type = 2 \
+         BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
+    )
+    .unwrap();
+
+    let answer = app
+        .browser(CLIENT)
+        .login_as_script("carol", "carol-pass")
+        .await;
+    assert_eq!(answer.status(), 500);
+    assert_eq!(
+        app.storage.active_sessions().await.unwrap(),
+        1,
+        "not ended yet"
+    );
+    conn.execute_batch("DROP TRIGGER refuse_stops;").unwrap();
+
+    let start = radius.wait_for_acct(&["status=Start", "user=carol"]).await;
+    let sid = format!("sid={}", field(&start, "sid"));
+    let stop = radius.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&stop, "cause"), "NAS-Error");
     assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
     app.stop().await;
 }

@@ -277,3 +277,48 @@ async fn a_graceful_shutdown_delivers_the_stops_queued_just_before() {
     assert_eq!(stops, 3, "every Stop delivered before the exit");
     assert_eq!(storage.outbox_backlog().await.unwrap(), 0);
 }
+
+/// An acknowledgement the database cannot record at once (a PostgreSQL restart, a stalled
+/// disk; here a trigger refuses the write for a while) is recorded once it can be, by the
+/// sender that got it: the packet is not sent again when its claim runs out (a second Stop).
+#[tokio::test]
+async fn an_acknowledgement_recorded_late_is_not_sent_again() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await;
+    let session = app
+        .sessions
+        .login("acme", "carol", "carol-pass", std::net::IpAddr::V4(CLIENT))
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER refuse_delivery_marks BEFORE UPDATE OF delivered_at ON accounting_outbox \
+         WHEN NEW.delivered_at IS NOT NULL BEGIN SELECT RAISE(ABORT, 'the database is away'); END;",
+    )
+    .unwrap();
+
+    let sessions = app.sessions.clone();
+    let disconnect = tokio::spawn(async move { sessions.disconnect(session.id).await });
+    let sid = format!("sid={}", session.acct_session_id);
+    radius.wait_for_acct(&["status=Stop", &sid]).await;
+    conn.execute_batch("DROP TRIGGER refuse_delivery_marks;")
+        .unwrap();
+
+    wait_until("the acknowledged Stop is recorded", || async {
+        app.storage.outbox_backlog().await.unwrap() == 0
+    })
+    .await;
+    assert!(disconnect.await.unwrap().unwrap());
+    let stops = radius
+        .acct_lines()
+        .into_iter()
+        .filter(|l| l.contains("status=Stop") && l.contains(&sid))
+        .count();
+    assert_eq!(stops, 1);
+    app.stop().await;
+}

@@ -9,7 +9,7 @@ pub fn ErrorMessage(#[prop(into)] error: Signal<Option<String>>) -> impl IntoVie
     move || {
         error.get().map(|e| {
             view! {
-                <p role="alert" class="mt-4 whitespace-pre-line rounded border border-red-700 bg-red-50 px-4 py-3 text-red-900">
+                <p id="form-error" role="alert" class="mt-4 whitespace-pre-line rounded border border-red-700 bg-red-50 px-4 py-3 text-red-900">
                     {e}
                 </p>
             }

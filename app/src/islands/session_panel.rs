@@ -275,9 +275,14 @@ mod live {
     ) {
         Effect::new(move |_| hydrated.set(true));
         let stream = EventSource::new(&format!("{base}{}", crate::api::LIVE_EVENTS_PATH)).ok();
+        // When the stream last said something: the server sends at least every 15 s, so a
+        // stream silent for longer (a proxy that buffers it, a connection that hangs, one
+        // reconnecting over and over) is as good as none.
+        let last_message = StoredValue::new(monotonic_ms());
         if let Some(es) = &stream {
             let es_inner = es.clone();
             let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
+                last_message.set_value(monotonic_ms());
                 let Some(text) = ev.data().as_string() else {
                     return;
                 };
@@ -299,11 +304,13 @@ mod live {
                 let t = monotonic_ms();
                 now.set(t);
                 let due = ended.get_untracked().is_none() && remaining_secs() == 0;
-                // Stream closed for good (HTTP error): poll every 5 s instead.
-                let closed = stream
-                    .as_ref()
-                    .is_none_or(|es| es.ready_state() == EventSource::CLOSED);
-                let every = if due { 1000.0 } else { 5000.0 };
+                // No working stream (closed for good, reconnecting, or silent past the server's
+                // 15 s): poll every 2 s instead, so changes still show within about 2 s.
+                let closed = t - last_message.get_value() > 20_000.0
+                    || stream
+                        .as_ref()
+                        .is_none_or(|es| es.ready_state() != EventSource::OPEN);
+                let every = if due { 1000.0 } else { 2000.0 };
                 if (due || (closed && ended.get_untracked().is_none()))
                     && t - last_check.get_value() >= every
                 {

@@ -78,14 +78,20 @@ pub fn LoginPage() -> impl IntoView {
                     <label for="username" class="block text-sm font-medium">"Username"</label>
                     // No maxlength: it counts characters, not the 63 bytes allowed, and cuts a
                     // pasted name silently; the server says what is too long.
+                    // After a failed sign-in the field the cursor is put in says it is the one
+                    // in question, and what the error says (screen readers read both).
                     <input id="username" name="username" type="text" required value=tried
                         autofocus=username_refused
+                        aria-invalid=username_refused.then_some("true")
+                        aria-describedby=username_refused.then_some("form-error")
                         autocomplete="username" autocapitalize="none" spellcheck="false"
                         class="mt-1 w-full rounded border border-slate-500 px-3 py-2" />
                 </div>
                 <div>
                     <label for="password" class="block text-sm font-medium">"Password"</label>
                     <input id="password" name="password" type="password" required autofocus=again
+                        aria-invalid=again.then_some("true")
+                        aria-describedby=again.then_some("form-error")
                         autocomplete="current-password"
                         class="mt-1 w-full rounded border border-slate-500 px-3 py-2" />
                 </div>

@@ -22,6 +22,8 @@ pub struct PageData {
     pub username: Option<String>,
     /// What the sign-in page tells the visitor after what they just did (Disconnect).
     pub notice: Option<crate::dto::Notice>,
+    /// The page shows a failed form post's error (its title says so first).
+    pub form_failed: bool,
 }
 
 impl PageData {

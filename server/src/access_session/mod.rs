@@ -388,12 +388,21 @@ impl AccessSessions {
                 // that took it meanwhile and waits for that one's outcome.
                 self.accounting
                     .deliver_claimed(start, session.clone(), start_deadline, preempted.is_empty())
-                    .await?
+                    .await
             }
             None => {
                 self.accounting
                     .deliver_now(id, status_type::START, start_deadline)
-                    .await?
+                    .await
+            }
+        };
+        // The database failed while the Start was being sent (its acknowledgement, say, could
+        // not be recorded): the user is told the sign-in failed, so the session must not stay.
+        let start_delivered = match start_delivered {
+            Ok(delivered) => delivered,
+            Err(e) => {
+                let _ = self.end_unlinked(id).await;
+                return Err(e.into());
             }
         };
         if start_delivered {
@@ -508,11 +517,43 @@ impl AccessSessions {
         Ok(true)
     }
 
-    /// Ends a session that opened but could not be linked to its browser (its web session
-    /// was not stored: the user was told the sign-in failed): Stop with NAS-Error, the
-    /// portal's own failure. False if it was not active.
+    /// Ends a session that opened but whose sign-in failed after all (its web session could not
+    /// be stored, its Start's acknowledgement not recorded: the user was told it failed and
+    /// can neither see nor end it): Stop with NAS-Error, the portal's own failure. The database
+    /// failing is the usual cause, so a failed attempt is repeated in the background (every few
+    /// seconds, then every 30 s, for about 10 minutes) rather than leaving the session to its
+    /// deadline, hours away. Ok(false) if it was not active.
     pub async fn end_unlinked(&self, id: i64) -> Result<bool, SessionError> {
-        self.stop_and_send(id, terminate_cause::NAS_ERROR).await
+        let first = self.stop_and_send(id, terminate_cause::NAS_ERROR).await;
+        if first.is_err() {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let mut wait = std::time::Duration::from_secs(1);
+                for _ in 0..25 {
+                    tokio::time::sleep(wait).await;
+                    match this.stop_and_send(id, terminate_cause::NAS_ERROR).await {
+                        Ok(ended) => {
+                            tracing::info!(
+                                session = id,
+                                ended,
+                                "a session whose sign-in failed is ended after all"
+                            );
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(session = id, error = %crate::portal_backend::error_chain(&e),
+                            "ending a session whose sign-in failed: not yet, trying again")
+                        }
+                    }
+                    wait = (wait * 2).min(std::time::Duration::from_secs(30));
+                }
+                tracing::error!(
+                    session = id,
+                    "a session whose sign-in failed could not be ended: it ends at its deadline"
+                );
+            });
+        }
+        first
     }
 
     /// Ends a session on the operator's or the RADIUS server's behalf (Stop, Admin-Reset).

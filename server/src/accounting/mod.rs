@@ -54,6 +54,9 @@ const _: () = assert!((SLOT_WAIT.as_millis() + MAX_EXCHANGE.as_millis()) < CLAIM
 /// could take the row meanwhile — a Start sent twice, or after its Stop.
 const CLAIM_LEFT_TO_SEND_MS: i64 = MAX_EXCHANGE.as_millis() as i64 + 10_000;
 const _: () = assert!(CLAIM_LEFT_TO_SEND_MS < CLAIM_LEASE_MS - 30_000);
+/// How long before its claim runs out a sender stops trying to record an acknowledgement (the
+/// clocks of replicas, which compare leases, may differ by this much).
+const CLAIM_MARGIN_MS: i64 = 10_000;
 /// Longest sleep between outbox checks.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// Cap of the retry backoff.
@@ -577,7 +580,7 @@ impl Accounting {
             .await
         {
             Ok(()) => {
-                self.storage.mark_delivered(row.id, now_ms()).await?;
+                self.record_delivered(&row).await?;
                 tracing::info!(acct_session_id = %record.acct_session_id, status_type = record.status_type,
                     server = %server.name, delay_s = record.delay_secs, "accounting delivered");
                 Ok(Delivery::Delivered)
@@ -596,6 +599,28 @@ impl Accounting {
                 tracing::warn!(acct_session_id = %record.acct_session_id, status_type = record.status_type,
                     server = %server.name, attempts = row.attempts, error = %e, "accounting not acknowledged; will retry");
                 Ok(Delivery::RetryAt(retry))
+            }
+        }
+    }
+
+    /// Records an acknowledged row as delivered. Only this sender knows of the answer: a
+    /// database that cannot take the write right now (a PostgreSQL restart, a stalled disk) is
+    /// tried again while the claim keeps other senders off the row, so an outage of up to
+    /// about a minute and a half does not send the packet a second time.
+    async fn record_delivered(&self, row: &OutboxRow) -> Result<(), StorageError> {
+        let mut wait = Duration::from_millis(250);
+        loop {
+            match self.storage.mark_delivered(row.id, now_ms()).await {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if now_ms() + wait.as_millis() as i64 + CLAIM_MARGIN_MS < row.lease_until =>
+                {
+                    tracing::warn!(error = %crate::portal_backend::error_chain(&e), row = row.id,
+                        "an acknowledged accounting packet could not be recorded; trying again while the claim lasts");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
             }
         }
     }

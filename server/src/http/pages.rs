@@ -132,11 +132,11 @@ fn render_at(pages: &Pages, mut head: Parts, path: &str) -> Response {
     let form_error = flash
         .as_ref()
         .map(|e| ServerActionError::new(&e.path, &e.err));
-    if let (Some(username), Some(data)) = (
-        flash.and_then(|e| e.username),
-        head.extensions.get_mut::<app::pages::PageData>(),
-    ) {
-        data.username = Some(username);
+    if let (Some(flash), Some(data)) = (flash, head.extensions.get_mut::<app::pages::PageData>()) {
+        data.form_failed = true;
+        if let Some(username) = flash.username {
+            data.username = Some(username);
+        }
     }
     // What the sign-in page says after a Disconnect, from the flash cookie too.
     let notice = head.extensions.get::<app::dto::Notice>().copied();
