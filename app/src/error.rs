@@ -44,6 +44,10 @@ pub enum PortalError {
         "Your sign-in was accepted, but the network cannot record sessions right now, so none was opened. Please try again in a minute."
     )]
     AccountingUnavailable,
+    /// The portal's database cannot be reached or written right now (a restart, a full disk):
+    /// nothing was done. Retry later.
+    #[error("The portal cannot reach its records right now, so nothing was done. Please try again in a minute.")]
+    Unavailable,
     /// The server accepted the sign-in with an answer the portal cannot use (a session length
     /// it cannot read, a service it does not provide, attributes that leave no room for the
     /// session's accounting): no session was opened. Only the server's operator can fix it.
@@ -117,6 +121,7 @@ impl PortalError {
             PortalError::OrganizationDisabled => "OrganizationDisabled",
             PortalError::ServersUnavailable => "ServersUnavailable",
             PortalError::AccountingUnavailable => "AccountingUnavailable",
+            PortalError::Unavailable => "Unavailable",
             PortalError::UnusableAnswer { .. } => "UnusableAnswer",
             PortalError::RateLimited { .. } => "RateLimited",
             PortalError::NoSession => "NoSession",
@@ -163,6 +168,7 @@ impl<'de> Deserialize<'de> for PortalError {
             "OrganizationDisabled" => PortalError::OrganizationDisabled,
             "ServersUnavailable" => PortalError::ServersUnavailable,
             "AccountingUnavailable" => PortalError::AccountingUnavailable,
+            "Unavailable" => PortalError::Unavailable,
             "UnusableAnswer" => PortalError::UnusableAnswer {
                 problem: wire.detail.unwrap_or_default(),
             },

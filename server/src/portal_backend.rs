@@ -301,6 +301,12 @@ fn user_error(error: SessionError) -> PortalError {
             PortalError::ServersUnavailable
         }
         SessionError::AccountingUnavailable => PortalError::AccountingUnavailable,
+        // The database is away (a restart, a full disk): the caller may retry, and a load
+        // balancer or script sees a 503, not the 500 of a fault.
+        SessionError::Storage(e) if e.is_unavailable() => {
+            tracing::warn!(error = %error_chain(&e), "request failed: the database is unavailable");
+            PortalError::Unavailable
+        }
         SessionError::NotActive => PortalError::NoSession,
         other => internal("access-session operation", &other),
     }
@@ -314,9 +320,9 @@ pub fn status_of(error: &PortalError) -> StatusCode {
         PortalError::InvalidInput { .. } | PortalError::AddressUnknown => StatusCode::BAD_REQUEST,
         PortalError::Rejected { .. } | PortalError::NoSession => StatusCode::UNAUTHORIZED,
         PortalError::OrganizationDisabled | PortalError::Forbidden => StatusCode::FORBIDDEN,
-        PortalError::ServersUnavailable | PortalError::AccountingUnavailable => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        PortalError::ServersUnavailable
+        | PortalError::AccountingUnavailable
+        | PortalError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         // The upstream server's answer is the fault, not the caller's nor the portal's.
         PortalError::UnusableAnswer { .. } => StatusCode::BAD_GATEWAY,
         PortalError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -603,6 +609,19 @@ async fn forget_access_session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_away_is_a_503_a_fault_a_500() {
+        let away = user_error(SessionError::Storage(
+            crate::storage::StorageError::Database(sqlx::Error::PoolTimedOut),
+        ));
+        assert_eq!(away, PortalError::Unavailable);
+        assert_eq!(status_of(&away), StatusCode::SERVICE_UNAVAILABLE);
+        let fault = user_error(SessionError::Storage(
+            crate::storage::StorageError::Corrupt("x".into()),
+        ));
+        assert_eq!(status_of(&fault), StatusCode::INTERNAL_SERVER_ERROR);
+    }
 
     #[test]
     fn form_tokens_must_match_exactly() {

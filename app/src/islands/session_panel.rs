@@ -60,6 +60,10 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
         SessionStatus::Ended(reason) => ended.set(Some(reason)),
         SessionStatus::NoSession => ended.set(Some(EndReason::Disconnected)),
     };
+    // Back online: an error from while it was not (the portal could not be reached) is stale;
+    // the re-sync that follows shows how things stand.
+    #[cfg(feature = "hydrate")]
+    let _ = window_event_listener_untyped("online", move |_| error.set(None));
     #[cfg(feature = "hydrate")]
     live::follow(
         state.get_untracked().base,

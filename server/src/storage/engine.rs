@@ -180,7 +180,7 @@ fn database_refuses(error: &StorageError) -> bool {
 }
 
 /// Whether SQLite says it cannot store anything now (not: busy, or a rule of one write).
-fn sqlite_refuses(error: &rusqlite::Error) -> bool {
+pub(crate) fn sqlite_refuses(error: &rusqlite::Error) -> bool {
     use rusqlite::ErrorCode::*;
     matches!(
         error,

@@ -349,6 +349,31 @@ pub enum StorageError {
     OrganizationDisabled,
 }
 
+impl StorageError {
+    /// The database cannot be reached or take writes right now — a connection lost or not to
+    /// be had in time, a server shutting down, a full disk, a read-only file, a writer queue
+    /// full —, not a fault of the data or the code: the same request may work in a minute.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StorageError::Database(e) => match e {
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+                // PostgreSQL: connection exceptions (class 08) and an operator or crash
+                // shutting the server down (57P01-57P03).
+                sqlx::Error::Database(d) => d
+                    .code()
+                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0")),
+                _ => false,
+            },
+            StorageError::Sqlite(e) => engine::sqlite_refuses(e),
+            // A batch not committed, the writer's queue full: the database, not the request.
+            StorageError::Engine(what) => {
+                what.starts_with("database write failed") || what.starts_with("database overloaded")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A stored access session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccessSessionRecord {
@@ -621,6 +646,27 @@ pub fn decode_classes(blob: &[u8]) -> Result<Vec<Vec<u8>>, StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unavailable_database_is_told_from_a_fault() {
+        let sqlite = |code| {
+            StorageError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                None,
+            ))
+        };
+        assert!(sqlite(rusqlite::ffi::SQLITE_FULL).is_unavailable());
+        assert!(sqlite(rusqlite::ffi::SQLITE_READONLY).is_unavailable());
+        assert!(!sqlite(rusqlite::ffi::SQLITE_CONSTRAINT).is_unavailable());
+        assert!(StorageError::Database(sqlx::Error::PoolTimedOut).is_unavailable());
+        assert!(!StorageError::Database(sqlx::Error::RowNotFound).is_unavailable());
+        assert!(
+            StorageError::Engine("database overloaded: too many writes queued".into())
+                .is_unavailable()
+        );
+        assert!(!StorageError::Engine("a database write panicked".into()).is_unavailable());
+        assert!(!StorageError::Corrupt("x".into()).is_unavailable());
+    }
 
     #[test]
     fn classes_of_any_format_round_trip_byte_for_byte() {
