@@ -489,7 +489,7 @@ impl PortalService for PortalBackend {
                     "the new session's web session could not be stored: ending the session");
                 if let Err(stop) = self.sessions.end_unlinked(session.id).await {
                     tracing::error!(error = %error_chain(&stop), acct_session_id = %session.acct_session_id,
-                        "ending a session no browser is linked to failed: it ends at its deadline");
+                        "ending a session no browser is linked to failed; trying again in the background");
                 }
                 return Err(PortalError::Internal);
             }
