@@ -327,18 +327,25 @@ async fn demo_keeps_its_database_to_itself() {
 
 /// `serve` refuses to start with a site root whose asset files are not its build's (the pages
 /// would name scripts and styles that are not there).
-#[test]
-fn serve_refuses_a_site_root_without_its_builds_assets() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("portal.toml");
+/// `portal.toml` in `dir`: its database `portal.db` beside it, `extra` (TOML tables), and one
+/// organization whose server is never asked.
+fn minimal_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let config = dir.join("portal.toml");
     std::fs::write(
         &config,
         format!(
-            "[database]\npath = \"{}\"\n[[organizations]]\nid = \"acme\"\nname = \"Acme\"\n[[organizations.servers]]\nname = \"ise\"\naddress = \"127.0.0.1\"\nsecret = \"s\"\n",
-            dir.path().join("portal.db").display()
+            "[database]\npath = \"{}\"\n{extra}[[organizations]]\nid = \"acme\"\nname = \"Acme\"\n[[organizations.servers]]\nname = \"ise\"\naddress = \"127.0.0.1\"\nsecret = \"s\"\n",
+            dir.join("portal.db").display()
         ),
     )
     .unwrap();
+    config
+}
+
+#[test]
+fn serve_refuses_a_site_root_without_its_builds_assets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = minimal_config(dir.path(), "");
     let output = portal(&["--config", config.to_str().unwrap(), "serve"])
         .current_dir(env!("CARGO_MANIFEST_DIR").to_string() + "/..")
         .env("LEPTOS_SITE_ROOT", dir.path())
@@ -356,16 +363,10 @@ fn a_start_that_fails_creates_no_database() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("portal.db");
-    let config = dir.path().join("portal.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[database]\npath = \"{}\"\n[http]\nlisten = \"{}\"\n[[organizations]]\nid = \"acme\"\nname = \"Acme\"\n[[organizations.servers]]\nname = \"ise\"\naddress = \"127.0.0.1\"\nsecret = \"s\"\n",
-            db.display(),
-            taken.local_addr().unwrap()
-        ),
-    )
-    .unwrap();
+    let config = minimal_config(
+        dir.path(),
+        &format!("[http]\nlisten = \"{}\"\n", taken.local_addr().unwrap()),
+    );
     let output = portal(&["--config", config.to_str().unwrap(), "serve"])
         .current_dir(env!("CARGO_MANIFEST_DIR").to_string() + "/..")
         .output()

@@ -259,11 +259,7 @@ fn names_a_new_file(body: &Value, stored: Option<&Value>) -> Option<&'static str
         };
         kept.get("secret_file") == Some(given) && destination(&merged) == destination(kept)
     };
-    let stored_servers = stored
-        .and_then(|s| s.get("servers"))
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let stored_settings = stored.and_then(Value::as_object);
     for server in body
         .get("servers")
         .and_then(Value::as_array)
@@ -272,7 +268,9 @@ fn names_a_new_file(body: &Value, stored: Option<&Value>) -> Option<&'static str
     {
         let kept = server
             .get("name")
-            .and_then(|name| stored_servers.iter().find(|s| s.get("name") == Some(name)));
+            .and_then(Value::as_str)
+            .zip(stored_settings)
+            .and_then(|(name, settings)| change::stored_server(settings, name));
         if !same_secret(server, kept, false) {
             return Some("secret_file");
         }
@@ -300,20 +298,12 @@ fn new_file_refusal(body: &Value, stored: Option<&Value>) -> Option<Response> {
 /// An organization's stored settings as JSON (`None` when it has none or does not exist: the
 /// change itself then says so).
 async fn stored_settings(api: &AdminApi, id: &str) -> Result<Option<Value>, Response> {
-    let row = api.storage.organization(id).await.map_err(internal)?;
-    Ok(row
-        .and_then(|row| row.settings)
-        .and_then(|json| serde_json::from_str(&json).ok()))
-}
-
-/// One server of stored settings, by name.
-fn stored_server(settings: Option<Value>, name: &str) -> Option<Value> {
-    let mut servers = settings?.get_mut("servers")?.take();
-    let list = servers.as_array_mut()?;
-    let at = list
-        .iter()
-        .position(|s| s.get("name").and_then(Value::as_str) == Some(name))?;
-    Some(list.swap_remove(at))
+    match change::stored_settings(&api.storage, id).await {
+        Ok(stored) => Ok(Some(Value::Object(stored.settings))),
+        Err(ChangeError::Internal(e)) => Err(internal(e)),
+        // None, or none stored: the change itself answers 404 or 409.
+        Err(_) => Ok(None),
+    }
 }
 
 /// The HTTP answer to a refused change.
@@ -409,7 +399,11 @@ async fn update_server(
     WriteBody(body): WriteBody,
 ) -> Response {
     let stored = match stored_settings(&api, &id).await {
-        Ok(stored) => stored_server(stored, &name),
+        Ok(stored) => stored
+            .as_ref()
+            .and_then(Value::as_object)
+            .and_then(|settings| change::stored_server(settings, &name))
+            .cloned(),
         Err(response) => return response,
     };
     if let Some(refused) = new_file_refusal(&body, stored.as_ref()) {

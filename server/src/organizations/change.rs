@@ -135,13 +135,13 @@ async fn state_of(storage: &Storage, id: &str) -> Result<OrgState, ChangeError> 
 }
 
 /// An organization's stored settings as JSON, with the revision they were read at.
-struct Stored {
-    settings: Map<String, Value>,
+pub(crate) struct Stored {
+    pub(crate) settings: Map<String, Value>,
     revision: i64,
 }
 
 /// The stored settings of an organization as JSON.
-async fn stored_settings(storage: &Storage, id: &str) -> Result<Stored, ChangeError> {
+pub(crate) async fn stored_settings(storage: &Storage, id: &str) -> Result<Stored, ChangeError> {
     let row = storage
         .organization(id)
         .await?
@@ -219,7 +219,7 @@ fn name_of(server: &Value) -> Option<&str> {
     server.get("name").and_then(Value::as_str)
 }
 
-fn stored_server<'a>(settings: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+pub(crate) fn stored_server<'a>(settings: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     servers_of(settings)
         .iter()
         .find(|s| name_of(s) == Some(name))
