@@ -61,6 +61,9 @@ pub enum EndReason {
     Replaced,
     /// Ended because the accounting servers could not be reached.
     Failed,
+    /// Not ended: this device's session runs on, but this browser is no longer linked to it
+    /// (its cookie was removed, or its web session is gone). Signing in again replaces it.
+    NotLinked,
 }
 
 /// What the sign-in page tells a visitor once, after what the visitor just did (carried by the

@@ -30,6 +30,8 @@ use leptos::prelude::*;
 /// The title of a session page whose session has ended (the island sets it when it ends).
 /// Every page's title says what the page is, then the portal.
 pub const SESSION_ENDED_TITLE: &str = "Session ended – Network access portal";
+/// The title of a session page whose browser is no longer linked to its running session.
+pub const NOT_SIGNED_IN_TITLE: &str = "Not signed in – Network access portal";
 /// The title of a session page with its session active.
 pub const SESSION_TITLE: &str = "Your session – Network access portal";
 
@@ -85,7 +87,7 @@ pub fn shell(options: LeptosOptions, page: Page) -> impl IntoView {
                 <title>{title(page)}</title>
                 {brand}
             </head>
-            <body class="min-h-screen bg-slate-100 text-slate-900 antialiased">
+            <body class="min-h-screen bg-slate-100 text-slate-900 antialiased hyphens-auto wrap-anywhere">
                 <App page />
             </body>
         </html>
@@ -108,7 +110,9 @@ fn title(page: Page) -> &'static str {
             }
         }
         Page::Session => match pages::data().session {
-            Some(Ok(SessionStatus::Ended(_))) => SESSION_ENDED_TITLE,
+            Some(Ok(SessionStatus::Ended(reason))) => islands::session_panel::over_texts(reason)[2],
+            // Rendered only after a form post that found no session (else a redirect).
+            Some(Ok(SessionStatus::NoSession)) => "No session – Network access portal",
             _ => SESSION_TITLE,
         },
         Page::NotFound => "Page not found – Network access portal",

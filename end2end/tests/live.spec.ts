@@ -46,6 +46,17 @@ test("a Disconnect-Request from the RADIUS server ends the open page's session",
   await expect(page).toHaveTitle("Session ended – Network access portal");
 });
 
+test("a page whose browser lost its cookie says the session runs on, not that it ended", async ({ page, context }) => {
+  await logIn(page, "carol", "carol-pass");
+  await hydrated(page);
+  await context.clearCookies();
+  await page.getByRole("button", { name: "Refresh" }).click();
+  await expect(page.getByRole("heading", { name: "Not signed in" })).toBeVisible();
+  await expect(page.getByTestId("ended")).toContainText("still running");
+  await expect(page.getByTestId("ended")).not.toContainText("has ended");
+  await expect(page).toHaveTitle("Not signed in – Network access portal");
+});
+
 test("the Accept's Reply-Message and a last-minute warning are shown", async ({ page }) => {
   await logIn(page, "erin", "erin-pass");
   await expect(page.getByTestId("reply-message")).toHaveText("Welcome, erin");

@@ -167,6 +167,31 @@ impl PortalBackend {
         Ok(SessionStatus::Ended(reason))
     }
 
+    /// [`Self::status_of`] for a page of organization `org` at client address `ip`. Without a
+    /// linked session, one still running for that address is not "none": the browser lost its
+    /// link (its cookie removed, its web session gone), and the page must not read as if the
+    /// session — and the network access with it — had ended.
+    pub async fn status_for(
+        &self,
+        id: Option<i64>,
+        org: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<SessionStatus, PortalError> {
+        let status = self.status_of(id).await?;
+        let (SessionStatus::NoSession, Some(ip)) = (&status, ip) else {
+            return Ok(status);
+        };
+        let running = self
+            .sessions
+            .active_for_client(org, ip)
+            .await
+            .map_err(user_error)?;
+        Ok(match running {
+            Some(_) => SessionStatus::Ended(EndReason::NotLinked),
+            None => status,
+        })
+    }
+
     /// The access session linked to a web session, if any.
     pub async fn linked_session_id(
         &self,
@@ -460,14 +485,17 @@ impl PortalService for PortalBackend {
                     field: "org".into(),
                     message: "No organization has this id.".into(),
                 })?;
-            validation::validate_username(&input.username, |u| org.username_pattern.is_match(u))?;
+            // Spaces around a name are a phone keyboard's (autocompletion adds one), never part
+            // of it: the name is sent, rate-limited and stored without them.
+            let username = input.username.trim();
+            validation::validate_username(username, |u| org.username_pattern.is_match(u))?;
             validation::validate_password(&input.password)?;
             let ip = client_ip(request)?;
-            self.check_rate(&org_id, &input.username, ip)?;
+            self.check_rate(&org_id, username, ip)?;
             let web = web_session(request)?;
             let session = self
                 .sessions
-                .login(&org_id, &input.username, &input.password, ip)
+                .login(&org_id, username, &input.password, ip)
                 .await
                 .map_err(user_error)?;
             // A new login gets a new web-session id (no fixation) and a new form token. A
@@ -481,6 +509,7 @@ impl PortalService for PortalBackend {
                 }
                 web.insert(FORM_TOKEN_KEY, random_token()).await?;
                 web.insert(&access_session_key(&org_id), session.id).await?;
+                web.set_expiry(Some(crate::http::web_session_expiry(session.window_ms)));
                 crate::http::web_session::save_now(request, &web).await
             }
             .await;
@@ -527,10 +556,9 @@ impl PortalService for PortalBackend {
 
     async fn session_status(&self, request: &Parts) -> Result<SessionStatus, PortalError> {
         let result = async {
-            let id = self
-                .linked_session_id(&web_session(request)?, &self.scope(request).id)
-                .await?;
-            self.status_of(id).await
+            let org = self.scope(request).id;
+            let id = self.linked_session_id(&web_session(request)?, &org).await?;
+            self.status_for(id, &org, client_ip(request).ok()).await
         }
         .await;
         with_status(request, result)
@@ -547,7 +575,7 @@ impl PortalService for PortalBackend {
             let session = self.sessions.refresh(id).await.map_err(user_error)?;
             // Saved with a new inactivity deadline: a web session in use never ends before
             // the access session it controls (reads alone do not write it).
-            web.set_expiry(Some(crate::http::WEB_SESSION_EXPIRY));
+            web.set_expiry(Some(crate::http::web_session_expiry(session.window_ms)));
             Ok(self.view(&session))
         }
         .await;

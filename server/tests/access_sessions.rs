@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{field, portal_with_one_server, settings, temp_db, wait_for, FreeRadius, TestApp};
+use common::{
+    field, portal_with_one_server, settings, temp_db, wait_for, Browser, FreeRadius, TestApp,
+};
 use std::{net::Ipv4Addr, time::Duration};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
@@ -299,6 +301,65 @@ async fn invalid_input_is_refused_with_the_field_named_and_nothing_is_sent() {
     app.stop().await;
 }
 
+/// A window longer than a web session's day: the browser's link to the session lasts as long
+/// as the session can (else the page would lose a session still running).
+#[tokio::test]
+async fn a_window_of_days_keeps_the_browsers_link_as_long() {
+    let (_radius, app, _dir) = portal_with_one_server().await;
+    let max_age = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|c| c.starts_with("portal_session="))
+            .and_then(|c| c.split("Max-Age=").nth(1))
+            .and_then(|rest| rest.split(';').next())
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    let response = app
+        .browser(CLIENT)
+        .login_as_script("wendy", "wendy-pass")
+        .await;
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(max_age(&response), Some(2 * 86_400));
+    let response = app
+        .browser(Ipv4Addr::new(127, 0, 0, 2))
+        .login_as_script("carol", "carol-pass")
+        .await;
+    assert_eq!(
+        max_age(&response),
+        Some(86_400),
+        "a day for shorter windows"
+    );
+    app.stop().await;
+}
+
+/// A phone keyboard's space after an autocompleted name (or a pasted one) is not part of it.
+#[tokio::test]
+async fn spaces_around_a_username_are_not_part_of_it() {
+    let (radius, app, _dir) = portal_with_one_server().await;
+    let browser = app.browser(CLIENT);
+    let page = browser.login(" carol\u{a0}", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    assert!(
+        page.body.contains(r#"data-testid="username">carol<"#),
+        "{}",
+        page.body
+    );
+    let auth = radius.auth_lines();
+    assert!(auth.iter().any(|l| l.contains("user=carol ")), "{auth:#?}");
+    radius.wait_for_acct(&["status=Start", "user=carol "]).await;
+    // Inside the name a space is still refused (the organization's pattern).
+    let page = browser.login("car ol", "carol-pass").await;
+    assert!(
+        page.body.contains("Username must not contain spaces."),
+        "{}",
+        page.body
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn refresh_sends_an_interim_update_and_disconnect_a_stop_with_user_request() {
     let (radius, app, _dir) = portal_with_one_server().await;
@@ -520,6 +581,71 @@ async fn the_session_page_says_why_the_session_ended() {
         "{}",
         page.body
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_browser_that_lost_its_link_is_told_the_session_runs_on_not_that_it_ended() {
+    let (radius, app, _dir) = portal_with_one_server().await;
+    let browser = app.browser(CLIENT);
+    let page = browser.login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    // The same device with its cookies cleared: no link to the session, same address.
+    let cleared = app.browser(CLIENT);
+    let page = cleared.get("/session").await;
+    assert_eq!((page.status, page.path.as_str()), (200, "/session"));
+    assert!(page.body.contains("<title>Not signed in"), "{}", page.body);
+    assert!(page.body.contains("This browser is no longer signed in."));
+    assert!(page.body.contains("still running"), "{}", page.body);
+    assert!(
+        !page.body.contains("Your session has ended"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("Sign in again"));
+    // The live panel's poll and its stream say the same.
+    let status = |b: &Browser| {
+        let request = b
+            .http
+            .post(format!("{}/api/session_status", b.base))
+            .header("accept", "application/json");
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    assert_eq!(status(&cleared).await, r#"{"Ended":"NotLinked"}"#);
+    let mut events = cleared
+        .http
+        .get(format!("{}/session/events", cleared.base))
+        .send()
+        .await
+        .unwrap();
+    let first = events.chunk().await.unwrap().unwrap();
+    let first = String::from_utf8_lossy(&first);
+    assert!(first.contains(r#"data: {"Ended":"NotLinked"}"#), "{first}");
+    // Another device's address has no session of its own: no such claim, the sign-in page.
+    let stranger = app.browser(Ipv4Addr::new(127, 0, 0, 2));
+    assert_eq!(stranger.get("/session").await.path, "/");
+    assert_eq!(status(&stranger).await, r#""NoSession""#);
+
+    // Disconnected in another tab of the first browser: its stale page's Refresh (no
+    // JavaScript) says there is no session, rather than landing on the sign-in page mutely.
+    let stale_token = browser.form_token("/session").await;
+    let page = browser.post_form("/api/disconnect", "/session", &[]).await;
+    assert_eq!(page.path, "/");
+    radius.wait_for_acct(&["status=Stop", "user=carol"]).await;
+    assert_eq!(status(&cleared).await, r#""NoSession""#);
+    let page = browser
+        .post_raw("/api/refresh", "/session", &[("csrf", &stale_token)], &[])
+        .await;
+    assert_eq!((page.status, page.path.as_str()), (200, "/session"));
+    assert!(page.body.contains("<title>No session"), "{}", page.body);
+    assert!(
+        page.body
+            .contains("You have no active session. Please sign in."),
+        "{}",
+        page.body
+    );
+    // Shown once: the next view of the page is the sign-in page again.
+    assert_eq!(browser.get("/session").await.path, "/");
     app.stop().await;
 }
 

@@ -32,6 +32,26 @@ pub fn end_text(reason: EndReason) -> &'static str {
         }
         EndReason::Replaced => "This device signed in again, which replaced it.",
         EndReason::Failed => "The network's servers could not be reached.",
+        EndReason::NotLinked => {
+            "Your device's session is still running, but this browser can no longer control it. Sign in again to take over: the new session replaces it."
+        }
+    }
+}
+
+/// The heading, first sentence and tab title once the page's session is over for it: ended —
+/// or running on without this browser, which is not "ended".
+pub fn over_texts(reason: EndReason) -> [&'static str; 3] {
+    match reason {
+        EndReason::NotLinked => [
+            "Not signed in",
+            "This browser is no longer signed in.",
+            crate::NOT_SIGNED_IN_TITLE,
+        ],
+        _ => [
+            "Session ended",
+            "Your session has ended.",
+            crate::SESSION_ENDED_TITLE,
+        ],
     }
 }
 
@@ -47,6 +67,9 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
     // server); in the browser, the island's own requests set it.
     let error = RwSignal::new(form_post_error());
     let busy = RwSignal::new(false);
+    // This page's Refresh went through: said out loud with the new end (a screen reader user
+    // otherwise hears nothing of it).
+    let refreshed = RwSignal::new(false);
     let remaining_secs = move || ((deadline.get() - now.get()).max(0.0) / 1000.0).ceil() as u64;
     let apply = move |status: SessionStatus| match status {
         SessionStatus::Active(view) => {
@@ -88,7 +111,10 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
                 let result = if refresh {
                     super::fetch::call::<SessionView>(&path, form)
                         .await
-                        .map(|view| apply(SessionStatus::Active(view)))
+                        .map(|view| {
+                            apply(SessionStatus::Active(view));
+                            refreshed.set(true);
+                        })
                 } else {
                     super::fetch::call::<()>(&path, form).await.map(|()| {
                         let _ = window()
@@ -145,8 +171,14 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
     // What a screen reader announces: a live region that is always in the page, whose text
     // changes (one that appears already filled is often not read).
     let announcement = Memo::new(move |_| match ended.get() {
-        Some(reason) => format!("Your session has ended. {}", end_text(reason)),
-        None => warning_text.get().unwrap_or_default().to_string(),
+        Some(reason) => format!("{} {}", over_texts(reason)[1], end_text(reason)),
+        // After this page's Refresh its new end, which each Refresh changes (so each is read).
+        None => {
+            let refresh = refreshed
+                .get()
+                .then(|| format!("Refreshed. {} ", ends_text()));
+            refresh.unwrap_or_default() + warning_text.get().unwrap_or_default()
+        }
     });
     // When the session ends the controls go away: focus moves to the heading that says so, and
     // the tab's title follows (and goes back if it comes back). Only on a change: a re-check
@@ -154,22 +186,18 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
     let heading = NodeRef::<leptos::html::H1>::new();
     let disconnect_button = NodeRef::<leptos::html::Button>::new();
     #[cfg(feature = "hydrate")]
-    let is_over = Memo::new(move |_| ended.get().is_some());
+    let over_title = Memo::new(move |_| ended.get().map(|reason| over_texts(reason)[2]));
     let extendable = Memo::new(move |_| state.get().can_extend);
     #[cfg(feature = "hydrate")]
     Effect::new(move |_| {
-        let over = is_over.get();
-        if over {
+        let title = over_title.get();
+        if title.is_some() {
             if let Some(heading) = heading.get_untracked() {
                 let _ = heading.focus();
             }
         }
         if let Some(document) = window().document() {
-            document.set_title(if over {
-                crate::SESSION_ENDED_TITLE
-            } else {
-                crate::SESSION_TITLE
-            });
+            document.set_title(title.unwrap_or(crate::SESSION_TITLE));
         }
     });
     // A refresh that reached the limit takes the Refresh button away while it has focus: focus
@@ -199,11 +227,11 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
     view! {
         <div>
             <h1 id="session-title" node_ref=heading tabindex="-1" class="text-2xl font-semibold focus:outline-none">
-                {move || if ended.get().is_some() { "Session ended" } else { "You are connected" }}
+                {move || ended.get().map_or("You are connected", |reason| over_texts(reason)[0])}
             </h1>
             <p role="status" class="sr-only">{move || announcement.get()}</p>
             <div data-testid="ended" class="mt-6 text-center" class:hidden=move || ended.get().is_none()>
-                <p class="text-lg font-semibold">"Your session has ended."</p>
+                <p class="text-lg font-semibold">{move || ended.get().map(|reason| over_texts(reason)[1])}</p>
                 <p class="mt-1 text-sm text-slate-700">{move || ended.get().map(end_text)}</p>
                 // A disabled organization offers no sign-in: its notice instead of the link.
                 <p class="mt-4" class:hidden=move || disabled()><a class="text-blue-800 underline" href=sign_in_url>"Sign in again"</a></p>
@@ -211,26 +239,27 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
             </div>
             <div class:hidden=move || ended.get().is_some()>
                 <p class="mt-6 text-center text-sm text-slate-600">"Time left"</p>
-                <p role="timer" aria-label="Time left" class="text-center font-mono text-5xl tabular-nums">
+                <p role="timer" aria-label="Time left" class="text-center font-mono text-[length:min(3rem,15vw)] leading-none tabular-nums">
                     {move || format_clock(remaining_secs())}
                 </p>
                 <p data-testid="ends" class="mt-2 text-center text-sm text-slate-700">{ends_text}</p>
                 {warning}
                 <ErrorMessage error />
-                <div class="mt-6 grid grid-cols-2 gap-3">
+                // Side by side where they fit, stacked on a narrow screen or at large text.
+                <div class="mt-6 flex flex-wrap gap-3">
                     // A session its limit ends gains nothing from a refresh: no button for it.
-                    <form method="post" action=refresh_url class:hidden=move || !extendable.get()
+                    <form method="post" action=refresh_url class="grow basis-28" class:hidden=move || !extendable.get()
                         on:submit=move |ev: leptos::ev::SubmitEvent| {
                             ev.prevent_default();
                             submit(refresh_post.clone(), refresh_token.clone(), true);
                         }>
                         <input type="hidden" name="csrf" value=form_token.clone() />
                         <button type="submit" aria-disabled=move || busy.get().then_some("true")
-                            class="w-full rounded bg-blue-800 px-2 py-2 font-semibold text-white hover:bg-blue-900 aria-disabled:opacity-60">
+                            class="w-full rounded border-2 border-blue-800 bg-blue-800 px-2 py-2 font-semibold text-white hover:bg-blue-900 aria-disabled:opacity-60">
                             "Refresh"
                         </button>
                     </form>
-                    <form method="post" action=disconnect_url class:col-span-2=move || !extendable.get()
+                    <form method="post" action=disconnect_url class="grow basis-28"
                         on:submit=move |ev: leptos::ev::SubmitEvent| {
                             ev.prevent_default();
                             submit(disconnect_post.clone(), disconnect_token.clone(), false);

@@ -71,7 +71,7 @@ pub fn LoginPage() -> impl IntoView {
             // (`/o/{slug}/api/login`): a failed post comes back to this page even when the
             // browser sends no Referer.
             <form method="post" action=format!("{base}{}", <Login as ServerFn>::PATH)
-                class="mt-6 space-y-4 rounded-lg bg-white p-6 shadow">
+                class="mt-6 space-y-4 rounded-lg bg-white p-4 shadow sm:p-6">
                 <input type="hidden" name="csrf" value=token />
                 <input type="hidden" name="org" value=organization_id />
                 <div>

@@ -1,12 +1,14 @@
 //! `/session` (and `/o/{slug}/session`): the user's access session in that organization. Rendered complete on the server (works without
 //! JavaScript); the panel is an island that ticks and takes over Refresh/Disconnect once hydrated.
 //! A session that has ended is shown as ended, with why (also after a reload without
-//! JavaScript); without any session the page redirects to the sign-in form.
+//! JavaScript); so is a session this browser is no longer linked to while it runs on. Without
+//! any session the page redirects to the sign-in form — but after a form post that found none
+//! (a stale page's Refresh without JavaScript) it says so, with a link to sign in.
 
 use crate::{
     components::{DemoBanner, DisabledNotice, ErrorMessage},
     dto::{EndReason, SessionStatus},
-    islands::session_panel::{end_text, SessionPanel},
+    islands::session_panel::{end_text, over_texts, SessionPanel},
 };
 use leptos::prelude::*;
 
@@ -19,6 +21,7 @@ pub fn SessionPage() -> impl IntoView {
     let token = data.form_token();
     let active = info.as_ref().is_none_or(|i| i.active);
     let base = info.map(|i| i.base).unwrap_or_default();
+    let form_failed = data.form_failed;
     match data.session.unwrap_or(Ok(SessionStatus::NoSession)) {
         Ok(SessionStatus::Active(view)) => view! {
             <DemoBanner demo />
@@ -27,16 +30,23 @@ pub fn SessionPage() -> impl IntoView {
                     {message}
                 </p>
             })}
-            <section class="rounded-lg bg-white p-6 shadow" aria-labelledby="session-title">
+            <section class="rounded-lg bg-white p-4 shadow sm:p-6" aria-labelledby="session-title">
                 <SessionPanel session=view.clone() form_token=token />
                 // Fixed for the session's life: rendered here, not in the island's WASM.
-                <dl class="mt-6 grid grid-cols-[auto_1fr] gap-x-4 gap-y-1 border-t border-slate-200 pt-4 text-sm">
-                    <dt class="text-slate-600">"User"</dt>
-                    <dd data-testid="username">{view.username.clone()}</dd>
-                    <dt class="text-slate-600">"Organization"</dt>
-                    <dd>{view.organization.clone()}</dd>
-                    <dt class="text-slate-600">"Device address"</dt>
-                    <dd data-testid="client-ip">{view.client_ip.clone()}</dd>
+                // Each name beside its value where both fit, the value below it where not.
+                <dl class="mt-6 space-y-1 border-t border-slate-200 pt-4 text-sm">
+                    <div class="flex flex-wrap gap-x-3">
+                        <dt class="w-24 text-slate-600">"User"</dt>
+                        <dd data-testid="username">{view.username.clone()}</dd>
+                    </div>
+                    <div class="flex flex-wrap gap-x-3">
+                        <dt class="w-24 text-slate-600">"Organization"</dt>
+                        <dd>{view.organization.clone()}</dd>
+                    </div>
+                    <div class="flex flex-wrap gap-x-3">
+                        <dt class="w-24 text-slate-600">"Device address"</dt>
+                        <dd data-testid="client-ip">{view.client_ip.clone()}</dd>
+                    </div>
                 </dl>
             </section>
             <noscript>
@@ -50,10 +60,10 @@ pub fn SessionPage() -> impl IntoView {
         // What the live panel says when the session ends while the page is open.
         Ok(SessionStatus::Ended(reason)) => view! {
             <DemoBanner demo />
-            <section class="rounded-lg bg-white p-6 shadow" aria-labelledby="session-title">
-                <h1 id="session-title" class="text-2xl font-semibold">"Session ended"</h1>
+            <section class="rounded-lg bg-white p-4 shadow sm:p-6" aria-labelledby="session-title">
+                <h1 id="session-title" class="text-2xl font-semibold">{over_texts(reason)[0]}</h1>
                 <div data-testid="ended" role="status" class="mt-6 text-center">
-                    <p class="text-lg font-semibold">"Your session has ended."</p>
+                    <p class="text-lg font-semibold">{over_texts(reason)[1]}</p>
                     <p class="mt-1 text-sm text-slate-700">{end_text(reason)}</p>
                     // A disabled organization offers no sign-in: its notice instead of the link.
                     {if active && reason != EndReason::OrganizationDisabled {
@@ -62,6 +72,17 @@ pub fn SessionPage() -> impl IntoView {
                         view! { <DisabledNotice /> }.into_any()
                     }}
                 </div>
+            </section>
+        }
+        .into_any(),
+        // A form post (Refresh without JavaScript) from a page whose session this browser no
+        // longer has: its answer says so here, rather than the sign-in page in silence.
+        Ok(SessionStatus::NoSession) if form_failed => view! {
+            <DemoBanner demo />
+            <section class="rounded-lg bg-white p-4 shadow sm:p-6" aria-labelledby="session-title">
+                <h1 id="session-title" class="text-2xl font-semibold">"No session"</h1>
+                <p data-testid="ended" role="alert" class="mt-6 text-center">{crate::error::PortalError::NoSession.to_string()}</p>
+                <p class="mt-4 text-center"><a class="text-blue-800 underline" href=format!("{base}/")>"Sign in"</a></p>
             </section>
         }
         .into_any(),

@@ -37,6 +37,8 @@ pub struct LiveState {
 struct Watch {
     live: LiveState,
     id: Option<i64>,
+    org: String,
+    ip: Option<std::net::IpAddr>,
     notices: broadcast::Receiver<i64>,
     first: bool,
     done: bool,
@@ -67,6 +69,7 @@ impl Watch {
 pub async fn session_events(
     State(live): State<LiveState>,
     scope: Option<axum::extract::Extension<super::org_scope::OrgScope>>,
+    ip: Option<axum::extract::Extension<super::client_ip::ClientIp>>,
     web: Session,
 ) -> Response {
     // An unreadable web session counts as none: the page then says it has no session.
@@ -82,6 +85,8 @@ pub async fn session_events(
         notices: live.events.subscribe(),
         live,
         id,
+        org,
+        ip: ip.map(|axum::extract::Extension(ip)| ip.0),
         first: true,
         done: false,
     };
@@ -90,7 +95,7 @@ pub async fn session_events(
             return None;
         }
         w.first = false;
-        let status = match w.live.backend.status_of(w.id).await {
+        let status = match w.live.backend.status_for(w.id, &w.org, w.ip).await {
             Ok(status) => status,
             // Storage trouble: say nothing this time; the next resync tries again.
             Err(_) => {

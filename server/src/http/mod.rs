@@ -536,6 +536,14 @@ pub(crate) fn caller_error(
 pub const WEB_SESSION_EXPIRY: Expiry =
     Expiry::OnInactivity(tower_sessions::cookie::time::Duration::days(1));
 
+/// The inactivity deadline of a web session linked to an access session of window `window_ms`:
+/// [`WEB_SESSION_EXPIRY`], or the window where that is longer (an Idle-Timeout of days), so the
+/// browser never loses the session it controls before the session can end.
+pub fn web_session_expiry(window_ms: i64) -> Expiry {
+    use tower_sessions::cookie::time::Duration;
+    Expiry::OnInactivity(Duration::days(1).max(Duration::milliseconds(window_ms)))
+}
+
 /// A page's data is loaded before the page renders (`app::pages::load`), so the page renders
 /// in one pass without Leptos resources.
 async fn page_data<S: NextService>(
