@@ -433,19 +433,20 @@ pub fn format_clock(secs: u64) -> String {
 
 /// A duration in words: "4 hours", "20 minutes", "1 hour 30 minutes", "45 seconds".
 pub fn format_length(secs: u64) -> String {
-    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let mut parts = Vec::new();
-    if h > 0 {
-        parts.push(plural(h, "hour"));
+    // Written into one string (no list joined: smaller in the island's WASM).
+    let mut text = String::new();
+    for (n, unit) in [
+        (secs / 3600, "hour"),
+        (secs / 60 % 60, "minute"),
+        (secs % 60, "second"),
+    ] {
+        if n > 0 || (unit == "second" && text.is_empty()) {
+            let space = if text.is_empty() { "" } else { " " };
+            let plural = if n == 1 { "" } else { "s" };
+            text += &format!("{space}{n} {unit}{plural}");
+        }
     }
-    if m > 0 {
-        parts.push(plural(m, "minute"));
-    }
-    if s > 0 || parts.is_empty() {
-        parts.push(plural(s, "second"));
-    }
-    parts.join(" ")
+    text
 }
 
 #[cfg(test)]
