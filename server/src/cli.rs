@@ -412,6 +412,8 @@ pub async fn radius_test(
         .await
         .context("while binding the RADIUS socket")?;
     let mut all_answered = true;
+    // What each server answered an Access-Request (a login attempt: audited, design.md §5).
+    let mut answers = Vec::new();
     for server in &org.servers {
         let started = tokio::time::Instant::now();
         let deadline = started + server.timeout * (server.retries + 1);
@@ -443,6 +445,17 @@ pub async fn radius_test(
                 }),
         };
         let elapsed = started.elapsed().as_millis();
+        if credentials.is_some() {
+            let answer = match &outcome {
+                Ok(text) => text
+                    .split([':', ' '])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+                Err(_) => "no usable answer".to_string(),
+            };
+            answers.push(serde_json::json!({ "server": server.name, "answer": answer }));
+        }
         match outcome {
             Ok(text) => say!(
                 "{} ({}): {text} in {elapsed} ms",
@@ -459,6 +472,19 @@ pub async fn radius_test(
                 );
             }
         }
+    }
+    if let (Some((user, _)), Some(storage)) = (&credentials, &storage) {
+        let detail =
+            serde_json::json!({ "username": user, "command": "radius test", "servers": answers });
+        storage
+            .audit(&crate::storage::Audit {
+                at: crate::access_session::now_ms(),
+                actor: &crate::operator::actor(),
+                action: "radius.test",
+                organization_id: Some(org_id),
+                detail,
+            })
+            .await?;
     }
     Ok(all_answered)
 }

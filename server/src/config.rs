@@ -1508,6 +1508,12 @@ impl Settings {
         let mut clients = std::collections::HashSet::new();
         for (i, client) in self.dynamic_authorization.clients.iter().enumerate() {
             client.load_secret(&format!("dynamic_authorization.clients[{i}]"))?;
+            if client.organizations.as_ref().is_some_and(Vec::is_empty) {
+                return Err(config_error(
+                    format!("dynamic_authorization.clients[{i}].organizations"),
+                    "is empty: the client could end no session; list its organizations, or leave the key out for every organization",
+                ));
+            }
             if !clients.insert(client.address) {
                 return Err(config_error(
                     format!("dynamic_authorization.clients[{i}].address"),
@@ -1700,6 +1706,10 @@ mod tests {
             (
                 "[dynamic_authorization]\nevent_timestamp_window = \"0s\"\n",
                 "dynamic_authorization.event_timestamp_window",
+            ),
+            (
+                "[[dynamic_authorization.clients]]\nname = \"ise\"\naddress = \"10.0.0.9\"\nsecret = \"s\"\norganizations = []\n",
+                "dynamic_authorization.clients[0].organizations",
             ),
         ] {
             let text = format!("{section}{MINIMAL}");

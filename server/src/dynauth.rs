@@ -51,6 +51,8 @@ const SESSION_CONTEXT_NOT_FOUND: u32 = 503;
 const MISSING_ATTRIBUTE: u32 = 402;
 /// Error-Cause 403: NAS-Identification-Mismatch.
 const NAS_IDENTIFICATION_MISMATCH: u32 = 403;
+/// Error-Cause 407: Invalid-Attribute-Value (RFC 5176): e.g. an address that is none.
+const INVALID_ATTRIBUTE_VALUE: u32 = 407;
 
 /// Counters, for tests and metrics.
 #[derive(Debug, Default)]
@@ -63,6 +65,49 @@ pub struct DynAuthStats {
     pub naked: AtomicU64,
     /// Retransmissions answered from the cache.
     pub duplicates: AtomicU64,
+}
+
+impl DynAuthStats {
+    /// The counts now, for the metrics.
+    pub fn counts(&self) -> crate::metrics::DynAuthCounts {
+        crate::metrics::DynAuthCounts {
+            acked: self.acked.load(Ordering::Relaxed),
+            naked: self.naked.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Drops of one kind (which configured client, or any other source; why) since start-up, and
+/// when one was last logged as a warning.
+type DropKind = (Option<IpAddr>, &'static str);
+
+/// A kind of drop is logged as a warning at its first occurrence, then at most once a minute
+/// (a flood must not flood the log; a wrong secret found again later must still show).
+const DROP_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+/// Counts a drop of `kind` at `now`; Some(how many of the kind so far) when it is to be
+/// logged as a warning.
+fn note_drop(
+    drops: &mut HashMap<DropKind, (u64, Instant)>,
+    kind: DropKind,
+    now: Instant,
+) -> Option<u64> {
+    match drops.get_mut(&kind) {
+        Some((count, last)) => {
+            *count += 1;
+            let due = now.duration_since(*last) >= DROP_WARNING_EVERY;
+            if due {
+                *last = now;
+            }
+            due.then_some(*count)
+        }
+        None => {
+            drops.insert(kind, (1, now));
+            Some(1)
+        }
+    }
 }
 
 /// (source address, Request Authenticator) → (kept until, reply; empty while being handled).
@@ -91,6 +136,8 @@ pub struct DynAuthListener {
     event_timestamp_window: Duration,
     /// Requests without Event-Timestamp are dropped.
     require_event_timestamp: bool,
+    /// Drops by kind: how many, and when the kind last warned.
+    drops: Arc<Mutex<HashMap<DropKind, (u64, Instant)>>>,
 }
 
 /// The listener's socket, bound before anything is stored at start-up (a port in use then
@@ -156,6 +203,7 @@ impl DynAuthSocket {
             in_progress: Arc::new(tokio::sync::Semaphore::new(MAX_IN_PROGRESS)),
             event_timestamp_window: self.event_timestamp_window,
             require_event_timestamp: self.require_event_timestamp,
+            drops: Arc::default(),
         }
     }
 }
@@ -204,13 +252,21 @@ impl DynAuthListener {
         }
     }
 
-    fn drop_request(&self, from: SocketAddr, why: &str) {
-        let before = self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-        // Throttled like the RADIUS client's drops: a flood must not flood the log.
-        if crate::telemetry::worth_a_warning(before) {
-            tracing::warn!(%from, reason = why, dropped_so_far = before + 1, "Dynamic Authorization request dropped");
-        } else {
-            tracing::debug!(%from, reason = why, "Dynamic Authorization request dropped");
+    fn drop_request(&self, from: SocketAddr, why: &'static str) {
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        // Kinds are bounded: configured clients by address, every other source as one.
+        let client = self.clients.contains_key(&from.ip()).then_some(from.ip());
+        let now = Instant::now();
+        let warn = note_drop(
+            &mut self.drops.lock().unwrap_or_else(|p| p.into_inner()),
+            (client, why),
+            now,
+        );
+        match warn {
+            Some(count) => {
+                tracing::warn!(%from, reason = why, dropped_of_this_kind = count, "Dynamic Authorization request dropped")
+            }
+            None => tracing::debug!(%from, reason = why, "Dynamic Authorization request dropped"),
         }
     }
 
@@ -321,9 +377,18 @@ impl DynAuthListener {
             if let Some(cause) = cause {
                 p.push_u32(attr::ERROR_CAUSE, cause);
             }
+            // Copied unmodified and in order (RFC 2865 §5.33, RFC 5176 §3.6): a proxy between
+            // the server and the portal routes the answer back by them.
+            for state in request.get_all(attr::PROXY_STATE) {
+                p.push(attr::PROXY_STATE, state);
+            }
             p
         };
         let identification = Identification::of(request);
+        if identification.has_malformed_address() {
+            tracing::info!(client, code = ?request.code(), "Dynamic Authorization request with an address attribute that is no address");
+            return reply(nak, Some(INVALID_ATTRIBUTE_VALUE));
+        }
         let Some(wanted) = identification.lookup() else {
             tracing::info!(client, code = ?request.code(), "Dynamic Authorization request names no session (no identification attribute)");
             return reply(nak, Some(MISSING_ATTRIBUTE));
@@ -381,8 +446,9 @@ impl DynAuthListener {
             );
             return reply(nak, Some(UNSUPPORTED_SERVICE));
         }
+        let actor = format!("dynauth:{client}");
         for session in &found {
-            match self.sessions.stop_by_operator(session.id).await {
+            match self.sessions.terminate_audited(session, &actor).await {
                 Ok(_) => tracing::info!(client, acct_session_id = %session.acct_session_id,
                     organization = %session.organization_id, "session ended by Disconnect-Request"),
                 Err(e) => {
@@ -427,7 +493,7 @@ impl Identification {
         let framed = [attr::FRAMED_IP_ADDRESS, attr::FRAMED_IPV6_ADDRESS]
             .into_iter()
             .flat_map(|typ| request.get_all(typ))
-            .map(|v| address(v).map_or_else(|| "(malformed)".to_string(), |ip| ip.to_string()));
+            .map(|v| address(v).map_or_else(|| MALFORMED.to_string(), |ip| ip.to_string()));
         let calling = request
             .get_all(attr::CALLING_STATION_ID)
             .into_iter()
@@ -483,12 +549,22 @@ impl Identification {
             && self.classes.iter().all(|c| session.classes.contains(c))
     }
 
+    /// Whether an address attribute (Framed-IP-Address, Framed-IPv6-Address, NAS-IP-Address,
+    /// NAS-IPv6-Address) holds no address (a wrong length).
+    pub fn has_malformed_address(&self) -> bool {
+        self.client_ips.iter().any(|ip| ip == MALFORMED)
+            || self.nas_ips.iter().any(|ip| ip.is_unspecified())
+    }
+
     /// Whether the NAS attributes the request gives (if any) are `nas`'s.
     pub fn names_nas(&self, nas: &NasIdentity) -> bool {
         self.nas_ips.iter().all(|ip| *ip == nas.ip)
             && self.nas_identifiers.iter().all(|id| *id == nas.identifier)
     }
 }
+
+/// What a malformed address attribute reads as: it names no one.
+const MALFORMED: &str = "(malformed)";
 
 /// A Calling-Station-Id as the portal writes addresses (an IPv6 address in any of its spellings
 /// is the same address; a trailing NUL some servers add is no part of it); other text as it is.
@@ -532,6 +608,48 @@ mod tests {
             p.push(*typ, *value);
         }
         Identification::of(&p)
+    }
+
+    #[test]
+    fn each_kind_of_drop_warns_first_then_at_most_once_a_minute() {
+        let mut drops = HashMap::new();
+        let t0 = Instant::now();
+        let ise: DropKind = (Some(IpAddr::from([10, 0, 0, 1])), "bad secret");
+        let stranger: DropKind = (None, "unknown client");
+        assert_eq!(note_drop(&mut drops, ise, t0), Some(1));
+        assert_eq!(
+            note_drop(&mut drops, ise, t0 + Duration::from_secs(1)),
+            None
+        );
+        // Another kind warns on its own, whatever the first did.
+        assert_eq!(
+            note_drop(&mut drops, stranger, t0 + Duration::from_secs(2)),
+            Some(1)
+        );
+        assert_eq!(
+            note_drop(&mut drops, ise, t0 + Duration::from_secs(59)),
+            None
+        );
+        // A minute on, the same kind warns again, with its count.
+        assert_eq!(
+            note_drop(&mut drops, ise, t0 + Duration::from_secs(61)),
+            Some(4)
+        );
+        assert_eq!(
+            note_drop(&mut drops, ise, t0 + Duration::from_secs(62)),
+            None
+        );
+    }
+
+    #[test]
+    fn an_address_attribute_that_is_no_address_is_malformed() {
+        assert!(request(&[(attr::FRAMED_IP_ADDRESS, &[10, 0])]).has_malformed_address());
+        assert!(request(&[(attr::NAS_IP_ADDRESS, &[1, 2, 3])]).has_malformed_address());
+        assert!(!request(&[
+            (attr::FRAMED_IP_ADDRESS, &[10, 0, 0, 5]),
+            (attr::CALLING_STATION_ID, b"not an address"),
+        ])
+        .has_malformed_address());
     }
 
     #[test]

@@ -34,6 +34,7 @@ struct Inner {
     tasks_down: IntGauge,
     database_commits: IntCounterVec,
     database_writes: IntCounter,
+    dynauth_requests: IntCounterVec,
     /// Serializes scrapes (see `render`).
     render_lock: std::sync::Mutex<()>,
 }
@@ -56,6 +57,21 @@ pub struct Snapshot {
     /// What the embedded database has committed (SQLite; none on PostgreSQL, whose own
     /// statistics count its transactions).
     pub database_commits: Option<DatabaseCommits>,
+    /// The Dynamic Authorization listener's counts (None: it does not run).
+    pub dynauth: Option<DynAuthCounts>,
+}
+
+/// What the Dynamic Authorization listener has done since start-up.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DynAuthCounts {
+    /// ACKs sent (the request was carried out).
+    pub acked: u64,
+    /// NAKs sent (refused, with an Error-Cause).
+    pub naked: u64,
+    /// Requests dropped without an answer (unknown client, wrong secret, replay, malformed).
+    pub dropped: u64,
+    /// Retransmissions answered from the cache.
+    pub duplicates: u64,
 }
 
 /// Transactions and writes the SQLite engine has committed since it was opened (the
@@ -227,6 +243,12 @@ impl Metrics {
             )
             .unwrap_or_else(|_| unreachable_metric("portal_database_writes_total")),
         );
+        let dynauth_requests = counter(
+            &r,
+            "portal_dynauth_requests_total",
+            "Dynamic Authorization (RFC 5176) requests by outcome: ack, nak, dropped (no answer: unknown client, wrong secret, replay, malformed), duplicate (a retransmission answered from the cache)",
+            &["outcome"],
+        );
         Metrics(Arc::new(Inner {
             registry: r,
             logins,
@@ -243,6 +265,7 @@ impl Metrics {
             tasks_down,
             database_commits,
             database_writes,
+            dynauth_requests,
             render_lock: std::sync::Mutex::new(()),
         }))
     }
@@ -342,6 +365,17 @@ impl Metrics {
                 counter.inc_by(total.saturating_sub(counter.get()));
             }
         }
+        if let Some(counts) = snapshot.dynauth {
+            for (outcome, total) in [
+                ("ack", counts.acked),
+                ("nak", counts.naked),
+                ("dropped", counts.dropped),
+                ("duplicate", counts.duplicates),
+            ] {
+                let counter = inner.dynauth_requests.with_label_values(&[outcome]);
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
+        }
         let mut text = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&inner.registry.gather(), &mut text) {
             tracing::error!(error = %e, "metrics could not be encoded");
@@ -391,6 +425,12 @@ mod tests {
                 normal: 2,
                 writes: 9,
             }),
+            dynauth: Some(DynAuthCounts {
+                acked: 3,
+                naked: 1,
+                dropped: 4,
+                duplicates: 0,
+            }),
         });
         for expected in [
             "portal_logins_total{organization=\"acme\",outcome=\"accepted\"} 1",
@@ -407,6 +447,9 @@ mod tests {
             "portal_database_commits_total{synchronous=\"full\"} 5",
             "portal_database_commits_total{synchronous=\"normal\"} 2",
             "portal_database_writes_total 9",
+            "portal_dynauth_requests_total{outcome=\"ack\"} 3",
+            "portal_dynauth_requests_total{outcome=\"dropped\"} 4",
+            "portal_dynauth_requests_total{outcome=\"duplicate\"} 0",
         ] {
             assert!(text.contains(expected), "{expected} missing in:\n{text}");
         }

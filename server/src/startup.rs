@@ -167,6 +167,10 @@ impl Application {
                 .await
                 .context("while loading organizations")?,
         );
+        let ids: Vec<String> = organizations.all().iter().map(|o| o.id.clone()).collect();
+        for warning in dynauth_warnings(&settings.dynamic_authorization, &ids) {
+            tracing::warn!("{warning}");
+        }
         // Claims held by a previous process of this database are void (SQLite; on PostgreSQL
         // other replicas' claims may be live: they run out their lease instead).
         let released = storage
@@ -397,6 +401,7 @@ impl Application {
                 storage: self.storage.clone(),
                 radius: self.radius.clone(),
                 tasks: self.tasks.clone(),
+                dynauth: self.dynauth.as_ref().map(DynAuthListener::stats),
             };
             let router = axum::Router::new()
                 .route("/metrics", axum::routing::get(serve_metrics))
@@ -484,6 +489,35 @@ impl Application {
 }
 
 /// Start-up warnings for settings that leave a reachable portal weaker than it should be.
+/// Dynamic Authorization set-ups that work on a test bench and fail, or act too widely, in a
+/// real network: replies from a wildcard address, a client that may end sessions in every
+/// organization, a client tied to organizations that do not exist.
+fn dynauth_warnings(
+    dynauth: &crate::config::DynamicAuthorizationSettings,
+    organizations: &[String],
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if dynauth.clients.is_empty() {
+        return warnings;
+    }
+    if dynauth.listen.ip().is_unspecified() {
+        warnings.push(format!("the Dynamic Authorization listener on {} answers from whichever address the kernel routes by, not always the one a request was sent to: on a host with more than one address, RADIUS servers drop such answers; set dynamic_authorization.listen to the address they send to", dynauth.listen));
+    }
+    for client in &dynauth.clients {
+        let name = &client.name;
+        match &client.organizations {
+            None if organizations.len() > 1 => warnings.push(format!("Dynamic Authorization client `{name}` may end sessions of all {} organizations: a Disconnect-Request naming only a User-Name ends that name's sessions in every one; list the client's organizations (dynamic_authorization.clients.organizations)", organizations.len())),
+            None => {}
+            Some(named) => {
+                for id in named.iter().filter(|id| !organizations.contains(id)) {
+                    warnings.push(format!("Dynamic Authorization client `{name}` names organization `{id}`, which does not exist: its requests for it find no session"));
+                }
+            }
+        }
+    }
+    warnings
+}
+
 fn warn_about_exposure(settings: &Settings, addr: SocketAddr) {
     let http = &settings.http;
     for net in &http.trusted_proxies {
@@ -522,6 +556,7 @@ struct MetricsScrape {
     storage: Storage,
     radius: Radius,
     tasks: TaskHealth,
+    dynauth: Option<Arc<crate::dynauth::DynAuthStats>>,
 }
 
 /// `GET /metrics` on the metrics listener: recorded metrics plus the state read now.
@@ -556,6 +591,7 @@ async fn serve_metrics(
         })
         .collect();
     snapshot.tasks_down = scrape.tasks.down().len() as i64;
+    snapshot.dynauth = scrape.dynauth.as_ref().map(|stats| stats.counts());
     // Every configured organization and server has its series, at 0 while nothing happened:
     // an alert on "= 0" or on `absent()` sees them from the start, not after a first event.
     for organization in scrape.organizations.all() {
@@ -654,5 +690,55 @@ async fn prune_loop(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(PRUNE_EVERY) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DynamicAuthorizationClient, DynamicAuthorizationSettings, Secret};
+
+    fn client(name: &str, organizations: Option<&[&str]>) -> DynamicAuthorizationClient {
+        DynamicAuthorizationClient {
+            name: name.into(),
+            address: "10.0.0.9".parse().unwrap(),
+            organizations: organizations.map(|o| o.iter().map(|s| s.to_string()).collect()),
+            secret: Some(Secret::new("s")),
+            secret_file: None,
+        }
+    }
+
+    #[test]
+    fn dynauth_set_ups_that_fail_or_act_too_widely_are_warned_about() {
+        let orgs = ["acme".to_string(), "beta".to_string()];
+        let mut dynauth = DynamicAuthorizationSettings::default();
+        assert!(
+            dynauth_warnings(&dynauth, &orgs).is_empty(),
+            "no clients, no listener"
+        );
+        dynauth.clients = vec![client("ise", None), client("fr", Some(&["acme", "gone"]))];
+        let warnings = dynauth_warnings(&dynauth, &orgs);
+        assert_eq!(warnings.len(), 3, "{warnings:#?}");
+        assert!(warnings[0].contains("0.0.0.0:3799"), "{}", warnings[0]);
+        assert!(
+            warnings[1].contains("`ise` may end sessions of all 2"),
+            "{}",
+            warnings[1]
+        );
+        assert!(
+            warnings[2].contains("`gone`, which does not exist"),
+            "{}",
+            warnings[2]
+        );
+        // Bound to its address, each client tied to existing organizations: nothing to say.
+        dynauth.listen = "192.0.2.10:3799".parse().unwrap();
+        dynauth.clients = vec![
+            client("ise", Some(&["acme"])),
+            client("fr", Some(&["beta"])),
+        ];
+        assert!(dynauth_warnings(&dynauth, &orgs).is_empty());
+        // One organization: an unrestricted client acts on it alone.
+        dynauth.clients = vec![client("ise", None)];
+        assert!(dynauth_warnings(&dynauth, &orgs[..1]).is_empty());
     }
 }

@@ -476,3 +476,87 @@ async fn a_session_answers_to_the_nas_identity_it_started_with() {
     assert!(out.contains("Received Disconnect-ACK"), "{out}");
     app.stop().await;
 }
+
+/// The answer carries the request's Proxy-State attributes, unmodified and in order (a proxy
+/// routes it back by them); an address attribute that is no address is NAKed as such (407),
+/// acting on nothing; a Disconnect that ends a session is audited with the client's name.
+#[tokio::test]
+async fn answers_echo_proxy_state_bad_addresses_are_407_and_ends_are_audited() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&with_listener(settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    )))
+    .await;
+    let (listener, _stats) = app.dynauth.clone().unwrap();
+    app.browser(client(30)).login("carol", "carol-pass").await;
+    let start = radius
+        .wait_for_acct(&["status=Start", "ip=127.0.2.30"])
+        .await;
+    let sid = field(&start, "sid").to_string();
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let ask = |identifier: u8, attributes: Vec<(u8, Vec<u8>)>| {
+        let socket = &socket;
+        async move {
+            let mut request = Packet::new(
+                Code::DisconnectRequest,
+                identifier,
+                [0; 16],
+                SECRET.as_bytes(),
+            );
+            for (typ, value) in attributes {
+                request.push(typ, value);
+            }
+            let bytes = encode_dynauth_request(&request).unwrap();
+            socket.send_to(&bytes, listener).await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            Packet::decode(&buf[..n], SECRET.as_bytes()).unwrap()
+        }
+    };
+
+    let nak = ask(
+        1,
+        vec![
+            (attr::PROXY_STATE, b"first".to_vec()),
+            (attr::USER_NAME, b"carol".to_vec()),
+            (attr::FRAMED_IP_ADDRESS, vec![127, 0]),
+            (attr::PROXY_STATE, b"second".to_vec()),
+        ],
+    )
+    .await;
+    assert_eq!(nak.code(), Code::DisconnectNAK);
+    assert_eq!(nak.get_u32(attr::ERROR_CAUSE), Some(407));
+    assert_eq!(
+        nak.get_all(attr::PROXY_STATE),
+        vec![b"first".to_vec(), b"second".to_vec()]
+    );
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
+
+    let ack = ask(
+        2,
+        vec![
+            (attr::ACCT_SESSION_ID, sid.as_bytes().to_vec()),
+            (attr::PROXY_STATE, b"via-proxy".to_vec()),
+        ],
+    )
+    .await;
+    assert_eq!(ack.code(), Code::DisconnectACK);
+    assert_eq!(ack.get_all(attr::PROXY_STATE), vec![b"via-proxy".to_vec()]);
+    radius
+        .wait_for_acct(&["status=Stop", &format!("sid={sid}"), "cause=Admin-Reset"])
+        .await;
+    let audit = app.storage.audit_tail(20).await.unwrap();
+    let ended = audit
+        .iter()
+        .find(|e| e.action == "session.terminate")
+        .expect("the end audited");
+    assert_eq!(ended.actor, "dynauth:radclient");
+    assert_eq!(ended.organization_id.as_deref(), Some("acme"));
+    assert!(ended.detail.contains(&sid), "{}", ended.detail);
+    app.stop().await;
+}

@@ -395,6 +395,31 @@ timeout = "500ms"
         app.organizations.get("acme").unwrap().active
     })
     .await;
+    // Enabled, `radius test --username` sends its Access-Request — a login attempt that
+    // reached the servers, audited with what each answered (never the password).
+    let test = tokio::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
+        .arg("--config")
+        .arg(&config)
+        .args(["radius", "test", "--username", "carol"])
+        .env("PORTAL_TEST_PASSWORD", "carol-pass")
+        .env("USER", "operator-jo")
+        .output()
+        .await
+        .unwrap();
+    assert!(test.status.success(), "{test:?}");
+    let audit = portal(&config, &["audit", "tail", "--json"]).await;
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    let tested = audit
+        .lines()
+        .find(|l| l.contains("\"radius.test\""))
+        .unwrap_or_else(|| panic!("radius test audited: {audit}"));
+    assert!(
+        tested.contains("cli:operator-jo")
+            && tested.contains("carol")
+            && tested.contains("Access-Accept")
+            && !tested.contains("carol-pass"),
+        "{tested}"
+    );
     let again = app
         .sessions
         .login("acme", "carol", "carol-pass", ip(21))

@@ -562,6 +562,36 @@ impl AccessSessions {
         self.stop_and_send(id, terminate_cause::ADMIN_RESET).await
     }
 
+    /// [`Self::stop_by_operator`] for `session`, audited as `session.terminate` by `actor`
+    /// (`admin:<token>`, `dynauth:<client>`) with whether it stopped it. A failed audit write
+    /// is logged; the stop stands.
+    pub async fn terminate_audited(
+        &self,
+        session: &AccessSessionRecord,
+        actor: &str,
+    ) -> Result<bool, SessionError> {
+        let stopped = self.stop_by_operator(session.id).await?;
+        let detail = serde_json::json!({
+            "acct_session_id": session.acct_session_id,
+            "username": session.username,
+            "stopped": stopped,
+        });
+        if let Err(e) = self
+            .storage
+            .audit(&Audit {
+                at: now_ms(),
+                actor,
+                action: "session.terminate",
+                organization_id: Some(&session.organization_id),
+                detail,
+            })
+            .await
+        {
+            tracing::error!(error = %e, "audit entry for a session termination could not be written");
+        }
+        Ok(stopped)
+    }
+
     /// Active sessions a Dynamic Authorization request names.
     pub async fn find_active(
         &self,

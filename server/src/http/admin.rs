@@ -5,7 +5,7 @@
 //! `/admin/api/v1/openapi.json` describes exactly the routes below (a test holds them together).
 
 use crate::{
-    access_session::{now_ms, AccessSessions},
+    access_session::AccessSessions,
     config::AdminToken,
     operator::{OrganizationView, SessionRow},
     organizations::{
@@ -13,7 +13,7 @@ use crate::{
         worker::OrganizationWorker,
         Organizations,
     },
-    storage::{AccessSessionRecord, Audit, Storage},
+    storage::{AccessSessionRecord, Storage},
 };
 use axum::{
     extract::{
@@ -507,22 +507,8 @@ async fn terminate_session(
         Ok(s) => s,
         Err(refused) => return *refused,
     };
-    match api.sessions.stop_by_operator(session.id).await {
+    match api.sessions.terminate_audited(&session, &actor).await {
         Ok(stopped) => {
-            let detail = serde_json::json!({ "acct_session_id": session.acct_session_id, "username": session.username, "stopped": stopped });
-            if let Err(e) = api
-                .storage
-                .audit(&Audit {
-                    at: now_ms(),
-                    actor: &actor,
-                    action: "session.terminate",
-                    organization_id: Some(&session.organization_id),
-                    detail,
-                })
-                .await
-            {
-                tracing::error!(error = %e, "audit entry for a session termination could not be written");
-            }
             if stopped {
                 StatusCode::NO_CONTENT.into_response()
             } else {
