@@ -605,7 +605,7 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
                 Some(false) => say!("organization {id} is already disabled"),
                 Some(true) => {
                     let open = storage.active_session_ids_of(&id).await?.len();
-                    say!("organization {id} disabled: logins and refreshes are refused; the running portal stops its {open} open session(s) (Admin-Reset)");
+                    say!("organization {id} disabled: logins and refreshes are refused; its {open} open session(s) are stopped (Accounting-Stop, Admin-Reset) by the running portal at once, or by the next start if none runs");
                 }
             }
             Ok(Outcome::Done)
