@@ -3,14 +3,30 @@
 
 use serde::{Deserialize, Serialize};
 
+/// `Deserialize` for an enum of unit variants, read by name as the derived `Serialize` writes
+/// them: a match on the name, smaller in the island's WASM than serde's derived visitors.
+macro_rules! deserialize_by_name {
+    ($type:ty: $($variant:ident),+) => {
+        impl<'de> Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                match <std::borrow::Cow<'de, str>>::deserialize(d)?.as_ref() {
+                    $(stringify!($variant) => Ok(Self::$variant),)+
+                    _ => Err(serde::de::Error::custom("unknown variant")),
+                }
+            }
+        }
+    };
+}
+
 /// Which deadline will end the access session if nothing else happens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum EndsBy {
     /// The window (idle time without a refresh) runs out first; Refresh extends it.
     Window,
     /// The limit (maximum lifetime since login) is reached first; Refresh cannot pass it.
     Limit,
 }
+deserialize_by_name!(EndsBy: Window, Limit);
 
 /// What the session page shows about the user's access session.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,6 +52,8 @@ pub struct SessionView {
     pub reply_message: Option<String>,
     /// Length of the window in seconds (how long a refresh extends the session).
     pub window_secs: u64,
+    /// The same in words ("15 minutes"), as the page says it.
+    pub window_text: String,
     /// Whether a refresh can currently push the end time out.
     pub can_extend: bool,
     /// Path prefix of the organization's portal (`""` at `/`, else `/o/{slug}`): the page's
@@ -44,7 +62,7 @@ pub struct SessionView {
 }
 
 /// Why an access session ended, as the session page explains it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum EndReason {
     /// The window ran out without a refresh.
     Expired,
@@ -65,6 +83,8 @@ pub enum EndReason {
     /// (its cookie was removed, or its web session is gone). Signing in again replaces it.
     NotLinked,
 }
+deserialize_by_name!(EndReason: Expired, LimitReached, Disconnected, EndedByOperator,
+    OrganizationDisabled, Replaced, Failed, NotLinked);
 
 /// What the sign-in page tells a visitor once, after what the visitor just did (carried by the
 /// server's flash cookie, never by the URL).
@@ -115,4 +135,39 @@ pub struct BrandingInfo {
     pub help_text: Option<String>,
     /// Who to ask for help (plain text).
     pub contact: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_read_back_as_written() {
+        let reasons = [
+            EndReason::Expired,
+            EndReason::LimitReached,
+            EndReason::Disconnected,
+            EndReason::EndedByOperator,
+            EndReason::OrganizationDisabled,
+            EndReason::Replaced,
+            EndReason::Failed,
+            EndReason::NotLinked,
+        ];
+        for status in reasons
+            .map(SessionStatus::Ended)
+            .into_iter()
+            .chain([SessionStatus::NoSession])
+        {
+            let text = serde_json::to_string(&status).unwrap();
+            assert_eq!(
+                serde_json::from_str::<SessionStatus>(&text).unwrap(),
+                status
+            );
+        }
+        for ends_by in [EndsBy::Window, EndsBy::Limit] {
+            let text = serde_json::to_string(&ends_by).unwrap();
+            assert_eq!(serde_json::from_str::<EndsBy>(&text).unwrap(), ends_by);
+        }
+        assert!(serde_json::from_str::<EndReason>(r#""Gone""#).is_err());
+    }
 }

@@ -69,10 +69,8 @@ pub fn shell(options: LeptosOptions, page: Page) -> impl IntoView {
     #[cfg(feature = "ssr")]
     set_content_security_policy();
     provide_context(options.clone());
-    // The sign-in page wears the organization's accent colour.
-    let brand = (page == Page::SignIn)
-        .then(pages::site_info)
-        .flatten()
+    // Every page of an organization's portal wears its accent colour.
+    let brand = pages::site_info()
         .filter(|info| info.branding.accent)
         .map(|info| view! { <link rel="stylesheet" href=format!("{}/brand.css", info.base) /> });
     view! {

@@ -57,6 +57,27 @@ test("a page whose browser lost its cookie says the session runs on, not that it
   await expect(page).toHaveTitle("Not signed in – Network access portal");
 });
 
+test("pages out of view let their streams go: six tabs leave a Disconnect room to go out", async ({ context }) => {
+  const first = await context.newPage();
+  await logIn(first, "carol", "carol-pass");
+  await hydrated(first);
+  // Five more tabs of the session, then put out of view (as tabs behind the one shown are):
+  // over HTTP/1.1 a browser keeps six connections to a site, and six open streams would
+  // leave the Disconnect queued behind them.
+  for (let i = 0; i < 5; i++) {
+    const tab = await context.newPage();
+    await tab.goto(url("/session"));
+    await hydrated(tab);
+    await tab.evaluate(() => {
+      Object.defineProperty(document, "hidden", { configurable: true, get: () => true });
+      document.dispatchEvent(new Event("visibilitychange", { bubbles: true }));
+    });
+  }
+  await first.bringToFront();
+  await first.getByRole("button", { name: "Disconnect" }).click();
+  await expect(first).toHaveURL(url("/"), { timeout: 5_000 });
+});
+
 test("the Accept's Reply-Message and a last-minute warning are shown", async ({ page }) => {
   await logIn(page, "erin", "erin-pass");
   await expect(page.getByTestId("reply-message")).toHaveText("Welcome, erin");

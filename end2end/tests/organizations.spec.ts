@@ -65,4 +65,16 @@ test("two organizations' branding side by side", async ({ page }) => {
   await expect.poll(buttonColour).toBe("rgb(15, 118, 110)");
   expect(plain).not.toBe("rgb(15, 118, 110)");
   await page.screenshot({ path: path.join(shots, "login-beta.png") });
+
+  // The session page is the organization's too: its colour on Refresh, its help and contact.
+  await page.getByLabel("Username").fill("carol");
+  await page.getByLabel("Password").fill("carol-pass");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await expect(page).toHaveURL(url("/o/beta/session"));
+  await expect
+    .poll(() => page.getByRole("button", { name: "Refresh" }).evaluate((b) => getComputedStyle(b).backgroundColor))
+    .toBe("rgb(15, 118, 110)");
+  await expect(page.getByTestId("help")).toContainText("it-help@beta.example");
+  await page.getByRole("button", { name: "Disconnect" }).click();
+  await expect(page).toHaveURL(url("/o/beta/"));
 });

@@ -38,3 +38,16 @@ pub fn DemoBanner(demo: bool) -> impl IntoView {
         }
     })
 }
+
+/// The organization's help line and contact, as plain text.
+#[component]
+pub fn Help(help_text: Option<String>, contact: Option<String>) -> impl IntoView {
+    (help_text.is_some() || contact.is_some()).then(|| {
+        view! {
+            <div class="mt-4 text-sm text-slate-700" data-testid="help">
+                {help_text.map(|text| view! { <p>{text}</p> })}
+                {contact.map(|contact| view! { <p class="mt-1">"Contact: " {contact}</p> })}
+            </div>
+        }
+    })
+}

@@ -30,7 +30,7 @@ pub fn end_text(reason: EndReason) -> &'static str {
         EndReason::OrganizationDisabled => {
             "It was ended by the network operator, who disabled this organization's network access."
         }
-        EndReason::Replaced => "This device signed in again, which replaced it.",
+        EndReason::Replaced => "A new sign-in from this device's address replaced it.",
         EndReason::Failed => "The network's servers could not be reached.",
         EndReason::NotLinked => {
             "Your device's session is still running, but this browser can no longer control it. Sign in again to take over: the new session replaces it."
@@ -146,7 +146,7 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
         match s.ends_by {
             EndsBy::Window => format!(
                 "Ends at {at} unless you refresh. A refresh gives you {} again.",
-                format_length(s.window_secs)
+                s.window_text
             ),
             EndsBy::Limit => {
                 format!("Ends at {at}: the maximum session length. A refresh cannot extend it.")
@@ -234,7 +234,7 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
                 <p class="text-lg font-semibold">{move || ended.get().map(|reason| over_texts(reason)[1])}</p>
                 <p class="mt-1 text-sm text-slate-700">{move || ended.get().map(end_text)}</p>
                 // A disabled organization offers no sign-in: its notice instead of the link.
-                <p class="mt-4" class:hidden=move || disabled()><a class="text-blue-800 underline" href=sign_in_url>"Sign in again"</a></p>
+                <p class="mt-4" class:hidden=move || disabled()><a class="brand-link text-blue-800 underline" href=sign_in_url>"Sign in again"</a></p>
                 {move || disabled().then(|| view! { <DisabledNotice /> })}
             </div>
             <div class:hidden=move || ended.get().is_some()>
@@ -255,7 +255,7 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
                         }>
                         <input type="hidden" name="csrf" value=form_token.clone() />
                         <button type="submit" aria-disabled=move || busy.get().then_some("true")
-                            class="w-full rounded border-2 border-blue-800 bg-blue-800 px-2 py-2 font-semibold text-white hover:bg-blue-900 aria-disabled:opacity-60">
+                            class="brand-button w-full rounded border-2 border-blue-800 bg-blue-800 px-2 py-2 font-semibold text-white hover:bg-blue-900 aria-disabled:opacity-60">
                             "Refresh"
                         </button>
                     </form>
@@ -307,27 +307,44 @@ mod live {
         hydrated: RwSignal<bool>,
     ) {
         Effect::new(move |_| hydrated.set(true));
-        let stream = EventSource::new(&format!("{base}{}", crate::api::LIVE_EVENTS_PATH)).ok();
+        // The open stream, if any. Only a page in view holds one: a browser keeps at most six
+        // connections to a site over HTTP/1.1, and six tabs' streams would leave a Refresh or
+        // Disconnect (and any new page) queued behind them for good.
+        let stream = StoredValue::new_local(None::<EventSource>);
+        let close = move || {
+            if let Some(es) = stream.try_update_value(Option::take).flatten() {
+                es.close();
+            }
+        };
         // When the stream last said something: the server sends at least every 15 s, so a
         // stream silent for longer (a proxy that buffers it, a connection that hangs, one
         // reconnecting over and over) is as good as none.
         let last_message = StoredValue::new(monotonic_ms());
-        if let Some(es) = &stream {
-            let es_inner = es.clone();
-            let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
+        let on_message: js_sys::Function =
+            Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
                 last_message.set_value(monotonic_ms());
                 let Some(text) = ev.data().as_string() else {
                     return;
                 };
                 if let Ok(status) = serde_json::from_str::<SessionStatus>(&text) {
                     if !matches!(status, SessionStatus::Active(_)) {
-                        es_inner.close();
+                        close();
                     }
                     apply(status);
                 }
-            });
-            es.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-            on_message.forget();
+            })
+            .into_js_value()
+            .unchecked_into();
+        let url = format!("{base}{}", crate::api::LIVE_EVENTS_PATH);
+        let open = move || {
+            if let Ok(es) = EventSource::new(&url) {
+                es.set_onmessage(Some(&on_message));
+                last_message.set_value(monotonic_ms());
+                stream.set_value(Some(es));
+            }
+        };
+        if !document().hidden() {
+            open();
         }
         let base_for_ticks = StoredValue::new(base.clone());
         // Last re-sync (monotonic ms), so the countdown reaching 0 asks at most once a second.
@@ -340,9 +357,10 @@ mod live {
                 // No working stream (closed for good, reconnecting, or silent past the server's
                 // 15 s): poll every 2 s instead, so changes still show within about 2 s.
                 let closed = t - last_message.get_value() > 20_000.0
-                    || stream
-                        .as_ref()
-                        .is_none_or(|es| es.ready_state() != EventSource::OPEN);
+                    || stream.with_value(|s| {
+                        s.as_ref()
+                            .is_none_or(|es| es.ready_state() != EventSource::OPEN)
+                    });
                 let every = if due { 1000.0 } else { 2000.0 };
                 if (due || (closed && ended.get_untracked().is_none()))
                     && t - last_check.get_value() >= every
@@ -359,7 +377,22 @@ mod live {
                 ticker.clear();
             }
         });
-        for event in ["visibilitychange", "online", "pageshow", "focus"] {
+        // Hidden, the page lets its stream go; shown again, it opens one (while the session
+        // is not over) and asks how things stand.
+        let _ = window_event_listener_untyped("visibilitychange", {
+            let (base, open) = (base.clone(), open.clone());
+            move |_| {
+                if document().hidden() {
+                    close();
+                } else {
+                    if ended.get_untracked().is_none() && stream.with_value(Option::is_none) {
+                        open();
+                    }
+                    resync(base.clone(), apply);
+                }
+            }
+        });
+        for event in ["online", "pageshow", "focus"] {
             let base = base.clone();
             let _ = window_event_listener_untyped(event, move |_| resync(base.clone(), apply));
         }

@@ -6,7 +6,7 @@
 //! (a stale page's Refresh without JavaScript) it says so, with a link to sign in.
 
 use crate::{
-    components::{DemoBanner, DisabledNotice, ErrorMessage},
+    components::{DemoBanner, DisabledNotice, ErrorMessage, Help},
     dto::{EndReason, SessionStatus},
     islands::session_panel::{end_text, over_texts, SessionPanel},
 };
@@ -20,6 +20,13 @@ pub fn SessionPage() -> impl IntoView {
     let demo = info.as_ref().is_some_and(|i| i.demo);
     let token = data.form_token();
     let active = info.as_ref().is_none_or(|i| i.active);
+    // The organization's help line and contact under the session, whatever its state (most
+    // wanted when it has ended).
+    let branding = info
+        .as_ref()
+        .map(|i| i.branding.clone())
+        .unwrap_or_default();
+    let help = view! { <Help help_text=branding.help_text contact=branding.contact /> };
     let base = info.map(|i| i.base).unwrap_or_default();
     let form_failed = data.form_failed;
     match data.session.unwrap_or(Ok(SessionStatus::NoSession)) {
@@ -49,6 +56,7 @@ pub fn SessionPage() -> impl IntoView {
                     </div>
                 </dl>
             </section>
+            {help}
             <noscript>
                 <p class="mt-4 text-center text-sm text-slate-600">
                     "Without JavaScript the time left does not count down or update by itself: reload the page to see it."
@@ -67,12 +75,13 @@ pub fn SessionPage() -> impl IntoView {
                     <p class="mt-1 text-sm text-slate-700">{end_text(reason)}</p>
                     // A disabled organization offers no sign-in: its notice instead of the link.
                     {if active && reason != EndReason::OrganizationDisabled {
-                        view! { <p class="mt-4"><a class="text-blue-800 underline" href=format!("{base}/")>"Sign in again"</a></p> }.into_any()
+                        view! { <p class="mt-4"><a class="brand-link text-blue-800 underline" href=format!("{base}/")>"Sign in again"</a></p> }.into_any()
                     } else {
                         view! { <DisabledNotice /> }.into_any()
                     }}
                 </div>
             </section>
+            {help}
         }
         .into_any(),
         // A form post (Refresh without JavaScript) from a page whose session this browser no
@@ -82,8 +91,9 @@ pub fn SessionPage() -> impl IntoView {
             <section class="rounded-lg bg-white p-4 shadow sm:p-6" aria-labelledby="session-title">
                 <h1 id="session-title" class="text-2xl font-semibold">"No session"</h1>
                 <p data-testid="ended" role="alert" class="mt-6 text-center">{crate::error::PortalError::NoSession.to_string()}</p>
-                <p class="mt-4 text-center"><a class="text-blue-800 underline" href=format!("{base}/")>"Sign in"</a></p>
+                <p class="mt-4 text-center"><a class="brand-link text-blue-800 underline" href=format!("{base}/")>"Sign in"</a></p>
             </section>
+            {help}
         }
         .into_any(),
         Ok(SessionStatus::NoSession) => {

@@ -30,7 +30,7 @@ pub async fn stylesheet(
         return StatusCode::NOT_FOUND.into_response();
     };
     let css = format!(
-        "button.brand-button{{background-color:{accent}}}button.brand-button:hover{{filter:brightness(.9)}}\
+        "button.brand-button{{background-color:{accent};border-color:{accent}}}button.brand-button:hover{{filter:brightness(.9)}}\
          a.brand-link{{color:{accent}}}div.brand-bar{{border-top:6px solid {accent};padding-top:1rem}}"
     );
     (
