@@ -68,7 +68,7 @@ pub enum PortalError {
     #[error("You have no active session. Please sign in.")]
     NoSession,
     /// The request was refused as cross-site or without a valid form token.
-    #[error("This request was refused for your security. Please reload the page and try again.")]
+    #[error("This page was out of date (after signing in or out in another tab, or left open for long), so the request was refused for your security. Please reload the page and try again.")]
     Forbidden,
     /// The request came through a trusted proxy that did not say whose it is, so the portal
     /// cannot tell the client's address (the identity a session is bound to).
