@@ -64,6 +64,10 @@ const CHECKPOINT_EVERY: usize = 64;
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 /// Writes after which a checkpoint is due however recent the last one (bounds the WAL).
 const CHECKPOINT_LIMIT: usize = 4096;
+/// The size the WAL file is cut back to when it starts over after a checkpoint
+/// (`journal_size_limit`). SQLite otherwise keeps the file at the largest it ever grew —
+/// under load several times the database — and the space is taken from the volume for good.
+const WAL_SIZE_LIMIT: i64 = 4 * 1024 * 1024;
 
 /// Whether a checkpoint is due after `unchecked` writes, `since` the last one.
 fn checkpoint_due(unchecked: usize, since: Duration, interval: Duration) -> bool {
@@ -272,6 +276,7 @@ impl Engine {
         )?;
         configure(&writer, false)?;
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        writer.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         let write_conn = Arc::new(Mutex::new(WriteConn {
             conn: writer,
             synced: true,
@@ -757,6 +762,45 @@ mod tests {
         drop(conn);
         let engine = Engine::open(&path).expect("engine");
         (dir, engine)
+    }
+
+    #[tokio::test]
+    async fn the_wal_file_is_cut_back_after_growing() {
+        let (dir, engine) = engine().await;
+        let wal = dir.path().join("engine.db-wal");
+        let size = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+        // One write of ~8 MB: the WAL grows past its limit.
+        engine
+            .write(|c| {
+                for i in 0..4000 {
+                    c.execute(
+                        "INSERT INTO t (v) VALUES (?)",
+                        [format!("{i}:{}", "x".repeat(2000))],
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+            .expect("big write");
+        assert!(size() > WAL_SIZE_LIMIT as u64, "{}", size());
+        // Checkpointed once the writer is idle; the next write starts the WAL over, cut back.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut n = 0;
+        while size() > WAL_SIZE_LIMIT as u64 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "WAL still {} bytes",
+                size()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            n += 1;
+            engine
+                .write(move |c| {
+                    Ok(c.execute("INSERT INTO t (v) VALUES (?)", [format!("small{n}")])?)
+                })
+                .await
+                .expect("small write");
+        }
     }
 
     /// The values of `t` in insertion order.
