@@ -1381,6 +1381,46 @@ async fn a_sign_in_whose_web_session_cannot_be_stored_leaves_no_session() {
     app.stop().await;
 }
 
+/// A Refresh or Disconnect that did what it was asked is answered so, also when the web
+/// session cannot be written afterwards (a full disk): not a 500 for a session that was
+/// refreshed or ended.
+#[tokio::test]
+async fn refresh_and_disconnect_stand_when_the_web_session_cannot_be_written() {
+    let (radius, app, dir) = portal_with_one_server().await;
+    let browser = app.browser(CLIENT);
+    let page = browser.login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    let start = radius.wait_for_acct(&["status=Start", "user=carol"]).await;
+    let sid = format!("sid={}", field(&start, "sid"));
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("portal.db")).unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER refuse_web_session_updates BEFORE UPDATE ON tower_sessions \
+             BEGIN SELECT RAISE(ABORT, 'the disk is full'); END; \
+             CREATE TRIGGER refuse_web_session_inserts BEFORE INSERT ON tower_sessions \
+             BEGIN SELECT RAISE(ABORT, 'the disk is full'); END; \
+             CREATE TRIGGER refuse_web_session_deletes BEFORE DELETE ON tower_sessions \
+             BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
+        )
+        .unwrap();
+    }
+    let refreshed = browser
+        .post_token("/api/refresh", "/session", "application/json")
+        .await;
+    assert_eq!(refreshed.status(), 200);
+    radius.wait_for_acct(&["status=Interim-Update", &sid]).await;
+    let page = browser.post_form("/api/disconnect", "/session", &[]).await;
+    assert_eq!(
+        (page.status, page.path.as_str()),
+        (200, "/"),
+        "{}",
+        page.body
+    );
+    let stop = radius.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&stop, "cause"), "User-Request");
+    app.stop().await;
+}
+
 /// When the database refuses the Stop of such a sign-in too (it is usually the database that
 /// fails), the session is ended once the database takes writes again, not hours later at its
 /// deadline.

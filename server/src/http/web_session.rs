@@ -114,7 +114,10 @@ impl WebSessions {
     }
 
     /// Saves the session if it changed and sets its cookie, or removes the cookie of an empty
-    /// one. A session that cannot be saved turns the answer into a 500.
+    /// one. A session that cannot be saved (the database away, a full disk) leaves the answer
+    /// as it is, without the cookie: what the request did is done (a Refresh's Interim-Update,
+    /// a Disconnect's Stop), and the session keeps what it held before — a sign-in, whose new
+    /// session must be stored, saved it itself before answering ([`save_now`]).
     pub async fn close(&self, opened: Opened, response: &mut Response) {
         let Opened {
             session,
@@ -137,8 +140,7 @@ impl WebSessions {
             } else {
                 session.save().await
             } {
-                tracing::error!(error = %e, "saving the web session failed");
-                *response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                tracing::error!(error = %e, "saving the web session failed; the answer stands without it");
                 return;
             }
             let Some(id) = session.id() else {
