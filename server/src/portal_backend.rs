@@ -323,14 +323,22 @@ fn user_error(error: SessionError) -> PortalError {
         SessionError::UnusableAccept { problem } => PortalError::UnusableAnswer { problem },
         SessionError::OrganizationDisabled => PortalError::OrganizationDisabled,
         SessionError::ServersUnavailable(e) => {
-            tracing::warn!(error = %error_chain(&e), "login failed: RADIUS servers unavailable");
+            static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+            if let Some(left_out) = LOG.admit() {
+                tracing::warn!(error = %error_chain(&e), similar_left_out = left_out,
+                    "login failed: RADIUS servers unavailable");
+            }
             PortalError::ServersUnavailable
         }
         SessionError::AccountingUnavailable => PortalError::AccountingUnavailable,
         // The database is away (a restart, a full disk): the caller may retry, and a load
         // balancer or script sees a 503, not the 500 of a fault.
         SessionError::Storage(e) if e.is_unavailable() => {
-            tracing::warn!(error = %error_chain(&e), "request failed: the database is unavailable");
+            static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+            if let Some(left_out) = LOG.admit() {
+                tracing::warn!(error = %error_chain(&e), similar_left_out = left_out,
+                    "request failed: the database is unavailable");
+            }
             PortalError::Unavailable
         }
         SessionError::NotActive => PortalError::NoSession,

@@ -37,3 +37,65 @@ pub fn init(settings: &LogSettings) {
 pub fn worth_a_warning(occurrences_before: u64) -> bool {
     occurrences_before.is_multiple_of(1000)
 }
+
+/// For a line a failing dependency would repeat for every request (the database away, a full
+/// disk): the first occurrence is written, then at most one per [`Throttle::PERIOD`], saying
+/// how many were left out since the last — a full disk must not also fill the log.
+pub struct Throttle {
+    /// When a line was last written.
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Occurrences left out since.
+    skipped: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    /// At most one line per this long.
+    pub const PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+
+    /// A throttle that has written nothing yet (for a `static`).
+    pub const fn new() -> Self {
+        Throttle {
+            last: std::sync::Mutex::new(None),
+            skipped: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Some(occurrences left out before this one) when this occurrence is to be written.
+    pub fn admit(&self) -> Option<u64> {
+        self.admit_at(std::time::Instant::now())
+    }
+
+    fn admit_at(&self, now: std::time::Instant) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|at| now.duration_since(at) < Self::PERIOD) {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.skipped.swap(0, Ordering::Relaxed))
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_throttle_writes_the_first_then_one_per_period_with_what_it_left_out() {
+        let throttle = Throttle::new();
+        let t0 = Instant::now();
+        assert_eq!(throttle.admit_at(t0), Some(0));
+        assert_eq!(throttle.admit_at(t0 + Duration::from_secs(1)), None);
+        assert_eq!(throttle.admit_at(t0 + Duration::from_secs(4)), None);
+        assert_eq!(throttle.admit_at(t0 + Throttle::PERIOD), Some(2));
+        assert_eq!(throttle.admit_at(t0 + Throttle::PERIOD), None);
+    }
+}

@@ -326,7 +326,11 @@ async fn front_door<S: NextService>(
             None => next.run(request).await,
         };
         let (status, took) = (response.status(), started.elapsed());
-        if status.is_server_error() {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Something is away (the database, the RADIUS servers): its own line says what,
+            // at most every few seconds; one per request here would flood the log.
+            tracing::debug!(%method, route, status = status.as_u16(), took_ms = took.as_millis() as u64, "request refused: unavailable");
+        } else if status.is_server_error() {
             tracing::error!(%method, route, status = status.as_u16(), took_ms = took.as_millis() as u64, "request failed");
         } else {
             tracing::debug!(%method, route, status = status.as_u16(), took_us = took.as_micros() as u64, "request");

@@ -601,7 +601,10 @@ fn checkpoint(conn: &mut WriteConn) {
             conn.checkpointed_at = Instant::now();
         }
         Err(e) => {
-            tracing::warn!(error = %e, "database checkpoint failed; retried after the next write")
+            static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+            if let Some(left_out) = LOG.admit() {
+                tracing::warn!(error = %e, similar_left_out = left_out, "database checkpoint failed; retried after the next write");
+            }
         }
     }
 }
@@ -650,7 +653,11 @@ fn commit(
             if sqlite_refuses(&e) || batch.iter().any(|job| job.refused_by_database()) {
                 progress.refused();
             }
-            tracing::error!(error = %e, writes = batch.len(), "database write batch failed; nothing of it was stored");
+            static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+            if let Some(left_out) = LOG.admit() {
+                tracing::error!(error = %e, writes = batch.len(), similar_left_out = left_out,
+                    "database write batch failed; nothing of it was stored");
+            }
             Err(format!("database write failed: {e}"))
         }
     }
