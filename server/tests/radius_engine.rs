@@ -883,3 +883,77 @@ async fn a_stop_held_through_an_outage_goes_to_the_sessions_own_server_when_both
     );
     app.stop().await;
 }
+
+/// A Start that failed over (the session's own server answered its Access-Request, but its
+/// accounting port was down) takes the session's accounting with it: the Stop goes where the
+/// Start is, also once the own server's accounting is back — not a Start open at one server
+/// and a Stop without a Start at the other.
+#[tokio::test]
+async fn a_stop_follows_its_start_to_the_server_that_acknowledged_it() {
+    let authenticator = FreeRadius::start().await;
+    let mut own_accounting = FreeRadius::start().await;
+    let backup = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let fast = |radius: &FreeRadius, name: &str| {
+        let mut server = radius.server_settings(name, true);
+        server.timeout = Duration::from_millis(300);
+        server.retries = 1;
+        server
+    };
+    // The primary: authentication at one FreeRADIUS, accounting at another (killable alone).
+    let mut primary = fast(&authenticator, "primary");
+    primary.acct_port = own_accounting.acct_port;
+    let mut settings = settings(&db, vec![primary, fast(&backup, "backup")]);
+    settings.radius.probe_interval = Duration::from_millis(500);
+    settings.radius.breaker_failures = 1;
+    let app = TestApp::spawn(&settings).await;
+    let primary_acct = SocketAddr::from(([127, 0, 0, 1], own_accounting.acct_port));
+    let health = app.radius.health().clone();
+
+    // The primary's accounting goes down; a first sign-in finds out (its Start times out).
+    own_accounting.kill();
+    let _ = app
+        .sessions
+        .login("acme", "erin", "erin-pass", IpAddr::V4(client(20)))
+        .await;
+    wait_until("the primary's accounting breaker is open", || async {
+        health.is_open(primary_acct)
+    })
+    .await;
+    // Authenticated by the primary, its Start acknowledged by the backup.
+    let session = app
+        .sessions
+        .login("acme", "carol", "carol-pass", IpAddr::V4(client(21)))
+        .await
+        .unwrap();
+    assert_eq!(
+        session.server_name, "primary",
+        "authenticated by the primary"
+    );
+    let sid = format!("sid={}", session.acct_session_id);
+    backup.wait_for_acct(&["status=Start", &sid]).await;
+
+    // The primary's accounting comes back; then the user disconnects.
+    own_accounting.restart().await;
+    wait_until("the primary's accounting is back", || async {
+        health.allows(primary_acct)
+    })
+    .await;
+    assert!(app.sessions.disconnect(session.id).await.unwrap());
+    let stop = backup.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&stop, "cause"), "User-Request");
+    assert!(
+        own_accounting
+            .acct_lines()
+            .iter()
+            .all(|l| !l.contains(&sid)),
+        "nothing of the session at the primary's accounting: {:?}",
+        own_accounting.acct_lines()
+    );
+    let stored = app.storage.session(session.id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.server_name, "backup",
+        "stored for other processes and restarts"
+    );
+    app.stop().await;
+}

@@ -10,8 +10,8 @@ mod common;
 use radius_portal::{
     radius::{status_type, terminate_cause},
     storage::{
-        Audit, DeleteOutcome, NewAccessSession, OrganizationWrite, SeedOutcome, SessionMatch,
-        StopOutcome, Storage, StorageError, UpdateOutcome,
+        AccessSessionRecord, Audit, DeleteOutcome, NewAccessSession, OrganizationWrite,
+        SeedOutcome, SessionMatch, StopOutcome, Storage, StorageError, UpdateOutcome,
     },
 };
 use std::collections::{BTreeSet, HashSet};
@@ -223,6 +223,20 @@ async fn a_session_opens_refreshes_and_stops_once(db: Db) {
     assert_eq!(detail["session_time_s"], 180);
     assert_eq!(detail["terminate_cause"], i64::from(cause));
     assert_eq!(end.actor, "user", "the user ended it (User-Request)");
+
+    // A Start acknowledged by a failover server takes the session's accounting with it.
+    assert_eq!(stopped.server_name, "primary");
+    s.move_session_server(opened.id, "backup").await.unwrap();
+    let moved = s.session(opened.id).await.unwrap().unwrap();
+    assert_eq!(moved.server_name, "backup");
+    assert_eq!(
+        AccessSessionRecord {
+            server_name: "primary".into(),
+            ..moved
+        },
+        stopped,
+        "nothing else changes"
+    );
 }
 
 async fn a_second_login_of_a_client_preempts_the_first(db: Db) {

@@ -108,6 +108,10 @@ pub struct Accounting {
     /// Deliveries of rows a request claimed itself (a login's Start, a user's Stop): a graceful
     /// shutdown waits for them like for the loop's own.
     claimed: tokio_util::task::TaskTracker,
+    /// Sessions whose Start this process delivered to a failover server, by id: that server,
+    /// which their later rows follow. Stored with the session too; kept here for the rows
+    /// whose sender holds a copy of the session read before the move. Until the Stop.
+    moved: Arc<Mutex<HashMap<i64, String>>>,
 }
 
 /// Delay before retry `attempts` (1-based): 1 s, 2 s, 4 s … capped at 5 min.
@@ -196,6 +200,7 @@ impl Accounting {
             wake: Arc::new(Notify::new()),
             windows: Arc::default(),
             claimed: tokio_util::task::TaskTracker::new(),
+            moved: Arc::default(),
         }
     }
 
@@ -383,7 +388,7 @@ impl Accounting {
         let now = now_ms();
         // A packet needs only what never changes in a session (ids, user, address, Class,
         // server): a record the caller holds serves as well as one read now.
-        let session = match known.filter(|s| s.id == row.access_session_id) {
+        let mut session = match known.filter(|s| s.id == row.access_session_id) {
             Some(session) => session,
             None => self
                 .storage
@@ -393,6 +398,16 @@ impl Accounting {
                     StorageError::Corrupt(format!("outbox row {} has no session", row.id))
                 })?,
         };
+        // The server its Start went to, if that was a failover (a copy read before it moved
+        // does not know).
+        if let Some(server) = self
+            .moved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&session.id)
+        {
+            session.server_name.clone_from(server);
+        }
         let acct_id = session.acct_session_id.as_str();
         let is_start = row.status_type == i64::from(status_type::START);
         let org = self.organizations.get(&session.organization_id);
@@ -580,7 +595,16 @@ impl Accounting {
             .await
         {
             Ok(()) => {
+                if is_start && failover {
+                    self.follow_start(&session, &server.name).await;
+                }
                 self.record_delivered(&row).await?;
+                if row.status_type == i64::from(status_type::STOP) {
+                    self.moved
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&session.id);
+                }
                 tracing::info!(acct_session_id = %record.acct_session_id, status_type = record.status_type,
                     server = %server.name, delay_s = record.delay_secs, "accounting delivered");
                 Ok(Delivery::Delivered)
@@ -601,6 +625,25 @@ impl Accounting {
                 Ok(Delivery::RetryAt(retry))
             }
         }
+    }
+
+    /// A Start acknowledged by a failover server: the session's Interim-Updates and Stop go
+    /// there too from now on, also once its own server is back — a Stop where the Start is not
+    /// leaves the Start open at the one that has it (design.md §1: Start and Stop on one
+    /// server). Noted before the Start is recorded delivered, so no later row of the session
+    /// (which waits for that) can miss it; stored with the session for other processes and
+    /// the next start (a failure to store it is logged: this process still follows).
+    async fn follow_start(&self, session: &AccessSessionRecord, server: &str) {
+        self.moved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session.id, server.to_string());
+        if let Err(e) = self.storage.move_session_server(session.id, server).await {
+            tracing::warn!(error = %crate::portal_backend::error_chain(&e), acct_session_id = %session.acct_session_id,
+                server, "the session's new accounting server could not be stored; this process sends its later accounting there all the same");
+        }
+        tracing::info!(acct_session_id = %session.acct_session_id, from = %session.server_name, to = server,
+            "the session's accounting follows its Start to the server that acknowledged it");
     }
 
     /// Records an acknowledged row as delivered. Only this sender knows of the answer: a

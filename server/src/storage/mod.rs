@@ -137,6 +137,10 @@ contract! {
         /// Marks a claimed row delivered. May be relaxed (lost on power failure: the row is
         /// sent again, which accounting servers take as a duplicate).
         fn mark_delivered(&self, id: i64, now: i64) -> ();
+        /// Makes `server_name` the session's accounting server: its Start was acknowledged
+        /// there (a failover), so its Interim-Updates and Stop follow it (a Stop where the
+        /// Start is not leaves the Start open). Durable.
+        fn move_session_server(&self, id: i64, server_name: &str) -> ();
         /// Releases a claimed row for a retry at `next_attempt_at`, recording why it failed and
         /// whether a packet went out this time.
         /// The release only while the row is still this claim's (`row.attempts` counts claims):

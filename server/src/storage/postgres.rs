@@ -860,6 +860,15 @@ impl SessionStore for PgStore {
         Ok(())
     }
 
+    async fn move_session_server(&self, id: i64, server_name: &str) -> Result<(), StorageError> {
+        sqlx::query("UPDATE access_sessions SET server_name = $1 WHERE id = $2")
+            .bind(server_name)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn mark_failed(
         &self,
         row: &OutboxRow,

@@ -642,6 +642,19 @@ impl SessionStore for SqliteStore {
             .await
     }
 
+    async fn move_session_server(&self, id: i64, server_name: &str) -> Result<(), StorageError> {
+        let server_name = server_name.to_string();
+        self.engine
+            .write(move |c| {
+                c.execute(
+                    "UPDATE access_sessions SET server_name = ? WHERE id = ?",
+                    params![server_name, id],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
     async fn mark_failed(
         &self,
         row: &OutboxRow,
