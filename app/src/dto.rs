@@ -52,7 +52,9 @@ pub struct SessionView {
     pub reply_message: Option<String>,
     /// Length of the window in seconds (how long a refresh extends the session).
     pub window_secs: u64,
-    /// The same in words ("15 minutes"), as the page says it.
+    /// The same in words ("15 minutes"), as the page says it (empty from a server that does
+    /// not send it: a replica of the version before, during a rolling upgrade).
+    #[serde(default)]
     pub window_text: String,
     /// Whether a refresh can currently push the end time out.
     pub can_extend: bool,

@@ -85,7 +85,7 @@ pub fn shell(options: LeptosOptions, page: Page) -> impl IntoView {
                 <title>{title(page)}</title>
                 {brand}
             </head>
-            <body class="min-h-screen bg-slate-100 text-slate-900 antialiased hyphens-auto wrap-anywhere">
+            <body class="min-h-screen bg-slate-100 text-slate-900 antialiased wrap-anywhere">
                 <App page />
             </body>
         </html>

@@ -57,6 +57,21 @@ test("a page whose browser lost its cookie says the session runs on, not that it
   await expect(page).toHaveTitle("Not signed in – Network access portal");
 });
 
+test("this page's Refresh is said to screen readers, a refresh elsewhere is not", async ({ context }) => {
+  const page = await context.newPage();
+  await logIn(page, "carol", "carol-pass"); // the organization's 4-hour window
+  await hydrated(page);
+  await page.getByRole("button", { name: "Refresh" }).click();
+  await expect(page.getByRole("status")).toContainText("Refreshed. Ends at");
+  const other = await context.newPage();
+  await other.goto(url("/session"));
+  await hydrated(other);
+  await other.getByRole("button", { name: "Refresh" }).click();
+  await expect(other.getByRole("status")).toContainText("Refreshed. Ends at");
+  // The first page follows the other's refresh, and does not claim it.
+  await expect(page.getByRole("status")).toHaveText("");
+});
+
 test("pages out of view let their streams go: six tabs leave a Disconnect room to go out", async ({ context }) => {
   const first = await context.newPage();
   await logIn(first, "carol", "carol-pass");

@@ -411,9 +411,23 @@ pub async fn radius_test(
     let radius = Radius::bind(&settings.radius, Default::default())
         .await
         .context("while binding the RADIUS socket")?;
+    // Access-Requests are login attempts: audited before the first leaves (design.md §5), so
+    // none goes out unrecorded, whatever happens to this command meanwhile.
+    if let (Some((user, _)), Some(storage)) = (&credentials, &storage) {
+        let servers: Vec<&str> = org.servers.iter().map(|s| s.name.as_str()).collect();
+        let detail =
+            serde_json::json!({ "username": user, "command": "radius test", "servers": servers });
+        storage
+            .audit(&crate::storage::Audit {
+                at: crate::access_session::now_ms(),
+                actor: &crate::operator::actor(),
+                action: "radius.test",
+                organization_id: Some(org_id),
+                detail,
+            })
+            .await?;
+    }
     let mut all_answered = true;
-    // What each server answered an Access-Request (a login attempt: audited, design.md §5).
-    let mut answers = Vec::new();
     for server in &org.servers {
         let started = tokio::time::Instant::now();
         let deadline = started + server.timeout * (server.retries + 1);
@@ -445,17 +459,6 @@ pub async fn radius_test(
                 }),
         };
         let elapsed = started.elapsed().as_millis();
-        if credentials.is_some() {
-            let answer = match &outcome {
-                Ok(text) => text
-                    .split([':', ' '])
-                    .next()
-                    .unwrap_or_default()
-                    .to_string(),
-                Err(_) => "no usable answer".to_string(),
-            };
-            answers.push(serde_json::json!({ "server": server.name, "answer": answer }));
-        }
         match outcome {
             Ok(text) => say!(
                 "{} ({}): {text} in {elapsed} ms",
@@ -472,19 +475,6 @@ pub async fn radius_test(
                 );
             }
         }
-    }
-    if let (Some((user, _)), Some(storage)) = (&credentials, &storage) {
-        let detail =
-            serde_json::json!({ "username": user, "command": "radius test", "servers": answers });
-        storage
-            .audit(&crate::storage::Audit {
-                at: crate::access_session::now_ms(),
-                actor: &crate::operator::actor(),
-                action: "radius.test",
-                organization_id: Some(org_id),
-                detail,
-            })
-            .await?;
     }
     Ok(all_answered)
 }

@@ -322,7 +322,13 @@ impl DynAuthListener {
         }
         let reply = self.answer(client, &request).await;
         let Ok(bytes) = packet::encode_response(&reply) else {
-            tracing::error!(%from, "Dynamic Authorization reply could not be encoded");
+            // Too large (the request's Proxy-State echoed with our attributes): no answer, and
+            // no mark either that would swallow its retransmissions.
+            self.recent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            tracing::error!(%from, "Dynamic Authorization reply could not be encoded (too large?): not answered");
             return;
         };
         {

@@ -496,7 +496,10 @@ impl PortalService for PortalBackend {
                 })?;
             // Spaces around a name are a phone keyboard's (autocompletion adds one), never part
             // of it: the name is sent, rate-limited and stored without them.
-            let username = input.username.trim();
+            // Only spaces: a control character around the name is refused like one inside it.
+            let username = input
+                .username
+                .trim_matches(|c: char| c.is_whitespace() && !c.is_control());
             validation::validate_username(username, |u| org.username_pattern.is_match(u))?;
             validation::validate_password(&input.password)?;
             let ip = client_ip(request)?;

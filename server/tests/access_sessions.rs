@@ -317,21 +317,15 @@ async fn a_window_of_days_keeps_the_browsers_link_as_long() {
             .and_then(|rest| rest.split(';').next())
             .and_then(|n| n.parse::<u64>().ok())
     };
-    let response = app
-        .browser(CLIENT)
-        .login_as_script("wendy", "wendy-pass")
-        .await;
-    assert_eq!(response.status().as_u16(), 200);
-    assert_eq!(max_age(&response), Some(2 * 86_400));
-    let response = app
-        .browser(Ipv4Addr::new(127, 0, 0, 2))
-        .login_as_script("carol", "carol-pass")
-        .await;
-    assert_eq!(
-        max_age(&response),
-        Some(86_400),
-        "a day for shorter windows"
-    );
+    // The window and a day more (the page can say how the session ended for a day after).
+    for (n, user, window) in [(1, "wendy", 2 * 86_400), (2, "carol", 4 * 3_600)] {
+        let response = app
+            .browser(Ipv4Addr::new(127, 0, 0, n))
+            .login_as_script(user, &format!("{user}-pass"))
+            .await;
+        assert_eq!(response.status().as_u16(), 200);
+        assert_eq!(max_age(&response), Some(window + 86_400), "{user}");
+    }
     app.stop().await;
 }
 
@@ -354,6 +348,12 @@ async fn spaces_around_a_username_are_not_part_of_it() {
     let page = browser.login("car ol", "carol-pass").await;
     assert!(
         page.body.contains("Username must not contain spaces."),
+        "{}",
+        page.body
+    );
+    let page = browser.login("carol\n", "carol-pass").await;
+    assert!(
+        page.body.contains("Username contains control characters."),
         "{}",
         page.body
     );
@@ -590,19 +590,11 @@ async fn a_browser_that_lost_its_link_is_told_the_session_runs_on_not_that_it_en
     let browser = app.browser(CLIENT);
     let page = browser.login("carol", "carol-pass").await;
     assert_eq!(page.path, "/session", "{}", page.body);
-    // The same device with its cookies cleared: no link to the session, same address.
+    // The same device with its cookies cleared: no link to the session, same address. A page
+    // loaded so is the sign-in page (the address's session may be another device's behind the
+    // same address); the open page's poll and stream hear that it runs on without this browser.
     let cleared = app.browser(CLIENT);
-    let page = cleared.get("/session").await;
-    assert_eq!((page.status, page.path.as_str()), (200, "/session"));
-    assert!(page.body.contains("<title>Not signed in"), "{}", page.body);
-    assert!(page.body.contains("This browser is no longer signed in."));
-    assert!(page.body.contains("still running"), "{}", page.body);
-    assert!(
-        !page.body.contains("Your session has ended"),
-        "{}",
-        page.body
-    );
-    assert!(page.body.contains("Sign in again"));
+    assert_eq!(cleared.get("/session").await.path, "/");
     // The live panel's poll and its stream say the same.
     let status = |b: &Browser| {
         let request = b

@@ -815,7 +815,8 @@ async fn the_web_session_cookie_is_set_at_login_and_removed_when_it_names_nothin
         .iter()
         .find(|c| c.starts_with("portal_session="))
         .unwrap_or_else(|| panic!("the login sets the web session's cookie: {cookies:?}"));
-    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=86400"] {
+    // A day beyond the session's window (alice's 30 s: its Session-Timeout).
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=86430"] {
         assert!(session.contains(attribute), "{attribute}: {session}");
     }
     assert!(!session.contains("Secure"), "plain HTTP: {session}");
@@ -851,15 +852,8 @@ async fn the_web_session_cookie_is_set_at_login_and_removed_when_it_names_nothin
         .expect("a new web-session cookie");
     let rotated = rotated.split(';').next().unwrap().to_string();
     assert_ne!(rotated, session, "a new id at login");
-    // The old id is signed out: its page has no session of its own, only the word that this
-    // device's session runs on without it.
     let old = get("/session", both.clone()).await.unwrap();
-    let old = old.text().await.unwrap();
-    assert!(
-        old.contains("This browser is no longer signed in."),
-        "{old}"
-    );
-    assert!(!old.contains("Disconnect"), "{old}");
+    assert_eq!(old.status(), StatusCode::FOUND, "the old id is signed out");
     let both = format!("{anon}; {rotated}");
     let page = get("/session", both.clone()).await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
@@ -912,25 +906,28 @@ async fn the_web_session_cookie_is_set_at_login_and_removed_when_it_names_nothin
         .send()
         .await
         .unwrap();
-    assert_eq!(page.status(), StatusCode::OK);
-    let signed_in = |page: &str| page.contains("You are connected");
-    assert!(signed_in(&page.text().await.unwrap()), "still signed in");
+    assert_eq!(page.status(), StatusCode::OK, "still signed in");
     let page = get(
         "/session",
         format!("{anon}; portal_session=planted; {session}"),
     )
     .await
     .unwrap();
+    assert_eq!(
+        page.status(),
+        StatusCode::FOUND,
+        "no session with two cookies"
+    );
     assert!(set_cookies(&page)
         .iter()
         .all(|c| !c.starts_with("portal_session=")));
-    let page = page.text().await.unwrap();
-    assert!(
-        !signed_in(&page) && page.contains("This browser is no longer signed in."),
-        "no session with two cookies: {page}"
+    assert_eq!(
+        get("/session", format!("{anon}; {session}"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
     );
-    let page = get("/session", format!("{anon}; {session}")).await.unwrap();
-    assert!(signed_in(&page.text().await.unwrap()));
     app.stop().await;
 }
 

@@ -33,7 +33,7 @@ pub fn end_text(reason: EndReason) -> &'static str {
         EndReason::Replaced => "A new sign-in from this device's address replaced it.",
         EndReason::Failed => "The network's servers could not be reached.",
         EndReason::NotLinked => {
-            "Your device's session is still running, but this browser can no longer control it. Sign in again to take over: the new session replaces it."
+            "The session of this device's address is still running, but this browser can no longer control it. Signing in again replaces it with a new one."
         }
     }
 }
@@ -67,9 +67,9 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
     // server); in the browser, the island's own requests set it.
     let error = RwSignal::new(form_post_error());
     let busy = RwSignal::new(false);
-    // This page's Refresh went through: said out loud with the new end (a screen reader user
-    // otherwise hears nothing of it).
-    let refreshed = RwSignal::new(false);
+    // The end this page's own Refresh gave the session: said out loud while it stands (a
+    // screen reader user otherwise hears nothing of it); a refresh elsewhere is not this one.
+    let refreshed = RwSignal::new(None::<i64>);
     let remaining_secs = move || ((deadline.get() - now.get()).max(0.0) / 1000.0).ceil() as u64;
     let apply = move |status: SessionStatus| match status {
         SessionStatus::Active(view) => {
@@ -112,8 +112,8 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
                     super::fetch::call::<SessionView>(&path, form)
                         .await
                         .map(|view| {
+                            refreshed.set(Some(view.ends_at_ms));
                             apply(SessionStatus::Active(view));
-                            refreshed.set(true);
                         })
                 } else {
                     super::fetch::call::<()>(&path, form).await.map(|()| {
@@ -172,13 +172,15 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
     // changes (one that appears already filled is often not read).
     let announcement = Memo::new(move |_| match ended.get() {
         Some(reason) => format!("{} {}", over_texts(reason)[1], end_text(reason)),
-        // After this page's Refresh its new end, which each Refresh changes (so each is read).
-        None => {
-            let refresh = refreshed
-                .get()
-                .then(|| format!("Refreshed. {} ", ends_text()));
-            refresh.unwrap_or_default() + warning_text.get().unwrap_or_default()
-        }
+        // After this page's Refresh its new end, which each Refresh changes (so each is read);
+        // the last minute's warning when it comes.
+        None => match warning_text.get() {
+            Some(warning) => warning.to_string(),
+            None if refreshed.get() == Some(state.get().ends_at_ms) => {
+                format!("Refreshed. {}", ends_text())
+            }
+            None => String::new(),
+        },
     });
     // When the session ends the controls go away: focus moves to the heading that says so, and
     // the tab's title follows (and goes back if it comes back). Only on a change: a re-check
@@ -362,9 +364,9 @@ mod live {
                             .is_none_or(|es| es.ready_state() != EventSource::OPEN)
                     });
                 let every = if due { 1000.0 } else { 2000.0 };
-                if (due || (closed && ended.get_untracked().is_none()))
-                    && t - last_check.get_value() >= every
-                {
+                // A page out of view waits: shown again, it re-syncs and opens its stream.
+                let polling = closed && ended.get_untracked().is_none() && !document().hidden();
+                if (due || polling) && t - last_check.get_value() >= every {
                     last_check.set_value(t);
                     resync(base_for_ticks.get_value(), apply);
                 }

@@ -51,7 +51,18 @@ pub async fn load(
             ..PageData::default()
         }),
         "/session" => {
-            let session = service.session_status(request).await;
+            // A page loaded without a link to a session is the sign-in page's to show, whatever
+            // runs for the address (another device behind the same address, say); only a page
+            // that was showing this browser's session hears that it runs on without it.
+            let session = service
+                .session_status(request)
+                .await
+                .map(|status| match status {
+                    SessionStatus::Ended(crate::dto::EndReason::NotLinked) => {
+                        SessionStatus::NoSession
+                    }
+                    status => status,
+                });
             // Only an active session's page has forms.
             let form_token = match &session {
                 Ok(SessionStatus::Active(_)) => Some(service.form_token(request).await),

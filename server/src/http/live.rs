@@ -72,15 +72,25 @@ pub async fn session_events(
     ip: Option<axum::extract::Extension<super::client_ip::ClientIp>>,
     web: Session,
 ) -> Response {
-    // An unreadable web session counts as none: the page then says it has no session.
     let org = scope
         .map(|axum::extract::Extension(s)| s.id)
         .unwrap_or_default();
-    let id = live
-        .backend
-        .linked_session_id(&web, &org)
-        .await
-        .unwrap_or_default();
+    // A web session that cannot be read now (the database away) is not "none": the page would
+    // take its session for ended. The stream ends at once; the browser reconnects in a moment.
+    let id = match live.backend.linked_session_id(&web, &org).await {
+        Ok(id) => id,
+        Err(_) => {
+            let retry = futures_util::stream::once(async {
+                Ok::<Event, Infallible>(Event::default().comment("retry"))
+            });
+            let mut response = Sse::new(retry).into_response();
+            response.headers_mut().insert(
+                axum::http::header::CACHE_CONTROL,
+                axum::http::HeaderValue::from_static("no-store"),
+            );
+            return response;
+        }
+    };
     let watch = Watch {
         notices: live.events.subscribe(),
         live,

@@ -541,11 +541,13 @@ pub const WEB_SESSION_EXPIRY: Expiry =
     Expiry::OnInactivity(tower_sessions::cookie::time::Duration::days(1));
 
 /// The inactivity deadline of a web session linked to an access session of window `window_ms`:
-/// [`WEB_SESSION_EXPIRY`], or the window where that is longer (an Idle-Timeout of days), so the
-/// browser never loses the session it controls before the session can end.
+/// the window and a day more, so the browser never loses the session it controls before the
+/// session can end (an Idle-Timeout of days), and its page can still say how it ended for a
+/// day after. A window longer than browsers keep a cookie (400 days) counts as that.
 pub fn web_session_expiry(window_ms: i64) -> Expiry {
     use tower_sessions::cookie::time::Duration;
-    Expiry::OnInactivity(Duration::days(1).max(Duration::milliseconds(window_ms)))
+    let window = Duration::milliseconds(window_ms).clamp(Duration::ZERO, Duration::days(400));
+    Expiry::OnInactivity(window + Duration::days(1))
 }
 
 /// A page's data is loaded before the page renders (`app::pages::load`), so the page renders
