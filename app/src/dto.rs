@@ -52,15 +52,62 @@ pub struct SessionView {
     pub reply_message: Option<String>,
     /// Length of the window in seconds (how long a refresh extends the session).
     pub window_secs: u64,
-    /// The same in words ("15 minutes"), as the page says it (empty from a server that does
-    /// not send it: a replica of the version before, during a rolling upgrade).
-    #[serde(default)]
+    /// The same in words ("15 minutes"), as the page says it (the island reads it as optional:
+    /// a replica of the version before, during a rolling upgrade, does not send it).
     pub window_text: String,
     /// Whether a refresh can currently push the end time out.
     pub can_extend: bool,
     /// Path prefix of the organization's portal (`""` at `/`, else `/o/{slug}`): the page's
     /// forms, requests and links stay in the organization's portal.
     pub base: String,
+}
+
+/// What the session panel island holds of a [`SessionView`]: its props, and what it reads of a
+/// Refresh's or a status answer's view (the other fields are ignored). The rest of the session
+/// page — user, organization, address, the Accept's message — is rendered by the server around
+/// the island, so the browser does not decode it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PanelView {
+    /// See [`SessionView::remaining_ms`].
+    pub remaining_ms: u64,
+    /// See [`SessionView::ends_by`].
+    pub ends_by: EndsBy,
+    /// See [`SessionView::ends_at_utc`].
+    pub ends_at_utc: String,
+    /// See [`SessionView::ends_at_ms`].
+    pub ends_at_ms: i64,
+    /// See [`SessionView::window_text`].
+    #[serde(default)]
+    pub window_text: String,
+    /// See [`SessionView::can_extend`].
+    pub can_extend: bool,
+    /// See [`SessionView::base`].
+    pub base: String,
+}
+
+impl From<&SessionView> for PanelView {
+    fn from(view: &SessionView) -> Self {
+        PanelView {
+            remaining_ms: view.remaining_ms,
+            ends_by: view.ends_by,
+            ends_at_utc: view.ends_at_utc.clone(),
+            ends_at_ms: view.ends_at_ms,
+            window_text: view.window_text.clone(),
+            can_extend: view.can_extend,
+            base: view.base.clone(),
+        }
+    }
+}
+
+/// [`SessionStatus`] as the island reads it (the same JSON, with the view it needs).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub enum PanelStatus {
+    /// See [`SessionStatus::Active`].
+    Active(PanelView),
+    /// See [`SessionStatus::Ended`].
+    Ended(EndReason),
+    /// See [`SessionStatus::NoSession`].
+    NoSession,
 }
 
 /// Why an access session ended, as the session page explains it.
@@ -171,5 +218,47 @@ mod tests {
             assert_eq!(serde_json::from_str::<EndsBy>(&text).unwrap(), ends_by);
         }
         assert!(serde_json::from_str::<EndReason>(r#""Gone""#).is_err());
+    }
+
+    #[test]
+    fn the_island_reads_what_the_server_writes() {
+        let view = SessionView {
+            username: "carol".into(),
+            organization: "Acme".into(),
+            client_ip: "10.0.0.5".into(),
+            remaining_ms: 1500,
+            ends_by: EndsBy::Limit,
+            ends_at_utc: "12:00:00".into(),
+            ends_at_ms: 1_800_000_000_000,
+            reply_message: Some("Welcome".into()),
+            window_secs: 900,
+            window_text: "15 minutes".into(),
+            can_extend: false,
+            base: "/o/acme".into(),
+        };
+        let panel = PanelView::from(&view);
+        for (written, read) in [
+            (
+                SessionStatus::Active(view.clone()),
+                PanelStatus::Active(panel.clone()),
+            ),
+            (
+                SessionStatus::Ended(EndReason::NotLinked),
+                PanelStatus::Ended(EndReason::NotLinked),
+            ),
+            (SessionStatus::NoSession, PanelStatus::NoSession),
+        ] {
+            let text = serde_json::to_string(&written).unwrap();
+            assert_eq!(serde_json::from_str::<PanelStatus>(&text).unwrap(), read);
+        }
+        // A Refresh's answer is the whole view; a server of the version before sends no words.
+        let mut text = serde_json::to_value(&view).unwrap();
+        assert_eq!(
+            serde_json::from_value::<PanelView>(text.clone()).unwrap(),
+            panel
+        );
+        text.as_object_mut().unwrap().remove("window_text");
+        let older = serde_json::from_value::<PanelView>(text).unwrap();
+        assert_eq!(older.window_text, "");
     }
 }

@@ -13,7 +13,7 @@
 use crate::{
     api::{Disconnect, Refresh},
     components::{DisabledNotice, ErrorMessage},
-    dto::{EndReason, EndsBy, SessionStatus, SessionView},
+    dto::{EndReason, EndsBy, PanelStatus, PanelView},
 };
 use leptos::{prelude::*, server_fn::ServerFn};
 
@@ -57,7 +57,7 @@ pub fn over_texts(reason: EndReason) -> [&'static str; 3] {
 
 /// Countdown and controls for one access session.
 #[island]
-pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
+pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
     let state = RwSignal::new(session);
     let ended = RwSignal::new(None::<EndReason>);
     let hydrated = RwSignal::new(false);
@@ -71,8 +71,8 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
     // screen reader user otherwise hears nothing of it); a refresh elsewhere is not this one.
     let refreshed = RwSignal::new(None::<i64>);
     let remaining_secs = move || ((deadline.get() - now.get()).max(0.0) / 1000.0).ceil() as u64;
-    let apply = move |status: SessionStatus| match status {
-        SessionStatus::Active(view) => {
+    let apply = move |status: PanelStatus| match status {
+        PanelStatus::Active(view) => {
             // The clock's last tick may be a quarter second old: count from now.
             let at = monotonic_ms();
             now.set(at);
@@ -80,8 +80,8 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
             state.set(view);
             ended.set(None);
         }
-        SessionStatus::Ended(reason) => ended.set(Some(reason)),
-        SessionStatus::NoSession => ended.set(Some(EndReason::Disconnected)),
+        PanelStatus::Ended(reason) => ended.set(Some(reason)),
+        PanelStatus::NoSession => ended.set(Some(EndReason::Disconnected)),
     };
     // Back online: an error from while it was not (the portal could not be reached) is stale;
     // the re-sync that follows shows how things stand.
@@ -109,11 +109,11 @@ pub fn SessionPanel(session: SessionView, form_token: String) -> impl IntoView {
             let form = super::fetch::csrf_form(Some(&token));
             leptos::task::spawn_local(async move {
                 let result = if refresh {
-                    super::fetch::call::<SessionView>(&path, form)
+                    super::fetch::call::<PanelView>(&path, form)
                         .await
                         .map(|view| {
                             refreshed.set(Some(view.ends_at_ms));
-                            apply(SessionStatus::Active(view));
+                            apply(PanelStatus::Active(view));
                         })
                 } else {
                     super::fetch::call::<()>(&path, form).await.map(|()| {
@@ -288,11 +288,11 @@ mod live {
     use web_sys::{EventSource, MessageEvent};
 
     /// Asks the server how the session stands and applies the answer.
-    pub fn resync(base: String, apply: impl Fn(SessionStatus) + 'static) {
+    pub fn resync(base: String, apply: impl Fn(PanelStatus) + 'static) {
         leptos::task::spawn_local(async move {
             let path = format!("{base}{}", <GetSessionStatus as ServerFn>::PATH);
             if let Ok(status) =
-                crate::islands::fetch::call::<SessionStatus>(&path, String::new()).await
+                crate::islands::fetch::call::<PanelStatus>(&path, String::new()).await
             {
                 apply(status);
             }
@@ -302,7 +302,7 @@ mod live {
     /// Wires the stream, the ticker, the polling fallback and the re-sync triggers.
     pub fn follow(
         base: String,
-        apply: impl Fn(SessionStatus) + Copy + 'static,
+        apply: impl Fn(PanelStatus) + Copy + 'static,
         now: RwSignal<f64>,
         remaining_secs: impl Fn() -> u64 + Copy + 'static,
         ended: RwSignal<Option<EndReason>>,
@@ -328,8 +328,8 @@ mod live {
                 let Some(text) = ev.data().as_string() else {
                     return;
                 };
-                if let Ok(status) = serde_json::from_str::<SessionStatus>(&text) {
-                    if !matches!(status, SessionStatus::Active(_)) {
+                if let Ok(status) = serde_json::from_str::<PanelStatus>(&text) {
+                    if !matches!(status, PanelStatus::Active(_)) {
                         close();
                     }
                     apply(status);

@@ -38,7 +38,7 @@ pub fn SessionPage() -> impl IntoView {
                 </p>
             })}
             <section class="rounded-lg bg-white p-4 shadow sm:p-6" aria-labelledby="session-title">
-                <SessionPanel session=view.clone() form_token=token />
+                <SessionPanel session=crate::dto::PanelView::from(&view) form_token=token />
                 // Fixed for the session's life: rendered here, not in the island's WASM.
                 // Each name beside its value where both fit, the value below it where not.
                 <dl class="mt-6 space-y-1 border-t border-slate-200 pt-4 text-sm">
