@@ -64,10 +64,6 @@ const CHECKPOINT_EVERY: usize = 64;
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 /// Writes after which a checkpoint is due however recent the last one (bounds the WAL).
 const CHECKPOINT_LIMIT: usize = 4096;
-/// The size the WAL file is cut back to when it starts over after a checkpoint
-/// (`journal_size_limit`). SQLite otherwise keeps the file at the largest it ever grew —
-/// under load several times the database — and the space is taken from the volume for good.
-const WAL_SIZE_LIMIT: i64 = 4 * 1024 * 1024;
 
 /// Whether a checkpoint is due after `unchecked` writes, `since` the last one.
 fn checkpoint_due(unchecked: usize, since: Duration, interval: Duration) -> bool {
@@ -276,7 +272,6 @@ impl Engine {
         )?;
         configure(&writer, false)?;
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
-        writer.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         let write_conn = Arc::new(Mutex::new(WriteConn {
             conn: writer,
             synced: true,
@@ -542,7 +537,15 @@ fn writer_loop(
                     > 0;
                 if pending {
                     let _gate = gate.blocking_lock();
-                    checkpoint(&mut write_conn.lock().unwrap_or_else(|p| p.into_inner()));
+                    // Idle, the WAL file is also cut to nothing: SQLite otherwise keeps it at
+                    // the largest it grew under load (several times the database), taking the
+                    // volume's space for good. Not under load: a file cut back and grown again
+                    // makes every commit's fsync write the file's size too (+8 % CPU per
+                    // journey at one user, docs/BENCHMARKS.md).
+                    checkpoint(
+                        &mut write_conn.lock().unwrap_or_else(|p| p.into_inner()),
+                        Checkpoint::Truncate,
+                    );
                 }
                 continue;
             }
@@ -560,7 +563,7 @@ fn writer_loop(
             let mut conn = write_conn.lock().unwrap_or_else(|p| p.into_inner());
             let outcome = commit(&mut conn, &mut batch, false, progress);
             if conn.checkpoint_due() {
-                checkpoint(&mut conn);
+                checkpoint(&mut conn, Checkpoint::Passive);
             }
             outcome
         };
@@ -589,13 +592,23 @@ fn begin_now(conn: &Connection) -> bool {
     begun
 }
 
-/// Copies the WAL's pages into the database file as far as readers allow (PASSIVE: never
-/// waits for them), so the WAL file is reused instead of growing.
-fn checkpoint(conn: &mut WriteConn) {
-    match conn
-        .conn
-        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-    {
+/// How a checkpoint treats readers and the WAL file.
+#[derive(Clone, Copy)]
+enum Checkpoint {
+    /// As far as readers allow, never waiting for them; the file is reused, not shrunk.
+    Passive,
+    /// Waits for readers (the busy timeout), copies everything and cuts the file to nothing.
+    Truncate,
+}
+
+/// Copies the WAL's pages into the database file, so the WAL file is reused instead of
+/// growing (and with [`Checkpoint::Truncate`] cut back).
+fn checkpoint(conn: &mut WriteConn, mode: Checkpoint) {
+    let sql = match mode {
+        Checkpoint::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+        Checkpoint::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
+    };
+    match conn.conn.query_row(sql, [], |_| Ok(())) {
         Ok(()) => {
             conn.unchecked = 0;
             conn.checkpointed_at = Instant::now();
@@ -776,7 +789,7 @@ mod tests {
         let (dir, engine) = engine().await;
         let wal = dir.path().join("engine.db-wal");
         let size = || std::fs::metadata(&wal).map_or(0, |m| m.len());
-        // One write of ~8 MB: the WAL grows past its limit.
+        // One write of ~8 MB: the WAL grows.
         engine
             .write(|c| {
                 for i in 0..4000 {
@@ -789,25 +802,20 @@ mod tests {
             })
             .await
             .expect("big write");
-        assert!(size() > WAL_SIZE_LIMIT as u64, "{}", size());
-        // Checkpointed once the writer is idle; the next write starts the WAL over, cut back.
+        assert!(size() > 4 * 1024 * 1024, "{}", size());
+        // Cut back once the writer is idle, without another write.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let mut n = 0;
-        while size() > WAL_SIZE_LIMIT as u64 {
+        while size() > 0 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "WAL still {} bytes",
                 size()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
-            n += 1;
-            engine
-                .write(move |c| {
-                    Ok(c.execute("INSERT INTO t (v) VALUES (?)", [format!("small{n}")])?)
-                })
-                .await
-                .expect("small write");
         }
+        // And used again as before.
+        insert_small(&engine, "after").await;
+        assert!(values(&engine).contains(&"after".to_string()));
     }
 
     /// The values of `t` in insertion order.
