@@ -390,15 +390,7 @@ pub async fn radius_test(
         if !guard::allows(Operation::Login, state) {
             if let Some(storage) = &storage {
                 let detail = serde_json::json!({ "operation": "Login", "state": format!("{state:?}"), "username": user, "command": "radius test" });
-                storage
-                    .audit(&crate::storage::Audit {
-                        at: crate::access_session::now_ms(),
-                        actor: &crate::operator::actor(),
-                        action: "guard.denied",
-                        organization_id: Some(org_id),
-                        detail,
-                    })
-                    .await?;
+                audit_as_operator(storage, "guard.denied", org_id, detail).await?;
             }
             return Err(Refused(format!(
                 "organization `{org_id}` is disabled: no Access-Request was sent (enable it first; without --username, Status-Server still tests its servers)"
@@ -417,15 +409,7 @@ pub async fn radius_test(
         let servers: Vec<&str> = org.servers.iter().map(|s| s.name.as_str()).collect();
         let detail =
             serde_json::json!({ "username": user, "command": "radius test", "servers": servers });
-        storage
-            .audit(&crate::storage::Audit {
-                at: crate::access_session::now_ms(),
-                actor: &crate::operator::actor(),
-                action: "radius.test",
-                organization_id: Some(org_id),
-                detail,
-            })
-            .await?;
+        audit_as_operator(storage, "radius.test", org_id, detail).await?;
     }
     let mut all_answered = true;
     for server in &org.servers {
@@ -477,6 +461,25 @@ pub async fn radius_test(
         }
     }
     Ok(all_answered)
+}
+
+/// An audit entry of `action` on `org_id` by the person running the command.
+async fn audit_as_operator(
+    storage: &crate::storage::Storage,
+    action: &str,
+    org_id: &str,
+    detail: serde_json::Value,
+) -> anyhow::Result<()> {
+    storage
+        .audit(&crate::storage::Audit {
+            at: crate::access_session::now_ms(),
+            actor: &crate::operator::actor(),
+            action,
+            organization_id: Some(org_id),
+            detail,
+        })
+        .await?;
+    Ok(())
 }
 
 fn show(value: Option<u32>) -> String {

@@ -77,19 +77,26 @@ async fn radclient_async(
         .unwrap()
 }
 
+/// One FreeRADIUS, and a portal with it as its only server and the listener on (its
+/// database's directory lives as long as the guard).
+async fn portal_with_listener() -> (FreeRadius, TestApp, tempfile::TempDir) {
+    let radius = FreeRadius::start().await;
+    let (dir, db) = temp_db();
+    let app = TestApp::spawn(&with_listener(settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    )))
+    .await;
+    (radius, app, dir)
+}
+
 fn client(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 2, n)
 }
 
 #[tokio::test]
 async fn disconnect_request_by_session_id_user_and_address_or_class_ends_the_session() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&with_listener(settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    )))
-    .await;
+    let (radius, app, _dir) = portal_with_listener().await;
     let (listener, stats) = app.dynauth.clone().unwrap();
 
     // By Acct-Session-Id.
@@ -157,13 +164,7 @@ async fn disconnect_request_by_session_id_user_and_address_or_class_ends_the_ses
 
 #[tokio::test]
 async fn unknown_sessions_coa_and_forged_requests_are_refused() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&with_listener(settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    )))
-    .await;
+    let (radius, app, _dir) = portal_with_listener().await;
     let (listener, stats) = app.dynauth.clone().unwrap();
     app.browser(client(10)).login("carol", "carol-pass").await;
     let start = radius
@@ -284,13 +285,7 @@ async fn unknown_sessions_coa_and_forged_requests_are_refused() {
 
 #[tokio::test]
 async fn a_retransmitted_disconnect_is_answered_from_the_cache_and_acted_on_once() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&with_listener(settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    )))
-    .await;
+    let (radius, app, _dir) = portal_with_listener().await;
     let (listener, stats) = app.dynauth.clone().unwrap();
     app.browser(client(20)).login("carol", "carol-pass").await;
     let start = radius
@@ -422,13 +417,7 @@ async fn a_client_tied_to_other_organizations_cannot_end_this_ones_sessions() {
 /// the new identifier is another NAS's (403); a session opened after answers to the new one.
 #[tokio::test]
 async fn a_session_answers_to_the_nas_identity_it_started_with() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&with_listener(settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    )))
-    .await;
+    let (radius, app, _dir) = portal_with_listener().await;
     let (listener, _stats) = app.dynauth.clone().unwrap();
     app.browser(client(20)).login("carol", "carol-pass").await;
     let start = radius
@@ -482,13 +471,7 @@ async fn a_session_answers_to_the_nas_identity_it_started_with() {
 /// acting on nothing; a Disconnect that ends a session is audited with the client's name.
 #[tokio::test]
 async fn answers_echo_proxy_state_bad_addresses_are_407_and_ends_are_audited() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let app = TestApp::spawn(&with_listener(settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    )))
-    .await;
+    let (radius, app, _dir) = portal_with_listener().await;
     let (listener, _stats) = app.dynauth.clone().unwrap();
     app.browser(client(30)).login("carol", "carol-pass").await;
     let start = radius

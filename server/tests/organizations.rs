@@ -227,10 +227,20 @@ async fn a_disable_between_access_accept_and_start_leaves_no_session_and_sends_n
 /// Runs the binary as an operator would, without blocking the runtime the portal under test
 /// runs on (a blocked runtime would hold its open transactions, and the CLI would wait on them).
 async fn portal(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    portal_with_env(config, args, &[]).await
+}
+
+/// [`portal`] with more environment variables (`radius test`'s password).
+async fn portal_with_env(
+    config: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
         .arg("--config")
         .arg(config)
         .args(args)
+        .envs(env.iter().copied())
         .env("USER", "operator-jo")
         .env_remove("SUDO_USER")
         .output()
@@ -303,15 +313,12 @@ timeout = "500ms"
     // `radius test --username` is a login as far as the guard goes: refused (exit 4), no
     // Access-Request sent, the denial audited. Status-Server still tests the servers.
     let logins_before = radius.auth_lines().len();
-    let test = tokio::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
-        .arg("--config")
-        .arg(&config)
-        .args(["radius", "test", "--username", "carol"])
-        .env("PORTAL_TEST_PASSWORD", "carol-pass")
-        .env("USER", "operator-jo")
-        .output()
-        .await
-        .unwrap();
+    let test = portal_with_env(
+        &config,
+        &["radius", "test", "--username", "carol"],
+        &[("PORTAL_TEST_PASSWORD", "carol-pass")],
+    )
+    .await;
     assert_eq!(test.status.code(), Some(4), "{test:?}");
     assert!(
         String::from_utf8_lossy(&test.stderr).contains("`acme` is disabled: no Access-Request"),
@@ -397,15 +404,12 @@ timeout = "500ms"
     .await;
     // Enabled, `radius test --username` sends its Access-Request — a login attempt, audited
     // before it leaves with the servers it goes to (never the password).
-    let test = tokio::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
-        .arg("--config")
-        .arg(&config)
-        .args(["radius", "test", "--username", "carol"])
-        .env("PORTAL_TEST_PASSWORD", "carol-pass")
-        .env("USER", "operator-jo")
-        .output()
-        .await
-        .unwrap();
+    let test = portal_with_env(
+        &config,
+        &["radius", "test", "--username", "carol"],
+        &[("PORTAL_TEST_PASSWORD", "carol-pass")],
+    )
+    .await;
     assert!(test.status.success(), "{test:?}");
     let audit = portal(&config, &["audit", "tail", "--json"]).await;
     let audit = String::from_utf8_lossy(&audit.stdout);

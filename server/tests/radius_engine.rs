@@ -822,6 +822,15 @@ fn stored_session(acct_session_id: &str, ip: &str, now: i64) -> NewAccessSession
     }
 }
 
+/// `radius`'s settings as server `name`, quick to give up (300 ms, one retry): outages show
+/// within a second.
+fn fast(radius: &FreeRadius, name: &str) -> radius_portal::config::ServerSettings {
+    let mut server = radius.server_settings(name, true);
+    server.timeout = Duration::from_millis(300);
+    server.retries = 1;
+    server
+}
+
 /// Servers coming back together after an outage: a Stop held through it goes to the session's
 /// own server, not to whichever server answered its probe first — that one never saw the
 /// session's Start, and a Stop there leaves the Start open at the own server.
@@ -830,12 +839,6 @@ async fn a_stop_held_through_an_outage_goes_to_the_sessions_own_server_when_both
     let mut primary = FreeRadius::start().await;
     let mut backup = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let fast = |radius: &FreeRadius, name: &str| {
-        let mut server = radius.server_settings(name, true);
-        server.timeout = Duration::from_millis(300);
-        server.retries = 1;
-        server
-    };
     let mut settings = settings(
         &db,
         vec![fast(&primary, "primary"), fast(&backup, "backup")],
@@ -894,12 +897,6 @@ async fn a_stop_follows_its_start_to_the_server_that_acknowledged_it() {
     let mut own_accounting = FreeRadius::start().await;
     let backup = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let fast = |radius: &FreeRadius, name: &str| {
-        let mut server = radius.server_settings(name, true);
-        server.timeout = Duration::from_millis(300);
-        server.retries = 1;
-        server
-    };
     // The primary: authentication at one FreeRADIUS, accounting at another (killable alone).
     let mut primary = fast(&authenticator, "primary");
     primary.acct_port = own_accounting.acct_port;
