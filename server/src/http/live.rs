@@ -83,12 +83,7 @@ pub async fn session_events(
             let retry = futures_util::stream::once(async {
                 Ok::<Event, Infallible>(Event::default().comment("retry"))
             });
-            let mut response = Sse::new(retry).into_response();
-            response.headers_mut().insert(
-                axum::http::header::CACHE_CONTROL,
-                axum::http::HeaderValue::from_static("no-store"),
-            );
-            return response;
+            return no_store(Sse::new(retry).into_response());
         }
     };
     let watch = Watch {
@@ -121,10 +116,15 @@ pub async fn session_events(
             .unwrap_or_else(|_| Event::default().comment("unencodable"));
         Some((Ok(event), w))
     });
-    let mut response = Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response();
-    // A session's status is the user's: stored by no cache (axum says only `no-cache`).
+    no_store(
+        Sse::new(stream)
+            .keep_alive(KeepAlive::default())
+            .into_response(),
+    )
+}
+
+/// A session's status is the user's: stored by no cache (axum says only `no-cache`).
+fn no_store(mut response: Response) -> Response {
     response.headers_mut().insert(
         axum::http::header::CACHE_CONTROL,
         axum::http::HeaderValue::from_static("no-store"),
