@@ -605,6 +605,7 @@ mod tests {
             stopped_at: None,
             terminate_cause: None,
             nas: None,
+            stray_start_server: None,
         }
     }
 

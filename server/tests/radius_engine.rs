@@ -954,3 +954,127 @@ async fn a_stop_follows_its_start_to_the_server_that_acknowledged_it() {
     );
     app.stop().await;
 }
+
+/// A Stop that failed over (the session's own accounting server was down when the user left)
+/// is acknowledged by the backup and then copied to the own server once it is back: the
+/// Start there is closed too — not an identity left open at the server that has the Start.
+#[tokio::test]
+async fn a_stop_that_failed_over_reaches_the_sessions_own_server_too_once_it_is_back() {
+    let mut primary = FreeRadius::start().await;
+    let backup = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut settings = settings(
+        &db,
+        vec![fast(&primary, "primary"), fast(&backup, "backup")],
+    );
+    settings.radius.probe_interval = Duration::from_millis(500);
+    settings.radius.breaker_failures = 1;
+    let app = TestApp::spawn(&settings).await;
+    let session = app
+        .sessions
+        .login("acme", "carol", "carol-pass", IpAddr::V4(client(30)))
+        .await
+        .unwrap();
+    assert_eq!(session.server_name, "primary");
+    let sid = format!("sid={}", session.acct_session_id);
+    primary.wait_for_acct(&["status=Start", &sid]).await;
+
+    // The primary goes down; the user disconnects: the Stop fails over to the backup.
+    primary.kill();
+    assert!(app.sessions.disconnect(session.id).await.unwrap());
+    let at_backup = backup.wait_for_acct(&["status=Stop", &sid]).await;
+    assert!(
+        backup
+            .acct_lines()
+            .iter()
+            .all(|l| !(l.contains(&sid) && l.contains("status=Start"))),
+        "the Start is at the primary only"
+    );
+
+    // The primary comes back: it gets the same Stop, later.
+    primary.restart().await;
+    let at_primary = primary.wait_for_acct(&["status=Stop", &sid]).await;
+    for key in ["cause", "event_ts", "session_time", "user"] {
+        assert_eq!(field(&at_primary, key), field(&at_backup, key), "{key}");
+    }
+    assert_eq!(field(&at_primary, "cause"), "User-Request");
+    let delay = |line: &str| field(line, "delay").parse::<u32>().unwrap();
+    assert!(delay(&at_primary) >= delay(&at_backup));
+    wait_until("the copy is recorded delivered", || async {
+        app.storage.outbox_backlog().await.unwrap() == 0
+    })
+    .await;
+    let stops = primary
+        .acct_lines()
+        .iter()
+        .filter(|l| l.contains(&sid) && l.contains("status=Stop"))
+        .count();
+    assert_eq!(stops, 1, "{:?}", primary.acct_lines());
+    app.stop().await;
+}
+
+/// A Start sent to a black-holed server (frozen, not dead) and then acknowledged by the backup:
+/// the frozen server processes its queue once it thaws, so it holds the session open too. The
+/// session's Stop goes to the backup, where its accounting moved, and a copy to the thawed
+/// server — which then has the Start and the Stop, in that order.
+#[tokio::test]
+async fn a_start_a_frozen_server_answers_late_gets_its_stop_there_too() {
+    let authenticator = FreeRadius::start().await;
+    let own_accounting = FreeRadius::start().await;
+    let backup = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut primary = fast(&authenticator, "primary");
+    primary.acct_port = own_accounting.acct_port;
+    let mut settings = settings(&db, vec![primary, fast(&backup, "backup")]);
+    settings.radius.probe_interval = Duration::from_millis(500);
+    settings.radius.breaker_failures = 1;
+    let app = TestApp::spawn(&settings).await;
+
+    // The primary's accounting freezes: the sign-in's Start goes there and is not answered,
+    // so the sign-in fails (and its session ends); the Start is then acknowledged by the
+    // backup, and the session's Stop follows it there.
+    own_accounting.pause();
+    let ip = client(31);
+    assert!(app
+        .sessions
+        .login("acme", "carol", "carol-pass", IpAddr::V4(ip))
+        .await
+        .is_err());
+    let address = format!("ip={ip} ");
+    let start = backup.wait_for_acct(&["status=Start", &address]).await;
+    let sid = format!("sid={} ", field(&start, "sid"));
+    let stop = backup.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&stop, "cause"), "NAS-Error");
+    let session = app
+        .storage
+        .session_by_acct_id(field(&start, "sid"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(session.server_name, "backup");
+    assert_eq!(session.stray_start_server.as_deref(), Some("primary"));
+
+    // It thaws: its late Start, then the copy of the Stop.
+    own_accounting.resume();
+    own_accounting.wait_for_acct(&["status=Stop", &sid]).await;
+    let lines: Vec<String> = own_accounting
+        .acct_lines()
+        .into_iter()
+        .filter(|l| l.contains(&sid))
+        .collect();
+    let first_stop = lines
+        .iter()
+        .position(|l| l.contains("status=Stop"))
+        .unwrap();
+    assert!(
+        lines[..first_stop]
+            .iter()
+            .any(|l| l.contains("status=Start")),
+        "the late Start, then the Stop: {lines:?}"
+    );
+    assert_eq!(
+        field(&lines[first_stop], "event_ts"),
+        field(&stop, "event_ts")
+    );
+    app.stop().await;
+}

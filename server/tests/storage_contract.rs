@@ -135,6 +135,7 @@ on_both_backends!(
     a_disabled_organization_gets_no_session_and_a_stop_job,
     due_sessions_stop_once_at_their_deadline_across_replicas,
     outbox_rows_go_in_order_and_no_claim_is_shared,
+    a_stops_copies_are_queued_once_for_their_servers_alone,
     a_failed_row_waits_and_retry_now_makes_it_due,
     a_lapsed_claim_is_renewed_only_by_its_holder_and_a_transmission_always_counts,
     dead_letters_unblock_and_a_never_sent_start_takes_its_session_along,
@@ -226,12 +227,21 @@ async fn a_session_opens_refreshes_and_stops_once(db: Db) {
 
     // A Start acknowledged by a failover server takes the session's accounting with it.
     assert_eq!(stopped.server_name, "primary");
-    s.move_session_server(opened.id, "backup").await.unwrap();
+    assert_eq!(stopped.stray_start_server, None);
+    s.move_session_server(opened.id, "backup", Some("primary"))
+        .await
+        .unwrap();
     let moved = s.session(opened.id).await.unwrap().unwrap();
     assert_eq!(moved.server_name, "backup");
     assert_eq!(
+        moved.stray_start_server.as_deref(),
+        Some("primary"),
+        "the server that may have seen the Start is kept"
+    );
+    assert_eq!(
         AccessSessionRecord {
             server_name: "primary".into(),
+            stray_start_server: None,
             ..moved
         },
         stopped,
@@ -414,7 +424,7 @@ async fn outbox_rows_go_in_order_and_no_claim_is_shared(db: Db) {
 
     // The Stops come due once their Starts are delivered.
     for row in &claimed {
-        s.mark_delivered(row.id, now).await.unwrap();
+        s.mark_delivered(row.id, now, &[]).await.unwrap();
     }
     assert!(s
         .outbox_delivered(sessions[0], status_type::START)
@@ -442,6 +452,117 @@ async fn outbox_rows_go_in_order_and_no_claim_is_shared(db: Db) {
         .unwrap()
         .is_empty());
     assert_eq!(s.outbox_backlog().await.unwrap(), (n / 2) as i64);
+}
+
+/// A Stop acknowledged by one server is copied, in the same write, to the servers that may
+/// hold the session open: once, each for its server alone, and apart from the session's own
+/// rows (a claim or a check of the session's Stop never takes a copy for it).
+async fn a_stops_copies_are_queued_once_for_their_servers_alone(db: Db) {
+    let s = &db.storage;
+    let opened = s
+        .open_session(&login("10.0.0.9", T0, 10 * MINUTE))
+        .await
+        .unwrap();
+    let lease = T0 + 10 * MINUTE;
+    let start = s
+        .claim_session_outbox(opened.id, status_type::START, T0, lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(start.copy_to, None);
+    s.move_session_server(opened.id, "backup", Some("primary"))
+        .await
+        .unwrap();
+    s.mark_delivered(start.id, T0 + 1, &[]).await.unwrap();
+    assert!(s
+        .stop_session(opened.id, terminate_cause::USER_REQUEST, T0 + MINUTE)
+        .await
+        .unwrap());
+    let stop = s
+        .claim_session_outbox(opened.id, status_type::STOP, T0 + MINUTE, lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.sessions_needing_server("acme", "primary").await.unwrap(),
+        1
+    );
+    let copy_to = ["primary".to_string(), "third".to_string()];
+    s.mark_delivered(stop.id, T0 + MINUTE + 1, &copy_to)
+        .await
+        .unwrap();
+    // Recorded twice (a retried write): no second set of copies.
+    s.mark_delivered(stop.id, T0 + MINUTE + 2, &copy_to)
+        .await
+        .unwrap();
+    assert_eq!(outbox_types(s, opened.id).await, [START, STOP, STOP, STOP]);
+    assert!(s
+        .outbox_delivered(opened.id, status_type::STOP)
+        .await
+        .unwrap());
+    assert_eq!(
+        s.claim_session_outbox(opened.id, status_type::STOP, T0 + 2 * MINUTE, lease)
+            .await
+            .unwrap(),
+        None,
+        "a copy is not the session's own Stop"
+    );
+    let mut copies = s
+        .claim_due_outbox(T0 + 2 * MINUTE, lease, 10)
+        .await
+        .unwrap();
+    copies.sort_by(|a, b| a.copy_to.cmp(&b.copy_to));
+    assert_eq!(
+        copies
+            .iter()
+            .map(|c| c.copy_to.as_deref())
+            .collect::<Vec<_>>(),
+        [Some("primary"), Some("third")]
+    );
+    for copy in &copies {
+        assert_eq!(
+            (
+                copy.status_type,
+                copy.event_at,
+                copy.session_time_secs,
+                copy.terminate_cause
+            ),
+            (
+                stop.status_type,
+                stop.event_at,
+                stop.session_time_secs,
+                stop.terminate_cause
+            ),
+            "the same Stop"
+        );
+        assert_eq!((copy.attempts, copy.transmissions), (1, 0));
+    }
+    // The server a copy waits for stays needed until it is delivered.
+    s.mark_failed(&copies[0], T0 + 3 * MINUTE, "down", false)
+        .await
+        .unwrap();
+    s.mark_delivered(copies[1].id, T0 + 2 * MINUTE, &[])
+        .await
+        .unwrap();
+    assert_eq!(s.outbox_backlog().await.unwrap(), 1);
+    assert_eq!(
+        s.sessions_needing_server("acme", "primary").await.unwrap(),
+        1
+    );
+    let again = s
+        .claim_due_outbox(T0 + 3 * MINUTE, lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].copy_to.as_deref(), Some("primary"));
+    s.mark_delivered(again[0].id, T0 + 3 * MINUTE, &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.sessions_needing_server("acme", "primary").await.unwrap(),
+        0
+    );
+    assert_eq!(s.outbox_backlog().await.unwrap(), 0);
 }
 
 async fn a_failed_row_waits_and_retry_now_makes_it_due(db: Db) {
@@ -545,7 +666,9 @@ async fn a_lapsed_claim_is_renewed_only_by_its_holder_and_a_transmission_always_
         .unwrap();
     assert_eq!((retried[0].attempts, retried[0].transmissions), (3, 1));
     // A settled row is nobody's to renew.
-    s.mark_delivered(retried[0].id, T0 + 8_500).await.unwrap();
+    s.mark_delivered(retried[0].id, T0 + 8_500, &[])
+        .await
+        .unwrap();
     assert!(!s.renew_claim(&retried[0], T0 + 9_000).await.unwrap());
 }
 
@@ -705,7 +828,7 @@ async fn periodic_interims_come_due_and_coalesce(db: Db) {
         .await
         .unwrap();
     assert_eq!(interim.len(), 1, "only the Start is first in line");
-    s.mark_delivered(interim[0].id, T0 + 10 * MINUTE)
+    s.mark_delivered(interim[0].id, T0 + 10 * MINUTE, &[])
         .await
         .unwrap();
     let interim = s
@@ -738,11 +861,11 @@ async fn pruning_keeps_what_is_pending(db: Db) {
             .unwrap();
     }
     for row in s.claim_due_outbox(T0 + 2, T0 + MINUTE, 10).await.unwrap() {
-        s.mark_delivered(row.id, T0 + 2).await.unwrap();
+        s.mark_delivered(row.id, T0 + 2, &[]).await.unwrap();
     }
     for row in s.claim_due_outbox(T0 + 3, T0 + MINUTE, 10).await.unwrap() {
         if row.access_session_id == old {
-            s.mark_delivered(row.id, T0 + 3).await.unwrap();
+            s.mark_delivered(row.id, T0 + 3, &[]).await.unwrap();
         }
     }
     assert_eq!(s.prune(T0 + 10 * MINUTE).await.unwrap(), 1);
@@ -859,7 +982,7 @@ async fn organization_changes_are_revisioned_audited_and_guarded(db: Db) {
     };
     for _ in 0..2 {
         for row in s.claim_due_outbox(T0 + 2, T0 + MINUTE, 10).await.unwrap() {
-            s.mark_delivered(row.id, T0 + 2).await.unwrap();
+            s.mark_delivered(row.id, T0 + 2, &[]).await.unwrap();
         }
     }
     assert_eq!(

@@ -109,9 +109,17 @@ pub struct Accounting {
     /// shutdown waits for them like for the loop's own.
     claimed: tokio_util::task::TaskTracker,
     /// Sessions whose Start this process delivered to a failover server, by id: that server,
-    /// which their later rows follow. Stored with the session too; kept here for the rows
-    /// whose sender holds a copy of the session read before the move. Until the Stop.
-    moved: Arc<Mutex<HashMap<i64, String>>>,
+    /// which their later rows follow, and the server the Start was sent to before without an
+    /// answer, if any. Stored with the session too; kept here for the rows whose sender holds
+    /// a copy of the session read before the move. Until the Stop.
+    moved: Arc<Mutex<HashMap<i64, Moved>>>,
+}
+
+/// Where a session's accounting went after its Start was acknowledged by a failover server.
+#[derive(Clone, Debug)]
+struct Moved {
+    server: String,
+    stray: Option<String>,
 }
 
 /// Delay before retry `attempts` (1-based): 1 s, 2 s, 4 s … capped at 5 min.
@@ -160,6 +168,28 @@ pub fn pick_server<'a>(
         }
     }
     wait.map_or(Pick::AllDown, Pick::Settling)
+}
+
+/// The servers that get a copy of a session's Stop that `acknowledged_by` acknowledged: those
+/// that may hold the session open without it — the session's own accounting server when the
+/// Stop failed over, and a server its Start was sent to without an answer (it may process it
+/// late: [`AccessSessionRecord::stray_start_server`]). A Stop a server does not need is
+/// harmless; a lost one keeps a firewall identity alive. None for other rows.
+pub fn copies_of_stop(
+    row: &OutboxRow,
+    session: &AccessSessionRecord,
+    acknowledged_by: &str,
+) -> Vec<String> {
+    if row.status_type != i64::from(status_type::STOP) {
+        return Vec::new();
+    }
+    let mut copies: Vec<String> = Vec::new();
+    for name in std::iter::once(&session.server_name).chain(&session.stray_start_server) {
+        if name != acknowledged_by && !copies.contains(name) {
+            copies.push(name.clone());
+        }
+    }
+    copies
 }
 
 /// How long a server must have been back before accounting fails over to it (see
@@ -400,16 +430,19 @@ impl Accounting {
         };
         // The server its Start went to, if that was a failover (a copy read before it moved
         // does not know).
-        if let Some(server) = self
+        if let Some(moved) = self
             .moved
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&session.id)
         {
-            session.server_name.clone_from(server);
+            session.server_name.clone_from(&moved.server);
+            if moved.stray.is_some() {
+                session.stray_start_server.clone_from(&moved.stray);
+            }
         }
         let acct_id = session.acct_session_id.as_str();
-        let is_start = row.status_type == i64::from(status_type::START);
+        let is_start = row.status_type == i64::from(status_type::START) && row.copy_to.is_none();
         let org = self.organizations.get(&session.organization_id);
         if is_start {
             // `org_checked`: the Start was stored just now by a write that found the
@@ -487,56 +520,9 @@ impl Accounting {
                 .await;
         }
         let health = self.radius.health();
-        let settle = failover_settle(health.probe_interval());
-        // The session's own server, down: when its next probe is answered at the latest.
-        let own_probe_done = org
-            .servers
-            .iter()
-            .find(|s| s.name == session.server_name)
-            .and_then(|own| {
-                let probe = health.next_probe_at(own, Port::Acct)?;
-                Some(probe + own.timeout * (own.retries + 1))
-            });
-        let now_instant = tokio::time::Instant::now();
-        let (server, failover) = match pick_server(
-            &org,
-            &session.server_name,
-            |s| health.admit(s, Port::Acct),
-            |s| {
-                settle_left(
-                    now_instant,
-                    health.back_since(s, Port::Acct),
-                    settle,
-                    own_probe_done,
-                )
-            },
-        ) {
-            Pick::Own(server) => (server, false),
-            Pick::Failover(server) => (server, true),
-            Pick::Settling(left) => {
-                let retry = now + left.as_millis() as i64 + 1;
-                self.storage
-                    .mark_failed(
-                        &row,
-                        retry,
-                        "the session's server is down and the others are only just back",
-                        false,
-                    )
-                    .await?;
-                tracing::debug!(acct_session_id = %acct_id, status_type = record.status_type,
-                    session_server = %session.server_name,
-                    "accounting waits before failing over: the other servers are only just back (the session's own may be too)");
-                return Ok(Delivery::RetryAt(retry));
-            }
-            Pick::AllDown => {
-                let retry = now + backoff_ms(row.attempts);
-                self.storage
-                    .mark_failed(&row, retry, "every accounting server is down", false)
-                    .await?;
-                tracing::warn!(acct_session_id = %acct_id, status_type = record.status_type,
-                    "accounting held: every server of the organization is down; will retry");
-                return Ok(Delivery::RetryAt(retry));
-            }
+        let (server, failover) = match self.pick(&org, &session, &row, now).await? {
+            Ok(picked) => picked,
+            Err(outcome) => return Ok(outcome),
         };
         if failover {
             tracing::warn!(acct_session_id = %acct_id, status_type = record.status_type,
@@ -596,9 +582,20 @@ impl Accounting {
         {
             Ok(()) => {
                 if is_start && failover {
-                    self.follow_start(&session, &server.name).await;
+                    self.follow_start(&session, &server.name, row.transmissions > 0)
+                        .await;
                 }
-                self.record_delivered(&row).await?;
+                let copies = if row.copy_to.is_none() {
+                    copies_of_stop(&row, &session, &server.name)
+                } else {
+                    Vec::new()
+                };
+                self.record_delivered(&row, &copies).await?;
+                if !copies.is_empty() {
+                    tracing::info!(acct_session_id = %record.acct_session_id, server = %server.name, copy_to = ?copies,
+                        "the Stop goes to the servers that may hold the session open too");
+                    self.wake();
+                }
                 if row.status_type == i64::from(status_type::STOP) {
                     self.moved
                         .lock()
@@ -627,18 +624,117 @@ impl Accounting {
         }
     }
 
+    /// The server `row` goes to now, and whether that is a failover; or, when it cannot go
+    /// anywhere now, what its delivery ends with (released for a retry, or dead-lettered). A
+    /// copy for one server ([`OutboxRow::copy_to`]) goes there alone, once it is up.
+    async fn pick<'o>(
+        &self,
+        org: &'o Organization,
+        session: &AccessSessionRecord,
+        row: &OutboxRow,
+        now: i64,
+    ) -> Result<Result<(&'o ServerEndpoint, bool), Delivery>, OutboxError> {
+        let health = self.radius.health();
+        let acct_id = session.acct_session_id.as_str();
+        if let Some(name) = &row.copy_to {
+            let Some(server) = org.servers.iter().find(|s| &s.name == name) else {
+                let reason =
+                    format!("server `{name}` is no longer one of the organization's servers");
+                return self.dead_letter(row, acct_id, reason).await.map(Err);
+            };
+            if health.admit(server, Port::Acct) {
+                return Ok(Ok((server, false)));
+            }
+            let retry = now + backoff_ms(row.attempts);
+            self.storage
+                .mark_failed(
+                    row,
+                    retry,
+                    "the server is down: this copy waits for it",
+                    false,
+                )
+                .await?;
+            tracing::debug!(acct_session_id = %acct_id, status_type = row.status_type, server = %name,
+                "a copy of the session's accounting waits for its server to come back");
+            return Ok(Err(Delivery::RetryAt(retry)));
+        }
+        let settle = failover_settle(health.probe_interval());
+        // The session's own server, down: when its next probe is answered at the latest.
+        let own_probe_done = org
+            .servers
+            .iter()
+            .find(|s| s.name == session.server_name)
+            .and_then(|own| {
+                let probe = health.next_probe_at(own, Port::Acct)?;
+                Some(probe + own.timeout * (own.retries + 1))
+            });
+        let now_instant = tokio::time::Instant::now();
+        match pick_server(
+            org,
+            &session.server_name,
+            |s| health.admit(s, Port::Acct),
+            |s| {
+                settle_left(
+                    now_instant,
+                    health.back_since(s, Port::Acct),
+                    settle,
+                    own_probe_done,
+                )
+            },
+        ) {
+            Pick::Own(server) => Ok(Ok((server, false))),
+            Pick::Failover(server) => Ok(Ok((server, true))),
+            Pick::Settling(left) => {
+                let retry = now + left.as_millis() as i64 + 1;
+                self.storage
+                    .mark_failed(
+                        row,
+                        retry,
+                        "the session's server is down and the others are only just back",
+                        false,
+                    )
+                    .await?;
+                tracing::debug!(acct_session_id = %acct_id, status_type = row.status_type,
+                    session_server = %session.server_name,
+                    "accounting waits before failing over: the other servers are only just back (the session's own may be too)");
+                Ok(Err(Delivery::RetryAt(retry)))
+            }
+            Pick::AllDown => {
+                let retry = now + backoff_ms(row.attempts);
+                self.storage
+                    .mark_failed(row, retry, "every accounting server is down", false)
+                    .await?;
+                tracing::warn!(acct_session_id = %acct_id, status_type = row.status_type,
+                    "accounting held: every server of the organization is down; will retry");
+                Ok(Err(Delivery::RetryAt(retry)))
+            }
+        }
+    }
+
     /// A Start acknowledged by a failover server: the session's Interim-Updates and Stop go
     /// there too from now on, also once its own server is back — a Stop where the Start is not
     /// leaves the Start open at the one that has it (design.md §1: Start and Stop on one
     /// server). Noted before the Start is recorded delivered, so no later row of the session
     /// (which waits for that) can miss it; stored with the session for other processes and
     /// the next start (a failure to store it is logged: this process still follows).
-    async fn follow_start(&self, session: &AccessSessionRecord, server: &str) {
-        self.moved
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(session.id, server.to_string());
-        if let Err(e) = self.storage.move_session_server(session.id, server).await {
+    ///
+    /// `sent_before`: the Start went on the wire before without an answer — to the session's
+    /// own server, as far as this knows. A server that was black-holed rather than down may
+    /// process it later, so it becomes the session's stray server and gets a copy of the Stop.
+    async fn follow_start(&self, session: &AccessSessionRecord, server: &str, sent_before: bool) {
+        let stray = sent_before.then(|| session.server_name.clone());
+        self.moved.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            session.id,
+            Moved {
+                server: server.to_string(),
+                stray: stray.clone(),
+            },
+        );
+        if let Err(e) = self
+            .storage
+            .move_session_server(session.id, server, stray.as_deref())
+            .await
+        {
             tracing::warn!(error = %crate::portal_backend::error_chain(&e), acct_session_id = %session.acct_session_id,
                 server, "the session's new accounting server could not be stored; this process sends its later accounting there all the same");
         }
@@ -650,10 +746,14 @@ impl Accounting {
     /// database that cannot take the write right now (a PostgreSQL restart, a stalled disk) is
     /// tried again while the claim keeps other senders off the row, so an outage of up to
     /// about a minute and a half does not send the packet a second time.
-    async fn record_delivered(&self, row: &OutboxRow) -> Result<(), StorageError> {
+    async fn record_delivered(
+        &self,
+        row: &OutboxRow,
+        copy_to: &[String],
+    ) -> Result<(), StorageError> {
         let mut wait = Duration::from_millis(250);
         loop {
-            match self.storage.mark_delivered(row.id, now_ms()).await {
+            match self.storage.mark_delivered(row.id, now_ms(), copy_to).await {
                 Ok(()) => return Ok(()),
                 Err(e)
                     if now_ms() + wait.as_millis() as i64 + CLAIM_MARGIN_MS < row.lease_until =>

@@ -26,8 +26,24 @@ use postgres::PgStore;
 use sqlite::SqliteStore;
 use std::path::Path;
 
-/// Outbox destination of the server that authenticated the session (the only one for now).
+/// Outbox destination of the session's accounting server: the one that authenticated it, or
+/// the one its Start moved to ([`AccessSessionRecord::server_name`]), with failover.
 pub const AUTH_SERVER_DESTINATION: &str = "auth-server";
+/// Prefix of the outbox destination of a copy for one named server alone (no failover).
+const SERVER_DESTINATION_PREFIX: &str = "server:";
+
+/// The outbox destination of a copy for server `name` alone.
+pub(crate) fn copy_destination(name: &str) -> String {
+    format!("{SERVER_DESTINATION_PREFIX}{name}")
+}
+
+/// The server a stored outbox destination names alone (None: the session's server, with
+/// failover).
+pub(crate) fn copy_target(destination: &str) -> Option<String> {
+    destination
+        .strip_prefix(SERVER_DESTINATION_PREFIX)
+        .map(str::to_owned)
+}
 
 /// Handle to the database, whichever backend. Cheap to clone.
 #[derive(Clone)]
@@ -134,13 +150,16 @@ contract! {
         /// several processes share the database, claims of another process are left to run
         /// out their lease.
         fn release_outbox_claims(&self) -> u64;
-        /// Marks a claimed row delivered. May be relaxed (lost on power failure: the row is
-        /// sent again, which accounting servers take as a duplicate).
-        fn mark_delivered(&self, id: i64, now: i64) -> ();
+        /// Marks a claimed row delivered and, in the same write, queues a copy of it for each
+        /// server of `copy_to` alone (once: a row already delivered gets none). May be relaxed
+        /// (lost on power failure: the row is sent again, which accounting servers take as a
+        /// duplicate, and its copies are queued then).
+        fn mark_delivered(&self, id: i64, now: i64, copy_to: &[String]) -> ();
         /// Makes `server_name` the session's accounting server: its Start was acknowledged
         /// there (a failover), so its Interim-Updates and Stop follow it (a Stop where the
-        /// Start is not leaves the Start open). Durable.
-        fn move_session_server(&self, id: i64, server_name: &str) -> ();
+        /// Start is not leaves the Start open). `stray`: a server the Start was sent to
+        /// without an answer before ([`AccessSessionRecord::stray_start_server`]). Durable.
+        fn move_session_server(&self, id: i64, server_name: &str, stray: Option<&str>) -> ();
         /// Releases a claimed row for a retry at `next_attempt_at`, recording why it failed and
         /// whether a packet went out this time.
         /// The release only while the row is still this claim's (`row.attempts` counts claims):
@@ -221,7 +240,8 @@ contract! {
         /// disable racing the change wins).
         fn update_organization(&self, write: &OrganizationWrite<'_>, require_active: bool) -> UpdateOutcome;
         /// Sessions of an organization that still need server `name`: open, or with accounting
-        /// not yet delivered (their Stops go to the server that authenticated them).
+        /// not yet delivered, whose Stop goes there (their accounting server, or a server that
+        /// may have seen their Start: [`AccessSessionRecord::stray_start_server`]).
         fn sessions_needing_server(&self, organization_id: &str, name: &str) -> i64;
         /// Deletes an organization with its ended sessions and their accounting rows (the audit
         /// log keeps its history), audited. Refused while it is listed in the configuration, has
@@ -421,6 +441,10 @@ pub struct AccessSessionRecord {
     /// NAS-IPv6-Address, NAS-Identifier); None for a session stored before the portal recorded
     /// it, which presents its organization's current one.
     pub nas: Option<crate::radius::NasIdentity>,
+    /// A server its Start was sent to without an answer before `server_name` acknowledged it
+    /// (the accounting moved there): it may hold the session open, so it gets a copy of the
+    /// Stop.
+    pub stray_start_server: Option<String>,
 }
 
 impl AccessSessionRecord {
@@ -510,6 +534,7 @@ impl NewAccessSession {
             stopped_at: None,
             terminate_cause: None,
             nas: self.nas,
+            stray_start_server: None,
         }
     }
 }
@@ -581,6 +606,10 @@ pub struct OutboxRow {
     pub transmissions: i64,
     /// Until when (unix ms) the claim that returned the row holds it.
     pub lease_until: i64,
+    /// None: for the session's accounting server (with failover). Some: a copy for this
+    /// server alone — a Stop for a server that may hold the session open although another
+    /// server acknowledged the session's Stop.
+    pub copy_to: Option<String>,
 }
 
 /// How a Dynamic Authorization request names the session(s) it is about.

@@ -878,7 +878,8 @@ impl<B: OrgBackend> OrganizationStore for B {
             .reader()
             .await?
             .fetch_optional(
-                "SELECT COUNT(*) FROM access_sessions s WHERE s.organization_id = $1 AND s.server_name = $2 \
+                "SELECT COUNT(*) FROM access_sessions s WHERE s.organization_id = $1 \
+                 AND (s.server_name = $2 OR s.stray_start_server = $2) \
                  AND (s.state = 'active' OR EXISTS (SELECT 1 FROM accounting_outbox o \
                       WHERE o.access_session_id = s.id AND o.delivered_at IS NULL AND o.dead_at IS NULL))",
                 &[Arg::Text(organization_id), Arg::Text(name)],

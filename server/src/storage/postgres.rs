@@ -127,7 +127,7 @@ macro_rules! select_sessions {
         concat!(
             "SELECT id, acct_session_id, organization_id, username, client_ip, server_index, server_name, \
              classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, \
-             state, stopped_at, terminate_cause, nas_ip, nas_identifier FROM access_sessions ",
+             state, stopped_at, terminate_cause, nas_ip, nas_identifier, stray_start_server FROM access_sessions ",
             $rest
         )
     };
@@ -136,7 +136,7 @@ macro_rules! select_sessions {
 macro_rules! outbox_columns {
     () => {
         "id, access_session_id, status_type, event_at, session_time_secs, terminate_cause, attempts, transmissions, \
-         claimed_until"
+         claimed_until, destination"
     };
 }
 
@@ -198,6 +198,7 @@ fn session_from_row(row: &PgRow) -> Result<AccessSessionRecord, StorageError> {
         stopped_at: row.try_get(16)?,
         terminate_cause: row.try_get(17)?,
         nas: super::stored_nas(row.try_get(18)?, row.try_get(19)?),
+        stray_start_server: row.try_get(20)?,
     })
 }
 
@@ -216,6 +217,7 @@ fn outbox_from_row(row: &PgRow) -> Result<OutboxRow, StorageError> {
         attempts: row.try_get(6)?,
         transmissions: row.try_get(7)?,
         lease_until: row.try_get::<Option<i64>, _>(8)?.unwrap_or_default(),
+        copy_to: super::copy_target(&row.try_get::<String, _>(9)?),
     })
 }
 
@@ -371,7 +373,7 @@ async fn claim_session_in(
     sqlx::query(concat!(
         "UPDATE accounting_outbox SET claimed_until = $1, attempts = attempts + 1 WHERE id = ( \
            SELECT o.id FROM accounting_outbox o WHERE o.access_session_id = $2 AND o.status_type = $3 \
-           AND (o.claimed_until IS NULL OR o.claimed_until < $4) AND ",
+           AND o.destination = 'auth-server' AND (o.claimed_until IS NULL OR o.claimed_until < $4) AND ",
         pending_head_o!(),
         " ORDER BY o.id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING ",
         outbox_columns!()
@@ -848,21 +850,67 @@ impl SessionStore for PgStore {
         Ok(0)
     }
 
-    async fn mark_delivered(&self, id: i64, now: i64) -> Result<(), StorageError> {
-        sqlx::query(
-            "UPDATE accounting_outbox SET delivered_at = $1, claimed_until = NULL, last_error = NULL, \
-             transmissions = transmissions + 1 WHERE id = $2",
+    async fn mark_delivered(
+        &self,
+        id: i64,
+        now: i64,
+        copy_to: &[String],
+    ) -> Result<(), StorageError> {
+        let mark = "UPDATE accounting_outbox SET delivered_at = $1, claimed_until = NULL, last_error = NULL, \
+             transmissions = transmissions + 1 WHERE id = $2";
+        if copy_to.is_empty() {
+            sqlx::query(mark)
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        // The row is locked first, so two processes recording it at once queue one set of
+        // copies (the second finds it delivered).
+        let pending: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM accounting_outbox WHERE id = $1 AND delivered_at IS NULL FOR UPDATE",
         )
-        .bind(now)
         .bind(id)
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
+        if pending.is_some() {
+            for server in copy_to {
+                sqlx::query(
+                    "INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
+                     session_time_secs, terminate_cause, next_attempt_at, created_at) \
+                     SELECT access_session_id, $1, status_type, event_at, session_time_secs, terminate_cause, $2, $2 \
+                     FROM accounting_outbox WHERE id = $3",
+                )
+                .bind(super::copy_destination(server))
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        sqlx::query(mark)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    async fn move_session_server(&self, id: i64, server_name: &str) -> Result<(), StorageError> {
-        sqlx::query("UPDATE access_sessions SET server_name = $1 WHERE id = $2")
+    async fn move_session_server(
+        &self,
+        id: i64,
+        server_name: &str,
+        stray: Option<&str>,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE access_sessions SET server_name = $1, stray_start_server = COALESCE($2, stray_start_server) \
+             WHERE id = $3",
+        )
             .bind(server_name)
+            .bind(stray)
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -1070,7 +1118,7 @@ impl SessionStore for PgStore {
     ) -> Result<bool, StorageError> {
         let delivered: Option<Option<i64>> = sqlx::query_scalar(
             "SELECT delivered_at FROM accounting_outbox WHERE access_session_id = $1 AND status_type = $2 \
-             AND dead_at IS NULL ORDER BY id DESC LIMIT 1",
+             AND destination = 'auth-server' AND dead_at IS NULL ORDER BY id DESC LIMIT 1",
         )
         .bind(access_session_id)
         .bind(i64::from(status_type))

@@ -35,7 +35,7 @@ macro_rules! select_sessions {
         concat!(
             "SELECT id, acct_session_id, organization_id, username, client_ip, server_index, server_name, \
              classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, \
-             state, stopped_at, terminate_cause, nas_ip, nas_identifier FROM access_sessions ",
+             state, stopped_at, terminate_cause, nas_ip, nas_identifier, stray_start_server FROM access_sessions ",
             $rest
         )
     };
@@ -59,7 +59,7 @@ macro_rules! head_o {
 macro_rules! outbox_columns {
     () => {
         "id, access_session_id, status_type, event_at, session_time_secs, terminate_cause, attempts, transmissions, \
-         claimed_until"
+         claimed_until, destination"
     };
 }
 
@@ -86,6 +86,7 @@ fn session_from_row(row: &rusqlite::Row<'_>) -> Result<AccessSessionRecord, Stor
         stopped_at: row.get(16)?,
         terminate_cause: row.get(17)?,
         nas: super::stored_nas(row.get(18)?, row.get(19)?),
+        stray_start_server: row.get(20)?,
     })
 }
 
@@ -188,6 +189,7 @@ fn outbox_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
         attempts: row.get(6)?,
         transmissions: row.get(7)?,
         lease_until: row.get::<_, Option<i64>>(8)?.unwrap_or_default(),
+        copy_to: super::copy_target(&row.get::<_, String>(9)?),
     })
 }
 
@@ -629,9 +631,24 @@ impl SessionStore for SqliteStore {
             .await
     }
 
-    async fn mark_delivered(&self, id: i64, now: i64) -> Result<(), StorageError> {
+    async fn mark_delivered(
+        &self,
+        id: i64,
+        now: i64,
+        copy_to: &[String],
+    ) -> Result<(), StorageError> {
+        let copies: Vec<String> = copy_to.iter().map(|s| super::copy_destination(s)).collect();
         self.engine
             .write_relaxed_small(move |c| {
+                for destination in &copies {
+                    c.prepare_cached(
+                        "INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
+                         session_time_secs, terminate_cause, next_attempt_at, created_at) \
+                         SELECT access_session_id, ?1, status_type, event_at, session_time_secs, terminate_cause, ?2, ?2 \
+                         FROM accounting_outbox WHERE id = ?3 AND delivered_at IS NULL",
+                    )?
+                    .execute(params![destination, now, id])?;
+                }
                 c.prepare_cached(
                     "UPDATE accounting_outbox SET delivered_at = ?, claimed_until = NULL, last_error = NULL, \
                      transmissions = transmissions + 1 WHERE id = ?",
@@ -642,13 +659,19 @@ impl SessionStore for SqliteStore {
             .await
     }
 
-    async fn move_session_server(&self, id: i64, server_name: &str) -> Result<(), StorageError> {
-        let server_name = server_name.to_string();
+    async fn move_session_server(
+        &self,
+        id: i64,
+        server_name: &str,
+        stray: Option<&str>,
+    ) -> Result<(), StorageError> {
+        let (server_name, stray) = (server_name.to_string(), stray.map(str::to_owned));
         self.engine
             .write(move |c| {
                 c.execute(
-                    "UPDATE access_sessions SET server_name = ? WHERE id = ?",
-                    params![server_name, id],
+                    "UPDATE access_sessions SET server_name = ?, stray_start_server = COALESCE(?, stray_start_server) \
+                     WHERE id = ?",
+                    params![server_name, stray, id],
                 )?;
                 Ok(())
             })
@@ -872,7 +895,7 @@ impl SessionStore for SqliteStore {
             let delivered: Option<Option<i64>> = c
                 .prepare_cached(
                     "SELECT delivered_at FROM accounting_outbox WHERE access_session_id = ? AND status_type = ? \
-                     AND dead_at IS NULL ORDER BY id DESC LIMIT 1",
+                     AND destination = 'auth-server' AND dead_at IS NULL ORDER BY id DESC LIMIT 1",
                 )?
                 .query_row(params![access_session_id, status_type], |r| r.get(0))
                 .optional()?;
@@ -892,7 +915,7 @@ fn claim_session_in(
     Ok(c.prepare_cached(concat!(
         "UPDATE accounting_outbox SET claimed_until = ?1, attempts = attempts + 1 WHERE id = ( \
                SELECT o.id FROM accounting_outbox o \
-               WHERE o.access_session_id = ?2 AND o.status_type = ?3 AND ",
+               WHERE o.access_session_id = ?2 AND o.status_type = ?3 AND o.destination = 'auth-server' AND ",
         pending_o!(),
         " AND (o.claimed_until IS NULL OR o.claimed_until < ?4) AND ",
         head_o!(),
