@@ -128,6 +128,17 @@ pub fn backoff_ms(attempts: i64) -> i64 {
     (1000i64 << exp).min(MAX_BACKOFF_MS)
 }
 
+/// When a row whose delivery attempt `attempts` failed is tried again: after its backoff —
+/// or at once when a server came back meanwhile (`recovered`), as the session's own server
+/// may be that one (the wake-up of the recovery came while the row was still claimed).
+pub fn retry_after(now: i64, attempts: i64, recovered: bool) -> i64 {
+    if recovered {
+        now
+    } else {
+        now + backoff_ms(attempts)
+    }
+}
+
 /// Where an accounting row goes ([`pick_server`]).
 #[derive(Debug)]
 pub enum Pick<'a> {
@@ -520,6 +531,10 @@ impl Accounting {
                 .await;
         }
         let health = self.radius.health();
+        // Servers back so far: one that comes back while this delivery waits or fails
+        // elsewhere is tried at once, not after the backoff (the recovery's wake-up has
+        // passed by then).
+        let recoveries = health.recoveries();
         let (server, failover) = match self.pick(&org, &session, &row, now).await? {
             Ok(picked) => picked,
             Err(outcome) => return Ok(outcome),
@@ -539,7 +554,8 @@ impl Accounting {
                 // The semaphore is never closed, so acquiring cannot fail.
                 Ok(slot) => (slot.ok(), true),
                 Err(_) => {
-                    let retry = now_ms() + backoff_ms(row.attempts);
+                    let retry =
+                        retry_after(now_ms(), row.attempts, health.recoveries() != recoveries);
                     self.storage
                         .mark_failed(&row, retry, "no send slot in time (server busy)", false)
                         .await?;
@@ -550,7 +566,7 @@ impl Accounting {
         // The server may have gone down while this row waited for a slot: do not queue up
         // behind its timeouts, try again (or fail over) later.
         if health.is_open(server.acct_addr) {
-            let retry = now_ms() + backoff_ms(row.attempts);
+            let retry = retry_after(now_ms(), row.attempts, health.recoveries() != recoveries);
             self.storage
                 .mark_failed(&row, retry, "accounting server went down", false)
                 .await?;
@@ -613,7 +629,7 @@ impl Accounting {
                         | RadiusError::NoIpv6Socket
                         | RadiusError::NotSent
                 );
-                let retry = now_ms() + backoff_ms(row.attempts);
+                let retry = retry_after(now_ms(), row.attempts, health.recoveries() != recoveries);
                 self.storage
                     .mark_failed(&row, retry, &e.to_string(), transmitted)
                     .await?;
@@ -909,7 +925,10 @@ impl Accounting {
 
 #[cfg(test)]
 mod tests {
-    use super::{backoff_ms, failover_settle, pick_server, settle_left, Pick};
+    use super::{
+        backoff_ms, copies_of_stop, failover_settle, pick_server, retry_after, settle_left,
+        status_type, AccessSessionRecord, OutboxRow, Pick,
+    };
     use std::time::Duration;
 
     #[test]
@@ -1022,6 +1041,122 @@ mod tests {
             settle_left(t0 + s(120), Some(t0), settle, Some(t0 + s(150))),
             None
         );
+    }
+
+    fn stop_of(session_server: &str, stray: Option<&str>) -> (OutboxRow, AccessSessionRecord) {
+        let row = OutboxRow {
+            id: 7,
+            access_session_id: 1,
+            status_type: i64::from(status_type::STOP),
+            event_at: 0,
+            session_time_secs: Some(60),
+            terminate_cause: Some(1),
+            attempts: 1,
+            transmissions: 0,
+            lease_until: 0,
+            copy_to: None,
+        };
+        let session = crate::storage::NewAccessSession {
+            acct_session_id: "a".into(),
+            organization_id: "acme".into(),
+            username: "carol".into(),
+            client_ip: "10.0.0.1".into(),
+            server_index: 0,
+            server_name: session_server.into(),
+            classes: vec![],
+            reply_message: None,
+            started_at: 0,
+            window_ms: 60_000,
+            limit_at: None,
+            expires_at: 60_000,
+            interim_interval: None,
+            start_claimed_until: None,
+            typed_username: None,
+            nas: None,
+        }
+        .opened(1);
+        let session = AccessSessionRecord {
+            stray_start_server: stray.map(str::to_owned),
+            ..session
+        };
+        (row, session)
+    }
+
+    #[test]
+    fn a_stop_is_copied_to_every_other_server_that_may_hold_the_session_open() {
+        let copies = |own: &str, stray: Option<&str>, acknowledged_by: &str| {
+            let (row, session) = stop_of(own, stray);
+            copies_of_stop(&row, &session, acknowledged_by)
+        };
+        assert!(
+            copies("primary", None, "primary").is_empty(),
+            "its own server"
+        );
+        assert_eq!(
+            copies("primary", None, "backup"),
+            ["primary"],
+            "failed over"
+        );
+        assert_eq!(
+            copies("backup", Some("primary"), "backup"),
+            ["primary"],
+            "stray Start"
+        );
+        assert_eq!(
+            copies("backup", Some("primary"), "third"),
+            ["backup", "primary"],
+            "both"
+        );
+        assert!(copies("backup", Some("primary"), "primary")
+            .iter()
+            .all(|c| c == "backup"));
+        assert_eq!(
+            copies("backup", Some("backup"), "third"),
+            ["backup"],
+            "once each"
+        );
+        // Only a Stop is copied.
+        let (mut row, session) = stop_of("primary", Some("backup"));
+        for other in [status_type::START, status_type::INTERIM_UPDATE] {
+            row.status_type = i64::from(other);
+            assert!(copies_of_stop(&row, &session, "third").is_empty());
+        }
+    }
+
+    #[test]
+    fn a_delivery_that_fails_while_a_server_comes_back_is_retried_at_once() {
+        use crate::radius::{
+            breaker::BreakerPolicy,
+            health::{Port, ServerHealth},
+        };
+        let health = ServerHealth::new(BreakerPolicy {
+            failure_threshold: 1,
+            probe_interval: Duration::from_secs(2),
+        });
+        let server = crate::radius::ServerEndpoint {
+            name: "primary".into(),
+            auth_addr: "127.0.0.1:1812".parse().unwrap(),
+            acct_addr: "127.0.0.1:1813".parse().unwrap(),
+            secret: crate::config::Secret::new("s"),
+            timeout: Duration::from_secs(1),
+            retries: 0,
+            message_authenticator: Default::default(),
+            status_check: Default::default(),
+        };
+        let before = health.recoveries();
+        health.record_failure(&server, Port::Acct);
+        assert_eq!(
+            health.recoveries(),
+            before,
+            "a server going down is no recovery"
+        );
+        health.record_probe_success(&server, Port::Acct);
+        assert_eq!(health.recoveries(), before + 1);
+        health.record_probe_success(&server, Port::Acct);
+        assert_eq!(health.recoveries(), before + 1, "closed already");
+
+        assert_eq!(retry_after(1_000, 5, true), 1_000, "at once");
+        assert_eq!(retry_after(1_000, 5, false), 1_000 + backoff_ms(5));
     }
 
     #[test]

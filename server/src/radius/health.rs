@@ -43,6 +43,8 @@ pub struct ServerHealth {
     opened: Arc<Notify>,
     /// Signalled when a breaker closes (accounting retries what waited for it).
     recovered: Arc<Notify>,
+    /// Breakers closed so far: a delivery that failed while one closed retries at once.
+    recoveries: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ServerHealth {
@@ -53,6 +55,7 @@ impl ServerHealth {
             entries: Arc::default(),
             opened: Arc::new(Notify::new()),
             recovered: Arc::new(Notify::new()),
+            recoveries: Arc::default(),
         }
     }
 
@@ -133,7 +136,7 @@ impl ServerHealth {
         });
         if closed {
             tracing::info!(%addr, "RADIUS server answered a trial request: circuit breaker closed");
-            self.recovered.notify_waiters();
+            self.note_recovery();
         }
     }
 
@@ -190,7 +193,7 @@ impl ServerHealth {
         if closed {
             tracing::info!(server = %server.name, %addr, ?port,
                 "RADIUS server answers Status-Server again: circuit breaker closed");
-            self.recovered.notify_waiters();
+            self.note_recovery();
         }
     }
 
@@ -217,6 +220,18 @@ impl ServerHealth {
     /// Signalled when a breaker opens.
     pub fn opened(&self) -> &Notify {
         &self.opened
+    }
+
+    fn note_recovery(&self) {
+        self.recoveries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.recovered.notify_waiters();
+    }
+
+    /// How many breakers have closed so far (a change since an exchange began: a server came
+    /// back meanwhile).
+    pub fn recoveries(&self) -> u64 {
+        self.recoveries.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Signalled (to every waiter) when a breaker closes.
