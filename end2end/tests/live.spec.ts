@@ -93,9 +93,15 @@ test("pages out of view let their streams go: six tabs leave a Disconnect room t
   await expect(first).toHaveURL(url("/"), { timeout: 5_000 });
 });
 
-test("the Accept's Reply-Message and a last-minute warning are shown", async ({ page }) => {
+test("the Accept's Reply-Message is shown while the session runs, and a last-minute warning", async ({ page, context }) => {
   await logIn(page, "erin", "erin-pass");
   await expect(page.getByTestId("reply-message")).toHaveText("Welcome, erin");
+  // A welcome belongs to a running session: it goes once the page says it is over for it.
+  await hydrated(page);
+  await context.clearCookies();
+  await page.getByRole("button", { name: "Refresh" }).click();
+  await expect(page.getByRole("heading", { name: "Not signed in" })).toBeVisible();
+  await expect(page.getByTestId("reply-message")).toBeHidden();
   await logIn(page, "alice", "alice-pass"); // 30-second limit: inside the last minute at once
   await hydrated(page);
   await expect(page.getByTestId("warning")).toContainText("maximum length");

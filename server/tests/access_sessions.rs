@@ -509,6 +509,32 @@ async fn a_second_login_from_the_same_client_stops_the_first_with_port_preempted
     app.stop().await;
 }
 
+/// A signed-in browser that opens the portal again is shown its session, not a sign-in form
+/// whose use would replace it; once the session has ended the sign-in page is back, and
+/// another browser at the same address is never sent to a session it does not hold.
+#[tokio::test]
+async fn the_sign_in_page_sends_a_signed_in_browser_to_its_session() {
+    let (_radius, app, _dir) = portal_with_one_server().await;
+    let browser = app.browser(CLIENT);
+    let page = browser.get("/").await;
+    assert_eq!((page.path.as_str(), page.status), ("/", 200));
+    browser.login("carol", "carol-pass").await;
+
+    let page = browser.get("/").await;
+    assert_eq!((page.path.as_str(), page.status), ("/session", 200));
+    assert!(page.body.contains("carol"), "{}", page.body);
+    let other_browser = app.browser(CLIENT).get("/").await;
+    assert_eq!(other_browser.path, "/", "no link, no redirect");
+    assert!(other_browser.body.contains("name=\"password\""));
+
+    let page = browser.post_form("/api/disconnect", "/session", &[]).await;
+    assert_eq!(page.path, "/");
+    let page = browser.get("/").await;
+    assert_eq!((page.path.as_str(), page.status), ("/", 200));
+    assert!(page.body.contains("name=\"password\""), "{}", page.body);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn the_limit_expiring_stops_the_session_with_session_timeout() {
     let (radius, app, _dir) = portal_with_one_server().await;

@@ -24,6 +24,8 @@ pub struct PageData {
     pub notice: Option<crate::dto::Notice>,
     /// The page shows a failed form post's error (its title says so first).
     pub form_failed: bool,
+    /// The browser's session runs (the sign-in page): it is sent to its session page instead.
+    pub signed_in: bool,
 }
 
 impl PageData {
@@ -46,6 +48,13 @@ pub async fn load(
     request: &http::request::Parts,
 ) -> Option<PageData> {
     match path {
+        // A browser whose session runs is shown that (a bookmark of the portal, the portal
+        // opened again after signing in) rather than a form whose use would replace it. Only a
+        // web session that names a session costs a lookup.
+        "/" if matches!(service.current_session(request).await, Ok(Some(_))) => Some(PageData {
+            signed_in: true,
+            ..PageData::default()
+        }),
         "/" => Some(PageData {
             form_token: Some(service.form_token(request).await),
             ..PageData::default()

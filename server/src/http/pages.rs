@@ -145,9 +145,28 @@ fn render_at(pages: &Pages, mut head: Parts, path: &str) -> Response {
         data.notice = Some(notice);
     }
     if page == app::Page::SignIn && form_error.is_none() {
+        let signed_in = head
+            .extensions
+            .get::<app::pages::PageData>()
+            .is_some_and(|data| data.signed_in);
+        if signed_in {
+            let base = pages.portal.0.site_info(&head).base;
+            return to_session_page(&base);
+        }
         return sign_in(pages, head, notice);
     }
     render_page(pages, head, page, form_error)
+}
+
+/// The answer to a signed-in browser asking for the sign-in page (of the portal at `base`):
+/// a 302 to its session page, like the session page's to the sign-in page without a session.
+fn to_session_page(base: &str) -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::FOUND;
+    if let Ok(location) = HeaderValue::from_str(&format!("{base}/session")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
 }
 
 /// The sign-in page without an error to show (with `notice`, or without): the organization's
