@@ -33,6 +33,26 @@ pub fn access_session_key(org: &str) -> String {
 /// Web-session key holding the form (CSRF) token.
 const FORM_TOKEN_KEY: &str = "form_token";
 
+/// Links the browser's web session to `session` of organization `org` after a sign-in. A new
+/// sign-in gets a new web-session id (no fixation) and a new form token. A browser without one
+/// gets a fresh id when the session is first saved; rotating would only delete a random id
+/// that was never stored (a write per login). Stored before the answer: a browser that is told
+/// its sign-in failed must not leave an access session behind that it can neither see nor end.
+async fn link_web_session(
+    request: &Parts,
+    web: &Session,
+    org: &str,
+    session: &AccessSessionRecord,
+) -> Result<(), tower_sessions::session::Error> {
+    if web.id().is_some() {
+        web.cycle_id().await?;
+    }
+    web.insert(FORM_TOKEN_KEY, random_token()).await?;
+    web.insert(&access_session_key(org), session.id).await?;
+    web.set_expiry(Some(crate::http::web_session_expiry(session.window_ms)));
+    crate::http::web_session::save_now(request, web).await
+}
+
 /// Implementation of the UI's service interface.
 pub struct PortalBackend {
     sessions: AccessSessions,
@@ -51,6 +71,8 @@ pub struct PortalBackend {
     /// The web sessions' store (what a web session holds as stored); None: a web session is
     /// never deleted at sign-out.
     web_sessions: Option<crate::storage::web_sessions::WebSessionStore>,
+    /// Each browser's last sign-in, so the same form submitted twice opens one session.
+    recent_sign_ins: Arc<crate::http::resubmit::RecentSignIns>,
 }
 
 impl PortalBackend {
@@ -72,6 +94,7 @@ impl PortalBackend {
             form_tokens,
             metrics: crate::metrics::Metrics::default(),
             web_sessions: None,
+            recent_sign_ins: Arc::default(),
         }
     }
 
@@ -503,28 +526,45 @@ impl PortalService for PortalBackend {
             validation::validate_username(username, |u| org.username_pattern.is_match(u))?;
             validation::validate_password(&input.password)?;
             let ip = client_ip(request)?;
-            self.check_rate(&org_id, username, ip)?;
             let web = web_session(request)?;
+            // The browser (its web session as it came, or its anonymous id) waits for its own
+            // sign-in under way, if any; the same form sent again is answered with the session
+            // that one opened (`resubmit`).
+            let browser = web.id().map(|id| id.to_string()).or_else(|| {
+                request
+                    .extensions
+                    .get::<AnonId>()
+                    .map(|anon| anon.0.clone())
+            });
+            let turn = match &browser {
+                Some(browser) => Some(
+                    self.recent_sign_ins
+                        .turn(browser, &org_id, username, ip, &input.password)
+                        .await,
+                ),
+                None => None,
+            };
+            if let Some(id) = turn.as_ref().and_then(|t| t.same_as_recent()) {
+                if let Some(session) = self.sessions.active(id).await.map_err(user_error)? {
+                    tracing::debug!(acct_session_id = %session.acct_session_id,
+                        "the same sign-in submitted again: answered with its session");
+                    // Not ended if this fails: the first answer linked it already.
+                    link_web_session(request, &web, &org_id, &session)
+                        .await
+                        .map_err(|e| internal("storing the web session", &e))?;
+                    return Ok(self.view(&session));
+                }
+            }
+            self.check_rate(&org_id, username, ip)?;
             let session = self
                 .sessions
                 .login(&org_id, username, &input.password, ip)
                 .await
                 .map_err(user_error)?;
-            // A new login gets a new web-session id (no fixation) and a new form token. A
-            // browser without one gets a fresh id when the session is first saved; rotating
-            // would only delete a random id that was never stored (a write per login). Stored
-            // before the answer: a browser that is told its sign-in failed must not leave an
-            // access session behind that it can neither see nor end.
-            let linked = async {
-                if web.id().is_some() {
-                    web.cycle_id().await?;
-                }
-                web.insert(FORM_TOKEN_KEY, random_token()).await?;
-                web.insert(&access_session_key(&org_id), session.id).await?;
-                web.set_expiry(Some(crate::http::web_session_expiry(session.window_ms)));
-                crate::http::web_session::save_now(request, &web).await
+            if let Some(turn) = turn {
+                turn.opened(session.id);
             }
-            .await;
+            let linked = link_web_session(request, &web, &org_id, &session).await;
             if let Err(e) = linked {
                 tracing::error!(error = %e, acct_session_id = %session.acct_session_id,
                     "the new session's web session could not be stored: ending the session");

@@ -535,6 +535,55 @@ async fn the_sign_in_page_sends_a_signed_in_browser_to_its_session() {
     app.stop().await;
 }
 
+/// The sign-in form sent twice at once (a double click): one Access-Request, one session —
+/// not a second that replaces the first with a Stop and a Start; whichever answer the browser
+/// keeps shows that session. A different password is a sign-in of its own.
+#[tokio::test]
+async fn the_same_sign_in_submitted_twice_opens_one_session() {
+    let (radius, app, _dir) = portal_with_one_server().await;
+    let browser = app.browser(CLIENT);
+    let token = browser.form_token("/").await;
+    let form = [
+        ("username", "carol"),
+        ("password", "carol-pass"),
+        ("csrf", token.as_str()),
+    ];
+    let (first, second) = tokio::join!(
+        browser.post_raw("/api/login", "/", &form, &[]),
+        browser.post_raw("/api/login", "/", &form, &[]),
+    );
+    assert_eq!(
+        (first.path.as_str(), second.path.as_str()),
+        ("/session", "/session")
+    );
+    radius.wait_for_acct(&["status=Start", "user=carol"]).await;
+    assert_eq!(
+        radius
+            .auth_lines()
+            .iter()
+            .filter(|l| l.contains("carol"))
+            .count(),
+        1,
+        "one Access-Request: {:?}",
+        radius.auth_lines()
+    );
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
+    let page = browser.get("/session").await;
+    assert!(page.body.contains("You are connected"), "{}", page.body);
+    // A Refresh and a Disconnect from the page work on that session (the form token is the
+    // one the browser kept).
+    let page = browser.post_form("/api/disconnect", "/session", &[]).await;
+    assert_eq!(page.path, "/");
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
+    let starts = radius
+        .acct_lines()
+        .iter()
+        .filter(|l| l.contains("status=Start"))
+        .count();
+    assert_eq!(starts, 1, "{:?}", radius.acct_lines());
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn the_limit_expiring_stops_the_session_with_session_timeout() {
     let (radius, app, _dir) = portal_with_one_server().await;

@@ -12,6 +12,7 @@ pub mod live;
 pub mod org_scope;
 pub mod pages;
 pub mod rate_limit;
+pub mod resubmit;
 pub mod security;
 pub mod serve;
 mod server_fns;

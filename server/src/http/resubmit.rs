@@ -1,0 +1,222 @@
+//! A sign-in form submitted twice — a double click on "Sign in", the form sent again while the
+//! first answer was on its way — opens one session, not two. The sign-ins of one browser run
+//! one at a time; a sign-in the same browser made with the same organization, name, password
+//! and address a few seconds ago, whose session still runs, is answered with that session
+//! instead of a second Access-Request whose session would replace it (a Stop and a Start for
+//! nothing, the user's firewall identity dropped and added again).
+//!
+//! In memory, per process: two replicas behind a load balancer without affinity may still each
+//! sign in (the second replaces the first, as before). Only a keyed digest of the password is
+//! kept, for [`SAME_SUBMIT`].
+
+use sha2::{Digest, Sha256};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+
+/// How long after a sign-in the same submit counts as the same.
+pub const SAME_SUBMIT: Duration = Duration::from_secs(10);
+
+/// A browser's last sign-in that opened a session.
+#[derive(Clone, Debug)]
+pub struct Recent {
+    digest: [u8; 32],
+    session_id: i64,
+    at: Instant,
+}
+
+type Slot = Arc<AsyncMutex<Option<Recent>>>;
+
+/// The browsers' recent sign-ins. Cheap to share (an `Arc` of it).
+pub struct RecentSignIns {
+    slots: Mutex<Slots>,
+    /// Keys the digests (a digest is useless outside this process).
+    key: [u8; 32],
+}
+
+struct Slots {
+    by_browser: HashMap<String, Slot>,
+    /// The map is pruned when it reaches this many entries (then twice what is left, so the
+    /// work stays in proportion to the sign-ins).
+    prune_at: usize,
+}
+
+const MIN_PRUNE_AT: usize = 1024;
+
+/// A browser's turn to sign in: held until its sign-in is done.
+pub struct Turn {
+    guard: OwnedMutexGuard<Option<Recent>>,
+    digest: [u8; 32],
+}
+
+impl Turn {
+    /// The session of the same sign-in made a moment ago by this browser, if any (the caller
+    /// checks that it still runs).
+    pub fn same_as_recent(&self) -> Option<i64> {
+        self.guard
+            .as_ref()
+            .filter(|r| r.digest == self.digest && r.at.elapsed() < SAME_SUBMIT)
+            .map(|r| r.session_id)
+    }
+
+    /// This sign-in opened `session_id`.
+    pub fn opened(mut self, session_id: i64) {
+        *self.guard = Some(Recent {
+            digest: self.digest,
+            session_id,
+            at: Instant::now(),
+        });
+    }
+}
+
+impl Default for RecentSignIns {
+    fn default() -> Self {
+        RecentSignIns {
+            slots: Mutex::new(Slots {
+                by_browser: HashMap::new(),
+                prune_at: MIN_PRUNE_AT,
+            }),
+            key: rand::random(),
+        }
+    }
+}
+
+impl RecentSignIns {
+    /// Waits for `browser`'s turn to sign in to `org` as `username` with `password` from `ip`.
+    pub async fn turn(
+        &self,
+        browser: &str,
+        org: &str,
+        username: &str,
+        ip: IpAddr,
+        password: &str,
+    ) -> Turn {
+        let mut hash = Sha256::new();
+        hash.update(self.key);
+        for part in [
+            org.as_bytes(),
+            username.as_bytes(),
+            ip.to_string().as_bytes(),
+        ] {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part);
+        }
+        hash.update(password.as_bytes());
+        let digest: [u8; 32] = hash.finalize().into();
+        let slot = self.slot(browser);
+        Turn {
+            guard: slot.lock_owned().await,
+            digest,
+        }
+    }
+
+    fn slot(&self, browser: &str) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = slots.by_browser.get(browser) {
+            return slot.clone();
+        }
+        if slots.by_browser.len() >= slots.prune_at {
+            // Kept: a slot someone holds or waits for, and a recent sign-in.
+            slots.by_browser.retain(|_, slot| {
+                Arc::strong_count(slot) > 1
+                    || slot.try_lock().map_or(true, |recent| {
+                        recent
+                            .as_ref()
+                            .is_some_and(|r| r.at.elapsed() < SAME_SUBMIT)
+                    })
+            });
+            slots.prune_at = (slots.by_browser.len() * 2).max(MIN_PRUNE_AT);
+        }
+        slots
+            .by_browser
+            .entry(browser.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Browsers remembered (tests).
+    pub fn len(&self) -> usize {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_browser
+            .len()
+    }
+
+    /// None remembered (tests).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+
+    #[tokio::test]
+    async fn the_same_submit_of_a_browser_finds_the_first_ones_session() {
+        let recent = RecentSignIns::default();
+        let first = recent.turn("b1", "acme", "carol", IP, "pw").await;
+        assert_eq!(first.same_as_recent(), None);
+        first.opened(7);
+        let again = recent.turn("b1", "acme", "carol", IP, "pw").await;
+        assert_eq!(again.same_as_recent(), Some(7));
+        drop(again);
+        // Anything else differs: another password, name, organization, address or browser.
+        for (browser, org, user, ip, pw) in [
+            ("b1", "acme", "carol", IP, "other"),
+            ("b1", "acme", "erin", IP, "pw"),
+            ("b1", "beta", "carol", IP, "pw"),
+            (
+                "b1",
+                "acme",
+                "carol",
+                IpAddr::V4([10, 0, 0, 2].into()),
+                "pw",
+            ),
+            ("b2", "acme", "carol", IP, "pw"),
+        ] {
+            let turn = recent.turn(browser, org, user, ip, pw).await;
+            assert_eq!(
+                turn.same_as_recent(),
+                None,
+                "{browser} {org} {user} {ip} {pw}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_browsers_sign_ins_take_turns() {
+        let recent = Arc::new(RecentSignIns::default());
+        let first = recent.turn("b1", "acme", "carol", IP, "pw").await;
+        let waiting = tokio::spawn({
+            let recent = recent.clone();
+            async move {
+                recent
+                    .turn("b1", "acme", "carol", IP, "pw")
+                    .await
+                    .same_as_recent()
+            }
+        });
+        // Another browser is not held up meanwhile.
+        drop(recent.turn("b2", "acme", "carol", IP, "pw").await);
+        first.opened(9);
+        assert_eq!(waiting.await.unwrap(), Some(9), "waited for the first");
+    }
+
+    #[tokio::test]
+    async fn browsers_without_a_recent_sign_in_are_let_go() {
+        let recent = RecentSignIns::default();
+        for n in 0..3 * MIN_PRUNE_AT {
+            // Sign-ins that opened nothing.
+            drop(recent.turn(&format!("b{n}"), "acme", "u", IP, "pw").await);
+        }
+        assert!(recent.len() <= MIN_PRUNE_AT, "{}", recent.len());
+    }
+}
