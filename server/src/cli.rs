@@ -230,6 +230,14 @@ pub async fn run() -> anyhow::Result<()> {
             if let Some(tls) = &settings.http.tls {
                 crate::http::tls::load(tls)?;
             }
+            // The pages' files as `serve` would find them (Leptos.toml, hash.txt, the site).
+            let options = leptos_options(&cli.leptos_config)?;
+            say!(
+                "# site files: {} (this build's)",
+                Path::new(&*options.site_root)
+                    .join(&*options.site_pkg_dir)
+                    .display()
+            );
             say!("{}", effective_configuration(&settings)?);
             Ok(())
         }

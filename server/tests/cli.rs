@@ -5,7 +5,10 @@
 mod common;
 
 use common::{FreeRadius, SECRET};
-use std::process::{Command, Stdio};
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
 
 fn config(radius: &FreeRadius, acct_secret_ok: bool) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -51,8 +54,16 @@ retries = 1
 
 fn portal(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_radius-portal"));
-    command.args(args).env_remove("PORTAL_TEST_PASSWORD");
     command
+        .args(args)
+        .env_remove("PORTAL_TEST_PASSWORD")
+        .env("PORTAL_LEPTOS_CONFIG", leptos_config());
+    command
+}
+
+/// The workspace's Leptos.toml (the site `cargo leptos build` wrote).
+fn leptos_config() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../Leptos.toml")
 }
 
 #[tokio::test]
@@ -230,6 +241,28 @@ fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("TLS:"), "{stderr}");
+
+    // The site files are checked as `serve` finds them: a site of another build is named.
+    let site = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(site.path().join("pkg")).unwrap();
+    let leptos = std::fs::read_to_string(leptos_config()).unwrap();
+    let moved = site.path().join("Leptos.toml");
+    std::fs::write(
+        &moved,
+        format!("{leptos}
+").replace("site-root = \"target/site\"", "site-root = \"site\""),
+    )
+    .unwrap();
+    let output = portal(&["--config", good.to_str().unwrap(), "check-config"])
+        .env("PORTAL_LEPTOS_CONFIG", &moved)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("not those of this binary's build"),
+        "{stderr}"
+    );
 }
 
 /// `admin hash-token` prints the SHA-256 the configuration holds, and refuses a short token.
