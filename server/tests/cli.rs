@@ -249,8 +249,11 @@ fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
     let moved = site.path().join("Leptos.toml");
     std::fs::write(
         &moved,
-        format!("{leptos}
-").replace("site-root = \"target/site\"", "site-root = \"site\""),
+        format!(
+            "{leptos}
+"
+        )
+        .replace("site-root = \"target/site\"", "site-root = \"site\""),
     )
     .unwrap();
     let output = portal(&["--config", good.to_str().unwrap(), "check-config"])

@@ -547,6 +547,9 @@ async fn pages_are_whole_with_their_csp_nonce_and_unknown_paths_get_the_not_foun
     let (_radius, app, _dir) = portal_with_one_server().await;
     let browser = app.browser(Ipv4Addr::new(127, 0, 8, 9));
     assert_eq!(browser.login("alice", "alice-pass").await.path, "/session");
+    // The sign-in page as a browser without a session gets it (a signed-in one is sent on to
+    // its session).
+    let anonymous = app.browser(Ipv4Addr::new(127, 0, 8, 10));
     let mut nonces = std::collections::HashSet::new();
     for (path, status, text) in [
         ("/session", 200, "alice"),
@@ -568,14 +571,16 @@ async fn pages_are_whole_with_their_csp_nonce_and_unknown_paths_get_the_not_foun
             "<title>Page not found – Network access portal</title>",
         ),
     ] {
-        let response = browser
+        let client = if path == "/" { &anonymous } else { &browser };
+        let response = client
             .http
-            .get(format!("{}{path}", browser.base))
+            .get(format!("{}{path}", client.base))
             .header("accept", "text/html")
             .send()
             .await
             .unwrap();
         assert_eq!(response.status().as_u16(), status, "{path}");
+        assert_eq!(response.url().path(), path, "not redirected");
         let headers = response.headers().clone();
         assert!(
             headers.get("transfer-encoding").is_none(),
