@@ -338,8 +338,12 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
                     3 => "Interim-Update",
                     _ => "?",
                 };
+                let copy = row
+                    .copy_to
+                    .map(|server| format!(" (copy for server {server})"))
+                    .unwrap_or_default();
                 say!(
-                    "row {} {kind} org={org} acct_session_id={acct_session_id} sent={} reason: {}",
+                    "row {} {kind}{copy} org={org} acct_session_id={acct_session_id} sent={} reason: {}",
                     row.id,
                     row.transmissions,
                     row.dead_reason.unwrap_or_default()

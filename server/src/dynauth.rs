@@ -605,7 +605,6 @@ mod tests {
             stopped_at: None,
             terminate_cause: None,
             nas: None,
-            stray_start_server: None,
         }
     }
 

@@ -180,9 +180,6 @@ pub struct SessionRow {
     username: String,
     client_ip: String,
     server: String,
-    /// A server the Start was sent to unanswered before `server` acknowledged it: it gets a
-    /// copy of the Stop.
-    stray_start_server: Option<String>,
     active: bool,
     started_at_ms: i64,
     expires_at_ms: i64,
@@ -199,7 +196,6 @@ impl From<&AccessSessionRecord> for SessionRow {
             username: s.username.clone(),
             client_ip: s.client_ip.clone(),
             server: s.server_name.clone(),
-            stray_start_server: s.stray_start_server.clone(),
             active: s.active,
             started_at_ms: s.started_at,
             expires_at_ms: s.expires_at,
@@ -281,9 +277,6 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                 say!("user:            {}", row.username);
                 say!("client IP:       {}", row.client_ip);
                 say!("server:          {}", row.server);
-                if let Some(stray) = &row.stray_start_server {
-                    say!("stray Start at:  {stray} (sent there unanswered; it gets a copy of the Stop)");
-                }
                 say!(
                     "state:           {}",
                     if row.active { "active" } else { "ended" }

@@ -552,7 +552,7 @@ impl PortalService for PortalBackend {
                     link_web_session(request, &web, &org_id, &session)
                         .await
                         .map_err(|e| internal("storing the web session", &e))?;
-                    return Ok(self.view(&session));
+                    return Ok((self.view(&session), "Resubmitted"));
                 }
             }
             self.check_rate(&org_id, username, ip)?;
@@ -561,10 +561,12 @@ impl PortalService for PortalBackend {
                 .login(&org_id, username, &input.password, ip)
                 .await
                 .map_err(user_error)?;
-            if let Some(turn) = turn {
+            let linked = link_web_session(request, &web, &org_id, &session).await;
+            // The browser's next sign-in waits until this one is linked (or ended below):
+            // the same form sent again then finds the session only once it is the browser's.
+            if let (Some(turn), Ok(())) = (turn, &linked) {
                 turn.opened(session.id);
             }
-            let linked = link_web_session(request, &web, &org_id, &session).await;
             if let Err(e) = linked {
                 tracing::error!(error = %e, acct_session_id = %session.acct_session_id,
                     "the new session's web session could not be stored: ending the session");
@@ -574,7 +576,7 @@ impl PortalService for PortalBackend {
                 }
                 return Err(PortalError::Internal);
             }
-            Ok(self.view(&session))
+            Ok((self.view(&session), "Accepted"))
         }
         .await;
         // Labelled with known organizations only (the form's `org` is the caller's text).
@@ -583,8 +585,9 @@ impl PortalService for PortalBackend {
             if known { &input_org } else { "unknown" },
             result
                 .as_ref()
-                .map_or_else(PortalError::kind, |_| "Accepted"),
+                .map_or_else(PortalError::kind, |(_, outcome)| outcome),
         );
+        let result = result.map(|(view, _)| view);
         with_status(request, result)
     }
 

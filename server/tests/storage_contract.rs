@@ -10,8 +10,9 @@ mod common;
 use radius_portal::{
     radius::{status_type, terminate_cause},
     storage::{
-        AccessSessionRecord, Audit, DeleteOutcome, NewAccessSession, OrganizationWrite,
-        SeedOutcome, SessionMatch, StopOutcome, Storage, StorageError, UpdateOutcome,
+        AccessSessionRecord, Acknowledged, Audit, DeleteOutcome, NewAccessSession,
+        OrganizationWrite, SeedOutcome, SessionMatch, StopOutcome, Storage, StorageError,
+        UpdateOutcome,
     },
 };
 use std::collections::{BTreeSet, HashSet};
@@ -227,21 +228,12 @@ async fn a_session_opens_refreshes_and_stops_once(db: Db) {
 
     // A Start acknowledged by a failover server takes the session's accounting with it.
     assert_eq!(stopped.server_name, "primary");
-    assert_eq!(stopped.stray_start_server, None);
-    s.move_session_server(opened.id, "backup", Some("primary"))
-        .await
-        .unwrap();
+    s.move_session_server(opened.id, "backup").await.unwrap();
     let moved = s.session(opened.id).await.unwrap().unwrap();
     assert_eq!(moved.server_name, "backup");
     assert_eq!(
-        moved.stray_start_server.as_deref(),
-        Some("primary"),
-        "the server that may have seen the Start is kept"
-    );
-    assert_eq!(
         AccessSessionRecord {
             server_name: "primary".into(),
-            stray_start_server: None,
             ..moved
         },
         stopped,
@@ -424,7 +416,7 @@ async fn outbox_rows_go_in_order_and_no_claim_is_shared(db: Db) {
 
     // The Stops come due once their Starts are delivered.
     for row in &claimed {
-        s.mark_delivered(row.id, now, &[]).await.unwrap();
+        s.mark_delivered(row.id, now, None).await.unwrap();
     }
     assert!(s
         .outbox_delivered(sessions[0], status_type::START)
@@ -443,7 +435,7 @@ async fn outbox_rows_go_in_order_and_no_claim_is_shared(db: Db) {
     assert_eq!(again.len(), n / 2);
     assert!(again.iter().all(|r| r.attempts == 2));
     // The first sender, stalled past its lease, fails late: the row stays the second's.
-    s.mark_failed(&stops[0], lease + 2, "late", true)
+    s.mark_failed(&stops[0], lease + 2, "late", Some("primary"))
         .await
         .unwrap();
     assert!(s
@@ -454,9 +446,11 @@ async fn outbox_rows_go_in_order_and_no_claim_is_shared(db: Db) {
     assert_eq!(s.outbox_backlog().await.unwrap(), (n / 2) as i64);
 }
 
-/// A Stop acknowledged by one server is copied, in the same write, to the servers that may
-/// hold the session open: once, each for its server alone, and apart from the session's own
-/// rows (a claim or a check of the session's Stop never takes a copy for it).
+/// A Stop acknowledged by one server is copied, in the same write, to the other servers that
+/// may hold the session open — its own server, and every server that was sent a packet of the
+/// session (unanswered, or acknowledged as a failover): once, each for its server alone, and
+/// apart from the session's own rows (a claim or a check of the session's Stop never takes a
+/// copy for it).
 async fn a_stops_copies_are_queued_once_for_their_servers_alone(db: Db) {
     let s = &db.storage;
     let opened = s
@@ -464,16 +458,63 @@ async fn a_stops_copies_are_queued_once_for_their_servers_alone(db: Db) {
         .await
         .unwrap();
     let lease = T0 + 10 * MINUTE;
+    let ack = |by: &'static str, stop: bool| Acknowledged {
+        access_session_id: opened.id,
+        by,
+        own: "primary",
+        stop,
+    };
+    // The Start goes to "silent" unanswered, then "primary" acknowledges it.
     let start = s
         .claim_session_outbox(opened.id, status_type::START, T0, lease)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(start.copy_to, None);
-    s.move_session_server(opened.id, "backup", Some("primary"))
+    s.mark_failed(&start, T0, "timeout", Some("silent"))
         .await
         .unwrap();
-    s.mark_delivered(start.id, T0 + 1, &[]).await.unwrap();
+    let start = s
+        .claim_session_outbox(opened.id, status_type::START, T0, lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.mark_delivered(start.id, T0 + 1, Some(&ack("primary", false)))
+            .await
+            .unwrap(),
+        0
+    );
+    // An Interim-Update fails over to "backup".
+    s.refresh_session(opened.id, T0 + 2, T0 + 11 * MINUTE)
+        .await
+        .unwrap()
+        .unwrap();
+    let interim = s
+        .claim_session_outbox(opened.id, status_type::INTERIM_UPDATE, T0 + 2, lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.mark_delivered(interim.id, T0 + 3, Some(&ack("backup", false)))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.sessions_needing_server("acme", "silent").await.unwrap(),
+        1,
+        "its Stop goes there too"
+    );
+    assert_eq!(
+        s.sessions_needing_server("acme", "elsewhere")
+            .await
+            .unwrap(),
+        0
+    );
+
+    // The Stop, unanswered at "elsewhere" (a Stop opens nothing there: not remembered), then
+    // acknowledged by "backup" (the primary down): copies for the two others.
     assert!(s
         .stop_session(opened.id, terminate_cause::USER_REQUEST, T0 + MINUTE)
         .await
@@ -483,19 +524,37 @@ async fn a_stops_copies_are_queued_once_for_their_servers_alone(db: Db) {
         .await
         .unwrap()
         .unwrap();
+    s.mark_failed(&stop, T0 + MINUTE, "timeout", Some("elsewhere"))
+        .await
+        .unwrap();
     assert_eq!(
-        s.sessions_needing_server("acme", "primary").await.unwrap(),
-        1
+        s.sessions_needing_server("acme", "elsewhere")
+            .await
+            .unwrap(),
+        0
     );
-    let copy_to = ["primary".to_string(), "third".to_string()];
-    s.mark_delivered(stop.id, T0 + MINUTE + 1, &copy_to)
+    let stop = s
+        .claim_session_outbox(opened.id, status_type::STOP, T0 + MINUTE, lease)
         .await
+        .unwrap()
         .unwrap();
+    assert_eq!(
+        s.mark_delivered(stop.id, T0 + MINUTE + 1, Some(&ack("backup", true)))
+            .await
+            .unwrap(),
+        2
+    );
     // Recorded twice (a retried write): no second set of copies.
-    s.mark_delivered(stop.id, T0 + MINUTE + 2, &copy_to)
-        .await
-        .unwrap();
-    assert_eq!(outbox_types(s, opened.id).await, [START, STOP, STOP, STOP]);
+    assert_eq!(
+        s.mark_delivered(stop.id, T0 + MINUTE + 2, Some(&ack("backup", true)))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        outbox_types(s, opened.id).await,
+        [START, INTERIM, STOP, STOP, STOP]
+    );
     assert!(s
         .outbox_delivered(opened.id, status_type::STOP)
         .await
@@ -517,7 +576,7 @@ async fn a_stops_copies_are_queued_once_for_their_servers_alone(db: Db) {
             .iter()
             .map(|c| c.copy_to.as_deref())
             .collect::<Vec<_>>(),
-        [Some("primary"), Some("third")]
+        [Some("primary"), Some("silent")]
     );
     for copy in &copies {
         assert_eq!(
@@ -537,31 +596,44 @@ async fn a_stops_copies_are_queued_once_for_their_servers_alone(db: Db) {
         );
         assert_eq!((copy.attempts, copy.transmissions), (1, 0));
     }
-    // The server a copy waits for stays needed until it is delivered.
-    s.mark_failed(&copies[0], T0 + 3 * MINUTE, "down", false)
+    // A copy waiting for its server does not hold the server: removing it dead-letters the copy.
+    s.mark_failed(&copies[1], T0 + 3 * MINUTE, "down", None)
         .await
         .unwrap();
-    s.mark_delivered(copies[1].id, T0 + 2 * MINUTE, &[])
-        .await
-        .unwrap();
-    assert_eq!(s.outbox_backlog().await.unwrap(), 1);
     assert_eq!(
-        s.sessions_needing_server("acme", "primary").await.unwrap(),
-        1
+        s.sessions_needing_server("acme", "silent").await.unwrap(),
+        0
     );
+    // A copy is delivered like any row, and copies nothing further.
+    assert_eq!(
+        s.mark_delivered(copies[0].id, T0 + 2 * MINUTE, None)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(s.outbox_backlog().await.unwrap(), 1);
+    let entries = s.session_outbox(opened.id).await.unwrap();
+    let mut copy_to: Vec<_> = entries.iter().map(|e| e.copy_to.as_deref()).collect();
+    copy_to.sort();
+    assert_eq!(copy_to, [None, None, None, Some("primary"), Some("silent")]);
     let again = s
         .claim_due_outbox(T0 + 3 * MINUTE, lease, 10)
         .await
         .unwrap();
     assert_eq!(again.len(), 1);
-    assert_eq!(again[0].copy_to.as_deref(), Some("primary"));
-    s.mark_delivered(again[0].id, T0 + 3 * MINUTE, &[])
+    assert_eq!(again[0].copy_to.as_deref(), Some("silent"));
+    assert!(s
+        .dead_letter(
+            again[0].id,
+            Some(again[0].attempts),
+            T0 + 3 * MINUTE,
+            "server removed",
+            false
+        )
         .await
-        .unwrap();
-    assert_eq!(
-        s.sessions_needing_server("acme", "primary").await.unwrap(),
-        0
-    );
+        .unwrap());
+    let dead = s.dead_letters(10).await.unwrap();
+    assert_eq!(dead[0].0.copy_to.as_deref(), Some("silent"));
     assert_eq!(s.outbox_backlog().await.unwrap(), 0);
 }
 
@@ -582,7 +654,7 @@ async fn a_failed_row_waits_and_retry_now_makes_it_due(db: Db) {
         .await
         .unwrap()
         .is_none());
-    s.mark_failed(&row, T0 + 30_000, "timeout", true)
+    s.mark_failed(&row, T0 + 30_000, "timeout", Some("primary"))
         .await
         .unwrap();
     assert!(s
@@ -642,7 +714,7 @@ async fn a_lapsed_claim_is_renewed_only_by_its_holder_and_a_transmission_always_
     assert!(s.session_outbox(id).await.unwrap()[0].dead_at.is_none());
     // The first sender's packet did go out before it gave up: that counts, while the claim
     // stays the second sender's — so the Start is never taken for one that never left.
-    s.mark_failed(&first, T0 + 10_000, "timeout", true)
+    s.mark_failed(&first, T0 + 10_000, "timeout", Some("primary"))
         .await
         .unwrap();
     assert!(
@@ -651,7 +723,7 @@ async fn a_lapsed_claim_is_renewed_only_by_its_holder_and_a_transmission_always_
             .unwrap(),
         "claimed by the second sender"
     );
-    s.mark_failed(&second[0], T0 + 7_000, "timeout", false)
+    s.mark_failed(&second[0], T0 + 7_000, "timeout", None)
         .await
         .unwrap();
     assert!(
@@ -666,7 +738,7 @@ async fn a_lapsed_claim_is_renewed_only_by_its_holder_and_a_transmission_always_
         .unwrap();
     assert_eq!((retried[0].attempts, retried[0].transmissions), (3, 1));
     // A settled row is nobody's to renew.
-    s.mark_delivered(retried[0].id, T0 + 8_500, &[])
+    s.mark_delivered(retried[0].id, T0 + 8_500, None)
         .await
         .unwrap();
     assert!(!s.renew_claim(&retried[0], T0 + 9_000).await.unwrap());
@@ -828,7 +900,7 @@ async fn periodic_interims_come_due_and_coalesce(db: Db) {
         .await
         .unwrap();
     assert_eq!(interim.len(), 1, "only the Start is first in line");
-    s.mark_delivered(interim[0].id, T0 + 10 * MINUTE, &[])
+    s.mark_delivered(interim[0].id, T0 + 10 * MINUTE, None)
         .await
         .unwrap();
     let interim = s
@@ -861,11 +933,11 @@ async fn pruning_keeps_what_is_pending(db: Db) {
             .unwrap();
     }
     for row in s.claim_due_outbox(T0 + 2, T0 + MINUTE, 10).await.unwrap() {
-        s.mark_delivered(row.id, T0 + 2, &[]).await.unwrap();
+        s.mark_delivered(row.id, T0 + 2, None).await.unwrap();
     }
     for row in s.claim_due_outbox(T0 + 3, T0 + MINUTE, 10).await.unwrap() {
         if row.access_session_id == old {
-            s.mark_delivered(row.id, T0 + 3, &[]).await.unwrap();
+            s.mark_delivered(row.id, T0 + 3, None).await.unwrap();
         }
     }
     assert_eq!(s.prune(T0 + 10 * MINUTE).await.unwrap(), 1);
@@ -982,7 +1054,7 @@ async fn organization_changes_are_revisioned_audited_and_guarded(db: Db) {
     };
     for _ in 0..2 {
         for row in s.claim_due_outbox(T0 + 2, T0 + MINUTE, 10).await.unwrap() {
-            s.mark_delivered(row.id, T0 + 2, &[]).await.unwrap();
+            s.mark_delivered(row.id, T0 + 2, None).await.unwrap();
         }
     }
     assert_eq!(

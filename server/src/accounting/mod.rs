@@ -20,10 +20,11 @@ use crate::{
         Organization, Organizations,
     },
     radius::{
-        encode_accounting, health::Port, status_type, AccountingRecord, Radius, RadiusError,
-        ServerEndpoint,
+        encode_accounting,
+        health::{Port, ServerHealth},
+        status_type, AccountingRecord, Radius, RadiusError, ServerEndpoint,
     },
-    storage::{AccessSessionRecord, OutboxRow, Storage, StorageError},
+    storage::{AccessSessionRecord, Acknowledged, OutboxRow, Storage, StorageError},
 };
 use std::{
     collections::{HashMap, HashSet},
@@ -109,17 +110,9 @@ pub struct Accounting {
     /// shutdown waits for them like for the loop's own.
     claimed: tokio_util::task::TaskTracker,
     /// Sessions whose Start this process delivered to a failover server, by id: that server,
-    /// which their later rows follow, and the server the Start was sent to before without an
-    /// answer, if any. Stored with the session too; kept here for the rows whose sender holds
-    /// a copy of the session read before the move. Until the Stop.
-    moved: Arc<Mutex<HashMap<i64, Moved>>>,
-}
-
-/// Where a session's accounting went after its Start was acknowledged by a failover server.
-#[derive(Clone, Debug)]
-struct Moved {
-    server: String,
-    stray: Option<String>,
+    /// which their later rows follow. Stored with the session too; kept here for the rows
+    /// whose sender holds a copy of the session read before the move. Until the Stop.
+    moved: Arc<Mutex<HashMap<i64, String>>>,
 }
 
 /// Delay before retry `attempts` (1-based): 1 s, 2 s, 4 s … capped at 5 min.
@@ -129,8 +122,9 @@ pub fn backoff_ms(attempts: i64) -> i64 {
 }
 
 /// When a row whose delivery attempt `attempts` failed is tried again: after its backoff —
-/// or at once when a server came back meanwhile (`recovered`), as the session's own server
-/// may be that one (the wake-up of the recovery came while the row was still claimed).
+/// or at once when another server it may go to came back meanwhile (`recovered`): the
+/// session's own, say, while it was failing over (the wake-up of the recovery came while the
+/// row was still claimed).
 pub fn retry_after(now: i64, attempts: i64, recovered: bool) -> i64 {
     if recovered {
         now
@@ -138,6 +132,34 @@ pub fn retry_after(now: i64, attempts: i64, recovered: bool) -> i64 {
         now + backoff_ms(attempts)
     }
 }
+
+/// How often each of an organization's accounting servers had come back when a delivery
+/// began ([`ServerHealth::recoveries_at`]).
+pub struct Recoveries(Vec<(SocketAddr, u64)>);
+
+impl Recoveries {
+    /// Now, for `org`'s servers.
+    pub fn of(health: &ServerHealth, org: &Organization) -> Self {
+        Recoveries(
+            org.servers
+                .iter()
+                .map(|s| (s.acct_addr, health.recoveries_at(s.acct_addr)))
+                .collect(),
+        )
+    }
+
+    /// Whether one of them other than `tried` (the server this delivery failed at: its own
+    /// probe answering is no news for it) has come back since.
+    pub fn changed(&self, health: &ServerHealth, tried: Option<SocketAddr>) -> bool {
+        self.0
+            .iter()
+            .any(|&(addr, n)| Some(addr) != tried && health.recoveries_at(addr) != n)
+    }
+}
+
+/// A copy of a Stop whose server stays down this long after the session ended is given up
+/// (dead-lettered with the reason).
+pub const COPY_GIVE_UP_MS: i64 = 24 * 3_600_000;
 
 /// Where an accounting row goes ([`pick_server`]).
 #[derive(Debug)]
@@ -179,28 +201,6 @@ pub fn pick_server<'a>(
         }
     }
     wait.map_or(Pick::AllDown, Pick::Settling)
-}
-
-/// The servers that get a copy of a session's Stop that `acknowledged_by` acknowledged: those
-/// that may hold the session open without it — the session's own accounting server when the
-/// Stop failed over, and a server its Start was sent to without an answer (it may process it
-/// late: [`AccessSessionRecord::stray_start_server`]). A Stop a server does not need is
-/// harmless; a lost one keeps a firewall identity alive. None for other rows.
-pub fn copies_of_stop(
-    row: &OutboxRow,
-    session: &AccessSessionRecord,
-    acknowledged_by: &str,
-) -> Vec<String> {
-    if row.status_type != i64::from(status_type::STOP) {
-        return Vec::new();
-    }
-    let mut copies: Vec<String> = Vec::new();
-    for name in std::iter::once(&session.server_name).chain(&session.stray_start_server) {
-        if name != acknowledged_by && !copies.contains(name) {
-            copies.push(name.clone());
-        }
-    }
-    copies
 }
 
 /// How long a server must have been back before accounting fails over to it (see
@@ -397,7 +397,7 @@ impl Accounting {
         if lease_until - now_ms() < needed_ms {
             let retry = now_ms();
             self.storage
-                .mark_failed(row, retry, "delivery stalled (database)", false)
+                .mark_failed(row, retry, "delivery stalled (database)", None)
                 .await?;
             return Ok(Some(Delivery::RetryAt(retry)));
         }
@@ -441,16 +441,13 @@ impl Accounting {
         };
         // The server its Start went to, if that was a failover (a copy read before it moved
         // does not know).
-        if let Some(moved) = self
+        if let Some(server) = self
             .moved
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&session.id)
         {
-            session.server_name.clone_from(&moved.server);
-            if moved.stray.is_some() {
-                session.stray_start_server.clone_from(&moved.stray);
-            }
+            session.server_name.clone_from(server);
         }
         let acct_id = session.acct_session_id.as_str();
         let is_start = row.status_type == i64::from(status_type::START) && row.copy_to.is_none();
@@ -486,9 +483,7 @@ impl Accounting {
                 "organization `{}` cannot be used (see the log); will retry",
                 session.organization_id
             );
-            self.storage
-                .mark_failed(&row, retry, &reason, false)
-                .await?;
+            self.storage.mark_failed(&row, retry, &reason, None).await?;
             tracing::error!(acct_session_id = %acct_id, status_type = row.status_type,
                 organization = %session.organization_id,
                 "accounting held: the organization's settings cannot be used; will retry");
@@ -531,11 +526,11 @@ impl Accounting {
                 .await;
         }
         let health = self.radius.health();
-        // Servers back so far: one that comes back while this delivery waits or fails
-        // elsewhere is tried at once, not after the backoff (the recovery's wake-up has
-        // passed by then).
-        let recoveries = health.recoveries();
-        let (server, failover) = match self.pick(&org, &session, &row, now).await? {
+        // The organization's servers' recoveries so far: one that comes back while this
+        // delivery waits or fails elsewhere is tried at once, not after the backoff (the
+        // recovery's wake-up passed while the row was claimed).
+        let seen = Recoveries::of(health, &org);
+        let (server, failover) = match self.pick(&org, &session, &row, now, &seen).await? {
             Ok(picked) => picked,
             Err(outcome) => return Ok(outcome),
         };
@@ -554,23 +549,26 @@ impl Accounting {
                 // The semaphore is never closed, so acquiring cannot fail.
                 Ok(slot) => (slot.ok(), true),
                 Err(_) => {
-                    let retry =
-                        retry_after(now_ms(), row.attempts, health.recoveries() != recoveries);
-                    self.storage
-                        .mark_failed(&row, retry, "no send slot in time (server busy)", false)
-                        .await?;
-                    return Ok(Delivery::RetryAt(retry));
+                    let tried = Some(server.acct_addr);
+                    return self
+                        .release(
+                            &row,
+                            "no send slot in time (server busy)",
+                            None,
+                            &seen,
+                            tried,
+                        )
+                        .await;
                 }
             },
         };
         // The server may have gone down while this row waited for a slot: do not queue up
         // behind its timeouts, try again (or fail over) later.
         if health.is_open(server.acct_addr) {
-            let retry = retry_after(now_ms(), row.attempts, health.recoveries() != recoveries);
-            self.storage
-                .mark_failed(&row, retry, "accounting server went down", false)
-                .await?;
-            return Ok(Delivery::RetryAt(retry));
+            let tried = Some(server.acct_addr);
+            return self
+                .release(&row, "accounting server went down", None, &seen, tried)
+                .await;
         }
         // A Start that waited for its slot may have waited while the organization was
         // disabled: the guard is asked again at the moment the packet would leave (a slot free
@@ -598,18 +596,21 @@ impl Accounting {
         {
             Ok(()) => {
                 if is_start && failover {
-                    self.follow_start(&session, &server.name, row.transmissions > 0)
-                        .await;
+                    self.follow_start(&session, &server.name).await;
                 }
-                let copies = if row.copy_to.is_none() {
-                    copies_of_stop(&row, &session, &server.name)
-                } else {
-                    Vec::new()
+                // Of the session's own accounting: who acknowledged it is recorded with it
+                // (a Stop is then copied to the other servers that may hold the session open).
+                let ack = Acknowledged {
+                    access_session_id: session.id,
+                    by: &server.name,
+                    own: &session.server_name,
+                    stop: row.status_type == i64::from(status_type::STOP),
                 };
-                self.record_delivered(&row, &copies).await?;
-                if !copies.is_empty() {
-                    tracing::info!(acct_session_id = %record.acct_session_id, server = %server.name, copy_to = ?copies,
-                        "the Stop goes to the servers that may hold the session open too");
+                let ack = row.copy_to.is_none().then_some(&ack);
+                let copies = self.record_delivered(&row, ack).await?;
+                if copies > 0 {
+                    tracing::info!(acct_session_id = %record.acct_session_id, server = %server.name, copies,
+                        "the Stop is copied to the other servers that may hold the session open");
                     self.wake();
                 }
                 if row.status_type == i64::from(status_type::STOP) {
@@ -629,15 +630,37 @@ impl Accounting {
                         | RadiusError::NoIpv6Socket
                         | RadiusError::NotSent
                 );
-                let retry = retry_after(now_ms(), row.attempts, health.recoveries() != recoveries);
-                self.storage
-                    .mark_failed(&row, retry, &e.to_string(), transmitted)
-                    .await?;
                 tracing::warn!(acct_session_id = %record.acct_session_id, status_type = record.status_type,
                     server = %server.name, attempts = row.attempts, error = %e, "accounting not acknowledged; will retry");
-                Ok(Delivery::RetryAt(retry))
+                let sent_to = transmitted.then_some(server.name.as_str());
+                self.release(&row, &e.to_string(), sent_to, &seen, Some(server.acct_addr))
+                    .await
             }
         }
+    }
+
+    /// Releases `row` for a retry after its backoff, with `reason` (`sent_to`: a packet went to
+    /// that server) — or at once when another server of the organization than `tried` came
+    /// back since `seen`, also while the release was being written (checked again after it).
+    async fn release(
+        &self,
+        row: &OutboxRow,
+        reason: &str,
+        sent_to: Option<&str>,
+        seen: &Recoveries,
+        tried: Option<SocketAddr>,
+    ) -> Result<Delivery, OutboxError> {
+        let health = self.radius.health();
+        let recovered = seen.changed(health, tried);
+        let mut retry = retry_after(now_ms(), row.attempts, recovered);
+        self.storage
+            .mark_failed(row, retry, reason, sent_to)
+            .await?;
+        if !recovered && seen.changed(health, tried) {
+            retry = now_ms();
+            self.storage.mark_failed(row, retry, reason, None).await?;
+        }
+        Ok(Delivery::RetryAt(retry))
     }
 
     /// The server `row` goes to now, and whether that is a failover; or, when it cannot go
@@ -649,6 +672,7 @@ impl Accounting {
         session: &AccessSessionRecord,
         row: &OutboxRow,
         now: i64,
+        seen: &Recoveries,
     ) -> Result<Result<(&'o ServerEndpoint, bool), Delivery>, OutboxError> {
         let health = self.radius.health();
         let acct_id = session.acct_session_id.as_str();
@@ -661,17 +685,23 @@ impl Accounting {
             if health.admit(server, Port::Acct) {
                 return Ok(Ok((server, false)));
             }
-            let retry = now + backoff_ms(row.attempts);
+            if now - row.event_at > COPY_GIVE_UP_MS {
+                let reason =
+                    format!("server `{name}` stayed down for a day after the session ended");
+                return self.dead_letter(row, acct_id, reason).await.map(Err);
+            }
+            // Parked until its server is back (a recovery makes every waiting row due).
+            let retry = now + MAX_BACKOFF_MS;
             self.storage
                 .mark_failed(
                     row,
                     retry,
                     "the server is down: this copy waits for it",
-                    false,
+                    None,
                 )
                 .await?;
-            tracing::debug!(acct_session_id = %acct_id, status_type = row.status_type, server = %name,
-                "a copy of the session's accounting waits for its server to come back");
+            tracing::debug!(acct_session_id = %acct_id, server = %name,
+                "a copy of the session's Stop waits for its server to come back");
             return Ok(Err(Delivery::RetryAt(retry)));
         }
         let settle = failover_settle(health.probe_interval());
@@ -707,7 +737,7 @@ impl Accounting {
                         row,
                         retry,
                         "the session's server is down and the others are only just back",
-                        false,
+                        None,
                     )
                     .await?;
                 tracing::debug!(acct_session_id = %acct_id, status_type = row.status_type,
@@ -716,13 +746,10 @@ impl Accounting {
                 Ok(Err(Delivery::RetryAt(retry)))
             }
             Pick::AllDown => {
-                let retry = now + backoff_ms(row.attempts);
-                self.storage
-                    .mark_failed(row, retry, "every accounting server is down", false)
-                    .await?;
                 tracing::warn!(acct_session_id = %acct_id, status_type = row.status_type,
                     "accounting held: every server of the organization is down; will retry");
-                Ok(Err(Delivery::RetryAt(retry)))
+                let reason = "every accounting server is down";
+                self.release(row, reason, None, seen, None).await.map(Err)
             }
         }
     }
@@ -733,24 +760,12 @@ impl Accounting {
     /// server). Noted before the Start is recorded delivered, so no later row of the session
     /// (which waits for that) can miss it; stored with the session for other processes and
     /// the next start (a failure to store it is logged: this process still follows).
-    ///
-    /// `sent_before`: the Start went on the wire before without an answer — to the session's
-    /// own server, as far as this knows. A server that was black-holed rather than down may
-    /// process it later, so it becomes the session's stray server and gets a copy of the Stop.
-    async fn follow_start(&self, session: &AccessSessionRecord, server: &str, sent_before: bool) {
-        let stray = sent_before.then(|| session.server_name.clone());
-        self.moved.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            session.id,
-            Moved {
-                server: server.to_string(),
-                stray: stray.clone(),
-            },
-        );
-        if let Err(e) = self
-            .storage
-            .move_session_server(session.id, server, stray.as_deref())
-            .await
-        {
+    async fn follow_start(&self, session: &AccessSessionRecord, server: &str) {
+        self.moved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session.id, server.to_string());
+        if let Err(e) = self.storage.move_session_server(session.id, server).await {
             tracing::warn!(error = %crate::portal_backend::error_chain(&e), acct_session_id = %session.acct_session_id,
                 server, "the session's new accounting server could not be stored; this process sends its later accounting there all the same");
         }
@@ -765,12 +780,12 @@ impl Accounting {
     async fn record_delivered(
         &self,
         row: &OutboxRow,
-        copy_to: &[String],
-    ) -> Result<(), StorageError> {
+        ack: Option<&Acknowledged<'_>>,
+    ) -> Result<u64, StorageError> {
         let mut wait = Duration::from_millis(250);
         loop {
-            match self.storage.mark_delivered(row.id, now_ms(), copy_to).await {
-                Ok(()) => return Ok(()),
+            match self.storage.mark_delivered(row.id, now_ms(), ack).await {
+                Ok(copies) => return Ok(copies),
                 Err(e)
                     if now_ms() + wait.as_millis() as i64 + CLAIM_MARGIN_MS < row.lease_until =>
                 {
@@ -926,8 +941,7 @@ impl Accounting {
 #[cfg(test)]
 mod tests {
     use super::{
-        backoff_ms, copies_of_stop, failover_settle, pick_server, retry_after, settle_left,
-        status_type, AccessSessionRecord, OutboxRow, Pick,
+        backoff_ms, failover_settle, pick_server, retry_after, settle_left, Pick, Recoveries,
     };
     use std::time::Duration;
 
@@ -1043,86 +1057,6 @@ mod tests {
         );
     }
 
-    fn stop_of(session_server: &str, stray: Option<&str>) -> (OutboxRow, AccessSessionRecord) {
-        let row = OutboxRow {
-            id: 7,
-            access_session_id: 1,
-            status_type: i64::from(status_type::STOP),
-            event_at: 0,
-            session_time_secs: Some(60),
-            terminate_cause: Some(1),
-            attempts: 1,
-            transmissions: 0,
-            lease_until: 0,
-            copy_to: None,
-        };
-        let session = crate::storage::NewAccessSession {
-            acct_session_id: "a".into(),
-            organization_id: "acme".into(),
-            username: "carol".into(),
-            client_ip: "10.0.0.1".into(),
-            server_index: 0,
-            server_name: session_server.into(),
-            classes: vec![],
-            reply_message: None,
-            started_at: 0,
-            window_ms: 60_000,
-            limit_at: None,
-            expires_at: 60_000,
-            interim_interval: None,
-            start_claimed_until: None,
-            typed_username: None,
-            nas: None,
-        }
-        .opened(1);
-        let session = AccessSessionRecord {
-            stray_start_server: stray.map(str::to_owned),
-            ..session
-        };
-        (row, session)
-    }
-
-    #[test]
-    fn a_stop_is_copied_to_every_other_server_that_may_hold_the_session_open() {
-        let copies = |own: &str, stray: Option<&str>, acknowledged_by: &str| {
-            let (row, session) = stop_of(own, stray);
-            copies_of_stop(&row, &session, acknowledged_by)
-        };
-        assert!(
-            copies("primary", None, "primary").is_empty(),
-            "its own server"
-        );
-        assert_eq!(
-            copies("primary", None, "backup"),
-            ["primary"],
-            "failed over"
-        );
-        assert_eq!(
-            copies("backup", Some("primary"), "backup"),
-            ["primary"],
-            "stray Start"
-        );
-        assert_eq!(
-            copies("backup", Some("primary"), "third"),
-            ["backup", "primary"],
-            "both"
-        );
-        assert!(copies("backup", Some("primary"), "primary")
-            .iter()
-            .all(|c| c == "backup"));
-        assert_eq!(
-            copies("backup", Some("backup"), "third"),
-            ["backup"],
-            "once each"
-        );
-        // Only a Stop is copied.
-        let (mut row, session) = stop_of("primary", Some("backup"));
-        for other in [status_type::START, status_type::INTERIM_UPDATE] {
-            row.status_type = i64::from(other);
-            assert!(copies_of_stop(&row, &session, "third").is_empty());
-        }
-    }
-
     #[test]
     fn a_delivery_that_fails_while_a_server_comes_back_is_retried_at_once() {
         use crate::radius::{
@@ -1143,17 +1077,38 @@ mod tests {
             message_authenticator: Default::default(),
             status_check: Default::default(),
         };
-        let before = health.recoveries();
+        let backup = crate::radius::ServerEndpoint {
+            name: "backup".into(),
+            acct_addr: "127.0.0.2:1813".parse().unwrap(),
+            ..server.clone()
+        };
+        let org_of = |servers: Vec<crate::radius::ServerEndpoint>| {
+            let mut org = crate::organizations::Organization::from_settings(
+                "organizations.acme",
+                &toml::from_str(
+                    "id = \"acme\"\nname = \"Acme\"\n[[servers]]\nname = \"x\"\naddress = \"10.0.0.1\"\nsecret = \"s\"\n",
+                )
+                .expect("settings"),
+            )
+            .expect("organization");
+            org.servers = servers;
+            org
+        };
+        let org = org_of(vec![server.clone(), backup.clone()]);
+        let seen = Recoveries::of(&health, &org);
         health.record_failure(&server, Port::Acct);
-        assert_eq!(
-            health.recoveries(),
-            before,
+        assert!(
+            !seen.changed(&health, None),
             "a server going down is no recovery"
         );
         health.record_probe_success(&server, Port::Acct);
-        assert_eq!(health.recoveries(), before + 1);
+        // The primary came back while a row was failing over to the backup: at once.
+        assert!(seen.changed(&health, Some(backup.acct_addr)));
+        // A row that failed at the primary itself: its own probe answering is no news.
+        assert!(!seen.changed(&health, Some(server.acct_addr)));
+        let seen = Recoveries::of(&health, &org);
         health.record_probe_success(&server, Port::Acct);
-        assert_eq!(health.recoveries(), before + 1, "closed already");
+        assert!(!seen.changed(&health, None), "closed already");
 
         assert_eq!(retry_after(1_000, 5, true), 1_000, "at once");
         assert_eq!(retry_after(1_000, 5, false), 1_000 + backoff_ms(5));

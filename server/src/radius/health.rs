@@ -31,6 +31,8 @@ struct Entry {
     probe: Option<(ServerEndpoint, Port)>,
     /// When its breaker last closed after being open (None: never opened).
     closed_again_at: Option<Instant>,
+    /// How often its breaker has closed after being open.
+    recoveries: u64,
 }
 
 /// Per-address server state. Cheap to clone.
@@ -43,8 +45,6 @@ pub struct ServerHealth {
     opened: Arc<Notify>,
     /// Signalled when a breaker closes (accounting retries what waited for it).
     recovered: Arc<Notify>,
-    /// Breakers closed so far: a delivery that failed while one closed retries at once.
-    recoveries: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ServerHealth {
@@ -55,7 +55,6 @@ impl ServerHealth {
             entries: Arc::default(),
             opened: Arc::new(Notify::new()),
             recovered: Arc::new(Notify::new()),
-            recoveries: Arc::default(),
         }
     }
 
@@ -66,6 +65,7 @@ impl ServerHealth {
             learned_message_authenticator: false,
             probe: None,
             closed_again_at: None,
+            recoveries: 0,
         });
         f(entry)
     }
@@ -131,12 +131,13 @@ impl ServerHealth {
             let closed = e.breaker.record_success();
             if closed {
                 e.closed_again_at = Some(Instant::now());
+                e.recoveries += 1;
             }
             closed
         });
         if closed {
             tracing::info!(%addr, "RADIUS server answered a trial request: circuit breaker closed");
-            self.note_recovery();
+            self.recovered.notify_waiters();
         }
     }
 
@@ -187,13 +188,14 @@ impl ServerHealth {
             let closed = e.breaker.record_probe_success();
             if closed {
                 e.closed_again_at = Some(Instant::now());
+                e.recoveries += 1;
             }
             closed
         });
         if closed {
             tracing::info!(server = %server.name, %addr, ?port,
                 "RADIUS server answers Status-Server again: circuit breaker closed");
-            self.note_recovery();
+            self.recovered.notify_waiters();
         }
     }
 
@@ -222,16 +224,10 @@ impl ServerHealth {
         &self.opened
     }
 
-    fn note_recovery(&self) {
-        self.recoveries
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.recovered.notify_waiters();
-    }
-
-    /// How many breakers have closed so far (a change since an exchange began: a server came
-    /// back meanwhile).
-    pub fn recoveries(&self) -> u64 {
-        self.recoveries.load(std::sync::atomic::Ordering::Relaxed)
+    /// How often `addr`'s breaker has closed after being open (a change since an exchange
+    /// began: the server came back meanwhile).
+    pub fn recoveries_at(&self, addr: SocketAddr) -> u64 {
+        self.with(addr, |e| e.recoveries)
     }
 
     /// Signalled (to every waiter) when a breaker closes.

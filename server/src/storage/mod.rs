@@ -30,12 +30,7 @@ use std::path::Path;
 /// the one its Start moved to ([`AccessSessionRecord::server_name`]), with failover.
 pub const AUTH_SERVER_DESTINATION: &str = "auth-server";
 /// Prefix of the outbox destination of a copy for one named server alone (no failover).
-const SERVER_DESTINATION_PREFIX: &str = "server:";
-
-/// The outbox destination of a copy for server `name` alone.
-pub(crate) fn copy_destination(name: &str) -> String {
-    format!("{SERVER_DESTINATION_PREFIX}{name}")
-}
+pub(crate) const SERVER_DESTINATION_PREFIX: &str = "server:";
 
 /// The server a stored outbox destination names alone (None: the session's server, with
 /// failover).
@@ -150,23 +145,27 @@ contract! {
         /// several processes share the database, claims of another process are left to run
         /// out their lease.
         fn release_outbox_claims(&self) -> u64;
-        /// Marks a claimed row delivered and, in the same write, queues a copy of it for each
-        /// server of `copy_to` alone (once: a row already delivered gets none). May be relaxed
-        /// (lost on power failure: the row is sent again, which accounting servers take as a
-        /// duplicate, and its copies are queued then).
-        fn mark_delivered(&self, id: i64, now: i64, copy_to: &[String]) -> ();
+        /// Marks a claimed row delivered. `ack`, for a row of the session's own accounting:
+        /// who acknowledged it — another server than the session's is remembered as one that
+        /// may hold the session open (after a Start or Interim-Update), and a Stop is copied, in the same write, to each such
+        /// server and the session's own but the one that acknowledged it (once: a row already
+        /// delivered gets none). Returns the copies queued. May be relaxed (lost on power
+        /// failure: the row is sent again, which accounting servers take as a duplicate, and
+        /// its copies are queued then).
+        fn mark_delivered(&self, id: i64, now: i64, ack: Option<&Acknowledged<'_>>) -> u64;
         /// Makes `server_name` the session's accounting server: its Start was acknowledged
         /// there (a failover), so its Interim-Updates and Stop follow it (a Stop where the
-        /// Start is not leaves the Start open). `stray`: a server the Start was sent to
-        /// without an answer before ([`AccessSessionRecord::stray_start_server`]). Durable.
-        fn move_session_server(&self, id: i64, server_name: &str, stray: Option<&str>) -> ();
+        /// Start is not leaves the Start open). Durable.
+        fn move_session_server(&self, id: i64, server_name: &str) -> ();
         /// Releases a claimed row for a retry at `next_attempt_at`, recording why it failed and
-        /// whether a packet went out this time.
+        /// whether a packet went out this time (`sent_to`: to that server, which is then
+        /// remembered, after a Start or Interim-Update, as one that may hold the session open
+        /// — see `mark_delivered`).
         /// The release only while the row is still this claim's (`row.attempts` counts claims):
         /// a sender that stalled past its lease never releases a row another sender has claimed
         /// since. A transmission counts whoever holds the row now: a Start that went on the wire
         /// is never taken for one that did not (which would end its session without a Stop).
-        fn mark_failed(&self, row: &OutboxRow, next_attempt_at: i64, error: &str, transmitted: bool) -> ();
+        fn mark_failed(&self, row: &OutboxRow, next_attempt_at: i64, error: &str, sent_to: Option<&str>) -> ();
         /// Closes a row that can never be sent, with the reason, so it stops blocking its
         /// session's later rows. With `cascade`, the session's later pending rows are closed too
         /// ("the Start was never sent", so no Interim or Stop may follow it), and an active
@@ -239,9 +238,10 @@ contract! {
         /// `require_active`, only while it is enabled (checked in the same statement, so a
         /// disable racing the change wins).
         fn update_organization(&self, write: &OrganizationWrite<'_>, require_active: bool) -> UpdateOutcome;
-        /// Sessions of an organization that still need server `name`: open, or with accounting
-        /// not yet delivered, whose Stop goes there (their accounting server, or a server that
-        /// may have seen their Start: [`AccessSessionRecord::stray_start_server`]).
+        /// Sessions of an organization that still need server `name`: its sessions open or
+        /// with their own accounting not yet delivered, and open sessions whose Stop will be
+        /// copied there (a server that was sent a packet of theirs). Copies already queued for
+        /// it do not count: removing the server dead-letters them.
         fn sessions_needing_server(&self, organization_id: &str, name: &str) -> i64;
         /// Deletes an organization with its ended sessions and their accounting rows (the audit
         /// log keeps its history), audited. Refused while it is listed in the configuration, has
@@ -441,10 +441,6 @@ pub struct AccessSessionRecord {
     /// NAS-IPv6-Address, NAS-Identifier); None for a session stored before the portal recorded
     /// it, which presents its organization's current one.
     pub nas: Option<crate::radius::NasIdentity>,
-    /// A server its Start was sent to without an answer before `server_name` acknowledged it
-    /// (the accounting moved there): it may hold the session open, so it gets a copy of the
-    /// Stop.
-    pub stray_start_server: Option<String>,
 }
 
 impl AccessSessionRecord {
@@ -534,7 +530,6 @@ impl NewAccessSession {
             stopped_at: None,
             terminate_cause: None,
             nas: self.nas,
-            stray_start_server: None,
         }
     }
 }
@@ -612,6 +607,20 @@ pub struct OutboxRow {
     pub copy_to: Option<String>,
 }
 
+/// Who acknowledged a row of a session's own accounting ([`SessionStore::mark_delivered`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Acknowledged<'a> {
+    /// The row's session.
+    pub access_session_id: i64,
+    /// The server that acknowledged it.
+    pub by: &'a str,
+    /// The session's accounting server (it follows a Start that failed over).
+    pub own: &'a str,
+    /// The row is the session's Stop: it is copied to the other servers that may hold the
+    /// session open.
+    pub stop: bool,
+}
+
 /// How a Dynamic Authorization request names the session(s) it is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionMatch {
@@ -644,6 +653,8 @@ pub struct OutboxEntry {
     pub dead_reason: Option<String>,
     /// The last delivery error.
     pub last_error: Option<String>,
+    /// A copy for this server alone ([`OutboxRow::copy_to`]).
+    pub copy_to: Option<String>,
 }
 
 /// Encodes Class values as one blob: each value is a 2-byte big-endian length and its bytes.

@@ -878,10 +878,12 @@ impl<B: OrgBackend> OrganizationStore for B {
             .reader()
             .await?
             .fetch_optional(
-                "SELECT COUNT(*) FROM access_sessions s WHERE s.organization_id = $1 \
-                 AND (s.server_name = $2 OR s.stray_start_server = $2) \
-                 AND (s.state = 'active' OR EXISTS (SELECT 1 FROM accounting_outbox o \
-                      WHERE o.access_session_id = s.id AND o.delivered_at IS NULL AND o.dead_at IS NULL))",
+                "SELECT COUNT(*) FROM access_sessions s WHERE s.organization_id = $1 AND ( \
+                   (s.server_name = $2 AND (s.state = 'active' OR EXISTS (SELECT 1 FROM accounting_outbox o \
+                      WHERE o.access_session_id = s.id AND o.destination = 'auth-server' \
+                      AND o.delivered_at IS NULL AND o.dead_at IS NULL))) \
+                   OR (s.state = 'active' AND EXISTS (SELECT 1 FROM accounting_sent a \
+                      WHERE a.access_session_id = s.id AND a.server = $2)))",
                 &[Arg::Text(organization_id), Arg::Text(name)],
             )
             .await?

@@ -25,8 +25,9 @@
 use super::{
     decode_classes, encode_classes,
     organizations::{audit_in, Audit, OrgBackend, OrgTx},
-    AccessSessionRecord, NewAccessSession, Notice, OpenedSession, OutboxEntry, OutboxRow,
-    SessionMatch, SessionStore, StopOutcome, Stopped, StorageError, AUTH_SERVER_DESTINATION,
+    AccessSessionRecord, Acknowledged, NewAccessSession, Notice, OpenedSession, OutboxEntry,
+    OutboxRow, SessionMatch, SessionStore, StopOutcome, Stopped, StorageError,
+    AUTH_SERVER_DESTINATION,
 };
 use crate::radius::{status_type, terminate_cause};
 use sqlx::{
@@ -127,7 +128,7 @@ macro_rules! select_sessions {
         concat!(
             "SELECT id, acct_session_id, organization_id, username, client_ip, server_index, server_name, \
              classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, \
-             state, stopped_at, terminate_cause, nas_ip, nas_identifier, stray_start_server FROM access_sessions ",
+             state, stopped_at, terminate_cause, nas_ip, nas_identifier FROM access_sessions ",
             $rest
         )
     };
@@ -198,7 +199,6 @@ fn session_from_row(row: &PgRow) -> Result<AccessSessionRecord, StorageError> {
         stopped_at: row.try_get(16)?,
         terminate_cause: row.try_get(17)?,
         nas: super::stored_nas(row.try_get(18)?, row.try_get(19)?),
-        stray_start_server: row.try_get(20)?,
     })
 }
 
@@ -231,6 +231,7 @@ fn outbox_entry_from_row(row: &PgRow) -> Result<OutboxEntry, StorageError> {
         dead_at: row.try_get(5)?,
         dead_reason: row.try_get(6)?,
         last_error: row.try_get(7)?,
+        copy_to: super::copy_target(&row.try_get::<String, _>(8)?),
     })
 }
 
@@ -358,6 +359,23 @@ async fn enqueue_interim(
     .bind(i64::from(status_type::INTERIM_UPDATE))
     .bind(now)
     .bind((now - started_at) / 1000)
+    .execute(c)
+    .await?;
+    Ok(())
+}
+
+/// Remembers that `server` was sent a packet of session `access_session_id` (it may hold the
+/// session open: see [`SessionStore::mark_delivered`]).
+async fn remember_sent(
+    c: &mut PgConnection,
+    access_session_id: i64,
+    server: &str,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "INSERT INTO accounting_sent (access_session_id, server) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(access_session_id)
+    .bind(server)
     .execute(c)
     .await?;
     Ok(())
@@ -854,18 +872,18 @@ impl SessionStore for PgStore {
         &self,
         id: i64,
         now: i64,
-        copy_to: &[String],
-    ) -> Result<(), StorageError> {
+        ack: Option<&Acknowledged<'_>>,
+    ) -> Result<u64, StorageError> {
         let mark = "UPDATE accounting_outbox SET delivered_at = $1, claimed_until = NULL, last_error = NULL, \
              transmissions = transmissions + 1 WHERE id = $2";
-        if copy_to.is_empty() {
+        let Some(ack) = ack.filter(|a| a.stop || a.by != a.own) else {
             sqlx::query(mark)
                 .bind(now)
                 .bind(id)
                 .execute(&self.pool)
                 .await?;
-            return Ok(());
-        }
+            return Ok(0);
+        };
         let mut tx = self.pool.begin().await?;
         // The row is locked first, so two processes recording it at once queue one set of
         // copies (the second finds it delivered).
@@ -875,20 +893,30 @@ impl SessionStore for PgStore {
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-        if pending.is_some() {
-            for server in copy_to {
-                sqlx::query(
-                    "INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
-                     session_time_secs, terminate_cause, next_attempt_at, created_at) \
-                     SELECT access_session_id, $1, status_type, event_at, session_time_secs, terminate_cause, $2, $2 \
-                     FROM accounting_outbox WHERE id = $3",
-                )
-                .bind(super::copy_destination(server))
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
+        // A Start or Interim-Update may open the session where it went; a Stop not.
+        if ack.by != ack.own && !ack.stop {
+            remember_sent(&mut tx, ack.access_session_id, ack.by).await?;
+        }
+        let mut copies = 0;
+        if ack.stop && pending.is_some() {
+            copies = sqlx::query(
+                "INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
+                 session_time_secs, terminate_cause, next_attempt_at, created_at) \
+                 SELECT o.access_session_id, $1 || t.server, o.status_type, o.event_at, \
+                   o.session_time_secs, o.terminate_cause, $2, $2 \
+                 FROM accounting_outbox o, \
+                   (SELECT server FROM accounting_sent WHERE access_session_id = $3 UNION SELECT $4::text) t \
+                 WHERE o.id = $5 AND t.server <> $6",
+            )
+            .bind(super::SERVER_DESTINATION_PREFIX)
+            .bind(now)
+            .bind(ack.access_session_id)
+            .bind(ack.own)
+            .bind(id)
+            .bind(ack.by)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         }
         sqlx::query(mark)
             .bind(now)
@@ -896,21 +924,12 @@ impl SessionStore for PgStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(copies)
     }
 
-    async fn move_session_server(
-        &self,
-        id: i64,
-        server_name: &str,
-        stray: Option<&str>,
-    ) -> Result<(), StorageError> {
-        sqlx::query(
-            "UPDATE access_sessions SET server_name = $1, stray_start_server = COALESCE($2, stray_start_server) \
-             WHERE id = $3",
-        )
+    async fn move_session_server(&self, id: i64, server_name: &str) -> Result<(), StorageError> {
+        sqlx::query("UPDATE access_sessions SET server_name = $1 WHERE id = $2")
             .bind(server_name)
-            .bind(stray)
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -922,10 +941,15 @@ impl SessionStore for PgStore {
         row: &OutboxRow,
         next_attempt_at: i64,
         error: &str,
-        transmitted: bool,
+        sent_to: Option<&str>,
     ) -> Result<(), StorageError> {
+        let transmitted = sent_to.is_some();
+        // A Start or Interim-Update may open the session where it went; a Stop not.
+        let sent_to = sent_to.filter(|_| row.status_type != i64::from(status_type::STOP));
         sqlx::query(
-            "UPDATE accounting_outbox SET transmissions = transmissions + $1, \
+            "WITH sent AS (INSERT INTO accounting_sent (access_session_id, server) \
+               SELECT $6, $7::text WHERE $7::text IS NOT NULL ON CONFLICT DO NOTHING) \
+             UPDATE accounting_outbox SET transmissions = transmissions + $1, \
              next_attempt_at = CASE WHEN attempts = $2 THEN $3 ELSE next_attempt_at END, \
              claimed_until = CASE WHEN attempts = $2 THEN NULL ELSE claimed_until END, \
              last_error = CASE WHEN attempts = $2 THEN $4 ELSE last_error END \
@@ -936,6 +960,8 @@ impl SessionStore for PgStore {
         .bind(next_attempt_at)
         .bind(error)
         .bind(row.id)
+        .bind(row.access_session_id)
+        .bind(sent_to)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -1003,7 +1029,7 @@ impl SessionStore for PgStore {
         access_session_id: i64,
     ) -> Result<Vec<OutboxEntry>, StorageError> {
         sqlx::query(
-            "SELECT id, status_type, attempts, transmissions, delivered_at, dead_at, dead_reason, last_error \
+            "SELECT id, status_type, attempts, transmissions, delivered_at, dead_at, dead_reason, last_error, destination \
              FROM accounting_outbox WHERE access_session_id = $1 ORDER BY id",
         )
         .bind(access_session_id)
@@ -1020,7 +1046,7 @@ impl SessionStore for PgStore {
     ) -> Result<Vec<(OutboxEntry, String, String)>, StorageError> {
         sqlx::query(
             "SELECT o.id, o.status_type, o.attempts, o.transmissions, o.delivered_at, o.dead_at, o.dead_reason, \
-             o.last_error, s.acct_session_id, s.organization_id \
+             o.last_error, o.destination, s.acct_session_id, s.organization_id \
              FROM accounting_outbox o JOIN access_sessions s ON s.id = o.access_session_id \
              WHERE o.dead_at IS NOT NULL ORDER BY o.dead_at DESC, o.id DESC LIMIT $1",
         )
@@ -1028,7 +1054,7 @@ impl SessionStore for PgStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|r| Ok((outbox_entry_from_row(r)?, r.try_get(8)?, r.try_get(9)?)))
+        .map(|r| Ok((outbox_entry_from_row(r)?, r.try_get(9)?, r.try_get(10)?)))
         .collect()
     }
 

@@ -8,8 +8,8 @@ use super::{
     decode_classes, encode_classes,
     engine::Engine,
     organizations::{audit_on, session_end_actor, Audit, OrgBackend, OrgTx},
-    AccessSessionRecord, NewAccessSession, OpenedSession, OutboxEntry, OutboxRow, SessionMatch,
-    SessionStore, StopOutcome, Stopped, StorageError, AUTH_SERVER_DESTINATION,
+    AccessSessionRecord, Acknowledged, NewAccessSession, OpenedSession, OutboxEntry, OutboxRow,
+    SessionMatch, SessionStore, StopOutcome, Stopped, StorageError, AUTH_SERVER_DESTINATION,
 };
 use crate::radius::{status_type, terminate_cause};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -35,7 +35,7 @@ macro_rules! select_sessions {
         concat!(
             "SELECT id, acct_session_id, organization_id, username, client_ip, server_index, server_name, \
              classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, \
-             state, stopped_at, terminate_cause, nas_ip, nas_identifier, stray_start_server FROM access_sessions ",
+             state, stopped_at, terminate_cause, nas_ip, nas_identifier FROM access_sessions ",
             $rest
         )
     };
@@ -86,7 +86,6 @@ fn session_from_row(row: &rusqlite::Row<'_>) -> Result<AccessSessionRecord, Stor
         stopped_at: row.get(16)?,
         terminate_cause: row.get(17)?,
         nas: super::stored_nas(row.get(18)?, row.get(19)?),
-        stray_start_server: row.get(20)?,
     })
 }
 
@@ -160,7 +159,9 @@ macro_rules! outbox_entry_columns {
             $p,
             "dead_reason, ",
             $p,
-            "last_error"
+            "last_error, ",
+            $p,
+            "destination"
         )
     };
 }
@@ -175,6 +176,7 @@ fn outbox_entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntr
         dead_at: row.get(5)?,
         dead_reason: row.get(6)?,
         last_error: row.get(7)?,
+        copy_to: super::copy_target(&row.get::<_, String>(8)?),
     })
 }
 
@@ -635,43 +637,62 @@ impl SessionStore for SqliteStore {
         &self,
         id: i64,
         now: i64,
-        copy_to: &[String],
-    ) -> Result<(), StorageError> {
-        let copies: Vec<String> = copy_to.iter().map(|s| super::copy_destination(s)).collect();
+        ack: Option<&Acknowledged<'_>>,
+    ) -> Result<u64, StorageError> {
+        let ack = ack.map(|a| {
+            (
+                a.access_session_id,
+                a.by.to_string(),
+                a.own.to_string(),
+                a.stop,
+            )
+        });
         self.engine
             .write_relaxed_small(move |c| {
-                for destination in &copies {
-                    c.prepare_cached(
-                        "INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
-                         session_time_secs, terminate_cause, next_attempt_at, created_at) \
-                         SELECT access_session_id, ?1, status_type, event_at, session_time_secs, terminate_cause, ?2, ?2 \
-                         FROM accounting_outbox WHERE id = ?3 AND delivered_at IS NULL",
-                    )?
-                    .execute(params![destination, now, id])?;
+                let mut copies = 0;
+                if let Some((session, by, own, stop)) = &ack {
+                    // A Start or Interim-Update may open the session where it went; a Stop not.
+                    if by != own && !stop {
+                        remember_sent(c, *session, by)?;
+                    }
+                    if *stop {
+                        copies = c
+                            .prepare_cached(
+                                "INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
+                                 session_time_secs, terminate_cause, next_attempt_at, created_at) \
+                                 SELECT o.access_session_id, ?1 || t.server, o.status_type, o.event_at, \
+                                   o.session_time_secs, o.terminate_cause, ?2, ?2 \
+                                 FROM accounting_outbox o, \
+                                   (SELECT server FROM accounting_sent WHERE access_session_id = ?3 UNION SELECT ?4) t \
+                                 WHERE o.id = ?5 AND o.delivered_at IS NULL AND t.server != ?6",
+                            )?
+                            .execute(params![
+                                super::SERVER_DESTINATION_PREFIX,
+                                now,
+                                session,
+                                own,
+                                id,
+                                by
+                            ])? as u64;
+                    }
                 }
                 c.prepare_cached(
                     "UPDATE accounting_outbox SET delivered_at = ?, claimed_until = NULL, last_error = NULL, \
                      transmissions = transmissions + 1 WHERE id = ?",
                 )?
                 .execute([now, id])?;
-                Ok(())
+                Ok(copies)
             })
             .await
     }
 
-    async fn move_session_server(
-        &self,
-        id: i64,
-        server_name: &str,
-        stray: Option<&str>,
-    ) -> Result<(), StorageError> {
-        let (server_name, stray) = (server_name.to_string(), stray.map(str::to_owned));
+    async fn move_session_server(&self, id: i64, server_name: &str) -> Result<(), StorageError> {
+        let server_name = server_name.to_string();
         self.engine
             .write(move |c| {
                 c.execute(
-                    "UPDATE access_sessions SET server_name = ?, stray_start_server = COALESCE(?, stray_start_server) \
-                     WHERE id = ?",
-                    params![server_name, stray, id],
+                    "UPDATE access_sessions SET server_name = ? WHERE id = ?",
+                    params![server_name, id],
                 )?;
                 Ok(())
             })
@@ -683,11 +704,21 @@ impl SessionStore for SqliteStore {
         row: &OutboxRow,
         next_attempt_at: i64,
         error: &str,
-        transmitted: bool,
+        sent_to: Option<&str>,
     ) -> Result<(), StorageError> {
         let (id, attempts, error) = (row.id, row.attempts, error.to_string());
+        let transmitted = sent_to.is_some();
+        // A Start or Interim-Update may open the session where it went; a Stop not.
+        let opens = row.status_type != i64::from(status_type::STOP);
+        let (session, sent_to) = (
+            row.access_session_id,
+            sent_to.filter(|_| opens).map(str::to_owned),
+        );
         self.engine
             .write_relaxed_small(move |c| {
+                if let Some(server) = &sent_to {
+                    remember_sent(c, session, server)?;
+                }
                 c.prepare_cached(
                     "UPDATE accounting_outbox SET transmissions = transmissions + ?1, \
                      next_attempt_at = CASE WHEN attempts = ?2 THEN ?3 ELSE next_attempt_at END, \
@@ -789,7 +820,7 @@ impl SessionStore for SqliteStore {
                      WHERE o.dead_at IS NOT NULL ORDER BY o.dead_at DESC, o.id DESC LIMIT ?"
                 ))?
                 .query_map([limit], |r| {
-                    Ok((outbox_entry_from_row(r)?, r.get(8)?, r.get(9)?))
+                    Ok((outbox_entry_from_row(r)?, r.get(9)?, r.get(10)?))
                 })?
                 .collect::<Result<_, _>>()?)
             })
@@ -902,6 +933,16 @@ impl SessionStore for SqliteStore {
             Ok(delivered.flatten().is_some())
         })
     }
+}
+
+/// Remembers that `server` was sent a packet of session `access_session_id` (it may hold the
+/// session open: see [`SessionStore::mark_delivered`]).
+fn remember_sent(c: &Connection, access_session_id: i64, server: &str) -> Result<(), StorageError> {
+    c.prepare_cached(
+        "INSERT OR IGNORE INTO accounting_sent (access_session_id, server) VALUES (?, ?)",
+    )?
+    .execute(params![access_session_id, server])?;
+    Ok(())
 }
 
 /// See [`SessionStore::claim_session_outbox`].
