@@ -1077,3 +1077,50 @@ async fn a_start_a_frozen_server_answers_late_gets_its_stop_there_too() {
     );
     app.stop().await;
 }
+
+/// An Interim-Update that failed over (the session's own server down during a refresh) may
+/// have opened the session at the backup (servers that keep sessions in SQL do so): when the
+/// session ends, its Stop goes to its own server, back by then, and a copy to the backup.
+#[tokio::test]
+async fn a_stop_is_copied_to_a_server_an_interim_update_failed_over_to() {
+    let mut primary = FreeRadius::start().await;
+    let backup = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut settings = settings(
+        &db,
+        vec![fast(&primary, "primary"), fast(&backup, "backup")],
+    );
+    settings.radius.probe_interval = Duration::from_millis(500);
+    settings.radius.breaker_failures = 1;
+    let app = TestApp::spawn(&settings).await;
+    let session = app
+        .sessions
+        .login("acme", "carol", "carol-pass", IpAddr::V4(client(32)))
+        .await
+        .unwrap();
+    let sid = format!("sid={} ", session.acct_session_id);
+    primary.wait_for_acct(&["status=Start", &sid]).await;
+
+    // The primary goes down; a refresh's Interim-Update fails over to the backup.
+    primary.kill();
+    app.sessions.refresh(session.id).await.unwrap();
+    backup.wait_for_acct(&["status=Interim-Update", &sid]).await;
+
+    // The primary is back; the user disconnects: the Stop at the primary, a copy at the backup.
+    primary.restart().await;
+    let health = app.radius.health().clone();
+    let primary_acct = SocketAddr::from(([127, 0, 0, 1], primary.acct_port));
+    wait_until("the primary is back", || async {
+        health.allows(primary_acct)
+    })
+    .await;
+    assert!(app.sessions.disconnect(session.id).await.unwrap());
+    let at_primary = primary.wait_for_acct(&["status=Stop", &sid]).await;
+    let at_backup = backup.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(
+        field(&at_backup, "event_ts"),
+        field(&at_primary, "event_ts")
+    );
+    assert_eq!(field(&at_backup, "cause"), "User-Request");
+    app.stop().await;
+}
