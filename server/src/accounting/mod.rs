@@ -682,6 +682,7 @@ impl Accounting {
                     format!("server `{name}` is no longer one of the organization's servers");
                 return self.dead_letter(row, acct_id, reason).await.map(Err);
             };
+            let back_before = health.recoveries_at(server.acct_addr);
             if health.admit(server, Port::Acct) {
                 return Ok(Ok((server, false)));
             }
@@ -691,15 +692,14 @@ impl Accounting {
                 return self.dead_letter(row, acct_id, reason).await.map(Err);
             }
             // Parked until its server is back (a recovery makes every waiting row due).
-            let retry = now + MAX_BACKOFF_MS;
-            self.storage
-                .mark_failed(
-                    row,
-                    retry,
-                    "the server is down: this copy waits for it",
-                    None,
-                )
-                .await?;
+            let reason = "the server is down: this copy waits for it";
+            let mut retry = now + MAX_BACKOFF_MS;
+            self.storage.mark_failed(row, retry, reason, None).await?;
+            // Back while this was written (its recovery's wake-up found the row claimed).
+            if health.recoveries_at(server.acct_addr) != back_before {
+                retry = now_ms();
+                self.storage.mark_failed(row, retry, reason, None).await?;
+            }
             tracing::debug!(acct_session_id = %acct_id, server = %name,
                 "a copy of the session's Stop waits for its server to come back");
             return Ok(Err(Delivery::RetryAt(retry)));
