@@ -363,10 +363,18 @@ impl AccessSessions {
         let (id, acct_session_id) = (session.id, &session.acct_session_id);
         for old in preempted {
             self.events.publish(old.id);
-            let sent = self
+            let stop_deadline = Instant::now() + exchange_time;
+            let mut sent = self
                 .accounting
-                .deliver_now(old.id, status_type::STOP, Instant::now() + exchange_time)
+                .deliver_now(old.id, status_type::STOP, stop_deadline)
                 .await;
+            // Its copies too (servers that may hold it open), before the new Start.
+            if matches!(sent, Ok(true)) {
+                sent = self
+                    .accounting
+                    .deliver_copies_now(old.id, stop_deadline)
+                    .await;
+            }
             if !matches!(sent, Ok(true)) {
                 tracing::warn!(
                     session = old.id,

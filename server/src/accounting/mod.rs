@@ -322,6 +322,41 @@ impl Accounting {
         }
     }
 
+    /// Sends the copies of a session's Stop that are due right away (a login sends a preempted
+    /// session's Stop, copies included, before its Start: a copy arriving after the Start would
+    /// end the new identity of the address at that server), each before `deadline`. A copy
+    /// whose server is down waits for it in the outbox; one the delivery loop took meanwhile is
+    /// waited for. True when none is left to send now.
+    pub async fn deliver_copies_now(
+        &self,
+        session_id: i64,
+        deadline: Instant,
+    ) -> Result<bool, OutboxError> {
+        // A read first: most sessions have no copies (a claim is a durable write).
+        while self.storage.copies_due(session_id, now_ms()).await? > 0 {
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            let now = now_ms();
+            let copies = self
+                .storage
+                .claim_session_copies(session_id, now, now + CLAIM_LEASE_MS)
+                .await?;
+            if copies.is_empty() {
+                // Being sent by the delivery loop: wait for its outcome.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            let mut sent = JoinSet::new();
+            for copy in copies {
+                let this = self.clone();
+                sent.spawn(async move { this.deliver(copy, Some(deadline), None, false).await });
+            }
+            while sent.join_next().await.is_some() {}
+        }
+        Ok(true)
+    }
+
     /// Runs `work` as a task that a graceful shutdown waits for (like the loop's deliveries):
     /// for work holding claims that must not be abandoned when its request is cancelled.
     pub fn track<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
@@ -475,6 +510,10 @@ impl Accounting {
             }
         }
         let Some(org) = org else {
+            if row.copy_to.is_some() && now - row.event_at > COPY_GIVE_UP_MS {
+                let reason = "its organization could not be used for a day after the session ended";
+                return self.dead_letter(&row, acct_id, reason.into()).await;
+            }
             // Never drop an Interim or Stop: a firewall identity would outlive its session.
             // The organization is missing from this process's cache (its settings cannot be
             // built, e.g. an unreadable secret file): hold the row until it can be sent.
@@ -538,6 +577,12 @@ impl Accounting {
             tracing::warn!(acct_session_id = %acct_id, status_type = record.status_type,
                 session_server = %session.server_name, server = %server.name,
                 "accounting fails over: the session's server is down");
+            // An Interim-Update may open the session where it goes: remembered before it
+            // leaves (a kill -9 after the answer, before it is recorded, would lose it), so
+            // the session's Stop is copied there.
+            if row.status_type == i64::from(status_type::INTERIM_UPDATE) {
+                self.storage.remember_sent(session.id, &server.name).await?;
+            }
         }
         let window = self.window(server.acct_addr);
         // Waiting for a send slot is bounded (45 s); before the packet leaves, the claim is
@@ -596,7 +641,8 @@ impl Accounting {
         {
             Ok(()) => {
                 if is_start && failover {
-                    self.follow_start(&session, &server.name).await;
+                    self.follow_start(&session, &server.name, row.attempts > 1)
+                        .await;
                 }
                 // Of the session's own accounting: who acknowledged it is recorded with it
                 // (a Stop is then copied to the other servers that may hold the session open).
@@ -760,11 +806,25 @@ impl Accounting {
     /// server). Noted before the Start is recorded delivered, so no later row of the session
     /// (which waits for that) can miss it; stored with the session for other processes and
     /// the next start (a failure to store it is logged: this process still follows).
-    async fn follow_start(&self, session: &AccessSessionRecord, server: &str) {
+    ///
+    /// `tried_before`: an earlier claim of the Start may have sent it to the session's own
+    /// server (its failure is recorded then, but not if the process died first): that server
+    /// is remembered as one that may hold the session open.
+    async fn follow_start(&self, session: &AccessSessionRecord, server: &str, tried_before: bool) {
         self.moved
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(session.id, server.to_string());
+        if tried_before {
+            if let Err(e) = self
+                .storage
+                .remember_sent(session.id, &session.server_name)
+                .await
+            {
+                tracing::warn!(error = %crate::portal_backend::error_chain(&e), acct_session_id = %session.acct_session_id,
+                    "the server the Start may have reached first could not be stored");
+            }
+        }
         if let Err(e) = self.storage.move_session_server(session.id, server).await {
             tracing::warn!(error = %crate::portal_backend::error_chain(&e), acct_session_id = %session.acct_session_id,
                 server, "the session's new accounting server could not be stored; this process sends its later accounting there all the same");

@@ -132,6 +132,17 @@ contract! {
         /// Claims a session's next pending row of `status_type` if it is first in line (used to
         /// send a Start, or a preempted session's Stop, at once inside the login request).
         fn claim_session_outbox(&self, access_session_id: i64, status_type: u32, now: i64, lease_until: i64) -> Option<OutboxRow>;
+        /// Claims the copies of a session's Stop that are due (each for its server alone), for
+        /// the caller to send now: a login sends the Stops of the sessions it preempts before
+        /// its Start, copies included.
+        fn claim_session_copies(&self, access_session_id: i64, now: i64, lease_until: i64) -> Vec<OutboxRow>;
+        /// Copies of a session's Stop still to be sent now: due (or being sent), not parked for a
+        /// server that is down.
+        fn copies_due(&self, access_session_id: i64, now: i64) -> i64;
+        /// Remembers, durably, that `server` is being or was sent a Start or Interim-Update of
+        /// the session: it may hold the session open, so the session's Stop is copied there
+        /// (see `mark_delivered`).
+        fn remember_sent(&self, access_session_id: i64, server: &str) -> ();
         /// Extends the caller's claim of `row` to `lease_until` if it is still the caller's (no
         /// other sender claimed the row since, even after the lease ran out) and the row is
         /// still pending. False: the row is another sender's, or settled.

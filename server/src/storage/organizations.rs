@@ -882,8 +882,10 @@ impl<B: OrgBackend> OrganizationStore for B {
                    (s.server_name = $2 AND (s.state = 'active' OR EXISTS (SELECT 1 FROM accounting_outbox o \
                       WHERE o.access_session_id = s.id AND o.destination = 'auth-server' \
                       AND o.delivered_at IS NULL AND o.dead_at IS NULL))) \
-                   OR (s.state = 'active' AND EXISTS (SELECT 1 FROM accounting_sent a \
-                      WHERE a.access_session_id = s.id AND a.server = $2)))",
+                   OR (EXISTS (SELECT 1 FROM accounting_sent a WHERE a.access_session_id = s.id AND a.server = $2) \
+                      AND (s.state = 'active' OR EXISTS (SELECT 1 FROM accounting_outbox o \
+                        WHERE o.access_session_id = s.id AND o.destination = 'auth-server' AND o.status_type = 2 \
+                        AND o.delivered_at IS NULL AND o.dead_at IS NULL))))",
                 &[Arg::Text(organization_id), Arg::Text(name)],
             )
             .await?

@@ -874,57 +874,91 @@ impl SessionStore for PgStore {
         now: i64,
         ack: Option<&Acknowledged<'_>>,
     ) -> Result<u64, StorageError> {
-        let mark = "UPDATE accounting_outbox SET delivered_at = $1, claimed_until = NULL, last_error = NULL, \
-             transmissions = transmissions + 1 WHERE id = $2";
-        let Some(ack) = ack.filter(|a| a.stop || a.by != a.own) else {
-            sqlx::query(mark)
-                .bind(now)
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
+        // A Start or Interim-Update acknowledged by another server than the session's may have
+        // opened the session there (rare: a failover).
+        if let Some(ack) = ack.filter(|a| a.by != a.own && !a.stop) {
+            let mut c = self.pool.acquire().await?;
+            remember_sent(&mut c, ack.access_session_id, ack.by).await?;
+        }
+        let Some(ack) = ack.filter(|a| a.stop) else {
+            sqlx::query(
+                "UPDATE accounting_outbox SET delivered_at = $1, claimed_until = NULL, last_error = NULL, \
+                 transmissions = transmissions + 1 WHERE id = $2",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
             return Ok(0);
         };
-        let mut tx = self.pool.begin().await?;
-        // The row is locked first, so two processes recording it at once queue one set of
-        // copies (the second finds it delivered).
-        let pending: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM accounting_outbox WHERE id = $1 AND delivered_at IS NULL FOR UPDATE",
+        // The session's Stop: marked and copied in one statement. The update takes only a row
+        // not yet delivered, so a second recording (another replica, a retried write) waits
+        // for the first's lock, finds it delivered and queues no copies.
+        let copies = sqlx::query(
+            "WITH d AS (UPDATE accounting_outbox SET delivered_at = $1, claimed_until = NULL, last_error = NULL, \
+               transmissions = transmissions + 1 WHERE id = $2 AND delivered_at IS NULL \
+               RETURNING access_session_id, status_type, event_at, session_time_secs, terminate_cause) \
+             INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
+               session_time_secs, terminate_cause, next_attempt_at, created_at) \
+             SELECT d.access_session_id, $3 || t.server, d.status_type, d.event_at, d.session_time_secs, \
+               d.terminate_cause, $1, $1 \
+             FROM d, (SELECT server FROM accounting_sent WHERE access_session_id = $4 UNION SELECT $5::text) t \
+             WHERE t.server <> $6",
         )
+        .bind(now)
         .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        // A Start or Interim-Update may open the session where it went; a Stop not.
-        if ack.by != ack.own && !ack.stop {
-            remember_sent(&mut tx, ack.access_session_id, ack.by).await?;
-        }
-        let mut copies = 0;
-        if ack.stop && pending.is_some() {
-            copies = sqlx::query(
-                "INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
-                 session_time_secs, terminate_cause, next_attempt_at, created_at) \
-                 SELECT o.access_session_id, $1 || t.server, o.status_type, o.event_at, \
-                   o.session_time_secs, o.terminate_cause, $2, $2 \
-                 FROM accounting_outbox o, \
-                   (SELECT server FROM accounting_sent WHERE access_session_id = $3 UNION SELECT $4::text) t \
-                 WHERE o.id = $5 AND t.server <> $6",
-            )
-            .bind(super::SERVER_DESTINATION_PREFIX)
-            .bind(now)
-            .bind(ack.access_session_id)
-            .bind(ack.own)
-            .bind(id)
-            .bind(ack.by)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
-        sqlx::query(mark)
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        .bind(super::SERVER_DESTINATION_PREFIX)
+        .bind(ack.access_session_id)
+        .bind(ack.own)
+        .bind(ack.by)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok(copies)
+    }
+
+    async fn claim_session_copies(
+        &self,
+        access_session_id: i64,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Vec<OutboxRow>, StorageError> {
+        let rows = sqlx::query(concat!(
+            "UPDATE accounting_outbox SET claimed_until = $1, attempts = attempts + 1 WHERE id IN ( \
+               SELECT o.id FROM accounting_outbox o WHERE o.access_session_id = $2 \
+               AND o.destination <> 'auth-server' AND o.next_attempt_at <= $3 \
+               AND (o.claimed_until IS NULL OR o.claimed_until < $3) AND ",
+            pending_head_o!(),
+            " FOR UPDATE SKIP LOCKED) RETURNING ",
+            outbox_columns!()
+        ))
+        .bind(lease_until)
+        .bind(access_session_id)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(outbox_from_row).collect()
+    }
+
+    async fn copies_due(&self, access_session_id: i64, now: i64) -> Result<i64, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM accounting_outbox WHERE access_session_id = $1 \
+             AND destination <> 'auth-server' AND next_attempt_at <= $2 \
+             AND delivered_at IS NULL AND dead_at IS NULL",
+        )
+        .bind(access_session_id)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn remember_sent(
+        &self,
+        access_session_id: i64,
+        server: &str,
+    ) -> Result<(), StorageError> {
+        let mut c = self.pool.acquire().await?;
+        remember_sent(&mut c, access_session_id, server).await
     }
 
     async fn move_session_server(&self, id: i64, server_name: &str) -> Result<(), StorageError> {

@@ -647,16 +647,20 @@ impl SessionStore for SqliteStore {
                 a.stop,
             )
         });
-        self.engine
-            .write_relaxed_small(move |c| {
-                let mut copies = 0;
-                if let Some((session, by, own, stop)) = &ack {
-                    // A Start or Interim-Update may open the session where it went; a Stop not.
-                    if by != own && !stop {
-                        remember_sent(c, *session, by)?;
-                    }
-                    if *stop {
-                        copies = c
+        // Remembering a server that may hold the session open must survive a power loss (the
+        // row would be sent again, perhaps to its own server, and the Stop never copied there).
+        let remembers = ack
+            .as_ref()
+            .is_some_and(|(_, by, own, stop)| by != own && !stop);
+        let work = move |c: &Connection| {
+            let mut copies = 0;
+            if let Some((session, by, own, stop)) = &ack {
+                // A Start or Interim-Update may open the session where it went; a Stop not.
+                if by != own && !stop {
+                    remember_sent(c, *session, by)?;
+                }
+                if *stop {
+                    copies = c
                             .prepare_cached(
                                 "INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
                                  session_time_secs, terminate_cause, next_attempt_at, created_at) \
@@ -674,16 +678,20 @@ impl SessionStore for SqliteStore {
                                 id,
                                 by
                             ])? as u64;
-                    }
                 }
-                c.prepare_cached(
+            }
+            c.prepare_cached(
                     "UPDATE accounting_outbox SET delivered_at = ?, claimed_until = NULL, last_error = NULL, \
                      transmissions = transmissions + 1 WHERE id = ?",
                 )?
                 .execute([now, id])?;
-                Ok(copies)
-            })
-            .await
+            Ok(copies)
+        };
+        if remembers {
+            self.engine.write(work).await
+        } else {
+            self.engine.write_relaxed_small(work).await
+        }
     }
 
     async fn move_session_server(&self, id: i64, server_name: &str) -> Result<(), StorageError> {
@@ -714,27 +722,78 @@ impl SessionStore for SqliteStore {
             row.access_session_id,
             sent_to.filter(|_| opens).map(str::to_owned),
         );
-        self.engine
-            .write_relaxed_small(move |c| {
-                if let Some(server) = &sent_to {
-                    remember_sent(c, session, server)?;
-                }
-                c.prepare_cached(
-                    "UPDATE accounting_outbox SET transmissions = transmissions + ?1, \
+        // Durable when it remembers a server (see `mark_delivered`).
+        let remembers = sent_to.is_some();
+        let work = move |c: &Connection| {
+            if let Some(server) = &sent_to {
+                remember_sent(c, session, server)?;
+            }
+            c.prepare_cached(
+                "UPDATE accounting_outbox SET transmissions = transmissions + ?1, \
                      next_attempt_at = CASE WHEN attempts = ?2 THEN ?3 ELSE next_attempt_at END, \
                      claimed_until = CASE WHEN attempts = ?2 THEN NULL ELSE claimed_until END, \
                      last_error = CASE WHEN attempts = ?2 THEN ?4 ELSE last_error END \
                      WHERE id = ?5",
-                )?
-                .execute(params![
-                    i64::from(transmitted),
-                    attempts,
-                    next_attempt_at,
-                    error,
-                    id
-                ])?;
-                Ok(())
+            )?
+            .execute(params![
+                i64::from(transmitted),
+                attempts,
+                next_attempt_at,
+                error,
+                id
+            ])?;
+            Ok(())
+        };
+        if remembers {
+            self.engine.write(work).await
+        } else {
+            self.engine.write_relaxed_small(work).await
+        }
+    }
+
+    async fn claim_session_copies(
+        &self,
+        access_session_id: i64,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Vec<OutboxRow>, StorageError> {
+        self.engine
+            .write(move |c| {
+                Ok(c.prepare_cached(concat!(
+                    "UPDATE accounting_outbox SET claimed_until = ?1, attempts = attempts + 1 WHERE id IN ( \
+                       SELECT o.id FROM accounting_outbox o \
+                       WHERE o.access_session_id = ?2 AND o.destination != 'auth-server' AND ",
+                    pending_o!(),
+                    " AND o.next_attempt_at <= ?3 AND (o.claimed_until IS NULL OR o.claimed_until < ?3) AND ",
+                    head_o!(),
+                    ") RETURNING ",
+                    outbox_columns!()
+                ))?
+                .query_map([lease_until, access_session_id, now], outbox_from_row)?
+                .collect::<Result<_, _>>()?)
             })
+            .await
+    }
+
+    async fn copies_due(&self, access_session_id: i64, now: i64) -> Result<i64, StorageError> {
+        self.engine.read(|c| {
+            Ok(c.prepare_cached(concat!(
+                "SELECT COUNT(*) FROM accounting_outbox o WHERE o.access_session_id = ?1 \
+                 AND o.destination != 'auth-server' AND o.next_attempt_at <= ?2 AND ",
+                pending_o!()
+            ))?
+            .query_row([access_session_id, now], |r| r.get(0))?)
+        })
+    }
+
+    async fn remember_sent(
+        &self,
+        access_session_id: i64,
+        server: &str,
+    ) -> Result<(), StorageError> {
+        let server = server.to_string();
+        self.engine
+            .write(move |c| remember_sent(c, access_session_id, &server))
             .await
     }
 
