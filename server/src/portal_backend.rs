@@ -530,11 +530,11 @@ impl PortalService for PortalBackend {
             // The browser (its web session as it came, or its anonymous id) waits for its own
             // sign-in under way, if any; the same form sent again is answered with the session
             // that one opened (`resubmit`).
-            let browser = web.id().map(|id| id.to_string()).or_else(|| {
+            let browser = web.id().map(|id| format!("w:{id}")).or_else(|| {
                 request
                     .extensions
                     .get::<AnonId>()
-                    .map(|anon| anon.0.clone())
+                    .map(|anon| format!("a:{}", anon.0))
             });
             let turn = match &browser {
                 Some(browser) => Some(

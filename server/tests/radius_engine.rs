@@ -1124,3 +1124,72 @@ async fn a_stop_is_copied_to_a_server_an_interim_update_failed_over_to() {
     assert_eq!(field(&at_backup, "cause"), "User-Request");
     app.stop().await;
 }
+
+/// A sign-in that replaces a session sends the old session's Stop before the new Start — its
+/// copies included: here the old session's Interim-Update had failed over to the backup,
+/// which then authenticates the new sign-in (the primary's authentication is down). The backup
+/// sees the old session's Stop before the new session's Start, not a Stop for the address
+/// after its new identity arrived.
+#[tokio::test]
+async fn a_replaced_sessions_stop_copies_go_before_the_new_start() {
+    let mut authenticator = FreeRadius::start().await;
+    let mut own_accounting = FreeRadius::start().await;
+    let backup = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut primary = fast(&authenticator, "primary");
+    primary.acct_port = own_accounting.acct_port;
+    let mut settings = settings(&db, vec![primary, fast(&backup, "backup")]);
+    settings.radius.probe_interval = Duration::from_millis(500);
+    settings.radius.breaker_failures = 1;
+    let app = TestApp::spawn(&settings).await;
+    let health = app.radius.health().clone();
+    let primary_acct = SocketAddr::from(([127, 0, 0, 1], own_accounting.acct_port));
+    let ip = IpAddr::V4(client(33));
+    let first = app
+        .sessions
+        .login("acme", "carol", "carol-pass", ip)
+        .await
+        .unwrap();
+    let first_sid = format!("sid={} ", first.acct_session_id);
+    own_accounting
+        .wait_for_acct(&["status=Start", &first_sid])
+        .await;
+
+    // The primary's accounting goes down for a refresh: its Interim-Update fails over.
+    own_accounting.kill();
+    app.sessions.refresh(first.id).await.unwrap();
+    backup
+        .wait_for_acct(&["status=Interim-Update", &first_sid])
+        .await;
+    own_accounting.restart().await;
+    wait_until("the primary's accounting is back", || async {
+        health.allows(primary_acct)
+    })
+    .await;
+
+    // The primary's authentication goes down: the next sign-in of the address is the backup's.
+    authenticator.kill();
+    let second = app
+        .sessions
+        .login("acme", "erin", "erin-pass", ip)
+        .await
+        .unwrap();
+    assert_eq!(second.server_name, "backup");
+    let second_sid = format!("sid={} ", second.acct_session_id);
+    backup.wait_for_acct(&["status=Start", &second_sid]).await;
+    let lines = backup.acct_lines();
+    let old_stop = lines
+        .iter()
+        .position(|l| l.contains("status=Stop") && l.contains(&first_sid))
+        .unwrap_or_else(|| panic!("the old session's Stop at the backup: {lines:#?}"));
+    let new_start = lines
+        .iter()
+        .position(|l| l.contains("status=Start") && l.contains(&second_sid))
+        .unwrap();
+    assert!(old_stop < new_start, "{lines:#?}");
+    assert_eq!(field(&lines[old_stop], "cause"), "Port-Preempted");
+    own_accounting
+        .wait_for_acct(&["status=Stop", &first_sid])
+        .await;
+    app.stop().await;
+}
