@@ -49,8 +49,29 @@ async fn link_web_session(
     }
     web.insert(FORM_TOKEN_KEY, random_token()).await?;
     web.insert(&access_session_key(org), session.id).await?;
-    web.set_expiry(Some(crate::http::web_session_expiry(session.window_ms)));
+    keep_link_for(web, session.window_ms).await?;
     crate::http::web_session::save_now(request, web).await
+}
+
+/// Web-session key holding the longest window of the access sessions it was linked to.
+const LONGEST_WINDOW_KEY: &str = "longest_window_ms";
+
+/// Sets the web session's inactivity deadline for an access session of window `window_ms`
+/// linked to it (signed in or refreshed): from the longest window of those it has been linked
+/// to, in whichever organization, so that a sign-in or refresh in one organization never
+/// shortens the link a longer session of another needs.
+async fn keep_link_for(
+    web: &Session,
+    window_ms: i64,
+) -> Result<(), tower_sessions::session::Error> {
+    let longest = web.get::<i64>(LONGEST_WINDOW_KEY).await?.unwrap_or(0);
+    if window_ms > longest {
+        web.insert(LONGEST_WINDOW_KEY, window_ms).await?;
+    }
+    web.set_expiry(Some(crate::http::web_session_expiry(
+        window_ms.max(longest),
+    )));
+    Ok(())
 }
 
 /// Implementation of the UI's service interface.
@@ -630,7 +651,9 @@ impl PortalService for PortalBackend {
             let session = self.sessions.refresh(id).await.map_err(user_error)?;
             // Saved with a new inactivity deadline: a web session in use never ends before
             // the access session it controls (reads alone do not write it).
-            web.set_expiry(Some(crate::http::web_session_expiry(session.window_ms)));
+            keep_link_for(&web, session.window_ms)
+                .await
+                .map_err(|e| internal("reading the web session", &e))?;
             Ok(self.view(&session))
         }
         .await;
@@ -668,7 +691,7 @@ impl PortalService for PortalBackend {
 }
 
 /// Takes an ended access session (`key`) off the web session. A web session whose stored
-/// record holds nothing else but its form token (no other organization's session, whichever
+/// record holds nothing else but its form token (and the longest window it was linked for) (no other organization's session, whichever
 /// replica linked it) is deleted, record and cookie: the browser is an anonymous visitor
 /// again, as before its login, and its next login stores one web session instead of
 /// replacing one.
@@ -686,8 +709,12 @@ async fn forget_access_session(
         .load(&id)
         .await
         .map_err(tower_sessions::session::Error::Store)?;
-    let nothing_else =
-        stored.is_some_and(|record| record.data.keys().all(|k| k == key || k == FORM_TOKEN_KEY));
+    let nothing_else = stored.is_some_and(|record| {
+        record
+            .data
+            .keys()
+            .all(|k| k == key || k == FORM_TOKEN_KEY || k == LONGEST_WINDOW_KEY)
+    });
     if nothing_else {
         web.flush().await?;
     }

@@ -618,6 +618,53 @@ accent_color = "#0f766e"
 /// `/o/{slug}/` is that organization's portal: its name and form, its session page, its
 /// Captive API; a login there never touches the default organization's session; an unknown
 /// slug is a 404; a disabled organization's page says so and has no form.
+/// One browser signed in to two organizations: the web session lives as long as the longer
+/// of the two sessions needs (its window and a day), whichever was signed in to last.
+#[tokio::test]
+async fn a_sign_in_in_another_organization_never_shortens_the_browsers_link() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&two_organizations(&db, &a, &b)).await;
+    let browser = app.browser(Ipv4Addr::new(127, 0, 5, 31));
+    let max_age = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|c| c.starts_with("portal_session="))
+            .and_then(|c| c.split("Max-Age=").nth(1))
+            .and_then(|rest| rest.split(';').next())
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    let sign_in = |base: &'static str, user: &'static str| {
+        let browser = &browser;
+        async move {
+            let token = browser.form_token(&format!("{base}/")).await;
+            browser
+                .http
+                .post(format!("{}{base}/api/login", browser.base))
+                .header("accept", "application/json")
+                .form(&[
+                    ("username", user),
+                    ("password", &format!("{user}-pass")),
+                    ("csrf", &token),
+                ])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // Two days (wendy) in the default organization, then four hours (carol) in beta.
+    let first = sign_in("", "wendy").await;
+    assert_eq!(first.status().as_u16(), 200);
+    assert_eq!(max_age(&first), Some(3 * 86_400));
+    let second = sign_in("/o/beta", "carol").await;
+    assert_eq!(second.status().as_u16(), 200);
+    assert_eq!(max_age(&second), Some(3 * 86_400), "not 4 hours and a day");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn each_organization_has_its_own_portal_under_its_slug() {
     let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
