@@ -1013,10 +1013,11 @@ async fn a_stop_that_failed_over_reaches_the_sessions_own_server_too_once_it_is_
     app.stop().await;
 }
 
-/// A Start sent to a black-holed server (frozen, not dead) and then acknowledged by the backup:
-/// the frozen server processes its queue once it thaws, so it holds the session open too. The
-/// session's Stop goes to the backup, where its accounting moved, and a copy to the thawed
-/// server — which then has the Start and the Stop, in that order.
+/// A Start sent to a black-holed server (frozen, not dead) and then acknowledged by the backup
+/// — within the sign-in, which succeeds: the frozen server processes its queue once it thaws,
+/// so it holds the session open too. The session's Stop goes to the backup, where its
+/// accounting moved, and a copy to the thawed server — which then has the Start and the Stop,
+/// in that order.
 #[tokio::test]
 async fn a_start_a_frozen_server_answers_late_gets_its_stop_there_too() {
     let authenticator = FreeRadius::start().await;
@@ -1030,27 +1031,22 @@ async fn a_start_a_frozen_server_answers_late_gets_its_stop_there_too() {
     settings.radius.breaker_failures = 1;
     let app = TestApp::spawn(&settings).await;
 
-    // The primary's accounting freezes: the sign-in's Start goes there and is not answered,
-    // so the sign-in fails (and its session ends); the Start is then acknowledged by the
-    // backup, and the session's Stop follows it there.
+    // The primary's accounting freezes: the sign-in's Start goes there and is not answered;
+    // with time left, the sign-in's Start goes to the backup, which acknowledges it, and the
+    // session's accounting follows it there.
     own_accounting.pause();
     let ip = client(31);
-    assert!(app
+    let session = app
         .sessions
         .login("acme", "carol", "carol-pass", IpAddr::V4(ip))
         .await
-        .is_err());
-    let address = format!("ip={ip} ");
-    let start = backup.wait_for_acct(&["status=Start", &address]).await;
-    let sid = format!("sid={} ", field(&start, "sid"));
+        .expect("signed in: the backup took the Start within the sign-in's time");
+    let sid = format!("sid={} ", session.acct_session_id);
+    backup.wait_for_acct(&["status=Start", &sid]).await;
+    assert!(app.sessions.disconnect(session.id).await.unwrap());
     let stop = backup.wait_for_acct(&["status=Stop", &sid]).await;
-    assert_eq!(field(&stop, "cause"), "NAS-Error");
-    let session = app
-        .storage
-        .session_by_acct_id(field(&start, "sid"))
-        .await
-        .unwrap()
-        .unwrap();
+    assert_eq!(field(&stop, "cause"), "User-Request");
+    let session = app.storage.session(session.id).await.unwrap().unwrap();
     assert_eq!(session.server_name, "backup");
 
     // It thaws: its late Start, then the copy of the Stop.
@@ -1191,5 +1187,49 @@ async fn a_replaced_sessions_stop_copies_go_before_the_new_start() {
     own_accounting
         .wait_for_acct(&["status=Stop", &first_sid])
         .await;
+    app.stop().await;
+}
+
+/// A copy waiting for a server that is down, when the portal restarts: the new process knows
+/// nothing of the server's state (no probe will say it is back), so what waited is tried at
+/// start — the copy reaches the server once it answers, not minutes later.
+#[tokio::test]
+async fn a_waiting_copy_goes_out_after_a_restart() {
+    let mut primary = FreeRadius::start().await;
+    let backup = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut settings = settings(
+        &db,
+        vec![fast(&primary, "primary"), fast(&backup, "backup")],
+    );
+    settings.radius.probe_interval = Duration::from_millis(500);
+    settings.radius.breaker_failures = 1;
+    let app = TestApp::spawn(&settings).await;
+    let session = app
+        .sessions
+        .login("acme", "carol", "carol-pass", IpAddr::V4(client(34)))
+        .await
+        .unwrap();
+    let sid = format!("sid={} ", session.acct_session_id);
+    primary.wait_for_acct(&["status=Start", &sid]).await;
+    primary.kill();
+    assert!(app.sessions.disconnect(session.id).await.unwrap());
+    backup.wait_for_acct(&["status=Stop", &sid]).await;
+    let storage = app.storage.clone();
+    wait_until("the copy for the primary waits", || async {
+        storage
+            .session_outbox(session.id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.copy_to.as_deref() == Some("primary") && e.attempts > 0)
+    })
+    .await;
+    app.stop().await;
+
+    primary.restart().await;
+    let app = TestApp::spawn(&settings).await;
+    let copy = primary.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&copy, "cause"), "User-Request");
     app.stop().await;
 }

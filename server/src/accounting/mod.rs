@@ -43,6 +43,9 @@ use tokio_util::sync::CancellationToken;
 /// any single delivery: waiting for a send slot ([`SLOT_WAIT`]) plus one exchange (at most
 /// [`MAX_EXCHANGE`]).
 pub(crate) const CLAIM_LEASE_MS: i64 = 120_000;
+/// Within a deadline (a login's Start), the pause before trying a row again whose attempt
+/// failed quickly; an attempt that timed out is tried again at once.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Longest wait for a send slot of a destination.
 const SLOT_WAIT: Duration = Duration::from_secs(45);
 /// Longest exchange of one Accounting-Request, all tries included: a server's `timeout ×
@@ -275,11 +278,24 @@ impl Accounting {
                 .claim_session_outbox(session_id, status_type, now, now + CLAIM_LEASE_MS)
                 .await?
             {
+                let began = Instant::now();
                 match self.deliver(row, Some(deadline), None, false).await? {
                     Delivery::Delivered => return Ok(true),
                     // Another sender has it now: its outcome is awaited below.
                     Delivery::TakenOver => {}
-                    Delivery::RetryAt(_) | Delivery::DeadLettered(_) => return Ok(false),
+                    Delivery::DeadLettered(_) => return Ok(false),
+                    // Not acknowledged, and time is left: again at once (the server that did
+                    // not answer is marked down by now, and the row goes to the next), after a
+                    // pause if the attempt was quick (every server down: no busy loop).
+                    Delivery::RetryAt(_) => {
+                        if deadline.saturating_duration_since(Instant::now()) < RETRY_PAUSE {
+                            return Ok(false);
+                        }
+                        if began.elapsed() < RETRY_PAUSE {
+                            tokio::time::sleep(RETRY_PAUSE).await;
+                        }
+                        continue;
+                    }
                 }
             }
             // Someone else holds the claim (the background loop): wait for its outcome.
@@ -317,8 +333,11 @@ impl Accounting {
             .await?
         {
             Delivery::Delivered => Ok(true),
-            Delivery::TakenOver => self.deliver_now(session_id, status, deadline).await,
-            Delivery::RetryAt(_) | Delivery::DeadLettered(_) => Ok(false),
+            // Another sender has it, or time is left for another attempt (`deliver_now`).
+            Delivery::TakenOver | Delivery::RetryAt(_) => {
+                self.deliver_now(session_id, status, deadline).await
+            }
+            Delivery::DeadLettered(_) => Ok(false),
         }
     }
 
@@ -916,6 +935,12 @@ impl Accounting {
     /// delivery finishes, or a server recovers (then rows waiting out a backoff go at once).
     pub async fn run(self, shutdown: CancellationToken) {
         let recovered = self.radius.health().recovered();
+        // A new process knows nothing of the servers' state (every breaker starts closed, so
+        // no probe tells it when a server is back): rows waiting out a backoff, or parked for
+        // a server that was down, are tried now.
+        if let Err(e) = self.storage.retry_pending_now(now_ms()).await {
+            tracing::error!(error = ?e, "rescheduling the accounting left by the previous run failed");
+        }
         let mut in_flight: JoinSet<Result<Delivery, OutboxError>> = JoinSet::new();
         let mut in_flight_ids: HashSet<i64> = HashSet::new();
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<i64>();
