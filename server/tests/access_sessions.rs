@@ -306,17 +306,6 @@ async fn invalid_input_is_refused_with_the_field_named_and_nothing_is_sent() {
 #[tokio::test]
 async fn a_window_of_days_keeps_the_browsers_link_as_long() {
     let (_radius, app, _dir) = portal_with_one_server().await;
-    let max_age = |response: &reqwest::Response| {
-        response
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find(|c| c.starts_with("portal_session="))
-            .and_then(|c| c.split("Max-Age=").nth(1))
-            .and_then(|rest| rest.split(';').next())
-            .and_then(|n| n.parse::<u64>().ok())
-    };
     // The window and a day more (the page can say how the session ended for a day after).
     for (n, user, window) in [(1, "wendy", 2 * 86_400), (2, "carol", 4 * 3_600)] {
         let response = app
@@ -324,7 +313,11 @@ async fn a_window_of_days_keeps_the_browsers_link_as_long() {
             .login_as_script(user, &format!("{user}-pass"))
             .await;
         assert_eq!(response.status().as_u16(), 200);
-        assert_eq!(max_age(&response), Some(window + 86_400), "{user}");
+        assert_eq!(
+            common::web_session_max_age(&response),
+            Some(window + 86_400),
+            "{user}"
+        );
     }
     app.stop().await;
 }

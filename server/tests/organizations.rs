@@ -626,17 +626,6 @@ async fn a_sign_in_in_another_organization_never_shortens_the_browsers_link() {
     let (_dir, db) = temp_db();
     let app = TestApp::spawn(&two_organizations(&db, &a, &b)).await;
     let browser = app.browser(Ipv4Addr::new(127, 0, 5, 31));
-    let max_age = |response: &reqwest::Response| {
-        response
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find(|c| c.starts_with("portal_session="))
-            .and_then(|c| c.split("Max-Age=").nth(1))
-            .and_then(|rest| rest.split(';').next())
-            .and_then(|n| n.parse::<u64>().ok())
-    };
     let sign_in = |base: &'static str, user: &'static str| {
         let browser = &browser;
         async move {
@@ -658,10 +647,14 @@ async fn a_sign_in_in_another_organization_never_shortens_the_browsers_link() {
     // Two days (wendy) in the default organization, then four hours (carol) in beta.
     let first = sign_in("", "wendy").await;
     assert_eq!(first.status().as_u16(), 200);
-    assert_eq!(max_age(&first), Some(3 * 86_400));
+    assert_eq!(common::web_session_max_age(&first), Some(3 * 86_400));
     let second = sign_in("/o/beta", "carol").await;
     assert_eq!(second.status().as_u16(), 200);
-    assert_eq!(max_age(&second), Some(3 * 86_400), "not 4 hours and a day");
+    assert_eq!(
+        common::web_session_max_age(&second),
+        Some(3 * 86_400),
+        "not 4 hours and a day"
+    );
     app.stop().await;
 }
 

@@ -831,6 +831,29 @@ fn fast(radius: &FreeRadius, name: &str) -> radius_portal::config::ServerSetting
     server
 }
 
+/// Settings for `servers` that notice an outage at the first unanswered exchange and a
+/// return within half a second (the failover tests).
+fn quick_failover(
+    db: &std::path::Path,
+    servers: Vec<radius_portal::config::ServerSettings>,
+) -> radius_portal::config::Settings {
+    let mut settings = settings(db, servers);
+    settings.radius.probe_interval = Duration::from_millis(500);
+    settings.radius.breaker_failures = 1;
+    settings
+}
+
+/// A primary (quick, like [`fast`]) that authenticates at `authenticator` and accounts at
+/// `accounting`: its accounting can go down alone.
+fn split_primary(
+    authenticator: &FreeRadius,
+    accounting: &FreeRadius,
+) -> radius_portal::config::ServerSettings {
+    let mut primary = fast(authenticator, "primary");
+    primary.acct_port = accounting.acct_port;
+    primary
+}
+
 /// Servers coming back together after an outage: a Stop held through it goes to the session's
 /// own server, not to whichever server answered its probe first — that one never saw the
 /// session's Start, and a Stop there leaves the Start open at the own server.
@@ -839,12 +862,10 @@ async fn a_stop_held_through_an_outage_goes_to_the_sessions_own_server_when_both
     let mut primary = FreeRadius::start().await;
     let mut backup = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let mut settings = settings(
+    let settings = quick_failover(
         &db,
         vec![fast(&primary, "primary"), fast(&backup, "backup")],
     );
-    settings.radius.probe_interval = Duration::from_millis(500);
-    settings.radius.breaker_failures = 1;
     let app = TestApp::spawn(&settings).await;
     let acct = |radius: &FreeRadius| SocketAddr::from(([127, 0, 0, 1], radius.acct_port));
     let (primary_acct, backup_acct) = (acct(&primary), acct(&backup));
@@ -898,11 +919,8 @@ async fn a_stop_follows_its_start_to_the_server_that_acknowledged_it() {
     let backup = FreeRadius::start().await;
     let (_dir, db) = temp_db();
     // The primary: authentication at one FreeRADIUS, accounting at another (killable alone).
-    let mut primary = fast(&authenticator, "primary");
-    primary.acct_port = own_accounting.acct_port;
-    let mut settings = settings(&db, vec![primary, fast(&backup, "backup")]);
-    settings.radius.probe_interval = Duration::from_millis(500);
-    settings.radius.breaker_failures = 1;
+    let primary = split_primary(&authenticator, &own_accounting);
+    let settings = quick_failover(&db, vec![primary, fast(&backup, "backup")]);
     let app = TestApp::spawn(&settings).await;
     let primary_acct = SocketAddr::from(([127, 0, 0, 1], own_accounting.acct_port));
     let health = app.radius.health().clone();
@@ -963,12 +981,10 @@ async fn a_stop_that_failed_over_reaches_the_sessions_own_server_too_once_it_is_
     let mut primary = FreeRadius::start().await;
     let backup = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let mut settings = settings(
+    let settings = quick_failover(
         &db,
         vec![fast(&primary, "primary"), fast(&backup, "backup")],
     );
-    settings.radius.probe_interval = Duration::from_millis(500);
-    settings.radius.breaker_failures = 1;
     let app = TestApp::spawn(&settings).await;
     let session = app
         .sessions
@@ -1024,11 +1040,8 @@ async fn a_start_a_frozen_server_answers_late_gets_its_stop_there_too() {
     let own_accounting = FreeRadius::start().await;
     let backup = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let mut primary = fast(&authenticator, "primary");
-    primary.acct_port = own_accounting.acct_port;
-    let mut settings = settings(&db, vec![primary, fast(&backup, "backup")]);
-    settings.radius.probe_interval = Duration::from_millis(500);
-    settings.radius.breaker_failures = 1;
+    let primary = split_primary(&authenticator, &own_accounting);
+    let settings = quick_failover(&db, vec![primary, fast(&backup, "backup")]);
     let app = TestApp::spawn(&settings).await;
 
     // The primary's accounting freezes: the sign-in's Start goes there and is not answered;
@@ -1082,12 +1095,10 @@ async fn a_stop_is_copied_to_a_server_an_interim_update_failed_over_to() {
     let mut primary = FreeRadius::start().await;
     let backup = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let mut settings = settings(
+    let settings = quick_failover(
         &db,
         vec![fast(&primary, "primary"), fast(&backup, "backup")],
     );
-    settings.radius.probe_interval = Duration::from_millis(500);
-    settings.radius.breaker_failures = 1;
     let app = TestApp::spawn(&settings).await;
     let session = app
         .sessions
@@ -1132,11 +1143,8 @@ async fn a_replaced_sessions_stop_copies_go_before_the_new_start() {
     let mut own_accounting = FreeRadius::start().await;
     let backup = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let mut primary = fast(&authenticator, "primary");
-    primary.acct_port = own_accounting.acct_port;
-    let mut settings = settings(&db, vec![primary, fast(&backup, "backup")]);
-    settings.radius.probe_interval = Duration::from_millis(500);
-    settings.radius.breaker_failures = 1;
+    let primary = split_primary(&authenticator, &own_accounting);
+    let settings = quick_failover(&db, vec![primary, fast(&backup, "backup")]);
     let app = TestApp::spawn(&settings).await;
     let health = app.radius.health().clone();
     let primary_acct = SocketAddr::from(([127, 0, 0, 1], own_accounting.acct_port));
@@ -1198,12 +1206,10 @@ async fn a_waiting_copy_goes_out_after_a_restart() {
     let mut primary = FreeRadius::start().await;
     let backup = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let mut settings = settings(
+    let settings = quick_failover(
         &db,
         vec![fast(&primary, "primary"), fast(&backup, "backup")],
     );
-    settings.radius.probe_interval = Duration::from_millis(500);
-    settings.radius.breaker_failures = 1;
     let app = TestApp::spawn(&settings).await;
     let session = app
         .sessions

@@ -138,18 +138,14 @@ impl RecentSignIns {
             .clone()
     }
 
-    /// Browsers remembered (tests).
-    pub fn len(&self) -> usize {
+    /// Browsers remembered.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .by_browser
             .len()
-    }
-
-    /// None remembered (tests).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -204,6 +200,12 @@ mod tests {
                     .same_as_recent()
             }
         });
+        // The current-thread runtime runs the spawned sign-in now, up to its wait for the turn.
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "it waits for the first sign-in's turn"
+        );
         // Another browser is not held up meanwhile.
         drop(recent.turn("b2", "acme", "carol", IP, "pw").await);
         first.opened(9);

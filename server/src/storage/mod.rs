@@ -618,6 +618,20 @@ pub struct OutboxRow {
     pub copy_to: Option<String>,
 }
 
+/// The server a packet of `row` went to that is remembered as one that may hold the session
+/// open: a Start or Interim-Update may open the session where it goes; a Stop does not.
+pub(crate) fn remembered_for<'a>(row: &OutboxRow, sent_to: Option<&'a str>) -> Option<&'a str> {
+    sent_to.filter(|_| row.status_type != i64::from(crate::radius::status_type::STOP))
+}
+
+impl Acknowledged<'_> {
+    /// The server remembered as one that may hold the session open: another server than the
+    /// session's that acknowledged a Start or Interim-Update (a failover).
+    pub(crate) fn remembered(&self) -> Option<&str> {
+        (self.by != self.own && !self.stop).then_some(self.by)
+    }
+}
+
 /// Who acknowledged a row of a session's own accounting ([`SessionStore::mark_delivered`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Acknowledged<'a> {

@@ -876,9 +876,9 @@ impl SessionStore for PgStore {
     ) -> Result<u64, StorageError> {
         // A Start or Interim-Update acknowledged by another server than the session's may have
         // opened the session there (rare: a failover).
-        if let Some(ack) = ack.filter(|a| a.by != a.own && !a.stop) {
+        if let Some((ack, server)) = ack.and_then(|a| Some((a, a.remembered()?))) {
             let mut c = self.pool.acquire().await?;
-            remember_sent(&mut c, ack.access_session_id, ack.by).await?;
+            remember_sent(&mut c, ack.access_session_id, server).await?;
         }
         let Some(ack) = ack.filter(|a| a.stop) else {
             sqlx::query(
@@ -978,8 +978,7 @@ impl SessionStore for PgStore {
         sent_to: Option<&str>,
     ) -> Result<(), StorageError> {
         let transmitted = sent_to.is_some();
-        // A Start or Interim-Update may open the session where it went; a Stop not.
-        let sent_to = sent_to.filter(|_| row.status_type != i64::from(status_type::STOP));
+        let sent_to = super::remembered_for(row, sent_to);
         sqlx::query(
             "WITH sent AS (INSERT INTO accounting_sent (access_session_id, server) \
                SELECT $6, $7::text WHERE $7::text IS NOT NULL ON CONFLICT DO NOTHING) \

@@ -639,6 +639,7 @@ impl SessionStore for SqliteStore {
         now: i64,
         ack: Option<&Acknowledged<'_>>,
     ) -> Result<u64, StorageError> {
+        let remembered = ack.and_then(|a| a.remembered()).map(str::to_owned);
         let ack = ack.map(|a| {
             (
                 a.access_session_id,
@@ -649,15 +650,12 @@ impl SessionStore for SqliteStore {
         });
         // Remembering a server that may hold the session open must survive a power loss (the
         // row would be sent again, perhaps to its own server, and the Stop never copied there).
-        let remembers = ack
-            .as_ref()
-            .is_some_and(|(_, by, own, stop)| by != own && !stop);
+        let remembers = remembered.is_some();
         let work = move |c: &Connection| {
             let mut copies = 0;
             if let Some((session, by, own, stop)) = &ack {
-                // A Start or Interim-Update may open the session where it went; a Stop not.
-                if by != own && !stop {
-                    remember_sent(c, *session, by)?;
+                if let Some(server) = &remembered {
+                    remember_sent(c, *session, server)?;
                 }
                 if *stop {
                     copies = c
@@ -716,11 +714,9 @@ impl SessionStore for SqliteStore {
     ) -> Result<(), StorageError> {
         let (id, attempts, error) = (row.id, row.attempts, error.to_string());
         let transmitted = sent_to.is_some();
-        // A Start or Interim-Update may open the session where it went; a Stop not.
-        let opens = row.status_type != i64::from(status_type::STOP);
         let (session, sent_to) = (
             row.access_session_id,
-            sent_to.filter(|_| opens).map(str::to_owned),
+            super::remembered_for(row, sent_to).map(str::to_owned),
         );
         // Durable when it remembers a server (see `mark_delivered`).
         let remembers = sent_to.is_some();

@@ -269,6 +269,20 @@ impl FreeRadius {
     }
 }
 
+/// The `Max-Age` (seconds) of the web-session cookie an answer sets, if it sets one.
+#[allow(dead_code)]
+pub fn web_session_max_age(response: &reqwest::Response) -> Option<u64> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("portal_session="))
+        .and_then(|c| c.split("Max-Age=").nth(1))
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|n| n.parse::<u64>().ok())
+}
+
 /// Reads `key=value` from an accounting line.
 pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
     let prefix = format!("{key}=");
