@@ -16,6 +16,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 use tokio::time::Instant;
@@ -52,12 +53,29 @@ where
     }
 }
 
+/// A free UDP port for a FreeRADIUS listener, chosen below the kernel's ephemeral range
+/// (32768 and up on Linux): a port taken from that range can be handed to any client socket
+/// (the portal's, another test's) while FreeRADIUS is down in a restart test, and the restarted
+/// server then cannot bind it. Each test process walks its own stretch of 20000..32768, starting
+/// from its pid, and skips ports something already holds.
 fn free_udp_port() -> u16 {
-    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_768;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        let port = u16::try_from(FIRST + offset).unwrap();
+        if UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free UDP port below the ephemeral range");
 }
 
 fn spawn_freeradius(state: &Path, auth_port: u16, acct_port: u16, strict_port: u16) -> Child {
