@@ -32,7 +32,11 @@ pub trait PortalService: Send + Sync + 'static {
     /// The web session's form token, created on first use; every state-changing form carries it.
     async fn form_token(&self, request: &Parts) -> Result<String, PortalError>;
     /// Authenticates and opens an access session for the request's client.
-    async fn login(&self, request: &Parts, input: LoginInput) -> Result<SessionView, PortalError>;
+    async fn login(
+        self: Arc<Self>,
+        request: &Parts,
+        input: LoginInput,
+    ) -> Result<SessionView, PortalError>;
     /// The web session's active access session, if any.
     async fn current_session(&self, request: &Parts) -> Result<Option<SessionView>, PortalError>;
     /// The web session's access session, active or ended (live updates, polling fallback).

@@ -238,6 +238,25 @@ pub async fn run() -> anyhow::Result<()> {
                     .join(&*options.site_pkg_dir)
                     .display()
             );
+            // The organizations against the database, as `serve` checks them before storing
+            // them (a server no longer listed that sessions still need): when it can be reached.
+            if crate::operator::no_database_yet(&settings) {
+                say!(
+                    "# database: none yet at {} (created at first start)",
+                    settings.database.path.display()
+                );
+            } else {
+                match crate::operator::open(&settings).await {
+                    Ok(storage) => {
+                        crate::organizations::check_seed(&storage, &settings.organizations).await?;
+                        say!(
+                            "# database: {} (the organizations fit what it holds)",
+                            settings.database.location()
+                        );
+                    }
+                    Err(e) => say!("# database: not checked ({e:#})"),
+                }
+            }
             say!("{}", effective_configuration(&settings)?);
             Ok(())
         }
@@ -351,9 +370,10 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
             }
         }
         AccountingCommand::Backlog => {
+            let waiting = storage.outbox_backlog().await?;
             say!(
-                "{} accounting rows waiting",
-                storage.outbox_backlog().await?
+                "{waiting} accounting {} waiting",
+                if waiting == 1 { "row" } else { "rows" }
             );
         }
     }

@@ -248,6 +248,18 @@ impl PortalBackend {
             .map_err(|e| internal("reading the web session", &e))
     }
 
+    /// The running access session a web session is linked to in organization `org`, if any.
+    async fn linked_running(
+        &self,
+        web: &Session,
+        org: &str,
+    ) -> Result<Option<AccessSessionRecord>, PortalError> {
+        match self.linked_session_id(web, org).await? {
+            Some(id) => self.sessions.active(id).await.map_err(user_error),
+            None => Ok(None),
+        }
+    }
+
     /// Refuses the request unless it carries this browser's form token (design.md §6): the
     /// web session's, or — for a visitor without one — the signed token of its cookie.
     async fn check_form_token(
@@ -284,6 +296,122 @@ impl PortalBackend {
                 id: self.organizations.default_id(),
                 base: String::new(),
             })
+    }
+
+    /// A sign-in ([`PortalService::login`]), counted in the metrics.
+    async fn sign_in(
+        &self,
+        request: &Parts,
+        input: LoginInput,
+    ) -> Result<SessionView, PortalError> {
+        let input_org = input
+            .organization
+            .clone()
+            .unwrap_or_else(|| self.scope(request).id);
+        let result = async {
+            let web = web_session(request)?;
+            if let Err(refused) = self.check_form_token(request, &web, &input.form_token).await {
+                // An out-of-date sign-in form (its page was shown before this browser signed
+                // in: the form sent again after the first answer's cookie came back, a tab
+                // left open) from a browser whose session there runs: that session is the
+                // answer, as the sign-in page itself would show it. Nothing is sent or changed.
+                if let Some(session) = self.linked_running(&web, &input_org).await? {
+                    return Ok((self.view(&session), "Resubmitted"));
+                }
+                return Err(refused);
+            }
+            let scope = self.scope(request);
+            let org_id = match input.organization.clone() {
+                // Posted within one organization's portal (`/o/{slug}/api/login`) for another:
+                // the page and the sign-in would not agree on whose it is.
+                Some(named) if !scope.base.is_empty() && named != scope.id => {
+                    return Err(PortalError::InvalidInput {
+                        field: "org".into(),
+                        message: "This sign-in form belongs to another organization's portal."
+                            .into(),
+                    })
+                }
+                Some(named) => named,
+                None => scope.id,
+            };
+            // The form's `org` names no organization (the caller's text: not repeated back).
+            let org = self
+                .organizations
+                .get(&org_id)
+                .ok_or_else(|| PortalError::InvalidInput {
+                    field: "org".into(),
+                    message: "No organization has this id.".into(),
+                })?;
+            // Spaces around a name are a phone keyboard's (autocompletion adds one), never part
+            // of it: the name is sent, rate-limited and stored without them.
+            // Only spaces: a control character around the name is refused like one inside it.
+            let username = input
+                .username
+                .trim_matches(|c: char| c.is_whitespace() && !c.is_control());
+            validation::validate_username(username, |u| org.username_pattern.is_match(u))?;
+            validation::validate_password(&input.password)?;
+            let ip = client_ip(request)?;
+            // The browser (its web session as it came, or its anonymous id) waits for its own
+            // sign-in under way, if any; the same form sent again is answered with the session
+            // that one opened (`resubmit`).
+            let browser = web.id().map(|id| format!("w:{id}")).or_else(|| {
+                request
+                    .extensions
+                    .get::<AnonId>()
+                    .map(|anon| format!("a:{}", anon.0))
+            });
+            let turn = match &browser {
+                Some(browser) => Some(
+                    self.recent_sign_ins
+                        .turn(browser, &org_id, username, ip, &input.password)
+                        .await,
+                ),
+                None => None,
+            };
+            if let Some(id) = turn.as_ref().and_then(|t| t.same_as_recent()) {
+                if let Some(session) = self.sessions.active(id).await.map_err(user_error)? {
+                    tracing::debug!(acct_session_id = %session.acct_session_id,
+                        "the same sign-in submitted again: answered with its session");
+                    // Not ended if this fails: the first answer linked it already.
+                    link_web_session(request, &web, &org_id, &session)
+                        .await
+                        .map_err(|e| internal("storing the web session", &e))?;
+                    return Ok((self.view(&session), "Resubmitted"));
+                }
+            }
+            self.check_rate(&org_id, username, ip)?;
+            let session = self
+                .sessions
+                .login(&org_id, username, &input.password, ip)
+                .await
+                .map_err(user_error)?;
+            let linked = link_web_session(request, &web, &org_id, &session).await;
+            // The browser's next sign-in waits until this one is linked (or ended below):
+            // the same form sent again then finds the session only once it is the browser's.
+            if let (Some(turn), Ok(())) = (turn, &linked) {
+                turn.opened(session.id);
+            }
+            if let Err(e) = linked {
+                tracing::error!(error = %e, acct_session_id = %session.acct_session_id,
+                    "the new session's web session could not be stored: ending the session");
+                if let Err(stop) = self.sessions.end_unlinked(session.id).await {
+                    tracing::error!(error = %error_chain(&stop), acct_session_id = %session.acct_session_id,
+                        "ending a session no browser is linked to failed; trying again in the background");
+                }
+                return Err(PortalError::Internal);
+            }
+            Ok((self.view(&session), "Accepted"))
+        }
+        .await;
+        // Labelled with known organizations only (the form's `org` is the caller's text).
+        let known = self.organizations.get(&input_org).is_some();
+        self.metrics.login(
+            if known { &input_org } else { "unknown" },
+            result
+                .as_ref()
+                .map_or_else(PortalError::kind, |(_, outcome)| outcome),
+        );
+        result.map(|(view, _)| view)
     }
 }
 
@@ -508,123 +636,34 @@ impl PortalService for PortalBackend {
         }
     }
 
-    async fn login(&self, request: &Parts, input: LoginInput) -> Result<SessionView, PortalError> {
-        let input_org = input
-            .organization
-            .clone()
-            .unwrap_or_else(|| self.scope(request).id);
-        let result = async {
-            self.check_form_token(request, &web_session(request)?, &input.form_token)
-                .await?;
-            let scope = self.scope(request);
-            let org_id = match input.organization.clone() {
-                // Posted within one organization's portal (`/o/{slug}/api/login`) for another:
-                // the page and the sign-in would not agree on whose it is.
-                Some(named) if !scope.base.is_empty() && named != scope.id => {
-                    return Err(PortalError::InvalidInput {
-                        field: "org".into(),
-                        message: "This sign-in form belongs to another organization's portal."
-                            .into(),
-                    })
-                }
-                Some(named) => named,
-                None => scope.id,
-            };
-            // The form's `org` names no organization (the caller's text: not repeated back).
-            let org = self
-                .organizations
-                .get(&org_id)
-                .ok_or_else(|| PortalError::InvalidInput {
-                    field: "org".into(),
-                    message: "No organization has this id.".into(),
-                })?;
-            // Spaces around a name are a phone keyboard's (autocompletion adds one), never part
-            // of it: the name is sent, rate-limited and stored without them.
-            // Only spaces: a control character around the name is refused like one inside it.
-            let username = input
-                .username
-                .trim_matches(|c: char| c.is_whitespace() && !c.is_control());
-            validation::validate_username(username, |u| org.username_pattern.is_match(u))?;
-            validation::validate_password(&input.password)?;
-            let ip = client_ip(request)?;
-            let web = web_session(request)?;
-            // The browser (its web session as it came, or its anonymous id) waits for its own
-            // sign-in under way, if any; the same form sent again is answered with the session
-            // that one opened (`resubmit`).
-            let browser = web.id().map(|id| format!("w:{id}")).or_else(|| {
-                request
-                    .extensions
-                    .get::<AnonId>()
-                    .map(|anon| format!("a:{}", anon.0))
-            });
-            let turn = match &browser {
-                Some(browser) => Some(
-                    self.recent_sign_ins
-                        .turn(browser, &org_id, username, ip, &input.password)
-                        .await,
-                ),
-                None => None,
-            };
-            if let Some(id) = turn.as_ref().and_then(|t| t.same_as_recent()) {
-                if let Some(session) = self.sessions.active(id).await.map_err(user_error)? {
-                    tracing::debug!(acct_session_id = %session.acct_session_id,
-                        "the same sign-in submitted again: answered with its session");
-                    // Not ended if this fails: the first answer linked it already.
-                    link_web_session(request, &web, &org_id, &session)
-                        .await
-                        .map_err(|e| internal("storing the web session", &e))?;
-                    return Ok((self.view(&session), "Resubmitted"));
-                }
-            }
-            self.check_rate(&org_id, username, ip)?;
-            let session = self
-                .sessions
-                .login(&org_id, username, &input.password, ip)
-                .await
-                .map_err(user_error)?;
-            let linked = link_web_session(request, &web, &org_id, &session).await;
-            // The browser's next sign-in waits until this one is linked (or ended below):
-            // the same form sent again then finds the session only once it is the browser's.
-            if let (Some(turn), Ok(())) = (turn, &linked) {
-                turn.opened(session.id);
-            }
-            if let Err(e) = linked {
-                tracing::error!(error = %e, acct_session_id = %session.acct_session_id,
-                    "the new session's web session could not be stored: ending the session");
-                if let Err(stop) = self.sessions.end_unlinked(session.id).await {
-                    tracing::error!(error = %error_chain(&stop), acct_session_id = %session.acct_session_id,
-                        "ending a session no browser is linked to failed; trying again in the background");
-                }
-                return Err(PortalError::Internal);
-            }
-            Ok((self.view(&session), "Accepted"))
-        }
-        .await;
-        // Labelled with known organizations only (the form's `org` is the caller's text).
-        let known = self.organizations.get(&input_org).is_some();
-        self.metrics.login(
-            if known { &input_org } else { "unknown" },
-            result
-                .as_ref()
-                .map_or_else(PortalError::kind, |(_, outcome)| outcome),
-        );
-        let result = result.map(|(view, _)| view);
+    /// A sign-in runs as a task of its own that a graceful shutdown waits for, to its end
+    /// even when its request is dropped on the way (the browser went away; Chromium cancels the first request of a double click):
+    /// never cut between the Access-Accept and the session it opens, so the accepted attempt
+    /// is audited and counted, its session linked to the browser, and the same form sent
+    /// again is answered with that session (`resubmit`) instead of a second Access-Request.
+    async fn login(
+        self: Arc<Self>,
+        request: &Parts,
+        input: LoginInput,
+    ) -> Result<SessionView, PortalError> {
+        use tracing::Instrument as _;
+        let head = request.clone();
+        let this = self.clone();
+        let sign_in = self
+            .sessions
+            .run_to_end(async move { this.sign_in(&head, input).await }.in_current_span());
+        let result = sign_in.await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "a sign-in failed unexpectedly");
+            Err(PortalError::Internal)
+        });
         with_status(request, result)
     }
 
     async fn current_session(&self, request: &Parts) -> Result<Option<SessionView>, PortalError> {
         let result = async {
             let web = web_session(request)?;
-            let Some(id) = self
-                .linked_session_id(&web, &self.scope(request).id)
-                .await?
-            else {
-                return Ok(None);
-            };
-            match self.sessions.active(id).await.map_err(user_error)? {
-                Some(session) => Ok(Some(self.view(&session))),
-                None => Ok(None),
-            }
+            let running = self.linked_running(&web, &self.scope(request).id).await?;
+            Ok(running.map(|session| self.view(&session)))
         }
         .await;
         with_status(request, result)

@@ -6,9 +6,11 @@
 mod common;
 
 use common::{
-    field, portal_with_one_server, settings, temp_db, wait_for, Browser, FreeRadius, TestApp,
+    field, holding_relay, portal_with_one_server, settings, temp_db, wait_connections_closed,
+    wait_for, Browser, FreeRadius, TestApp,
 };
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::Ipv4Addr, sync::Arc, time::Duration};
+use tokio::sync::Notify;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 
@@ -574,6 +576,112 @@ async fn the_same_sign_in_submitted_twice_opens_one_session() {
         .filter(|l| l.contains("status=Start"))
         .count();
     assert_eq!(starts, 1, "{:?}", radius.acct_lines());
+    app.stop().await;
+}
+
+/// The Access-Requests FreeRADIUS logged for `user`.
+fn access_requests_of(radius: &FreeRadius, user: &str) -> usize {
+    radius
+        .auth_lines()
+        .iter()
+        .filter(|l| l.contains(&format!("user={user} ")))
+        .count()
+}
+
+/// A sign-in whose request is dropped on the way (Chromium cancels the first request of a
+/// double click; a phone loses its network) runs to its end: its session opens, linked and
+/// audited, and the same form sent again is answered with it — one Access-Request, one Start,
+/// not a second sign-in that replaces an orphan.
+#[tokio::test]
+async fn a_sign_in_whose_browser_went_away_finishes_and_the_form_sent_again_gets_its_session() {
+    let radius = FreeRadius::start().await;
+    let (held, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let relay = holding_relay(radius.auth_addr(true), held.clone(), release.clone()).await;
+    let (_dir, db) = temp_db();
+    let mut server = radius.server_settings("primary", true);
+    server.auth_port = relay.port();
+    server.timeout = Duration::from_secs(5);
+    let app = TestApp::spawn(&settings(&db, vec![server])).await;
+    let client = Ipv4Addr::new(127, 0, 0, 23);
+    let browser = app.browser(client);
+    let token = browser.form_token("/").await;
+    let submit = || {
+        let (browser, token) = (browser.clone(), token.clone());
+        tokio::spawn(async move {
+            let form = [
+                ("username", "carol"),
+                ("password", "carol-pass"),
+                ("csrf", token.as_str()),
+            ];
+            browser.post_raw("/api/login", "/", &form, &[]).await
+        })
+    };
+
+    let first = submit();
+    tokio::time::timeout(Duration::from_secs(15), held.notified())
+        .await
+        .expect("the Access-Request reached FreeRADIUS");
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    // The portal has seen the browser go away while the answer is still held.
+    wait_connections_closed(app.addr, client).await;
+    let second = submit();
+    release.notify_one();
+    let second = second.await.unwrap();
+
+    assert_eq!(second.path, "/session", "{}", second.body);
+    assert!(second.body.contains("You are connected"), "{}", second.body);
+    radius.wait_for_acct(&["status=Start", "user=carol"]).await;
+    assert_eq!(
+        access_requests_of(&radius, "carol"),
+        1,
+        "{:?}",
+        radius.auth_lines()
+    );
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
+    let audit = app.storage.audit_tail(20).await.unwrap();
+    let accepted = audit
+        .iter()
+        .filter(|e| e.action == "login.accepted")
+        .count();
+    assert_eq!(accepted, 1, "the accepted attempt is audited once");
+    // The browser's Disconnect ends that session: it is linked to the browser.
+    let page = browser.post_form("/api/disconnect", "/session", &[]).await;
+    assert_eq!(page.path, "/");
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
+    app.stop().await;
+}
+
+/// The sign-in form sent again after its answer came back (the sign-in changed the browser's
+/// form token, so the form is out of date): the browser is shown its running session, not an
+/// error; nothing is sent to RADIUS.
+#[tokio::test]
+async fn an_out_of_date_sign_in_form_from_a_signed_in_browser_shows_its_session() {
+    let (radius, app, _dir) = portal_with_one_server().await;
+    let browser = app.browser(CLIENT);
+    let token = browser.form_token("/").await;
+    let form = [
+        ("username", "carol"),
+        ("password", "carol-pass"),
+        ("csrf", token.as_str()),
+    ];
+    let first = browser.post_raw("/api/login", "/", &form, &[]).await;
+    assert_eq!(first.path, "/session", "{}", first.body);
+    radius.wait_for_acct(&["status=Start", "user=carol"]).await;
+
+    let again = browser.post_raw("/api/login", "/", &form, &[]).await;
+
+    assert_eq!((again.status, again.path.as_str()), (200, "/session"));
+    assert!(again.body.contains("You are connected"), "{}", again.body);
+    assert_eq!(access_requests_of(&radius, "carol"), 1);
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
+    // Another browser's out-of-date form (no session of its own) is still refused.
+    let stranger = app.browser(Ipv4Addr::new(127, 0, 0, 24));
+    stranger.get("/").await;
+    let refused = stranger.post_raw("/api/login", "/", &form, &[]).await;
+    assert_eq!(refused.path, "/", "{}", refused.body);
+    assert!(!refused.body.contains("You are connected"));
+    assert_eq!(access_requests_of(&radius, "carol"), 1);
     app.stop().await;
 }
 

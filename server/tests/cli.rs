@@ -4,11 +4,8 @@
 
 mod common;
 
-use common::{FreeRadius, SECRET};
-use std::{
-    path::Path,
-    process::{Command, Stdio},
-};
+use common::{leptos_config, FreeRadius, SECRET};
+use std::process::{Command, Stdio};
 
 fn config(radius: &FreeRadius, acct_secret_ok: bool) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -59,11 +56,6 @@ fn portal(args: &[&str]) -> Command {
         .env_remove("PORTAL_TEST_PASSWORD")
         .env("PORTAL_LEPTOS_CONFIG", leptos_config());
     command
-}
-
-/// The workspace's Leptos.toml (the site `cargo leptos build` wrote).
-fn leptos_config() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../Leptos.toml")
 }
 
 #[tokio::test]

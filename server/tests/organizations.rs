@@ -7,17 +7,17 @@
 
 mod common;
 
-use common::{field, settings, temp_db, wait_until, FreeRadius, TestApp, SECRET};
+use common::{field, holding_relay, settings, temp_db, wait_until, FreeRadius, TestApp, SECRET};
 use radius_portal::{
     access_session::SessionError,
     config::{OrganizationSettings, Settings},
 };
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr},
     sync::Arc,
     time::Duration,
 };
-use tokio::{net::UdpSocket, sync::Notify};
+use tokio::sync::Notify;
 
 fn ip(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 5, n))
@@ -150,34 +150,6 @@ async fn disabling_one_organization_stops_its_sessions_and_denies_it_while_the_o
             .active
     );
     app.stop().await;
-}
-
-/// A relay that passes Access-Requests to `upstream` but holds each reply until `release`.
-async fn holding_relay(
-    upstream: SocketAddr,
-    held: Arc<Notify>,
-    release: Arc<Notify>,
-) -> SocketAddr {
-    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let addr = front.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let (len, from) = front.recv_from(&mut buf).await.unwrap();
-            let request = buf[..len].to_vec();
-            let (front, held, release) = (front.clone(), held.clone(), release.clone());
-            tokio::spawn(async move {
-                let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-                back.send_to(&request, upstream).await.unwrap();
-                let mut reply = vec![0u8; 4096];
-                let (n, _) = back.recv_from(&mut reply).await.unwrap();
-                held.notify_one();
-                release.notified().await;
-                front.send_to(&reply[..n], from).await.unwrap();
-            });
-        }
-    });
-    addr
 }
 
 #[tokio::test]
@@ -919,6 +891,45 @@ async fn start_up_refuses_a_configuration_that_would_strand_stops_and_stores_non
     let error = format!("{:#}", TestApp::try_spawn(&renamed).await.err().unwrap());
     assert!(error.contains("organizations[1].servers"), "{error}");
     assert!(error.contains("`b-primary`"), "{error}");
+    assert_eq!(stored_now().await, stored, "nothing stored");
+    // `check-config` says so before a start is tried; listed again, the server passes.
+    let check = |beta_server: &str| {
+        let config = dir.path().join(format!("{beta_server}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[database]\npath = \"{db}\"\n\
+                 [[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
+                 [[organizations.servers]]\nname = \"a-primary\"\naddress = \"127.0.0.1\"\nsecret = \"{SECRET}\"\n\
+                 [[organizations]]\nid = \"beta\"\nname = \"Beta Org\"\n\
+                 [[organizations.servers]]\nname = \"{beta_server}\"\naddress = \"127.0.0.1\"\nsecret_file = \"{secret}\"\n",
+                db = db.display(),
+                secret = secret_file.display(),
+            ),
+        )
+        .unwrap();
+        async move {
+            let site = common::leptos_config();
+            let site = site.to_str().unwrap();
+            portal_with_env(
+                &config,
+                &["check-config"],
+                &[("PORTAL_LEPTOS_CONFIG", site)],
+            )
+            .await
+        }
+    };
+    let refused = check("b-new").await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(stderr.contains("organizations[1].servers"), "{stderr}");
+    assert!(stderr.contains("`b-primary`"), "{stderr}");
+    let passed = check("b-primary").await;
+    assert!(passed.status.success(), "{passed:?}");
+    assert!(
+        String::from_utf8_lossy(&passed.stdout).contains("the organizations fit"),
+        "{passed:?}"
+    );
     assert_eq!(stored_now().await, stored, "nothing stored");
 
     // beta removed from the file, and its secret file gone with it: its Stop could never go.

@@ -500,10 +500,19 @@ impl AccessSessions {
     /// Runs to its end as a task of its own: a caller that stops waiting (the browser closed
     /// the connection) never leaves a Stop stored and claimed with nobody sending it until
     /// the claim runs out.
+    /// Runs `work` as a task of its own that a graceful shutdown waits for: work that must not
+    /// stop half-way when the request that began it is dropped (a sign-in, a Stop).
+    pub fn run_to_end<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.accounting.track(work)
+    }
+
     async fn stop_and_send(&self, id: i64, cause: u32) -> Result<bool, SessionError> {
         let this = self.clone();
-        self.accounting
-            .track(async move { this.stop_and_send_here(id, cause).await })
+        self.run_to_end(async move { this.stop_and_send_here(id, cause).await })
             .await
             .map_err(|e| {
                 SessionError::Storage(StorageError::Engine(format!("stopping a session: {e}")))

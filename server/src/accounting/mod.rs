@@ -377,7 +377,8 @@ impl Accounting {
     }
 
     /// Runs `work` as a task that a graceful shutdown waits for (like the loop's deliveries):
-    /// for work holding claims that must not be abandoned when its request is cancelled.
+    /// for work that must not be abandoned half-way when its request is cancelled (a sign-in,
+    /// a claimed Stop).
     pub fn track<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
     where
         F: std::future::Future + Send + 'static,

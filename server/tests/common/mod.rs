@@ -478,12 +478,14 @@ impl TestApp {
 }
 
 /// A cookie-keeping HTTP client that posts forms like a browser without JavaScript.
+#[derive(Clone)]
 pub struct Browser {
     pub http: reqwest::Client,
     pub base: String,
 }
 
 /// Where a request ended up after redirects.
+#[derive(Debug)]
 pub struct Page {
     pub path: String,
     pub status: u16,
@@ -635,11 +637,69 @@ async fn one_server_portal(demo: bool) -> (FreeRadius, TestApp, tempfile::TempDi
     (radius, app, dir)
 }
 
+/// A relay that passes Access-Requests to `upstream` but holds each reply until `release`
+/// (`held` is told when one is held).
+pub async fn holding_relay(
+    upstream: SocketAddr,
+    held: std::sync::Arc<tokio::sync::Notify>,
+    release: std::sync::Arc<tokio::sync::Notify>,
+) -> SocketAddr {
+    let front = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = front.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (len, from) = front.recv_from(&mut buf).await.unwrap();
+            let request = buf[..len].to_vec();
+            let (front, held, release) = (front.clone(), held.clone(), release.clone());
+            tokio::spawn(async move {
+                let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                back.send_to(&request, upstream).await.unwrap();
+                let mut reply = vec![0u8; 4096];
+                let (n, _) = back.recv_from(&mut reply).await.unwrap();
+                held.notify_one();
+                release.notified().await;
+                front.send_to(&reply[..n], from).await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+/// Waits until the portal at `portal` holds no open connection from `client`: it has seen the
+/// client go away (read from the kernel's table of TCP sockets).
+pub async fn wait_connections_closed(portal: SocketAddr, client: Ipv4Addr) {
+    let IpAddr::V4(portal_ip) = portal.ip() else {
+        panic!("an IPv4 portal address");
+    };
+    let hex = |ip: Ipv4Addr| format!("{:08X}", u32::from_le_bytes(ip.octets()));
+    let local = format!("{}:{:04X}", hex(portal_ip), portal.port());
+    let remote = format!("{}:", hex(client));
+    wait_until("the portal to close the client's connections", || {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        // Columns: slot, local address, remote address, state (01 established, 08 close-wait).
+        let open = table.lines().skip(1).any(|line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            columns.len() > 3
+                && columns[1] == local
+                && columns[2].starts_with(&remote)
+                && matches!(columns[3], "01" | "08")
+        });
+        async move { !open }
+    })
+    .await;
+}
+
 /// A fresh temporary database path (the directory lives as long as the returned guard).
 pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portal.db");
     (dir, path)
+}
+
+/// The workspace's Leptos.toml (the site `cargo leptos build` wrote).
+pub fn leptos_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../Leptos.toml")
 }
 
 /// The portal binary serving `config` (`radius-portal serve`), started and waited for until
@@ -655,7 +715,7 @@ impl PortalProcess {
             .arg("--config")
             .arg(config)
             .arg("--leptos-config")
-            .arg(root.join("Leptos.toml"))
+            .arg(leptos_config())
             .arg("serve")
             .current_dir(&root)
             .stdout(std::process::Stdio::null())
