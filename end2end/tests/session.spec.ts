@@ -1,7 +1,9 @@
 // User journeys with JavaScript: log in, watch the countdown tick, refresh, disconnect;
-// a wrong password shows the server's message.
+// a wrong password shows the server's message; a double click signs in once.
+import * as fs from "node:fs";
+import * as path from "node:path";
 import { expect, test } from "@playwright/test";
-import { secondsLeft, submitLogin as logIn, url } from "./helpers";
+import { portalCli, secondsLeft, submitLogin as logIn, url } from "./helpers";
 
 test("log in, see the countdown tick, refresh moves the end time, disconnect", async ({ page }) => {
   const violations: string[] = [];
@@ -68,4 +70,32 @@ test("the login page downloads no WebAssembly", async ({ page }) => {
   await page.goto(url("/"));
   await expect(page.getByRole("button", { name: "Sign in" })).toBeVisible();
   expect(wasm).toEqual([]);
+});
+
+test("a double click on Sign in opens one session with one Access-Request", async ({ page }) => {
+  // Two clicks as fast as a user's double click: Chromium sends the form twice and cancels the
+  // first request (when the second click lands before the first answer). The first sign-in
+  // runs to its end on the portal and the second is answered with its session.
+  await page.goto(url("/"));
+  await page.getByLabel("Username").fill("frank");
+  await page.getByLabel("Password").fill("frank-pass");
+  const box = (await page.getByRole("button", { name: "Sign in" }).boundingBox())!;
+  const [x, y] = [box.x + box.width / 2, box.y + box.height / 2];
+  await page.mouse.click(x, y);
+  await page.mouse.click(x, y);
+
+  await expect(page).toHaveURL(url("/session"));
+  await expect(page.getByTestId("username")).toHaveText("frank");
+
+  const authLog = fs.readFileSync(path.join(process.env.PORTAL_E2E_STATE!, "auth.log"), "utf8");
+  expect(authLog.split("\n").filter((l) => l.includes("user=frank ")).length).toBe(1);
+  const accepted = portalCli("audit", "tail", "--json", "--limit", "1000")
+    .trim()
+    .split("\n")
+    .map((line) => JSON.parse(line))
+    .filter((e) => e.action === "login.accepted" && e.detail.username === "frank");
+  expect(accepted.length).toBe(1);
+
+  await page.getByRole("button", { name: "Disconnect" }).click();
+  await expect(page).toHaveURL(url("/"));
 });
