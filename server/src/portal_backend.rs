@@ -298,121 +298,167 @@ impl PortalBackend {
             })
     }
 
-    /// A sign-in ([`PortalService::login`]), counted in the metrics.
-    async fn sign_in(
+    /// Counts a sign-in's outcome, labelled with known organizations only (the form's `org` is
+    /// the caller's text).
+    fn count_login(&self, org: &str, outcome: Result<&'static str, &PortalError>) {
+        let known = self.organizations.get(org).is_some();
+        self.metrics.login(
+            if known { org } else { "unknown" },
+            outcome.unwrap_or_else(PortalError::kind),
+        );
+    }
+
+    /// A sign-in's checks, up to the browser's turn and the rate limits: what may go on
+    /// ([`Prepared::SignIn`]), or the answer without a sign-in of its own.
+    async fn prepare_sign_in(
         &self,
         request: &Parts,
         input: LoginInput,
-    ) -> Result<SessionView, PortalError> {
-        let input_org = input
-            .organization
-            .clone()
-            .unwrap_or_else(|| self.scope(request).id);
-        let result = async {
-            let web = web_session(request)?;
-            if let Err(refused) = self.check_form_token(request, &web, &input.form_token).await {
-                // An out-of-date sign-in form (its page was shown before this browser signed
-                // in: the form sent again after the first answer's cookie came back, a tab
-                // left open) from a browser whose session there runs: that session is the
-                // answer, as the sign-in page itself would show it. Nothing is sent or changed.
-                if let Some(session) = self.linked_running(&web, &input_org).await? {
-                    return Ok((self.view(&session), "Resubmitted"));
-                }
-                return Err(refused);
+    ) -> Result<Prepared, PortalError> {
+        let LoginInput {
+            username,
+            password,
+            form_token,
+            organization,
+        } = input;
+        let scope = self.scope(request);
+        let web = web_session(request)?;
+        if let Err(refused) = self.check_form_token(request, &web, &form_token).await {
+            // An out-of-date sign-in form (its page was shown before this browser signed in:
+            // the form sent again after the first answer's cookie came back, a tab left open)
+            // from a browser whose session there runs: that session is the answer, as the
+            // sign-in page itself would show it. Nothing is sent or changed.
+            let org = organization.as_deref().unwrap_or(&scope.id);
+            if let Some(session) = self.linked_running(&web, org).await? {
+                return Ok(Prepared::Answered(self.view(&session)));
             }
-            let scope = self.scope(request);
-            let org_id = match input.organization.clone() {
-                // Posted within one organization's portal (`/o/{slug}/api/login`) for another:
-                // the page and the sign-in would not agree on whose it is.
-                Some(named) if !scope.base.is_empty() && named != scope.id => {
-                    return Err(PortalError::InvalidInput {
-                        field: "org".into(),
-                        message: "This sign-in form belongs to another organization's portal."
-                            .into(),
-                    })
-                }
-                Some(named) => named,
-                None => scope.id,
-            };
-            // The form's `org` names no organization (the caller's text: not repeated back).
-            let org = self
-                .organizations
-                .get(&org_id)
-                .ok_or_else(|| PortalError::InvalidInput {
-                    field: "org".into(),
-                    message: "No organization has this id.".into(),
-                })?;
-            // Spaces around a name are a phone keyboard's (autocompletion adds one), never part
-            // of it: the name is sent, rate-limited and stored without them.
-            // Only spaces: a control character around the name is refused like one inside it.
-            let username = input
-                .username
-                .trim_matches(|c: char| c.is_whitespace() && !c.is_control());
-            validation::validate_username(username, |u| org.username_pattern.is_match(u))?;
-            validation::validate_password(&input.password)?;
-            let ip = client_ip(request)?;
-            // The browser (its web session as it came, or its anonymous id) waits for its own
-            // sign-in under way, if any; the same form sent again is answered with the session
-            // that one opened (`resubmit`).
-            let browser = web.id().map(|id| format!("w:{id}")).or_else(|| {
-                request
-                    .extensions
-                    .get::<AnonId>()
-                    .map(|anon| format!("a:{}", anon.0))
-            });
-            let turn = match &browser {
-                Some(browser) => Some(
-                    self.recent_sign_ins
-                        .turn(browser, &org_id, username, ip, &input.password)
-                        .await,
-                ),
-                None => None,
-            };
-            if let Some(id) = turn.as_ref().and_then(|t| t.same_as_recent()) {
-                if let Some(session) = self.sessions.active(id).await.map_err(user_error)? {
-                    tracing::debug!(acct_session_id = %session.acct_session_id,
-                        "the same sign-in submitted again: answered with its session");
-                    // Not ended if this fails: the first answer linked it already.
-                    link_web_session(request, &web, &org_id, &session)
-                        .await
-                        .map_err(|e| internal("storing the web session", &e))?;
-                    return Ok((self.view(&session), "Resubmitted"));
-                }
-            }
-            self.check_rate(&org_id, username, ip)?;
-            let session = self
-                .sessions
-                .login(&org_id, username, &input.password, ip)
-                .await
-                .map_err(user_error)?;
-            let linked = link_web_session(request, &web, &org_id, &session).await;
-            // The browser's next sign-in waits until this one is linked (or ended below):
-            // the same form sent again then finds the session only once it is the browser's.
-            if let (Some(turn), Ok(())) = (turn, &linked) {
-                turn.opened(session.id);
-            }
-            if let Err(e) = linked {
-                tracing::error!(error = %e, acct_session_id = %session.acct_session_id,
-                    "the new session's web session could not be stored: ending the session");
-                if let Err(stop) = self.sessions.end_unlinked(session.id).await {
-                    tracing::error!(error = %error_chain(&stop), acct_session_id = %session.acct_session_id,
-                        "ending a session no browser is linked to failed; trying again in the background");
-                }
-                return Err(PortalError::Internal);
-            }
-            Ok((self.view(&session), "Accepted"))
+            return Err(refused);
         }
-        .await;
-        // Labelled with known organizations only (the form's `org` is the caller's text).
-        let known = self.organizations.get(&input_org).is_some();
-        self.metrics.login(
-            if known { &input_org } else { "unknown" },
-            result
-                .as_ref()
-                .map_or_else(PortalError::kind, |(_, outcome)| outcome),
-        );
-        result.map(|(view, _)| view)
+        let org_id = match organization {
+            // Posted within one organization's portal (`/o/{slug}/api/login`) for another:
+            // the page and the sign-in would not agree on whose it is.
+            Some(named) if !scope.base.is_empty() && named != scope.id => {
+                return Err(PortalError::InvalidInput {
+                    field: "org".into(),
+                    message: "This sign-in form belongs to another organization's portal.".into(),
+                })
+            }
+            Some(named) => named,
+            None => scope.id,
+        };
+        // The form's `org` names no organization (the caller's text: not repeated back).
+        let org = self
+            .organizations
+            .get(&org_id)
+            .ok_or_else(|| PortalError::InvalidInput {
+                field: "org".into(),
+                message: "No organization has this id.".into(),
+            })?;
+        // Spaces around a name are a phone keyboard's (autocompletion adds one), never part
+        // of it: the name is sent, rate-limited and stored without them.
+        // Only spaces: a control character around the name is refused like one inside it.
+        let username = username
+            .trim_matches(|c: char| c.is_whitespace() && !c.is_control())
+            .to_owned();
+        validation::validate_username(&username, |u| org.username_pattern.is_match(u))?;
+        validation::validate_password(&password)?;
+        let ip = client_ip(request)?;
+        // The browser (its web session as it came, or its anonymous id) waits for its own
+        // sign-in under way, if any; the same form sent again is answered with the session
+        // that one opened (`resubmit`).
+        let browser = web.id().map(|id| format!("w:{id}")).or_else(|| {
+            request
+                .extensions
+                .get::<AnonId>()
+                .map(|anon| format!("a:{}", anon.0))
+        });
+        let turn = match &browser {
+            Some(browser) => Some(
+                self.recent_sign_ins
+                    .turn(browser, &org_id, &username, ip, &password)
+                    .await,
+            ),
+            None => None,
+        };
+        if let Some(id) = turn.as_ref().and_then(|t| t.same_as_recent()) {
+            if let Some(session) = self.sessions.active(id).await.map_err(user_error)? {
+                tracing::debug!(acct_session_id = %session.acct_session_id,
+                    "the same sign-in submitted again: answered with its session");
+                // Not ended if this fails: the first answer linked it already.
+                link_web_session(request, &web, &org_id, &session)
+                    .await
+                    .map_err(|e| internal("storing the web session", &e))?;
+                return Ok(Prepared::Answered(self.view(&session)));
+            }
+        }
+        self.check_rate(&org_id, &username, ip)?;
+        Ok(Prepared::SignIn(SignIn {
+            head: request.clone(),
+            web,
+            org_id,
+            username,
+            password,
+            ip,
+            turn,
+        }))
     }
+
+    /// The sign-in itself: the Access-Request, the session it opens, and its link to the
+    /// browser (a session that cannot be linked is ended at once).
+    async fn open_session(&self, sign_in: SignIn) -> Result<AccessSessionRecord, PortalError> {
+        let SignIn {
+            head,
+            web,
+            org_id,
+            username,
+            password,
+            ip,
+            turn,
+        } = sign_in;
+        let session = self
+            .sessions
+            .login(&org_id, &username, &password, ip)
+            .await
+            .map_err(user_error)?;
+        let linked = link_web_session(&head, &web, &org_id, &session).await;
+        // The browser's next sign-in waits until this one is linked (or ended below):
+        // the same form sent again then finds the session only once it is the browser's.
+        if let (Some(turn), Ok(())) = (turn, &linked) {
+            turn.opened(session.id);
+        }
+        if let Err(e) = linked {
+            tracing::error!(error = %e, acct_session_id = %session.acct_session_id,
+                "the new session's web session could not be stored: ending the session");
+            if let Err(stop) = self.sessions.end_unlinked(session.id).await {
+                tracing::error!(error = %error_chain(&stop), acct_session_id = %session.acct_session_id,
+                    "ending a session no browser is linked to failed; trying again in the background");
+            }
+            return Err(PortalError::Internal);
+        }
+        Ok(session)
+    }
+}
+
+/// A sign-in's checks passed: what it needs to go on (see [`PortalService::login`]).
+enum Prepared {
+    /// Answered without a sign-in of its own: the browser's session (the same sign-in sent
+    /// again, an out-of-date form of a browser signed in).
+    Answered(SessionView),
+    /// The browser's turn and the rate limits let it go on.
+    SignIn(SignIn),
+}
+
+/// What the part of a sign-in that runs to its end needs.
+struct SignIn {
+    /// The request's head (its web session is saved through it).
+    head: Parts,
+    web: Session,
+    org_id: String,
+    username: String,
+    password: String,
+    ip: IpAddr,
+    /// The browser's turn, held until the session is linked.
+    turn: Option<crate::http::resubmit::Turn>,
 }
 
 /// Compares without an early exit, so timing does not reveal how much of a guess was right.
@@ -636,26 +682,51 @@ impl PortalService for PortalBackend {
         }
     }
 
-    /// A sign-in runs as a task of its own that a graceful shutdown waits for, to its end
-    /// even when its request is dropped on the way (the browser went away; Chromium cancels the first request of a double click):
-    /// never cut between the Access-Accept and the session it opens, so the accepted attempt
-    /// is audited and counted, its session linked to the browser, and the same form sent
-    /// again is answered with that session (`resubmit`) instead of a second Access-Request.
+    /// The part of a sign-in that sends anything — the Access-Request, the session it opens,
+    /// its link to the browser — runs as a task of its own that a graceful shutdown waits for,
+    /// to its end even when the request is dropped on the way (the browser went away; Chromium
+    /// cancels the first request of a double click): never cut between the Access-Accept and
+    /// the session it opens, so the accepted attempt is audited and counted, its session
+    /// linked to the browser, and the same form sent again is answered with that session
+    /// (`resubmit`) instead of a second Access-Request. What comes before — the checks, the
+    /// browser's turn, the rate limits — stays the request's: a dropped request waiting for its
+    /// turn leaves nothing behind, so a client dropping requests cannot pile up work.
     async fn login(
         self: Arc<Self>,
         request: &Parts,
         input: LoginInput,
     ) -> Result<SessionView, PortalError> {
         use tracing::Instrument as _;
-        let head = request.clone();
-        let this = self.clone();
-        let sign_in = self
-            .sessions
-            .run_to_end(async move { this.sign_in(&head, input).await }.in_current_span());
-        let result = sign_in.await.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "a sign-in failed unexpectedly");
-            Err(PortalError::Internal)
-        });
+        let input_org = input
+            .organization
+            .clone()
+            .unwrap_or_else(|| self.scope(request).id);
+        let result = match self.prepare_sign_in(request, input).await {
+            Ok(Prepared::Answered(view)) => {
+                self.count_login(&input_org, Ok("Resubmitted"));
+                Ok(view)
+            }
+            Ok(Prepared::SignIn(sign_in)) => {
+                let this = self.clone();
+                let task = self.sessions.run_to_end(
+                    async move {
+                        let org = sign_in.org_id.clone();
+                        let opened = this.open_session(sign_in).await;
+                        this.count_login(&org, opened.as_ref().map(|_| "Accepted"));
+                        opened.map(|session| this.view(&session))
+                    }
+                    .in_current_span(),
+                );
+                task.await.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "a sign-in failed unexpectedly");
+                    Err(PortalError::Internal)
+                })
+            }
+            Err(e) => {
+                self.count_login(&input_org, Err(&e));
+                Err(e)
+            }
+        };
         with_status(request, result)
     }
 
