@@ -538,11 +538,7 @@ async fn the_same_sign_in_submitted_twice_opens_one_session() {
     let (radius, app, _dir) = portal_with_one_server().await;
     let browser = app.browser(CLIENT);
     let token = browser.form_token("/").await;
-    let form = [
-        ("username", "carol"),
-        ("password", "carol-pass"),
-        ("csrf", token.as_str()),
-    ];
+    let form = carol_form(&token);
     let (first, second) = tokio::join!(
         browser.post_raw("/api/login", "/", &form, &[]),
         browser.post_raw("/api/login", "/", &form, &[]),
@@ -553,11 +549,7 @@ async fn the_same_sign_in_submitted_twice_opens_one_session() {
     );
     radius.wait_for_acct(&["status=Start", "user=carol"]).await;
     assert_eq!(
-        radius
-            .auth_lines()
-            .iter()
-            .filter(|l| l.contains("carol"))
-            .count(),
+        access_requests_of(&radius, "carol"),
         1,
         "one Access-Request: {:?}",
         radius.auth_lines()
@@ -577,6 +569,15 @@ async fn the_same_sign_in_submitted_twice_opens_one_session() {
         .count();
     assert_eq!(starts, 1, "{:?}", radius.acct_lines());
     app.stop().await;
+}
+
+/// carol's sign-in form with the form token `token`.
+fn carol_form(token: &str) -> [(&'static str, &str); 3] {
+    [
+        ("username", "carol"),
+        ("password", "carol-pass"),
+        ("csrf", token),
+    ]
 }
 
 /// The Access-Requests FreeRADIUS logged for `user`.
@@ -608,12 +609,9 @@ async fn a_sign_in_whose_browser_went_away_finishes_and_the_form_sent_again_gets
     let submit = || {
         let (browser, token) = (browser.clone(), token.clone());
         tokio::spawn(async move {
-            let form = [
-                ("username", "carol"),
-                ("password", "carol-pass"),
-                ("csrf", token.as_str()),
-            ];
-            browser.post_raw("/api/login", "/", &form, &[]).await
+            browser
+                .post_raw("/api/login", "/", &carol_form(&token), &[])
+                .await
         })
     };
 
@@ -660,11 +658,7 @@ async fn an_out_of_date_sign_in_form_from_a_signed_in_browser_shows_its_session(
     let (radius, app, _dir) = portal_with_one_server().await;
     let browser = app.browser(CLIENT);
     let token = browser.form_token("/").await;
-    let form = [
-        ("username", "carol"),
-        ("password", "carol-pass"),
-        ("csrf", token.as_str()),
-    ];
+    let form = carol_form(&token);
     let first = browser.post_raw("/api/login", "/", &form, &[]).await;
     assert_eq!(first.path, "/session", "{}", first.body);
     radius.wait_for_acct(&["status=Start", "user=carol"]).await;
