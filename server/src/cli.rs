@@ -238,25 +238,6 @@ pub async fn run() -> anyhow::Result<()> {
                     .join(&*options.site_pkg_dir)
                     .display()
             );
-            // The organizations against the database, as `serve` checks them before storing
-            // them (a server no longer listed that sessions still need): when it can be reached.
-            if crate::operator::no_database_yet(&settings) {
-                say!(
-                    "# database: none yet at {} (created at first start)",
-                    settings.database.path.display()
-                );
-            } else {
-                match crate::operator::open(&settings).await {
-                    Ok(storage) => {
-                        crate::organizations::check_seed(&storage, &settings.organizations).await?;
-                        say!(
-                            "# database: {} (the organizations fit what it holds)",
-                            settings.database.location()
-                        );
-                    }
-                    Err(e) => say!("# database: not checked ({e:#})"),
-                }
-            }
             say!("{}", effective_configuration(&settings)?);
             Ok(())
         }

@@ -3,6 +3,7 @@
 //! the access-session lifecycle, and turns its errors into the safe, user-facing
 //! [`PortalError`] (logging the cause). Nothing else in the server produces user-facing errors.
 
+use crate::http::web_session::SavedDuringRequest;
 use crate::{
     access_session::{now_ms, timing, AccessSessions, SessionError},
     config::RateLimitSettings,
@@ -38,8 +39,11 @@ const FORM_TOKEN_KEY: &str = "form_token";
 /// gets a fresh id when the session is first saved; rotating would only delete a random id
 /// that was never stored (a write per login). Stored before the answer: a browser that is told
 /// its sign-in failed must not leave an access session behind that it can neither see nor end.
+///
+/// Run as a task to its end ([`link_to_end`]): a request dropped between the rotation, which
+/// deletes the old record, and the save would leave the browser with neither.
 async fn link_web_session(
-    request: &Parts,
+    saved: Option<&SavedDuringRequest>,
     web: &Session,
     org: &str,
     session: &AccessSessionRecord,
@@ -50,7 +54,26 @@ async fn link_web_session(
     web.insert(FORM_TOKEN_KEY, random_token()).await?;
     web.insert(&access_session_key(org), session.id).await?;
     keep_link_for(web, session.window_ms).await?;
-    crate::http::web_session::save_now(request, web).await
+    crate::http::web_session::save_now(saved, web).await
+}
+
+/// [`link_web_session`] as a task of its own, to its end (see [`AccessSessions::run_to_end`]).
+async fn link_to_end(
+    sessions: &AccessSessions,
+    saved: Option<SavedDuringRequest>,
+    web: &Session,
+    org: &str,
+    session: &AccessSessionRecord,
+) -> Result<(), tower_sessions::session::Error> {
+    let (web, org, session) = (web.clone(), org.to_owned(), session.clone());
+    sessions
+        .run_to_end(async move { link_web_session(saved.as_ref(), &web, &org, &session).await })
+        .await
+        .unwrap_or_else(|e| {
+            Err(tower_sessions::session::Error::Store(
+                tower_sessions::session_store::Error::Backend(format!("linking: {e}")),
+            ))
+        })
 }
 
 /// Web-session key holding the longest window of the access sessions it was linked to.
@@ -94,6 +117,8 @@ pub struct PortalBackend {
     web_sessions: Option<crate::storage::web_sessions::WebSessionStore>,
     /// Each browser's last sign-in, so the same form submitted twice opens one session.
     recent_sign_ins: Arc<crate::http::resubmit::RecentSignIns>,
+    /// Places for the sign-ins under way ([`MAX_SIGN_INS_UNDER_WAY`]).
+    sign_ins_under_way: Arc<tokio::sync::Semaphore>,
 }
 
 impl PortalBackend {
@@ -116,6 +141,7 @@ impl PortalBackend {
             metrics: crate::metrics::Metrics::default(),
             web_sessions: None,
             recent_sign_ins: Arc::default(),
+            sign_ins_under_way: Arc::new(tokio::sync::Semaphore::new(MAX_SIGN_INS_UNDER_WAY)),
         }
     }
 
@@ -268,6 +294,20 @@ impl PortalBackend {
         web: &Session,
         supplied: &str,
     ) -> Result<(), PortalError> {
+        if self.form_token_fresh(request, web, supplied).await? {
+            return Ok(());
+        }
+        tracing::warn!("state-changing request without a valid form token refused");
+        Err(PortalError::Forbidden)
+    }
+
+    /// Whether `supplied` is this browser's form token ([`Self::check_form_token`]).
+    async fn form_token_fresh(
+        &self,
+        request: &Parts,
+        web: &Session,
+        supplied: &str,
+    ) -> Result<bool, PortalError> {
         let stored = web
             .get::<String>(FORM_TOKEN_KEY)
             .await
@@ -279,11 +319,7 @@ impl PortalBackend {
                 .get::<AnonId>()
                 .map(|anon| self.form_tokens.token_for(anon))
         });
-        if expected.is_some_and(|expected| tokens_match(&expected, supplied)) {
-            return Ok(());
-        }
-        tracing::warn!("state-changing request without a valid form token refused");
-        Err(PortalError::Forbidden)
+        Ok(expected.is_some_and(|expected| tokens_match(&expected, supplied)))
     }
 
     /// The organization a request is for: its `/o/{slug}` scope, else the default.
@@ -322,18 +358,6 @@ impl PortalBackend {
             organization,
         } = input;
         let scope = self.scope(request);
-        let web = web_session(request)?;
-        if let Err(refused) = self.check_form_token(request, &web, &form_token).await {
-            // An out-of-date sign-in form (its page was shown before this browser signed in:
-            // the form sent again after the first answer's cookie came back, a tab left open)
-            // from a browser whose session there runs: that session is the answer, as the
-            // sign-in page itself would show it. Nothing is sent or changed.
-            let org = organization.as_deref().unwrap_or(&scope.id);
-            if let Some(session) = self.linked_running(&web, org).await? {
-                return Ok(Prepared::Answered(self.view(&session)));
-            }
-            return Err(refused);
-        }
         let org_id = match organization {
             // Posted within one organization's portal (`/o/{slug}/api/login`) for another:
             // the page and the sign-in would not agree on whose it is.
@@ -363,15 +387,19 @@ impl PortalBackend {
         validation::validate_username(&username, |u| org.username_pattern.is_match(u))?;
         validation::validate_password(&password)?;
         let ip = client_ip(request)?;
-        // The browser (its web session as it came, or its anonymous id) waits for its own
-        // sign-in under way, if any; the same form sent again is answered with the session
-        // that one opened (`resubmit`).
+        let web = web_session(request)?;
+        // The browser (its web session as its cookie names it, read before anything loads it:
+        // a record not found forgets the id, or its anonymous id) waits for its own sign-in
+        // under way, if any; the same form sent again is answered with the session that one
+        // opened (`resubmit`) — with an out-of-date form token too: a first sign-in whose
+        // answer never reached the browser replaced the web session its cookie names.
         let browser = web.id().map(|id| format!("w:{id}")).or_else(|| {
             request
                 .extensions
                 .get::<AnonId>()
                 .map(|anon| format!("a:{}", anon.0))
         });
+        let fresh_form = self.form_token_fresh(request, &web, &form_token).await?;
         let turn = match &browser {
             Some(browser) => Some(
                 self.recent_sign_ins
@@ -380,26 +408,53 @@ impl PortalBackend {
             ),
             None => None,
         };
+        let saved = request.extensions.get::<SavedDuringRequest>().cloned();
         if let Some(id) = turn.as_ref().and_then(|t| t.same_as_recent()) {
             if let Some(session) = self.sessions.active(id).await.map_err(user_error)? {
                 tracing::debug!(acct_session_id = %session.acct_session_id,
                     "the same sign-in submitted again: answered with its session");
                 // Not ended if this fails: the first answer linked it already.
-                link_web_session(request, &web, &org_id, &session)
+                link_to_end(&self.sessions, saved, &web, &org_id, &session)
                     .await
                     .map_err(|e| internal("storing the web session", &e))?;
                 return Ok(Prepared::Answered(self.view(&session)));
             }
         }
+        if !fresh_form {
+            // An out-of-date sign-in form (its page was shown before this browser signed in:
+            // the form sent again after the first answer came back, a tab left open) from a
+            // browser whose session there runs: that session is the answer, as the sign-in
+            // page itself would show it. Nothing is sent or changed.
+            if let Some(session) = self.linked_running(&web, &org_id).await? {
+                return Ok(Prepared::Answered(self.view(&session)));
+            }
+            tracing::warn!("state-changing request without a valid form token refused");
+            return Err(PortalError::Forbidden);
+        }
+        // Bounded however many requests are dropped on the way (each sign-in runs to its end).
+        let permit = self
+            .sign_ins_under_way
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                tracing::warn!(
+                    limit = MAX_SIGN_INS_UNDER_WAY,
+                    "sign-in refused: too many under way"
+                );
+                PortalError::RateLimited {
+                    retry_after_secs: 2,
+                }
+            })?;
         self.check_rate(&org_id, &username, ip)?;
         Ok(Prepared::SignIn(SignIn {
-            head: request.clone(),
+            saved,
             web,
             org_id,
             username,
             password,
             ip,
             turn,
+            _permit: permit,
         }))
     }
 
@@ -407,33 +462,34 @@ impl PortalBackend {
     /// browser (a session that cannot be linked is ended at once).
     async fn open_session(&self, sign_in: SignIn) -> Result<AccessSessionRecord, PortalError> {
         let SignIn {
-            head,
+            saved,
             web,
             org_id,
             username,
             password,
             ip,
             turn,
+            _permit,
         } = sign_in;
         let session = self
             .sessions
             .login(&org_id, &username, &password, ip)
             .await
             .map_err(user_error)?;
-        let linked = link_web_session(&head, &web, &org_id, &session).await;
         // The browser's next sign-in waits until this one is linked (or ended below):
         // the same form sent again then finds the session only once it is the browser's.
-        if let (Some(turn), Ok(())) = (turn, &linked) {
-            turn.opened(session.id);
-        }
-        if let Err(e) = linked {
+        if let Err(e) = link_web_session(saved.as_ref(), &web, &org_id, &session).await {
             tracing::error!(error = %e, acct_session_id = %session.acct_session_id,
                 "the new session's web session could not be stored: ending the session");
             if let Err(stop) = self.sessions.end_unlinked(session.id).await {
                 tracing::error!(error = %error_chain(&stop), acct_session_id = %session.acct_session_id,
                     "ending a session no browser is linked to failed; trying again in the background");
             }
+            drop(turn);
             return Err(PortalError::Internal);
+        }
+        if let Some(turn) = turn {
+            turn.opened(session.id);
         }
         Ok(session)
     }
@@ -450,8 +506,9 @@ enum Prepared {
 
 /// What the part of a sign-in that runs to its end needs.
 struct SignIn {
-    /// The request's head (its web session is saved through it).
-    head: Parts,
+    /// The request's mark that its web session was saved (the answer then only sets the
+    /// cookie).
+    saved: Option<SavedDuringRequest>,
     web: Session,
     org_id: String,
     username: String,
@@ -459,7 +516,14 @@ struct SignIn {
     ip: IpAddr,
     /// The browser's turn, held until the session is linked.
     turn: Option<crate::http::resubmit::Turn>,
+    /// Its place among the sign-ins under way.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
+
+/// At most this many sign-ins run at once in a process; more are refused (429) rather than
+/// queued. Each has passed the rate limits and ends within its organization's login timeout,
+/// but runs on when its request is dropped: the connection limits no longer bound them.
+const MAX_SIGN_INS_UNDER_WAY: usize = 4096;
 
 /// Compares without an early exit, so timing does not reveal how much of a guess was right.
 fn tokens_match(expected: &str, supplied: &str) -> bool {
@@ -719,6 +783,7 @@ impl PortalService for PortalBackend {
                 );
                 task.await.unwrap_or_else(|e| {
                     tracing::error!(error = %e, "a sign-in failed unexpectedly");
+                    self.count_login(&input_org, Err(&PortalError::Internal));
                     Err(PortalError::Internal)
                 })
             }

@@ -7,7 +7,7 @@ mod common;
 
 use common::{
     field, holding_relay, portal_with_one_server, settings, temp_db, wait_connections_closed,
-    wait_for, Browser, FreeRadius, TestApp,
+    wait_for, wait_until, Browser, FreeRadius, TestApp,
 };
 use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 use tokio::sync::Notify;
@@ -644,6 +644,83 @@ async fn a_sign_in_whose_browser_went_away_finishes_and_the_form_sent_again_gets
         .count();
     assert_eq!(accepted, 1, "the accepted attempt is audited once");
     // The browser's Disconnect ends that session: it is linked to the browser.
+    let page = browser.post_form("/api/disconnect", "/session", &[]).await;
+    assert_eq!(page.path, "/");
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
+    app.stop().await;
+}
+
+/// The same for a browser that comes back with a web session of its own (signed in before):
+/// the dropped sign-in replaces that web session, whose new cookie never reaches the browser,
+/// so the form sent again carries a cookie that names nothing and a form token that is out of
+/// date — and is still answered with the session the dropped sign-in opened, not refused.
+#[tokio::test]
+async fn a_returning_browser_whose_sign_in_was_dropped_gets_its_session_with_the_form_sent_again() {
+    let radius = FreeRadius::start().await;
+    let (held, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let relay = holding_relay(radius.auth_addr(true), held.clone(), release.clone()).await;
+    let (_dir, db) = temp_db();
+    let mut server = radius.server_settings("primary", true);
+    server.auth_port = relay.port();
+    server.timeout = Duration::from_secs(5);
+    let mut config = settings(&db, vec![server]);
+    config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    let app = TestApp::spawn(&config).await;
+    let client = Ipv4Addr::new(127, 0, 0, 25);
+    let browser = app.browser(client);
+    // Signed in before as bob, and still: the browser has a web session (and its form token).
+    let first = tokio::spawn({
+        let browser = browser.clone();
+        async move {
+            let token = browser.form_token("/").await;
+            let bob = [
+                ("username", "bob"),
+                ("password", "bob-pass"),
+                ("csrf", token.as_str()),
+            ];
+            browser.post_raw("/api/login", "/", &bob, &[]).await
+        }
+    });
+    held.notified().await;
+    release.notify_one();
+    assert_eq!(first.await.unwrap().path, "/session");
+    let token = browser.form_token("/session").await;
+    let metrics = format!("http://{}/metrics", app.metrics_addr.unwrap());
+    let accepted = |n: usize| {
+        let metrics = metrics.clone();
+        async move {
+            let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+            text.contains(&format!(
+                r#"portal_logins_total{{organization="acme",outcome="Accepted"}} {n}"#
+            ))
+        }
+    };
+    wait_until("bob's sign-in counted", || accepted(1)).await;
+
+    // carol signs in on it; the request is dropped while the Access-Accept is held.
+    let submit = || {
+        let (browser, token) = (browser.clone(), token.clone());
+        tokio::spawn(async move {
+            browser
+                .post_raw("/api/login", "/", &carol_form(&token), &[])
+                .await
+        })
+    };
+    let dropped = submit();
+    held.notified().await;
+    dropped.abort();
+    assert!(dropped.await.unwrap_err().is_cancelled());
+    wait_connections_closed(app.addr, client).await;
+    release.notify_one();
+    // Its sign-in ran to its end: counted once its session is linked (to a web session whose
+    // cookie the browser never got).
+    wait_until("carol's sign-in counted", || accepted(2)).await;
+
+    let again = submit().await.unwrap();
+
+    assert_eq!(again.path, "/session", "{}", again.body);
+    assert!(again.body.contains("carol"), "{}", again.body);
+    assert_eq!(access_requests_of(&radius, "carol"), 1);
     let page = browser.post_form("/api/disconnect", "/session", &[]).await;
     assert_eq!(page.path, "/");
     assert_eq!(app.storage.active_sessions().await.unwrap(), 0);

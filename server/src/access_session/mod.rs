@@ -495,11 +495,6 @@ impl AccessSessions {
         Ok(ended)
     }
 
-    /// Stops an active session with `cause`; its Stop leaves at once (claimed in the same
-    /// write) unless earlier rows of the session are still on their way. False if not active.
-    /// Runs to its end as a task of its own: a caller that stops waiting (the browser closed
-    /// the connection) never leaves a Stop stored and claimed with nobody sending it until
-    /// the claim runs out.
     /// Runs `work` as a task of its own that a graceful shutdown waits for: work that must not
     /// stop half-way when the request that began it is dropped (a sign-in, a Stop).
     pub fn run_to_end<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
@@ -510,6 +505,11 @@ impl AccessSessions {
         self.accounting.track(work)
     }
 
+    /// Stops an active session with `cause`; its Stop leaves at once (claimed in the same
+    /// write) unless earlier rows of the session are still on their way. False if not active.
+    /// Runs to its end as a task of its own: a caller that stops waiting (the browser closed
+    /// the connection) never leaves a Stop stored and claimed with nobody sending it until
+    /// the claim runs out.
     async fn stop_and_send(&self, id: i64, cause: u32) -> Result<bool, SessionError> {
         let this = self.clone();
         self.run_to_end(async move { this.stop_and_send_here(id, cause).await })

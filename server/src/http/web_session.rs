@@ -54,12 +54,14 @@ pub struct SavedDuringRequest(Arc<AtomicBool>);
 /// Saves the request's web session now rather than after the answer, for a caller that must
 /// know it is stored before it answers (a login: an access session the browser is not linked
 /// to would be one its user can neither see nor end). The answer then only sets the cookie.
+/// `saved` is the request's [`SavedDuringRequest`] (its extensions hold it), taken out so that a
+/// task outliving the request's head can save it.
 pub async fn save_now(
-    request: &axum::http::request::Parts,
+    saved: Option<&SavedDuringRequest>,
     session: &Session,
 ) -> Result<(), tower_sessions::session::Error> {
     session.save().await?;
-    if let Some(saved) = request.extensions.get::<SavedDuringRequest>() {
+    if let Some(saved) = saved {
         saved.0.store(true, Ordering::SeqCst);
     }
     Ok(())

@@ -355,7 +355,7 @@ pub async fn seed(
 /// name, as the admin API refuses the same change; an organization removed from the
 /// configuration while sessions still need its servers still has its servers' secrets (a
 /// `secret_file` that went with it would hold its Stops forever).
-pub async fn check_seed(
+async fn check_seed(
     storage: &Storage,
     settings: &[OrganizationSettings],
 ) -> Result<(), OrganizationError> {
