@@ -57,7 +57,8 @@ async fn link_web_session(
     crate::http::web_session::save_now(saved, web).await
 }
 
-/// [`link_web_session`] as a task of its own, to its end (see [`AccessSessions::run_to_end`]).
+/// [`link_web_session`] to its end, even if the request is dropped meanwhile (see
+/// [`AccessSessions::run_to_end`]).
 async fn link_to_end(
     sessions: &AccessSessions,
     saved: Option<SavedDuringRequest>,
@@ -69,11 +70,6 @@ async fn link_to_end(
     sessions
         .run_to_end(async move { link_web_session(saved.as_ref(), &web, &org, &session).await })
         .await
-        .unwrap_or_else(|e| {
-            Err(tower_sessions::session::Error::Store(
-                tower_sessions::session_store::Error::Backend(format!("linking: {e}")),
-            ))
-        })
 }
 
 /// Web-session key holding the longest window of the access sessions it was linked to.
@@ -747,9 +743,9 @@ impl PortalService for PortalBackend {
     }
 
     /// The part of a sign-in that sends anything — the Access-Request, the session it opens,
-    /// its link to the browser — runs as a task of its own that a graceful shutdown waits for,
-    /// to its end even when the request is dropped on the way (the browser went away; Chromium
-    /// cancels the first request of a double click): never cut between the Access-Accept and
+    /// its link to the browser — runs to its end (`run_to_end`: as a task of its own, which a
+    /// graceful shutdown waits for, once the request is dropped on the way: the browser went away; Chromium
+    /// cancels the first request of a double click), never cut between the Access-Accept and
     /// the session it opens, so the accepted attempt is audited and counted, its session
     /// linked to the browser, and the same form sent again is answered with that session
     /// (`resubmit`) instead of a second Access-Request. What comes before — the checks, the
@@ -772,20 +768,17 @@ impl PortalService for PortalBackend {
             }
             Ok(Prepared::SignIn(sign_in)) => {
                 let this = self.clone();
-                let task = self.sessions.run_to_end(
-                    async move {
-                        let org = sign_in.org_id.clone();
-                        let opened = this.open_session(sign_in).await;
-                        this.count_login(&org, opened.as_ref().map(|_| "Accepted"));
-                        opened.map(|session| this.view(&session))
-                    }
-                    .in_current_span(),
-                );
-                task.await.unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "a sign-in failed unexpectedly");
-                    self.count_login(&input_org, Err(&PortalError::Internal));
-                    Err(PortalError::Internal)
-                })
+                self.sessions
+                    .run_to_end(
+                        async move {
+                            let org = sign_in.org_id.clone();
+                            let opened = this.open_session(sign_in).await;
+                            this.count_login(&org, opened.as_ref().map(|_| "Accepted"));
+                            opened.map(|session| this.view(&session))
+                        }
+                        .in_current_span(),
+                    )
+                    .await
             }
             Err(e) => {
                 self.count_login(&input_org, Err(&e));

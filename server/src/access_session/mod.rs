@@ -327,11 +327,11 @@ impl AccessSessions {
         // since — another login of this client — is what the session page reads next).
         let session = new.opened(id);
         // From here on the session exists with its Start claimed for this login: the rest runs
-        // as a task of its own, so a cancelled request (the browser gave up) never leaves the
-        // claim held with nobody sending the Start.
+        // to its end, so a cancelled request (the browser gave up) never leaves the claim held
+        // with nobody sending the Start.
         let this = self.clone();
         let stored = session.clone();
-        let accounted = self.accounting.track(async move {
+        self.run_to_end(async move {
             this.send_login_accounting(
                 &stored,
                 &preempted,
@@ -340,11 +340,8 @@ impl AccessSessions {
                 deadline,
             )
             .await
-        });
-        match accounted.await {
-            Ok(result) => result?,
-            Err(_) => return Err(SessionError::AccountingUnavailable),
-        }
+        })
+        .await?;
         Ok(session)
     }
 
@@ -495,28 +492,25 @@ impl AccessSessions {
         Ok(ended)
     }
 
-    /// Runs `work` as a task of its own that a graceful shutdown waits for: work that must not
-    /// stop half-way when the request that began it is dropped (a sign-in, a Stop).
-    pub fn run_to_end<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
+    /// Runs `work` to its end even if the request that began it is dropped: work that must not
+    /// stop half-way (a sign-in, a Stop). See [`Accounting::run_to_end`].
+    pub fn run_to_end<F>(&self, work: F) -> crate::accounting::RunToEnd<F>
     where
         F: std::future::Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.accounting.track(work)
+        self.accounting.run_to_end(work)
     }
 
     /// Stops an active session with `cause`; its Stop leaves at once (claimed in the same
     /// write) unless earlier rows of the session are still on their way. False if not active.
-    /// Runs to its end as a task of its own: a caller that stops waiting (the browser closed
+    /// Runs to its end ([`Self::run_to_end`]): a caller that stops waiting (the browser closed
     /// the connection) never leaves a Stop stored and claimed with nobody sending it until
     /// the claim runs out.
     async fn stop_and_send(&self, id: i64, cause: u32) -> Result<bool, SessionError> {
         let this = self.clone();
         self.run_to_end(async move { this.stop_and_send_here(id, cause).await })
             .await
-            .map_err(|e| {
-                SessionError::Storage(StorageError::Engine(format!("stopping a session: {e}")))
-            })?
     }
 
     async fn stop_and_send_here(&self, id: i64, cause: u32) -> Result<bool, SessionError> {

@@ -376,15 +376,21 @@ impl Accounting {
         Ok(true)
     }
 
-    /// Runs `work` as a task that a graceful shutdown waits for (like the loop's deliveries):
-    /// for work that must not be abandoned half-way when its request is cancelled (a sign-in,
-    /// a claimed Stop).
-    pub fn track<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
+    /// Runs `work` to its end: in its caller while the caller waits for it, and as a task of
+    /// its own that a graceful shutdown waits for (like the loop's deliveries) if the caller
+    /// stops waiting (its request was dropped) — for work that must not be abandoned half-way
+    /// (a sign-in, a claimed Start or Stop). Not a task from the start: a task costs a hand-off
+    /// to another thread and back on every sign-in and Disconnect, for the rare request that
+    /// goes away.
+    pub fn run_to_end<F>(&self, work: F) -> RunToEnd<F>
     where
         F: std::future::Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.claimed.spawn(work)
+        RunToEnd {
+            work: Some(Box::pin(work)),
+            tasks: self.claimed.clone(),
+        }
     }
 
     /// Sends a row the caller claimed (a user's Stop) right away in the background, not at the
@@ -1024,12 +1030,101 @@ impl Accounting {
     }
 }
 
+/// Work run to its end ([`Accounting::run_to_end`]): polled by its caller; dropped before it is
+/// done, it goes on as a task of its own (tracked with the loop's deliveries, so a graceful
+/// shutdown waits for it).
+pub struct RunToEnd<F: std::future::Future + Send + 'static>
+where
+    F::Output: Send + 'static,
+{
+    work: Option<std::pin::Pin<Box<F>>>,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl<F: std::future::Future + Send + 'static> std::future::Future for RunToEnd<F>
+where
+    F::Output: Send + 'static,
+{
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.get_mut();
+        let Some(work) = this.work.as_mut() else {
+            // Polled again after its output was taken: a caller's bug, never the case here.
+            return std::task::Poll::Pending;
+        };
+        let done = work.as_mut().poll(cx);
+        if done.is_ready() {
+            this.work = None;
+        }
+        done
+    }
+}
+
+impl<F: std::future::Future + Send + 'static> Drop for RunToEnd<F>
+where
+    F::Output: Send + 'static,
+{
+    fn drop(&mut self) {
+        // Not done: the rest runs as a task (not when the runtime itself is going away).
+        if let (Some(work), Ok(_)) = (self.work.take(), tokio::runtime::Handle::try_current()) {
+            self.tasks.spawn(work);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{
         backoff_ms, failover_settle, pick_server, retry_after, settle_left, Pick, Recoveries,
+        RunToEnd,
     };
-    use std::time::Duration;
+    use std::{sync::Arc, time::Duration};
+
+    fn run_to_end<F>(work: F, tasks: &tokio_util::task::TaskTracker) -> RunToEnd<F>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        RunToEnd {
+            work: Some(Box::pin(work)),
+            tasks: tasks.clone(),
+        }
+    }
+
+    #[tokio::test]
+    async fn work_run_to_end_runs_in_its_caller_and_goes_on_alone_when_dropped() {
+        let tasks = tokio_util::task::TaskTracker::new();
+        // Awaited to the end: no task of its own.
+        assert_eq!(run_to_end(async { 5 }, &tasks).await, 5);
+        assert!(tasks.is_empty());
+
+        // Dropped half-way (its caller stopped waiting): the rest runs as a tracked task.
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let mut work = run_to_end(
+            {
+                let gate = gate.clone();
+                async move {
+                    gate.notified().await;
+                    done.send(7).unwrap();
+                }
+            },
+            &tasks,
+        );
+        assert!(tokio::time::timeout(Duration::ZERO, &mut work)
+            .await
+            .is_err());
+        drop(work);
+        assert_eq!(tasks.len(), 1);
+        gate.notify_one();
+        assert_eq!(finished.await, Ok(7));
+        tasks.close();
+        tasks.wait().await;
+    }
 
     #[test]
     fn a_row_goes_to_its_own_server_else_to_another_that_has_settled() {
