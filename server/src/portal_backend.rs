@@ -25,6 +25,7 @@ use app::{
 use http::{request::Parts, StatusCode};
 use std::{net::IpAddr, sync::Arc};
 use tower_sessions::Session;
+use tracing::Instrument as _;
 
 /// Web-session key holding the access session's row id in organization `org`: one per
 /// organization, so a login in one organization's portal never touches another's session.
@@ -68,7 +69,10 @@ async fn link_to_end(
 ) -> Result<(), tower_sessions::session::Error> {
     let (web, org, session) = (web.clone(), org.to_owned(), session.clone());
     sessions
-        .run_to_end(async move { link_web_session(saved.as_ref(), &web, &org, &session).await })
+        .run_to_end(
+            async move { link_web_session(saved.as_ref(), &web, &org, &session).await }
+                .in_current_span(),
+        )
         .await
 }
 
@@ -756,7 +760,6 @@ impl PortalService for PortalBackend {
         request: &Parts,
         input: LoginInput,
     ) -> Result<SessionView, PortalError> {
-        use tracing::Instrument as _;
         let input_org = input
             .organization
             .clone()

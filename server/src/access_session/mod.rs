@@ -508,8 +508,9 @@ impl AccessSessions {
     /// the connection) never leaves a Stop stored and claimed with nobody sending it until
     /// the claim runs out.
     async fn stop_and_send(&self, id: i64, cause: u32) -> Result<bool, SessionError> {
+        use tracing::Instrument as _;
         let this = self.clone();
-        self.run_to_end(async move { this.stop_and_send_here(id, cause).await })
+        self.run_to_end(async move { this.stop_and_send_here(id, cause).await }.in_current_span())
             .await
     }
 

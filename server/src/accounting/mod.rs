@@ -389,7 +389,7 @@ impl Accounting {
     {
         RunToEnd {
             work: Some(Box::pin(work)),
-            tasks: self.claimed.clone(),
+            token: Some(self.claimed.token()),
         }
     }
 
@@ -1031,14 +1031,16 @@ impl Accounting {
 }
 
 /// Work run to its end ([`Accounting::run_to_end`]): polled by its caller; dropped before it is
-/// done, it goes on as a task of its own (tracked with the loop's deliveries, so a graceful
-/// shutdown waits for it).
+/// done, it goes on as a task of its own. Tracked from the start (a token of the tracker while
+/// its caller polls it, then its task), so a graceful shutdown's flush waits for it either way.
 pub struct RunToEnd<F: std::future::Future + Send + 'static>
 where
     F::Output: Send + 'static,
 {
+    /// None once done (or once its poll panicked: never run again).
     work: Option<std::pin::Pin<Box<F>>>,
-    tasks: tokio_util::task::TaskTracker,
+    /// Held while the work runs in its caller.
+    token: Option<tokio_util::task::task_tracker::TaskTrackerToken>,
 }
 
 impl<F: std::future::Future + Send + 'static> std::future::Future for RunToEnd<F>
@@ -1053,14 +1055,25 @@ where
     ) -> std::task::Poll<F::Output> {
         let this = self.get_mut();
         let Some(work) = this.work.as_mut() else {
-            // Polled again after its output was taken: a caller's bug, never the case here.
-            return std::task::Poll::Pending;
+            panic!("work run to its end polled after it was done");
         };
-        let done = work.as_mut().poll(cx);
-        if done.is_ready() {
-            this.work = None;
+        // A panic in the work ends it here: the caller's unwinding must not hand a future that
+        // panicked to a task of its own.
+        let done =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.as_mut().poll(cx)));
+        match done {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(ready) => {
+                this.work = None;
+                this.token = None;
+                ready
+            }
+            Err(panic) => {
+                this.work = None;
+                this.token = None;
+                std::panic::resume_unwind(panic)
+            }
         }
-        done
     }
 }
 
@@ -1069,10 +1082,17 @@ where
     F::Output: Send + 'static,
 {
     fn drop(&mut self) {
-        // Not done: the rest runs as a task (not when the runtime itself is going away).
-        if let (Some(work), Ok(_)) = (self.work.take(), tokio::runtime::Handle::try_current()) {
-            self.tasks.spawn(work);
+        let (Some(work), Some(token)) = (self.work.take(), self.token.take()) else {
+            return;
+        };
+        // Not done: the rest runs as a task, tracked before the caller's token goes. (A runtime
+        // shutting down cancels it at once; that is the process ending, as with kill -9.)
+        if tokio::runtime::Handle::try_current().is_ok() {
+            token.task_tracker().spawn(work);
+        } else {
+            tracing::warn!("work that was to run to its end was dropped outside the runtime");
         }
+        drop(token);
     }
 }
 
@@ -1091,15 +1111,30 @@ mod tests {
     {
         RunToEnd {
             work: Some(Box::pin(work)),
-            tasks: tasks.clone(),
+            token: Some(tasks.token()),
         }
+    }
+
+    /// One poll of `work`, in the test's task.
+    async fn poll_once<F: std::future::Future + Unpin>(work: &mut F) -> std::task::Poll<F::Output> {
+        std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut *work).poll(cx)))
+            .await
     }
 
     #[tokio::test]
     async fn work_run_to_end_runs_in_its_caller_and_goes_on_alone_when_dropped() {
         let tasks = tokio_util::task::TaskTracker::new();
-        // Awaited to the end: no task of its own.
-        assert_eq!(run_to_end(async { 5 }, &tasks).await, 5);
+        // Awaited to the end: no task of its own, tracked while it runs.
+        let mut work = run_to_end(
+            async {
+                tokio::task::yield_now().await;
+                5
+            },
+            &tasks,
+        );
+        assert!(poll_once(&mut work).await.is_pending());
+        assert_eq!(tasks.len(), 1, "a shutdown's flush would wait for it");
+        assert_eq!(work.await, 5);
         assert!(tasks.is_empty());
 
         // Dropped half-way (its caller stopped waiting): the rest runs as a tracked task.
@@ -1115,13 +1150,17 @@ mod tests {
             },
             &tasks,
         );
-        assert!(tokio::time::timeout(Duration::ZERO, &mut work)
-            .await
-            .is_err());
+        assert!(poll_once(&mut work).await.is_pending());
         drop(work);
         assert_eq!(tasks.len(), 1);
+        // The task polls it once before it is woken: the wake-up reaches the new task.
+        tokio::task::yield_now().await;
         gate.notify_one();
         assert_eq!(finished.await, Ok(7));
+
+        // Work that panics ends with its caller's panic, and is not handed to a task again.
+        let panicking = run_to_end(async { panic!("a bug in the work") }, &tasks);
+        assert!(tokio::spawn(panicking).await.unwrap_err().is_panic());
         tasks.close();
         tasks.wait().await;
     }
