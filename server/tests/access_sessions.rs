@@ -589,49 +589,96 @@ fn access_requests_of(radius: &FreeRadius, user: &str) -> usize {
         .count()
 }
 
+/// A portal whose RADIUS server's answers to Access-Requests are held by a relay until
+/// released, one at a time (accounting goes straight to the server); metrics on.
+struct HeldAnswers {
+    radius: FreeRadius,
+    app: TestApp,
+    held: Arc<Notify>,
+    release: Arc<Notify>,
+    _dir: tempfile::TempDir,
+}
+
+impl HeldAnswers {
+    async fn start() -> HeldAnswers {
+        let radius = FreeRadius::start().await;
+        let (held, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let relay = holding_relay(radius.auth_addr(true), held.clone(), release.clone()).await;
+        let (_dir, db) = temp_db();
+        let mut server = radius.server_settings("primary", true);
+        server.auth_port = relay.port();
+        server.timeout = Duration::from_secs(5);
+        let mut config = settings(&db, vec![server]);
+        config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+        let app = TestApp::spawn(&config).await;
+        HeldAnswers {
+            radius,
+            app,
+            held,
+            release,
+            _dir,
+        }
+    }
+
+    /// carol's sign-in form posted by `browser` (from `client`) with `token`, in a task.
+    fn submit(browser: &Browser, token: &str) -> tokio::task::JoinHandle<common::Page> {
+        let (browser, token) = (browser.clone(), token.to_owned());
+        tokio::spawn(async move {
+            browser
+                .post_raw("/api/login", "/", &carol_form(&token), &[])
+                .await
+        })
+    }
+
+    /// Drops `request` once its Access-Request was answered (the answer held), and waits until
+    /// the portal has seen its browser at `client` go away.
+    async fn drop_while_held(
+        &self,
+        request: tokio::task::JoinHandle<common::Page>,
+        client: Ipv4Addr,
+    ) {
+        tokio::time::timeout(Duration::from_secs(15), self.held.notified())
+            .await
+            .expect("the Access-Request reached FreeRADIUS");
+        request.abort();
+        assert!(request.await.unwrap_err().is_cancelled());
+        wait_connections_closed(self.app.addr, client).await;
+    }
+
+    /// Whether the metrics count `n` accepted sign-ins.
+    async fn accepted(&self, n: usize) -> bool {
+        let metrics = format!("http://{}/metrics", self.app.metrics_addr.unwrap());
+        let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+        text.contains(&format!(
+            r#"portal_logins_total{{organization="acme",outcome="Accepted"}} {n}"#
+        ))
+    }
+}
+
 /// A sign-in whose request is dropped on the way (Chromium cancels the first request of a
 /// double click; a phone loses its network) runs to its end: its session opens, linked and
 /// audited, and the same form sent again is answered with it — one Access-Request, one Start,
 /// not a second sign-in that replaces an orphan.
 #[tokio::test]
 async fn a_sign_in_whose_browser_went_away_finishes_and_the_form_sent_again_gets_its_session() {
-    let radius = FreeRadius::start().await;
-    let (held, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let relay = holding_relay(radius.auth_addr(true), held.clone(), release.clone()).await;
-    let (_dir, db) = temp_db();
-    let mut server = radius.server_settings("primary", true);
-    server.auth_port = relay.port();
-    server.timeout = Duration::from_secs(5);
-    let app = TestApp::spawn(&settings(&db, vec![server])).await;
+    let held = HeldAnswers::start().await;
+    let (radius, app) = (&held.radius, &held.app);
     let client = Ipv4Addr::new(127, 0, 0, 23);
     let browser = app.browser(client);
     let token = browser.form_token("/").await;
-    let submit = || {
-        let (browser, token) = (browser.clone(), token.clone());
-        tokio::spawn(async move {
-            browser
-                .post_raw("/api/login", "/", &carol_form(&token), &[])
-                .await
-        })
-    };
 
-    let first = submit();
-    tokio::time::timeout(Duration::from_secs(15), held.notified())
-        .await
-        .expect("the Access-Request reached FreeRADIUS");
-    first.abort();
-    assert!(first.await.unwrap_err().is_cancelled());
-    // The portal has seen the browser go away while the answer is still held.
-    wait_connections_closed(app.addr, client).await;
-    let second = submit();
-    release.notify_one();
+    // Dropped, and the portal has seen the browser go away, while the answer is still held.
+    held.drop_while_held(HeldAnswers::submit(&browser, &token), client)
+        .await;
+    let second = HeldAnswers::submit(&browser, &token);
+    held.release.notify_one();
     let second = second.await.unwrap();
 
     assert_eq!(second.path, "/session", "{}", second.body);
     assert!(second.body.contains("You are connected"), "{}", second.body);
     radius.wait_for_acct(&["status=Start", "user=carol"]).await;
     assert_eq!(
-        access_requests_of(&radius, "carol"),
+        access_requests_of(radius, "carol"),
         1,
         "{:?}",
         radius.auth_lines()
@@ -647,7 +694,7 @@ async fn a_sign_in_whose_browser_went_away_finishes_and_the_form_sent_again_gets
     let page = browser.post_form("/api/disconnect", "/session", &[]).await;
     assert_eq!(page.path, "/");
     assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
-    app.stop().await;
+    held.app.stop().await;
 }
 
 /// The same for a browser that comes back with a web session of its own (signed in before):
@@ -656,16 +703,8 @@ async fn a_sign_in_whose_browser_went_away_finishes_and_the_form_sent_again_gets
 /// date — and is still answered with the session the dropped sign-in opened, not refused.
 #[tokio::test]
 async fn a_returning_browser_whose_sign_in_was_dropped_gets_its_session_with_the_form_sent_again() {
-    let radius = FreeRadius::start().await;
-    let (held, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let relay = holding_relay(radius.auth_addr(true), held.clone(), release.clone()).await;
-    let (_dir, db) = temp_db();
-    let mut server = radius.server_settings("primary", true);
-    server.auth_port = relay.port();
-    server.timeout = Duration::from_secs(5);
-    let mut config = settings(&db, vec![server]);
-    config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
-    let app = TestApp::spawn(&config).await;
+    let held = HeldAnswers::start().await;
+    let (radius, app) = (&held.radius, &held.app);
     let client = Ipv4Addr::new(127, 0, 0, 25);
     let browser = app.browser(client);
     // Signed in before as bob, and still: the browser has a web session (and its form token).
@@ -681,50 +720,29 @@ async fn a_returning_browser_whose_sign_in_was_dropped_gets_its_session_with_the
             browser.post_raw("/api/login", "/", &bob, &[]).await
         }
     });
-    held.notified().await;
-    release.notify_one();
+    held.held.notified().await;
+    held.release.notify_one();
     assert_eq!(first.await.unwrap().path, "/session");
     let token = browser.form_token("/session").await;
-    let metrics = format!("http://{}/metrics", app.metrics_addr.unwrap());
-    let accepted = |n: usize| {
-        let metrics = metrics.clone();
-        async move {
-            let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
-            text.contains(&format!(
-                r#"portal_logins_total{{organization="acme",outcome="Accepted"}} {n}"#
-            ))
-        }
-    };
-    wait_until("bob's sign-in counted", || accepted(1)).await;
+    wait_until("bob's sign-in counted", || held.accepted(1)).await;
 
     // carol signs in on it; the request is dropped while the Access-Accept is held.
-    let submit = || {
-        let (browser, token) = (browser.clone(), token.clone());
-        tokio::spawn(async move {
-            browser
-                .post_raw("/api/login", "/", &carol_form(&token), &[])
-                .await
-        })
-    };
-    let dropped = submit();
-    held.notified().await;
-    dropped.abort();
-    assert!(dropped.await.unwrap_err().is_cancelled());
-    wait_connections_closed(app.addr, client).await;
-    release.notify_one();
+    held.drop_while_held(HeldAnswers::submit(&browser, &token), client)
+        .await;
+    held.release.notify_one();
     // Its sign-in ran to its end: counted once its session is linked (to a web session whose
     // cookie the browser never got).
-    wait_until("carol's sign-in counted", || accepted(2)).await;
+    wait_until("carol's sign-in counted", || held.accepted(2)).await;
 
-    let again = submit().await.unwrap();
+    let again = HeldAnswers::submit(&browser, &token).await.unwrap();
 
     assert_eq!(again.path, "/session", "{}", again.body);
     assert!(again.body.contains("carol"), "{}", again.body);
-    assert_eq!(access_requests_of(&radius, "carol"), 1);
+    assert_eq!(access_requests_of(radius, "carol"), 1);
     let page = browser.post_form("/api/disconnect", "/session", &[]).await;
     assert_eq!(page.path, "/");
     assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
-    app.stop().await;
+    held.app.stop().await;
 }
 
 /// The sign-in form sent again after its answer came back (the sign-in changed the browser's
