@@ -59,7 +59,7 @@ pub enum PortalError {
         problem: String,
     },
     /// Too many login attempts from this address or for this username: wait and retry.
-    #[error("Too many sign-in attempts. Please wait {retry_after_secs} seconds and try again.")]
+    #[error("Too many sign-in attempts. Please wait {} and try again.", seconds(.retry_after_secs))]
     RateLimited {
         /// Seconds until the next attempt is allowed.
         retry_after_secs: u64,
@@ -88,6 +88,15 @@ pub enum PortalError {
 /// island shows it too, without this type).
 pub const UNREACHABLE: &str =
     "The portal could not be reached. Please check your connection and try again.";
+
+/// "1 second", "30 seconds".
+fn seconds(n: &u64) -> String {
+    if *n == 1 {
+        "1 second".into()
+    } else {
+        format!("{n} seconds")
+    }
+}
 
 fn rejected_text(message: &Option<String>) -> String {
     match message {
@@ -233,6 +242,16 @@ fn args_error(detail: &str) -> PortalError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wait_of_one_second_reads_as_one() {
+        let wait = |retry_after_secs| PortalError::RateLimited { retry_after_secs }.to_string();
+        assert_eq!(
+            wait(1),
+            "Too many sign-in attempts. Please wait 1 second and try again."
+        );
+        assert!(wait(30).contains("wait 30 seconds"));
+    }
 
     #[test]
     fn rejection_shows_the_servers_reply_message() {
