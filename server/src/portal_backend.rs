@@ -3,10 +3,10 @@
 //! the access-session lifecycle, and turns its errors into the safe, user-facing
 //! [`PortalError`] (logging the cause). Nothing else in the server produces user-facing errors.
 
-use crate::http::web_session::SavedDuringRequest;
 use crate::{
     access_session::{now_ms, timing, AccessSessions, SessionError},
     config::RateLimitSettings,
+    http::web_session::SavedDuringRequest,
     http::{
         client_ip::ClientIp,
         form_token::{AnonId, FormTokens},
@@ -41,8 +41,8 @@ const FORM_TOKEN_KEY: &str = "form_token";
 /// that was never stored (a write per login). Stored before the answer: a browser that is told
 /// its sign-in failed must not leave an access session behind that it can neither see nor end.
 ///
-/// Run as a task to its end ([`link_to_end`]): a request dropped between the rotation, which
-/// deletes the old record, and the save would leave the browser with neither.
+/// Always run to its end (inside a sign-in's, or [`link_to_end`]): a request dropped between
+/// the rotation, which deletes the old record, and the save would leave the browser with neither.
 async fn link_web_session(
     saved: Option<&SavedDuringRequest>,
     web: &Session,
@@ -297,8 +297,7 @@ impl PortalBackend {
         if self.form_token_fresh(request, web, supplied).await? {
             return Ok(());
         }
-        tracing::warn!("state-changing request without a valid form token refused");
-        Err(PortalError::Forbidden)
+        Err(refused_form())
     }
 
     /// Whether `supplied` is this browser's form token ([`Self::check_form_token`]).
@@ -428,8 +427,7 @@ impl PortalBackend {
             if let Some(session) = self.linked_running(&web, &org_id).await? {
                 return Ok(Prepared::Answered(self.view(&session)));
             }
-            tracing::warn!("state-changing request without a valid form token refused");
-            return Err(PortalError::Forbidden);
+            return Err(refused_form());
         }
         // Bounded however many requests are dropped on the way (each sign-in runs to its end).
         let permit = self
@@ -461,24 +459,22 @@ impl PortalBackend {
     /// The sign-in itself: the Access-Request, the session it opens, and its link to the
     /// browser (a session that cannot be linked is ended at once).
     async fn open_session(&self, sign_in: SignIn) -> Result<AccessSessionRecord, PortalError> {
-        let SignIn {
-            saved,
-            web,
-            org_id,
-            username,
-            password,
-            ip,
-            turn,
-            _permit,
-        } = sign_in;
         let session = self
             .sessions
-            .login(&org_id, &username, &password, ip)
+            .login(
+                &sign_in.org_id,
+                &sign_in.username,
+                &sign_in.password,
+                sign_in.ip,
+            )
             .await
             .map_err(user_error)?;
         // The browser's next sign-in waits until this one is linked (or ended below):
         // the same form sent again then finds the session only once it is the browser's.
-        if let Err(e) = link_web_session(saved.as_ref(), &web, &org_id, &session).await {
+        let SignIn {
+            saved, web, turn, ..
+        } = sign_in;
+        if let Err(e) = link_web_session(saved.as_ref(), &web, &sign_in.org_id, &session).await {
             tracing::error!(error = %e, acct_session_id = %session.acct_session_id,
                 "the new session's web session could not be stored: ending the session");
             if let Err(stop) = self.sessions.end_unlinked(session.id).await {
@@ -524,6 +520,12 @@ struct SignIn {
 /// queued. Each has passed the rate limits and ends within its organization's login timeout,
 /// but runs on when its request is dropped: the connection limits no longer bound them.
 const MAX_SIGN_INS_UNDER_WAY: usize = 4096;
+
+/// A state-changing request without this browser's form token: refused (logged).
+fn refused_form() -> PortalError {
+    tracing::warn!("state-changing request without a valid form token refused");
+    PortalError::Forbidden
+}
 
 /// Compares without an early exit, so timing does not reveal how much of a guess was right.
 fn tokens_match(expected: &str, supplied: &str) -> bool {
@@ -747,10 +749,11 @@ impl PortalService for PortalBackend {
     }
 
     /// The part of a sign-in that sends anything — the Access-Request, the session it opens,
-    /// its link to the browser — runs to its end (`run_to_end`: as a task of its own, which a
-    /// graceful shutdown waits for, once the request is dropped on the way: the browser went away; Chromium
-    /// cancels the first request of a double click), never cut between the Access-Accept and
-    /// the session it opens, so the accepted attempt is audited and counted, its session
+    /// its link to the browser — runs to its end (`run_to_end`: it moves into a task of its
+    /// own, which a graceful shutdown waits for, when the request is dropped on the way — the
+    /// browser went away; Chromium cancels the first request of a double click). It is never
+    /// cut between the Access-Accept and the session it opens, so the accepted attempt is
+    /// audited and counted, its session
     /// linked to the browser, and the same form sent again is answered with that session
     /// (`resubmit`) instead of a second Access-Request. What comes before — the checks, the
     /// browser's turn, the rate limits — stays the request's: a dropped request waiting for its
