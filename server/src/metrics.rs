@@ -154,7 +154,7 @@ impl Metrics {
         let logins = counter(
             &r,
             "portal_logins_total",
-            "Sign-in attempts by organization and outcome (Accepted; Resubmitted: the same sign-in sent again, answered with its session; or the error's kind: Rejected, ServersUnavailable, OrganizationDisabled, RateLimited, InvalidInput, …)",
+            "Sign-in attempts by organization and outcome (Accepted; Resubmitted: the same sign-in sent again, answered with its session or with the refusal it got while the second waited; or the error's kind: Rejected, ServersUnavailable, OrganizationDisabled, RateLimited, InvalidInput, …)",
             &["organization", "outcome"],
         );
         let radius_seconds = histogram(

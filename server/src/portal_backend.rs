@@ -145,6 +145,11 @@ impl PortalBackend {
         }
     }
 
+    /// Each browser's last sign-in (tests: how many wait for their browser's turn).
+    pub fn recent_sign_ins(&self) -> Arc<crate::http::resubmit::RecentSignIns> {
+        self.recent_sign_ins.clone()
+    }
+
     /// Counts sign-in outcomes in `metrics`.
     pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
         self.metrics = metrics;
@@ -416,7 +421,7 @@ impl PortalBackend {
                 link_to_end(&self.sessions, saved, &web, &org_id, &session)
                     .await
                     .map_err(|e| internal("storing the web session", &e))?;
-                return Ok(Prepared::Answered(self.view(&session)));
+                return Ok(Prepared::Answered(Ok(self.view(&session))));
             }
         }
         if !fresh_form {
@@ -425,9 +430,16 @@ impl PortalBackend {
             // browser whose session there runs: that session is the answer, as the sign-in
             // page itself would show it. Nothing is sent or changed.
             if let Some(session) = self.linked_running(&web, &org_id).await? {
-                return Ok(Prepared::Answered(self.view(&session)));
+                return Ok(Prepared::Answered(Ok(self.view(&session))));
             }
             return Err(refused_form());
+        }
+        if let Some(error) = turn.as_ref().and_then(|t| t.failed_while_waiting()) {
+            tracing::debug!(
+                error = error.kind(),
+                "the same sign-in submitted while it was under way: answered with its failure"
+            );
+            return Ok(Prepared::Answered(Err(error)));
         }
         // Bounded however many requests are dropped on the way (each sign-in runs to its end).
         let permit = self
@@ -459,7 +471,7 @@ impl PortalBackend {
     /// The sign-in itself: the Access-Request, the session it opens, and its link to the
     /// browser (a session that cannot be linked is ended at once).
     async fn open_session(&self, sign_in: SignIn) -> Result<AccessSessionRecord, PortalError> {
-        let session = self
+        let opened = self
             .sessions
             .login(
                 &sign_in.org_id,
@@ -468,34 +480,46 @@ impl PortalBackend {
                 sign_in.ip,
             )
             .await
-            .map_err(user_error)?;
+            .map_err(user_error);
         // The browser's next sign-in waits until this one is linked (or ended below):
-        // the same form sent again then finds the session only once it is the browser's.
+        // the same form sent again then finds the session only once it is the browser's, and
+        // one sent while this one failed gets its answer.
         let SignIn {
             saved, web, turn, ..
         } = sign_in;
-        if let Err(e) = link_web_session(saved.as_ref(), &web, &sign_in.org_id, &session).await {
-            tracing::error!(error = %e, acct_session_id = %session.acct_session_id,
-                "the new session's web session could not be stored: ending the session");
-            if let Err(stop) = self.sessions.end_unlinked(session.id).await {
-                tracing::error!(error = %error_chain(&stop), acct_session_id = %session.acct_session_id,
-                    "ending a session no browser is linked to failed; trying again in the background");
+        let linked = match opened {
+            Ok(session) => {
+                match link_web_session(saved.as_ref(), &web, &sign_in.org_id, &session).await {
+                    Ok(()) => Ok(session),
+                    Err(e) => {
+                        tracing::error!(error = %e, acct_session_id = %session.acct_session_id,
+                        "the new session's web session could not be stored: ending the session");
+                        if let Err(stop) = self.sessions.end_unlinked(session.id).await {
+                            tracing::error!(error = %error_chain(&stop), acct_session_id = %session.acct_session_id,
+                            "ending a session no browser is linked to failed; trying again in the background");
+                        }
+                        Err(PortalError::Internal)
+                    }
+                }
             }
-            drop(turn);
-            return Err(PortalError::Internal);
-        }
+            Err(e) => Err(e),
+        };
         if let Some(turn) = turn {
-            turn.opened(session.id);
+            match &linked {
+                Ok(session) => turn.opened(session.id),
+                Err(e) => turn.failed(e),
+            }
         }
-        Ok(session)
+        linked
     }
 }
 
 /// A sign-in's checks passed: what it needs to go on (see [`PortalService::login`]).
 enum Prepared {
     /// Answered without a sign-in of its own: the browser's session (the same sign-in sent
-    /// again, an out-of-date form of a browser signed in).
-    Answered(SessionView),
+    /// again, an out-of-date form of a browser signed in), or the failure of the same sign-in
+    /// that ended while this one waited for its turn.
+    Answered(Result<SessionView, PortalError>),
     /// The browser's turn and the rate limits let it go on.
     SignIn(SignIn),
 }
@@ -768,9 +792,9 @@ impl PortalService for PortalBackend {
             .clone()
             .unwrap_or_else(|| self.scope(request).id);
         let result = match self.prepare_sign_in(request, input).await {
-            Ok(Prepared::Answered(view)) => {
+            Ok(Prepared::Answered(answer)) => {
                 self.count_login(&input_org, Ok("Resubmitted"));
-                Ok(view)
+                answer
             }
             Ok(Prepared::SignIn(sign_in)) => {
                 let this = self.clone();

@@ -59,6 +59,8 @@ pub struct Application {
     pub org_worker: OrganizationWorker,
     /// The access-session lifecycle (tests).
     pub sessions: AccessSessions,
+    /// The browsers' sign-ins (tests: those waiting for their browser's turn).
+    pub sign_ins: Arc<crate::http::resubmit::RecentSignIns>,
     /// SQLite: this process's hold on the database (see [`own_sqlite_database`]).
     _sqlite_owner: Option<std::fs::File>,
 }
@@ -243,6 +245,7 @@ impl Application {
             .with_metrics(metrics.clone())
             .with_web_sessions(storage.web_sessions()),
         );
+        let sign_ins = backend.recent_sign_ins();
         let live_stop = CancellationToken::new();
         let session_store = storage.web_sessions();
         let router = router(RouterParts {
@@ -298,6 +301,7 @@ impl Application {
             audit_retention: settings.audit.retention,
             live_stop,
             session_store,
+            sign_ins,
             storage,
             organizations,
             org_worker,

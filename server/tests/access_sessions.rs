@@ -622,11 +622,20 @@ impl HeldAnswers {
 
     /// carol's sign-in form posted by `browser` (from `client`) with `token`, in a task.
     fn submit(browser: &Browser, token: &str) -> tokio::task::JoinHandle<common::Page> {
-        let (browser, token) = (browser.clone(), token.to_owned());
+        Self::submit_password(browser, token, "carol-pass")
+    }
+
+    /// [`HeldAnswers::submit`] with `password`.
+    fn submit_password(
+        browser: &Browser,
+        token: &str,
+        password: &str,
+    ) -> tokio::task::JoinHandle<common::Page> {
+        let (browser, token, password) = (browser.clone(), token.to_owned(), password.to_owned());
         tokio::spawn(async move {
-            browser
-                .post_raw("/api/login", "/", &carol_form(&token), &[])
-                .await
+            let mut form = carol_form(&token);
+            form[1].1 = &password;
+            browser.post_raw("/api/login", "/", &form, &[]).await
         })
     }
 
@@ -694,6 +703,55 @@ async fn a_sign_in_whose_browser_went_away_finishes_and_the_form_sent_again_gets
     let page = browser.post_form("/api/disconnect", "/session", &[]).await;
     assert_eq!(page.path, "/");
     assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
+    held.app.stop().await;
+}
+
+/// A wrong password submitted twice at once (a double click): one Access-Request, so the
+/// server counts one failed attempt against the account, and both answers say it was refused.
+/// The form sent again once the refusal was shown is a sign-in of its own.
+#[tokio::test]
+async fn a_refused_sign_in_submitted_twice_sends_one_access_request() {
+    let held = HeldAnswers::start().await;
+    let (radius, app) = (&held.radius, &held.app);
+    let browser = app.browser(Ipv4Addr::new(127, 0, 0, 24));
+    let token = browser.form_token("/").await;
+
+    let first = HeldAnswers::submit_password(&browser, &token, "wrong");
+    tokio::time::timeout(Duration::from_secs(15), held.held.notified())
+        .await
+        .expect("the Access-Request reached FreeRADIUS");
+    let second = HeldAnswers::submit_password(&browser, &token, "wrong");
+    wait_until("the second submit waits for the first", || async {
+        app.sign_ins.waiting() == 1
+    })
+    .await;
+    held.release.notify_one();
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    for page in [&first, &second] {
+        assert_eq!(page.path, "/", "{}", page.body);
+        assert!(page.body.contains("Sign-in refused"), "{}", page.body);
+    }
+    assert_eq!(
+        access_requests_of(radius, "carol"),
+        1,
+        "{:?}",
+        radius.auth_lines()
+    );
+    let audit = app.storage.audit_tail(20).await.unwrap();
+    let refused = audit
+        .iter()
+        .filter(|e| e.action == "login.rejected")
+        .count();
+    assert_eq!(refused, 1, "the refusal is audited once: {audit:?}");
+
+    // Tried again after the answer: sent to the server.
+    let again = HeldAnswers::submit_password(&browser, &token, "wrong");
+    tokio::time::timeout(Duration::from_secs(15), held.held.notified())
+        .await
+        .expect("the sign-in tried again reached FreeRADIUS");
+    held.release.notify_one();
+    assert!(again.await.unwrap().body.contains("Sign-in refused"));
+    assert_eq!(access_requests_of(radius, "carol"), 2);
     held.app.stop().await;
 }
 

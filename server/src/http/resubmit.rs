@@ -1,19 +1,27 @@
 //! A sign-in form submitted twice — a double click on "Sign in", the form sent again while the
-//! first answer was on its way — opens one session, not two. The sign-ins of one browser run
-//! one at a time; a sign-in the same browser made with the same organization, name, password
-//! and address a few seconds ago, whose session still runs, is answered with that session
-//! instead of a second Access-Request whose session would replace it (a Stop and a Start for
-//! nothing, the user's firewall identity dropped and added again).
+//! first answer was on its way — opens one session, not two, and sends one Access-Request. The
+//! sign-ins of one browser run one at a time; a sign-in the same browser made with the same
+//! organization, name, password and address a few seconds ago, whose session still runs, is
+//! answered with that session instead of a second Access-Request whose session would replace
+//! it (a Stop and a Start for nothing, the user's firewall identity dropped and added again).
+//! A submit that waited for the same sign-in while it failed gets its answer too: one
+//! Access-Reject counted against the user's account on the server, not two; one wait for a
+//! dead server, not one after the other. A submit made after the failure was answered (the
+//! user tries again) is a sign-in of its own.
 //!
 //! In memory, per process: two replicas behind a load balancer without affinity may still each
 //! sign in (the second replaces the first, as before). Only a keyed digest of the password is
 //! kept, for [`SAME_SUBMIT`].
 
+use app::error::PortalError;
 use sha2::{Digest, Sha256};
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
@@ -21,12 +29,20 @@ use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 /// How long after a sign-in the same submit counts as the same.
 pub const SAME_SUBMIT: Duration = Duration::from_secs(10);
 
-/// A browser's last sign-in that opened a session.
+/// A browser's last sign-in and how it ended.
 #[derive(Clone, Debug)]
 pub struct Recent {
     digest: [u8; 32],
-    session_id: i64,
+    outcome: Outcome,
     at: Instant,
+}
+
+#[derive(Clone, Debug)]
+enum Outcome {
+    /// It opened this session.
+    Opened(i64),
+    /// It was answered with this error.
+    Failed(PortalError),
 }
 
 type Slot = Arc<AsyncMutex<Option<Recent>>>;
@@ -36,6 +52,8 @@ pub struct RecentSignIns {
     slots: Mutex<Slots>,
     /// Keys the digests (a digest is useless outside this process).
     key: [u8; 32],
+    /// Sign-ins waiting for their browser's turn.
+    waiting: AtomicUsize,
 }
 
 struct Slots {
@@ -51,23 +69,54 @@ const MIN_PRUNE_AT: usize = 1024;
 pub struct Turn {
     guard: OwnedMutexGuard<Option<Recent>>,
     digest: [u8; 32],
+    /// When this sign-in asked for its turn.
+    asked: Instant,
 }
 
 impl Turn {
     /// The session of the same sign-in made a moment ago by this browser, if any (the caller
     /// checks that it still runs).
     pub fn same_as_recent(&self) -> Option<i64> {
-        self.guard
-            .as_ref()
-            .filter(|r| r.digest == self.digest && r.at.elapsed() < SAME_SUBMIT)
-            .map(|r| r.session_id)
+        match self.same()? {
+            Recent {
+                outcome: Outcome::Opened(id),
+                at,
+                ..
+            } if at.elapsed() < SAME_SUBMIT => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// The answer of the same sign-in that failed while this one waited for its turn, if any.
+    pub fn failed_while_waiting(&self) -> Option<PortalError> {
+        match self.same()? {
+            Recent {
+                outcome: Outcome::Failed(error),
+                at,
+                ..
+            } if *at > self.asked => Some(error.clone()),
+            _ => None,
+        }
+    }
+
+    fn same(&self) -> Option<&Recent> {
+        self.guard.as_ref().filter(|r| r.digest == self.digest)
     }
 
     /// This sign-in opened `session_id`.
-    pub fn opened(mut self, session_id: i64) {
+    pub fn opened(self, session_id: i64) {
+        self.ended(Outcome::Opened(session_id));
+    }
+
+    /// This sign-in was answered with `error`.
+    pub fn failed(self, error: &PortalError) {
+        self.ended(Outcome::Failed(error.clone()));
+    }
+
+    fn ended(mut self, outcome: Outcome) {
         *self.guard = Some(Recent {
             digest: self.digest,
-            session_id,
+            outcome,
             at: Instant::now(),
         });
     }
@@ -81,7 +130,16 @@ impl Default for RecentSignIns {
                 prune_at: MIN_PRUNE_AT,
             }),
             key: rand::random(),
+            waiting: AtomicUsize::new(0),
         }
+    }
+}
+
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -108,10 +166,26 @@ impl RecentSignIns {
         hash.update(password.as_bytes());
         let digest: [u8; 32] = hash.finalize().into();
         let slot = self.slot(browser);
+        let asked = Instant::now();
+        let guard = match slot.clone().try_lock_owned() {
+            Ok(guard) => guard,
+            Err(_) => {
+                self.waiting.fetch_add(1, Ordering::SeqCst);
+                // Counted down also when the request is dropped while waiting.
+                let _counted = Waiting(&self.waiting);
+                slot.lock_owned().await
+            }
+        };
         Turn {
-            guard: slot.lock_owned().await,
+            guard,
             digest,
+            asked,
         }
+    }
+
+    /// Sign-ins waiting for their browser's sign-in under way.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
     }
 
     fn slot(&self, browser: &str) -> Slot {
@@ -210,6 +284,54 @@ mod tests {
         drop(recent.turn("b2", "acme", "carol", IP, "pw").await);
         first.opened(9);
         assert_eq!(waiting.await.unwrap(), Some(9), "waited for the first");
+    }
+
+    #[tokio::test]
+    async fn a_submit_that_waited_for_the_same_failed_sign_in_gets_its_answer() {
+        let recent = Arc::new(RecentSignIns::default());
+        let first = recent.turn("b1", "acme", "carol", IP, "pw").await;
+        let wait = |password: &'static str| {
+            let recent = recent.clone();
+            tokio::spawn(async move {
+                let turn = recent.turn("b1", "acme", "carol", IP, password).await;
+                (turn.failed_while_waiting(), turn.same_as_recent())
+            })
+        };
+        let same = wait("pw");
+        // The current-thread runtime runs the spawned sign-in up to its wait for the turn.
+        tokio::task::yield_now().await;
+        assert_eq!(recent.waiting(), 1);
+        let rejected = PortalError::Rejected {
+            message: Some("Bad password".into()),
+        };
+        first.failed(&rejected);
+        assert_eq!(same.await.unwrap(), (Some(rejected.clone()), None));
+        assert_eq!(recent.waiting(), 0);
+
+        // Asked after the failure was answered: the user tries again, a sign-in of its own.
+        let again = recent.turn("b1", "acme", "carol", IP, "pw").await;
+        assert_eq!(again.failed_while_waiting(), None);
+        // Another password waiting meanwhile is a sign-in of its own too.
+        let other = wait("other");
+        tokio::task::yield_now().await;
+        again.failed(&rejected);
+        assert_eq!(other.await.unwrap(), (None, None));
+    }
+
+    #[tokio::test]
+    async fn a_sign_in_dropped_while_waiting_is_no_longer_counted() {
+        let recent = Arc::new(RecentSignIns::default());
+        let first = recent.turn("b1", "acme", "carol", IP, "pw").await;
+        let waiting = tokio::spawn({
+            let recent = recent.clone();
+            async move { drop(recent.turn("b1", "acme", "carol", IP, "pw").await) }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(recent.waiting(), 1);
+        waiting.abort();
+        assert!(waiting.await.unwrap_err().is_cancelled());
+        assert_eq!(recent.waiting(), 0);
+        drop(first);
     }
 
     #[tokio::test]

@@ -354,6 +354,8 @@ pub struct TestApp {
     pub sessions: radius_portal::access_session::AccessSessions,
     pub organizations: std::sync::Arc<radius_portal::organizations::Organizations>,
     pub org_worker: radius_portal::organizations::worker::OrganizationWorker,
+    /// The browsers' sign-ins (how many wait for their browser's turn).
+    pub sign_ins: std::sync::Arc<radius_portal::http::resubmit::RecentSignIns>,
     /// The certificate in use, with built-in TLS.
     pub tls: Option<radius_portal::http::tls::CurrentConfig>,
     /// The metrics listener, when `[metrics] listen` is set.
@@ -407,6 +409,7 @@ impl TestApp {
             app.organizations.clone(),
             app.org_worker.clone(),
         );
+        let sign_ins = app.sign_ins.clone();
         let tls = app.tls();
         let metrics_addr = app.metrics_addr();
         let shutdown = CancellationToken::new();
@@ -415,6 +418,7 @@ impl TestApp {
             addr,
             storage,
             radius,
+            sign_ins,
             dynauth,
             sessions,
             organizations,
