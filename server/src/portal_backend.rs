@@ -302,7 +302,7 @@ impl PortalBackend {
         if self.form_token_fresh(request, web, supplied).await? {
             return Ok(());
         }
-        Err(refused_form())
+        Err(refused_form(supplied))
     }
 
     /// Whether `supplied` is this browser's form token ([`Self::check_form_token`]).
@@ -429,10 +429,14 @@ impl PortalBackend {
             // the form sent again after the first answer came back, a tab left open) from a
             // browser whose session there runs: that session is the answer, as the sign-in
             // page itself would show it. Nothing is sent or changed.
+            // Only for the name that session was opened with: another name is a sign-in as
+            // someone else, which this form cannot make (Disconnect first).
             if let Some(session) = self.linked_running(&web, &org_id).await? {
-                return Ok(Prepared::Answered(Ok(self.view(&session))));
+                if session.username.eq_ignore_ascii_case(&username) {
+                    return Ok(Prepared::Answered(Ok(self.view(&session))));
+                }
             }
-            return Err(refused_form());
+            return Err(refused_form(&form_token));
         }
         if let Some(error) = turn.as_ref().and_then(|t| t.failed_while_waiting()) {
             tracing::debug!(
@@ -546,7 +550,14 @@ struct SignIn {
 const MAX_SIGN_INS_UNDER_WAY: usize = 4096;
 
 /// A state-changing request without this browser's form token: refused (logged).
-fn refused_form() -> PortalError {
+fn refused_form(supplied: &str) -> PortalError {
+    if supplied.is_empty() {
+        tracing::warn!("state-changing request without a form token refused");
+        return PortalError::InvalidInput {
+            field: "csrf".into(),
+            message: "This form has no form token (its csrf field): reload the page and send the form from there.".into(),
+        };
+    }
     tracing::warn!("state-changing request without a valid form token refused");
     PortalError::Forbidden
 }

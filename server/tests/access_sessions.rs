@@ -822,6 +822,23 @@ async fn an_out_of_date_sign_in_form_from_a_signed_in_browser_shows_its_session(
     assert!(again.body.contains("You are connected"), "{}", again.body);
     assert_eq!(access_requests_of(&radius, "carol"), 1);
     assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
+    // The same out-of-date form with another name is a sign-in as someone else, which it
+    // cannot make: refused, shown with a form that works, and carol's session runs on.
+    let erin = [
+        ("username", "erin"),
+        ("password", "erin-pass"),
+        ("csrf", &token),
+    ];
+    let refused = browser.post_raw("/api/login", "/", &erin, &[]).await;
+    assert_eq!(refused.path, "/", "{}", refused.body);
+    assert!(refused.body.contains("out of date"), "{}", refused.body);
+    assert!(
+        !refused.body.contains(r#"name="csrf" value="""#),
+        "{}",
+        refused.body
+    );
+    assert_eq!(access_requests_of(&radius, "erin"), 0);
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
     // Another browser's out-of-date form (no session of its own) is still refused.
     let stranger = app.browser(Ipv4Addr::new(127, 0, 0, 24));
     stranger.get("/").await;
@@ -829,6 +846,30 @@ async fn an_out_of_date_sign_in_form_from_a_signed_in_browser_shows_its_session(
     assert_eq!(refused.path, "/", "{}", refused.body);
     assert!(!refused.body.contains("You are connected"));
     assert_eq!(access_requests_of(&radius, "carol"), 1);
+    app.stop().await;
+}
+
+/// A browser that sends no Referer (a privacy setting, a script) whose Refresh fails (here an
+/// out-of-date form) is sent back to its session page, which says why — not to the sign-in
+/// page, which would send a signed-in browser on to the session page without the message.
+#[tokio::test]
+async fn a_failed_refresh_without_a_referer_is_told_on_the_session_page() {
+    let (_radius, app, _dir) = portal_with_one_server().await;
+    let browser = app.browser(CLIENT);
+    browser.login("carol", "carol-pass").await;
+    let response = browser
+        .http
+        .post(format!("{}/api/refresh", browser.base))
+        .header("origin", browser.base.clone())
+        .header("accept", "text/html")
+        .form(&[("csrf", "0000")])
+        .send()
+        .await
+        .unwrap();
+    let page = Browser::page(response).await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    assert!(page.body.contains("out of date"), "{}", page.body);
+    assert!(page.body.contains("You are connected"), "{}", page.body);
     app.stop().await;
 }
 
@@ -1226,9 +1267,10 @@ async fn state_changing_posts_without_the_form_token_are_refused() {
     let browser = app.browser(CLIENT);
     let login = [("username", "carol"), ("password", "carol-pass")];
 
+    // Without the field: told which field is missing.
     let page = browser.post_raw("/api/login", "/", &login, &[]).await;
     assert!(
-        page.body.contains("refused for your security"),
+        page.body.contains("no form token (its csrf field)"),
         "{}",
         page.body
     );

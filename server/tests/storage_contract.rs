@@ -134,6 +134,7 @@ on_both_backends!(
     a_session_opens_refreshes_and_stops_once,
     a_second_login_of_a_client_preempts_the_first,
     a_disabled_organization_gets_no_session_and_a_stop_job,
+    a_refresh_after_a_disable_is_refused_and_queues_nothing,
     due_sessions_stop_once_at_their_deadline_across_replicas,
     outbox_rows_go_in_order_and_no_claim_is_shared,
     a_stops_copies_are_queued_once_for_their_servers_alone,
@@ -329,6 +330,44 @@ async fn a_disabled_organization_gets_no_session_and_a_stop_job(db: Db) {
         audit.iter().filter(|e| e.action == "org.disable").count(),
         1
     );
+}
+
+/// A refresh whose organization was disabled after the guard read the flag: refused inside
+/// its write, no Interim-Update queued (the disable's stop job ends the session).
+async fn a_refresh_after_a_disable_is_refused_and_queues_nothing(db: Db) {
+    let s = &db.storage;
+    let id = s
+        .open_session(&login("10.0.0.4", T0, MINUTE))
+        .await
+        .unwrap()
+        .id;
+    let before = outbox_types(s, id).await;
+    s.set_organization_active("acme", false, "cli:test", T0 + 1)
+        .await
+        .unwrap();
+    let refused = s.refresh_session(id, T0 + 2, T0 + 2 + MINUTE).await;
+    assert!(
+        matches!(refused, Err(StorageError::OrganizationDisabled)),
+        "{refused:?}"
+    );
+    assert_eq!(outbox_types(s, id).await, before, "no Interim-Update");
+    let session = s.session(id).await.unwrap().unwrap();
+    assert_eq!(
+        session.expires_at,
+        T0 + MINUTE,
+        "the window was not restarted"
+    );
+    // Enabled again: refreshed as before.
+    s.set_organization_active("acme", true, "cli:test", T0 + 3)
+        .await
+        .unwrap();
+    let refreshed = s
+        .refresh_session(id, T0 + 4, T0 + 4 + MINUTE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(refreshed.expires_at, T0 + 4 + MINUTE);
+    assert_eq!(outbox_types(s, id).await.last(), Some(&INTERIM));
 }
 
 async fn due_sessions_stop_once_at_their_deadline_across_replicas(db: Db) {

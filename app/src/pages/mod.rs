@@ -51,8 +51,11 @@ pub async fn load(
         // A browser whose session runs is shown that (a bookmark of the portal, the portal
         // opened again after signing in) rather than a form whose use would replace it. Only a
         // web session that names a session costs a lookup.
+        // Its form token too: the sign-in page is shown to it all the same when it carries a
+        // failed sign-in's error, with a form that works.
         "/" if matches!(service.current_session(request).await, Ok(Some(_))) => Some(PageData {
             signed_in: true,
+            form_token: Some(service.form_token(request).await),
             ..PageData::default()
         }),
         "/" => Some(PageData {

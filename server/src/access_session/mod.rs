@@ -162,30 +162,39 @@ impl AccessSessions {
         };
         match org {
             Some(org) if guard::allows(operation, state) => Ok(org),
-            _ => {
-                tracing::warn!(
-                    organization = id,
-                    ?operation,
-                    username,
-                    "denied by the disabled-organization guard"
-                );
-                let detail = serde_json::json!({ "operation": format!("{operation:?}"), "state": format!("{state:?}"), "username": username });
-                if let Err(e) = self
-                    .storage
-                    .audit(&Audit {
-                        at: now_ms(),
-                        actor: "user",
-                        action: "guard.denied",
-                        organization_id: Some(id),
-                        detail,
-                    })
-                    .await
-                {
-                    tracing::error!(error = %e, "audit entry for a guard denial could not be written");
-                }
-                Err(SessionError::OrganizationDisabled)
-            }
+            _ => Err(self.denied(id, operation, state, username).await),
         }
+    }
+
+    /// A denial by the disabled-organization guard: logged and audited.
+    async fn denied(
+        &self,
+        id: &str,
+        operation: Operation,
+        state: OrgState,
+        username: &str,
+    ) -> SessionError {
+        tracing::warn!(
+            organization = id,
+            ?operation,
+            username,
+            "denied by the disabled-organization guard"
+        );
+        let detail = serde_json::json!({ "operation": format!("{operation:?}"), "state": format!("{state:?}"), "username": username });
+        if let Err(e) = self
+            .storage
+            .audit(&Audit {
+                at: now_ms(),
+                actor: "user",
+                action: "guard.denied",
+                organization_id: Some(id),
+                detail,
+            })
+            .await
+        {
+            tracing::error!(error = %e, "audit entry for a guard denial could not be written");
+        }
+        SessionError::OrganizationDisabled
     }
 
     /// Authenticates `username` and opens an access session for `client_ip`. A previous active
@@ -307,7 +316,11 @@ impl AccessSessions {
             Err(StorageError::OrganizationDisabled) => {
                 tracing::warn!(organization = %org.id, username, %client_ip,
                     "login accepted by RADIUS but the organization was disabled meanwhile: no session");
-                return Err(SessionError::OrganizationDisabled);
+                // Audited as the guard's denial (the accepted attempt's own entry was part of
+                // the write that did not happen).
+                return Err(self
+                    .denied(&org.id, Operation::Login, OrgState::Disabled, username)
+                    .await);
             }
             other => other?,
         };
@@ -422,9 +435,22 @@ impl AccessSessions {
                 .stop_session(id, terminate_cause::NAS_ERROR, now_ms())
                 .await?;
         }
+        self.accounting.wake();
+        // A Start withheld because the organization was disabled meanwhile (checked again
+        // after waiting for a send slot or a replaced session's Stop): the user hears that,
+        // not "try again in a minute".
+        if self
+            .storage
+            .organization_active(&session.organization_id)
+            .await
+            .is_ok_and(|active| active != Some(true))
+        {
+            tracing::warn!(%acct_session_id, rolled_back,
+                "organization disabled before the Accounting-Start was sent; the session is ended");
+            return Err(SessionError::OrganizationDisabled);
+        }
         tracing::warn!(%acct_session_id, rolled_back,
             "Accounting-Start not acknowledged; the session is ended");
-        self.accounting.wake();
         Err(SessionError::AccountingUnavailable)
     }
 
@@ -468,11 +494,21 @@ impl AccessSessions {
         .await?;
         let now = now_ms();
         let expires_at = timing::expires_at(now, session.window_ms, session.limit_at);
-        let refreshed = self
-            .storage
-            .refresh_session(id, now, expires_at)
-            .await?
-            .ok_or(SessionError::NotActive)?;
+        // The flag is checked again inside the write: a disable committed since the guard
+        // read it denies the refresh (no Interim-Update after the disable).
+        let refreshed = match self.storage.refresh_session(id, now, expires_at).await {
+            Err(StorageError::OrganizationDisabled) => {
+                return Err(self
+                    .denied(
+                        &session.organization_id,
+                        Operation::Refresh,
+                        OrgState::Disabled,
+                        &session.username,
+                    )
+                    .await);
+            }
+            other => other?.ok_or(SessionError::NotActive)?,
+        };
         self.accounting.wake();
         self.expiry_wake.due_at(refreshed.expires_at);
         self.events.publish(id);

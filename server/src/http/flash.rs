@@ -322,10 +322,11 @@ where
             .into_iter()
             .collect();
         hosts.extend(flash.public_url.as_ref().map(|u| u.authority.clone()));
-        let sign_in = request
+        let base = request
             .extensions()
             .get::<OrgScope>()
-            .map_or_else(|| "/".to_string(), |scope| format!("{}/", scope.base));
+            .map_or_else(String::new, |scope| scope.base.clone());
+        let sign_in = format!("{base}/");
         let visitor = visitor(&request);
         let response = next(request).await;
         let Some(location) = response
@@ -346,7 +347,7 @@ where
         let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
         let location = local_location(&location, &hosts).unwrap_or_else(|| sign_in.clone());
         let (mut parts, body) = response.into_parts();
-        if let Some(path) = failed_fn {
+        if let Some(path) = &failed_fn {
             let username = parts
                 .extensions
                 .get::<SubmittedUsername>()
@@ -357,7 +358,7 @@ where
             match axum::body::to_bytes(body, MAX_FLASH).await {
                 Ok(bytes) => {
                     let sealed =
-                        flash.seal_form_error(&visitor, unix_now(), &path, &bytes, &username);
+                        flash.seal_form_error(&visitor, unix_now(), path, &bytes, &username);
                     if let Some(cookie) = flash.cookie(&sealed, FLASH_LIFETIME_SECS) {
                         parts.headers.append(header::SET_COOKIE, cookie);
                     }
@@ -370,8 +371,16 @@ where
         }
         // The answer is a redirect without a body (a server fn's answer was JSON).
         parts.headers.remove(header::CONTENT_TYPE);
-        // Without a Referer, Leptos redirects to `/`: the organization's page instead.
-        let location = if location == "/" { sign_in } else { location };
+        // Without a Referer (a browser that never sends one, a script), Leptos redirects to
+        // `/`: the page the failed form is on instead — the session page's Refresh and
+        // Disconnect back to the session page, which shows their error (a signed-in browser
+        // is sent from the sign-in page to its session page, and the error would be lost on
+        // the way) — else the organization's sign-in page.
+        let location = match (location == "/", failed_fn.as_deref()) {
+            (true, Some(path)) if !path.ends_with("/api/login") => format!("{base}/session"),
+            (true, _) => sign_in,
+            (false, _) => location,
+        };
         if let Ok(value) = HeaderValue::from_str(&location) {
             parts.headers.insert(header::LOCATION, value);
         }

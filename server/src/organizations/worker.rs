@@ -188,7 +188,16 @@ impl OrganizationWorker {
                 Some(id) => self.sessions.stop_by_operator(id).await?,
                 None => false,
             };
-            tracing::warn!(session = ?job.access_session_id, stopped, "session terminated by the operator (Admin-Reset)");
+            match (job.access_session_id, stopped) {
+                (Some(session), true) => {
+                    tracing::warn!(session, "session terminated by the operator (Admin-Reset)")
+                }
+                (session, false) => tracing::info!(
+                    session,
+                    "operator's terminate: the session was no longer active (nothing sent)"
+                ),
+                (None, true) => {}
+            }
             self.storage
                 .finish_organization_job(
                     job,

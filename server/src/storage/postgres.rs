@@ -597,6 +597,18 @@ impl SessionStore for PgStore {
         expires_at: i64,
     ) -> Result<Option<AccessSessionRecord>, StorageError> {
         let mut tx = self.pool.begin().await?;
+        // A disable committed since the guard read the flag denies it; one under way waits
+        // for this transaction (the row is held), and its stop job then finds the session.
+        let active: Option<bool> = sqlx::query_scalar(
+            "SELECT o.is_active FROM organizations o \
+             JOIN access_sessions s ON s.organization_id = o.id WHERE s.id = $1 FOR SHARE OF o",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if active == Some(false) {
+            return Err(StorageError::OrganizationDisabled);
+        }
         let started_at: Option<i64> = sqlx::query_scalar(
             "UPDATE access_sessions SET refreshed_at = $1, expires_at = $2 \
              WHERE id = $3 AND state = 'active' AND expires_at > $1 RETURNING started_at",

@@ -366,6 +366,18 @@ impl SessionStore for SqliteStore {
     ) -> Result<Option<AccessSessionRecord>, StorageError> {
         self.engine
             .write(move |c| {
+                // A disable committed since the guard read the flag denies it (writers are
+                // serialized: the disable's stop job then finds the session as it was).
+                let active: Option<bool> = c
+                    .prepare_cached(
+                        "SELECT o.is_active FROM access_sessions s \
+                         JOIN organizations o ON o.id = s.organization_id WHERE s.id = ?",
+                    )?
+                    .query_row([id], |r| r.get(0))
+                    .optional()?;
+                if active == Some(false) {
+                    return Err(StorageError::OrganizationDisabled);
+                }
                 let started_at: Option<i64> = c
                     .prepare_cached(
                         "UPDATE access_sessions SET refreshed_at = ?, expires_at = ? \

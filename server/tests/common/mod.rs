@@ -610,7 +610,7 @@ impl Browser {
         .await
     }
 
-    async fn page(response: reqwest::Response) -> Page {
+    pub async fn page(response: reqwest::Response) -> Page {
         let path = response.url().path().to_string();
         let status = response.status().as_u16();
         let body = response.text().await.unwrap();
