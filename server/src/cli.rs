@@ -295,11 +295,14 @@ pub async fn run() -> anyhow::Result<()> {
                 bail!("`demo` takes no configuration file (it runs its own demo settings); use `radius-portal --config FILE serve` for a configured portal, or PORTAL_* variables to change the demo's address");
             }
             let mut settings = demo_settings(&data_dir);
-            settings.apply_env(|k| std::env::var(k).ok())?;
+            settings.apply_process_env()?;
             // The demo's data stays in its own directory: a production database named in the
             // environment (a container's PORTAL_DATABASE_*) is never the demo's.
             settings.database = demo_settings(&data_dir).database;
             telemetry::init(&settings.log);
+            // The site's files first: a missing Leptos.toml is the whole answer, before the
+            // demo RADIUS server starts and logs.
+            let options = leptos_options(&cli.leptos_config)?;
             let shutdown = CancellationToken::new();
             let demo = DemoRadius::start(shutdown.clone())
                 .await
@@ -314,7 +317,6 @@ pub async fn run() -> anyhow::Result<()> {
             }
             settings.validate()?;
             tracing::warn!(auth = %demo.auth_addr, acct = %demo.acct_addr, "DEMO MODE: built-in demo RADIUS server on loopback — never use in production");
-            let options = leptos_options(&cli.leptos_config)?;
             let result = serve(&settings, options, true).await;
             shutdown.cancel();
             result

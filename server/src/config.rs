@@ -1267,12 +1267,19 @@ impl Settings {
             }
             None => Settings::default(),
         };
-        settings.apply_env(|k| std::env::var(k).ok())?;
+        settings.apply_process_env()?;
+        Ok(settings)
+    }
+
+    /// Applies this process's environment overrides, and names on stderr each variable that
+    /// looks like one but is none (a typo).
+    pub fn apply_process_env(&mut self) -> Result<(), ConfigError> {
+        self.apply_env(|k| std::env::var(k).ok())?;
         for name in unknown_overrides(std::env::vars_os().map(|(k, _)| k)) {
             // Before logging is set up (its settings are being read): on stderr.
             eprintln!("warning: the environment variable {name} is not a setting of the portal (a typo?); it is ignored");
         }
-        Ok(settings)
+        Ok(())
     }
 
     /// Parses TOML text (no environment, no validation).

@@ -199,7 +199,7 @@ impl PortalBackend {
             reply_message: s.reply_message.clone(),
             window_secs: (s.window_ms / 1000) as u64,
             window_text: app::islands::session_panel::format_length((s.window_ms / 1000) as u64),
-            can_extend: ends_by == EndsBy::Window,
+            can_extend: self.sessions.can_extend(s),
             base: base_of(&self.organizations, &s.organization_id),
         }
     }

@@ -271,6 +271,18 @@ async fn invalid_input_is_refused_with_the_field_named_and_nothing_is_sent() {
         "{}",
         page.body
     );
+    // A name refused for a control character is not put back into the form.
+    let with_control = browser.login("car\u{1}ol", "x").await;
+    assert!(
+        with_control.body.contains("control characters"),
+        "{}",
+        with_control.body
+    );
+    assert!(
+        !with_control.body.contains('\u{1}'),
+        "{}",
+        with_control.body
+    );
     // The cursor goes where the fix is: the username, not the password.
     let input = |id: &str| {
         let at = page.body.find(&format!(r#"id="{id}""#)).unwrap();

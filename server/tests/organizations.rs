@@ -193,7 +193,34 @@ async fn a_disable_between_access_accept_and_start_leaves_no_session_and_sends_n
         !b.acct_lines().iter().any(|l| l.contains("status=Start")),
         "no Start for a login the disable overtook"
     );
+    // The accepted attempt is audited as the guard's denial (its own entry was part of the
+    // write the disable prevented).
+    let audit = app.storage.audit_tail(20).await.unwrap();
+    assert!(
+        audit.iter().any(|e| e.action == "guard.denied"
+            && e.organization_id.as_deref() == Some("beta")
+            && e.detail.contains("carol")),
+        "{audit:?}"
+    );
     Arc::into_inner(app).unwrap().stop().await;
+}
+
+/// The session page's Refresh (and the captive-portal API's `can-extend-session`) is not
+/// offered once the organization is disabled: the refresh would be refused.
+#[tokio::test]
+async fn a_disabled_organizations_session_is_not_offered_a_refresh() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&two_organizations(&db, &a, &b)).await;
+    let session = app
+        .sessions
+        .login("beta", "carol", "carol-pass", ip(9))
+        .await
+        .unwrap();
+    assert!(app.sessions.can_extend(&session));
+    app.set_organization_active("beta", false).await;
+    assert!(!app.sessions.can_extend(&session));
+    app.stop().await;
 }
 
 /// Runs the binary as an operator would, without blocking the runtime the portal under test

@@ -140,6 +140,17 @@ impl AccessSessions {
         &self.events
     }
 
+    /// Whether a Refresh could extend `session`: it ends by its window (not its limit) and its
+    /// organization is enabled as this process knows it (the session page's Refresh button,
+    /// the captive-portal API's `can-extend-session`; the refresh itself asks the guard).
+    pub fn can_extend(&self, session: &AccessSessionRecord) -> bool {
+        timing::ends_by(session.expires_at, session.limit_at) == app::dto::EndsBy::Window
+            && self
+                .organizations
+                .get(&session.organization_id)
+                .is_some_and(|org| org.active)
+    }
+
     /// A session in any state (the page explains how it ended).
     pub async fn record(&self, id: i64) -> Result<Option<AccessSessionRecord>, SessionError> {
         Ok(self.storage.session(id).await?)

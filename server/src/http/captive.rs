@@ -3,8 +3,7 @@
 //! what an operator announces with DHCP option 114 / RA (RFC 8910).
 
 use super::client_ip::ClientIp;
-use crate::access_session::{now_ms, timing, AccessSessions};
-use app::dto::EndsBy;
+use crate::access_session::{now_ms, AccessSessions};
 use axum::{
     extract::{Extension, State},
     http::{header, HeaderMap, HeaderValue, StatusCode},
@@ -82,9 +81,7 @@ pub async fn captive_state(
             captive: false,
             user_portal_url: format!("{base}/session"),
             seconds_remaining: Some(((session.expires_at - now_ms()).max(0) / 1000) as u64),
-            can_extend_session: Some(
-                timing::ends_by(session.expires_at, session.limit_at) == EndsBy::Window,
-            ),
+            can_extend_session: Some(api.sessions.can_extend(&session)),
         },
         Ok(None) => CaptiveState {
             captive: true,

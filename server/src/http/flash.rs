@@ -352,7 +352,8 @@ where
                 .extensions
                 .get::<SubmittedUsername>()
                 .map(|u| u.0.as_str())
-                .filter(|u| u.len() <= MAX_FLASH_USERNAME)
+                // A name refused for a control character is not put back into the form.
+                .filter(|u| u.len() <= MAX_FLASH_USERNAME && !u.chars().any(char::is_control))
                 .unwrap_or_default()
                 .to_string();
             match axum::body::to_bytes(body, MAX_FLASH).await {

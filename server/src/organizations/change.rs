@@ -1,7 +1,7 @@
 //! Operator changes of organizations — the one implementation behind the CLI and the admin API:
 //! create, update, delete, enable/disable, and an organization's RADIUS servers. Every change
 //! asks the guard (design.md §5: a disabled organization's objects may be read and deleted,
-//! not created — 400 — or updated — 403; only its active flag may change, and re-enabling
+//! not created or updated — 403; only its active flag may change, and re-enabling
 //! together with another change is refused), validates the result as the configuration file
 //! would (secrets resolved), stores it in one audited transaction, and refreshes this process's
 //! cache entry of that organization only. Audit details never hold secrets.
