@@ -27,6 +27,9 @@ pub const POLL: Duration = Duration::from_millis(500);
 /// a replica that dies leaves the job to another once the lease runs out (which stops nothing
 /// twice).
 const JOB_LEASE_MS: i64 = 120_000;
+/// How often a long stop job reloads the organizations changed elsewhere (a pass does it
+/// before its jobs; a job of many sessions would otherwise hold that up until it ends).
+const CACHE_REFRESH_MS: i64 = 500;
 
 /// Runs organization jobs and refreshes the cache. Cheap to clone.
 #[derive(Clone)]
@@ -102,17 +105,7 @@ impl OrganizationWorker {
         // A failed refresh does not hold up the claimed jobs (they read the flag they act on
         // from the database): returning would renew their claims on every pass without ever
         // running them.
-        match self.organizations.refresh(&self.storage).await {
-            Ok(changed) => {
-                for id in &changed {
-                    tracing::info!(organization = %id, "organization changed: cached settings reloaded");
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %crate::portal_backend::error_chain(&e),
-                    "reloading changed organizations failed; retrying on the next pass");
-            }
-        }
+        self.refresh_cache().await;
         let mut done = Vec::new();
         // A job no longer among this process's (finished, or another replica holds it) has
         // no retry left here.
@@ -178,6 +171,22 @@ impl OrganizationWorker {
         Ok(done)
     }
 
+    /// Reloads the organizations changed elsewhere (another process, another replica) into
+    /// this process's cache. A failure is logged; the next call tries again.
+    async fn refresh_cache(&self) {
+        match self.organizations.refresh(&self.storage).await {
+            Ok(changed) => {
+                for id in &changed {
+                    tracing::info!(organization = %id, "organization changed: cached settings reloaded");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %crate::portal_backend::error_chain(&e),
+                    "reloading changed organizations failed; retrying on the next pass");
+            }
+        }
+    }
+
     async fn still_disabled(&self, organization_id: &str) -> anyhow::Result<bool> {
         Ok(self.storage.organization_active(organization_id).await? != Some(true))
     }
@@ -211,10 +220,17 @@ impl OrganizationWorker {
         let (mut stopped, mut failed) = (0usize, 0usize);
         let mut reenabled = !self.still_disabled(org).await?;
         let mut renewed_at = now_ms();
+        let mut refreshed_at = renewed_at;
         if !reenabled {
             for id in self.storage.active_session_ids_of(org).await? {
                 // A long job keeps its claim, so no other replica starts it over meanwhile.
                 let now = now_ms();
+                // Nor does it hold up what other organizations' changes made elsewhere show on
+                // this process's pages (their flag, settings and secrets in the cache).
+                if now - refreshed_at >= CACHE_REFRESH_MS {
+                    self.refresh_cache().await;
+                    refreshed_at = now;
+                }
                 if now - renewed_at >= JOB_LEASE_MS / 4 {
                     if !self
                         .storage
