@@ -429,10 +429,10 @@ impl PortalBackend {
             // the form sent again after the first answer came back, a tab left open) from a
             // browser whose session there runs: that session is the answer, as the sign-in
             // page itself would show it. Nothing is sent or changed.
-            // Only for the name that session was opened with: another name is a sign-in as
-            // someone else, which this form cannot make (Disconnect first).
+            // Only for a name that is that session's: another name is a sign-in as someone
+            // else, which this form cannot make (Disconnect first).
             if let Some(session) = self.linked_running(&web, &org_id).await? {
-                if session.username.eq_ignore_ascii_case(&username) {
+                if names_alike(&session.username, &username) {
                     return Ok(Prepared::Answered(Ok(self.view(&session))));
                 }
             }
@@ -550,6 +550,15 @@ struct SignIn {
 const MAX_SIGN_INS_UNDER_WAY: usize = 4096;
 
 /// A state-changing request without this browser's form token: refused (logged).
+/// Whether the name typed into a sign-in form may be the one `session_name` was opened with:
+/// equal ignoring case, or one holding the other — the server may have answered with a
+/// User-Name of its own (a realm stripped, `carol@corp` → `carol`; a domain added, `CORP\carol`).
+/// Only ever compared with the browser's own running session.
+fn names_alike(session_name: &str, typed: &str) -> bool {
+    let (session_name, typed) = (session_name.to_lowercase(), typed.to_lowercase());
+    !typed.is_empty() && (session_name.contains(&typed) || typed.contains(&session_name))
+}
+
 fn refused_form(supplied: &str) -> PortalError {
     if supplied.is_empty() {
         tracing::warn!("state-changing request without a form token refused");
@@ -932,6 +941,16 @@ async fn forget_access_session(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_typed_name_is_alike_the_name_the_server_gave_the_session() {
+        use super::names_alike;
+        assert!(names_alike("carol", "Carol"));
+        assert!(names_alike("carol", "carol@corp.example"));
+        assert!(names_alike("CORP\\carol", "carol"));
+        assert!(!names_alike("carol", "erin"));
+        assert!(!names_alike("carol", ""));
+    }
+
     use super::*;
 
     #[test]

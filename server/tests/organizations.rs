@@ -205,6 +205,56 @@ async fn a_disable_between_access_accept_and_start_leaves_no_session_and_sends_n
     Arc::into_inner(app).unwrap().stop().await;
 }
 
+/// A sign-in that replaces the client's running session sends that session's Stop before its
+/// own Start; a disable made meanwhile withholds the Start, and the user hears that the
+/// organization is disabled (not "try again in a minute"); the denial is audited.
+#[tokio::test]
+async fn a_start_withheld_by_a_disable_tells_the_user_the_organization_is_disabled() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (held, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let acct = std::net::SocketAddr::from(([127, 0, 0, 1], b.acct_port));
+    let relay = holding_relay(acct, held.clone(), release.clone()).await;
+    let (_dir, db) = temp_db();
+    let mut settings = two_organizations(&db, &a, &b);
+    settings.organizations[1].servers[0].acct_port = relay.port();
+    settings.organizations[1].servers[0].timeout = Duration::from_secs(5);
+    let app = Arc::new(TestApp::spawn(&settings).await);
+    let login = |user: &'static str, password: &'static str| {
+        let app = app.clone();
+        tokio::spawn(async move { app.sessions.login("beta", user, password, ip(11)).await })
+    };
+
+    let first = login("carol", "carol-pass");
+    held.notified().await; // carol's Start answered, the answer held
+    release.notify_one();
+    first.await.unwrap().unwrap();
+    let second = login("erin", "erin-pass");
+    held.notified().await; // carol's Stop answered, the answer held: erin's Start waits
+    app.set_organization_active("beta", false).await;
+    release.notify_one();
+    let outcome = second.await.unwrap();
+
+    assert!(
+        matches!(outcome, Err(SessionError::OrganizationDisabled)),
+        "{outcome:?}"
+    );
+    assert!(
+        !b.acct_lines()
+            .iter()
+            .any(|l| l.contains("status=Start") && l.contains("user=erin")),
+        "{:?}",
+        b.acct_lines()
+    );
+    let audit = app.storage.audit_tail(30).await.unwrap();
+    assert!(
+        audit.iter().any(|e| e.action == "guard.denied"
+            && e.detail.contains("AccountingStart")
+            && e.detail.contains("erin")),
+        "{audit:?}"
+    );
+    Arc::into_inner(app).unwrap().stop().await;
+}
+
 /// The session page's Refresh (and the captive-portal API's `can-extend-session`) is not
 /// offered once the organization is disabled: the refresh would be refused.
 #[tokio::test]

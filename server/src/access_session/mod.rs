@@ -457,8 +457,15 @@ impl AccessSessions {
             .is_ok_and(|active| active != Some(true))
         {
             tracing::warn!(%acct_session_id, rolled_back,
-                "organization disabled before the Accounting-Start was sent; the session is ended");
-            return Err(SessionError::OrganizationDisabled);
+                "organization disabled during the sign-in: the session is ended");
+            return Err(self
+                .denied(
+                    &session.organization_id,
+                    Operation::AccountingStart,
+                    OrgState::Disabled,
+                    &session.username,
+                )
+                .await);
         }
         tracing::warn!(%acct_session_id, rolled_back,
             "Accounting-Start not acknowledged; the session is ended");
