@@ -205,6 +205,7 @@ impl OrganizationWorker {
                     session,
                     "operator's terminate: the session was no longer active (nothing sent)"
                 ),
+                // Nothing is stopped without a session to stop.
                 (None, true) => {}
             }
             self.storage
