@@ -70,6 +70,11 @@ async fn open(place: &Place) -> Storage {
 }
 
 /// A login of `ip` at `at` with a `window_ms` window.
+/// Opens `new` and gives its id.
+async fn opened(s: &Storage, new: NewAccessSession) -> i64 {
+    s.open_session(&new).await.unwrap().id
+}
+
 fn login(ip: &str, at: i64, window_ms: i64) -> NewAccessSession {
     NewAccessSession {
         acct_session_id: format!("sid-{ip}-{at}"),
@@ -336,11 +341,7 @@ async fn a_disabled_organization_gets_no_session_and_a_stop_job(db: Db) {
 /// its write, no Interim-Update queued (the disable's stop job ends the session).
 async fn a_refresh_after_a_disable_is_refused_and_queues_nothing(db: Db) {
     let s = &db.storage;
-    let id = s
-        .open_session(&login("10.0.0.4", T0, MINUTE))
-        .await
-        .unwrap()
-        .id;
+    let id = opened(s, login("10.0.0.4", T0, MINUTE)).await;
     let before = outbox_types(s, id).await;
     s.set_organization_active("acme", false, "cli:test", T0 + 1)
         .await
@@ -678,11 +679,7 @@ async fn a_stops_copies_are_queued_once_for_their_servers_alone(db: Db) {
 
 async fn a_failed_row_waits_and_retry_now_makes_it_due(db: Db) {
     let s = &db.storage;
-    let id = s
-        .open_session(&login("10.0.0.4", T0, MINUTE))
-        .await
-        .unwrap()
-        .id;
+    let id = opened(s, login("10.0.0.4", T0, MINUTE)).await;
     let row = s
         .claim_session_outbox(id, status_type::START, T0, T0 + MINUTE)
         .await
@@ -712,11 +709,7 @@ async fn a_failed_row_waits_and_retry_now_makes_it_due(db: Db) {
 
 async fn a_lapsed_claim_is_renewed_only_by_its_holder_and_a_transmission_always_counts(db: Db) {
     let s = &db.storage;
-    let id = s
-        .open_session(&login("10.0.0.14", T0, MINUTE))
-        .await
-        .unwrap()
-        .id;
+    let id = opened(s, login("10.0.0.14", T0, MINUTE)).await;
     let first = s
         .claim_session_outbox(id, status_type::START, T0, T0 + 1_000)
         .await
@@ -786,11 +779,7 @@ async fn a_lapsed_claim_is_renewed_only_by_its_holder_and_a_transmission_always_
 async fn dead_letters_unblock_and_a_never_sent_start_takes_its_session_along(db: Db) {
     let s = &db.storage;
     // A Start that never went out: rolled back with everything behind it, no Stop follows.
-    let unsent = s
-        .open_session(&login("10.0.0.5", T0, MINUTE))
-        .await
-        .unwrap()
-        .id;
+    let unsent = opened(s, login("10.0.0.5", T0, MINUTE)).await;
     s.refresh_session(unsent, T0 + 1, T0 + MINUTE)
         .await
         .unwrap();
@@ -811,11 +800,7 @@ async fn dead_letters_unblock_and_a_never_sent_start_takes_its_session_along(db:
 
     // A claimed Start is not rolled back (the Stop must follow it); dead-lettering it without
     // cascade lets the Stop behind it go.
-    let sent = s
-        .open_session(&login("10.0.0.6", T0, MINUTE))
-        .await
-        .unwrap()
-        .id;
+    let sent = opened(s, login("10.0.0.6", T0, MINUTE)).await;
     let start = s
         .claim_session_outbox(sent, status_type::START, T0, T0 + MINUTE)
         .await
@@ -951,21 +936,9 @@ async fn periodic_interims_come_due_and_coalesce(db: Db) {
 
 async fn pruning_keeps_what_is_pending(db: Db) {
     let s = &db.storage;
-    let old = s
-        .open_session(&login("10.0.1.1", T0, MINUTE))
-        .await
-        .unwrap()
-        .id;
-    let pending = s
-        .open_session(&login("10.0.1.2", T0, MINUTE))
-        .await
-        .unwrap()
-        .id;
-    let active = s
-        .open_session(&login("10.0.1.3", T0, 600 * MINUTE))
-        .await
-        .unwrap()
-        .id;
+    let old = opened(s, login("10.0.1.1", T0, MINUTE)).await;
+    let pending = opened(s, login("10.0.1.2", T0, MINUTE)).await;
+    let active = opened(s, login("10.0.1.3", T0, 600 * MINUTE)).await;
     for id in [old, pending] {
         s.stop_session(id, terminate_cause::USER_REQUEST, T0 + 1)
             .await
