@@ -37,8 +37,17 @@ use std::{
 use tokio::{net::UdpSocket, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-/// How long a reply is kept to answer a retransmission of its request.
-pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(5);
+/// The address a request came from as clients are configured: a listener on `[::]` also takes
+/// IPv4 datagrams, whose senders it sees as `::ffff:a.b.c.d` (answers still go to `from`).
+fn sender(from: SocketAddr) -> IpAddr {
+    from.ip().to_canonical()
+}
+
+/// How long a reply is kept to answer a retransmission of its request: as long as a server
+/// goes on retransmitting (FreeRADIUS's CoA/Disconnect sender for up to 30 s; radclient every
+/// 3 s), so a request whose answer was lost is never acted on again and answered
+/// "session not found" for a Disconnect that worked.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(30);
 /// Requests handled at once; beyond it datagrams are dropped (the server retransmits).
 const MAX_IN_PROGRESS: usize = 256;
 /// Error-Cause 506: Resources-Unavailable (the portal's own trouble: not cached, retry welcome).
@@ -162,7 +171,7 @@ impl DynAuthSocket {
             let secret = c.load_secret(&format!("dynamic_authorization.clients[{i}]"))?;
             if clients
                 .insert(
-                    c.address,
+                    c.address.to_canonical(),
                     Client {
                         name: c.name.clone(),
                         secret: secret.expose().as_bytes().to_vec(),
@@ -235,7 +244,7 @@ impl DynAuthListener {
                     }
                 },
             };
-            if !this.clients.contains_key(&from.ip()) {
+            if !this.clients.contains_key(&sender(from)) {
                 this.drop_request(from, "unknown client");
                 continue;
             }
@@ -255,7 +264,10 @@ impl DynAuthListener {
     fn drop_request(&self, from: SocketAddr, why: &'static str) {
         self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         // Kinds are bounded: configured clients by address, every other source as one.
-        let client = self.clients.contains_key(&from.ip()).then_some(from.ip());
+        let client = self
+            .clients
+            .contains_key(&sender(from))
+            .then_some(sender(from));
         let now = Instant::now();
         let warn = note_drop(
             &mut self.drops.lock().unwrap_or_else(|p| p.into_inner()),
@@ -271,7 +283,7 @@ impl DynAuthListener {
     }
 
     async fn handle(&self, from: SocketAddr, datagram: &[u8]) {
-        let Some(client) = self.clients.get(&from.ip()) else {
+        let Some(client) = self.clients.get(&sender(from)) else {
             return self.drop_request(from, "unknown client");
         };
         let Some(len) = packet::declared_length(datagram) else {
@@ -295,7 +307,7 @@ impl DynAuthListener {
         if let Some(why) = self.replay_check(&request) {
             return self.drop_request(from, why);
         }
-        let key = (from.ip(), request.authenticator());
+        let key = (sender(from), request.authenticator());
         // Keep the entry while a replay of this request would still pass the replay check.
         let keep = match request.get_u32(attr::EVENT_TIMESTAMP) {
             Some(_) => (self.event_timestamp_window * 2).max(DUPLICATE_WINDOW),

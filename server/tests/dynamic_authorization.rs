@@ -162,6 +162,34 @@ async fn disconnect_request_by_session_id_user_and_address_or_class_ends_the_ses
     app.stop().await;
 }
 
+/// A listener on `[::]` (IPv6 and IPv4 on one socket, as the README allows) serves an IPv4
+/// client configured by its IPv4 address: the kernel hands its datagrams over as
+/// `::ffff:127.0.0.1`, which is the same client.
+#[tokio::test]
+async fn a_listener_on_all_ipv6_addresses_answers_an_ipv4_client() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut settings = with_listener(settings(&db, vec![radius.server_settings("primary", true)]));
+    settings.dynamic_authorization.listen = "[::]:0".parse().unwrap();
+    let app = TestApp::spawn(&settings).await;
+    let (listener, _) = app.dynauth.clone().unwrap();
+    let over_ipv4 = SocketAddr::from(([127, 0, 0, 1], listener.port()));
+    app.browser(client(9)).login("carol", "carol-pass").await;
+    radius
+        .wait_for_acct(&["status=Start", "ip=127.0.2.9"])
+        .await;
+    let out = radclient_async(
+        over_ipv4,
+        "disconnect",
+        SECRET,
+        "User-Name = \"carol\"\nFramed-IP-Address = 127.0.2.9\n",
+    )
+    .await;
+    assert!(out.contains("Received Disconnect-ACK"), "{out}");
+    radius.wait_for_acct(&["status=Stop", "ip=127.0.2.9"]).await;
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn unknown_sessions_coa_and_forged_requests_are_refused() {
     let (radius, app, _dir) = portal_with_listener().await;
