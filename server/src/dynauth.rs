@@ -407,6 +407,10 @@ impl DynAuthListener {
             tracing::info!(client, code = ?request.code(), "Dynamic Authorization request with an address attribute that is no address");
             return reply(nak, Some(INVALID_ATTRIBUTE_VALUE));
         }
+        if identification.only_foreign() {
+            tracing::info!(client, code = ?request.code(), "Dynamic Authorization request names a session by attributes no session of the portal has");
+            return reply(nak, Some(SESSION_CONTEXT_NOT_FOUND));
+        }
         let Some(wanted) = identification.lookup() else {
             tracing::info!(client, code = ?request.code(), "Dynamic Authorization request names no session (no identification attribute)");
             return reply(nak, Some(MISSING_ATTRIBUTE));
@@ -494,6 +498,9 @@ pub struct Identification {
     classes: Vec<Vec<u8>>,
     nas_ips: Vec<IpAddr>,
     nas_identifiers: Vec<String>,
+    /// The request also identifies the session by an attribute the portal's sessions never
+    /// have (a NAS-Port, a Called-Station-Id, …): no session of the portal is the one meant.
+    foreign: bool,
 }
 
 impl Identification {
@@ -539,7 +546,16 @@ impl Identification {
                 .into_iter()
                 .map(text)
                 .collect(),
+            foreign: attr::FOREIGN_SESSION_IDENTIFICATION
+                .iter()
+                .any(|typ| !request.get_all(*typ).is_empty()),
         }
+    }
+
+    /// Whether the request identifies a session only by attributes the portal's sessions never
+    /// have: it names a session, just none of the portal's.
+    pub fn only_foreign(&self) -> bool {
+        self.foreign && self.lookup().is_none()
     }
 
     /// What storage looks sessions up by: the most selective attribute there is (the others
@@ -557,11 +573,14 @@ impl Identification {
         self.usernames.first().cloned().map(SessionMatch::UserName)
     }
 
-    /// Whether `session` has every identification attribute the request gives.
+    /// Whether `session` has every identification attribute the request gives (RFC 5176 §3:
+    /// all of them must match; one the portal's sessions never have matches none).
     pub fn matches(&self, session: &AccessSessionRecord) -> bool {
-        self.acct_session_ids
-            .iter()
-            .all(|id| *id == session.acct_session_id)
+        !self.foreign
+            && self
+                .acct_session_ids
+                .iter()
+                .all(|id| *id == session.acct_session_id)
             && self.usernames.iter().all(|u| *u == session.username)
             && self.client_ips.iter().all(|ip| *ip == session.client_ip)
             && self.classes.iter().all(|c| session.classes.contains(c))
@@ -737,6 +756,18 @@ mod tests {
             ),
             (vec![(attr::FRAMED_IP_ADDRESS, &[10, 0, 0][..])], false),
             (vec![(attr::CLASS, &b"other"[..])], false),
+            // A NAS-Port or a Called-Station-Id besides: a session of another NAS's kind.
+            (
+                vec![
+                    (attr::USER_NAME, &b"alice"[..]),
+                    (5, &7u32.to_be_bytes()[..]),
+                ],
+                false,
+            ),
+            (
+                vec![(attr::USER_NAME, &b"alice"[..]), (30, &b"00-11-22"[..])],
+                false,
+            ),
         ] {
             assert_eq!(request(&attrs).matches(&alice), expected, "{attrs:?}");
         }
@@ -752,6 +783,10 @@ mod tests {
         assert!(!both.matches(&alice));
         let twice = request(&[(attr::USER_NAME, b"alice"), (attr::USER_NAME, b"alice")]);
         assert!(twice.matches(&alice));
+        // Named only by what the portal's sessions never have: a session, not the portal's.
+        assert!(request(&[(50, b"multi")]).only_foreign());
+        assert!(!request(&[(50, b"multi"), (attr::USER_NAME, b"alice")]).only_foreign());
+        assert!(!request(&[(attr::NAS_IDENTIFIER, b"portal")]).only_foreign());
     }
 
     #[test]

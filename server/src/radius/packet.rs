@@ -50,6 +50,10 @@ pub mod attr {
     pub const ERROR_CAUSE: u8 = rfc3576::ERROR_CAUSE_TYPE;
     pub const NAS_IPV6_ADDRESS: u8 = rfc3162::NAS_IPV6_ADDRESS_TYPE;
     pub const FRAMED_IPV6_ADDRESS: u8 = rfc6911::FRAMED_IPV6_ADDRESS_TYPE;
+    /// Session identification attributes (RFC 5176 §3) the portal never gives its sessions:
+    /// NAS-Port, Called-Station-Id, Acct-Multi-Session-Id, NAS-Port-Id,
+    /// Chargeable-User-Identity, Framed-Interface-Id, Framed-IPv6-Prefix.
+    pub const FOREIGN_SESSION_IDENTIFICATION: [u8; 7] = [5, 30, 50, 87, 89, 96, 97];
 }
 
 /// Largest RADIUS packet (RFC 2865 §3).
