@@ -276,14 +276,14 @@ fn random_authenticator() -> [u8; 16] {
 
 /// Every Reply-Message attribute in order (RFC 2865 §5.18), each on a line of its own — unless
 /// it continues the one before: that one is full (253 bytes: a long text split across
-/// attributes) or ends inside a character. Then decoded; invalid UTF-8 is replaced, never an
+/// attributes) or ends inside a character the next part completes. Then decoded; invalid UTF-8 is replaced, never an
 /// error. Control characters other than line breaks become spaces (a message is text for a
 /// person).
 fn reply_message(p: &Packet) -> Option<String> {
     let mut bytes = Vec::new();
     let mut previous_len = 0;
     for part in p.get_all(attr::REPLY_MESSAGE) {
-        if !bytes.is_empty() && previous_len < 253 && !ends_inside_a_character(&bytes) {
+        if !bytes.is_empty() && previous_len < 253 && !continues_a_character(&bytes, &part) {
             bytes.push(b'\n');
         }
         previous_len = part.len();
@@ -297,8 +297,11 @@ fn reply_message(p: &Packet) -> Option<String> {
     (!text.is_empty()).then(|| text.to_string())
 }
 
-/// Whether `bytes` end with the first bytes of a multi-byte UTF-8 character.
-fn ends_inside_a_character(bytes: &[u8]) -> bool {
+/// Whether `bytes` end with the first bytes of a multi-byte UTF-8 character that `next`
+/// completes (a character split between two attributes). A byte that only looks like a
+/// character's start (Latin-1 text, `é` as 0xE9) followed by a part that does not go on with it
+/// is no split.
+fn continues_a_character(bytes: &[u8], next: &[u8]) -> bool {
     let tail = &bytes[bytes.len().saturating_sub(3)..];
     match tail.iter().rposition(|b| b & 0xc0 != 0x80) {
         Some(lead) => {
@@ -308,7 +311,10 @@ fn ends_inside_a_character(bytes: &[u8]) -> bool {
                 0xf0..=0xf7 => 4,
                 _ => 1,
             };
-            tail.len() - lead < needs
+            let have = tail.len() - lead;
+            have < needs
+                && next.len() >= needs - have
+                && next[..needs - have].iter().all(|b| b & 0xc0 == 0x80)
         }
         None => false,
     }
@@ -836,6 +842,17 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(grant.reply_message, Some(format!("{long}b\nc")));
+        // Latin-1 text ending in "é" (0xE9, which only looks like a character's start): its
+        // own line, the next part on the next.
+        let grant = Grant::from_accept(&accept(&[
+            (attr::REPLY_MESSAGE, b"Bienvenue \xe9"),
+            (attr::REPLY_MESSAGE, b"Welcome"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            grant.reply_message.as_deref(),
+            Some("Bienvenue \u{fffd}\nWelcome")
+        );
     }
 
     #[test]
