@@ -3,10 +3,13 @@
 # loopback. Record results in docs/BENCHMARKS.md with the date and machine.
 #   1. EXPIRING sessions due at the same instant: how long after the deadline the last Stop is
 #      acknowledged by FreeRADIUS.
-#   2. ACTIVE sessions held: the portal's resident memory and CPU while idle, then after a short
+#   2. DISABLED: an organization with that many open sessions disabled (`org disable`): how
+#      long until every session is stopped, and until every Stop is acknowledged.
+#   3. ACTIVE sessions held: the portal's resident memory and CPU while idle, then after a short
 #      journey load.
-#   EXPIRING=10000 ACTIVE=100000 scripts/bench-sessions.sh
+#   EXPIRING=10000 DISABLED=10000 ACTIVE=100000 scripts/bench-sessions.sh
 EXPIRING=${EXPIRING:-10000}
+DISABLED=${DISABLED:-10000}
 ACTIVE=${ACTIVE:-100000}
 source "$(dirname "$0")/bench-common.sh"
 cargo build --release -q -p radius-portal --example seed_sessions
@@ -44,7 +47,35 @@ print(f"{n} sessions due at one instant: {done} Stops acknowledged, the last "
 PY
 stop_portal
 
-# 2. Many active sessions: memory and idle CPU.
+# 2. An organization disabled with its sessions open: the worker's stop job.
+seed "$DISABLED" $(( $(now_ms) + 3600000 ))
+start_portal
+disabled_at=$(now_ms)
+"$portal_bin" --config "$state/portal.toml" org disable bench >/dev/null
+python3 - "$state/portal.db" "$disabled_at" <<'PY'
+import sqlite3, sys, time
+db, at = sys.argv[1], int(sys.argv[2])
+conn = sqlite3.connect(db)
+stopped = acked = None
+give_up = time.time() + 300
+while time.time() < give_up:
+    active, = conn.execute("SELECT COUNT(*) FROM access_sessions WHERE state = 'active'").fetchone()
+    if active == 0 and stopped is None:
+        stopped = int(time.time() * 1000) - at
+    pending, = conn.execute("""SELECT COUNT(*) FROM accounting_outbox WHERE status_type = 2
+                               AND delivered_at IS NULL AND dead_at IS NULL""").fetchone()
+    if stopped is not None and pending == 0:
+        acked = int(time.time() * 1000) - at
+        break
+    time.sleep(0.05)
+n, = conn.execute("SELECT COUNT(*) FROM accounting_outbox WHERE status_type = 2 AND delivered_at IS NOT NULL").fetchone()
+print(f"organization disabled with its sessions open: every session stopped after {stopped} ms, "
+      f"{n} Stops acknowledged after {acked} ms")
+PY
+stop_portal
+"$portal_bin" --config "$state/portal.toml" org enable bench >/dev/null
+
+# 3. Many active sessions: memory and idle CPU.
 seed "$ACTIVE" $(( $(now_ms) + 3600000 ))
 start_portal
 sleep 5

@@ -153,6 +153,64 @@ async fn disabling_one_organization_stops_its_sessions_and_denies_it_while_the_o
 }
 
 #[tokio::test]
+async fn a_disable_stops_more_sessions_than_one_batch_each_once() {
+    // More sessions than the stop job stops at once (64), so it goes through several batches.
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&two_organizations(&db, &a, &b)).await;
+    let mut opened = Vec::new();
+    for n in 0..150u8 {
+        let session = app
+            .sessions
+            .login("beta", &format!("load-{n}"), "load-pass", ip(n))
+            .await
+            .unwrap();
+        opened.push(session.acct_session_id);
+    }
+    let kept = app
+        .sessions
+        .login("acme", "carol", "carol-pass", ip(1))
+        .await
+        .unwrap();
+
+    app.set_organization_active("beta", false).await;
+    app.org_worker.wake();
+    let stops = |sid: &str| {
+        b.acct_lines()
+            .iter()
+            .filter(|l| l.contains("status=Stop") && l.contains(&format!("sid={sid}")))
+            .count()
+    };
+    wait_until("every beta session's Stop at its server", || async {
+        opened.iter().all(|sid| stops(sid) >= 1)
+    })
+    .await;
+    wait_until("the stop job's outcome audited", || async {
+        app.storage
+            .audit_tail(20)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.action == "job.stop_sessions" && e.detail.contains("stopped 150 sessions"))
+    })
+    .await;
+    for sid in &opened {
+        assert_eq!(stops(sid), 1, "one Stop for {sid}");
+        let line = b
+            .acct_lines()
+            .into_iter()
+            .find(|l| l.contains("status=Stop") && l.contains(&format!("sid={sid}")))
+            .unwrap();
+        assert_eq!(field(&line, "cause"), "Admin-Reset");
+    }
+    assert!(
+        app.storage.session(kept.id).await.unwrap().unwrap().active,
+        "the other organization's session runs on"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_disable_between_access_accept_and_start_leaves_no_session_and_sends_no_start() {
     let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
     let (held, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
