@@ -140,6 +140,7 @@ on_both_backends!(
     a_second_login_of_a_client_preempts_the_first,
     a_disabled_organization_gets_no_session_and_a_stop_job,
     a_refresh_after_a_disable_is_refused_and_queues_nothing,
+    a_disabled_organizations_sessions_stop_in_batches_and_an_enable_keeps_the_rest,
     due_sessions_stop_once_at_their_deadline_across_replicas,
     outbox_rows_go_in_order_and_no_claim_is_shared,
     a_stops_copies_are_queued_once_for_their_servers_alone,
@@ -369,6 +370,88 @@ async fn a_refresh_after_a_disable_is_refused_and_queues_nothing(db: Db) {
         .unwrap();
     assert_eq!(refreshed.expires_at, T0 + 4 + MINUTE);
     assert_eq!(outbox_types(s, id).await.last(), Some(&INTERIM));
+}
+
+/// The disable's stop job: batches of a disabled organization's open sessions stopped in one
+/// write each, with their Stops queued and their ends audited; none while the organization is
+/// active, so an enable committed between two batches keeps the rest; another organization's
+/// sessions never.
+async fn a_disabled_organizations_sessions_stop_in_batches_and_an_enable_keeps_the_rest(db: Db) {
+    let s = &db.storage;
+    s.seed_organization("beta", "Beta", "{}", None, 1, T0)
+        .await
+        .unwrap();
+    let mut acme = Vec::new();
+    for i in 0..5 {
+        acme.push(opened(s, login(&ip(i), T0, MINUTE)).await);
+    }
+    let mut other = login(&ip(1), T0, MINUTE);
+    other.organization_id = "beta".into();
+    other.acct_session_id = "sid-beta".into();
+    let beta = opened(s, other).await;
+    let admin_reset = radius_portal::radius::terminate_cause::ADMIN_RESET;
+
+    let active = s
+        .stop_disabled_sessions("acme", admin_reset, T0 + 1, 2)
+        .await
+        .unwrap();
+    assert!(
+        active.is_empty(),
+        "an active organization keeps its sessions"
+    );
+
+    s.set_organization_active("acme", false, "cli:test", T0 + 2)
+        .await
+        .unwrap();
+    let first = s
+        .stop_disabled_sessions("acme", admin_reset, T0 + 3, 2)
+        .await
+        .unwrap();
+    assert_eq!(first, acme[..2], "the oldest first, at most the limit");
+    for id in &first {
+        let session = s.session(*id).await.unwrap().unwrap();
+        assert!(!session.active);
+        assert_eq!(session.terminate_cause, Some(admin_reset as i64));
+        assert_eq!(outbox_types(s, *id).await, [START, STOP]);
+    }
+    let audit = s.audit_tail(10).await.unwrap();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|e| e.action == "session.end"
+                && serde_json::from_str::<serde_json::Value>(&e.detail).unwrap()["terminate_cause"]
+                    == 6)
+            .count(),
+        2
+    );
+
+    // Enabled between two batches: the next one stops nothing.
+    s.set_organization_active("acme", true, "cli:test", T0 + 4)
+        .await
+        .unwrap();
+    let after_enable = s
+        .stop_disabled_sessions("acme", admin_reset, T0 + 5, 2)
+        .await
+        .unwrap();
+    assert!(after_enable.is_empty());
+    s.set_organization_active("acme", false, "cli:test", T0 + 6)
+        .await
+        .unwrap();
+    let rest = s
+        .stop_disabled_sessions("acme", admin_reset, T0 + 7, 10)
+        .await
+        .unwrap();
+    assert_eq!(rest, acme[2..]);
+    assert!(s
+        .stop_disabled_sessions("acme", admin_reset, T0 + 8, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(
+        s.session(beta).await.unwrap().unwrap().active,
+        "another organization's session runs on"
+    );
+    assert_eq!(outbox_types(s, beta).await, [START]);
 }
 
 async fn due_sessions_stop_once_at_their_deadline_across_replicas(db: Db) {

@@ -622,6 +622,33 @@ impl AccessSessions {
         first
     }
 
+    /// Stops up to `limit` open sessions of organization `organization_id` while it is
+    /// disabled (Admin-Reset), in one write, and wakes accounting to send their Stops (paced by
+    /// the delivery loop, as expiry's are). The ids stopped: none when nothing is left or the
+    /// organization is active again.
+    pub async fn stop_disabled(
+        &self,
+        organization_id: &str,
+        limit: usize,
+    ) -> Result<Vec<i64>, SessionError> {
+        let stopped = self
+            .storage
+            .stop_disabled_sessions(
+                organization_id,
+                terminate_cause::ADMIN_RESET,
+                now_ms(),
+                limit as i64,
+            )
+            .await?;
+        if !stopped.is_empty() {
+            self.accounting.wake();
+            for id in &stopped {
+                self.events.publish(*id);
+            }
+        }
+        Ok(stopped)
+    }
+
     /// Ends a session on the operator's or the RADIUS server's behalf (Stop, Admin-Reset).
     /// False if it was not active.
     pub async fn stop_by_operator(&self, id: i64) -> Result<bool, SessionError> {

@@ -103,6 +103,12 @@ contract! {
         /// its own deadline, with Session-Timeout when the limit was reached, else Idle-Timeout.
         /// Several processes may run this at once: each session is stopped exactly once.
         fn stop_due_sessions(&self, now: i64) -> Vec<Stopped>;
+        /// Stops up to `limit` active sessions of a *disabled* organization at `event_at`
+        /// with `cause`, in one write, and queues their Stops (the delivery loop sends them,
+        /// paced like any other row). Nothing if the organization is active: a re-enable
+        /// committed before this write keeps every session. Returns the ids stopped (none:
+        /// nothing left, or the organization is active).
+        fn stop_disabled_sessions(&self, organization_id: &str, cause: u32, event_at: i64, limit: i64) -> Vec<i64>;
         /// Queues an Interim-Update for every active session whose periodic update (from
         /// Acct-Interim-Interval) is due at `now`, and schedules the next one. Returns how many.
         fn queue_due_interims(&self, now: i64) -> usize;

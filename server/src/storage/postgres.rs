@@ -667,6 +667,37 @@ impl SessionStore for PgStore {
         }
     }
 
+    async fn stop_disabled_sessions(
+        &self,
+        organization_id: &str,
+        cause: u32,
+        event_at: i64,
+        limit: i64,
+    ) -> Result<Vec<i64>, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        // The organization's row is read under a share lock, as a login and a refresh read it:
+        // an enable committed meanwhile is seen, and one not yet committed waits for this.
+        let rows = sqlx::query(stop_sessions!(
+            "SELECT s.id, $2::BIGINT AS at, $3::BIGINT AS cause FROM access_sessions s \
+             JOIN organizations o ON o.id = s.organization_id \
+             WHERE s.organization_id = $1 AND s.state = 'active' AND NOT o.is_active \
+             ORDER BY s.id LIMIT $4 FOR UPDATE OF s SKIP LOCKED FOR SHARE OF o"
+        ))
+        .bind(organization_id)
+        .bind(event_at)
+        .bind(i64::from(cause))
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let stopped = rows
+            .iter()
+            .map(stopped_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        notify(&mut tx, &self.origin, &session_notices(&stopped)).await?;
+        tx.commit().await?;
+        Ok(stopped.into_iter().map(|s| s.id).collect())
+    }
+
     async fn queue_due_interims(&self, now: i64) -> Result<usize, StorageError> {
         let queued: i64 = sqlx::query_scalar(
             "WITH due AS (SELECT id, started_at, interim_interval FROM access_sessions \

@@ -430,6 +430,35 @@ impl SessionStore for SqliteStore {
             .await
     }
 
+    async fn stop_disabled_sessions(
+        &self,
+        organization_id: &str,
+        cause: u32,
+        event_at: i64,
+        limit: i64,
+    ) -> Result<Vec<i64>, StorageError> {
+        let organization_id = organization_id.to_string();
+        self.engine
+            .write(move |c| {
+                let ids: Vec<i64> = c
+                    .prepare_cached(
+                        "SELECT s.id FROM access_sessions s JOIN organizations o ON o.id = s.organization_id \
+                         WHERE s.organization_id = ? AND s.state = 'active' AND NOT o.is_active \
+                         ORDER BY s.id LIMIT ?",
+                    )?
+                    .query_map(params![organization_id, limit], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let mut stopped = Vec::with_capacity(ids.len());
+                for id in ids {
+                    if stop_in(c, id, cause, event_at, None)? {
+                        stopped.push(id);
+                    }
+                }
+                Ok(stopped)
+            })
+            .await
+    }
+
     async fn queue_due_interims(&self, now: i64) -> Result<usize, StorageError> {
         self.engine
             .write(move |c| {
