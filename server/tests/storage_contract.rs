@@ -1344,6 +1344,72 @@ async fn a_missing_postgres_database_is_named_in_the_error() {
     assert!(text.contains("does not exist"), "{text}");
 }
 
+/// A session row another transaction holds (an interim sweep, a server move on another
+/// replica) is waited for by the disable's batch, not skipped: skipped, the last batch came
+/// back empty and the job ended with that session open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_disable_batch_waits_for_a_session_row_held_elsewhere() {
+    use sqlx::Connection as _;
+    let db = Db::new(Kind::Postgres).await;
+    let s = &db.storage;
+    let id = opened(s, login("10.0.9.1", T0, MINUTE)).await;
+    s.set_organization_active("acme", false, "cli:test", T0 + 1)
+        .await
+        .unwrap();
+    let Place::Postgres(url) = &db.place else {
+        unreachable!()
+    };
+    let mut holder = sqlx::PgConnection::connect(url).await.unwrap();
+    let mut held = holder.begin().await.unwrap();
+    sqlx::query("SELECT id FROM access_sessions WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let batch = tokio::spawn({
+        let s = s.clone();
+        async move {
+            s.stop_disabled_sessions(
+                "acme",
+                radius_portal::radius::terminate_cause::ADMIN_RESET,
+                T0 + 2,
+                10,
+            )
+            .await
+        }
+    });
+    // Waiting on the lock: an ungranted lock (the holder's transaction id) in pg_locks.
+    let mut watcher = sqlx::PgConnection::connect(url).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_locks WHERE NOT granted \
+             AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
+        )
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        if batch.is_finished() {
+            panic!("the batch ended without waiting: {:?}", batch.await);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for the batch to wait"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        !batch.is_finished(),
+        "it waits rather than skipping the row"
+    );
+    held.rollback().await.unwrap();
+    assert_eq!(batch.await.unwrap().unwrap(), [id]);
+    assert!(!s.session(id).await.unwrap().unwrap().active);
+}
+
 /// On a shared database an organization job is run by one replica at a time: the other sees
 /// it again only once the first one's claim has run out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

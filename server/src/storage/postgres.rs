@@ -677,11 +677,14 @@ impl SessionStore for PgStore {
         let mut tx = self.pool.begin().await?;
         // The organization's row is read under a share lock, as a login and a refresh read it:
         // an enable committed meanwhile is seen, and one not yet committed waits for this.
+        // Sessions another transaction holds (an interim sweep, a server move) are waited for,
+        // not skipped: a skipped one would make the last batch come back empty and the job end
+        // with that session still open.
         let rows = sqlx::query(stop_sessions!(
             "SELECT s.id, $2::BIGINT AS at, $3::BIGINT AS cause FROM access_sessions s \
              JOIN organizations o ON o.id = s.organization_id \
              WHERE s.organization_id = $1 AND s.state = 'active' AND NOT o.is_active \
-             ORDER BY s.id LIMIT $4 FOR UPDATE OF s SKIP LOCKED FOR SHARE OF o"
+             ORDER BY s.id LIMIT $4 FOR UPDATE OF s FOR SHARE OF o"
         ))
         .bind(organization_id)
         .bind(event_at)
