@@ -322,3 +322,59 @@ async fn an_acknowledgement_recorded_late_is_not_sent_again() {
     assert_eq!(stops, 1);
     app.stop().await;
 }
+
+/// An operator's Stop made while the session's Start is still on its way (the login waits for
+/// its acknowledgement) is queued behind it, and goes out as soon as the Start is acknowledged:
+/// before, the delivery loop slept until its next timer (up to 30 s on SQLite), and a
+/// terminated identity stayed open at the server that long.
+#[tokio::test]
+async fn a_stop_queued_behind_a_start_in_flight_follows_its_acknowledgement() {
+    use std::sync::Arc;
+    let radius = FreeRadius::start().await;
+    let (held, release) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let acct = std::net::SocketAddr::from(([127, 0, 0, 1], radius.acct_port));
+    let relay = common::holding_relay(acct, held.clone(), release.clone()).await;
+    let (_dir, db) = temp_db();
+    let mut server = radius.server_settings("primary", true);
+    server.acct_port = relay.port();
+    server.timeout = Duration::from_secs(5);
+    let app = Arc::new(TestApp::spawn(&settings(&db, vec![server])).await);
+    let client = std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 6, 1));
+
+    let login = tokio::spawn({
+        let app = app.clone();
+        async move {
+            app.sessions
+                .login("acme", "carol", "carol-pass", client)
+                .await
+        }
+    });
+    held.notified().await; // the Start answered by FreeRADIUS, the answer held
+    let session = app
+        .storage
+        .active_session_for_client(
+            "acme",
+            &client.to_string(),
+            radius_portal::access_session::now_ms(),
+        )
+        .await
+        .unwrap()
+        .expect("the session being opened");
+    assert!(app.sessions.stop_by_operator(session.id).await.unwrap());
+    release.notify_one(); // the Start's acknowledgement reaches the portal
+    let _ = login.await.unwrap();
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={}", session.acct_session_id)])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Admin-Reset");
+    held.notified().await; // the Stop's answer: let it through
+    release.notify_one();
+    wait_until("the Stop recorded as delivered", || async {
+        app.storage.outbox_backlog().await.unwrap() == 0
+    })
+    .await;
+    Arc::into_inner(app).unwrap().stop().await;
+}

@@ -100,7 +100,7 @@ impl Expiry {
         let stopped = self.storage.stop_due_sessions(now).await?;
         if !stopped.is_empty() {
             tracing::info!(count = stopped.len(), "expired access sessions stopped");
-            self.accounting.wake();
+            self.accounting.wake_for(stopped.iter().map(|s| s.id));
             for s in &stopped {
                 self.events.publish(s.id);
                 self.metrics.expired(Duration::from_millis(

@@ -576,7 +576,7 @@ impl AccessSessions {
             .await?;
         match outcome {
             StopOutcome::NotActive => return Ok(false),
-            StopOutcome::Queued => self.accounting.wake(),
+            StopOutcome::Queued => self.accounting.wake_for([id]),
             StopOutcome::Claimed(stop, session) => self.accounting.send_claimed(stop, *session),
         }
         self.events.publish(id);
@@ -641,7 +641,7 @@ impl AccessSessions {
             )
             .await?;
         if !stopped.is_empty() {
-            self.accounting.wake();
+            self.accounting.wake_for(stopped.iter().copied());
             for id in &stopped {
                 self.events.publish(*id);
             }

@@ -116,6 +116,42 @@ pub struct Accounting {
     /// which their later rows follow. Stored with the session too; kept here for the rows
     /// whose sender holds a copy of the session read before the move. Until the Stop.
     moved: Arc<Mutex<HashMap<i64, String>>>,
+    /// Sessions with a row being delivered outside the delivery loop (a login's Start, a
+    /// user's Stop), and those of them that got a row queued behind it meanwhile: the loop,
+    /// which cannot send that row before the one ahead is acknowledged, is woken when the
+    /// delivery ends instead of sleeping until its next timer.
+    inline: Arc<Mutex<Inline>>,
+}
+
+#[derive(Default)]
+struct Inline {
+    /// Deliveries under way, by session.
+    under_way: HashMap<i64, usize>,
+    /// Sessions with a row queued behind one of them.
+    behind: std::collections::HashSet<i64>,
+}
+
+/// A delivery made outside the delivery loop, from its start to its end (however it ends).
+struct InlineDelivery {
+    session_id: i64,
+    inline: Arc<Mutex<Inline>>,
+    wake: Arc<Notify>,
+}
+
+impl Drop for InlineDelivery {
+    fn drop(&mut self) {
+        let mut inline = self.inline.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = inline.under_way.get_mut(&self.session_id) {
+            *n -= 1;
+            if *n == 0 {
+                inline.under_way.remove(&self.session_id);
+            }
+        }
+        if inline.behind.remove(&self.session_id) {
+            drop(inline);
+            self.wake.notify_one();
+        }
+    }
 }
 
 /// Delay before retry `attempts` (1-based): 1 s, 2 s, 4 s … capped at 5 min.
@@ -245,12 +281,46 @@ impl Accounting {
             windows: Arc::default(),
             claimed: tokio_util::task::TaskTracker::new(),
             moved: Arc::default(),
+            inline: Arc::default(),
         }
     }
 
     /// Asks the delivery loop to look at the outbox now.
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// [`Self::wake`] after rows of `sessions` were queued: a session whose earlier row is
+    /// being delivered outside the loop (its Start, say) wakes the loop again when that
+    /// delivery ends, since its new row cannot go before.
+    pub fn wake_for(&self, sessions: impl IntoIterator<Item = i64>) {
+        {
+            let mut inline = self.inline.lock().unwrap_or_else(|p| p.into_inner());
+            if !inline.under_way.is_empty() {
+                for id in sessions {
+                    if inline.under_way.contains_key(&id) {
+                        inline.behind.insert(id);
+                    }
+                }
+            }
+        }
+        self.wake();
+    }
+
+    /// Counts a delivery of a row of `session_id` made outside the loop until the guard drops.
+    fn inline_delivery(&self, session_id: i64) -> InlineDelivery {
+        *self
+            .inline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .under_way
+            .entry(session_id)
+            .or_default() += 1;
+        InlineDelivery {
+            session_id,
+            inline: self.inline.clone(),
+            wake: self.wake.clone(),
+        }
     }
 
     fn window(&self, destination: SocketAddr) -> Arc<Semaphore> {
@@ -271,6 +341,7 @@ impl Accounting {
         status_type: u32,
         deadline: Instant,
     ) -> Result<bool, OutboxError> {
+        let _inline = self.inline_delivery(session_id);
         loop {
             let now = now_ms();
             if let Some(row) = self
@@ -328,6 +399,7 @@ impl Accounting {
         just_stored: bool,
     ) -> Result<bool, OutboxError> {
         let (session_id, status) = (row.access_session_id, row.status_type as u32);
+        let _inline = self.inline_delivery(session_id);
         match self
             .deliver(row, Some(deadline), Some(session), just_stored)
             .await?
@@ -397,7 +469,9 @@ impl Accounting {
     /// delivery loop's next pass. If it is not delivered, the loop takes it from there.
     pub fn send_claimed(&self, row: OutboxRow, session: AccessSessionRecord) {
         let this = self.clone();
+        let inline = self.inline_delivery(row.access_session_id);
         self.claimed.spawn(async move {
+            let _inline = inline;
             match this.deliver(row, None, Some(session), false).await {
                 Ok(Delivery::Delivered) => {}
                 Ok(_) => this.wake(),
