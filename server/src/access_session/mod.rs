@@ -382,6 +382,10 @@ impl AccessSessions {
         deadline: Instant,
     ) -> Result<(), SessionError> {
         let (id, acct_session_id) = (session.id, &session.acct_session_id);
+        // The Start is this login's to send from here (claimed with the session): a row queued
+        // behind it meanwhile (the session stopped by an operator while the replaced sessions'
+        // Stops go first) wakes the delivery loop when it is done.
+        let _start = self.accounting.inline_delivery(id);
         for old in preempted {
             self.events.publish(old.id);
             let stop_deadline = Instant::now() + exchange_time;
@@ -404,7 +408,7 @@ impl AccessSessions {
             }
         }
         if !preempted.is_empty() {
-            self.accounting.wake();
+            self.accounting.wake_for(preempted.iter().map(|old| old.id));
         }
         // The Start's own budget: what is left of the login deadline, but at least one exchange.
         let start_deadline = deadline.max(Instant::now() + exchange_time);

@@ -132,7 +132,7 @@ struct Inline {
 }
 
 /// A delivery made outside the delivery loop, from its start to its end (however it ends).
-struct InlineDelivery {
+pub(crate) struct InlineDelivery {
     session_id: i64,
     inline: Arc<Mutex<Inline>>,
     wake: Arc<Notify>,
@@ -141,12 +141,14 @@ struct InlineDelivery {
 impl Drop for InlineDelivery {
     fn drop(&mut self) {
         let mut inline = self.inline.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = inline.under_way.get_mut(&self.session_id) {
-            *n -= 1;
-            if *n == 0 {
-                inline.under_way.remove(&self.session_id);
-            }
+        let Some(n) = inline.under_way.get_mut(&self.session_id) else {
+            return;
+        };
+        *n -= 1;
+        if *n > 0 {
+            return; // the session's last delivery under way wakes the loop
         }
+        inline.under_way.remove(&self.session_id);
         if inline.behind.remove(&self.session_id) {
             drop(inline);
             self.wake.notify_one();
@@ -308,7 +310,7 @@ impl Accounting {
     }
 
     /// Counts a delivery of a row of `session_id` made outside the loop until the guard drops.
-    fn inline_delivery(&self, session_id: i64) -> InlineDelivery {
+    pub(crate) fn inline_delivery(&self, session_id: i64) -> InlineDelivery {
         *self
             .inline
             .lock()
