@@ -5,8 +5,9 @@
 # Once nothing is active or waiting, every session's packets in FreeRADIUS's accounting log are
 # counted: each session must have one Start and one Stop (or neither: a Start that never went
 # out is rolled back with its session). Packets sent twice (acknowledged, but killed before the
-# acknowledgement was recorded: delivery is at least once) are reported. Exit status 1 on a
-# session without its Stop, a Stop for no session, or anything left waiting.
+# acknowledgement was recorded: delivery is at least once) and dead letters are reported. Exit
+# status 1 on a session without its Stop, a Stop for no session, or anything left waiting; 2 if
+# the window cannot be set. SQLite only (it reads the database file; DB/REPLICAS do not apply).
 #   USERS=64 KILL_AFTER=3 scripts/bench-kill.sh
 USERS=${USERS:-64}
 KILL_AFTER=${KILL_AFTER:-3}

@@ -68,7 +68,8 @@ while time.time() < give_up:
         acked = int(time.time() * 1000) - at
         break
     time.sleep(0.05)
-n, = conn.execute("SELECT COUNT(*) FROM accounting_outbox WHERE status_type = 2 AND delivered_at IS NOT NULL").fetchone()
+n, = conn.execute("SELECT COUNT(*) FROM accounting_outbox WHERE status_type = 2 AND delivered_at IS NOT NULL "
+                 "AND event_at >= ?", (at,)).fetchone()
 print(f"organization disabled with its sessions open: every session stopped after {stopped} ms, "
       f"{n} Stops acknowledged after {acked} ms")
 PY
