@@ -154,15 +154,21 @@ async fn disabling_one_organization_stops_its_sessions_and_denies_it_while_the_o
 
 #[tokio::test]
 async fn a_disable_stops_more_sessions_than_one_batch_each_once() {
-    // More sessions than the stop job stops at once (64), so it goes through several batches.
+    // More sessions than the stop job stops in one write (256): it goes through two batches.
     let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
     let (_dir, db) = temp_db();
     let app = TestApp::spawn(&two_organizations(&db, &a, &b)).await;
     let mut opened = Vec::new();
-    for n in 0..150u8 {
+    for n in 0..300u16 {
+        let address = IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            7 + (n / 200) as u8,
+            (n % 200) as u8 + 1,
+        ));
         let session = app
             .sessions
-            .login("beta", &format!("load-{n}"), "load-pass", ip(n))
+            .login("beta", &format!("load-{n}"), "load-pass", address)
             .await
             .unwrap();
         opened.push(session.acct_session_id);
@@ -191,7 +197,7 @@ async fn a_disable_stops_more_sessions_than_one_batch_each_once() {
             .await
             .unwrap()
             .iter()
-            .any(|e| e.action == "job.stop_sessions" && e.detail.contains("stopped 150 sessions"))
+            .any(|e| e.action == "job.stop_sessions" && e.detail.contains("stopped 300 sessions"))
     })
     .await;
     for sid in &opened {

@@ -65,11 +65,11 @@ pub enum JobOutcome {
         /// Stopped before the hand-over.
         stopped: usize,
     },
-    /// Some stops failed; the job stays pending and runs again.
+    /// It could not finish (the database failed): the job stays pending and runs again.
     Incomplete {
         /// Stopped this time.
         stopped: usize,
-        /// Failed this time.
+        /// Failures this time (a failed write or read ends the run at once: 1).
         failed: usize,
     },
 }
@@ -267,10 +267,26 @@ impl OrganizationWorker {
                 // is still disabled (a re-enable committed before it keeps them all). Their
                 // Stops go out through the delivery loop, paced like any other row. One
                 // session at a time, each waiting for its own commit, 10,000 took 3.6 s.
-                let batch = self.sessions.stop_disabled(org, STOPS_AT_ONCE).await?;
+                let batch = match self.sessions.stop_disabled(org, STOPS_AT_ONCE).await {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        // What was stopped is stopped (each end audited); the job stays pending
+                        // and runs again for the rest.
+                        tracing::error!(organization = org, job = job.id, stopped, error = %e,
+                            "stopping a disabled organization's sessions failed; the job will retry the rest");
+                        return Ok(JobOutcome::Incomplete { stopped, failed: 1 });
+                    }
+                };
                 if batch.is_empty() {
                     // Nothing left, or re-enabled midway: the rest are left alone.
-                    reenabled = !self.still_disabled(org).await?;
+                    reenabled = match self.still_disabled(org).await {
+                        Ok(disabled) => !disabled,
+                        Err(e) => {
+                            tracing::error!(organization = org, job = job.id, stopped, error = %e,
+                                "reading a disabled organization's state failed; the job will run again");
+                            return Ok(JobOutcome::Incomplete { stopped, failed: 1 });
+                        }
+                    };
                     break;
                 }
                 stopped += batch.len();
