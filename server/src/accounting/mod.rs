@@ -129,7 +129,14 @@ struct Inline {
     under_way: HashMap<i64, usize>,
     /// Sessions with a row queued behind one of them.
     behind: std::collections::HashSet<i64>,
+    /// Sessions that got a row queued while none of their deliveries was under way here, most
+    /// recent ones (bounded): a login's Start is counted only once its write has answered, and
+    /// a stop committed in between is found here when it is.
+    queued: std::collections::HashSet<i64>,
 }
+
+/// Sessions remembered in [`Inline::queued`] at most (then forgotten all at once).
+const QUEUED_REMEMBERED: usize = 4096;
 
 /// A delivery made outside the delivery loop, from its start to its end (however it ends).
 pub(crate) struct InlineDelivery {
@@ -298,11 +305,14 @@ impl Accounting {
     pub fn wake_for(&self, sessions: impl IntoIterator<Item = i64>) {
         {
             let mut inline = self.inline.lock().unwrap_or_else(|p| p.into_inner());
-            if !inline.under_way.is_empty() {
-                for id in sessions {
-                    if inline.under_way.contains_key(&id) {
-                        inline.behind.insert(id);
+            for id in sessions {
+                if inline.under_way.contains_key(&id) {
+                    inline.behind.insert(id);
+                } else {
+                    if inline.queued.len() >= QUEUED_REMEMBERED {
+                        inline.queued.clear();
                     }
+                    inline.queued.insert(id);
                 }
             }
         }
@@ -311,13 +321,14 @@ impl Accounting {
 
     /// Counts a delivery of a row of `session_id` made outside the loop until the guard drops.
     pub(crate) fn inline_delivery(&self, session_id: i64) -> InlineDelivery {
-        *self
-            .inline
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .under_way
-            .entry(session_id)
-            .or_default() += 1;
+        let mut inline = self.inline.lock().unwrap_or_else(|p| p.into_inner());
+        *inline.under_way.entry(session_id).or_default() += 1;
+        // A row queued just before this delivery was counted (behind it, if it is the
+        // session's first): the loop is woken when it ends too.
+        if inline.queued.remove(&session_id) {
+            inline.behind.insert(session_id);
+        }
+        drop(inline);
         InlineDelivery {
             session_id,
             inline: self.inline.clone(),
