@@ -132,6 +132,7 @@ async fn main() {
                         "carol-pass",
                         address(n),
                         Instant::now() + Duration::from_secs(5),
+                        radius_portal::radius::always_go_on,
                     )
                     .await;
                 matches!(outcome, Ok(AuthOutcome::Accept { .. }))

@@ -269,6 +269,71 @@ async fn a_disable_between_access_accept_and_start_leaves_no_session_and_sends_n
     Arc::into_inner(app).unwrap().stop().await;
 }
 
+/// A disable that lands while the organization's primary stays silent stops the sign-in before
+/// it fails over: the backup gets no Access-Request of the disabled organization (design.md
+/// §5, "no packet is sent"), the user hears that the organization is disabled, and the audit
+/// says the login was withdrawn, from which address.
+#[tokio::test]
+async fn a_disable_while_the_primary_is_silent_sends_nothing_to_the_backup() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    // The primary: takes Access-Requests and never answers.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let heard = Arc::new(Notify::new());
+    let listener = {
+        let heard = heard.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                if silent.recv_from(&mut buf).await.is_ok() {
+                    heard.notify_one();
+                }
+            }
+        })
+    };
+    let (_dir, db) = temp_db();
+    let mut settings = two_organizations(&db, &a, &b);
+    let mut primary = b.server_settings("b-silent", true);
+    primary.auth_port = silent_port;
+    primary.timeout = Duration::from_secs(2);
+    primary.retries = 0;
+    settings.organizations[1].servers.insert(0, primary);
+    settings.validate().unwrap();
+    let app = Arc::new(TestApp::spawn(&settings).await);
+
+    let login = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            app.sessions
+                .login("beta", "carol", "carol-pass", ip(12))
+                .await
+        })
+    };
+    heard.notified().await; // the primary has the Access-Request and stays silent
+    app.set_organization_active("beta", false).await;
+    let outcome = login.await.unwrap();
+
+    assert!(
+        matches!(outcome, Err(SessionError::OrganizationDisabled)),
+        "{outcome:?}"
+    );
+    assert!(
+        !b.auth_lines().iter().any(|l| l.contains("carol")),
+        "the backup was asked: {:?}",
+        b.auth_lines()
+    );
+    let audit = app.storage.audit_tail(20).await.unwrap();
+    assert!(
+        audit.iter().any(|e| e.action == "guard.denied"
+            && e.organization_id.as_deref() == Some("beta")
+            && e.detail.contains("withdrawn")
+            && e.detail.contains("127.0.5.12")),
+        "{audit:?}"
+    );
+    listener.abort();
+    Arc::into_inner(app).unwrap().stop().await;
+}
+
 /// A sign-in that replaces the client's running session sends that session's Stop before its
 /// own Start; a disable made meanwhile withholds the Start, and the user hears that the
 /// organization is disabled (not "try again in a minute"); the denial is audited.
@@ -334,6 +399,36 @@ async fn a_disabled_organizations_session_is_not_offered_a_refresh() {
     assert!(app.sessions.can_extend(&session));
     app.set_organization_active("beta", false).await;
     assert!(!app.sessions.can_extend(&session));
+    // Once the disable has ended the session, a refresh is still told why: the organization
+    // is disabled (not "you have no session, sign in", which would be refused too).
+    wait_until("the disable to end the session", || {
+        let storage = app.storage.clone();
+        async move {
+            storage
+                .active_session_ids_of("beta")
+                .await
+                .unwrap()
+                .is_empty()
+        }
+    })
+    .await;
+    let refreshed = app.sessions.refresh(session.id).await;
+    assert!(
+        matches!(refreshed, Err(SessionError::OrganizationDisabled)),
+        "{refreshed:?}"
+    );
+    // A session that ended on its own in an enabled organization is just not active.
+    let other = app
+        .sessions
+        .login("acme", "carol", "carol-pass", ip(10))
+        .await
+        .unwrap();
+    app.sessions.disconnect(other.id).await.unwrap();
+    let refreshed = app.sessions.refresh(other.id).await;
+    assert!(
+        matches!(refreshed, Err(SessionError::NotActive)),
+        "{refreshed:?}"
+    );
     app.stop().await;
 }
 

@@ -102,6 +102,25 @@ pub fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
+/// Whose request the guard denied (its audit entry names them).
+#[derive(Clone, Copy, Debug)]
+pub struct Who<'a> {
+    /// The name signed in with, or the session's.
+    pub username: &'a str,
+    /// The client's address.
+    pub client_ip: &'a str,
+}
+
+impl<'a> Who<'a> {
+    /// The user and client of `session`.
+    pub fn of(session: &'a AccessSessionRecord) -> Self {
+        Who {
+            username: &session.username,
+            client_ip: &session.client_ip,
+        }
+    }
+}
+
 /// The access-session lifecycle. Cheap to clone.
 #[derive(Clone)]
 pub struct AccessSessions {
@@ -163,7 +182,7 @@ impl AccessSessions {
         &self,
         id: &str,
         operation: Operation,
-        username: &str,
+        who: Who<'_>,
     ) -> Result<Arc<Organization>, SessionError> {
         let org = self.organizations.get(id);
         let stored = self.storage.organization_active(id).await?;
@@ -173,25 +192,37 @@ impl AccessSessions {
         };
         match org {
             Some(org) if guard::allows(operation, state) => Ok(org),
-            _ => Err(self.denied(id, operation, state, username).await),
+            _ => Err(self.denied(id, operation, state, who, None).await),
         }
     }
 
-    /// A denial by the disabled-organization guard: logged and audited.
+    /// A denial by the disabled-organization guard: logged and audited, with what the RADIUS
+    /// server had already been asked (`radius`: a login denied after its Access-Accept, or
+    /// withdrawn before its next server).
     async fn denied(
         &self,
         id: &str,
         operation: Operation,
         state: OrgState,
-        username: &str,
+        who: Who<'_>,
+        radius: Option<&str>,
     ) -> SessionError {
+        let Who {
+            username,
+            client_ip,
+        } = who;
         tracing::warn!(
             organization = id,
             ?operation,
             username,
+            client_ip,
+            radius,
             "denied by the disabled-organization guard"
         );
-        let detail = serde_json::json!({ "operation": format!("{operation:?}"), "state": format!("{state:?}"), "username": username });
+        let mut detail = serde_json::json!({ "operation": format!("{operation:?}"), "state": format!("{state:?}"), "username": username, "client_ip": client_ip });
+        if let Some(radius) = radius {
+            detail["radius"] = radius.into();
+        }
         if let Err(e) = self
             .storage
             .audit(&Audit {
@@ -218,10 +249,27 @@ impl AccessSessions {
         password: &str,
         client_ip: IpAddr,
     ) -> Result<AccessSessionRecord, SessionError> {
+        let address = client_ip.to_string();
+        let who = Who {
+            username,
+            client_ip: &address,
+        };
         let org = self
-            .guarded_organization(organization_id, Operation::Login, username)
+            .guarded_organization(organization_id, Operation::Login, who)
             .await?;
         let deadline = Instant::now() + org.login_timeout;
+        // A disable that lands while a server stays silent stops the login before its next
+        // server: no Access-Request of a disabled organization is sent (design.md §5). A failed
+        // read goes on: the session's write checks the flag again.
+        let still_enabled = || -> crate::radius::GoOn {
+            let (storage, id) = (self.storage.clone(), org.id.clone());
+            Box::pin(async move {
+                storage
+                    .organization_active(&id)
+                    .await
+                    .map_or(true, |active| active == Some(true))
+            })
+        };
         let outcome = self
             .radius
             .authenticate(
@@ -231,10 +279,31 @@ impl AccessSessions {
                 password,
                 client_ip,
                 deadline,
+                still_enabled,
             )
             .await;
         let outcome = match outcome {
             Ok(outcome) => outcome,
+            Err(RadiusError::Withdrawn) => {
+                tracing::warn!(organization = %org.id, username, %client_ip,
+                    "organization disabled while its RADIUS server stayed silent: the login goes no further");
+                let state = OrgState::from_active(
+                    self.storage
+                        .organization_active(&org.id)
+                        .await
+                        .ok()
+                        .flatten(),
+                );
+                return Err(self
+                    .denied(
+                        &org.id,
+                        Operation::Login,
+                        state,
+                        who,
+                        Some("withdrawn before the next server"),
+                    )
+                    .await);
+            }
             Err(e) => {
                 self.audit_login(&org.id, username, client_ip, "login.unavailable")
                     .await;
@@ -327,10 +396,19 @@ impl AccessSessions {
             Err(StorageError::OrganizationDisabled) => {
                 tracing::warn!(organization = %org.id, username, %client_ip,
                     "login accepted by RADIUS but the organization was disabled meanwhile: no session");
-                // Audited as the guard's denial (the accepted attempt's own entry was part of
-                // the write that did not happen).
+                // Audited as the guard's denial, saying the server accepted (the accepted
+                // attempt's own entry was part of the write that did not happen).
                 return Err(self
-                    .denied(&org.id, Operation::Login, OrgState::Disabled, username)
+                    .denied(
+                        &org.id,
+                        Operation::Login,
+                        OrgState::Disabled,
+                        Who {
+                            username,
+                            client_ip: &address,
+                        },
+                        Some("accepted"),
+                    )
                     .await);
             }
             other => other?,
@@ -467,7 +545,8 @@ impl AccessSessions {
                     &session.organization_id,
                     Operation::AccountingStart,
                     OrgState::Disabled,
-                    &session.username,
+                    Who::of(session),
+                    Some("accepted"),
                 )
                 .await);
         }
@@ -507,11 +586,35 @@ impl AccessSessions {
 
     /// Restarts the window (capped by the limit) and queues an Interim-Update.
     pub async fn refresh(&self, id: i64) -> Result<AccessSessionRecord, SessionError> {
-        let session = self.active(id).await?.ok_or(SessionError::NotActive)?;
+        let session = match self.storage.session(id).await? {
+            Some(s) if s.active && s.expires_at > now_ms() => s,
+            // A session its organization's disable ended: the user hears that the
+            // organization is disabled, not "sign in" (which would be refused too).
+            Some(ended) => {
+                let state = OrgState::from_active(
+                    self.storage
+                        .organization_active(&ended.organization_id)
+                        .await?,
+                );
+                if state == OrgState::Active {
+                    return Err(SessionError::NotActive);
+                }
+                return Err(self
+                    .denied(
+                        &ended.organization_id,
+                        Operation::Refresh,
+                        state,
+                        Who::of(&ended),
+                        None,
+                    )
+                    .await);
+            }
+            None => return Err(SessionError::NotActive),
+        };
         self.guarded_organization(
             &session.organization_id,
             Operation::Refresh,
-            &session.username,
+            Who::of(&session),
         )
         .await?;
         let now = now_ms();
@@ -525,7 +628,8 @@ impl AccessSessions {
                         &session.organization_id,
                         Operation::Refresh,
                         OrgState::Disabled,
-                        &session.username,
+                        Who::of(&session),
+                        None,
                     )
                     .await);
             }

@@ -67,6 +67,18 @@ pub enum RadiusError {
     /// Every server's circuit breaker is open: nothing was sent; they are being probed.
     #[error("every RADIUS server is down (circuit breakers open)")]
     AllServersDown,
+    /// The caller withdrew the login before it went on to the next server (its organization
+    /// was disabled meanwhile): nothing more was sent.
+    #[error("the login was withdrawn before it went on to the next RADIUS server")]
+    Withdrawn,
+}
+
+/// Whether a login still stands before its next server ([`Radius::authenticate`]).
+pub type GoOn = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+
+/// A login that always goes on to the next server (one server, tests, the bench).
+pub fn always_go_on() -> GoOn {
+    Box::pin(std::future::ready(true))
 }
 
 /// One RADIUS server of an organization, resolved and ready to use.
@@ -464,7 +476,11 @@ impl Radius {
     /// one answers or `deadline` passes. Each server gets an equal share of the time left (at
     /// least one timeout), so a silent primary never eats the backup's time. A Reject or
     /// Challenge is final (no failover); silence moves on. When every breaker is open nothing is
-    /// sent and [`RadiusError::AllServersDown`] comes back at once.
+    /// sent and [`RadiusError::AllServersDown`] comes back at once. Before a request goes to a
+    /// server after the first, `go_on` is asked whether the login still stands (the
+    /// organization may have been disabled while the first server stayed silent): when it
+    /// says no, nothing more is sent and [`RadiusError::Withdrawn`] comes back.
+    #[allow(clippy::too_many_arguments)]
     pub async fn authenticate(
         &self,
         servers: &[ServerEndpoint],
@@ -473,6 +489,7 @@ impl Radius {
         password: &str,
         client_ip: IpAddr,
         deadline: Instant,
+        go_on: impl Fn() -> GoOn,
     ) -> Result<AuthOutcome, RadiusError> {
         if servers.is_empty() {
             return Err(RadiusError::NoServers);
@@ -490,6 +507,13 @@ impl Radius {
             }
             if k > 0 && self.health.is_open(server.auth_addr) {
                 continue; // opened by a concurrent login meanwhile
+            }
+            if k > 0 && !go_on().await {
+                return Err(RadiusError::Withdrawn);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
             }
             let remaining = deadline - now;
             let share = remaining / (candidates.len() - k) as u32;
