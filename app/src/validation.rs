@@ -59,7 +59,7 @@ pub fn validate_username(
 }
 
 /// Unicode bidirectional controls (they make text display other than it is: "Trojan Source").
-fn is_direction_mark(c: char) -> bool {
+pub fn is_direction_mark(c: char) -> bool {
     matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 

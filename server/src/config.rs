@@ -749,6 +749,19 @@ fn branding_is_default(b: &Branding) -> bool {
     *b == Branding::default()
 }
 
+/// What [`plain_text`] refuses, as an error message says it.
+const PLAIN: &str = "without control characters or invisible text-direction marks";
+
+/// Whether `text` is shown as it is written, wherever it goes (pages, the operator's terminal,
+/// logs, RADIUS attributes): no control characters (line breaks only where `lines`) and no
+/// bidirectional marks, which make text read other than it is. One rule for every name and
+/// text an organization is given.
+fn plain_text(text: &str, lines: bool) -> bool {
+    !text
+        .chars()
+        .any(|c| (c.is_control() && !(lines && c == '\n')) || app::validation::is_direction_mark(c))
+}
+
 impl OrganizationSettings {
     /// Checks what serde cannot (errors name `key`, e.g. `organizations[0]`): the id, the
     /// username pattern, durations, servers (at least one, names unique, secrets readable),
@@ -768,11 +781,11 @@ impl OrganizationSettings {
         }
         if self.name.trim().is_empty()
             || self.name.chars().count() > 200
-            || self.name.chars().any(char::is_control)
+            || !plain_text(&self.name, false)
         {
             return Err(config_error(
                 format!("{key}.name"),
-                "must be 1-200 characters without control characters",
+                format!("must be 1-200 characters {PLAIN}"),
             ));
         }
         if let Err(e) = regex::Regex::new(&self.username_pattern) {
@@ -781,10 +794,13 @@ impl OrganizationSettings {
                 format!("not a valid regular expression: {e}"),
             ));
         }
-        if self.nas_identifier.is_empty() || self.nas_identifier.len() > 253 {
+        if self.nas_identifier.is_empty()
+            || self.nas_identifier.len() > 253
+            || !plain_text(&self.nas_identifier, false)
+        {
             return Err(config_error(
                 format!("{key}.nas_identifier"),
-                "must be 1-253 bytes (a RADIUS attribute)",
+                format!("must be 1-253 bytes (a RADIUS attribute) {PLAIN}"),
             ));
         }
         const SECOND: Duration = Duration::from_secs(1);
@@ -816,10 +832,13 @@ impl OrganizationSettings {
         let mut names = std::collections::HashSet::new();
         for (j, server) in self.servers.iter().enumerate() {
             let server_key = format!("{key}.servers[{j}]");
-            if server.name.trim().is_empty() || server.name.len() > 63 {
+            if server.name.trim().is_empty()
+                || server.name.len() > 63
+                || !plain_text(&server.name, false)
+            {
                 return Err(config_error(
                     format!("{server_key}.name"),
-                    "must be 1-63 characters",
+                    format!("must be 1-63 characters {PLAIN}"),
                 ));
             }
             in_range(
@@ -928,11 +947,10 @@ impl Branding {
             ("contact", &self.contact, 200),
         ] {
             if let Some(text) = text {
-                if text.chars().count() > limit || text.chars().any(|c| c.is_control() && c != '\n')
-                {
+                if text.chars().count() > limit || !plain_text(text, true) {
                     return Err(config_error(
                         format!("{key}.{field}"),
-                        format!("must be at most {limit} characters without control characters"),
+                        format!("must be at most {limit} characters {PLAIN}"),
                     ));
                 }
             }
@@ -1749,6 +1767,48 @@ mod tests {
             .validate()
             .expect_err("too long");
         assert!(e.key.ends_with("nas_identifier"), "{e}");
+    }
+
+    #[test]
+    fn names_and_texts_refuse_control_characters_and_direction_marks() {
+        for (from, to, key) in [
+            (
+                "name = \"Acme\"",
+                "name = \"\u{202E}emcA\"",
+                "organizations[0].name",
+            ),
+            (
+                "name = \"Acme\"",
+                "name = \"Acme\"\nnas_identifier = \"a\\nb\"",
+                "organizations[0].nas_identifier",
+            ),
+            (
+                "name = \"primary\"",
+                "name = \"a\\u001b[31mRED\"",
+                "organizations[0].servers[0].name",
+            ),
+            (
+                "name = \"Acme\"",
+                "name = \"Acme\"\n[organizations.branding]\nhelp_text = \"x\u{2066}y\"",
+                "organizations[0].branding.help_text",
+            ),
+        ] {
+            let text = MINIMAL.replacen(from, to, 1);
+            let settings = Settings::from_toml(&text).expect("parses");
+            let e = settings.validate().expect_err(to);
+            assert_eq!(e.key, key, "{to}: {e}");
+            assert!(e.to_string().contains("text-direction"), "{e}");
+        }
+        // Line breaks stay allowed where a text has lines.
+        let text = MINIMAL.replacen(
+            "name = \"Acme\"",
+            "name = \"Acme\"\n[organizations.branding]\nhelp_text = \"one\\ntwo\"",
+            1,
+        );
+        Settings::from_toml(&text)
+            .expect("parses")
+            .validate()
+            .expect("a help text of two lines");
     }
 
     #[test]

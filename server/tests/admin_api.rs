@@ -98,6 +98,35 @@ async fn the_admin_api_follows_the_guard_and_never_shows_secrets() {
         .call(Method::PUT, "/organizations", Some(TOKEN), None)
         .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "with a token");
+    // Two Authorization headers are no credentials, whichever comes first.
+    for pair in [[TOKEN, "wrong"], ["wrong", TOKEN]] {
+        let response = admin
+            .http
+            .get(format!("{}/admin/api/v1/organizations", admin.base))
+            .header("authorization", format!("Bearer {}", pair[0]))
+            .header("authorization", format!("Bearer {}", pair[1]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{pair:?}");
+    }
+    // A key given twice is refused, not read as its last value: nothing changes.
+    let response = admin
+        .http
+        .patch(format!("{}/admin/api/v1/organizations/beta", admin.base))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(r#"{"is_active": true, "is_active": false}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("`is_active` is given twice"), "{text}");
+    assert_eq!(
+        admin.ok(Method::GET, "/organizations/beta", None).await["active"],
+        true
+    );
     // The API exists once, at its prefix: not under an organization's portal (an ingress
     // allow-list on /admin/api/v1 covers every way to it).
     for path in [

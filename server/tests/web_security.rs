@@ -535,6 +535,24 @@ async fn slow_clients_are_cut_off_and_connections_per_client_are_capped() {
         "{}",
         String::from_utf8_lossy(&answer)
     );
+    // The captive-portal API names the portal's URLs: without a Host (and no public_url) it
+    // has no host to name, and says so rather than inventing one.
+    let mut client = connect_from(Ipv4Addr::new(127, 0, 10, 4)).await;
+    client
+        .write_all(b"GET /captive-portal/api HTTP/1.0\r\nAccept: application/captive+json\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.0 400") || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("BadHost") && !answer.contains("localhost"),
+        "{answer}"
+    );
     app.stop().await;
 }
 

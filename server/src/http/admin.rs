@@ -89,9 +89,14 @@ async fn require_token(State(api): State<AdminApi>, mut request: Request, next: 
     if request.uri().path() == OPENAPI_PATH {
         return next.run(request).await;
     }
-    let supplied = request
-        .headers()
-        .get(header::AUTHORIZATION)
+    // One Authorization header: with two, a proxy that reads the other one would authorize
+    // a request this API attributes to someone else (two headers are no credentials).
+    let mut given = request.headers().get_all(header::AUTHORIZATION).iter();
+    let only = match (given.next(), given.next()) {
+        (Some(value), None) => Some(value),
+        _ => None,
+    };
+    let supplied = only
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().split_once(' '))
         // The scheme is case-insensitive (RFC 9110 §11.1).
@@ -213,16 +218,89 @@ impl<S: Send + Sync> FromRequest<S> for WriteBody {
     type Rejection = Response;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
-        let Json(body) = Json::<Value>::from_request(request, state).await.map_err(
-            |rejection: JsonRejection| {
+        let Json(StrictJson(body)) = Json::<StrictJson>::from_request(request, state)
+            .await
+            .map_err(|rejection: JsonRejection| {
                 let status = match rejection.status() {
                     StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
                     _ => StatusCode::BAD_REQUEST,
                 };
                 error(status, &format!("invalid body: {}", rejection.body_text()))
-            },
-        )?;
+            })?;
         Ok(WriteBody(body))
+    }
+}
+
+/// A JSON value whose objects name each key once: `{"is_active": true, "is_active": false}`
+/// means one thing to one parser (the last wins) and another to the next (a proxy or audit
+/// tool reading the first), so it is refused rather than guessed.
+struct StrictJson(Value);
+
+impl<'de> Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictJson)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("not a finite number"))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictJson(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key `{key}` is given twice"
+                )));
+            }
+            let StrictJson(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
     }
 }
 

@@ -68,10 +68,16 @@ pub async fn captive_state(
     let origin = match &api.public_url {
         Some(public) => public.origin(),
         None => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("localhost");
+            // An HTTP/1.0 request may come without Host: the URLs would have no host to name
+            // (the Host check let it through; only this API needs one).
+            let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+                return super::caller_error(
+                    &headers,
+                    StatusCode::BAD_REQUEST,
+                    "BadHost",
+                    "Bad request: the captive-portal API needs a Host header to name the portal's URLs (or set [http] public_url).",
+                );
+            };
             format!("{}://{host}", api.scheme)
         }
     };
