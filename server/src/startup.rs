@@ -351,9 +351,18 @@ impl Application {
                 })
             },
             {
-                let (radius, shutdown) = (self.radius.clone(), shutdown.clone());
+                let (radius, shutdown, organizations) = (
+                    self.radius.clone(),
+                    shutdown.clone(),
+                    self.organizations.clone(),
+                );
                 supervise::spawn(self.tasks.clone(), "radius-prober", move || {
-                    radius.clone().run_prober(shutdown.clone())
+                    let configured = organizations.clone();
+                    radius.clone().run_prober(
+                        move || configured.servers(),
+                        organizations.changes(),
+                        shutdown.clone(),
+                    )
                 })
             },
             {

@@ -1239,3 +1239,76 @@ async fn a_waiting_copy_goes_out_after_a_restart() {
     assert_eq!(field(&copy, "cause"), "User-Request");
     app.stop().await;
 }
+
+/// An operator who fixes a server's shared secret while its breakers are open (it was given a
+/// wrong one) sees it used again at once: it is probed with the new secret, not forever with
+/// the one that failed, and the Stop that waited for it arrives. The probe interval is a
+/// minute, so only the change itself can bring the server back within the test.
+#[tokio::test]
+async fn a_secret_fixed_while_the_server_is_down_is_probed_at_once_and_the_waiting_stop_arrives() {
+    use radius_portal::organizations::change::update_server;
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut server = radius.server_settings("primary", true);
+    server.timeout = Duration::from_millis(300);
+    server.retries = 0;
+    let mut settings = settings(&db, vec![server]);
+    settings.radius.breaker_failures = 2;
+    settings.radius.probe_interval = Duration::from_secs(60);
+    settings.organizations[0].login_timeout = Duration::from_secs(1);
+    let app = TestApp::spawn(&settings).await;
+    let (auth, acct) = (
+        radius.auth_addr(true),
+        SocketAddr::from(([127, 0, 0, 1], radius.acct_port)),
+    );
+    let session = app
+        .sessions
+        .login("acme", "carol", "carol-pass", IpAddr::V4(client(40)))
+        .await
+        .unwrap();
+    let sid = format!("sid={}", session.acct_session_id);
+    radius.wait_for_acct(&["status=Start", &sid]).await;
+
+    let set_secret = |secret: &'static str| {
+        update_server(
+            &app.storage,
+            &app.organizations,
+            "acme",
+            "primary",
+            serde_json::json!({ "secret": secret }),
+            "test",
+        )
+    };
+    set_secret("a-wrong-secret").await.unwrap();
+    // The server drops everything signed with the wrong secret: both breakers open.
+    assert!(app.sessions.disconnect(session.id).await.unwrap());
+    for n in 41..=42 {
+        let outcome = app
+            .sessions
+            .login("acme", "erin", "erin-pass", IpAddr::V4(client(n)))
+            .await;
+        assert!(outcome.is_err(), "{outcome:?}");
+    }
+    assert!(!app.radius.health().allows(auth), "auth breaker open");
+    wait_until(
+        "the Stop's failures to open the accounting breaker",
+        || async { !app.radius.health().allows(acct) },
+    )
+    .await;
+    assert!(!radius
+        .acct_lines()
+        .iter()
+        .any(|l| l.contains("status=Stop") && l.contains(&sid)));
+
+    set_secret(SECRET).await.unwrap();
+    wait_until("both breakers to close with the fixed secret", || async {
+        app.radius.health().allows(auth) && app.radius.health().allows(acct)
+    })
+    .await;
+    radius.wait_for_acct(&["status=Stop", &sid]).await;
+    app.sessions
+        .login("acme", "erin", "erin-pass", IpAddr::V4(client(43)))
+        .await
+        .unwrap();
+    app.stop().await;
+}

@@ -147,6 +147,8 @@ pub struct Organizations {
     default_id: RwLock<String>,
     /// Global revision the cache was last brought up to.
     revision: RwLock<i64>,
+    /// Counts the refreshes that changed something (the RADIUS prober follows the servers).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Organizations {
@@ -169,6 +171,7 @@ impl Organizations {
             by_id: RwLock::new(by_id),
             default_id: RwLock::new(default_id),
             revision: RwLock::new(0),
+            changes: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -178,6 +181,7 @@ impl Organizations {
             by_id: RwLock::default(),
             default_id: RwLock::default(),
             revision: RwLock::new(-1),
+            changes: tokio::sync::watch::Sender::new(0),
         };
         organizations.refresh(storage).await?;
         Ok(organizations)
@@ -250,7 +254,23 @@ impl Organizations {
             *self.default_id.write().unwrap_or_else(|p| p.into_inner()) = first.id.clone();
         }
         *self.revision.write().unwrap_or_else(|p| p.into_inner()) = revision;
+        if !changed.is_empty() {
+            self.changes.send_modify(|n| *n += 1);
+        }
         Ok(changed)
+    }
+
+    /// Tells when the cache changed (a receiver sees each change once; the value means nothing).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Every organization's RADIUS servers as cached now.
+    pub fn servers(&self) -> Vec<ServerEndpoint> {
+        self.all()
+            .iter()
+            .flat_map(|org| org.servers.iter().cloned())
+            .collect()
     }
 
     /// Looks an organization up.

@@ -203,6 +203,25 @@ impl Breaker {
         }
     }
 
+    /// The server's settings changed (its secret, its timeout): what failed says nothing about
+    /// the server as now configured. An open breaker (or one with a trial out, sent with the
+    /// old settings) may be probed at once, and its back-off starts over; a closed one is left
+    /// as it is. Returns whether a probe is due now.
+    pub fn reconfigured(&mut self, now: Instant) -> bool {
+        match self.state {
+            BreakerState::Open { since, .. } | BreakerState::Trial { since, .. } => {
+                self.backoff_level = 0;
+                self.closed_on_probation = false;
+                self.state = BreakerState::Open {
+                    since,
+                    next_probe: now,
+                };
+                true
+            }
+            BreakerState::Closed { .. } => false,
+        }
+    }
+
     /// When the next probe is due (None unless open).
     pub fn probe_due(&self) -> Option<Instant> {
         match self.state {

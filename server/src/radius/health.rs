@@ -199,6 +199,56 @@ impl ServerHealth {
         }
     }
 
+    /// The organizations' servers as they are configured now (after a change). An address no
+    /// server uses any more is forgotten: nothing probes it for good. A down address whose
+    /// server is now reached otherwise (another secret, timeout or check: the operator fixed
+    /// what made it fail) is probed at once with the new settings. Rows of accounting that
+    /// waited for a server are tried again (one may now go to its server's new address).
+    pub fn servers_changed(&self, servers: &[ServerEndpoint]) {
+        let mut configured: HashMap<SocketAddr, Vec<(&ServerEndpoint, Port)>> = HashMap::new();
+        for server in servers {
+            for port in [Port::Auth, Port::Acct] {
+                configured
+                    .entry(address(server, port))
+                    .or_default()
+                    .push((server, port));
+            }
+        }
+        let now = Instant::now();
+        let (mut forgotten, mut probe_now) = (0, false);
+        {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            entries.retain(|addr, _| {
+                let kept = configured.contains_key(addr);
+                forgotten += usize::from(!kept);
+                kept
+            });
+            for (addr, entry) in entries.iter_mut() {
+                let now_configured = &configured[addr];
+                let stale = entry.probe.as_ref().is_some_and(|(known, port)| {
+                    !now_configured
+                        .iter()
+                        .any(|(server, p)| p == port && *server == known)
+                });
+                if stale {
+                    let (server, port) = now_configured[0];
+                    entry.probe = Some((server.clone(), port));
+                    if entry.breaker.reconfigured(now) {
+                        probe_now = true;
+                        tracing::info!(server = %server.name, %addr,
+                            "RADIUS server's settings changed while it was down: probing it now with the new ones");
+                    }
+                }
+            }
+        }
+        if probe_now {
+            self.opened.notify_one();
+        }
+        if probe_now || forgotten > 0 {
+            self.recovered.notify_waiters();
+        }
+    }
+
     /// The time between probes of a server that is down (at the first back-off level).
     pub fn probe_interval(&self) -> Duration {
         self.policy.probe_interval
@@ -241,5 +291,61 @@ pub fn address(server: &ServerEndpoint, port: Port) -> SocketAddr {
     match port {
         Port::Auth => server.auth_addr,
         Port::Acct => server.acct_addr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{MessageAuthenticatorMode, Secret};
+
+    fn server(name: &str, acct_port: u16, secret: &str) -> ServerEndpoint {
+        ServerEndpoint {
+            name: name.into(),
+            auth_addr: SocketAddr::from(([127, 0, 0, 1], 1812)),
+            acct_addr: SocketAddr::from(([127, 0, 0, 1], acct_port)),
+            secret: Secret::new(secret),
+            timeout: Duration::from_millis(100),
+            retries: 0,
+            message_authenticator: MessageAuthenticatorMode::default(),
+            status_check: StatusCheck::default(),
+        }
+    }
+
+    fn health() -> ServerHealth {
+        ServerHealth::new(BreakerPolicy {
+            failure_threshold: 1,
+            probe_interval: Duration::from_secs(3600),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_changed_secret_is_probed_at_once_and_an_address_no_longer_used_is_forgotten() {
+        let health = health();
+        let wrong = server("primary", 1813, "wrong");
+        health.record_failure(&wrong, Port::Acct);
+        health.record_failure(&wrong, Port::Auth);
+        assert!(!health.allows(wrong.acct_addr));
+        // Nothing changed: nothing is probed before its interval.
+        health.servers_changed(std::slice::from_ref(&wrong));
+        assert!(health.take_due_probes().0.is_empty());
+
+        // The secret fixed: both ports are probed now, with the new secret.
+        let fixed = server("primary", 1813, "right");
+        health.servers_changed(std::slice::from_ref(&fixed));
+        let (due, _) = health.take_due_probes();
+        assert_eq!(due.len(), 2, "{due:?}");
+        assert!(due.iter().all(|(s, _)| *s == fixed), "{due:?}");
+
+        // Accounting moved to another port: the old address is forgotten (never probed
+        // again), the new one starts closed; the auth port, still used, stays open.
+        let moved = server("primary", 1823, "right");
+        health.servers_changed(std::slice::from_ref(&moved));
+        assert!(!health
+            .states()
+            .iter()
+            .any(|(addr, _)| *addr == wrong.acct_addr));
+        assert!(health.allows(moved.acct_addr));
+        assert!(!health.allows(moved.auth_addr));
     }
 }

@@ -82,7 +82,7 @@ pub fn always_go_on() -> GoOn {
 }
 
 /// One RADIUS server of an organization, resolved and ready to use.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerEndpoint {
     /// Operator-facing name ("primary", "ise-2").
     pub name: String,
@@ -643,7 +643,18 @@ impl Radius {
     /// Probes servers whose breakers are open, each once per probe interval, until `shutdown`.
     /// A verified answer (with Message-Authenticator where the server's mode requires it)
     /// closes the breaker.
-    pub async fn run_prober(self, shutdown: CancellationToken) {
+    ///
+    /// `configured` gives every organization's servers as they are now, and `changes` says
+    /// when they changed: a server whose secret or address the operator fixed is probed at
+    /// once with its new settings (not with the ones that failed), and an address no longer
+    /// configured is no longer probed.
+    pub async fn run_prober(
+        self,
+        configured: impl Fn() -> Vec<ServerEndpoint>,
+        mut changes: tokio::sync::watch::Receiver<u64>,
+        shutdown: CancellationToken,
+    ) {
+        self.health.servers_changed(&configured());
         loop {
             let (due, next) = self.health.take_due_probes();
             for (server, port) in due {
@@ -662,6 +673,7 @@ impl Radius {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.health.opened().notified() => {}
+                Ok(()) = changes.changed() => self.health.servers_changed(&configured()),
                 _ = tokio::time::sleep_until(sleep_until) => {}
             }
         }
