@@ -804,7 +804,7 @@ impl OrganizationSettings {
             ));
         }
         const SECOND: Duration = Duration::from_secs(1);
-        const YEAR: Duration = Duration::from_secs(366 * 24 * 3600);
+        const YEAR: Duration = crate::access_session::timing::LONGEST;
         for (field, value, low, high) in [
             ("default_window", Some(self.default_window), SECOND, YEAR),
             ("max_lifetime", self.max_lifetime, SECOND, YEAR),

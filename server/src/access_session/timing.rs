@@ -3,6 +3,9 @@
 //! window = Idle-Timeout, else the organization's default window;
 //! limit  = Session-Timeout, else the organization's max lifetime (none by default);
 //! if limit < window, window = limit. A session ends at min(last refresh + window, login + limit).
+//! A server's Idle-Timeout or Session-Timeout beyond [`LONGEST`] counts as that (the longest
+//! window or lifetime an organization may be given: 4294967295 s would be 136 years on the
+//! session page and in the captive-portal API).
 
 use app::dto::EndsBy;
 use std::time::Duration;
@@ -16,6 +19,9 @@ pub struct Terms {
     pub limit: Option<Duration>,
 }
 
+/// The longest window or limit a session has, as in the configuration's bounds (366 days).
+pub const LONGEST: Duration = Duration::from_secs(366 * 24 * 3600);
+
 impl Terms {
     /// Terms from an Accept's Idle-Timeout / Session-Timeout (seconds; 0 means absent) and the
     /// organization's defaults.
@@ -27,7 +33,7 @@ impl Terms {
     ) -> Terms {
         let secs = |v: Option<u32>| {
             v.filter(|s| *s > 0)
-                .map(|s| Duration::from_secs(u64::from(s)))
+                .map(|s| Duration::from_secs(u64::from(s)).min(LONGEST))
         };
         let window = secs(idle_timeout).unwrap_or(default_window);
         let limit = secs(session_timeout).or(max_lifetime);
@@ -131,6 +137,12 @@ mod tests {
 
     #[test]
     fn refresh_restarts_the_window_but_never_passes_the_limit() {
+        let huge = Terms::from_grant(Some(u32::MAX), Some(u32::MAX), H4, None);
+        assert_eq!(
+            huge.window, LONGEST,
+            "a server's 136 years count as the longest window"
+        );
+        assert_eq!(huge.limit, Some(LONGEST));
         let t = Terms::from_grant(Some(600), Some(1000), H4, None); // 10 min window, 1000 s limit
         let limit_at = t.limit_at(0);
         let first = expires_at(0, t.window_ms(), limit_at);
