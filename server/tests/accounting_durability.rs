@@ -378,3 +378,47 @@ async fn a_stop_queued_behind_a_start_in_flight_follows_its_acknowledgement() {
     .await;
     Arc::into_inner(app).unwrap().stop().await;
 }
+
+/// A delivery whose outcome cannot be written (the database away for longer than a write
+/// waits) leaves its row claimed. The live process gives that claim up as soon as the
+/// database answers again, so the Stop goes out then — not after the claim's two-minute lease,
+/// which only a dead sender should cost.
+#[tokio::test]
+async fn a_stop_whose_outcome_the_database_could_not_take_goes_out_once_it_answers_again() {
+    let mut radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut server = radius.server_settings("primary", true);
+    server.timeout = Duration::from_millis(300);
+    server.retries = 0;
+    let app = TestApp::spawn(&settings(&db, vec![server])).await;
+    let client = std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 7, 1));
+    let session = app
+        .sessions
+        .login("acme", "carol", "carol-pass", client)
+        .await
+        .unwrap();
+    let sid = format!("sid={}", session.acct_session_id);
+    radius.wait_for_acct(&["status=Start", &sid]).await;
+
+    // The server is down; the Stop is stored and sent, and while it waits for an answer
+    // another connection takes the database's write lock and keeps it: the delivery's
+    // outcome (not acknowledged, retry later) cannot be written.
+    radius.kill();
+    assert!(app.sessions.disconnect(session.id).await.unwrap());
+    let holder = rusqlite::Connection::open(&db).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    wait_until("the Stop's outcome to fail to be written", || async {
+        app.sessions.accounting().stranded_claims() > 0
+    })
+    .await;
+    holder.execute_batch("COMMIT").unwrap();
+    radius.restart().await;
+
+    // Well within the claim's lease (2 minutes) of the stranded delivery.
+    radius.wait_for_acct(&["status=Stop", &sid]).await;
+    wait_until("the claim to be given up", || async {
+        app.sessions.accounting().stranded_claims() == 0
+    })
+    .await;
+    app.stop().await;
+}

@@ -154,6 +154,11 @@ impl AccessSessions {
         }
     }
 
+    /// The accounting deliveries these sessions' packets go through.
+    pub fn accounting(&self) -> &Accounting {
+        &self.accounting
+    }
+
     /// The change notices (the live session page subscribes).
     pub fn events(&self) -> &SessionEvents {
         &self.events

@@ -121,7 +121,15 @@ pub struct Accounting {
     /// which cannot send that row before the one ahead is acknowledged, is woken when the
     /// delivery ends instead of sleeping until its next timer.
     inline: Arc<Mutex<Inline>>,
+    /// Rows this process holds the claim of whose delivery ended in a database error (the
+    /// database away: its outcome could not be written). The loop gives each claim up as soon
+    /// as the database answers, so the row is tried again at once rather than after the
+    /// claim's lease (2 minutes) — a Stop must not wait for a lease its own live sender holds.
+    stranded: Arc<Mutex<HashMap<i64, OutboxRow>>>,
 }
+
+/// Stranded claims remembered at most; beyond, a claim runs out with its lease.
+const STRANDED_MAX: usize = 65_536;
 
 #[derive(Default)]
 struct Inline {
@@ -291,7 +299,25 @@ impl Accounting {
             claimed: tokio_util::task::TaskTracker::new(),
             moved: Arc::default(),
             inline: Arc::default(),
+            stranded: Arc::default(),
         }
+    }
+
+    /// How many claims left by a database error are still to be given up (tests, diagnosis).
+    pub fn stranded_claims(&self) -> usize {
+        self.stranded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Whether a claim is left to give up ([`Self::release_stranded`]).
+    fn stranded_any(&self) -> bool {
+        !self
+            .stranded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 
     /// Asks the delivery loop to look at the outbox now.
@@ -561,7 +587,63 @@ impl Accounting {
         Ok(guard::allows(Operation::AccountingStart, state))
     }
 
+    /// Delivers a claimed row ([`Self::deliver_once`]); a claim left held by a database error
+    /// is given up as soon as the database answers again ([`Self::release_stranded`]).
     async fn deliver(
+        &self,
+        row: OutboxRow,
+        deadline: Option<Instant>,
+        known: Option<AccessSessionRecord>,
+        org_checked: bool,
+    ) -> Result<Delivery, OutboxError> {
+        let claim = row.clone();
+        let outcome = self.deliver_once(row, deadline, known, org_checked).await;
+        if outcome.is_err() {
+            let mut stranded = self.stranded.lock().unwrap_or_else(|p| p.into_inner());
+            if stranded.len() < STRANDED_MAX {
+                stranded.insert(claim.id, claim);
+            }
+            drop(stranded);
+            self.wake();
+        }
+        outcome
+    }
+
+    /// Gives up the claims whose deliveries ended in a database error: each row is due again
+    /// at once (its claim ends now), unless another sender has taken it or it is settled.
+    /// A claim that cannot be given up yet (the database still away) is kept for the next
+    /// call. Returns how many are left.
+    async fn release_stranded(&self) -> usize {
+        let rows: Vec<OutboxRow> = self
+            .stranded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for row in rows {
+            // A lease that ended a moment ago: claimable now by this loop or any replica's.
+            match self.storage.renew_claim(&row, now_ms() - 1).await {
+                Ok(released) => {
+                    if released {
+                        tracing::info!(row = row.id, status_type = row.status_type,
+                            "the database answers again: accounting left by its error is tried again now");
+                    }
+                    self.stranded
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&row.id);
+                }
+                Err(_) => break,
+            }
+        }
+        self.stranded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    async fn deliver_once(
         &self,
         row: OutboxRow,
         deadline: Option<Instant>,
@@ -1056,6 +1138,11 @@ impl Accounting {
                     _ => {}
                 }
             }
+            let stranded = if self.stranded_any() {
+                self.release_stranded().await
+            } else {
+                0
+            };
             let capacity = MAX_IN_FLIGHT.saturating_sub(in_flight.len());
             let mut claimed_all = false;
             if capacity > 0 {
@@ -1090,7 +1177,11 @@ impl Accounting {
             if claimed_all {
                 continue;
             }
-            let longest = MAX_SLEEP.min(self.storage.longest_sleep());
+            let mut longest = MAX_SLEEP.min(self.storage.longest_sleep());
+            if stranded > 0 {
+                // Claims to give up once the database answers: look again in a second.
+                longest = longest.min(Duration::from_secs(1));
+            }
             let sleep = if capacity == 0 {
                 MAX_SLEEP // full: the next finished delivery wakes the loop
             } else {
