@@ -276,7 +276,7 @@ impl PortalBackend {
     ) -> Result<Option<i64>, PortalError> {
         web.get::<i64>(&access_session_key(org))
             .await
-            .map_err(|e| internal("reading the web session", &e))
+            .map_err(|e| web_session_failed("reading the web session", &e))
     }
 
     /// The running access session a web session is linked to in organization `org`, if any.
@@ -315,7 +315,7 @@ impl PortalBackend {
         let stored = web
             .get::<String>(FORM_TOKEN_KEY)
             .await
-            .map_err(|e| internal("reading the web session", &e))?;
+            .map_err(|e| web_session_failed("reading the web session", &e))?;
         // Once the browser has a web session, only its token counts (rotated at login).
         let expected = stored.or_else(|| {
             request
@@ -420,7 +420,7 @@ impl PortalBackend {
                 // Not ended if this fails: the first answer linked it already.
                 link_to_end(&self.sessions, saved, &web, &org_id, &session)
                     .await
-                    .map_err(|e| internal("storing the web session", &e))?;
+                    .map_err(|e| web_session_failed("storing the web session", &e))?;
                 return Ok(Prepared::Answered(Ok(self.view(&session))));
             }
         }
@@ -599,6 +599,20 @@ fn client_ip(request: &Parts) -> Result<std::net::IpAddr, PortalError> {
         .get::<ClientIp>()
         .map(|c| c.0)
         .ok_or(PortalError::AddressUnknown)
+}
+
+/// A web session that could not be read or stored: the database away is [`PortalError::Unavailable`]
+/// (503: nothing was done, retry), anything else a fault.
+fn web_session_failed(context: &str, error: &tower_sessions::session::Error) -> PortalError {
+    if crate::storage::web_sessions::is_unavailable(error) {
+        static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+        if let Some(left_out) = LOG.admit() {
+            tracing::warn!(error = %error_chain(error), similar_left_out = left_out,
+                "{context} failed: the database is unavailable");
+        }
+        return PortalError::Unavailable;
+    }
+    internal(context, error)
 }
 
 fn internal(context: &str, error: &dyn std::error::Error) -> PortalError {
@@ -780,7 +794,7 @@ impl PortalService for PortalBackend {
         if let Some(token) = web
             .get::<String>(FORM_TOKEN_KEY)
             .await
-            .map_err(|e| internal("reading the web session", &e))?
+            .map_err(|e| web_session_failed("reading the web session", &e))?
         {
             return Ok(token);
         }
@@ -871,7 +885,7 @@ impl PortalService for PortalBackend {
             // the access session it controls (reads alone do not write it).
             keep_link_for(&web, session.window_ms)
                 .await
-                .map_err(|e| internal("reading the web session", &e))?;
+                .map_err(|e| web_session_failed("reading the web session", &e))?;
             Ok(self.view(&session))
         }
         .await;

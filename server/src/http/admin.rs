@@ -168,8 +168,39 @@ pub fn routes(api: AdminApi) -> Router {
         .with_state(api)
 }
 
-fn internal(e: impl std::fmt::Display) -> Response {
-    tracing::error!(error = %e, "admin API request failed");
+/// Whether `e` — one of the errors the handlers meet — says the database is away (a restart,
+/// a full disk) rather than that something is broken.
+fn database_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
+    use crate::{
+        access_session::SessionError,
+        organizations::{change::ChangeError, OrganizationError},
+        storage::StorageError,
+    };
+    let of_organizations =
+        |o: &OrganizationError| matches!(o, OrganizationError::Storage(s) if s.is_unavailable());
+    if let Some(s) = e.downcast_ref::<StorageError>() {
+        return s.is_unavailable();
+    }
+    if let Some(o) = e.downcast_ref::<OrganizationError>() {
+        return of_organizations(o);
+    }
+    if let Some(ChangeError::Internal(o)) = e.downcast_ref::<ChangeError>() {
+        return of_organizations(o);
+    }
+    matches!(e.downcast_ref::<SessionError>(), Some(SessionError::Storage(s)) if s.is_unavailable())
+}
+
+/// A request that failed on our side: 503 while the database is away (nothing was done:
+/// retry), else 500.
+fn internal(e: impl std::error::Error + 'static) -> Response {
+    if database_unavailable(&e) {
+        tracing::warn!(error = %crate::portal_backend::error_chain(&e), "admin API request failed: the database is unavailable");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database is unavailable: nothing was done; retry",
+        );
+    }
+    tracing::error!(error = %crate::portal_backend::error_chain(&e), "admin API request failed");
     error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
 }
 
@@ -391,7 +422,7 @@ fn refused(e: ChangeError) -> Response {
         ChangeError::Invalid(_) => StatusCode::BAD_REQUEST,
         ChangeError::Forbidden(_) => StatusCode::FORBIDDEN,
         ChangeError::Conflict(_) => StatusCode::CONFLICT,
-        ChangeError::Internal(e) => return internal(e),
+        ChangeError::Internal(_) => return internal(e),
     };
     error(status, &e.to_string())
 }
@@ -642,4 +673,42 @@ async fn openapi() -> Response {
         include_str!("admin_openapi.json"),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        access_session::SessionError,
+        organizations::{change::ChangeError, OrganizationError},
+        storage::StorageError,
+    };
+
+    #[test]
+    fn a_database_away_is_503_and_a_fault_500_however_it_is_wrapped() {
+        let away = || StorageError::Database(sqlx::Error::PoolTimedOut);
+        let broken = || StorageError::Corrupt("no".into());
+        for (answer, status) in [
+            (internal(away()), StatusCode::SERVICE_UNAVAILABLE),
+            (
+                internal(OrganizationError::Storage(away())),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                refused(ChangeError::Internal(OrganizationError::Storage(away()))),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                internal(SessionError::Storage(away())),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (internal(broken()), StatusCode::INTERNAL_SERVER_ERROR),
+            (
+                refused(ChangeError::Internal(OrganizationError::Storage(broken()))),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ] {
+            assert_eq!(answer.status(), status);
+        }
+    }
 }

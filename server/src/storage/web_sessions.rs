@@ -112,8 +112,22 @@ impl Storage {
     }
 }
 
+/// How a store error begins when the database is away (a restart, a full disk), not faulty.
+const UNAVAILABLE: &str = "the database is unavailable";
+
 fn backend(e: impl Into<StorageError>) -> session_store::Error {
-    session_store::Error::Backend(e.into().to_string())
+    let e = e.into();
+    if e.is_unavailable() {
+        session_store::Error::Backend(format!("{UNAVAILABLE}: {e}"))
+    } else {
+        session_store::Error::Backend(e.to_string())
+    }
+}
+
+/// Whether a web-session error says the database is away (the request may be retried: 503)
+/// rather than that something is broken.
+pub fn is_unavailable(error: &tower_sessions::session::Error) -> bool {
+    matches!(error, tower_sessions::session::Error::Store(session_store::Error::Backend(m)) if m.starts_with(UNAVAILABLE))
 }
 
 fn decode(data: Option<Vec<u8>>) -> session_store::Result<Option<Record>> {
@@ -292,5 +306,27 @@ impl SessionStore for WebSessionStore {
                 .map(|_| ())
                 .map_err(backend),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_away_is_told_from_a_fault() {
+        let away = tower_sessions::session::Error::Store(backend(StorageError::Database(
+            sqlx::Error::PoolTimedOut,
+        )));
+        assert!(is_unavailable(&away), "{away}");
+        let broken = tower_sessions::session::Error::Store(backend(StorageError::Corrupt(
+            "a record that cannot be read".into(),
+        )));
+        assert!(!is_unavailable(&broken), "{broken}");
+        // The store's own words cannot pass for it.
+        let decode = tower_sessions::session::Error::Store(session_store::Error::Decode(format!(
+            "{UNAVAILABLE}: not really"
+        )));
+        assert!(!is_unavailable(&decode));
     }
 }
