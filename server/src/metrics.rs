@@ -32,6 +32,7 @@ struct Inner {
     dead_letters: IntGauge,
     breaker: IntGaugeVec,
     tasks_down: IntGauge,
+    database_up: IntGauge,
     database_commits: IntCounterVec,
     database_writes: IntCounter,
     dynauth_requests: IntCounterVec,
@@ -42,6 +43,9 @@ struct Inner {
 /// State read at scrape time.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// The database could not be read for this scrape: the gauges read from it keep their
+    /// last values and `portal_database_up` is 0 (everything else is still served).
+    pub database_unreadable: bool,
     /// Active sessions per organization id.
     pub active_sessions: Vec<(String, i64)>,
     /// Undelivered accounting rows.
@@ -229,6 +233,11 @@ impl Metrics {
             "portal_background_tasks_down",
             "Background tasks restarting after a failure",
         );
+        let database_up = int_gauge(
+            &r,
+            "portal_database_up",
+            "1 when the database answered this scrape's reads; 0 when it could not be read (its gauges then keep their last values)",
+        );
         let database_commits = counter(
             &r,
             "portal_database_commits_total",
@@ -263,6 +272,7 @@ impl Metrics {
             dead_letters,
             breaker,
             tasks_down,
+            database_up,
             database_commits,
             database_writes,
             dynauth_requests,
@@ -332,18 +342,23 @@ impl Metrics {
         let inner = &self.0;
         // Two scrapes at once must not interleave one's reset with the other's gather.
         let _one_at_a_time = inner.render_lock.lock().unwrap_or_else(|p| p.into_inner());
-        inner.active_sessions.reset();
-        for (organization, count) in &snapshot.active_sessions {
-            inner
-                .active_sessions
-                .with_label_values(&[organization])
-                .set(*count);
-        }
-        inner.outbox_backlog.set(snapshot.outbox_backlog);
         inner
-            .outbox_oldest
-            .set(snapshot.outbox_oldest.as_secs_f64());
-        inner.dead_letters.set(snapshot.dead_letters);
+            .database_up
+            .set(i64::from(!snapshot.database_unreadable));
+        if !snapshot.database_unreadable {
+            inner.active_sessions.reset();
+            for (organization, count) in &snapshot.active_sessions {
+                inner
+                    .active_sessions
+                    .with_label_values(&[organization])
+                    .set(*count);
+            }
+            inner.outbox_backlog.set(snapshot.outbox_backlog);
+            inner
+                .outbox_oldest
+                .set(snapshot.outbox_oldest.as_secs_f64());
+            inner.dead_letters.set(snapshot.dead_letters);
+        }
         inner.breaker.reset();
         for (address, state) in &snapshot.breakers {
             inner.breaker.with_label_values(&[address]).set(*state);
@@ -414,6 +429,7 @@ mod tests {
         );
         m.expired(Duration::from_millis(20));
         let text = m.render(&Snapshot {
+            database_unreadable: false,
             active_sessions: vec![("acme".into(), 3)],
             outbox_backlog: 2,
             outbox_oldest: Duration::from_secs(7),
@@ -450,6 +466,20 @@ mod tests {
             "portal_dynauth_requests_total{outcome=\"ack\"} 3",
             "portal_dynauth_requests_total{outcome=\"dropped\"} 4",
             "portal_dynauth_requests_total{outcome=\"duplicate\"} 0",
+            "portal_database_up 1",
+        ] {
+            assert!(text.contains(expected), "{expected} missing in:\n{text}");
+        }
+        // The database unreadable: the rest is served, its gauges keep their last values.
+        let text = m.render(&Snapshot {
+            database_unreadable: true,
+            ..Snapshot::default()
+        });
+        for expected in [
+            "portal_database_up 0",
+            "portal_active_sessions{organization=\"acme\"} 3",
+            "portal_accounting_backlog 2",
+            "portal_logins_total{organization=\"acme\",outcome=\"accepted\"} 1",
         ] {
             assert!(text.contains(expected), "{expected} missing in:\n{text}");
         }

@@ -577,15 +577,20 @@ async fn serve_metrics(
     axum::extract::State(scrape): axum::extract::State<MetricsScrape>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    // The database away (a PostgreSQL restart) is when the other metrics matter most: they
+    // are still served, with `portal_database_up` 0.
     let mut snapshot = match scrape.storage.metrics_snapshot(now_ms()).await {
         Ok(snapshot) => snapshot,
         Err(e) => {
-            tracing::error!(error = %crate::portal_backend::error_chain(&e), "metrics: the database cannot be read");
-            return (
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "database unavailable\n",
-            )
-                .into_response();
+            static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+            if let Some(left_out) = LOG.admit() {
+                tracing::warn!(error = %crate::portal_backend::error_chain(&e), similar_left_out = left_out,
+                    "metrics: the database cannot be read; its gauges keep their last values");
+            }
+            crate::metrics::Snapshot {
+                database_unreadable: true,
+                ..Default::default()
+            }
         }
     };
     use crate::radius::breaker::BreakerState;
@@ -608,10 +613,11 @@ async fn serve_metrics(
     // Every configured organization and server has its series, at 0 while nothing happened:
     // an alert on "= 0" or on `absent()` sees them from the start, not after a first event.
     for organization in scrape.organizations.all() {
-        if !snapshot
-            .active_sessions
-            .iter()
-            .any(|(id, _)| *id == organization.id)
+        if !snapshot.database_unreadable
+            && !snapshot
+                .active_sessions
+                .iter()
+                .any(|(id, _)| *id == organization.id)
         {
             snapshot.active_sessions.push((organization.id.clone(), 0));
         }
