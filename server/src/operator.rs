@@ -303,8 +303,15 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                 .queue_session_termination(s.id, &actor(), crate::access_session::now_ms())
                 .await?
             {
+                let by = match &settings.database.url {
+                    Some(_) => "by a running portal replica (or the next one to start)",
+                    None if crate::startup::sqlite_portal_running(&settings.database.path) => {
+                        "by the running portal"
+                    }
+                    None => "when the portal next starts (none runs on this database now: the session stays open until then)",
+                };
                 say!(
-                    "session {} ({}, {}) will be stopped by the running portal (Admin-Reset)",
+                    "session {} ({}, {}) will be stopped {by} (Accounting-Stop, Admin-Reset)",
                     s.id,
                     s.username,
                     s.organization_id

@@ -69,6 +69,32 @@ pub struct Application {
 /// restart), or a process being started that briefly holds a copy of the lock's descriptor.
 const SQLITE_OWNER_WAIT: Duration = Duration::from_secs(5);
 
+/// The lock file beside a SQLite database that its serving portal holds.
+fn sqlite_lock_path(path: &std::path::Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    std::path::PathBuf::from(name)
+}
+
+/// Whether a portal serves the SQLite database at `path` now (it holds the database's lock):
+/// what an operator command queues is then carried out at once, else at the next start.
+pub fn sqlite_portal_running(path: &std::path::Path) -> bool {
+    let Ok(file) = std::fs::OpenOptions::new()
+        .write(true)
+        .open(sqlite_lock_path(path))
+    else {
+        return false; // never served
+    };
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = file.unlock();
+            false
+        }
+        Err(std::fs::TryLockError::WouldBlock) => true,
+        Err(std::fs::TryLockError::Error(_)) => false,
+    }
+}
+
 /// Takes the SQLite database for this portal process, or says which one has it: releasing a
 /// previous run's claims at start-up, the expiry and accounting loops and the web sessions kept
 /// in memory all assume one portal per file (PostgreSQL is for several). An advisory lock on
@@ -80,9 +106,7 @@ async fn own_sqlite_database(path: &std::path::Path) -> anyhow::Result<std::fs::
         std::fs::create_dir_all(dir)
             .with_context(|| format!("while creating the directory {}", dir.display()))?;
     }
-    let mut name = path.as_os_str().to_owned();
-    name.push(".lock");
-    let lock = std::path::PathBuf::from(name);
+    let lock = sqlite_lock_path(path);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -725,6 +749,18 @@ mod tests {
             secret: Some(Secret::new("s")),
             secret_file: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_portal_serving_a_sqlite_database_is_seen_by_its_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("portal.db");
+        assert!(!sqlite_portal_running(&db), "never served");
+        let held = own_sqlite_database(&db).await.unwrap();
+        assert!(sqlite_portal_running(&db));
+        assert!(sqlite_portal_running(&db), "looking does not take it");
+        drop(held);
+        assert!(!sqlite_portal_running(&db), "its portal has ended");
     }
 
     #[test]

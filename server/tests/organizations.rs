@@ -650,6 +650,10 @@ timeout = "500ms"
     );
     let terminate = portal(&config, &["session", "terminate", &again.id.to_string()]).await;
     assert!(terminate.status.success(), "{terminate:?}");
+    assert!(
+        String::from_utf8_lossy(&terminate.stdout).contains("stopped by the running portal"),
+        "{terminate:?}"
+    );
     let stop = radius
         .wait_for_acct(&["status=Stop", &format!("sid={}", again.acct_session_id)])
         .await;
