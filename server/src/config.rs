@@ -414,8 +414,10 @@ impl DatabaseSettings {
     }
 }
 
-/// Names among `names` that look like a setting's override (`PORTAL_` and a section the
-/// configuration has) but are none: a typo that would otherwise be ignored in silence.
+/// Names among `names` that look like one of the portal's variables but are none — `PORTAL_`
+/// and a section the configuration has, or a letter or two away from a variable it reads
+/// (`PORTAL_DATABSE_URL`, `PORTAL_CONFG`): a typo that would otherwise be ignored in silence (a
+/// misspelt `PORTAL_DATABASE_URL` leaves a replica on a SQLite file of its own).
 fn unknown_overrides(names: impl Iterator<Item = std::ffi::OsString>) -> Vec<String> {
     const SECTIONS: [&str; 4] = [
         "PORTAL_HTTP_",
@@ -423,13 +425,40 @@ fn unknown_overrides(names: impl Iterator<Item = std::ffi::OsString>) -> Vec<Str
         "PORTAL_LOG_",
         "PORTAL_METRICS_",
     ];
+    let known = || {
+        Settings::ENV_OVERRIDES
+            .iter()
+            .copied()
+            .chain(["PORTAL_CONFIG"])
+    };
     let mut unknown: Vec<String> = names
         .filter_map(|name| name.into_string().ok())
-        .filter(|name| SECTIONS.iter().any(|section| name.starts_with(section)))
-        .filter(|name| !Settings::ENV_OVERRIDES.contains(&name.as_str()))
+        .filter(|name| !known().any(|k| k == name))
+        .filter(|name| {
+            SECTIONS.iter().any(|section| name.starts_with(section))
+                || (name.starts_with("PORTAL_") && known().any(|k| edit_distance(name, k) <= 2))
+        })
         .collect();
     unknown.sort();
     unknown
+}
+
+/// Letters to insert, delete or replace to make `a` into `b` (Levenshtein).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != *cb))
+                .min(above + 1)
+                .min(row[j] + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// A database URL with its password (in the user part or a `password=` parameter) replaced by
@@ -1648,12 +1677,27 @@ mod tests {
             "PORTAL_BIN",
             "PATH",
             "PORTAL_LOG_LEVEL",
+            "PORTAL_DATABSE_URL",
+            "PORTAL_CONFG",
+            "PORTAL_CONFIG",
+            "PORTAL_LEPTOS_CONFG",
+            "PORTAL_TEST_PASSWORD",
+            "PORTAL_URL",
         ]
         .map(std::ffi::OsString::from);
         assert_eq!(
             unknown_overrides(names.into_iter()),
-            ["PORTAL_HTTP_LISTN", "PORTAL_LOG_LEVEL"]
+            [
+                "PORTAL_CONFG",
+                "PORTAL_DATABSE_URL",
+                "PORTAL_HTTP_LISTN",
+                "PORTAL_LEPTOS_CONFG",
+                "PORTAL_LOG_LEVEL"
+            ]
         );
+        assert_eq!(edit_distance("PORTAL_CONFG", "PORTAL_CONFIG"), 1);
+        assert_eq!(edit_distance("ab", "ba"), 2);
+        assert_eq!(edit_distance("", "abc"), 3);
     }
 
     #[test]
