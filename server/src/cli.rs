@@ -687,6 +687,15 @@ pub fn effective_configuration(settings: &Settings) -> anyhow::Result<String> {
     }
     let mut value = toml::Value::try_from(settings).context("while writing the configuration")?;
     redact(&mut value);
+    // With a PostgreSQL URL the SQLite path is not used: not shown as if it were.
+    if settings.database.url.is_some() {
+        if let Some(database) = value
+            .get_mut("database")
+            .and_then(toml::Value::as_table_mut)
+        {
+            database.remove("path");
+        }
+    }
     let http = &settings.http;
     let yes = |b: bool| if b { "yes" } else { "no" };
     Ok(format!(

@@ -196,6 +196,23 @@ fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout), stdout);
+    assert!(stdout.contains("path = \"data/portal.db\""), "{stdout}");
+    // With a PostgreSQL URL, its password is redacted and the SQLite path, not used, not shown.
+    let output = portal(&["--config", good.to_str().unwrap(), "check-config"])
+        .env(
+            "PORTAL_DATABASE_URL",
+            "postgres://portal:db-password@127.0.0.1/portal",
+        )
+        .output()
+        .unwrap();
+    let on_postgres = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{on_postgres}");
+    assert!(
+        on_postgres.contains("postgres://portal:[redacted]@127.0.0.1/portal")
+            && !on_postgres.contains("db-password")
+            && !on_postgres.contains("path = "),
+        "{on_postgres}"
+    );
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(
