@@ -679,25 +679,41 @@ struct NoticeListeners {
 impl NoticeListeners {
     async fn run(self, shutdown: CancellationToken) {
         use crate::storage::Notice;
+        let mut lost = false;
         loop {
             match self.storage.listen().await {
                 Ok(None) => return,
-                Ok(Some(mut listener)) => loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        notice = listener.recv() => match notice {
-                            Ok(Notice::Session(id)) => self.events.publish(id),
-                            Ok(Notice::Organizations) => self.worker.wake(),
-                            Ok(Notice::Accounting) => self.accounting.wake(),
-                            Err(e) => {
-                                tracing::error!(error = %e, "listening for other replicas' changes failed; reconnecting");
-                                break;
-                            }
-                        },
+                Ok(Some(mut listener)) => {
+                    if lost {
+                        // What other replicas announced meanwhile was not heard: the cache
+                        // and the outbox are looked at now rather than at their next timers.
+                        tracing::info!("listening for other replicas' changes again");
+                        self.worker.wake();
+                        self.accounting.wake();
                     }
-                },
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            notice = listener.recv() => match notice {
+                                Ok(Notice::Session(id)) => self.events.publish(id),
+                                Ok(Notice::Organizations) => self.worker.wake(),
+                                Ok(Notice::Accounting) => self.accounting.wake(),
+                                Err(e) => {
+                                    tracing::error!(error = %crate::portal_backend::error_chain(&e),
+                                        "listening for other replicas' changes failed; reconnecting");
+                                    lost = true;
+                                    break;
+                                }
+                            },
+                        }
+                    }
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for other replicas' changes; retrying")
+                    if !lost {
+                        tracing::error!(error = %crate::portal_backend::error_chain(&e),
+                            "cannot listen for other replicas' changes; retrying every second");
+                    }
+                    lost = true;
                 }
             }
             tokio::select! {
