@@ -71,17 +71,24 @@ pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
     // screen reader user otherwise hears nothing of it); a refresh elsewhere is not this one.
     let refreshed = RwSignal::new(None::<i64>);
     let remaining_secs = move || ((deadline.get() - now.get()).max(0.0) / 1000.0).ceil() as u64;
-    let apply = move |status: PanelStatus| match status {
-        PanelStatus::Active(view) => {
-            // The clock's last tick may be a quarter second old: count from now.
-            let at = monotonic_ms();
-            now.set(at);
-            deadline.set(at + view.remaining_ms as f64);
-            state.set(view);
-            ended.set(None);
+    let apply = move |status: PanelStatus| {
+        // An answer came: "the portal could not be reached" no longer holds (the stream may
+        // come back before any request of the page's own does).
+        if error.with_untracked(|e| e.as_deref() == Some(crate::error::UNREACHABLE)) {
+            error.set(None);
         }
-        PanelStatus::Ended(reason) => ended.set(Some(reason)),
-        PanelStatus::NoSession => ended.set(Some(EndReason::Disconnected)),
+        match status {
+            PanelStatus::Active(view) => {
+                // The clock's last tick may be a quarter second old: count from now.
+                let at = monotonic_ms();
+                now.set(at);
+                deadline.set(at + view.remaining_ms as f64);
+                state.set(view);
+                ended.set(None);
+            }
+            PanelStatus::Ended(reason) => ended.set(Some(reason)),
+            PanelStatus::NoSession => ended.set(Some(EndReason::Disconnected)),
+        }
     };
     // Back online: an error from while it was not (the portal could not be reached) is stale;
     // the re-sync that follows shows how things stand.
@@ -91,6 +98,7 @@ pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
     live::follow(
         state.get_untracked().base,
         apply,
+        error,
         now,
         remaining_secs,
         ended,
@@ -126,9 +134,13 @@ pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
                 if refresh || result.is_err() {
                     busy.set(false);
                 }
-                if result.is_err() {
-                    // Refused (e.g. the session ended meanwhile): ask how things stand.
-                    live::resync(state.get_untracked().base, apply);
+                // Refused (e.g. the session ended meanwhile): ask how things stand. Not
+                // reached: the next answer from the portal (the stream, a poll) clears it.
+                if result
+                    .as_ref()
+                    .is_err_and(|e| e != crate::error::UNREACHABLE)
+                {
+                    live::resync(state.get_untracked().base, apply, error);
                 }
                 error.set(result.err());
             });
@@ -287,14 +299,19 @@ mod live {
     use wasm_bindgen::{closure::Closure, JsCast};
     use web_sys::{EventSource, MessageEvent};
 
-    /// Asks the server how the session stands and applies the answer.
-    pub fn resync(base: String, apply: impl Fn(PanelStatus) + 'static) {
+    /// Asks the server how the session stands and applies the answer; a portal that cannot be
+    /// reached is said (the countdown alone would go on as if all were well).
+    pub fn resync(
+        base: String,
+        apply: impl Fn(PanelStatus) + 'static,
+        error: RwSignal<Option<String>>,
+    ) {
         leptos::task::spawn_local(async move {
             let path = format!("{base}{}", <GetSessionStatus as ServerFn>::PATH);
-            if let Ok(status) =
-                crate::islands::fetch::call::<PanelStatus>(&path, String::new()).await
-            {
-                apply(status);
+            match crate::islands::fetch::call::<PanelStatus>(&path, String::new()).await {
+                Ok(status) => apply(status),
+                Err(e) if e == crate::error::UNREACHABLE => error.set(Some(e)),
+                Err(_) => {}
             }
         });
     }
@@ -303,6 +320,7 @@ mod live {
     pub fn follow(
         base: String,
         apply: impl Fn(PanelStatus) + Copy + 'static,
+        error: RwSignal<Option<String>>,
         now: RwSignal<f64>,
         remaining_secs: impl Fn() -> u64 + Copy + 'static,
         ended: RwSignal<Option<EndReason>>,
@@ -368,7 +386,7 @@ mod live {
                 let polling = closed && ended.get_untracked().is_none() && !document().hidden();
                 if (due || polling) && t - last_check.get_value() >= every {
                     last_check.set_value(t);
-                    resync(base_for_ticks.get_value(), apply);
+                    resync(base_for_ticks.get_value(), apply, error);
                 }
             },
             Duration::from_millis(250),
@@ -390,13 +408,14 @@ mod live {
                     if ended.get_untracked().is_none() && stream.with_value(Option::is_none) {
                         open();
                     }
-                    resync(base.clone(), apply);
+                    resync(base.clone(), apply, error);
                 }
             }
         });
         for event in ["online", "pageshow", "focus"] {
             let base = base.clone();
-            let _ = window_event_listener_untyped(event, move |_| resync(base.clone(), apply));
+            let _ =
+                window_event_listener_untyped(event, move |_| resync(base.clone(), apply, error));
         }
     }
 }
