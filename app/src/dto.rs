@@ -141,6 +141,9 @@ deserialize_by_name!(EndReason: Expired, LimitReached, Disconnected, EndedByOper
 pub enum Notice {
     /// The visitor pressed Disconnect: the session ended and network access with it.
     Disconnected,
+    /// The visitor pressed Disconnect on a page whose session had already ended (the operator,
+    /// its time, another page): nothing was left to disconnect.
+    AlreadyEnded,
 }
 
 /// The state of the page's access session: what the live updates (Server-Sent Events) and the

@@ -103,6 +103,9 @@ fn title(page: Page) -> &'static str {
             let data = pages::data();
             match data.notice {
                 Some(dto::Notice::Disconnected) => "Disconnected – Sign in – Network access portal",
+                Some(dto::Notice::AlreadyEnded) => {
+                    "Session ended – Sign in – Network access portal"
+                }
                 None if data.form_failed => "Sign-in failed – Sign in – Network access portal",
                 None => "Sign in – Network access portal",
             }

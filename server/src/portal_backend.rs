@@ -897,11 +897,22 @@ impl PortalService for PortalBackend {
             let web = web_session(request)?;
             self.check_form_token(request, &web, form_token).await?;
             let scope = self.scope(request);
-            if let Some(id) = self.linked_session_id(&web, &scope.id).await? {
-                if self.sessions.disconnect(id).await.map_err(user_error)? {
-                    // The sign-in page shown next says the session ended.
-                    crate::http::flash::mark_signed_out();
-                }
+            let linked = self.linked_session_id(&web, &scope.id).await?;
+            if let Some(id) = linked {
+                // The sign-in page shown next says the session ended — or that it had ended
+                // already (its time, the operator, a new sign-in), not nothing. Ended by a
+                // Disconnect (another page's, the first of a double click) is said as ended.
+                let ended_here = self.sessions.disconnect(id).await.map_err(user_error)?;
+                let by_user = ended_here
+                    || self.sessions.record(id).await.ok().flatten().is_some_and(|s| {
+                        s.terminate_cause
+                            == Some(i64::from(crate::radius::terminate_cause::USER_REQUEST))
+                    });
+                crate::http::flash::mark_signed_out(if by_user {
+                    app::dto::Notice::Disconnected
+                } else {
+                    app::dto::Notice::AlreadyEnded
+                });
                 // Ended either way: a web session that cannot be written now (the database
                 // away, a full disk) still names the ended session, which its pages show as
                 // such — not a failed Disconnect.

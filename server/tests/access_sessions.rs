@@ -1824,3 +1824,34 @@ async fn a_failed_sign_ins_session_is_ended_once_the_database_is_back() {
     assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
     app.stop().await;
 }
+
+/// Disconnect pressed on a page whose session the operator had already ended: the sign-in page
+/// says the session had already ended (it used to say nothing at all), not "You are
+/// disconnected" as if this press had done it.
+#[tokio::test]
+async fn a_disconnect_of_a_session_that_had_already_ended_says_so() {
+    let (_radius, app, _dir) = portal_with_one_server().await;
+    let browser = app.browser(Ipv4Addr::new(127, 0, 8, 1));
+    let page = browser.login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    // The page as it was shown, before the operator ended its session.
+    let token = browser.form_token("/session").await;
+    let ids = app.storage.active_session_ids_of("acme").await.unwrap();
+    assert_eq!(ids.len(), 1);
+    assert!(app.sessions.stop_by_operator(ids[0]).await.unwrap());
+
+    let page = browser
+        .post_raw("/api/disconnect", "/session", &[("csrf", &token)], &[])
+        .await;
+    assert_eq!(page.path, "/");
+    assert!(
+        page.body.contains("had already ended") && page.body.contains(r#"role="status""#),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("You are disconnected"), "{}", page.body);
+    // Shown once.
+    let page = browser.get("/").await;
+    assert!(!page.body.contains("had already ended"), "{}", page.body);
+    app.stop().await;
+}

@@ -75,20 +75,36 @@ pub struct FormError {
 /// ([`mark_signed_out`]); the server fns' layer turns it into [`SignedOut`] and removes it.
 pub(crate) const SIGNED_OUT_HEADER: &str = "x-portal-signed-out";
 
-/// Marks the answer of the server fn being run with [`SIGNED_OUT_HEADER`].
-pub(crate) fn mark_signed_out() {
+/// Marks the answer of the server fn being run with [`SIGNED_OUT_HEADER`]: what the sign-in
+/// page says next.
+pub(crate) fn mark_signed_out(notice: app::dto::Notice) {
     if let Some(options) = leptos::prelude::use_context::<leptos_axum::ResponseOptions>() {
         options.insert_header(
             axum::http::HeaderName::from_static(SIGNED_OUT_HEADER),
-            HeaderValue::from_static("1"),
+            HeaderValue::from_static(match notice {
+                app::dto::Notice::Disconnected => "1",
+                app::dto::Notice::AlreadyEnded => "2",
+            }),
         );
     }
 }
 
 /// Put on a Disconnect's successful answer by the server fns' layer: the sign-in page the
-/// browser goes to next says that the session ended ([`app::dto::Notice::Disconnected`]).
+/// browser goes to next says that the session ended ([`app::dto::Notice::Disconnected`]), or
+/// that it had ended before ([`app::dto::Notice::AlreadyEnded`]).
 #[derive(Clone, Copy, Debug)]
-pub struct SignedOut;
+pub struct SignedOut(pub app::dto::Notice);
+
+impl SignedOut {
+    /// From the value of [`SIGNED_OUT_HEADER`].
+    pub(crate) fn from_header(value: &HeaderValue) -> Option<SignedOut> {
+        match value.as_bytes() {
+            b"1" => Some(SignedOut(app::dto::Notice::Disconnected)),
+            b"2" => Some(SignedOut(app::dto::Notice::AlreadyEnded)),
+            _ => None,
+        }
+    }
+}
 
 /// What a flash cookie carries: a failed form post, or a notice.
 enum Flash {
@@ -148,6 +164,7 @@ impl FlashState {
     fn seal_notice(&self, visitor: &str, issued: u64, notice: app::dto::Notice) -> String {
         let code = match notice {
             app::dto::Notice::Disconnected => 0,
+            app::dto::Notice::AlreadyEnded => 1,
         };
         self.seal(visitor, issued, KIND_NOTICE, &[code])
     }
@@ -209,6 +226,7 @@ impl FlashState {
         if kind == KIND_NOTICE {
             return match rest {
                 [0] => Some(Flash::Notice(app::dto::Notice::Disconnected)),
+                [1] => Some(Flash::Notice(app::dto::Notice::AlreadyEnded)),
                 _ => None,
             };
         }
@@ -242,8 +260,8 @@ impl FlashState {
 
     /// The flash cookie of an answer that ended the visitor's session ([`SignedOut`]).
     fn notice_cookie(&self, visitor: &str, answer: &axum::http::Extensions) -> Option<HeaderValue> {
-        answer.get::<SignedOut>()?;
-        let sealed = self.seal_notice(visitor, unix_now(), app::dto::Notice::Disconnected);
+        let SignedOut(notice) = answer.get::<SignedOut>()?;
+        let sealed = self.seal_notice(visitor, unix_now(), *notice);
         self.cookie(&sealed, FLASH_LIFETIME_SECS)
     }
 

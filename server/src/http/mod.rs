@@ -662,16 +662,17 @@ async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>)
             .extensions_mut()
             .insert(flash::SubmittedUsername(username));
     }
-    // A Disconnect that ended a session (its server fn says so): the sign-in page shown next
-    // says the session ended.
+    // A Disconnect (its server fn says how it went): the sign-in page shown next says the
+    // session ended, or that it had ended already.
     let marked = response
         .headers_mut()
         .remove(flash::SIGNED_OUT_HEADER)
-        .is_some();
+        .as_ref()
+        .and_then(flash::SignedOut::from_header);
     let succeeded = (response.status().is_success() || response.status().is_redirection())
         && !response.headers().contains_key("serverfnerror");
-    if marked && disconnect && succeeded {
-        response.extensions_mut().insert(flash::SignedOut);
+    if let (Some(signed_out), true, true) = (marked, disconnect, succeeded) {
+        response.extensions_mut().insert(signed_out);
     }
     response
 }
