@@ -79,10 +79,8 @@ fn sqlite_lock_path(path: &std::path::Path) -> std::path::PathBuf {
 /// Whether a portal serves the SQLite database at `path` now (it holds the database's lock):
 /// what an operator command queues is then carried out at once, else at the next start.
 pub fn sqlite_portal_running(path: &std::path::Path) -> bool {
-    let Ok(file) = std::fs::OpenOptions::new()
-        .write(true)
-        .open(sqlite_lock_path(path))
-    else {
+    // Read-only is enough for the lock (an operator who may not write the file still sees).
+    let Ok(file) = std::fs::File::open(sqlite_lock_path(path)) else {
         return false; // never served
     };
     match file.try_lock() {

@@ -406,6 +406,8 @@ async fn a_stop_whose_outcome_the_database_could_not_take_goes_out_once_it_answe
     radius.kill();
     assert!(app.sessions.disconnect(session.id).await.unwrap());
     let holder = rusqlite::Connection::open(&db).unwrap();
+    // Waits for a write of the portal's under way, as the portal's connections do.
+    holder.busy_timeout(Duration::from_secs(5)).unwrap();
     holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
     wait_until("the Stop's outcome to fail to be written", || async {
         app.sessions.accounting().stranded_claims() > 0

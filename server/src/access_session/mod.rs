@@ -594,25 +594,18 @@ impl AccessSessions {
         let session = match self.storage.session(id).await? {
             Some(s) if s.active && s.expires_at > now_ms() => s,
             // A session its organization's disable ended: the user hears that the
-            // organization is disabled, not "sign in" (which would be refused too).
+            // organization is disabled, not "sign in" (which would be refused too). Not a
+            // denial of anything running: not audited (a script repeating it writes nothing).
             Some(ended) => {
-                let state = OrgState::from_active(
-                    self.storage
-                        .organization_active(&ended.organization_id)
-                        .await?,
-                );
-                if state == OrgState::Active {
-                    return Err(SessionError::NotActive);
-                }
-                return Err(self
-                    .denied(
-                        &ended.organization_id,
-                        Operation::Refresh,
-                        state,
-                        Who::of(&ended),
-                        None,
-                    )
-                    .await);
+                let active = self
+                    .storage
+                    .organization_active(&ended.organization_id)
+                    .await?;
+                return Err(if active == Some(true) {
+                    SessionError::NotActive
+                } else {
+                    SessionError::OrganizationDisabled
+                });
             }
             None => return Err(SessionError::NotActive),
         };

@@ -598,7 +598,9 @@ impl Accounting {
     ) -> Result<Delivery, OutboxError> {
         let claim = row.clone();
         let outcome = self.deliver_once(row, deadline, known, org_checked).await;
-        if outcome.is_err() {
+        // Only the database away: an error of the data itself (a row without its session)
+        // would fail again at once, and is left to its lease as before.
+        if matches!(&outcome, Err(OutboxError::Storage(e)) if e.is_unavailable()) {
             let mut stranded = self.stranded.lock().unwrap_or_else(|p| p.into_inner());
             if stranded.len() < STRANDED_MAX {
                 stranded.insert(claim.id, claim);
@@ -612,30 +614,40 @@ impl Accounting {
     /// Gives up the claims whose deliveries ended in a database error: each row is due again
     /// at once (its claim ends now), unless another sender has taken it or it is settled.
     /// A claim that cannot be given up yet (the database still away) is kept for the next
-    /// call. Returns how many are left.
-    async fn release_stranded(&self) -> usize {
+    /// call, as is one whose delivery the loop has not yet seen end (`in_flight`). Returns how
+    /// many are left.
+    async fn release_stranded(&self, in_flight: &HashSet<i64>) -> usize {
         let rows: Vec<OutboxRow> = self
             .stranded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
+            .filter(|row| !in_flight.contains(&row.id))
             .cloned()
             .collect();
+        let mut released = 0;
         for row in rows {
             // A lease that ended a moment ago: claimable now by this loop or any replica's.
             match self.storage.renew_claim(&row, now_ms() - 1).await {
-                Ok(released) => {
-                    if released {
-                        tracing::info!(row = row.id, status_type = row.status_type,
-                            "the database answers again: accounting left by its error is tried again now");
+                Ok(given_up) => {
+                    released += usize::from(given_up);
+                    let mut stranded = self.stranded.lock().unwrap_or_else(|p| p.into_inner());
+                    // Not a newer claim of the same row stranded meanwhile.
+                    if stranded
+                        .get(&row.id)
+                        .is_some_and(|kept| kept.attempts == row.attempts)
+                    {
+                        stranded.remove(&row.id);
                     }
-                    self.stranded
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&row.id);
                 }
                 Err(_) => break,
             }
+        }
+        if released > 0 {
+            tracing::info!(
+                rows = released,
+                "the database answers again: accounting its error held is tried again now"
+            );
         }
         self.stranded
             .lock()
@@ -1104,6 +1116,15 @@ impl Accounting {
                 Err(e) => tracing::warn!(error = ?e, "accounting not flushed at shutdown"),
             },
         }
+        // Claims a database error left held: given up, so another replica sends them now
+        // rather than after their lease (one try, briefly: the process is ending).
+        if self.stranded_any() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                self.release_stranded(&HashSet::new()),
+            )
+            .await;
+        }
     }
 
     /// Runs until `shutdown`: keeps claiming due rows and delivering them concurrently (up to
@@ -1139,7 +1160,7 @@ impl Accounting {
                 }
             }
             let stranded = if self.stranded_any() {
-                self.release_stranded().await
+                self.release_stranded(&in_flight_ids).await
             } else {
                 0
             };
