@@ -5,6 +5,7 @@
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::{
+    collections::HashMap,
     fmt,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
@@ -1598,13 +1599,42 @@ pub(crate) fn locate(text: &str, offset: usize) -> String {
     let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
     // The table the line is in (`[http]`, `[[organizations.servers]]`), for a dotted key.
     let earlier_lines = &before[..before.rfind('\n').map_or(0, |at| at + 1)];
-    let table = earlier_lines
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .and_then(|l| l.split(']').next())
-        .map(|l| l.trim_start_matches('[').trim());
+    // The table with the index of each array element it is in, as validation names keys
+    // (`organizations[1].servers[0]`): array headers are counted, a parent's new element
+    // starting its children's count again.
+    let mut elements: HashMap<String, usize> = HashMap::new();
+    let mut table = None::<String>;
+    for header in earlier_lines.lines().map(str::trim) {
+        let (name, array) = if let Some(rest) = header.strip_prefix("[[") {
+            (rest.split("]]").next(), true)
+        } else if let Some(rest) = header.strip_prefix('[') {
+            (rest.split(']').next(), false)
+        } else {
+            continue;
+        };
+        let Some(name) = name.map(str::trim) else {
+            continue;
+        };
+        if array {
+            let children = format!("{name}.");
+            elements.retain(|path, _| !path.starts_with(&children));
+            *elements.entry(name.to_string()).or_default() += 1;
+        }
+        let mut path = String::new();
+        let mut indexed = String::new();
+        for segment in name.split('.') {
+            if !path.is_empty() {
+                path.push('.');
+                indexed.push('.');
+            }
+            path.push_str(segment);
+            indexed.push_str(segment);
+            if let Some(count) = elements.get(&path) {
+                indexed.push_str(&format!("[{}]", count.saturating_sub(1)));
+            }
+        }
+        table = Some(indexed);
+    }
     match (line.split_once('='), table) {
         (Some((key, _)), Some(table)) => format!("{table}.{} (line {line_no})", key.trim()),
         (Some((key, _)), None) => format!("{} (line {line_no})", key.trim()),
@@ -1652,8 +1682,24 @@ mod tests {
         assert!(e.problem.contains("127.0.0.1:3000"), "{e}");
         let text = MINIMAL.replace("address = \"10.0.0.1\"", "address = \"radius.example\"");
         let e = Settings::from_toml(&text).expect_err("a host name");
-        assert_eq!(e.key, "organizations.servers.address (line 7)", "{e}");
+        assert_eq!(e.key, "organizations[0].servers[0].address (line 7)", "{e}");
         assert!(e.problem.contains("not an IP address"), "{e}");
+        // The second organization's second server, as validation names it.
+        let two = format!(
+            "{MINIMAL}\n[[organizations]]\nid = \"beta\"\nname = \"Beta\"\n[[organizations.servers]]\nname = \"a\"\naddress = \"10.0.0.2\"\nsecret = \"s\"\n[[organizations.servers]]\nname = \"b\"\naddress = \"nowhere\"\nsecret = \"s\"\n[organizations.branding]\naccent_color = 5\n"
+        );
+        let e = Settings::from_toml(&two).unwrap_err();
+        assert!(
+            e.key
+                .starts_with("organizations[1].servers[1].address (line"),
+            "{e}"
+        );
+        let e = Settings::from_toml(&two.replace("nowhere", "10.0.0.3")).unwrap_err();
+        assert!(
+            e.key
+                .starts_with("organizations[1].branding.accent_color (line"),
+            "{e}"
+        );
         let e = Settings::from_toml(&format!("[http]\nlisten_nowhere = 1\n{MINIMAL}"))
             .expect_err("an unknown key");
         assert!(e.key.starts_with("http.listen_nowhere"), "{e}");
@@ -2020,7 +2066,7 @@ mod tests {
         let err = Settings::from_toml(&text).expect_err("bad duration");
         assert!(err.problem.contains("four hours"), "{err}");
         assert_eq!(
-            err.key, "organizations.default_window (line 5)",
+            err.key, "organizations[0].default_window (line 5)",
             "the key is named: {err}"
         );
     }
