@@ -780,16 +780,23 @@ fn branding_is_default(b: &Branding) -> bool {
 }
 
 /// What [`plain_text`] refuses, as an error message says it.
-const PLAIN: &str = "without control characters or invisible text-direction marks";
+const PLAIN: &str =
+    "without control characters or invisible characters (text-direction marks, zero-width spaces)";
 
 /// Whether `text` is shown as it is written, wherever it goes (pages, the operator's terminal,
-/// logs, RADIUS attributes): no control characters (line breaks only where `lines`) and no
-/// bidirectional marks, which make text read other than it is. One rule for every name and
-/// text an organization is given.
+/// logs, RADIUS attributes): no control characters (line breaks only where `lines`), no
+/// bidirectional marks, which make text read other than it is, and no invisible characters
+/// that make two names look alike (zero-width spaces and joiners, the byte-order mark, Unicode
+/// line separators). One rule for every name and text an organization is given.
 fn plain_text(text: &str, lines: bool) -> bool {
-    !text
-        .chars()
-        .any(|c| (c.is_control() && !(lines && c == '\n')) || app::validation::is_direction_mark(c))
+    !text.chars().any(|c| {
+        (c.is_control() && !(lines && c == '\n'))
+            || app::validation::is_direction_mark(c)
+            || matches!(
+                c,
+                '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}' | '\u{2028}' | '\u{2029}'
+            )
+    })
 }
 
 impl OrganizationSettings {
@@ -1879,6 +1886,11 @@ mod tests {
             ),
             (
                 "name = \"Acme\"",
+                "name = \"Ac\u{200B}me\"",
+                "organizations[0].name",
+            ),
+            (
+                "name = \"Acme\"",
                 "name = \"Acme\"\n[organizations.branding]\nhelp_text = \"x\u{2066}y\"",
                 "organizations[0].branding.help_text",
             ),
@@ -1887,7 +1899,7 @@ mod tests {
             let settings = Settings::from_toml(&text).expect("parses");
             let e = settings.validate().expect_err(to);
             assert_eq!(e.key, key, "{to}: {e}");
-            assert!(e.to_string().contains("text-direction"), "{e}");
+            assert!(e.to_string().contains("invisible characters"), "{e}");
         }
         // Line breaks stay allowed where a text has lines.
         let text = MINIMAL.replacen(

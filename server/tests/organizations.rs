@@ -280,12 +280,14 @@ async fn a_disable_while_the_primary_is_silent_sends_nothing_to_the_backup() {
     let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let silent_port = silent.local_addr().unwrap().port();
     let heard = Arc::new(Notify::new());
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let listener = {
-        let heard = heard.clone();
+        let (heard, received) = (heard.clone(), received.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
                 if silent.recv_from(&mut buf).await.is_ok() {
+                    received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     heard.notify_one();
                 }
             }
@@ -296,7 +298,7 @@ async fn a_disable_while_the_primary_is_silent_sends_nothing_to_the_backup() {
     let mut primary = b.server_settings("b-silent", true);
     primary.auth_port = silent_port;
     primary.timeout = Duration::from_secs(2);
-    primary.retries = 0;
+    primary.retries = 2;
     settings.organizations[1].servers.insert(0, primary);
     settings.validate().unwrap();
     let app = Arc::new(TestApp::spawn(&settings).await);
@@ -312,6 +314,8 @@ async fn a_disable_while_the_primary_is_silent_sends_nothing_to_the_backup() {
     heard.notified().await; // the primary has the Access-Request and stays silent
     app.set_organization_active("beta", false).await;
     let outcome = login.await.unwrap();
+    // Refused at once: the primary was given no retransmission (retries = 0 here, and its 2 s
+    // are not waited out either: the login ends as the disable lands).
 
     assert!(
         matches!(outcome, Err(SessionError::OrganizationDisabled)),
@@ -322,6 +326,9 @@ async fn a_disable_while_the_primary_is_silent_sends_nothing_to_the_backup() {
         "the backup was asked: {:?}",
         b.auth_lines()
     );
+    // The primary (two retransmissions configured, 2 s apart) got the first request only:
+    // the login ended when the disable landed, before its first retransmission.
+    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1);
     let audit = app.storage.audit_tail(20).await.unwrap();
     assert!(
         audit.iter().any(|e| e.action == "guard.denied"

@@ -275,9 +275,27 @@ impl AccessSessions {
                     .map_or(true, |active| active == Some(true))
             })
         };
-        let outcome = self
-            .radius
-            .authenticate(
+        // And one this process learns of while a server stays silent (its own change at once,
+        // another process's within the worker's poll or a replica's notice) ends the wait
+        // there: no retransmission to that server, and the user hears it now, not after the
+        // server's time. Only the cache is looked at (no read per login).
+        let mut changes = self.organizations.changes();
+        let disabled_meanwhile = async {
+            loop {
+                if changes.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                if !self
+                    .organizations
+                    .get(&org.id)
+                    .is_some_and(|cached| cached.active)
+                {
+                    return;
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = self.radius.authenticate(
                 &org.servers,
                 &org.nas,
                 username,
@@ -285,13 +303,14 @@ impl AccessSessions {
                 client_ip,
                 deadline,
                 still_enabled,
-            )
-            .await;
+            ) => outcome,
+            () = disabled_meanwhile => Err(RadiusError::Withdrawn),
+        };
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(RadiusError::Withdrawn) => {
                 tracing::warn!(organization = %org.id, username, %client_ip,
-                    "organization disabled while its RADIUS server stayed silent: the login goes no further");
+                    "organization disabled while its login waited for a RADIUS server: the login goes no further");
                 let state = OrgState::from_active(
                     self.storage
                         .organization_active(&org.id)
@@ -305,7 +324,7 @@ impl AccessSessions {
                         Operation::Login,
                         state,
                         who,
-                        Some("withdrawn before the next server"),
+                        Some("withdrawn: the organization was disabled while it waited"),
                     )
                     .await);
             }

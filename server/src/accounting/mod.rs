@@ -646,7 +646,7 @@ impl Accounting {
         if released > 0 {
             tracing::info!(
                 rows = released,
-                "the database answers again: accounting its error held is tried again now"
+                "the database answers again: accounting whose outcome it could not record is tried again now"
             );
         }
         self.stranded
