@@ -1855,3 +1855,35 @@ async fn a_disconnect_of_a_session_that_had_already_ended_says_so() {
     assert!(!page.body.contains("had already ended"), "{}", page.body);
     app.stop().await;
 }
+
+/// Refreshes in a quick row (a script's loop) cost one write and one Interim-Update: those
+/// within a few seconds of the last are answered with the session as it stands. A refresh right
+/// after the sign-in still restarts the window and sends its Interim-Update.
+#[tokio::test]
+async fn refreshes_in_a_quick_row_send_one_interim_update() {
+    let (radius, app, _dir) = portal_with_one_server().await;
+    let client = std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 8, 2));
+    let session = app
+        .sessions
+        .login("acme", "erin", "erin-pass", client)
+        .await
+        .unwrap();
+    let sid = format!("sid={}", session.acct_session_id);
+    let first = app.sessions.refresh(session.id).await.unwrap();
+    assert!(first.refreshed_at > session.started_at);
+    for _ in 0..20 {
+        let again = app.sessions.refresh(session.id).await.unwrap();
+        assert_eq!(again.expires_at, first.expires_at);
+    }
+    radius.wait_for_acct(&["status=Interim-Update", &sid]).await;
+    // The Stop comes after every Interim-Update queued: once it is there, all are.
+    app.sessions.disconnect(session.id).await.unwrap();
+    radius.wait_for_acct(&["status=Stop", &sid]).await;
+    let interims = radius
+        .acct_lines()
+        .iter()
+        .filter(|l| l.contains("status=Interim-Update") && l.contains(&sid))
+        .count();
+    assert_eq!(interims, 1);
+    app.stop().await;
+}

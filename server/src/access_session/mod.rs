@@ -102,6 +102,9 @@ pub fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
+/// After a refresh, another within this long changes nothing (no write, no Interim-Update).
+pub const REFRESH_QUIET_MS: i64 = 5_000;
+
 /// Whose request the guard denied (its audit entry names them).
 #[derive(Clone, Copy, Debug)]
 pub struct Who<'a> {
@@ -635,6 +638,14 @@ impl AccessSessions {
         )
         .await?;
         let now = now_ms();
+        // A refresh soon after the last one (a script's loop, a held-down key) is answered with
+        // the session as it stands: each would cost a durable write and an Interim-Update to
+        // the RADIUS server, and restarting a window that restarted seconds ago gains nothing.
+        if session.refreshed_at != session.started_at
+            && now - session.refreshed_at < REFRESH_QUIET_MS
+        {
+            return Ok(session);
+        }
         let expires_at = timing::expires_at(now, session.window_ms, session.limit_at);
         // The flag is checked again inside the write: a disable committed since the guard
         // read it denies the refresh (no Interim-Update after the disable).
