@@ -1885,5 +1885,25 @@ async fn refreshes_in_a_quick_row_send_one_interim_update() {
         .filter(|l| l.contains("status=Interim-Update") && l.contains(&sid))
         .count();
     assert_eq!(interims, 1);
+
+    // A short window (hugo's 2 s) refreshed often still runs: its quiet time is a quarter of it.
+    let short = app
+        .sessions
+        .login("acme", "hugo", "hugo-pass", client)
+        .await
+        .unwrap();
+    let first = app.sessions.refresh(short.id).await.unwrap();
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    wait_until("a quarter of the window to pass", || async {
+        unix_ms() - first.refreshed_at > 600
+    })
+    .await;
+    let again = app.sessions.refresh(short.id).await.unwrap();
+    assert!(again.expires_at > first.expires_at, "{again:?}");
     app.stop().await;
 }

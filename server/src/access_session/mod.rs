@@ -102,7 +102,8 @@ pub fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
-/// After a refresh, another within this long changes nothing (no write, no Interim-Update).
+/// After a refresh, another within this long (or a quarter of the session's window, if less)
+/// changes nothing (no write, no Interim-Update).
 pub const REFRESH_QUIET_MS: i64 = 5_000;
 
 /// Whose request the guard denied (its audit entry names them).
@@ -641,8 +642,9 @@ impl AccessSessions {
         // A refresh soon after the last one (a script's loop, a held-down key) is answered with
         // the session as it stands: each would cost a durable write and an Interim-Update to
         // the RADIUS server, and restarting a window that restarted seconds ago gains nothing.
+        // Soon: a quarter of the window at most, so a short window refreshed often still runs.
         if session.refreshed_at != session.started_at
-            && now - session.refreshed_at < REFRESH_QUIET_MS
+            && now - session.refreshed_at < REFRESH_QUIET_MS.min(session.window_ms / 4)
         {
             return Ok(session);
         }
