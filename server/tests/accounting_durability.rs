@@ -195,11 +195,7 @@ async fn interim_updates_queued_during_an_outage_coalesce() {
 async fn kill_9_with_a_stop_pending_loses_nothing() {
     let mut radius = FreeRadius::start().await;
     let (dir, db) = temp_db();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let config = dir.path().join("portal.toml");
     std::fs::write(

@@ -345,11 +345,7 @@ fn demo_refuses_a_configuration_file_instead_of_ignoring_it() {
 async fn demo_keeps_its_database_to_itself() {
     let dir = tempfile::tempdir().unwrap();
     let (data, production) = (dir.path().join("demo"), dir.path().join("production.db"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let _demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
         .args(["demo", "--data-dir", data.to_str().unwrap()])
         .current_dir(env!("CARGO_MANIFEST_DIR").to_string() + "/..")
@@ -438,11 +434,7 @@ async fn serve_warns_about_a_readable_file_with_secrets() {
     let radius = FreeRadius::start().await;
     let (dir, path) = config(&radius, true);
     let text = std::fs::read_to_string(&path).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     std::fs::write(
         &path,
         format!(

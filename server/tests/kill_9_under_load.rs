@@ -65,11 +65,7 @@ async fn journey(http: &reqwest::Client, base: &str, user: &str) -> Option<()> {
 async fn kill_9_under_load_leaves_every_session_with_its_start_and_stop() {
     let radius = FreeRadius::start().await;
     let (dir, db) = temp_db();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let config = dir.path().join("portal.toml");
     std::fs::write(

@@ -193,11 +193,7 @@ async fn a_replica_killed_with_sessions_due_leaves_them_to_the_other() {
     let url = common::postgres::fresh_database().await;
     let dir = tempfile::tempdir().unwrap();
     let start_replica = |name: &str| {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let config = dir.path().join(format!("{name}.toml"));
         std::fs::write(
             &config,

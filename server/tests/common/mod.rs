@@ -694,6 +694,15 @@ pub async fn wait_connections_closed(portal: SocketAddr, client: Ipv4Addr) {
     .await;
 }
 
+/// A TCP port on 127.0.0.1 free a moment ago (for a portal process started with it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A fresh temporary database path (the directory lives as long as the returned guard).
 pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
