@@ -347,6 +347,58 @@ async fn a_black_holed_or_killed_primary_is_skipped_once_its_breaker_opens_and_p
     app.stop().await;
 }
 
+/// A server with nothing listening (stopped, its host up) answers each request with an ICMP
+/// port unreachable: a sign-in goes on to the backup at once and a Stop is acknowledged by the
+/// backup within seconds — neither waits out the dead server's timeouts (here 30 s, sent three
+/// times; the deadlines below are far shorter).
+#[tokio::test]
+async fn a_server_with_nothing_listening_is_failed_over_at_once() {
+    let mut primary = FreeRadius::start().await;
+    let backup = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut patient = primary.server_settings("primary", true);
+    patient.timeout = Duration::from_secs(30);
+    patient.retries = 2;
+    let mut settings = settings(&db, vec![patient, backup.server_settings("backup", true)]);
+    settings.organizations[0].login_timeout = Duration::from_secs(120);
+    let app = TestApp::spawn(&settings).await;
+
+    // A session at the primary while it runs.
+    let session = app
+        .sessions
+        .login("acme", "carol", "carol-pass", IpAddr::V4(client(40)))
+        .await
+        .unwrap();
+    assert_eq!(session.server_name, "primary");
+    let sid = format!("sid={}", session.acct_session_id);
+    primary.wait_for_acct(&["status=Start", &sid]).await;
+
+    primary.kill();
+    let failed_over = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.sessions
+            .login("acme", "erin", "erin-pass", IpAddr::V4(client(41))),
+    )
+    .await
+    .expect("the sign-in went on to the backup without waiting out the primary's timeout")
+    .unwrap();
+    assert_eq!(failed_over.server_name, "backup");
+    assert!(
+        backup
+            .auth_lines()
+            .iter()
+            .any(|l| l.contains("calling=127.0.1.41")),
+        "the backup authenticated it: {:?}",
+        backup.auth_lines()
+    );
+
+    // The primary's session ends: its Stop finds nothing at the primary and fails over.
+    assert!(app.sessions.disconnect(session.id).await.unwrap());
+    let stop = backup.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&stop, "cause"), "User-Request");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn with_every_server_down_login_fails_at_once_and_recovers_by_itself() {
     let mut radius = FreeRadius::start().await;

@@ -5,7 +5,11 @@
 //! The receive loop verifies every datagram against the request it claims to answer (Response
 //! Authenticator, Message-Authenticator) before handing it over, so a forged or garbled datagram
 //! can neither panic anything nor take the place of the real reply: the request keeps waiting
-//! for the genuine one. When all 256 Identifiers towards a server are in use on every socket, a
+//! for the genuine one. An ICMP error for a request (port unreachable: nothing listens there;
+//! host or network unreachable) ends it at once with [`RadiusError::Unreachable`] instead of
+//! letting it wait out its timeouts (`IP_RECVERR`: the kernel queues the error with the request
+//! it answers) — but only when the error quotes the request's own Request Authenticator, so an
+//! off-path forgery cannot end anything. When all 256 Identifiers towards a server are in use on every socket, a
 //! new source socket is opened (up to [`MAX_SOCKETS_PER_FAMILY`]); beyond that a request waits
 //! for a free Identifier until its deadline — it never fails merely because many are in flight.
 //!
@@ -24,6 +28,7 @@ use std::{
     time::Duration,
 };
 use tokio::{
+    io::Interest,
     net::UdpSocket,
     sync::{oneshot, Notify},
     time::Instant,
@@ -57,11 +62,15 @@ struct Expectation {
 struct Pending {
     /// None between reserving the Identifier and building the request: replies are dropped.
     expect: Option<Expectation>,
-    /// Taken by the first verified reply; later duplicates find it empty and are dropped.
-    reply: Option<oneshot::Sender<Reply>>,
+    /// Taken by the first verified reply (or an ICMP error quoting the request); later
+    /// duplicates find it empty and are dropped.
+    reply: Option<oneshot::Sender<Answer>>,
     /// An authentic reply came but was dropped for lacking the Message-Authenticator.
     unsigned_reply: bool,
 }
+
+/// What ends a request's wait: its reply, or an ICMP error saying it cannot arrive.
+type Answer = Result<Reply, std::io::Error>;
 
 /// (socket index within its family, server, Identifier).
 type Key = (usize, SocketAddr, u8);
@@ -129,6 +138,9 @@ fn new_socket(local: SocketAddr) -> std::io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
     if local.is_ipv6() {
         socket.set_only_v6(true)?;
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Ipv6RecvErr, &true)?;
+    } else {
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Ipv4RecvErr, &true)?;
     }
     // Best effort: the kernel may grant less.
     let _ = socket.set_recv_buffer_size(RECEIVE_BUFFER);
@@ -247,7 +259,9 @@ impl RadiusClient {
                 .map_err(RadiusError::Io)?;
             let wait_until = (Instant::now() + ex.timeout).min(ex.deadline);
             match tokio::time::timeout_at(wait_until, &mut reply).await {
-                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Ok(Ok(reply))) => return Ok(reply),
+                // Nothing listens there, or no route: no retransmission can be answered.
+                Ok(Ok(Err(icmp))) => return Err(RadiusError::Unreachable(icmp)),
                 // The sender is dropped only with the registration: cannot happen while we wait.
                 Ok(Err(_)) => break,
                 Err(_) => {} // timed out: retransmit
@@ -271,7 +285,7 @@ impl RadiusClient {
         &self,
         destination: SocketAddr,
         deadline: Instant,
-    ) -> Result<(Key, Arc<UdpSocket>, oneshot::Receiver<Reply>), RadiusError> {
+    ) -> Result<(Key, Arc<UdpSocket>, oneshot::Receiver<Answer>), RadiusError> {
         let v6 = matches!(destination.ip(), IpAddr::V6(_));
         loop {
             let freed = self.shared.freed.notified();
@@ -354,20 +368,142 @@ async fn receive_loop(
     loop {
         let received = tokio::select! {
             _ = stop.cancelled() => return,
-            r = socket.recv_from(&mut buf) => r,
+            r = socket.recv_from(&mut buf) => Some(r),
+            r = socket.ready(Interest::ERROR) => match r {
+                Ok(_) => None,
+                Err(_) => return, // the runtime is shutting down
+            },
         };
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let (len, from) = match received {
-            Ok(r) => r,
-            Err(e) => {
-                // ICMP errors (port unreachable) surface here on Linux; keep receiving.
+        match received {
+            Some(Ok((len, from))) => handle_datagram(&shared, index, from, &buf[..len]),
+            // An ICMP error also surfaces as the next receive's error: it is in the queue.
+            Some(Err(e)) => {
                 tracing::debug!(error = %e, "RADIUS socket receive error");
-                continue;
+                read_errors(&shared, index, &socket);
             }
+            None => read_errors(&shared, index, &socket),
+        }
+    }
+}
+
+/// An ICMP error the kernel queued for a datagram this socket sent (`IP_RECVERR`).
+#[derive(Debug)]
+struct IcmpError {
+    /// Where the datagram went.
+    destination: SocketAddr,
+    /// What the ICMP error means (ECONNREFUSED for port unreachable, EHOSTUNREACH, ...).
+    error: nix::errno::Errno,
+    /// The start of the datagram, as the ICMP error quoted it.
+    quoted: [u8; QUOTED],
+    /// Bytes of `quoted` that are the datagram's.
+    quoted_len: usize,
+}
+
+/// A RADIUS header: code, Identifier, length, Request Authenticator.
+const QUOTED: usize = 20;
+
+/// Errors that say no reply can come: the ICMP "hard" errors (not "fragmentation needed",
+/// which the kernel handles by fragmenting the retransmission).
+fn ends_the_request(error: nix::errno::Errno) -> bool {
+    use nix::errno::Errno::*;
+    matches!(
+        error,
+        ECONNREFUSED | EHOSTUNREACH | ENETUNREACH | EHOSTDOWN | ENONET | EACCES | ENOPROTOOPT
+    )
+}
+
+/// Takes the next error from the socket's error queue; `Ok(None)` for one that is not an ICMP
+/// error about a datagram (a local one). `WouldBlock` once the queue is empty.
+fn next_error(socket: &UdpSocket) -> std::io::Result<Option<IcmpError>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    let mut quoted = [0u8; QUOTED];
+    let mut control = nix::cmsg_space!(nix::libc::sock_extended_err, nix::libc::sockaddr_in6);
+    let mut iov = [std::io::IoSliceMut::new(&mut quoted)];
+    let message = recvmsg::<SockaddrStorage>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(control.as_mut_slice()),
+        MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(std::io::Error::from)?;
+    let quoted_len = message.bytes.min(QUOTED);
+    let destination = message.address.and_then(|a| {
+        if let Some(v4) = a.as_sockaddr_in() {
+            Some(SocketAddr::V4((*v4).into()))
+        } else {
+            a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+        }
+    });
+    let mut icmp = None;
+    for control in message.cmsgs().map_err(std::io::Error::from)? {
+        let extended = match control {
+            ControlMessageOwned::Ipv4RecvErr(e, _)
+                if e.ee_origin == nix::libc::SO_EE_ORIGIN_ICMP =>
+            {
+                e
+            }
+            ControlMessageOwned::Ipv6RecvErr(e, _)
+                if e.ee_origin == nix::libc::SO_EE_ORIGIN_ICMP6 =>
+            {
+                e
+            }
+            _ => continue,
         };
-        handle_datagram(&shared, index, from, &buf[..len]);
+        icmp = Some(nix::errno::Errno::from_raw(extended.ee_errno as i32));
+    }
+    Ok(match (destination, icmp) {
+        (Some(destination), Some(error)) => Some(IcmpError {
+            destination,
+            error,
+            quoted,
+            quoted_len,
+        }),
+        _ => None,
+    })
+}
+
+/// Empties the socket's error queue, ending each request an ICMP error proves unanswerable.
+fn read_errors(shared: &Shared, index: usize, socket: &UdpSocket) {
+    loop {
+        match socket.try_io(Interest::ERROR, || next_error(socket)) {
+            Ok(Some(icmp)) => handle_icmp(shared, index, &icmp),
+            Ok(None) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "RADIUS socket error queue unreadable");
+                return;
+            }
+        }
+    }
+}
+
+/// Ends the request `icmp` is about, if it quotes that request's own header: the Request
+/// Authenticator is random, so only a host that saw the request can name it.
+fn handle_icmp(shared: &Shared, index: usize, icmp: &IcmpError) {
+    let quoted = &icmp.quoted[..icmp.quoted_len];
+    if !ends_the_request(icmp.error) || quoted.len() < QUOTED {
+        tracing::debug!(server = %icmp.destination, error = %icmp.error, quoted = quoted.len(),
+            "ICMP error for a RADIUS request not acted on");
+        return;
+    }
+    let key = (index, icmp.destination, quoted[1]);
+    let mut inner = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(pending) = inner.waiters.get_mut(&key) else {
+        return;
+    };
+    let proven = pending
+        .expect
+        .as_ref()
+        .is_some_and(|e| e.request_authenticator[..] == quoted[4..QUOTED]);
+    if !proven {
+        return;
+    }
+    if let Some(tx) = pending.reply.take() {
+        let _ = tx.send(Err(std::io::Error::from(icmp.error)));
     }
 }
 
@@ -449,10 +585,10 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
                 .and_then(|p| p.reply.take());
             match sender {
                 Some(tx) => {
-                    let _ = tx.send(Reply {
+                    let _ = tx.send(Ok(Reply {
                         packet,
                         has_message_authenticator,
-                    });
+                    }));
                 }
                 None => tracing::debug!(%from, id, "duplicate reply dropped"),
             }

@@ -41,6 +41,11 @@ pub enum RadiusError {
     /// Socket error: try the next server.
     #[error("RADIUS socket error")]
     Io(#[source] std::io::Error),
+    /// An ICMP error quoting the request came back (port unreachable: nothing listens there;
+    /// host or network unreachable): a failure of this server for failover and the breaker,
+    /// known at once instead of after the timeouts.
+    #[error("the RADIUS server cannot be reached: {0} (an ICMP error came back for the request)")]
+    Unreachable(#[source] std::io::Error),
     /// The request could not be encoded (attribute too long): a bug or bad input; give up.
     #[error("RADIUS request could not be encoded")]
     Encode(#[source] PacketError),
@@ -447,6 +452,7 @@ impl Radius {
         let outcome = match &result {
             Ok(_) => "answered",
             Err(RadiusError::Timeout | RadiusError::UnsignedReply) => "timeout",
+            Err(RadiusError::Unreachable(_)) => "unreachable",
             Err(_) => "error",
         };
         let port_name = match port {
@@ -464,9 +470,12 @@ impl Radius {
             Ok(reply) => self
                 .health
                 .record_success(destination, reply.has_message_authenticator),
-            Err(RadiusError::Timeout | RadiusError::UnsignedReply | RadiusError::Io(_)) => {
-                self.health.record_failure(server, port)
-            }
+            Err(
+                RadiusError::Timeout
+                | RadiusError::UnsignedReply
+                | RadiusError::Unreachable(_)
+                | RadiusError::Io(_),
+            ) => self.health.record_failure(server, port),
             Err(_) => {}
         }
         result
