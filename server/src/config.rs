@@ -417,7 +417,7 @@ impl DatabaseSettings {
 
 /// Names among `names` that look like one of the portal's variables but are none — `PORTAL_`
 /// and a section the configuration has, or a letter or two away from a variable it reads
-/// (`PORTAL_DATABSE_URL`, `PORTAL_CONFG`): a typo that would otherwise be ignored in silence (a
+/// (`PORTAL_DATABSE_URL`, `PORTAL_CONFG`), in any case (`portal_config`): a typo that would otherwise be ignored in silence (a
 /// misspelt `PORTAL_DATABASE_URL` leaves a replica on a SQLite file of its own).
 fn unknown_overrides(names: impl Iterator<Item = std::ffi::OsString>) -> Vec<String> {
     const SECTIONS: [&str; 4] = [
@@ -436,8 +436,10 @@ fn unknown_overrides(names: impl Iterator<Item = std::ffi::OsString>) -> Vec<Str
         .filter_map(|name| name.into_string().ok())
         .filter(|name| !known().any(|k| k == name))
         .filter(|name| {
-            SECTIONS.iter().any(|section| name.starts_with(section))
-                || (name.starts_with("PORTAL_") && known().any(|k| edit_distance(name, k) <= 2))
+            // Variable names are case-sensitive: `portal_config` is not read either.
+            let upper = name.to_ascii_uppercase();
+            SECTIONS.iter().any(|section| upper.starts_with(section))
+                || (upper.starts_with("PORTAL_") && known().any(|k| edit_distance(&upper, k) <= 2))
         })
         .collect();
     unknown.sort();
@@ -1736,6 +1738,8 @@ mod tests {
             "PORTAL_LEPTOS_CONFG",
             "PORTAL_TEST_PASSWORD",
             "PORTAL_URL",
+            "portal_config",
+            "Portal_Http_Listen",
         ]
         .map(std::ffi::OsString::from);
         assert_eq!(
@@ -1745,7 +1749,9 @@ mod tests {
                 "PORTAL_DATABSE_URL",
                 "PORTAL_HTTP_LISTN",
                 "PORTAL_LEPTOS_CONFG",
-                "PORTAL_LOG_LEVEL"
+                "PORTAL_LOG_LEVEL",
+                "Portal_Http_Listen",
+                "portal_config"
             ]
         );
         assert_eq!(edit_distance("PORTAL_CONFG", "PORTAL_CONFIG"), 1);
