@@ -23,6 +23,7 @@ struct Inner {
     logins: IntCounterVec,
     radius_seconds: HistogramVec,
     radius_timeouts: IntCounterVec,
+    radius_unreachable: IntCounterVec,
     http_requests: IntCounterVec,
     http_seconds: HistogramVec,
     expiry_lag: Histogram,
@@ -176,6 +177,12 @@ impl Metrics {
             "RADIUS exchanges that got no valid answer in time, by server (name and address) and port",
             &["server", "address", "port"],
         );
+        let radius_unreachable = counter(
+            &r,
+            "portal_radius_unreachable_total",
+            "RADIUS exchanges ended by an ICMP destination unreachable (nothing listens at the port, or no route), by server (name and address) and port",
+            &["server", "address", "port"],
+        );
         let http_requests = counter(
             &r,
             "portal_http_requests_total",
@@ -263,6 +270,7 @@ impl Metrics {
             logins,
             radius_seconds,
             radius_timeouts,
+            radius_unreachable,
             http_requests,
             http_seconds,
             expiry_lag,
@@ -302,12 +310,12 @@ impl Metrics {
             .radius_seconds
             .with_label_values(&[server, address, port, result])
             .observe(took.as_secs_f64());
-        if result == "timeout" {
-            self.0
-                .radius_timeouts
-                .with_label_values(&[server, address, port])
-                .inc();
-        }
+        let failures = match result {
+            "timeout" => &self.0.radius_timeouts,
+            "unreachable" => &self.0.radius_unreachable,
+            _ => return,
+        };
+        failures.with_label_values(&[server, address, port]).inc();
     }
 
     /// One HTTP request.
@@ -322,13 +330,14 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// A configured server (its name, auth and acct addresses): its timeout counters exist (at
-    /// 0) before its first timeout, so an alert on them sees a series from the start.
+    /// A configured server (its name, auth and acct addresses): its timeout and unreachable
+    /// counters exist (at 0) before its first failure, so an alert on them sees a series from
+    /// the start.
     pub fn known_server(&self, server: &str, auth: &str, acct: &str) {
         for (address, port) in [(auth, "auth"), (acct, "acct")] {
-            self.0
-                .radius_timeouts
-                .with_label_values(&[server, address, port]);
+            for failures in [&self.0.radius_timeouts, &self.0.radius_unreachable] {
+                failures.with_label_values(&[server, address, port]);
+            }
         }
     }
 
@@ -425,6 +434,13 @@ mod tests {
             "timeout",
             Duration::from_secs(3),
         );
+        m.radius_exchange(
+            "backup",
+            "127.0.0.2:1812",
+            "auth",
+            "unreachable",
+            Duration::from_micros(80),
+        );
         m.http_request(
             "/api/login",
             axum::http::StatusCode::SEE_OTHER,
@@ -454,6 +470,7 @@ mod tests {
         for expected in [
             "portal_logins_total{organization=\"acme\",outcome=\"accepted\"} 1",
             "portal_radius_timeouts_total{address=\"127.0.0.1:1813\",port=\"acct\",server=\"primary\"} 1",
+            "portal_radius_unreachable_total{address=\"127.0.0.2:1812\",port=\"auth\",server=\"backup\"} 1",
             "portal_radius_request_seconds_count{address=\"127.0.0.1:1812\",port=\"auth\",result=\"answered\",server=\"primary\"} 1",
             "portal_http_requests_total{route=\"/api/login\",status=\"303\"} 1",
             "portal_expiry_lag_seconds_count 1",

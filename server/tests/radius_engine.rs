@@ -399,6 +399,37 @@ async fn a_server_with_nothing_listening_is_failed_over_at_once() {
     app.stop().await;
 }
 
+/// A lone server that is restarting (nothing listens for a moment) is not given up at its
+/// first ICMP port unreachable: the sign-in retransmits, and the restarted server answers it.
+#[tokio::test]
+async fn a_lone_server_restarting_answers_the_retransmission() {
+    let mut radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut patient = radius.server_settings("only", true);
+    patient.timeout = Duration::from_secs(2);
+    patient.retries = 5;
+    let mut settings = settings(&db, vec![patient]);
+    settings.organizations[0].login_timeout = Duration::from_secs(30);
+    let app = TestApp::spawn(&settings).await;
+
+    radius.kill();
+    let sessions = app.sessions.clone();
+    let login = tokio::spawn(async move {
+        sessions
+            .login("acme", "carol", "carol-pass", IpAddr::V4(client(42)))
+            .await
+    });
+    // Its first Access-Request meets the closed port within milliseconds; starting FreeRADIUS
+    // again takes far longer, and the login is still waiting when it is done.
+    radius.restart().await;
+    let session = login
+        .await
+        .unwrap()
+        .expect("answered after the restart, not given up at the first refusal");
+    assert_eq!(session.server_name, "only");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn with_every_server_down_login_fails_at_once_and_recovers_by_itself() {
     let mut radius = FreeRadius::start().await;
@@ -581,7 +612,9 @@ async fn more_than_256_requests_in_flight_to_one_server_all_complete_over_more_s
                 terminate_cause: None,
             };
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            radius.account(&endpoint, &nas, &record, deadline).await
+            radius
+                .account(&endpoint, &nas, &record, deadline, true)
+                .await
         });
     }
     let needed = (REQUESTS as usize).div_ceil(256);

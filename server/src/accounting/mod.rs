@@ -840,10 +840,20 @@ impl Accounting {
         }
         let own_deadline =
             Instant::now() + (server.timeout * (server.retries + 1)).min(MAX_EXCHANGE);
+        // A server that says nothing listens there is left at once (and tried again after the
+        // backoff) — but a login's Start with no other server to go to is retransmitted to
+        // its one server until the login's deadline: it may be restarting.
+        let end_when_unreachable = deadline.is_none() || org.servers.len() > 1;
         let deadline = deadline.map_or(own_deadline, |d| d.min(own_deadline));
         match self
             .radius
-            .account(server, session.nas_or(&org.nas), &record, deadline)
+            .account(
+                server,
+                session.nas_or(&org.nas),
+                &record,
+                deadline,
+                end_when_unreachable,
+            )
             .await
         {
             Ok(()) => {

@@ -5,11 +5,12 @@
 //! The receive loop verifies every datagram against the request it claims to answer (Response
 //! Authenticator, Message-Authenticator) before handing it over, so a forged or garbled datagram
 //! can neither panic anything nor take the place of the real reply: the request keeps waiting
-//! for the genuine one. An ICMP error for a request (port unreachable: nothing listens there;
-//! host or network unreachable) ends it at once with [`RadiusError::Unreachable`] instead of
-//! letting it wait out its timeouts (`IP_RECVERR`: the kernel queues the error with the request
-//! it answers) — but only when the error quotes the request's own Request Authenticator, so an
-//! off-path forgery cannot end anything. When all 256 Identifiers towards a server are in use on every socket, a
+//! for the genuine one. An ICMP destination unreachable for a request (nothing listens at the
+//! port; no route to the host) can end it at once with [`RadiusError::Unreachable`] instead of
+//! letting it wait out its timeouts, when the caller has somewhere else to go
+//! ([`Exchange::end_when_unreachable`]). The kernel queues the error with the request it
+//! answers (`IP_RECVERR`); it counts only when it quotes the request's own Request
+//! Authenticator, so a host that never saw the request cannot end it. When all 256 Identifiers towards a server are in use on every socket, a
 //! new source socket is opened (up to [`MAX_SOCKETS_PER_FAMILY`]); beyond that a request waits
 //! for a free Identifier until its deadline — it never fails merely because many are in flight.
 //!
@@ -56,6 +57,8 @@ struct Expectation {
     request_authenticator: [u8; 16],
     secret: Arc<[u8]>,
     require_message_authenticator: bool,
+    /// An ICMP destination unreachable quoting the request ends it.
+    end_when_unreachable: bool,
 }
 
 /// One request in flight.
@@ -131,6 +134,11 @@ pub struct Exchange<'a> {
     pub deadline: Instant,
     /// Reject replies that lack a valid Message-Authenticator (BlastRADIUS hardening).
     pub require_message_authenticator: bool,
+    /// End the exchange at once with [`RadiusError::Unreachable`] when an ICMP destination
+    /// unreachable quotes the request — for a caller with another server to try, or that tries
+    /// again later anyway. False: keep retransmitting until the deadline (a lone server
+    /// restarting answers the retransmission).
+    pub end_when_unreachable: bool,
 }
 
 fn new_socket(local: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -245,6 +253,7 @@ impl RadiusClient {
                 request_authenticator,
                 secret: Arc::from(ex.secret),
                 require_message_authenticator: ex.require_message_authenticator,
+                end_when_unreachable: ex.end_when_unreachable,
             });
         }
         let mut sent = false;
@@ -253,10 +262,7 @@ impl RadiusClient {
                 break;
             }
             sent = true;
-            socket
-                .send_to(&bytes, ex.destination)
-                .await
-                .map_err(RadiusError::Io)?;
+            self.send(&socket, key.0, &bytes, ex.destination).await?;
             let wait_until = (Instant::now() + ex.timeout).min(ex.deadline);
             match tokio::time::timeout_at(wait_until, &mut reply).await {
                 Ok(Ok(Ok(reply))) => return Ok(reply),
@@ -277,6 +283,33 @@ impl RadiusClient {
             (true, false) => RadiusError::Timeout,
             (false, _) => RadiusError::NotSent,
         })
+    }
+
+    /// Sends `bytes` to `destination` from `socket` (number `index` of its family). With
+    /// `IP_RECVERR`, a socket's pending ICMP error — about any server — fails the next send on
+    /// it, and a full transmit queue says ENOBUFS instead of dropping the datagram: neither is
+    /// this destination's failure. Such a send is made again; if it keeps failing, the
+    /// datagram counts as lost and the retransmission timer takes over, as it would without
+    /// `IP_RECVERR`.
+    async fn send(
+        &self,
+        socket: &UdpSocket,
+        index: usize,
+        bytes: &[u8],
+        destination: SocketAddr,
+    ) -> Result<(), RadiusError> {
+        for _ in 0..SEND_TRIES {
+            match socket.send_to(bytes, destination).await {
+                Ok(_) => return Ok(()),
+                Err(e) if not_this_sends_failure(&e) => {
+                    // The error's own request may be waiting for it.
+                    read_errors(&self.shared, index, socket);
+                }
+                Err(e) => return Err(RadiusError::Io(e)),
+            }
+        }
+        tracing::debug!(server = %destination, "RADIUS request not sent (socket errors): waiting as for a lost datagram");
+        Ok(())
     }
 
     /// Reserves a free Identifier towards `destination` on some socket (opening another when
@@ -389,12 +422,40 @@ async fn receive_loop(
     }
 }
 
+/// Sends of one datagram made before it counts as lost (see [`RadiusClient::send`]).
+const SEND_TRIES: usize = 3;
+
+/// Whether a failed send reports something other than this datagram's fate: another
+/// datagram's ICMP error (pending on the socket, see [`RadiusClient::send`]) or a full queue.
+fn not_this_sends_failure(error: &std::io::Error) -> bool {
+    use nix::errno::Errno::*;
+    error.raw_os_error().is_some_and(|code| {
+        matches!(
+            nix::errno::Errno::from_raw(code),
+            ECONNREFUSED
+                | EHOSTUNREACH
+                | ENETUNREACH
+                | EHOSTDOWN
+                | ENONET
+                | EACCES
+                | ENOPROTOOPT
+                | EPROTO
+                | EMSGSIZE
+                | ENOBUFS
+        )
+    })
+}
+
 /// An ICMP error the kernel queued for a datagram this socket sent (`IP_RECVERR`).
 #[derive(Debug)]
 struct IcmpError {
     /// Where the datagram went.
     destination: SocketAddr,
-    /// What the ICMP error means (ECONNREFUSED for port unreachable, EHOSTUNREACH, ...).
+    /// A destination unreachable (ICMP type 3 but "fragmentation needed", which the kernel
+    /// handles by fragmenting the retransmission; ICMPv6 type 1) — not a time exceeded or a
+    /// parameter problem.
+    unreachable: bool,
+    /// What it means (ECONNREFUSED for port unreachable, EHOSTUNREACH, ...).
     error: nix::errno::Errno,
     /// The start of the datagram, as the ICMP error quoted it.
     quoted: [u8; QUOTED],
@@ -404,16 +465,6 @@ struct IcmpError {
 
 /// A RADIUS header: code, Identifier, length, Request Authenticator.
 const QUOTED: usize = 20;
-
-/// Errors that say no reply can come: the ICMP "hard" errors (not "fragmentation needed",
-/// which the kernel handles by fragmenting the retransmission).
-fn ends_the_request(error: nix::errno::Errno) -> bool {
-    use nix::errno::Errno::*;
-    matches!(
-        error,
-        ECONNREFUSED | EHOSTUNREACH | ENETUNREACH | EHOSTDOWN | ENONET | EACCES | ENOPROTOOPT
-    )
-}
 
 /// Takes the next error from the socket's error queue; `Ok(None)` for one that is not an ICMP
 /// error about a datagram (a local one). `WouldBlock` once the queue is empty.
@@ -438,26 +489,31 @@ fn next_error(socket: &UdpSocket) -> std::io::Result<Option<IcmpError>> {
             a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
         }
     });
+    const DEST_UNREACH: u8 = 3;
+    const FRAG_NEEDED: u8 = 4;
+    const DEST_UNREACH_V6: u8 = 1;
     let mut icmp = None;
     for control in message.cmsgs().map_err(std::io::Error::from)? {
-        let extended = match control {
+        let (extended, unreachable) = match control {
             ControlMessageOwned::Ipv4RecvErr(e, _)
                 if e.ee_origin == nix::libc::SO_EE_ORIGIN_ICMP =>
             {
-                e
+                (e, e.ee_type == DEST_UNREACH && e.ee_code != FRAG_NEEDED)
             }
             ControlMessageOwned::Ipv6RecvErr(e, _)
                 if e.ee_origin == nix::libc::SO_EE_ORIGIN_ICMP6 =>
             {
-                e
+                (e, e.ee_type == DEST_UNREACH_V6)
             }
             _ => continue,
         };
-        icmp = Some(nix::errno::Errno::from_raw(extended.ee_errno as i32));
+        let error = i32::try_from(extended.ee_errno).unwrap_or(0);
+        icmp = Some((nix::errno::Errno::from_raw(error), unreachable));
     }
     Ok(match (destination, icmp) {
-        (Some(destination), Some(error)) => Some(IcmpError {
+        (Some(destination), Some((error, unreachable))) => Some(IcmpError {
             destination,
+            unreachable,
             error,
             quoted,
             quoted_len,
@@ -481,11 +537,12 @@ fn read_errors(shared: &Shared, index: usize, socket: &UdpSocket) {
     }
 }
 
-/// Ends the request `icmp` is about, if it quotes that request's own header: the Request
-/// Authenticator is random, so only a host that saw the request can name it.
+/// Ends the request `icmp` is about, if it quotes that request's own header (its Request
+/// Authenticator: random for an Access-Request, a keyed hash for an Accounting-Request — only
+/// a host that saw the request can name it) and the request's caller wants it ended.
 fn handle_icmp(shared: &Shared, index: usize, icmp: &IcmpError) {
     let quoted = &icmp.quoted[..icmp.quoted_len];
-    if !ends_the_request(icmp.error) || quoted.len() < QUOTED {
+    if !icmp.unreachable || quoted.len() < QUOTED {
         tracing::debug!(server = %icmp.destination, error = %icmp.error, quoted = quoted.len(),
             "ICMP error for a RADIUS request not acted on");
         return;
@@ -495,10 +552,9 @@ fn handle_icmp(shared: &Shared, index: usize, icmp: &IcmpError) {
     let Some(pending) = inner.waiters.get_mut(&key) else {
         return;
     };
-    let proven = pending
-        .expect
-        .as_ref()
-        .is_some_and(|e| e.request_authenticator[..] == quoted[4..QUOTED]);
+    let proven = pending.expect.as_ref().is_some_and(|e| {
+        e.end_when_unreachable && e.request_authenticator[..] == quoted[4..QUOTED]
+    });
     if !proven {
         return;
     }
@@ -609,5 +665,124 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
             )
         }
         Err(why) => drop_it(&why, DropCause::FromServer),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AUTHENTICATOR: [u8; 16] = [7; 16];
+
+    /// A request waiting on `client`'s first socket towards `server` with Identifier 9.
+    fn waiting(
+        client: &RadiusClient,
+        server: SocketAddr,
+        end_when_unreachable: bool,
+    ) -> oneshot::Receiver<Answer> {
+        let (tx, rx) = oneshot::channel();
+        client.lock().waiters.insert(
+            (0, server, 9),
+            Pending {
+                expect: Some(Expectation {
+                    request_authenticator: AUTHENTICATOR,
+                    secret: Arc::from(&b"secret"[..]),
+                    require_message_authenticator: false,
+                    end_when_unreachable,
+                }),
+                reply: Some(tx),
+                unsigned_reply: false,
+            },
+        );
+        rx
+    }
+
+    /// A port unreachable for `server` quoting `header`.
+    fn port_unreachable(server: SocketAddr, header: &[u8]) -> IcmpError {
+        let mut quoted = [0u8; QUOTED];
+        quoted[..header.len()].copy_from_slice(header);
+        IcmpError {
+            destination: server,
+            unreachable: true,
+            error: nix::errno::Errno::ECONNREFUSED,
+            quoted,
+            quoted_len: header.len(),
+        }
+    }
+
+    fn header(id: u8, authenticator: [u8; 16]) -> Vec<u8> {
+        let mut header = vec![4, id, 0, 20];
+        header.extend_from_slice(&authenticator);
+        header
+    }
+
+    #[tokio::test]
+    async fn only_an_unreachable_quoting_the_request_ends_it_and_only_when_asked() {
+        let client = RadiusClient::bind(Ipv4Addr::LOCALHOST).await.unwrap();
+        let server: SocketAddr = "127.0.0.1:1813".parse().unwrap();
+        let shared = &client.shared;
+
+        // Not acted on: another authenticator (a forgery, or the Identifier's earlier request),
+        // a quote too short to hold it, an error that is no destination unreachable.
+        let mut rx = waiting(&client, server, true);
+        handle_icmp(shared, 0, &port_unreachable(server, &header(9, [8; 16])));
+        handle_icmp(
+            shared,
+            0,
+            &port_unreachable(server, &header(9, AUTHENTICATOR)[..8]),
+        );
+        let mut time_exceeded = port_unreachable(server, &header(9, AUTHENTICATOR));
+        time_exceeded.unreachable = false;
+        handle_icmp(shared, 0, &time_exceeded);
+        // Nor for another socket or server.
+        handle_icmp(
+            shared,
+            1,
+            &port_unreachable(server, &header(9, AUTHENTICATOR)),
+        );
+        let elsewhere: SocketAddr = "127.0.0.2:1813".parse().unwrap();
+        handle_icmp(
+            shared,
+            0,
+            &port_unreachable(elsewhere, &header(9, AUTHENTICATOR)),
+        );
+        assert!(rx.try_recv().is_err(), "still waiting");
+
+        // The request's own header: it ends, with the error.
+        handle_icmp(
+            shared,
+            0,
+            &port_unreachable(server, &header(9, AUTHENTICATOR)),
+        );
+        let answer = rx.try_recv().expect("ended");
+        let error = answer.expect_err("an error, not a reply");
+        assert_eq!(error.raw_os_error(), Some(nix::libc::ECONNREFUSED));
+
+        // A caller that keeps retransmitting (its one server may be restarting) is left waiting.
+        let mut rx = waiting(&client, server, false);
+        handle_icmp(
+            shared,
+            0,
+            &port_unreachable(server, &header(9, AUTHENTICATOR)),
+        );
+        assert!(rx.try_recv().is_err(), "still waiting");
+    }
+
+    #[test]
+    fn a_send_failed_by_another_datagrams_error_is_made_again() {
+        for errno in [
+            nix::libc::ECONNREFUSED,
+            nix::libc::EHOSTUNREACH,
+            nix::libc::ENOBUFS,
+        ] {
+            assert!(not_this_sends_failure(&std::io::Error::from_raw_os_error(
+                errno
+            )));
+        }
+        for errno in [nix::libc::EBADF, nix::libc::EINVAL, nix::libc::EAFNOSUPPORT] {
+            assert!(!not_this_sends_failure(&std::io::Error::from_raw_os_error(
+                errno
+            )));
+        }
     }
 }

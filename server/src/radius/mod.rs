@@ -41,11 +41,12 @@ pub enum RadiusError {
     /// Socket error: try the next server.
     #[error("RADIUS socket error")]
     Io(#[source] std::io::Error),
-    /// An ICMP error quoting the request came back (port unreachable: nothing listens there;
-    /// host or network unreachable): a failure of this server for failover and the breaker,
-    /// known at once instead of after the timeouts.
+    /// An ICMP destination unreachable quoting the request came back (port unreachable:
+    /// nothing listens there; host or network unreachable): a failure of this server for
+    /// failover and the breaker, known at once instead of after the timeouts. Its text names
+    /// the error (no `source`, so that a log line's one message has it).
     #[error("the RADIUS server cannot be reached: {0} (an ICMP error came back for the request)")]
-    Unreachable(#[source] std::io::Error),
+    Unreachable(std::io::Error),
     /// The request could not be encoded (attribute too long): a bug or bad input; give up.
     #[error("RADIUS request could not be encoded")]
     Encode(#[source] PacketError),
@@ -429,13 +430,14 @@ impl Radius {
         }
     }
 
-    /// One exchange with `server` at `port`, feeding the outcome to its breaker.
+    /// One exchange with `server` at `port`, feeding the outcome to its breaker (see
+    /// [`Exchange`] for `end_when_unreachable`).
     async fn exchange_with(
         &self,
         server: &ServerEndpoint,
         port: Port,
         deadline: Instant,
-        require_message_authenticator: bool,
+        (require_message_authenticator, end_when_unreachable): (bool, bool),
         build: impl FnOnce(u8) -> Result<(Vec<u8>, [u8; 16]), RadiusError>,
     ) -> Result<Reply, RadiusError> {
         let destination = health::address(server, port);
@@ -446,6 +448,7 @@ impl Radius {
             retries: server.retries,
             deadline,
             require_message_authenticator,
+            end_when_unreachable,
         };
         let started = std::time::Instant::now();
         let result = self.client.exchange(exchange, build).await;
@@ -533,7 +536,12 @@ impl Radius {
                     server,
                     Port::Auth,
                     server_deadline,
-                    self.requires_message_authenticator(server),
+                    // A server that says nothing listens there is left at once for the next
+                    // one; the last one is retransmitted to (it may be restarting).
+                    (
+                        self.requires_message_authenticator(server),
+                        k + 1 < candidates.len(),
+                    ),
                     |id| {
                         let authenticator = random_authenticator();
                         let mut p =
@@ -587,21 +595,27 @@ impl Radius {
         Err(last_error)
     }
 
-    /// Sends one Accounting-Request to `server` and waits for the Accounting-Response.
+    /// Sends one Accounting-Request to `server` and waits for the Accounting-Response (see
+    /// [`Exchange`] for `end_when_unreachable`).
     pub async fn account(
         &self,
         server: &ServerEndpoint,
         nas: &NasIdentity,
         record: &AccountingRecord,
         deadline: Instant,
+        end_when_unreachable: bool,
     ) -> Result<(), RadiusError> {
         let secret = server.secret.expose().as_bytes();
         // Accounting-Responses rarely carry Message-Authenticator; the Response Authenticator
         // already covers the whole packet.
         let reply = self
-            .exchange_with(server, Port::Acct, deadline, false, |id| {
-                encode_accounting(id, nas, record, secret)
-            })
+            .exchange_with(
+                server,
+                Port::Acct,
+                deadline,
+                (false, end_when_unreachable),
+                |id| encode_accounting(id, nas, record, secret),
+            )
             .await?;
         match reply.packet.code() {
             Code::AccountingResponse => Ok(()),
@@ -636,6 +650,8 @@ impl Radius {
             deadline,
             require_message_authenticator: port == Port::Auth
                 && self.requires_message_authenticator(server),
+            // A probe is made again anyway; `radius test` says at once.
+            end_when_unreachable: true,
         };
         self.client
             .exchange(exchange, |id| {
