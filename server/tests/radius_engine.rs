@@ -399,6 +399,45 @@ async fn a_server_with_nothing_listening_is_failed_over_at_once() {
     app.stop().await;
 }
 
+/// A Stop its server refused just before a graceful shutdown (SIGTERM) is not left for the next
+/// start while the backup is up: the shutdown's flush waits out its short backoff, the second
+/// refusal opens the server's breaker, and the Stop fails over before the process exits.
+#[tokio::test]
+async fn a_stop_refused_just_before_a_graceful_shutdown_fails_over_before_the_exit() {
+    let mut primary = FreeRadius::start().await;
+    let backup = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut patient = primary.server_settings("primary", true);
+    patient.timeout = Duration::from_secs(30);
+    let settings = settings(&db, vec![patient, backup.server_settings("backup", true)]);
+    let app = TestApp::spawn(&settings).await;
+    let session = app
+        .sessions
+        .login("acme", "carol", "carol-pass", IpAddr::V4(client(43)))
+        .await
+        .unwrap();
+    let sid = format!("sid={}", session.acct_session_id);
+    primary.wait_for_acct(&["status=Start", &sid]).await;
+
+    primary.kill();
+    assert!(app.sessions.disconnect(session.id).await.unwrap());
+    let storage = app.storage.clone();
+    app.stop().await;
+    assert!(
+        backup
+            .acct_lines()
+            .iter()
+            .any(|l| l.contains("status=Stop") && l.contains(&sid)),
+        "the Stop reached the backup before the exit: {:?}",
+        backup.acct_lines()
+    );
+    assert_eq!(
+        storage.outbox_backlog().await.unwrap(),
+        1,
+        "left: only the Stop's copy owed to the primary, which has the Start (sent once it is back)"
+    );
+}
+
 /// A lone server that is restarting (nothing listens for a moment) is not given up at its
 /// first ICMP port unreachable: the sign-in retransmits, and the restarted server answers it.
 #[tokio::test]
@@ -419,8 +458,11 @@ async fn a_lone_server_restarting_answers_the_retransmission() {
             .login("acme", "carol", "carol-pass", IpAddr::V4(client(42)))
             .await
     });
-    // Its first Access-Request meets the closed port within milliseconds; starting FreeRADIUS
-    // again takes far longer, and the login is still waiting when it is done.
+    wait_until("the sign-in's request met the closed port", || async {
+        app.radius.client().icmp_errors() > 0
+    })
+    .await;
+    assert!(!login.is_finished(), "still retransmitting");
     radius.restart().await;
     let session = login
         .await

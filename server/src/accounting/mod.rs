@@ -840,10 +840,11 @@ impl Accounting {
         }
         let own_deadline =
             Instant::now() + (server.timeout * (server.retries + 1)).min(MAX_EXCHANGE);
-        // A server that says nothing listens there is left at once (and tried again after the
-        // backoff) — but a login's Start with no other server to go to is retransmitted to
-        // its one server until the login's deadline: it may be restarting.
-        let end_when_unreachable = deadline.is_none() || org.servers.len() > 1;
+        // A server that says nothing listens there is left at once (tried again after the
+        // backoff, or failed over) — but an organization's one server is retransmitted to as
+        // usual: it may be restarting, and two quick failures would open its breaker, holding
+        // every packet (a login's Start too) until a probe closes it again.
+        let end_when_unreachable = org.servers.len() > 1;
         let deadline = deadline.map_or(own_deadline, |d| d.min(own_deadline));
         match self
             .radius
@@ -892,6 +893,10 @@ impl Accounting {
                     RadiusError::IdentifiersExhausted
                         | RadiusError::NoIpv6Socket
                         | RadiusError::NotSent
+                        | RadiusError::Unreachable {
+                            maybe_received: false,
+                            ..
+                        }
                 );
                 tracing::warn!(acct_session_id = %record.acct_session_id, status_type = record.status_type,
                     server = %server.name, attempts = row.attempts, error = %e, "accounting not acknowledged; will retry");
@@ -1078,15 +1083,18 @@ impl Accounting {
 
     /// At shutdown (graceful: SIGTERM): delivers what is due now and lets deliveries under way
     /// finish, for at most [`SHUTDOWN_FLUSH`], so a Stop queued just before does not wait for
-    /// the next start. Rows not delivered by then stay in the outbox (their claims are
-    /// released at the next start on SQLite, run out their lease on PostgreSQL): nothing is
-    /// lost either way.
+    /// the next start — also a row whose backoff ends within that time (a Stop whose server
+    /// just refused it is tried again, and fails over once that server's breaker opens). Rows
+    /// not delivered by then stay in the outbox (their claims are released at the next start
+    /// on SQLite, run out their lease on PostgreSQL): nothing is lost either way.
     async fn flush(
         &self,
         mut in_flight: JoinSet<Result<Delivery, OutboxError>>,
         mut in_flight_ids: HashSet<i64>,
     ) {
+        let flush_ends = now_ms() + SHUTDOWN_FLUSH.as_millis() as i64;
         let flushed = tokio::time::timeout(SHUTDOWN_FLUSH, async {
+            let mut stuck = false;
             loop {
                 let now = now_ms();
                 let rows = match self
@@ -1100,6 +1108,9 @@ impl Accounting {
                         Vec::new()
                     }
                 };
+                if !rows.is_empty() {
+                    stuck = false;
+                }
                 for row in rows {
                     if in_flight_ids.insert(row.id) {
                         let this = self.clone();
@@ -1107,7 +1118,18 @@ impl Accounting {
                     }
                 }
                 if in_flight.is_empty() && self.claimed.is_empty() {
-                    return;
+                    // A row due within the flush's time is waited for; one due already that
+                    // two rounds in a row could not claim (a database error) is left to the
+                    // next start.
+                    match self.storage.next_outbox_attempt().await {
+                        Ok(Some(at)) if at < flush_ends && (at > now_ms() || !stuck) => {
+                            stuck = at <= now_ms();
+                            let wait = u64::try_from(at - now_ms()).unwrap_or(0);
+                            tokio::time::sleep(Duration::from_millis(wait)).await;
+                            continue;
+                        }
+                        _ => return,
+                    }
                 }
                 while in_flight.join_next().await.is_some() {}
                 self.claimed.close();
@@ -1116,15 +1138,17 @@ impl Accounting {
             }
         })
         .await;
-        match flushed {
-            Ok(()) => tracing::info!("accounting flushed at shutdown"),
-            Err(_) => match self.storage.outbox_backlog().await {
-                Ok(left) => tracing::warn!(
-                    left,
-                    "accounting not flushed within {SHUTDOWN_FLUSH:?}: the rest is sent at the next start"
-                ),
-                Err(e) => tracing::warn!(error = ?e, "accounting not flushed at shutdown"),
-            },
+        match (flushed, self.storage.outbox_backlog().await) {
+            (Ok(()), Ok(0)) => tracing::info!("accounting flushed at shutdown"),
+            (Ok(()), Ok(left)) => tracing::warn!(
+                left,
+                "accounting at shutdown: what could be sent was sent; the rest waits for a server (its backoff ends later) and is sent at the next start"
+            ),
+            (Err(_), Ok(left)) => tracing::warn!(
+                left,
+                "accounting not flushed within {SHUTDOWN_FLUSH:?}: the rest is sent at the next start"
+            ),
+            (_, Err(e)) => tracing::warn!(error = ?e, "accounting at shutdown: what is left could not be counted"),
         }
         // Claims a database error left held: given up, so another replica sends them now
         // rather than after their lease (one try, briefly: the process is ending).

@@ -70,6 +70,8 @@ struct Pending {
     reply: Option<oneshot::Sender<Answer>>,
     /// An authentic reply came but was dropped for lacking the Message-Authenticator.
     unsigned_reply: bool,
+    /// An ICMP destination unreachable quoting the request came, and the request went on.
+    refused: Option<nix::errno::Errno>,
 }
 
 /// What ends a request's wait: its reply, or an ICMP error saying it cannot arrive.
@@ -106,6 +108,8 @@ struct Shared {
     /// Of those, the ones anyone could have sent from an address no request went to (they
     /// decide when to warn about those).
     suspicious: AtomicU64,
+    /// ICMP errors read from the sockets' error queues, acted on or not.
+    icmp_errors: AtomicU64,
 }
 
 impl Drop for Shared {
@@ -178,6 +182,7 @@ impl RadiusClient {
                 stop: CancellationToken::new(),
                 dropped: AtomicU64::new(0),
                 suspicious: AtomicU64::new(0),
+                icmp_errors: AtomicU64::new(0),
             }),
         };
         let mut inner = client.lock();
@@ -189,6 +194,11 @@ impl RadiusClient {
     /// Datagrams dropped so far (forged, unsolicited, malformed).
     pub fn dropped_datagrams(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// ICMP errors about requests read so far (those that ended a request and the rest).
+    pub fn icmp_errors(&self) -> u64 {
+        self.shared.icmp_errors.load(Ordering::Relaxed)
     }
 
     /// Replies from `server` dropped so far because they failed verification (a wrong secret,
@@ -257,59 +267,80 @@ impl RadiusClient {
             });
         }
         let mut sent = false;
-        for _attempt in 0..=ex.retries {
+        for attempt in 0..=ex.retries {
             if Instant::now() >= ex.deadline {
                 break;
             }
-            sent = true;
-            self.send(&socket, key.0, &bytes, ex.destination).await?;
+            // A datagram the host dropped (a full queue) says nothing about the server: it
+            // is not counted as sent, and the timer retransmits it.
+            sent |= self.send(&socket, key.0, &bytes, ex.destination).await?;
             let wait_until = (Instant::now() + ex.timeout).min(ex.deadline);
             match tokio::time::timeout_at(wait_until, &mut reply).await {
                 Ok(Ok(Ok(reply))) => return Ok(reply),
-                // Nothing listens there, or no route: no retransmission can be answered.
-                Ok(Ok(Err(icmp))) => return Err(RadiusError::Unreachable(icmp)),
+                // Nothing listens there, or no route: no retransmission can be answered. Refused
+                // at its first send, the request provably never arrived.
+                Ok(Ok(Err(error))) => {
+                    return Err(RadiusError::Unreachable {
+                        error,
+                        maybe_received: attempt > 0,
+                    })
+                }
                 // The sender is dropped only with the registration: cannot happen while we wait.
                 Ok(Err(_)) => break,
                 Err(_) => {} // timed out: retransmit
             }
         }
-        let unsigned = self
+        let (unsigned, refused) = self
             .lock()
             .waiters
             .get(&key)
-            .is_some_and(|pending| pending.unsigned_reply);
-        Err(match (sent, unsigned) {
-            (true, true) => RadiusError::UnsignedReply,
-            (true, false) => RadiusError::Timeout,
-            (false, _) => RadiusError::NotSent,
+            .map_or((false, None), |pending| {
+                (pending.unsigned_reply, pending.refused)
+            });
+        Err(match (sent, unsigned, refused) {
+            (true, true, _) => RadiusError::UnsignedReply,
+            // Retransmitted through ICMP errors (a last server that may be restarting): the
+            // operator learns that nothing listened there, not "no reply".
+            (true, false, Some(errno)) => RadiusError::Unreachable {
+                error: std::io::Error::from(errno),
+                maybe_received: true,
+            },
+            (true, false, None) => RadiusError::Timeout,
+            (false, _, _) => RadiusError::NotSent,
         })
     }
 
-    /// Sends `bytes` to `destination` from `socket` (number `index` of its family). With
-    /// `IP_RECVERR`, a socket's pending ICMP error — about any server — fails the next send on
-    /// it, and a full transmit queue says ENOBUFS instead of dropping the datagram: neither is
-    /// this destination's failure. Such a send is made again; if it keeps failing, the
-    /// datagram counts as lost and the retransmission timer takes over, as it would without
-    /// `IP_RECVERR`.
+    /// Sends `bytes` to `destination` from `socket` (number `index` of its family); false: the
+    /// host dropped it. With `IP_RECVERR`, a socket's pending ICMP error — about any server —
+    /// fails the next send on it (and is cleared by it), and a full transmit queue says ENOBUFS
+    /// instead of dropping the datagram in silence. So a failed send is made again, up to
+    /// [`SEND_TRIES`] times: only a send that keeps failing is this send's own failure
+    /// (`Io`: no route, say), except ENOBUFS, which stays a dropped datagram.
     async fn send(
         &self,
         socket: &UdpSocket,
         index: usize,
         bytes: &[u8],
         destination: SocketAddr,
-    ) -> Result<(), RadiusError> {
-        for _ in 0..SEND_TRIES {
-            match socket.send_to(bytes, destination).await {
-                Ok(_) => return Ok(()),
-                Err(e) if not_this_sends_failure(&e) => {
-                    // The error's own request may be waiting for it.
-                    read_errors(&self.shared, index, socket);
-                }
-                Err(e) => return Err(RadiusError::Io(e)),
+    ) -> Result<bool, RadiusError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let error = match socket.send_to(bytes, destination).await {
+                Ok(_) => return Ok(true),
+                Err(e) => e,
+            };
+            // The error's own request may be waiting for it.
+            take_errors(&self.shared, index, socket);
+            if tries < SEND_TRIES {
+                continue;
             }
+            if error.raw_os_error() == Some(nix::libc::ENOBUFS) {
+                tracing::debug!(server = %destination, "RADIUS request dropped by this host (ENOBUFS): retransmitted on its timer");
+                return Ok(false);
+            }
+            return Err(RadiusError::Io(error));
         }
-        tracing::debug!(server = %destination, "RADIUS request not sent (socket errors): waiting as for a lost datagram");
-        Ok(())
     }
 
     /// Reserves a free Identifier towards `destination` on some socket (opening another when
@@ -343,6 +374,7 @@ impl RadiusClient {
                             expect: None,
                             reply: Some(tx),
                             unsigned_reply: false,
+                            refused: None,
                         },
                     );
                     let socket = if v6 {
@@ -422,29 +454,10 @@ async fn receive_loop(
     }
 }
 
-/// Sends of one datagram made before it counts as lost (see [`RadiusClient::send`]).
+/// Sends of one datagram made before its error counts (see [`RadiusClient::send`]).
 const SEND_TRIES: usize = 3;
-
-/// Whether a failed send reports something other than this datagram's fate: another
-/// datagram's ICMP error (pending on the socket, see [`RadiusClient::send`]) or a full queue.
-fn not_this_sends_failure(error: &std::io::Error) -> bool {
-    use nix::errno::Errno::*;
-    error.raw_os_error().is_some_and(|code| {
-        matches!(
-            nix::errno::Errno::from_raw(code),
-            ECONNREFUSED
-                | EHOSTUNREACH
-                | ENETUNREACH
-                | EHOSTDOWN
-                | ENONET
-                | EACCES
-                | ENOPROTOOPT
-                | EPROTO
-                | EMSGSIZE
-                | ENOBUFS
-        )
-    })
-}
+/// ICMP errors read from a socket's queue in one go: a flood of them yields to the rest.
+const ERRORS_AT_ONCE: usize = 64;
 
 /// An ICMP error the kernel queued for a datagram this socket sent (`IP_RECVERR`).
 #[derive(Debug)]
@@ -522,9 +535,12 @@ fn next_error(socket: &UdpSocket) -> std::io::Result<Option<IcmpError>> {
     })
 }
 
-/// Empties the socket's error queue, ending each request an ICMP error proves unanswerable.
+/// Reads the socket's error queue (at most [`ERRORS_AT_ONCE`]), ending each request an ICMP
+/// error proves unanswerable. Through the reactor: once the queue is empty, the socket's error
+/// readiness is cleared (the receive loop waits for the next one); with more left it stays set,
+/// and the receive loop comes back after serving its datagrams.
 fn read_errors(shared: &Shared, index: usize, socket: &UdpSocket) {
-    loop {
+    for _ in 0..ERRORS_AT_ONCE {
         match socket.try_io(Interest::ERROR, || next_error(socket)) {
             Ok(Some(icmp)) => handle_icmp(shared, index, &icmp),
             Ok(None) => {}
@@ -537,10 +553,23 @@ fn read_errors(shared: &Shared, index: usize, socket: &UdpSocket) {
     }
 }
 
+/// [`read_errors`] right away, whether or not the reactor has seen the error yet (a send just
+/// failed because of one): its request need not wait for the receive loop.
+fn take_errors(shared: &Shared, index: usize, socket: &UdpSocket) {
+    for _ in 0..ERRORS_AT_ONCE {
+        match next_error(socket) {
+            Ok(Some(icmp)) => handle_icmp(shared, index, &icmp),
+            Ok(None) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// Ends the request `icmp` is about, if it quotes that request's own header (its Request
 /// Authenticator: random for an Access-Request, a keyed hash for an Accounting-Request — only
 /// a host that saw the request can name it) and the request's caller wants it ended.
 fn handle_icmp(shared: &Shared, index: usize, icmp: &IcmpError) {
+    shared.icmp_errors.fetch_add(1, Ordering::Relaxed);
     let quoted = &icmp.quoted[..icmp.quoted_len];
     if !icmp.unreachable || quoted.len() < QUOTED {
         tracing::debug!(server = %icmp.destination, error = %icmp.error, quoted = quoted.len(),
@@ -552,10 +581,15 @@ fn handle_icmp(shared: &Shared, index: usize, icmp: &IcmpError) {
     let Some(pending) = inner.waiters.get_mut(&key) else {
         return;
     };
-    let proven = pending.expect.as_ref().is_some_and(|e| {
-        e.end_when_unreachable && e.request_authenticator[..] == quoted[4..QUOTED]
-    });
-    if !proven {
+    let Some(expect) = pending
+        .expect
+        .as_ref()
+        .filter(|e| e.request_authenticator[..] == quoted[4..QUOTED])
+    else {
+        return;
+    };
+    if !expect.end_when_unreachable {
+        pending.refused = Some(icmp.error);
         return;
     }
     if let Some(tx) = pending.reply.take() {
@@ -692,6 +726,7 @@ mod tests {
                 }),
                 reply: Some(tx),
                 unsigned_reply: false,
+                refused: None,
             },
         );
         rx
@@ -758,7 +793,8 @@ mod tests {
         let error = answer.expect_err("an error, not a reply");
         assert_eq!(error.raw_os_error(), Some(nix::libc::ECONNREFUSED));
 
-        // A caller that keeps retransmitting (its one server may be restarting) is left waiting.
+        // A caller that keeps retransmitting (its one server may be restarting) is left waiting,
+        // the refusal remembered for its error.
         let mut rx = waiting(&client, server, false);
         handle_icmp(
             shared,
@@ -766,23 +802,9 @@ mod tests {
             &port_unreachable(server, &header(9, AUTHENTICATOR)),
         );
         assert!(rx.try_recv().is_err(), "still waiting");
-    }
-
-    #[test]
-    fn a_send_failed_by_another_datagrams_error_is_made_again() {
-        for errno in [
-            nix::libc::ECONNREFUSED,
-            nix::libc::EHOSTUNREACH,
-            nix::libc::ENOBUFS,
-        ] {
-            assert!(not_this_sends_failure(&std::io::Error::from_raw_os_error(
-                errno
-            )));
-        }
-        for errno in [nix::libc::EBADF, nix::libc::EINVAL, nix::libc::EAFNOSUPPORT] {
-            assert!(!not_this_sends_failure(&std::io::Error::from_raw_os_error(
-                errno
-            )));
-        }
+        assert_eq!(
+            client.lock().waiters[&(0, server, 9)].refused,
+            Some(nix::errno::Errno::ECONNREFUSED)
+        );
     }
 }

@@ -141,7 +141,7 @@ impl ServerHealth {
         }
     }
 
-    /// An exchange with `server` at `port` got no verified reply in time.
+    /// An exchange with `server` at `port` got no verified reply in time (or was refused).
     pub fn record_failure(&self, server: &ServerEndpoint, port: Port) {
         let addr = address(server, port);
         let opened = self.with(addr, |e| {
@@ -150,7 +150,7 @@ impl ServerHealth {
         });
         if opened {
             tracing::warn!(server = %server.name, %addr, ?port,
-                "RADIUS server not answering: circuit breaker open, probing with Status-Server");
+                "RADIUS server not answering (or nothing listening there): circuit breaker open, probing with Status-Server");
             self.opened.notify_one();
         }
     }

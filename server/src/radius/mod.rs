@@ -43,10 +43,18 @@ pub enum RadiusError {
     Io(#[source] std::io::Error),
     /// An ICMP destination unreachable quoting the request came back (port unreachable:
     /// nothing listens there; host or network unreachable): a failure of this server for
-    /// failover and the breaker, known at once instead of after the timeouts. Its text names
-    /// the error (no `source`, so that a log line's one message has it).
-    #[error("the RADIUS server cannot be reached: {0} (an ICMP error came back for the request)")]
-    Unreachable(std::io::Error),
+    /// failover and the breaker, known at once instead of after the timeouts — or, for a
+    /// request retransmitted through such errors, after them. Its text names the error (no
+    /// `source`, so that a log line's one message has it).
+    #[error(
+        "the RADIUS server cannot be reached: {error} (an ICMP error came back for the request)"
+    )]
+    Unreachable {
+        /// What the ICMP error says (ECONNREFUSED: port unreachable).
+        error: std::io::Error,
+        /// False: refused at its first send, the request never arrived.
+        maybe_received: bool,
+    },
     /// The request could not be encoded (attribute too long): a bug or bad input; give up.
     #[error("RADIUS request could not be encoded")]
     Encode(#[source] PacketError),
@@ -455,7 +463,7 @@ impl Radius {
         let outcome = match &result {
             Ok(_) => "answered",
             Err(RadiusError::Timeout | RadiusError::UnsignedReply) => "timeout",
-            Err(RadiusError::Unreachable(_)) => "unreachable",
+            Err(RadiusError::Unreachable { .. }) => "unreachable",
             Err(_) => "error",
         };
         let port_name = match port {
@@ -476,7 +484,7 @@ impl Radius {
             Err(
                 RadiusError::Timeout
                 | RadiusError::UnsignedReply
-                | RadiusError::Unreachable(_)
+                | RadiusError::Unreachable { .. }
                 | RadiusError::Io(_),
             ) => self.health.record_failure(server, port),
             Err(_) => {}
@@ -531,31 +539,53 @@ impl Radius {
             let share = remaining / (candidates.len() - k) as u32;
             let server_deadline = now + share.max(server.timeout).min(remaining);
             let secret = server.secret.expose().as_bytes();
-            let reply = self
-                .exchange_with(
-                    server,
-                    Port::Auth,
-                    server_deadline,
-                    // A server that says nothing listens there is left at once for the next
-                    // one; the last one is retransmitted to (it may be restarting).
-                    (
-                        self.requires_message_authenticator(server),
-                        k + 1 < candidates.len(),
-                    ),
-                    |id| {
-                        let authenticator = random_authenticator();
-                        let mut p =
-                            Request::access_request(Code::AccessRequest, id, authenticator, secret);
-                        p.push(attr::USER_NAME, username.as_bytes());
-                        p.push_user_password(password.as_bytes())
-                            .map_err(RadiusError::Encode)?;
-                        push_nas_and_client(&mut p, nas, client_ip);
-                        let bytes =
-                            packet::encode_access_request(&p).map_err(RadiusError::Encode)?;
-                        Ok((bytes, authenticator))
-                    },
-                )
-                .await;
+            // A server that says nothing listens there is left at once while another server
+            // can still be tried; the last one is retransmitted to (it may be restarting) —
+            // also when the others' breakers opened while this one was asked.
+            let others_left = || {
+                candidates[k + 1..]
+                    .iter()
+                    .any(|(_, later)| !self.health.is_open(later.auth_addr))
+            };
+            let mut end_when_unreachable = others_left();
+            let reply = loop {
+                let reply = self
+                    .exchange_with(
+                        server,
+                        Port::Auth,
+                        server_deadline,
+                        (
+                            self.requires_message_authenticator(server),
+                            end_when_unreachable,
+                        ),
+                        |id| {
+                            let authenticator = random_authenticator();
+                            let mut p = Request::access_request(
+                                Code::AccessRequest,
+                                id,
+                                authenticator,
+                                secret,
+                            );
+                            p.push(attr::USER_NAME, username.as_bytes());
+                            p.push_user_password(password.as_bytes())
+                                .map_err(RadiusError::Encode)?;
+                            push_nas_and_client(&mut p, nas, client_ip);
+                            let bytes =
+                                packet::encode_access_request(&p).map_err(RadiusError::Encode)?;
+                            Ok((bytes, authenticator))
+                        },
+                    )
+                    .await;
+                if matches!(reply, Err(RadiusError::Unreachable { .. }))
+                    && end_when_unreachable
+                    && !others_left()
+                    && Instant::now() < server_deadline
+                {
+                    end_when_unreachable = false;
+                    continue;
+                }
+                break reply;
+            };
             match reply.map(|r| r.packet) {
                 Ok(p) if p.code() == Code::AccessAccept => {
                     return Ok(match Grant::from_accept(&p) {
@@ -587,7 +617,11 @@ impl Radius {
                 }
                 Err(e @ RadiusError::Encode(_)) => return Err(e),
                 Err(e) => {
-                    tracing::warn!(server = %server.name, error = %e, "RADIUS server failed, trying the next one");
+                    if k + 1 < candidates.len() {
+                        tracing::warn!(server = %server.name, error = %e, "RADIUS server failed, trying the next one");
+                    } else {
+                        tracing::warn!(server = %server.name, error = %e, "RADIUS server failed; no other server to try");
+                    }
                     last_error = e;
                 }
             }

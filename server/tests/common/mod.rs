@@ -192,6 +192,9 @@ impl FreeRadius {
             if probe.is_ok() {
                 return true;
             }
+            // A closed port answers at once (ICMP): poll, do not flood the host's ICMP budget,
+            // which other tests' failovers need.
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         false
     }
