@@ -364,14 +364,7 @@ async fn a_server_with_nothing_listening_is_failed_over_at_once() {
     let app = TestApp::spawn(&settings).await;
 
     // A session at the primary while it runs.
-    let session = app
-        .sessions
-        .login("acme", "carol", "carol-pass", IpAddr::V4(client(40)))
-        .await
-        .unwrap();
-    assert_eq!(session.server_name, "primary");
-    let sid = format!("sid={}", session.acct_session_id);
-    primary.wait_for_acct(&["status=Start", &sid]).await;
+    let (session, sid) = carol_at_primary(&app, &primary, 40).await;
 
     primary.kill();
     let failed_over = tokio::time::timeout(
@@ -411,13 +404,7 @@ async fn a_stop_refused_just_before_a_graceful_shutdown_fails_over_before_the_ex
     patient.timeout = Duration::from_secs(30);
     let settings = settings(&db, vec![patient, backup.server_settings("backup", true)]);
     let app = TestApp::spawn(&settings).await;
-    let session = app
-        .sessions
-        .login("acme", "carol", "carol-pass", IpAddr::V4(client(43)))
-        .await
-        .unwrap();
-    let sid = format!("sid={}", session.acct_session_id);
-    primary.wait_for_acct(&["status=Start", &sid]).await;
+    let (session, sid) = carol_at_primary(&app, &primary, 43).await;
 
     primary.kill();
     assert!(app.sessions.disconnect(session.id).await.unwrap());
@@ -949,6 +936,24 @@ fn stored_session(acct_session_id: &str, ip: &str, now: i64) -> NewAccessSession
     }
 }
 
+/// Carol's session from `client(n)`, authenticated by the primary, once the primary has its
+/// Start; and the `sid=… ` fragment of its accounting lines.
+async fn carol_at_primary(
+    app: &TestApp,
+    primary: &FreeRadius,
+    n: u8,
+) -> (radius_portal::storage::AccessSessionRecord, String) {
+    let session = app
+        .sessions
+        .login("acme", "carol", "carol-pass", IpAddr::V4(client(n)))
+        .await
+        .unwrap();
+    assert_eq!(session.server_name, "primary");
+    let sid = format!("sid={} ", session.acct_session_id);
+    primary.wait_for_acct(&["status=Start", &sid]).await;
+    (session, sid)
+}
+
 /// `radius`'s settings as server `name`, quick to give up (300 ms, one retry): outages show
 /// within a second.
 fn fast(radius: &FreeRadius, name: &str) -> radius_portal::config::ServerSettings {
@@ -1113,14 +1118,7 @@ async fn a_stop_that_failed_over_reaches_the_sessions_own_server_too_once_it_is_
         vec![fast(&primary, "primary"), fast(&backup, "backup")],
     );
     let app = TestApp::spawn(&settings).await;
-    let session = app
-        .sessions
-        .login("acme", "carol", "carol-pass", IpAddr::V4(client(30)))
-        .await
-        .unwrap();
-    assert_eq!(session.server_name, "primary");
-    let sid = format!("sid={}", session.acct_session_id);
-    primary.wait_for_acct(&["status=Start", &sid]).await;
+    let (session, sid) = carol_at_primary(&app, &primary, 30).await;
 
     // The primary goes down; the user disconnects: the Stop fails over to the backup.
     primary.kill();
@@ -1227,13 +1225,7 @@ async fn a_stop_is_copied_to_a_server_an_interim_update_failed_over_to() {
         vec![fast(&primary, "primary"), fast(&backup, "backup")],
     );
     let app = TestApp::spawn(&settings).await;
-    let session = app
-        .sessions
-        .login("acme", "carol", "carol-pass", IpAddr::V4(client(32)))
-        .await
-        .unwrap();
-    let sid = format!("sid={} ", session.acct_session_id);
-    primary.wait_for_acct(&["status=Start", &sid]).await;
+    let (session, sid) = carol_at_primary(&app, &primary, 32).await;
 
     // The primary goes down; a refresh's Interim-Update fails over to the backup.
     primary.kill();
@@ -1338,13 +1330,7 @@ async fn a_waiting_copy_goes_out_after_a_restart() {
         vec![fast(&primary, "primary"), fast(&backup, "backup")],
     );
     let app = TestApp::spawn(&settings).await;
-    let session = app
-        .sessions
-        .login("acme", "carol", "carol-pass", IpAddr::V4(client(34)))
-        .await
-        .unwrap();
-    let sid = format!("sid={} ", session.acct_session_id);
-    primary.wait_for_acct(&["status=Start", &sid]).await;
+    let (session, sid) = carol_at_primary(&app, &primary, 34).await;
     primary.kill();
     assert!(app.sessions.disconnect(session.id).await.unwrap());
     backup.wait_for_acct(&["status=Stop", &sid]).await;
