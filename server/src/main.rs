@@ -5,7 +5,22 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    radius_portal::cli::main().await
+fn main() -> std::process::ExitCode {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let variable = std::env::var("TOKIO_WORKER_THREADS").ok();
+    let (workers, warning) = radius_portal::startup::worker_threads(variable.as_deref(), cores);
+    if let Some(warning) = warning {
+        eprintln!("{warning}");
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(radius_portal::cli::main()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

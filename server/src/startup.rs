@@ -76,6 +76,27 @@ fn sqlite_lock_path(path: &std::path::Path) -> std::path::PathBuf {
     std::path::PathBuf::from(name)
 }
 
+/// Async worker threads for the runtime: `TOKIO_WORKER_THREADS` when it is a positive number
+/// (tokio's own variable), else one fewer than the cores, at least one — the database writer
+/// has a thread of its own, and on two cores a second worker cost 12-20 % more CPU per
+/// journey at one user for 7 % more journeys at 64 (docs/BENCHMARKS.md, session 36). A value
+/// that is no positive number is ignored with a warning.
+pub fn worker_threads(variable: Option<&str>, cores: usize) -> (usize, Option<String>) {
+    let default = cores.saturating_sub(1).max(1);
+    match variable.map(str::trim) {
+        None => (default, None),
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if n > 0 => (n, None),
+            _ => (
+                default,
+                Some(format!(
+                    "warning: TOKIO_WORKER_THREADS={text:?} is no positive number: ignored, {default} worker thread(s)"
+                )),
+            ),
+        },
+    }
+}
+
 /// Whether a portal serves the SQLite database at `path` now (it holds the database's lock):
 /// what an operator command queues is then carried out at once, else at the next start.
 pub fn sqlite_portal_running(path: &std::path::Path) -> bool {
@@ -753,6 +774,18 @@ async fn prune_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workers_leave_a_core_to_the_database_writer_unless_told() {
+        assert_eq!(worker_threads(None, 2), (1, None));
+        assert_eq!(worker_threads(None, 1), (1, None));
+        assert_eq!(worker_threads(None, 8), (7, None));
+        assert_eq!(worker_threads(Some("4"), 2), (4, None));
+        let (n, warning) = worker_threads(Some("0"), 4);
+        assert_eq!(n, 3);
+        assert!(warning.unwrap().contains("TOKIO_WORKER_THREADS=\"0\""));
+        assert!(worker_threads(Some("many"), 2).1.is_some());
+    }
     use crate::config::{DynamicAuthorizationClient, DynamicAuthorizationSettings, Secret};
 
     fn client(name: &str, organizations: Option<&[&str]>) -> DynamicAuthorizationClient {
