@@ -80,7 +80,7 @@ fn sqlite_lock_path(path: &std::path::Path) -> std::path::PathBuf {
 /// (tokio's own variable), else one fewer than the cores, at least one — the database writer
 /// has a thread of its own, and on two cores a second worker cost 12-20 % more CPU per
 /// journey at one user for 7 % more journeys at 64 (docs/BENCHMARKS.md, session 36). A value
-/// that is no positive number is ignored with a warning.
+/// that is not a positive number is ignored with a warning.
 pub fn worker_threads(variable: Option<&str>, cores: usize) -> (usize, Option<String>) {
     let default = cores.saturating_sub(1).max(1);
     match variable.map(str::trim) {
@@ -90,7 +90,7 @@ pub fn worker_threads(variable: Option<&str>, cores: usize) -> (usize, Option<St
             _ => (
                 default,
                 Some(format!(
-                    "warning: TOKIO_WORKER_THREADS={text:?} is no positive number: ignored, {default} worker thread(s)"
+                    "warning: TOKIO_WORKER_THREADS={text:?} is not a positive number: ignored, {default} worker thread(s)"
                 )),
             ),
         },

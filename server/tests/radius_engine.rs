@@ -425,6 +425,40 @@ async fn a_stop_refused_just_before_a_graceful_shutdown_fails_over_before_the_ex
     );
 }
 
+/// A Start refused at its first send (the session's server's accounting port closed: ICMP
+/// port unreachable) fails over to the backup and takes the session with it; the server that
+/// refused it never saw the session, so the Stop is owed to the backup alone — no copy is left
+/// waiting for the other.
+#[tokio::test]
+async fn a_start_refused_at_its_first_send_owes_that_server_no_stop() {
+    let authenticator = FreeRadius::start().await;
+    let backup = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut primary = fast(&authenticator, "primary");
+    primary.acct_port = closed;
+    let settings = quick_failover(&db, vec![primary, fast(&backup, "backup")]);
+    let app = TestApp::spawn(&settings).await;
+    let session = app
+        .sessions
+        .login("acme", "carol", "carol-pass", IpAddr::V4(client(44)))
+        .await
+        .unwrap();
+    let sid = format!("sid={} ", session.acct_session_id);
+    backup.wait_for_acct(&["status=Start", &sid]).await;
+    assert!(app.sessions.disconnect(session.id).await.unwrap());
+    backup.wait_for_acct(&["status=Stop", &sid]).await;
+    wait_until("nothing left waiting in the outbox", || async {
+        app.storage.outbox_backlog().await.unwrap() == 0
+    })
+    .await;
+    app.stop().await;
+}
+
 /// A lone server that is restarting (nothing listens for a moment) is not given up at its
 /// first ICMP port unreachable: the sign-in retransmits, and the restarted server answers it.
 #[tokio::test]

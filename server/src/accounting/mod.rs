@@ -126,7 +126,15 @@ pub struct Accounting {
     /// as the database answers, so the row is tried again at once rather than after the
     /// claim's lease (2 minutes) — a Stop must not wait for a lease its own live sender holds.
     stranded: Arc<Mutex<HashMap<i64, OutboxRow>>>,
+    /// Start rows whose attempts in this process were refused at their first send (an ICMP
+    /// port unreachable), by row id, and how many: those attempts never reached the server, so
+    /// a Start that then fails over owes that server no copy of the session's Stop. Bounded
+    /// ([`UNSEEN_ROWS`]); a row not counted here is taken to have been seen (a copy too many).
+    unseen: Arc<Mutex<HashMap<i64, i64>>>,
 }
+
+/// Start rows [`Accounting`] remembers refused attempts of, at most.
+const UNSEEN_ROWS: usize = 65_536;
 
 /// Stranded claims remembered at most; beyond, a claim runs out with its lease.
 const STRANDED_MAX: usize = 65_536;
@@ -300,6 +308,7 @@ impl Accounting {
             moved: Arc::default(),
             inline: Arc::default(),
             stranded: Arc::default(),
+            unseen: Arc::default(),
         }
     }
 
@@ -858,8 +867,16 @@ impl Accounting {
             .await
         {
             Ok(()) => {
+                let unseen = if is_start {
+                    let mut unseen = self.unseen.lock().unwrap_or_else(|p| p.into_inner());
+                    unseen.remove(&row.id).unwrap_or(0)
+                } else {
+                    0
+                };
                 if is_start && failover {
-                    self.follow_start(&session, &server.name, row.attempts > 1)
+                    // Earlier claims may have reached the session's own server, unless each
+                    // of them was refused at its first send.
+                    self.follow_start(&session, &server.name, row.attempts - 1 > unseen)
                         .await;
                 }
                 // Of the session's own accounting: who acknowledged it is recorded with it
@@ -898,6 +915,20 @@ impl Accounting {
                             ..
                         }
                 );
+                if is_start
+                    && matches!(
+                        e,
+                        RadiusError::Unreachable {
+                            maybe_received: false,
+                            ..
+                        }
+                    )
+                {
+                    let mut unseen = self.unseen.lock().unwrap_or_else(|p| p.into_inner());
+                    if unseen.len() < UNSEEN_ROWS || unseen.contains_key(&row.id) {
+                        *unseen.entry(row.id).or_default() += 1;
+                    }
+                }
                 tracing::warn!(acct_session_id = %record.acct_session_id, status_type = record.status_type,
                     server = %server.name, attempts = row.attempts, error = %e, "accounting not acknowledged; will retry");
                 let sent_to = transmitted.then_some(server.name.as_str());
@@ -1142,7 +1173,7 @@ impl Accounting {
             (Ok(()), Ok(0)) => tracing::info!("accounting flushed at shutdown"),
             (Ok(()), Ok(left)) => tracing::warn!(
                 left,
-                "accounting at shutdown: what could be sent was sent; the rest waits for a server (its backoff ends later) and is sent at the next start"
+                "accounting at shutdown: what could be sent was sent; the rest waits for a server or its backoff and is sent at the next start"
             ),
             (Err(_), Ok(left)) => tracing::warn!(
                 left,
