@@ -128,8 +128,10 @@ pub struct Accounting {
     stranded: Arc<Mutex<HashMap<i64, OutboxRow>>>,
     /// Start rows whose attempts in this process were refused at their first send (an ICMP
     /// port unreachable), by row id, and how many: those attempts never reached the server, so
-    /// a Start that then fails over owes that server no copy of the session's Stop. Bounded
-    /// ([`UNSEEN_ROWS`]); a row not counted here is taken to have been seen (a copy too many).
+    /// a Start that then fails over owes that server no copy of the session's Stop. Only a
+    /// port unreachable from the server's own address counts (`maybe_received: false`).
+    /// Bounded ([`UNSEEN_ROWS`]); a row not counted here is taken to have been seen (a copy too
+    /// many).
     unseen: Arc<Mutex<HashMap<i64, i64>>>,
 }
 
@@ -925,9 +927,13 @@ impl Accounting {
                     )
                 {
                     let mut unseen = self.unseen.lock().unwrap_or_else(|p| p.into_inner());
-                    if unseen.len() < UNSEEN_ROWS || unseen.contains_key(&row.id) {
-                        *unseen.entry(row.id).or_default() += 1;
+                    // Rows that end otherwise (dead-lettered, rolled back, delivered by another
+                    // replica) are never taken out: when full, it starts afresh — a row
+                    // forgotten only costs a Stop copy too many.
+                    if unseen.len() >= UNSEEN_ROWS && !unseen.contains_key(&row.id) {
+                        unseen.clear();
                     }
+                    *unseen.entry(row.id).or_default() += 1;
                 }
                 tracing::warn!(acct_session_id = %record.acct_session_id, status_type = record.status_type,
                     server = %server.name, attempts = row.attempts, error = %e, "accounting not acknowledged; will retry");

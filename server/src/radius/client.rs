@@ -75,7 +75,16 @@ struct Pending {
 }
 
 /// What ends a request's wait: its reply, or an ICMP error saying it cannot arrive.
-type Answer = Result<Reply, std::io::Error>;
+type Answer = Result<Reply, Refusal>;
+
+/// An ICMP destination unreachable that ended a request.
+#[derive(Debug)]
+struct Refusal {
+    error: std::io::Error,
+    /// A port unreachable sent by the destination host itself: nothing listened there, so the
+    /// datagram it quotes was not received. Anything else (a router's error) proves less.
+    by_destination: bool,
+}
 
 /// (socket index within its family, server, Identifier).
 type Key = (usize, SocketAddr, u8);
@@ -279,10 +288,10 @@ impl RadiusClient {
                 Ok(Ok(Ok(reply))) => return Ok(reply),
                 // Nothing listens there, or no route: no retransmission can be answered. Refused
                 // at its first send, the request provably never arrived.
-                Ok(Ok(Err(error))) => {
+                Ok(Ok(Err(refusal))) => {
                     return Err(RadiusError::Unreachable {
-                        error,
-                        maybe_received: attempt > 0,
+                        error: refusal.error,
+                        maybe_received: attempt > 0 || !refusal.by_destination,
                     })
                 }
                 // The sender is dropped only with the registration: cannot happen while we wait.
@@ -468,6 +477,8 @@ struct IcmpError {
     /// handles by fragmenting the retransmission; ICMPv6 type 1) — not a time exceeded or a
     /// parameter problem.
     unreachable: bool,
+    /// A port unreachable sent by the destination itself (see [`Refusal::by_destination`]).
+    port_closed_at_destination: bool,
     /// What it means (ECONNREFUSED for port unreachable, EHOSTUNREACH, ...).
     error: nix::errno::Errno,
     /// The start of the datagram, as the ICMP error quoted it.
@@ -505,28 +516,51 @@ fn next_error(socket: &UdpSocket) -> std::io::Result<Option<IcmpError>> {
     const DEST_UNREACH: u8 = 3;
     const FRAG_NEEDED: u8 = 4;
     const DEST_UNREACH_V6: u8 = 1;
+    const PORT_UNREACH: u8 = 3;
+    const PORT_UNREACH_V6: u8 = 4;
     let mut icmp = None;
     for control in message.cmsgs().map_err(std::io::Error::from)? {
-        let (extended, unreachable) = match control {
-            ControlMessageOwned::Ipv4RecvErr(e, _)
+        let (extended, unreachable, port, offender) = match control {
+            ControlMessageOwned::Ipv4RecvErr(e, offender)
                 if e.ee_origin == nix::libc::SO_EE_ORIGIN_ICMP =>
             {
-                (e, e.ee_type == DEST_UNREACH && e.ee_code != FRAG_NEEDED)
+                let offender =
+                    offender.map(|a| IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))));
+                let unreachable = e.ee_type == DEST_UNREACH && e.ee_code != FRAG_NEEDED;
+                (
+                    e,
+                    unreachable,
+                    unreachable && e.ee_code == PORT_UNREACH,
+                    offender,
+                )
             }
-            ControlMessageOwned::Ipv6RecvErr(e, _)
+            ControlMessageOwned::Ipv6RecvErr(e, offender)
                 if e.ee_origin == nix::libc::SO_EE_ORIGIN_ICMP6 =>
             {
-                (e, e.ee_type == DEST_UNREACH_V6)
+                let offender = offender.map(|a| IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)));
+                let unreachable = e.ee_type == DEST_UNREACH_V6;
+                (
+                    e,
+                    unreachable,
+                    unreachable && e.ee_code == PORT_UNREACH_V6,
+                    offender,
+                )
             }
             _ => continue,
         };
         let error = i32::try_from(extended.ee_errno).unwrap_or(0);
-        icmp = Some((nix::errno::Errno::from_raw(error), unreachable));
+        icmp = Some((
+            nix::errno::Errno::from_raw(error),
+            unreachable,
+            port,
+            offender,
+        ));
     }
     Ok(match (destination, icmp) {
-        (Some(destination), Some((error, unreachable))) => Some(IcmpError {
+        (Some(destination), Some((error, unreachable, port, offender))) => Some(IcmpError {
             destination,
             unreachable,
+            port_closed_at_destination: port && offender == Some(destination.ip()),
             error,
             quoted,
             quoted_len,
@@ -593,7 +627,10 @@ fn handle_icmp(shared: &Shared, index: usize, icmp: &IcmpError) {
         return;
     }
     if let Some(tx) = pending.reply.take() {
-        let _ = tx.send(Err(std::io::Error::from(icmp.error)));
+        let _ = tx.send(Err(Refusal {
+            error: std::io::Error::from(icmp.error),
+            by_destination: icmp.port_closed_at_destination,
+        }));
     }
 }
 
@@ -739,6 +776,7 @@ mod tests {
         IcmpError {
             destination: server,
             unreachable: true,
+            port_closed_at_destination: true,
             error: nix::errno::Errno::ECONNREFUSED,
             quoted,
             quoted_len: header.len(),
@@ -790,8 +828,9 @@ mod tests {
             &port_unreachable(server, &header(9, AUTHENTICATOR)),
         );
         let answer = rx.try_recv().expect("ended");
-        let error = answer.expect_err("an error, not a reply");
-        assert_eq!(error.raw_os_error(), Some(nix::libc::ECONNREFUSED));
+        let refusal = answer.expect_err("an error, not a reply");
+        assert_eq!(refusal.error.raw_os_error(), Some(nix::libc::ECONNREFUSED));
+        assert!(refusal.by_destination);
 
         // A caller that keeps retransmitting (its one server may be restarting) is left waiting,
         // the refusal remembered for its error.
