@@ -10,9 +10,10 @@
 //! letting it wait out its timeouts, when the caller has somewhere else to go
 //! ([`Exchange::end_when_unreachable`]). The kernel queues the error with the request it
 //! answers (`IP_RECVERR`); it counts only when it quotes the request's own Request
-//! Authenticator, so a host that never saw the request cannot end it. When all 256 Identifiers towards a server are in use on every socket, a
-//! new source socket is opened (up to [`MAX_SOCKETS_PER_FAMILY`]); beyond that a request waits
-//! for a free Identifier until its deadline — it never fails merely because many are in flight.
+//! Authenticator, so a host that never saw the request cannot end it. When all 256
+//! Identifiers towards a server are in use on every socket, a new source socket is opened (up
+//! to [`MAX_SOCKETS_PER_FAMILY`]); beyond that a request waits for a free Identifier until its
+//! deadline — it never fails merely because many are in flight.
 //!
 //! It does not choose servers or decide failover: that is [`super::Radius`].
 
@@ -287,7 +288,7 @@ impl RadiusClient {
             match tokio::time::timeout_at(wait_until, &mut reply).await {
                 Ok(Ok(Ok(reply))) => return Ok(reply),
                 // Nothing listens there, or no route: no retransmission can be answered. Refused
-                // at its first send, the request provably never arrived.
+                // at its first send by the destination itself, the request never arrived.
                 Ok(Ok(Err(refusal))) => {
                     return Err(RadiusError::Unreachable {
                         error: refusal.error,
