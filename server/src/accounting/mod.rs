@@ -907,25 +907,22 @@ impl Accounting {
                 Ok(Delivery::Delivered)
             }
             Err(e) => {
-                let transmitted = !matches!(
+                // Refused at its first send by the server's own address: it never arrived.
+                let never_arrived = matches!(
                     e,
-                    RadiusError::IdentifiersExhausted
-                        | RadiusError::NoIpv6Socket
-                        | RadiusError::NotSent
-                        | RadiusError::Unreachable {
-                            maybe_received: false,
-                            ..
-                        }
+                    RadiusError::Unreachable {
+                        maybe_received: false,
+                        ..
+                    }
                 );
-                if is_start
-                    && matches!(
+                let transmitted = !never_arrived
+                    && !matches!(
                         e,
-                        RadiusError::Unreachable {
-                            maybe_received: false,
-                            ..
-                        }
-                    )
-                {
+                        RadiusError::IdentifiersExhausted
+                            | RadiusError::NoIpv6Socket
+                            | RadiusError::NotSent
+                    );
+                if is_start && never_arrived {
                     let mut unseen = self.unseen.lock().unwrap_or_else(|p| p.into_inner());
                     // Rows that end otherwise (dead-lettered, rolled back, delivered by another
                     // replica) are never taken out: when full, it starts afresh — a row

@@ -341,7 +341,7 @@ impl RadiusClient {
                 Err(e) => e,
             };
             // The error's own request may be waiting for it.
-            take_errors(&self.shared, index, socket);
+            read_errors(&self.shared, index, socket, false);
             if tries < SEND_TRIES {
                 continue;
             }
@@ -457,9 +457,9 @@ async fn receive_loop(
             // An ICMP error also surfaces as the next receive's error: it is in the queue.
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "RADIUS socket receive error");
-                read_errors(&shared, index, &socket);
+                read_errors(&shared, index, &socket, true);
             }
-            None => read_errors(&shared, index, &socket),
+            None => read_errors(&shared, index, &socket, true),
         }
     }
 }
@@ -571,12 +571,19 @@ fn next_error(socket: &UdpSocket) -> std::io::Result<Option<IcmpError>> {
 }
 
 /// Reads the socket's error queue (at most [`ERRORS_AT_ONCE`]), ending each request an ICMP
-/// error proves unanswerable. Through the reactor: once the queue is empty, the socket's error
-/// readiness is cleared (the receive loop waits for the next one); with more left it stays set,
-/// and the receive loop comes back after serving its datagrams.
-fn read_errors(shared: &Shared, index: usize, socket: &UdpSocket) {
+/// error proves unanswerable. `via_reactor` (the receive loop): once the queue is empty, the
+/// socket's error readiness is cleared, and the loop waits for the next one; with more left it
+/// stays set, and the loop comes back after serving its datagrams. Without (a send just failed
+/// because of an error the reactor may not have seen yet): read right away, so the error's
+/// request need not wait for the receive loop.
+fn read_errors(shared: &Shared, index: usize, socket: &UdpSocket, via_reactor: bool) {
     for _ in 0..ERRORS_AT_ONCE {
-        match socket.try_io(Interest::ERROR, || next_error(socket)) {
+        let next = if via_reactor {
+            socket.try_io(Interest::ERROR, || next_error(socket))
+        } else {
+            next_error(socket)
+        };
+        match next {
             Ok(Some(icmp)) => handle_icmp(shared, index, &icmp),
             Ok(None) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
@@ -584,18 +591,6 @@ fn read_errors(shared: &Shared, index: usize, socket: &UdpSocket) {
                 tracing::debug!(error = %e, "RADIUS socket error queue unreadable");
                 return;
             }
-        }
-    }
-}
-
-/// [`read_errors`] right away, whether or not the reactor has seen the error yet (a send just
-/// failed because of one): its request need not wait for the receive loop.
-fn take_errors(shared: &Shared, index: usize, socket: &UdpSocket) {
-    for _ in 0..ERRORS_AT_ONCE {
-        match next_error(socket) {
-            Ok(Some(icmp)) => handle_icmp(shared, index, &icmp),
-            Ok(None) => {}
-            Err(_) => return,
         }
     }
 }
