@@ -78,7 +78,7 @@ fn sqlite_lock_path(path: &std::path::Path) -> std::path::PathBuf {
 
 /// Async worker threads for the runtime: `TOKIO_WORKER_THREADS` when it is a positive number
 /// (tokio's own variable), else one fewer than the cores, at least one — the database writer
-/// has a thread of its own, and on two cores a second worker cost 12-20 % more CPU per
+/// has a thread of its own, and on two cores a second worker cost 6-21 % more CPU per
 /// journey at one user for 7 % more journeys at 64 (docs/BENCHMARKS.md, session 36). A value
 /// that is not a positive number is ignored with a warning.
 pub fn worker_threads(variable: Option<&str>, cores: usize) -> (usize, Option<String>) {
