@@ -415,9 +415,11 @@ pub async fn radius_test(
     } else if !org.active {
         say!("organization `{org_id}` is disabled (Status-Server only tests its servers)");
     }
+    // A refused request is said at once: the operator asks now, and runs it again.
     let radius = Radius::bind(&settings.radius, Default::default())
         .await
-        .context("while binding the RADIUS socket")?;
+        .context("while binding the RADIUS socket")?
+        .impatient();
     // Access-Requests are login attempts: audited before the first leaves (design.md §5), so
     // none goes out unrecorded, whatever happens to this command meanwhile.
     if let (Some((user, _)), Some(storage)) = (&credentials, &storage) {

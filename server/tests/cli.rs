@@ -126,6 +126,74 @@ async fn radius_test_with_a_username_sends_an_access_request() {
     );
 }
 
+/// A server with nothing listening answers with an ICMP port unreachable: `radius test`
+/// names the refusal at once rather than retransmitting to a lone server for its whole
+/// timeout (a login does, in case the server is restarting). The timeout here is a minute,
+/// the command's deadline 20 s.
+#[tokio::test]
+async fn radius_test_names_a_refusal_at_once() {
+    let closed_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portal.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[database]
+path = "{db}"
+[radius]
+bind = "127.0.0.1"
+[[organizations]]
+id = "acme"
+name = "Acme"
+[[organizations.servers]]
+name = "stopped"
+address = "127.0.0.1"
+auth_port = {closed_port}
+acct_port = {closed_port}
+secret = "{SECRET}"
+timeout = "60s"
+retries = 0
+"#,
+            db = dir.path().join("portal.db").display(),
+        ),
+    )
+    .unwrap();
+    let mut child = portal(&[
+        "--config",
+        path.to_str().unwrap(),
+        "radius",
+        "test",
+        "--username",
+        "alice",
+    ])
+    .env("PORTAL_TEST_PASSWORD", "alice-pass")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("`radius test` still waiting on a server that refused the request");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("stopped (127.0.0.1:") && stdout.contains("cannot be reached"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// A server that answers without Message-Authenticator (FreeRADIUS 3.2.1 as Debian ships it)
 /// while the portal requires one: `radius test` says so and what to set, instead of "no answer".
 #[tokio::test]

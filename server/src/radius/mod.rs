@@ -295,6 +295,9 @@ pub struct Radius {
     client: RadiusClient,
     health: ServerHealth,
     metrics: crate::metrics::Metrics,
+    /// True (the portal): a login's last server is retransmitted to through ICMP errors (it
+    /// may be restarting). False (`radius test`): a refusal is said at once.
+    patient_last_server: bool,
 }
 
 fn random_authenticator() -> [u8; 16] {
@@ -410,7 +413,16 @@ impl Radius {
             client,
             health: ServerHealth::new(policy),
             metrics: crate::metrics::Metrics::default(),
+            patient_last_server: true,
         }
+    }
+
+    /// For a diagnostic (`radius test`): an Access-Request that an ICMP destination
+    /// unreachable answers ends at once, also at the last server, instead of being
+    /// retransmitted until the deadline in case the server is restarting.
+    pub fn impatient(mut self) -> Self {
+        self.patient_last_server = false;
+        self
     }
 
     /// Records exchanges in `metrics` (latency and timeouts per server).
@@ -548,7 +560,7 @@ impl Radius {
                     .iter()
                     .any(|(_, later)| !self.health.is_open(later.auth_addr))
             };
-            let mut end_when_unreachable = others_left();
+            let mut end_when_unreachable = !self.patient_last_server || others_left();
             let reply = loop {
                 let reply = self
                     .exchange_with(
@@ -579,6 +591,7 @@ impl Radius {
                     .await;
                 if matches!(reply, Err(RadiusError::Unreachable { .. }))
                     && end_when_unreachable
+                    && self.patient_last_server
                     && !others_left()
                     && Instant::now() < server_deadline
                 {
