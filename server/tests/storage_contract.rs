@@ -1513,3 +1513,100 @@ async fn postgres_over_verified_tls() {
     .await;
     assert!(refused.is_err(), "a certificate from another CA is refused");
 }
+
+/// A TCP relay to the test cluster that can be cut (its port then refuses connections, as
+/// a stopped PostgreSQL's does) and opened again on the same port.
+struct Relay {
+    port: u16,
+    upstream: u16,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Relay {
+    async fn start(upstream: u16) -> Relay {
+        let mut relay = Relay {
+            port: 0,
+            upstream,
+            tasks: tokio::task::JoinSet::new(),
+        };
+        relay.open().await;
+        relay
+    }
+
+    /// Listens (again) on the relay's port, relaying each connection to the cluster.
+    async fn open(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        self.port = listener.local_addr().unwrap().port();
+        let upstream = self.upstream;
+        self.tasks.spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let (mut client, _) = listener.accept().await.unwrap();
+                connections.spawn(async move {
+                    if let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+    }
+
+    /// Closes the listener and every relayed connection.
+    fn cut(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+/// PostgreSQL stopped under a running portal: the first requests find out the pool's way (it
+/// retries a refused connection up to its acquire timeout), then a check of its own finds
+/// the server refusing and every request fails at once — storage and web sessions alike —
+/// until the server answers again, which is found without any request's help.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_fails_requests_at_once_until_it_answers_again() {
+    let url = common::postgres::fresh_database().await;
+    let (head, database) = url.rsplit_once('/').unwrap();
+    let upstream: u16 = head.rsplit_once(':').unwrap().1.parse().unwrap();
+    let mut relay = Relay::start(upstream).await;
+    let relayed = format!("postgres://postgres@127.0.0.1:{}/{database}", relay.port);
+    let storage = Storage::open_postgres(&relayed).await.unwrap();
+    let web = storage.web_sessions();
+    storage.ping().await.unwrap();
+
+    relay.cut();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let reason = loop {
+        match storage.ping().await {
+            Err(StorageError::Unreachable(reason)) => break reason,
+            Err(e) => assert!(e.is_unavailable(), "{e:?}"),
+            Ok(()) => panic!("answered through a cut relay"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "requests still wait for the pool"
+        );
+    };
+    assert!(reason.contains("refused"), "{reason}");
+    // Every kind of request is refused on the spot while it lasts.
+    match storage.active_sessions().await {
+        Err(StorageError::Unreachable(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    let loaded = web.load(&Id::default()).await.unwrap_err().to_string();
+    assert!(loaded.contains("cannot be reached"), "{loaded}");
+
+    relay.open().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while let Err(e) = storage.ping().await {
+        assert!(e.is_unavailable(), "{e:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not found again: {e:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(storage.active_sessions().await.unwrap(), 0);
+}

@@ -70,7 +70,9 @@ macro_rules! contract {
             pub async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StorageError> {
                 match &self.backend {
                     Backend::Sqlite(store) => $trait::$name(store $(, $arg)*).await,
-                    Backend::Postgres(store) => $trait::$name(store $(, $arg)*).await,
+                    Backend::Postgres(store) => {
+                        store.guarded(|_| $trait::$name(store $(, $arg)*)).await
+                    }
                 }
             } )*
         }
@@ -384,6 +386,10 @@ pub enum StorageError {
     /// A stored value could not be read back (corrupt row): report an internal error.
     #[error("stored value is corrupt: {0}")]
     Corrupt(String),
+    /// PostgreSQL is known not to answer (a check connected just now, and failed with this):
+    /// the operation was not tried.
+    #[error("the database cannot be reached: {0}")]
+    Unreachable(String),
     /// The organization is disabled or unknown (checked inside the transaction that would have
     /// created the session): nothing was written.
     #[error("organization disabled")]
@@ -406,6 +412,7 @@ impl StorageError {
                 _ => false,
             },
             StorageError::Sqlite(e) => engine::sqlite_refuses(e),
+            StorageError::Unreachable(_) => true,
             // A batch not committed, the writer's queue full: the database, not the request.
             StorageError::Engine(what) => {
                 what.starts_with("database write failed") || what.starts_with("database overloaded")

@@ -43,6 +43,97 @@ pub struct PgStore {
     pool: PgPool,
     /// This process, in the announcements it makes (random per process).
     origin: Arc<str>,
+    /// Whether the server is known not to answer (every request then fails at once).
+    reach: Arc<Reachability>,
+}
+
+/// How long a check of a database suspected away waits for a connection.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the database is checked again while it does not answer.
+const RECHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether PostgreSQL is known not to answer. The pool alone would make every request wait
+/// its acquire timeout (5 s) while the server is stopped — it retries a refused connection
+/// until then — and pages, `/readyz` and every background loop with them. So a request that
+/// fails as "unavailable" has the server checked at once with a connection of its own (the
+/// real error, in at most [`CHECK_TIMEOUT`]); while that fails, requests fail at once
+/// (`StorageError::Unreachable`, a 503 for pages) and one check a second looks again. A
+/// check that connects ends it: a pool that was only busy, or one connection that broke,
+/// never makes requests fail.
+struct Reachability {
+    options: PgConnectOptions,
+    /// Why the last check failed; None while the server answers.
+    down: std::sync::Mutex<Option<String>>,
+    /// A check is running (one at a time).
+    checking: std::sync::atomic::AtomicBool,
+}
+
+impl Reachability {
+    /// Err at once while the server is known not to answer.
+    fn admit(&self) -> Result<(), StorageError> {
+        match &*self.down.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(reason) => Err(StorageError::Unreachable(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// After `error`: if it says the database is away, checks it (unless a check runs).
+    fn observe(self: &Arc<Self>, error: &StorageError) {
+        use std::sync::atomic::Ordering;
+        if !error.is_unavailable() || matches!(error, StorageError::Unreachable(_)) {
+            return;
+        }
+        if self.checking.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let failure = match tokio::time::timeout(
+                    CHECK_TIMEOUT,
+                    sqlx::ConnectOptions::connect(&this.options),
+                )
+                .await
+                {
+                    Ok(Ok(connection)) => {
+                        let _ = sqlx::Connection::close(connection).await;
+                        None
+                    }
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some(format!("no answer within {CHECK_TIMEOUT:?}")),
+                };
+                if this.settle(failure) {
+                    return;
+                }
+                tokio::time::sleep(RECHECK_EVERY).await;
+            }
+        });
+    }
+
+    /// Records a check's outcome (`failure`: why it failed); true when the server answered
+    /// (the check ends).
+    fn settle(&self, failure: Option<String>) -> bool {
+        use std::sync::atomic::Ordering;
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        match (&*down, failure) {
+            (_, None) => {
+                if down.take().is_some() {
+                    tracing::info!("PostgreSQL answers again");
+                }
+                self.checking.store(false, Ordering::SeqCst);
+                true
+            }
+            (None, Some(reason)) => {
+                tracing::warn!(%reason, "PostgreSQL cannot be reached: requests that need it fail at once until it answers (checked every second)");
+                *down = Some(reason);
+                false
+            }
+            (Some(_), Some(reason)) => {
+                *down = Some(reason);
+                false
+            }
+        }
+    }
 }
 
 /// The NOTIFY channel of every announcement.
@@ -265,6 +356,11 @@ impl PgStore {
         // One connection first: its error says what is wrong (refused, authentication, no such
         // database); the pool would only report that it timed out.
         sqlx::Connection::close(sqlx::ConnectOptions::connect(&options).await?).await?;
+        let reach = Arc::new(Reachability {
+            options: options.clone(),
+            down: std::sync::Mutex::new(None),
+            checking: std::sync::atomic::AtomicBool::new(false),
+        });
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(5))
@@ -275,6 +371,7 @@ impl PgStore {
         Ok(PgStore {
             pool,
             origin: format!("{origin:016x}").into(),
+            reach,
         })
     }
 
@@ -293,9 +390,21 @@ impl PgStore {
         notify(&mut c, &self.origin, notices).await
     }
 
-    /// The pool (web sessions).
-    pub(crate) fn pool(&self) -> &PgPool {
-        &self.pool
+    /// Runs `work` on the pool unless the server is known not to answer (then fails at once);
+    /// an error saying the database is away has it checked (see [`Reachability`]). Every
+    /// request of the storage contract and of the web-session store goes through here.
+    pub(crate) async fn guarded<'a, T, E, F, Fut>(&'a self, work: F) -> Result<T, StorageError>
+    where
+        F: FnOnce(&'a PgPool) -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+        E: Into<StorageError>,
+    {
+        self.reach.admit()?;
+        let result = work(&self.pool).await.map_err(Into::into);
+        if let Err(e) = &result {
+            self.reach.observe(e);
+        }
+        result
     }
 
     /// The pool is open (connections are made on demand; `ping` checks one answers).

@@ -19,9 +19,8 @@
 //!
 //! PostgreSQL: one statement each on the pool (`synchronous_commit` as the server sets it).
 
-use super::{engine::Engine, Backend, Storage, StorageError};
+use super::{engine::Engine, postgres::PgStore, Backend, Storage, StorageError};
 use rusqlite::OptionalExtension;
-use sqlx::PgPool;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -40,7 +39,7 @@ pub struct WebSessionStore {
 #[derive(Clone)]
 enum WebBackend {
     Sqlite(Engine, Arc<RecordCache>),
-    Postgres(PgPool),
+    Postgres(PgStore),
 }
 
 /// At most this many web-session records are kept in memory (~20 MB); beyond it, new ones are
@@ -106,7 +105,7 @@ impl Storage {
                 Backend::Sqlite(store) => {
                     WebBackend::Sqlite(store.engine.clone(), store.web_records.clone())
                 }
-                Backend::Postgres(store) => WebBackend::Postgres(store.pool().clone()),
+                Backend::Postgres(store) => WebBackend::Postgres(store.clone()),
             },
         }
     }
@@ -164,9 +163,8 @@ impl WebSessionStore {
                     .write_relaxed(move |c| Ok(c.execute(DELETE_EXPIRED, [now])?))
                     .await
             }
-            WebBackend::Postgres(pool) => Ok(sqlx::query(DELETE_EXPIRED)
-                .bind(now)
-                .execute(pool)
+            WebBackend::Postgres(store) => Ok(store
+                .guarded(|pool| sqlx::query(DELETE_EXPIRED).bind(now).execute(pool))
                 .await?
                 .rows_affected() as usize),
         }
@@ -204,11 +202,14 @@ impl SessionStore for WebSessionStore {
                         .await
                         .map_err(backend)?
                 }
-                WebBackend::Postgres(pool) => sqlx::query(INSERT_NEW)
-                    .bind(id)
-                    .bind(data)
-                    .bind(expiry)
-                    .execute(pool)
+                WebBackend::Postgres(store) => store
+                    .guarded(|pool| {
+                        sqlx::query(INSERT_NEW)
+                            .bind(id)
+                            .bind(data)
+                            .bind(expiry)
+                            .execute(pool)
+                    })
                     .await
                     .map_err(backend)?
                     .rows_affected() as usize,
@@ -246,11 +247,14 @@ impl SessionStore for WebSessionStore {
                     .await
                     .map_err(backend)
             }
-            WebBackend::Postgres(pool) => sqlx::query(UPSERT)
-                .bind(id)
-                .bind(data)
-                .bind(expiry)
-                .execute(pool)
+            WebBackend::Postgres(store) => store
+                .guarded(|pool| {
+                    sqlx::query(UPSERT)
+                        .bind(id)
+                        .bind(data)
+                        .bind(expiry)
+                        .execute(pool)
+                })
                 .await
                 .map(|_| ())
                 .map_err(backend),
@@ -272,11 +276,14 @@ impl SessionStore for WebSessionStore {
                         .map_err(backend)?,
                 ),
             },
-            WebBackend::Postgres(pool) => decode(
-                sqlx::query_scalar(LOAD)
-                    .bind(id)
-                    .bind(now_secs())
-                    .fetch_optional(pool)
+            WebBackend::Postgres(store) => decode(
+                store
+                    .guarded(|pool| {
+                        sqlx::query_scalar(LOAD)
+                            .bind(id)
+                            .bind(now_secs())
+                            .fetch_optional(pool)
+                    })
                     .await
                     .map_err(backend)?,
             ),
@@ -299,9 +306,8 @@ impl SessionStore for WebSessionStore {
                 cache.forget(session_id);
                 deleted
             }
-            WebBackend::Postgres(pool) => sqlx::query(DELETE)
-                .bind(id)
-                .execute(pool)
+            WebBackend::Postgres(store) => store
+                .guarded(|pool| sqlx::query(DELETE).bind(id).execute(pool))
                 .await
                 .map(|_| ())
                 .map_err(backend),
