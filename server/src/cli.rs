@@ -394,10 +394,20 @@ pub async fn radius_test(
         Some(storage) => Organizations::load(storage).await?,
     };
     let default_id = organizations.default_id();
+    let chosen = org_id.is_some();
     let org_id = org_id.unwrap_or(&default_id);
     let Some(org) = organizations.get(org_id) else {
         return Err(NotFound::Organization(org_id.to_string()).into());
     };
+    say!(
+        "organization `{org_id}` ({}){}",
+        org.name,
+        if chosen || organizations.all().len() < 2 {
+            ""
+        } else {
+            ": the default one; --org ID tests another"
+        }
+    );
     // An Access-Request is a login as far as the guard goes (design.md §5): none for a
     // disabled organization, and the denial is audited. Status-Server is not a login.
     let state = OrgState::from_active(Some(org.active));

@@ -459,6 +459,9 @@ impl Application {
                 tasks: self.tasks.clone(),
                 dynauth: self.dynauth.as_ref().map(DynAuthListener::stats),
             };
+            // One scrape now: the database's gauges have values from the start, which a
+            // database away before the first real scrape then keeps (as it does later).
+            let _ = scrape_text(&scrape).await;
             let router = axum::Router::new()
                 .route("/metrics", axum::routing::get(serve_metrics))
                 .with_state(scrape);
@@ -620,6 +623,18 @@ async fn serve_metrics(
     axum::extract::State(scrape): axum::extract::State<MetricsScrape>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        scrape_text(&scrape).await,
+    )
+        .into_response()
+}
+
+/// The metrics' text, with the state gauges set from what is read now.
+async fn scrape_text(scrape: &MetricsScrape) -> String {
     // The database away (a PostgreSQL restart) is when the other metrics matter most: they
     // are still served, with `portal_database_up` 0.
     let mut snapshot = match scrape.storage.metrics_snapshot(now_ms()).await {
@@ -674,14 +689,7 @@ async fn serve_metrics(
             }
         }
     }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        scrape.metrics.render(&snapshot),
-    )
-        .into_response()
+    scrape.metrics.render(&snapshot)
 }
 
 /// Deletes accounting history and ended sessions older than the accounting retention, and

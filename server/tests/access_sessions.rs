@@ -1652,6 +1652,37 @@ async fn metrics_count_what_happened_on_their_own_listener() {
     app.stop().await;
 }
 
+/// The database's gauges are read once at start-up: a database away before the first scrape
+/// (PostgreSQL stopped) leaves every organization's series with the value read then, under
+/// `portal_database_up 0`, rather than no series at all.
+#[tokio::test]
+async fn metrics_keep_the_start_up_values_when_the_database_is_away_before_the_first_scrape() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let (mut relay, url) = common::postgres::Relay::fresh_database().await;
+    let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
+    config.database.url = Some(radius_portal::config::Secret::new(url));
+    config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    let app = TestApp::spawn(&config).await;
+    // Serving pages: start-up is over.
+    assert!(app.browser(CLIENT).get("/healthz").await.body.contains("ok"));
+    relay.cut();
+    let text = reqwest::get(format!("http://{}/metrics", app.metrics_addr.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        "portal_database_up 0",
+        r#"portal_active_sessions{organization="acme"} 0"#,
+        "portal_accounting_backlog 0",
+    ] {
+        assert!(text.contains(expected), "{expected} missing in:\n{text}");
+    }
+    app.stop().await;
+}
+
 /// One portal process per SQLite file: a second portal on the same database is refused with
 /// the reason (its start-up would release the first one's accounting claims), and starts once
 /// the first has stopped.

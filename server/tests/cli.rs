@@ -73,6 +73,10 @@ async fn radius_test_probes_every_server_and_fails_when_one_is_silent() {
         "a server with the wrong secret does not answer"
     );
     assert!(
+        stdout.starts_with("organization `acme` (Acme)\n"),
+        "names what it tests: {stdout}"
+    );
+    assert!(
         stdout.contains("primary (127.0.0.1:") && stdout.contains("answered Status-Server"),
         "{stdout}"
     );

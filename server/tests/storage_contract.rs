@@ -1514,64 +1514,13 @@ async fn postgres_over_verified_tls() {
     assert!(refused.is_err(), "a certificate from another CA is refused");
 }
 
-/// A TCP relay to the test cluster that can be cut (its port then refuses connections, as
-/// a stopped PostgreSQL's does) and opened again on the same port.
-struct Relay {
-    port: u16,
-    upstream: u16,
-    tasks: tokio::task::JoinSet<()>,
-}
-
-impl Relay {
-    async fn start(upstream: u16) -> Relay {
-        let mut relay = Relay {
-            port: 0,
-            upstream,
-            tasks: tokio::task::JoinSet::new(),
-        };
-        relay.open().await;
-        relay
-    }
-
-    /// Listens (again) on the relay's port, relaying each connection to the cluster.
-    async fn open(&mut self) {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
-            .await
-            .unwrap();
-        self.port = listener.local_addr().unwrap().port();
-        let upstream = self.upstream;
-        self.tasks.spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let (mut client, _) = listener.accept().await.unwrap();
-                connections.spawn(async move {
-                    if let Ok(mut server) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
-                    {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-            }
-        });
-    }
-
-    /// Closes the listener and every relayed connection.
-    fn cut(&mut self) {
-        self.tasks.abort_all();
-    }
-}
-
 /// PostgreSQL stopped under a running portal: the first requests find out the pool's way (it
 /// retries a refused connection up to its acquire timeout), then a check of its own finds
 /// the server refusing and every request fails at once — storage and web sessions alike —
 /// until the server answers again, which is found without any request's help.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_fails_requests_at_once_until_it_answers_again() {
-    let url = common::postgres::fresh_database().await;
-    let (head, database) = url.rsplit_once('/').unwrap();
-    let upstream: u16 = head.rsplit_once(':').unwrap().1.parse().unwrap();
-    let mut relay = Relay::start(upstream).await;
-    let relayed = format!("postgres://postgres@127.0.0.1:{}/{database}", relay.port);
+    let (mut relay, relayed) = common::postgres::Relay::fresh_database().await;
     let storage = Storage::open_postgres(&relayed).await.unwrap();
     let web = storage.web_sessions();
     storage.ping().await.unwrap();

@@ -241,3 +241,61 @@ pub async fn tls_root_cert() -> PathBuf {
     let cluster = tokio::task::spawn_blocking(cluster).await.unwrap();
     cluster.cert.clone()
 }
+
+/// A TCP relay to the test cluster that can be cut (its port then refuses connections, as
+/// a stopped PostgreSQL's does) and opened again on the same port.
+pub struct Relay {
+    pub port: u16,
+    upstream: u16,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Relay {
+    /// A new database on the test cluster, reached through a new relay: the relay and the
+    /// database's URL through it.
+    pub async fn fresh_database() -> (Relay, String) {
+        let url = fresh_database().await;
+        let (head, database) = url.rsplit_once('/').unwrap();
+        let upstream: u16 = head.rsplit_once(':').unwrap().1.parse().unwrap();
+        let relay = Relay::start(upstream).await;
+        let relayed = format!("postgres://postgres@127.0.0.1:{}/{database}", relay.port);
+        (relay, relayed)
+    }
+
+    pub async fn start(upstream: u16) -> Relay {
+        let mut relay = Relay {
+            port: 0,
+            upstream,
+            tasks: tokio::task::JoinSet::new(),
+        };
+        relay.open().await;
+        relay
+    }
+
+    /// Listens (again) on the relay's port, relaying each connection to the cluster.
+    pub async fn open(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        self.port = listener.local_addr().unwrap().port();
+        let upstream = self.upstream;
+        self.tasks.spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let (mut client, _) = listener.accept().await.unwrap();
+                connections.spawn(async move {
+                    if let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+    }
+
+    /// Closes the listener and every relayed connection.
+    pub fn cut(&mut self) {
+        self.tasks.abort_all();
+    }
+}
