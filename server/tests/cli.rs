@@ -73,7 +73,7 @@ async fn radius_test_probes_every_server_and_fails_when_one_is_silent() {
         "a server with the wrong secret does not answer"
     );
     assert!(
-        stdout.starts_with("organization `acme` (Acme)\n"),
+        stdout.contains("\norganization `acme` (Acme)\n"),
         "names what it tests: {stdout}"
     );
     assert!(
