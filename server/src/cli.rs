@@ -238,6 +238,7 @@ pub async fn run() -> anyhow::Result<()> {
                     .join(&*options.site_pkg_dir)
                     .display()
             );
+            check_against_database(&settings).await?;
             say!("{}", effective_configuration(&settings)?);
             Ok(())
         }
@@ -359,6 +360,32 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
                 if waiting == 1 { "row" } else { "rows" }
             );
         }
+    }
+    Ok(())
+}
+
+/// What `serve` would refuse at start-up because of what the database holds (a server removed
+/// while sessions still need it, …), checked without writing or migrating anything. A
+/// database that is not there yet, has migrations to run or cannot be reached is said, and
+/// the file alone counts.
+async fn check_against_database(settings: &Settings) -> anyhow::Result<()> {
+    let location = settings.database.location();
+    if crate::operator::no_database_yet(settings) {
+        say!("# database: none at {location} yet (created at the first start): nothing to check against it");
+        return Ok(());
+    }
+    match crate::storage::Storage::connect_as_is(&settings.database).await {
+        Ok(Some(storage)) => {
+            crate::organizations::check_seed(&storage, &settings.organizations)
+                .await
+                .with_context(|| format!("`serve` would refuse this configuration with the database {location}"))?;
+            say!("# database: {location}: the organizations fit what it holds");
+        }
+        Ok(None) => say!("# database: {location} has migrations to run (the portal runs them at its start): not checked against it"),
+        Err(e) => say!(
+            "# database: {location} cannot be opened ({}): not checked against it",
+            crate::portal_backend::error_chain(&e)
+        ),
     }
     Ok(())
 }

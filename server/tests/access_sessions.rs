@@ -1665,7 +1665,12 @@ async fn metrics_keep_the_start_up_values_when_the_database_is_away_before_the_f
     config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
     let app = TestApp::spawn(&config).await;
     // Serving pages: start-up is over.
-    assert!(app.browser(CLIENT).get("/healthz").await.body.contains("ok"));
+    assert!(app
+        .browser(CLIENT)
+        .get("/healthz")
+        .await
+        .body
+        .contains("ok"));
     relay.cut();
     let text = reqwest::get(format!("http://{}/metrics", app.metrics_addr.unwrap()))
         .await

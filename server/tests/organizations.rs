@@ -1159,6 +1159,99 @@ async fn start_up_refuses_a_configuration_that_would_strand_stops_and_stores_non
     app.stop().await;
 }
 
+/// `check-config` reads the database as `serve` would at its start (without writing or
+/// migrating anything): a server renamed away from under an open session fails the check
+/// with the same words the start-up would refuse it with.
+#[tokio::test]
+async fn check_config_refuses_what_the_start_up_would_refuse() {
+    let radius = FreeRadius::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("portal.db");
+    let write = |name: &str, server: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+[database]
+path = "{db}"
+[radius]
+bind = "127.0.0.1"
+[[organizations]]
+id = "acme"
+name = "Acme Test Org"
+[[organizations.servers]]
+name = "{server}"
+address = "127.0.0.1"
+auth_port = {auth}
+acct_port = {acct}
+secret = "{SECRET}"
+timeout = "500ms"
+"#,
+                db = db.display(),
+                auth = radius.strict_port,
+                acct = radius.acct_port,
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (kept, renamed) = (
+        write("kept.toml", "primary"),
+        write("renamed.toml", "primary-new"),
+    );
+    let check = |config: std::path::PathBuf| async move {
+        portal_with_env(
+            &config,
+            &["check-config"],
+            &[(
+                "PORTAL_LEPTOS_CONFIG",
+                &common::leptos_config().display().to_string(),
+            )],
+        )
+        .await
+    };
+    let before = check(renamed.clone()).await;
+    assert!(before.status.success(), "{before:?}");
+    assert!(
+        String::from_utf8_lossy(&before.stdout).contains("nothing to check against it"),
+        "{before:?}"
+    );
+    let app = TestApp::spawn(&Settings::load(Some(&kept)).unwrap()).await;
+    app.sessions
+        .login("acme", "carol", "carol-pass", ip(60))
+        .await
+        .unwrap();
+    app.stop().await;
+
+    let out = check(kept).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("the organizations fit what it holds"),
+        "{out:?}"
+    );
+    let out = check(renamed.clone()).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        stderr.contains("organizations[0].servers")
+            && stderr.contains("server `primary` is no longer listed"),
+        "{stderr}"
+    );
+    // What `serve` says of it.
+    let error = format!(
+        "{:#}",
+        TestApp::try_spawn(&Settings::load(Some(&renamed)).unwrap())
+            .await
+            .err()
+            .unwrap()
+    );
+    assert!(
+        error.contains("server `primary` is no longer listed"),
+        "{error}"
+    );
+}
+
 /// An organization whose stored settings stop being buildable while it runs (here: its secret
 /// file is gone when a change makes the portal rebuild it) keeps working with its last good
 /// settings: its sessions' Stops are still delivered, never dead-lettered.

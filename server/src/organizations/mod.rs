@@ -374,8 +374,9 @@ pub async fn seed(
 /// organization (removed or renamed) is not needed by a session — its accounting goes to it by
 /// name, as the admin API refuses the same change; an organization removed from the
 /// configuration while sessions still need its servers still has its servers' secrets (a
-/// `secret_file` that went with it would hold its Stops forever).
-async fn check_seed(
+/// `secret_file` that went with it would hold its Stops forever). Reads only (`check-config`
+/// runs it too).
+pub async fn check_seed(
     storage: &Storage,
     settings: &[OrganizationSettings],
 ) -> Result<(), OrganizationError> {

@@ -308,6 +308,24 @@ impl Storage {
         })
     }
 
+    /// Opens the database `[database]` names as it is, for a check (`check-config`): no
+    /// migration is run and nothing is written; the SQLite file must exist. `Ok(None)`: the
+    /// database has migrations this release would run at its start (checks against it would
+    /// read an older schema).
+    pub async fn connect_as_is(
+        settings: &crate::config::DatabaseSettings,
+    ) -> Result<Option<Storage>, StorageError> {
+        Ok(match &settings.url {
+            Some(url) => PgStore::open_as_is(url.expose())
+                .await?
+                .map(Backend::Postgres),
+            None => SqliteStore::open_as_is(&settings.path)
+                .await?
+                .map(Backend::Sqlite),
+        }
+        .map(|backend| Storage { backend }))
+    }
+
     /// Opens the database `[database]` names: PostgreSQL when `url` is set, else the SQLite
     /// file at `path`.
     pub async fn connect(
@@ -362,6 +380,16 @@ impl Storage {
     pub async fn organization(&self, id: &str) -> Result<Option<StoredOrganization>, StorageError> {
         Ok(self.organizations().await?.into_iter().find(|o| o.id == id))
     }
+}
+
+/// Whether every migration of `migrator` is applied, from the versions sqlx recorded as
+/// applied (`_sqlx_migrations`; None: the table is not there, nothing ran).
+fn fully_migrated(migrator: &sqlx::migrate::Migrator, applied: Option<Vec<i64>>) -> bool {
+    let applied = applied.unwrap_or_default();
+    migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .all(|m| applied.contains(&m.version))
 }
 
 /// Storage failures.

@@ -339,6 +339,28 @@ impl PgStore {
     /// Connects (a pool of up to 16 connections) and runs the migrations; replicas starting
     /// together migrate once (sqlx takes an advisory lock).
     pub async fn open(url: &str) -> Result<PgStore, StorageError> {
+        let store = Self::connect(url).await?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&store.pool)
+            .await?;
+        Ok(store)
+    }
+
+    /// Connects as it is, for a check: nothing is migrated. None when the database has
+    /// migrations to run.
+    pub async fn open_as_is(url: &str) -> Result<Option<PgStore>, StorageError> {
+        let store = Self::connect(url).await?;
+        let applied = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&store.pool)
+            .await
+            .ok();
+        Ok(
+            super::fully_migrated(&sqlx::migrate!("./migrations/postgres"), applied)
+                .then_some(store),
+        )
+    }
+
+    async fn connect(url: &str) -> Result<PgStore, StorageError> {
         // A replica cut off in the middle of a transaction must not hold its locks (a login's
         // hold on its organization row, claims, due sessions) for the kernel's two-hour TCP
         // time-out: the server ends the transaction after 30 s idle, and probes the connection.
@@ -366,7 +388,6 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         let origin: u64 = rand::random();
         Ok(PgStore {
             pool,

@@ -201,17 +201,7 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StorageError::Database(sqlx::Error::Io(e)))?;
         }
-        let url = format!("sqlite://{}", path.display());
-        let options = SqliteConnectOptions::from_str(&url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
+        let pool = Self::open_pool(path, true).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         restrict_to_owner(path);
         let engine = Engine::open(path)?;
@@ -222,6 +212,39 @@ impl SqliteStore {
         };
         storage.index_classes_of_older_sessions().await?;
         Ok(storage)
+    }
+
+    /// Opens an existing database file as it is, for a check: nothing is migrated or written.
+    /// None when it has migrations to run.
+    pub async fn open_as_is(path: &Path) -> Result<Option<SqliteStore>, StorageError> {
+        let pool = Self::open_pool(path, false).await?;
+        let applied = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&pool)
+            .await
+            .ok();
+        if !super::fully_migrated(&sqlx::migrate!("./migrations/sqlite"), applied) {
+            return Ok(None);
+        }
+        let engine = Engine::open(path)?;
+        Ok(Some(SqliteStore {
+            pool,
+            engine,
+            web_records: Default::default(),
+        }))
+    }
+
+    async fn open_pool(path: &Path, create: bool) -> Result<sqlx::SqlitePool, StorageError> {
+        let url = format!("sqlite://{}", path.display());
+        let options = SqliteConnectOptions::from_str(&url)?
+            .create_if_missing(create)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        Ok(SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?)
     }
 
     /// Indexes the Class values of active sessions opened before the index existed (once; a
