@@ -1159,6 +1159,56 @@ async fn start_up_refuses_a_configuration_that_would_strand_stops_and_stores_non
     app.stop().await;
 }
 
+/// Two organizations on one RADIUS server, one of them with a wrong secret (FreeRADIUS drops
+/// its requests: their Message-Authenticator does not verify): its failures open a breaker of
+/// its own, never the other organization's, whose sign-ins go on — and the portal stays
+/// ready. (Keyed by address alone, one tenant's typo locked every tenant of that server out,
+/// and the probes, made with the wrong secret, never let it back.)
+#[tokio::test]
+async fn a_wrong_secret_in_one_organization_never_locks_out_another_on_the_same_server() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut config = two_organizations(&db, &radius, &radius);
+    let wrong = &mut config.organizations[1].servers[0];
+    wrong.secret = Some(radius_portal::config::Secret::new("not-the-secret"));
+    wrong.timeout = Duration::from_millis(200);
+    wrong.retries = 0;
+    let app = TestApp::spawn(&config).await;
+    let beta = app.organizations.get("beta").unwrap().servers[0].clone();
+    let health = app.radius.health().clone();
+    let beta_auth = health.target(&beta, radius_portal::radius::health::Port::Auth);
+    let mut n = 0;
+    wait_until("beta's breaker opens", || {
+        n += 1;
+        let sessions = app.sessions.clone();
+        let health = health.clone();
+        async move {
+            let tried = sessions
+                .login("beta", "carol", "carol-pass", ip(100 + n))
+                .await;
+            assert!(tried.is_err(), "a wrong secret gets no answer");
+            health.is_open(beta_auth)
+        }
+    })
+    .await;
+
+    let session = app
+        .sessions
+        .login("acme", "carol", "carol-pass", ip(90))
+        .await
+        .expect("acme's secret is right: its sign-in goes on");
+    radius
+        .wait_for_acct(&["status=Start", &format!("sid={}", session.acct_session_id)])
+        .await;
+    let ready = app
+        .browser(Ipv4Addr::new(127, 0, 5, 91))
+        .get("/readyz")
+        .await;
+    assert!(ready.body.contains("ready"), "{}", ready.body);
+    assert!(health.is_open(beta_auth), "beta's own breaker stays open");
+    app.stop().await;
+}
+
 /// `check-config` reads the database as `serve` would at its start (without writing or
 /// migrating anything): a server renamed away from under an open session fails the check
 /// with the same words the start-up would refuse it with.

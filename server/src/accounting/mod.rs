@@ -21,7 +21,7 @@ use crate::{
     },
     radius::{
         encode_accounting,
-        health::{Port, ServerHealth},
+        health::{Port, ServerHealth, Target},
         status_type, AccountingRecord, Radius, RadiusError, ServerEndpoint,
     },
     storage::{AccessSessionRecord, Acknowledged, OutboxRow, Storage, StorageError},
@@ -201,7 +201,7 @@ pub fn retry_after(now: i64, attempts: i64, recovered: bool) -> i64 {
 
 /// How often each of an organization's accounting servers had come back when a delivery
 /// began ([`ServerHealth::recoveries_at`]).
-pub struct Recoveries(Vec<(SocketAddr, u64)>);
+pub struct Recoveries(Vec<(Target, u64)>);
 
 impl Recoveries {
     /// Now, for `org`'s servers.
@@ -209,17 +209,20 @@ impl Recoveries {
         Recoveries(
             org.servers
                 .iter()
-                .map(|s| (s.acct_addr, health.recoveries_at(s.acct_addr)))
+                .map(|s| {
+                    let target = health.target(s, Port::Acct);
+                    (target, health.recoveries_at(target))
+                })
                 .collect(),
         )
     }
 
     /// Whether one of them other than `tried` (the server this delivery failed at: its own
     /// probe answering is no news for it) has come back since.
-    pub fn changed(&self, health: &ServerHealth, tried: Option<SocketAddr>) -> bool {
+    pub fn changed(&self, health: &ServerHealth, tried: Option<Target>) -> bool {
         self.0
             .iter()
-            .any(|&(addr, n)| Some(addr) != tried && health.recoveries_at(addr) != n)
+            .any(|&(target, n)| Some(target) != tried && health.recoveries_at(target) != n)
     }
 }
 
@@ -812,7 +815,7 @@ impl Accounting {
                 // The semaphore is never closed, so acquiring cannot fail.
                 Ok(slot) => (slot.ok(), true),
                 Err(_) => {
-                    let tried = Some(server.acct_addr);
+                    let tried = Some(health.target(server, Port::Acct));
                     return self
                         .release(
                             &row,
@@ -827,8 +830,8 @@ impl Accounting {
         };
         // The server may have gone down while this row waited for a slot: do not queue up
         // behind its timeouts, try again (or fail over) later.
-        if health.is_open(server.acct_addr) {
-            let tried = Some(server.acct_addr);
+        if health.is_open(health.target(server, Port::Acct)) {
+            let tried = Some(health.target(server, Port::Acct));
             return self
                 .release(&row, "accounting server went down", None, &seen, tried)
                 .await;
@@ -935,8 +938,14 @@ impl Accounting {
                 tracing::warn!(acct_session_id = %record.acct_session_id, status_type = record.status_type,
                     server = %server.name, attempts = row.attempts, error = %e, "accounting not acknowledged; will retry");
                 let sent_to = transmitted.then_some(server.name.as_str());
-                self.release(&row, &e.to_string(), sent_to, &seen, Some(server.acct_addr))
-                    .await
+                self.release(
+                    &row,
+                    &e.to_string(),
+                    sent_to,
+                    &seen,
+                    Some(health.target(server, Port::Acct)),
+                )
+                .await
             }
         }
     }
@@ -950,7 +959,7 @@ impl Accounting {
         reason: &str,
         sent_to: Option<&str>,
         seen: &Recoveries,
-        tried: Option<SocketAddr>,
+        tried: Option<Target>,
     ) -> Result<Delivery, OutboxError> {
         let health = self.radius.health();
         let recovered = seen.changed(health, tried);
@@ -984,7 +993,7 @@ impl Accounting {
                     format!("server `{name}` is no longer one of the organization's servers");
                 return self.dead_letter(row, acct_id, reason).await.map(Err);
             };
-            let back_before = health.recoveries_at(server.acct_addr);
+            let back_before = health.recoveries_at(health.target(server, Port::Acct));
             if health.admit(server, Port::Acct) {
                 return Ok(Ok((server, false)));
             }
@@ -998,7 +1007,7 @@ impl Accounting {
             let mut retry = now + MAX_BACKOFF_MS;
             self.storage.mark_failed(row, retry, reason, None).await?;
             // Back while this was written (its recovery's wake-up found the row claimed).
-            if health.recoveries_at(server.acct_addr) != back_before {
+            if health.recoveries_at(health.target(server, Port::Acct)) != back_before {
                 retry = now_ms();
                 self.storage.mark_failed(row, retry, reason, None).await?;
             }
@@ -1590,9 +1599,9 @@ mod tests {
         );
         health.record_probe_success(&server, Port::Acct);
         // The primary came back while a row was failing over to the backup: at once.
-        assert!(seen.changed(&health, Some(backup.acct_addr)));
+        assert!(seen.changed(&health, Some(health.target(&backup, Port::Acct))));
         // A row that failed at the primary itself: its own probe answering is no news.
-        assert!(!seen.changed(&health, Some(server.acct_addr)));
+        assert!(!seen.changed(&health, Some(health.target(&server, Port::Acct))));
         let seen = Recoveries::of(&health, &org);
         health.record_probe_success(&server, Port::Acct);
         assert!(!seen.changed(&health, None), "closed already");

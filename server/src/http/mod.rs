@@ -800,7 +800,8 @@ impl Readiness {
         // through a login's trial: a replica kept out of rotation would never see one.
         servers.peek().is_some()
             && servers.all(|s| {
-                s.status_check != crate::config::StatusCheck::Request && health.is_open(s.auth_addr)
+                s.status_check != crate::config::StatusCheck::Request
+                    && health.is_open(health.target(&s, crate::radius::health::Port::Auth))
             })
     }
 }

@@ -1,18 +1,32 @@
-//! What the portal knows about each RADIUS server address while it runs: its circuit breaker and
+//! What the portal knows about each RADIUS server while it runs: its circuit breaker and
 //! whether it has been seen sending Message-Authenticator (`learn` mode). Keyed by the address
-//! requests go to (auth and acct ports are separate entries: one can be down while the other
-//! answers). Shared by every organization using the same server.
+//! requests go to and the secret that signs them ([`Target`]): auth and acct ports are
+//! separate entries (one can be down while the other answers), and organizations using the
+//! same server with the same secret share its entry. An organization that reaches the same
+//! address with another secret — a wrong one: a RADIUS server knows one secret per client
+//! address — gets an entry of its own, so its failures (and its probes, made with its own
+//! secret) never lock the other organizations out.
 
 use super::breaker::{Breaker, BreakerPolicy, BreakerState};
 use super::ServerEndpoint;
 use crate::config::StatusCheck;
 use std::{
-    collections::HashMap,
+    collections::{hash_map::RandomState, HashMap},
+    hash::BuildHasher,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 use tokio::{sync::Notify, time::Instant};
+
+/// A server as its breaker knows it: where requests go, and which secret signs them (a keyed
+/// hash, random per process: the secret itself is kept nowhere here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// The address requests go to.
+    pub addr: SocketAddr,
+    secret: u64,
+}
 
 /// Which port of a server an entry is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,12 +49,14 @@ struct Entry {
     recoveries: u64,
 }
 
-/// Per-address server state. Cheap to clone.
+/// Per-server state. Cheap to clone.
 #[derive(Clone)]
 pub struct ServerHealth {
     policy: BreakerPolicy,
     /// A std Mutex: held for map operations only.
-    entries: Arc<Mutex<HashMap<SocketAddr, Entry>>>,
+    entries: Arc<Mutex<HashMap<Target, Entry>>>,
+    /// Keys the secrets' hashes in [`Target`].
+    secrets: RandomState,
     /// Signalled when a breaker opens (the prober schedules a probe).
     opened: Arc<Notify>,
     /// Signalled when a breaker closes (accounting retries what waited for it).
@@ -53,14 +69,23 @@ impl ServerHealth {
         ServerHealth {
             policy,
             entries: Arc::default(),
+            secrets: RandomState::new(),
             opened: Arc::new(Notify::new()),
             recovered: Arc::new(Notify::new()),
         }
     }
 
-    fn with<T>(&self, addr: SocketAddr, f: impl FnOnce(&mut Entry) -> T) -> T {
+    /// What `server`'s `port` is to its breaker.
+    pub fn target(&self, server: &ServerEndpoint, port: Port) -> Target {
+        Target {
+            addr: address(server, port),
+            secret: self.secrets.hash_one(server.secret.expose()),
+        }
+    }
+
+    fn with<T>(&self, target: Target, f: impl FnOnce(&mut Entry) -> T) -> T {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = entries.entry(addr).or_insert_with(|| Entry {
+        let entry = entries.entry(target).or_insert_with(|| Entry {
             breaker: Breaker::new(self.policy),
             learned_message_authenticator: false,
             probe: None,
@@ -70,15 +95,20 @@ impl ServerHealth {
         f(entry)
     }
 
-    /// Whether ordinary requests may go to `addr` now (closed breaker).
+    /// Whether ordinary requests may go to `addr` now, whatever the secret (every breaker of
+    /// that address closed; tests).
     pub fn allows(&self, addr: SocketAddr) -> bool {
         let now = Instant::now();
-        self.with(addr, |e| e.breaker.allows_request(now))
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .iter_mut()
+            .filter(|(target, _)| target.addr == addr)
+            .all(|(_, e)| e.breaker.allows_request(now))
     }
 
-    /// Whether `addr`'s breaker is open with no trial out: nothing but a probe may go there.
-    pub fn is_open(&self, addr: SocketAddr) -> bool {
-        self.with(addr, |e| e.breaker.is_open())
+    /// Whether `target`'s breaker is open with no trial out: nothing but a probe may go there.
+    pub fn is_open(&self, target: Target) -> bool {
+        self.with(target, |e| e.breaker.is_open())
     }
 
     /// Whether a request may go to `server` at `port` now: its breaker is closed, or — for a
@@ -87,7 +117,7 @@ impl ServerHealth {
     pub fn admit(&self, server: &ServerEndpoint, port: Port) -> bool {
         let now = Instant::now();
         let addr = address(server, port);
-        let trial = self.with(addr, |e| {
+        let trial = self.with(self.target(server, port), |e| {
             if e.breaker.allows_request(now) {
                 return Some(false);
             }
@@ -105,28 +135,40 @@ impl ServerHealth {
         trial.is_some()
     }
 
-    /// Every known server address with its breaker state (metrics).
+    /// Every known server address with its breaker state (metrics). Where several secrets
+    /// reach one address, the least healthy of their breakers: open, else a trial out, else
+    /// closed.
     pub fn states(&self) -> Vec<(SocketAddr, BreakerState)> {
+        let rank = |state: &BreakerState| match state {
+            BreakerState::Open { .. } => 2,
+            BreakerState::Trial { .. } => 1,
+            BreakerState::Closed { .. } => 0,
+        };
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries
-            .iter()
-            .map(|(addr, e)| (*addr, e.breaker.state()))
-            .collect()
+        let mut by_address: HashMap<SocketAddr, BreakerState> = HashMap::new();
+        for (target, e) in entries.iter() {
+            let state = e.breaker.state();
+            by_address
+                .entry(target.addr)
+                .and_modify(|known| {
+                    if rank(&state) > rank(known) {
+                        *known = state;
+                    }
+                })
+                .or_insert(state);
+        }
+        by_address.into_iter().collect()
     }
 
-    /// The breaker state of `addr` (tests, CLI, metrics).
-    pub fn state(&self, addr: SocketAddr) -> BreakerState {
-        self.with(addr, |e| e.breaker.state())
+    /// Whether `target` has sent a valid Message-Authenticator before.
+    pub fn learned_message_authenticator(&self, target: Target) -> bool {
+        self.with(target, |e| e.learned_message_authenticator)
     }
 
-    /// Whether `addr` has sent a valid Message-Authenticator before.
-    pub fn learned_message_authenticator(&self, addr: SocketAddr) -> bool {
-        self.with(addr, |e| e.learned_message_authenticator)
-    }
-
-    /// A verified reply arrived from `addr`.
-    pub fn record_success(&self, addr: SocketAddr, had_message_authenticator: bool) {
-        let closed = self.with(addr, |e| {
+    /// A verified reply arrived for a request to `target`.
+    pub fn record_success(&self, target: Target, had_message_authenticator: bool) {
+        let addr = target.addr;
+        let closed = self.with(target, |e| {
             e.learned_message_authenticator |= had_message_authenticator;
             let closed = e.breaker.record_success();
             if closed {
@@ -144,7 +186,7 @@ impl ServerHealth {
     /// An exchange with `server` at `port` got no verified reply in time (or was refused).
     pub fn record_failure(&self, server: &ServerEndpoint, port: Port) {
         let addr = address(server, port);
-        let opened = self.with(addr, |e| {
+        let opened = self.with(self.target(server, port), |e| {
             e.probe = Some((server.clone(), port));
             e.breaker.record_failure(Instant::now())
         });
@@ -184,7 +226,7 @@ impl ServerHealth {
     /// A probe of `addr` was answered: close its breaker.
     pub fn record_probe_success(&self, server: &ServerEndpoint, port: Port) {
         let addr = address(server, port);
-        let closed = self.with(addr, |e| {
+        let closed = self.with(self.target(server, port), |e| {
             let closed = e.breaker.record_probe_success();
             if closed {
                 e.closed_again_at = Some(Instant::now());
@@ -199,32 +241,44 @@ impl ServerHealth {
         }
     }
 
-    /// The organizations' servers as they are configured now (after a change). An address no
-    /// server uses any more is forgotten: nothing probes it for good. A down address whose
-    /// server is now reached otherwise (another secret, timeout or check: the operator fixed
-    /// what made it fail) is probed at once with the new settings. Rows of accounting that
-    /// waited for a server are tried again (one may now go to its server's new address).
+    /// The organizations' servers as they are configured now (after a change). An address (or
+    /// secret) no server uses any more is forgotten: nothing probes it for good; a secret
+    /// changed starts with a closed breaker of its own. A down server now reached otherwise
+    /// (another timeout or check: the operator fixed what made it fail) is probed at once with
+    /// the new settings. Rows of accounting that waited for a server are tried again (one may
+    /// now go to its server's new address). Servers that reach one address with different
+    /// secrets are warned about: one of the secrets is wrong.
     pub fn servers_changed(&self, servers: &[ServerEndpoint]) {
-        let mut configured: HashMap<SocketAddr, Vec<(&ServerEndpoint, Port)>> = HashMap::new();
+        let mut configured: HashMap<Target, Vec<(&ServerEndpoint, Port)>> = HashMap::new();
+        let mut secrets_at: HashMap<SocketAddr, Vec<(Target, &str)>> = HashMap::new();
         for server in servers {
             for port in [Port::Auth, Port::Acct] {
-                configured
-                    .entry(address(server, port))
-                    .or_default()
-                    .push((server, port));
+                let target = self.target(server, port);
+                configured.entry(target).or_default().push((server, port));
+                let known = secrets_at.entry(target.addr).or_default();
+                if !known.iter().any(|(t, _)| *t == target) {
+                    known.push((target, &server.name));
+                }
+            }
+        }
+        for (addr, known) in &secrets_at {
+            if let [(_, first), (_, second), ..] = known.as_slice() {
+                tracing::warn!(%addr, first, second, secrets = known.len(),
+                    "RADIUS servers at one address with different secrets: a RADIUS server knows one secret per client, so one of them is wrong (its requests go unanswered; each secret has its own circuit breaker)");
             }
         }
         let now = Instant::now();
         let (mut forgotten, mut probe_now) = (0, false);
         {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            entries.retain(|addr, _| {
-                let kept = configured.contains_key(addr);
+            entries.retain(|target, _| {
+                let kept = configured.contains_key(target);
                 forgotten += usize::from(!kept);
                 kept
             });
-            for (addr, entry) in entries.iter_mut() {
-                let now_configured = &configured[addr];
+            for (target, entry) in entries.iter_mut() {
+                let addr = &target.addr;
+                let now_configured = &configured[target];
                 let stale = entry.probe.as_ref().is_some_and(|(known, port)| {
                     !now_configured
                         .iter()
@@ -257,7 +311,7 @@ impl ServerHealth {
     /// Since when `server` at `port` is back: its breaker closed again at that instant after
     /// being open, and is closed now. None when it never was down or is not closed.
     pub fn back_since(&self, server: &ServerEndpoint, port: Port) -> Option<Instant> {
-        self.with(address(server, port), |e| {
+        self.with(self.target(server, port), |e| {
             matches!(e.breaker.state(), BreakerState::Closed { .. })
                 .then_some(e.closed_again_at)
                 .flatten()
@@ -266,7 +320,7 @@ impl ServerHealth {
 
     /// When `server` at `port`, being down, is probed next (None unless its breaker is open).
     pub fn next_probe_at(&self, server: &ServerEndpoint, port: Port) -> Option<Instant> {
-        self.with(address(server, port), |e| e.breaker.probe_due())
+        self.with(self.target(server, port), |e| e.breaker.probe_due())
     }
 
     /// Signalled when a breaker opens.
@@ -274,10 +328,10 @@ impl ServerHealth {
         &self.opened
     }
 
-    /// How often `addr`'s breaker has closed after being open (a change since an exchange
+    /// How often `target`'s breaker has closed after being open (a change since an exchange
     /// began: the server came back meanwhile).
-    pub fn recoveries_at(&self, addr: SocketAddr) -> u64 {
-        self.with(addr, |e| e.recoveries)
+    pub fn recoveries_at(&self, target: Target) -> u64 {
+        self.with(target, |e| e.recoveries)
     }
 
     /// Signalled (to every waiter) when a breaker closes.
@@ -320,7 +374,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_changed_secret_is_probed_at_once_and_an_address_no_longer_used_is_forgotten() {
+    async fn a_fixed_setting_is_used_at_once_and_an_address_no_longer_used_is_forgotten() {
         let health = health();
         let wrong = server("primary", 1813, "wrong");
         health.record_failure(&wrong, Port::Acct);
@@ -330,15 +384,27 @@ mod tests {
         health.servers_changed(std::slice::from_ref(&wrong));
         assert!(health.take_due_probes().0.is_empty());
 
-        // The secret fixed: both ports are probed now, with the new secret.
-        let fixed = server("primary", 1813, "right");
-        health.servers_changed(std::slice::from_ref(&fixed));
+        // Its timeout changed while it was down: both ports are probed now, with it.
+        let slower = ServerEndpoint {
+            timeout: Duration::from_millis(900),
+            ..wrong.clone()
+        };
+        health.servers_changed(std::slice::from_ref(&slower));
         let (due, _) = health.take_due_probes();
         assert_eq!(due.len(), 2, "{due:?}");
-        assert!(due.iter().all(|(s, _)| *s == fixed), "{due:?}");
+        assert!(due.iter().all(|(s, _)| *s == slower), "{due:?}");
 
-        // Accounting moved to another port: the old address is forgotten (never probed
-        // again), the new one starts closed; the auth port, still used, stays open.
+        // The secret fixed: requests signed with it go at once (a breaker of its own, closed),
+        // and the wrong secret's breaker is forgotten (never probed again).
+        let fixed = server("primary", 1813, "right");
+        health.servers_changed(std::slice::from_ref(&fixed));
+        assert!(health.allows(fixed.auth_addr) && health.allows(fixed.acct_addr));
+        assert!(health.admit(&fixed, Port::Auth));
+        assert!(health.take_due_probes().0.is_empty());
+
+        // Accounting moved to another port: the old address is forgotten, the new one starts
+        // closed.
+        health.record_failure(&fixed, Port::Auth);
         let moved = server("primary", 1823, "right");
         health.servers_changed(std::slice::from_ref(&moved));
         assert!(!health
@@ -347,5 +413,33 @@ mod tests {
             .any(|(addr, _)| *addr == wrong.acct_addr));
         assert!(health.allows(moved.acct_addr));
         assert!(!health.allows(moved.auth_addr));
+    }
+
+    /// Two organizations reach one server, one with a wrong secret: its failures open its own
+    /// breaker (probed with its own secret), never the other's; the address's metric shows
+    /// the open one.
+    #[tokio::test]
+    async fn a_wrong_secret_at_a_shared_address_opens_only_its_own_breaker() {
+        let health = health();
+        let (good, bad) = (server("fr", 1813, "right"), server("frbad", 1813, "wrong"));
+        health.servers_changed(&[good.clone(), bad.clone()]);
+        health.record_failure(&bad, Port::Auth);
+        assert!(health.is_open(health.target(&bad, Port::Auth)));
+        assert!(!health.is_open(health.target(&good, Port::Auth)));
+        assert!(health.admit(&good, Port::Auth));
+        assert!(!health.admit(&bad, Port::Auth));
+        let state = health
+            .states()
+            .into_iter()
+            .find(|(addr, _)| *addr == good.auth_addr)
+            .map(|(_, state)| state);
+        assert!(
+            matches!(state, Some(BreakerState::Open { .. })),
+            "{state:?}"
+        );
+        // The good one answering closes nothing of the bad one's.
+        health.record_success(health.target(&good, Port::Auth), true);
+        assert!(health.is_open(health.target(&bad, Port::Auth)));
+        assert!(!health.learned_message_authenticator(health.target(&bad, Port::Auth)));
     }
 }

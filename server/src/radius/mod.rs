@@ -445,9 +445,9 @@ impl Radius {
         match server.message_authenticator {
             MessageAuthenticatorMode::On => true,
             MessageAuthenticatorMode::Off => false,
-            MessageAuthenticatorMode::Learn => {
-                self.health.learned_message_authenticator(server.auth_addr)
-            }
+            MessageAuthenticatorMode::Learn => self
+                .health
+                .learned_message_authenticator(self.health.target(server, Port::Auth)),
         }
     }
 
@@ -491,9 +491,10 @@ impl Radius {
             started.elapsed(),
         );
         match &result {
-            Ok(reply) => self
-                .health
-                .record_success(destination, reply.has_message_authenticator),
+            Ok(reply) => self.health.record_success(
+                self.health.target(server, port),
+                reply.has_message_authenticator,
+            ),
             Err(
                 RadiusError::Timeout
                 | RadiusError::UnsignedReply
@@ -538,7 +539,7 @@ impl Radius {
             if now >= deadline {
                 break;
             }
-            if k > 0 && self.health.is_open(server.auth_addr) {
+            if k > 0 && self.health.is_open(self.health.target(server, Port::Auth)) {
                 continue; // opened by a concurrent login meanwhile
             }
             if k > 0 && !go_on().await {
@@ -558,7 +559,7 @@ impl Radius {
             let others_left = || {
                 candidates[k + 1..]
                     .iter()
-                    .any(|(_, later)| !self.health.is_open(later.auth_addr))
+                    .any(|(_, later)| !self.health.is_open(self.health.target(later, Port::Auth)))
             };
             let mut end_when_unreachable = !self.patient_last_server || others_left();
             let reply = loop {
