@@ -658,7 +658,9 @@ fn user_error(error: SessionError) -> PortalError {
         },
         SessionError::ChallengeUnsupported { reply_message } => PortalError::Rejected {
             message: Some(match reply_message.map(shortened) {
-                Some(m) => format!("{m} (this sign-in needs an extra step that this portal does not support; contact your network administrator)"),
+                // The server's words ask for something the page has no field for: said as
+                // what the server asked, after what the user can do.
+                Some(m) => format!("this sign-in needs an extra step that this portal does not support; contact your network administrator (the server asked: \"{m}\")"),
                 None => "this sign-in needs an extra step (Access-Challenge) that this portal does not support; contact your network administrator".into(),
             }),
         },

@@ -214,7 +214,7 @@ async fn an_access_challenge_is_final_and_says_so() {
     assert_eq!(page.path, "/", "back on the login page");
     assert!(
         page.body
-            .contains("Sign-in refused: Enter the code we sent to your phone (this sign-in needs an extra step"),
+            .contains("Sign-in refused: this sign-in needs an extra step that this portal does not support; contact your network administrator (the server asked: \"Enter the code we sent to your phone"),
         "{}",
         page.body
     );

@@ -485,12 +485,13 @@ pub fn format_clock(secs: u64) -> String {
     }
 }
 
-/// A duration in words: "4 hours", "20 minutes", "1 hour 30 minutes", "45 seconds".
+/// A duration in words: "4 hours", "20 minutes", "1 hour 30 minutes", "45 seconds",
+/// "366 days". (The server writes it: not in the island's WASM.)
 pub fn format_length(secs: u64) -> String {
-    // Written into one string (no list joined: smaller in the island's WASM).
     let mut text = String::new();
     for (n, unit) in [
-        (secs / 3600, "hour"),
+        (secs / 86_400, "day"),
+        (secs / 3600 % 24, "hour"),
         (secs / 60 % 60, "minute"),
         (secs % 60, "second"),
     ] {
@@ -521,5 +522,7 @@ mod tests {
         assert_eq!(format_length(20), "20 seconds");
         assert_eq!(format_length(5400), "1 hour 30 minutes");
         assert_eq!(format_length(60), "1 minute");
+        assert_eq!(format_length(366 * 86_400), "366 days");
+        assert_eq!(format_length(86_400 + 3600), "1 day 1 hour");
     }
 }
