@@ -58,8 +58,9 @@ const RECHECK_EVERY: Duration = Duration::from_secs(1);
 /// fails as "unavailable" has the server checked at once with a connection of its own (the
 /// real error, in at most [`CHECK_TIMEOUT`]); while that fails, requests fail at once
 /// (`StorageError::Unreachable`, a 503 for pages) and one check a second looks again. A
-/// check that connects ends it: a pool that was only busy, or one connection that broke,
-/// never makes requests fail.
+/// check that connects — or that the server answers with a refusal of its own (too many
+/// clients, authentication) — ends it: a pool that was only busy, or one connection that
+/// broke, never makes requests fail.
 struct Reachability {
     options: PgConnectOptions,
     /// Why the last check failed; None while the server answers.
@@ -99,7 +100,11 @@ impl Reachability {
                         let _ = sqlx::Connection::close(connection).await;
                         None
                     }
-                    Ok(Err(e)) => Some(e.to_string()),
+                    // Refused, unreachable, reset, or a server starting or shutting down.
+                    Ok(Err(e)) if server_away(&e) => Some(e.to_string()),
+                    // It answered (too many clients, a password changed, …): the pool's own
+                    // connections may still work, and requests say what is wrong themselves.
+                    Ok(Err(_)) => None,
                     Err(_) => Some(format!("no answer within {CHECK_TIMEOUT:?}")),
                 };
                 if this.settle(failure) {
@@ -133,6 +138,17 @@ impl Reachability {
                 false
             }
         }
+    }
+}
+
+/// Whether a failed connection says the server is not there (rather than that it answered
+/// with a refusal of its own): an I/O error, or PostgreSQL shutting down or starting up
+/// (57P01-57P03).
+fn server_away(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|code| code.starts_with("57P0")),
+        _ => false,
     }
 }
 
