@@ -39,8 +39,6 @@ pub enum Port {
 
 struct Entry {
     breaker: Breaker,
-    /// A reply with a valid Message-Authenticator has been seen (`learn` mode).
-    learned_message_authenticator: bool,
     /// Where and how to probe while open: the endpoint that last used this address.
     probe: Option<(ServerEndpoint, Port)>,
     /// When its breaker last closed after being open (None: never opened).
@@ -54,13 +52,26 @@ struct Entry {
 pub struct ServerHealth {
     policy: BreakerPolicy,
     /// A std Mutex: held for map operations only.
-    entries: Arc<Mutex<HashMap<Target, Entry>>>,
+    entries: Arc<Mutex<Registry>>,
     /// Keys the secrets' hashes in [`Target`].
     secrets: RandomState,
     /// Signalled when a breaker opens (the prober schedules a probe).
     opened: Arc<Notify>,
     /// Signalled when a breaker closes (accounting retries what waited for it).
     recovered: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Registry {
+    entries: HashMap<Target, Entry>,
+    /// The targets the organizations' servers make, once known ([`ServerHealth::servers_changed`]):
+    /// the outcome of an exchange with another (one made with a secret since replaced, still
+    /// in flight) is not kept — it would bring back a breaker nobody uses, probed with the old
+    /// secret.
+    configured: Option<std::collections::HashSet<Target>>,
+    /// Addresses seen sending a valid Message-Authenticator (`learn` mode): the server's
+    /// habit, kept across a change of the secret.
+    learned: std::collections::HashSet<SocketAddr>,
 }
 
 impl ServerHealth {
@@ -83,24 +94,33 @@ impl ServerHealth {
         }
     }
 
+    /// Runs `f` on `target`'s entry (created closed) — or, for a target no configured server
+    /// makes any more, on a closed one that is not kept.
     fn with<T>(&self, target: Target, f: impl FnOnce(&mut Entry) -> T) -> T {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = entries.entry(target).or_insert_with(|| Entry {
+        let fresh = || Entry {
             breaker: Breaker::new(self.policy),
-            learned_message_authenticator: false,
             probe: None,
             closed_again_at: None,
             recoveries: 0,
-        });
-        f(entry)
+        };
+        let mut registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if registry
+            .configured
+            .as_ref()
+            .is_some_and(|configured| !configured.contains(&target))
+        {
+            return f(&mut fresh());
+        }
+        f(registry.entries.entry(target).or_insert_with(fresh))
     }
 
     /// Whether ordinary requests may go to `addr` now, whatever the secret (every breaker of
     /// that address closed; tests).
     pub fn allows(&self, addr: SocketAddr) -> bool {
         let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries
+        let mut registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        registry
+            .entries
             .iter_mut()
             .filter(|(target, _)| target.addr == addr)
             .all(|(_, e)| e.breaker.allows_request(now))
@@ -144,9 +164,9 @@ impl ServerHealth {
             BreakerState::Trial { .. } => 1,
             BreakerState::Closed { .. } => 0,
         };
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut by_address: HashMap<SocketAddr, BreakerState> = HashMap::new();
-        for (target, e) in entries.iter() {
+        for (target, e) in registry.entries.iter() {
             let state = e.breaker.state();
             by_address
                 .entry(target.addr)
@@ -162,14 +182,18 @@ impl ServerHealth {
 
     /// Whether `target` has sent a valid Message-Authenticator before.
     pub fn learned_message_authenticator(&self, target: Target) -> bool {
-        self.with(target, |e| e.learned_message_authenticator)
+        let registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        registry.learned.contains(&target.addr)
     }
 
     /// A verified reply arrived for a request to `target`.
     pub fn record_success(&self, target: Target, had_message_authenticator: bool) {
         let addr = target.addr;
+        if had_message_authenticator {
+            let mut registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            registry.learned.insert(addr);
+        }
         let closed = self.with(target, |e| {
-            e.learned_message_authenticator |= had_message_authenticator;
             let closed = e.breaker.record_success();
             if closed {
                 e.closed_again_at = Some(Instant::now());
@@ -200,10 +224,10 @@ impl ServerHealth {
     /// Probes due now (each taken once per probe interval), and when the next one is due.
     pub fn take_due_probes(&self) -> (Vec<(ServerEndpoint, Port)>, Option<Instant>) {
         let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut due = Vec::new();
         let mut next = None::<Instant>;
-        for entry in entries.values_mut() {
+        for entry in registry.entries.values_mut() {
             if entry
                 .probe
                 .as_ref()
@@ -270,13 +294,17 @@ impl ServerHealth {
         let now = Instant::now();
         let (mut forgotten, mut probe_now) = (0, false);
         {
-            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            entries.retain(|target, _| {
+            let mut registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            registry.entries.retain(|target, _| {
                 let kept = configured.contains_key(target);
                 forgotten += usize::from(!kept);
                 kept
             });
-            for (target, entry) in entries.iter_mut() {
+            registry.configured = Some(configured.keys().copied().collect());
+            registry
+                .learned
+                .retain(|addr| secrets_at.contains_key(addr));
+            for (target, entry) in registry.entries.iter_mut() {
                 let addr = &target.addr;
                 let now_configured = &configured[target];
                 let stale = entry.probe.as_ref().is_some_and(|(known, port)| {
@@ -401,6 +429,15 @@ mod tests {
         assert!(health.allows(fixed.auth_addr) && health.allows(fixed.acct_addr));
         assert!(health.admit(&fixed, Port::Auth));
         assert!(health.take_due_probes().0.is_empty());
+        // An exchange made with the old secret, still in flight then, fails afterwards: no
+        // breaker of the old secret comes back (nothing probes with it, the metric stays
+        // closed).
+        health.record_failure(&wrong, Port::Auth);
+        assert!(health.take_due_probes().0.is_empty());
+        assert!(health
+            .states()
+            .iter()
+            .all(|(_, state)| matches!(state, BreakerState::Closed { .. })));
 
         // Accounting moved to another port: the old address is forgotten, the new one starts
         // closed.
@@ -413,6 +450,26 @@ mod tests {
             .any(|(addr, _)| *addr == wrong.acct_addr));
         assert!(health.allows(moved.acct_addr));
         assert!(!health.allows(moved.auth_addr));
+    }
+
+    /// A server seen signing its replies is still expected to after its secret changes
+    /// (`learn` mode: a reply without Message-Authenticator is refused again at once).
+    #[tokio::test]
+    async fn a_learned_message_authenticator_outlives_a_secret_change() {
+        let health = health();
+        let old = server("primary", 1813, "old");
+        health.servers_changed(std::slice::from_ref(&old));
+        health.record_success(health.target(&old, Port::Auth), true);
+        let new = server("primary", 1813, "new");
+        health.servers_changed(std::slice::from_ref(&new));
+        assert!(health.learned_message_authenticator(health.target(&new, Port::Auth)));
+        // Another address entirely: learned again from nothing.
+        let elsewhere = ServerEndpoint {
+            auth_addr: SocketAddr::from(([127, 0, 0, 2], 1812)),
+            ..new.clone()
+        };
+        health.servers_changed(std::slice::from_ref(&elsewhere));
+        assert!(!health.learned_message_authenticator(health.target(&elsewhere, Port::Auth)));
     }
 
     /// Two organizations reach one server, one with a wrong secret: its failures open its own
@@ -440,6 +497,7 @@ mod tests {
         // The good one answering closes nothing of the bad one's.
         health.record_success(health.target(&good, Port::Auth), true);
         assert!(health.is_open(health.target(&bad, Port::Auth)));
-        assert!(!health.learned_message_authenticator(health.target(&bad, Port::Auth)));
+        // What the server was seen doing is the server's, whatever secret asks.
+        assert!(health.learned_message_authenticator(health.target(&bad, Port::Auth)));
     }
 }

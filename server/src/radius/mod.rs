@@ -719,9 +719,10 @@ impl Radius {
     /// closes the breaker.
     ///
     /// `configured` gives every organization's servers as they are now, and `changes` says
-    /// when they changed: a server whose secret or address the operator fixed is probed at
-    /// once with its new settings (not with the ones that failed), and an address no longer
-    /// configured is no longer probed.
+    /// when they changed: a down server whose timeout or check the operator changed is probed
+    /// at once with its new settings (not with the ones that failed), a new secret or address
+    /// starts with a closed breaker of its own, and one no longer configured is no longer
+    /// probed.
     pub async fn run_prober(
         self,
         configured: impl Fn() -> Vec<ServerEndpoint>,
