@@ -1269,7 +1269,13 @@ impl Accounting {
                             });
                         }
                     }
-                    Err(e) => tracing::error!(error = ?e, "claiming accounting rows failed"),
+                    Err(e) => {
+                        // Every pass fails alike while the database is away.
+                        static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+                        if let Some(left_out) = LOG.admit() {
+                            tracing::error!(error = ?e, similar_left_out = left_out, "claiming accounting rows failed");
+                        }
+                    }
                 }
             }
             if claimed_all {

@@ -326,7 +326,11 @@ impl OrganizationWorker {
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
             if let Err(e) = self.tick().await {
-                tracing::error!(error = %crate::portal_backend::error_chain(e.as_ref()), "organization worker pass failed; retrying");
+                // Every pass fails alike while the database is away: a line per 5 s at most.
+                static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+                if let Some(left_out) = LOG.admit() {
+                    tracing::error!(error = %crate::portal_backend::error_chain(e.as_ref()), similar_left_out = left_out, "organization worker pass failed; retrying");
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
