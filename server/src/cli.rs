@@ -374,18 +374,38 @@ async fn check_against_database(settings: &Settings) -> anyhow::Result<()> {
         say!("# database: none at {location} yet (created at the first start): nothing to check against it");
         return Ok(());
     }
-    match crate::storage::Storage::connect_as_is(&settings.database).await {
-        Ok(Some(storage)) => {
+    use crate::storage::{AsIs, Storage};
+    let opened = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        Storage::connect_as_is(&settings.database),
+    )
+    .await;
+    let not_checked = |why: String| {
+        say!("# database: {location}: {why}: not checked against it");
+        tracing::warn!("not checked against the database {location}: {why}");
+    };
+    match opened {
+        Ok(Ok(AsIs::Ready(storage))) => {
             crate::organizations::check_seed(&storage, &settings.organizations)
                 .await
-                .with_context(|| format!("`serve` would refuse this configuration with the database {location}"))?;
+                .with_context(|| {
+                    format!("`serve` would refuse this configuration with the database {location}")
+                })?;
             say!("# database: {location}: the organizations fit what it holds");
         }
-        Ok(None) => say!("# database: {location} has migrations to run (the portal runs them at its start): not checked against it"),
-        Err(e) => say!(
-            "# database: {location} cannot be opened ({}): not checked against it",
+        Ok(Ok(AsIs::Unfit {
+            reason,
+            refused: true,
+        })) => bail!("`serve` would refuse the database {location}: {reason}"),
+        Ok(Ok(AsIs::Unfit {
+            reason,
+            refused: false,
+        })) => not_checked(reason),
+        Ok(Err(e)) => not_checked(format!(
+            "cannot be opened ({})",
             crate::portal_backend::error_chain(&e)
-        ),
+        )),
+        Err(_) => not_checked("no answer within 10 s".into()),
     }
     Ok(())
 }

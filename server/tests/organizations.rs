@@ -1217,7 +1217,7 @@ async fn check_config_refuses_what_the_start_up_would_refuse() {
     let radius = FreeRadius::start().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("portal.db");
-    let write = |name: &str, server: &str| {
+    let write = |name: &str, server: &str, db: &std::path::Path| {
         let path = dir.path().join(name);
         std::fs::write(
             &path,
@@ -1247,8 +1247,8 @@ timeout = "500ms"
         path
     };
     let (kept, renamed) = (
-        write("kept.toml", "primary"),
-        write("renamed.toml", "primary-new"),
+        write("kept.toml", "primary", &db),
+        write("renamed.toml", "primary-new", &db),
     );
     let check = |config: std::path::PathBuf| async move {
         portal_with_env(
@@ -1288,6 +1288,44 @@ timeout = "500ms"
             && stderr.contains("server `primary` is no longer listed"),
         "{stderr}"
     );
+
+    // A copy as a crash leaves it: pages in the WAL not yet in the database file (written by
+    // a connection that never closed, so never checkpointed). check-config, passing or not,
+    // leaves the database file and its WAL as they are (the WAL index may be rebuilt).
+    let crashed = dir.path().join("crashed.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::copy(
+            format!("{}{suffix}", db.display()),
+            format!("{}{suffix}", crashed.display()),
+        );
+    }
+    let writer = rusqlite::Connection::open(&crashed).unwrap();
+    writer
+        .execute_batch(
+            "PRAGMA wal_autocheckpoint = 0; CREATE TABLE scratch (x); INSERT INTO scratch VALUES (1);",
+        )
+        .unwrap();
+    std::mem::forget(writer);
+    let files = || {
+        ["", "-wal"].map(|suffix| std::fs::read(format!("{}{suffix}", crashed.display())).unwrap())
+    };
+    let before = files();
+    assert!(!before[1].is_empty(), "the WAL holds the write");
+    for (config, passes) in [
+        (write("crashed-kept.toml", "primary", &crashed), true),
+        (
+            write("crashed-renamed.toml", "primary-new", &crashed),
+            false,
+        ),
+    ] {
+        let out = check(config).await;
+        assert_eq!(out.status.success(), passes, "{out:?}");
+        assert!(
+            files() == before,
+            "check-config changed the database or its WAL"
+        );
+    }
+
     // What `serve` says of it.
     let error = format!(
         "{:#}",

@@ -266,11 +266,24 @@ fn configure(conn: &Connection, reader: bool) -> rusqlite::Result<()> {
 impl Engine {
     /// Opens the engine on an existing, migrated database in WAL mode.
     pub(crate) fn open(path: &Path) -> Result<Engine, StorageError> {
-        let writer = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        configure(&writer, false)?;
+        Self::open_with(path, false)
+    }
+
+    /// An engine that only reads (`check-config`): its write connection is read-only too, so
+    /// nothing of it — not even the checkpoint SQLite makes when its last connection closes —
+    /// changes the files; a write fails.
+    pub(crate) fn open_read_only(path: &Path) -> Result<Engine, StorageError> {
+        Self::open_with(path, true)
+    }
+
+    fn open_with(path: &Path, read_only: bool) -> Result<Engine, StorageError> {
+        let mode = if read_only {
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        };
+        let writer = Connection::open_with_flags(path, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        configure(&writer, read_only)?;
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         let write_conn = Arc::new(Mutex::new(WriteConn {
             conn: writer,

@@ -309,21 +309,21 @@ impl Storage {
     }
 
     /// Opens the database `[database]` names as it is, for a check (`check-config`): no
-    /// migration is run and nothing is written; the SQLite file must exist. `Ok(None)`: the
-    /// database has migrations this release would run at its start (checks against it would
-    /// read an older schema).
+    /// migration is run and nothing is written (SQLite: read-only connections; the file must
+    /// exist). Unfit when it has migrations to run or ones this release cannot use.
     pub async fn connect_as_is(
         settings: &crate::config::DatabaseSettings,
-    ) -> Result<Option<Storage>, StorageError> {
+    ) -> Result<AsIs, StorageError> {
         Ok(match &settings.url {
-            Some(url) => PgStore::open_as_is(url.expose())
-                .await?
-                .map(Backend::Postgres),
-            None => SqliteStore::open_as_is(&settings.path)
-                .await?
-                .map(Backend::Sqlite),
-        }
-        .map(|backend| Storage { backend }))
+            Some(url) => {
+                let (store, state) = PgStore::open_as_is(url.expose()).await?;
+                AsIs::of(Backend::Postgres(store), state)
+            }
+            None => {
+                let (store, state) = SqliteStore::open_as_is(&settings.path).await?;
+                AsIs::of(Backend::Sqlite(store), state)
+            }
+        })
     }
 
     /// Opens the database `[database]` names: PostgreSQL when `url` is set, else the SQLite
@@ -382,15 +382,73 @@ impl Storage {
     }
 }
 
-/// Whether every migration of `migrator` is applied, from the versions sqlx recorded as
-/// applied (`_sqlx_migrations`; None: the table is not there, nothing ran).
-fn fully_migrated(migrator: &sqlx::migrate::Migrator, applied: Option<Vec<i64>>) -> bool {
-    let applied = applied.unwrap_or_default();
-    migrator
-        .iter()
-        .filter(|m| !m.migration_type.is_down_migration())
-        .all(|m| applied.contains(&m.version))
+/// What the migrations sqlx recorded in a database (`_sqlx_migrations`: version, success,
+/// checksum) say of it for this release: None when it is as this release leaves it, else why
+/// it is not (to run: `Ok`; what `serve` would refuse: `Err`).
+fn migration_state(
+    migrator: &sqlx::migrate::Migrator,
+    applied: &[(i64, bool, Vec<u8>)],
+) -> Option<Result<String, String>> {
+    let ours = || {
+        migrator
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+    };
+    for (version, success, checksum) in applied {
+        let Some(known) = ours().find(|m| m.version == *version) else {
+            return Some(Err(format!(
+                "it was migrated by a newer release (migration {version} is unknown to this one)"
+            )));
+        };
+        if !success {
+            return Some(Err(format!(
+                "migration {version} failed there and was left unfinished"
+            )));
+        }
+        if known.checksum.as_ref() != checksum.as_slice() {
+            return Some(Err(format!(
+                "migration {version} there differs from this release's"
+            )));
+        }
+    }
+    let pending = ours()
+        .filter(|m| !applied.iter().any(|(v, _, _)| *v == m.version))
+        .count();
+    (pending > 0).then(|| {
+        Ok(format!(
+            "{pending} migration(s) to run (the portal runs them at its start)"
+        ))
+    })
 }
+
+/// A database opened as it is ([`Storage::connect_as_is`]).
+pub enum AsIs {
+    /// As this release leaves it: checks against it read what `serve` would.
+    Ready(Storage),
+    /// Not yet, or not the way this release can use (the reason; `refused`: `serve` would
+    /// refuse it too).
+    Unfit { reason: String, refused: bool },
+}
+
+impl AsIs {
+    fn of(backend: Backend, state: Option<Result<String, String>>) -> AsIs {
+        match state {
+            None => AsIs::Ready(Storage { backend }),
+            Some(Ok(reason)) => AsIs::Unfit {
+                reason,
+                refused: false,
+            },
+            Some(Err(reason)) => AsIs::Unfit {
+                reason,
+                refused: true,
+            },
+        }
+    }
+}
+
+/// The rows sqlx keeps of applied migrations.
+const APPLIED_MIGRATIONS: &str =
+    "SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version";
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
@@ -756,6 +814,37 @@ pub fn decode_classes(blob: &[u8]) -> Result<Vec<Vec<u8>>, StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `check-config` says of a database by the migrations recorded in it.
+    #[test]
+    fn recorded_migrations_tell_a_ready_database_from_one_serve_would_refuse() {
+        let migrator = sqlx::migrate!("./migrations/sqlite");
+        let all: Vec<(i64, bool, Vec<u8>)> = migrator
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .map(|m| (m.version, true, m.checksum.to_vec()))
+            .collect();
+        assert_eq!(migration_state(&migrator, &all), None);
+        let older = &all[..all.len() - 2];
+        assert!(
+            matches!(migration_state(&migrator, older), Some(Ok(r)) if r.starts_with("2 migration(s) to run"))
+        );
+        let mut newer = all.clone();
+        newer.push((99_999, true, vec![0]));
+        assert!(
+            matches!(migration_state(&migrator, &newer), Some(Err(r)) if r.contains("newer release"))
+        );
+        let mut failed = all.clone();
+        failed[1].1 = false;
+        assert!(
+            matches!(migration_state(&migrator, &failed), Some(Err(r)) if r.contains("failed"))
+        );
+        let mut changed = all.clone();
+        changed[0].2 = vec![1, 2, 3];
+        assert!(
+            matches!(migration_state(&migrator, &changed), Some(Err(r)) if r.contains("differs"))
+        );
+    }
 
     #[test]
     fn an_unavailable_database_is_told_from_a_fault() {

@@ -49,6 +49,8 @@ pub struct PgStore {
 
 /// How long a check of a database suspected away waits for a connection.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the check then waits for a working connection of the pool's.
+const POOL_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the database is checked again while it does not answer.
 const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -63,6 +65,8 @@ const RECHECK_EVERY: Duration = Duration::from_secs(1);
 /// broke, never makes requests fail.
 struct Reachability {
     options: PgConnectOptions,
+    /// The pool: a connection of its own that still works means the server is there.
+    pool: PgPool,
     /// Why the last check failed; None while the server answers.
     down: std::sync::Mutex<Option<String>>,
     /// A check is running (one at a time).
@@ -100,8 +104,15 @@ impl Reachability {
                         let _ = sqlx::Connection::close(connection).await;
                         None
                     }
-                    // Refused, unreachable, reset, or a server starting or shutting down.
-                    Ok(Err(e)) if server_away(&e) => Some(e.to_string()),
+                    // Refused, unreachable, reset, or a server starting or shutting down —
+                    // unless a connection the pool holds still answers (a new connection
+                    // failed for a reason of its own: a slow login, a name not resolved).
+                    Ok(Err(e)) if server_away(&e) => {
+                        match tokio::time::timeout(POOL_CHECK_TIMEOUT, this.pool.acquire()).await {
+                            Ok(Ok(_)) => None,
+                            _ => Some(e.to_string()),
+                        }
+                    }
                     // It answered (too many clients, a password changed, …): the pool's own
                     // connections may still work, and requests say what is wrong themselves.
                     Ok(Err(_)) => None,
@@ -129,7 +140,7 @@ impl Reachability {
                 true
             }
             (None, Some(reason)) => {
-                tracing::warn!(%reason, "PostgreSQL cannot be reached: requests that need it fail at once until it answers (checked every second)");
+                tracing::warn!(%reason, "PostgreSQL cannot be reached: requests that need it fail at once until it answers (checked every 2 s)");
                 *down = Some(reason);
                 false
             }
@@ -362,18 +373,17 @@ impl PgStore {
         Ok(store)
     }
 
-    /// Connects as it is, for a check: nothing is migrated. None when the database has
-    /// migrations to run.
-    pub async fn open_as_is(url: &str) -> Result<Option<PgStore>, StorageError> {
+    /// Connects as it is, for a check: nothing is migrated. With what its recorded migrations
+    /// say of it ([`super::AsIs`]).
+    pub(crate) async fn open_as_is(
+        url: &str,
+    ) -> Result<(PgStore, Option<Result<String, String>>), StorageError> {
         let store = Self::connect(url).await?;
-        let applied = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+        let applied: Vec<(i64, bool, Vec<u8>)> = sqlx::query_as(super::APPLIED_MIGRATIONS)
             .fetch_all(&store.pool)
-            .await
-            .ok();
-        Ok(
-            super::fully_migrated(&sqlx::migrate!("./migrations/postgres"), applied)
-                .then_some(store),
-        )
+            .await?;
+        let state = super::migration_state(&sqlx::migrate!("./migrations/postgres"), &applied);
+        Ok((store, state))
     }
 
     async fn connect(url: &str) -> Result<PgStore, StorageError> {
@@ -394,16 +404,17 @@ impl PgStore {
         // One connection first: its error says what is wrong (refused, authentication, no such
         // database); the pool would only report that it timed out.
         sqlx::Connection::close(sqlx::ConnectOptions::connect(&options).await?).await?;
-        let reach = Arc::new(Reachability {
-            options: options.clone(),
-            down: std::sync::Mutex::new(None),
-            checking: std::sync::atomic::AtomicBool::new(false),
-        });
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
+        let reach = Arc::new(Reachability {
+            options,
+            pool: pool.clone(),
+            down: std::sync::Mutex::new(None),
+            checking: std::sync::atomic::AtomicBool::new(false),
+        });
         let origin: u64 = rand::random();
         Ok(PgStore {
             pool,

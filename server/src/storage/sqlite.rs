@@ -214,33 +214,42 @@ impl SqliteStore {
         Ok(storage)
     }
 
-    /// Opens an existing database file as it is, for a check: nothing is migrated or written.
-    /// None when it has migrations to run.
-    pub async fn open_as_is(path: &Path) -> Result<Option<SqliteStore>, StorageError> {
+    /// Opens an existing database file as it is, for a check: read-only, nothing migrated or
+    /// written. With what its recorded migrations say of it ([`super::AsIs`]).
+    pub(crate) async fn open_as_is(
+        path: &Path,
+    ) -> Result<(SqliteStore, Option<Result<String, String>>), StorageError> {
         let pool = Self::open_pool(path, false).await?;
-        let applied = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+        let applied: Vec<(i64, bool, Vec<u8>)> = sqlx::query_as(super::APPLIED_MIGRATIONS)
             .fetch_all(&pool)
-            .await
-            .ok();
-        if !super::fully_migrated(&sqlx::migrate!("./migrations/sqlite"), applied) {
-            return Ok(None);
-        }
-        let engine = Engine::open(path)?;
-        Ok(Some(SqliteStore {
-            pool,
-            engine,
-            web_records: Default::default(),
-        }))
+            .await?;
+        let state = super::migration_state(&sqlx::migrate!("./migrations/sqlite"), &applied);
+        let engine = Engine::open_read_only(path)?;
+        Ok((
+            SqliteStore {
+                pool,
+                engine,
+                web_records: Default::default(),
+            },
+            state,
+        ))
     }
 
+    /// The sqlx pool; `create`: the file is made if missing and put in WAL mode — else it
+    /// is opened read-only, as it is (`check-config`).
     async fn open_pool(path: &Path, create: bool) -> Result<sqlx::SqlitePool, StorageError> {
         let url = format!("sqlite://{}", path.display());
         let options = SqliteConnectOptions::from_str(&url)?
-            .create_if_missing(create)
-            .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
+        let options = if create {
+            options
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+        } else {
+            options.read_only(true)
+        };
         Ok(SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
