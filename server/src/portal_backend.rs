@@ -1018,7 +1018,10 @@ mod tests {
                 let PortalError::Rejected { message: Some(m) } = &shown else {
                     panic!("{shown:?}")
                 };
-                assert!(m.contains(&text[..text.chars().next().unwrap().len_utf8()]), "{m}");
+                assert!(
+                    m.contains(&text[..text.chars().next().unwrap().len_utf8()]),
+                    "{m}"
+                );
                 assert_eq!(text.len() > MAX_REFUSAL_BYTES, m.contains('…'), "{m}");
                 let wire = serde_json::to_vec(&shown).unwrap();
                 assert!(

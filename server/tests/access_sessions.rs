@@ -1654,7 +1654,8 @@ async fn metrics_count_what_happened_on_their_own_listener() {
 
 /// The database's gauges are read once at start-up: a database away before the first scrape
 /// (PostgreSQL stopped) leaves every organization's series with the value read then, under
-/// `portal_database_up 0`, rather than no series at all.
+/// `portal_database_up 0`, rather than no series at all. The captive-portal API says why it
+/// cannot answer.
 #[tokio::test]
 async fn metrics_keep_the_start_up_values_when_the_database_is_away_before_the_first_scrape() {
     let radius = FreeRadius::start().await;
@@ -1685,6 +1686,13 @@ async fn metrics_keep_the_start_up_values_when_the_database_is_away_before_the_f
     ] {
         assert!(text.contains(expected), "{expected} missing in:\n{text}");
     }
+    // A device polling the captive-portal API is told why, as any script is.
+    let polled = reqwest::get(format!("http://{}/captive-portal/api", app.addr))
+        .await
+        .unwrap();
+    assert_eq!(polled.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let body = polled.text().await.unwrap();
+    assert!(body.contains(r#""error":"Unavailable""#), "{body}");
     app.stop().await;
 }
 

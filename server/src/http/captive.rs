@@ -96,8 +96,17 @@ pub async fn captive_state(
             can_extend_session: None,
         },
         Err(e) => {
-            tracing::error!(error = %crate::portal_backend::error_chain(&e), "captive portal API lookup failed");
-            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+            // Devices poll this API: while the database is away every poll fails alike.
+            static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+            if let Some(left_out) = LOG.admit() {
+                tracing::error!(error = %crate::portal_backend::error_chain(&e), similar_left_out = left_out, "captive portal API lookup failed");
+            }
+            return super::caller_error(
+                &headers,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                &app::error::PortalError::Unavailable.to_string(),
+            );
         }
     };
     let mut response = axum::Json(state).into_response();
