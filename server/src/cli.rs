@@ -382,7 +382,9 @@ async fn check_against_database(settings: &Settings) -> anyhow::Result<()> {
     .await;
     let not_checked = |why: String| {
         say!("# database: {location}: {why}: not checked against it");
-        tracing::warn!("not checked against the database {location}: {why}");
+        eprintln!(
+            "warning: the configuration was not checked against the database {location}: {why}"
+        );
     };
     match opened {
         Ok(Ok(AsIs::Ready(storage))) => {

@@ -10,11 +10,13 @@ pub fn init(settings: &LogSettings) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
     // tower-sessions warns ("possibly suspicious activity") for every request whose cookie names
     // no stored session: anyone can send those at will, and the portal answers them as it
-    // answers a visitor without a session (the cookie is removed). Not at warn, unless the
-    // filter asks for tower-sessions by name.
+    // answers a visitor without a session (the cookie is removed). And it logs an error for
+    // every request whose web session cannot be read or saved (the database away: a line per
+    // request), which the portal's web-session layer logs itself, throttled. Not at all,
+    // unless the filter asks for tower-sessions by name.
     let quiet = !settings.filter.contains("tower_sessions")
         && !std::env::var("RUST_LOG").is_ok_and(|f| f.contains("tower_sessions"));
-    let filter = match "tower_sessions_core=error".parse() {
+    let filter = match "tower_sessions_core=off".parse() {
         Ok(directive) if quiet => filter.add_directive(directive),
         _ => filter,
     };

@@ -559,3 +559,45 @@ async fn serve_warns_about_a_readable_file_with_secrets() {
     assert!(child.try_wait().unwrap().is_none(), "still running");
     child.kill().await.unwrap();
 }
+
+/// `check-config` on a PostgreSQL database nothing has migrated yet: the file alone is
+/// checked, and it says so on stdout and as a warning (exit 0).
+#[tokio::test]
+async fn check_config_says_when_the_database_was_not_checked() {
+    let url = common::postgres::fresh_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portal.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[database]
+url = "{url}"
+[[organizations]]
+id = "acme"
+name = "Acme"
+[[organizations.servers]]
+name = "primary"
+address = "127.0.0.1"
+secret = "{SECRET}"
+"#
+        ),
+    )
+    .unwrap();
+    let output = portal(&["--config", path.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("migration(s) to run") && stdout.contains("not checked against it"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: the configuration was not checked against the database"),
+        "{stderr}"
+    );
+}

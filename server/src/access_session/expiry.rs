@@ -140,14 +140,20 @@ impl Expiry {
             let notified = wake.notify.notified();
             let now = now_ms();
             let mut failed = false;
+            // Passes fail alike while the database is away: a line per 5 s at most each.
+            static EXPIRY_LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+            static INTERIM_LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
             if let Err(e) = self.expire_due(now).await {
                 failed = true;
-                // One line per pass: the back-off bounds them (one per 5 s at most, soon).
-                tracing::error!(error = ?e, failures, "expiry check failed; retrying");
+                if let Some(left_out) = EXPIRY_LOG.admit() {
+                    tracing::error!(error = ?e, failures, similar_left_out = left_out, "expiry check failed; retrying");
+                }
             }
             if let Err(e) = self.send_due_interims(now).await {
                 failed = true;
-                tracing::error!(error = ?e, failures, "queueing interim updates failed; retrying");
+                if let Some(left_out) = INTERIM_LOG.admit() {
+                    tracing::error!(error = ?e, failures, similar_left_out = left_out, "queueing interim updates failed; retrying");
+                }
             }
             failures = if failed {
                 failures.saturating_add(1)

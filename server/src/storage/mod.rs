@@ -446,6 +446,12 @@ impl AsIs {
     }
 }
 
+/// Whether `error` says sqlx's migrations table is not there: nothing was ever migrated.
+fn no_migrations_table(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(d)
+        if d.code().as_deref() == Some("42P01") || d.message().contains("no such table"))
+}
+
 /// The rows sqlx keeps of applied migrations.
 const APPLIED_MIGRATIONS: &str =
     "SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version";

@@ -379,9 +379,14 @@ impl PgStore {
         url: &str,
     ) -> Result<(PgStore, Option<Result<String, String>>), StorageError> {
         let store = Self::connect(url).await?;
-        let applied: Vec<(i64, bool, Vec<u8>)> = sqlx::query_as(super::APPLIED_MIGRATIONS)
+        let applied: Vec<(i64, bool, Vec<u8>)> = match sqlx::query_as(super::APPLIED_MIGRATIONS)
             .fetch_all(&store.pool)
-            .await?;
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) if super::no_migrations_table(&e) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
         let state = super::migration_state(&sqlx::migrate!("./migrations/postgres"), &applied);
         Ok((store, state))
     }

@@ -220,9 +220,14 @@ impl SqliteStore {
         path: &Path,
     ) -> Result<(SqliteStore, Option<Result<String, String>>), StorageError> {
         let pool = Self::open_pool(path, false).await?;
-        let applied: Vec<(i64, bool, Vec<u8>)> = sqlx::query_as(super::APPLIED_MIGRATIONS)
+        let applied: Vec<(i64, bool, Vec<u8>)> = match sqlx::query_as(super::APPLIED_MIGRATIONS)
             .fetch_all(&pool)
-            .await?;
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) if super::no_migrations_table(&e) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
         let state = super::migration_state(&sqlx::migrate!("./migrations/sqlite"), &applied);
         let engine = Engine::open_read_only(path)?;
         Ok((
