@@ -402,7 +402,10 @@ impl Application {
                 supervise::spawn(self.tasks.clone(), "radius-prober", move || {
                     let configured = organizations.clone();
                     radius.clone().run_prober(
-                        move || configured.servers(),
+                        move || {
+                            configured.warn_about_secrets_that_differ();
+                            configured.servers()
+                        },
                         organizations.changes(),
                         shutdown.clone(),
                     )

@@ -265,6 +265,32 @@ impl Organizations {
         self.changes.subscribe()
     }
 
+    /// Warns about each address that servers reach with different secrets, naming them by
+    /// organization: a RADIUS server knows one secret per client, so one of the secrets is
+    /// wrong — its organization's requests go unanswered (each secret has a circuit breaker of
+    /// its own, so the others are not held up).
+    pub fn warn_about_secrets_that_differ(&self) {
+        let orgs = self.all();
+        let mut at: HashMap<std::net::SocketAddr, Vec<(String, &str)>> = HashMap::new();
+        for org in &orgs {
+            for server in &org.servers {
+                for addr in [server.auth_addr, server.acct_addr] {
+                    at.entry(addr).or_default().push((
+                        format!("{}/{}", org.id, server.name),
+                        server.secret.expose(),
+                    ));
+                }
+            }
+        }
+        for (addr, users) in at {
+            if users.iter().any(|(_, secret)| *secret != users[0].1) {
+                let servers: Vec<&str> = users.iter().map(|(name, _)| name.as_str()).collect();
+                tracing::warn!(%addr, servers = %servers.join(", "),
+                    "RADIUS servers at one address with different secrets (organization/server): a RADIUS server knows one secret per client, so one of them is wrong (its requests go unanswered; each secret has its own circuit breaker)");
+            }
+        }
+    }
+
     /// Every organization's RADIUS servers as cached now.
     pub fn servers(&self) -> Vec<ServerEndpoint> {
         self.all()

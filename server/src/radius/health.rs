@@ -270,27 +270,17 @@ impl ServerHealth {
     /// changed starts with a closed breaker of its own. A down server now reached otherwise
     /// (another timeout or check: the operator fixed what made it fail) is probed at once with
     /// the new settings. Rows of accounting that waited for a server are tried again (one may
-    /// now go to its server's new address). Servers that reach one address with different
-    /// secrets are warned about: one of the secrets is wrong.
+    /// now go to its server's new address).
     pub fn servers_changed(&self, servers: &[ServerEndpoint]) {
         let mut configured: HashMap<Target, Vec<(&ServerEndpoint, Port)>> = HashMap::new();
-        let mut secrets_at: HashMap<SocketAddr, Vec<(Target, &str)>> = HashMap::new();
         for server in servers {
             for port in [Port::Auth, Port::Acct] {
                 let target = self.target(server, port);
                 configured.entry(target).or_default().push((server, port));
-                let known = secrets_at.entry(target.addr).or_default();
-                if !known.iter().any(|(t, _)| *t == target) {
-                    known.push((target, &server.name));
-                }
             }
         }
-        for (addr, known) in &secrets_at {
-            if let [(_, first), (_, second), ..] = known.as_slice() {
-                tracing::warn!(%addr, first, second, secrets = known.len(),
-                    "RADIUS servers at one address with different secrets: a RADIUS server knows one secret per client, so one of them is wrong (its requests go unanswered; each secret has its own circuit breaker)");
-            }
-        }
+        let addresses: std::collections::HashSet<SocketAddr> =
+            configured.keys().map(|target| target.addr).collect();
         let now = Instant::now();
         let (mut forgotten, mut probe_now) = (0, false);
         {
@@ -301,9 +291,7 @@ impl ServerHealth {
                 kept
             });
             registry.configured = Some(configured.keys().copied().collect());
-            registry
-                .learned
-                .retain(|addr| secrets_at.contains_key(addr));
+            registry.learned.retain(|addr| addresses.contains(addr));
             for (target, entry) in registry.entries.iter_mut() {
                 let addr = &target.addr;
                 let now_configured = &configured[target];
