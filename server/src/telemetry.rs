@@ -12,7 +12,7 @@ pub fn init(settings: &LogSettings) {
     // no stored session: anyone can send those at will, and the portal answers them as it
     // answers a visitor without a session (the cookie is removed). And it logs an error for
     // every request whose web session cannot be read or saved (the database away: a line per
-    // request), which the portal's web-session layer logs itself, throttled. Not at all,
+    // request), which the portal's web-session layer logs itself. Not at all,
     // unless the filter asks for tower-sessions by name.
     let quiet = !settings.filter.contains("tower_sessions")
         && !std::env::var("RUST_LOG").is_ok_and(|f| f.contains("tower_sessions"));
@@ -65,6 +65,17 @@ impl Throttle {
     /// Some(occurrences left out before this one) when this occurrence is to be written.
     pub fn admit(&self) -> Option<u64> {
         self.admit_at(std::time::Instant::now())
+    }
+
+    /// [`Throttle::admit`] for a line about something `away` (the database, a dependency):
+    /// any other failure is always written (Some(0)), never hidden behind an earlier one nor
+    /// counted with them.
+    pub fn admit_if_away(&self, away: bool) -> Option<u64> {
+        if away {
+            self.admit()
+        } else {
+            Some(0)
+        }
     }
 
     fn admit_at(&self, now: std::time::Instant) -> Option<u64> {

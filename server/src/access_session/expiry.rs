@@ -145,13 +145,13 @@ impl Expiry {
             static INTERIM_LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
             if let Err(e) = self.expire_due(now).await {
                 failed = true;
-                if let Some(left_out) = EXPIRY_LOG.admit() {
+                if let Some(left_out) = EXPIRY_LOG.admit_if_away(e.is_unavailable()) {
                     tracing::error!(error = ?e, failures, similar_left_out = left_out, "expiry check failed; retrying");
                 }
             }
             if let Err(e) = self.send_due_interims(now).await {
                 failed = true;
-                if let Some(left_out) = INTERIM_LOG.admit() {
+                if let Some(left_out) = INTERIM_LOG.admit_if_away(e.is_unavailable()) {
                     tracing::error!(error = ?e, failures, similar_left_out = left_out, "queueing interim updates failed; retrying");
                 }
             }

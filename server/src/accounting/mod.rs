@@ -1272,7 +1272,7 @@ impl Accounting {
                     Err(e) => {
                         // Every pass fails alike while the database is away.
                         static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
-                        if let Some(left_out) = LOG.admit() {
+                        if let Some(left_out) = LOG.admit_if_away(e.is_unavailable()) {
                             tracing::error!(error = ?e, similar_left_out = left_out, "claiming accounting rows failed");
                         }
                     }

@@ -98,7 +98,9 @@ pub async fn captive_state(
         Err(e) => {
             // Devices poll this API: while the database is away every poll fails alike.
             static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
-            if let Some(left_out) = LOG.admit() {
+            if let Some(left_out) = LOG.admit_if_away(
+                matches!(&e, crate::access_session::SessionError::Storage(s) if s.is_unavailable()),
+            ) {
                 tracing::error!(error = %crate::portal_backend::error_chain(&e), similar_left_out = left_out, "captive portal API lookup failed");
             }
             return super::caller_error(

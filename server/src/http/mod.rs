@@ -832,7 +832,7 @@ async fn readyz(State(ready): State<Readiness>) -> Response {
         Err(e) => {
             // Probes come every few seconds from every load balancer: a line per 5 s at most.
             static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
-            if let Some(left_out) = LOG.admit() {
+            if let Some(left_out) = LOG.admit_if_away(e.is_unavailable()) {
                 tracing::error!(error = %crate::portal_backend::error_chain(&e), similar_left_out = left_out, "readiness check failed");
             }
             (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()

@@ -328,7 +328,7 @@ impl OrganizationWorker {
             if let Err(e) = self.tick().await {
                 // Every pass fails alike while the database is away: a line per 5 s at most.
                 static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
-                if let Some(left_out) = LOG.admit() {
+                if let Some(left_out) = LOG.admit_if_away(crate::storage::away_in(e.as_ref())) {
                     tracing::error!(error = %crate::portal_backend::error_chain(e.as_ref()), similar_left_out = left_out, "organization worker pass failed; retrying");
                 }
             }

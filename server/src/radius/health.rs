@@ -1,11 +1,11 @@
-//! What the portal knows about each RADIUS server while it runs: its circuit breaker and
-//! whether it has been seen sending Message-Authenticator (`learn` mode). Keyed by the address
-//! requests go to and the secret that signs them ([`Target`]): auth and acct ports are
-//! separate entries (one can be down while the other answers), and organizations using the
-//! same server with the same secret share its entry. An organization that reaches the same
-//! address with another secret — a wrong one: a RADIUS server knows one secret per client
-//! address — gets an entry of its own, so its failures (and its probes, made with its own
-//! secret) never lock the other organizations out.
+//! What the portal knows about each RADIUS server while it runs: its circuit breaker, keyed by
+//! the address requests go to and the secret that signs them ([`Target`]), and whether the
+//! address has been seen sending Message-Authenticator (`learn` mode, per address). Auth and
+//! acct ports are separate entries (one can be down while the other answers), and
+//! organizations using the same server with the same secret share its entry. An organization
+//! that reaches the same address with another secret — a wrong one: a RADIUS server knows one
+//! secret per client address — gets an entry of its own, so its failures (and its probes,
+//! made with its own secret) never lock the other organizations out.
 
 use super::breaker::{Breaker, BreakerPolicy, BreakerState};
 use super::ServerEndpoint;
@@ -64,11 +64,13 @@ pub struct ServerHealth {
 #[derive(Default)]
 struct Registry {
     entries: HashMap<Target, Entry>,
-    /// The targets the organizations' servers make, once known ([`ServerHealth::servers_changed`]):
-    /// the outcome of an exchange with another (one made with a secret since replaced, still
-    /// in flight) is not kept — it would bring back a breaker nobody uses, probed with the old
-    /// secret.
-    configured: Option<std::collections::HashSet<Target>>,
+    /// The targets the organizations' servers make now ([`ServerHealth::servers_changed`]).
+    configured: std::collections::HashSet<Target>,
+    /// Targets configured once and no more (a secret replaced, a server moved): the outcome of
+    /// an exchange with one (made before the change, still in flight) is not kept — it would
+    /// bring back a breaker nobody uses, probed with the old secret. A target never configured
+    /// yet (a server just added, before the prober hears of it) is kept as any other.
+    retired: std::collections::HashSet<Target>,
     /// Addresses seen sending a valid Message-Authenticator (`learn` mode): the server's
     /// habit, kept across a change of the secret.
     learned: std::collections::HashSet<SocketAddr>,
@@ -94,8 +96,8 @@ impl ServerHealth {
         }
     }
 
-    /// Runs `f` on `target`'s entry (created closed) — or, for a target no configured server
-    /// makes any more, on a closed one that is not kept.
+    /// Runs `f` on `target`'s entry (created closed) — or, for a retired target, on a closed
+    /// one that is not kept.
     fn with<T>(&self, target: Target, f: impl FnOnce(&mut Entry) -> T) -> T {
         let fresh = || Entry {
             breaker: Breaker::new(self.policy),
@@ -104,14 +106,16 @@ impl ServerHealth {
             recoveries: 0,
         };
         let mut registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if registry
-            .configured
-            .as_ref()
-            .is_some_and(|configured| !configured.contains(&target))
-        {
+        if registry.retired.contains(&target) {
             return f(&mut fresh());
         }
         f(registry.entries.entry(target).or_insert_with(fresh))
+    }
+
+    /// Whether `target` was configured once and is no more (its outcomes are not kept).
+    fn retired(&self, target: Target) -> bool {
+        let registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        registry.retired.contains(&target)
     }
 
     /// Whether ordinary requests may go to `addr` now, whatever the secret (every breaker of
@@ -188,6 +192,9 @@ impl ServerHealth {
 
     /// A verified reply arrived for a request to `target`.
     pub fn record_success(&self, target: Target, had_message_authenticator: bool) {
+        if self.retired(target) {
+            return;
+        }
         let addr = target.addr;
         if had_message_authenticator {
             let mut registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -209,6 +216,9 @@ impl ServerHealth {
 
     /// An exchange with `server` at `port` got no verified reply in time (or was refused).
     pub fn record_failure(&self, server: &ServerEndpoint, port: Port) {
+        if self.retired(self.target(server, port)) {
+            return;
+        }
         let addr = address(server, port);
         let opened = self.with(self.target(server, port), |e| {
             e.probe = Some((server.clone(), port));
@@ -249,6 +259,9 @@ impl ServerHealth {
 
     /// A probe of `addr` was answered: close its breaker.
     pub fn record_probe_success(&self, server: &ServerEndpoint, port: Port) {
+        if self.retired(self.target(server, port)) {
+            return;
+        }
         let addr = address(server, port);
         let closed = self.with(self.target(server, port), |e| {
             let closed = e.breaker.record_probe_success();
@@ -290,7 +303,21 @@ impl ServerHealth {
                 forgotten += usize::from(!kept);
                 kept
             });
-            registry.configured = Some(configured.keys().copied().collect());
+            let now_configured: std::collections::HashSet<Target> =
+                configured.keys().copied().collect();
+            let gone: Vec<Target> = registry
+                .configured
+                .difference(&now_configured)
+                .copied()
+                .collect();
+            if registry.retired.len() > 4096 {
+                registry.retired.clear(); // secrets rotated that often: only the last ones matter
+            }
+            registry.retired.extend(gone);
+            registry
+                .retired
+                .retain(|target| !now_configured.contains(target));
+            registry.configured = now_configured;
             registry.learned.retain(|addr| addresses.contains(addr));
             for (target, entry) in registry.entries.iter_mut() {
                 let addr = &target.addr;
@@ -438,6 +465,26 @@ mod tests {
             .any(|(addr, _)| *addr == wrong.acct_addr));
         assert!(health.allows(moved.acct_addr));
         assert!(!health.allows(moved.auth_addr));
+    }
+
+    /// A server just added (its organization changed, the prober not told yet) has its
+    /// breaker kept like any other: only a secret or address no longer configured is dropped.
+    #[tokio::test]
+    async fn a_server_not_yet_configured_keeps_its_breaker() {
+        let health = health();
+        let known = server("primary", 1813, "right");
+        health.servers_changed(std::slice::from_ref(&known));
+        let added = ServerEndpoint {
+            auth_addr: SocketAddr::from(([127, 0, 0, 9], 1812)),
+            ..server("added", 1814, "other")
+        };
+        health.record_failure(&added, Port::Auth);
+        assert!(!health.allows(added.auth_addr), "its breaker opened");
+        health.servers_changed(&[known.clone(), added.clone()]);
+        assert!(
+            !health.allows(added.auth_addr),
+            "and stays open once configured"
+        );
     }
 
     /// A server seen signing its replies is still expected to after its secret changes

@@ -271,7 +271,8 @@ impl Engine {
 
     /// An engine that only reads (`check-config`): its write connection is read-only too, so
     /// nothing of it — not even the checkpoint SQLite makes when its last connection closes —
-    /// changes the files; a write fails.
+    /// changes the database or its WAL (beside a cleanly closed database SQLite may leave an
+    /// empty `-wal` and the `-shm` index); a write fails.
     pub(crate) fn open_read_only(path: &Path) -> Result<Engine, StorageError> {
         Self::open_with(path, true)
     }

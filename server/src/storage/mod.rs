@@ -488,6 +488,19 @@ pub enum StorageError {
     OrganizationDisabled,
 }
 
+/// Whether a storage error anywhere in `error`'s chain says the database is away
+/// ([`StorageError::is_unavailable`]).
+pub fn away_in(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(storage) = e.downcast_ref::<StorageError>() {
+            return storage.is_unavailable();
+        }
+        cause = e.source();
+    }
+    false
+}
+
 impl StorageError {
     /// The database cannot be reached or take writes right now — a connection lost or not to
     /// be had in time, a server shutting down, a full disk, a read-only file, a writer queue

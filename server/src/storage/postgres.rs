@@ -59,7 +59,7 @@ const RECHECK_EVERY: Duration = Duration::from_secs(1);
 /// until then — and pages, `/readyz` and every background loop with them. So a request that
 /// fails as "unavailable" has the server checked at once with a connection of its own (the
 /// real error, in at most [`CHECK_TIMEOUT`]); while that fails, requests fail at once
-/// (`StorageError::Unreachable`, a 503 for pages) and one check a second looks again. A
+/// (`StorageError::Unreachable`, a 503 for pages) and a check every 2 s or so looks again. A
 /// check that connects — or that the server answers with a refusal of its own (too many
 /// clients, authentication) — ends it: a pool that was only busy, or one connection that
 /// broke, never makes requests fail.
@@ -94,7 +94,7 @@ impl Reachability {
         let this = self.clone();
         tokio::spawn(async move {
             loop {
-                let failure = match tokio::time::timeout(
+                let away = match tokio::time::timeout(
                     CHECK_TIMEOUT,
                     sqlx::ConnectOptions::connect(&this.options),
                 )
@@ -104,19 +104,23 @@ impl Reachability {
                         let _ = sqlx::Connection::close(connection).await;
                         None
                     }
-                    // Refused, unreachable, reset, or a server starting or shutting down —
-                    // unless a connection the pool holds still answers (a new connection
-                    // failed for a reason of its own: a slow login, a name not resolved).
-                    Ok(Err(e)) if server_away(&e) => {
-                        match tokio::time::timeout(POOL_CHECK_TIMEOUT, this.pool.acquire()).await {
-                            Ok(Ok(_)) => None,
-                            _ => Some(e.to_string()),
-                        }
-                    }
+                    // Refused, unreachable, reset, or a server starting or shutting down.
+                    Ok(Err(e)) if server_away(&e) => Some(e.to_string()),
                     // It answered (too many clients, a password changed, …): the pool's own
                     // connections may still work, and requests say what is wrong themselves.
                     Ok(Err(_)) => None,
                     Err(_) => Some(format!("no answer within {CHECK_TIMEOUT:?}")),
+                };
+                // Not while a connection the pool holds still answers: a new connection failed
+                // for a reason of its own (a slow login on a busy server, a name not resolved).
+                let failure = match away {
+                    Some(reason) => {
+                        match tokio::time::timeout(POOL_CHECK_TIMEOUT, this.pool.acquire()).await {
+                            Ok(Ok(_)) => None,
+                            _ => Some(reason),
+                        }
+                    }
+                    None => None,
                 };
                 if this.settle(failure) {
                     return;
