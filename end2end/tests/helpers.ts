@@ -5,14 +5,15 @@ import { expect, Page } from "@playwright/test";
 
 export const url = (p: string) => `${process.env.PORTAL_URL}${p}`;
 
-/** Seconds shown by the countdown ("MM:SS" or "H:MM:SS"). */
+/** Seconds shown by the countdown ("MM:SS", "H:MM:SS" or "Dd H:MM:SS"). */
 export async function secondsLeft(page: Page): Promise<number> {
-  const text = (await page.getByRole("timer").textContent()) ?? "";
-  return text
-    .trim()
+  const text = ((await page.getByRole("timer").textContent()) ?? "").trim();
+  const [days, clock] = text.includes("d ") ? text.split("d ") : ["0", text];
+  const seconds = clock
     .split(":")
     .map(Number)
     .reduce((acc, n) => acc * 60 + n, 0);
+  return Number(days) * 86_400 + seconds;
 }
 
 /** Fills and submits the sign-in form of the portal at `base` ("" or "/o/{slug}"). */

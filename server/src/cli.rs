@@ -238,7 +238,27 @@ pub async fn run() -> anyhow::Result<()> {
                     .join(&*options.site_pkg_dir)
                     .display()
             );
-            check_against_database(&settings).await?;
+            let stored = check_against_database(&settings).await?;
+            // What `serve` would warn about at start-up, said now (on stderr: stdout is the
+            // effective configuration).
+            let mut ids: Vec<String> = settings
+                .organizations
+                .iter()
+                .map(|o| o.id.clone())
+                .collect();
+            ids.extend(stored);
+            let warnings = cli
+                .config
+                .as_deref()
+                .and_then(|path| secrets_readable_warning(path, &settings))
+                .into_iter()
+                .chain(crate::startup::dynauth_warnings(
+                    &settings.dynamic_authorization,
+                    &ids,
+                ));
+            for warning in warnings {
+                eprintln!("warning: {warning}");
+            }
             say!("{}", effective_configuration(&settings)?);
             Ok(())
         }
@@ -278,8 +298,12 @@ pub async fn run() -> anyhow::Result<()> {
             }
             let settings = Settings::load(cli.config.as_deref())?;
             telemetry::init(&settings.log);
-            if let Some(path) = cli.config.as_deref() {
-                warn_if_secrets_are_readable(path, &settings);
+            if let Some(warning) = cli
+                .config
+                .as_deref()
+                .and_then(|path| secrets_readable_warning(path, &settings))
+            {
+                tracing::warn!("{warning}");
             }
             let options = leptos_options(&cli.leptos_config)?;
             serve(&settings, options, false).await
@@ -365,14 +389,15 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
 }
 
 /// What `serve` would refuse at start-up because of what the database holds (a server removed
-/// while sessions still need it, …), checked without writing or migrating anything. A
+/// while sessions still need it, …), checked without writing or migrating anything, and what
+/// it would do to organizations no longer listed (disable them, stopping their sessions). A
 /// database that is not there yet, has migrations to run or cannot be reached is said, and
-/// the file alone counts.
-async fn check_against_database(settings: &Settings) -> anyhow::Result<()> {
+/// the file alone counts. Returns the ids of the organizations the database holds.
+async fn check_against_database(settings: &Settings) -> anyhow::Result<Vec<String>> {
     let location = settings.database.location();
     if crate::operator::no_database_yet(settings) {
         say!("# database: none at {location} yet (created at the first start): nothing to check against it");
-        return Ok(());
+        return Ok(Vec::new());
     }
     use crate::storage::{AsIs, Storage};
     let opened = tokio::time::timeout(
@@ -394,6 +419,21 @@ async fn check_against_database(settings: &Settings) -> anyhow::Result<()> {
                     format!("`serve` would refuse this configuration with the database {location}")
                 })?;
             say!("# database: {location}: the organizations fit what it holds");
+            let stored = storage.organizations().await?;
+            for row in stored.iter().filter(|row| {
+                row.from_config
+                    && row.active
+                    && !settings.organizations.iter().any(|o| o.id == row.id)
+            }) {
+                let open = storage.active_session_ids_of(&row.id).await?.len();
+                let said = format!(
+                    "organization `{}` is no longer listed: `serve` disables it, ending its {open} open session(s) (Accounting-Stop, Admin-Reset)",
+                    row.id
+                );
+                say!("# {said}");
+                eprintln!("warning: {said}");
+            }
+            return Ok(stored.into_iter().map(|row| row.id).collect());
         }
         Ok(Ok(AsIs::Unfit {
             reason,
@@ -409,7 +449,7 @@ async fn check_against_database(settings: &Settings) -> anyhow::Result<()> {
         )),
         Err(_) => not_checked("no answer within 10 s".into()),
     }
-    Ok(())
+    Ok(Vec::new())
 }
 
 /// Asks every server of the organization and prints one line per server. True if all answered.
@@ -614,9 +654,10 @@ fn check_site_files(options: &LeptosOptions, hash_file: &Path) -> anyhow::Result
     Ok(())
 }
 
-/// Warns when the configuration file holds shared secrets inline and other users of the
-/// machine can read it (`secret_file` with tight permissions is the better place).
-fn warn_if_secrets_are_readable(path: &Path, settings: &Settings) {
+/// A warning when the configuration file holds shared secrets inline and other users of the
+/// machine can read it (`secret_file` with tight permissions is the better place): `serve`
+/// logs it, `check-config` says it.
+fn secrets_readable_warning(path: &Path, settings: &Settings) -> Option<String> {
     let inline = settings
         .organizations
         .iter()
@@ -630,18 +671,17 @@ fn warn_if_secrets_are_readable(path: &Path, settings: &Settings) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let Ok(meta) = std::fs::metadata(path) else {
-            return;
-        };
-        if inline && meta.permissions().mode() & 0o044 != 0 {
-            tracing::warn!(
-                file = %path.display(),
-                "the configuration file holds RADIUS shared secrets and other users can read it: `chmod 600` it, or move the secrets to secret_file"
-            );
-        }
+        let meta = std::fs::metadata(path).ok()?;
+        (inline && meta.permissions().mode() & 0o044 != 0).then(|| format!(
+            "the configuration file {} holds RADIUS shared secrets and other users can read it: `chmod 600` it, or move the secrets to secret_file",
+            path.display()
+        ))
     }
     #[cfg(not(unix))]
-    let _ = (path, inline);
+    {
+        let _ = (path, inline);
+        None
+    }
 }
 
 async fn serve(settings: &Settings, options: LeptosOptions, demo: bool) -> anyhow::Result<()> {

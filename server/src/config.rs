@@ -1253,6 +1253,18 @@ impl DynamicAuthorizationClient {
     }
 }
 
+/// `secret` if it is one line of text: a control character (a second line in a secret file, a
+/// NUL pasted into the admin API) is a mistake no RADIUS server's configuration shares.
+fn one_line(secret: Secret, key: String) -> Result<Secret, ConfigError> {
+    if secret.expose().chars().any(char::is_control) {
+        return Err(config_error(
+            key,
+            "the secret holds a control character (a line break inside the file, a tab, a NUL): a shared secret is one line of text",
+        ));
+    }
+    Ok(secret)
+}
+
 /// A shared secret from exactly one of `secret` and `secret_file`; errors name `key`.
 fn load_secret(
     secret: &Option<Secret>,
@@ -1264,7 +1276,7 @@ fn load_secret(
             format!("{key}.secret"),
             "is the placeholder `check-config` prints instead of a secret: put the real secret here, or use secret_file",
         )),
-        (Some(s), None) if !s.expose().is_empty() => Ok(s.clone()),
+        (Some(s), None) if !s.expose().is_empty() => one_line(s.clone(), format!("{key}.secret")),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 config_error(
@@ -1279,7 +1291,7 @@ fn load_secret(
                     "the file is empty",
                 ));
             }
-            Ok(Secret::new(text))
+            one_line(Secret::new(text), format!("{key}.secret_file"))
         }
         (Some(_), Some(_)) => Err(config_error(
             key,
@@ -2097,6 +2109,30 @@ mod tests {
             .validate()
             .expect_err("no secret");
         assert_eq!(err.key, "organizations[0].servers[0]");
+    }
+
+    #[test]
+    fn a_secret_is_one_line_of_text() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("secret");
+        let with_file = MINIMAL.replace(
+            "secret = \"s3cr3t-value\"",
+            &format!("secret_file = {:?}", file.display().to_string()),
+        );
+        // One trailing line break (LF or CRLF) is the file's, not the secret's.
+        std::fs::write(&file, "s3cr3t-value\r\n").expect("write");
+        let settings = Settings::from_toml(&with_file).expect("parses");
+        settings.validate().expect("one line");
+        std::fs::write(&file, "s3cr3t-value\nsecond line\n").expect("write");
+        let err = settings.validate().expect_err("two lines");
+        assert_eq!(err.key, "organizations[0].servers[0].secret_file");
+        assert!(err.problem.contains("control character"), "{err}");
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+        let err = Settings::from_toml(&MINIMAL.replace("s3cr3t-value", "s3cr3t\\tvalue"))
+            .expect("parses")
+            .validate()
+            .expect_err("a tab");
+        assert_eq!(err.key, "organizations[0].servers[0].secret");
     }
 
     #[test]

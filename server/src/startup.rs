@@ -554,7 +554,7 @@ impl Application {
 /// Dynamic Authorization set-ups that work on a test bench and fail, or act too widely, in a
 /// real network: replies from a wildcard address, a client that may end sessions in every
 /// organization, a client tied to organizations that do not exist.
-fn dynauth_warnings(
+pub(crate) fn dynauth_warnings(
     dynauth: &crate::config::DynamicAuthorizationSettings,
     organizations: &[String],
 ) -> Vec<String> {

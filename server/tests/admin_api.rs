@@ -526,7 +526,21 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{text}");
-    assert!(text.contains("still needed"), "{text}");
+    assert!(text.contains("still need it"), "{text}");
+    // Nor may it send their accounting somewhere else (a Stop must reach its Start's server).
+    let (status, text) = admin
+        .call(
+            Method::PATCH,
+            "/organizations/gamma/servers/g1",
+            Some(TOKEN),
+            Some(json!({ "acct_port": 9, "secret": "another-secret" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{text}");
+    assert!(
+        text.contains("would send accounting to 127.0.0.1:9"),
+        "{text}"
+    );
     let (status, _) = admin
         .call(
             Method::PATCH,

@@ -1274,7 +1274,7 @@ timeout = "500ms"
         .unwrap();
     app.stop().await;
 
-    let out = check(kept).await;
+    let out = check(kept.clone()).await;
     assert!(out.status.success(), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("the organizations fit what it holds"),
@@ -1285,9 +1285,63 @@ timeout = "500ms"
     assert!(!out.status.success(), "{out:?}");
     assert!(
         stderr.contains("organizations[0].servers")
-            && stderr.contains("server `primary` is no longer listed"),
+            && stderr.contains("server `primary` would be removed"),
         "{stderr}"
     );
+
+    // Kept by name but sending accounting elsewhere (another accounting port): refused too —
+    // the open session's Stop would go to a server that never saw its Start. Another
+    // authentication port changes nothing of where accounting goes: fine.
+    let kept_text = std::fs::read_to_string(&kept).unwrap();
+    let (moved, auth_moved) = (
+        dir.path().join("moved.toml"),
+        dir.path().join("auth-moved.toml"),
+    );
+    let acct_line = format!("acct_port = {}", radius.acct_port);
+    let auth_line = format!("auth_port = {}", radius.strict_port);
+    std::fs::write(&moved, kept_text.replace(&acct_line, "acct_port = 9")).unwrap();
+    std::fs::write(&auth_moved, kept_text.replace(&auth_line, "auth_port = 9")).unwrap();
+    let out = check(moved).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        stderr.contains(&format!(
+            "server `primary` would send accounting to 127.0.0.1:9 instead of 127.0.0.1:{}",
+            radius.acct_port
+        )),
+        "{stderr}"
+    );
+    let out = check(auth_moved).await;
+    assert!(out.status.success(), "{out:?}");
+
+    // Left out of the file while it has an open session: passes, saying what `serve` will do
+    // to it — and what `serve` would warn about (a Dynamic Authorization client naming an
+    // organization that does not exist, inline secrets others can read) is said too.
+    let dropped = dir.path().join("dropped.toml");
+    std::fs::write(
+        &dropped,
+        kept_text.replace("id = \"acme\"", "id = \"other\"")
+            + "[[dynamic_authorization.clients]]\nname = \"ise\"\naddress = \"127.0.0.1\"\nsecret = \"dynauth-secret\"\norganizations = [\"other\", \"nope\"]\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dropped, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let out = check(dropped).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let said = "organization `acme` is no longer listed: `serve` disables it, ending its 1 open session(s)";
+    assert!(stdout.contains(said) && stderr.contains(said), "{out:?}");
+    assert!(
+        stderr.contains("client `ise` names organization `nope`, which does not exist")
+            && !stderr.contains("organization `other`, which"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("other users can read it"), "{stderr}");
 
     // A copy as a crash leaves it: pages in the WAL not yet in the database file (written by
     // a connection that never closed, so never checkpointed). check-config, passing or not,
@@ -1335,7 +1389,7 @@ timeout = "500ms"
             .unwrap()
     );
     assert!(
-        error.contains("server `primary` is no longer listed"),
+        error.contains("server `primary` would be removed"),
         "{error}"
     );
 }

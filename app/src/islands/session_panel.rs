@@ -475,10 +475,13 @@ fn monotonic_ms() -> f64 {
     }
 }
 
+/// `Dd H:MM:SS` above a day (a months-long session reads in days, not in thousands of hours),
 /// `H:MM:SS` above an hour, `MM:SS` below.
 pub fn format_clock(secs: u64) -> String {
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    if h > 0 {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d {h}:{m:02}:{s:02}")
+    } else if h > 0 {
         format!("{h}:{m:02}:{s:02}")
     } else {
         format!("{m:02}:{s:02}")
@@ -514,6 +517,9 @@ mod tests {
         assert_eq!(format_clock(59), "00:59");
         assert_eq!(format_clock(3599), "59:59");
         assert_eq!(format_clock(4 * 3600 + 62), "4:01:02");
+        assert_eq!(format_clock(86_399), "23:59:59");
+        assert_eq!(format_clock(366 * 86_400 - 1), "365d 23:59:59");
+        assert_eq!(format_clock(2 * 86_400 + 3600 + 61), "2d 1:01:01");
     }
 
     #[test]

@@ -251,22 +251,14 @@ async fn store(
     } = change;
     let key = format!("organizations.{id}");
     let after = checked(Value::Object(after), &key)?;
-    // A server that goes away (removed, or renamed) must not be needed by a session: its
-    // Stops go to the server that authenticated it, by name.
-    let names_before: Vec<String> = servers_of(&before.settings)
-        .iter()
-        .filter_map(|s| name_of(s).map(str::to_owned))
-        .collect();
-    for gone in names_before
-        .iter()
-        .filter(|name| !after.servers.iter().any(|s| &s.name == *name))
+    // A server its sessions still need keeps its name and where its accounting goes.
+    if let Err(problem) =
+        super::servers_still_needed(storage, id, servers_of(&before.settings), &after.servers)
+            .await?
     {
-        let needing = storage.sessions_needing_server(id, gone).await?;
-        if needing > 0 {
-            return Err(ChangeError::Conflict(format!(
-                "server `{gone}` is still needed by {needing} session(s) (open, or with accounting not yet delivered): keep it until they have ended (disable the organization to end them)"
-            )));
-        }
+        return Err(ChangeError::Conflict(format!(
+            "{problem}: keep it as it is until they have ended (disabling the organization ends them); to use another address, add it as a server of its own"
+        )));
     }
     let before_view =
         serde_json::from_value::<OrganizationSettings>(Value::Object(before.settings))
@@ -527,7 +519,13 @@ pub async fn update_server(
     entry.extend(patch);
     // A secret given replaces the stored one (of either kind; the same one given again stays);
     // a new destination needs one (the stored secret is never handed to another host).
-    if !given.is_empty() || destination(&entry) != destination(&stored_entry) {
+    let moved = destination(&entry) != destination(&stored_entry);
+    if moved && given.is_empty() {
+        return Err(ChangeError::Invalid(format!(
+            "`secret` (or `secret_file`) must be given again: server `{name}` would point at another address or port, and its stored secret is never handed to another host"
+        )));
+    }
+    if !given.is_empty() || moved {
         for key in ["secret", "secret_file"] {
             if !given.contains(&key) && stored_entry.get(key) == entry.get(key) {
                 entry.remove(key);

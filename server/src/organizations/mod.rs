@@ -409,32 +409,18 @@ pub async fn check_seed(
     let conflict =
         |key: String, problem: String| OrganizationError::Config(ConfigError { key, problem });
     let stored = storage.organizations().await?;
-    let server_names = |row: &StoredOrganization| -> Vec<String> {
-        row.settings
-            .as_deref()
-            .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok())
-            .and_then(|v| v.get("servers").and_then(|s| s.as_array()).cloned())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|s| s.get("name").and_then(|n| n.as_str()).map(str::to_owned))
-            .collect()
-    };
     for (i, s) in settings.iter().enumerate() {
         Organization::from_settings(&format!("organizations[{i}]"), s)?;
         let Some(row) = stored.iter().find(|row| row.id == s.id) else {
             continue;
         };
-        for gone in server_names(row)
-            .iter()
-            .filter(|name| !s.servers.iter().any(|server| &server.name == *name))
+        if let Err(problem) =
+            servers_still_needed(storage, &s.id, &stored_servers(row), &s.servers).await?
         {
-            let needing = storage.sessions_needing_server(&s.id, gone).await?;
-            if needing > 0 {
-                return Err(conflict(
-                    format!("organizations[{i}].servers"),
-                    format!("server `{gone}` is no longer listed but {needing} session(s) still need it (open, or with accounting not yet delivered; their accounting goes to it by name): list it until they have ended"),
-                ));
-            }
+            return Err(conflict(
+                format!("organizations[{i}].servers"),
+                format!("{problem} (their accounting goes to it by name, and a Stop must reach the server that has its Start): list it as it was until they have ended"),
+            ));
         }
     }
     // Removed from the file now (this start disables them and queues their Stops): what a Stop
@@ -449,8 +435,10 @@ pub async fn check_seed(
             continue;
         };
         let mut needing = 0;
-        for name in server_names(row) {
-            needing += storage.sessions_needing_server(&row.id, &name).await?;
+        for server in stored_servers(row) {
+            if let Some(name) = server.get("name").and_then(serde_json::Value::as_str) {
+                needing += storage.sessions_needing_server(&row.id, name).await?;
+            }
         }
         if needing > 0 {
             return Err(conflict(
@@ -460,6 +448,71 @@ pub async fn check_seed(
         }
     }
     Ok(())
+}
+
+/// The server entries of a stored organization's settings, as stored (none if unreadable).
+fn stored_servers(row: &StoredOrganization) -> Vec<serde_json::Value> {
+    row.settings
+        .as_deref()
+        .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok())
+        .and_then(|v| v.get("servers").and_then(|s| s.as_array()).cloned())
+        .unwrap_or_default()
+}
+
+/// Whether an organization's servers may become `after` (from `stored`, its stored server
+/// entries) without leaving a session's accounting nowhere to go: its sessions' accounting goes
+/// to the server that authenticated them *by name*, so a server they still need (open, or with
+/// accounting not yet delivered) may neither go (removed, renamed) nor send its accounting
+/// somewhere else (another address or accounting port: maybe another server, which never saw
+/// their Starts). A new secret, timeout or authentication port is fine. `Ok(Err(problem))`
+/// says which server and why; the caller adds what to do.
+pub(crate) async fn servers_still_needed(
+    storage: &Storage,
+    organization_id: &str,
+    stored: &[serde_json::Value],
+    after: &[crate::config::ServerSettings],
+) -> Result<Result<(), String>, StorageError> {
+    for entry in stored {
+        let Some(name) = entry.get("name").and_then(serde_json::Value::as_str) else {
+            continue;
+        };
+        let moved_to = match after.iter().find(|s| s.name == name) {
+            None => None,
+            Some(kept) => {
+                let to = SocketAddr::new(kept.address, kept.acct_port);
+                match accounting_address(entry) {
+                    // Unreadable as stored: only its name can be compared.
+                    Some(from) if from != to => Some((from, to)),
+                    _ => continue,
+                }
+            }
+        };
+        let needing = storage
+            .sessions_needing_server(organization_id, name)
+            .await?;
+        if needing == 0 {
+            continue;
+        }
+        return Ok(Err(match moved_to {
+            None => format!(
+                "server `{name}` would be removed (or renamed), but {needing} session(s) it authenticated still need it (open, or with accounting not yet delivered)"
+            ),
+            Some((from, to)) => format!(
+                "server `{name}` would send accounting to {to} instead of {from}, but {needing} session(s) it authenticated still need it (open, or with accounting not yet delivered)"
+            ),
+        }));
+    }
+    Ok(Ok(()))
+}
+
+/// Where a stored server entry sends accounting (its address and accounting port).
+fn accounting_address(entry: &serde_json::Value) -> Option<SocketAddr> {
+    let address = entry.get("address")?.as_str()?.parse().ok()?;
+    let port = match entry.get("acct_port") {
+        None | Some(serde_json::Value::Null) => 1813,
+        Some(port) => u16::try_from(port.as_u64()?).ok()?,
+    };
+    Some(SocketAddr::new(address, port))
 }
 
 /// Whether each server's secret of a stored organization can be read (what its Stops need).
