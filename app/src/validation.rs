@@ -50,6 +50,11 @@ pub fn validate_username(
             .flatten();
         let message = match refused {
             Some(c) if c.is_whitespace() => "Username must not contain spaces.".to_string(),
+            // Quoted it would read as empty quotes: named by its code point instead.
+            Some(c) if is_invisible(c) => format!(
+                "Username must not contain the invisible character U+{:04X}.",
+                u32::from(c)
+            ),
             Some(c) => format!("Username must not contain “{c}”."),
             None => "Username is not in the form this organization expects.".to_string(),
         };
@@ -61,6 +66,17 @@ pub fn validate_username(
 /// Unicode bidirectional controls (they make text display other than it is: "Trojan Source").
 pub fn is_direction_mark(c: char) -> bool {
     matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Characters that show nothing where they stand (zero-width spaces and joiners, the soft
+/// hyphen, variation selectors, the byte-order mark, tags, Hangul fillers): a message quoting
+/// one would show empty quotes.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{206F}'
+        | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}'
+        | '\u{E0000}'..='\u{E0FFF}')
 }
 
 /// Checks a password's length and characters.
@@ -122,6 +138,10 @@ mod tests {
             "Username must not contain spaces."
         );
         assert_eq!(message("carol!", letters), "Username must not contain “!”.");
+        assert_eq!(
+            message("car\u{200B}ol", letters),
+            "Username must not contain the invisible character U+200B."
+        );
         // A pattern no single character satisfies (a whole form): said as such.
         let email: fn(&str) -> bool = |u| u.ends_with("@example.org");
         assert_eq!(

@@ -1951,3 +1951,45 @@ async fn refreshes_in_a_quick_row_send_one_interim_update() {
     assert!(again.expires_at > first.expires_at, "{again:?}");
     app.stop().await;
 }
+
+/// The database file removed while the portal runs (an operator's mistake, a cleanup script):
+/// the open connections would go on writing into a file no one can open again, and the next
+/// start would begin afresh without the open sessions' Stops. Instead what the open database
+/// holds is written back to its path, every change is refused from then on (`/readyz` says
+/// so), and a restart goes on with every session.
+#[tokio::test]
+async fn a_database_file_removed_while_running_is_written_back_and_changes_stop() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let config = settings(&db, vec![radius.server_settings("primary", true)]);
+    let app = TestApp::spawn(&config).await;
+    let judy = app.browser(Ipv4Addr::new(127, 0, 0, 3));
+    judy.login("judy", "judy-pass").await;
+    radius.wait_for_acct(&["status=Start", "user=judy"]).await;
+    for suffix in ["", "-wal", "-shm"] {
+        std::fs::remove_file(format!("{}{suffix}", db.display())).ok();
+    }
+    let probe = app.browser(Ipv4Addr::new(127, 0, 0, 4));
+    wait_until("/readyz to say the database is not ready", || async {
+        probe.get("/readyz").await.status == 503
+    })
+    .await;
+    assert!(db.exists(), "the database is written back to its path");
+    let refused = app
+        .sessions
+        .login("acme", "ivan", "ivan-pass", "127.0.0.5".parse().unwrap())
+        .await;
+    assert!(refused.is_err(), "a change is refused: {refused:?}");
+    app.stop().await;
+
+    let app = TestApp::spawn(&config).await;
+    let judys = app
+        .storage
+        .session(1)
+        .await
+        .unwrap()
+        .expect("judy's session is back");
+    assert_eq!(judys.username, "judy");
+    assert!(judys.stopped_at.is_none(), "still open: {judys:?}");
+    app.stop().await;
+}

@@ -859,6 +859,8 @@ impl Accounting {
         // usual: it may be restarting, and two quick failures would open its breaker, holding
         // every packet (a login's Start too) until a probe closes it again.
         let end_when_unreachable = org.servers.len() > 1;
+        // A caller waits on this delivery (a sign-in on its Start, a user on the Stop).
+        let awaited = deadline.is_some();
         let deadline = deadline.map_or(own_deadline, |d| d.min(own_deadline));
         match self
             .radius
@@ -893,7 +895,18 @@ impl Accounting {
                     stop: row.status_type == i64::from(status_type::STOP),
                 };
                 let ack = row.copy_to.is_none().then_some(&ack);
-                let copies = self.record_delivered(&row, ack).await?;
+                let copies = match self.storage.mark_delivered(row.id, now_ms(), ack).await {
+                    Ok(copies) => copies,
+                    // A caller waits on this delivery: the packet is acknowledged, so the
+                    // caller has its answer; the
+                    // database that cannot take the record now (a full disk, a restart) is
+                    // tried again behind its back, while the claim lasts.
+                    Err(e) if awaited && e.is_unavailable() => {
+                        self.record_delivered_later(&row, ack);
+                        0
+                    }
+                    Err(_) => self.record_delivered(&row, ack).await?,
+                };
                 if copies > 0 {
                     tracing::info!(acct_session_id = %record.acct_session_id, server = %server.name, copies,
                         "the Stop is copied to the other servers that may hold the session open");
@@ -1122,6 +1135,41 @@ impl Accounting {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// [`Accounting::record_delivered`] as a task of its own (tracked: a graceful shutdown
+    /// waits for it). If it never succeeds, the row is sent again once its claim has run out
+    /// (at least once: the server answers the repeat as it did the first).
+    fn record_delivered_later(&self, row: &OutboxRow, ack: Option<&Acknowledged<'_>>) {
+        use tracing::Instrument;
+        let (this, row) = (self.clone(), row.clone());
+        let ack = ack.map(|a| {
+            (
+                a.access_session_id,
+                a.by.to_owned(),
+                a.own.to_owned(),
+                a.stop,
+            )
+        });
+        self.claimed.spawn(
+            async move {
+                let ack = ack.as_ref().map(|(id, by, own, stop)| Acknowledged {
+                    access_session_id: *id,
+                    by,
+                    own,
+                    stop: *stop,
+                });
+                match this.record_delivered(&row, ack.as_ref()).await {
+                    Ok(copies) if copies > 0 => this.wake(),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %crate::portal_backend::error_chain(&e), row = row.id,
+                            "an acknowledged accounting packet could not be recorded: it is sent again once its claim runs out");
+                    }
+                }
+            }
+            .in_current_span(),
+        );
     }
 
     /// At shutdown (graceful: SIGTERM): delivers what is due now and lets deliveries under way

@@ -101,6 +101,109 @@ struct WriteConn {
     checkpointed_at: Instant,
     /// [`CHECKPOINT_INTERVAL`] (shorter in tests).
     checkpoint_interval: Duration,
+    /// The files under it, watched for being removed or replaced (none for a read-only engine).
+    files: Option<FileWatch>,
+}
+
+/// The database file and its WAL as they were when the engine opened them. Removed or replaced
+/// while the portal runs (an operator's mistake, a cleanup script), the open connections would
+/// go on writing into files no one can open again: everything since would be gone at the next
+/// start, Starts whose Stops were never sent among it. So the first write (or idle check) that
+/// finds them gone saves what it can — the database written back to its path from the open
+/// connection, or the WAL's pages checkpointed into the database file — and every write is
+/// refused from then on (503, `/readyz` not ready) until the portal is restarted on the file.
+struct FileWatch {
+    path: PathBuf,
+    wal: PathBuf,
+    /// (device, inode) of each; the WAL's once it exists.
+    db_id: Option<(u64, u64)>,
+    wal_id: Option<(u64, u64)>,
+    /// What was found and done, once it was: every write is refused with it.
+    lost: Option<String>,
+    /// When the files were last looked at: at most every [`CHECKPOINT_INTERVAL`] (two `stat`s
+    /// per commit would be a cost on every write; what is written meanwhile is in what the
+    /// rescue saves).
+    checked_at: Instant,
+}
+
+/// A file's (device, inode), None if it is not there.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::metadata(path).ok().map(|_| (0, 0))
+    }
+}
+
+impl FileWatch {
+    fn new(path: &Path) -> FileWatch {
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        FileWatch {
+            db_id: file_id(path),
+            wal_id: file_id(&wal),
+            path: path.to_path_buf(),
+            wal,
+            lost: None,
+            checked_at: Instant::now(),
+        }
+    }
+}
+
+/// Whether the engine's files are still the ones it writes (see [`FileWatch`]); `Err` says why
+/// not — after saving what could be saved, once.
+fn check_files(conn: &mut WriteConn, progress: &Progress) -> Result<(), String> {
+    let Some(files) = conn.files.as_mut() else {
+        return Ok(());
+    };
+    if let Some(lost) = &files.lost {
+        return Err(lost.clone());
+    }
+    if files.checked_at.elapsed() < CHECKPOINT_INTERVAL {
+        return Ok(());
+    }
+    files.checked_at = Instant::now();
+    let db_now = file_id(&files.path);
+    let wal_now = file_id(&files.wal);
+    if files.wal_id.is_none() {
+        files.wal_id = wal_now;
+    }
+    let path = files.path.display().to_string();
+    let lost = if db_now != files.db_id {
+        // Written back from the open connection (everything committed, the WAL's pages
+        // included) if nothing took its place; never over another file.
+        let saved = if db_now.is_none() {
+            conn.conn
+                .execute("VACUUM INTO ?1", [&path])
+                .map(|_| "its content up to now was written back there from the open database: restart the portal to go on with it".to_string())
+                .unwrap_or_else(|e| format!("writing it back failed ({e}): its content is lost at the next start"))
+        } else {
+            "another file is there now: what this portal stored since it opened it is lost at the next start".to_string()
+        };
+        format!("the database file {path} was removed or replaced while the portal runs; {saved}; until a restart, every change is refused")
+    } else if files.wal_id.is_some() && wal_now != files.wal_id {
+        // The database file is still there: the pages only the WAL held go into it.
+        let saved = match conn
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0))
+        {
+            Ok(0) => "its pages were copied into the database file: restart the portal to go on with it".to_string(),
+            Ok(_) => "its pages could not all be copied into the database file (a reader held them): restart the portal at once".to_string(),
+            Err(e) => format!("copying its pages into the database file failed ({e}): changes since the last checkpoint are lost at the next start"),
+        };
+        format!("the database's WAL file {}-wal was removed or replaced while the portal runs; {saved}; until a restart, every change is refused", path)
+    } else {
+        return Ok(());
+    };
+    tracing::error!("{lost}");
+    progress.lost.store(true, Ordering::SeqCst);
+    files.lost = Some(lost.clone());
+    Err(lost)
 }
 
 impl WriteConn {
@@ -139,6 +242,8 @@ struct Progress {
     refusing: AtomicBool,
     /// When it last refused (unix ms).
     last_refusal: AtomicI64,
+    /// The database's files were removed or replaced under it (see [`FileWatch`]).
+    lost: AtomicBool,
 }
 
 impl Progress {
@@ -292,6 +397,7 @@ impl Engine {
             unchecked: 0,
             checkpointed_at: Instant::now(),
             checkpoint_interval: CHECKPOINT_INTERVAL,
+            files: (!read_only).then(|| FileWatch::new(path)),
         }));
         let (jobs, queue) = mpsc::sync_channel::<Box<dyn WriteJob>>(MAX_QUEUED);
         let progress = Arc::new(Progress::default());
@@ -326,7 +432,10 @@ impl Engine {
             && now - progress.last_batch.load(Ordering::SeqCst) > STALL_MS;
         let refusing = progress.refusing.load(Ordering::SeqCst)
             && now - progress.last_refusal.load(Ordering::SeqCst) < FAILING_FOR_MS;
-        !self.inner.writer.is_finished() && !stalled && !refusing
+        !self.inner.writer.is_finished()
+            && !stalled
+            && !refusing
+            && !progress.lost.load(Ordering::SeqCst)
     }
 
     /// What has been committed since the engine was opened.
@@ -544,6 +653,15 @@ fn writer_loop(
         let first = match queue.recv_timeout(CHECKPOINT_INTERVAL) {
             Ok(job) => job,
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Found while idle too, so the files are saved and the log says so before
+                // anything else is lost.
+                {
+                    let _gate = gate.blocking_lock();
+                    let _ = check_files(
+                        &mut write_conn.lock().unwrap_or_else(|p| p.into_inner()),
+                        progress,
+                    );
+                }
                 let pending = write_conn
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -644,6 +762,12 @@ fn commit(
     begun: bool,
     progress: &Progress,
 ) -> Result<(), String> {
+    if let Err(lost) = check_files(conn, progress) {
+        if begun {
+            let _ = exec(&conn.conn, "ROLLBACK");
+        }
+        return Err(format!("database write failed: {lost}"));
+    }
     conn.unchecked += batch.len();
     let durable = batch.iter().any(|job| job.durable());
     let ready = if begun {
