@@ -69,13 +69,14 @@ pub fn is_direction_mark(c: char) -> bool {
 }
 
 /// Characters that show nothing where they stand (zero-width spaces and joiners, the soft
-/// hyphen, variation selectors, the byte-order mark, tags, Hangul fillers): a message quoting
-/// one would show empty quotes.
+/// hyphen, variation selectors, the byte-order mark, tags, Hangul fillers, the blank Braille
+/// pattern, annotation and format controls): a message quoting one would show empty quotes.
 fn is_invisible(c: char) -> bool {
     matches!(c,
         '\u{00AD}' | '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
         | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{206F}'
-        | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}'
+        | '\u{2800}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}'
+        | '\u{FFF9}'..='\u{FFFB}' | '\u{13430}'..='\u{1343F}' | '\u{1D173}'..='\u{1D17A}'
         | '\u{E0000}'..='\u{E0FFF}')
 }
 

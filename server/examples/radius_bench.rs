@@ -143,9 +143,13 @@ async fn main() {
 
     // 2. The portal's RADIUS path; then (3) logins with a disconnect each.
     let storage = Storage::open(&db).await.unwrap();
-    radius_portal::organizations::seed(&storage, &config.organizations)
-        .await
-        .unwrap();
+    radius_portal::organizations::seed(
+        &storage,
+        &config.organizations,
+        radius_portal::organizations::ServerMoves::Refused,
+    )
+    .await
+    .unwrap();
     let accounting = Accounting::new(storage.clone(), radius.clone(), organizations.clone());
     let shutdown = CancellationToken::new();
     tokio::spawn(accounting.clone().run(shutdown.clone()));

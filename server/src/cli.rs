@@ -247,6 +247,8 @@ pub async fn run() -> anyhow::Result<()> {
                 .map(|o| o.id.clone())
                 .collect();
             ids.extend(stored);
+            ids.sort();
+            ids.dedup();
             let warnings = cli
                 .config
                 .as_deref()
@@ -395,6 +397,9 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
 /// the file alone counts. Returns the ids of the organizations the database holds.
 async fn check_against_database(settings: &Settings) -> anyhow::Result<Vec<String>> {
     let location = settings.database.location();
+    if let Some(problem) = crate::storage::Storage::saved_copy_in_the_way(&settings.database) {
+        bail!("`serve` would refuse to start: {problem}");
+    }
     if crate::operator::no_database_yet(settings) {
         say!("# database: none at {location} yet (created at the first start): nothing to check against it");
         return Ok(Vec::new());
@@ -413,21 +418,30 @@ async fn check_against_database(settings: &Settings) -> anyhow::Result<Vec<Strin
     };
     match opened {
         Ok(Ok(AsIs::Ready(storage))) => {
-            crate::organizations::check_seed(&storage, &settings.organizations)
-                .await
-                .with_context(|| {
-                    format!("`serve` would refuse this configuration with the database {location}")
-                })?;
+            crate::organizations::check_seed(
+                &storage,
+                &settings.organizations,
+                crate::organizations::ServerMoves::Refused,
+            )
+            .await
+            .with_context(|| {
+                format!("`serve` would refuse this configuration with the database {location}")
+            })?;
             say!("# database: {location}: the organizations fit what it holds");
             let stored = storage.organizations().await?;
-            for row in stored.iter().filter(|row| {
-                row.from_config
-                    && row.active
-                    && !settings.organizations.iter().any(|o| o.id == row.id)
-            }) {
+            // What the start-up disables: organizations no longer listed, and those the file
+            // says `enabled = false` of.
+            for row in stored.iter().filter(|row| row.active) {
+                let why = match settings.organizations.iter().find(|o| o.id == row.id) {
+                    None if row.from_config => "is no longer listed",
+                    Some(listed) if listed.enabled == Some(false) => {
+                        "is `enabled = false` in the file"
+                    }
+                    _ => continue,
+                };
                 let open = storage.active_session_ids_of(&row.id).await?.len();
                 let said = format!(
-                    "organization `{}` is no longer listed: `serve` disables it, ending its {open} open session(s) (Accounting-Stop, Admin-Reset)",
+                    "organization `{}` {why}: `serve` disables it, ending its {open} open session(s) (Accounting-Stop, Admin-Reset)",
                     row.id
                 );
                 say!("# {said}");

@@ -915,7 +915,7 @@ impl OrganizationSettings {
                     format!("`{}` is used twice in this organization", server.name),
                 ));
             }
-            server.load_secret(&server_key)?;
+            check_secret(&server.secret, &server.secret_file, &server_key)?;
         }
         self.branding.validate(&format!("{key}.branding"))
     }
@@ -1253,16 +1253,28 @@ impl DynamicAuthorizationClient {
     }
 }
 
-/// `secret` if it is one line of text: a control character (a second line in a secret file, a
-/// NUL pasted into the admin API) is a mistake no RADIUS server's configuration shares.
-fn one_line(secret: Secret, key: String) -> Result<Secret, ConfigError> {
-    if secret.expose().chars().any(char::is_control) {
+/// [`load_secret`] for a new setting (the file, an admin change): also one line of text — a
+/// control character (a second line in a secret file, a NUL pasted into the admin API) is a
+/// mistake no RADIUS server's configuration shares. (Settings stored before this check are
+/// still built as they are: an organization must never stop working on an upgrade.)
+fn check_secret(
+    secret: &Option<Secret>,
+    secret_file: &Option<PathBuf>,
+    key: &str,
+) -> Result<(), ConfigError> {
+    let loaded = load_secret(secret, secret_file, key)?;
+    if loaded.expose().chars().any(char::is_control) {
+        let field = if secret.is_some() {
+            "secret"
+        } else {
+            "secret_file"
+        };
         return Err(config_error(
-            key,
+            format!("{key}.{field}"),
             "the secret holds a control character (a line break inside the file, a tab, a NUL): a shared secret is one line of text",
         ));
     }
-    Ok(secret)
+    Ok(())
 }
 
 /// A shared secret from exactly one of `secret` and `secret_file`; errors name `key`.
@@ -1276,7 +1288,7 @@ fn load_secret(
             format!("{key}.secret"),
             "is the placeholder `check-config` prints instead of a secret: put the real secret here, or use secret_file",
         )),
-        (Some(s), None) if !s.expose().is_empty() => one_line(s.clone(), format!("{key}.secret")),
+        (Some(s), None) if !s.expose().is_empty() => Ok(s.clone()),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 config_error(
@@ -1291,7 +1303,7 @@ fn load_secret(
                     "the file is empty",
                 ));
             }
-            one_line(Secret::new(text), format!("{key}.secret_file"))
+            Ok(Secret::new(text))
         }
         (Some(_), Some(_)) => Err(config_error(
             key,
@@ -1583,7 +1595,11 @@ impl Settings {
         }
         let mut clients = std::collections::HashSet::new();
         for (i, client) in self.dynamic_authorization.clients.iter().enumerate() {
-            client.load_secret(&format!("dynamic_authorization.clients[{i}]"))?;
+            check_secret(
+                &client.secret,
+                &client.secret_file,
+                &format!("dynamic_authorization.clients[{i}]"),
+            )?;
             if client.organizations.as_ref().is_some_and(Vec::is_empty) {
                 return Err(config_error(
                     format!("dynamic_authorization.clients[{i}].organizations"),

@@ -196,6 +196,9 @@ impl Application {
             ),
             None => None,
         };
+        if let Some(problem) = Storage::saved_copy_in_the_way(&settings.database) {
+            anyhow::bail!("{problem}");
+        }
         let storage = Storage::connect(&settings.database)
             .await
             .with_context(|| {
@@ -204,7 +207,14 @@ impl Application {
                     settings.database.location()
                 )
             })?;
-        crate::organizations::seed(&storage, &settings.organizations)
+        // The demo's built-in RADIUS server listens on new ports at every start: the same
+        // server, so its sessions' accounting follows it there.
+        let moves = if demo {
+            crate::organizations::ServerMoves::SameServer
+        } else {
+            crate::organizations::ServerMoves::Refused
+        };
+        crate::organizations::seed(&storage, &settings.organizations, moves)
             .await
             .context("while storing the configured organizations")?;
         let organizations = Arc::new(

@@ -1955,26 +1955,38 @@ async fn refreshes_in_a_quick_row_send_one_interim_update() {
 /// The database file removed while the portal runs (an operator's mistake, a cleanup script):
 /// the open connections would go on writing into a file no one can open again, and the next
 /// start would begin afresh without the open sessions' Stops. Instead what the open database
-/// holds is written back to its path, every change is refused from then on (`/readyz` says
-/// so), and a restart goes on with every session.
+/// holds is saved beside it, every change is refused from then on (`/readyz` says so), the next
+/// start refuses to run while the copy is there — and one on the copy, moved into place as the
+/// log says, goes on with every session.
 #[tokio::test]
-async fn a_database_file_removed_while_running_is_written_back_and_changes_stop() {
+async fn a_database_file_removed_while_running_is_saved_and_changes_stop() {
     let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
+    let (dir, db) = temp_db();
     let config = settings(&db, vec![radius.server_settings("primary", true)]);
     let app = TestApp::spawn(&config).await;
     let judy = app.browser(Ipv4Addr::new(127, 0, 0, 3));
     judy.login("judy", "judy-pass").await;
     radius.wait_for_acct(&["status=Start", "user=judy"]).await;
-    for suffix in ["", "-wal", "-shm"] {
-        std::fs::remove_file(format!("{}{suffix}", db.display())).ok();
-    }
+    // The main file alone (`rm`, or `mv` to a backup): its WAL and index stay, in use.
+    std::fs::remove_file(&db).unwrap();
     let probe = app.browser(Ipv4Addr::new(127, 0, 0, 4));
     wait_until("/readyz to say the database is not ready", || async {
         probe.get("/readyz").await.status == 503
     })
     .await;
-    assert!(db.exists(), "the database is written back to its path");
+    let saved = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().contains(".saved-"))
+    };
+    let copy = saved().expect("a copy is saved beside the database");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&copy).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the copy holds secrets: {mode:o}");
+    }
     let refused = app
         .sessions
         .login("acme", "ivan", "ivan-pass", "127.0.0.5".parse().unwrap())
@@ -1982,6 +1994,18 @@ async fn a_database_file_removed_while_running_is_written_back_and_changes_stop(
     assert!(refused.is_err(), "a change is refused: {refused:?}");
     app.stop().await;
 
+    let error = format!(
+        "{:#}",
+        TestApp::try_spawn(&config).await.err().expect("refused")
+    );
+    assert!(
+        error.contains(&copy.display().to_string()) && error.contains("move"),
+        "{error}"
+    );
+    for suffix in ["", "-wal", "-shm"] {
+        std::fs::remove_file(format!("{}{suffix}", db.display())).ok();
+    }
+    std::fs::rename(&copy, &db).unwrap();
     let app = TestApp::spawn(&config).await;
     let judys = app
         .storage
@@ -1991,5 +2015,39 @@ async fn a_database_file_removed_while_running_is_written_back_and_changes_stop(
         .expect("judy's session is back");
     assert_eq!(judys.username, "judy");
     assert!(judys.stopped_at.is_none(), "still open: {judys:?}");
+    app.stop().await;
+}
+
+/// The WAL alone removed while the portal runs: its pages go into the database file, every
+/// change is refused from then on, and a restart goes on with every session.
+#[tokio::test]
+async fn a_wal_removed_while_running_is_checkpointed_and_changes_stop() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let config = settings(&db, vec![radius.server_settings("primary", true)]);
+    let app = TestApp::spawn(&config).await;
+    let judy = app.browser(Ipv4Addr::new(127, 0, 0, 3));
+    judy.login("judy", "judy-pass").await;
+    radius.wait_for_acct(&["status=Start", "user=judy"]).await;
+    std::fs::remove_file(format!("{}-wal", db.display())).unwrap();
+    let probe = app.browser(Ipv4Addr::new(127, 0, 0, 4));
+    wait_until("/readyz to say the database is not ready", || async {
+        probe.get("/readyz").await.status == 503
+    })
+    .await;
+    // As a crash would leave it: nothing closed cleanly (a clean close checkpoints too).
+    let copy = db.with_extension("copy");
+    std::fs::copy(&db, &copy).unwrap();
+    app.stop().await;
+    let mut config = config;
+    config.database.path = copy;
+    let app = TestApp::spawn(&config).await;
+    let judys = app
+        .storage
+        .session(1)
+        .await
+        .unwrap()
+        .expect("judy's session is in the database file");
+    assert_eq!(judys.username, "judy");
     app.stop().await;
 }

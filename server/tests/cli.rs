@@ -438,6 +438,48 @@ async fn demo_keeps_its_database_to_itself() {
     assert!(!production.exists(), "the environment's database untouched");
 }
 
+/// The demo's built-in RADIUS server listens on new ports at every start: a session left open
+/// does not stop the demo from starting again (its accounting follows the same server there).
+#[tokio::test]
+async fn the_demo_starts_again_with_a_session_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let port = common::free_port();
+    let start = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
+            .args(["demo", "--data-dir", data.to_str().unwrap()])
+            .current_dir(env!("CARGO_MANIFEST_DIR").to_string() + "/..")
+            .env("PORTAL_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let answers = || async {
+        reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    };
+    let mut demo = start();
+    common::wait_until("the demo answers", answers).await;
+    let browser = common::Browser {
+        http: reqwest::Client::builder()
+            .cookie_store(true)
+            .build()
+            .unwrap(),
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let signed_in = browser.login_as_script("alice", "alice-pass").await;
+    assert!(signed_in.status().is_success(), "{signed_in:?}");
+    demo.kill().await.unwrap();
+    let mut demo = start();
+    common::wait_until("the demo answers again", answers).await;
+    assert!(demo.try_wait().unwrap().is_none(), "the demo runs");
+    let status = browser.get("/session").await;
+    assert!(status.body.contains("You are connected"), "{}", status.body);
+}
+
 /// `serve` refuses to start with a site root whose asset files are not its build's (the pages
 /// would name scripts and styles that are not there).
 /// `portal.toml` in `dir`: its database `portal.db` beside it, `extra` (TOML tables), and one

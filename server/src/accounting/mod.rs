@@ -897,11 +897,13 @@ impl Accounting {
                 let ack = row.copy_to.is_none().then_some(&ack);
                 let copies = match self.storage.mark_delivered(row.id, now_ms(), ack).await {
                     Ok(copies) => copies,
-                    // A caller waits on this delivery: the packet is acknowledged, so the
-                    // caller has its answer; the
+                    // A sign-in waits on its Start: the packet is acknowledged, so the
+                    // sign-in has its answer; the
                     // database that cannot take the record now (a full disk, a restart) is
                     // tried again behind its back, while the claim lasts.
-                    Err(e) if awaited && e.is_unavailable() => {
+                    // Only a Start: an awaited Stop (of a session a sign-in preempts) must
+                    // have its copies queued, in this record, before the new Start leaves.
+                    Err(e) if awaited && is_start && e.is_unavailable() => {
                         self.record_delivered_later(&row, ack);
                         0
                     }
@@ -1137,8 +1139,8 @@ impl Accounting {
         }
     }
 
-    /// [`Accounting::record_delivered`] as a task of its own (tracked: a graceful shutdown
-    /// waits for it). If it never succeeds, the row is sent again once its claim has run out
+    /// [`Accounting::record_delivered`] of a sign-in's Start as a task of its own (tracked: a
+    /// graceful shutdown waits for it). If it never succeeds, the row is sent again once its claim has run out
     /// (at least once: the server answers the repeat as it did the first).
     fn record_delivered_later(&self, row: &OutboxRow, ack: Option<&Acknowledged<'_>>) {
         use tracing::Instrument;
@@ -1160,8 +1162,8 @@ impl Accounting {
                     stop: *stop,
                 });
                 match this.record_delivered(&row, ack.as_ref()).await {
-                    Ok(copies) if copies > 0 => this.wake(),
-                    Ok(_) => {}
+                    // Rows of the session queued behind it (a quick disconnect) may go now.
+                    Ok(_) => this.wake(),
                     Err(e) => {
                         tracing::error!(error = %crate::portal_backend::error_chain(&e), row = row.id,
                             "an acknowledged accounting packet could not be recorded: it is sent again once its claim runs out");

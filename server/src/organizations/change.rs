@@ -168,13 +168,15 @@ pub(crate) async fn stored_settings(storage: &Storage, id: &str) -> Result<Store
 }
 
 /// Where a server entry sends packets: address and ports (the defaults when left out).
-pub(crate) fn destination(server: &Map<String, Value>) -> (Option<&Value>, u64, u64) {
+pub(crate) fn destination(server: &Map<String, Value>) -> (Option<String>, u64, u64) {
     let port = |key: &str, default: u64| server.get(key).and_then(Value::as_u64).unwrap_or(default);
-    (
-        server.get("address"),
-        port("auth_port", 1812),
-        port("acct_port", 1813),
-    )
+    // Compared as addresses, not as text: `2001:DB8::1` is `2001:db8::1`.
+    let address = server.get("address").map(|a| {
+        a.as_str()
+            .and_then(|text| text.parse::<std::net::IpAddr>().ok())
+            .map_or_else(|| a.to_string(), |ip| ip.to_canonical().to_string())
+    });
+    (address, port("auth_port", 1812), port("acct_port", 1813))
 }
 
 /// Refreshes this process's cache after a committed change; a failure is logged (the change
@@ -252,9 +254,14 @@ async fn store(
     let key = format!("organizations.{id}");
     let after = checked(Value::Object(after), &key)?;
     // A server its sessions still need keeps its name and where its accounting goes.
-    if let Err(problem) =
-        super::servers_still_needed(storage, id, servers_of(&before.settings), &after.servers)
-            .await?
+    if let Err(problem) = super::servers_still_needed(
+        storage,
+        id,
+        servers_of(&before.settings),
+        &after.servers,
+        super::ServerMoves::Refused,
+    )
+    .await?
     {
         return Err(ChangeError::Conflict(format!(
             "{problem}: keep it as it is until they have ended (disabling the organization ends them); to use another address, add it as a server of its own"

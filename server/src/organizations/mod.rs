@@ -350,8 +350,9 @@ fn build_stored(row: &StoredOrganization) -> Result<Organization, OrganizationEr
 pub async fn seed(
     storage: &Storage,
     settings: &[OrganizationSettings],
+    moves: ServerMoves,
 ) -> Result<(), OrganizationError> {
-    check_seed(storage, settings).await?;
+    check_seed(storage, settings, moves).await?;
     for (i, s) in settings.iter().enumerate() {
         let json = serde_json::to_string(s)
             .map_err(|e| OrganizationError::Corrupt(s.id.clone(), e.to_string()))?;
@@ -405,6 +406,7 @@ pub async fn seed(
 pub async fn check_seed(
     storage: &Storage,
     settings: &[OrganizationSettings],
+    moves: ServerMoves,
 ) -> Result<(), OrganizationError> {
     let conflict =
         |key: String, problem: String| OrganizationError::Config(ConfigError { key, problem });
@@ -415,7 +417,7 @@ pub async fn check_seed(
             continue;
         };
         if let Err(problem) =
-            servers_still_needed(storage, &s.id, &stored_servers(row), &s.servers).await?
+            servers_still_needed(storage, &s.id, &stored_servers(row), &s.servers, moves).await?
         {
             return Err(conflict(
                 format!("organizations[{i}].servers"),
@@ -450,6 +452,16 @@ pub async fn check_seed(
     Ok(())
 }
 
+/// Whether a server kept by name may send its accounting somewhere else (another address or
+/// accounting port) while sessions still need it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerMoves {
+    /// Refused: the new address may be another server, which never saw their Starts.
+    Refused,
+    /// Allowed: the demo's built-in server, on new ports at every start, is the same server.
+    SameServer,
+}
+
 /// The server entries of a stored organization's settings, as stored (none if unreadable).
 fn stored_servers(row: &StoredOrganization) -> Vec<serde_json::Value> {
     row.settings
@@ -471,6 +483,7 @@ pub(crate) async fn servers_still_needed(
     organization_id: &str,
     stored: &[serde_json::Value],
     after: &[crate::config::ServerSettings],
+    moves: ServerMoves,
 ) -> Result<Result<(), String>, StorageError> {
     for entry in stored {
         let Some(name) = entry.get("name").and_then(serde_json::Value::as_str) else {
@@ -478,8 +491,9 @@ pub(crate) async fn servers_still_needed(
         };
         let moved_to = match after.iter().find(|s| s.name == name) {
             None => None,
+            Some(_) if moves == ServerMoves::SameServer => continue,
             Some(kept) => {
-                let to = SocketAddr::new(kept.address, kept.acct_port);
+                let to = SocketAddr::new(kept.address.to_canonical(), kept.acct_port);
                 match accounting_address(entry) {
                     // Unreadable as stored: only its name can be compared.
                     Some(from) if from != to => Some((from, to)),
@@ -487,9 +501,14 @@ pub(crate) async fn servers_still_needed(
                 }
             }
         };
+        // A move also takes the Stop copies parked for it (a server down) elsewhere.
         let needing = storage
             .sessions_needing_server(organization_id, name)
-            .await?;
+            .await?
+            + match moved_to {
+                Some(_) => storage.copies_waiting_for(organization_id, name).await?,
+                None => 0,
+            };
         if needing == 0 {
             continue;
         }
@@ -507,7 +526,12 @@ pub(crate) async fn servers_still_needed(
 
 /// Where a stored server entry sends accounting (its address and accounting port).
 fn accounting_address(entry: &serde_json::Value) -> Option<SocketAddr> {
-    let address = entry.get("address")?.as_str()?.parse().ok()?;
+    let address = entry
+        .get("address")?
+        .as_str()?
+        .parse::<std::net::IpAddr>()
+        .ok()?
+        .to_canonical();
     let port = match entry.get("acct_port") {
         None | Some(serde_json::Value::Null) => 1813,
         Some(port) => u16::try_from(port.as_u64()?).ok()?,

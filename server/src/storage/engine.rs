@@ -108,22 +108,37 @@ struct WriteConn {
 /// The database file and its WAL as they were when the engine opened them. Removed or replaced
 /// while the portal runs (an operator's mistake, a cleanup script), the open connections would
 /// go on writing into files no one can open again: everything since would be gone at the next
-/// start, Starts whose Stops were never sent among it. So the first write (or idle check) that
-/// finds them gone saves what it can — the database written back to its path from the open
-/// connection, or the WAL's pages checkpointed into the database file — and every write is
-/// refused from then on (503, `/readyz` not ready) until the portal is restarted on the file.
+/// start, Starts whose Stops were never sent among it. So a look at least every
+/// [`CHECKPOINT_INTERVAL`] that finds them gone saves what the open database holds — a copy
+/// beside it ([`saved_copy_of`]: the next start refuses to run while it is there), or, when only
+/// the WAL went, its pages checkpointed into the database file — and every write is refused from
+/// then on (503, `/readyz` not ready) until the portal is restarted. A save that fails (a full
+/// disk, a reader holding the WAL) is tried again at the next look.
 struct FileWatch {
     path: PathBuf,
     wal: PathBuf,
     /// (device, inode) of each; the WAL's once it exists.
     db_id: Option<(u64, u64)>,
     wal_id: Option<(u64, u64)>,
-    /// What was found and done, once it was: every write is refused with it.
-    lost: Option<String>,
+    /// What was found, once it was: every write is refused with it.
+    lost: Option<Lost>,
     /// When the files were last looked at: at most every [`CHECKPOINT_INTERVAL`] (two `stat`s
-    /// per commit would be a cost on every write; what is written meanwhile is in what the
-    /// rescue saves).
+    /// per commit would be a cost on every write; what is written meanwhile is in what is saved).
     checked_at: Instant,
+}
+
+/// Which of the engine's files went.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gone {
+    Database,
+    Wal,
+}
+
+/// The engine's files went (see [`FileWatch`]).
+struct Lost {
+    gone: Gone,
+    /// Where what the open database held was saved, once it was.
+    saved: Option<String>,
 }
 
 /// A file's (device, inode), None if it is not there.
@@ -139,71 +154,169 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
     }
 }
 
+/// The name a copy of the database at `path` is saved under when its file went while the
+/// portal ran (`<path>.saved-<unix ms>`); [`saved_copies_of`] finds them.
+fn saved_copy_of(path: &Path, now_ms: i64) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".saved-{now_ms}"));
+    PathBuf::from(name)
+}
+
+/// Copies saved beside the database at `path` ([`saved_copy_of`]), oldest first.
+pub(crate) fn saved_copies_of(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}.saved-", name.to_string_lossy());
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
 impl FileWatch {
     fn new(path: &Path) -> FileWatch {
+        // SQLite names the WAL after the file a symbolic link leads to.
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         let wal = PathBuf::from(wal);
         FileWatch {
-            db_id: file_id(path),
+            db_id: file_id(&path),
             wal_id: file_id(&wal),
-            path: path.to_path_buf(),
+            path,
             wal,
             lost: None,
             checked_at: Instant::now(),
         }
     }
+
+    /// Whether a look at the files is due (a write committed on its caller's thread leaves it
+    /// to the writer thread, which is outside a transaction when it looks).
+    fn due(&self) -> bool {
+        self.lost.as_ref().is_none_or(|lost| lost.saved.is_none())
+            && self.checked_at.elapsed() >= CHECKPOINT_INTERVAL
+    }
+
+    /// What is refused and why, once the files went.
+    fn refusal(&self) -> Option<String> {
+        let lost = self.lost.as_ref()?;
+        let path = self.path.display();
+        let what = match lost.gone {
+            Gone::Database => {
+                format!("the database file {path} was removed or replaced while the portal runs")
+            }
+            Gone::Wal => format!(
+                "the database's WAL file {path}-wal was removed or replaced while the portal runs"
+            ),
+        };
+        let next = match (&lost.saved, lost.gone) {
+            (Some(copy), Gone::Database) => format!("what it held is saved in {copy}: stop the portal, remove {path} (and its -wal and -shm files) if there, move {copy} to {path}, and start it again"),
+            (Some(_), Gone::Wal) => "its pages are in the database file now: restart the portal".to_string(),
+            (None, _) => "saving what it held has not succeeded yet (tried again every quarter second): do not stop the portal".to_string(),
+        };
+        Some(format!(
+            "{what}; {next}; until then every change is refused"
+        ))
+    }
 }
 
 /// Whether the engine's files are still the ones it writes (see [`FileWatch`]); `Err` says why
-/// not — after saving what could be saved, once.
-fn check_files(conn: &mut WriteConn, progress: &Progress) -> Result<(), String> {
+/// not. Outside a transaction (`may_save`), a look that is due looks, and saves what it can.
+fn check_files(conn: &mut WriteConn, progress: &Progress, may_save: bool) -> Result<(), String> {
     let Some(files) = conn.files.as_mut() else {
         return Ok(());
     };
-    if let Some(lost) = &files.lost {
-        return Err(lost.clone());
-    }
-    if files.checked_at.elapsed() < CHECKPOINT_INTERVAL {
-        return Ok(());
+    if !may_save || !files.due() {
+        return files.refusal().map_or(Ok(()), Err);
     }
     files.checked_at = Instant::now();
-    let db_now = file_id(&files.path);
-    let wal_now = file_id(&files.wal);
-    if files.wal_id.is_none() {
-        files.wal_id = wal_now;
-    }
-    let path = files.path.display().to_string();
-    let lost = if db_now != files.db_id {
-        // Written back from the open connection (everything committed, the WAL's pages
-        // included) if nothing took its place; never over another file.
-        let saved = if db_now.is_none() {
-            conn.conn
-                .execute("VACUUM INTO ?1", [&path])
-                .map(|_| "its content up to now was written back there from the open database: restart the portal to go on with it".to_string())
-                .unwrap_or_else(|e| format!("writing it back failed ({e}): its content is lost at the next start"))
+    if files.lost.is_none() {
+        let (db_now, wal_now) = (file_id(&files.path), file_id(&files.wal));
+        if files.wal_id.is_none() {
+            files.wal_id = wal_now;
+        }
+        let gone = if db_now != files.db_id {
+            Gone::Database
+        } else if files.wal_id.is_some() && wal_now != files.wal_id {
+            Gone::Wal
         } else {
-            "another file is there now: what this portal stored since it opened it is lost at the next start".to_string()
+            return Ok(());
         };
-        format!("the database file {path} was removed or replaced while the portal runs; {saved}; until a restart, every change is refused")
-    } else if files.wal_id.is_some() && wal_now != files.wal_id {
-        // The database file is still there: the pages only the WAL held go into it.
-        let saved = match conn
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0))
-        {
-            Ok(0) => "its pages were copied into the database file: restart the portal to go on with it".to_string(),
-            Ok(_) => "its pages could not all be copied into the database file (a reader held them): restart the portal at once".to_string(),
-            Err(e) => format!("copying its pages into the database file failed ({e}): changes since the last checkpoint are lost at the next start"),
-        };
-        format!("the database's WAL file {}-wal was removed or replaced while the portal runs; {saved}; until a restart, every change is refused", path)
-    } else {
+        files.lost = Some(Lost { gone, saved: None });
+        progress.lost.store(true, Ordering::SeqCst);
+    }
+    let Some(lost) = files.lost.as_mut() else {
         return Ok(());
     };
-    tracing::error!("{lost}");
-    progress.lost.store(true, Ordering::SeqCst);
-    files.lost = Some(lost.clone());
-    Err(lost)
+    let saved = match lost.gone {
+        Gone::Database => {
+            let copy = saved_copy_of(&files.path, crate::access_session::now_ms());
+            save_copy(&conn.conn, &copy).map(|()| copy.display().to_string())
+        }
+        // The database file is still there: the pages only the WAL held go into it.
+        Gone::Wal => match conn
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            }) {
+            Ok(0) => Ok(String::new()),
+            Ok(_) => Err("a reader still holds the WAL".to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    match saved {
+        Ok(copy) => lost.saved = Some(copy),
+        Err(e) => {
+            tracing::error!(error = %e, "saving what the database held failed; trying again")
+        }
+    }
+    let refusal = files.refusal().unwrap_or_default();
+    tracing::error!("{refusal}");
+    Err(refusal)
+}
+
+/// Writes what the open database holds (its WAL's pages included) into a new file at `copy`,
+/// readable by its owner only (it holds the secrets), synced with its directory.
+fn save_copy(conn: &Connection, copy: &Path) -> Result<(), String> {
+    let mut create = std::fs::OpenOptions::new();
+    create.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut create, 0o600);
+    create
+        .open(copy)
+        .map_err(|e| format!("cannot create {}: {e}", copy.display()))?;
+    let text = copy
+        .to_str()
+        .ok_or_else(|| format!("{} is not UTF-8", copy.display()))?;
+    let saved = conn
+        .execute("VACUUM INTO ?1", [text])
+        .map_err(|e| e.to_string())
+        .and_then(|_| {
+            std::fs::File::open(copy)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = saved {
+        let _ = std::fs::remove_file(copy);
+        return Err(e);
+    }
+    if let Some(dir) = copy.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
 }
 
 impl WriteConn {
@@ -573,7 +686,10 @@ impl Engine {
         let conn = &mut *guard;
         // Checked again under the locks: a write queued meanwhile goes first. A checkpoint
         // due is the writer thread's to run: the write goes there.
-        if progress.queued.load(Ordering::SeqCst) != 0 || conn.checkpoint_due() {
+        if progress.queued.load(Ordering::SeqCst) != 0
+            || conn.checkpoint_due()
+            || conn.files.as_ref().is_some_and(FileWatch::due)
+        {
             return Err(job);
         }
         // Never wait here for another connection's write lock (a sqlx transaction finishing,
@@ -620,6 +736,16 @@ impl Engine {
             .map_err(|e| StorageError::Engine(format!("a database read failed: {e}")))?
     }
 
+    /// Why no change may be made any more: the database's files went (see [`FileWatch`]; the
+    /// log says where what it held was saved).
+    pub(crate) fn files_lost(&self) -> Option<StorageError> {
+        self.inner.progress.lost.load(Ordering::SeqCst).then(|| {
+            StorageError::Unreachable(
+                "the database file was removed or replaced while the portal runs (the log says where what it held was saved): restart the portal".into(),
+            )
+        })
+    }
+
     fn reader(&self) -> Result<Connection, StorageError> {
         let idle = self
             .inner
@@ -629,6 +755,10 @@ impl Engine {
             .pop();
         if let Some(conn) = idle {
             return Ok(conn);
+        }
+        // A new connection would open whatever is at the path now, not this database.
+        if let Some(lost) = self.files_lost() {
+            return Err(lost);
         }
         let conn = Connection::open_with_flags(
             &self.inner.path,
@@ -660,6 +790,7 @@ fn writer_loop(
                     let _ = check_files(
                         &mut write_conn.lock().unwrap_or_else(|p| p.into_inner()),
                         progress,
+                        true,
                     );
                 }
                 let pending = write_conn
@@ -762,7 +893,7 @@ fn commit(
     begun: bool,
     progress: &Progress,
 ) -> Result<(), String> {
-    if let Err(lost) = check_files(conn, progress) {
+    if let Err(lost) = check_files(conn, progress, !begun) {
         if begun {
             let _ = exec(&conn.conn, "ROLLBACK");
         }

@@ -262,6 +262,9 @@ contract! {
         /// copied there (a server that was sent a packet of theirs). Copies already queued for
         /// it do not count: removing the server dead-letters them.
         fn sessions_needing_server(&self, organization_id: &str, name: &str) -> i64;
+        /// Stop copies of an organization's sessions waiting to be sent to server `name`
+        /// (undelivered, not dead-lettered): moving the server would send them elsewhere.
+        fn copies_waiting_for(&self, organization_id: &str, name: &str) -> i64;
         /// Deletes an organization with its ended sessions and their accounting rows (the audit
         /// log keeps its history), audited. Refused while it is listed in the configuration, has
         /// open sessions or accounting not yet delivered: nothing may be lost.
@@ -324,6 +327,22 @@ impl Storage {
                 AsIs::of(Backend::Sqlite(store), state)
             }
         })
+    }
+
+    /// Why `serve` must not start on the SQLite database `[database]` names: a copy saved
+    /// beside it when its file was removed while a portal ran ([`engine`]'s file watch) holds
+    /// sessions whose Stops the database at the path would not have. None: nothing in the way.
+    pub fn saved_copy_in_the_way(settings: &crate::config::DatabaseSettings) -> Option<String> {
+        if settings.url.is_some() {
+            return None;
+        }
+        let path = &settings.path;
+        let copy = engine::saved_copies_of(path).into_iter().next()?;
+        Some(format!(
+            "{copy} holds what the database {path} held when its file was removed while the portal ran: to go on with it, remove {path} and its -wal and -shm files if there, and move {copy} to {path}; to start without it (its open sessions' Stops are then never sent), move it elsewhere",
+            copy = copy.display(),
+            path = path.display(),
+        ))
     }
 
     /// Opens the database `[database]` names: PostgreSQL when `url` is set, else the SQLite

@@ -893,6 +893,26 @@ impl<B: OrgBackend> OrganizationStore for B {
         Ok(count)
     }
 
+    async fn copies_waiting_for(
+        &self,
+        organization_id: &str,
+        name: &str,
+    ) -> Result<i64, StorageError> {
+        let destination = format!("{}{name}", super::SERVER_DESTINATION_PREFIX);
+        let (count,): (i64,) = self
+            .reader()
+            .await?
+            .fetch_optional(
+                "SELECT COUNT(*) FROM accounting_outbox o JOIN access_sessions s ON s.id = o.access_session_id \
+                 WHERE s.organization_id = $1 AND o.destination = $2 \
+                 AND o.delivered_at IS NULL AND o.dead_at IS NULL",
+                &[Arg::Text(organization_id), Arg::Text(&destination)],
+            )
+            .await?
+            .unwrap_or((0,));
+        Ok(count)
+    }
+
     async fn delete_organization(
         &self,
         id: &str,

@@ -307,6 +307,9 @@ impl OrgBackend for SqliteStore {
     }
 
     async fn begin_write(&self) -> Result<OrgTx<Sqlite>, StorageError> {
+        if let Some(lost) = self.engine.files_lost() {
+            return Err(lost);
+        }
         let gate = self.engine.gate().await;
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok(OrgTx::new(tx, Some(gate)))
