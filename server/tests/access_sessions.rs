@@ -1952,6 +1952,34 @@ async fn refreshes_in_a_quick_row_send_one_interim_update() {
     app.stop().await;
 }
 
+/// A portal on an SQLite file with judy signed in (her Start acknowledged), for the tests of
+/// files removed under it.
+async fn judy_signed_in_on_a_file() -> (
+    FreeRadius,
+    tempfile::TempDir,
+    radius_portal::config::Settings,
+    TestApp,
+) {
+    let radius = FreeRadius::start().await;
+    let (dir, db) = temp_db();
+    let config = settings(&db, vec![radius.server_settings("primary", true)]);
+    let app = TestApp::spawn(&config).await;
+    app.browser(Ipv4Addr::new(127, 0, 0, 3))
+        .login("judy", "judy-pass")
+        .await;
+    radius.wait_for_acct(&["status=Start", "user=judy"]).await;
+    (radius, dir, config, app)
+}
+
+/// Waits until `/readyz` says the portal is not ready.
+async fn wait_not_ready(app: &TestApp) {
+    let probe = app.browser(Ipv4Addr::new(127, 0, 0, 4));
+    wait_until("/readyz to say the database is not ready", || async {
+        probe.get("/readyz").await.status == 503
+    })
+    .await;
+}
+
 /// The database file removed while the portal runs (an operator's mistake, a cleanup script):
 /// the open connections would go on writing into a file no one can open again, and the next
 /// start would begin afresh without the open sessions' Stops. Instead what the open database
@@ -1960,20 +1988,11 @@ async fn refreshes_in_a_quick_row_send_one_interim_update() {
 /// log says, goes on with every session.
 #[tokio::test]
 async fn a_database_file_removed_while_running_is_saved_and_changes_stop() {
-    let radius = FreeRadius::start().await;
-    let (dir, db) = temp_db();
-    let config = settings(&db, vec![radius.server_settings("primary", true)]);
-    let app = TestApp::spawn(&config).await;
-    let judy = app.browser(Ipv4Addr::new(127, 0, 0, 3));
-    judy.login("judy", "judy-pass").await;
-    radius.wait_for_acct(&["status=Start", "user=judy"]).await;
+    let (_radius, dir, config, app) = judy_signed_in_on_a_file().await;
+    let db = config.database.path.clone();
     // The main file alone (`rm`, or `mv` to a backup): its WAL and index stay, in use.
     std::fs::remove_file(&db).unwrap();
-    let probe = app.browser(Ipv4Addr::new(127, 0, 0, 4));
-    wait_until("/readyz to say the database is not ready", || async {
-        probe.get("/readyz").await.status == 503
-    })
-    .await;
+    wait_not_ready(&app).await;
     let saved = || {
         std::fs::read_dir(dir.path())
             .unwrap()
@@ -2022,19 +2041,10 @@ async fn a_database_file_removed_while_running_is_saved_and_changes_stop() {
 /// change is refused from then on, and a restart goes on with every session.
 #[tokio::test]
 async fn a_wal_removed_while_running_is_checkpointed_and_changes_stop() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let config = settings(&db, vec![radius.server_settings("primary", true)]);
-    let app = TestApp::spawn(&config).await;
-    let judy = app.browser(Ipv4Addr::new(127, 0, 0, 3));
-    judy.login("judy", "judy-pass").await;
-    radius.wait_for_acct(&["status=Start", "user=judy"]).await;
+    let (_radius, _dir, config, app) = judy_signed_in_on_a_file().await;
+    let db = config.database.path.clone();
     std::fs::remove_file(format!("{}-wal", db.display())).unwrap();
-    let probe = app.browser(Ipv4Addr::new(127, 0, 0, 4));
-    wait_until("/readyz to say the database is not ready", || async {
-        probe.get("/readyz").await.status == 503
-    })
-    .await;
+    wait_not_ready(&app).await;
     // As a crash would leave it: nothing closed cleanly (a clean close checkpoints too).
     let copy = db.with_extension("copy");
     std::fs::copy(&db, &copy).unwrap();
