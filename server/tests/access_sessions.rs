@@ -1971,6 +1971,20 @@ async fn judy_signed_in_on_a_file() -> (
     (radius, dir, config, app)
 }
 
+/// A portal started on `config` has judy's session, open.
+async fn judy_is_still_signed_in(config: &radius_portal::config::Settings) {
+    let app = TestApp::spawn(config).await;
+    let judys = app
+        .storage
+        .session(1)
+        .await
+        .unwrap()
+        .expect("judy's session is in the database");
+    assert_eq!(judys.username, "judy");
+    assert!(judys.stopped_at.is_none(), "still open: {judys:?}");
+    app.stop().await;
+}
+
 /// Waits until `/readyz` says the portal is not ready.
 async fn wait_not_ready(app: &TestApp) {
     let probe = app.browser(Ipv4Addr::new(127, 0, 0, 4));
@@ -2025,16 +2039,7 @@ async fn a_database_file_removed_while_running_is_saved_and_changes_stop() {
         std::fs::remove_file(format!("{}{suffix}", db.display())).ok();
     }
     std::fs::rename(&copy, &db).unwrap();
-    let app = TestApp::spawn(&config).await;
-    let judys = app
-        .storage
-        .session(1)
-        .await
-        .unwrap()
-        .expect("judy's session is back");
-    assert_eq!(judys.username, "judy");
-    assert!(judys.stopped_at.is_none(), "still open: {judys:?}");
-    app.stop().await;
+    judy_is_still_signed_in(&config).await;
 }
 
 /// The WAL alone removed while the portal runs: its pages go into the database file, every
@@ -2051,13 +2056,5 @@ async fn a_wal_removed_while_running_is_checkpointed_and_changes_stop() {
     app.stop().await;
     let mut config = config;
     config.database.path = copy;
-    let app = TestApp::spawn(&config).await;
-    let judys = app
-        .storage
-        .session(1)
-        .await
-        .unwrap()
-        .expect("judy's session is in the database file");
-    assert_eq!(judys.username, "judy");
-    app.stop().await;
+    judy_is_still_signed_in(&config).await;
 }
