@@ -120,6 +120,12 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     parse_duration(&String::deserialize(d)?)
 }
 
+/// An IP address as it is used: an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`) is the IPv4
+/// address it carries (an IPv4 socket could not send to the IPv6 spelling).
+fn canonical_ip<'de, D: Deserializer<'de>>(d: D) -> Result<IpAddr, D::Error> {
+    Ok(IpAddr::deserialize(d)?.to_canonical())
+}
+
 /// A duration, or nothing (absent in TOML; `null` in the stored JSON).
 fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     Option::<String>::deserialize(d)?
@@ -1063,7 +1069,8 @@ fn default_pattern() -> String {
 pub struct ServerSettings {
     /// Name for logs and metrics.
     pub name: String,
-    /// Server IP address.
+    /// Server IP address (an IPv4-mapped IPv6 address is read as the IPv4 address).
+    #[serde(deserialize_with = "canonical_ip")]
     pub address: IpAddr,
     /// Authentication port.
     #[serde(default = "auth_port")]
@@ -2125,6 +2132,17 @@ mod tests {
             .validate()
             .expect_err("no secret");
         assert_eq!(err.key, "organizations[0].servers[0]");
+    }
+
+    #[test]
+    fn an_ipv4_mapped_server_address_is_its_ipv4_address() {
+        let text = MINIMAL.replace("address = \"10.0.0.1\"", "address = \"::ffff:10.0.0.1\"");
+        assert_ne!(text, MINIMAL, "the example names its server's address");
+        let settings = Settings::from_toml(&text).expect("parses");
+        assert_eq!(
+            settings.organizations[0].servers[0].address,
+            "10.0.0.1".parse::<IpAddr>().expect("ip")
+        );
     }
 
     #[test]

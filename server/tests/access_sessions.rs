@@ -1985,13 +1985,15 @@ async fn judy_is_still_signed_in(config: &radius_portal::config::Settings) {
     app.stop().await;
 }
 
-/// Waits until `/readyz` says the portal is not ready.
+/// Waits until `/readyz` says the portal is not ready, and that its files went.
 async fn wait_not_ready(app: &TestApp) {
     let probe = app.browser(Ipv4Addr::new(127, 0, 0, 4));
     wait_until("/readyz to say the database is not ready", || async {
         probe.get("/readyz").await.status == 503
     })
     .await;
+    let said = probe.get("/readyz").await.body;
+    assert!(said.contains("removed or replaced"), "{said}");
 }
 
 /// The database file removed while the portal runs (an operator's mistake, a cleanup script):

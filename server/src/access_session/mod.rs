@@ -266,6 +266,10 @@ impl AccessSessions {
         let org = self
             .guarded_organization(organization_id, Operation::Login, who)
             .await?;
+        // A session could not be stored: no Access-Request for it.
+        if let Some(lost) = self.storage.files_lost() {
+            return Err(SessionError::Storage(lost));
+        }
         let deadline = Instant::now() + org.login_timeout;
         // A disable that lands while a server stays silent stops the login before its next
         // server: no Access-Request of a disabled organization is sent (design.md §5). A failed

@@ -823,6 +823,13 @@ async fn readyz(State(ready): State<Readiness>) -> Response {
         )
             .into_response();
     }
+    if let Some(lost) = storage.files_lost() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database unavailable: {lost}"),
+        )
+            .into_response();
+    }
     if !storage.writable() {
         tracing::error!("readiness check failed: the database writer has stopped, is stuck, or the database refuses writes (full disk, read-only file)");
         return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response();

@@ -741,7 +741,7 @@ impl Engine {
     pub(crate) fn files_lost(&self) -> Option<StorageError> {
         self.inner.progress.lost.load(Ordering::SeqCst).then(|| {
             StorageError::Unreachable(
-                "the database file was removed or replaced while the portal runs (the log says where what it held was saved): restart the portal".into(),
+                "the database file (or its WAL) was removed or replaced while the portal runs: what it held was saved, and the log says where and what to do".into(),
             )
         })
     }

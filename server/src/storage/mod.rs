@@ -364,6 +364,16 @@ impl Storage {
         }
     }
 
+    /// Why nothing may be written until a restart: the SQLite database's files were removed or
+    /// replaced under the running portal (what it held is saved; the log says where). None on
+    /// PostgreSQL, and while the files are the portal's.
+    pub fn files_lost(&self) -> Option<StorageError> {
+        match &self.backend {
+            Backend::Sqlite(store) => store.engine.files_lost(),
+            Backend::Postgres(_) => None,
+        }
+    }
+
     /// Whether writes can be made (SQLite: the engine's writer thread runs; PostgreSQL: the
     /// pool is open); `/readyz` asks.
     pub fn writable(&self) -> bool {
