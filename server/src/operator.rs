@@ -441,13 +441,10 @@ impl OrganizationView {
 /// The database the running portal uses (`[database]`); a SQLite file must exist already (the
 /// portal creates it when it first starts).
 pub(crate) async fn open(settings: &Settings) -> anyhow::Result<Storage> {
+    if let Some(problem) = Storage::saved_copy_in_the_way(&settings.database) {
+        anyhow::bail!("{problem}");
+    }
     if no_database_yet(settings) {
-        if let Some(problem) = Storage::saved_copy_in_the_way(&settings.database) {
-            anyhow::bail!(
-                "no database at {}: {problem}",
-                settings.database.path.display()
-            );
-        }
         anyhow::bail!(
             "no database at {} (check [database] path; the portal creates it when it first starts)",
             settings.database.path.display()

@@ -517,7 +517,7 @@ pub(crate) async fn servers_still_needed(
                 "server `{name}` would be removed (or renamed), but {needing} session(s) it authenticated still need it (open, or with accounting not yet delivered)"
             ),
             Some((from, to)) => format!(
-                "server `{name}` would send accounting to {to} instead of {from}, but {needing} session(s) it authenticated still need it (open, or with accounting not yet delivered)"
+                "server `{name}` would send accounting to {to} instead of {from}, but it is still needed {needing} time(s) (sessions open or with accounting not yet delivered, and Stop copies waiting for it)"
             ),
         }));
     }

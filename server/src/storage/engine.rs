@@ -122,6 +122,10 @@ struct FileWatch {
     wal_id: Option<(u64, u64)>,
     /// What was found, once it was: every write is refused with it.
     lost: Option<Lost>,
+    /// Until when a failed save waits before the next try (doubling, at most
+    /// [`SAVE_BACKOFF_MAX`]: each try copies the whole database).
+    retry_at: Instant,
+    retry_wait: Duration,
     /// When the files were last looked at: at most every [`CHECKPOINT_INTERVAL`] (two `stat`s
     /// per commit would be a cost on every write; what is written meanwhile is in what is saved).
     checked_at: Instant,
@@ -141,16 +145,18 @@ struct Lost {
     saved: Option<String>,
 }
 
-/// A file's (device, inode), None if it is not there.
-fn file_id(path: &Path) -> Option<(u64, u64)> {
+/// A file's (device, inode): `Ok(None)` if it is not there, `Err` if that cannot be told now
+/// (a permission or I/O error: no verdict on that look).
+fn file_id(path: &Path) -> Result<Option<(u64, u64)>, ()> {
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-    }
-    #[cfg(not(unix))]
-    {
-        std::fs::metadata(path).ok().map(|_| (0, 0))
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        #[cfg(unix)]
+        Ok(m) => Ok(Some((m.dev(), m.ino()))),
+        #[cfg(not(unix))]
+        Ok(_) => Ok(Some((0, 0))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(_) => Err(()),
     }
 }
 
@@ -162,7 +168,16 @@ fn saved_copy_of(path: &Path, now_ms: i64) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Copies saved beside the database at `path` ([`saved_copy_of`]), oldest first.
+/// Where a copy is written before it is renamed to its [`saved_copy_of`] name (a save cut
+/// short leaves this name, never a partial copy under the saved one).
+fn saving_copy_of(saved: &Path) -> PathBuf {
+    let mut name = saved.as_os_str().to_owned();
+    name.push(".saving");
+    PathBuf::from(name)
+}
+
+/// Copies saved beside the database at `path` ([`saved_copy_of`]: `.saved-` and digits only),
+/// oldest first.
 pub(crate) fn saved_copies_of(path: &Path) -> Vec<PathBuf> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Vec::new();
@@ -177,7 +192,12 @@ pub(crate) fn saved_copies_of(path: &Path) -> Vec<PathBuf> {
         .map(|entries| {
             entries
                 .filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .strip_prefix(&prefix)
+                        .is_some_and(|ms| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()))
+                })
                 .map(|e| e.path())
                 .collect()
         })
@@ -194,20 +214,24 @@ impl FileWatch {
         wal.push("-wal");
         let wal = PathBuf::from(wal);
         FileWatch {
-            db_id: file_id(&path),
-            wal_id: file_id(&wal),
+            db_id: file_id(&path).ok().flatten(),
+            wal_id: file_id(&wal).ok().flatten(),
             path,
             wal,
             lost: None,
             checked_at: Instant::now(),
+            retry_at: Instant::now(),
+            retry_wait: CHECKPOINT_INTERVAL,
         }
     }
 
     /// Whether a look at the files is due (a write committed on its caller's thread leaves it
     /// to the writer thread, which is outside a transaction when it looks).
     fn due(&self) -> bool {
-        self.lost.as_ref().is_none_or(|lost| lost.saved.is_none())
-            && self.checked_at.elapsed() >= CHECKPOINT_INTERVAL
+        match &self.lost {
+            None => self.checked_at.elapsed() >= CHECKPOINT_INTERVAL,
+            Some(lost) => lost.saved.is_none() && Instant::now() >= self.retry_at,
+        }
     }
 
     /// What is refused and why, once the files went.
@@ -244,7 +268,10 @@ fn check_files(conn: &mut WriteConn, progress: &Progress, may_save: bool) -> Res
     }
     files.checked_at = Instant::now();
     if files.lost.is_none() {
-        let (db_now, wal_now) = (file_id(&files.path), file_id(&files.wal));
+        // A look that cannot tell (a permission or I/O error) decides nothing.
+        let (Ok(db_now), Ok(wal_now)) = (file_id(&files.path), file_id(&files.wal)) else {
+            return Ok(());
+        };
         if files.wal_id.is_none() {
             files.wal_id = wal_now;
         }
@@ -277,40 +304,54 @@ fn check_files(conn: &mut WriteConn, progress: &Progress, may_save: bool) -> Res
             Err(e) => Err(e.to_string()),
         },
     };
+    let first = files.retry_wait == CHECKPOINT_INTERVAL;
     match saved {
-        Ok(copy) => lost.saved = Some(copy),
+        Ok(copy) => {
+            lost.saved = Some(copy);
+            progress.saved.store(true, Ordering::SeqCst);
+        }
         Err(e) => {
-            tracing::error!(error = %e, "saving what the database held failed; trying again")
+            files.retry_at = Instant::now() + files.retry_wait;
+            files.retry_wait = (files.retry_wait * 2).min(SAVE_BACKOFF_MAX);
+            tracing::error!(error = %e, retry_in = ?files.retry_wait, "saving what the database held failed; trying again");
         }
     }
     let refusal = files.refusal().unwrap_or_default();
-    tracing::error!("{refusal}");
+    // Said when found and when saved; a save failing again is one line per try (above).
+    if first || files.lost.as_ref().is_some_and(|l| l.saved.is_some()) {
+        tracing::error!("{refusal}");
+    }
     Err(refusal)
 }
+
+/// The longest wait between two tries to save what a removed database held.
+const SAVE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Writes what the open database holds (its WAL's pages included) into a new file at `copy`,
 /// readable by its owner only (it holds the secrets), synced with its directory.
 fn save_copy(conn: &Connection, copy: &Path) -> Result<(), String> {
+    let saving = saving_copy_of(copy);
+    let text = saving
+        .to_str()
+        .ok_or_else(|| format!("{} is not UTF-8", saving.display()))?;
     let mut create = std::fs::OpenOptions::new();
     create.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut create, 0o600);
     create
-        .open(copy)
-        .map_err(|e| format!("cannot create {}: {e}", copy.display()))?;
-    let text = copy
-        .to_str()
-        .ok_or_else(|| format!("{} is not UTF-8", copy.display()))?;
+        .open(&saving)
+        .map_err(|e| format!("cannot create {}: {e}", saving.display()))?;
     let saved = conn
         .execute("VACUUM INTO ?1", [text])
         .map_err(|e| e.to_string())
         .and_then(|_| {
-            std::fs::File::open(copy)
+            std::fs::File::open(&saving)
                 .and_then(|f| f.sync_all())
+                .and_then(|()| std::fs::rename(&saving, copy))
                 .map_err(|e| e.to_string())
         });
     if let Err(e) = saved {
-        let _ = std::fs::remove_file(copy);
+        let _ = std::fs::remove_file(&saving);
         return Err(e);
     }
     if let Some(dir) = copy.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -357,6 +398,8 @@ struct Progress {
     last_refusal: AtomicI64,
     /// The database's files were removed or replaced under it (see [`FileWatch`]).
     lost: AtomicBool,
+    /// And what the open database held has been saved since.
+    saved: AtomicBool,
 }
 
 impl Progress {
@@ -739,10 +782,13 @@ impl Engine {
     /// Why no change may be made any more: the database's files went (see [`FileWatch`]; the
     /// log says where what it held was saved).
     pub(crate) fn files_lost(&self) -> Option<StorageError> {
-        self.inner.progress.lost.load(Ordering::SeqCst).then(|| {
-            StorageError::Unreachable(
-                "the database file (or its WAL) was removed or replaced while the portal runs: what it held was saved, and the log says where and what to do".into(),
-            )
+        let progress = &self.inner.progress;
+        progress.lost.load(Ordering::SeqCst).then(|| {
+            StorageError::Unreachable(if progress.saved.load(Ordering::SeqCst) {
+                "the database file (or its WAL) was removed or replaced while the portal runs: what it held was saved, and the log says where and what to do".into()
+            } else {
+                "the database file (or its WAL) was removed or replaced while the portal runs, and saving what it held has not succeeded yet (the log says why): do not stop the portal".into()
+            })
         })
     }
 
@@ -1039,6 +1085,26 @@ fn run_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_saved_copies_by_their_own_name_count() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("portal.db");
+        for name in [
+            "portal.db.saved-1700000000000",
+            "portal.db.saved-1700000000000.saving",
+            "portal.db.saved-by-hand",
+            "portal.db.saved-",
+            "other.db.saved-1",
+        ] {
+            std::fs::write(dir.path().join(name), b"").expect("write");
+        }
+        assert_eq!(
+            saved_copies_of(&db),
+            vec![dir.path().join("portal.db.saved-1700000000000")]
+        );
+        assert_eq!(saved_copy_of(&db, 1), dir.path().join("portal.db.saved-1"));
+    }
 
     async fn engine() -> (tempfile::TempDir, Engine) {
         let dir = tempfile::tempdir().expect("temp dir");

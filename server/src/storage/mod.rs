@@ -337,7 +337,16 @@ impl Storage {
             return None;
         }
         let path = &settings.path;
-        let copy = engine::saved_copies_of(path).into_iter().next()?;
+        // Beside the path, or beside the file a symbolic link there leads to (where the
+        // running portal saved it).
+        let target = std::fs::read_link(path).ok().map(|to| match path.parent() {
+            Some(dir) if to.is_relative() => dir.join(to),
+            _ => to,
+        });
+        let copy = engine::saved_copies_of(path)
+            .into_iter()
+            .chain(target.iter().flat_map(|t| engine::saved_copies_of(t)))
+            .next()?;
         Some(format!(
             "{copy} holds what the database {path} held when its file was removed while the portal ran: to go on with it, remove {path} and its -wal and -shm files if there, and move {copy} to {path}; to start without it (its open sessions' Stops are then never sent), move it elsewhere",
             copy = copy.display(),

@@ -311,11 +311,20 @@ impl OrgBackend for SqliteStore {
             return Err(lost);
         }
         let gate = self.engine.gate().await;
+        // Again under the gate: the writer thread may have found the files gone (and saved a
+        // copy) while this waited for it.
+        if let Some(lost) = self.engine.files_lost() {
+            return Err(lost);
+        }
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok(OrgTx::new(tx, Some(gate)))
     }
 
     async fn reader(&self) -> Result<PoolConnection<Sqlite>, StorageError> {
+        // A new pool connection would open (or create) whatever is at the path now.
+        if let Some(lost) = self.engine.files_lost() {
+            return Err(lost);
+        }
         Ok(self.pool.acquire().await?)
     }
 
