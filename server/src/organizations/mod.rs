@@ -524,19 +524,14 @@ pub(crate) async fn servers_still_needed(
     Ok(Ok(()))
 }
 
-/// Where a stored server entry sends accounting (its address and accounting port).
+/// Where a stored server entry sends accounting (its address and accounting port, read as
+/// [`change::destination`] reads them).
 fn accounting_address(entry: &serde_json::Value) -> Option<SocketAddr> {
-    let address = entry
-        .get("address")?
-        .as_str()?
-        .parse::<std::net::IpAddr>()
-        .ok()?
-        .to_canonical();
-    let port = match entry.get("acct_port") {
-        None | Some(serde_json::Value::Null) => 1813,
-        Some(port) => u16::try_from(port.as_u64()?).ok()?,
-    };
-    Some(SocketAddr::new(address, port))
+    let (address, _, acct_port) = change::destination(entry.as_object()?);
+    Some(SocketAddr::new(
+        address?.parse().ok()?,
+        u16::try_from(acct_port).ok()?,
+    ))
 }
 
 /// Whether each server's secret of a stored organization can be read (what its Stops need).

@@ -267,7 +267,8 @@ fn check_files(conn: &mut WriteConn, progress: &Progress, may_save: bool) -> Res
         return files.refusal().map_or(Ok(()), Err);
     }
     files.checked_at = Instant::now();
-    if files.lost.is_none() {
+    let found_now = files.lost.is_none();
+    if found_now {
         // A look that cannot tell (a permission or I/O error) decides nothing.
         let (Ok(db_now), Ok(wal_now)) = (file_id(&files.path), file_id(&files.wal)) else {
             return Ok(());
@@ -304,7 +305,6 @@ fn check_files(conn: &mut WriteConn, progress: &Progress, may_save: bool) -> Res
             Err(e) => Err(e.to_string()),
         },
     };
-    let first = files.retry_wait == CHECKPOINT_INTERVAL;
     match saved {
         Ok(copy) => {
             lost.saved = Some(copy);
@@ -318,7 +318,7 @@ fn check_files(conn: &mut WriteConn, progress: &Progress, may_save: bool) -> Res
     }
     let refusal = files.refusal().unwrap_or_default();
     // Said when found and when saved; a save failing again is one line per try (above).
-    if first || files.lost.as_ref().is_some_and(|l| l.saved.is_some()) {
+    if found_now || files.lost.as_ref().is_some_and(|l| l.saved.is_some()) {
         tracing::error!("{refusal}");
     }
     Err(refusal)
