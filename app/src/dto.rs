@@ -135,8 +135,9 @@ pub enum EndReason {
 deserialize_by_name!(EndReason: Expired, LimitReached, Disconnected, EndedByOperator,
     OrganizationDisabled, Replaced, Failed, NotLinked);
 
-/// What the sign-in page tells a visitor once, after what the visitor just did (carried by the
-/// server's flash cookie, never by the URL).
+/// What the next page tells a visitor once, after what the visitor just did (carried by the
+/// server's flash cookie, never by the URL): the sign-in page after a Disconnect, the session
+/// page after a Refresh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Notice {
     /// The visitor pressed Disconnect: the session ended and network access with it.
@@ -144,6 +145,22 @@ pub enum Notice {
     /// The visitor pressed Disconnect on a page whose session had already ended (the operator,
     /// its time, another page): nothing was left to disconnect.
     AlreadyEnded,
+    /// The session page, after a Refresh sent without JavaScript (the island says it itself):
+    /// the window restarted.
+    Refreshed,
+    /// The same, for a Refresh within seconds of the last one, which restarted nothing (see
+    /// the server's `REFRESH_QUIET_MS`).
+    RefreshedRecently,
+}
+
+impl Notice {
+    /// Every notice, in the order of their codes on the wire (`http::flash`).
+    pub const ALL: [Notice; 4] = [
+        Notice::Disconnected,
+        Notice::AlreadyEnded,
+        Notice::Refreshed,
+        Notice::RefreshedRecently,
+    ];
 }
 
 /// The state of the page's access session: what the live updates (Server-Sent Events) and the

@@ -106,16 +106,27 @@ fn title(page: Page) -> &'static str {
                 Some(dto::Notice::AlreadyEnded) => {
                     "Session ended – Sign in – Network access portal"
                 }
-                None if data.form_failed => "Sign-in failed – Sign in – Network access portal",
-                None => "Sign in – Network access portal",
+                _ if data.form_failed => "Sign-in failed – Sign in – Network access portal",
+                _ => "Sign in – Network access portal",
             }
         }
-        Page::Session => match pages::data().session {
-            Some(Ok(SessionStatus::Ended(reason))) => islands::session_panel::over_texts(reason)[2],
-            // Rendered only after a form post that found no session (else a redirect).
-            Some(Ok(SessionStatus::NoSession)) => "No session – Network access portal",
-            _ => SESSION_TITLE,
-        },
+        Page::Session => {
+            let data = pages::data();
+            match data.session {
+                Some(Ok(SessionStatus::Ended(reason))) => {
+                    islands::session_panel::over_texts(reason)[2]
+                }
+                // Rendered only after a form post that found no session (else a redirect).
+                Some(Ok(SessionStatus::NoSession)) => "No session – Network access portal",
+                // After a Refresh without JavaScript, like the sign-in page after a Disconnect.
+                Some(Ok(SessionStatus::Active(_)))
+                    if data.notice == Some(dto::Notice::Refreshed) =>
+                {
+                    "Refreshed – Your session – Network access portal"
+                }
+                _ => SESSION_TITLE,
+            }
+        }
         Page::NotFound => "Page not found – Network access portal",
     }
 }

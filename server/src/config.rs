@@ -812,6 +812,14 @@ impl OrganizationSettings {
     /// username pattern, durations, servers (at least one, names unique, secrets readable),
     /// branding.
     pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        self.validate_keeping(key, &[])
+    }
+
+    /// [`validate`](Self::validate) for an admin change: the servers named in `kept` keep the
+    /// secret stored before (the change did not give it), which is not a new setting, so it is
+    /// not held to the one-line rule ([`check_secret`]): an organization whose stored secret
+    /// predates that rule can still be changed without giving it again.
+    pub fn validate_keeping(&self, key: &str, kept: &[&str]) -> Result<(), ConfigError> {
         if self.id.is_empty()
             || self.id.len() > 63
             || !self
@@ -921,7 +929,11 @@ impl OrganizationSettings {
                     format!("`{}` is used twice in this organization", server.name),
                 ));
             }
-            check_secret(&server.secret, &server.secret_file, &server_key)?;
+            if kept.contains(&server.name.as_str()) {
+                load_secret(&server.secret, &server.secret_file, &server_key)?;
+            } else {
+                check_secret(&server.secret, &server.secret_file, &server_key)?;
+            }
         }
         self.branding.validate(&format!("{key}.branding"))
     }
@@ -2167,6 +2179,21 @@ mod tests {
             .validate()
             .expect_err("a tab");
         assert_eq!(err.key, "organizations[0].servers[0].secret");
+        // An admin change that keeps a secret stored before this rule does not trip on it;
+        // the rest of the settings are still checked.
+        let stored = Settings::from_toml(&MINIMAL.replace("s3cr3t-value", "s3cr3t\\tvalue"))
+            .expect("parses");
+        let org = &stored.organizations[0];
+        let name = org.servers[0].name.clone();
+        org.validate_keeping("organizations.x", &[&name])
+            .expect("a kept secret is not a new setting");
+        assert!(org.validate_keeping("organizations.x", &["other"]).is_err());
+        let mut emptied = org.clone();
+        emptied.servers[0].secret = None;
+        let err = emptied
+            .validate_keeping("organizations.x", &[&name])
+            .expect_err("a kept entry still needs a secret");
+        assert!(err.problem.contains("is required"), "{err}");
     }
 
     #[test]

@@ -431,9 +431,19 @@ impl PortalBackend {
             // page itself would show it. Nothing is sent or changed.
             // Only for a name that is that session's: another name is a sign-in as someone
             // else, which this form cannot make (Disconnect first).
+            // Said as it is: reloading would show that session's page, not a form.
             if let Some(session) = self.linked_running(&web, &org_id).await? {
                 if names_alike(&session.username, &username) {
                     return Ok(Prepared::Answered(Ok(self.view(&session))));
+                }
+                if !form_token.is_empty() {
+                    tracing::info!(
+                        "sign-in with another name from a browser signed in already: refused"
+                    );
+                    return Err(PortalError::InvalidInput {
+                        field: "username".into(),
+                        message: SIGNED_IN_AS_ANOTHER.into(),
+                    });
                 }
             }
             return Err(refused_form(&form_token));
@@ -558,6 +568,9 @@ fn names_alike(session_name: &str, typed: &str) -> bool {
     let (session_name, typed) = (session_name.to_lowercase(), typed.to_lowercase());
     !typed.is_empty() && (session_name.contains(&typed) || typed.contains(&session_name))
 }
+
+/// A browser signed in already sent an out-of-date sign-in form with another name.
+pub(crate) const SIGNED_IN_AS_ANOTHER: &str = "This browser is already signed in here with another name. To sign in as someone else, first disconnect that session on your session page.";
 
 fn refused_form(supplied: &str) -> PortalError {
     if supplied.is_empty() {
@@ -882,7 +895,16 @@ impl PortalService for PortalBackend {
                 .linked_session_id(&web, &self.scope(request).id)
                 .await?
                 .ok_or(PortalError::NoSession)?;
-            let session = self.sessions.refresh(id).await.map_err(user_error)?;
+            let (session, restarted) = self.sessions.refresh(id).await.map_err(user_error)?;
+            // Without JavaScript the session page the browser goes back to says it (the
+            // island says it itself).
+            if app::service::accepts_html(&request.headers) {
+                crate::http::flash::mark_notice(if restarted {
+                    app::dto::Notice::Refreshed
+                } else {
+                    app::dto::Notice::RefreshedRecently
+                });
+            }
             // Saved with a new inactivity deadline: a web session in use never ends before
             // the access session it controls (reads alone do not write it).
             keep_link_for(&web, session.window_ms)
@@ -910,7 +932,7 @@ impl PortalService for PortalBackend {
                         s.terminate_cause
                             == Some(i64::from(crate::radius::terminate_cause::USER_REQUEST))
                     });
-                crate::http::flash::mark_signed_out(if by_user {
+                crate::http::flash::mark_notice(if by_user {
                     app::dto::Notice::Disconnected
                 } else {
                     app::dto::Notice::AlreadyEnded

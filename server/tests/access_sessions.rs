@@ -380,17 +380,36 @@ async fn refresh_sends_an_interim_update_and_disconnect_a_stop_with_user_request
         page.path, "/session",
         "a no-JS refresh returns to the session page"
     );
+    // Which says so, once; a second Refresh within seconds says it changed nothing.
+    assert!(
+        page.body.contains("Refreshed: your session") && page.body.contains(r#"role="status""#),
+        "{}",
+        page.body
+    );
+    assert!(!browser.get("/session").await.body.contains("Refreshed"));
     // A browser that sends no Referer (a privacy setting) lands there too (it used to land
     // on the sign-in page).
     let response = browser
         .post_token("/api/refresh", "/session", "text/html")
         .await;
     assert_eq!(response.url().path(), "/session");
-    assert!(response.text().await.unwrap().contains("Disconnect"));
-    // A script's refresh (the island's) gets the new state and no redirect.
+    let body = response.text().await.unwrap();
+    assert!(body.contains("Disconnect"));
+    assert!(body.contains("this Refresh changed nothing"), "{body}");
+    // A script's refresh (the island's) gets the new state and no redirect — and leaves no
+    // notice for the next page (the island says it itself).
     let response = browser
         .post_token("/api/refresh", "/session", "application/json")
         .await;
+    assert!(
+        !response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|c| c.to_str().unwrap_or_default().contains("portal_flash")),
+        "{:?}",
+        response.headers()
+    );
     assert_eq!(response.status(), reqwest::StatusCode::OK);
     assert!(response.headers().get("location").is_none());
     assert!(response.headers().get("serverfnredirect").is_none());
@@ -835,7 +854,8 @@ async fn an_out_of_date_sign_in_form_from_a_signed_in_browser_shows_its_session(
     assert_eq!(access_requests_of(&radius, "carol"), 1);
     assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
     // The same out-of-date form with another name is a sign-in as someone else, which it
-    // cannot make: refused, shown with a form that works, and carol's session runs on.
+    // cannot make: refused, saying what to do (reloading would show carol's session, not a
+    // form), and carol's session runs on.
     let erin = [
         ("username", "erin"),
         ("password", "erin-pass"),
@@ -843,7 +863,18 @@ async fn an_out_of_date_sign_in_form_from_a_signed_in_browser_shows_its_session(
     ];
     let refused = browser.post_raw("/api/login", "/", &erin, &[]).await;
     assert_eq!(refused.path, "/", "{}", refused.body);
-    assert!(refused.body.contains("out of date"), "{}", refused.body);
+    assert!(
+        refused
+            .body
+            .contains("already signed in here with another name"),
+        "{}",
+        refused.body
+    );
+    assert!(
+        refused.body.contains("first disconnect"),
+        "{}",
+        refused.body
+    );
     assert!(
         !refused.body.contains(r#"name="csrf" value="""#),
         "{}",
@@ -1010,6 +1041,11 @@ async fn a_browser_that_lost_its_link_is_told_the_session_runs_on_not_that_it_en
         page.body
             .contains("You have no active session. Please sign in."),
         "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("disconnected from another tab"),
+        "why, as far as the page can know: {}",
         page.body
     );
     // Shown once: the next view of the page is the sign-in page again.
@@ -1913,11 +1949,13 @@ async fn refreshes_in_a_quick_row_send_one_interim_update() {
         .await
         .unwrap();
     let sid = format!("sid={}", session.acct_session_id);
-    let first = app.sessions.refresh(session.id).await.unwrap();
+    let (first, restarted) = app.sessions.refresh(session.id).await.unwrap();
     assert!(first.refreshed_at > session.started_at);
+    assert!(restarted);
     for _ in 0..20 {
-        let again = app.sessions.refresh(session.id).await.unwrap();
+        let (again, restarted) = app.sessions.refresh(session.id).await.unwrap();
         assert_eq!(again.expires_at, first.expires_at);
+        assert!(!restarted, "said as a refresh that changed nothing");
     }
     radius.wait_for_acct(&["status=Interim-Update", &sid]).await;
     // The Stop comes after every Interim-Update queued: once it is there, all are.
@@ -1936,7 +1974,7 @@ async fn refreshes_in_a_quick_row_send_one_interim_update() {
         .login("acme", "hugo", "hugo-pass", client)
         .await
         .unwrap();
-    let first = app.sessions.refresh(short.id).await.unwrap();
+    let (first, _) = app.sessions.refresh(short.id).await.unwrap();
     let unix_ms = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -1947,8 +1985,9 @@ async fn refreshes_in_a_quick_row_send_one_interim_update() {
         unix_ms() - first.refreshed_at > 600
     })
     .await;
-    let again = app.sessions.refresh(short.id).await.unwrap();
+    let (again, restarted) = app.sessions.refresh(short.id).await.unwrap();
     assert!(again.expires_at > first.expires_at, "{again:?}");
+    assert!(restarted);
     app.stop().await;
 }
 

@@ -805,5 +805,34 @@ async fn settings_read_back_can_be_patched_with_their_secret_file() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {text}");
         assert!(text.contains("secret_file"), "{text}");
     }
+
+    // A secret stored before secrets had to be one line (here the file grew a second line):
+    // a change that keeps it is not held to that rule — another field changes — while a
+    // server given a new secret is.
+    std::fs::write(
+        &secret_path,
+        format!(
+            "{SECRET}
+second line
+"
+        ),
+    )
+    .unwrap();
+    let view = admin.ok(Method::GET, "/organizations/beta", None).await;
+    let mut renamed = view["settings"].clone();
+    renamed["name"] = json!("Beta, renamed again");
+    admin
+        .ok(Method::PATCH, "/organizations/beta", Some(renamed))
+        .await;
+    let (status, text) = admin
+        .call(
+            Method::PATCH,
+            "/organizations/beta/servers/b-primary",
+            Some(TOKEN),
+            Some(json!({ "secret": "one\ttwo" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("control character"), "{text}");
     app.stop().await;
 }

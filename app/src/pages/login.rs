@@ -42,7 +42,7 @@ pub fn LoginPage() -> impl IntoView {
         Some(crate::error::PortalError::InvalidInput { ref field, .. }) if field == "username"
     );
     let again = !tried.is_empty() && !username_refused;
-    let notice = data.notice.map(|notice| {
+    let notice = data.notice.and_then(|notice| {
         let text = match notice {
             Notice::Disconnected => {
                 "You are disconnected: your session has ended, and with it your network access."
@@ -50,14 +50,16 @@ pub fn LoginPage() -> impl IntoView {
             Notice::AlreadyEnded => {
                 "Your session had already ended (its time ran out, or it was ended elsewhere), so there was nothing to disconnect: your network access ended with it."
             }
+            // The session page's.
+            Notice::Refreshed | Notice::RefreshedRecently => return None,
         };
-        view! {
+        Some(view! {
             <p role="status" data-testid="notice" class="mt-6 rounded border border-green-700 bg-green-50 px-4 py-3 text-green-900">
                 {text}
                 // A disabled organization's page offers no sign-in (its notice follows).
                 {active.then_some(" Sign in again to reconnect.")}
             </p>
-        }
+        })
     });
     let body = if active {
         Either::Left(view! {

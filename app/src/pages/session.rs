@@ -7,7 +7,7 @@
 
 use crate::{
     components::{DemoBanner, DisabledNotice, ErrorMessage, Help},
-    dto::{EndReason, SessionStatus},
+    dto::{EndReason, Notice, SessionStatus},
     islands::session_panel::{end_text, over_texts, SessionPanel},
 };
 use leptos::prelude::*;
@@ -29,9 +29,22 @@ pub fn SessionPage() -> impl IntoView {
     let help = view! { <Help help_text=branding.help_text contact=branding.contact /> };
     let base = info.map(|i| i.base).unwrap_or_default();
     let form_failed = data.form_failed;
+    // After a Refresh sent without JavaScript (the island says it itself).
+    let refreshed = data.notice.and_then(|notice| match notice {
+        Notice::Refreshed => Some("Refreshed: your session's time starts again from now."),
+        Notice::RefreshedRecently => Some(
+            "Your session was refreshed a few seconds ago, so this Refresh changed nothing: its time runs from then.",
+        ),
+        Notice::Disconnected | Notice::AlreadyEnded => None,
+    });
     match data.session.unwrap_or(Ok(SessionStatus::NoSession)) {
         Ok(SessionStatus::Active(view)) => view! {
             <DemoBanner demo />
+            {refreshed.map(|text| view! {
+                <p role="status" data-testid="notice" class="mb-4 rounded border border-green-700 bg-green-50 px-4 py-3 text-green-900">
+                    {text}
+                </p>
+            })}
             {view.reply_message.clone().map(|message| view! {
                 <p data-testid="reply-message" class="mb-4 whitespace-pre-line rounded bg-blue-50 px-4 py-3 text-blue-950">
                     {message}
@@ -91,6 +104,7 @@ pub fn SessionPage() -> impl IntoView {
             <section class="rounded-lg bg-white p-4 shadow sm:p-6" aria-labelledby="session-title">
                 <h1 id="session-title" class="text-2xl font-semibold">"No session"</h1>
                 <p data-testid="ended" role="alert" class="mt-6 text-center">{crate::error::PortalError::NoSession.to_string()}</p>
+                <p class="mt-1 text-center text-sm text-slate-700">"It ended while this page was open (disconnected from another tab or window, or its time ran out), or this browser no longer holds it."</p>
                 <p class="mt-4 text-center"><a class="brand-link text-blue-800 underline" href=format!("{base}/")>"Sign in"</a></p>
             </section>
             {help}

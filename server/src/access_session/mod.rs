@@ -617,7 +617,9 @@ impl AccessSessions {
     }
 
     /// Restarts the window (capped by the limit) and queues an Interim-Update.
-    pub async fn refresh(&self, id: i64) -> Result<AccessSessionRecord, SessionError> {
+    /// Restarts an active session's window (Interim-Update): the session, and whether its
+    /// window restarted — not within [`REFRESH_QUIET_MS`] of the last refresh.
+    pub async fn refresh(&self, id: i64) -> Result<(AccessSessionRecord, bool), SessionError> {
         let session = match self.storage.session(id).await? {
             Some(s) if s.active && s.expires_at > now_ms() => s,
             // A session its organization's disable ended: the user hears that the
@@ -650,7 +652,7 @@ impl AccessSessions {
         if session.refreshed_at != session.started_at
             && now - session.refreshed_at < REFRESH_QUIET_MS.min(session.window_ms / 4)
         {
-            return Ok(session);
+            return Ok((session, false));
         }
         let expires_at = timing::expires_at(now, session.window_ms, session.limit_at);
         // The flag is checked again inside the write: a disable committed since the guard
@@ -673,7 +675,7 @@ impl AccessSessions {
         self.expiry_wake.due_at(refreshed.expires_at);
         self.events.publish(id);
         tracing::info!(acct_session_id = %refreshed.acct_session_id, "access session refreshed");
-        Ok(refreshed)
+        Ok((refreshed, true))
     }
 
     /// Ends an active session on its user's behalf (Stop, User-Request). False if it was not

@@ -16,9 +16,10 @@
 //!   the pages read a form error from nothing else, so a crafted link shows nothing (its
 //!   `__err`/`__path` are removed from the URL all the same);
 //! - the same cookie carries the one notice a page shows after what the visitor did: a
-//!   Disconnect that ended a session ([`SignedOut`], marked by the backend, turned into it by
+//!   Disconnect that ended a session ([`NoticeNext`], marked by the backend, turned into it by
 //!   `server_fn_limits`) leaves "You are disconnected" for the next page view, the sign-in page
-//!   the browser goes to (a form post's redirect, or the island's navigation after its call).
+//!   the browser goes to (a form post's redirect, or the island's navigation after its call);
+//!   a Refresh sent without JavaScript leaves "Refreshed" for the session page it goes back to.
 
 use super::{
     form_token::{AnonId, FormTokens},
@@ -71,38 +72,44 @@ pub struct FormError {
     pub username: Option<String>,
 }
 
-/// The header a Disconnect that ended a session puts on its server fn's answer
-/// ([`mark_signed_out`]); the server fns' layer turns it into [`SignedOut`] and removes it.
-pub(crate) const SIGNED_OUT_HEADER: &str = "x-portal-signed-out";
+/// The header a Disconnect or a Refresh puts on its server fn's answer ([`mark_notice`]): the
+/// server fns' layer turns it into [`NoticeNext`] and removes it.
+pub(crate) const NOTICE_HEADER: &str = "x-portal-notice";
 
-/// Marks the answer of the server fn being run with [`SIGNED_OUT_HEADER`]: what the sign-in
-/// page says next.
-pub(crate) fn mark_signed_out(notice: app::dto::Notice) {
+/// A notice's code: in [`NOTICE_HEADER`] (as a digit) and in a flash cookie (as a byte).
+fn notice_code(notice: app::dto::Notice) -> u8 {
+    app::dto::Notice::ALL
+        .iter()
+        .position(|n| *n == notice)
+        .unwrap_or_default() as u8
+}
+
+fn notice_of(code: u8) -> Option<app::dto::Notice> {
+    app::dto::Notice::ALL.get(usize::from(code)).copied()
+}
+
+/// Marks the answer of the server fn being run with [`NOTICE_HEADER`]: what the next page
+/// says.
+pub(crate) fn mark_notice(notice: app::dto::Notice) {
     if let Some(options) = leptos::prelude::use_context::<leptos_axum::ResponseOptions>() {
         options.insert_header(
-            axum::http::HeaderName::from_static(SIGNED_OUT_HEADER),
-            HeaderValue::from_static(match notice {
-                app::dto::Notice::Disconnected => "1",
-                app::dto::Notice::AlreadyEnded => "2",
-            }),
+            axum::http::HeaderName::from_static(NOTICE_HEADER),
+            HeaderValue::from(u16::from(notice_code(notice))),
         );
     }
 }
 
-/// Put on a Disconnect's successful answer by the server fns' layer: the sign-in page the
-/// browser goes to next says that the session ended ([`app::dto::Notice::Disconnected`]), or
-/// that it had ended before ([`app::dto::Notice::AlreadyEnded`]).
+/// Put on a Disconnect's or a Refresh's successful answer by the server fns' layer: the page
+/// the browser goes to next says how it went (the sign-in page that the session ended, or had
+/// ended before; the session page that it was refreshed).
 #[derive(Clone, Copy, Debug)]
-pub struct SignedOut(pub app::dto::Notice);
+pub struct NoticeNext(pub app::dto::Notice);
 
-impl SignedOut {
-    /// From the value of [`SIGNED_OUT_HEADER`].
-    pub(crate) fn from_header(value: &HeaderValue) -> Option<SignedOut> {
-        match value.as_bytes() {
-            b"1" => Some(SignedOut(app::dto::Notice::Disconnected)),
-            b"2" => Some(SignedOut(app::dto::Notice::AlreadyEnded)),
-            _ => None,
-        }
+impl NoticeNext {
+    /// From the value of [`NOTICE_HEADER`].
+    pub(crate) fn from_header(value: &HeaderValue) -> Option<NoticeNext> {
+        let code = value.to_str().ok()?.parse().ok()?;
+        notice_of(code).map(NoticeNext)
     }
 }
 
@@ -162,11 +169,7 @@ impl FlashState {
 
     /// A notice's cookie value ([`Self::seal`]).
     fn seal_notice(&self, visitor: &str, issued: u64, notice: app::dto::Notice) -> String {
-        let code = match notice {
-            app::dto::Notice::Disconnected => 0,
-            app::dto::Notice::AlreadyEnded => 1,
-        };
-        self.seal(visitor, issued, KIND_NOTICE, &[code])
+        self.seal(visitor, issued, KIND_NOTICE, &[notice_code(notice)])
     }
 
     /// The cookie's value: `issued`, `kind` and `content` encrypted and authenticated
@@ -225,8 +228,7 @@ impl FlashState {
         let (&kind, mut rest) = plain[8..].split_first()?;
         if kind == KIND_NOTICE {
             return match rest {
-                [0] => Some(Flash::Notice(app::dto::Notice::Disconnected)),
-                [1] => Some(Flash::Notice(app::dto::Notice::AlreadyEnded)),
+                [code] => notice_of(*code).map(Flash::Notice),
                 _ => None,
             };
         }
@@ -258,9 +260,9 @@ impl FlashState {
         .ok()
     }
 
-    /// The flash cookie of an answer that ended the visitor's session ([`SignedOut`]).
+    /// The flash cookie of an answer with a notice for the next page ([`NoticeNext`]).
     fn notice_cookie(&self, visitor: &str, answer: &axum::http::Extensions) -> Option<HeaderValue> {
-        let SignedOut(notice) = answer.get::<SignedOut>()?;
+        let NoticeNext(notice) = answer.get::<NoticeNext>()?;
         let sealed = self.seal_notice(visitor, unix_now(), *notice);
         self.cookie(&sealed, FLASH_LIFETIME_SECS)
     }
@@ -497,6 +499,16 @@ mod tests {
             flash.open(&notice, "anon-2", now).is_none(),
             "a notice is the visitor's own"
         );
+        // Every notice comes back as itself, from a cookie and from the backend's header.
+        for each in app::dto::Notice::ALL {
+            let sealed = flash.seal_notice("anon-1", now, each);
+            assert!(
+                matches!(flash.open(&sealed, "anon-1", now), Some(Flash::Notice(n)) if n == each)
+            );
+            let header = HeaderValue::from(u16::from(notice_code(each)));
+            assert!(matches!(NoticeNext::from_header(&header), Some(NoticeNext(n)) if n == each));
+        }
+        assert!(NoticeNext::from_header(&HeaderValue::from_static("x")).is_none());
         // A notice of an unknown code or a kind nobody wrote opens as nothing.
         for (kind, content) in [(KIND_NOTICE, &[7u8][..]), (9, &[0u8][..])] {
             let odd = flash.seal("anon-1", now, kind, content);

@@ -651,8 +651,9 @@ async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>)
                 .map(|(_, value)| value.into_owned())
         })
         .flatten();
-    let disconnect =
-        parts.uri.path() == <app::api::Disconnect as leptos::server_fn::ServerFn>::PATH;
+    let path = parts.uri.path();
+    let says_how_it_went = path == <app::api::Disconnect as leptos::server_fn::ServerFn>::PATH
+        || path == <app::api::Refresh as leptos::server_fn::ServerFn>::PATH;
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
@@ -662,17 +663,18 @@ async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>)
             .extensions_mut()
             .insert(flash::SubmittedUsername(username));
     }
-    // A Disconnect (its server fn says how it went): the sign-in page shown next says the
-    // session ended, or that it had ended already.
+    // A Disconnect or a Refresh (its server fn says how it went): the sign-in page shown next
+    // says the session ended, or that it had ended already; the session page that it was
+    // refreshed.
     let marked = response
         .headers_mut()
-        .remove(flash::SIGNED_OUT_HEADER)
+        .remove(flash::NOTICE_HEADER)
         .as_ref()
-        .and_then(flash::SignedOut::from_header);
+        .and_then(flash::NoticeNext::from_header);
     let succeeded = (response.status().is_success() || response.status().is_redirection())
         && !response.headers().contains_key("serverfnerror");
-    if let (Some(signed_out), true, true) = (marked, disconnect, succeeded) {
-        response.extensions_mut().insert(signed_out);
+    if let (Some(notice), true, true) = (marked, says_how_it_went, succeeded) {
+        response.extensions_mut().insert(notice);
     }
     response
 }

@@ -115,11 +115,12 @@ fn parse<T: serde::de::DeserializeOwned>(value: Value, key: &str) -> Result<T, C
     })
 }
 
-/// Parses and checks settings the way the configuration file is checked.
-fn checked(value: Value, key: &str) -> Result<OrganizationSettings, ChangeError> {
+/// Parses and checks settings the way the configuration file is checked; the servers named
+/// in `kept` keep their stored secret ([`OrganizationSettings::validate_keeping`]).
+fn checked(value: Value, key: &str, kept: &[&str]) -> Result<OrganizationSettings, ChangeError> {
     let settings: OrganizationSettings = parse(value, key)?;
     settings
-        .validate(key)
+        .validate_keeping(key, kept)
         .map_err(|e| ChangeError::Invalid(format!("{}: {}", e.key, e.problem)))?;
     Organization::from_settings(key, &settings)
         .map_err(|e| ChangeError::Invalid(format!("{}: {}", e.key, e.problem)))?;
@@ -252,7 +253,20 @@ async fn store(
         require_active,
     } = change;
     let key = format!("organizations.{id}");
-    let after = checked(Value::Object(after), &key)?;
+    // Servers whose secret is the one stored (kept, or given again as it was): not new.
+    let kept: Vec<String> = servers_of(&after)
+        .iter()
+        .filter_map(|server| {
+            let name = name_of(server)?;
+            let stored = stored_server(&before.settings, name)?;
+            let same = |key: &str| {
+                server.get(key).filter(|v| !v.is_null()) == stored.get(key).filter(|v| !v.is_null())
+            };
+            (same("secret") && same("secret_file")).then(|| name.to_owned())
+        })
+        .collect();
+    let kept: Vec<&str> = kept.iter().map(String::as_str).collect();
+    let after = checked(Value::Object(after), &key, &kept)?;
     // A server its sessions still need keeps its name and where its accounting goes.
     if let Err(problem) = super::servers_still_needed(
         storage,
@@ -316,7 +330,7 @@ pub async fn create(
         }
         None => None,
     };
-    let settings = checked(Value::Object(body), "organization")?;
+    let settings = checked(Value::Object(body), "organization", &[])?;
     let active = active.or(settings.enabled).unwrap_or(true);
     let json = serde_json::to_string(&settings)
         .map_err(|e| OrganizationError::Corrupt(settings.id.clone(), e.to_string()))?;
