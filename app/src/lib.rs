@@ -32,6 +32,8 @@ use leptos::prelude::*;
 pub const SESSION_ENDED_TITLE: &str = "Session ended – Network access portal";
 /// The title of a session page whose browser is no longer linked to its running session.
 pub const NOT_SIGNED_IN_TITLE: &str = "Not signed in – Network access portal";
+/// Where the server sends `/o/{slug}/…` of no organization: the not-found page, saying so.
+pub const NO_SUCH_PORTAL: &str = "/no-such-portal";
 /// The title of a session page with its session active.
 pub const SESSION_TITLE: &str = "Your session – Network access portal";
 
@@ -51,7 +53,7 @@ pub enum Page {
 
 impl Page {
     /// The paths that are pages (the server routes each to the page renderer).
-    pub const PATHS: [&'static str; 3] = ["/", "/session", "/no-such-portal"];
+    pub const PATHS: [&'static str; 3] = ["/", "/session", NO_SUCH_PORTAL];
 
     /// The page at `path` (a query is ignored).
     pub fn at(path: &str) -> Page {

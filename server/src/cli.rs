@@ -802,6 +802,18 @@ pub fn effective_configuration(settings: &Settings) -> anyhow::Result<String> {
     }
     let mut value = toml::Value::try_from(settings).context("while writing the configuration")?;
     redact(&mut value);
+    // `enabled` is not stored with an organization's settings (it has a column of its own), so
+    // it is not serialized: put back here what the file says, which `serve` applies.
+    if let Some(organizations) = value
+        .get_mut("organizations")
+        .and_then(toml::Value::as_array_mut)
+    {
+        for (table, org) in organizations.iter_mut().zip(&settings.organizations) {
+            if let (Some(table), Some(enabled)) = (table.as_table_mut(), org.enabled) {
+                table.insert("enabled".into(), toml::Value::Boolean(enabled));
+            }
+        }
+    }
     // With a PostgreSQL URL the SQLite path is not used: not shown as if it were.
     if settings.database.url.is_some() {
         if let Some(database) = value

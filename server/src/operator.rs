@@ -656,7 +656,11 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
                 map.insert("name".into(), name.into());
             }
             let cache = cache(&storage).await?;
-            let note = lasting_note(&storage, &id).await;
+            // Only the state (`enabled`): the file's settings coming back do not touch it.
+            let only_state = patch.as_object().is_some_and(|map| {
+                !map.is_empty() && map.keys().all(|k| k == "enabled" || k == "is_active")
+            });
+            let note = lasting_note(&storage, &id, only_state).await;
             finish(
                 change::update(&storage, &cache, &id, patch, &actor())
                     .await
@@ -681,7 +685,7 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
                 Err(why) => return Ok(Outcome::Refused(why)),
             };
             let cache = cache(&storage).await?;
-            let note = lasting_note(&storage, &id).await;
+            let note = lasting_note(&storage, &id, false).await;
             finish(
                 change::add_server(&storage, &cache, &id, server, &actor())
                     .await
@@ -694,7 +698,7 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
                 Err(why) => return Ok(Outcome::Refused(why)),
             };
             let cache = cache(&storage).await?;
-            let note = lasting_note(&storage, &id).await;
+            let note = lasting_note(&storage, &id, false).await;
             finish(
                 change::update_server(&storage, &cache, &id, &name, patch, &actor())
                     .await
@@ -703,7 +707,7 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
         }
         OrgCommand::ServerRemove { id, name } => {
             let cache = cache(&storage).await?;
-            let note = lasting_note(&storage, &id).await;
+            let note = lasting_note(&storage, &id, false).await;
             finish(
                 change::remove_server(&storage, &cache, &id, &name, &actor())
                     .await
@@ -723,8 +727,13 @@ async fn cache(storage: &Storage) -> anyhow::Result<Organizations> {
 /// Prints what a change did, or turns its refusal into an exit code.
 /// For a change that took effect: what to add when organization `id` is listed in the
 /// configuration file (the next start brings the file's settings back).
-async fn lasting_note(storage: &Storage, id: &str) -> String {
+/// `only_state`: the change was to `enabled` alone, which a start changes only where the file
+/// sets it.
+async fn lasting_note(storage: &Storage, id: &str, only_state: bool) -> String {
     match storage.organization(id).await {
+        Ok(Some(row)) if row.from_config && only_state => format!(
+            "\nnote: organization {id} is listed in the configuration file: a start keeps this state unless the file sets `enabled`"
+        ),
         Ok(Some(row)) if row.from_config => format!(
             "\nnote: organization {id} is listed in the configuration file: the next start brings back the file's settings (make the change there to keep it)"
         ),

@@ -142,17 +142,50 @@ async fn the_admin_api_follows_the_guard_and_never_shows_secrets() {
             .unwrap();
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
     }
-    // A server fn under an unknown organization: the server fns' JSON 404 for a script.
-    let response = admin
+    // A server fn, the Captive Portal API or the live updates under an unknown organization:
+    // the server fns' JSON 404 for a script, saying that no organization is there.
+    for (method, path, accept) in [
+        (Method::POST, "/o/nosuch/api/form_token", "application/json"),
+        (
+            Method::GET,
+            "/o/nosuch/captive-portal/api",
+            "application/captive+json",
+        ),
+        (Method::GET, "/o/nosuch/session/events", "text/event-stream"),
+    ] {
+        let response = admin
+            .http
+            .request(method, format!("{}{path}", admin.base))
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        assert_eq!(body["error"], "NotFound", "{path}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("No organization"),
+            "{path}: {body}"
+        );
+    }
+    // Its page says so, without a link to another organization's sign-in.
+    let page = admin
         .http
-        .post(format!("{}/o/nosuch/api/form_token", admin.base))
-        .header("accept", "application/json")
+        .get(format!("{}/o/nosuch/", admin.base))
+        .header("accept", "text/html")
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
-    assert_eq!(body["error"], "NotFound", "{body}");
+    assert_eq!(page.status(), StatusCode::NOT_FOUND);
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains("No organization's portal is at this address"),
+        "{page}"
+    );
+    assert!(!page.contains("Go to the sign-in page"), "{page}");
 
     let orgs = admin.ok(Method::GET, "/organizations", None).await;
     assert_eq!(orgs.as_array().unwrap().len(), 2);

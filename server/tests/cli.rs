@@ -243,7 +243,7 @@ fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,
-        "[[organizations]]\nid = \"acme\"\nname = \"Acme\"\n[[organizations.servers]]\nname = \"ise\"\naddress = \"10.0.0.1\"\nsecret = \"very-secret-value\"\n",
+        "[[organizations]]\nid = \"acme\"\nname = \"Acme\"\nenabled = false\n[[organizations.servers]]\nname = \"ise\"\naddress = \"10.0.0.1\"\nsecret = \"very-secret-value\"\n",
     )
     .unwrap();
     let output = portal(&["--config", good.to_str().unwrap(), "check-config"])
@@ -256,6 +256,8 @@ fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
         "{stdout}"
     );
     assert!(!stdout.contains("very-secret-value"));
+    // What the file says of the organization's state is part of it (`serve` applies it).
+    assert!(stdout.contains("enabled = false"), "{stdout}");
     // It is the configuration as TOML: with a secret put back, it is accepted as it is.
     let again = dir.path().join("again.toml");
     std::fs::write(&again, stdout.replace("[redacted]", "another-secret")).unwrap();

@@ -1074,6 +1074,51 @@ async fn a_stop_held_through_an_outage_goes_to_the_sessions_own_server_when_both
     app.stop().await;
 }
 
+/// A Stop held while the session's own server is black-holed (frozen: probed again and again,
+/// never answering) and every other server is down goes to the first other server that comes
+/// back, once it has settled — the own server's silent probes do not hold it (they used to,
+/// each probe moving the wait on, for a minute).
+#[tokio::test]
+async fn a_stop_held_while_its_server_is_silent_fails_over_once_another_is_back() {
+    let primary = FreeRadius::start().await;
+    let mut backup = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let settings = quick_failover(
+        &db,
+        vec![fast(&primary, "primary"), fast(&backup, "backup")],
+    );
+    let app = TestApp::spawn(&settings).await;
+    let acct = |radius: &FreeRadius| SocketAddr::from(([127, 0, 0, 1], radius.acct_port));
+    let (primary_acct, backup_acct) = (acct(&primary), acct(&backup));
+    let session = app
+        .sessions
+        .login("acme", "carol", "carol-pass", IpAddr::V4(client(40)))
+        .await
+        .unwrap();
+    assert_eq!(session.server_name, "primary");
+    let sid = format!("sid={} ", session.acct_session_id);
+    primary.wait_for_acct(&["status=Start", &sid]).await;
+
+    // The primary goes silent, the backup down; the user disconnects: the Stop is held.
+    primary.pause();
+    backup.kill();
+    let sessions = app.sessions.clone();
+    tokio::spawn(async move { sessions.disconnect(session.id).await });
+    let health = app.radius.health().clone();
+    wait_until("every accounting server is down", || async {
+        !health.allows(primary_acct) && !health.allows(backup_acct)
+    })
+    .await;
+
+    // The backup comes back, the primary stays silent: the Stop goes to the backup once it
+    // has settled (seconds), well within the wait for its line.
+    backup.restart().await;
+    let stop = backup.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&stop, "cause"), "User-Request");
+    primary.resume();
+    app.stop().await;
+}
+
 /// A Start that failed over (the session's own server answered its Access-Request, but its
 /// accounting port was down) takes the session's accounting with it: the Stop goes where the
 /// Start is, also once the own server's accounting is back — not a Start open at one server

@@ -48,7 +48,7 @@ pub fn LoginPage() -> impl IntoView {
                 "You are disconnected: your session has ended, and with it your network access."
             }
             Notice::AlreadyEnded => {
-                "Your session had already ended (its time ran out, or it was ended elsewhere), so there was nothing to disconnect: your network access ended with it."
+                "Your session had already ended (its time ran out, it was ended elsewhere, or a new sign-in from this device replaced it), so there was nothing to disconnect."
             }
             // The session page's.
             Notice::Refreshed | Notice::RefreshedRecently => return None,

@@ -9,9 +9,29 @@ pub fn NotFound() -> impl IntoView {
         response.set_status(http::StatusCode::NOT_FOUND);
     }
     let demo = super::site_info().is_some_and(|info| info.demo);
+    // `/o/{slug}/…` of no organization (the server sends it here): said as such, and no link to
+    // the first organization's sign-in, which is not the one the visitor was looking for.
+    #[cfg(feature = "ssr")]
+    let no_such_portal = leptos::prelude::with_context::<http::request::Parts, _>(|parts| {
+        parts.uri.path() == crate::NO_SUCH_PORTAL
+    })
+    .unwrap_or(false);
+    #[cfg(not(feature = "ssr"))]
+    let no_such_portal = false;
+    let body = if no_such_portal {
+        view! {
+            <p class="mt-4">"No organization's portal is at this address. Check the address you were given, or ask your network administrator for it."</p>
+        }
+        .into_any()
+    } else {
+        view! {
+            <p class="mt-4"><a class="text-blue-800 underline" href="/">"Go to the sign-in page"</a></p>
+        }
+        .into_any()
+    };
     view! {
         <crate::components::DemoBanner demo />
         <h1 class="text-2xl font-semibold">"Page not found"</h1>
-        <p class="mt-4"><a class="text-blue-800 underline" href="/">"Go to the sign-in page"</a></p>
+        {body}
     }
 }

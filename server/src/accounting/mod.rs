@@ -284,19 +284,24 @@ pub fn failover_settle(probe_interval: Duration) -> Duration {
 pub const MAX_FAILOVER_SETTLE: Duration = Duration::from_secs(60);
 
 /// How long a failover target back since `back_since` still has to wait at `now` (None: not
-/// at all): until it has been back `settle`, and until the session's own server, down, has had
-/// its next probe answered (`own_probe_done`) — at most [`MAX_FAILOVER_SETTLE`] after it came
-/// back. A target that was never down (`back_since` None) has nothing to wait for.
+/// at all): until it has been back `settle`, and — when the session's own server is down — until
+/// that server's first probe after the target came back has had its answer: it was due within
+/// one probe wait of that instant, answered within the server's timeout × tries
+/// (`own_probe_within`: the two together). At most [`MAX_FAILOVER_SETTLE`] after the target
+/// came back. Counted from the target's return, not from the own server's next probe: a server
+/// that stays silent is probed again and again, and each probe would move the wait on. A
+/// target that was never down (`back_since` None) has nothing to wait for.
 pub fn settle_left(
     now: tokio::time::Instant,
     back_since: Option<tokio::time::Instant>,
     settle: Duration,
-    own_probe_done: Option<tokio::time::Instant>,
+    own_probe_within: Option<Duration>,
 ) -> Option<Duration> {
     let since = back_since?;
-    let until = (since + settle)
-        .max(own_probe_done.unwrap_or(since))
-        .min(since + MAX_FAILOVER_SETTLE);
+    let until = since
+        + settle
+            .max(own_probe_within.unwrap_or_default())
+            .min(MAX_FAILOVER_SETTLE);
     (until > now).then(|| until - now)
 }
 
@@ -1031,14 +1036,15 @@ impl Accounting {
             return Ok(Err(Delivery::RetryAt(retry)));
         }
         let settle = failover_settle(health.probe_interval());
-        // The session's own server, down: when its next probe is answered at the latest.
-        let own_probe_done = org
+        // The session's own server, down: how long after another came back its first probe
+        // since then has been answered at the latest.
+        let own_probe_within = org
             .servers
             .iter()
             .find(|s| s.name == session.server_name)
             .and_then(|own| {
-                let probe = health.next_probe_at(own, Port::Acct)?;
-                Some(probe + own.timeout * (own.retries + 1))
+                let wait = health.probe_wait_of(own, Port::Acct)?;
+                Some(wait + own.timeout * (own.retries + 1))
             });
         let now_instant = tokio::time::Instant::now();
         match pick_server(
@@ -1050,7 +1056,7 @@ impl Accounting {
                     now_instant,
                     health.back_since(s, Port::Acct),
                     settle,
-                    own_probe_done,
+                    own_probe_within,
                 )
             },
         ) {
@@ -1072,8 +1078,13 @@ impl Accounting {
                 Ok(Err(Delivery::RetryAt(retry)))
             }
             Pick::AllDown => {
-                tracing::warn!(acct_session_id = %acct_id, status_type = row.status_type,
-                    "accounting held: every server of the organization is down; will retry");
+                // Every row of every session says it while the outage lasts: a line per 5 s.
+                static HELD: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+                if let Some(left_out) = HELD.admit() {
+                    tracing::warn!(acct_session_id = %acct_id, status_type = row.status_type,
+                        organization = %org.id, left_out,
+                        "accounting held: every server of the organization is down; will retry");
+                }
                 let reason = "every accounting server is down";
                 self.release(row, reason, None, seen, None).await.map(Err)
             }
@@ -1186,6 +1197,7 @@ impl Accounting {
         mut in_flight_ids: HashSet<i64>,
     ) {
         let flush_ends = now_ms() + SHUTDOWN_FLUSH.as_millis() as i64;
+        let claim_failed = std::sync::atomic::AtomicBool::new(false);
         let flushed = tokio::time::timeout(SHUTDOWN_FLUSH, async {
             let mut stuck = false;
             loop {
@@ -1198,6 +1210,7 @@ impl Accounting {
                     Ok(rows) => rows,
                     Err(e) => {
                         tracing::error!(error = ?e, "claiming accounting rows at shutdown failed");
+                        claim_failed.store(true, std::sync::atomic::Ordering::Relaxed);
                         Vec::new()
                     }
                 };
@@ -1231,15 +1244,20 @@ impl Accounting {
             }
         })
         .await;
+        // `left`: the database's queue — with several replicas, all of theirs (each says it).
+        let claim_failed = claim_failed.into_inner();
         match (flushed, self.storage.outbox_backlog().await) {
-            (Ok(()), Ok(0)) => tracing::info!("accounting flushed at shutdown"),
-            (Ok(()), Ok(left)) => tracing::warn!(
+            (Ok(()), Ok(0)) if !claim_failed => tracing::info!("accounting flushed at shutdown"),
+            (Ok(()), Ok(left)) if !claim_failed => tracing::warn!(
                 left,
-                "accounting at shutdown: what could be sent was sent; the rest waits for a server or its backoff and is sent at the next start"
+                "accounting at shutdown: what could be sent was sent; the rest waits for a server or its backoff and is sent at the next start (left: the database's queue, every replica's)"
+            ),
+            (Ok(()), Ok(_)) => tracing::warn!(
+                "accounting not flushed at shutdown: the database refused its rows (see above); what it holds is sent at the next start"
             ),
             (Err(_), Ok(left)) => tracing::warn!(
                 left,
-                "accounting not flushed within {SHUTDOWN_FLUSH:?}: the rest is sent at the next start"
+                "accounting not flushed within {SHUTDOWN_FLUSH:?}: the rest is sent at the next start (left: the database's queue, every replica's)"
             ),
             (_, Err(e)) => tracing::warn!(error = ?e, "accounting at shutdown: what is left could not be counted"),
         }
@@ -1588,25 +1606,30 @@ mod tests {
         assert_eq!(settle_left(t0, None, settle, None), None, "never down");
         assert_eq!(settle_left(t0 + s(1), Some(t0), settle, None), Some(s(4)));
         assert_eq!(settle_left(t0 + s(5), Some(t0), settle, None), None);
-        // The own server is probed only in 20 s (backed off): wait for that answer…
+        // The own server is probed every 2 s and answers within 3 s: 5 s after the target
+        // came back its probe since then has had its answer — however often it is probed
+        // again afterwards (a black-holed server is, and used to hold the Stop a minute).
         assert_eq!(
-            settle_left(t0 + s(6), Some(t0), settle, Some(t0 + s(20))),
+            settle_left(t0 + s(4), Some(t0), settle, Some(s(5))),
+            Some(s(1))
+        );
+        assert_eq!(settle_left(t0 + s(5), Some(t0), settle, Some(s(5))), None);
+        // Probed only every 16 s (backed off): wait for that answer…
+        assert_eq!(
+            settle_left(t0 + s(6), Some(t0), settle, Some(s(20))),
             Some(s(14))
         );
         // …but never more than a minute after the target came back.
         assert_eq!(
-            settle_left(t0 + s(30), Some(t0), settle, Some(t0 + s(300))),
+            settle_left(t0 + s(30), Some(t0), settle, Some(s(300))),
             Some(s(30))
         );
         assert_eq!(
-            settle_left(t0 + s(61), Some(t0), settle, Some(t0 + s(300))),
+            settle_left(t0 + s(61), Some(t0), settle, Some(s(300))),
             None
         );
         // Back long ago: the steady failover is not delayed by the own server's probes.
-        assert_eq!(
-            settle_left(t0 + s(120), Some(t0), settle, Some(t0 + s(150))),
-            None
-        );
+        assert_eq!(settle_left(t0 + s(120), Some(t0), settle, Some(s(5))), None);
     }
 
     #[test]

@@ -8,11 +8,17 @@ use crate::organizations::Organizations;
 use axum::{extract::Request, http::Uri};
 
 /// Path the pages answer "no such portal" on (rewritten to for unknown slugs).
-pub const NO_SUCH_PORTAL: &str = "/no-such-portal";
+pub const NO_SUCH_PORTAL: &str = app::NO_SUCH_PORTAL;
 
-/// Where a server fn call under an unknown slug is sent: a path that names no server fn, so
-/// a script gets the server fns' JSON 404 (`NotFound`), as for any other path under `/api/`.
-const NO_SUCH_PORTAL_API: &str = "/api/no-such-portal";
+/// Where a script's call under an unknown slug is sent (a server fn, the Captive Portal API,
+/// the live updates): a path under `/api/` that names no server fn, so the script gets the
+/// server fns' JSON 404, saying that no organization is there.
+pub const NO_SUCH_PORTAL_API: &str = "/api/no-such-portal";
+
+/// Whether `rest` (a path after `/o/{slug}`) is for scripts, not a page.
+fn for_scripts(rest: &str) -> bool {
+    rest.starts_with("/api/") || rest == super::captive::PATH || rest == super::live::PATH
+}
 
 /// Whether `rest` (a path after `/o/{slug}`) is the site's, not an organization's portal's:
 /// the admin API exists once, at its own prefix (an ingress allow-list on that prefix must
@@ -57,7 +63,7 @@ pub fn scope(organizations: &Organizations, request: &mut Request) {
             let known = !slug.is_empty() && organizations.get(slug).is_some();
             let new_path = if known && !site_wide(rest) {
                 rest
-            } else if !known && rest.starts_with("/api/") {
+            } else if !known && for_scripts(rest) {
                 NO_SUCH_PORTAL_API
             } else {
                 NO_SUCH_PORTAL

@@ -32,7 +32,11 @@ pub async fn handle(State(portal): State<Portal>, request: Request) -> Response 
             StatusCode::NOT_FOUND,
             "NotFound",
             // The path is the caller's text: not repeated back.
-            "There is no server function at this path.",
+            if request.uri().path() == super::org_scope::NO_SUCH_PORTAL_API {
+                "No organization's portal is at this address: check the name after /o/."
+            } else {
+                "There is no server function at this path."
+            },
         );
     };
     let (head, body) = request.into_parts();

@@ -464,6 +464,10 @@ pub async fn delete(
         DeleteOutcome::FromConfig => Err(ChangeError::Conflict(format!(
             "organization `{id}` is listed in the configuration file: remove it there (the portal then disables it at start-up), then delete it"
         ))),
+        // Its sessions ended already (a disable stopped them): only their accounting is left.
+        DeleteOutcome::Busy { open_sessions: 0, pending_accounting } => Err(ChangeError::Conflict(format!(
+            "organization `{id}` has {pending_accounting} accounting record(s) not yet delivered to its RADIUS servers: delete it once they are (they are retried until acknowledged, or dead-lettered; `accounting backlog` shows them)"
+        ))),
         DeleteOutcome::Busy { open_sessions, pending_accounting } => Err(ChangeError::Conflict(format!(
             "organization `{id}` has {open_sessions} open session(s) and {pending_accounting} accounting record(s) not yet delivered: disable it first (its sessions are stopped), then delete it"
         ))),

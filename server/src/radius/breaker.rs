@@ -95,7 +95,7 @@ impl Breaker {
     }
 
     /// The wait before the next probe at the current back-off level.
-    fn probe_wait(&self) -> Duration {
+    pub fn probe_wait(&self) -> Duration {
         self.policy.probe_interval * 2u32.pow(self.backoff_level.min(MAX_BACKOFF_LEVEL))
     }
 

@@ -648,7 +648,7 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
     // become a flood of log lines: warn for the first and then every 1000th — of all unsolicited
     // ones, and of each server's unverified replies apart — the rest go to debug. Drops only a
     // holder of the secret can cause always warn. The counter has them all.
-    let drop_it = |why: &dyn std::fmt::Debug, cause: DropCause| {
+    let drop_it = |why: &dyn std::fmt::Display, cause: DropCause| {
         shared.dropped.fetch_add(1, Ordering::Relaxed);
         let before = match cause {
             DropCause::Anyone => shared.suspicious.fetch_add(1, Ordering::Relaxed),
@@ -662,9 +662,9 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
         };
         if crate::telemetry::worth_a_warning(before) {
             let dropped_so_far = shared.dropped.load(Ordering::Relaxed);
-            tracing::warn!(%from, reason = ?why, dropped_so_far, "RADIUS datagram dropped");
+            tracing::warn!(%from, reason = %why, dropped_so_far, "RADIUS datagram dropped");
         } else {
-            tracing::debug!(%from, reason = ?why, "RADIUS datagram dropped");
+            tracing::debug!(%from, reason = %why, "RADIUS datagram dropped");
         }
     };
     let Some(&id) = datagram.get(1) else {
@@ -727,7 +727,7 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
                 pending.unsigned_reply = true;
             }
             drop_it(
-                &"no Message-Authenticator although the server must send one",
+                &Dropped::MissingMessageAuthenticator,
                 DropCause::SecretHolder,
             )
         }

@@ -361,9 +361,12 @@ impl ServerHealth {
         })
     }
 
-    /// When `server` at `port`, being down, is probed next (None unless its breaker is open).
-    pub fn next_probe_at(&self, server: &ServerEndpoint, port: Port) -> Option<Instant> {
-        self.with(self.target(server, port), |e| e.breaker.probe_due())
+    /// How long `server` at `port`, being down, now waits between probes (its back-off's;
+    /// None unless its breaker is open).
+    pub fn probe_wait_of(&self, server: &ServerEndpoint, port: Port) -> Option<Duration> {
+        self.with(self.target(server, port), |e| {
+            e.breaker.is_open().then(|| e.breaker.probe_wait())
+        })
     }
 
     /// Signalled when a breaker opens.

@@ -308,7 +308,9 @@ fn random_authenticator() -> [u8; 16] {
 /// it continues the one before: that one is full (253 bytes: a long text split across
 /// attributes) or ends inside a character the next part completes. Then decoded; invalid UTF-8 is replaced, never an
 /// error. Control characters other than line breaks become spaces (a message is text for a
-/// person).
+/// person); bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069)
+/// are left out: one would reorder the text around it on the page (a right-to-left override
+/// shows "Locked" mirrored), and right-to-left text reads right without them.
 fn reply_message(p: &Packet) -> Option<String> {
     let mut bytes = Vec::new();
     let mut previous_len = 0;
@@ -321,6 +323,7 @@ fn reply_message(p: &Packet) -> Option<String> {
     }
     let text: String = String::from_utf8_lossy(&bytes)
         .chars()
+        .filter(|c| !matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
         .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
         .collect();
     let text = text.trim();
@@ -931,6 +934,17 @@ mod tests {
         )]))
         .unwrap();
         assert_eq!(grant.reply_message.as_deref(), Some("Line one \nline two"));
+        // A right-to-left override would show the rest of the line mirrored; Hebrew reads
+        // right without it.
+        let grant = Grant::from_accept(&accept(&[(
+            attr::REPLY_MESSAGE,
+            "\u{202E}Locked, call 4242\u{202C} \u{2067}שלום\u{2069}".as_bytes(),
+        )]))
+        .unwrap();
+        assert_eq!(
+            grant.reply_message.as_deref(),
+            Some("Locked, call 4242 שלום")
+        );
     }
 
     #[test]

@@ -582,6 +582,28 @@ pub enum Dropped {
     Undecodable(PacketError),
 }
 
+/// What the log says of a dropped reply: a sentence, not the variant's name.
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dropped::Check(ReplyCheck::BadResponseAuthenticator) => f.write_str(
+                "its Response Authenticator does not verify (the server has another shared secret, or it is forged)",
+            ),
+            Dropped::Check(ReplyCheck::BadMessageAuthenticator) => f.write_str(
+                "its Message-Authenticator does not verify (the server has another shared secret, or it is forged)",
+            ),
+            Dropped::Check(ReplyCheck::Malformed) => f.write_str(
+                "not a RADIUS packet (its Length is outside 20-4096 or beyond the datagram)",
+            ),
+            Dropped::Check(ReplyCheck::Verified { .. }) => f.write_str("verified"),
+            Dropped::MissingMessageAuthenticator => {
+                f.write_str("no Message-Authenticator although the server must send one")
+            }
+            Dropped::Undecodable(e) => write!(f, "its attributes cannot be read: {e}"),
+        }
+    }
+}
+
 /// The whole receive-side decision for one datagram: verified (Response Authenticator,
 /// Message-Authenticator when present or required) and decoded — or why it is dropped. Total
 /// over any bytes: never panics (fuzzed in the tests below).
@@ -976,6 +998,9 @@ mod tests {
             verify_reply(&tampered, &request_auth, SECRET),
             ReplyCheck::BadResponseAuthenticator
         );
+        // The log says why in words (it used to print `Check(BadResponseAuthenticator)`).
+        let why = accept_reply(&bytes, &request_auth, b"other", true).expect_err("dropped");
+        assert!(why.to_string().contains("another shared secret"), "{why}");
     }
 
     #[test]
