@@ -154,13 +154,26 @@ pub enum Notice {
 }
 
 impl Notice {
-    /// Every notice, in the order of their codes on the wire (`http::flash`).
-    pub const ALL: [Notice; 4] = [
-        Notice::Disconnected,
-        Notice::AlreadyEnded,
-        Notice::Refreshed,
-        Notice::RefreshedRecently,
-    ];
+    /// The notice's code on the wire (`http::flash`: a header, a cookie byte).
+    pub fn code(self) -> u8 {
+        match self {
+            Notice::Disconnected => 0,
+            Notice::AlreadyEnded => 1,
+            Notice::Refreshed => 2,
+            Notice::RefreshedRecently => 3,
+        }
+    }
+
+    /// The notice of a code ([`Notice::code`]); None for a code no notice has.
+    pub fn from_code(code: u8) -> Option<Notice> {
+        Some(match code {
+            0 => Notice::Disconnected,
+            1 => Notice::AlreadyEnded,
+            2 => Notice::Refreshed,
+            3 => Notice::RefreshedRecently,
+            _ => return None,
+        })
+    }
 }
 
 /// The state of the page's access session: what the live updates (Server-Sent Events) and the

@@ -552,11 +552,13 @@ pub async fn radius_test(
                 .await
                 .map(|outcome| match outcome {
                     AuthOutcome::Accept { grant, .. } => format!(
-                        "Access-Accept: Session-Timeout={} Idle-Timeout={} Acct-Interim-Interval={} Class={} value(s){}",
+                        "Access-Accept: Session-Timeout={} Idle-Timeout={} Acct-Interim-Interval={} Class={} value(s){}{}",
                         show(grant.session_timeout),
                         show(grant.idle_timeout),
                         show(grant.interim_interval),
                         grant.classes.len(),
+                        // A renamed user: the name the session (accounting, Disconnect-Requests) goes by.
+                        grant.user_name.filter(|name| name != user).map(|m| format!(" User-Name={m:?}")).unwrap_or_default(),
                         grant.reply_message.map(|m| format!(" Reply-Message={m:?}")).unwrap_or_default()
                     ),
                     AuthOutcome::Reject { reply_message } => format!(

@@ -816,9 +816,10 @@ impl OrganizationSettings {
     }
 
     /// [`validate`](Self::validate) for an admin change: the servers named in `kept` keep the
-    /// secret stored before (the change did not give it), which is not a new setting, so it is
-    /// not held to the one-line rule ([`check_secret`]): an organization whose stored secret
-    /// predates that rule can still be changed without giving it again.
+    /// secret stored before in their settings (the change did not give another), which is not
+    /// a new setting, so it is not held to the one-line rule ([`check_secret`]): an
+    /// organization whose stored secret predates that rule can still be changed without
+    /// giving it again.
     pub fn validate_keeping(&self, key: &str, kept: &[&str]) -> Result<(), ConfigError> {
         if self.id.is_empty()
             || self.id.len() > 63

@@ -658,7 +658,10 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
             let cache = cache(&storage).await?;
             // Only the state (`enabled`): the file's settings coming back do not touch it.
             let only_state = patch.as_object().is_some_and(|map| {
-                !map.is_empty() && map.keys().all(|k| k == "enabled" || k == "is_active")
+                !map.is_empty()
+                    && map
+                        .keys()
+                        .all(|k| change::ACTIVE_KEYS.contains(&k.as_str()))
             });
             let note = lasting_note(&storage, &id, only_state).await;
             finish(

@@ -437,9 +437,7 @@ impl PortalBackend {
                     return Ok(Prepared::Answered(Ok(self.view(&session))));
                 }
                 if !form_token.is_empty() {
-                    tracing::info!(
-                        "sign-in with another name from a browser signed in already: refused"
-                    );
+                    tracing::warn!("sign-in with another name on an out-of-date form token from a browser signed in already: refused");
                     return Err(PortalError::InvalidInput {
                         field: "username".into(),
                         message: SIGNED_IN_AS_ANOTHER.into(),
@@ -570,7 +568,7 @@ fn names_alike(session_name: &str, typed: &str) -> bool {
 }
 
 /// A browser signed in already sent an out-of-date sign-in form with another name.
-pub(crate) const SIGNED_IN_AS_ANOTHER: &str = "This browser is already signed in here with another name. To sign in as someone else, first disconnect that session on your session page.";
+pub(crate) const SIGNED_IN_AS_ANOTHER: &str = "This browser is already signed in here with another name, and this form is from before that. To sign in as someone else, send the form below: that ends the session signed in now. To keep it, go to your session page.";
 
 fn refused_form(supplied: &str) -> PortalError {
     if supplied.is_empty() {

@@ -855,7 +855,7 @@ async fn an_out_of_date_sign_in_form_from_a_signed_in_browser_shows_its_session(
     assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
     // The same out-of-date form with another name is a sign-in as someone else, which it
     // cannot make: refused, saying what to do (reloading would show carol's session, not a
-    // form), and carol's session runs on.
+    // form; the form shown with the refusal replaces it), and carol's session runs on.
     let erin = [
         ("username", "erin"),
         ("password", "erin-pass"),
@@ -871,7 +871,7 @@ async fn an_out_of_date_sign_in_form_from_a_signed_in_browser_shows_its_session(
         refused.body
     );
     assert!(
-        refused.body.contains("first disconnect"),
+        refused.body.contains("that ends the session signed in now"),
         "{}",
         refused.body
     );

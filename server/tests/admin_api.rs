@@ -11,6 +11,7 @@ use common::{field, settings, temp_db, wait_until, FreeRadius, TestApp, SECRET};
 use radius_portal::{
     config::{AdminToken, OrganizationSettings, Settings},
     http::admin::hash_token,
+    storage::OrganizationWrite,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -839,23 +840,57 @@ async fn settings_read_back_can_be_patched_with_their_secret_file() {
         assert!(text.contains("secret_file"), "{text}");
     }
 
-    // A secret stored before secrets had to be one line (here the file grew a second line):
-    // a change that keeps it is not held to that rule — another field changes — while a
-    // server given a new secret is.
-    std::fs::write(
-        &secret_path,
-        format!(
-            "{SECRET}
-second line
-"
-        ),
-    )
-    .unwrap();
+    // A secret file is read as it is now: one that grew a second line is refused at the next
+    // change, naming it (the organization would sign its packets with two lines).
+    std::fs::write(&secret_path, format!("{SECRET}\nsecond line\n")).unwrap();
     let view = admin.ok(Method::GET, "/organizations/beta", None).await;
     let mut renamed = view["settings"].clone();
     renamed["name"] = json!("Beta, renamed again");
+    let (status, text) = admin
+        .call(
+            Method::PATCH,
+            "/organizations/beta",
+            Some(TOKEN),
+            Some(renamed),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(
+        text.contains("secret_file") && text.contains("control character"),
+        "{text}"
+    );
+    std::fs::write(&secret_path, format!("{SECRET}\n")).unwrap();
+
+    // A secret stored in the settings before secrets had to be one line (written here as an
+    // older release stored it): a change that keeps it is not held to that rule — another
+    // field changes — while a server given a new secret is.
+    let row = app.storage.organization("beta").await.unwrap().unwrap();
+    let mut stored: Value = serde_json::from_str(row.settings.as_deref().unwrap()).unwrap();
+    stored["servers"][0]["secret_file"] = Value::Null;
+    stored["servers"][0]["secret"] = json!("old\tsecret");
+    let json = stored.to_string();
+    let detail = json!({});
+    app.storage
+        .update_organization(
+            &OrganizationWrite {
+                id: "beta",
+                name: &row.name,
+                settings_json: &json,
+                actor: "test",
+                now: 1,
+                detail: &detail,
+                expected_revision: None,
+            },
+            false,
+        )
+        .await
+        .unwrap();
     admin
-        .ok(Method::PATCH, "/organizations/beta", Some(renamed))
+        .ok(
+            Method::PATCH,
+            "/organizations/beta",
+            Some(json!({ "name": "Beta, kept secret" })),
+        )
         .await;
     let (status, text) = admin
         .call(

@@ -115,6 +115,21 @@ async fn radius_test_with_a_username_sends_an_access_request() {
         !stdout.contains("alice-pass"),
         "the password is never printed"
     );
+    assert!(!stdout.contains("User-Name="), "not renamed: {stdout}");
+    // A server that renames the user: the name the session goes by is said.
+    let output = portal(&[
+        "--config",
+        path,
+        "radius",
+        "test",
+        "--username",
+        "rw@example.org",
+    ])
+    .env("PORTAL_TEST_PASSWORD", "rw-pass")
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(r#"User-Name="rw""#), "{stdout}");
     let output = portal(&["--config", path, "radius", "test", "--org", "nope"])
         .output()
         .unwrap();

@@ -31,7 +31,7 @@ pub fn SessionPage() -> impl IntoView {
     let form_failed = data.form_failed;
     // After a Refresh sent without JavaScript (the island says it itself).
     let refreshed = data.notice.and_then(|notice| match notice {
-        Notice::Refreshed => Some("Refreshed: your session's time starts again from now."),
+        Notice::Refreshed => Some("Refreshed: your session now ends at the time shown below."),
         Notice::RefreshedRecently => Some(
             "Your session was refreshed a few seconds ago, so this Refresh changed nothing: its time runs from then.",
         ),

@@ -616,9 +616,9 @@ impl AccessSessions {
             .filter(|s| s.active && s.expires_at > now_ms()))
     }
 
-    /// Restarts the window (capped by the limit) and queues an Interim-Update.
-    /// Restarts an active session's window (Interim-Update): the session, and whether its
-    /// window restarted — not within [`REFRESH_QUIET_MS`] of the last refresh.
+    /// Restarts an active session's window (capped by the limit) and queues an
+    /// Interim-Update: the session, and whether its window restarted — not within
+    /// [`REFRESH_QUIET_MS`] of the last refresh.
     pub async fn refresh(&self, id: i64) -> Result<(AccessSessionRecord, bool), SessionError> {
         let session = match self.storage.session(id).await? {
             Some(s) if s.active && s.expires_at > now_ms() => s,

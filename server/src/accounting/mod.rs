@@ -285,9 +285,8 @@ pub const MAX_FAILOVER_SETTLE: Duration = Duration::from_secs(60);
 
 /// How long a failover target back since `back_since` still has to wait at `now` (None: not
 /// at all): until it has been back `settle`, and — when the session's own server is down — until
-/// that server's first probe after the target came back has had its answer: it was due within
-/// one probe wait of that instant, answered within the server's timeout × tries
-/// (`own_probe_within`: the two together). At most [`MAX_FAILOVER_SETTLE`] after the target
+/// that server's first check (probe or trial) after the target came back has had its answer
+/// (`own_probe_within`, [`crate::radius::health::Health::checked_within`]). At most [`MAX_FAILOVER_SETTLE`] after the target
 /// came back. Counted from the target's return, not from the own server's next probe: a server
 /// that stays silent is probed again and again, and each probe would move the wait on. A
 /// target that was never down (`back_since` None) has nothing to wait for.
@@ -1036,16 +1035,13 @@ impl Accounting {
             return Ok(Err(Delivery::RetryAt(retry)));
         }
         let settle = failover_settle(health.probe_interval());
-        // The session's own server, down: how long after another came back its first probe
+        // The session's own server, down: how long after another came back its first check
         // since then has been answered at the latest.
         let own_probe_within = org
             .servers
             .iter()
             .find(|s| s.name == session.server_name)
-            .and_then(|own| {
-                let wait = health.probe_wait_of(own, Port::Acct)?;
-                Some(wait + own.timeout * (own.retries + 1))
-            });
+            .and_then(|own| health.checked_within(own, Port::Acct));
         let now_instant = tokio::time::Instant::now();
         match pick_server(
             org,
@@ -1078,9 +1074,18 @@ impl Accounting {
                 Ok(Err(Delivery::RetryAt(retry)))
             }
             Pick::AllDown => {
-                // Every row of every session says it while the outage lasts: a line per 5 s.
-                static HELD: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
-                if let Some(left_out) = HELD.admit() {
+                // Every row of every session says it while the outage lasts: a line per 5 s
+                // for each organization.
+                static HELD: std::sync::LazyLock<
+                    std::sync::Mutex<HashMap<String, Arc<crate::telemetry::Throttle>>>,
+                > = std::sync::LazyLock::new(Default::default);
+                let throttle = HELD
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(org.id.clone())
+                    .or_default()
+                    .clone();
+                if let Some(left_out) = throttle.admit() {
                     tracing::warn!(acct_session_id = %acct_id, status_type = row.status_type,
                         organization = %org.id, left_out,
                         "accounting held: every server of the organization is down; will retry");
@@ -1207,7 +1212,10 @@ impl Accounting {
                     .claim_due_outbox(now, now + CLAIM_LEASE_MS, MAX_IN_FLIGHT as i64)
                     .await
                 {
-                    Ok(rows) => rows,
+                    Ok(rows) => {
+                        claim_failed.store(false, std::sync::atomic::Ordering::Relaxed);
+                        rows
+                    }
                     Err(e) => {
                         tracing::error!(error = ?e, "claiming accounting rows at shutdown failed");
                         claim_failed.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -1606,8 +1614,8 @@ mod tests {
         assert_eq!(settle_left(t0, None, settle, None), None, "never down");
         assert_eq!(settle_left(t0 + s(1), Some(t0), settle, None), Some(s(4)));
         assert_eq!(settle_left(t0 + s(5), Some(t0), settle, None), None);
-        // The own server is probed every 2 s and answers within 3 s: 5 s after the target
-        // came back its probe since then has had its answer — however often it is probed
+        // The own server is checked every 2 s and a check is answered within 3 s: 5 s after
+        // the target came back its check since then has had its answer — however often it is probed
         // again afterwards (a black-holed server is, and used to hold the Stop a minute).
         assert_eq!(
             settle_left(t0 + s(4), Some(t0), settle, Some(s(5))),

@@ -50,13 +50,19 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The visitor a request is from (its `portal_anon` id; empty if it has none).
+/// The visitor a request is from (its `portal_anon` id; empty if it has none), in the
+/// organization's portal it is for: a flash is sealed to both, so one organization's failed
+/// sign-in is never shown on another's page (a tab of each open).
 fn visitor(request: &Request) -> String {
-    request
+    let anon = request
         .extensions()
         .get::<AnonId>()
-        .map(|a| a.0.clone())
-        .unwrap_or_default()
+        .map_or("", |a| a.0.as_str());
+    let portal = request
+        .extensions()
+        .get::<OrgScope>()
+        .map_or("", |scope| scope.id.as_str());
+    format!("{anon}\0{portal}")
 }
 
 /// The failed form post a page shows: the server fn's path and its error, encoded as Leptos
@@ -76,25 +82,13 @@ pub struct FormError {
 /// server fns' layer turns it into [`NoticeNext`] and removes it.
 pub(crate) const NOTICE_HEADER: &str = "x-portal-notice";
 
-/// A notice's code: in [`NOTICE_HEADER`] (as a digit) and in a flash cookie (as a byte).
-fn notice_code(notice: app::dto::Notice) -> u8 {
-    app::dto::Notice::ALL
-        .iter()
-        .position(|n| *n == notice)
-        .unwrap_or_default() as u8
-}
-
-fn notice_of(code: u8) -> Option<app::dto::Notice> {
-    app::dto::Notice::ALL.get(usize::from(code)).copied()
-}
-
 /// Marks the answer of the server fn being run with [`NOTICE_HEADER`]: what the next page
 /// says.
 pub(crate) fn mark_notice(notice: app::dto::Notice) {
     if let Some(options) = leptos::prelude::use_context::<leptos_axum::ResponseOptions>() {
         options.insert_header(
             axum::http::HeaderName::from_static(NOTICE_HEADER),
-            HeaderValue::from(u16::from(notice_code(notice))),
+            HeaderValue::from(u16::from(notice.code())),
         );
     }
 }
@@ -109,7 +103,7 @@ impl NoticeNext {
     /// From the value of [`NOTICE_HEADER`].
     pub(crate) fn from_header(value: &HeaderValue) -> Option<NoticeNext> {
         let code = value.to_str().ok()?.parse().ok()?;
-        notice_of(code).map(NoticeNext)
+        app::dto::Notice::from_code(code).map(NoticeNext)
     }
 }
 
@@ -169,7 +163,7 @@ impl FlashState {
 
     /// A notice's cookie value ([`Self::seal`]).
     fn seal_notice(&self, visitor: &str, issued: u64, notice: app::dto::Notice) -> String {
-        self.seal(visitor, issued, KIND_NOTICE, &[notice_code(notice)])
+        self.seal(visitor, issued, KIND_NOTICE, &[notice.code()])
     }
 
     /// The cookie's value: `issued`, `kind` and `content` encrypted and authenticated
@@ -228,7 +222,7 @@ impl FlashState {
         let (&kind, mut rest) = plain[8..].split_first()?;
         if kind == KIND_NOTICE {
             return match rest {
-                [code] => notice_of(*code).map(Flash::Notice),
+                [code] => app::dto::Notice::from_code(*code).map(Flash::Notice),
                 _ => None,
             };
         }
@@ -461,6 +455,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_flash_is_the_visitors_in_one_organizations_portal() {
+        let request = |org: &str| {
+            let mut request = Request::new(axum::body::Body::empty());
+            request.extensions_mut().insert(AnonId("anon-1".into()));
+            request.extensions_mut().insert(OrgScope {
+                id: org.into(),
+                base: format!("/o/{org}"),
+            });
+            request
+        };
+        assert_eq!(visitor(&request("beta")), visitor(&request("beta")));
+        assert_ne!(visitor(&request("beta")), visitor(&request("acme")));
+    }
+
+    #[test]
     fn flash_cookies_open_only_when_we_signed_them() {
         let flash = FlashState {
             tokens: FormTokens::new([3; 32], false),
@@ -500,12 +509,19 @@ mod tests {
             "a notice is the visitor's own"
         );
         // Every notice comes back as itself, from a cookie and from the backend's header.
-        for each in app::dto::Notice::ALL {
+        use app::dto::Notice;
+        let every = [
+            Notice::Disconnected,
+            Notice::AlreadyEnded,
+            Notice::Refreshed,
+            Notice::RefreshedRecently,
+        ];
+        for each in every {
             let sealed = flash.seal_notice("anon-1", now, each);
             assert!(
                 matches!(flash.open(&sealed, "anon-1", now), Some(Flash::Notice(n)) if n == each)
             );
-            let header = HeaderValue::from(u16::from(notice_code(each)));
+            let header = HeaderValue::from(u16::from(each.code()));
             assert!(matches!(NoticeNext::from_header(&header), Some(NoticeNext(n)) if n == each));
         }
         assert!(NoticeNext::from_header(&HeaderValue::from_static("x")).is_none());

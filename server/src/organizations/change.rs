@@ -53,7 +53,7 @@ const DISABLED_CREATE: &str =
 
 /// The keys that name the active flag in a change (`enabled` as in the configuration file,
 /// `active` as a `GET` shows it).
-const ACTIVE_KEYS: [&str; 3] = ["is_active", "enabled", "active"];
+pub(crate) const ACTIVE_KEYS: [&str; 3] = ["is_active", "enabled", "active"];
 
 /// Settings as shown in audit entries and operator output: every secret replaced by whether
 /// it is set.
@@ -253,16 +253,18 @@ async fn store(
         require_active,
     } = change;
     let key = format!("organizations.{id}");
-    // Servers whose secret is the one stored (kept, or given again as it was): not new.
+    // Servers whose secret is the one stored (kept, or given again as it was): not new. Only
+    // a secret stored in the settings: a `secret_file` is read as it is now, so its text is
+    // checked whatever the change (a file that grew a second line would sign with it).
     let kept: Vec<String> = servers_of(&after)
         .iter()
         .filter_map(|server| {
             let name = name_of(server)?;
             let stored = stored_server(&before.settings, name)?;
-            let same = |key: &str| {
-                server.get(key).filter(|v| !v.is_null()) == stored.get(key).filter(|v| !v.is_null())
-            };
-            (same("secret") && same("secret_file")).then(|| name.to_owned())
+            let inline = |entry: &Value| entry.get("secret").filter(|v| !v.is_null()).cloned();
+            let file = |entry: &Value| entry.get("secret_file").filter(|v| !v.is_null()).cloned();
+            (inline(server).is_some() && inline(server) == inline(stored) && file(server).is_none())
+                .then(|| name.to_owned())
         })
         .collect();
     let kept: Vec<&str> = kept.iter().map(String::as_str).collect();

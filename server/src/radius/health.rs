@@ -19,6 +19,15 @@ use std::{
 };
 use tokio::{sync::Notify, time::Instant};
 
+/// How long one check of a down server takes at most: a Status-Server probe gets one try of
+/// the server's timeout (the prober's deadline); a trial request (`status_check = "request"`)
+/// its timeout × tries, as any request.
+pub fn check_answered_within(server: &ServerEndpoint) -> Duration {
+    match server.status_check {
+        StatusCheck::Request => server.timeout * (server.retries + 1),
+        StatusCheck::StatusServer => server.timeout,
+    }
+}
 /// A server as its breaker knows it: where requests go, and which secret signs them (a keyed
 /// hash, random per process: the secret itself is kept nowhere here).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -149,8 +158,9 @@ impl ServerHealth {
                 return None;
             }
             e.probe = Some((server.clone(), port));
-            let hold = server.timeout * (server.retries + 1);
-            e.breaker.take_trial(now, hold).then_some(true)
+            e.breaker
+                .take_trial(now, check_answered_within(server))
+                .then_some(true)
         });
         if trial == Some(true) {
             tracing::info!(server = %server.name, %addr, ?port,
@@ -361,11 +371,14 @@ impl ServerHealth {
         })
     }
 
-    /// How long `server` at `port`, being down, now waits between probes (its back-off's;
-    /// None unless its breaker is open).
-    pub fn probe_wait_of(&self, server: &ServerEndpoint, port: Port) -> Option<Duration> {
+    /// For `server` at `port` while it is down (its breaker open, or a trial out): how long
+    /// after any instant its first check since then — a Status-Server probe, or a trial
+    /// request — has had its answer at the latest: one wait between checks at its back-off
+    /// level, and the check's own time ([`check_answered_within`]). None while it is up.
+    pub fn checked_within(&self, server: &ServerEndpoint, port: Port) -> Option<Duration> {
         self.with(self.target(server, port), |e| {
-            e.breaker.is_open().then(|| e.breaker.probe_wait())
+            (!e.breaker.allows_request(Instant::now()))
+                .then(|| e.breaker.probe_wait() + check_answered_within(server))
         })
     }
 
@@ -417,6 +430,30 @@ mod tests {
             failure_threshold: 1,
             probe_interval: Duration::from_secs(3600),
         })
+    }
+
+    /// A down server's first check after any instant is answered within one wait between
+    /// checks and the check's own time: a probe's one try, a trial's tries (the failover's
+    /// wait for the session's own server is counted from it).
+    #[tokio::test]
+    async fn a_down_servers_first_check_is_answered_within_a_wait_and_its_own_time() {
+        let health = health();
+        let mut probed = server("primary", 1813, "s");
+        probed.retries = 2;
+        assert_eq!(health.checked_within(&probed, Port::Acct), None, "up");
+        health.record_failure(&probed, Port::Acct);
+        assert_eq!(
+            health.checked_within(&probed, Port::Acct),
+            Some(Duration::from_secs(3600) + Duration::from_millis(100))
+        );
+        let mut tried = server("nps", 1814, "s");
+        tried.retries = 2;
+        tried.status_check = StatusCheck::Request;
+        health.record_failure(&tried, Port::Acct);
+        assert_eq!(
+            health.checked_within(&tried, Port::Acct),
+            Some(Duration::from_secs(3600) + Duration::from_millis(300))
+        );
     }
 
     #[tokio::test]
