@@ -603,37 +603,8 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
         {
             Ok(Outcome::NotFound(id))
         }
-        OrgCommand::Disable { id } => {
-            let cache = Organizations::load(&storage)
-                .await
-                .context("while reading the organizations")?;
-            match organizations::set_active(&storage, &cache, &id, false, &actor())
-                .await
-                .context("while disabling the organization")?
-            {
-                None => return Ok(Outcome::NotFound(id)),
-                Some(false) => say!("organization {id} is already disabled"),
-                Some(true) => {
-                    let open = storage.active_session_ids_of(&id).await?.len();
-                    say!("organization {id} disabled: logins and refreshes are refused; its {open} open session(s) are stopped (Accounting-Stop, Admin-Reset) by the running portal at once, or by the next start if none runs");
-                }
-            }
-            Ok(Outcome::Done)
-        }
-        OrgCommand::Enable { id } => {
-            let cache = Organizations::load(&storage)
-                .await
-                .context("while reading the organizations")?;
-            match organizations::set_active(&storage, &cache, &id, true, &actor())
-                .await
-                .context("while enabling the organization")?
-            {
-                None => return Ok(Outcome::NotFound(id)),
-                Some(false) => say!("organization {id} is already active"),
-                Some(true) => say!("organization {id} enabled"),
-            }
-            Ok(Outcome::Done)
-        }
+        OrgCommand::Disable { id } => set_state(&storage, &id, false).await,
+        OrgCommand::Enable { id } => set_state(&storage, &id, true).await,
         OrgCommand::Create { file } => {
             let settings = match settings_file(&file)? {
                 Ok(settings) => settings,
@@ -655,15 +626,29 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
             if let (Some(name), Some(map)) = (name, patch.as_object_mut()) {
                 map.insert("name".into(), name.into());
             }
-            let cache = cache(&storage).await?;
-            // Only the state (`enabled`): the file's settings coming back do not touch it.
-            let only_state = patch.as_object().is_some_and(|map| {
-                !map.is_empty()
-                    && map
-                        .keys()
-                        .all(|k| change::ACTIVE_KEYS.contains(&k.as_str()))
+            // Only the state (`enabled = false`): said as `org disable` says it (the sessions
+            // it stops); the file's settings coming back at a start do not touch it.
+            let state = patch.as_object().and_then(|map| match map.iter().next() {
+                Some((key, serde_json::Value::Bool(active)))
+                    if map.len() == 1 && change::ACTIVE_KEYS.contains(&key.as_str()) =>
+                {
+                    Some(*active)
+                }
+                _ => None,
             });
-            let note = lasting_note(&storage, &id, only_state).await;
+            if let Some(active) = state {
+                if storage.organization(&id).await?.is_none() {
+                    return Ok(Outcome::NotFound(id));
+                }
+                let outcome = set_state(&storage, &id, active).await?;
+                let note = lasting_note(&storage, &id, true).await;
+                if !note.is_empty() {
+                    say!("{}", note.trim_start());
+                }
+                return Ok(outcome);
+            }
+            let cache = cache(&storage).await?;
+            let note = lasting_note(&storage, &id, false).await;
             finish(
                 change::update(&storage, &cache, &id, patch, &actor())
                     .await
@@ -718,6 +703,30 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
             )
         }
     }
+}
+
+/// `org disable` / `org enable` (and `org update` of the state alone): what it did, and what
+/// follows from it.
+async fn set_state(storage: &Storage, id: &str, active: bool) -> anyhow::Result<Outcome> {
+    let cache = cache(storage).await?;
+    match organizations::set_active(storage, &cache, id, active, &actor())
+        .await
+        .with_context(|| {
+            format!(
+                "while {} the organization",
+                if active { "enabling" } else { "disabling" }
+            )
+        })? {
+        None => return Ok(Outcome::NotFound(id.to_string())),
+        Some(false) if active => say!("organization {id} is already active"),
+        Some(false) => say!("organization {id} is already disabled"),
+        Some(true) if active => say!("organization {id} enabled"),
+        Some(true) => {
+            let open = storage.active_session_ids_of(id).await?.len();
+            say!("organization {id} disabled: logins and refreshes are refused; its {open} open session(s) are stopped (Accounting-Stop, Admin-Reset) by the running portal at once, or by the next start if none runs");
+        }
+    }
+    Ok(Outcome::Done)
 }
 
 /// The stored organizations, built (the change functions refresh it).

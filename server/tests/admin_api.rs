@@ -187,6 +187,21 @@ async fn the_admin_api_follows_the_guard_and_never_shows_secrets() {
         "{page}"
     );
     assert!(!page.contains("Go to the sign-in page"), "{page}");
+    // So does a browser's form post there (its organization deleted while the page was open).
+    let posted = admin
+        .http
+        .post(format!("{}/o/nosuch/api/login", admin.base))
+        .header("accept", "text/html")
+        .form(&[("username", "carol"), ("password", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), StatusCode::NOT_FOUND);
+    let posted = posted.text().await.unwrap();
+    assert!(
+        posted.contains("No organization's portal is at this address"),
+        "{posted}"
+    );
 
     let orgs = admin.ok(Method::GET, "/organizations", None).await;
     assert_eq!(orgs.as_array().unwrap().len(), 2);

@@ -811,10 +811,19 @@ accent_color = "#0f766e"
     let configured = portal(&config, &["org", "delete", "acme"]).await;
     assert_eq!(configured.status.code(), Some(4), "{configured:?}");
 
-    assert!(portal(&config, &["org", "disable", "gamma"])
-        .await
-        .status
-        .success());
+    // Disabled by an update of its state alone: said as `org disable` says it.
+    let state = dir.path().join("state.toml");
+    std::fs::write(&state, "enabled = false\n").unwrap();
+    let disabled = portal(
+        &config,
+        &["org", "update", "gamma", "--file", state.to_str().unwrap()],
+    )
+    .await;
+    assert!(disabled.status.success(), "{disabled:?}");
+    assert!(
+        String::from_utf8_lossy(&disabled.stdout).contains("its 1 open session(s) are stopped"),
+        "{disabled:?}"
+    );
     radius
         .wait_for_acct(&["status=Stop", &format!("sid={}", session.acct_session_id)])
         .await;

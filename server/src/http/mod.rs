@@ -260,6 +260,10 @@ impl RouteLabels {
         if let Some(exact) = self.exact.get(path) {
             return exact;
         }
+        // A script's call under an unknown organization is counted with its pages.
+        if path == org_scope::NO_SUCH_PORTAL_API {
+            return org_scope::NO_SUCH_PORTAL;
+        }
         self.prefixes
             .iter()
             .find(|(prefix, _)| {
@@ -872,6 +876,7 @@ mod tests {
             ("/healthz", "/healthz"),
             ("/api/login", "/api/login"),
             ("/api/nope", UNKNOWN_SERVER_FN),
+            (org_scope::NO_SUCH_PORTAL_API, org_scope::NO_SUCH_PORTAL),
             ("/apix", "other"),
             ("/pkg", "/pkg"),
             ("/pkg/radius-portal.abc.css", "/pkg"),

@@ -11,8 +11,10 @@ use axum::{extract::Request, http::Uri};
 pub const NO_SUCH_PORTAL: &str = app::NO_SUCH_PORTAL;
 
 /// Where a script's call under an unknown slug is sent (a server fn, the Captive Portal API,
-/// the live updates): a path under `/api/` that names no server fn, so the script gets the
-/// server fns' JSON 404, saying that no organization is there.
+/// the live updates, asked for by a caller that does not want a page): a path under `/api/`
+/// that names no server fn, so the script gets the server fns' JSON 404, saying that no
+/// organization is there. A browser's form post there (an organization deleted while its page
+/// was open) gets the page that says so.
 pub const NO_SUCH_PORTAL_API: &str = "/api/no-such-portal";
 
 /// Whether `rest` (a path after `/o/{slug}`) is for scripts, not a page.
@@ -63,7 +65,8 @@ pub fn scope(organizations: &Organizations, request: &mut Request) {
             let known = !slug.is_empty() && organizations.get(slug).is_some();
             let new_path = if known && !site_wide(rest) {
                 rest
-            } else if !known && for_scripts(rest) {
+            } else if !known && for_scripts(rest) && !app::service::accepts_html(request.headers())
+            {
                 NO_SUCH_PORTAL_API
             } else {
                 NO_SUCH_PORTAL
