@@ -1020,6 +1020,24 @@ fn split_primary(
     primary
 }
 
+/// The user disconnects (in the background) while the servers at `down` are down, and the
+/// Stop is held: waits until each of their accounting breakers is open. The portal's health,
+/// to wait on their return.
+async fn disconnect_with_accounting_down(
+    app: &TestApp,
+    session: i64,
+    down: [SocketAddr; 2],
+) -> radius_portal::radius::health::ServerHealth {
+    let sessions = app.sessions.clone();
+    tokio::spawn(async move { sessions.disconnect(session).await });
+    let health = app.radius.health().clone();
+    wait_until("every accounting server is down", || async {
+        down.iter().all(|addr| !health.allows(*addr))
+    })
+    .await;
+    health
+}
+
 /// Servers coming back together after an outage: a Stop held through it goes to the session's
 /// own server, not to whichever server answered its probe first — that one never saw the
 /// session's Start, and a Stop there leaves the Start open at the own server.
@@ -1049,13 +1067,8 @@ async fn a_stop_held_through_an_outage_goes_to_the_sessions_own_server_when_both
 
     // Then the backup goes too, and the user disconnects: the Stop is held.
     backup.kill();
-    let sessions = app.sessions.clone();
-    tokio::spawn(async move { sessions.disconnect(session.id).await });
-    let health = app.radius.health().clone();
-    wait_until("every accounting server is down", || async {
-        !health.allows(primary_acct) && !health.allows(backup_acct)
-    })
-    .await;
+    let health =
+        disconnect_with_accounting_down(&app, session.id, [primary_acct, backup_acct]).await;
 
     // The primary answers its probe first, the backup a moment later.
     primary.restart().await;
@@ -1102,13 +1115,8 @@ async fn a_stop_held_while_its_server_is_silent_fails_over_once_another_is_back(
     // The primary goes silent, the backup down; the user disconnects: the Stop is held.
     primary.pause();
     backup.kill();
-    let sessions = app.sessions.clone();
-    tokio::spawn(async move { sessions.disconnect(session.id).await });
-    let health = app.radius.health().clone();
-    wait_until("every accounting server is down", || async {
-        !health.allows(primary_acct) && !health.allows(backup_acct)
-    })
-    .await;
+    let health =
+        disconnect_with_accounting_down(&app, session.id, [primary_acct, backup_acct]).await;
 
     // The backup comes back, the primary stays silent: the Stop goes to the backup once it
     // has settled (seconds), well within the wait for its line.
