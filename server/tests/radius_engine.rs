@@ -1115,8 +1115,7 @@ async fn a_stop_held_while_its_server_is_silent_fails_over_once_another_is_back(
     // The primary goes silent, the backup down; the user disconnects: the Stop is held.
     primary.pause();
     backup.kill();
-    let health =
-        disconnect_with_accounting_down(&app, session.id, [primary_acct, backup_acct]).await;
+    disconnect_with_accounting_down(&app, session.id, [primary_acct, backup_acct]).await;
 
     // The backup comes back, the primary stays silent: the Stop goes to the backup once it
     // has settled (seconds), well within the wait for its line.
