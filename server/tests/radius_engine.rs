@@ -1126,6 +1126,36 @@ async fn a_stop_held_while_its_server_is_silent_fails_over_once_another_is_back(
     app.stop().await;
 }
 
+/// A session's own server checked by request (`status_check = "request"`, as NPS needs) goes
+/// silent: its Stop fails over to the backup, up all along, at its next try — not sent again
+/// and again as the silent server's trial (it used to be, for minutes, the backup idle).
+#[tokio::test]
+async fn a_stop_whose_server_is_checked_by_request_and_silent_goes_to_the_backup() {
+    let primary = FreeRadius::start().await;
+    let backup = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut checked_by_request = fast(&primary, "primary");
+    checked_by_request.status_check = radius_portal::config::StatusCheck::Request;
+    let settings = quick_failover(&db, vec![checked_by_request, fast(&backup, "backup")]);
+    let app = TestApp::spawn(&settings).await;
+    let session = app
+        .sessions
+        .login("acme", "carol", "carol-pass", IpAddr::V4(client(41)))
+        .await
+        .unwrap();
+    assert_eq!(session.server_name, "primary");
+    let sid = format!("sid={} ", session.acct_session_id);
+    primary.wait_for_acct(&["status=Start", &sid]).await;
+
+    primary.pause();
+    let sessions = app.sessions.clone();
+    tokio::spawn(async move { sessions.disconnect(session.id).await });
+    let stop = backup.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&stop, "cause"), "User-Request");
+    primary.resume();
+    app.stop().await;
+}
+
 /// A Start that failed over (the session's own server answered its Access-Request, but its
 /// accounting port was down) takes the session's accounting with it: the Stop goes where the
 /// Start is, also once the own server's accounting is back — not a Start open at one server

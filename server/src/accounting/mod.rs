@@ -246,28 +246,79 @@ pub enum Pick<'a> {
     AllDown,
 }
 
-/// The server an accounting row goes to: the session's own (by name) while `allows` it, else
-/// the organization's first other server that it allows and that has settled (`settling`:
-/// how long until it has been back long enough; None when it has).
+/// How the servers of an organization stand for one accounting row ([`pick_server`]).
+pub struct Standing<Up, Allows, Settling, Steady, TrialOut> {
+    /// Its breaker is closed (asking takes nothing).
+    pub up: Up,
+    /// A request may go now: up, or — a server checked by request (`status_check =
+    /// "request"`) — a trial is due, which this row then is (asking takes it).
+    pub allows: Allows,
+    /// How long until it has been back long enough to take another session's row (None: it
+    /// has, or it was never down).
+    pub settling: Settling,
+    /// Up, and not only just back: never down, or back longer than [`MAX_FAILOVER_SETTLE`].
+    pub steady: Steady,
+    /// A trial request is out to it (checked by request): its answer decides whether it is up.
+    pub trial_out: TrialOut,
+    /// The row was never sent: it may be the own server's trial even where a steady server
+    /// could take it (each new row checks the own server once; its retries do not wait on
+    /// a silent one).
+    pub never_sent: bool,
+}
+
+/// The server an accounting row goes to: the session's own (by name) while it is up; else,
+/// for a row sent before, another server that is steady (a silent own server checked by
+/// request must not take a row's every retry as its trial while another could take it: it
+/// used to hold a Stop for minutes); else the own server's trial, if it is checked by request
+/// and one is due (it has the session's Start: it goes before a server only just back); else
+/// another server that is up and has settled (not one only just back while the own server's
+/// trial is out: its answer decides — the row looks again in a second); else one checked by
+/// request whose trial is due.
 pub fn pick_server<'a>(
     org: &'a Organization,
     session_server: &str,
-    allows: impl Fn(&ServerEndpoint) -> bool,
-    settling: impl Fn(&ServerEndpoint) -> Option<Duration>,
+    standing: Standing<
+        impl Fn(&ServerEndpoint) -> bool,
+        impl Fn(&ServerEndpoint) -> bool,
+        impl Fn(&ServerEndpoint) -> Option<Duration>,
+        impl Fn(&ServerEndpoint) -> bool,
+        impl Fn(&ServerEndpoint) -> bool,
+    >,
 ) -> Pick<'a> {
+    let Standing {
+        up,
+        allows,
+        settling,
+        steady,
+        trial_out,
+        never_sent,
+    } = standing;
     let own = org.servers.iter().find(|s| s.name == session_server);
+    if let Some(own) = own.filter(|s| up(s)) {
+        return Pick::Own(own);
+    }
+    let others = || org.servers.iter().filter(|s| s.name != session_server);
+    if !never_sent {
+        if let Some(other) = others().find(|s| up(s) && steady(s) && settling(s).is_none()) {
+            return Pick::Failover(other);
+        }
+    }
     if let Some(own) = own.filter(|s| allows(s)) {
         return Pick::Own(own);
     }
+    let own_on_trial = own.is_some_and(&trial_out);
     let mut wait: Option<Duration> = None;
-    for other in org.servers.iter().filter(|s| s.name != session_server) {
-        if !allows(other) {
-            continue;
-        }
-        match settling(other) {
-            None => return Pick::Failover(other),
-            Some(left) => wait = Some(wait.map_or(left, |w| w.min(left))),
-        }
+    for other in others().filter(|s| up(s)) {
+        let left = match settling(other) {
+            None if !own_on_trial || steady(other) => return Pick::Failover(other),
+            None => Duration::from_secs(1),
+            Some(left) => left,
+        };
+        wait = Some(wait.map_or(left, |w| w.min(left)));
+    }
+    // No other is up and settled: one checked by request may take the row as its trial.
+    if let Some(other) = others().find(|s| !up(s) && allows(s)) {
+        return Pick::Failover(other);
     }
     wait.map_or(Pick::AllDown, Pick::Settling)
 }
@@ -1043,11 +1094,10 @@ impl Accounting {
             .find(|s| s.name == session.server_name)
             .and_then(|own| health.checked_within(own, Port::Acct));
         let now_instant = tokio::time::Instant::now();
-        match pick_server(
-            org,
-            &session.server_name,
-            |s| health.admit(s, Port::Acct),
-            |s| {
+        let standing = Standing {
+            up: |s: &ServerEndpoint| health.is_up(s, Port::Acct),
+            allows: |s: &ServerEndpoint| health.admit(s, Port::Acct),
+            settling: |s: &ServerEndpoint| {
                 settle_left(
                     now_instant,
                     health.back_since(s, Port::Acct),
@@ -1055,7 +1105,15 @@ impl Accounting {
                     own_probe_within,
                 )
             },
-        ) {
+            steady: |s: &ServerEndpoint| {
+                health
+                    .back_since(s, Port::Acct)
+                    .is_none_or(|back| now_instant.duration_since(back) >= MAX_FAILOVER_SETTLE)
+            },
+            trial_out: |s: &ServerEndpoint| health.trial_out(s, Port::Acct),
+            never_sent: row.transmissions == 0,
+        };
+        match pick_server(org, &session.server_name, standing) {
             Pick::Own(server) => Ok(Ok((server, false))),
             Pick::Failover(server) => Ok(Ok((server, true))),
             Pick::Settling(left) => {
@@ -1458,7 +1516,7 @@ where
 mod tests {
     use super::{
         backoff_ms, failover_settle, pick_server, retry_after, settle_left, Pick, Recoveries,
-        RunToEnd,
+        RunToEnd, Standing,
     };
     use std::{sync::Arc, time::Duration};
 
@@ -1548,28 +1606,50 @@ mod tests {
             .expect("settings"),
         )
         .expect("organization");
-        let up = |names: &'static [&'static str]| {
-            move |s: &crate::radius::ServerEndpoint| names.contains(&s.name.as_str())
-        };
-        let settled = |_: &crate::radius::ServerEndpoint| None;
         let name = |pick: Pick<'_>| match pick {
             Pick::Own(s) => format!("own {}", s.name),
             Pick::Failover(s) => format!("failover {}", s.name),
             Pick::Settling(left) => format!("settling {left:?}"),
             Pick::AllDown => "all down".into(),
         };
-        let all = up(&["primary", "backup", "third"]);
+        let is = |names: &'static [&'static str]| {
+            move |s: &crate::radius::ServerEndpoint| names.contains(&s.name.as_str())
+        };
+        // `up`: breakers closed; `trial`: checked by request with a trial due; `back`: how long
+        // each server still settles; `steady`: never down (or back long ago); `new`: never sent.
+        let pick = |own: &str,
+                    up: &'static [&'static str],
+                    trial: &'static [&'static str],
+                    back: &dyn Fn(&crate::radius::ServerEndpoint) -> Option<Duration>,
+                    steady: &'static [&'static str],
+                    out: &'static [&'static str],
+                    new: bool| {
+            name(pick_server(
+                &org,
+                own,
+                Standing {
+                    up: is(up),
+                    allows: |s: &crate::radius::ServerEndpoint| is(up)(s) || is(trial)(s),
+                    settling: back,
+                    steady: is(steady),
+                    trial_out: is(out),
+                    never_sent: new,
+                },
+            ))
+        };
+        let settled = |_: &crate::radius::ServerEndpoint| None;
+        const ALL: &[&str] = &["primary", "backup", "third"];
+        const OTHERS: &[&str] = &["primary", "third"];
         assert_eq!(
-            name(pick_server(&org, "backup", all, settled)),
+            pick("backup", ALL, &[], &settled, ALL, &[], false),
             "own backup"
         );
-        let others = up(&["primary", "third"]);
         assert_eq!(
-            name(pick_server(&org, "backup", others, settled)),
+            pick("backup", OTHERS, &[], &settled, OTHERS, &[], false),
             "failover primary"
         );
         assert_eq!(
-            name(pick_server(&org, "backup", up(&[]), settled)),
+            pick("backup", &[], &[], &settled, &[], &[], false),
             "all down"
         );
         // The others came back only just: wait for the shortest of them to settle…
@@ -1577,23 +1657,64 @@ mod tests {
             Some(Duration::from_secs(if s.name == "primary" { 4 } else { 2 }))
         };
         assert_eq!(
-            name(pick_server(&org, "backup", others, just_back)),
+            pick("backup", OTHERS, &[], &just_back, &[], &[], false),
             "settling 2s"
         );
         // …unless another has been back long enough; the own server needs no settling.
         let primary_settled =
             |s: &crate::radius::ServerEndpoint| (s.name == "third").then(|| Duration::from_secs(3));
         assert_eq!(
-            name(pick_server(&org, "backup", others, primary_settled)),
+            pick("backup", OTHERS, &[], &primary_settled, &[], &[], false),
             "failover primary"
         );
         assert_eq!(
-            name(pick_server(&org, "backup", all, just_back)),
+            pick("backup", ALL, &[], &just_back, &[], &[], false),
             "own backup"
         );
         // A server that is gone from the configuration: any other that has settled.
         assert_eq!(
-            name(pick_server(&org, "removed", all, settled)),
+            pick("removed", ALL, &[], &settled, ALL, &[], false),
+            "failover primary"
+        );
+        // The own server down, checked by request, a trial due: a row sent before goes to a
+        // server up all along — its retries are not the silent server's trials…
+        assert_eq!(
+            pick("backup", OTHERS, &["backup"], &settled, OTHERS, &[], false),
+            "failover primary"
+        );
+        // …a row never sent is the own server's trial (each new row checks it once)…
+        assert_eq!(
+            pick("backup", OTHERS, &["backup"], &settled, OTHERS, &[], true),
+            "own backup"
+        );
+        // …and where the others are only just back — settled or not — the own server's trial
+        // goes first (it has the Start); without a trial due the row waits for them.
+        assert_eq!(
+            pick("backup", OTHERS, &["backup"], &settled, &[], &[], false),
+            "own backup"
+        );
+        assert_eq!(
+            pick("backup", OTHERS, &["backup"], &just_back, &[], &[], false),
+            "own backup"
+        );
+        assert_eq!(
+            pick("backup", OTHERS, &[], &just_back, &[], &[], false),
+            "settling 2s"
+        );
+        // Nothing up: another checked by request whose trial is due takes it.
+        assert_eq!(
+            pick("backup", &[], &["third"], &settled, &[], &[], false),
+            "failover third"
+        );
+        // The own server's trial is out (another row took it) and the only other server is
+        // only just back: the trial's answer decides, the row looks again in a second; a
+        // server up all along still takes a row sent before.
+        assert_eq!(
+            pick("backup", OTHERS, &[], &settled, &[], &["backup"], false),
+            "settling 1s"
+        );
+        assert_eq!(
+            pick("backup", OTHERS, &[], &settled, OTHERS, &["backup"], false),
             "failover primary"
         );
         assert_eq!(

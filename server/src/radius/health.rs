@@ -144,6 +144,21 @@ impl ServerHealth {
         self.with(target, |e| e.breaker.is_open())
     }
 
+    /// Whether a trial request is out to `server` at `port` (checked by request, down).
+    pub fn trial_out(&self, server: &ServerEndpoint, port: Port) -> bool {
+        self.with(self.target(server, port), |e| {
+            matches!(e.breaker.state(), BreakerState::Trial { .. })
+        })
+    }
+
+    /// Whether `server` at `port` is up: its breaker closed (nothing taken, unlike
+    /// [`ServerHealth::admit`]).
+    pub fn is_up(&self, server: &ServerEndpoint, port: Port) -> bool {
+        self.with(self.target(server, port), |e| {
+            e.breaker.allows_request(Instant::now())
+        })
+    }
+
     /// Whether a request may go to `server` at `port` now: its breaker is closed, or — for a
     /// server checked by request (`status_check = "request"`) — a trial is due, which this
     /// request then is.
@@ -235,8 +250,12 @@ impl ServerHealth {
             e.breaker.record_failure(Instant::now())
         });
         if opened {
+            let check = match server.status_check {
+                StatusCheck::StatusServer => "probing with Status-Server",
+                StatusCheck::Request => "one request at a time goes as a trial",
+            };
             tracing::warn!(server = %server.name, %addr, ?port,
-                "RADIUS server not answering (or nothing listening there): circuit breaker open, probing with Status-Server");
+                "RADIUS server not answering (or nothing listening there): circuit breaker open, {check}");
             self.opened.notify_one();
         }
     }
