@@ -247,7 +247,7 @@ pub enum Pick<'a> {
 }
 
 /// How the servers of an organization stand for one accounting row ([`pick_server`]).
-pub struct Standing<Up, Allows, Settling, Steady, TrialOut> {
+pub struct Standing<Up, Allows, Settling, Steady, TrialLeft> {
     /// Its breaker is closed (asking takes nothing).
     pub up: Up,
     /// A request may go now: up, or — a server checked by request (`status_check =
@@ -258,8 +258,9 @@ pub struct Standing<Up, Allows, Settling, Steady, TrialOut> {
     pub settling: Settling,
     /// Up, and not only just back: never down, or back longer than [`MAX_FAILOVER_SETTLE`].
     pub steady: Steady,
-    /// A trial request is out to it (checked by request): its answer decides whether it is up.
-    pub trial_out: TrialOut,
+    /// A trial request is out to it (checked by request): how long until its answer (or its
+    /// loss) is known, which decides whether it is up.
+    pub trial_left: TrialLeft,
     /// The row was never sent: it may be the own server's trial even where a steady server
     /// could take it (each new row checks the own server once; its retries do not wait on
     /// a silent one).
@@ -272,8 +273,8 @@ pub struct Standing<Up, Allows, Settling, Steady, TrialOut> {
 /// used to hold a Stop for minutes); else the own server's trial, if it is checked by request
 /// and one is due (it has the session's Start: it goes before a server only just back); else
 /// another server that is up and has settled (not one only just back while the own server's
-/// trial is out: its answer decides — the row looks again in a second); else one checked by
-/// request whose trial is due.
+/// trial is out: its answer decides — the row looks again once it is known); else, when
+/// nothing is to be waited for, one checked by request whose trial is due.
 pub fn pick_server<'a>(
     org: &'a Organization,
     session_server: &str,
@@ -282,7 +283,7 @@ pub fn pick_server<'a>(
         impl Fn(&ServerEndpoint) -> bool,
         impl Fn(&ServerEndpoint) -> Option<Duration>,
         impl Fn(&ServerEndpoint) -> bool,
-        impl Fn(&ServerEndpoint) -> bool,
+        impl Fn(&ServerEndpoint) -> Option<Duration>,
     >,
 ) -> Pick<'a> {
     let Standing {
@@ -290,7 +291,7 @@ pub fn pick_server<'a>(
         allows,
         settling,
         steady,
-        trial_out,
+        trial_left,
         never_sent,
     } = standing;
     let own = org.servers.iter().find(|s| s.name == session_server);
@@ -306,21 +307,25 @@ pub fn pick_server<'a>(
     if let Some(own) = own.filter(|s| allows(s)) {
         return Pick::Own(own);
     }
-    let own_on_trial = own.is_some_and(&trial_out);
+    let own_trial = own.and_then(&trial_left);
     let mut wait: Option<Duration> = None;
     for other in others().filter(|s| up(s)) {
-        let left = match settling(other) {
-            None if !own_on_trial || steady(other) => return Pick::Failover(other),
-            None => Duration::from_secs(1),
-            Some(left) => left,
+        let left = match (settling(other), own_trial) {
+            (None, None) => return Pick::Failover(other),
+            (None, Some(_)) if steady(other) => return Pick::Failover(other),
+            (None, Some(trial)) => trial,
+            (Some(left), _) => left,
         };
         wait = Some(wait.map_or(left, |w| w.min(left)));
     }
-    // No other is up and settled: one checked by request may take the row as its trial.
+    if let Some(wait) = wait {
+        return Pick::Settling(wait);
+    }
+    // Nothing up to wait for: one checked by request may take the row as its trial.
     if let Some(other) = others().find(|s| !up(s) && allows(s)) {
         return Pick::Failover(other);
     }
-    wait.map_or(Pick::AllDown, Pick::Settling)
+    Pick::AllDown
 }
 
 /// How long a server must have been back before accounting fails over to it (see
@@ -1110,7 +1115,7 @@ impl Accounting {
                     .back_since(s, Port::Acct)
                     .is_none_or(|back| now_instant.duration_since(back) >= MAX_FAILOVER_SETTLE)
             },
-            trial_out: |s: &ServerEndpoint| health.trial_out(s, Port::Acct),
+            trial_left: |s: &ServerEndpoint| health.trial_left(s, Port::Acct),
             never_sent: row.transmissions == 0,
         };
         match pick_server(org, &session.server_name, standing) {
@@ -1632,7 +1637,9 @@ mod tests {
                     allows: |s: &crate::radius::ServerEndpoint| is(up)(s) || is(trial)(s),
                     settling: back,
                     steady: is(steady),
-                    trial_out: is(out),
+                    trial_left: |s: &crate::radius::ServerEndpoint| {
+                        is(out)(s).then(|| Duration::from_secs(3))
+                    },
                     never_sent: new,
                 },
             ))
@@ -1701,17 +1708,30 @@ mod tests {
             pick("backup", OTHERS, &[], &just_back, &[], &[], false),
             "settling 2s"
         );
-        // Nothing up: another checked by request whose trial is due takes it.
+        // Nothing up: another checked by request whose trial is due takes it — not while
+        // another is settling (that one is waited for).
+        assert_eq!(
+            pick(
+                "backup",
+                &["primary"],
+                &["third"],
+                &just_back,
+                &[],
+                &[],
+                false
+            ),
+            "settling 4s"
+        );
         assert_eq!(
             pick("backup", &[], &["third"], &settled, &[], &[], false),
             "failover third"
         );
-        // The own server's trial is out (another row took it) and the only other server is
-        // only just back: the trial's answer decides, the row looks again in a second; a
+        // The own server's trial is out (another row took it, its answer known in 3 s) and the
+        // others are only just back: the trial's answer decides, the row looks again then; a
         // server up all along still takes a row sent before.
         assert_eq!(
             pick("backup", OTHERS, &[], &settled, &[], &["backup"], false),
-            "settling 1s"
+            "settling 3s"
         );
         assert_eq!(
             pick("backup", OTHERS, &[], &settled, OTHERS, &["backup"], false),

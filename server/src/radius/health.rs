@@ -144,10 +144,14 @@ impl ServerHealth {
         self.with(target, |e| e.breaker.is_open())
     }
 
-    /// Whether a trial request is out to `server` at `port` (checked by request, down).
-    pub fn trial_out(&self, server: &ServerEndpoint, port: Port) -> bool {
-        self.with(self.target(server, port), |e| {
-            matches!(e.breaker.state(), BreakerState::Trial { .. })
+    /// While a trial request is out to `server` at `port` (checked by request, down): how long
+    /// until its outcome is known (its answer, or its loss at the end of its hold).
+    pub fn trial_left(&self, server: &ServerEndpoint, port: Port) -> Option<Duration> {
+        self.with(self.target(server, port), |e| match e.breaker.state() {
+            BreakerState::Trial { until, .. } => {
+                Some(until.saturating_duration_since(Instant::now()))
+            }
+            _ => None,
         })
     }
 
