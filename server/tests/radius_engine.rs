@@ -1087,24 +1087,6 @@ async fn a_stop_held_through_an_outage_goes_to_the_sessions_own_server_when_both
     app.stop().await;
 }
 
-/// carol signed in (from `client(n)`) with the primary, her Start acknowledged there: the
-/// session, and its `sid=… ` in the accounting lines.
-async fn carol_on_the_primary(
-    app: &TestApp,
-    primary: &FreeRadius,
-    n: u8,
-) -> (radius_portal::storage::AccessSessionRecord, String) {
-    let session = app
-        .sessions
-        .login("acme", "carol", "carol-pass", IpAddr::V4(client(n)))
-        .await
-        .unwrap();
-    assert_eq!(session.server_name, "primary");
-    let sid = format!("sid={} ", session.acct_session_id);
-    primary.wait_for_acct(&["status=Start", &sid]).await;
-    (session, sid)
-}
-
 /// A Stop held while the session's own server is black-holed (frozen: probed again and again,
 /// never answering) and every other server is down goes to the first other server that comes
 /// back, once it has settled — the own server's silent probes do not hold it (they used to,
@@ -1121,7 +1103,7 @@ async fn a_stop_held_while_its_server_is_silent_fails_over_once_another_is_back(
     let app = TestApp::spawn(&settings).await;
     let acct = |radius: &FreeRadius| SocketAddr::from(([127, 0, 0, 1], radius.acct_port));
     let (primary_acct, backup_acct) = (acct(&primary), acct(&backup));
-    let (session, sid) = carol_on_the_primary(&app, &primary, 40).await;
+    let (session, sid) = carol_at_primary(&app, &primary, 40).await;
 
     // The primary goes silent, the backup down; the user disconnects: the Stop is held.
     primary.pause();
@@ -1149,7 +1131,7 @@ async fn a_stop_whose_server_is_checked_by_request_and_silent_goes_to_the_backup
     checked_by_request.status_check = radius_portal::config::StatusCheck::Request;
     let settings = quick_failover(&db, vec![checked_by_request, fast(&backup, "backup")]);
     let app = TestApp::spawn(&settings).await;
-    let (session, sid) = carol_on_the_primary(&app, &primary, 41).await;
+    let (session, sid) = carol_at_primary(&app, &primary, 41).await;
 
     primary.pause();
     let sessions = app.sessions.clone();
