@@ -2048,13 +2048,22 @@ async fn a_database_file_removed_while_running_is_saved_and_changes_stop() {
     // The main file alone (`rm`, or `mv` to a backup): its WAL and index stay, in use.
     std::fs::remove_file(&db).unwrap();
     wait_not_ready(&app).await;
+    // The copy under its own name: written under a temporary one (`.saving`) and renamed
+    // when complete, which may be a moment after `/readyz` has said the file is gone.
     let saved = || {
         std::fs::read_dir(dir.path())
             .unwrap()
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .find(|p| p.to_string_lossy().contains(".saved-"))
+            .find(|p| {
+                let name = p.to_string_lossy();
+                name.contains(".saved-") && !name.ends_with(".saving")
+            })
     };
+    wait_until("a copy is saved beside the database", || async {
+        saved().is_some()
+    })
+    .await;
     let copy = saved().expect("a copy is saved beside the database");
     {
         use std::os::unix::fs::PermissionsExt;
