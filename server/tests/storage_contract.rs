@@ -149,6 +149,7 @@ on_both_backends!(
     dead_letters_unblock_and_a_never_sent_start_takes_its_session_along,
     disconnect_requests_find_sessions_by_id_address_user_and_class,
     periodic_interims_come_due_and_coalesce,
+    session_time_is_the_difference_of_the_event_timestamps,
     pruning_keeps_what_is_pending,
     organization_changes_are_revisioned_audited_and_guarded,
     keys_and_web_sessions_are_shared_by_every_process,
@@ -1015,6 +1016,57 @@ async fn periodic_interims_come_due_and_coalesce(db: Db) {
         .await
         .unwrap();
     assert_eq!(interim[0].session_time_secs, Some(600));
+}
+
+/// A session started 0.9 s into a second and ended 1.2 s later spans Event-Timestamps two
+/// seconds apart: its Acct-Session-Time says 2 (its length rounded down would say 1), so a
+/// RADIUS server finds Start + Acct-Session-Time = Stop. The same for a Stop at the deadline
+/// and an Interim-Update, each queued by its own path (in SQL on PostgreSQL).
+async fn session_time_is_the_difference_of_the_event_timestamps(db: Db) {
+    let s = &db.storage;
+    let started = T0 + 900;
+    let by_user = opened(s, login("10.0.2.1", started, MINUTE)).await;
+    s.stop_session(by_user, terminate_cause::USER_REQUEST, started + 1_200)
+        .await
+        .unwrap();
+    let expired = opened(s, login("10.0.2.2", started, MINUTE + 300)).await;
+    assert_eq!(s.stop_due_sessions(T0 + 2 * MINUTE).await.unwrap().len(), 1);
+    let mut with_interims = login("10.0.2.3", started, 30 * MINUTE);
+    with_interims.interim_interval = Some(300);
+    let interim = opened(s, with_interims).await;
+    assert_eq!(s.queue_due_interims(T0 + 301_100).await.unwrap(), 1);
+
+    // Every row, each session's in order: (session, type, Event-Timestamp, Session-Time).
+    let mut sent = Vec::new();
+    let far = T0 + 60 * MINUTE;
+    loop {
+        let rows = s.claim_due_outbox(far, far + MINUTE, 100).await.unwrap();
+        if rows.is_empty() {
+            break;
+        }
+        for row in rows {
+            sent.push((
+                row.access_session_id,
+                row.status_type,
+                row.event_at / 1000,
+                row.session_time_secs,
+            ));
+            s.mark_delivered(row.id, far, None).await.unwrap();
+        }
+    }
+    sent.sort();
+    let start = started / 1000;
+    assert_eq!(
+        sent,
+        [
+            (by_user, START, start, None),
+            (by_user, STOP, start + 2, Some(2)),
+            (expired, START, start, None),
+            (expired, STOP, start + 61, Some(61)),
+            (interim, START, start, None),
+            (interim, INTERIM, start + 301, Some(301)),
+        ]
+    );
 }
 
 async fn pruning_keeps_what_is_pending(db: Db) {

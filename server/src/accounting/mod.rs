@@ -300,7 +300,8 @@ pub fn pick_server<'a>(
     }
     let others = || org.servers.iter().filter(|s| s.name != session_server);
     if !never_sent {
-        if let Some(other) = others().find(|s| up(s) && steady(s) && settling(s).is_none()) {
+        // Steady: back for at least MAX_FAILOVER_SETTLE, the settle wait's cap, so settled.
+        if let Some(other) = others().find(|s| up(s) && steady(s)) {
             return Pick::Failover(other);
         }
     }
@@ -328,6 +329,31 @@ pub fn pick_server<'a>(
     Pick::AllDown
 }
 
+/// Lines about an organization's accounting that every row of every session would write while
+/// its servers are down or settling: at most one per [`crate::telemetry::Throttle::PERIOD`] for
+/// each organization and kind.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum OrgLine {
+    /// "accounting held: every server … down".
+    Held,
+    /// "accounting waits before failing over".
+    Settling,
+}
+
+/// Some(lines left out since the last) when this `kind` of line about `org` is to be written.
+fn org_line(kind: OrgLine, org: &str) -> Option<u64> {
+    type Throttles = HashMap<(OrgLine, String), Arc<crate::telemetry::Throttle>>;
+    static THROTTLES: std::sync::LazyLock<std::sync::Mutex<Throttles>> =
+        std::sync::LazyLock::new(Default::default);
+    let throttle = THROTTLES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry((kind, org.to_string()))
+        .or_default()
+        .clone();
+    throttle.admit()
+}
+
 /// How long a server must have been back before accounting fails over to it (see
 /// [`Pick::Settling`]): two probe intervals and a second, so that the session's own server,
 /// back at the same time, is probed and answers first; at least 5 s.
@@ -342,7 +368,8 @@ pub const MAX_FAILOVER_SETTLE: Duration = Duration::from_secs(60);
 /// How long a failover target back since `back_since` still has to wait at `now` (None: not
 /// at all): until it has been back `settle`, and — when the session's own server is down — until
 /// that server's first check (probe or trial) after the target came back has had its answer
-/// (`own_probe_within`, [`crate::radius::health::Health::checked_within`]). At most [`MAX_FAILOVER_SETTLE`] after the target
+/// (`own_probe_within`, [`crate::radius::health::ServerHealth::checked_within`]). At most
+/// [`MAX_FAILOVER_SETTLE`] after the target
 /// came back. Counted from the target's return, not from the own server's next probe: a server
 /// that stays silent is probed again and again, and each probe would move the wait on. A
 /// target that was never down (`back_since` None) has nothing to wait for.
@@ -1131,24 +1158,16 @@ impl Accounting {
                         None,
                     )
                     .await?;
-                tracing::debug!(acct_session_id = %acct_id, status_type = row.status_type,
-                    session_server = %session.server_name,
-                    "accounting waits before failing over: the other servers are only just back (the session's own may be too)");
+                if let Some(left_out) = org_line(OrgLine::Settling, &org.id) {
+                    tracing::info!(acct_session_id = %acct_id, status_type = row.status_type,
+                        session_server = %session.server_name, organization = %org.id,
+                        wait_ms = left.as_millis() as u64, left_out,
+                        "accounting waits before failing over: the session's server is down and the others are only just back (the session's own may be back too, and answer first)");
+                }
                 Ok(Err(Delivery::RetryAt(retry)))
             }
             Pick::AllDown => {
-                // Every row of every session says it while the outage lasts: a line per 5 s
-                // for each organization.
-                static HELD: std::sync::LazyLock<
-                    std::sync::Mutex<HashMap<String, Arc<crate::telemetry::Throttle>>>,
-                > = std::sync::LazyLock::new(Default::default);
-                let throttle = HELD
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(org.id.clone())
-                    .or_default()
-                    .clone();
-                if let Some(left_out) = throttle.admit() {
+                if let Some(left_out) = org_line(OrgLine::Held, &org.id) {
                     tracing::warn!(acct_session_id = %acct_id, status_type = row.status_type,
                         organization = %org.id, left_out,
                         "accounting held: every server of the organization is down; will retry");

@@ -16,7 +16,10 @@
 //! ordinary request succeeded — it answers Status-Server while its back end is down — waits
 //! twice as long for its next probe each time (up to 2^[`MAX_BACKOFF_LEVEL`] intervals); an
 //! ordinary success resets that. So the breaker never stays open for good, and a sick server
-//! costs ever fewer requests.
+//! costs ever fewer requests. A probe that goes unanswered ends the damping
+//! ([`Breaker::record_probe_failure`]): a flapping server answers Status-Server, so one that
+//! does not is simply down — a new outage of a server that got no request between two of them
+//! (a backup) — and is probed every interval again, so its return is noticed within one.
 
 use std::time::Duration;
 use tokio::time::Instant;
@@ -230,6 +233,25 @@ impl Breaker {
         }
     }
 
+    /// A probe sent while open got no verified answer: the server is down, not flapping (a
+    /// flapping server answers Status-Server while its requests fail). The back-off starts
+    /// over: the next probe comes at most one interval from `now`, not the damped wait. Returns
+    /// whether that moved the next probe earlier.
+    pub fn record_probe_failure(&mut self, now: Instant) -> bool {
+        match self.state {
+            BreakerState::Open { since, next_probe } if self.backoff_level > 0 => {
+                self.backoff_level = 0;
+                let sooner = now + self.probe_wait();
+                self.state = BreakerState::Open {
+                    since,
+                    next_probe: next_probe.min(sooner),
+                };
+                sooner < next_probe
+            }
+            _ => false,
+        }
+    }
+
     /// A probe was answered with a verified reply: close, on probation until an ordinary request
     /// succeeds. Returns true if it was open.
     pub fn record_probe_success(&mut self) -> bool {
@@ -347,6 +369,50 @@ mod tests {
         b.record_success();
         open(&mut b, now);
         assert_eq!(b.probe_due(), Some(now + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn an_unanswered_probe_ends_the_damping_so_a_new_outage_is_probed_every_interval() {
+        // A backup gets no ordinary request while the primary is up: closed by a probe after
+        // an outage, its next outage opens it at a damped level although it never flapped.
+        let mut now = Instant::now();
+        let mut b = Breaker::new(policy());
+        open(&mut b, now);
+        for _ in 0..3 {
+            now = b.probe_due().expect("open");
+            assert!(b.take_probe(now));
+            assert!(b.record_probe_success());
+            open(&mut b, now);
+        }
+        let damped = b.probe_due().expect("open") - now;
+        assert_eq!(
+            damped,
+            Duration::from_secs(40),
+            "damped after three closings"
+        );
+        now = b.probe_due().expect("open");
+        assert!(b.take_probe(now));
+        // That probe is not answered: the server is down, not answering Status-Server.
+        let unanswered = now + Duration::from_secs(2);
+        assert!(b.record_probe_failure(unanswered));
+        assert_eq!(
+            b.probe_due(),
+            Some(unanswered + Duration::from_secs(5)),
+            "the next probe one interval after the unanswered one, not 80 s after it was sent"
+        );
+        assert!(
+            !b.record_probe_failure(unanswered),
+            "already at the first level"
+        );
+        now = b.probe_due().expect("open");
+        assert!(b.take_probe(now));
+        assert_eq!(b.probe_due(), Some(now + Duration::from_secs(5)));
+        // Back: closed by the next answered probe.
+        assert!(b.record_probe_success());
+        assert!(b.allows_request(now));
+        // An unanswered probe never touches a closed breaker.
+        assert!(!b.record_probe_failure(now));
+        assert!(b.allows_request(now));
     }
 
     #[test]

@@ -290,6 +290,23 @@ impl ServerHealth {
         (due, next)
     }
 
+    /// A probe of `server` at `port` went unanswered: it is down, not flapping, so its probes
+    /// come every interval again ([`Breaker::record_probe_failure`]).
+    pub fn record_probe_failure(&self, server: &ServerEndpoint, port: Port) {
+        if self.retired(self.target(server, port)) {
+            return;
+        }
+        let sooner = self.with(self.target(server, port), |e| {
+            e.breaker.record_probe_failure(Instant::now())
+        });
+        if sooner {
+            tracing::debug!(server = %server.name, ?port,
+                "Status-Server unanswered: the server is down, not flapping; probed every interval again");
+            // The prober may sleep until the damped probe: wake it for the sooner one.
+            self.opened.notify_one();
+        }
+    }
+
     /// A probe of `addr` was answered: close its breaker.
     pub fn record_probe_success(&self, server: &ServerEndpoint, port: Port) {
         if self.retired(self.target(server, port)) {
@@ -476,6 +493,41 @@ mod tests {
         assert_eq!(
             health.checked_within(&tried, Port::Acct),
             Some(Duration::from_secs(3600) + Duration::from_millis(300))
+        );
+    }
+
+    /// A backup closed by a probe and down again before any request reached it opens with its
+    /// probes backed off; its first unanswered probe brings them back to every interval, and
+    /// wakes the prober for the sooner one.
+    #[tokio::test]
+    async fn an_unanswered_probe_brings_a_backed_off_server_back_to_every_interval() {
+        let minute = Duration::from_secs(60);
+        let health = ServerHealth::new(BreakerPolicy {
+            failure_threshold: 1,
+            probe_interval: minute,
+        });
+        let backup = server("backup", 1813, "s");
+        health.record_failure(&backup, Port::Acct);
+        for _ in 0..2 {
+            health.record_probe_success(&backup, Port::Acct);
+            health.record_failure(&backup, Port::Acct); // down again, before any request
+        }
+        let (due, next) = health.take_due_probes();
+        assert!(due.is_empty());
+        assert!(
+            next.unwrap() > Instant::now() + 3 * minute,
+            "backed off twice: four minutes"
+        );
+        let woken = health.opened().notified();
+        health.record_probe_failure(&backup, Port::Acct);
+        tokio::time::timeout(minute, woken)
+            .await
+            .expect("the prober is woken for the sooner probe");
+        let (_, next) = health.take_due_probes();
+        assert!(next.unwrap() <= Instant::now() + minute, "one interval");
+        assert!(
+            health.checked_within(&backup, Port::Acct).unwrap() <= minute * 2,
+            "a failover waits for one interval's probe, not the backed-off one"
         );
     }
 

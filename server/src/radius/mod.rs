@@ -742,7 +742,8 @@ impl Radius {
                     match radius.status_server_at(&server, port, deadline).await {
                         Ok(_) => radius.health.record_probe_success(&server, port),
                         Err(e) => {
-                            tracing::debug!(server = %server.name, ?port, error = %e, "Status-Server probe unanswered")
+                            tracing::debug!(server = %server.name, ?port, error = %e, "Status-Server probe unanswered");
+                            radius.health.record_probe_failure(&server, port);
                         }
                     }
                 });

@@ -621,6 +621,17 @@ impl AccessSessionRecord {
     }
 }
 
+/// Acct-Session-Time of a packet at `event_at` for a session started at `started_at` (unix
+/// ms): the difference of the two events' Event-Timestamps (whole seconds, each rounded down),
+/// so that a Stop's Event-Timestamp is its Start's plus its Acct-Session-Time, as a RADIUS
+/// server reconciling the two expects. (The session's length rounded down could be one less: a
+/// session from 10.9 s to 12.1 s lasted 1.2 s but spans Event-Timestamps 10 and 12.) The
+/// PostgreSQL queries that queue Stops and Interim-Updates in SQL compute the same
+/// (`event_at / 1000 - started_at / 1000`, at least 0).
+pub(crate) fn session_time_secs(started_at: i64, event_at: i64) -> i64 {
+    (event_at.div_euclid(1000) - started_at.div_euclid(1000)).max(0)
+}
+
 /// The NAS identity a session row stored (both columns, an address that parses), if any.
 pub(crate) fn stored_nas(
     ip: Option<String>,

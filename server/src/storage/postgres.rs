@@ -284,7 +284,7 @@ macro_rules! stop_sessions {
             "WITH target AS (", $target, "), \
              stopped AS (UPDATE access_sessions s SET state = 'stopped', stopped_at = t.at, terminate_cause = t.cause \
                FROM target t WHERE s.id = t.id AND s.state = 'active' \
-               RETURNING s.id, t.at, t.cause, GREATEST(t.at - s.started_at, 0) / 1000 AS session_time, \
+               RETURNING s.id, t.at, t.cause, GREATEST(t.at / 1000 - s.started_at / 1000, 0) AS session_time, \
                  s.organization_id, s.username, s.client_ip, s.acct_session_id), \
              queued AS (INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
                  session_time_secs, terminate_cause, next_attempt_at, created_at) \
@@ -524,7 +524,7 @@ async fn enqueue_interim(
     .bind(AUTH_SERVER_DESTINATION)
     .bind(i64::from(status_type::INTERIM_UPDATE))
     .bind(now)
-    .bind((now - started_at) / 1000)
+    .bind(super::session_time_secs(started_at, now))
     .execute(c)
     .await?;
     Ok(())
@@ -875,7 +875,7 @@ impl SessionStore for PgStore {
                AND o.status_type = $2 AND o.delivered_at IS NULL AND o.dead_at IS NULL AND o.claimed_until IS NULL), \
              queued AS (INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
                session_time_secs, next_attempt_at, created_at) \
-               SELECT id, $3, $2, $1, ($1 - started_at) / 1000, $1, $1 FROM due), \
+               SELECT id, $3, $2, $1, GREATEST($1 / 1000 - started_at / 1000, 0), $1, $1 FROM due), \
              scheduled AS (UPDATE access_sessions s SET next_interim_at = $1 + due.interim_interval * 1000 \
                FROM due WHERE s.id = due.id) \
              SELECT COUNT(*) FROM due",
