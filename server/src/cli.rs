@@ -478,7 +478,7 @@ pub async fn radius_test(
             guard::{self, Operation, OrgState},
             Organizations,
         },
-        radius::{AuthOutcome, Radius},
+        radius::{health::Port, AuthOutcome, Radius},
     };
     // The database is the truth (organizations created or changed at run time); before the
     // portal first started (no SQLite file yet) there is only the configuration file.
@@ -542,11 +542,37 @@ pub async fn radius_test(
         audit_as_operator(storage, "radius.test", org_id, detail).await?;
     }
     let mut all_answered = true;
+    let mut report = |server: &crate::radius::ServerEndpoint,
+                      port: Port,
+                      started: tokio::time::Instant,
+                      outcome: Result<String, crate::radius::RadiusError>| {
+        let elapsed = started.elapsed().as_millis();
+        let (addr, role) = match port {
+            Port::Auth => (server.auth_addr, "authentication"),
+            Port::Acct => (server.acct_addr, "accounting"),
+        };
+        match outcome {
+            Ok(text) => say!("{} ({addr}, {role}): {text} in {elapsed} ms", server.name),
+            Err(e) => {
+                all_answered = false;
+                let by_request = if server.status_check == crate::config::StatusCheck::Request {
+                    " (its status_check is \"request\": a server such as NPS may answer no Status-Server at all)"
+                } else {
+                    ""
+                };
+                say!(
+                    "{} ({addr}, {role}): no usable answer: {} after {elapsed} ms{by_request}",
+                    server.name,
+                    crate::portal_backend::error_chain(&e)
+                );
+            }
+        }
+    };
     for server in &org.servers {
         let started = tokio::time::Instant::now();
         let deadline = started + server.timeout * (server.retries + 1);
         let outcome = match &credentials {
-            None => radius.status_server(server, deadline).await.map(|code| format!("answered Status-Server ({code:?})")),
+            None => radius.status_server(server, Port::Auth, deadline).await.map(|code| format!("answered Status-Server ({code:?})")),
             Some((user, password)) => radius
                 .authenticate(std::slice::from_ref(server), &org.nas, user, password, client_ip, deadline, crate::radius::always_go_on)
                 .await
@@ -574,23 +600,17 @@ pub async fn radius_test(
                     ),
                 }),
         };
-        let elapsed = started.elapsed().as_millis();
-        match outcome {
-            Ok(text) => say!(
-                "{} ({}): {text} in {elapsed} ms",
-                server.name,
-                server.auth_addr
-            ),
-            Err(e) => {
-                all_answered = false;
-                say!(
-                    "{} ({}): no usable answer: {} after {elapsed} ms",
-                    server.name,
-                    server.auth_addr,
-                    crate::portal_backend::error_chain(&e)
-                );
-            }
-        }
+        report(server, Port::Auth, started, outcome);
+        // The accounting port is another listener (one can be down while the other answers):
+        // Status-Server there is answered with an Accounting-Response (RFC 5997). No
+        // Accounting-Request is sent: it would open or close a session on the server.
+        let started = tokio::time::Instant::now();
+        let deadline = started + server.timeout * (server.retries + 1);
+        let outcome = radius
+            .status_server(server, Port::Acct, deadline)
+            .await
+            .map(|code| format!("answered Status-Server ({code:?})"));
+        report(server, Port::Acct, started, outcome);
     }
     Ok(all_answered)
 }

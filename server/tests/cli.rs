@@ -77,8 +77,18 @@ async fn radius_test_probes_every_server_and_fails_when_one_is_silent() {
         "names what it tests: {stdout}"
     );
     assert!(
-        stdout.contains("primary (127.0.0.1:") && stdout.contains("answered Status-Server"),
+        stdout.contains(&format!(
+            "primary (127.0.0.1:{}, authentication): answered Status-Server (AccessAccept)",
+            radius.strict_port
+        )),
         "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "primary (127.0.0.1:{}, accounting): answered Status-Server (AccountingResponse)",
+            radius.acct_port
+        )),
+        "the accounting port is tested too: {stdout}"
     );
     assert!(
         stdout.contains("misconfigured (127.0.0.1:") && stdout.contains("no usable answer"),
@@ -88,6 +98,58 @@ async fn radius_test_probes_every_server_and_fails_when_one_is_silent() {
         !stdout.contains(SECRET) && !stdout.contains("wrong-secret"),
         "secrets never printed"
     );
+}
+
+/// The accounting port is a listener of its own: one whose authentication answers while its
+/// accounting is closed fails the test, and the line says which port.
+#[tokio::test]
+async fn radius_test_tests_the_accounting_port_too() {
+    let radius = FreeRadius::start().await;
+    let closed_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portal.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[radius]\nbind = \"127.0.0.1\"\n[[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
+             [[organizations.servers]]\nname = \"half\"\naddress = \"127.0.0.1\"\n\
+             auth_port = {}\nacct_port = {closed_port}\nsecret = \"{SECRET}\"\ntimeout = \"300ms\"\nretries = 0\n",
+            radius.strict_port
+        ),
+    )
+    .unwrap();
+    for username in [None, Some("alice")] {
+        let mut args = vec!["--config", path.to_str().unwrap(), "radius", "test"];
+        args.extend(username.iter().flat_map(|u| ["--username", *u]));
+        let output = portal(&args)
+            .env("PORTAL_TEST_PASSWORD", "alice-pass")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(!output.status.success(), "{stdout}");
+        let auth = if username.is_some() {
+            "Access-Accept"
+        } else {
+            "answered Status-Server (AccessAccept)"
+        };
+        assert!(
+            stdout.contains(&format!(
+                "half (127.0.0.1:{}, authentication): {auth}",
+                radius.strict_port
+            )),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!(
+                "half (127.0.0.1:{closed_port}, accounting): no usable answer"
+            )),
+            "{stdout}"
+        );
+    }
 }
 
 #[tokio::test]

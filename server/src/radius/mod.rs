@@ -675,14 +675,16 @@ impl Radius {
         }
     }
 
-    /// Sends a Status-Server (RFC 5997) to a server's auth port; the reply's code when it
-    /// answers. Does not touch the breakers (the `radius test` command and test fixtures).
+    /// Sends a Status-Server (RFC 5997) to a server's auth or acct port; the reply's code when
+    /// it answers (Access-Accept, Accounting-Response). Does not touch the breakers (the
+    /// `radius test` command and test fixtures).
     pub async fn status_server(
         &self,
         server: &ServerEndpoint,
+        port: Port,
         deadline: Instant,
     ) -> Result<Code, RadiusError> {
-        self.status_server_at(server, Port::Auth, deadline)
+        self.status_server_at(server, port, deadline)
             .await
             .map(|r| r.packet.code())
     }

@@ -187,7 +187,11 @@ impl FreeRadius {
                 return false;
             }
             let probe = radius
-                .status_server(&endpoint, Instant::now() + Duration::from_millis(300))
+                .status_server(
+                    &endpoint,
+                    radius_portal::radius::health::Port::Auth,
+                    Instant::now() + Duration::from_millis(300),
+                )
                 .await;
             if probe.is_ok() {
                 return true;
