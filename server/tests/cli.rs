@@ -152,6 +152,55 @@ async fn radius_test_tests_the_accounting_port_too() {
     }
 }
 
+/// A server that answers with another shared secret (its replies fail verification): the
+/// line says why the answer was dropped, not "no reply", so the operator looks at the secret.
+#[tokio::test]
+async fn radius_test_names_a_reply_signed_with_another_secret() {
+    let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok((_, from)) = server.recv_from(&mut buf) {
+            // An Access-Reject for the request's Identifier, signed with something else.
+            let mut reply = [0x5au8; 20];
+            reply[0] = 3;
+            reply[1] = buf[1];
+            reply[2..4].copy_from_slice(&20u16.to_be_bytes());
+            let _ = server.send_to(&reply, from);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portal.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[radius]\nbind = \"127.0.0.1\"\n[[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
+             [[organizations.servers]]\nname = \"other-secret\"\naddress = \"127.0.0.1\"\n\
+             auth_port = {port}\nacct_port = {port}\nsecret = \"{SECRET}\"\ntimeout = \"300ms\"\nretries = 0\n"
+        ),
+    )
+    .unwrap();
+    let output = portal(&[
+        "--config",
+        path.to_str().unwrap(),
+        "radius",
+        "test",
+        "--username",
+        "alice",
+    ])
+    .env("PORTAL_TEST_PASSWORD", "alice-pass")
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "other-secret (127.0.0.1:{port}, authentication): no usable answer: no verified reply from the RADIUS server in time: its reply was dropped, its Response Authenticator does not verify (the server has another shared secret"
+        )),
+        "{stdout}"
+    );
+}
+
 #[tokio::test]
 async fn radius_test_with_a_username_sends_an_access_request() {
     let radius = FreeRadius::start().await;

@@ -71,6 +71,9 @@ struct Pending {
     reply: Option<oneshot::Sender<Answer>>,
     /// An authentic reply came but was dropped for lacking the Message-Authenticator.
     unsigned_reply: bool,
+    /// A reply to it came from its destination but failed verification (a wrong shared
+    /// secret, or a forgery): why the first one was dropped.
+    unverified_reply: Option<String>,
     /// An ICMP destination unreachable quoting the request came, and the request went on.
     refused: Option<nix::errno::Errno>,
 }
@@ -300,23 +303,28 @@ impl RadiusClient {
                 Err(_) => {} // timed out: retransmit
             }
         }
-        let (unsigned, refused) = self
-            .lock()
-            .waiters
-            .get(&key)
-            .map_or((false, None), |pending| {
-                (pending.unsigned_reply, pending.refused)
-            });
-        Err(match (sent, unsigned, refused) {
-            (true, true, _) => RadiusError::UnsignedReply,
+        let (unsigned, refused, unverified) =
+            self.lock()
+                .waiters
+                .get_mut(&key)
+                .map_or((false, None, None), |pending| {
+                    (
+                        pending.unsigned_reply,
+                        pending.refused,
+                        pending.unverified_reply.take(),
+                    )
+                });
+        Err(match (sent, unsigned, refused, unverified) {
+            (true, true, _, _) => RadiusError::UnsignedReply,
             // Retransmitted through ICMP errors (a last server that may be restarting): the
             // operator learns that nothing listened there, not "no reply".
-            (true, false, Some(errno)) => RadiusError::Unreachable {
+            (true, false, Some(errno), _) => RadiusError::Unreachable {
                 error: std::io::Error::from(errno),
                 maybe_received: true,
             },
-            (true, false, None) => RadiusError::Timeout,
-            (false, _, _) => RadiusError::NotSent,
+            (true, false, None, Some(why)) => RadiusError::UnverifiedReply(why),
+            (true, false, None, None) => RadiusError::Timeout,
+            (false, ..) => RadiusError::NotSent,
         })
     }
 
@@ -384,6 +392,7 @@ impl RadiusClient {
                             expect: None,
                             reply: Some(tx),
                             unsigned_reply: false,
+                            unverified_reply: None,
                             refused: None,
                         },
                     );
@@ -731,7 +740,22 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
                 DropCause::SecretHolder,
             )
         }
-        Err(why) => drop_it(&why, DropCause::FromServer),
+        Err(why) => {
+            // The request ends as a timeout all the same (a forger must not end it), but says
+            // why: the operator learns of the secret, not of silence.
+            if let Some(pending) = shared
+                .inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .waiters
+                .get_mut(&key)
+            {
+                pending
+                    .unverified_reply
+                    .get_or_insert_with(|| why.to_string());
+            }
+            drop_it(&why, DropCause::FromServer)
+        }
     }
 }
 
@@ -759,6 +783,7 @@ mod tests {
                 }),
                 reply: Some(tx),
                 unsigned_reply: false,
+                unverified_reply: None,
                 refused: None,
             },
         );

@@ -38,6 +38,12 @@ pub enum RadiusError {
     /// operator learns why.
     #[error("the RADIUS server answered without a Message-Authenticator, which `require_message_authenticator` demands (servers that cannot send one, e.g. FreeRADIUS before 3.2.5, need \"learn\" or false)")]
     UnsignedReply,
+    /// Only replies that failed verification came from the server's address before the
+    /// deadline (they were dropped; the first one's reason is kept): a timeout for failover
+    /// and the breaker, named so that the operator looks at the shared secret, not at the
+    /// network.
+    #[error("no verified reply from the RADIUS server in time: its reply was dropped, {0}")]
+    UnverifiedReply(String),
     /// Socket error: try the next server.
     #[error("RADIUS socket error")]
     Io(#[source] std::io::Error),
@@ -478,7 +484,9 @@ impl Radius {
         let result = self.client.exchange(exchange, build).await;
         let outcome = match &result {
             Ok(_) => "answered",
-            Err(RadiusError::Timeout | RadiusError::UnsignedReply) => "timeout",
+            Err(
+                RadiusError::Timeout | RadiusError::UnsignedReply | RadiusError::UnverifiedReply(_),
+            ) => "timeout",
             Err(RadiusError::Unreachable { .. }) => "unreachable",
             Err(_) => "error",
         };
@@ -501,6 +509,7 @@ impl Radius {
             Err(
                 RadiusError::Timeout
                 | RadiusError::UnsignedReply
+                | RadiusError::UnverifiedReply(_)
                 | RadiusError::Unreachable { .. }
                 | RadiusError::Io(_),
             ) => self.health.record_failure(server, port),
