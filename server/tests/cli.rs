@@ -58,6 +58,37 @@ fn portal(args: &[&str]) -> Command {
     command
 }
 
+/// A configuration of one organization with one server, `name`, at these ports of loopback
+/// (timeout 300 ms, no retransmission), in `dir`.
+fn one_server(dir: &tempfile::TempDir, name: &str, auth_port: u16, acct_port: u16) -> String {
+    let path = dir.path().join("portal.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[radius]\nbind = \"127.0.0.1\"\n[[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
+             [[organizations.servers]]\nname = \"{name}\"\naddress = \"127.0.0.1\"\n\
+             auth_port = {auth_port}\nacct_port = {acct_port}\nsecret = \"{SECRET}\"\ntimeout = \"300ms\"\nretries = 0\n"
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// `radius test` with that configuration (as alice with `username`): whether it succeeded, and
+/// what it printed.
+fn radius_test(path: &str, username: Option<&str>) -> (bool, String) {
+    let mut args = vec!["--config", path, "radius", "test"];
+    args.extend(username.iter().flat_map(|u| ["--username", *u]));
+    let output = portal(&args)
+        .env("PORTAL_TEST_PASSWORD", "alice-pass")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
 #[tokio::test]
 async fn radius_test_probes_every_server_and_fails_when_one_is_silent() {
     let radius = FreeRadius::start().await;
@@ -111,26 +142,10 @@ async fn radius_test_tests_the_accounting_port_too() {
         .unwrap()
         .port();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("portal.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[radius]\nbind = \"127.0.0.1\"\n[[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
-             [[organizations.servers]]\nname = \"half\"\naddress = \"127.0.0.1\"\n\
-             auth_port = {}\nacct_port = {closed_port}\nsecret = \"{SECRET}\"\ntimeout = \"300ms\"\nretries = 0\n",
-            radius.strict_port
-        ),
-    )
-    .unwrap();
+    let path = one_server(&dir, "half", radius.strict_port, closed_port);
     for username in [None, Some("alice")] {
-        let mut args = vec!["--config", path.to_str().unwrap(), "radius", "test"];
-        args.extend(username.iter().flat_map(|u| ["--username", *u]));
-        let output = portal(&args)
-            .env("PORTAL_TEST_PASSWORD", "alice-pass")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(!output.status.success(), "{stdout}");
+        let (success, stdout) = radius_test(&path, username);
+        assert!(!success, "{stdout}");
         let auth = if username.is_some() {
             "Access-Accept"
         } else {
@@ -170,29 +185,9 @@ async fn radius_test_names_a_reply_signed_with_another_secret() {
         }
     });
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("portal.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[radius]\nbind = \"127.0.0.1\"\n[[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
-             [[organizations.servers]]\nname = \"other-secret\"\naddress = \"127.0.0.1\"\n\
-             auth_port = {port}\nacct_port = {port}\nsecret = \"{SECRET}\"\ntimeout = \"300ms\"\nretries = 0\n"
-        ),
-    )
-    .unwrap();
-    let output = portal(&[
-        "--config",
-        path.to_str().unwrap(),
-        "radius",
-        "test",
-        "--username",
-        "alice",
-    ])
-    .env("PORTAL_TEST_PASSWORD", "alice-pass")
-    .output()
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(!output.status.success(), "{stdout}");
+    let (success, stdout) =
+        radius_test(&one_server(&dir, "other-secret", port, port), Some("alice"));
+    assert!(!success, "{stdout}");
     assert!(
         stdout.contains(&format!(
             "other-secret (127.0.0.1:{port}, authentication): no usable answer: no verified reply from the RADIUS server in time: its reply was dropped, its Response Authenticator does not verify (the server has another shared secret"
@@ -330,32 +325,9 @@ retries = 0
 async fn radius_test_names_a_missing_message_authenticator() {
     let radius = FreeRadius::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("portal.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[radius]\nbind = \"127.0.0.1\"\n[[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
-             [[organizations.servers]]\nname = \"stock\"\naddress = \"127.0.0.1\"\n\
-             auth_port = {}\nacct_port = {}\nsecret = \"{SECRET}\"\ntimeout = \"300ms\"\nretries = 0\n",
-            radius.auth_port, radius.acct_port
-        ),
-    )
-    .unwrap();
-
-    let output = portal(&[
-        "--config",
-        path.to_str().unwrap(),
-        "radius",
-        "test",
-        "--username",
-        "alice",
-    ])
-    .env("PORTAL_TEST_PASSWORD", "alice-pass")
-    .output()
-    .unwrap();
-
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(!output.status.success(), "{stdout}");
+    let path = one_server(&dir, "stock", radius.auth_port, radius.acct_port);
+    let (success, stdout) = radius_test(&path, Some("alice"));
+    assert!(!success, "{stdout}");
     assert!(
         stdout.contains("answered without a Message-Authenticator"),
         "{stdout}"

@@ -725,24 +725,11 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
                 None => tracing::debug!(%from, id, "duplicate reply dropped"),
             }
         }
-        Err(Dropped::MissingMessageAuthenticator) => {
-            if let Some(pending) = shared
-                .inner
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .waiters
-                .get_mut(&key)
-            {
-                pending.unsigned_reply = true;
-            }
-            drop_it(
-                &Dropped::MissingMessageAuthenticator,
-                DropCause::SecretHolder,
-            )
-        }
         Err(why) => {
             // The request ends as a timeout all the same (a forger must not end it), but says
-            // why: the operator learns of the secret, not of silence.
+            // why: the operator learns of the missing Message-Authenticator or of the secret,
+            // not of silence.
+            let unsigned = matches!(why, Dropped::MissingMessageAuthenticator);
             if let Some(pending) = shared
                 .inner
                 .lock()
@@ -750,11 +737,20 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
                 .waiters
                 .get_mut(&key)
             {
-                pending
-                    .unverified_reply
-                    .get_or_insert_with(|| why.to_string());
+                if unsigned {
+                    pending.unsigned_reply = true;
+                } else {
+                    pending
+                        .unverified_reply
+                        .get_or_insert_with(|| why.to_string());
+                }
             }
-            drop_it(&why, DropCause::FromServer)
+            let cause = if unsigned {
+                DropCause::SecretHolder
+            } else {
+                DropCause::FromServer
+            };
+            drop_it(&why, cause)
         }
     }
 }
