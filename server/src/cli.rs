@@ -249,11 +249,10 @@ pub async fn run() -> anyhow::Result<()> {
             ids.extend(stored);
             ids.sort();
             ids.dedup();
-            let warnings = cli
-                .config
-                .as_deref()
-                .and_then(|path| secrets_readable_warning(path, &settings))
+            let addr = settings.http.listen.unwrap_or(options.site_addr);
+            let warnings = secrets_readable_warnings(cli.config.as_deref(), &settings)
                 .into_iter()
+                .chain(crate::startup::exposure_warnings(&settings, addr))
                 .chain(crate::startup::dynauth_warnings(
                     &settings.dynamic_authorization,
                     &ids,
@@ -300,11 +299,7 @@ pub async fn run() -> anyhow::Result<()> {
             }
             let settings = Settings::load(cli.config.as_deref())?;
             telemetry::init(&settings.log);
-            if let Some(warning) = cli
-                .config
-                .as_deref()
-                .and_then(|path| secrets_readable_warning(path, &settings))
-            {
+            for warning in secrets_readable_warnings(cli.config.as_deref(), &settings) {
                 tracing::warn!("{warning}");
             }
             let options = leptos_options(&cli.leptos_config)?;
@@ -690,10 +685,11 @@ fn check_site_files(options: &LeptosOptions, hash_file: &Path) -> anyhow::Result
     Ok(())
 }
 
-/// A warning when the configuration file holds shared secrets inline and other users of the
-/// machine can read it (`secret_file` with tight permissions is the better place): `serve`
-/// logs it, `check-config` says it.
-fn secrets_readable_warning(path: &Path, settings: &Settings) -> Option<String> {
+/// What `serve` warns about in the files the configuration names, before it starts: shared
+/// secrets that other users of the machine can read — the configuration file (`path`) holding
+/// inline secrets, or a `secret_file`.
+fn secrets_readable_warnings(path: Option<&Path>, settings: &Settings) -> Vec<String> {
+    let mut warnings = Vec::new();
     let inline = settings
         .organizations
         .iter()
@@ -704,19 +700,51 @@ fn secrets_readable_warning(path: &Path, settings: &Settings) -> Option<String> 
             .clients
             .iter()
             .any(|c| c.secret.is_some());
+    if let Some(path) = path.filter(|path| inline && readable_by_others(path)) {
+        warnings.push(format!(
+            "the configuration file {} holds RADIUS shared secrets and other users can read it: `chmod 600` it, or move the secrets to secret_file",
+            path.display()
+        ));
+    }
+    let files = settings
+        .organizations
+        .iter()
+        .flat_map(|o| {
+            o.servers.iter().map(move |s| {
+                (
+                    format!("server `{}` of organization `{}`", s.name, o.id),
+                    &s.secret_file,
+                )
+            })
+        })
+        .chain(settings.dynamic_authorization.clients.iter().map(|c| {
+            (
+                format!("Dynamic Authorization client `{}`", c.name),
+                &c.secret_file,
+            )
+        }));
+    for (whose, file) in files {
+        if let Some(file) = file.as_deref().filter(|file| readable_by_others(file)) {
+            warnings.push(format!(
+                "the secret_file {} of {whose} can be read by other users: `chmod 600` it",
+                file.display()
+            ));
+        }
+    }
+    warnings
+}
+
+/// Whether users other than the file's owner can read it (group or others).
+fn readable_by_others(path: &Path) -> bool {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).ok()?;
-        (inline && meta.permissions().mode() & 0o044 != 0).then(|| format!(
-            "the configuration file {} holds RADIUS shared secrets and other users can read it: `chmod 600` it, or move the secrets to secret_file",
-            path.display()
-        ))
+        std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o044 != 0)
     }
     #[cfg(not(unix))]
     {
-        let _ = (path, inline);
-        None
+        let _ = path;
+        false
     }
 }
 

@@ -176,7 +176,9 @@ impl Application {
             Some(addr) => addr,
             None => leptos_options.site_addr,
         };
-        warn_about_exposure(settings, addr);
+        for warning in exposure_warnings(settings, addr) {
+            tracing::warn!("{warning}");
+        }
         // Read before binding: a missing, unreadable or mismatched pair stops start-up here.
         let tls = match &settings.http.tls {
             Some(files) => Some((
@@ -590,22 +592,26 @@ pub(crate) fn dynauth_warnings(
     warnings
 }
 
-fn warn_about_exposure(settings: &Settings, addr: SocketAddr) {
+/// What `serve` warns about the way it is reached (`addr`: where it listens): a wide trusted
+/// proxy network, and — reachable by others — no `public_url`, or plain HTTP. `check-config`
+/// says the same.
+pub(crate) fn exposure_warnings(settings: &Settings, addr: SocketAddr) -> Vec<String> {
     let http = &settings.http;
+    let mut warnings = Vec::new();
     for net in &http.trusted_proxies {
         let wide = match net {
             ipnet::IpNet::V4(v4) => v4.prefix_len() < 24,
             ipnet::IpNet::V6(v6) => v6.prefix_len() < 64,
         };
         if wide {
-            tracing::warn!(network = %net, "trusted_proxies holds a wide network: any client inside it can name any address as its own; list your proxies' addresses");
+            warnings.push(format!("trusted_proxies holds a wide network, {net}: any client inside it can name any address as its own; list your proxies' addresses"));
         }
     }
     // Reachable by others: listening beyond loopback, or behind a proxy (which may listen
     // anywhere and pass on whatever Host a browser sent).
     let proxied = !http.trusted_proxies.is_empty();
     if addr.ip().is_loopback() && !proxied {
-        return;
+        return warnings;
     }
     let place = if proxied {
         format!("behind a proxy (listening on {addr})")
@@ -613,11 +619,12 @@ fn warn_about_exposure(settings: &Settings, addr: SocketAddr) {
         format!("on {addr}")
     };
     if http.public_url.is_none() {
-        tracing::warn!("no public_url {place}: form posts are checked against the Host header only, which a DNS-rebinding page controls; set public_url to the address users type");
+        warnings.push(format!("no public_url {place}: form posts are checked against the Host header only, which a DNS-rebinding page controls; set public_url to the address users type"));
     }
     if !http.https() {
-        tracing::warn!("plain HTTP {place} without an https public_url: cookies are not Secure; serve HTTPS ([http.tls]) or put a TLS proxy in front and set public_url = \"https://…\"");
+        warnings.push(format!("plain HTTP {place} without an https public_url: cookies are not Secure; serve HTTPS ([http.tls]) or put a TLS proxy in front and set public_url = \"https://…\""));
     }
+    warnings
 }
 
 /// What a metrics scrape reads.

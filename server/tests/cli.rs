@@ -743,3 +743,67 @@ secret = "{SECRET}"
         "{stderr}"
     );
 }
+
+/// `check-config` says before a start what `serve` would warn about: a wide trusted proxy
+/// network, no `public_url` and plain HTTP behind a proxy, and a `secret_file` other users
+/// can read (as the configuration file holding secrets). Exit 0: warnings, not errors.
+#[test]
+fn check_config_says_what_serve_would_warn_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("primary.secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let path = dir.path().join("portal.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[http]
+listen = "127.0.0.1:0"
+trusted_proxies = ["10.0.0.0/8"]
+[database]
+path = "{db}"
+[[organizations]]
+id = "acme"
+name = "Acme"
+[[organizations.servers]]
+name = "primary"
+address = "127.0.0.1"
+secret_file = "{file}"
+"#,
+            db = dir.path().join("portal.db").display(),
+            file = secret_file.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let check = || {
+        let output = portal(&["--config", path.to_str().unwrap(), "check-config"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        stderr
+    };
+    let stderr = check();
+    for said in [
+        "warning: trusted_proxies holds a wide network, 10.0.0.0/8",
+        "warning: no public_url behind a proxy",
+        "warning: plain HTTP behind a proxy",
+        &format!(
+            "warning: the secret_file {} of server `primary` of organization `acme` can be read by other users",
+            secret_file.display()
+        ),
+    ] {
+        assert!(stderr.contains(said), "{said:?} in {stderr}");
+    }
+    assert!(!stderr.contains(SECRET), "{stderr}");
+    assert!(
+        !stderr.contains("the configuration file"),
+        "its own file holds no secret: {stderr}"
+    );
+    // Read by its owner alone: nothing said of it.
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(!check().contains("secret_file"));
+}
