@@ -338,6 +338,10 @@ enum OrgLine {
     Held,
     /// "accounting waits before failing over".
     Settling,
+    /// "accounting fails over".
+    FailsOver,
+    /// "accounting not acknowledged; will retry".
+    NotAcknowledged,
 }
 
 /// Some(lines left out since the last) when this `kind` of line about `org` is to be written.
@@ -882,9 +886,17 @@ impl Accounting {
             Err(outcome) => return Ok(outcome),
         };
         if failover {
-            tracing::warn!(acct_session_id = %acct_id, status_type = record.status_type,
-                session_server = %session.server_name, server = %server.name,
-                "accounting fails over: the session's server is down");
+            // Every session of a down server fails over: a line per 5 s for its organization
+            // (the rest at debug).
+            if let Some(left_out) = org_line(OrgLine::FailsOver, &org.id) {
+                tracing::warn!(acct_session_id = %acct_id, status_type = record.status_type,
+                    session_server = %session.server_name, server = %server.name, organization = %org.id, left_out,
+                    "accounting fails over: the session's server is down");
+            } else {
+                tracing::debug!(acct_session_id = %acct_id, status_type = record.status_type,
+                    session_server = %session.server_name, server = %server.name,
+                    "accounting fails over: the session's server is down");
+            }
             // An Interim-Update may open the session where it goes: remembered before it
             // leaves (a kill -9 after the answer, before it is recorded, would lose it), so
             // the session's Stop is copied there.
@@ -1037,8 +1049,16 @@ impl Accounting {
                     }
                     *unseen.entry(row.id).or_default() += 1;
                 }
-                tracing::warn!(acct_session_id = %record.acct_session_id, status_type = record.status_type,
-                    server = %server.name, attempts = row.attempts, error = %e, "accounting not acknowledged; will retry");
+                // Every session's row says it while a server is silent: a line per 5 s for the
+                // organization (the rest at debug).
+                if let Some(left_out) = org_line(OrgLine::NotAcknowledged, &org.id) {
+                    tracing::warn!(acct_session_id = %record.acct_session_id, status_type = record.status_type,
+                        server = %server.name, organization = %org.id, attempts = row.attempts, error = %e, left_out,
+                        "accounting not acknowledged; will retry");
+                } else {
+                    tracing::debug!(acct_session_id = %record.acct_session_id, status_type = record.status_type,
+                        server = %server.name, attempts = row.attempts, error = %e, "accounting not acknowledged; will retry");
+                }
                 let sent_to = transmitted.then_some(server.name.as_str());
                 self.release(
                     &row,
@@ -1763,6 +1783,27 @@ mod tests {
         assert_eq!(
             failover_settle(Duration::from_secs(10)),
             Duration::from_secs(21)
+        );
+    }
+
+    /// Lines every session's row would repeat while an organization's servers are down:
+    /// the first of each kind per organization is written, the next ones are left out (and
+    /// counted) for the throttle's period; another organization or kind is written apart.
+    #[test]
+    fn repeated_accounting_lines_are_written_once_per_organization_and_kind() {
+        assert_eq!(
+            super::org_line(super::OrgLine::FailsOver, "lines-a"),
+            Some(0)
+        );
+        assert_eq!(super::org_line(super::OrgLine::FailsOver, "lines-a"), None);
+        assert_eq!(super::org_line(super::OrgLine::FailsOver, "lines-a"), None);
+        assert_eq!(
+            super::org_line(super::OrgLine::FailsOver, "lines-b"),
+            Some(0)
+        );
+        assert_eq!(
+            super::org_line(super::OrgLine::NotAcknowledged, "lines-a"),
+            Some(0)
         );
     }
 
