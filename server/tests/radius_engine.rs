@@ -873,6 +873,33 @@ async fn readiness_fails_while_every_server_is_open_circuit_and_recovers() {
         ready().await.status() == 200
     })
     .await;
+
+    // Down again, and then the portal's own database goes (removed): `/readyz` names the
+    // portal's fault, which the operator must mend here, not the servers' outage.
+    radius.pause();
+    for n in 3..=4 {
+        app.browser(client(20 + n))
+            .login("carol", "carol-pass")
+            .await;
+    }
+    assert!(!app.radius.health().allows(addr), "breaker open again");
+    assert!(ready()
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("breakers open"));
+    std::fs::remove_file(&db).unwrap();
+    wait_until("/readyz to name the removed database", || async {
+        ready()
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains("removed or replaced")
+    })
+    .await;
+    radius.resume();
     app.stop().await;
 }
 

@@ -813,14 +813,9 @@ impl Readiness {
 }
 
 async fn readyz(State(ready): State<Readiness>) -> Response {
-    if ready.all_servers_down() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "every RADIUS server of every organization is unreachable (circuit breakers open)",
-        )
-            .into_response();
-    }
-    let (storage, tasks) = (ready.storage, ready.tasks);
+    // The portal's own faults first (a removed database, a task restarting): they are what the
+    // operator must act on here, while RADIUS servers down are another system's outage.
+    let (storage, tasks) = (&ready.storage, &ready.tasks);
     let down = tasks.down();
     if !down.is_empty() {
         return (
@@ -841,6 +836,11 @@ async fn readyz(State(ready): State<Readiness>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response();
     }
     match storage.ping().await {
+        Ok(()) if ready.all_servers_down() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "every RADIUS server of every organization is unreachable (circuit breakers open)",
+        )
+            .into_response(),
         Ok(()) => "ready".into_response(),
         Err(e) => {
             // Probes come every few seconds from every load balancer: a line per 5 s at most.
