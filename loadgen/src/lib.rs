@@ -23,6 +23,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The wait before a virtual user tries again after its connection was refused.
+const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// A request without an answer this long fails its journey (and the connection is replaced).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -291,19 +293,33 @@ impl VirtualUser {
         while Instant::now() < deadline {
             let started = Instant::now();
             let outcome = self.journey().await;
-            let mut totals = totals.lock().unwrap_or_else(|p| p.into_inner());
-            match outcome {
-                Ok(login) => {
-                    totals.journeys += 1;
-                    totals.journey_times.push(started.elapsed());
-                    totals.login_times.push(login);
+            let failed = {
+                let mut totals = totals.lock().unwrap_or_else(|p| p.into_inner());
+                match outcome {
+                    Ok(login) => {
+                        totals.journeys += 1;
+                        totals.journey_times.push(started.elapsed());
+                        totals.login_times.push(login);
+                        None
+                    }
+                    Err(kind) => {
+                        let refused = kind.starts_with("connect:");
+                        *totals.failures.entry(kind).or_default() += 1;
+                        Some(refused)
+                    }
                 }
-                Err(kind) => {
-                    *totals.failures.entry(kind).or_default() += 1;
-                    drop(totals);
-                    // Start clean: a new connection and no cookies.
-                    self.connection = None;
-                    self.cookies.clear();
+            };
+            if let Some(refused) = failed {
+                // Start clean: a new connection and no cookies.
+                self.connection = None;
+                self.cookies.clear();
+                // Nothing listening (the portal killed and restarting): try again after a
+                // pause, as a person would. Without one, hundreds of thousands of connects
+                // a second reach the port range the kernel picks source ports from, and
+                // one of them can connect the port to itself — holding the portal's port
+                // (TIME-WAIT) so that its restart cannot bind it for a minute.
+                if refused {
+                    tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
                 }
             }
         }
@@ -367,6 +383,11 @@ impl VirtualUser {
             let stream = tokio::net::TcpStream::connect(&self.host)
                 .await
                 .map_err(|e| format!("connect: {}", e.kind()))?;
+            // A connect to a port in the ephemeral range with nothing listening can be
+            // answered by the connecting socket itself (TCP simultaneous open).
+            if stream.local_addr().ok() == stream.peer_addr().ok() {
+                return Err("connect: connected to itself (nothing listens there)".into());
+            }
             stream.set_nodelay(true).map_err(|e| e.to_string())?;
             let (sender, connection) = http1::handshake(TokioIo::new(stream))
                 .await
