@@ -299,10 +299,19 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
             let Some(s) = find_session(&storage, &id).await? else {
                 return Ok(Outcome::NoSession(id));
             };
-            if storage
+            let queued = storage
                 .queue_session_termination(s.id, &actor(), crate::access_session::now_ms())
-                .await?
-            {
+                .await?;
+            if queued == crate::storage::Termination::AlreadyQueued {
+                say!(
+                    "session {} ({}, {}) is already to be stopped: a termination asked for earlier is not done yet",
+                    s.id,
+                    s.username,
+                    s.organization_id
+                );
+                return Ok(Outcome::Done);
+            }
+            if queued == crate::storage::Termination::Queued {
                 let by = match &settings.database.url {
                     Some(_) => "by a running portal replica (or the next one to start)",
                     None if crate::startup::sqlite_portal_running(&settings.database.path) => {

@@ -150,6 +150,7 @@ on_both_backends!(
     disconnect_requests_find_sessions_by_id_address_user_and_class,
     periodic_interims_come_due_and_coalesce,
     session_time_is_the_difference_of_the_event_timestamps,
+    a_session_termination_is_queued_once,
     pruning_keeps_what_is_pending,
     organization_changes_are_revisioned_audited_and_guarded,
     keys_and_web_sessions_are_shared_by_every_process,
@@ -1067,6 +1068,40 @@ async fn session_time_is_the_difference_of_the_event_timestamps(db: Db) {
             (interim, INTERIM, start + 301, Some(301)),
         ]
     );
+}
+
+/// An operator asking twice to terminate a session before the portal got to it queues one
+/// job and writes one audit entry; an ended session is not queued at all.
+async fn a_session_termination_is_queued_once(db: Db) {
+    use radius_portal::storage::Termination;
+    let s = &db.storage;
+    s.seed_organization("acme", "Acme", "{}", None, 0, T0)
+        .await
+        .unwrap();
+    let id = opened(s, login("10.0.3.1", T0, 10 * MINUTE)).await;
+    let ask = || s.queue_session_termination(id, "cli:jo", T0 + 1);
+    assert_eq!(ask().await.unwrap(), Termination::Queued);
+    assert_eq!(ask().await.unwrap(), Termination::AlreadyQueued);
+    let jobs = s.pending_organization_jobs().await.unwrap();
+    assert_eq!(
+        jobs.iter()
+            .filter(|j| j.access_session_id == Some(id))
+            .count(),
+        1,
+        "{jobs:?}"
+    );
+    let audited = s.audit_tail(100).await.unwrap();
+    assert_eq!(
+        audited
+            .iter()
+            .filter(|e| e.action == "session.terminate")
+            .count(),
+        1
+    );
+    s.stop_session(id, terminate_cause::ADMIN_RESET, T0 + 2)
+        .await
+        .unwrap();
+    assert_eq!(ask().await.unwrap(), Termination::NotActive);
 }
 
 async fn pruning_keeps_what_is_pending(db: Db) {

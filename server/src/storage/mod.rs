@@ -249,8 +249,8 @@ contract! {
         /// configuration's (its position is cleared).
         fn forget_config_position(&self, id: &str) -> ();
         /// Queues the termination of an active session for the running portal (operator command
-        /// in another process), audited. False if the session is not active.
-        fn queue_session_termination(&self, session_id: i64, actor: &str, now: i64) -> bool;
+        /// in another process), audited — once: a termination still pending is not queued again.
+        fn queue_session_termination(&self, session_id: i64, actor: &str, now: i64) -> Termination;
         /// Creates an organization (operator), audited. False if the id is taken.
         fn create_organization(&self, write: &OrganizationWrite<'_>, active: bool) -> bool;
         /// Replaces an organization's name and settings (operator), audited — with
@@ -619,6 +619,17 @@ impl AccessSessionRecord {
     ) -> &'a crate::radius::NasIdentity {
         self.nas.as_ref().unwrap_or(current)
     }
+}
+
+/// What asking for a session's termination did ([`Storage::queue_session_termination`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Termination {
+    /// Queued (and audited): the running portal stops the session.
+    Queued,
+    /// An earlier termination of it is queued and not done yet: nothing more was queued.
+    AlreadyQueued,
+    /// The session is not active.
+    NotActive,
 }
 
 /// Acct-Session-Time of a packet at `event_at` for a session started at `started_at` (unix

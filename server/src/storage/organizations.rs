@@ -7,7 +7,7 @@
 //! its turn, how other processes hear of a change, job claims on a shared database, and the
 //! SQLite engine's fast paths.
 
-use super::{OrganizationStore, StorageError};
+use super::{OrganizationStore, StorageError, Termination};
 use sqlx::{postgres::PgRow, sqlite::SqliteRow, Database, Transaction};
 use std::future::Future;
 
@@ -713,7 +713,7 @@ impl<B: OrgBackend> OrganizationStore for B {
         session_id: i64,
         actor: &str,
         now: i64,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<Termination, StorageError> {
         let mut change = self.begin_write().await?;
         let c = change.conn();
         let row: Option<(String, String, String)> = c
@@ -724,8 +724,19 @@ impl<B: OrgBackend> OrganizationStore for B {
             )
             .await?;
         let Some((organization_id, acct_session_id, username)) = row else {
-            return Ok(false);
+            return Ok(Termination::NotActive);
         };
+        // Asked again before the portal got to it: one job (and one audit entry) is enough.
+        let pending: Option<(i64,)> = c
+            .fetch_optional(
+                "SELECT id FROM organization_jobs WHERE done_at IS NULL \
+                 AND kind = 'terminate_session' AND access_session_id = $1 LIMIT 1",
+                &[Arg::Int(session_id)],
+            )
+            .await?;
+        if pending.is_some() {
+            return Ok(Termination::AlreadyQueued);
+        }
         c.execute(
             "INSERT INTO organization_jobs (organization_id, kind, access_session_id, created_at) \
              VALUES ($1, 'terminate_session', $2, $3)",
@@ -752,7 +763,7 @@ impl<B: OrgBackend> OrganizationStore for B {
         // The job worker of every process looks now.
         self.announce(c).await?;
         change.commit().await?;
-        Ok(true)
+        Ok(Termination::Queued)
     }
 
     async fn create_organization(
