@@ -263,6 +263,21 @@ async fn the_admin_api_follows_the_guard_and_never_shows_secrets() {
         text.contains("bogus"),
         "the message names the field: {text}"
     );
+    // The flag named twice, by two of its keys: which to follow is not guessed (400, both
+    // named), whether the organization is disabled or not.
+    let (status, text) = admin
+        .call(
+            Method::PATCH,
+            "/organizations/beta",
+            Some(TOKEN),
+            Some(json!({ "enabled": true, "active": true })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(
+        text.contains("active: names the same flag as enabled"),
+        "{text}"
+    );
     // Re-enabled with the key a GET shows (`active`).
     let beta = admin
         .ok(

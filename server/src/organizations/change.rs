@@ -369,9 +369,16 @@ pub async fn update(
 ) -> Result<bool, ChangeError> {
     let mut patch = object(patch, "change")?;
     let state = state_of(storage, id).await?;
-    let flag = ACTIVE_KEYS
+    let mut flags = ACTIVE_KEYS
         .iter()
-        .find_map(|k| patch.remove(*k).map(|v| (*k, v)));
+        .filter_map(|k| patch.remove(*k).map(|v| (*k, v)));
+    let flag = flags.next();
+    if let Some((other, _)) = flags.next() {
+        let first = flag.as_ref().map_or("", |(key, _)| key);
+        return Err(ChangeError::Invalid(format!(
+            "{other}: names the same flag as {first}: give one of them"
+        )));
+    }
     if let Some((key, value)) = flag {
         let Value::Bool(active) = value else {
             return Err(ChangeError::Invalid(format!(
