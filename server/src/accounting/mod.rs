@@ -329,6 +329,15 @@ pub fn pick_server<'a>(
     Pick::AllDown
 }
 
+/// Acct-Delay-Time of a packet sent at `now` for an event at `event_at` (unix ms): how many
+/// whole seconds it has been trying to send it (RFC 2866 §5.2), the elapsed time rounded down —
+/// not the difference of the two instants' whole seconds (as Acct-Session-Time is): a packet
+/// sent a millisecond after its event across a second boundary has not waited a second, and a
+/// delay above 0 is what monitoring reads as accounting held up.
+fn delay_secs(event_at: i64, now: i64) -> u32 {
+    ((now - event_at).max(0) / 1000) as u32
+}
+
 /// Lines about an organization's accounting that every row of every session would write while
 /// its servers are down or settling: at most one per [`crate::telemetry::Throttle::PERIOD`] for
 /// each organization and kind.
@@ -859,7 +868,7 @@ impl Accounting {
             client_ip,
             classes: session.classes.clone(),
             event_timestamp: (row.event_at / 1000) as u32,
-            delay_secs: ((now - row.event_at).max(0) / 1000) as u32,
+            delay_secs: delay_secs(row.event_at, now),
             session_time_secs: row.session_time_secs.map(|s| s as u32),
             terminate_cause: row.terminate_cause.map(|c| c as u32),
         };
@@ -945,7 +954,7 @@ impl Accounting {
         }
         // Acct-Delay-Time counts from the event to this transmission (time in the window too).
         let record = AccountingRecord {
-            delay_secs: ((now_ms() - row.event_at).max(0) / 1000) as u32,
+            delay_secs: delay_secs(row.event_at, now_ms()),
             ..record
         };
         if let Some(outcome) = self.hold_claim(&mut row, CLAIM_LEFT_TO_SEND_MS).await? {

@@ -632,15 +632,16 @@ pub enum Termination {
     NotActive,
 }
 
-/// Acct-Session-Time of a packet at `event_at` for a session started at `started_at` (unix
-/// ms): the difference of the two events' Event-Timestamps (whole seconds, each rounded down),
-/// so that a Stop's Event-Timestamp is its Start's plus its Acct-Session-Time, as a RADIUS
-/// server reconciling the two expects. (The session's length rounded down could be one less: a
-/// session from 10.9 s to 12.1 s lasted 1.2 s but spans Event-Timestamps 10 and 12.) The
-/// PostgreSQL queries that queue Stops and Interim-Updates in SQL compute the same
+/// Seconds from `earlier` to `later` (unix ms) as Event-Timestamps count them: the difference
+/// of the two instants' whole seconds (each rounded down), at least 0. A Stop's or
+/// Interim-Update's Acct-Session-Time is this from the session's start, so the Start's
+/// Event-Timestamp plus it is the packet's, as a RADIUS server reconciling them expects. (The
+/// length rounded down could be one less: a session from 10.9 s to 12.1 s lasted 1.2 s but
+/// spans Event-Timestamps 10 and 12.) Acct-Delay-Time is not counted so (see the accounting).
+/// The PostgreSQL queries that queue Stops and Interim-Updates in SQL compute the same
 /// (`event_at / 1000 - started_at / 1000`, at least 0).
-pub(crate) fn session_time_secs(started_at: i64, event_at: i64) -> i64 {
-    (event_at.div_euclid(1000) - started_at.div_euclid(1000)).max(0)
+pub fn whole_seconds_between(earlier: i64, later: i64) -> i64 {
+    (later.div_euclid(1000) - earlier.div_euclid(1000)).max(0)
 }
 
 /// The NAS identity a session row stored (both columns, an address that parses), if any.
@@ -893,6 +894,32 @@ pub fn decode_classes(blob: &[u8]) -> Result<Vec<Vec<u8>>, StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Acct-Session-Time is the Event-Timestamps' difference: Start + it = Stop.
+    #[test]
+    fn whole_seconds_are_the_difference_of_event_timestamps() {
+        let ts = |ms: i64| ms / 1000;
+        for (earlier, later) in [
+            (10_900, 12_100),
+            (526_820, 534_700),
+            (0, 999),
+            (5_000, 5_000),
+        ] {
+            let between = whole_seconds_between(earlier, later);
+            assert_eq!(ts(earlier) + between, ts(later), "{earlier} → {later}");
+        }
+        assert_eq!(
+            whole_seconds_between(10_900, 12_100),
+            2,
+            "1.2 s across two boundaries"
+        );
+        assert_eq!(
+            whole_seconds_between(526_820, 534_700),
+            8,
+            "7.88 s late, sent in second 534"
+        );
+        assert_eq!(whole_seconds_between(12_100, 10_900), 0, "never negative");
+    }
 
     /// What `check-config` says of a database by the migrations recorded in it.
     #[test]

@@ -524,7 +524,7 @@ async fn enqueue_interim(
     .bind(AUTH_SERVER_DESTINATION)
     .bind(i64::from(status_type::INTERIM_UPDATE))
     .bind(now)
-    .bind(super::session_time_secs(started_at, now))
+    .bind(super::whole_seconds_between(started_at, now))
     .execute(c)
     .await?;
     Ok(())

@@ -1254,7 +1254,7 @@ fn stop_in(
     let Some((started_at, organization_id, username, client_ip, acct_session_id)) = ended else {
         return Ok(false);
     };
-    let session_time = super::session_time_secs(started_at, event_at);
+    let session_time = super::whole_seconds_between(started_at, event_at);
     audit_on(
         c,
         &Audit {
@@ -1296,7 +1296,7 @@ fn enqueue_interim(
          AND delivered_at IS NULL AND dead_at IS NULL AND claimed_until IS NULL",
     )?
     .execute(params![access_session_id, status_type::INTERIM_UPDATE])?;
-    let session_time = Some(super::session_time_secs(started_at, now));
+    let session_time = Some(super::whole_seconds_between(started_at, now));
     enqueue(
         c,
         access_session_id,
