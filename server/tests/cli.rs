@@ -196,6 +196,50 @@ async fn radius_test_names_a_reply_signed_with_another_secret() {
     );
 }
 
+/// A server that answers from another address than the one configured (several addresses,
+/// NAT) — correctly signed: the line says where the reply came from, not "no reply".
+#[tokio::test]
+async fn radius_test_names_a_reply_from_another_address() {
+    use md5::{Digest, Md5};
+    let asked = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = asked.local_addr().unwrap().port();
+    let answers = std::net::UdpSocket::bind(("127.0.0.2", port)).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok((_, from)) = asked.recv_from(&mut buf) {
+            // An Access-Reject (or Accounting-Response) for the request, signed with the
+            // shared secret: Response Authenticator = MD5(head, Request Authenticator, secret).
+            let code = if buf[0] == 4 { 5 } else { 3 };
+            let mut reply = vec![code, buf[1], 0, 20];
+            let mut md5 = Md5::new();
+            md5.update(&reply);
+            md5.update(&buf[4..20]);
+            md5.update(SECRET.as_bytes());
+            reply.extend_from_slice(&md5.finalize());
+            let _ = answers.send_to(&reply, from);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = one_server(&dir, "nat", port, port);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(
+            "retries = 0\n",
+            "retries = 0\nrequire_message_authenticator = false\n",
+        ),
+    )
+    .unwrap();
+    let (success, stdout) = radius_test(&path, Some("alice"));
+    assert!(!success, "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "nat (127.0.0.1:{port}, authentication): no usable answer: no verified reply from the RADIUS server in time: its reply was dropped, it came from 127.0.0.2:{port}, not from 127.0.0.1:{port} where the request went"
+        )),
+        "{stdout}"
+    );
+}
+
 #[tokio::test]
 async fn radius_test_with_a_username_sends_an_access_request() {
     let radius = FreeRadius::start().await;

@@ -691,6 +691,7 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
         if !asked {
             // Never a request to this address and port: a server answering from another
             // address than the one configured (multi-homed, NAT) looks like silence otherwise.
+            note_reply_from_elsewhere(shared, index, from, id, datagram);
             return drop_it(
                 &"from an address and port this socket never sent a request to (does the server answer from another address than the one configured?)",
                 DropCause::Anyone,
@@ -752,6 +753,57 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
             };
             drop_it(&why, cause)
         }
+    }
+}
+
+/// Most requests a reply from an unknown address is checked against (each an MD5): anyone can
+/// send such datagrams, so the work one costs is bounded.
+const ELSEWHERE_CANDIDATES: usize = 4;
+
+/// A datagram from an address no request went to, which verifies against a request waiting on
+/// the same socket with its Identifier, sent to the same port of another address: the server
+/// answers from another address than the one configured (several addresses, NAT). The reply
+/// is still dropped (a server must answer from where it was asked), but that request's error
+/// then says so instead of "no reply" — `radius test` and the login's log line name the cause.
+/// Only a holder of the request's secret can make a datagram verify.
+fn note_reply_from_elsewhere(
+    shared: &Shared,
+    index: usize,
+    from: SocketAddr,
+    id: u8,
+    datagram: &[u8],
+) {
+    let candidates: Vec<(SocketAddr, Expectation)> = {
+        let inner = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .next_id
+            .keys()
+            .filter(|(i, dest)| *i == index && dest.port() == from.port())
+            .filter_map(|&(_, dest)| {
+                let expect = inner.waiters.get(&(index, dest, id))?.expect.clone()?;
+                Some((dest, expect))
+            })
+            .take(ELSEWHERE_CANDIDATES)
+            .collect()
+    };
+    for (dest, expect) in candidates {
+        if accept_reply(
+            datagram,
+            &expect.request_authenticator,
+            &expect.secret,
+            false,
+        )
+        .is_err()
+        {
+            continue;
+        }
+        let mut inner = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pending) = inner.waiters.get_mut(&(index, dest, id)) {
+            pending.unverified_reply.get_or_insert_with(|| {
+                format!("it came from {from}, not from {dest} where the request went (a server with several addresses, or NAT): configure the address the server answers from")
+            });
+        }
+        return;
     }
 }
 
