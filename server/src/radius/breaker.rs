@@ -16,10 +16,11 @@
 //! ordinary request succeeded — it answers Status-Server while its back end is down — waits
 //! twice as long for its next probe each time (up to 2^[`MAX_BACKOFF_LEVEL`] intervals); an
 //! ordinary success resets that. So the breaker never stays open for good, and a sick server
-//! costs ever fewer requests. A probe that goes unanswered ends the damping
+//! costs ever fewer requests. Each probe that goes unanswered takes the damping one step back
 //! ([`Breaker::record_probe_failure`]): a flapping server answers Status-Server, so one that
-//! does not is simply down — a new outage of a server that got no request between two of them
-//! (a backup) — and is probed every interval again, so its return is noticed within one.
+//! does not is down — a new outage of a server that got no request between two of them (a
+//! backup) — and its waits halve back to one interval, so its return is noticed soon; a probe
+//! of a real flapper lost on the way costs its damping one step, not all of it.
 
 use std::time::Duration;
 use tokio::time::Instant;
@@ -233,14 +234,16 @@ impl Breaker {
         }
     }
 
-    /// A probe sent while open got no verified answer: the server is down, not flapping (a
-    /// flapping server answers Status-Server while its requests fail). The back-off starts
-    /// over: the next probe comes at most one interval from `now`, not the damped wait. Returns
-    /// whether that moved the next probe earlier.
+    /// A probe sent while open got no verified answer: the server is down rather than flapping
+    /// (a flapping server answers Status-Server while its requests fail). The back-off goes one
+    /// level back, and the next probe comes at most that level's wait from `now`: after a few
+    /// unanswered probes, every interval again. One level, not all: a probe lost on the way
+    /// (UDP) must not undo a flapping server's damping. Returns whether that moved the next
+    /// probe earlier.
     pub fn record_probe_failure(&mut self, now: Instant) -> bool {
         match self.state {
             BreakerState::Open { since, next_probe } if self.backoff_level > 0 => {
-                self.backoff_level = 0;
+                self.backoff_level -= 1;
                 let sooner = now + self.probe_wait();
                 self.state = BreakerState::Open {
                     since,
@@ -372,7 +375,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unanswered_probe_ends_the_damping_so_a_new_outage_is_probed_every_interval() {
+    fn unanswered_probes_undo_the_damping_a_step_each_so_a_new_outage_is_probed_every_interval() {
         // A backup gets no ordinary request while the primary is up: closed by a probe after
         // an outage, its next outage opens it at a damped level although it never flapped.
         let mut now = Instant::now();
@@ -385,34 +388,53 @@ mod tests {
             open(&mut b, now);
         }
         let damped = b.probe_due().expect("open") - now;
-        assert_eq!(
-            damped,
-            Duration::from_secs(40),
-            "damped after three closings"
-        );
-        now = b.probe_due().expect("open");
-        assert!(b.take_probe(now));
-        // That probe is not answered: the server is down, not answering Status-Server.
-        let unanswered = now + Duration::from_secs(2);
-        assert!(b.record_probe_failure(unanswered));
-        assert_eq!(
-            b.probe_due(),
-            Some(unanswered + Duration::from_secs(5)),
-            "the next probe one interval after the unanswered one, not 80 s after it was sent"
-        );
-        assert!(
-            !b.record_probe_failure(unanswered),
-            "already at the first level"
-        );
-        now = b.probe_due().expect("open");
-        assert!(b.take_probe(now));
-        assert_eq!(b.probe_due(), Some(now + Duration::from_secs(5)));
+        assert_eq!(damped, Duration::from_secs(40), "damped after three closings");
+        // Its probes go unanswered: the server is down, not answering Status-Server. Each one
+        // halves the wait, counted from when it was found unanswered, down to one interval.
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            now = b.probe_due().expect("open");
+            assert!(b.take_probe(now));
+            let unanswered = now + Duration::from_secs(2);
+            let sooner = b.record_probe_failure(unanswered);
+            let wait = b.probe_due().expect("open") - unanswered;
+            waits.push((wait.as_secs(), sooner));
+        }
+        assert_eq!(waits, vec![(20, true), (10, true), (5, true), (3, false)]);
         // Back: closed by the next answered probe.
+        now = b.probe_due().expect("open");
+        assert!(b.take_probe(now));
         assert!(b.record_probe_success());
         assert!(b.allows_request(now));
         // An unanswered probe never touches a closed breaker.
         assert!(!b.record_probe_failure(now));
         assert!(b.allows_request(now));
+    }
+
+    #[test]
+    fn a_lost_probe_costs_a_flapping_server_one_step_of_its_damping() {
+        let mut now = Instant::now();
+        let mut b = Breaker::new(policy());
+        open(&mut b, now);
+        for _ in 0..4 {
+            now = b.probe_due().expect("open");
+            assert!(b.take_probe(now));
+            assert!(b.record_probe_success());
+            open(&mut b, now); // answers Status-Server, fails its requests
+        }
+        assert_eq!(b.probe_due(), Some(now + Duration::from_secs(80)));
+        now = b.probe_due().expect("open");
+        assert!(b.take_probe(now));
+        b.record_probe_failure(now); // lost on the way
+        now = b.probe_due().expect("open");
+        assert!(b.take_probe(now));
+        assert!(b.record_probe_success()); // the next is answered
+        open(&mut b, now); // and its requests still fail
+        assert_eq!(
+            b.probe_due(),
+            Some(now + Duration::from_secs(80)),
+            "still damped: one step back and one forward"
+        );
     }
 
     #[test]

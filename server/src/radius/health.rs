@@ -290,8 +290,8 @@ impl ServerHealth {
         (due, next)
     }
 
-    /// A probe of `server` at `port` went unanswered: it is down, not flapping, so its probes
-    /// come every interval again ([`Breaker::record_probe_failure`]).
+    /// A probe of `server` at `port` went unanswered: it is down rather than flapping, so its
+    /// probes come a step sooner ([`Breaker::record_probe_failure`]).
     pub fn record_probe_failure(&self, server: &ServerEndpoint, port: Port) {
         if self.retired(self.target(server, port)) {
             return;
@@ -301,7 +301,7 @@ impl ServerHealth {
         });
         if sooner {
             tracing::debug!(server = %server.name, ?port,
-                "Status-Server unanswered: the server is down, not flapping; probed every interval again");
+                "Status-Server unanswered: the server is down rather than flapping; its probes come sooner again");
             // The prober may sleep until the damped probe: wake it for the sooner one.
             self.opened.notify_one();
         }
@@ -497,10 +497,10 @@ mod tests {
     }
 
     /// A backup closed by a probe and down again before any request reached it opens with its
-    /// probes backed off; its first unanswered probe brings them back to every interval, and
-    /// wakes the prober for the sooner one.
+    /// probes backed off; an unanswered probe brings them a step back towards every interval,
+    /// and wakes the prober for the sooner one.
     #[tokio::test]
-    async fn an_unanswered_probe_brings_a_backed_off_server_back_to_every_interval() {
+    async fn an_unanswered_probe_brings_a_backed_off_servers_probes_sooner() {
         let minute = Duration::from_secs(60);
         let health = ServerHealth::new(BreakerPolicy {
             failure_threshold: 1,
@@ -518,13 +518,19 @@ mod tests {
             next.unwrap() > Instant::now() + 3 * minute,
             "backed off twice: four minutes"
         );
+        // The openings above left the prober a wake-up; it has had it.
+        let drained = tokio::time::timeout(Duration::from_millis(10), health.opened().notified());
+        assert!(drained.await.is_ok());
         let woken = health.opened().notified();
         health.record_probe_failure(&backup, Port::Acct);
-        tokio::time::timeout(minute, woken)
+        tokio::time::timeout(Duration::from_secs(10), woken)
             .await
             .expect("the prober is woken for the sooner probe");
         let (_, next) = health.take_due_probes();
-        assert!(next.unwrap() <= Instant::now() + minute, "one interval");
+        assert!(next.unwrap() <= Instant::now() + 2 * minute, "one step back");
+        health.record_probe_failure(&backup, Port::Acct);
+        let (_, next) = health.take_due_probes();
+        assert!(next.unwrap() <= Instant::now() + minute, "every interval again");
         assert!(
             health.checked_within(&backup, Port::Acct).unwrap() <= minute * 2,
             "a failover waits for one interval's probe, not the backed-off one"
