@@ -598,7 +598,16 @@ pub async fn radius_test(
         report(server, Port::Auth, started, outcome);
         // The accounting port is another listener (one can be down while the other answers):
         // Status-Server there is answered with an Accounting-Response (RFC 5997). No
-        // Accounting-Request is sent: it would open or close a session on the server.
+        // Accounting-Request is sent: it would open or close a session on the server. A
+        // server checked by request (NPS) answers no Status-Server: its port is not tested.
+        if server.status_check == crate::config::StatusCheck::Request {
+            say!(
+                "{} ({}, accounting): not tested: its status_check is \"request\" (a server such as NPS answers no Status-Server, and a test Accounting-Request would open a session there)",
+                server.name,
+                server.acct_addr
+            );
+            continue;
+        }
         let started = tokio::time::Instant::now();
         let deadline = started + server.timeout * (server.retries + 1);
         let outcome = radius

@@ -165,6 +165,18 @@ async fn radius_test_tests_the_accounting_port_too() {
             "{stdout}"
         );
     }
+    // A server checked by request (NPS) answers no Status-Server: its accounting port is not
+    // tested, and its accepted Access-Request passes the test.
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{text}status_check = \"request\"\n")).unwrap();
+    let (success, stdout) = radius_test(&path, Some("alice"));
+    assert!(success, "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "half (127.0.0.1:{closed_port}, accounting): not tested: its status_check is \"request\""
+        )),
+        "{stdout}"
+    );
 }
 
 /// A server that answers with another shared secret (its replies fail verification): the

@@ -388,7 +388,11 @@ mod tests {
             open(&mut b, now);
         }
         let damped = b.probe_due().expect("open") - now;
-        assert_eq!(damped, Duration::from_secs(40), "damped after three closings");
+        assert_eq!(
+            damped,
+            Duration::from_secs(40),
+            "damped after three closings"
+        );
         // Its probes go unanswered: the server is down, not answering Status-Server. Each one
         // halves the wait, counted from when it was found unanswered, down to one interval.
         let mut waits = Vec::new();

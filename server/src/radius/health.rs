@@ -527,10 +527,16 @@ mod tests {
             .await
             .expect("the prober is woken for the sooner probe");
         let (_, next) = health.take_due_probes();
-        assert!(next.unwrap() <= Instant::now() + 2 * minute, "one step back");
+        assert!(
+            next.unwrap() <= Instant::now() + 2 * minute,
+            "one step back"
+        );
         health.record_probe_failure(&backup, Port::Acct);
         let (_, next) = health.take_due_probes();
-        assert!(next.unwrap() <= Instant::now() + minute, "every interval again");
+        assert!(
+            next.unwrap() <= Instant::now() + minute,
+            "every interval again"
+        );
         assert!(
             health.checked_within(&backup, Port::Acct).unwrap() <= minute * 2,
             "a failover waits for one interval's probe, not the backed-off one"
