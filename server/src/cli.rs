@@ -732,10 +732,12 @@ fn secrets_readable_warnings(path: Option<&Path>, settings: &Settings) -> Vec<St
                 &c.secret_file,
             )
         }));
+    // A secret_file readable by its group is a common layout (root:portal 0640): only one
+    // every user can read is said.
     for (whose, file) in files {
-        if let Some(file) = file.as_deref().filter(|file| readable_by_others(file)) {
+        if let Some(file) = file.as_deref().filter(|file| readable_by(file, 0o004)) {
             warnings.push(format!(
-                "the secret_file {} of {whose} can be read by other users: `chmod 600` it",
+                "the secret_file {} of {whose} can be read by every user of the machine: `chmod o-r` it",
                 file.display()
             ));
         }
@@ -745,14 +747,19 @@ fn secrets_readable_warnings(path: Option<&Path>, settings: &Settings) -> Vec<St
 
 /// Whether users other than the file's owner can read it (group or others).
 fn readable_by_others(path: &Path) -> bool {
+    readable_by(path, 0o044)
+}
+
+/// Whether any of the permission bits `mask` is set on the file.
+fn readable_by(path: &Path, mask: u32) -> bool {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o044 != 0)
+        std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & mask != 0)
     }
     #[cfg(not(unix))]
     {
-        let _ = path;
+        let _ = (path, mask);
         false
     }
 }

@@ -1024,6 +1024,33 @@ async fn a_browser_that_lost_its_link_is_told_the_session_runs_on_not_that_it_en
     let stranger = app.browser(Ipv4Addr::new(127, 0, 0, 2));
     assert_eq!(stranger.get("/session").await.path, "/");
     assert_eq!(status(&stranger).await, r#""NoSession""#);
+    // Without JavaScript too: the open page's Refresh or Disconnect, posted from the browser
+    // whose cookies were cleared, says the session runs on — never "no session" while the
+    // device's network access stays open.
+    let open_page_token = browser.form_token("/session").await;
+    for action in ["/api/refresh", "/api/disconnect"] {
+        let page = cleared
+            .post_raw(action, "/session", &[("csrf", &open_page_token)], &[])
+            .await;
+        assert_eq!(
+            (page.status, page.path.as_str()),
+            (200, "/session"),
+            "{action}"
+        );
+        assert!(
+            page.body.contains("Not signed in") && page.body.contains("still running"),
+            "{action}: {}",
+            page.body
+        );
+        assert!(!page.body.contains("No session"), "{action}: {}", page.body);
+    }
+    assert!(
+        radius
+            .acct_lines()
+            .iter()
+            .all(|l| !l.contains("status=Stop")),
+        "nothing was stopped"
+    );
 
     // Disconnected in another tab of the first browser: its stale page's Refresh (no
     // JavaScript) says there is no session, rather than landing on the sign-in page mutely.

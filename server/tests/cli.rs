@@ -848,7 +848,7 @@ secret_file = "{file}"
         "warning: no public_url behind a proxy",
         "warning: plain HTTP behind a proxy",
         &format!(
-            "warning: the secret_file {} of server `primary` of organization `acme` can be read by other users",
+            "warning: the secret_file {} of server `primary` of organization `acme` can be read by every user of the machine",
             secret_file.display()
         ),
     ] {
@@ -859,7 +859,7 @@ secret_file = "{file}"
         !stderr.contains("the configuration file"),
         "its own file holds no secret: {stderr}"
     );
-    // Read by its owner alone: nothing said of it.
-    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Read by its owner and its group (root:portal 0640, say): nothing said of it.
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o640)).unwrap();
     assert!(!check().contains("secret_file"));
 }

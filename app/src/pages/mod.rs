@@ -63,18 +63,10 @@ pub async fn load(
             ..PageData::default()
         }),
         "/session" => {
-            // A page loaded without a link to a session is the sign-in page's to show, whatever
-            // runs for the address (another device behind the same address, say); only a page
-            // that was showing this browser's session hears that it runs on without it.
-            let session = service
-                .session_status(request)
-                .await
-                .map(|status| match status {
-                    SessionStatus::Ended(crate::dto::EndReason::NotLinked) => {
-                        SessionStatus::NoSession
-                    }
-                    status => status,
-                });
+            // A session running for the address without this browser's link (`NotLinked`) is
+            // kept: the page shows it only after a form post of its own failed (see
+            // `SessionPage`).
+            let session = service.session_status(request).await;
             // Only an active session's page has forms.
             let form_token = match &session {
                 Ok(SessionStatus::Active(_)) => Some(service.form_token(request).await),

@@ -78,6 +78,16 @@ pub fn SessionPage() -> impl IntoView {
             <IslandScripts />
         }
         .into_any(),
+        // A page loaded without a link to a session is the sign-in page's to show, whatever
+        // runs for the address (another device behind the same address, say); only a page
+        // that was showing this browser's session hears that it runs on without it — as the
+        // island does, also without JavaScript: after its Refresh or Disconnect failed (its
+        // cookies cleared), never "no session" while the device's session and its network
+        // access run on.
+        Ok(SessionStatus::Ended(EndReason::NotLinked)) if !form_failed => {
+            super::redirect(&format!("{base}/"));
+            ().into_any()
+        }
         // What the live panel says when the session ends while the page is open.
         Ok(SessionStatus::Ended(reason)) => view! {
             <DemoBanner demo />

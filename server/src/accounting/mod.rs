@@ -340,7 +340,9 @@ fn delay_secs(event_at: i64, now: i64) -> u32 {
 
 /// Lines about an organization's accounting that every row of every session would write while
 /// its servers are down or settling: at most one per [`crate::telemetry::Throttle::PERIOD`] for
-/// each organization and kind.
+/// each kind and scope — the organization, and where a line names a server or an error, that
+/// server and that kind of error too, so one server's outage never hides another's failure
+/// (a wrong secret, say) behind its lines. The lines left out go to `debug`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum OrgLine {
     /// "accounting held: every server … down".
@@ -353,15 +355,15 @@ enum OrgLine {
     NotAcknowledged,
 }
 
-/// Some(lines left out since the last) when this `kind` of line about `org` is to be written.
-fn org_line(kind: OrgLine, org: &str) -> Option<u64> {
+/// Some(lines left out since the last) when this `kind` of line about `scope` is to be written.
+fn org_line(kind: OrgLine, scope: &str) -> Option<u64> {
     type Throttles = HashMap<(OrgLine, String), Arc<crate::telemetry::Throttle>>;
     static THROTTLES: std::sync::LazyLock<std::sync::Mutex<Throttles>> =
         std::sync::LazyLock::new(Default::default);
     let throttle = THROTTLES
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .entry((kind, org.to_string()))
+        .entry((kind, scope.to_string()))
         .or_default()
         .clone();
     throttle.admit()
@@ -897,7 +899,8 @@ impl Accounting {
         if failover {
             // Every session of a down server fails over: a line per 5 s for its organization
             // (the rest at debug).
-            if let Some(left_out) = org_line(OrgLine::FailsOver, &org.id) {
+            let scope = format!("{}\0{}", org.id, session.server_name);
+            if let Some(left_out) = org_line(OrgLine::FailsOver, &scope) {
                 tracing::warn!(acct_session_id = %acct_id, status_type = record.status_type,
                     session_server = %session.server_name, server = %server.name, organization = %org.id, left_out,
                     "accounting fails over: the session's server is down");
@@ -1060,7 +1063,13 @@ impl Accounting {
                 }
                 // Every session's row says it while a server is silent: a line per 5 s for the
                 // organization (the rest at debug).
-                if let Some(left_out) = org_line(OrgLine::NotAcknowledged, &org.id) {
+                let scope = format!(
+                    "{}\0{}\0{:?}",
+                    org.id,
+                    server.name,
+                    std::mem::discriminant(&e)
+                );
+                if let Some(left_out) = org_line(OrgLine::NotAcknowledged, &scope) {
                     tracing::warn!(acct_session_id = %record.acct_session_id, status_type = record.status_type,
                         server = %server.name, organization = %org.id, attempts = row.attempts, error = %e, left_out,
                         "accounting not acknowledged; will retry");
@@ -1192,6 +1201,10 @@ impl Accounting {
                         session_server = %session.server_name, organization = %org.id,
                         wait_ms = left.as_millis() as u64, left_out,
                         "accounting waits before failing over: the session's server is down and the others are only just back (the session's own may be back too, and answer first)");
+                } else {
+                    tracing::debug!(acct_session_id = %acct_id, status_type = row.status_type,
+                        session_server = %session.server_name, wait_ms = left.as_millis() as u64,
+                        "accounting waits before failing over");
                 }
                 Ok(Err(Delivery::RetryAt(retry)))
             }
@@ -1199,6 +1212,9 @@ impl Accounting {
                 if let Some(left_out) = org_line(OrgLine::Held, &org.id) {
                     tracing::warn!(acct_session_id = %acct_id, status_type = row.status_type,
                         organization = %org.id, left_out,
+                        "accounting held: every server of the organization is down; will retry");
+                } else {
+                    tracing::debug!(acct_session_id = %acct_id, status_type = row.status_type,
                         "accounting held: every server of the organization is down; will retry");
                 }
                 let reason = "every accounting server is down";
