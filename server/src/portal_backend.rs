@@ -32,11 +32,27 @@ use tracing::Instrument as _;
 pub fn access_session_key(org: &str) -> String {
     format!("access_session_id:{org}")
 }
-/// Web-session key holding the form (CSRF) token.
-const FORM_TOKEN_KEY: &str = "form_token";
+/// Web-session key holding the form (CSRF) token of organization `org`'s pages: one per
+/// organization, so a sign-in in one organization's portal (which replaces its token) never
+/// makes another organization's open page out of date.
+fn form_token_key(org: &str) -> String {
+    format!("{LEGACY_FORM_TOKEN_KEY}:{org}")
+}
+/// The one form token of web sessions saved before tokens were per organization (still read,
+/// never written: an open page from before an upgrade goes on working).
+const LEGACY_FORM_TOKEN_KEY: &str = "form_token";
+
+/// Whether a web-session key holds a form token (of an organization, or the legacy one).
+fn is_form_token_key(key: &str) -> bool {
+    key == LEGACY_FORM_TOKEN_KEY
+        || key
+            .strip_prefix(LEGACY_FORM_TOKEN_KEY)
+            .is_some_and(|rest| rest.starts_with(':'))
+}
 
 /// Links the browser's web session to `session` of organization `org` after a sign-in. A new
-/// sign-in gets a new web-session id (no fixation) and a new form token. A browser without one
+/// sign-in gets a new web-session id (no fixation) and a new form token for that organization's
+/// pages (another organization's open page keeps its own). A browser without one
 /// gets a fresh id when the session is first saved; rotating would only delete a random id
 /// that was never stored (a write per login). Stored before the answer: a browser that is told
 /// its sign-in failed must not leave an access session behind that it can neither see nor end.
@@ -52,10 +68,25 @@ async fn link_web_session(
     if web.id().is_some() {
         web.cycle_id().await?;
     }
-    web.insert(FORM_TOKEN_KEY, random_token()).await?;
+    web.insert(&form_token_key(org), random_token()).await?;
     web.insert(&access_session_key(org), session.id).await?;
     keep_link_for(web, session.window_ms).await?;
     crate::http::web_session::save_now(saved, web).await
+}
+
+/// The form token the web session holds for organization `org`'s pages (or, saved before
+/// tokens were per organization, its one token).
+async fn stored_form_token(web: &Session, org: &str) -> Result<Option<String>, PortalError> {
+    let read =
+        |e: tower_sessions::session::Error| web_session_failed("reading the web session", &e);
+    match web
+        .get::<String>(&form_token_key(org))
+        .await
+        .map_err(read)?
+    {
+        Some(token) => Ok(Some(token)),
+        None => web.get::<String>(LEGACY_FORM_TOKEN_KEY).await.map_err(read),
+    }
 }
 
 /// [`link_web_session`] to its end, even if the request is dropped meanwhile (see
@@ -312,11 +343,9 @@ impl PortalBackend {
         web: &Session,
         supplied: &str,
     ) -> Result<bool, PortalError> {
-        let stored = web
-            .get::<String>(FORM_TOKEN_KEY)
-            .await
-            .map_err(|e| web_session_failed("reading the web session", &e))?;
-        // Once the browser has a web session, only its token counts (rotated at login).
+        let stored = stored_form_token(web, &self.scope(request).id).await?;
+        // Once the browser has a token for this organization, only it counts (replaced at
+        // each sign-in there).
         let expected = stored.or_else(|| {
             request
                 .extensions
@@ -804,11 +833,7 @@ impl PortalService for PortalBackend {
 
     async fn form_token(&self, request: &Parts) -> Result<String, PortalError> {
         let web = web_session(request)?;
-        if let Some(token) = web
-            .get::<String>(FORM_TOKEN_KEY)
-            .await
-            .map_err(|e| web_session_failed("reading the web session", &e))?
-        {
+        if let Some(token) = stored_form_token(&web, &self.scope(request).id).await? {
             return Ok(token);
         }
         // A visitor without a web session: the signed token of its `portal_anon` cookie (no
@@ -978,7 +1003,7 @@ async fn forget_access_session(
         record
             .data
             .keys()
-            .all(|k| k == key || k == FORM_TOKEN_KEY || k == LONGEST_WINDOW_KEY)
+            .all(|k| k == key || is_form_token_key(k) || k == LONGEST_WINDOW_KEY)
     });
     if nothing_else {
         web.flush().await?;

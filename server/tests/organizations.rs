@@ -847,9 +847,11 @@ accent_color = "#0f766e"
 /// Captive API; a login there never touches the default organization's session; an unknown
 /// slug is a 404; a disabled organization's page says so and has no form.
 /// One browser signed in to two organizations: the web session lives as long as the longer
-/// of the two sessions needs (its window and a day), whichever was signed in to last.
+/// of the two sessions needs (its window and a day), whichever was signed in to last; and the
+/// first organization's page, open in another tab, goes on working (its form token is its own).
 #[tokio::test]
-async fn a_sign_in_in_another_organization_never_shortens_the_browsers_link() {
+async fn a_sign_in_in_another_organization_never_shortens_the_browsers_link_nor_outdates_its_page()
+{
     let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
     let (_dir, db) = temp_db();
     let app = TestApp::spawn(&two_organizations(&db, &a, &b)).await;
@@ -876,6 +878,7 @@ async fn a_sign_in_in_another_organization_never_shortens_the_browsers_link() {
     let first = sign_in("", "wendy").await;
     assert_eq!(first.status().as_u16(), 200);
     assert_eq!(common::web_session_max_age(&first), Some(3 * 86_400));
+    let open_page_token = browser.form_token("/session").await;
     let second = sign_in("/o/beta", "carol").await;
     assert_eq!(second.status().as_u16(), 200);
     assert_eq!(
@@ -883,6 +886,24 @@ async fn a_sign_in_in_another_organization_never_shortens_the_browsers_link() {
         Some(3 * 86_400),
         "not 4 hours and a day"
     );
+    // The default organization's page, open since before the sign-in in beta: its Refresh
+    // and Disconnect work, with the token it was rendered with.
+    for action in ["/api/refresh", "/api/disconnect"] {
+        let answer = browser
+            .http
+            .post(format!("{}{action}", browser.base))
+            .header("accept", "application/json")
+            .form(&[("csrf", open_page_token.as_str())])
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        assert_eq!(status, 200, "{action}: {}", answer.text().await.unwrap());
+    }
+    a.wait_for_acct(&["status=Stop", "user=wendy"]).await;
+    // Beta's session is untouched by it.
+    let beta = browser.get("/o/beta/session").await;
+    assert!(beta.body.contains("carol"), "{}", beta.body);
     app.stop().await;
 }
 
