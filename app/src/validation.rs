@@ -63,6 +63,26 @@ pub fn validate_username(
     Ok(())
 }
 
+/// `text` as a page shows a name it did not check (the User-Name a RADIUS server gave the
+/// session): each control, text-direction or invisible character written as its code point,
+/// `⟨U+202E⟩`, so that the name reads as it is — not mirrored ("admin⟨U+202E⟩gnp.exe" is not
+/// "adminexe.png") and not alike another ("bob⟨U+200B⟩" is not "bob").
+pub fn shown_plainly(text: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| c.is_control() || is_direction_mark(c) || is_invisible(c);
+    if !text.chars().any(hidden) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if hidden(c) {
+            shown.push_str(&format!("⟨U+{:04X}⟩", u32::from(c)));
+        } else {
+            shown.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(shown)
+}
+
 /// Unicode bidirectional controls (they make text display other than it is: "Trojan Source").
 pub fn is_direction_mark(c: char) -> bool {
     matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
@@ -105,6 +125,17 @@ pub fn validate_password(password: &str) -> Result<(), PortalError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_name_shown_plainly_names_what_it_would_hide() {
+        assert_eq!(super::shown_plainly("carol"), "carol");
+        assert_eq!(
+            super::shown_plainly("admin\u{202E}gnp.exe"),
+            "admin⟨U+202E⟩gnp.exe"
+        );
+        assert_eq!(super::shown_plainly("bob\u{200B}"), "bob⟨U+200B⟩");
+        assert_eq!(super::shown_plainly("a\tb"), "a⟨U+0009⟩b");
+    }
+
     use super::*;
 
     #[test]

@@ -220,7 +220,8 @@ impl PortalBackend {
             .unwrap_or_else(|| s.organization_id.clone());
         let ends_by = timing::ends_by(s.expires_at, s.limit_at);
         SessionView {
-            username: s.username.clone(),
+            // As the RADIUS server named it, which nothing checked: shown as it is.
+            username: app::validation::shown_plainly(&s.username).into_owned(),
             organization,
             client_ip: s.client_ip.clone(),
             remaining_ms: (s.expires_at - now_ms()).max(0) as u64,

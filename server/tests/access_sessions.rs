@@ -194,6 +194,19 @@ async fn the_accepts_user_name_names_the_session_and_its_accounting() {
     app.stop().await;
 }
 
+/// A User-Name from the server with a right-to-left override: the session page shows the
+/// override as its code point, never the name mirrored ("adminexe.png").
+#[tokio::test]
+async fn a_name_the_server_gave_is_shown_as_it_is_not_mirrored() {
+    let (_radius, app, _dir) = portal_with_one_server().await;
+    let browser = app.browser(CLIENT);
+    let page = browser.login("mirror", "mirror-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    assert!(page.body.contains("admin⟨U+202E⟩gnp.exe"), "{}", page.body);
+    assert!(!page.body.contains('\u{202E}'), "{}", page.body);
+    app.stop().await;
+}
+
 /// An Access-Challenge (a second factor) is a final answer: the user is told this portal cannot
 /// do the extra step, with the server's message; the backup is not asked with the password.
 #[tokio::test]
