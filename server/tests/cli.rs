@@ -202,7 +202,7 @@ async fn radius_test_names_a_reply_signed_with_another_secret() {
     assert!(!success, "{stdout}");
     assert!(
         stdout.contains(&format!(
-            "other-secret (127.0.0.1:{port}, authentication): no usable answer: no verified reply from the RADIUS server in time: its reply was dropped, its Response Authenticator does not verify (the server has another shared secret"
+            "other-secret (127.0.0.1:{port}, authentication): no usable answer: no usable reply from the RADIUS server in time: its reply was dropped, its Response Authenticator does not verify (the server has another shared secret"
         )),
         "{stdout}"
     );
@@ -246,7 +246,7 @@ async fn radius_test_names_a_reply_from_another_address() {
     assert!(!success, "{stdout}");
     assert!(
         stdout.contains(&format!(
-            "nat (127.0.0.1:{port}, authentication): no usable answer: no verified reply from the RADIUS server in time: its reply was dropped, it came from 127.0.0.2:{port}, not from 127.0.0.1:{port} where the request went"
+            "nat (127.0.0.1:{port}, authentication): no usable answer: no usable reply from the RADIUS server in time: its reply was dropped, it came from 127.0.0.2:{port}, not from 127.0.0.1:{port} where the request went"
         )),
         "{stdout}"
     );

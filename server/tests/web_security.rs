@@ -55,7 +55,16 @@ async fn with_a_public_url_the_origin_is_checked_against_it_and_urls_come_from_i
         // A script gets the JSON every error has.
         let body: serde_json::Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
         assert_eq!(body["error"], "CrossSite", "{body}");
-        assert_eq!(body["message"], "Cross-site request refused.", "{body}");
+        assert_eq!(
+            body["message"],
+            radius_portal::http::security::CROSS_SITE_REFUSED,
+            "{body}"
+        );
+        assert!(
+            radius_portal::http::security::CROSS_SITE_REFUSED
+                .contains("open the network access portal itself"),
+            "it says what to do"
+        );
     }
     let page = browser
         .post_raw(

@@ -153,6 +153,9 @@ fn is_port(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && text.parse::<u16>().is_ok()
 }
 
+/// What a cross-site state-changing request is answered (a browser shows it as the page).
+pub const CROSS_SITE_REFUSED: &str = "Cross-site request refused: this form was sent from a page of another site, so nothing was done (a protection against forged requests). To sign in, refresh or disconnect, open the network access portal itself and use its page.";
+
 /// The 403 for a cross-site state-changing request; None for every other request.
 pub fn cross_site_refusal(site: &SiteSecurity, request: &Request) -> Option<Response> {
     if !is_cross_site(
@@ -167,7 +170,7 @@ pub fn cross_site_refusal(site: &SiteSecurity, request: &Request) -> Option<Resp
         request.headers(),
         StatusCode::FORBIDDEN,
         "CrossSite",
-        "Cross-site request refused.",
+        CROSS_SITE_REFUSED,
     ))
 }
 

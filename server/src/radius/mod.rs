@@ -42,7 +42,7 @@ pub enum RadiusError {
     /// deadline (they were dropped; the first one's reason is kept): a timeout for failover
     /// and the breaker, named so that the operator looks at the shared secret, not at the
     /// network.
-    #[error("no verified reply from the RADIUS server in time: its reply was dropped, {0}")]
+    #[error("no usable reply from the RADIUS server in time: its reply was dropped, {0}")]
     UnverifiedReply(String),
     /// Socket error: try the next server.
     #[error("RADIUS socket error")]
