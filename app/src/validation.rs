@@ -68,7 +68,13 @@ pub fn validate_username(
 /// `⟨U+202E⟩`, so that the name reads as it is — not mirrored ("admin⟨U+202E⟩gnp.exe" is not
 /// "adminexe.png") and not alike another ("bob⟨U+200B⟩" is not "bob").
 pub fn shown_plainly(text: &str) -> std::borrow::Cow<'_, str> {
-    let hidden = |c: char| c.is_control() || is_direction_mark(c) || is_invisible(c);
+    // The zero-width joiner and non-joiner shape the letters around them (Persian, Indic
+    // scripts): part of a name as it is written, and not hidden.
+    let hidden = |c: char| {
+        c.is_control()
+            || is_direction_mark(c)
+            || (is_invisible(c) && !matches!(c, '\u{200C}' | '\u{200D}'))
+    };
     if !text.chars().any(hidden) {
         return std::borrow::Cow::Borrowed(text);
     }
@@ -134,6 +140,7 @@ mod tests {
         );
         assert_eq!(super::shown_plainly("bob\u{200B}"), "bob⟨U+200B⟩");
         assert_eq!(super::shown_plainly("a\tb"), "a⟨U+0009⟩b");
+        assert_eq!(super::shown_plainly("می\u{200C}خواهم"), "می\u{200C}خواهم");
     }
 
     use super::*;

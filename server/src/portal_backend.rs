@@ -38,8 +38,10 @@ pub fn access_session_key(org: &str) -> String {
 fn form_token_key(org: &str) -> String {
     format!("{LEGACY_FORM_TOKEN_KEY}:{org}")
 }
-/// The one form token of web sessions saved before tokens were per organization (still read,
-/// never written: an open page from before an upgrade goes on working).
+/// The web session's latest sign-in's form token, whichever organization's: what portals before
+/// tokens per organization read and wrote as the only one. Still written at each sign-in and
+/// accepted beside the organization's own, so that replicas of both kinds serve one browser
+/// during a rolling update, and a page from before the update goes on working.
 const LEGACY_FORM_TOKEN_KEY: &str = "form_token";
 
 /// Whether a web-session key holds a form token (of an organization, or the legacy one).
@@ -68,25 +70,28 @@ async fn link_web_session(
     if web.id().is_some() {
         web.cycle_id().await?;
     }
-    web.insert(&form_token_key(org), random_token()).await?;
+    let token = random_token();
+    web.insert(&form_token_key(org), &token).await?;
+    web.insert(LEGACY_FORM_TOKEN_KEY, token).await?;
     web.insert(&access_session_key(org), session.id).await?;
     keep_link_for(web, session.window_ms).await?;
     crate::http::web_session::save_now(saved, web).await
 }
 
-/// The form token the web session holds for organization `org`'s pages (or, saved before
-/// tokens were per organization, its one token).
-async fn stored_form_token(web: &Session, org: &str) -> Result<Option<String>, PortalError> {
+/// The form tokens the web session holds for organization `org`'s pages: its own, and the
+/// latest sign-in's ([`LEGACY_FORM_TOKEN_KEY`]). The first is what its pages are rendered with.
+async fn stored_form_tokens(web: &Session, org: &str) -> Result<Vec<String>, PortalError> {
     let read =
         |e: tower_sessions::session::Error| web_session_failed("reading the web session", &e);
-    match web
+    let own = web
         .get::<String>(&form_token_key(org))
         .await
-        .map_err(read)?
-    {
-        Some(token) => Ok(Some(token)),
-        None => web.get::<String>(LEGACY_FORM_TOKEN_KEY).await.map_err(read),
-    }
+        .map_err(read)?;
+    let latest = web
+        .get::<String>(LEGACY_FORM_TOKEN_KEY)
+        .await
+        .map_err(read)?;
+    Ok(own.into_iter().chain(latest).collect())
 }
 
 /// [`link_web_session`] to its end, even if the request is dropped meanwhile (see
@@ -220,8 +225,7 @@ impl PortalBackend {
             .unwrap_or_else(|| s.organization_id.clone());
         let ends_by = timing::ends_by(s.expires_at, s.limit_at);
         SessionView {
-            // As the RADIUS server named it, which nothing checked: shown as it is.
-            username: app::validation::shown_plainly(&s.username).into_owned(),
+            username: s.username.clone(),
             organization,
             client_ip: s.client_ip.clone(),
             remaining_ms: (s.expires_at - now_ms()).max(0) as u64,
@@ -331,29 +335,37 @@ impl PortalBackend {
         web: &Session,
         supplied: &str,
     ) -> Result<(), PortalError> {
-        if self.form_token_fresh(request, web, supplied).await? {
+        if self
+            .form_token_fresh(request, web, &self.scope(request).id, supplied)
+            .await?
+        {
             return Ok(());
         }
         Err(refused_form(supplied))
     }
 
-    /// Whether `supplied` is this browser's form token ([`Self::check_form_token`]).
+    /// Whether `supplied` is this browser's form token for organization `org`'s forms
+    /// ([`Self::check_form_token`]).
     async fn form_token_fresh(
         &self,
         request: &Parts,
         web: &Session,
+        org: &str,
         supplied: &str,
     ) -> Result<bool, PortalError> {
-        let stored = stored_form_token(web, &self.scope(request).id).await?;
-        // Once the browser has a token for this organization, only it counts (replaced at
-        // each sign-in there).
-        let expected = stored.or_else(|| {
-            request
-                .extensions
-                .get::<AnonId>()
-                .map(|anon| self.form_tokens.token_for(anon))
-        });
-        Ok(expected.is_some_and(|expected| tokens_match(&expected, supplied)))
+        let stored = stored_form_tokens(web, org).await?;
+        // Once the browser has signed in, only its stored tokens count (replaced at each
+        // sign-in); before, the signed token of its anonymous cookie.
+        if !stored.is_empty() {
+            return Ok(stored
+                .iter()
+                .any(|expected| tokens_match(expected, supplied)));
+        }
+        Ok(request
+            .extensions
+            .get::<AnonId>()
+            .map(|anon| self.form_tokens.token_for(anon))
+            .is_some_and(|expected| tokens_match(&expected, supplied)))
     }
 
     /// The organization a request is for: its `/o/{slug}` scope, else the default.
@@ -433,7 +445,11 @@ impl PortalBackend {
                 .get::<AnonId>()
                 .map(|anon| format!("a:{}", anon.0))
         });
-        let fresh_form = self.form_token_fresh(request, &web, &form_token).await?;
+        // The token of the organization signed in to (a form may name another than the
+        // request's scope: at `/api/login`, `org`).
+        let fresh_form = self
+            .form_token_fresh(request, &web, &org_id, &form_token)
+            .await?;
         let turn = match &browser {
             Some(browser) => Some(
                 self.recent_sign_ins
@@ -834,7 +850,11 @@ impl PortalService for PortalBackend {
 
     async fn form_token(&self, request: &Parts) -> Result<String, PortalError> {
         let web = web_session(request)?;
-        if let Some(token) = stored_form_token(&web, &self.scope(request).id).await? {
+        if let Some(token) = stored_form_tokens(&web, &self.scope(request).id)
+            .await?
+            .into_iter()
+            .next()
+        {
             return Ok(token);
         }
         // A visitor without a web session: the signed token of its `portal_anon` cookie (no

@@ -904,6 +904,45 @@ async fn a_sign_in_in_another_organization_never_shortens_the_browsers_link_nor_
     // Beta's session is untouched by it.
     let beta = browser.get("/o/beta/session").await;
     assert!(beta.body.contains("carol"), "{}", beta.body);
+    // A sign-in to beta posted outside its portal (`/api/login`, `org=beta`) is checked with
+    // beta's tokens, not the default organization's, which this browser — signed in to beta
+    // only — has none of: the token of its anonymous cookie from before it signed in sends
+    // nothing.
+    let other = app.browser(Ipv4Addr::new(127, 0, 5, 32));
+    let anonymous_token = other.form_token("/").await;
+    let beta_token = other.form_token("/o/beta/").await;
+    let signed_in = other
+        .http
+        .post(format!("{}/o/beta/api/login", other.base))
+        .header("accept", "application/json")
+        .form(&[
+            ("username", "carol"),
+            ("password", "carol-pass"),
+            ("csrf", beta_token.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status().as_u16(), 200);
+    let forged = other
+        .http
+        .post(format!("{}/api/login", other.base))
+        .header("accept", "application/json")
+        .form(&[
+            ("username", "erin"),
+            ("password", "erin-pass"),
+            ("csrf", anonymous_token.as_str()),
+            ("org", "beta"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(forged.status().as_u16(), 200);
+    assert!(
+        b.auth_lines().iter().all(|l| !l.contains("user=erin")),
+        "no Access-Request: {:?}",
+        b.auth_lines()
+    );
     app.stop().await;
 }
 

@@ -57,7 +57,8 @@ pub fn SessionPage() -> impl IntoView {
                 <dl class="mt-6 space-y-1 border-t border-slate-200 pt-4 text-sm">
                     <div class="flex flex-wrap gap-x-3">
                         <dt class="w-24 text-slate-600">"User"</dt>
-                        <dd data-testid="username">{view.username.clone()}</dd>
+                        // As the RADIUS server named it (nothing checked it): never mirrored.
+                        <dd data-testid="username">{crate::validation::shown_plainly(&view.username).into_owned()}</dd>
                     </div>
                     <div class="flex flex-wrap gap-x-3">
                         <dt class="w-24 text-slate-600">"Organization"</dt>

@@ -899,7 +899,7 @@ impl Accounting {
         if failover {
             // Every session of a down server fails over: a line per 5 s for its organization
             // (the rest at debug).
-            let scope = format!("{}\0{}", org.id, session.server_name);
+            let scope = format!("{}\0{}\0{}", org.id, session.server_name, server.name);
             if let Some(left_out) = org_line(OrgLine::FailsOver, &scope) {
                 tracing::warn!(acct_session_id = %acct_id, status_type = record.status_type,
                     session_server = %session.server_name, server = %server.name, organization = %org.id, left_out,

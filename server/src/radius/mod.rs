@@ -754,7 +754,17 @@ impl Radius {
                         Ok(_) => radius.health.record_probe_success(&server, port),
                         Err(e) => {
                             tracing::debug!(server = %server.name, ?port, error = %e, "Status-Server probe unanswered");
-                            radius.health.record_probe_failure(&server, port);
+                            // The server's silence (or an answer it cannot have sent), not a
+                            // fault of this host (no socket, no Identifier free).
+                            if matches!(
+                                e,
+                                RadiusError::Timeout
+                                    | RadiusError::Unreachable { .. }
+                                    | RadiusError::UnsignedReply
+                                    | RadiusError::UnverifiedReply(_)
+                            ) {
+                                radius.health.record_probe_failure(&server, port);
+                            }
                         }
                     }
                 });
