@@ -179,22 +179,37 @@ async fn radius_test_tests_the_accounting_port_too() {
     );
 }
 
+/// A stand-in RADIUS server for what FreeRADIUS will not do: each request read from `asked`
+/// (at least a header) is answered from `answers` with `reply(request)`, until the test ends.
+fn answer_each_request(
+    asked: std::net::UdpSocket,
+    answers: std::net::UdpSocket,
+    reply: impl Fn(&[u8]) -> Vec<u8> + Send + 'static,
+) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok((len, from)) = asked.recv_from(&mut buf) {
+            if len >= 20 {
+                let _ = answers.send_to(&reply(&buf[..len]), from);
+            }
+        }
+    });
+}
+
 /// A server that answers with another shared secret (its replies fail verification): the
 /// line says why the answer was dropped, not "no reply", so the operator looks at the secret.
 #[tokio::test]
 async fn radius_test_names_a_reply_signed_with_another_secret() {
     let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = server.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok((_, from)) = server.recv_from(&mut buf) {
-            // An Access-Reject for the request's Identifier, signed with something else.
-            let mut reply = [0x5au8; 20];
-            reply[0] = 3;
-            reply[1] = buf[1];
-            reply[2..4].copy_from_slice(&20u16.to_be_bytes());
-            let _ = server.send_to(&reply, from);
-        }
+    let answers = server.try_clone().unwrap();
+    answer_each_request(server, answers, |request| {
+        // An Access-Reject for the request's Identifier, signed with something else.
+        let mut reply = vec![0x5au8; 20];
+        reply[0] = 3;
+        reply[1] = request[1];
+        reply[2..4].copy_from_slice(&20u16.to_be_bytes());
+        reply
     });
     let dir = tempfile::tempdir().unwrap();
     let (success, stdout) =
@@ -216,20 +231,17 @@ async fn radius_test_names_a_reply_from_another_address() {
     let asked = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = asked.local_addr().unwrap().port();
     let answers = std::net::UdpSocket::bind(("127.0.0.2", port)).unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok((_, from)) = asked.recv_from(&mut buf) {
-            // An Access-Reject (or Accounting-Response) for the request, signed with the
-            // shared secret: Response Authenticator = MD5(head, Request Authenticator, secret).
-            let code = if buf[0] == 4 { 5 } else { 3 };
-            let mut reply = vec![code, buf[1], 0, 20];
-            let mut md5 = Md5::new();
-            md5.update(&reply);
-            md5.update(&buf[4..20]);
-            md5.update(SECRET.as_bytes());
-            reply.extend_from_slice(&md5.finalize());
-            let _ = answers.send_to(&reply, from);
-        }
+    answer_each_request(asked, answers, |request| {
+        // An Access-Reject (or Accounting-Response) for the request, signed with the shared
+        // secret: Response Authenticator = MD5(head, Request Authenticator, secret).
+        let code = if request[0] == 4 { 5 } else { 3 };
+        let mut reply = vec![code, request[1], 0, 20];
+        let mut md5 = Md5::new();
+        md5.update(&reply);
+        md5.update(&request[4..20]);
+        md5.update(SECRET.as_bytes());
+        reply.extend_from_slice(&md5.finalize());
+        reply
     });
     let dir = tempfile::tempdir().unwrap();
     let path = one_server(&dir, "nat", port, port);
