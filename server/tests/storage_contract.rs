@@ -1102,6 +1102,21 @@ async fn a_session_termination_is_queued_once(db: Db) {
         .await
         .unwrap();
     assert_eq!(ask().await.unwrap(), Termination::NotActive);
+
+    // Two operators at once, through two processes' handles: one job between them.
+    let other = db.open().await;
+    let id = opened(s, login("10.0.3.2", T0, 10 * MINUTE)).await;
+    let (a, b) = tokio::join!(
+        s.queue_session_termination(id, "cli:jo", T0 + 3),
+        other.queue_session_termination(id, "cli:kim", T0 + 3)
+    );
+    let mut outcomes = [a.unwrap(), b.unwrap()];
+    outcomes.sort_by_key(|t| *t != Termination::Queued);
+    assert_eq!(
+        outcomes,
+        [Termination::Queued, Termination::AlreadyQueued],
+        "one queued, the other found it"
+    );
 }
 
 async fn pruning_keeps_what_is_pending(db: Db) {

@@ -716,10 +716,15 @@ impl<B: OrgBackend> OrganizationStore for B {
     ) -> Result<Termination, StorageError> {
         let mut change = self.begin_write().await?;
         let c = change.conn();
+        // The session's row locked (PostgreSQL): two operators asking at once take turns, so
+        // the second sees the first's job below.
         let row: Option<(String, String, String)> = c
             .fetch_optional(
-                "SELECT organization_id, acct_session_id, username FROM access_sessions \
-                 WHERE id = $1 AND state = 'active'",
+                &format!(
+                    "SELECT organization_id, acct_session_id, username FROM access_sessions \
+                     WHERE id = $1 AND state = 'active'{}",
+                    B::LOCK_ROW
+                ),
                 &[Arg::Int(session_id)],
             )
             .await?;
