@@ -897,8 +897,8 @@ impl Accounting {
             Err(outcome) => return Ok(outcome),
         };
         if failover {
-            // Every session of a down server fails over: a line per 5 s for its organization
-            // (the rest at debug).
+            // Every session of a down server fails over: a line per 5 s for each organization,
+            // session server and target (the rest at debug).
             let scope = format!("{}\0{}\0{}", org.id, session.server_name, server.name);
             if let Some(left_out) = org_line(OrgLine::FailsOver, &scope) {
                 tracing::warn!(acct_session_id = %acct_id, status_type = record.status_type,
@@ -1061,8 +1061,8 @@ impl Accounting {
                     }
                     *unseen.entry(row.id).or_default() += 1;
                 }
-                // Every session's row says it while a server is silent: a line per 5 s for the
-                // organization (the rest at debug).
+                // Every session's row says it while a server is silent: a line per 5 s for each
+                // organization, server and kind of error (the rest at debug).
                 let scope = format!(
                     "{}\0{}\0{:?}",
                     org.id,

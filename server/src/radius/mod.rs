@@ -94,6 +94,24 @@ pub enum RadiusError {
     Withdrawn,
 }
 
+impl RadiusError {
+    /// No usable answer came in time: the server is silent, or only replies it cannot have
+    /// sent as configured came (unsigned, failing verification). A timeout for failover, the
+    /// breaker and the metrics.
+    pub fn is_no_answer(&self) -> bool {
+        matches!(
+            self,
+            RadiusError::Timeout | RadiusError::UnsignedReply | RadiusError::UnverifiedReply(_)
+        )
+    }
+
+    /// The server did not answer — [`Self::is_no_answer`], or an ICMP error says nothing
+    /// listens there —, not a fault of this host (no socket, no Identifier free, no time).
+    pub fn is_server_silent(&self) -> bool {
+        self.is_no_answer() || matches!(self, RadiusError::Unreachable { .. })
+    }
+}
+
 /// Whether a login still stands before its next server ([`Radius::authenticate`]).
 pub type GoOn = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
 
@@ -484,9 +502,7 @@ impl Radius {
         let result = self.client.exchange(exchange, build).await;
         let outcome = match &result {
             Ok(_) => "answered",
-            Err(
-                RadiusError::Timeout | RadiusError::UnsignedReply | RadiusError::UnverifiedReply(_),
-            ) => "timeout",
+            Err(e) if e.is_no_answer() => "timeout",
             Err(RadiusError::Unreachable { .. }) => "unreachable",
             Err(_) => "error",
         };
@@ -506,13 +522,9 @@ impl Radius {
                 self.health.target(server, port),
                 reply.has_message_authenticator,
             ),
-            Err(
-                RadiusError::Timeout
-                | RadiusError::UnsignedReply
-                | RadiusError::UnverifiedReply(_)
-                | RadiusError::Unreachable { .. }
-                | RadiusError::Io(_),
-            ) => self.health.record_failure(server, port),
+            Err(e) if e.is_server_silent() || matches!(e, RadiusError::Io(_)) => {
+                self.health.record_failure(server, port)
+            }
             Err(_) => {}
         }
         result
@@ -754,15 +766,7 @@ impl Radius {
                         Ok(_) => radius.health.record_probe_success(&server, port),
                         Err(e) => {
                             tracing::debug!(server = %server.name, ?port, error = %e, "Status-Server probe unanswered");
-                            // The server's silence (or an answer it cannot have sent), not a
-                            // fault of this host (no socket, no Identifier free).
-                            if matches!(
-                                e,
-                                RadiusError::Timeout
-                                    | RadiusError::Unreachable { .. }
-                                    | RadiusError::UnsignedReply
-                                    | RadiusError::UnverifiedReply(_)
-                            ) {
+                            if e.is_server_silent() {
                                 radius.health.record_probe_failure(&server, port);
                             }
                         }
