@@ -59,15 +59,21 @@ fn portal(args: &[&str]) -> Command {
 }
 
 /// A configuration of one organization with one server, `name`, at these ports of loopback
-/// (timeout 300 ms, no retransmission), in `dir`.
-fn one_server(dir: &tempfile::TempDir, name: &str, auth_port: u16, acct_port: u16) -> String {
+/// (timeout 300 ms, no retransmission, and the server's settings in `more`, a line each), in
+/// `dir`.
+fn one_server(
+    dir: &tempfile::TempDir,
+    name: &str,
+    (auth_port, acct_port): (u16, u16),
+    more: &str,
+) -> String {
     let path = dir.path().join("portal.toml");
     std::fs::write(
         &path,
         format!(
             "[radius]\nbind = \"127.0.0.1\"\n[[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
              [[organizations.servers]]\nname = \"{name}\"\naddress = \"127.0.0.1\"\n\
-             auth_port = {auth_port}\nacct_port = {acct_port}\nsecret = \"{SECRET}\"\ntimeout = \"300ms\"\nretries = 0\n"
+             auth_port = {auth_port}\nacct_port = {acct_port}\nsecret = \"{SECRET}\"\ntimeout = \"300ms\"\nretries = 0\n{more}"
         ),
     )
     .unwrap();
@@ -142,7 +148,7 @@ async fn radius_test_tests_the_accounting_port_too() {
         .unwrap()
         .port();
     let dir = tempfile::tempdir().unwrap();
-    let path = one_server(&dir, "half", radius.strict_port, closed_port);
+    let path = one_server(&dir, "half", (radius.strict_port, closed_port), "");
     for username in [None, Some("alice")] {
         let (success, stdout) = radius_test(&path, username);
         assert!(!success, "{stdout}");
@@ -167,8 +173,12 @@ async fn radius_test_tests_the_accounting_port_too() {
     }
     // A server checked by request (NPS) answers no Status-Server: its accounting port is not
     // tested, and its accepted Access-Request passes the test.
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, format!("{text}status_check = \"request\"\n")).unwrap();
+    let path = one_server(
+        &dir,
+        "half",
+        (radius.strict_port, closed_port),
+        "status_check = \"request\"\n",
+    );
     let (success, stdout) = radius_test(&path, Some("alice"));
     assert!(success, "{stdout}");
     assert!(
@@ -212,8 +222,10 @@ async fn radius_test_names_a_reply_signed_with_another_secret() {
         reply
     });
     let dir = tempfile::tempdir().unwrap();
-    let (success, stdout) =
-        radius_test(&one_server(&dir, "other-secret", port, port), Some("alice"));
+    let (success, stdout) = radius_test(
+        &one_server(&dir, "other-secret", (port, port), ""),
+        Some("alice"),
+    );
     assert!(!success, "{stdout}");
     assert!(
         stdout.contains(&format!(
@@ -244,16 +256,12 @@ async fn radius_test_names_a_reply_from_another_address() {
         reply
     });
     let dir = tempfile::tempdir().unwrap();
-    let path = one_server(&dir, "nat", port, port);
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        text.replace(
-            "retries = 0\n",
-            "retries = 0\nrequire_message_authenticator = false\n",
-        ),
-    )
-    .unwrap();
+    let path = one_server(
+        &dir,
+        "nat",
+        (port, port),
+        "require_message_authenticator = false\n",
+    );
     let (success, stdout) = radius_test(&path, Some("alice"));
     assert!(!success, "{stdout}");
     assert!(
@@ -393,7 +401,7 @@ retries = 0
 async fn radius_test_names_a_missing_message_authenticator() {
     let radius = FreeRadius::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let path = one_server(&dir, "stock", radius.auth_port, radius.acct_port);
+    let path = one_server(&dir, "stock", (radius.auth_port, radius.acct_port), "");
     let (success, stdout) = radius_test(&path, Some("alice"));
     assert!(!success, "{stdout}");
     assert!(
