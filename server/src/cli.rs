@@ -709,7 +709,8 @@ fn secrets_readable_warnings(path: Option<&Path>, settings: &Settings) -> Vec<St
             .clients
             .iter()
             .any(|c| c.secret.is_some());
-    if let Some(path) = path.filter(|path| inline && readable_by_others(path)) {
+    // Group or others: the configuration holds far more than one server's secret.
+    if let Some(path) = path.filter(|path| inline && readable_by(path, 0o044)) {
         warnings.push(format!(
             "the configuration file {} holds RADIUS shared secrets and other users can read it: `chmod 600` it, or move the secrets to secret_file",
             path.display()
@@ -743,11 +744,6 @@ fn secrets_readable_warnings(path: Option<&Path>, settings: &Settings) -> Vec<St
         }
     }
     warnings
-}
-
-/// Whether users other than the file's owner can read it (group or others).
-fn readable_by_others(path: &Path) -> bool {
-    readable_by(path, 0o044)
 }
 
 /// Whether any of the permission bits `mask` is set on the file.
