@@ -299,36 +299,38 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
             let Some(s) = find_session(&storage, &id).await? else {
                 return Ok(Outcome::NoSession(id));
             };
-            let queued = storage
+            use crate::storage::Termination;
+            let by = match storage
                 .queue_session_termination(s.id, &actor(), crate::access_session::now_ms())
-                .await?;
-            if queued == crate::storage::Termination::AlreadyQueued {
-                say!(
-                    "session {} ({}, {}) is already to be stopped: a termination asked for earlier is not done yet",
-                    s.id,
-                    s.username,
-                    s.organization_id
-                );
-                return Ok(Outcome::Done);
-            }
-            if queued == crate::storage::Termination::Queued {
-                let by = match &settings.database.url {
+                .await?
+            {
+                Termination::NotActive => {
+                    return Ok(Outcome::Refused(format!("session {} is not active", s.id)))
+                }
+                Termination::AlreadyQueued => {
+                    say!(
+                        "session {} ({}, {}) is already to be stopped: a termination asked for earlier is not done yet",
+                        s.id,
+                        s.username,
+                        s.organization_id
+                    );
+                    return Ok(Outcome::Done);
+                }
+                Termination::Queued => match &settings.database.url {
                     Some(_) => "by a running portal replica (or the next one to start)",
                     None if crate::startup::sqlite_portal_running(&settings.database.path) => {
                         "by the running portal"
                     }
                     None => "when the portal next starts (none runs on this database now: the session stays open until then)",
-                };
-                say!(
-                    "session {} ({}, {}) will be stopped {by} (Accounting-Stop, Admin-Reset)",
-                    s.id,
-                    s.username,
-                    s.organization_id
-                );
-                Ok(Outcome::Done)
-            } else {
-                Ok(Outcome::Refused(format!("session {} is not active", s.id)))
-            }
+                },
+            };
+            say!(
+                "session {} ({}, {}) will be stopped {by} (Accounting-Stop, Admin-Reset)",
+                s.id,
+                s.username,
+                s.organization_id
+            );
+            Ok(Outcome::Done)
         }
     }
 }
