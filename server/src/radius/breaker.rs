@@ -350,6 +350,20 @@ mod tests {
         while !b.record_failure(now) {}
     }
 
+    /// An open breaker's server answers its next probe `times` times, and each time fails the
+    /// requests that follow (it answers Status-Server while its back end is down). Returns
+    /// when it opened last.
+    fn flap(b: &mut Breaker, times: usize) -> Instant {
+        let mut now = b.probe_due().expect("open");
+        for _ in 0..times {
+            now = b.probe_due().expect("open");
+            assert!(b.take_probe(now));
+            assert!(b.record_probe_success());
+            open(b, now);
+        }
+        now
+    }
+
     #[test]
     fn a_server_that_answers_probes_but_not_requests_is_probed_ever_less_often() {
         let mut now = Instant::now();
@@ -381,12 +395,7 @@ mod tests {
         let mut now = Instant::now();
         let mut b = Breaker::new(policy());
         open(&mut b, now);
-        for _ in 0..3 {
-            now = b.probe_due().expect("open");
-            assert!(b.take_probe(now));
-            assert!(b.record_probe_success());
-            open(&mut b, now);
-        }
+        now = flap(&mut b, 3);
         let damped = b.probe_due().expect("open") - now;
         assert_eq!(
             damped,
@@ -420,12 +429,7 @@ mod tests {
         let mut now = Instant::now();
         let mut b = Breaker::new(policy());
         open(&mut b, now);
-        for _ in 0..4 {
-            now = b.probe_due().expect("open");
-            assert!(b.take_probe(now));
-            assert!(b.record_probe_success());
-            open(&mut b, now); // answers Status-Server, fails its requests
-        }
+        now = flap(&mut b, 4);
         assert_eq!(b.probe_due(), Some(now + Duration::from_secs(80)));
         now = b.probe_due().expect("open");
         assert!(b.take_probe(now));
