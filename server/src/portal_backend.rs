@@ -210,7 +210,7 @@ impl PortalBackend {
             .check(&client_key(ip, self.ipv6_prefix), now)
             .and_then(|()| self.per_user.check(&user_key, now));
         verdict.map_err(|wait| {
-            tracing::warn!(organization = org_id, username, %ip, "login rate limited");
+            crate::throttled!(warn, organization = org_id, username, %ip, "login rate limited");
             PortalError::RateLimited {
                 retry_after_secs: wait.as_secs() + 1,
             }
@@ -470,7 +470,7 @@ impl PortalBackend {
                 return Ok(Prepared::Answered(Ok(self.view(&session))));
             }
         }
-        if !fresh_form {
+        if !fresh_form && !form_token.is_empty() {
             // An out-of-date sign-in form (its page was shown before this browser signed in:
             // the form sent again after the first answer came back, a tab left open) from a
             // browser whose session there runs: that session is the answer, as the sign-in
@@ -482,14 +482,16 @@ impl PortalBackend {
                 if names_alike(&session.username, &username) {
                     return Ok(Prepared::Answered(Ok(self.view(&session))));
                 }
-                if !form_token.is_empty() {
-                    tracing::warn!("sign-in with another name on an out-of-date form token from a browser signed in already: refused");
-                    return Err(PortalError::InvalidInput {
-                        field: "username".into(),
-                        message: SIGNED_IN_AS_ANOTHER.into(),
-                    });
-                }
+                crate::throttled!(warn, "sign-in with another name on an out-of-date form token from a browser signed in already: refused");
+                return Err(PortalError::InvalidInput {
+                    field: "username".into(),
+                    message: SIGNED_IN_AS_ANOTHER.into(),
+                });
             }
+        }
+        if !fresh_form {
+            // Out of date with no session to show, or no token at all (a form without one
+            // is refused whatever runs: only a form the portal rendered carries one).
             return Err(refused_form(&form_token));
         }
         if let Some(error) = turn.as_ref().and_then(|t| t.failed_while_waiting()) {
@@ -505,7 +507,8 @@ impl PortalBackend {
             .clone()
             .try_acquire_owned()
             .map_err(|_| {
-                tracing::warn!(
+                crate::throttled!(
+                    warn,
                     limit = MAX_SIGN_INS_UNDER_WAY,
                     "sign-in refused: too many under way"
                 );
@@ -618,13 +621,16 @@ pub(crate) const SIGNED_IN_AS_ANOTHER: &str = "This browser is already signed in
 
 fn refused_form(supplied: &str) -> PortalError {
     if supplied.is_empty() {
-        tracing::warn!("state-changing request without a form token refused");
+        crate::throttled!(warn, "state-changing request without a form token refused");
         return PortalError::InvalidInput {
             field: "csrf".into(),
             message: "This form has no form token (its csrf field): reload the page and send the form from there.".into(),
         };
     }
-    tracing::warn!("state-changing request without a valid form token refused");
+    crate::throttled!(
+        warn,
+        "state-changing request without a valid form token refused"
+    );
     PortalError::Forbidden
 }
 

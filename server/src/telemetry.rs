@@ -40,6 +40,24 @@ pub fn worth_a_warning(occurrences_before: u64) -> bool {
     occurrences_before.is_multiple_of(1000)
 }
 
+/// Logs a line anyone can make the portal repeat at will (a refused or rate-limited request, a
+/// Dynamic Authorization request for no session): at `$level` for the first and then at most one
+/// per [`Throttle::PERIOD`] from this call site, with `similar_left_out` — how many were logged
+/// at debug only since —, so a flood of them cannot fill the disk or bury other lines. The
+/// metrics count every one.
+///
+/// `throttled!(warn, organization = %id, "login rate limited")`
+#[macro_export]
+macro_rules! throttled {
+    ($level:ident, $($line:tt)+) => {{
+        static THROTTLE: $crate::telemetry::Throttle = $crate::telemetry::Throttle::new();
+        match THROTTLE.admit() {
+            Some(left_out) => tracing::$level!(similar_left_out = left_out, $($line)+),
+            None => tracing::debug!($($line)+),
+        }
+    }};
+}
+
 /// For a line a failing dependency would repeat for every request (the database away, a full
 /// disk): the first occurrence is written, then at most one per [`Throttle::PERIOD`], saying
 /// how many were left out since the last — a full disk must not also fill the log.

@@ -895,6 +895,13 @@ async fn an_out_of_date_sign_in_form_from_a_signed_in_browser_shows_its_session(
     );
     assert_eq!(access_requests_of(&radius, "erin"), 0);
     assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
+    // A form with no token at all is not an out-of-date form of the portal's (every form it
+    // renders has one): refused as such, naming the field, even under the session's name.
+    let bare = [("username", "carol"), ("password", "not-carols")];
+    let refused = browser.post_raw("/api/login", "/", &bare, &[]).await;
+    assert_eq!(refused.path, "/", "{}", refused.body);
+    assert!(refused.body.contains("no form token"), "{}", refused.body);
+    assert_eq!(access_requests_of(&radius, "carol"), 1);
     // Another browser's out-of-date form (no session of its own) is still refused.
     let stranger = app.browser(Ipv4Addr::new(127, 0, 0, 24));
     stranger.get("/").await;

@@ -255,6 +255,29 @@ async fn unreadable_and_oversized_requests_are_the_callers_errors() {
     assert_eq!(huge.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let body: serde_json::Value = serde_json::from_str(&huge.text().await.unwrap()).unwrap();
     assert_eq!(body["error"], "TooLarge", "{body}");
+    // A chunked body is counted as it arrives: over the limit it is the same 413; a chunk size
+    // that is no number is a malformed request (400), not a large one.
+    let raw = |body: String| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let head = "POST /api/login HTTP/1.1\r\nHost: portal.example\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n";
+        stream
+            .write_all(format!("{head}{body}").as_bytes())
+            .await
+            .unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), stream.read(&mut answer))
+            .await
+            .expect("an answer")
+            .unwrap();
+        String::from_utf8_lossy(&answer[..n]).to_string()
+    };
+    let chunk = "x".repeat(20_000);
+    let answer = raw(format!("{:x}\r\n{chunk}\r\n0\r\n\r\n", chunk.len())).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let answer = raw("zz\r\n\r\n".into()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("BadBody"), "{answer}");
     // A key of the caller's choosing is never repeated back as the portal's words.
     let crafted = post(format!(
         "csrf={token}&username=x&password=y&Your+account+is+locked.+Call+0800-555&Your+account+is+locked.+Call+0800-555=2"
@@ -1034,4 +1057,78 @@ async fn every_visitor_gets_the_sign_in_page_with_its_own_token_and_nonce() {
     let page = app.browser(Ipv4Addr::new(127, 0, 8, 50)).get("/").await;
     assert!(page.body.contains("has been disabled"), "{}", page.body);
     app.stop().await;
+}
+
+/// Requests anyone can repeat at will — a sign-in with a forged form token, a cross-site post —
+/// are refused each time but logged once per few seconds (with how many were left out), so a
+/// flood of them cannot fill the disk or bury the lines that matter.
+#[tokio::test]
+async fn a_flood_of_refused_requests_writes_a_few_log_lines() {
+    let (dir, db) = temp_db();
+    let port = common::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let config = dir.path().join("portal.toml");
+    // No RADIUS server listens there: nothing of the flood may reach it anyway.
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n[database]\npath = \"{}\"\n\
+             [[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
+             [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\n\
+             auth_port = {}\nacct_port = {}\nsecret = \"{}\"\n",
+            db.display(),
+            common::free_port(),
+            common::free_port(),
+            common::SECRET
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("portal.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let portal = common::PortalProcess::start_logging(&config, &base, log).await;
+    let http = reqwest::Client::new();
+    const FLOOD: usize = 200;
+    let started = std::time::Instant::now();
+    for i in 0..FLOOD {
+        let forged = http
+            .post(format!("{base}/api/login"))
+            .form(&[
+                ("username", "victim"),
+                ("password", "x"),
+                ("csrf", &format!("forged-{i}")),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+        let cross_site = http
+            .post(format!("{base}/api/login"))
+            .header("origin", "https://evil.example")
+            .form(&[("username", "victim"), ("password", "x")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(cross_site.status(), StatusCode::FORBIDDEN);
+    }
+    // However slow this machine was: the first of each, then at most one per 5 s period.
+    let most = started.elapsed().as_secs() as usize / 5 + 1;
+    let lines = |text: &str, needle: &str| text.lines().filter(|l| l.contains(needle)).count();
+    common::wait_until("the first refusals to be logged", || async {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        lines(&text, "without a valid form token refused") > 0
+            && lines(&text, "cross-site request refused") > 0
+    })
+    .await;
+    portal.kill_9();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    for needle in [
+        "without a valid form token refused",
+        "cross-site request refused",
+    ] {
+        let written = lines(&text, needle);
+        assert!(
+            (1..=most).contains(&written),
+            "{written} lines for {FLOOD} requests ({needle}), at most {most} expected:\n{text}"
+        );
+    }
 }

@@ -377,7 +377,7 @@ impl AccessSessions {
         let typed = username;
         let (username, typed_username) = match grant.user_name {
             Some(named) if named != typed => {
-                tracing::info!(organization = %org.id, typed, named = %named, %client_ip,
+                tracing::info!(organization = %org.id, typed, named = ?named, %client_ip,
                     "the server named the user in its Access-Accept: the session and its accounting use that name");
                 (named, Some(typed.to_string()))
             }

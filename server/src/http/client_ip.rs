@@ -299,7 +299,7 @@ pub fn insert_client_ip(trusted: &TrustedProxies, request: &mut Request) -> Opti
             tracing::debug!(peer = %peer.ip(), header = trusted.header.name(), "a trusted proxy's request names no client");
         }
         Err(e) => {
-            tracing::warn!(peer = %peer.ip(), error = %e, "request refused: unusable forwarding header from a trusted proxy");
+            crate::throttled!(warn, peer = %peer.ip(), error = %e, "request refused: unusable forwarding header from a trusted proxy");
             return Some(super::caller_error(
                 request.headers(),
                 StatusCode::BAD_REQUEST,

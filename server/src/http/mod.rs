@@ -597,6 +597,14 @@ pub const API_BODY_LIMIT: usize = 16 * 1024;
 /// connection slot and its buffer indefinitely).
 pub const API_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Whether reading a body failed because it went over its limit (not because it was malformed).
+fn over_the_limit(error: &axum::Error) -> bool {
+    std::iter::successors(Some(error as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    })
+    .any(|e| e.is::<http_body_util::LengthLimitError>())
+}
+
 /// The server fns' limits (`/api/…`): a body
 /// over [`API_BODY_LIMIT`] is a 413 before anything reads it, one not complete within
 /// [`API_BODY_DEADLINE`] a 408, and an error answered before our code ran (arguments that could
@@ -624,12 +632,22 @@ async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>)
     .await
     {
         Ok(Ok(bytes)) => bytes,
-        Ok(Err(_)) => {
+        Ok(Err(e)) if over_the_limit(&e) => {
             return caller_error(
                 &parts.headers,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "TooLarge",
                 &format!("The request is larger than {API_BODY_LIMIT} bytes."),
+            )
+        }
+        // Not too large but not a body either (a chunk size that is no number, a connection
+        // closed half-way): the caller's fault, said as such.
+        Ok(Err(_)) => {
+            return caller_error(
+                &parts.headers,
+                StatusCode::BAD_REQUEST,
+                "BadBody",
+                "Bad request: the request body could not be read (malformed chunked encoding, or it ended early).",
             )
         }
         Err(_) => {

@@ -82,21 +82,41 @@ pub fn is_cross_site(method: &Method, headers: &HeaderMap, public_url: Option<&P
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         // Without a public URL the scheme is not known here (TLS may end at a proxy in front):
-        // either web scheme, and exactly this host and port.
-        let origin_host = ["http://", "https://"]
-            .iter()
-            .find_map(|scheme| {
-                origin
-                    .get(..scheme.len())
-                    .filter(|s| s.eq_ignore_ascii_case(scheme))
-                    .map(|_| &origin[scheme.len()..])
-            })
-            .unwrap_or("");
-        if origin_host.is_empty() || origin_host != host {
+        // either web scheme, and this host and port — names compared without regard to case,
+        // and a port written out that is the origin's scheme's default (`Host: portal:80`, as
+        // some proxies write it) the same as none.
+        let origin_host =
+            [("http://", "80"), ("https://", "443")]
+                .iter()
+                .find_map(|(scheme, port)| {
+                    origin
+                        .get(..scheme.len())
+                        .filter(|s| s.eq_ignore_ascii_case(scheme))
+                        .map(|_| (&origin[scheme.len()..], *port))
+                });
+        let same = origin_host.is_some_and(|(origin_host, default_port)| {
+            !origin_host.is_empty()
+                && without_port(origin_host, default_port)
+                    .eq_ignore_ascii_case(without_port(host, default_port))
+        });
+        if !same {
             return true;
         }
     }
     false
+}
+
+/// `authority` (`host[:port]`) without its port when that is `port`.
+fn without_port<'a>(authority: &'a str, port: &str) -> &'a str {
+    match authority.rsplit_once(':') {
+        // Not a colon inside an IPv6 address: `[::1]` has none after its `]`.
+        Some((host, p))
+            if p == port && !host.is_empty() && (!host.starts_with('[') || host.ends_with(']')) =>
+        {
+            host
+        }
+        _ => authority,
+    }
 }
 
 /// The 400 for a request whose `Host` is not one host (RFC 9112 §3.2: missing from an
@@ -136,15 +156,24 @@ fn is_host(text: &str) -> bool {
     };
     // A fully qualified name may end in a dot.
     let host = host.strip_suffix('.').unwrap_or(host);
+    // Labels of letters, digits and inner hyphens (RFC 1123; `_` as resolvers allow it); a name
+    // whose last label is a number is an IPv4 address or nothing (`1.2.3.4.5`).
     let name_ok = !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
                 && label
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
+        })
+        && (host
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| !last.bytes().all(|b| b.is_ascii_digit()))
+            || host.parse::<std::net::Ipv4Addr>().is_ok());
     name_ok && port.is_none_or(is_port)
 }
 
@@ -165,7 +194,7 @@ pub fn cross_site_refusal(site: &SiteSecurity, request: &Request) -> Option<Resp
     ) {
         return None;
     }
-    tracing::warn!(path = %request.uri().path(), "cross-site request refused");
+    crate::throttled!(warn, path = %request.uri().path(), "cross-site request refused");
     Some(super::caller_error(
         request.headers(),
         StatusCode::FORBIDDEN,
@@ -232,6 +261,37 @@ mod tests {
     }
 
     #[test]
+    fn without_a_public_url_the_host_matches_whatever_its_case_and_default_port() {
+        for (host, origin) in [
+            ("Portal.Example", "http://portal.example"),
+            ("portal.example:80", "http://portal.example"),
+            ("portal.example:443", "https://Portal.example"),
+            ("portal.example", "http://portal.example:80"),
+            ("[::1]:80", "http://[::1]"),
+            ("[::1]", "http://[::1]"),
+        ] {
+            let mut h = headers(&[]);
+            h.insert("host", HeaderValue::from_str(host).expect("header"));
+            h.insert("origin", HeaderValue::from_str(origin).expect("header"));
+            assert!(!is_cross_site(&Method::POST, &h, None), "{host} {origin}");
+        }
+        for (host, origin) in [
+            ("portal.example:443", "http://portal.example"),
+            ("portal.example:80", "https://portal.example"),
+            ("portal.example:8080", "http://portal.example"),
+            ("portal.example", "http://portal.example:8080"),
+            ("portal.example", "http://portal.example.evil"),
+            ("[::1]:80", "http://[::2]"),
+            ("portal.example", "http://"),
+        ] {
+            let mut h = headers(&[]);
+            h.insert("host", HeaderValue::from_str(host).expect("header"));
+            h.insert("origin", HeaderValue::from_str(origin).expect("header"));
+            assert!(is_cross_site(&Method::POST, &h, None), "{host} {origin}");
+        }
+    }
+
+    #[test]
     fn sec_fetch_site_sent_twice_vouches_for_nothing() {
         let mut h = headers(&[
             ("host", "portal.example"),
@@ -295,6 +355,9 @@ mod tests {
             "[::1]",
             "[2001:db8::1]:443",
             "my_host.lan",
+            "xn--bcher-kva.example",
+            "3com.example",
+            "10.0.0.1.",
         ] {
             assert!(is_host(good), "{good}");
         }
@@ -312,6 +375,12 @@ mod tests {
             "..",
             "a..b",
             "http://portal.example",
+            "-evil",
+            "evil-.example",
+            "portal.-x.example",
+            "1.2.3.4.5",
+            "256.1.1.1",
+            "portal.123",
         ] {
             assert!(!is_host(bad), "{bad}");
         }

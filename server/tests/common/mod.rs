@@ -730,6 +730,15 @@ pub struct PortalProcess(std::process::Child);
 #[cfg(test)]
 impl PortalProcess {
     pub async fn start(config: &std::path::Path, base: &str) -> PortalProcess {
+        Self::start_logging(config, base, std::process::Stdio::null()).await
+    }
+
+    /// [`PortalProcess::start`] with its log (stderr, the default filter) going to `log`.
+    pub async fn start_logging(
+        config: &std::path::Path,
+        base: &str,
+        log: impl Into<std::process::Stdio>,
+    ) -> PortalProcess {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
             .arg("--config")
@@ -738,8 +747,9 @@ impl PortalProcess {
             .arg(leptos_config())
             .arg("serve")
             .current_dir(&root)
+            .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let health = format!("{base}/healthz");
