@@ -46,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
             start_claimed_until: None,
             typed_username: None,
             nas: None,
+            replaces: None,
         };
         writes.spawn(async move {
             let opened = storage.open_session(&new).await;

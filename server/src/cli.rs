@@ -256,6 +256,9 @@ pub async fn run() -> anyhow::Result<()> {
                 .chain(crate::startup::dynauth_warnings(
                     &settings.dynamic_authorization,
                     &ids,
+                ))
+                .chain(crate::startup::duplicate_server_warnings(
+                    &settings.organizations,
                 ));
             for warning in warnings {
                 eprintln!("warning: {warning}");
@@ -439,6 +442,11 @@ async fn check_against_database(settings: &Settings) -> anyhow::Result<Vec<Strin
                     "organization `{}` {why}: `serve` disables it, ending its {open} open session(s) (Accounting-Stop, Admin-Reset)",
                     row.id
                 );
+                say!("# {said}");
+                eprintln!("warning: {said}");
+            }
+            for said in crate::organizations::listed_but_disabled(&stored, &settings.organizations)
+            {
                 say!("# {said}");
                 eprintln!("warning: {said}");
             }

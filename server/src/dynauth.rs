@@ -404,15 +404,15 @@ impl DynAuthListener {
         };
         let identification = Identification::of(request);
         if identification.has_malformed_address() {
-            crate::throttled!(info, client, code = ?request.code(), "Dynamic Authorization request with an address attribute that is no address");
+            tracing::info!(client, code = ?request.code(), "Dynamic Authorization request with an address attribute that is no address");
             return reply(nak, Some(INVALID_ATTRIBUTE_VALUE));
         }
         if identification.only_foreign() {
-            crate::throttled!(info, client, code = ?request.code(), "Dynamic Authorization request names a session by attributes no session of the portal has");
+            tracing::info!(client, code = ?request.code(), "Dynamic Authorization request names a session by attributes no session of the portal has");
             return reply(nak, Some(SESSION_CONTEXT_NOT_FOUND));
         }
         let Some(wanted) = identification.lookup() else {
-            crate::throttled!(info, client, code = ?request.code(), "Dynamic Authorization request names no session (no identification attribute)");
+            tracing::info!(client, code = ?request.code(), "Dynamic Authorization request names no session (no identification attribute)");
             return reply(nak, Some(MISSING_ATTRIBUTE));
         };
         let candidates = match self.sessions.find_active(&wanted).await {
@@ -446,11 +446,11 @@ impl DynAuthListener {
             .cloned()
             .collect::<Vec<_>>();
         if found.is_empty() && !candidates.is_empty() {
-            crate::throttled!(info, client, code = ?request.code(), "Dynamic Authorization request names another NAS");
+            tracing::info!(client, code = ?request.code(), "Dynamic Authorization request names another NAS");
             return reply(nak, Some(NAS_IDENTIFICATION_MISMATCH));
         }
         if found.is_empty() {
-            crate::throttled!(info, client, code = ?request.code(), "Dynamic Authorization request for no active session");
+            tracing::info!(client, code = ?request.code(), "Dynamic Authorization request for no active session");
             return reply(nak, Some(SESSION_CONTEXT_NOT_FOUND));
         }
         if !disconnect {

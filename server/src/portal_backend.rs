@@ -205,15 +205,21 @@ impl PortalBackend {
     fn check_rate(&self, org_id: &str, username: &str, ip: IpAddr) -> Result<(), PortalError> {
         let now = std::time::Instant::now();
         let user_key = (org_id.to_string(), username.to_lowercase());
+        // Each limit logs on its own line: a flood from one address must not hide the guessing
+        // of one account's password from many.
         let verdict = self
             .per_ip
             .check(&client_key(ip, self.ipv6_prefix), now)
-            .and_then(|()| self.per_user.check(&user_key, now));
-        verdict.map_err(|wait| {
-            crate::throttled!(warn, organization = org_id, username, %ip, "login rate limited");
-            PortalError::RateLimited {
-                retry_after_secs: wait.as_secs() + 1,
-            }
+            .inspect_err(|_| {
+                crate::throttled!(warn, organization = org_id, username, %ip, "login rate limited: too many sign-ins from this address");
+            })
+            .and_then(|()| {
+                self.per_user.check(&user_key, now).inspect_err(|_| {
+                    crate::throttled!(warn, organization = org_id, username, %ip, "login rate limited: too many sign-ins with this username");
+                })
+            });
+        verdict.map_err(|wait| PortalError::RateLimited {
+            retry_after_secs: wait.as_secs() + 1,
         })
     }
 
@@ -517,6 +523,9 @@ impl PortalBackend {
                 }
             })?;
         self.check_rate(&org_id, &username, ip)?;
+        // The browser's session there, if it holds one: a sign-in from this browser replaces
+        // it wherever its address (a laptop moved to another network signs in again).
+        let replaces = self.linked_session_id(&web, &org_id).await?;
         Ok(Prepared::SignIn(SignIn {
             saved,
             web,
@@ -524,6 +533,7 @@ impl PortalBackend {
             username,
             password,
             ip,
+            replaces,
             turn,
             _permit: permit,
         }))
@@ -534,11 +544,12 @@ impl PortalBackend {
     async fn open_session(&self, sign_in: SignIn) -> Result<AccessSessionRecord, PortalError> {
         let opened = self
             .sessions
-            .login(
+            .login_replacing(
                 &sign_in.org_id,
                 &sign_in.username,
                 &sign_in.password,
                 sign_in.ip,
+                sign_in.replaces,
             )
             .await
             .map_err(user_error);
@@ -595,6 +606,8 @@ struct SignIn {
     username: String,
     password: String,
     ip: IpAddr,
+    /// The session the browser holds in the organization (stopped by this sign-in).
+    replaces: Option<i64>,
     /// The browser's turn, held until the session is linked.
     turn: Option<crate::http::resubmit::Turn>,
     /// Its place among the sign-ins under way.

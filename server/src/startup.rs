@@ -225,7 +225,10 @@ impl Application {
                 .context("while loading organizations")?,
         );
         let ids: Vec<String> = organizations.all().iter().map(|o| o.id.clone()).collect();
-        for warning in dynauth_warnings(&settings.dynamic_authorization, &ids) {
+        for warning in dynauth_warnings(&settings.dynamic_authorization, &ids)
+            .into_iter()
+            .chain(duplicate_server_warnings(&settings.organizations))
+        {
             tracing::warn!("{warning}");
         }
         // Claims held by a previous process of this database are void (SQLite; on PostgreSQL
@@ -592,6 +595,27 @@ pub(crate) fn dynauth_warnings(
     warnings
 }
 
+/// Servers of one organization that are one server (the same address and ports under two
+/// names, a copy-paste): failing over from one to the other reaches the same server again.
+pub(crate) fn duplicate_server_warnings(
+    organizations: &[crate::config::OrganizationSettings],
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for org in organizations {
+        for (i, a) in org.servers.iter().enumerate() {
+            for b in &org.servers[i + 1..] {
+                if (a.address, a.auth_port, a.acct_port) == (b.address, b.auth_port, b.acct_port) {
+                    warnings.push(format!(
+                        "organization `{}`: servers `{}` and `{}` are one server ({}, ports {} and {}): failing over from one to the other reaches the same server again",
+                        org.id, a.name, b.name, a.address, a.auth_port, a.acct_port
+                    ));
+                }
+            }
+        }
+    }
+    warnings
+}
+
 /// What `serve` warns about the way it is reached (`addr`: where it listens): a wide trusted
 /// proxy network, and — reachable by others — no `public_url`, or plain HTTP. `check-config`
 /// says the same.
@@ -836,6 +860,30 @@ mod tests {
         assert!(sqlite_portal_running(&db), "looking does not take it");
         drop(held);
         assert!(!sqlite_portal_running(&db), "its portal has ended");
+    }
+
+    #[test]
+    fn one_server_under_two_names_is_warned_about() {
+        let org = |servers: &str| -> crate::config::OrganizationSettings {
+            toml::from_str(&format!("id = \"acme\"\nname = \"Acme\"\n{servers}")).unwrap()
+        };
+        let server = |name: &str, address: &str, auth: u16, acct: u16| {
+            format!("[[servers]]\nname = \"{name}\"\naddress = \"{address}\"\nauth_port = {auth}\nacct_port = {acct}\nsecret = \"s\"\n")
+        };
+        let same =
+            org(&(server("a", "10.0.0.1", 1812, 1813) + &server("b", "10.0.0.1", 1812, 1813)));
+        let warnings = duplicate_server_warnings(&[same]);
+        assert_eq!(warnings.len(), 1, "{warnings:#?}");
+        assert!(
+            warnings[0].contains("`acme`: servers `a` and `b` are one server (10.0.0.1"),
+            "{}",
+            warnings[0]
+        );
+        // Another address, or another port: two servers.
+        let apart = org(&(server("a", "10.0.0.1", 1812, 1813)
+            + &server("b", "10.0.0.2", 1812, 1813)
+            + &server("c", "10.0.0.1", 1812, 1814)));
+        assert!(duplicate_server_warnings(&[apart]).is_empty());
     }
 
     #[test]

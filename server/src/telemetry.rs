@@ -20,6 +20,14 @@ pub fn init(settings: &LogSettings) {
         Ok(directive) if quiet => filter.add_directive(directive),
         _ => filter,
     };
+    // PostgreSQL's notices to sqlx ("relation \"_sqlx_migrations\" already exists, skipping" at
+    // every start of every replica) at INFO are noise: warnings and errors still show.
+    let mentions_sqlx = settings.filter.contains("sqlx")
+        || std::env::var("RUST_LOG").is_ok_and(|f| f.contains("sqlx"));
+    let filter = match "sqlx::postgres::notice=warn".parse() {
+        Ok(directive) if !mentions_sqlx => filter.add_directive(directive),
+        _ => filter,
+    };
     // Colours only for a terminal: a file or a journal gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = fmt()

@@ -548,6 +548,49 @@ async fn a_second_login_from_the_same_client_stops_the_first_with_port_preempted
     app.stop().await;
 }
 
+/// A browser signed in that signs in again from another address (a laptop moved to another
+/// network, a script) replaces its own session: the earlier one is stopped (Port-Preempted)
+/// before the new Start, so no identity stays on the address it left — which another device
+/// may be given next.
+#[tokio::test]
+async fn signing_in_again_from_another_address_stops_the_browsers_earlier_session() {
+    let (radius, app, _dir) = portal_with_one_server().await;
+    // Another device, signed in elsewhere: never touched by it.
+    let other = app.browser(Ipv4Addr::new(127, 0, 0, 33));
+    other.login("erin", "erin-pass").await;
+    radius.wait_for_acct(&["status=Start", "user=erin"]).await;
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let before = app.browser_with_jar(Ipv4Addr::new(127, 0, 0, 31), jar.clone());
+    let after = app.browser_with_jar(Ipv4Addr::new(127, 0, 0, 32), jar);
+    let page = before.login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    let first = radius
+        .wait_for_acct(&["status=Start", "user=carol", "ip=127.0.0.31"])
+        .await;
+
+    let page = after.login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    assert!(page.body.contains("127.0.0.32"), "{}", page.body);
+
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={}", field(&first, "sid"))])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Port-Preempted");
+    radius
+        .wait_for_acct(&["status=Start", "user=carol", "ip=127.0.0.32"])
+        .await;
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 2);
+    assert!(
+        !radius
+            .acct_lines()
+            .iter()
+            .any(|l| l.contains("status=Stop") && l.contains("user=erin")),
+        "{:#?}",
+        radius.acct_lines()
+    );
+    app.stop().await;
+}
+
 /// A signed-in browser that opens the portal again is shown its session, not a sign-in form
 /// whose use would replace it; once the session has ended the sign-in page is back, and
 /// another browser at the same address is never sent to a session it does not hold.

@@ -804,6 +804,11 @@ accent_color = "#0f766e"
     .await;
     let last = portal(&config, &["org", "server-remove", "gamma", "g1"]).await;
     assert_eq!(last.status.code(), Some(4), "{last:?}");
+    assert!(
+        String::from_utf8_lossy(&last.stderr)
+            .contains("g1` is the last RADIUS server of organization `gamma`: add another first"),
+        "{last:?}"
+    );
     let nope = portal(&config, &["org", "server-remove", "gamma", "nope"]).await;
     assert_eq!(nope.status.code(), Some(3), "{nope:?}");
     let busy = portal(&config, &["org", "delete", "gamma"]).await;
@@ -823,6 +828,14 @@ accent_color = "#0f766e"
     assert!(
         String::from_utf8_lossy(&disabled.stdout).contains("its 1 open session(s) are stopped"),
         "{disabled:?}"
+    );
+    // Disabled, its servers cannot be added to: the hint says so.
+    let last = portal(&config, &["org", "server-remove", "gamma", "g1"]).await;
+    assert_eq!(last.status.code(), Some(4), "{last:?}");
+    assert!(
+        String::from_utf8_lossy(&last.stderr)
+            .contains("enable it and add another first, or delete the organization"),
+        "{last:?}"
     );
     radius
         .wait_for_acct(&["status=Stop", &format!("sid={}", session.acct_session_id)])
@@ -1411,6 +1424,27 @@ timeout = "500ms"
         "{stderr}"
     );
     assert!(stderr.contains("other users can read it"), "{stderr}");
+
+    // Disabled in the database (an operator, the admin API, or a start without it in the
+    // file) and listed again without `enabled`: it stays disabled, which the file does not
+    // show — said, not silently kept.
+    {
+        let storage = radius_portal::storage::Storage::open(&db).await.unwrap();
+        let now = radius_portal::access_session::now_ms();
+        storage
+            .set_organization_active("acme", false, "test", now)
+            .await
+            .unwrap();
+    }
+    let out = check(kept.clone()).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let said = "organization `acme` is listed in the configuration but disabled in the database";
+    assert!(stdout.contains(said) && stderr.contains(said), "{out:?}");
+    assert!(stderr.contains("`org enable acme`"), "{stderr}");
 
     // A copy as a crash leaves it: pages in the WAL not yet in the database file (written by
     // a connection that never closed, so never checkpointed). check-config, passing or not,

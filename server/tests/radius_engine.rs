@@ -994,6 +994,7 @@ fn stored_session(acct_session_id: &str, ip: &str, now: i64) -> NewAccessSession
         start_claimed_until: None,
         typed_username: None,
         nas: None,
+        replaces: None,
     }
 }
 

@@ -93,6 +93,7 @@ fn login(ip: &str, at: i64, window_ms: i64) -> NewAccessSession {
         start_claimed_until: None,
         typed_username: None,
         nas: None,
+        replaces: None,
     }
 }
 
@@ -281,6 +282,35 @@ async fn a_second_login_of_a_client_preempts_the_first(db: Db) {
         .await
         .unwrap();
     assert!(due.iter().all(|r| r.id != start.id));
+    // The browser of that session signs in again from another address: it replaces its own
+    // session there too, and nobody else's (10.0.0.4's runs on).
+    let neighbour = opened(s, login("10.0.0.4", T0 + MINUTE, 10 * MINUTE)).await;
+    let mut moved = login("10.0.0.3", T0 + 2 * MINUTE, 10 * MINUTE);
+    moved.replaces = Some(second.id);
+    let third = s.open_session(&moved).await.unwrap();
+    let preempted: Vec<_> = third.preempted.iter().map(|p| (p.id, p.cause)).collect();
+    assert_eq!(preempted, [(second.id, terminate_cause::PORT_PREEMPTED)]);
+    assert_eq!(outbox_types(s, second.id).await, [START, STOP]);
+    assert_eq!(outbox_types(s, neighbour).await, [START]);
+    assert_eq!(s.active_sessions().await.unwrap(), 2);
+    // Only a session of the organization signed in to: another organization's is not the
+    // browser's to replace there.
+    s.seed_organization("beta", "Beta", "{}", None, 1, T0)
+        .await
+        .unwrap();
+    let mut elsewhere = login("10.0.0.6", T0 + 2 * MINUTE, 10 * MINUTE);
+    elsewhere.organization_id = "beta".into();
+    let beta = opened(s, elsewhere).await;
+    let mut moved = login("10.0.0.7", T0 + 2 * MINUTE, 10 * MINUTE);
+    moved.replaces = Some(beta);
+    assert!(s.open_session(&moved).await.unwrap().preempted.is_empty());
+    assert_eq!(outbox_types(s, beta).await, [START]);
+    // A session that ended already is not stopped twice.
+    let mut again = login("10.0.0.5", T0 + 3 * MINUTE, 10 * MINUTE);
+    again.replaces = Some(second.id);
+    assert!(s.open_session(&again).await.unwrap().preempted.is_empty());
+    assert_eq!(outbox_types(s, second.id).await, [START, STOP]);
+    assert_eq!(s.active_sessions().await.unwrap(), 5);
 }
 
 async fn a_disabled_organization_gets_no_session_and_a_stop_job(db: Db) {
@@ -1431,6 +1461,24 @@ async fn two_replicas_logging_in_one_client_leave_one_session(db: Db) {
     // Every session but the last was preempted with exactly one Stop.
     let all: Vec<_> = db.storage.active_sessions_of(None, 100).await.unwrap();
     assert_eq!(all.len(), 1);
+}
+
+/// A new SQLite database is made with 1 KiB pages (a commit writes each changed page whole
+/// into the WAL: a journey's few-row changes wrote 4 KiB frames), whichever connection opens
+/// it first; it stays in WAL mode.
+#[tokio::test]
+async fn a_new_sqlite_database_has_small_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("portal.db");
+    drop(Storage::open(&db).await.unwrap());
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let page_size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!((page_size, mode.as_str()), (1024, "wal"));
 }
 
 /// A wrong PostgreSQL URL fails at once with the server's reason, not a pool time-out.

@@ -258,6 +258,20 @@ impl AccessSessions {
         password: &str,
         client_ip: IpAddr,
     ) -> Result<AccessSessionRecord, SessionError> {
+        self.login_replacing(organization_id, username, password, client_ip, None)
+            .await
+    }
+
+    /// [`AccessSessions::login`] that also stops `replaces` — the session the signing-in
+    /// browser holds in the organization, at whatever address — in the same write.
+    pub async fn login_replacing(
+        &self,
+        organization_id: &str,
+        username: &str,
+        password: &str,
+        client_ip: IpAddr,
+        replaces: Option<i64>,
+    ) -> Result<AccessSessionRecord, SessionError> {
         let address = client_ip.to_string();
         let who = Who {
             username,
@@ -405,6 +419,7 @@ impl AccessSessions {
             start_claimed_until: Some(started_at + crate::accounting::CLAIM_LEASE_MS),
             typed_username,
             nas: Some(org.nas.clone()),
+            replaces,
         };
         // The session's Stop carries the most attributes of its accounting (its Start's and
         // more): one that could not be encoded would be dead-lettered and the firewall would
@@ -452,7 +467,13 @@ impl AccessSessions {
             }));
         let exchange_time = org.servers[server].timeout * (org.servers[server].retries + 1);
         if !preempted.is_empty() {
-            tracing::info!(organization = %org.id, %client_ip, count = preempted.len(), "previous session of this client preempted");
+            // The browser's own session at another address, if that was among them (its id:
+            // `session show` names its address).
+            let browsers_elsewhere = new
+                .replaces
+                .filter(|id| preempted.iter().any(|p| p.id == *id));
+            tracing::info!(organization = %org.id, %client_ip, count = preempted.len(), browsers_elsewhere,
+                "previous session of this client (or of this browser at another address) preempted");
         }
         tracing::info!(organization = %org.id, username, %client_ip, acct_session_id = %new.acct_session_id,
             server = %new.server_name, window_s = terms.window.as_secs(), limit_s = terms.limit.map(|l| l.as_secs()),

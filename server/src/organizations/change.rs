@@ -614,8 +614,14 @@ pub async fn remove_server(
         .cloned()
         .collect();
     if servers.is_empty() {
+        // A disabled organization's servers cannot be added to (only its flag changes).
+        let first = if state == OrgState::Active {
+            "add another first"
+        } else {
+            "enable it and add another first"
+        };
         return Err(ChangeError::Conflict(format!(
-            "`{name}` is the last RADIUS server of organization `{id}`: add another first, or delete the organization"
+            "`{name}` is the last RADIUS server of organization `{id}`: {first}, or delete the organization"
         )));
     }
     let mut after = before.settings.clone();

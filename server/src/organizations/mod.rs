@@ -353,6 +353,9 @@ pub async fn seed(
     moves: ServerMoves,
 ) -> Result<(), OrganizationError> {
     check_seed(storage, settings, moves).await?;
+    for said in listed_but_disabled(&storage.organizations().await?, settings) {
+        tracing::warn!("{said}");
+    }
     for (i, s) in settings.iter().enumerate() {
         let json = serde_json::to_string(s)
             .map_err(|e| OrganizationError::Corrupt(s.id.clone(), e.to_string()))?;
@@ -394,6 +397,27 @@ pub async fn seed(
         }
     }
     Ok(())
+}
+
+/// Organizations the configuration lists without `enabled` that are disabled in the database
+/// (by an operator, the admin API, or an earlier start without them in the file): they stay
+/// disabled, which a file put back after a mistake does not show. A sentence for each, said at
+/// start-up and by `check-config`.
+pub fn listed_but_disabled(
+    stored: &[StoredOrganization],
+    settings: &[OrganizationSettings],
+) -> Vec<String> {
+    settings
+        .iter()
+        .filter(|s| s.enabled.is_none())
+        .filter(|s| stored.iter().any(|row| row.id == s.id && !row.active))
+        .map(|s| {
+            format!(
+                "organization `{id}` is listed in the configuration but disabled in the database, and the file does not say `enabled`: it stays disabled (sign-ins refused) until enabled — `org enable {id}`, the admin API, or `enabled = true` in the file (`enabled = false` there says it is meant)",
+                id = s.id
+            )
+        })
+        .collect()
 }
 
 /// What must hold before the configuration is stored, so that no session loses its Stop:

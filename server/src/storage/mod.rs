@@ -694,6 +694,10 @@ pub struct NewAccessSession {
     /// The NAS identity the login presented: the session's accounting keeps presenting it
     /// (None: its organization's current one, whatever it is then).
     pub nas: Option<crate::radius::NasIdentity>,
+    /// The session the signing-in browser holds in this organization, wherever its address:
+    /// stopped with the client's own earlier session (Port-Preempted), so a browser that
+    /// moved to another address leaves no session behind on the one it left.
+    pub replaces: Option<i64>,
 }
 
 impl NewAccessSession {

@@ -680,12 +680,15 @@ impl SessionStore for PgStore {
         }
         let preempted = sqlx::query(stop_sessions!(
             "SELECT id, $3::BIGINT AS at, $4::BIGINT AS cause FROM access_sessions \
-             WHERE organization_id = $1 AND client_ip = $2 AND state = 'active'"
+             WHERE organization_id = $1 AND client_ip = $2 AND state = 'active' \
+             UNION SELECT id, $3::BIGINT, $4::BIGINT FROM access_sessions \
+             WHERE id = $5 AND organization_id = $1 AND state = 'active'"
         ))
         .bind(&new.organization_id)
         .bind(&new.client_ip)
         .bind(new.started_at)
         .bind(i64::from(terminate_cause::PORT_PREEMPTED))
+        .bind(new.replaces)
         .fetch_all(&mut *tx)
         .await?
         .iter()

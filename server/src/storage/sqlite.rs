@@ -251,6 +251,7 @@ impl SqliteStore {
         let options = if create {
             options
                 .create_if_missing(true)
+                .page_size(1024)
                 .journal_mode(SqliteJournalMode::Wal)
         } else {
             options.read_only(true)
@@ -1129,9 +1130,15 @@ fn open_session_in(c: &Connection, new: &NewAccessSession) -> Result<OpenedSessi
     }
     let previous: Vec<i64> = c
         .prepare_cached(
-            "SELECT id FROM access_sessions WHERE organization_id = ? AND client_ip = ? AND state = 'active'",
+            // Two look-ups, each on its index (an OR of the two would scan every active
+            // session of the organization).
+            "SELECT id FROM access_sessions WHERE client_ip = ?2 AND organization_id = ?1 AND state = 'active' \
+             UNION SELECT id FROM access_sessions WHERE id = ?3 AND organization_id = ?1 AND state = 'active'",
         )?
-        .query_map([&new.organization_id, &new.client_ip], |r| r.get(0))?
+        .query_map(
+            params![new.organization_id, new.client_ip, new.replaces],
+            |r| r.get(0),
+        )?
         .collect::<Result<_, _>>()?;
     let mut stopped = Vec::new();
     for id in previous {

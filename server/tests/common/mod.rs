@@ -473,8 +473,22 @@ impl TestApp {
 
     /// A browser without JavaScript, connecting from `client_ip` (any 127.x.y.z address).
     pub fn browser(&self, client_ip: Ipv4Addr) -> Browser {
-        let http = reqwest::Client::builder()
-            .cookie_store(true)
+        self.browser_with(client_ip, reqwest::Client::builder().cookie_store(true))
+    }
+
+    /// A browser at `client_ip` keeping its cookies in `jar`: two of them with one jar are one
+    /// browser that moved to another address.
+    #[allow(dead_code)]
+    pub fn browser_with_jar(
+        &self,
+        client_ip: Ipv4Addr,
+        jar: std::sync::Arc<reqwest::cookie::Jar>,
+    ) -> Browser {
+        self.browser_with(client_ip, reqwest::Client::builder().cookie_provider(jar))
+    }
+
+    fn browser_with(&self, client_ip: Ipv4Addr, builder: reqwest::ClientBuilder) -> Browser {
+        let http = builder
             // A request the portal never answers fails the test with its URL instead of
             // hanging it.
             .timeout(Duration::from_secs(30))
