@@ -200,16 +200,13 @@ async fn kill_9_with_a_stop_pending_loses_nothing() {
     let config = dir.path().join("portal.toml");
     std::fs::write(
         &config,
-        format!(
-            "[http]\nlisten = \"127.0.0.1:{port}\"\n[database]\npath = \"{}\"\n\
-             [radius]\nbind = \"127.0.0.1\"\nprobe_interval = \"200ms\"\n\
-             [[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
-             [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\n\
-             auth_port = {}\nacct_port = {}\nsecret = \"{}\"\ntimeout = \"200ms\"\nretries = 0\n",
-            db.display(),
-            radius.strict_port,
-            radius.acct_port,
-            common::SECRET
+        common::process_config(
+            port,
+            &db,
+            "[radius]\nbind = \"127.0.0.1\"\nprobe_interval = \"200ms\"\n",
+            "",
+            (radius.strict_port, radius.acct_port),
+            "timeout = \"200ms\"\nretries = 0\n",
         ),
     )
     .unwrap();

@@ -70,17 +70,14 @@ async fn kill_9_under_load_leaves_every_session_with_its_start_and_stop() {
     let config = dir.path().join("portal.toml");
     std::fs::write(
         &config,
-        format!(
-            "[http]\nlisten = \"127.0.0.1:{port}\"\n[database]\npath = \"{}\"\n\
-             [radius]\nbind = \"127.0.0.1\"\n\
-             [rate_limit]\nlogin_per_ip = 1000000\nlogin_per_user = 1000000\n\
-             [[organizations]]\nid = \"acme\"\nname = \"Acme\"\ndefault_window = \"3s\"\n\
-             [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\n\
-             auth_port = {}\nacct_port = {}\nsecret = \"{}\"\n",
-            db.display(),
-            radius.strict_port,
-            radius.acct_port,
-            common::SECRET
+        common::process_config(
+            port,
+            &db,
+            "[radius]\nbind = \"127.0.0.1\"\n\
+             [rate_limit]\nlogin_per_ip = 1000000\nlogin_per_user = 1000000\n",
+            "default_window = \"3s\"\n",
+            (radius.strict_port, radius.acct_port),
+            "",
         ),
     )
     .unwrap();

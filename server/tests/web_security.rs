@@ -1071,15 +1071,13 @@ async fn a_flood_of_refused_requests_writes_a_few_log_lines() {
     // No RADIUS server listens there: nothing of the flood may reach it anyway.
     std::fs::write(
         &config,
-        format!(
-            "[http]\nlisten = \"127.0.0.1:{port}\"\n[database]\npath = \"{}\"\n\
-             [[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
-             [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\n\
-             auth_port = {}\nacct_port = {}\nsecret = \"{}\"\n",
-            db.display(),
-            common::free_port(),
-            common::free_port(),
-            common::SECRET
+        common::process_config(
+            port,
+            &db,
+            "",
+            "",
+            (common::free_port(), common::free_port()),
+            "",
         ),
     )
     .unwrap();

@@ -716,6 +716,30 @@ pub async fn wait_connections_closed(portal: SocketAddr, client: Ipv4Addr) {
 }
 
 /// A TCP port on 127.0.0.1 free a moment ago (for a portal process started with it).
+/// A `serve` configuration for a portal process on 127.0.0.1:`port` with database `db`:
+/// `sections` (whole tables such as `[radius]`), then organization `acme` with `org_keys` and
+/// its one server `primary` at 127.0.0.1 on `ports` (authentication, accounting) with
+/// `server_keys`.
+#[allow(dead_code)]
+pub fn process_config(
+    port: u16,
+    db: &std::path::Path,
+    sections: &str,
+    org_keys: &str,
+    ports: (u16, u16),
+    server_keys: &str,
+) -> String {
+    format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n[database]\npath = \"{}\"\n{sections}\
+         [[organizations]]\nid = \"acme\"\nname = \"Acme\"\n{org_keys}\
+         [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\n\
+         auth_port = {}\nacct_port = {}\nsecret = \"{SECRET}\"\n{server_keys}",
+        db.display(),
+        ports.0,
+        ports.1
+    )
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
