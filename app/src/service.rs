@@ -46,6 +46,10 @@ pub trait PortalService: Send + Sync + 'static {
     /// Ends the web session's access session (Accounting-Stop, User-Request); returns the
     /// path prefix of the organization's portal (where the user goes next).
     async fn disconnect(&self, request: &Parts, form_token: &str) -> Result<String, PortalError>;
+    /// The address the request came from, as sessions name it (None: not known).
+    fn client_address(&self, _request: &Parts) -> Option<String> {
+        None
+    }
 }
 
 /// Whether the caller is a browser asking for a page (a plain form post or a page view), not a

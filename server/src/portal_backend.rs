@@ -846,6 +846,10 @@ fn civil_date(days: i64) -> (i64, i64, i64) {
 
 #[async_trait::async_trait]
 impl PortalService for PortalBackend {
+    fn client_address(&self, request: &Parts) -> Option<String> {
+        client_ip(request).ok().map(|ip| ip.to_string())
+    }
+
     fn site_info(&self, request: &Parts) -> SiteInfo {
         let scope = self.scope(request);
         let org = self.organizations.get(&scope.id);

@@ -567,10 +567,30 @@ async fn signing_in_again_from_another_address_stops_the_browsers_earlier_sessio
     let first = radius
         .wait_for_acct(&["status=Start", "user=carol", "ip=127.0.0.31"])
         .await;
+    // Opened from the new address, the session page says that network access follows the
+    // session's address and what to do; from the session's own address it says nothing.
+    let page = after.get("/").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    assert!(
+        page.body.contains("This device now reaches the portal from 127.0.0.32, but this session is for 127.0.0.31"),
+        "{}",
+        page.body
+    );
+    let page = before.get("/session").await;
+    assert!(
+        !page.body.contains("data-testid=\"elsewhere\""),
+        "{}",
+        page.body
+    );
 
     let page = after.login("carol", "carol-pass").await;
     assert_eq!(page.path, "/session", "{}", page.body);
     assert!(page.body.contains("127.0.0.32"), "{}", page.body);
+    assert!(
+        !page.body.contains("data-testid=\"elsewhere\""),
+        "{}",
+        page.body
+    );
 
     let stop = radius
         .wait_for_acct(&["status=Stop", &format!("sid={}", field(&first, "sid"))])

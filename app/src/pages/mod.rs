@@ -26,6 +26,10 @@ pub struct PageData {
     pub form_failed: bool,
     /// The browser's session runs (the sign-in page): it is sent to its session page instead.
     pub signed_in: bool,
+    /// The session page of a session running for another address than this request's: the
+    /// request's (the device moved to another network, or reaches the portal over IPv6 while
+    /// its session is for its IPv4 address).
+    pub elsewhere: Option<String>,
 }
 
 impl PageData {
@@ -68,13 +72,19 @@ pub async fn load(
             // `SessionPage`).
             let session = service.session_status(request).await;
             // Only an active session's page has forms.
-            let form_token = match &session {
-                Ok(SessionStatus::Active(_)) => Some(service.form_token(request).await),
-                _ => None,
+            let (form_token, elsewhere) = match &session {
+                Ok(SessionStatus::Active(view)) => (
+                    Some(service.form_token(request).await),
+                    service
+                        .client_address(request)
+                        .filter(|here| *here != view.client_ip),
+                ),
+                _ => (None, None),
             };
             Some(PageData {
                 form_token,
                 session: Some(session),
+                elsewhere,
                 ..PageData::default()
             })
         }

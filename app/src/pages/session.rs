@@ -29,6 +29,7 @@ pub fn SessionPage() -> impl IntoView {
     let help = view! { <Help help_text=branding.help_text contact=branding.contact /> };
     let base = info.map(|i| i.base).unwrap_or_default();
     let form_failed = data.form_failed;
+    let elsewhere = data.elsewhere.clone();
     // After a Refresh sent without JavaScript (the island says it itself).
     let refreshed = data.notice.and_then(|notice| match notice {
         Notice::Refreshed => Some("Refreshed: your session now ends at the time shown below."),
@@ -43,6 +44,13 @@ pub fn SessionPage() -> impl IntoView {
             {refreshed.map(|text| view! {
                 <p role="status" data-testid="notice" class="mb-4 rounded border border-green-700 bg-green-50 px-4 py-3 text-green-900">
                     {text}
+                </p>
+            })}
+            // Network access follows the session's address, not the browser: said when this
+            // page was asked for from another (a laptop moved to another network).
+            {elsewhere.map(|here| view! {
+                <p data-testid="elsewhere" class="mb-4 rounded border border-amber-600 bg-amber-50 px-4 py-3 text-amber-950">
+                    {format!("This device now reaches the portal from {here}, but this session is for {}: network access follows that address. If this device has no network access here, Disconnect and sign in again.", view.client_ip)}
                 </p>
             })}
             {view.reply_message.clone().map(|message| view! {
