@@ -194,22 +194,12 @@ async fn interim_updates_queued_during_an_outage_coalesce() {
 #[tokio::test]
 async fn kill_9_with_a_stop_pending_loses_nothing() {
     let mut radius = FreeRadius::start().await;
-    let (dir, db) = temp_db();
-    let port = common::free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let config = dir.path().join("portal.toml");
-    std::fs::write(
-        &config,
-        common::process_config(
-            port,
-            &db,
-            "[radius]\nbind = \"127.0.0.1\"\nprobe_interval = \"200ms\"\n",
-            "",
-            (radius.strict_port, radius.acct_port),
-            "timeout = \"200ms\"\nretries = 0\n",
-        ),
-    )
-    .unwrap();
+    let (_dir, db, base, config) = common::process_config(
+        "[radius]\nbind = \"127.0.0.1\"\nprobe_interval = \"200ms\"\n",
+        "",
+        (radius.strict_port, radius.acct_port),
+        "timeout = \"200ms\"\nretries = 0\n",
+    );
     let portal = PortalProcess::start(&config, &base).await;
     let browser = common::Browser {
         http: reqwest::Client::builder()

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{field, temp_db, wait_for, wait_until, FreeRadius, PortalProcess};
+use common::{field, wait_for, wait_until, FreeRadius, PortalProcess};
 use std::{net::Ipv4Addr, time::Duration};
 
 /// The form token on `path`'s page, if it answered with one.
@@ -64,23 +64,13 @@ async fn journey(http: &reqwest::Client, base: &str, user: &str) -> Option<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_leaves_every_session_with_its_start_and_stop() {
     let radius = FreeRadius::start().await;
-    let (dir, db) = temp_db();
-    let port = common::free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let config = dir.path().join("portal.toml");
-    std::fs::write(
-        &config,
-        common::process_config(
-            port,
-            &db,
-            "[radius]\nbind = \"127.0.0.1\"\n\
-             [rate_limit]\nlogin_per_ip = 1000000\nlogin_per_user = 1000000\n",
-            "default_window = \"3s\"\n",
-            (radius.strict_port, radius.acct_port),
-            "",
-        ),
-    )
-    .unwrap();
+    let (_dir, db, base, config) = common::process_config(
+        "[radius]\nbind = \"127.0.0.1\"\n\
+         [rate_limit]\nlogin_per_ip = 1000000\nlogin_per_user = 1000000\n",
+        "default_window = \"3s\"\n",
+        (radius.strict_port, radius.acct_port),
+        "",
+    );
     let portal = PortalProcess::start(&config, &base).await;
     let users: Vec<_> = (1..=16u8)
         .map(|n| {

@@ -716,28 +716,35 @@ pub async fn wait_connections_closed(portal: SocketAddr, client: Ipv4Addr) {
 }
 
 /// A TCP port on 127.0.0.1 free a moment ago (for a portal process started with it).
-/// A `serve` configuration for a portal process on 127.0.0.1:`port` with database `db`:
-/// `sections` (whole tables such as `[radius]`), then organization `acme` with `org_keys` and
-/// its one server `primary` at 127.0.0.1 on `ports` (authentication, accounting) with
-/// `server_keys`.
+/// A portal process's set-up: a fresh database and a `serve` configuration file for
+/// 127.0.0.1 on a free port — `sections` (whole tables such as `[radius]`), then organization
+/// `acme` with `org_keys` and its one server `primary` at 127.0.0.1 on `ports`
+/// (authentication, accounting) with `server_keys`. Gives the directory (kept as long as the
+/// guard), the database, the portal's base URL and the configuration file.
 #[allow(dead_code)]
 pub fn process_config(
-    port: u16,
-    db: &std::path::Path,
     sections: &str,
     org_keys: &str,
     ports: (u16, u16),
     server_keys: &str,
-) -> String {
-    format!(
-        "[http]\nlisten = \"127.0.0.1:{port}\"\n[database]\npath = \"{}\"\n{sections}\
-         [[organizations]]\nid = \"acme\"\nname = \"Acme\"\n{org_keys}\
-         [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\n\
-         auth_port = {}\nacct_port = {}\nsecret = \"{SECRET}\"\n{server_keys}",
-        db.display(),
-        ports.0,
-        ports.1
+) -> (tempfile::TempDir, PathBuf, String, PathBuf) {
+    let (dir, db) = temp_db();
+    let port = free_port();
+    let config = dir.path().join("portal.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n[database]\npath = \"{}\"\n{sections}\
+             [[organizations]]\nid = \"acme\"\nname = \"Acme\"\n{org_keys}\
+             [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\n\
+             auth_port = {}\nacct_port = {}\nsecret = \"{SECRET}\"\n{server_keys}",
+            db.display(),
+            ports.0,
+            ports.1
+        ),
     )
+    .unwrap();
+    (dir, db, format!("http://127.0.0.1:{port}"), config)
 }
 
 pub fn free_port() -> u16 {
