@@ -48,8 +48,8 @@ pub fn worth_a_warning(occurrences_before: u64) -> bool {
     occurrences_before.is_multiple_of(1000)
 }
 
-/// Logs a line anyone can make the portal repeat at will (a refused or rate-limited request, a
-/// Dynamic Authorization request for no session): at `$level` for the first and then at most one
+/// Logs a line anyone can make the portal repeat at will (a refused or rate-limited request, an
+/// unusable forwarding header): at `$level` for the first and then at most one
 /// per [`Throttle::PERIOD`] from this call site, with `similar_left_out` — how many were logged
 /// at debug only since —, so a flood of them cannot fill the disk or bury other lines. The
 /// metrics count every one.
