@@ -2158,17 +2158,20 @@ async fn a_database_file_removed_while_running_is_saved_and_changes_stop() {
     // The main file alone (`rm`, or `mv` to a backup): its WAL and index stay, in use.
     std::fs::remove_file(&db).unwrap();
     wait_not_ready(&app).await;
-    // The copy under its own name: written under a temporary one (`.saving`) and renamed
+    // The copy under its own name (`.saved-` and digits): written under a temporary one
+    // (`.saving`, beside which SQLite keeps a `.saving-journal` while it writes) and renamed
     // when complete, which may be a moment after `/readyz` has said the file is gone.
     let saved = || {
         std::fs::read_dir(dir.path())
             .unwrap()
             .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| {
-                let name = p.to_string_lossy();
-                name.contains(".saved-") && !name.ends_with(".saving")
+            .find(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .split_once(".saved-")
+                    .is_some_and(|(_, ms)| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()))
             })
+            .map(|e| e.path())
     };
     wait_until("a copy is saved beside the database", || async {
         saved().is_some()
