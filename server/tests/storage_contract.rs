@@ -1047,6 +1047,15 @@ async fn periodic_interims_come_due_and_coalesce(db: Db) {
         .await
         .unwrap();
     assert_eq!(interim[0].session_time_secs, Some(600));
+    // A refresh's Interim-Update counts as the periodic one: the next is an interval after it,
+    // not at the 15 minutes the schedule said (two in a row otherwise).
+    s.refresh_session(id, T0 + 12 * MINUTE, T0 + 42 * MINUTE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.next_interim().await.unwrap(), Some(T0 + 17 * MINUTE));
+    assert_eq!(s.queue_due_interims(T0 + 15 * MINUTE).await.unwrap(), 0);
+    assert_eq!(s.queue_due_interims(T0 + 17 * MINUTE).await.unwrap(), 1);
 }
 
 /// A session started 0.9 s into a second and ended 1.2 s later spans Event-Timestamps two

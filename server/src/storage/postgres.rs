@@ -778,8 +778,11 @@ impl SessionStore for PgStore {
         if active == Some(false) {
             return Err(StorageError::OrganizationDisabled);
         }
+        // The refresh's Interim-Update counts as the periodic one: the next is an interval
+        // after it (a periodic one due a moment later would repeat it).
         let started_at: Option<i64> = sqlx::query_scalar(
-            "UPDATE access_sessions SET refreshed_at = $1, expires_at = $2 \
+            "UPDATE access_sessions SET refreshed_at = $1, expires_at = $2, \
+             next_interim_at = $1 + interim_interval * 1000 \
              WHERE id = $3 AND state = 'active' AND expires_at > $1 RETURNING started_at",
         )
         .bind(now)

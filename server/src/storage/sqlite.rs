@@ -428,12 +428,15 @@ impl SessionStore for SqliteStore {
                 if active == Some(false) {
                     return Err(StorageError::OrganizationDisabled);
                 }
+                // The refresh's Interim-Update counts as the periodic one: the next is an
+                // interval after it (a periodic one due a moment later would repeat it).
                 let started_at: Option<i64> = c
                     .prepare_cached(
-                        "UPDATE access_sessions SET refreshed_at = ?, expires_at = ? \
-                         WHERE id = ? AND state = 'active' AND expires_at > ? RETURNING started_at",
+                        "UPDATE access_sessions SET refreshed_at = ?1, expires_at = ?2, \
+                         next_interim_at = ?1 + interim_interval * 1000 \
+                         WHERE id = ?3 AND state = 'active' AND expires_at > ?1 RETURNING started_at",
                     )?
-                    .query_row(params![now, expires_at, id, now], |r| r.get(0))
+                    .query_row(params![now, expires_at, id], |r| r.get(0))
                     .optional()?;
                 let Some(started_at) = started_at else {
                     return Ok(None);
