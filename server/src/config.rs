@@ -1338,10 +1338,11 @@ fn load_secret(
 }
 
 impl Settings {
-    /// Reads `path` (if given), applies environment overrides, validates.
+    /// Reads `path` (if given), applies environment overrides, validates. A value validation
+    /// refuses is named with its line in the file, as one the parser refuses is.
     pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
-        let settings = Settings::read(path)?;
-        settings.validate()?;
+        let (settings, text) = Settings::read(path)?;
+        settings.validate().map_err(|e| at_line_in(e, text))?;
         Ok(settings)
     }
 
@@ -1349,14 +1350,17 @@ impl Settings {
     /// parsed (unknown keys are still errors) but not validated, so a file with `[database]`
     /// alone works and secret files need not be readable by the operator.
     pub fn load_for_operator(path: Option<&Path>) -> Result<Settings, ConfigError> {
-        let settings = Settings::read(path)?;
-        settings.database.validate()?;
+        let (settings, text) = Settings::read(path)?;
+        settings
+            .database
+            .validate()
+            .map_err(|e| at_line_in(e, text))?;
         Ok(settings)
     }
 
-    /// The file (or defaults) with the environment applied.
-    fn read(path: Option<&Path>) -> Result<Settings, ConfigError> {
-        let mut settings = match path {
+    /// The file (or defaults) with the environment applied, and the file's text.
+    fn read(path: Option<&Path>) -> Result<(Settings, Option<String>), ConfigError> {
+        let (mut settings, text) = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     config_error(
@@ -1364,12 +1368,12 @@ impl Settings {
                         format!("cannot read the file: {e}"),
                     )
                 })?;
-                Settings::from_toml(&text)?
+                (Settings::from_toml(&text)?, Some(text))
             }
-            None => Settings::default(),
+            None => (Settings::default(), None),
         };
         settings.apply_process_env()?;
-        Ok(settings)
+        Ok((settings, text))
     }
 
     /// Applies this process's environment overrides, and names on stderr each variable that
@@ -1648,55 +1652,106 @@ impl Settings {
     }
 }
 
+/// Each line of a TOML text (numbered from 1, trimmed) with the table it is in, named as
+/// validation names keys (`organizations[1].servers[0]`): array headers are counted, a
+/// parent's new element starting its children's count again. A header line is in its own table.
+fn lines_in_tables(text: &str) -> impl Iterator<Item = (usize, Option<String>, &str)> {
+    let mut elements: HashMap<String, usize> = HashMap::new();
+    let mut table = None::<String>;
+    text.lines().enumerate().map(move |(i, line)| {
+        let line = line.trim();
+        let header = if let Some(rest) = line.strip_prefix("[[") {
+            rest.split("]]").next().map(|name| (name.trim(), true))
+        } else if let Some(rest) = line.strip_prefix('[') {
+            rest.split(']').next().map(|name| (name.trim(), false))
+        } else {
+            None
+        };
+        if let Some((name, array)) = header {
+            if array {
+                let children = format!("{name}.");
+                elements.retain(|path, _| !path.starts_with(&children));
+                *elements.entry(name.to_string()).or_default() += 1;
+            }
+            let mut path = String::new();
+            let mut indexed = String::new();
+            for segment in name.split('.') {
+                if !path.is_empty() {
+                    path.push('.');
+                    indexed.push('.');
+                }
+                path.push_str(segment);
+                indexed.push_str(segment);
+                if let Some(count) = elements.get(&path) {
+                    indexed.push_str(&format!("[{}]", count.saturating_sub(1)));
+                }
+            }
+            table = Some(indexed);
+        }
+        (i + 1, table.clone(), line)
+    })
+}
+
+/// The key a `key = value` line sets (its quotes taken off), if it is one.
+fn key_of(line: &str) -> Option<&str> {
+    let (key, _) = line.split_once('=')?;
+    Some(key.trim().trim_matches('"'))
+}
+
 /// "table.key (line N)" for a byte offset in a TOML text: the key whose line the offset falls
 /// on, under the table it is in.
 pub(crate) fn locate(text: &str, offset: usize) -> String {
     let before = text.get(..offset.min(text.len())).unwrap_or(text);
     let line_no = before.matches('\n').count() + 1;
-    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
-    // The table the line is in (`[http]`, `[[organizations.servers]]`), for a dotted key.
-    let earlier_lines = &before[..before.rfind('\n').map_or(0, |at| at + 1)];
-    // The table with the index of each array element it is in, as validation names keys
-    // (`organizations[1].servers[0]`): array headers are counted, a parent's new element
-    // starting its children's count again.
-    let mut elements: HashMap<String, usize> = HashMap::new();
-    let mut table = None::<String>;
-    for header in earlier_lines.lines().map(str::trim) {
-        let (name, array) = if let Some(rest) = header.strip_prefix("[[") {
-            (rest.split("]]").next(), true)
-        } else if let Some(rest) = header.strip_prefix('[') {
-            (rest.split(']').next(), false)
-        } else {
-            continue;
-        };
-        let Some(name) = name.map(str::trim) else {
-            continue;
-        };
-        if array {
-            let children = format!("{name}.");
-            elements.retain(|path, _| !path.starts_with(&children));
-            *elements.entry(name.to_string()).or_default() += 1;
-        }
-        let mut path = String::new();
-        let mut indexed = String::new();
-        for segment in name.split('.') {
-            if !path.is_empty() {
-                path.push('.');
-                indexed.push('.');
-            }
-            path.push_str(segment);
-            indexed.push_str(segment);
-            if let Some(count) = elements.get(&path) {
-                indexed.push_str(&format!("[{}]", count.saturating_sub(1)));
-            }
-        }
-        table = Some(indexed);
-    }
-    match (line.split_once('='), table) {
-        (Some((key, _)), Some(table)) => format!("{table}.{} (line {line_no})", key.trim()),
-        (Some((key, _)), None) => format!("{} (line {line_no})", key.trim()),
+    let Some((_, table, line)) = lines_in_tables(text).nth(line_no - 1) else {
+        return format!("line {line_no}");
+    };
+    match (key_of(line), table) {
+        (Some(key), Some(table)) => format!("{table}.{key} (line {line_no})"),
+        (Some(key), None) => format!("{key} (line {line_no})"),
         (None, _) => format!("line {line_no}: {line}"),
     }
+}
+
+/// The line of a TOML text where a key as validation names it (`organizations[1].servers[0].secret`)
+/// is set — or, for a key the file leaves out (a default, a missing secret), where the
+/// nearest table or key that holds it is.
+fn line_of(text: &str, wanted: &str) -> Option<usize> {
+    let holds = |path: &str| {
+        wanted == path
+            || wanted
+                .strip_prefix(path)
+                .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+    };
+    let mut best: Option<(usize, usize)> = None;
+    for (line_no, table, line) in lines_in_tables(text) {
+        let path = match (key_of(line), &table) {
+            (Some(key), Some(table)) => format!("{table}.{key}"),
+            (Some(key), None) => key.to_string(),
+            // A header: the table itself.
+            (None, Some(table)) if line.starts_with('[') => table.clone(),
+            (None, _) => continue,
+        };
+        if holds(&path) && best.is_none_or(|(len, _)| path.len() > len) {
+            best = Some((path.len(), line_no));
+        }
+    }
+    best.map(|(_, line_no)| line_no)
+}
+
+/// `e` with the line of the file `text` (if one was read) its key is at (`… (line N)`), when
+/// the key is in it.
+fn at_line_in(mut e: ConfigError, text: Option<String>) -> ConfigError {
+    // Not for a value an environment variable set (`PORTAL_HTTP_LISTEN` for `http.listen`):
+    // the file's line is not where it came from.
+    let from_env = format!("PORTAL_{}", e.key.replace('.', "_").to_ascii_uppercase());
+    let line = text
+        .filter(|_| std::env::var_os(&from_env).is_none())
+        .and_then(|text| line_of(&text, &e.key));
+    if let Some(line_no) = line.filter(|_| !e.key.contains(" (line ")) {
+        e.key = format!("{} (line {line_no})", e.key);
+    }
+    e
 }
 
 fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
@@ -1729,6 +1784,45 @@ mod tests {
         let json = serde_json::json!({ "name": "x", "address": "10.0.0.1", "secret": 987654321 });
         let e = serde_json::from_value::<ServerSettings>(json).expect_err("a number");
         assert!(!e.to_string().contains("987654321"), "{e}");
+    }
+
+    #[test]
+    fn a_value_validation_refuses_is_named_with_its_line_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("portal.toml");
+        let second = "\n[[organizations]]\nid = \"beta\"\nname = \"Beta\"\n[[organizations.servers]]\nname = \"a\"\naddress = \"10.0.0.2\"\nsecret = \"s\"\n[[organizations.servers]]\nname = \"b\"\naddress = \"10.0.0.3\"\nsecret = \"s\"\n";
+        let cases = [
+            // A value set on a line of its own (the second organization's id is on line 11).
+            (
+                format!("{MINIMAL}{}", second.replace("\"beta\"", "\"acme\"")),
+                "organizations[1].id (line 11)",
+            ),
+            (
+                format!("{MINIMAL}{second}auth_port = 0\n"),
+                "organizations[1].servers[1].auth_port (line 21)",
+            ),
+            // A value the file leaves out: the table that should hold it.
+            (
+                format!("{MINIMAL}{}", second.trim_end_matches("secret = \"s\"\n")),
+                "organizations[1].servers[1] (line 17)",
+            ),
+            (
+                format!("[log]\nformat = \"xml\"\n{MINIMAL}"),
+                "log.format (line 2)",
+            ),
+        ];
+        for (text, key) in cases {
+            std::fs::write(&file, &text).unwrap();
+            let e = Settings::load(Some(&file)).expect_err(key);
+            assert_eq!(e.key, key, "{e}\n{text}");
+        }
+        // A key the file does not hold at all is named without a line.
+        assert_eq!(line_of(MINIMAL, "http.listen"), None);
+        assert_eq!(line_of(MINIMAL, "organizations[1].id"), None);
+        assert_eq!(
+            line_of(MINIMAL, "organizations[0].servers[0].address"),
+            Some(7)
+        );
     }
 
     #[test]
