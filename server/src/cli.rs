@@ -258,7 +258,7 @@ pub async fn run() -> anyhow::Result<()> {
                     &ids,
                 ))
                 .chain(crate::startup::duplicate_server_warnings(
-                    &settings.organizations,
+                    crate::startup::file_servers(&settings.organizations),
                 ));
             for warning in warnings {
                 eprintln!("warning: {warning}");

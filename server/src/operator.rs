@@ -625,6 +625,7 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
             finish(
                 change::create(&storage, &cache, settings, &actor())
                     .await
+                    .inspect(|id| warn_of_one_server_twice(&cache, id))
                     .map(|id| format!("organization {id} created")),
             )
         }
@@ -667,7 +668,8 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
                         true => format!("organization {id} updated"),
                         false => format!("organization {id}: nothing changed"),
                     })
-                    .map(|message| message + &note),
+                    .map(|message| message + &note)
+                    .inspect(|_| warn_of_one_server_twice(&cache, &id)),
             )
         }
         OrgCommand::Delete { id } => {
@@ -688,6 +690,7 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
             finish(
                 change::add_server(&storage, &cache, &id, server, &actor())
                     .await
+                    .inspect(|()| warn_of_one_server_twice(&cache, &id))
                     .map(|()| format!("server added to organization {id}{note}")),
             )
         }
@@ -701,6 +704,7 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
             finish(
                 change::update_server(&storage, &cache, &id, &name, patch, &actor())
                     .await
+                    .inspect(|_| warn_of_one_server_twice(&cache, &id))
                     .map(|_| format!("server {name} of organization {id} updated{note}")),
             )
         }
@@ -747,7 +751,18 @@ async fn cache(storage: &Storage) -> anyhow::Result<Organizations> {
         .context("while reading the organizations")
 }
 
-/// Prints what a change did, or turns its refusal into an exit code.
+/// After a change of organization `id` (`cache` refreshed by it): two of its servers that are
+/// one server, on stderr as `check-config` says it.
+fn warn_of_one_server_twice(cache: &Organizations, id: &str) {
+    if let Some(org) = cache.get(id) {
+        for warning in
+            crate::startup::duplicate_server_warnings([crate::startup::stored_servers(&org)])
+        {
+            eprintln!("warning: {warning}");
+        }
+    }
+}
+
 /// For a change that took effect: what to add when organization `id` is listed in the
 /// configuration file (the next start brings the file's settings back).
 /// `only_state`: the change was to `enabled` alone, which a start changes only where the file
@@ -764,6 +779,7 @@ async fn lasting_note(storage: &Storage, id: &str, only_state: bool) -> String {
     }
 }
 
+/// Prints what a change did, or turns its refusal into an exit code.
 fn finish(result: Result<String, ChangeError>) -> anyhow::Result<Outcome> {
     match result {
         Ok(message) => {

@@ -227,7 +227,9 @@ impl Application {
         let ids: Vec<String> = organizations.all().iter().map(|o| o.id.clone()).collect();
         for warning in dynauth_warnings(&settings.dynamic_authorization, &ids)
             .into_iter()
-            .chain(duplicate_server_warnings(&settings.organizations))
+            .chain(duplicate_server_warnings(
+                organizations.all().iter().map(|org| stored_servers(org)),
+            ))
         {
             tracing::warn!("{warning}");
         }
@@ -595,19 +597,54 @@ pub(crate) fn dynauth_warnings(
     warnings
 }
 
+/// A server as [`duplicate_server_warnings`] compares them: its name, its authentication and
+/// accounting addresses.
+pub(crate) type ServerAt<'a> = (&'a str, SocketAddr, SocketAddr);
+
+/// The servers of the configuration file's organizations, for [`duplicate_server_warnings`].
+pub(crate) fn file_servers(
+    organizations: &[crate::config::OrganizationSettings],
+) -> Vec<(&str, Vec<ServerAt<'_>>)> {
+    organizations
+        .iter()
+        .map(|org| {
+            let servers = org.servers.iter().map(|s| {
+                (
+                    s.name.as_str(),
+                    SocketAddr::new(s.address, s.auth_port),
+                    SocketAddr::new(s.address, s.acct_port),
+                )
+            });
+            (org.id.as_str(), servers.collect())
+        })
+        .collect()
+}
+
+/// The servers of an organization as stored (also one created or changed through the CLI or
+/// the admin API), for [`duplicate_server_warnings`].
+pub(crate) fn stored_servers(
+    org: &crate::organizations::Organization,
+) -> (&str, Vec<ServerAt<'_>>) {
+    let servers = org
+        .servers
+        .iter()
+        .map(|s| (s.name.as_str(), s.auth_addr, s.acct_addr));
+    (org.id.as_str(), servers.collect())
+}
+
 /// Servers of one organization that are one server (the same address and ports under two
 /// names, a copy-paste): failing over from one to the other reaches the same server again.
-pub(crate) fn duplicate_server_warnings(
-    organizations: &[crate::config::OrganizationSettings],
+pub(crate) fn duplicate_server_warnings<'a>(
+    organizations: impl IntoIterator<Item = (&'a str, Vec<ServerAt<'a>>)>,
 ) -> Vec<String> {
     let mut warnings = Vec::new();
-    for org in organizations {
-        for (i, a) in org.servers.iter().enumerate() {
-            for b in &org.servers[i + 1..] {
-                if (a.address, a.auth_port, a.acct_port) == (b.address, b.auth_port, b.acct_port) {
+    for (org, servers) in organizations {
+        for (i, (a, a_auth, a_acct)) in servers.iter().enumerate() {
+            for (b, b_auth, b_acct) in &servers[i + 1..] {
+                if (a_auth, a_acct) == (b_auth, b_acct) {
                     warnings.push(format!(
-                        "organization `{}`: servers `{}` and `{}` are one server ({}, ports {} and {}): failing over from one to the other reaches the same server again",
-                        org.id, a.name, b.name, a.address, a.auth_port, a.acct_port
+                        "organization `{org}`: servers `{a}` and `{b}` are one server ({}, ports {} and {}): failing over from one to the other reaches the same server again",
+                        a_auth.ip(), a_auth.port(), a_acct.port()
                     ));
                 }
             }
@@ -872,7 +909,7 @@ mod tests {
         };
         let same =
             org(&(server("a", "10.0.0.1", 1812, 1813) + &server("b", "10.0.0.1", 1812, 1813)));
-        let warnings = duplicate_server_warnings(&[same]);
+        let warnings = duplicate_server_warnings(file_servers(&[same]));
         assert_eq!(warnings.len(), 1, "{warnings:#?}");
         assert!(
             warnings[0].contains("`acme`: servers `a` and `b` are one server (10.0.0.1"),
@@ -883,7 +920,7 @@ mod tests {
         let apart = org(&(server("a", "10.0.0.1", 1812, 1813)
             + &server("b", "10.0.0.2", 1812, 1813)
             + &server("c", "10.0.0.1", 1812, 1814)));
-        assert!(duplicate_server_warnings(&[apart]).is_empty());
+        assert!(duplicate_server_warnings(file_servers(&[apart])).is_empty());
     }
 
     #[test]

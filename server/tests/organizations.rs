@@ -790,6 +790,30 @@ accent_color = "#0f766e"
         !String::from_utf8_lossy(&rename.stdout).contains("configuration file"),
         "created at run time: the change lasts"
     );
+    // A second name for the server it has (a copy-paste): added, and warned about.
+    let copy = dir.path().join("copy.toml");
+    std::fs::write(
+        &copy,
+        format!(
+            "name = \"g1-copy\"\naddress = \"127.0.0.1\"\nauth_port = {}\nacct_port = {}\nsecret = \"{SECRET}\"\n",
+            radius.strict_port, radius.acct_port
+        ),
+    )
+    .unwrap();
+    let add = portal(
+        &config,
+        &["org", "server-add", "gamma", "--file", copy.to_str().unwrap()],
+    )
+    .await;
+    assert!(add.status.success(), "{add:?}");
+    assert!(
+        String::from_utf8_lossy(&add.stderr)
+            .contains("warning: organization `gamma`: servers `g1` and `g1-copy` are one server"),
+        "{add:?}"
+    );
+    let removed = portal(&config, &["org", "server-remove", "gamma", "g1-copy"]).await;
+    assert!(removed.status.success(), "{removed:?}");
+    assert!(removed.stderr.is_empty(), "{removed:?}");
     // An organization of the configuration file: done, and told that the next start undoes it.
     let file_org = portal(&config, &["org", "update", "acme", "--name", "Acme Two"]).await;
     assert!(file_org.status.success(), "{file_org:?}");

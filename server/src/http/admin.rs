@@ -430,6 +430,13 @@ fn refused(e: ChangeError) -> Response {
 /// After a change: the organization as it is now (`status` 200 or 201).
 async fn changed(api: AdminApi, id: &str, status: StatusCode) -> Response {
     api.worker.wake();
+    if let Some(org) = api.organizations.get(id) {
+        for warning in
+            crate::startup::duplicate_server_warnings([crate::startup::stored_servers(&org)])
+        {
+            tracing::warn!("{warning}");
+        }
+    }
     match organization_view(&api, id).await {
         Ok(Some(view)) => (status, Json(view)).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "no such organization"),
