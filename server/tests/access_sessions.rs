@@ -2137,9 +2137,15 @@ async fn judy_is_still_signed_in(config: &radius_portal::config::Settings) {
 /// Waits until `/readyz` says the portal is not ready, and that its files went.
 async fn wait_not_ready(app: &TestApp) {
     let probe = app.browser(Ipv4Addr::new(127, 0, 0, 4));
-    wait_until("/readyz to say the database is not ready", || async {
-        probe.get("/readyz").await.status == 503
-    })
+    // Not ready from the moment the loss is seen; saved (the copy written, or the WAL's pages
+    // checkpointed into the file) a moment later, and only then is there something to look at.
+    wait_until(
+        "/readyz to say the database's files went and what they held was saved",
+        || async {
+            let answer = probe.get("/readyz").await;
+            answer.status == 503 && answer.body.contains("what it held was saved")
+        },
+    )
     .await;
     let said = probe.get("/readyz").await.body;
     assert!(said.contains("removed or replaced"), "{said}");

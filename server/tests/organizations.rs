@@ -802,7 +802,13 @@ accent_color = "#0f766e"
     .unwrap();
     let add = portal(
         &config,
-        &["org", "server-add", "gamma", "--file", copy.to_str().unwrap()],
+        &[
+            "org",
+            "server-add",
+            "gamma",
+            "--file",
+            copy.to_str().unwrap(),
+        ],
     )
     .await;
     assert!(add.status.success(), "{add:?}");
