@@ -517,6 +517,18 @@ async fn with_every_server_down_login_fails_at_once_and_recovers_by_itself() {
         "refused without sending: {}",
         page.body
     );
+    // Audited: the two sign-ins that went to the server unanswered. The one refused before
+    // anything was sent is answered but not written, as other refusals before the servers are
+    // (a flood of sign-ins during an outage costs no storage).
+    let unanswered = app
+        .storage
+        .audit_tail(50)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.action == "login.unavailable")
+        .count();
+    assert_eq!(unanswered, 2);
 
     radius.restart().await;
     wait_until("the breaker closes by itself", || async {

@@ -351,8 +351,14 @@ impl AccessSessions {
                     .await);
             }
             Err(e) => {
-                self.audit_login(&org.id, username, client_ip, "login.unavailable")
-                    .await;
+                // Audited when a request went out unanswered. Refused before anything was sent
+                // (every server's breaker open), it is answered but not written, as refusals
+                // before the servers are: a flood of sign-ins during an outage (users
+                // reloading, a script) would otherwise write a row each.
+                if !matches!(e, RadiusError::AllServersDown | RadiusError::NoServers) {
+                    self.audit_login(&org.id, username, client_ip, "login.unavailable")
+                        .await;
+                }
                 return Err(SessionError::ServersUnavailable(e));
             }
         };
