@@ -494,7 +494,7 @@ impl Application {
                 |_| false,
                 shutdown.clone(),
                 || {},
-                SHUTDOWN_GRACE,
+                crate::http::serve::Ending::at_once(SHUTDOWN_GRACE),
             ));
         }
         let store = self.session_store.clone();
@@ -539,7 +539,7 @@ impl Application {
                     move |ip| unlimited(ip),
                     web_shutdown.clone(),
                     on_shutdown,
-                    SHUTDOWN_GRACE,
+                    crate::http::serve::Ending::pages(SHUTDOWN_GRACE),
                 )
                 .await
             }
@@ -550,7 +550,7 @@ impl Application {
                     move |ip| unlimited(ip),
                     web_shutdown.clone(),
                     on_shutdown,
-                    SHUTDOWN_GRACE,
+                    crate::http::serve::Ending::pages(SHUTDOWN_GRACE),
                 )
                 .await
             }

@@ -5,8 +5,12 @@
 //! time (slowloris) cannot hold a connection; open connections are
 //! capped in total and per client address (per /64 for IPv6), and excess connections are closed
 //! at once. Long-lived responses (the session page's event stream) are unaffected: the deadline
-//! covers request headers only. On shutdown, connections finish their requests within the grace
-//! period.
+//! covers request headers only. On shutdown the listener closes (a new connection is refused:
+//! its client knows nothing was delivered and can go elsewhere), and for a moment the
+//! open connections are still served ([`Ending`]), each answer with `Connection: close`: a keep-alive
+//! client learns that its connection ends from an answer rather than by sending its next
+//! request (a Disconnect, say) into a connection closed under it, never knowing whether it
+//! arrived. Then connections finish their requests within the grace period.
 
 use super::rate_limit::client_key;
 use axum::{extract::ConnectInfo, serve::Listener};
@@ -36,6 +40,39 @@ pub const MAX_CONNECTIONS: usize = 16_384;
 /// Open connections at most per client address (IPv6: per /64). Behind a reverse proxy every
 /// connection comes from the proxy, so trusted proxies are not limited.
 pub const MAX_CONNECTIONS_PER_CLIENT: usize = 256;
+/// How [`serve`] ends once told to.
+#[derive(Clone, Copy, Debug)]
+pub struct Ending {
+    /// How long open connections are still served at most (each answer closing its
+    /// connection) before idle ones are closed: over as soon as none is open, or no request has
+    /// come for `quiet` (the clients still sending have all been answered and told; idle
+    /// keep-alive connections — a browser's, a pool's — would wait in vain).
+    pub drain: Duration,
+    /// See `drain`.
+    pub quiet: Duration,
+    /// How long requests under way then have to finish.
+    pub grace: Duration,
+}
+
+impl Ending {
+    /// The portal's pages: 2 s of draining at most, over after 100 ms without a request.
+    pub const fn pages(grace: Duration) -> Self {
+        Ending {
+            drain: Duration::from_secs(2),
+            quiet: Duration::from_millis(100),
+            grace,
+        }
+    }
+
+    /// No draining (the metrics: each scrape is a request of its own).
+    pub const fn at_once(grace: Duration) -> Self {
+        Ending {
+            drain: Duration::ZERO,
+            quiet: Duration::ZERO,
+            grace,
+        }
+    }
+}
 
 /// Counts open connections per client; a guard gives its slot back when dropped.
 #[derive(Clone, Default)]
@@ -49,6 +86,11 @@ struct Slot {
 }
 
 impl Slots {
+    /// Connections open now.
+    fn open(&self) -> usize {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
     /// A slot for a connection from `client` (None: not limited per client), if one is free.
     fn take(&self, client: Option<IpAddr>) -> Option<Slot> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
@@ -86,15 +128,16 @@ impl Drop for Slot {
 }
 
 /// Serves `router` (the portal's [`super::Site`], or a plain router) on `listener` until
-/// `shutdown`; then stops accepting, runs `on_shutdown` (ends long-lived streams) and waits up
-/// to `grace` for open requests.
+/// `shutdown`; then stops accepting, runs `on_shutdown` (ends long-lived streams), serves the
+/// open connections a moment more (each answer with `Connection: close`), and waits for open
+/// requests ([`Ending`]).
 pub async fn serve<L, S>(
     mut listener: L,
     router: S,
     unlimited: impl Fn(IpAddr) -> bool + Send + 'static,
     shutdown: CancellationToken,
     on_shutdown: impl FnOnce(),
-    grace: Duration,
+    ending: Ending,
 ) where
     L: Listener<Addr = SocketAddr>,
     S: tower::Service<
@@ -114,6 +157,9 @@ pub async fn serve<L, S>(
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     let slots = Slots::default();
+    // When the latest request arrived once shutdown began (ms after `began`).
+    let began = tokio::time::Instant::now();
+    let latest = Arc::new(std::sync::atomic::AtomicU64::new(0));
     loop {
         let (io, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -126,13 +172,31 @@ pub async fn serve<L, S>(
             drop(io);
             continue;
         };
-        let service = router.clone().map_request(
-            move |request: axum::extract::Request<hyper::body::Incoming>| {
-                let mut request = request.map(axum::body::Body::new);
-                request.extensions_mut().insert(ConnectInfo(peer));
-                request
-            },
-        );
+        let (closing, arrived) = (shutdown.clone(), latest.clone());
+        let closed = shutdown.clone();
+        let service = router
+            .clone()
+            .map_request(
+                move |request: axum::extract::Request<hyper::body::Incoming>| {
+                    if closing.is_cancelled() {
+                        let at = began.elapsed().as_millis() as u64;
+                        arrived.fetch_max(at, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let mut request = request.map(axum::body::Body::new);
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    request
+                },
+            )
+            .map_response(move |mut response: axum::response::Response| {
+                // Shutting down: this answer ends its connection (hyper closes it once sent).
+                if closed.is_cancelled() {
+                    response.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                }
+                response
+            });
         let connection =
             builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
         let watched = graceful.watch(connection);
@@ -143,11 +207,94 @@ pub async fn serve<L, S>(
             drop(slot);
         });
     }
+    drop(listener);
     on_shutdown();
-    if tokio::time::timeout(grace, graceful.shutdown())
+    // Open connections are served a while longer, each answer closing its own: a client
+    // active on one hears that it ends. Idle ones left after that are closed below.
+    let stopped = began.elapsed();
+    let drained_by = tokio::time::Instant::now() + ending.drain.min(ending.grace);
+    loop {
+        let now = tokio::time::Instant::now();
+        let latest = Duration::from_millis(latest.load(std::sync::atomic::Ordering::Relaxed));
+        let quiet_since = began + latest.max(stopped);
+        if slots.open() == 0 || now >= drained_by || now >= quiet_since + ending.quiet {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if tokio::time::timeout(ending.grace, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("connections still open after {grace:?}: closed");
+        tracing::warn!("connections still open after {:?}: closed", ending.grace);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Sends a GET on `stream` and reads its answer (a body of "ok", no chunks).
+    async fn get(stream: &mut tokio::net::TcpStream) -> String {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: portal\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !answer.ends_with(b"ok") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the answer: {answer:?}");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(answer).unwrap().to_ascii_lowercase()
+    }
+
+    /// Shutting down, a keep-alive connection still open is served its next request, answered
+    /// with `Connection: close` — its client learns from the answer that the connection ends,
+    /// instead of sending a request into a connection closed under it — while new connections
+    /// are refused; once no connection is open the server is done.
+    #[tokio::test]
+    async fn shutting_down_an_open_connection_is_answered_and_told_it_closes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let shutdown = CancellationToken::new();
+        // Drained for as long as it takes (a slow machine decides nothing here).
+        let ending = Ending {
+            drain: Duration::from_secs(60),
+            quiet: Duration::from_secs(60),
+            grace: Duration::from_secs(60),
+        };
+        let server = tokio::spawn(serve(
+            listener,
+            router,
+            |_| false,
+            shutdown.clone(),
+            || {},
+            ending,
+        ));
+        let mut open = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let before = get(&mut open).await;
+        assert!(!before.contains("connection: close"), "{before}");
+
+        shutdown.cancel();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "still accepting");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let after = get(&mut open).await;
+        assert!(after.starts_with("http/1.1 200"), "{after}");
+        assert!(after.contains("connection: close"), "{after}");
+        let mut rest = Vec::new();
+        open.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "closed after the answer: {rest:?}");
+        // No connection left: done well before the drain's 60 s.
+        tokio::time::timeout(Duration::from_secs(15), server)
+            .await
+            .expect("done once no connection is open")
+            .unwrap();
     }
 }
