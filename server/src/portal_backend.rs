@@ -32,6 +32,12 @@ use tracing::Instrument as _;
 pub fn access_session_key(org: &str) -> String {
     format!("access_session_id:{org}")
 }
+/// Web-session key holding the name typed into the sign-in form that opened the browser's
+/// session in organization `org`: an out-of-date form sent again with that name is the same
+/// sign-in, also when the RADIUS server answered with a User-Name of its own.
+fn typed_name_key(org: &str) -> String {
+    format!("signed_in_as:{org}")
+}
 /// Web-session key holding the form (CSRF) token of organization `org`'s pages: one per
 /// organization, so a sign-in in one organization's portal (which replaces its token) never
 /// makes another organization's open page out of date.
@@ -64,7 +70,7 @@ fn is_form_token_key(key: &str) -> bool {
 async fn link_web_session(
     saved: Option<&SavedDuringRequest>,
     web: &Session,
-    org: &str,
+    (org, typed): (&str, &str),
     session: &AccessSessionRecord,
 ) -> Result<(), tower_sessions::session::Error> {
     if web.id().is_some() {
@@ -74,6 +80,7 @@ async fn link_web_session(
     web.insert(&form_token_key(org), &token).await?;
     web.insert(LEGACY_FORM_TOKEN_KEY, token).await?;
     web.insert(&access_session_key(org), session.id).await?;
+    web.insert(&typed_name_key(org), typed).await?;
     keep_link_for(web, session.window_ms).await?;
     crate::http::web_session::save_now(saved, web).await
 }
@@ -100,13 +107,18 @@ async fn link_to_end(
     sessions: &AccessSessions,
     saved: Option<SavedDuringRequest>,
     web: &Session,
-    org: &str,
+    (org, typed): (&str, &str),
     session: &AccessSessionRecord,
 ) -> Result<(), tower_sessions::session::Error> {
-    let (web, org, session) = (web.clone(), org.to_owned(), session.clone());
+    let (web, org, typed, session) = (
+        web.clone(),
+        org.to_owned(),
+        typed.to_owned(),
+        session.clone(),
+    );
     sessions
         .run_to_end(
-            async move { link_web_session(saved.as_ref(), &web, &org, &session).await }
+            async move { link_web_session(saved.as_ref(), &web, (&org, &typed), &session).await }
                 .in_current_span(),
         )
         .await
@@ -470,7 +482,7 @@ impl PortalBackend {
                 tracing::debug!(acct_session_id = %session.acct_session_id,
                     "the same sign-in submitted again: answered with its session");
                 // Not ended if this fails: the first answer linked it already.
-                link_to_end(&self.sessions, saved, &web, &org_id, &session)
+                link_to_end(&self.sessions, saved, &web, (&org_id, &username), &session)
                     .await
                     .map_err(|e| web_session_failed("storing the web session", &e))?;
                 return Ok(Prepared::Answered(Ok(self.view(&session))));
@@ -485,7 +497,16 @@ impl PortalBackend {
             // else, which this form cannot make (Disconnect first).
             // Said as it is: reloading would show that session's page, not a form.
             if let Some(session) = self.linked_running(&web, &org_id).await? {
-                if names_alike(&session.username, &username) {
+                // The name the session was signed in with here counts too: the server may have
+                // answered with another (a User-Name rewrite).
+                let typed_then = web
+                    .get::<String>(&typed_name_key(&org_id))
+                    .await
+                    .ok()
+                    .flatten();
+                if names_alike(&session.username, &username)
+                    || typed_then.is_some_and(|then| then.to_lowercase() == username.to_lowercase())
+                {
                     return Ok(Prepared::Answered(Ok(self.view(&session))));
                 }
                 crate::throttled!(warn, "sign-in with another name on an out-of-date form token from a browser signed in already: refused");
@@ -561,7 +582,14 @@ impl PortalBackend {
         } = sign_in;
         let linked = match opened {
             Ok(session) => {
-                match link_web_session(saved.as_ref(), &web, &sign_in.org_id, &session).await {
+                match link_web_session(
+                    saved.as_ref(),
+                    &web,
+                    (&sign_in.org_id, &sign_in.username),
+                    &session,
+                )
+                .await
+                {
                     Ok(()) => Ok(session),
                     Err(e) => {
                         tracing::error!(error = %e, acct_session_id = %session.acct_session_id,
@@ -1007,11 +1035,8 @@ impl PortalService for PortalBackend {
                 // Ended either way: a web session that cannot be written now (the database
                 // away, a full disk) still names the ended session, which its pages show as
                 // such — not a failed Disconnect.
-                if let Err(e) = forget_access_session(
-                    &web,
-                    self.web_sessions.as_ref(),
-                    &access_session_key(&scope.id),
-                )
+                if let Err(e) =
+                    forget_access_session(&web, self.web_sessions.as_ref(), &scope.id)
                 .await
                 {
                     tracing::warn!(error = %e, "the web session could not forget its ended session");
@@ -1024,18 +1049,20 @@ impl PortalService for PortalBackend {
     }
 }
 
-/// Takes an ended access session (`key`) off the web session. A web session whose stored
-/// record holds nothing else but its form token (and the longest window it was linked for) (no other organization's session, whichever
-/// replica linked it) is deleted, record and cookie: the browser is an anonymous visitor
+/// Takes an ended access session of organization `org` off the web session. A web session
+/// whose stored record holds nothing else but its form tokens (and the longest window it was
+/// linked for) (no other organization's session, whichever replica linked it) is deleted, record and cookie: the browser is an anonymous visitor
 /// again, as before its login, and its next login stores one web session instead of
 /// replacing one.
 async fn forget_access_session(
     web: &Session,
     store: Option<&crate::storage::web_sessions::WebSessionStore>,
-    key: &str,
+    org: &str,
 ) -> Result<(), tower_sessions::session::Error> {
     use tower_sessions::SessionStore as _;
-    web.remove_value(key).await?;
+    let (key, typed) = (access_session_key(org), typed_name_key(org));
+    web.remove_value(&key).await?;
+    web.remove_value(&typed).await?;
     let (Some(store), Some(id)) = (store, web.id()) else {
         return Ok(());
     };
@@ -1047,7 +1074,7 @@ async fn forget_access_session(
         record
             .data
             .keys()
-            .all(|k| k == key || is_form_token_key(k) || k == LONGEST_WINDOW_KEY)
+            .all(|k| *k == key || *k == typed || is_form_token_key(k) || k == LONGEST_WINDOW_KEY)
     });
     if nothing_else {
         web.flush().await?;

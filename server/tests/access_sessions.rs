@@ -975,6 +975,61 @@ async fn an_out_of_date_sign_in_form_from_a_signed_in_browser_shows_its_session(
     app.stop().await;
 }
 
+/// The out-of-date form of a browser whose session the RADIUS server named differently (a
+/// User-Name in the Accept: `mirror` became another name altogether) is the same sign-in when
+/// it carries the name typed then: the browser is shown its session, not told it is signed in
+/// "with another name", and nothing is sent.
+#[tokio::test]
+async fn an_out_of_date_form_with_the_name_typed_is_the_same_sign_in_whatever_the_server_named_it()
+{
+    let (radius, app, _dir) = portal_with_one_server().await;
+    let browser = app.browser(CLIENT);
+    let token = browser.form_token("/").await;
+    let signed_in = browser
+        .post_raw(
+            "/api/login",
+            "/",
+            &[
+                ("username", "mirror"),
+                ("password", "mirror-pass"),
+                ("csrf", &token),
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(signed_in.path, "/session", "{}", signed_in.body);
+    radius.wait_for_acct(&["status=Start"]).await;
+    // Another password than the one sent: the same form sent again within seconds is answered
+    // by the re-submit rule (same name, password and address); this is the out-of-date form's
+    // own rule, whenever it comes.
+    let again = browser
+        .post_raw(
+            "/api/login",
+            "/",
+            &[
+                ("username", "MIRROR"),
+                ("password", "typo"),
+                ("csrf", &token),
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (again.status, again.path.as_str()),
+        (200, "/session"),
+        "{}",
+        again.body
+    );
+    assert!(again.body.contains("You are connected"), "{}", again.body);
+    assert_eq!(access_requests_of(&radius, "mirror"), 1);
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
+    // Disconnect ends it as always (the web session forgets the session and the name with it).
+    let page = browser.post_form("/api/disconnect", "/session", &[]).await;
+    assert_eq!(page.path, "/");
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
+    app.stop().await;
+}
+
 /// A browser that sends no Referer (a privacy setting, a script) whose Refresh fails (here an
 /// out-of-date form) is sent back to its session page, which says why — not to the sign-in
 /// page, which would send a signed-in browser on to the session page without the message.
