@@ -1652,22 +1652,63 @@ impl Settings {
     }
 }
 
-/// Each line of a TOML text (numbered from 1, trimmed) with the table it is in, named as
-/// validation names keys (`organizations[1].servers[0]`): array headers are counted, a
-/// parent's new element starting its children's count again. A header line is in its own table.
-fn lines_in_tables(text: &str) -> impl Iterator<Item = (usize, Option<String>, &str)> {
+/// A line of a TOML text as [`lines_in_tables`] sees it.
+struct TomlLine<'a> {
+    /// Numbered from 1.
+    number: usize,
+    /// Trimmed.
+    text: &'a str,
+    /// The table it is in, named as validation names keys (`organizations[1].servers[0]`); a
+    /// header line is in its own table.
+    table: Option<String>,
+    /// A table header (`[http]`, `[[organizations.servers]]`).
+    header: bool,
+    /// The key a `key = value` line sets (quotes taken off).
+    key: Option<&'a str>,
+}
+
+/// The name in a table header line and whether it is an array's (`[[…]]`); not for a line of
+/// an array value that starts with `[` (`[1, 2],`).
+fn header_of(line: &str) -> Option<(&str, bool)> {
+    let (close, array) = if line.starts_with("[[") {
+        ("]]", true)
+    } else if line.starts_with('[') {
+        ("]", false)
+    } else {
+        return None;
+    };
+    let rest = &line[close.len()..];
+    let end = rest.find(close)?;
+    let (name, after) = (rest[..end].trim(), rest[end + close.len()..].trim());
+    let key_char = |c: char| c.is_ascii_alphanumeric() || "_-. \"'".contains(c);
+    (!name.is_empty() && name.chars().all(key_char) && (after.is_empty() || after.starts_with('#')))
+        .then_some((name, array))
+}
+
+/// Each line of a TOML text with the table it is in: array headers are counted, a parent's new
+/// element starting its children's count again. Lines inside a multi-line string are text, not
+/// headers or keys.
+fn lines_in_tables(text: &str) -> impl Iterator<Item = TomlLine<'_>> {
     let mut elements: HashMap<String, usize> = HashMap::new();
     let mut table = None::<String>;
+    let mut in_string = None::<&str>;
     text.lines().enumerate().map(move |(i, line)| {
         let line = line.trim();
-        let header = if let Some(rest) = line.strip_prefix("[[") {
-            rest.split("]]").next().map(|name| (name.trim(), true))
-        } else if let Some(rest) = line.strip_prefix('[') {
-            rest.split(']').next().map(|name| (name.trim(), false))
-        } else {
-            None
+        let mut parsed = TomlLine {
+            number: i + 1,
+            text: line,
+            table: None,
+            header: false,
+            key: None,
         };
-        if let Some((name, array)) = header {
+        if let Some(quotes) = in_string {
+            if line.matches(quotes).count() % 2 == 1 {
+                in_string = None;
+            }
+            parsed.table = table.clone();
+            return parsed;
+        }
+        if let Some((name, array)) = header_of(line) {
             if array {
                 let children = format!("{name}.");
                 elements.retain(|path, _| !path.starts_with(&children));
@@ -1687,15 +1728,19 @@ fn lines_in_tables(text: &str) -> impl Iterator<Item = (usize, Option<String>, &
                 }
             }
             table = Some(indexed);
+            parsed.header = true;
+        } else if !line.starts_with('#') {
+            parsed.key = line
+                .split_once('=')
+                .map(|(key, _)| key.trim().trim_matches(|c| c == '"' || c == '\''));
+            // A multi-line string opened on this line: what follows up to its end is text.
+            in_string = ["\"\"\"", "'''"]
+                .into_iter()
+                .find(|quotes| line.matches(quotes).count() % 2 == 1);
         }
-        (i + 1, table.clone(), line)
+        parsed.table = table.clone();
+        parsed
     })
-}
-
-/// The key a `key = value` line sets (its quotes taken off), if it is one.
-fn key_of(line: &str) -> Option<&str> {
-    let (key, _) = line.split_once('=')?;
-    Some(key.trim().trim_matches('"'))
 }
 
 /// "table.key (line N)" for a byte offset in a TOML text: the key whose line the offset falls
@@ -1703,13 +1748,13 @@ fn key_of(line: &str) -> Option<&str> {
 pub(crate) fn locate(text: &str, offset: usize) -> String {
     let before = text.get(..offset.min(text.len())).unwrap_or(text);
     let line_no = before.matches('\n').count() + 1;
-    let Some((_, table, line)) = lines_in_tables(text).nth(line_no - 1) else {
+    let Some(line) = lines_in_tables(text).nth(line_no - 1) else {
         return format!("line {line_no}");
     };
-    match (key_of(line), table) {
+    match (line.key, line.table) {
         (Some(key), Some(table)) => format!("{table}.{key} (line {line_no})"),
         (Some(key), None) => format!("{key} (line {line_no})"),
-        (None, _) => format!("line {line_no}: {line}"),
+        (None, _) => format!("line {line_no}: {}", line.text),
     }
 }
 
@@ -1724,16 +1769,15 @@ fn line_of(text: &str, wanted: &str) -> Option<usize> {
                 .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
     };
     let mut best: Option<(usize, usize)> = None;
-    for (line_no, table, line) in lines_in_tables(text) {
-        let path = match (key_of(line), &table) {
-            (Some(key), Some(table)) => format!("{table}.{key}"),
-            (Some(key), None) => key.to_string(),
-            // A header: the table itself.
-            (None, Some(table)) if line.starts_with('[') => table.clone(),
-            (None, _) => continue,
+    for line in lines_in_tables(text) {
+        let path = match (line.header, line.key, line.table) {
+            (true, _, Some(table)) => table,
+            (false, Some(key), Some(table)) => format!("{table}.{key}"),
+            (false, Some(key), None) => key.to_string(),
+            _ => continue,
         };
         if holds(&path) && best.is_none_or(|(len, _)| path.len() > len) {
-            best = Some((path.len(), line_no));
+            best = Some((path.len(), line.number));
         }
     }
     best.map(|(_, line_no)| line_no)
@@ -1742,11 +1786,19 @@ fn line_of(text: &str, wanted: &str) -> Option<usize> {
 /// `e` with the line of the file `text` (if one was read) its key is at (`… (line N)`), when
 /// the key is in it.
 fn at_line_in(mut e: ConfigError, text: Option<String>) -> ConfigError {
-    // Not for a value an environment variable set (`PORTAL_HTTP_LISTEN` for `http.listen`):
-    // the file's line is not where it came from.
-    let from_env = format!("PORTAL_{}", e.key.replace('.', "_").to_ascii_uppercase());
+    // Not for a value an environment variable set (`PORTAL_HTTP_LISTEN` for `http.listen`, and
+    // the original's `PORT` and `FORWARDED_ALLOW_IPS`): the file's line is not where it came from.
+    let own = format!("PORTAL_{}", e.key.replace('.', "_").to_ascii_uppercase());
+    let alias = match e.key.as_str() {
+        "http.listen" => Some("PORT"),
+        "http.trusted_proxies" => Some("FORWARDED_ALLOW_IPS"),
+        _ => None,
+    };
+    let from_env = std::iter::once(own.as_str())
+        .chain(alias)
+        .any(|name| std::env::var_os(name).is_some());
     let line = text
-        .filter(|_| std::env::var_os(&from_env).is_none())
+        .filter(|_| !from_env)
         .and_then(|text| line_of(&text, &e.key));
     if let Some(line_no) = line.filter(|_| !e.key.contains(" (line ")) {
         e.key = format!("{} (line {line_no})", e.key);
@@ -1816,6 +1868,19 @@ mod tests {
             let e = Settings::load(Some(&file)).expect_err(key);
             assert_eq!(e.key, key, "{e}\n{text}");
         }
+        // Comments, multi-line strings and array rows are neither headers nor keys.
+        let tricky = "[http]\nlisten = \"127.0.0.1:3000\"\n[[organizations]]  # a = b\nid = 'x'\nhelp_text = \"\"\"\n[[organizations]]\nsecret = 1\n\"\"\"\nnets = [\n  [1, 2],\n]\n[[organizations.servers]] # primary = ise-1\n'name' = \"a\"\n";
+        assert_eq!(line_of(tricky, "organizations[0].id"), Some(4));
+        assert_eq!(line_of(tricky, "organizations[0].servers[0]"), Some(12));
+        assert_eq!(
+            line_of(tricky, "organizations[0].servers[0].secret"),
+            Some(12)
+        );
+        assert_eq!(
+            line_of(tricky, "organizations[0].servers[0].name"),
+            Some(13)
+        );
+        assert_eq!(line_of(tricky, "organizations[1]"), None);
         // A key the file does not hold at all is named without a line.
         assert_eq!(line_of(MINIMAL, "http.listen"), None);
         assert_eq!(line_of(MINIMAL, "organizations[1].id"), None);

@@ -755,9 +755,7 @@ async fn cache(storage: &Storage) -> anyhow::Result<Organizations> {
 /// one server, on stderr as `check-config` says it.
 fn warn_of_one_server_twice(cache: &Organizations, id: &str) {
     if let Some(org) = cache.get(id) {
-        for warning in
-            crate::startup::duplicate_server_warnings([crate::startup::stored_servers(&org)])
-        {
+        for warning in crate::startup::one_server_twice(&org) {
             eprintln!("warning: {warning}");
         }
     }

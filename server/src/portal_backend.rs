@@ -32,9 +32,11 @@ use tracing::Instrument as _;
 pub fn access_session_key(org: &str) -> String {
     format!("access_session_id:{org}")
 }
-/// Web-session key holding the name typed into the sign-in form that opened the browser's
-/// session in organization `org`: an out-of-date form sent again with that name is the same
-/// sign-in, also when the RADIUS server answered with a User-Name of its own.
+/// Web-session key holding the browser's session in organization `org` with the name typed into
+/// the sign-in form that opened it (`(id, name)`): an out-of-date form sent again with that name
+/// is the same sign-in, also when the RADIUS server answered with a User-Name of its own. Kept
+/// with the session's id, so that a name left behind (by a replica of an earlier release, which
+/// neither writes nor removes it) never counts for another session.
 fn typed_name_key(org: &str) -> String {
     format!("signed_in_as:{org}")
 }
@@ -80,7 +82,8 @@ async fn link_web_session(
     web.insert(&form_token_key(org), &token).await?;
     web.insert(LEGACY_FORM_TOKEN_KEY, token).await?;
     web.insert(&access_session_key(org), session.id).await?;
-    web.insert(&typed_name_key(org), typed).await?;
+    web.insert(&typed_name_key(org), (session.id, typed))
+        .await?;
     keep_link_for(web, session.window_ms).await?;
     crate::http::web_session::save_now(saved, web).await
 }
@@ -500,12 +503,14 @@ impl PortalBackend {
                 // The name the session was signed in with here counts too: the server may have
                 // answered with another (a User-Name rewrite).
                 let typed_then = web
-                    .get::<String>(&typed_name_key(&org_id))
+                    .get::<(i64, String)>(&typed_name_key(&org_id))
                     .await
                     .ok()
-                    .flatten();
+                    .flatten()
+                    .filter(|(id, _)| *id == session.id)
+                    .map(|(_, name)| name);
                 if names_alike(&session.username, &username)
-                    || typed_then.is_some_and(|then| then.to_lowercase() == username.to_lowercase())
+                    || typed_then.is_some_and(|then| names_alike(&then, &username))
                 {
                     return Ok(Prepared::Answered(Ok(self.view(&session))));
                 }
@@ -647,7 +652,6 @@ struct SignIn {
 /// but runs on when its request is dropped: the connection limits no longer bound them.
 const MAX_SIGN_INS_UNDER_WAY: usize = 4096;
 
-/// A state-changing request without this browser's form token: refused (logged).
 /// Whether the name typed into a sign-in form may be the one `session_name` was opened with:
 /// equal ignoring case, or one holding the other — the server may have answered with a
 /// User-Name of its own (a realm stripped, `carol@corp` → `carol`; a domain added, `CORP\carol`).
@@ -660,6 +664,7 @@ fn names_alike(session_name: &str, typed: &str) -> bool {
 /// A browser signed in already sent an out-of-date sign-in form with another name.
 pub(crate) const SIGNED_IN_AS_ANOTHER: &str = "This browser is already signed in here with another name, and this form is from before that. To sign in as someone else, send the form below: that ends the session signed in now. To keep it, go to your session page.";
 
+/// A state-changing request without this browser's form token: refused (logged).
 fn refused_form(supplied: &str) -> PortalError {
     if supplied.is_empty() {
         crate::throttled!(warn, "state-changing request without a form token refused");

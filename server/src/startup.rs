@@ -632,6 +632,12 @@ pub(crate) fn stored_servers(
     (org.id.as_str(), servers.collect())
 }
 
+/// [`duplicate_server_warnings`] for one stored organization (after a change through the CLI or
+/// the admin API).
+pub(crate) fn one_server_twice(org: &crate::organizations::Organization) -> Vec<String> {
+    duplicate_server_warnings([stored_servers(org)])
+}
+
 /// Servers of one organization that are one server (the same address and ports under two
 /// names, a copy-paste): failing over from one to the other reaches the same server again.
 pub(crate) fn duplicate_server_warnings<'a>(

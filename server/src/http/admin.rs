@@ -431,9 +431,7 @@ fn refused(e: ChangeError) -> Response {
 async fn changed(api: AdminApi, id: &str, status: StatusCode) -> Response {
     api.worker.wake();
     if let Some(org) = api.organizations.get(id) {
-        for warning in
-            crate::startup::duplicate_server_warnings([crate::startup::stored_servers(&org)])
-        {
+        for warning in crate::startup::one_server_twice(&org) {
             tracing::warn!("{warning}");
         }
     }

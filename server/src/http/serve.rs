@@ -50,7 +50,7 @@ pub struct Ending {
     pub drain: Duration,
     /// See `drain`.
     pub quiet: Duration,
-    /// How long requests under way then have to finish.
+    /// How long the drain and then the requests under way have to finish, in all.
     pub grace: Duration,
 }
 
@@ -162,6 +162,8 @@ pub async fn serve<L, S>(
     let latest = Arc::new(std::sync::atomic::AtomicU64::new(0));
     loop {
         let (io, peer) = tokio::select! {
+            // Told to stop, no connection is accepted after that however many wait.
+            biased;
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
@@ -222,7 +224,11 @@ pub async fn serve<L, S>(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if tokio::time::timeout(ending.grace, graceful.shutdown())
+    // The drain came out of the grace period: the whole takes `grace` at most.
+    let left = ending
+        .grace
+        .saturating_sub(began.elapsed().saturating_sub(stopped));
+    if tokio::time::timeout(left, graceful.shutdown())
         .await
         .is_err()
     {
