@@ -307,22 +307,39 @@ impl PortalBackend {
     pub async fn status_for(
         &self,
         id: Option<i64>,
-        org: &str,
+        scope: &OrgScope,
         ip: Option<IpAddr>,
     ) -> Result<SessionStatus, PortalError> {
-        let status = self.status_of(id).await?;
+        let status = match self.status_of(id).await? {
+            SessionStatus::Active(view) => SessionStatus::Active(self.seen_from(scope, view)),
+            other => other,
+        };
         let (SessionStatus::NoSession, Some(ip)) = (&status, ip) else {
             return Ok(status);
         };
         let running = self
             .sessions
-            .active_for_client(org, ip)
+            .active_for_client(&scope.id, ip)
             .await
             .map_err(user_error)?;
         Ok(match running {
             Some(_) => SessionStatus::Ended(EndReason::NotLinked),
             None => status,
         })
+    }
+
+    /// A session as the portal the request came to shows it: the default organization's session
+    /// seen under that organization's own `/o/{slug}` prefix keeps the prefix (its links, forms
+    /// and requests stay under it, as a proxy publishing only that prefix needs); otherwise the
+    /// prefix its organization's pages live under (a form at `/api/login` may name another).
+    pub fn seen_from(&self, scope: &OrgScope, mut view: SessionView) -> SessionView {
+        if view.base.is_empty()
+            && !scope.base.is_empty()
+            && scope.id == self.organizations.default_id()
+        {
+            view.base = scope.base.clone();
+        }
+        view
     }
 
     /// The access session linked to a web session, if any.
@@ -964,14 +981,16 @@ impl PortalService for PortalBackend {
                 Err(e)
             }
         };
+        let result = result.map(|view| self.seen_from(&self.scope(request), view));
         with_status(request, result)
     }
 
     async fn current_session(&self, request: &Parts) -> Result<Option<SessionView>, PortalError> {
         let result = async {
             let web = web_session(request)?;
-            let running = self.linked_running(&web, &self.scope(request).id).await?;
-            Ok(running.map(|session| self.view(&session)))
+            let scope = self.scope(request);
+            let running = self.linked_running(&web, &scope.id).await?;
+            Ok(running.map(|session| self.seen_from(&scope, self.view(&session))))
         }
         .await;
         with_status(request, result)
@@ -979,9 +998,11 @@ impl PortalService for PortalBackend {
 
     async fn session_status(&self, request: &Parts) -> Result<SessionStatus, PortalError> {
         let result = async {
-            let org = self.scope(request).id;
-            let id = self.linked_session_id(&web_session(request)?, &org).await?;
-            self.status_for(id, &org, client_ip(request).ok()).await
+            let scope = self.scope(request);
+            let id = self
+                .linked_session_id(&web_session(request)?, &scope.id)
+                .await?;
+            self.status_for(id, &scope, client_ip(request).ok()).await
         }
         .await;
         with_status(request, result)
@@ -1010,7 +1031,7 @@ impl PortalService for PortalBackend {
             keep_link_for(&web, session.window_ms)
                 .await
                 .map_err(|e| web_session_failed("reading the web session", &e))?;
-            Ok(self.view(&session))
+            Ok(self.seen_from(&self.scope(request), self.view(&session)))
         }
         .await;
         with_status(request, result)

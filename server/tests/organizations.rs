@@ -989,6 +989,55 @@ async fn a_sign_in_in_another_organization_never_shortens_the_browsers_link_nor_
     app.stop().await;
 }
 
+/// The default organization's portal is also at `/o/{slug}/` (a proxy may publish only that):
+/// signed in there, the browser stays there — its session page, forms and live updates under
+/// the prefix, not at `/`.
+#[tokio::test]
+async fn the_default_organization_under_its_prefix_keeps_the_prefix() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&two_organizations(&db, &a, &b)).await;
+    let browser = app.browser(Ipv4Addr::new(127, 0, 5, 31));
+    let page = browser
+        .post_form(
+            "/o/acme/api/login",
+            "/o/acme/",
+            &[("username", "carol"), ("password", "carol-pass")],
+        )
+        .await;
+    assert_eq!(page.path, "/o/acme/session", "{}", page.body);
+    assert!(
+        page.body.contains(r#"action="/o/acme/api/refresh""#),
+        "{}",
+        page.body
+    );
+    let page = browser
+        .post_form("/o/acme/api/refresh", "/o/acme/session", &[])
+        .await;
+    assert_eq!(page.path, "/o/acme/session", "{}", page.body);
+    // What the page's script and its live stream are told: the same prefix.
+    let status = browser
+        .post_token(
+            "/o/acme/api/session_status",
+            "/o/acme/session",
+            "application/json",
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(status.contains(r#""base":"/o/acme""#), "{status}");
+    // At `/` the same session is the default organization's at `/`.
+    let status = browser
+        .post_token("/api/session_status", "/session", "application/json")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(status.contains(r#""base":"""#), "{status}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn each_organization_has_its_own_portal_under_its_slug() {
     let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);

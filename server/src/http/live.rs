@@ -37,7 +37,8 @@ pub struct LiveState {
 struct Watch {
     live: LiveState,
     id: Option<i64>,
-    org: String,
+    /// The portal the page is in (the organization, and the prefix its pages are under).
+    scope: super::org_scope::OrgScope,
     ip: Option<std::net::IpAddr>,
     notices: broadcast::Receiver<i64>,
     first: bool,
@@ -72,12 +73,15 @@ pub async fn session_events(
     ip: Option<axum::extract::Extension<super::client_ip::ClientIp>>,
     web: Session,
 ) -> Response {
-    let org = scope
-        .map(|axum::extract::Extension(s)| s.id)
-        .unwrap_or_default();
+    let scope = scope
+        .map(|axum::extract::Extension(s)| s)
+        .unwrap_or(super::org_scope::OrgScope {
+            id: String::new(),
+            base: String::new(),
+        });
     // A web session that cannot be read now (the database away) is not "none": the page would
     // take its session for ended. The stream ends at once; the browser reconnects in a moment.
-    let id = match live.backend.linked_session_id(&web, &org).await {
+    let id = match live.backend.linked_session_id(&web, &scope.id).await {
         Ok(id) => id,
         Err(_) => {
             let retry = futures_util::stream::once(async {
@@ -90,7 +94,7 @@ pub async fn session_events(
         notices: live.events.subscribe(),
         live,
         id,
-        org,
+        scope,
         ip: ip.map(|axum::extract::Extension(ip)| ip.0),
         first: true,
         done: false,
@@ -100,7 +104,7 @@ pub async fn session_events(
             return None;
         }
         w.first = false;
-        let status = match w.live.backend.status_for(w.id, &w.org, w.ip).await {
+        let status = match w.live.backend.status_for(w.id, &w.scope, w.ip).await {
             Ok(status) => status,
             // Storage trouble: say nothing this time; the next resync tries again.
             Err(_) => {
