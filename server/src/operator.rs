@@ -321,7 +321,7 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                     None if crate::startup::sqlite_portal_running(&settings.database.path) => {
                         "by the running portal"
                     }
-                    None => "when the portal next starts (none runs on this database now: the session stays open until then)",
+                    None => "when the portal next starts (none runs on this database now: the session stays open until then; its Stop says it ended now, with Acct-Delay-Time for the wait)",
                 },
             };
             say!(
@@ -738,7 +738,7 @@ async fn set_state(storage: &Storage, id: &str, active: bool) -> anyhow::Result<
         Some(true) if active => say!("organization {id} enabled"),
         Some(true) => {
             let open = storage.active_session_ids_of(id).await?.len();
-            say!("organization {id} disabled: logins and refreshes are refused; its {open} open session(s) are stopped (Accounting-Stop, Admin-Reset) by the running portal at once, or by the next start if none runs");
+            say!("organization {id} disabled: logins and refreshes are refused; its {open} open session(s) are stopped (Accounting-Stop, Admin-Reset) by the running portal at once, or by the next start if none runs (their Stops say they ended now)");
         }
     }
     Ok(Outcome::Done)

@@ -463,12 +463,14 @@ async fn portal_with_env(
         .unwrap()
 }
 
-#[tokio::test]
-async fn the_cli_disables_an_organization_of_the_running_portal() {
-    let radius = FreeRadius::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("portal.db");
-    let config = dir.path().join("portal.toml");
+/// A configuration file in `dir` for organization `acme` on `radius` (a database beside it),
+/// as an operator would write one for the portal and its CLI.
+fn cli_config(
+    dir: &std::path::Path,
+    radius: &FreeRadius,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let db = dir.join("portal.db");
+    let config = dir.join("portal.toml");
     std::fs::write(
         &config,
         format!(
@@ -497,6 +499,96 @@ timeout = "500ms"
         ),
     )
     .unwrap();
+    (db, config)
+}
+
+fn unix_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn stops_an_operator_asks_for_while_no_portal_runs_say_when_they_were_asked_for() {
+    let radius = FreeRadius::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, config) = cli_config(dir.path(), &radius);
+    let settings = Settings::load(Some(&config)).unwrap();
+    let app = TestApp::spawn(&settings).await;
+    let terminated = app
+        .sessions
+        .login("acme", "carol", "carol-pass", ip(40))
+        .await
+        .unwrap();
+    let disabled = app
+        .sessions
+        .login("acme", "erin", "erin-pass", ip(41))
+        .await
+        .unwrap();
+    let mut started = Vec::new();
+    for s in [&terminated, &disabled] {
+        let start = radius
+            .wait_for_acct(&["status=Start", &format!("sid={}", s.acct_session_id)])
+            .await;
+        started.push(field(&start, "event_ts").parse::<i64>().unwrap());
+    }
+    app.stop().await;
+
+    // Asked for while no portal runs on the database.
+    let asked_from = unix_secs();
+    let terminate = portal(
+        &config,
+        &["session", "terminate", &terminated.id.to_string()],
+    )
+    .await;
+    assert!(terminate.status.success(), "{terminate:?}");
+    assert!(
+        String::from_utf8_lossy(&terminate.stdout).contains("when the portal next starts"),
+        "{terminate:?}"
+    );
+    let disable = portal(&config, &["org", "disable", "acme"]).await;
+    assert!(disable.status.success(), "{disable:?}");
+    let asked_by = unix_secs();
+    // The portal starts again later, as it would after an outage.
+    wait_until("three seconds pass", || async {
+        unix_secs() >= asked_by + 3
+    })
+    .await;
+    let restarted = unix_secs();
+    let app = TestApp::spawn(&settings).await;
+    for (s, started) in [(&terminated, started[0]), (&disabled, started[1])] {
+        let stop = radius
+            .wait_for_acct(&["status=Stop", &format!("sid={}", s.acct_session_id)])
+            .await;
+        assert_eq!(field(&stop, "cause"), "Admin-Reset", "{stop}");
+        let ended: i64 = field(&stop, "event_ts").parse().unwrap();
+        assert!(
+            (asked_from..=asked_by).contains(&ended),
+            "ended when it was asked for ({asked_from}..={asked_by}), not at the start: {stop}"
+        );
+        let delay: i64 = field(&stop, "delay").parse().unwrap();
+        // Whole seconds of the wait (the last second asked in may have been nearly over).
+        assert!(
+            delay >= restarted - asked_by - 1 && delay >= 2,
+            "Acct-Delay-Time counts the wait: {stop}"
+        );
+        assert_eq!(
+            field(&stop, "session_time").parse::<i64>().unwrap(),
+            ended - started,
+            "{stop}"
+        );
+        let record = app.storage.session(s.id).await.unwrap().unwrap();
+        assert_eq!(record.stopped_at.map(|at| at / 1000), Some(ended));
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_cli_disables_an_organization_of_the_running_portal() {
+    let radius = FreeRadius::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (db, config) = cli_config(dir.path(), &radius);
     let settings = Settings::load(Some(&config)).unwrap();
     let app = TestApp::spawn(&settings).await;
     let session = app

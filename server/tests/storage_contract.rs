@@ -421,6 +421,8 @@ async fn a_disabled_organizations_sessions_stop_in_batches_and_an_enable_keeps_t
     other.organization_id = "beta".into();
     other.acct_session_id = "sid-beta".into();
     let beta = opened(s, other).await;
+    // Its deadline comes before the disable is asked for: expiry's to stop, not the job's.
+    let expired = opened(s, login("10.8.8.8", T0, 1)).await;
     let admin_reset = radius_portal::radius::terminate_cause::ADMIN_RESET;
 
     let active = s
@@ -482,6 +484,15 @@ async fn a_disabled_organizations_sessions_stop_in_batches_and_an_enable_keeps_t
     assert!(
         s.session(beta).await.unwrap().unwrap().active,
         "another organization's session runs on"
+    );
+    assert!(
+        s.session(expired).await.unwrap().unwrap().active,
+        "a session past its deadline when the disable was asked for is left to expiry"
+    );
+    assert_eq!(
+        s.stop_due_sessions(T0 + 9).await.unwrap().len(),
+        1,
+        "expiry stops it"
     );
     assert_eq!(outbox_types(s, beta).await, [START]);
 }
@@ -1075,6 +1086,15 @@ async fn session_time_is_the_difference_of_the_event_timestamps(db: Db) {
     with_interims.interim_interval = Some(300);
     let interim = opened(s, with_interims).await;
     assert_eq!(s.queue_due_interims(T0 + 301_100).await.unwrap(), 1);
+    // A stop asked for before the session began (another machine's clock): at its start.
+    let early = opened(s, login("10.0.2.4", started, MINUTE)).await;
+    s.stop_session(early, terminate_cause::ADMIN_RESET, started - 5_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.session(early).await.unwrap().unwrap().stopped_at,
+        Some(started)
+    );
 
     // Every row, each session's in order: (session, type, Event-Timestamp, Session-Time).
     let mut sent = Vec::new();
@@ -1105,6 +1125,8 @@ async fn session_time_is_the_difference_of_the_event_timestamps(db: Db) {
             (expired, STOP, start + 61, Some(61)),
             (interim, START, start, None),
             (interim, INTERIM, start + 301, Some(301)),
+            (early, START, start, None),
+            (early, STOP, start, Some(0)),
         ]
     );
 }

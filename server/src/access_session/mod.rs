@@ -709,7 +709,7 @@ impl AccessSessions {
     /// active.
     pub async fn disconnect(&self, id: i64) -> Result<bool, SessionError> {
         let ended = self
-            .stop_and_send(id, terminate_cause::USER_REQUEST)
+            .stop_and_send(id, terminate_cause::USER_REQUEST, now_ms())
             .await?;
         if ended {
             tracing::info!(session = id, "access session disconnected by the user");
@@ -732,18 +732,36 @@ impl AccessSessions {
     /// Runs to its end ([`Self::run_to_end`]): a caller that stops waiting (the browser closed
     /// the connection) never leaves a Stop stored and claimed with nobody sending it until
     /// the claim runs out.
-    async fn stop_and_send(&self, id: i64, cause: u32) -> Result<bool, SessionError> {
+    /// Stops session `id` at `event_at` (now, or earlier) and sends its Stop.
+    async fn stop_and_send(
+        &self,
+        id: i64,
+        cause: u32,
+        event_at: i64,
+    ) -> Result<bool, SessionError> {
         use tracing::Instrument as _;
         let this = self.clone();
-        self.run_to_end(async move { this.stop_and_send_here(id, cause).await }.in_current_span())
-            .await
+        self.run_to_end(
+            async move { this.stop_and_send_here(id, cause, event_at).await }.in_current_span(),
+        )
+        .await
     }
 
-    async fn stop_and_send_here(&self, id: i64, cause: u32) -> Result<bool, SessionError> {
+    async fn stop_and_send_here(
+        &self,
+        id: i64,
+        cause: u32,
+        event_at: i64,
+    ) -> Result<bool, SessionError> {
         let now = now_ms();
         let outcome = self
             .storage
-            .stop_session_claiming(id, cause, now, now + crate::accounting::CLAIM_LEASE_MS)
+            .stop_session_claiming(
+                id,
+                cause,
+                event_at.min(now),
+                now + crate::accounting::CLAIM_LEASE_MS,
+            )
             .await?;
         match outcome {
             StopOutcome::NotActive => return Ok(false),
@@ -761,14 +779,21 @@ impl AccessSessions {
     /// seconds, then every 30 s, for about 10 minutes) rather than leaving the session to its
     /// deadline, hours away. Ok(false) if it was not active.
     pub async fn end_unlinked(&self, id: i64) -> Result<bool, SessionError> {
-        let first = self.stop_and_send(id, terminate_cause::NAS_ERROR).await;
+        // Ended when the sign-in failed, however many tries the Stop's write takes.
+        let failed_at = now_ms();
+        let first = self
+            .stop_and_send(id, terminate_cause::NAS_ERROR, failed_at)
+            .await;
         if first.is_err() {
             let this = self.clone();
             tokio::spawn(async move {
                 let mut wait = std::time::Duration::from_secs(1);
                 for _ in 0..25 {
                     tokio::time::sleep(wait).await;
-                    match this.stop_and_send(id, terminate_cause::NAS_ERROR).await {
+                    match this
+                        .stop_and_send(id, terminate_cause::NAS_ERROR, failed_at)
+                        .await
+                    {
                         Ok(ended) => {
                             tracing::info!(
                                 session = id,
@@ -800,6 +825,7 @@ impl AccessSessions {
     pub async fn stop_disabled(
         &self,
         organization_id: &str,
+        asked_at: i64,
         limit: usize,
     ) -> Result<Vec<i64>, SessionError> {
         let stopped = self
@@ -807,7 +833,7 @@ impl AccessSessions {
             .stop_disabled_sessions(
                 organization_id,
                 terminate_cause::ADMIN_RESET,
-                now_ms(),
+                asked_at.min(now_ms()),
                 limit as i64,
             )
             .await?;
@@ -823,7 +849,23 @@ impl AccessSessions {
     /// Ends a session on the operator's or the RADIUS server's behalf (Stop, Admin-Reset).
     /// False if it was not active.
     pub async fn stop_by_operator(&self, id: i64) -> Result<bool, SessionError> {
-        self.stop_and_send(id, terminate_cause::ADMIN_RESET).await
+        self.stop_and_send(id, terminate_cause::ADMIN_RESET, now_ms())
+            .await
+    }
+
+    /// [`Self::stop_by_operator`] for a termination asked for at `asked_at` (a queued job:
+    /// perhaps while no portal ran): the Stop says the session ended then (Acct-Delay-Time
+    /// counts the wait). A session whose deadline came first is left to expiry, which stops
+    /// it at that deadline. False if it was not stopped here.
+    pub async fn stop_asked_at(&self, id: i64, asked_at: i64) -> Result<bool, SessionError> {
+        let asked_at = asked_at.min(now_ms());
+        match self.record(id).await? {
+            Some(s) if s.active && s.expires_at > asked_at => {
+                self.stop_and_send(id, terminate_cause::ADMIN_RESET, asked_at)
+                    .await
+            }
+            _ => Ok(false),
+        }
     }
 
     /// [`Self::stop_by_operator`] for `session`, audited as `session.terminate` by `actor`

@@ -198,7 +198,7 @@ impl OrganizationWorker {
     async fn run_job(&self, job: &OrganizationJob) -> anyhow::Result<JobOutcome> {
         if job.kind == "terminate_session" {
             let stopped = match job.access_session_id {
-                Some(id) => self.sessions.stop_by_operator(id).await?,
+                Some(id) => self.sessions.stop_asked_at(id, job.created_at).await?,
                 None => false,
             };
             match (job.access_session_id, stopped) {
@@ -207,7 +207,7 @@ impl OrganizationWorker {
                 }
                 (session, false) => tracing::info!(
                     session,
-                    "operator's terminate: the session was no longer active (nothing sent)"
+                    "operator's terminate: the session was no longer active, or its deadline came first (nothing sent for it)"
                 ),
                 // Nothing is stopped without a session to stop.
                 (None, true) => {}
@@ -267,7 +267,11 @@ impl OrganizationWorker {
                 // is still disabled (a re-enable committed before it keeps them all). Their
                 // Stops go out through the delivery loop, paced like any other row. One
                 // session at a time, each waiting for its own commit, 10,000 took 3.6 s.
-                let batch = match self.sessions.stop_disabled(org, STOPS_AT_ONCE).await {
+                let batch = match self
+                    .sessions
+                    .stop_disabled(org, job.created_at, STOPS_AT_ONCE)
+                    .await
+                {
                     Ok(batch) => batch,
                     Err(e) => {
                         // What was stopped is stopped (each end audited); the job stays pending

@@ -98,8 +98,9 @@ contract! {
         /// Moves an active session's deadline to `expires_at` (refreshed at `now`) and queues an
         /// Interim-Update. Returns the updated session, or None if it is no longer active.
         fn refresh_session(&self, id: i64, now: i64, expires_at: i64) -> Option<AccessSessionRecord>;
-        /// Stops an active session at `event_at` with `cause` and queues its Stop. False if it
-        /// was not active (already stopped: nothing is queued twice).
+        /// Stops an active session at `event_at` (never before it started) with `cause` and
+        /// queues its Stop. False if it was not active (already stopped: nothing is queued
+        /// twice).
         fn stop_session(&self, id: i64, cause: u32, event_at: i64) -> bool;
         /// Stops every active session whose deadline is at or before `now`. Each is stopped at
         /// its own deadline, with Session-Timeout when the limit was reached, else Idle-Timeout.
@@ -108,8 +109,10 @@ contract! {
         /// Stops up to `limit` active sessions of a *disabled* organization at `event_at`
         /// with `cause`, in one write, and queues their Stops (the delivery loop sends them,
         /// paced like any other row). Nothing if the organization is active: a re-enable
-        /// committed before this write keeps every session. Returns the ids stopped (none:
-        /// nothing left, or the organization is active).
+        /// committed before this write keeps every session. A session whose deadline came
+        /// before `event_at` is left to expiry (it ended by its deadline first: Idle- or
+        /// Session-Timeout at that deadline). Returns the ids stopped (none: nothing left, or
+        /// the organization is active).
         fn stop_disabled_sessions(&self, organization_id: &str, cause: u32, event_at: i64, limit: i64) -> Vec<i64>;
         /// Queues an Interim-Update for every active session whose periodic update (from
         /// Acct-Interim-Interval) is due at `now`, and schedules the next one. Returns how many.

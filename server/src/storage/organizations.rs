@@ -169,6 +169,9 @@ pub struct OrganizationJob {
     pub kind: String,
     /// The session of a `terminate_session` job.
     pub access_session_id: Option<i64>,
+    /// When it was asked for (Unix ms): the time its Stops say the sessions ended, however
+    /// much later a portal runs it (none may have been running).
+    pub created_at: i64,
 }
 
 /// One audit log entry.
@@ -540,7 +543,7 @@ async fn set_active_in<B: OrgBackend>(
 }
 
 /// Columns of [`OrganizationJob`].
-const JOB_COLUMNS: &str = "id, organization_id, kind, access_session_id";
+const JOB_COLUMNS: &str = "id, organization_id, kind, access_session_id, created_at";
 
 impl<B: OrgBackend> OrganizationStore for B {
     async fn organizations(&self) -> Result<Vec<StoredOrganization>, StorageError> {

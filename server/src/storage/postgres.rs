@@ -282,9 +282,9 @@ macro_rules! stop_sessions {
     ($target:literal) => {
         concat!(
             "WITH target AS (", $target, "), \
-             stopped AS (UPDATE access_sessions s SET state = 'stopped', stopped_at = t.at, terminate_cause = t.cause \
+             stopped AS (UPDATE access_sessions s SET state = 'stopped', stopped_at = GREATEST(t.at, s.started_at), terminate_cause = t.cause \
                FROM target t WHERE s.id = t.id AND s.state = 'active' \
-               RETURNING s.id, t.at, t.cause, GREATEST(t.at / 1000 - s.started_at / 1000, 0) AS session_time, \
+               RETURNING s.id, s.stopped_at AS at, t.cause, GREATEST(t.at / 1000 - s.started_at / 1000, 0) AS session_time, \
                  s.organization_id, s.username, s.client_ip, s.acct_session_id), \
              queued AS (INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
                  session_time_secs, terminate_cause, next_attempt_at, created_at) \
@@ -856,7 +856,7 @@ impl SessionStore for PgStore {
             "SELECT s.id, $2::BIGINT AS at, $3::BIGINT AS cause FROM access_sessions s \
              JOIN organizations o ON o.id = s.organization_id \
              WHERE s.organization_id = $1 AND s.state = 'active' AND NOT o.is_active \
-             ORDER BY s.id LIMIT $4 FOR UPDATE OF s FOR SHARE OF o"
+             AND s.expires_at > $2 ORDER BY s.id LIMIT $4 FOR UPDATE OF s FOR SHARE OF o"
         ))
         .bind(organization_id)
         .bind(event_at)

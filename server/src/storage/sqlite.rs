@@ -496,10 +496,10 @@ impl SessionStore for SqliteStore {
                 let ids: Vec<i64> = c
                     .prepare_cached(
                         "SELECT s.id FROM access_sessions s JOIN organizations o ON o.id = s.organization_id \
-                         WHERE s.organization_id = ? AND s.state = 'active' AND NOT o.is_active \
-                         ORDER BY s.id LIMIT ?",
+                         WHERE s.organization_id = ?1 AND s.state = 'active' AND NOT o.is_active \
+                         AND s.expires_at > ?2 ORDER BY s.id LIMIT ?3",
                     )?
-                    .query_map(params![organization_id, limit], |r| r.get(0))?
+                    .query_map(params![organization_id, event_at, limit], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
                 let mut stopped = Vec::with_capacity(ids.len());
                 for id in ids {
@@ -1251,17 +1251,27 @@ fn stop_in(
     event_at: i64,
     due_by: Option<i64>,
 ) -> Result<bool, StorageError> {
-    let ended: Option<(i64, String, String, String, String)> = c
+    // Never before the session began (an operator's stop asked for on another machine's
+    // clock, or before a clock step).
+    let ended: Option<(i64, i64, String, String, String, String)> = c
         .prepare_cached(
-            "UPDATE access_sessions SET state = 'stopped', stopped_at = ?1, terminate_cause = ?2 \
+            "UPDATE access_sessions SET state = 'stopped', stopped_at = MAX(?1, started_at), terminate_cause = ?2 \
              WHERE id = ?3 AND state = 'active' AND (?4 IS NULL OR expires_at <= ?4) \
-             RETURNING started_at, organization_id, username, client_ip, acct_session_id",
+             RETURNING started_at, stopped_at, organization_id, username, client_ip, acct_session_id",
         )?
         .query_row(params![event_at, cause, id, due_by], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
         })
         .optional()?;
-    let Some((started_at, organization_id, username, client_ip, acct_session_id)) = ended else {
+    let Some((started_at, event_at, organization_id, username, client_ip, acct_session_id)) = ended
+    else {
         return Ok(false);
     };
     let session_time = super::whole_seconds_between(started_at, event_at);
