@@ -353,6 +353,30 @@ impl PortalBackend {
             .map_err(|e| web_session_failed("reading the web session", &e))
     }
 
+    /// Whether organization `org` may be signed in to now (the guard, on the stored flag): a
+    /// sign-in answered with a session it opened earlier is refused like a new one once the
+    /// organization is disabled.
+    async fn sign_in_allowed(
+        &self,
+        org: &str,
+        username: &str,
+        ip: IpAddr,
+    ) -> Result<(), PortalError> {
+        let client_ip = ip.to_string();
+        self.sessions
+            .guarded_organization(
+                org,
+                crate::organizations::guard::Operation::Login,
+                crate::access_session::Who {
+                    username,
+                    client_ip: &client_ip,
+                },
+            )
+            .await
+            .map(drop)
+            .map_err(user_error)
+    }
+
     /// The running access session a web session is linked to in organization `org`, if any.
     async fn linked_running(
         &self,
@@ -501,6 +525,9 @@ impl PortalBackend {
             if let Some(session) = self.sessions.active(id).await.map_err(user_error)? {
                 tracing::debug!(acct_session_id = %session.acct_session_id,
                     "the same sign-in submitted again: answered with its session");
+                // A disable since is the answer (its stop job may not have reached the
+                // session yet): the guard holds for a sign-in answered from memory too.
+                self.sign_in_allowed(&org_id, &username, ip).await?;
                 // Not ended if this fails: the first answer linked it already.
                 link_to_end(&self.sessions, saved, &web, (&org_id, &username), &session)
                     .await
@@ -529,6 +556,7 @@ impl PortalBackend {
                 if names_alike(&session.username, &username)
                     || typed_then.is_some_and(|then| names_alike(&then, &username))
                 {
+                    self.sign_in_allowed(&org_id, &username, ip).await?;
                     return Ok(Prepared::Answered(Ok(self.view(&session))));
                 }
                 crate::throttled!(warn, "sign-in with another name on an out-of-date form token from a browser signed in already: refused");

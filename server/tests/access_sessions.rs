@@ -975,6 +975,45 @@ async fn an_out_of_date_sign_in_form_from_a_signed_in_browser_shows_its_session(
     app.stop().await;
 }
 
+/// A disable is the answer to the form sent again also before its stop job has reached the
+/// browser's session: the sign-in page's own form is not answered "connected" for a disabled
+/// organization, and nothing is sent.
+#[tokio::test]
+async fn a_form_sent_again_after_a_disable_is_refused_before_the_stop_job_runs() {
+    let (radius, app, _dir) = portal_with_one_server().await;
+    let browser = app.browser(CLIENT);
+    let token = browser.form_token("/").await;
+    let form = carol_form(&token);
+    let first = browser.post_raw("/api/login", "/", &form, &[]).await;
+    assert_eq!(first.path, "/session", "{}", first.body);
+    radius.wait_for_acct(&["status=Start", "user=carol"]).await;
+
+    // Stored as `org disable` stores it; the job worker learns of it at its next poll.
+    app.storage
+        .set_organization_active(
+            "acme",
+            false,
+            "test",
+            radius_portal::access_session::now_ms(),
+        )
+        .await
+        .unwrap();
+    let again = browser.post_raw("/api/login", "/", &form, &[]).await;
+    let still_running = app.storage.active_sessions().await.unwrap() == 1;
+
+    assert!(!again.body.contains("You are connected"), "{}", again.body);
+    if still_running {
+        // The moment this test is about (the stop job ran at once only on a very slow machine).
+        assert!(
+            again.body.contains("This organization is disabled"),
+            "{}",
+            again.body
+        );
+    }
+    assert_eq!(access_requests_of(&radius, "carol"), 1);
+    app.stop().await;
+}
+
 /// The out-of-date form of a browser whose session the RADIUS server named differently (a
 /// User-Name in the Accept: `mirror` became another name altogether) is the same sign-in when
 /// it carries the name typed then: the browser is shown its session, not told it is signed in
