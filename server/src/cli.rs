@@ -422,6 +422,7 @@ async fn check_against_database(settings: &Settings) -> anyhow::Result<Vec<Strin
                 crate::organizations::ServerMoves::Refused,
             )
             .await
+            .map_err(|e| e.at_line(settings))
             .with_context(|| {
                 format!("`serve` would refuse this configuration with the database {location}")
             })?;

@@ -227,6 +227,10 @@ pub struct Settings {
     /// Organizations (tenants). For now the first one is the one the login page signs into.
     #[serde(default)]
     pub organizations: Vec<OrganizationSettings>,
+    /// The file these settings were read from (not a setting): a check made later, against the
+    /// database, names the line of the key it refuses too ([`Settings::at_line`]).
+    #[serde(skip)]
+    pub file: Option<std::path::PathBuf>,
 }
 
 /// `[metrics]`
@@ -1372,8 +1376,19 @@ impl Settings {
             }
             None => (Settings::default(), None),
         };
+        settings.file = path.map(Path::to_path_buf);
         settings.apply_process_env()?;
         Ok((settings, text))
+    }
+
+    /// `e` (about a key of these settings) with the line of the file it is at, as the file's
+    /// own errors say it (`organizations[0].servers (line 12)`).
+    pub fn at_line(&self, e: ConfigError) -> ConfigError {
+        let text = self
+            .file
+            .as_deref()
+            .and_then(|path| std::fs::read_to_string(path).ok());
+        at_line_in(e, text)
     }
 
     /// Applies this process's environment overrides, and names on stderr each variable that
@@ -1762,11 +1777,17 @@ pub(crate) fn locate(text: &str, offset: usize) -> String {
 /// is set — or, for a key the file leaves out (a default, a missing secret), where the
 /// nearest table or key that holds it is.
 fn line_of(text: &str, wanted: &str) -> Option<usize> {
-    let holds = |path: &str| {
+    // A key holding it, or (for an array of tables named whole: `organizations[0].servers`)
+    // the header of its first table.
+    let holds = |path: &str, header: bool| {
         wanted == path
             || wanted
                 .strip_prefix(path)
                 .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+            || (header
+                && path
+                    .strip_prefix(wanted)
+                    .is_some_and(|rest| rest.starts_with('[') && !rest.contains('.')))
     };
     let mut best: Option<(usize, usize)> = None;
     for line in lines_in_tables(text) {
@@ -1776,7 +1797,7 @@ fn line_of(text: &str, wanted: &str) -> Option<usize> {
             (false, Some(key), None) => key.to_string(),
             _ => continue,
         };
-        if holds(&path) && best.is_none_or(|(len, _)| path.len() > len) {
+        if holds(&path, line.header) && best.is_none_or(|(len, _)| path.len() > len) {
             best = Some((path.len(), line.number));
         }
     }

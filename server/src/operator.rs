@@ -737,8 +737,18 @@ async fn set_state(storage: &Storage, id: &str, active: bool) -> anyhow::Result<
         Some(false) => say!("organization {id} is already disabled"),
         Some(true) if active => say!("organization {id} enabled"),
         Some(true) => {
-            let open = storage.active_session_ids_of(id).await?.len();
-            say!("organization {id} disabled: logins and refreshes are refused; its {open} open session(s) are stopped (Accounting-Stop, Admin-Reset) by the running portal at once, or by the next start if none runs (their Stops say they ended now)");
+            // Those past their deadline (no portal ran to end them) end by it instead.
+            let now = crate::access_session::now_ms();
+            let (open, due): (Vec<_>, Vec<_>) = storage
+                .active_sessions_of(Some(id), i64::MAX)
+                .await?
+                .into_iter()
+                .partition(|s| s.expires_at > now);
+            let due = match due.len() {
+                0 => String::new(),
+                n => format!("; {n} more had passed their deadline while no portal ran and end by it (Idle- or Session-Timeout, at that time)"),
+            };
+            say!("organization {id} disabled: logins and refreshes are refused; its {} open session(s) are stopped (Accounting-Stop, Admin-Reset) by the running portal at once, or by the next start if none runs (their Stops say they ended now){due}", open.len());
         }
     }
     Ok(Outcome::Done)

@@ -218,6 +218,7 @@ impl Application {
         };
         crate::organizations::seed(&storage, &settings.organizations, moves)
             .await
+            .map_err(|e| e.at_line(settings))
             .context("while storing the configured organizations")?;
         let organizations = Arc::new(
             Organizations::load(&storage)

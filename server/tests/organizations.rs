@@ -526,14 +526,27 @@ async fn stops_an_operator_asks_for_while_no_portal_runs_say_when_they_were_aske
         .login("acme", "erin", "erin-pass", ip(41))
         .await
         .unwrap();
+    // A limit of 3 s (Session-Timeout): over before the disable is asked for.
+    let over = app
+        .sessions
+        .login("acme", "ivan", "ivan-pass", ip(42))
+        .await
+        .unwrap();
     let mut started = Vec::new();
-    for s in [&terminated, &disabled] {
+    for s in [&terminated, &disabled, &over] {
         let start = radius
             .wait_for_acct(&["status=Start", &format!("sid={}", s.acct_session_id)])
             .await;
         started.push(field(&start, "event_ts").parse::<i64>().unwrap());
     }
+    let storage = app.storage.clone();
     app.stop().await;
+    // Still open when the portal stopped, unless this machine took 3 s to get here.
+    let over_open = storage.session(over.id).await.unwrap().unwrap().active;
+    wait_until("the 3 s session's deadline passes", || async {
+        unix_secs() * 1000 > over.expires_at + 1000
+    })
+    .await;
 
     // Asked for while no portal runs on the database.
     let asked_from = unix_secs();
@@ -549,6 +562,12 @@ async fn stops_an_operator_asks_for_while_no_portal_runs_say_when_they_were_aske
     );
     let disable = portal(&config, &["org", "disable", "acme"]).await;
     assert!(disable.status.success(), "{disable:?}");
+    let said = String::from_utf8_lossy(&disable.stdout);
+    assert!(
+        said.contains("its 2 open session(s) are stopped")
+            && (!over_open || said.contains("1 more had passed their deadline")),
+        "{said}"
+    );
     let asked_by = unix_secs();
     // The portal starts again later, as it would after an outage.
     wait_until("three seconds pass", || async {
@@ -581,6 +600,19 @@ async fn stops_an_operator_asks_for_while_no_portal_runs_say_when_they_were_aske
         let record = app.storage.session(s.id).await.unwrap().unwrap();
         assert_eq!(record.stopped_at.map(|at| at / 1000), Some(ended));
     }
+    // The session over before the disable ended by its limit, at its limit.
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={}", over.acct_session_id)])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Session-Timeout", "{stop}");
+    assert_eq!(
+        field(&stop, "event_ts"),
+        (over.expires_at / 1000).to_string()
+    );
+    assert_eq!(
+        field(&stop, "session_time"),
+        (over.expires_at / 1000 - started[2]).to_string()
+    );
     app.stop().await;
 }
 
@@ -1537,9 +1569,9 @@ timeout = "500ms"
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{out:?}");
     assert!(
-        stderr.contains("organizations[0].servers")
+        stderr.contains("organizations[0].servers (line 9)")
             && stderr.contains("server `primary` would be removed"),
-        "{stderr}"
+        "the key and the line of its first server table: {stderr}"
     );
 
     // Kept by name but sending accounting elsewhere (another accounting port): refused too —

@@ -138,6 +138,16 @@ pub enum OrganizationError {
     Corrupt(String, String),
 }
 
+impl OrganizationError {
+    /// A refused key of the configuration file with its line (`settings` read from it).
+    pub fn at_line(self, settings: &crate::config::Settings) -> Self {
+        match self {
+            OrganizationError::Config(e) => OrganizationError::Config(settings.at_line(e)),
+            other => other,
+        }
+    }
+}
+
 /// The organizations this process knows, by id, each with the revision it was built from.
 /// Unknown ids resolve to `None` (the guard then denies: fail closed). Shared as `Arc`.
 #[derive(Debug)]
