@@ -698,12 +698,19 @@ struct SignIn {
 const MAX_SIGN_INS_UNDER_WAY: usize = 4096;
 
 /// Whether the name typed into a sign-in form may be the one `session_name` was opened with:
-/// equal ignoring case, or one holding the other — the server may have answered with a
-/// User-Name of its own (a realm stripped, `carol@corp` → `carol`; a domain added, `CORP\carol`).
-/// Only ever compared with the browser's own running session.
+/// equal ignoring case, or one is the other without its realm or domain — the server may have
+/// answered with a User-Name of its own (a realm stripped, `carol@corp` → `carol`; a domain
+/// added, `CORP\carol`). Not any name one holds the other in (`ju` is not `judy`), nor the
+/// same user in another realm. Only ever compared with the browser's own running session.
 fn names_alike(session_name: &str, typed: &str) -> bool {
     let (session_name, typed) = (session_name.to_lowercase(), typed.to_lowercase());
-    !typed.is_empty() && (session_name.contains(&typed) || typed.contains(&session_name))
+    // The user part: after a `DOMAIN\`, before an `@realm`.
+    let bare = |name: &str| -> String {
+        let user = name.rsplit_once('\\').map_or(name, |(_, user)| user);
+        user.split_once('@').map_or(user, |(user, _)| user).to_owned()
+    };
+    !typed.is_empty()
+        && (session_name == typed || bare(&session_name) == typed || bare(&typed) == session_name)
 }
 
 /// A browser signed in already sent an out-of-date sign-in form with another name.
@@ -1146,6 +1153,14 @@ mod tests {
         assert!(names_alike("CORP\\carol", "carol"));
         assert!(!names_alike("carol", "erin"));
         assert!(!names_alike("carol", ""));
+        // Not a part of a name, nor the same user in another realm.
+        assert!(!names_alike("judy", "ju"));
+        assert!(!names_alike("lena", "e"));
+        assert!(!names_alike("kate", "xkatex"));
+        assert!(!names_alike("rw@example.org", "rw@other.org"));
+        assert!(!names_alike("rw@example.org", "example.org"));
+        assert!(names_alike("rw@example.org", "RW"));
+        assert!(names_alike("rw", "corp\\rw@example.org"));
     }
 
     use super::*;
