@@ -707,7 +707,9 @@ fn names_alike(session_name: &str, typed: &str) -> bool {
     // The user part: after a `DOMAIN\`, before an `@realm`.
     let bare = |name: &str| -> String {
         let user = name.rsplit_once('\\').map_or(name, |(_, user)| user);
-        user.split_once('@').map_or(user, |(user, _)| user).to_owned()
+        user.split_once('@')
+            .map_or(user, |(user, _)| user)
+            .to_owned()
     };
     !typed.is_empty()
         && (session_name == typed || bare(&session_name) == typed || bare(&typed) == session_name)

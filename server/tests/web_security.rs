@@ -606,6 +606,17 @@ async fn pages_are_whole_with_their_csp_nonce_and_unknown_paths_get_the_not_foun
         ("/", 200, "name=\"password\""),
         ("/no/such/page", 404, "Page not found"),
         ("/o/acme/missing.txt", 404, "Page not found"),
+        // Its way back is the sign-in page of the portal the path was under.
+        (
+            "/o/acme/missing.txt",
+            404,
+            r#"href="/o/acme/" class="text-blue-800 underline">Go to"#,
+        ),
+        (
+            "/no/such/page",
+            404,
+            r#"href="/" class="text-blue-800 underline">Go to"#,
+        ),
         // Not a page either (the app's router alone would take it for `/session`).
         ("/session/", 404, "Page not found"),
         // Each page says in its title what it is (tabs, screen readers).

@@ -8,7 +8,10 @@ pub fn NotFound() -> impl IntoView {
     if let Some(response) = use_context::<leptos_axum::ResponseOptions>() {
         response.set_status(http::StatusCode::NOT_FOUND);
     }
-    let demo = super::site_info().is_some_and(|info| info.demo);
+    let info = super::site_info();
+    let demo = info.as_ref().is_some_and(|info| info.demo);
+    // The sign-in page of the organization whose portal the path was under (`/o/{slug}/…`).
+    let home = format!("{}/", info.map(|info| info.base).unwrap_or_default());
     // `/o/{slug}/…` of no organization (the server sends it here): said as such, and no link to
     // the first organization's sign-in, which is not the one the visitor was looking for.
     #[cfg(feature = "ssr")]
@@ -25,7 +28,7 @@ pub fn NotFound() -> impl IntoView {
         .into_any()
     } else {
         view! {
-            <p class="mt-4"><a class="text-blue-800 underline" href="/">"Go to the sign-in page"</a></p>
+            <p class="mt-4"><a class="text-blue-800 underline" href=home>"Go to the sign-in page"</a></p>
         }
         .into_any()
     };
