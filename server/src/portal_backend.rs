@@ -7,6 +7,7 @@ use crate::{
     access_session::{now_ms, timing, AccessSessions, SessionError},
     config::RateLimitSettings,
     http::web_session::SavedDuringRequest,
+    http::LONGEST_WINDOW_KEY,
     http::{
         client_ip::ClientIp,
         form_token::{AnonId, FormTokens},
@@ -126,9 +127,6 @@ async fn link_to_end(
         )
         .await
 }
-
-/// Web-session key holding the longest window of the access sessions it was linked to.
-const LONGEST_WINDOW_KEY: &str = "longest_window_ms";
 
 /// Sets the web session's inactivity deadline for an access session of window `window_ms`
 /// linked to it (signed in or refreshed): from the longest window of those it has been linked

@@ -1065,6 +1065,13 @@ async fn a_sign_in_in_another_organization_never_shortens_the_browsers_link_nor_
             .await
             .unwrap();
         let status = answer.status().as_u16();
+        // Whatever changes the web session keeps the deadline the longest window linked to it
+        // needs (a Disconnect here while beta's session runs on too).
+        assert_eq!(
+            common::web_session_max_age(&answer),
+            Some(3 * 86_400),
+            "{action}"
+        );
         assert_eq!(status, 200, "{action}: {}", answer.text().await.unwrap());
     }
     a.wait_for_acct(&["status=Stop", "user=wendy"]).await;

@@ -545,6 +545,12 @@ pub(crate) fn caller_error(
 pub const WEB_SESSION_EXPIRY: Expiry =
     Expiry::OnInactivity(tower_sessions::cookie::time::Duration::days(1));
 
+/// Web-session key holding the longest window of the access sessions it was linked to (ms):
+/// every save of the web session keeps the deadline that window needs
+/// ([`web_session::WebSessions::close`]), whatever changed it (a Disconnect in another
+/// organization, a form token for another organization's page).
+pub(crate) const LONGEST_WINDOW_KEY: &str = "longest_window_ms";
+
 /// The inactivity deadline of a web session linked to an access session of window `window_ms`:
 /// the window and a day more, so the browser never loses the session it controls before the
 /// session can end (an Idle-Timeout of days), and its page can still say how it ended for a

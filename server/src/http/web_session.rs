@@ -137,6 +137,14 @@ impl WebSessions {
                 return;
             }
             let saved_already = saved.0.load(Ordering::SeqCst);
+            // A change that is not a sign-in or a refresh (a Disconnect in one organization,
+            // a form token for another's page) keeps the deadline the longest linked window
+            // needs: the session was opened with the default day.
+            if !saved_already {
+                if let Ok(Some(longest)) = session.get::<i64>(super::LONGEST_WINDOW_KEY).await {
+                    session.set_expiry(Some(super::web_session_expiry(longest)));
+                }
+            }
             if let Err(e) = if saved_already {
                 Ok(())
             } else {
