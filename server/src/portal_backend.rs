@@ -414,18 +414,26 @@ impl PortalBackend {
         supplied: &str,
     ) -> Result<bool, PortalError> {
         let stored = stored_form_tokens(web, org).await?;
-        // Once the browser has signed in, only its stored tokens count (replaced at each
-        // sign-in); before, the signed token of its anonymous cookie.
-        if !stored.is_empty() {
-            return Ok(stored
-                .iter()
-                .any(|expected| tokens_match(expected, supplied)));
+        if stored
+            .iter()
+            .any(|expected| tokens_match(expected, supplied))
+        {
+            return Ok(true);
         }
-        Ok(request
-            .extensions
-            .get::<AnonId>()
-            .map(|anon| self.form_tokens.token_for(anon))
-            .is_some_and(|expected| tokens_match(&expected, supplied)))
+        // Once the browser has signed in to this organization, only its stored tokens count
+        // (replaced at each sign-in); before, the signed token of its anonymous cookie too —
+        // also after a sign-in to another organization, whose page alone it makes out of date.
+        let signed_in_here = web
+            .get::<String>(&form_token_key(org))
+            .await
+            .map_err(|e| web_session_failed("reading the web session", &e))?
+            .is_some();
+        Ok(!signed_in_here
+            && request
+                .extensions
+                .get::<AnonId>()
+                .map(|anon| self.form_tokens.token_for(anon))
+                .is_some_and(|expected| tokens_match(&expected, supplied)))
     }
 
     /// The organization a request is for: its `/o/{slug}` scope, else the default.

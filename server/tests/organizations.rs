@@ -1010,6 +1010,47 @@ accent_color = "#0f766e"
     app.stop().await;
 }
 
+/// A sign-in page of one organization opened before the browser signed in to another is not
+/// out of date: its form signs in there (its token is the anonymous visitor's, which only a
+/// sign-in to that organization itself replaces). The other's own old page is out of date.
+#[tokio::test]
+async fn a_sign_in_page_opened_before_a_sign_in_to_another_organization_still_signs_in() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&two_organizations(&db, &a, &b)).await;
+    let browser = app.browser(Ipv4Addr::new(127, 0, 5, 32));
+    let beta_page = browser.form_token("/o/beta/").await;
+    let acme_page = browser.form_token("/").await;
+    let post = |path: &'static str, user: &'static str, token: String| {
+        let browser = &browser;
+        async move {
+            browser
+                .http
+                .post(format!("{}{path}", browser.base))
+                .header("accept", "application/json")
+                .form(&[
+                    ("username", user),
+                    ("password", &format!("{user}-pass")),
+                    ("csrf", &token),
+                ])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let acme = post("/api/login", "carol", acme_page.clone()).await;
+    assert_eq!(acme.status().as_u16(), 200);
+    let beta = post("/o/beta/api/login", "judy", beta_page).await;
+    let status = beta.status().as_u16();
+    assert_eq!(status, 200, "{}", beta.text().await.unwrap());
+    b.wait_for_acct(&["status=Start", "user=judy"]).await;
+    // Acme's own page from before its sign-in is out of date there (another name: refused).
+    let again = post("/api/login", "erin", acme_page).await;
+    assert_ne!(again.status().as_u16(), 200);
+    assert!(a.auth_lines().iter().all(|l| !l.contains("erin")));
+    app.stop().await;
+}
+
 /// `/o/{slug}/` is that organization's portal: its name and form, its session page, its
 /// Captive API; a login there never touches the default organization's session; an unknown
 /// slug is a 404; a disabled organization's page says so and has no form.
