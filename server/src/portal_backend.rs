@@ -1110,6 +1110,11 @@ impl PortalService for PortalBackend {
                 {
                     tracing::warn!(error = %e, "the web session could not forget its ended session");
                 }
+            } else {
+                // Nothing linked here any more: a page left open after its session was
+                // disconnected on another page (the browser signed in elsewhere too, so its
+                // web session and the page's token live on). Said as such, not as nothing.
+                crate::http::flash::mark_notice(app::dto::Notice::AlreadyEnded);
             }
             Ok(scope.base)
         }

@@ -1051,6 +1051,50 @@ async fn a_sign_in_page_opened_before_a_sign_in_to_another_organization_still_si
     app.stop().await;
 }
 
+/// Disconnect pressed again on a second page of a session already disconnected on the first,
+/// in a browser signed in to another organization too (its web session lives on): the sign-in
+/// page says the session had already ended, not nothing.
+#[tokio::test]
+async fn a_second_disconnect_with_another_organization_signed_in_says_the_session_had_ended() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&two_organizations(&db, &a, &b)).await;
+    let browser = app.browser(Ipv4Addr::new(127, 0, 5, 33));
+    assert_eq!(browser.login("carol", "carol-pass").await.path, "/session");
+    let token = browser.form_token("/o/beta/").await;
+    let beta = browser
+        .post_raw(
+            "/o/beta/api/login",
+            "/o/beta/",
+            &[
+                ("username", "judy"),
+                ("password", "judy-pass"),
+                ("csrf", &token),
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(beta.path, "/o/beta/session", "{}", beta.body);
+    let token = browser.form_token("/session").await;
+
+    let first = browser
+        .post_raw("/api/disconnect", "/session", &[("csrf", &token)], &[])
+        .await;
+    assert!(
+        first.body.contains("You are disconnected"),
+        "{}",
+        first.body
+    );
+    let second = browser
+        .post_raw("/api/disconnect", "/session", &[("csrf", &token)], &[])
+        .await;
+    assert_eq!(second.path, "/");
+    assert!(second.body.contains("had already ended"), "{}", second.body);
+    // Beta's session runs on.
+    assert!(browser.get("/o/beta/session").await.body.contains("judy"));
+    app.stop().await;
+}
+
 /// `/o/{slug}/` is that organization's portal: its name and form, its session page, its
 /// Captive API; a login there never touches the default organization's session; an unknown
 /// slug is a 404; a disabled organization's page says so and has no form.
