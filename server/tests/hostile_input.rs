@@ -114,6 +114,31 @@ async fn hostile_logins_get_clear_4xx_answers_and_send_nothing() {
         assert_eq!(got, *status, "{body:.80}: {answer}");
         assert!(answer.contains(text), "{body:.80}: {answer}");
     }
+    // A browser's form over the limit (a pasted file as a password) gets a page saying what
+    // happened and what to do, not a bare line of text.
+    let response = browser
+        .http
+        .post(format!("{}/api/login", browser.base))
+        .header("accept", "text/html")
+        .header("origin", browser.base.clone())
+        .form(&[
+            ("csrf", token.as_str()),
+            ("username", "carol"),
+            ("password", &"x".repeat(20_000)),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains("<title>Request refused") && page.contains("larger than 16384 bytes"),
+        "{page}"
+    );
     // A server fn that does not exist gets the server fns' error answer.
     let response = browser
         .http

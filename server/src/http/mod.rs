@@ -521,8 +521,8 @@ fn portal_error(headers: &axum::http::HeaderMap, error: &app::error::PortalError
 }
 
 /// An error the portal answers before any page or server fn runs (cross-site, unusable
-/// forwarding data, too large or too slow a body): to a page (Accept: text/html) the sentence as
-/// text, to every other caller the same JSON a server fn's error has, `{"error": kind,
+/// forwarding data, too large or too slow a body): to a page (Accept: text/html) a small page with
+/// the sentence and what to do, to every other caller the same JSON a server fn's error has, `{"error": kind,
 /// "message": sentence}`, so a script handles every error one way.
 pub(crate) fn caller_error(
     headers: &axum::http::HeaderMap,
@@ -531,7 +531,26 @@ pub(crate) fn caller_error(
     message: &str,
 ) -> Response {
     if app::service::accepts_html(headers) {
-        (status, format!("{message}\n")).into_response()
+        // A browser (a form posted without JavaScript): a page, saying what to do.
+        let message: String = message
+            .chars()
+            .map(|c| match c {
+                '<' => "&lt;".to_string(),
+                '>' => "&gt;".to_string(),
+                '&' => "&amp;".to_string(),
+                '"' => "&quot;".to_string(),
+                c => c.to_string(),
+            })
+            .collect();
+        let page = format!(
+            "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+             <title>Request refused – Network access portal</title></head>\
+             <body><main><h1>Your request was refused</h1><p>{message}</p>\
+             <p>Go back to the portal's page and send it again from there (reload it first if it was open for long).</p>\
+             </main></body></html>\n"
+        );
+        (status, axum::response::Html(page)).into_response()
     } else {
         (
             status,
