@@ -71,6 +71,7 @@ pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
     // screen reader user otherwise hears nothing of it); a refresh elsewhere is not this one.
     let refreshed = RwSignal::new(None::<i64>);
     let remaining_secs = move || ((deadline.get() - now.get()).max(0.0) / 1000.0).ceil() as u64;
+    let time_up = Memo::new(move |_| remaining_secs() == 0);
     let apply = move |status: PanelStatus| {
         // An answer came: "the portal could not be reached" no longer holds (the stream may
         // come back before any request of the page's own does).
@@ -241,7 +242,13 @@ pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
     view! {
         <div>
             <h1 id="session-title" node_ref=heading tabindex="-1" class="text-2xl font-semibold focus:outline-none">
-                {move || ended.get().map_or("You are connected", |reason| over_texts(reason)[0])}
+                {move || match ended.get() {
+                    Some(reason) => over_texts(reason)[0],
+                    // The end not yet confirmed by the portal (asked every second; it may be
+                    // out of reach): not "connected" at 0:00.
+                    None if time_up.get() => "Your time is up",
+                    None => "You are connected",
+                }}
             </h1>
             <p role="status" class="sr-only">{move || announcement.get()}</p>
             <div data-testid="ended" class="mt-6 text-center" class:hidden=move || ended.get().is_none()>
