@@ -1110,10 +1110,18 @@ impl PortalService for PortalBackend {
                 {
                     tracing::warn!(error = %e, "the web session could not forget its ended session");
                 }
-            } else {
-                // Nothing linked here any more: a page left open after its session was
-                // disconnected on another page (the browser signed in elsewhere too, so its
-                // web session and the page's token live on). Said as such, not as nothing.
+            } else if web
+                .get::<String>(&form_token_key(&scope.id))
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                // Nothing linked here any more, though this browser signed in here: a page
+                // left open after its session was disconnected on another page (the browser
+                // is signed in elsewhere too, so its web session and the page's token live
+                // on). Said as such, not as nothing. (A browser that never signed in here, or
+                // whose web session the first Disconnect deleted, is told nothing.)
                 crate::http::flash::mark_notice(app::dto::Notice::AlreadyEnded);
             }
             Ok(scope.base)
