@@ -1777,17 +1777,22 @@ pub(crate) fn locate(text: &str, offset: usize) -> String {
 /// is set — or, for a key the file leaves out (a default, a missing secret), where the
 /// nearest table or key that holds it is.
 fn line_of(text: &str, wanted: &str) -> Option<usize> {
-    // A key holding it, or (for an array of tables named whole: `organizations[0].servers`)
-    // the header of its first table.
-    let holds = |path: &str, header: bool| {
-        wanted == path
+    // How closely a line's key holds it (the longest key that does wins), or for an array of
+    // tables named whole (`organizations[0].servers`), the header of its first table (as
+    // close as the array itself: the first such header wins, not `servers[10]`).
+    let holds = |path: &str, header: bool| -> Option<usize> {
+        if wanted == path
             || wanted
                 .strip_prefix(path)
                 .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
-            || (header
-                && path
-                    .strip_prefix(wanted)
-                    .is_some_and(|rest| rest.starts_with('[') && !rest.contains('.')))
+        {
+            return Some(path.len());
+        }
+        (header
+            && path
+                .strip_prefix(wanted)
+                .is_some_and(|rest| rest.starts_with('[') && !rest.contains('.')))
+        .then_some(wanted.len())
     };
     let mut best: Option<(usize, usize)> = None;
     for line in lines_in_tables(text) {
@@ -1797,8 +1802,10 @@ fn line_of(text: &str, wanted: &str) -> Option<usize> {
             (false, Some(key), None) => key.to_string(),
             _ => continue,
         };
-        if holds(&path, line.header) && best.is_none_or(|(len, _)| path.len() > len) {
-            best = Some((path.len(), line.number));
+        if let Some(closeness) = holds(&path, line.header) {
+            if best.is_none_or(|(len, _)| closeness > len) {
+                best = Some((closeness, line.number));
+            }
         }
     }
     best.map(|(_, line_no)| line_no)
@@ -1902,6 +1909,12 @@ mod tests {
             Some(13)
         );
         assert_eq!(line_of(tricky, "organizations[1]"), None);
+        // An array of tables named whole: its first table, however many follow.
+        assert_eq!(line_of(tricky, "organizations[0].servers"), Some(12));
+        let many: String = std::iter::once("[[organizations]]\nid = 'x'\n".to_string())
+            .chain((0..11).map(|n| format!("[[organizations.servers]]\nname = 's{n}'\n")))
+            .collect();
+        assert_eq!(line_of(&many, "organizations[0].servers"), Some(3));
         // A key the file does not hold at all is named without a line.
         assert_eq!(line_of(MINIMAL, "http.listen"), None);
         assert_eq!(line_of(MINIMAL, "organizations[1].id"), None);

@@ -560,6 +560,11 @@ async fn stops_an_operator_asks_for_while_no_portal_runs_say_when_they_were_aske
         String::from_utf8_lossy(&terminate.stdout).contains("when the portal next starts"),
         "{terminate:?}"
     );
+    if over_open {
+        // Terminated after its deadline: it ended by its limit all the same.
+        let late = portal(&config, &["session", "terminate", &over.id.to_string()]).await;
+        assert!(late.status.success(), "{late:?}");
+    }
     let disable = portal(&config, &["org", "disable", "acme"]).await;
     assert!(disable.status.success(), "{disable:?}");
     let said = String::from_utf8_lossy(&disable.stdout);
@@ -600,7 +605,7 @@ async fn stops_an_operator_asks_for_while_no_portal_runs_say_when_they_were_aske
         let record = app.storage.session(s.id).await.unwrap().unwrap();
         assert_eq!(record.stopped_at.map(|at| at / 1000), Some(ended));
     }
-    // The session over before the disable ended by its limit, at its limit.
+    // The session over before the disable and the terminate ended by its limit, at its limit.
     let stop = radius
         .wait_for_acct(&["status=Stop", &format!("sid={}", over.acct_session_id)])
         .await;

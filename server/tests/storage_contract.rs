@@ -1095,6 +1095,15 @@ async fn session_time_is_the_difference_of_the_event_timestamps(db: Db) {
         s.session(early).await.unwrap().unwrap().stopped_at,
         Some(started)
     );
+    // Nor before an Interim-Update already queued (a stop asked for while no portal ran, run
+    // after the restart queued the overdue Interims): at the Interim's time.
+    s.stop_session(interim, terminate_cause::ADMIN_RESET, started + 1_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.session(interim).await.unwrap().unwrap().stopped_at,
+        Some(T0 + 301_100)
+    );
 
     // Every row, each session's in order: (session, type, Event-Timestamp, Session-Time).
     let mut sent = Vec::new();
@@ -1124,6 +1133,7 @@ async fn session_time_is_the_difference_of_the_event_timestamps(db: Db) {
             (expired, START, start, None),
             (expired, STOP, start + 61, Some(61)),
             (interim, START, start, None),
+            (interim, STOP, start + 301, Some(301)),
             (interim, INTERIM, start + 301, Some(301)),
             (early, START, start, None),
             (early, STOP, start, Some(0)),

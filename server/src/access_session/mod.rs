@@ -855,17 +855,24 @@ impl AccessSessions {
 
     /// [`Self::stop_by_operator`] for a termination asked for at `asked_at` (a queued job:
     /// perhaps while no portal ran): the Stop says the session ended then (Acct-Delay-Time
-    /// counts the wait). A session whose deadline came first is left to expiry, which stops
-    /// it at that deadline. False if it was not stopped here.
+    /// counts the wait). A session whose deadline came first ended by it: stopped here at that
+    /// deadline with its timeout's cause — never left to expiry, which a refresh on a replica
+    /// whose clock is behind could overtake. False if it was not active.
     pub async fn stop_asked_at(&self, id: i64, asked_at: i64) -> Result<bool, SessionError> {
         let asked_at = asked_at.min(now_ms());
-        match self.record(id).await? {
-            Some(s) if s.active && s.expires_at > asked_at => {
-                self.stop_and_send(id, terminate_cause::ADMIN_RESET, asked_at)
-                    .await
-            }
-            _ => Ok(false),
-        }
+        let Some(s) = self.record(id).await?.filter(|s| s.active) else {
+            return Ok(false);
+        };
+        let (cause, at) = if s.expires_at > asked_at {
+            (terminate_cause::ADMIN_RESET, asked_at)
+        } else {
+            let cause = match timing::ends_by(s.expires_at, s.limit_at) {
+                app::dto::EndsBy::Limit => terminate_cause::SESSION_TIMEOUT,
+                app::dto::EndsBy::Window => terminate_cause::IDLE_TIMEOUT,
+            };
+            (cause, s.expires_at)
+        };
+        self.stop_and_send(id, cause, at).await
     }
 
     /// [`Self::stop_by_operator`] for `session`, audited as `session.terminate` by `actor`

@@ -98,8 +98,8 @@ contract! {
         /// Moves an active session's deadline to `expires_at` (refreshed at `now`) and queues an
         /// Interim-Update. Returns the updated session, or None if it is no longer active.
         fn refresh_session(&self, id: i64, now: i64, expires_at: i64) -> Option<AccessSessionRecord>;
-        /// Stops an active session at `event_at` (never before it started) with `cause` and
-        /// queues its Stop. False if it was not active (already stopped: nothing is queued
+        /// Stops an active session at `event_at` (never before its start, its last refresh or
+        /// an Interim-Update queued for it) with `cause` and queues its Stop. False if it was not active (already stopped: nothing is queued
         /// twice).
         fn stop_session(&self, id: i64, cause: u32, event_at: i64) -> bool;
         /// Stops every active session whose deadline is at or before `now`. Each is stopped at

@@ -272,8 +272,10 @@ macro_rules! pending_head_o {
     };
 }
 
-/// Ends the sessions the `target` query names (columns `id`, `at`, `cause`) if still active:
-/// queues each one's Stop (Acct-Session-Time up to `at`) and writes its audit entry, in one
+/// Ends the sessions the `target` query names (columns `id`, `at`, `cause`) if still active, at
+/// `at` or, if later, what the session already said of itself (its start, last refresh, any
+/// Interim-Update queued; see SQLite's `stop_in`): queues each one's Stop (Acct-Session-Time up
+/// to then) and writes its audit entry, in one
 /// statement. Returns the stopped sessions (`id`, `at`, `cause`). The Stop's destination and
 /// status type and the audit's actor (`user` for User-Request, `1`) are written out because
 /// each caller numbers its own parameters; a test holds them to [`AUTH_SERVER_DESTINATION`],
@@ -282,9 +284,11 @@ macro_rules! stop_sessions {
     ($target:literal) => {
         concat!(
             "WITH target AS (", $target, "), \
-             stopped AS (UPDATE access_sessions s SET state = 'stopped', stopped_at = GREATEST(t.at, s.started_at), terminate_cause = t.cause \
+             stopped AS (UPDATE access_sessions s SET state = 'stopped', stopped_at = GREATEST(t.at, s.started_at, s.refreshed_at, \
+                 (SELECT MAX(o.event_at) FROM accounting_outbox o WHERE o.access_session_id = s.id AND o.status_type = 3)), \
+                 terminate_cause = t.cause \
                FROM target t WHERE s.id = t.id AND s.state = 'active' \
-               RETURNING s.id, s.stopped_at AS at, t.cause, GREATEST(t.at / 1000 - s.started_at / 1000, 0) AS session_time, \
+               RETURNING s.id, s.stopped_at AS at, t.cause, GREATEST(s.stopped_at / 1000 - s.started_at / 1000, 0) AS session_time, \
                  s.organization_id, s.username, s.client_ip, s.acct_session_id), \
              queued AS (INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
                  session_time_secs, terminate_cause, next_attempt_at, created_at) \

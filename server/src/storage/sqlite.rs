@@ -1251,11 +1251,15 @@ fn stop_in(
     event_at: i64,
     due_by: Option<i64>,
 ) -> Result<bool, StorageError> {
-    // Never before the session began (an operator's stop asked for on another machine's
-    // clock, or before a clock step).
+    // Never before what the session already said of itself: its start, its last refresh and
+    // any Interim-Update queued (a stop asked for while no portal ran, run after the restart
+    // queued the overdue Interims; another machine's clock): a Stop dated before them could be
+    // dropped as stale by a server keeping the latest event.
     let ended: Option<(i64, i64, String, String, String, String)> = c
         .prepare_cached(
-            "UPDATE access_sessions SET state = 'stopped', stopped_at = MAX(?1, started_at), terminate_cause = ?2 \
+            "UPDATE access_sessions SET state = 'stopped', stopped_at = MAX(?1, started_at, refreshed_at, \
+               COALESCE((SELECT MAX(o.event_at) FROM accounting_outbox o \
+                 WHERE o.access_session_id = access_sessions.id AND o.status_type = 3), 0)), terminate_cause = ?2 \
              WHERE id = ?3 AND state = 'active' AND (?4 IS NULL OR expires_at <= ?4) \
              RETURNING started_at, stopped_at, organization_id, username, client_ip, acct_session_id",
         )?
