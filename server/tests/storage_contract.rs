@@ -760,6 +760,10 @@ async fn a_stops_copies_are_queued_once_for_their_servers_alone(db: Db) {
             ),
             "the same Stop"
         );
+        // Made when the Stop was acknowledged (its day to wait for its server counts from
+        // then, however long after the session's end that was).
+        assert_eq!(copy.created_at, T0 + MINUTE + 1);
+        assert_eq!(stop.created_at, T0 + MINUTE);
         assert_eq!((copy.attempts, copy.transmissions), (1, 0));
     }
     // A copy waiting for its server does not hold the server: removing it dead-letters the copy.

@@ -226,8 +226,10 @@ impl Recoveries {
     }
 }
 
-/// A copy of a Stop whose server stays down this long after the session ended is given up
-/// (dead-lettered with the reason).
+/// A copy of a Stop whose server stays down this long after the copy was made (the session's
+/// Stop acknowledged by another server) is given up (dead-lettered with the reason). Counted
+/// from then, not from the session's end: a Stop sent late (a disable made while no portal
+/// ran, an expiry during an outage) gives its copies their day too.
 pub const COPY_GIVE_UP_MS: i64 = 24 * 3_600_000;
 
 /// Where an accounting row goes ([`pick_server`]).
@@ -833,8 +835,8 @@ impl Accounting {
             }
         }
         let Some(org) = org else {
-            if row.copy_to.is_some() && now - row.event_at > COPY_GIVE_UP_MS {
-                let reason = "its organization could not be used for a day after the session ended";
+            if row.copy_to.is_some() && now - row.created_at > COPY_GIVE_UP_MS {
+                let reason = "its organization could not be used for a day after the copy was made";
                 return self.dead_letter(&row, acct_id, reason.into()).await;
             }
             // Never drop an Interim or Stop: a firewall identity would outlive its session.
@@ -1137,9 +1139,9 @@ impl Accounting {
             if health.admit(server, Port::Acct) {
                 return Ok(Ok((server, false)));
             }
-            if now - row.event_at > COPY_GIVE_UP_MS {
+            if now - row.created_at > COPY_GIVE_UP_MS {
                 let reason =
-                    format!("server `{name}` stayed down for a day after the session ended");
+                    format!("server `{name}` stayed down for a day after the session's Stop was acknowledged");
                 return self.dead_letter(row, acct_id, reason).await.map(Err);
             }
             // Parked until its server is back (a recovery makes every waiting row due).

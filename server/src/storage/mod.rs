@@ -802,6 +802,8 @@ pub struct OutboxRow {
     /// server alone — a Stop for a server that may hold the session open although another
     /// server acknowledged the session's Stop.
     pub copy_to: Option<String>,
+    /// When the row was queued (unix ms): a copy, when the session's Stop was acknowledged.
+    pub created_at: i64,
 }
 
 /// The server a packet of `row` went to that is remembered as one that may hold the session

@@ -259,7 +259,7 @@ macro_rules! select_sessions {
 macro_rules! outbox_columns {
     () => {
         "id, access_session_id, status_type, event_at, session_time_secs, terminate_cause, attempts, transmissions, \
-         claimed_until, destination"
+         claimed_until, destination, created_at"
     };
 }
 
@@ -344,6 +344,7 @@ fn outbox_from_row(row: &PgRow) -> Result<OutboxRow, StorageError> {
         transmissions: row.try_get(7)?,
         lease_until: row.try_get::<Option<i64>, _>(8)?.unwrap_or_default(),
         copy_to: super::copy_target(&row.try_get::<String, _>(9)?),
+        created_at: row.try_get(10)?,
     })
 }
 

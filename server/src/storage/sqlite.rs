@@ -59,7 +59,7 @@ macro_rules! head_o {
 macro_rules! outbox_columns {
     () => {
         "id, access_session_id, status_type, event_at, session_time_secs, terminate_cause, attempts, transmissions, \
-         claimed_until, destination"
+         claimed_until, destination, created_at"
     };
 }
 
@@ -192,6 +192,7 @@ fn outbox_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
         transmissions: row.get(7)?,
         lease_until: row.get::<_, Option<i64>>(8)?.unwrap_or_default(),
         copy_to: super::copy_target(&row.get::<_, String>(9)?),
+        created_at: row.get(10)?,
     })
 }
 
