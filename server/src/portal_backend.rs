@@ -711,12 +711,10 @@ const MAX_SIGN_INS_UNDER_WAY: usize = 4096;
 fn names_alike(session_name: &str, typed: &str) -> bool {
     let (session_name, typed) = (session_name.to_lowercase(), typed.to_lowercase());
     // The user part: after a `DOMAIN\`, before an `@realm`.
-    let bare = |name: &str| -> String {
+    fn bare(name: &str) -> &str {
         let user = name.rsplit_once('\\').map_or(name, |(_, user)| user);
-        user.split_once('@')
-            .map_or(user, |(user, _)| user)
-            .to_owned()
-    };
+        user.split_once('@').map_or(user, |(user, _)| user)
+    }
     !typed.is_empty()
         && (session_name == typed || bare(&session_name) == typed || bare(&typed) == session_name)
 }

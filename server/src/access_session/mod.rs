@@ -866,11 +866,10 @@ impl AccessSessions {
         let (cause, at) = if s.expires_at > asked_at {
             (terminate_cause::ADMIN_RESET, asked_at)
         } else {
-            let cause = match timing::ends_by(s.expires_at, s.limit_at) {
-                app::dto::EndsBy::Limit => terminate_cause::SESSION_TIMEOUT,
-                app::dto::EndsBy::Window => terminate_cause::IDLE_TIMEOUT,
-            };
-            (cause, s.expires_at)
+            (
+                timing::deadline_cause(s.expires_at, s.limit_at),
+                s.expires_at,
+            )
         };
         self.stop_and_send(id, cause, at).await
     }

@@ -69,6 +69,16 @@ pub fn ends_by(expires_at: i64, limit_at: Option<i64>) -> EndsBy {
     }
 }
 
+/// The Acct-Terminate-Cause of a session ended by its deadline: Session-Timeout when the
+/// limit ends it, else Idle-Timeout (the window ran out).
+pub fn deadline_cause(expires_at: i64, limit_at: Option<i64>) -> u32 {
+    use crate::radius::terminate_cause;
+    match ends_by(expires_at, limit_at) {
+        EndsBy::Limit => terminate_cause::SESSION_TIMEOUT,
+        EndsBy::Window => terminate_cause::IDLE_TIMEOUT,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,10 +75,7 @@ pub async fn session_events(
 ) -> Response {
     let scope = scope
         .map(|axum::extract::Extension(s)| s)
-        .unwrap_or(super::org_scope::OrgScope {
-            id: String::new(),
-            base: String::new(),
-        });
+        .unwrap_or_default();
     // A web session that cannot be read now (the database away) is not "none": the page would
     // take its session for ended. The stream ends at once; the browser reconnects in a moment.
     let id = match live.backend.linked_session_id(&web, &scope.id).await {

@@ -532,16 +532,17 @@ pub(crate) fn caller_error(
 ) -> Response {
     if app::service::accepts_html(headers) {
         // A browser (a form posted without JavaScript): a page, saying what to do.
-        let message: String = message
-            .chars()
-            .map(|c| match c {
-                '<' => "&lt;".to_string(),
-                '>' => "&gt;".to_string(),
-                '&' => "&amp;".to_string(),
-                '"' => "&quot;".to_string(),
-                c => c.to_string(),
-            })
-            .collect();
+        let mut escaped = String::with_capacity(message.len());
+        for c in message.chars() {
+            match c {
+                '<' => escaped.push_str("&lt;"),
+                '>' => escaped.push_str("&gt;"),
+                '&' => escaped.push_str("&amp;"),
+                '"' => escaped.push_str("&quot;"),
+                c => escaped.push(c),
+            }
+        }
+        let message = escaped;
         let page = format!(
             "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
              <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\

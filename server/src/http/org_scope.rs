@@ -31,7 +31,7 @@ fn site_wide(rest: &str) -> bool {
 }
 
 /// The organization of a request and the path prefix its pages live under.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OrgScope {
     /// Organization id (slug).
     pub id: String,

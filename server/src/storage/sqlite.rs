@@ -466,11 +466,7 @@ impl SessionStore for SqliteStore {
                     .collect::<Result<_, _>>()?;
                 let mut stopped = Vec::new();
                 for (id, expires_at, limit_at) in due {
-                    let cause = if limit_at.is_some_and(|l| l <= expires_at) {
-                        terminate_cause::SESSION_TIMEOUT
-                    } else {
-                        terminate_cause::IDLE_TIMEOUT
-                    };
+                    let cause = crate::access_session::timing::deadline_cause(expires_at, limit_at);
                     if stop_in(c, id, cause, expires_at, Some(now))? {
                         stopped.push(Stopped {
                             id,
