@@ -724,6 +724,14 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
 /// follows from it.
 async fn set_state(storage: &Storage, id: &str, active: bool) -> anyhow::Result<Outcome> {
     let cache = cache(storage).await?;
+    // A disable's stop not yet made (no portal ran, or it had not come to it) is skipped by
+    // the enable: its sessions keep running, and the operator hears so.
+    let stop_pending = active
+        && storage
+            .pending_organization_jobs()
+            .await?
+            .iter()
+            .any(|job| job.organization_id == id && job.kind == "stop_sessions");
     match organizations::set_active(storage, &cache, id, active, &actor())
         .await
         .with_context(|| {
@@ -735,7 +743,15 @@ async fn set_state(storage: &Storage, id: &str, active: bool) -> anyhow::Result<
         None => return Ok(Outcome::NotFound(id.to_string())),
         Some(false) if active => say!("organization {id} is already active"),
         Some(false) => say!("organization {id} is already disabled"),
-        Some(true) if active => say!("organization {id} enabled"),
+        Some(true) if active => {
+            let kept = if stop_pending {
+                let open = storage.active_session_ids_of(id).await?.len();
+                format!("; the disable's stop of its sessions had not run yet and is skipped: its {open} open session(s) keep running (`org disable {id}` stops them)")
+            } else {
+                String::new()
+            };
+            say!("organization {id} enabled{kept}");
+        }
         Some(true) => {
             // Those past their deadline (no portal ran to end them) end by it instead.
             let now = crate::access_session::now_ms();

@@ -277,6 +277,20 @@ impl Application {
         );
         let org_worker =
             OrganizationWorker::new(storage.clone(), organizations.clone(), sessions.clone());
+        // So are the stops an operator asked for meanwhile (`session terminate`, `org
+        // disable`): the periodic Interim-Updates due by now would otherwise be queued first,
+        // dated now, and the Stops after them could not say the sessions ended when asked.
+        match org_worker.tick().await {
+            Ok(done) if !done.is_empty() => tracing::info!(
+                jobs = done.len(),
+                "operator stops asked for while the portal was down made"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(
+                error = %crate::portal_backend::error_chain(e.as_ref()),
+                "pending organization jobs failed at start-up; the worker retries them"
+            ),
+        }
         let captive = crate::http::captive::CaptiveApi {
             sessions: sessions.clone(),
             organization_id: organizations.default_id().into(),

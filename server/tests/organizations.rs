@@ -514,16 +514,27 @@ async fn stops_an_operator_asks_for_while_no_portal_runs_say_when_they_were_aske
     let radius = FreeRadius::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (_db, config) = cli_config(dir.path(), &radius);
+    let toml = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        toml.replace(
+            "nas_identifier = \"portal-test\"",
+            "nas_identifier = \"portal-test\"\nmin_interim_interval = \"1s\"",
+        ),
+    )
+    .unwrap();
     let settings = Settings::load(Some(&config)).unwrap();
     let app = TestApp::spawn(&settings).await;
+    // Both with an Interim-Update due every second (kate): none is sent for them when the
+    // portal starts again before their Stops, which would date the Stops then.
     let terminated = app
         .sessions
-        .login("acme", "carol", "carol-pass", ip(40))
+        .login("acme", "kate", "kate-pass", ip(40))
         .await
         .unwrap();
     let disabled = app
         .sessions
-        .login("acme", "erin", "erin-pass", ip(41))
+        .login("acme", "kate", "kate-pass", ip(41))
         .await
         .unwrap();
     // A limit of 3 s (Session-Timeout): over before the disable is asked for.
@@ -618,6 +629,51 @@ async fn stops_an_operator_asks_for_while_no_portal_runs_say_when_they_were_aske
         field(&stop, "session_time"),
         (over.expires_at / 1000 - started[2]).to_string()
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_enable_before_the_disables_stop_ran_says_the_sessions_keep_running() {
+    let radius = FreeRadius::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, config) = cli_config(dir.path(), &radius);
+    let settings = Settings::load(Some(&config)).unwrap();
+    let app = TestApp::spawn(&settings).await;
+    let session = app
+        .sessions
+        .login("acme", "carol", "carol-pass", ip(50))
+        .await
+        .unwrap();
+    let storage = app.storage.clone();
+    app.stop().await;
+
+    let disable = portal(&config, &["org", "disable", "acme"]).await;
+    assert!(disable.status.success(), "{disable:?}");
+    let enable = portal(&config, &["org", "enable", "acme"]).await;
+    assert!(enable.status.success(), "{enable:?}");
+    let said = String::from_utf8_lossy(&enable.stdout);
+    assert!(
+        said.contains("organization acme enabled")
+            && said.contains("is skipped: its 1 open session(s) keep running"),
+        "{said}"
+    );
+    // Enabled again without a stop pending: nothing more to say.
+    let disable = portal(&config, &["org", "disable", "acme"]).await;
+    assert!(disable.status.success(), "{disable:?}");
+    drop(storage);
+    let app = TestApp::spawn(&settings).await;
+    wait_until("the disable's stop ends the session", || async {
+        !app.storage
+            .session(session.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .active
+    })
+    .await;
+    let enable = portal(&config, &["org", "enable", "acme"]).await;
+    let said = String::from_utf8_lossy(&enable.stdout);
+    assert_eq!(said.trim(), "organization acme enabled", "{enable:?}");
     app.stop().await;
 }
 

@@ -38,6 +38,32 @@ async fn with_a_public_url_the_origin_is_checked_against_it_and_urls_come_from_i
         .await
         .unwrap();
     assert_eq!(refused.status(), 403);
+    // A browser's page: styled by its own inline style, which its policy allows by hash and
+    // nothing else; what to do, and a way back to the sign-in page.
+    let csp = refused.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let page = refused.text().await.unwrap();
+    let style = page
+        .split("<style>")
+        .nth(1)
+        .and_then(|rest| rest.split("</style>").next())
+        .unwrap_or_else(|| panic!("an inline style: {page}"));
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(style));
+    assert!(
+        csp.starts_with("default-src 'none'; ")
+            && csp.contains(&format!("style-src 'sha256-{hash}';")),
+        "{csp}"
+    );
+    assert!(
+        page.contains("Cross-site request refused")
+            && page.contains("send it again from there")
+            && page.contains(r#"<a href="/">Go to the sign-in page</a>"#),
+        "{page}"
+    );
     assert!(
         radius.auth_lines().is_empty(),
         "nothing sent for a refused post"

@@ -56,10 +56,16 @@ pub async fn captive_state(
         Some(Extension(scope)) => (scope.id, scope.base),
         None => (api.organization_id.to_string(), String::new()),
     };
+    // A GET: a browser's refusal page links to this portal's sign-in page.
+    let caller = super::Caller {
+        headers: &headers,
+        viewing: true,
+        home: format!("{prefix}/"),
+    };
     let Some(Extension(ClientIp(ip))) = client else {
         // A trusted proxy's request without the forwarding header: whose state is unknown.
         return super::caller_error(
-            &headers,
+            &caller,
             StatusCode::BAD_REQUEST,
             "AddressUnknown",
             &app::error::PortalError::AddressUnknown.to_string(),
@@ -72,7 +78,7 @@ pub async fn captive_state(
             // (the Host check let it through; only this API needs one).
             let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
                 return super::caller_error(
-                    &headers,
+                    &caller,
                     StatusCode::BAD_REQUEST,
                     "BadHost",
                     "Bad request: the captive-portal API needs a Host header to name the portal's URLs (or set [http] public_url).",
@@ -104,7 +110,7 @@ pub async fn captive_state(
                 tracing::error!(error = %crate::portal_backend::error_chain(&e), similar_left_out = left_out, "captive portal API lookup failed");
             }
             return super::caller_error(
-                &headers,
+                &caller,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Unavailable",
                 &app::error::PortalError::Unavailable.to_string(),

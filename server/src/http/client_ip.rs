@@ -301,7 +301,7 @@ pub fn insert_client_ip(trusted: &TrustedProxies, request: &mut Request) -> Opti
         Err(e) => {
             crate::throttled!(warn, peer = %peer.ip(), error = %e, "request refused: unusable forwarding header from a trusted proxy");
             return Some(super::caller_error(
-                request.headers(),
+                &super::Caller::of(request),
                 StatusCode::BAD_REQUEST,
                 "BadForwarding",
                 &format!("Bad request: {e}. The proxy in front of the portal must pass the client's address."),

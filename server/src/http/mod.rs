@@ -520,38 +520,126 @@ fn portal_error(headers: &axum::http::HeaderMap, error: &app::error::PortalError
     }
 }
 
+/// Who an error answered before any page or server fn ran goes to: what its page says and
+/// links to.
+pub(crate) struct Caller<'a> {
+    headers: &'a axum::http::HeaderMap,
+    /// A page asked for (GET/HEAD), not a form sent.
+    viewing: bool,
+    /// The sign-in page of the organization the request was for (`/o/{slug}/` or `/`).
+    home: String,
+}
+
+impl<'a> Caller<'a> {
+    /// From a request's parts, before or after the organization's prefix was taken off.
+    pub(crate) fn new(
+        method: &axum::http::Method,
+        uri: &axum::http::Uri,
+        headers: &'a axum::http::HeaderMap,
+        extensions: &axum::http::Extensions,
+    ) -> Self {
+        let home = match extensions.get::<org_scope::OrgScope>() {
+            Some(scope) => format!("{}/", scope.base),
+            None => org_scope::split_scoped(uri.path())
+                .filter(|(slug, _)| !slug.is_empty())
+                .map_or_else(|| "/".to_string(), |(slug, _)| format!("/o/{slug}/")),
+        };
+        Caller {
+            headers,
+            viewing: matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD),
+            home,
+        }
+    }
+
+    /// [`Caller::new`] of a request.
+    pub(crate) fn of<B>(request: &'a axum::http::Request<B>) -> Self {
+        Self::new(
+            request.method(),
+            request.uri(),
+            request.headers(),
+            request.extensions(),
+        )
+    }
+
+    /// [`Caller::new`] of a request's parts.
+    pub(crate) fn of_parts(parts: &'a axum::http::request::Parts) -> Self {
+        Self::new(&parts.method, &parts.uri, &parts.headers, &parts.extensions)
+    }
+}
+
+/// `text` with the characters HTML gives a meaning escaped, appended to `out`.
+fn push_escaped(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The style of [`caller_error`]'s page: inline (the page must not depend on the site's files),
+/// allowed by its hash in the page's Content-Security-Policy.
+const REFUSED_PAGE_STYLE: &str =
+    "body{font-family:ui-sans-serif,system-ui,sans-serif;color:#111827;margin:0}\
+main{max-width:28rem;margin:0 auto;padding:2.5rem 1rem}h1{font-size:1.5rem;font-weight:600}\
+p{line-height:1.5}a{color:#1e40af}";
+
+/// The Content-Security-Policy of [`caller_error`]'s page: nothing but its own style.
+fn refused_page_policy() -> &'static str {
+    static POLICY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    POLICY.get_or_init(|| {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let hash = base64::engine::general_purpose::STANDARD
+            .encode(sha2::Sha256::digest(REFUSED_PAGE_STYLE.as_bytes()));
+        format!(
+            "default-src 'none'; style-src 'sha256-{hash}'; base-uri 'none'; \
+             frame-ancestors 'none'; form-action 'self'"
+        )
+    })
+}
+
 /// An error the portal answers before any page or server fn runs (cross-site, unusable
 /// forwarding data, too large or too slow a body): to a page (Accept: text/html) a small page with
-/// the sentence and what to do, to every other caller the same JSON a server fn's error has, `{"error": kind,
-/// "message": sentence}`, so a script handles every error one way.
+/// the sentence, what to do and a link to the sign-in page, to every other caller the same JSON a
+/// server fn's error has, `{"error": kind, "message": sentence}`, so a script handles every error
+/// one way.
 pub(crate) fn caller_error(
-    headers: &axum::http::HeaderMap,
+    caller: &Caller<'_>,
     status: StatusCode,
     kind: &str,
     message: &str,
 ) -> Response {
-    if app::service::accepts_html(headers) {
-        // A browser (a form posted without JavaScript): a page, saying what to do.
-        let mut escaped = String::with_capacity(message.len());
-        for c in message.chars() {
-            match c {
-                '<' => escaped.push_str("&lt;"),
-                '>' => escaped.push_str("&gt;"),
-                '&' => escaped.push_str("&amp;"),
-                '"' => escaped.push_str("&quot;"),
-                c => escaped.push(c),
-            }
-        }
-        let message = escaped;
-        let page = format!(
+    if app::service::accepts_html(caller.headers) {
+        // A browser (a form posted without JavaScript, a page asked for): a page, saying what
+        // to do.
+        let mut page = String::with_capacity(1024 + message.len());
+        page.push_str(
             "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
              <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-             <title>Request refused – Network access portal</title></head>\
-             <body><main><h1>Your request was refused</h1><p>{message}</p>\
-             <p>Go back to the portal's page and send it again from there (reload it first if it was open for long).</p>\
-             </main></body></html>\n"
+             <title>Request refused – Network access portal</title><style>",
         );
-        (status, axum::response::Html(page)).into_response()
+        page.push_str(REFUSED_PAGE_STYLE);
+        page.push_str("</style></head><body><main><h1>Your request was refused</h1><p>");
+        push_escaped(&mut page, message);
+        page.push_str(if caller.viewing {
+            "</p><p>Reload the page in a moment; if it is refused again, ask your network administrator.</p>"
+        } else {
+            "</p><p>Go back to the portal's page and send it again from there (reload it first if it was open for long).</p>"
+        });
+        page.push_str("<p><a href=\"");
+        push_escaped(&mut page, &caller.home);
+        page.push_str("\">Go to the sign-in page</a></p></main></body></html>\n");
+        let mut response = (status, axum::response::Html(page)).into_response();
+        response.headers_mut().insert(
+            axum::http::header::CONTENT_SECURITY_POLICY,
+            axum::http::HeaderValue::from_static(refused_page_policy()),
+        );
+        response
     } else {
         (
             status,
@@ -645,7 +733,7 @@ async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>)
         .and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|length| length > API_BODY_LIMIT as u64) {
         return caller_error(
-            &parts.headers,
+            &Caller::of_parts(&parts),
             StatusCode::PAYLOAD_TOO_LARGE,
             "TooLarge",
             &format!("The request is larger than {API_BODY_LIMIT} bytes."),
@@ -660,7 +748,7 @@ async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>)
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) if over_the_limit(&e) => {
             return caller_error(
-                &parts.headers,
+                &Caller::of_parts(&parts),
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "TooLarge",
                 &format!("The request is larger than {API_BODY_LIMIT} bytes."),
@@ -670,7 +758,7 @@ async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>)
         // closed half-way): the caller's fault, said as such.
         Ok(Err(_)) => {
             return caller_error(
-                &parts.headers,
+                &Caller::of_parts(&parts),
                 StatusCode::BAD_REQUEST,
                 "BadBody",
                 "Bad request: the request body could not be read (malformed chunked encoding, or it ended early).",
@@ -678,7 +766,7 @@ async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>)
         }
         Err(_) => {
             return caller_error(
-                &parts.headers,
+                &Caller::of_parts(&parts),
                 StatusCode::REQUEST_TIMEOUT,
                 "TooSlow",
                 &format!(
@@ -688,7 +776,7 @@ async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>)
             )
         }
     };
-    if let Some(refusal) = unreadable_form(&parts.headers, &bytes) {
+    if let Some(refusal) = unreadable_form(&Caller::of_parts(&parts), &bytes) {
         return refusal;
     }
     // A sign-in's username, for its answer: if it fails, the form is filled in again with it.
@@ -730,8 +818,9 @@ async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>)
 /// A server fn's body that is not a form of UTF-8 text fields (design.md §6): another content
 /// type is a 415; a field whose percent-decoded bytes are not UTF-8 is a 400 naming it — the
 /// decoder would otherwise pass it on with U+FFFD in place of the bytes (to RADIUS, say).
-fn unreadable_form(headers: &axum::http::HeaderMap, body: &[u8]) -> Option<Response> {
-    let form = headers
+fn unreadable_form(caller: &Caller<'_>, body: &[u8]) -> Option<Response> {
+    let form = caller
+        .headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
@@ -741,7 +830,7 @@ fn unreadable_form(headers: &axum::http::HeaderMap, body: &[u8]) -> Option<Respo
         });
     if !form && !body.is_empty() {
         return Some(caller_error(
-            headers,
+            caller,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UnsupportedMediaType",
             "Send the fields as an HTML form does (Content-Type: application/x-www-form-urlencoded).",
@@ -766,7 +855,7 @@ fn unreadable_form(headers: &axum::http::HeaderMap, body: &[u8]) -> Option<Respo
         field: field.to_string(),
         message: format!("The field `{field}` is not valid UTF-8 text."),
     };
-    Some(portal_error(headers, &error))
+    Some(portal_error(caller.headers, &error))
 }
 
 /// A form field's bytes: `+` is a space, `%XX` the byte XX (a `%` without two hex digits
@@ -900,6 +989,36 @@ async fn readyz(State(ready): State<Readiness>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_page_links_to_the_sign_in_page_of_the_organization_asked() {
+        use axum::http::{Extensions, HeaderMap, Method, Uri};
+        let headers = HeaderMap::new();
+        let home = |method: Method, path: &str, scope: Option<&str>| {
+            let mut extensions = Extensions::new();
+            if let Some(base) = scope {
+                extensions.insert(org_scope::OrgScope {
+                    id: "beta".into(),
+                    base: base.into(),
+                });
+            }
+            let uri: Uri = path.parse().unwrap();
+            let caller = Caller::new(&method, &uri, &headers, &extensions);
+            (caller.home, caller.viewing)
+        };
+        // Before the prefix is taken off, and after (the scope says it).
+        assert_eq!(
+            home(Method::POST, "/o/beta/api/login", None),
+            ("/o/beta/".into(), false)
+        );
+        assert_eq!(
+            home(Method::POST, "/api/login", Some("/o/beta")),
+            ("/o/beta/".into(), false)
+        );
+        assert_eq!(home(Method::GET, "/", Some("")), ("/".into(), true));
+        assert_eq!(home(Method::GET, "/session", None), ("/".into(), true));
+        assert_eq!(home(Method::HEAD, "/o/", None), ("/".into(), true));
+    }
 
     #[test]
     fn route_labels_name_the_route_and_stay_bounded() {

@@ -133,7 +133,7 @@ pub fn host_refusal(request: &Request) -> Option<Response> {
         return None;
     }
     Some(super::caller_error(
-        request.headers(),
+        &super::Caller::of(request),
         StatusCode::BAD_REQUEST,
         "BadHost",
         "Bad request: the Host header must be sent once and name one host (a name or address, and optionally a port).",
@@ -196,7 +196,7 @@ pub fn cross_site_refusal(site: &SiteSecurity, request: &Request) -> Option<Resp
     }
     crate::throttled!(warn, path = %request.uri().path(), "cross-site request refused");
     Some(super::caller_error(
-        request.headers(),
+        &super::Caller::of(request),
         StatusCode::FORBIDDEN,
         "CrossSite",
         CROSS_SITE_REFUSED,

@@ -28,7 +28,7 @@ pub async fn handle(State(portal): State<Portal>, request: Request) -> Response 
         request.method().clone(),
     ) else {
         return super::caller_error(
-            request.headers(),
+            &super::Caller::of(&request),
             StatusCode::NOT_FOUND,
             "NotFound",
             // The path is the caller's text: not repeated back.

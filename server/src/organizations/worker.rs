@@ -304,9 +304,15 @@ impl OrganizationWorker {
         match &outcome {
             JobOutcome::Incomplete { .. } | JobOutcome::HandedOver { .. } => {}
             JobOutcome::SkippedReenabled => {
-                tracing::info!(
+                let open = self
+                    .storage
+                    .active_session_ids_of(org)
+                    .await
+                    .map_or_else(|_| "?".to_string(), |ids| ids.len().to_string());
+                tracing::warn!(
                     organization = org,
-                    "organization re-enabled before its sessions were stopped: nothing done"
+                    open_sessions = %open,
+                    "organization re-enabled before its disable's stop ran: nothing stopped, its open sessions keep running"
                 );
                 self.storage
                     .finish_organization_job(job, "skipped: re-enabled", now_ms())

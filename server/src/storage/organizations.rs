@@ -518,7 +518,24 @@ async fn set_active_in<B: OrgBackend>(
         return Ok(false);
     }
     bump_revision(backend, c).await?;
-    if !active {
+    if active {
+        // A disable's stop not yet under way is skipped (the organization keeps its sessions),
+        // and closed now: a later disable's own stop runs, dated by that disable. One a replica
+        // is running sees the re-enable between its writes and ends by itself.
+        let unclaimed = if backend.claimant().is_some() {
+            " AND (claimed_until IS NULL OR claimed_until < $2)"
+        } else {
+            ""
+        };
+        c.execute(
+            &format!(
+                "UPDATE organization_jobs SET done_at = $2, outcome = 'skipped: re-enabled' \
+                 WHERE organization_id = $1 AND kind = 'stop_sessions' AND done_at IS NULL{unclaimed}"
+            ),
+            &[Arg::Text(id), Arg::Int(now)],
+        )
+        .await?;
+    } else {
         c.execute(
             "INSERT INTO organization_jobs (organization_id, kind, created_at) \
              VALUES ($1, 'stop_sessions', $2)",
