@@ -60,6 +60,10 @@ pub struct SessionView {
     /// Path prefix of the organization's portal (`""` at `/`, else `/o/{slug}`): the page's
     /// forms, requests and links stay in the organization's portal.
     pub base: String,
+    /// In a Refresh's answer only: the session had been refreshed a few seconds before, so
+    /// this Refresh changed nothing (its time runs from then). Left out when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refresh_changed_nothing: bool,
 }
 
 /// What the session panel island holds of a [`SessionView`]: its props, and what it reads of a
@@ -83,6 +87,9 @@ pub struct PanelView {
     pub can_extend: bool,
     /// See [`SessionView::base`].
     pub base: String,
+    /// See [`SessionView::refresh_changed_nothing`].
+    #[serde(default)]
+    pub refresh_changed_nothing: bool,
 }
 
 impl From<&SessionView> for PanelView {
@@ -95,6 +102,7 @@ impl From<&SessionView> for PanelView {
             window_text: view.window_text.clone(),
             can_extend: view.can_extend,
             base: view.base.clone(),
+            refresh_changed_nothing: view.refresh_changed_nothing,
         }
     }
 }
@@ -268,8 +276,20 @@ mod tests {
             window_text: "15 minutes".into(),
             can_extend: false,
             base: "/o/acme".into(),
+            refresh_changed_nothing: false,
         };
         let panel = PanelView::from(&view);
+        // A Refresh that changed nothing says so; any other answer leaves the field out.
+        assert!(!serde_json::to_string(&view)
+            .unwrap()
+            .contains("refresh_changed_nothing"));
+        let unchanged = SessionView {
+            refresh_changed_nothing: true,
+            ..view.clone()
+        };
+        let read: PanelView =
+            serde_json::from_str(&serde_json::to_string(&unchanged).unwrap()).unwrap();
+        assert!(read.refresh_changed_nothing);
         for (written, read) in [
             (
                 SessionStatus::Active(view.clone()),

@@ -55,6 +55,11 @@ pub fn validate_username(
                 "Username must not contain the invisible character U+{:04X}.",
                 u32::from(c)
             ),
+            // Alone it would sit on the quote mark: named, and what it usually is.
+            Some(c) if is_combining(c) => format!(
+                "Username must not contain the combining mark U+{:04X} (an accent typed as a separate character: type the accented letter as one character).",
+                u32::from(c)
+            ),
             Some(c) => format!("Username must not contain “{c}”."),
             None => "Username is not in the form this organization expects.".to_string(),
         };
@@ -104,6 +109,13 @@ fn is_invisible(c: char) -> bool {
         | '\u{2800}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}'
         | '\u{FFF9}'..='\u{FFFB}' | '\u{13430}'..='\u{1343F}' | '\u{1D173}'..='\u{1D17A}'
         | '\u{E0000}'..='\u{E0FFF}')
+}
+
+/// Whether `c` is a combining mark of the common blocks (an accent put on the character before).
+fn is_combining(c: char) -> bool {
+    matches!(c,
+        '\u{0300}'..='\u{036F}' | '\u{1AB0}'..='\u{1AFF}' | '\u{1DC0}'..='\u{1DFF}'
+        | '\u{20D0}'..='\u{20FF}' | '\u{FE20}'..='\u{FE2F}')
 }
 
 /// Checks a password's length and characters.
@@ -177,6 +189,13 @@ mod tests {
             "Username must not contain spaces."
         );
         assert_eq!(message("carol!", letters), "Username must not contain “!”.");
+        // A decomposed "ü": the accent alone is named by its code point.
+        assert!(
+            message("mu\u{0308}ller", letters)
+                .starts_with("Username must not contain the combining mark U+0308 ("),
+            "{}",
+            message("mu\u{0308}ller", letters)
+        );
         assert_eq!(
             message("car\u{200B}ol", letters),
             "Username must not contain the invisible character U+200B."

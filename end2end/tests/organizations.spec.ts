@@ -75,6 +75,10 @@ test("two organizations' branding side by side", async ({ page }) => {
   await expect
     .poll(() => page.getByRole("button", { name: "Refresh" }).evaluate((b) => getComputedStyle(b).backgroundColor))
     .toBe("rgb(15, 118, 110)");
+  // Its bar across the top of the session's card, as on the sign-in page.
+  await expect
+    .poll(() => page.locator("section.brand-bar").evaluate((s) => getComputedStyle(s).borderTopColor))
+    .toBe("rgb(15, 118, 110)");
   await expect(page.getByTestId("help")).toContainText("it-help@beta.example");
   await page.getByRole("button", { name: "Disconnect" }).click();
   await expect(page).toHaveURL(url("/o/beta/"));

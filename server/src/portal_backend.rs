@@ -256,6 +256,7 @@ impl PortalBackend {
             window_text: app::islands::session_panel::format_length((s.window_ms / 1000) as u64),
             can_extend: self.sessions.can_extend(s),
             base: base_of(&self.organizations, &s.organization_id),
+            refresh_changed_nothing: false,
         }
     }
 
@@ -1072,7 +1073,9 @@ impl PortalService for PortalBackend {
             keep_link_for(&web, session.window_ms)
                 .await
                 .map_err(|e| web_session_failed("reading the web session", &e))?;
-            Ok(self.seen_from(&self.scope(request), self.view(&session)))
+            let mut view = self.view(&session);
+            view.refresh_changed_nothing = !restarted;
+            Ok(self.seen_from(&self.scope(request), view))
         }
         .await;
         with_status(request, result)

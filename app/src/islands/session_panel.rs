@@ -69,7 +69,8 @@ pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
     let busy = RwSignal::new(false);
     // The end this page's own Refresh gave the session: said out loud while it stands (a
     // screen reader user otherwise hears nothing of it); a refresh elsewhere is not this one.
-    let refreshed = RwSignal::new(None::<i64>);
+    // With it, whether that Refresh changed nothing (one a few seconds before had).
+    let refreshed = RwSignal::new(None::<(i64, bool)>);
     let remaining_secs = move || ((deadline.get() - now.get()).max(0.0) / 1000.0).ceil() as u64;
     let time_up = Memo::new(move |_| remaining_secs() == 0);
     let apply = move |status: PanelStatus| {
@@ -121,7 +122,7 @@ pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
                     super::fetch::call::<PanelView>(&path, form)
                         .await
                         .map(|view| {
-                            refreshed.set(Some(view.ends_at_ms));
+                            refreshed.set(Some((view.ends_at_ms, view.refresh_changed_nothing)));
                             apply(PanelStatus::Active(view));
                         })
                 } else {
@@ -183,17 +184,25 @@ pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
     };
     // What a screen reader announces: a live region that is always in the page, whose text
     // changes (one that appears already filled is often not read).
-    let announcement = Memo::new(move |_| match ended.get() {
+    let announcement = Memo::new(move |_| {
+        match ended.get() {
         Some(reason) => format!("{} {}", over_texts(reason)[1], end_text(reason)),
         // After this page's Refresh its new end, which each Refresh changes (so each is read);
         // the last minute's warning when it comes.
         None => match warning_text.get() {
             Some(warning) => warning.to_string(),
-            None if refreshed.get() == Some(state.get().ends_at_ms) => {
-                format!("Refreshed. {}", ends_text())
-            }
-            None => String::new(),
+            None => match refreshed.get() {
+                Some((at, false)) if at == state.get().ends_at_ms => {
+                    format!("Refreshed. {}", ends_text())
+                }
+                Some((at, true)) if at == state.get().ends_at_ms => format!(
+                    "Your session was refreshed a few seconds ago, so this Refresh changed nothing. {}",
+                    ends_text()
+                ),
+                _ => String::new(),
+            },
         },
+    }
     });
     // When the session ends the controls go away: focus moves to the heading that says so, and
     // the tab's title follows (and goes back if it comes back). Only on a change: a re-check

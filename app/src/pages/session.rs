@@ -58,7 +58,7 @@ pub fn SessionPage() -> impl IntoView {
                     {message}
                 </p>
             })}
-            <section class="rounded-lg bg-white p-4 shadow sm:p-6" aria-labelledby="session-title">
+            <section class="brand-bar rounded-lg bg-white p-4 shadow sm:p-6" aria-labelledby="session-title">
                 <SessionPanel session=crate::dto::PanelView::from(&view) form_token=token />
                 // Fixed for the session's life: rendered here, not in the island's WASM.
                 // Each name beside its value where both fit, the value below it where not.
@@ -100,7 +100,7 @@ pub fn SessionPage() -> impl IntoView {
         // What the live panel says when the session ends while the page is open.
         Ok(SessionStatus::Ended(reason)) => view! {
             <DemoBanner demo />
-            <section class="rounded-lg bg-white p-4 shadow sm:p-6" aria-labelledby="session-title">
+            <section class="brand-bar rounded-lg bg-white p-4 shadow sm:p-6" aria-labelledby="session-title">
                 <h1 id="session-title" class="text-2xl font-semibold">{over_texts(reason)[0]}</h1>
                 <div data-testid="ended" role="status" class="mt-6 text-center">
                     <p class="text-lg font-semibold">{over_texts(reason)[1]}</p>
@@ -120,7 +120,7 @@ pub fn SessionPage() -> impl IntoView {
         // longer has: its answer says so here, rather than the sign-in page in silence.
         Ok(SessionStatus::NoSession) if form_failed => view! {
             <DemoBanner demo />
-            <section class="rounded-lg bg-white p-4 shadow sm:p-6" aria-labelledby="session-title">
+            <section class="brand-bar rounded-lg bg-white p-4 shadow sm:p-6" aria-labelledby="session-title">
                 <h1 id="session-title" class="text-2xl font-semibold">"No session"</h1>
                 <p data-testid="ended" role="alert" class="mt-6 text-center">{crate::error::PortalError::NoSession.to_string()}</p>
                 <p class="mt-1 text-center text-sm text-slate-700">"It ended while this page was open (disconnected from another tab or window, or its time ran out), or this browser no longer holds it."</p>
