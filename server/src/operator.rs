@@ -746,7 +746,7 @@ async fn set_state(storage: &Storage, id: &str, active: bool) -> anyhow::Result<
         Some(true) if active => {
             let kept = if stop_pending {
                 let open = storage.active_session_ids_of(id).await?.len();
-                format!("; the disable's stop of its sessions had not run yet and is skipped: its {open} open session(s) keep running (`org disable {id}` stops them)")
+                format!("; the disable's stop of its sessions was not done and is skipped: its {open} open session(s) keep running (`org disable {id}` stops them)")
             } else {
                 String::new()
             };

@@ -256,17 +256,6 @@ impl Application {
             events.clone(),
         )
         .with_metrics(metrics.clone());
-        // Sessions that ran out while the portal was down are stopped before anything is served.
-        let stopped = expiry
-            .expire_due(now_ms())
-            .await
-            .context("while stopping sessions that expired during downtime")?;
-        if !stopped.is_empty() {
-            tracing::info!(
-                count = stopped.len(),
-                "stopped sessions that expired while the portal was down"
-            );
-        }
         let sessions = AccessSessions::new(
             storage.clone(),
             organizations.clone(),
@@ -277,9 +266,11 @@ impl Application {
         );
         let org_worker =
             OrganizationWorker::new(storage.clone(), organizations.clone(), sessions.clone());
-        // So are the stops an operator asked for meanwhile (`session terminate`, `org
-        // disable`): the periodic Interim-Updates due by now would otherwise be queued first,
-        // dated now, and the Stops after them could not say the sessions ended when asked.
+        // Before anything is served, and before the periodic Interim-Updates start, the stops
+        // an operator asked for while no portal ran (`session terminate`, `org disable`): each
+        // says the session ended when it was asked for, or by its deadline if that came first
+        // (left to expiry, just below). Expiry first would end a session whose deadline came
+        // after the operator's stop by that deadline instead.
         match org_worker.tick().await {
             Ok(done) if !done.is_empty() => tracing::info!(
                 jobs = done.len(),
@@ -290,6 +281,17 @@ impl Application {
                 error = %crate::portal_backend::error_chain(e.as_ref()),
                 "pending organization jobs failed at start-up; the worker retries them"
             ),
+        }
+        // Then the sessions that ran out while the portal was down.
+        let stopped = expiry
+            .expire_due(now_ms())
+            .await
+            .context("while stopping sessions that expired during downtime")?;
+        if !stopped.is_empty() {
+            tracing::info!(
+                count = stopped.len(),
+                "stopped sessions that expired while the portal was down"
+            );
         }
         let captive = crate::http::captive::CaptiveApi {
             sessions: sessions.clone(),

@@ -633,6 +633,49 @@ async fn stops_an_operator_asks_for_while_no_portal_runs_say_when_they_were_aske
 }
 
 #[tokio::test]
+async fn a_disable_made_while_no_portal_runs_ends_a_session_whose_deadline_came_later_then() {
+    let radius = FreeRadius::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, config) = cli_config(dir.path(), &radius);
+    let settings = Settings::load(Some(&config)).unwrap();
+    let app = TestApp::spawn(&settings).await;
+    // A limit of 3 s (Session-Timeout).
+    let session = app
+        .sessions
+        .login("acme", "ivan", "ivan-pass", ip(60))
+        .await
+        .unwrap();
+    radius
+        .wait_for_acct(&["status=Start", &format!("sid={}", session.acct_session_id)])
+        .await;
+    app.stop().await;
+    let asked_from = unix_secs();
+    let disable = portal(&config, &["org", "disable", "acme"]).await;
+    assert!(disable.status.success(), "{disable:?}");
+    let asked_by = unix_secs();
+    // The portal starts again after the session's deadline.
+    wait_until("the session's deadline passes", || async {
+        unix_secs() * 1000 > session.expires_at + 1000
+    })
+    .await;
+    let app = TestApp::spawn(&settings).await;
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={}", session.acct_session_id)])
+        .await;
+    let ended: i64 = field(&stop, "event_ts").parse().unwrap();
+    if (asked_by + 1) * 1000 <= session.expires_at {
+        // Disabled before its deadline: it ended then, by the operator.
+        assert_eq!(field(&stop, "cause"), "Admin-Reset", "{stop}");
+        assert!((asked_from..=asked_by).contains(&ended), "{stop}");
+    } else if asked_from * 1000 >= session.expires_at {
+        // This machine took 3 s to get here: the deadline came first.
+        assert_eq!(field(&stop, "cause"), "Session-Timeout", "{stop}");
+        assert_eq!(ended, session.expires_at / 1000, "{stop}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn an_enable_before_the_disables_stop_ran_says_the_sessions_keep_running() {
     let radius = FreeRadius::start().await;
     let dir = tempfile::tempdir().unwrap();

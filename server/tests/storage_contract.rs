@@ -425,8 +425,18 @@ async fn a_disabled_organizations_sessions_stop_in_batches_and_an_enable_keeps_t
     let expired = opened(s, login("10.8.8.8", T0, 1)).await;
     let admin_reset = radius_portal::radius::terminate_cause::ADMIN_RESET;
 
+    // The open stop job of the organization (the last disable's).
+    let job = || async {
+        s.pending_organization_jobs()
+            .await
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|j| j.organization_id == "acme" && j.kind == "stop_sessions")
+            .map(|j| j.id)
+    };
     let active = s
-        .stop_disabled_sessions("acme", admin_reset, T0 + 1, 2)
+        .stop_disabled_sessions("acme", 0, admin_reset, T0 + 1, 2)
         .await
         .unwrap();
     assert!(
@@ -437,8 +447,9 @@ async fn a_disabled_organizations_sessions_stop_in_batches_and_an_enable_keeps_t
     s.set_organization_active("acme", false, "cli:test", T0 + 2)
         .await
         .unwrap();
+    let first_job = job().await.expect("the disable's job");
     let first = s
-        .stop_disabled_sessions("acme", admin_reset, T0 + 3, 2)
+        .stop_disabled_sessions("acme", first_job, admin_reset, T0 + 3, 2)
         .await
         .unwrap();
     assert_eq!(first, acme[..2], "the oldest first, at most the limit");
@@ -459,25 +470,35 @@ async fn a_disabled_organizations_sessions_stop_in_batches_and_an_enable_keeps_t
         2
     );
 
-    // Enabled between two batches: the next one stops nothing.
+    // Enabled between two batches: the next one stops nothing, and the enable closed the job.
     s.set_organization_active("acme", true, "cli:test", T0 + 4)
         .await
         .unwrap();
+    assert_eq!(job().await, None, "the enable closed the disable's job");
     let after_enable = s
-        .stop_disabled_sessions("acme", admin_reset, T0 + 5, 2)
+        .stop_disabled_sessions("acme", first_job, admin_reset, T0 + 5, 2)
         .await
         .unwrap();
     assert!(after_enable.is_empty());
     s.set_organization_active("acme", false, "cli:test", T0 + 6)
         .await
         .unwrap();
+    // Disabled again: the first job, closed, stops nothing (its Stops would say T0 + 3); the
+    // second job's do.
+    assert!(s
+        .stop_disabled_sessions("acme", first_job, admin_reset, T0 + 7, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let second_job = job().await.expect("the second disable's job");
+    assert_ne!(second_job, first_job);
     let rest = s
-        .stop_disabled_sessions("acme", admin_reset, T0 + 7, 10)
+        .stop_disabled_sessions("acme", second_job, admin_reset, T0 + 7, 10)
         .await
         .unwrap();
     assert_eq!(rest, acme[2..]);
     assert!(s
-        .stop_disabled_sessions("acme", admin_reset, T0 + 8, 10)
+        .stop_disabled_sessions("acme", second_job, admin_reset, T0 + 8, 10)
         .await
         .unwrap()
         .is_empty());
@@ -1071,6 +1092,38 @@ async fn periodic_interims_come_due_and_coalesce(db: Db) {
     assert_eq!(s.next_interim().await.unwrap(), Some(T0 + 17 * MINUTE));
     assert_eq!(s.queue_due_interims(T0 + 15 * MINUTE).await.unwrap(), 0);
     assert_eq!(s.queue_due_interims(T0 + 17 * MINUTE).await.unwrap(), 1);
+
+    // An operator's stop waiting for the session (a terminate, a disable, asked for while no
+    // portal ran): no Interim-Update is due for it, nor queued, until the job is done — its
+    // Stop says when the stop was asked for, never later than a queued Interim.
+    s.seed_organization("acme", "Acme", "{}", None, 0, T0)
+        .await
+        .unwrap();
+    s.queue_session_termination(id, "cli:jo", T0 + 18 * MINUTE)
+        .await
+        .unwrap();
+    assert_eq!(s.next_interim().await.unwrap(), None);
+    assert_eq!(s.queue_due_interims(T0 + 22 * MINUTE).await.unwrap(), 0);
+    let job = s.pending_organization_jobs().await.unwrap().remove(0);
+    s.finish_organization_job(&job, "was not active", T0 + 22 * MINUTE)
+        .await
+        .unwrap();
+    assert_eq!(s.next_interim().await.unwrap(), Some(T0 + 22 * MINUTE));
+    s.set_organization_active("acme", false, "cli:test", T0 + 23 * MINUTE)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.next_interim().await.unwrap(),
+        None,
+        "the disable's job waits"
+    );
+    assert_eq!(s.queue_due_interims(T0 + 24 * MINUTE).await.unwrap(), 0);
+    // Enabled again before the job ran: the job is closed, the session runs on, and so do its
+    // Interim-Updates.
+    s.set_organization_active("acme", true, "cli:test", T0 + 25 * MINUTE)
+        .await
+        .unwrap();
+    assert_eq!(s.queue_due_interims(T0 + 25 * MINUTE).await.unwrap(), 1);
 }
 
 /// A session started 0.9 s into a second and ended 1.2 s later spans Event-Timestamps two
@@ -1561,11 +1614,13 @@ async fn postgres_a_disable_batch_waits_for_a_session_row_held_elsewhere() {
         .execute(&mut *held)
         .await
         .unwrap();
+    let job = s.pending_organization_jobs().await.unwrap()[0].id;
     let batch = tokio::spawn({
         let s = s.clone();
         async move {
             s.stop_disabled_sessions(
                 "acme",
+                job,
                 radius_portal::radius::terminate_cause::ADMIN_RESET,
                 T0 + 2,
                 10,

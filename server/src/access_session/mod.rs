@@ -825,6 +825,7 @@ impl AccessSessions {
     pub async fn stop_disabled(
         &self,
         organization_id: &str,
+        job_id: i64,
         asked_at: i64,
         limit: usize,
     ) -> Result<Vec<i64>, SessionError> {
@@ -832,6 +833,7 @@ impl AccessSessions {
             .storage
             .stop_disabled_sessions(
                 organization_id,
+                job_id,
                 terminate_cause::ADMIN_RESET,
                 asked_at.min(now_ms()),
                 limit as i64,

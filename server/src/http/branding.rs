@@ -31,7 +31,7 @@ pub async fn stylesheet(
     };
     let css = format!(
         "button.brand-button{{background-color:{accent};border-color:{accent}}}button.brand-button:hover{{filter:brightness(.9)}}\
-         a.brand-link{{color:{accent}}}.brand-bar{{border-top:6px solid {accent};padding-top:1rem}}"
+         a.brand-link{{color:{accent}}}.brand-bar{{border-top:6px solid {accent}}}div.brand-bar{{padding-top:1rem}}"
     );
     (
         [

@@ -12,6 +12,18 @@
 //! crash can never leave a session change without its Start/Interim/Stop queued.
 //! Times are Unix milliseconds (`i64`), passed in by callers so tests control them.
 
+/// SQL, both backends: no operator's stop waits for the session `s` — no open organization
+/// job stops its organization's sessions or terminates it. Such a session gets no periodic
+/// Interim-Update: its Stop is dated when the stop was asked for, never before a queued Interim.
+macro_rules! no_stop_pending {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM organization_jobs j WHERE j.done_at IS NULL \
+         AND j.organization_id = s.organization_id \
+         AND (j.kind = 'stop_sessions' OR j.access_session_id = s.id))"
+    };
+}
+pub(crate) use no_stop_pending;
+
 mod engine;
 pub mod organizations;
 pub mod postgres;
@@ -108,14 +120,19 @@ contract! {
         fn stop_due_sessions(&self, now: i64) -> Vec<Stopped>;
         /// Stops up to `limit` active sessions of a *disabled* organization at `event_at`
         /// with `cause`, in one write, and queues their Stops (the delivery loop sends them,
-        /// paced like any other row). Nothing if the organization is active: a re-enable
-        /// committed before this write keeps every session. A session whose deadline came
-        /// before `event_at` is left to expiry (it ended by its deadline first: Idle- or
-        /// Session-Timeout at that deadline). Returns the ids stopped (none: nothing left, or
-        /// the organization is active).
-        fn stop_disabled_sessions(&self, organization_id: &str, cause: u32, event_at: i64, limit: i64) -> Vec<i64>;
+        /// paced like any other row), for the disable's stop job `job_id`. Nothing if the
+        /// organization is active or the job is closed: a re-enable committed before this write
+        /// keeps every session (and closes the job, so a later disable's own job dates the
+        /// Stops). A session whose deadline came before `event_at` is left to expiry (it ended
+        /// by its deadline first: Idle- or Session-Timeout at that deadline). Returns the ids
+        /// stopped (none: nothing left, the organization is active or the job closed).
+        fn stop_disabled_sessions(&self, organization_id: &str, job_id: i64, cause: u32, event_at: i64, limit: i64) -> Vec<i64>;
         /// Queues an Interim-Update for every active session whose periodic update (from
         /// Acct-Interim-Interval) is due at `now`, and schedules the next one. Returns how many.
+        /// A session an operator's stop waits for (an open job: its organization's stop, its
+        /// own terminate) gets none: its Stop is dated when the stop was asked for, and an
+        /// Interim queued later would date it later (a Stop is never dated before a queued
+        /// Interim).
         fn queue_due_interims(&self, now: i64) -> usize;
         /// When the next periodic Interim-Update is due.
         fn next_interim(&self) -> Option<i64>;

@@ -519,22 +519,32 @@ async fn set_active_in<B: OrgBackend>(
     }
     bump_revision(backend, c).await?;
     if active {
-        // A disable's stop not yet under way is skipped (the organization keeps its sessions),
-        // and closed now: a later disable's own stop runs, dated by that disable. One a replica
-        // is running sees the re-enable between its writes and ends by itself.
-        let unclaimed = if backend.claimant().is_some() {
-            " AND (claimed_until IS NULL OR claimed_until < $2)"
-        } else {
-            ""
-        };
-        c.execute(
-            &format!(
+        // A disable's stop not yet done is skipped (design.md: the organization keeps its
+        // sessions), and closed now, also one a portal is running (its batches stop only while
+        // their job is open; PostgreSQL: this waits for a batch under way): a later disable's
+        // own job runs, dated by that disable.
+        let closed = c
+            .execute(
                 "UPDATE organization_jobs SET done_at = $2, outcome = 'skipped: re-enabled' \
-                 WHERE organization_id = $1 AND kind = 'stop_sessions' AND done_at IS NULL{unclaimed}"
-            ),
-            &[Arg::Text(id), Arg::Int(now)],
-        )
-        .await?;
+                 WHERE organization_id = $1 AND kind = 'stop_sessions' AND done_at IS NULL",
+                &[Arg::Text(id), Arg::Int(now)],
+            )
+            .await?;
+        if closed > 0 {
+            let open: Option<(i64,)> = c
+                .fetch_optional(
+                    "SELECT COUNT(*) FROM access_sessions WHERE organization_id = $1 AND state = 'active'",
+                    &[Arg::Text(id)],
+                )
+                .await?;
+            let open = open.map_or(0, |(n,)| n);
+            tracing::warn!(
+                organization = id,
+                open_sessions = open,
+                actor,
+                "organization enabled before its disable's stop was done: the stop is skipped, its open sessions keep running"
+            );
+        }
     } else {
         c.execute(
             "INSERT INTO organization_jobs (organization_id, kind, created_at) \

@@ -847,26 +847,31 @@ impl SessionStore for PgStore {
     async fn stop_disabled_sessions(
         &self,
         organization_id: &str,
+        job_id: i64,
         cause: u32,
         event_at: i64,
         limit: i64,
     ) -> Result<Vec<i64>, StorageError> {
         let mut tx = self.pool.begin().await?;
         // The organization's row is read under a share lock, as a login and a refresh read it:
-        // an enable committed meanwhile is seen, and one not yet committed waits for this.
+        // an enable committed meanwhile is seen, and one not yet committed waits for this. So
+        // is the job's row: an enable closes the job, and a closed job stops nothing more (a
+        // later disable's own job dates the Stops).
         // Sessions another transaction holds (an interim sweep, a server move) are waited for,
         // not skipped: a skipped one would make the last batch come back empty and the job end
         // with that session still open.
         let rows = sqlx::query(stop_sessions!(
             "SELECT s.id, $2::BIGINT AS at, $3::BIGINT AS cause FROM access_sessions s \
              JOIN organizations o ON o.id = s.organization_id \
+             JOIN organization_jobs j ON j.id = $5 AND j.done_at IS NULL \
              WHERE s.organization_id = $1 AND s.state = 'active' AND NOT o.is_active \
-             AND s.expires_at > $2 ORDER BY s.id LIMIT $4 FOR UPDATE OF s FOR SHARE OF o"
+             AND s.expires_at > $2 ORDER BY s.id LIMIT $4 FOR UPDATE OF s FOR SHARE OF o, j"
         ))
         .bind(organization_id)
         .bind(event_at)
         .bind(i64::from(cause))
         .bind(limit)
+        .bind(job_id)
         .fetch_all(&mut *tx)
         .await?;
         let stopped = rows
@@ -880,8 +885,9 @@ impl SessionStore for PgStore {
 
     async fn queue_due_interims(&self, now: i64) -> Result<usize, StorageError> {
         let queued: i64 = sqlx::query_scalar(
-            "WITH due AS (SELECT id, started_at, interim_interval FROM access_sessions \
-               WHERE state = 'active' AND next_interim_at <= $1 AND expires_at > $1 FOR UPDATE SKIP LOCKED), \
+            concat!("WITH due AS (SELECT s.id, s.started_at, s.interim_interval FROM access_sessions s \
+               WHERE s.state = 'active' AND s.next_interim_at <= $1 AND s.expires_at > $1 AND ",
+               super::no_stop_pending!(), " FOR UPDATE OF s SKIP LOCKED), \
              superseded AS (DELETE FROM accounting_outbox o USING due WHERE o.access_session_id = due.id \
                AND o.status_type = $2 AND o.delivered_at IS NULL AND o.dead_at IS NULL AND o.claimed_until IS NULL), \
              queued AS (INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
@@ -889,7 +895,7 @@ impl SessionStore for PgStore {
                SELECT id, $3, $2, $1, GREATEST($1 / 1000 - started_at / 1000, 0), $1, $1 FROM due), \
              scheduled AS (UPDATE access_sessions s SET next_interim_at = $1 + due.interim_interval * 1000 \
                FROM due WHERE s.id = due.id) \
-             SELECT COUNT(*) FROM due",
+             SELECT COUNT(*) FROM due"),
         )
         .bind(now)
         .bind(i64::from(status_type::INTERIM_UPDATE))
@@ -900,10 +906,11 @@ impl SessionStore for PgStore {
     }
 
     async fn next_interim(&self) -> Result<Option<i64>, StorageError> {
-        Ok(sqlx::query_scalar(
-            "SELECT MIN(next_interim_at) FROM access_sessions \
-                 WHERE state = 'active' AND next_interim_at IS NOT NULL",
-        )
+        Ok(sqlx::query_scalar(concat!(
+            "SELECT MIN(s.next_interim_at) FROM access_sessions s \
+                 WHERE s.state = 'active' AND s.next_interim_at IS NOT NULL AND ",
+            super::no_stop_pending!()
+        ))
         .fetch_one(&self.pool)
         .await?)
     }

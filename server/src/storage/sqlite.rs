@@ -483,6 +483,7 @@ impl SessionStore for SqliteStore {
     async fn stop_disabled_sessions(
         &self,
         organization_id: &str,
+        job_id: i64,
         cause: u32,
         event_at: i64,
         limit: i64,
@@ -494,9 +495,12 @@ impl SessionStore for SqliteStore {
                     .prepare_cached(
                         "SELECT s.id FROM access_sessions s JOIN organizations o ON o.id = s.organization_id \
                          WHERE s.organization_id = ?1 AND s.state = 'active' AND NOT o.is_active \
-                         AND s.expires_at > ?2 ORDER BY s.id LIMIT ?3",
+                         AND s.expires_at > ?2 AND EXISTS (SELECT 1 FROM organization_jobs j \
+                           WHERE j.id = ?4 AND j.done_at IS NULL) ORDER BY s.id LIMIT ?3",
                     )?
-                    .query_map(params![organization_id, event_at, limit], |r| r.get(0))?
+                    .query_map(params![organization_id, event_at, limit, job_id], |r| {
+                        r.get(0)
+                    })?
                     .collect::<Result<_, _>>()?;
                 let mut stopped = Vec::with_capacity(ids.len());
                 for id in ids {
@@ -514,10 +518,13 @@ impl SessionStore for SqliteStore {
             .write(move |c| {
                 let due: Vec<(i64, i64, i64)> = c
                     .prepare_cached(
-                        "SELECT id, started_at, interim_interval FROM access_sessions \
-                         WHERE state = 'active' AND next_interim_at <= ? AND expires_at > ?",
+                        concat!(
+                            "SELECT s.id, s.started_at, s.interim_interval FROM access_sessions s \
+                             WHERE s.state = 'active' AND s.next_interim_at <= ?1 AND s.expires_at > ?1 AND ",
+                            super::no_stop_pending!()
+                        ),
                     )?
-                    .query_map([now, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                     .collect::<Result<_, _>>()?;
                 for (id, started_at, interval) in &due {
                     enqueue_interim(c, *id, *started_at, now)?;
@@ -533,10 +540,11 @@ impl SessionStore for SqliteStore {
 
     async fn next_interim(&self) -> Result<Option<i64>, StorageError> {
         self.engine.read(|c| {
-            Ok(c.prepare_cached(
-                "SELECT MIN(next_interim_at) FROM access_sessions \
-                 WHERE state = 'active' AND next_interim_at IS NOT NULL",
-            )?
+            Ok(c.prepare_cached(concat!(
+                "SELECT MIN(s.next_interim_at) FROM access_sessions s \
+                     WHERE s.state = 'active' AND s.next_interim_at IS NOT NULL AND ",
+                super::no_stop_pending!()
+            ))?
             .query_row([], |r| r.get(0))?)
         })
     }
