@@ -906,12 +906,14 @@ impl SessionStore for PgStore {
     }
 
     async fn next_interim(&self) -> Result<Option<i64>, StorageError> {
+        // The earliest in the index's order that waits for no stop.
         Ok(sqlx::query_scalar(concat!(
-            "SELECT MIN(s.next_interim_at) FROM access_sessions s \
+            "SELECT s.next_interim_at FROM access_sessions s \
                  WHERE s.state = 'active' AND s.next_interim_at IS NOT NULL AND ",
-            super::no_stop_pending!()
+            super::no_stop_pending!(),
+            " ORDER BY s.next_interim_at LIMIT 1"
         ))
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await?)
     }
 

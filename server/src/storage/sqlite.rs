@@ -540,12 +540,16 @@ impl SessionStore for SqliteStore {
 
     async fn next_interim(&self) -> Result<Option<i64>, StorageError> {
         self.engine.read(|c| {
+            // The earliest in the index's order that waits for no stop (a MIN over the filter
+            // would read every session's index entry).
             Ok(c.prepare_cached(concat!(
-                "SELECT MIN(s.next_interim_at) FROM access_sessions s \
+                "SELECT s.next_interim_at FROM access_sessions s \
                      WHERE s.state = 'active' AND s.next_interim_at IS NOT NULL AND ",
-                super::no_stop_pending!()
+                super::no_stop_pending!(),
+                " ORDER BY s.next_interim_at LIMIT 1"
             ))?
-            .query_row([], |r| r.get(0))?)
+            .query_row([], |r| r.get(0))
+            .optional()?)
         })
     }
 
