@@ -655,7 +655,13 @@ impl PortalBackend {
                             tracing::error!(error = %error_chain(&stop), acct_session_id = %session.acct_session_id,
                             "ending a session no browser is linked to failed; trying again in the background");
                         }
-                        Err(PortalError::Internal)
+                        // The database away (the usual cause): a 503 the user may retry, as
+                        // any other request meets while it is; else the portal's own fault.
+                        Err(if crate::storage::web_sessions::is_unavailable(&e) {
+                            PortalError::Unavailable
+                        } else {
+                            PortalError::Internal
+                        })
                     }
                 }
             }

@@ -2109,6 +2109,40 @@ async fn a_failed_sign_ins_session_is_ended_once_the_database_is_back() {
     app.stop().await;
 }
 
+/// The portal stopped (SIGTERM) while such a session still waits for its Stop's write: one
+/// more try before the exit ends it (nothing in the database says its sign-in failed: after
+/// the exit it would have run to its deadline), and its Stop goes out with the last flush.
+#[tokio::test]
+async fn a_failed_sign_ins_session_is_ended_before_the_portal_exits() {
+    let (radius, app, dir) = portal_with_one_server().await;
+    let conn = rusqlite::Connection::open(dir.path().join("portal.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER refuse_new_web_sessions BEFORE INSERT ON tower_sessions \
+         BEGIN SELECT RAISE(ABORT, 'the disk is full'); END; \
+         CREATE TRIGGER refuse_stops BEFORE INSERT ON accounting_outbox WHEN NEW.status_type = 2 \
+         BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
+    )
+    .unwrap();
+    let answer = app
+        .browser(CLIENT)
+        .login_as_script("carol", "carol-pass")
+        .await;
+    assert_eq!(answer.status(), 500);
+    let start = radius.wait_for_acct(&["status=Start", "user=carol"]).await;
+    let sid = format!("sid={}", field(&start, "sid"));
+    conn.execute_batch("DROP TRIGGER refuse_stops;").unwrap();
+    // At once: the background retry waits a second first.
+    let storage = app.storage.clone();
+    app.stop().await;
+    assert_eq!(
+        storage.active_sessions().await.unwrap(),
+        0,
+        "ended before the exit"
+    );
+    let stop = radius.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&stop, "cause"), "NAS-Error");
+}
+
 /// Disconnect pressed on a page whose session the operator had already ended: the sign-in page
 /// says the session had already ended (it used to say nothing at all), not "You are
 /// disconnected" as if this press had done it.

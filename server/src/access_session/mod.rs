@@ -136,6 +136,10 @@ pub struct AccessSessions {
     expiry_wake: ExpiryWake,
     /// Tells open session pages that a session changed.
     events: SessionEvents,
+    /// Sessions whose sign-in failed and whose Stop could not be written yet (the database
+    /// away): id → when the sign-in failed. Tried again in the background, and once more at
+    /// shutdown ([`AccessSessions::end_unlinked_before_exit`]).
+    unlinked: Arc<std::sync::Mutex<std::collections::HashMap<i64, i64>>>,
 }
 
 impl AccessSessions {
@@ -155,6 +159,7 @@ impl AccessSessions {
             accounting,
             expiry_wake,
             events,
+            unlinked: Arc::default(),
         }
     }
 
@@ -785,16 +790,22 @@ impl AccessSessions {
             .stop_and_send(id, terminate_cause::NAS_ERROR, failed_at)
             .await;
         if first.is_err() {
+            self.unlinked_set().insert(id, failed_at);
             let this = self.clone();
             tokio::spawn(async move {
                 let mut wait = std::time::Duration::from_secs(1);
                 for _ in 0..25 {
                     tokio::time::sleep(wait).await;
+                    if !this.unlinked_set().contains_key(&id) {
+                        // Ended at shutdown's last try.
+                        return;
+                    }
                     match this
                         .stop_and_send(id, terminate_cause::NAS_ERROR, failed_at)
                         .await
                     {
                         Ok(ended) => {
+                            this.unlinked_set().remove(&id);
                             tracing::info!(
                                 session = id,
                                 ended,
@@ -809,13 +820,42 @@ impl AccessSessions {
                     }
                     wait = (wait * 2).min(std::time::Duration::from_secs(30));
                 }
+                this.unlinked_set().remove(&id);
                 tracing::error!(
                     session = id,
-                    "a session whose sign-in failed could not be ended: it ends at its deadline"
+                    "a session whose sign-in failed could not be ended: it ends at its deadline (`session terminate` ends it now)"
                 );
             });
         }
         first
+    }
+
+    fn unlinked_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, i64>> {
+        self.unlinked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// At shutdown: one more try to end each session whose sign-in failed and whose Stop could
+    /// not be written yet (nothing in the database says the sign-in failed: after the exit it
+    /// would run to its deadline). Those still left are logged, for the operator to end.
+    pub async fn end_unlinked_before_exit(&self) {
+        let pending: Vec<(i64, i64)> = self.unlinked_set().drain().collect();
+        for (id, failed_at) in pending {
+            match self
+                .stop_and_send(id, terminate_cause::NAS_ERROR, failed_at)
+                .await
+            {
+                Ok(ended) => tracing::info!(
+                    session = id,
+                    ended,
+                    "a session whose sign-in failed is ended before exit"
+                ),
+                Err(e) => tracing::error!(
+                    session = id,
+                    error = %crate::portal_backend::error_chain(&e),
+                    "a session whose sign-in failed could not be ended before exit: it runs to its deadline unless ended with `session terminate {id}`"
+                ),
+            }
+        }
     }
 
     /// Stops up to `limit` open sessions of organization `organization_id` while it is
