@@ -2074,13 +2074,14 @@ async fn refresh_and_disconnect_stand_when_the_web_session_cannot_be_written() {
     app.stop().await;
 }
 
-/// When the database refuses the Stop of such a sign-in too (it is usually the database that
-/// fails), the session is ended once the database takes writes again, not hours later at its
-/// deadline.
-#[tokio::test]
-async fn a_failed_sign_ins_session_is_ended_once_the_database_is_back() {
-    let (radius, app, dir) = portal_with_one_server().await;
-    let conn = rusqlite::Connection::open(dir.path().join("portal.db")).unwrap();
+/// carol's sign-in failing (500) with its web session's write and its Stop's refused (the
+/// database's triggers); the connection holding the triggers (`DROP TRIGGER refuse_stops` lets
+/// the Stop be written).
+async fn sign_in_failing_with_its_stop(
+    app: &TestApp,
+    dir: &std::path::Path,
+) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(dir.join("portal.db")).unwrap();
     conn.execute_batch(
         "CREATE TRIGGER refuse_new_web_sessions BEFORE INSERT ON tower_sessions \
          BEGIN SELECT RAISE(ABORT, 'the disk is full'); END; \
@@ -2088,12 +2089,21 @@ async fn a_failed_sign_ins_session_is_ended_once_the_database_is_back() {
          BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
     )
     .unwrap();
-
     let answer = app
         .browser(CLIENT)
         .login_as_script("carol", "carol-pass")
         .await;
     assert_eq!(answer.status(), 500);
+    conn
+}
+
+/// When the database refuses the Stop of such a sign-in too (it is usually the database that
+/// fails), the session is ended once the database takes writes again, not hours later at its
+/// deadline.
+#[tokio::test]
+async fn a_failed_sign_ins_session_is_ended_once_the_database_is_back() {
+    let (radius, app, dir) = portal_with_one_server().await;
+    let conn = sign_in_failing_with_its_stop(&app, dir.path()).await;
     assert_eq!(
         app.storage.active_sessions().await.unwrap(),
         1,
@@ -2115,19 +2125,7 @@ async fn a_failed_sign_ins_session_is_ended_once_the_database_is_back() {
 #[tokio::test]
 async fn a_failed_sign_ins_session_is_ended_before_the_portal_exits() {
     let (radius, app, dir) = portal_with_one_server().await;
-    let conn = rusqlite::Connection::open(dir.path().join("portal.db")).unwrap();
-    conn.execute_batch(
-        "CREATE TRIGGER refuse_new_web_sessions BEFORE INSERT ON tower_sessions \
-         BEGIN SELECT RAISE(ABORT, 'the disk is full'); END; \
-         CREATE TRIGGER refuse_stops BEFORE INSERT ON accounting_outbox WHEN NEW.status_type = 2 \
-         BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
-    )
-    .unwrap();
-    let answer = app
-        .browser(CLIENT)
-        .login_as_script("carol", "carol-pass")
-        .await;
-    assert_eq!(answer.status(), 500);
+    let conn = sign_in_failing_with_its_stop(&app, dir.path()).await;
     let start = radius.wait_for_acct(&["status=Start", "user=carol"]).await;
     let sid = format!("sid={}", field(&start, "sid"));
     conn.execute_batch("DROP TRIGGER refuse_stops;").unwrap();
