@@ -573,8 +573,7 @@ impl Application {
             }
         }
         // Before the accounting loop flushes: its Stops go with the rest.
-        let _ =
-            tokio::time::timeout(SHUTDOWN_GRACE, self.sessions.end_unlinked_before_exit()).await;
+        self.sessions.end_unlinked_before_exit(SHUTDOWN_GRACE).await;
         shutdown.cancel();
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while tasks.join_next().await.is_some() {}

@@ -837,24 +837,45 @@ impl AccessSessions {
     /// At shutdown: one more try to end each session whose sign-in failed and whose Stop could
     /// not be written yet (nothing in the database says the sign-in failed: after the exit it
     /// would run to its deadline). Those still left are logged, for the operator to end.
-    pub async fn end_unlinked_before_exit(&self) {
-        let pending: Vec<(i64, i64)> = self.unlinked_set().drain().collect();
+    pub async fn end_unlinked_before_exit(&self, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        let pending: Vec<(i64, i64)> = self
+            .unlinked_set()
+            .iter()
+            .map(|(id, at)| (*id, *at))
+            .collect();
         for (id, failed_at) in pending {
-            match self
-                .stop_and_send(id, terminate_cause::NAS_ERROR, failed_at)
-                .await
-            {
-                Ok(ended) => tracing::info!(
+            // Each try bounded: a database that does not answer holds up the exit by seconds,
+            // and every session left is still named below.
+            let tried = tokio::time::timeout_at(
+                deadline.min(tokio::time::Instant::now() + std::time::Duration::from_secs(3)),
+                self.stop_and_send(id, terminate_cause::NAS_ERROR, failed_at),
+            )
+            .await;
+            match tried {
+                Ok(Ok(ended)) => {
+                    self.unlinked_set().remove(&id);
+                    tracing::info!(
+                        session = id,
+                        ended,
+                        "a session whose sign-in failed is ended before exit"
+                    );
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(session = id, error = %crate::portal_backend::error_chain(&e),
+                    "ending a session whose sign-in failed before exit failed")
+                }
+                Err(_) => tracing::warn!(
                     session = id,
-                    ended,
-                    "a session whose sign-in failed is ended before exit"
-                ),
-                Err(e) => tracing::error!(
-                    session = id,
-                    error = %crate::portal_backend::error_chain(&e),
-                    "a session whose sign-in failed could not be ended before exit: it runs to its deadline unless ended with `session terminate {id}`"
+                    "ending a session whose sign-in failed before exit: no answer within 3 s"
                 ),
             }
+        }
+        for id in self.unlinked_set().keys() {
+            tracing::error!(
+                session = id,
+                "a session whose sign-in failed could not be ended before exit: it runs to its deadline unless ended with `session terminate {id}`"
+            );
         }
     }
 

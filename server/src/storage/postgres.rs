@@ -864,6 +864,7 @@ impl SessionStore for PgStore {
             "SELECT s.id, $2::BIGINT AS at, $3::BIGINT AS cause FROM access_sessions s \
              JOIN organizations o ON o.id = s.organization_id \
              JOIN organization_jobs j ON j.id = $5 AND j.done_at IS NULL \
+               AND j.organization_id = s.organization_id AND j.kind = 'stop_sessions' \
              WHERE s.organization_id = $1 AND s.state = 'active' AND NOT o.is_active \
              AND s.expires_at > $2 ORDER BY s.id LIMIT $4 FOR UPDATE OF s FOR SHARE OF o, j"
         ))

@@ -496,7 +496,8 @@ impl SessionStore for SqliteStore {
                         "SELECT s.id FROM access_sessions s JOIN organizations o ON o.id = s.organization_id \
                          WHERE s.organization_id = ?1 AND s.state = 'active' AND NOT o.is_active \
                          AND s.expires_at > ?2 AND EXISTS (SELECT 1 FROM organization_jobs j \
-                           WHERE j.id = ?4 AND j.done_at IS NULL) ORDER BY s.id LIMIT ?3",
+                           WHERE j.id = ?4 AND j.done_at IS NULL AND j.organization_id = ?1 \
+                           AND j.kind = 'stop_sessions') ORDER BY s.id LIMIT ?3",
                     )?
                     .query_map(params![organization_id, event_at, limit, job_id], |r| {
                         r.get(0)
