@@ -152,6 +152,7 @@ on_both_backends!(
     periodic_interims_come_due_and_coalesce,
     session_time_is_the_difference_of_the_event_timestamps,
     a_session_termination_is_queued_once,
+    a_session_due_while_an_operators_stop_waits_ends_when_it_was_asked_for,
     pruning_keeps_what_is_pending,
     organization_changes_are_revisioned_audited_and_guarded,
     keys_and_web_sessions_are_shared_by_every_process,
@@ -1200,6 +1201,39 @@ async fn session_time_is_the_difference_of_the_event_timestamps(db: Db) {
 
 /// An operator asking twice to terminate a session before the portal got to it queues one
 /// job and writes one audit entry; an ended session is not queued at all.
+/// Expiry meets a session an operator's stop still waits for (its job not run yet: a replica's
+/// lease after a kill -9, a job backing off): asked for before the deadline, the session ends
+/// when it was asked for (Admin-Reset), as the job would have ended it; the job then finds it
+/// ended. Another session due then ends by its deadline.
+async fn a_session_due_while_an_operators_stop_waits_ends_when_it_was_asked_for(db: Db) {
+    let s = &db.storage;
+    s.seed_organization("acme", "Acme", "{}", None, 0, T0)
+        .await
+        .unwrap();
+    let ended = |id: i64| async move {
+        let session = s.session(id).await.unwrap().unwrap();
+        assert!(!session.active);
+        (session.stopped_at, session.terminate_cause)
+    };
+    let admin_reset = Some(i64::from(terminate_cause::ADMIN_RESET));
+    let idle = Some(i64::from(terminate_cause::IDLE_TIMEOUT));
+    let terminated = opened(s, login("10.0.4.1", T0, 2_000)).await;
+    let plain = opened(s, login("10.0.4.2", T0, 2_000)).await;
+    s.queue_session_termination(terminated, "cli:jo", T0 + 1_000)
+        .await
+        .unwrap();
+    s.stop_due_sessions(T0 + 3_000).await.unwrap();
+    assert_eq!(ended(terminated).await, (Some(T0 + 1_000), admin_reset));
+    assert_eq!(ended(plain).await, (Some(T0 + 2_000), idle));
+
+    let disabled = opened(s, login("10.0.4.3", T0 + 5_000, 2_000)).await;
+    s.set_organization_active("acme", false, "cli:test", T0 + 6_000)
+        .await
+        .unwrap();
+    s.stop_due_sessions(T0 + 8_000).await.unwrap();
+    assert_eq!(ended(disabled).await, (Some(T0 + 6_000), admin_reset));
+}
+
 async fn a_session_termination_is_queued_once(db: Db) {
     use radius_portal::storage::Termination;
     let s = &db.storage;

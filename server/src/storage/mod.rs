@@ -24,6 +24,18 @@ macro_rules! no_stop_pending {
 }
 pub(crate) use no_stop_pending;
 
+/// SQL, both backends: when the earliest operator's stop still waiting for the session `s` was
+/// asked for (an open organization job: its organization's stop, its own terminate); NULL if
+/// none. A session due meanwhile ends then (Admin-Reset), not later by its deadline.
+macro_rules! stop_asked_at {
+    () => {
+        "(SELECT MIN(j.created_at) FROM organization_jobs j WHERE j.done_at IS NULL \
+         AND j.organization_id = s.organization_id \
+         AND (j.kind = 'stop_sessions' OR j.access_session_id = s.id))"
+    };
+}
+pub(crate) use stop_asked_at;
+
 mod engine;
 pub mod organizations;
 pub mod postgres;

@@ -281,9 +281,9 @@ macro_rules! pending_head_o {
 /// each caller numbers its own parameters; a test holds them to [`AUTH_SERVER_DESTINATION`],
 /// `status_type::STOP` and [`session_end_actor`].
 macro_rules! stop_sessions {
-    ($target:literal) => {
+    ($($target:tt)+) => {
         concat!(
-            "WITH target AS (", $target, "), \
+            "WITH target AS (", $($target)+, "), \
              stopped AS (UPDATE access_sessions s SET state = 'stopped', stopped_at = GREATEST(t.at, s.started_at, s.refreshed_at, \
                  (SELECT MAX(o.event_at) FROM accounting_outbox o WHERE o.access_session_id = s.id AND o.status_type = 3)), \
                  terminate_cause = t.cause \
@@ -819,15 +819,22 @@ impl SessionStore for PgStore {
         let mut all = Vec::new();
         loop {
             let mut tx = self.pool.begin().await?;
-            let chunk = sqlx::query(stop_sessions!(
-                "SELECT id, expires_at AS at, CASE WHEN limit_at IS NOT NULL AND limit_at <= expires_at \
-                 THEN $2::BIGINT ELSE $3::BIGINT END AS cause FROM access_sessions \
-                 WHERE state = 'active' AND expires_at <= $1 ORDER BY expires_at LIMIT $4 FOR UPDATE SKIP LOCKED"
-            ))
+            // An operator's stop asked for before the deadline and not yet made ends the
+            // session then (Admin-Reset; its job finds it ended).
+            let chunk = sqlx::query(stop_sessions!(concat!(
+                "SELECT s.id, CASE WHEN a.asked < s.expires_at THEN a.asked ELSE s.expires_at END AS at, \
+                 CASE WHEN a.asked < s.expires_at THEN $5::BIGINT \
+                 WHEN s.limit_at IS NOT NULL AND s.limit_at <= s.expires_at THEN $2::BIGINT ELSE $3::BIGINT END AS cause \
+                 FROM access_sessions s, LATERAL (SELECT ",
+                super::stop_asked_at!(),
+                " AS asked) a \
+                 WHERE s.state = 'active' AND s.expires_at <= $1 ORDER BY s.expires_at LIMIT $4 FOR UPDATE OF s SKIP LOCKED"
+            )))
             .bind(now)
             .bind(i64::from(terminate_cause::SESSION_TIMEOUT))
             .bind(i64::from(terminate_cause::IDLE_TIMEOUT))
             .bind(STOP_CHUNK)
+            .bind(i64::from(terminate_cause::ADMIN_RESET))
             .fetch_all(&mut *tx)
             .await?;
             let done = (chunk.len() as i64) < STOP_CHUNK;

@@ -457,17 +457,28 @@ impl SessionStore for SqliteStore {
     async fn stop_due_sessions(&self, now: i64) -> Result<Vec<Stopped>, StorageError> {
         self.engine
             .write(move |c| {
-                let due: Vec<(i64, i64, Option<i64>)> = c
-                    .prepare_cached(
-                        "SELECT id, expires_at, limit_at FROM access_sessions \
-                         WHERE state = 'active' AND expires_at <= ? ORDER BY expires_at",
-                    )?
-                    .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                type Due = (i64, i64, Option<i64>, Option<i64>);
+                let due: Vec<Due> = c
+                    .prepare_cached(concat!(
+                        "SELECT s.id, s.expires_at, s.limit_at, ",
+                        super::stop_asked_at!(),
+                        " FROM access_sessions s \
+                         WHERE s.state = 'active' AND s.expires_at <= ? ORDER BY s.expires_at"
+                    ))?
+                    .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                     .collect::<Result<_, _>>()?;
                 let mut stopped = Vec::new();
-                for (id, expires_at, limit_at) in due {
-                    let cause = crate::access_session::timing::deadline_cause(expires_at, limit_at);
-                    if stop_in(c, id, cause, expires_at, Some(now))? {
+                for (id, expires_at, limit_at, asked_at) in due {
+                    // An operator's stop asked for before the deadline and not yet made ends it
+                    // then (its job finds it ended).
+                    let (cause, at) = match asked_at {
+                        Some(asked) if asked < expires_at => (terminate_cause::ADMIN_RESET, asked),
+                        _ => (
+                            crate::access_session::timing::deadline_cause(expires_at, limit_at),
+                            expires_at,
+                        ),
+                    };
+                    if stop_in(c, id, cause, at, Some(now))? {
                         stopped.push(Stopped {
                             id,
                             due_at: expires_at,
