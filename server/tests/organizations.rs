@@ -694,6 +694,28 @@ async fn an_enable_before_the_disables_stop_ran_says_the_sessions_keep_running()
 
     let disable = portal(&config, &["org", "disable", "acme"]).await;
     assert!(disable.status.success(), "{disable:?}");
+    // A file saying `enabled = true` would do the same at the next start: check-config says so.
+    let enabling = dir.path().join("enabling.toml");
+    std::fs::write(
+        &enabling,
+        std::fs::read_to_string(&config).unwrap().replace(
+            "nas_identifier = \"portal-test\"",
+            "nas_identifier = \"portal-test\"\nenabled = true",
+        ),
+    )
+    .unwrap();
+    let leptos = common::leptos_config();
+    let checked = portal_with_env(
+        &enabling,
+        &["check-config"],
+        &[("PORTAL_LEPTOS_CONFIG", leptos.to_str().unwrap())],
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&checked.stderr)
+            .contains("is skipped: its 1 open session(s) keep running"),
+        "{checked:?}"
+    );
     let enable = portal(&config, &["org", "enable", "acme"]).await;
     assert!(enable.status.success(), "{enable:?}");
     let said = String::from_utf8_lossy(&enable.stdout);
