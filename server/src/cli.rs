@@ -443,34 +443,30 @@ async fn check_against_database(settings: &Settings) -> anyhow::Result<Vec<Strin
                     "organization `{}` {why}: `serve` disables it, ending its {open} open session(s) (Accounting-Stop, Admin-Reset)",
                     row.id
                 );
-                say!("# {said}");
-                eprintln!("warning: {said}");
+                warn_of(&said);
             }
             // What the start-up enables while a disable's stop has not been done: the stop is
             // skipped, and its sessions keep running.
-            let pending = storage.pending_organization_jobs().await?;
             for row in stored.iter().filter(|row| !row.active) {
                 let enables = settings
                     .organizations
                     .iter()
                     .any(|o| o.id == row.id && o.enabled == Some(true));
-                let stop_pending = pending
-                    .iter()
-                    .any(|j| j.organization_id == row.id && j.kind == "stop_sessions");
-                if enables && stop_pending {
-                    let open = storage.active_session_ids_of(&row.id).await?.len();
-                    let said = format!(
+                if !enables {
+                    continue;
+                }
+                if let Some(open) =
+                    crate::organizations::kept_by_an_enable(&storage, &row.id).await?
+                {
+                    warn_of(&format!(
                         "organization `{}` is disabled and the file says `enabled = true`: `serve` enables it, and the disable's stop of its sessions, not done yet, is skipped: its {open} open session(s) keep running",
                         row.id
-                    );
-                    say!("# {said}");
-                    eprintln!("warning: {said}");
+                    ));
                 }
             }
             for said in crate::organizations::listed_but_disabled(&stored, &settings.organizations)
             {
-                say!("# {said}");
-                eprintln!("warning: {said}");
+                warn_of(&said);
             }
             return Ok(stored.into_iter().map(|row| row.id).collect());
         }
@@ -666,6 +662,12 @@ async fn audit_as_operator(
         })
         .await?;
     Ok(())
+}
+
+/// A finding of `check-config` against the database: in its output (a comment) and on stderr.
+fn warn_of(said: &str) {
+    say!("# {said}");
+    eprintln!("warning: {said}");
 }
 
 fn show(value: Option<u32>) -> String {

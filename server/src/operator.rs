@@ -726,12 +726,11 @@ async fn set_state(storage: &Storage, id: &str, active: bool) -> anyhow::Result<
     let cache = cache(storage).await?;
     // A disable's stop not yet made (no portal ran, or it had not come to it) is skipped by
     // the enable: its sessions keep running, and the operator hears so.
-    let stop_pending = active
-        && storage
-            .pending_organization_jobs()
-            .await?
-            .iter()
-            .any(|job| job.organization_id == id && job.kind == "stop_sessions");
+    let kept = if active {
+        organizations::kept_by_an_enable(storage, id).await?
+    } else {
+        None
+    };
     match organizations::set_active(storage, &cache, id, active, &actor())
         .await
         .with_context(|| {
@@ -744,12 +743,7 @@ async fn set_state(storage: &Storage, id: &str, active: bool) -> anyhow::Result<
         Some(false) if active => say!("organization {id} is already active"),
         Some(false) => say!("organization {id} is already disabled"),
         Some(true) if active => {
-            let kept = if stop_pending {
-                let open = storage.active_session_ids_of(id).await?.len();
-                format!("; the disable's stop of its sessions was not done and is skipped: its {open} open session(s) keep running (`org disable {id}` stops them)")
-            } else {
-                String::new()
-            };
+            let kept = kept.map_or_else(String::new, |open| format!("; the disable's stop of its sessions was not done and is skipped: its {open} open session(s) keep running (`org disable {id}` stops them)"));
             say!("organization {id} enabled{kept}");
         }
         Some(true) => {

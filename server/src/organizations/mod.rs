@@ -579,6 +579,23 @@ fn stop_secrets(row: &StoredOrganization) -> Result<(), OrganizationError> {
     Ok(())
 }
 
+/// How many open sessions organization `id` keeps if it is enabled now: Some while a disable's
+/// stop of its sessions has not been done (an enable skips it), None otherwise.
+pub async fn kept_by_an_enable(
+    storage: &Storage,
+    id: &str,
+) -> Result<Option<usize>, crate::storage::StorageError> {
+    let stop_pending = storage
+        .pending_organization_jobs()
+        .await?
+        .iter()
+        .any(|job| job.organization_id == id && job.kind == "stop_sessions");
+    if !stop_pending {
+        return Ok(None);
+    }
+    Ok(Some(storage.active_session_ids_of(id).await?.len()))
+}
+
 /// Enables or disables an organization — the one write path: the stored flag (with its audit
 /// entry and, on disable, the durable job that stops its open sessions), then this process's
 /// cache entry for that organization only. `Ok(None)`: no such organization.

@@ -12,26 +12,30 @@
 //! crash can never leave a session change without its Start/Interim/Stop queued.
 //! Times are Unix milliseconds (`i64`), passed in by callers so tests control them.
 
-/// SQL, both backends: no operator's stop waits for the session `s` — no open organization
-/// job stops its organization's sessions or terminates it. Such a session gets no periodic
+/// SQL, both backends: the operator's stops still waiting for the session `s` — the open
+/// organization jobs that stop its organization's sessions or terminate it (`j`).
+macro_rules! stops_waiting_for_s {
+    () => {
+        "FROM organization_jobs j WHERE j.done_at IS NULL \
+         AND j.organization_id = s.organization_id \
+         AND (j.kind = 'stop_sessions' OR j.access_session_id = s.id)"
+    };
+}
+
+/// SQL: no operator's stop waits for the session `s`. Such a session gets no periodic
 /// Interim-Update: its Stop is dated when the stop was asked for, never before a queued Interim.
 macro_rules! no_stop_pending {
     () => {
-        "NOT EXISTS (SELECT 1 FROM organization_jobs j WHERE j.done_at IS NULL \
-         AND j.organization_id = s.organization_id \
-         AND (j.kind = 'stop_sessions' OR j.access_session_id = s.id))"
+        concat!("NOT EXISTS (SELECT 1 ", stops_waiting_for_s!(), ")")
     };
 }
 pub(crate) use no_stop_pending;
 
-/// SQL, both backends: when the earliest operator's stop still waiting for the session `s` was
-/// asked for (an open organization job: its organization's stop, its own terminate); NULL if
-/// none. A session due meanwhile ends then (Admin-Reset), not later by its deadline.
+/// SQL: when the earliest operator's stop still waiting for the session `s` was asked for;
+/// NULL if none. A session due meanwhile ends then (Admin-Reset), not later by its deadline.
 macro_rules! stop_asked_at {
     () => {
-        "(SELECT MIN(j.created_at) FROM organization_jobs j WHERE j.done_at IS NULL \
-         AND j.organization_id = s.organization_id \
-         AND (j.kind = 'stop_sessions' OR j.access_session_id = s.id))"
+        concat!("(SELECT MIN(j.created_at) ", stops_waiting_for_s!(), ")")
     };
 }
 pub(crate) use stop_asked_at;
