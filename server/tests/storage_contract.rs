@@ -1222,6 +1222,13 @@ async fn a_session_due_while_an_operators_stop_waits_ends_when_it_was_asked_for(
     s.queue_session_termination(terminated, "cli:jo", T0 + 1_000)
         .await
         .unwrap();
+    // A refresh while the stop waits does not move the Stop later: it makes the stop.
+    assert!(s
+        .refresh_session(terminated, T0 + 1_500, T0 + 3_500)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(ended(terminated).await, (Some(T0 + 1_000), admin_reset));
     s.stop_due_sessions(T0 + 3_000).await.unwrap();
     assert_eq!(ended(terminated).await, (Some(T0 + 1_000), admin_reset));
     assert_eq!(ended(plain).await, (Some(T0 + 2_000), idle));

@@ -701,7 +701,15 @@ impl AccessSessions {
                     )
                     .await);
             }
-            other => other?.ok_or(SessionError::NotActive)?,
+            Ok(Some(refreshed)) => refreshed,
+            // Ended meanwhile, or by this write: an operator's stop that waited for the
+            // session is made now, dated when it was asked for (its Stop is queued).
+            Ok(None) => {
+                self.accounting.wake();
+                self.events.publish(id);
+                return Err(SessionError::NotActive);
+            }
+            Err(e) => return Err(e.into()),
         };
         self.accounting.wake();
         self.expiry_wake.due_at(refreshed.expires_at);

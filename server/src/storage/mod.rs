@@ -124,7 +124,9 @@ contract! {
         /// Loads a session by id.
         fn session(&self, id: i64) -> Option<AccessSessionRecord>;
         /// Moves an active session's deadline to `expires_at` (refreshed at `now`) and queues an
-        /// Interim-Update. Returns the updated session, or None if it is no longer active.
+        /// Interim-Update. Returns the updated session, or None if it is no longer active — or
+        /// an operator's stop waits for it: then this call makes that stop (Admin-Reset, dated
+        /// when it was asked for) instead.
         fn refresh_session(&self, id: i64, now: i64, expires_at: i64) -> Option<AccessSessionRecord>;
         /// Stops an active session at `event_at` (never before its start, its last refresh or
         /// an Interim-Update queued for it) with `cause` and queues its Stop. False if it was not active (already stopped: nothing is queued

@@ -773,15 +773,27 @@ impl SessionStore for PgStore {
         let mut tx = self.pool.begin().await?;
         // A disable committed since the guard read the flag denies it; one under way waits
         // for this transaction (the row is held), and its stop job then finds the session.
-        let active: Option<bool> = sqlx::query_scalar(
-            "SELECT o.is_active FROM organizations o \
-             JOIN access_sessions s ON s.organization_id = o.id WHERE s.id = $1 FOR SHARE OF o",
-        )
+        let found: Option<(bool, Option<i64>)> = sqlx::query_as(concat!(
+            "SELECT o.is_active, ",
+            super::stop_asked_at!(),
+            " FROM organizations o \
+             JOIN access_sessions s ON s.organization_id = o.id WHERE s.id = $1 FOR SHARE OF o"
+        ))
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-        if active == Some(false) {
-            return Err(StorageError::OrganizationDisabled);
+        match found {
+            Some((false, _)) => return Err(StorageError::OrganizationDisabled),
+            // An operator's stop waits for it: the refresh makes that stop, dated when it was
+            // asked for (a refresh must not move it later).
+            Some((true, Some(asked_at))) => {
+                if stop_in(&mut tx, id, terminate_cause::ADMIN_RESET, asked_at.min(now)).await? {
+                    notify(&mut tx, &self.origin, &[Notice::Session(id)]).await?;
+                    tx.commit().await?;
+                }
+                return Ok(None);
+            }
+            _ => {}
         }
         // The refresh's Interim-Update counts as the periodic one: the next is an interval
         // after it (a periodic one due a moment later would repeat it).

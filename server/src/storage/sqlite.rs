@@ -419,15 +419,24 @@ impl SessionStore for SqliteStore {
             .write(move |c| {
                 // A disable committed since the guard read the flag denies it (writers are
                 // serialized: the disable's stop job then finds the session as it was).
-                let active: Option<bool> = c
-                    .prepare_cached(
-                        "SELECT o.is_active FROM access_sessions s \
-                         JOIN organizations o ON o.id = s.organization_id WHERE s.id = ?",
-                    )?
-                    .query_row([id], |r| r.get(0))
+                let found: Option<(bool, Option<i64>)> = c
+                    .prepare_cached(concat!(
+                        "SELECT o.is_active, ",
+                        super::stop_asked_at!(),
+                        " FROM access_sessions s \
+                         JOIN organizations o ON o.id = s.organization_id WHERE s.id = ?"
+                    ))?
+                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
-                if active == Some(false) {
-                    return Err(StorageError::OrganizationDisabled);
+                match found {
+                    Some((false, _)) => return Err(StorageError::OrganizationDisabled),
+                    // An operator's stop waits for it: the refresh makes that stop, dated when
+                    // it was asked for (a refresh must not move it later).
+                    Some((true, Some(asked_at))) => {
+                        stop_in(c, id, terminate_cause::ADMIN_RESET, asked_at.min(now), None)?;
+                        return Ok(None);
+                    }
+                    _ => {}
                 }
                 // The refresh's Interim-Update counts as the periodic one: the next is an
                 // interval after it (a periodic one due a moment later would repeat it).
