@@ -476,6 +476,13 @@ async fn a_disabled_organizations_sessions_stop_in_batches_and_an_enable_keeps_t
         .await
         .unwrap();
     assert_eq!(job().await, None, "the enable closed the disable's job");
+    let enable = s.audit_tail(1).await.unwrap().remove(0);
+    assert_eq!(enable.action, "org.enable");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&enable.detail).unwrap()["skipped_stop"],
+        serde_json::json!({ "open_sessions": 4 }),
+        "the enable's audit entry says the stop was skipped and what it left running"
+    );
     let after_enable = s
         .stop_disabled_sessions("acme", first_job, admin_reset, T0 + 5, 2)
         .await

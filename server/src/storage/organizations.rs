@@ -496,8 +496,28 @@ async fn bump_revision<B: OrgBackend>(backend: &B, c: &mut B::Conn) -> Result<()
     backend.announce(c).await
 }
 
+/// What [`set_active_in`] changed.
+struct Flipped {
+    /// An enable closed a disable's stop not yet done: the sessions it left running.
+    kept_by_enable: Option<i64>,
+}
+
+impl Flipped {
+    /// Said once the change is committed (a rolled-back enable skipped nothing).
+    fn log(&self, id: &str, actor: &str) {
+        if let Some(open) = self.kept_by_enable {
+            tracing::warn!(
+                organization = id,
+                open_sessions = open,
+                actor,
+                "organization enabled before its disable's stop was done: the stop is skipped, its open sessions keep running"
+            );
+        }
+    }
+}
+
 /// Flips the active flag in a change (row revision, global revision, audit entry, and on
-/// disable the stop job). True if it changed.
+/// disable the stop job). None if it was already so.
 async fn set_active_in<B: OrgBackend>(
     backend: &B,
     c: &mut B::Conn,
@@ -505,7 +525,7 @@ async fn set_active_in<B: OrgBackend>(
     active: bool,
     actor: &str,
     now: i64,
-) -> Result<bool, StorageError> {
+) -> Result<Option<Flipped>, StorageError> {
     let changed = c
         .execute(
             "UPDATE organizations SET is_active = $1, revision = revision + 1, updated_at = $2 \
@@ -515,14 +535,17 @@ async fn set_active_in<B: OrgBackend>(
         .await?
         > 0;
     if !changed {
-        return Ok(false);
+        return Ok(None);
     }
     bump_revision(backend, c).await?;
+    let mut detail =
+        serde_json::json!({ "before": { "active": !active }, "after": { "active": active } });
+    let mut kept_by_enable = None;
     if active {
         // A disable's stop not yet done is skipped (design.md: the organization keeps its
         // sessions), and closed now, also one a portal is running (its batches stop only while
         // their job is open; PostgreSQL: this waits for a batch under way): a later disable's
-        // own job runs, dated by that disable.
+        // own job runs, dated by that disable. The enable's audit entry says so.
         let closed = c
             .execute(
                 "UPDATE organization_jobs SET done_at = $2, outcome = 'skipped: re-enabled' \
@@ -538,12 +561,8 @@ async fn set_active_in<B: OrgBackend>(
                 )
                 .await?;
             let open = open.map_or(0, |(n,)| n);
-            tracing::warn!(
-                organization = id,
-                open_sessions = open,
-                actor,
-                "organization enabled before its disable's stop was done: the stop is skipped, its open sessions keep running"
-            );
+            detail["skipped_stop"] = serde_json::json!({ "open_sessions": open });
+            kept_by_enable = Some(open);
         }
     } else {
         c.execute(
@@ -553,8 +572,6 @@ async fn set_active_in<B: OrgBackend>(
         )
         .await?;
     }
-    let detail =
-        serde_json::json!({ "before": { "active": !active }, "after": { "active": active } });
     audit_in(
         c,
         &Audit {
@@ -566,7 +583,7 @@ async fn set_active_in<B: OrgBackend>(
         },
     )
     .await?;
-    Ok(true)
+    Ok(Some(Flipped { kept_by_enable }))
 }
 
 /// Columns of [`OrganizationJob`].
@@ -615,6 +632,7 @@ impl<B: OrgBackend> OrganizationStore for B {
                 &[Arg::Text(id)],
             )
             .await?;
+        let mut flipped = None;
         let outcome = match existing {
             None => {
                 let active = enabled.unwrap_or(true);
@@ -688,7 +706,8 @@ impl<B: OrgBackend> OrganizationStore for B {
                     .await?;
                 }
                 if let Some(active) = enabled {
-                    if set_active_in(self, c, id, active, "config", now).await? {
+                    flipped = set_active_in(self, c, id, active, "config", now).await?;
+                    if flipped.is_some() {
                         changed.push(if active { "enabled" } else { "disabled" }.to_string());
                     }
                 }
@@ -700,6 +719,9 @@ impl<B: OrgBackend> OrganizationStore for B {
             }
         };
         change.commit().await?;
+        if let Some(flipped) = flipped {
+            flipped.log(id, "config");
+        }
         Ok(outcome)
     }
 
@@ -721,9 +743,12 @@ impl<B: OrgBackend> OrganizationStore for B {
         if exists.is_none() {
             return Ok(None);
         }
-        let changed = set_active_in(self, c, id, active, actor, now).await?;
+        let flipped = set_active_in(self, c, id, active, actor, now).await?;
         change.commit().await?;
-        Ok(Some(changed))
+        if let Some(flipped) = &flipped {
+            flipped.log(id, actor);
+        }
+        Ok(Some(flipped.is_some()))
     }
 
     async fn forget_config_position(&self, id: &str) -> Result<(), StorageError> {
