@@ -168,6 +168,13 @@ impl AccessSessions {
         &self.accounting
     }
 
+    /// Has the expiry task read the deadlines and Interim-Updates again now: an operator's
+    /// stop finished or an organization changed (an Interim-Update held back while the stop
+    /// waited is due, a session stopped meanwhile no longer is).
+    pub fn look_again(&self) {
+        self.expiry_wake.due_at(now_ms());
+    }
+
     /// The change notices (the live session page subscribes).
     pub fn events(&self) -> &SessionEvents {
         &self.events

@@ -109,7 +109,7 @@ impl OrganizationWorker {
         // A failed refresh does not hold up the claimed jobs (they read the flag they act on
         // from the database): returning would renew their claims on every pass without ever
         // running them.
-        self.refresh_cache().await;
+        let changed = self.refresh_cache().await;
         let mut done = Vec::new();
         // A job no longer among this process's (finished, or another replica holds it) has
         // no retry left here.
@@ -172,21 +172,27 @@ impl OrganizationWorker {
             drop(retry_at);
             done.push((job, outcome));
         }
+        if changed || !done.is_empty() {
+            self.sessions.look_again();
+        }
         Ok(done)
     }
 
     /// Reloads the organizations changed elsewhere (another process, another replica) into
     /// this process's cache. A failure is logged; the next call tries again.
-    async fn refresh_cache(&self) {
+    /// True if an organization changed.
+    async fn refresh_cache(&self) -> bool {
         match self.organizations.refresh(&self.storage).await {
             Ok(changed) => {
                 for id in &changed {
                     tracing::info!(organization = %id, "organization changed: cached settings reloaded");
                 }
+                !changed.is_empty()
             }
             Err(e) => {
                 tracing::error!(error = %crate::portal_backend::error_chain(&e),
                     "reloading changed organizations failed; retrying on the next pass");
+                false
             }
         }
     }
