@@ -569,6 +569,35 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
         )
         .await;
     assert_eq!(changed["servers"][1]["retries"], 0);
+    // A new secret is audited by the server's name, never by its text.
+    admin
+        .ok(
+            Method::PATCH,
+            "/organizations/gamma/servers/g2",
+            Some(json!({ "secret": "rotated-secret" })),
+        )
+        .await;
+    let rotated = &admin.ok(Method::GET, "/audit?limit=1", None).await[0];
+    let detail = &rotated["detail"];
+    assert_eq!(
+        (
+            &detail["change"],
+            &detail["server"],
+            &detail["secret_changed"]
+        ),
+        (&json!("server.update"), &json!("g2"), &json!(["g2"])),
+        "{rotated}"
+    );
+    let retried = admin
+        .ok(
+            Method::PATCH,
+            "/organizations/gamma/servers/g2",
+            Some(json!({ "retries": 1 })),
+        )
+        .await;
+    assert_eq!(retried["servers"][1]["retries"], 1);
+    let detail = &admin.ok(Method::GET, "/audit?limit=1", None).await[0]["detail"];
+    assert!(detail.get("secret_changed").is_none(), "{detail}");
     // Pointing a server elsewhere needs its secret again (the stored one stays with its host).
     let (status, text) = admin
         .call(
@@ -709,6 +738,55 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
     assert_eq!(status, StatusCode::CONFLICT, "{text}");
     assert!(text.contains("configuration"), "{text}");
 
+    // A configured organization's servers come back from the file at the next start: one
+    // added or moved here would be taken from its sessions then (and that start refused).
+    let moved = json!({ "acct_port": 9, "secret": "another-secret" });
+    let added = json!({ "name": "a2", "address": "127.0.0.1", "secret": "x" });
+    for (method, path, body) in [
+        (Method::POST, "/organizations/acme/servers", added),
+        (
+            Method::PATCH,
+            "/organizations/acme/servers/a-primary",
+            moved,
+        ),
+        (
+            Method::PATCH,
+            "/organizations/acme/servers/a-primary",
+            json!({ "name": "a-renamed" }),
+        ),
+    ] {
+        let (status, text) = admin.call(method, path, Some(TOKEN), Some(body)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{path}: {text}");
+        assert!(text.contains("configuration file"), "{text}");
+    }
+    admin
+        .ok(
+            Method::PATCH,
+            "/organizations/acme/servers/a-primary",
+            Some(json!({ "retries": 1 })),
+        )
+        .await;
+    // Two names of the active flag on a create, saying different things: refused.
+    let (status, text) = admin
+        .call(
+            Method::POST,
+            "/organizations",
+            Some(TOKEN),
+            Some(json!({ "id": "eps", "name": "E", "servers": [server], "is_active": true, "enabled": false })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("give one of them"), "{text}");
+    // A path that cannot be read is answered in JSON like every other error.
+    let (status, text) = admin
+        .call(Method::GET, "/organizations/%ff", Some(TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(
+        serde_json::from_str::<Value>(&text).unwrap()["error"].is_string(),
+        "{text}"
+    );
+
     // Every change audited, and no secret in the log.
     let audit = admin.ok(Method::GET, "/audit?limit=500", None).await;
     let text = audit.to_string();
@@ -723,7 +801,9 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
         );
     }
     assert!(
-        !text.contains(SECRET) && !text.contains("other-secret"),
+        !text.contains(SECRET)
+            && !text.contains("other-secret")
+            && !text.contains("rotated-secret"),
         "{text}"
     );
     app.stop().await;

@@ -79,6 +79,26 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
+/// A path's parameters; ones that cannot be read (not UTF-8 once decoded) are refused as every
+/// error of the API is: JSON, 400.
+struct ApiPath<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for ApiPath<T>
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(error(StatusCode::BAD_REQUEST, &rejection.body_text())),
+        }
+    }
+}
+
 /// The one path served without a token (within [`PREFIX`]).
 const OPENAPI_PATH: &str = "/openapi.json";
 
@@ -233,7 +253,7 @@ async fn list_organizations(State(api): State<AdminApi>) -> Response {
     Json(views).into_response()
 }
 
-async fn show_organization(State(api): State<AdminApi>, Path(id): Path<String>) -> Response {
+async fn show_organization(State(api): State<AdminApi>, ApiPath(id): ApiPath<String>) -> Response {
     match organization_view(&api, &id).await {
         Ok(Some(view)) => Json(view).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "no such organization"),
@@ -461,7 +481,7 @@ async fn create_organization(
 async fn update_organization(
     State(api): State<AdminApi>,
     Extension(Actor(actor)): Extension<Actor>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     WriteBody(body): WriteBody,
 ) -> Response {
     let stored = match stored_settings(&api, &id).await {
@@ -481,7 +501,7 @@ async fn update_organization(
 async fn delete_organization(
     State(api): State<AdminApi>,
     Extension(Actor(actor)): Extension<Actor>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Response {
     match change::delete(&api.storage, &api.organizations, &id, &actor).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
@@ -493,7 +513,7 @@ async fn delete_organization(
 async fn add_server(
     State(api): State<AdminApi>,
     Extension(Actor(actor)): Extension<Actor>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     WriteBody(body): WriteBody,
 ) -> Response {
     if let Some(refused) = new_file_refusal(&body, None) {
@@ -509,7 +529,7 @@ async fn add_server(
 async fn update_server(
     State(api): State<AdminApi>,
     Extension(Actor(actor)): Extension<Actor>,
-    Path((id, name)): Path<(String, String)>,
+    ApiPath((id, name)): ApiPath<(String, String)>,
     WriteBody(body): WriteBody,
 ) -> Response {
     let stored = match stored_settings(&api, &id).await {
@@ -533,7 +553,7 @@ async fn update_server(
 async fn remove_server(
     State(api): State<AdminApi>,
     Extension(Actor(actor)): Extension<Actor>,
-    Path((id, name)): Path<(String, String)>,
+    ApiPath((id, name)): ApiPath<(String, String)>,
 ) -> Response {
     match change::remove_server(&api.storage, &api.organizations, &id, &name, &actor).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
@@ -603,7 +623,7 @@ async fn named_session(api: &AdminApi, name: &str) -> Result<AccessSessionRecord
     }
 }
 
-async fn show_session(State(api): State<AdminApi>, Path(name): Path<String>) -> Response {
+async fn show_session(State(api): State<AdminApi>, ApiPath(name): ApiPath<String>) -> Response {
     match named_session(&api, &name).await {
         Ok(s) => Json(SessionRow::from(&s)).into_response(),
         Err(refused) => *refused,
@@ -615,7 +635,7 @@ async fn show_session(State(api): State<AdminApi>, Path(name): Path<String>) -> 
 async fn terminate_session(
     State(api): State<AdminApi>,
     Extension(Actor(actor)): Extension<Actor>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Response {
     let session = match named_session(&api, &name).await {
         Ok(s) => s,

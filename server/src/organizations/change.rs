@@ -139,6 +139,8 @@ async fn state_of(storage: &Storage, id: &str) -> Result<OrgState, ChangeError> 
 pub(crate) struct Stored {
     pub(crate) settings: Map<String, Value>,
     revision: i64,
+    /// Listed in the configuration file (its settings come back at the next start).
+    from_config: bool,
 }
 
 /// The stored settings of an organization as JSON.
@@ -159,6 +161,7 @@ pub(crate) async fn stored_settings(storage: &Storage, id: &str) -> Result<Store
             Ok(Stored {
                 settings: map,
                 revision: row.revision,
+                from_config: row.from_config,
             })
         }
         _ => Err(ChangeError::Internal(OrganizationError::Corrupt(
@@ -235,6 +238,8 @@ struct Change<'a> {
     id: &'a str,
     actor: &'a str,
     what: &'a str,
+    /// The server a `server.*` change is of, named in the audit entry.
+    server: Option<&'a str>,
     require_active: bool,
 }
 
@@ -250,6 +255,7 @@ async fn store(
         id,
         actor,
         what,
+        server,
         require_active,
     } = change;
     let key = format!("organizations.{id}");
@@ -283,14 +289,48 @@ async fn store(
             "{problem}: keep it as it is until they have ended (disabling the organization ends them); to use another address, add it as a server of its own"
         )));
     }
+    // The next start applies the file's servers again: one added, renamed or sending its
+    // accounting elsewhere here would be taken from the sessions it authenticated meanwhile
+    // (and that start refused while they need it).
+    if before.from_config {
+        if let Some(name) = super::new_or_moved_server(servers_of(&before.settings), &after.servers)
+        {
+            return Err(ChangeError::Conflict(format!(
+                "organization `{id}` is listed in the configuration file, whose servers the next start applies again: server `{name}` added, renamed or sending accounting elsewhere here would be taken from the sessions it authenticates (and that start refused while they need it); make the change in the file, check it with `check-config`, and restart"
+            )));
+        }
+    }
+    let secret_changed: Vec<&str> = after
+        .servers
+        .iter()
+        .filter(|server| {
+            stored_server(&before.settings, &server.name).is_some_and(|stored| {
+                !kept.contains(&server.name.as_str())
+                    && (server.secret.is_some()
+                        || server.secret_file.as_ref().map(|f| f.to_string_lossy())
+                            != stored
+                                .get("secret_file")
+                                .and_then(Value::as_str)
+                                .map(std::borrow::Cow::Borrowed))
+            })
+        })
+        .map(|server| server.name.as_str())
+        .collect();
     let before_view =
         serde_json::from_value::<OrganizationSettings>(Value::Object(before.settings))
             .map(|b| redacted(&b))
             .unwrap_or(Value::Null);
     let json = serde_json::to_string(&after)
         .map_err(|e| OrganizationError::Corrupt(id.to_string(), e.to_string()))?;
-    let detail =
+    let mut detail =
         serde_json::json!({ "change": what, "before": before_view, "after": redacted(&after) });
+    if let Some(server) = server {
+        detail["server"] = serde_json::json!(server);
+    }
+    // Secrets are never written: which servers were given a new one is.
+    if !secret_changed.is_empty() {
+        detail["secret_changed"] = serde_json::json!(secret_changed);
+    }
     let write = OrganizationWrite {
         id,
         name: &after.name,
@@ -323,15 +363,28 @@ pub async fn create(
     actor: &str,
 ) -> Result<String, ChangeError> {
     let mut body = object(body, "organization")?;
-    let active = match body.remove("is_active") {
-        Some(Value::Bool(b)) => Some(b),
-        Some(_) => {
-            return Err(ChangeError::Invalid(
-                "is_active: must be true or false".into(),
-            ))
+    // One of the flag's names at most (as for a change): two could say different things.
+    let given: Vec<&str> = ACTIVE_KEYS
+        .into_iter()
+        .filter(|k| body.contains_key(*k))
+        .collect();
+    if let [first, other, ..] = given[..] {
+        return Err(ChangeError::Invalid(format!(
+            "{other}: names the same flag as {first}: give one of them"
+        )));
+    }
+    let mut active = None;
+    for key in ["is_active", "active"] {
+        match body.remove(key) {
+            Some(Value::Bool(b)) => active = Some(b),
+            Some(_) => {
+                return Err(ChangeError::Invalid(format!(
+                    "{key}: must be true or false"
+                )))
+            }
+            None => {}
         }
-        None => None,
-    };
+    }
     let settings = checked(Value::Object(body), "organization", &[])?;
     let active = active.or(settings.enabled).unwrap_or(true);
     let json = serde_json::to_string(&settings)
@@ -436,6 +489,7 @@ pub async fn update(
             id,
             actor,
             what: "update",
+            server: None,
             require_active: true,
         },
         before,
@@ -519,6 +573,7 @@ pub async fn add_server(
             id,
             actor,
             what: "server.add",
+            server: Some(&name),
             require_active: true,
         },
         before,
@@ -585,6 +640,7 @@ pub async fn update_server(
             id,
             actor,
             what: "server.update",
+            server: Some(name),
             require_active: true,
         },
         before,
@@ -633,6 +689,7 @@ pub async fn remove_server(
             id,
             actor,
             what: "server.remove",
+            server: Some(name),
             require_active: false,
         },
         before,

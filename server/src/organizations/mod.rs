@@ -558,6 +558,28 @@ pub(crate) async fn servers_still_needed(
     Ok(Ok(()))
 }
 
+/// The first server of `after` that is not among the `stored` entries by name, or sends its
+/// accounting to another address or port than its stored entry.
+pub(crate) fn new_or_moved_server<'a>(
+    stored: &[serde_json::Value],
+    after: &'a [crate::config::ServerSettings],
+) -> Option<&'a str> {
+    after
+        .iter()
+        .find(|server| {
+            let Some(entry) = stored
+                .iter()
+                .find(|e| e.get("name").and_then(serde_json::Value::as_str) == Some(&server.name))
+            else {
+                return true;
+            };
+            accounting_address(entry).is_some_and(|from| {
+                from != SocketAddr::new(server.address.to_canonical(), server.acct_port)
+            })
+        })
+        .map(|server| server.name.as_str())
+}
+
 /// Where a stored server entry sends accounting (its address and accounting port, read as
 /// [`change::destination`] reads them).
 fn accounting_address(entry: &serde_json::Value) -> Option<SocketAddr> {
