@@ -1494,6 +1494,19 @@ async fn a_waiting_copy_goes_out_after_a_restart() {
             .any(|e| e.copy_to.as_deref() == Some("primary") && e.attempts > 0)
     })
     .await;
+    // The operator cannot remove the server meanwhile: the copy would be given up at once.
+    let removal = radius_portal::organizations::change::remove_server(
+        &app.storage,
+        &app.organizations,
+        "acme",
+        "primary",
+        "test",
+    )
+    .await;
+    assert!(
+        matches!(&removal, Err(e) if e.to_string().contains("1 Stop copy(ies) still wait for it")),
+        "{removal:?}"
+    );
     app.stop().await;
 
     primary.restart().await;
