@@ -1401,6 +1401,46 @@ async fn a_stop_is_copied_to_a_server_an_interim_update_failed_over_to() {
     app.stop().await;
 }
 
+/// A sign-in that replaces a session whose server has gone silent (authentication and
+/// accounting): the old session's Stop fails over to the backup — the sign-in waits for it, up
+/// to its deadline — before the new session's Start goes there. The backup never sees the old
+/// user's Stop for the address after the new user's Start.
+#[tokio::test]
+async fn a_replaced_sessions_stop_fails_over_before_the_new_start() {
+    let primary = FreeRadius::start().await;
+    let backup = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let settings = quick_failover(
+        &db,
+        vec![fast(&primary, "primary"), fast(&backup, "backup")],
+    );
+    let app = TestApp::spawn(&settings).await;
+    let (first, first_sid) = carol_at_primary(&app, &primary, 35).await;
+    primary.pause();
+    let second = app
+        .sessions
+        .login("acme", "erin", "erin-pass", IpAddr::V4(client(35)))
+        .await
+        .unwrap();
+    assert_eq!(second.server_name, "backup");
+    let second_sid = format!("sid={} ", second.acct_session_id);
+    backup.wait_for_acct(&["status=Start", &second_sid]).await;
+    let lines = backup.acct_lines();
+    let old_stop = lines
+        .iter()
+        .position(|l| l.contains("status=Stop") && l.contains(&first_sid))
+        .unwrap_or_else(|| panic!("the old session's Stop at the backup first: {lines:#?}"));
+    let new_start = lines
+        .iter()
+        .position(|l| l.contains("status=Start") && l.contains(&second_sid))
+        .unwrap();
+    assert!(old_stop < new_start, "{lines:#?}");
+    assert_eq!(field(&lines[old_stop], "cause"), "Port-Preempted");
+    assert!(!app.storage.session(first.id).await.unwrap().unwrap().active);
+    primary.resume();
+    app.stop().await;
+}
+
 /// A sign-in that replaces a session sends the old session's Stop before the new Start — its
 /// copies included: here the old session's Interim-Update had failed over to the backup,
 /// which then authenticates the new sign-in (the primary's authentication is down). The backup

@@ -537,16 +537,20 @@ impl AccessSessions {
         let _start = self.accounting.inline_delivery(id);
         for old in preempted {
             self.events.publish(old.id);
-            let stop_deadline = Instant::now() + exchange_time;
+            // The rest of the login's deadline, at least one exchange: a Stop whose server is
+            // silent fails over meanwhile (the new Start may go to that other server: it must
+            // not see the old user's Stop for the address after the new user's Start).
+            let stop_deadline = deadline.max(Instant::now() + exchange_time);
             let mut sent = self
                 .accounting
                 .deliver_now(old.id, status_type::STOP, stop_deadline)
                 .await;
-            // Its copies too (servers that may hold it open), before the new Start.
+            // Its copies too (servers that may hold it open), before the new Start: one
+            // exchange each (a copy never fails over: its server down, it waits for it).
             if matches!(sent, Ok(true)) {
                 sent = self
                     .accounting
-                    .deliver_copies_now(old.id, stop_deadline)
+                    .deliver_copies_now(old.id, Instant::now() + exchange_time)
                     .await;
             }
             if !matches!(sent, Ok(true)) {
