@@ -8,9 +8,11 @@
 //!   with Framed-IP-Address, else by Class; found → Disconnect-ACK and the session stops (Stop,
 //!   Admin-Reset), whatever the organization's state (design.md §5); not found → Disconnect-NAK
 //!   with Error-Cause 503 (Session-Context-Not-Found).
-//! - CoA-Request: Disconnect-NAK's sibling CoA-NAK, Error-Cause 405 (Unsupported-Service) — the
-//!   portal has nothing to change a session with yet. The guard decides first: a disabled
-//!   organization's session is NAKed (Error-Cause 503 is not given for it, 405 is).
+//! - CoA-Request: Disconnect-NAK's sibling CoA-NAK, Error-Cause 406 (Unsupported-Extension, RFC
+//!   5176 §3.5: the NAS does not support CoA; 405 would point at a Service-Type the request may
+//!   not even carry) — the portal has nothing to change a session with yet. The guard decides
+//!   first: a disabled organization's session is NAKed (Error-Cause 503 is not given for it,
+//!   406 is).
 //! - A retransmitted request (same source address and Request Authenticator — which covers
 //!   the Identifier and every attribute) is answered from a cache of recent replies and not
 //!   acted on twice (RFC 5080 §2.2.2). The entry is kept for [`DUPLICATE_WINDOW`], or, when the
@@ -52,8 +54,8 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(30);
 const MAX_IN_PROGRESS: usize = 256;
 /// Error-Cause 506: Resources-Unavailable (the portal's own trouble: not cached, retry welcome).
 const RESOURCES_UNAVAILABLE: u32 = 506;
-/// Error-Cause 405: Unsupported-Service.
-const UNSUPPORTED_SERVICE: u32 = 405;
+/// Error-Cause 406: Unsupported-Extension (CoA is not supported).
+const UNSUPPORTED_EXTENSION: u32 = 406;
 /// Error-Cause 503: Session-Context-Not-Found.
 const SESSION_CONTEXT_NOT_FOUND: u32 = 503;
 /// Error-Cause 402: Missing-Attribute (no session identification attribute).
@@ -466,7 +468,7 @@ impl DynAuthListener {
                 disabled,
                 "CoA-Request refused: changing a session is not supported"
             );
-            return reply(nak, Some(UNSUPPORTED_SERVICE));
+            return reply(nak, Some(UNSUPPORTED_EXTENSION));
         }
         let actor = format!("dynauth:{client}");
         for session in &found {

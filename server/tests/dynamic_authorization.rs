@@ -218,7 +218,7 @@ async fn unknown_sessions_coa_and_forged_requests_are_refused() {
     )
     .await;
     assert!(out.contains("Received CoA-NAK"), "{out}");
-    assert!(out.contains("Unsupported-Service"), "{out}");
+    assert!(out.contains("Unsupported-Extension"), "{out}");
 
     let out = radclient_async(
         listener,
