@@ -257,8 +257,11 @@ async fn an_unusable_accept_opens_no_session(shape: fn(&mut Packet), why: &str) 
     assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
     let audit = app.storage.audit_tail(10).await.unwrap();
     assert!(
-        audit.iter().any(|e| e.action == "login.unusable_accept"),
-        "{audit:?}"
+        audit.iter().any(|e| e.action == "login.unusable_accept"
+            && serde_json::from_str::<serde_json::Value>(&e.detail).unwrap()["reason"]
+                .as_str()
+                .is_some_and(|reason| reason.contains(why))),
+        "the audit entry says why: {audit:?}"
     );
     assert!(
         app.storage.dead_letters(10).await.unwrap().is_empty(),

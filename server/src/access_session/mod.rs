@@ -368,8 +368,15 @@ impl AccessSessions {
                 // before the servers are: a flood of sign-ins during an outage (users
                 // reloading, a script) would otherwise write a row each.
                 if !matches!(e, RadiusError::AllServersDown | RadiusError::NoServers) {
-                    self.audit_login(&org.id, username, client_ip, "login.unavailable")
-                        .await;
+                    let reason = crate::portal_backend::error_chain(&e);
+                    self.audit_login(
+                        &org.id,
+                        username,
+                        client_ip,
+                        "login.unavailable",
+                        Some(&reason),
+                    )
+                    .await;
                 }
                 return Err(SessionError::ServersUnavailable(e));
             }
@@ -378,20 +385,26 @@ impl AccessSessions {
             AuthOutcome::Accept { server, grant } => (server, grant),
             AuthOutcome::Reject { reply_message } => {
                 tracing::info!(organization = %org.id, username, %client_ip, "login rejected");
-                self.audit_login(&org.id, username, client_ip, "login.rejected")
+                self.audit_login(&org.id, username, client_ip, "login.rejected", None)
                     .await;
                 return Err(SessionError::Rejected { reply_message });
             }
             AuthOutcome::Unusable { problem } => {
                 tracing::warn!(organization = %org.id, username, %client_ip, %problem,
                     "login accepted by RADIUS with an answer that cannot be used: no session");
-                self.audit_login(&org.id, username, client_ip, "login.unusable_accept")
-                    .await;
+                self.audit_login(
+                    &org.id,
+                    username,
+                    client_ip,
+                    "login.unusable_accept",
+                    Some(&problem),
+                )
+                .await;
                 return Err(SessionError::UnusableAccept { problem });
             }
             AuthOutcome::Challenge { reply_message } => {
                 tracing::info!(organization = %org.id, username, %client_ip, "login needs Access-Challenge (unsupported)");
-                self.audit_login(&org.id, username, client_ip, "login.challenge")
+                self.audit_login(&org.id, username, client_ip, "login.challenge", None)
                     .await;
                 return Err(SessionError::ChallengeUnsupported { reply_message });
             }
@@ -451,10 +464,17 @@ impl AccessSessions {
         ) {
             tracing::warn!(organization = %org.id, username, %client_ip, error = %e,
                 "login accepted by RADIUS but its session's Accounting-Stop could not be encoded: no session");
-            self.audit_login(&org.id, username, client_ip, "login.unusable_accept")
-                .await;
+            let problem = "its Class and User-Name attributes are too long for the session's Accounting-Stop to fit in one RADIUS packet";
+            self.audit_login(
+                &org.id,
+                username,
+                client_ip,
+                "login.unusable_accept",
+                Some(problem),
+            )
+            .await;
             return Err(SessionError::UnusableAccept {
-                problem: "its Class and User-Name attributes are too long for the session's Accounting-Stop to fit in one RADIUS packet".into(),
+                problem: problem.into(),
             });
         }
         let opened = match self.storage.open_session(&new).await {
@@ -632,9 +652,21 @@ impl AccessSessions {
 
     /// Audits a login attempt that opened nothing (an accepted one is audited in the
     /// transaction that opens its session). Never the password; a failed write is logged.
-    async fn audit_login(&self, org: &str, username: &str, client_ip: IpAddr, action: &str) {
-        let detail =
+    /// `reason`: why it opened nothing, where the server's answer (or its absence) says more
+    /// than the action does.
+    async fn audit_login(
+        &self,
+        org: &str,
+        username: &str,
+        client_ip: IpAddr,
+        action: &str,
+        reason: Option<&str>,
+    ) {
+        let mut detail =
             serde_json::json!({ "username": username, "client_ip": client_ip.to_string() });
+        if let Some(reason) = reason {
+            detail["reason"] = serde_json::json!(reason);
+        }
         if let Err(e) = self
             .storage
             .audit(&Audit {
