@@ -1557,7 +1557,24 @@ impl Settings {
                 "at least one [[organizations]] entry is required",
             ));
         }
+        let mut names = std::collections::HashSet::new();
         for (i, token) in self.admin.tokens.iter().enumerate() {
+            // The name is who acted in the audit log (`admin:<name>`): one each, and readable.
+            if token.name.trim().is_empty() || !plain_text(&token.name, false) {
+                return Err(config_error(
+                    format!("admin.tokens[{i}].name"),
+                    format!("must be a name {PLAIN} (the audit log says who acted by it)"),
+                ));
+            }
+            if !names.insert(token.name.as_str()) {
+                return Err(config_error(
+                    format!("admin.tokens[{i}].name"),
+                    format!(
+                        "`{}` is used twice: the audit log could not tell the two tokens apart",
+                        token.name
+                    ),
+                ));
+            }
             if token.sha256.len() != 64
                 || !token
                     .sha256
@@ -2158,6 +2175,38 @@ mod tests {
             .expect("parses")
             .validate()
             .expect("a help text of two lines");
+    }
+
+    #[test]
+    fn admin_token_names_are_one_each_and_readable() {
+        let token = |name: &str| {
+            format!(
+                "[[admin.tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\n",
+                "a".repeat(64)
+            )
+        };
+        for (tokens, problem) in [
+            (token("ops") + &token("ops"), "used twice"),
+            (token(""), "must be a name"),
+            (
+                token("two\\n2026-12-02 config org.enable"),
+                "must be a name",
+            ),
+            (token("ad\u{202E}nimda"), "must be a name"),
+        ] {
+            let text = format!("{tokens}{MINIMAL}");
+            let e = Settings::from_toml(&text)
+                .expect("parses")
+                .validate()
+                .expect_err(&tokens);
+            assert!(e.key.starts_with("admin.tokens["), "{e}");
+            assert!(e.to_string().contains(problem), "{tokens}: {e}");
+        }
+        let text = format!("{}{}{MINIMAL}", token("ops"), token("ci"));
+        Settings::from_toml(&text)
+            .expect("parses")
+            .validate()
+            .expect("two tokens of their own names");
     }
 
     #[test]

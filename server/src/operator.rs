@@ -16,6 +16,7 @@ use crate::{
     storage::{AccessSessionRecord, Storage, StoredOrganization},
 };
 use anyhow::Context;
+use app::validation::shown_plainly;
 use clap::Subcommand;
 use serde::Serialize;
 
@@ -254,7 +255,7 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                         "{:>6} {:<16} {:<20} {:<16} {:<20} {:<20}",
                         r.id,
                         r.organization,
-                        r.username,
+                        shown_plainly(&r.username),
                         r.client_ip,
                         clock(r.started_at_ms),
                         clock(r.expires_at_ms)
@@ -274,7 +275,7 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                 say!("id:              {}", row.id);
                 say!("Acct-Session-Id: {}", row.acct_session_id);
                 say!("organization:    {}", row.organization);
-                say!("user:            {}", row.username);
+                say!("user:            {}", shown_plainly(&row.username));
                 say!("client IP:       {}", row.client_ip);
                 say!("server:          {}", row.server);
                 say!(
@@ -311,7 +312,7 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                     say!(
                         "session {} ({}, {}) is already to be stopped: a termination asked for earlier is not done yet",
                         s.id,
-                        s.username,
+                        shown_plainly(&s.username),
                         s.organization_id
                     );
                     return Ok(Outcome::Done);
@@ -327,7 +328,7 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
             say!(
                 "session {} ({}, {}) will be stopped {by} (Accounting-Stop, Admin-Reset)",
                 s.id,
-                s.username,
+                shown_plainly(&s.username),
                 s.organization_id
             );
             Ok(Outcome::Done)
@@ -499,7 +500,9 @@ pub fn actor() -> String {
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
         .or_else(uid)
         .unwrap_or_else(|| "unknown".into());
-    format!("cli:{user}")
+    // From the environment: a line break or direction mark in it would forge or hide a line of
+    // `audit tail`.
+    format!("cli:{}", shown_plainly(&user))
 }
 
 #[cfg(unix)]
@@ -833,10 +836,10 @@ pub async fn audit(settings: &Settings, command: AuditCommand) -> anyhow::Result
                             std::time::UNIX_EPOCH
                                 + std::time::Duration::from_millis(entry.at.max(0) as u64)
                         ),
-                        entry.actor,
+                        shown_plainly(&entry.actor),
                         entry.action,
                         entry.organization_id.as_deref().unwrap_or("-"),
-                        entry.detail
+                        shown_plainly(&entry.detail)
                     );
                 }
             }

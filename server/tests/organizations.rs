@@ -455,9 +455,9 @@ async fn portal_with_env(
         .arg("--config")
         .arg(config)
         .args(args)
-        .envs(env.iter().copied())
         .env("USER", "operator-jo")
         .env_remove("SUDO_USER")
+        .envs(env.iter().copied())
         .output()
         .await
         .unwrap()
@@ -857,6 +857,30 @@ async fn the_cli_disables_an_organization_of_the_running_portal() {
         "{}",
         String::from_utf8_lossy(&audit.stdout)
     );
+    // A login name that would forge a line of `audit tail` (the environment is the caller's):
+    // its line break is written as its code point, one entry one line.
+    let forging = portal_with_env(
+        &config,
+        &["org", "disable", "acme"],
+        &[(
+            "SUDO_USER",
+            "bob\n2026-12-02T00:00:00.000Z cli:alice org.enable acme {}",
+        )],
+    )
+    .await;
+    assert!(forging.status.success(), "{forging:?}");
+    let audit = portal(&config, &["audit", "tail", "--limit", "5"]).await;
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("cli:bob⟨U+000A⟩2026-12-02") && l.contains("org.disable"))
+            && !audit
+                .lines()
+                .any(|l| l.starts_with("2026-12-02T00:00:00.000Z")),
+        "{audit}"
+    );
+    portal(&config, &["org", "enable", "acme"]).await;
     portal(&config, &["org", "disable", "acme"]).await;
 
     let missing = portal(&config, &["org", "show", "no-such-org"]).await;
