@@ -887,6 +887,19 @@ impl OrganizationSettings {
                 "at least one RADIUS server is required",
             ));
         }
+        // What the servers (and the firewall behind them) know the portal by: one address.
+        if self.nas_ip.is_unspecified()
+            || self.nas_ip.is_multicast()
+            || self.nas_ip == IpAddr::V4(std::net::Ipv4Addr::BROADCAST)
+        {
+            return Err(config_error(
+                format!("{key}.nas_ip"),
+                format!(
+                    "`{}` is not an address the RADIUS servers can know the portal by",
+                    self.nas_ip
+                ),
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for (j, server) in self.servers.iter().enumerate() {
             let server_key = format!("{key}.servers[{j}]");
@@ -905,7 +918,10 @@ impl OrganizationSettings {
                 Duration::from_millis(100),
                 Duration::from_secs(60),
             )?;
-            if server.address.is_unspecified() {
+            if server.address.is_unspecified()
+                || server.address.is_multicast()
+                || server.address == IpAddr::V4(std::net::Ipv4Addr::BROADCAST)
+            {
                 return Err(config_error(
                     format!("{server_key}.address"),
                     format!("`{}` is not a server's address", server.address),
@@ -2175,6 +2191,39 @@ mod tests {
             .expect("parses")
             .validate()
             .expect("a help text of two lines");
+    }
+
+    #[test]
+    fn addresses_that_name_no_one_host_are_refused() {
+        for (from, to, key) in [
+            (
+                "address = \"10.0.0.1\"",
+                "address = \"224.0.0.1\"",
+                "servers[0].address",
+            ),
+            (
+                "address = \"10.0.0.1\"",
+                "address = \"255.255.255.255\"",
+                "servers[0].address",
+            ),
+            (
+                "name = \"Acme\"",
+                "name = \"Acme\"\nnas_ip = \"0.0.0.0\"",
+                "nas_ip",
+            ),
+            (
+                "name = \"Acme\"",
+                "name = \"Acme\"\nnas_ip = \"ff02::1\"",
+                "nas_ip",
+            ),
+        ] {
+            let text = MINIMAL.replacen(from, to, 1);
+            let e = Settings::from_toml(&text)
+                .expect("parses")
+                .validate()
+                .expect_err(to);
+            assert!(e.key.ends_with(key), "{to}: {e}");
+        }
     }
 
     #[test]
