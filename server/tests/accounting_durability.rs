@@ -407,3 +407,58 @@ async fn a_stop_whose_outcome_the_database_could_not_take_goes_out_once_it_answe
     .await;
     app.stop().await;
 }
+
+/// The portal killed (-9) while a sign-in waits for its Accounting-Start's acknowledgement (the
+/// accounting server is slow): nobody was given that session. The next start ends it as the
+/// sign-in would have — its Start, which may have arrived, goes again and a NAS-Error Stop
+/// follows at once — instead of sending the Start late and keeping an identity nobody holds.
+#[tokio::test]
+async fn a_sign_in_cut_off_by_a_kill_9_does_not_come_back_as_a_session() {
+    let authenticator = FreeRadius::start().await;
+    let accounting = FreeRadius::start().await;
+    let (_dir, db, base, config) = common::process_config(
+        "",
+        "",
+        (authenticator.strict_port, accounting.acct_port),
+        "timeout = \"2s\"\nretries = 2\n",
+    );
+    let portal = PortalProcess::start(&config, &base).await;
+    let storage = radius_portal::storage::Storage::open(&db).await.unwrap();
+    accounting.pause();
+    let browser = common::Browser {
+        http: reqwest::Client::builder()
+            .cookie_store(true)
+            .build()
+            .unwrap(),
+        base: base.clone(),
+    };
+    let signing_in = tokio::spawn(async move { browser.login("carol", "carol-pass").await });
+    // The session whose Start has gone out (and waits for its answer).
+    let sent = |storage: radius_portal::storage::Storage| async move {
+        let ids = storage.active_session_ids_of("acme").await.ok()?;
+        let id = *ids.first()?;
+        let rows = storage.session_outbox(id).await.ok()?;
+        rows.first()
+            .is_some_and(|start| start.transmissions > 0)
+            .then_some(id)
+    };
+    wait_until("the sign-in's Start to be on its way", || {
+        let storage = storage.clone();
+        async move { sent(storage).await.is_some() }
+    })
+    .await;
+    let id = sent(storage.clone()).await.unwrap();
+    portal.kill_9();
+    signing_in.abort();
+    accounting.resume();
+
+    let _portal = PortalProcess::start(&config, &base).await;
+    let session = storage.session(id).await.unwrap().unwrap();
+    assert!(!session.active, "ended at the start-up");
+    assert_eq!(session.terminate_cause, Some(9), "NAS-Error");
+    let sid = format!("sid={}", session.acct_session_id);
+    let start = accounting.wait_for_acct(&["status=Start", &sid]).await;
+    let stop = accounting.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&stop, "cause"), "NAS-Error");
+    assert_eq!(field(&stop, "event_ts"), field(&start, "event_ts"));
+}

@@ -153,6 +153,7 @@ on_both_backends!(
     session_time_is_the_difference_of_the_event_timestamps,
     a_session_termination_is_queued_once,
     a_session_due_while_an_operators_stop_waits_ends_when_it_was_asked_for,
+    sign_ins_that_never_finished_end_as_they_would_have,
     pruning_keeps_what_is_pending,
     organization_changes_are_revisioned_audited_and_guarded,
     keys_and_web_sessions_are_shared_by_every_process,
@@ -1246,6 +1247,70 @@ async fn a_session_due_while_an_operators_stop_waits_ends_when_it_was_asked_for(
         .unwrap();
     s.stop_due_sessions(T0 + 8_000).await.unwrap();
     assert_eq!(ended(disabled).await, (Some(T0 + 6_000), admin_reset));
+}
+
+/// Sign-ins whose process stopped while their Start was on its way (a kill -9): their
+/// sessions end as the sign-in would have ended them — rolled back when the Start never left,
+/// stopped with NAS-Error at their start when it may have arrived. A Start claimed right now
+/// (a sign-in under way), acknowledged, or of a session younger than the bound is left alone.
+async fn sign_ins_that_never_finished_end_as_they_would_have(db: Db) {
+    let s = &db.storage;
+    let mut claimed = login("10.0.6.1", T0, MINUTE);
+    claimed.start_claimed_until = Some(T0 + 2_000);
+    let never_sent = opened(s, claimed).await;
+    let transmitted = opened(s, login("10.0.6.2", T0, MINUTE)).await;
+    let row = s
+        .claim_session_outbox(transmitted, status_type::START, T0, T0 + 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    s.mark_failed(&row, T0 + 500, "timeout", Some("primary"))
+        .await
+        .unwrap();
+    let delivered = opened(s, login("10.0.6.3", T0, MINUTE)).await;
+    let row = s
+        .claim_session_outbox(delivered, status_type::START, T0, T0 + 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    s.mark_delivered(row.id, T0 + 10, None).await.unwrap();
+    let young = opened(s, login("10.0.6.4", T0 + 5_000, MINUTE)).await;
+
+    // The first one's Start is still claimed: a sign-in may be sending it.
+    assert_eq!(
+        s.end_abandoned_sign_ins(T0 + 5_000, T0 + 1_000)
+            .await
+            .unwrap(),
+        [transmitted]
+    );
+    assert_eq!(
+        s.end_abandoned_sign_ins(T0 + 5_000, T0 + 3_000)
+            .await
+            .unwrap(),
+        [never_sent]
+    );
+    let ended = |id: i64| async move {
+        let session = s.session(id).await.unwrap().unwrap();
+        (session.active, session.stopped_at, session.terminate_cause)
+    };
+    let nas_error = Some(i64::from(terminate_cause::NAS_ERROR));
+    // Rolled back: its Start given up (with why), no Stop.
+    assert_eq!(
+        ended(never_sent).await,
+        (false, Some(T0 + 3_000), nas_error)
+    );
+    let rows = s.session_outbox(never_sent).await.unwrap();
+    assert!(rows.iter().all(|r| r.dead_at.is_some()), "{rows:?}");
+    assert_eq!(outbox_types(s, never_sent).await, [START]);
+    // Its Start may have arrived: it goes again, then its Stop, dated at its start.
+    assert_eq!(ended(transmitted).await, (false, Some(T0), nas_error));
+    assert_eq!(outbox_types(s, transmitted).await, [START, STOP]);
+    assert!(ended(delivered).await.0 && ended(young).await.0);
+    assert!(s
+        .end_abandoned_sign_ins(T0 + 5_000, T0 + 4_000)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn a_session_termination_is_queued_once(db: Db) {

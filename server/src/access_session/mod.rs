@@ -168,6 +168,53 @@ impl AccessSessions {
         &self.accounting
     }
 
+    /// Ends the sessions of sign-ins that never finished: their process stopped (a kill -9, a
+    /// lost node) while their Start was on its way, and no user was given them (see
+    /// [`crate::storage::SessionStore::end_abandoned_sign_ins`]). `at_start`: every such
+    /// session (one process per SQLite database: no sign-in can be under way at its start);
+    /// otherwise those older than any sign-in may last (another replica's may be under way).
+    pub async fn end_abandoned_sign_ins(&self, at_start: bool) -> Result<usize, SessionError> {
+        let now = now_ms();
+        let started_before = if at_start {
+            now
+        } else {
+            // The longest a sign-in may take: its Access-Request's deadline, then one exchange
+            // for its Start (and as long again for a replaced session's Stop), with a margin.
+            let longest = self
+                .organizations
+                .all()
+                .iter()
+                .map(|org| {
+                    let exchange = org
+                        .servers
+                        .iter()
+                        .map(|s| s.timeout * (s.retries + 1))
+                        .max()
+                        .unwrap_or_default();
+                    org.login_timeout * 2 + exchange * 2
+                })
+                .max()
+                .unwrap_or_default()
+                + std::time::Duration::from_secs(5);
+            now - longest.as_millis() as i64
+        };
+        let ended = self
+            .storage
+            .end_abandoned_sign_ins(started_before, now)
+            .await?;
+        if !ended.is_empty() {
+            self.accounting.wake_for(ended.iter().copied());
+            for id in &ended {
+                self.events.publish(*id);
+            }
+            tracing::warn!(
+                sessions = ?ended,
+                "sign-ins that never finished (the portal stopped during them) ended: rolled back, or stopped with NAS-Error if their Start may have arrived"
+            );
+        }
+        Ok(ended.len())
+    }
+
     /// Has the expiry task read the deadlines and Interim-Updates again now: an operator's
     /// stop finished or an organization changed (an Interim-Update held back while the stop
     /// waited is due, a session stopped meanwhile no longer is).

@@ -1309,6 +1309,62 @@ impl SessionStore for PgStore {
         Ok(true)
     }
 
+    async fn end_abandoned_sign_ins(
+        &self,
+        started_before: i64,
+        now: i64,
+    ) -> Result<Vec<i64>, StorageError> {
+        let found: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT o.id, s.id FROM accounting_outbox o \
+             JOIN access_sessions s ON s.id = o.access_session_id \
+             WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.status_type = $1 \
+             AND (o.claimed_until IS NULL OR o.claimed_until < $2) \
+             AND s.state = 'active' AND s.started_at < $3 ORDER BY s.id",
+        )
+        .bind(i64::from(status_type::START))
+        .bind(now)
+        .bind(started_before)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut ended = Vec::new();
+        for (start, session) in found {
+            let mut tx = self.pool.begin().await?;
+            // The session first, as every writer of its rows; then its Start, as it is now:
+            // one a sender claimed meanwhile is that sender's.
+            let started_at: Option<i64> = sqlx::query_scalar(
+                "SELECT started_at FROM access_sessions WHERE id = $1 AND state = 'active' FOR UPDATE",
+            )
+            .bind(session)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let transmissions: Option<i64> = sqlx::query_scalar(
+                "SELECT transmissions FROM accounting_outbox WHERE id = $1 \
+                 AND delivered_at IS NULL AND dead_at IS NULL \
+                 AND (claimed_until IS NULL OR claimed_until < $2) FOR UPDATE SKIP LOCKED",
+            )
+            .bind(start)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let (Some(started_at), Some(transmissions)) = (started_at, transmissions) else {
+                continue;
+            };
+            let done = if transmissions == 0 {
+                dead_letter_in(&mut tx, start, None, now, super::ABANDONED_SIGN_IN, true)
+                    .await?
+                    .0
+            } else {
+                stop_in(&mut tx, session, terminate_cause::NAS_ERROR, started_at).await?
+            };
+            if done {
+                notify(&mut tx, &self.origin, &[Notice::Session(session)]).await?;
+                tx.commit().await?;
+                ended.push(session);
+            }
+        }
+        Ok(ended)
+    }
+
     async fn session_outbox(
         &self,
         access_session_id: i64,
