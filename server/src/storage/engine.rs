@@ -392,7 +392,8 @@ struct Progress {
     /// Writes committed (a transaction holds one or more).
     writes: AtomicU64,
     /// The last batch that wrote or tried to write found the database refusing writes (a full
-    /// disk, a read-only file: not one write's own rule); cleared by the next commit.
+    /// disk, a read-only file: not one write's own rule); cleared by the next commit that
+    /// stores something.
     refusing: AtomicBool,
     /// When it last refused (unix ms).
     last_refusal: AtomicI64,
@@ -957,6 +958,7 @@ fn commit(
         sync_mode(&conn.conn, &mut conn.synced, durable)
             .and_then(|()| exec(&conn.conn, "BEGIN IMMEDIATE"))
     };
+    let changes_before = conn.conn.total_changes();
     match ready.and_then(|()| run_batch(&conn.conn, batch)) {
         Ok(committed) => {
             if committed {
@@ -968,7 +970,11 @@ fn commit(
                 commits.fetch_add(1, Ordering::Relaxed);
                 let stored = batch.iter().filter(|job| job.succeeded()).count();
                 progress.writes.fetch_add(stored as u64, Ordering::Relaxed);
-                progress.refusing.store(false, Ordering::SeqCst);
+                // Only a commit that stored something says the database takes writes again: one
+                // that changed nothing (an expiry pass with nothing due) commits on a full disk.
+                if conn.conn.total_changes() > changes_before {
+                    progress.refusing.store(false, Ordering::SeqCst);
+                }
             } else if batch.iter().any(|job| job.refused_by_database()) {
                 progress.refused();
             }
@@ -1251,6 +1257,12 @@ mod tests {
             .await;
         assert!(full.is_err(), "the file may not grow");
         assert!(!engine.writer_alive(), "refusing writes");
+        // A write that finds nothing to change commits on a full disk too: it proves nothing.
+        engine
+            .write(|c| Ok(c.execute("UPDATE t SET v = v WHERE v = 'nothing'", [])?))
+            .await
+            .expect("changes nothing");
+        assert!(!engine.writer_alive(), "still refusing writes");
         engine
             .write(|c| {
                 c.query_row("PRAGMA max_page_count = 1073741823", [], |_| Ok(()))?;
