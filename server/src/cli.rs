@@ -792,7 +792,24 @@ fn readable_by(path: &Path, mask: u32) -> bool {
     }
 }
 
+/// A file-size limit (`ulimit -f`, systemd's `LimitFSIZE=`) reached by a database write raises
+/// SIGXFSZ, whose default action ends the process (and again at every restart once the file is
+/// at the limit). Handled, the write fails instead (EFBIG), which the portal treats as a full
+/// disk: requests answer 503, `/readyz` says so, nothing is lost.
+fn survive_file_size_limits() {
+    #[cfg(target_os = "linux")]
+    {
+        const SIGXFSZ: i32 = 25;
+        if let Err(e) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ))
+        {
+            tracing::warn!(error = %e, "cannot handle SIGXFSZ: a file-size limit reached by the database ends the portal");
+        }
+    }
+}
+
 async fn serve(settings: &Settings, options: LeptosOptions, demo: bool) -> anyhow::Result<()> {
+    survive_file_size_limits();
     let app = Application::build(settings, options, demo).await?;
     let addr = app.local_addr();
     let shutdown = CancellationToken::new();

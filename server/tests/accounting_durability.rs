@@ -462,3 +462,56 @@ async fn a_sign_in_cut_off_by_a_kill_9_does_not_come_back_as_a_session() {
     assert_eq!(field(&stop, "cause"), "NAS-Error");
     assert_eq!(field(&stop, "event_ts"), field(&start, "event_ts"));
 }
+
+/// A file-size limit reached by the database's writes (`ulimit -f`, systemd's `LimitFSIZE=`)
+/// is a full disk, not a crash: sign-ins are answered 503 while nothing more fits, the portal
+/// stays up, and what it had acknowledged stays.
+#[tokio::test]
+async fn a_file_size_limit_reached_is_a_full_disk_not_a_crash() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db, base, config) = common::process_config(
+        "[rate_limit]\nlogin_per_ip = 10000\nlogin_per_user = 10000\n",
+        "",
+        (radius.strict_port, radius.acct_port),
+        "",
+    );
+    let mut portal = PortalProcess::start(&config, &base).await;
+    let browser = common::Browser {
+        http: reqwest::Client::builder()
+            .cookie_store(true)
+            .build()
+            .unwrap(),
+        base: base.clone(),
+    };
+    let page = browser.login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    // No file may grow past what the database's largest file is now.
+    let largest = ["", "-wal"]
+        .iter()
+        .filter_map(|suffix| std::fs::metadata(format!("{}{suffix}", db.display())).ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap();
+    let limited = std::process::Command::new("prlimit")
+        .arg("--pid")
+        .arg(portal.pid().to_string())
+        .arg(format!("--fsize={largest}"))
+        .status()
+        .unwrap();
+    assert!(limited.success());
+    let mut refused = 0;
+    for n in 1..=300 {
+        let answer = browser.login_as_script("erin", "erin-pass").await;
+        assert!(portal.running(), "the portal is still up after sign-in {n}");
+        if answer.status() == 503 {
+            refused += 1;
+            if refused >= 3 {
+                break;
+            }
+        }
+    }
+    assert!(refused >= 3, "sign-ins refused once nothing more fits");
+    assert!(portal.running());
+    let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert!(health.status().is_success());
+}

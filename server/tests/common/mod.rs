@@ -807,6 +807,18 @@ impl PortalProcess {
         PortalProcess(child)
     }
 
+    /// The process's id.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Whether it is still running.
+    #[allow(dead_code)]
+    pub fn running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+
     /// `kill -9`: no shutdown code runs.
     pub fn kill_9(mut self) {
         self.0.kill().unwrap();
