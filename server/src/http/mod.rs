@@ -965,7 +965,11 @@ async fn readyz(State(ready): State<Readiness>) -> Response {
             .into_response();
     }
     if !storage.writable() {
-        tracing::error!("readiness check failed: the database writer has stopped, is stuck, or the database refuses writes (full disk, read-only file)");
+        // Probes come every few seconds (and anyone may ask): a line per 5 s at most.
+        static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+        if let Some(left_out) = LOG.admit() {
+            tracing::error!(similar_left_out = left_out, "readiness check failed: the database writer has stopped, is stuck, or the database refuses writes (full disk, read-only file)");
+        }
         return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response();
     }
     match storage.ping().await {
