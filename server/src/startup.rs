@@ -271,13 +271,16 @@ impl Application {
         // says the session ended when it was asked for, or by its deadline if that came first
         // (left to expiry, just below). Expiry first would end a session whose deadline came
         // after the operator's stop by that deadline instead.
-        // Sign-ins the last run stopped during (a kill -9 while a Start was on its way): no
-        // user was given their sessions, so none goes on (its Start sent late, an identity
-        // nobody holds). Before the delivery loop would send those Starts.
-        sessions
-            .end_abandoned_sign_ins(storage.backend_name() == "sqlite")
-            .await
-            .context("while ending sign-ins the last run did not finish")?;
+        // Sign-ins the last run was killed during (their Start on its way): no user was given
+        // their sessions, so none goes on as an identity nobody holds. Before the delivery loop
+        // would send those Starts late. SQLite only: on PostgreSQL other replicas' sign-ins may
+        // be under way, and nothing tells them from a dead one's (ARCHITECTURE).
+        if storage.backend_name() == "sqlite" {
+            sessions
+                .end_abandoned_sign_ins()
+                .await
+                .context("while ending sign-ins the last run did not finish")?;
+        }
         match org_worker.tick().await {
             Ok(done) if !done.is_empty() => tracing::info!(
                 jobs = done.len(),

@@ -1250,14 +1250,15 @@ async fn a_session_due_while_an_operators_stop_waits_ends_when_it_was_asked_for(
 }
 
 /// Sign-ins whose process stopped while their Start was on its way (a kill -9): their
-/// sessions end as the sign-in would have ended them — rolled back when the Start never left,
-/// stopped with NAS-Error at their start when it may have arrived. A Start claimed right now
-/// (a sign-in under way), acknowledged, or of a session younger than the bound is left alone.
+/// sessions end as the sign-in would have ended them — stopped with NAS-Error at their start,
+/// the Start (which may have arrived, even when no transmission was recorded) queued before
+/// the Stop. A Start claimed right now (a sign-in under way), acknowledged, or of a session
+/// younger than the bound is left alone.
 async fn sign_ins_that_never_finished_end_as_they_would_have(db: Db) {
     let s = &db.storage;
     let mut claimed = login("10.0.6.1", T0, MINUTE);
     claimed.start_claimed_until = Some(T0 + 2_000);
-    let never_sent = opened(s, claimed).await;
+    let unrecorded = opened(s, claimed).await;
     let transmitted = opened(s, login("10.0.6.2", T0, MINUTE)).await;
     let row = s
         .claim_session_outbox(transmitted, status_type::START, T0, T0 + 1_000)
@@ -1287,24 +1288,19 @@ async fn sign_ins_that_never_finished_end_as_they_would_have(db: Db) {
         s.end_abandoned_sign_ins(T0 + 5_000, T0 + 3_000)
             .await
             .unwrap(),
-        [never_sent]
+        [unrecorded]
     );
     let ended = |id: i64| async move {
         let session = s.session(id).await.unwrap().unwrap();
         (session.active, session.stopped_at, session.terminate_cause)
     };
     let nas_error = Some(i64::from(terminate_cause::NAS_ERROR));
-    // Rolled back: its Start given up (with why), no Stop.
-    assert_eq!(
-        ended(never_sent).await,
-        (false, Some(T0 + 3_000), nas_error)
-    );
-    let rows = s.session_outbox(never_sent).await.unwrap();
-    assert!(rows.iter().all(|r| r.dead_at.is_some()), "{rows:?}");
-    assert_eq!(outbox_types(s, never_sent).await, [START]);
-    // Its Start may have arrived: it goes again, then its Stop, dated at its start.
-    assert_eq!(ended(transmitted).await, (false, Some(T0), nas_error));
-    assert_eq!(outbox_types(s, transmitted).await, [START, STOP]);
+    for id in [unrecorded, transmitted] {
+        assert_eq!(ended(id).await, (false, Some(T0), nas_error));
+        assert_eq!(outbox_types(s, id).await, [START, STOP]);
+        let rows = s.session_outbox(id).await.unwrap();
+        assert!(rows.iter().all(|r| r.dead_at.is_none()), "{rows:?}");
+    }
     assert!(ended(delivered).await.0 && ended(young).await.0);
     assert!(s
         .end_abandoned_sign_ins(T0 + 5_000, T0 + 4_000)

@@ -168,48 +168,18 @@ impl AccessSessions {
         &self.accounting
     }
 
-    /// Ends the sessions of sign-ins that never finished: their process stopped (a kill -9, a
-    /// lost node) while their Start was on its way, and no user was given them (see
-    /// [`crate::storage::SessionStore::end_abandoned_sign_ins`]). `at_start`: every such
-    /// session (one process per SQLite database: no sign-in can be under way at its start);
-    /// otherwise those older than any sign-in may last (another replica's may be under way).
-    pub async fn end_abandoned_sign_ins(&self, at_start: bool) -> Result<usize, SessionError> {
+    /// At start-up on SQLite (one process per database: no sign-in can be under way): ends the
+    /// sessions of sign-ins the last run was killed during, while their Start was on its way —
+    /// no user was given them (a successful sign-in has its Start acknowledged). See
+    /// [`crate::storage::SessionStore::end_abandoned_sign_ins`].
+    pub async fn end_abandoned_sign_ins(&self) -> Result<usize, SessionError> {
         let now = now_ms();
-        let started_before = if at_start {
-            now
-        } else {
-            // The longest a sign-in may take: its Access-Request's deadline, then one exchange
-            // for its Start (and as long again for a replaced session's Stop), with a margin.
-            let longest = self
-                .organizations
-                .all()
-                .iter()
-                .map(|org| {
-                    let exchange = org
-                        .servers
-                        .iter()
-                        .map(|s| s.timeout * (s.retries + 1))
-                        .max()
-                        .unwrap_or_default();
-                    org.login_timeout * 2 + exchange * 2
-                })
-                .max()
-                .unwrap_or_default()
-                + std::time::Duration::from_secs(5);
-            now - longest.as_millis() as i64
-        };
-        let ended = self
-            .storage
-            .end_abandoned_sign_ins(started_before, now)
-            .await?;
+        let ended = self.storage.end_abandoned_sign_ins(now, now).await?;
         if !ended.is_empty() {
             self.accounting.wake_for(ended.iter().copied());
-            for id in &ended {
-                self.events.publish(*id);
-            }
             tracing::warn!(
                 sessions = ?ended,
-                "sign-ins that never finished (the portal stopped during them) ended: rolled back, or stopped with NAS-Error if their Start may have arrived"
+                "sign-ins the last run was stopped during (their Start on its way) ended: Start sent again, then a NAS-Error Stop"
             );
         }
         Ok(ended.len())
@@ -602,12 +572,19 @@ impl AccessSessions {
         // behind it meanwhile (the session stopped by an operator while the replaced sessions'
         // Stops go first) wakes the delivery loop when it is done.
         let _start = self.accounting.inline_delivery(id);
+        // The Start's claim must outlast the wait (with time left to send it), or another
+        // sender could take the Start and send it before the old Stop.
+        let claim_ends = claimed_start.as_ref().map(|start| {
+            let left = start.lease_until - now_ms() - crate::accounting::CLAIM_LEFT_TO_SEND_MS;
+            Instant::now() + std::time::Duration::from_millis(left.max(0) as u64)
+        });
         for old in preempted {
             self.events.publish(old.id);
-            // The rest of the login's deadline, at least one exchange: a Stop whose server is
+            // The rest of the login's deadline, at least two exchanges: a Stop whose server is
             // silent fails over meanwhile (the new Start may go to that other server: it must
             // not see the old user's Stop for the address after the new user's Start).
-            let stop_deadline = deadline.max(Instant::now() + exchange_time);
+            let stop_deadline = deadline.max(Instant::now() + exchange_time * 2);
+            let stop_deadline = claim_ends.map_or(stop_deadline, |ends| stop_deadline.min(ends));
             let mut sent = self
                 .accounting
                 .deliver_now(old.id, status_type::STOP, stop_deadline)

@@ -56,7 +56,7 @@ const _: () = assert!((SLOT_WAIT.as_millis() + MAX_EXCHANGE.as_millis()) < CLAIM
 /// the clocks of replicas, which compare leases). Less left (a stalled database, a login that
 /// waited for a preempted session's Stop) and the claim is renewed first, or another sender
 /// could take the row meanwhile — a Start sent twice, or after its Stop.
-const CLAIM_LEFT_TO_SEND_MS: i64 = MAX_EXCHANGE.as_millis() as i64 + 10_000;
+pub(crate) const CLAIM_LEFT_TO_SEND_MS: i64 = MAX_EXCHANGE.as_millis() as i64 + 10_000;
 const _: () = assert!(CLAIM_LEFT_TO_SEND_MS < CLAIM_LEASE_MS - 30_000);
 /// How long before its claim runs out a sender stops trying to record an acknowledgement (the
 /// clocks of replicas, which compare leases, may differ by this much).

@@ -175,14 +175,6 @@ impl OrganizationWorker {
         if changed || !done.is_empty() {
             self.sessions.look_again();
         }
-        // Replicas (PostgreSQL): one that died during a sign-in leaves it to the others once
-        // no sign-in can still be under way (SQLite: its start-up did it, one process).
-        if self.storage.backend_name() != "sqlite" {
-            if let Err(e) = self.sessions.end_abandoned_sign_ins(false).await {
-                tracing::error!(error = %crate::portal_backend::error_chain(&e),
-                    "ending sign-ins a replica did not finish failed; retrying on the next pass");
-            }
-        }
         Ok(done)
     }
 

@@ -57,9 +57,6 @@ use std::path::Path;
 /// Outbox destination of the session's accounting server: the one that authenticated it, or
 /// the one its Start moved to ([`AccessSessionRecord::server_name`]), with failover.
 pub const AUTH_SERVER_DESTINATION: &str = "auth-server";
-/// Why an abandoned sign-in's Start is given up (the dead letter's reason).
-pub(crate) const ABANDONED_SIGN_IN: &str =
-    "its sign-in did not finish (the portal stopped during it): the user was never given the session";
 /// Prefix of the outbox destination of a copy for one named server alone (no failover).
 pub(crate) const SERVER_DESTINATION_PREFIX: &str = "server:";
 
@@ -241,10 +238,10 @@ contract! {
         fn rollback_unsent_start(&self, access_session_id: i64, now: i64, reason: &str) -> bool;
         /// Ends the sessions of sign-ins that never finished (the process sending their Start
         /// stopped: a kill -9, a lost node): active, started before `started_before`, their
-        /// Start neither acknowledged nor given up nor claimed now. As their sign-in would have:
-        /// one whose Start never went on the wire is rolled back (no accounting at all), one
-        /// whose Start may have arrived is stopped with NAS-Error at its start (the Start goes
-        /// again, then the Stop). The ids ended.
+        /// Start neither acknowledged nor given up nor claimed now. Each is stopped with
+        /// NAS-Error at its start, as its sign-in would have stopped it: the Start (which may
+        /// have arrived, whatever is recorded of its transmissions) goes again, then the Stop.
+        /// The ids ended.
         fn end_abandoned_sign_ins(&self, started_before: i64, now: i64) -> Vec<i64>;
         /// Pending rows of `access_session_id`, oldest first (tests, CLI).
         fn session_outbox(&self, access_session_id: i64) -> Vec<OutboxEntry>;

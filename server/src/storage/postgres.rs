@@ -1337,8 +1337,8 @@ impl SessionStore for PgStore {
             .bind(session)
             .fetch_optional(&mut *tx)
             .await?;
-            let transmissions: Option<i64> = sqlx::query_scalar(
-                "SELECT transmissions FROM accounting_outbox WHERE id = $1 \
+            let pending: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM accounting_outbox WHERE id = $1 \
                  AND delivered_at IS NULL AND dead_at IS NULL \
                  AND (claimed_until IS NULL OR claimed_until < $2) FOR UPDATE SKIP LOCKED",
             )
@@ -1346,17 +1346,10 @@ impl SessionStore for PgStore {
             .bind(now)
             .fetch_optional(&mut *tx)
             .await?;
-            let (Some(started_at), Some(transmissions)) = (started_at, transmissions) else {
+            let (Some(started_at), Some(_)) = (started_at, pending) else {
                 continue;
             };
-            let done = if transmissions == 0 {
-                dead_letter_in(&mut tx, start, None, now, super::ABANDONED_SIGN_IN, true)
-                    .await?
-                    .0
-            } else {
-                stop_in(&mut tx, session, terminate_cause::NAS_ERROR, started_at).await?
-            };
-            if done {
+            if stop_in(&mut tx, session, terminate_cause::NAS_ERROR, started_at).await? {
                 notify(&mut tx, &self.origin, &[Notice::Session(session)]).await?;
                 tx.commit().await?;
                 ended.push(session);

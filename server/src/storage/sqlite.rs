@@ -977,28 +977,21 @@ impl SessionStore for SqliteStore {
     ) -> Result<Vec<i64>, StorageError> {
         self.engine
             .write(move |c| {
-                type Found = (i64, i64, i64, i64);
-                let found: Vec<Found> = c
+                let found: Vec<(i64, i64)> = c
                     .prepare_cached(
-                        "SELECT o.id, o.transmissions, s.id, s.started_at FROM accounting_outbox o \
+                        "SELECT s.id, s.started_at FROM accounting_outbox o \
                          JOIN access_sessions s ON s.id = o.access_session_id \
                          WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.status_type = ?1 \
                          AND (o.claimed_until IS NULL OR o.claimed_until < ?2) \
                          AND s.state = 'active' AND s.started_at < ?3",
                     )?
-                    .query_map(
-                        params![status_type::START, now, started_before],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                    )?
+                    .query_map(params![status_type::START, now, started_before], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?
                     .collect::<Result<_, _>>()?;
                 let mut ended = Vec::new();
-                for (start, transmissions, session, started_at) in found {
-                    let done = if transmissions == 0 {
-                        dead_letter_in(c, start, None, now, super::ABANDONED_SIGN_IN, true)?
-                    } else {
-                        stop_in(c, session, terminate_cause::NAS_ERROR, started_at, None)?
-                    };
-                    if done {
+                for (session, started_at) in found {
+                    if stop_in(c, session, terminate_cause::NAS_ERROR, started_at, None)? {
                         ended.push(session);
                     }
                 }
