@@ -201,13 +201,7 @@ async fn kill_9_with_a_stop_pending_loses_nothing() {
         "timeout = \"200ms\"\nretries = 0\n",
     );
     let portal = PortalProcess::start(&config, &base).await;
-    let browser = common::Browser {
-        http: reqwest::Client::builder()
-            .cookie_store(true)
-            .build()
-            .unwrap(),
-        base: base.clone(),
-    };
+    let browser = common::Browser::of(&base);
     let page = browser.login("carol", "carol-pass").await;
     assert_eq!(page.path, "/session", "{}", page.body);
     let start = radius.wait_for_acct(&["status=Start", "user=carol"]).await;
@@ -425,13 +419,7 @@ async fn a_sign_in_cut_off_by_a_kill_9_does_not_come_back_as_a_session() {
     let portal = PortalProcess::start(&config, &base).await;
     let storage = radius_portal::storage::Storage::open(&db).await.unwrap();
     accounting.pause();
-    let browser = common::Browser {
-        http: reqwest::Client::builder()
-            .cookie_store(true)
-            .build()
-            .unwrap(),
-        base: base.clone(),
-    };
+    let browser = common::Browser::of(&base);
     let signing_in = tokio::spawn(async move { browser.login("carol", "carol-pass").await });
     // The sign-in's session, opened, its Start on its way or about to be (a transmission is
     // recorded only once its exchange ends: nothing tells which, and it need not).
@@ -472,13 +460,7 @@ async fn a_file_size_limit_reached_is_a_full_disk_not_a_crash() {
         "",
     );
     let mut portal = PortalProcess::start(&config, &base).await;
-    let browser = common::Browser {
-        http: reqwest::Client::builder()
-            .cookie_store(true)
-            .build()
-            .unwrap(),
-        base: base.clone(),
-    };
+    let browser = common::Browser::of(&base);
     let page = browser.login("carol", "carol-pass").await;
     assert_eq!(page.path, "/session", "{}", page.body);
     // No file may grow past what the database's largest file is now.

@@ -639,13 +639,7 @@ async fn the_demo_starts_again_with_a_session_open() {
     };
     let mut demo = start();
     common::wait_until("the demo answers", answers).await;
-    let browser = common::Browser {
-        http: reqwest::Client::builder()
-            .cookie_store(true)
-            .build()
-            .unwrap(),
-        base: format!("http://127.0.0.1:{port}"),
-    };
+    let browser = common::Browser::of(&format!("http://127.0.0.1:{port}"));
     let signed_in = browser.login_as_script("alice", "alice-pass").await;
     assert!(signed_in.status().is_success(), "{signed_in:?}");
     demo.kill().await.unwrap();

@@ -1404,6 +1404,35 @@ async fn a_stop_is_copied_to_a_server_an_interim_update_failed_over_to() {
     app.stop().await;
 }
 
+/// Erin signs in from `ip`, replacing the session `first_sid` names, and the backup
+/// authenticates her: the backup has the old session's Stop (Port-Preempted) before her Start.
+async fn erin_replaces_it_at_the_backup(
+    app: &TestApp,
+    backup: &FreeRadius,
+    ip: IpAddr,
+    first_sid: &str,
+) {
+    let second = app
+        .sessions
+        .login("acme", "erin", "erin-pass", ip)
+        .await
+        .unwrap();
+    assert_eq!(second.server_name, "backup");
+    let second_sid = format!("sid={} ", second.acct_session_id);
+    backup.wait_for_acct(&["status=Start", &second_sid]).await;
+    let lines = backup.acct_lines();
+    let old_stop = lines
+        .iter()
+        .position(|l| l.contains("status=Stop") && l.contains(first_sid))
+        .unwrap_or_else(|| panic!("the old session's Stop at the backup first: {lines:#?}"));
+    let new_start = lines
+        .iter()
+        .position(|l| l.contains("status=Start") && l.contains(&second_sid))
+        .unwrap();
+    assert!(old_stop < new_start, "{lines:#?}");
+    assert_eq!(field(&lines[old_stop], "cause"), "Port-Preempted");
+}
+
 /// A sign-in that replaces a session whose server has gone silent (authentication and
 /// accounting): the old session's Stop fails over to the backup — the sign-in waits for it, up
 /// to its deadline — before the new session's Start goes there. The backup never sees the old
@@ -1420,25 +1449,7 @@ async fn a_replaced_sessions_stop_fails_over_before_the_new_start() {
     let app = TestApp::spawn(&settings).await;
     let (first, first_sid) = carol_at_primary(&app, &primary, 35).await;
     primary.pause();
-    let second = app
-        .sessions
-        .login("acme", "erin", "erin-pass", IpAddr::V4(client(35)))
-        .await
-        .unwrap();
-    assert_eq!(second.server_name, "backup");
-    let second_sid = format!("sid={} ", second.acct_session_id);
-    backup.wait_for_acct(&["status=Start", &second_sid]).await;
-    let lines = backup.acct_lines();
-    let old_stop = lines
-        .iter()
-        .position(|l| l.contains("status=Stop") && l.contains(&first_sid))
-        .unwrap_or_else(|| panic!("the old session's Stop at the backup first: {lines:#?}"));
-    let new_start = lines
-        .iter()
-        .position(|l| l.contains("status=Start") && l.contains(&second_sid))
-        .unwrap();
-    assert!(old_stop < new_start, "{lines:#?}");
-    assert_eq!(field(&lines[old_stop], "cause"), "Port-Preempted");
+    erin_replaces_it_at_the_backup(&app, &backup, IpAddr::V4(client(35)), &first_sid).await;
     assert!(!app.storage.session(first.id).await.unwrap().unwrap().active);
     primary.resume();
     app.stop().await;
@@ -1485,25 +1496,7 @@ async fn a_replaced_sessions_stop_copies_go_before_the_new_start() {
 
     // The primary's authentication goes down: the next sign-in of the address is the backup's.
     authenticator.kill();
-    let second = app
-        .sessions
-        .login("acme", "erin", "erin-pass", ip)
-        .await
-        .unwrap();
-    assert_eq!(second.server_name, "backup");
-    let second_sid = format!("sid={} ", second.acct_session_id);
-    backup.wait_for_acct(&["status=Start", &second_sid]).await;
-    let lines = backup.acct_lines();
-    let old_stop = lines
-        .iter()
-        .position(|l| l.contains("status=Stop") && l.contains(&first_sid))
-        .unwrap_or_else(|| panic!("the old session's Stop at the backup: {lines:#?}"));
-    let new_start = lines
-        .iter()
-        .position(|l| l.contains("status=Start") && l.contains(&second_sid))
-        .unwrap();
-    assert!(old_stop < new_start, "{lines:#?}");
-    assert_eq!(field(&lines[old_stop], "cause"), "Port-Preempted");
+    erin_replaces_it_at_the_backup(&app, &backup, ip, &first_sid).await;
     own_accounting
         .wait_for_acct(&["status=Stop", &first_sid])
         .await;

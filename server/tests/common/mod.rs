@@ -509,6 +509,20 @@ pub struct Browser {
     pub base: String,
 }
 
+impl Browser {
+    /// A browser (it keeps cookies) of the portal at `base`, from this host's own address.
+    #[allow(dead_code)]
+    pub fn of(base: &str) -> Browser {
+        Browser {
+            http: reqwest::Client::builder()
+                .cookie_store(true)
+                .build()
+                .unwrap(),
+            base: base.to_string(),
+        }
+    }
+}
+
 /// Where a request ended up after redirects.
 #[derive(Debug)]
 pub struct Page {
