@@ -1442,10 +1442,14 @@ async fn a_replaced_sessions_stop_fails_over_before_the_new_start() {
     let primary = FreeRadius::start().await;
     let backup = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let settings = quick_failover(
-        &db,
-        vec![fast(&primary, "primary"), fast(&backup, "backup")],
-    );
+    // The primary slower to give up than the backup, and its breaker opening only after two
+    // failed exchanges (the default): the Stop needs three of the primary's exchanges' time,
+    // more than the sign-in's deadline has left.
+    let mut slow = fast(&primary, "primary");
+    slow.timeout = Duration::from_millis(400);
+    let mut settings = quick_failover(&db, vec![slow, fast(&backup, "backup")]);
+    settings.radius.breaker_failures = 2;
+    settings.organizations[0].login_timeout = Duration::from_secs(2);
     let app = TestApp::spawn(&settings).await;
     let (first, first_sid) = carol_at_primary(&app, &primary, 35).await;
     primary.pause();

@@ -572,19 +572,34 @@ impl AccessSessions {
         // behind it meanwhile (the session stopped by an operator while the replaced sessions'
         // Stops go first) wakes the delivery loop when it is done.
         let _start = self.accounting.inline_delivery(id);
-        // The Start's claim must outlast the wait (with time left to send it), or another
-        // sender could take the Start and send it before the old Stop.
-        let claim_ends = claimed_start.as_ref().map(|start| {
-            let left = start.lease_until - now_ms() - crate::accounting::CLAIM_LEFT_TO_SEND_MS;
-            Instant::now() + std::time::Duration::from_millis(left.max(0) as u64)
-        });
+        let mut claimed_start = claimed_start;
+        // A replaced session's Stop goes before the new Start, also when its server has gone
+        // silent: it keeps going there until that server's breaker opens (so many failed
+        // exchanges), then fails over — as many exchanges of the organization's slowest server
+        // as that, and one more, or the rest of the login's deadline if longer.
+        let longest = self
+            .organizations
+            .get(&session.organization_id)
+            .and_then(|org| {
+                org.servers
+                    .iter()
+                    .map(|s| s.timeout * (s.retries + 1))
+                    .max()
+            })
+            .unwrap_or(exchange_time)
+            .max(exchange_time);
+        let stop_budget = longest * (self.radius.health().failures_to_open() + 1);
         for old in preempted {
             self.events.publish(old.id);
-            // The rest of the login's deadline, at least two exchanges: a Stop whose server is
-            // silent fails over meanwhile (the new Start may go to that other server: it must
-            // not see the old user's Stop for the address after the new user's Start).
-            let stop_deadline = deadline.max(Instant::now() + exchange_time * 2);
-            let stop_deadline = claim_ends.map_or(stop_deadline, |ends| stop_deadline.min(ends));
+            let stop_deadline = deadline.max(Instant::now() + stop_budget);
+            // The new Start stays this sign-in's meanwhile (its Stop's copies too): no other
+            // sender may take it and send it first.
+            if let Some(start) = claimed_start.as_mut() {
+                let wait = stop_deadline.saturating_duration_since(Instant::now()) + exchange_time;
+                if let Err(e) = self.accounting.keep_claim_for(start, wait).await {
+                    tracing::warn!(error = %e, "the sign-in's Start could not be held while a replaced session's Stop goes first");
+                }
+            }
             let mut sent = self
                 .accounting
                 .deliver_now(old.id, status_type::STOP, stop_deadline)

@@ -56,7 +56,7 @@ const _: () = assert!((SLOT_WAIT.as_millis() + MAX_EXCHANGE.as_millis()) < CLAIM
 /// the clocks of replicas, which compare leases). Less left (a stalled database, a login that
 /// waited for a preempted session's Stop) and the claim is renewed first, or another sender
 /// could take the row meanwhile — a Start sent twice, or after its Stop.
-pub(crate) const CLAIM_LEFT_TO_SEND_MS: i64 = MAX_EXCHANGE.as_millis() as i64 + 10_000;
+const CLAIM_LEFT_TO_SEND_MS: i64 = MAX_EXCHANGE.as_millis() as i64 + 10_000;
 const _: () = assert!(CLAIM_LEFT_TO_SEND_MS < CLAIM_LEASE_MS - 30_000);
 /// How long before its claim runs out a sender stops trying to record an acknowledgement (the
 /// clocks of replicas, which compare leases, may differ by this much).
@@ -570,6 +570,28 @@ impl Accounting {
         }
     }
 
+    /// Keeps `row` — a sign-in's Start, claimed by it — the sign-in's for `wait` more (the
+    /// replaced sessions' Stops it waits for first), with time left to send it afterwards: no
+    /// other sender may take it and send it before them. False: another sender has it now.
+    pub async fn keep_claim_for(
+        &self,
+        row: &mut OutboxRow,
+        wait: Duration,
+    ) -> Result<bool, OutboxError> {
+        let until = now_ms()
+            + wait.as_millis() as i64
+            + 2 * SLOT_WAIT.as_millis() as i64
+            + CLAIM_LEFT_TO_SEND_MS;
+        if until <= row.lease_until {
+            return Ok(true);
+        }
+        let held = self.storage.renew_claim(row, until).await?;
+        if held {
+            row.lease_until = until;
+        }
+        Ok(held)
+    }
+
     /// Sends the copies of a session's Stop that are due right away (a login sends a preempted
     /// session's Stop, copies included, before its Start: a copy arriving after the Start would
     /// end the new identity of the address at that server), each before `deadline`. A copy
@@ -1010,16 +1032,12 @@ impl Accounting {
                 let ack = row.copy_to.is_none().then_some(&ack);
                 let copies = match self.storage.mark_delivered(row.id, now_ms(), ack).await {
                     Ok(copies) => copies,
-                    // A sign-in waits on its Start: the packet is acknowledged, so the
-                    // sign-in has its answer; the
-                    // database that cannot take the record now (a full disk, a restart) is
-                    // tried again behind its back, while the claim lasts.
-                    // Only a Start: an awaited Stop (of a session a sign-in preempts) must
-                    // have its copies queued, in this record, before the new Start leaves.
-                    Err(e) if awaited && is_start && e.is_unavailable() => {
-                        self.record_delivered_later(&row, ack);
-                        0
-                    }
+                    // A sign-in waits on its Start: a database that cannot take the record
+                    // now (a full disk, a restart) fails the sign-in, which ends the session
+                    // (NAS-Error; the Start is sent again, then the Stop). Given to its user
+                    // unrecorded, the session would look, after a crash, like one nobody
+                    // holds (`end_abandoned_sign_ins`).
+                    Err(e) if awaited && is_start && e.is_unavailable() => return Err(e.into()),
                     Err(_) => self.record_delivered(&row, ack).await?,
                 };
                 if copies > 0 {
@@ -1282,41 +1300,6 @@ impl Accounting {
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// [`Accounting::record_delivered`] of a sign-in's Start as a task of its own (tracked: a
-    /// graceful shutdown waits for it). If it never succeeds, the row is sent again once its claim has run out
-    /// (at least once: the server answers the repeat as it did the first).
-    fn record_delivered_later(&self, row: &OutboxRow, ack: Option<&Acknowledged<'_>>) {
-        use tracing::Instrument;
-        let (this, row) = (self.clone(), row.clone());
-        let ack = ack.map(|a| {
-            (
-                a.access_session_id,
-                a.by.to_owned(),
-                a.own.to_owned(),
-                a.stop,
-            )
-        });
-        self.claimed.spawn(
-            async move {
-                let ack = ack.as_ref().map(|(id, by, own, stop)| Acknowledged {
-                    access_session_id: *id,
-                    by,
-                    own,
-                    stop: *stop,
-                });
-                match this.record_delivered(&row, ack.as_ref()).await {
-                    // Rows of the session queued behind it (a quick disconnect) may go now.
-                    Ok(_) => this.wake(),
-                    Err(e) => {
-                        tracing::error!(error = %crate::portal_backend::error_chain(&e), row = row.id,
-                            "an acknowledged accounting packet could not be recorded: it is sent again once its claim runs out");
-                    }
-                }
-            }
-            .in_current_span(),
-        );
     }
 
     /// At shutdown (graceful: SIGTERM): delivers what is due now and lets deliveries under way

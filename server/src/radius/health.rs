@@ -396,6 +396,11 @@ impl ServerHealth {
         }
     }
 
+    /// Failed exchanges in a row that open a breaker.
+    pub fn failures_to_open(&self) -> u32 {
+        self.policy.failure_threshold
+    }
+
     /// The time between probes of a server that is down (at the first back-off level).
     pub fn probe_interval(&self) -> Duration {
         self.policy.probe_interval
