@@ -1659,6 +1659,14 @@ impl Settings {
                 return Err(config_error(key, "must be at least 1"));
             }
         }
+        // A server is given up after so many failed exchanges in a row: more would keep a
+        // silent server in use for hours (a replaced session's Stop waits that many).
+        if self.radius.breaker_failures > 20 {
+            return Err(config_error(
+                "radius.breaker_failures",
+                "must be at most 20",
+            ));
+        }
         if self.rate_limit.ipv6_prefix > 128 {
             return Err(config_error(
                 "rate_limit.ipv6_prefix",
@@ -2088,6 +2096,10 @@ mod tests {
             ),
             (
                 "[radius]\nbreaker_failures = 0\n",
+                "radius.breaker_failures",
+            ),
+            (
+                "[radius]\nbreaker_failures = 21\n",
                 "radius.breaker_failures",
             ),
             ("[rate_limit]\nperiod = \"0s\"\n", "rate_limit.period"),

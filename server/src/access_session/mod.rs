@@ -583,22 +583,21 @@ impl AccessSessions {
             .and_then(|org| {
                 org.servers
                     .iter()
-                    .map(|s| s.timeout * (s.retries + 1))
+                    .map(|s| (s.timeout * (s.retries + 1)).min(crate::accounting::MAX_EXCHANGE))
                     .max()
             })
             .unwrap_or(exchange_time)
             .max(exchange_time);
-        let stop_budget = longest * (self.radius.health().failures_to_open() + 1);
+        let stop_budget = longest * self.radius.health().failures_to_open().saturating_add(1);
         for old in preempted {
             self.events.publish(old.id);
-            let stop_deadline = deadline.max(Instant::now() + stop_budget);
+            let mut stop_deadline = deadline.max(Instant::now() + stop_budget);
             // The new Start stays this sign-in's meanwhile (its Stop's copies too): no other
-            // sender may take it and send it first.
+            // sender may take it and send it first — or the wait ends while it still is.
             if let Some(start) = claimed_start.as_mut() {
                 let wait = stop_deadline.saturating_duration_since(Instant::now()) + exchange_time;
-                if let Err(e) = self.accounting.keep_claim_for(start, wait).await {
-                    tracing::warn!(error = %e, "the sign-in's Start could not be held while a replaced session's Stop goes first");
-                }
+                let held_until = self.accounting.keep_claim_for(start, wait).await;
+                stop_deadline = stop_deadline.min(held_until);
             }
             let mut sent = self
                 .accounting

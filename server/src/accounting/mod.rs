@@ -50,7 +50,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 const SLOT_WAIT: Duration = Duration::from_secs(45);
 /// Longest exchange of one Accounting-Request, all tries included: a server's `timeout ×
 /// (retries + 1)` (up to 11 minutes) is cut to this, so the row's claim outlives it.
-const MAX_EXCHANGE: Duration = Duration::from_secs(60);
+pub(crate) const MAX_EXCHANGE: Duration = Duration::from_secs(60);
 const _: () = assert!((SLOT_WAIT.as_millis() + MAX_EXCHANGE.as_millis()) < CLAIM_LEASE_MS as u128);
 /// What a claim must have left when its packet leaves: the longest exchange and a margin (for
 /// the clocks of replicas, which compare leases). Less left (a stalled database, a login that
@@ -571,25 +571,28 @@ impl Accounting {
     }
 
     /// Keeps `row` — a sign-in's Start, claimed by it — the sign-in's for `wait` more (the
-    /// replaced sessions' Stops it waits for first), with time left to send it afterwards: no
-    /// other sender may take it and send it before them. False: another sender has it now.
-    pub async fn keep_claim_for(
-        &self,
-        row: &mut OutboxRow,
-        wait: Duration,
-    ) -> Result<bool, OutboxError> {
-        let until = now_ms()
-            + wait.as_millis() as i64
-            + 2 * SLOT_WAIT.as_millis() as i64
-            + CLAIM_LEFT_TO_SEND_MS;
+    /// replaced sessions' Stops it waits for first), with time left to send it afterwards, so
+    /// that no other sender takes it and sends it before them. Gives how long the sign-in may
+    /// wait: `wait`, or — the claim not renewed (the database failing, another sender has the
+    /// row) — only as long as the claim it has leaves time to send the Start.
+    pub async fn keep_claim_for(&self, row: &mut OutboxRow, wait: Duration) -> Instant {
+        let margin = 2 * SLOT_WAIT.as_millis() as i64 + CLAIM_LEFT_TO_SEND_MS;
+        let until = now_ms() + wait.as_millis() as i64 + margin;
         if until <= row.lease_until {
-            return Ok(true);
+            return Instant::now() + wait;
         }
-        let held = self.storage.renew_claim(row, until).await?;
-        if held {
-            row.lease_until = until;
+        match self.storage.renew_claim(row, until).await {
+            Ok(true) => {
+                row.lease_until = until;
+                return Instant::now() + wait;
+            }
+            Ok(false) => tracing::info!(row = row.id,
+                "a sign-in's Start was taken by another sender while replaced sessions' Stops go first"),
+            Err(e) => tracing::warn!(error = %crate::portal_backend::error_chain(&e), row = row.id,
+                "a sign-in's Start could not be held longer: the replaced sessions' Stops are waited for while its claim lasts"),
         }
-        Ok(held)
+        let left = (row.lease_until - now_ms() - margin).max(0);
+        Instant::now() + Duration::from_millis(left as u64)
     }
 
     /// Sends the copies of a session's Stop that are due right away (a login sends a preempted
@@ -1037,7 +1040,26 @@ impl Accounting {
                     // (NAS-Error; the Start is sent again, then the Stop). Given to its user
                     // unrecorded, the session would look, after a crash, like one nobody
                     // holds (`end_abandoned_sign_ins`).
-                    Err(e) if awaited && is_start && e.is_unavailable() => return Err(e.into()),
+                    Err(e) if awaited && is_start && e.is_unavailable() => {
+                        // A brief overload (a burst filling the write queue) passes: a few
+                        // tries within two seconds before the sign-in fails.
+                        let mut last = e;
+                        let mut recorded = None;
+                        for pause in [100, 300, 600, 1_000] {
+                            tokio::time::sleep(Duration::from_millis(pause)).await;
+                            match self.storage.mark_delivered(row.id, now_ms(), ack).await {
+                                Ok(copies) => {
+                                    recorded = Some(copies);
+                                    break;
+                                }
+                                Err(e) => last = e,
+                            }
+                        }
+                        match recorded {
+                            Some(copies) => copies,
+                            None => return Err(last.into()),
+                        }
+                    }
                     Err(_) => self.record_delivered(&row, ack).await?,
                 };
                 if copies > 0 {
