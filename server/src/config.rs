@@ -811,6 +811,11 @@ fn plain_text(text: &str, lines: bool) -> bool {
     })
 }
 
+/// Whether `ip` names one host (not "any", a multicast group or the broadcast address).
+fn one_host(ip: IpAddr) -> bool {
+    !(ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::V4(std::net::Ipv4Addr::BROADCAST))
+}
+
 impl OrganizationSettings {
     /// Checks what serde cannot (errors name `key`, e.g. `organizations[0]`): the id, the
     /// username pattern, durations, servers (at least one, names unique, secrets readable),
@@ -888,10 +893,7 @@ impl OrganizationSettings {
             ));
         }
         // What the servers (and the firewall behind them) know the portal by: one address.
-        if self.nas_ip.is_unspecified()
-            || self.nas_ip.is_multicast()
-            || self.nas_ip == IpAddr::V4(std::net::Ipv4Addr::BROADCAST)
-        {
+        if !one_host(self.nas_ip) {
             return Err(config_error(
                 format!("{key}.nas_ip"),
                 format!(
@@ -918,10 +920,7 @@ impl OrganizationSettings {
                 Duration::from_millis(100),
                 Duration::from_secs(60),
             )?;
-            if server.address.is_unspecified()
-                || server.address.is_multicast()
-                || server.address == IpAddr::V4(std::net::Ipv4Addr::BROADCAST)
-            {
+            if !one_host(server.address) {
                 return Err(config_error(
                     format!("{server_key}.address"),
                     format!("`{}` is not a server's address", server.address),

@@ -1041,26 +1041,12 @@ impl Accounting {
                     // unrecorded, the session would look, after a crash, like one nobody
                     // holds (`end_abandoned_sign_ins`).
                     Err(e) if awaited && is_start && e.is_unavailable() => {
-                        // A brief overload (a burst filling the write queue) passes: a few
-                        // tries within two seconds before the sign-in fails.
-                        let mut last = e;
-                        let mut recorded = None;
-                        for pause in [100, 300, 600, 1_000] {
-                            tokio::time::sleep(Duration::from_millis(pause)).await;
-                            match self.storage.mark_delivered(row.id, now_ms(), ack).await {
-                                Ok(copies) => {
-                                    recorded = Some(copies);
-                                    break;
-                                }
-                                Err(e) => last = e,
-                            }
-                        }
-                        match recorded {
-                            Some(copies) => copies,
-                            None => return Err(last.into()),
-                        }
+                        // A brief overload (a burst filling the write queue) passes: tried
+                        // again for two seconds before the sign-in fails.
+                        self.record_delivered(&row, ack, Some(Duration::from_secs(2)))
+                            .await?
                     }
-                    Err(_) => self.record_delivered(&row, ack).await?,
+                    Err(_) => self.record_delivered(&row, ack, None).await?,
                 };
                 if copies > 0 {
                     tracing::info!(acct_session_id = %record.acct_session_id, server = %server.name, copies,
@@ -1301,19 +1287,23 @@ impl Accounting {
     /// Records an acknowledged row as delivered. Only this sender knows of the answer: a
     /// database that cannot take the write right now (a PostgreSQL restart, a stalled disk) is
     /// tried again while the claim keeps other senders off the row, so an outage of up to
-    /// about a minute and a half does not send the packet a second time.
+    /// about a minute and a half does not send the packet a second time — or, with `within`,
+    /// for that long at most (a sign-in waiting on its Start).
     async fn record_delivered(
         &self,
         row: &OutboxRow,
         ack: Option<&Acknowledged<'_>>,
+        within: Option<Duration>,
     ) -> Result<u64, StorageError> {
+        let mut give_up_at = row.lease_until - CLAIM_MARGIN_MS;
+        if let Some(within) = within {
+            give_up_at = give_up_at.min(now_ms() + within.as_millis() as i64);
+        }
         let mut wait = Duration::from_millis(250);
         loop {
             match self.storage.mark_delivered(row.id, now_ms(), ack).await {
                 Ok(copies) => return Ok(copies),
-                Err(e)
-                    if now_ms() + wait.as_millis() as i64 + CLAIM_MARGIN_MS < row.lease_until =>
-                {
+                Err(e) if now_ms() + (wait.as_millis() as i64) < give_up_at => {
                     tracing::warn!(error = %crate::portal_backend::error_chain(&e), row = row.id,
                         "an acknowledged accounting packet could not be recorded; trying again while the claim lasts");
                     tokio::time::sleep(wait).await;
