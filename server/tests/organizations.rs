@@ -502,6 +502,33 @@ timeout = "500ms"
     (db, config)
 }
 
+/// A portal running on [`cli_config`]'s configuration, with `user` signed in from `ip(n)`: the
+/// FreeRADIUS, the directory, the database, the file, the settings, the portal and the session.
+async fn cli_portal_with(
+    user: &str,
+    n: u8,
+) -> (
+    FreeRadius,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    Settings,
+    TestApp,
+    radius_portal::storage::AccessSessionRecord,
+) {
+    let radius = FreeRadius::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (db, config) = cli_config(dir.path(), &radius);
+    let settings = Settings::load(Some(&config)).unwrap();
+    let app = TestApp::spawn(&settings).await;
+    let session = app
+        .sessions
+        .login("acme", user, &format!("{user}-pass"), ip(n))
+        .await
+        .unwrap();
+    (radius, dir, db, config, settings, app, session)
+}
+
 fn unix_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -634,17 +661,8 @@ async fn stops_an_operator_asks_for_while_no_portal_runs_say_when_they_were_aske
 
 #[tokio::test]
 async fn a_disable_made_while_no_portal_runs_ends_a_session_whose_deadline_came_later_then() {
-    let radius = FreeRadius::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (_db, config) = cli_config(dir.path(), &radius);
-    let settings = Settings::load(Some(&config)).unwrap();
-    let app = TestApp::spawn(&settings).await;
     // A limit of 3 s (Session-Timeout).
-    let session = app
-        .sessions
-        .login("acme", "ivan", "ivan-pass", ip(60))
-        .await
-        .unwrap();
+    let (radius, _dir, _db, _config, settings, app, session) = cli_portal_with("ivan", 60).await;
     radius
         .wait_for_acct(&["status=Start", &format!("sid={}", session.acct_session_id)])
         .await;
@@ -679,16 +697,7 @@ async fn a_disable_made_while_no_portal_runs_ends_a_session_whose_deadline_came_
 
 #[tokio::test]
 async fn an_enable_before_the_disables_stop_ran_says_the_sessions_keep_running() {
-    let radius = FreeRadius::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (_db, config) = cli_config(dir.path(), &radius);
-    let settings = Settings::load(Some(&config)).unwrap();
-    let app = TestApp::spawn(&settings).await;
-    let session = app
-        .sessions
-        .login("acme", "carol", "carol-pass", ip(50))
-        .await
-        .unwrap();
+    let (_radius, dir, _db, config, settings, app, session) = cli_portal_with("carol", 50).await;
     let storage = app.storage.clone();
     app.stop().await;
 
@@ -746,16 +755,7 @@ async fn an_enable_before_the_disables_stop_ran_says_the_sessions_keep_running()
 
 #[tokio::test]
 async fn the_cli_disables_an_organization_of_the_running_portal() {
-    let radius = FreeRadius::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (db, config) = cli_config(dir.path(), &radius);
-    let settings = Settings::load(Some(&config)).unwrap();
-    let app = TestApp::spawn(&settings).await;
-    let session = app
-        .sessions
-        .login("acme", "carol", "carol-pass", ip(20))
-        .await
-        .unwrap();
+    let (radius, dir, db, config, _settings, app, session) = cli_portal_with("carol", 20).await;
 
     let out = portal(&config, &["org", "disable", "acme"]).await;
     assert!(out.status.success(), "{out:?}");
