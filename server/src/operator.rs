@@ -186,6 +186,10 @@ pub struct SessionRow {
     expires_at_ms: i64,
     stopped_at_ms: Option<i64>,
     terminate_cause: Option<i64>,
+    /// `session show`: when an operator's stop still waiting for it was asked for (its
+    /// termination, its organization's disable) — the running portal has not made it yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_asked_at_ms: Option<i64>,
 }
 
 impl From<&AccessSessionRecord> for SessionRow {
@@ -202,6 +206,7 @@ impl From<&AccessSessionRecord> for SessionRow {
             expires_at_ms: s.expires_at,
             stopped_at_ms: s.stopped_at,
             terminate_cause: s.terminate_cause,
+            stop_asked_at_ms: None,
         }
     }
 }
@@ -268,7 +273,8 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
             let Some(s) = find_session(&storage, &id).await? else {
                 return Ok(Outcome::NoSession(id));
             };
-            let row = SessionRow::from(&s);
+            let mut row = SessionRow::from(&s);
+            row.stop_asked_at_ms = storage.stop_asked_for(s.id).await?;
             if json {
                 say!("{}", serde_json::to_string_pretty(&row)?);
             } else {
@@ -286,6 +292,12 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                 match row.stopped_at_ms {
                     Some(at) => say!("ended:           {}", clock(at)),
                     None => say!("ends:            {}", clock(row.expires_at_ms)),
+                }
+                if let Some(asked) = row.stop_asked_at_ms {
+                    say!(
+                        "stop asked:      {} (an operator's stop, not made yet: the running portal ends it with Admin-Reset dated then)",
+                        clock(asked)
+                    );
                 }
                 if let Some(cause) = row.terminate_cause {
                     say!(

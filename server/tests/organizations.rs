@@ -598,6 +598,13 @@ async fn stops_an_operator_asks_for_while_no_portal_runs_say_when_they_were_aske
         String::from_utf8_lossy(&terminate.stdout).contains("when the portal next starts"),
         "{terminate:?}"
     );
+    // `session show` says the stop waits, and since when.
+    let shown = portal(&config, &["session", "show", &terminated.id.to_string()]).await;
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("state:           active") && shown.contains("stop asked:"),
+        "{shown}"
+    );
     if over_open {
         // Terminated after its deadline: it ended by its limit all the same.
         let late = portal(&config, &["session", "terminate", &over.id.to_string()]).await;
@@ -692,6 +699,54 @@ async fn a_disable_made_while_no_portal_runs_ends_a_session_whose_deadline_came_
         (asked_at / 1000).to_string(),
         "{stop}"
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_terminate_whose_stop_a_refresh_made_is_audited_as_done() {
+    let (radius, _dir, _db, _config, settings, app, session) = cli_portal_with("carol", 52).await;
+    radius
+        .wait_for_acct(&["status=Start", &format!("sid={}", session.acct_session_id)])
+        .await;
+    let storage = app.storage.clone();
+    app.stop().await;
+    // Asked for while no portal runs; a refresh (another replica's, or this one's before its
+    // worker took the job) comes first and makes the stop, as the operator asked.
+    let asked_at = session.started_at + 1000;
+    assert_eq!(
+        storage
+            .queue_session_termination(session.id, "cli:test", asked_at)
+            .await
+            .unwrap(),
+        radius_portal::storage::Termination::Queued
+    );
+    assert!(storage
+        .refresh_session(session.id, asked_at + 500, session.expires_at + 60_000)
+        .await
+        .unwrap()
+        .is_none());
+    drop(storage);
+    let app = TestApp::spawn(&settings).await;
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={}", session.acct_session_id)])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Admin-Reset", "{stop}");
+    // The job finds its stop made: it says so, not that the session was gone.
+    let job_done = || async {
+        app.storage
+            .audit_tail(50)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|e| e.action == "job.terminate_session")
+            .map(|e| e.detail)
+    };
+    wait_until("the terminate job is done", || async {
+        job_done().await.is_some()
+    })
+    .await;
+    let outcome = job_done().await.unwrap();
+    assert!(outcome.contains("\"outcome\":\"stopped\""), "{outcome}");
     app.stop().await;
 }
 

@@ -1317,7 +1317,9 @@ async fn a_session_termination_is_queued_once(db: Db) {
         .unwrap();
     let id = opened(s, login("10.0.3.1", T0, 10 * MINUTE)).await;
     let ask = || s.queue_session_termination(id, "cli:jo", T0 + 1);
+    assert_eq!(s.stop_asked_for(id).await.unwrap(), None);
     assert_eq!(ask().await.unwrap(), Termination::Queued);
+    assert_eq!(s.stop_asked_for(id).await.unwrap(), Some(T0 + 1));
     assert_eq!(ask().await.unwrap(), Termination::AlreadyQueued);
     let jobs = s.pending_organization_jobs().await.unwrap();
     assert_eq!(
@@ -1339,6 +1341,7 @@ async fn a_session_termination_is_queued_once(db: Db) {
         .await
         .unwrap();
     assert_eq!(ask().await.unwrap(), Termination::NotActive);
+    assert_eq!(s.stop_asked_for(id).await.unwrap(), None, "ended: nothing waits");
 
     // Two operators at once, through two processes' handles: one job between them.
     let other = db.open().await;
@@ -1354,6 +1357,13 @@ async fn a_session_termination_is_queued_once(db: Db) {
         [Termination::Queued, Termination::AlreadyQueued],
         "one queued, the other found it"
     );
+    // Its organization's disable, asked for earlier than nothing: the earliest stop counts.
+    let third = opened(s, login("10.0.3.3", T0, 10 * MINUTE)).await;
+    s.set_organization_active("acme", false, "cli:jo", T0 + 4)
+        .await
+        .unwrap();
+    assert_eq!(s.stop_asked_for(third).await.unwrap(), Some(T0 + 4));
+    assert_eq!(s.stop_asked_for(id).await.unwrap(), Some(T0 + 3));
 }
 
 async fn pruning_keeps_what_is_pending(db: Db) {

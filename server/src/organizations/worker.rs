@@ -203,11 +203,29 @@ impl OrganizationWorker {
 
     async fn run_job(&self, job: &OrganizationJob) -> anyhow::Result<JobOutcome> {
         if job.kind == "terminate_session" {
-            let stopped = match job.access_session_id {
-                Some(id) => self.sessions.stop_asked_at(id, job.created_at).await?,
-                None => false,
+            let (stopped, made_for_it) = match job.access_session_id {
+                Some(id) => match self.sessions.stop_asked_at(id, job.created_at).await? {
+                    true => (true, false),
+                    // A refresh or the expiry pass may have made this stop on the job's behalf
+                    // (they end a session an operator's stop waits for with Admin-Reset, dated
+                    // when it was asked for): that is this job's stop, not a session gone.
+                    false => {
+                        let made = self.sessions.record(id).await?.is_some_and(|s| {
+                            !s.active
+                                && s.terminate_cause
+                                    == Some(i64::from(crate::radius::terminate_cause::ADMIN_RESET))
+                                && s.stopped_at.is_some_and(|at| at >= job.created_at)
+                        });
+                        (made, made)
+                    }
+                },
+                None => (false, false),
             };
             match (job.access_session_id, stopped) {
+                (Some(session), true) if made_for_it => tracing::warn!(
+                    session,
+                    "session terminated by the operator (Admin-Reset), at a refresh or its deadline while the stop waited"
+                ),
                 (Some(session), true) => {
                     tracing::warn!(session, "session terminated by the operator (Admin-Reset)")
                 }

@@ -296,6 +296,10 @@ contract! {
         /// Queues the termination of an active session for the running portal (operator command
         /// in another process), audited — once: a termination still pending is not queued again.
         fn queue_session_termination(&self, session_id: i64, actor: &str, now: i64) -> Termination;
+        /// When the earliest operator's stop still waiting for an active session was asked
+        /// for (its termination, or its organization's disable); None if none waits or the
+        /// session is not active.
+        fn stop_asked_for(&self, session_id: i64) -> Option<i64>;
         /// Creates an organization (operator), audited. False if the id is taken.
         fn create_organization(&self, write: &OrganizationWrite<'_>, active: bool) -> bool;
         /// Replaces an organization's name and settings (operator), audited — with

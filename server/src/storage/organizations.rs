@@ -984,6 +984,22 @@ impl<B: OrgBackend> OrganizationStore for B {
         Ok(count)
     }
 
+    async fn stop_asked_for(&self, session_id: i64) -> Result<Option<i64>, StorageError> {
+        let asked: Option<(Option<i64>,)> = self
+            .reader()
+            .await?
+            .fetch_optional(
+                concat!(
+                    "SELECT ",
+                    super::stop_asked_at!(),
+                    " FROM access_sessions s WHERE s.id = $1 AND s.state = 'active'"
+                ),
+                &[Arg::Int(session_id)],
+            )
+            .await?;
+        Ok(asked.and_then(|(at,)| at))
+    }
+
     async fn delete_organization(
         &self,
         id: &str,
