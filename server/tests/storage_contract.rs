@@ -1341,7 +1341,20 @@ async fn a_session_termination_is_queued_once(db: Db) {
         .await
         .unwrap();
     assert_eq!(ask().await.unwrap(), Termination::NotActive);
-    assert_eq!(s.stop_asked_for(id).await.unwrap(), None, "ended: nothing waits");
+    assert_eq!(
+        s.stop_asked_for(id).await.unwrap(),
+        None,
+        "ended: nothing waits"
+    );
+    // The refusal is audited (who tried to end what), the queued one not again.
+    let audited = s.audit_tail(100).await.unwrap();
+    let asked: Vec<&str> = audited
+        .iter()
+        .filter(|e| e.action == "session.terminate")
+        .map(|e| e.detail.as_str())
+        .collect();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert!(asked[1].contains("\"refused\":\"not active\""), "{asked:?}");
 
     // Two operators at once, through two processes' handles: one job between them.
     let other = db.open().await;

@@ -773,19 +773,40 @@ impl<B: OrgBackend> OrganizationStore for B {
         let c = change.conn();
         // The session's row locked (PostgreSQL): two operators asking at once take turns, so
         // the second sees the first's job below.
-        let row: Option<(String, String, String)> = c
+        let row: Option<(String, String, String, String)> = c
             .fetch_optional(
                 &format!(
-                    "SELECT organization_id, acct_session_id, username FROM access_sessions \
-                     WHERE id = $1 AND state = 'active'{}",
+                    "SELECT organization_id, acct_session_id, username, state FROM access_sessions \
+                     WHERE id = $1{}",
                     B::LOCK_ROW
                 ),
                 &[Arg::Int(session_id)],
             )
             .await?;
-        let Some((organization_id, acct_session_id, username)) = row else {
+        let Some((organization_id, acct_session_id, username, state)) = row else {
             return Ok(Termination::NotActive);
         };
+        if state != "active" {
+            // Refused, and audited as the admin API's refusal is: who tried to end what.
+            audit_in(
+                c,
+                &Audit {
+                    at: now,
+                    actor,
+                    action: "session.terminate",
+                    organization_id: Some(&organization_id),
+                    detail: serde_json::json!({
+                        "acct_session_id": acct_session_id,
+                        "username": username,
+                        "stopped": false,
+                        "refused": "not active",
+                    }),
+                },
+            )
+            .await?;
+            change.commit().await?;
+            return Ok(Termination::NotActive);
+        }
         // Asked again before the portal got to it: one job (and one audit entry) is enough.
         let pending: Option<(i64,)> = c
             .fetch_optional(
