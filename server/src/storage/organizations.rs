@@ -786,50 +786,37 @@ impl<B: OrgBackend> OrganizationStore for B {
         let Some((organization_id, acct_session_id, username, state)) = row else {
             return Ok(Termination::NotActive);
         };
-        if state != "active" {
-            // Refused, and audited as the admin API's refusal is: who tried to end what.
-            audit_in(
-                c,
-                &Audit {
-                    at: now,
-                    actor,
-                    action: "session.terminate",
-                    organization_id: Some(&organization_id),
-                    detail: serde_json::json!({
-                        "acct_session_id": acct_session_id,
-                        "username": username,
-                        "stopped": false,
-                        "refused": "not active",
-                    }),
-                },
+        let active = state == "active";
+        if active {
+            // Asked again before the portal got to it: one job (and one audit entry) is enough.
+            let pending: Option<(i64,)> = c
+                .fetch_optional(
+                    "SELECT id FROM organization_jobs WHERE done_at IS NULL \
+                     AND kind = 'terminate_session' AND access_session_id = $1 LIMIT 1",
+                    &[Arg::Int(session_id)],
+                )
+                .await?;
+            if pending.is_some() {
+                return Ok(Termination::AlreadyQueued);
+            }
+            c.execute(
+                "INSERT INTO organization_jobs (organization_id, kind, access_session_id, created_at) \
+                 VALUES ($1, 'terminate_session', $2, $3)",
+                &[
+                    Arg::Text(&organization_id),
+                    Arg::Int(session_id),
+                    Arg::Int(now),
+                ],
             )
             .await?;
-            change.commit().await?;
-            return Ok(Termination::NotActive);
         }
-        // Asked again before the portal got to it: one job (and one audit entry) is enough.
-        let pending: Option<(i64,)> = c
-            .fetch_optional(
-                "SELECT id FROM organization_jobs WHERE done_at IS NULL \
-                 AND kind = 'terminate_session' AND access_session_id = $1 LIMIT 1",
-                &[Arg::Int(session_id)],
-            )
-            .await?;
-        if pending.is_some() {
-            return Ok(Termination::AlreadyQueued);
-        }
-        c.execute(
-            "INSERT INTO organization_jobs (organization_id, kind, access_session_id, created_at) \
-             VALUES ($1, 'terminate_session', $2, $3)",
-            &[
-                Arg::Text(&organization_id),
-                Arg::Int(session_id),
-                Arg::Int(now),
-            ],
-        )
-        .await?;
-        let detail =
+        let mut detail =
             serde_json::json!({ "acct_session_id": acct_session_id, "username": username });
+        if !active {
+            // Refused, and audited as the admin API's refusal is: who tried to end what.
+            detail["stopped"] = false.into();
+            detail["refused"] = "not active".into();
+        }
         audit_in(
             c,
             &Audit {
@@ -841,6 +828,10 @@ impl<B: OrgBackend> OrganizationStore for B {
             },
         )
         .await?;
+        if !active {
+            change.commit().await?;
+            return Ok(Termination::NotActive);
+        }
         // The job worker of every process looks now.
         self.announce(c).await?;
         change.commit().await?;
