@@ -526,14 +526,10 @@ pub(crate) async fn servers_still_needed(
         let moved_to = match after.iter().find(|s| s.name == name) {
             None => None,
             Some(_) if moves == ServerMoves::SameServer => continue,
-            Some(kept) => {
-                let to = SocketAddr::new(kept.address.to_canonical(), kept.acct_port);
-                match accounting_address(entry) {
-                    // Unreadable as stored: only its name can be compared.
-                    Some(from) if from != to => Some((from, to)),
-                    _ => continue,
-                }
-            }
+            Some(kept) => match accounting_move(entry, kept) {
+                Some(moved) => Some(moved),
+                None => continue,
+            },
         };
         // A move also takes the Stop copies parked for it (a server down) elsewhere.
         let needing = storage
@@ -573,11 +569,22 @@ pub(crate) fn new_or_moved_server<'a>(
             else {
                 return true;
             };
-            accounting_address(entry).is_some_and(|from| {
-                from != SocketAddr::new(server.address.to_canonical(), server.acct_port)
-            })
+            accounting_move(entry, server).is_some()
         })
         .map(|server| server.name.as_str())
+}
+
+/// Where a stored server entry's accounting goes (from) and where `kept`, its new settings,
+/// sends it (to), if they differ. None when they are the same, or the entry is unreadable as
+/// stored (only its name can be compared then).
+fn accounting_move(
+    entry: &serde_json::Value,
+    kept: &crate::config::ServerSettings,
+) -> Option<(SocketAddr, SocketAddr)> {
+    let to = SocketAddr::new(kept.address.to_canonical(), kept.acct_port);
+    accounting_address(entry)
+        .filter(|from| *from != to)
+        .map(|from| (from, to))
 }
 
 /// Where a stored server entry sends accounting (its address and accounting port, read as
