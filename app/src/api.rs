@@ -16,10 +16,18 @@ pub async fn get_site_info() -> Result<SiteInfo, PortalError> {
 }
 
 /// The form token to put in every state-changing form (`csrf` field).
+/// Every call but `site_info` takes `org`: at the root, the organization it is for (else the
+/// default); under an organization's prefix, if sent, it must be that one.
 #[server(endpoint = "form_token")]
-pub async fn get_form_token() -> Result<String, PortalError> {
+pub async fn get_form_token(org: Option<String>) -> Result<String, PortalError> {
     let (service, request) = crate::service::portal()?;
-    service.form_token(&request).await
+    service.form_token(&request, named(&org)).await
+}
+
+/// The `org` field as sent; empty: not sent.
+#[cfg(feature = "ssr")]
+fn named(org: &Option<String>) -> Option<&str> {
+    org.as_deref().filter(|o| !o.is_empty())
 }
 
 /// Logs in and opens an access session; a plain form post is redirected to the session page
@@ -36,7 +44,7 @@ pub async fn login(
         username,
         password,
         form_token: csrf.unwrap_or_default(),
-        organization: org.filter(|o| !o.is_empty()),
+        organization: named(&org).map(str::to_owned),
     };
     let view = service.login(&request, input).await?;
     crate::service::redirect(&request, &format!("{}/session", view.base));
@@ -45,9 +53,9 @@ pub async fn login(
 
 /// The caller's active access session, or `None`.
 #[server(endpoint = "current_session")]
-pub async fn current_session() -> Result<Option<SessionView>, PortalError> {
+pub async fn current_session(org: Option<String>) -> Result<Option<SessionView>, PortalError> {
     let (service, request) = crate::service::portal()?;
-    service.current_session(&request).await
+    service.current_session(&request, named(&org)).await
 }
 
 /// Where the live session state streams (Server-Sent Events, served by the server crate).
@@ -56,18 +64,21 @@ pub const LIVE_EVENTS_PATH: &str = "/session/events";
 /// The caller's access session, active or ended (the island's fallback when the live stream at
 /// `/session/events` is unavailable).
 #[server(endpoint = "session_status")]
-pub async fn get_session_status() -> Result<SessionStatus, PortalError> {
+pub async fn get_session_status(org: Option<String>) -> Result<SessionStatus, PortalError> {
     let (service, request) = crate::service::portal()?;
-    service.session_status(&request).await
+    service.session_status(&request, named(&org)).await
 }
 
 /// Restarts the window (capped by the limit) and returns the new state; a plain form post is
 /// redirected to the session page (also when the browser sends no Referer).
 #[server(endpoint = "refresh")]
-pub async fn refresh(csrf: Option<String>) -> Result<SessionView, PortalError> {
+pub async fn refresh(
+    csrf: Option<String>,
+    org: Option<String>,
+) -> Result<SessionView, PortalError> {
     let (service, request) = crate::service::portal()?;
     let view = service
-        .refresh(&request, csrf.as_deref().unwrap_or_default())
+        .refresh(&request, csrf.as_deref().unwrap_or_default(), named(&org))
         .await?;
     // The island's call gets the new state and stays on its page.
     if crate::service::accepts_html(&request.headers) {
@@ -78,10 +89,10 @@ pub async fn refresh(csrf: Option<String>) -> Result<SessionView, PortalError> {
 
 /// Ends the access session; a plain form post is redirected to the organization's login page.
 #[server(endpoint = "disconnect")]
-pub async fn disconnect(csrf: Option<String>) -> Result<(), PortalError> {
+pub async fn disconnect(csrf: Option<String>, org: Option<String>) -> Result<(), PortalError> {
     let (service, request) = crate::service::portal()?;
     let base = service
-        .disconnect(&request, csrf.as_deref().unwrap_or_default())
+        .disconnect(&request, csrf.as_deref().unwrap_or_default(), named(&org))
         .await?;
     crate::service::redirect(&request, &format!("{base}/"));
     Ok(())

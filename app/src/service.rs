@@ -30,7 +30,9 @@ pub trait PortalService: Send + Sync + 'static {
     /// Facts for the login page.
     fn site_info(&self, request: &Parts) -> SiteInfo;
     /// The web session's form token, created on first use; every state-changing form carries it.
-    async fn form_token(&self, request: &Parts) -> Result<String, PortalError>;
+    /// `org`: each call's `org` field — at the root, the organization the call is for (else
+    /// the default); under an organization's prefix, if sent, it must be that one (400).
+    async fn form_token(&self, request: &Parts, org: Option<&str>) -> Result<String, PortalError>;
     /// Authenticates and opens an access session for the request's client.
     async fn login(
         self: Arc<Self>,
@@ -38,14 +40,32 @@ pub trait PortalService: Send + Sync + 'static {
         input: LoginInput,
     ) -> Result<SessionView, PortalError>;
     /// The web session's active access session, if any.
-    async fn current_session(&self, request: &Parts) -> Result<Option<SessionView>, PortalError>;
+    async fn current_session(
+        &self,
+        request: &Parts,
+        org: Option<&str>,
+    ) -> Result<Option<SessionView>, PortalError>;
     /// The web session's access session, active or ended (live updates, polling fallback).
-    async fn session_status(&self, request: &Parts) -> Result<SessionStatus, PortalError>;
+    async fn session_status(
+        &self,
+        request: &Parts,
+        org: Option<&str>,
+    ) -> Result<SessionStatus, PortalError>;
     /// Restarts the window of the web session's access session.
-    async fn refresh(&self, request: &Parts, form_token: &str) -> Result<SessionView, PortalError>;
+    async fn refresh(
+        &self,
+        request: &Parts,
+        form_token: &str,
+        org: Option<&str>,
+    ) -> Result<SessionView, PortalError>;
     /// Ends the web session's access session (Accounting-Stop, User-Request); returns the
     /// path prefix of the organization's portal (where the user goes next).
-    async fn disconnect(&self, request: &Parts, form_token: &str) -> Result<String, PortalError>;
+    async fn disconnect(
+        &self,
+        request: &Parts,
+        form_token: &str,
+        org: Option<&str>,
+    ) -> Result<String, PortalError>;
     /// The address the request came from, as sessions name it (None: not known).
     fn client_address(&self, _request: &Parts) -> Option<String> {
         None

@@ -394,12 +394,10 @@ impl PortalBackend {
         &self,
         request: &Parts,
         web: &Session,
+        org: &str,
         supplied: &str,
     ) -> Result<(), PortalError> {
-        if self
-            .form_token_fresh(request, web, &self.scope(request).id, supplied)
-            .await?
-        {
+        if self.form_token_fresh(request, web, org, supplied).await? {
             return Ok(());
         }
         Err(refused_form(supplied))
@@ -449,6 +447,33 @@ impl PortalBackend {
             })
     }
 
+    /// The organization a call is for: its `/o/{slug}` scope; at the root, the one its `org`
+    /// field names (else the default). Under a prefix an `org` naming another organization is
+    /// refused (the page and the call would not agree on whose session it is), and so is one
+    /// naming no organization (the caller's text is not repeated back).
+    fn scope_named(&self, request: &Parts, named: Option<&str>) -> Result<OrgScope, PortalError> {
+        let scope = self.scope(request);
+        let Some(named) = named.filter(|n| *n != scope.id) else {
+            return Ok(scope);
+        };
+        if !scope.base.is_empty() {
+            return Err(PortalError::InvalidInput {
+                field: "org".into(),
+                message: "This form belongs to another organization's portal.".into(),
+            });
+        }
+        if self.organizations.get(named).is_none() {
+            return Err(PortalError::InvalidInput {
+                field: "org".into(),
+                message: "No organization has this id.".into(),
+            });
+        }
+        Ok(OrgScope {
+            id: named.to_owned(),
+            base: base_of(&self.organizations, named),
+        })
+    }
+
     /// Counts a sign-in's outcome, labelled with known organizations only (the form's `org` is
     /// the caller's text).
     fn count_login(&self, org: &str, outcome: Result<&'static str, &PortalError>) {
@@ -472,20 +497,7 @@ impl PortalBackend {
             form_token,
             organization,
         } = input;
-        let scope = self.scope(request);
-        let org_id = match organization {
-            // Posted within one organization's portal (`/o/{slug}/api/login`) for another:
-            // the page and the sign-in would not agree on whose it is.
-            Some(named) if !scope.base.is_empty() && named != scope.id => {
-                return Err(PortalError::InvalidInput {
-                    field: "org".into(),
-                    message: "This sign-in form belongs to another organization's portal.".into(),
-                })
-            }
-            Some(named) => named,
-            None => scope.id,
-        };
-        // The form's `org` names no organization (the caller's text: not repeated back).
+        let org_id = self.scope_named(request, organization.as_deref())?.id;
         let org = self
             .organizations
             .get(&org_id)
@@ -969,9 +981,10 @@ impl PortalService for PortalBackend {
         }
     }
 
-    async fn form_token(&self, request: &Parts) -> Result<String, PortalError> {
+    async fn form_token(&self, request: &Parts, org: Option<&str>) -> Result<String, PortalError> {
+        let scope = with_status(request, self.scope_named(request, org))?;
         let web = web_session(request)?;
-        if let Some(token) = stored_form_tokens(&web, &self.scope(request).id)
+        if let Some(token) = stored_form_tokens(&web, &scope.id)
             .await?
             .into_iter()
             .next()
@@ -1033,10 +1046,14 @@ impl PortalService for PortalBackend {
         with_status(request, result)
     }
 
-    async fn current_session(&self, request: &Parts) -> Result<Option<SessionView>, PortalError> {
+    async fn current_session(
+        &self,
+        request: &Parts,
+        org: Option<&str>,
+    ) -> Result<Option<SessionView>, PortalError> {
         let result = async {
             let web = web_session(request)?;
-            let scope = self.scope(request);
+            let scope = self.scope_named(request, org)?;
             let running = self.linked_running(&web, &scope.id).await?;
             Ok(running.map(|session| self.seen_from(&scope, self.view(&session))))
         }
@@ -1044,9 +1061,13 @@ impl PortalService for PortalBackend {
         with_status(request, result)
     }
 
-    async fn session_status(&self, request: &Parts) -> Result<SessionStatus, PortalError> {
+    async fn session_status(
+        &self,
+        request: &Parts,
+        org: Option<&str>,
+    ) -> Result<SessionStatus, PortalError> {
         let result = async {
-            let scope = self.scope(request);
+            let scope = self.scope_named(request, org)?;
             let id = self
                 .linked_session_id(&web_session(request)?, &scope.id)
                 .await?;
@@ -1056,12 +1077,19 @@ impl PortalService for PortalBackend {
         with_status(request, result)
     }
 
-    async fn refresh(&self, request: &Parts, form_token: &str) -> Result<SessionView, PortalError> {
+    async fn refresh(
+        &self,
+        request: &Parts,
+        form_token: &str,
+        org: Option<&str>,
+    ) -> Result<SessionView, PortalError> {
         let result = async {
+            let scope = self.scope_named(request, org)?;
             let web = web_session(request)?;
-            self.check_form_token(request, &web, form_token).await?;
+            self.check_form_token(request, &web, &scope.id, form_token)
+                .await?;
             let id = self
-                .linked_session_id(&web, &self.scope(request).id)
+                .linked_session_id(&web, &scope.id)
                 .await?
                 .ok_or(PortalError::NoSession)?;
             let (session, restarted) = self.sessions.refresh(id).await.map_err(user_error)?;
@@ -1081,17 +1109,23 @@ impl PortalService for PortalBackend {
                 .map_err(|e| web_session_failed("reading the web session", &e))?;
             let mut view = self.view(&session);
             view.refresh_changed_nothing = !restarted;
-            Ok(self.seen_from(&self.scope(request), view))
+            Ok(self.seen_from(&scope, view))
         }
         .await;
         with_status(request, result)
     }
 
-    async fn disconnect(&self, request: &Parts, form_token: &str) -> Result<String, PortalError> {
+    async fn disconnect(
+        &self,
+        request: &Parts,
+        form_token: &str,
+        org: Option<&str>,
+    ) -> Result<String, PortalError> {
         let result = async {
+            let scope = self.scope_named(request, org)?;
             let web = web_session(request)?;
-            self.check_form_token(request, &web, form_token).await?;
-            let scope = self.scope(request);
+            self.check_form_token(request, &web, &scope.id, form_token)
+                .await?;
             let linked = self.linked_session_id(&web, &scope.id).await?;
             if let Some(id) = linked {
                 // The sign-in page shown next says the session ended — or that it had ended

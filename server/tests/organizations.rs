@@ -1608,6 +1608,101 @@ async fn each_organization_has_its_own_portal_under_its_slug() {
     app.stop().await;
 }
 
+/// A script signed in at the root with `org` names the organization in every call after it too
+/// (README, "Scripts"): the root's calls act on that organization's session, a prefix's refuse
+/// another organization, and an `org` naming none is refused — never the default's session
+/// answered instead (a Disconnect said done while the session ran on).
+#[tokio::test]
+async fn every_call_at_the_root_acts_for_the_organization_its_org_names() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&two_organizations(&db, &a, &b)).await;
+    let browser = app.browser(Ipv4Addr::new(127, 0, 5, 31));
+    let script = |path: &'static str, fields: Vec<(&'static str, String)>| {
+        let browser = &browser;
+        async move {
+            let response = browser
+                .http
+                .post(format!("{}{path}", browser.base))
+                .header("accept", "application/json")
+                .header("origin", browser.base.clone())
+                .form(&fields)
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let token = |org: &'static str| {
+        let script = &script;
+        async move {
+            let (status, body) = script("/api/form_token", vec![("org", org.to_string())]).await;
+            assert_eq!(status, 200, "{body}");
+            body.trim_matches('"').to_string()
+        }
+    };
+    let csrf = token("beta").await;
+    let (status, body) = script(
+        "/api/login",
+        vec![
+            ("username", "carol".into()),
+            ("password", "carol-pass".into()),
+            ("csrf", csrf),
+            ("org", "beta".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    b.wait_for_acct(&["status=Start", "ip=127.0.5.31"]).await;
+
+    let (_, status) = script("/api/session_status", vec![("org", "beta".into())]).await;
+    assert!(
+        status.contains("\"Active\"") && status.contains("carol"),
+        "{status}"
+    );
+    // Without `org`, the root's calls are the default organization's: nothing there.
+    let (_, status) = script("/api/session_status", vec![]).await;
+    assert_eq!(status, "\"NoSession\"");
+    // An `org` naming no organization, or another than a prefix's, is refused.
+    let (code, body) = script("/api/session_status", vec![("org", "zzz".into())]).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("org"), "{body}");
+    let csrf = token("beta").await;
+    let (code, body) = script(
+        "/o/beta/api/disconnect",
+        vec![("csrf", csrf.clone()), ("org", "acme".into())],
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    let (code, _) = script("/o/acme/api/session_status", vec![("org", "beta".into())]).await;
+    assert_eq!(code, 400);
+    assert!(
+        b.acct_lines().iter().all(|l| !l.contains("status=Stop")),
+        "nothing ended by a refused call"
+    );
+
+    let (code, body) = script(
+        "/api/refresh",
+        vec![("csrf", csrf.clone()), ("org", "beta".into())],
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""base":"/o/beta""#), "{body}");
+    b.wait_for_acct(&["status=Interim-Update", "ip=127.0.5.31"])
+        .await;
+    let (code, body) = script(
+        "/api/disconnect",
+        vec![("csrf", csrf), ("org", "beta".into())],
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    b.wait_for_acct(&["status=Stop", "ip=127.0.5.31", "cause=User-Request"])
+        .await;
+    let (_, status) = script("/api/session_status", vec![("org", "beta".into())]).await;
+    assert!(!status.contains("\"Active\""), "{status}");
+    app.stop().await;
+}
+
 /// The configuration seeds organizations at start-up: `enabled = false` disables one (its open
 /// sessions are stopped), leaving `enabled` out keeps the state the operator gave it, and an
 /// organization removed from the file is disabled the same way.

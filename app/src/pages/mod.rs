@@ -57,24 +57,26 @@ pub async fn load(
         // web session that names a session costs a lookup.
         // Its form token too: the sign-in page is shown to it all the same when it carries a
         // failed sign-in's error, with a form that works.
-        "/" if matches!(service.current_session(request).await, Ok(Some(_))) => Some(PageData {
-            signed_in: true,
-            form_token: Some(service.form_token(request).await),
-            ..PageData::default()
-        }),
+        "/" if matches!(service.current_session(request, None).await, Ok(Some(_))) => {
+            Some(PageData {
+                signed_in: true,
+                form_token: Some(service.form_token(request, None).await),
+                ..PageData::default()
+            })
+        }
         "/" => Some(PageData {
-            form_token: Some(service.form_token(request).await),
+            form_token: Some(service.form_token(request, None).await),
             ..PageData::default()
         }),
         "/session" => {
             // A session running for the address without this browser's link (`NotLinked`) is
             // kept: the page shows it only after a form post of its own failed (see
             // `SessionPage`).
-            let session = service.session_status(request).await;
+            let session = service.session_status(request, None).await;
             // Only an active session's page has forms.
             let (form_token, elsewhere) = match &session {
                 Ok(SessionStatus::Active(view)) => (
-                    Some(service.form_token(request).await),
+                    Some(service.form_token(request, None).await),
                     service
                         .client_address(request)
                         .filter(|here| *here != view.client_ip),
