@@ -269,6 +269,69 @@ async fn a_disable_between_access_accept_and_start_leaves_no_session_and_sends_n
     Arc::into_inner(app).unwrap().stop().await;
 }
 
+/// A disable that lands while a new session's Start is on its way (the session stored before
+/// the disable) ends that session with Admin-Reset dated at the disable, after its Start — and
+/// the sign-in is a denial, not "signed in" to a session ended a moment later.
+#[tokio::test]
+async fn a_disable_while_the_start_is_on_its_way_denies_the_sign_in_and_stops_its_session() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (held, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let acct = std::net::SocketAddr::from(([127, 0, 0, 1], b.acct_port));
+    let relay = holding_relay(acct, held.clone(), release.clone()).await;
+    let (_dir, db) = temp_db();
+    let mut settings = two_organizations(&db, &a, &b);
+    settings.organizations[1].servers[0].acct_port = relay.port();
+    settings.organizations[1].servers[0].timeout = Duration::from_secs(5);
+    let app = Arc::new(TestApp::spawn(&settings).await);
+
+    let login = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            app.sessions
+                .login("beta", "carol", "carol-pass", ip(10))
+                .await
+        })
+    };
+    held.notified().await; // the Start answered by FreeRADIUS, the answer held
+    let disabled_at = radius_portal::access_session::now_ms();
+    app.set_organization_active("beta", false).await;
+    release.notify_one();
+    // The Stop's answer, if the sign-in sends it: let it through.
+    let releaser = {
+        let (held, release) = (held.clone(), release.clone());
+        tokio::spawn(async move {
+            loop {
+                held.notified().await;
+                release.notify_one();
+            }
+        })
+    };
+    let outcome = login.await.unwrap();
+    assert!(
+        matches!(outcome, Err(SessionError::OrganizationDisabled)),
+        "{outcome:?}"
+    );
+    let start = b.wait_for_acct(&["status=Start", "ip=127.0.5.10"]).await;
+    let sid = field(&start, "sid");
+    let stop = b
+        .wait_for_acct(&["status=Stop", &format!("sid={sid}")])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Admin-Reset", "{stop}");
+    assert_eq!(
+        field(&stop, "event_ts").parse::<i64>().unwrap(),
+        disabled_at / 1000,
+        "dated at the disable: {stop}"
+    );
+    assert!(app
+        .storage
+        .active_session_ids_of("beta")
+        .await
+        .unwrap()
+        .is_empty());
+    releaser.abort();
+    Arc::into_inner(app).unwrap().stop().await;
+}
+
 /// A disable that lands while the organization's primary stays silent stops the sign-in before
 /// it fails over: the backup gets no Access-Request of the disabled organization (design.md
 /// §5, "no packet is sent"), the user hears that the organization is disabled, and the audit

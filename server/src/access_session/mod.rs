@@ -362,21 +362,14 @@ impl AccessSessions {
             Err(RadiusError::Withdrawn) => {
                 tracing::warn!(organization = %org.id, username, %client_ip,
                     "organization disabled while its login waited for a RADIUS server: the login goes no further");
-                let state = OrgState::from_active(
-                    self.storage
-                        .organization_active(&org.id)
-                        .await
-                        .ok()
-                        .flatten(),
-                );
+                let read = self.storage.organization_active(&org.id).await;
+                let why = match read {
+                    Ok(None) => "withdrawn: the organization was deleted while it waited",
+                    _ => "withdrawn: the organization was disabled while it waited",
+                };
+                let state = OrgState::from_active(read.ok().flatten());
                 return Err(self
-                    .denied(
-                        &org.id,
-                        Operation::Login,
-                        state,
-                        who,
-                        Some("withdrawn: the organization was disabled while it waited"),
-                    )
+                    .denied(&org.id, Operation::Login, state, who, Some(why))
                     .await);
             }
             Err(e) => {
@@ -549,10 +542,50 @@ impl AccessSessions {
                 exchange_time,
                 deadline,
             )
-            .await
+            .await?;
+            this.disabled_while_starting(&stored).await
         })
         .await?;
         Ok(session)
+    }
+
+    /// After a new session's Start: a disable that landed while the Start was on its way (the
+    /// session was stored before it, so the disable's stop job ends it) makes the sign-in a
+    /// denial, not "signed in" to a session ended a moment later. The stop is made here, as the
+    /// job makes it (Admin-Reset dated at the disable), unless the organization was enabled
+    /// again meanwhile (the job closed: the session runs on). Only the cache is looked at
+    /// first (no read per sign-in): this process's own change at once, another process's within
+    /// the worker's poll — a disable learned later ends the session by its job, as before.
+    async fn disabled_while_starting(
+        &self,
+        session: &AccessSessionRecord,
+    ) -> Result<(), SessionError> {
+        if self
+            .organizations
+            .get(&session.organization_id)
+            .is_some_and(|cached| cached.active)
+        {
+            return Ok(());
+        }
+        if let Some(asked_at) = self.storage.stop_asked_for(session.id).await? {
+            self.stop_asked_at(session.id, asked_at).await?;
+        }
+        if self.active(session.id).await?.is_some() {
+            return Ok(());
+        }
+        let address = session.client_ip.clone();
+        Err(self
+            .denied(
+                &session.organization_id,
+                Operation::Login,
+                OrgState::Disabled,
+                Who {
+                    username: &session.username,
+                    client_ip: &address,
+                },
+                Some("accepted, its Accounting-Start sent: stopped by the disable"),
+            )
+            .await)
     }
 
     /// A new session's accounting: the preempted sessions' Stops first (the firewall must not
