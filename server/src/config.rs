@@ -1606,10 +1606,14 @@ impl Settings {
         for (i, org) in self.organizations.iter().enumerate() {
             let key = format!("organizations[{i}]");
             org.validate(&key)?;
-            if !seen.insert(org.id.as_str()) {
+            // Ids that differ only in letter case would be told apart by a URL's case alone.
+            if !seen.insert(org.id.to_ascii_lowercase()) {
                 return Err(config_error(
                     format!("{key}.id"),
-                    format!("`{}` is used twice", org.id),
+                    format!(
+                        "`{}` is used twice (ids that differ only in letter case count as one)",
+                        org.id
+                    ),
                 ));
             }
         }
@@ -1915,6 +1919,11 @@ mod tests {
             // A value set on a line of its own (the second organization's id is on line 11).
             (
                 format!("{MINIMAL}{}", second.replace("\"beta\"", "\"acme\"")),
+                "organizations[1].id (line 11)",
+            ),
+            // Ids that differ only in letter case count as one.
+            (
+                format!("{MINIMAL}{}", second.replace("\"beta\"", "\"ACME\"")),
                 "organizations[1].id (line 11)",
             ),
             (

@@ -482,9 +482,23 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
     assert_eq!(created["servers"][0]["secret"], "set");
     assert_eq!(created["branding"]["accent_color"], "#0f766e");
     let (status, _) = admin
-        .call(Method::POST, "/organizations", Some(TOKEN), Some(gamma))
+        .call(
+            Method::POST,
+            "/organizations",
+            Some(TOKEN),
+            Some(gamma.clone()),
+        )
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
+    // Nor as `Gamma`: ids that differ only in letter case count as one.
+    let mut upper = gamma;
+    upper["id"] = "Gamma".into();
+    let (status, text) = admin
+        .call(Method::POST, "/organizations", Some(TOKEN), Some(upper))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{text}");
+    assert!(text.contains("letter case"), "{text}");
+    assert!(app.organizations.get("Gamma").is_none());
     // At once in the running portal: a login goes to gamma's server with gamma's NAS identity.
     let first = app
         .sessions

@@ -403,6 +403,19 @@ pub async fn create(
     let active = active.or(settings.enabled).unwrap_or(true);
     let json = serde_json::to_string(&settings)
         .map_err(|e| OrganizationError::Corrupt(settings.id.clone(), e.to_string()))?;
+    // Ids that differ only in letter case would be told apart by a URL's case alone (and by
+    // whoever reads a log or a firewall's identity feed by eye).
+    if let Some(other) = storage
+        .organizations()
+        .await?
+        .into_iter()
+        .find(|o| o.id != settings.id && o.id.eq_ignore_ascii_case(&settings.id))
+    {
+        return Err(ChangeError::Conflict(format!(
+            "organization `{}` exists already as `{}` (ids that differ only in letter case count as one)",
+            settings.id, other.id
+        )));
+    }
     let detail = serde_json::json!({ "after": redacted(&settings), "active": active });
     let write = OrganizationWrite {
         id: &settings.id,
