@@ -259,6 +259,10 @@ pub async fn run() -> anyhow::Result<()> {
                 ))
                 .chain(crate::startup::duplicate_server_warnings(
                     crate::startup::file_servers(&settings.organizations),
+                ))
+                .chain(crate::startup::shared_nas_warnings(
+                    &crate::startup::file_nas(&settings.organizations),
+                    None,
                 ));
             for warning in warnings {
                 eprintln!("warning: {warning}");

@@ -640,7 +640,7 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
             finish(
                 change::create(&storage, &cache, settings, &actor())
                     .await
-                    .inspect(|id| warn_of_one_server_twice(&cache, id))
+                    .inspect(|id| warn_after_change(&cache, id))
                     .map(|id| format!("organization {id} created")),
             )
         }
@@ -684,7 +684,7 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
                         false => format!("organization {id}: nothing changed"),
                     })
                     .map(|message| message + &note)
-                    .inspect(|_| warn_of_one_server_twice(&cache, &id)),
+                    .inspect(|_| warn_after_change(&cache, &id)),
             )
         }
         OrgCommand::Delete { id } => {
@@ -705,7 +705,7 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
             finish(
                 change::add_server(&storage, &cache, &id, server, &actor())
                     .await
-                    .inspect(|()| warn_of_one_server_twice(&cache, &id))
+                    .inspect(|()| warn_after_change(&cache, &id))
                     .map(|()| format!("server added to organization {id}{note}")),
             )
         }
@@ -719,7 +719,7 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
             finish(
                 change::update_server(&storage, &cache, &id, &name, patch, &actor())
                     .await
-                    .inspect(|_| warn_of_one_server_twice(&cache, &id))
+                    .inspect(|_| warn_after_change(&cache, &id))
                     .map(|_| format!("server {name} of organization {id} updated{note}")),
             )
         }
@@ -787,10 +787,11 @@ async fn cache(storage: &Storage) -> anyhow::Result<Organizations> {
 }
 
 /// After a change of organization `id` (`cache` refreshed by it): two of its servers that are
-/// one server, on stderr as `check-config` says it.
-fn warn_of_one_server_twice(cache: &Organizations, id: &str) {
+/// one server, another organization reaching one of its servers as the same NAS — on stderr
+/// as `check-config` says it.
+fn warn_after_change(cache: &Organizations, id: &str) {
     if let Some(org) = cache.get(id) {
-        for warning in crate::startup::one_server_twice(&org) {
+        for warning in crate::startup::change_warnings(&cache.all(), &org) {
             eprintln!("warning: {warning}");
         }
     }

@@ -17,7 +17,11 @@ use crate::{
 use anyhow::Context;
 use app::service::Portal;
 use leptos::prelude::LeptosOptions;
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -230,6 +234,14 @@ impl Application {
             .into_iter()
             .chain(duplicate_server_warnings(
                 organizations.all().iter().map(|org| stored_servers(org)),
+            ))
+            .chain(shared_nas_warnings(
+                &organizations
+                    .all()
+                    .iter()
+                    .map(|org| stored_nas(org))
+                    .collect::<Vec<_>>(),
+                None,
             ))
         {
             tracing::warn!("{warning}");
@@ -661,10 +673,72 @@ pub(crate) fn stored_servers(
     (org.id.as_str(), servers.collect())
 }
 
-/// [`duplicate_server_warnings`] for one stored organization (after a change through the CLI or
-/// the admin API).
-pub(crate) fn one_server_twice(org: &crate::organizations::Organization) -> Vec<String> {
-    duplicate_server_warnings([stored_servers(org)])
+/// After a change of stored organization `org` through the CLI or the admin API: two of its
+/// servers that are one server, and another organization that reaches one of its accounting
+/// servers as the same NAS.
+pub(crate) fn change_warnings(
+    all: &[Arc<crate::organizations::Organization>],
+    org: &crate::organizations::Organization,
+) -> Vec<String> {
+    let mut warnings = duplicate_server_warnings([stored_servers(org)]);
+    warnings.extend(shared_nas_warnings(
+        &all.iter().map(|o| stored_nas(o)).collect::<Vec<_>>(),
+        Some(&org.id),
+    ));
+    warnings
+}
+
+/// An organization as [`shared_nas_warnings`] compares them: its id, the NAS identity its
+/// accounting presents (NAS-IP-Address, NAS-Identifier) and its servers' accounting addresses.
+pub(crate) type NasAt<'a> = (&'a str, (IpAddr, &'a str), Vec<SocketAddr>);
+
+/// [`NasAt`] of the configuration file's organizations.
+pub(crate) fn file_nas(organizations: &[crate::config::OrganizationSettings]) -> Vec<NasAt<'_>> {
+    organizations
+        .iter()
+        .map(|org| {
+            let acct = org
+                .servers
+                .iter()
+                .map(|s| SocketAddr::new(s.address, s.acct_port));
+            (
+                org.id.as_str(),
+                (org.nas_ip, org.nas_identifier.as_str()),
+                acct.collect(),
+            )
+        })
+        .collect()
+}
+
+/// [`NasAt`] of a stored organization.
+pub(crate) fn stored_nas(org: &crate::organizations::Organization) -> NasAt<'_> {
+    (
+        org.id.as_str(),
+        (org.nas.ip, org.nas.identifier.as_str()),
+        org.servers.iter().map(|s| s.acct_addr).collect(),
+    )
+}
+
+/// Organizations that send accounting to one server as one NAS (the same NAS-IP-Address and
+/// NAS-Identifier — `nas_identifier` left at its default in both): that server, and whatever
+/// it feeds, can tell their sessions apart only by Acct-Session-Id. With `only`, the pairs
+/// that organization is one of.
+pub(crate) fn shared_nas_warnings(organizations: &[NasAt<'_>], only: Option<&str>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (i, (a, a_nas, a_acct)) in organizations.iter().enumerate() {
+        for (b, b_nas, b_acct) in &organizations[i + 1..] {
+            if a_nas != b_nas || only.is_some_and(|id| id != *a && id != *b) {
+                continue;
+            }
+            if let Some(server) = a_acct.iter().find(|addr| b_acct.contains(addr)) {
+                warnings.push(format!(
+                    "organizations `{a}` and `{b}` send accounting to {server} as one NAS (NAS-IP-Address {}, NAS-Identifier `{}`): that server can tell their sessions apart only by Acct-Session-Id; give each its own `nas_identifier`",
+                    a_nas.0, a_nas.1
+                ));
+            }
+        }
+    }
+    warnings
 }
 
 /// Servers of one organization that are one server (the same address and ports under two
@@ -956,6 +1030,36 @@ mod tests {
             + &server("b", "10.0.0.2", 1812, 1813)
             + &server("c", "10.0.0.1", 1812, 1814)));
         assert!(duplicate_server_warnings(file_servers(&[apart])).is_empty());
+    }
+
+    #[test]
+    fn two_organizations_reaching_one_server_as_one_nas_are_warned_about() {
+        let org = |id: &str, nas: &str, acct: u16| -> crate::config::OrganizationSettings {
+            toml::from_str(&format!(
+                "id = \"{id}\"\nname = \"{id}\"\n{nas}[[servers]]\nname = \"ise\"\naddress = \"10.0.0.1\"\nacct_port = {acct}\nsecret = \"s\"\n"
+            ))
+            .unwrap()
+        };
+        // Both with the default NAS-Identifier, one accounting server: one warning.
+        let orgs = [org("acme", "", 1813), org("beta", "", 1813)];
+        let warnings = shared_nas_warnings(&file_nas(&orgs), None);
+        assert_eq!(warnings.len(), 1, "{warnings:#?}");
+        assert!(
+            warnings[0].contains("`acme` and `beta` send accounting to 10.0.0.1:1813 as one NAS")
+                && warnings[0].contains("nas_identifier"),
+            "{}",
+            warnings[0]
+        );
+        assert_eq!(shared_nas_warnings(&file_nas(&orgs), Some("beta")).len(), 1);
+        assert!(shared_nas_warnings(&file_nas(&orgs), Some("gamma")).is_empty());
+        // Each its own NAS-Identifier, or another accounting port: told apart.
+        let named = [
+            org("acme", "nas_identifier = \"portal-acme\"\n", 1813),
+            org("beta", "", 1813),
+        ];
+        assert!(shared_nas_warnings(&file_nas(&named), None).is_empty());
+        let apart = [org("acme", "", 1813), org("beta", "", 1814)];
+        assert!(shared_nas_warnings(&file_nas(&apart), None).is_empty());
     }
 
     #[test]

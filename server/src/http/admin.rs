@@ -451,7 +451,7 @@ fn refused(e: ChangeError) -> Response {
 async fn changed(api: AdminApi, id: &str, status: StatusCode) -> Response {
     api.worker.wake();
     if let Some(org) = api.organizations.get(id) {
-        for warning in crate::startup::one_server_twice(&org) {
+        for warning in crate::startup::change_warnings(&api.organizations.all(), &org) {
             tracing::warn!("{warning}");
         }
     }
