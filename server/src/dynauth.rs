@@ -17,7 +17,10 @@
 //!   the Identifier and every attribute) is answered from a cache of recent replies and not
 //!   acted on twice (RFC 5080 §2.2.2). The entry is kept for [`DUPLICATE_WINDOW`], or, when the
 //!   request carries an Event-Timestamp, for as long as that timestamp passes the replay check:
-//!   a captured request replayed from any port inside the window is not acted on again.
+//!   a captured request replayed from any port inside the window is not acted on again. The
+//!   requests acted on are also recorded in the database with their answers
+//!   (`dynauth_requests`), so a replay after a restart, or to another replica on PostgreSQL,
+//!   gets the answer given and is not acted on again either.
 
 use crate::{
     access_session::AccessSessions,
@@ -137,6 +140,9 @@ pub struct DynAuthListener {
     socket: Arc<UdpSocket>,
     clients: Arc<HashMap<IpAddr, Client>>,
     sessions: AccessSessions,
+    /// Where requests acted on are recorded with their answers, for a retransmission or replay
+    /// that comes after a restart or to another replica.
+    storage: crate::storage::Storage,
     /// Recent replies by (source, Identifier, Request Authenticator). A std Mutex: map
     /// operations only.
     recent: Arc<Mutex<RecentReplies>>,
@@ -203,12 +209,17 @@ impl DynAuthSocket {
         }))
     }
 
-    /// The listener acting on `sessions`.
-    pub fn serving(self, sessions: AccessSessions) -> DynAuthListener {
+    /// The listener acting on `sessions`, recording what it acted on in `storage`.
+    pub fn serving(
+        self,
+        sessions: AccessSessions,
+        storage: crate::storage::Storage,
+    ) -> DynAuthListener {
         DynAuthListener {
             socket: Arc::new(self.socket),
             clients: Arc::new(self.clients),
             sessions,
+            storage,
             recent: Arc::default(),
             stats: Arc::default(),
             in_progress: Arc::new(tokio::sync::Semaphore::new(MAX_IN_PROGRESS)),
@@ -334,6 +345,32 @@ impl DynAuthListener {
             }
             return;
         }
+        // Acted on before by an earlier process, or by another replica on this database: the
+        // answer it gave, not a second stop (a captured request replayed after a restart).
+        let recorded = format!("{}:{}", client.name, crate::hex(&request.authenticator()));
+        let now_ms = crate::access_session::now_ms();
+        let until = now_ms + i64::try_from(keep.as_millis()).unwrap_or(i64::MAX / 2);
+        match self
+            .storage
+            .dynauth_request_seen(&recorded, until, now_ms)
+            .await
+        {
+            Ok(None) => {}
+            Ok(Some(reply)) => {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                let reply = reply.unwrap_or_default();
+                if !reply.is_empty() {
+                    let _ = self.socket.send_to(&reply, from).await;
+                }
+                let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+                recent.insert(key, (Instant::now() + keep, reply));
+                return;
+            }
+            // The database away: stopping a session needs it too (that answer says so).
+            Err(e) => {
+                tracing::warn!(%from, error = %e, "Dynamic Authorization request could not be recorded; handled without the record");
+            }
+        }
         let reply = self.answer(client, &request).await;
         let Ok(bytes) = packet::encode_response(&reply) else {
             // Too large (the request's Proxy-State echoed with our attributes): no answer, and
@@ -342,17 +379,21 @@ impl DynAuthListener {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&key);
+            self.record_answer(&recorded, None).await;
             tracing::error!(%from, "Dynamic Authorization reply could not be encoded (too large?): not answered");
             return;
         };
+        let retry_afresh = reply.get_u32(attr::ERROR_CAUSE) == Some(RESOURCES_UNAVAILABLE);
         {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-            if reply.get_u32(attr::ERROR_CAUSE) == Some(RESOURCES_UNAVAILABLE) {
+            if retry_afresh {
                 recent.remove(&key); // our own trouble: a retransmission is tried afresh
             } else {
                 recent.insert(key, (Instant::now() + keep, bytes.clone()));
             }
         }
+        self.record_answer(&recorded, (!retry_afresh).then(|| bytes.clone()))
+            .await;
         if matches!(reply.code(), Code::DisconnectACK | Code::CoAACK) {
             self.stats.acked.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -360,6 +401,14 @@ impl DynAuthListener {
         }
         if let Err(e) = self.socket.send_to(&bytes, from).await {
             tracing::warn!(%from, error = %e, "Dynamic Authorization reply not sent");
+        }
+    }
+
+    /// Records the answer to a request acted on (None: forgets it, to be tried afresh). A
+    /// failure leaves the request marked as being handled until its record expires.
+    async fn record_answer(&self, recorded: &str, reply: Option<Vec<u8>>) {
+        if let Err(e) = self.storage.dynauth_answered(recorded, reply).await {
+            tracing::warn!(error = %e, "the answer to a Dynamic Authorization request could not be recorded");
         }
     }
 

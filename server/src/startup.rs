@@ -325,7 +325,8 @@ impl Application {
             },
             public_url: settings.http.public_url.clone(),
         };
-        let dynauth = dynauth_socket.map(|socket| socket.serving(sessions.clone()));
+        let dynauth =
+            dynauth_socket.map(|socket| socket.serving(sessions.clone(), storage.clone()));
         if let Some(listener) = &dynauth {
             tracing::info!(addr = ?listener.local_addr(), "Dynamic Authorization (RFC 5176) listener bound");
         }

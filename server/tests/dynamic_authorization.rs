@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{field, settings, temp_db, FreeRadius, TestApp, SECRET};
+use common::{field, settings, temp_db, wait_until, FreeRadius, TestApp, SECRET};
 use radius_portal::{
     config::{DynamicAuthorizationClient, Secret, Settings},
     radius::packet::{attr, encode_dynauth_request, Code, Packet, PushAttribute},
@@ -367,6 +367,74 @@ async fn a_retransmitted_disconnect_is_answered_from_the_cache_and_acted_on_once
             .filter(|l| l.contains("status=Stop"))
             .count(),
         1
+    );
+    app.stop().await;
+}
+
+/// A Disconnect-Request captured and replayed after the portal restarted, inside its
+/// Event-Timestamp window, is answered as it was and not acted on again: the user's new session
+/// runs on.
+#[tokio::test]
+async fn a_disconnect_replayed_after_a_restart_is_not_acted_on_again() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let settings = with_listener(settings(&db, vec![radius.server_settings("primary", true)]));
+    let app = TestApp::spawn(&settings).await;
+    let (listener, _) = app.dynauth.clone().unwrap();
+    app.browser(client(25)).login("carol", "carol-pass").await;
+    radius
+        .wait_for_acct(&["status=Start", "ip=127.0.2.25"])
+        .await;
+    let mut request = Packet::new(Code::DisconnectRequest, 78, [0; 16], SECRET.as_bytes());
+    request.push(attr::USER_NAME, b"carol");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    request.push_u32(attr::EVENT_TIMESTAMP, now);
+    let bytes = encode_dynauth_request(&request).unwrap();
+    let exchange = |listener: SocketAddr| {
+        let bytes = bytes.clone();
+        async move {
+            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            socket.send_to(&bytes, listener).await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            buf[..n].to_vec()
+        }
+    };
+    let first = exchange(listener).await;
+    assert_eq!(
+        Packet::decode(&first, SECRET.as_bytes()).unwrap().code(),
+        Code::DisconnectACK
+    );
+    radius
+        .wait_for_acct(&["status=Stop", "ip=127.0.2.25", "cause=Admin-Reset"])
+        .await;
+    app.stop().await;
+
+    let app = TestApp::spawn(&settings).await;
+    let (listener, stats) = app.dynauth.clone().unwrap();
+    app.browser(client(25)).login("carol", "carol-pass").await;
+    wait_until("the new session's Start", || async {
+        radius
+            .acct_lines()
+            .iter()
+            .filter(|l| l.contains("status=Start") && l.contains("ip=127.0.2.25"))
+            .count()
+            == 2
+    })
+    .await;
+    let replayed = exchange(listener).await;
+    assert_eq!(replayed, first, "the answer it was given, byte for byte");
+    assert_eq!(stats.duplicates.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        app.storage.active_sessions().await.unwrap(),
+        1,
+        "the new session runs on"
     );
     app.stop().await;
 }

@@ -152,6 +152,7 @@ on_both_backends!(
     periodic_interims_come_due_and_coalesce,
     session_time_is_the_difference_of_the_event_timestamps,
     a_session_termination_is_queued_once,
+    a_dynamic_authorization_request_is_acted_on_once_until_it_expires,
     a_session_due_while_an_operators_stop_waits_ends_when_it_was_asked_for,
     sign_ins_that_never_finished_end_as_they_would_have,
     pruning_keeps_what_is_pending,
@@ -1379,6 +1380,56 @@ async fn a_session_termination_is_queued_once(db: Db) {
     assert_eq!(s.stop_asked_for(id).await.unwrap(), Some(T0 + 3));
 }
 
+async fn a_dynamic_authorization_request_is_acted_on_once_until_it_expires(db: Db) {
+    let s = &db.storage;
+    let other = db.open().await;
+    let (request, until) = ("ise:00112233", T0 + 600_000);
+    assert_eq!(
+        s.dynauth_request_seen(request, until, T0).await.unwrap(),
+        None
+    );
+    // Seen again (another process, another replica): being handled, then its answer.
+    assert_eq!(
+        other
+            .dynauth_request_seen(request, until, T0 + 1)
+            .await
+            .unwrap(),
+        Some(None)
+    );
+    s.dynauth_answered(request, Some(b"ack".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(
+        other
+            .dynauth_request_seen(request, until, T0 + 2)
+            .await
+            .unwrap(),
+        Some(Some(b"ack".to_vec()))
+    );
+    // Forgotten (the portal's own trouble): tried afresh.
+    s.dynauth_answered(request, None).await.unwrap();
+    assert_eq!(
+        other
+            .dynauth_request_seen(request, until, T0 + 3)
+            .await
+            .unwrap(),
+        None
+    );
+    // Expired: acted on again (its Event-Timestamp no longer passes the replay check anyway).
+    assert_eq!(
+        s.dynauth_request_seen(request, until, until).await.unwrap(),
+        None
+    );
+    // Two at once: one records it.
+    let (a, b) = tokio::join!(
+        s.dynauth_request_seen("ise:44", until, T0),
+        other.dynauth_request_seen("ise:44", until, T0)
+    );
+    let mut outcomes = [a.unwrap(), b.unwrap()];
+    outcomes.sort();
+    assert_eq!(outcomes, [None, Some(None)]);
+}
+
 async fn pruning_keeps_what_is_pending(db: Db) {
     let s = &db.storage;
     let old = opened(s, login("10.0.1.1", T0, MINUTE)).await;
@@ -1421,12 +1472,25 @@ async fn organization_changes_are_revisioned_audited_and_guarded(db: Db) {
             .unwrap(),
         SeedOutcome::Updated(vec!["name".to_string()])
     );
+    let beta = r#"{"a":1,"servers":[{"name":"ise","address":"10.0.0.9","auth_port":1812,"acct_port":1813,"secret":"s3cr3t-value"}]}"#;
     assert_eq!(
-        s.seed_organization("beta", "Beta", "{\"a\":1}", Some(false), 1, T0)
+        s.seed_organization("beta", "Beta", beta, Some(false), 1, T0)
             .await
             .unwrap(),
         SeedOutcome::Created
     );
+    // Created from the file: audited with its servers, never their secrets.
+    let created = s.audit_tail(10).await.unwrap();
+    let created = created
+        .iter()
+        .find(|e| e.action == "org.create" && e.organization_id.as_deref() == Some("beta"))
+        .expect("audited");
+    assert!(
+        created.detail.contains("\"ise\"") && created.detail.contains("10.0.0.9"),
+        "{}",
+        created.detail
+    );
+    assert!(!created.detail.contains("s3cr3t"), "{}", created.detail);
     let orgs = s.organizations().await.unwrap();
     assert_eq!(
         orgs.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),

@@ -29,6 +29,26 @@ pub struct StoredOrganization {
     pub from_config: bool,
 }
 
+/// The servers of stored settings as an audit entry names them: name, address and ports
+/// (never a secret).
+fn servers_at(settings_json: &str) -> serde_json::Value {
+    let settings: serde_json::Value = serde_json::from_str(settings_json).unwrap_or_default();
+    let servers = settings
+        .get("servers")
+        .and_then(serde_json::Value::as_array);
+    servers
+        .into_iter()
+        .flatten()
+        .map(|server| {
+            let field = |key: &str| server.get(key).cloned().unwrap_or_default();
+            serde_json::json!({
+                "name": field("name"), "address": field("address"),
+                "auth_port": field("auth_port"), "acct_port": field("acct_port"),
+            })
+        })
+        .collect()
+}
+
 /// The keys that differ between two organizations' settings (JSON), as `settings.key`, a
 /// server's as `settings.servers.{name}.key` (servers are told apart by name; one added or
 /// removed is `settings.servers.{name}`). Keys only, never values: secrets are among them.
@@ -657,7 +677,9 @@ impl<B: OrgBackend> OrganizationStore for B {
                         actor: "config",
                         action: "org.create",
                         organization_id: Some(id),
-                        detail: serde_json::json!({ "after": { "name": name, "active": active } }),
+                        detail: serde_json::json!({ "after": {
+                            "name": name, "active": active, "servers": servers_at(settings_json),
+                        } }),
                     },
                 )
                 .await?;

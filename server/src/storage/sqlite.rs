@@ -1114,6 +1114,53 @@ impl SessionStore for SqliteStore {
             .await
     }
 
+    async fn dynauth_request_seen(
+        &self,
+        request: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<Option<Option<Vec<u8>>>, StorageError> {
+        let request = request.to_owned();
+        self.engine
+            .write_relaxed_small(move |c| {
+                c.prepare_cached("DELETE FROM dynauth_requests WHERE until <= ?")?
+                    .execute([now])?;
+                let seen: Option<Option<Vec<u8>>> = c
+                    .prepare_cached("SELECT reply FROM dynauth_requests WHERE request = ?")?
+                    .query_row([&request], |r| r.get(0))
+                    .optional()?;
+                if seen.is_none() {
+                    c.prepare_cached(
+                        "INSERT INTO dynauth_requests (request, until, reply) VALUES (?, ?, NULL)",
+                    )?
+                    .execute(params![request, until])?;
+                }
+                Ok(seen)
+            })
+            .await
+    }
+
+    async fn dynauth_answered(
+        &self,
+        request: &str,
+        reply: Option<Vec<u8>>,
+    ) -> Result<(), StorageError> {
+        let request = request.to_owned();
+        self.engine
+            .write_relaxed_small(move |c| {
+                match &reply {
+                    Some(reply) => c
+                        .prepare_cached("UPDATE dynauth_requests SET reply = ? WHERE request = ?")?
+                        .execute(params![reply, request])?,
+                    None => c
+                        .prepare_cached("DELETE FROM dynauth_requests WHERE request = ?")?
+                        .execute([&request])?,
+                };
+                Ok(())
+            })
+            .await
+    }
+
     async fn outbox_backlog(&self) -> Result<i64, StorageError> {
         self.engine
             .read_long(|c| {
