@@ -263,7 +263,15 @@ pub async fn run() -> anyhow::Result<()> {
                 .chain(crate::startup::shared_nas_warnings(
                     &crate::startup::file_nas(&settings.organizations),
                     None,
-                ));
+                ))
+                .chain(settings.organizations.iter().flat_map(|org| {
+                    crate::organizations::settings_warnings(
+                        &org.id,
+                        &org.username_pattern,
+                        org.nas_ip,
+                        org.servers.iter().map(|s| s.address),
+                    )
+                }));
             for warning in warnings {
                 eprintln!("warning: {warning}");
             }

@@ -230,8 +230,11 @@ impl Application {
                 .context("while loading organizations")?,
         );
         let ids: Vec<String> = organizations.all().iter().map(|o| o.id.clone()).collect();
-        for warning in dynauth_warnings(&settings.dynamic_authorization, &ids)
-            .into_iter()
+        for warning in organizations
+            .all()
+            .iter()
+            .flat_map(|org| org.warnings())
+            .chain(dynauth_warnings(&settings.dynamic_authorization, &ids))
             .chain(duplicate_server_warnings(
                 organizations.all().iter().map(|org| stored_servers(org)),
             ))
@@ -681,7 +684,8 @@ pub(crate) fn change_warnings(
     all: &[Arc<crate::organizations::Organization>],
     org: &crate::organizations::Organization,
 ) -> Vec<String> {
-    let mut warnings = duplicate_server_warnings([stored_servers(org)]);
+    let mut warnings = org.warnings();
+    warnings.extend(duplicate_server_warnings([stored_servers(org)]));
     warnings.extend(shared_nas_warnings(
         &all.iter().map(|o| stored_nas(o)).collect::<Vec<_>>(),
         Some(&org.id),

@@ -68,25 +68,50 @@ pub fn anchored(pattern: &str) -> bool {
         && (pattern.ends_with('$') || pattern.ends_with("\\z"))
 }
 
+/// What an organization's settings say that is likely a mistake (start-up, `check-config`, and
+/// after a change through the CLI or the admin API): a username pattern that is searched, not
+/// matched whole; a loopback NAS-IP-Address sent to servers elsewhere.
+pub(crate) fn settings_warnings(
+    id: &str,
+    username_pattern: &str,
+    nas_ip: std::net::IpAddr,
+    mut server_addresses: impl Iterator<Item = std::net::IpAddr>,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    // A regular expression is searched: without `^…$` a name that merely contains a match
+    // passes. Said, not changed (a pattern written as a search keeps working).
+    if !anchored(username_pattern) {
+        warnings.push(format!(
+            "organization `{id}`: username_pattern `{username_pattern}` is not anchored (^…$): any username that merely contains a match is accepted"
+        ));
+    }
+    // NAS-IP-Address names the portal to servers elsewhere (their client lists, ISE's session
+    // directory, CoA): a loopback address says nothing there.
+    if nas_ip.is_loopback() && server_addresses.any(|address| !address.is_loopback()) {
+        warnings.push(format!(
+            "organization `{id}`: nas_ip {nas_ip} is a loopback address but the RADIUS servers are elsewhere: set nas_ip to the address the servers see the portal at"
+        ));
+    }
+    warnings
+}
+
 impl Organization {
+    /// [`settings_warnings`] of this organization.
+    pub(crate) fn warnings(&self) -> Vec<String> {
+        settings_warnings(
+            &self.id,
+            self.username_pattern.as_str(),
+            self.nas.ip,
+            self.servers.iter().map(|s| s.auth_addr.ip()),
+        )
+    }
+
     /// Builds an organization from its settings (already validated: errors name `key` anyway).
     pub fn from_settings(key: &str, s: &OrganizationSettings) -> Result<Organization, ConfigError> {
         let username_pattern = Regex::new(&s.username_pattern).map_err(|e| ConfigError {
             key: format!("{key}.username_pattern"),
             problem: e.to_string(),
         })?;
-        // A regular expression is searched: without `^…$` a name that merely contains a match
-        // passes. Said, not changed (a pattern written as a search keeps working).
-        if !anchored(&s.username_pattern) {
-            tracing::warn!(organization = %s.id, pattern = %s.username_pattern,
-                "username_pattern is not anchored (^…$): any username that merely contains a match is accepted");
-        }
-        // NAS-IP-Address names the portal to servers elsewhere (their client lists, ISE's
-        // session directory, CoA): a loopback address says nothing there.
-        if s.nas_ip.is_loopback() && s.servers.iter().any(|server| !server.address.is_loopback()) {
-            tracing::warn!(organization = %s.id, nas_ip = %s.nas_ip,
-                "nas_ip is a loopback address but the RADIUS servers are elsewhere: set nas_ip to the address the servers see the portal at");
-        }
         let servers = s
             .servers
             .iter()
@@ -668,5 +693,18 @@ mod tests {
         for no in ["[a-z]+", "^[a-z]+", "@corp\\.example$", "(?i)[a-z]+"] {
             assert!(!anchored(no), "{no}");
         }
+    }
+
+    #[test]
+    fn likely_mistakes_in_an_organizations_settings_are_said() {
+        let loopback = "127.0.0.1".parse().unwrap();
+        let elsewhere = "10.0.0.1".parse().unwrap();
+        let said = super::settings_warnings("acme", "[a-z]+", loopback, [elsewhere].into_iter());
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert!(said[0].contains("`acme`") && said[0].contains("not anchored"));
+        assert!(said[1].contains("nas_ip 127.0.0.1"));
+        // Anchored, and servers on this host too: nothing to say.
+        let fine = super::settings_warnings("acme", "^[a-z]+$", loopback, [loopback].into_iter());
+        assert!(fine.is_empty(), "{fine:?}");
     }
 }
