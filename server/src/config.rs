@@ -1412,7 +1412,7 @@ impl Settings {
         self.apply_env(|k| std::env::var(k).ok())?;
         for name in unknown_overrides(std::env::vars_os().map(|(k, _)| k)) {
             // Before logging is set up (its settings are being read): on stderr.
-            eprintln!("warning: the environment variable {name} is not a setting of the portal (a typo?); it is ignored");
+            crate::eprint_line!("warning: the environment variable {name} is not a setting of the portal (a typo?); it is ignored");
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ fn main() -> std::process::ExitCode {
     let variable = std::env::var("TOKIO_WORKER_THREADS").ok();
     let (workers, warning) = radius_portal::startup::worker_threads(variable.as_deref(), cores);
     if let Some(warning) = warning {
-        eprintln!("{warning}");
+        radius_portal::eprint_line!("{warning}");
     }
     match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -19,7 +19,7 @@ fn main() -> std::process::ExitCode {
     {
         Ok(runtime) => runtime.block_on(radius_portal::cli::main()),
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            radius_portal::eprint_line!("error: cannot start the async runtime: {e}");
             std::process::ExitCode::FAILURE
         }
     }

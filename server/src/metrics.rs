@@ -38,6 +38,7 @@ struct Inner {
     /// A vector without labels: no series at all until SQLite's engine reports (PostgreSQL
     /// has no such count, and a constant 0 there would read as "nothing written").
     database_writes: IntCounterVec,
+    log_write_failures: IntCounterVec,
     dynauth_requests: IntCounterVec,
     /// Serializes scrapes (see `render`).
     render_lock: std::sync::Mutex<()>,
@@ -259,6 +260,12 @@ impl Metrics {
             "SQLite writes committed (one transaction commits one write or a batch of them)",
             &[],
         );
+        let log_write_failures = counter(
+            &r,
+            "portal_log_write_failures_total",
+            "Log lines that could not be written (stderr a full disk or a closed pipe): dropped, the portal goes on",
+            &[],
+        );
         let dynauth_requests = counter(
             &r,
             "portal_dynauth_requests_total",
@@ -283,6 +290,7 @@ impl Metrics {
             database_up,
             database_commits,
             database_writes,
+            log_write_failures,
             dynauth_requests,
             render_lock: std::sync::Mutex::new(()),
         }))
@@ -392,6 +400,9 @@ impl Metrics {
                 counter.inc_by(total.saturating_sub(counter.get()));
             }
         }
+        let lost = crate::telemetry::LOG_WRITE_FAILURES.load(std::sync::atomic::Ordering::Relaxed);
+        let counter = inner.log_write_failures.with_label_values(&[] as &[&str]);
+        counter.inc_by(lost.saturating_sub(counter.get()));
         if let Some(counts) = snapshot.dynauth {
             for (outcome, total) in [
                 ("ack", counts.acked),

@@ -32,13 +32,55 @@ pub fn init(settings: &LogSettings) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+        .with_writer(|| LogWriter)
+        .with_ansi(ansi)
+        // Its fallback for a failed write is `eprintln!`, which panics on the same broken
+        // stderr: the task that logged would die (a request, expiry, the SIGTERM handler).
+        .log_internal_errors(false);
     let _ = if settings.format == "json" {
         builder.json().try_init()
     } else {
         builder.try_init()
     };
+}
+
+/// Log lines that could not be written (stderr a full disk, a pipe nobody reads any more):
+/// counted (`portal_log_write_failures_total`), never fatal — accounting, expiry and shutdown
+/// go on without their log.
+pub static LOG_WRITE_FAILURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// stderr for the log, whose failed writes are counted and dropped.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf).map(|()| buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if std::io::stderr().write_all(buf).is_err() {
+            LOG_WRITE_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// `eprintln!` that never panics: a line for stderr that cannot be written is counted like a
+/// log line (before logging is set up, or beside it).
+#[macro_export]
+macro_rules! eprint_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stderr(), $($arg)*).is_err() {
+            $crate::telemetry::LOG_WRITE_FAILURES
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }};
 }
 
 /// For events that an attacker can repeat at will (forged datagrams): true for the first

@@ -493,3 +493,57 @@ async fn a_file_size_limit_reached_is_a_full_disk_not_a_crash() {
     let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
     assert!(health.status().is_success());
 }
+
+/// A log that cannot be written (stderr a full disk, a pipe nobody reads any more) stops
+/// nothing: sign-ins get their Start, a Disconnect its Stop, SIGTERM a graceful exit — the
+/// lines are dropped and counted. (Before, each task that logged died with a panic: requests
+/// went unanswered, Starts and Stops waited, SIGTERM was ignored.)
+#[tokio::test]
+async fn a_log_that_cannot_be_written_stops_nothing() {
+    let radius = FreeRadius::start().await;
+    let metrics = common::free_port();
+    let (_dir, _db, base, config) = common::process_config(
+        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"),
+        "",
+        (radius.strict_port, radius.acct_port),
+        "",
+    );
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut portal = PortalProcess::start_logging(&config, &base, full).await;
+    let browser = common::Browser::of(&base);
+    let page = browser.login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    let start = radius.wait_for_acct(&["status=Start"]).await;
+    let sid = format!("sid={}", field(&start, "sid"));
+    let page = browser.post_form("/api/disconnect", "/session", &[]).await;
+    assert_eq!(page.path, "/", "{}", page.body);
+    radius
+        .wait_for_acct(&["status=Stop", &sid, "cause=User-Request"])
+        .await;
+    let text = reqwest::get(format!("http://127.0.0.1:{metrics}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lost: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("portal_log_write_failures_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("counted: {text}"));
+    assert!(lost > 0, "{text}");
+    let term = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(portal.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(term.success());
+    common::wait_until("the portal to exit on SIGTERM", || {
+        let running = portal.running();
+        async move { !running }
+    })
+    .await;
+}
