@@ -73,9 +73,17 @@ pub struct Application {
 /// restart), or a process being started that briefly holds a copy of the lock's descriptor.
 const SQLITE_OWNER_WAIT: Duration = Duration::from_secs(5);
 
-/// The lock file beside a SQLite database that its serving portal holds.
+/// The lock file beside a SQLite database that its serving portal holds — beside the file the
+/// path names, symbolic links resolved, so a second portal reaching the same file through a
+/// link (or a relative path) finds the same lock.
 fn sqlite_lock_path(path: &std::path::Path) -> std::path::PathBuf {
-    let mut name = path.as_os_str().to_owned();
+    let real = std::fs::canonicalize(path).ok().or_else(|| {
+        // Not created yet: its directory resolved.
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = std::fs::canonicalize(dir.unwrap_or(std::path::Path::new("."))).ok()?;
+        Some(dir.join(path.file_name()?))
+    });
+    let mut name = real.unwrap_or_else(|| path.to_path_buf()).into_os_string();
     name.push(".lock");
     std::path::PathBuf::from(name)
 }
@@ -1009,6 +1017,15 @@ mod tests {
         let held = own_sqlite_database(&db).await.unwrap();
         assert!(sqlite_portal_running(&db));
         assert!(sqlite_portal_running(&db), "looking does not take it");
+        // The same file through a link, or through a linked directory: the same lock.
+        std::fs::write(&db, b"").unwrap();
+        let link = dir.path().join("other.db");
+        std::os::unix::fs::symlink(&db, &link).unwrap();
+        let linked_dir = dir.path().join("linked");
+        std::os::unix::fs::symlink(dir.path(), &linked_dir).unwrap();
+        for other in [link, linked_dir.join("portal.db")] {
+            assert!(sqlite_portal_running(&other), "{}", other.display());
+        }
         drop(held);
         assert!(!sqlite_portal_running(&db), "its portal has ended");
     }
