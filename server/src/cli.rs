@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser, Debug)]
 #[command(name = "radius-portal", version, about)]
 pub struct Cli {
-    /// Configuration file (TOML). `PORTAL_*` environment variables override it.
+    /// Configuration file (TOML). `PORTAL_*` environment variables override it. Not for `demo`,
+    /// which brings its own settings.
     #[arg(long, short, global = true, env = "PORTAL_CONFIG")]
     pub config: Option<PathBuf>,
     /// Leptos runtime options (site root, asset names).
