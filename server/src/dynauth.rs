@@ -53,6 +53,10 @@ fn sender(from: SocketAddr) -> IpAddr {
 /// 3 s), so a request whose answer was lost is never acted on again and answered
 /// "session not found" for a Disconnect that worked.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(30);
+
+/// The longest a request waits to read, or its handler to write, the record of requests
+/// answered before (the database slow or away): the request is then handled without it.
+const RECORD_WAIT: Duration = Duration::from_secs(1);
 /// Requests handled at once; beyond it datagrams are dropped (the server retransmits).
 const MAX_IN_PROGRESS: usize = 256;
 /// Error-Cause 506: Resources-Unavailable (the portal's own trouble: not cached, retry welcome).
@@ -345,30 +349,30 @@ impl DynAuthListener {
             }
             return;
         }
-        // Acted on before by an earlier process, or by another replica on this database: the
-        // answer it gave, not a second stop (a captured request replayed after a restart).
-        let recorded = format!("{}:{}", client.name, crate::hex(&request.authenticator()));
+        // Answered before by an earlier process, or by another replica on this database: the
+        // answer it gave, not a second stop (a captured request replayed after a restart). A
+        // look that fails or takes long decides nothing: the request is handled as new.
+        let recorded = format!("{}:{}", sender(from), crate::hex(&request.authenticator()));
         let now_ms = crate::access_session::now_ms();
-        let until = now_ms + i64::try_from(keep.as_millis()).unwrap_or(i64::MAX / 2);
-        match self
-            .storage
-            .dynauth_request_seen(&recorded, until, now_ms)
-            .await
-        {
-            Ok(None) => {}
-            Ok(Some(reply)) => {
+        let given = tokio::time::timeout(
+            RECORD_WAIT,
+            self.storage.dynauth_answer_given(&recorded, now_ms),
+        )
+        .await;
+        match given {
+            Ok(Ok(Some(reply))) => {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                let reply = reply.unwrap_or_default();
-                if !reply.is_empty() {
-                    let _ = self.socket.send_to(&reply, from).await;
-                }
+                let _ = self.socket.send_to(&reply, from).await;
                 let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
                 recent.insert(key, (Instant::now() + keep, reply));
                 return;
             }
-            // The database away: stopping a session needs it too (that answer says so).
-            Err(e) => {
-                tracing::warn!(%from, error = %e, "Dynamic Authorization request could not be recorded; handled without the record");
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(%from, error = %e, "earlier answers to Dynamic Authorization requests could not be read; handled as new");
+            }
+            Err(_) => {
+                tracing::warn!(%from, "earlier answers to Dynamic Authorization requests took too long to read; handled as new");
             }
         }
         let reply = self.answer(client, &request).await;
@@ -379,7 +383,6 @@ impl DynAuthListener {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&key);
-            self.record_answer(&recorded, None).await;
             tracing::error!(%from, "Dynamic Authorization reply could not be encoded (too large?): not answered");
             return;
         };
@@ -392,8 +395,6 @@ impl DynAuthListener {
                 recent.insert(key, (Instant::now() + keep, bytes.clone()));
             }
         }
-        self.record_answer(&recorded, (!retry_afresh).then(|| bytes.clone()))
-            .await;
         if matches!(reply.code(), Code::DisconnectACK | Code::CoAACK) {
             self.stats.acked.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -402,13 +403,26 @@ impl DynAuthListener {
         if let Err(e) = self.socket.send_to(&bytes, from).await {
             tracing::warn!(%from, error = %e, "Dynamic Authorization reply not sent");
         }
-    }
-
-    /// Records the answer to a request acted on (None: forgets it, to be tried afresh). A
-    /// failure leaves the request marked as being handled until its record expires.
-    async fn record_answer(&self, recorded: &str, reply: Option<Vec<u8>>) {
-        if let Err(e) = self.storage.dynauth_answered(recorded, reply).await {
-            tracing::warn!(error = %e, "the answer to a Dynamic Authorization request could not be recorded");
+        // Recorded once answered (the answer never waits for it), for as long as a replay of
+        // the request would pass the replay check. Not recorded: the next one is acted on as
+        // new — a stop made already is then found ended (NAK 503), never made twice.
+        if !retry_afresh {
+            let until = now_ms + i64::try_from(keep.as_millis()).unwrap_or(i64::MAX / 2);
+            let record = self.storage.record_dynauth_answer(
+                &recorded,
+                bytes,
+                until,
+                crate::access_session::now_ms(),
+            );
+            match tokio::time::timeout(RECORD_WAIT, record).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(%from, error = %e, "the answer to a Dynamic Authorization request could not be recorded")
+                }
+                Err(_) => {
+                    tracing::warn!(%from, "recording the answer to a Dynamic Authorization request took too long; left unrecorded")
+                }
+            }
         }
     }
 

@@ -1383,51 +1383,38 @@ async fn a_session_termination_is_queued_once(db: Db) {
 async fn a_dynamic_authorization_request_is_acted_on_once_until_it_expires(db: Db) {
     let s = &db.storage;
     let other = db.open().await;
-    let (request, until) = ("ise:00112233", T0 + 600_000);
+    let (request, until) = ("10.0.0.9:00112233", T0 + 600_000);
+    assert_eq!(s.dynauth_answer_given(request, T0).await.unwrap(), None);
+    s.record_dynauth_answer(request, b"ack".to_vec(), until, T0)
+        .await
+        .unwrap();
+    // Another process, another replica: the answer given.
     assert_eq!(
-        s.dynauth_request_seen(request, until, T0).await.unwrap(),
-        None
+        other.dynauth_answer_given(request, T0 + 1).await.unwrap(),
+        Some(b"ack".to_vec())
     );
-    // Seen again (another process, another replica): being handled, then its answer.
-    assert_eq!(
-        other
-            .dynauth_request_seen(request, until, T0 + 1)
-            .await
-            .unwrap(),
-        Some(None)
-    );
-    s.dynauth_answered(request, Some(b"ack".to_vec()))
+    // Recorded again (a second answer): the latest counts.
+    other
+        .record_dynauth_answer(request, b"nak".to_vec(), until, T0 + 2)
         .await
         .unwrap();
     assert_eq!(
-        other
-            .dynauth_request_seen(request, until, T0 + 2)
-            .await
-            .unwrap(),
-        Some(Some(b"ack".to_vec()))
+        s.dynauth_answer_given(request, T0 + 3).await.unwrap(),
+        Some(b"nak".to_vec())
     );
-    // Forgotten (the portal's own trouble): tried afresh.
-    s.dynauth_answered(request, None).await.unwrap();
+    // Expired: not an answer any more, and dropped by the next record.
+    assert_eq!(s.dynauth_answer_given(request, until).await.unwrap(), None);
+    s.record_dynauth_answer("10.0.0.9:44", b"ack".to_vec(), until + 600_000, until)
+        .await
+        .unwrap();
+    assert_eq!(s.dynauth_answer_given(request, T0).await.unwrap(), None);
     assert_eq!(
         other
-            .dynauth_request_seen(request, until, T0 + 3)
+            .dynauth_answer_given("10.0.0.9:44", until)
             .await
             .unwrap(),
-        None
+        Some(b"ack".to_vec())
     );
-    // Expired: acted on again (its Event-Timestamp no longer passes the replay check anyway).
-    assert_eq!(
-        s.dynauth_request_seen(request, until, until).await.unwrap(),
-        None
-    );
-    // Two at once: one records it.
-    let (a, b) = tokio::join!(
-        s.dynauth_request_seen("ise:44", until, T0),
-        other.dynauth_request_seen("ise:44", until, T0)
-    );
-    let mut outcomes = [a.unwrap(), b.unwrap()];
-    outcomes.sort();
-    assert_eq!(outcomes, [None, Some(None)]);
 }
 
 async fn pruning_keeps_what_is_pending(db: Db) {

@@ -550,12 +550,12 @@ impl AccessSessions {
     }
 
     /// After a new session's Start: a disable that landed while the Start was on its way (the
-    /// session was stored before it, so the disable's stop job ends it) makes the sign-in a
-    /// denial, not "signed in" to a session ended a moment later. The stop is made here, as the
-    /// job makes it (Admin-Reset dated at the disable), unless the organization was enabled
-    /// again meanwhile (the job closed: the session runs on). Only the cache is looked at
-    /// first (no read per sign-in): this process's own change at once, another process's within
-    /// the worker's poll — a disable learned later ends the session by its job, as before.
+    /// session was stored before it, so the disable's stop job ends it — its Stop queued behind
+    /// the Start) makes the sign-in a denial, not "signed in" to a session ended a moment
+    /// later. Only when the cache says the organization is disabled is the session read (no
+    /// read per sign-in); a session the job has not stopped yet (or an enable closed the job
+    /// meanwhile), or one that cannot be read, is answered as signed in, as before — the job
+    /// still ends it, and its page says so.
     async fn disabled_while_starting(
         &self,
         session: &AccessSessionRecord,
@@ -567,10 +567,12 @@ impl AccessSessions {
         {
             return Ok(());
         }
-        if let Some(asked_at) = self.storage.stop_asked_for(session.id).await? {
-            self.stop_asked_at(session.id, asked_at).await?;
-        }
-        if self.active(session.id).await?.is_some() {
+        let stopped_by_disable = self.storage.session(session.id).await.is_ok_and(|s| {
+            s.is_some_and(|s| {
+                !s.active && s.terminate_cause == Some(i64::from(terminate_cause::ADMIN_RESET))
+            })
+        });
+        if !stopped_by_disable {
             return Ok(());
         }
         let address = session.client_ip.clone();

@@ -263,14 +263,14 @@ contract! {
         fn metrics_snapshot(&self, now: i64) -> crate::metrics::Snapshot;
         /// Undelivered rows (backlog).
         fn outbox_backlog(&self) -> i64;
-        /// A Dynamic Authorization request (`request`: its client and Request Authenticator)
-        /// seen before and not expired: `Some` with the answer given (None while it is being
-        /// handled). Else it is recorded now, until `until` (expired ones are dropped): `None`,
-        /// act on it. Relaxed on SQLite: a power failure may forget one.
-        fn dynauth_request_seen(&self, request: &str, until: i64, now: i64) -> Option<Option<Vec<u8>>>;
-        /// The answer given to a request [`Storage::dynauth_request_seen`] recorded; None
-        /// forgets the request (the portal's own trouble: its retransmission is tried afresh).
-        fn dynauth_answered(&self, request: &str, reply: Option<Vec<u8>>) -> ();
+        /// The answer given to a Dynamic Authorization request (`request`: its source address
+        /// and Request Authenticator) by any process on this database, if recorded and not
+        /// expired at `now`.
+        fn dynauth_answer_given(&self, request: &str, now: i64) -> Option<Vec<u8>>;
+        /// Records the answer given to a Dynamic Authorization request, kept until `until`;
+        /// records expired at `now` are dropped. Relaxed on SQLite: a power failure may forget
+        /// one.
+        fn record_dynauth_answer(&self, request: &str, reply: Vec<u8>, until: i64, now: i64) -> ();
         /// Whether a session's packet of `status_type` has been acknowledged.
         fn outbox_delivered(&self, access_session_id: i64, status_type: u32) -> bool;
     }

@@ -1463,62 +1463,44 @@ impl SessionStore for PgStore {
         })
     }
 
-    async fn dynauth_request_seen(
+    async fn dynauth_answer_given(
         &self,
         request: &str,
+        now: i64,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT reply FROM dynauth_requests WHERE request = $1 AND until > $2",
+        )
+        .bind(request)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn record_dynauth_answer(
+        &self,
+        request: &str,
+        reply: Vec<u8>,
         until: i64,
         now: i64,
-    ) -> Result<Option<Option<Vec<u8>>>, StorageError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM dynauth_requests WHERE until <= $1")
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        // One replica records it; another seeing it meanwhile finds the row (being handled).
-        let recorded = sqlx::query(
-            "INSERT INTO dynauth_requests (request, until, reply) VALUES ($1, $2, NULL) \
-             ON CONFLICT (request) DO NOTHING",
+    ) -> Result<(), StorageError> {
+        // Expired rows another replica is deleting right now are left to it (never waited for).
+        sqlx::query(
+            "DELETE FROM dynauth_requests WHERE request IN \
+             (SELECT request FROM dynauth_requests WHERE until <= $1 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(
+            "INSERT INTO dynauth_requests (request, until, reply) VALUES ($1, $2, $3) \
+             ON CONFLICT (request) DO UPDATE SET until = EXCLUDED.until, reply = EXCLUDED.reply",
         )
         .bind(request)
         .bind(until)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
-        let seen = if recorded {
-            None
-        } else {
-            let reply: Option<Option<Vec<u8>>> =
-                sqlx::query_scalar("SELECT reply FROM dynauth_requests WHERE request = $1")
-                    .bind(request)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            Some(reply.flatten())
-        };
-        tx.commit().await?;
-        Ok(seen)
-    }
-
-    async fn dynauth_answered(
-        &self,
-        request: &str,
-        reply: Option<Vec<u8>>,
-    ) -> Result<(), StorageError> {
-        match reply {
-            Some(reply) => {
-                sqlx::query("UPDATE dynauth_requests SET reply = $1 WHERE request = $2")
-                    .bind(reply)
-                    .bind(request)
-                    .execute(&self.pool)
-                    .await?
-            }
-            None => {
-                sqlx::query("DELETE FROM dynauth_requests WHERE request = $1")
-                    .bind(request)
-                    .execute(&self.pool)
-                    .await?
-            }
-        };
+        .bind(reply)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

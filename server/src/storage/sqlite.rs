@@ -1114,48 +1114,40 @@ impl SessionStore for SqliteStore {
             .await
     }
 
-    async fn dynauth_request_seen(
+    async fn dynauth_answer_given(
         &self,
         request: &str,
+        now: i64,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let request = request.to_owned();
+        self.engine
+            .read_long(move |c| {
+                Ok(c.prepare_cached(
+                    "SELECT reply FROM dynauth_requests WHERE request = ? AND until > ?",
+                )?
+                .query_row(params![request, now], |r| r.get(0))
+                .optional()?)
+            })
+            .await
+    }
+
+    async fn record_dynauth_answer(
+        &self,
+        request: &str,
+        reply: Vec<u8>,
         until: i64,
         now: i64,
-    ) -> Result<Option<Option<Vec<u8>>>, StorageError> {
+    ) -> Result<(), StorageError> {
         let request = request.to_owned();
         self.engine
             .write_relaxed_small(move |c| {
                 c.prepare_cached("DELETE FROM dynauth_requests WHERE until <= ?")?
                     .execute([now])?;
-                let seen: Option<Option<Vec<u8>>> = c
-                    .prepare_cached("SELECT reply FROM dynauth_requests WHERE request = ?")?
-                    .query_row([&request], |r| r.get(0))
-                    .optional()?;
-                if seen.is_none() {
-                    c.prepare_cached(
-                        "INSERT INTO dynauth_requests (request, until, reply) VALUES (?, ?, NULL)",
-                    )?
-                    .execute(params![request, until])?;
-                }
-                Ok(seen)
-            })
-            .await
-    }
-
-    async fn dynauth_answered(
-        &self,
-        request: &str,
-        reply: Option<Vec<u8>>,
-    ) -> Result<(), StorageError> {
-        let request = request.to_owned();
-        self.engine
-            .write_relaxed_small(move |c| {
-                match &reply {
-                    Some(reply) => c
-                        .prepare_cached("UPDATE dynauth_requests SET reply = ? WHERE request = ?")?
-                        .execute(params![reply, request])?,
-                    None => c
-                        .prepare_cached("DELETE FROM dynauth_requests WHERE request = ?")?
-                        .execute([&request])?,
-                };
+                c.prepare_cached(
+                    "INSERT INTO dynauth_requests (request, until, reply) VALUES (?, ?, ?) \
+                     ON CONFLICT (request) DO UPDATE SET until = excluded.until, reply = excluded.reply",
+                )?
+                .execute(params![request, until, reply])?;
                 Ok(())
             })
             .await
