@@ -733,25 +733,43 @@ pub(crate) fn stored_nas(org: &crate::organizations::Organization) -> NasAt<'_> 
 }
 
 /// Organizations that send accounting to one server as one NAS (the same NAS-IP-Address and
-/// NAS-Identifier — `nas_identifier` left at its default in both): that server, and whatever
-/// it feeds, can tell their sessions apart only by Acct-Session-Id. With `only`, the pairs
-/// that organization is one of.
+/// NAS-Identifier — `nas_identifier` left at its default in each): that server, and whatever
+/// it feeds, can tell their sessions apart only by Acct-Session-Id. One line per server and
+/// NAS identity, naming the organizations (ten at most); with `only`, the lines that
+/// organization is in.
 pub(crate) fn shared_nas_warnings(organizations: &[NasAt<'_>], only: Option<&str>) -> Vec<String> {
-    let mut warnings = Vec::new();
-    for (i, (a, a_nas, a_acct)) in organizations.iter().enumerate() {
-        for (b, b_nas, b_acct) in &organizations[i + 1..] {
-            if a_nas != b_nas || only.is_some_and(|id| id != *a && id != *b) {
-                continue;
-            }
-            if let Some(server) = a_acct.iter().find(|addr| b_acct.contains(addr)) {
-                warnings.push(format!(
-                    "organizations `{a}` and `{b}` send accounting to {server} as one NAS (NAS-IP-Address {}, NAS-Identifier `{}`): that server can tell their sessions apart only by Acct-Session-Id; give each its own `nas_identifier`",
-                    a_nas.0, a_nas.1
-                ));
-            }
+    let mut groups: std::collections::BTreeMap<(SocketAddr, IpAddr, &str), Vec<&str>> =
+        std::collections::BTreeMap::new();
+    for (id, (nas_ip, nas_identifier), acct) in organizations {
+        let mut servers = acct.clone();
+        servers.sort();
+        servers.dedup();
+        for server in servers {
+            groups
+                .entry((server, *nas_ip, nas_identifier))
+                .or_default()
+                .push(id);
         }
     }
-    warnings
+    const NAMED: usize = 10;
+    groups
+        .into_iter()
+        .filter(|(_, ids)| ids.len() > 1 && only.is_none_or(|only| ids.contains(&only)))
+        .map(|((server, nas_ip, nas_identifier), ids)| {
+            let mut named = ids
+                .iter()
+                .take(NAMED)
+                .map(|id| format!("`{id}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if ids.len() > NAMED {
+                named.push_str(&format!(" and {} more", ids.len() - NAMED));
+            }
+            format!(
+                "organizations {named} send accounting to {server} as one NAS (NAS-IP-Address {nas_ip}, NAS-Identifier `{nas_identifier}`): that server can tell their sessions apart only by Acct-Session-Id; give each its own `nas_identifier`"
+            )
+        })
+        .collect()
 }
 
 /// Servers of one organization that are one server (the same address and ports under two
@@ -1067,7 +1085,7 @@ mod tests {
         let warnings = shared_nas_warnings(&file_nas(&orgs), None);
         assert_eq!(warnings.len(), 1, "{warnings:#?}");
         assert!(
-            warnings[0].contains("`acme` and `beta` send accounting to 10.0.0.1:1813 as one NAS")
+            warnings[0].contains("`acme`, `beta` send accounting to 10.0.0.1:1813 as one NAS")
                 && warnings[0].contains("nas_identifier"),
             "{}",
             warnings[0]
@@ -1082,6 +1100,12 @@ mod tests {
         assert!(shared_nas_warnings(&file_nas(&named), None).is_empty());
         let apart = [org("acme", "", 1813), org("beta", "", 1814)];
         assert!(shared_nas_warnings(&file_nas(&apart), None).is_empty());
+        // Many tenants on one server: one line, ten named.
+        let ids: Vec<String> = (0..12).map(|i| format!("t{i:02}")).collect();
+        let many: Vec<_> = ids.iter().map(|id| org(id, "", 1813)).collect();
+        let warnings = shared_nas_warnings(&file_nas(&many), None);
+        assert_eq!(warnings.len(), 1, "{warnings:#?}");
+        assert!(warnings[0].contains("`t09` and 2 more"), "{}", warnings[0]);
     }
 
     #[test]

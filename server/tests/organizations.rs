@@ -777,7 +777,7 @@ async fn a_disable_made_while_no_portal_runs_ends_a_session_whose_deadline_came_
 }
 
 #[tokio::test]
-async fn a_terminate_whose_stop_a_refresh_made_is_audited_as_done() {
+async fn a_terminate_whose_stop_a_refresh_made_is_audited_as_such() {
     let (radius, _dir, _db, _config, settings, app, session) = cli_portal_with("carol", 52).await;
     radius
         .wait_for_acct(&["status=Start", &format!("sid={}", session.acct_session_id)])
@@ -820,7 +820,10 @@ async fn a_terminate_whose_stop_a_refresh_made_is_audited_as_done() {
     })
     .await;
     let outcome = job_done().await.unwrap();
-    assert!(outcome.contains("\"outcome\":\"stopped\""), "{outcome}");
+    assert!(
+        outcome.contains("\"outcome\":\"stopped before the job ran (Admin-Reset)\""),
+        "{outcome}"
+    );
     app.stop().await;
 }
 
@@ -1775,6 +1778,28 @@ async fn every_call_at_the_root_acts_for_the_organization_its_org_names() {
     let (_, status) = script("/api/session_status", vec![("org", "beta".into())]).await;
     assert!(!status.contains("\"Active\""), "{status}");
     app.stop().await;
+}
+
+/// An id listed in the configuration in other letters than a stored organization's (`BETA`
+/// beside `beta`) is refused at start-up: the two would be told apart by a URL's case alone.
+#[tokio::test]
+async fn a_configured_id_in_other_letters_than_a_stored_one_is_refused() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (_dir, db) = temp_db();
+    let mut settings = two_organizations(&db, &a, &b);
+    TestApp::spawn(&settings).await.stop().await;
+    settings.organizations[1].id = "BETA".into();
+    let refused = match TestApp::try_spawn(&settings).await {
+        Ok(app) => {
+            app.stop().await;
+            panic!("started with `BETA` beside `beta`");
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        refused.contains("organizations[1].id") && refused.contains("exists already as `beta`"),
+        "{refused}"
+    );
 }
 
 /// The configuration seeds organizations at start-up: `enabled = false` disables one (its open

@@ -472,6 +472,20 @@ pub async fn check_seed(
     let stored = storage.organizations().await?;
     for (i, s) in settings.iter().enumerate() {
         Organization::from_settings(&format!("organizations[{i}]"), s)?;
+        // One stored under the same id in other letters (created through the CLI or the API):
+        // the two would be told apart by a URL's case alone.
+        if let Some(other) = stored
+            .iter()
+            .find(|row| row.id != s.id && row.id.eq_ignore_ascii_case(&s.id))
+        {
+            return Err(conflict(
+                format!("organizations[{i}].id"),
+                format!(
+                    "`{}` exists already as `{}` (ids that differ only in letter case count as one): use that id",
+                    s.id, other.id
+                ),
+            ));
+        }
         let Some(row) = stored.iter().find(|row| row.id == s.id) else {
             continue;
         };

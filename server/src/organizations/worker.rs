@@ -203,45 +203,40 @@ impl OrganizationWorker {
 
     async fn run_job(&self, job: &OrganizationJob) -> anyhow::Result<JobOutcome> {
         if job.kind == "terminate_session" {
-            let (stopped, made_for_it) = match job.access_session_id {
-                Some(id) => match self.sessions.stop_asked_at(id, job.created_at).await? {
-                    true => (true, false),
-                    // A refresh or the expiry pass may have made this stop on the job's behalf
-                    // (they end a session an operator's stop waits for with Admin-Reset, dated
-                    // when it was asked for): that is this job's stop, not a session gone.
-                    false => {
-                        let made = self.sessions.record(id).await?.is_some_and(|s| {
-                            !s.active
-                                && s.terminate_cause
-                                    == Some(i64::from(crate::radius::terminate_cause::ADMIN_RESET))
-                                && s.stopped_at.is_some_and(|at| at >= job.created_at)
-                        });
-                        (made, made)
-                    }
-                },
-                None => (false, false),
+            let stopped = match job.access_session_id {
+                Some(id) => self.sessions.stop_asked_at(id, job.created_at).await?,
+                None => false,
             };
-            match (job.access_session_id, stopped) {
-                (Some(session), true) if made_for_it => tracing::warn!(
-                    session,
-                    "session terminated by the operator (Admin-Reset), at a refresh or its deadline while the stop waited"
-                ),
-                (Some(session), true) => {
+            // Not stopped here: ended already — possibly by an Admin-Reset on the job's behalf
+            // (a refresh or the expiry pass ends a session an operator's stop waits for, dated
+            // when it was asked for), which the audit says rather than "was not active". Who
+            // made it is not known here (another operator's stop, a Disconnect-Request too).
+            let reset_before = match (stopped, job.access_session_id) {
+                (false, Some(id)) => self.sessions.record(id).await?.is_some_and(|s| {
+                    !s.active
+                        && s.terminate_cause
+                            == Some(i64::from(crate::radius::terminate_cause::ADMIN_RESET))
+                        && s.stopped_at.is_some_and(|at| at >= job.created_at)
+                }),
+                _ => false,
+            };
+            let outcome = match (stopped, reset_before) {
+                (true, _) => "stopped",
+                (false, true) => "stopped before the job ran (Admin-Reset)",
+                (false, false) => "was not active",
+            };
+            match job.access_session_id {
+                Some(session) if stopped => {
                     tracing::warn!(session, "session terminated by the operator (Admin-Reset)")
                 }
-                (session, false) => tracing::info!(
+                session => tracing::info!(
                     session,
-                    "operator's terminate: the session was no longer active, or its deadline came first (nothing sent for it)"
+                    outcome,
+                    "operator's terminate: the session had ended already (nothing sent for it by the job)"
                 ),
-                // Nothing is stopped without a session to stop.
-                (None, true) => {}
             }
             self.storage
-                .finish_organization_job(
-                    job,
-                    if stopped { "stopped" } else { "was not active" },
-                    now_ms(),
-                )
+                .finish_organization_job(job, outcome, now_ms())
                 .await?;
             return Ok(JobOutcome::Stopped(usize::from(stopped)));
         }
