@@ -840,9 +840,6 @@ impl AccessSessions {
         let ended = self
             .stop_and_send(id, terminate_cause::USER_REQUEST, now_ms())
             .await?;
-        if ended {
-            tracing::info!(session = id, "access session disconnected by the user");
-        }
         Ok(ended)
     }
 
@@ -892,8 +889,25 @@ impl AccessSessions {
                 now + crate::accounting::CLAIM_LEASE_MS,
             )
             .await?;
-        match outcome {
+        // The line an operator matches with the server's accounting: which session, whose.
+        let named = match &outcome {
             StopOutcome::NotActive => return Ok(false),
+            StopOutcome::Queued => None,
+            StopOutcome::Claimed(_, session) => {
+                Some((session.acct_session_id.clone(), session.username.clone()))
+            }
+        };
+        tracing::info!(
+            session = id,
+            acct_session_id = named.as_ref().map(|(sid, _)| tracing::field::display(sid)),
+            username = named
+                .as_ref()
+                .map(|(_, user)| tracing::field::display(user)),
+            cause = terminate_cause::name(i64::from(cause)).unwrap_or("other"),
+            "access session stopped"
+        );
+        match outcome {
+            StopOutcome::NotActive => {}
             StopOutcome::Queued => self.accounting.wake_for([id]),
             StopOutcome::Claimed(stop, session) => self.accounting.send_claimed(stop, *session),
         }
