@@ -48,6 +48,24 @@ fn sender(from: SocketAddr) -> IpAddr {
     from.ip().to_canonical()
 }
 
+/// An answer to `request` with `code` (and `cause` as Error-Cause): a Message-Authenticator if
+/// the request had one, its Proxy-State attributes copied unmodified and in order (RFC 2865
+/// §5.33, RFC 5176 §3.6: a proxy between the server and the portal routes the answer back by
+/// them).
+fn reply_to(request: &Packet, code: Code, cause: Option<u32>) -> Packet {
+    let mut p = request.reply(code);
+    if request.get(attr::MESSAGE_AUTHENTICATOR).is_some() {
+        p.push(attr::MESSAGE_AUTHENTICATOR, [0u8; 16]);
+    }
+    if let Some(cause) = cause {
+        p.push_u32(attr::ERROR_CAUSE, cause);
+    }
+    for state in request.get_all(attr::PROXY_STATE) {
+        p.push(attr::PROXY_STATE, state);
+    }
+    p
+}
+
 /// How long a reply is kept to answer a retransmission of its request: as long as a server
 /// goes on retransmitting (FreeRADIUS's CoA/Disconnect sender for up to 30 s; radclient every
 /// 3 s), so a request whose answer was lost is never acted on again and answered
@@ -350,9 +368,12 @@ impl DynAuthListener {
             return;
         }
         // Answered before by an earlier process, or by another replica on this database: the
-        // answer it gave, not a second stop (a captured request replayed after a restart). A
-        // look that fails or takes long decides nothing: the request is handled as new.
-        let recorded = format!("{}:{}", sender(from), crate::hex(&request.authenticator()));
+        // answer it gave, not a second stop (a captured request replayed after a restart).
+        // By Request Authenticator alone, which covers every byte and the secret: a copy sent
+        // from another client's address (clients sharing a secret) is the same request. A look
+        // that fails or takes long is not taken for "never answered": the server is told to
+        // try again (506), as when the session cannot be looked up.
+        let recorded = crate::hex(&request.authenticator());
         let now_ms = crate::access_session::now_ms();
         let given = tokio::time::timeout(
             RECORD_WAIT,
@@ -368,11 +389,27 @@ impl DynAuthListener {
                 return;
             }
             Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(%from, error = %e, "earlier answers to Dynamic Authorization requests could not be read; handled as new");
-            }
-            Err(_) => {
-                tracing::warn!(%from, "earlier answers to Dynamic Authorization requests took too long to read; handled as new");
+            unknown => {
+                match unknown {
+                    Ok(Err(e)) => crate::throttled!(warn, %from, error = %e,
+                        "earlier answers to Dynamic Authorization requests could not be read: answered 506, to be sent again"),
+                    _ => crate::throttled!(warn, %from,
+                        "earlier answers to Dynamic Authorization requests took too long to read: answered 506, to be sent again"),
+                }
+                self.recent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
+                let nak = match request.code() {
+                    Code::CoARequest => Code::CoANAK,
+                    _ => Code::DisconnectNAK,
+                };
+                let reply = reply_to(&request, nak, Some(RESOURCES_UNAVAILABLE));
+                self.stats.naked.fetch_add(1, Ordering::Relaxed);
+                if let Ok(bytes) = packet::encode_response(&reply) {
+                    let _ = self.socket.send_to(&bytes, from).await;
+                }
+                return;
             }
         }
         let reply = self.answer(client, &request).await;
@@ -452,21 +489,7 @@ impl DynAuthListener {
         } else {
             (Code::CoAACK, Code::CoANAK)
         };
-        let reply = |code: Code, cause: Option<u32>| {
-            let mut p = request.reply(code);
-            if request.get(attr::MESSAGE_AUTHENTICATOR).is_some() {
-                p.push(attr::MESSAGE_AUTHENTICATOR, [0u8; 16]);
-            }
-            if let Some(cause) = cause {
-                p.push_u32(attr::ERROR_CAUSE, cause);
-            }
-            // Copied unmodified and in order (RFC 2865 §5.33, RFC 5176 §3.6): a proxy between
-            // the server and the portal routes the answer back by them.
-            for state in request.get_all(attr::PROXY_STATE) {
-                p.push(attr::PROXY_STATE, state);
-            }
-            p
-        };
+        let reply = |code: Code, cause: Option<u32>| reply_to(request, code, cause);
         let identification = Identification::of(request);
         if identification.has_malformed_address() {
             tracing::info!(client, code = ?request.code(), "Dynamic Authorization request with an address attribute that is no address");
@@ -492,7 +515,7 @@ impl DynAuthListener {
                 .filter(|s| identification.matches(s))
                 .collect::<Vec<_>>(),
             Err(e) => {
-                tracing::error!(client, error = ?e, "looking up the session of a Dynamic Authorization request failed");
+                crate::throttled!(error, client, error = ?e, "looking up the session of a Dynamic Authorization request failed");
                 // Not an answer the server should act on: let it retransmit.
                 return reply(nak, Some(RESOURCES_UNAVAILABLE));
             }

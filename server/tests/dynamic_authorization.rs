@@ -372,13 +372,23 @@ async fn a_retransmitted_disconnect_is_answered_from_the_cache_and_acted_on_once
 }
 
 /// A Disconnect-Request captured and replayed after the portal restarted, inside its
-/// Event-Timestamp window, is answered as it was and not acted on again: the user's new session
-/// runs on.
+/// Event-Timestamp window — and from another client's address that shares its secret — is
+/// answered as it was and not acted on again: the user's new session runs on.
 #[tokio::test]
 async fn a_disconnect_replayed_after_a_restart_is_not_acted_on_again() {
     let radius = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let settings = with_listener(settings(&db, vec![radius.server_settings("primary", true)]));
+    let mut settings = with_listener(settings(&db, vec![radius.server_settings("primary", true)]));
+    settings
+        .dynamic_authorization
+        .clients
+        .push(DynamicAuthorizationClient {
+            name: "second-node".into(),
+            address: "127.0.0.2".parse().unwrap(),
+            secret: Some(Secret::new(SECRET)),
+            secret_file: None,
+            organizations: None,
+        });
     let app = TestApp::spawn(&settings).await;
     let (listener, _) = app.dynauth.clone().unwrap();
     app.browser(client(25)).login("carol", "carol-pass").await;
@@ -393,10 +403,10 @@ async fn a_disconnect_replayed_after_a_restart_is_not_acted_on_again() {
         .as_secs() as u32;
     request.push_u32(attr::EVENT_TIMESTAMP, now);
     let bytes = encode_dynauth_request(&request).unwrap();
-    let exchange = |listener: SocketAddr| {
+    let exchange = |listener: SocketAddr, source: &'static str| {
         let bytes = bytes.clone();
         async move {
-            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let socket = tokio::net::UdpSocket::bind(source).await.unwrap();
             socket.send_to(&bytes, listener).await.unwrap();
             let mut buf = vec![0u8; 4096];
             let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
@@ -406,7 +416,7 @@ async fn a_disconnect_replayed_after_a_restart_is_not_acted_on_again() {
             buf[..n].to_vec()
         }
     };
-    let first = exchange(listener).await;
+    let first = exchange(listener, "127.0.0.1:0").await;
     assert_eq!(
         Packet::decode(&first, SECRET.as_bytes()).unwrap().code(),
         Code::DisconnectACK
@@ -428,7 +438,7 @@ async fn a_disconnect_replayed_after_a_restart_is_not_acted_on_again() {
             == 2
     })
     .await;
-    let replayed = exchange(listener).await;
+    let replayed = exchange(listener, "127.0.0.2:0").await;
     assert_eq!(replayed, first, "the answer it was given, byte for byte");
     assert_eq!(stats.duplicates.load(Ordering::Relaxed), 1);
     assert_eq!(

@@ -1084,11 +1084,15 @@ impl AccessSessions {
         actor: &str,
     ) -> Result<bool, SessionError> {
         let stopped = self.stop_by_operator(session.id).await?;
-        let detail = serde_json::json!({
+        let mut detail = serde_json::json!({
             "acct_session_id": session.acct_session_id,
             "username": session.username,
             "stopped": stopped,
         });
+        if !stopped {
+            // As a refused CLI terminate is audited.
+            detail["refused"] = "not active".into();
+        }
         if let Err(e) = self
             .storage
             .audit(&Audit {
