@@ -6,8 +6,13 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { hydrated, logIn, portalCli, url } from "./helpers";
 
-test.afterEach(() => {
+test.afterEach(async ({ request }) => {
   portalCli("org", "enable", "beta");
+  // The running portal learns of a change made by another process within half a second (its
+  // worker's poll): the next test starts once its beta page offers the form again.
+  await expect
+    .poll(async () => (await request.get(url("/o/beta/"))).text(), { timeout: 10_000 })
+    .not.toContain("has been disabled");
 });
 
 test("each organization has its own portal under its slug", async ({ page }) => {
