@@ -25,14 +25,19 @@ fn with_listener(mut settings: Settings) -> Settings {
     settings
         .dynamic_authorization
         .clients
-        .push(DynamicAuthorizationClient {
-            name: "radclient".into(),
-            address: "127.0.0.1".parse().unwrap(),
-            secret: Some(Secret::new(SECRET)),
-            secret_file: None,
-            organizations: None,
-        });
+        .push(dynauth_client("radclient", "127.0.0.1"));
     settings
+}
+
+/// A Dynamic Authorization client at `address` with the test secret, for every organization.
+fn dynauth_client(name: &str, address: &str) -> DynamicAuthorizationClient {
+    DynamicAuthorizationClient {
+        name: name.into(),
+        address: address.parse().unwrap(),
+        secret: Some(Secret::new(SECRET)),
+        secret_file: None,
+        organizations: None,
+    }
 }
 
 /// Runs `radclient` with `attributes` on stdin; its whole output.
@@ -382,13 +387,7 @@ async fn a_disconnect_replayed_after_a_restart_is_not_acted_on_again() {
     settings
         .dynamic_authorization
         .clients
-        .push(DynamicAuthorizationClient {
-            name: "second-node".into(),
-            address: "127.0.0.2".parse().unwrap(),
-            secret: Some(Secret::new(SECRET)),
-            secret_file: None,
-            organizations: None,
-        });
+        .push(dynauth_client("second-node", "127.0.0.2"));
     let app = TestApp::spawn(&settings).await;
     let (listener, _) = app.dynauth.clone().unwrap();
     app.browser(client(25)).login("carol", "carol-pass").await;

@@ -216,25 +216,53 @@ async fn a_disable_stops_more_sessions_than_one_batch_each_once() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_disable_between_access_accept_and_start_leaves_no_session_and_sends_no_start() {
+/// Two organizations, beta's server reached through a relay that holds each of its replies
+/// (`held` is told, `release` lets it through) on its accounting port (`accounting`) or its
+/// authentication port, and carol's sign-in to beta from `ip(n)` under way.
+async fn beta_sign_in_through_a_relay(
+    accounting: bool,
+    n: u8,
+) -> (
+    FreeRadius,
+    FreeRadius,
+    Arc<Notify>,
+    Arc<Notify>,
+    Arc<TestApp>,
+    tokio::task::JoinHandle<Result<radius_portal::storage::AccessSessionRecord, SessionError>>,
+    tempfile::TempDir,
+) {
     let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
     let (held, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let relay = holding_relay(b.auth_addr(true), held.clone(), release.clone()).await;
-    let (_dir, db) = temp_db();
+    let upstream = if accounting {
+        std::net::SocketAddr::from(([127, 0, 0, 1], b.acct_port))
+    } else {
+        b.auth_addr(true)
+    };
+    let relay = holding_relay(upstream, held.clone(), release.clone()).await;
+    let (dir, db) = temp_db();
     let mut settings = two_organizations(&db, &a, &b);
-    settings.organizations[1].servers[0].auth_port = relay.port();
-    settings.organizations[1].servers[0].timeout = Duration::from_secs(5);
+    let server = &mut settings.organizations[1].servers[0];
+    if accounting {
+        server.acct_port = relay.port();
+    } else {
+        server.auth_port = relay.port();
+    }
+    server.timeout = Duration::from_secs(5);
     let app = Arc::new(TestApp::spawn(&settings).await);
-
     let login = {
         let app = app.clone();
         tokio::spawn(async move {
             app.sessions
-                .login("beta", "carol", "carol-pass", ip(9))
+                .login("beta", "carol", "carol-pass", ip(n))
                 .await
         })
     };
+    (a, b, held, release, app, login, dir)
+}
+
+#[tokio::test]
+async fn a_disable_between_access_accept_and_start_leaves_no_session_and_sends_no_start() {
+    let (_a, b, held, release, app, login, _dir) = beta_sign_in_through_a_relay(false, 9).await;
     held.notified().await; // FreeRADIUS has accepted; the portal has not seen it yet
     app.set_organization_active("beta", false).await;
     release.notify_one();
@@ -274,24 +302,7 @@ async fn a_disable_between_access_accept_and_start_leaves_no_session_and_sends_n
 /// the sign-in is a denial, not "signed in" to a session ended a moment later.
 #[tokio::test]
 async fn a_disable_while_the_start_is_on_its_way_denies_the_sign_in_and_stops_its_session() {
-    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
-    let (held, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let acct = std::net::SocketAddr::from(([127, 0, 0, 1], b.acct_port));
-    let relay = holding_relay(acct, held.clone(), release.clone()).await;
-    let (_dir, db) = temp_db();
-    let mut settings = two_organizations(&db, &a, &b);
-    settings.organizations[1].servers[0].acct_port = relay.port();
-    settings.organizations[1].servers[0].timeout = Duration::from_secs(5);
-    let app = Arc::new(TestApp::spawn(&settings).await);
-
-    let login = {
-        let app = app.clone();
-        tokio::spawn(async move {
-            app.sessions
-                .login("beta", "carol", "carol-pass", ip(10))
-                .await
-        })
-    };
+    let (_a, b, held, release, app, login, _dir) = beta_sign_in_through_a_relay(true, 10).await;
     held.notified().await; // the Start answered by FreeRADIUS, the answer held
     let disabled_from = radius_portal::access_session::now_ms() / 1000;
     app.set_organization_active("beta", false).await;
