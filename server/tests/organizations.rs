@@ -1559,6 +1559,38 @@ async fn each_organization_has_its_own_portal_under_its_slug() {
     let page = browser.get("/o/beta/").await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("Beta Org"), "{}", page.body);
+    // The id in other letters is the same organization: a page is sent to the id as written,
+    // path and query kept; a script's post there is an unknown portal's, and signs in nobody.
+    let page = browser.get("/o/BeTa/?x=1").await;
+    assert_eq!((page.path.as_str(), page.status), ("/o/beta/", 200));
+    assert!(page.body.contains("Beta Org"), "{}", page.body);
+    let page = browser.get("/o/BETA/session").await;
+    assert_eq!(page.path, "/o/beta/", "{}", page.body);
+    let moved = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 5, 30)))
+        .build()
+        .unwrap()
+        .get(format!("{}/o/Beta/?x=1", browser.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), 308);
+    assert_eq!(moved.headers()["location"], "/o/beta/?x=1");
+    let posted = browser
+        .http
+        .post(format!("{}/o/Beta/api/login", browser.base))
+        .header("origin", browser.base.clone())
+        .form(&[
+            ("username", "carol"),
+            ("password", "carol-pass"),
+            ("org", "beta"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 404);
+    assert!(b.auth_lines().is_empty(), "{:?}", b.auth_lines());
     assert!(
         page.body.contains(r#"name="org" value="beta""#),
         "{}",

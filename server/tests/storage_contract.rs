@@ -160,6 +160,7 @@ on_both_backends!(
     keys_and_web_sessions_are_shared_by_every_process,
     logins_racing_a_disable_never_outlive_it,
     two_replicas_logging_in_one_client_leave_one_session,
+    two_replicas_creating_one_id_in_two_letter_cases_create_one,
 );
 
 async fn a_session_opens_refreshes_and_stops_once(db: Db) {
@@ -1742,6 +1743,61 @@ async fn two_replicas_logging_in_one_client_leave_one_session(db: Db) {
     // Every session but the last was preempted with exactly one Stop.
     let all: Vec<_> = db.storage.active_sessions_of(None, 100).await.unwrap();
     assert_eq!(all.len(), 1);
+}
+
+/// Ids that differ only in letter case count as one, also when two processes create them at
+/// the same moment (each create's check and insert are one step).
+async fn two_replicas_creating_one_id_in_two_letter_cases_create_one(db: Db) {
+    let other = db.open().await;
+    let detail = serde_json::json!({});
+    let write = |id: &'static str| OrganizationWrite {
+        id,
+        name: id,
+        settings_json: "{}",
+        actor: "cli:test",
+        now: T0,
+        detail: &detail,
+        expected_revision: None,
+    };
+    for (round, (a, b)) in [("delta", "Delta"), ("EPSILON", "epsilon"), ("zeta", "zeta")]
+        .into_iter()
+        .enumerate()
+    {
+        let (wa, wb) = (write(a), write(b));
+        let (ra, rb) = tokio::join!(
+            db.storage.create_organization(&wa, true),
+            other.create_organization(&wb, true)
+        );
+        assert!(
+            ra.unwrap() ^ rb.unwrap(),
+            "round {round}: exactly one of {a} and {b} is created"
+        );
+        let made: Vec<_> = db
+            .storage
+            .organizations()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.id.eq_ignore_ascii_case(a))
+            .collect();
+        assert_eq!(made.len(), 1, "round {round}");
+    }
+    // One after the other, too.
+    assert!(!db
+        .storage
+        .create_organization(&write("DELTA"), true)
+        .await
+        .unwrap());
+    // Every audited create is one that was made.
+    let creates = db
+        .storage
+        .audit_tail(50)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "org.create" && e.organization_id.as_deref() != Some("acme"))
+        .count();
+    assert_eq!(creates, 3);
 }
 
 /// A new SQLite database is made with 1 KiB pages (a commit writes each changed page whole

@@ -310,6 +310,7 @@ async fn front_door<S: NextService>(
     if request.uri().path().starts_with("/o/") {
         span.record("scoped", request.uri().path());
     }
+    let to_id_as_written = org_scope::to_id_as_written(&door.organizations, &request);
     org_scope::scope(&door.organizations, &mut request);
     let route = door.labels.label(request.uri().path());
     let method = request.method().clone();
@@ -321,6 +322,7 @@ async fn front_door<S: NextService>(
             .then(|| security::host_refusal(&request))
             .flatten()
             .or_else(|| security::cross_site_refusal(&door.site, &request))
+            .or(to_id_as_written)
             .or_else(|| {
                 (!probe)
                     .then(|| client_ip::insert_client_ip(&door.trusted, &mut request))

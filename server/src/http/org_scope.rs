@@ -5,7 +5,11 @@
 //! an organization exists but is disabled: a disabled one is found and says it is unavailable).
 
 use crate::organizations::Organizations;
-use axum::{extract::Request, http::Uri};
+use axum::{
+    extract::Request,
+    http::{Method, Uri},
+    response::{IntoResponse, Redirect, Response},
+};
 
 /// Path the pages answer "no such portal" on (rewritten to for unknown slugs).
 pub const NO_SUCH_PORTAL: &str = app::NO_SUCH_PORTAL;
@@ -55,6 +59,27 @@ pub fn base_of(organizations: &Organizations, id: &str) -> String {
     } else {
         format!("/o/{id}")
     }
+}
+
+/// A page asked for under an organization's id in other letters (`/o/Beta/` for `beta`: ids
+/// that differ only in case count as one) is sent to the same path under the id as written
+/// (308). Only for GET and HEAD: a script's post to the wrong letters is not followed by
+/// every client, and gets the same 404 as any unknown slug.
+pub fn to_id_as_written(organizations: &Organizations, request: &Request) -> Option<Response> {
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    let (slug, rest) = split_scoped(request.uri().path())?;
+    if site_wide(rest) {
+        return None;
+    }
+    let id = organizations.id_in_other_case(slug)?;
+    let query = request
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    Some(Redirect::permanent(&format!("/o/{id}{rest}{query}")).into_response())
 }
 
 /// Sets [`OrgScope`] and takes the `/o/{slug}` prefix off the URI (before routing).

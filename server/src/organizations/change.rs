@@ -403,19 +403,6 @@ pub async fn create(
     let active = active.or(settings.enabled).unwrap_or(true);
     let json = serde_json::to_string(&settings)
         .map_err(|e| OrganizationError::Corrupt(settings.id.clone(), e.to_string()))?;
-    // Ids that differ only in letter case would be told apart by a URL's case alone (and by
-    // whoever reads a log or a firewall's identity feed by eye).
-    if let Some(other) = storage
-        .organizations()
-        .await?
-        .into_iter()
-        .find(|o| o.id != settings.id && o.id.eq_ignore_ascii_case(&settings.id))
-    {
-        return Err(ChangeError::Conflict(format!(
-            "organization `{}` exists already as `{}` (ids that differ only in letter case count as one)",
-            settings.id, other.id
-        )));
-    }
     let detail = serde_json::json!({ "after": redacted(&settings), "active": active });
     let write = OrganizationWrite {
         id: &settings.id,
@@ -426,11 +413,23 @@ pub async fn create(
         detail: &detail,
         expected_revision: None,
     };
+    // Refused when the id exists already, also in other letter case: ids that differ only in
+    // case would be told apart by a URL's case alone (and by whoever reads a log or a
+    // firewall's identity feed by eye). The write checks it, so two creates at once on two
+    // replicas cannot both pass.
     if !storage.create_organization(&write, active).await? {
-        return Err(ChangeError::Conflict(format!(
-            "organization `{}` exists already",
-            settings.id
-        )));
+        let as_written = storage
+            .organizations()
+            .await?
+            .into_iter()
+            .find(|o| o.id != settings.id && o.id.eq_ignore_ascii_case(&settings.id));
+        return Err(ChangeError::Conflict(match as_written {
+            Some(other) => format!(
+                "organization `{}` exists already as `{}` (ids that differ only in letter case count as one)",
+                settings.id, other.id
+            ),
+            None => format!("organization `{}` exists already", settings.id),
+        }));
     }
     refresh_after_change(storage, organizations).await;
     tracing::warn!(organization = %settings.id, actor, active, "organization created");

@@ -343,6 +343,19 @@ impl Organizations {
             .map(|(_, org)| org.clone())
     }
 
+    /// The id of the organization whose id is `slug` in other letter case (ids that differ
+    /// only in case count as one), if `slug` is not an id itself.
+    pub fn id_in_other_case(&self, slug: &str) -> Option<String> {
+        let by_id = self.by_id.read().unwrap_or_else(|p| p.into_inner());
+        if by_id.contains_key(slug) {
+            return None;
+        }
+        by_id
+            .keys()
+            .find(|id| id.eq_ignore_ascii_case(slug))
+            .cloned()
+    }
+
     /// The organization the login page at `/` signs into.
     pub fn default_id(&self) -> String {
         self.default_id
