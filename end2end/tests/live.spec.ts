@@ -136,3 +136,17 @@ test("at 0:00 with the portal out of reach the page no longer says connected", a
   await expect(page.getByRole("heading", { name: "Your time is up" })).toBeVisible({ timeout: 40_000 });
   await expect(page.getByText("You are connected")).toHaveCount(0);
 });
+
+test("a Refresh the portal never answers (a link gone silent) says the portal could not be reached", async ({ page }) => {
+  await logIn(page, "carol", "carol-pass");
+  await hydrated(page);
+  // The link goes silent: the request leaves and nothing comes back, nor any error.
+  await page.route("**/api/refresh", () => {});
+  await page.getByRole("button", { name: "Refresh" }).click();
+  await expect(page.getByRole("alert")).toContainText("could not be reached", { timeout: 20_000 });
+  // The button is usable again: the user can try once the link is back.
+  await page.unroute("**/api/refresh");
+  await expect(page.getByRole("button", { name: "Refresh" })).not.toHaveAttribute("aria-disabled", "true");
+  await page.getByRole("button", { name: "Disconnect" }).click();
+  await expect(page).toHaveURL(url("/"));
+});

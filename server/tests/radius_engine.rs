@@ -818,6 +818,117 @@ async fn a_server_without_status_server_comes_back_through_a_trial_request() {
     app.stop().await;
 }
 
+/// The User-Name of a RADIUS request, if it has one.
+fn user_name(request: &[u8]) -> Option<&[u8]> {
+    let mut at = 20;
+    while at + 2 <= request.len() {
+        let (kind, len) = (request[at], request[at + 1] as usize);
+        if len < 2 || at + len > request.len() {
+            return None;
+        }
+        if kind == attr::USER_NAME {
+            return Some(&request[at + 2..at + len]);
+        }
+        at += len;
+    }
+    None
+}
+
+/// A UDP relay in front of a real server that signs what FreeRADIUS before 3.2.5 signs by a
+/// policy: Access-Request answers (from its strict port, which adds Message-Authenticator) —
+/// but not `unsigned_user`'s, and not Status-Server answers (from its plain port, which never
+/// does). Nothing passes while `up` is false.
+async fn relay_signing_like_older_freeradius(
+    radius: &FreeRadius,
+    unsigned_user: &'static str,
+    up: Arc<std::sync::atomic::AtomicBool>,
+) -> SocketAddr {
+    use std::sync::atomic::Ordering;
+    let (signed, plain) = (radius.auth_addr(true), radius.auth_addr(false));
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = front.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (len, from) = front.recv_from(&mut buf).await.unwrap();
+            if !up.load(Ordering::SeqCst) {
+                continue;
+            }
+            let request = buf[..len].to_vec();
+            let upstream = if request[0] == Code::StatusServer as u8
+                || user_name(&request) == Some(unsigned_user.as_bytes())
+            {
+                plain
+            } else {
+                signed
+            };
+            let front = front.clone();
+            tokio::spawn(async move {
+                let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                back.send_to(&request, upstream).await.unwrap();
+                let mut reply = vec![0u8; 4096];
+                if let Ok(Ok((n, _))) =
+                    tokio::time::timeout(Duration::from_secs(5), back.recv_from(&mut reply)).await
+                {
+                    front.send_to(&reply[..n], from).await.unwrap();
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// With `require_message_authenticator`, a server that answers one user unsigned (its policy
+/// signs the others) fails that user's sign-ins without shutting the server for everyone else
+/// (its breaker does not count such answers as silence); and a server whose
+/// Status-Server answers are unsigned (FreeRADIUS before 3.2.5) is brought back by them after
+/// a real outage.
+#[tokio::test]
+async fn an_unsigned_answer_fails_its_sign_in_alone_and_unsigned_probes_bring_a_server_back() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let radius = FreeRadius::start().await;
+    let up = Arc::new(AtomicBool::new(true));
+    let relay = relay_signing_like_older_freeradius(&radius, "erin", up.clone()).await;
+    let (_dir, db) = temp_db();
+    let mut server = radius.server_settings("old", true);
+    server.auth_port = relay.port();
+    server.timeout = Duration::from_millis(300);
+    server.retries = 1;
+    let mut settings = settings(&db, vec![server]);
+    settings.radius.breaker_failures = 2;
+    settings.radius.probe_interval = Duration::from_millis(200);
+    let app = TestApp::spawn(&settings).await;
+
+    for n in 1..=3 {
+        let page = app.browser(client(n)).login("erin", "erin-pass").await;
+        assert_ne!(page.path, "/session", "{}", page.body);
+    }
+    assert!(
+        app.radius.health().allows(relay),
+        "answers are not silence: the breaker stays closed"
+    );
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
+    let page = app.browser(client(4)).login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+
+    // An outage opens the breaker; Status-Server answers without a signature close it.
+    up.store(false, Ordering::SeqCst);
+    for n in 5..=6 {
+        let page = app.browser(client(n)).login("carol", "carol-pass").await;
+        assert!(page.body.contains("cannot be reached"), "{}", page.body);
+    }
+    assert!(!app.radius.health().allows(relay), "the breaker opened");
+    up.store(true, Ordering::SeqCst);
+    wait_until(
+        "an unsigned Status-Server answer closes the breaker",
+        || async { app.radius.health().allows(relay) },
+    )
+    .await;
+    let page = app.browser(client(7)).login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    app.stop().await;
+}
+
 /// `/readyz` says 503 while every server of every organization has an open breaker (no
 /// sign-in can succeed on this replica), and ready again once a probe closes one; the metrics
 /// show the breaker and the timeouts meanwhile.

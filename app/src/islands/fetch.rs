@@ -9,7 +9,7 @@
 use serde::{de::DeserializeOwned, Deserialize};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{Headers, RequestInit, Response};
+use web_sys::{AbortController, Headers, RequestInit, Response};
 
 /// What the user reads when the portal cannot be reached or its answer cannot be read.
 fn unreachable<E>(_: E) -> String {
@@ -28,8 +28,14 @@ pub fn csrf_form(token: Option<&str>) -> String {
     format!("csrf={}", String::from(js_sys::encode_uri_component(token)))
 }
 
+/// How long a call may take, its answer read, before the user is told the portal could not be
+/// reached. Each of the three answers in well under a second; a link gone silent (Wi-Fi
+/// dropped, a laptop woken on another network) would otherwise leave a pressed button busy,
+/// and the page saying nothing, for as long as the browser keeps the connection.
+const TIMEOUT_MS: u64 = 10_000;
+
 /// POSTs `form` (url-encoded) to the server fn at `path` and decodes its JSON answer; `Err` is
-/// the sentence to show.
+/// the sentence to show (also after [`TIMEOUT_MS`]).
 pub async fn call<T: DeserializeOwned>(path: &str, form: String) -> Result<T, String> {
     let headers = Headers::new().map_err(unreachable)?;
     let _ = headers.set("Content-Type", "application/x-www-form-urlencoded");
@@ -38,6 +44,13 @@ pub async fn call<T: DeserializeOwned>(path: &str, form: String) -> Result<T, St
     init.set_method("POST");
     init.set_headers(&headers);
     init.set_body(&JsValue::from_str(&form));
+    if let Ok(controller) = AbortController::new() {
+        init.set_signal(Some(&controller.signal()));
+        leptos::prelude::set_timeout(
+            move || controller.abort(),
+            std::time::Duration::from_millis(TIMEOUT_MS),
+        );
+    }
     let promise = leptos::prelude::window().fetch_with_str_and_init(path, &init);
     let response: Response = JsFuture::from(promise)
         .await

@@ -317,14 +317,24 @@ mod live {
 
     /// Asks the server how the session stands and applies the answer; a portal that cannot be
     /// reached is said (the countdown alone would go on as if all were well).
+    /// One question at a time: on a link gone silent the 2 s polls would otherwise pile up
+    /// until the first one times out.
+    static ASKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
     pub fn resync(
         base: String,
         apply: impl Fn(PanelStatus) + 'static,
         error: RwSignal<Option<String>>,
     ) {
+        use std::sync::atomic::Ordering;
+        if ASKING.swap(true, Ordering::SeqCst) {
+            return;
+        }
         leptos::task::spawn_local(async move {
             let path = format!("{base}{}", <GetSessionStatus as ServerFn>::PATH);
-            match crate::islands::fetch::call::<PanelStatus>(&path, String::new()).await {
+            let answer = crate::islands::fetch::call::<PanelStatus>(&path, String::new()).await;
+            ASKING.store(false, Ordering::SeqCst);
+            match answer {
                 Ok(status) => apply(status),
                 Err(e) if e == crate::error::UNREACHABLE => error.set(Some(e)),
                 Err(_) => {}

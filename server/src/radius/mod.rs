@@ -34,8 +34,10 @@ pub enum RadiusError {
     #[error("no reply from the RADIUS server in time")]
     Timeout,
     /// Only replies without the Message-Authenticator this server must send (they were
-    /// dropped) before the deadline: a timeout for failover and the breaker, named so that the
-    /// operator learns why.
+    /// dropped: a forger must not end the request, so it waits on) before the deadline: the
+    /// next server is tried, but the server is not silent — its breaker does not count it (a
+    /// server whose policy leaves one user's answers unsigned must not be shut for everyone
+    /// by that user's sign-ins). Named so that the operator learns why.
     #[error("the RADIUS server answered without a Message-Authenticator, which `require_message_authenticator` demands (servers that cannot send one, e.g. FreeRADIUS before 3.2.5, need \"learn\" or false)")]
     UnsignedReply,
     /// Only replies that failed verification came from the server's address before the
@@ -95,14 +97,11 @@ pub enum RadiusError {
 }
 
 impl RadiusError {
-    /// No usable answer came in time: the server is silent, or only replies it cannot have
-    /// sent as configured came (unsigned, failing verification). A timeout for failover, the
-    /// breaker and the metrics.
+    /// No usable answer came in time: the server is silent, or only replies that fail
+    /// verification came (a wrong secret, or forgeries). A timeout for failover, the breaker
+    /// and the metrics.
     pub fn is_no_answer(&self) -> bool {
-        matches!(
-            self,
-            RadiusError::Timeout | RadiusError::UnsignedReply | RadiusError::UnverifiedReply(_)
-        )
+        matches!(self, RadiusError::Timeout | RadiusError::UnverifiedReply(_))
     }
 
     /// The server did not answer — [`Self::is_no_answer`], or an ICMP error says nothing
@@ -502,6 +501,7 @@ impl Radius {
         let result = self.client.exchange(exchange, build).await;
         let outcome = match &result {
             Ok(_) => "answered",
+            Err(RadiusError::UnsignedReply) => "unsigned",
             Err(e) if e.is_no_answer() => "timeout",
             Err(RadiusError::Unreachable { .. }) => "unreachable",
             Err(_) => "error",
@@ -697,15 +697,17 @@ impl Radius {
     }
 
     /// Sends a Status-Server (RFC 5997) to a server's auth or acct port; the reply's code when
-    /// it answers (Access-Accept, Accounting-Response). Does not touch the breakers (the
-    /// `radius test` command and test fixtures).
+    /// it answers (Access-Accept, Accounting-Response) — with the Message-Authenticator the
+    /// server's mode demands of an Access-Accept, so that an operator learns of its absence.
+    /// Does not touch the breakers (the `radius test` command and test fixtures).
     pub async fn status_server(
         &self,
         server: &ServerEndpoint,
         port: Port,
         deadline: Instant,
     ) -> Result<Code, RadiusError> {
-        self.status_server_at(server, port, deadline)
+        let require = port == Port::Auth && self.requires_message_authenticator(server);
+        self.status_server_at(server, port, deadline, require)
             .await
             .map(|r| r.packet.code())
     }
@@ -715,6 +717,7 @@ impl Radius {
         server: &ServerEndpoint,
         port: Port,
         deadline: Instant,
+        require_message_authenticator: bool,
     ) -> Result<Reply, RadiusError> {
         let secret = server.secret.expose().as_bytes();
         let exchange = Exchange {
@@ -723,8 +726,7 @@ impl Radius {
             timeout: server.timeout,
             retries: server.retries,
             deadline,
-            require_message_authenticator: port == Port::Auth
-                && self.requires_message_authenticator(server),
+            require_message_authenticator,
             // A probe is made again anyway; `radius test` says at once.
             end_when_unreachable: true,
         };
@@ -741,8 +743,9 @@ impl Radius {
     }
 
     /// Probes servers whose breakers are open, each once per probe interval, until `shutdown`.
-    /// A verified answer (with Message-Authenticator where the server's mode requires it)
-    /// closes the breaker.
+    /// A verified answer closes the breaker: whether it is alive, not whether its answers are
+    /// signed (FreeRADIUS before 3.2.5 signs no answer to Status-Server, whatever it does
+    /// for Access-Requests; its logins say if their answers go unsigned).
     ///
     /// `configured` gives every organization's servers as they are now, and `changes` says
     /// when they changed: a down server whose timeout or check the operator changed is probed
@@ -762,7 +765,10 @@ impl Radius {
                 let radius = self.clone();
                 tokio::spawn(async move {
                     let deadline = Instant::now() + server.timeout;
-                    match radius.status_server_at(&server, port, deadline).await {
+                    match radius
+                        .status_server_at(&server, port, deadline, false)
+                        .await
+                    {
                         Ok(_) => radius.health.record_probe_success(&server, port),
                         Err(e) => {
                             tracing::debug!(server = %server.name, ?port, error = %e, "Status-Server probe unanswered");
