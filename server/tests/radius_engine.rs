@@ -929,6 +929,46 @@ async fn an_unsigned_answer_fails_its_sign_in_alone_and_unsigned_probes_bring_a_
     app.stop().await;
 }
 
+/// A server checked by request (`status_check = "request"`) whose trial after an outage is a
+/// sign-in answered unsigned is back: the answer shows it alive, and the next user's sign-in
+/// goes there (the trial does not stay out, keeping the server from everyone).
+#[tokio::test]
+async fn an_unsigned_answer_to_a_trial_request_brings_the_server_back() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let radius = FreeRadius::start().await;
+    let up = Arc::new(AtomicBool::new(false));
+    let relay = relay_signing_like_older_freeradius(&radius, "erin", up.clone()).await;
+    let (_dir, db) = temp_db();
+    let mut server = radius.server_settings("old", true);
+    server.auth_port = relay.port();
+    server.timeout = Duration::from_millis(300);
+    server.retries = 0;
+    server.status_check = radius_portal::config::StatusCheck::Request;
+    let mut settings = settings(&db, vec![server]);
+    settings.radius.breaker_failures = 2;
+    settings.radius.probe_interval = Duration::from_millis(200);
+    let app = TestApp::spawn(&settings).await;
+    for n in 1..=2 {
+        let page = app.browser(client(n)).login("carol", "carol-pass").await;
+        assert!(page.body.contains("cannot be reached"), "{}", page.body);
+    }
+    assert!(!app.radius.health().allows(relay), "the breaker opened");
+    up.store(true, Ordering::SeqCst);
+    let next = std::sync::atomic::AtomicU8::new(10);
+    wait_until(
+        "erin's sign-in goes as the trial and is answered",
+        || async {
+            let n = next.fetch_add(1, Ordering::SeqCst);
+            app.browser(client(n)).login("erin", "erin-pass").await;
+            app.radius.health().allows(relay)
+        },
+    )
+    .await;
+    let page = app.browser(client(100)).login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    app.stop().await;
+}
+
 /// `/readyz` says 503 while every server of every organization has an open breaker (no
 /// sign-in can succeed on this replica), and ready again once a probe closes one; the metrics
 /// show the breaker and the timeouts meanwhile.

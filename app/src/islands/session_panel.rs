@@ -311,6 +311,7 @@ pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
 mod live {
     use super::*;
     use crate::api::GetSessionStatus;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
     use wasm_bindgen::{closure::Closure, JsCast};
     use web_sys::{EventSource, MessageEvent};
@@ -318,16 +319,19 @@ mod live {
     /// Asks the server how the session stands and applies the answer; a portal that cannot be
     /// reached is said (the countdown alone would go on as if all were well).
     /// One question at a time: on a link gone silent the 2 s polls would otherwise pile up
-    /// until the first one times out.
-    static ASKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    /// until the first one times out. One asked for meanwhile (the page shown again, back
+    /// online) is asked once the current one is answered, so the newest answer has the last
+    /// word.
+    static ASKING: AtomicBool = AtomicBool::new(false);
+    static ASK_AGAIN: AtomicBool = AtomicBool::new(false);
 
     pub fn resync(
         base: String,
-        apply: impl Fn(PanelStatus) + 'static,
+        apply: impl Fn(PanelStatus) + Copy + 'static,
         error: RwSignal<Option<String>>,
     ) {
-        use std::sync::atomic::Ordering;
         if ASKING.swap(true, Ordering::SeqCst) {
+            ASK_AGAIN.store(true, Ordering::SeqCst);
             return;
         }
         leptos::task::spawn_local(async move {
@@ -338,6 +342,11 @@ mod live {
                 Ok(status) => apply(status),
                 Err(e) if e == crate::error::UNREACHABLE => error.set(Some(e)),
                 Err(_) => {}
+            }
+            if ASK_AGAIN.swap(false, Ordering::SeqCst) {
+                // This answer is older than the question asked meanwhile: that one has the
+                // last word.
+                resync(base, apply, error);
             }
         });
     }

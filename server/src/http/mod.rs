@@ -290,7 +290,8 @@ struct FrontDoor {
 ///   header, so a user's report can be matched with the log. An id a client sends is not
 ///   taken (it would let anyone write into the log's correlation field);
 /// - the organization scope: `/o/{slug}` is taken off the path before routing (the span keeps
-///   the original path as `scoped`);
+///   the original path as `scoped`); a page asked for under a slug in other letters than its
+///   organization's id is redirected to the id as written;
 /// - cross-site state-changing requests and unusable forwarding data are refused, and the
 ///   client's address is put into the request;
 /// - the answer gets the security headers, is counted by route ([`RouteLabels`]: the route's
@@ -311,8 +312,12 @@ async fn front_door<S: NextService>(
         span.record("scoped", request.uri().path());
     }
     let to_id_as_written = org_scope::to_id_as_written(&door.organizations, &request);
+    // A page sent to its organization's id as written is counted as that page.
+    let redirected = to_id_as_written.as_ref().and_then(|_| {
+        org_scope::split_scoped(request.uri().path()).map(|(_, rest)| door.labels.label(rest))
+    });
     org_scope::scope(&door.organizations, &mut request);
-    let route = door.labels.label(request.uri().path());
+    let route = redirected.unwrap_or_else(|| door.labels.label(request.uri().path()));
     let method = request.method().clone();
     let mut response = async {
         // The probes answer whatever the proxy says of the client (they do not use it).

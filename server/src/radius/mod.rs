@@ -35,7 +35,7 @@ pub enum RadiusError {
     Timeout,
     /// Only replies without the Message-Authenticator this server must send (they were
     /// dropped: a forger must not end the request, so it waits on) before the deadline: the
-    /// next server is tried, but the server is not silent — its breaker does not count it (a
+    /// next server is tried, but the server is not silent — its breaker counts an answer (a
     /// server whose policy leaves one user's answers unsigned must not be shut for everyone
     /// by that user's sign-ins). Named so that the operator learns why.
     #[error("the RADIUS server answered without a Message-Authenticator, which `require_message_authenticator` demands (servers that cannot send one, e.g. FreeRADIUS before 3.2.5, need \"learn\" or false)")]
@@ -522,6 +522,12 @@ impl Radius {
                 self.health.target(server, port),
                 reply.has_message_authenticator,
             ),
+            // Answered (the Response Authenticator verified), though unsigned: alive — a
+            // trial request (`status_check = "request"`) closes the breaker as a probe's
+            // answer does —, never learnt as a server that signs.
+            Err(RadiusError::UnsignedReply) => self
+                .health
+                .record_success(self.health.target(server, port), false),
             Err(e) if e.is_server_silent() || matches!(e, RadiusError::Io(_)) => {
                 self.health.record_failure(server, port)
             }

@@ -876,18 +876,21 @@ impl<B: OrgBackend> OrganizationStore for B {
         } = *write;
         let mut change = self.begin_change().await?;
         let c = change.conn();
-        // The global revision first: every organization change writes that row, so two
-        // creates (on two replicas, say) run one after the other, and the second one's insert
-        // sees the first one's row, also when their ids differ only in letter case (which
-        // count as one).
-        bump_revision(self, c).await?;
+        // Organization changes run one at a time (`begin_change`), so no other create slips in
+        // between this look and the insert: an id that exists already, also in other letter
+        // case (which counts as the same; compared here, not by the database's `lower()`,
+        // whose PostgreSQL locale may fold letters otherwise), is refused.
+        let ids: Vec<(String,)> = c.fetch_all("SELECT id FROM organizations", &[]).await?;
+        if ids.iter().any(|(other,)| other.eq_ignore_ascii_case(id)) {
+            return Ok(false);
+        }
         // The revision starts above every revision ever stored (the global one counts them
         // all), so a process still caching a deleted organization of the same id rebuilds.
         let created = c
             .execute(
                 "INSERT INTO organizations (id, name, is_active, settings, revision, created_at, updated_at, position) \
-                 SELECT $1, $2, $3, $4, (SELECT value FROM organization_revision WHERE id = 1), $5, $5, NULL \
-                 WHERE NOT EXISTS (SELECT 1 FROM organizations WHERE lower(id) = lower($1))",
+                 VALUES ($1, $2, $3, $4, (SELECT value + 1 FROM organization_revision WHERE id = 1), $5, $5, NULL) \
+                 ON CONFLICT (id) DO NOTHING",
                 &[
                     Arg::Text(id),
                     Arg::Text(name),
@@ -901,6 +904,7 @@ impl<B: OrgBackend> OrganizationStore for B {
         if !created {
             return Ok(false);
         }
+        bump_revision(self, c).await?;
         audit_in(
             c,
             &Audit {
