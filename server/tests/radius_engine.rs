@@ -86,6 +86,39 @@ fn forgeries(request: &[u8]) -> Vec<Vec<u8>> {
     ]
 }
 
+/// Passes `request` (from `from`, at the relay's socket `front`) on to `upstream`, and its
+/// reply, if one comes within 5 s, back.
+fn pass_on(front: &Arc<UdpSocket>, request: Vec<u8>, from: SocketAddr, upstream: SocketAddr) {
+    let front = front.clone();
+    tokio::spawn(async move {
+        let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        back.send_to(&request, upstream).await.unwrap();
+        let mut reply = vec![0u8; 4096];
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_secs(5), back.recv_from(&mut reply)).await
+        {
+            front.send_to(&reply[..n], from).await.unwrap();
+        }
+    });
+}
+
+/// A UDP relay in front of real servers: each request goes where `route` says (nowhere: None),
+/// its reply back to the sender.
+async fn relay(route: impl Fn(&[u8]) -> Option<SocketAddr> + Send + 'static) -> SocketAddr {
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = front.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (len, from) = front.recv_from(&mut buf).await.unwrap();
+            if let Some(upstream) = route(&buf[..len]) {
+                pass_on(&front, buf[..len].to_vec(), from, upstream);
+            }
+        }
+    });
+    addr
+}
+
 /// A UDP relay in front of a real server that answers every request with forgeries first,
 /// then passes the genuine reply on.
 async fn forging_relay(upstream: SocketAddr) -> SocketAddr {
@@ -101,14 +134,7 @@ async fn forging_relay(upstream: SocketAddr) -> SocketAddr {
                 for forged in forgeries(&request) {
                     front.send_to(&forged, from).await.unwrap();
                 }
-                let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-                back.send_to(&request, upstream).await.unwrap();
-                let mut reply = vec![0u8; 4096];
-                if let Ok(Ok((n, _))) =
-                    tokio::time::timeout(Duration::from_secs(5), back.recv_from(&mut reply)).await
-                {
-                    front.send_to(&reply[..n], from).await.unwrap();
-                }
+                pass_on(&front, request, from, upstream);
             });
         }
     });
@@ -730,34 +756,14 @@ async fn relay_without_status_server(
     status_servers: Arc<std::sync::atomic::AtomicUsize>,
 ) -> SocketAddr {
     use std::sync::atomic::Ordering;
-    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let addr = front.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let (len, from) = front.recv_from(&mut buf).await.unwrap();
-            if buf[0] == Code::StatusServer as u8 {
-                status_servers.fetch_add(1, Ordering::SeqCst);
-                continue;
-            }
-            if !up.load(Ordering::SeqCst) {
-                continue;
-            }
-            let request = buf[..len].to_vec();
-            let front = front.clone();
-            tokio::spawn(async move {
-                let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-                back.send_to(&request, upstream).await.unwrap();
-                let mut reply = vec![0u8; 4096];
-                if let Ok(Ok((n, _))) =
-                    tokio::time::timeout(Duration::from_secs(5), back.recv_from(&mut reply)).await
-                {
-                    front.send_to(&reply[..n], from).await.unwrap();
-                }
-            });
+    relay(move |request| {
+        if request[0] == Code::StatusServer as u8 {
+            status_servers.fetch_add(1, Ordering::SeqCst);
+            return None;
         }
-    });
-    addr
+        up.load(Ordering::SeqCst).then_some(upstream)
+    })
+    .await
 }
 
 /// `status_check = "request"`: a server that never answers Status-Server is not probed with it;
@@ -845,37 +851,13 @@ async fn relay_signing_like_older_freeradius(
 ) -> SocketAddr {
     use std::sync::atomic::Ordering;
     let (signed, plain) = (radius.auth_addr(true), radius.auth_addr(false));
-    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let addr = front.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let (len, from) = front.recv_from(&mut buf).await.unwrap();
-            if !up.load(Ordering::SeqCst) {
-                continue;
-            }
-            let request = buf[..len].to_vec();
-            let upstream = if request[0] == Code::StatusServer as u8
-                || user_name(&request) == Some(unsigned_user.as_bytes())
-            {
-                plain
-            } else {
-                signed
-            };
-            let front = front.clone();
-            tokio::spawn(async move {
-                let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-                back.send_to(&request, upstream).await.unwrap();
-                let mut reply = vec![0u8; 4096];
-                if let Ok(Ok((n, _))) =
-                    tokio::time::timeout(Duration::from_secs(5), back.recv_from(&mut reply)).await
-                {
-                    front.send_to(&reply[..n], from).await.unwrap();
-                }
-            });
-        }
-    });
-    addr
+    relay(move |request| {
+        let unsigned = request[0] == Code::StatusServer as u8
+            || user_name(request) == Some(unsigned_user.as_bytes());
+        up.load(Ordering::SeqCst)
+            .then_some(if unsigned { plain } else { signed })
+    })
+    .await
 }
 
 /// With `require_message_authenticator`, a server that answers one user unsigned (its policy
