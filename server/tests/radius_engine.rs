@@ -870,16 +870,8 @@ async fn an_unsigned_answer_fails_its_sign_in_alone_and_unsigned_probes_bring_a_
     use std::sync::atomic::{AtomicBool, Ordering};
     let radius = FreeRadius::start().await;
     let up = Arc::new(AtomicBool::new(true));
-    let relay = relay_signing_like_older_freeradius(&radius, "erin", up.clone()).await;
-    let (_dir, db) = temp_db();
-    let mut server = radius.server_settings("old", true);
-    server.auth_port = relay.port();
-    server.timeout = Duration::from_millis(300);
-    server.retries = 1;
-    let mut settings = settings(&db, vec![server]);
-    settings.radius.breaker_failures = 2;
-    settings.radius.probe_interval = Duration::from_millis(200);
-    let app = TestApp::spawn(&settings).await;
+    let (_dir, app, relay) =
+        portal_before_older_freeradius(&radius, up.clone(), Default::default()).await;
 
     for n in 1..=3 {
         let page = app.browser(client(n)).login("erin", "erin-pass").await;
@@ -895,11 +887,7 @@ async fn an_unsigned_answer_fails_its_sign_in_alone_and_unsigned_probes_bring_a_
 
     // An outage opens the breaker; Status-Server answers without a signature close it.
     up.store(false, Ordering::SeqCst);
-    for n in 5..=6 {
-        let page = app.browser(client(n)).login("carol", "carol-pass").await;
-        assert!(page.body.contains("cannot be reached"), "{}", page.body);
-    }
-    assert!(!app.radius.health().allows(relay), "the breaker opened");
+    an_outage_opens_the_breaker(&app, relay, [5, 6]).await;
     up.store(true, Ordering::SeqCst);
     wait_until(
         "an unsigned Status-Server answer closes the breaker",
@@ -919,22 +907,13 @@ async fn an_unsigned_answer_to_a_trial_request_brings_the_server_back() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let radius = FreeRadius::start().await;
     let up = Arc::new(AtomicBool::new(false));
-    let relay = relay_signing_like_older_freeradius(&radius, "erin", up.clone()).await;
-    let (_dir, db) = temp_db();
-    let mut server = radius.server_settings("old", true);
-    server.auth_port = relay.port();
-    server.timeout = Duration::from_millis(300);
-    server.retries = 0;
-    server.status_check = radius_portal::config::StatusCheck::Request;
-    let mut settings = settings(&db, vec![server]);
-    settings.radius.breaker_failures = 2;
-    settings.radius.probe_interval = Duration::from_millis(200);
-    let app = TestApp::spawn(&settings).await;
-    for n in 1..=2 {
-        let page = app.browser(client(n)).login("carol", "carol-pass").await;
-        assert!(page.body.contains("cannot be reached"), "{}", page.body);
-    }
-    assert!(!app.radius.health().allows(relay), "the breaker opened");
+    let (_dir, app, relay) = portal_before_older_freeradius(
+        &radius,
+        up.clone(),
+        radius_portal::config::StatusCheck::Request,
+    )
+    .await;
+    an_outage_opens_the_breaker(&app, relay, [1, 2]).await;
     up.store(true, Ordering::SeqCst);
     let next = std::sync::atomic::AtomicU8::new(10);
     wait_until(
@@ -949,6 +928,36 @@ async fn an_unsigned_answer_to_a_trial_request_brings_the_server_back() {
     let page = app.browser(client(100)).login("carol", "carol-pass").await;
     assert_eq!(page.path, "/session", "{}", page.body);
     app.stop().await;
+}
+
+/// The portal with one server, `radius` behind [`relay_signing_like_older_freeradius`] (erin's
+/// answers unsigned) switched by `up`, checked by `check`: 300 ms tries, the breaker open after
+/// two unanswered sign-ins, probes every 200 ms.
+async fn portal_before_older_freeradius(
+    radius: &FreeRadius,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    check: radius_portal::config::StatusCheck,
+) -> (tempfile::TempDir, TestApp, SocketAddr) {
+    let relay = relay_signing_like_older_freeradius(radius, "erin", up).await;
+    let (dir, db) = temp_db();
+    let mut server = radius.server_settings("old", true);
+    server.auth_port = relay.port();
+    server.timeout = Duration::from_millis(300);
+    server.retries = 1;
+    server.status_check = check;
+    let mut settings = settings(&db, vec![server]);
+    settings.radius.breaker_failures = 2;
+    settings.radius.probe_interval = Duration::from_millis(200);
+    (dir, TestApp::spawn(&settings).await, relay)
+}
+
+/// Carol's sign-ins from `clients`, with the server away, fail and open its breaker.
+async fn an_outage_opens_the_breaker(app: &TestApp, server: SocketAddr, clients: [u8; 2]) {
+    for n in clients {
+        let page = app.browser(client(n)).login("carol", "carol-pass").await;
+        assert!(page.body.contains("cannot be reached"), "{}", page.body);
+    }
+    assert!(!app.radius.health().allows(server), "the breaker opened");
 }
 
 /// `/readyz` says 503 while every server of every organization has an open breaker (no
