@@ -316,15 +316,17 @@ mod live {
     use wasm_bindgen::{closure::Closure, JsCast};
     use web_sys::{EventSource, MessageEvent};
 
+    /// A status question is on its way ([`resync`]).
+    static ASKING: AtomicBool = AtomicBool::new(false);
+    /// Another was asked for while it was ([`resync`]).
+    static ASK_AGAIN: AtomicBool = AtomicBool::new(false);
+
     /// Asks the server how the session stands and applies the answer; a portal that cannot be
     /// reached is said (the countdown alone would go on as if all were well).
     /// One question at a time: on a link gone silent the 2 s polls would otherwise pile up
     /// until the first one times out. One asked for meanwhile (the page shown again, back
     /// online) is asked once the current one is answered, so the newest answer has the last
     /// word.
-    static ASKING: AtomicBool = AtomicBool::new(false);
-    static ASK_AGAIN: AtomicBool = AtomicBool::new(false);
-
     pub fn resync(
         base: String,
         apply: impl Fn(PanelStatus) + Copy + 'static,
