@@ -151,7 +151,7 @@ pub async fn main() -> std::process::ExitCode {
                 std::process::ExitCode::from(2)
             }
             None => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", crate::portal_backend::error_chain(e.as_ref()));
                 std::process::ExitCode::FAILURE
             }
         },
@@ -621,7 +621,7 @@ pub async fn radius_test(
                         grant.user_name.filter(|name| name != user).map(|m| format!(" User-Name={m:?}")).unwrap_or_default(),
                         grant.reply_message.map(|m| format!(" Reply-Message={m:?}")).unwrap_or_default()
                     ),
-                    AuthOutcome::Reject { reply_message } => format!(
+                    AuthOutcome::Reject { reply_message, .. } => format!(
                         "Access-Reject{}",
                         reply_message.map(|m| format!(" Reply-Message={m:?}")).unwrap_or_default()
                     ),
@@ -951,13 +951,19 @@ pub fn effective_configuration(settings: &Settings) -> anyhow::Result<String> {
     let yes = |b: bool| if b { "yes" } else { "no" };
     Ok(format!(
         "# configuration is valid; in effect (file, environment, defaults), secrets redacted\n\
-         # HTTPS cookies (Secure, __Host-) and HSTS: {}; built-in TLS: {}; metrics: {}\n\n{}",
+         # HTTPS cookies (Secure, __Host-) and HSTS: {}; built-in TLS: {}; metrics: {}\n\
+         # Disconnect/CoA listener (RFC 5176): {}\n\n{}",
         yes(http.https()),
         yes(http.tls.is_some()),
         settings
             .metrics
             .listen
             .map_or_else(|| "off".to_string(), |a| a.to_string()),
+        if settings.dynamic_authorization.clients.is_empty() {
+            "off (no [[dynamic_authorization.clients]])".to_string()
+        } else {
+            settings.dynamic_authorization.listen.to_string()
+        },
         toml::to_string_pretty(&value).context("while writing the configuration")?
     ))
 }

@@ -425,6 +425,67 @@ impl DatabaseSettings {
     }
 }
 
+/// Each setting the configuration file gave a value that an environment variable set
+/// (`is_set`) replaced, said as "VARIABLE sets key = new (the file: old)": a stray `PORT` or
+/// `SERVE_HTTP` in a unit's environment is not silent. Values as `check-config` shows them
+/// (a database URL without its password).
+fn env_overrides(
+    text: &str,
+    file: &toml::Value,
+    now: &Settings,
+    is_set: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    const KEYS: [(&str, &str, &str); 14] = [
+        ("PORT", "http", "listen"),
+        ("PORTAL_HTTP_LISTEN", "http", "listen"),
+        ("FORWARDED_ALLOW_IPS", "http", "trusted_proxies"),
+        ("PORTAL_HTTP_TRUSTED_PROXIES", "http", "trusted_proxies"),
+        ("PORTAL_HTTP_FORWARDED_HEADER", "http", "forwarded_header"),
+        ("PORTAL_HTTP_TLS_CERT_FILE", "http", "tls"),
+        ("SERVE_HTTP", "http", "tls"),
+        ("PORTAL_HTTP_PUBLIC_URL", "http", "public_url"),
+        ("PORTAL_HTTP_SECURE_COOKIES", "http", "secure_cookies"),
+        ("PORTAL_METRICS_LISTEN", "metrics", "listen"),
+        ("PORTAL_DATABASE_PATH", "database", "path"),
+        ("PORTAL_DATABASE_URL", "database", "url"),
+        ("PORTAL_LOG_FORMAT", "log", "format"),
+        ("PORTAL_LOG_FILTER", "log", "filter"),
+    ];
+    let (Ok(written), Ok(now)) = (
+        toml::from_str::<toml::Value>(text),
+        toml::Value::try_from(now),
+    ) else {
+        return Vec::new();
+    };
+    let at = |value: &toml::Value, section: &str, key: &str| {
+        value.get(section).and_then(|s| s.get(key)).cloned()
+    };
+    let shown = |value: Option<toml::Value>| match value {
+        None => "none".to_string(),
+        Some(toml::Value::Table(table)) => toml::to_string(&table)
+            .unwrap_or_default()
+            .trim()
+            .replace('\n', ", "),
+        Some(value) => value.to_string(),
+    };
+    let mut notes = Vec::new();
+    for (variable, section, key) in KEYS {
+        if !is_set(variable) || at(&written, section, key).is_none() {
+            continue;
+        }
+        let (was, is) = (at(file, section, key), at(&now, section, key));
+        let said = format!("{section}.{key}");
+        if was.is_some() && was != is && !notes.iter().any(|n: &String| n.contains(&said)) {
+            notes.push(format!(
+                "the environment variable {variable} sets {said} = {} (the configuration file's: {})",
+                shown(is),
+                shown(was)
+            ));
+        }
+    }
+    notes
+}
+
 /// Names among `names` that look like one of the portal's variables but are none — `PORTAL_`
 /// and a section the configuration has, or a letter or two away from a variable it reads
 /// (`PORTAL_DATABSE_URL`, `PORTAL_CONFG`), in any case (`portal_config`): a typo that would otherwise be ignored in silence (a
@@ -474,7 +535,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// A database URL with its password (in the user part or a `password=` parameter) replaced by
+/// A database URL with its passwords (in the user part, a `password=` or `sslpassword=`
+/// parameter) replaced by
 /// [`REDACTED`]: `check-config` shows where the portal connects, never how it logs in.
 pub fn redact_url(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
@@ -493,7 +555,8 @@ pub fn redact_url(url: &str) -> String {
             let query: Vec<String> = query
                 .split('&')
                 .map(|pair| match pair.split_once('=') {
-                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                    // `password`, `sslpassword` (the client key's), any spelling.
+                    Some((key, _)) if key.to_ascii_lowercase().contains("pass") => {
                         format!("{key}={REDACTED}")
                     }
                     _ => pair.to_string(),
@@ -1059,6 +1122,18 @@ impl Branding {
                     ),
                 ));
             }
+            let bytes = std::fs::read(path).map_err(|e| {
+                config_error(
+                    format!("{key}.logo_file"),
+                    format!("cannot read `{}`: {e}", path.display()),
+                )
+            })?;
+            if let Some(problem) = logo_content_type(path).and_then(|t| logo_mismatch(t, &bytes)) {
+                return Err(config_error(
+                    format!("{key}.logo_file"),
+                    format!("`{}` {problem}", path.display()),
+                ));
+            }
         }
         Ok(())
     }
@@ -1073,6 +1148,28 @@ pub fn logo_content_type(path: &std::path::Path) -> Option<&'static str> {
         "svg" => "image/svg+xml",
         "webp" => "image/webp",
         _ => return None,
+    })
+}
+
+/// Why `bytes` are not an image of `content_type` ([`logo_content_type`]), if they are not:
+/// judged by how the format begins (an SVG: UTF-8 text with an `<svg` element), so a file
+/// named `.png` that holds something else is refused rather than served as an image.
+pub fn logo_mismatch(content_type: &str, bytes: &[u8]) -> Option<&'static str> {
+    let is = match content_type {
+        "image/png" => bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "image/jpeg" => bytes.starts_with(&[0xff, 0xd8, 0xff]),
+        "image/webp" => bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP",
+        "image/svg+xml" => {
+            std::str::from_utf8(bytes).is_ok_and(|text| text.to_ascii_lowercase().contains("<svg"))
+        }
+        _ => false,
+    };
+    (!is).then_some(match content_type {
+        "image/png" => "is not a PNG image (it does not begin as one)",
+        "image/jpeg" => "is not a JPEG image (it does not begin as one)",
+        "image/webp" => "is not a WebP image (it does not begin as one)",
+        "image/svg+xml" => "is not an SVG image (UTF-8 text with an <svg> element)",
+        _ => "is not an image the portal serves",
     })
 }
 
@@ -1409,7 +1506,17 @@ impl Settings {
     /// Applies this process's environment overrides, and names on stderr each variable that
     /// looks like one but is none (a typo).
     pub fn apply_process_env(&mut self) -> Result<(), ConfigError> {
+        let before = self
+            .file
+            .as_deref()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .and_then(|text| Some((text, toml::Value::try_from(&*self).ok()?)));
         self.apply_env(|k| std::env::var(k).ok())?;
+        if let Some((text, before)) = before {
+            for note in env_overrides(&text, &before, self, |k| std::env::var_os(k).is_some()) {
+                crate::eprint_line!("note: {note}");
+            }
+        }
         for name in unknown_overrides(std::env::vars_os().map(|(k, _)| k)) {
             // Before logging is set up (its settings are being read): on stderr.
             crate::eprint_line!("warning: the environment variable {name} is not a setting of the portal (a typo?); it is ignored");
@@ -1900,6 +2007,73 @@ mod tests {
         secret = "s3cr3t-value"
     "#;
 
+    /// A logo file must hold an image of the kind its name says: a text file named `.png` is
+    /// refused, naming the key and what is wrong; each kind's real beginning passes.
+    #[test]
+    fn a_logo_file_that_is_no_image_of_its_kind_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            Branding {
+                logo_file: Some(path),
+                ..Branding::default()
+            }
+            .validate("organizations[0].branding")
+        };
+        let e = check("notimg.png", b"hello\n").expect_err("text is no PNG");
+        assert!(
+            e.to_string()
+                .contains("organizations[0].branding.logo_file")
+                && e.to_string().contains("is not a PNG image"),
+            "{e}"
+        );
+        assert!(check("script.svg", b"<html><script>x</script></html>").is_err());
+        assert!(check("photo.jpg", b"\x89PNG\r\n\x1a\n....").is_err());
+        assert!(check("anim.webp", b"RIFF\0\0\0\0WAVEfmt ").is_err());
+        check("logo.png", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR").unwrap();
+        check("logo.jpeg", &[0xff, 0xd8, 0xff, 0xe0, 0, 0x10]).unwrap();
+        check("logo.webp", b"RIFF\x10\0\0\0WEBPVP8 ").unwrap();
+        check(
+            "logo.svg",
+            b"<?xml version=\"1.0\"?>\n<SVG xmlns=\"http://www.w3.org/2000/svg\"/>",
+        )
+        .unwrap();
+    }
+
+    /// A value the file sets that an environment variable replaces is said, naming both; one
+    /// the file leaves out, or the same value, is not; a database URL shows no password.
+    #[test]
+    fn environment_variables_that_replace_the_files_values_are_named() {
+        let text = format!(
+            "{MINIMAL}\n[http]\nlisten = \"127.0.0.1:42300\"\n[http.tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\n[database]\nurl = \"postgres://p:pw1@db/x\"\n"
+        );
+        let file = toml::Value::try_from(Settings::from_toml(&text).unwrap()).unwrap();
+        let env = |k: &str| match k {
+            "PORT" => Some("42350".to_string()),
+            "SERVE_HTTP" => Some("true".into()),
+            "PORTAL_DATABASE_URL" => Some("postgres://p:pw2@db2/x".into()),
+            "PORTAL_METRICS_LISTEN" => Some("127.0.0.1:9464".into()),
+            _ => None,
+        };
+        let mut now = Settings::from_toml(&text).unwrap();
+        now.apply_env(env).unwrap();
+        let notes = env_overrides(&text, &file, &now, |k| env(k).is_some()).join("\n");
+        assert!(
+            notes.contains("PORT sets http.listen = \"0.0.0.0:42350\" (the configuration file's: \"127.0.0.1:42300\")"),
+            "{notes}"
+        );
+        assert!(notes.contains("SERVE_HTTP sets http.tls = none"), "{notes}");
+        assert!(
+            notes.contains("PORTAL_DATABASE_URL sets database.url"),
+            "{notes}"
+        );
+        assert!(!notes.contains("pw1") && !notes.contains("pw2"), "{notes}");
+        // Not in the file: nothing replaced.
+        assert!(!notes.contains("metrics"), "{notes}");
+        assert_eq!(notes.lines().count(), 3, "{notes}");
+    }
+
     #[test]
     fn a_secret_of_the_wrong_type_is_not_echoed() {
         let text = MINIMAL.replace("secret = \"s3cr3t-value\"", "secret = 987654321");
@@ -2346,6 +2520,10 @@ mod tests {
         assert_eq!(
             redact_url("postgresql://db/portal?user=portal&password=pa55"),
             "postgresql://db/portal?user=portal&password=[redacted]"
+        );
+        assert_eq!(
+            redact_url("postgres://portal@db/portal?sslmode=require&sslpassword=KeyPass&PASSWORD=x"),
+            "postgres://portal@db/portal?sslmode=require&sslpassword=[redacted]&PASSWORD=[redacted]"
         );
         assert_eq!(
             redact_url("postgres://portal@db/portal"),

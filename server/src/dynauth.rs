@@ -492,15 +492,15 @@ impl DynAuthListener {
         let reply = |code: Code, cause: Option<u32>| reply_to(request, code, cause);
         let identification = Identification::of(request);
         if identification.has_malformed_address() {
-            tracing::info!(client, code = ?request.code(), "Dynamic Authorization request with an address attribute that is no address");
+            crate::throttled!(info, client, code = ?request.code(), "Dynamic Authorization request with an address attribute that is no address");
             return reply(nak, Some(INVALID_ATTRIBUTE_VALUE));
         }
         if identification.only_foreign() {
-            tracing::info!(client, code = ?request.code(), "Dynamic Authorization request names a session by attributes no session of the portal has");
+            crate::throttled!(info, client, code = ?request.code(), "Dynamic Authorization request names a session by attributes no session of the portal has");
             return reply(nak, Some(SESSION_CONTEXT_NOT_FOUND));
         }
         let Some(wanted) = identification.lookup() else {
-            tracing::info!(client, code = ?request.code(), "Dynamic Authorization request names no session (no identification attribute)");
+            crate::throttled!(info, client, code = ?request.code(), "Dynamic Authorization request names no session (no identification attribute)");
             return reply(nak, Some(MISSING_ATTRIBUTE));
         };
         let candidates = match self.sessions.find_active(&wanted).await {
@@ -534,11 +534,11 @@ impl DynAuthListener {
             .cloned()
             .collect::<Vec<_>>();
         if found.is_empty() && !candidates.is_empty() {
-            tracing::info!(client, code = ?request.code(), "Dynamic Authorization request names another NAS");
+            crate::throttled!(info, client, code = ?request.code(), "Dynamic Authorization request names another NAS");
             return reply(nak, Some(NAS_IDENTIFICATION_MISMATCH));
         }
         if found.is_empty() {
-            tracing::info!(client, code = ?request.code(), "Dynamic Authorization request for no active session");
+            crate::throttled!(info, client, code = ?request.code(), "Dynamic Authorization request for no active session");
             return reply(nak, Some(SESSION_CONTEXT_NOT_FOUND));
         }
         if !disconnect {
@@ -548,7 +548,8 @@ impl DynAuthListener {
                     OrgState::from_active(self.sessions.organization_active(&s.organization_id)),
                 )
             });
-            tracing::info!(
+            crate::throttled!(
+                info,
                 client,
                 sessions = found.len(),
                 disabled,
@@ -595,18 +596,24 @@ impl Identification {
     /// The identification attributes of `request`.
     pub fn of(request: &Packet) -> Identification {
         let text = |value: Vec<u8>| String::from_utf8_lossy(&value).into_owned();
-        let address = |value: Vec<u8>| match value.len() {
-            4 => <[u8; 4]>::try_from(value.as_slice()).ok().map(IpAddr::from),
-            16 => <[u8; 16]>::try_from(value.as_slice())
-                .ok()
-                .map(IpAddr::from),
-            _ => None,
+        // The addresses of an attribute pair: the IPv4 one's values of 4 bytes, the IPv6
+        // one's of 16 (a value of the other length is no address of its kind: malformed).
+        let addresses = |v4: u8, v6: u8| {
+            let v4 = request
+                .get_all(v4)
+                .into_iter()
+                .map(|value| <[u8; 4]>::try_from(value.as_slice()).ok().map(IpAddr::from));
+            let v6 = request.get_all(v6).into_iter().map(|value| {
+                <[u8; 16]>::try_from(value.as_slice())
+                    .ok()
+                    .map(IpAddr::from)
+            });
+            v4.chain(v6).collect::<Vec<_>>()
         };
         // A malformed address names no one: it must not match anyone either.
-        let framed = [attr::FRAMED_IP_ADDRESS, attr::FRAMED_IPV6_ADDRESS]
+        let framed = addresses(attr::FRAMED_IP_ADDRESS, attr::FRAMED_IPV6_ADDRESS)
             .into_iter()
-            .flat_map(|typ| request.get_all(typ))
-            .map(|v| address(v).map_or_else(|| MALFORMED.to_string(), |ip| ip.to_string()));
+            .map(|ip| ip.map_or_else(|| MALFORMED.to_string(), |ip| ip.to_string()));
         let calling = request
             .get_all(attr::CALLING_STATION_ID)
             .into_iter()
@@ -624,10 +631,9 @@ impl Identification {
                 .collect(),
             client_ips: framed.chain(calling).collect(),
             classes: request.get_all(attr::CLASS),
-            nas_ips: [attr::NAS_IP_ADDRESS, attr::NAS_IPV6_ADDRESS]
+            nas_ips: addresses(attr::NAS_IP_ADDRESS, attr::NAS_IPV6_ADDRESS)
                 .into_iter()
-                .flat_map(|typ| request.get_all(typ))
-                .map(|v| address(v).unwrap_or(IpAddr::from([0u8; 4])))
+                .map(|ip| ip.unwrap_or(IpAddr::from([0u8; 4])))
                 .collect(),
             nas_identifiers: request
                 .get_all(attr::NAS_IDENTIFIER)
@@ -770,6 +776,12 @@ mod tests {
     fn an_address_attribute_that_is_no_address_is_malformed() {
         assert!(request(&[(attr::FRAMED_IP_ADDRESS, &[10, 0])]).has_malformed_address());
         assert!(request(&[(attr::NAS_IP_ADDRESS, &[1, 2, 3])]).has_malformed_address());
+        // An address of the other family's length is no address of the attribute's kind.
+        assert!(request(&[(attr::FRAMED_IPV6_ADDRESS, &[127, 0, 0, 3])]).has_malformed_address());
+        assert!(request(&[(attr::FRAMED_IP_ADDRESS, &[0xfe; 16])]).has_malformed_address());
+        assert!(request(&[(attr::NAS_IPV6_ADDRESS, &[10, 0, 0, 1])]).has_malformed_address());
+        assert!(request(&[(attr::NAS_IP_ADDRESS, &[0x20; 16])]).has_malformed_address());
+        assert!(!request(&[(attr::FRAMED_IPV6_ADDRESS, &[0x20; 16])]).has_malformed_address());
         assert!(!request(&[
             (attr::FRAMED_IP_ADDRESS, &[10, 0, 0, 5]),
             (attr::CALLING_STATION_ID, b"not an address"),

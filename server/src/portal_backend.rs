@@ -811,8 +811,13 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        // A cause its error already quotes (sqlx's "error returned from database: {cause}")
+        // is not said twice.
+        let said = cause.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
         source = cause.source();
     }
     text
@@ -852,14 +857,8 @@ fn user_error(error: SessionError) -> PortalError {
         },
         SessionError::UnusableAccept { problem } => PortalError::UnusableAnswer { problem },
         SessionError::OrganizationDisabled => PortalError::OrganizationDisabled,
-        SessionError::ServersUnavailable(e) => {
-            static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
-            if let Some(left_out) = LOG.admit() {
-                tracing::warn!(error = %error_chain(&e), similar_left_out = left_out,
-                    "login failed: RADIUS servers unavailable");
-            }
-            PortalError::ServersUnavailable
-        }
+        // Logged where it happened (`AccessSessions::login_replacing`).
+        SessionError::ServersUnavailable(_) => PortalError::ServersUnavailable,
         SessionError::AccountingUnavailable => PortalError::AccountingUnavailable,
         // The database is away (a restart, a full disk): the caller may retry, and a load
         // balancer or script sees a 503, not the 500 of a fault.
@@ -1207,6 +1206,27 @@ async fn forget_access_session(
 
 #[cfg(test)]
 mod tests {
+    /// Each cause once: one its error already quotes is not repeated; others follow it.
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        enum E {
+            #[error("error returned from database: {0}")]
+            Quoting(#[source] std::io::Error),
+            #[error("while connecting")]
+            Context(#[source] std::io::Error),
+        }
+        let io = || std::io::Error::other("password authentication failed for user \"portal\"");
+        assert_eq!(
+            super::error_chain(&E::Quoting(io())),
+            "error returned from database: password authentication failed for user \"portal\""
+        );
+        assert_eq!(
+            super::error_chain(&E::Context(io())),
+            "while connecting: password authentication failed for user \"portal\""
+        );
+    }
+
     #[test]
     fn a_typed_name_is_alike_the_name_the_server_gave_the_session() {
         use super::names_alike;

@@ -181,7 +181,12 @@ impl Application {
         let metrics = crate::metrics::Metrics::new();
         let radius = Radius::bind(&settings.radius, tasks.clone())
             .await
-            .context("while binding the RADIUS client socket")?
+            .with_context(|| {
+                format!(
+                    "cannot bind the RADIUS client socket to {} (radius.bind: an IPv4 address of this host, or 0.0.0.0)",
+                    settings.radius.bind
+                )
+            })?
             .with_metrics(metrics.clone());
         let dynauth_socket = DynAuthSocket::bind(&settings.dynamic_authorization).await?;
         let addr = match settings.http.listen {

@@ -1936,6 +1936,39 @@ async fn metrics_keep_the_start_up_values_when_the_database_is_away_before_the_f
     app.stop().await;
 }
 
+/// PostgreSQL away while a signed-in user opens the session page: the page cannot read the
+/// session, and says so with a 503 and a link to look again (not a page with nothing to do).
+#[tokio::test]
+async fn a_session_page_while_the_database_is_away_says_so_and_how_to_look_again() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let (mut relay, url) = common::postgres::Relay::fresh_database().await;
+    let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
+    config.database.url = Some(radius_portal::config::Secret::new(url));
+    let app = TestApp::spawn(&config).await;
+    let browser = app.browser(Ipv4Addr::new(127, 0, 2, 44));
+    browser.login("carol", "carol-pass").await;
+    relay.cut();
+    let page = browser.get("/session").await;
+    assert_eq!(page.status, 503, "{}", page.body);
+    assert!(
+        page.body.contains("cannot reach its records"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains(r#"href="/session""#), "{}", page.body);
+    relay.open().await;
+    wait_until("the session page to show the session again", || async {
+        browser
+            .get("/session")
+            .await
+            .body
+            .contains("data-testid=\"username\"")
+    })
+    .await;
+    app.stop().await;
+}
+
 /// One portal process per SQLite file: a second portal on the same database is refused with
 /// the reason (its start-up would release the first one's accounting claims), and starts once
 /// the first has stopped.

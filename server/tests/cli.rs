@@ -430,6 +430,11 @@ fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
         "{stdout}"
     );
     assert!(!stdout.contains("very-secret-value"));
+    // A listener that does not run is said to be off, not only listed with its default.
+    assert!(
+        stdout.contains("Disconnect/CoA listener (RFC 5176): off"),
+        "{stdout}"
+    );
     // What the file says of the organization's state is part of it (`serve` applies it).
     assert!(stdout.contains("enabled = false"), "{stdout}");
     // It is the configuration as TOML: with a secret put back, it is accepted as it is.

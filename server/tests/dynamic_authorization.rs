@@ -572,7 +572,8 @@ async fn a_session_answers_to_the_nas_identity_it_started_with() {
 }
 
 /// The answer carries the request's Proxy-State attributes, unmodified and in order (a proxy
-/// routes it back by them); an address attribute that is no address is NAKed as such (407),
+/// routes it back by them); an address attribute that is no address of its kind is NAKed as
+/// such (407),
 /// acting on nothing; a Disconnect that ends a session is audited with the client's name.
 #[tokio::test]
 async fn answers_echo_proxy_state_bad_addresses_are_407_and_ends_are_audited() {
@@ -623,6 +624,11 @@ async fn answers_echo_proxy_state_bad_addresses_are_407_and_ends_are_audited() {
         nak.get_all(attr::PROXY_STATE),
         vec![b"first".to_vec(), b"second".to_vec()]
     );
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
+    // The session's IPv4 address in a Framed-IPv6-Address (4 bytes, not 16) names no one.
+    let nak = ask(3, vec![(attr::FRAMED_IPV6_ADDRESS, vec![127, 0, 2, 30])]).await;
+    assert_eq!(nak.code(), Code::DisconnectNAK);
+    assert_eq!(nak.get_u32(attr::ERROR_CAUSE), Some(407));
     assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
 
     let ack = ask(

@@ -2049,3 +2049,51 @@ async fn postgres_stopped_fails_requests_at_once_until_it_answers_again() {
     }
     assert_eq!(storage.active_sessions().await.unwrap(), 0);
 }
+
+/// The portal's database renamed (or dropped, or closed to connections) under a running
+/// portal: requests fail as "unavailable" — a 503 to say try again, not the 500 of a fault —
+/// and work again once it is back, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_database_gone_is_unavailable_not_a_fault() {
+    use sqlx::Connection;
+    let url = common::postgres::fresh_database().await;
+    let (base, name) = url.rsplit_once('/').unwrap();
+    let storage = Storage::open_postgres(&url).await.unwrap();
+    storage.ping().await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let refused = storage.active_sessions().await.unwrap_err();
+    assert!(refused.is_unavailable(), "{refused:?}");
+    sqlx::raw_sql(&format!("ALTER DATABASE {name} RENAME TO {name}_moved"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let gone = storage.active_sessions().await.unwrap_err();
+    assert!(gone.is_unavailable(), "{gone:?}");
+
+    sqlx::raw_sql(&format!("ALTER DATABASE {name}_moved RENAME TO {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while let Err(e) = storage.active_sessions().await {
+        assert!(e.is_unavailable(), "{e:?}");
+        assert!(std::time::Instant::now() < deadline, "not back: {e:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

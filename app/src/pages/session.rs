@@ -133,7 +133,17 @@ pub fn SessionPage() -> impl IntoView {
             super::redirect(&format!("{base}/"));
             ().into_any()
         }
-        Err(e) => view! { <ErrorMessage error=Signal::stored(Some(e.to_string())) /> }.into_any(),
+        // The session could not be read (the database away): the page says so, and how to
+        // look again once it is back.
+        Err(e) => view! {
+            <ErrorMessage error=Signal::stored(Some(e.to_string())) />
+            <p class="mt-4">
+                <a href=format!("{base}/session") data-testid="try-again" class="brand-link text-blue-800 underline">
+                    "Try again"
+                </a>
+            </p>
+        }
+        .into_any(),
     }
 }
 

@@ -293,7 +293,26 @@ impl AccessSessions {
 
     /// [`AccessSessions::login`] that also stops `replaces` — the session the signing-in
     /// browser holds in the organization, at whatever address — in the same write.
+    /// Every line logged on its way names the organization, the username and the client's
+    /// address (the `sign_in` span).
     pub async fn login_replacing(
+        &self,
+        organization_id: &str,
+        username: &str,
+        password: &str,
+        client_ip: IpAddr,
+        replaces: Option<i64>,
+    ) -> Result<AccessSessionRecord, SessionError> {
+        use tracing::Instrument as _;
+        let span =
+            tracing::info_span!("sign_in", organization = %organization_id, username, %client_ip);
+        self.sign_in(organization_id, username, password, client_ip, replaces)
+            .instrument(span)
+            .await
+    }
+
+    /// [`AccessSessions::login_replacing`] within its span.
+    async fn sign_in(
         &self,
         organization_id: &str,
         username: &str,
@@ -360,7 +379,7 @@ impl AccessSessions {
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(RadiusError::Withdrawn) => {
-                tracing::warn!(organization = %org.id, username, %client_ip,
+                tracing::warn!(
                     "organization disabled while its login waited for a RADIUS server: the login goes no further");
                 let read = self.storage.organization_active(&org.id).await;
                 let why = match read {
@@ -388,19 +407,32 @@ impl AccessSessions {
                     )
                     .await;
                 }
+                static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+                if let Some(left_out) = LOG.admit() {
+                    tracing::warn!(error = %crate::portal_backend::error_chain(&e), similar_left_out = left_out,
+                        "login failed: RADIUS servers unavailable");
+                }
                 return Err(SessionError::ServersUnavailable(e));
             }
         };
         let (server, grant) = match outcome {
             AuthOutcome::Accept { server, grant } => (server, grant),
-            AuthOutcome::Reject { reply_message } => {
-                tracing::info!(organization = %org.id, username, %client_ip, "login rejected");
+            AuthOutcome::Reject {
+                server,
+                reply_message,
+            } => {
+                let server = org.servers.get(server).map(|s| s.name.as_str());
+                tracing::info!(
+                    server,
+                    reply_message = reply_message.as_deref(),
+                    "login rejected"
+                );
                 self.audit_login(&org.id, username, client_ip, "login.rejected", None)
                     .await;
                 return Err(SessionError::Rejected { reply_message });
             }
             AuthOutcome::Unusable { problem } => {
-                tracing::warn!(organization = %org.id, username, %client_ip, %problem,
+                tracing::warn!(%problem,
                     "login accepted by RADIUS with an answer that cannot be used: no session");
                 self.audit_login(
                     &org.id,
@@ -413,7 +445,7 @@ impl AccessSessions {
                 return Err(SessionError::UnusableAccept { problem });
             }
             AuthOutcome::Challenge { reply_message } => {
-                tracing::info!(organization = %org.id, username, %client_ip, "login needs Access-Challenge (unsupported)");
+                tracing::info!("login needs Access-Challenge (unsupported)");
                 self.audit_login(&org.id, username, client_ip, "login.challenge", None)
                     .await;
                 return Err(SessionError::ChallengeUnsupported { reply_message });
@@ -472,7 +504,7 @@ impl AccessSessions {
             client_ip,
             &new.classes,
         ) {
-            tracing::warn!(organization = %org.id, username, %client_ip, error = %e,
+            tracing::warn!(error = %e,
                 "login accepted by RADIUS but its session's Accounting-Stop could not be encoded: no session");
             let problem = "its Class and User-Name attributes are too long for the session's Accounting-Stop to fit in one RADIUS packet";
             self.audit_login(
@@ -489,7 +521,7 @@ impl AccessSessions {
         }
         let opened = match self.storage.open_session(&new).await {
             Err(StorageError::OrganizationDisabled) => {
-                tracing::warn!(organization = %org.id, username, %client_ip,
+                tracing::warn!(
                     "login accepted by RADIUS but the organization was disabled meanwhile: no session");
                 // Audited as the guard's denial, saying the server accepted (the accepted
                 // attempt's own entry was part of the write that did not happen).
@@ -520,10 +552,13 @@ impl AccessSessions {
             let browsers_elsewhere = new
                 .replaces
                 .filter(|id| preempted.iter().any(|p| p.id == *id));
-            tracing::info!(organization = %org.id, %client_ip, count = preempted.len(), browsers_elsewhere,
-                "previous session of this client (or of this browser at another address) preempted");
+            tracing::info!(
+                count = preempted.len(),
+                browsers_elsewhere,
+                "previous session of this client (or of this browser at another address) preempted"
+            );
         }
-        tracing::info!(organization = %org.id, username, %client_ip, acct_session_id = %new.acct_session_id,
+        tracing::info!(acct_session_id = %new.acct_session_id,
             server = %new.server_name, window_s = terms.window.as_secs(), limit_s = terms.limit.map(|l| l.as_secs()),
             "access session opened");
         // The session as stored, for its Start and the answer (not read back: a change made
@@ -830,7 +865,9 @@ impl AccessSessions {
         self.accounting.wake();
         self.expiry_wake.due_at(refreshed.expires_at);
         self.events.publish(id);
-        tracing::info!(acct_session_id = %refreshed.acct_session_id, "access session refreshed");
+        tracing::info!(acct_session_id = %refreshed.acct_session_id,
+            organization = %refreshed.organization_id, username = %refreshed.username,
+            "access session refreshed");
         Ok((refreshed, true))
     }
 

@@ -1060,6 +1060,7 @@ impl Accounting {
                         .remove(&session.id);
                 }
                 tracing::info!(acct_session_id = %record.acct_session_id, status_type = record.status_type,
+                    organization = %session.organization_id, username = %record.username,
                     server = %server.name, delay_s = record.delay_secs, "accounting delivered");
                 Ok(Delivery::Delivered)
             }

@@ -58,7 +58,13 @@ pub async fn logo(
     let Some(content_type) = config::logo_content_type(&path) else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let bytes = read_logo(&path).await;
+    // Replaced since the check by something else: not served as an image.
+    let bytes = read_logo(&path).await.and_then(|bytes| {
+        match config::logo_mismatch(content_type, &bytes) {
+            Some(problem) => Err(std::io::Error::other(problem)),
+            None => Ok(bytes),
+        }
+    });
     match bytes {
         Ok(bytes) => (
             [

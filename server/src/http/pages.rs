@@ -155,7 +155,18 @@ fn render_at(pages: &Pages, mut head: Parts, path: &str) -> Response {
         }
         return sign_in(pages, head, notice);
     }
-    render_page(pages, head, page, form_error)
+    // A page whose data could not be read (the database away) says so in its body, and in
+    // its status for scripts and monitors: not a 200.
+    let failed = head
+        .extensions
+        .get::<app::pages::PageData>()
+        .and_then(|data| data.session.as_ref()?.as_ref().err())
+        .map(crate::portal_backend::status_of);
+    let mut response = render_page(pages, head, page, form_error);
+    if let Some(status) = failed.filter(|_| response.status() == StatusCode::OK) {
+        *response.status_mut() = status;
+    }
+    response
 }
 
 /// The answer to a signed-in browser asking for the sign-in page (of the portal at `base`):

@@ -292,8 +292,10 @@ pub enum AuthOutcome {
         /// What the Accept granted.
         grant: Grant,
     },
-    /// Rejected; `reply_message` is for the user.
+    /// Rejected by `servers[server]`; `reply_message` is for the user.
     Reject {
+        /// Index of the server that answered.
+        server: usize,
         /// Reply-Message text, if the server sent one.
         reply_message: Option<String>,
     },
@@ -647,6 +649,7 @@ impl Radius {
                 }
                 Ok(p) if p.code() == Code::AccessReject => {
                     return Ok(AuthOutcome::Reject {
+                        server: *index,
                         reply_message: reply_message(&p),
                     });
                 }

@@ -604,11 +604,17 @@ impl StorageError {
         match self {
             StorageError::Database(e) => match e {
                 sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
-                // PostgreSQL: connection exceptions (class 08) and an operator or crash
-                // shutting the server down (57P01-57P03).
-                sqlx::Error::Database(d) => d
-                    .code()
-                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0")),
+                // PostgreSQL: connection exceptions (class 08), an operator or crash shutting
+                // the server down or dropping the database (57P01-57P04), the server out of
+                // resources (class 53: too many connections, disk full, out of memory), the
+                // login refused (class 28: a password changed), the database gone or not
+                // taking connections (3D000, 55000), a standby that takes no writes (25006).
+                sqlx::Error::Database(d) => d.code().is_some_and(|code| {
+                    ["08", "57P0", "53", "28"]
+                        .iter()
+                        .any(|class| code.starts_with(class))
+                        || ["3D000", "55000", "25006"].contains(&code.as_ref())
+                }),
                 _ => false,
             },
             StorageError::Sqlite(e) => engine::sqlite_refuses(e),

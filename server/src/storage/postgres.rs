@@ -63,6 +63,9 @@ const RECHECK_EVERY: Duration = Duration::from_secs(1);
 /// check that connects — or that the server answers with a refusal of its own (too many
 /// clients, authentication) — ends it: a pool that was only busy, or one connection that
 /// broke, never makes requests fail.
+/// Connections a replica's pool opens at most (plus one for listening).
+const MAX_POOL_CONNECTIONS: u32 = 16;
+
 struct Reachability {
     options: PgConnectOptions,
     /// The pool: a connection of its own that still works means the server is there.
@@ -418,11 +421,31 @@ impl PgStore {
         // One connection first: its error says what is wrong (refused, authentication, no such
         // database); the pool would only report that it timed out.
         sqlx::Connection::close(sqlx::ConnectOptions::connect(&options).await?).await?;
+        // Connections idle for a minute are given back: after one replica's burst, PostgreSQL's
+        // connection slots are free for the others' (whose background work — the Stops —
+        // would otherwise wait for a connection as long as sqlx's default ten minutes).
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(MAX_POOL_CONNECTIONS)
             .acquire_timeout(Duration::from_secs(5))
+            .idle_timeout(Duration::from_secs(60))
             .connect_with(options.clone())
             .await?;
+        // A server that cannot give even one replica its connections: said at start-up, not
+        // found out under load as Stops that wait.
+        let slots: Result<i32, _> = sqlx::query_scalar(
+            "SELECT current_setting('max_connections')::int \
+             - current_setting('superuser_reserved_connections')::int",
+        )
+        .fetch_one(&pool)
+        .await;
+        if let Ok(slots) = slots {
+            let wanted = MAX_POOL_CONNECTIONS as i32 + 1;
+            if slots < wanted {
+                tracing::warn!(
+                    "PostgreSQL allows {slots} connections (max_connections less superuser_reserved_connections) and each replica may open {wanted}: under load, sign-ins fail with 503 and the background work (Stops, expiries) waits for a connection; raise max_connections to at least {wanted} per replica plus a few for operator commands"
+                );
+            }
+        }
         let reach = Arc::new(Reachability {
             options,
             pool: pool.clone(),
