@@ -726,6 +726,12 @@ fn check_site_files(options: &LeptosOptions, hash_file: &Path) -> anyhow::Result
     let hashes = std::fs::read_to_string(hash_file)
         .with_context(|| format!("while reading {}", hash_file.display()))?;
     let pkg = Path::new(&*options.site_root).join(&*options.site_pkg_dir);
+    if !pkg.is_dir() {
+        bail!(
+            "the site files are not there: {} is no directory (site-root in Leptos.toml, or LEPTOS_SITE_ROOT, names the directory `cargo leptos build` wrote them to: target/site, or where you installed them)",
+            pkg.display()
+        );
+    }
     for (_, name) in app::hashed_assets(options, &hashes) {
         let file = pkg.join(name);
         if !file.exists() {

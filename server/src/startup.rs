@@ -312,7 +312,7 @@ impl Application {
         match org_worker.tick().await {
             Ok(done) if !done.is_empty() => tracing::info!(
                 jobs = done.len(),
-                "operator stops asked for while the portal was down made"
+                "organization stop jobs left from before this start done (an organization disabled, deleted or left out of the configuration; sessions an operator ended)"
             ),
             Ok(_) => {}
             Err(e) => tracing::error!(

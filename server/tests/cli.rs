@@ -506,7 +506,6 @@ fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
 
     // The site files are checked as `serve` finds them: a site of another build is named.
     let site = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(site.path().join("pkg")).unwrap();
     let leptos = std::fs::read_to_string(leptos_config()).unwrap();
     let moved = site.path().join("Leptos.toml");
     std::fs::write(
@@ -518,12 +517,19 @@ fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
         .replace("site-root = \"target/site\"", "site-root = \"site\""),
     )
     .unwrap();
-    let output = portal(&["--config", good.to_str().unwrap(), "check-config"])
-        .env("PORTAL_LEPTOS_CONFIG", &moved)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let check = || {
+        let output = portal(&["--config", good.to_str().unwrap(), "check-config"])
+            .env("PORTAL_LEPTOS_CONFIG", &moved)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    // No site there at all: said as such.
+    let stderr = check();
+    assert!(stderr.contains("the site files are not there"), "{stderr}");
+    std::fs::create_dir_all(site.path().join("site/pkg")).unwrap();
+    let stderr = check();
     assert!(
         stderr.contains("not those of this binary's build"),
         "{stderr}"
@@ -676,6 +682,8 @@ fn minimal_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
 fn serve_refuses_a_site_root_without_its_builds_assets() {
     let dir = tempfile::tempdir().unwrap();
     let config = minimal_config(dir.path(), "");
+    // A site directory without this build's assets in it (another build's, or none).
+    std::fs::create_dir_all(dir.path().join("pkg")).unwrap();
     let output = portal(&["--config", config.to_str().unwrap(), "serve"])
         .current_dir(env!("CARGO_MANIFEST_DIR").to_string() + "/..")
         .env("LEPTOS_SITE_ROOT", dir.path())
