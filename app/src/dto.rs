@@ -119,7 +119,7 @@ pub enum PanelStatus {
 }
 
 /// Why an access session ended, as the session page explains it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum EndReason {
     /// The window ran out without a refresh.
     Expired,
@@ -143,6 +143,20 @@ pub enum EndReason {
 deserialize_by_name!(EndReason: Expired, LimitReached, Disconnected, EndedByOperator,
     OrganizationDisabled, Replaced, Failed, NotLinked);
 
+impl EndReason {
+    /// Every reason, in the order of their codes ([`Notice::code`]).
+    const ALL: [EndReason; 8] = [
+        EndReason::Expired,
+        EndReason::LimitReached,
+        EndReason::Disconnected,
+        EndReason::EndedByOperator,
+        EndReason::OrganizationDisabled,
+        EndReason::Replaced,
+        EndReason::Failed,
+        EndReason::NotLinked,
+    ];
+}
+
 /// What the next page tells a visitor once, after what the visitor just did (carried by the
 /// server's flash cookie, never by the URL): the sign-in page after a Disconnect, the session
 /// page after a Refresh.
@@ -151,8 +165,8 @@ pub enum Notice {
     /// The visitor pressed Disconnect: the session ended and network access with it.
     Disconnected,
     /// The visitor pressed Disconnect on a page whose session had already ended (the operator,
-    /// its time, another page): nothing was left to disconnect.
-    AlreadyEnded,
+    /// its time, a new sign-in): nothing was left to disconnect — and why, when known.
+    AlreadyEnded(Option<EndReason>),
     /// The session page, after a Refresh sent without JavaScript (the island says it itself):
     /// the window restarted.
     Refreshed,
@@ -166,9 +180,15 @@ impl Notice {
     pub fn code(self) -> u8 {
         match self {
             Notice::Disconnected => 0,
-            Notice::AlreadyEnded => 1,
+            Notice::AlreadyEnded(None) => 1,
             Notice::Refreshed => 2,
             Notice::RefreshedRecently => 3,
+            Notice::AlreadyEnded(Some(reason)) => {
+                16 + EndReason::ALL
+                    .iter()
+                    .position(|r| *r == reason)
+                    .unwrap_or(0) as u8
+            }
         }
     }
 
@@ -176,9 +196,10 @@ impl Notice {
     pub fn from_code(code: u8) -> Option<Notice> {
         Some(match code {
             0 => Notice::Disconnected,
-            1 => Notice::AlreadyEnded,
+            1 => Notice::AlreadyEnded(None),
             2 => Notice::Refreshed,
             3 => Notice::RefreshedRecently,
+            16.. => Notice::AlreadyEnded(Some(*EndReason::ALL.get(usize::from(code - 16))?)),
             _ => return None,
         })
     }

@@ -105,7 +105,7 @@ fn title(page: Page) -> &'static str {
             let data = pages::data();
             match data.notice {
                 Some(dto::Notice::Disconnected) => "Disconnected – Sign in – Network access portal",
-                Some(dto::Notice::AlreadyEnded) => {
+                Some(dto::Notice::AlreadyEnded(_)) => {
                     "Session ended – Sign in – Network access portal"
                 }
                 _ if data.form_failed => "Sign-in failed – Sign in – Network access portal",

@@ -1131,15 +1131,19 @@ impl PortalService for PortalBackend {
                 // already (its time, the operator, a new sign-in), not nothing. Ended by a
                 // Disconnect (another page's, the first of a double click) is said as ended.
                 let ended_here = self.sessions.disconnect(id).await.map_err(user_error)?;
-                let by_user = ended_here
-                    || self.sessions.record(id).await.ok().flatten().is_some_and(|s| {
-                        s.terminate_cause
-                            == Some(i64::from(crate::radius::terminate_cause::USER_REQUEST))
-                    });
-                crate::http::flash::mark_notice(if by_user {
-                    app::dto::Notice::Disconnected
-                } else {
-                    app::dto::Notice::AlreadyEnded
+                // Why it had ended, if not by this press (as its page would say; a read that
+                // fails says nothing more).
+                let reason = match ended_here {
+                    true => None,
+                    false => match self.status_of(Some(id)).await {
+                        Ok(SessionStatus::Ended(reason)) => Some(reason),
+                        _ => None,
+                    },
+                };
+                crate::http::flash::mark_notice(match reason {
+                    None if ended_here => app::dto::Notice::Disconnected,
+                    Some(EndReason::Disconnected) => app::dto::Notice::Disconnected,
+                    reason => app::dto::Notice::AlreadyEnded(reason),
                 });
                 // Ended either way: a web session that cannot be written now (the database
                 // away, a full disk) still names the ended session, which its pages show as
@@ -1162,7 +1166,7 @@ impl PortalService for PortalBackend {
                 // is signed in elsewhere too, so its web session and the page's token live
                 // on). Said as such, not as nothing. (A browser that never signed in here, or
                 // whose web session the first Disconnect deleted, is told nothing.)
-                crate::http::flash::mark_notice(app::dto::Notice::AlreadyEnded);
+                crate::http::flash::mark_notice(app::dto::Notice::AlreadyEnded(None));
             }
             Ok(scope.base)
         }

@@ -2199,6 +2199,12 @@ async fn a_disconnect_of_a_session_that_had_already_ended_says_so() {
         page.body
     );
     assert!(!page.body.contains("You are disconnected"), "{}", page.body);
+    // And why: the operator ended it (not a list of what might have).
+    assert!(
+        page.body.contains("It was ended by the network operator."),
+        "{}",
+        page.body
+    );
     // Shown once.
     let page = browser.get("/").await;
     assert!(!page.body.contains("had already ended"), "{}", page.body);

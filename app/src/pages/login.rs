@@ -45,10 +45,15 @@ pub fn LoginPage() -> impl IntoView {
     let notice = data.notice.and_then(|notice| {
         let text = match notice {
             Notice::Disconnected => {
-                "You are disconnected: your session has ended, and with it your network access."
+                "You are disconnected: your session has ended, and with it your network access.".into()
             }
-            Notice::AlreadyEnded => {
-                "Your session had already ended (its time ran out, it was ended elsewhere, or a new sign-in from this device replaced it), so there was nothing to disconnect."
+            // Why, when the portal knows.
+            Notice::AlreadyEnded(Some(reason)) => format!(
+                "Your session had already ended, so there was nothing to disconnect. {}",
+                crate::islands::session_panel::end_text(reason)
+            ),
+            Notice::AlreadyEnded(None) => {
+                "Your session had already ended (its time ran out, it was ended elsewhere, or a new sign-in from this device replaced it), so there was nothing to disconnect.".into()
             }
             // The session page's.
             Notice::Refreshed | Notice::RefreshedRecently => return None,

@@ -36,7 +36,7 @@ pub fn SessionPage() -> impl IntoView {
         Notice::RefreshedRecently => Some(
             "Your session was refreshed a few seconds ago, so this Refresh changed nothing: its time runs from then.",
         ),
-        Notice::Disconnected | Notice::AlreadyEnded => None,
+        Notice::Disconnected | Notice::AlreadyEnded(_) => None,
     });
     match data.session.unwrap_or(Ok(SessionStatus::NoSession)) {
         Ok(SessionStatus::Active(view)) => view! {

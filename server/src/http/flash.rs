@@ -512,7 +512,9 @@ mod tests {
         use app::dto::Notice;
         let every = [
             Notice::Disconnected,
-            Notice::AlreadyEnded,
+            Notice::AlreadyEnded(None),
+            Notice::AlreadyEnded(Some(app::dto::EndReason::Expired)),
+            Notice::AlreadyEnded(Some(app::dto::EndReason::NotLinked)),
             Notice::Refreshed,
             Notice::RefreshedRecently,
         ];
