@@ -469,7 +469,9 @@ fn env_overrides(
         Some(value) => value.to_string(),
     };
     let mut notes = Vec::new();
-    for (variable, section, key) in KEYS {
+    // Latest applied first: of two variables setting one key, the one whose value is in
+    // effect is named (`PORTAL_HTTP_LISTEN` over `PORT`; `SERVE_HTTP` only when true).
+    for (variable, section, key) in KEYS.into_iter().rev() {
         if !is_set(variable) || at(&written, section, key).is_none() {
             continue;
         }
@@ -543,6 +545,16 @@ pub fn redact_url(url: &str) -> String {
     // The user part ends at the last `@` (a password may hold `/`, `?` or `@` unencoded): when
     // in doubt, more is hidden, never less.
     let (user, tail) = match rest.rsplit_once('@') {
+        // An `@` in the query (a password parameter holding one): where the query's values
+        // end cannot be told, so it is hidden whole.
+        Some((user_info, _)) if !user_info.contains(':') && user_info.contains('?') => {
+            let before = rest.split_once('?').map_or(rest, |(before, _)| before);
+            return if scheme.is_empty() {
+                format!("{before}?{REDACTED}")
+            } else {
+                format!("{scheme}://{before}?{REDACTED}")
+            };
+        }
         Some((user_info, host_and_rest)) => match user_info.split_once(':') {
             Some((user, _password)) => (format!("{user}:{REDACTED}@"), host_and_rest),
             None => (format!("{user_info}@"), host_and_rest),
@@ -1122,7 +1134,7 @@ impl Branding {
                     ),
                 ));
             }
-            let bytes = std::fs::read(path).map_err(|e| {
+            let bytes = read_logo(path).map_err(|e| {
                 config_error(
                     format!("{key}.logo_file"),
                     format!("cannot read `{}`: {e}", path.display()),
@@ -1149,6 +1161,25 @@ pub fn logo_content_type(path: &std::path::Path) -> Option<&'static str> {
         "webp" => "image/webp",
         _ => return None,
     })
+}
+
+/// Reads a logo: a regular file, at most [`MAX_LOGO_BYTES`] (read through one handle, so a
+/// file swapped or grown meanwhile cannot make it larger; a FIFO or device is refused before
+/// it could block).
+pub fn read_logo(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_LOGO_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_LOGO_BYTES {
+        return Err(std::io::Error::other(format!(
+            "more than {MAX_LOGO_BYTES} bytes"
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Why `bytes` are not an image of `content_type` ([`logo_content_type`]), if they are not:
@@ -1513,7 +1544,12 @@ impl Settings {
             .and_then(|text| Some((text, toml::Value::try_from(&*self).ok()?)));
         self.apply_env(|k| std::env::var(k).ok())?;
         if let Some((text, before)) = before {
-            for note in env_overrides(&text, &before, self, |k| std::env::var_os(k).is_some()) {
+            let set = |k: &str| match std::env::var(k) {
+                Ok(v) if k == "SERVE_HTTP" => parse_bool(k, &v).unwrap_or(false),
+                Ok(_) => true,
+                Err(_) => false,
+            };
+            for note in env_overrides(&text, &before, self, set) {
                 crate::eprint_line!("note: {note}");
             }
         }
@@ -2072,6 +2108,21 @@ mod tests {
         // Not in the file: nothing replaced.
         assert!(!notes.contains("metrics"), "{notes}");
         assert_eq!(notes.lines().count(), 3, "{notes}");
+        // Of two variables for one key, the one in effect is named.
+        let both = |k: &str| match k {
+            "PORT" => Some("42350".to_string()),
+            "PORTAL_HTTP_LISTEN" => Some("127.0.0.1:42399".into()),
+            _ => None,
+        };
+        let mut now = Settings::from_toml(&text).unwrap();
+        now.apply_env(both).unwrap();
+        let notes = env_overrides(&text, &file, &now, |k| both(k).is_some()).join("\n");
+        assert!(
+            notes.starts_with(
+                "the environment variable PORTAL_HTTP_LISTEN sets http.listen = \"127.0.0.1:42399\""
+            ) && notes.lines().count() == 1,
+            "{notes}"
+        );
     }
 
     #[test]
@@ -2524,6 +2575,15 @@ mod tests {
         assert_eq!(
             redact_url("postgres://portal@db/portal?sslmode=require&sslpassword=KeyPass&PASSWORD=x"),
             "postgres://portal@db/portal?sslmode=require&sslpassword=[redacted]&PASSWORD=[redacted]"
+        );
+        // A password parameter holding an `@`: the query hidden whole.
+        assert_eq!(
+            redact_url("postgres://u@db/x?password=p@ss"),
+            "postgres://u@db/x?[redacted]"
+        );
+        assert_eq!(
+            redact_url("postgres://db/x?sslmode=require&sslpassword=a@b"),
+            "postgres://db/x?[redacted]"
         );
         assert_eq!(
             redact_url("postgres://portal@db/portal"),

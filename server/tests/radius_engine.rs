@@ -1068,6 +1068,71 @@ async fn readiness_fails_while_every_server_is_open_circuit_and_recovers() {
     app.stop().await;
 }
 
+/// A row claimed again and again without being sent (held while every accounting server was
+/// down) whose first exchange then fails is tried again after the backoff of that one failed
+/// exchange — a second —, not after the five minutes its claims would make (black-box
+/// tester: a Start refused once after an outage waited five minutes at a server that answered).
+#[tokio::test]
+async fn a_rows_claims_while_held_do_not_lengthen_its_backoff() {
+    let (radius, app, dir) = portal_with_one_server().await;
+    let accounting = radius_portal::accounting::Accounting::new(
+        app.storage.clone(),
+        app.radius.clone(),
+        app.organizations.clone(),
+    );
+    // Claims dated an hour on, each running out at once: the portal's own sender (on the real
+    // clock) never finds the row free meanwhile.
+    let now = radius_portal::access_session::now_ms();
+    let later = now + 3_600_000;
+    let held = NewAccessSession {
+        start_claimed_until: Some(later),
+        ..stored_session("held-long", "127.0.1.70", now)
+    };
+    let opened = app.storage.open_session(&held).await.unwrap();
+    let mut row = opened.claimed_start.unwrap();
+    let row_id = row.id;
+    for k in 1..=9 {
+        let at = later + k;
+        row = app
+            .storage
+            .claim_session_outbox(opened.id, status_type::START, at, at)
+            .await
+            .unwrap()
+            .expect("a claim that ran out is free to take");
+    }
+    assert_eq!((row.attempts, row.transmissions), (10, 0));
+    // The server silent this time: the one exchange fails.
+    radius.pause();
+    let failed_at = radius_portal::access_session::now_ms();
+    let delivered = accounting
+        .deliver_claimed(
+            row,
+            held.opened(opened.id),
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            false,
+        )
+        .await
+        .unwrap();
+    radius.resume();
+    assert!(!delivered);
+    let file = rusqlite::Connection::open(dir.path().join("portal.db")).unwrap();
+    let (next, transmissions): (i64, i64) = file
+        .query_row(
+            "SELECT next_attempt_at, transmissions FROM accounting_outbox WHERE id = ?1",
+            [row_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(transmissions, 1);
+    // 1 s after its failure (its tenth claim's backoff would be 512 s).
+    assert!(
+        next - failed_at < 60_000,
+        "tried again {} s after the failure",
+        (next - failed_at) / 1000
+    );
+    app.stop().await;
+}
+
 /// A delivery whose claim ran out while it waited (a login's Start after minutes behind a
 /// preempted session's Stop) never sends a row another sender took meanwhile: it leaves the
 /// row to that sender, and the server gets one Start. A claim merely running short is renewed

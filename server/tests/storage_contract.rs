@@ -2068,7 +2068,7 @@ async fn postgres_database_gone_is_unavailable_not_a_fault() {
         .await
         .unwrap();
     sqlx::raw_sql(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE datname = '{name}'"
     ))
     .execute(&mut admin)
     .await

@@ -294,7 +294,8 @@ impl AccessSessions {
     /// [`AccessSessions::login`] that also stops `replaces` — the session the signing-in
     /// browser holds in the organization, at whatever address — in the same write.
     /// Every line logged on its way names the organization, the username and the client's
-    /// address (the `sign_in` span).
+    /// address (the `sign_in` span: at error level, so that it is kept with every log filter —
+    /// a span's level only decides whether it is recorded, not which of its lines are written).
     pub async fn login_replacing(
         &self,
         organization_id: &str,
@@ -305,7 +306,7 @@ impl AccessSessions {
     ) -> Result<AccessSessionRecord, SessionError> {
         use tracing::Instrument as _;
         let span =
-            tracing::info_span!("sign_in", organization = %organization_id, username, %client_ip);
+            tracing::error_span!("sign_in", organization = %organization_id, username, %client_ip);
         self.sign_in(organization_id, username, password, client_ip, replaces)
             .instrument(span)
             .await
@@ -866,7 +867,7 @@ impl AccessSessions {
         self.expiry_wake.due_at(refreshed.expires_at);
         self.events.publish(id);
         tracing::info!(acct_session_id = %refreshed.acct_session_id,
-            organization = %refreshed.organization_id, username = %refreshed.username,
+            organization = %refreshed.organization_id, username = refreshed.username.as_str(),
             "access session refreshed");
         Ok((refreshed, true))
     }

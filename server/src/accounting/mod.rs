@@ -1060,7 +1060,7 @@ impl Accounting {
                         .remove(&session.id);
                 }
                 tracing::info!(acct_session_id = %record.acct_session_id, status_type = record.status_type,
-                    organization = %session.organization_id, username = %record.username,
+                    organization = %session.organization_id, username = record.username.as_str(),
                     server = %server.name, delay_s = record.delay_secs, "accounting delivered");
                 Ok(Delivery::Delivered)
             }
@@ -1107,12 +1107,17 @@ impl Accounting {
                         server = %server.name, attempts = row.attempts, error = %e, "accounting not acknowledged; will retry");
                 }
                 let sent_to = transmitted.then_some(server.name.as_str());
-                self.release(
+                // Backed off by the exchanges that failed, not by its claims: those that found
+                // every server down (held until one is back) sent nothing, and counting them
+                // would leave the row five minutes behind a server that answers again.
+                let failed_exchanges = (row.transmissions + i64::from(transmitted)).max(1);
+                self.release_after(
                     &row,
                     &e.to_string(),
                     sent_to,
                     &seen,
                     Some(health.target(server, Port::Acct)),
+                    failed_exchanges,
                 )
                 .await
             }
@@ -1130,9 +1135,23 @@ impl Accounting {
         seen: &Recoveries,
         tried: Option<Target>,
     ) -> Result<Delivery, OutboxError> {
+        self.release_after(row, reason, sent_to, seen, tried, row.attempts)
+            .await
+    }
+
+    /// [`Self::release`] with the backoff of `failures` (1-based) instead of the row's claims.
+    async fn release_after(
+        &self,
+        row: &OutboxRow,
+        reason: &str,
+        sent_to: Option<&str>,
+        seen: &Recoveries,
+        tried: Option<Target>,
+        failures: i64,
+    ) -> Result<Delivery, OutboxError> {
         let health = self.radius.health();
         let recovered = seen.changed(health, tried);
-        let mut retry = retry_after(now_ms(), row.attempts, recovered);
+        let mut retry = retry_after(now_ms(), failures, recovered);
         self.storage
             .mark_failed(row, retry, reason, sent_to)
             .await?;

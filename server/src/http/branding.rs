@@ -58,13 +58,18 @@ pub async fn logo(
     let Some(content_type) = config::logo_content_type(&path) else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    // Replaced since the check by something else: not served as an image.
-    let bytes = read_logo(&path).await.and_then(|bytes| {
-        match config::logo_mismatch(content_type, &bytes) {
+    // Read off the async threads; replaced since the check by something else: not served as
+    // an image.
+    let read = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || config::read_logo(&path)).await
+    };
+    let bytes = read
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+        .and_then(|bytes| match config::logo_mismatch(content_type, &bytes) {
             Some(problem) => Err(std::io::Error::other(problem)),
             None => Ok(bytes),
-        }
-    });
+        });
     match bytes {
         Ok(bytes) => (
             [
@@ -80,30 +85,9 @@ pub async fn logo(
         )
             .into_response(),
         Err(e) => {
-            tracing::warn!(organization = %org.id, file = %path.display(), error = %e, "logo cannot be served");
+            // Anyone may ask for it again and again: at most a line per 5 s.
+            crate::throttled!(warn, organization = %org.id, file = %path.display(), error = %e, "logo cannot be served");
             StatusCode::NOT_FOUND.into_response()
         }
     }
-}
-
-/// Reads a logo: a regular file, at most [`config::MAX_LOGO_BYTES`] (read through one handle,
-/// so a file swapped or grown meanwhile cannot make it larger; a FIFO or device is refused
-/// before it could block).
-async fn read_logo(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    use tokio::io::AsyncReadExt;
-    let file = tokio::fs::File::open(path).await?;
-    if !file.metadata().await?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    let mut bytes = Vec::new();
-    file.take(config::MAX_LOGO_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .await?;
-    if bytes.len() as u64 > config::MAX_LOGO_BYTES {
-        return Err(std::io::Error::other(format!(
-            "more than {} bytes",
-            config::MAX_LOGO_BYTES
-        )));
-    }
-    Ok(bytes)
 }

@@ -606,14 +606,19 @@ impl StorageError {
                 sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
                 // PostgreSQL: connection exceptions (class 08), an operator or crash shutting
                 // the server down or dropping the database (57P01-57P04), the server out of
-                // resources (class 53: too many connections, disk full, out of memory), the
-                // login refused (class 28: a password changed), the database gone or not
-                // taking connections (3D000, 55000), a standby that takes no writes (25006).
+                // resources (53000, 53100 disk full, 53200 out of memory, 53300 too many
+                // connections — not 53400, a configured limit a statement exceeds), the login
+                // refused (class 28: a password changed), the database gone or not taking
+                // connections (3D000, 55000), a standby that takes no writes (25006: a
+                // failover under way).
                 sqlx::Error::Database(d) => d.code().is_some_and(|code| {
-                    ["08", "57P0", "53", "28"]
+                    ["08", "57P0", "28"]
                         .iter()
                         .any(|class| code.starts_with(class))
-                        || ["3D000", "55000", "25006"].contains(&code.as_ref())
+                        || [
+                            "53000", "53100", "53200", "53300", "3D000", "55000", "25006",
+                        ]
+                        .contains(&code.as_ref())
                 }),
                 _ => false,
             },

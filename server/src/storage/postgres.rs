@@ -54,6 +54,9 @@ const POOL_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the database is checked again while it does not answer.
 const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
+/// Connections a replica's pool opens at most, its LISTEN connection among them.
+const MAX_POOL_CONNECTIONS: u32 = 16;
+
 /// Whether PostgreSQL is known not to answer. The pool alone would make every request wait
 /// its acquire timeout (5 s) while the server is stopped — it retries a refused connection
 /// until then — and pages, `/readyz` and every background loop with them. So a request that
@@ -63,9 +66,6 @@ const RECHECK_EVERY: Duration = Duration::from_secs(1);
 /// check that connects — or that the server answers with a refusal of its own (too many
 /// clients, authentication) — ends it: a pool that was only busy, or one connection that
 /// broke, never makes requests fail.
-/// Connections a replica's pool opens at most (plus one for listening).
-const MAX_POOL_CONNECTIONS: u32 = 16;
-
 struct Reachability {
     options: PgConnectOptions,
     /// The pool: a connection of its own that still works means the server is there.
@@ -434,15 +434,16 @@ impl PgStore {
         // found out under load as Stops that wait.
         let slots: Result<i32, _> = sqlx::query_scalar(
             "SELECT current_setting('max_connections')::int \
-             - current_setting('superuser_reserved_connections')::int",
+             - current_setting('superuser_reserved_connections')::int \
+             - COALESCE(current_setting('reserved_connections', true)::int, 0)",
         )
         .fetch_one(&pool)
         .await;
         if let Ok(slots) = slots {
-            let wanted = MAX_POOL_CONNECTIONS as i32 + 1;
+            let wanted = MAX_POOL_CONNECTIONS as i32;
             if slots < wanted {
                 tracing::warn!(
-                    "PostgreSQL allows {slots} connections (max_connections less superuser_reserved_connections) and each replica may open {wanted}: under load, sign-ins fail with 503 and the background work (Stops, expiries) waits for a connection; raise max_connections to at least {wanted} per replica plus a few for operator commands"
+                    "PostgreSQL allows {slots} connections (max_connections less the reserved ones) and each replica may open {wanted}: under load, sign-ins fail with 503 and the background work (Stops, expiries) waits for a connection; raise max_connections to at least {wanted} per replica plus a few for operator commands"
                 );
             }
         }
