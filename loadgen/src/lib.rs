@@ -25,8 +25,10 @@ use std::{
 
 /// The wait before a virtual user tries again after its connection was refused.
 const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(50);
-/// A request without an answer this long fails its journey (and the connection is replaced).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request without an answer this long fails its journey (and the connection is replaced):
+/// longer than the portal's slowest documented sign-in (its login timeout, then the Start's
+/// exchange).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -503,8 +505,15 @@ fn alert_text(page: &str) -> String {
     let Some(start) = page.find("role=\"alert\"") else {
         return "(no message on the page)".into();
     };
+    // The alert element's own text: up to its end tag (a `<p>` or a `<div>`), not the form's
+    // labels after it.
     let alert = &page[start..];
-    let alert = &alert[..alert.find("</div>").unwrap_or(alert.len())];
+    let end = ["</p>", "</div>"]
+        .iter()
+        .filter_map(|tag| alert.find(tag))
+        .min()
+        .unwrap_or(alert.len());
+    let alert = &alert[..end];
     let mut text = String::new();
     let mut in_tag = true;
     for c in alert.chars() {
@@ -559,6 +568,10 @@ mod tests {
             <div role="alert" class="x"><p>Sign-in refused: <b>wrong</b> password.</p></div>"#;
         assert_eq!(form_token(page).as_deref(), Some("abc.123"));
         assert_eq!(alert_text(page), "Sign-in refused: wrong password.");
+        // The portal's own: a paragraph, followed by the form's labels.
+        let page = r#"<p id="form-error" role="alert" class="x">Please wait 1 second and try again.</p>
+            <form><label for="username">Username</label></form>"#;
+        assert_eq!(alert_text(page), "Please wait 1 second and try again.");
     }
 
     #[test]

@@ -218,21 +218,25 @@ impl PortalBackend {
     fn check_rate(&self, org_id: &str, username: &str, ip: IpAddr) -> Result<(), PortalError> {
         let now = std::time::Instant::now();
         let user_key = (org_id.to_string(), username.to_lowercase());
-        // Each limit logs on its own line: a flood from one address must not hide the guessing
-        // of one account's password from many.
-        let verdict = self
-            .per_ip
-            .check(&client_key(ip, self.ipv6_prefix), now)
-            .inspect_err(|_| {
+        let ip_key = client_key(ip, self.ipv6_prefix);
+        // Both limits or neither (an attempt one refuses costs the other nothing); each logs on
+        // its own line: a flood from one address must not hide the guessing of one account's
+        // password from many.
+        crate::http::rate_limit::check_both(
+            (&self.per_ip, &ip_key),
+            (&self.per_user, &user_key),
+            now,
+        )
+        .map_err(|(by_address, by_username, wait)| {
+            if by_address {
                 crate::throttled!(warn, organization = org_id, username, %ip, "login rate limited: too many sign-ins from this address");
-            })
-            .and_then(|()| {
-                self.per_user.check(&user_key, now).inspect_err(|_| {
-                    crate::throttled!(warn, organization = org_id, username, %ip, "login rate limited: too many sign-ins with this username");
-                })
-            });
-        verdict.map_err(|wait| PortalError::RateLimited {
-            retry_after_secs: wait.as_secs() + 1,
+            }
+            if by_username {
+                crate::throttled!(warn, organization = org_id, username, %ip, "login rate limited: too many sign-ins with this username");
+            }
+            PortalError::RateLimited {
+                retry_after_secs: wait.as_secs() + 1,
+            }
         })
     }
 

@@ -48,6 +48,15 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
         self.len() == 0
     }
 
+    /// Gives back the attempt [`RateLimiter::check`] just took for `key` (one the other limit
+    /// refused).
+    pub fn give_back(&self, key: &K) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((tokens, _)) = buckets.get_mut(key) {
+            *tokens = (*tokens + 1.0).min(self.capacity);
+        }
+    }
+
     /// Takes one attempt for `key` at `now`: Ok, or Err(time until the next attempt is allowed).
     pub fn check(&self, key: &K, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
@@ -78,6 +87,34 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
             *tokens = refilled;
             *at = now;
             Err(Duration::from_secs_f64((1.0 - refilled) / self.per_second))
+        }
+    }
+}
+
+/// Takes an attempt from two limits at once, or from neither: an attempt one of them refuses
+/// costs the other nothing (a user retrying past the per-username limit does not use up the
+/// per-address budget of everyone behind the same NAT). Err: which refused (`first`,
+/// `second`) and the wait until both allow one — the longer of their waits.
+pub fn check_both<A: Eq + Hash + Clone, B: Eq + Hash + Clone>(
+    (first, a): (&RateLimiter<A>, &A),
+    (second, b): (&RateLimiter<B>, &B),
+    now: Instant,
+) -> Result<(), (bool, bool, Duration)> {
+    match (first.check(a, now), second.check(b, now)) {
+        (Ok(()), Ok(())) => Ok(()),
+        (one, other) => {
+            if one.is_ok() {
+                first.give_back(a);
+            }
+            if other.is_ok() {
+                second.give_back(b);
+            }
+            let wait = [&one, &other]
+                .iter()
+                .filter_map(|r| r.err())
+                .max()
+                .unwrap_or_default();
+            Err((one.is_err(), other.is_err(), wait))
         }
     }
 }
@@ -148,6 +185,40 @@ mod tests {
             "one token back after 20 s"
         );
         assert!(limiter.check(&"ip", t0 + Duration::from_secs(20)).is_err());
+    }
+
+    /// Two limits together: an attempt the username's limit refuses costs the address
+    /// nothing, and the wait said is the longer of the two.
+    #[test]
+    fn an_attempt_one_limit_refuses_costs_the_other_nothing() {
+        let t0 = Instant::now();
+        let per_ip = RateLimiter::new(30, Duration::from_secs(60));
+        let per_user = RateLimiter::new(10, Duration::from_secs(60));
+        let both =
+            |user: &str, at| check_both((&per_ip, &"nat"), (&per_user, &user.to_string()), at);
+        for _ in 0..10 {
+            assert!(both("natc", t0).is_ok());
+        }
+        // Twenty more for natc: all refused by its own limit, none taken from the address.
+        for _ in 0..20 {
+            let (ip, user, wait) = both("natc", t0).unwrap_err();
+            assert!(!ip && user, "refused by the username's limit only");
+            assert!(wait > Duration::from_secs(5), "{wait:?}");
+        }
+        // Other users behind the same address still have the address's other twenty.
+        for user in ["natd", "nate"] {
+            for _ in 0..10 {
+                assert!(both(user, t0).is_ok(), "{user}");
+            }
+        }
+        // The address spent: refused by it alone, with its own wait (2 s a token).
+        let (ip, user, wait) = both("natf", t0).unwrap_err();
+        assert!(ip && !user);
+        assert!(wait <= Duration::from_secs(3), "{wait:?}");
+        // Both spent: the wait is the longer one (the username's, 6 s a token).
+        let (ip, user, wait) = both("natc", t0).unwrap_err();
+        assert!(ip && user);
+        assert!(wait >= Duration::from_secs(5), "{wait:?}");
     }
 
     #[test]
