@@ -346,7 +346,11 @@ fn reply_message(p: &Packet) -> Option<String> {
         previous_len = part.len();
         bytes.extend(part);
     }
-    let text: String = String::from_utf8_lossy(&bytes)
+    // A line break written as CR LF (or CR alone) is a line break, not a space and a break.
+    let text = String::from_utf8_lossy(&bytes)
+        .replace("\r\n", "\n")
+        .replace('\r', "\n");
+    let text: String = text
         .chars()
         .filter(|c| !matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
         .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
@@ -974,7 +978,8 @@ mod tests {
             b"\x01Line one\r\nline\ttwo\x00\x7f",
         )]))
         .unwrap();
-        assert_eq!(grant.reply_message.as_deref(), Some("Line one \nline two"));
+        // CR LF is a line break (not a space before one).
+        assert_eq!(grant.reply_message.as_deref(), Some("Line one\nline two"));
         // A right-to-left override would show the rest of the line mirrored; Hebrew reads
         // right without it.
         let grant = Grant::from_accept(&accept(&[(
@@ -1008,6 +1013,9 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(grant.reply_message, Some(format!("{long}b\nc")));
+        // Line breaks as CR LF or CR alone are line breaks.
+        let grant = Grant::from_accept(&accept(&[(attr::REPLY_MESSAGE, b"b\r\nc\rd\te")])).unwrap();
+        assert_eq!(grant.reply_message.as_deref(), Some("b\nc\nd e"));
         // Latin-1 text ending in "é" (0xE9, which only looks like a character's start): its
         // own line, the next part on the next.
         let grant = Grant::from_accept(&accept(&[
