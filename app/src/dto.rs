@@ -254,17 +254,7 @@ mod tests {
 
     #[test]
     fn statuses_read_back_as_written() {
-        let reasons = [
-            EndReason::Expired,
-            EndReason::LimitReached,
-            EndReason::Disconnected,
-            EndReason::EndedByOperator,
-            EndReason::OrganizationDisabled,
-            EndReason::Replaced,
-            EndReason::Failed,
-            EndReason::NotLinked,
-        ];
-        for status in reasons
+        for status in EndReason::ALL
             .map(SessionStatus::Ended)
             .into_iter()
             .chain([SessionStatus::NoSession])

@@ -1075,11 +1075,7 @@ async fn readiness_fails_while_every_server_is_open_circuit_and_recovers() {
 #[tokio::test]
 async fn a_rows_claims_while_held_do_not_lengthen_its_backoff() {
     let (radius, app, dir) = portal_with_one_server().await;
-    let accounting = radius_portal::accounting::Accounting::new(
-        app.storage.clone(),
-        app.radius.clone(),
-        app.organizations.clone(),
-    );
+    let accounting = own_sender(&app);
     // Claims dated an hour on, each running out at once: the portal's own sender (on the real
     // clock) never finds the row free meanwhile.
     let now = radius_portal::access_session::now_ms();
@@ -1140,11 +1136,7 @@ async fn a_rows_claims_while_held_do_not_lengthen_its_backoff() {
 #[tokio::test]
 async fn a_delivery_never_sends_a_row_whose_claim_another_sender_took() {
     let (radius, app, _dir) = portal_with_one_server().await;
-    let accounting = radius_portal::accounting::Accounting::new(
-        app.storage.clone(),
-        app.radius.clone(),
-        app.organizations.clone(),
-    );
+    let accounting = own_sender(&app);
     let now = radius_portal::access_session::now_ms();
     let session = |sid: &str, ip: &str, claimed_until: i64| NewAccessSession {
         start_claimed_until: Some(claimed_until),
@@ -1202,6 +1194,15 @@ async fn a_delivery_never_sends_a_row_whose_claim_another_sender_took() {
         .count();
     assert_eq!(starts, 1, "{:?}", radius.acct_lines());
     app.stop().await;
+}
+
+/// An accounting sender of the test's own beside the portal's (deliveries made by hand).
+fn own_sender(app: &TestApp) -> radius_portal::accounting::Accounting {
+    radius_portal::accounting::Accounting::new(
+        app.storage.clone(),
+        app.radius.clone(),
+        app.organizations.clone(),
+    )
 }
 
 /// A session of carol's at `ip` opened at `now` for an hour, as written straight into storage

@@ -961,6 +961,7 @@ impl Accounting {
                             None,
                             &seen,
                             tried,
+                            row.attempts,
                         )
                         .await;
                 }
@@ -971,7 +972,14 @@ impl Accounting {
         if health.is_open(health.target(server, Port::Acct)) {
             let tried = Some(health.target(server, Port::Acct));
             return self
-                .release(&row, "accounting server went down", None, &seen, tried)
+                .release(
+                    &row,
+                    "accounting server went down",
+                    None,
+                    &seen,
+                    tried,
+                    row.attempts,
+                )
                 .await;
         }
         // A Start that waited for its slot may have waited while the organization was
@@ -1111,7 +1119,7 @@ impl Accounting {
                 // every server down (held until one is back) sent nothing, and counting them
                 // would leave the row five minutes behind a server that answers again.
                 let failed_exchanges = (row.transmissions + i64::from(transmitted)).max(1);
-                self.release_after(
+                self.release(
                     &row,
                     &e.to_string(),
                     sent_to,
@@ -1127,20 +1135,8 @@ impl Accounting {
     /// Releases `row` for a retry after its backoff, with `reason` (`sent_to`: a packet went to
     /// that server) — or at once when another server of the organization than `tried` came
     /// back since `seen`, also while the release was being written (checked again after it).
+    /// `failures` (1-based) sets the backoff: the row's claims, or the exchanges that failed.
     async fn release(
-        &self,
-        row: &OutboxRow,
-        reason: &str,
-        sent_to: Option<&str>,
-        seen: &Recoveries,
-        tried: Option<Target>,
-    ) -> Result<Delivery, OutboxError> {
-        self.release_after(row, reason, sent_to, seen, tried, row.attempts)
-            .await
-    }
-
-    /// [`Self::release`] with the backoff of `failures` (1-based) instead of the row's claims.
-    async fn release_after(
         &self,
         row: &OutboxRow,
         reason: &str,
@@ -1266,7 +1262,9 @@ impl Accounting {
                         "accounting held: every server of the organization is down; will retry");
                 }
                 let reason = "every accounting server is down";
-                self.release(row, reason, None, seen, None).await.map(Err)
+                self.release(row, reason, None, seen, None, row.attempts)
+                    .await
+                    .map(Err)
             }
         }
     }
