@@ -544,17 +544,18 @@ pub fn redact_url(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     // The user part ends at the last `@` (a password may hold `/`, `?` or `@` unencoded): when
     // in doubt, more is hidden, never less.
-    let (user, tail) = match rest.rsplit_once('@') {
-        // An `@` in the query (a password parameter holding one): where the query's values
-        // end cannot be told, so it is hidden whole.
-        Some((user_info, _)) if !user_info.contains(':') && user_info.contains('?') => {
-            let before = rest.split_once('?').map_or(rest, |(before, _)| before);
+    // A `?` before the last `@`: a password holding one, or an `@` inside the query's values —
+    // which, cannot be told, so everything after the scheme is hidden.
+    if let (Some(question), Some(at)) = (rest.find('?'), rest.rfind('@')) {
+        if question < at {
             return if scheme.is_empty() {
-                format!("{before}?{REDACTED}")
+                REDACTED.to_string()
             } else {
-                format!("{scheme}://{before}?{REDACTED}")
+                format!("{scheme}://{REDACTED}")
             };
         }
+    }
+    let (user, tail) = match rest.rsplit_once('@') {
         Some((user_info, host_and_rest)) => match user_info.split_once(':') {
             Some((user, _password)) => (format!("{user}:{REDACTED}@"), host_and_rest),
             None => (format!("{user_info}@"), host_and_rest),
@@ -1167,17 +1168,31 @@ pub fn logo_content_type(path: &std::path::Path) -> Option<&'static str> {
 /// file swapped or grown meanwhile cannot make it larger; a FIFO or device is refused before
 /// it could block).
 pub fn read_logo(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let file = std::fs::File::open(path)?;
+    read_regular_file(path, MAX_LOGO_BYTES)
+}
+
+/// Reads a regular file of at most `max` bytes. A FIFO, device or directory is refused without
+/// blocking: looked at before it is opened, and opened without waiting (a FIFO put there
+/// meanwhile is refused as well, not waited on for a writer).
+pub fn read_regular_file(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    const O_NONBLOCK: i32 = 0o4000;
+    let not_regular =
+        || std::io::Error::other("not a regular file (a FIFO, a device or a directory)");
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(not_regular());
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NONBLOCK)
+        .open(path)?;
     if !file.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
+        return Err(not_regular());
     }
     let mut bytes = Vec::new();
-    file.take(MAX_LOGO_BYTES + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_LOGO_BYTES {
-        return Err(std::io::Error::other(format!(
-            "more than {MAX_LOGO_BYTES} bytes"
-        )));
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::other(format!("more than {max} bytes")));
     }
     Ok(bytes)
 }
@@ -1457,12 +1472,14 @@ fn load_secret(
         )),
         (Some(s), None) if !s.expose().is_empty() => Ok(s.clone()),
         (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                config_error(
-                    format!("{key}.secret_file"),
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
+            let text = read_regular_file(path, 64 * 1024)
+                .and_then(|bytes| String::from_utf8(bytes).map_err(std::io::Error::other))
+                .map_err(|e| {
+                    config_error(
+                        format!("{key}.secret_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
             let text = text.trim_end_matches(['\n', '\r']);
             if text.is_empty() {
                 return Err(config_error(
@@ -2075,6 +2092,20 @@ mod tests {
             b"<?xml version=\"1.0\"?>\n<SVG xmlns=\"http://www.w3.org/2000/svg\"/>",
         )
         .unwrap();
+        // A FIFO named as a logo is refused at once, not waited on for a writer.
+        let fifo = dir.path().join("fifo.png");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let e = Branding {
+            logo_file: Some(fifo),
+            ..Branding::default()
+        }
+        .validate("organizations[0].branding")
+        .expect_err("a FIFO is no logo");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 
     /// A value the file sets that an environment variable replaces is said, naming both; one
@@ -2579,11 +2610,21 @@ mod tests {
         // A password parameter holding an `@`: the query hidden whole.
         assert_eq!(
             redact_url("postgres://u@db/x?password=p@ss"),
-            "postgres://u@db/x?[redacted]"
+            "postgres://[redacted]"
         );
         assert_eq!(
             redact_url("postgres://db/x?sslmode=require&sslpassword=a@b"),
-            "postgres://db/x?[redacted]"
+            "postgres://[redacted]"
+        );
+        assert_eq!(
+            redact_url(
+                "postgres://portal@127.0.0.1:42708/portal?password=p@ss&sslpassword=topsecret"
+            ),
+            "postgres://[redacted]"
+        );
+        assert_eq!(
+            redact_url("postgres://portal:ab?cd@db/x"),
+            "postgres://[redacted]"
         );
         assert_eq!(
             redact_url("postgres://portal@db/portal"),
@@ -2591,7 +2632,7 @@ mod tests {
         );
         assert_eq!(
             redact_url("postgres://portal:ab/cd+e=?@x@db:5432/portal"),
-            "postgres://portal:[redacted]@db:5432/portal"
+            "postgres://[redacted]"
         );
         let bad = DatabaseSettings {
             url: Some(Secret::new("mysql://db/portal")),

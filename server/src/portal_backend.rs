@@ -874,6 +874,12 @@ fn user_error(error: SessionError) -> PortalError {
             }
             PortalError::Unavailable
         }
+        // The same, met by the Start's delivery (its acknowledgement not recorded in time).
+        SessionError::Accounting(crate::accounting::OutboxError::Storage(e))
+            if e.is_unavailable() =>
+        {
+            user_error(SessionError::Storage(e))
+        }
         SessionError::NotActive => PortalError::NoSession,
         other => internal("access-session operation", &other),
     }

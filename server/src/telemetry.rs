@@ -28,6 +28,12 @@ pub fn init(settings: &LogSettings) {
         Ok(directive) if !mentions_sqlx => filter.add_directive(directive),
         _ => filter,
     };
+    // sqlx warns of a database URL parameter it does not know with the parameter's value (an
+    // `sslpassword` in clear): never logged, whatever the filter.
+    let filter = match "sqlx_postgres::options::parse=off".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        _ => filter,
+    };
     // Colours only for a terminal: a file or a journal gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = fmt()

@@ -168,7 +168,7 @@ impl Expiry {
                 }
                 Ok(None) => longest,
                 Err(e) => {
-                    tracing::error!(error = ?e, "reading the next deadline failed");
+                    tracing::error!(error = %crate::portal_backend::error_chain(&e), "reading the next deadline failed");
                     Duration::from_secs(1)
                 }
             };

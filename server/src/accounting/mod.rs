@@ -658,7 +658,7 @@ impl Accounting {
                 Ok(Delivery::Delivered) => {}
                 Ok(_) => this.wake(),
                 Err(e) => {
-                    tracing::error!(error = ?e, "accounting delivery failed");
+                    tracing::error!(error = %crate::portal_backend::error_chain(&e), "accounting delivery failed");
                     this.wake();
                 }
             }
@@ -1449,7 +1449,9 @@ impl Accounting {
             }
             while let Some(done) = in_flight.try_join_next() {
                 match done {
-                    Ok(Err(e)) => tracing::error!(error = ?e, "accounting delivery failed"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %crate::portal_backend::error_chain(&e), "accounting delivery failed")
+                    }
                     Err(e) if e.is_panic() => tracing::error!("accounting delivery task crashed"),
                     _ => {}
                 }

@@ -306,7 +306,9 @@ async fn front_door<S: NextService>(
     use tracing::Instrument;
     let started = std::time::Instant::now();
     let id = crate::hex(&rand::random::<[u8; 8]>());
-    let span = tracing::info_span!("request", id = %id, scoped = tracing::field::Empty);
+    // At error level: kept with every filter (a span's level decides only whether it is
+    // recorded), so that the lines a request logs carry its id also at `filter = "warn"`.
+    let span = tracing::error_span!("request", id = %id, scoped = tracing::field::Empty);
     // The path before `/o/{slug}` comes off (the request logs below see the rest).
     if request.uri().path().starts_with("/o/") {
         span.record("scoped", request.uri().path());

@@ -421,13 +421,9 @@ impl PgStore {
         // One connection first: its error says what is wrong (refused, authentication, no such
         // database); the pool would only report that it timed out.
         sqlx::Connection::close(sqlx::ConnectOptions::connect(&options).await?).await?;
-        // Connections idle for a minute are given back: after one replica's burst, PostgreSQL's
-        // connection slots are free for the others' (whose background work — the Stops —
-        // would otherwise wait for a connection as long as sqlx's default ten minutes).
         let pool = PgPoolOptions::new()
             .max_connections(MAX_POOL_CONNECTIONS)
             .acquire_timeout(Duration::from_secs(5))
-            .idle_timeout(Duration::from_secs(60))
             .connect_with(options.clone())
             .await?;
         // A server that cannot give even one replica its connections: said at start-up, not
