@@ -231,6 +231,14 @@ pub async fn run() -> anyhow::Result<()> {
             if let Some(tls) = &settings.http.tls {
                 crate::http::tls::load(tls)?;
             }
+            // The RADIUS client's address as `serve` binds it (an address of this host): a
+            // socket on a port of the kernel's choosing, closed at once.
+            if let Err(e) = std::net::UdpSocket::bind((settings.radius.bind, 0)) {
+                bail!(
+                    "radius.bind: cannot bind the RADIUS client socket to {}: {e} (an IPv4 address of this host, or 0.0.0.0)",
+                    settings.radius.bind
+                );
+            }
             // The pages' files as `serve` would find them (Leptos.toml, hash.txt, the site).
             let options = leptos_options(&cli.leptos_config)?;
             say!(

@@ -485,6 +485,18 @@ fn env_overrides(
             ));
         }
     }
+    // A PostgreSQL URL from the environment over a file that names a SQLite file: the file's
+    // database is not the one used.
+    if is_set("PORTAL_DATABASE_URL")
+        && at(&written, "database", "url").is_none()
+        && at(&written, "database", "path").is_some()
+    {
+        notes.push(format!(
+            "the environment variable PORTAL_DATABASE_URL sets database.url = {}: PostgreSQL, not the configuration file's SQLite database.path = {}",
+            shown(at(&now, "database", "url")),
+            shown(at(&written, "database", "path"))
+        ));
+    }
     notes
 }
 
@@ -2139,6 +2151,23 @@ mod tests {
         // Not in the file: nothing replaced.
         assert!(!notes.contains("metrics"), "{notes}");
         assert_eq!(notes.lines().count(), 3, "{notes}");
+        // A PostgreSQL URL over the file's SQLite path is said too (without its password).
+        let text_path = text.replace(
+            "url = \"postgres://p:pw1@db/x\"",
+            "path = \"/var/lib/portal.db\"",
+        );
+        let file_path = toml::Value::try_from(Settings::from_toml(&text_path).unwrap()).unwrap();
+        let url =
+            |k: &str| (k == "PORTAL_DATABASE_URL").then(|| "postgres://p:pw2@db2/x".to_string());
+        let mut now = Settings::from_toml(&text_path).unwrap();
+        now.apply_env(url).unwrap();
+        let notes = env_overrides(&text_path, &file_path, &now, |k| url(k).is_some()).join("\n");
+        assert!(
+            notes.contains("PORTAL_DATABASE_URL sets database.url")
+                && notes.contains("/var/lib/portal.db")
+                && !notes.contains("pw2"),
+            "{notes}"
+        );
         // Of two variables for one key, the one in effect is named.
         let both = |k: &str| match k {
             "PORT" => Some("42350".to_string()),

@@ -492,7 +492,9 @@ impl DynAuthListener {
         let reply = |code: Code, cause: Option<u32>| reply_to(request, code, cause);
         let identification = Identification::of(request);
         if identification.has_malformed_address() {
-            crate::throttled!(info, client, code = ?request.code(), "Dynamic Authorization request with an address attribute that is no address");
+            let (attribute, length) = wrong_length_address(request).unwrap_or(("?", 0));
+            crate::throttled!(info, client, code = ?request.code(), attribute, length,
+                "Dynamic Authorization request with an address attribute that is no address");
             return reply(nak, Some(INVALID_ATTRIBUTE_VALUE));
         }
         if identification.only_foreign() {
@@ -694,6 +696,25 @@ impl Identification {
     }
 }
 
+/// The first address attribute of `request` whose value is not its family's length (4 bytes
+/// for IPv4, 16 for IPv6): its name and length, for the log.
+fn wrong_length_address(request: &Packet) -> Option<(&'static str, usize)> {
+    [
+        (attr::FRAMED_IP_ADDRESS, 4, "Framed-IP-Address"),
+        (attr::FRAMED_IPV6_ADDRESS, 16, "Framed-IPv6-Address"),
+        (attr::NAS_IP_ADDRESS, 4, "NAS-IP-Address"),
+        (attr::NAS_IPV6_ADDRESS, 16, "NAS-IPv6-Address"),
+    ]
+    .into_iter()
+    .find_map(|(typ, wanted, name)| {
+        request
+            .get_all(typ)
+            .into_iter()
+            .find(|value| value.len() != wanted)
+            .map(|value| (name, value.len()))
+    })
+}
+
 /// What a malformed address attribute reads as: it names no one.
 const MALFORMED: &str = "(malformed)";
 
@@ -782,6 +803,11 @@ mod tests {
         assert!(request(&[(attr::NAS_IPV6_ADDRESS, &[10, 0, 0, 1])]).has_malformed_address());
         assert!(request(&[(attr::NAS_IP_ADDRESS, &[0x20; 16])]).has_malformed_address());
         assert!(!request(&[(attr::FRAMED_IPV6_ADDRESS, &[0x20; 16])]).has_malformed_address());
+        // The log names the attribute and its length.
+        let mut p = Packet::new(Code::DisconnectRequest, 1, [0; 16], b"s");
+        p.push(attr::FRAMED_IP_ADDRESS, [10, 0, 0, 5]);
+        p.push(attr::FRAMED_IPV6_ADDRESS, [127, 0, 0, 3]);
+        assert_eq!(wrong_length_address(&p), Some(("Framed-IPv6-Address", 4)));
         assert!(!request(&[
             (attr::FRAMED_IP_ADDRESS, &[10, 0, 0, 5]),
             (attr::CALLING_STATION_ID, b"not an address"),

@@ -430,6 +430,23 @@ fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
         "{stdout}"
     );
     assert!(!stdout.contains("very-secret-value"));
+    // A RADIUS client address that is not this host's is refused here, naming the key, not
+    // first by `serve`.
+    let foreign = dir.path().join("foreign-bind.toml");
+    std::fs::write(
+        &foreign,
+        format!(
+            "[radius]\nbind = \"192.0.2.77\"\n{}",
+            std::fs::read_to_string(&good).unwrap()
+        ),
+    )
+    .unwrap();
+    let refused = portal(&["--config", foreign.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("radius.bind"), "{stderr}");
     // A listener that does not run is said to be off, not only listed with its default.
     assert!(
         stdout.contains("Disconnect/CoA listener (RFC 5176): off"),
