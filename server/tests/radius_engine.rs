@@ -102,43 +102,47 @@ fn pass_on(front: &Arc<UdpSocket>, request: Vec<u8>, from: SocketAddr, upstream:
     });
 }
 
-/// A UDP relay in front of real servers: each request goes where `route` says (nowhere: None),
-/// its reply back to the sender.
-async fn relay(route: impl Fn(&[u8]) -> Option<SocketAddr> + Send + 'static) -> SocketAddr {
+/// A UDP socket on loopback that hands each datagram it receives to `handle` (with the socket,
+/// to answer from, and the sender); its address.
+async fn udp_front(
+    handle: impl Fn(&Arc<UdpSocket>, Vec<u8>, SocketAddr) + Send + 'static,
+) -> SocketAddr {
     let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let addr = front.local_addr().unwrap();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
         loop {
             let (len, from) = front.recv_from(&mut buf).await.unwrap();
-            if let Some(upstream) = route(&buf[..len]) {
-                pass_on(&front, buf[..len].to_vec(), from, upstream);
-            }
+            handle(&front, buf[..len].to_vec(), from);
         }
     });
     addr
 }
 
+/// A UDP relay in front of real servers: each request goes where `route` says (nowhere: None),
+/// its reply back to the sender.
+async fn relay(route: impl Fn(&[u8]) -> Option<SocketAddr> + Send + 'static) -> SocketAddr {
+    udp_front(move |front, request, from| {
+        if let Some(upstream) = route(&request) {
+            pass_on(front, request, from, upstream);
+        }
+    })
+    .await
+}
+
 /// A UDP relay in front of a real server that answers every request with forgeries first,
 /// then passes the genuine reply on.
 async fn forging_relay(upstream: SocketAddr) -> SocketAddr {
-    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let addr = front.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let (len, from) = front.recv_from(&mut buf).await.unwrap();
-            let request = buf[..len].to_vec();
-            let front = front.clone();
-            tokio::spawn(async move {
-                for forged in forgeries(&request) {
-                    front.send_to(&forged, from).await.unwrap();
-                }
-                pass_on(&front, request, from, upstream);
-            });
-        }
-    });
-    addr
+    udp_front(move |front, request, from| {
+        let front = front.clone();
+        tokio::spawn(async move {
+            for forged in forgeries(&request) {
+                front.send_to(&forged, from).await.unwrap();
+            }
+            pass_on(&front, request, from, upstream);
+        });
+    })
+    .await
 }
 
 #[tokio::test]
