@@ -1143,18 +1143,20 @@ impl PortalService for PortalBackend {
                 let ended_here = self.sessions.disconnect(id).await.map_err(user_error)?;
                 // Why it had ended, if not by this press (as its page would say; a read that
                 // fails says nothing more).
-                let reason = match ended_here {
-                    true => None,
-                    false => match self.status_of(Some(id)).await {
-                        Ok(SessionStatus::Ended(reason)) => Some(reason),
-                        _ => None,
-                    },
+                let notice = if ended_here {
+                    app::dto::Notice::Disconnected
+                } else {
+                    match self.status_of(Some(id)).await {
+                        Ok(SessionStatus::Ended(EndReason::Disconnected)) => {
+                            app::dto::Notice::Disconnected
+                        }
+                        Ok(SessionStatus::Ended(reason)) => {
+                            app::dto::Notice::AlreadyEnded(Some(reason))
+                        }
+                        _ => app::dto::Notice::AlreadyEnded(None),
+                    }
                 };
-                crate::http::flash::mark_notice(match reason {
-                    None if ended_here => app::dto::Notice::Disconnected,
-                    Some(EndReason::Disconnected) => app::dto::Notice::Disconnected,
-                    reason => app::dto::Notice::AlreadyEnded(reason),
-                });
+                crate::http::flash::mark_notice(notice);
                 // Ended either way: a web session that cannot be written now (the database
                 // away, a full disk) still names the ended session, which its pages show as
                 // such — not a failed Disconnect.
