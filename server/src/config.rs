@@ -554,10 +554,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// [`REDACTED`]: `check-config` shows where the portal connects, never how it logs in.
 pub fn redact_url(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    // The user part ends at the last `@` (a password may hold `/`, `?` or `@` unencoded): when
-    // in doubt, more is hidden, never less.
-    // A `?` before the last `@`: a password holding one, or an `@` inside the query's values —
-    // which, cannot be told, so everything after the scheme is hidden.
+    // When in doubt, more is hidden, never less. A `?` before the last `@`: a password holding
+    // one, or an `@` inside the query's values — which, cannot be told, so everything after the
+    // scheme is hidden.
     if let (Some(question), Some(at)) = (rest.find('?'), rest.rfind('@')) {
         if question < at {
             return if scheme.is_empty() {
@@ -567,6 +566,7 @@ pub fn redact_url(url: &str) -> String {
             };
         }
     }
+    // Otherwise the user part ends at the last `@` (a password may hold `/` or `@` unencoded).
     let (user, tail) = match rest.rsplit_once('@') {
         Some((user_info, host_and_rest)) => match user_info.split_once(':') {
             Some((user, _password)) => (format!("{user}:{REDACTED}@"), host_and_rest),
@@ -1121,7 +1121,7 @@ impl Branding {
             }
         }
         if let Some(path) = &self.logo_file {
-            logo_content_type(path).ok_or_else(|| {
+            let content_type = logo_content_type(path).ok_or_else(|| {
                 config_error(
                     format!("{key}.logo_file"),
                     format!(
@@ -1153,7 +1153,7 @@ impl Branding {
                     format!("cannot read `{}`: {e}", path.display()),
                 )
             })?;
-            if let Some(problem) = logo_content_type(path).and_then(|t| logo_mismatch(t, &bytes)) {
+            if let Some(problem) = logo_mismatch(content_type, &bytes) {
                 return Err(config_error(
                     format!("{key}.logo_file"),
                     format!("`{}` {problem}", path.display()),
