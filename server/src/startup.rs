@@ -226,6 +226,10 @@ impl Application {
                     settings.database.location()
                 )
             })?;
+        if let Err(e) = storage.open_background().await {
+            tracing::warn!(error = %crate::portal_backend::error_chain(&e),
+                "the background work's own database connections could not all be opened: Stops and expiries may wait behind requests for a connection");
+        }
         // The demo's built-in RADIUS server listens on new ports at every start: the same
         // server, so its sessions' accounting follows it there.
         let moves = if demo {

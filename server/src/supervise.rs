@@ -49,7 +49,8 @@ impl TaskHealth {
     }
 }
 
-/// Runs `make()`'s future as a task; restarts it whenever it panics, until it returns.
+/// Runs `make()`'s future as a task, as background work ([`crate::storage::background`]);
+/// restarts it whenever it panics, until it returns.
 pub fn spawn<F, Fut>(health: TaskHealth, name: impl Into<String>, make: F) -> JoinHandle<()>
 where
     F: Fn() -> Fut + Send + 'static,
@@ -58,7 +59,7 @@ where
     let name = name.into();
     tokio::spawn(async move {
         loop {
-            match tokio::spawn(make()).await {
+            match tokio::spawn(crate::storage::background(make())).await {
                 Ok(()) => return,
                 Err(e) if e.is_panic() => {
                     health.set(&name, true);
@@ -100,5 +101,37 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 2, "restarted once");
         assert!(health.down().is_empty());
         assert_eq!(health.crashes("flaky"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_supervised_task_and_what_it_starts_on_its_lane_are_background_work() {
+        use crate::storage::{in_background, same_lane};
+        assert!(!in_background());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        spawn(TaskHealth::default(), "loop", move || {
+            let record = record.clone();
+            async move {
+                record.lock().unwrap().push(in_background());
+                let inner = record.clone();
+                tokio::spawn(same_lane(async move {
+                    inner.lock().unwrap().push(in_background());
+                }))
+                .await
+                .unwrap();
+                // A task started without it is not (as a request's is not).
+                let plain = record.clone();
+                tokio::spawn(async move { plain.lock().unwrap().push(in_background()) })
+                    .await
+                    .unwrap();
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![true, true, false]);
+        // A request's task starting one on its lane: not background work either.
+        assert!(!tokio::spawn(same_lane(async { in_background() }))
+            .await
+            .unwrap());
     }
 }

@@ -2097,3 +2097,67 @@ async fn postgres_database_gone_is_unavailable_not_a_fault() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Requests holding every connection they may have (a burst, a server with few connection
+/// slots) never keep background work — a Stop's delivery, an expiry — waiting: it has
+/// connections of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_background_work_has_connections_requests_cannot_take() {
+    use sqlx::Connection;
+    let db = Db::new(Kind::Postgres).await;
+    let Place::Postgres(url) = &db.place else {
+        unreachable!()
+    };
+    let storage = db.storage.clone();
+    storage.open_background().await.unwrap();
+    // An outside transaction holds the lock a sign-in of 10.0.0.1 to acme takes first: sign-ins
+    // of that address wait there, each holding a connection.
+    let mut blocker = sqlx::PgConnection::connect(url).await.unwrap();
+    let mut held = blocker.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(1) || $2, 0))")
+        .bind("acme")
+        .bind("10.0.0.1")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let waiting: Vec<_> = (0..24)
+        .map(|i| {
+            let s = storage.clone();
+            tokio::spawn(async move { s.open_session(&login("10.0.0.1", T0 + i, MINUTE)).await })
+        })
+        .collect();
+    let mut watch = sqlx::PgConnection::connect(url).await.unwrap();
+    // The requests' connections are all taken once no more join, a moment after the first.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut most = 0;
+    loop {
+        let now: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE application_name = 'radius-portal' AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut watch)
+        .await
+        .unwrap();
+        if now > 0 && now == most {
+            break;
+        }
+        most = now;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sign-ins not waiting: {now}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(most < 24, "requests hold no more than their share: {most}");
+    // Background work still gets a connection at once (on one shared pool it waited for its
+    // acquire timeout, 5 s, and failed) …
+    let counted = radius_portal::storage::background(storage.active_sessions()).await;
+    assert_eq!(counted.unwrap(), 0);
+    // … while a request finds none (its acquire times out before the sign-ins' lock timeout).
+    let refused = storage.active_sessions().await.unwrap_err();
+    assert!(refused.is_unavailable(), "{refused:?}");
+    held.rollback().await.unwrap();
+    for w in waiting {
+        let _ = w.await.unwrap();
+    }
+}

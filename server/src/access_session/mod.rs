@@ -968,7 +968,8 @@ impl AccessSessions {
         if first.is_err() {
             self.unlinked_set().insert(id, failed_at);
             let this = self.clone();
-            tokio::spawn(async move {
+            // Background work: a Stop must not wait behind requests for a connection.
+            tokio::spawn(crate::storage::background(async move {
                 let mut wait = std::time::Duration::from_secs(1);
                 for _ in 0..25 {
                     tokio::time::sleep(wait).await;
@@ -1001,7 +1002,7 @@ impl AccessSessions {
                     session = id,
                     "a session whose sign-in failed could not be ended: it ends at its deadline (`session terminate` ends it now)"
                 );
-            });
+            }));
         }
         first
     }

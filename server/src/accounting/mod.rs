@@ -623,7 +623,9 @@ impl Accounting {
             let mut sent = JoinSet::new();
             for copy in copies {
                 let this = self.clone();
-                sent.spawn(async move { this.deliver(copy, Some(deadline), None, false).await });
+                sent.spawn(crate::storage::same_lane(async move {
+                    this.deliver(copy, Some(deadline), None, false).await
+                }));
             }
             while sent.join_next().await.is_some() {}
         }
@@ -652,7 +654,7 @@ impl Accounting {
     pub fn send_claimed(&self, row: OutboxRow, session: AccessSessionRecord) {
         let this = self.clone();
         let inline = self.inline_delivery(row.access_session_id);
-        self.claimed.spawn(async move {
+        self.claimed.spawn(crate::storage::same_lane(async move {
             let _inline = inline;
             match this.deliver(row, None, Some(session), false).await {
                 Ok(Delivery::Delivered) => {}
@@ -662,7 +664,7 @@ impl Accounting {
                     this.wake();
                 }
             }
-        });
+        }));
     }
 
     async fn dead_letter(
@@ -1370,7 +1372,9 @@ impl Accounting {
                 for row in rows {
                     if in_flight_ids.insert(row.id) {
                         let this = self.clone();
-                        in_flight.spawn(async move { this.deliver(row, None, None, false).await });
+                        in_flight.spawn(crate::storage::same_lane(async move {
+                            this.deliver(row, None, None, false).await
+                        }));
                     }
                 }
                 if in_flight.is_empty() && self.claimed.is_empty() {
@@ -1481,12 +1485,12 @@ impl Accounting {
                             }
                             let this = self.clone();
                             let done = done_tx.clone();
-                            in_flight.spawn(async move {
+                            in_flight.spawn(crate::storage::same_lane(async move {
                                 let id = row.id;
                                 let outcome = this.deliver(row, None, None, false).await;
                                 let _ = done.send(id);
                                 outcome
-                            });
+                            }));
                         }
                     }
                     Err(e) => {
@@ -1590,7 +1594,7 @@ where
         // Not done: the rest runs as a task, tracked before the caller's token goes. (A runtime
         // shutting down cancels it at once; that is the process ending, as with kill -9.)
         if tokio::runtime::Handle::try_current().is_ok() {
-            token.task_tracker().spawn(work);
+            token.task_tracker().spawn(crate::storage::same_lane(work));
         } else {
             tracing::warn!("work that was to run to its end was dropped outside the runtime");
         }

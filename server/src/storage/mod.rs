@@ -41,6 +41,30 @@ macro_rules! stop_asked_at {
 pub(crate) use stop_asked_at;
 
 mod engine;
+
+tokio::task_local! {
+    /// Set for the portal's background work ([`background`]).
+    static BACKGROUND: bool;
+}
+
+/// Runs `work` as background work: the supervised loops (expiry, accounting, organization
+/// jobs, notices, pruning) and what they start. On PostgreSQL it takes connections of its own
+/// (`postgres::BACKGROUND_CONNECTIONS`), so requests holding every other connection — a burst,
+/// a server that allows fewer connections than the pool's size — never keep a Stop waiting.
+pub fn background<F: std::future::Future>(work: F) -> impl std::future::Future<Output = F::Output> {
+    BACKGROUND.scope(true, work)
+}
+
+/// `work` on the same footing as the caller's task (background or not), for a task the caller
+/// starts: a spawned task does not inherit it by itself.
+pub fn same_lane<F: std::future::Future>(work: F) -> impl std::future::Future<Output = F::Output> {
+    BACKGROUND.scope(in_background(), work)
+}
+
+/// Whether the current task is background work ([`background`]).
+pub(crate) fn in_background() -> bool {
+    BACKGROUND.try_with(|b| *b).unwrap_or(false)
+}
 pub mod organizations;
 pub mod postgres;
 pub mod sqlite;
@@ -419,6 +443,15 @@ impl Storage {
         match &settings.url {
             Some(url) => Storage::open_postgres(url.expose()).await,
             None => Storage::open(&settings.path).await,
+        }
+    }
+
+    /// Opens what `serve`'s background work keeps for itself: on PostgreSQL, its own
+    /// connections ([`background`]); nothing on SQLite. Err: not all of them could be opened.
+    pub async fn open_background(&self) -> Result<(), StorageError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(store) => store.open_background().await,
         }
     }
 

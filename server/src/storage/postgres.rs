@@ -40,7 +40,12 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 /// The PostgreSQL backend. Cheap to clone.
 #[derive(Clone)]
 pub struct PgStore {
-    pool: PgPool,
+    /// Requests' connections.
+    requests: PgPool,
+    /// Background work's connections ([`super::background`]), the LISTEN connection among
+    /// them: opened at start-up and kept, so requests holding every connection they may have
+    /// never keep a Stop or an expiry waiting.
+    background: PgPool,
     /// This process, in the announcements it makes (random per process).
     origin: Arc<str>,
     /// Whether the server is known not to answer (every request then fails at once).
@@ -54,8 +59,16 @@ const POOL_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the database is checked again while it does not answer.
 const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// Connections a replica's pool opens at most, its LISTEN connection among them.
-const MAX_POOL_CONNECTIONS: u32 = 16;
+/// Connections a replica opens at most: requests' and background work's together.
+const MAX_POOL_CONNECTIONS: u32 = REQUEST_CONNECTIONS + BACKGROUND_CONNECTIONS;
+/// Connections requests may hold at once.
+const REQUEST_CONNECTIONS: u32 = 11;
+/// Background work's own connections, the LISTEN connection among them.
+pub(crate) const BACKGROUND_CONNECTIONS: u32 = 5;
+/// How long a request waits for a connection; background work waits longer (it has no user
+/// waiting, and a burst of deliveries queues for its few connections).
+const REQUEST_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKGROUND_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Whether PostgreSQL is known not to answer. The pool alone would make every request wait
 /// its acquire timeout (5 s) while the server is stopped — it retries a refused connection
@@ -68,7 +81,8 @@ const MAX_POOL_CONNECTIONS: u32 = 16;
 /// broke, never makes requests fail.
 struct Reachability {
     options: PgConnectOptions,
-    /// The pool: a connection of its own that still works means the server is there.
+    /// Background work's pool (its connections are kept): one that still works means the
+    /// server is there.
     pool: PgPool,
     /// Why the last check failed; None while the server answers.
     down: std::sync::Mutex<Option<String>>,
@@ -380,7 +394,7 @@ impl PgStore {
     pub async fn open(url: &str) -> Result<PgStore, StorageError> {
         let store = Self::connect(url).await?;
         sqlx::migrate!("./migrations/postgres")
-            .run(&store.pool)
+            .run(store.pool())
             .await?;
         Ok(store)
     }
@@ -392,7 +406,7 @@ impl PgStore {
     ) -> Result<(PgStore, Option<Result<String, String>>), StorageError> {
         let store = Self::connect(url).await?;
         let applied: Vec<(i64, bool, Vec<u8>)> = match sqlx::query_as(super::APPLIED_MIGRATIONS)
-            .fetch_all(&store.pool)
+            .fetch_all(store.pool())
             .await
         {
             Ok(rows) => rows,
@@ -422,10 +436,19 @@ impl PgStore {
         // database); the pool would only report that it timed out.
         sqlx::Connection::close(sqlx::ConnectOptions::connect(&options).await?).await?;
         let pool = PgPoolOptions::new()
-            .max_connections(MAX_POOL_CONNECTIONS)
-            .acquire_timeout(Duration::from_secs(5))
+            .max_connections(REQUEST_CONNECTIONS)
+            .acquire_timeout(REQUEST_ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
             .await?;
+        // Background work's connections: opened when `serve` starts ([`Self::open_background`];
+        // operator commands never use them), and kept — a connection that breaks is opened
+        // again when wanted.
+        let background = PgPoolOptions::new()
+            .max_connections(BACKGROUND_CONNECTIONS)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(BACKGROUND_ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.clone());
         // A server that cannot give even one replica its connections: said at start-up, not
         // found out under load as Stops that wait.
         let slots: Result<i32, _> = sqlx::query_scalar(
@@ -439,27 +462,40 @@ impl PgStore {
             let wanted = MAX_POOL_CONNECTIONS as i32;
             if slots < wanted {
                 tracing::warn!(
-                    "PostgreSQL allows {slots} connections (max_connections less the reserved ones) and each replica may open {wanted}: under load, sign-ins fail with 503 and the background work (Stops, expiries) waits for a connection; raise max_connections to at least {wanted} per replica plus a few for operator commands"
+                    "PostgreSQL allows {slots} connections (max_connections less the reserved ones) and each replica may open {wanted}: under load, sign-ins fail with 503; raise max_connections to at least {wanted} per replica plus a few for operator commands"
                 );
             }
         }
         let reach = Arc::new(Reachability {
             options,
-            pool: pool.clone(),
+            pool: background.clone(),
             down: std::sync::Mutex::new(None),
             checking: std::sync::atomic::AtomicBool::new(false),
         });
         let origin: u64 = rand::random();
         Ok(PgStore {
-            pool,
+            requests: pool,
+            background,
             origin: format!("{origin:016x}").into(),
             reach,
         })
     }
 
+    /// Opens background work's connections now, as a replica starts: it has them before a
+    /// burst of requests can take the server's last connection slots. Err: not all of them
+    /// could be opened (the server allows too few; each is opened when wanted).
+    pub(crate) async fn open_background(&self) -> Result<(), StorageError> {
+        // Held together, so each is a connection of its own; given back idle when dropped.
+        let mut held = Vec::new();
+        for _ in 0..BACKGROUND_CONNECTIONS {
+            held.push(self.background.acquire().await?);
+        }
+        Ok(())
+    }
+
     /// Listens for other processes' announcements (a connection of its own).
     pub(crate) async fn listen(&self) -> Result<NoticeListener, StorageError> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
+        let mut listener = PgListener::connect_with(&self.background).await?;
         listener.listen(CHANNEL).await?;
         Ok(NoticeListener {
             listener,
@@ -468,7 +504,7 @@ impl PgStore {
     }
 
     async fn announce(&self, notices: &[Notice]) -> Result<(), StorageError> {
-        let mut c = self.pool.acquire().await?;
+        let mut c = self.pool().acquire().await?;
         notify(&mut c, &self.origin, notices).await
     }
 
@@ -482,7 +518,7 @@ impl PgStore {
         E: Into<StorageError>,
     {
         self.reach.admit()?;
-        let result = work(&self.pool).await.map_err(Into::into);
+        let result = work(self.pool()).await.map_err(Into::into);
         if let Err(e) = &result {
             self.reach.observe(e);
         }
@@ -491,7 +527,16 @@ impl PgStore {
 
     /// The pool is open (connections are made on demand; `ping` checks one answers).
     pub(crate) fn writable(&self) -> bool {
-        !self.pool.is_closed()
+        !self.requests.is_closed() && !self.background.is_closed()
+    }
+
+    /// The connections of the work at hand: background work's own, or requests'.
+    fn pool(&self) -> &PgPool {
+        if super::in_background() {
+            &self.background
+        } else {
+            &self.requests
+        }
     }
 }
 
@@ -671,11 +716,11 @@ impl SessionStore for PgStore {
         .bind(name)
         .bind(fresh.as_slice())
         .bind(crate::access_session::now_ms())
-        .execute(&self.pool)
+        .execute(self.pool())
         .await?;
         let stored: Vec<u8> = sqlx::query_scalar("SELECT value FROM app_secrets WHERE name = $1")
             .bind(name)
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await?;
         stored
             .try_into()
@@ -684,12 +729,12 @@ impl SessionStore for PgStore {
 
     async fn web_session_count(&self) -> Result<i64, StorageError> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM tower_sessions")
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await?)
     }
 
     async fn open_session(&self, new: &NewAccessSession) -> Result<OpenedSession, StorageError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(1) || $2, 0))")
             .bind(&new.organization_id)
             .bind(&new.client_ip)
@@ -780,7 +825,7 @@ impl SessionStore for PgStore {
     }
 
     async fn session(&self, id: i64) -> Result<Option<AccessSessionRecord>, StorageError> {
-        let mut c = self.pool.acquire().await?;
+        let mut c = self.pool().acquire().await?;
         session_by_id(&mut c, id).await
     }
 
@@ -790,7 +835,7 @@ impl SessionStore for PgStore {
         now: i64,
         expires_at: i64,
     ) -> Result<Option<AccessSessionRecord>, StorageError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         // A disable committed since the guard read the flag denies it; one under way waits
         // for this transaction (the row is held), and its stop job then finds the session.
         let found: Option<(bool, Option<i64>)> = sqlx::query_as(concat!(
@@ -838,7 +883,7 @@ impl SessionStore for PgStore {
     }
 
     async fn stop_session(&self, id: i64, cause: u32, event_at: i64) -> Result<bool, StorageError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         if !stop_in(&mut tx, id, cause, event_at).await? {
             return Ok(false);
         }
@@ -850,7 +895,7 @@ impl SessionStore for PgStore {
     async fn stop_due_sessions(&self, now: i64) -> Result<Vec<Stopped>, StorageError> {
         let mut all = Vec::new();
         loop {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool().begin().await?;
             // An operator's stop asked for before the deadline and not yet made ends the
             // session then (Admin-Reset; its job finds it ended).
             let chunk = sqlx::query(stop_sessions!(concat!(
@@ -891,7 +936,7 @@ impl SessionStore for PgStore {
         event_at: i64,
         limit: i64,
     ) -> Result<Vec<i64>, StorageError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         // The organization's row is read under a share lock, as a login and a refresh read it:
         // an enable committed meanwhile is seen, and one not yet committed waits for this. So
         // is the job's row: an enable closes the job, and a closed job stops nothing more (a
@@ -940,7 +985,7 @@ impl SessionStore for PgStore {
         .bind(now)
         .bind(i64::from(status_type::INTERIM_UPDATE))
         .bind(AUTH_SERVER_DESTINATION)
-        .fetch_one(&self.pool)
+        .fetch_one(self.pool())
         .await?;
         Ok(queued as usize)
     }
@@ -953,7 +998,7 @@ impl SessionStore for PgStore {
             super::no_stop_pending!(),
             " ORDER BY s.next_interim_at LIMIT 1"
         ))
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool())
         .await?)
     }
 
@@ -969,7 +1014,7 @@ impl SessionStore for PgStore {
         .bind(organization_id)
         .bind(client_ip)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool())
         .await?
         .as_ref()
         .map(session_from_row)
@@ -986,7 +1031,7 @@ impl SessionStore for PgStore {
                     "WHERE state = 'active' AND acct_session_id = $1"
                 ))
                 .bind(id)
-                .fetch_all(&self.pool)
+                .fetch_all(self.pool())
                 .await?
             }
             SessionMatch::ClientIp(ip) => {
@@ -994,7 +1039,7 @@ impl SessionStore for PgStore {
                     "WHERE state = 'active' AND client_ip = $1"
                 ))
                 .bind(ip)
-                .fetch_all(&self.pool)
+                .fetch_all(self.pool())
                 .await?
             }
             SessionMatch::UserName(username) => {
@@ -1002,7 +1047,7 @@ impl SessionStore for PgStore {
                     "WHERE state = 'active' AND username = $1"
                 ))
                 .bind(username)
-                .fetch_all(&self.pool)
+                .fetch_all(self.pool())
                 .await?
             }
             SessionMatch::Class(class) => {
@@ -1010,7 +1055,7 @@ impl SessionStore for PgStore {
                     "WHERE state = 'active' AND id IN (SELECT access_session_id FROM session_classes WHERE class = $1)"
                 ))
                 .bind(class)
-                .fetch_all(&self.pool)
+                .fetch_all(self.pool())
                 .await?
             }
         };
@@ -1027,7 +1072,7 @@ impl SessionStore for PgStore {
         ))
         .bind(organization_id)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?;
         sessions(&rows)
     }
@@ -1038,7 +1083,7 @@ impl SessionStore for PgStore {
     ) -> Result<Option<AccessSessionRecord>, StorageError> {
         sqlx::query(select_sessions!("WHERE acct_session_id = $1"))
             .bind(acct_session_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool())
             .await?
             .as_ref()
             .map(session_from_row)
@@ -1050,14 +1095,14 @@ impl SessionStore for PgStore {
             sqlx::query_scalar(
                 "SELECT MIN(expires_at) FROM access_sessions WHERE state = 'active'",
             )
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await?,
         )
     }
 
     async fn ping(&self) -> Result<(), StorageError> {
         sqlx::query_scalar::<_, i64>("SELECT value FROM organization_revision WHERE id = 1")
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await?;
         Ok(())
     }
@@ -1065,7 +1110,7 @@ impl SessionStore for PgStore {
     async fn active_sessions(&self) -> Result<i64, StorageError> {
         Ok(
             sqlx::query_scalar("SELECT COUNT(*) FROM access_sessions WHERE state = 'active'")
-                .fetch_one(&self.pool)
+                .fetch_one(self.pool())
                 .await?,
         )
     }
@@ -1087,7 +1132,7 @@ impl SessionStore for PgStore {
         .bind(lease_until)
         .bind(now)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?;
         let mut rows = rows
             .iter()
@@ -1104,7 +1149,7 @@ impl SessionStore for PgStore {
         now: i64,
         lease_until: i64,
     ) -> Result<Option<OutboxRow>, StorageError> {
-        let mut c = self.pool.acquire().await?;
+        let mut c = self.pool().acquire().await?;
         claim_session_in(&mut c, access_session_id, status_type, now, lease_until).await
     }
 
@@ -1115,7 +1160,7 @@ impl SessionStore for PgStore {
         event_at: i64,
         lease_until: i64,
     ) -> Result<StopOutcome, StorageError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         if !stop_in(&mut tx, id, cause, event_at).await? {
             return Ok(StopOutcome::NotActive);
         }
@@ -1149,7 +1194,7 @@ impl SessionStore for PgStore {
         // A Start or Interim-Update acknowledged by another server than the session's may have
         // opened the session there (rare: a failover).
         if let Some((ack, server)) = ack.and_then(|a| Some((a, a.remembered()?))) {
-            let mut c = self.pool.acquire().await?;
+            let mut c = self.pool().acquire().await?;
             remember_sent(&mut c, ack.access_session_id, server).await?;
         }
         let Some(ack) = ack.filter(|a| a.stop) else {
@@ -1159,7 +1204,7 @@ impl SessionStore for PgStore {
             )
             .bind(now)
             .bind(id)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await?;
             return Ok(0);
         };
@@ -1183,7 +1228,7 @@ impl SessionStore for PgStore {
         .bind(ack.access_session_id)
         .bind(ack.own)
         .bind(ack.by)
-        .execute(&self.pool)
+        .execute(self.pool())
         .await?
         .rows_affected();
         Ok(copies)
@@ -1207,7 +1252,7 @@ impl SessionStore for PgStore {
         .bind(lease_until)
         .bind(access_session_id)
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?;
         rows.iter().map(outbox_from_row).collect()
     }
@@ -1220,7 +1265,7 @@ impl SessionStore for PgStore {
         )
         .bind(access_session_id)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(self.pool())
         .await?)
     }
 
@@ -1229,7 +1274,7 @@ impl SessionStore for PgStore {
         access_session_id: i64,
         server: &str,
     ) -> Result<(), StorageError> {
-        let mut c = self.pool.acquire().await?;
+        let mut c = self.pool().acquire().await?;
         remember_sent(&mut c, access_session_id, server).await
     }
 
@@ -1237,7 +1282,7 @@ impl SessionStore for PgStore {
         sqlx::query("UPDATE access_sessions SET server_name = $1 WHERE id = $2")
             .bind(server_name)
             .bind(id)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await?;
         Ok(())
     }
@@ -1267,7 +1312,7 @@ impl SessionStore for PgStore {
         .bind(row.id)
         .bind(row.access_session_id)
         .bind(sent_to)
-        .execute(&self.pool)
+        .execute(self.pool())
         .await?;
         Ok(())
     }
@@ -1280,7 +1325,7 @@ impl SessionStore for PgStore {
         .bind(lease_until)
         .bind(row.id)
         .bind(row.attempts)
-        .execute(&self.pool)
+        .execute(self.pool())
         .await?;
         Ok(renewed.rows_affected() == 1)
     }
@@ -1293,7 +1338,7 @@ impl SessionStore for PgStore {
         reason: &str,
         cascade: bool,
     ) -> Result<bool, StorageError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let (closed, ended) = dead_letter_in(&mut tx, id, claim, now, reason, cascade).await?;
         notify(&mut tx, &self.origin, ended.as_slice()).await?;
         tx.commit().await?;
@@ -1306,7 +1351,7 @@ impl SessionStore for PgStore {
         now: i64,
         reason: &str,
     ) -> Result<bool, StorageError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         sqlx::query("SELECT 1 FROM access_sessions WHERE id = $1 FOR UPDATE")
             .bind(access_session_id)
             .execute(&mut *tx)
@@ -1344,11 +1389,11 @@ impl SessionStore for PgStore {
         .bind(i64::from(status_type::START))
         .bind(now)
         .bind(started_before)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?;
         let mut ended = Vec::new();
         for (start, session) in found {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool().begin().await?;
             // The session first, as every writer of its rows; then its Start, as it is now:
             // one a sender claimed meanwhile is that sender's.
             let started_at: Option<i64> = sqlx::query_scalar(
@@ -1387,7 +1432,7 @@ impl SessionStore for PgStore {
              FROM accounting_outbox WHERE access_session_id = $1 ORDER BY id",
         )
         .bind(access_session_id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?
         .iter()
         .map(outbox_entry_from_row)
@@ -1405,7 +1450,7 @@ impl SessionStore for PgStore {
              WHERE o.dead_at IS NOT NULL ORDER BY o.dead_at DESC, o.id DESC LIMIT $1",
         )
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?
         .iter()
         .map(|r| Ok((outbox_entry_from_row(r)?, r.try_get(9)?, r.try_get(10)?)))
@@ -1420,7 +1465,7 @@ impl SessionStore for PgStore {
              AND next_attempt_at > $1",
         )
         .bind(now)
-        .execute(&self.pool)
+        .execute(self.pool())
         .await?
         .rows_affected())
     }
@@ -1430,12 +1475,12 @@ impl SessionStore for PgStore {
             "SELECT MIN(GREATEST(o.next_attempt_at, COALESCE(o.claimed_until, 0))) FROM accounting_outbox o WHERE ",
             pending_head_o!()
         ))
-        .fetch_one(&self.pool)
+        .fetch_one(self.pool())
         .await?)
     }
 
     async fn prune(&self, before: i64) -> Result<u64, StorageError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         sqlx::query(
             "DELETE FROM accounting_outbox WHERE access_session_id IN ( \
                SELECT s.id FROM access_sessions s WHERE s.state = 'stopped' AND s.stopped_at < $1 \
@@ -1461,16 +1506,16 @@ impl SessionStore for PgStore {
         let active_sessions: Vec<(String, i64)> = sqlx::query_as(
             "SELECT organization_id, COUNT(*) FROM access_sessions WHERE state = 'active' GROUP BY organization_id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?;
         let (backlog, oldest): (i64, Option<i64>) = sqlx::query_as(
             "SELECT COUNT(*), MIN(created_at) FROM accounting_outbox WHERE delivered_at IS NULL AND dead_at IS NULL",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(self.pool())
         .await?;
         let dead_letters: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM accounting_outbox WHERE dead_at IS NOT NULL")
-                .fetch_one(&self.pool)
+                .fetch_one(self.pool())
                 .await?;
         Ok(crate::metrics::Snapshot {
             active_sessions,
@@ -1493,7 +1538,7 @@ impl SessionStore for PgStore {
         )
         .bind(request)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool())
         .await?)
     }
 
@@ -1510,7 +1555,7 @@ impl SessionStore for PgStore {
              (SELECT request FROM dynauth_requests WHERE until <= $1 FOR UPDATE SKIP LOCKED)",
         )
         .bind(now)
-        .execute(&self.pool)
+        .execute(self.pool())
         .await?;
         sqlx::query(
             "INSERT INTO dynauth_requests (request, until, reply) VALUES ($1, $2, $3) \
@@ -1519,7 +1564,7 @@ impl SessionStore for PgStore {
         .bind(request)
         .bind(until)
         .bind(reply)
-        .execute(&self.pool)
+        .execute(self.pool())
         .await?;
         Ok(())
     }
@@ -1528,7 +1573,7 @@ impl SessionStore for PgStore {
         Ok(sqlx::query_scalar(
             "SELECT COUNT(*) FROM accounting_outbox WHERE delivered_at IS NULL AND dead_at IS NULL",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(self.pool())
         .await?)
     }
 
@@ -1543,7 +1588,7 @@ impl SessionStore for PgStore {
         )
         .bind(access_session_id)
         .bind(i64::from(status_type))
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool())
         .await?;
         Ok(delivered.flatten().is_some())
     }
@@ -1559,17 +1604,17 @@ impl OrgBackend for PgStore {
     const LOCK_ROW: &'static str = " FOR UPDATE";
 
     async fn begin_change(&self) -> Result<OrgTx<Postgres>, StorageError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         lock_organizations(&mut tx).await?;
         Ok(OrgTx::new(tx, None))
     }
 
     async fn begin_write(&self) -> Result<OrgTx<Postgres>, StorageError> {
-        Ok(OrgTx::new(self.pool.begin().await?, None))
+        Ok(OrgTx::new(self.pool().begin().await?, None))
     }
 
     async fn reader(&self) -> Result<PoolConnection<Postgres>, StorageError> {
-        Ok(self.pool.acquire().await?)
+        Ok(self.pool().acquire().await?)
     }
 
     async fn announce(&self, c: &mut PgConnection) -> Result<(), StorageError> {
@@ -1584,13 +1629,13 @@ impl OrgBackend for PgStore {
         Ok(
             sqlx::query_scalar("SELECT is_active FROM organizations WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.pool())
                 .await?,
         )
     }
 
     async fn audit_alone(&self, entry: &Audit<'_>) -> Result<(), StorageError> {
-        let mut c = self.pool.acquire().await?;
+        let mut c = self.pool().acquire().await?;
         audit_in(&mut *c, entry).await
     }
 }
