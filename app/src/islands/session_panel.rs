@@ -183,10 +183,11 @@ pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
         })
     };
     // What a screen reader announces: a live region that is always in the page, whose text
-    // changes (one that appears already filled is often not read).
+    // changes (one that appears already filled is often not read). At the end, focus goes to
+    // the heading, which says it ended: the region adds why, not the same words again.
     let announcement = Memo::new(move |_| {
         match ended.get() {
-        Some(reason) => format!("{} {}", over_texts(reason)[1], end_text(reason)),
+        Some(reason) => end_text(reason).to_string(),
         // After this page's Refresh its new end, which each Refresh changes (so each is read);
         // the last minute's warning when it comes.
         None => match warning_text.get() {
