@@ -486,9 +486,13 @@ impl PgStore {
     /// could be opened (the server allows too few; each is opened when wanted).
     pub(crate) async fn open_background(&self) -> Result<(), StorageError> {
         // Held together, so each is a connection of its own; given back idle when dropped.
+        // A start waits no longer than a request would (the server's slots may all be taken).
         let mut held = Vec::new();
         for _ in 0..BACKGROUND_CONNECTIONS {
-            held.push(self.background.acquire().await?);
+            match tokio::time::timeout(REQUEST_ACQUIRE_TIMEOUT, self.background.acquire()).await {
+                Ok(connection) => held.push(connection?),
+                Err(_) => return Err(StorageError::from(sqlx::Error::PoolTimedOut)),
+            }
         }
         Ok(())
     }
