@@ -614,7 +614,13 @@ pub async fn radius_test(
         let started = tokio::time::Instant::now();
         let deadline = started + server.timeout * (server.retries + 1);
         let outcome = match &credentials {
-            None => radius.status_server(server, Port::Auth, deadline).await.map(|code| format!("answered Status-Server ({code:?})")),
+            None => radius.status_server(server, Port::Auth, deadline).await.map(|(code, unsigned)| {
+                if unsigned {
+                    format!("answered Status-Server ({code:?}) without a Message-Authenticator: Status-Server answers need none, but with `require_message_authenticator` every Access-Accept must carry one (FreeRADIUS before 3.2.5 signs one only where its post-auth adds it; \"learn\" or false for a server that cannot): --username USER tests a login")
+                } else {
+                    format!("answered Status-Server ({code:?})")
+                }
+            }),
             Some((user, password)) => radius
                 .authenticate(std::slice::from_ref(server), &org.nas, user, password, client_ip, deadline, crate::radius::always_go_on)
                 .await
@@ -660,7 +666,7 @@ pub async fn radius_test(
         let outcome = radius
             .status_server(server, Port::Acct, deadline)
             .await
-            .map(|code| format!("answered Status-Server ({code:?})"));
+            .map(|(code, _)| format!("answered Status-Server ({code:?})"));
         report(server, Port::Acct, started, outcome);
     }
     Ok(all_answered)

@@ -411,6 +411,40 @@ async fn radius_test_names_a_missing_message_authenticator() {
     assert!(stdout.contains("\"learn\" or false"), "{stdout}");
 }
 
+/// Status-Server alone against that server: answered (answers to it need no signature, as
+/// for the prober: FreeRADIUS before 3.2.5 signs none, even where its post-auth signs every
+/// Access-Accept), with a note that its logins' answers must carry one.
+#[tokio::test]
+async fn radius_test_takes_an_unsigned_status_server_answer_with_a_note() {
+    let radius = FreeRadius::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = one_server(&dir, "stock", (radius.auth_port, radius.acct_port), "");
+    let (success, stdout) = radius_test(&path, None);
+    assert!(success, "{stdout}");
+    assert!(
+        stdout.contains("answered Status-Server (AccessAccept) without a Message-Authenticator")
+            && stdout.contains("--username USER tests a login"),
+        "{stdout}"
+    );
+    // Signed or not required: no note.
+    let path = one_server(
+        &dir,
+        "relaxed",
+        (radius.auth_port, radius.acct_port),
+        "require_message_authenticator = false\n",
+    );
+    let (success, stdout) = radius_test(&path, None);
+    assert!(success, "{stdout}");
+    assert!(
+        stdout.contains("answered Status-Server (AccessAccept) in"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("without a Message-Authenticator"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
     let dir = tempfile::tempdir().unwrap();

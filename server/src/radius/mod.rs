@@ -249,9 +249,20 @@ fn service_type_name(value: u32) -> &'static str {
 }
 
 /// The Accept's User-Name: `None` when it has none (or an empty one, which RFC 2865 does not
-/// allow), `Err` when it is not text a session can carry.
+/// allow), `Err` when it is not text a session can carry, or when it names the user twice,
+/// differently (RFC 2865 §5: at most one; which would accounting carry?).
 fn accepted_user_name(accept: &Packet) -> Result<Option<String>, String> {
-    let Some(name) = accept.get(attr::USER_NAME).filter(|name| !name.is_empty()) else {
+    let mut names = accept.get_all(attr::USER_NAME);
+    names.retain(|name| !name.is_empty());
+    names.sort();
+    names.dedup();
+    if names.len() > 1 {
+        return Err(format!(
+            "it has {} different User-Names (RFC 2865 allows one)",
+            names.len()
+        ));
+    }
+    let Some(name) = names.pop() else {
         return Ok(None);
     };
     match String::from_utf8(name) {
@@ -709,20 +720,22 @@ impl Radius {
         }
     }
 
-    /// Sends a Status-Server (RFC 5997) to a server's auth or acct port; the reply's code when
-    /// it answers (Access-Accept, Accounting-Response) — with the Message-Authenticator the
-    /// server's mode demands of an Access-Accept, so that an operator learns of its absence.
-    /// Does not touch the breakers (the `radius test` command and test fixtures).
+    /// Sends a Status-Server (RFC 5997) to a server's auth or acct port; when it answers, the
+    /// reply's code (Access-Accept, Accounting-Response) and whether it lacked a
+    /// Message-Authenticator the server's mode demands of an Access-Accept. Such an answer is
+    /// still an answer, as for the prober (FreeRADIUS before 3.2.5 signs no Status-Server
+    /// answer, even where its post-auth signs every Access-Accept); the caller says what it
+    /// means. Does not touch the breakers (the `radius test` command and test fixtures).
     pub async fn status_server(
         &self,
         server: &ServerEndpoint,
         port: Port,
         deadline: Instant,
-    ) -> Result<Code, RadiusError> {
+    ) -> Result<(Code, bool), RadiusError> {
         let require = port == Port::Auth && self.requires_message_authenticator(server);
-        self.status_server_at(server, port, deadline, require)
+        self.status_server_at(server, port, deadline, false)
             .await
-            .map(|r| r.packet.code())
+            .map(|r| (r.packet.code(), require && !r.has_message_authenticator))
     }
 
     async fn status_server_at(
@@ -929,6 +942,19 @@ mod tests {
             let refused = Grant::from_accept(&accept(&[(attr::USER_NAME, value)])).unwrap_err();
             assert!(refused.contains(problem), "{value:?}: {refused}");
         }
+        let two = accept(&[(attr::USER_NAME, b"first"), (attr::USER_NAME, b"second")]);
+        let refused = Grant::from_accept(&two).unwrap_err();
+        assert!(refused.contains("2 different User-Names"), "{refused}");
+        // The same name twice (or beside an empty one) names one user.
+        let same = accept(&[
+            (attr::USER_NAME, b"rw"),
+            (attr::USER_NAME, b""),
+            (attr::USER_NAME, b"rw"),
+        ]);
+        assert_eq!(
+            Grant::from_accept(&same).unwrap().user_name.as_deref(),
+            Some("rw")
+        );
     }
 
     #[test]
