@@ -45,8 +45,9 @@ pub enum PortalError {
     )]
     AccountingUnavailable,
     /// The portal's database cannot be reached or written right now (a restart, a full disk):
-    /// nothing was done. Retry later.
-    #[error("The portal cannot reach its records right now, so nothing was done. Please try again in a minute.")]
+    /// what was asked was not done (a sign-in whose session could be opened but not linked to
+    /// the browser had it ended, Stop sent). Retry later.
+    #[error("The portal cannot reach its records right now, so this could not be done. Please try again in a minute.")]
     Unavailable,
     /// The server accepted the sign-in with an answer the portal cannot use (a session length
     /// it cannot read, a service it does not provide, attributes that leave no room for the

@@ -61,10 +61,13 @@ const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Connections a replica opens at most: requests' and background work's together.
 const MAX_POOL_CONNECTIONS: u32 = REQUEST_CONNECTIONS + BACKGROUND_CONNECTIONS;
-/// Connections requests may hold at once.
-const REQUEST_CONNECTIONS: u32 = 11;
-/// Background work's own connections, the LISTEN connection among them.
-pub(crate) const BACKGROUND_CONNECTIONS: u32 = 5;
+/// Connections requests may hold at once. Given back after a minute unused, so that after a
+/// burst other replicas and operator commands find the server's slots free again.
+const REQUEST_CONNECTIONS: u32 = 12;
+const REQUEST_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Background work's own connections, the LISTEN connection among them: few, opened at
+/// start-up and kept (never given back for idleness).
+pub(crate) const BACKGROUND_CONNECTIONS: u32 = 4;
 /// How long a request waits for a connection; background work waits longer (it has no user
 /// waiting, and a burst of deliveries queues for its few connections).
 const REQUEST_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -124,8 +127,20 @@ impl Reachability {
                     // Refused, unreachable, reset, or a server starting or shutting down.
                     Ok(Err(e)) if server_away(&e) => Some(e.to_string()),
                     // It answered (too many clients, a password changed, …): the pool's own
-                    // connections may still work, and requests say what is wrong themselves.
-                    Ok(Err(_)) => None,
+                    // connections may still work, and requests say what is wrong themselves —
+                    // except for a server out of connection slots: the pool then reports only
+                    // that it timed out waiting, so its reason is said here.
+                    Ok(Err(e)) => {
+                        if out_of_slots(&e) {
+                            static LOG: crate::telemetry::Throttle =
+                                crate::telemetry::Throttle::new();
+                            if let Some(left_out) = LOG.admit() {
+                                tracing::warn!(reason = %e, similar_left_out = left_out,
+                                    "PostgreSQL refuses new connections: this replica works on with the ones it has (a request waits up to 5 s for one); max_connections is too small for the replicas running ({MAX_POOL_CONNECTIONS} each) and the operator commands");
+                            }
+                        }
+                        None
+                    }
                     Err(_) => Some(format!("no answer within {CHECK_TIMEOUT:?}")),
                 };
                 // Not while a connection the pool holds still answers: a new connection failed
@@ -171,6 +186,12 @@ impl Reachability {
             }
         }
     }
+}
+
+/// Whether a failed connection says the server has no connection slot left (53300: too many
+/// connections, or the remaining ones reserved).
+fn out_of_slots(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(d) if d.code().as_deref() == Some("53300"))
 }
 
 /// Whether a failed connection says the server is not there (rather than that it answered
@@ -437,6 +458,7 @@ impl PgStore {
         sqlx::Connection::close(sqlx::ConnectOptions::connect(&options).await?).await?;
         let pool = PgPoolOptions::new()
             .max_connections(REQUEST_CONNECTIONS)
+            .idle_timeout(REQUEST_IDLE_TIMEOUT)
             .acquire_timeout(REQUEST_ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
             .await?;
