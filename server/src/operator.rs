@@ -746,6 +746,13 @@ async fn set_state(storage: &Storage, id: &str, active: bool) -> anyhow::Result<
     } else {
         None
     };
+    // The sessions a disable stops, counted before it: a running portal (a replica) may have
+    // stopped them by the time the disable returns.
+    let before = if active {
+        Vec::new()
+    } else {
+        storage.active_sessions_of(Some(id), i64::MAX).await?
+    };
     match organizations::set_active(storage, &cache, id, active, &actor())
         .await
         .with_context(|| {
@@ -764,11 +771,8 @@ async fn set_state(storage: &Storage, id: &str, active: bool) -> anyhow::Result<
         Some(true) => {
             // Those past their deadline (no portal ran to end them) end by it instead.
             let now = crate::access_session::now_ms();
-            let (open, due): (Vec<_>, Vec<_>) = storage
-                .active_sessions_of(Some(id), i64::MAX)
-                .await?
-                .into_iter()
-                .partition(|s| s.expires_at > now);
+            let (open, due): (Vec<_>, Vec<_>) =
+                before.into_iter().partition(|s| s.expires_at > now);
             let due = match due.len() {
                 0 => String::new(),
                 n => format!("; {n} more had passed their deadline while no portal ran and end by it (Idle- or Session-Timeout, at that time)"),

@@ -2161,3 +2161,33 @@ async fn postgres_background_work_has_connections_requests_cannot_take() {
         let _ = w.await.unwrap();
     }
 }
+
+/// An organization disabled a moment ago whose sessions its disable has not stopped yet (no
+/// portal running, or it has not come to them): a delete says to wait for the stop, not to
+/// disable what is disabled.
+#[tokio::test]
+async fn deleting_a_disabled_organization_before_its_stop_ran_says_to_wait() {
+    use radius_portal::organizations::{change, Organizations};
+    let db = Db::new(Kind::Sqlite).await;
+    db.storage.forget_config_position("acme").await.unwrap();
+    let organizations = Organizations::load(&db.storage).await.unwrap();
+    opened(&db.storage, login("10.0.0.1", T0, MINUTE)).await;
+    let active = change::delete(&db.storage, &organizations, "acme", "cli")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(active.contains("disable it first"), "{active}");
+    db.storage
+        .set_organization_active("acme", false, "cli", T0)
+        .await
+        .unwrap();
+    let refused = change::delete(&db.storage, &organizations, "acme", "cli")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("is disabled but 1 of its session(s) are not stopped yet")
+            && !refused.contains("disable it first"),
+        "{refused}"
+    );
+}

@@ -557,6 +557,11 @@ pub async fn delete(
         DeleteOutcome::Busy { open_sessions: 0, pending_accounting } => Err(ChangeError::Conflict(format!(
             "organization `{id}` has {pending_accounting} accounting record(s) not yet delivered to its RADIUS servers: delete it once they are (they are retried until acknowledged, or dead-lettered; `accounting backlog` shows them)"
         ))),
+        // Disabled already: its stop has not come to them yet (a running portal does it within a
+        // second or so; none running, the next start does).
+        DeleteOutcome::Busy { open_sessions, pending_accounting } if state == OrgState::Disabled => Err(ChangeError::Conflict(format!(
+            "organization `{id}` is disabled but {open_sessions} of its session(s) are not stopped yet ({pending_accounting} accounting record(s) not yet delivered): the disable's stop runs in the portal (at its next start if none runs); delete it once they are stopped"
+        ))),
         DeleteOutcome::Busy { open_sessions, pending_accounting } => Err(ChangeError::Conflict(format!(
             "organization `{id}` has {open_sessions} open session(s) and {pending_accounting} accounting record(s) not yet delivered: disable it first (its sessions are stopped), then delete it"
         ))),
