@@ -29,9 +29,10 @@ pub async fn stylesheet(
     let Some(accent) = accent else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    let (label, link) = readable(&accent);
     let css = format!(
-        "button.brand-button{{background-color:{accent};border-color:{accent}}}button.brand-button:hover{{filter:brightness(.9)}}\
-         a.brand-link{{color:{accent}}}.brand-bar{{border-top:6px solid {accent}}}div.brand-bar{{padding-top:1rem}}"
+        "button.brand-button{{background-color:{accent};border-color:{accent};color:{label}}}button.brand-button:hover{{filter:brightness(.9)}}\
+         a.brand-link{{color:{link}}}.brand-bar{{border-top:6px solid {accent}}}div.brand-bar{{padding-top:1rem}}"
     );
     (
         [
@@ -41,6 +42,58 @@ pub async fn stylesheet(
         css,
     )
         .into_response()
+}
+
+/// Text on the accent that reads: a button's label white or dark, whichever contrasts more with
+/// it (a light accent such as yellow would leave white text unreadable); and the accent as link
+/// text on the white page, darkened (its hue kept) until it reaches WCAG's 4.5:1 for text.
+/// `accent` is `#rrggbb`.
+fn readable(accent: &str) -> (&'static str, String) {
+    const DARK: [f64; 3] = [17.0, 24.0, 39.0];
+    const WHITE: [f64; 3] = [255.0, 255.0, 255.0];
+    let rgb = rgb_of(accent);
+    let label = if contrast(WHITE, rgb) >= contrast(DARK, rgb) {
+        "#fff"
+    } else {
+        "#111827"
+    };
+    let mut link = rgb;
+    while contrast(WHITE, link) < 4.5 {
+        link = link.map(|c| (c * 0.9).floor());
+    }
+    let link = format!(
+        "#{:02x}{:02x}{:02x}",
+        link[0] as u8, link[1] as u8, link[2] as u8
+    );
+    (label, link)
+}
+
+/// `#rrggbb` as its three channels (0-255); black for anything else.
+fn rgb_of(colour: &str) -> [f64; 3] {
+    let channel = |i: usize| {
+        colour
+            .get(1 + 2 * i..3 + 2 * i)
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .map_or(0.0, f64::from)
+    };
+    [channel(0), channel(1), channel(2)]
+}
+
+/// WCAG 2 contrast ratio of two sRGB colours (1 to 21).
+fn contrast(a: [f64; 3], b: [f64; 3]) -> f64 {
+    let luminance = |rgb: [f64; 3]| {
+        let [r, g, b] = rgb.map(|c| {
+            let c = c / 255.0;
+            if c <= 0.040_45 {
+                c / 12.92
+            } else {
+                ((c + 0.055) / 1.055).powf(2.4)
+            }
+        });
+        0.2126 * r + 0.7152 * g + 0.0722 * b
+    };
+    let (la, lb) = (luminance(a), luminance(b));
+    (la.max(lb) + 0.05) / (la.min(lb) + 0.05)
 }
 
 /// The logo file, read when asked (an operator may replace it; a vanished file is a 404 and
@@ -89,5 +142,37 @@ pub async fn logo(
             crate::throttled!(warn, organization = %org.id, file = %path.display(), error = %e, "logo cannot be served");
             StatusCode::NOT_FOUND.into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_light_accent_gets_dark_labels_and_darker_links() {
+        // Yellow: white text on it would read at 1.07:1.
+        let (label, link) = readable("#ffff00");
+        assert_eq!(label, "#111827");
+        assert!(contrast([255.0; 3], rgb_of(&link)) >= 4.5, "{link}");
+        let hue = rgb_of(&link);
+        assert!(
+            hue[0] == hue[1] && hue[2] == 0.0,
+            "yellow stays yellow-ish: {link}"
+        );
+        // The example's teal: white labels, the colour itself as links (already readable).
+        assert_eq!(readable("#0f766e"), ("#fff", "#0f766e".to_string()));
+        // White: dark labels; links darkened to a readable grey.
+        let (label, link) = readable("#ffffff");
+        assert_eq!(label, "#111827");
+        assert!(contrast([255.0; 3], rgb_of(&link)) >= 4.5, "{link}");
+        // Black: white labels, black links.
+        assert_eq!(readable("#000000"), ("#fff", "#000000".to_string()));
+    }
+
+    #[test]
+    fn contrast_is_wcags() {
+        assert!((contrast([0.0; 3], [255.0; 3]) - 21.0).abs() < 1e-9);
+        assert!((contrast([255.0, 255.0, 0.0], [255.0; 3]) - 1.07).abs() < 0.01);
     }
 }
