@@ -419,9 +419,19 @@ mod live {
                         s.as_ref()
                             .is_none_or(|es| es.ready_state() != EventSource::OPEN)
                     });
-                let every = if due { 1000.0 } else { 2000.0 };
+                // A page that says its organization is disabled (no sign-in offered) looks
+                // every 15 s whether it is enabled again, to offer it then.
+                let disabled = ended.get_untracked() == Some(EndReason::OrganizationDisabled);
+                let every = if due {
+                    1000.0
+                } else if disabled {
+                    15_000.0
+                } else {
+                    2000.0
+                };
                 // A page out of view waits: shown again, it re-syncs and opens its stream.
-                let polling = closed && ended.get_untracked().is_none() && !document().hidden();
+                let polling = ((closed && ended.get_untracked().is_none()) || disabled)
+                    && !document().hidden();
                 if (due || polling) && t - last_check.get_value() >= every {
                     last_check.set_value(t);
                     resync(base_for_ticks.get_value(), apply, error);
