@@ -1858,12 +1858,24 @@ async fn metrics_count_what_happened_on_their_own_listener() {
             ],
         )
         .await;
+    // One refused before it reaches the sign-in (another site's form) counts too.
+    let other_site = app.browser(Ipv4Addr::new(127, 0, 0, 4));
+    let refused = other_site
+        .http
+        .post(format!("{}/api/login", other_site.base))
+        .header("origin", "http://evil.example")
+        .form(&[("username", "x"), ("password", "y")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
 
     let text = scrape().await;
     for expected in [
         r#"portal_logins_total{organization="acme",outcome="Accepted"} 1"#,
         r#"portal_logins_total{organization="acme",outcome="Rejected"} 1"#,
         r#"portal_logins_total{organization="unknown",outcome="InvalidInput"} 1"#,
+        r#"portal_logins_total{organization="acme",outcome="CrossSite"} 1"#,
         r#"portal_active_sessions{organization="acme"} 1"#,
         &format!(
             r#"portal_radius_request_seconds_count{{address="{auth}",port="auth",result="answered",server="primary"}} 2"#

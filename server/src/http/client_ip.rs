@@ -296,7 +296,9 @@ pub fn insert_client_ip(trusted: &TrustedProxies, request: &mut Request) -> Opti
             request.extensions_mut().insert(ClientIp(ip));
         }
         Ok(None) => {
-            tracing::debug!(peer = %peer.ip(), header = trusted.header.name(), "a trusted proxy's request names no client");
+            // Its sign-ins answer 400 AddressUnknown: a proxy that does not pass the address.
+            crate::throttled!(warn, peer = %peer.ip(), header = trusted.header.name(),
+                "a trusted proxy's request names no client: sign-ins from it are refused (AddressUnknown) until the proxy passes the client's address");
         }
         Err(e) => {
             crate::throttled!(warn, peer = %peer.ip(), error = %e, "request refused: unusable forwarding header from a trusted proxy");

@@ -328,15 +328,34 @@ async fn front_door<S: NextService>(
         let refused = (!probe)
             .then(|| security::host_refusal(&request))
             .flatten()
-            .or_else(|| security::cross_site_refusal(&door.site, &request))
-            .or(to_id_as_written)
+            .map(|r| (r, Some("BadHost")))
+            .or_else(|| {
+                security::cross_site_refusal(&door.site, &request).map(|r| (r, Some("CrossSite")))
+            })
+            .or(to_id_as_written.map(|r| (r, None)))
             .or_else(|| {
                 (!probe)
                     .then(|| client_ip::insert_client_ip(&door.trusted, &mut request))
                     .flatten()
+                    .map(|r| (r, Some("BadForwarding")))
             });
         let response = match refused {
-            Some(refusal) => refusal,
+            Some((refusal, kind)) => {
+                // A sign-in refused here is still a sign-in attempt: counted with the others
+                // (a wrong `public_url` shows as CrossSite refusals), under its portal's
+                // organization (the form's `org` is not read here).
+                if let (Some(kind), true) = (
+                    kind,
+                    route == <app::api::Login as leptos::server_fn::ServerFn>::PATH,
+                ) {
+                    let org = request
+                        .extensions()
+                        .get::<org_scope::OrgScope>()
+                        .map_or_else(|| door.organizations.default_id(), |s| s.id.clone());
+                    door.metrics.login(&org, kind);
+                }
+                refusal
+            }
             None => next.run(request).await,
         };
         let (status, took) = (response.status(), started.elapsed());

@@ -194,7 +194,30 @@ pub fn cross_site_refusal(site: &SiteSecurity, request: &Request) -> Option<Resp
     ) {
         return None;
     }
-    crate::throttled!(warn, path = %request.uri().path(), "cross-site request refused");
+    // What the browser said and what was expected, for an operator whose `public_url` (or
+    // proxy) is wrong: every sign-in refused this way is the sign of it. Header text is the
+    // client's: shown escaped and cut short.
+    let header = |name: header::HeaderName| {
+        let values: Vec<String> = request
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .chars()
+                    .take(120)
+                    .collect()
+            })
+            .collect();
+        format!("{values:?}")
+    };
+    crate::throttled!(warn,
+        path = %request.uri().path(),
+        origin = %header(header::ORIGIN),
+        sec_fetch_site = %header(header::HeaderName::from_static("sec-fetch-site")),
+        host = %header(header::HOST),
+        expected = site.public_url.as_ref().map_or_else(|| "the Host header's host and port (no public_url)".to_string(), |u| u.origin()),
+        "cross-site request refused");
     Some(super::caller_error(
         &super::Caller::of(request),
         StatusCode::FORBIDDEN,
