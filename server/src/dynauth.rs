@@ -540,7 +540,8 @@ impl DynAuthListener {
             return reply(nak, Some(NAS_IDENTIFICATION_MISMATCH));
         }
         if found.is_empty() {
-            crate::throttled!(info, client, code = ?request.code(), "Dynamic Authorization request for no active session");
+            crate::throttled!(info, client, code = ?request.code(), named = %identification.described(),
+                "Dynamic Authorization request for no active session");
             return reply(nak, Some(SESSION_CONTEXT_NOT_FOUND));
         }
         if !disconnect {
@@ -595,6 +596,24 @@ pub struct Identification {
 }
 
 impl Identification {
+    /// What the request named a session by, for the log (values escaped, Class as hex).
+    fn described(&self) -> String {
+        let mut parts = Vec::new();
+        let mut add = |name: &str, values: Vec<String>| {
+            if !values.is_empty() {
+                parts.push(format!("{name}={values:?}"));
+            }
+        };
+        add("Acct-Session-Id", self.acct_session_ids.clone());
+        add("User-Name", self.usernames.clone());
+        add("client address", self.client_ips.clone());
+        add(
+            "Class",
+            self.classes.iter().map(|c| crate::hex(c)).collect(),
+        );
+        parts.join(" ")
+    }
+
     /// The identification attributes of `request`.
     pub fn of(request: &Packet) -> Identification {
         let text = |value: Vec<u8>| String::from_utf8_lossy(&value).into_owned();

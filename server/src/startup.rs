@@ -348,7 +348,9 @@ impl Application {
         let dynauth =
             dynauth_socket.map(|socket| socket.serving(sessions.clone(), storage.clone()));
         if let Some(listener) = &dynauth {
-            tracing::info!(addr = ?listener.local_addr(), "Dynamic Authorization (RFC 5176) listener bound");
+            if let Some(addr) = listener.local_addr() {
+                tracing::info!(%addr, "Dynamic Authorization (RFC 5176) listener bound");
+            }
         }
         let form_tokens = crate::http::form_token::FormTokens::new(
             storage.app_secret("form_token_key").await?,

@@ -99,7 +99,9 @@ impl Expiry {
     pub async fn expire_due(&self, now: i64) -> Result<Vec<Stopped>, StorageError> {
         let stopped = self.storage.stop_due_sessions(now).await?;
         if !stopped.is_empty() {
-            tracing::info!(count = stopped.len(), "expired access sessions stopped");
+            // Which ones (`session show ID`), the first few of a burst.
+            let ids: Vec<i64> = stopped.iter().take(16).map(|s| s.id).collect();
+            tracing::info!(count = stopped.len(), sessions = ?ids, "expired access sessions stopped");
             self.accounting.wake_for(stopped.iter().map(|s| s.id));
             for s in &stopped {
                 self.events.publish(s.id);
