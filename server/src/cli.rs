@@ -969,11 +969,17 @@ pub fn effective_configuration(settings: &Settings) -> anyhow::Result<String> {
     }
     let http = &settings.http;
     let yes = |b: bool| if b { "yes" } else { "no" };
+    // On without `secure_cookies` set: say what turns it on, next to the `false` printed below.
+    let https = match (http.https(), http.secure_cookies) {
+        (true, false) if http.tls.is_some() => "yes (implied by [http.tls])",
+        (true, false) => "yes (implied by the https public_url)",
+        (on, _) => yes(on),
+    };
     Ok(format!(
         "# configuration is valid; in effect (file, environment, defaults), secrets redacted\n\
          # HTTPS cookies (Secure, __Host-) and HSTS: {}; built-in TLS: {}; metrics: {}\n\
          # Disconnect/CoA listener (RFC 5176): {}\n\n{}",
-        yes(http.https()),
+        https,
         yes(http.tls.is_some()),
         settings
             .metrics
