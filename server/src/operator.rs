@@ -474,12 +474,14 @@ pub(crate) async fn open(settings: &Settings) -> anyhow::Result<Storage> {
             settings.database.path.display()
         );
     }
-    Storage::connect(&settings.database).await.with_context(|| {
-        format!(
-            "while opening the database {}",
-            settings.database.location()
-        )
-    })
+    Storage::connect(&settings.database, false)
+        .await
+        .with_context(|| {
+            format!(
+                "while opening the database {}",
+                settings.database.location()
+            )
+        })
 }
 
 /// The SQLite file the portal would create at its first start is not there (yet).

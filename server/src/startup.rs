@@ -218,7 +218,7 @@ impl Application {
         if let Some(problem) = Storage::saved_copy_in_the_way(&settings.database) {
             anyhow::bail!("{problem}");
         }
-        let storage = Storage::connect(&settings.database)
+        let storage = Storage::connect(&settings.database, true)
             .await
             .with_context(|| {
                 format!(

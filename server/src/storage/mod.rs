@@ -436,12 +436,16 @@ impl Storage {
     }
 
     /// Opens the database `[database]` names: PostgreSQL when `url` is set, else the SQLite
-    /// file at `path`.
+    /// file at `path`. `serving`: for `serve` (on PostgreSQL, background work's connections
+    /// are kept open), not an operator command.
     pub async fn connect(
         settings: &crate::config::DatabaseSettings,
+        serving: bool,
     ) -> Result<Storage, StorageError> {
         match &settings.url {
-            Some(url) => Storage::open_postgres(url.expose()).await,
+            Some(url) => Ok(Storage {
+                backend: Backend::Postgres(PgStore::open_for(url.expose(), serving).await?),
+            }),
             None => Storage::open(&settings.path).await,
         }
     }

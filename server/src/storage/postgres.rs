@@ -413,7 +413,15 @@ impl PgStore {
     /// Connects (a pool of up to 16 connections) and runs the migrations; replicas starting
     /// together migrate once (sqlx takes an advisory lock).
     pub async fn open(url: &str) -> Result<PgStore, StorageError> {
-        let store = Self::connect(url).await?;
+        Self::open_for(url, false).await
+    }
+
+    /// [`Self::open`] for `serve` (`serving`): background work's connections are kept open —
+    /// one that breaks (a PostgreSQL restart) is opened again at once, so a replica has them
+    /// back before requests can take the server's last slots. Operator commands open none
+    /// they do not use.
+    pub async fn open_for(url: &str, serving: bool) -> Result<PgStore, StorageError> {
+        let store = Self::connect(url, serving).await?;
         sqlx::migrate!("./migrations/postgres")
             .run(store.pool())
             .await?;
@@ -425,7 +433,7 @@ impl PgStore {
     pub(crate) async fn open_as_is(
         url: &str,
     ) -> Result<(PgStore, Option<Result<String, String>>), StorageError> {
-        let store = Self::connect(url).await?;
+        let store = Self::connect(url, false).await?;
         let applied: Vec<(i64, bool, Vec<u8>)> = match sqlx::query_as(super::APPLIED_MIGRATIONS)
             .fetch_all(store.pool())
             .await
@@ -438,7 +446,7 @@ impl PgStore {
         Ok((store, state))
     }
 
-    async fn connect(url: &str) -> Result<PgStore, StorageError> {
+    async fn connect(url: &str, serving: bool) -> Result<PgStore, StorageError> {
         // A replica cut off in the middle of a transaction must not hold its locks (a login's
         // hold on its organization row, claims, due sessions) for the kernel's two-hour TCP
         // time-out: the server ends the transaction after 30 s idle, and probes the connection.
@@ -463,10 +471,11 @@ impl PgStore {
             .connect_with(options.clone())
             .await?;
         // Background work's connections: opened when `serve` starts ([`Self::open_background`];
-        // operator commands never use them), and kept — a connection that breaks is opened
-        // again when wanted.
+        // operator commands never use them), and kept — for `serve`, one that breaks is opened
+        // again at once (sqlx keeps `min_connections` when it drops a broken connection).
         let background = PgPoolOptions::new()
             .max_connections(BACKGROUND_CONNECTIONS)
+            .min_connections(if serving { BACKGROUND_CONNECTIONS } else { 0 })
             .idle_timeout(None)
             .max_lifetime(None)
             .acquire_timeout(BACKGROUND_ACQUIRE_TIMEOUT)
