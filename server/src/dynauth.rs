@@ -289,10 +289,10 @@ impl DynAuthListener {
             };
             let datagram = buf[..len].to_vec();
             let this = this.clone();
-            tokio::spawn(async move {
+            tokio::spawn(crate::storage::same_lane(async move {
                 this.handle(from, &datagram).await;
                 drop(permit);
-            });
+            }));
         }
     }
 

@@ -750,10 +750,11 @@ async fn set_state(storage: &Storage, id: &str, active: bool) -> anyhow::Result<
     };
     // The sessions a disable stops, counted before it: a running portal (a replica) may have
     // stopped them by the time the disable returns.
+    // Not read: said without a count (a failed read never keeps a disable from being made).
     let before = if active {
-        Vec::new()
+        None
     } else {
-        storage.active_sessions_of(Some(id), i64::MAX).await?
+        storage.active_sessions_of(Some(id), i64::MAX).await.ok()
     };
     match organizations::set_active(storage, &cache, id, active, &actor())
         .await
@@ -774,12 +775,15 @@ async fn set_state(storage: &Storage, id: &str, active: bool) -> anyhow::Result<
             // Those past their deadline (no portal ran to end them) end by it instead.
             let now = crate::access_session::now_ms();
             let (open, due): (Vec<_>, Vec<_>) =
-                before.into_iter().partition(|s| s.expires_at > now);
+                before.iter().flatten().partition(|s| s.expires_at > now);
             let due = match due.len() {
                 0 => String::new(),
                 n => format!("; {n} more had passed their deadline while no portal ran and end by it (Idle- or Session-Timeout, at that time)"),
             };
-            say!("organization {id} disabled: logins and refreshes are refused; its {} open session(s) are stopped (Accounting-Stop, Admin-Reset) by the running portal at once, or by the next start if none runs (their Stops say they ended now){due}", open.len());
+            let open = before
+                .as_ref()
+                .map_or_else(|| "open".to_string(), |_| format!("{} open", open.len()));
+            say!("organization {id} disabled: logins and refreshes are refused; its {open} session(s) are stopped (Accounting-Stop, Admin-Reset) by the running portal at once, or by the next start if none runs (their Stops say they ended now){due}");
         }
     }
     Ok(Outcome::Done)

@@ -228,7 +228,7 @@ impl Application {
             })?;
         if let Err(e) = storage.open_background().await {
             tracing::warn!(error = %crate::portal_backend::error_chain(&e),
-                "the background work's own database connections could not all be opened: Stops and expiries may wait behind requests for a connection");
+                "the background work's own database connections could not all be opened now (each is opened when wanted): until then Stops and expiries may be late");
         }
         // The demo's built-in RADIUS server listens on new ports at every start: the same
         // server, so its sessions' accounting follows it there.

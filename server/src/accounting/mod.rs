@@ -654,7 +654,9 @@ impl Accounting {
     pub fn send_claimed(&self, row: OutboxRow, session: AccessSessionRecord) {
         let this = self.clone();
         let inline = self.inline_delivery(row.access_session_id);
-        self.claimed.spawn(crate::storage::same_lane(async move {
+        // Background work whoever claimed it (a request, a Disconnect-Request): its writes never
+        // wait behind requests for a connection.
+        self.claimed.spawn(crate::storage::background(async move {
             let _inline = inline;
             match this.deliver(row, None, Some(session), false).await {
                 Ok(Delivery::Delivered) => {}

@@ -42,10 +42,11 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 pub struct PgStore {
     /// Requests' connections.
     requests: PgPool,
-    /// Background work's connections ([`super::background`]), the LISTEN connection among
-    /// them: opened at start-up and kept, so requests holding every connection they may have
-    /// never keep a Stop or an expiry waiting.
+    /// Background work's connections ([`super::background`]): opened at start-up and kept, so
+    /// requests holding every connection they may have never keep a Stop or an expiry waiting.
     background: PgPool,
+    /// The LISTEN connection's (one, held for good).
+    listening: PgPool,
     /// This process, in the announcements it makes (random per process).
     origin: Arc<str>,
     /// Whether the server is known not to answer (every request then fails at once).
@@ -59,15 +60,17 @@ const POOL_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the database is checked again while it does not answer.
 const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// Connections a replica opens at most: requests' and background work's together.
-const MAX_POOL_CONNECTIONS: u32 = REQUEST_CONNECTIONS + BACKGROUND_CONNECTIONS;
+/// Connections a replica opens at most: requests', background work's and the LISTEN one.
+const MAX_POOL_CONNECTIONS: u32 = REQUEST_CONNECTIONS + BACKGROUND_CONNECTIONS + 1;
 /// Connections requests may hold at once. Given back after a minute unused, so that after a
 /// burst other replicas and operator commands find the server's slots free again.
-const REQUEST_CONNECTIONS: u32 = 12;
+const REQUEST_CONNECTIONS: u32 = 11;
 const REQUEST_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Background work's own connections, the LISTEN connection among them: few, opened at
-/// start-up and kept (never given back for idleness).
+/// Background work's own connections: few, opened at start-up and kept (never given back for
+/// idleness; renewed every half hour, as the requests' are, so none stays on a server a
+/// failover left behind — and sqlx's maintenance then tops them up).
 pub(crate) const BACKGROUND_CONNECTIONS: u32 = 4;
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30 * 60);
 /// How long a request waits for a connection; background work waits longer (it has no user
 /// waiting, and a burst of deliveries queues for its few connections).
 const REQUEST_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -84,9 +87,9 @@ const BACKGROUND_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(15);
 /// broke, never makes requests fail.
 struct Reachability {
     options: PgConnectOptions,
-    /// Background work's pool (its connections are kept): one that still works means the
-    /// server is there.
-    pool: PgPool,
+    /// Background work's pool and requests': a connection of either that still works means
+    /// the server is there.
+    pools: [PgPool; 2],
     /// Why the last check failed; None while the server answers.
     down: std::sync::Mutex<Option<String>>,
     /// A check is running (one at a time).
@@ -147,9 +150,18 @@ impl Reachability {
                 // for a reason of its own (a slow login on a busy server, a name not resolved).
                 let failure = match away {
                     Some(reason) => {
-                        match tokio::time::timeout(POOL_CHECK_TIMEOUT, this.pool.acquire()).await {
-                            Ok(Ok(_)) => None,
-                            _ => Some(reason),
+                        let answers = |pool: PgPool| async move {
+                            matches!(
+                                tokio::time::timeout(POOL_CHECK_TIMEOUT, pool.acquire()).await,
+                                Ok(Ok(_))
+                            )
+                        };
+                        let [background, requests] = this.pools.clone();
+                        let (a, b) = tokio::join!(answers(background), answers(requests));
+                        if a || b {
+                            None
+                        } else {
+                            Some(reason)
                         }
                     }
                     None => None,
@@ -477,6 +489,12 @@ impl PgStore {
             .max_connections(BACKGROUND_CONNECTIONS)
             .min_connections(if serving { BACKGROUND_CONNECTIONS } else { 0 })
             .idle_timeout(None)
+            .max_lifetime(CONNECTION_LIFETIME)
+            .acquire_timeout(BACKGROUND_ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.clone());
+        let listening = PgPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
             .max_lifetime(None)
             .acquire_timeout(BACKGROUND_ACQUIRE_TIMEOUT)
             .connect_lazy_with(options.clone());
@@ -499,7 +517,7 @@ impl PgStore {
         }
         let reach = Arc::new(Reachability {
             options,
-            pool: background.clone(),
+            pools: [background.clone(), pool.clone()],
             down: std::sync::Mutex::new(None),
             checking: std::sync::atomic::AtomicBool::new(false),
         });
@@ -507,6 +525,7 @@ impl PgStore {
         Ok(PgStore {
             requests: pool,
             background,
+            listening,
             origin: format!("{origin:016x}").into(),
             reach,
         })
@@ -530,7 +549,7 @@ impl PgStore {
 
     /// Listens for other processes' announcements (a connection of its own).
     pub(crate) async fn listen(&self) -> Result<NoticeListener, StorageError> {
-        let mut listener = PgListener::connect_with(&self.background).await?;
+        let mut listener = PgListener::connect_with(&self.listening).await?;
         listener.listen(CHANNEL).await?;
         Ok(NoticeListener {
             listener,
@@ -562,7 +581,7 @@ impl PgStore {
 
     /// The pool is open (connections are made on demand; `ping` checks one answers).
     pub(crate) fn writable(&self) -> bool {
-        !self.requests.is_closed() && !self.background.is_closed()
+        !self.requests.is_closed() && !self.background.is_closed() && !self.listening.is_closed()
     }
 
     /// The connections of the work at hand: background work's own, or requests'.
