@@ -18,7 +18,8 @@ struct Args {
     /// Concurrent virtual users.
     #[arg(long, default_value_t = 16)]
     users: u32,
-    /// How long to run (`10s`, `1m`).
+    /// How long to start journeys (`10s`, `1m`); those under way then finish (each request
+    /// waits at most 30 s), so a run against a slow portal lasts longer.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Username; `{n}` becomes the user's number.
