@@ -2191,3 +2191,77 @@ async fn deleting_a_disabled_organization_before_its_stop_ran_says_to_wait() {
         "{refused}"
     );
 }
+
+/// Background work that finds no connection at all (the server's slots taken, this replica's
+/// requests among the takers) is reported (`/readyz` says so) and has the requests' idle
+/// connections given back, so that its next try finds a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_starved_background_work_is_reported_and_given_slots() {
+    use sqlx::Connection;
+    let url = common::postgres::fresh_database().await;
+    let (head, db) = url.rsplit_once('/').unwrap();
+    let port = head.rsplit_once(':').unwrap().1;
+    // A login the server lets open two connections at most.
+    let role = format!("two_{db}");
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE {role} LOGIN CONNECTION LIMIT 2; ALTER DATABASE {db} OWNER TO {role}; \
+         ALTER SCHEMA public OWNER TO {role};"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let storage = Storage::open_postgres(&format!("postgres://{role}@127.0.0.1:{port}/{db}"))
+        .await
+        .unwrap();
+    storage
+        .seed_organization("acme", "Acme", "{}", None, 0, T0)
+        .await
+        .unwrap();
+    // Requests take both slots: two sign-ins of one address wait on the lock a sign-in takes
+    // first, each on a connection of its own; then they go on, and the connections stay.
+    let mut held = admin.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(1) || $2, 0))")
+        .bind("acme")
+        .bind("10.0.0.9")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let waiting: Vec<_> = (0..2)
+        .map(|i| {
+            let s = storage.clone();
+            tokio::spawn(async move { s.open_session(&login("10.0.0.9", T0 + i, MINUTE)).await })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let waits: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE usename = '{role}' AND wait_event_type = 'Lock'"
+        ))
+        .fetch_one(&mut *held)
+        .await
+        .unwrap();
+        if waits == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "sign-ins not waiting");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    held.rollback().await.unwrap();
+    for w in waiting {
+        w.await.unwrap().unwrap();
+    }
+    assert_eq!(storage.background_starved(), None);
+    // Background work finds no slot (its acquire times out) …
+    let starved = radius_portal::storage::background(storage.active_sessions()).await;
+    assert!(starved.is_err(), "{starved:?}");
+    assert!(storage.background_starved().is_some());
+    // … and the requests' idle connections were given back: its next try gets one.
+    common::wait_until("background work gets a connection", || async {
+        radius_portal::storage::background(storage.active_sessions())
+            .await
+            .is_ok()
+    })
+    .await;
+    assert_eq!(storage.background_starved(), None);
+}

@@ -992,6 +992,18 @@ async fn readyz(State(ready): State<Readiness>) -> Response {
         )
             .into_response();
     }
+    if let Some(starved) = storage.background_starved() {
+        // PostgreSQL's slots all taken, this replica's requests among the takers: out of the
+        // load balancer's rotation, its requests' connections go back, and Stops can go out.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "database connections: background work (Stops, expiries) has had none for {} s",
+                starved.as_secs()
+            ),
+        )
+            .into_response();
+    }
     if !storage.writable() {
         // Probes come every few seconds (and anyone may ask): a line per 5 s at most.
         static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();

@@ -486,6 +486,15 @@ impl Storage {
         }
     }
 
+    /// How long background work has found no database connection (PostgreSQL, its slots all
+    /// taken); None while it has one, and on SQLite.
+    pub fn background_starved(&self) -> Option<std::time::Duration> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(store) => store.background_starved().map(|since| since.elapsed()),
+        }
+    }
+
     /// The longest a background loop (expiry, accounting delivery) may sleep before it reads
     /// the shared deadlines again. SQLite: this process makes every deadline and wakes its own
     /// loops, so they only guard against a missed wake-up. PostgreSQL: other replicas add

@@ -47,6 +47,8 @@ pub struct PgStore {
     background: PgPool,
     /// The LISTEN connection's (one, held for good).
     listening: PgPool,
+    /// Since when background work has found no connection (see `note_background`).
+    starved: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     /// This process, in the announcements it makes (random per process).
     origin: Arc<str>,
     /// Whether the server is known not to answer (every request then fails at once).
@@ -62,8 +64,11 @@ const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Connections a replica opens at most: requests', background work's and the LISTEN one.
 const MAX_POOL_CONNECTIONS: u32 = REQUEST_CONNECTIONS + BACKGROUND_CONNECTIONS + 1;
-/// Connections requests may hold at once. Given back after a minute unused, so that after a
-/// burst other replicas and operator commands find the server's slots free again.
+/// Connections requests may hold at once. Each is closed a minute after it was opened (when
+/// given back; one unused a minute too): sqlx hands out its idle connections in turn, so a
+/// load balancer's probe every few seconds would otherwise keep every connection a burst
+/// opened, and the server's slots taken from other replicas, their background work and
+/// operator commands, for good.
 const REQUEST_CONNECTIONS: u32 = 11;
 const REQUEST_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Background work's own connections: few, opened at start-up and kept (never given back for
@@ -479,6 +484,7 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(REQUEST_CONNECTIONS)
             .idle_timeout(REQUEST_IDLE_TIMEOUT)
+            .max_lifetime(REQUEST_IDLE_TIMEOUT)
             .acquire_timeout(REQUEST_ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
             .await?;
@@ -526,6 +532,7 @@ impl PgStore {
             requests: pool,
             background,
             listening,
+            starved: Arc::default(),
             origin: format!("{origin:016x}").into(),
             reach,
         })
@@ -576,7 +583,46 @@ impl PgStore {
         if let Err(e) = &result {
             self.reach.observe(e);
         }
+        if super::in_background() {
+            self.note_background(&result);
+        }
         result
+    }
+
+    /// Background work that found no connection (its acquire timed out: the server's slots
+    /// taken, by this replica's requests among others) is starved: `/readyz` says so — the
+    /// load balancer then sends requests elsewhere, and their connections go back —, and two
+    /// of the requests' idle connections are closed at once, freeing slots for it.
+    fn note_background<T>(&self, result: &Result<T, StorageError>) {
+        let mut starved = self.starved.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Err(StorageError::Database(sqlx::Error::PoolTimedOut)) => {
+                if starved.is_none() {
+                    tracing::warn!("background work (Stops, expiries) found no PostgreSQL connection: this replica reports itself not ready, and gives requests' idle connections back, until it has one");
+                }
+                starved.get_or_insert_with(std::time::Instant::now);
+                let requests = self.requests.clone();
+                tokio::spawn(async move {
+                    for _ in 0..2 {
+                        if let Some(connection) = requests.try_acquire() {
+                            let _ = connection.close().await;
+                        }
+                    }
+                });
+            }
+            Err(_) => {}
+            Ok(_) => {
+                if starved.take().is_some() {
+                    tracing::info!("background work has a PostgreSQL connection again");
+                }
+            }
+        }
+    }
+
+    /// Since when background work has found no connection (see `note_background`); None
+    /// while it has.
+    pub(crate) fn background_starved(&self) -> Option<std::time::Instant> {
+        *self.starved.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The pool is open (connections are made on demand; `ping` checks one answers).
