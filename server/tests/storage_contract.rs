@@ -2098,6 +2098,28 @@ async fn postgres_database_gone_is_unavailable_not_a_fault() {
     }
 }
 
+/// `n` sign-ins of `ip` to acme, started while `held` (an outside transaction) holds the lock
+/// a sign-in takes first: each waits there on a connection of its own until `held` ends.
+async fn sign_ins_held(
+    held: &mut sqlx::PgConnection,
+    storage: &Storage,
+    ip: &'static str,
+    n: i64,
+) -> Vec<tokio::task::JoinHandle<Result<radius_portal::storage::OpenedSession, StorageError>>> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(1) || $2, 0))")
+        .bind("acme")
+        .bind(ip)
+        .execute(held)
+        .await
+        .unwrap();
+    (0..n)
+        .map(|i| {
+            let s = storage.clone();
+            tokio::spawn(async move { s.open_session(&login(ip, T0 + i, MINUTE)).await })
+        })
+        .collect()
+}
+
 /// Requests holding every connection they may have (a burst, a server with few connection
 /// slots) never keep background work — a Stop's delivery, an expiry — waiting: it has
 /// connections of its own.
@@ -2114,18 +2136,7 @@ async fn postgres_background_work_has_connections_requests_cannot_take() {
     // of that address wait there, each holding a connection.
     let mut blocker = sqlx::PgConnection::connect(url).await.unwrap();
     let mut held = blocker.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(1) || $2, 0))")
-        .bind("acme")
-        .bind("10.0.0.1")
-        .execute(&mut *held)
-        .await
-        .unwrap();
-    let waiting: Vec<_> = (0..24)
-        .map(|i| {
-            let s = storage.clone();
-            tokio::spawn(async move { s.open_session(&login("10.0.0.1", T0 + i, MINUTE)).await })
-        })
-        .collect();
+    let waiting = sign_ins_held(&mut held, &storage, "10.0.0.1", 24).await;
     let mut watch = sqlx::PgConnection::connect(url).await.unwrap();
     // The requests' connections are all taken once no more join, a moment after the first.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
@@ -2221,18 +2232,7 @@ async fn postgres_starved_background_work_is_reported_and_given_slots() {
     // Requests take both slots: two sign-ins of one address wait on the lock a sign-in takes
     // first, each on a connection of its own; then they go on, and the connections stay.
     let mut held = admin.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(1) || $2, 0))")
-        .bind("acme")
-        .bind("10.0.0.9")
-        .execute(&mut *held)
-        .await
-        .unwrap();
-    let waiting: Vec<_> = (0..2)
-        .map(|i| {
-            let s = storage.clone();
-            tokio::spawn(async move { s.open_session(&login("10.0.0.9", T0 + i, MINUTE)).await })
-        })
-        .collect();
+    let waiting = sign_ins_held(&mut held, &storage, "10.0.0.9", 2).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
         let waits: i64 = sqlx::query_scalar(&format!(
