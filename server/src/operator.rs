@@ -149,8 +149,8 @@ pub enum SessionCommand {
         /// Only this organization's.
         #[arg(long)]
         org: Option<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        /// At most this many (a note on stderr says when there are more).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=10_000_000))]
         limit: i64,
         /// Machine-readable output.
         #[arg(long)]
@@ -237,12 +237,17 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                     return Ok(Outcome::NotFound(org.clone()));
                 }
             }
-            let rows: Vec<SessionRow> = storage
-                .active_sessions_of(org.as_deref(), limit)
+            // One more than asked: whether the list is cut.
+            let mut rows: Vec<SessionRow> = storage
+                .active_sessions_of(org.as_deref(), limit + 1)
                 .await?
                 .iter()
                 .map(SessionRow::from)
                 .collect();
+            if rows.len() as i64 > limit {
+                rows.truncate(limit as usize);
+                eprintln!("note: more than {limit} sessions are active: the oldest {limit} are listed (--limit N lists more)");
+            }
             if json {
                 say!("{}", serde_json::to_string_pretty(&rows)?);
             } else {

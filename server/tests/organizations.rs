@@ -1069,6 +1069,23 @@ async fn the_cli_disables_an_organization_of_the_running_portal() {
     let json: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(json.as_array().unwrap().len(), 1, "{json}");
     assert_eq!(json[0]["acct_session_id"], again.acct_session_id.as_str());
+    // A list cut short says so (on stderr: the JSON stays whole).
+    let second = app
+        .sessions
+        .login("acme", "carol", "carol-pass", ip(22))
+        .await
+        .unwrap();
+    let cut = portal(&config, &["session", "list", "--limit", "1", "--json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&cut.stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 1, "{json}");
+    assert!(
+        String::from_utf8_lossy(&cut.stderr).contains("more than 1 sessions are active"),
+        "{cut:?}"
+    );
+    let whole = portal(&config, &["session", "list", "--limit", "2"]).await;
+    assert!(whole.stderr.is_empty(), "{whole:?}");
+    let ended = portal(&config, &["session", "terminate", &second.id.to_string()]).await;
+    assert!(ended.status.success(), "{ended:?}");
     let show = portal(&config, &["session", "show", &again.acct_session_id]).await;
     assert!(
         String::from_utf8_lossy(&show.stdout).contains("active"),
