@@ -2265,3 +2265,35 @@ async fn postgres_starved_background_work_is_reported_and_given_slots() {
     .await;
     assert_eq!(storage.background_starved(), None);
 }
+
+/// An operator command (`org disable` in an emergency) that finds every connection slot taken
+/// waits for one to come free rather than failing at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_operator_command_waits_for_a_free_slot() {
+    use sqlx::Connection;
+    let url = common::postgres::fresh_database().await;
+    let (head, db) = url.rsplit_once('/').unwrap();
+    let port = head.rsplit_once(':').unwrap().1;
+    let role = format!("one_{db}");
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    // Two slots: one for the command's check, one for its pool; both taken from it.
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE {role} LOGIN CONNECTION LIMIT 2; ALTER DATABASE {db} OWNER TO {role}; \
+         ALTER SCHEMA public OWNER TO {role};"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let limited = format!("postgres://{role}@127.0.0.1:{port}/{db}");
+    // Its slots taken (a replica's connections, say) …
+    let taken = sqlx::PgConnection::connect(&limited).await.unwrap();
+    let also = sqlx::PgConnection::connect(&limited).await.unwrap();
+    let opening = tokio::spawn(async move { Storage::open_postgres(&limited).await });
+    // … and given back a moment later: the command goes on.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(!opening.is_finished(), "it waits rather than failing");
+    taken.close().await.unwrap();
+    also.close().await.unwrap();
+    let storage = opening.await.unwrap().unwrap();
+    assert_eq!(storage.active_sessions().await.unwrap(), 0);
+}

@@ -205,6 +205,38 @@ impl Reachability {
     }
 }
 
+/// How long an operator command waits for a free connection slot: replicas close their
+/// request connections a minute after opening them, so after a burst one comes free.
+const OPERATOR_SLOT_WAIT: Duration = Duration::from_secs(70);
+
+/// Runs `open` — for an operator command (not `serving`), again every second while the server
+/// has no connection slot free, for up to [`OPERATOR_SLOT_WAIT`] (said once on stderr): an
+/// `org disable` in an emergency should not fail because a burst took the last slots.
+async fn operator_waits<T, F, Fut>(serving: bool, open: F) -> Result<T, StorageError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StorageError>>,
+{
+    let started = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        match open().await {
+            Err(StorageError::Database(e))
+                if !serving
+                    && started.elapsed() < OPERATOR_SLOT_WAIT
+                    && (out_of_slots(&e) || matches!(e, sqlx::Error::PoolTimedOut)) =>
+            {
+                if !said {
+                    said = true;
+                    eprintln!("note: PostgreSQL has no connection slot free ({e}): waiting up to {} s for one (the portal's replicas give theirs back within a minute)", OPERATOR_SLOT_WAIT.as_secs());
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Whether a failed connection says the server has no connection slot left (53300: too many
 /// connections, or the remaining ones reserved).
 fn out_of_slots(error: &sqlx::Error) -> bool {
@@ -436,13 +468,23 @@ impl PgStore {
     /// [`Self::open`] for `serve` (`serving`): background work's connections are kept open —
     /// one that breaks (a PostgreSQL restart) is opened again at once, so a replica has them
     /// back before requests can take the server's last slots. Operator commands open none
-    /// they do not use.
+    /// they do not use, and wait for a free connection slot (see [`operator_waits`]).
     pub async fn open_for(url: &str, serving: bool) -> Result<PgStore, StorageError> {
-        let store = Self::connect(url, serving).await?;
-        sqlx::migrate!("./migrations/postgres")
-            .run(store.pool())
-            .await?;
-        Ok(store)
+        operator_waits(serving, || async {
+            let store = Self::connect(url, serving).await?;
+            sqlx::migrate!("./migrations/postgres")
+                .run(store.pool())
+                .await
+                .map_err(|e| match e {
+                    // Not a migration's fault: no connection to run it on.
+                    sqlx::migrate::MigrateError::Execute(sqlx::Error::PoolTimedOut) => {
+                        StorageError::Database(sqlx::Error::PoolTimedOut)
+                    }
+                    e => e.into(),
+                })?;
+            Ok(store)
+        })
+        .await
     }
 
     /// Connects as it is, for a check: nothing is migrated. With what its recorded migrations
@@ -450,7 +492,7 @@ impl PgStore {
     pub(crate) async fn open_as_is(
         url: &str,
     ) -> Result<(PgStore, Option<Result<String, String>>), StorageError> {
-        let store = Self::connect(url, false).await?;
+        let store = operator_waits(false, || Self::connect(url, false)).await?;
         let applied: Vec<(i64, bool, Vec<u8>)> = match sqlx::query_as(super::APPLIED_MIGRATIONS)
             .fetch_all(store.pool())
             .await
