@@ -2203,28 +2203,34 @@ async fn deleting_a_disabled_organization_before_its_stop_ran_says_to_wait() {
     );
 }
 
+/// A fresh database owned by a login the server lets open `slots` connections at most: a
+/// superuser connection to it, the login's name, and its URL.
+async fn limited_login(slots: u32) -> (sqlx::PgConnection, String, String) {
+    use sqlx::Connection;
+    let url = common::postgres::fresh_database().await;
+    let (head, db) = url.rsplit_once('/').unwrap();
+    let port = head.rsplit_once(':').unwrap().1;
+    let role = format!("limited_{db}");
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE {role} LOGIN CONNECTION LIMIT {slots}; ALTER DATABASE {db} OWNER TO {role}; \
+         ALTER SCHEMA public OWNER TO {role};"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let limited = format!("postgres://{role}@127.0.0.1:{port}/{db}");
+    (admin, role, limited)
+}
+
 /// Background work that finds no connection at all (the server's slots taken, this replica's
 /// requests among the takers) is reported (`/readyz` says so) and has the requests' idle
 /// connections given back, so that its next try finds a slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_starved_background_work_is_reported_and_given_slots() {
     use sqlx::Connection;
-    let url = common::postgres::fresh_database().await;
-    let (head, db) = url.rsplit_once('/').unwrap();
-    let port = head.rsplit_once(':').unwrap().1;
-    // A login the server lets open two connections at most.
-    let role = format!("two_{db}");
-    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
-    sqlx::raw_sql(&format!(
-        "CREATE ROLE {role} LOGIN CONNECTION LIMIT 2; ALTER DATABASE {db} OWNER TO {role}; \
-         ALTER SCHEMA public OWNER TO {role};"
-    ))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    let storage = Storage::open_postgres(&format!("postgres://{role}@127.0.0.1:{port}/{db}"))
-        .await
-        .unwrap();
+    let (mut admin, role, limited) = limited_login(2).await;
+    let storage = Storage::open_postgres(&limited).await.unwrap();
     storage
         .seed_organization("acme", "Acme", "{}", None, 0, T0)
         .await
@@ -2271,20 +2277,8 @@ async fn postgres_starved_background_work_is_reported_and_given_slots() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_an_operator_command_waits_for_a_free_slot() {
     use sqlx::Connection;
-    let url = common::postgres::fresh_database().await;
-    let (head, db) = url.rsplit_once('/').unwrap();
-    let port = head.rsplit_once(':').unwrap().1;
-    let role = format!("one_{db}");
-    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
     // Two slots: one for the command's check, one for its pool; both taken from it.
-    sqlx::raw_sql(&format!(
-        "CREATE ROLE {role} LOGIN CONNECTION LIMIT 2; ALTER DATABASE {db} OWNER TO {role}; \
-         ALTER SCHEMA public OWNER TO {role};"
-    ))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    let limited = format!("postgres://{role}@127.0.0.1:{port}/{db}");
+    let (_admin, _, limited) = limited_login(2).await;
     // Its slots taken (a replica's connections, say) …
     let taken = sqlx::PgConnection::connect(&limited).await.unwrap();
     let also = sqlx::PgConnection::connect(&limited).await.unwrap();
