@@ -70,7 +70,7 @@ const MAX_POOL_CONNECTIONS: u32 = REQUEST_CONNECTIONS + BACKGROUND_CONNECTIONS +
 /// opened, and the server's slots taken from other replicas, their background work and
 /// operator commands, for good.
 const REQUEST_CONNECTIONS: u32 = 11;
-const REQUEST_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const REQUEST_LIFETIME: Duration = Duration::from_secs(60);
 /// Background work's own connections: few, opened at start-up and kept (never given back for
 /// idleness; renewed every half hour, as the requests' are, so none stays on a server a
 /// failover left behind — and sqlx's maintenance then tops them up).
@@ -459,16 +459,17 @@ fn stopped_from_row(row: &PgRow) -> Result<Stopped, StorageError> {
 }
 
 impl PgStore {
-    /// Connects (a pool of up to 16 connections) and runs the migrations; replicas starting
-    /// together migrate once (sqlx takes an advisory lock).
+    /// Connects (pools of up to 16 connections in all, for an operator command) and runs the
+    /// migrations; replicas starting together migrate once (sqlx takes an advisory lock).
     pub async fn open(url: &str) -> Result<PgStore, StorageError> {
         Self::open_for(url, false).await
     }
 
-    /// [`Self::open`] for `serve` (`serving`): background work's connections are kept open —
-    /// one that breaks (a PostgreSQL restart) is opened again at once, so a replica has them
-    /// back before requests can take the server's last slots. Operator commands open none
-    /// they do not use, and wait for a free connection slot (see [`operator_waits`]).
+    /// [`Self::open`] for `serve` (`serving`): background work's connections are kept at
+    /// [`BACKGROUND_CONNECTIONS`] (sqlx's `min_connections`: one dropped broken is replaced
+    /// at once; one that broke while idle is found and replaced when next used). Operator
+    /// commands open none they do not use, and wait for a free connection slot (see
+    /// [`operator_waits`]).
     pub async fn open_for(url: &str, serving: bool) -> Result<PgStore, StorageError> {
         operator_waits(serving, || async {
             let store = Self::connect(url, serving).await?;
@@ -525,14 +526,12 @@ impl PgStore {
         sqlx::Connection::close(sqlx::ConnectOptions::connect(&options).await?).await?;
         let pool = PgPoolOptions::new()
             .max_connections(REQUEST_CONNECTIONS)
-            .idle_timeout(REQUEST_IDLE_TIMEOUT)
-            .max_lifetime(REQUEST_IDLE_TIMEOUT)
+            .max_lifetime(REQUEST_LIFETIME)
             .acquire_timeout(REQUEST_ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
             .await?;
         // Background work's connections: opened when `serve` starts ([`Self::open_background`];
-        // operator commands never use them), and kept — for `serve`, one that breaks is opened
-        // again at once (sqlx keeps `min_connections` when it drops a broken connection).
+        // operator commands never use them), and kept at `min_connections` for `serve`.
         let background = PgPoolOptions::new()
             .max_connections(BACKGROUND_CONNECTIONS)
             .min_connections(if serving { BACKGROUND_CONNECTIONS } else { 0 })
