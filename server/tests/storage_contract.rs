@@ -2291,3 +2291,43 @@ async fn postgres_an_operator_command_waits_for_a_free_slot() {
     let storage = opening.await.unwrap().unwrap();
     assert_eq!(storage.active_sessions().await.unwrap(), 0);
 }
+
+/// Each process's PostgreSQL connections say whose they are in `pg_stat_activity` (a replica
+/// by host and process id, an operator command as such), so an operator can tell which
+/// replica holds the server's connection slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_name_their_replica() {
+    use sqlx::Connection;
+    let url = common::postgres::fresh_database().await;
+    let settings = radius_portal::config::DatabaseSettings {
+        url: Some(radius_portal::config::Secret::new(url.clone())),
+        ..Default::default()
+    };
+    let serving = Storage::connect(&settings, true).await.unwrap();
+    serving.open_background().await.unwrap();
+    let operator = Storage::connect(&settings, false).await.unwrap();
+    assert_eq!(operator.active_sessions().await.unwrap(), 0);
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT application_name FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() ORDER BY 1",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    let pid = std::process::id().to_string();
+    assert_eq!(names.len(), 2, "a replica's and a command's: {names:?}");
+    for name in &names {
+        assert!(name.starts_with("radius-portal"), "{name}");
+        assert!(
+            name.ends_with(&format!(" {pid}")),
+            "names the process: {name}"
+        );
+    }
+    assert!(
+        names.iter().any(|n| n.starts_with("radius-portal cli ")),
+        "{names:?}"
+    );
+    assert!(names.iter().any(|n| !n.contains(" cli ")), "{names:?}");
+    drop((serving, operator));
+}

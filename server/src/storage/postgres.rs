@@ -79,6 +79,9 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(30 * 60);
 /// How long a request waits for a connection; background work waits longer (it has no user
 /// waiting, and a burst of deliveries queues for its few connections).
 const REQUEST_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A call through [`PgStore::guarded`] this long is logged (throttled): a pool too small for
+/// the load, or a slow server.
+const SLOW_CALL: Duration = Duration::from_secs(2);
 const BACKGROUND_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Whether PostgreSQL is known not to answer. The pool alone would make every request wait
@@ -212,6 +215,29 @@ const OPERATOR_SLOT_WAIT: Duration = Duration::from_secs(70);
 /// Runs `open` — for an operator command (not `serving`), again every second while the server
 /// has no connection slot free, for up to [`OPERATOR_SLOT_WAIT`] (said once on stderr): an
 /// `org disable` in an emergency should not fail because a burst took the last slots.
+/// The name this process's connections show in `pg_stat_activity.application_name`: the
+/// replica (host and process id) or the operator command, so an operator can tell whose
+/// connections hold the server's slots. PostgreSQL keeps 63 bytes of printable ASCII.
+fn application_name(serving: bool) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(40)
+        .collect();
+    let role = if serving { "" } else { " cli" };
+    let host = if host.is_empty() {
+        host
+    } else {
+        format!(" {host}")
+    };
+    format!("radius-portal{role}{host} {}", std::process::id())
+}
+
 async fn operator_waits<T, F, Fut>(serving: bool, open: F) -> Result<T, StorageError>
 where
     F: Fn() -> Fut,
@@ -512,7 +538,7 @@ impl PgStore {
         // time-out: the server ends the transaction after 30 s idle, and probes the connection.
         // No statement waits on a lock more than 10 s, nor runs more than 60 s.
         let options = PgConnectOptions::from_str(url)?
-            .application_name("radius-portal")
+            .application_name(&application_name(serving))
             .options([
                 ("idle_in_transaction_session_timeout", "30s"),
                 ("lock_timeout", "10s"),
@@ -524,7 +550,10 @@ impl PgStore {
         // One connection first: its error says what is wrong (refused, authentication, no such
         // database); the pool would only report that it timed out.
         sqlx::Connection::close(sqlx::ConnectOptions::connect(&options).await?).await?;
+        // sqlx's own line for a slow acquire names neither pool nor cause, once per call:
+        // thousands under load. [`PgStore::guarded`] says it once in a while instead.
         let pool = PgPoolOptions::new()
+            .acquire_slow_level(log::LevelFilter::Off)
             .max_connections(REQUEST_CONNECTIONS)
             .max_lifetime(REQUEST_LIFETIME)
             .acquire_timeout(REQUEST_ACQUIRE_TIMEOUT)
@@ -533,6 +562,7 @@ impl PgStore {
         // Background work's connections: opened when `serve` starts ([`Self::open_background`];
         // operator commands never use them), and kept at `min_connections` for `serve`.
         let background = PgPoolOptions::new()
+            .acquire_slow_level(log::LevelFilter::Off)
             .max_connections(BACKGROUND_CONNECTIONS)
             .min_connections(if serving { BACKGROUND_CONNECTIONS } else { 0 })
             .idle_timeout(None)
@@ -540,6 +570,7 @@ impl PgStore {
             .acquire_timeout(BACKGROUND_ACQUIRE_TIMEOUT)
             .connect_lazy_with(options.clone());
         let listening = PgPoolOptions::new()
+            .acquire_slow_level(log::LevelFilter::Off)
             .max_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
@@ -620,9 +651,23 @@ impl PgStore {
         E: Into<StorageError>,
     {
         self.reach.admit()?;
+        let started = std::time::Instant::now();
         let result = work(self.pool()).await.map_err(Into::into);
         if let Err(e) = &result {
             self.reach.observe(e);
+        }
+        let took = started.elapsed();
+        if took >= SLOW_CALL {
+            static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+            if let Some(left_out) = LOG.admit() {
+                let work = if super::in_background() {
+                    "background work"
+                } else {
+                    "a request"
+                };
+                tracing::warn!(seconds = took.as_secs_f64(), similar_left_out = left_out,
+                    "a PostgreSQL call of {work} took {took:.1?}: it waited for one of this replica's connections ({REQUEST_CONNECTIONS} for requests, {BACKGROUND_CONNECTIONS} for background work), or the server was slow to answer");
+            }
         }
         if super::in_background() {
             self.note_background(&result);
