@@ -617,19 +617,17 @@ impl Identification {
     /// The identification attributes of `request`.
     pub fn of(request: &Packet) -> Identification {
         let text = |value: Vec<u8>| String::from_utf8_lossy(&value).into_owned();
-        // The addresses of an attribute pair: the IPv4 one's values of 4 bytes, the IPv6
-        // one's of 16 (a value of the other length is no address of its kind: malformed).
+        // The addresses of an attribute pair, None for a value of the wrong length.
         let addresses = |v4: u8, v6: u8| {
-            let v4 = request
-                .get_all(v4)
+            [v4, v6]
                 .into_iter()
-                .map(|value| <[u8; 4]>::try_from(value.as_slice()).ok().map(IpAddr::from));
-            let v6 = request.get_all(v6).into_iter().map(|value| {
-                <[u8; 16]>::try_from(value.as_slice())
-                    .ok()
-                    .map(IpAddr::from)
-            });
-            v4.chain(v6).collect::<Vec<_>>()
+                .flat_map(|typ| {
+                    request
+                        .get_all(typ)
+                        .into_iter()
+                        .map(move |value| address(typ, &value))
+                })
+                .collect::<Vec<_>>()
         };
         // A malformed address names no one: it must not match anyone either.
         let framed = addresses(attr::FRAMED_IP_ADDRESS, attr::FRAMED_IPV6_ADDRESS)
@@ -715,23 +713,38 @@ impl Identification {
     }
 }
 
-/// The first address attribute of `request` whose value is not its family's length (4 bytes
-/// for IPv4, 16 for IPv6): its name and length, for the log.
+/// The address attributes a Disconnect/CoA request may carry: type, its values' length (4
+/// bytes for IPv4, 16 for IPv6), name.
+const ADDRESS_ATTRIBUTES: [(u8, usize, &str); 4] = [
+    (attr::FRAMED_IP_ADDRESS, 4, "Framed-IP-Address"),
+    (attr::FRAMED_IPV6_ADDRESS, 16, "Framed-IPv6-Address"),
+    (attr::NAS_IP_ADDRESS, 4, "NAS-IP-Address"),
+    (attr::NAS_IPV6_ADDRESS, 16, "NAS-IPv6-Address"),
+];
+
+/// The address a value of the address attribute `typ` holds; None if its length is not the
+/// attribute's (a 16-byte Framed-IP-Address is no IPv6 address: malformed).
+fn address(typ: u8, value: &[u8]) -> Option<IpAddr> {
+    let (_, wanted, _) = ADDRESS_ATTRIBUTES.iter().find(|(t, ..)| *t == typ)?;
+    match (*wanted, value.len()) {
+        (4, 4) => <[u8; 4]>::try_from(value).ok().map(IpAddr::from),
+        (16, 16) => <[u8; 16]>::try_from(value).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
+/// The first address attribute of `request` whose value is not its attribute's length: its
+/// name and length, for the log.
 fn wrong_length_address(request: &Packet) -> Option<(&'static str, usize)> {
-    [
-        (attr::FRAMED_IP_ADDRESS, 4, "Framed-IP-Address"),
-        (attr::FRAMED_IPV6_ADDRESS, 16, "Framed-IPv6-Address"),
-        (attr::NAS_IP_ADDRESS, 4, "NAS-IP-Address"),
-        (attr::NAS_IPV6_ADDRESS, 16, "NAS-IPv6-Address"),
-    ]
-    .into_iter()
-    .find_map(|(typ, wanted, name)| {
-        request
-            .get_all(typ)
-            .into_iter()
-            .find(|value| value.len() != wanted)
-            .map(|value| (name, value.len()))
-    })
+    ADDRESS_ATTRIBUTES
+        .into_iter()
+        .find_map(|(typ, wanted, name)| {
+            request
+                .get_all(typ)
+                .into_iter()
+                .find(|value| value.len() != wanted)
+                .map(|value| (name, value.len()))
+        })
 }
 
 /// What a malformed address attribute reads as: it names no one.
