@@ -40,12 +40,12 @@ pub fn validate_username(
         ));
     }
     if !allowed(username) {
-        // A pattern that is a set of characters (the default) takes some of them on their own:
+        // A pattern that is a set of characters (the default) takes some of them on their own
+        // (of the name's, or a plain letter or digit when the name is one refused character):
         // then name the first it refuses; else the form as a whole is wrong.
         let alone = |c: char| allowed(c.encode_utf8(&mut [0; 4]));
-        let refused = username
-            .chars()
-            .any(alone)
+        let set_like = username.chars().chain(['a', 'A', '0']).any(alone);
+        let refused = set_like
             .then(|| username.chars().find(|c| !alone(*c)))
             .flatten();
         let message = match refused {
@@ -102,7 +102,7 @@ pub fn is_direction_mark(c: char) -> bool {
 /// Characters that show nothing where they stand (zero-width spaces and joiners, the soft
 /// hyphen, variation selectors, the byte-order mark, tags, Hangul fillers, the blank Braille
 /// pattern, annotation and format controls): a message quoting one would show empty quotes.
-fn is_invisible(c: char) -> bool {
+pub fn is_invisible(c: char) -> bool {
     matches!(c,
         '\u{00AD}' | '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
         | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{206F}'
@@ -200,10 +200,17 @@ mod tests {
             message("car\u{200B}ol", letters),
             "Username must not contain the invisible character U+200B."
         );
+        // One refused character alone is named too, as within a name.
+        assert_eq!(message("é", letters), "Username must not contain “é”.");
+        assert_eq!(message("\\", letters), "Username must not contain “\\”.");
         // A pattern no single character satisfies (a whole form): said as such.
         let email: fn(&str) -> bool = |u| u.ends_with("@example.org");
         assert_eq!(
             message("carol", email),
+            "Username is not in the form this organization expects."
+        );
+        assert_eq!(
+            message("x", email),
             "Username is not in the form this organization expects."
         );
     }

@@ -92,6 +92,9 @@ test("two organizations' branding side by side", async ({ page }) => {
     .poll(() => page.locator("section.brand-bar").evaluate((s) => getComputedStyle(s).borderTopColor))
     .toBe("rgb(15, 118, 110)");
   await expect(page.getByTestId("help")).toContainText("it-help@beta.example");
+  // Its logo on top, as on its sign-in page.
+  await expect(page.getByTestId("logo")).toBeVisible();
+  await expect(page.getByTestId("logo")).toHaveAttribute("alt", "Beta Branch Office logo");
   await page.getByRole("button", { name: "Disconnect" }).click();
   await expect(page).toHaveURL(url("/o/beta/"));
 });

@@ -39,6 +39,17 @@ pub fn DemoBanner(demo: bool) -> impl IntoView {
     })
 }
 
+/// The organization's logo at the top of its pages (sign-in and session), when it has one.
+#[component]
+pub fn Logo(base: String, organization: String, shown: bool) -> impl IntoView {
+    shown.then(|| {
+        view! {
+            <img src=format!("{base}/logo") alt=format!("{organization} logo") data-testid="logo"
+                class="mb-4 h-16 w-auto" />
+        }
+    })
+}
+
 /// The organization's help line and contact, as plain text.
 #[component]
 pub fn Help(help_text: Option<String>, contact: Option<String>) -> impl IntoView {

@@ -6,7 +6,7 @@
 
 use crate::{
     api::Login,
-    components::{DemoBanner, DisabledNotice, ErrorMessage, Help},
+    components::{DemoBanner, DisabledNotice, ErrorMessage, Help, Logo},
     dto::Notice,
 };
 use leptos::{either::Either, prelude::*, server_fn::ServerFn};
@@ -111,12 +111,8 @@ pub fn LoginPage() -> impl IntoView {
     } else {
         Either::Right(view! { <DisabledNotice /> })
     };
-    let logo = branding.logo.then(|| {
-        view! {
-            <img src=format!("{base}/logo") alt=format!("{organization} logo") data-testid="logo"
-                class="mb-4 h-16 w-auto" />
-        }
-    });
+    let logo =
+        view! { <Logo base=base.clone() organization=organization.clone() shown=branding.logo /> };
     view! {
         <DemoBanner demo />
         <div class="brand-bar">

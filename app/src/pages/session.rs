@@ -6,7 +6,7 @@
 //! (a stale page's Refresh without JavaScript) it says so, with a link to sign in.
 
 use crate::{
-    components::{DemoBanner, DisabledNotice, ErrorMessage, Help},
+    components::{DemoBanner, DisabledNotice, ErrorMessage, Help, Logo},
     dto::{EndReason, Notice, SessionStatus},
     islands::session_panel::{end_text, over_texts, SessionPanel},
 };
@@ -27,7 +27,13 @@ pub fn SessionPage() -> impl IntoView {
         .map(|i| i.branding.clone())
         .unwrap_or_default();
     let help = view! { <Help help_text=branding.help_text contact=branding.contact /> };
+    let organization = info
+        .as_ref()
+        .map(|i| i.organization.clone())
+        .unwrap_or_default();
     let base = info.map(|i| i.base).unwrap_or_default();
+    // Its logo on top, as on its sign-in page.
+    let logo = view! { <Logo base=base.clone() organization shown=branding.logo /> };
     let form_failed = data.form_failed;
     let elsewhere = data.elsewhere.clone();
     // After a Refresh sent without JavaScript (the island says it itself).
@@ -41,6 +47,7 @@ pub fn SessionPage() -> impl IntoView {
     match data.session.unwrap_or(Ok(SessionStatus::NoSession)) {
         Ok(SessionStatus::Active(view)) => view! {
             <DemoBanner demo />
+            {logo}
             {refreshed.map(|text| view! {
                 <p role="status" data-testid="notice" class="mb-4 rounded border border-green-700 bg-green-50 px-4 py-3 text-green-900">
                     {text}
@@ -64,16 +71,16 @@ pub fn SessionPage() -> impl IntoView {
                 // Each name beside its value where both fit, the value below it where not.
                 <dl class="mt-6 space-y-1 border-t border-slate-200 pt-4 text-sm">
                     <div class="flex flex-wrap gap-x-3">
-                        <dt class="w-24 text-slate-600">"User"</dt>
+                        <dt class="w-32 shrink-0 text-slate-600">"User"</dt>
                         // As the RADIUS server named it (nothing checked it): never mirrored.
                         <dd data-testid="username">{crate::validation::shown_plainly(&view.username).into_owned()}</dd>
                     </div>
                     <div class="flex flex-wrap gap-x-3">
-                        <dt class="w-24 text-slate-600">"Organization"</dt>
+                        <dt class="w-32 shrink-0 text-slate-600">"Organization"</dt>
                         <dd>{view.organization.clone()}</dd>
                     </div>
                     <div class="flex flex-wrap gap-x-3">
-                        <dt class="w-24 text-slate-600">"Device address"</dt>
+                        <dt class="w-32 shrink-0 text-slate-600">"Device address"</dt>
                         <dd data-testid="client-ip">{view.client_ip.clone()}</dd>
                     </div>
                 </dl>
@@ -100,6 +107,7 @@ pub fn SessionPage() -> impl IntoView {
         // What the live panel says when the session ends while the page is open.
         Ok(SessionStatus::Ended(reason)) => view! {
             <DemoBanner demo />
+            {logo}
             <section class="brand-bar rounded-lg bg-white p-4 shadow sm:p-6" aria-labelledby="session-title">
                 <h1 id="session-title" class="text-2xl font-semibold">{over_texts(reason)[0]}</h1>
                 <div data-testid="ended" role="status" class="mt-6 text-center">
@@ -120,6 +128,7 @@ pub fn SessionPage() -> impl IntoView {
         // longer has: its answer says so here, rather than the sign-in page in silence.
         Ok(SessionStatus::NoSession) if form_failed => view! {
             <DemoBanner demo />
+            {logo}
             <section class="brand-bar rounded-lg bg-white p-4 shadow sm:p-6" aria-labelledby="session-title">
                 <h1 id="session-title" class="text-2xl font-semibold">"No session"</h1>
                 <p data-testid="ended" role="alert" class="mt-6 text-center">{crate::error::PortalError::NoSession.to_string()}</p>

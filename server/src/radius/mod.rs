@@ -166,6 +166,9 @@ pub struct Grant {
     /// session's Accounting-Requests). Always usable text: valid UTF-8, not blank, without
     /// control characters (an Accept naming the user otherwise is unusable).
     pub user_name: Option<String>,
+    /// What of the Accept was read as absent, for the log (an Acct-Interim-Interval of the
+    /// wrong length).
+    pub ignored: Option<String>,
 }
 
 impl Grant {
@@ -182,11 +185,23 @@ impl Grant {
     ///   accounting must carry the server's name (§5.1), and the portal could neither show nor
     ///   store it faithfully.
     ///
-    /// A malformed Acct-Interim-Interval counts as absent (no periodic updates); repeated, the
+    /// A malformed Acct-Interim-Interval counts as absent (no periodic updates: the session
+    /// itself is not at stake), and [`Grant::ignored`] says so for the log; repeated, the
     /// shortest counts.
     pub fn from_accept(accept: &Packet) -> Result<Grant, String> {
         check_service_type(accept)?;
+        let ignored = accept
+            .get_all(attr::ACCT_INTERIM_INTERVAL)
+            .into_iter()
+            .find(|v| v.len() != 4)
+            .map(|v| {
+                format!(
+                    "its Acct-Interim-Interval is {} bytes long, not 4: read as absent (no Interim-Updates unless another one is readable)",
+                    v.len()
+                )
+            });
         Ok(Grant {
+            ignored,
             session_timeout: shortest_length(accept, attr::SESSION_TIMEOUT, "Session-Timeout")?,
             idle_timeout: shortest_length(accept, attr::IDLE_TIMEOUT, "Idle-Timeout")?,
             interim_interval: accept
@@ -249,8 +264,10 @@ fn service_type_name(value: u32) -> &'static str {
 }
 
 /// The Accept's User-Name: `None` when it has none (or an empty one, which RFC 2865 does not
-/// allow), `Err` when it is not text a session can carry, or when it names the user twice,
-/// differently (RFC 2865 §5: at most one; which would accounting carry?).
+/// allow: as if absent, like an empty Class), `Err` when it is not text a session can carry
+/// (one of spaces or invisible characters only would name the session with nothing anyone can
+/// read), or when it names the user twice, differently (RFC 2865 §5: at most one; which would
+/// accounting carry?).
 fn accepted_user_name(accept: &Packet) -> Result<Option<String>, String> {
     let mut names = accept.get_all(attr::USER_NAME);
     names.retain(|name| !name.is_empty());
@@ -269,7 +286,13 @@ fn accepted_user_name(accept: &Packet) -> Result<Option<String>, String> {
         Ok(name) if name.chars().any(char::is_control) => {
             Err("its User-Name contains control characters".into())
         }
-        Ok(name) if name.trim().is_empty() => Err("its User-Name is blank".into()),
+        Ok(name)
+            if name
+                .chars()
+                .all(|c| c.is_whitespace() || app::validation::is_invisible(c)) =>
+        {
+            Err("its User-Name is blank".into())
+        }
         Ok(name) => Ok(Some(name)),
         Err(_) => Err("its User-Name is not UTF-8 text".into()),
     }
@@ -651,10 +674,20 @@ impl Radius {
             match reply.map(|r| r.packet) {
                 Ok(p) if p.code() == Code::AccessAccept => {
                     return Ok(match Grant::from_accept(&p) {
-                        Ok(grant) => AuthOutcome::Accept {
-                            server: *index,
-                            grant,
-                        },
+                        Ok(grant) => {
+                            if let Some(problem) = &grant.ignored {
+                                static LOG: crate::telemetry::Throttle =
+                                    crate::telemetry::Throttle::new();
+                                if let Some(left_out) = LOG.admit() {
+                                    tracing::warn!(server = %server.name, %problem, similar_left_out = left_out,
+                                        "Access-Accept used, but part of it ignored (fix the server's reply attributes)");
+                                }
+                            }
+                            AuthOutcome::Accept {
+                                server: *index,
+                                grant,
+                            }
+                        }
                         Err(problem) => {
                             tracing::error!(server = %server.name, %problem,
                                 "Access-Accept refused: it cannot be used (fix the server's reply attributes)");
@@ -938,6 +971,8 @@ mod tests {
             (b"a\x00b", "control characters"),
             (b"bad\nname\x1b[31m", "control characters"),
             (b"  ", "blank"),
+            ("\u{200B}".as_bytes(), "blank"),
+            (" \u{FEFF}\u{2060} ".as_bytes(), "blank"),
         ] {
             let refused = Grant::from_accept(&accept(&[(attr::USER_NAME, value)])).unwrap_err();
             assert!(refused.contains(problem), "{value:?}: {refused}");
@@ -988,6 +1023,14 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(grant.interim_interval, Some(61));
+        assert!(
+            grant
+                .ignored
+                .as_deref()
+                .is_some_and(|i| i.contains("2 bytes long")),
+            "the malformed one is said: {:?}",
+            grant.ignored
+        );
         assert_eq!(grant.classes, vec![b"kept".to_vec()]);
         let none = Grant::from_accept(&accept(&[(attr::ACCT_INTERIM_INTERVAL, &[0, 0, 0, 0])]));
         assert_eq!(

@@ -623,6 +623,12 @@ pub fn accept_reply(
             let packet = Packet::decode(bytes, secret).map_err(Dropped::Undecodable)?;
             Ok((packet, has_message_authenticator))
         }
+        // The Response Authenticator verified, so the secret is right: attributes that do not
+        // parse up to the Message-Authenticator are the reply's fault, and said as such.
+        ReplyCheck::BadMessageAuthenticator => match Packet::decode(bytes, secret) {
+            Err(e) => Err(Dropped::Undecodable(e)),
+            Ok(_) => Err(Dropped::Check(ReplyCheck::BadMessageAuthenticator)),
+        },
         other => Err(Dropped::Check(other)),
     }
 }
@@ -971,6 +977,31 @@ mod tests {
             verify_request_message_authenticator(&bytes, SECRET),
             Some(false)
         );
+    }
+
+    #[test]
+    fn broken_attributes_before_the_message_authenticator_are_said_to_be_malformed() {
+        // The Response Authenticator right, an attribute of length 0 (then 1, then one running
+        // past the end) ahead of the Message-Authenticator: not the secret's fault.
+        let request_auth = [9u8; 16];
+        for broken in [
+            &[attr::CLASS, 0][..],
+            &[attr::CLASS, 1],
+            &[attr::CLASS, 40, 1],
+        ] {
+            let mut bytes = vec![2u8, 5, 0, 0];
+            bytes.extend_from_slice(&[0u8; 16]);
+            bytes.extend_from_slice(broken);
+            bytes.extend_from_slice(&[attr::MESSAGE_AUTHENTICATOR, 18]);
+            bytes.extend_from_slice(&[0u8; 16]);
+            let len = bytes.len() as u16;
+            bytes[2..4].copy_from_slice(&len.to_be_bytes());
+            let authenticator = md5(&[&bytes[..4], &request_auth, &bytes[HEADER..], SECRET]);
+            bytes[4..HEADER].copy_from_slice(&authenticator);
+            let why = accept_reply(&bytes, &request_auth, SECRET, false).expect_err("dropped");
+            assert!(matches!(why, Dropped::Undecodable(_)), "{broken:?}: {why}");
+            assert!(!why.to_string().contains("shared secret"), "{why}");
+        }
     }
 
     #[test]
