@@ -2144,7 +2144,7 @@ async fn postgres_background_work_has_connections_requests_cannot_take() {
     loop {
         let now: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM pg_stat_activity \
-             WHERE application_name = 'radius-portal' AND wait_event_type = 'Lock'",
+             WHERE application_name LIKE 'radius-portal %' AND wait_event_type = 'Lock'",
         )
         .fetch_one(&mut watch)
         .await
