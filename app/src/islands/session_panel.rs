@@ -88,14 +88,25 @@ pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
                 state.set(view);
                 ended.set(None);
             }
-            PanelStatus::Ended(reason) => ended.set(Some(reason)),
-            PanelStatus::NoSession => ended.set(Some(EndReason::Disconnected)),
+            PanelStatus::Ended(reason) => {
+                clear_disconnect_failure(error);
+                ended.set(Some(reason));
+            }
+            PanelStatus::NoSession => {
+                clear_disconnect_failure(error);
+                ended.set(Some(EndReason::Disconnected));
+            }
         }
     };
     // Back online: an error from while it was not (the portal could not be reached) is stale;
     // the re-sync that follows shows how things stand.
+    // (A Disconnect that did not get through stays said: the session runs on.)
     #[cfg(feature = "hydrate")]
-    let _ = window_event_listener_untyped("online", move |_| error.set(None));
+    let _ = window_event_listener_untyped("online", move |_| {
+        if error.with_untracked(|e| e.as_deref() == Some(crate::error::UNREACHABLE)) {
+            error.set(None);
+        }
+    });
     #[cfg(feature = "hydrate")]
     live::follow(
         state.get_untracked().base,
@@ -136,12 +147,19 @@ pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
                 if refresh || result.is_err() {
                     busy.set(false);
                 }
+                // A Disconnect that did not get through says so, and that the session runs on.
+                let result = result.map_err(|e| {
+                    if !refresh && e == crate::error::UNREACHABLE {
+                        crate::error::DISCONNECT_UNREACHABLE.to_string()
+                    } else {
+                        e
+                    }
+                });
                 // Refused (e.g. the session ended meanwhile): ask how things stand. Not
                 // reached: the next answer from the portal (the stream, a poll) clears it.
-                if result
-                    .as_ref()
-                    .is_err_and(|e| e != crate::error::UNREACHABLE)
-                {
+                if result.as_ref().is_err_and(|e| {
+                    e != crate::error::UNREACHABLE && e != crate::error::DISCONNECT_UNREACHABLE
+                }) {
                     live::resync(state.get_untracked().base, apply, error);
                 }
                 error.set(result.err());
@@ -343,7 +361,14 @@ mod live {
             ASKING.store(false, Ordering::SeqCst);
             match answer {
                 Ok(status) => apply(status),
-                Err(e) if e == crate::error::UNREACHABLE => error.set(Some(e)),
+                // Said unless a Disconnect that did not get through is (it says more).
+                Err(e) if e == crate::error::UNREACHABLE => {
+                    if error.with_untracked(|shown| {
+                        shown.as_deref() != Some(crate::error::DISCONNECT_UNREACHABLE)
+                    }) {
+                        error.set(Some(e));
+                    }
+                }
                 Err(_) => {}
             }
             if ASK_AGAIN.swap(false, Ordering::SeqCst) {
@@ -465,6 +490,14 @@ mod live {
             let _ =
                 window_event_listener_untyped(event, move |_| resync(base.clone(), apply, error));
         }
+    }
+}
+
+/// A Disconnect that did not get through is no longer so once the session has ended (its
+/// answer was lost on the way back, or it ended otherwise).
+fn clear_disconnect_failure(error: RwSignal<Option<String>>) {
+    if error.with_untracked(|e| e.as_deref() == Some(crate::error::DISCONNECT_UNREACHABLE)) {
+        error.set(None);
     }
 }
 
