@@ -99,3 +99,32 @@ test("a double click on Sign in opens one session with one Access-Request", asyn
   await page.getByRole("button", { name: "Disconnect" }).click();
   await expect(page).toHaveURL(url("/"));
 });
+
+test.describe("in the user's time zone", () => {
+  test.use({ timezoneId: "Asia/Kolkata" });
+
+  test("the end time shows in local time from the first paint, before the WebAssembly runs", async ({ page }) => {
+    const local = (p: Element) => {
+      const d = new Date(Number((p as HTMLElement).dataset.at));
+      return d.toDateString() === new Date().toDateString()
+        ? d.toLocaleTimeString("default")
+        : d.toLocaleString("default");
+    };
+    // The island's WebAssembly held back: what shows is the page's own doing.
+    await page.route("**/*.wasm", (route) => route.abort());
+    await logIn(page, "carol", "carol-pass");
+    await expect(page).toHaveURL(url("/session"));
+    const ends = page.getByTestId("ends");
+    const expected = await ends.evaluate(local);
+    await expect(ends).toContainText(`Ends at ${expected} unless you refresh`);
+    await expect(ends).not.toContainText("UTC");
+    await expect(page.locator("[data-hydrated=true]")).toHaveCount(0);
+    // With the WebAssembly: hydrated, the same text (nothing changes as the island takes over).
+    await page.unroute("**/*.wasm");
+    await page.reload();
+    await expect(page.locator("[data-hydrated=true]")).toHaveCount(1);
+    await expect(ends).toContainText(`Ends at ${await ends.evaluate(local)} unless you refresh`);
+    await page.getByRole("button", { name: "Disconnect" }).click();
+    await expect(page).toHaveURL(url("/"));
+  });
+});

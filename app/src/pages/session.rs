@@ -67,6 +67,7 @@ pub fn SessionPage() -> impl IntoView {
             })}
             <section class="brand-bar rounded-lg bg-white p-4 shadow sm:p-6" aria-labelledby="session-title">
                 <SessionPanel session=crate::dto::PanelView::from(&view) form_token=token />
+                <LocalEndTime />
                 // Fixed for the session's life: rendered here, not in the island's WASM.
                 // Each name beside its value where both fit, the value below it where not.
                 <dl class="mt-6 space-y-1 border-t border-slate-200 pt-4 text-sm">
@@ -196,6 +197,30 @@ fn IslandScripts() -> impl IntoView {
     };
     Some(leptos::tachys::html::InertElement::new(html))
 }
+
+/// Shows the end time in the browser's time zone before the page is first painted, as the
+/// island does once its WASM runs (until then the server's UTC time showed, then changed),
+/// with the island's own formatting (`local_time`). It changes only the text in the
+/// paragraph's text nodes, so the island hydrates the same markup. Without JavaScript the UTC
+/// time stays, labelled.
+#[cfg(feature = "ssr")]
+const LOCAL_END_TIME_JS: &str = "(function(){var p=document.querySelector('[data-testid=ends][data-at]');if(!p)return;var d=new Date(+p.dataset.at),t=d.toDateString()===new Date().toDateString()?d.toLocaleTimeString('default'):d.toLocaleString('default');p.childNodes.forEach(function(c){if(c.nodeType===3)c.data=c.data.replace(p.dataset.utc,t)})})()";
+
+#[cfg(feature = "ssr")]
+#[component]
+fn LocalEndTime() -> impl IntoView {
+    let nonce = leptos::nonce::use_nonce()
+        .map(|n| n.to_string())
+        .unwrap_or_default();
+    leptos::tachys::html::InertElement::new(format!(
+        "<script nonce=\"{nonce}\">{LOCAL_END_TIME_JS}</script>"
+    ))
+}
+
+/// In the browser the page around the islands is never rendered.
+#[cfg(not(feature = "ssr"))]
+#[component]
+fn LocalEndTime() -> impl IntoView {}
 
 /// In the browser the page around the islands is never rendered.
 #[cfg(not(feature = "ssr"))]
