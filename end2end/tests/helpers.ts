@@ -32,7 +32,7 @@ export async function logIn(page: Page, username: string, password: string, base
 
 /** Waits until the island is hydrated (its WASM runs: it marks its root). */
 export async function hydrated(page: Page) {
-  await expect(page.locator("[data-hydrated=true]")).toHaveCount(1);
+  await expect(page.locator(".hydrated")).toHaveCount(1);
 }
 
 /** Runs the portal binary's operator CLI on the running portal's configuration. */

@@ -14,7 +14,7 @@ test("the open page follows the portal through a kill -9 and restart", async ({ 
     await page.getByLabel("Password").fill("carol-pass");
     await page.getByRole("button", { name: "Sign in" }).click();
     await expect(page).toHaveURL(`${url}/session`);
-    await expect(page.locator("[data-hydrated=true]")).toHaveCount(1); // hydrated
+    await expect(page.locator(".hydrated")).toHaveCount(1); // hydrated
 
     await portal.kill9();
     // Without the portal the page says so by itself (its polls fail), rather than counting

@@ -267,12 +267,9 @@ pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
     let (refresh_post, disconnect_post) = (refresh_url.clone(), disconnect_url.clone());
     let sign_in_url = format!("{base}/");
     let disabled = move || ended.get() == Some(EndReason::OrganizationDisabled);
-    // For the page's script that shows the end time in local time before the WASM runs
-    // (`pages::session`): when, and the server's text it replaces.
-    let (first_end_ms, first_end_utc) =
-        state.with_untracked(|s| (s.ends_at_ms.to_string(), format!("{} UTC", s.ends_at_utc)));
     view! {
-        <div data-hydrated=move || hydrated.get().then_some("true")>
+        // `hydrated` marks the island's WASM at work (the tests wait for it).
+        <div class:hydrated=move || hydrated.get()>
             <h1 id="session-title" node_ref=heading tabindex="-1" class="text-2xl font-semibold focus:outline-none">
                 {move || match ended.get() {
                     Some(reason) => over_texts(reason)[0],
@@ -295,7 +292,7 @@ pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
                 <p role="timer" aria-label="Time left" class="text-center font-mono text-[length:min(3rem,15vw)] leading-none tabular-nums">
                     {move || format_clock(remaining_secs())}
                 </p>
-                <p data-testid="ends" data-at=first_end_ms data-utc=first_end_utc class="mt-2 text-center text-sm text-slate-700">{ends_text}</p>
+                <p data-testid="ends" class="mt-2 text-center text-sm text-slate-700">{ends_text}</p>
                 {warning}
                 <ErrorMessage error />
                 // Side by side where they fit, stacked on a narrow screen or at large text.

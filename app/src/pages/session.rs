@@ -67,7 +67,7 @@ pub fn SessionPage() -> impl IntoView {
             })}
             <section class="brand-bar rounded-lg bg-white p-4 shadow sm:p-6" aria-labelledby="session-title">
                 <SessionPanel session=crate::dto::PanelView::from(&view) form_token=token />
-                <LocalEndTime />
+                <LocalEndTime at_ms=view.ends_at_ms utc=view.ends_at_utc.clone() />
                 // Fixed for the session's life: rendered here, not in the island's WASM.
                 // Each name beside its value where both fit, the value below it where not.
                 <dl class="mt-6 space-y-1 border-t border-slate-200 pt-4 text-sm">
@@ -203,24 +203,33 @@ fn IslandScripts() -> impl IntoView {
 /// with the island's own formatting (`local_time`). It changes only the text in the
 /// paragraph's text nodes, so the island hydrates the same markup. Without JavaScript the UTC
 /// time stays, labelled.
+/// (`AT` and `UTC` stand for the end time in Unix milliseconds and as the server wrote it.)
 #[cfg(feature = "ssr")]
-const LOCAL_END_TIME_JS: &str = "(function(){var p=document.querySelector('[data-testid=ends][data-at]');if(!p)return;var d=new Date(+p.dataset.at),t=d.toDateString()===new Date().toDateString()?d.toLocaleTimeString('default'):d.toLocaleString('default');p.childNodes.forEach(function(c){if(c.nodeType===3)c.data=c.data.replace(p.dataset.utc,t)})})()";
+const LOCAL_END_TIME_JS: &str = "(function(){var p=document.querySelector('[data-testid=ends]');if(!p)return;var d=new Date(AT),t=d.toDateString()===new Date().toDateString()?d.toLocaleTimeString('default'):d.toLocaleString('default');p.childNodes.forEach(function(c){if(c.nodeType===3)c.data=c.data.replace('UTC',t)})})()";
 
 #[cfg(feature = "ssr")]
 #[component]
-fn LocalEndTime() -> impl IntoView {
+fn LocalEndTime(at_ms: i64, utc: String) -> impl IntoView {
     let nonce = leptos::nonce::use_nonce()
         .map(|n| n.to_string())
         .unwrap_or_default();
-    leptos::tachys::html::InertElement::new(format!(
-        "<script nonce=\"{nonce}\">{LOCAL_END_TIME_JS}</script>"
-    ))
+    // The server's `HH:MM:SS`: digits and colons only, safe in the script's string.
+    let utc: String = utc
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == ':')
+        .collect();
+    let script = LOCAL_END_TIME_JS
+        .replace("AT", &at_ms.to_string())
+        .replace("'UTC'", &format!("'{utc} UTC'"));
+    leptos::tachys::html::InertElement::new(format!("<script nonce=\"{nonce}\">{script}</script>"))
 }
 
 /// In the browser the page around the islands is never rendered.
 #[cfg(not(feature = "ssr"))]
 #[component]
-fn LocalEndTime() -> impl IntoView {}
+fn LocalEndTime(at_ms: i64, utc: String) -> impl IntoView {
+    let _ = (at_ms, utc);
+}
 
 /// In the browser the page around the islands is never rendered.
 #[cfg(not(feature = "ssr"))]
