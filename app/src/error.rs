@@ -90,10 +90,11 @@ pub enum PortalError {
 pub const UNREACHABLE: &str =
     "The portal could not be reached. Please check your connection and try again.";
 
-/// What the session page says when its Disconnect did not reach the portal: the session (and
-/// the network access with it) runs on, and the message stays until the user acts — a user
-/// leaving a shared device must not take "connected again" for "signed out".
-pub const DISCONNECT_UNREACHABLE: &str = "Disconnect did not reach the portal: your session is still running. Check your connection and press Disconnect again.";
+/// What the session page says when its Disconnect got no answer from the portal (not sent, or
+/// its answer lost): the session (and the network access with it) may run on, and the message
+/// stays until the user acts or the session is seen to end — a user leaving a shared device
+/// must not take "connected again" for "signed out".
+pub const DISCONNECT_UNREACHABLE: &str = "Your Disconnect could not be confirmed: the portal could not be reached, so your session may still be running. Check your connection and press Disconnect again.";
 
 /// "1 second", "30 seconds".
 fn seconds(n: &u64) -> String {

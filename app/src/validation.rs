@@ -41,10 +41,12 @@ pub fn validate_username(
     }
     if !allowed(username) {
         // A pattern that is a set of characters (the default) takes some of them on their own
-        // (of the name's, or a plain letter or digit when the name is one refused character):
-        // then name the first it refuses; else the form as a whole is wrong.
+        // (of the name's; for a name of one character, a plain letter or digit): then name the
+        // first it refuses; else the form as a whole is wrong.
         let alone = |c: char| allowed(c.encode_utf8(&mut [0; 4]));
-        let set_like = username.chars().chain(['a', 'A', '0']).any(alone);
+        let one = username.chars().count() == 1;
+        let set_like =
+            username.chars().any(alone) || (one && ['a', 'A', '0'].into_iter().any(alone));
         let refused = set_like
             .then(|| username.chars().find(|c| !alone(*c)))
             .flatten();
@@ -211,6 +213,16 @@ mod tests {
         );
         assert_eq!(
             message("x", email),
+            "Username is not in the form this organization expects."
+        );
+        // Dots only between letters: "." alone or ".." is the form, not the dot, that is wrong.
+        let dotted: fn(&str) -> bool = |u| {
+            !u.is_empty()
+                && u.split('.')
+                    .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_lowercase()))
+        };
+        assert_eq!(
+            message("..", dotted),
             "Username is not in the form this organization expects."
         );
     }

@@ -147,7 +147,7 @@ pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
                 if refresh || result.is_err() {
                     busy.set(false);
                 }
-                // A Disconnect that did not get through says so, and that the session runs on.
+                // A Disconnect that got no answer says so, and that the session may run on.
                 let result = result.map_err(|e| {
                     if !refresh && e == crate::error::UNREACHABLE {
                         crate::error::DISCONNECT_UNREACHABLE.to_string()

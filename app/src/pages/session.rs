@@ -213,15 +213,45 @@ fn LocalEndTime(at_ms: i64, utc: String) -> impl IntoView {
     let nonce = leptos::nonce::use_nonce()
         .map(|n| n.to_string())
         .unwrap_or_default();
-    // The server's `HH:MM:SS`: digits and colons only, safe in the script's string.
+    let script = local_end_time_script(at_ms, &utc);
+    leptos::tachys::html::InertElement::new(format!("<script nonce=\"{nonce}\">{script}</script>"))
+}
+
+/// The script for an end at `at_ms`, which the server wrote as `utc` (`HH:MM:SS`, or
+/// `YYYY-MM-DD HH:MM:SS` on another UTC day): only digits, dashes, colons and spaces of it are
+/// kept, safe in the script's single-quoted string.
+#[cfg(feature = "ssr")]
+fn local_end_time_script(at_ms: i64, utc: &str) -> String {
     let utc: String = utc
         .chars()
-        .filter(|c| c.is_ascii_digit() || *c == ':')
+        .filter(|c| c.is_ascii_digit() || matches!(c, ':' | '-' | ' '))
         .collect();
-    let script = LOCAL_END_TIME_JS
+    LOCAL_END_TIME_JS
         .replace("AT", &at_ms.to_string())
-        .replace("'UTC'", &format!("'{utc} UTC'"));
-    leptos::tachys::html::InertElement::new(format!("<script nonce=\"{nonce}\">{script}</script>"))
+        .replace("'UTC'", &format!("'{utc} UTC'"))
+}
+
+#[cfg(all(test, feature = "ssr"))]
+mod tests {
+    #[test]
+    fn the_end_time_script_finds_the_text_the_server_wrote_and_carries_nothing_else() {
+        let same_day = super::local_end_time_script(1_767_225_600_000, "12:00:00");
+        assert!(same_day.contains("new Date(1767225600000)"), "{same_day}");
+        assert!(same_day.contains("replace('12:00:00 UTC',t)"), "{same_day}");
+        // Another UTC day: the date is part of the text to replace.
+        let next_day = super::local_end_time_script(1_767_225_600_000, "2026-01-01 00:00:00");
+        assert!(
+            next_day.contains("replace('2026-01-01 00:00:00 UTC',t)"),
+            "{next_day}"
+        );
+        // Nothing but the clock's characters reaches the script.
+        let hostile = super::local_end_time_script(0, "1');alert(1);//</script>");
+        assert!(
+            !hostile.contains("alert") && !hostile.contains("</script"),
+            "{hostile}"
+        );
+        assert!(hostile.contains("replace('11 UTC',t)"), "{hostile}");
+    }
 }
 
 /// In the browser the page around the islands is never rendered.

@@ -208,6 +208,32 @@ impl Reachability {
     }
 }
 
+/// The name this process's connections show in `pg_stat_activity.application_name`: the
+/// replica (process id and host) or the operator command, so an operator can tell whose
+/// connections hold the server's slots. PostgreSQL keeps 63 bytes of printable ASCII: the host
+/// comes last and is cut to what fits.
+fn application_name(serving: bool) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .unwrap_or_default();
+    let role = if serving { "" } else { " cli" };
+    let name = format!("radius-portal{role} {}", std::process::id());
+    let room = 63usize.saturating_sub(name.len() + 1);
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(room)
+        .collect();
+    if host.is_empty() {
+        name
+    } else {
+        format!("{name} {host}")
+    }
+}
+
 /// How long an operator command waits for a free connection slot: replicas close their
 /// request connections a minute after opening them, so after a burst one comes free.
 const OPERATOR_SLOT_WAIT: Duration = Duration::from_secs(70);
@@ -215,29 +241,6 @@ const OPERATOR_SLOT_WAIT: Duration = Duration::from_secs(70);
 /// Runs `open` — for an operator command (not `serving`), again every second while the server
 /// has no connection slot free, for up to [`OPERATOR_SLOT_WAIT`] (said once on stderr): an
 /// `org disable` in an emergency should not fail because a burst took the last slots.
-/// The name this process's connections show in `pg_stat_activity.application_name`: the
-/// replica (host and process id) or the operator command, so an operator can tell whose
-/// connections hold the server's slots. PostgreSQL keeps 63 bytes of printable ASCII.
-fn application_name(serving: bool) -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .unwrap_or_default();
-    let host: String = host
-        .trim()
-        .chars()
-        .filter(|c| c.is_ascii_graphic())
-        .take(40)
-        .collect();
-    let role = if serving { "" } else { " cli" };
-    let host = if host.is_empty() {
-        host
-    } else {
-        format!(" {host}")
-    };
-    format!("radius-portal{role}{host} {}", std::process::id())
-}
-
 async fn operator_waits<T, F, Fut>(serving: bool, open: F) -> Result<T, StorageError>
 where
     F: Fn() -> Fut,
@@ -666,7 +669,7 @@ impl PgStore {
                     "a request"
                 };
                 tracing::warn!(seconds = took.as_secs_f64(), similar_left_out = left_out,
-                    "a PostgreSQL call of {work} took {took:.1?}: it waited for one of this replica's connections ({REQUEST_CONNECTIONS} for requests, {BACKGROUND_CONNECTIONS} for background work), or the server was slow to answer");
+                    "a PostgreSQL call of {work} took {took:.1?}: it waited for one of this replica's connections ({REQUEST_CONNECTIONS} for requests, {BACKGROUND_CONNECTIONS} for background work), or on a lock (a sign-in of the same address, an organization being changed), or the server was slow to answer");
             }
         }
         if super::in_background() {
