@@ -76,9 +76,7 @@ pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
     let apply = move |status: PanelStatus| {
         // An answer came: "the portal could not be reached" no longer holds (the stream may
         // come back before any request of the page's own does).
-        if error.with_untracked(|e| e.as_deref() == Some(crate::error::UNREACHABLE)) {
-            error.set(None);
-        }
+        clear_if_shown(error, crate::error::UNREACHABLE);
         match status {
             PanelStatus::Active(view) => {
                 // The clock's last tick may be a quarter second old: count from now.
@@ -88,12 +86,14 @@ pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
                 state.set(view);
                 ended.set(None);
             }
+            // A Disconnect that got no answer is no longer in doubt once the session has
+            // ended (its answer was lost on the way back, or it ended otherwise).
             PanelStatus::Ended(reason) => {
-                clear_disconnect_failure(error);
+                clear_if_shown(error, crate::error::DISCONNECT_UNREACHABLE);
                 ended.set(Some(reason));
             }
             PanelStatus::NoSession => {
-                clear_disconnect_failure(error);
+                clear_if_shown(error, crate::error::DISCONNECT_UNREACHABLE);
                 ended.set(Some(EndReason::Disconnected));
             }
         }
@@ -103,9 +103,7 @@ pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
     // (A Disconnect that did not get through stays said: the session runs on.)
     #[cfg(feature = "hydrate")]
     let _ = window_event_listener_untyped("online", move |_| {
-        if error.with_untracked(|e| e.as_deref() == Some(crate::error::UNREACHABLE)) {
-            error.set(None);
-        }
+        clear_if_shown(error, crate::error::UNREACHABLE)
     });
     #[cfg(feature = "hydrate")]
     live::follow(
@@ -494,10 +492,9 @@ mod live {
     }
 }
 
-/// A Disconnect that did not get through is no longer so once the session has ended (its
-/// answer was lost on the way back, or it ended otherwise).
-fn clear_disconnect_failure(error: RwSignal<Option<String>>) {
-    if error.with_untracked(|e| e.as_deref() == Some(crate::error::DISCONNECT_UNREACHABLE)) {
+/// Takes `text` away if it is the error shown (and only then: another one stays).
+fn clear_if_shown(error: RwSignal<Option<String>>, text: &str) {
+    if error.with_untracked(|e| e.as_deref() == Some(text)) {
         error.set(None);
     }
 }

@@ -231,6 +231,18 @@ fn local_end_time_script(at_ms: i64, utc: &str) -> String {
         .replace("'UTC'", &format!("'{utc} UTC'"))
 }
 
+/// In the browser the page around the islands is never rendered.
+#[cfg(not(feature = "ssr"))]
+#[component]
+fn LocalEndTime(at_ms: i64, utc: String) -> impl IntoView {
+    let _ = (at_ms, utc);
+}
+
+/// In the browser the page around the islands is never rendered.
+#[cfg(not(feature = "ssr"))]
+#[component]
+fn IslandScripts() -> impl IntoView {}
+
 #[cfg(all(test, feature = "ssr"))]
 mod tests {
     #[test]
@@ -253,15 +265,3 @@ mod tests {
         assert!(hostile.contains("replace('11 UTC',t)"), "{hostile}");
     }
 }
-
-/// In the browser the page around the islands is never rendered.
-#[cfg(not(feature = "ssr"))]
-#[component]
-fn LocalEndTime(at_ms: i64, utc: String) -> impl IntoView {
-    let _ = (at_ms, utc);
-}
-
-/// In the browser the page around the islands is never rendered.
-#[cfg(not(feature = "ssr"))]
-#[component]
-fn IslandScripts() -> impl IntoView {}

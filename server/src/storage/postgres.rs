@@ -79,10 +79,10 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(30 * 60);
 /// How long a request waits for a connection; background work waits longer (it has no user
 /// waiting, and a burst of deliveries queues for its few connections).
 const REQUEST_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
-/// A call through [`PgStore::guarded`] this long is logged (throttled): a pool too small for
-/// the load, or a slow server.
-const SLOW_CALL: Duration = Duration::from_secs(2);
 const BACKGROUND_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(15);
+/// A call through [`PgStore::guarded`] this long is logged (throttled): a pool too small for
+/// the load, a lock wait, or a slow server.
+const SLOW_CALL: Duration = Duration::from_secs(2);
 
 /// Whether PostgreSQL is known not to answer. The pool alone would make every request wait
 /// its acquire timeout (5 s) while the server is stopped — it retries a refused connection
