@@ -3,16 +3,24 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `Deserialize` for an enum of unit variants, read by name as the derived `Serialize` writes
-/// them: a match on the name, smaller in the island's WASM than serde's derived visitors.
+/// For an enum of unit variants, read by name as the derived `Serialize` writes them:
+/// `from_name` (the island's reader) and `Deserialize`, one match on the name.
 macro_rules! deserialize_by_name {
     ($type:ty: $($variant:ident),+) => {
+        impl $type {
+            /// The variant of this name, as `Serialize` writes it.
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $(stringify!($variant) => Some(Self::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
         impl<'de> Deserialize<'de> for $type {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                match <std::borrow::Cow<'de, str>>::deserialize(d)?.as_ref() {
-                    $(stringify!($variant) => Ok(Self::$variant),)+
-                    _ => Err(serde::de::Error::custom("unknown variant")),
-                }
+                let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                Self::from_name(&name).ok_or_else(|| serde::de::Error::custom("unknown variant"))
             }
         }
     };
@@ -66,11 +74,11 @@ pub struct SessionView {
     pub refresh_changed_nothing: bool,
 }
 
-/// What the session panel island holds of a [`SessionView`]: its props, and what it reads of a
-/// Refresh's or a status answer's view (the other fields are ignored). The rest of the session
-/// page — user, organization, address, the Accept's message — is rendered by the server around
-/// the island, so the browser does not decode it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// What the session panel island holds of a [`SessionView`]: what it starts from, and what it
+/// reads of a Refresh's or a status answer's view (the other fields are ignored). The rest of
+/// the session page — user, organization, address, the Accept's message — is rendered by the
+/// server around the island, so the browser does not decode it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PanelView {
     /// See [`SessionView::remaining_ms`].
     pub remaining_ms: u64,
@@ -80,16 +88,40 @@ pub struct PanelView {
     pub ends_at_utc: String,
     /// See [`SessionView::ends_at_ms`].
     pub ends_at_ms: i64,
-    /// See [`SessionView::window_text`].
-    #[serde(default)]
+    /// See [`SessionView::window_text`] (read as optional: a replica of an older version,
+    /// during a rolling upgrade, may not send it).
     pub window_text: String,
     /// See [`SessionView::can_extend`].
     pub can_extend: bool,
     /// See [`SessionView::base`].
     pub base: String,
-    /// See [`SessionView::refresh_changed_nothing`].
-    #[serde(default)]
+    /// See [`SessionView::refresh_changed_nothing`] (absent: false).
     pub refresh_changed_nothing: bool,
+}
+
+#[cfg(any(feature = "hydrate", test))]
+impl PanelView {
+    /// Reads the view out of a [`SessionView`]'s JSON (the island's reader); None if a field
+    /// it needs is missing or of another type.
+    pub fn from_json(json: &crate::islands::json::Json) -> Option<PanelView> {
+        use crate::islands::json::Json;
+        let field = |name| json.get(name);
+        Some(PanelView {
+            remaining_ms: u64::try_from(field("remaining_ms")?.int()?).ok()?,
+            ends_by: EndsBy::from_name(field("ends_by")?.str()?)?,
+            ends_at_utc: field("ends_at_utc")?.str()?.to_string(),
+            ends_at_ms: field("ends_at_ms")?.int()?,
+            window_text: field("window_text")
+                .and_then(Json::str)
+                .unwrap_or_default()
+                .to_string(),
+            can_extend: field("can_extend")?.bool()?,
+            base: field("base")?.str()?.to_string(),
+            refresh_changed_nothing: field("refresh_changed_nothing")
+                .and_then(Json::bool)
+                .unwrap_or_default(),
+        })
+    }
 }
 
 impl From<&SessionView> for PanelView {
@@ -108,7 +140,7 @@ impl From<&SessionView> for PanelView {
 }
 
 /// [`SessionStatus`] as the island reads it (the same JSON, with the view it needs).
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum PanelStatus {
     /// See [`SessionStatus::Active`].
     Active(PanelView),
@@ -116,6 +148,20 @@ pub enum PanelStatus {
     Ended(EndReason),
     /// See [`SessionStatus::NoSession`].
     NoSession,
+}
+
+#[cfg(any(feature = "hydrate", test))]
+impl PanelStatus {
+    /// Reads a [`SessionStatus`]'s JSON (the island's reader); None if it is not one.
+    pub fn from_json(json: &crate::islands::json::Json) -> Option<PanelStatus> {
+        if json.str() == Some("NoSession") {
+            return Some(PanelStatus::NoSession);
+        }
+        if let Some(view) = json.get("Active") {
+            return PanelView::from_json(view).map(PanelStatus::Active);
+        }
+        EndReason::from_name(json.get("Ended")?.str()?).map(PanelStatus::Ended)
+    }
 }
 
 /// Why an access session ended, as the session page explains it.
@@ -298,10 +344,11 @@ mod tests {
             refresh_changed_nothing: true,
             ..view.clone()
         };
-        let read: PanelView =
-            serde_json::from_str(&serde_json::to_string(&unchanged).unwrap()).unwrap();
-        assert!(read.refresh_changed_nothing);
-        for (written, read) in [
+        let read = |text: &str| crate::islands::json::Json::parse(text).unwrap();
+        let panel_read =
+            PanelView::from_json(&read(&serde_json::to_string(&unchanged).unwrap())).unwrap();
+        assert!(panel_read.refresh_changed_nothing);
+        for (written, expected) in [
             (
                 SessionStatus::Active(view.clone()),
                 PanelStatus::Active(panel.clone()),
@@ -313,16 +360,52 @@ mod tests {
             (SessionStatus::NoSession, PanelStatus::NoSession),
         ] {
             let text = serde_json::to_string(&written).unwrap();
-            assert_eq!(serde_json::from_str::<PanelStatus>(&text).unwrap(), read);
+            assert_eq!(PanelStatus::from_json(&read(&text)), Some(expected));
         }
         // A Refresh's answer is the whole view; a server of the version before sends no words.
         let mut text = serde_json::to_value(&view).unwrap();
         assert_eq!(
-            serde_json::from_value::<PanelView>(text.clone()).unwrap(),
-            panel
+            PanelView::from_json(&read(&text.to_string())),
+            Some(panel.clone())
         );
         text.as_object_mut().unwrap().remove("window_text");
-        let older = serde_json::from_value::<PanelView>(text).unwrap();
+        let older = PanelView::from_json(&read(&text.to_string())).unwrap();
         assert_eq!(older.window_text, "");
+        // Every field the island needs is needed: without one (or of another type) the answer
+        // is not read, rather than read as something else.
+        for field in [
+            "remaining_ms",
+            "ends_by",
+            "ends_at_utc",
+            "ends_at_ms",
+            "can_extend",
+            "base",
+        ] {
+            let mut text = serde_json::to_value(&view).unwrap();
+            text.as_object_mut().unwrap().remove(field);
+            assert_eq!(
+                PanelView::from_json(&read(&text.to_string())),
+                None,
+                "{field}"
+            );
+            text[field] = serde_json::json!([]);
+            assert_eq!(
+                PanelView::from_json(&read(&text.to_string())),
+                None,
+                "{field}"
+            );
+        }
+        let mut negative = serde_json::to_value(&view).unwrap();
+        negative["remaining_ms"] = serde_json::json!(-1);
+        assert_eq!(PanelView::from_json(&read(&negative.to_string())), None);
+        for other in [
+            r#""Gone""#,
+            r#"{"Ended":"Gone"}"#,
+            r#"{"Active":{}}"#,
+            "{}",
+            "null",
+        ] {
+            assert_eq!(PanelStatus::from_json(&read(other)), None, "{other}");
+        }
     }
 }

@@ -171,3 +171,45 @@ test("a Disconnect that does not reach the portal says the session runs on, unti
   await page.getByRole("button", { name: "Disconnect" }).click();
   await expect(page).toHaveURL(url("/"));
 });
+
+test("a page whose portal is out of reach asks less and less often, and follows it again once back", async ({ page }) => {
+  test.setTimeout(90_000);
+  await logIn(page, "carol", "carol-pass"); // the organization's 4-hour window
+  await hydrated(page);
+  // The portal goes out of reach: the page's questions and streams fail from now on.
+  const asked: number[] = [];
+  const streams: number[] = [];
+  await page.route("**/api/session_status", (route) => {
+    asked.push(Date.now());
+    return route.abort();
+  });
+  await page.route("**/session/events", (route) => {
+    streams.push(Date.now());
+    return route.abort();
+  });
+  // The open stream goes with it (the page put out of view and back: it lets its stream go,
+  // then opens another and asks).
+  await page.evaluate(() => {
+    const hide = (hidden: boolean) => {
+      Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
+      document.dispatchEvent(new Event("visibilitychange", { bubbles: true }));
+    };
+    hide(true);
+    hide(false);
+  });
+  await expect(page.getByRole("alert")).toContainText("could not be reached");
+  await expect.poll(() => asked.length, { timeout: 40_000 }).toBeGreaterThanOrEqual(3);
+  // Two questions unanswered: the third waits four times the usual 2 s (the page's own
+  // timer sets a floor; a slow machine only makes it later), and meanwhile no stream is
+  // tried (the browser's own reconnecting, every few seconds, is stopped).
+  expect(asked[2] - asked[1]).toBeGreaterThanOrEqual(4_000);
+  expect(streams.filter((at) => at > asked[1] + 1_000 && at < asked[2])).toEqual([]);
+  // Back: once answered, the page says nothing of it any more and opens its stream again.
+  await page.unroute("**/api/session_status");
+  await page.unroute("**/session/events");
+  const reopened = page.waitForRequest("**/session/events");
+  await page.evaluate(() => window.dispatchEvent(new Event("online")));
+  await reopened;
+  await expect(page.getByRole("alert")).toHaveCount(0);
+  await expect(page.getByRole("heading", { name: "You are connected" })).toBeVisible();
+});

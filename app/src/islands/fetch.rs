@@ -1,12 +1,12 @@
 //! The island's own small client for the three server fns it calls (refresh, disconnect,
-//! session status): one `fetch` posting a form body, the answer decoded as JSON — the value, or
-//! for a non-2xx status the sentence the server's error answer carries (`message`: the server
+//! session status): one `fetch` posting a form body, the answer read as JSON (`super::json`) —
+//! the value, or for a non-2xx status the sentence the server's error answer carries (`message`: the server
 //! composed it from its `PortalError`, so the WASM every user downloads holds none of that
 //! type's texts and decoding). The server fns stay the single server-side definition; this
 //! replaces only leptos' generic browser client, which weighed more in the WASM than the island
 //! itself.
 
-use serde::{de::DeserializeOwned, Deserialize};
+use super::json::Json;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{AbortController, Headers, RequestInit, Response};
@@ -14,12 +14,6 @@ use web_sys::{AbortController, Headers, RequestInit, Response};
 /// What the user reads when the portal cannot be reached or its answer cannot be read.
 fn unreachable<E>(_: E) -> String {
     crate::error::UNREACHABLE.to_string()
-}
-
-/// The part of the server's error answer the island shows.
-#[derive(Deserialize)]
-struct Refusal {
-    message: String,
 }
 
 /// The form body carrying the form token.
@@ -34,9 +28,13 @@ pub fn csrf_form(token: Option<&str>) -> String {
 /// and the page saying nothing, for as long as the browser keeps the connection.
 const TIMEOUT_MS: u64 = 10_000;
 
-/// POSTs `form` (url-encoded) to the server fn at `path` and decodes its JSON answer; `Err` is
-/// the sentence to show (also after [`TIMEOUT_MS`]).
-pub async fn call<T: DeserializeOwned>(path: &str, form: String) -> Result<T, String> {
+/// POSTs `form` (url-encoded) to the server fn at `path` and reads its JSON answer with `read`;
+/// `Err` is the sentence to show (also after [`TIMEOUT_MS`], or for an answer `read` refuses).
+pub async fn call<T>(
+    path: &str,
+    form: String,
+    read: impl FnOnce(&Json) -> Option<T>,
+) -> Result<T, String> {
     let headers = Headers::new().map_err(unreachable)?;
     let _ = headers.set("Content-Type", "application/x-www-form-urlencoded");
     let _ = headers.set("Accept", "application/json");
@@ -63,11 +61,12 @@ pub async fn call<T: DeserializeOwned>(path: &str, form: String) -> Result<T, St
         .map_err(unreachable)?
         .as_string()
         .unwrap_or_default();
+    let json = Json::parse(&text);
     if response.ok() {
-        serde_json::from_str(&text).map_err(unreachable)
+        json.as_ref().and_then(read).ok_or_else(|| unreachable(()))
     } else {
-        Err(serde_json::from_str::<Refusal>(&text)
-            .map(|refusal| refusal.message)
-            .unwrap_or_else(unreachable))
+        // The part of the server's error answer the island shows.
+        let message = json.as_ref().and_then(|j| j.get("message")?.str());
+        Err(message.map_or_else(|| unreachable(()), str::to_string))
     }
 }

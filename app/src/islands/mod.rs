@@ -2,4 +2,6 @@
 //! user of the session page.
 #[cfg(feature = "hydrate")]
 pub mod fetch;
+#[cfg(any(feature = "hydrate", test))]
+pub mod json;
 pub mod session_panel;

@@ -55,9 +55,58 @@ pub fn over_texts(reason: EndReason) -> [&'static str; 3] {
     }
 }
 
-/// Countdown and controls for one access session.
+/// What the panel starts from: the session as the page was made, and the form token. The
+/// server passes it to the island in context and writes it (JSON) into the element around it,
+/// [`PANEL_START`]; the browser reads it from there. (Island props would do the same through
+/// serde_json, whose error texts weigh more in the WASM than the island's own reader.)
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PanelStart {
+    /// The session's view when the page was made.
+    pub session: PanelView,
+    /// The token the panel's forms post.
+    pub form_token: String,
+}
+
+/// The attribute of the element around the island that holds its [`PanelStart`].
+pub const PANEL_START: &str = "data-panel";
+
+impl PanelStart {
+    /// What the panel starts from: in context on the server; in the browser, read back from
+    /// the page ([`PANEL_START`]).
+    fn get() -> PanelStart {
+        #[cfg(not(feature = "hydrate"))]
+        let start = use_context::<PanelStart>();
+        #[cfg(feature = "hydrate")]
+        let start = PanelStart::read();
+        start.expect("the session page gives the panel its start")
+    }
+
+    /// Reads what the server wrote ([`PanelStart::get`]).
+    #[cfg(any(feature = "hydrate", test))]
+    fn from_json(text: &str) -> Option<PanelStart> {
+        let json = super::json::Json::parse(text)?;
+        Some(PanelStart {
+            session: PanelView::from_json(json.get("session")?)?,
+            form_token: json.get("form_token")?.str()?.to_string(),
+        })
+    }
+
+    #[cfg(feature = "hydrate")]
+    fn read() -> Option<PanelStart> {
+        let holder = document()
+            .query_selector(&format!("[{PANEL_START}]"))
+            .ok()??;
+        PanelStart::from_json(&holder.get_attribute(PANEL_START)?)
+    }
+}
+
+/// Countdown and controls for one access session: its page gives it a [`PanelStart`].
 #[island]
-pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
+pub fn SessionPanel() -> impl IntoView {
+    let PanelStart {
+        session,
+        form_token,
+    } = PanelStart::get();
     let state = RwSignal::new(session);
     let ended = RwSignal::new(None::<EndReason>);
     let hydrated = RwSignal::new(false);
@@ -128,18 +177,20 @@ pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
             let form = super::fetch::csrf_form(Some(&token));
             leptos::task::spawn_local(async move {
                 let result = if refresh {
-                    super::fetch::call::<PanelView>(&path, form)
+                    super::fetch::call(&path, form, PanelView::from_json)
                         .await
                         .map(|view| {
                             refreshed.set(Some((view.ends_at_ms, view.refresh_changed_nothing)));
                             apply(PanelStatus::Active(view));
                         })
                 } else {
-                    super::fetch::call::<()>(&path, form).await.map(|()| {
-                        let _ = window()
-                            .location()
-                            .set_href(&format!("{}/", state.get_untracked().base));
-                    })
+                    super::fetch::call(&path, form, |_| Some(()))
+                        .await
+                        .map(|()| {
+                            let _ = window()
+                                .location()
+                                .set_href(&format!("{}/", state.get_untracked().base));
+                        })
                 };
                 // Disconnected: busy until the sign-in page has replaced this one.
                 if refresh || result.is_err() {
@@ -329,7 +380,7 @@ pub fn SessionPanel(session: PanelView, form_token: String) -> impl IntoView {
 mod live {
     use super::*;
     use crate::api::GetSessionStatus;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
     use std::time::Duration;
     use wasm_bindgen::{closure::Closure, JsCast};
     use web_sys::{EventSource, MessageEvent};
@@ -338,6 +389,8 @@ mod live {
     static ASKING: AtomicBool = AtomicBool::new(false);
     /// Another was asked for while it was ([`resync`]).
     static ASK_AGAIN: AtomicBool = AtomicBool::new(false);
+    /// Questions in a row that could not reach the portal (0: the last one was answered).
+    static MISSES: AtomicU32 = AtomicU32::new(0);
 
     /// Asks the server how the session stands and applies the answer; a portal that cannot be
     /// reached is said (the countdown alone would go on as if all were well).
@@ -356,8 +409,18 @@ mod live {
         }
         leptos::task::spawn_local(async move {
             let path = format!("{base}{}", <GetSessionStatus as ServerFn>::PATH);
-            let answer = crate::islands::fetch::call::<PanelStatus>(&path, String::new()).await;
+            let answer =
+                crate::islands::fetch::call(&path, String::new(), PanelStatus::from_json).await;
             ASKING.store(false, Ordering::SeqCst);
+            let missed = matches!(&answer, Err(e) if e == crate::error::UNREACHABLE);
+            MISSES.store(
+                if missed {
+                    MISSES.load(Ordering::SeqCst) + 1
+                } else {
+                    0
+                },
+                Ordering::SeqCst,
+            );
             match answer {
                 Ok(status) => apply(status),
                 // Said unless a Disconnect that did not get through is (it says more).
@@ -377,6 +440,9 @@ mod live {
             }
         });
     }
+
+    /// A stream that ended is opened again at most this often (ms) by the ticker.
+    const REOPEN_MS: f64 = 30_000.0;
 
     /// Wires the stream, the ticker, the polling fallback and the re-sync triggers.
     pub fn follow(
@@ -408,7 +474,8 @@ mod live {
                 let Some(text) = ev.data().as_string() else {
                     return;
                 };
-                if let Ok(status) = serde_json::from_str::<PanelStatus>(&text) {
+                let json = crate::islands::json::Json::parse(&text);
+                if let Some(status) = json.as_ref().and_then(PanelStatus::from_json) {
                     if !matches!(status, PanelStatus::Active(_)) {
                         close();
                     }
@@ -418,10 +485,14 @@ mod live {
             .into_js_value()
             .unchecked_into();
         let url = format!("{base}{}", crate::api::LIVE_EVENTS_PATH);
+        // When the page last opened a stream ([`REOPEN_MS`]).
+        let opened = StoredValue::new(0.0f64);
         let open = move || {
+            close();
             if let Ok(es) = EventSource::new(&url) {
                 es.set_onmessage(Some(&on_message));
                 last_message.set_value(monotonic_ms());
+                opened.set_value(monotonic_ms());
                 stream.set_value(Some(es));
             }
         };
@@ -431,18 +502,38 @@ mod live {
         let base_for_ticks = StoredValue::new(base.clone());
         // Last re-sync (monotonic ms), so the countdown reaching 0 asks at most once a second.
         let last_check = StoredValue::new(0.0f64);
+        let reopen = open.clone();
         let ticker = set_interval_with_handle(
             move || {
                 let t = monotonic_ms();
                 now.set(t);
                 let due = ended.get_untracked().is_none() && remaining_secs() == 0;
+                let state = stream.with_value(|s| s.as_ref().map(EventSource::ready_state));
                 // No working stream (closed for good, reconnecting, or silent past the server's
                 // 15 s): poll every 2 s instead, so changes still show within about 2 s.
-                let closed = t - last_message.get_value() > 20_000.0
-                    || stream.with_value(|s| {
-                        s.as_ref()
-                            .is_none_or(|es| es.ready_state() != EventSource::OPEN)
-                    });
+                let closed =
+                    t - last_message.get_value() > 20_000.0 || state != Some(EventSource::OPEN);
+                // While the portal cannot be reached, the wait between questions doubles with
+                // each one left unanswered (up to 8 times: 16 s), and the stream goes, which
+                // ends the browser's reconnecting every few seconds: thousands of open pages
+                // would otherwise greet a portal coming back with a flood. Answered again, the
+                // page opens a stream at once — and one the browser gave up on (a proxy
+                // answered an error) at most every `REOPEN_MS`, should it keep failing where
+                // the questions do not.
+                let misses = MISSES.load(Ordering::SeqCst);
+                let visible = !document().hidden();
+                let running = ended.get_untracked().is_none();
+                if misses >= 2 && state != Some(EventSource::OPEN) {
+                    close();
+                } else if misses == 0
+                    && running
+                    && visible
+                    && state.is_none_or(|s| {
+                        s == EventSource::CLOSED && t - opened.get_value() >= REOPEN_MS
+                    })
+                {
+                    reopen();
+                }
                 // A page that says its organization is disabled (no sign-in offered) looks
                 // every 15 s whether it is enabled again, to offer it then.
                 let disabled = ended.get_untracked() == Some(EndReason::OrganizationDisabled);
@@ -452,10 +543,9 @@ mod live {
                     15_000.0
                 } else {
                     2000.0
-                };
+                } * f64::from(1u32 << misses.min(3));
                 // A page out of view waits: shown again, it re-syncs and opens its stream.
-                let polling = ((closed && ended.get_untracked().is_none()) || disabled)
-                    && !document().hidden();
+                let polling = ((closed && running) || disabled) && visible;
                 if (due || polling) && t - last_check.get_value() >= every {
                     last_check.set_value(t);
                     resync(base_for_ticks.get_value(), apply, error);
@@ -470,13 +560,15 @@ mod live {
             }
         });
         // Hidden, the page lets its stream go; shown again, it opens one (while the session
-        // is not over) and asks how things stand.
+        // is not over) and asks how things stand. So it does when the user comes back to it or
+        // the network returns: the back-off starts over then.
         let _ = window_event_listener_untyped("visibilitychange", {
-            let (base, open) = (base.clone(), open.clone());
+            let base = base.clone();
             move |_| {
                 if document().hidden() {
                     close();
                 } else {
+                    MISSES.store(0, Ordering::SeqCst);
                     if ended.get_untracked().is_none() && stream.with_value(Option::is_none) {
                         open();
                     }
@@ -486,8 +578,10 @@ mod live {
         });
         for event in ["online", "pageshow", "focus"] {
             let base = base.clone();
-            let _ =
-                window_event_listener_untyped(event, move |_| resync(base.clone(), apply, error));
+            let _ = window_event_listener_untyped(event, move |_| {
+                MISSES.store(0, Ordering::SeqCst);
+                resync(base.clone(), apply, error)
+            });
         }
     }
 }
@@ -610,5 +704,25 @@ mod tests {
         assert_eq!(format_length(60), "1 minute");
         assert_eq!(format_length(366 * 86_400), "366 days");
         assert_eq!(format_length(86_400 + 3600), "1 day 1 hour");
+    }
+
+    #[test]
+    fn the_panel_starts_from_what_its_page_writes() {
+        let start = PanelStart {
+            session: PanelView {
+                remaining_ms: 14_400_000,
+                ends_by: EndsBy::Window,
+                ends_at_utc: "2026-12-03 20:00:00".into(),
+                ends_at_ms: 1_796_331_600_000,
+                window_text: "4 hours".into(),
+                can_extend: true,
+                base: "/o/acme".into(),
+                refresh_changed_nothing: false,
+            },
+            form_token: "a+b/c=\"<&'".into(),
+        };
+        let written = serde_json::to_string(&start).unwrap();
+        assert_eq!(PanelStart::from_json(&written), Some(start));
+        assert_eq!(PanelStart::from_json(r#"{"session":{}}"#), None);
     }
 }

@@ -8,7 +8,7 @@
 use crate::{
     components::{DemoBanner, DisabledNotice, ErrorMessage, Help, Logo},
     dto::{EndReason, Notice, SessionStatus},
-    islands::session_panel::{end_text, over_texts, SessionPanel},
+    islands::session_panel::{end_text, over_texts, PanelStart, SessionPanel},
 };
 use leptos::prelude::*;
 
@@ -45,7 +45,16 @@ pub fn SessionPage() -> impl IntoView {
         Notice::Disconnected | Notice::AlreadyEnded(_) => None,
     });
     match data.session.unwrap_or(Ok(SessionStatus::NoSession)) {
-        Ok(SessionStatus::Active(view)) => view! {
+        Ok(SessionStatus::Active(view)) => {
+            // The island's start: in context for its server rendering, and in the section
+            // around it for the browser.
+            let start = PanelStart {
+                session: crate::dto::PanelView::from(&view),
+                form_token: token,
+            };
+            let start_json = leptos::serde_json::to_string(&start).unwrap_or_default();
+            provide_context(start);
+            view! {
             <DemoBanner demo />
             {logo}
             {refreshed.map(|text| view! {
@@ -65,8 +74,10 @@ pub fn SessionPage() -> impl IntoView {
                     {message}
                 </p>
             })}
-            <section class="brand-bar rounded-lg bg-white p-4 shadow sm:p-6" aria-labelledby="session-title">
-                <SessionPanel session=crate::dto::PanelView::from(&view) form_token=token />
+            // `data-panel`: the island's `PANEL_START`.
+            <section class="brand-bar rounded-lg bg-white p-4 shadow sm:p-6" aria-labelledby="session-title"
+                data-panel=start_json>
+                <SessionPanel />
                 <LocalEndTime at_ms=view.ends_at_ms utc=view.ends_at_utc.clone() />
                 // Fixed for the session's life: rendered here, not in the island's WASM.
                 // Each name beside its value where both fit, the value below it where not.
@@ -94,7 +105,8 @@ pub fn SessionPage() -> impl IntoView {
             </noscript>
             <IslandScripts />
         }
-        .into_any(),
+        .into_any()
+        }
         // A page loaded without a link to a session is the sign-in page's to show, whatever
         // runs for the address (another device behind the same address, say); only a page
         // that was showing this browser's session hears that it runs on without it — as the
