@@ -124,8 +124,10 @@ pub fn SessionPanel() -> impl IntoView {
     let time_up = Memo::new(move |_| remaining_secs() == 0);
     let apply = move |status: PanelStatus| {
         // An answer came: "the portal could not be reached" no longer holds (the stream may
-        // come back before any request of the page's own does).
+        // come back before any request of the page's own does), nor its back-off.
         clear_if_shown(error, crate::error::UNREACHABLE);
+        #[cfg(feature = "hydrate")]
+        live::answered();
         match status {
             PanelStatus::Active(view) => {
                 // The clock's last tick may be a quarter second old: count from now.
@@ -389,8 +391,13 @@ mod live {
     static ASKING: AtomicBool = AtomicBool::new(false);
     /// Another was asked for while it was ([`resync`]).
     static ASK_AGAIN: AtomicBool = AtomicBool::new(false);
-    /// Questions in a row that could not reach the portal (0: the last one was answered).
+    /// Questions in a row that could not reach the portal (0: the portal answered since).
     static MISSES: AtomicU32 = AtomicU32::new(0);
+
+    /// The portal answered (a question, a Refresh, the stream): no back-off.
+    pub fn answered() {
+        MISSES.store(0, Ordering::SeqCst);
+    }
 
     /// Asks the server how the session stands and applies the answer; a portal that cannot be
     /// reached is said (the countdown alone would go on as if all were well).
@@ -412,19 +419,11 @@ mod live {
             let answer =
                 crate::islands::fetch::call(&path, String::new(), PanelStatus::from_json).await;
             ASKING.store(false, Ordering::SeqCst);
-            let missed = matches!(&answer, Err(e) if e == crate::error::UNREACHABLE);
-            MISSES.store(
-                if missed {
-                    MISSES.load(Ordering::SeqCst) + 1
-                } else {
-                    0
-                },
-                Ordering::SeqCst,
-            );
             match answer {
                 Ok(status) => apply(status),
                 // Said unless a Disconnect that did not get through is (it says more).
                 Err(e) if e == crate::error::UNREACHABLE => {
+                    MISSES.fetch_add(1, Ordering::SeqCst);
                     if error.with_untracked(|shown| {
                         shown.as_deref() != Some(crate::error::DISCONNECT_UNREACHABLE)
                     }) {
@@ -514,7 +513,7 @@ mod live {
                 let closed =
                     t - last_message.get_value() > 20_000.0 || state != Some(EventSource::OPEN);
                 // While the portal cannot be reached, the wait between questions doubles with
-                // each one left unanswered (up to 8 times: 16 s), and the stream goes, which
+                // each one left unanswered (up to 8 times, and 16 s), and the stream goes, which
                 // ends the browser's reconnecting every few seconds: thousands of open pages
                 // would otherwise greet a portal coming back with a flood. Answered again, the
                 // page opens a stream at once — and one the browser gave up on (a proxy
@@ -537,13 +536,16 @@ mod live {
                 // A page that says its organization is disabled (no sign-in offered) looks
                 // every 15 s whether it is enabled again, to offer it then.
                 let disabled = ended.get_untracked() == Some(EndReason::OrganizationDisabled);
-                let every = if due {
+                let every: f64 = if due {
                     1000.0
                 } else if disabled {
                     15_000.0
                 } else {
                     2000.0
-                } * f64::from(1u32 << misses.min(3));
+                };
+                let every = (every * f64::from(1u32 << misses.min(3)))
+                    .min(16_000.0)
+                    .max(every);
                 // A page out of view waits: shown again, it re-syncs and opens its stream.
                 let polling = ((closed && running) || disabled) && visible;
                 if (due || polling) && t - last_check.get_value() >= every {
@@ -560,15 +562,14 @@ mod live {
             }
         });
         // Hidden, the page lets its stream go; shown again, it opens one (while the session
-        // is not over) and asks how things stand. So it does when the user comes back to it or
-        // the network returns: the back-off starts over then.
+        // is not over) and asks how things stand. The user coming back to the page or the
+        // network returning asks at once too (the back-off ends with an answer, not before).
         let _ = window_event_listener_untyped("visibilitychange", {
             let base = base.clone();
             move |_| {
                 if document().hidden() {
                     close();
                 } else {
-                    MISSES.store(0, Ordering::SeqCst);
                     if ended.get_untracked().is_none() && stream.with_value(Option::is_none) {
                         open();
                     }
@@ -578,10 +579,8 @@ mod live {
         });
         for event in ["online", "pageshow", "focus"] {
             let base = base.clone();
-            let _ = window_event_listener_untyped(event, move |_| {
-                MISSES.store(0, Ordering::SeqCst);
-                resync(base.clone(), apply, error)
-            });
+            let _ =
+                window_event_listener_untyped(event, move |_| resync(base.clone(), apply, error));
         }
     }
 }
