@@ -104,54 +104,46 @@ impl Reader<'_> {
             b't' => self.word(b"rue").map(|()| Json::Bool(true))?,
             b'f' => self.word(b"alse").map(|()| Json::Bool(false))?,
             b'"' => Json::Str(self.string()?),
-            b'[' => {
-                let mut items = Vec::new();
-                self.space();
-                if self.bytes.get(self.at) == Some(&b']') {
-                    self.at += 1;
-                } else {
-                    loop {
-                        items.push(self.value(depth + 1)?);
-                        self.space();
-                        match self.next()? {
-                            b',' => {}
-                            b']' => break,
-                            _ => return None,
-                        }
-                    }
+            b'[' => Json::Arr(self.list(b']', |r| r.value(depth + 1))?),
+            b'{' => Json::Obj(self.list(b'}', |r| {
+                r.space();
+                if r.next()? != b'"' {
+                    return None;
                 }
-                Json::Arr(items)
-            }
-            b'{' => {
-                let mut members = Vec::new();
-                self.space();
-                if self.bytes.get(self.at) == Some(&b'}') {
-                    self.at += 1;
-                } else {
-                    loop {
-                        self.space();
-                        if self.next()? != b'"' {
-                            return None;
-                        }
-                        let name = self.string()?;
-                        self.space();
-                        if self.next()? != b':' {
-                            return None;
-                        }
-                        members.push((name, self.value(depth + 1)?));
-                        self.space();
-                        match self.next()? {
-                            b',' => {}
-                            b'}' => break,
-                            _ => return None,
-                        }
-                    }
+                let name = r.string()?;
+                r.space();
+                if r.next()? != b':' {
+                    return None;
                 }
-                Json::Obj(members)
-            }
+                Some((name, r.value(depth + 1)?))
+            })?),
             first @ (b'-' | b'0'..=b'9') => self.number(first)?,
             _ => return None,
         })
+    }
+
+    /// The items of an array or object, its opening bracket read, up to `close`: none, or
+    /// `item`s separated by commas.
+    fn list<T>(
+        &mut self,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        let mut items = Vec::new();
+        self.space();
+        if self.bytes.get(self.at) == Some(&close) {
+            self.at += 1;
+            return Some(items);
+        }
+        loop {
+            items.push(item(self)?);
+            self.space();
+            match self.next()? {
+                b',' => {}
+                b if b == close => return Some(items),
+                _ => return None,
+            }
+        }
     }
 
     /// A number whose first byte was `first`.
