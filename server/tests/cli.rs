@@ -773,6 +773,63 @@ fn a_start_that_fails_creates_no_database() {
     );
 }
 
+/// A database in a directory the portal's user cannot write in (its files it can: restored by
+/// another user, say) is refused naming the directory, not only with SQLite's "attempt to
+/// write a readonly database"; nothing is made there.
+#[test]
+fn a_database_directory_the_user_cannot_write_in_is_named() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    mode(dir.path(), 0o755);
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let config = minimal_config(&data, "");
+    mode(&config, 0o644);
+    for file in ["portal.db", "portal.db.lock"] {
+        std::fs::write(data.join(file), "").unwrap();
+        mode(&data.join(file), 0o666);
+    }
+    mode(&data, 0o555);
+    // Root may write anywhere: run as nobody then.
+    let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    let mut command = Command::new(if root {
+        "setpriv"
+    } else {
+        env!("CARGO_BIN_EXE_radius-portal")
+    });
+    if root {
+        command.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_radius-portal"),
+        ]);
+    }
+    let output = command
+        .args(["--config", config.to_str().unwrap(), "org", "list"])
+        .output()
+        .unwrap();
+    mode(&data, 0o755);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "this user cannot write in the directory {}",
+            data.display()
+        )),
+        "{stderr}"
+    );
+    let mut left: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["portal.db", "portal.db.lock", "portal.toml"]);
+}
+
 /// `serve` warns when its configuration file holds shared secrets and others can read it, and
 /// keeps running on SIGHUP.
 #[tokio::test]

@@ -199,6 +199,12 @@ fn outbox_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
 impl SqliteStore {
     /// Opens (creating if needed) the database file and runs migrations.
     pub async fn open(path: &Path) -> Result<SqliteStore, StorageError> {
+        Self::open_here(path)
+            .await
+            .map_err(|e| explain_read_only(e, path))
+    }
+
+    async fn open_here(path: &Path) -> Result<SqliteStore, StorageError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StorageError::Database(sqlx::Error::Io(e)))?;
         }
@@ -291,6 +297,40 @@ impl SqliteStore {
     /// Whether writes can be made (the engine's writer thread runs); `/readyz` asks.
     pub(crate) fn writable(&self) -> bool {
         self.engine.writer_alive()
+    }
+}
+
+/// A read-only failure in SQLite's words ("attempt to write a readonly database") says neither
+/// which file nor that it may be the directory: said here, with what to change. Other errors
+/// stay as they are.
+fn explain_read_only(error: StorageError, path: &Path) -> StorageError {
+    // SQLite's extended result code, wherever in the chain it is.
+    let mut code = None;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(e) = cause {
+        if let Some(sqlx::Error::Database(d)) = e.downcast_ref::<sqlx::Error>() {
+            code = d.code().and_then(|c| c.parse::<i32>().ok());
+        } else if let Some(rusqlite::Error::SqliteFailure(f, _)) = e.downcast_ref() {
+            code = Some(f.extended_code);
+        }
+        cause = e.source();
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match code {
+        // SQLITE_READONLY_DIRECTORY
+        Some(1544) => StorageError::Engine(format!(
+            "this user cannot write in the directory {} (SQLite makes the database's -wal and -shm files beside it): make the directory writable by the portal's user, or put the database in one that is",
+            dir.display()
+        )),
+        // SQLITE_READONLY and its other extended codes
+        Some(c) if c & 0xff == 8 => StorageError::Engine(format!(
+            "this user cannot write the database file {} or its -wal or -shm file beside it: give the portal's user write access to them",
+            path.display()
+        )),
+        _ => error,
     }
 }
 
