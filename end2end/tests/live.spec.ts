@@ -213,3 +213,22 @@ test("a page whose portal is out of reach asks less and less often, and follows 
   await expect(page.getByRole("alert")).toHaveCount(0);
   await expect(page.getByRole("heading", { name: "You are connected" })).toBeVisible();
 });
+
+test("a Refresh's notice from before the page's script ran goes once the session ends", async ({ page, context }) => {
+  await logIn(page, "carol", "carol-pass");
+  await hydrated(page);
+  // A Refresh sent as a plain form post (pressed before the script ran): the server's notice.
+  await page.evaluate(() =>
+    (document.querySelector('form[action$="/api/refresh"]') as HTMLFormElement).submit(),
+  );
+  await expect(page.getByTestId("notice")).toContainText("Refreshed");
+  await hydrated(page);
+  // Disconnected from another tab: the page says so in place, and the notice of an end time
+  // no longer shown goes.
+  const other = await context.newPage();
+  await other.goto(url("/session"));
+  await hydrated(other);
+  await other.getByRole("button", { name: "Disconnect" }).click();
+  await expect(page.getByTestId("ended")).toContainText("disconnected");
+  await expect(page.getByTestId("notice")).toBeHidden();
+});
