@@ -517,10 +517,9 @@ mod live {
                 // ends the browser's reconnecting every few seconds: thousands of open pages
                 // would otherwise greet a portal coming back with a flood (a stream still open
                 // but silent, a portal that hangs, goes too: it holds a connection for
-                // nothing). Answered again, the
-                // page opens a stream at once — and one the browser gave up on (a proxy
-                // answered an error) at most every `REOPEN_MS`, should it keep failing where
-                // the questions do not.
+                // nothing). Answered again, the page opens a stream at once — and one the
+                // browser gave up on (a proxy answered an error) at most every `REOPEN_MS`,
+                // should it keep failing where the questions do not.
                 let misses = MISSES.load(Ordering::SeqCst);
                 let visible = !document().hidden();
                 let running = ended.get_untracked().is_none();
