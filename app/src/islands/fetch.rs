@@ -1,8 +1,8 @@
 //! The island's own small client for the three server fns it calls (refresh, disconnect,
 //! session status): one `fetch` posting a form body, the answer read as JSON (`super::json`) —
-//! the value, or for a non-2xx status the sentence the server's error answer carries (`message`: the server
-//! composed it from its `PortalError`, so the WASM every user downloads holds none of that
-//! type's texts and decoding). The server fns stay the single server-side definition; this
+//! the value, or for a non-2xx status the sentence the server's error answer carries
+//! (`message`: the server composed it from its `PortalError`, so the WASM every user downloads
+//! holds none of that type's texts and decoding). The server fns stay the single server-side definition; this
 //! replaces only leptos' generic browser client, which weighed more in the WASM than the island
 //! itself.
 
