@@ -173,20 +173,50 @@ test("a Disconnect that does not reach the portal says the session runs on, unti
 });
 
 test("a page whose portal is out of reach asks less and less often, and follows it again once back", async ({ page }) => {
-  test.setTimeout(90_000);
+  // The page's clock is Playwright's: the waits are read in the page's own time, which the test
+  // moves, so a slow machine changes nothing. Every question and stream the page starts is
+  // noted with the page's time, and every question's end is counted (the page's own handling
+  // of an answer runs right after, before the test moves the clock again).
+  await page.clock.install();
+  await page.addInitScript(() => {
+    const w = window as any;
+    w.__asked = [] as number[];
+    w.__settled = 0;
+    w.__streams = [] as EventSource[];
+    const fetch = window.fetch.bind(window);
+    window.fetch = (input: RequestInfo | URL, init?: RequestInit) => {
+      const answer = fetch(input, init);
+      if (String(input).includes("/api/session_status")) {
+        w.__asked.push(Date.now());
+        answer.finally(() => w.__settled++).catch(() => {});
+      }
+      return answer;
+    };
+    const Source = window.EventSource;
+    w.EventSource = class extends Source {
+      constructor(u: string | URL, init?: EventSourceInit) {
+        super(u, init);
+        w.__streams.push(this);
+      }
+    };
+  });
   await logIn(page, "carol", "carol-pass"); // the organization's 4-hour window
   await hydrated(page);
+  const asked = () => page.evaluate(() => (window as any).__asked as number[]);
+  const streams = () => page.evaluate(() => ((window as any).__streams as EventSource[]).map((s) => s.readyState));
+  const settled = () => page.evaluate(() => (window as any).__settled === (window as any).__asked.length);
+  // Moves the page's time on by `ms`, a second at a time, each step once the questions it
+  // started have ended.
+  const advance = async (ms: number) => {
+    for (let done = 0; done < ms; done += 1_000) {
+      await page.clock.runFor(1_000);
+      await expect.poll(settled).toBe(true);
+    }
+  };
+  await page.clock.pauseAt(Date.now() + 60_000);
   // The portal goes out of reach: the page's questions and streams fail from now on.
-  const asked: number[] = [];
-  const streams: number[] = [];
-  await page.route("**/api/session_status", (route) => {
-    asked.push(Date.now());
-    return route.abort();
-  });
-  await page.route("**/session/events", (route) => {
-    streams.push(Date.now());
-    return route.abort();
-  });
+  await page.route("**/api/session_status", (route) => route.abort());
+  await page.route("**/session/events", (route) => route.abort());
   // The open stream goes with it (the page put out of view and back: it lets its stream go,
   // then opens another and asks).
   await page.evaluate(() => {
@@ -198,19 +228,33 @@ test("a page whose portal is out of reach asks less and less often, and follows 
     hide(false);
   });
   await expect(page.getByRole("alert")).toContainText("could not be reached");
-  await expect.poll(() => asked.length, { timeout: 40_000 }).toBeGreaterThanOrEqual(3);
-  // Two questions unanswered: the third waits four times the usual 2 s, 8 s (the page's own
-  // timer sets a floor; a slow machine only makes it later), and meanwhile no stream is
-  // tried (the browser's own reconnecting, every few seconds, is stopped).
-  expect(asked[2] - asked[1]).toBeGreaterThanOrEqual(7_000);
-  expect(streams.filter((at) => at > asked[1] + 1_000 && at < asked[2])).toEqual([]);
+  const before = (await asked()).length;
+  const opened = (await streams()).length;
+  await advance(45_000);
+  // The page asked as the clock jumped (its stream silent for a minute: as good as none) and
+  // was answered; then at once when shown again, unanswered. From there each unanswered
+  // question doubles the wait of its 2 s polling: 4, 8, then 16 s, and no longer. The page's
+  // timer ticks every 250 ms: a wait ends at the first tick after it.
+  const times = (await asked()).slice(before - 1);
+  const gaps = times.slice(1).map((at, i) => at - times[i]);
+  expect(gaps.length).toBe(4);
+  [4_000, 8_000, 16_000, 16_000].forEach((wait, i) => {
+    expect(gaps[i]).toBeGreaterThanOrEqual(wait);
+    expect(gaps[i]).toBeLessThanOrEqual(wait + 250);
+  });
+  // Meanwhile no stream was opened, and the one that failed was closed by the page (the
+  // browser's own reconnecting would leave it connecting, trying again every few seconds).
+  const states = await streams();
+  expect(states.length).toBe(opened);
+  expect(new Set(states)).toEqual(new Set([2])); // EventSource.CLOSED
   // Back: once answered, the page says nothing of it any more and opens its stream again.
   await page.unroute("**/api/session_status");
   await page.unroute("**/session/events");
-  const reopened = page.waitForRequest("**/session/events");
   await page.evaluate(() => window.dispatchEvent(new Event("online")));
-  await reopened;
+  await expect.poll(settled).toBe(true);
+  await advance(1_000);
   await expect(page.getByRole("alert")).toHaveCount(0);
+  await expect.poll(async () => (await streams()).at(-1)).toBe(1); // EventSource.OPEN
   await expect(page.getByRole("heading", { name: "You are connected" })).toBeVisible();
 });
 
