@@ -2294,14 +2294,25 @@ async fn postgres_starved_background_work_is_reported_and_given_slots() {
 async fn postgres_an_operator_command_waits_for_a_free_slot() {
     use sqlx::Connection;
     // Two slots: one for the command's check, one for its pool; both taken from it.
-    let (_admin, _, limited) = limited_login(2).await;
+    let (_admin, role, limited) = limited_login(2).await;
     // Its slots taken (a replica's connections, say) …
     let taken = sqlx::PgConnection::connect(&limited).await.unwrap();
     let also = sqlx::PgConnection::connect(&limited).await.unwrap();
     let opening = tokio::spawn(async move { Storage::open_postgres(&limited).await });
-    // … and given back a moment later: the command goes on.
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // … it is refused, and tries again rather than failing (the server logs each refusal) …
+    let refused = format!("too many connections for role \"{role}\"");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while common::postgres::server_log().matches(&refused).count() < 2 {
+        assert!(!opening.is_finished(), "it waits rather than failing");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second try within 30 s; the server's log:\n{}",
+            common::postgres::server_log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert!(!opening.is_finished(), "it waits rather than failing");
+    // … and once the slots are given back, the command goes on.
     taken.close().await.unwrap();
     also.close().await.unwrap();
     let storage = opening.await.unwrap().unwrap();
