@@ -27,15 +27,21 @@ pub mod validation;
 
 use leptos::prelude::*;
 
-/// The title of a session page whose session has ended (the island sets it when it ends).
-/// Every page's title says what the page is, then the portal.
-pub const SESSION_ENDED_TITLE: &str = "Session ended – Network access portal";
-/// The title of a session page whose browser is no longer linked to its running session.
-pub const NOT_SIGNED_IN_TITLE: &str = "Not signed in – Network access portal";
 /// Where the server sends `/o/{slug}/…` of no organization: the not-found page, saying so.
 pub const NO_SUCH_PORTAL: &str = "/no-such-portal";
-/// The title of a session page with its session active.
-pub const SESSION_TITLE: &str = "Your session – Network access portal";
+/// What a session page with its session active is (its title, [`page_title`]).
+pub const SESSION_TITLE: &str = "Your session";
+
+/// A page's title: what the page is, the organization (when the page is one's), then the
+/// portal. Tabs and screen readers tell the pages apart by it; someone who belongs to several
+/// organizations tells their portals apart.
+pub fn page_title(what: &str, organization: &str) -> String {
+    if organization.is_empty() {
+        format!("{what} – Network access portal")
+    } else {
+        format!("{what} – {organization} – Network access portal")
+    }
+}
 
 /// The pages, by path (after any `/o/{slug}` prefix). They are only ever rendered on the server
 /// (the browser runs islands alone), so there is no client-side router: the server picks the
@@ -71,8 +77,15 @@ pub fn shell(options: LeptosOptions, page: Page) -> impl IntoView {
     #[cfg(feature = "ssr")]
     set_content_security_policy();
     provide_context(options.clone());
+    let info = pages::site_info();
+    // A page not found is no organization's (`/o/{slug}/…` of none comes here too).
+    let organization = match page {
+        Page::NotFound => "",
+        _ => info.as_ref().map_or("", |info| info.organization.as_str()),
+    };
+    let title = page_title(title(page), organization);
     // Every page of an organization's portal wears its accent colour.
-    let brand = pages::site_info()
+    let brand = info
         .filter(|info| info.branding.accent)
         .map(|info| view! { <link rel="stylesheet" href=format!("{}/brand.css", info.base) /> });
     view! {
@@ -84,7 +97,7 @@ pub fn shell(options: LeptosOptions, page: Page) -> impl IntoView {
                 <link rel="icon" href="/favicon.svg" type="image/svg+xml" />
                 <link id="leptos" rel="stylesheet" href=stylesheet_href(&options) />
                 <AutoReload options=options />
-                <title>{title(page)}</title>
+                <title>{title}</title>
                 {brand}
             </head>
             <body class="min-h-screen bg-slate-100 text-slate-900 antialiased wrap-anywhere">
@@ -94,8 +107,7 @@ pub fn shell(options: LeptosOptions, page: Page) -> impl IntoView {
     }
 }
 
-/// The document's title: what the page is, then the portal (tabs and screen readers tell the
-/// pages apart by it).
+/// What the page is, the start of its title ([`page_title`]).
 fn title(page: Page) -> &'static str {
     use dto::SessionStatus;
     match page {
@@ -104,32 +116,30 @@ fn title(page: Page) -> &'static str {
         Page::SignIn => {
             let data = pages::data();
             match data.notice {
-                Some(dto::Notice::Disconnected) => "Disconnected – Sign in – Network access portal",
-                Some(dto::Notice::AlreadyEnded(_)) => {
-                    "Session ended – Sign in – Network access portal"
-                }
-                _ if data.form_failed => "Sign-in failed – Sign in – Network access portal",
-                _ => "Sign in – Network access portal",
+                Some(dto::Notice::Disconnected) => "Disconnected – Sign in",
+                Some(dto::Notice::AlreadyEnded(_)) => "Session ended – Sign in",
+                _ if data.form_failed => "Sign-in failed – Sign in",
+                _ => "Sign in",
             }
         }
         Page::Session => {
             let data = pages::data();
             match data.session {
                 Some(Ok(SessionStatus::Ended(reason))) => {
-                    islands::session_panel::over_texts(reason)[2]
+                    islands::session_panel::over_texts(reason)[0]
                 }
                 // Rendered only after a form post that found no session (else a redirect).
-                Some(Ok(SessionStatus::NoSession)) => "No session – Network access portal",
+                Some(Ok(SessionStatus::NoSession)) => "No session",
                 // After a Refresh without JavaScript, like the sign-in page after a Disconnect.
                 Some(Ok(SessionStatus::Active(_)))
                     if data.notice == Some(dto::Notice::Refreshed) =>
                 {
-                    "Refreshed – Your session – Network access portal"
+                    "Refreshed – Your session"
                 }
                 _ => SESSION_TITLE,
             }
         }
-        Page::NotFound => "Page not found – Network access portal",
+        Page::NotFound => "Page not found",
     }
 }
 

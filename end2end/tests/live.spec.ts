@@ -44,7 +44,7 @@ test("a Disconnect-Request from the RADIUS server ends the open page's session",
   // that says it (the controls are gone), and in the tab's title.
   await expect(page.getByRole("status")).toHaveText("It was ended by the network operator.");
   await expect(page.getByRole("heading", { name: "Session ended" })).toBeFocused();
-  await expect(page).toHaveTitle("Session ended – Network access portal");
+  await expect(page).toHaveTitle("Session ended – End-to-End Org – Network access portal");
 });
 
 test("a page whose browser lost its cookie says the session runs on, not that it ended", async ({ page, context }) => {
@@ -55,7 +55,7 @@ test("a page whose browser lost its cookie says the session runs on, not that it
   await expect(page.getByRole("heading", { name: "Not signed in" })).toBeVisible();
   await expect(page.getByTestId("ended")).toContainText("still running");
   await expect(page.getByTestId("ended")).not.toContainText("has ended");
-  await expect(page).toHaveTitle("Not signed in – Network access portal");
+  await expect(page).toHaveTitle("Not signed in – End-to-End Org – Network access portal");
 });
 
 test("this page's Refresh is said to screen readers, a refresh elsewhere is not", async ({ context }) => {

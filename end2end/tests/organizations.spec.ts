@@ -20,12 +20,15 @@ test("each organization has its own portal under its slug", async ({ page }) => 
   await expect(page.getByText("End-to-End Org")).toBeVisible();
   await page.goto(url("/o/beta/"));
   await expect(page.getByText("Beta Branch Office")).toBeVisible();
+  // Its tabs say whose they are.
+  await expect(page).toHaveTitle("Sign in – Beta Branch Office – Network access portal");
   const missing = await page.goto(url("/o/no-such-org/"));
   expect(missing?.status()).toBe(404);
 
   await logIn(page, "carol", "carol-pass", "/o/beta");
   await hydrated(page);
   await expect(page.getByRole("definition").filter({ hasText: "Beta Branch Office" })).toBeVisible();
+  await expect(page).toHaveTitle("Your session – Beta Branch Office – Network access portal");
   // The default organization's portal has no session for this browser.
   await page.goto(url("/session"));
   await expect(page).toHaveURL(url("/"));
@@ -40,6 +43,8 @@ test("disabling an organization ends its open page in place and closes its form"
   // The live panel offers no way back in while the organization stays disabled.
   await expect(page.getByTestId("ended").getByTestId("disabled")).toContainText("has been disabled");
   await expect(page.getByRole("link", { name: "Sign in again" })).toBeHidden();
+  // The title the page gives itself when the session ends keeps naming the organization.
+  await expect(page).toHaveTitle("Session ended – Beta Branch Office – Network access portal");
 
   const other = await page.context().newPage();
   await other.goto(url("/o/beta/"));

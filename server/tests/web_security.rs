@@ -649,11 +649,21 @@ async fn pages_are_whole_with_their_csp_nonce_and_unknown_paths_get_the_not_foun
         (
             "/session",
             200,
-            "<title>Your session – Network access portal</title>",
+            "<title>Your session – Acme Test Org – Network access portal</title>",
         ),
-        ("/", 200, "<title>Sign in – Network access portal</title>"),
+        (
+            "/",
+            200,
+            "<title>Sign in – Acme Test Org – Network access portal</title>",
+        ),
         (
             "/nowhere",
+            404,
+            "<title>Page not found – Network access portal</title>",
+        ),
+        // A portal that does not exist: not the default organization's either.
+        (
+            "/o/nobody/session",
             404,
             "<title>Page not found – Network access portal</title>",
         ),

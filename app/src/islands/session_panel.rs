@@ -38,20 +38,12 @@ pub fn end_text(reason: EndReason) -> &'static str {
     }
 }
 
-/// The heading, first sentence and tab title once the page's session is over for it: ended —
-/// or running on without this browser, which is not "ended".
-pub fn over_texts(reason: EndReason) -> [&'static str; 3] {
+/// The heading (the start of the tab's title too) and first sentence once the page's session
+/// is over for it: ended — or running on without this browser, which is not "ended".
+pub fn over_texts(reason: EndReason) -> [&'static str; 2] {
     match reason {
-        EndReason::NotLinked => [
-            "Not signed in",
-            "This browser is no longer signed in.",
-            crate::NOT_SIGNED_IN_TITLE,
-        ],
-        _ => [
-            "Session ended",
-            "Your session has ended.",
-            crate::SESSION_ENDED_TITLE,
-        ],
+        EndReason::NotLinked => ["Not signed in", "This browser is no longer signed in."],
+        _ => ["Session ended", "Your session has ended."],
     }
 }
 
@@ -65,6 +57,8 @@ pub struct PanelStart {
     pub session: PanelView,
     /// The token the panel's forms post.
     pub form_token: String,
+    /// The organization's name (the tab's title names it).
+    pub organization: String,
 }
 
 /// The attribute of the element around the island that holds its [`PanelStart`].
@@ -88,6 +82,7 @@ impl PanelStart {
         Some(PanelStart {
             session: PanelView::from_json(json.get("session")?)?,
             form_token: json.get("form_token")?.str()?.to_string(),
+            organization: json.get("organization")?.str()?.to_string(),
         })
     }
 
@@ -106,7 +101,11 @@ pub fn SessionPanel() -> impl IntoView {
     let PanelStart {
         session,
         form_token,
+        organization,
     } = PanelStart::get();
+    // Only the browser changes the tab's title.
+    #[cfg(not(feature = "hydrate"))]
+    let _ = organization;
     let state = RwSignal::new(session);
     let ended = RwSignal::new(None::<EndReason>);
     let hydrated = RwSignal::new(false);
@@ -280,7 +279,7 @@ pub fn SessionPanel() -> impl IntoView {
     let heading = NodeRef::<leptos::html::H1>::new();
     let disconnect_button = NodeRef::<leptos::html::Button>::new();
     #[cfg(feature = "hydrate")]
-    let over_title = Memo::new(move |_| ended.get().map(|reason| over_texts(reason)[2]));
+    let over_title = Memo::new(move |_| ended.get().map(|reason| over_texts(reason)[0]));
     let extendable = Memo::new(move |_| state.get().can_extend);
     #[cfg(feature = "hydrate")]
     Effect::new(move |_| {
@@ -291,7 +290,10 @@ pub fn SessionPanel() -> impl IntoView {
             }
         }
         if let Some(document) = window().document() {
-            document.set_title(title.unwrap_or(crate::SESSION_TITLE));
+            document.set_title(&crate::page_title(
+                title.unwrap_or(crate::SESSION_TITLE),
+                &organization,
+            ));
         }
     });
     // A refresh that reached the limit takes the Refresh button away while it has focus: focus
@@ -594,12 +596,24 @@ fn clear_if_shown(error: RwSignal<Option<String>>, text: &str) {
 }
 
 /// The end time in the browser's time zone (server epoch, browser formatting), with its date
-/// when that is not today. The session page's inline script (`pages::session`,
-/// `LOCAL_END_TIME_JS`) formats it the same way before the WASM runs: change both together.
+/// when that is not today: formatted by the session page's own script (`pages::session`,
+/// `LOCAL_END_TIME_JS`), which showed the first one before the WASM ran — or, should that
+/// script be missing, in the browser's locale.
 fn local_time(unix_ms: i64) -> String {
     #[cfg(feature = "hydrate")]
     {
-        let date = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(unix_ms as f64));
+        use wasm_bindgen::{JsCast, JsValue};
+        let at = JsValue::from_f64(unix_ms as f64);
+        let formatter = JsValue::from_str(crate::pages::session::END_TIME_FN);
+        let formatted = js_sys::Reflect::get(&window(), &formatter)
+            .ok()
+            .and_then(|f| f.dyn_into::<js_sys::Function>().ok())
+            .and_then(|f| f.call1(&JsValue::NULL, &at).ok())
+            .and_then(|text| text.as_string());
+        if let Some(text) = formatted {
+            return text;
+        }
+        let date = js_sys::Date::new(&at);
         if date.to_date_string() == js_sys::Date::new_0().to_date_string() {
             String::from(date.to_locale_time_string("default"))
         } else {
@@ -720,6 +734,7 @@ mod tests {
                 refresh_changed_nothing: false,
             },
             form_token: "a+b/c=\"<&'".into(),
+            organization: "Acme \"Süd\" – Café".into(),
         };
         let written = serde_json::to_string(&start).unwrap();
         assert_eq!(PanelStart::from_json(&written), Some(start));

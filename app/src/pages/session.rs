@@ -33,7 +33,8 @@ pub fn SessionPage() -> impl IntoView {
         .unwrap_or_default();
     let base = info.map(|i| i.base).unwrap_or_default();
     // Its logo on top, as on its sign-in page.
-    let logo = view! { <Logo base=base.clone() organization shown=branding.logo /> };
+    let logo =
+        view! { <Logo base=base.clone() organization=organization.clone() shown=branding.logo /> };
     let form_failed = data.form_failed;
     let elsewhere = data.elsewhere.clone();
     // After a Refresh sent without JavaScript (the island says it itself).
@@ -51,6 +52,7 @@ pub fn SessionPage() -> impl IntoView {
             let start = PanelStart {
                 session: crate::dto::PanelView::from(&view),
                 form_token: token,
+                organization: organization.clone(),
             };
             let start_json = leptos::serde_json::to_string(&start).unwrap_or_default();
             provide_context(start);
@@ -210,14 +212,23 @@ fn IslandScripts() -> impl IntoView {
     Some(leptos::tachys::html::InertElement::new(html))
 }
 
-/// Shows the end time in the browser's time zone before the page is first painted, as the
-/// island does once its WASM runs (until then the server's UTC time showed, then changed),
-/// with the island's own formatting (`local_time`). It changes only the text in the
-/// paragraph's text nodes, so the island hydrates the same markup. Without JavaScript the UTC
-/// time stays, labelled.
-/// (`AT` and `UTC` stand for the end time in Unix milliseconds and as the server wrote it.)
+/// Shows the end time in the browser's time zone before the page is first painted (until then
+/// the server's UTC time showed, then changed). It changes only the text in the paragraph's
+/// text nodes, so the island hydrates the same markup. Without JavaScript the UTC time stays,
+/// labelled.
+///
+/// It also defines the formatter the island uses for every end time after ([`END_TIME_FN`]),
+/// so the two never differ: the time (with its date when that is not today) in English, as the
+/// page is — the browser's own English when its language is one, else English with the
+/// browser's hour cycle (24-hour for `de`, `ja`, `fr`…: `en-GB`; 12-hour for `ar-EG`, `ko`…:
+/// `en-US`). The browser's locale itself would put Arabic-Indic digits or a right-to-left
+/// "م" into the English sentence.
+/// (`END_MS` and `UTC` stand for the end time in Unix milliseconds and as the server wrote it.)
 #[cfg(feature = "ssr")]
-const LOCAL_END_TIME_JS: &str = "(function(){var p=document.querySelector('[data-testid=ends]');if(!p)return;var d=new Date(AT),t=d.toDateString()===new Date().toDateString()?d.toLocaleTimeString('default'):d.toLocaleString('default');p.childNodes.forEach(function(c){if(c.nodeType===3)c.data=c.data.replace('UTC',t)})})()";
+const LOCAL_END_TIME_JS: &str = "(function(){var l=navigator.language||'en';if(!/^en(-|$)/i.test(l)){try{l=/h2/.test(new Intl.DateTimeFormat(l,{hour:'numeric'}).resolvedOptions().hourCycle)?'en-GB':'en-US'}catch(e){l='en-US'}}var f=window.portalEndTime=function(m){var d=new Date(m);return d.toDateString()===new Date().toDateString()?d.toLocaleTimeString(l):d.toLocaleString(l)};var p=document.querySelector('[data-testid=ends]');if(!p)return;var t=f(END_MS);p.childNodes.forEach(function(c){if(c.nodeType===3)c.data=c.data.replace('UTC',t)})})()";
+
+/// The global the session page's script defines to format an end time ([`LOCAL_END_TIME_JS`]).
+pub const END_TIME_FN: &str = "portalEndTime";
 
 #[cfg(feature = "ssr")]
 #[component]
@@ -239,7 +250,7 @@ fn local_end_time_script(at_ms: i64, utc: &str) -> String {
         .filter(|c| c.is_ascii_digit() || matches!(c, ':' | '-' | ' '))
         .collect();
     LOCAL_END_TIME_JS
-        .replace("AT", &at_ms.to_string())
+        .replace("END_MS", &at_ms.to_string())
         .replace("'UTC'", &format!("'{utc} UTC'"))
 }
 
@@ -260,7 +271,11 @@ mod tests {
     #[test]
     fn the_end_time_script_finds_the_text_the_server_wrote_and_carries_nothing_else() {
         let same_day = super::local_end_time_script(1_767_225_600_000, "12:00:00");
-        assert!(same_day.contains("new Date(1767225600000)"), "{same_day}");
+        assert!(same_day.contains("f(1767225600000)"), "{same_day}");
+        assert!(
+            same_day.contains(&format!("window.{}=", super::END_TIME_FN)),
+            "{same_day}"
+        );
         assert!(same_day.contains("replace('12:00:00 UTC',t)"), "{same_day}");
         // Another UTC day: the date is part of the text to replace.
         let next_day = super::local_end_time_script(1_767_225_600_000, "2026-01-01 00:00:00");
