@@ -174,9 +174,9 @@ test("a Disconnect that does not reach the portal says the session runs on, unti
 
 test("a page whose portal is out of reach asks less and less often, and follows it again once back", async ({ page }) => {
   // The page's clock is Playwright's: the waits are read in the page's own time, which the test
-  // moves, so a slow machine changes nothing. Every question and stream the page starts is
-  // noted with the page's time, and every question's end is counted (the page's own handling
-  // of an answer runs right after, before the test moves the clock again).
+  // moves, so a slow machine changes nothing. Every question the page asks is noted with the
+  // page's time, and every stream it opens is kept; a refused question's end is counted (the
+  // page's own handling of it runs right after, before the test moves the clock again).
   await page.clock.install();
   await page.addInitScript(() => {
     const w = window as any;
@@ -214,6 +214,7 @@ test("a page whose portal is out of reach asks less and less often, and follows 
     }
   };
   await page.clock.pauseAt(Date.now() + 60_000);
+  await expect.poll(settled).toBe(true);
   // The portal goes out of reach: the page's questions and streams fail from now on.
   await page.route("**/api/session_status", (route) => route.abort());
   await page.route("**/session/events", (route) => route.abort());
@@ -231,10 +232,9 @@ test("a page whose portal is out of reach asks less and less often, and follows 
   const before = (await asked()).length;
   const opened = (await streams()).length;
   await advance(45_000);
-  // The page asked as the clock jumped (its stream silent for a minute: as good as none) and
-  // was answered; then at once when shown again, unanswered. From there each unanswered
-  // question doubles the wait of its 2 s polling: 4, 8, then 16 s, and no longer. The page's
-  // timer ticks every 250 ms: a wait ends at the first tick after it.
+  // Shown again, the page asked at once, unanswered. From there each unanswered question
+  // doubles the wait of its 2 s polling: 4, 8, then 16 s, and no longer. The page's timer
+  // ticks every 250 ms: a wait ends at the first tick after it.
   const times = (await asked()).slice(before - 1);
   const gaps = times.slice(1).map((at, i) => at - times[i]);
   expect(gaps.length).toBe(4);
@@ -247,12 +247,13 @@ test("a page whose portal is out of reach asks less and less often, and follows 
   const states = await streams();
   expect(states.length).toBe(opened);
   expect(new Set(states)).toEqual(new Set([2])); // EventSource.CLOSED
-  // Back: once answered, the page says nothing of it any more and opens its stream again.
+  // Back: once answered (the user comes back to the window: it asks), the page says nothing of
+  // it any more and opens its stream again. The page's time runs on from here: the answer's
+  // body is read after its headers, and the page opens its stream at a tick after that.
   await page.unroute("**/api/session_status");
   await page.unroute("**/session/events");
-  await page.evaluate(() => window.dispatchEvent(new Event("online")));
-  await expect.poll(settled).toBe(true);
-  await advance(1_000);
+  await page.evaluate(() => window.dispatchEvent(new Event("focus")));
+  await page.clock.resume();
   await expect(page.getByRole("alert")).toHaveCount(0);
   await expect.poll(async () => (await streams()).at(-1)).toBe(1); // EventSource.OPEN
   await expect(page.getByRole("heading", { name: "You are connected" })).toBeVisible();

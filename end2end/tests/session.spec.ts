@@ -101,18 +101,34 @@ test("a double click on Sign in opens one session with one Access-Request", asyn
 });
 
 /** The end time the page's script was given, as the page should show it: in English with
- * `english` (the English that keeps the browser's hour cycle), in Asia/Kolkata, with its date
- * when that is not today there (worked out here, not by the page's code). */
+ * `english` (the English on the clock of the browser's language), in Asia/Kolkata, with its
+ * date (the month by name) when that is not today there — worked out here, not by the page. */
 async function expectedEnd(page: Page, english: string): Promise<string> {
   const script = await page.evaluate(() =>
     [...document.scripts].map((s) => s.textContent ?? "").find((t) => t.includes("portalEndTime")),
   );
-  const end = new Date(Number(/f\((\d+)\)/.exec(script ?? "")?.[1]));
+  return formatted(Number(/\((\d{12,})\)/.exec(script ?? "")?.[1]), english);
+}
+
+/** `ms` as the page should show it (see `expectedEnd`), its spaces as one. */
+function formatted(ms: number, english: string): string {
+  const end = new Date(ms);
   const timeZone = "Asia/Kolkata";
   const day = (d: Date) => d.toLocaleDateString("en-US", { timeZone });
+  const date = { dateStyle: "medium", timeStyle: "medium" } as const;
   const text =
-    day(end) === day(new Date()) ? end.toLocaleTimeString(english, { timeZone }) : end.toLocaleString(english, { timeZone });
+    day(end) === day(new Date())
+      ? end.toLocaleTimeString(english, { timeZone })
+      : end.toLocaleString(english, { ...date, timeZone });
   return text.replace(/\s+/g, " ");
+}
+
+/** The page's formatter's text for an end two days from now (the date shown with it), as the
+ * page should show it. */
+async function twoDaysOn(page: Page, english: string): Promise<[string, string]> {
+  const at = Date.now() + 2 * 86_400_000;
+  const shown = await page.evaluate((ms) => (window as any).portalEndTime(ms) as string, at);
+  return [shown.replace(/\s+/g, " "), formatted(at, english)];
 }
 
 /** The end time paragraph's text, its spaces as one (ICU's narrow no-break space included). */
@@ -131,7 +147,7 @@ test.describe("in the user's time zone and language", () => {
     // English, as the sentence around it (an Arabic browser's own format would put
     // Arabic-Indic digits and a right-to-left "م" into it), with the browser's 12-hour clock.
     const expected = await expectedEnd(page, "en-US");
-    expect(expected).toMatch(/^(\d+\/\d+\/\d+, )?\d{1,2}:\d{2}:\d{2} [AP]M$/);
+    expect(expected).toMatch(/^([A-Z][a-z]{2,3} \d{1,2}, \d{4}, )?\d{1,2}:\d{2}:\d{2} [AP]M$/);
     expect(await endsText(page)).toContain(`Ends at ${expected} unless you refresh`);
     await expect(page.locator(".hydrated")).toHaveCount(0);
     // With the WebAssembly: hydrated, the same text (nothing changes as the island takes over).
@@ -147,8 +163,12 @@ test.describe("in the user's time zone and language", () => {
     await page.getByRole("button", { name: "Refresh" }).click();
     await expect(page.getByRole("status").filter({ hasText: "Refreshed." })).toHaveCount(1);
     await expect.poll(() => endsText(page)).not.toBe(before);
-    await expect.poll(() => endsText(page)).toMatch(/Ends at (\d+\/\d+\/\d+, )?\d{1,2}:\d{2}:\d{2} [AP]M unless you refresh/);
+    await expect.poll(() => endsText(page)).toMatch(/Ends at ([A-Z][a-z]{2,3} \d{1,2}, \d{4}, )?\d{1,2}:\d{2}:\d{2} [AP]M unless you refresh/);
     expect(await endsText(page)).not.toMatch(/[\u0660-\u0669]|UTC/);
+    // An end on another day has its date, the month by name.
+    const [shown, expectedLater] = await twoDaysOn(page, "en-US");
+    expect(shown).toBe(expectedLater);
+    expect(shown).toMatch(/^[A-Z][a-z]{2,3} \d{1,2}, \d{4}, \d{1,2}:\d{2}:\d{2} [AP]M$/);
     await page.getByRole("button", { name: "Disconnect" }).click();
     await expect(page).toHaveURL(url("/"));
   });
@@ -161,8 +181,11 @@ test.describe("in a language with a 24-hour clock", () => {
     await logIn(page, "carol", "carol-pass");
     await hydrated(page);
     const expected = await expectedEnd(page, "en-GB");
-    expect(expected).toMatch(/^(\d+\/\d+\/\d+, )?\d{2}:\d{2}:\d{2}$/);
+    expect(expected).toMatch(/^(\d{1,2} [A-Z][a-z]{2,3} \d{4}, )?\d{2}:\d{2}:\d{2}$/);
     expect(await endsText(page)).toContain(`Ends at ${expected} unless you refresh`);
+    const [shown, expectedLater] = await twoDaysOn(page, "en-GB");
+    expect(shown).toBe(expectedLater);
+    expect(shown).toMatch(/^\d{1,2} [A-Z][a-z]{2,3} \d{4}, \d{2}:\d{2}:\d{2}$/);
     await page.getByRole("button", { name: "Disconnect" }).click();
     await expect(page).toHaveURL(url("/"));
   });

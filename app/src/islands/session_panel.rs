@@ -220,11 +220,11 @@ pub fn SessionPanel() -> impl IntoView {
     };
     let ends_text = move || {
         let s = state.get();
-        let at = if hydrated.get() {
-            local_time(s.ends_at_ms)
-        } else {
-            format!("{} UTC", s.ends_at_utc)
-        };
+        let at = hydrated
+            .get()
+            .then(|| local_time(s.ends_at_ms))
+            .flatten()
+            .unwrap_or_else(|| format!("{} UTC", s.ends_at_utc));
         match s.ends_by {
             EndsBy::Window => format!(
                 "Ends at {at} unless you refresh. A refresh gives you {} again.",
@@ -501,8 +501,17 @@ mod live {
             open();
         }
         let base_for_ticks = StoredValue::new(base.clone());
-        // Last re-sync (monotonic ms), so the countdown reaching 0 asks at most once a second.
+        // Last question (monotonic ms), so the countdown reaching 0 asks at most once a second,
+        // and a question an event asked counts as the ticker's (the page shown again does not
+        // ask twice, one of them a miss more while the portal cannot be reached).
         let last_check = StoredValue::new(0.0f64);
+        let ask = {
+            let base = base.clone();
+            move || {
+                last_check.set_value(monotonic_ms());
+                resync(base.clone(), apply, error);
+            }
+        };
         let reopen = open.clone();
         let ticker = set_interval_with_handle(
             move || {
@@ -568,7 +577,7 @@ mod live {
         // is not over) and asks how things stand. The user coming back to the page or the
         // network returning asks at once too (the back-off ends with an answer, not before).
         let _ = window_event_listener_untyped("visibilitychange", {
-            let base = base.clone();
+            let ask = ask.clone();
             move |_| {
                 if document().hidden() {
                     close();
@@ -576,14 +585,13 @@ mod live {
                     if ended.get_untracked().is_none() && stream.with_value(Option::is_none) {
                         open();
                     }
-                    resync(base.clone(), apply, error);
+                    ask();
                 }
             }
         });
         for event in ["online", "pageshow", "focus"] {
-            let base = base.clone();
-            let _ =
-                window_event_listener_untyped(event, move |_| resync(base.clone(), apply, error));
+            let ask = ask.clone();
+            let _ = window_event_listener_untyped(event, move |_| ask());
         }
     }
 }
@@ -595,40 +603,26 @@ fn clear_if_shown(error: RwSignal<Option<String>>, text: &str) {
     }
 }
 
-/// The end time in the browser's time zone (server epoch, browser formatting), with its date
-/// when that is not today: formatted by the session page's own script (`pages::session`,
-/// `LOCAL_END_TIME_JS`), which showed the first one before the WASM ran — or, should that
-/// script be missing, in the browser's locale.
-fn local_time(unix_ms: i64) -> String {
+/// The end time in the browser's time zone, formatted by the session page's own script
+/// (`pages::session`, `LOCAL_END_TIME_JS`), which showed the first one before the WASM ran, so
+/// the two never differ; `None` without it (the server's UTC time stays, labelled).
+fn local_time(unix_ms: i64) -> Option<String> {
     #[cfg(feature = "hydrate")]
     {
         use wasm_bindgen::{JsCast, JsValue};
-        let at = JsValue::from_f64(unix_ms as f64);
         let formatter = JsValue::from_str(crate::pages::session::END_TIME_FN);
-        let formatted = js_sys::Reflect::get(&window(), &formatter)
-            .ok()
-            .and_then(|f| f.dyn_into::<js_sys::Function>().ok())
-            .and_then(|f| f.call1(&JsValue::NULL, &at).ok())
-            .and_then(|text| text.as_string());
-        if let Some(text) = formatted {
-            return text;
-        }
-        let date = js_sys::Date::new(&at);
-        if date.to_date_string() == js_sys::Date::new_0().to_date_string() {
-            String::from(date.to_locale_time_string("default"))
-        } else {
-            String::from(date.to_locale_string("default", &wasm_bindgen::JsValue::UNDEFINED))
-        }
+        js_sys::Reflect::get(&window(), &formatter)
+            .ok()?
+            .dyn_into::<js_sys::Function>()
+            .ok()?
+            .call1(&JsValue::NULL, &JsValue::from_f64(unix_ms as f64))
+            .ok()?
+            .as_string()
     }
     #[cfg(not(feature = "hydrate"))]
     {
-        let secs = (unix_ms / 1000).rem_euclid(86_400);
-        format!(
-            "{:02}:{:02}:{:02} UTC",
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60
-        )
+        let _ = unix_ms;
+        None
     }
 }
 

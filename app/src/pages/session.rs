@@ -218,14 +218,15 @@ fn IslandScripts() -> impl IntoView {
 /// labelled.
 ///
 /// It also defines the formatter the island uses for every end time after ([`END_TIME_FN`]),
-/// so the two never differ: the time (with its date when that is not today) in English, as the
-/// page is — the browser's own English when its language is one, else English with the
-/// browser's hour cycle (24-hour for `de`, `ja`, `fr`…: `en-GB`; 12-hour for `ar-EG`, `ko`…:
-/// `en-US`). The browser's locale itself would put Arabic-Indic digits or a right-to-left
-/// "م" into the English sentence.
+/// so the two never differ: the time (with its date when that is not today, the month by its
+/// name: `4/12` reads as April in one country and December in another) in English, as the
+/// page is — the browser's own English when its language is one, else English on the clock
+/// the browser's language uses (24-hour for `de`, `ja`, `fr`…: `en-GB`; 12-hour for `ar-EG`,
+/// `ko`…: `en-US`). The browser's locale itself would put Arabic-Indic digits or a
+/// right-to-left "م" into the English sentence.
 /// (`END_MS` and `UTC` stand for the end time in Unix milliseconds and as the server wrote it.)
 #[cfg(feature = "ssr")]
-const LOCAL_END_TIME_JS: &str = "(function(){var l=navigator.language||'en';if(!/^en(-|$)/i.test(l)){try{l=/h2/.test(new Intl.DateTimeFormat(l,{hour:'numeric'}).resolvedOptions().hourCycle)?'en-GB':'en-US'}catch(e){l='en-US'}}var f=window.portalEndTime=function(m){var d=new Date(m);return d.toDateString()===new Date().toDateString()?d.toLocaleTimeString(l):d.toLocaleString(l)};var p=document.querySelector('[data-testid=ends]');if(!p)return;var t=f(END_MS);p.childNodes.forEach(function(c){if(c.nodeType===3)c.data=c.data.replace('UTC',t)})})()";
+const LOCAL_END_TIME_JS: &str = "(function(){var l=navigator.language||'en';if(!/^en(-|$)/i.test(l)){try{var o=new Intl.DateTimeFormat(l,{hour:'numeric'}).resolvedOptions();l=(o.hourCycle?/h2/.test(o.hourCycle):o.hour12===false)?'en-GB':'en-US'}catch(e){l='en-US'}}var f=window.portalEndTime=function(m){var d=new Date(m);return d.toDateString()===new Date().toDateString()?d.toLocaleTimeString(l):d.toLocaleString(l,{dateStyle:'medium',timeStyle:'medium'})};var p=document.querySelector('[data-testid=ends]');if(!p)return;var t=f(END_MS);p.childNodes.forEach(function(c){if(c.nodeType===3)c.data=c.data.replace('UTC',t)})})()";
 
 /// The global the session page's script defines to format an end time ([`LOCAL_END_TIME_JS`]).
 pub const END_TIME_FN: &str = "portalEndTime";
@@ -271,7 +272,7 @@ mod tests {
     #[test]
     fn the_end_time_script_finds_the_text_the_server_wrote_and_carries_nothing_else() {
         let same_day = super::local_end_time_script(1_767_225_600_000, "12:00:00");
-        assert!(same_day.contains("f(1767225600000)"), "{same_day}");
+        assert!(same_day.contains("(1767225600000)"), "{same_day}");
         assert!(
             same_day.contains(&format!("window.{}=", super::END_TIME_FN)),
             "{same_day}"
