@@ -83,7 +83,8 @@ pub fn shell(options: LeptosOptions, page: Page) -> impl IntoView {
         Page::NotFound => "",
         _ => info.as_ref().map_or("", |info| info.organization.as_str()),
     };
-    let title = page_title(title(page), organization);
+    let open = info.as_ref().is_none_or(|info| info.active);
+    let title = page_title(&title(page, open), organization);
     // Every page of an organization's portal wears its accent colour.
     let brand = info
         .filter(|info| info.branding.accent)
@@ -107,39 +108,48 @@ pub fn shell(options: LeptosOptions, page: Page) -> impl IntoView {
     }
 }
 
-/// What the page is, the start of its title ([`page_title`]).
-fn title(page: Page) -> &'static str {
+/// What the page is, the start of its title ([`page_title`]). `open`: its organization takes
+/// sign-ins (a disabled one's sign-in page offers no form, and says so).
+fn title(page: Page, open: bool) -> String {
     use dto::SessionStatus;
+    let sign_in = if open {
+        "Sign in"
+    } else {
+        "Sign-in not available"
+    };
     match page {
         // After a Disconnect the title says so first: it is what a screen reader reads out
         // when the page loads.
         Page::SignIn => {
             let data = pages::data();
             match data.notice {
-                Some(dto::Notice::Disconnected) => "Disconnected – Sign in",
-                Some(dto::Notice::AlreadyEnded(_)) => "Session ended – Sign in",
-                _ if data.form_failed => "Sign-in failed – Sign in",
-                _ => "Sign in",
+                Some(dto::Notice::Disconnected) => format!("Disconnected – {sign_in}"),
+                Some(dto::Notice::AlreadyEnded(_)) => format!("Session ended – {sign_in}"),
+                _ if data.form_failed => format!("Sign-in failed – {sign_in}"),
+                _ => sign_in.to_string(),
             }
         }
         Page::Session => {
             let data = pages::data();
-            match data.session {
+            let what = match data.session {
                 Some(Ok(SessionStatus::Ended(reason))) => {
                     islands::session_panel::over_texts(reason)[0]
                 }
                 // Rendered only after a form post that found no session (else a redirect).
                 Some(Ok(SessionStatus::NoSession)) => "No session",
                 // After a Refresh without JavaScript, like the sign-in page after a Disconnect.
-                Some(Ok(SessionStatus::Active(_)))
-                    if data.notice == Some(dto::Notice::Refreshed) =>
-                {
-                    "Refreshed – Your session"
-                }
+                Some(Ok(SessionStatus::Active(_))) => match data.notice {
+                    Some(dto::Notice::Refreshed) => "Refreshed – Your session",
+                    Some(dto::Notice::RefreshedRecently) => {
+                        "Refresh changed nothing – Your session"
+                    }
+                    _ => SESSION_TITLE,
+                },
                 _ => SESSION_TITLE,
-            }
+            };
+            what.to_string()
         }
-        Page::NotFound => "Page not found",
+        Page::NotFound => "Page not found".to_string(),
     }
 }
 

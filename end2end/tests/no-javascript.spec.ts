@@ -18,6 +18,11 @@ test("without JavaScript, log in, refresh and disconnect work as form posts", as
   await page.getByRole("button", { name: "Refresh" }).click();
   await expect(page).toHaveURL(url("/session"));
   await expect(page.getByTestId("username")).toHaveText("carol");
+  // The title says what the Refresh did, as its notice does (within 5 s of the sign-in it
+  // changes nothing).
+  const notice = (await page.getByTestId("notice").textContent()) ?? "";
+  const what = notice.includes("changed nothing") ? "Refresh changed nothing" : "Refreshed";
+  await expect(page).toHaveTitle(`${what} – Your session – End-to-End Org – Network access portal`);
 
   await page.getByRole("button", { name: "Disconnect" }).click();
   await expect(page).toHaveURL(url("/"));

@@ -20,6 +20,8 @@ test("each organization has its own portal under its slug", async ({ page }) => 
   await expect(page.getByText("End-to-End Org")).toBeVisible();
   await page.goto(url("/o/beta/"));
   await expect(page.getByText("Beta Branch Office")).toBeVisible();
+  // A name in another script reads in its own direction.
+  await expect(page.getByTestId("organization")).toHaveAttribute("dir", "auto");
   // Its tabs say whose they are.
   await expect(page).toHaveTitle("Sign in – Beta Branch Office – Network access portal");
   const missing = await page.goto(url("/o/no-such-org/"));
@@ -50,6 +52,7 @@ test("disabling an organization ends its open page in place and closes its form"
   await other.goto(url("/o/beta/"));
   await expect(other.getByTestId("disabled")).toContainText("has been disabled");
   await expect(other.getByRole("button", { name: "Sign in" })).toHaveCount(0);
+  await expect(other).toHaveTitle("Sign-in not available – Beta Branch Office – Network access portal");
   await other.goto(url("/"));
   await expect(other.getByRole("button", { name: "Sign in" })).toBeVisible();
   await other.close();

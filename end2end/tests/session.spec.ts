@@ -190,3 +190,16 @@ test.describe("in a language with a 24-hour clock", () => {
     await expect(page).toHaveURL(url("/"));
   });
 });
+
+test.describe("in English that asks for other digits", () => {
+  test.use({ timezoneId: "Asia/Kolkata", locale: "en-US-u-nu-arab" });
+
+  test("the end time keeps the page's digits", async ({ page }) => {
+    await logIn(page, "carol", "carol-pass");
+    await hydrated(page);
+    expect(await endsText(page)).toContain(`Ends at ${await expectedEnd(page, "en-US")} unless you refresh`);
+    expect(await endsText(page)).not.toMatch(/[\u0660-\u0669]/);
+    await page.getByRole("button", { name: "Disconnect" }).click();
+    await expect(page).toHaveURL(url("/"));
+  });
+});

@@ -231,7 +231,7 @@ pub fn SessionPanel() -> impl IntoView {
                 s.window_text
             ),
             EndsBy::Limit => {
-                format!("Ends at {at}: the maximum session length. A refresh cannot extend it.")
+                format!("Ends at {at}, when it reaches the maximum session length. A refresh cannot extend it.")
             }
         }
     };

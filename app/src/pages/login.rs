@@ -118,7 +118,7 @@ pub fn LoginPage() -> impl IntoView {
         <div class="brand-bar">
             {logo}
             <h1 class="text-2xl font-semibold">"Sign in to the network"</h1>
-            <p class="mt-1 text-slate-700" data-testid="organization">{organization}</p>
+            <p class="mt-1 text-slate-700" data-testid="organization" dir="auto">{organization}</p>
         </div>
         {notice}
         {body}

@@ -131,7 +131,8 @@ impl Organization {
             .collect::<Result<Vec<_>, ConfigError>>()?;
         Ok(Organization {
             id: s.id.clone(),
-            name: s.name.clone(),
+            // Shown as a name (pages, titles): spaces around it are no part of it.
+            name: s.name.trim().to_string(),
             active: s.enabled.unwrap_or(true),
             nas: NasIdentity {
                 ip: s.nas_ip,
@@ -733,5 +734,18 @@ mod tests {
         // Anchored, and servers on this host too: nothing to say.
         let fine = super::settings_warnings("acme", "^[a-z]+$", loopback, [loopback].into_iter());
         assert!(fine.is_empty(), "{fine:?}");
+    }
+
+    #[test]
+    fn a_name_is_shown_without_the_spaces_around_it() {
+        let org = super::Organization::from_settings(
+            "organizations.acme",
+            &toml::from_str(
+                "id = \"acme\"\nname = \"  Acme  Corp \"\n[[servers]]\nname = \"a\"\naddress = \"10.0.0.1\"\nsecret = \"s\"",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(org.name, "Acme  Corp");
     }
 }
