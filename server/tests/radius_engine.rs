@@ -492,6 +492,64 @@ async fn a_start_refused_at_its_first_send_owes_that_server_no_stop() {
     app.stop().await;
 }
 
+/// A lone server whose accounting port stays closed through a sign-in refuses every
+/// retransmission of its Start (a port unreachable for each): the Start never arrived, so the
+/// failed sign-in leaves nothing owed — no Start sent late once the server is back, and no Stop
+/// for a session the server never saw (the user was told none was opened).
+#[tokio::test]
+async fn a_start_refused_at_every_send_by_a_lone_server_is_rolled_back_with_nothing_owed() {
+    let authenticator = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut only = fast(&authenticator, "only");
+    only.acct_port = closed;
+    only.retries = 2;
+    let mut settings = settings(&db, vec![only]);
+    settings.organizations[0].login_timeout = Duration::from_secs(3);
+    let app = TestApp::spawn(&settings).await;
+    let error = app
+        .sessions
+        .login("acme", "carol", "carol-pass", IpAddr::V4(client(46)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            radius_portal::access_session::SessionError::AccountingUnavailable
+        ),
+        "{error:?}"
+    );
+    assert!(
+        app.radius.client().icmp_errors() >= 3,
+        "each transmission was refused"
+    );
+    assert_eq!(
+        app.storage.outbox_backlog().await.unwrap(),
+        0,
+        "nothing owed to the server"
+    );
+    let dead = app.storage.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let (start, _, _) = &dead[0];
+    assert_eq!(start.status_type, 1, "{dead:?}");
+    assert_eq!(
+        start.transmissions, 0,
+        "none of its packets arrived: {dead:?}"
+    );
+    assert!(
+        start
+            .dead_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("before the Start was sent")),
+        "{dead:?}"
+    );
+    app.stop().await;
+}
+
 /// A lone server that is restarting (nothing listens for a moment) is not given up at its
 /// first ICMP port unreachable: the sign-in retransmits, and the restarted server answers it.
 #[tokio::test]

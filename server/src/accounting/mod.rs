@@ -126,8 +126,8 @@ pub struct Accounting {
     /// as the database answers, so the row is tried again at once rather than after the
     /// claim's lease (2 minutes) — a Stop must not wait for a lease its own live sender holds.
     stranded: Arc<Mutex<HashMap<i64, OutboxRow>>>,
-    /// Start rows whose attempts in this process were refused at their first send (an ICMP
-    /// port unreachable), by row id, and how many: those attempts never reached the server, so
+    /// Start rows whose attempts in this process were refused at their first send, or at
+    /// every one (an ICMP port unreachable), by row id, and how many: those attempts never reached the server, so
     /// a Start that then fails over owes that server no copy of the session's Stop. Only a
     /// port unreachable from the server's own address counts (`maybe_received: false`).
     /// Bounded ([`UNSEEN_ROWS`]); a row not counted here is taken to have been seen (a copy too
@@ -1077,7 +1077,8 @@ impl Accounting {
                 Ok(Delivery::Delivered)
             }
             Err(e) => {
-                // Refused at its first send by the server's own address: it never arrived.
+                // Refused by the server's own address (at its first send, or at every
+                // retransmission): it never arrived.
                 let never_arrived = matches!(
                     e,
                     RadiusError::Unreachable {

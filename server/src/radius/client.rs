@@ -76,6 +76,9 @@ struct Pending {
     unverified_reply: Option<String>,
     /// An ICMP destination unreachable quoting the request came, and the request went on.
     refused: Option<nix::errno::Errno>,
+    /// How many port unreachables the destination itself sent for it ([`Refusal::by_destination`]):
+    /// one for every transmission, and none of them was received.
+    refusals: u32,
 }
 
 /// What ends a request's wait: its reply, or an ICMP error saying it cannot arrive.
@@ -280,13 +283,16 @@ impl RadiusClient {
             });
         }
         let mut sent = false;
+        let mut transmissions = 0u32;
         for attempt in 0..=ex.retries {
             if Instant::now() >= ex.deadline {
                 break;
             }
             // A datagram the host dropped (a full queue) says nothing about the server: it
             // is not counted as sent, and the timer retransmits it.
-            sent |= self.send(&socket, key.0, &bytes, ex.destination).await?;
+            let went = self.send(&socket, key.0, &bytes, ex.destination).await?;
+            sent |= went;
+            transmissions += u32::from(went);
             let wait_until = (Instant::now() + ex.timeout).min(ex.deadline);
             match tokio::time::timeout_at(wait_until, &mut reply).await {
                 Ok(Ok(Ok(reply))) => return Ok(reply),
@@ -303,24 +309,28 @@ impl RadiusClient {
                 Err(_) => {} // timed out: retransmit
             }
         }
-        let (unsigned, refused, unverified) =
+        let (unsigned, refused, refusals, unverified) =
             self.lock()
                 .waiters
                 .get_mut(&key)
-                .map_or((false, None, None), |pending| {
+                .map_or((false, None, 0, None), |pending| {
                     (
                         pending.unsigned_reply,
                         pending.refused,
+                        pending.refusals,
                         pending.unverified_reply.take(),
                     )
                 });
         Err(match (sent, unsigned, refused, unverified) {
             (true, true, _, _) => RadiusError::UnsignedReply,
             // Retransmitted through ICMP errors (a last server that may be restarting): the
-            // operator learns that nothing listened there, not "no reply".
+            // operator learns that nothing listened there, not "no reply". Each transmission
+            // refused by the destination itself (a port unreachable for every one): none was
+            // received — a sign-in's Start then owes the server no Stop. One left unrefused
+            // (the server back for it, an ICMP not yet read) may have arrived.
             (true, false, Some(errno), _) => RadiusError::Unreachable {
                 error: std::io::Error::from(errno),
-                maybe_received: true,
+                maybe_received: refusals < transmissions,
             },
             (true, false, None, Some(why)) => RadiusError::UnverifiedReply(why),
             (true, false, None, None) => RadiusError::Timeout,
@@ -394,6 +404,7 @@ impl RadiusClient {
                             unsigned_reply: false,
                             unverified_reply: None,
                             refused: None,
+                            refusals: 0,
                         },
                     );
                     let socket = if v6 {
@@ -629,6 +640,7 @@ fn handle_icmp(shared: &Shared, index: usize, icmp: &IcmpError) {
     };
     if !expect.end_when_unreachable {
         pending.refused = Some(icmp.error);
+        pending.refusals += u32::from(icmp.port_closed_at_destination);
         return;
     }
     if let Some(tx) = pending.reply.take() {
@@ -833,6 +845,7 @@ mod tests {
                 unsigned_reply: false,
                 unverified_reply: None,
                 refused: None,
+                refusals: 0,
             },
         );
         rx
@@ -914,5 +927,12 @@ mod tests {
             client.lock().waiters[&(0, server, 9)].refused,
             Some(nix::errno::Errno::ECONNREFUSED)
         );
+        // Each of its transmissions' refusals by the destination is counted.
+        handle_icmp(
+            shared,
+            0,
+            &port_unreachable(server, &header(9, AUTHENTICATOR)),
+        );
+        assert_eq!(client.lock().waiters[&(0, server, 9)].refusals, 2);
     }
 }

@@ -60,8 +60,8 @@ pub enum RadiusError {
     Unreachable {
         /// What the ICMP error says (ECONNREFUSED: port unreachable).
         error: std::io::Error,
-        /// False: refused at its first send by the destination host itself (port
-        /// unreachable from its address), so the request never arrived.
+        /// False: refused by the destination host itself (port unreachable from its
+        /// address) at its first send, or at every transmission, so the request never arrived.
         maybe_received: bool,
     },
     /// The request could not be encoded (attribute too long): a bug or bad input; give up.
