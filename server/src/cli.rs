@@ -280,7 +280,12 @@ pub async fn run() -> anyhow::Result<()> {
                         org.nas_ip,
                         org.servers.iter().map(|s| s.address),
                     )
-                }));
+                }))
+                .chain(
+                    crate::organizations::Organizations::from_settings(&settings.organizations)
+                        .map(|file| file.secret_conflicts())
+                        .unwrap_or_default(),
+                );
             for warning in warnings {
                 eprintln!("warning: {warning}");
             }

@@ -963,6 +963,22 @@ name = "Acme"
 name = "primary"
 address = "127.0.0.1"
 secret_file = "{file}"
+[[organizations]]
+id = "beta"
+name = "Beta"
+nas_identifier = "beta"
+[[organizations.servers]]
+name = "shared"
+address = "127.0.0.1"
+secret = "{SECRET}"
+[[organizations]]
+id = "delta"
+name = "Delta"
+nas_identifier = "delta"
+[[organizations.servers]]
+name = "odd"
+address = "127.0.0.1"
+secret = "not-the-same-secret"
 "#,
             db = dir.path().join("portal.db").display(),
             file = secret_file.display(),
@@ -987,10 +1003,14 @@ secret_file = "{file}"
             "warning: the secret_file {} of server `primary` of organization `acme` can be read by every user of the machine",
             secret_file.display()
         ),
+        // One server reached with two secrets: the odd one out is named, apart from the rest.
+        "warning: RADIUS servers at 127.0.0.1:1812 are reached with 2 different secrets (one secret: `acme/primary`, `beta/shared`; another: `delta/odd`)",
+        "warning: RADIUS servers at 127.0.0.1:1813 are reached with 2 different secrets",
     ] {
         assert!(stderr.contains(said), "{said:?} in {stderr}");
     }
     assert!(!stderr.contains(SECRET), "{stderr}");
+    assert!(!stderr.contains("not-the-same-secret"), "{stderr}");
     assert!(
         !stderr.contains("the configuration file"),
         "its own file holds no secret: {stderr}"

@@ -185,6 +185,9 @@ pub struct Organizations {
     revision: RwLock<i64>,
     /// Counts the refreshes that changed something (the RADIUS prober follows the servers).
     changes: tokio::sync::watch::Sender<u64>,
+    /// The [`Organizations::secret_conflicts`] last logged: each is logged when it appears,
+    /// not again at every change of the organizations.
+    conflicts_said: std::sync::Mutex<Vec<String>>,
 }
 
 impl Organizations {
@@ -208,6 +211,7 @@ impl Organizations {
             default_id: RwLock::new(default_id),
             revision: RwLock::new(0),
             changes: tokio::sync::watch::Sender::new(0),
+            conflicts_said: Default::default(),
         })
     }
 
@@ -218,6 +222,7 @@ impl Organizations {
             default_id: RwLock::default(),
             revision: RwLock::new(-1),
             changes: tokio::sync::watch::Sender::new(0),
+            conflicts_said: Default::default(),
         };
         organizations.refresh(storage).await?;
         Ok(organizations)
@@ -301,30 +306,68 @@ impl Organizations {
         self.changes.subscribe()
     }
 
-    /// Warns about each address that servers reach with different secrets, naming them by
-    /// organization: a RADIUS server knows one secret per client, so one of the secrets is
-    /// wrong — its organization's requests go unanswered (each secret has a circuit breaker of
-    /// its own, so the others are not held up).
-    pub fn warn_about_secrets_that_differ(&self) {
+    /// Each address that servers reach with different secrets, its servers (organization/
+    /// server) grouped by the secret they share — the largest group first, the secrets never
+    /// shown: a RADIUS server knows one secret per client, so all but one group are wrong, and
+    /// their requests go unanswered (each secret has a circuit breaker of its own, so the
+    /// others are not held up). For `check-config` and the log.
+    pub fn secret_conflicts(&self) -> Vec<String> {
         let orgs = self.all();
-        let mut at: HashMap<std::net::SocketAddr, Vec<(String, &str)>> = HashMap::new();
+        let mut at: std::collections::BTreeMap<std::net::SocketAddr, Vec<(String, &str)>> =
+            Default::default();
         for org in &orgs {
             for server in &org.servers {
-                for addr in [server.auth_addr, server.acct_addr] {
+                let mut addrs = vec![server.auth_addr, server.acct_addr];
+                addrs.dedup();
+                for addr in addrs {
                     at.entry(addr).or_default().push((
-                        format!("{}/{}", org.id, server.name),
+                        format!("`{}/{}`", org.id, server.name),
                         server.secret.expose(),
                     ));
                 }
             }
         }
+        let mut conflicts = Vec::new();
         for (addr, users) in at {
-            if users.iter().any(|(_, secret)| *secret != users[0].1) {
-                let servers: Vec<&str> = users.iter().map(|(name, _)| name.as_str()).collect();
-                tracing::warn!(%addr, servers = %servers.join(", "),
-                    "RADIUS servers at one address with different secrets (organization/server): a RADIUS server knows one secret per client, so one of them is wrong (its requests go unanswered; each secret has its own circuit breaker)");
+            let mut groups: Vec<(&str, Vec<String>)> = Vec::new();
+            for (name, secret) in users {
+                match groups.iter_mut().find(|(s, _)| *s == secret) {
+                    Some((_, names)) => names.push(name),
+                    None => groups.push((secret, vec![name])),
+                }
             }
+            if groups.len() < 2 {
+                continue;
+            }
+            groups.sort_by_key(|(_, names)| std::cmp::Reverse(names.len()));
+            let said: Vec<String> = groups
+                .iter()
+                .enumerate()
+                .map(|(i, (_, names))| {
+                    let which = if i == 0 { "one secret" } else { "another" };
+                    format!("{which}: {}", names.join(", "))
+                })
+                .collect();
+            conflicts.push(format!(
+                "RADIUS servers at {addr} are reached with {} different secrets ({}): a RADIUS server knows one secret per client, so the requests sent with all but one of them go unanswered",
+                groups.len(),
+                said.join("; ")
+            ));
         }
+        conflicts
+    }
+
+    /// Logs each of [`Organizations::secret_conflicts`] that was not there at the last call.
+    pub fn warn_about_secrets_that_differ(&self) {
+        let conflicts = self.secret_conflicts();
+        let mut said = self
+            .conflicts_said
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for conflict in conflicts.iter().filter(|c| !said.contains(c)) {
+            tracing::warn!("{conflict}");
+        }
+        *said = conflicts;
     }
 
     /// Every organization's RADIUS servers as cached now.
