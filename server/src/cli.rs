@@ -589,47 +589,56 @@ pub async fn radius_test(
         audit_as_operator(storage, "radius.test", org_id, detail).await?;
     }
     let mut all_answered = true;
-    let mut report = |server: &crate::radius::ServerEndpoint,
-                      port: Port,
-                      started: tokio::time::Instant,
-                      outcome: Result<String, crate::radius::RadiusError>| {
-        let elapsed = started.elapsed().as_millis();
-        let (addr, role) = match port {
-            Port::Auth => (server.auth_addr, "authentication"),
-            Port::Acct => (server.acct_addr, "accounting"),
-        };
-        match outcome {
-            Ok(text) => say!("{} ({addr}, {role}): {text} in {elapsed} ms", server.name),
-            Err(e) => {
-                all_answered = false;
-                let by_request = if server.status_check == crate::config::StatusCheck::Request {
-                    " (its status_check is \"request\": a server such as NPS may answer no Status-Server at all)"
-                } else {
-                    ""
-                };
-                say!(
-                    "{} ({addr}, {role}): no usable answer: {} after {elapsed} ms{by_request}",
-                    server.name,
-                    crate::portal_backend::error_chain(&e)
-                );
+    let mut report =
+        |server: &crate::radius::ServerEndpoint,
+         port: Port,
+         started: tokio::time::Instant,
+         outcome: Result<(String, &str), crate::radius::RadiusError>| {
+            let elapsed = started.elapsed().as_millis();
+            let (addr, role) = match port {
+                Port::Auth => (server.auth_addr, "authentication"),
+                Port::Acct => (server.acct_addr, "accounting"),
+            };
+            match outcome {
+                // A note after the time: it explains what was seen, and may be long.
+                Ok((text, note)) => say!(
+                    "{} ({addr}, {role}): {text} in {elapsed} ms{note}",
+                    server.name
+                ),
+                Err(e) => {
+                    all_answered = false;
+                    let by_request = if server.status_check == crate::config::StatusCheck::Request {
+                        " (its status_check is \"request\": a server such as NPS may answer no Status-Server at all)"
+                    } else if matches!(e, crate::radius::RadiusError::Timeout) {
+                        // What a wrong secret looks like from here: FreeRADIUS drops a request
+                        // whose Message-Authenticator does not verify, without a word.
+                        " (a server down, a firewall, or a server that does not know this host or its shared secret: a RADIUS server drops requests it cannot verify without answering; its log says which)"
+                    } else {
+                        ""
+                    };
+                    say!(
+                        "{} ({addr}, {role}): no usable answer: {} after {elapsed} ms{by_request}",
+                        server.name,
+                        crate::portal_backend::error_chain(&e)
+                    );
+                }
             }
-        }
-    };
+        };
     for server in &org.servers {
         let started = tokio::time::Instant::now();
         let deadline = started + server.timeout * (server.retries + 1);
         let outcome = match &credentials {
             None => radius.status_server(server, Port::Auth, deadline).await.map(|(code, unsigned)| {
                 if unsigned {
-                    format!("answered Status-Server ({code:?}) without a Message-Authenticator: Status-Server answers need none, but with `require_message_authenticator` every Access-Accept must carry one (FreeRADIUS before 3.2.5 signs one only where its post-auth adds it; \"learn\" or false for a server that cannot): --username USER tests a login")
+                    (format!("answered Status-Server ({code:?}) without a Message-Authenticator"), ": Status-Server answers need none, but with `require_message_authenticator` every Access-Accept must carry one (FreeRADIUS before 3.2.5 signs one only where its post-auth adds it; \"learn\" or false for a server that cannot): --username USER tests a login")
                 } else {
-                    format!("answered Status-Server ({code:?})")
+                    (format!("answered Status-Server ({code:?})"), "")
                 }
             }),
             Some((user, password)) => radius
                 .authenticate(std::slice::from_ref(server), &org.nas, user, password, client_ip, deadline, crate::radius::always_go_on)
                 .await
-                .map(|outcome| match outcome {
+                .map(|outcome| (match outcome {
                     AuthOutcome::Accept { grant, .. } => format!(
                         "Access-Accept: Session-Timeout={} Idle-Timeout={} Acct-Interim-Interval={} Class={} value(s){}{}",
                         show(grant.session_timeout),
@@ -651,7 +660,7 @@ pub async fn radius_test(
                         "Access-Challenge (not supported by the portal){}",
                         reply_message.map(|m| format!(" Reply-Message={m:?}")).unwrap_or_default()
                     ),
-                }),
+                }, "")),
         };
         report(server, Port::Auth, started, outcome);
         // The accounting port is another listener (one can be down while the other answers):
@@ -671,7 +680,7 @@ pub async fn radius_test(
         let outcome = radius
             .status_server(server, Port::Acct, deadline)
             .await
-            .map(|(code, _)| format!("answered Status-Server ({code:?})"));
+            .map(|(code, _)| (format!("answered Status-Server ({code:?})"), ""));
         report(server, Port::Acct, started, outcome);
     }
     Ok(all_answered)

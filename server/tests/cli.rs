@@ -109,6 +109,12 @@ async fn radius_test_probes_every_server_and_fails_when_one_is_silent() {
         !output.status.success(),
         "a server with the wrong secret does not answer"
     );
+    // Its silence is told apart from nothing: a wrong secret looks like this.
+    assert!(
+        stdout.contains("no reply from the RADIUS server in time")
+            && stdout.contains("does not know this host or its shared secret"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("\norganization `acme` (Acme)\n"),
         "names what it tests: {stdout}"
