@@ -186,8 +186,8 @@ pub struct SessionRow {
     expires_at_ms: i64,
     stopped_at_ms: Option<i64>,
     terminate_cause: Option<i64>,
-    /// `session show`: when an operator's stop still waiting for it was asked for (its
-    /// termination, its organization's disable) — the running portal has not made it yet.
+    /// When an operator's stop still waiting for it was asked for (its termination, its
+    /// organization's disable) — the running portal has not made it yet.
     #[serde(skip_serializing_if = "Option::is_none")]
     stop_asked_at_ms: Option<i64>,
 }
@@ -248,28 +248,36 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                 rows.truncate(limit as usize);
                 eprintln!("note: more than {limit} sessions are active: the oldest {limit} are listed (--limit N lists more)");
             }
+            // A session an operator's stop waits for (a terminate, a disable made while no
+            // portal ran) is open still, but not for long: said beside it.
+            for row in &mut rows {
+                row.stop_asked_at_ms = storage.stop_asked_for(row.id).await?;
+            }
             if json {
                 say!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 say!(
-                    "{:>6} {:<16} {:<20} {:<16} {:<20} {:<20}",
+                    "{:>6} {:<16} {:<20} {:<16} {:<20} {:<20} {}",
                     "ID",
                     "ORG",
                     "USER",
                     "CLIENT IP",
                     "STARTED",
-                    "ENDS"
+                    "ENDS",
+                    "STOP ASKED"
                 );
                 for r in &rows {
-                    say!(
-                        "{:>6} {:<16} {:<20} {:<16} {:<20} {:<20}",
+                    let line = format!(
+                        "{:>6} {:<16} {:<20} {:<16} {:<20} {:<20} {}",
                         r.id,
                         r.organization,
                         shown_plainly(&r.username),
                         r.client_ip,
                         clock(r.started_at_ms),
-                        clock(r.expires_at_ms)
+                        clock(r.expires_at_ms),
+                        r.stop_asked_at_ms.map(clock).unwrap_or_default()
                     );
+                    say!("{}", line.trim_end());
                 }
             }
             Ok(Outcome::Done)

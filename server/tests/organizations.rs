@@ -690,6 +690,25 @@ async fn stops_an_operator_asks_for_while_no_portal_runs_say_when_they_were_aske
         shown.contains("state:           active") && shown.contains("stop asked:"),
         "{shown}"
     );
+    // `session list` marks it too (STOP ASKED), and not the session no stop waits for.
+    let listed = portal(&config, &["session", "list", "--json"]).await;
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let asked = |id: i64| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["id"] == id)
+            .map(|row| row.get("stop_asked_at_ms").is_some())
+    };
+    assert_eq!(asked(terminated.id), Some(true), "{listed}");
+    assert_eq!(asked(disabled.id), Some(false), "{listed}");
+    let table = portal(&config, &["session", "list"]).await;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.lines().next().unwrap().ends_with("STOP ASKED"),
+        "{table}"
+    );
     if over_open {
         // Terminated after its deadline: it ended by its limit all the same.
         let late = portal(&config, &["session", "terminate", &over.id.to_string()]).await;
