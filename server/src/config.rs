@@ -612,6 +612,21 @@ fn default_db_path() -> PathBuf {
     PathBuf::from("data/portal.db")
 }
 
+impl DatabaseSettings {
+    /// What in these settings is likely a mistake: a SQLite `path` set beside a PostgreSQL
+    /// `url`, which wins (the file is not used: someone may expect it to be).
+    pub fn warnings(&self) -> Vec<String> {
+        if self.url.is_some() && self.path != default_db_path() {
+            vec![format!(
+                "[database] path = \"{}\" is not used: url (or PORTAL_DATABASE_URL) is set, and the portal works on that PostgreSQL database",
+                self.path.display()
+            )]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
 impl Default for DatabaseSettings {
     fn default() -> Self {
         DatabaseSettings {

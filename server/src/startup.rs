@@ -193,7 +193,10 @@ impl Application {
             Some(addr) => addr,
             None => leptos_options.site_addr,
         };
-        for warning in exposure_warnings(settings, addr) {
+        for warning in exposure_warnings(settings, addr)
+            .into_iter()
+            .chain(settings.database.warnings())
+        {
             tracing::warn!("{warning}");
         }
         // Read before binding: a missing, unreadable or mismatched pair stops start-up here.

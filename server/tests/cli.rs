@@ -913,6 +913,7 @@ async fn check_config_says_when_the_database_was_not_checked() {
             r#"
 [database]
 url = "{url}"
+path = "/var/lib/portal/portal.db"
 [[organizations]]
 id = "acme"
 name = "Acme"
@@ -938,6 +939,13 @@ secret = "{SECRET}"
     );
     assert!(
         stderr.contains("warning: the configuration was not checked against the database"),
+        "{stderr}"
+    );
+    // A SQLite file named beside it is not used: said.
+    assert!(
+        stderr.contains(
+            "warning: [database] path = \"/var/lib/portal/portal.db\" is not used: url (or PORTAL_DATABASE_URL) is set"
+        ),
         "{stderr}"
     );
 }

@@ -339,7 +339,10 @@ impl Organizations {
             if groups.len() < 2 {
                 continue;
             }
-            groups.sort_by_key(|(_, names)| std::cmp::Reverse(names.len()));
+            for (_, names) in &mut groups {
+                names.sort();
+            }
+            groups.sort_by(|(_, a), (_, b)| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
             let said: Vec<String> = groups
                 .iter()
                 .enumerate()
