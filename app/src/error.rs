@@ -59,6 +59,14 @@ pub enum PortalError {
         /// What is wrong with the answer (attribute names and values; never a secret).
         problem: String,
     },
+    /// The server answered without the Message-Authenticator the portal requires of every
+    /// answer (`require_message_authenticator`): its answer — an Accept, a Reject or a
+    /// Challenge — cannot be trusted, so it is not read. The server answers; its settings (or
+    /// the portal's) need changing, which only an operator can do.
+    #[error(
+        "The authentication server answered, but without the signature this portal requires (Message-Authenticator), so its answer cannot be trusted and no session was opened. Please tell your network administrator."
+    )]
+    UnsignedAnswer,
     /// Too many login attempts from this address or for this username: wait and retry.
     #[error("Too many sign-in attempts. Please wait {} and try again.", seconds(.retry_after_secs))]
     RateLimited {
@@ -139,6 +147,7 @@ impl PortalError {
             PortalError::AccountingUnavailable => "AccountingUnavailable",
             PortalError::Unavailable => "Unavailable",
             PortalError::UnusableAnswer { .. } => "UnusableAnswer",
+            PortalError::UnsignedAnswer => "UnsignedAnswer",
             PortalError::RateLimited { .. } => "RateLimited",
             PortalError::NoSession => "NoSession",
             PortalError::Forbidden => "Forbidden",
@@ -188,6 +197,7 @@ impl<'de> Deserialize<'de> for PortalError {
             "UnusableAnswer" => PortalError::UnusableAnswer {
                 problem: wire.detail.unwrap_or_default(),
             },
+            "UnsignedAnswer" => PortalError::UnsignedAnswer,
             "RateLimited" => PortalError::RateLimited {
                 retry_after_secs: wire.retry_after_secs.unwrap_or(60),
             },

@@ -861,6 +861,10 @@ fn user_error(error: SessionError) -> PortalError {
         },
         SessionError::UnusableAccept { problem } => PortalError::UnusableAnswer { problem },
         SessionError::OrganizationDisabled => PortalError::OrganizationDisabled,
+        // The (last) server answered, unsigned: not an outage, and not the user's to retry.
+        SessionError::ServersUnavailable(crate::radius::RadiusError::UnsignedReply) => {
+            PortalError::UnsignedAnswer
+        }
         // Logged where it happened (`AccessSessions::login_replacing`).
         SessionError::ServersUnavailable(_) => PortalError::ServersUnavailable,
         SessionError::AccountingUnavailable => PortalError::AccountingUnavailable,
@@ -897,7 +901,7 @@ pub fn status_of(error: &PortalError) -> StatusCode {
         | PortalError::AccountingUnavailable
         | PortalError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         // The upstream server's answer is the fault, not the caller's nor the portal's.
-        PortalError::UnusableAnswer { .. } => StatusCode::BAD_GATEWAY,
+        PortalError::UnusableAnswer { .. } | PortalError::UnsignedAnswer => StatusCode::BAD_GATEWAY,
         PortalError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -938,6 +938,13 @@ async fn an_unsigned_answer_fails_its_sign_in_alone_and_unsigned_probes_bring_a_
     for n in 1..=3 {
         let page = app.browser(client(n)).login("erin", "erin-pass").await;
         assert_ne!(page.path, "/session", "{}", page.body);
+        // Told what happened: the server answered (no outage to wait out), unsigned.
+        assert!(
+            page.body.contains("answered, but without the signature")
+                && !page.body.contains("cannot be reached"),
+            "{}",
+            page.body
+        );
     }
     assert!(
         app.radius.health().allows(relay),
