@@ -262,7 +262,6 @@ pub async fn run() -> anyhow::Result<()> {
             let warnings = secrets_readable_warnings(cli.config.as_deref(), &settings)
                 .into_iter()
                 .chain(crate::startup::exposure_warnings(&settings, addr))
-                .chain(settings.database.warnings())
                 .chain(crate::startup::dynauth_warnings(
                     &settings.dynamic_authorization,
                     &ids,

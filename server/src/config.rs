@@ -485,6 +485,14 @@ fn env_overrides(
             ));
         }
     }
+    // A file that names both: its SQLite file is not used (someone may expect it to be). An
+    // image's or unit's PORTAL_DATABASE_PATH beside a URL is no one's mistake: not said.
+    if at(&written, "database", "url").is_some() && at(&written, "database", "path").is_some() {
+        notes.push(format!(
+            "the configuration file sets both database.url and database.path = {}: the portal works on the PostgreSQL database, the SQLite file is not used",
+            shown(at(&written, "database", "path"))
+        ));
+    }
     // A PostgreSQL URL from the environment over a file that names a SQLite file: the file's
     // database is not the one used.
     if is_set("PORTAL_DATABASE_URL")
@@ -610,21 +618,6 @@ fn url_without_password<S: serde::Serializer>(
 
 fn default_db_path() -> PathBuf {
     PathBuf::from("data/portal.db")
-}
-
-impl DatabaseSettings {
-    /// What in these settings is likely a mistake: a SQLite `path` set beside a PostgreSQL
-    /// `url`, which wins (the file is not used: someone may expect it to be).
-    pub fn warnings(&self) -> Vec<String> {
-        if self.url.is_some() && self.path != default_db_path() {
-            vec![format!(
-                "[database] path = \"{}\" is not used: url (or PORTAL_DATABASE_URL) is set, and the portal works on that PostgreSQL database",
-                self.path.display()
-            )]
-        } else {
-            Vec::new()
-        }
-    }
 }
 
 impl Default for DatabaseSettings {

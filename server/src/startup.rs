@@ -193,10 +193,7 @@ impl Application {
             Some(addr) => addr,
             None => leptos_options.site_addr,
         };
-        for warning in exposure_warnings(settings, addr)
-            .into_iter()
-            .chain(settings.database.warnings())
-        {
+        for warning in exposure_warnings(settings, addr) {
             tracing::warn!("{warning}");
         }
         // Read before binding: a missing, unreadable or mismatched pair stops start-up here.

@@ -944,7 +944,7 @@ secret = "{SECRET}"
     // A SQLite file named beside it is not used: said.
     assert!(
         stderr.contains(
-            "warning: [database] path = \"/var/lib/portal/portal.db\" is not used: url (or PORTAL_DATABASE_URL) is set"
+            "note: the configuration file sets both database.url and database.path = \"/var/lib/portal/portal.db\": the portal works on the PostgreSQL database"
         ),
         "{stderr}"
     );

@@ -550,6 +550,52 @@ async fn a_start_refused_at_every_send_by_a_lone_server_is_rolled_back_with_noth
     app.stop().await;
 }
 
+/// A Start refused at its first transmission and taken in at the next (something listens
+/// there now, and never answers) may have arrived: the failed sign-in keeps its Start and its
+/// Stop queued for the server.
+#[tokio::test]
+async fn a_start_refused_once_then_taken_in_keeps_its_start_and_stop_queued() {
+    let authenticator = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut only = fast(&authenticator, "only");
+    only.acct_port = port;
+    only.timeout = Duration::from_secs(1);
+    only.retries = 2;
+    let mut settings = settings(&db, vec![only]);
+    settings.organizations[0].login_timeout = Duration::from_secs(4);
+    let app = TestApp::spawn(&settings).await;
+    let sessions = app.sessions.clone();
+    let login = tokio::spawn(async move {
+        sessions
+            .login("acme", "carol", "carol-pass", IpAddr::V4(client(47)))
+            .await
+    });
+    wait_until("the Start's first transmission is refused", || async {
+        app.radius.client().icmp_errors() > 0
+    })
+    .await;
+    let _silent = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
+    let error = login.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            error,
+            radius_portal::access_session::SessionError::AccountingUnavailable
+        ),
+        "{error:?}"
+    );
+    assert_eq!(
+        app.storage.outbox_backlog().await.unwrap(),
+        2,
+        "Start and Stop stay queued for the server"
+    );
+    app.stop().await;
+}
+
 /// A lone server that is restarting (nothing listens for a moment) is not given up at its
 /// first ICMP port unreachable: the sign-in retransmits, and the restarted server answers it.
 #[tokio::test]

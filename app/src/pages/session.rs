@@ -223,12 +223,12 @@ fn IslandScripts() -> impl IntoView {
 /// name: `4/12` reads as April in one country and December in another) in English, as the
 /// page is — the browser's own English when its language is one, else English on the clock
 /// the browser's language uses (24-hour for `de`, `ja`, `fr`…: `en-GB`; 12-hour for `ar-EG`,
-/// `ko`…: `en-US`), its Unicode extensions left out (`en-US-u-nu-arab` asks for Arabic-Indic
-/// digits). The browser's locale itself would put Arabic-Indic digits or a right-to-left "م"
+/// `ko`…: `en-US`), with the browser's own numbering system left out (`en-US-u-nu-arab` asks
+/// for Arabic-Indic digits; an hour cycle asked for, `-u-hc-h23`, is kept). The browser's locale itself would put Arabic-Indic digits or a right-to-left "م"
 /// into the English sentence.
 /// (`END_MS` and `UTC` stand for the end time in Unix milliseconds and as the server wrote it.)
 #[cfg(feature = "ssr")]
-const LOCAL_END_TIME_JS: &str = "(function(){var l=(navigator.language||'en').split(/-[ux]-/i)[0];if(!/^en(-|$)/i.test(l)){try{var o=new Intl.DateTimeFormat(l,{hour:'numeric'}).resolvedOptions();l=(o.hourCycle?/h2/.test(o.hourCycle):o.hour12===false)?'en-GB':'en-US'}catch(e){l='en-US'}}var f=window.portalEndTime=function(m){var d=new Date(m);return d.toDateString()===new Date().toDateString()?d.toLocaleTimeString(l):d.toLocaleString(l,{dateStyle:'medium',timeStyle:'medium'})};var p=document.querySelector('[data-testid=ends]');if(!p)return;var t=f(END_MS);p.childNodes.forEach(function(c){if(c.nodeType===3)c.data=c.data.replace('UTC',t)})})()";
+const LOCAL_END_TIME_JS: &str = "(function(){var l=(navigator.language||'en').split(/-x-/i)[0].replace(/-nu-[a-z0-9]+/i,'').replace(/-u$/i,'');try{new Intl.DateTimeFormat(l)}catch(e){l='en'}if(!/^en(-|$)/i.test(l)){try{var o=new Intl.DateTimeFormat(l,{hour:'numeric'}).resolvedOptions();l=(o.hourCycle?/h2/.test(o.hourCycle):o.hour12===false)?'en-GB':'en-US'}catch(e){l='en-US'}}var f=window.portalEndTime=function(m){var d=new Date(m);return d.toDateString()===new Date().toDateString()?d.toLocaleTimeString(l):d.toLocaleString(l,{dateStyle:'medium',timeStyle:'medium'})};var p=document.querySelector('[data-testid=ends]');if(!p)return;var t=f(END_MS);p.childNodes.forEach(function(c){if(c.nodeType===3)c.data=c.data.replace('UTC',t)})})()";
 
 /// The global the session page's script defines to format an end time ([`LOCAL_END_TIME_JS`]).
 pub const END_TIME_FN: &str = "portalEndTime";

@@ -131,7 +131,8 @@ impl Organization {
             .collect::<Result<Vec<_>, ConfigError>>()?;
         Ok(Organization {
             id: s.id.clone(),
-            // Shown as a name (pages, titles): spaces around it are no part of it.
+            // Shown as a name (pages, titles): spaces around it are no part of it (a stored
+            // organization's name, set over this one, is trimmed the same way).
             name: s.name.trim().to_string(),
             active: s.enabled.unwrap_or(true),
             nas: NasIdentity {
@@ -261,7 +262,7 @@ impl Organizations {
                             "organization's new settings cannot be used: keeping its previous ones");
                         let mut org = Organization::clone(&previous);
                         org.active = row.active;
-                        org.name = row.name.clone();
+                        org.name = row.name.trim().to_string();
                         rebuilt.push((row.id.clone(), row.revision, Some(Arc::new(org))));
                     }
                     // Fail closed: an organization that was never built is unknown (login and
@@ -434,7 +435,7 @@ fn build_stored(row: &StoredOrganization) -> Result<Organization, OrganizationEr
         .map_err(|e| OrganizationError::Corrupt(row.id.clone(), e.to_string()))?;
     let mut org = Organization::from_settings(&format!("organizations.{}", row.id), &settings)?;
     org.active = row.active;
-    org.name = row.name.clone();
+    org.name = row.name.trim().to_string();
     Ok(org)
 }
 
@@ -784,14 +785,21 @@ mod tests {
 
     #[test]
     fn a_name_is_shown_without_the_spaces_around_it() {
-        let org = super::Organization::from_settings(
-            "organizations.acme",
-            &toml::from_str(
-                "id = \"acme\"\nname = \"  Acme  Corp \"\n[[servers]]\nname = \"a\"\naddress = \"10.0.0.1\"\nsecret = \"s\"",
-            )
-            .unwrap(),
+        let settings: crate::config::OrganizationSettings = toml::from_str(
+            "id = \"acme\"\nname = \"  Acme  Corp \"\n[[servers]]\nname = \"a\"\naddress = \"10.0.0.1\"\nsecret = \"s\"",
         )
         .unwrap();
+        let org = super::Organization::from_settings("organizations.acme", &settings).unwrap();
         assert_eq!(org.name, "Acme  Corp");
+        // As stored (what a running portal builds), renamed through the CLI or the API.
+        let stored = crate::storage::StoredOrganization {
+            id: "acme".into(),
+            name: "  Acme Renamed\t".into(),
+            active: true,
+            settings: Some(serde_json::to_string(&settings).unwrap()),
+            revision: 2,
+            from_config: false,
+        };
+        assert_eq!(super::build_stored(&stored).unwrap().name, "Acme Renamed");
     }
 }

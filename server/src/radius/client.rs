@@ -283,16 +283,20 @@ impl RadiusClient {
             });
         }
         let mut sent = false;
-        let mut transmissions = 0u32;
+        // For each transmission, the destination's refusals counted before it went out.
+        let mut refused_before: Vec<u32> = Vec::new();
         for attempt in 0..=ex.retries {
             if Instant::now() >= ex.deadline {
                 break;
             }
+            let before = self.lock().waiters.get(&key).map_or(0, |p| p.refusals);
             // A datagram the host dropped (a full queue) says nothing about the server: it
             // is not counted as sent, and the timer retransmits it.
             let went = self.send(&socket, key.0, &bytes, ex.destination).await?;
             sent |= went;
-            transmissions += u32::from(went);
+            if went {
+                refused_before.push(before);
+            }
             let wait_until = (Instant::now() + ex.timeout).min(ex.deadline);
             match tokio::time::timeout_at(wait_until, &mut reply).await {
                 Ok(Ok(Ok(reply))) => return Ok(reply),
@@ -321,16 +325,23 @@ impl RadiusClient {
                         pending.unverified_reply.take(),
                     )
                 });
+        // Each transmission refused by the destination itself — a port unreachable after it
+        // and before the next, and no more than one each —: none was received. Fewer (the
+        // server back for one, an ICMP not yet read, a router's error) or more (a duplicate
+        // standing in for a transmission that arrived) and one may have been.
+        let every_one_refused = refusals as usize == refused_before.len()
+            && refused_before
+                .iter()
+                .enumerate()
+                .all(|(i, before)| *before as usize == i);
         Err(match (sent, unsigned, refused, unverified) {
             (true, true, _, _) => RadiusError::UnsignedReply,
             // Retransmitted through ICMP errors (a last server that may be restarting): the
-            // operator learns that nothing listened there, not "no reply". Each transmission
-            // refused by the destination itself (a port unreachable for every one): none was
-            // received — a sign-in's Start then owes the server no Stop. One left unrefused
-            // (the server back for it, an ICMP not yet read) may have arrived.
+            // operator learns that nothing listened there, not "no reply". Refused every time,
+            // it never arrived: a sign-in's Start then owes the server no Stop.
             (true, false, Some(errno), _) => RadiusError::Unreachable {
                 error: std::io::Error::from(errno),
-                maybe_received: refusals < transmissions,
+                maybe_received: !every_one_refused,
             },
             (true, false, None, Some(why)) => RadiusError::UnverifiedReply(why),
             (true, false, None, None) => RadiusError::Timeout,
