@@ -249,9 +249,12 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                 eprintln!("note: more than {limit} sessions are active: the oldest {limit} are listed (--limit N lists more)");
             }
             // A session an operator's stop waits for (a terminate, a disable made while no
-            // portal ran) is open still, but not for long: said beside it.
-            for row in &mut rows {
-                row.stop_asked_at_ms = storage.stop_asked_for(row.id).await?;
+            // portal ran) is open still, but not for long: said beside it. Asked per session
+            // only while some stop waits at all (most of the time none does).
+            if !storage.pending_organization_jobs().await?.is_empty() {
+                for row in &mut rows {
+                    row.stop_asked_at_ms = storage.stop_asked_for(row.id).await?;
+                }
             }
             if json {
                 say!("{}", serde_json::to_string_pretty(&rows)?);
