@@ -685,6 +685,9 @@ impl PgStore {
     fn note_background<T>(&self, result: &Result<T, StorageError>) {
         let mut starved = self.starved.lock().unwrap_or_else(|p| p.into_inner());
         match result {
+            // The server away (no connection to be had by anyone): not a matter of slots.
+            Err(StorageError::Database(sqlx::Error::PoolTimedOut))
+                if self.reach.admit().is_err() => {}
             Err(StorageError::Database(sqlx::Error::PoolTimedOut)) => {
                 if starved.is_none() {
                     tracing::warn!("background work (Stops, expiries) found no PostgreSQL connection: this replica reports itself not ready, and gives requests' idle connections back, until it has one");
@@ -711,6 +714,10 @@ impl PgStore {
     /// Since when background work has found no connection (see `note_background`); None
     /// while it has.
     pub(crate) fn background_starved(&self) -> Option<std::time::Instant> {
+        // A server that does not answer at all starves everyone: that is what is said then
+        // ("database unavailable"), not the connection slots (which more of them would not
+        // cure).
+        self.reach.admit().ok()?;
         *self.starved.lock().unwrap_or_else(|p| p.into_inner())
     }
 
