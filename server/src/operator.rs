@@ -311,7 +311,7 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                 }
                 if let Some(asked) = row.stop_asked_at_ms {
                     say!(
-                        "stop asked:      {} (an operator's stop, not made yet: the running portal ends it with Admin-Reset dated then)",
+                        "stop asked:      {} (an operator's stop, not made yet: a running portal ends it at once, else the next one to start, with Admin-Reset dated then)",
                         clock(asked)
                     );
                 }

@@ -544,7 +544,7 @@ async fn a_start_refused_at_every_send_by_a_lone_server_is_rolled_back_with_noth
         start
             .dead_reason
             .as_deref()
-            .is_some_and(|r| r.contains("before the Start was sent")),
+            .is_some_and(|r| r.contains("refused at every send")),
         "{dead:?}"
     );
     app.stop().await;
@@ -995,6 +995,15 @@ async fn an_unsigned_answer_fails_its_sign_in_alone_and_unsigned_probes_bring_a_
     assert!(
         app.radius.health().allows(relay),
         "answers are not silence: the breaker stays closed"
+    );
+    let audited = app.storage.audit_tail(20).await.unwrap();
+    assert_eq!(
+        audited
+            .iter()
+            .filter(|e| e.action == "login.unsigned_answer")
+            .count(),
+        3,
+        "{audited:?}"
     );
     assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
     let page = app.browser(client(4)).login("carol", "carol-pass").await;

@@ -397,21 +397,27 @@ impl AccessSessions {
                 // (every server's breaker open), it is answered but not written, as refusals
                 // before the servers are: a flood of sign-ins during an outage (users
                 // reloading, a script) would otherwise write a row each.
+                // A server that answered unsigned is no outage: said as what it is.
+                let unsigned = matches!(e, RadiusError::UnsignedReply);
                 if !matches!(e, RadiusError::AllServersDown | RadiusError::NoServers) {
                     let reason = crate::portal_backend::error_chain(&e);
-                    self.audit_login(
-                        &org.id,
-                        username,
-                        client_ip,
-                        "login.unavailable",
-                        Some(&reason),
-                    )
-                    .await;
+                    let action = if unsigned {
+                        "login.unsigned_answer"
+                    } else {
+                        "login.unavailable"
+                    };
+                    self.audit_login(&org.id, username, client_ip, action, Some(&reason))
+                        .await;
                 }
                 static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
                 if let Some(left_out) = LOG.admit() {
-                    tracing::warn!(error = %crate::portal_backend::error_chain(&e), similar_left_out = left_out,
-                        "login failed: RADIUS servers unavailable");
+                    if unsigned {
+                        tracing::warn!(error = %crate::portal_backend::error_chain(&e), similar_left_out = left_out,
+                            "login failed: the RADIUS server answered without the Message-Authenticator require_message_authenticator demands");
+                    } else {
+                        tracing::warn!(error = %crate::portal_backend::error_chain(&e), similar_left_out = left_out,
+                            "login failed: RADIUS servers unavailable");
+                    }
                 }
                 return Err(SessionError::ServersUnavailable(e));
             }
@@ -725,7 +731,11 @@ impl AccessSessions {
         }
         let rolled_back = self
             .storage
-            .rollback_unsent_start(id, now_ms(), "login failed before the Start was sent")
+            .rollback_unsent_start(
+                id,
+                now_ms(),
+                "login failed and its Start never reached the server (not sent, or refused at every send)",
+            )
             .await?;
         if !rolled_back {
             self.storage
