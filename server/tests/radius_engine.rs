@@ -458,6 +458,34 @@ async fn a_stop_refused_just_before_a_graceful_shutdown_fails_over_before_the_ex
     );
 }
 
+/// A loopback UDP port nothing listens on (bound, then let go).
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A portal whose organization has one server: authentication at `authenticator`, accounting
+/// at `acct_port` of loopback (nothing there unless the test binds it), three tries of
+/// `timeout` each, and a login deadline of `login_timeout`.
+async fn lone_server_accounting_at(
+    authenticator: &FreeRadius,
+    acct_port: u16,
+    timeout: Duration,
+    login_timeout: Duration,
+) -> (tempfile::TempDir, TestApp) {
+    let (dir, db) = temp_db();
+    let mut only = fast(authenticator, "only");
+    only.acct_port = acct_port;
+    only.timeout = timeout;
+    only.retries = 2;
+    let mut settings = settings(&db, vec![only]);
+    settings.organizations[0].login_timeout = login_timeout;
+    (dir, TestApp::spawn(&settings).await)
+}
+
 /// A Start refused at its first send (the session's server's accounting port closed: ICMP
 /// port unreachable) fails over to the backup and takes the session with it; the server that
 /// refused it never saw the session, so the Stop is owed to the backup alone — no copy is left
@@ -467,13 +495,8 @@ async fn a_start_refused_at_its_first_send_owes_that_server_no_stop() {
     let authenticator = FreeRadius::start().await;
     let backup = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let closed = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut primary = fast(&authenticator, "primary");
-    primary.acct_port = closed;
+    primary.acct_port = free_udp_port();
     let settings = quick_failover(&db, vec![primary, fast(&backup, "backup")]);
     let app = TestApp::spawn(&settings).await;
     let session = app
@@ -499,18 +522,14 @@ async fn a_start_refused_at_its_first_send_owes_that_server_no_stop() {
 #[tokio::test]
 async fn a_start_refused_at_every_send_by_a_lone_server_is_rolled_back_with_nothing_owed() {
     let authenticator = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let closed = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut only = fast(&authenticator, "only");
-    only.acct_port = closed;
-    only.retries = 2;
-    let mut settings = settings(&db, vec![only]);
-    settings.organizations[0].login_timeout = Duration::from_secs(3);
-    let app = TestApp::spawn(&settings).await;
+    let closed = free_udp_port();
+    let (_dir, app) = lone_server_accounting_at(
+        &authenticator,
+        closed,
+        Duration::from_millis(300),
+        Duration::from_secs(3),
+    )
+    .await;
     let error = app
         .sessions
         .login("acme", "carol", "carol-pass", IpAddr::V4(client(46)))
@@ -556,19 +575,14 @@ async fn a_start_refused_at_every_send_by_a_lone_server_is_rolled_back_with_noth
 #[tokio::test]
 async fn a_start_refused_once_then_taken_in_keeps_its_start_and_stop_queued() {
     let authenticator = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut only = fast(&authenticator, "only");
-    only.acct_port = port;
-    only.timeout = Duration::from_secs(1);
-    only.retries = 2;
-    let mut settings = settings(&db, vec![only]);
-    settings.organizations[0].login_timeout = Duration::from_secs(4);
-    let app = TestApp::spawn(&settings).await;
+    let port = free_udp_port();
+    let (_dir, app) = lone_server_accounting_at(
+        &authenticator,
+        port,
+        Duration::from_secs(1),
+        Duration::from_secs(4),
+    )
+    .await;
     let sessions = app.sessions.clone();
     let login = tokio::spawn(async move {
         sessions
