@@ -1334,6 +1334,88 @@ async fn a_delivery_never_sends_a_row_whose_claim_another_sender_took() {
     app.stop().await;
 }
 
+/// A session whose sign-in died with its process (its lease on the session run out, its Start's
+/// claim too) is ended by the delivery loop that takes its Start: the server gets the Start, then
+/// a NAS-Error Stop dated at the session's start — no user was given it, and no identity stays
+/// open to its deadline. One whose sign-in is under way (its lease renewed) is left to that
+/// sign-in: the loop sends nothing of it, the sign-in's own delivery sends its Start, and the
+/// session stays.
+#[tokio::test]
+async fn a_sign_in_that_died_is_ended_and_one_under_way_is_left_to_finish() {
+    let (radius, app, _dir) = portal_with_one_server().await;
+    let now = radius_portal::access_session::now_ms();
+    let signing_in = |sid: &str, ip: &str| NewAccessSession {
+        start_claimed_until: Some(now - 1),
+        ..stored_session(sid, ip, now - 5_000)
+    };
+    let dead = app
+        .storage
+        .open_session(&signing_in("died-signing-in", "127.0.1.80"))
+        .await
+        .unwrap()
+        .id;
+    let alive = app
+        .storage
+        .open_session(&signing_in("still-signing-in", "127.0.1.81"))
+        .await
+        .unwrap()
+        .id;
+    assert!(app
+        .storage
+        .renew_sign_in(alive, now + 600_000)
+        .await
+        .unwrap());
+    app.sessions.accounting().wake();
+
+    let stop = radius
+        .wait_for_acct(&["status=Stop", "sid=died-signing-in"])
+        .await;
+    assert_eq!(field(&stop, "cause"), "NAS-Error");
+    assert_eq!(field(&stop, "session_time"), "0");
+    assert_eq!(
+        field(&stop, "event_ts").parse::<i64>().unwrap(),
+        (now - 5_000) / 1000
+    );
+    let lines = radius.acct_lines();
+    let at = |status: &str| {
+        lines.iter().position(|l| {
+            l.contains(&format!("status={status} ")) && l.contains("sid=died-signing-in ")
+        })
+    };
+    assert!(at("Start").unwrap() < at("Stop").unwrap(), "{lines:?}");
+    assert!(!app.storage.session(dead).await.unwrap().unwrap().active);
+
+    wait_until(
+        "the loop to leave the live sign-in's Start to it",
+        || async {
+            let rows = app.storage.session_outbox(alive).await.unwrap();
+            rows[0].last_error.as_deref() == Some("left to its sign-in, under way")
+        },
+    )
+    .await;
+    assert!(
+        !radius
+            .acct_lines()
+            .iter()
+            .any(|l| l.contains("sid=still-signing-in ")),
+        "nothing sent for it"
+    );
+    let sign_in = own_sender(&app);
+    assert!(sign_in
+        .deliver_now(
+            alive,
+            status_type::START,
+            tokio::time::Instant::now() + Duration::from_secs(5)
+        )
+        .await
+        .unwrap());
+    radius
+        .wait_for_acct(&["status=Start", "sid=still-signing-in"])
+        .await;
+    assert!(app.storage.session(alive).await.unwrap().unwrap().active);
+    app.stop().await;
+}
+
 /// An accounting sender of the test's own beside the portal's (deliveries made by hand).
 fn own_sender(app: &TestApp) -> radius_portal::accounting::Accounting {
     radius_portal::accounting::Accounting::new(

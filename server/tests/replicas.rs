@@ -261,3 +261,106 @@ async fn a_replica_killed_with_sessions_due_leaves_them_to_the_other() {
         assert_eq!(acct_count(&radius, "Stop", sid), 1, "one Stop for {sid}");
     }
 }
+
+/// A replica killed during a sign-in — its Start waiting on a silent accounting server, its user
+/// never answered — leaves no session open behind it: once the sign-in's claim on the Start and
+/// lease on the session have run out, the other replica's delivery loop ends the session as the
+/// sign-in would have (the Start, then a NAS-Error Stop dated at its start, once), rather than
+/// sending the Start late and keeping the identity open to the session's deadline. The two
+/// minutes those last are moved back in the database, as if they had passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_during_a_sign_in_leaves_no_session_open() {
+    use sqlx::Connection as _;
+    let auth = FreeRadius::start().await;
+    let acct = FreeRadius::start().await;
+    let url = common::postgres::fresh_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let start_replica = |name: &str| {
+        let port = common::free_port();
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[http]\nlisten = \"127.0.0.1:{port}\"\n[database]\nurl = \"{url}\"\n\
+                 [radius]\nbind = \"127.0.0.1\"\n\
+                 [[organizations]]\nid = \"acme\"\nname = \"Acme\"\ndefault_window = \"10m\"\n\
+                 [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\n\
+                 auth_port = {}\nacct_port = {}\nsecret = \"{}\"\ntimeout = \"3s\"\nretries = 2\n",
+                auth.strict_port,
+                acct.acct_port,
+                common::SECRET
+            ),
+        )
+        .unwrap();
+        (config, format!("http://127.0.0.1:{port}"))
+    };
+    let (config_a, base_a) = start_replica("a");
+    let (config_b, base_b) = start_replica("b");
+    let a = PortalProcess::start(&config_a, &base_a).await;
+    let _b = PortalProcess::start(&config_b, &base_b).await;
+    let storage = Storage::open_postgres(&url).await.unwrap();
+
+    // Carol signs in through A; the accounting server is frozen, so her Start waits.
+    acct.pause();
+    let browser = Browser {
+        http: reqwest::Client::builder()
+            .cookie_store(true)
+            .local_address(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 0, 21)))
+            .build()
+            .unwrap(),
+        base: base_a.clone(),
+    };
+    let signing_in = tokio::spawn(async move { browser.login("carol", "carol-pass").await });
+    wait_until("A to open carol's session", || async {
+        !storage
+            .active_sessions_of(Some("acme"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    a.kill_9();
+    signing_in.abort();
+    acct.resume();
+    let session = storage
+        .active_sessions_of(Some("acme"), 10)
+        .await
+        .unwrap()
+        .remove(0);
+    let sid = session.acct_session_id.clone();
+
+    // Two minutes on: A's claim on the Start and its sign-in's lease have run out.
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "UPDATE accounting_outbox SET claimed_until = claimed_until - 120000 WHERE claimed_until IS NOT NULL",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE access_sessions SET sign_in_until = sign_in_until - 120000")
+        .execute(&mut db)
+        .await
+        .unwrap();
+
+    let stop = acct
+        .wait_for_acct(&["status=Stop", &format!("sid={sid}")])
+        .await;
+    assert_eq!(field(&stop, "cause"), "NAS-Error");
+    assert_eq!(field(&stop, "session_time"), "0");
+    assert_eq!(
+        field(&stop, "event_ts").parse::<i64>().unwrap(),
+        session.started_at / 1000,
+        "dated at its start: nobody had it"
+    );
+    let ended = storage.session(session.id).await.unwrap().unwrap();
+    assert!(!ended.active);
+    wait_until("the outbox to drain", || async {
+        storage.outbox_backlog().await.unwrap() == 0
+    })
+    .await;
+    assert_eq!(acct_count(&acct, "Stop", &sid), 1, "one Stop");
+    assert!(
+        acct_count(&acct, "Start", &sid) >= 1,
+        "its Start went first"
+    );
+}

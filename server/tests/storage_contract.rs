@@ -148,6 +148,7 @@ on_both_backends!(
     a_failed_row_waits_and_retry_now_makes_it_due,
     a_lapsed_claim_is_renewed_only_by_its_holder_and_a_transmission_always_counts,
     dead_letters_unblock_and_a_never_sent_start_takes_its_session_along,
+    a_sign_in_lease_tells_a_dead_sign_in_from_one_under_way,
     disconnect_requests_find_sessions_by_id_address_user_and_class,
     periodic_interims_come_due_and_coalesce,
     session_time_is_the_difference_of_the_event_timestamps,
@@ -1309,6 +1310,74 @@ async fn sign_ins_that_never_finished_end_as_they_would_have(db: Db) {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// A sign-in's lease on the session it opened (its Start claimed for it) tells a sign-in under
+/// way from one whose process died: while the lease runs nothing is ended and the holder is
+/// told until when; renewed, it runs longer (never shorter); run out, the session is ended as
+/// the sign-in would have ended it — NAS-Error at its start, the Stop behind the Start — once,
+/// also with two replicas asking at once. A session whose Start was left to the delivery loop
+/// (no lease), or whose Start was acknowledged, is never one to end.
+async fn a_sign_in_lease_tells_a_dead_sign_in_from_one_under_way(db: Db) {
+    use radius_portal::storage::SignInLease;
+    let s = &db.storage;
+    let mut signing_in = login("10.0.7.1", T0, 10 * MINUTE);
+    signing_in.start_claimed_until = Some(T0 + 2 * MINUTE);
+    let id = opened(s, signing_in).await;
+    assert_eq!(
+        s.end_abandoned_sign_in(id, T0 + MINUTE).await.unwrap(),
+        SignInLease::Held(T0 + 2 * MINUTE)
+    );
+    assert!(s.renew_sign_in(id, T0 + 3 * MINUTE).await.unwrap());
+    assert!(s.renew_sign_in(id, T0 + MINUTE).await.unwrap());
+    assert_eq!(
+        s.end_abandoned_sign_in(id, T0 + 2 * MINUTE + 1)
+            .await
+            .unwrap(),
+        SignInLease::Held(T0 + 3 * MINUTE),
+        "renewed, and not shortened"
+    );
+    assert!(s.session(id).await.unwrap().unwrap().active);
+
+    let other = db.open().await;
+    let later = T0 + 3 * MINUTE + 1;
+    let (a, b) = tokio::join!(
+        s.end_abandoned_sign_in(id, later),
+        other.end_abandoned_sign_in(id, later)
+    );
+    let mut outcomes = [a.unwrap(), b.unwrap()];
+    outcomes.sort_by_key(|o| *o != SignInLease::Ended);
+    assert_eq!(outcomes, [SignInLease::Ended, SignInLease::None]);
+    let session = s.session(id).await.unwrap().unwrap();
+    assert_eq!(
+        (session.active, session.stopped_at, session.terminate_cause),
+        (false, Some(T0), Some(i64::from(terminate_cause::NAS_ERROR)))
+    );
+    assert_eq!(outbox_types(s, id).await, [START, STOP]);
+    assert!(!s.renew_sign_in(id, T0 + 9 * MINUTE).await.unwrap());
+
+    // Its Start left to the delivery loop: nobody's sign-in.
+    let unleased = opened(s, login("10.0.7.2", T0, 10 * MINUTE)).await;
+    assert!(!s.renew_sign_in(unleased, T0 + 3 * MINUTE).await.unwrap());
+    assert_eq!(
+        s.end_abandoned_sign_in(unleased, later).await.unwrap(),
+        SignInLease::None
+    );
+    // Its Start acknowledged: the sign-in succeeded, its user holds the session.
+    let mut finished = login("10.0.7.3", T0, 10 * MINUTE);
+    finished.start_claimed_until = Some(T0 + 2 * MINUTE);
+    let opened_finished = s.open_session(&finished).await.unwrap();
+    let start = opened_finished.claimed_start.unwrap();
+    s.mark_delivered(start.id, T0 + 10, None).await.unwrap();
+    assert_eq!(
+        s.end_abandoned_sign_in(opened_finished.id, later)
+            .await
+            .unwrap(),
+        SignInLease::None
+    );
+    for still in [unleased, opened_finished.id] {
+        assert!(s.session(still).await.unwrap().unwrap().active);
+    }
 }
 
 async fn a_session_termination_is_queued_once(db: Db) {

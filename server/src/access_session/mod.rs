@@ -577,18 +577,43 @@ impl AccessSessions {
         let this = self.clone();
         let stored = session.clone();
         self.run_to_end(async move {
-            this.send_login_accounting(
+            let accounting = this.send_login_accounting(
                 &stored,
                 &preempted,
                 opened.claimed_start,
                 exchange_time,
                 deadline,
-            )
-            .await?;
+            );
+            this.holding_sign_in(stored.id, accounting).await?;
             this.disabled_while_starting(&stored).await
         })
         .await?;
         Ok(session)
+    }
+
+    /// Runs `work` — a sign-in's accounting — renewing the sign-in's lease on session `id`
+    /// meanwhile, so a delivery loop that takes the session's Start (between the sign-in's
+    /// tries) leaves it to the sign-in rather than ending the session as one whose sign-in
+    /// died ([`crate::storage::SessionStore::end_abandoned_sign_in`]). Only a sign-in that
+    /// waits long (replaced sessions' Stops at a slow server) writes anything: the lease the
+    /// session was opened with lasts [`crate::accounting::CLAIM_LEASE_MS`].
+    async fn holding_sign_in<T>(&self, id: i64, work: impl std::future::Future<Output = T>) -> T {
+        let every = std::time::Duration::from_millis(crate::accounting::CLAIM_LEASE_MS as u64 / 4);
+        let renew = async {
+            let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+            loop {
+                ticks.tick().await;
+                let until = now_ms() + crate::accounting::CLAIM_LEASE_MS;
+                if let Err(e) = self.storage.renew_sign_in(id, until).await {
+                    tracing::warn!(session = id, error = %crate::portal_backend::error_chain(&e),
+                        "a sign-in's lease on its session could not be renewed; tried again shortly");
+                }
+            }
+        };
+        tokio::select! {
+            done = work => done,
+            never = renew => never,
+        }
     }
 
     /// After a new session's Start: a disable that landed while the Start was on its way (the

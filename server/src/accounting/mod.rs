@@ -24,7 +24,7 @@ use crate::{
         health::{Port, ServerHealth, Target},
         status_type, AccountingRecord, Radius, RadiusError, ServerEndpoint,
     },
-    storage::{AccessSessionRecord, Acknowledged, OutboxRow, Storage, StorageError},
+    storage::{AccessSessionRecord, Acknowledged, OutboxRow, SignInLease, Storage, StorageError},
 };
 use std::{
     collections::{HashMap, HashSet},
@@ -917,6 +917,36 @@ impl Accounting {
                     ),
                 )
                 .await;
+        }
+        // A Start the delivery loop took, of a session still active: a sign-in may be waiting
+        // on it (the loop took it between the sign-in's tries), or the sign-in may be gone —
+        // its portal killed during it (a replica on PostgreSQL; on SQLite the next start ends
+        // those first, `end_abandoned_sign_ins`). A sign-in renews its lease on the session
+        // until it ends, so a lease run out tells the second: no user was given the session,
+        // so it ends where it began (NAS-Error) before its Start leaves, its Stop queued
+        // behind — a server the first transmission reached closes it, and no identity stays
+        // open to the session's deadline.
+        // A lease still running: the Start is left to its sign-in (which takes it again at
+        // once, being under way), and taken again here when the lease runs out.
+        if is_start && deadline.is_none() && session.active {
+            match self
+                .storage
+                .end_abandoned_sign_in(session.id, now_ms())
+                .await?
+            {
+                SignInLease::Ended => {
+                    tracing::warn!(acct_session_id = %acct_id, session = session.id, organization = %org.id,
+                        username = %session.username,
+                        "a sign-in whose portal stopped during it is ended (its lease ran out): its Start is sent, then a NAS-Error Stop");
+                }
+                SignInLease::Held(until) => {
+                    self.storage
+                        .mark_failed(&row, until + 1, "left to its sign-in, under way", None)
+                        .await?;
+                    return Ok(Delivery::RetryAt(until + 1));
+                }
+                SignInLease::None => {}
+            }
         }
         let health = self.radius.health();
         // The organization's servers' recoveries so far: one that comes back while this

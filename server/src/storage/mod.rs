@@ -84,6 +84,18 @@ pub const AUTH_SERVER_DESTINATION: &str = "auth-server";
 /// Prefix of the outbox destination of a copy for one named server alone (no failover).
 pub(crate) const SERVER_DESTINATION_PREFIX: &str = "server:";
 
+/// What [`SessionStore::end_abandoned_sign_in`] found of a session's sign-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignInLease {
+    /// Its lease had run out: the session is ended now.
+    Ended,
+    /// Its sign-in's lease runs until then (ms): nothing changed.
+    Held(i64),
+    /// Nothing of a sign-in to end — its Start left to the delivery loop (no lease), the
+    /// session no longer active or its Start acknowledged: nothing changed.
+    None,
+}
+
 /// The server a stored outbox destination names alone (None: the session's server, with
 /// failover).
 pub(crate) fn copy_target(destination: &str) -> Option<String> {
@@ -156,6 +168,16 @@ contract! {
         /// an Interim-Update queued for it) with `cause` and queues its Stop. False if it was not active (already stopped: nothing is queued
         /// twice).
         fn stop_session(&self, id: i64, cause: u32, event_at: i64) -> bool;
+        /// Extends the lease of the sign-in that opened session `id` (see
+        /// [`NewAccessSession::start_claimed_until`]) to `until`, never shortening it. False if
+        /// the session is no longer active.
+        fn renew_sign_in(&self, id: i64, until: i64) -> bool;
+        /// Ends session `id` if a sign-in opened it and that sign-in's lease ran out before
+        /// `now` while the session is still active and its Start unacknowledged: its process
+        /// died during the sign-in (a sign-in renews its lease until it ends with the Start
+        /// acknowledged, rolled back or the session stopped), so no user was given it. Stopped
+        /// with NAS-Error at its start, its Stop queued behind its Start.
+        fn end_abandoned_sign_in(&self, id: i64, now: i64) -> SignInLease;
         /// Stops every active session whose deadline is at or before `now`. Each is stopped at
         /// its own deadline, with Session-Timeout when the limit was reached, else Idle-Timeout.
         /// Several processes may run this at once: each session is stopped exactly once.
@@ -800,7 +822,9 @@ pub struct NewAccessSession {
     /// organization's minimum), or None.
     pub interim_interval: Option<i64>,
     /// The caller sends the Start itself: it is queued already claimed until then (no second
-    /// write to claim it). None: the delivery loop sends it.
+    /// write to claim it), and the session is the caller's sign-in's until then too (its lease,
+    /// [`SessionStore::renew_sign_in`]; see [`SessionStore::end_abandoned_sign_in`]). None: the
+    /// delivery loop sends it.
     pub start_claimed_until: Option<i64>,
     /// The name the user typed, when the Access-Accept named the user otherwise (`username`
     /// is then the server's name): for the audit entry only.

@@ -26,7 +26,7 @@ use super::{
     decode_classes, encode_classes,
     organizations::{audit_in, Audit, OrgBackend, OrgTx},
     AccessSessionRecord, Acknowledged, NewAccessSession, Notice, OpenedSession, OutboxEntry,
-    OutboxRow, SessionMatch, SessionStore, StopOutcome, Stopped, StorageError,
+    OutboxRow, SessionMatch, SessionStore, SignInLease, StopOutcome, Stopped, StorageError,
     AUTH_SERVER_DESTINATION,
 };
 use crate::radius::{status_type, terminate_cause};
@@ -964,8 +964,8 @@ impl SessionStore for PgStore {
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO access_sessions (acct_session_id, organization_id, username, client_ip, server_index, server_name, \
              classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, next_interim_at, state, \
-             nas_ip, nas_identifier) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14, 'active', $15, $16) RETURNING id",
+             nas_ip, nas_identifier, sign_in_until) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14, 'active', $15, $16, $17) RETURNING id",
         )
         .bind(&new.acct_session_id)
         .bind(&new.organization_id)
@@ -983,6 +983,7 @@ impl SessionStore for PgStore {
         .bind(new.interim_interval.map(|secs| new.started_at + secs * 1000))
         .bind(new.nas.as_ref().map(|nas| nas.ip.to_string()))
         .bind(new.nas.as_ref().map(|nas| nas.identifier.as_str()))
+        .bind(new.start_claimed_until)
         .fetch_one(&mut *tx)
         .await?;
         if !new.classes.is_empty() {
@@ -1086,6 +1087,48 @@ impl SessionStore for PgStore {
         notify(&mut tx, &self.origin, &[Notice::Session(id)]).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn renew_sign_in(&self, id: i64, until: i64) -> Result<bool, StorageError> {
+        Ok(sqlx::query(
+            "UPDATE access_sessions SET sign_in_until = GREATEST(sign_in_until, $1) \
+             WHERE id = $2 AND state = 'active' AND sign_in_until IS NOT NULL",
+        )
+        .bind(until)
+        .bind(id)
+        .execute(self.pool())
+        .await?
+        .rows_affected()
+            > 0)
+    }
+
+    async fn end_abandoned_sign_in(&self, id: i64, now: i64) -> Result<SignInLease, StorageError> {
+        let mut tx = self.pool().begin().await?;
+        // The session's row locked, as every writer of its rows does first: a renewal of its
+        // lease committed meanwhile is seen.
+        let found: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT s.started_at, s.sign_in_until FROM access_sessions s \
+             WHERE s.id = $1 AND s.state = 'active' AND s.sign_in_until IS NOT NULL AND EXISTS ( \
+               SELECT 1 FROM accounting_outbox o WHERE o.access_session_id = s.id \
+               AND o.status_type = $2 AND o.destination = $3 \
+               AND o.delivered_at IS NULL AND o.dead_at IS NULL) FOR UPDATE OF s",
+        )
+        .bind(id)
+        .bind(i64::from(status_type::START))
+        .bind(AUTH_SERVER_DESTINATION)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let started_at = match found {
+            None => return Ok(SignInLease::None),
+            Some((_, until)) if until >= now => return Ok(SignInLease::Held(until)),
+            Some((started_at, _)) => started_at,
+        };
+        if !stop_in(&mut tx, id, terminate_cause::NAS_ERROR, started_at).await? {
+            return Ok(SignInLease::None);
+        }
+        notify(&mut tx, &self.origin, &[Notice::Session(id)]).await?;
+        tx.commit().await?;
+        Ok(SignInLease::Ended)
     }
 
     async fn stop_due_sessions(&self, now: i64) -> Result<Vec<Stopped>, StorageError> {

@@ -9,7 +9,8 @@ use super::{
     engine::Engine,
     organizations::{audit_on, session_end_actor, Audit, OrgBackend, OrgTx},
     AccessSessionRecord, Acknowledged, NewAccessSession, OpenedSession, OutboxEntry, OutboxRow,
-    SessionMatch, SessionStore, StopOutcome, Stopped, StorageError, AUTH_SERVER_DESTINATION,
+    SessionMatch, SessionStore, SignInLease, StopOutcome, Stopped, StorageError,
+    AUTH_SERVER_DESTINATION,
 };
 use crate::radius::{status_type, terminate_cause};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -500,6 +501,50 @@ impl SessionStore for SqliteStore {
     async fn stop_session(&self, id: i64, cause: u32, event_at: i64) -> Result<bool, StorageError> {
         self.engine
             .write(move |c| stop_in(c, id, cause, event_at, None))
+            .await
+    }
+
+    async fn renew_sign_in(&self, id: i64, until: i64) -> Result<bool, StorageError> {
+        self.engine
+            .write_relaxed_small(move |c| {
+                Ok(c.prepare_cached(
+                    "UPDATE access_sessions SET sign_in_until = max(sign_in_until, ?1) \
+                     WHERE id = ?2 AND state = 'active' AND sign_in_until IS NOT NULL",
+                )?
+                .execute(params![until, id])?
+                    > 0)
+            })
+            .await
+    }
+
+    async fn end_abandoned_sign_in(&self, id: i64, now: i64) -> Result<SignInLease, StorageError> {
+        self.engine
+            .write(move |c| {
+                let found: Option<(i64, i64)> = c
+                    .prepare_cached(
+                        "SELECT s.started_at, s.sign_in_until FROM access_sessions s \
+                         WHERE s.id = ?1 AND s.state = 'active' AND s.sign_in_until IS NOT NULL AND EXISTS ( \
+                           SELECT 1 FROM accounting_outbox o WHERE o.access_session_id = s.id \
+                           AND o.status_type = ?2 AND o.destination = ?3 \
+                           AND o.delivered_at IS NULL AND o.dead_at IS NULL)",
+                    )?
+                    .query_row(
+                        params![id, status_type::START, AUTH_SERVER_DESTINATION],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                Ok(match found {
+                    None => SignInLease::None,
+                    Some((_, until)) if until >= now => SignInLease::Held(until),
+                    Some((started_at, _)) => {
+                        if stop_in(c, id, terminate_cause::NAS_ERROR, started_at, None)? {
+                            SignInLease::Ended
+                        } else {
+                            SignInLease::None
+                        }
+                    }
+                })
+            })
             .await
     }
 
@@ -1296,8 +1341,8 @@ fn open_session_in(c: &Connection, new: &NewAccessSession) -> Result<OpenedSessi
         .prepare_cached(
             "INSERT INTO access_sessions (acct_session_id, organization_id, username, client_ip, server_index, server_name, \
              classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, next_interim_at, state, \
-             nas_ip, nas_identifier) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?) RETURNING id",
+             nas_ip, nas_identifier, sign_in_until) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?) RETURNING id",
         )?
         .query_row(
             params![
@@ -1318,6 +1363,7 @@ fn open_session_in(c: &Connection, new: &NewAccessSession) -> Result<OpenedSessi
                 new.interim_interval.map(|secs| new.started_at + secs * 1000),
                 new.nas.as_ref().map(|nas| nas.ip.to_string()),
                 new.nas.as_ref().map(|nas| nas.identifier.as_str()),
+                new.start_claimed_until,
             ],
             |r| r.get(0),
         )?;
