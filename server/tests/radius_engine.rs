@@ -1344,9 +1344,12 @@ async fn a_delivery_never_sends_a_row_whose_claim_another_sender_took() {
 async fn a_sign_in_that_died_is_ended_and_one_under_way_is_left_to_finish() {
     let (radius, app, _dir) = portal_with_one_server().await;
     let now = radius_portal::access_session::now_ms();
+    // Opened half a minute ago; claim and lease ran out 20 s ago (past the 10 s margin the
+    // clocks of replicas are given).
+    let started_at = now - 30_000;
     let signing_in = |sid: &str, ip: &str| NewAccessSession {
-        start_claimed_until: Some(now - 1),
-        ..stored_session(sid, ip, now - 5_000)
+        start_claimed_until: Some(now - 20_000),
+        ..stored_session(sid, ip, started_at)
     };
     let dead = app
         .storage
@@ -1374,7 +1377,7 @@ async fn a_sign_in_that_died_is_ended_and_one_under_way_is_left_to_finish() {
     assert_eq!(field(&stop, "session_time"), "0");
     assert_eq!(
         field(&stop, "event_ts").parse::<i64>().unwrap(),
-        (now - 5_000) / 1000
+        started_at / 1000
     );
     let lines = radius.acct_lines();
     let at = |status: &str| {
@@ -1384,12 +1387,20 @@ async fn a_sign_in_that_died_is_ended_and_one_under_way_is_left_to_finish() {
     };
     assert!(at("Start").unwrap() < at("Stop").unwrap(), "{lines:?}");
     assert!(!app.storage.session(dead).await.unwrap().unwrap().active);
+    // Its sign-in, had it still waited on that Start, is told there is no session.
+    let sign_in = own_sender(&app);
+    let soon = || tokio::time::Instant::now() + Duration::from_secs(5);
+    assert!(!sign_in
+        .deliver_now(dead, status_type::START, soon())
+        .await
+        .unwrap());
 
     wait_until(
         "the loop to leave the live sign-in's Start to it",
         || async {
             let rows = app.storage.session_outbox(alive).await.unwrap();
-            rows[0].last_error.as_deref() == Some("left to its sign-in, under way")
+            rows[0].last_error.as_deref()
+                == Some("left to the sign-in that opened the session while its lease runs")
         },
     )
     .await;
@@ -1400,13 +1411,8 @@ async fn a_sign_in_that_died_is_ended_and_one_under_way_is_left_to_finish() {
             .any(|l| l.contains("sid=still-signing-in ")),
         "nothing sent for it"
     );
-    let sign_in = own_sender(&app);
     assert!(sign_in
-        .deliver_now(
-            alive,
-            status_type::START,
-            tokio::time::Instant::now() + Duration::from_secs(5)
-        )
+        .deliver_now(alive, status_type::START, soon())
         .await
         .unwrap());
     radius

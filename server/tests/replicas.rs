@@ -267,7 +267,8 @@ async fn a_replica_killed_with_sessions_due_leaves_them_to_the_other() {
 /// lease on the session have run out, the other replica's delivery loop ends the session as the
 /// sign-in would have (the Start, then a NAS-Error Stop dated at its start, once), rather than
 /// sending the Start late and keeping the identity open to the session's deadline. The two
-/// minutes those last are moved back in the database, as if they had passed.
+/// minutes those last (and the margin given to replicas' clocks) are moved back in the
+/// database, as if they had passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_during_a_sign_in_leaves_no_session_open() {
     use sqlx::Connection as _;
@@ -329,15 +330,15 @@ async fn a_replica_killed_during_a_sign_in_leaves_no_session_open() {
         .remove(0);
     let sid = session.acct_session_id.clone();
 
-    // Two minutes on: A's claim on the Start and its sign-in's lease have run out.
+    // Two and a half minutes on: A's claim on the Start and its sign-in's lease have run out.
     let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
     sqlx::query(
-        "UPDATE accounting_outbox SET claimed_until = claimed_until - 120000 WHERE claimed_until IS NOT NULL",
+        "UPDATE accounting_outbox SET claimed_until = claimed_until - 150000 WHERE claimed_until IS NOT NULL",
     )
     .execute(&mut db)
     .await
     .unwrap();
-    sqlx::query("UPDATE access_sessions SET sign_in_until = sign_in_until - 120000")
+    sqlx::query("UPDATE access_sessions SET sign_in_until = sign_in_until - 150000")
         .execute(&mut db)
         .await
         .unwrap();

@@ -1358,6 +1358,29 @@ async fn a_sign_in_lease_tells_a_dead_sign_in_from_one_under_way(db: Db) {
 
     // Its Start left to the delivery loop: nobody's sign-in.
     let unleased = opened(s, login("10.0.7.2", T0, 10 * MINUTE)).await;
+    // Its Start waiting for a later attempt is made due at once.
+    let start = s
+        .claim_session_outbox(unleased, status_type::START, T0, T0 + MINUTE)
+        .await
+        .unwrap()
+        .unwrap();
+    s.mark_failed(&start, T0 + 10 * MINUTE, "left", None)
+        .await
+        .unwrap();
+    let due = |at: i64| async move {
+        s.claim_due_outbox(at, at, 100)
+            .await
+            .unwrap()
+            .iter()
+            .any(|row| row.id == start.id)
+    };
+    assert!(!due(T0 + 1).await);
+    assert!(s.start_due_now(unleased, T0 + 2).await.unwrap());
+    assert!(
+        !s.start_due_now(unleased, T0 + 2).await.unwrap(),
+        "due already"
+    );
+    assert!(due(T0 + 3).await);
     assert!(!s.renew_sign_in(unleased, T0 + 3 * MINUTE).await.unwrap());
     assert_eq!(
         s.end_abandoned_sign_in(unleased, later).await.unwrap(),

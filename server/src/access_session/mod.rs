@@ -102,6 +102,9 @@ pub fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
+/// Longest wait for a renewal of a sign-in's lease before it is tried again.
+const RENEWAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// After a refresh, another within this long (or a quarter of the session's window, if less)
 /// changes nothing (no write, no Interim-Update).
 pub const REFRESH_QUIET_MS: i64 = 5_000;
@@ -600,14 +603,23 @@ impl AccessSessions {
     async fn holding_sign_in<T>(&self, id: i64, work: impl std::future::Future<Output = T>) -> T {
         let every = std::time::Duration::from_millis(crate::accounting::CLAIM_LEASE_MS as u64 / 4);
         let renew = async {
-            let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+            let mut next = Instant::now() + every;
             loop {
-                ticks.tick().await;
+                tokio::time::sleep_until(next).await;
                 let until = now_ms() + crate::accounting::CLAIM_LEASE_MS;
-                if let Err(e) = self.storage.renew_sign_in(id, until).await {
-                    tracing::warn!(session = id, error = %crate::portal_backend::error_chain(&e),
-                        "a sign-in's lease on its session could not be renewed; tried again shortly");
-                }
+                let renewal = self.storage.renew_sign_in(id, until);
+                next = match tokio::time::timeout(RENEWAL_TIMEOUT, renewal).await {
+                    Ok(Ok(_)) => Instant::now() + every,
+                    failed => {
+                        let error = match failed {
+                            Ok(Err(e)) => crate::portal_backend::error_chain(&e),
+                            _ => format!("no answer within {RENEWAL_TIMEOUT:?}"),
+                        };
+                        tracing::warn!(session = id, error,
+                            "a sign-in's lease on its session could not be renewed; tried again in 2 s");
+                        Instant::now() + std::time::Duration::from_secs(2)
+                    }
+                };
             }
         };
         tokio::select! {
@@ -766,6 +778,9 @@ impl AccessSessions {
             self.storage
                 .stop_session(id, terminate_cause::NAS_ERROR, now_ms())
                 .await?;
+            // A Start a delivery loop left to this sign-in (until its lease's end) goes now,
+            // and the Stop behind it: a server its first transmission reached closes it.
+            self.storage.start_due_now(id, now_ms()).await?;
         }
         self.accounting.wake();
         // A Start withheld because the organization was disabled meanwhile (checked again

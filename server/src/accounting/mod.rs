@@ -532,6 +532,17 @@ impl Accounting {
                 .outbox_delivered(session_id, status_type)
                 .await?
             {
+                // A Start another sender delivered, of a session ended meanwhile (a disable's
+                // job; the sign-in's lease taken for run out, `end_abandoned_sign_in`): no
+                // session to sign in to.
+                if status_type == status_type::START {
+                    let active = self
+                        .storage
+                        .session(session_id)
+                        .await?
+                        .is_some_and(|s| s.active);
+                    return Ok(active);
+                }
                 return Ok(true);
             }
             if Instant::now() >= deadline {
@@ -928,10 +939,11 @@ impl Accounting {
         // open to the session's deadline.
         // A lease still running: the Start is left to its sign-in (which takes it again at
         // once, being under way), and taken again here when the lease runs out.
+        // A lease counts as run out only a margin after its end (clocks of replicas differ).
         if is_start && deadline.is_none() && session.active {
             match self
                 .storage
-                .end_abandoned_sign_in(session.id, now_ms())
+                .end_abandoned_sign_in(session.id, now_ms() - CLAIM_MARGIN_MS)
                 .await?
             {
                 SignInLease::Ended => {
@@ -940,10 +952,10 @@ impl Accounting {
                         "a sign-in whose portal stopped during it is ended (its lease ran out): its Start is sent, then a NAS-Error Stop");
                 }
                 SignInLease::Held(until) => {
-                    self.storage
-                        .mark_failed(&row, until + 1, "left to its sign-in, under way", None)
-                        .await?;
-                    return Ok(Delivery::RetryAt(until + 1));
+                    let again = until + CLAIM_MARGIN_MS + 1;
+                    let reason = "left to the sign-in that opened the session while its lease runs";
+                    self.storage.mark_failed(&row, again, reason, None).await?;
+                    return Ok(Delivery::RetryAt(again));
                 }
                 SignInLease::None => {}
             }

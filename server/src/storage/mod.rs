@@ -172,6 +172,10 @@ contract! {
         /// [`NewAccessSession::start_claimed_until`]) to `until`, never shortening it. False if
         /// the session is no longer active.
         fn renew_sign_in(&self, id: i64, until: i64) -> bool;
+        /// Makes session `id`'s unacknowledged Start due at `now` if it waits, unclaimed, for a
+        /// later attempt — one a delivery loop left to the sign-in that opened the session
+        /// until that sign-in's lease ends, once the sign-in has failed. False if none waited.
+        fn start_due_now(&self, id: i64, now: i64) -> bool;
         /// Ends session `id` if a sign-in opened it and that sign-in's lease ran out before
         /// `now` while the session is still active and its Start unacknowledged: its process
         /// died during the sign-in (a sign-in renews its lease until it ends with the Start

@@ -1102,6 +1102,23 @@ impl SessionStore for PgStore {
             > 0)
     }
 
+    async fn start_due_now(&self, id: i64, now: i64) -> Result<bool, StorageError> {
+        Ok(sqlx::query(
+            "UPDATE accounting_outbox SET next_attempt_at = $1 \
+             WHERE access_session_id = $2 AND status_type = $3 AND destination = $4 \
+             AND delivered_at IS NULL AND dead_at IS NULL AND claimed_until IS NULL \
+             AND next_attempt_at > $1",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(i64::from(status_type::START))
+        .bind(AUTH_SERVER_DESTINATION)
+        .execute(self.pool())
+        .await?
+        .rows_affected()
+            > 0)
+    }
+
     async fn end_abandoned_sign_in(&self, id: i64, now: i64) -> Result<SignInLease, StorageError> {
         let mut tx = self.pool().begin().await?;
         // The session's row locked, as every writer of its rows does first: a renewal of its

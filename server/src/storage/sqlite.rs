@@ -517,6 +517,25 @@ impl SessionStore for SqliteStore {
             .await
     }
 
+    async fn start_due_now(&self, id: i64, now: i64) -> Result<bool, StorageError> {
+        self.engine
+            .write_relaxed_small(move |c| {
+                Ok(c.prepare_cached(
+                    "UPDATE accounting_outbox SET next_attempt_at = ?1 \
+                     WHERE access_session_id = ?2 AND status_type = ?3 AND destination = ?4 \
+                     AND delivered_at IS NULL AND dead_at IS NULL AND claimed_until IS NULL \
+                     AND next_attempt_at > ?1",
+                )?
+                .execute(params![
+                    now,
+                    id,
+                    status_type::START,
+                    AUTH_SERVER_DESTINATION
+                ])? > 0)
+            })
+            .await
+    }
+
     async fn end_abandoned_sign_in(&self, id: i64, now: i64) -> Result<SignInLease, StorageError> {
         self.engine
             .write(move |c| {
