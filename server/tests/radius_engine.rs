@@ -1422,6 +1422,87 @@ async fn a_sign_in_that_died_is_ended_and_one_under_way_is_left_to_finish() {
     app.stop().await;
 }
 
+/// A replaced session's Stop that could only go after the Start of the session that replaced
+/// it (its own Start held by a sender that never sent it: a replica that died) is followed by
+/// an Interim-Update of that session: a firewall that keys identities by address, and took the
+/// late Stop for the end of the address's user, learns its current user again. Sent in order
+/// (the replaced session's Stop before the new Start), no Interim-Update follows.
+#[tokio::test]
+async fn a_late_stop_of_a_replaced_session_is_followed_by_its_successors_interim_update() {
+    let (radius, app, _dir) = portal_with_one_server().await;
+    let now = radius_portal::access_session::now_ms();
+    let address = client(90).to_string();
+    // Its Start claimed for an hour by a sender that never sends it.
+    let held = NewAccessSession {
+        start_claimed_until: Some(now + 3_600_000),
+        ..stored_session("held-by-the-dead", &address, now)
+    };
+    let claim = app
+        .storage
+        .open_session(&held)
+        .await
+        .unwrap()
+        .claimed_start
+        .unwrap();
+    // Carol signs in at that address: the replaced session's Stop cannot go first.
+    let successor = app
+        .sessions
+        .login("acme", "carol", "carol-pass", IpAddr::V4(client(90)))
+        .await
+        .unwrap();
+    let new_sid = format!("sid={} ", successor.acct_session_id);
+    radius.wait_for_acct(&["status=Start", &new_sid]).await;
+    // The holder's claim given up: the replaced session's Start and Stop go, then the
+    // successor's Interim-Update.
+    assert!(app.storage.renew_claim(&claim, now - 1).await.unwrap());
+    app.sessions.accounting().wake();
+    radius
+        .wait_for_acct(&["status=Interim-Update", &new_sid])
+        .await;
+    let lines = radius.acct_lines();
+    let at = |status: &str, sid: &str| {
+        let found: Vec<usize> = (0..lines.len())
+            .filter(|&i| lines[i].contains(&format!("status={status} ")) && lines[i].contains(sid))
+            .collect();
+        assert_eq!(found.len(), 1, "{status} of {sid}: {lines:?}");
+        found[0]
+    };
+    let old_sid = "sid=held-by-the-dead ";
+    assert!(at("Start", &new_sid) < at("Stop", old_sid), "{lines:?}");
+    assert!(
+        at("Stop", old_sid) < at("Interim-Update", &new_sid),
+        "{lines:?}"
+    );
+
+    // In order: carol signs in at that address again; her session's Stop goes first.
+    let third = app
+        .sessions
+        .login("acme", "carol", "carol-pass", IpAddr::V4(client(90)))
+        .await
+        .unwrap();
+    let third_sid = format!("sid={} ", third.acct_session_id);
+    radius.wait_for_acct(&["status=Start", &third_sid]).await;
+    let lines = radius.acct_lines();
+    let stop = lines
+        .iter()
+        .position(|l| l.contains("status=Stop ") && l.contains(&new_sid))
+        .unwrap();
+    let start = lines
+        .iter()
+        .position(|l| l.contains("status=Start ") && l.contains(&third_sid))
+        .unwrap();
+    assert!(stop < start, "{lines:?}");
+    app.stop().await;
+    assert!(
+        !radius
+            .acct_lines()
+            .iter()
+            .any(|l| l.contains("status=Interim-Update ") && l.contains(&third_sid)),
+        "{:?}",
+        radius.acct_lines()
+    );
+}
+
 /// An accounting sender of the test's own beside the portal's (deliveries made by hand).
 fn own_sender(app: &TestApp) -> radius_portal::accounting::Accounting {
     radius_portal::accounting::Accounting::new(

@@ -149,6 +149,7 @@ on_both_backends!(
     a_lapsed_claim_is_renewed_only_by_its_holder_and_a_transmission_always_counts,
     dead_letters_unblock_and_a_never_sent_start_takes_its_session_along,
     a_sign_in_lease_tells_a_dead_sign_in_from_one_under_way,
+    a_replaced_sessions_late_stop_has_its_successor_repeat_itself,
     disconnect_requests_find_sessions_by_id_address_user_and_class,
     periodic_interims_come_due_and_coalesce,
     session_time_is_the_difference_of_the_event_timestamps,
@@ -1401,6 +1402,33 @@ async fn a_sign_in_lease_tells_a_dead_sign_in_from_one_under_way(db: Db) {
     for still in [unleased, opened_finished.id] {
         assert!(s.session(still).await.unwrap().unwrap().active);
     }
+}
+
+/// After a replaced session's Stop, the session that replaced it (same organization and
+/// address) gets an Interim-Update queued — only once its Start was acknowledged (the Stop came
+/// after it), and never a session of another address.
+async fn a_replaced_sessions_late_stop_has_its_successor_repeat_itself(db: Db) {
+    let s = &db.storage;
+    let replaced = opened(s, login("10.0.8.1", T0, 10 * MINUTE)).await;
+    let elsewhere = opened(s, login("10.0.8.2", T0 + 1, 10 * MINUTE)).await;
+    let mut again = login("10.0.8.1", T0 + 2, 10 * MINUTE);
+    again.acct_session_id = "sid-again".into();
+    let successor = opened(s, again).await;
+    assert!(!s.session(replaced).await.unwrap().unwrap().active);
+    assert_eq!(s.reassert_successor(replaced, T0 + 3).await.unwrap(), None);
+    let start = s
+        .claim_session_outbox(successor, status_type::START, T0 + 3, T0 + MINUTE)
+        .await
+        .unwrap()
+        .unwrap();
+    s.mark_delivered(start.id, T0 + 4, None).await.unwrap();
+    assert_eq!(
+        s.reassert_successor(replaced, T0 + 5).await.unwrap(),
+        Some(successor)
+    );
+    assert_eq!(outbox_types(s, successor).await, [START, INTERIM]);
+    assert_eq!(outbox_types(s, elsewhere).await, [START]);
+    assert_eq!(s.reassert_successor(elsewhere, T0 + 6).await.unwrap(), None);
 }
 
 async fn a_session_termination_is_queued_once(db: Db) {

@@ -22,7 +22,7 @@ use crate::{
     radius::{
         encode_accounting,
         health::{Port, ServerHealth, Target},
-        status_type, AccountingRecord, Radius, RadiusError, ServerEndpoint,
+        status_type, terminate_cause, AccountingRecord, Radius, RadiusError, ServerEndpoint,
     },
     storage::{AccessSessionRecord, Acknowledged, OutboxRow, SignInLease, Storage, StorageError},
 };
@@ -680,6 +680,28 @@ impl Accounting {
         }));
     }
 
+    /// A replaced session's Stop delivered by the loop — after its successor's Start, if that
+    /// was acknowledged already (the Stop waited behind a silent server, or behind a Start a
+    /// dead replica had claimed): a firewall keying identities by address may have taken it
+    /// as the end of the address's user. The successor sends an Interim-Update, so it learns
+    /// the address's current user again.
+    async fn after_late_replaced_stop(&self, replaced: &AccessSessionRecord) {
+        match self.storage.reassert_successor(replaced.id, now_ms()).await {
+            Ok(Some(successor)) => {
+                tracing::info!(acct_session_id = %replaced.acct_session_id, successor,
+                    client_ip = %replaced.client_ip,
+                    "a replaced session's Stop went after the Start of the session that replaced it: that session sends an Interim-Update, so an address-keyed firewall has its user again");
+                self.wake();
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(acct_session_id = %replaced.acct_session_id,
+                    error = %crate::portal_backend::error_chain(&e),
+                    "after a replaced session's late Stop, its successor's Interim-Update could not be queued");
+            }
+        }
+    }
+
     async fn dead_letter(
         &self,
         row: &OutboxRow,
@@ -1116,6 +1138,12 @@ impl Accounting {
                 tracing::info!(acct_session_id = %record.acct_session_id, status_type = record.status_type,
                     organization = %session.organization_id, username = record.username.as_str(),
                     server = %server.name, delay_s = record.delay_secs, "accounting delivered");
+                if !awaited
+                    && row.status_type == i64::from(status_type::STOP)
+                    && row.terminate_cause == Some(i64::from(terminate_cause::PORT_PREEMPTED))
+                {
+                    self.after_late_replaced_stop(&session).await;
+                }
                 Ok(Delivery::Delivered)
             }
             Err(e) => {

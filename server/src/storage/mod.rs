@@ -176,6 +176,11 @@ contract! {
         /// later attempt — one a delivery loop left to the sign-in that opened the session
         /// until that sign-in's lease ends, once the sign-in has failed. False if none waited.
         fn start_due_now(&self, id: i64, now: i64) -> bool;
+        /// After the Stop of session `replaced_id` (ended by a newer sign-in at its address) was
+        /// acknowledged: if the session that replaced it — active, of the same organization and
+        /// client address, opened after it — had its Start acknowledged already, queues an
+        /// Interim-Update of that session at `now` and gives its id.
+        fn reassert_successor(&self, replaced_id: i64, now: i64) -> Option<i64>;
         /// Ends session `id` if a sign-in opened it and that sign-in's lease ran out before
         /// `now` while the session is still active and its Start unacknowledged: its process
         /// died during the sign-in (a sign-in renews its lease until it ends with the Start

@@ -1102,6 +1102,36 @@ impl SessionStore for PgStore {
             > 0)
     }
 
+    async fn reassert_successor(
+        &self,
+        replaced_id: i64,
+        now: i64,
+    ) -> Result<Option<i64>, StorageError> {
+        let mut tx = self.pool().begin().await?;
+        // The successor's row locked, as every writer of its rows does first (a stop of it
+        // meanwhile: nothing queued behind its Stop).
+        let successor: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT s.id, s.started_at FROM access_sessions r \
+             JOIN access_sessions s ON s.organization_id = r.organization_id \
+               AND s.client_ip = r.client_ip AND s.state = 'active' AND s.id > r.id \
+             WHERE r.id = $1 AND EXISTS ( \
+               SELECT 1 FROM accounting_outbox o WHERE o.access_session_id = s.id \
+               AND o.status_type = $2 AND o.destination = $3 AND o.delivered_at IS NOT NULL) \
+             ORDER BY s.id DESC LIMIT 1 FOR UPDATE OF s",
+        )
+        .bind(replaced_id)
+        .bind(i64::from(status_type::START))
+        .bind(AUTH_SERVER_DESTINATION)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((id, started_at)) = successor else {
+            return Ok(None);
+        };
+        enqueue_interim(&mut tx, id, started_at, now).await?;
+        tx.commit().await?;
+        Ok(Some(id))
+    }
+
     async fn start_due_now(&self, id: i64, now: i64) -> Result<bool, StorageError> {
         Ok(sqlx::query(
             "UPDATE accounting_outbox SET next_attempt_at = $1 \

@@ -517,6 +517,37 @@ impl SessionStore for SqliteStore {
             .await
     }
 
+    async fn reassert_successor(
+        &self,
+        replaced_id: i64,
+        now: i64,
+    ) -> Result<Option<i64>, StorageError> {
+        self.engine
+            .write(move |c| {
+                let successor: Option<(i64, i64)> = c
+                    .prepare_cached(
+                        "SELECT s.id, s.started_at FROM access_sessions r \
+                         JOIN access_sessions s ON s.organization_id = r.organization_id \
+                           AND s.client_ip = r.client_ip AND s.state = 'active' AND s.id > r.id \
+                         WHERE r.id = ?1 AND EXISTS ( \
+                           SELECT 1 FROM accounting_outbox o WHERE o.access_session_id = s.id \
+                           AND o.status_type = ?2 AND o.destination = ?3 AND o.delivered_at IS NOT NULL) \
+                         ORDER BY s.id DESC LIMIT 1",
+                    )?
+                    .query_row(
+                        params![replaced_id, status_type::START, AUTH_SERVER_DESTINATION],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let Some((id, started_at)) = successor else {
+                    return Ok(None);
+                };
+                enqueue_interim(c, id, started_at, now)?;
+                Ok(Some(id))
+            })
+            .await
+    }
+
     async fn start_due_now(&self, id: i64, now: i64) -> Result<bool, StorageError> {
         self.engine
             .write_relaxed_small(move |c| {
