@@ -1981,6 +1981,49 @@ async fn a_session_page_while_the_database_is_away_says_so_and_how_to_look_again
     app.stop().await;
 }
 
+/// PostgreSQL away just as a sign-in's Start is acknowledged: the sign-in fails (the record
+/// cannot be written) and its session is ended once the database answers again — its Start
+/// sent again at once, then a NAS-Error Stop — not two minutes later, when the sign-in's
+/// lease on its session would have run out (the delivery loop, taking the Start back while the
+/// session was still active, had left it to the sign-in).
+#[tokio::test]
+async fn a_sign_in_failed_by_the_database_has_its_session_ended_once_it_is_back() {
+    let auth = FreeRadius::start().await;
+    let acct = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let (mut relay, url) = common::postgres::Relay::fresh_database().await;
+    let mut server = auth.server_settings("primary", true);
+    server.acct_port = acct.acct_port;
+    let mut config = settings(&db, vec![server]);
+    config.database.url = Some(radius_portal::config::Secret::new(url));
+    let app = TestApp::spawn(&config).await;
+    let browser = app.browser(Ipv4Addr::new(127, 0, 2, 45));
+    // The Start waits on a frozen accounting server; the database goes away meanwhile.
+    acct.pause();
+    let signing_in = tokio::spawn(async move { browser.login("carol", "carol-pass").await });
+    let storage = app.storage.clone();
+    wait_until("the sign-in to open its session", || async {
+        storage.active_sessions().await.unwrap_or(0) == 1
+    })
+    .await;
+    relay.cut();
+    acct.resume();
+    let page = signing_in.await.unwrap();
+    assert!(
+        page.body.contains("cannot reach its records"),
+        "{}",
+        page.body
+    );
+    let start = acct.wait_for_acct(&["status=Start", "user=carol"]).await;
+    let sid = field(&start, "sid").to_string();
+    relay.open().await;
+    let stop = acct
+        .wait_for_acct(&["status=Stop", &format!("sid={sid} ")])
+        .await;
+    assert_eq!(field(&stop, "cause"), "NAS-Error");
+    app.stop().await;
+}
+
 /// One portal process per SQLite file: a second portal on the same database is refused with
 /// the reason (its start-up would release the first one's accounting claims), and starts once
 /// the first has stopped.

@@ -1012,9 +1012,7 @@ impl AccessSessions {
     pub async fn end_unlinked(&self, id: i64) -> Result<bool, SessionError> {
         // Ended when the sign-in failed, however many tries the Stop's write takes.
         let failed_at = now_ms();
-        let first = self
-            .stop_and_send(id, terminate_cause::NAS_ERROR, failed_at)
-            .await;
+        let first = self.stop_unlinked(id, failed_at).await;
         if first.is_err() {
             self.unlinked_set().insert(id, failed_at);
             let this = self.clone();
@@ -1027,10 +1025,7 @@ impl AccessSessions {
                         // Ended at shutdown's last try.
                         return;
                     }
-                    match this
-                        .stop_and_send(id, terminate_cause::NAS_ERROR, failed_at)
-                        .await
-                    {
+                    match this.stop_unlinked(id, failed_at).await {
                         Ok(ended) => {
                             this.unlinked_set().remove(&id);
                             tracing::info!(
@@ -1057,6 +1052,26 @@ impl AccessSessions {
         first
     }
 
+    /// Stops a session whose sign-in failed (NAS-Error at `failed_at`), and has its Start go
+    /// at once if a delivery loop left it to the sign-in until its lease's end
+    /// ([`crate::storage::SessionStore::start_due_now`]): the Stop waits behind it.
+    async fn stop_unlinked(&self, id: i64, failed_at: i64) -> Result<bool, SessionError> {
+        let ended = self
+            .stop_and_send(id, terminate_cause::NAS_ERROR, failed_at)
+            .await?;
+        if ended {
+            match self.storage.start_due_now(id, now_ms()).await {
+                Ok(true) => self.accounting.wake_for([id]),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(session = id, error = %crate::portal_backend::error_chain(&e),
+                    "a failed sign-in's Start could not be made due now: it goes when its sign-in's lease ends")
+                }
+            }
+        }
+        Ok(ended)
+    }
+
     fn unlinked_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, i64>> {
         self.unlinked.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -1076,7 +1091,7 @@ impl AccessSessions {
             // and every session left is still named below.
             let tried = tokio::time::timeout_at(
                 deadline.min(tokio::time::Instant::now() + std::time::Duration::from_secs(3)),
-                self.stop_and_send(id, terminate_cause::NAS_ERROR, failed_at),
+                self.stop_unlinked(id, failed_at),
             )
             .await;
             match tried {
