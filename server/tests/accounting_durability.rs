@@ -544,3 +544,50 @@ async fn a_log_that_cannot_be_written_stops_nothing() {
     })
     .await;
 }
+
+/// A graceful shutdown (SIGTERM) whose flush runs out of time with a Stop still on its way (a
+/// frozen server) gives that Stop's claim up: on PostgreSQL another replica — or this one at its
+/// next start — sends it at once, not after the claim's 2-minute lease.
+#[tokio::test]
+async fn a_stop_under_way_at_shutdown_is_given_up_for_another_replica_to_send_at_once() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let url = common::postgres::fresh_database().await;
+    let mut server = radius.server_settings("primary", true);
+    // One exchange (9 s) outlasts the shutdown's 5 s flush.
+    server.timeout = Duration::from_secs(3);
+    server.retries = 2;
+    let mut config = settings(&db, vec![server]);
+    config.database.url = Some(radius_portal::config::Secret::new(url.clone()));
+    let app = TestApp::spawn(&config).await;
+    let browser = app.browser(Ipv4Addr::new(127, 0, 3, 7));
+    let page = browser.login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    let session = app
+        .storage
+        .active_sessions_of(Some("acme"), 10)
+        .await
+        .unwrap()
+        .remove(0);
+    radius.pause();
+    browser.post_form("/api/disconnect", "/session", &[]).await;
+    app.stop().await;
+
+    // (The process would have ended here; in this test its sender, given up, lives on until
+    // its exchange ends — the server stays frozen meanwhile.)
+    let other = radius_portal::storage::Storage::open_postgres(&url)
+        .await
+        .unwrap();
+    let now = radius_portal::access_session::now_ms();
+    let stop = other
+        .claim_session_outbox(
+            session.id,
+            radius_portal::radius::status_type::STOP,
+            now,
+            now + 60_000,
+        )
+        .await
+        .unwrap();
+    assert!(stop.is_some(), "the Stop is free to send at once");
+    radius.resume();
+}

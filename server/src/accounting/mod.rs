@@ -133,6 +133,10 @@ pub struct Accounting {
     /// Bounded ([`UNSEEN_ROWS`]); a row not counted here is taken to have been seen (a copy too
     /// many).
     unseen: Arc<Mutex<HashMap<i64, i64>>>,
+    /// Rows being delivered by this process, by id, as claimed: what a graceful shutdown whose
+    /// flush ran out of time gives up, so that another replica (or the next start) sends them
+    /// at once rather than after the claims' lease (2 minutes on PostgreSQL).
+    holding: Arc<Mutex<HashMap<i64, OutboxRow>>>,
 }
 
 /// Start rows [`Accounting`] remembers refused attempts of, at most.
@@ -417,6 +421,7 @@ impl Accounting {
             moved: Arc::default(),
             inline: Arc::default(),
             stranded: Arc::default(),
+            holding: Arc::default(),
             unseen: Arc::default(),
         }
     }
@@ -777,7 +782,18 @@ impl Accounting {
         org_checked: bool,
     ) -> Result<Delivery, OutboxError> {
         let claim = row.clone();
+        self.holding_set().insert(claim.id, claim.clone());
         let outcome = self.deliver_once(row, deadline, known, org_checked).await;
+        {
+            let mut holding = self.holding_set();
+            // Not a newer claim of the same row delivered meanwhile.
+            if holding
+                .get(&claim.id)
+                .is_some_and(|held| held.attempts == claim.attempts)
+            {
+                holding.remove(&claim.id);
+            }
+        }
         // Only the database away: an error of the data itself (a row without its session)
         // would fail again at once, and is left to its lease as before.
         if matches!(&outcome, Err(OutboxError::Storage(e)) if e.is_unavailable()) {
@@ -789,6 +805,28 @@ impl Accounting {
             self.wake();
         }
         outcome
+    }
+
+    fn holding_set(&self) -> std::sync::MutexGuard<'_, HashMap<i64, OutboxRow>> {
+        self.holding.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// At shutdown, once the flush's time is up: gives up the claims of the deliveries still
+    /// under way (their tasks ended first, so none of them sends afterwards), each only while
+    /// it is still this process's. Returns how many were given up.
+    async fn give_up_held(&self, mut in_flight: JoinSet<Result<Delivery, OutboxError>>) -> usize {
+        in_flight.abort_all();
+        while in_flight.join_next().await.is_some() {}
+        let rows: Vec<OutboxRow> = self.holding_set().values().cloned().collect();
+        let mut given_up = 0;
+        for row in rows {
+            match self.storage.renew_claim(&row, now_ms() - 1).await {
+                Ok(true) => given_up += 1,
+                Ok(false) => {}
+                Err(_) => break,
+            }
+        }
+        given_up
     }
 
     /// Gives up the claims whose deliveries ended in a database error: each row is due again
@@ -1411,8 +1449,9 @@ impl Accounting {
     /// finish, for at most [`SHUTDOWN_FLUSH`], so a Stop queued just before does not wait for
     /// the next start — also a row whose backoff ends within that time (a Stop whose server
     /// just refused it is tried again, and fails over once that server's breaker opens). Rows
-    /// not delivered by then stay in the outbox (their claims are released at the next start
-    /// on SQLite, run out their lease on PostgreSQL): nothing is lost either way.
+    /// not delivered by then stay in the outbox, the claims of those still under way given up
+    /// (`give_up_held`): another replica sends them at once, or this one at its next start —
+    /// not after the claims' lease. Nothing is lost either way.
     async fn flush(
         &self,
         mut in_flight: JoinSet<Result<Delivery, OutboxError>>,
@@ -1471,6 +1510,22 @@ impl Accounting {
             }
         })
         .await;
+        // Deliveries still under way when the time is up (a silent server) are ended and their
+        // claims given up: another replica sends those rows now, or this one at its next
+        // start — not after the claims' lease. (A packet already on the wire may arrive twice.)
+        if flushed.is_err() {
+            match tokio::time::timeout(Duration::from_secs(2), self.give_up_held(in_flight)).await
+            {
+                Ok(0) => {}
+                Ok(given_up) => tracing::info!(
+                    rows = given_up,
+                    "accounting under way at shutdown given up: another replica, or the next start, sends it at once"
+                ),
+                Err(_) => tracing::warn!(
+                    "accounting under way at shutdown could not be given up in time: another replica sends it when its claim runs out (2 minutes)"
+                ),
+            }
+        }
         // `left`: the database's queue — with several replicas, all of theirs (each says it).
         let claim_failed = claim_failed.into_inner();
         match (flushed, self.storage.outbox_backlog().await) {
@@ -1484,7 +1539,7 @@ impl Accounting {
             ),
             (Err(_), Ok(left)) => tracing::warn!(
                 left,
-                "accounting not flushed within {SHUTDOWN_FLUSH:?}: the rest is sent at the next start (left: the database's queue, every replica's)"
+                "accounting not flushed within {SHUTDOWN_FLUSH:?}: the rest is sent by another replica or at the next start (left: the database's queue, every replica's)"
             ),
             (_, Err(e)) => tracing::warn!(error = ?e, "accounting at shutdown: what is left could not be counted"),
         }
