@@ -950,6 +950,38 @@ secret = "{SECRET}"
     );
 }
 
+/// An operator command on a PostgreSQL database without the portal's tables (a mistyped
+/// database name) says so and fails, rather than creating them and answering "nothing stored":
+/// operator commands never change a PostgreSQL database's schema.
+#[tokio::test]
+async fn an_operator_command_on_a_postgresql_database_without_the_portal_refuses_and_creates_nothing(
+) {
+    use sqlx::Connection as _;
+    let url = common::postgres::fresh_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portal.toml");
+    std::fs::write(&path, format!("[database]\nurl = \"{url}\"\n")).unwrap();
+    for command in [&["org", "list"][..], &["accounting", "backlog"]] {
+        let mut args = vec!["--config", path.to_str().unwrap()];
+        args.extend_from_slice(command);
+        let output = portal(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{command:?}: {stderr}");
+        assert!(
+            stderr.contains("the PostgreSQL database has no portal tables"),
+            "{command:?}: {stderr}"
+        );
+    }
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(tables, 0, "nothing created");
+}
+
 /// `check-config` says before a start what `serve` would warn about: a wide trusted proxy
 /// network, no `public_url` and plain HTTP behind a proxy, and a `secret_file` other users
 /// can read (as the configuration file holding secrets). Exit 0: warnings, not errors.

@@ -468,14 +468,19 @@ impl Storage {
 
     /// Opens the database `[database]` names: PostgreSQL when `url` is set, else the SQLite
     /// file at `path`. `serving`: for `serve` (on PostgreSQL, background work's connections
-    /// are kept open), not an operator command.
+    /// are kept open, and migrations run), not an operator command — which never changes a
+    /// PostgreSQL database's schema (other replicas, maybe of the release before, share it)
+    /// and refuses one without the portal's tables or not at this release's migrations.
     pub async fn connect(
         settings: &crate::config::DatabaseSettings,
         serving: bool,
     ) -> Result<Storage, StorageError> {
         match &settings.url {
-            Some(url) => Ok(Storage {
+            Some(url) if serving => Ok(Storage {
                 backend: Backend::Postgres(PgStore::open_for(url.expose(), serving).await?),
+            }),
+            Some(url) => Ok(Storage {
+                backend: Backend::Postgres(PgStore::open_for_operator(url.expose()).await?),
             }),
             None => Storage::open(&settings.path).await,
         }
@@ -658,6 +663,10 @@ pub enum StorageError {
     /// created the session): nothing was written.
     #[error("organization disabled")]
     OrganizationDisabled,
+    /// The database is not one an operator command can use as it is (no portal tables yet,
+    /// migrations to run, or a newer release's): why. Nothing was changed.
+    #[error("{0}")]
+    NotUsable(String),
 }
 
 /// Whether a storage error anywhere in `error`'s chain says the database is away

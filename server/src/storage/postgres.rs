@@ -517,6 +517,35 @@ impl PgStore {
         .await
     }
 
+    /// Connects for an operator command: nothing is migrated — another release's replicas may
+    /// share the database —, and a database without the portal's tables (a mistyped name, a
+    /// portal that never started there) or not at this release's migrations is refused.
+    pub(crate) async fn open_for_operator(url: &str) -> Result<PgStore, StorageError> {
+        let store = operator_waits(false, || Self::connect(url, false)).await?;
+        let applied: Vec<(i64, bool, Vec<u8>)> = match sqlx::query_as(super::APPLIED_MIGRATIONS)
+            .fetch_all(store.pool())
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) if super::no_migrations_table(&e) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        if applied.is_empty() {
+            return Err(StorageError::NotUsable(
+                "the PostgreSQL database has no portal tables (check the database name in [database] url; a portal's `serve` creates them when it first starts there)".into(),
+            ));
+        }
+        match super::migration_state(&sqlx::migrate!("./migrations/postgres"), &applied) {
+            None => Ok(store),
+            Some(Ok(pending)) => Err(StorageError::NotUsable(format!(
+                "the database is older than this release ({pending}); operator commands never change its schema: start this release's portal first, or use the release the database is at"
+            ))),
+            Some(Err(reason)) => Err(StorageError::NotUsable(format!(
+                "this release cannot use the database: {reason}"
+            ))),
+        }
+    }
+
     /// Connects as it is, for a check: nothing is migrated. With what its recorded migrations
     /// say of it ([`super::AsIs`]).
     pub(crate) async fn open_as_is(
