@@ -421,6 +421,18 @@ impl DatabaseSettings {
                 "holds the placeholder `check-config` prints instead of the password: put the real one here",
             ));
         }
+        // Read as the portal will connect with it: a bad port or option (`sslmode=bogus`) is
+        // this setting's error, not a database that cannot be reached.
+        if let Err(e) = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url) {
+            let mut why = e.to_string();
+            if why.contains(url) {
+                why = why.replace(url, &redact_url(url));
+            }
+            return Err(config_error(
+                "database.url",
+                format!("cannot be used: {why}"),
+            ));
+        }
         Ok(())
     }
 }
@@ -2676,6 +2688,30 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(bad.validate().unwrap_err().key, "database.url");
+        // What the portal would refuse to connect with is refused here, password unsaid.
+        for (url, says) in [
+            ("postgres://portal:pw-1234@db/portal?sslmode=bogus", "bogus"),
+            (
+                "postgres://portal:pw-1234@db:99999/portal",
+                "cannot be used",
+            ),
+        ] {
+            let bad = DatabaseSettings {
+                url: Some(Secret::new(url)),
+                ..Default::default()
+            };
+            let error = bad.validate().unwrap_err();
+            assert_eq!(error.key, "database.url");
+            assert!(error.problem.contains(says), "{}", error.problem);
+            assert!(!error.problem.contains("pw-1234"), "{}", error.problem);
+        }
+        let good = DatabaseSettings {
+            url: Some(Secret::new(
+                "postgres://portal:pw@db:5432/portal?sslmode=require",
+            )),
+            ..Default::default()
+        };
+        assert!(good.validate().is_ok());
     }
 
     #[test]

@@ -283,6 +283,14 @@ pub fn client_ip(
     Ok(Some(client))
 }
 
+/// Whether a request to `path` may need its client's address (a sign-in, a session): not the
+/// admin API, the health probes, or assets.
+fn uses_client_address(path: &str) -> bool {
+    !(path.starts_with("/admin/")
+        || path.starts_with("/pkg/")
+        || matches!(path, "/healthz" | "/readyz" | "/favicon.svg"))
+}
+
 /// Inserts [`ClientIp`] into the request (none for a trusted proxy's request without the
 /// header). Some: the 400 to answer instead, for forwarding data a trusted proxy sent that
 /// cannot be understood.
@@ -295,6 +303,9 @@ pub fn insert_client_ip(trusted: &TrustedProxies, request: &mut Request) -> Opti
         Ok(Some(ip)) => {
             request.extensions_mut().insert(ClientIp(ip));
         }
+        // Requests that never use the client's address (the admin API, probes, assets) say
+        // nothing of the proxy: only the users' pages and API need it.
+        Ok(None) if !uses_client_address(request.uri().path()) => {}
         Ok(None) => {
             // Its sign-ins answer 400 AddressUnknown: a proxy that does not pass the address.
             crate::throttled!(warn, peer = %peer.ip(), header = trusted.header.name(),
@@ -341,6 +352,27 @@ mod tests {
             h.append(*k, HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn only_the_users_pages_and_api_need_the_clients_address() {
+        for path in [
+            "/",
+            "/api/login",
+            "/session",
+            "/o/acme/",
+            "/captive-portal/api",
+        ] {
+            assert!(uses_client_address(path), "{path}");
+        }
+        for path in [
+            "/admin/api/v1/organizations",
+            "/healthz",
+            "/readyz",
+            "/pkg/app.wasm",
+        ] {
+            assert!(!uses_client_address(path), "{path}");
+        }
     }
 
     #[test]
