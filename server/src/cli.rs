@@ -529,16 +529,32 @@ pub async fn radius_test(
     };
     // The database is the truth (organizations created or changed at run time); before the
     // portal first started (no SQLite file yet) there is only the configuration file.
-    let storage =
-        if crate::operator::no_database_yet(settings) && !settings.organizations.is_empty() {
-            say!(
-                "no database at {} yet: testing the configuration file's organizations",
-                settings.database.path.display()
-            );
-            None
-        } else {
-            Some(crate::operator::open(settings).await?)
-        };
+    let file_only = !settings.organizations.is_empty();
+    let storage = if crate::operator::no_database_yet(settings) && file_only {
+        say!(
+            "no database at {} yet: testing the configuration file's organizations",
+            settings.database.path.display()
+        );
+        None
+    } else {
+        match crate::operator::open(settings).await {
+            Ok(storage) => Some(storage),
+            // PostgreSQL before the portal first started there: the same.
+            Err(e)
+                if file_only
+                    && e.chain().any(|cause| {
+                        matches!(
+                            cause.downcast_ref::<crate::storage::StorageError>(),
+                            Some(crate::storage::StorageError::NoPortalTables)
+                        )
+                    }) =>
+            {
+                say!("the PostgreSQL database has no portal tables yet: testing the configuration file's organizations");
+                None
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let organizations = match &storage {
         None => Organizations::from_settings(&settings.organizations)?,
         Some(storage) => Organizations::load(storage).await?,

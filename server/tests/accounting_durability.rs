@@ -573,8 +573,7 @@ async fn a_stop_under_way_at_shutdown_is_given_up_for_another_replica_to_send_at
     browser.post_form("/api/disconnect", "/session", &[]).await;
     app.stop().await;
 
-    // (The process would have ended here; in this test its sender, given up, lives on until
-    // its exchange ends — the server stays frozen meanwhile.)
+    // The Stop was the user's Disconnect's own delivery (outside the delivery loop): ended too.
     let other = radius_portal::storage::Storage::open_postgres(&url)
         .await
         .unwrap();

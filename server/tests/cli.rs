@@ -980,6 +980,31 @@ async fn an_operator_command_on_a_postgresql_database_without_the_portal_refuses
     .await
     .unwrap();
     assert_eq!(tables, 0, "nothing created");
+
+    // `radius test` then tests the configuration file's organizations, as before a SQLite
+    // database exists (a server nobody answers here: the command says so, exit 1).
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    std::fs::write(
+        &path,
+        format!(
+            "[database]\nurl = \"{url}\"\n[[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
+             [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\n\
+             auth_port = {port}\nacct_port = {port}\nsecret = \"{SECRET}\"\ntimeout = \"200ms\"\nretries = 0\n"
+        ),
+    )
+    .unwrap();
+    let output = portal(&["--config", path.to_str().unwrap(), "radius", "test"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("no portal tables yet: testing the configuration file's organizations")
+            && stdout.contains("organization `acme`"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// `check-config` says before a start what `serve` would warn about: a wide trusted proxy

@@ -27,7 +27,7 @@ use crate::{
     storage::{AccessSessionRecord, Acknowledged, OutboxRow, SignInLease, Storage, StorageError},
 };
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
     time::Duration,
@@ -133,10 +133,11 @@ pub struct Accounting {
     /// Bounded ([`UNSEEN_ROWS`]); a row not counted here is taken to have been seen (a copy too
     /// many).
     unseen: Arc<Mutex<HashMap<i64, i64>>>,
-    /// Rows being delivered by this process, by id, as claimed: what a graceful shutdown whose
-    /// flush ran out of time gives up, so that another replica (or the next start) sends them
-    /// at once rather than after the claims' lease (2 minutes on PostgreSQL).
-    holding: Arc<Mutex<HashMap<i64, OutboxRow>>>,
+    /// Cancelled when a graceful shutdown's flush runs out of time: every delivery stops and
+    /// gives its claim up ([`Accounting::end_deliveries`]).
+    ending: CancellationToken,
+    /// Claims given up so (for the log).
+    given_up: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Start rows [`Accounting`] remembers refused attempts of, at most.
@@ -421,7 +422,8 @@ impl Accounting {
             moved: Arc::default(),
             inline: Arc::default(),
             stranded: Arc::default(),
-            holding: Arc::default(),
+            ending: CancellationToken::new(),
+            given_up: Arc::default(),
             unseen: Arc::default(),
         }
     }
@@ -505,6 +507,10 @@ impl Accounting {
     ) -> Result<bool, OutboxError> {
         let _inline = self.inline_delivery(session_id);
         loop {
+            // Shutdown ended deliveries: nothing is claimed any more.
+            if self.ending.is_cancelled() {
+                return Ok(false);
+            }
             let now = now_ms();
             if let Some(row) = self
                 .storage
@@ -623,7 +629,7 @@ impl Accounting {
     ) -> Result<bool, OutboxError> {
         // A read first: most sessions have no copies (a claim is a durable write).
         while self.storage.copies_due(session_id, now_ms()).await? > 0 {
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline || self.ending.is_cancelled() {
                 return Ok(false);
             }
             let now = now_ms();
@@ -782,18 +788,24 @@ impl Accounting {
         org_checked: bool,
     ) -> Result<Delivery, OutboxError> {
         let claim = row.clone();
-        self.holding_set().insert(claim.id, claim.clone());
-        let outcome = self.deliver_once(row, deadline, known, org_checked).await;
-        {
-            let mut holding = self.holding_set();
-            // Not a newer claim of the same row delivered meanwhile.
-            if holding
-                .get(&claim.id)
-                .is_some_and(|held| held.attempts == claim.attempts)
-            {
-                holding.remove(&claim.id);
+        let ending = self.ending.clone();
+        let outcome = tokio::select! {
+            biased;
+            () = ending.cancelled() => {
+                // Shutdown's time is up: this delivery stops here (a packet already on the
+                // wire may arrive; its row is sent again), and its claim is given up.
+                let given_up = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    self.storage.renew_claim(&claim, now_ms() - 1),
+                )
+                .await;
+                if matches!(given_up, Ok(Ok(true))) {
+                    self.given_up.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                return Ok(Delivery::RetryAt(now_ms()));
             }
-        }
+            outcome = self.deliver_once(row, deadline, known, org_checked) => outcome,
+        };
         // Only the database away: an error of the data itself (a row without its session)
         // would fail again at once, and is left to its lease as before.
         if matches!(&outcome, Err(OutboxError::Storage(e)) if e.is_unavailable()) {
@@ -807,26 +819,16 @@ impl Accounting {
         outcome
     }
 
-    fn holding_set(&self) -> std::sync::MutexGuard<'_, HashMap<i64, OutboxRow>> {
-        self.holding.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// At shutdown, once the flush's time is up: gives up the claims of the deliveries still
-    /// under way (their tasks ended first, so none of them sends afterwards), each only while
-    /// it is still this process's. Returns how many were given up.
-    async fn give_up_held(&self, mut in_flight: JoinSet<Result<Delivery, OutboxError>>) -> usize {
-        in_flight.abort_all();
-        while in_flight.join_next().await.is_some() {}
-        let rows: Vec<OutboxRow> = self.holding_set().values().cloned().collect();
-        let mut given_up = 0;
-        for row in rows {
-            match self.storage.renew_claim(&row, now_ms() - 1).await {
-                Ok(true) => given_up += 1,
-                Ok(false) => {}
-                Err(_) => break,
-            }
-        }
-        given_up
+    /// Ends every delivery of this process where it is (the loop's, a user's Stop, a sign-in's
+    /// Start, copies), each giving its claim up; none starts or claims anything afterwards.
+    /// At shutdown, once the flush's time is up (a silent server): another replica sends
+    /// those rows at once, or this one at its next start — not after the claims' lease. Waits
+    /// up to `within` for them to have stopped; gives how many claims were given up.
+    async fn end_deliveries(&self, within: Duration) -> usize {
+        self.ending.cancel();
+        self.claimed.close();
+        let _ = tokio::time::timeout(within, self.claimed.wait()).await;
+        self.given_up.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Gives up the claims whose deliveries ended in a database error: each row is due again
@@ -834,13 +836,13 @@ impl Accounting {
     /// A claim that cannot be given up yet (the database still away) is kept for the next
     /// call, as is one whose delivery the loop has not yet seen end (`in_flight`). Returns how
     /// many are left.
-    async fn release_stranded(&self, in_flight: &HashSet<i64>) -> usize {
+    async fn release_stranded(&self, in_flight: &HashMap<i64, OutboxRow>) -> usize {
         let rows: Vec<OutboxRow> = self
             .stranded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|row| !in_flight.contains(&row.id))
+            .filter(|row| !in_flight.contains_key(&row.id))
             .cloned()
             .collect();
         let mut released = 0;
@@ -1177,6 +1179,7 @@ impl Accounting {
                     organization = %session.organization_id, username = record.username.as_str(),
                     server = %server.name, delay_s = record.delay_secs, "accounting delivered");
                 if !awaited
+                    && row.copy_to.is_none()
                     && row.status_type == i64::from(status_type::STOP)
                     && row.terminate_cause == Some(i64::from(terminate_cause::PORT_PREEMPTED))
                 {
@@ -1455,7 +1458,7 @@ impl Accounting {
     async fn flush(
         &self,
         mut in_flight: JoinSet<Result<Delivery, OutboxError>>,
-        mut in_flight_ids: HashSet<i64>,
+        mut in_flight_ids: HashMap<i64, OutboxRow>,
     ) {
         let flush_ends = now_ms() + SHUTDOWN_FLUSH.as_millis() as i64;
         let claim_failed = std::sync::atomic::AtomicBool::new(false);
@@ -1482,7 +1485,7 @@ impl Accounting {
                     stuck = false;
                 }
                 for row in rows {
-                    if in_flight_ids.insert(row.id) {
+                    if in_flight_ids.insert(row.id, row.clone()).is_none() {
                         let this = self.clone();
                         in_flight.spawn(crate::storage::same_lane(async move {
                             this.deliver(row, None, None, false).await
@@ -1514,16 +1517,16 @@ impl Accounting {
         // claims given up: another replica sends those rows now, or this one at its next
         // start — not after the claims' lease. (A packet already on the wire may arrive twice.)
         if flushed.is_err() {
-            match tokio::time::timeout(Duration::from_secs(2), self.give_up_held(in_flight)).await
-            {
-                Ok(0) => {}
-                Ok(given_up) => tracing::info!(
+            let given_up = self.end_deliveries(Duration::from_secs(2)).await;
+            while tokio::time::timeout(Duration::from_millis(500), in_flight.join_next())
+                .await
+                .is_ok_and(|done| done.is_some())
+            {}
+            if given_up > 0 {
+                tracing::info!(
                     rows = given_up,
                     "accounting under way at shutdown given up: another replica, or the next start, sends it at once"
-                ),
-                Err(_) => tracing::warn!(
-                    "accounting under way at shutdown could not be given up in time: another replica sends it when its claim runs out (2 minutes)"
-                ),
+                );
             }
         }
         // `left`: the database's queue — with several replicas, all of theirs (each says it).
@@ -1548,7 +1551,7 @@ impl Accounting {
         if self.stranded_any() {
             let _ = tokio::time::timeout(
                 Duration::from_secs(1),
-                self.release_stranded(&HashSet::new()),
+                self.release_stranded(&HashMap::new()),
             )
             .await;
         }
@@ -1566,7 +1569,8 @@ impl Accounting {
             tracing::error!(error = ?e, "rescheduling the accounting left by the previous run failed");
         }
         let mut in_flight: JoinSet<Result<Delivery, OutboxError>> = JoinSet::new();
-        let mut in_flight_ids: HashSet<i64> = HashSet::new();
+        // The loop's deliveries under way, as claimed.
+        let mut in_flight_ids: HashMap<i64, OutboxRow> = HashMap::new();
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<i64>();
         loop {
             if shutdown.is_cancelled() {
@@ -1605,7 +1609,7 @@ impl Accounting {
                     Ok(rows) => {
                         claimed_all = rows.len() == capacity;
                         for row in rows {
-                            if !in_flight_ids.insert(row.id) {
+                            if in_flight_ids.insert(row.id, row.clone()).is_some() {
                                 // Still being delivered by a claim that ran out (a delivery
                                 // stalled for minutes): that delivery finds its claim gone and
                                 // leaves the row, which this claim holds until it runs out.

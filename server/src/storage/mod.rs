@@ -667,6 +667,10 @@ pub enum StorageError {
     /// migrations to run, or a newer release's): why. Nothing was changed.
     #[error("{0}")]
     NotUsable(String),
+    /// The PostgreSQL database has none of the portal's tables: no portal has started there
+    /// (or the name is not the portal's). Nothing was changed.
+    #[error("the PostgreSQL database has no portal tables (check the database name in [database] url; a portal's `serve` creates them when it first starts there)")]
+    NoPortalTables,
 }
 
 /// Whether a storage error anywhere in `error`'s chain says the database is away

@@ -531,9 +531,7 @@ impl PgStore {
             Err(e) => return Err(e.into()),
         };
         if applied.is_empty() {
-            return Err(StorageError::NotUsable(
-                "the PostgreSQL database has no portal tables (check the database name in [database] url; a portal's `serve` creates them when it first starts there)".into(),
-            ));
+            return Err(StorageError::NoPortalTables);
         }
         match super::migration_state(&sqlx::migrate!("./migrations/postgres"), &applied) {
             None => Ok(store),
