@@ -45,6 +45,34 @@ async fn next_event(stream: &mut reqwest::Response, buffer: &mut String) -> Stri
     }
 }
 
+/// A replica's configuration file `name`.toml in `dir` on the PostgreSQL database `url`: one
+/// organization (`acme`, its window `window`) with one server at `(auth_port, acct_port)` and
+/// `timing` (its `timeout` and `retries` lines); and the replica's base URL.
+fn replica_config(
+    dir: &Path,
+    name: &str,
+    url: &str,
+    (auth_port, acct_port): (u16, u16),
+    window: &str,
+    timing: &str,
+) -> (std::path::PathBuf, String) {
+    let port = common::free_port();
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n[database]\nurl = \"{url}\"\n\
+             [radius]\nbind = \"127.0.0.1\"\n\
+             [[organizations]]\nid = \"acme\"\nname = \"Acme\"\ndefault_window = \"{window}\"\n\
+             [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\n\
+             auth_port = {auth_port}\nacct_port = {acct_port}\nsecret = \"{}\"\n{timing}\n",
+            common::SECRET
+        ),
+    )
+    .unwrap();
+    (config, format!("http://127.0.0.1:{port}"))
+}
+
 /// Accounting lines of `status` for Acct-Session-Id `sid`.
 fn acct_count(radius: &FreeRadius, status: &str, sid: &str) -> usize {
     radius
@@ -193,23 +221,15 @@ async fn a_replica_killed_with_sessions_due_leaves_them_to_the_other() {
     let url = common::postgres::fresh_database().await;
     let dir = tempfile::tempdir().unwrap();
     let start_replica = |name: &str| {
-        let port = common::free_port();
-        let config = dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "[http]\nlisten = \"127.0.0.1:{port}\"\n[database]\nurl = \"{url}\"\n\
-                 [radius]\nbind = \"127.0.0.1\"\n\
-                 [[organizations]]\nid = \"acme\"\nname = \"Acme\"\ndefault_window = \"3s\"\n\
-                 [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\n\
-                 auth_port = {}\nacct_port = {}\nsecret = \"{}\"\ntimeout = \"500ms\"\nretries = 1\n",
-                radius.strict_port,
-                radius.acct_port,
-                common::SECRET
-            ),
+        let ports = (radius.strict_port, radius.acct_port);
+        replica_config(
+            dir.path(),
+            name,
+            &url,
+            ports,
+            "3s",
+            "timeout = \"500ms\"\nretries = 1",
         )
-        .unwrap();
-        (config, format!("http://127.0.0.1:{port}"))
     };
     let (config_a, base_a) = start_replica("a");
     let (config_b, base_b) = start_replica("b");
@@ -277,23 +297,15 @@ async fn a_replica_killed_during_a_sign_in_leaves_no_session_open() {
     let url = common::postgres::fresh_database().await;
     let dir = tempfile::tempdir().unwrap();
     let start_replica = |name: &str| {
-        let port = common::free_port();
-        let config = dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "[http]\nlisten = \"127.0.0.1:{port}\"\n[database]\nurl = \"{url}\"\n\
-                 [radius]\nbind = \"127.0.0.1\"\n\
-                 [[organizations]]\nid = \"acme\"\nname = \"Acme\"\ndefault_window = \"10m\"\n\
-                 [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\n\
-                 auth_port = {}\nacct_port = {}\nsecret = \"{}\"\ntimeout = \"3s\"\nretries = 2\n",
-                auth.strict_port,
-                acct.acct_port,
-                common::SECRET
-            ),
+        let ports = (auth.strict_port, acct.acct_port);
+        replica_config(
+            dir.path(),
+            name,
+            &url,
+            ports,
+            "10m",
+            "timeout = \"3s\"\nretries = 2",
         )
-        .unwrap();
-        (config, format!("http://127.0.0.1:{port}"))
     };
     let (config_a, base_a) = start_replica("a");
     let (config_b, base_b) = start_replica("b");

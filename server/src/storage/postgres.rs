@@ -521,15 +521,7 @@ impl PgStore {
     /// share the database —, and a database without the portal's tables (a mistyped name, a
     /// portal that never started there) or not at this release's migrations is refused.
     pub(crate) async fn open_for_operator(url: &str) -> Result<PgStore, StorageError> {
-        let store = operator_waits(false, || Self::connect(url, false)).await?;
-        let applied: Vec<(i64, bool, Vec<u8>)> = match sqlx::query_as(super::APPLIED_MIGRATIONS)
-            .fetch_all(store.pool())
-            .await
-        {
-            Ok(rows) => rows,
-            Err(e) if super::no_migrations_table(&e) => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
+        let (store, applied) = Self::connect_reading_migrations(url).await?;
         if applied.is_empty() {
             return Err(StorageError::NoPortalTables);
         }
@@ -549,8 +541,18 @@ impl PgStore {
     pub(crate) async fn open_as_is(
         url: &str,
     ) -> Result<(PgStore, Option<Result<String, String>>), StorageError> {
+        let (store, applied) = Self::connect_reading_migrations(url).await?;
+        let state = super::migration_state(&sqlx::migrate!("./migrations/postgres"), &applied);
+        Ok((store, state))
+    }
+
+    /// Connects as an operator command does, and reads the migrations the database records
+    /// (none without the table).
+    async fn connect_reading_migrations(
+        url: &str,
+    ) -> Result<(PgStore, Vec<(i64, bool, Vec<u8>)>), StorageError> {
         let store = operator_waits(false, || Self::connect(url, false)).await?;
-        let applied: Vec<(i64, bool, Vec<u8>)> = match sqlx::query_as(super::APPLIED_MIGRATIONS)
+        let applied = match sqlx::query_as(super::APPLIED_MIGRATIONS)
             .fetch_all(store.pool())
             .await
         {
@@ -558,8 +560,7 @@ impl PgStore {
             Err(e) if super::no_migrations_table(&e) => Vec::new(),
             Err(e) => return Err(e.into()),
         };
-        let state = super::migration_state(&sqlx::migrate!("./migrations/postgres"), &applied);
-        Ok((store, state))
+        Ok((store, applied))
     }
 
     async fn connect(url: &str, serving: bool) -> Result<PgStore, StorageError> {
