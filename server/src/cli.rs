@@ -539,7 +539,8 @@ pub async fn radius_test(
     } else {
         match crate::operator::open(settings).await {
             Ok(storage) => Some(storage),
-            // PostgreSQL before the portal first started there: the same.
+            // A database before the portal first started there (PostgreSQL; an empty SQLite
+            // file): the same.
             Err(e)
                 if file_only
                     && e.chain().any(|cause| {
@@ -549,7 +550,7 @@ pub async fn radius_test(
                         )
                     }) =>
             {
-                say!("the PostgreSQL database has no portal tables yet: testing the configuration file's organizations");
+                say!("the database has no portal tables yet: testing the configuration file's organizations");
                 None
             }
             Err(e) => return Err(e),

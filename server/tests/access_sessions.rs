@@ -1983,7 +1983,7 @@ async fn a_session_page_while_the_database_is_away_says_so_and_how_to_look_again
 
 /// PostgreSQL away just as a sign-in's Start is acknowledged: the sign-in fails (the record
 /// cannot be written) and its session is ended once the database answers again — its Start
-/// sent again at once, then a NAS-Error Stop — not two minutes later, when the sign-in's
+/// sent again at once, then a NAS-Error Stop — not 40 s later, when the sign-in's
 /// lease on its session would have run out (the delivery loop, taking the Start back while the
 /// session was still active, had left it to the sign-in).
 #[tokio::test]

@@ -390,7 +390,7 @@ async fn a_stop_whose_outcome_the_database_could_not_take_goes_out_once_it_answe
     holder.execute_batch("COMMIT").unwrap();
     radius.restart().await;
 
-    // Well within the claim's lease (2 minutes) of the stranded delivery.
+    // Well within the claim's lease (30 s) of the stranded delivery.
     radius.wait_for_acct(&["status=Stop", &sid]).await;
     wait_until("the claim to be given up", || async {
         app.sessions.accounting().stranded_claims() == 0
@@ -589,4 +589,107 @@ async fn a_stop_under_way_at_shutdown_is_given_up_for_another_replica_to_send_at
         .unwrap();
     assert!(stop.is_some(), "the Stop is free to send at once");
     radius.resume();
+}
+
+/// A delivery that takes longer than a claim's lease (30 s: a replica killed mid-delivery hands
+/// its rows over that soon) keeps its claim while it runs: a Stop retransmitted to a frozen
+/// server for 40 s is not taken again by the delivery loop when its first lease runs out — no
+/// second claim, no second packet — and is delivered once the server answers.
+#[tokio::test]
+async fn a_delivery_longer_than_its_lease_keeps_its_claim() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut server = radius.server_settings("primary", true);
+    // One exchange: 4 tries of 10 s.
+    server.timeout = Duration::from_secs(10);
+    server.retries = 3;
+    let app = TestApp::spawn(&settings(&db, vec![server])).await;
+    let client = std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 7, 9));
+    let session = app
+        .sessions
+        .login("acme", "carol", "carol-pass", client)
+        .await
+        .unwrap();
+    let sid = format!("sid={}", session.acct_session_id);
+    radius.wait_for_acct(&["status=Start", &sid]).await;
+    radius.pause();
+    assert!(app.sessions.disconnect(session.id).await.unwrap());
+    let reader = rusqlite::Connection::open(&db).unwrap();
+    let stop_claim = || -> (i64, Option<i64>) {
+        reader
+            .query_row(
+                "SELECT attempts, claimed_until FROM accounting_outbox \
+                 WHERE access_session_id = ?1 AND status_type = 2 AND destination = 'auth-server'",
+                [session.id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    let (attempts, first_until) = stop_claim();
+    assert_eq!(attempts, 1, "claimed once, by the Disconnect");
+    let first_until = first_until.expect("claimed");
+    common::wait_for(
+        "the Stop's first lease to have run out (5 s past)",
+        Duration::from_secs(60),
+        || (radius_portal::access_session::now_ms() > first_until + 5_000).then_some(()),
+    )
+    .await;
+    let (attempts, until) = stop_claim();
+    assert_eq!(attempts, 1, "not claimed again while its delivery runs");
+    assert!(
+        until.unwrap() > radius_portal::access_session::now_ms() + 10_000,
+        "kept: {until:?}"
+    );
+    radius.resume();
+    radius.wait_for_acct(&["status=Stop", &sid]).await;
+    wait_until("the Stop to be recorded delivered", || async {
+        app.storage.outbox_backlog().await.unwrap() == 0
+    })
+    .await;
+    assert_eq!(stop_claim().0, 1, "one claim in all");
+    app.stop().await;
+}
+
+/// A delivery whose claim cannot be kept — the database gone while it retransmits to a frozen
+/// server — stops before the claim runs out (after which another replica may take the row and
+/// send it too), rather than going on for the whole exchange (a minute here); once the
+/// database answers, its claim is given up and the Stop goes out.
+#[tokio::test]
+async fn a_delivery_whose_claim_cannot_be_kept_stops_before_it_runs_out() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let (mut relay, url) = common::postgres::Relay::fresh_database().await;
+    let mut server = radius.server_settings("primary", true);
+    // One exchange: up to a minute (4 tries of 15 s, the longest one there is).
+    server.timeout = Duration::from_secs(15);
+    server.retries = 3;
+    let mut config = settings(&db, vec![server]);
+    config.database.url = Some(radius_portal::config::Secret::new(url));
+    let app = TestApp::spawn(&config).await;
+    let client = std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 7, 10));
+    let session = app
+        .sessions
+        .login("acme", "carol", "carol-pass", client)
+        .await
+        .unwrap();
+    let sid = format!("sid={}", session.acct_session_id);
+    radius.wait_for_acct(&["status=Start", &sid]).await;
+    radius.pause();
+    assert!(app.sessions.disconnect(session.id).await.unwrap());
+    relay.cut();
+    let accounting = app.sessions.accounting();
+    common::wait_for(
+        "the Stop's delivery to stop, its claim not kept",
+        Duration::from_secs(45),
+        || (accounting.stranded_claims() > 0).then_some(()),
+    )
+    .await;
+    relay.open().await;
+    radius.resume();
+    radius.wait_for_acct(&["status=Stop", &sid]).await;
+    wait_until("the Stop to be recorded delivered", || async {
+        app.storage.outbox_backlog().await.unwrap_or(1) == 0
+    })
+    .await;
+    app.stop().await;
 }

@@ -968,7 +968,7 @@ async fn an_operator_command_on_a_postgresql_database_without_the_portal_refuses
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{command:?}: {stderr}");
         assert!(
-            stderr.contains("the PostgreSQL database has no portal tables"),
+            stderr.contains("the database has no portal tables"),
             "{command:?}: {stderr}"
         );
     }
@@ -1004,6 +1004,94 @@ async fn an_operator_command_on_a_postgresql_database_without_the_portal_refuses
             && stdout.contains("organization `acme`"),
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Operator commands on SQLite never migrate either: the portal running on this host (maybe
+/// the release before, while a new one is being installed) uses the file. A file a release
+/// before left (a migration this one would run) is refused, and so is a file without the
+/// portal's tables; neither is changed.
+#[tokio::test]
+async fn an_operator_command_on_a_sqlite_file_not_at_this_release_refuses_and_changes_nothing() {
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = minimal_config(dir.path(), "");
+    let db = dir.path().join("portal.db");
+    let url = format!("sqlite://{}", db.display());
+    let migrations = |db: &std::path::Path| {
+        let db = db.to_owned();
+        async move {
+            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .unwrap();
+            let versions: Vec<i64> =
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+                    .fetch_all(&mut c)
+                    .await
+                    .unwrap();
+            versions
+        }
+    };
+    // A database at this release's migrations: operator commands use it.
+    drop(radius_portal::storage::Storage::open(&db).await.unwrap());
+    let list = |args: &[&str]| {
+        let mut all = vec!["--config", path.to_str().unwrap()];
+        all.extend_from_slice(args);
+        portal(&all).output().unwrap()
+    };
+    let output = list(&["org", "list"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The last migration taken back from the record: the file is as the release before left
+    // it, as far as this release can tell.
+    let all = migrations(&db).await;
+    let last = *all.last().unwrap();
+    {
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("DELETE FROM _sqlx_migrations WHERE version = ?")
+            .bind(last)
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    for command in [&["org", "list"][..], &["accounting", "backlog"]] {
+        let output = list(command);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{command:?}: {stderr}");
+        assert!(
+            stderr.contains("the database is older than this release (1 migration(s) to run")
+                && stderr.contains("operator commands never change its schema"),
+            "{command:?}: {stderr}"
+        );
+    }
+    assert_eq!(
+        migrations(&db).await,
+        all[..all.len() - 1],
+        "nothing migrated"
+    );
+
+    // A file without the portal's tables (another program's, an empty one).
+    let other = dir.path().join("other.db");
+    std::fs::write(&other, b"").unwrap();
+    std::fs::write(
+        &path,
+        format!("[database]\npath = \"{}\"\n", other.display()),
+    )
+    .unwrap();
+    let output = list(&["org", "list"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the database has no portal tables"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::metadata(&other).unwrap().len(),
+        0,
+        "nothing created"
     );
 }
 

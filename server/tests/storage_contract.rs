@@ -147,6 +147,7 @@ on_both_backends!(
     a_stops_copies_are_queued_once_for_their_servers_alone,
     a_failed_row_waits_and_retry_now_makes_it_due,
     a_lapsed_claim_is_renewed_only_by_its_holder_and_a_transmission_always_counts,
+    claims_under_way_are_kept_together_and_only_while_they_are_the_senders,
     dead_letters_unblock_and_a_never_sent_start_takes_its_session_along,
     a_sign_in_lease_tells_a_dead_sign_in_from_one_under_way,
     a_replaced_sessions_late_stop_has_its_successor_repeat_itself,
@@ -938,6 +939,73 @@ async fn a_lapsed_claim_is_renewed_only_by_its_holder_and_a_transmission_always_
         .await
         .unwrap();
     assert!(!s.renew_claim(&retried[0], T0 + 9_000).await.unwrap());
+}
+
+async fn claims_under_way_are_kept_together_and_only_while_they_are_the_senders(db: Db) {
+    let s = &db.storage;
+    let mut rows = Vec::new();
+    for ip in [
+        "10.0.0.31",
+        "10.0.0.32",
+        "10.0.0.33",
+        "10.0.0.34",
+        "10.0.0.35",
+    ] {
+        let id = opened(s, login(ip, T0, MINUTE)).await;
+        let row = s
+            .claim_session_outbox(id, status_type::START, T0, T0 + 30_000)
+            .await
+            .unwrap()
+            .unwrap();
+        rows.push(row);
+    }
+    let [kept, longer, given_up, settled, lapsed] = &rows[..] else {
+        unreachable!()
+    };
+    // Held longer already (a sign-in waiting for replaced sessions' Stops): never shortened.
+    assert!(s.renew_claim(longer, T0 + 200_000).await.unwrap());
+    s.mark_delivered(settled.id, T0 + 1_000, None)
+        .await
+        .unwrap();
+    // Run out and taken by another sender meanwhile: the old claim's token no longer matches.
+    assert!(s.renew_claim(lapsed, T0 + 4_500).await.unwrap());
+    let taken = s
+        .claim_due_outbox(T0 + 5_000, T0 + 35_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(taken.iter().map(|r| r.id).collect::<Vec<_>>(), [lapsed.id]);
+    // Given up by its sender (shutdown, a stranded claim): not taken back.
+    assert!(s.renew_claim(given_up, T0 + 5_500).await.unwrap());
+    let claims: Vec<(i64, i64)> = rows.iter().map(|r| (r.id, r.attempts)).collect();
+    let mut out = s
+        .keep_claims(&claims, T0 + 40_000, T0 + 6_000)
+        .await
+        .unwrap();
+    out.sort();
+    assert_eq!(
+        out,
+        [
+            (kept.id, kept.attempts, T0 + 40_000),
+            (longer.id, longer.attempts, T0 + 200_000)
+        ]
+    );
+    // Kept: nobody else may claim it until then; the others' claims ran out as they were (the
+    // other sender's at T0 + 35 s, the given-up one at once).
+    let mut retaken: Vec<i64> = s
+        .claim_due_outbox(T0 + 39_000, T0 + 60_000, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    retaken.sort();
+    assert_eq!(retaken, [given_up.id, lapsed.id]);
+    // None at all: nothing written, nothing answered.
+    assert!(s
+        .keep_claims(&[], T0 + 50_000, T0)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn dead_letters_unblock_and_a_never_sent_start_takes_its_session_along(db: Db) {

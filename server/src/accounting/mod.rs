@@ -39,10 +39,13 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-/// A sender owns a claimed row this long; afterwards the row may be claimed again. Longer than
-/// any single delivery: waiting for a send slot ([`SLOT_WAIT`]) plus one exchange (at most
-/// [`MAX_EXCHANGE`]).
-pub(crate) const CLAIM_LEASE_MS: i64 = 120_000;
+mod claims;
+
+/// A sender owns a claimed row this long; afterwards the row may be claimed again — by another
+/// replica when the sender was killed. A delivery under way keeps its claim, however long it
+/// takes (a send slot waited for, up to [`SLOT_WAIT`], then an exchange of up to
+/// [`MAX_EXCHANGE`]): see [`claims`].
+pub(crate) const CLAIM_LEASE_MS: i64 = 30_000;
 /// Within a deadline (a login's Start), the pause before trying a row again whose attempt
 /// failed quickly; an attempt that timed out is tried again at once.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -51,13 +54,15 @@ const SLOT_WAIT: Duration = Duration::from_secs(45);
 /// Longest exchange of one Accounting-Request, all tries included: a server's `timeout ×
 /// (retries + 1)` (up to 11 minutes) is cut to this, so the row's claim outlives it.
 pub(crate) const MAX_EXCHANGE: Duration = Duration::from_secs(60);
-const _: () = assert!((SLOT_WAIT.as_millis() + MAX_EXCHANGE.as_millis()) < CLAIM_LEASE_MS as u128);
-/// What a claim must have left when its packet leaves: the longest exchange and a margin (for
-/// the clocks of replicas, which compare leases). Less left (a stalled database, a login that
-/// waited for a preempted session's Stop) and the claim is renewed first, or another sender
-/// could take the row meanwhile — a Start sent twice, or after its Stop.
-const CLAIM_LEFT_TO_SEND_MS: i64 = MAX_EXCHANGE.as_millis() as i64 + 10_000;
-const _: () = assert!(CLAIM_LEFT_TO_SEND_MS < CLAIM_LEASE_MS - 30_000);
+/// What a claim must have left when its packet leaves: more than a delivery is stopped at
+/// ([`claims::LAPSE_LEFT_MS`]: the claim could not be kept), and less than a kept claim always
+/// has. Less left (a stalled database, a login that waited for a preempted session's Stop) and
+/// the claim is renewed first, or another sender could take the row meanwhile — a Start sent
+/// twice, or after its Stop.
+const CLAIM_LEFT_TO_SEND_MS: i64 = 20_000;
+const _: () = assert!(CLAIM_LEFT_TO_SEND_MS > claims::LAPSE_LEFT_MS + 2_000);
+const _: () =
+    assert!(CLAIM_LEFT_TO_SEND_MS < CLAIM_LEASE_MS - 2 * claims::KEEP_EVERY.as_millis() as i64);
 /// How long before its claim runs out a sender stops trying to record an acknowledgement (the
 /// clocks of replicas, which compare leases, may differ by this much).
 const CLAIM_MARGIN_MS: i64 = 10_000;
@@ -138,6 +143,8 @@ pub struct Accounting {
     ending: CancellationToken,
     /// Claims given up so (for the log).
     given_up: Arc<std::sync::atomic::AtomicUsize>,
+    /// The claims of the deliveries under way, kept while they run.
+    kept: claims::Kept,
 }
 
 /// Start rows [`Accounting`] remembers refused attempts of, at most.
@@ -413,7 +420,6 @@ impl Accounting {
     /// Wires the deliverer.
     pub fn new(storage: Storage, radius: Radius, organizations: Arc<Organizations>) -> Self {
         Accounting {
-            storage,
             radius,
             organizations,
             wake: Arc::new(Notify::new()),
@@ -425,6 +431,8 @@ impl Accounting {
             ending: CancellationToken::new(),
             given_up: Arc::default(),
             unseen: Arc::default(),
+            kept: claims::Kept::new(storage.clone()),
+            storage,
         }
     }
 
@@ -749,6 +757,7 @@ impl Accounting {
         row: &mut OutboxRow,
         needed_ms: i64,
     ) -> Result<Option<Delivery>, OutboxError> {
+        row.lease_until = self.kept.until(row);
         if row.lease_until - now_ms() >= needed_ms {
             return Ok(None);
         }
@@ -759,6 +768,7 @@ impl Accounting {
             return Ok(Some(Delivery::TakenOver));
         }
         row.lease_until = lease_until;
+        self.kept.renewed(row, lease_until);
         if lease_until - now_ms() < needed_ms {
             let retry = now_ms();
             self.storage
@@ -789,6 +799,9 @@ impl Accounting {
     ) -> Result<Delivery, OutboxError> {
         let claim = row.clone();
         let ending = self.ending.clone();
+        // The claim is kept while this delivery runs; one that cannot be kept (the database
+        // away) stops it before another sender may take the row.
+        let holding = self.kept.hold(&row);
         let outcome = tokio::select! {
             biased;
             () = ending.cancelled() => {
@@ -804,8 +817,12 @@ impl Accounting {
                 }
                 return Ok(Delivery::RetryAt(now_ms()));
             }
+            () = holding.lapsed() => Err(OutboxError::Storage(StorageError::Unreachable(
+                "the delivery's claim could not be kept".into(),
+            ))),
             outcome = self.deliver_once(row, deadline, known, org_checked) => outcome,
         };
+        drop(holding);
         // Only the database away: an error of the data itself (a row without its session)
         // would fail again at once, and is left to its lease as before.
         if matches!(&outcome, Err(OutboxError::Storage(e)) if e.is_unavailable()) {
@@ -1420,16 +1437,17 @@ impl Accounting {
 
     /// Records an acknowledged row as delivered. Only this sender knows of the answer: a
     /// database that cannot take the write right now (a PostgreSQL restart, a stalled disk) is
-    /// tried again while the claim keeps other senders off the row, so an outage of up to
-    /// about a minute and a half does not send the packet a second time — or, with `within`,
-    /// for that long at most (a sign-in waiting on its Start).
+    /// tried again while the claim keeps other senders off the row, so a brief outage does not
+    /// send the packet a second time — or, with `within`, for that long at most (a sign-in
+    /// waiting on its Start). The claim cannot be kept while the database is away: an outage
+    /// of more than about 15 s stops the delivery ([`claims`]), and the row is sent again.
     async fn record_delivered(
         &self,
         row: &OutboxRow,
         ack: Option<&Acknowledged<'_>>,
         within: Option<Duration>,
     ) -> Result<u64, StorageError> {
-        let mut give_up_at = row.lease_until - CLAIM_MARGIN_MS;
+        let mut give_up_at = self.kept.until(row) - CLAIM_MARGIN_MS;
         if let Some(within) = within {
             give_up_at = give_up_at.min(now_ms() + within.as_millis() as i64);
         }

@@ -26,7 +26,7 @@ pub const POLL: Duration = Duration::from_millis(500);
 /// longer (the stop job of a large organization) renews its claim every quarter of the lease;
 /// a replica that dies leaves the job to another once the lease runs out (which stops nothing
 /// twice).
-const JOB_LEASE_MS: i64 = 120_000;
+const JOB_LEASE_MS: i64 = 30_000;
 /// How often a long stop job reloads the organizations changed elsewhere (a pass does it
 /// before its jobs; a job of many sessions would otherwise hold that up until it ends).
 const CACHE_REFRESH_MS: i64 = 500;

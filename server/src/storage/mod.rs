@@ -248,6 +248,11 @@ contract! {
         /// other sender claimed the row since, even after the lease ran out) and the row is
         /// still pending. False: the row is another sender's, or settled.
         fn renew_claim(&self, row: &OutboxRow, lease_until: i64) -> bool;
+        /// Keeps the claims a sender holds while it delivers them (`(row id, attempts)`, the
+        /// claim's token): each still the sender's, still running at `now` (not given up) and
+        /// pending is extended to `lease_until` — never shortened. Returns each claim kept
+        /// (row id, attempts) and until when it now runs. One write for them all.
+        fn keep_claims(&self, claims: &[(i64, i64)], lease_until: i64, now: i64) -> Vec<(i64, i64, i64)>;
         /// Stops an active session like `stop_session` and, in the same write, claims its Stop
         /// for the caller until `lease_until` when nothing of the session is still pending
         /// before it (the caller sends it at once).
@@ -467,10 +472,11 @@ impl Storage {
     }
 
     /// Opens the database `[database]` names: PostgreSQL when `url` is set, else the SQLite
-    /// file at `path`. `serving`: for `serve` (on PostgreSQL, background work's connections
-    /// are kept open, and migrations run), not an operator command — which never changes a
-    /// PostgreSQL database's schema (other replicas, maybe of the release before, share it)
-    /// and refuses one without the portal's tables or not at this release's migrations.
+    /// file at `path`. `serving`: for `serve` (migrations run; on PostgreSQL, background
+    /// work's connections are kept open), not an operator command — which never changes a
+    /// database's schema (other replicas, or the portal running on this host, maybe of the
+    /// release before, use it) and refuses one without the portal's tables or not at this
+    /// release's migrations ([`fit_for_operator`]).
     pub async fn connect(
         settings: &crate::config::DatabaseSettings,
         serving: bool,
@@ -482,7 +488,10 @@ impl Storage {
             Some(url) => Ok(Storage {
                 backend: Backend::Postgres(PgStore::open_for_operator(url.expose()).await?),
             }),
-            None => Storage::open(&settings.path).await,
+            None if serving => Storage::open(&settings.path).await,
+            None => Ok(Storage {
+                backend: Backend::Sqlite(SqliteStore::open_for_operator(&settings.path).await?),
+            }),
         }
     }
 
@@ -598,6 +607,28 @@ fn migration_state(
     })
 }
 
+/// Whether an operator command may use a database whose recorded migrations are `applied`:
+/// operator commands never change a schema (replicas, or the portal running on this host,
+/// maybe of the release before, use it), so one without the portal's tables or not at this
+/// release's migrations is refused.
+fn fit_for_operator(
+    migrator: &sqlx::migrate::Migrator,
+    applied: &[(i64, bool, Vec<u8>)],
+) -> Result<(), StorageError> {
+    if applied.is_empty() {
+        return Err(StorageError::NoPortalTables);
+    }
+    match migration_state(migrator, applied) {
+        None => Ok(()),
+        Some(Ok(pending)) => Err(StorageError::NotUsable(format!(
+            "the database is older than this release ({pending}); operator commands never change its schema: start this release's portal first, or use the release the database is at"
+        ))),
+        Some(Err(reason)) => Err(StorageError::NotUsable(format!(
+            "this release cannot use the database: {reason}"
+        ))),
+    }
+}
+
 /// A database opened as it is ([`Storage::connect_as_is`]).
 pub enum AsIs {
     /// As this release leaves it: checks against it read what `serve` would.
@@ -667,9 +698,10 @@ pub enum StorageError {
     /// migrations to run, or a newer release's): why. Nothing was changed.
     #[error("{0}")]
     NotUsable(String),
-    /// The PostgreSQL database has none of the portal's tables: no portal has started there
-    /// (or the name is not the portal's). Nothing was changed.
-    #[error("the PostgreSQL database has no portal tables (check the database name in [database] url; a portal's `serve` creates them when it first starts there)")]
+    /// The database has none of the portal's tables: no portal has started there (or it is
+    /// not the portal's: a mistyped PostgreSQL database name, another SQLite file). Nothing
+    /// was changed.
+    #[error("the database has no portal tables (check [database]: a portal's `serve` creates them when it first starts there)")]
     NoPortalTables,
 }
 

@@ -522,18 +522,8 @@ impl PgStore {
     /// portal that never started there) or not at this release's migrations is refused.
     pub(crate) async fn open_for_operator(url: &str) -> Result<PgStore, StorageError> {
         let (store, applied) = Self::connect_reading_migrations(url).await?;
-        if applied.is_empty() {
-            return Err(StorageError::NoPortalTables);
-        }
-        match super::migration_state(&sqlx::migrate!("./migrations/postgres"), &applied) {
-            None => Ok(store),
-            Some(Ok(pending)) => Err(StorageError::NotUsable(format!(
-                "the database is older than this release ({pending}); operator commands never change its schema: start this release's portal first, or use the release the database is at"
-            ))),
-            Some(Err(reason)) => Err(StorageError::NotUsable(format!(
-                "this release cannot use the database: {reason}"
-            ))),
-        }
+        super::fit_for_operator(&sqlx::migrate!("./migrations/postgres"), &applied)?;
+        Ok(store)
     }
 
     /// Connects as it is, for a check: nothing is migrated. With what its recorded migrations
@@ -1642,6 +1632,24 @@ impl SessionStore for PgStore {
         .execute(self.pool())
         .await?;
         Ok(renewed.rows_affected() == 1)
+    }
+
+    async fn keep_claims(
+        &self,
+        claims: &[(i64, i64)],
+        lease_until: i64,
+        now: i64,
+    ) -> Result<Vec<(i64, i64, i64)>, StorageError> {
+        let (ids, attempts): (Vec<i64>, Vec<i64>) = claims.iter().copied().unzip();
+        Ok(sqlx::query_as(
+            "UPDATE accounting_outbox o SET claimed_until = GREATEST(o.claimed_until, $1)              FROM unnest($2::BIGINT[], $3::BIGINT[]) AS h(id, attempts)              WHERE o.id = h.id AND o.attempts = h.attempts AND o.claimed_until > $4              AND o.delivered_at IS NULL AND o.dead_at IS NULL RETURNING o.id, o.attempts, o.claimed_until",
+        )
+        .bind(lease_until)
+        .bind(ids)
+        .bind(attempts)
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?)
     }
 
     async fn dead_letter(

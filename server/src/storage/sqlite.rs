@@ -197,6 +197,17 @@ fn outbox_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
     })
 }
 
+/// How [`SqliteStore::open_pool`] opens the file.
+#[derive(Clone, Copy)]
+enum Open {
+    /// Made if missing, in WAL mode (`serve`).
+    Create,
+    /// As it is, for writes (operator commands): it must exist.
+    Existing,
+    /// Read-only, as it is (`check-config`).
+    ReadOnly,
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file and runs migrations.
     pub async fn open(path: &Path) -> Result<SqliteStore, StorageError> {
@@ -209,7 +220,7 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StorageError::Database(sqlx::Error::Io(e)))?;
         }
-        let pool = Self::open_pool(path, true).await?;
+        let pool = Self::open_pool(path, Open::Create).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         restrict_to_owner(path);
         let engine = Engine::open(path)?;
@@ -222,20 +233,44 @@ impl SqliteStore {
         Ok(storage)
     }
 
+    /// Opens an existing database file for an operator command: nothing is migrated — the
+    /// portal running on this host, maybe of the release before, uses it —, and a file
+    /// without the portal's tables or not at this release's migrations is refused.
+    pub(crate) async fn open_for_operator(path: &Path) -> Result<SqliteStore, StorageError> {
+        let pool = Self::open_pool(path, Open::Existing)
+            .await
+            .map_err(|e| explain_read_only(e, path))?;
+        let applied = Self::applied_migrations(&pool).await?;
+        super::fit_for_operator(&sqlx::migrate!("./migrations/sqlite"), &applied)?;
+        let engine = Engine::open(path).map_err(|e| explain_read_only(e, path))?;
+        Ok(SqliteStore {
+            pool,
+            engine,
+            web_records: Default::default(),
+        })
+    }
+
+    /// What `_sqlx_migrations` records (nothing without the table).
+    async fn applied_migrations(
+        pool: &SqlitePool,
+    ) -> Result<Vec<(i64, bool, Vec<u8>)>, StorageError> {
+        match sqlx::query_as(super::APPLIED_MIGRATIONS)
+            .fetch_all(pool)
+            .await
+        {
+            Ok(rows) => Ok(rows),
+            Err(e) if super::no_migrations_table(&e) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Opens an existing database file as it is, for a check: read-only, nothing migrated or
     /// written. With what its recorded migrations say of it ([`super::AsIs`]).
     pub(crate) async fn open_as_is(
         path: &Path,
     ) -> Result<(SqliteStore, Option<Result<String, String>>), StorageError> {
-        let pool = Self::open_pool(path, false).await?;
-        let applied: Vec<(i64, bool, Vec<u8>)> = match sqlx::query_as(super::APPLIED_MIGRATIONS)
-            .fetch_all(&pool)
-            .await
-        {
-            Ok(rows) => rows,
-            Err(e) if super::no_migrations_table(&e) => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
+        let pool = Self::open_pool(path, Open::ReadOnly).await?;
+        let applied = Self::applied_migrations(&pool).await?;
         let state = super::migration_state(&sqlx::migrate!("./migrations/sqlite"), &applied);
         let engine = Engine::open_read_only(path)?;
         Ok((
@@ -248,21 +283,21 @@ impl SqliteStore {
         ))
     }
 
-    /// The sqlx pool; `create`: the file is made if missing and put in WAL mode — else it
-    /// is opened read-only, as it is (`check-config`).
-    async fn open_pool(path: &Path, create: bool) -> Result<sqlx::SqlitePool, StorageError> {
+    /// The sqlx pool, on a file opened as `open` says.
+    async fn open_pool(path: &Path, open: Open) -> Result<sqlx::SqlitePool, StorageError> {
         let url = format!("sqlite://{}", path.display());
         let options = SqliteConnectOptions::from_str(&url)?
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        let options = if create {
-            options
+        let options = match open {
+            Open::Create => options
                 .create_if_missing(true)
                 .page_size(1024)
-                .journal_mode(SqliteJournalMode::Wal)
-        } else {
-            options.read_only(true)
+                .journal_mode(SqliteJournalMode::Wal),
+            // WAL mode is the file's own, set when it was made.
+            Open::Existing => options,
+            Open::ReadOnly => options.read_only(true),
         };
         Ok(SqlitePoolOptions::new()
             .max_connections(4)
@@ -1062,6 +1097,32 @@ impl SessionStore for SqliteStore {
                 )?
                 .execute(params![lease_until, id, attempts])?
                     == 1)
+            })
+            .await
+    }
+
+    async fn keep_claims(
+        &self,
+        claims: &[(i64, i64)],
+        lease_until: i64,
+        now: i64,
+    ) -> Result<Vec<(i64, i64, i64)>, StorageError> {
+        let claims = claims.to_vec();
+        self.engine
+            .write_relaxed(move |c| {
+                let mut kept = Vec::with_capacity(claims.len());
+                let mut keep = c.prepare_cached(
+                    "UPDATE accounting_outbox SET claimed_until = MAX(claimed_until, ?1)                      WHERE id = ?2 AND attempts = ?3 AND claimed_until > ?4                      AND delivered_at IS NULL AND dead_at IS NULL RETURNING claimed_until",
+                )?;
+                for &(id, attempts) in &claims {
+                    let until: Option<i64> = keep
+                        .query_row(params![lease_until, id, attempts, now], |r| r.get(0))
+                        .optional()?;
+                    if let Some(until) = until {
+                        kept.push((id, attempts, until));
+                    }
+                }
+                Ok(kept)
             })
             .await
     }
