@@ -794,8 +794,19 @@ fn a_database_directory_the_user_cannot_write_in_is_named() {
     std::fs::create_dir(&data).unwrap();
     let config = minimal_config(&data, "");
     mode(&config, 0o644);
+    // The portal's database, left without its -wal and -shm files (as a portal that stopped
+    // leaves it, or one copied in), which SQLite must make beside it to write.
+    let made = dir.path().join("made.db");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async { drop(radius_portal::storage::Storage::open(&made).await.unwrap()) });
+    drop(runtime);
+    rusqlite::Connection::open(&made)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    std::fs::copy(&made, data.join("portal.db")).unwrap();
+    std::fs::write(data.join("portal.db.lock"), "").unwrap();
     for file in ["portal.db", "portal.db.lock"] {
-        std::fs::write(data.join(file), "").unwrap();
         mode(&data.join(file), 0o666);
     }
     mode(&data, 0o555);

@@ -63,6 +63,13 @@ const CLAIM_LEFT_TO_SEND_MS: i64 = 20_000;
 const _: () = assert!(CLAIM_LEFT_TO_SEND_MS > claims::LAPSE_LEFT_MS + 2_000);
 const _: () =
     assert!(CLAIM_LEFT_TO_SEND_MS < CLAIM_LEASE_MS - 2 * claims::KEEP_EVERY.as_millis() as i64);
+/// The end a claim given up is set to: a lease long over, claimable at once, and which the
+/// keeper of claims ([`claims`]), whose write may have been begun a moment before, never
+/// takes for a claim still running.
+fn given_up_at() -> i64 {
+    now_ms() - CLAIM_LEASE_MS
+}
+
 /// How long before its claim runs out a sender stops trying to record an acknowledgement (the
 /// clocks of replicas, which compare leases, may differ by this much).
 const CLAIM_MARGIN_MS: i64 = 10_000;
@@ -809,7 +816,7 @@ impl Accounting {
                 // wire may arrive; its row is sent again), and its claim is given up.
                 let given_up = tokio::time::timeout(
                     Duration::from_secs(1),
-                    self.storage.renew_claim(&claim, now_ms() - 1),
+                    self.storage.renew_claim(&claim, given_up_at()),
                 )
                 .await;
                 if matches!(given_up, Ok(Ok(true))) {
@@ -864,8 +871,8 @@ impl Accounting {
             .collect();
         let mut released = 0;
         for row in rows {
-            // A lease that ended a moment ago: claimable now by this loop or any replica's.
-            match self.storage.renew_claim(&row, now_ms() - 1).await {
+            // A lease long over: claimable now by this loop or any replica's.
+            match self.storage.renew_claim(&row, given_up_at()).await {
                 Ok(given_up) => {
                     released += usize::from(given_up);
                     let mut stranded = self.stranded.lock().unwrap_or_else(|p| p.into_inner());
