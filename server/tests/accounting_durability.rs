@@ -547,7 +547,7 @@ async fn a_log_that_cannot_be_written_stops_nothing() {
 
 /// A graceful shutdown (SIGTERM) whose flush runs out of time with a Stop still on its way (a
 /// frozen server) gives that Stop's claim up: on PostgreSQL another replica — or this one at its
-/// next start — sends it at once, not after the claim's 2-minute lease.
+/// next start — sends it at once, not after the claim's lease.
 #[tokio::test]
 async fn a_stop_under_way_at_shutdown_is_given_up_for_another_replica_to_send_at_once() {
     let radius = FreeRadius::start().await;

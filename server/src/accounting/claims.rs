@@ -28,18 +28,13 @@ use tokio_util::sync::CancellationToken;
 
 /// How often the claims of running deliveries are extended.
 pub(super) const KEEP_EVERY: Duration = Duration::from_secs(4);
-/// Longest wait for the write that extends them.
-const KEEP_TIMEOUT: Duration = Duration::from_secs(4);
 /// How often claims close to running out are looked for.
 const LAPSE_CHECK: Duration = Duration::from_secs(1);
 /// A delivery whose claim has less than this left is stopped: a look comes every
-/// [`LAPSE_CHECK`], and may wait behind a write for up to [`KEEP_TIMEOUT`], so it is stopped
-/// with more than [`CLAIM_MARGIN_MS`] left.
-pub(super) const LAPSE_LEFT_MS: i64 =
-    CLAIM_MARGIN_MS + (KEEP_TIMEOUT.as_millis() + LAPSE_CHECK.as_millis()) as i64 + 1_000;
-const _: () = assert!(
-    LAPSE_LEFT_MS + ((KEEP_EVERY.as_millis() + KEEP_TIMEOUT.as_millis()) as i64) < CLAIM_LEASE_MS
-);
+/// [`LAPSE_CHECK`] (the write that extends claims runs aside, its answer taken whenever it
+/// comes), so it is stopped with more than [`CLAIM_MARGIN_MS`] left.
+pub(super) const LAPSE_LEFT_MS: i64 = CLAIM_MARGIN_MS + LAPSE_CHECK.as_millis() as i64 + 1_000;
+const _: () = assert!(LAPSE_LEFT_MS + 4 * (KEEP_EVERY.as_millis() as i64) < CLAIM_LEASE_MS);
 
 /// The claims of this process's running deliveries. Cheap to clone.
 #[derive(Clone)]
@@ -76,9 +71,26 @@ pub(super) struct Holding {
 
 impl Holding {
     /// Completes when the claim could not be kept and is about to run out: the delivery must
-    /// stop sending.
+    /// stop sending. Told by the keeper, and — should the keeper not run in time (the process
+    /// frozen, the keeper gone) — by this delivery's own clock, [`CLAIM_MARGIN_MS`] and a
+    /// second before the claim's known end, whatever the keeper did (polled first, before the
+    /// delivery, when both wake together).
     pub(super) async fn lapsed(&self) {
-        self.lapsed.cancelled().await;
+        loop {
+            let until = lock(&self.inner)
+                .claims
+                .get(&self.key)
+                .map_or(i64::MIN, |held| held.until);
+            let at = until - CLAIM_MARGIN_MS - 1_000;
+            let left = at - now_ms();
+            if left <= 0 {
+                return;
+            }
+            tokio::select! {
+                () = self.lapsed.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(left as u64)) => {}
+            }
+        }
     }
 }
 
@@ -135,18 +147,31 @@ impl Kept {
             .map_or(row.lease_until, |held| held.until.max(row.lease_until))
     }
 
-    /// `row`'s claim was extended to `until` by its delivery.
+    /// `row`'s claim was set to `until` by its delivery (what the database now says).
     pub(super) fn renewed(&self, row: &OutboxRow, until: i64) {
         if let Some(held) = lock(&self.inner).claims.get_mut(&(row.id, row.attempts)) {
-            held.until = held.until.max(until);
+            held.until = until;
         }
+    }
+}
+
+/// Ends the keeper's run however it ends (a panic too): the next delivery starts another.
+struct KeeperRun(Arc<Mutex<Inner>>);
+
+impl Drop for KeeperRun {
+    fn drop(&mut self) {
+        lock(&self.0).keeper = false;
     }
 }
 
 /// Extends the held claims every [`KEEP_EVERY`] and stops the deliveries whose claims are about
 /// to run out; ends when nothing is held.
 async fn keep(inner: Arc<Mutex<Inner>>, storage: Storage) {
+    let _run = KeeperRun(inner.clone());
     let mut next = Instant::now() + KEEP_EVERY;
+    // The write under way, if any: it runs aside, so that a slow database never holds up the
+    // look for claims about to run out, and its answer is taken whenever it comes.
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         tokio::time::sleep(LAPSE_CHECK).await;
         let due: Vec<(i64, i64)> = {
@@ -165,7 +190,7 @@ async fn keep(inner: Arc<Mutex<Inner>>, storage: Storage) {
                     held.lapsed.cancel();
                 }
             }
-            if Instant::now() < next {
+            if Instant::now() < next || writing.load(std::sync::atomic::Ordering::Acquire) {
                 continue;
             }
             inner
@@ -182,32 +207,28 @@ async fn keep(inner: Arc<Mutex<Inner>>, storage: Storage) {
         if due.is_empty() {
             continue;
         }
-        let now = now_ms();
-        let kept = tokio::time::timeout(
-            KEEP_TIMEOUT,
-            storage.keep_claims(&due, now + CLAIM_LEASE_MS, now),
-        )
-        .await;
-        match kept {
-            Ok(Ok(kept)) => {
-                let mut inner = lock(&inner);
-                for (id, attempts, until) in kept {
-                    if let Some(held) = inner.claims.get_mut(&(id, attempts)) {
-                        held.until = held.until.max(until);
+        writing.store(true, std::sync::atomic::Ordering::Release);
+        let (inner, storage, writing) = (inner.clone(), storage.clone(), writing.clone());
+        tokio::spawn(crate::storage::background(async move {
+            let now = now_ms();
+            match storage.keep_claims(&due, now + CLAIM_LEASE_MS, now).await {
+                Ok(kept) => {
+                    let mut inner = lock(&inner);
+                    for (id, attempts, until) in kept {
+                        if let Some(held) = inner.claims.get_mut(&(id, attempts)) {
+                            held.until = held.until.max(until);
+                        }
+                    }
+                }
+                Err(e) => {
+                    static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+                    if let Some(left_out) = LOG.admit() {
+                        tracing::warn!(claims = due.len(), error = %crate::portal_backend::error_chain(&e), similar_left_out = left_out,
+                            "the claims of accounting deliveries under way could not be kept; tried again in {KEEP_EVERY:?}");
                     }
                 }
             }
-            failed => {
-                static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
-                if let Some(left_out) = LOG.admit() {
-                    let error = match failed {
-                        Ok(Err(e)) => crate::portal_backend::error_chain(&e),
-                        _ => format!("no answer within {KEEP_TIMEOUT:?}"),
-                    };
-                    tracing::warn!(claims = due.len(), error, similar_left_out = left_out,
-                        "the claims of accounting deliveries under way could not be kept; tried again in {KEEP_EVERY:?}");
-                }
-            }
-        }
+            writing.store(false, std::sync::atomic::Ordering::Release);
+        }));
     }
 }

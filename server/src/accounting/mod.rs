@@ -136,7 +136,7 @@ pub struct Accounting {
     /// Rows this process holds the claim of whose delivery ended in a database error (the
     /// database away: its outcome could not be written). The loop gives each claim up as soon
     /// as the database answers, so the row is tried again at once rather than after the
-    /// claim's lease (2 minutes) — a Stop must not wait for a lease its own live sender holds.
+    /// claim's lease (30 s) — a Stop must not wait for a lease its own live sender holds.
     stranded: Arc<Mutex<HashMap<i64, OutboxRow>>>,
     /// Start rows whose attempts in this process were refused at their first send, or at
     /// every one (an ICMP port unreachable), by row id, and how many: those attempts never reached the server, so
@@ -1447,7 +1447,7 @@ impl Accounting {
     /// tried again while the claim keeps other senders off the row, so a brief outage does not
     /// send the packet a second time — or, with `within`, for that long at most (a sign-in
     /// waiting on its Start). The claim cannot be kept while the database is away: an outage
-    /// of more than about 15 s stops the delivery ([`claims`]), and the row is sent again.
+    /// of more than about 18 s stops the delivery ([`claims`]), and the row is sent again.
     async fn record_delivered(
         &self,
         row: &OutboxRow,
