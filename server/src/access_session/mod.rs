@@ -102,8 +102,9 @@ pub fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
-/// Longest wait for a renewal of a sign-in's lease before it is tried again.
-const RENEWAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest wait for a renewal of a sign-in's lease before it is tried again (a second later):
+/// several tries fit in the lease (30 s) before another replica may take the sign-in for dead.
+const RENEWAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// After a refresh, another within this long (or a quarter of the session's window, if less)
 /// changes nothing (no write, no Interim-Update).
@@ -598,8 +599,9 @@ impl AccessSessions {
     /// meanwhile, so a delivery loop that takes the session's Start (between the sign-in's
     /// tries) leaves it to the sign-in rather than ending the session as one whose sign-in
     /// died ([`crate::storage::SessionStore::end_abandoned_sign_in`]). Only a sign-in that
-    /// waits long (replaced sessions' Stops at a slow server) writes anything: the lease the
-    /// session was opened with lasts [`crate::accounting::CLAIM_LEASE_MS`].
+    /// runs longer than a quarter of the lease the session was opened with
+    /// ([`crate::accounting::CLAIM_LEASE_MS`], 30 s) writes anything: one that waits on a slow
+    /// server, or for replaced sessions' Stops.
     async fn holding_sign_in<T>(&self, id: i64, work: impl std::future::Future<Output = T>) -> T {
         let every = std::time::Duration::from_millis(crate::accounting::CLAIM_LEASE_MS as u64 / 4);
         let renew = async {
@@ -616,8 +618,8 @@ impl AccessSessions {
                             _ => format!("no answer within {RENEWAL_TIMEOUT:?}"),
                         };
                         tracing::warn!(session = id, error,
-                            "a sign-in's lease on its session could not be renewed; tried again in 2 s");
-                        Instant::now() + std::time::Duration::from_secs(2)
+                            "a sign-in's lease on its session could not be renewed; tried again in 1 s");
+                        Instant::now() + std::time::Duration::from_secs(1)
                     }
                 };
             }

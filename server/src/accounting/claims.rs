@@ -60,7 +60,13 @@ struct Held {
     tried: bool,
     /// Cancelled when it is about to run out.
     lapsed: CancellationToken,
+    /// Whether it has been seen with time to run (at least [`ARMED_LEFT_MS`] left): only then
+    /// does its delivery time it on its own clock ([`Holding::lapsed`]).
+    armed: bool,
 }
+
+/// What a claim must have had left once for its delivery to time it itself.
+const ARMED_LEFT_MS: i64 = CLAIM_MARGIN_MS + 3_000;
 
 /// A delivery's claim, kept while this lives.
 pub(super) struct Holding {
@@ -75,14 +81,20 @@ impl Holding {
     /// frozen, the keeper gone) — by this delivery's own clock, [`CLAIM_MARGIN_MS`] and a
     /// second before the claim's known end, whatever the keeper did (polled first, before the
     /// delivery, when both wake together).
+    /// A claim that began its delivery with less than that left is not timed until its
+    /// delivery renewed it (it does before it sends).
     pub(super) async fn lapsed(&self) {
         loop {
-            let until = lock(&self.inner)
+            let (until, armed) = lock(&self.inner)
                 .claims
                 .get(&self.key)
-                .map_or(i64::MIN, |held| held.until);
+                .map_or((i64::MIN, true), |held| (held.until, held.armed));
             let at = until - CLAIM_MARGIN_MS - 1_000;
-            let left = at - now_ms();
+            let left = if armed {
+                at - now_ms()
+            } else {
+                LAPSE_CHECK.as_millis() as i64
+            };
             if left <= 0 {
                 return;
             }
@@ -122,6 +134,7 @@ impl Kept {
             Held {
                 until: row.lease_until,
                 tried: false,
+                armed: row.lease_until - now_ms() >= ARMED_LEFT_MS,
                 lapsed: lapsed.clone(),
             },
         );
@@ -151,6 +164,7 @@ impl Kept {
     pub(super) fn renewed(&self, row: &OutboxRow, until: i64) {
         if let Some(held) = lock(&self.inner).claims.get_mut(&(row.id, row.attempts)) {
             held.until = until;
+            held.armed |= until - now_ms() >= ARMED_LEFT_MS;
         }
     }
 }
@@ -184,7 +198,11 @@ async fn keep(inner: Arc<Mutex<Inner>>, storage: Storage) {
             for (key, held) in &inner.claims {
                 // A claim the keeper has not tried yet is not stopped: its delivery renews it
                 // before sending when it has little left.
-                if held.tried && held.until - now < LAPSE_LEFT_MS && !held.lapsed.is_cancelled() {
+                if held.tried
+                    && held.armed
+                    && held.until - now < LAPSE_LEFT_MS
+                    && !held.lapsed.is_cancelled()
+                {
                     tracing::warn!(row = key.0, left_ms = held.until - now,
                         "an accounting delivery is stopped: its claim could not be kept (the database does not answer) and would run out, after which another sender may send the row; this one gives it up once the database answers");
                     held.lapsed.cancel();
@@ -217,6 +235,7 @@ async fn keep(inner: Arc<Mutex<Inner>>, storage: Storage) {
                     for (id, attempts, until) in kept {
                         if let Some(held) = inner.claims.get_mut(&(id, attempts)) {
                             held.until = held.until.max(until);
+                            held.armed |= held.until - now_ms() >= ARMED_LEFT_MS;
                         }
                     }
                 }

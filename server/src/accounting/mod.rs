@@ -613,8 +613,9 @@ impl Accounting {
     /// wait: `wait`, or — the claim not renewed (the database failing, another sender has the
     /// row) — only as long as the claim it has leaves time to send the Start.
     pub async fn keep_claim_for(&self, row: &mut OutboxRow, wait: Duration) -> Instant {
-        let margin = 2 * SLOT_WAIT.as_millis() as i64 + CLAIM_LEFT_TO_SEND_MS;
-        let until = now_ms() + wait.as_millis() as i64 + margin;
+        // Its delivery keeps the claim once it begins ([`claims`]): a lease's worth after the
+        // wait is enough for it to begin.
+        let until = now_ms() + wait.as_millis() as i64 + CLAIM_LEASE_MS;
         if until <= row.lease_until {
             return Instant::now() + wait;
         }
@@ -628,7 +629,7 @@ impl Accounting {
             Err(e) => tracing::warn!(error = %crate::portal_backend::error_chain(&e), row = row.id,
                 "a sign-in's Start could not be held longer: the replaced sessions' Stops are waited for while its claim lasts"),
         }
-        let left = (row.lease_until - now_ms() - margin).max(0);
+        let left = (row.lease_until - now_ms() - CLAIM_LEFT_TO_SEND_MS).max(0);
         Instant::now() + Duration::from_millis(left as u64)
     }
 
