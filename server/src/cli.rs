@@ -255,7 +255,7 @@ pub async fn run() -> anyhow::Result<()> {
                 .iter()
                 .map(|o| o.id.clone())
                 .collect();
-            ids.extend(stored);
+            ids.extend(stored.iter().map(|row| row.id.clone()));
             ids.sort();
             ids.dedup();
             let addr = settings.http.listen.unwrap_or(options.site_addr);
@@ -281,10 +281,15 @@ pub async fn run() -> anyhow::Result<()> {
                         org.servers.iter().map(|s| s.address),
                     )
                 }))
+                // Among the file's organizations and those stored only in the database
+                // (created at run time), as `serve` logs them.
                 .chain(
-                    crate::organizations::Organizations::from_settings(&settings.organizations)
-                        .map(|file| file.secret_conflicts())
-                        .unwrap_or_default(),
+                    crate::organizations::Organizations::from_settings_and_stored(
+                        &settings.organizations,
+                        &stored,
+                    )
+                    .map(|all| all.secret_conflicts())
+                    .unwrap_or_default(),
                 );
             for warning in warnings {
                 eprintln!("warning: {warning}");
@@ -419,7 +424,11 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
 /// it would do to organizations no longer listed (disable them, stopping their sessions). A
 /// database that is not there yet, has migrations to run or cannot be reached is said, and
 /// the file alone counts. Returns the ids of the organizations the database holds.
-async fn check_against_database(settings: &Settings) -> anyhow::Result<Vec<String>> {
+/// The organizations stored in the database (none when there is none yet, or it could not be
+/// checked).
+async fn check_against_database(
+    settings: &Settings,
+) -> anyhow::Result<Vec<crate::storage::StoredOrganization>> {
     let location = settings.database.location();
     if let Some(problem) = crate::storage::Storage::saved_copy_in_the_way(&settings.database) {
         bail!("`serve` would refuse to start: {problem}");
@@ -494,7 +503,7 @@ async fn check_against_database(settings: &Settings) -> anyhow::Result<Vec<Strin
             {
                 warn_of(&said);
             }
-            return Ok(stored.into_iter().map(|row| row.id).collect());
+            return Ok(stored);
         }
         Ok(Ok(AsIs::Unfit {
             reason,

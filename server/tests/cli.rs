@@ -1188,4 +1188,32 @@ secret = "not-the-same-secret"
     // Read by its owner and its group (root:portal 0640, say): nothing said of it.
     std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o640)).unwrap();
     assert!(!check().contains("secret_file"));
+    // An organization created at run time, stored only in the database, is one of those
+    // `serve` compares: its secret is a third one for the same server.
+    let db = dir.path().join("portal.db");
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(radius_portal::storage::Storage::open(&db))
+        .unwrap();
+    let epsilon = dir.path().join("epsilon.toml");
+    std::fs::write(
+        &epsilon,
+        "id = \"epsilon\"\nname = \"Epsilon\"\nnas_identifier = \"epsilon\"\n[[servers]]\nname = \"e1\"\naddress = \"127.0.0.1\"\nsecret = \"a-third-secret\"\n",
+    )
+    .unwrap();
+    let create = portal(&[
+        "--config",
+        path.to_str().unwrap(),
+        "org",
+        "create",
+        "--file",
+        epsilon.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(create.status.success(), "{create:?}");
+    let stderr = check();
+    let said = "warning: RADIUS servers at 127.0.0.1:1812 are reached with 3 different secrets (one secret: `acme/primary`, `beta/shared`; another: `delta/odd`; another: `epsilon/e1`)";
+    assert!(stderr.contains(said), "{said:?} in {stderr}");
+    assert!(!stderr.contains("a-third-secret"), "{stderr}");
 }

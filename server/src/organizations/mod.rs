@@ -216,6 +216,32 @@ impl Organizations {
         })
     }
 
+    /// What `serve` would hold once it seeded the file's organizations into a database that
+    /// holds `stored`: the file's, and the stored ones the file does not list (created at run
+    /// time, or no longer listed — whose sessions still need their Stops). One whose stored
+    /// settings cannot be read is left out (`serve` reports it). For `check-config`.
+    pub fn from_settings_and_stored(
+        settings: &[OrganizationSettings],
+        stored: &[StoredOrganization],
+    ) -> Result<Organizations, ConfigError> {
+        let organizations = Organizations::from_settings(settings)?;
+        {
+            let mut by_id = organizations
+                .by_id
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            for row in stored {
+                if by_id.contains_key(&row.id) {
+                    continue;
+                }
+                if let Ok(org) = build_stored(row) {
+                    by_id.insert(row.id.clone(), (row.revision, Arc::new(org)));
+                }
+            }
+        }
+        Ok(organizations)
+    }
+
     /// Everything stored (the database is the truth).
     pub async fn load(storage: &Storage) -> Result<Organizations, OrganizationError> {
         let organizations = Organizations {
