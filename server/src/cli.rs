@@ -106,8 +106,13 @@ pub enum AccountingCommand {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=10_000))]
         limit: i64,
     },
-    /// Rows waiting to be delivered.
-    Backlog,
+    /// Rows waiting to be delivered: how many, and each of the oldest (its packet, session,
+    /// user, address, server, attempts, last error, next attempt).
+    Backlog {
+        /// How many to show (the count is always of all of them).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(0..=10_000))]
+        limit: i64,
+    },
 }
 
 /// `radius …` subcommands.
@@ -390,42 +395,89 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
                 say!("no dead-lettered accounting rows");
             }
             for (row, acct_session_id, org) in rows {
-                let kind = match row.status_type {
-                    1 => "Start",
-                    2 => "Stop",
-                    3 => "Interim-Update",
-                    _ => "?",
-                };
-                let copy = row
-                    .copy_to
-                    .map(|server| format!(" (copy for server {server})"))
-                    .unwrap_or_default();
                 say!(
-                    "row {} {kind}{copy} org={org} acct_session_id={acct_session_id} sent={} reason: {}",
+                    "row {} {} org={org} acct_session_id={acct_session_id} sent={} reason: {}",
                     row.id,
+                    packet_of(&row),
                     row.transmissions,
-                    row.dead_reason.unwrap_or_default()
+                    row.dead_reason.as_deref().unwrap_or_default()
                 );
             }
         }
-        AccountingCommand::Backlog => {
+        AccountingCommand::Backlog { limit } => {
             let waiting = storage.outbox_backlog().await?;
+            let rows = storage.waiting_rows(limit).await?;
+            let shown = if rows.len() as i64 == waiting || rows.is_empty() {
+                String::new()
+            } else {
+                format!(" (the oldest {} below; --limit for more)", rows.len())
+            };
             say!(
-                "{waiting} accounting {} waiting",
+                "{waiting} accounting {} waiting{shown}",
                 if waiting == 1 { "row" } else { "rows" }
             );
+            let now = crate::access_session::now_ms();
+            for row in rows {
+                let to = match &row.entry.copy_to {
+                    Some(_) => String::new(),
+                    None => format!(" server={} (failover to the others)", row.server_name),
+                };
+                let when = match row.claimed_until {
+                    Some(until) if until > now => {
+                        format!(
+                            "being sent (claimed until {})",
+                            crate::operator::clock(until)
+                        )
+                    }
+                    _ if row.next_attempt_at <= now => "due now".to_string(),
+                    _ => format!(
+                        "next attempt {}",
+                        crate::operator::clock(row.next_attempt_at)
+                    ),
+                };
+                say!(
+                    "row {} {} org={} acct_session_id={} user={} client_ip={}{to} queued {} attempts={} sent={} {when}{}",
+                    row.entry.id,
+                    packet_of(&row.entry),
+                    row.organization_id,
+                    row.acct_session_id,
+                    row.username,
+                    row.client_ip,
+                    crate::operator::clock(row.created_at),
+                    row.entry.attempts,
+                    row.entry.transmissions,
+                    row.entry
+                        .last_error
+                        .as_deref()
+                        .map(|e| format!(" last error: {e}"))
+                        .unwrap_or_default(),
+                );
+            }
         }
     }
     Ok(())
+}
+
+/// A row's packet as the accounting commands name it: its kind, and the server of a copy.
+fn packet_of(row: &crate::storage::OutboxEntry) -> String {
+    let kind = match row.status_type {
+        1 => "Start",
+        2 => "Stop",
+        3 => "Interim-Update",
+        _ => "?",
+    };
+    match &row.copy_to {
+        Some(server) => format!("{kind} (copy for server {server})"),
+        None => kind.to_string(),
+    }
 }
 
 /// What `serve` would refuse at start-up because of what the database holds (a server removed
 /// while sessions still need it, …), checked without writing or migrating anything, and what
 /// it would do to organizations no longer listed (disable them, stopping their sessions). A
 /// database that is not there yet, has migrations to run or cannot be reached is said, and
-/// the file alone counts. Returns the ids of the organizations the database holds.
-/// The organizations stored in the database (none when there is none yet, or it could not be
-/// checked).
+/// the file alone counts. Returns the organizations the database holds (none when there is
+/// none yet, or it could not be checked).
 async fn check_against_database(
     settings: &Settings,
 ) -> anyhow::Result<Vec<crate::storage::StoredOrganization>> {

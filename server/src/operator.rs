@@ -211,7 +211,7 @@ impl From<&AccessSessionRecord> for SessionRow {
     }
 }
 
-fn clock(unix_ms: i64) -> String {
+pub(crate) fn clock(unix_ms: i64) -> String {
     humantime::format_rfc3339_seconds(
         std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms.max(0) as u64),
     )

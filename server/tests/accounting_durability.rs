@@ -79,6 +79,33 @@ async fn a_stop_queued_while_the_server_is_down_survives_a_restart_and_is_delive
     .await;
     app.stop().await;
 
+    // The operator sees what is left, and whose: the session, its user and address, the
+    // server it waits for and why.
+    let operator = db.with_file_name("operator.toml");
+    std::fs::write(
+        &operator,
+        format!("[database]\npath = \"{}\"\n", db.display()),
+    )
+    .unwrap();
+    let backlog = std::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
+        .arg("--config")
+        .arg(&operator)
+        .args(["accounting", "backlog"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&backlog.stdout);
+    assert!(backlog.status.success(), "{backlog:?}");
+    assert!(text.starts_with("1 accounting row waiting\n"), "{text}");
+    let expected = format!(
+        " Stop org=acme acct_session_id={} user=carol client_ip={CLIENT} server=primary (failover to the others) queued ",
+        field(&start, "sid")
+    );
+    assert!(text.contains(&expected), "{expected:?} in {text}");
+    assert!(
+        text.contains(" sent=") && text.contains(" last error: "),
+        "{text}"
+    );
+
     radius.restart().await;
     let app = TestApp::spawn(&config).await;
     let stop = radius

@@ -855,9 +855,65 @@ async fn a_failed_row_waits_and_retry_now_makes_it_due(db: Db) {
         .await
         .unwrap()
         .is_none());
+    // `accounting backlog` lists it with its session and who holds it.
+    let waiting = s.waiting_rows(10).await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    let listed = &waiting[0];
+    assert_eq!(
+        (
+            listed.entry.id,
+            listed.entry.status_type,
+            listed.acct_session_id.as_str(),
+            listed.organization_id.as_str(),
+            listed.username.as_str(),
+            listed.client_ip.as_str(),
+            listed.server_name.as_str(),
+            listed.claimed_until,
+            listed.entry.copy_to.as_deref(),
+        ),
+        (
+            row.id,
+            START,
+            format!("sid-10.0.0.4-{T0}").as_str(),
+            "acme",
+            "user-10.0.0.4",
+            "10.0.0.4",
+            "primary",
+            Some(T0 + MINUTE),
+            None,
+        )
+    );
     s.mark_failed(&row, T0 + 30_000, "timeout", Some("primary"))
         .await
         .unwrap();
+    let listed = &s.waiting_rows(10).await.unwrap()[0];
+    assert_eq!(
+        (
+            listed.claimed_until,
+            listed.next_attempt_at,
+            listed.entry.last_error.as_deref()
+        ),
+        (None, T0 + 30_000, Some("timeout"))
+    );
+    // Oldest first, as many as asked; delivered rows are not waiting.
+    let later = opened(s, login("10.0.0.5", T0 + 5, MINUTE)).await;
+    let both: Vec<i64> = s
+        .waiting_rows(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|w| w.entry.id)
+        .collect();
+    assert_eq!(both.len(), 2);
+    assert_eq!(both[0], row.id);
+    assert_eq!(s.waiting_rows(1).await.unwrap().len(), 1);
+    let second = s
+        .claim_session_outbox(later, status_type::START, T0 + 6, T0 + MINUTE)
+        .await
+        .unwrap()
+        .unwrap();
+    s.mark_delivered(second.id, T0 + 7, None).await.unwrap();
+    assert_eq!(s.waiting_rows(10).await.unwrap().len(), 1);
     assert!(s
         .claim_due_outbox(T0 + 1, T0 + MINUTE, 10)
         .await

@@ -308,6 +308,9 @@ contract! {
         /// Dead-lettered rows with their session's Acct-Session-Id and organization, newest
         /// first (CLI `accounting dead-letters`).
         fn dead_letters(&self, limit: i64) -> Vec<(OutboxEntry, String, String)>;
+        /// Undelivered rows with what an operator needs to know of each, oldest first (CLI
+        /// `accounting backlog`).
+        fn waiting_rows(&self, limit: i64) -> Vec<WaitingRow>;
         /// Makes every pending row due now (a server came back: no need to wait out the backoff).
         fn retry_pending_now(&self, now: i64) -> u64;
         /// When the next claimable row becomes due: only rows first in line for their session
@@ -1057,6 +1060,30 @@ pub struct OutboxEntry {
     pub last_error: Option<String>,
     /// A copy for this server alone ([`OutboxRow::copy_to`]).
     pub copy_to: Option<String>,
+}
+
+/// An undelivered accounting row as `accounting backlog` lists it.
+#[derive(Debug, Clone)]
+pub struct WaitingRow {
+    /// The row.
+    pub entry: OutboxEntry,
+    /// Its session's Acct-Session-Id.
+    pub acct_session_id: String,
+    /// Its session's organization.
+    pub organization_id: String,
+    /// Its session's user.
+    pub username: String,
+    /// Its session's client address.
+    pub client_ip: String,
+    /// The server that authenticated the session: where the row goes first (with failover to
+    /// the others); a copy goes to its own server alone ([`OutboxEntry::copy_to`]).
+    pub server_name: String,
+    /// When it was queued (unix ms).
+    pub created_at: i64,
+    /// When it is tried next (unix ms), unless claimed.
+    pub next_attempt_at: i64,
+    /// Until when a sender holds it (unix ms), if one does.
+    pub claimed_until: Option<i64>,
 }
 
 /// Encodes Class values as one blob: each value is a 2-byte big-endian length and its bytes.

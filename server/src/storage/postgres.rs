@@ -27,7 +27,7 @@ use super::{
     organizations::{audit_in, Audit, OrgBackend, OrgTx},
     AccessSessionRecord, Acknowledged, NewAccessSession, Notice, OpenedSession, OutboxEntry,
     OutboxRow, SessionMatch, SessionStore, SignInLease, StopOutcome, Stopped, StorageError,
-    AUTH_SERVER_DESTINATION,
+    WaitingRow, AUTH_SERVER_DESTINATION,
 };
 use crate::radius::{status_type, terminate_cause};
 use sqlx::{
@@ -1776,6 +1776,34 @@ impl SessionStore for PgStore {
         .await?
         .iter()
         .map(|r| Ok((outbox_entry_from_row(r)?, r.try_get(9)?, r.try_get(10)?)))
+        .collect()
+    }
+
+    async fn waiting_rows(&self, limit: i64) -> Result<Vec<WaitingRow>, StorageError> {
+        sqlx::query(
+            "SELECT o.id, o.status_type, o.attempts, o.transmissions, o.delivered_at, o.dead_at, o.dead_reason, \
+             o.last_error, o.destination, s.acct_session_id, s.organization_id, s.username, s.client_ip, \
+             s.server_name, o.created_at, o.next_attempt_at, o.claimed_until \
+             FROM accounting_outbox o JOIN access_sessions s ON s.id = o.access_session_id \
+             WHERE o.delivered_at IS NULL AND o.dead_at IS NULL ORDER BY o.created_at, o.id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(WaitingRow {
+                entry: outbox_entry_from_row(r)?,
+                acct_session_id: r.try_get(9)?,
+                organization_id: r.try_get(10)?,
+                username: r.try_get(11)?,
+                client_ip: r.try_get(12)?,
+                server_name: r.try_get(13)?,
+                created_at: r.try_get(14)?,
+                next_attempt_at: r.try_get(15)?,
+                claimed_until: r.try_get(16)?,
+            })
+        })
         .collect()
     }
 

@@ -9,7 +9,7 @@ use super::{
     engine::Engine,
     organizations::{audit_on, session_end_actor, Audit, OrgBackend, OrgTx},
     AccessSessionRecord, Acknowledged, NewAccessSession, OpenedSession, OutboxEntry, OutboxRow,
-    SessionMatch, SessionStore, SignInLease, StopOutcome, Stopped, StorageError,
+    SessionMatch, SessionStore, SignInLease, StopOutcome, Stopped, StorageError, WaitingRow,
     AUTH_SERVER_DESTINATION,
 };
 use crate::radius::{status_type, terminate_cause};
@@ -1226,6 +1226,35 @@ impl SessionStore for SqliteStore {
                 ))?
                 .query_map([limit], |r| {
                     Ok((outbox_entry_from_row(r)?, r.get(9)?, r.get(10)?))
+                })?
+                .collect::<Result<_, _>>()?)
+            })
+            .await
+    }
+
+    async fn waiting_rows(&self, limit: i64) -> Result<Vec<WaitingRow>, StorageError> {
+        self.engine
+            .read_long(move |c| {
+                Ok(c.prepare_cached(concat!(
+                    "SELECT ",
+                    outbox_entry_columns!("o."),
+                    ", s.acct_session_id, s.organization_id, s.username, s.client_ip, s.server_name, \
+                     o.created_at, o.next_attempt_at, o.claimed_until \
+                     FROM accounting_outbox o JOIN access_sessions s ON s.id = o.access_session_id \
+                     WHERE o.delivered_at IS NULL AND o.dead_at IS NULL ORDER BY o.created_at, o.id LIMIT ?"
+                ))?
+                .query_map([limit], |r| {
+                    Ok(WaitingRow {
+                        entry: outbox_entry_from_row(r)?,
+                        acct_session_id: r.get(9)?,
+                        organization_id: r.get(10)?,
+                        username: r.get(11)?,
+                        client_ip: r.get(12)?,
+                        server_name: r.get(13)?,
+                        created_at: r.get(14)?,
+                        next_attempt_at: r.get(15)?,
+                        claimed_until: r.get(16)?,
+                    })
                 })?
                 .collect::<Result<_, _>>()?)
             })
