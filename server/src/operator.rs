@@ -415,6 +415,9 @@ pub struct OrganizationView {
     name: String,
     active: bool,
     active_sessions: usize,
+    /// A disable's stop of its open sessions is still under way: `active_sessions` are being
+    /// stopped (a disable answers before its stop is done).
+    stopping_sessions: bool,
     nas_identifier: Option<String>,
     nas_ip: Option<String>,
     default_window_s: Option<u64>,
@@ -428,8 +431,9 @@ pub struct OrganizationView {
 }
 
 impl OrganizationView {
-    /// The view of a stored organization with its number of open sessions.
-    pub fn new(row: &StoredOrganization, active_sessions: usize) -> Self {
+    /// The view of a stored organization with its number of open sessions, and whether a
+    /// disable's stop of them is under way.
+    pub fn new(row: &StoredOrganization, active_sessions: usize, stopping_sessions: bool) -> Self {
         let settings: Option<OrganizationSettings> = row
             .settings
             .as_deref()
@@ -461,6 +465,7 @@ impl OrganizationView {
             name: row.name.clone(),
             active: row.active,
             active_sessions,
+            stopping_sessions,
             nas_identifier: settings.as_ref().map(|s| s.nas_identifier.clone()),
             nas_ip: settings.as_ref().map(|s| s.nas_ip.to_string()),
             default_window_s: settings.as_ref().map(|s| s.default_window.as_secs()),
@@ -554,9 +559,11 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
     match command {
         OrgCommand::List { json } => {
             let mut views = Vec::new();
+            let jobs = storage.pending_organization_jobs().await?;
             for row in storage.organizations().await? {
                 let sessions = storage.active_session_ids_of(&row.id).await?.len();
-                views.push(OrganizationView::new(&row, sessions));
+                let stopping = crate::organizations::stop_among(&jobs, &row.id);
+                views.push(OrganizationView::new(&row, sessions, stopping));
             }
             if json {
                 say!("{}", serde_json::to_string_pretty(&views)?);
@@ -588,14 +595,26 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
             let Some(row) = storage.organization(&id).await? else {
                 return Ok(Outcome::NotFound(id));
             };
-            let view = OrganizationView::new(&row, storage.active_session_ids_of(&id).await?.len());
+            let view = OrganizationView::new(
+                &row,
+                storage.active_session_ids_of(&id).await?.len(),
+                crate::organizations::stop_pending(&storage, &id).await?,
+            );
             if json {
                 say!("{}", serde_json::to_string_pretty(&view)?);
             } else {
                 say!("id:               {}", view.id);
                 say!("name:             {}", view.name);
                 say!("state:            {}", state(view.active));
-                say!("open sessions:    {}", view.active_sessions);
+                say!(
+                    "open sessions:    {}{}",
+                    view.active_sessions,
+                    if view.stopping_sessions {
+                        " (being stopped: the disable's stop is under way)"
+                    } else {
+                        ""
+                    }
+                );
                 say!(
                     "NAS-Identifier:   {}",
                     view.nas_identifier.as_deref().unwrap_or("?")

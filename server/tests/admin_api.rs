@@ -226,10 +226,25 @@ async fn the_admin_api_follows_the_guard_and_never_shows_secrets() {
         )
         .await;
     assert_eq!(beta["active"], false);
+    // The answer comes before the disable's stop is done: a session it still counts is said
+    // to be being stopped.
+    assert!(
+        beta["active_sessions"] == 0 || beta["stopping_sessions"] == true,
+        "{beta}"
+    );
     let stop = b
         .wait_for_acct(&["status=Stop", &format!("sid={}", session.acct_session_id)])
         .await;
     assert_eq!(field(&stop, "cause"), "Admin-Reset");
+    wait_until("the disable's stop is done", || async {
+        let beta = admin.ok(Method::GET, "/organizations/beta", None).await;
+        beta["stopping_sessions"] == false
+    })
+    .await;
+    assert_eq!(
+        admin.ok(Method::GET, "/organizations/beta", None).await["active_sessions"],
+        0
+    );
 
     // A disabled organization: only the flag may change, and re-enabling alone.
     for body in [

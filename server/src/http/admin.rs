@@ -234,7 +234,10 @@ async fn organization_view(api: &AdminApi, id: &str) -> Result<Option<Organizati
         .await
         .map_err(internal)?
         .len();
-    Ok(Some(OrganizationView::new(&row, open)))
+    let stopping = crate::organizations::stop_pending(&api.storage, id)
+        .await
+        .map_err(internal)?;
+    Ok(Some(OrganizationView::new(&row, open, stopping)))
 }
 
 async fn list_organizations(State(api): State<AdminApi>) -> Response {

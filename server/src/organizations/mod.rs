@@ -740,15 +740,25 @@ pub async fn kept_by_an_enable(
     storage: &Storage,
     id: &str,
 ) -> Result<Option<usize>, crate::storage::StorageError> {
-    let stop_pending = storage
-        .pending_organization_jobs()
-        .await?
-        .iter()
-        .any(|job| job.organization_id == id && job.kind == "stop_sessions");
-    if !stop_pending {
+    if !stop_pending(storage, id).await? {
         return Ok(None);
     }
     Ok(Some(storage.active_session_ids_of(id).await?.len()))
+}
+
+/// Whether a disable's stop of organization `id`'s open sessions is still to be done (they
+/// are being stopped).
+pub async fn stop_pending(
+    storage: &Storage,
+    id: &str,
+) -> Result<bool, crate::storage::StorageError> {
+    Ok(stop_among(&storage.pending_organization_jobs().await?, id))
+}
+
+/// Whether `jobs` (pending ones) hold a disable's stop of organization `id`'s sessions.
+pub fn stop_among(jobs: &[crate::storage::OrganizationJob], id: &str) -> bool {
+    jobs.iter()
+        .any(|job| job.organization_id == id && job.kind == "stop_sessions")
 }
 
 /// Enables or disables an organization — the one write path: the stored flag (with its audit
