@@ -839,7 +839,10 @@ impl AccessSessions {
             })
             .await
         {
-            tracing::error!(error = %e, "audit entry for a login attempt could not be written");
+            // Said here instead, whose and what (a sign-in the database failed after its
+            // Access-Accept has no other record).
+            tracing::error!(error = %e, organization = org, %username, %client_ip, action,
+                "audit entry for a login attempt could not be written");
         }
     }
 

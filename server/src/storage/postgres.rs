@@ -102,7 +102,12 @@ struct Reachability {
     down: std::sync::Mutex<Option<String>>,
     /// A check is running (one at a time).
     checking: std::sync::atomic::AtomicBool,
+    /// When a slow call last had the server checked ([`Reachability::suspect`]).
+    suspected_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often slow calls may have the server checked.
+const SUSPECT_EVERY: Duration = Duration::from_secs(5);
 
 impl Reachability {
     /// Err at once while the server is known not to answer.
@@ -115,10 +120,31 @@ impl Reachability {
 
     /// After `error`: if it says the database is away, checks it (unless a check runs).
     fn observe(self: &Arc<Self>, error: &StorageError) {
-        use std::sync::atomic::Ordering;
         if !error.is_unavailable() || matches!(error, StorageError::Unreachable(_)) {
             return;
         }
+        self.check();
+    }
+
+    /// A call has waited [`SLOW_CALL`]: the server may be away — the pool retries a refused
+    /// connection until its acquire timeout, 5 s for requests and 15 s for background work —,
+    /// so it is checked now, while that call waits on, at most once per [`SUSPECT_EVERY`]
+    /// (calls slow for another reason, a busy server, cost one connection that often).
+    fn suspect(self: &Arc<Self>) {
+        {
+            let mut last = self.suspected_at.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| at.elapsed() < SUSPECT_EVERY) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        self.check();
+    }
+
+    /// Checks the server (unless a check runs), and again every [`RECHECK_EVERY`] while it
+    /// does not answer.
+    fn check(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
         if self.checking.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -619,6 +645,7 @@ impl PgStore {
             pools: [background.clone(), pool.clone()],
             down: std::sync::Mutex::new(None),
             checking: std::sync::atomic::AtomicBool::new(false),
+            suspected_at: std::sync::Mutex::new(None),
         });
         let origin: u64 = rand::random();
         Ok(PgStore {
@@ -673,12 +700,24 @@ impl PgStore {
     {
         self.reach.admit()?;
         let started = std::time::Instant::now();
-        let result = work(self.pool()).await.map_err(Into::into);
+        let work = work(self.pool());
+        tokio::pin!(work);
+        let result = tokio::select! {
+            biased;
+            done = &mut work => done,
+            () = tokio::time::sleep(SLOW_CALL) => {
+                // Not cut short: the call may be a write the server is about to commit.
+                self.reach.suspect();
+                work.await
+            }
+        }
+        .map_err(Into::into);
         if let Err(e) = &result {
             self.reach.observe(e);
         }
         let took = started.elapsed();
-        if took >= SLOW_CALL {
+        // A server found away meanwhile is what made it slow, and is said as such.
+        if took >= SLOW_CALL && self.reach.admit().is_ok() {
             static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
             if let Some(left_out) = LOG.admit() {
                 let work = if super::in_background() {
