@@ -407,23 +407,31 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
         AccountingCommand::Backlog { limit } => {
             let waiting = storage.outbox_backlog().await?;
             let rows = storage.waiting_rows(limit).await?;
-            let shown = if rows.len() as i64 == waiting || rows.is_empty() {
-                String::new()
+            let shown = if rows.len() as i64 == limit && waiting > limit {
+                format!(" (the oldest {limit} below; --limit for more)")
             } else {
-                format!(" (the oldest {} below; --limit for more)", rows.len())
+                String::new()
             };
             say!(
                 "{waiting} accounting {} waiting{shown}",
                 if waiting == 1 { "row" } else { "rows" }
             );
             let now = crate::access_session::now_ms();
+            // Each session's rows go in order, per destination: one behind an earlier row
+            // (listed first: oldest first) waits for it, whatever its own time says.
+            let mut first_in_line: std::collections::HashMap<(String, Option<String>), i64> =
+                Default::default();
             for row in rows {
                 let to = match &row.entry.copy_to {
                     Some(_) => String::new(),
-                    None => format!(" server={} (failover to the others)", row.server_name),
+                    None => format!(" server={}", row.server_name),
                 };
-                let when = match row.claimed_until {
-                    Some(until) if until > now => {
+                let line = (row.acct_session_id.clone(), row.entry.copy_to.clone());
+                let ahead = first_in_line.get(&line).copied();
+                first_in_line.entry(line).or_insert(row.entry.id);
+                let when = match (ahead, row.claimed_until) {
+                    (Some(ahead), _) => format!("waits for row {ahead} of its session"),
+                    (None, Some(until)) if until > now => {
                         format!(
                             "being sent (claimed until {})",
                             crate::operator::clock(until)

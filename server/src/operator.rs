@@ -415,8 +415,8 @@ pub struct OrganizationView {
     name: String,
     active: bool,
     active_sessions: usize,
-    /// A disable's stop of its open sessions is still under way: `active_sessions` are being
-    /// stopped (a disable answers before its stop is done).
+    /// A disable's stop of its open sessions is pending: `active_sessions` are to be stopped
+    /// (a disable answers before its stop is done, by a running portal).
     stopping_sessions: bool,
     nas_identifier: Option<String>,
     nas_ip: Option<String>,
@@ -431,6 +431,23 @@ pub struct OrganizationView {
 }
 
 impl OrganizationView {
+    /// The views of stored organizations, each with its open sessions and whether a disable's
+    /// stop of them is pending — the pending jobs read first, so a stop done meanwhile is
+    /// seen as pending with its sessions counted after it, never as done with sessions left.
+    pub async fn of(
+        storage: &Storage,
+        rows: &[StoredOrganization],
+    ) -> Result<Vec<OrganizationView>, crate::storage::StorageError> {
+        let jobs = storage.pending_organization_jobs().await?;
+        let mut views = Vec::with_capacity(rows.len());
+        for row in rows {
+            let stopping = crate::organizations::stop_among(&jobs, &row.id);
+            let open = storage.active_session_ids_of(&row.id).await?.len();
+            views.push(OrganizationView::new(row, open, stopping));
+        }
+        Ok(views)
+    }
+
     /// The view of a stored organization with its number of open sessions, and whether a
     /// disable's stop of them is under way.
     pub fn new(row: &StoredOrganization, active_sessions: usize, stopping_sessions: bool) -> Self {
@@ -558,13 +575,7 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
     let storage = open(settings).await?;
     match command {
         OrgCommand::List { json } => {
-            let mut views = Vec::new();
-            let jobs = storage.pending_organization_jobs().await?;
-            for row in storage.organizations().await? {
-                let sessions = storage.active_session_ids_of(&row.id).await?.len();
-                let stopping = crate::organizations::stop_among(&jobs, &row.id);
-                views.push(OrganizationView::new(&row, sessions, stopping));
-            }
+            let views = OrganizationView::of(&storage, &storage.organizations().await?).await?;
             if json {
                 say!("{}", serde_json::to_string_pretty(&views)?);
             } else if views.is_empty() {
@@ -595,11 +606,9 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
             let Some(row) = storage.organization(&id).await? else {
                 return Ok(Outcome::NotFound(id));
             };
-            let view = OrganizationView::new(
-                &row,
-                storage.active_session_ids_of(&id).await?.len(),
-                crate::organizations::stop_pending(&storage, &id).await?,
-            );
+            let Some(view) = OrganizationView::of(&storage, &[row]).await?.pop() else {
+                return Ok(Outcome::NotFound(id));
+            };
             if json {
                 say!("{}", serde_json::to_string_pretty(&view)?);
             } else {
@@ -610,7 +619,7 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
                     "open sessions:    {}{}",
                     view.active_sessions,
                     if view.stopping_sessions {
-                        " (being stopped: the disable's stop is under way)"
+                        " (to be stopped: the disable's stop is pending; a running portal does it)"
                     } else {
                         ""
                     }

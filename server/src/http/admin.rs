@@ -228,16 +228,10 @@ async fn organization_view(api: &AdminApi, id: &str) -> Result<Option<Organizati
     let Some(row) = api.storage.organization(id).await.map_err(internal)? else {
         return Ok(None);
     };
-    let open = api
-        .storage
-        .active_session_ids_of(id)
+    Ok(OrganizationView::of(&api.storage, &[row])
         .await
         .map_err(internal)?
-        .len();
-    let stopping = crate::organizations::stop_pending(&api.storage, id)
-        .await
-        .map_err(internal)?;
-    Ok(Some(OrganizationView::new(&row, open, stopping)))
+        .pop())
 }
 
 async fn list_organizations(State(api): State<AdminApi>) -> Response {
@@ -245,15 +239,10 @@ async fn list_organizations(State(api): State<AdminApi>) -> Response {
         Ok(rows) => rows,
         Err(e) => return internal(e),
     };
-    let mut views = Vec::new();
-    for row in rows {
-        match organization_view(&api, &row.id).await {
-            Ok(Some(view)) => views.push(view),
-            Ok(None) => {}
-            Err(response) => return response,
-        }
+    match OrganizationView::of(&api.storage, &rows).await {
+        Ok(views) => Json(views).into_response(),
+        Err(e) => internal(e),
     }
-    Json(views).into_response()
 }
 
 async fn show_organization(State(api): State<AdminApi>, ApiPath(id): ApiPath<String>) -> Response {

@@ -123,13 +123,15 @@ impl Reachability {
         if !error.is_unavailable() || matches!(error, StorageError::Unreachable(_)) {
             return;
         }
-        self.check();
+        self.check(false);
     }
 
     /// A call has waited [`SLOW_CALL`]: the server may be away — the pool retries a refused
     /// connection until its acquire timeout, 5 s for requests and 15 s for background work —,
-    /// so it is checked now, while that call waits on, at most once per [`SUSPECT_EVERY`]
-    /// (calls slow for another reason, a busy server, cost one connection that often).
+    /// so it is checked now, while that call waits on, at most once per [`SUSPECT_EVERY`].
+    /// Calls slow for another reason (pools full, a busy server) cost a connection attempt
+    /// that often, and never make the server "away": only a definite refusal does, not a
+    /// connection slow to open.
     fn suspect(self: &Arc<Self>) {
         {
             let mut last = self.suspected_at.lock().unwrap_or_else(|p| p.into_inner());
@@ -138,18 +140,20 @@ impl Reachability {
             }
             *last = Some(std::time::Instant::now());
         }
-        self.check();
+        self.check(true);
     }
 
     /// Checks the server (unless a check runs), and again every [`RECHECK_EVERY`] while it
-    /// does not answer.
-    fn check(self: &Arc<Self>) {
+    /// does not answer. `refusal_only`: the first look counts the server away only if it
+    /// refuses (a connection that does not open in time proves nothing of a busy server).
+    fn check(self: &Arc<Self>, refusal_only: bool) {
         use std::sync::atomic::Ordering;
         if self.checking.swap(true, Ordering::SeqCst) {
             return;
         }
         let this = self.clone();
         tokio::spawn(async move {
+            let mut refusal_only = refusal_only;
             loop {
                 let away = match tokio::time::timeout(
                     CHECK_TIMEOUT,
@@ -178,8 +182,10 @@ impl Reachability {
                         }
                         None
                     }
+                    Err(_) if refusal_only => None,
                     Err(_) => Some(format!("no answer within {CHECK_TIMEOUT:?}")),
                 };
+                refusal_only = false;
                 // Not while a connection the pool holds still answers: a new connection failed
                 // for a reason of its own (a slow login on a busy server, a name not resolved).
                 let failure = match away {
