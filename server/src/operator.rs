@@ -591,12 +591,17 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
                 for v in &views {
                     let servers: Vec<&str> = v.servers.iter().map(|s| s.name.as_str()).collect();
                     say!(
-                        "{:<20} {:<28} {:<9} {:>8}  {}",
+                        "{:<20} {:<28} {:<9} {:>8}  {}{}",
                         v.id,
                         v.name,
                         state(v.active),
                         v.active_sessions,
-                        servers.join(", ")
+                        servers.join(", "),
+                        if v.stopping_sessions {
+                            "  (sessions to be stopped: the disable's stop is pending)"
+                        } else {
+                            ""
+                        }
                     );
                 }
             }

@@ -898,6 +898,19 @@ async fn an_enable_before_the_disables_stop_ran_says_the_sessions_keep_running()
     // Enabled again without a stop pending: nothing more to say.
     let disable = portal(&config, &["org", "disable", "acme"]).await;
     assert!(disable.status.success(), "{disable:?}");
+    // No portal runs: the stop is pending, and the views say so.
+    let show = portal(&config, &["org", "show", "acme"]).await;
+    assert!(
+        String::from_utf8_lossy(&show.stdout).contains(
+            "open sessions:    1 (to be stopped: the disable's stop is pending; a running portal does it)"
+        ),
+        "{show:?}"
+    );
+    let list = portal(&config, &["org", "list"]).await;
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains("(sessions to be stopped"),
+        "{list:?}"
+    );
     drop(storage);
     let app = TestApp::spawn(&settings).await;
     wait_until("the disable's stop ends the session", || async {
@@ -907,6 +920,12 @@ async fn an_enable_before_the_disables_stop_ran_says_the_sessions_keep_running()
             .unwrap()
             .unwrap()
             .active
+    })
+    .await;
+    wait_until("the views no longer say a stop is pending", || async {
+        let show = portal(&config, &["org", "show", "acme"]).await;
+        let said = String::from_utf8_lossy(&show.stdout).into_owned();
+        said.contains("open sessions:    0") && !said.contains("to be stopped")
     })
     .await;
     let enable = portal(&config, &["org", "enable", "acme"]).await;
