@@ -2294,37 +2294,6 @@ async fn postgres_stopped_fails_requests_at_once_until_it_answers_again() {
     assert_eq!(storage.active_sessions().await.unwrap(), 0);
 }
 
-/// PostgreSQL stopped while nothing else asks: the first call waits out the pool's acquire
-/// timeout (the pool retries a refused connection until then), but it has the server checked
-/// once it has waited a while, so the replica knows the server is away by the time that call
-/// ends — the next call is refused at once, and background work waiting meanwhile is not
-/// taken for starved of connection slots.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_stopped_is_found_while_the_first_call_still_waits() {
-    let (mut relay, relayed) = common::postgres::Relay::fresh_database().await;
-    let storage = Storage::open_postgres(&relayed).await.unwrap();
-    storage.ping().await.unwrap();
-    relay.cut();
-    // A relayed connection not closed yet answers until the cut reaches it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let first = loop {
-        match storage.ping().await {
-            Ok(()) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-            Err(e) => break e,
-        }
-        assert!(std::time::Instant::now() < deadline, "the cut never took");
-    };
-    assert!(first.is_unavailable(), "{first:?}");
-    // The first failure a call saw was the pool's timeout (or a connection cut under it), not
-    // the server known away: and the next call is refused on the spot.
-    assert!(!matches!(first, StorageError::Unreachable(_)), "{first:?}");
-    match storage.ping().await {
-        Err(StorageError::Unreachable(reason)) => assert!(reason.contains("refused"), "{reason}"),
-        other => panic!("the server away was not found while the first call waited: {other:?}"),
-    }
-    assert!(storage.background_starved().is_none());
-}
-
 /// The portal's database renamed (or dropped, or closed to connections) under a running
 /// portal: requests fail as "unavailable" — a 503 to say try again, not the 500 of a fault —
 /// and work again once it is back, without a restart.
