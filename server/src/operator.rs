@@ -441,15 +441,33 @@ impl OrganizationView {
         let jobs = storage.pending_organization_jobs().await?;
         let mut views = Vec::with_capacity(rows.len());
         for row in rows {
-            let stopping = crate::organizations::stop_among(&jobs, &row.id);
-            let open = storage.active_session_ids_of(&row.id).await?.len();
-            views.push(OrganizationView::new(row, open, stopping));
+            views.push(OrganizationView::counted(storage, &jobs, row).await?);
         }
         Ok(views)
     }
 
+    /// The view of one stored organization (as [`OrganizationView::of`]).
+    pub async fn one(
+        storage: &Storage,
+        row: &StoredOrganization,
+    ) -> Result<OrganizationView, crate::storage::StorageError> {
+        let jobs = storage.pending_organization_jobs().await?;
+        OrganizationView::counted(storage, &jobs, row).await
+    }
+
+    /// `row`'s view, its sessions counted after `jobs` (the pending ones) were read.
+    async fn counted(
+        storage: &Storage,
+        jobs: &[crate::storage::OrganizationJob],
+        row: &StoredOrganization,
+    ) -> Result<OrganizationView, crate::storage::StorageError> {
+        let stopping = crate::organizations::stop_among(jobs, &row.id);
+        let open = storage.active_session_ids_of(&row.id).await?.len();
+        Ok(OrganizationView::new(row, open, stopping))
+    }
+
     /// The view of a stored organization with its number of open sessions, and whether a
-    /// disable's stop of them is under way.
+    /// disable's stop of them is pending.
     pub fn new(row: &StoredOrganization, active_sessions: usize, stopping_sessions: bool) -> Self {
         let settings: Option<OrganizationSettings> = row
             .settings
@@ -611,9 +629,7 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
             let Some(row) = storage.organization(&id).await? else {
                 return Ok(Outcome::NotFound(id));
             };
-            let Some(view) = OrganizationView::of(&storage, &[row]).await?.pop() else {
-                return Ok(Outcome::NotFound(id));
-            };
+            let view = OrganizationView::one(&storage, &row).await?;
             if json {
                 say!("{}", serde_json::to_string_pretty(&view)?);
             } else {

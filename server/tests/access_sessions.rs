@@ -1924,7 +1924,7 @@ async fn metrics_keep_the_start_up_values_when_the_database_is_away_before_the_f
         .await
         .body
         .contains("ok"));
-    relay.cut();
+    relay.cut().await;
     let text = reqwest::get(format!("http://{}/metrics", app.metrics_addr.unwrap()))
         .await
         .unwrap()
@@ -1960,7 +1960,7 @@ async fn a_session_page_while_the_database_is_away_says_so_and_how_to_look_again
     let app = TestApp::spawn(&config).await;
     let browser = app.browser(Ipv4Addr::new(127, 0, 2, 44));
     browser.login("carol", "carol-pass").await;
-    relay.cut();
+    relay.cut().await;
     let page = browser.get("/session").await;
     assert_eq!(page.status, 503, "{}", page.body);
     assert!(
@@ -2006,7 +2006,7 @@ async fn a_sign_in_failed_by_the_database_has_its_session_ended_once_it_is_back(
         storage.active_sessions().await.unwrap_or(0) == 1
     })
     .await;
-    relay.cut();
+    relay.cut().await;
     acct.resume();
     let page = signing_in.await.unwrap();
     assert!(

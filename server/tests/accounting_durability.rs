@@ -725,7 +725,7 @@ async fn a_delivery_whose_claim_cannot_be_kept_stops_before_it_runs_out() {
     radius.wait_for_acct(&["status=Start", &sid]).await;
     radius.pause();
     assert!(app.sessions.disconnect(session.id).await.unwrap());
-    relay.cut();
+    relay.cut().await;
     let accounting = app.sessions.accounting();
     common::wait_for(
         "the Stop's delivery to stop, its claim not kept",

@@ -2258,7 +2258,7 @@ async fn postgres_stopped_fails_requests_at_once_until_it_answers_again() {
     let web = storage.web_sessions();
     storage.ping().await.unwrap();
 
-    relay.cut();
+    relay.cut().await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let reason = loop {
         match storage.ping().await {
@@ -2292,6 +2292,32 @@ async fn postgres_stopped_fails_requests_at_once_until_it_answers_again() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(storage.active_sessions().await.unwrap(), 0);
+}
+
+/// PostgreSQL stopped while nothing else asks: the first call waits out the pool's acquire
+/// timeout (the pool retries a refused connection until then), but it has the server checked
+/// once it has waited a while, so the replica knows the server is away by the time that call
+/// ends — the next call is refused at once, and background work waiting meanwhile is not
+/// taken for starved of connection slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_is_found_while_the_first_call_still_waits() {
+    let (mut relay, relayed) = common::postgres::Relay::fresh_database().await;
+    let storage = Storage::open_postgres(&relayed).await.unwrap();
+    storage.ping().await.unwrap();
+    // Every relayed connection is closed when `cut` returns: the pool's idle connection fails
+    // its test before use, and each new one is refused — the call waits out the pool.
+    relay.cut().await;
+    let first = storage.ping().await.unwrap_err();
+    assert!(
+        matches!(first, StorageError::Database(sqlx::Error::PoolTimedOut)),
+        "{first:?}"
+    );
+    // By then the server was found away: the next call is refused on the spot.
+    match storage.ping().await {
+        Err(StorageError::Unreachable(reason)) => assert!(reason.contains("refused"), "{reason}"),
+        other => panic!("the server away was not found while the first call waited: {other:?}"),
+    }
+    assert!(storage.background_starved().is_none());
 }
 
 /// The portal's database renamed (or dropped, or closed to connections) under a running

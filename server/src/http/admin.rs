@@ -228,10 +228,10 @@ async fn organization_view(api: &AdminApi, id: &str) -> Result<Option<Organizati
     let Some(row) = api.storage.organization(id).await.map_err(internal)? else {
         return Ok(None);
     };
-    Ok(OrganizationView::of(&api.storage, &[row])
+    OrganizationView::one(&api.storage, &row)
         .await
-        .map_err(internal)?
-        .pop())
+        .map(Some)
+        .map_err(internal)
 }
 
 async fn list_organizations(State(api): State<AdminApi>) -> Response {

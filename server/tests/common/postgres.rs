@@ -248,6 +248,8 @@ pub struct Relay {
     pub port: u16,
     upstream: u16,
     tasks: tokio::task::JoinSet<()>,
+    /// Set by [`Relay::cut`]: the listener and every relayed connection end.
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Relay {
@@ -267,6 +269,7 @@ impl Relay {
             port: 0,
             upstream,
             tasks: tokio::task::JoinSet::new(),
+            stop: tokio::sync::watch::Sender::new(false),
         };
         relay.open().await;
         relay
@@ -279,23 +282,36 @@ impl Relay {
             .unwrap();
         self.port = listener.local_addr().unwrap().port();
         let upstream = self.upstream;
+        self.stop.send_replace(false);
+        let mut stop = self.stop.subscribe();
         self.tasks.spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             loop {
-                let (mut client, _) = listener.accept().await.unwrap();
+                let (mut client, _) = tokio::select! {
+                    accepted = listener.accept() => accepted.unwrap(),
+                    _ = stop.wait_for(|stop| *stop) => break,
+                };
+                let mut stop = stop.clone();
                 connections.spawn(async move {
                     if let Ok(mut server) =
                         tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
                     {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = stop.wait_for(|stop| *stop) => {}
+                        }
                     }
                 });
             }
+            // Each connection's sockets are closed when its task ends.
+            while connections.join_next().await.is_some() {}
         });
     }
 
-    /// Closes the listener and every relayed connection.
-    pub fn cut(&mut self) {
-        self.tasks.abort_all();
+    /// Closes the listener and every relayed connection; returns once they are closed (a
+    /// client's next use of a relayed connection finds it closed, a new one is refused).
+    pub async fn cut(&mut self) {
+        self.stop.send_replace(true);
+        while self.tasks.join_next().await.is_some() {}
     }
 }
