@@ -116,22 +116,39 @@ macro_rules! throttled {
 
 /// For a line a failing dependency would repeat for every request (the database away, a full
 /// disk): the first occurrence is written, then at most one per [`Throttle::PERIOD`], saying
-/// how many were left out since the last — a full disk must not also fill the log.
+/// how many were left out since the last — a full disk must not also fill the log. While they
+/// go on, the gap doubles with each line written, up to [`Throttle::LONGEST`] (an outage of an
+/// hour writes a line a minute from each place, not 720); after a quiet [`Throttle::LONGEST`]
+/// (no occurrence at all) the next run starts again at [`Throttle::PERIOD`].
 pub struct Throttle {
-    /// When a line was last written.
-    last: std::sync::Mutex<Option<std::time::Instant>>,
-    /// Occurrences left out since.
+    state: std::sync::Mutex<ThrottleState>,
+    /// Occurrences left out since the last line.
     skipped: std::sync::atomic::AtomicU64,
 }
 
+struct ThrottleState {
+    /// When a line was last written.
+    written: Option<std::time::Instant>,
+    /// When the last occurrence was (written or not).
+    seen: Option<std::time::Instant>,
+    /// The gap before the next line.
+    gap: std::time::Duration,
+}
+
 impl Throttle {
-    /// At most one line per this long.
+    /// The first gap between two lines.
     pub const PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+    /// The longest gap, and the quiet that starts a new run.
+    pub const LONGEST: std::time::Duration = std::time::Duration::from_secs(60);
 
     /// A throttle that has written nothing yet (for a `static`).
     pub const fn new() -> Self {
         Throttle {
-            last: std::sync::Mutex::new(None),
+            state: std::sync::Mutex::new(ThrottleState {
+                written: None,
+                seen: None,
+                gap: Self::PERIOD,
+            }),
             skipped: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -154,12 +171,23 @@ impl Throttle {
 
     fn admit_at(&self, now: std::time::Instant) -> Option<u64> {
         use std::sync::atomic::Ordering;
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if last.is_some_and(|at| now.duration_since(at) < Self::PERIOD) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let quiet = state
+            .seen
+            .is_none_or(|at| now.saturating_duration_since(at) >= Self::LONGEST);
+        state.seen = Some(now);
+        if quiet {
+            state.gap = Self::PERIOD;
+        } else if state
+            .written
+            .is_some_and(|at| now.saturating_duration_since(at) < state.gap)
+        {
             self.skipped.fetch_add(1, Ordering::Relaxed);
             return None;
+        } else if state.written.is_some() {
+            state.gap = (state.gap * 2).min(Self::LONGEST);
         }
-        *last = Some(now);
+        state.written = Some(now);
         Some(self.skipped.swap(0, Ordering::Relaxed))
     }
 }
@@ -184,5 +212,27 @@ mod tests {
         assert_eq!(throttle.admit_at(t0 + Duration::from_secs(4)), None);
         assert_eq!(throttle.admit_at(t0 + Throttle::PERIOD), Some(2));
         assert_eq!(throttle.admit_at(t0 + Throttle::PERIOD), None);
+    }
+
+    #[test]
+    fn a_throttle_writes_less_often_while_they_go_on_and_starts_again_after_a_quiet_minute() {
+        let throttle = Throttle::new();
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        // An occurrence every second: lines at 0, 5, 15, 35, 75, then a minute apart.
+        let written: Vec<u64> = (0..=200)
+            .filter(|&s| throttle.admit_at(at(s)).is_some())
+            .collect();
+        assert_eq!(written, [0, 5, 15, 35, 75, 135, 195]);
+        // The next line says what it left out: the 5 occurrences after 195.
+        assert_eq!(throttle.admit_at(at(255)), Some(5));
+        // A minute without any: the next one is written, and the gap is 5 s again.
+        assert_eq!(throttle.admit_at(at(315)), Some(0));
+        assert_eq!(throttle.admit_at(at(319)), None);
+        assert_eq!(throttle.admit_at(at(320)), Some(1));
+        // A quieter stretch shorter than a minute keeps the longer gap going.
+        assert_eq!(throttle.admit_at(at(329)), None);
+        assert_eq!(throttle.admit_at(at(330)), Some(1));
+        assert_eq!(throttle.admit_at(at(349)), None);
     }
 }
