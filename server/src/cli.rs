@@ -295,7 +295,11 @@ pub async fn run() -> anyhow::Result<()> {
                     )
                     .map(|all| all.secret_conflicts())
                     .unwrap_or_default(),
-                );
+                )
+                .chain(crate::organizations::Organizations::stored_unusable(
+                    &settings.organizations,
+                    &stored,
+                ));
             for warning in warnings {
                 eprintln!("warning: {warning}");
             }

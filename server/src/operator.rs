@@ -350,7 +350,7 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                     None if crate::startup::sqlite_portal_running(&settings.database.path) => {
                         "by the running portal"
                     }
-                    None => "when the portal next starts (none runs on this database now: the session stays open until then; its Stop says it ended now, with Acct-Delay-Time for the wait)",
+                    None => "when the portal next starts (none runs on this database now: the session stays open until then; its Stop is dated now, when it was asked for, with Acct-Delay-Time for the wait)",
                 },
             };
             say!(
@@ -848,7 +848,7 @@ async fn set_state(storage: &Storage, id: &str, active: bool) -> anyhow::Result<
             let open = before
                 .as_ref()
                 .map_or_else(|| "open".to_string(), |_| format!("{} open", open.len()));
-            say!("organization {id} disabled: logins and refreshes are refused; its {open} session(s) are stopped (Accounting-Stop, Admin-Reset) by the running portal at once, or by the next start if none runs (their Stops say they ended now){due}");
+            say!("organization {id} disabled: logins and refreshes are refused; its {open} session(s) are stopped (Accounting-Stop, Admin-Reset) by the running portal at once, or by the next start if none runs (their Stops dated now, when the disable was asked for){due}");
         }
     }
     Ok(Outcome::Done)

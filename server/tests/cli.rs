@@ -1216,4 +1216,35 @@ secret = "not-the-same-secret"
     let said = "warning: RADIUS servers at 127.0.0.1:1812 are reached with 3 different secrets (one secret: `acme/primary`, `beta/shared`; another: `delta/odd`; another: `epsilon/e1`)";
     assert!(stderr.contains(said), "{said:?} in {stderr}");
     assert!(!stderr.contains("a-third-secret"), "{stderr}");
+    // One stored only in the database whose secret file is gone: `serve` could not use it.
+    let zeta_secret = dir.path().join("zeta.secret");
+    std::fs::write(&zeta_secret, "zeta-secret\n").unwrap();
+    std::fs::set_permissions(&zeta_secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let zeta = dir.path().join("zeta.toml");
+    std::fs::write(
+        &zeta,
+        format!(
+            "id = \"zeta\"\nname = \"Zeta\"\nnas_identifier = \"zeta\"\n[[servers]]\nname = \"z1\"\naddress = \"127.0.0.2\"\nsecret_file = \"{}\"\n",
+            zeta_secret.display()
+        ),
+    )
+    .unwrap();
+    let create = portal(&[
+        "--config",
+        path.to_str().unwrap(),
+        "org",
+        "create",
+        "--file",
+        zeta.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(create.status.success(), "{create:?}");
+    assert!(!check().contains("`zeta`"));
+    std::fs::remove_file(&zeta_secret).unwrap();
+    let stderr = check();
+    let said =
+        "warning: organization `zeta` (stored in the database, not in this file) cannot be used:";
+    assert!(stderr.contains(said), "{said:?} in {stderr}");
+    assert!(stderr.contains("zeta.secret"), "{stderr}");
 }

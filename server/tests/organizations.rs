@@ -2339,3 +2339,95 @@ async fn an_organization_that_cannot_be_rebuilt_keeps_its_last_settings_and_its_
     assert!(app.storage.dead_letters(10).await.unwrap().is_empty());
     app.stop().await;
 }
+
+/// An organization created at run time whose secret file cannot be read when the portal
+/// starts (moved away, permissions) cannot be used: its sign-ins are refused and its Stops are
+/// held — also those of a disable, which refuses every other change. Once the file is back the
+/// portal uses it by itself (no restart, no change of the organization), and the held Stop
+/// leaves.
+#[tokio::test]
+async fn an_organization_whose_secret_file_comes_back_is_used_again_and_its_held_stops_leave() {
+    let radius = FreeRadius::start().await;
+    let (dir, db) = temp_db();
+    let config = settings(&db, vec![radius.server_settings("primary", true)]);
+    let secret_file = dir.path().join("theta.secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let mut theta = config.organizations[0].clone();
+    theta.id = "theta".into();
+    theta.name = "Theta".into();
+    theta.nas_identifier = "portal-theta".into();
+    theta.servers[0].secret = None;
+    theta.servers[0].secret_file = Some(secret_file.clone());
+    let app = TestApp::spawn(&config).await;
+    app.storage
+        .seed_organization(
+            "theta",
+            "Theta",
+            &serde_json::to_string(&theta).unwrap(),
+            None,
+            1,
+            unix_secs() * 1000,
+        )
+        .await
+        .unwrap();
+    // Created at run time: no place in the file.
+    app.storage.forget_config_position("theta").await.unwrap();
+    wait_until("the portal knows theta", || async {
+        app.organizations.get("theta").is_some()
+    })
+    .await;
+    let session = app
+        .sessions
+        .login("theta", "carol", "carol-pass", ip(42))
+        .await
+        .unwrap();
+    radius
+        .wait_for_acct(&["status=Start", &format!("sid={}", session.acct_session_id)])
+        .await;
+    app.stop().await;
+
+    let moved = dir.path().join("theta.secret.moved");
+    std::fs::rename(&secret_file, &moved).unwrap();
+    let app = TestApp::spawn(&config).await;
+    assert!(app.organizations.get("theta").is_none());
+    assert!(app
+        .sessions
+        .login("theta", "carol", "carol-pass", ip(43))
+        .await
+        .is_err());
+    assert_eq!(
+        app.set_organization_active("theta", false).await,
+        Some(true)
+    );
+    wait_until(
+        "the disable's Stop is held for the organization",
+        || async {
+            app.storage
+                .waiting_rows(10)
+                .await
+                .unwrap()
+                .iter()
+                .any(|row| {
+                    row.acct_session_id == session.acct_session_id
+                        && row
+                            .entry
+                            .last_error
+                            .as_deref()
+                            .is_some_and(|e| e.contains("cannot be used"))
+                })
+        },
+    )
+    .await;
+
+    std::fs::rename(&moved, &secret_file).unwrap();
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={}", session.acct_session_id)])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Admin-Reset");
+    assert!(app
+        .organizations
+        .get("theta")
+        .is_some_and(|org| !org.active));
+    assert!(app.storage.dead_letters(10).await.unwrap().is_empty());
+    app.stop().await;
+}

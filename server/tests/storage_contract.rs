@@ -2530,12 +2530,16 @@ async fn postgres_starved_background_work_is_reported_and_given_slots() {
                 .fetch_all(&mut *held)
                 .await
                 .unwrap();
-            let finished: Vec<String> = waiting
-                .iter()
-                .filter(|w| w.is_finished())
-                .map(|_| "finished".to_string())
-                .collect();
-            panic!("sign-ins not waiting: {waits} of 2; {activity:?}; {finished:?}");
+            // How each sign-in ended (or that it still runs).
+            let mut ended = Vec::new();
+            for w in waiting {
+                ended.push(if w.is_finished() {
+                    format!("{:?}", w.await.map(|r| r.map(|_| "opened")))
+                } else {
+                    "still running".to_string()
+                });
+            }
+            panic!("sign-ins not waiting: {waits} of 2; {activity:?}; {ended:?}");
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

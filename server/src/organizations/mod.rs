@@ -189,7 +189,15 @@ pub struct Organizations {
     /// The [`Organizations::secret_conflicts`] last logged: each is logged when it appears,
     /// not again at every change of the organizations.
     conflicts_said: std::sync::Mutex<Vec<String>>,
+    /// Stored organizations whose settings could not be built (a secret file unreadable, say):
+    /// each with the revision that failed and when to try it again ([`UNBUILT_RETRY`]) — a
+    /// file put right is picked up without a restart or a change of the organization (which a
+    /// disabled one refuses), and the Stops waiting for it leave.
+    unbuilt: std::sync::Mutex<HashMap<String, (i64, std::time::Instant)>>,
 }
+
+/// How often settings that could not be built are tried again.
+pub const UNBUILT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Organizations {
     /// In memory only, from settings (tools and tests that have no database): the first is
@@ -213,6 +221,7 @@ impl Organizations {
             revision: RwLock::new(0),
             changes: tokio::sync::watch::Sender::new(0),
             conflicts_said: Default::default(),
+            unbuilt: Default::default(),
         })
     }
 
@@ -242,6 +251,26 @@ impl Organizations {
         Ok(organizations)
     }
 
+    /// What `serve` would say of the stored organizations the file does not list whose
+    /// settings cannot be built now (a secret file unreadable, say): sign-ins refused, Stops
+    /// held until they can. For `check-config`.
+    pub fn stored_unusable(
+        settings: &[OrganizationSettings],
+        stored: &[StoredOrganization],
+    ) -> Vec<String> {
+        stored
+            .iter()
+            .filter(|row| !settings.iter().any(|s| s.id == row.id))
+            .filter_map(|row| build_stored(row).err().map(|e| (row, e)))
+            .map(|(row, e)| {
+                format!(
+                    "organization `{}` (stored in the database, not in this file) cannot be used: {e}; its sign-ins are refused and its accounting waits until it can",
+                    row.id
+                )
+            })
+            .collect()
+    }
+
     /// Everything stored (the database is the truth).
     pub async fn load(storage: &Storage) -> Result<Organizations, OrganizationError> {
         let organizations = Organizations {
@@ -250,17 +279,33 @@ impl Organizations {
             revision: RwLock::new(-1),
             changes: tokio::sync::watch::Sender::new(0),
             conflicts_said: Default::default(),
+            unbuilt: Default::default(),
         };
         organizations.refresh(storage).await?;
         Ok(organizations)
     }
 
     /// Brings the cache up to the stored state: rebuilds the organizations whose revision
-    /// changed, drops removed ones, leaves every other entry untouched (same `Arc`). Returns
-    /// the ids that changed. One small query when nothing changed.
+    /// changed and those whose settings could not be built before (every [`UNBUILT_RETRY`]),
+    /// drops removed ones, leaves every other entry untouched (same `Arc`). Returns the ids
+    /// that changed. One small query when nothing changed.
     pub async fn refresh(&self, storage: &Storage) -> Result<Vec<String>, OrganizationError> {
         let revision = storage.organization_revision().await?;
-        if *self.revision.read().unwrap_or_else(|p| p.into_inner()) == revision {
+        let now = std::time::Instant::now();
+        // The revisions that could not be built, and which of them are due to be tried again.
+        let failed: HashMap<String, (i64, std::time::Instant)> = self
+            .unbuilt
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let due = |id: &str, rev: i64| {
+            failed
+                .get(id)
+                .is_some_and(|(r, at)| *r == rev && *at <= now)
+        };
+        if *self.revision.read().unwrap_or_else(|p| p.into_inner()) == revision
+            && !failed.iter().any(|(id, (rev, _))| due(id, *rev))
+        {
             return Ok(Vec::new());
         }
         let stored = storage.organizations().await?;
@@ -273,31 +318,55 @@ impl Organizations {
             .collect();
         let mut rebuilt = Vec::new();
         let mut changed = Vec::new();
+        // Built this pass, and of them those that failed.
+        let mut tried = Vec::new();
+        let mut unbuilt = Vec::new();
         for row in &stored {
-            if known.get(&row.id) == Some(&row.revision) {
+            let failed_before = failed
+                .get(&row.id)
+                .is_some_and(|(rev, _)| *rev == row.revision);
+            let up_to_date = known.get(&row.id) == Some(&row.revision) || failed_before;
+            if up_to_date && !due(&row.id, row.revision) {
+                continue;
+            }
+            tried.push(row.id.clone());
+            let built = build_stored(row);
+            if failed_before && built.is_err() {
+                // Still not (said when it first failed).
+                unbuilt.push((row.id.clone(), row.revision));
                 continue;
             }
             changed.push(row.id.clone());
-            match build_stored(row) {
-                Ok(org) => rebuilt.push((row.id.clone(), row.revision, Some(Arc::new(org)))),
-                Err(e) => match self.get(&row.id) {
-                    // Its sessions still need their Stops: keep the last settings that worked,
-                    // with the stored flag and name (a disable must still take effect).
-                    Some(previous) => {
-                        tracing::error!(organization = %row.id, error = %e,
-                            "organization's new settings cannot be used: keeping its previous ones");
-                        let mut org = Organization::clone(&previous);
-                        org.active = row.active;
-                        org.name = row.name.trim().to_string();
-                        rebuilt.push((row.id.clone(), row.revision, Some(Arc::new(org))));
+            match built {
+                Ok(org) => {
+                    if failed_before {
+                        tracing::info!(organization = %row.id, "organization's settings can be used now");
                     }
-                    // Fail closed: an organization that was never built is unknown (login and
-                    // Start denied; its queued Stops wait for it, see `accounting`).
-                    None => {
-                        tracing::error!(organization = %row.id, error = %e, "organization cannot be used");
-                        rebuilt.push((row.id.clone(), row.revision, None));
+                    rebuilt.push((row.id.clone(), row.revision, Some(Arc::new(org))))
+                }
+                Err(e) => {
+                    unbuilt.push((row.id.clone(), row.revision));
+                    match self.get(&row.id) {
+                        // Its sessions still need their Stops: keep the last settings that
+                        // worked, with the stored flag and name (a disable must still take
+                        // effect).
+                        Some(previous) => {
+                            tracing::error!(organization = %row.id, error = %e,
+                                "organization's new settings cannot be used: keeping its previous ones (the new ones are tried again every 5 s)");
+                            let mut org = Organization::clone(&previous);
+                            org.active = row.active;
+                            org.name = row.name.trim().to_string();
+                            rebuilt.push((row.id.clone(), row.revision, Some(Arc::new(org))));
+                        }
+                        // Fail closed: an organization that was never built is unknown (login
+                        // and Start denied; its queued Stops wait for it, see `accounting`).
+                        None => {
+                            tracing::error!(organization = %row.id, error = %e,
+                                "organization cannot be used (tried again every 5 s)");
+                            rebuilt.push((row.id.clone(), row.revision, None));
+                        }
                     }
-                },
+                }
             }
         }
         let removed: Vec<String> = known
@@ -315,6 +384,20 @@ impl Organizations {
             }
             for id in &removed {
                 by_id.remove(id);
+            }
+        }
+        {
+            // What was tried is settled by this pass; the rest waits on while it is the
+            // organization's stored revision.
+            let mut waiting = self.unbuilt.lock().unwrap_or_else(|p| p.into_inner());
+            waiting.retain(|id, (rev, _)| {
+                !tried.contains(id)
+                    && stored
+                        .iter()
+                        .any(|row| &row.id == id && row.revision == *rev)
+            });
+            for (id, rev) in unbuilt {
+                waiting.insert(id, (rev, now + UNBUILT_RETRY));
             }
         }
         changed.extend(removed);
