@@ -277,3 +277,17 @@ test("a Refresh's notice from before the page's script ran goes once the session
   await expect(page.getByTestId("ended")).toContainText("disconnected");
   await expect(page.getByTestId("notice")).toBeHidden();
 });
+
+test("a browser gone offline says at once that the portal cannot be reached, and recovers when back online", async ({ page, context }) => {
+  await logIn(page, "bob", "bob-pass"); // 20-second window
+  await hydrated(page);
+  await expect(page.getByRole("alert")).toHaveCount(0);
+  await context.setOffline(true);
+  // Said on the browser's own word, not after the stream's 20 s of silence.
+  await expect(page.getByRole("alert")).toContainText("could not be reached", { timeout: 5_000 });
+  await context.setOffline(false);
+  await expect(page.getByRole("alert")).toHaveCount(0, { timeout: 10_000 });
+  await expect(page.getByRole("heading", { name: "You are connected" })).toBeVisible();
+  await page.getByRole("button", { name: "Disconnect" }).click();
+  await expect(page).toHaveURL(url("/"));
+});

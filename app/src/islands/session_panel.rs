@@ -593,6 +593,15 @@ mod live {
             let ask = ask.clone();
             let _ = window_event_listener_untyped(event, move |_| ask());
         }
+        // The browser gone offline (no network at all): said at once — a stream over a link
+        // that died may stay silent for 20 s before the page notices —, and the stream goes;
+        // back online, the page asks at once (above), and the answer opens it again.
+        let _ = window_event_listener_untyped("offline", move |_| {
+            close();
+            if error.with_untracked(Option::is_none) {
+                error.set(Some(crate::error::UNREACHABLE.to_string()));
+            }
+        });
     }
 }
 

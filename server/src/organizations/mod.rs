@@ -818,7 +818,8 @@ fn stop_secrets(row: &StoredOrganization) -> Result<(), OrganizationError> {
 }
 
 /// How many open sessions organization `id` keeps if it is enabled now: Some while a disable's
-/// stop of its sessions has not been done (an enable skips it), None otherwise.
+/// stop of its sessions has not been done (an enable skips it) and it has some, None otherwise
+/// (nothing to say of a skipped stop that had no session to stop).
 pub async fn kept_by_an_enable(
     storage: &Storage,
     id: &str,
@@ -826,7 +827,8 @@ pub async fn kept_by_an_enable(
     if !stop_pending(storage, id).await? {
         return Ok(None);
     }
-    Ok(Some(storage.active_session_ids_of(id).await?.len()))
+    let open = storage.active_session_ids_of(id).await?.len();
+    Ok((open > 0).then_some(open))
 }
 
 /// Whether a disable's stop of organization `id`'s open sessions is still to be done (they
