@@ -192,6 +192,39 @@ impl Throttle {
     }
 }
 
+/// A [`Throttle`] per key (an organization, a server and kind of error): one key's flood never
+/// keeps another's first line waiting. Keys must be bounded (configured names, not a
+/// client's text).
+pub struct Throttles(
+    std::sync::Mutex<Option<std::collections::HashMap<String, std::sync::Arc<Throttle>>>>,
+);
+
+impl Throttles {
+    /// None yet (for a `static`).
+    pub const fn new() -> Self {
+        Throttles(std::sync::Mutex::new(None))
+    }
+
+    /// [`Throttle::admit`] for `key`'s line.
+    pub fn admit(&self, key: &str) -> Option<u64> {
+        let throttle = {
+            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            let map = map.get_or_insert_with(Default::default);
+            match map.get(key) {
+                Some(throttle) => throttle.clone(),
+                None => map.entry(key.to_owned()).or_default().clone(),
+            }
+        };
+        throttle.admit()
+    }
+}
+
+impl Default for Throttles {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Default for Throttle {
     fn default() -> Self {
         Self::new()
@@ -212,6 +245,16 @@ mod tests {
         assert_eq!(throttle.admit_at(t0 + Duration::from_secs(4)), None);
         assert_eq!(throttle.admit_at(t0 + Throttle::PERIOD), Some(2));
         assert_eq!(throttle.admit_at(t0 + Throttle::PERIOD), None);
+    }
+
+    #[test]
+    fn keyed_throttles_keep_each_keys_first_line() {
+        let throttles = Throttles::new();
+        assert_eq!(throttles.admit("acme"), Some(0));
+        assert_eq!(throttles.admit("acme"), None);
+        // Another organization's first line is written however busy the first one is.
+        assert_eq!(throttles.admit("beta"), Some(0));
+        assert_eq!(throttles.admit("beta"), None);
     }
 
     #[test]

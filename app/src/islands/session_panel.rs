@@ -597,6 +597,9 @@ mod live {
         // that died may stay silent for 20 s before the page notices —, and the stream goes;
         // back online, the page asks at once (above), and the answer opens it again.
         let _ = window_event_listener_untyped("offline", move |_| {
+            // Counted as unanswered, so the ticker does not open the stream again before an
+            // answer (the `online` question's) comes.
+            MISSES.fetch_max(2, Ordering::SeqCst);
             close();
             if error.with_untracked(Option::is_none) {
                 error.set(Some(crate::error::UNREACHABLE.to_string()));

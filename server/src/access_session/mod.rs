@@ -413,8 +413,11 @@ impl AccessSessions {
                     self.audit_login(&org.id, username, client_ip, action, Some(&reason))
                         .await;
                 }
-                static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
-                if let Some(left_out) = LOG.admit() {
+                // Per organization and kind: one organization's outage never keeps another's
+                // (or an unsigned answer) out of the log.
+                static LOG: crate::telemetry::Throttles = crate::telemetry::Throttles::new();
+                let kind = if unsigned { "unsigned" } else { "unavailable" };
+                if let Some(left_out) = LOG.admit(&format!("{kind} {}", org.id)) {
                     if unsigned {
                         tracing::warn!(error = %crate::portal_backend::error_chain(&e), similar_left_out = left_out,
                             "login failed: the RADIUS server answered without the Message-Authenticator require_message_authenticator demands");

@@ -364,7 +364,7 @@ fn delay_secs(event_at: i64, now: i64) -> u32 {
 /// each kind and scope — the organization, and where a line names a server or an error, that
 /// server and that kind of error too, so one server's outage never hides another's failure
 /// (a wrong secret, say) behind its lines. The lines left out go to `debug`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum OrgLine {
     /// "accounting held: every server … down".
     Held,
@@ -378,16 +378,8 @@ enum OrgLine {
 
 /// Some(lines left out since the last) when this `kind` of line about `scope` is to be written.
 fn org_line(kind: OrgLine, scope: &str) -> Option<u64> {
-    type Throttles = HashMap<(OrgLine, String), Arc<crate::telemetry::Throttle>>;
-    static THROTTLES: std::sync::LazyLock<std::sync::Mutex<Throttles>> =
-        std::sync::LazyLock::new(Default::default);
-    let throttle = THROTTLES
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry((kind, scope.to_string()))
-        .or_default()
-        .clone();
-    throttle.admit()
+    static THROTTLES: crate::telemetry::Throttles = crate::telemetry::Throttles::new();
+    THROTTLES.admit(&format!("{kind:?} {scope}"))
 }
 
 /// How long a server must have been back before accounting fails over to it (see
@@ -1588,6 +1580,7 @@ impl Accounting {
     /// delivery finishes, or a server recovers (then rows waiting out a backoff go at once).
     pub async fn run(self, shutdown: CancellationToken) {
         let recovered = self.radius.health().recovered();
+        let usable_again = self.organizations.usable_again();
         // A new process knows nothing of the servers' state (every breaker starts closed, so
         // no probe tells it when a server is back): rows waiting out a backoff, or parked for
         // a server that was down, are tried now.
@@ -1606,6 +1599,11 @@ impl Accounting {
             let server_recovered = recovered.notified();
             tokio::pin!(server_recovered);
             server_recovered.as_mut().enable();
+            // An organization whose settings could not be built (the rows it held wait out
+            // their back-off, up to minutes) can be used again: the same.
+            let organization_usable = usable_again.notified();
+            tokio::pin!(organization_usable);
+            organization_usable.as_mut().enable();
             while let Ok(id) = done_rx.try_recv() {
                 in_flight_ids.remove(&id);
             }
@@ -1685,6 +1683,11 @@ impl Accounting {
                 _ = server_recovered => {
                     if let Err(e) = self.storage.retry_pending_now(now_ms()).await {
                         tracing::error!(error = ?e, "rescheduling accounting after a server recovered failed");
+                    }
+                }
+                _ = organization_usable => {
+                    if let Err(e) = self.storage.retry_pending_now(now_ms()).await {
+                        tracing::error!(error = ?e, "rescheduling accounting after an organization could be used again failed");
                     }
                 }
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}

@@ -193,7 +193,23 @@ pub struct Organizations {
     /// each with the revision that failed and when to try it again ([`UNBUILT_RETRY`]) — a
     /// file put right is picked up without a restart or a change of the organization (which a
     /// disabled one refuses), and the Stops waiting for it leave.
-    unbuilt: std::sync::Mutex<HashMap<String, (i64, std::time::Instant)>>,
+    unbuilt: std::sync::Mutex<HashMap<String, Unbuilt>>,
+    /// One refresh at a time (the worker's poll and a change's own): a pass that read the
+    /// database before another's write must not overwrite what that one stored.
+    refreshing: tokio::sync::Mutex<()>,
+    /// Told when an organization that could not be built can be used again: the accounting
+    /// it held is tried at once, not after its back-off.
+    usable_again: Arc<tokio::sync::Notify>,
+}
+
+/// A stored revision whose settings could not be built.
+#[derive(Clone, Debug)]
+struct Unbuilt {
+    revision: i64,
+    /// When to try it again.
+    next_try: std::time::Instant,
+    /// Why it failed last (a new reason is logged).
+    why: String,
 }
 
 /// How often settings that could not be built are tried again.
@@ -222,6 +238,8 @@ impl Organizations {
             changes: tokio::sync::watch::Sender::new(0),
             conflicts_said: Default::default(),
             unbuilt: Default::default(),
+            refreshing: Default::default(),
+            usable_again: Default::default(),
         })
     }
 
@@ -280,6 +298,8 @@ impl Organizations {
             changes: tokio::sync::watch::Sender::new(0),
             conflicts_said: Default::default(),
             unbuilt: Default::default(),
+            refreshing: Default::default(),
+            usable_again: Default::default(),
         };
         organizations.refresh(storage).await?;
         Ok(organizations)
@@ -290,10 +310,11 @@ impl Organizations {
     /// drops removed ones, leaves every other entry untouched (same `Arc`). Returns the ids
     /// that changed. One small query when nothing changed.
     pub async fn refresh(&self, storage: &Storage) -> Result<Vec<String>, OrganizationError> {
+        let _one_at_a_time = self.refreshing.lock().await;
         let revision = storage.organization_revision().await?;
         let now = std::time::Instant::now();
         // The revisions that could not be built, and which of them are due to be tried again.
-        let failed: HashMap<String, (i64, std::time::Instant)> = self
+        let failed: HashMap<String, Unbuilt> = self
             .unbuilt
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -301,10 +322,10 @@ impl Organizations {
         let due = |id: &str, rev: i64| {
             failed
                 .get(id)
-                .is_some_and(|(r, at)| *r == rev && *at <= now)
+                .is_some_and(|u| u.revision == rev && u.next_try <= now)
         };
         if *self.revision.read().unwrap_or_else(|p| p.into_inner()) == revision
-            && !failed.iter().any(|(id, (rev, _))| due(id, *rev))
+            && !failed.iter().any(|(id, u)| due(id, u.revision))
         {
             return Ok(Vec::new());
         }
@@ -318,34 +339,39 @@ impl Organizations {
             .collect();
         let mut rebuilt = Vec::new();
         let mut changed = Vec::new();
-        // Built this pass, and of them those that failed.
+        // Built this pass, and of them those that failed (with why).
         let mut tried = Vec::new();
         let mut unbuilt = Vec::new();
+        let mut usable_again = false;
         for row in &stored {
-            let failed_before = failed
-                .get(&row.id)
-                .is_some_and(|(rev, _)| *rev == row.revision);
-            let up_to_date = known.get(&row.id) == Some(&row.revision) || failed_before;
+            let failed_before = failed.get(&row.id).filter(|u| u.revision == row.revision);
+            let up_to_date = known.get(&row.id) == Some(&row.revision) || failed_before.is_some();
             if up_to_date && !due(&row.id, row.revision) {
                 continue;
             }
             tried.push(row.id.clone());
             let built = build_stored(row);
-            if failed_before && built.is_err() {
-                // Still not (said when it first failed).
-                unbuilt.push((row.id.clone(), row.revision));
+            if let (Some(before), Err(e)) = (failed_before, &built) {
+                // Still not: said when it first failed, and again only for another reason.
+                let why = e.to_string();
+                if why != before.why {
+                    tracing::error!(organization = %row.id, error = %e,
+                        "organization still cannot be used, now for another reason (tried again every 5 s)");
+                }
+                unbuilt.push((row.id.clone(), row.revision, why));
                 continue;
             }
             changed.push(row.id.clone());
             match built {
                 Ok(org) => {
-                    if failed_before {
+                    if failed_before.is_some() {
                         tracing::info!(organization = %row.id, "organization's settings can be used now");
+                        usable_again = true;
                     }
                     rebuilt.push((row.id.clone(), row.revision, Some(Arc::new(org))))
                 }
                 Err(e) => {
-                    unbuilt.push((row.id.clone(), row.revision));
+                    unbuilt.push((row.id.clone(), row.revision, e.to_string()));
                     match self.get(&row.id) {
                         // Its sessions still need their Stops: keep the last settings that
                         // worked, with the stored flag and name (a disable must still take
@@ -390,15 +416,26 @@ impl Organizations {
             // What was tried is settled by this pass; the rest waits on while it is the
             // organization's stored revision.
             let mut waiting = self.unbuilt.lock().unwrap_or_else(|p| p.into_inner());
-            waiting.retain(|id, (rev, _)| {
+            waiting.retain(|id, u| {
                 !tried.contains(id)
                     && stored
                         .iter()
-                        .any(|row| &row.id == id && row.revision == *rev)
+                        .any(|row| &row.id == id && row.revision == u.revision)
             });
-            for (id, rev) in unbuilt {
-                waiting.insert(id, (rev, now + UNBUILT_RETRY));
+            for (id, revision, why) in unbuilt {
+                let next_try = now + UNBUILT_RETRY;
+                waiting.insert(
+                    id,
+                    Unbuilt {
+                        revision,
+                        next_try,
+                        why,
+                    },
+                );
             }
+        }
+        if usable_again {
+            self.usable_again.notify_waiters();
         }
         changed.extend(removed);
         if let Some(first) = stored.first() {
@@ -409,6 +446,11 @@ impl Organizations {
             self.changes.send_modify(|n| *n += 1);
         }
         Ok(changed)
+    }
+
+    /// Notified when an organization whose settings could not be built can be used again.
+    pub fn usable_again(&self) -> Arc<tokio::sync::Notify> {
+        self.usable_again.clone()
     }
 
     /// Tells when the cache changed (a receiver sees each change once; the value means nothing).
