@@ -1195,23 +1195,26 @@ secret = "not-the-same-secret"
         .unwrap()
         .block_on(radius_portal::storage::Storage::open(&db))
         .unwrap();
-    let epsilon = dir.path().join("epsilon.toml");
-    std::fs::write(
-        &epsilon,
+    // `org create` from an organization's settings (TOML) in a file of its own.
+    let create = |name: &str, settings: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, settings).unwrap();
+        let create = portal(&[
+            "--config",
+            path.to_str().unwrap(),
+            "org",
+            "create",
+            "--file",
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+        assert!(create.status.success(), "{create:?}");
+    };
+    create(
+        "epsilon.toml",
         "id = \"epsilon\"\nname = \"Epsilon\"\nnas_identifier = \"epsilon\"\n[[servers]]\nname = \"e1\"\naddress = \"127.0.0.1\"\nsecret = \"a-third-secret\"\n",
-    )
-    .unwrap();
-    let create = portal(&[
-        "--config",
-        path.to_str().unwrap(),
-        "org",
-        "create",
-        "--file",
-        epsilon.to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
-    assert!(create.status.success(), "{create:?}");
+    );
     let stderr = check();
     let said = "warning: RADIUS servers at 127.0.0.1:1812 are reached with 3 different secrets (one secret: `acme/primary`, `beta/shared`; another: `delta/odd`; another: `epsilon/e1`)";
     assert!(stderr.contains(said), "{said:?} in {stderr}");
@@ -1220,26 +1223,13 @@ secret = "not-the-same-secret"
     let zeta_secret = dir.path().join("zeta.secret");
     std::fs::write(&zeta_secret, "zeta-secret\n").unwrap();
     std::fs::set_permissions(&zeta_secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let zeta = dir.path().join("zeta.toml");
-    std::fs::write(
-        &zeta,
-        format!(
+    create(
+        "zeta.toml",
+        &format!(
             "id = \"zeta\"\nname = \"Zeta\"\nnas_identifier = \"zeta\"\n[[servers]]\nname = \"z1\"\naddress = \"127.0.0.2\"\nsecret_file = \"{}\"\n",
             zeta_secret.display()
         ),
-    )
-    .unwrap();
-    let create = portal(&[
-        "--config",
-        path.to_str().unwrap(),
-        "org",
-        "create",
-        "--file",
-        zeta.to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
-    assert!(create.status.success(), "{create:?}");
+    );
     assert!(!check().contains("`zeta`"));
     std::fs::remove_file(&zeta_secret).unwrap();
     let stderr = check();
