@@ -2474,8 +2474,8 @@ async fn deleting_a_disabled_organization_before_its_stop_ran_says_to_wait() {
 }
 
 /// A fresh database owned by a login the server lets open `slots` connections at most: a
-/// superuser connection to it, the login's name, and its URL.
-async fn limited_login(slots: u32) -> (sqlx::PgConnection, String, String) {
+/// superuser connection to it, the login's name, its URL, and the superuser's URL.
+async fn limited_login(slots: u32) -> (sqlx::PgConnection, String, String, String) {
     use sqlx::Connection;
     let url = common::postgres::fresh_database().await;
     let (head, db) = url.rsplit_once('/').unwrap();
@@ -2490,7 +2490,7 @@ async fn limited_login(slots: u32) -> (sqlx::PgConnection, String, String) {
     .await
     .unwrap();
     let limited = format!("postgres://{role}@127.0.0.1:{port}/{db}");
-    (admin, role, limited)
+    (admin, role, limited, url)
 }
 
 /// Background work that finds no connection at all (the server's slots taken, this replica's
@@ -2499,14 +2499,18 @@ async fn limited_login(slots: u32) -> (sqlx::PgConnection, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_starved_background_work_is_reported_and_given_slots() {
     use sqlx::Connection;
-    let (mut admin, role, limited) = limited_login(2).await;
+    // No limit yet: the pool, which gives a connection back a moment after its user is done
+    // (a task of its own), may open more than it needs while setting up; its acquire then
+    // retries a refused connection until its time-out without looking at its idle ones again.
+    let (mut admin, role, limited, superuser) = limited_login(100).await;
     let storage = Storage::open_postgres(&limited).await.unwrap();
     storage
         .seed_organization("acme", "Acme", "{}", None, 0, T0)
         .await
         .unwrap();
-    // Requests take both slots: two sign-ins of one address wait on the lock a sign-in takes
-    // first, each on a connection of its own; then they go on, and the connections stay.
+    // Requests take every slot: two sign-ins of one address wait on the lock a sign-in takes
+    // first, each on a connection of its own; the role is then allowed just the connections
+    // its pools hold. The sign-ins go on, and the connections stay.
     let mut held = admin.begin().await.unwrap();
     let waiting = sign_ins_held(&mut held, &storage, "10.0.0.9", 2).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
@@ -2543,6 +2547,20 @@ async fn postgres_starved_background_work_is_reported_and_given_slots() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    // The pools' connections have all run a statement (a fresh one, such as a reachability
+    // check's, has not).
+    let taken: i64 = sqlx::query_scalar(&format!(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE usename = '{role}' AND query <> ''"
+    ))
+    .fetch_one(&mut *held)
+    .await
+    .unwrap();
+    assert!(taken >= 2, "{taken}");
+    let mut other = sqlx::PgConnection::connect(&superuser).await.unwrap();
+    sqlx::raw_sql(&format!("ALTER ROLE {role} CONNECTION LIMIT {taken}"))
+        .execute(&mut other)
+        .await
+        .unwrap();
     held.rollback().await.unwrap();
     for w in waiting {
         w.await.unwrap().unwrap();
@@ -2568,7 +2586,7 @@ async fn postgres_starved_background_work_is_reported_and_given_slots() {
 async fn postgres_an_operator_command_waits_for_a_free_slot() {
     use sqlx::Connection;
     // Two slots: one for the command's check, one for its pool; both taken from it.
-    let (_admin, role, limited) = limited_login(2).await;
+    let (_admin, role, limited, _) = limited_login(2).await;
     // Its slots taken (a replica's connections, say) …
     let taken = sqlx::PgConnection::connect(&limited).await.unwrap();
     let also = sqlx::PgConnection::connect(&limited).await.unwrap();
