@@ -358,6 +358,9 @@ fn public_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PublicUrl>, D::E
 /// Parses "10.0.0.0/8" or a single address ("127.0.0.1" = /32).
 pub fn parse_network(text: &str) -> Result<IpNet, String> {
     let text = text.trim();
+    if text == "*" {
+        return Err("`*` (every peer a trusted proxy, as gunicorn reads it) is refused: any client could then choose the address the portal sees it at, and with it its rate limits and its one session per address; name the proxies' addresses or networks (e.g. `10.0.0.0/8`)".into());
+    }
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
         .map_err(|_| format!("`{text}` is not an IP address or CIDR network"))
@@ -403,38 +406,77 @@ impl DatabaseSettings {
         }
     }
 
-    /// A PostgreSQL URL must say so (a typo would otherwise surface as a connection error).
+    /// A PostgreSQL URL must say so (a typo would otherwise surface as a connection error);
+    /// without one, the SQLite file must be named.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let Some(url) = &self.url else {
-            return Ok(());
-        };
-        let url = url.expose();
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(config_error(
-                "database.url",
-                "must start with `postgres://` (user:password@host:port/database); for SQLite use `database.path`",
-            ));
+        match &self.url {
+            Some(url) => check_database_url("database.url", url.expose()),
+            None => check_database_path("database.path", &self.path),
         }
-        if url.contains(REDACTED) {
-            return Err(config_error(
-                "database.url",
-                "holds the placeholder `check-config` prints instead of the password: put the real one here",
-            ));
-        }
-        // Read as the portal will connect with it: a bad port or option (`sslmode=bogus`) is
-        // this setting's error, not a database that cannot be reached.
-        if let Err(e) = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url) {
-            let mut why = e.to_string();
-            if why.contains(url) {
-                why = why.replace(url, &redact_url(url));
-            }
-            return Err(config_error(
-                "database.url",
-                format!("cannot be used: {why}"),
-            ));
-        }
-        Ok(())
     }
+}
+
+/// `database.url` (or the variable that set it, `key`).
+fn check_database_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(config_error(
+            key,
+            "must start with `postgres://` (user:password@host:port/database); for SQLite use `database.path`",
+        ));
+    }
+    if url.contains(REDACTED) {
+        return Err(config_error(
+            key,
+            "holds the placeholder `check-config` prints instead of the password: put the real one here",
+        ));
+    }
+    // Read as the portal will connect with it: a bad port or option (`sslmode=bogus`) is
+    // this setting's error, not a database that cannot be reached.
+    if let Err(e) = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url) {
+        let mut why = e.to_string();
+        if why.contains(url) {
+            why = why.replace(url, &redact_url(url));
+        }
+        return Err(config_error(key, format!("cannot be used: {why}")));
+    }
+    Ok(())
+}
+
+/// `database.path` (or the variable that set it, `key`), when no URL is set.
+fn check_database_path(key: &str, path: &Path) -> Result<(), ConfigError> {
+    if path.as_os_str().is_empty() {
+        return Err(config_error(
+            key,
+            "is empty: name the SQLite database file (e.g. `/var/lib/radius-portal/portal.db`), or set `database.url` for PostgreSQL",
+        ));
+    }
+    Ok(())
+}
+
+/// `log.format` (or the variable that set it, `key`).
+fn check_log_format(key: &str, format: &str) -> Result<(), ConfigError> {
+    if !matches!(format, "text" | "json") {
+        return Err(config_error(
+            key,
+            format!("`{format}` is not `text` or `json`"),
+        ));
+    }
+    Ok(())
+}
+
+/// `log.filter` (or the variable that set it, `key`).
+fn check_log_filter(key: &str, filter: &str) -> Result<(), ConfigError> {
+    const EXAMPLE: &str = "e.g. `info` or `info,radius_portal=debug`";
+    if filter.trim().is_empty() {
+        return Err(config_error(key, format!("is empty; {EXAMPLE}")));
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(filter) {
+        return Err(config_error(
+            key,
+            format!("`{filter}` is not a log filter ({e}); {EXAMPLE}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Each setting the configuration file gave a value that an environment variable set
@@ -1716,16 +1758,24 @@ impl Settings {
                 )
             })?);
         }
-        if let Some(path) = var("PORTAL_DATABASE_PATH") {
+        // Each checked here, so that an error names the variable, not the file's key.
+        let path = var("PORTAL_DATABASE_PATH");
+        if let Some(path) = &path {
             self.database.path = PathBuf::from(path);
         }
         if let Some(url) = var("PORTAL_DATABASE_URL") {
+            check_database_url("PORTAL_DATABASE_URL", &url)?;
             self.database.url = Some(Secret::new(url));
         }
+        if path.is_some() && self.database.url.is_none() {
+            check_database_path("PORTAL_DATABASE_PATH", &self.database.path)?;
+        }
         if let Some(format) = var("PORTAL_LOG_FORMAT") {
+            check_log_format("PORTAL_LOG_FORMAT", &format)?;
             self.log.format = format;
         }
         if let Some(filter) = var("PORTAL_LOG_FILTER") {
+            check_log_filter("PORTAL_LOG_FILTER", &filter)?;
             self.log.filter = filter;
         }
         Ok(())
@@ -1743,21 +1793,8 @@ impl Settings {
                 ));
             }
         }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(config_error(
-                "log.format",
-                format!("`{}` is not `text` or `json`", self.log.format),
-            ));
-        }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
-            return Err(config_error(
-                "log.filter",
-                format!(
-                    "`{}` is not a log filter ({e}); e.g. `info` or `info,radius_portal=debug`",
-                    self.log.filter
-                ),
-            ));
-        }
+        check_log_format("log.format", &self.log.format)?;
+        check_log_filter("log.filter", &self.log.filter)?;
         if self.organizations.is_empty() {
             return Err(config_error(
                 "organizations",
@@ -2904,5 +2941,74 @@ mod tests {
             .apply_env(|k| (k == "PORT").then(|| "eighty".into()))
             .expect_err("bad port");
         assert_eq!(err.key, "PORT");
+    }
+
+    /// A bad value from the environment is named by its variable (the file may be right), and
+    /// the same value in the file by its key.
+    #[test]
+    fn bad_values_are_named_by_the_variable_or_the_key_that_gave_them() {
+        for (variable, value, key, problem) in [
+            (
+                "PORTAL_LOG_FORMAT",
+                "xml",
+                "log.format",
+                "is not `text` or `json`",
+            ),
+            (
+                "PORTAL_LOG_FILTER",
+                "a=[[",
+                "log.filter",
+                "is not a log filter",
+            ),
+            ("PORTAL_LOG_FILTER", " ", "log.filter", "is empty"),
+            (
+                "PORTAL_DATABASE_URL",
+                "mysql://db/x",
+                "database.url",
+                "must start with",
+            ),
+            (
+                "PORTAL_DATABASE_URL",
+                "postgres://db/x?sslmode=bogus",
+                "database.url",
+                "cannot be used",
+            ),
+            ("PORTAL_DATABASE_PATH", "", "database.path", "is empty"),
+        ] {
+            let mut settings = Settings::from_toml(MINIMAL).expect("parses");
+            let err = settings
+                .apply_env(|k| (k == variable).then(|| value.to_string()))
+                .expect_err(variable);
+            assert_eq!(err.key, variable, "{err}");
+            assert!(err.problem.contains(problem), "{err}");
+            let (section, name) = key.split_once('.').unwrap();
+            let text = format!("[{section}]\n{name} = {value:?}\n{MINIMAL}");
+            let err = Settings::from_toml(&text)
+                .expect("parses")
+                .validate()
+                .expect_err(key);
+            assert_eq!(err.key, key, "{err}");
+            assert!(err.problem.contains(problem), "{err}");
+        }
+        // gunicorn's "every peer" is refused, saying why.
+        let err = Settings::from_toml(MINIMAL)
+            .expect("parses")
+            .apply_env(|k| (k == "FORWARDED_ALLOW_IPS").then(|| "*".into()))
+            .expect_err("every peer");
+        assert_eq!(err.key, "FORWARDED_ALLOW_IPS", "{err}");
+        assert!(
+            err.problem.contains("any client could then choose"),
+            "{err}"
+        );
+        // An empty path beside a URL is unused, and no error.
+        let mut settings = Settings::from_toml(MINIMAL).expect("parses");
+        settings
+            .apply_env(|k| match k {
+                "PORTAL_DATABASE_PATH" => Some(String::new()),
+                "PORTAL_DATABASE_URL" => Some("postgres://db/x".into()),
+                _ => None,
+            })
+            .expect("a URL");
+        settings.validate().expect("a URL, no path");
     }
 }

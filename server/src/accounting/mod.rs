@@ -1553,14 +1553,14 @@ impl Accounting {
             (Ok(()), Ok(0)) if !claim_failed => tracing::info!("accounting flushed at shutdown"),
             (Ok(()), Ok(left)) if !claim_failed => tracing::warn!(
                 left,
-                "accounting at shutdown: what could be sent was sent; the rest waits for a server or its backoff and is sent at the next start (left: the database's queue, every replica's)"
+                "accounting at shutdown: what could be sent was sent; the rest waits for a server or its backoff, and is sent by another replica sharing the database (PostgreSQL) if one runs, else at the next start (left: the database's queue, every replica's)"
             ),
             (Ok(()), Ok(_)) => tracing::warn!(
-                "accounting not flushed at shutdown: the database refused its rows (see above); what it holds is sent at the next start"
+                "accounting not flushed at shutdown: the database refused its rows (see above); what it holds is sent by another replica sharing the database (PostgreSQL) if one runs, else at the next start"
             ),
             (Err(_), Ok(left)) => tracing::warn!(
                 left,
-                "accounting not flushed within {SHUTDOWN_FLUSH:?}: the rest is sent by another replica or at the next start (left: the database's queue, every replica's)"
+                "accounting not flushed within {SHUTDOWN_FLUSH:?}: the rest is sent by another replica sharing the database (PostgreSQL) if one runs, else at the next start (left: the database's queue, every replica's)"
             ),
             (_, Err(e)) => tracing::warn!(error = ?e, "accounting at shutdown: what is left could not be counted"),
         }
