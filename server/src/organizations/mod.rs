@@ -189,14 +189,13 @@ pub struct Organizations {
     /// The [`Organizations::secret_conflicts`] last logged: each is logged when it appears,
     /// not again at every change of the organizations.
     conflicts_said: std::sync::Mutex<Vec<String>>,
-    /// Stored organizations whose settings could not be built (a secret file unreadable, say):
-    /// each with the revision that failed and when to try it again ([`UNBUILT_RETRY`]) — a
-    /// file put right is picked up without a restart or a change of the organization (which a
-    /// disabled one refuses), and the Stops waiting for it leave.
-    unbuilt: std::sync::Mutex<HashMap<String, Unbuilt>>,
-    /// One refresh at a time (the worker's poll and a change's own): a pass that read the
-    /// database before another's write must not overwrite what that one stored.
-    refreshing: tokio::sync::Mutex<()>,
+    /// Held by a refresh for the whole of it, one at a time (the worker's poll and a change's
+    /// own): a pass that read the database before another's write must not overwrite what
+    /// that one stored. It holds the stored organizations whose settings could not be built
+    /// (a secret file unreadable, say): each with the revision that failed and when to try it
+    /// again ([`UNBUILT_RETRY`]) — a file put right is picked up without a restart or a change
+    /// of the organization (which a disabled one refuses), and the Stops waiting for it leave.
+    unbuilt: tokio::sync::Mutex<HashMap<String, Unbuilt>>,
     /// Told when an organization that could not be built can be used again: the accounting
     /// it held is tried at once, not after its back-off.
     usable_again: Arc<tokio::sync::Notify>,
@@ -238,7 +237,6 @@ impl Organizations {
             changes: tokio::sync::watch::Sender::new(0),
             conflicts_said: Default::default(),
             unbuilt: Default::default(),
-            refreshing: Default::default(),
             usable_again: Default::default(),
         })
     }
@@ -298,7 +296,6 @@ impl Organizations {
             changes: tokio::sync::watch::Sender::new(0),
             conflicts_said: Default::default(),
             unbuilt: Default::default(),
-            refreshing: Default::default(),
             usable_again: Default::default(),
         };
         organizations.refresh(storage).await?;
@@ -310,15 +307,11 @@ impl Organizations {
     /// drops removed ones, leaves every other entry untouched (same `Arc`). Returns the ids
     /// that changed. One small query when nothing changed.
     pub async fn refresh(&self, storage: &Storage) -> Result<Vec<String>, OrganizationError> {
-        let _one_at_a_time = self.refreshing.lock().await;
+        let mut waiting = self.unbuilt.lock().await;
         let revision = storage.organization_revision().await?;
         let now = std::time::Instant::now();
         // The revisions that could not be built, and which of them are due to be tried again.
-        let failed: HashMap<String, Unbuilt> = self
-            .unbuilt
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let failed: HashMap<String, Unbuilt> = waiting.clone();
         let due = |id: &str, rev: i64| {
             failed
                 .get(id)
@@ -340,7 +333,7 @@ impl Organizations {
         let mut rebuilt = Vec::new();
         let mut changed = Vec::new();
         // Built this pass, and of them those that failed (with why).
-        let mut tried = Vec::new();
+        let mut tried = std::collections::HashSet::new();
         let mut unbuilt = Vec::new();
         let mut usable_again = false;
         for row in &stored {
@@ -349,14 +342,14 @@ impl Organizations {
             if up_to_date && !due(&row.id, row.revision) {
                 continue;
             }
-            tried.push(row.id.clone());
+            tried.insert(row.id.clone());
             let built = build_stored(row);
             if let (Some(before), Err(e)) = (failed_before, &built) {
                 // Still not: said when it first failed, and again only for another reason.
                 let why = e.to_string();
                 if why != before.why {
                     tracing::error!(organization = %row.id, error = %e,
-                        "organization still cannot be used, now for another reason (tried again every 5 s)");
+                        "organization still cannot be used, now for another reason (a running portal tries it again every 5 s)");
                 }
                 unbuilt.push((row.id.clone(), row.revision, why));
                 continue;
@@ -378,7 +371,7 @@ impl Organizations {
                         // effect).
                         Some(previous) => {
                             tracing::error!(organization = %row.id, error = %e,
-                                "organization's new settings cannot be used: keeping its previous ones (the new ones are tried again every 5 s)");
+                                "organization's new settings cannot be used: keeping its previous ones (a running portal tries the new ones again every 5 s)");
                             let mut org = Organization::clone(&previous);
                             org.active = row.active;
                             org.name = row.name.trim().to_string();
@@ -388,16 +381,20 @@ impl Organizations {
                         // and Start denied; its queued Stops wait for it, see `accounting`).
                         None => {
                             tracing::error!(organization = %row.id, error = %e,
-                                "organization cannot be used (tried again every 5 s)");
+                                "organization cannot be used (a running portal tries it again every 5 s)");
                             rebuilt.push((row.id.clone(), row.revision, None));
                         }
                     }
                 }
             }
         }
+        let revisions: HashMap<&str, i64> = stored
+            .iter()
+            .map(|row| (row.id.as_str(), row.revision))
+            .collect();
         let removed: Vec<String> = known
             .keys()
-            .filter(|id| !stored.iter().any(|row| &row.id == *id))
+            .filter(|id| !revisions.contains_key(id.as_str()))
             .cloned()
             .collect();
         {
@@ -412,27 +409,20 @@ impl Organizations {
                 by_id.remove(id);
             }
         }
-        {
-            // What was tried is settled by this pass; the rest waits on while it is the
-            // organization's stored revision.
-            let mut waiting = self.unbuilt.lock().unwrap_or_else(|p| p.into_inner());
-            waiting.retain(|id, u| {
-                !tried.contains(id)
-                    && stored
-                        .iter()
-                        .any(|row| &row.id == id && row.revision == u.revision)
-            });
-            for (id, revision, why) in unbuilt {
-                let next_try = now + UNBUILT_RETRY;
-                waiting.insert(
-                    id,
-                    Unbuilt {
-                        revision,
-                        next_try,
-                        why,
-                    },
-                );
-            }
+        // What was tried is settled by this pass; the rest waits on while it is the
+        // organization's stored revision.
+        waiting
+            .retain(|id, u| !tried.contains(id) && revisions.get(id.as_str()) == Some(&u.revision));
+        for (id, revision, why) in unbuilt {
+            let next_try = now + UNBUILT_RETRY;
+            waiting.insert(
+                id,
+                Unbuilt {
+                    revision,
+                    next_try,
+                    why,
+                },
+            );
         }
         if usable_again {
             self.usable_again.notify_waiters();
