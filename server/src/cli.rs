@@ -363,7 +363,7 @@ pub async fn run() -> anyhow::Result<()> {
             settings.apply_process_env()?;
             // The demo's data stays in its own directory: a production database named in the
             // environment (a container's PORTAL_DATABASE_*) is never the demo's.
-            settings.database = demo_settings(&data_dir).database;
+            settings.use_database(demo_settings(&data_dir).database);
             telemetry::init(&settings.log);
             // The site's files first: a missing Leptos.toml is the whole answer, before the
             // demo RADIUS server starts and logs.

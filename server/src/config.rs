@@ -231,6 +231,11 @@ pub struct Settings {
     /// database, names the line of the key it refuses too ([`Settings::at_line`]).
     #[serde(skip)]
     pub file: Option<std::path::PathBuf>,
+    /// Keys whose value an environment variable set, checked only when the settings are
+    /// validated (an operator command reads `[database]` alone; `demo` drops the database
+    /// settings): key → the variable, which the key's error names ([`Settings::named`]).
+    #[serde(skip)]
+    set_by: HashMap<&'static str, &'static str>,
 }
 
 /// `[metrics]`
@@ -407,11 +412,12 @@ impl DatabaseSettings {
     }
 
     /// A PostgreSQL URL must say so (a typo would otherwise surface as a connection error);
-    /// without one, the SQLite file must be named.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// without one, the SQLite file must be named. An error names the key by `named` (the
+    /// variable that set it, see [`Settings::named`]).
+    fn validate(&self, named: impl Fn(&'static str) -> &'static str) -> Result<(), ConfigError> {
         match &self.url {
-            Some(url) => check_database_url("database.url", url.expose()),
-            None => check_database_path("database.path", &self.path),
+            Some(url) => check_database_url(named("database.url"), url.expose()),
+            None => check_database_path(named("database.path"), &self.path),
         }
     }
 }
@@ -467,7 +473,11 @@ fn check_log_format(key: &str, format: &str) -> Result<(), ConfigError> {
 /// `log.filter` (or the variable that set it, `key`).
 fn check_log_filter(key: &str, filter: &str) -> Result<(), ConfigError> {
     const EXAMPLE: &str = "e.g. `info` or `info,radius_portal=debug`";
-    if filter.trim().is_empty() {
+    // No directive at all (`""`, `" , "`) would log nothing.
+    if filter
+        .split(',')
+        .all(|directive| directive.trim().is_empty())
+    {
         return Err(config_error(key, format!("is empty; {EXAMPLE}")));
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(filter) {
@@ -1590,8 +1600,7 @@ impl Settings {
     pub fn load_for_operator(path: Option<&Path>) -> Result<Settings, ConfigError> {
         let (settings, text) = Settings::read(path)?;
         settings
-            .database
-            .validate()
+            .validate_database()
             .map_err(|e| at_line_in(e, text))?;
         Ok(settings)
     }
@@ -1758,32 +1767,46 @@ impl Settings {
                 )
             })?);
         }
-        // Each checked here, so that an error names the variable, not the file's key.
-        let path = var("PORTAL_DATABASE_PATH");
-        if let Some(path) = &path {
+        // Checked with the rest (`validate`), each named by its variable.
+        if let Some(path) = var("PORTAL_DATABASE_PATH") {
             self.database.path = PathBuf::from(path);
+            self.set_by.insert("database.path", "PORTAL_DATABASE_PATH");
         }
         if let Some(url) = var("PORTAL_DATABASE_URL") {
-            check_database_url("PORTAL_DATABASE_URL", &url)?;
             self.database.url = Some(Secret::new(url));
-        }
-        if path.is_some() && self.database.url.is_none() {
-            check_database_path("PORTAL_DATABASE_PATH", &self.database.path)?;
+            self.set_by.insert("database.url", "PORTAL_DATABASE_URL");
         }
         if let Some(format) = var("PORTAL_LOG_FORMAT") {
-            check_log_format("PORTAL_LOG_FORMAT", &format)?;
             self.log.format = format;
+            self.set_by.insert("log.format", "PORTAL_LOG_FORMAT");
         }
         if let Some(filter) = var("PORTAL_LOG_FILTER") {
-            check_log_filter("PORTAL_LOG_FILTER", &filter)?;
             self.log.filter = filter;
+            self.set_by.insert("log.filter", "PORTAL_LOG_FILTER");
         }
         Ok(())
     }
 
+    /// How an error names `key`: by the environment variable that set its value, else as
+    /// the key (the file's line is added by the caller).
+    fn named(&self, key: &'static str) -> &'static str {
+        self.set_by.get(key).copied().unwrap_or(key)
+    }
+
+    /// Replaces `[database]` whatever the file or the environment said (`demo`'s own).
+    pub fn use_database(&mut self, database: DatabaseSettings) {
+        self.database = database;
+        self.set_by.retain(|key, _| !key.starts_with("database."));
+    }
+
+    /// Checks `[database]` alone (what operator commands use).
+    pub fn validate_database(&self) -> Result<(), ConfigError> {
+        self.database.validate(|key| self.named(key))
+    }
+
     /// Checks what serde cannot: cross-field rules, patterns, secrets.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.database.validate()?;
+        self.validate_database()?;
         // The users' port would serve the metrics (or `serve` would fail to bind the second).
         if let Some(metrics) = self.metrics.listen {
             if Some(metrics) == self.http.listen && metrics.port() != 0 {
@@ -1793,8 +1816,8 @@ impl Settings {
                 ));
             }
         }
-        check_log_format("log.format", &self.log.format)?;
-        check_log_filter("log.filter", &self.log.filter)?;
+        check_log_format(self.named("log.format"), &self.log.format)?;
+        check_log_filter(self.named("log.filter"), &self.log.filter)?;
         if self.organizations.is_empty() {
             return Err(config_error(
                 "organizations",
@@ -2724,7 +2747,7 @@ mod tests {
             url: Some(Secret::new("mysql://db/portal")),
             ..Default::default()
         };
-        assert_eq!(bad.validate().unwrap_err().key, "database.url");
+        assert_eq!(bad.validate(|key| key).unwrap_err().key, "database.url");
         // What the portal would refuse to connect with is refused here, password unsaid.
         for (url, says) in [
             ("postgres://portal:pw-1234@db/portal?sslmode=bogus", "bogus"),
@@ -2737,7 +2760,7 @@ mod tests {
                 url: Some(Secret::new(url)),
                 ..Default::default()
             };
-            let error = bad.validate().unwrap_err();
+            let error = bad.validate(|key| key).unwrap_err();
             assert_eq!(error.key, "database.url");
             assert!(error.problem.contains(says), "{}", error.problem);
             assert!(!error.problem.contains("pw-1234"), "{}", error.problem);
@@ -2748,7 +2771,7 @@ mod tests {
             )),
             ..Default::default()
         };
-        assert!(good.validate().is_ok());
+        assert!(good.validate(|key| key).is_ok());
     }
 
     #[test]
@@ -2961,6 +2984,7 @@ mod tests {
                 "is not a log filter",
             ),
             ("PORTAL_LOG_FILTER", " ", "log.filter", "is empty"),
+            ("PORTAL_LOG_FILTER", " , ", "log.filter", "is empty"),
             (
                 "PORTAL_DATABASE_URL",
                 "mysql://db/x",
@@ -2976,9 +3000,10 @@ mod tests {
             ("PORTAL_DATABASE_PATH", "", "database.path", "is empty"),
         ] {
             let mut settings = Settings::from_toml(MINIMAL).expect("parses");
-            let err = settings
+            settings
                 .apply_env(|k| (k == variable).then(|| value.to_string()))
-                .expect_err(variable);
+                .expect("checked with the rest");
+            let err = settings.validate().expect_err(variable);
             assert_eq!(err.key, variable, "{err}");
             assert!(err.problem.contains(problem), "{err}");
             let (section, name) = key.split_once('.').unwrap();
@@ -3010,5 +3035,22 @@ mod tests {
             })
             .expect("a URL");
         settings.validate().expect("a URL, no path");
+        // Operator commands check `[database]` alone: a bad log setting does not stop them.
+        let mut settings = Settings::from_toml(MINIMAL).expect("parses");
+        settings
+            .apply_env(|k| (k == "PORTAL_LOG_FILTER").then(String::new))
+            .expect("applies");
+        settings.validate_database().expect("the database alone");
+        assert_eq!(
+            settings.validate().expect_err("the filter").key,
+            "PORTAL_LOG_FILTER"
+        );
+        // `demo`'s own database replaces what the environment said.
+        let mut settings = Settings::from_toml(MINIMAL).expect("parses");
+        settings
+            .apply_env(|k| (k == "PORTAL_DATABASE_URL").then(|| "mysql://db/x".into()))
+            .expect("applies");
+        settings.use_database(DatabaseSettings::default());
+        settings.validate().expect("the demo's database");
     }
 }

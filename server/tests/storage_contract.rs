@@ -2513,12 +2513,14 @@ async fn postgres_starved_background_work_is_reported_and_given_slots() {
     // its pools hold. The sign-ins go on, and the connections stay.
     let mut held = admin.begin().await.unwrap();
     let waiting = sign_ins_held(&mut held, &storage, "10.0.0.9", 2).await;
+    // Watched from outside any transaction: in one, PostgreSQL reads `pg_stat_activity` once.
+    let mut watch = sqlx::PgConnection::connect(&superuser).await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
         let waits: i64 = sqlx::query_scalar(&format!(
             "SELECT COUNT(*) FROM pg_stat_activity WHERE usename = '{role}' AND wait_event_type = 'Lock'"
         ))
-        .fetch_one(&mut *held)
+        .fetch_one(&mut watch)
         .await
         .unwrap();
         if waits == 2 {
@@ -2531,7 +2533,7 @@ async fn postgres_starved_background_work_is_reported_and_given_slots() {
                 sqlx::query_as(&format!(
                     "SELECT state, wait_event_type, left(query, 60) FROM pg_stat_activity WHERE usename = '{role}'"
                 ))
-                .fetch_all(&mut *held)
+                .fetch_all(&mut watch)
                 .await
                 .unwrap();
             // How each sign-in ended (or that it still runs).
@@ -2552,13 +2554,12 @@ async fn postgres_starved_background_work_is_reported_and_given_slots() {
     let taken: i64 = sqlx::query_scalar(&format!(
         "SELECT COUNT(*) FROM pg_stat_activity WHERE usename = '{role}' AND query <> ''"
     ))
-    .fetch_one(&mut *held)
+    .fetch_one(&mut watch)
     .await
     .unwrap();
     assert!(taken >= 2, "{taken}");
-    let mut other = sqlx::PgConnection::connect(&superuser).await.unwrap();
     sqlx::raw_sql(&format!("ALTER ROLE {role} CONNECTION LIMIT {taken}"))
-        .execute(&mut other)
+        .execute(&mut watch)
         .await
         .unwrap();
     held.rollback().await.unwrap();
