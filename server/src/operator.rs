@@ -345,11 +345,8 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                     );
                     return Ok(Outcome::Done);
                 }
-                Termination::Queued => match &settings.database.url {
-                    Some(_) => "by a running portal replica (or the next one to start)",
-                    None if crate::startup::sqlite_portal_running(&settings.database.path) => {
-                        "by the running portal"
-                    }
+                Termination::Queued => match stopped_by(settings) {
+                    Some(by) => by,
                     None => "when the portal next starts (none runs on this database now: the session stays open until then; its Stop is dated now, when it was asked for, with Acct-Delay-Time for the wait)",
                 },
             };
@@ -696,8 +693,8 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
         {
             Ok(Outcome::NotFound(id))
         }
-        OrgCommand::Disable { id } => set_state(&storage, &id, false).await,
-        OrgCommand::Enable { id } => set_state(&storage, &id, true).await,
+        OrgCommand::Disable { id } => set_state(settings, &storage, &id, false).await,
+        OrgCommand::Enable { id } => set_state(settings, &storage, &id, true).await,
         OrgCommand::Create { file } => {
             let settings = match settings_file(&file)? {
                 Ok(settings) => settings,
@@ -734,7 +731,7 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
                 if storage.organization(&id).await?.is_none() {
                     return Ok(Outcome::NotFound(id));
                 }
-                let outcome = set_state(&storage, &id, active).await?;
+                let outcome = set_state(settings, &storage, &id, active).await?;
                 let note = lasting_note(&storage, &id, true).await;
                 if !note.is_empty() {
                     say!("{}", note.trim_start());
@@ -804,7 +801,24 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
 
 /// `org disable` / `org enable` (and `org update` of the state alone): what it did, and what
 /// follows from it.
-async fn set_state(storage: &Storage, id: &str, active: bool) -> anyhow::Result<Outcome> {
+/// Who carries out a stop an operator command queued: a running portal (said how), or None
+/// when none runs on this SQLite database (the next start does).
+fn stopped_by(settings: &Settings) -> Option<&'static str> {
+    match &settings.database.url {
+        Some(_) => Some("by a running portal replica (or the next one to start)"),
+        None if crate::startup::sqlite_portal_running(&settings.database.path) => {
+            Some("by the running portal")
+        }
+        None => None,
+    }
+}
+
+async fn set_state(
+    settings: &Settings,
+    storage: &Storage,
+    id: &str,
+    active: bool,
+) -> anyhow::Result<Outcome> {
     let cache = cache(storage).await?;
     // A disable's stop not yet made (no portal ran, or it had not come to it) is skipped by
     // the enable: its sessions keep running, and the operator hears so.
@@ -848,7 +862,11 @@ async fn set_state(storage: &Storage, id: &str, active: bool) -> anyhow::Result<
             let open = before
                 .as_ref()
                 .map_or_else(|| "open".to_string(), |_| format!("{} open", open.len()));
-            say!("organization {id} disabled: logins and refreshes are refused; its {open} session(s) are stopped (Accounting-Stop, Admin-Reset) by the running portal at once, or by the next start if none runs (their Stops dated now, when the disable was asked for){due}");
+            let by = stopped_by(settings).map_or_else(
+                || "when the portal next starts (none runs on this database now: they stay open until then)".to_string(),
+                str::to_string,
+            );
+            say!("organization {id} disabled: logins and refreshes are refused; its {open} session(s) are stopped (Accounting-Stop, Admin-Reset) {by} (their Stops dated now, when the disable was asked for){due}");
         }
     }
     Ok(Outcome::Done)

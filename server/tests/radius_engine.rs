@@ -1708,6 +1708,40 @@ async fn a_stop_whose_server_is_checked_by_request_and_silent_goes_to_the_backup
     app.stop().await;
 }
 
+/// The copy of that Stop for the session's own server, checked by request: with no other
+/// traffic to bring it back (no Status-Server probes, no sign-ins), the copy itself goes as
+/// the server's trial, and arrives soon after the server answers again.
+#[tokio::test]
+async fn a_copy_for_a_server_checked_by_request_goes_as_its_trial_once_it_answers() {
+    let primary = FreeRadius::start().await;
+    let backup = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut checked_by_request = fast(&primary, "primary");
+    checked_by_request.status_check = radius_portal::config::StatusCheck::Request;
+    let settings = quick_failover(&db, vec![checked_by_request, fast(&backup, "backup")]);
+    let app = TestApp::spawn(&settings).await;
+    let (session, sid) = carol_at_primary(&app, &primary, 42).await;
+
+    primary.pause();
+    let sessions = app.sessions.clone();
+    tokio::spawn(async move { sessions.disconnect(session.id).await });
+    backup.wait_for_acct(&["status=Stop", &sid]).await;
+    // The copy goes as the silent server's trial, unanswered, a few times.
+    wait_until("the copy was sent three times", || async {
+        app.storage
+            .session_outbox(session.id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|row| row.copy_to.as_deref() == Some("primary") && row.transmissions >= 3)
+    })
+    .await;
+    primary.resume();
+    let stop = primary.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&stop, "cause"), "User-Request");
+    app.stop().await;
+}
+
 /// A Start that failed over (the session's own server answered its Access-Request, but its
 /// accounting port was down) takes the session's accounting with it: the Stop goes where the
 /// Start is, also once the own server's accounting is back — not a Start open at one server

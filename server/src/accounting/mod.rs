@@ -200,21 +200,24 @@ impl Drop for InlineDelivery {
     }
 }
 
-/// Delay before retry `attempts` (1-based): 1 s, 2 s, 4 s … capped at 5 min.
-pub fn backoff_ms(attempts: i64) -> i64 {
+/// Delay before retry `attempts` (1-based) of a row that has waited `age_ms` since it was
+/// queued: 1 s, 2 s, 4 s … capped at 5 min, and never longer than the row has waited
+/// already (at least 1 s): a sign-in tries its Start every 100 ms while every server is down,
+/// and those 80-odd attempts in 10 s must not park the row for 5 minutes.
+pub fn backoff_ms(attempts: i64, age_ms: i64) -> i64 {
     let exp = (attempts - 1).clamp(0, 20) as u32;
-    (1000i64 << exp).min(MAX_BACKOFF_MS)
+    (1000i64 << exp).min(MAX_BACKOFF_MS).min(age_ms.max(1000))
 }
 
-/// When a row whose delivery attempt `attempts` failed is tried again: after its backoff —
-/// or at once when another server it may go to came back meanwhile (`recovered`): the
-/// session's own, say, while it was failing over (the wake-up of the recovery came while the
-/// row was still claimed).
-pub fn retry_after(now: i64, attempts: i64, recovered: bool) -> i64 {
+/// When a row (queued `age_ms` ago) whose delivery attempt `attempts` failed is tried again:
+/// after its backoff — or at once when another server it may go to came back meanwhile
+/// (`recovered`): the session's own, say, while it was failing over (the wake-up of the
+/// recovery came while the row was still claimed).
+pub fn retry_after(now: i64, attempts: i64, age_ms: i64, recovered: bool) -> i64 {
     if recovered {
         now
     } else {
-        now + backoff_ms(attempts)
+        now + backoff_ms(attempts, age_ms)
     }
 }
 
@@ -961,7 +964,7 @@ impl Accounting {
             // Never drop an Interim or Stop: a firewall identity would outlive its session.
             // The organization is missing from this process's cache (its settings cannot be
             // built, e.g. an unreadable secret file): hold the row until it can be sent.
-            let retry = now + backoff_ms(row.attempts);
+            let retry = now + backoff_ms(row.attempts, now - row.created_at);
             let reason = format!(
                 "organization `{}` cannot be used (see the log); will retry",
                 session.organization_id
@@ -1280,7 +1283,8 @@ impl Accounting {
     ) -> Result<Delivery, OutboxError> {
         let health = self.radius.health();
         let recovered = seen.changed(health, tried);
-        let mut retry = retry_after(now_ms(), failures, recovered);
+        let now = now_ms();
+        let mut retry = retry_after(now, failures, now - row.created_at, recovered);
         self.storage
             .mark_failed(row, retry, reason, sent_to)
             .await?;
@@ -1319,9 +1323,19 @@ impl Accounting {
                     format!("server `{name}` stayed down for a day after the session's Stop was acknowledged");
                 return self.dead_letter(row, acct_id, reason).await.map(Err);
             }
-            // Parked until its server is back (a recovery makes every waiting row due).
+            // Parked until its server is back (a recovery makes every waiting row due). One
+            // checked by trial requests (`status_check = "request"`) is found back only by a
+            // request sent to it: the copy goes as that trial once the server's next one may
+            // go (at the latest), not after the longest backoff.
             let reason = "the server is down: this copy waits for it";
-            let mut retry = now + MAX_BACKOFF_MS;
+            let wait = match server.status_check {
+                crate::config::StatusCheck::Request => health
+                    .checked_within(server, Port::Acct)
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                    .clamp(1_000, MAX_BACKOFF_MS),
+                crate::config::StatusCheck::StatusServer => MAX_BACKOFF_MS,
+            };
+            let mut retry = now + wait;
             self.storage.mark_failed(row, retry, reason, None).await?;
             // Back while this was written (its recovery's wake-up found the row claimed).
             if health.recoveries_at(health.target(server, Port::Acct)) != back_before {
@@ -1579,8 +1593,10 @@ impl Accounting {
     /// [`MAX_IN_FLIGHT`]); sleeps until the next claimable row is due, new rows are queued, a
     /// delivery finishes, or a server recovers (then rows waiting out a backoff go at once).
     pub async fn run(self, shutdown: CancellationToken) {
-        let recovered = self.radius.health().recovered();
-        let usable_again = self.organizations.usable_again();
+        let mut recovered = self.radius.health().recovered();
+        let mut usable_again = self.organizations.usable_again();
+        // Changes the wait below woke for (waking marks them seen).
+        let (mut server_woke, mut organization_woke) = (false, false);
         // A new process knows nothing of the servers' state (every breaker starts closed, so
         // no probe tells it when a server is back): rows waiting out a backoff, or parked for
         // a server that was down, are tried now.
@@ -1595,15 +1611,28 @@ impl Accounting {
             if shutdown.is_cancelled() {
                 return self.flush(in_flight, in_flight_ids).await;
             }
-            // Registered before looking at the outbox, so a recovery meanwhile is not missed.
-            let server_recovered = recovered.notified();
-            tokio::pin!(server_recovered);
-            server_recovered.as_mut().enable();
-            // An organization whose settings could not be built (the rows it held wait out
-            // their back-off, up to minutes) can be used again: the same.
-            let organization_usable = usable_again.notified();
-            tokio::pin!(organization_usable);
-            organization_usable.as_mut().enable();
+            // A server back, or an organization whose settings could not be built usable
+            // again, since the last look: the rows waiting out a backoff (up to minutes), or
+            // parked for it, go now. Looked at here, before the claim, and not only when the
+            // wait below wakes for it: that wait may take another branch ready at the same
+            // moment (the delivery whose answer closed the breaker, finishing), and a change
+            // stays unseen until marked seen here.
+            let server_back =
+                std::mem::take(&mut server_woke) || recovered.has_changed().unwrap_or(false);
+            let organization_back = std::mem::take(&mut organization_woke)
+                || usable_again.has_changed().unwrap_or(false);
+            if server_back || organization_back {
+                recovered.borrow_and_update();
+                usable_again.borrow_and_update();
+                if let Err(e) = self.storage.retry_pending_now(now_ms()).await {
+                    let after = if server_back {
+                        "a server recovered"
+                    } else {
+                        "an organization could be used again"
+                    };
+                    tracing::error!(error = ?e, "rescheduling accounting after {after} failed");
+                }
+            }
             while let Ok(id) = done_rx.try_recv() {
                 in_flight_ids.remove(&id);
             }
@@ -1680,16 +1709,9 @@ impl Accounting {
             tokio::select! {
                 _ = shutdown.cancelled() => return self.flush(in_flight, in_flight_ids).await,
                 _ = self.wake.notified() => {}
-                _ = server_recovered => {
-                    if let Err(e) = self.storage.retry_pending_now(now_ms()).await {
-                        tracing::error!(error = ?e, "rescheduling accounting after a server recovered failed");
-                    }
-                }
-                _ = organization_usable => {
-                    if let Err(e) = self.storage.retry_pending_now(now_ms()).await {
-                        tracing::error!(error = ?e, "rescheduling accounting after an organization could be used again failed");
-                    }
-                }
+                // Acted on at the top of the loop.
+                Ok(()) = recovered.changed() => server_woke = true,
+                Ok(()) = usable_again.changed() => organization_woke = true,
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 _ = tokio::time::sleep(sleep) => {}
             }
@@ -2101,15 +2123,25 @@ mod tests {
         health.record_probe_success(&server, Port::Acct);
         assert!(!seen.changed(&health, None), "closed already");
 
-        assert_eq!(retry_after(1_000, 5, true), 1_000, "at once");
-        assert_eq!(retry_after(1_000, 5, false), 1_000 + backoff_ms(5));
+        assert_eq!(retry_after(1_000, 5, HOUR, true), 1_000, "at once");
+        assert_eq!(
+            retry_after(1_000, 5, HOUR, false),
+            1_000 + backoff_ms(5, HOUR)
+        );
     }
+
+    const HOUR: i64 = 3_600_000;
 
     #[test]
     fn backoff_doubles_from_one_second_and_is_capped() {
-        assert_eq!(backoff_ms(1), 1000);
-        assert_eq!(backoff_ms(2), 2000);
-        assert_eq!(backoff_ms(4), 8000);
-        assert_eq!(backoff_ms(30), 300_000);
+        assert_eq!(backoff_ms(1, HOUR), 1000);
+        assert_eq!(backoff_ms(2, HOUR), 2000);
+        assert_eq!(backoff_ms(4, HOUR), 8000);
+        assert_eq!(backoff_ms(30, HOUR), 300_000);
+        // Never longer than the row has waited: many quick attempts (a sign-in's) in 10 s
+        // wait 10 s more, not 5 minutes; a fresh row waits a second.
+        assert_eq!(backoff_ms(80, 10_000), 10_000);
+        assert_eq!(backoff_ms(80, 0), 1000);
+        assert_eq!(backoff_ms(3, 3_000), 3000);
     }
 }

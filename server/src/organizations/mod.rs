@@ -196,9 +196,9 @@ pub struct Organizations {
     /// again ([`UNBUILT_RETRY`]) — a file put right is picked up without a restart or a change
     /// of the organization (which a disabled one refuses), and the Stops waiting for it leave.
     unbuilt: tokio::sync::Mutex<HashMap<String, Unbuilt>>,
-    /// Told when an organization that could not be built can be used again: the accounting
-    /// it held is tried at once, not after its back-off.
-    usable_again: Arc<tokio::sync::Notify>,
+    /// Counts the organizations that could not be built and can be used again: the accounting
+    /// they held is tried at once, not after its back-off.
+    usable_again: tokio::sync::watch::Sender<u64>,
 }
 
 /// A stored revision whose settings could not be built.
@@ -237,7 +237,7 @@ impl Organizations {
             changes: tokio::sync::watch::Sender::new(0),
             conflicts_said: Default::default(),
             unbuilt: Default::default(),
-            usable_again: Default::default(),
+            usable_again: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -296,7 +296,7 @@ impl Organizations {
             changes: tokio::sync::watch::Sender::new(0),
             conflicts_said: Default::default(),
             unbuilt: Default::default(),
-            usable_again: Default::default(),
+            usable_again: tokio::sync::watch::Sender::new(0),
         };
         organizations.refresh(storage).await?;
         Ok(organizations)
@@ -425,7 +425,7 @@ impl Organizations {
             );
         }
         if usable_again {
-            self.usable_again.notify_waiters();
+            self.usable_again.send_modify(|n| *n += 1);
         }
         changed.extend(removed);
         if let Some(first) = stored.first() {
@@ -438,9 +438,9 @@ impl Organizations {
         Ok(changed)
     }
 
-    /// Notified when an organization whose settings could not be built can be used again.
-    pub fn usable_again(&self) -> Arc<tokio::sync::Notify> {
-        self.usable_again.clone()
+    /// Changes when an organization whose settings could not be built can be used again.
+    pub fn usable_again(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.usable_again.subscribe()
     }
 
     /// Tells when the cache changed (a receiver sees each change once; the value means nothing).

@@ -66,8 +66,9 @@ pub struct ServerHealth {
     secrets: RandomState,
     /// Signalled when a breaker opens (the prober schedules a probe).
     opened: Arc<Notify>,
-    /// Signalled when a breaker closes (accounting retries what waited for it).
-    recovered: Arc<Notify>,
+    /// Counts the breakers that closed (accounting retries what waited for them). A count, not
+    /// a signal: a receiver busy with something else when it changes sees it next time it looks.
+    recovered: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 #[derive(Default)]
@@ -93,7 +94,7 @@ impl ServerHealth {
             entries: Arc::default(),
             secrets: RandomState::new(),
             opened: Arc::new(Notify::new()),
-            recovered: Arc::new(Notify::new()),
+            recovered: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
 
@@ -239,7 +240,7 @@ impl ServerHealth {
         });
         if closed {
             tracing::info!(%addr, "RADIUS server answered a trial request: circuit breaker closed");
-            self.recovered.notify_waiters();
+            self.recovered.send_modify(|n| *n += 1);
         }
     }
 
@@ -324,7 +325,7 @@ impl ServerHealth {
         if closed {
             tracing::info!(server = %server.name, %addr, ?port,
                 "RADIUS server answers Status-Server again: circuit breaker closed");
-            self.recovered.notify_waiters();
+            self.recovered.send_modify(|n| *n += 1);
         }
     }
 
@@ -392,7 +393,7 @@ impl ServerHealth {
             self.opened.notify_one();
         }
         if probe_now || forgotten > 0 {
-            self.recovered.notify_waiters();
+            self.recovered.send_modify(|n| *n += 1);
         }
     }
 
@@ -439,8 +440,8 @@ impl ServerHealth {
     }
 
     /// Signalled (to every waiter) when a breaker closes.
-    pub fn recovered(&self) -> Arc<Notify> {
-        self.recovered.clone()
+    pub fn recovered(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.recovered.subscribe()
     }
 }
 
@@ -498,6 +499,39 @@ mod tests {
         assert_eq!(
             health.checked_within(&tried, Port::Acct),
             Some(Duration::from_secs(3600) + Duration::from_millis(300))
+        );
+    }
+
+    /// A breaker that closes while its watcher (the accounting loop) is busy elsewhere — not
+    /// waiting — is seen when it next looks: a count, not a wake-up that is lost when the
+    /// waiter took another branch ready at the same moment.
+    #[tokio::test]
+    async fn a_recovery_is_seen_by_a_watcher_that_was_not_waiting() {
+        let health = health();
+        let mut recovered = health.recovered();
+        let (probed, tried) = (server("primary", 1813, "s"), {
+            let mut nps = server("nps", 1814, "s");
+            nps.status_check = StatusCheck::Request;
+            nps
+        });
+        health.record_failure(&probed, Port::Acct);
+        health.record_failure(&tried, Port::Acct);
+        assert!(!recovered.has_changed().unwrap());
+        // Back by a probe, while nobody waits.
+        health.record_probe_success(&probed, Port::Acct);
+        assert!(recovered.has_changed().unwrap());
+        recovered.borrow_and_update();
+        assert!(!recovered.has_changed().unwrap());
+        // Back by a trial request answered (its trial due: the wait is an hour here).
+        health.with(health.target(&tried, Port::Acct), |e| {
+            assert!(e
+                .breaker
+                .take_trial(Instant::now() + Duration::from_secs(7200), Duration::ZERO));
+        });
+        health.record_success(health.target(&tried, Port::Acct), true);
+        assert!(
+            recovered.has_changed().unwrap(),
+            "a trial's answer counts too"
         );
     }
 
