@@ -345,10 +345,9 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                     );
                     return Ok(Outcome::Done);
                 }
-                Termination::Queued => match stopped_by(settings) {
-                    Some(by) => by,
-                    None => "when the portal next starts (none runs on this database now: the session stays open until then; its Stop is dated now, when it was asked for, with Acct-Delay-Time for the wait)",
-                },
+                Termination::Queued => stopped_by(settings).unwrap_or(
+                    "when the portal next starts (none runs on this database now: the session stays open until then; its Stop is dated now, when it was asked for, with Acct-Delay-Time for the wait)",
+                ),
             };
             say!(
                 "session {} ({}, {}) will be stopped {by} (Accounting-Stop, Admin-Reset)",
