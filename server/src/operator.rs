@@ -798,8 +798,6 @@ pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Out
     }
 }
 
-/// `org disable` / `org enable` (and `org update` of the state alone): what it did, and what
-/// follows from it.
 /// Who carries out a stop an operator command queued: a running portal (said how), or None
 /// when none runs on this SQLite database (the next start does).
 fn stopped_by(settings: &Settings) -> Option<&'static str> {
@@ -812,6 +810,8 @@ fn stopped_by(settings: &Settings) -> Option<&'static str> {
     }
 }
 
+/// `org disable` / `org enable` (and `org update` of the state alone): what it did, and what
+/// follows from it.
 async fn set_state(
     settings: &Settings,
     storage: &Storage,

@@ -1710,7 +1710,9 @@ async fn a_stop_whose_server_is_checked_by_request_and_silent_goes_to_the_backup
 
 /// The copy of that Stop for the session's own server, checked by request: with no other
 /// traffic to bring it back (no Status-Server probes, no sign-ins), the copy itself goes as
-/// the server's trial, and arrives soon after the server answers again.
+/// the server's trial, and arrives soon after the server answers again. (Here the copy finds
+/// the server's trial free at each try; one that finds it taken by another request is parked
+/// until the next may go — `Accounting::pick` — which no test arranges deterministically.)
 #[tokio::test]
 async fn a_copy_for_a_server_checked_by_request_goes_as_its_trial_once_it_answers() {
     let primary = FreeRadius::start().await;
@@ -1739,6 +1741,17 @@ async fn a_copy_for_a_server_checked_by_request_goes_as_its_trial_once_it_answer
     primary.resume();
     let stop = primary.wait_for_acct(&["status=Stop", &sid]).await;
     assert_eq!(field(&stop, "cause"), "User-Request");
+    // The server logs the Stops it held while frozen too: that the portal sent the copy again
+    // and had its answer is what the outbox records.
+    wait_until("the copy is acknowledged", || async {
+        app.storage
+            .session_outbox(session.id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|row| row.copy_to.as_deref() == Some("primary") && row.delivered_at.is_some())
+    })
+    .await;
     app.stop().await;
 }
 

@@ -1630,7 +1630,9 @@ impl Accounting {
                     } else {
                         "an organization could be used again"
                     };
-                    tracing::error!(error = ?e, "rescheduling accounting after {after} failed");
+                    tracing::error!(error = ?e, "rescheduling accounting after {after} failed (tried again)");
+                    // Not done: the next pass tries again (in a second, see below).
+                    (server_woke, organization_woke) = (server_back, organization_back);
                 }
             }
             while let Ok(id) = done_rx.try_recv() {
@@ -1691,8 +1693,9 @@ impl Accounting {
                 continue;
             }
             let mut longest = MAX_SLEEP.min(self.storage.longest_sleep());
-            if stranded > 0 {
-                // Claims to give up once the database answers: look again in a second.
+            if stranded > 0 || server_woke || organization_woke {
+                // Claims to give up, or a reschedule to make, once the database answers: look
+                // again in a second.
                 longest = longest.min(Duration::from_secs(1));
             }
             let sleep = if capacity == 0 {

@@ -439,7 +439,8 @@ impl ServerHealth {
         self.with(target, |e| e.recoveries)
     }
 
-    /// Signalled (to every waiter) when a breaker closes.
+    /// Counts the breakers that closed: a receiver sees each change, also one made while it
+    /// was not waiting.
     pub fn recovered(&self) -> tokio::sync::watch::Receiver<u64> {
         self.recovered.subscribe()
     }
