@@ -933,6 +933,10 @@ impl Accounting {
         }
         let acct_id = session.acct_session_id.as_str();
         let is_start = row.status_type == i64::from(status_type::START) && row.copy_to.is_none();
+        // Organizations made usable again so far (one that is, while this row is held for it,
+        // has the row tried at once: the loop's reschedule may have run before the hold is
+        // written).
+        let usable_before = self.organizations.usable_count();
         let org = self.organizations.get(&session.organization_id);
         if is_start {
             // `org_checked`: the Start was stored just now by a write that found the
@@ -964,12 +968,16 @@ impl Accounting {
             // Never drop an Interim or Stop: a firewall identity would outlive its session.
             // The organization is missing from this process's cache (its settings cannot be
             // built, e.g. an unreadable secret file): hold the row until it can be sent.
-            let retry = now + backoff_ms(row.attempts, now - row.created_at);
+            let mut retry = now + backoff_ms(row.attempts, now - row.created_at);
             let reason = format!(
                 "organization `{}` cannot be used (see the log); will retry",
                 session.organization_id
             );
             self.storage.mark_failed(&row, retry, &reason, None).await?;
+            if self.organizations.usable_count() != usable_before {
+                retry = now_ms();
+                self.storage.mark_failed(&row, retry, &reason, None).await?;
+            }
             tracing::error!(acct_session_id = %acct_id, status_type = row.status_type,
                 organization = %session.organization_id,
                 "accounting held: the organization's settings cannot be used; will retry");

@@ -438,6 +438,11 @@ impl Organizations {
         Ok(changed)
     }
 
+    /// How many times an organization whose settings could not be built became usable.
+    pub fn usable_count(&self) -> u64 {
+        *self.usable_again.borrow()
+    }
+
     /// Changes when an organization whose settings could not be built can be used again.
     pub fn usable_again(&self) -> tokio::sync::watch::Receiver<u64> {
         self.usable_again.subscribe()
