@@ -1371,7 +1371,8 @@ pub enum StatusCheck {
     /// Status-Server probes (RFC 5997).
     #[default]
     StatusServer,
-    /// A trial ordinary request per probe interval.
+    /// A trial ordinary request per probe interval (further apart, up to 32 intervals, while
+    /// they go unanswered).
     Request,
 }
 

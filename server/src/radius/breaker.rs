@@ -10,7 +10,8 @@
 //!   be answering a backlog (a `kill -STOP`ped server does).
 //! - **Request** (servers that never answer Status-Server, such as Microsoft NPS): once per probe
 //!   interval one ordinary request is let through as a trial ([`Breaker::take_trial`]); its
-//!   verified answer closes the breaker, its silence opens it again.
+//!   verified answer closes the breaker, its silence opens it again with twice the wait (a
+//!   trial costs a user's sign-in a failover's delay; up to 2^[`MAX_BACKOFF_LEVEL`] intervals).
 //!
 //! Flapping is damped: a server that is closed by a probe (or trial) and opens again before any
 //! ordinary request succeeded — it answers Status-Server while its back end is down — waits
