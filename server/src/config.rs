@@ -423,8 +423,13 @@ impl DatabaseSettings {
 }
 
 /// `database.url` (or the variable that set it, `key`).
+/// Whether `url` names a PostgreSQL database (its scheme).
+fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 fn check_database_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+    if !is_postgres_url(url) {
         return Err(config_error(
             key,
             "must start with `postgres://` (user:password@host:port/database); for SQLite use `database.path`",
@@ -558,8 +563,14 @@ fn env_overrides(
         ));
     }
     // A PostgreSQL URL from the environment over a file that names a SQLite file: the file's
-    // database is not the one used.
+    // database is not the one used. (A URL that is no PostgreSQL one is refused with its
+    // own error: no note that calls it PostgreSQL first.)
+    let postgres_url = at(&now, "database", "url")
+        .as_ref()
+        .and_then(toml::Value::as_str)
+        .is_some_and(is_postgres_url);
     if is_set("PORTAL_DATABASE_URL")
+        && postgres_url
         && at(&written, "database", "url").is_none()
         && at(&written, "database", "path").is_some()
     {
@@ -2249,6 +2260,13 @@ mod tests {
                 && !notes.contains("pw2"),
             "{notes}"
         );
+        // A URL that is no PostgreSQL one is refused by its own error, not called PostgreSQL.
+        let mysql = |k: &str| (k == "PORTAL_DATABASE_URL").then(|| "mysql://db/x".to_string());
+        let mut now = Settings::from_toml(&text_path).unwrap();
+        now.apply_env(mysql).unwrap();
+        let notes = env_overrides(&text_path, &file_path, &now, |k| mysql(k).is_some());
+        assert!(notes.is_empty(), "{notes:?}");
+        assert!(now.validate().is_err());
         // Of two variables for one key, the one in effect is named.
         let both = |k: &str| match k {
             "PORT" => Some("42350".to_string()),

@@ -1731,6 +1731,59 @@ async fn a_stop_whose_server_is_checked_by_request_and_silent_goes_to_the_backup
     app.stop().await;
 }
 
+/// An organization's one server, checked by request (NPS), stays silent for long: the Stop
+/// held for it checks it every probe interval however many checks went unanswered — a lost
+/// trial doubles the wait before the next only when a user waited on it (a sign-in), up to
+/// 32 intervals; a Stop nobody waits on costs no one — and is acknowledged soon after the
+/// server answers again, not a minute later. One held row checks the server; the others held
+/// for it (another user's Stop) go once it is found back.
+#[tokio::test]
+async fn a_stop_held_for_a_silent_server_checked_by_request_checks_it_every_interval() {
+    let primary = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut checked_by_request = fast(&primary, "primary");
+    checked_by_request.status_check = radius_portal::config::StatusCheck::Request;
+    let settings = quick_failover(&db, vec![checked_by_request]);
+    let app = TestApp::spawn(&settings).await;
+    let (session, sid) = carol_at_primary(&app, &primary, 43).await;
+    let other = app
+        .sessions
+        .login("acme", "erin", "erin-pass", IpAddr::V4(client(44)))
+        .await
+        .unwrap();
+
+    primary.pause();
+    assert!(app.sessions.disconnect(session.id).await.unwrap());
+    assert!(app.sessions.disconnect(other.id).await.unwrap());
+    let stop_of = |id: i64| {
+        let storage = app.storage.clone();
+        async move {
+            let rows = storage.session_outbox(id).await.unwrap();
+            rows.into_iter()
+                .find(|row| row.status_type == i64::from(status_type::STOP))
+                .unwrap()
+        }
+    };
+    // Both sent once as the server went silent; then each check takes its exchange (0.6 s)
+    // and an interval (0.5 s): six more in about 7 s. Had each lost trial doubled the wait,
+    // the sixth would come after more than 30 s.
+    wait_until("the Stops were sent eight times in all", || async {
+        stop_of(session.id).await.transmissions + stop_of(other.id).await.transmissions >= 8
+    })
+    .await;
+    primary.resume();
+    // The server logs the Stops it held while frozen too: the outbox's acknowledgement is what
+    // tells the portal's next check had its answer.
+    wait_until("both Stops are acknowledged", || async {
+        stop_of(session.id).await.delivered_at.is_some()
+            && stop_of(other.id).await.delivered_at.is_some()
+    })
+    .await;
+    let logged = primary.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&logged, "cause"), "User-Request");
+    app.stop().await;
+}
+
 /// A Start that failed over (the session's own server answered its Access-Request, but its
 /// accounting port was down) takes the session's accounting with it: the Stop goes where the
 /// Start is, also once the own server's accounting is back — not a Start open at one server

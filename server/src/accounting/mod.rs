@@ -20,6 +20,7 @@ use crate::{
         Organization, Organizations,
     },
     radius::{
+        breaker::Carrier,
         encode_accounting,
         health::{Port, ServerHealth, Target},
         status_type, terminate_cause, AccountingRecord, Radius, RadiusError, ServerEndpoint,
@@ -40,6 +41,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 mod claims;
+mod trials;
 
 /// A sender owns a claimed row this long; afterwards the row may be claimed again — by another
 /// replica when the sender was killed. A delivery under way keeps its claim, however long it
@@ -152,6 +154,8 @@ pub struct Accounting {
     given_up: Arc<std::sync::atomic::AtomicUsize>,
     /// The claims of the deliveries under way, kept while they run.
     kept: claims::Kept,
+    /// The held row that checks each down server checked by request ([`trials`]).
+    carriers: Arc<trials::TrialCarriers>,
 }
 
 /// Start rows [`Accounting`] remembers refused attempts of, at most.
@@ -434,6 +438,7 @@ impl Accounting {
             given_up: Arc::default(),
             unseen: Arc::default(),
             kept: claims::Kept::new(storage.clone()),
+            carriers: Arc::default(),
             storage,
         }
     }
@@ -741,6 +746,7 @@ impl Accounting {
             .storage
             .dead_letter(row.id, Some(row.attempts), now_ms(), &reason, cascade)
             .await?;
+        self.carriers.settled(row.id);
         if !closed {
             tracing::warn!(%acct_session_id, status_type = row.status_type, reason = %reason,
                 "accounting row not dead-lettered: another sender has taken it (or settled it) meanwhile");
@@ -1055,7 +1061,17 @@ impl Accounting {
         // delivery waits or fails elsewhere is tried at once, not after the backoff (the
         // recovery's wake-up passed while the row was claimed).
         let seen = Recoveries::of(health, &org);
-        let (server, failover) = match self.pick(&org, &session, &row, now, &seen).await? {
+        // A trial of a server checked by request made for a user waiting (a sign-in), or for
+        // no one (the loop; a user's Stop sent in the background).
+        let carrier = if deadline.is_some() {
+            Carrier::User
+        } else {
+            Carrier::Background
+        };
+        let (server, failover) = match self
+            .pick(&org, &session, &row, (now, carrier), &seen)
+            .await?
+        {
             Ok(picked) => picked,
             Err(outcome) => return Ok(outcome),
         };
@@ -1094,9 +1110,9 @@ impl Accounting {
                         .release(
                             &row,
                             "no send slot in time (server busy)",
-                            None,
+                            (None, tried),
                             &seen,
-                            tried,
+                            &org.servers,
                             row.attempts,
                         )
                         .await;
@@ -1111,9 +1127,9 @@ impl Accounting {
                 .release(
                     &row,
                     "accounting server went down",
-                    None,
+                    (None, tried),
                     &seen,
-                    tried,
+                    &org.servers,
                     row.attempts,
                 )
                 .await;
@@ -1156,6 +1172,8 @@ impl Accounting {
             .await
         {
             Ok(()) => {
+                // Acknowledged: the row checks no down server any more.
+                self.carriers.settled(row.id);
                 let unseen = if is_start {
                     let mut unseen = self.unseen.lock().unwrap_or_else(|p| p.into_inner());
                     unseen.remove(&row.id).unwrap_or(0)
@@ -1266,9 +1284,9 @@ impl Accounting {
                 self.release(
                     &row,
                     &e.to_string(),
-                    sent_to,
+                    (sent_to, Some(health.target(server, Port::Acct))),
                     &seen,
-                    Some(health.target(server, Port::Acct)),
+                    &org.servers,
                     failed_exchanges,
                 )
                 .await
@@ -1278,21 +1296,26 @@ impl Accounting {
 
     /// Releases `row` for a retry after its backoff, with `reason` (`sent_to`: a packet went to
     /// that server) — or at once when another server of the organization than `tried` came
-    /// back since `seen`, also while the release was being written (checked again after it).
+    /// back since `seen`, also while the release was being written (checked again after it);
+    /// or, when the row is to carry the next trial of one of the organization's `servers`
+    /// checked by request and down ([`Accounting::trial_slot`]), at that trial's time.
     /// `failures` (1-based) sets the backoff: the row's claims, or the exchanges that failed.
     async fn release(
         &self,
         row: &OutboxRow,
         reason: &str,
-        sent_to: Option<&str>,
+        (sent_to, tried): (Option<&str>, Option<Target>),
         seen: &Recoveries,
-        tried: Option<Target>,
+        servers: &[ServerEndpoint],
         failures: i64,
     ) -> Result<Delivery, OutboxError> {
         let health = self.radius.health();
         let recovered = seen.changed(health, tried);
         let now = now_ms();
         let mut retry = retry_after(now, failures, now - row.created_at, recovered);
+        if let Some(trial) = self.trial_slot(row, servers, now) {
+            retry = retry.min(trial);
+        }
         self.storage
             .mark_failed(row, retry, reason, sent_to)
             .await?;
@@ -1303,6 +1326,34 @@ impl Accounting {
         Ok(Delivery::RetryAt(retry))
     }
 
+    /// When `row`, held, goes as the next trial nobody waits on of one of its organization's
+    /// `servers` that is checked by request and down (unix ms) — if it is to carry that
+    /// server's trials ([`trials`]). None when each such server has its carrier, or none is
+    /// down; and for a row that would go elsewhere: a copy goes to its own server alone, and
+    /// another row, while a server is up, goes there (a carrier that is acknowledged elsewhere
+    /// leaves the server's other rows to their backoff).
+    fn trial_slot(&self, row: &OutboxRow, servers: &[ServerEndpoint], now: i64) -> Option<i64> {
+        let health = self.radius.health();
+        let servers = match &row.copy_to {
+            Some(name) => {
+                let at = servers.iter().position(|s| &s.name == name)?;
+                &servers[at..=at]
+            }
+            None if servers.iter().any(|s| health.is_up(s, Port::Acct)) => return None,
+            None => servers,
+        };
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
+        servers.iter().find_map(|server| {
+            let at = now + ms(health.background_trial_in(server, Port::Acct)?) + 1;
+            // Its exchange's time and a second: a carrier held again later than that after
+            // its time went elsewhere (acknowledged by another server, another replica's).
+            let grace = ms(crate::radius::health::check_answered_within(server)) + 1_000;
+            self.carriers
+                .carry(health.target(server, Port::Acct), row.id, at, now, grace)
+                .then_some(at)
+        })
+    }
+
     /// The server `row` goes to now, and whether that is a failover; or, when it cannot go
     /// anywhere now, what its delivery ends with (released for a retry, or dead-lettered). A
     /// copy for one server ([`OutboxRow::copy_to`]) goes there alone, once it is up.
@@ -1311,7 +1362,7 @@ impl Accounting {
         org: &'o Organization,
         session: &AccessSessionRecord,
         row: &OutboxRow,
-        now: i64,
+        (now, carrier): (i64, Carrier),
         seen: &Recoveries,
     ) -> Result<Result<(&'o ServerEndpoint, bool), Delivery>, OutboxError> {
         let health = self.radius.health();
@@ -1323,7 +1374,7 @@ impl Accounting {
                 return self.dead_letter(row, acct_id, reason).await.map(Err);
             };
             let back_before = health.recoveries_at(health.target(server, Port::Acct));
-            if health.admit(server, Port::Acct) {
+            if health.admit(server, Port::Acct, carrier) {
                 return Ok(Ok((server, false)));
             }
             if now - row.created_at > COPY_GIVE_UP_MS {
@@ -1333,17 +1384,12 @@ impl Accounting {
             }
             // Parked until its server is back (a recovery makes every waiting row due). One
             // checked by trial requests (`status_check = "request"`) is found back only by a
-            // request sent to it: the copy goes as that trial once the server's next one may
-            // go (at the latest), not after the longest backoff.
+            // request sent to it: the copy goes as that trial when the next may go, if it is
+            // the row that carries the server's trials.
             let reason = "the server is down: this copy waits for it";
-            let wait = match server.status_check {
-                crate::config::StatusCheck::Request => health
-                    .checked_within(server, Port::Acct)
-                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                    .clamp(1_000, MAX_BACKOFF_MS),
-                crate::config::StatusCheck::StatusServer => MAX_BACKOFF_MS,
-            };
-            let mut retry = now + wait;
+            let mut retry = self
+                .trial_slot(row, std::slice::from_ref(server), now)
+                .unwrap_or(now + MAX_BACKOFF_MS);
             self.storage.mark_failed(row, retry, reason, None).await?;
             // Back while this was written (its recovery's wake-up found the row claimed).
             if health.recoveries_at(health.target(server, Port::Acct)) != back_before {
@@ -1365,7 +1411,7 @@ impl Accounting {
         let now_instant = tokio::time::Instant::now();
         let standing = Standing {
             up: |s: &ServerEndpoint| health.is_up(s, Port::Acct),
-            allows: |s: &ServerEndpoint| health.admit(s, Port::Acct),
+            allows: |s: &ServerEndpoint| health.admit(s, Port::Acct, carrier),
             settling: |s: &ServerEndpoint| {
                 settle_left(
                     now_instant,
@@ -1417,7 +1463,7 @@ impl Accounting {
                         "accounting held: every server of the organization is down; will retry");
                 }
                 let reason = "every accounting server is down";
-                self.release(row, reason, None, seen, None, row.attempts)
+                self.release(row, reason, (None, None), seen, &org.servers, row.attempts)
                     .await
                     .map(Err)
             }

@@ -10,8 +10,13 @@
 //!   be answering a backlog (a `kill -STOP`ped server does).
 //! - **Request** (servers that never answer Status-Server, such as Microsoft NPS): once per probe
 //!   interval one ordinary request is let through as a trial ([`Breaker::take_trial`]); its
-//!   verified answer closes the breaker, its silence opens it again with twice the wait (a
-//!   trial costs a user's sign-in a failover's delay; up to 2^[`MAX_BACKOFF_LEVEL`] intervals).
+//!   verified answer closes the breaker. What its silence costs depends on who carries it
+//!   ([`Carrier`]): a trial a user waits on (a sign-in) costs them a failover's delay, so its
+//!   loss doubles the wait before the next such trial (up to 2^[`MAX_BACKOFF_LEVEL`]
+//!   intervals); one nobody waits on (accounting the outbox sends on its own) costs no one, so
+//!   such a trial may go every interval however long the outage was, and its loss changes no
+//!   wait — a server down for minutes is found back within an interval by its held
+//!   accounting, not a minute later.
 //!
 //! Flapping is damped: a server that is closed by a probe (or trial) and opens again before any
 //! ordinary request succeeded — it answers Status-Server while its back end is down — waits
@@ -47,6 +52,17 @@ impl Default for BreakerPolicy {
     }
 }
 
+/// Who a trial request (a server checked by request) is made for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carrier {
+    /// A user waits on it (a sign-in's Access-Request or Start): its loss costs them a
+    /// failover's delay, so these trials are damped.
+    User,
+    /// Nobody waits on it (accounting sent by the outbox on its own): one may go every probe
+    /// interval.
+    Background,
+}
+
 /// Where a breaker stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BreakerState {
@@ -61,6 +77,9 @@ pub enum BreakerState {
         since: Instant,
         /// When the next probe or trial may be sent.
         next_probe: Instant,
+        /// When the server was last found down (the breaker opened, or a check went
+        /// unanswered): a trial nobody waits on may go a probe interval after it.
+        checked: Instant,
     },
     /// One ordinary request is out as a trial; no other request until its outcome (or `until`,
     /// after which the trial is taken as lost and another may go).
@@ -69,6 +88,11 @@ pub enum BreakerState {
         since: Instant,
         /// When the trial counts as lost.
         until: Instant,
+        /// Who the trial is made for.
+        carrier: Carrier,
+        /// When the next trial a user waits on could have gone before this one was taken (a
+        /// lost background trial leaves that schedule as it was).
+        next_probe: Instant,
     },
 }
 
@@ -151,6 +175,7 @@ impl Breaker {
                     self.state = BreakerState::Open {
                         since: now,
                         next_probe: now + self.probe_wait(),
+                        checked: now,
                     };
                     true
                 } else {
@@ -158,11 +183,22 @@ impl Breaker {
                     false
                 }
             }
-            BreakerState::Trial { since, .. } => {
-                self.backoff_level = (self.backoff_level + 1).min(MAX_BACKOFF_LEVEL);
+            BreakerState::Trial {
+                since,
+                carrier,
+                next_probe,
+                ..
+            } => {
+                // A user's lost trial doubles the wait before the next; a background one's
+                // only tells that the server is still down (users' trials wait a full wait
+                // from now: a check just now found it down).
+                if carrier == Carrier::User {
+                    self.backoff_level = (self.backoff_level + 1).min(MAX_BACKOFF_LEVEL);
+                }
                 self.state = BreakerState::Open {
                     since,
-                    next_probe: now + self.probe_wait(),
+                    next_probe: next_probe.max(now + self.probe_wait()),
+                    checked: now,
                 };
                 false
             }
@@ -174,10 +210,15 @@ impl Breaker {
     /// probe moves the next one a wait ahead, so concurrent probers send one at a time.
     pub fn take_probe(&mut self, now: Instant) -> bool {
         match self.state {
-            BreakerState::Open { since, next_probe } if now >= next_probe => {
+            BreakerState::Open {
+                since,
+                next_probe,
+                checked,
+            } if now >= next_probe => {
                 self.state = BreakerState::Open {
                     since,
                     next_probe: now + self.probe_wait(),
+                    checked,
                 };
                 true
             }
@@ -185,26 +226,46 @@ impl Breaker {
         }
     }
 
-    /// Whether one ordinary request may go now as a trial (servers checked by request): open
-    /// and its time has come, or an earlier trial outlived `until` without an outcome. The
-    /// trial is held for `hold` (the longest its exchange can take).
-    pub fn take_trial(&mut self, now: Instant, hold: Duration) -> bool {
+    /// Whether one ordinary request made for `carrier` may go now as a trial (servers checked
+    /// by request): open and its time has come — for a trial nobody waits on, a probe interval
+    /// after the server was last found down, whatever the users' back-off — or an earlier
+    /// trial outlived `until` without an outcome. The trial is held for `hold` (the longest
+    /// its exchange can take).
+    pub fn take_trial(&mut self, now: Instant, hold: Duration, carrier: Carrier) -> bool {
+        if self.trial_at(carrier).is_none_or(|at| now < at) {
+            return false;
+        }
+        let (BreakerState::Open {
+            since, next_probe, ..
+        }
+        | BreakerState::Trial {
+            since, next_probe, ..
+        }) = self.state
+        else {
+            return false;
+        };
+        self.state = BreakerState::Trial {
+            since,
+            until: now + hold,
+            carrier,
+            next_probe,
+        };
+        true
+    }
+
+    /// When a trial made for `carrier` may go (None while closed): see [`Breaker::take_trial`].
+    pub fn trial_at(&self, carrier: Carrier) -> Option<Instant> {
         match self.state {
-            BreakerState::Open { since, next_probe } if now >= next_probe => {
-                self.state = BreakerState::Trial {
-                    since,
-                    until: now + hold,
-                };
-                true
-            }
-            BreakerState::Trial { since, until } if now >= until => {
-                self.state = BreakerState::Trial {
-                    since,
-                    until: now + hold,
-                };
-                true
-            }
-            _ => false,
+            BreakerState::Open {
+                next_probe,
+                checked,
+                ..
+            } => Some(match carrier {
+                Carrier::User => next_probe,
+                Carrier::Background => next_probe.min(checked + self.policy.probe_interval),
+            }),
+            BreakerState::Trial { until, .. } => Some(until),
+            BreakerState::Closed { .. } => None,
         }
     }
 
@@ -220,6 +281,7 @@ impl Breaker {
                 self.state = BreakerState::Open {
                     since,
                     next_probe: now,
+                    checked: now,
                 };
                 true
             }
@@ -243,12 +305,15 @@ impl Breaker {
     /// probe earlier.
     pub fn record_probe_failure(&mut self, now: Instant) -> bool {
         match self.state {
-            BreakerState::Open { since, next_probe } if self.backoff_level > 0 => {
+            BreakerState::Open {
+                since, next_probe, ..
+            } if self.backoff_level > 0 => {
                 self.backoff_level -= 1;
                 let sooner = now + self.probe_wait();
                 self.state = BreakerState::Open {
                     since,
                     next_probe: next_probe.min(sooner),
+                    checked: now,
                 };
                 sooner < next_probe
             }
@@ -453,12 +518,15 @@ mod tests {
         let mut b = Breaker::new(policy());
         open(&mut b, now);
         assert!(
-            !b.take_trial(now, hold),
+            !b.take_trial(now, hold, Carrier::User),
             "the first trial waits one interval"
         );
         let t1 = now + Duration::from_secs(5);
-        assert!(b.take_trial(t1, hold));
-        assert!(!b.take_trial(t1, hold), "one trial at a time");
+        assert!(b.take_trial(t1, hold, Carrier::User));
+        assert!(
+            !b.take_trial(t1, hold, Carrier::User),
+            "one trial at a time"
+        );
         assert!(!b.allows_request(t1));
         assert!(!b.is_open(), "a trial is out");
         assert!(!b.record_failure(t1), "a lost trial is not a new opening");
@@ -468,13 +536,60 @@ mod tests {
             "backed off"
         );
         let t2 = t1 + Duration::from_secs(10);
-        assert!(b.take_trial(t2, hold));
+        assert!(b.take_trial(t2, hold, Carrier::User));
         // The trial's exchange vanished (its task ended without an outcome): another may go.
-        assert!(!b.take_trial(t2 + Duration::from_secs(2), hold));
-        assert!(b.take_trial(t2 + hold, hold));
+        assert!(!b.take_trial(t2 + Duration::from_secs(2), hold, Carrier::User));
+        assert!(b.take_trial(t2 + hold, hold, Carrier::User));
         assert!(b.record_success(), "an answered trial closes it");
         assert!(b.allows_request(t2 + hold));
         assert!(!b.record_failure(t2), "the count starts afresh");
+    }
+
+    #[test]
+    fn a_trial_nobody_waits_on_goes_every_interval_and_its_loss_backs_nothing_off() {
+        let now = Instant::now();
+        let hold = Duration::from_secs(3);
+        let interval = Duration::from_secs(5);
+        let mut b = Breaker::new(policy());
+        open(&mut b, now);
+        // Users' trials lost three times: theirs come every 40 s now.
+        let mut t = now;
+        for _ in 0..3 {
+            t = b.probe_due().expect("open");
+            assert!(b.take_trial(t, hold, Carrier::User));
+            b.record_failure(t + hold);
+        }
+        let lost = t + hold;
+        assert_eq!(b.probe_due(), Some(lost + interval * 8));
+        // Accounting nobody waits on may check the server an interval after it was last found
+        // down, not a user's 40 s.
+        assert!(!b.take_trial(
+            lost + interval - Duration::from_millis(1),
+            hold,
+            Carrier::Background
+        ));
+        assert_eq!(b.trial_at(Carrier::Background), Some(lost + interval));
+        assert!(
+            !b.take_trial(lost + interval, hold, Carrier::User),
+            "a user's is damped"
+        );
+        let mut t = lost + interval;
+        for _ in 0..4 {
+            assert!(b.take_trial(t, hold, Carrier::Background));
+            assert!(!b.take_trial(t, hold, Carrier::User), "one trial at a time");
+            assert!(!b.record_failure(t + hold));
+            // Lost: the next background trial an interval after, the back-off unchanged, and
+            // users' trials a full (damped) wait after this check.
+            assert_eq!(b.trial_at(Carrier::Background), Some(t + hold + interval));
+            assert_eq!(b.probe_due(), Some(t + hold + interval * 8));
+            t += hold + interval;
+        }
+        assert!(b.take_trial(t, hold, Carrier::Background));
+        assert!(b.record_success(), "its answer closes the breaker");
+        assert!(b.allows_request(t));
+        // The back-off starts over: the next outage's trials come every interval again.
+        open(&mut b, t);
+        assert_eq!(b.probe_due(), Some(t + interval));
     }
 
     #[test]
@@ -484,6 +599,6 @@ mod tests {
         open(&mut b, now);
         assert!(!b.record_success());
         assert!(b.is_open());
-        assert!(!b.take_trial(now, Duration::from_secs(1)));
+        assert!(!b.take_trial(now, Duration::from_secs(1), Carrier::Background));
     }
 }

@@ -7,7 +7,7 @@
 //! secret per client address — gets an entry of its own, so its failures (and its probes,
 //! made with its own secret) never lock the other organizations out.
 
-use super::breaker::{Breaker, BreakerPolicy, BreakerState};
+use super::breaker::{Breaker, BreakerPolicy, BreakerState, Carrier};
 use super::ServerEndpoint;
 use crate::config::StatusCheck;
 use std::{
@@ -164,10 +164,10 @@ impl ServerHealth {
         })
     }
 
-    /// Whether a request may go to `server` at `port` now: its breaker is closed, or — for a
-    /// server checked by request (`status_check = "request"`) — a trial is due, which this
-    /// request then is.
-    pub fn admit(&self, server: &ServerEndpoint, port: Port) -> bool {
+    /// Whether a request made for `carrier` may go to `server` at `port` now: its breaker is
+    /// closed, or — for a server checked by request (`status_check = "request"`) — a trial
+    /// for that carrier is due, which this request then is.
+    pub fn admit(&self, server: &ServerEndpoint, port: Port, carrier: Carrier) -> bool {
         let now = Instant::now();
         let addr = address(server, port);
         let trial = self.with(self.target(server, port), |e| {
@@ -179,11 +179,11 @@ impl ServerHealth {
             }
             e.probe = Some((server.clone(), port));
             e.breaker
-                .take_trial(now, check_answered_within(server))
+                .take_trial(now, check_answered_within(server), carrier)
                 .then_some(true)
         });
         if trial == Some(true) {
-            tracing::info!(server = %server.name, %addr, ?port,
+            tracing::info!(server = %server.name, %addr, ?port, ?carrier,
                 "RADIUS server down: one request goes as a trial (status_check = \"request\")");
         }
         trial.is_some()
@@ -419,12 +419,34 @@ impl ServerHealth {
 
     /// For `server` at `port` while it is down (its breaker open, or a trial out): how long
     /// after any instant its first check since then — a Status-Server probe, or a trial
-    /// request — has had its answer at the latest: one wait between checks at its back-off
-    /// level, and the check's own time ([`check_answered_within`]). None while it is up.
+    /// request — has had its answer at the latest: one wait between checks, and the check's
+    /// own time ([`check_answered_within`]). The wait is its probes' at their back-off level;
+    /// for a server checked by request, the probe interval — the accounting held for it
+    /// carries a trial that often, whatever users' trials wait ([`Carrier::Background`]).
+    /// None while it is up.
     pub fn checked_within(&self, server: &ServerEndpoint, port: Port) -> Option<Duration> {
         self.with(self.target(server, port), |e| {
-            (!e.breaker.allows_request(Instant::now()))
-                .then(|| e.breaker.probe_wait() + check_answered_within(server))
+            (!e.breaker.allows_request(Instant::now())).then(|| {
+                let wait = match server.status_check {
+                    StatusCheck::Request => self.policy.probe_interval,
+                    StatusCheck::StatusServer => e.breaker.probe_wait(),
+                };
+                wait + check_answered_within(server)
+            })
+        })
+    }
+
+    /// For `server` at `port`, checked by request and down: how long until a trial nobody
+    /// waits on may go (zero: now), or — one out — until its outcome is known. None while it
+    /// is up, and for a server checked by Status-Server (its probes find it back).
+    pub fn background_trial_in(&self, server: &ServerEndpoint, port: Port) -> Option<Duration> {
+        if server.status_check != StatusCheck::Request {
+            return None;
+        }
+        self.with(self.target(server, port), |e| {
+            e.breaker
+                .trial_at(Carrier::Background)
+                .map(|at| at.saturating_duration_since(Instant::now()))
         })
     }
 
@@ -525,9 +547,11 @@ mod tests {
         assert!(!recovered.has_changed().unwrap());
         // Back by a trial request answered (its trial due: the wait is an hour here).
         health.with(health.target(&tried, Port::Acct), |e| {
-            assert!(e
-                .breaker
-                .take_trial(Instant::now() + Duration::from_secs(7200), Duration::ZERO));
+            assert!(e.breaker.take_trial(
+                Instant::now() + Duration::from_secs(7200),
+                Duration::ZERO,
+                Carrier::User
+            ));
         });
         health.record_success(health.target(&tried, Port::Acct), true);
         assert!(
@@ -609,7 +633,7 @@ mod tests {
         let fixed = server("primary", 1813, "right");
         health.servers_changed(std::slice::from_ref(&fixed));
         assert!(health.allows(fixed.auth_addr) && health.allows(fixed.acct_addr));
-        assert!(health.admit(&fixed, Port::Auth));
+        assert!(health.admit(&fixed, Port::Auth, Carrier::User));
         assert!(health.take_due_probes().0.is_empty());
         // An exchange made with the old secret, still in flight then, fails afterwards: no
         // breaker of the old secret comes back (nothing probes with it, the metric stays
@@ -685,8 +709,8 @@ mod tests {
         health.record_failure(&bad, Port::Auth);
         assert!(health.is_open(health.target(&bad, Port::Auth)));
         assert!(!health.is_open(health.target(&good, Port::Auth)));
-        assert!(health.admit(&good, Port::Auth));
-        assert!(!health.admit(&bad, Port::Auth));
+        assert!(health.admit(&good, Port::Auth, Carrier::User));
+        assert!(!health.admit(&bad, Port::Auth, Carrier::User));
         let state = health
             .states()
             .into_iter()

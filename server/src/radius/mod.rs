@@ -15,7 +15,7 @@ use crate::{
     config::{MessageAuthenticatorMode, RadiusSettings, Secret, StatusCheck},
     supervise::TaskHealth,
 };
-use breaker::BreakerPolicy;
+use breaker::{BreakerPolicy, Carrier};
 use client::{Exchange, RadiusClient, Reply};
 use health::{Port, ServerHealth};
 use packet::{attr, Code, Packet, PacketError, PushAttribute, Request};
@@ -601,7 +601,7 @@ impl Radius {
         let candidates: Vec<(usize, &ServerEndpoint)> = servers
             .iter()
             .enumerate()
-            .filter(|(_, s)| self.health.admit(s, Port::Auth))
+            .filter(|(_, s)| self.health.admit(s, Port::Auth, Carrier::User))
             .collect();
         let mut last_error = RadiusError::AllServersDown;
         for (k, (index, server)) in candidates.iter().enumerate() {
