@@ -497,6 +497,12 @@ async fn check_against_database(
     if let Some(problem) = crate::storage::Storage::saved_copy_in_the_way(&settings.database) {
         bail!("`serve` would refuse to start: {problem}");
     }
+    if settings.database.url.is_none() {
+        let path = &settings.database.path;
+        if let Some(problem) = crate::storage::sqlite::write_access_problem(path) {
+            bail!("`serve` would refuse to start: {problem}");
+        }
+    }
     if crate::operator::no_database_yet(settings) {
         say!("# database: none at {location} yet (created at the first start): nothing to check against it");
         return Ok(Vec::new());

@@ -3,6 +3,7 @@
 //! sends (Message-Authenticator, accounting authenticators) and signs what it answers.
 //! Never for production: it is labelled DEMO in the log and on every page.
 
+use crate::radius::health::Port;
 use crate::radius::packet::{self, attr, Code, Packet, PushAttribute, MAX_PACKET};
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -75,27 +76,29 @@ impl DemoRadius {
             auth_addr: auth.local_addr()?,
             acct_addr: acct.local_addr()?,
         };
-        tokio::spawn(serve(auth, shutdown.clone()));
-        tokio::spawn(serve(acct, shutdown));
+        tokio::spawn(serve(auth, Port::Auth, shutdown.clone()));
+        tokio::spawn(serve(acct, Port::Acct, shutdown));
         Ok(demo)
     }
 }
 
-async fn serve(socket: Arc<UdpSocket>, shutdown: CancellationToken) {
+async fn serve(socket: Arc<UdpSocket>, port: Port, shutdown: CancellationToken) {
     let mut buf = vec![0u8; MAX_PACKET];
     loop {
         let (len, from) = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = socket.recv_from(&mut buf) => match r { Ok(r) => r, Err(_) => continue },
         };
-        if let Some(reply) = answer(&buf[..len]) {
+        if let Some(reply) = answer(&buf[..len], port) {
             let _ = socket.send_to(&reply, from).await;
         }
     }
 }
 
-/// The reply to one request, or None to drop it (malformed, bad authenticator).
-pub fn answer(bytes: &[u8]) -> Option<Vec<u8>> {
+/// The reply to one request that came to `port`, or None to drop it (malformed, bad
+/// authenticator). A Status-Server is answered as RFC 5997 §4 says: Access-Accept at the
+/// authentication port, Accounting-Response at the accounting port.
+pub fn answer(bytes: &[u8], port: Port) -> Option<Vec<u8>> {
     let secret = DEMO_SECRET.as_bytes();
     let request = Packet::decode(bytes, secret).ok()?;
     let reply = match request.code() {
@@ -107,7 +110,13 @@ pub fn answer(bytes: &[u8]) -> Option<Vec<u8>> {
                 return None;
             }
             if request.code() == Code::StatusServer {
-                signed_reply(&request, Code::AccessAccept)
+                signed_reply(
+                    &request,
+                    match port {
+                        Port::Auth => Code::AccessAccept,
+                        Port::Acct => Code::AccountingResponse,
+                    },
+                )
             } else {
                 authenticate(&request)
             }
@@ -189,8 +198,26 @@ mod tests {
             .push_user_password(password.as_bytes())
             .expect("fits");
         let bytes = packet::encode_access_request(&request).expect("encodes");
-        let reply = Packet::decode(&answer(&bytes).expect("answered"), secret).expect("decodes");
+        let reply = Packet::decode(&answer(&bytes, Port::Auth).expect("answered"), secret)
+            .expect("decodes");
         (reply.code(), reply.get_text(attr::REPLY_MESSAGE))
+    }
+
+    /// Status-Server is answered per port (RFC 5997 §4): Access-Accept at the authentication
+    /// port, Accounting-Response at the accounting port.
+    #[test]
+    fn status_server_is_answered_as_its_port_asks() {
+        let secret = DEMO_SECRET.as_bytes();
+        let request = packet::Request::access_request(Code::StatusServer, 9, [5; 16], secret);
+        let bytes = packet::encode_access_request(&request).expect("encodes");
+        for (port, code) in [
+            (Port::Auth, Code::AccessAccept),
+            (Port::Acct, Code::AccountingResponse),
+        ] {
+            let reply =
+                Packet::decode(&answer(&bytes, port).expect("answered"), secret).expect("decodes");
+            assert_eq!(reply.code(), code, "{port:?}");
+        }
     }
 
     #[test]

@@ -6,8 +6,16 @@ use tracing_subscriber::{fmt, EnvFilter};
 
 /// Installs the global subscriber (RUST_LOG wins over the configured filter). Safe to call twice.
 pub fn init(settings: &LogSettings) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|e| {
+        // Set, but not a filter: said (once, before the log starts), not passed over in silence.
+        if let Ok(text) = std::env::var("RUST_LOG") {
+            eprintln!(
+                "warning: the environment variable RUST_LOG = {text:?} is no log filter ({e}): the configured filter {:?} is used",
+                settings.filter
+            );
+        }
+        EnvFilter::new(&settings.filter)
+    });
     // tower-sessions warns ("possibly suspicious activity") for every request whose cookie names
     // no stored session: anyone can send those at will, and the portal answers them as it
     // answers a visitor without a session (the cookie is removed). And it logs an error for

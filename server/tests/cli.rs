@@ -781,7 +781,8 @@ fn a_start_that_fails_creates_no_database() {
 
 /// A database in a directory the portal's user cannot write in (its files it can: restored by
 /// another user, say) is refused naming the directory, not only with SQLite's "attempt to
-/// write a readonly database"; nothing is made there.
+/// write a readonly database"; nothing is made there. So is a database file it cannot write,
+/// and `check-config` says what `serve` would refuse, also a directory it could not make.
 #[test]
 fn a_database_directory_the_user_cannot_write_in_is_named() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -813,31 +814,68 @@ fn a_database_directory_the_user_cannot_write_in_is_named() {
     // Root may write anywhere: run as nobody then, the binary linked (or copied) where nobody
     // can reach it (the checkout may be under a private home).
     let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
-    let mut command = if root {
-        let binary = dir.path().join("radius-portal");
+    let binary = dir.path().join("radius-portal");
+    if root {
         let built = env!("CARGO_BIN_EXE_radius-portal");
         std::fs::hard_link(built, &binary)
             .or_else(|_| std::fs::copy(built, &binary).map(drop))
             .unwrap();
-        let mut command = Command::new("setpriv");
-        command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
-        command.arg(binary);
-        command
-    } else {
-        Command::new(env!("CARGO_BIN_EXE_radius-portal"))
+    }
+    let refused = |args: &[&str]| {
+        let mut command = if root {
+            let mut command = Command::new("setpriv");
+            command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+            command.arg(&binary);
+            command
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_radius-portal"))
+        };
+        let output = command.args(args).output().unwrap();
+        assert!(!output.status.success(), "{args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
     };
-    let output = command
-        .args(["--config", config.to_str().unwrap(), "org", "list"])
-        .output()
-        .unwrap();
-    mode(&data, 0o755);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let config_arg = config.to_str().unwrap();
+    // `check-config` reads the Leptos options too: a copy the user can read.
+    let leptos = dir.path().join("Leptos.toml");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../Leptos.toml"),
+        &leptos,
+    )
+    .unwrap();
+    mode(&leptos, 0o644);
+    let leptos = leptos.to_str().unwrap();
+    // And the site files (its root relative to the working directory), and the build's hash
+    // file beside the binary (where `cargo leptos build` wrote it).
+    let site = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/site/pkg");
+    let copied = dir.path().join("target/site/pkg");
+    std::fs::create_dir_all(&copied).unwrap();
+    for file in std::fs::read_dir(site).unwrap() {
+        let file = file.unwrap().path();
+        let to = copied.join(file.file_name().unwrap());
+        std::fs::copy(&file, &to).unwrap();
+        mode(&to, 0o644);
+    }
+    for made in ["target", "target/site", "target/site/pkg"] {
+        mode(&dir.path().join(made), 0o755);
+    }
+    if root {
+        let hash =
+            std::path::Path::new(env!("CARGO_BIN_EXE_radius-portal")).with_file_name("hash.txt");
+        std::fs::copy(hash, dir.path().join("hash.txt")).unwrap();
+        mode(&dir.path().join("hash.txt"), 0o644);
+    }
+    let in_directory = format!("this user cannot write in the directory {}", data.display());
+    let stderr = refused(&["--config", config_arg, "org", "list"]);
+    assert!(stderr.contains(&in_directory), "{stderr}");
+    let stderr = refused(&[
+        "--config",
+        config_arg,
+        "check-config",
+        "--leptos-config",
+        leptos,
+    ]);
     assert!(
-        stderr.contains(&format!(
-            "this user cannot write in the directory {}",
-            data.display()
-        )),
+        stderr.contains(&format!("`serve` would refuse to start: {in_directory}")),
         "{stderr}"
     );
     let mut left: Vec<_> = std::fs::read_dir(&data)
@@ -846,6 +884,47 @@ fn a_database_directory_the_user_cannot_write_in_is_named() {
         .collect();
     left.sort();
     assert_eq!(left, ["portal.db", "portal.db.lock", "portal.toml"]);
+    // The directory writable, the file not: named as the file.
+    mode(&data, 0o777);
+    mode(&data.join("portal.db"), 0o444);
+    let the_file = format!(
+        "this user cannot write the database file {}",
+        data.join("portal.db").display()
+    );
+    let stderr = refused(&["--config", config_arg, "org", "list"]);
+    assert!(stderr.contains(&the_file), "{stderr}");
+    let stderr = refused(&[
+        "--config",
+        config_arg,
+        "check-config",
+        "--leptos-config",
+        leptos,
+    ]);
+    assert!(stderr.contains(&the_file), "{stderr}");
+    // A database whose directory would be made where the user cannot write.
+    mode(&data.join("portal.db"), 0o666);
+    mode(&data, 0o755);
+    let elsewhere = std::fs::read_to_string(&config).unwrap().replace(
+        &data.join("portal.db").display().to_string(),
+        &data.join("sub/deeper/portal.db").display().to_string(),
+    );
+    std::fs::write(dir.path().join("elsewhere.toml"), elsewhere).unwrap();
+    mode(&dir.path().join("elsewhere.toml"), 0o644);
+    let stderr = refused(&[
+        "--config",
+        dir.path().join("elsewhere.toml").to_str().unwrap(),
+        "check-config",
+        "--leptos-config",
+        leptos,
+    ]);
+    assert!(
+        stderr.contains(&format!(
+            "this user cannot make the database's directory {}: {} is not writable by it",
+            data.join("sub/deeper").display(),
+            data.display()
+        )),
+        "{stderr}"
+    );
 }
 
 /// `serve` warns when its configuration file holds shared secrets and others can read it, and

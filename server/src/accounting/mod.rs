@@ -1599,6 +1599,12 @@ impl Accounting {
             }
         })
         .await;
+        // Who sends what is left: on PostgreSQL another replica may run.
+        let later = if self.storage.backend_name() == "postgres" {
+            "another replica sharing the database sends it at once if one runs, else this one at its next start"
+        } else {
+            "it is sent at the next start"
+        };
         // Deliveries still under way when the time is up (a silent server) are ended and their
         // claims given up: another replica sends those rows now, or this one at its next
         // start — not after the claims' lease. (A packet already on the wire may arrive twice.)
@@ -1611,7 +1617,7 @@ impl Accounting {
             if given_up > 0 {
                 tracing::info!(
                     rows = given_up,
-                    "accounting under way at shutdown given up: another replica, or the next start, sends it at once"
+                    "accounting under way at shutdown given up: {later}"
                 );
             }
         }
@@ -1621,14 +1627,14 @@ impl Accounting {
             (Ok(()), Ok(0)) if !claim_failed => tracing::info!("accounting flushed at shutdown"),
             (Ok(()), Ok(left)) if !claim_failed => tracing::warn!(
                 left,
-                "accounting at shutdown: what could be sent was sent; the rest waits for a server or its backoff, and is sent by another replica sharing the database (PostgreSQL) if one runs, else at the next start (left: the database's queue, every replica's)"
+                "accounting at shutdown: what could be sent was sent; the rest waits for a server or its backoff: {later} (left: the database's queue, every replica's)"
             ),
             (Ok(()), Ok(_)) => tracing::warn!(
-                "accounting not flushed at shutdown: the database refused its rows (see above); what it holds is sent by another replica sharing the database (PostgreSQL) if one runs, else at the next start"
+                "accounting not flushed at shutdown: the database refused its rows (see above); for what it holds, {later}"
             ),
             (Err(_), Ok(left)) => tracing::warn!(
                 left,
-                "accounting not flushed within {SHUTDOWN_FLUSH:?}: the rest is sent by another replica sharing the database (PostgreSQL) if one runs, else at the next start (left: the database's queue, every replica's)"
+                "accounting not flushed within {SHUTDOWN_FLUSH:?}: for the rest, {later} (left: the database's queue, every replica's)"
             ),
             (_, Err(e)) => tracing::warn!(error = ?e, "accounting at shutdown: what is left could not be counted"),
         }

@@ -217,6 +217,9 @@ impl SqliteStore {
     }
 
     async fn open_here(path: &Path) -> Result<SqliteStore, StorageError> {
+        if let Some(problem) = write_access_problem(path) {
+            return Err(StorageError::Engine(problem));
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StorageError::Database(sqlx::Error::Io(e)))?;
         }
@@ -237,6 +240,9 @@ impl SqliteStore {
     /// portal running on this host, maybe of the release before, uses it —, and a file
     /// without the portal's tables or not at this release's migrations is refused.
     pub(crate) async fn open_for_operator(path: &Path) -> Result<SqliteStore, StorageError> {
+        if let Some(problem) = write_access_problem(path).filter(|_| path.exists()) {
+            return Err(StorageError::Engine(problem));
+        }
         let pool = Self::open_pool(path, Open::Existing)
             .await
             .map_err(|e| explain_read_only(e, path))?;
@@ -357,17 +363,65 @@ fn explain_read_only(error: StorageError, path: &Path) -> StorageError {
     };
     match code {
         // SQLITE_READONLY_DIRECTORY
-        Some(1544) => StorageError::Engine(format!(
-            "this user cannot write in the directory {} (SQLite makes the database's -wal and -shm files beside it): make the directory writable by the portal's user, or put the database in one that is",
-            dir.display()
-        )),
+        Some(1544) => StorageError::Engine(read_only_directory(dir)),
         // SQLITE_READONLY and its other extended codes
-        Some(c) if c & 0xff == 8 => StorageError::Engine(format!(
-            "this user cannot write the database file {} or its -wal or -shm file beside it: give the portal's user write access to them",
-            path.display()
-        )),
+        Some(c) if c & 0xff == 8 => StorageError::Engine(read_only_file(path)),
         _ => error,
     }
+}
+
+fn read_only_directory(dir: &Path) -> String {
+    format!(
+        "this user cannot write in the directory {} (SQLite makes the database's -wal and -shm files beside it): make the directory writable by the portal's user, or put the database in one that is",
+        dir.display()
+    )
+}
+
+fn read_only_file(path: &Path) -> String {
+    format!(
+        "this user cannot write the database file {} or its -wal or -shm file beside it: give the portal's user write access to them",
+        path.display()
+    )
+}
+
+/// What keeps this process from writing the SQLite database at `path` as `serve` does, looked
+/// at without writing anything: the file and its -wal and -shm files where they exist, and the
+/// directory SQLite makes those in — or, that directory not there yet, the nearest one that is,
+/// where it would be made. None when nothing does (SQLite itself has the last word: a
+/// read-only file system, say, is found at the first write).
+pub(crate) fn write_access_problem(path: &Path) -> Option<String> {
+    use nix::unistd::{access, AccessFlags};
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let writable = |p: &Path| access(p, AccessFlags::W_OK).is_ok();
+    if !dir.exists() {
+        let existing = dir
+            .ancestors()
+            .skip(1)
+            .find(|a| !a.as_os_str().is_empty() && a.exists())
+            .unwrap_or(Path::new("."));
+        return (!writable(existing)).then(|| {
+            format!(
+                "this user cannot make the database's directory {}: {} is not writable by it",
+                dir.display(),
+                existing.display()
+            )
+        });
+    }
+    if !writable(dir) {
+        return Some(read_only_directory(dir));
+    }
+    let beside = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    [path.to_path_buf(), beside("-wal"), beside("-shm")]
+        .iter()
+        .any(|file| file.exists() && !writable(file))
+        .then(|| read_only_file(path))
 }
 
 /// The organization store on SQLite (`organizations`): its changes run on sqlx's pool, each
