@@ -443,7 +443,7 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
                     }
                     _ if row.next_attempt_at <= now => "due now".to_string(),
                     _ => format!(
-                        "next attempt {}",
+                        "next attempt {} (or at once when a server comes back)",
                         crate::operator::clock(row.next_attempt_at)
                     ),
                 };

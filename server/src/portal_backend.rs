@@ -214,10 +214,11 @@ impl PortalBackend {
         self
     }
 
-    /// Counts a login attempt against both limits.
+    /// Counts a login attempt against both limits (the per-username one by the account a
+    /// username names, [`account_of`]).
     fn check_rate(&self, org_id: &str, username: &str, ip: IpAddr) -> Result<(), PortalError> {
         let now = std::time::Instant::now();
-        let user_key = (org_id.to_string(), username.to_lowercase());
+        let user_key = (org_id.to_string(), account_of(username));
         let ip_key = client_key(ip, self.ipv6_prefix);
         // Both limits or neither (an attempt one refuses costs the other nothing); each logs on
         // its own line: a flood from one address must not hide the guessing of one account's
@@ -733,11 +734,6 @@ const MAX_SIGN_INS_UNDER_WAY: usize = 4096;
 /// same user in another realm. Only ever compared with the browser's own running session.
 fn names_alike(session_name: &str, typed: &str) -> bool {
     let (session_name, typed) = (session_name.to_lowercase(), typed.to_lowercase());
-    // The user part: after a `DOMAIN\`, before an `@realm`.
-    fn bare(name: &str) -> &str {
-        let user = name.rsplit_once('\\').map_or(name, |(_, user)| user);
-        user.split_once('@').map_or(user, |(user, _)| user)
-    }
     !typed.is_empty()
         && (session_name == typed || bare(&session_name) == typed || bare(&typed) == session_name)
 }
@@ -1224,8 +1220,43 @@ async fn forget_access_session(
     Ok(())
 }
 
+/// The user part of a name: after a `DOMAIN\`, before an `@realm`.
+fn bare(name: &str) -> &str {
+    let user = name.rsplit_once('\\').map_or(name, |(_, user)| user);
+    user.split_once('@').map_or(user, |(user, _)| user)
+}
+
+/// The account a username names, for the per-username sign-in limit: lower-cased, without a
+/// realm ([`bare`]) — `alice`, `Alice@corp`, `alice@corp.example.` and `CORP\alice` are one
+/// account to the directory behind most RADIUS servers, so each spelling must not get a
+/// bucket of its own (the limit keeps password guessing from locking the account out). A
+/// username that is all realm is kept whole.
+fn account_of(username: &str) -> String {
+    let lower = username.to_lowercase();
+    match bare(&lower) {
+        "" => lower,
+        user => user.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    /// The per-username limit counts an account however its realm is spelt.
+    #[test]
+    fn a_username_with_or_without_its_realm_is_one_account() {
+        for spelt in [
+            "victim",
+            "Victim@corp",
+            "victim@CORP.example.",
+            "CORP\\victim",
+            "corp\\VICTIM@corp",
+        ] {
+            assert_eq!(super::account_of(spelt), "victim", "{spelt}");
+        }
+        assert_eq!(super::account_of("@corp"), "@corp");
+        assert_eq!(super::account_of("other"), "other");
+    }
+
     /// Each cause once: one its error already quotes is not repeated; others follow it.
     #[test]
     fn an_error_chain_says_each_cause_once() {

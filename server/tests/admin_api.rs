@@ -70,6 +70,43 @@ impl Admin {
     }
 }
 
+/// A token holder's write whose body never arrives in full is answered 408 when the body
+/// deadline passes (as every body the portal reads), the connection closed: not held open, or
+/// a graceful shutdown waiting on it, for good. Nothing is changed.
+#[tokio::test]
+async fn a_write_whose_body_never_arrives_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&with_admin(&db, &a, &b)).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "PATCH /admin/api/v1/organizations/beta HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{{"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "the connection is closed: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("did not arrive within 10 seconds"),
+        "{answer}"
+    );
+    let beta = app.storage.organization("beta").await.unwrap().unwrap();
+    assert_eq!(beta.name, "Beta Org", "unchanged");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn the_admin_api_follows_the_guard_and_never_shows_secrets() {
     let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);

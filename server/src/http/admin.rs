@@ -254,22 +254,37 @@ async fn show_organization(State(api): State<AdminApi>, ApiPath(id): ApiPath<Str
 }
 
 /// The JSON body of a write: malformed is the caller's error (413 stays 413, everything else
-/// 400). Each handler then refuses fields naming a new local file ([`new_file_refusal`]).
+/// 400), and one not complete within [`super::API_BODY_DEADLINE`] a 408 (as for every body
+/// the portal reads: a token holder's stalled client does not hold a connection, or a
+/// graceful shutdown, for good). Each handler then refuses fields naming a new local file
+/// ([`new_file_refusal`]).
 struct WriteBody(Value);
 
 impl<S: Send + Sync> FromRequest<S> for WriteBody {
     type Rejection = Response;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
-        let Json(StrictJson(body)) = Json::<StrictJson>::from_request(request, state)
-            .await
-            .map_err(|rejection: JsonRejection| {
-                let status = match rejection.status() {
-                    StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
-                    _ => StatusCode::BAD_REQUEST,
-                };
-                error(status, &format!("invalid body: {}", rejection.body_text()))
-            })?;
+        let read = tokio::time::timeout(
+            super::API_BODY_DEADLINE,
+            Json::<StrictJson>::from_request(request, state),
+        )
+        .await
+        .map_err(|_| {
+            error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the request body did not arrive within {} seconds",
+                    super::API_BODY_DEADLINE.as_secs()
+                ),
+            )
+        })?;
+        let Json(StrictJson(body)) = read.map_err(|rejection: JsonRejection| {
+            let status = match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            error(status, &format!("invalid body: {}", rejection.body_text()))
+        })?;
         Ok(WriteBody(body))
     }
 }
