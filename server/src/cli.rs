@@ -500,7 +500,8 @@ async fn check_against_database(
     if settings.database.url.is_none() {
         let path = &settings.database.path;
         if let Some(problem) = crate::storage::sqlite::write_access_problem(path) {
-            bail!("`serve` would refuse to start: {problem}");
+            // Checked as this user: run as another than the portal's, it may not hold there.
+            bail!("`serve`, run as this user, would refuse to start: {problem}");
         }
     }
     if crate::operator::no_database_yet(settings) {

@@ -875,7 +875,9 @@ fn a_database_directory_the_user_cannot_write_in_is_named() {
         leptos,
     ]);
     assert!(
-        stderr.contains(&format!("`serve` would refuse to start: {in_directory}")),
+        stderr.contains(&format!(
+            "`serve`, run as this user, would refuse to start: {in_directory}"
+        )),
         "{stderr}"
     );
     let mut left: Vec<_> = std::fs::read_dir(&data)
@@ -903,7 +905,7 @@ fn a_database_directory_the_user_cannot_write_in_is_named() {
     assert!(stderr.contains(&the_file), "{stderr}");
     // A database whose directory would be made where the user cannot write.
     mode(&data.join("portal.db"), 0o666);
-    mode(&data, 0o755);
+    mode(&data, 0o555);
     let elsewhere = std::fs::read_to_string(&config).unwrap().replace(
         &data.join("portal.db").display().to_string(),
         &data.join("sub/deeper/portal.db").display().to_string(),
@@ -925,6 +927,7 @@ fn a_database_directory_the_user_cannot_write_in_is_named() {
         )),
         "{stderr}"
     );
+    mode(&data, 0o755);
 }
 
 /// `serve` warns when its configuration file holds shared secrets and others can read it, and

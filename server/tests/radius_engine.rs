@@ -1784,6 +1784,59 @@ async fn a_stop_held_for_a_silent_server_checked_by_request_checks_it_every_inte
     app.stop().await;
 }
 
+/// A server checked by request answers again, but one held Stop it never answers (its
+/// accounting cannot store that packet): that Stop does not carry every check of the server —
+/// the rows held for it take turns — so another user's Stop is acknowledged, not held behind
+/// it as long as it keeps failing.
+#[tokio::test]
+async fn a_stop_the_server_never_answers_does_not_keep_it_looking_down() {
+    let primary = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut checked_by_request = fast(&primary, "primary");
+    checked_by_request.status_check = radius_portal::config::StatusCheck::Request;
+    let settings = quick_failover(&db, vec![checked_by_request]);
+    let app = TestApp::spawn(&settings).await;
+    let login = |user: &'static str, n: u8| {
+        let sessions = app.sessions.clone();
+        async move {
+            sessions
+                .login("acme", user, &format!("{user}-pass"), IpAddr::V4(client(n)))
+                .await
+                .unwrap()
+        }
+    };
+    let unstorable = login("unstorable", 45).await;
+    let carol = login("carol", 46).await;
+    let stop_of = |id: i64| {
+        let storage = app.storage.clone();
+        async move {
+            let rows = storage.session_outbox(id).await.unwrap();
+            rows.into_iter()
+                .find(|row| row.status_type == i64::from(status_type::STOP))
+                .unwrap()
+        }
+    };
+    // Its Stop goes unanswered, opens the breaker, and is sent again as the server's check.
+    assert!(app.sessions.disconnect(unstorable.id).await.unwrap());
+    wait_until("the unanswered Stop was sent as a check", || async {
+        stop_of(unstorable.id).await.transmissions >= 2
+    })
+    .await;
+    assert!(app.sessions.disconnect(carol.id).await.unwrap());
+    wait_until("the other Stop is acknowledged", || async {
+        stop_of(carol.id).await.delivered_at.is_some()
+    })
+    .await;
+    let sid = format!("sid={} ", carol.acct_session_id);
+    let logged = primary.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&logged, "cause"), "User-Request");
+    assert!(
+        stop_of(unstorable.id).await.delivered_at.is_none(),
+        "never answered"
+    );
+    app.stop().await;
+}
+
 /// A Start that failed over (the session's own server answered its Access-Request, but its
 /// accounting port was down) takes the session's accounting with it: the Stop goes where the
 /// Start is, also once the own server's accounting is back — not a Start open at one server

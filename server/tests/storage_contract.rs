@@ -920,6 +920,16 @@ async fn a_failed_row_waits_and_retry_now_makes_it_due(db: Db) {
         .unwrap()
         .is_empty());
     assert_eq!(s.next_outbox_attempt().await.unwrap(), Some(T0 + 30_000));
+    // One row made due sooner (a down server's next check handed to it), never later; a
+    // delivered one not at all.
+    assert!(s.retry_row_at(row.id, T0 + 20_000).await.unwrap());
+    assert_eq!(s.next_outbox_attempt().await.unwrap(), Some(T0 + 20_000));
+    assert!(s.retry_row_at(row.id, T0 + 25_000).await.unwrap());
+    assert_eq!(s.next_outbox_attempt().await.unwrap(), Some(T0 + 20_000));
+    assert!(
+        !s.retry_row_at(second.id, T0 + 2).await.unwrap(),
+        "delivered"
+    );
     assert_eq!(s.retry_pending_now(T0 + 2).await.unwrap(), 1);
     let retried = s.claim_due_outbox(T0 + 2, T0 + MINUTE, 10).await.unwrap();
     assert_eq!(retried.len(), 1);

@@ -746,7 +746,7 @@ impl Accounting {
             .storage
             .dead_letter(row.id, Some(row.attempts), now_ms(), &reason, cascade)
             .await?;
-        self.carriers.settled(row.id);
+        self.settled_carrier(row.id).await;
         if !closed {
             tracing::warn!(%acct_session_id, status_type = row.status_type, reason = %reason,
                 "accounting row not dead-lettered: another sender has taken it (or settled it) meanwhile");
@@ -1173,7 +1173,7 @@ impl Accounting {
         {
             Ok(()) => {
                 // Acknowledged: the row checks no down server any more.
-                self.carriers.settled(row.id);
+                self.settled_carrier(row.id).await;
                 let unseen = if is_start {
                     let mut unseen = self.unseen.lock().unwrap_or_else(|p| p.into_inner());
                     unseen.remove(&row.id).unwrap_or(0)
@@ -1298,7 +1298,10 @@ impl Accounting {
     /// that server) — or at once when another server of the organization than `tried` came
     /// back since `seen`, also while the release was being written (checked again after it);
     /// or, when the row is to carry the next trial of one of the organization's `servers`
-    /// checked by request and down ([`Accounting::trial_slot`]), at that trial's time.
+    /// checked by request and down ([`Accounting::trial_slot`]), at that trial's time; or at
+    /// once when `tried` is down now and another of them is up (a trial of the row's own
+    /// server lost while a server that came back waits to settle: the row fails over when
+    /// that wait allows, not after its backoff).
     /// `failures` (1-based) sets the backoff: the row's claims, or the exchanges that failed.
     async fn release(
         &self,
@@ -1313,7 +1316,16 @@ impl Accounting {
         let recovered = seen.changed(health, tried);
         let now = now_ms();
         let mut retry = retry_after(now, failures, now - row.created_at, recovered);
-        if let Some(trial) = self.trial_slot(row, servers, now) {
+        let another_up = tried.is_some_and(|tried| {
+            !health.target_up(tried)
+                && servers
+                    .iter()
+                    .any(|s| health.target(s, Port::Acct) != tried && health.is_up(s, Port::Acct))
+        });
+        if another_up {
+            retry = now;
+        }
+        if let Some(trial) = self.trial_slot(row, servers, tried, now).await {
             retry = retry.min(trial);
         }
         self.storage
@@ -1331,8 +1343,15 @@ impl Accounting {
     /// server's trials ([`trials`]). None when each such server has its carrier, or none is
     /// down; and for a row that would go elsewhere: a copy goes to its own server alone, and
     /// another row, while a server is up, goes there (a carrier that is acknowledged elsewhere
-    /// leaves the server's other rows to their backoff).
-    fn trial_slot(&self, row: &OutboxRow, servers: &[ServerEndpoint], now: i64) -> Option<i64> {
+    /// hands the trials on). A carrier whose trial at `tried` was just lost hands the next
+    /// trial to the row held for that server longest, if one is, and waits its backoff.
+    async fn trial_slot(
+        &self,
+        row: &OutboxRow,
+        servers: &[ServerEndpoint],
+        tried: Option<Target>,
+        now: i64,
+    ) -> Option<i64> {
         let health = self.radius.health();
         let servers = match &row.copy_to {
             Some(name) => {
@@ -1343,15 +1362,40 @@ impl Accounting {
             None => servers,
         };
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
-        servers.iter().find_map(|server| {
-            let at = now + ms(health.background_trial_in(server, Port::Acct)?) + 1;
+        for server in servers {
+            let Some(within) = health.background_trial_in(server, Port::Acct) else {
+                continue;
+            };
+            let (target, at) = (health.target(server, Port::Acct), now + ms(within) + 1);
+            if tried == Some(target) {
+                if let Some(next) = self.carriers.hand_over(target, row.id, at) {
+                    match self.storage.retry_row_at(next, at).await {
+                        Ok(true) => continue,
+                        // Gone (settled meanwhile) or the database away: this row carries on.
+                        Ok(false) | Err(_) => {
+                            self.carriers.settled(next);
+                        }
+                    }
+                }
+            }
             // Its exchange's time and a second: a carrier held again later than that after
             // its time went elsewhere (acknowledged by another server, another replica's).
             let grace = ms(crate::radius::health::check_answered_within(server)) + 1_000;
-            self.carriers
-                .carry(health.target(server, Port::Acct), row.id, at, now, grace)
-                .then_some(at)
-        })
+            if self.carriers.carry(target, row.id, at, now, grace) {
+                return Some(at);
+            }
+        }
+        None
+    }
+
+    /// `row` is settled: the trials it carried go to the row held longest for that server,
+    /// made due at their time.
+    async fn settled_carrier(&self, row: i64) {
+        for (next, at) in self.carriers.settled(row) {
+            if let Err(e) = self.storage.retry_row_at(next, at).await {
+                tracing::debug!(error = %e, row = next, "a held row could not be given a down server's next check (it goes at its own time)");
+            }
+        }
     }
 
     /// The server `row` goes to now, and whether that is a failover; or, when it cannot go
@@ -1387,8 +1431,10 @@ impl Accounting {
             // request sent to it: the copy goes as that trial when the next may go, if it is
             // the row that carries the server's trials.
             let reason = "the server is down: this copy waits for it";
+            let now = now_ms();
             let mut retry = self
-                .trial_slot(row, std::slice::from_ref(server), now)
+                .trial_slot(row, std::slice::from_ref(server), None, now)
+                .await
                 .unwrap_or(now + MAX_BACKOFF_MS);
             self.storage.mark_failed(row, retry, reason, None).await?;
             // Back while this was written (its recovery's wake-up found the row claimed).
@@ -1712,6 +1758,13 @@ impl Accounting {
             } else {
                 0
             };
+            // A down server's trials whose carrier went elsewhere (acknowledged by another
+            // server, taken by another replica) go to the row held for it longest.
+            for row in self.carriers.replace_lost(now_ms()) {
+                if let Err(e) = self.storage.retry_row_at(row, now_ms()).await {
+                    tracing::debug!(error = %e, row, "a held row could not be given a down server's next check (it goes at its own time)");
+                }
+            }
             let capacity = MAX_IN_FLIGHT.saturating_sub(in_flight.len());
             let mut claimed_all = false;
             if capacity > 0 {

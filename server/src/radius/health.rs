@@ -159,9 +159,12 @@ impl ServerHealth {
     /// Whether `server` at `port` is up: its breaker closed (nothing taken, unlike
     /// [`ServerHealth::admit`]).
     pub fn is_up(&self, server: &ServerEndpoint, port: Port) -> bool {
-        self.with(self.target(server, port), |e| {
-            e.breaker.allows_request(Instant::now())
-        })
+        self.target_up(self.target(server, port))
+    }
+
+    /// Whether `target`'s breaker is closed.
+    pub fn target_up(&self, target: Target) -> bool {
+        self.with(target, |e| e.breaker.allows_request(Instant::now()))
     }
 
     /// Whether a request made for `carrier` may go to `server` at `port` now: its breaker is

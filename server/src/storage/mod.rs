@@ -313,6 +313,10 @@ contract! {
         fn waiting_rows(&self, limit: i64) -> Vec<WaitingRow>;
         /// Makes every pending row due now (a server came back: no need to wait out the backoff).
         fn retry_pending_now(&self, now: i64) -> u64;
+        /// Makes pending row `id` due at `at` at the latest (the next check of a down server
+        /// is handed to it). False when it is no longer pending (delivered, dead-lettered,
+        /// gone).
+        fn retry_row_at(&self, id: i64, at: i64) -> bool;
         /// When the next claimable row becomes due: only rows first in line for their session
         /// count (a row waiting behind an undelivered earlier row cannot be claimed, so its time
         /// must not wake anyone), and a claimed row counts from its lease end.

@@ -1865,6 +1865,19 @@ impl SessionStore for PgStore {
         .rows_affected())
     }
 
+    async fn retry_row_at(&self, id: i64, at: i64) -> Result<bool, StorageError> {
+        Ok(sqlx::query(
+            "UPDATE accounting_outbox SET next_attempt_at = LEAST(next_attempt_at, $1) \
+             WHERE id = $2 AND delivered_at IS NULL AND dead_at IS NULL",
+        )
+        .bind(at)
+        .bind(id)
+        .execute(self.pool())
+        .await?
+        .rows_affected()
+            > 0)
+    }
+
     async fn next_outbox_attempt(&self) -> Result<Option<i64>, StorageError> {
         Ok(sqlx::query_scalar(concat!(
             "SELECT MIN(GREATEST(o.next_attempt_at, COALESCE(o.claimed_until, 0))) FROM accounting_outbox o WHERE ",

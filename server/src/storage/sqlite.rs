@@ -385,17 +385,31 @@ fn read_only_file(path: &Path) -> String {
 }
 
 /// What keeps this process from writing the SQLite database at `path` as `serve` does, looked
-/// at without writing anything: the file and its -wal and -shm files where they exist, and the
-/// directory SQLite makes those in — or, that directory not there yet, the nearest one that is,
-/// where it would be made. None when nothing does (SQLite itself has the last word: a
-/// read-only file system, say, is found at the first write).
+/// at without writing anything (as this process's effective user): the file and its -wal and
+/// -shm files where they exist, and — when one of those is still to be made — the directory
+/// SQLite makes it in (the file's own, a symbolic link followed, as SQLite does); or, that
+/// directory not there yet, the nearest one that is, where it would be made. None when nothing
+/// does (SQLite itself has the last word at its first write).
 pub(crate) fn write_access_problem(path: &Path) -> Option<String> {
-    use nix::unistd::{access, AccessFlags};
+    use nix::{
+        errno::Errno,
+        fcntl::{AtFlags, AT_FDCWD},
+        unistd::{faccessat, AccessFlags},
+    };
+    let resolved = std::fs::canonicalize(path).ok();
+    let path = resolved.as_deref().unwrap_or(path);
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let writable = |p: &Path| access(p, AccessFlags::W_OK).is_ok();
+    let check = |p: &Path| faccessat(AT_FDCWD, p, AccessFlags::W_OK, AtFlags::AT_EACCESS);
+    let read_only_fs = |p: &Path| {
+        format!(
+            "the database {} is on a read-only file system: put it where the portal can write",
+            p.display()
+        )
+    };
+    let writable = |p: &Path| check(p).is_ok();
     if !dir.exists() {
         let existing = dir
             .ancestors()
@@ -410,18 +424,25 @@ pub(crate) fn write_access_problem(path: &Path) -> Option<String> {
             )
         });
     }
-    if !writable(dir) {
-        return Some(read_only_directory(dir));
-    }
     let beside = |suffix: &str| {
         let mut name = path.as_os_str().to_owned();
         name.push(suffix);
         std::path::PathBuf::from(name)
     };
-    [path.to_path_buf(), beside("-wal"), beside("-shm")]
-        .iter()
-        .any(|file| file.exists() && !writable(file))
-        .then(|| read_only_file(path))
+    let files = [path.to_path_buf(), beside("-wal"), beside("-shm")];
+    for file in files.iter().filter(|f| f.exists()) {
+        match check(file) {
+            Ok(()) => {}
+            Err(Errno::EROFS) => return Some(read_only_fs(path)),
+            Err(_) => return Some(read_only_file(path)),
+        }
+    }
+    let to_make = files.iter().any(|f| !f.exists());
+    match check(dir) {
+        Err(Errno::EROFS) => Some(read_only_fs(path)),
+        Err(_) if to_make => Some(read_only_directory(dir)),
+        _ => None,
+    }
 }
 
 /// The organization store on SQLite (`organizations`): its changes run on sqlx's pool, each
@@ -1324,6 +1345,19 @@ impl SessionStore for SqliteStore {
                     " AND o.next_attempt_at > ?1"
                 ))?
                 .execute([now])? as u64)
+            })
+            .await
+    }
+
+    async fn retry_row_at(&self, id: i64, at: i64) -> Result<bool, StorageError> {
+        self.engine
+            .write_relaxed(move |c| {
+                Ok(c.prepare_cached(concat!(
+                    "UPDATE accounting_outbox AS o SET next_attempt_at = MIN(o.next_attempt_at, ?1) WHERE o.id = ?2 AND ",
+                    pending_o!()
+                ))?
+                .execute([at, id])?
+                    > 0)
             })
             .await
     }
