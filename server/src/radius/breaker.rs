@@ -289,6 +289,27 @@ impl Breaker {
         }
     }
 
+    /// The server answered on its other port (the same host, checked by request): the next
+    /// trial may go at once, whatever the back-off (which stays as it is: a trial lost now
+    /// still doubles it). Returns whether that brought it forward.
+    pub fn check_soon(&mut self, now: Instant) -> bool {
+        match self.state {
+            BreakerState::Open {
+                since,
+                next_probe,
+                checked,
+            } if next_probe > now => {
+                self.state = BreakerState::Open {
+                    since,
+                    next_probe: now,
+                    checked,
+                };
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// When the next probe is due (None unless open).
     pub fn probe_due(&self) -> Option<Instant> {
         match self.state {

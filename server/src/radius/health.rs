@@ -54,6 +54,8 @@ struct Entry {
     closed_again_at: Option<Instant>,
     /// How often its breaker has closed after being open.
     recoveries: u64,
+    /// When a request to it was last answered.
+    answered_at: Option<Instant>,
 }
 
 /// Per-server state. Cheap to clone.
@@ -114,6 +116,7 @@ impl ServerHealth {
             probe: None,
             closed_again_at: None,
             recoveries: 0,
+            answered_at: None,
         };
         let mut registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if registry.retired.contains(&target) {
@@ -233,17 +236,39 @@ impl ServerHealth {
             let mut registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             registry.learned.insert(addr);
         }
-        let closed = self.with(target, |e| {
+        let (closed, sibling) = self.with(target, |e| {
+            e.answered_at = Some(Instant::now());
             let closed = e.breaker.record_success();
             if closed {
                 e.closed_again_at = Some(Instant::now());
                 e.recoveries += 1;
             }
-            closed
+            // The same server's other port, checked by request too: nothing else brings its
+            // next trial forward (a sign-in's, damped up to 32 intervals).
+            let sibling = e
+                .probe
+                .as_ref()
+                .filter(|(server, _)| closed && server.status_check == StatusCheck::Request)
+                .map(|(server, port)| {
+                    let other = match port {
+                        Port::Auth => Port::Acct,
+                        Port::Acct => Port::Auth,
+                    };
+                    (server.clone(), other)
+                });
+            (closed, sibling)
         });
         if closed {
             tracing::info!(%addr, "RADIUS server answered a trial request: circuit breaker closed");
             self.recovered.send_modify(|n| *n += 1);
+        }
+        if let Some((server, port)) = sibling {
+            let target = self.target(&server, port);
+            if !self.retired(target) && self.with(target, |e| e.breaker.check_soon(Instant::now()))
+            {
+                tracing::info!(server = %server.name, ?port,
+                    "RADIUS server answers on its other port: the next request to this one goes as its trial at once");
+            }
         }
     }
 
@@ -303,6 +328,26 @@ impl ServerHealth {
         let sooner = self.with(self.target(server, port), |e| {
             e.breaker.record_probe_failure(Instant::now())
         });
+        // The same server answers requests at its other port meanwhile: maybe it never
+        // answers Status-Server (Microsoft NPS) and is down for good here — said, since
+        // nothing else would say why its accounting (or logins) wait.
+        let other = match port {
+            Port::Auth => Port::Acct,
+            Port::Acct => Port::Auth,
+        };
+        let now = Instant::now();
+        let answers_there = self.with(self.target(server, other), |e| {
+            e.breaker.allows_request(now)
+                && e.answered_at
+                    .is_some_and(|at| now.duration_since(at) < Duration::from_secs(600))
+        });
+        static HINT: crate::telemetry::Throttles = crate::telemetry::Throttles::new();
+        if answers_there {
+            if let Some(left_out) = HINT.admit(&server.name) {
+                tracing::warn!(server = %server.name, ?port, left_out,
+                    "Status-Server goes unanswered at this port while the server answers requests at its other port: a server that never answers Status-Server (Microsoft NPS) needs status_check = \"request\"");
+            }
+        }
         if sooner {
             tracing::debug!(server = %server.name, ?port,
                 "Status-Server unanswered: the server is down rather than flapping; its probes come sooner again");
@@ -525,6 +570,45 @@ mod tests {
         assert_eq!(
             health.checked_within(&tried, Port::Acct),
             Some(Duration::from_secs(3600) + Duration::from_millis(300))
+        );
+    }
+
+    /// A server checked by request found back on one port (its held accounting's trial
+    /// answered) has its other port's next trial at once — the next sign-in — not after the
+    /// users' back-off (up to 32 intervals); a server checked by Status-Server is probed.
+    #[tokio::test]
+    async fn an_answer_on_one_port_brings_the_other_ports_trial_forward() {
+        let health = health();
+        let mut nps = server("nps", 1813, "s");
+        nps.status_check = StatusCheck::Request;
+        for port in [Port::Auth, Port::Acct] {
+            health.record_failure(&nps, port);
+        }
+        assert!(
+            !health.admit(&nps, Port::Auth, Carrier::User),
+            "damped: an hour here"
+        );
+        health.with(health.target(&nps, Port::Acct), |e| {
+            e.probe = Some((nps.clone(), Port::Acct));
+            assert!(e.breaker.take_trial(
+                Instant::now() + Duration::from_secs(7200),
+                Duration::ZERO,
+                Carrier::Background
+            ));
+        });
+        health.record_success(health.target(&nps, Port::Acct), false);
+        assert!(health.is_up(&nps, Port::Acct));
+        assert!(
+            !health.is_up(&nps, Port::Auth),
+            "not up until its own trial is answered"
+        );
+        assert!(
+            health.admit(&nps, Port::Auth, Carrier::User),
+            "its trial goes at once"
+        );
+        assert!(
+            !health.admit(&nps, Port::Auth, Carrier::User),
+            "one at a time"
         );
     }
 
