@@ -864,16 +864,19 @@ fn a_database_directory_the_user_cannot_write_in_is_named() {
         std::fs::copy(hash, dir.path().join("hash.txt")).unwrap();
         mode(&dir.path().join("hash.txt"), 0o644);
     }
+    let check_config = |config: &str| {
+        refused(&[
+            "--config",
+            config,
+            "check-config",
+            "--leptos-config",
+            leptos,
+        ])
+    };
     let in_directory = format!("this user cannot write in the directory {}", data.display());
     let stderr = refused(&["--config", config_arg, "org", "list"]);
     assert!(stderr.contains(&in_directory), "{stderr}");
-    let stderr = refused(&[
-        "--config",
-        config_arg,
-        "check-config",
-        "--leptos-config",
-        leptos,
-    ]);
+    let stderr = check_config(config_arg);
     assert!(
         stderr.contains(&format!(
             "`serve`, run as this user, would refuse to start: {in_directory}"
@@ -895,13 +898,7 @@ fn a_database_directory_the_user_cannot_write_in_is_named() {
     );
     let stderr = refused(&["--config", config_arg, "org", "list"]);
     assert!(stderr.contains(&the_file), "{stderr}");
-    let stderr = refused(&[
-        "--config",
-        config_arg,
-        "check-config",
-        "--leptos-config",
-        leptos,
-    ]);
+    let stderr = check_config(config_arg);
     assert!(stderr.contains(&the_file), "{stderr}");
     // A database whose directory would be made where the user cannot write.
     mode(&data.join("portal.db"), 0o666);
@@ -912,13 +909,7 @@ fn a_database_directory_the_user_cannot_write_in_is_named() {
     );
     std::fs::write(dir.path().join("elsewhere.toml"), elsewhere).unwrap();
     mode(&dir.path().join("elsewhere.toml"), 0o644);
-    let stderr = refused(&[
-        "--config",
-        dir.path().join("elsewhere.toml").to_str().unwrap(),
-        "check-config",
-        "--leptos-config",
-        leptos,
-    ]);
+    let stderr = check_config(dir.path().join("elsewhere.toml").to_str().unwrap());
     assert!(
         stderr.contains(&format!(
             "this user cannot make the database's directory {}: {} is not writable by it",

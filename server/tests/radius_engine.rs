@@ -1731,6 +1731,25 @@ async fn a_stop_whose_server_is_checked_by_request_and_silent_goes_to_the_backup
     app.stop().await;
 }
 
+/// Settings of `primary` alone, checked by request (`status_check = "request"`, as NPS needs),
+/// quick to give up and to try again ([`fast`], [`quick_failover`]).
+fn checked_by_request_alone(
+    db: &std::path::Path,
+    primary: &FreeRadius,
+) -> radius_portal::config::Settings {
+    let mut checked_by_request = fast(primary, "primary");
+    checked_by_request.status_check = radius_portal::config::StatusCheck::Request;
+    quick_failover(db, vec![checked_by_request])
+}
+
+/// The Stop row of session `id` in the outbox.
+async fn stop_row(app: &TestApp, id: i64) -> radius_portal::storage::OutboxEntry {
+    let rows = app.storage.session_outbox(id).await.unwrap();
+    rows.into_iter()
+        .find(|row| row.status_type == i64::from(status_type::STOP))
+        .unwrap()
+}
+
 /// An organization's one server, checked by request (NPS), stays silent for long: the Stop
 /// held for it checks it every probe interval however many checks went unanswered — a lost
 /// trial doubles the wait before the next only when a user waited on it (a sign-in), up to
@@ -1741,10 +1760,7 @@ async fn a_stop_whose_server_is_checked_by_request_and_silent_goes_to_the_backup
 async fn a_stop_held_for_a_silent_server_checked_by_request_checks_it_every_interval() {
     let primary = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let mut checked_by_request = fast(&primary, "primary");
-    checked_by_request.status_check = radius_portal::config::StatusCheck::Request;
-    let settings = quick_failover(&db, vec![checked_by_request]);
-    let app = TestApp::spawn(&settings).await;
+    let app = TestApp::spawn(&checked_by_request_alone(&db, &primary)).await;
     let (session, sid) = carol_at_primary(&app, &primary, 43).await;
     let other = app
         .sessions
@@ -1755,15 +1771,7 @@ async fn a_stop_held_for_a_silent_server_checked_by_request_checks_it_every_inte
     primary.pause();
     assert!(app.sessions.disconnect(session.id).await.unwrap());
     assert!(app.sessions.disconnect(other.id).await.unwrap());
-    let stop_of = |id: i64| {
-        let storage = app.storage.clone();
-        async move {
-            let rows = storage.session_outbox(id).await.unwrap();
-            rows.into_iter()
-                .find(|row| row.status_type == i64::from(status_type::STOP))
-                .unwrap()
-        }
-    };
+    let stop_of = |id: i64| stop_row(&app, id);
     // Both sent once as the server went silent; then each check takes its exchange (0.6 s)
     // and an interval (0.5 s): six more in about 7 s. Had each lost trial doubled the wait,
     // the sixth would come after more than 30 s.
@@ -1792,10 +1800,7 @@ async fn a_stop_held_for_a_silent_server_checked_by_request_checks_it_every_inte
 async fn a_stop_the_server_never_answers_does_not_keep_it_looking_down() {
     let primary = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let mut checked_by_request = fast(&primary, "primary");
-    checked_by_request.status_check = radius_portal::config::StatusCheck::Request;
-    let settings = quick_failover(&db, vec![checked_by_request]);
-    let app = TestApp::spawn(&settings).await;
+    let app = TestApp::spawn(&checked_by_request_alone(&db, &primary)).await;
     let login = |user: &'static str, n: u8| {
         let sessions = app.sessions.clone();
         async move {
@@ -1807,15 +1812,7 @@ async fn a_stop_the_server_never_answers_does_not_keep_it_looking_down() {
     };
     let unstorable = login("unstorable", 45).await;
     let carol = login("carol", 46).await;
-    let stop_of = |id: i64| {
-        let storage = app.storage.clone();
-        async move {
-            let rows = storage.session_outbox(id).await.unwrap();
-            rows.into_iter()
-                .find(|row| row.status_type == i64::from(status_type::STOP))
-                .unwrap()
-        }
-    };
+    let stop_of = |id: i64| stop_row(&app, id);
     // Its Stop goes unanswered, opens the breaker, and is sent again as the server's check.
     assert!(app.sessions.disconnect(unstorable.id).await.unwrap());
     wait_until("the unanswered Stop was sent as a check", || async {
