@@ -499,7 +499,7 @@ async fn check_against_database(
     }
     if settings.database.url.is_none() {
         let path = &settings.database.path;
-        if let Some(problem) = crate::storage::sqlite::write_access_problem(path) {
+        if let Some(problem) = crate::storage::sqlite::write_access_problem(path, true) {
             // Checked as this user: run as another than the portal's, it may not hold there.
             bail!("`serve`, run as this user, would refuse to start: {problem}");
         }

@@ -746,7 +746,7 @@ impl Accounting {
             .storage
             .dead_letter(row.id, Some(row.attempts), now_ms(), &reason, cascade)
             .await?;
-        self.settled_carrier(row.id).await;
+        self.settled_carrier(row.id);
         if !closed {
             tracing::warn!(%acct_session_id, status_type = row.status_type, reason = %reason,
                 "accounting row not dead-lettered: another sender has taken it (or settled it) meanwhile");
@@ -1173,7 +1173,7 @@ impl Accounting {
         {
             Ok(()) => {
                 // Acknowledged: the row checks no down server any more.
-                self.settled_carrier(row.id).await;
+                self.settled_carrier(row.id);
                 let unseen = if is_start {
                     let mut unseen = self.unseen.lock().unwrap_or_else(|p| p.into_inner());
                     unseen.remove(&row.id).unwrap_or(0)
@@ -1316,12 +1316,13 @@ impl Accounting {
         let recovered = seen.changed(health, tried);
         let now = now_ms();
         let mut retry = retry_after(now, failures, now - row.created_at, recovered);
-        let another_up = tried.is_some_and(|tried| {
-            !health.target_up(tried)
-                && servers
-                    .iter()
-                    .any(|s| health.target(s, Port::Acct) != tried && health.is_up(s, Port::Acct))
-        });
+        let another_up = row.copy_to.is_none()
+            && tried.is_some_and(|tried| {
+                !health.target_up(tried)
+                    && servers.iter().any(|s| {
+                        health.target(s, Port::Acct) != tried && health.is_up(s, Port::Acct)
+                    })
+            });
         if another_up {
             retry = now;
         }
@@ -1367,20 +1368,20 @@ impl Accounting {
                 continue;
             };
             let (target, at) = (health.target(server, Port::Acct), now + ms(within) + 1);
-            if tried == Some(target) {
-                if let Some(next) = self.carriers.hand_over(target, row.id, at) {
-                    match self.storage.retry_row_at(next, at).await {
-                        Ok(true) => continue,
-                        // Gone (settled meanwhile) or the database away: this row carries on.
-                        Ok(false) | Err(_) => {
-                            self.carriers.settled(next);
-                        }
-                    }
-                }
-            }
             // Its exchange's time and a second: a carrier held again later than that after
             // its time went elsewhere (acknowledged by another server, another replica's).
             let grace = ms(crate::radius::health::check_answered_within(server)) + 1_000;
+            if tried == Some(target) {
+                if let Some(next) = self.carriers.hand_over(target, row.id, at) {
+                    if self.make_due(vec![(next, at)]).await {
+                        continue;
+                    }
+                    // No row that waits is still held (or the database is away): this one
+                    // carries on.
+                    self.carriers.take_back(target, row.id, at, grace);
+                    return Some(at);
+                }
+            }
             if self.carriers.carry(target, row.id, at, now, grace) {
                 return Some(at);
             }
@@ -1389,13 +1390,37 @@ impl Accounting {
     }
 
     /// `row` is settled: the trials it carried go to the row held longest for that server,
-    /// made due at their time.
-    async fn settled_carrier(&self, row: i64) {
-        for (next, at) in self.carriers.settled(row) {
-            if let Err(e) = self.storage.retry_row_at(next, at).await {
-                tracing::debug!(error = %e, row = next, "a held row could not be given a down server's next check (it goes at its own time)");
+    /// made due at their time — in the background: an acknowledgement (a sign-in's Start)
+    /// does not wait for that write.
+    fn settled_carrier(&self, row: i64) {
+        let handed = self.carriers.settled(row);
+        if !handed.is_empty() {
+            let this = self.clone();
+            tokio::spawn(crate::storage::background(async move {
+                this.make_due(handed).await;
+            }));
+        }
+    }
+
+    /// Makes the rows handed a down server's next check due at their times (row, unix ms);
+    /// one settled meanwhile (by another replica, a dead letter) hands on to the next that
+    /// waits. True when one was made due: the loop is woken for it.
+    async fn make_due(&self, mut handed: Vec<(i64, i64)>) -> bool {
+        let mut made = false;
+        while let Some((row, at)) = handed.pop() {
+            match self.storage.retry_row_at(row, at).await {
+                Ok(true) => made = true,
+                Ok(false) => handed.extend(self.carriers.settled(row)),
+                Err(e) => {
+                    tracing::debug!(error = %e, row, "a held row could not be given a down server's next check (it goes at its own time)");
+                    break;
+                }
             }
         }
+        if made {
+            self.wake();
+        }
+        made
     }
 
     /// The server `row` goes to now, and whether that is a failover; or, when it cannot go
@@ -1760,10 +1785,11 @@ impl Accounting {
             };
             // A down server's trials whose carrier went elsewhere (acknowledged by another
             // server, taken by another replica) go to the row held for it longest.
-            for row in self.carriers.replace_lost(now_ms()) {
-                if let Err(e) = self.storage.retry_row_at(row, now_ms()).await {
-                    tracing::debug!(error = %e, row, "a held row could not be given a down server's next check (it goes at its own time)");
-                }
+            let lost = self.carriers.replace_lost(now_ms());
+            if !lost.is_empty() {
+                let now = now_ms();
+                self.make_due(lost.into_iter().map(|row| (row, now)).collect())
+                    .await;
             }
             let capacity = MAX_IN_FLIGHT.saturating_sub(in_flight.len());
             let mut claimed_all = false;

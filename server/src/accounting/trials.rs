@@ -74,6 +74,20 @@ impl TrialCarriers {
         Some(next)
     }
 
+    /// `row` carries `target`'s trials again, at `at` (a hand-over found no live row to take
+    /// them).
+    pub fn take_back(&self, target: Target, row: i64, at: i64, grace_ms: i64) {
+        let mut carried = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = carried.entry(target).or_insert(Carried {
+            row,
+            at,
+            grace: grace_ms,
+            waiting: VecDeque::new(),
+        });
+        entry.waiting.retain(|&r| r != row);
+        (entry.row, entry.at, entry.grace) = (row, at, grace_ms);
+    }
+
     /// Carriers not held again within their grace after their time (gone elsewhere): each
     /// server's trials go to its longest-waiting row instead, due `now`. Gives those rows.
     pub fn replace_lost(&self, now: i64) -> Vec<i64> {

@@ -56,6 +56,11 @@ struct Entry {
     recoveries: u64,
     /// When a request to it was last answered.
     answered_at: Option<Instant>,
+    /// A Status-Server probe of it was answered once.
+    probe_answered: bool,
+    /// The outage (by when its breaker opened) in which its next trial was brought forward
+    /// once already, the server having answered at its other port.
+    brought_forward: Option<Instant>,
 }
 
 /// Per-server state. Cheap to clone.
@@ -117,6 +122,8 @@ impl ServerHealth {
             closed_again_at: None,
             recoveries: 0,
             answered_at: None,
+            probe_answered: false,
+            brought_forward: None,
         };
         let mut registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if registry.retired.contains(&target) {
@@ -188,9 +195,13 @@ impl ServerHealth {
                 .take_trial(now, check_answered_within(server), carrier)
                 .then_some(true)
         });
+        // One a probe interval or so for as long as the server is down: throttled.
+        static TRIALS: crate::telemetry::Throttles = crate::telemetry::Throttles::new();
         if trial == Some(true) {
-            tracing::info!(server = %server.name, %addr, ?port, ?carrier,
-                "RADIUS server down: one request goes as a trial (status_check = \"request\")");
+            if let Some(left_out) = TRIALS.admit(&server.name) {
+                tracing::info!(server = %server.name, %addr, ?port, ?carrier, similar_left_out = left_out,
+                    "RADIUS server down: one request goes as a trial (status_check = \"request\")");
+            }
         }
         trial.is_some()
     }
@@ -236,7 +247,7 @@ impl ServerHealth {
             let mut registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             registry.learned.insert(addr);
         }
-        let (closed, sibling) = self.with(target, |e| {
+        let (closed, sibling, name) = self.with(target, |e| {
             e.answered_at = Some(Instant::now());
             let closed = e.breaker.record_success();
             if closed {
@@ -256,16 +267,30 @@ impl ServerHealth {
                     };
                     (server.clone(), other)
                 });
-            (closed, sibling)
+            let name = e
+                .probe
+                .as_ref()
+                .filter(|_| closed)
+                .map(|(server, port)| (server.name.clone(), *port));
+            (closed, sibling, name)
         });
         if closed {
-            tracing::info!(%addr, "RADIUS server answered a trial request: circuit breaker closed");
+            let (server, port) = name.unzip();
+            tracing::info!(server, ?port, %addr, "RADIUS server answered a trial request: circuit breaker closed");
             self.recovered.send_modify(|n| *n += 1);
         }
         if let Some((server, port)) = sibling {
             let target = self.target(&server, port);
-            if !self.retired(target) && self.with(target, |e| e.breaker.check_soon(Instant::now()))
-            {
+            // Once per outage of that port: a server whose other port flaps costs that port's
+            // users one trial's wait, not one per flap.
+            let bring_forward = |e: &mut Entry| match e.breaker.state() {
+                BreakerState::Open { since, .. } if e.brought_forward != Some(since) => {
+                    e.brought_forward = Some(since);
+                    e.breaker.check_soon(Instant::now())
+                }
+                _ => false,
+            };
+            if !self.retired(target) && self.with(target, bring_forward) {
                 tracing::info!(server = %server.name, ?port,
                     "RADIUS server answers on its other port: the next request to this one goes as its trial at once");
             }
@@ -321,26 +346,33 @@ impl ServerHealth {
 
     /// A probe of `server` at `port` went unanswered: it is down rather than flapping, so its
     /// probes come a step sooner ([`Breaker::record_probe_failure`]).
-    pub fn record_probe_failure(&self, server: &ServerEndpoint, port: Port) {
+    /// `timed_out`: no answer at all (not an ICMP error: something listens there, or the
+    /// packet was dropped).
+    pub fn record_probe_failure(&self, server: &ServerEndpoint, port: Port, timed_out: bool) {
         if self.retired(self.target(server, port)) {
             return;
         }
         let sooner = self.with(self.target(server, port), |e| {
             e.breaker.record_probe_failure(Instant::now())
         });
-        // The same server answers requests at its other port meanwhile: maybe it never
-        // answers Status-Server (Microsoft NPS) and is down for good here — said, since
-        // nothing else would say why its accounting (or logins) wait.
+        // The probe timed out while the same server answers requests at its other port, and
+        // no probe of it was ever answered at either: maybe it never answers Status-Server
+        // (Microsoft NPS) and is down for good here — said, since nothing else would say why
+        // its accounting (or logins) wait.
         let other = match port {
             Port::Auth => Port::Acct,
             Port::Acct => Port::Auth,
         };
         let now = Instant::now();
-        let answers_there = self.with(self.target(server, other), |e| {
-            e.breaker.allows_request(now)
-                && e.answered_at
-                    .is_some_and(|at| now.duration_since(at) < Duration::from_secs(600))
-        });
+        let never_probed_back =
+            timed_out && !self.with(self.target(server, port), |e| e.probe_answered);
+        let answers_there = never_probed_back
+            && self.with(self.target(server, other), |e| {
+                !e.probe_answered
+                    && e.breaker.allows_request(now)
+                    && e.answered_at
+                        .is_some_and(|at| now.duration_since(at) < Duration::from_secs(600))
+            });
         static HINT: crate::telemetry::Throttles = crate::telemetry::Throttles::new();
         if answers_there {
             if let Some(left_out) = HINT.admit(&server.name) {
@@ -363,6 +395,7 @@ impl ServerHealth {
         }
         let addr = address(server, port);
         let closed = self.with(self.target(server, port), |e| {
+            e.probe_answered = true;
             let closed = e.breaker.record_probe_success();
             if closed {
                 e.closed_again_at = Some(Instant::now());
@@ -606,9 +639,23 @@ mod tests {
             health.admit(&nps, Port::Auth, Carrier::User),
             "its trial goes at once"
         );
+        assert!(health.trial_left(&nps, Port::Auth).is_some(), "out");
+        // Lost; the accounting port flaps (down, its trial answered again): the users' trials
+        // of this outage were brought forward once already.
+        health.record_failure(&nps, Port::Auth);
+        health.record_failure(&nps, Port::Acct);
+        health.with(health.target(&nps, Port::Acct), |e| {
+            assert!(e.breaker.take_trial(
+                Instant::now() + Duration::from_secs(7200),
+                Duration::ZERO,
+                Carrier::Background
+            ));
+        });
+        health.record_success(health.target(&nps, Port::Acct), false);
+        assert!(health.is_up(&nps, Port::Acct));
         assert!(
             !health.admit(&nps, Port::Auth, Carrier::User),
-            "one at a time"
+            "once per outage"
         );
     }
 
@@ -673,7 +720,7 @@ mod tests {
         let drained = tokio::time::timeout(Duration::from_millis(10), health.opened().notified());
         assert!(drained.await.is_ok());
         let woken = health.opened().notified();
-        health.record_probe_failure(&backup, Port::Acct);
+        health.record_probe_failure(&backup, Port::Acct, true);
         tokio::time::timeout(Duration::from_secs(10), woken)
             .await
             .expect("the prober is woken for the sooner probe");
@@ -682,7 +729,7 @@ mod tests {
             next.unwrap() <= Instant::now() + 2 * minute,
             "one step back"
         );
-        health.record_probe_failure(&backup, Port::Acct);
+        health.record_probe_failure(&backup, Port::Acct, true);
         let (_, next) = health.take_due_probes();
         assert!(
             next.unwrap() <= Instant::now() + minute,

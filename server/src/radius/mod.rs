@@ -832,7 +832,11 @@ impl Radius {
                         Err(e) => {
                             tracing::debug!(server = %server.name, ?port, error = %e, "Status-Server probe unanswered");
                             if e.is_server_silent() {
-                                radius.health.record_probe_failure(&server, port);
+                                radius.health.record_probe_failure(
+                                    &server,
+                                    port,
+                                    matches!(e, RadiusError::Timeout),
+                                );
                             }
                         }
                     }

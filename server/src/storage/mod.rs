@@ -315,7 +315,8 @@ contract! {
         fn retry_pending_now(&self, now: i64) -> u64;
         /// Makes pending row `id` due at `at` at the latest (the next check of a down server
         /// is handed to it). False when it is no longer pending (delivered, dead-lettered,
-        /// gone).
+        /// gone). A row another sender has claimed is changed too, and its sender's outcome
+        /// sets its time again.
         fn retry_row_at(&self, id: i64, at: i64) -> bool;
         /// When the next claimable row becomes due: only rows first in line for their session
         /// count (a row waiting behind an undelivered earlier row cannot be claimed, so its time

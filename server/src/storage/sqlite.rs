@@ -217,7 +217,7 @@ impl SqliteStore {
     }
 
     async fn open_here(path: &Path) -> Result<SqliteStore, StorageError> {
-        if let Some(problem) = write_access_problem(path) {
+        if let Some(problem) = write_access_problem(path, false) {
             return Err(StorageError::Engine(problem));
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -240,7 +240,7 @@ impl SqliteStore {
     /// portal running on this host, maybe of the release before, uses it —, and a file
     /// without the portal's tables or not at this release's migrations is refused.
     pub(crate) async fn open_for_operator(path: &Path) -> Result<SqliteStore, StorageError> {
-        if let Some(problem) = write_access_problem(path).filter(|_| path.exists()) {
+        if let Some(problem) = write_access_problem(path, false).filter(|_| path.exists()) {
             return Err(StorageError::Engine(problem));
         }
         let pool = Self::open_pool(path, Open::Existing)
@@ -390,11 +390,15 @@ fn read_only_file(path: &Path) -> String {
 /// SQLite makes it in (the file's own, a symbolic link followed, as SQLite does); or, that
 /// directory not there yet, the nearest one that is, where it would be made. None when nothing
 /// does (SQLite itself has the last word at its first write).
-pub(crate) fn write_access_problem(path: &Path) -> Option<String> {
+///
+/// `with_lock`: `serve`'s view, which also writes `<file>.lock` beside the file. Only a
+/// refusal (EACCES) or a read-only file system is a problem: any other answer (a container's
+/// seccomp filter refusing the call, say) leaves it to SQLite.
+pub(crate) fn write_access_problem(path: &Path, with_lock: bool) -> Option<String> {
     use nix::{
         errno::Errno,
         fcntl::{AtFlags, AT_FDCWD},
-        unistd::{faccessat, AccessFlags},
+        unistd::{access, faccessat, getegid, geteuid, getgid, getuid, AccessFlags},
     };
     let resolved = std::fs::canonicalize(path).ok();
     let path = resolved.as_deref().unwrap_or(path);
@@ -402,7 +406,18 @@ pub(crate) fn write_access_problem(path: &Path) -> Option<String> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let check = |p: &Path| faccessat(AT_FDCWD, p, AccessFlags::W_OK, AtFlags::AT_EACCESS);
+    // As the effective user; plain access() where that is the real one (faccessat with
+    // AT_EACCESS is a newer system call, which some container filters refuse).
+    let same_ids = getuid() == geteuid() && getgid() == getegid();
+    let check = |p: &Path| match if same_ids {
+        access(p, AccessFlags::W_OK)
+    } else {
+        faccessat(AT_FDCWD, p, AccessFlags::W_OK, AtFlags::AT_EACCESS)
+    } {
+        Ok(()) => Ok(()),
+        Err(e @ (Errno::EACCES | Errno::EROFS)) => Err(e),
+        Err(_) => Ok(()), // cannot tell: SQLite has the last word
+    };
     let read_only_fs = |p: &Path| {
         format!(
             "the database {} is on a read-only file system: put it where the portal can write",
@@ -429,7 +444,10 @@ pub(crate) fn write_access_problem(path: &Path) -> Option<String> {
         name.push(suffix);
         std::path::PathBuf::from(name)
     };
-    let files = [path.to_path_buf(), beside("-wal"), beside("-shm")];
+    let mut files = vec![path.to_path_buf(), beside("-wal"), beside("-shm")];
+    if with_lock {
+        files.push(beside(".lock"));
+    }
     for file in files.iter().filter(|f| f.exists()) {
         match check(file) {
             Ok(()) => {}
@@ -439,7 +457,7 @@ pub(crate) fn write_access_problem(path: &Path) -> Option<String> {
     }
     let to_make = files.iter().any(|f| !f.exists());
     match check(dir) {
-        Err(Errno::EROFS) => Some(read_only_fs(path)),
+        Err(Errno::EROFS) if to_make => Some(read_only_fs(path)),
         Err(_) if to_make => Some(read_only_directory(dir)),
         _ => None,
     }
