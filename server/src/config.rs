@@ -422,12 +422,12 @@ impl DatabaseSettings {
     }
 }
 
-/// `database.url` (or the variable that set it, `key`).
 /// Whether `url` names a PostgreSQL database (its scheme).
 fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
+/// `database.url` (or the variable that set it, `key`).
 fn check_database_url(key: &str, url: &str) -> Result<(), ConfigError> {
     if !is_postgres_url(url) {
         return Err(config_error(

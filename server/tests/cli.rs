@@ -900,6 +900,18 @@ fn a_database_directory_the_user_cannot_write_in_is_named() {
     assert!(stderr.contains(&the_file), "{stderr}");
     let stderr = check_config(config_arg);
     assert!(stderr.contains(&the_file), "{stderr}");
+    // The file writable, the lock `serve` takes beside it not: named as the lock.
+    mode(&data.join("portal.db"), 0o666);
+    mode(&data.join("portal.db.lock"), 0o444);
+    let stderr = check_config(config_arg);
+    assert!(
+        stderr.contains(&format!(
+            "this user cannot write {}, which `serve` locks",
+            data.join("portal.db.lock").display()
+        )),
+        "{stderr}"
+    );
+    mode(&data.join("portal.db.lock"), 0o666);
     // A database whose directory would be made where the user cannot write.
     mode(&data.join("portal.db"), 0o666);
     mode(&data, 0o555);

@@ -735,8 +735,8 @@ async fn page_data<S: NextService>(
 
 /// Largest request body of a server fn (a login form is well under 1 KiB).
 pub const API_BODY_LIMIT: usize = 16 * 1024;
-/// Time a server fn's whole request body has to arrive (a trickled body would hold a
-/// connection slot and its buffer indefinitely).
+/// Time a whole request body has to arrive — a server fn's, an admin API write's (a trickled
+/// body would hold a connection slot and its buffer indefinitely).
 pub const API_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Whether reading a body failed because it went over its limit (not because it was malformed).

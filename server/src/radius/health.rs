@@ -46,6 +46,16 @@ pub enum Port {
     Acct,
 }
 
+impl Port {
+    /// The same server's other port.
+    pub fn other(self) -> Port {
+        match self {
+            Port::Auth => Port::Acct,
+            Port::Acct => Port::Auth,
+        }
+    }
+}
+
 struct Entry {
     breaker: Breaker,
     /// Where and how to probe while open: the endpoint that last used this address.
@@ -260,13 +270,7 @@ impl ServerHealth {
                 .probe
                 .as_ref()
                 .filter(|(server, _)| closed && server.status_check == StatusCheck::Request)
-                .map(|(server, port)| {
-                    let other = match port {
-                        Port::Auth => Port::Acct,
-                        Port::Acct => Port::Auth,
-                    };
-                    (server.clone(), other)
-                });
+                .map(|(server, port)| (server.clone(), port.other()));
             let name = e
                 .probe
                 .as_ref()
@@ -359,10 +363,7 @@ impl ServerHealth {
         // no probe of it was ever answered at either: maybe it never answers Status-Server
         // (Microsoft NPS) and is down for good here — said, since nothing else would say why
         // its accounting (or logins) wait.
-        let other = match port {
-            Port::Auth => Port::Acct,
-            Port::Acct => Port::Auth,
-        };
+        let other = port.other();
         let now = Instant::now();
         let never_probed_back =
             timed_out && !self.with(self.target(server, port), |e| e.probe_answered);

@@ -444,14 +444,19 @@ pub(crate) fn write_access_problem(path: &Path, with_lock: bool) -> Option<Strin
         name.push(suffix);
         std::path::PathBuf::from(name)
     };
+    let lock = with_lock.then(|| beside(".lock"));
     let mut files = vec![path.to_path_buf(), beside("-wal"), beside("-shm")];
-    if with_lock {
-        files.push(beside(".lock"));
-    }
+    files.extend(lock.clone());
     for file in files.iter().filter(|f| f.exists()) {
         match check(file) {
             Ok(()) => {}
             Err(Errno::EROFS) => return Some(read_only_fs(path)),
+            Err(_) if lock.as_ref() == Some(file) => {
+                return Some(format!(
+                    "this user cannot write {}, which `serve` locks to own the database: give the portal's user write access to it",
+                    file.display()
+                ))
+            }
             Err(_) => return Some(read_only_file(path)),
         }
     }
