@@ -264,20 +264,9 @@ impl<S: Send + Sync> FromRequest<S> for WriteBody {
     type Rejection = Response;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
-        let read = tokio::time::timeout(
-            super::API_BODY_DEADLINE,
-            Json::<StrictJson>::from_request(request, state),
-        )
-        .await
-        .map_err(|_| {
-            error(
-                StatusCode::REQUEST_TIMEOUT,
-                &format!(
-                    "the request body did not arrive within {} seconds",
-                    super::API_BODY_DEADLINE.as_secs()
-                ),
-            )
-        })?;
+        let read = super::within_body_deadline(Json::<StrictJson>::from_request(request, state))
+            .await
+            .map_err(|too_slow| error(StatusCode::REQUEST_TIMEOUT, &too_slow))?;
         let Json(StrictJson(body)) = read.map_err(|rejection: JsonRejection| {
             let status = match rejection.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,

@@ -739,6 +739,22 @@ pub const API_BODY_LIMIT: usize = 16 * 1024;
 /// body would hold a connection slot and its buffer indefinitely).
 pub const API_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Runs `read` (a request body being read) for at most [`API_BODY_DEADLINE`]; Err: the
+/// sentence that says the body did not arrive in time (each caller answers it with 408 in
+/// its own error format).
+pub(crate) async fn within_body_deadline<T>(
+    read: impl std::future::Future<Output = T>,
+) -> Result<T, String> {
+    tokio::time::timeout(API_BODY_DEADLINE, read)
+        .await
+        .map_err(|_| {
+            format!(
+                "The request body did not arrive within {} seconds.",
+                API_BODY_DEADLINE.as_secs()
+            )
+        })
+}
+
 /// Whether reading a body failed because it went over its limit (not because it was malformed).
 fn over_the_limit(error: &axum::Error) -> bool {
     std::iter::successors(Some(error as &(dyn std::error::Error + 'static)), |e| {
@@ -767,12 +783,7 @@ async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>)
             &format!("The request is larger than {API_BODY_LIMIT} bytes."),
         );
     }
-    let bytes = match tokio::time::timeout(
-        API_BODY_DEADLINE,
-        axum::body::to_bytes(body, API_BODY_LIMIT),
-    )
-    .await
-    {
+    let bytes = match within_body_deadline(axum::body::to_bytes(body, API_BODY_LIMIT)).await {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) if over_the_limit(&e) => {
             return caller_error(
@@ -792,15 +803,12 @@ async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>)
                 "Bad request: the request body could not be read (malformed chunked encoding, or it ended early).",
             )
         }
-        Err(_) => {
+        Err(too_slow) => {
             return caller_error(
                 &Caller::of_parts(&parts),
                 StatusCode::REQUEST_TIMEOUT,
                 "TooSlow",
-                &format!(
-                    "The request body did not arrive within {} seconds.",
-                    API_BODY_DEADLINE.as_secs()
-                ),
+                &too_slow,
             )
         }
     };
