@@ -453,7 +453,8 @@ impl PortalBackend {
     }
 
     /// The organization a call is for: its `/o/{slug}` scope; at the root, the one its `org`
-    /// field names (else the default). Under a prefix an `org` naming another organization is
+    /// field names (else the default), in any letter case (ids that differ only in case count
+    /// as one, as `/o/{slug}` does). Under a prefix an `org` naming another organization is
     /// refused (the page and the call would not agree on whose session it is), and so is one
     /// naming no organization (the caller's text is not repeated back).
     fn scope_named(&self, request: &Parts, named: Option<&str>) -> Result<OrgScope, PortalError> {
@@ -461,30 +462,33 @@ impl PortalBackend {
         let Some(named) = named.filter(|n| *n != scope.id) else {
             return Ok(scope);
         };
+        let Some(id) = self.organizations.id_of(named) else {
+            return Err(PortalError::InvalidInput {
+                field: "org".into(),
+                message: "No organization has this id.".into(),
+            });
+        };
+        if id == scope.id {
+            return Ok(scope);
+        }
         if !scope.base.is_empty() {
             return Err(PortalError::InvalidInput {
                 field: "org".into(),
                 message: "This form belongs to another organization's portal.".into(),
             });
         }
-        if self.organizations.get(named).is_none() {
-            return Err(PortalError::InvalidInput {
-                field: "org".into(),
-                message: "No organization has this id.".into(),
-            });
-        }
         Ok(OrgScope {
-            id: named.to_owned(),
-            base: base_of(&self.organizations, named),
+            base: base_of(&self.organizations, &id),
+            id,
         })
     }
 
     /// Counts a sign-in's outcome, labelled with known organizations only (the form's `org` is
-    /// the caller's text).
+    /// the caller's text), by their ids as written.
     fn count_login(&self, org: &str, outcome: Result<&'static str, &PortalError>) {
-        let known = self.organizations.get(org).is_some();
+        let id = self.organizations.id_of(org);
         self.metrics.login(
-            if known { org } else { "unknown" },
+            id.as_deref().unwrap_or("unknown"),
             outcome.unwrap_or_else(PortalError::kind),
         );
     }

@@ -4,9 +4,15 @@
 use crate::config::LogSettings;
 use tracing_subscriber::{fmt, EnvFilter};
 
-/// Installs the global subscriber (RUST_LOG wins over the configured filter). Safe to call twice.
+/// Installs the global subscriber (RUST_LOG wins over the configured filter; an empty one counts
+/// as unset, as for most programs — not as a filter that shows errors alone). Safe to call twice.
 pub fn init(settings: &LogSettings) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|e| {
+    let rust_log_set = std::env::var("RUST_LOG").is_ok_and(|f| !f.trim().is_empty());
+    let from_env = match rust_log_set {
+        true => EnvFilter::try_from_default_env(),
+        false => Ok(EnvFilter::new(&settings.filter)),
+    };
+    let filter = from_env.unwrap_or_else(|e| {
         // Set, but not a filter: said (once, before the log starts), not passed over in silence.
         if let Ok(text) = std::env::var("RUST_LOG") {
             eprintln!(

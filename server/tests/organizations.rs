@@ -1555,6 +1555,45 @@ async fn a_sign_in_in_another_organization_never_shortens_the_browsers_link_nor_
     app.stop().await;
 }
 
+/// A form's `org` names its organization in any letter case, as `/o/{slug}/` does (ids that
+/// differ only in case count as one): `org=BETA` signs in to beta, not refused.
+#[tokio::test]
+async fn the_org_field_names_an_organization_in_any_letter_case() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&two_organizations(&db, &a, &b)).await;
+    let browser = app.browser(Ipv4Addr::new(127, 0, 5, 34));
+    let token = browser.form_token("/").await;
+    let answer = browser
+        .http
+        .post(format!("{}/api/login", browser.base))
+        .header("accept", "application/json")
+        .form(&[
+            ("username", "carol"),
+            ("password", "carol-pass"),
+            ("csrf", token.as_str()),
+            ("org", "BETA"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.status().as_u16(),
+        200,
+        "{}",
+        answer.text().await.unwrap()
+    );
+    b.wait_for_acct(&["status=Start", "user=carol"]).await;
+    assert!(
+        a.auth_lines().iter().all(|l| !l.contains("user=carol")),
+        "acme's server was not asked: {:?}",
+        a.auth_lines()
+    );
+    let beta = browser.get("/o/beta/session").await;
+    assert!(beta.body.contains("carol"), "{}", beta.body);
+    app.stop().await;
+}
+
 /// The default organization's portal is also at `/o/{slug}/` (a proxy may publish only that):
 /// signed in there, the browser stays there — its session page, forms and live updates under
 /// the prefix, not at `/`.

@@ -17,8 +17,7 @@ use crate::{
 };
 use axum::{
     extract::{
-        rejection::JsonRejection, DefaultBodyLimit, Extension, FromRequest, Path, Query, Request,
-        State,
+        rejection::JsonRejection, DefaultBodyLimit, Extension, FromRequest, Path, Request, State,
     },
     http::{header, StatusCode},
     middleware::{self, Next},
@@ -96,6 +95,37 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromR
             Ok(Path(value)) => Ok(ApiPath(value)),
             Err(rejection) => Err(error(StatusCode::BAD_REQUEST, &rejection.body_text())),
         }
+    }
+}
+
+/// A listing's query parameters; ones that cannot be read are refused naming the parameter and
+/// what is wrong with it (400, JSON), in the API's words rather than the framework's.
+struct ApiQuery<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for ApiQuery<T>
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Response> {
+        let query = parts.uri.query().unwrap_or_default();
+        let fields = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(fields)
+            .map(ApiQuery)
+            .map_err(|e| {
+                let parameter = e.path().to_string();
+                let problem = e.into_inner().to_string();
+                // serde names an unknown parameter itself.
+                let message = if parameter == "." || problem.contains(&format!("`{parameter}`")) {
+                    format!("invalid query: {problem}")
+                } else {
+                    format!("invalid query parameter `{parameter}`: {problem}")
+                };
+                error(StatusCode::BAD_REQUEST, &message)
+            })
     }
 }
 
@@ -567,12 +597,8 @@ struct SessionFilter {
 
 async fn list_sessions(
     State(api): State<AdminApi>,
-    filter: Result<Query<SessionFilter>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(filter): ApiQuery<SessionFilter>,
 ) -> Response {
-    let Query(filter) = match filter {
-        Ok(filter) => filter,
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, &rejection.body_text()),
-    };
     let limit = match row_limit(filter.limit, 1000) {
         Ok(limit) => limit,
         Err(refused) => return *refused,
@@ -656,14 +682,7 @@ struct AuditFilter {
     limit: Option<i64>,
 }
 
-async fn audit(
-    State(api): State<AdminApi>,
-    filter: Result<Query<AuditFilter>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Query(filter) = match filter {
-        Ok(filter) => filter,
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, &rejection.body_text()),
-    };
+async fn audit(State(api): State<AdminApi>, ApiQuery(filter): ApiQuery<AuditFilter>) -> Response {
     let limit = match row_limit(filter.limit, 100) {
         Ok(limit) => limit,
         Err(refused) => return *refused,

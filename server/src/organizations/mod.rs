@@ -537,6 +537,14 @@ impl Organizations {
             .map(|(_, org)| org.clone())
     }
 
+    /// The id as written of the organization `name` names, in any letter case.
+    pub fn id_of(&self, name: &str) -> Option<String> {
+        if self.get(name).is_some() {
+            return Some(name.to_owned());
+        }
+        self.id_in_other_case(name)
+    }
+
     /// The id of the organization whose id is `slug` in other letter case (ids that differ
     /// only in case count as one), if `slug` is not an id itself.
     pub fn id_in_other_case(&self, slug: &str) -> Option<String> {
