@@ -595,6 +595,18 @@ impl PortalBackend {
             }
         }
         if !fresh_form {
+            // An out-of-date form of an organization disabled since it was shown: the disable
+            // is the answer (what reloading the page shows), not the form's age. Nothing is
+            // sent, and nothing audited: no sign-in was attempted.
+            if !form_token.is_empty()
+                && self
+                    .sessions
+                    .organization_disabled(&org_id)
+                    .await
+                    .map_err(user_error)?
+            {
+                return Err(PortalError::OrganizationDisabled);
+            }
             // Out of date with no session to show, or no token at all (a form without one
             // is refused whatever runs: only a form the portal rendered carries one).
             return Err(refused_form(&form_token));
