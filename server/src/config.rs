@@ -2879,6 +2879,29 @@ mod tests {
         );
     }
 
+    /// The spellings the README's Configuration section names, and how they are shown back.
+    #[test]
+    fn durations_take_the_documented_spellings() {
+        for (text, secs, shown) in [
+            ("5s", 5, "5s"),
+            ("4h", 4 * 3600, "4h"),
+            ("1h 30m", 5400, "90m"),
+            ("2d", 2 * 86_400, "2d"),
+            ("10 minutes", 600, "10m"),
+            ("1month", 2_630_016, "2630016s"),
+            ("1year", 31_557_600, "8766h"),
+        ] {
+            let parsed: Duration = parse_duration::<serde::de::value::Error>(text).expect(text);
+            assert_eq!(parsed, Duration::from_secs(secs), "{text}");
+            assert_eq!(exact_duration(&parsed), shown, "{text}");
+        }
+        let half = parse_duration::<serde::de::value::Error>("500ms").expect("500ms");
+        assert_eq!(
+            (half.as_millis(), exact_duration(&half).as_str()),
+            (500, "500ms")
+        );
+    }
+
     #[test]
     fn missing_secret_names_the_server() {
         let text = MINIMAL.replace("secret = \"s3cr3t-value\"", "");
