@@ -551,16 +551,13 @@ async fn check_against_database(
                 );
                 warn_of(&said);
             }
-            // What the start-up enables while a disable's stop has not been done: the stop is
-            // skipped, and its sessions keep running.
+            // What the start-up enables again, and — while a disable's stop has not been done
+            // — the stop it skips, whose sessions keep running.
             for row in stored.iter().filter(|row| !row.active) {
-                let enables = settings
-                    .organizations
-                    .iter()
-                    .any(|o| o.id == row.id && o.enabled == Some(true));
-                if !enables {
+                if !crate::organizations::file_enables(&settings.organizations, &row.id) {
                     continue;
                 }
+                warn_of(&crate::organizations::enabled_again_by_file(&row.id));
                 if let Some(open) =
                     crate::organizations::kept_by_an_enable(&storage, &row.id).await?
                 {

@@ -866,6 +866,9 @@ async fn set_state(
                 str::to_string,
             );
             say!("organization {id} disabled: logins and refreshes are refused; its {open} session(s) are stopped (Accounting-Stop, Admin-Reset) {by} (their Stops dated now, when the disable was asked for){due}");
+            if organizations::file_enables(&settings.organizations, id) {
+                eprintln!("warning: {}", organizations::enabled_again_by_file(id));
+            }
         }
     }
     Ok(Outcome::Done)

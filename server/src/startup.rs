@@ -399,6 +399,14 @@ impl Application {
                 worker: org_worker.clone(),
                 sessions: sessions.clone(),
                 tokens: Arc::new(crate::http::admin::token_hashes(&settings.admin.tokens)),
+                enabled_by_file: Arc::new(
+                    settings
+                        .organizations
+                        .iter()
+                        .filter(|o| o.enabled == Some(true))
+                        .map(|o| o.id.clone())
+                        .collect(),
+                ),
             },
             metrics: metrics.clone(),
             radius_health: settings

@@ -70,6 +70,41 @@ impl Admin {
     }
 }
 
+/// A disable of an organization the configuration file says `enabled = true` of (applied at
+/// every start) is answered with a warning that the next start enables it again; another
+/// organization's disable has no `warnings`.
+#[tokio::test]
+async fn a_disable_the_file_undoes_at_the_next_start_is_answered_with_a_warning() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (_dir, db) = temp_db();
+    let mut settings = with_admin(&db, &a, &b);
+    settings.organizations[1].enabled = Some(true);
+    let app = TestApp::spawn(&settings).await;
+    let admin = Admin {
+        http: reqwest::Client::new(),
+        base: format!("http://{}", app.addr),
+    };
+    let disable = json!({ "is_active": false });
+    let beta = admin
+        .ok(Method::PATCH, "/organizations/beta", Some(disable.clone()))
+        .await;
+    assert_eq!(beta["active"], false, "{beta}");
+    let warnings = beta["warnings"].as_array().cloned().unwrap_or_default();
+    assert!(
+        warnings.iter().any(|w| w
+            .as_str()
+            .unwrap_or_default()
+            .contains("says `enabled = true` for organization `beta`")),
+        "{beta}"
+    );
+    let acme = admin
+        .ok(Method::PATCH, "/organizations/acme", Some(disable))
+        .await;
+    assert_eq!(acme["active"], false, "{acme}");
+    assert!(acme.get("warnings").is_none(), "{acme}");
+    app.stop().await;
+}
+
 /// A token holder's write whose body never arrives in full is answered 408 when the body
 /// deadline passes (as every body the portal reads), the connection closed: not held open, or
 /// a graceful shutdown waiting on it, for good. Nothing is changed.

@@ -1323,3 +1323,49 @@ secret = "not-the-same-secret"
     assert!(stderr.contains(said), "{said:?} in {stderr}");
     assert!(stderr.contains("zeta.secret"), "{stderr}");
 }
+
+/// A disable the configuration file undoes at the portal's next start (its `enabled = true` is
+/// applied at every start) is said so by `org disable` and by `check-config`; nothing is said
+/// for a file without `enabled`.
+#[test]
+fn a_disable_the_file_undoes_at_the_next_start_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = minimal_config(dir.path(), "");
+    let text = std::fs::read_to_string(&plain).unwrap();
+    let enabling = dir.path().join("enabling.toml");
+    let with_flag = text.replace("name = \"Acme\"\n", "name = \"Acme\"\nenabled = true\n");
+    assert_ne!(with_flag, text);
+    std::fs::write(&enabling, with_flag).unwrap();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(radius_portal::storage::Storage::open(
+            &dir.path().join("portal.db"),
+        ))
+        .unwrap();
+    let acme = dir.path().join("acme.toml");
+    std::fs::write(
+        &acme,
+        "id = \"acme\"\nname = \"Acme\"\n[[servers]]\nname = \"ise\"\naddress = \"127.0.0.1\"\nsecret = \"s\"\n",
+    )
+    .unwrap();
+    let run = |config: &std::path::Path, args: &[&str]| {
+        let mut all = vec!["--config", config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let output = portal(&all).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{args:?}: {stderr}");
+        stderr
+    };
+    run(&plain, &["org", "create", "--file", acme.to_str().unwrap()]);
+    let said = "says `enabled = true` for organization `acme`";
+    // Disabled with a file that does not say `enabled`: nothing to say.
+    assert!(!run(&plain, &["org", "disable", "acme"]).contains(said));
+    assert!(!run(&plain, &["check-config"]).contains(said));
+    run(&plain, &["org", "enable", "acme"]);
+    // With one that says `enabled = true`: said at the disable, and by `check-config`.
+    let stderr = run(&enabling, &["org", "disable", "acme"]);
+    assert!(stderr.contains(&format!("warning: the configuration file {said}")), "{stderr}");
+    assert!(stderr.contains("next start enables the organization again"), "{stderr}");
+    let stderr = run(&enabling, &["check-config"]);
+    assert!(stderr.contains(said), "{stderr}");
+}

@@ -48,6 +48,9 @@ pub struct AdminApi {
     pub sessions: AccessSessions,
     /// Allowed tokens: (name, SHA-256).
     pub tokens: Arc<Vec<(String, [u8; 32])>>,
+    /// The organizations the configuration file says `enabled = true` of (applied at every
+    /// start: a disable of one of them is answered with a warning that a restart undoes it).
+    pub enabled_by_file: Arc<Vec<String>>,
 }
 
 /// The caller, once its token matched: `admin:<name>`.
@@ -474,15 +477,28 @@ fn refused(e: ChangeError) -> Response {
 }
 
 /// After a change: the organization as it is now (`status` 200 or 201).
+/// The organization after a change, with what the change's caller should know (`warnings`,
+/// also logged): settings likely mistaken, a disable the next start undoes.
 async fn changed(api: AdminApi, id: &str, status: StatusCode) -> Response {
     api.worker.wake();
+    let mut warnings = Vec::new();
     if let Some(org) = api.organizations.get(id) {
-        for warning in crate::startup::change_warnings(&api.organizations.all(), &org) {
-            tracing::warn!("{warning}");
+        warnings = crate::startup::change_warnings(&api.organizations.all(), &org);
+        if !org.active && api.enabled_by_file.iter().any(|listed| listed == id) {
+            warnings.push(crate::organizations::enabled_again_by_file(id));
         }
     }
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
     match organization_view(&api, id).await {
-        Ok(Some(view)) => (status, Json(view)).into_response(),
+        Ok(Some(view)) => {
+            let mut view = serde_json::to_value(view).unwrap_or_default();
+            if !warnings.is_empty() {
+                view["warnings"] = warnings.into();
+            }
+            (status, Json(view)).into_response()
+        }
         Ok(None) => error(StatusCode::NOT_FOUND, "no such organization"),
         Err(response) => response,
     }

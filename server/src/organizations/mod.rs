@@ -603,8 +603,15 @@ pub async fn seed(
     moves: ServerMoves,
 ) -> Result<(), OrganizationError> {
     check_seed(storage, settings, moves).await?;
-    for said in listed_but_disabled(&storage.organizations().await?, settings) {
+    let stored = storage.organizations().await?;
+    for said in listed_but_disabled(&stored, settings) {
         tracing::warn!("{said}");
+    }
+    // A disable the file undoes now: said as a warning, not among the settings updated.
+    for row in stored.iter().filter(|row| !row.active) {
+        if file_enables(settings, &row.id) {
+            tracing::warn!(organization = %row.id, "organization disabled in the database is enabled again: the configuration file says `enabled = true` (applied at every start; remove that line to keep a disable made with `org disable` or the admin API)");
+        }
     }
     for (i, s) in settings.iter().enumerate() {
         let json = serde_json::to_string(s)
@@ -647,6 +654,20 @@ pub async fn seed(
         }
     }
     Ok(())
+}
+
+/// The configuration file lists organization `id` with `enabled = true` while it is disabled:
+/// said by `org disable`, the admin API's disable, `check-config` and the start-up itself, so a
+/// disable is not undone by a restart unawares (the file's `enabled` is applied at every start).
+pub fn enabled_again_by_file(id: &str) -> String {
+    format!("the configuration file says `enabled = true` for organization `{id}`, and a portal applies it at every start: its next start enables the organization again — remove that line (or write `enabled = false`) to keep it disabled")
+}
+
+/// Whether the configuration lists organization `id` with `enabled = true`.
+pub fn file_enables(settings: &[OrganizationSettings], id: &str) -> bool {
+    settings
+        .iter()
+        .any(|s| s.id == id && s.enabled == Some(true))
 }
 
 /// Organizations the configuration lists without `enabled` that are disabled in the database
