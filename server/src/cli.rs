@@ -177,13 +177,13 @@ pub struct Usage(pub String);
 #[derive(Debug, thiserror::Error)]
 pub enum NotFound {
     /// No such organization.
-    #[error("no organization `{0}`")]
+    #[error("no organization `{}`", crate::shortened(.0))]
     Organization(String),
     /// No such session.
-    #[error("no session `{0}`")]
+    #[error("no session `{}`", crate::shortened(.0))]
     Session(String),
     /// No such server in an organization.
-    #[error("organization `{0}` has no server `{1}`")]
+    #[error("organization `{}` has no server `{}`", crate::shortened(.0), crate::shortened(.1))]
     Server(String, String),
 }
 

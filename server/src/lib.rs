@@ -58,6 +58,16 @@ pub(crate) fn fuzz_cases(default: u32) -> u32 {
         .unwrap_or(default)
 }
 
+/// At most 64 characters of a caller's text repeated in an answer or a log line (an ellipsis
+/// marks the cut): an id or an address that names nothing is shown, but not 5,000 characters
+/// of it.
+pub fn shortened(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(64) {
+        Some((at, _)) => format!("{}…", &text[..at]).into(),
+        None => text.into(),
+    }
+}
+
 /// Lower-case hex of `bytes` (tokens, ids, digests): one allocation, not one per byte.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

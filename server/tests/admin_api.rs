@@ -102,6 +102,19 @@ async fn a_disable_the_file_undoes_at_the_next_start_is_answered_with_a_warning(
         .await;
     assert_eq!(acme["active"], false, "{acme}");
     assert!(acme.get("warnings").is_none(), "{acme}");
+    // An id that names nothing is named back, but not all 5,000 characters of it.
+    let long = "x".repeat(5000);
+    let (status, text) = admin
+        .call(
+            Method::PATCH,
+            &format!("/organizations/{long}"),
+            Some(TOKEN),
+            Some(json!({ "is_active": true })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{text}");
+    assert!(text.contains(&format!("{}…", "x".repeat(64))), "{text}");
+    assert!(text.len() < 200, "{text}");
     app.stop().await;
 }
 

@@ -1364,8 +1364,14 @@ fn a_disable_the_file_undoes_at_the_next_start_is_said() {
     run(&plain, &["org", "enable", "acme"]);
     // With one that says `enabled = true`: said at the disable, and by `check-config`.
     let stderr = run(&enabling, &["org", "disable", "acme"]);
-    assert!(stderr.contains(&format!("warning: the configuration file {said}")), "{stderr}");
-    assert!(stderr.contains("next start enables the organization again"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("warning: the configuration file {said}")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("next start enables the organization again"),
+        "{stderr}"
+    );
     let stderr = run(&enabling, &["check-config"]);
     assert!(stderr.contains(said), "{stderr}");
 }

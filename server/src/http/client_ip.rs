@@ -113,7 +113,7 @@ fn parse_address(text: &str, rfc7239: bool) -> Result<IpAddr, String> {
         .and_then(|n| n.strip_suffix('"'))
         .unwrap_or(node);
     // What the errors show of it (one log line, one answer: never a header's worth).
-    let shown = shortened(unquoted);
+    let shown = crate::shortened(unquoted);
     if unquoted.eq_ignore_ascii_case("unknown") {
         return Err("the client is `unknown`".into());
     }
@@ -154,14 +154,6 @@ fn parse_address(text: &str, rfc7239: bool) -> Result<IpAddr, String> {
     Err(format!("`{shown}` is not an address"))
 }
 
-/// At most 64 characters of `text` (an ellipsis marks the cut).
-fn shortened(text: &str) -> std::borrow::Cow<'_, str> {
-    match text.char_indices().nth(64) {
-        Some((at, _)) => format!("{}…", &text[..at]).into(),
-        None => text.into(),
-    }
-}
-
 /// Splits on `separator` outside double-quoted strings (RFC 7230 quoted-string, with `\`
 /// escapes). `None` for an unterminated quote or escape: a client's `for=1.2.3.4;x="` would
 /// otherwise swallow the hop a proxy appends to the same line.
@@ -199,7 +191,7 @@ fn forwarded_for(element: &str) -> Result<&str, String> {
             }
             return Err(format!(
                 "`{}` is not a key=value pair",
-                shortened(pair.trim())
+                crate::shortened(pair.trim())
             ));
         };
         if key.trim().eq_ignore_ascii_case("for") {
@@ -209,7 +201,12 @@ fn forwarded_for(element: &str) -> Result<&str, String> {
             found = Some(value);
         }
     }
-    found.ok_or_else(|| format!("the element `{}` has no `for=`", shortened(element.trim())))
+    found.ok_or_else(|| {
+        format!(
+            "the element `{}` has no `for=`",
+            crate::shortened(element.trim())
+        )
+    })
 }
 
 /// The hops the configured header lists, client first (the raw text of each; parsed lazily,

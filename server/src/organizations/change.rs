@@ -19,10 +19,10 @@ use serde_json::{Map, Value};
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
     /// 404 / exit 3.
-    #[error("no organization `{0}`")]
+    #[error("no organization `{}`", crate::shortened(.0))]
     NotFound(String),
     /// 404 / exit 3.
-    #[error("organization `{0}` has no server `{1}`")]
+    #[error("organization `{}` has no server `{}`", crate::shortened(.0), crate::shortened(.1))]
     NoServer(String, String),
     /// 400 / exit 4: the request itself is wrong (the message names the field).
     #[error("{0}")]
