@@ -371,6 +371,7 @@ impl Application {
         let live_stop = CancellationToken::new();
         let session_store = storage.web_sessions();
         let router = router(RouterParts {
+            demo,
             leptos_options: leptos_options.clone(),
             portal: Portal(backend.clone()),
             live: crate::http::live::LiveState {

@@ -1044,6 +1044,32 @@ async fn demo_mode_is_labelled_on_every_page_the_not_found_page_included() {
     }
     assert_eq!(browser.login("carol", "carol-pass").await.path, "/session");
     assert!(browser.get("/session").await.body.contains("DEMO MODE"));
+    // The refusal pages answered before any page runs: a body too large, a cross-site form.
+    let too_large = browser
+        .http
+        .post(format!("{}/api/login", browser.base))
+        .header("accept", "text/html")
+        .form(&[("username", "x".repeat(20_000).as_str()), ("password", "p")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let page = too_large.text().await.unwrap();
+    assert!(
+        page.contains("Your request was refused") && page.contains("DEMO MODE"),
+        "{page}"
+    );
+    let cross_site = browser
+        .http
+        .post(format!("{}/api/login", browser.base))
+        .header("accept", "text/html")
+        .header("origin", "http://evil.example")
+        .form(&[("username", "carol"), ("password", "p")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), StatusCode::FORBIDDEN);
+    assert!(cross_site.text().await.unwrap().contains("DEMO MODE"));
 }
 
 /// The sign-in page is the same for every visitor but for its form token (the page is kept

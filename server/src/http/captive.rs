@@ -49,6 +49,7 @@ pub async fn captive_state(
     State(api): State<CaptiveApi>,
     client: Option<Extension<ClientIp>>,
     scope: Option<Extension<super::org_scope::OrgScope>>,
+    demo: Option<Extension<super::Demo>>,
     headers: HeaderMap,
 ) -> Response {
     // `/o/{slug}/captive-portal/api` answers for that organization's portal.
@@ -61,6 +62,7 @@ pub async fn captive_state(
         headers: &headers,
         viewing: true,
         home: format!("{prefix}/"),
+        demo: demo.is_some(),
     };
     let Some(Extension(ClientIp(ip))) = client else {
         // A trusted proxy's request without the forwarding header: whose state is unknown.

@@ -67,7 +67,13 @@ pub struct RouterParts {
     pub metrics: crate::metrics::Metrics,
     /// Breakers, for readiness (None: readiness does not look at them).
     pub radius_health: Option<crate::radius::health::ServerHealth>,
+    /// `radius-portal demo`: every page, the refusal pages included, says so.
+    pub demo: bool,
 }
+
+/// Marks a request to a portal in demo mode (put in by the front door, before any refusal).
+#[derive(Clone, Copy)]
+pub struct Demo;
 
 /// The portal's web service: the layers every request passes, around the routes.
 #[derive(Clone)]
@@ -115,6 +121,7 @@ pub fn router(parts: RouterParts) -> Site {
         admin,
         metrics,
         radius_health,
+        demo,
     } = parts;
     let site_root = PathBuf::from(leptos_options.site_root.as_ref());
     let pkg_dir = site_root.join(leptos_options.site_pkg_dir.as_ref());
@@ -222,6 +229,7 @@ pub fn router(parts: RouterParts) -> Site {
             site: site_security.clone(),
             trusted: trusted_proxies,
             labels: std::sync::Arc::new(labels),
+            demo,
         }))
         .layer(CompressWhenAskedLayer)
         .layer(MiddlewareLayer(PerVisitor {
@@ -282,6 +290,7 @@ struct FrontDoor {
     site: security::SiteSecurity,
     trusted: client_ip::TrustedProxies,
     labels: std::sync::Arc<RouteLabels>,
+    demo: bool,
 }
 
 /// Middleware (outermost), in this order:
@@ -309,6 +318,9 @@ async fn front_door<S: NextService>(
     // At error level: kept with every filter (a span's level decides only whether it is
     // recorded), so that the lines a request logs carry its id also at `filter = "warn"`.
     let span = tracing::error_span!("request", id = %id, scoped = tracing::field::Empty);
+    if door.demo {
+        request.extensions_mut().insert(Demo);
+    }
     // The path before `/o/{slug}` comes off (the request logs below see the rest).
     if request.uri().path().starts_with("/o/") {
         span.record("scoped", request.uri().path());
@@ -556,6 +568,8 @@ pub(crate) struct Caller<'a> {
     viewing: bool,
     /// The sign-in page of the organization the request was for (`/o/{slug}/` or `/`).
     home: String,
+    /// The portal runs in demo mode (its refusal pages say so too).
+    demo: bool,
 }
 
 impl<'a> Caller<'a> {
@@ -576,6 +590,7 @@ impl<'a> Caller<'a> {
             headers,
             viewing: matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD),
             home,
+            demo: extensions.get::<Demo>().is_some(),
         }
     }
 
@@ -614,7 +629,8 @@ fn push_escaped(out: &mut String, text: &str) {
 const REFUSED_PAGE_STYLE: &str =
     "body{font-family:ui-sans-serif,system-ui,sans-serif;color:#111827;margin:0}\
 main{max-width:28rem;margin:0 auto;padding:2.5rem 1rem}h1{font-size:1.5rem;font-weight:600}\
-p{line-height:1.5}a{color:#1e40af}";
+p{line-height:1.5}a{color:#1e40af}\
+.demo{background:#fde68a;color:#451a03;font-weight:700;text-align:center;padding:.5rem 1rem;border-radius:.25rem}";
 
 /// The Content-Security-Policy of [`caller_error`]'s page: nothing but its own style.
 fn refused_page_policy() -> &'static str {
@@ -652,7 +668,13 @@ pub(crate) fn caller_error(
              <title>Request refused – Network access portal</title><style>",
         );
         page.push_str(REFUSED_PAGE_STYLE);
-        page.push_str("</style></head><body><main><h1>Your request was refused</h1><p>");
+        page.push_str("</style></head><body><main>");
+        if caller.demo {
+            page.push_str(
+                "<p class=\"demo\">DEMO MODE — built-in test RADIUS server, not for production</p>",
+            );
+        }
+        page.push_str("<h1>Your request was refused</h1><p>");
         push_escaped(&mut page, message);
         page.push_str(if caller.viewing {
             "</p><p>Reload the page in a moment; if it is refused again, ask your network administrator.</p>"
