@@ -135,6 +135,23 @@ test("at 0:00 with the portal out of reach the page no longer says connected", a
   await expect(page.getByRole("heading", { name: "You are connected" })).toBeVisible();
   await expect(page.getByRole("heading", { name: "Your time is up" })).toBeVisible({ timeout: 40_000 });
   await expect(page.getByText("You are connected")).toHaveCount(0);
+  // Nothing on it speaks of the end as still to come.
+  await expect(page.getByTestId("warning")).toHaveCount(0);
+  await expect(page.getByTestId("ends")).toContainText("has passed");
+});
+
+test("a Refresh that reaches the limit takes its button away and leaves focus on Disconnect", async ({ page }) => {
+  test.setTimeout(60_000);
+  await logIn(page, "mona", "mona-pass"); // a 20-second window within a 30-second limit
+  await hydrated(page);
+  // Past 10 s, a refresh's new window would run past the limit.
+  await expect.poll(() => secondsLeft(page), { timeout: 25_000 }).toBeLessThanOrEqual(9);
+  const refresh = page.getByRole("button", { name: "Refresh" });
+  await refresh.focus();
+  await page.keyboard.press("Enter");
+  await expect(page.getByTestId("ends")).toContainText("maximum session length");
+  await expect(refresh).toBeHidden();
+  await expect(page.getByRole("button", { name: "Disconnect" })).toBeFocused();
 });
 
 test("a Refresh the portal never answers (a link gone silent) says the portal could not be reached", async ({ page }) => {

@@ -62,6 +62,15 @@ test("a rejected login shows the RADIUS server's Reply-Message", async ({ page }
   await expect(page).toHaveTitle("Sign in – End-to-End Org – Network access portal");
 });
 
+test("a name pasted far too long is refused in the form, not by a bare refusal page", async ({ page }) => {
+  await page.goto(url("/"));
+  await page.getByLabel("Username").fill("x".repeat(20_000));
+  await page.getByLabel("Password").fill("p");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await expect(page.getByRole("alert")).toContainText("Username is too long");
+  await expect(page.getByRole("button", { name: "Sign in" })).toBeVisible();
+});
+
 test("the login page downloads no WebAssembly", async ({ page }) => {
   const wasm: string[] = [];
   page.on("request", (r) => {

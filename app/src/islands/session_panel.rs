@@ -225,6 +225,11 @@ pub fn SessionPanel() -> impl IntoView {
             .then(|| local_time(s.ends_at_ms))
             .flatten()
             .unwrap_or_else(|| format!("{} UTC", s.ends_at_utc));
+        // At 0:00 the end not yet confirmed (the portal out of reach): said as past, not as
+        // an end still to come.
+        if time_up.get() {
+            return format!("Its end time, {at}, has passed.");
+        }
         match s.ends_by {
             EndsBy::Window => format!(
                 "Ends at {at} unless you refresh. A refresh gives you {} again.",
@@ -237,7 +242,7 @@ pub fn SessionPanel() -> impl IntoView {
     };
     // Memos: they change (and the page with them) when the text does, not at every tick.
     let warning_text = Memo::new(move |_| {
-        (ended.get().is_none() && remaining_secs() < WARN_SECS).then(|| {
+        (ended.get().is_none() && !time_up.get() && remaining_secs() < WARN_SECS).then(|| {
             if state.get().can_extend {
                 "Less than a minute left: refresh now to stay connected."
             } else {
@@ -278,6 +283,7 @@ pub fn SessionPanel() -> impl IntoView {
     // that finds it still ended (the tab shown again) leaves focus where the user put it.
     let heading = NodeRef::<leptos::html::H1>::new();
     let disconnect_button = NodeRef::<leptos::html::Button>::new();
+    let refresh_button = NodeRef::<leptos::html::Button>::new();
     #[cfg(feature = "hydrate")]
     let over_title = Memo::new(move |_| ended.get().map(|reason| over_texts(reason)[0]));
     let extendable = Memo::new(move |_| state.get().can_extend);
@@ -301,9 +307,13 @@ pub fn SessionPanel() -> impl IntoView {
     #[cfg(feature = "hydrate")]
     Effect::new(move |was: Option<bool>| {
         let now = extendable.get();
-        let lost = document()
-            .active_element()
-            .is_none_or(|e| e.tag_name().eq_ignore_ascii_case("body"));
+        // Focus is still on the button being hidden, or already fell to the page's body.
+        let lost = document().active_element().is_none_or(|e| {
+            e.tag_name().eq_ignore_ascii_case("body")
+                || refresh_button
+                    .get_untracked()
+                    .is_some_and(|button| e.is_same_node(Some(&button)))
+        });
         if was == Some(true) && !now && lost {
             if let Some(button) = disconnect_button.get_untracked() {
                 let _ = button.focus();
@@ -357,7 +367,7 @@ pub fn SessionPanel() -> impl IntoView {
                             submit(refresh_post.clone(), refresh_token.clone(), true);
                         }>
                         <input type="hidden" name="csrf" value=form_token.clone() />
-                        <button type="submit" aria-disabled=move || busy.get().then_some("true")
+                        <button type="submit" node_ref=refresh_button aria-disabled=move || busy.get().then_some("true")
                             class="brand-button w-full rounded border-2 border-blue-800 bg-blue-800 px-2 py-2 font-semibold text-white hover:bg-blue-900 aria-disabled:opacity-60">
                             "Refresh"
                         </button>

@@ -78,11 +78,15 @@ pub fn LoginPage() -> impl IntoView {
                 <input type="hidden" name="org" value=organization_id />
                 <div>
                     <label for="username" class="block text-sm font-medium">"Username"</label>
-                    // No maxlength: it counts characters, not the 63 bytes allowed, and cuts a
-                    // pasted name silently; the server says what is too long.
+                    // maxlength far above the 63 bytes allowed (it counts characters, and cuts
+                    // a pasted name silently): the server says what is too long, in the form;
+                    // it only keeps a pasted page of text from making the request larger than
+                    // the portal takes (16 KiB, a bare refusal page): 512 characters each,
+                    // percent-encoded at up to 9 bytes, stay under it.
                     // After a failed sign-in the field the cursor is put in says it is the one
                     // in question, and what the error says (screen readers read both).
                     <input id="username" name="username" type="text" required value=tried
+                        maxlength="512"
                         autofocus=username_refused
                         aria-invalid=username_refused.then_some("true")
                         aria-describedby=username_refused.then_some("form-error")
@@ -92,6 +96,7 @@ pub fn LoginPage() -> impl IntoView {
                 <div>
                     <label for="password" class="block text-sm font-medium">"Password"</label>
                     <input id="password" name="password" type="password" required autofocus=again
+                        maxlength="512"
                         aria-invalid=again.then_some("true")
                         aria-describedby=again.then_some("form-error")
                         autocomplete="current-password"
