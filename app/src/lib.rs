@@ -212,6 +212,10 @@ fn set_content_security_policy() {
     }
 }
 
+/// The CSP source of the sign-in page's script ([`pages::login::SIGN_IN_SCRIPT`]; the server's
+/// unit test checks it is that script's SHA-256).
+pub const SIGN_IN_SCRIPT_HASH: &str = "sha256-sRDrMI4X5I2NTlgSA2YFTqLYSPI4il6slFLLvzpF3Zg=";
+
 /// The strict CSP of design.md §6 with `nonce` for the page's scripts.
 #[cfg(feature = "ssr")]
 pub fn content_security_policy(nonce: &str) -> String {
@@ -225,7 +229,7 @@ pub fn content_security_policy(nonce: &str) -> String {
         Err(_) => String::new(),
     });
     format!(
-        "default-src 'self'; script-src 'self' 'nonce-{nonce}' 'wasm-unsafe-eval'; \
+        "default-src 'self'; script-src 'self' 'nonce-{nonce}' '{SIGN_IN_SCRIPT_HASH}' 'wasm-unsafe-eval'; \
          style-src 'self'; img-src 'self' data:; connect-src 'self'{reload}; object-src 'none'; \
          base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
     )

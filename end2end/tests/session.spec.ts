@@ -71,6 +71,32 @@ test("a name pasted far too long is refused in the form, not by a bare refusal p
   await expect(page.getByRole("button", { name: "Sign in" })).toBeVisible();
 });
 
+test("a sign-in under way says so on its button", async ({ page }) => {
+  const blocked: string[] = [];
+  page.on("console", (m) => {
+    if (m.text().includes("Content Security Policy")) blocked.push(m.text());
+  });
+  // What the button said as the form went (a listener after the page's own, kept across the
+  // navigation: the page cannot be read while its navigation is under way).
+  await page.addInitScript(() => {
+    document.addEventListener("submit", (event) => {
+      const form = event.target as HTMLFormElement;
+      const button = form.querySelector("button[type=submit]");
+      sessionStorage.setItem("said", `${button?.textContent}|${form.getAttribute("aria-busy")}`);
+    });
+  });
+  await page.goto(url("/"));
+  await page.getByLabel("Username").fill("carol");
+  await page.getByLabel("Password").fill("carol-pass");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await expect(page).toHaveURL(url("/session"));
+  expect(await page.evaluate(() => sessionStorage.getItem("said"))).toBe("Signing in…|true");
+  expect(blocked).toEqual([]);
+  await page.goto(url("/session"));
+  await page.getByRole("button", { name: "Disconnect" }).click();
+  await expect(page).toHaveURL(url("/"));
+});
+
 test("the login page downloads no WebAssembly", async ({ page }) => {
   const wasm: string[] = [];
   page.on("request", (r) => {

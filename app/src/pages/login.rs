@@ -69,7 +69,8 @@ pub fn LoginPage() -> impl IntoView {
     let body = if active {
         Either::Left(view! {
             <ErrorMessage error=Signal::derive(move || error().map(|e| e.to_string())) />
-            // A plain form (the page ships no script), posted within the organization's portal
+            // A plain form (the page ships no script file: one inline script, allowed by its
+            // hash, says the sign-in is under way), posted within the organization's portal
             // (`/o/{slug}/api/login`): a failed post comes back to this page even when the
             // browser sends no Referer.
             <form method="post" action=format!("{base}{}", <Login as ServerFn>::PATH)
@@ -107,6 +108,7 @@ pub fn LoginPage() -> impl IntoView {
                     "Sign in"
                 </button>
             </form>
+            <SigningIn />
             <p class="mt-4 text-sm text-slate-600">
                 "Already signed in? "
                 <a href=format!("{base}/session") class="brand-link text-blue-800 underline">"See your session"</a>
@@ -129,3 +131,22 @@ pub fn LoginPage() -> impl IntoView {
         {body}
     }
 }
+
+/// While a sign-in is under way (the RADIUS server may take seconds) its button says so, and
+/// the form is `aria-busy`; the page coming back from the browser's history gets its label
+/// back. Nothing else: the form works the same without it (a second press is answered with
+/// the first one's session by the server). Inline, allowed by its hash in the
+/// Content-Security-Policy ([`crate::SIGN_IN_SCRIPT_HASH`]), so the kept sign-in page carries
+/// no per-request nonce.
+pub const SIGN_IN_SCRIPT: &str = "(function(){var s=document.currentScript,f=s&&s.previousElementSibling,b=f&&f.querySelector('button[type=submit]');if(!b)return;var t=b.textContent;f.addEventListener('submit',function(){b.textContent='Signing in\u{2026}';f.setAttribute('aria-busy','true')});addEventListener('pageshow',function(){b.textContent=t;f.removeAttribute('aria-busy')})})()";
+
+#[cfg(feature = "ssr")]
+#[component]
+fn SigningIn() -> impl IntoView {
+    leptos::tachys::html::InertElement::new(format!("<script>{SIGN_IN_SCRIPT}</script>"))
+}
+
+/// The sign-in page is never rendered in the browser.
+#[cfg(not(feature = "ssr"))]
+#[component]
+fn SigningIn() -> impl IntoView {}

@@ -230,6 +230,18 @@ pub fn cross_site_refusal(site: &SiteSecurity, request: &Request) -> Option<Resp
 mod tests {
     use super::*;
 
+    /// The sign-in page's inline script runs under the CSP only if its hash there is its own.
+    #[test]
+    fn the_csp_allows_the_sign_in_script_by_its_hash() {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(
+            app::pages::login::SIGN_IN_SCRIPT.as_bytes(),
+        ));
+        assert_eq!(app::SIGN_IN_SCRIPT_HASH, format!("sha256-{hash}"));
+        assert!(app::content_security_policy("n").contains(&format!("'sha256-{hash}'")));
+    }
+
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
