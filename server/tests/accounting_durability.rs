@@ -640,6 +640,90 @@ async fn a_stop_under_way_at_shutdown_is_given_up_for_another_replica_to_send_at
     radius.resume();
 }
 
+/// A UDP relay to `upstream` that passes datagrams both ways while `open` and drops them while
+/// not: a server gone silent, with nothing left buffered to be answered later.
+async fn gated_relay(
+    upstream: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> u16 {
+    use std::sync::atomic::Ordering::SeqCst;
+    let front = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let port = front.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (len, from) = front.recv_from(&mut buf).await.unwrap();
+            if !open.load(SeqCst) {
+                continue;
+            }
+            let request = buf[..len].to_vec();
+            let (front, open) = (front.clone(), open.clone());
+            tokio::spawn(async move {
+                let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                back.send_to(&request, upstream).await.unwrap();
+                let mut reply = vec![0u8; 4096];
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(5), back.recv_from(&mut reply)).await;
+                if let (Ok(Ok((n, _))), true) = (answer, open.load(SeqCst)) {
+                    let _ = front.send_to(&reply[..n], from).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The other replica sends a Stop given up at a shutdown as soon as it is given up (the give-up
+/// is announced to every replica's delivery loop), not at its loop's next pass or when the
+/// claim's lease would have run out (30 s): a Disconnected user's identity is not kept open at
+/// the server for half a minute by a rolling restart. (The deadline, 15 s, is half the lease.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_given_up_at_shutdown_is_sent_by_the_other_replica_at_once() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let url = common::postgres::fresh_database().await;
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let acct = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
+    let mut server = radius.server_settings("primary", true);
+    server.acct_port = gated_relay(acct, open.clone()).await;
+    // One exchange (9 s) outlasts the shutdown's 5 s flush.
+    server.timeout = Duration::from_secs(3);
+    server.retries = 2;
+    let mut config = settings(&db, vec![server]);
+    config.database.url = Some(radius_portal::config::Secret::new(url.clone()));
+    let a = TestApp::spawn(&config).await;
+    let b = TestApp::spawn(&config).await;
+    let browser = a.browser(Ipv4Addr::new(127, 0, 3, 8));
+    let page = browser.login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    let session = a
+        .storage
+        .active_sessions_of(Some("acme"), 10)
+        .await
+        .unwrap()
+        .remove(0);
+    let sid = format!("sid={}", session.acct_session_id);
+    radius.wait_for_acct(&["status=Start", &sid]).await;
+    open.store(false, SeqCst);
+    browser.post_form("/api/disconnect", "/session", &[]).await;
+    a.stop().await;
+    open.store(true, SeqCst);
+    common::wait_for(
+        "the other replica to send the Stop",
+        Duration::from_secs(15),
+        || {
+            radius
+                .acct_lines()
+                .iter()
+                .any(|l| l.contains("status=Stop") && l.contains(&sid))
+                .then_some(())
+        },
+    )
+    .await;
+    b.stop().await;
+}
+
 /// A delivery that takes longer than a claim's lease (30 s: a replica killed mid-delivery hands
 /// its rows over that soon) keeps its claim while it runs: a Stop retransmitted to a frozen
 /// server for 40 s is not taken again by the delivery loop when its first lease runs out — no

@@ -849,11 +849,20 @@ impl Accounting {
     /// Start, copies), each giving its claim up; none starts or claims anything afterwards.
     /// At shutdown, once the flush's time is up (a silent server): another replica sends
     /// those rows at once, or this one at its next start — not after the claims' lease. Waits
-    /// up to `within` for them to have stopped; gives how many claims were given up.
-    async fn end_deliveries(&self, within: Duration) -> usize {
+    /// up to `within` for them (and the flush's own, `in_flight`) to have stopped; gives how
+    /// many claims were given up.
+    async fn end_deliveries(
+        &self,
+        within: Duration,
+        in_flight: &mut JoinSet<Result<Delivery, OutboxError>>,
+    ) -> usize {
         self.ending.cancel();
         self.claimed.close();
-        let _ = tokio::time::timeout(within, self.claimed.wait()).await;
+        let _ = tokio::time::timeout(within, async {
+            self.claimed.wait().await;
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
         self.given_up.load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -1680,11 +1689,9 @@ impl Accounting {
         // claims given up: another replica sends those rows now, or this one at its next
         // start — not after the claims' lease. (A packet already on the wire may arrive twice.)
         if flushed.is_err() {
-            let given_up = self.end_deliveries(Duration::from_secs(2)).await;
-            while tokio::time::timeout(Duration::from_millis(500), in_flight.join_next())
-                .await
-                .is_ok_and(|done| done.is_some())
-            {}
+            let given_up = self
+                .end_deliveries(Duration::from_secs(2), &mut in_flight)
+                .await;
             if given_up > 0 {
                 tracing::info!(
                     rows = given_up,
