@@ -45,6 +45,10 @@ test("a Disconnect-Request from the RADIUS server ends the open page's session",
   await expect(page.getByRole("status")).toHaveText("It was ended by the network operator.");
   await expect(page.getByRole("heading", { name: "Session ended" })).toBeFocused();
   await expect(page).toHaveTitle("Session ended – End-to-End Org – Network access portal");
+  // Once to a screen reader reading the page through, not twice (the live region, and not
+  // the visible paragraph as well).
+  const tree = await page.locator("body").ariaSnapshot();
+  expect(tree.split("It was ended by the network operator.").length - 1, tree).toBe(1);
 });
 
 test("a page whose browser lost its cookie says the session runs on, not that it ended", async ({ page, context }) => {

@@ -252,7 +252,8 @@ pub fn SessionPanel() -> impl IntoView {
     });
     let warning = move || {
         warning_text.get().map(|text| {
-            view! { <p data-testid="warning" class="mt-4 rounded bg-amber-100 p-3 text-sm text-amber-900">{text}</p> }
+            // The live region below says it to screen readers (once: not here as well).
+            view! { <p data-testid="warning" aria-hidden="true" class="mt-4 rounded bg-amber-100 p-3 text-sm text-amber-900">{text}</p> }
         })
     };
     // What a screen reader announces: a live region that is always in the page, whose text
@@ -345,7 +346,8 @@ pub fn SessionPanel() -> impl IntoView {
             <p role="status" class="sr-only">{move || announcement.get()}</p>
             <div data-testid="ended" class="mt-6 text-center" class:hidden=move || ended.get().is_none()>
                 <p class="text-lg font-semibold">{move || ended.get().map(|reason| over_texts(reason)[1])}</p>
-                <p class="mt-1 text-sm text-slate-700">{move || ended.get().map(end_text)}</p>
+                // Why, as the live region says it to screen readers (once: not here as well).
+                <p aria-hidden="true" class="mt-1 text-sm text-slate-700">{move || ended.get().map(end_text)}</p>
                 // A disabled organization offers no sign-in: its notice instead of the link.
                 <p class="mt-4" class:hidden=move || disabled()><a class="brand-link text-blue-800 underline" href=sign_in_url>"Sign in again"</a></p>
                 {move || disabled().then(|| view! { <DisabledNotice /> })}
