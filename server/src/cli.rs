@@ -442,10 +442,18 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
                         )
                     }
                     _ if row.next_attempt_at <= now => "due now".to_string(),
-                    _ => format!(
-                        "next attempt {} (or at once when a server comes back)",
-                        crate::operator::clock(row.next_attempt_at)
-                    ),
+                    // A copy goes to its server alone: held for it, it goes once that server
+                    // answers again (the time is a fallback, up to 5 minutes out).
+                    _ => match &row.entry.copy_to {
+                        Some(server) => format!(
+                            "goes when server {server} answers again (next attempt {} at the latest)",
+                            crate::operator::clock(row.next_attempt_at)
+                        ),
+                        None => format!(
+                            "next attempt {} (or at once when a server comes back)",
+                            crate::operator::clock(row.next_attempt_at)
+                        ),
+                    },
                 };
                 say!(
                     "row {} {} org={} acct_session_id={} user={} client_ip={}{to} queued {} attempts={} sent={} {when}{}",
