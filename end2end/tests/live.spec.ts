@@ -142,6 +142,8 @@ test("at 0:00 with the portal out of reach the page no longer says connected", a
   // Nothing on it speaks of the end as still to come.
   await expect(page.getByTestId("warning")).toHaveCount(0);
   await expect(page.getByTestId("ends")).toContainText("has passed");
+  // Said to screen readers as it happens.
+  await expect(page.getByRole("status")).toContainText("Your time is up.");
 });
 
 test("a Refresh that reaches the limit takes its button away and leaves focus on Disconnect", async ({ page }) => {

@@ -844,7 +844,12 @@ async fn set_state(
         })? {
         None => return Ok(Outcome::NotFound(id.to_string())),
         Some(false) if active => say!("organization {id} is already active"),
-        Some(false) => say!("organization {id} is already disabled"),
+        Some(false) => {
+            say!("organization {id} is already disabled");
+            if organizations::file_enables(&settings.organizations, id) {
+                eprintln!("warning: {}", organizations::enabled_again_by_file(id));
+            }
+        }
         Some(true) if active => {
             let kept = kept.map_or_else(String::new, |open| format!("; the disable's stop of its sessions was not done and is skipped: its {open} open session(s) keep running (`org disable {id}` stops them)"));
             say!("organization {id} enabled{kept}");

@@ -262,6 +262,8 @@ pub fn SessionPanel() -> impl IntoView {
     let announcement = Memo::new(move |_| {
         match ended.get() {
         Some(reason) => end_text(reason).to_string(),
+        // At 0:00, the end not yet confirmed (the portal out of reach): said as it happens.
+        None if time_up.get() => format!("Your time is up. {}", ends_text()),
         // After this page's Refresh its new end, which each Refresh changes (so each is read);
         // the last minute's warning when it comes.
         None => match warning_text.get() {

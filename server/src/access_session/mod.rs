@@ -217,12 +217,6 @@ impl AccessSessions {
         Ok(self.storage.session(id).await?)
     }
 
-    /// Whether organization `id` is disabled, as the database says (no audit: nothing was
-    /// asked of it).
-    pub async fn organization_disabled(&self, id: &str) -> Result<bool, SessionError> {
-        Ok(self.storage.organization_active(id).await? == Some(false))
-    }
-
     /// The organization of `id`, if it passes the guard for `operation`. The flag is read from
     /// the database (a disable made by another process counts at once); the settings come from
     /// the cache. A denial is logged and audited.

@@ -859,11 +859,28 @@ impl Accounting {
         self.ending.cancel();
         self.claimed.close();
         let _ = tokio::time::timeout(within, async {
-            self.claimed.wait().await;
-            while in_flight.join_next().await.is_some() {}
+            tokio::join!(self.claimed.wait(), async {
+                while in_flight.join_next().await.is_some() {}
+            })
         })
         .await;
-        self.given_up.load(std::sync::atomic::Ordering::Relaxed)
+        let given_up = self.given_up.load(std::sync::atomic::Ordering::Relaxed);
+        if given_up > 0 {
+            self.announce_given_up().await;
+        }
+        given_up
+    }
+
+    /// Other replicas' loops look now at rows whose claims this process gave up (best effort:
+    /// without it they look at their next pass, within 30 s).
+    async fn announce_given_up(&self) {
+        match tokio::time::timeout(Duration::from_secs(1), self.storage.announce_accounting()).await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %crate::portal_backend::error_chain(&e),
+                "claims given up could not be announced to other replicas"),
+            Err(_) => tracing::debug!("claims given up could not be announced in time"),
+        }
     }
 
     /// Gives up the claims whose deliveries ended in a database error: each row is due again
@@ -899,6 +916,7 @@ impl Accounting {
             }
         }
         if released > 0 {
+            self.announce_given_up().await;
             tracing::info!(
                 rows = released,
                 "the database answers again: accounting whose outcome it could not record is tried again now"

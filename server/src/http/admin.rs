@@ -119,8 +119,9 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromR
         serde_path_to_error::deserialize(fields)
             .map(ApiQuery)
             .map_err(|e| {
-                let parameter = e.path().to_string();
-                let problem = e.into_inner().to_string();
+                // The caller's own text (a parameter's name) is repeated cut short.
+                let parameter = crate::shortened(&e.path().to_string()).into_owned();
+                let problem = crate::shortened(&e.into_inner().to_string()).into_owned();
                 // serde names an unknown parameter itself.
                 let message = if parameter == "." || problem.contains(&format!("`{parameter}`")) {
                     format!("invalid query: {problem}")

@@ -610,7 +610,7 @@ pub async fn seed(
     // A disable the file undoes now: said as a warning, not among the settings updated.
     for row in stored.iter().filter(|row| !row.active) {
         if file_enables(settings, &row.id) {
-            tracing::warn!(organization = %row.id, "organization disabled in the database is enabled again: the configuration file says `enabled = true` (applied at every start; remove that line to keep a disable made with `org disable` or the admin API)");
+            tracing::warn!(organization = %row.id, "organization disabled in the database enabled again: {}", enabled_again_by_file(&row.id));
         }
     }
     for (i, s) in settings.iter().enumerate() {
@@ -660,7 +660,7 @@ pub async fn seed(
 /// said by `org disable`, the admin API's disable, `check-config` and the start-up itself, so a
 /// disable is not undone by a restart unawares (the file's `enabled` is applied at every start).
 pub fn enabled_again_by_file(id: &str) -> String {
-    format!("the configuration file says `enabled = true` for organization `{id}`, and a portal applies it at every start: its next start enables the organization again — remove that line (or write `enabled = false`) to keep it disabled")
+    format!("the configuration file says `enabled = true` for organization `{id}`, applied at every start of the portal: a disable made with `org disable` or the admin API lasts until the next start — remove that line (or write `enabled = false`) to keep it disabled")
 }
 
 /// Whether the configuration lists organization `id` with `enabled = true`.

@@ -313,6 +313,10 @@ contract! {
         fn waiting_rows(&self, limit: i64) -> Vec<WaitingRow>;
         /// Makes every pending row due now (a server came back: no need to wait out the backoff).
         fn retry_pending_now(&self, now: i64) -> u64;
+        /// Tells every other replica's delivery loop to look now (claims given up: their rows
+        /// are due at once, not at the loop's next pass or their lease's end). Nothing on
+        /// SQLite (one process).
+        fn announce_accounting(&self) -> ();
         /// Makes pending row `id` due at `at` at the latest (the next check of a down server
         /// is handed to it). False when it is no longer pending (delivered, dead-lettered,
         /// gone). A row another sender has claimed is changed too, and its sender's outcome

@@ -1678,12 +1678,11 @@ impl SessionStore for PgStore {
         .await?
         .rows_affected()
             == 1;
-        // A claim given up (a lease already over: a shutdown's, a database error's): every
-        // replica's delivery loop looks now, rather than at its next pass or the lease's end.
-        if renewed && lease_until <= crate::access_session::now_ms() {
-            self.announce(&[Notice::Accounting]).await?;
-        }
         Ok(renewed)
+    }
+
+    async fn announce_accounting(&self) -> Result<(), StorageError> {
+        self.announce(&[Notice::Accounting]).await
     }
 
     async fn keep_claims(
