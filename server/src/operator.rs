@@ -844,12 +844,7 @@ async fn set_state(
         })? {
         None => return Ok(Outcome::NotFound(id.to_string())),
         Some(false) if active => say!("organization {id} is already active"),
-        Some(false) => {
-            say!("organization {id} is already disabled");
-            if organizations::file_enables(&settings.organizations, id) {
-                eprintln!("warning: {}", organizations::enabled_again_by_file(id));
-            }
-        }
+        Some(false) => say!("organization {id} is already disabled"),
         Some(true) if active => {
             let kept = kept.map_or_else(String::new, |open| format!("; the disable's stop of its sessions was not done and is skipped: its {open} open session(s) keep running (`org disable {id}` stops them)"));
             say!("organization {id} enabled{kept}");
@@ -871,10 +866,11 @@ async fn set_state(
                 str::to_string,
             );
             say!("organization {id} disabled: logins and refreshes are refused; its {open} session(s) are stopped (Accounting-Stop, Admin-Reset) {by} (their Stops dated now, when the disable was asked for){due}");
-            if organizations::file_enables(&settings.organizations, id) {
-                eprintln!("warning: {}", organizations::enabled_again_by_file(id));
-            }
         }
+    }
+    // Disabled now or already: a file that says `enabled = true` undoes it at the next start.
+    if !active && organizations::file_enables(&settings.organizations, id) {
+        eprintln!("warning: {}", organizations::enabled_again_by_file(id));
     }
     Ok(Outcome::Done)
 }

@@ -400,14 +400,7 @@ impl Application {
                 worker: org_worker.clone(),
                 sessions: sessions.clone(),
                 tokens: Arc::new(crate::http::admin::token_hashes(&settings.admin.tokens)),
-                enabled_by_file: Arc::new(
-                    settings
-                        .organizations
-                        .iter()
-                        .filter(|o| o.enabled == Some(true))
-                        .map(|o| o.id.clone())
-                        .collect(),
-                ),
+                listed: Arc::new(settings.organizations.clone()),
             },
             metrics: metrics.clone(),
             radius_health: settings

@@ -37,6 +37,30 @@ struct Carried {
     waiting: VecDeque<i64>,
 }
 
+impl Carried {
+    /// `target`'s entry, made with `row` carrying its trial at `at` if there is none.
+    fn of(
+        carried: &mut HashMap<Target, Carried>,
+        target: Target,
+        row: i64,
+        at: i64,
+        grace: i64,
+    ) -> &mut Carried {
+        carried.entry(target).or_insert(Carried {
+            row,
+            at,
+            grace,
+            waiting: VecDeque::new(),
+        })
+    }
+
+    /// `row` carries the trial at `at` (no longer among those waiting).
+    fn take(&mut self, row: i64, at: i64, grace: i64) {
+        self.waiting.retain(|&r| r != row);
+        (self.row, self.at, self.grace) = (row, at, grace);
+    }
+}
+
 impl TrialCarriers {
     /// Whether outbox row `row`, held for `target`, is to carry that server's next trial at
     /// `at` (unix ms): no row carries it, or this one does, or the one that does was due more
@@ -44,20 +68,14 @@ impl TrialCarriers {
     /// with `at`; a row that is not is noted as waiting.
     pub fn carry(&self, target: Target, row: i64, at: i64, now: i64, grace_ms: i64) -> bool {
         let mut carried = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = carried.entry(target).or_insert(Carried {
-            row,
-            at,
-            grace: grace_ms,
-            waiting: VecDeque::new(),
-        });
+        let entry = Carried::of(&mut carried, target, row, at, grace_ms);
         if entry.row != row && entry.at + entry.grace >= now {
             if !entry.waiting.contains(&row) && entry.waiting.len() < WAITING_MAX {
                 entry.waiting.push_back(row);
             }
             return false;
         }
-        entry.waiting.retain(|&r| r != row);
-        (entry.row, entry.at, entry.grace) = (row, at, grace_ms);
+        entry.take(row, at, grace_ms);
         true
     }
 
@@ -78,14 +96,7 @@ impl TrialCarriers {
     /// them).
     pub fn take_back(&self, target: Target, row: i64, at: i64, grace_ms: i64) {
         let mut carried = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = carried.entry(target).or_insert(Carried {
-            row,
-            at,
-            grace: grace_ms,
-            waiting: VecDeque::new(),
-        });
-        entry.waiting.retain(|&r| r != row);
-        (entry.row, entry.at, entry.grace) = (row, at, grace_ms);
+        Carried::of(&mut carried, target, row, at, grace_ms).take(row, at, grace_ms);
     }
 
     /// Carriers not held again within their grace after their time (gone elsewhere): each

@@ -48,9 +48,10 @@ pub struct AdminApi {
     pub sessions: AccessSessions,
     /// Allowed tokens: (name, SHA-256).
     pub tokens: Arc<Vec<(String, [u8; 32])>>,
-    /// The organizations the configuration file says `enabled = true` of (applied at every
-    /// start: a disable of one of them is answered with a warning that a restart undoes it).
-    pub enabled_by_file: Arc<Vec<String>>,
+    /// The organizations the configuration file lists (its `enabled = true` is applied at
+    /// every start: a disable of one of them is answered with a warning that a restart
+    /// undoes it).
+    pub listed: Arc<Vec<crate::config::OrganizationSettings>>,
 }
 
 /// The caller, once its token matched: `admin:<name>`.
@@ -485,7 +486,7 @@ async fn changed(api: AdminApi, id: &str, status: StatusCode) -> Response {
     let mut warnings = Vec::new();
     if let Some(org) = api.organizations.get(id) {
         warnings = crate::startup::change_warnings(&api.organizations.all(), &org);
-        if !org.active && api.enabled_by_file.iter().any(|listed| listed == id) {
+        if !org.active && crate::organizations::file_enables(&api.listed, id) {
             warnings.push(crate::organizations::enabled_again_by_file(id));
         }
     }
