@@ -640,39 +640,6 @@ async fn a_stop_under_way_at_shutdown_is_given_up_for_another_replica_to_send_at
     radius.resume();
 }
 
-/// A UDP relay to `upstream` that passes datagrams both ways while `open` and drops them while
-/// not: a server gone silent, with nothing left buffered to be answered later.
-async fn gated_relay(
-    upstream: std::net::SocketAddr,
-    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> u16 {
-    use std::sync::atomic::Ordering::SeqCst;
-    let front = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let port = front.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let (len, from) = front.recv_from(&mut buf).await.unwrap();
-            if !open.load(SeqCst) {
-                continue;
-            }
-            let request = buf[..len].to_vec();
-            let (front, open) = (front.clone(), open.clone());
-            tokio::spawn(async move {
-                let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-                back.send_to(&request, upstream).await.unwrap();
-                let mut reply = vec![0u8; 4096];
-                let answer =
-                    tokio::time::timeout(Duration::from_secs(5), back.recv_from(&mut reply)).await;
-                if let (Ok(Ok((n, _))), true) = (answer, open.load(SeqCst)) {
-                    let _ = front.send_to(&reply[..n], from).await;
-                }
-            });
-        }
-    });
-    port
-}
-
 /// The other replica sends a Stop given up at a shutdown as soon as it is given up (the give-up
 /// is announced to every replica's delivery loop), not at its loop's next pass or when the
 /// claim's lease would have run out (30 s): a Disconnected user's identity is not kept open at
@@ -686,7 +653,7 @@ async fn a_stop_given_up_at_shutdown_is_sent_by_the_other_replica_at_once() {
     let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let acct = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
     let mut server = radius.server_settings("primary", true);
-    server.acct_port = gated_relay(acct, open.clone()).await;
+    server.acct_port = common::gated_relay(acct, open.clone()).await.port;
     // One exchange (9 s) outlasts the shutdown's 5 s flush.
     server.timeout = Duration::from_secs(3);
     server.retries = 2;

@@ -1267,6 +1267,94 @@ async fn a_rows_claims_while_held_do_not_lengthen_its_backoff() {
     app.stop().await;
 }
 
+/// A row whose packet was lost at its server while the server was silent, and whose server's
+/// breaker opened (other rows' timeouts) and closed again (it answers again) before that
+/// exchange's timeout ran out, is due again at once when the exchange fails — not after its
+/// backoff: the recovery's wake-up came while the row was claimed, and the rows held for the
+/// server went then (a server's Stop copies went 30 s late so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_lost_while_its_server_came_back_is_due_again_at_once() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let radius = FreeRadius::start().await;
+    let (dir, db) = temp_db();
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let acct = SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
+    let relay = common::gated_relay(acct, open.clone()).await;
+    let mut settings_of_server = radius.server_settings("primary", true);
+    settings_of_server.acct_port = relay.port;
+    // One transmission, its timeout longer than the sign-in's deadline (8 s, long enough for
+    // a probe to bring the server back): the delivery ends with its first exchange.
+    settings_of_server.timeout = Duration::from_secs(20);
+    settings_of_server.retries = 0;
+    let app = TestApp::spawn(&settings(&db, vec![settings_of_server])).await;
+    let accounting = own_sender(&app);
+    let server = app.organizations.get("acme").unwrap().servers[0].clone();
+    let health = app.radius.health().clone();
+    let target = health.target(&server, radius_portal::radius::health::Port::Acct);
+
+    // A Start claimed an hour on (the portal's own sender leaves it alone), queued a minute
+    // ago, five exchanges failed already: its backoff would be 32 s.
+    let now = radius_portal::access_session::now_ms();
+    let held = NewAccessSession {
+        start_claimed_until: Some(now + 3_600_000),
+        ..stored_session("lost-while-back", "127.0.1.72", now)
+    };
+    let opened = app.storage.open_session(&held).await.unwrap();
+    let mut row = opened.claimed_start.unwrap();
+    let row_id = row.id;
+    row.created_at = now - 60_000;
+    row.transmissions = 5;
+
+    open.store(false, SeqCst);
+    let delivery = {
+        let (accounting, session) = (accounting.clone(), held.opened(opened.id));
+        tokio::spawn(async move {
+            accounting
+                .deliver_claimed(
+                    row,
+                    session,
+                    tokio::time::Instant::now() + Duration::from_secs(8),
+                    false,
+                )
+                .await
+        })
+    };
+    wait_until("the Start to be lost", || async {
+        relay.dropped.load(SeqCst) > 0
+    })
+    .await;
+    // Other rows' timeouts open the server's breaker; the server answers again, and a probe
+    // closes the breaker while the Start's exchange still waits.
+    let recoveries = health.recoveries_at(target);
+    health.record_failure(&server, radius_portal::radius::health::Port::Acct);
+    health.record_failure(&server, radius_portal::radius::health::Port::Acct);
+    assert!(health.is_open(target));
+    open.store(true, SeqCst);
+    wait_until("a probe to close the breaker", || async {
+        health.recoveries_at(target) > recoveries
+    })
+    .await;
+    assert!(!delivery.is_finished(), "the exchange still waits");
+    let sent = delivery.await.unwrap().unwrap();
+    let failed_at = radius_portal::access_session::now_ms();
+    assert!(!sent, "its one packet was lost");
+    let file = rusqlite::Connection::open(dir.path().join("portal.db")).unwrap();
+    let (next, delivered): (i64, Option<i64>) = file
+        .query_row(
+            "SELECT next_attempt_at, delivered_at FROM accounting_outbox WHERE id = ?1",
+            [row_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    // Due at once (or sent by the portal's own loop already).
+    assert!(
+        delivered.is_some() || next <= failed_at,
+        "due {} ms after the failure",
+        next - failed_at
+    );
+    app.stop().await;
+}
+
 /// A delivery whose claim ran out while it waited (a login's Start after minutes behind a
 /// preempted session's Stop) never sends a row another sender took meanwhile: it leaves the
 /// row to that sender, and the server gets one Start. A claim merely running short is renewed

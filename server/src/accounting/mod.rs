@@ -243,12 +243,16 @@ impl Recoveries {
         )
     }
 
-    /// Whether one of them other than `tried` (the server this delivery failed at: its own
-    /// probe answering is no news for it) has come back since.
-    pub fn changed(&self, health: &ServerHealth, tried: Option<Target>) -> bool {
+    /// Whether one of them has come back since — the one a delivery failed at too: a packet
+    /// that left while its server was silent, lost there, while the server's breaker opened
+    /// (other rows' timeouts) and closed again (it answers again) before this exchange's
+    /// timeout ran out, goes again at once, as the rows held for that server did at its
+    /// recovery. (A server that answers its probes but never a row is left to its breaker:
+    /// one that opens again soon after closing is probed ever less often.)
+    pub fn changed(&self, health: &ServerHealth) -> bool {
         self.0
             .iter()
-            .any(|&(target, n)| Some(target) != tried && health.recoveries_at(target) != n)
+            .any(|&(target, n)| health.recoveries_at(target) != n)
     }
 }
 
@@ -527,11 +531,16 @@ impl Accounting {
                 return Ok(false);
             }
             let now = now_ms();
-            if let Some(row) = self
-                .storage
-                .claim_session_outbox(session_id, status_type, now, now + CLAIM_LEASE_MS)
-                .await?
-            {
+            // Out of time, nothing is claimed: the row keeps the time its last failure gave
+            // it (a claim now would fail at once and push it back by a backoff).
+            let claimed = if Instant::now() < deadline {
+                self.storage
+                    .claim_session_outbox(session_id, status_type, now, now + CLAIM_LEASE_MS)
+                    .await?
+            } else {
+                None
+            };
+            if let Some(row) = claimed {
                 let began = Instant::now();
                 match self.deliver(row, Some(deadline), None, false).await? {
                     Delivery::Delivered => return Ok(true),
@@ -1322,8 +1331,8 @@ impl Accounting {
     }
 
     /// Releases `row` for a retry after its backoff, with `reason` (`sent_to`: a packet went to
-    /// that server) — or at once when another server of the organization than `tried` came
-    /// back since `seen`, also while the release was being written (checked again after it);
+    /// that server) — or at once when a server of the organization (`tried` too) came back
+    /// since `seen`, also while the release was being written (checked again after it);
     /// or, when the row is to carry the next trial of one of the organization's `servers`
     /// checked by request and down ([`Accounting::trial_slot`]), at that trial's time; or at
     /// once when `tried` is down now and another of them is up (a trial of the row's own
@@ -1340,7 +1349,7 @@ impl Accounting {
         failures: i64,
     ) -> Result<Delivery, OutboxError> {
         let health = self.radius.health();
-        let recovered = seen.changed(health, tried);
+        let recovered = seen.changed(health);
         let now = now_ms();
         let mut retry = retry_after(now, failures, now - row.created_at, recovered);
         let another_up = row.copy_to.is_none()
@@ -1359,7 +1368,7 @@ impl Accounting {
         self.storage
             .mark_failed(row, retry, reason, sent_to)
             .await?;
-        if !recovered && seen.changed(health, tried) {
+        if !recovered && seen.changed(health) {
             retry = now_ms();
             self.storage.mark_failed(row, retry, reason, None).await?;
         }
@@ -2277,18 +2286,14 @@ mod tests {
         let org = org_of(vec![server.clone(), backup.clone()]);
         let seen = Recoveries::of(&health, &org);
         health.record_failure(&server, Port::Acct);
-        assert!(
-            !seen.changed(&health, None),
-            "a server going down is no recovery"
-        );
+        assert!(!seen.changed(&health), "a server going down is no recovery");
         health.record_probe_success(&server, Port::Acct);
-        // The primary came back while a row was failing over to the backup: at once.
-        assert!(seen.changed(&health, Some(health.target(&backup, Port::Acct))));
-        // A row that failed at the primary itself: its own probe answering is no news.
-        assert!(!seen.changed(&health, Some(health.target(&server, Port::Acct))));
+        // The primary came back while a row was failing over to the backup, or while a packet
+        // lost at the primary waited out its timeout: at once.
+        assert!(seen.changed(&health));
         let seen = Recoveries::of(&health, &org);
         health.record_probe_success(&server, Port::Acct);
-        assert!(!seen.changed(&health, None), "closed already");
+        assert!(!seen.changed(&health), "closed already");
 
         assert_eq!(retry_after(1_000, 5, HOUR, true), 1_000, "at once");
         assert_eq!(

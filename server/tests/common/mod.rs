@@ -676,6 +676,50 @@ async fn one_server_portal(demo: bool) -> (FreeRadius, TestApp, tempfile::TempDi
     (radius, app, dir)
 }
 
+/// A [`gated_relay`]: where it listens, and how many datagrams it has dropped.
+#[allow(dead_code)]
+pub struct GatedRelay {
+    pub port: u16,
+    pub dropped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A UDP relay to `upstream` that passes datagrams both ways while `open` and drops them while
+/// not: a server gone silent, with nothing left buffered to be answered later.
+#[allow(dead_code)]
+pub async fn gated_relay(
+    upstream: SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> GatedRelay {
+    use std::sync::atomic::Ordering::SeqCst;
+    let front = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let port = front.local_addr().unwrap().port();
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = dropped.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (len, from) = front.recv_from(&mut buf).await.unwrap();
+            if !open.load(SeqCst) {
+                counted.fetch_add(1, SeqCst);
+                continue;
+            }
+            let request = buf[..len].to_vec();
+            let (front, open) = (front.clone(), open.clone());
+            tokio::spawn(async move {
+                let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                back.send_to(&request, upstream).await.unwrap();
+                let mut reply = vec![0u8; 4096];
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(5), back.recv_from(&mut reply)).await;
+                if let (Ok(Ok((n, _))), true) = (answer, open.load(SeqCst)) {
+                    let _ = front.send_to(&reply[..n], from).await;
+                }
+            });
+        }
+    });
+    GatedRelay { port, dropped }
+}
+
 /// A relay that passes Access-Requests to `upstream` but holds each reply until `release`
 /// (`held` is told when one is held).
 pub async fn holding_relay(
