@@ -548,6 +548,58 @@ async fn a_second_login_from_the_same_client_stops_the_first_with_port_preempted
     app.stop().await;
 }
 
+/// A user who disconnects and signs in again at once, from the same address, has the new Start
+/// reach the server after the old session's Stop — also when that Stop is still on its way (a
+/// Disconnect answers before its Stop is acknowledged): a firewall keying identities by address
+/// that took the old Stop last would drop the new user's identity. Here the Stop's first
+/// transmission is lost, and it arrives with its retransmission, 2 s later.
+#[tokio::test]
+async fn signing_in_again_right_after_a_disconnect_sends_the_start_after_the_stop() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let acct = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
+    let relay = common::gated_relay(acct, open.clone()).await;
+    let mut server = radius.server_settings("primary", true);
+    server.acct_port = relay.port;
+    server.timeout = Duration::from_secs(2);
+    server.retries = 2;
+    let app = TestApp::spawn(&settings(&db, vec![server])).await;
+    let browser = app.browser(CLIENT);
+    let page = browser.login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    let first = radius.wait_for_acct(&["status=Start", "user=carol"]).await;
+    let old = format!("sid={}", field(&first, "sid"));
+
+    open.store(false, SeqCst);
+    browser.post_form("/api/disconnect", "/session", &[]).await;
+    wait_until("the Stop's first transmission to be lost", || async {
+        relay.dropped.load(SeqCst) > 0
+    })
+    .await;
+    open.store(true, SeqCst);
+    let page = browser.login("erin", "erin-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+
+    radius.wait_for_acct(&["status=Stop", &old]).await;
+    radius.wait_for_acct(&["status=Start", "user=erin"]).await;
+    let lines = radius.acct_lines();
+    let stop_at = lines
+        .iter()
+        .position(|l| l.contains("status=Stop") && l.contains(&old))
+        .unwrap();
+    let start_at = lines
+        .iter()
+        .position(|l| l.contains("status=Start") && l.contains("user=erin"))
+        .unwrap();
+    assert!(
+        stop_at < start_at,
+        "the old session's Stop reaches the server before the new Start: {lines:#?}"
+    );
+    app.stop().await;
+}
+
 /// A browser signed in that signs in again from another address (a laptop moved to another
 /// network, a script) replaces its own session: the earlier one is stopped (Port-Preempted)
 /// before the new Start, so no identity stays on the address it left — which another device

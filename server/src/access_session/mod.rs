@@ -740,6 +740,23 @@ impl AccessSessions {
         if !preempted.is_empty() {
             self.accounting.wake_for(preempted.iter().map(|old| old.id));
         }
+        // A Stop of this address's earlier session still on its way (a Disconnect or an expiry
+        // a moment ago, sent in the background) goes first too: its exchange ends within one
+        // of the slowest server's.
+        if !self
+            .accounting
+            .after_stops_at(
+                &session.organization_id,
+                &session.client_ip,
+                claimed_start.as_mut(),
+                Instant::now() + longest,
+            )
+            .await
+        {
+            tracing::warn!(
+                "a Stop of this address's previous session is still on its way; the Start goes now"
+            );
+        }
         // The Start's own budget: what is left of the login deadline, but at least one exchange.
         let start_deadline = deadline.max(Instant::now() + exchange_time);
         let start_delivered = match claimed_start {
