@@ -721,6 +721,14 @@ pub struct RadiusSettings {
         serialize_with = "duration_text"
     )]
     pub probe_interval: Duration,
+    /// A server checked by Status-Server that nothing has answered for this long (no request,
+    /// no check) is sent one; unanswered, it counts as a failed exchange. "0s": never.
+    #[serde(
+        default = "one_minute",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
+    pub idle_check: Duration,
     /// `/readyz` fails while every server of every enabled organization is open-circuit (a load
     /// balancer then prefers another replica). Turn off with a single replica: it should keep
     /// serving its pages (and sign-outs) during a RADIUS outage.
@@ -746,6 +754,7 @@ impl Default for RadiusSettings {
             bind: unspecified_v4(),
             breaker_failures: two(),
             probe_interval: two_seconds(),
+            idle_check: one_minute(),
             readiness_requires_servers: true,
         }
     }
@@ -1917,6 +1926,21 @@ impl Settings {
         ] {
             in_range(key, Some(value), low, high)?;
         }
+        // "0s" turns idle checks off.
+        if !self.radius.idle_check.is_zero() {
+            in_range(
+                "radius.idle_check",
+                Some(self.radius.idle_check),
+                Duration::from_secs(5),
+                Duration::from_secs(DAY),
+            )
+            .map_err(|_| {
+                config_error(
+                    "radius.idle_check",
+                    "must be 0s (no idle checks) or between 5s and 1d",
+                )
+            })?;
+        }
         for (key, value) in [
             ("radius.breaker_failures", self.radius.breaker_failures),
             ("rate_limit.login_per_ip", self.rate_limit.login_per_ip),
@@ -2470,6 +2494,16 @@ mod tests {
     }
 
     #[test]
+    fn idle_checks_are_off_at_zero_and_a_minute_by_default() {
+        let off = Settings::from_toml(&format!("[radius]\nidle_check = \"0s\"\n{MINIMAL}"))
+            .expect("parses");
+        off.validate().expect("0s turns them off");
+        assert!(off.radius.idle_check.is_zero());
+        let default = Settings::from_toml(MINIMAL).expect("parses");
+        assert_eq!(default.radius.idle_check, Duration::from_secs(60));
+    }
+
+    #[test]
     fn values_that_would_break_the_radius_engine_are_refused() {
         for (extra, key) in [
             ("timeout = \"0s\"\n", "servers[0].timeout"),
@@ -2486,6 +2520,8 @@ mod tests {
                 "[radius]\nprobe_interval = \"0s\"\n",
                 "radius.probe_interval",
             ),
+            ("[radius]\nidle_check = \"1s\"\n", "radius.idle_check"),
+            ("[radius]\nidle_check = \"2d\"\n", "radius.idle_check"),
             (
                 "[radius]\nbreaker_failures = 0\n",
                 "radius.breaker_failures",

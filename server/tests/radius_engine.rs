@@ -1101,6 +1101,53 @@ async fn an_outage_opens_the_breaker(app: &TestApp, server: SocketAddr, clients:
 /// `/readyz` says 503 while every server of every organization has an open breaker (no
 /// sign-in can succeed on this replica), and ready again once a probe closes one; the metrics
 /// show the breaker and the timeouts meanwhile.
+/// A backup nobody has used is checked while idle (`idle_check`): a dead one is found down
+/// before a failover needs it — its breaker open, in the metrics — while the primary, which
+/// answers its checks, stays up; no sign-in is needed for either.
+#[tokio::test]
+async fn an_idle_dead_backup_is_found_down_before_a_failover_needs_it() {
+    let radius = FreeRadius::start().await;
+    // Takes the datagrams, never answers.
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let (_dir, db) = temp_db();
+    let mut backup = radius.server_settings("backup", true);
+    backup.auth_port = silent_port;
+    backup.acct_port = silent_port;
+    backup.timeout = Duration::from_millis(500);
+    backup.retries = 0;
+    let mut config = settings(&db, vec![radius.server_settings("primary", true), backup]);
+    config.radius.idle_check = Duration::from_secs(5);
+    config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    let app = TestApp::spawn(&config).await;
+    let servers = app.organizations.get("acme").unwrap().servers.clone();
+    let health = app.radius.health().clone();
+    use radius_portal::radius::health::Port;
+    wait_until("the idle backup to be found down", || async {
+        !health.is_up(&servers[1], Port::Auth) && !health.is_up(&servers[1], Port::Acct)
+    })
+    .await;
+    assert!(health.is_up(&servers[0], Port::Auth) && health.is_up(&servers[0], Port::Acct));
+    let metrics = reqwest::get(format!("http://{}/metrics", app.metrics_addr.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dead = SocketAddr::from((Ipv4Addr::LOCALHOST, silent_port));
+    assert!(
+        metrics.contains(&format!(
+            "portal_radius_breaker_state{{address=\"{dead}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    let ready = reqwest::get(format!("http://{}/readyz", app.addr))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200, "the primary is up");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn readiness_fails_while_every_server_is_open_circuit_and_recovers() {
     let radius = FreeRadius::start().await;

@@ -86,6 +86,26 @@ pub struct ServerHealth {
     /// Counts the breakers that closed (accounting retries what waited for them). A count, not
     /// a signal: a receiver busy with something else when it changes sees it next time it looks.
     recovered: Arc<tokio::sync::watch::Sender<u64>>,
+    /// A server checked by Status-Server that nothing answered for this long is sent one
+    /// ([`ServerHealth::with_idle_checks`]); None: never.
+    idle_check: Option<Duration>,
+}
+
+/// A check of an idle server ([`ServerHealth::with_idle_checks`]).
+struct Idle {
+    server: ServerEndpoint,
+    port: Port,
+    /// When it is checked next (unless an answer comes before).
+    next: Instant,
+}
+
+/// Why a Status-Server goes to a server ([`ServerHealth::take_due_probes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Its breaker is open: an answer closes it.
+    Probe,
+    /// It is up, but nothing has answered for a while ([`ServerHealth::with_idle_checks`]).
+    Idle,
 }
 
 #[derive(Default)]
@@ -101,6 +121,8 @@ struct Registry {
     /// Addresses seen sending a valid Message-Authenticator (`learn` mode): the server's
     /// habit, kept across a change of the secret.
     learned: std::collections::HashSet<SocketAddr>,
+    /// The configured targets checked while idle, with their next check.
+    idle: HashMap<Target, Idle>,
 }
 
 impl ServerHealth {
@@ -112,7 +134,21 @@ impl ServerHealth {
             secrets: RandomState::new(),
             opened: Arc::new(Notify::new()),
             recovered: Arc::new(tokio::sync::watch::Sender::new(0)),
+            idle_check: None,
         }
+    }
+
+    /// Checks servers that are up but idle: each organization server checked by Status-Server
+    /// (`status_check = "status-server"`) that nothing has answered for `every` — no request,
+    /// no check — is sent a Status-Server. An unanswered one counts as a failed exchange (so
+    /// many in a row open its breaker, and its probes take over; the next check comes a probe
+    /// interval later meanwhile): a dead backup is found before a failover needs it, and
+    /// `/readyz` and the breaker metrics see it. The first check comes `every` after the
+    /// server is configured. A server checked by request is never checked idle (only a real
+    /// request can check it).
+    pub fn with_idle_checks(mut self, every: Option<Duration>) -> Self {
+        self.idle_check = every.filter(|d| !d.is_zero());
+        self
     }
 
     /// What `server`'s `port` is to its breaker.
@@ -323,11 +359,19 @@ impl ServerHealth {
     }
 
     /// Probes due now (each taken once per probe interval), and when the next one is due.
-    pub fn take_due_probes(&self) -> (Vec<(ServerEndpoint, Port)>, Option<Instant>) {
-        let now = Instant::now();
+    pub fn take_due_probes(&self) -> (Vec<(ServerEndpoint, Port, Check)>, Option<Instant>) {
+        self.take_due_probes_at(Instant::now())
+    }
+
+    /// [`Self::take_due_probes`] at `now`.
+    fn take_due_probes_at(
+        &self,
+        now: Instant,
+    ) -> (Vec<(ServerEndpoint, Port, Check)>, Option<Instant>) {
         let mut registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut due = Vec::new();
         let mut next = None::<Instant>;
+        let mut soonest = |at: Instant| next = Some(next.map_or(at, |n: Instant| n.min(at)));
         for entry in registry.entries.values_mut() {
             if entry
                 .probe
@@ -337,15 +381,77 @@ impl ServerHealth {
                 continue; // checked by trial requests, never by Status-Server
             }
             if entry.breaker.take_probe(now) {
-                if let Some(target) = &entry.probe {
-                    due.push(target.clone());
+                if let Some((server, port)) = &entry.probe {
+                    due.push((server.clone(), *port, Check::Probe));
                 }
             }
             if let Some(at) = entry.breaker.probe_due() {
-                next = Some(next.map_or(at, |n| n.min(at)));
+                soonest(at);
+            }
+        }
+        if let Some(every) = self.idle_check {
+            let Registry { entries, idle, .. } = &mut *registry;
+            for (target, check) in idle.iter_mut() {
+                let entry = entries.get(target);
+                if entry.is_some_and(|e| !e.breaker.allows_request(now)) {
+                    // Down: its probes (or trials) check it; once back, it is idle from then.
+                    check.next = now + every;
+                    continue;
+                }
+                if let Some(at) = entry.and_then(|e| e.answered_at) {
+                    check.next = check.next.max(at + every);
+                }
+                if check.next <= now {
+                    due.push((check.server.clone(), check.port, Check::Idle));
+                    // Answered, it is idle again from now; unanswered, it is checked again a
+                    // probe interval later ([`Self::record_idle_check`]).
+                    check.next = now + every;
+                }
+                soonest(check.next);
             }
         }
         (due, next)
+    }
+
+    /// The outcome of an idle check of `server` at `port` ([`Self::with_idle_checks`]):
+    /// answered, it counts as up (its count of failed exchanges starts again); unanswered, as a
+    /// failed exchange — so many in a row open its breaker — and it is checked again a probe
+    /// interval later.
+    pub fn record_idle_check(&self, server: &ServerEndpoint, port: Port, answered: bool) {
+        self.record_idle_check_at(server, port, answered, Instant::now());
+    }
+
+    /// [`Self::record_idle_check`] at `now`.
+    fn record_idle_check_at(
+        &self,
+        server: &ServerEndpoint,
+        port: Port,
+        answered: bool,
+        now: Instant,
+    ) {
+        let target = self.target(server, port);
+        if self.retired(target) {
+            return;
+        }
+        if answered {
+            self.with(target, |e| {
+                e.probe_answered = true;
+                e.breaker.record_check_answered();
+            });
+            return;
+        }
+        tracing::info!(server = %server.name, addr = %address(server, port), ?port,
+            "RADIUS server idle and its Status-Server check went unanswered");
+        self.record_failure(server, port);
+        if self.target_up(target) {
+            let soon = now + self.policy.probe_interval;
+            let mut registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(check) = registry.idle.get_mut(&target) {
+                check.next = check.next.min(soon);
+            }
+            drop(registry);
+            self.opened.notify_one();
+        }
     }
 
     /// A probe of `server` at `port` went unanswered: it is down rather than flapping, so its
@@ -452,6 +558,25 @@ impl ServerHealth {
                 .retain(|target| !now_configured.contains(target));
             registry.configured = now_configured;
             registry.learned.retain(|addr| addresses.contains(addr));
+            if let Some(every) = self.idle_check {
+                let before = std::mem::take(&mut registry.idle);
+                for (target, uses) in &configured {
+                    let (server, port) = uses[0];
+                    if uses
+                        .iter()
+                        .any(|(s, _)| s.status_check != StatusCheck::StatusServer)
+                    {
+                        continue;
+                    }
+                    let next = before.get(target).map_or(now + every, |idle| idle.next);
+                    let idle = Idle {
+                        server: server.clone(),
+                        port,
+                        next,
+                    };
+                    registry.idle.insert(*target, idle);
+                }
+            }
             for (target, entry) in registry.entries.iter_mut() {
                 let addr = &target.addr;
                 let now_configured = &configured[target];
@@ -757,7 +882,7 @@ mod tests {
         health.servers_changed(std::slice::from_ref(&slower));
         let (due, _) = health.take_due_probes();
         assert_eq!(due.len(), 2, "{due:?}");
-        assert!(due.iter().all(|(s, _)| *s == slower), "{due:?}");
+        assert!(due.iter().all(|(s, _, _)| *s == slower), "{due:?}");
 
         // The secret fixed: requests signed with it go at once (a breaker of its own, closed),
         // and the wrong secret's breaker is forgotten (never probed again).
@@ -856,5 +981,69 @@ mod tests {
         assert!(health.is_open(health.target(&bad, Port::Auth)));
         // What the server was seen doing is the server's, whatever secret asks.
         assert!(health.learned_message_authenticator(health.target(&bad, Port::Auth)));
+    }
+
+    /// An idle server is checked with Status-Server once nothing has answered it for the idle
+    /// interval: unanswered checks count as failed exchanges (a probe interval apart, so a dead
+    /// backup is found down soon), an answer keeps it up, and an answered request puts its next
+    /// check off. A server checked by request is never checked idle.
+    #[tokio::test]
+    async fn an_idle_server_is_checked_and_found_down_by_unanswered_checks() {
+        let (minute, second) = (Duration::from_secs(60), Duration::from_secs(1));
+        let health = ServerHealth::new(BreakerPolicy {
+            failure_threshold: 2,
+            probe_interval: 2 * second,
+        })
+        .with_idle_checks(Some(minute));
+        let backup = server("backup", 1813, "s");
+        let nps = ServerEndpoint {
+            status_check: StatusCheck::Request,
+            ..server("nps", 1814, "other")
+        };
+        let t0 = Instant::now();
+        health.servers_changed(&[backup.clone(), nps.clone()]);
+        let (due, next) = health.take_due_probes_at(t0);
+        assert!(due.is_empty(), "{due:?}");
+        assert!(next.unwrap() >= t0 + minute, "the first check a minute on");
+
+        let t = t0 + minute + second;
+        let (due, _) = health.take_due_probes_at(t);
+        let mut checked: Vec<_> = due
+            .iter()
+            .map(|(s, p, c)| (s.name.as_str(), *p, *c))
+            .collect();
+        checked.sort_by_key(|(_, p, _)| *p == Port::Acct);
+        assert_eq!(
+            checked,
+            [
+                ("backup", Port::Auth, Check::Idle),
+                ("backup", Port::Acct, Check::Idle)
+            ],
+            "nps is never checked idle"
+        );
+        // Its authentication port answers; its accounting port does not.
+        health.record_idle_check_at(&backup, Port::Auth, true, t);
+        health.record_idle_check_at(&backup, Port::Acct, false, t);
+        assert!(health.is_up(&backup, Port::Acct), "one failure of two");
+        let (due, next) = health.take_due_probes_at(t + second);
+        assert!(due.is_empty());
+        assert_eq!(
+            next,
+            Some(t + 2 * second),
+            "checked again a probe interval later"
+        );
+        let (due, _) = health.take_due_probes_at(t + 2 * second);
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].1, due[0].2), (Port::Acct, Check::Idle));
+        health.record_idle_check_at(&backup, Port::Acct, false, t + 2 * second);
+        assert!(!health.is_up(&backup, Port::Acct), "found down");
+        // Down, it is probed, not checked idle; the answered port waits its minute.
+        let (due, _) = health.take_due_probes_at(t + 10 * second);
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].1, due[0].2), (Port::Acct, Check::Probe));
+        let (due, _) = health.take_due_probes_at(t + minute);
+        assert!(due
+            .iter()
+            .any(|(_, p, c)| (*p, *c) == (Port::Auth, Check::Idle)));
     }
 }

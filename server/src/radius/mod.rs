@@ -464,13 +464,15 @@ impl Radius {
     /// breakers follow its policy.
     pub async fn bind(settings: &RadiusSettings, tasks: TaskHealth) -> Result<Self, RadiusError> {
         let client = RadiusClient::bind_with(settings.bind, tasks).await?;
-        Ok(Self::with_policy(
+        let mut radius = Self::with_policy(
             client,
             BreakerPolicy {
                 failure_threshold: settings.breaker_failures,
                 probe_interval: settings.probe_interval,
             },
-        ))
+        );
+        radius.health = radius.health.with_idle_checks(Some(settings.idle_check));
+        Ok(radius)
     }
 
     /// Wraps a client; breakers follow `policy`.
@@ -820,14 +822,27 @@ impl Radius {
         self.health.servers_changed(&configured());
         loop {
             let (due, next) = self.health.take_due_probes();
-            for (server, port) in due {
+            for (server, port, check) in due {
                 let radius = self.clone();
                 tokio::spawn(async move {
                     let deadline = Instant::now() + server.timeout;
-                    match radius
+                    let answer = radius
                         .status_server_at(&server, port, deadline, false)
-                        .await
-                    {
+                        .await;
+                    if check == health::Check::Idle {
+                        // A fault of this host (no socket, no Identifier free) says nothing
+                        // about the server.
+                        match &answer {
+                            Ok(_) => radius.health.record_idle_check(&server, port, true),
+                            Err(e) if e.is_server_silent() => {
+                                radius.health.record_idle_check(&server, port, false)
+                            }
+                            Err(e) => tracing::debug!(server = %server.name, ?port, error = %e,
+                                "idle Status-Server check not made"),
+                        }
+                        return;
+                    }
+                    match answer {
                         Ok(_) => radius.health.record_probe_success(&server, port),
                         Err(e) => {
                             tracing::debug!(server = %server.name, ?port, error = %e, "Status-Server probe unanswered");
