@@ -825,7 +825,13 @@ impl Radius {
             for (server, port, check) in due {
                 let radius = self.clone();
                 tokio::spawn(async move {
-                    let deadline = Instant::now() + server.timeout;
+                    // A probe is one try (it is made again soon); an idle check has the tries
+                    // of a request, since its silence counts as a request's would.
+                    let tries = match check {
+                        health::Check::Probe => 1,
+                        health::Check::Idle => server.retries.saturating_add(1),
+                    };
+                    let deadline = Instant::now() + server.timeout.saturating_mul(tries);
                     let answer = radius
                         .status_server_at(&server, port, deadline, false)
                         .await;
