@@ -630,8 +630,14 @@ impl PortalBackend {
             })?;
         self.check_rate(&org_id, &username, ip)?;
         // The browser's session there, if it holds one: a sign-in from this browser replaces
-        // it wherever its address (a laptop moved to another network signs in again).
-        let replaces = self.linked_session_id(&web, &org_id).await?;
+        // it wherever its address (a laptop moved to another network signs in again) — the
+        // one its sign-in that went just before opened, if any: sent together with this one
+        // (two tabs, two addresses of a dual-stack host), each with the cookie the browser
+        // had then, this one's web session does not show it yet.
+        let replaces = match turn.as_ref().and_then(|t| t.opened_lately()) {
+            Some(id) => Some(id),
+            None => self.linked_session_id(&web, &org_id).await?,
+        };
         Ok(Prepared::SignIn(SignIn {
             saved,
             web,

@@ -730,6 +730,45 @@ async fn the_same_sign_in_submitted_twice_opens_one_session() {
     app.stop().await;
 }
 
+/// One browser's sign-ins sent together from two addresses (a dual-stack host, two tabs), each
+/// with the cookie the browser had: the second replaces the session the first opened, as any
+/// sign-in of the browser replaces its session — not a second session the browser holds no
+/// link to, which it could neither see nor end (its identity left on an address for hours).
+#[tokio::test]
+async fn a_browsers_sign_ins_from_two_addresses_at_once_leave_one_session() {
+    let (radius, app, _dir) = portal_with_one_server().await;
+    let jar = Arc::new(reqwest::cookie::Jar::default());
+    let here = app.browser_with_jar(Ipv4Addr::new(127, 0, 0, 41), jar.clone());
+    let there = app.browser_with_jar(Ipv4Addr::new(127, 0, 0, 42), jar);
+    let token = here.form_token("/").await;
+    let form = carol_form(&token);
+    let (first, second) = tokio::join!(
+        here.post_raw("/api/login", "/", &form, &[]),
+        there.post_raw("/api/login", "/", &form, &[]),
+    );
+    assert_eq!(
+        (first.path.as_str(), second.path.as_str()),
+        ("/session", "/session")
+    );
+    let running = app
+        .storage
+        .active_sessions_of(Some("acme"), 10)
+        .await
+        .unwrap();
+    assert_eq!(running.len(), 1, "{running:?}");
+    let stop = radius
+        .wait_for_acct(&["status=Stop", "cause=Port-Preempted"])
+        .await;
+    assert_ne!(field(&stop, "sid"), running[0].acct_session_id);
+    // The browser's page is that session's; its Disconnect ends it.
+    let page = here.get("/session").await;
+    assert!(page.body.contains("You are connected"), "{}", page.body);
+    let page = here.post_form("/api/disconnect", "/session", &[]).await;
+    assert_eq!(page.path, "/");
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
+    app.stop().await;
+}
+
 /// carol's sign-in form with the form token `token`.
 fn carol_form(token: &str) -> [(&'static str, &str); 3] {
     [

@@ -35,6 +35,9 @@ pub struct Recent {
     digest: [u8; 32],
     outcome: Outcome,
     at: Instant,
+    /// The session its last sign-in that opened one opened (maybe this one), in which
+    /// organization, and when.
+    last_opened: Option<(String, i64, Instant)>,
 }
 
 #[derive(Clone, Debug)]
@@ -69,6 +72,8 @@ const MIN_PRUNE_AT: usize = 1024;
 pub struct Turn {
     guard: OwnedMutexGuard<Option<Recent>>,
     digest: [u8; 32],
+    /// The organization signed in to.
+    org: String,
     /// When this sign-in asked for its turn.
     asked: Instant,
 }
@@ -99,6 +104,15 @@ impl Turn {
         }
     }
 
+    /// The session this browser's sign-in to the same organization opened while this one
+    /// waited for its turn, or a moment before ([`SAME_SUBMIT`]) — from another address, or
+    /// with another name: a sign-in this one replaces, which the web session this request
+    /// read may not show yet (the two sent together, each with the cookie the browser had).
+    pub fn opened_lately(&self) -> Option<i64> {
+        let (org, id, at) = self.guard.as_ref()?.last_opened.as_ref()?;
+        (*org == self.org && (*at > self.asked || at.elapsed() < SAME_SUBMIT)).then_some(*id)
+    }
+
     fn same(&self) -> Option<&Recent> {
         self.guard.as_ref().filter(|r| r.digest == self.digest)
     }
@@ -114,10 +128,16 @@ impl Turn {
     }
 
     fn ended(mut self, outcome: Outcome) {
+        let at = Instant::now();
+        let last_opened = match outcome {
+            Outcome::Opened(id) => Some((std::mem::take(&mut self.org), id, at)),
+            Outcome::Failed(_) => self.guard.take().and_then(|r| r.last_opened),
+        };
         *self.guard = Some(Recent {
             digest: self.digest,
             outcome,
-            at: Instant::now(),
+            at,
+            last_opened,
         });
     }
 }
@@ -179,6 +199,7 @@ impl RecentSignIns {
         Turn {
             guard,
             digest,
+            org: org.to_owned(),
             asked,
         }
     }
@@ -284,6 +305,40 @@ mod tests {
         drop(recent.turn("b2", "acme", "carol", IP, "pw").await);
         first.opened(9);
         assert_eq!(waiting.await.unwrap(), Some(9), "waited for the first");
+    }
+
+    /// A sign-in that waited for the browser's sign-in from another address (or with another
+    /// name) learns the session that one opened — in the same organization, also when a sign-in
+    /// between failed — so it replaces it.
+    #[tokio::test]
+    async fn a_sign_in_learns_the_session_the_one_before_it_opened() {
+        let recent = Arc::new(RecentSignIns::default());
+        let other_ip = IpAddr::V4([10, 0, 0, 2].into());
+        let first = recent.turn("b1", "acme", "carol", IP, "pw").await;
+        assert_eq!(first.opened_lately(), None);
+        let waiting = tokio::spawn({
+            let recent = recent.clone();
+            async move {
+                recent
+                    .turn("b1", "acme", "carol", other_ip, "pw")
+                    .await
+                    .opened_lately()
+            }
+        });
+        tokio::task::yield_now().await;
+        first.opened(11);
+        assert_eq!(waiting.await.unwrap(), Some(11));
+        let failing = recent.turn("b1", "acme", "erin", IP, "pw").await;
+        assert_eq!(failing.opened_lately(), Some(11));
+        failing.failed(&PortalError::Rejected { message: None });
+        let next = recent.turn("b1", "acme", "carol", other_ip, "pw").await;
+        assert_eq!(next.opened_lately(), Some(11), "kept past a failure");
+        drop(next);
+        let elsewhere = recent.turn("b1", "beta", "carol", IP, "pw").await;
+        assert_eq!(elsewhere.opened_lately(), None, "another organization's");
+        drop(elsewhere);
+        let other_browser = recent.turn("b2", "acme", "carol", IP, "pw").await;
+        assert_eq!(other_browser.opened_lately(), None);
     }
 
     #[tokio::test]
