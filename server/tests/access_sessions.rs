@@ -600,6 +600,52 @@ async fn signing_in_again_right_after_a_disconnect_sends_the_start_after_the_sto
     app.stop().await;
 }
 
+/// A sign-in at an address whose earlier session was stopped a moment before by someone else —
+/// its expiry committed just before this sign-in's write (so the sign-in replaced nothing), or
+/// another replica's Disconnect — sends that session's Stop first if it is still due: here it
+/// is stopped straight in the database, its Stop left for a delivery loop that is not woken.
+#[tokio::test]
+async fn a_sign_in_sends_the_addresss_due_stop_of_a_session_ended_elsewhere_first() {
+    let (radius, app, _dir) = portal_with_one_server().await;
+    let browser = app.browser(CLIENT);
+    let page = browser.login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    let first = radius.wait_for_acct(&["status=Start", "user=carol"]).await;
+    let old = format!("sid={}", field(&first, "sid"));
+    let session = app
+        .storage
+        .active_sessions_of(Some("acme"), 10)
+        .await
+        .unwrap()
+        .remove(0);
+    let now = radius_portal::access_session::now_ms();
+    assert!(app
+        .storage
+        .stop_session(
+            session.id,
+            radius_portal::radius::terminate_cause::SESSION_TIMEOUT,
+            now
+        )
+        .await
+        .unwrap());
+    let page = app.browser(CLIENT).login("erin", "erin-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    radius.wait_for_acct(&["status=Stop", &old]).await;
+    radius.wait_for_acct(&["status=Start", "user=erin"]).await;
+    let lines = radius.acct_lines();
+    let stop_at = lines
+        .iter()
+        .position(|l| l.contains("status=Stop") && l.contains(&old));
+    let start_at = lines
+        .iter()
+        .position(|l| l.contains("status=Start") && l.contains("user=erin"));
+    assert!(
+        stop_at < start_at,
+        "the earlier session's Stop reaches the server before the new Start: {lines:#?}"
+    );
+    app.stop().await;
+}
+
 /// A browser signed in that signs in again from another address (a laptop moved to another
 /// network, a script) replaces its own session: the earlier one is stopped (Port-Preempted)
 /// before the new Start, so no identity stays on the address it left — which another device

@@ -164,7 +164,76 @@ on_both_backends!(
     logins_racing_a_disable_never_outlive_it,
     two_replicas_logging_in_one_client_leave_one_session,
     two_replicas_creating_one_id_in_two_letter_cases_create_one,
+    an_addresss_stops_on_their_way_are_found,
 );
+
+/// The Stops of an address's earlier sessions that are due and unacknowledged — on their way —
+/// are found for a sign-in there (in its organization); one held back after a failed attempt,
+/// or acknowledged, is not.
+async fn an_addresss_stops_on_their_way_are_found(db: Db) {
+    let s = &db.storage;
+    let id = opened(s, login("10.0.7.1", T0, MINUTE)).await;
+    let start = s
+        .claim_session_outbox(id, status_type::START, T0, T0 + MINUTE)
+        .await
+        .unwrap()
+        .unwrap();
+    s.mark_delivered(start.id, T0 + 1, None).await.unwrap();
+    let other = opened(s, login("10.0.7.2", T0, MINUTE)).await;
+    let due = |org: &'static str, ip: &'static str, now: i64| async move {
+        s.stops_due_at(org, ip, now).await.unwrap()
+    };
+    assert_eq!(
+        due("acme", "10.0.7.1", T0 + 2_000).await,
+        Vec::<i64>::new(),
+        "running"
+    );
+    assert!(s
+        .stop_session(id, terminate_cause::USER_REQUEST, T0 + 1_000)
+        .await
+        .unwrap());
+    assert!(s
+        .stop_session(other, terminate_cause::USER_REQUEST, T0 + 1_000)
+        .await
+        .unwrap());
+    let now = T0 + 2_000;
+    assert_eq!(due("acme", "10.0.7.1", now).await, vec![id]);
+    assert_eq!(
+        due("beta", "10.0.7.1", now).await,
+        Vec::<i64>::new(),
+        "another organization's"
+    );
+    assert_eq!(
+        due("acme", "10.0.7.3", now).await,
+        Vec::<i64>::new(),
+        "another address's"
+    );
+    let stop = s
+        .claim_session_outbox(id, status_type::STOP, now, now + MINUTE)
+        .await
+        .unwrap()
+        .expect("due");
+    assert_eq!(due("acme", "10.0.7.1", now).await, vec![id], "on its way");
+    s.mark_failed(&stop, now + MINUTE, "timeout", Some("primary"))
+        .await
+        .unwrap();
+    assert_eq!(
+        due("acme", "10.0.7.1", now).await,
+        Vec::<i64>::new(),
+        "held back"
+    );
+    let stop = s
+        .claim_session_outbox(id, status_type::STOP, now + MINUTE, now + 2 * MINUTE)
+        .await
+        .unwrap()
+        .expect("due again");
+    s.mark_delivered(stop.id, now + MINUTE, None).await.unwrap();
+    assert_eq!(
+        due("acme", "10.0.7.1", now + MINUTE).await,
+        Vec::<i64>::new(),
+        "acknowledged"
+    );
+}
 
 async fn a_session_opens_refreshes_and_stops_once(db: Db) {
     let s = &db.storage;

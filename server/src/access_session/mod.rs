@@ -708,8 +708,28 @@ impl AccessSessions {
             .unwrap_or(exchange_time)
             .max(exchange_time);
         let stop_budget = longest * self.radius.health().failures_to_open().saturating_add(1);
-        for old in preempted {
-            self.events.publish(old.id);
+        // The sessions whose Stop goes first: those this sign-in replaced, and the address's
+        // earlier sessions whose Stop is still on its way (a Disconnect or an expiry a moment
+        // before, by this replica or another: sent in the background; one whose expiry this
+        // sign-in's write came just after, so it replaced nothing).
+        let mut earlier: Vec<i64> = preempted.iter().map(|old| old.id).collect();
+        match self
+            .storage
+            .stops_due_at(&session.organization_id, &session.client_ip, now_ms())
+            .await
+        {
+            Ok(due) => {
+                for id in due {
+                    if !earlier.contains(&id) {
+                        earlier.push(id);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %crate::portal_backend::error_chain(&e),
+                "the address's earlier sessions' Stops on their way could not be read; the Start does not wait for them"),
+        }
+        for &old in &earlier {
+            self.events.publish(old);
             let mut stop_deadline = deadline.max(Instant::now() + stop_budget);
             // The new Start stays this sign-in's meanwhile (its Stop's copies too): no other
             // sender may take it and send it first — or the wait ends while it still is.
@@ -720,42 +740,25 @@ impl AccessSessions {
             }
             let mut sent = self
                 .accounting
-                .deliver_now(old.id, status_type::STOP, stop_deadline)
+                .deliver_now(old, status_type::STOP, stop_deadline)
                 .await;
             // Its copies too (servers that may hold it open), before the new Start: one
             // exchange each (a copy never fails over: its server down, it waits for it).
             if matches!(sent, Ok(true)) {
                 sent = self
                     .accounting
-                    .deliver_copies_now(old.id, Instant::now() + exchange_time)
+                    .deliver_copies_now(old, Instant::now() + exchange_time)
                     .await;
             }
             if !matches!(sent, Ok(true)) {
                 tracing::warn!(
-                    session = old.id,
-                    "Stop of the preempted session not acknowledged yet; it stays queued"
+                    session = old,
+                    "Stop of the address's earlier session not acknowledged yet; it stays queued"
                 );
             }
         }
-        if !preempted.is_empty() {
-            self.accounting.wake_for(preempted.iter().map(|old| old.id));
-        }
-        // A Stop of this address's earlier session still on its way (a Disconnect or an expiry
-        // a moment ago, sent in the background) goes first too: its exchange ends within one
-        // of the slowest server's.
-        if !self
-            .accounting
-            .after_stops_at(
-                &session.organization_id,
-                &session.client_ip,
-                claimed_start.as_mut(),
-                Instant::now() + longest,
-            )
-            .await
-        {
-            tracing::warn!(
-                "a Stop of this address's previous session is still on its way; the Start goes now"
-            );
+        if !earlier.is_empty() {
+            self.accounting.wake_for(earlier.iter().copied());
         }
         // The Start's own budget: what is left of the login deadline, but at least one exchange.
         let start_deadline = deadline.max(Instant::now() + exchange_time);

@@ -41,7 +41,6 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 mod claims;
-mod stops;
 mod trials;
 
 /// A sender owns a claimed row this long; afterwards the row may be claimed again — by another
@@ -157,8 +156,6 @@ pub struct Accounting {
     kept: claims::Kept,
     /// The held row that checks each down server checked by request ([`trials`]).
     carriers: Arc<trials::TrialCarriers>,
-    /// The Stops being delivered, by organization and address ([`stops`]).
-    stops: stops::StopsUnderWay,
 }
 
 /// Start rows [`Accounting`] remembers refused attempts of, at most.
@@ -446,31 +443,8 @@ impl Accounting {
             unseen: Arc::default(),
             kept: claims::Kept::new(storage.clone()),
             carriers: Arc::default(),
-            stops: stops::StopsUnderWay::default(),
             storage,
         }
-    }
-
-    /// Waits until no Stop of `organization`'s session at `client_ip` is being delivered by
-    /// this process (a Disconnect's a moment ago), or `until`, keeping `start` — a sign-in's
-    /// Start at that address, claimed by it — the sign-in's meanwhile: the Start goes after
-    /// them ([`stops`]). False when one still is (or the claim could not be kept that long).
-    pub async fn after_stops_at(
-        &self,
-        organization: &str,
-        client_ip: &str,
-        start: Option<&mut OutboxRow>,
-        until: Instant,
-    ) -> bool {
-        if !self.stops.any(organization, client_ip) {
-            return true;
-        }
-        let mut until = until;
-        if let Some(start) = start {
-            let wait = until.saturating_duration_since(Instant::now());
-            until = until.min(self.keep_claim_for(start, wait).await);
-        }
-        self.stops.wait(organization, client_ip, until).await
     }
 
     /// How many claims left by a database error are still to be given up (tests, diagnosis).
@@ -1001,11 +975,6 @@ impl Accounting {
         }
         let acct_id = session.acct_session_id.as_str();
         let is_start = row.status_type == i64::from(status_type::START) && row.copy_to.is_none();
-        // A sign-in at the session's address sends its Start after this Stop ([`stops`]).
-        let _stop = (row.status_type == i64::from(status_type::STOP)).then(|| {
-            self.stops
-                .begin(&session.organization_id, &session.client_ip)
-        });
         // Organizations made usable again so far (one that is, while this row is held for it,
         // has the row tried at once: the loop's reschedule may have run before the hold is
         // written).

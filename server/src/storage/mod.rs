@@ -345,6 +345,11 @@ contract! {
         fn record_dynauth_answer(&self, request: &str, reply: Vec<u8>, until: i64, now: i64) -> ();
         /// Whether a session's packet of `status_type` has been acknowledged.
         fn outbox_delivered(&self, access_session_id: i64, status_type: u32) -> bool;
+        /// The sessions of `organization_id` at `client_ip` whose Stop (to their own server)
+        /// is due by `now` and not yet acknowledged — on its way, or about to be: ended a
+        /// moment ago (a Disconnect, an expiry, by any replica). A sign-in at that address
+        /// sends its Start after them. Not those held back after a failed attempt.
+        fn stops_due_at(&self, organization_id: &str, client_ip: &str, now: i64) -> Vec<i64>;
     }
 }
 

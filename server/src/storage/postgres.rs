@@ -2006,6 +2006,25 @@ impl SessionStore for PgStore {
         .await?;
         Ok(delivered.flatten().is_some())
     }
+
+    async fn stops_due_at(
+        &self,
+        organization_id: &str,
+        client_ip: &str,
+        now: i64,
+    ) -> Result<Vec<i64>, StorageError> {
+        // Through the pending rows due by now (few: those on their way), not the sessions.
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT o.access_session_id FROM accounting_outbox o              JOIN access_sessions s ON s.id = o.access_session_id              WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= $3              AND o.status_type = $4 AND o.destination = $5              AND s.client_ip = $2 AND s.organization_id = $1 LIMIT 16",
+        )
+        .bind(organization_id)
+        .bind(client_ip)
+        .bind(now)
+        .bind(i64::from(status_type::STOP))
+        .bind(AUTH_SERVER_DESTINATION)
+        .fetch_all(self.pool())
+        .await?)
+    }
 }
 
 /// The organization store on PostgreSQL (`organizations`): every change takes the

@@ -1522,6 +1522,31 @@ impl SessionStore for SqliteStore {
             Ok(delivered.flatten().is_some())
         })
     }
+
+    async fn stops_due_at(
+        &self,
+        organization_id: &str,
+        client_ip: &str,
+        now: i64,
+    ) -> Result<Vec<i64>, StorageError> {
+        self.engine.read(|c| {
+            // Through the pending rows due by now (few: those on their way), not the sessions.
+            Ok(c.prepare_cached(
+                "SELECT DISTINCT o.access_session_id FROM accounting_outbox o                  JOIN access_sessions s ON s.id = o.access_session_id                  WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= ?3                  AND o.status_type = ?4 AND o.destination = ?5                  AND s.client_ip = ?2 AND s.organization_id = ?1 LIMIT 16",
+            )?
+            .query_map(
+                params![
+                    organization_id,
+                    client_ip,
+                    now,
+                    status_type::STOP,
+                    AUTH_SERVER_DESTINATION
+                ],
+                |r| r.get(0),
+            )?
+            .collect::<Result<_, _>>()?)
+        })
+    }
 }
 
 /// Remembers that `server` was sent a packet of session `access_session_id` (it may hold the
