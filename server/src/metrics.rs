@@ -31,6 +31,7 @@ struct Inner {
     outbox_backlog: IntGauge,
     outbox_oldest: Gauge,
     dead_letters: IntGauge,
+    dead_stops: IntGauge,
     breaker: IntGaugeVec,
     tasks_down: IntGauge,
     database_up: IntGauge,
@@ -58,6 +59,9 @@ pub struct Snapshot {
     pub outbox_oldest: Duration,
     /// Dead-lettered accounting rows kept.
     pub dead_letters: i64,
+    /// Of them, Stops (copies too) of sessions whose Start may have reached a server: an
+    /// identity a server — and the firewall it feeds — may keep.
+    pub dead_stops: i64,
     /// Breaker per server address (auth and acct ports apart): 0 closed, 1 open, 2 half-open.
     pub breakers: Vec<(String, i64)>,
     /// Background tasks restarting now.
@@ -232,6 +236,11 @@ impl Metrics {
             "portal_accounting_dead_letters",
             "Accounting-Requests given up (kept for `accounting dead-letters`)",
         );
+        let dead_stops = int_gauge(
+            &r,
+            "portal_accounting_dead_stops",
+            "Accounting-Stops given up whose session's Start may have reached a server (an identity it may keep)",
+        );
         let breaker = gauge_vec(
             &r,
             "portal_radius_breaker_state",
@@ -285,6 +294,7 @@ impl Metrics {
             outbox_backlog,
             outbox_oldest,
             dead_letters,
+            dead_stops,
             breaker,
             tasks_down,
             database_up,
@@ -375,6 +385,7 @@ impl Metrics {
                 .outbox_oldest
                 .set(snapshot.outbox_oldest.as_secs_f64());
             inner.dead_letters.set(snapshot.dead_letters);
+            inner.dead_stops.set(snapshot.dead_stops);
         }
         inner.breaker.reset();
         for (address, state) in &snapshot.breakers {
@@ -464,6 +475,7 @@ mod tests {
             outbox_backlog: 2,
             outbox_oldest: Duration::from_secs(7),
             dead_letters: 1,
+            dead_stops: 1,
             breakers: vec![("127.0.0.1:1812".into(), 1)],
             tasks_down: 0,
             database_commits: Some(DatabaseCommits {
@@ -489,6 +501,7 @@ mod tests {
             "portal_accounting_backlog 2",
             "portal_accounting_oldest_seconds 7",
             "portal_accounting_dead_letters 1",
+            "portal_accounting_dead_stops 1",
             "portal_radius_breaker_state{address=\"127.0.0.1:1812\"} 1",
             "portal_background_tasks_down 0",
             "portal_database_commits_total{synchronous=\"full\"} 5",

@@ -1204,6 +1204,27 @@ async fn dead_letters_unblock_and_a_never_sent_start_takes_its_session_along(db:
         snapshot.outbox_oldest,
         std::time::Duration::from_millis((MINUTE - 3) as u64)
     );
+    assert_eq!(snapshot.dead_stops, 0);
+
+    // A Stop given up counts among the dead Stops (an identity a server may keep); the Stop a
+    // never-sent Start takes along does not (no server saw the session).
+    s.dead_letter(next[0].id, None, T0 + 7, "cannot be encoded", false)
+        .await
+        .unwrap();
+    let never = opened(s, login("10.0.0.7", T0, MINUTE)).await;
+    s.stop_session(never, terminate_cause::USER_REQUEST, T0 + 3)
+        .await
+        .unwrap();
+    let start = s
+        .claim_session_outbox(never, status_type::START, T0 + 4, T0 + MINUTE)
+        .await
+        .unwrap()
+        .unwrap();
+    s.dead_letter(start.id, Some(start.attempts), T0 + 8, "cancelled", true)
+        .await
+        .unwrap();
+    let snapshot = s.metrics_snapshot(T0 + MINUTE).await.unwrap();
+    assert_eq!((snapshot.dead_letters, snapshot.dead_stops), (6, 1));
 }
 
 async fn disconnect_requests_find_sessions_by_id_address_user_and_class(db: Db) {

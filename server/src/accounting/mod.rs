@@ -385,7 +385,12 @@ enum OrgLine {
     FailsOver,
     /// "accounting not acknowledged; will retry".
     NotAcknowledged,
+    /// A Start dead-lettered as its organization was disabled.
+    Cancelled,
 }
+
+/// The dead letter's reason of a Start the guard stopped (its organization disabled).
+const CANCELLED_BY_DISABLE: &str = "cancelled: organization disabled";
 
 /// Some(lines left out since the last) when this `kind` of line about `scope` is to be written.
 fn org_line(kind: OrgLine, scope: &str) -> Option<u64> {
@@ -761,8 +766,17 @@ impl Accounting {
                 "accounting row not dead-lettered: another sender has taken it (or settled it) meanwhile");
             return Ok(Delivery::TakenOver);
         }
-        tracing::error!(%acct_session_id, status_type = row.status_type, reason = %reason, cascade,
-            "accounting row dead-lettered (never sent again; see `radius-portal accounting dead-letters`)");
+        if reason == CANCELLED_BY_DISABLE {
+            // The guard's answer to a disable, not a fault: every sign-in under way then has
+            // one (a line per 5 s, the rest counted).
+            if let Some(left_out) = org_line(OrgLine::Cancelled, "") {
+                tracing::warn!(%acct_session_id, status_type = row.status_type, reason = %reason, cascade, left_out,
+                    "accounting row dead-lettered (never sent again; see `radius-portal accounting dead-letters`)");
+            }
+        } else {
+            tracing::error!(%acct_session_id, status_type = row.status_type, reason = %reason, cascade,
+                "accounting row dead-lettered (never sent again; see `radius-portal accounting dead-letters`)");
+        }
         Ok(Delivery::DeadLettered(reason))
     }
 
@@ -989,7 +1003,7 @@ impl Accounting {
                     .await?;
             if !allowed {
                 return self
-                    .dead_letter(&row, acct_id, "cancelled: organization disabled".into())
+                    .dead_letter(&row, acct_id, CANCELLED_BY_DISABLE.into())
                     .await;
             }
             if row.transmissions > 0 && now - row.event_at > START_GIVE_UP_MS {
@@ -1175,7 +1189,7 @@ impl Accounting {
         // at once follows the first answer within the same moment).
         if is_start && waited && !self.start_allowed(&session.organization_id, true).await? {
             return self
-                .dead_letter(&row, acct_id, "cancelled: organization disabled".into())
+                .dead_letter(&row, acct_id, CANCELLED_BY_DISABLE.into())
                 .await;
         }
         // Acct-Delay-Time counts from the event to this transmission (time in the window too).

@@ -78,6 +78,10 @@ use postgres::PgStore;
 use sqlite::SqliteStore;
 use std::path::Path;
 
+/// The dead letter's reason of the rows a never-sent Start took along (nothing of that session
+/// reached a server).
+pub const NEVER_STARTED: &str = "its Start was never sent";
+
 /// Outbox destination of the session's accounting server: the one that authenticated it, or
 /// the one its Start moved to ([`AccessSessionRecord::server_name`]), with failover.
 pub const AUTH_SERVER_DESTINATION: &str = "auth-server";

@@ -933,12 +933,13 @@ async fn dead_letter_in(
     .await?;
     if let (Some(session), true) = (session, cascade) {
         sqlx::query(
-            "UPDATE accounting_outbox SET dead_at = $1, dead_reason = 'its Start was never sent', claimed_until = NULL \
+            "UPDATE accounting_outbox SET dead_at = $1, dead_reason = $4, claimed_until = NULL \
              WHERE access_session_id = $2 AND id > $3 AND delivered_at IS NULL AND dead_at IS NULL",
         )
         .bind(now)
         .bind(session)
         .bind(id)
+        .bind(super::NEVER_STARTED)
         .execute(&mut *c)
         .await?;
         let ended = sqlx::query(
@@ -1927,10 +1928,14 @@ impl SessionStore for PgStore {
         )
         .fetch_one(self.pool())
         .await?;
-        let dead_letters: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM accounting_outbox WHERE dead_at IS NOT NULL")
-                .fetch_one(self.pool())
-                .await?;
+        let (dead_letters, dead_stops): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE status_type = $1 AND dead_reason != $2) \
+             FROM accounting_outbox WHERE dead_at IS NOT NULL",
+        )
+        .bind(i64::from(status_type::STOP))
+        .bind(super::NEVER_STARTED)
+        .fetch_one(self.pool())
+        .await?;
         Ok(crate::metrics::Snapshot {
             active_sessions,
             outbox_backlog: backlog,
@@ -1938,6 +1943,7 @@ impl SessionStore for PgStore {
                 oldest.map_or(0, |o| now.saturating_sub(o).max(0) as u64),
             ),
             dead_letters,
+            dead_stops,
             ..Default::default()
         })
     }

@@ -1438,9 +1438,14 @@ impl SessionStore for SqliteStore {
                     "SELECT COUNT(*), MIN(created_at) FROM accounting_outbox WHERE delivered_at IS NULL AND dead_at IS NULL",
                 )?
                 .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                let dead_letters: i64 = c
-                    .prepare_cached("SELECT COUNT(*) FROM accounting_outbox WHERE dead_at IS NOT NULL")?
-                    .query_row([], |r| r.get(0))?;
+                let (dead_letters, dead_stops): (i64, i64) = c
+                    .prepare_cached(
+                        "SELECT COUNT(*), COUNT(*) FILTER (WHERE status_type = ?1 AND dead_reason != ?2) \
+                         FROM accounting_outbox WHERE dead_at IS NOT NULL",
+                    )?
+                    .query_row(params![status_type::STOP, super::NEVER_STARTED], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?;
                 Ok(crate::metrics::Snapshot {
                     active_sessions,
                     outbox_backlog: backlog,
@@ -1448,6 +1453,7 @@ impl SessionStore for SqliteStore {
                         oldest.map_or(0, |o| now.saturating_sub(o).max(0) as u64),
                     ),
                     dead_letters,
+                    dead_stops,
                     database_commits,
                     ..Default::default()
                 })
@@ -1695,10 +1701,10 @@ fn dead_letter_in(
         .optional()?;
     if let (Some(session), true) = (session, cascade) {
         c.prepare_cached(
-            "UPDATE accounting_outbox SET dead_at = ?, dead_reason = 'its Start was never sent', claimed_until = NULL \
-             WHERE access_session_id = ? AND id > ? AND delivered_at IS NULL AND dead_at IS NULL",
+            "UPDATE accounting_outbox SET dead_at = ?1, dead_reason = ?4, claimed_until = NULL \
+             WHERE access_session_id = ?2 AND id > ?3 AND delivered_at IS NULL AND dead_at IS NULL",
         )?
-        .execute([now, session, id])?;
+        .execute(params![now, session, id, super::NEVER_STARTED])?;
         c.prepare_cached(
             "UPDATE access_sessions SET state = 'stopped', stopped_at = ?, terminate_cause = ? \
              WHERE id = ? AND state = 'active'",
