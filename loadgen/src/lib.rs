@@ -25,6 +25,11 @@ use std::{
 
 /// The wait before a virtual user tries again after its connection was refused.
 const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// The wait before a virtual user tries again after a journey failed otherwise (a page without
+/// a form — its organization disabled —, a refusal): as a person would, and so that a portal
+/// answering at once is not hammered with failures that only inflate the count.
+const FAILURE_PAUSE: Duration = Duration::from_millis(500);
 /// A request without an answer this long fails its journey (and the connection is replaced):
 /// longer than the portal's slowest documented sign-in (its login timeout, then the Start's
 /// exchange).
@@ -320,9 +325,13 @@ impl VirtualUser {
                 // a second reach the port range the kernel picks source ports from, and
                 // one of them can connect the port to itself — holding the portal's port
                 // (TIME-WAIT) so that its restart cannot bind it for a minute.
-                if refused {
-                    tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
-                }
+                let pause = if refused {
+                    CONNECT_RETRY_PAUSE
+                } else {
+                    FAILURE_PAUSE
+                };
+                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
             }
         }
     }
