@@ -278,6 +278,42 @@ async fn radius_test_names_a_reply_from_another_address() {
     );
 }
 
+/// A server that answers from another port of its address (a reply sent from another socket):
+/// named as such too.
+#[tokio::test]
+async fn radius_test_names_a_reply_from_another_port() {
+    use md5::{Digest, Md5};
+    let asked = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = asked.local_addr().unwrap().port();
+    let answers = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let other = answers.local_addr().unwrap().port();
+    answer_each_request(asked, answers, |request| {
+        let code = if request[0] == 4 { 5 } else { 3 };
+        let mut reply = vec![code, request[1], 0, 20];
+        let mut md5 = Md5::new();
+        md5.update(&reply);
+        md5.update(&request[4..20]);
+        md5.update(SECRET.as_bytes());
+        reply.extend_from_slice(&md5.finalize());
+        reply
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = one_server(
+        &dir,
+        "otherport",
+        (port, port),
+        "require_message_authenticator = false\n",
+    );
+    let (success, stdout) = radius_test(&path, Some("alice"));
+    assert!(!success, "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "it came from 127.0.0.1:{other}, not from 127.0.0.1:{port} where the request went"
+        )),
+        "{stdout}"
+    );
+}
+
 #[tokio::test]
 async fn radius_test_with_a_username_sends_an_access_request() {
     let radius = FreeRadius::start().await;

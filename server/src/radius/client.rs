@@ -784,8 +784,9 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
 const ELSEWHERE_CANDIDATES: usize = 4;
 
 /// A datagram from an address no request went to, which verifies against a request waiting on
-/// the same socket with its Identifier, sent to the same port of another address: the server
-/// answers from another address than the one configured (several addresses, NAT). The reply
+/// the same socket with its Identifier, sent to the same port of another address or another
+/// port of the same address: the server answers from another address or port than the one
+/// configured (several addresses, NAT, a server replying from another socket). The reply
 /// is still dropped (a server must answer from where it was asked), but that request's error
 /// then says so instead of "no reply" — `radius test` and the login's log line name the cause.
 /// Only a holder of the request's secret can make a datagram verify.
@@ -801,7 +802,9 @@ fn note_reply_from_elsewhere(
         inner
             .next_id
             .keys()
-            .filter(|(i, dest)| *i == index && dest.port() == from.port())
+            .filter(|(i, dest)| {
+                *i == index && (dest.port() == from.port() || dest.ip() == from.ip())
+            })
             .filter_map(|&(_, dest)| {
                 let expect = inner.waiters.get(&(index, dest, id))?.expect.clone()?;
                 Some((dest, expect))
@@ -823,7 +826,7 @@ fn note_reply_from_elsewhere(
         let mut inner = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(pending) = inner.waiters.get_mut(&(index, dest, id)) {
             pending.unverified_reply.get_or_insert_with(|| {
-                format!("it came from {from}, not from {dest} where the request went (a server with several addresses, or NAT): configure the address the server answers from")
+                format!("it came from {from}, not from {dest} where the request went (a server with several addresses, NAT, or one that answers from another port): configure the address the server answers from, or make it answer from the port it was asked at")
             });
         }
         return;
