@@ -722,9 +722,11 @@ pub struct RadiusSettings {
     )]
     pub probe_interval: Duration,
     /// A server checked by Status-Server that nothing has answered for this long (no request,
-    /// no check) is sent one; unanswered, it counts as a failed exchange. "0s": never.
+    /// no check) is sent one; unanswered, it counts as a failed exchange. "0s" (the default):
+    /// never — only for servers known to answer Status-Server (a server that does not would
+    /// be taken for down, and its probes never bring it back).
     #[serde(
-        default = "one_minute",
+        default = "no_duration",
         deserialize_with = "duration",
         serialize_with = "duration_text"
     )]
@@ -744,6 +746,10 @@ fn two_seconds() -> Duration {
     Duration::from_secs(2)
 }
 
+fn no_duration() -> Duration {
+    Duration::ZERO
+}
+
 fn unspecified_v4() -> Ipv4Addr {
     Ipv4Addr::UNSPECIFIED
 }
@@ -754,7 +760,7 @@ impl Default for RadiusSettings {
             bind: unspecified_v4(),
             breaker_failures: two(),
             probe_interval: two_seconds(),
-            idle_check: one_minute(),
+            idle_check: no_duration(),
             readiness_requires_servers: true,
         }
     }
@@ -2494,13 +2500,17 @@ mod tests {
     }
 
     #[test]
-    fn idle_checks_are_off_at_zero_and_a_minute_by_default() {
+    fn idle_checks_are_off_by_default_and_at_zero() {
+        let on = Settings::from_toml(&format!("[radius]\nidle_check = \"1m\"\n{MINIMAL}"))
+            .expect("parses");
+        on.validate().expect("a minute");
+        assert_eq!(on.radius.idle_check, Duration::from_secs(60));
         let off = Settings::from_toml(&format!("[radius]\nidle_check = \"0s\"\n{MINIMAL}"))
             .expect("parses");
         off.validate().expect("0s turns them off");
         assert!(off.radius.idle_check.is_zero());
         let default = Settings::from_toml(MINIMAL).expect("parses");
-        assert_eq!(default.radius.idle_check, Duration::from_secs(60));
+        assert!(default.radius.idle_check.is_zero(), "off unless asked for");
     }
 
     #[test]
