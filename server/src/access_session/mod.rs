@@ -728,9 +728,11 @@ impl AccessSessions {
             Err(e) => tracing::warn!(error = %crate::portal_backend::error_chain(&e),
                 "the address's earlier sessions' Stops on their way could not be read; the Start does not wait for them"),
         }
+        // One budget for them all: the Start is held back at most that long, however many.
+        let stops_until = deadline.max(Instant::now() + stop_budget);
         for &old in &earlier {
             self.events.publish(old);
-            let mut stop_deadline = deadline.max(Instant::now() + stop_budget);
+            let mut stop_deadline = stops_until;
             // The new Start stays this sign-in's meanwhile (its Stop's copies too): no other
             // sender may take it and send it first — or the wait ends while it still is.
             if let Some(start) = claimed_start.as_mut() {
