@@ -635,10 +635,12 @@ async fn a_sign_in_sends_the_addresss_due_stop_of_a_session_ended_elsewhere_firs
     let lines = radius.acct_lines();
     let stop_at = lines
         .iter()
-        .position(|l| l.contains("status=Stop") && l.contains(&old));
+        .position(|l| l.contains("status=Stop") && l.contains(&old))
+        .unwrap();
     let start_at = lines
         .iter()
-        .position(|l| l.contains("status=Start") && l.contains("user=erin"));
+        .position(|l| l.contains("status=Start") && l.contains("user=erin"))
+        .unwrap();
     assert!(
         stop_at < start_at,
         "the earlier session's Stop reaches the server before the new Start: {lines:#?}"

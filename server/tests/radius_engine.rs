@@ -1098,9 +1098,6 @@ async fn an_outage_opens_the_breaker(app: &TestApp, server: SocketAddr, clients:
     assert!(!app.radius.health().allows(server), "the breaker opened");
 }
 
-/// `/readyz` says 503 while every server of every organization has an open breaker (no
-/// sign-in can succeed on this replica), and ready again once a probe closes one; the metrics
-/// show the breaker and the timeouts meanwhile.
 /// A backup nobody has used is checked while idle (`idle_check`): a dead one is found down
 /// before a failover needs it — its breaker open, in the metrics — while the primary, which
 /// answers its checks, stays up; no sign-in is needed for either.
@@ -1148,6 +1145,9 @@ async fn an_idle_dead_backup_is_found_down_before_a_failover_needs_it() {
     app.stop().await;
 }
 
+/// `/readyz` says 503 while every server of every organization has an open breaker (no
+/// sign-in can succeed on this replica), and ready again once a probe closes one; the metrics
+/// show the breaker and the timeouts meanwhile.
 #[tokio::test]
 async fn readiness_fails_while_every_server_is_open_circuit_and_recovers() {
     let radius = FreeRadius::start().await;
@@ -1329,9 +1329,9 @@ async fn a_row_lost_while_its_server_came_back_is_due_again_at_once() {
     let relay = common::gated_relay(acct, open.clone()).await;
     let mut settings_of_server = radius.server_settings("primary", true);
     settings_of_server.acct_port = relay.port;
-    // One transmission, its timeout longer than the sign-in's deadline (8 s, long enough for
+    // One transmission, its timeout longer than the sign-in's deadline (15 s, long enough for
     // a probe to bring the server back): the delivery ends with its first exchange.
-    settings_of_server.timeout = Duration::from_secs(20);
+    settings_of_server.timeout = Duration::from_secs(30);
     settings_of_server.retries = 0;
     let app = TestApp::spawn(&settings(&db, vec![settings_of_server])).await;
     let accounting = own_sender(&app);
@@ -1360,7 +1360,7 @@ async fn a_row_lost_while_its_server_came_back_is_due_again_at_once() {
                 .deliver_claimed(
                     row,
                     session,
-                    tokio::time::Instant::now() + Duration::from_secs(8),
+                    tokio::time::Instant::now() + Duration::from_secs(15),
                     false,
                 )
                 .await

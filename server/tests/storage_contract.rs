@@ -169,7 +169,7 @@ on_both_backends!(
 
 /// The Stops of an address's earlier sessions that are due and unacknowledged — on their way —
 /// are found for a sign-in there (in its organization); one held back after a failed attempt,
-/// or acknowledged, is not.
+/// waiting behind its session's unacknowledged Start, due long ago, or acknowledged, is not.
 async fn an_addresss_stops_on_their_way_are_found(db: Db) {
     let s = &db.storage;
     let id = opened(s, login("10.0.7.1", T0, MINUTE)).await;
@@ -207,6 +207,16 @@ async fn an_addresss_stops_on_their_way_are_found(db: Db) {
         due("acme", "10.0.7.3", now).await,
         Vec::<i64>::new(),
         "another address's"
+    );
+    assert_eq!(
+        due("acme", "10.0.7.2", now).await,
+        Vec::<i64>::new(),
+        "behind its session's unacknowledged Start"
+    );
+    assert_eq!(
+        due("acme", "10.0.7.1", now + 2 * MINUTE).await,
+        Vec::<i64>::new(),
+        "due long ago: it waits for something"
     );
     let stop = s
         .claim_session_outbox(id, status_type::STOP, now, now + MINUTE)

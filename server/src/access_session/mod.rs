@@ -772,7 +772,7 @@ impl AccessSessions {
                 // its claim if little of it is left (`deliver`), or leaves the Start to a sender
                 // that took it meanwhile and waits for that one's outcome.
                 self.accounting
-                    .deliver_claimed(start, session.clone(), start_deadline, preempted.is_empty())
+                    .deliver_claimed(start, session.clone(), start_deadline, earlier.is_empty())
                     .await
             }
             None => {

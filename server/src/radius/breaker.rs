@@ -159,15 +159,6 @@ impl Breaker {
         }
     }
 
-    /// A check of an idle server (a Status-Server while closed) was answered: its count of
-    /// failed exchanges starts again. Its back-off is left as it is: a server that answers
-    /// Status-Server but fails requests keeps its damping.
-    pub fn record_check_answered(&mut self) {
-        if let BreakerState::Closed { .. } = self.state {
-            self.state = BreakerState::Closed { failures: 0 };
-        }
-    }
-
     /// An exchange got no verified reply. Returns true when this failure opened a closed
     /// breaker. A lost trial opens it again with a longer wait.
     pub fn record_failure(&mut self, now: Instant) -> bool {

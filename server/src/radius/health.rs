@@ -97,6 +97,8 @@ struct Idle {
     port: Port,
     /// When it is checked next (unless an answer comes before).
     next: Instant,
+    /// A check of it is out (the next waits for its outcome).
+    checking: bool,
 }
 
 /// Why a Status-Server goes to a server ([`ServerHealth::take_due_probes`]).
@@ -398,10 +400,14 @@ impl ServerHealth {
                     check.next = now + every;
                     continue;
                 }
+                if check.checking {
+                    continue; // its outcome schedules the next
+                }
                 if let Some(at) = entry.and_then(|e| e.answered_at) {
                     check.next = check.next.max(at + every);
                 }
                 if check.next <= now {
+                    check.checking = true;
                     due.push((check.server.clone(), check.port, Check::Idle));
                     // Answered, it is idle again from now; unanswered, it is checked again a
                     // probe interval later ([`Self::record_idle_check`]).
@@ -414,10 +420,12 @@ impl ServerHealth {
     }
 
     /// The outcome of an idle check of `server` at `port` ([`Self::with_idle_checks`]):
-    /// answered, it counts as up (its count of failed exchanges starts again); unanswered, as a
-    /// failed exchange — so many in a row open its breaker — and it is checked again a probe
-    /// interval later.
-    pub fn record_idle_check(&self, server: &ServerEndpoint, port: Port, answered: bool) {
+    /// answered (Some(true)), it is idle again from then — its count of failed requests stands
+    /// (a server that answers Status-Server but drops requests is still given up); unanswered
+    /// (Some(false)), a failed exchange — so many in a row open its breaker — and it is checked
+    /// again a probe interval later; None: no check was made (a fault of this host). A target
+    /// no longer checked idle (its settings changed meanwhile) takes no outcome.
+    pub fn record_idle_check(&self, server: &ServerEndpoint, port: Port, answered: Option<bool>) {
         self.record_idle_check_at(server, port, answered, Instant::now());
     }
 
@@ -426,19 +434,27 @@ impl ServerHealth {
         &self,
         server: &ServerEndpoint,
         port: Port,
-        answered: bool,
+        answered: Option<bool>,
         now: Instant,
     ) {
         let target = self.target(server, port);
-        if self.retired(target) {
+        let checked = {
+            let mut registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            registry.idle.get_mut(&target).map(|check| {
+                check.checking = false;
+                check.server.status_check == StatusCheck::StatusServer
+            })
+        };
+        if checked != Some(true) || self.retired(target) {
             return;
         }
-        if answered {
-            self.with(target, |e| {
-                e.probe_answered = true;
-                e.breaker.record_check_answered();
-            });
-            return;
+        match answered {
+            None => return,
+            Some(true) => {
+                self.with(target, |e| e.probe_answered = true);
+                return;
+            }
+            Some(false) => {}
         }
         tracing::info!(server = %server.name, addr = %address(server, port), ?port,
             "RADIUS server idle and its Status-Server check went unanswered");
@@ -568,11 +584,14 @@ impl ServerHealth {
                     {
                         continue;
                     }
-                    let next = before.get(target).map_or(now + every, |idle| idle.next);
+                    let (next, checking) = before
+                        .get(target)
+                        .map_or((now + every, false), |idle| (idle.next, idle.checking));
                     let idle = Idle {
                         server: server.clone(),
                         port,
                         next,
+                        checking,
                     };
                     registry.idle.insert(*target, idle);
                 }
@@ -984,9 +1003,9 @@ mod tests {
     }
 
     /// An idle server is checked with Status-Server once nothing has answered it for the idle
-    /// interval: unanswered checks count as failed exchanges (a probe interval apart, so a dead
-    /// backup is found down soon), an answer keeps it up, and an answered request puts its next
-    /// check off. A server checked by request is never checked idle.
+    /// interval, one check at a time: unanswered checks count as failed exchanges (a probe
+    /// interval apart, so a dead backup is found down soon), an answer keeps it up. A server
+    /// checked by request is never checked idle.
     #[tokio::test]
     async fn an_idle_server_is_checked_and_found_down_by_unanswered_checks() {
         let (minute, second) = (Duration::from_secs(60), Duration::from_secs(1));
@@ -1021,9 +1040,12 @@ mod tests {
             ],
             "nps is never checked idle"
         );
+        // While they are out, no second check goes.
+        let (due, _) = health.take_due_probes_at(t + 2 * minute);
+        assert!(due.is_empty(), "{due:?}");
         // Its authentication port answers; its accounting port does not.
-        health.record_idle_check_at(&backup, Port::Auth, true, t);
-        health.record_idle_check_at(&backup, Port::Acct, false, t);
+        health.record_idle_check_at(&backup, Port::Auth, Some(true), t);
+        health.record_idle_check_at(&backup, Port::Acct, Some(false), t);
         assert!(health.is_up(&backup, Port::Acct), "one failure of two");
         let (due, next) = health.take_due_probes_at(t + second);
         assert!(due.is_empty());
@@ -1035,7 +1057,7 @@ mod tests {
         let (due, _) = health.take_due_probes_at(t + 2 * second);
         assert_eq!(due.len(), 1);
         assert_eq!((due[0].1, due[0].2), (Port::Acct, Check::Idle));
-        health.record_idle_check_at(&backup, Port::Acct, false, t + 2 * second);
+        health.record_idle_check_at(&backup, Port::Acct, Some(false), t + 2 * second);
         assert!(!health.is_up(&backup, Port::Acct), "found down");
         // Down, it is probed, not checked idle; the answered port waits its minute.
         let (due, _) = health.take_due_probes_at(t + 10 * second);

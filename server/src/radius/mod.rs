@@ -838,14 +838,16 @@ impl Radius {
                     if check == health::Check::Idle {
                         // A fault of this host (no socket, no Identifier free) says nothing
                         // about the server.
-                        match &answer {
-                            Ok(_) => radius.health.record_idle_check(&server, port, true),
-                            Err(e) if e.is_server_silent() => {
-                                radius.health.record_idle_check(&server, port, false)
+                        let verdict = match &answer {
+                            Ok(_) => Some(true),
+                            Err(e) if e.is_server_silent() => Some(false),
+                            Err(e) => {
+                                tracing::debug!(server = %server.name, ?port, error = %e,
+                                    "idle Status-Server check not made");
+                                None
                             }
-                            Err(e) => tracing::debug!(server = %server.name, ?port, error = %e,
-                                "idle Status-Server check not made"),
-                        }
+                        };
+                        radius.health.record_idle_check(&server, port, verdict);
                         return;
                     }
                     match answer {

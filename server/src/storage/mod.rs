@@ -78,6 +78,11 @@ use postgres::PgStore;
 use sqlite::SqliteStore;
 use std::path::Path;
 
+/// How lately a Stop came due for a sign-in at its address to send it first
+/// ([`SessionStore::stops_due_at`]): one due longer ago waits for something (its server, an
+/// earlier row of its session).
+pub const STOPS_DUE_LATELY_MS: i64 = 60_000;
+
 /// The dead letter's reason of the rows a never-sent Start took along (nothing of that session
 /// reached a server).
 pub const NEVER_STARTED: &str = "its Start was never sent";
@@ -349,10 +354,11 @@ contract! {
         fn record_dynauth_answer(&self, request: &str, reply: Vec<u8>, until: i64, now: i64) -> ();
         /// Whether a session's packet of `status_type` has been acknowledged.
         fn outbox_delivered(&self, access_session_id: i64, status_type: u32) -> bool;
-        /// The sessions of `organization_id` at `client_ip` whose Stop (to their own server)
-        /// is due by `now` and not yet acknowledged — on its way, or about to be: ended a
-        /// moment ago (a Disconnect, an expiry, by any replica). A sign-in at that address
-        /// sends its Start after them. Not those held back after a failed attempt.
+        /// The sessions of `organization_id` at `client_ip` with a Stop (to their own server, or
+        /// a copy) that came due lately ([`STOPS_DUE_LATELY_MS`]) and is not yet acknowledged —
+        /// on its way, or about to be: ended a moment ago (a Disconnect, an expiry, by any
+        /// replica). A sign-in at that address sends its Start after them. Not those held back
+        /// after a failed attempt, nor one waiting behind an earlier row of its session.
         fn stops_due_at(&self, organization_id: &str, client_ip: &str, now: i64) -> Vec<i64>;
     }
 }

@@ -1440,7 +1440,7 @@ impl SessionStore for SqliteStore {
                 .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 let (dead_letters, dead_stops): (i64, i64) = c
                     .prepare_cached(
-                        "SELECT COUNT(*), COUNT(*) FILTER (WHERE status_type = ?1 AND dead_reason != ?2) \
+                        "SELECT COUNT(*), COUNT(*) FILTER (WHERE status_type = ?1 AND dead_reason IS NOT ?2) \
                          FROM accounting_outbox WHERE dead_at IS NOT NULL",
                     )?
                     .query_row(params![status_type::STOP, super::NEVER_STARTED], |r| {
@@ -1536,9 +1536,17 @@ impl SessionStore for SqliteStore {
         now: i64,
     ) -> Result<Vec<i64>, StorageError> {
         self.engine.read(|c| {
-            // Through the pending rows due by now (few: those on their way), not the sessions.
+            // Through the pending rows that came due lately (those on their way: few but in a
+            // recovery), not the sessions.
             Ok(c.prepare_cached(
-                "SELECT DISTINCT o.access_session_id FROM accounting_outbox o                  JOIN access_sessions s ON s.id = o.access_session_id                  WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= ?3                  AND o.status_type = ?4 AND o.destination = ?5                  AND s.client_ip = ?2 AND s.organization_id = ?1 LIMIT 16",
+                "SELECT o.access_session_id FROM accounting_outbox o \
+                 JOIN access_sessions s ON s.id = o.access_session_id \
+                 WHERE o.delivered_at IS NULL AND o.dead_at IS NULL \
+                 AND o.next_attempt_at <= ?3 AND o.next_attempt_at > ?3 - ?5 \
+                 AND o.status_type = ?4 AND s.client_ip = ?2 AND s.organization_id = ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM accounting_outbox e WHERE e.access_session_id = o.access_session_id \
+                   AND e.destination = o.destination AND e.id < o.id AND e.delivered_at IS NULL AND e.dead_at IS NULL) \
+                 GROUP BY o.access_session_id ORDER BY MIN(o.id) LIMIT 16",
             )?
             .query_map(
                 params![
@@ -1546,7 +1554,7 @@ impl SessionStore for SqliteStore {
                     client_ip,
                     now,
                     status_type::STOP,
-                    AUTH_SERVER_DESTINATION
+                    super::STOPS_DUE_LATELY_MS
                 ],
                 |r| r.get(0),
             )?
