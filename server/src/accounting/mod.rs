@@ -156,6 +156,9 @@ pub struct Accounting {
     kept: claims::Kept,
     /// The held row that checks each down server checked by request ([`trials`]).
     carriers: Arc<trials::TrialCarriers>,
+    /// Told whenever a delivery of this process ends (however): a caller waiting on another
+    /// sender's outcome for a row ([`Accounting::deliver_now`]) looks again at once.
+    settled: Arc<Notify>,
 }
 
 /// Start rows [`Accounting`] remembers refused attempts of, at most.
@@ -448,6 +451,7 @@ impl Accounting {
             unseen: Arc::default(),
             kept: claims::Kept::new(storage.clone()),
             carriers: Arc::default(),
+            settled: Arc::new(Notify::new()),
             storage,
         }
     }
@@ -566,7 +570,12 @@ impl Accounting {
                     }
                 }
             }
-            // Someone else holds the claim (the background loop): wait for its outcome.
+            // Someone else holds the claim (the background loop, a user's Stop sent in the
+            // background): wait for its outcome — told at once when that sender is this
+            // process, else seen at the next look (another replica's).
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
             if self
                 .storage
                 .outbox_delivered(session_id, status_type)
@@ -588,7 +597,8 @@ impl Accounting {
             if Instant::now() >= deadline {
                 return Ok(false);
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let look_again = (Instant::now() + Duration::from_millis(20)).min(deadline);
+            let _ = tokio::time::timeout_at(look_again, settled).await;
         }
     }
 
@@ -668,8 +678,10 @@ impl Accounting {
                 .claim_session_copies(session_id, now, now + CLAIM_LEASE_MS)
                 .await?;
             if copies.is_empty() {
-                // Being sent by the delivery loop: wait for its outcome.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // Being sent by the delivery loop: wait for its outcome (told at once by this
+                // process's deliveries, else seen at the next look).
+                let settled = self.settled.notified();
+                let _ = tokio::time::timeout(Duration::from_millis(20), settled).await;
                 continue;
             }
             let mut sent = JoinSet::new();
@@ -855,6 +867,7 @@ impl Accounting {
             outcome = self.deliver_once(row, deadline, known, org_checked) => outcome,
         };
         drop(holding);
+        self.settled.notify_waiters();
         // Only the database away: an error of the data itself (a row without its session)
         // would fail again at once, and is left to its lease as before.
         if matches!(&outcome, Err(OutboxError::Storage(e)) if e.is_unavailable()) {
