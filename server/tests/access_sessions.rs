@@ -582,21 +582,7 @@ async fn signing_in_again_right_after_a_disconnect_sends_the_start_after_the_sto
     let page = browser.login("erin", "erin-pass").await;
     assert_eq!(page.path, "/session", "{}", page.body);
 
-    radius.wait_for_acct(&["status=Stop", &old]).await;
-    radius.wait_for_acct(&["status=Start", "user=erin"]).await;
-    let lines = radius.acct_lines();
-    let stop_at = lines
-        .iter()
-        .position(|l| l.contains("status=Stop") && l.contains(&old))
-        .unwrap();
-    let start_at = lines
-        .iter()
-        .position(|l| l.contains("status=Start") && l.contains("user=erin"))
-        .unwrap();
-    assert!(
-        stop_at < start_at,
-        "the old session's Stop reaches the server before the new Start: {lines:#?}"
-    );
+    stop_reaches_the_server_before_start(&radius, &old, "user=erin").await;
     app.stop().await;
 }
 
@@ -630,22 +616,26 @@ async fn a_sign_in_sends_the_addresss_due_stop_of_a_session_ended_elsewhere_firs
         .unwrap());
     let page = app.browser(CLIENT).login("erin", "erin-pass").await;
     assert_eq!(page.path, "/session", "{}", page.body);
-    radius.wait_for_acct(&["status=Stop", &old]).await;
-    radius.wait_for_acct(&["status=Start", "user=erin"]).await;
+    stop_reaches_the_server_before_start(&radius, &old, "user=erin").await;
+    app.stop().await;
+}
+
+/// Waits for the Stop of the session `sid` (`sid=…`) and for a Start with `start` at `radius`,
+/// and checks that the server got that Stop first.
+async fn stop_reaches_the_server_before_start(radius: &FreeRadius, sid: &str, start: &str) {
+    radius.wait_for_acct(&["status=Stop", sid]).await;
+    radius.wait_for_acct(&["status=Start", start]).await;
     let lines = radius.acct_lines();
-    let stop_at = lines
-        .iter()
-        .position(|l| l.contains("status=Stop") && l.contains(&old))
-        .unwrap();
-    let start_at = lines
-        .iter()
-        .position(|l| l.contains("status=Start") && l.contains("user=erin"))
-        .unwrap();
+    let at = |status: &str, fragment: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(status) && l.contains(fragment))
+            .unwrap()
+    };
     assert!(
-        stop_at < start_at,
+        at("status=Stop", sid) < at("status=Start", start),
         "the earlier session's Stop reaches the server before the new Start: {lines:#?}"
     );
-    app.stop().await;
 }
 
 /// A browser signed in that signs in again from another address (a laptop moved to another

@@ -195,6 +195,20 @@ async fn radius_test_tests_the_accounting_port_too() {
     );
 }
 
+/// An Access-Reject (or Accounting-Response) for `request`, signed with the shared secret:
+/// Response Authenticator = MD5(head, Request Authenticator, secret).
+fn signed_reject(request: &[u8]) -> Vec<u8> {
+    use md5::{Digest, Md5};
+    let code = if request[0] == 4 { 5 } else { 3 };
+    let mut reply = vec![code, request[1], 0, 20];
+    let mut md5 = Md5::new();
+    md5.update(&reply);
+    md5.update(&request[4..20]);
+    md5.update(SECRET.as_bytes());
+    reply.extend_from_slice(&md5.finalize());
+    reply
+}
+
 /// A stand-in RADIUS server for what FreeRADIUS will not do: each request read from `asked`
 /// (at least a header) is answered from `answers` with `reply(request)`, until the test ends.
 fn answer_each_request(
@@ -245,22 +259,10 @@ async fn radius_test_names_a_reply_signed_with_another_secret() {
 /// NAT) — correctly signed: the line says where the reply came from, not "no reply".
 #[tokio::test]
 async fn radius_test_names_a_reply_from_another_address() {
-    use md5::{Digest, Md5};
     let asked = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = asked.local_addr().unwrap().port();
     let answers = std::net::UdpSocket::bind(("127.0.0.2", port)).unwrap();
-    answer_each_request(asked, answers, |request| {
-        // An Access-Reject (or Accounting-Response) for the request, signed with the shared
-        // secret: Response Authenticator = MD5(head, Request Authenticator, secret).
-        let code = if request[0] == 4 { 5 } else { 3 };
-        let mut reply = vec![code, request[1], 0, 20];
-        let mut md5 = Md5::new();
-        md5.update(&reply);
-        md5.update(&request[4..20]);
-        md5.update(SECRET.as_bytes());
-        reply.extend_from_slice(&md5.finalize());
-        reply
-    });
+    answer_each_request(asked, answers, signed_reject);
     let dir = tempfile::tempdir().unwrap();
     let path = one_server(
         &dir,
@@ -282,21 +284,11 @@ async fn radius_test_names_a_reply_from_another_address() {
 /// named as such too.
 #[tokio::test]
 async fn radius_test_names_a_reply_from_another_port() {
-    use md5::{Digest, Md5};
     let asked = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = asked.local_addr().unwrap().port();
     let answers = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let other = answers.local_addr().unwrap().port();
-    answer_each_request(asked, answers, |request| {
-        let code = if request[0] == 4 { 5 } else { 3 };
-        let mut reply = vec![code, request[1], 0, 20];
-        let mut md5 = Md5::new();
-        md5.update(&reply);
-        md5.update(&request[4..20]);
-        md5.update(SECRET.as_bytes());
-        reply.extend_from_slice(&md5.finalize());
-        reply
-    });
+    answer_each_request(asked, answers, signed_reject);
     let dir = tempfile::tempdir().unwrap();
     let path = one_server(
         &dir,
