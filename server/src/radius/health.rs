@@ -438,36 +438,34 @@ impl ServerHealth {
         now: Instant,
     ) {
         let target = self.target(server, port);
-        let checked = {
+        let still_checked = {
             let mut registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            registry.idle.get_mut(&target).map(|check| {
-                check.checking = false;
-                check.server.status_check == StatusCheck::StatusServer
-            })
+            registry
+                .idle
+                .get_mut(&target)
+                .map(|check| check.checking = false)
+                .is_some()
         };
-        if checked != Some(true) || self.retired(target) {
-            return;
-        }
-        match answered {
-            None => return,
-            Some(true) => {
-                self.with(target, |e| e.probe_answered = true);
-                return;
+        if still_checked && !self.retired(target) {
+            match answered {
+                Some(true) => self.with(target, |e| e.probe_answered = true),
+                Some(false) => {
+                    tracing::info!(server = %server.name, addr = %address(server, port), ?port,
+                        "RADIUS server idle and its Status-Server check went unanswered");
+                    self.record_failure(server, port);
+                    if self.target_up(target) {
+                        let soon = now + self.policy.probe_interval;
+                        let mut registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(check) = registry.idle.get_mut(&target) {
+                            check.next = check.next.min(soon);
+                        }
+                    }
+                }
+                None => {}
             }
-            Some(false) => {}
         }
-        tracing::info!(server = %server.name, addr = %address(server, port), ?port,
-            "RADIUS server idle and its Status-Server check went unanswered");
-        self.record_failure(server, port);
-        if self.target_up(target) {
-            let soon = now + self.policy.probe_interval;
-            let mut registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(check) = registry.idle.get_mut(&target) {
-                check.next = check.next.min(soon);
-            }
-            drop(registry);
-            self.opened.notify_one();
-        }
+        // Left out of the prober's schedule while it was out: the prober schedules its next.
+        self.opened.notify_one();
     }
 
     /// A probe of `server` at `port` went unanswered: it is down rather than flapping, so its
@@ -1043,8 +1041,14 @@ mod tests {
         // While they are out, no second check goes.
         let (due, _) = health.take_due_probes_at(t + 2 * minute);
         assert!(due.is_empty(), "{due:?}");
-        // Its authentication port answers; its accounting port does not.
+        // Its authentication port answers; its accounting port does not. Each outcome wakes
+        // the prober, which left the target out of its schedule while the check was out.
+        let _ = tokio::time::timeout(Duration::from_millis(10), health.opened().notified()).await;
+        let woken = health.opened().notified();
         health.record_idle_check_at(&backup, Port::Auth, Some(true), t);
+        tokio::time::timeout(Duration::from_secs(10), woken)
+            .await
+            .expect("the prober is woken to schedule the next check");
         health.record_idle_check_at(&backup, Port::Acct, Some(false), t);
         assert!(health.is_up(&backup, Port::Acct), "one failure of two");
         let (due, next) = health.take_due_probes_at(t + second);
