@@ -29,6 +29,13 @@ pub enum PortalError {
         /// Reply-Message attribute(s) from the Access-Reject.
         message: Option<String>,
     },
+    /// The RADIUS server asked for an extra step (Access-Challenge: a second factor, EAP) that
+    /// a PAP sign-in form cannot give; `message` is its Reply-Message, if any.
+    #[error("{}", challenge_text(.message))]
+    ChallengeUnsupported {
+        /// Reply-Message attribute(s) from the Access-Challenge.
+        message: Option<String>,
+    },
     /// The organization is disabled (or unknown): nothing was sent to RADIUS.
     #[error("This organization is disabled. Please contact your network administrator.")]
     OrganizationDisabled,
@@ -120,6 +127,15 @@ fn rejected_text(message: &Option<String>) -> String {
     }
 }
 
+/// The server's words ask for something the page has no field for: said as what the server
+/// asked, after what the user can do.
+fn challenge_text(message: &Option<String>) -> String {
+    match message {
+        Some(m) if !m.trim().is_empty() => format!("Sign-in refused: this sign-in needs an extra step that this portal does not support; contact your network administrator (the server asked: \"{}\")", m.trim()),
+        _ => "Sign-in refused: this sign-in needs an extra step (Access-Challenge) that this portal does not support; contact your network administrator.".to_string(),
+    }
+}
+
 /// The wire form of [`PortalError`]: every field a variant may carry, all optional but `error`.
 #[derive(Serialize, Deserialize, Default)]
 struct WireError {
@@ -142,6 +158,7 @@ impl PortalError {
         match self {
             PortalError::InvalidInput { .. } => "InvalidInput",
             PortalError::Rejected { .. } => "Rejected",
+            PortalError::ChallengeUnsupported { .. } => "ChallengeUnsupported",
             PortalError::OrganizationDisabled => "OrganizationDisabled",
             PortalError::ServersUnavailable => "ServersUnavailable",
             PortalError::AccountingUnavailable => "AccountingUnavailable",
@@ -167,7 +184,9 @@ impl Serialize for PortalError {
         };
         match self {
             PortalError::InvalidInput { field, .. } => wire.field = Some(field.clone()),
-            PortalError::Rejected { message } => wire.reply_message = message.clone(),
+            PortalError::Rejected { message } | PortalError::ChallengeUnsupported { message } => {
+                wire.reply_message = message.clone()
+            }
             PortalError::RateLimited { retry_after_secs } => {
                 wire.retry_after_secs = Some(*retry_after_secs)
             }
@@ -188,6 +207,9 @@ impl<'de> Deserialize<'de> for PortalError {
                 message: wire.message,
             },
             "Rejected" => PortalError::Rejected {
+                message: wire.reply_message,
+            },
+            "ChallengeUnsupported" => PortalError::ChallengeUnsupported {
                 message: wire.reply_message,
             },
             "OrganizationDisabled" => PortalError::OrganizationDisabled,
@@ -295,6 +317,10 @@ mod tests {
                 message: Some("Account locked".into()),
             },
             PortalError::Rejected { message: None },
+            PortalError::ChallengeUnsupported {
+                message: Some("Enter the code".into()),
+            },
+            PortalError::ChallengeUnsupported { message: None },
             PortalError::RateLimited {
                 retry_after_secs: 7,
             },

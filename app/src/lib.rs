@@ -214,7 +214,7 @@ fn set_content_security_policy() {
 
 /// The CSP source of the sign-in page's script ([`pages::login::SIGN_IN_SCRIPT`]; the server's
 /// unit test checks it is that script's SHA-256).
-pub const SIGN_IN_SCRIPT_HASH: &str = "sha256-sRDrMI4X5I2NTlgSA2YFTqLYSPI4il6slFLLvzpF3Zg=";
+pub const SIGN_IN_SCRIPT_HASH: &str = "sha256-hQdZKIVv/3YdXv+IW8ShzFy4abj90/5aSvbJpPSN83A=";
 
 /// The strict CSP of design.md §6 with `nonce` for the page's scripts.
 #[cfg(feature = "ssr")]

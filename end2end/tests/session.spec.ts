@@ -97,6 +97,21 @@ test("a sign-in under way says so on its button", async ({ page }) => {
   await expect(page).toHaveURL(url("/"));
 });
 
+test("a sign-in stopped with Escape gives the button its label back", async ({ page }) => {
+  await page.goto(url("/"));
+  // The form's submit event as a sign-in under way sees it, without its navigation (a page
+  // cannot be read while one is pending): the browser's stop leaves the page as it is then.
+  const button = page.getByRole("button", { name: /Sign in|Signing in/ });
+  await page.locator("form").evaluate((form) =>
+    form.dispatchEvent(new Event("submit", { bubbles: true, cancelable: true })),
+  );
+  await expect(button).toHaveText("Signing in…");
+  await expect(page.locator("form[aria-busy=true]")).toHaveCount(1);
+  await page.keyboard.press("Escape");
+  await expect(button).toHaveText("Sign in");
+  await expect(page.locator("form[aria-busy]")).toHaveCount(0);
+});
+
 test("the login page downloads no WebAssembly", async ({ page }) => {
   const wasm: string[] = [];
   page.on("request", (r) => {

@@ -70,12 +70,7 @@ async fn main() -> anyhow::Result<()> {
         let mut marks = tokio::task::JoinSet::new();
         for start in starts {
             let storage = storage.clone();
-            marks.spawn(async move {
-                storage
-                    .mark_delivered(start.id, now, None)
-                    .await
-                    .map(|_| ())
-            });
+            marks.spawn(async move { storage.mark_delivered(&start, now, None).await.map(|_| ()) });
         }
         while let Some(done) = marks.join_next().await {
             done??;

@@ -589,6 +589,12 @@ async fn check_against_database(
             reason,
             refused: false,
         })) => not_checked(reason),
+        // A damaged file is refused by `serve` whoever runs it (not a permission of this
+        // user's, nor a server away for now).
+        Ok(Err(e)) if e.is_damaged() => bail!(
+            "`serve` would refuse the database {location}: it is damaged ({}); restore it from a backup",
+            crate::portal_backend::error_chain(&e)
+        ),
         Ok(Err(e)) => not_checked(format!(
             "cannot be opened ({})",
             crate::portal_backend::error_chain(&e)

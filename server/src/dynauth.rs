@@ -783,6 +783,7 @@ mod tests {
             stopped_at: None,
             terminate_cause: None,
             nas: None,
+            replaced_by: None,
         }
     }
 

@@ -9,8 +9,8 @@
 //! ids or `unknown`, routes are the router's templates or `other`.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::{sync::Arc, time::Duration};
 
@@ -32,6 +32,7 @@ struct Inner {
     outbox_oldest: Gauge,
     dead_letters: IntGauge,
     dead_stops: IntGauge,
+    late_stops: IntCounter,
     breaker: IntGaugeVec,
     tasks_down: IntGauge,
     database_up: IntGauge,
@@ -241,6 +242,14 @@ impl Metrics {
             "portal_accounting_dead_stops",
             "Accounting-Stops given up whose session's Start may have reached a server (an identity it may keep)",
         );
+        let late_stops = register(
+            &r,
+            IntCounter::new(
+                "portal_accounting_late_stops_total",
+                "Accounting-Stops acknowledged after the Start of a newer session at their address (that session then sent an Interim-Update)",
+            )
+            .unwrap_or_else(|_| unreachable_metric("portal_accounting_late_stops_total")),
+        );
         let breaker = gauge_vec(
             &r,
             "portal_radius_breaker_state",
@@ -295,6 +304,7 @@ impl Metrics {
             outbox_oldest,
             dead_letters,
             dead_stops,
+            late_stops,
             breaker,
             tasks_down,
             database_up,
@@ -357,6 +367,11 @@ impl Metrics {
                 failures.with_label_values(&[server, address, port]);
             }
         }
+    }
+
+    /// A Stop was acknowledged after the Start of a newer session at its address.
+    pub fn late_stop(&self) {
+        self.0.late_stops.inc();
     }
 
     /// A session stopped `lag` after its deadline.
@@ -469,6 +484,7 @@ mod tests {
             Duration::from_millis(4),
         );
         m.expired(Duration::from_millis(20));
+        m.late_stop();
         let text = m.render(&Snapshot {
             database_unreadable: false,
             active_sessions: vec![("acme".into(), 3)],
@@ -502,6 +518,7 @@ mod tests {
             "portal_accounting_oldest_seconds 7",
             "portal_accounting_dead_letters 1",
             "portal_accounting_dead_stops 1",
+            "portal_accounting_late_stops_total 1",
             "portal_radius_breaker_state{address=\"127.0.0.1:1812\"} 1",
             "portal_background_tasks_down 0",
             "portal_database_commits_total{synchronous=\"full\"} 5",

@@ -265,17 +265,36 @@ impl PortalBackend {
         }
     }
 
-    /// The state of access session `id` as the session page shows it. A session whose deadline
+    /// The state of the session a browser linked to access session `id` holds
+    /// ([`AccessSessions::browsers`]) as the session page shows it. A session whose deadline
     /// has passed counts as ended even before the expiry task has stopped it.
     pub async fn status_of(&self, id: Option<i64>) -> Result<SessionStatus, PortalError> {
+        Ok(self.status_and_session(id, Follow::Replacements).await?.0)
+    }
+
+    /// [`Self::status_of`], and the id of the session it is of (where `id` was followed to);
+    /// with [`Follow::No`], of `id`'s own session.
+    async fn status_and_session(
+        &self,
+        id: Option<i64>,
+        follow: Follow,
+    ) -> Result<(SessionStatus, Option<i64>), PortalError> {
         let Some(id) = id else {
-            return Ok(SessionStatus::NoSession);
+            return Ok((SessionStatus::NoSession, None));
         };
-        let Some(s) = self.sessions.record(id).await.map_err(user_error)? else {
-            return Ok(SessionStatus::NoSession);
+        let found = match follow {
+            Follow::Replacements => self.sessions.browsers(id).await,
+            Follow::No => self.sessions.record(id).await,
         };
+        let Some(s) = found.map_err(user_error)? else {
+            return Ok((SessionStatus::NoSession, Some(id)));
+        };
+        Ok((self.status_of_record(&s), Some(s.id)))
+    }
+
+    fn status_of_record(&self, s: &AccessSessionRecord) -> SessionStatus {
         if s.active && s.expires_at > now_ms() {
-            return Ok(SessionStatus::Active(self.view(&s)));
+            return SessionStatus::Active(self.view(s));
         }
         let expired = match timing::ends_by(s.expires_at, s.limit_at) {
             EndsBy::Limit => EndReason::LimitReached,
@@ -301,7 +320,7 @@ impl PortalBackend {
             Some(cause::PORT_PREEMPTED) => EndReason::Replaced,
             Some(_) => EndReason::Failed,
         };
-        Ok(SessionStatus::Ended(reason))
+        SessionStatus::Ended(reason)
     }
 
     /// [`Self::status_of`] for a page of organization `org` at client address `ip`. Without a
@@ -314,12 +333,28 @@ impl PortalBackend {
         scope: &OrgScope,
         ip: Option<IpAddr>,
     ) -> Result<SessionStatus, PortalError> {
-        let status = match self.status_of(id).await? {
+        Ok(self
+            .status_and_session_for(id, scope, ip, Follow::Replacements)
+            .await?
+            .0)
+    }
+
+    /// [`Self::status_for`], and the id of the session it is of ([`Self::status_of`]'s; with
+    /// [`Follow::No`], `id`'s own).
+    pub async fn status_and_session_for(
+        &self,
+        id: Option<i64>,
+        scope: &OrgScope,
+        ip: Option<IpAddr>,
+        follow: Follow,
+    ) -> Result<(SessionStatus, Option<i64>), PortalError> {
+        let (status, of) = self.status_and_session(id, follow).await?;
+        let status = match status {
             SessionStatus::Active(view) => SessionStatus::Active(self.seen_from(scope, view)),
             other => other,
         };
         let (SessionStatus::NoSession, Some(ip)) = (&status, ip) else {
-            return Ok(status);
+            return Ok((status, of));
         };
         let running = self
             .sessions
@@ -327,8 +362,8 @@ impl PortalBackend {
             .await
             .map_err(user_error)?;
         Ok(match running {
-            Some(_) => SessionStatus::Ended(EndReason::NotLinked),
-            None => status,
+            Some(_) => (SessionStatus::Ended(EndReason::NotLinked), of),
+            None => (status, of),
         })
     }
 
@@ -388,7 +423,14 @@ impl PortalBackend {
         org: &str,
     ) -> Result<Option<AccessSessionRecord>, PortalError> {
         match self.linked_session_id(web, org).await? {
-            Some(id) => self.sessions.active(id).await.map_err(user_error),
+            // The session the browser holds: one a sign-in of the same browser replaced is
+            // followed to the one that replaced it.
+            Some(id) => Ok(self
+                .sessions
+                .browsers(id)
+                .await
+                .map_err(user_error)?
+                .filter(|s| s.active && s.expires_at > now_ms())),
             None => Ok(None),
         }
     }
@@ -711,6 +753,16 @@ impl PortalBackend {
     }
 }
 
+/// Whether a browser's link to a session is followed to the session a sign-in of the same
+/// browser replaced it with ([`AccessSessions::browsers`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Follow {
+    /// To the session the browser holds now (a page about to be shown).
+    Replacements,
+    /// The linked session itself (a page shown already, which is about that one).
+    No,
+}
+
 /// A sign-in's checks passed: what it needs to go on (see [`PortalService::login`]).
 enum Prepared {
     /// Answered without a sign-in of its own: the browser's session (the same sign-in sent
@@ -864,13 +916,8 @@ fn user_error(error: SessionError) -> PortalError {
         SessionError::Rejected { reply_message } => PortalError::Rejected {
             message: reply_message.map(shortened),
         },
-        SessionError::ChallengeUnsupported { reply_message } => PortalError::Rejected {
-            message: Some(match reply_message.map(shortened) {
-                // The server's words ask for something the page has no field for: said as
-                // what the server asked, after what the user can do.
-                Some(m) => format!("this sign-in needs an extra step that this portal does not support; contact your network administrator (the server asked: \"{m}\")"),
-                None => "this sign-in needs an extra step (Access-Challenge) that this portal does not support; contact your network administrator".into(),
-            }),
+        SessionError::ChallengeUnsupported { reply_message } => PortalError::ChallengeUnsupported {
+            message: reply_message.map(shortened),
         },
         SessionError::UnusableAccept { problem } => PortalError::UnusableAnswer { problem },
         SessionError::OrganizationDisabled => PortalError::OrganizationDisabled,
@@ -908,7 +955,9 @@ fn user_error(error: SessionError) -> PortalError {
 pub fn status_of(error: &PortalError) -> StatusCode {
     match error {
         PortalError::InvalidInput { .. } | PortalError::AddressUnknown => StatusCode::BAD_REQUEST,
-        PortalError::Rejected { .. } | PortalError::NoSession => StatusCode::UNAUTHORIZED,
+        PortalError::Rejected { .. }
+        | PortalError::ChallengeUnsupported { .. }
+        | PortalError::NoSession => StatusCode::UNAUTHORIZED,
         PortalError::OrganizationDisabled | PortalError::Forbidden => StatusCode::FORBIDDEN,
         PortalError::ServersUnavailable
         | PortalError::AccountingUnavailable
@@ -1350,9 +1399,7 @@ mod tests {
                 },
             ] {
                 let shown = user_error(error);
-                let PortalError::Rejected { message: Some(m) } = &shown else {
-                    panic!("{shown:?}")
-                };
+                let m = shown.to_string();
                 assert!(
                     m.contains(&text[..text.chars().next().unwrap().len_utf8()]),
                     "{m}"

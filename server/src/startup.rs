@@ -138,12 +138,22 @@ async fn own_sqlite_database(path: &std::path::Path) -> anyhow::Result<std::fs::
             .with_context(|| format!("while creating the directory {}", dir.display()))?;
     }
     let lock = sqlite_lock_path(path);
-    let file = std::fs::OpenOptions::new()
+    let file = match std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock)
-        .with_context(|| format!("while opening {}", lock.display()))?;
+    {
+        Ok(file) => file,
+        Err(e) => {
+            // Said as `check-config` says it (this user cannot write in the directory, …),
+            // where it can tell.
+            if let Some(problem) = crate::storage::sqlite::write_access_problem(path, true) {
+                anyhow::bail!(problem);
+            }
+            return Err(e).with_context(|| format!("while opening {}", lock.display()));
+        }
+    };
     let deadline = tokio::time::Instant::now() + SQLITE_OWNER_WAIT;
     loop {
         match file.try_lock() {
@@ -485,7 +495,7 @@ impl Application {
                     radius.clone().run_prober(
                         move || {
                             configured.warn_about_secrets_that_differ();
-                            configured.servers()
+                            (configured.servers(), configured.enabled_servers())
                         },
                         organizations.changes(),
                         shutdown.clone(),

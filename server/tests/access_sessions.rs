@@ -203,6 +203,14 @@ async fn a_name_the_server_gave_is_shown_as_it_is_not_mirrored() {
     let page = browser.login("mirror", "mirror-pass").await;
     assert_eq!(page.path, "/session", "{}", page.body);
     assert!(page.body.contains("admin⟨U+202E⟩gnp.exe"), "{}", page.body);
+    // Laid out in its own direction (a right-to-left name in a left-to-right page), as the
+    // server's message is.
+    assert!(
+        page.body
+            .contains(r#"<dd data-testid="username" dir="auto">admin⟨U+202E⟩gnp.exe</dd>"#),
+        "{}",
+        page.body
+    );
     assert!(!page.body.contains('\u{202E}'), "{}", page.body);
     app.stop().await;
 }
@@ -232,6 +240,28 @@ async fn an_access_challenge_is_final_and_says_so() {
         page.body
     );
     assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
+    // A script is told which answer it was, with the server's words as they came (as for an
+    // Access-Reject), the sentence in `message`.
+    let answer = app
+        .browser(Ipv4Addr::new(127, 0, 0, 45))
+        .login_as_script("chris", "chris-pass")
+        .await;
+    assert_eq!(answer.status(), 401);
+    let body: serde_json::Value = serde_json::from_str(&answer.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "ChallengeUnsupported", "{body}");
+    let asked = body["reply_message"].as_str().unwrap();
+    assert!(
+        asked.starts_with("Enter the code we sent to your phone"),
+        "{body}"
+    );
+    assert!(!asked.contains("portal"), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("extra step that this portal does not support"),
+        "{body}"
+    );
     assert!(
         backup.auth_lines().is_empty(),
         "the backup was not asked: {:#?}",
@@ -357,7 +387,8 @@ async fn spaces_around_a_username_are_not_part_of_it() {
     let page = browser.login(" carol\u{a0}", "carol-pass").await;
     assert_eq!(page.path, "/session", "{}", page.body);
     assert!(
-        page.body.contains(r#"data-testid="username">carol<"#),
+        page.body
+            .contains(r#"data-testid="username" dir="auto">carol<"#),
         "{}",
         page.body
     );
@@ -779,7 +810,103 @@ async fn a_browsers_sign_ins_from_two_addresses_at_once_leave_one_session() {
     let here = app.browser_with_jar(Ipv4Addr::new(127, 0, 0, 41), jar.clone());
     let there = app.browser_with_jar(Ipv4Addr::new(127, 0, 0, 42), jar);
     let token = here.form_token("/").await;
-    let form = carol_form(&token);
+    let running = carol_signs_in_from_both(&app, (&here, &there), &token).await;
+    let stop = radius
+        .wait_for_acct(&["status=Stop", "cause=Port-Preempted"])
+        .await;
+    assert_ne!(field(&stop, "sid"), running.acct_session_id);
+    // The browser's page is that session's; its Disconnect ends it.
+    let page = here.get("/session").await;
+    assert!(page.body.contains("You are connected"), "{}", page.body);
+    let page = here.post_form("/api/disconnect", "/session", &[]).await;
+    assert_eq!(page.path, "/");
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
+    app.stop().await;
+}
+
+/// Two sign-ins of one browser sent together answer with a cookie each, and the browser keeps
+/// one: here the one of the session the other sign-in replaced (two tabs that keep their own
+/// cookies after a restart; a client library). That browser still holds the session that runs
+/// — its page shows it and its Disconnect ends it — not a session ended as "replaced" while
+/// the one that replaced it runs on where no page of it shows it.
+#[tokio::test]
+async fn a_browser_keeping_the_cookie_of_its_replaced_sign_in_holds_the_session_that_replaced_it() {
+    use reqwest::cookie::CookieStore;
+    let (_radius, app, _dir) = portal_with_one_server().await;
+    let base: reqwest::Url = format!("http://{}/", app.addr).parse().unwrap();
+    let (here_ip, there_ip) = (Ipv4Addr::new(127, 0, 0, 43), Ipv4Addr::new(127, 0, 0, 44));
+    let here_jar = Arc::new(reqwest::cookie::Jar::default());
+    let here = app.browser_with_jar(here_ip, here_jar.clone());
+    let token = here.form_token("/").await;
+    // The other tab: the same cookie, kept apart from here on.
+    let there_jar = Arc::new(reqwest::cookie::Jar::default());
+    let cookies = here_jar.cookies(&base).unwrap();
+    for cookie in cookies.to_str().unwrap().split("; ") {
+        there_jar.add_cookie_str(cookie, &base);
+    }
+    let there = app.browser_with_jar(there_ip, there_jar);
+    let running = carol_signs_in_from_both(&app, (&here, &there), &token).await;
+    // The cookie of the session replaced: the other address's.
+    let (kept, stale) = if running.client_ip == here_ip.to_string() {
+        (here, there)
+    } else {
+        (there, here)
+    };
+    let page = stale.get("/session").await;
+    assert!(page.body.contains("You are connected"), "{}", page.body);
+    let page = stale.post_form("/api/disconnect", "/session", &[]).await;
+    assert_eq!(page.path, "/");
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
+    // The other cookie's page says so too.
+    let page = kept.get("/session").await;
+    assert!(!page.body.contains("You are connected"), "{}", page.body);
+    app.stop().await;
+}
+
+/// A session page's live stream is about the session the page showed: replaced by another
+/// sign-in of the browser a moment later (from another address: a replacement the browser's
+/// link follows), it says that session was replaced — the page around it (user, address,
+/// message) is that session's — and the page shown again is the session that runs.
+#[tokio::test]
+async fn a_pages_live_stream_says_its_session_was_replaced_though_the_link_follows() {
+    let (_radius, app, _dir) = portal_with_one_server().await;
+    let jar = Arc::new(reqwest::cookie::Jar::default());
+    let here = app.browser_with_jar(Ipv4Addr::new(127, 0, 0, 46), jar.clone());
+    let page = here.login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session");
+    let mut live = here
+        .http
+        .get(format!("{}/session/events", here.base))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut buffer = String::new();
+    let first = common::next_event(&mut live, &mut buffer).await;
+    assert!(first.contains("Active"), "{first}");
+    let there = app.browser_with_jar(Ipv4Addr::new(127, 0, 0, 47), jar);
+    assert_eq!(there.login("carol", "carol-pass").await.path, "/session");
+    let replaced = tokio::time::timeout(
+        Duration::from_secs(10),
+        common::next_event(&mut live, &mut buffer),
+    )
+    .await
+    .expect("the page hears of it");
+    assert!(replaced.contains("Replaced"), "{replaced}");
+    let page = here.get("/session").await;
+    assert!(page.body.contains("You are connected"), "{}", page.body);
+    assert!(page.body.contains("127.0.0.47"), "{}", page.body);
+    app.stop().await;
+}
+
+/// carol's sign-in form (with `token`) sent by both browsers at once, each landing on the session
+/// page: the one session left running.
+async fn carol_signs_in_from_both(
+    app: &TestApp,
+    (here, there): (&Browser, &Browser),
+    token: &str,
+) -> radius_portal::storage::AccessSessionRecord {
+    let form = carol_form(token);
     let (first, second) = tokio::join!(
         here.post_raw("/api/login", "/", &form, &[]),
         there.post_raw("/api/login", "/", &form, &[]),
@@ -788,23 +915,13 @@ async fn a_browsers_sign_ins_from_two_addresses_at_once_leave_one_session() {
         (first.path.as_str(), second.path.as_str()),
         ("/session", "/session")
     );
-    let running = app
+    let mut running = app
         .storage
         .active_sessions_of(Some("acme"), 10)
         .await
         .unwrap();
     assert_eq!(running.len(), 1, "{running:?}");
-    let stop = radius
-        .wait_for_acct(&["status=Stop", "cause=Port-Preempted"])
-        .await;
-    assert_ne!(field(&stop, "sid"), running[0].acct_session_id);
-    // The browser's page is that session's; its Disconnect ends it.
-    let page = here.get("/session").await;
-    assert!(page.body.contains("You are connected"), "{}", page.body);
-    let page = here.post_form("/api/disconnect", "/session", &[]).await;
-    assert_eq!(page.path, "/");
-    assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
-    app.stop().await;
+    running.remove(0)
 }
 
 /// carol's sign-in form with the form token `token`.

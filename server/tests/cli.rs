@@ -552,6 +552,22 @@ fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
         "{on_postgres}"
     );
 
+    // A damaged database file is refused as `serve` refuses it, not only warned of.
+    let damaged = dir.path().join("damaged.db");
+    let mut bytes = b"SQLite format 3\0".to_vec();
+    bytes.resize(4096, 0xA5);
+    std::fs::write(&damaged, bytes).unwrap();
+    let output = portal(&["--config", good.to_str().unwrap(), "check-config"])
+        .env("PORTAL_DATABASE_PATH", &damaged)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("would refuse the database") && stderr.contains("damaged"),
+        "{stderr}"
+    );
+
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,

@@ -1565,49 +1565,7 @@ async fn a_sign_in_that_died_is_ended_and_one_under_way_is_left_to_finish() {
 #[tokio::test]
 async fn a_late_stop_of_a_replaced_session_is_followed_by_its_successors_interim_update() {
     let (radius, app, _dir) = portal_with_one_server().await;
-    let now = radius_portal::access_session::now_ms();
-    let address = client(90).to_string();
-    // Its Start claimed for an hour by a sender that never sends it.
-    let held = NewAccessSession {
-        start_claimed_until: Some(now + 3_600_000),
-        ..stored_session("held-by-the-dead", &address, now)
-    };
-    let claim = app
-        .storage
-        .open_session(&held)
-        .await
-        .unwrap()
-        .claimed_start
-        .unwrap();
-    // Carol signs in at that address: the replaced session's Stop cannot go first.
-    let successor = app
-        .sessions
-        .login("acme", "carol", "carol-pass", IpAddr::V4(client(90)))
-        .await
-        .unwrap();
-    let new_sid = format!("sid={} ", successor.acct_session_id);
-    radius.wait_for_acct(&["status=Start", &new_sid]).await;
-    // The holder's claim given up: the replaced session's Start and Stop go, then the
-    // successor's Interim-Update.
-    assert!(app.storage.renew_claim(&claim, now - 1).await.unwrap());
-    app.sessions.accounting().wake();
-    radius
-        .wait_for_acct(&["status=Interim-Update", &new_sid])
-        .await;
-    let lines = radius.acct_lines();
-    let at = |status: &str, sid: &str| {
-        let found: Vec<usize> = (0..lines.len())
-            .filter(|&i| lines[i].contains(&format!("status={status} ")) && lines[i].contains(sid))
-            .collect();
-        assert_eq!(found.len(), 1, "{status} of {sid}: {lines:?}");
-        found[0]
-    };
-    let old_sid = "sid=held-by-the-dead ";
-    assert!(at("Start", &new_sid) < at("Stop", old_sid), "{lines:?}");
-    assert!(
-        at("Stop", old_sid) < at("Interim-Update", &new_sid),
-        "{lines:?}"
-    );
+    let new_sid = late_stop_then_interim(&radius, &app, 90, false).await;
 
     // In order: carol signs in at that address again; her session's Stop goes first.
     let third = app
@@ -1618,15 +1576,10 @@ async fn a_late_stop_of_a_replaced_session_is_followed_by_its_successors_interim
     let third_sid = format!("sid={} ", third.acct_session_id);
     radius.wait_for_acct(&["status=Start", &third_sid]).await;
     let lines = radius.acct_lines();
-    let stop = lines
-        .iter()
-        .position(|l| l.contains("status=Stop ") && l.contains(&new_sid))
-        .unwrap();
-    let start = lines
-        .iter()
-        .position(|l| l.contains("status=Start ") && l.contains(&third_sid))
-        .unwrap();
-    assert!(stop < start, "{lines:?}");
+    assert!(
+        line_of(&lines, "Stop", &new_sid) < line_of(&lines, "Start", &third_sid),
+        "{lines:?}"
+    );
     app.stop().await;
     assert!(
         !radius
@@ -1636,6 +1589,84 @@ async fn a_late_stop_of_a_replaced_session_is_followed_by_its_successors_interim
         "{:?}",
         radius.acct_lines()
     );
+}
+
+/// Any session's Stop that went after the next session's Start at its address — here a
+/// Disconnect's, which no sign-in replaced (the next sign-in came once it had ended) — is
+/// followed by that session's Interim-Update, and counted.
+#[tokio::test]
+async fn a_disconnects_late_stop_is_followed_by_the_next_sessions_interim_update() {
+    let (radius, app, _dir) = portal_with_one_server().await;
+    late_stop_then_interim(&radius, &app, 91, true).await;
+    let metrics = app
+        .radius
+        .metrics()
+        .render(&radius_portal::metrics::Snapshot::default());
+    assert!(
+        metrics.contains("portal_accounting_late_stops_total 1\n"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+/// A session of another user at `client(n)` whose Start a sender holds for an hour and never
+/// sends (a replica that died) — ended by a Disconnect first if `disconnected`, else replaced
+/// by the sign-in — then carol's sign-in there; once the holder's claim is given up, its Start
+/// and its Stop go, after carol's Start, and carol's session sends an Interim-Update after
+/// them. Gives the `sid=… ` fragment of carol's accounting lines.
+async fn late_stop_then_interim(
+    radius: &FreeRadius,
+    app: &TestApp,
+    n: u8,
+    disconnected: bool,
+) -> String {
+    let now = radius_portal::access_session::now_ms();
+    let old_sid = format!("held-by-the-dead-{n}");
+    let held = NewAccessSession {
+        start_claimed_until: Some(now + 3_600_000),
+        username: "dave".into(),
+        ..stored_session(&old_sid, &client(n).to_string(), now)
+    };
+    let opened = app.storage.open_session(&held).await.unwrap();
+    let claim = opened.claimed_start.unwrap();
+    if disconnected {
+        assert!(app.sessions.disconnect(opened.id).await.unwrap());
+    }
+    // Carol signs in at that address: the earlier session's Stop cannot go first.
+    let successor = app
+        .sessions
+        .login("acme", "carol", "carol-pass", IpAddr::V4(client(n)))
+        .await
+        .unwrap();
+    let new_sid = format!("sid={} ", successor.acct_session_id);
+    radius.wait_for_acct(&["status=Start", &new_sid]).await;
+    // The holder's claim given up: the earlier session's Start and Stop go, then the
+    // successor's Interim-Update.
+    assert!(app.storage.renew_claim(&claim, now - 1).await.unwrap());
+    app.sessions.accounting().wake();
+    radius
+        .wait_for_acct(&["status=Interim-Update", &new_sid])
+        .await;
+    let lines = radius.acct_lines();
+    let old_sid = format!("sid={old_sid} ");
+    assert!(
+        line_of(&lines, "Start", &new_sid) < line_of(&lines, "Stop", &old_sid),
+        "{lines:?}"
+    );
+    assert!(
+        line_of(&lines, "Stop", &old_sid) < line_of(&lines, "Interim-Update", &new_sid),
+        "{lines:?}"
+    );
+    new_sid
+}
+
+/// The index of the one accounting line of `status` with `sid` in it.
+fn line_of(lines: &[String], status: &str, sid: &str) -> usize {
+    let found: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains(&format!("status={status} ")) && lines[i].contains(sid))
+        .collect();
+    assert_eq!(found.len(), 1, "{status} of {sid}: {lines:?}");
+    found[0]
 }
 
 /// An accounting sender of the test's own beside the portal's (deliveries made by hand).

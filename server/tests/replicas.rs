@@ -8,7 +8,9 @@
 
 mod common;
 
-use common::{field, settings, wait_until, Browser, FreeRadius, PortalProcess, TestApp};
+use common::{
+    field, next_event, settings, wait_until, Browser, FreeRadius, PortalProcess, TestApp,
+};
 use radius_portal::{config::Secret, storage::Storage};
 use std::{net::Ipv4Addr, path::Path, time::Duration};
 
@@ -25,25 +27,6 @@ fn on_postgres(url: &str, radius: &FreeRadius) -> radius_portal::config::Setting
 /// Well under the open pages' 15 s re-sync: an event sooner than this came from the other
 /// replica's announcement, not from the page's periodic re-read.
 const NOTICE_DEADLINE: Duration = Duration::from_secs(5);
-
-/// The next `data:` of a Server-Sent Events response (comments and keep-alives skipped).
-async fn next_event(stream: &mut reqwest::Response, buffer: &mut String) -> String {
-    loop {
-        if let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) {
-                return data.trim().to_string();
-            }
-            continue;
-        }
-        let chunk = stream
-            .chunk()
-            .await
-            .unwrap()
-            .expect("the stream stays open");
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-    }
-}
 
 /// A replica's configuration file `name`.toml in `dir` on the PostgreSQL database `url`: one
 /// organization (`acme`, its window `window`) with one server at `(auth_port, acct_port)` and

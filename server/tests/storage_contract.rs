@@ -10,7 +10,7 @@ mod common;
 use radius_portal::{
     radius::{status_type, terminate_cause},
     storage::{
-        AccessSessionRecord, Acknowledged, Audit, DeleteOutcome, NewAccessSession,
+        AccessSessionRecord, Acknowledged, Audit, DeleteOutcome, Delivered, NewAccessSession,
         OrganizationWrite, SeedOutcome, SessionMatch, StopOutcome, Storage, StorageError,
         UpdateOutcome,
     },
@@ -150,7 +150,7 @@ on_both_backends!(
     claims_under_way_are_kept_together_and_only_while_they_are_the_senders,
     dead_letters_unblock_and_a_never_sent_start_takes_its_session_along,
     a_sign_in_lease_tells_a_dead_sign_in_from_one_under_way,
-    a_replaced_sessions_late_stop_has_its_successor_repeat_itself,
+    a_stop_after_a_newer_start_at_its_address_has_that_session_repeat_itself,
     disconnect_requests_find_sessions_by_id_address_user_and_class,
     periodic_interims_come_due_and_coalesce,
     session_time_is_the_difference_of_the_event_timestamps,
@@ -178,7 +178,7 @@ async fn an_addresss_stops_on_their_way_are_found(db: Db) {
         .await
         .unwrap()
         .unwrap();
-    s.mark_delivered(start.id, T0 + 1, None).await.unwrap();
+    s.mark_delivered(&start, T0 + 1, None).await.unwrap();
     let other = opened(s, login("10.0.7.2", T0, MINUTE)).await;
     let due = |org: &'static str, ip: &'static str, now: i64| async move {
         s.stops_due_at(org, ip, now).await.unwrap()
@@ -237,7 +237,7 @@ async fn an_addresss_stops_on_their_way_are_found(db: Db) {
         .await
         .unwrap()
         .expect("due again");
-    s.mark_delivered(stop.id, now + MINUTE, None).await.unwrap();
+    s.mark_delivered(&stop, now + MINUTE, None).await.unwrap();
     assert_eq!(
         due("acme", "10.0.7.1", now + MINUTE).await,
         Vec::<i64>::new(),
@@ -393,10 +393,61 @@ async fn a_second_login_of_a_client_preempts_the_first(db: Db) {
     assert_eq!(outbox_types(s, beta).await, [START]);
     // A session that ended already is not stopped twice.
     let mut again = login("10.0.0.5", T0 + 3 * MINUTE, 10 * MINUTE);
-    again.replaces = Some(second.id);
+    again.replaces = Some(first.id);
     assert!(s.open_session(&again).await.unwrap().preempted.is_empty());
-    assert_eq!(outbox_types(s, second.id).await, [START, STOP]);
+    assert_eq!(outbox_types(s, first.id).await, [START, STOP]);
     assert_eq!(s.active_sessions().await.unwrap(), 5);
+    // An address's session preempted (another browser's there), a browser's session replaced
+    // a minute on under another name: nothing to follow.
+    let replaced_by = |id: i64| async move { s.session(id).await.unwrap().unwrap().replaced_by };
+    assert_eq!(replaced_by(first.id).await, None);
+    assert_eq!(replaced_by(second.id).await, None);
+    // Two sign-ins of one browser sent together (dana's, a second apart, from two addresses):
+    // the first's session records the second's, and a browser still linked to it (the cookie
+    // of the first) replaces the one that replaced it, as many times over as it was.
+    let t1 = T0 + 6 * MINUTE;
+    let signed_in = |name: &str, ip: &str, at: i64, replaces: Option<i64>| NewAccessSession {
+        username: name.into(),
+        replaces,
+        ..login(ip, at, 10 * MINUTE)
+    };
+    let preempted = |opened: &radius_portal::storage::OpenedSession| -> Vec<i64> {
+        opened.preempted.iter().map(|p| p.id).collect()
+    };
+    let d1 = opened(s, signed_in("Dana", "10.0.0.8", t1, None)).await;
+    let d2 = s
+        .open_session(&signed_in("dana", "10.0.0.9", t1 + 1_000, Some(d1)))
+        .await
+        .unwrap();
+    assert_eq!(preempted(&d2), [d1]);
+    assert_eq!(replaced_by(d1).await, Some(d2.id));
+    let d3 = s
+        .open_session(&signed_in("dana", "10.0.0.10", t1 + 2_000, Some(d1)))
+        .await
+        .unwrap();
+    assert_eq!(preempted(&d3), [d2.id]);
+    assert_eq!(replaced_by(d2.id).await, Some(d3.id));
+    let d4 = s
+        .open_session(&signed_in("dana", "10.0.0.11", t1 + 3_000, Some(d1)))
+        .await
+        .unwrap();
+    assert_eq!(preempted(&d4), [d3.id]);
+    // Replaced under another name, or more than 10 s after it opened: not followed (a cookie
+    // shared with someone else's sign-in must not lead to that session).
+    let e1 = s
+        .open_session(&signed_in("eve", "10.0.0.12", t1 + 4_000, Some(d1)))
+        .await
+        .unwrap();
+    assert_eq!(preempted(&e1), [d4.id]);
+    assert_eq!(replaced_by(d4.id).await, None);
+    let e2 = s
+        .open_session(&signed_in("eve", "10.0.0.13", t1 + 15_000, Some(e1.id)))
+        .await
+        .unwrap();
+    assert_eq!(preempted(&e2), [e1.id]);
+    assert_eq!(replaced_by(e1.id).await, None);
+    assert_eq!(s.active_sessions().await.unwrap(), 6);
+    assert!(s.session(e2.id).await.unwrap().unwrap().active);
 }
 
 async fn a_disabled_organization_gets_no_session_and_a_stop_job(db: Db) {
@@ -696,7 +747,7 @@ async fn outbox_rows_go_in_order_and_no_claim_is_shared(db: Db) {
 
     // The Stops come due once their Starts are delivered.
     for row in &claimed {
-        s.mark_delivered(row.id, now, None).await.unwrap();
+        s.mark_delivered(row, now, None).await.unwrap();
     }
     assert!(s
         .outbox_delivered(sessions[0], status_type::START)
@@ -760,9 +811,10 @@ async fn a_stops_copies_are_queued_once_for_their_servers_alone(db: Db) {
         .unwrap()
         .unwrap();
     assert_eq!(
-        s.mark_delivered(start.id, T0 + 1, Some(&ack("primary", false)))
+        s.mark_delivered(&start, T0 + 1, Some(&ack("primary", false)))
             .await
-            .unwrap(),
+            .unwrap()
+            .copies,
         0
     );
     // An Interim-Update fails over to "backup".
@@ -776,9 +828,10 @@ async fn a_stops_copies_are_queued_once_for_their_servers_alone(db: Db) {
         .unwrap()
         .unwrap();
     assert_eq!(
-        s.mark_delivered(interim.id, T0 + 3, Some(&ack("backup", false)))
+        s.mark_delivered(&interim, T0 + 3, Some(&ack("backup", false)))
             .await
-            .unwrap(),
+            .unwrap()
+            .copies,
         0
     );
     assert_eq!(
@@ -819,16 +872,18 @@ async fn a_stops_copies_are_queued_once_for_their_servers_alone(db: Db) {
         .unwrap()
         .unwrap();
     assert_eq!(
-        s.mark_delivered(stop.id, T0 + MINUTE + 1, Some(&ack("backup", true)))
+        s.mark_delivered(&stop, T0 + MINUTE + 1, Some(&ack("backup", true)))
             .await
-            .unwrap(),
+            .unwrap()
+            .copies,
         2
     );
     // Recorded twice (a retried write): no second set of copies.
     assert_eq!(
-        s.mark_delivered(stop.id, T0 + MINUTE + 2, Some(&ack("backup", true)))
+        s.mark_delivered(&stop, T0 + MINUTE + 2, Some(&ack("backup", true)))
             .await
-            .unwrap(),
+            .unwrap()
+            .copies,
         0
     );
     assert_eq!(
@@ -890,9 +945,10 @@ async fn a_stops_copies_are_queued_once_for_their_servers_alone(db: Db) {
     );
     // A copy is delivered like any row, and copies nothing further.
     assert_eq!(
-        s.mark_delivered(copies[0].id, T0 + 2 * MINUTE, None)
+        s.mark_delivered(&copies[0], T0 + 2 * MINUTE, None)
             .await
-            .unwrap(),
+            .unwrap()
+            .copies,
         0
     );
     assert_eq!(s.outbox_backlog().await.unwrap(), 1);
@@ -991,7 +1047,7 @@ async fn a_failed_row_waits_and_retry_now_makes_it_due(db: Db) {
         .await
         .unwrap()
         .unwrap();
-    s.mark_delivered(second.id, T0 + 7, None).await.unwrap();
+    s.mark_delivered(&second, T0 + 7, None).await.unwrap();
     assert_eq!(s.waiting_rows(10).await.unwrap().len(), 1);
     assert!(s
         .claim_due_outbox(T0 + 1, T0 + MINUTE, 10)
@@ -1080,7 +1136,7 @@ async fn a_lapsed_claim_is_renewed_only_by_its_holder_and_a_transmission_always_
         .unwrap();
     assert_eq!((retried[0].attempts, retried[0].transmissions), (3, 1));
     // A settled row is nobody's to renew.
-    s.mark_delivered(retried[0].id, T0 + 8_500, None)
+    s.mark_delivered(&retried[0], T0 + 8_500, None)
         .await
         .unwrap();
     assert!(!s.renew_claim(&retried[0], T0 + 9_000).await.unwrap());
@@ -1109,9 +1165,7 @@ async fn claims_under_way_are_kept_together_and_only_while_they_are_the_senders(
     };
     // Held longer already (a sign-in waiting for replaced sessions' Stops): never shortened.
     assert!(s.renew_claim(longer, T0 + 200_000).await.unwrap());
-    s.mark_delivered(settled.id, T0 + 1_000, None)
-        .await
-        .unwrap();
+    s.mark_delivered(settled, T0 + 1_000, None).await.unwrap();
     // Run out and taken by another sender meanwhile: the old claim's token no longer matches.
     assert!(s.renew_claim(lapsed, T0 + 4_500).await.unwrap());
     let taken = s
@@ -1322,7 +1376,7 @@ async fn periodic_interims_come_due_and_coalesce(db: Db) {
         .await
         .unwrap();
     assert_eq!(interim.len(), 1, "only the Start is first in line");
-    s.mark_delivered(interim[0].id, T0 + 10 * MINUTE, None)
+    s.mark_delivered(&interim[0], T0 + 10 * MINUTE, None)
         .await
         .unwrap();
     let interim = s
@@ -1424,7 +1478,7 @@ async fn session_time_is_the_difference_of_the_event_timestamps(db: Db) {
                 row.event_at / 1000,
                 row.session_time_secs,
             ));
-            s.mark_delivered(row.id, far, None).await.unwrap();
+            s.mark_delivered(&row, far, None).await.unwrap();
         }
     }
     sent.sort();
@@ -1512,7 +1566,7 @@ async fn sign_ins_that_never_finished_end_as_they_would_have(db: Db) {
         .await
         .unwrap()
         .unwrap();
-    s.mark_delivered(row.id, T0 + 10, None).await.unwrap();
+    s.mark_delivered(&row, T0 + 10, None).await.unwrap();
     let young = opened(s, login("10.0.6.4", T0 + 5_000, MINUTE)).await;
 
     // The first one's Start is still claimed: a sign-in may be sending it.
@@ -1626,7 +1680,7 @@ async fn a_sign_in_lease_tells_a_dead_sign_in_from_one_under_way(db: Db) {
     finished.start_claimed_until = Some(T0 + 2 * MINUTE);
     let opened_finished = s.open_session(&finished).await.unwrap();
     let start = opened_finished.claimed_start.unwrap();
-    s.mark_delivered(start.id, T0 + 10, None).await.unwrap();
+    s.mark_delivered(&start, T0 + 10, None).await.unwrap();
     assert_eq!(
         s.end_abandoned_sign_in(opened_finished.id, later)
             .await
@@ -1638,31 +1692,179 @@ async fn a_sign_in_lease_tells_a_dead_sign_in_from_one_under_way(db: Db) {
     }
 }
 
-/// After a replaced session's Stop, the session that replaced it (same organization and
-/// address) gets an Interim-Update queued — only once its Start was acknowledged (the Stop came
-/// after it), and never a session of another address.
-async fn a_replaced_sessions_late_stop_has_its_successor_repeat_itself(db: Db) {
+/// A Stop acknowledged after the Start of a newer session of its organization and address
+/// (the Stop went after it) has that session's Interim-Update queued in the same write — a
+/// replaced session's Stop or any other, a copy too; not a Stop that went first, one recorded a
+/// second time, nor one at another address.
+async fn a_stop_after_a_newer_start_at_its_address_has_that_session_repeat_itself(db: Db) {
     let s = &db.storage;
+    let lease = T0 + 10 * MINUTE;
+    let deliver = |id: i64, status: u32, by: Option<&'static str>| async move {
+        let row = s
+            .claim_session_outbox(id, status, T0 + 3, lease)
+            .await
+            .unwrap()
+            .unwrap();
+        let ack = by.map(|by| Acknowledged {
+            access_session_id: id,
+            by,
+            own: "primary",
+            stop: status == status_type::STOP,
+        });
+        let delivered = s.mark_delivered(&row, T0 + 4, ack.as_ref()).await.unwrap();
+        (row, delivered)
+    };
+    let at = |ip: &str, at: i64| {
+        let mut new = login(ip, at, 10 * MINUTE);
+        new.acct_session_id = format!("sid-{ip}-{at}-again");
+        new
+    };
+    // In order: the replaced session's Stop before its successor's Start.
     let replaced = opened(s, login("10.0.8.1", T0, 10 * MINUTE)).await;
-    let elsewhere = opened(s, login("10.0.8.2", T0 + 1, 10 * MINUTE)).await;
-    let mut again = login("10.0.8.1", T0 + 2, 10 * MINUTE);
-    again.acct_session_id = "sid-again".into();
-    let successor = opened(s, again).await;
+    let successor = opened(s, at("10.0.8.1", T0 + 1)).await;
     assert!(!s.session(replaced).await.unwrap().unwrap().active);
-    assert_eq!(s.reassert_successor(replaced, T0 + 3).await.unwrap(), None);
-    let start = s
-        .claim_session_outbox(successor, status_type::START, T0 + 3, T0 + MINUTE)
-        .await
-        .unwrap()
-        .unwrap();
-    s.mark_delivered(start.id, T0 + 4, None).await.unwrap();
+    deliver(replaced, status_type::START, None).await;
     assert_eq!(
-        s.reassert_successor(replaced, T0 + 5).await.unwrap(),
-        Some(successor)
+        deliver(replaced, status_type::STOP, None).await.1,
+        Delivered::default()
+    );
+    deliver(successor, status_type::START, None).await;
+    assert_eq!(outbox_types(s, successor).await, [START]);
+
+    // Late: the successor's Start went first.
+    let replaced = opened(s, login("10.0.8.3", T0, 10 * MINUTE)).await;
+    let successor = opened(s, at("10.0.8.3", T0 + 1)).await;
+    deliver(replaced, status_type::START, None).await;
+    deliver(successor, status_type::START, None).await;
+    let (stop, delivered) = deliver(replaced, status_type::STOP, None).await;
+    assert_eq!(delivered.reasserted, Some(successor));
+    assert_eq!(outbox_types(s, successor).await, [START, INTERIM]);
+    // Recorded a second time (a retried write): nothing more.
+    assert_eq!(
+        s.mark_delivered(&stop, T0 + 5, None).await.unwrap(),
+        Delivered::default()
     );
     assert_eq!(outbox_types(s, successor).await, [START, INTERIM]);
-    assert_eq!(outbox_types(s, elsewhere).await, [START]);
-    assert_eq!(s.reassert_successor(elsewhere, T0 + 6).await.unwrap(), None);
+
+    // A Disconnect's Stop (nothing replaced it) after the next session's Start at the address,
+    // acknowledged by another server than the session's: copied, and the copy late too.
+    let ended = opened(s, login("10.0.8.4", T0, 10 * MINUTE)).await;
+    deliver(ended, status_type::START, None).await;
+    assert!(s
+        .stop_session(ended, terminate_cause::USER_REQUEST, T0 + 1)
+        .await
+        .unwrap());
+    let next = opened(s, at("10.0.8.4", T0 + 2)).await;
+    deliver(next, status_type::START, None).await;
+    let (_, delivered) = deliver(ended, status_type::STOP, Some("backup")).await;
+    assert_eq!(
+        delivered,
+        Delivered {
+            copies: 1,
+            reasserted: Some(next)
+        }
+    );
+    let copy = s
+        .claim_session_copies(ended, T0 + 5, lease)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(copy.copy_to.as_deref(), Some("primary"));
+    assert_eq!(
+        s.mark_delivered(&copy, T0 + 6, None)
+            .await
+            .unwrap()
+            .reasserted,
+        Some(next)
+    );
+    // Coalesced: one Interim-Update waits.
+    assert_eq!(outbox_types(s, next).await, [START, INTERIM]);
+
+    // Another address's session: nothing.
+    let elsewhere = opened(s, login("10.0.8.2", T0 + 1, 10 * MINUTE)).await;
+    deliver(elsewhere, status_type::START, None).await;
+    assert!(s
+        .stop_session(elsewhere, terminate_cause::USER_REQUEST, T0 + 2)
+        .await
+        .unwrap());
+    assert_eq!(
+        deliver(elsewhere, status_type::STOP, None).await.1,
+        Delivered::default()
+    );
+    for id in [successor, next] {
+        assert!(s.session(id).await.unwrap().unwrap().active);
+    }
+
+    // A sign-in whose Start left (at `since`) while an earlier session's Stop was still on its
+    // way: that Stop acknowledged since, it re-asserts itself once its Start is acknowledged
+    // (the Stop's recording came first and saw no Start to re-assert); acknowledged before
+    // the Start left, it does not.
+    let ended = opened(s, login("10.0.8.7", T0, 10 * MINUTE)).await;
+    deliver(ended, status_type::START, None).await;
+    assert!(s
+        .stop_session(ended, terminate_cause::USER_REQUEST, T0 + 1)
+        .await
+        .unwrap());
+    let next = opened(s, at("10.0.8.7", T0 + 2)).await;
+    deliver(ended, status_type::STOP, None).await; // acknowledged at T0 + 4
+    deliver(next, status_type::START, None).await;
+    assert_eq!(outbox_types(s, next).await, [START]);
+    assert!(!s
+        .reassert_after_stops(next, &[ended], T0 + 5, T0 + 6)
+        .await
+        .unwrap());
+    assert_eq!(outbox_types(s, next).await, [START]);
+    assert!(s
+        .reassert_after_stops(next, &[elsewhere, ended], T0 + 3, T0 + 6)
+        .await
+        .unwrap());
+    assert_eq!(outbox_types(s, next).await, [START, INTERIM]);
+    // Nor for a session that ended meanwhile.
+    assert!(s
+        .stop_session(next, terminate_cause::USER_REQUEST, T0 + 7)
+        .await
+        .unwrap());
+    assert!(!s
+        .reassert_after_stops(next, &[ended], T0 + 3, T0 + 8)
+        .await
+        .unwrap());
+
+    // Nor one past its deadline (its Stop is dated then).
+    let ended = opened(s, login("10.0.8.6", T0, 10 * MINUTE)).await;
+    deliver(ended, status_type::START, None).await;
+    assert!(s
+        .stop_session(ended, terminate_cause::USER_REQUEST, T0 + 1)
+        .await
+        .unwrap());
+    let mut short = at("10.0.8.6", T0 + 2);
+    short.expires_at = T0 + 3;
+    let next = opened(s, short).await;
+    deliver(next, status_type::START, None).await;
+    assert_eq!(
+        deliver(ended, status_type::STOP, None).await.1,
+        Delivered::default()
+    );
+    assert_eq!(outbox_types(s, next).await, [START]);
+
+    // A session a disable's stop waits for gets none (it is about to end; its Stop is dated
+    // when the disable was asked for).
+    let ended = opened(s, login("10.0.8.5", T0, 10 * MINUTE)).await;
+    deliver(ended, status_type::START, None).await;
+    assert!(s
+        .stop_session(ended, terminate_cause::USER_REQUEST, T0 + 1)
+        .await
+        .unwrap());
+    let next = opened(s, at("10.0.8.5", T0 + 2)).await;
+    deliver(next, status_type::START, None).await;
+    s.set_organization_active("acme", false, "cli:test", T0 + 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        deliver(ended, status_type::STOP, None).await.1,
+        Delivered::default()
+    );
+    assert_eq!(outbox_types(s, next).await, [START]);
 }
 
 async fn a_session_termination_is_queued_once(db: Db) {
@@ -1783,11 +1985,11 @@ async fn pruning_keeps_what_is_pending(db: Db) {
             .unwrap();
     }
     for row in s.claim_due_outbox(T0 + 2, T0 + MINUTE, 10).await.unwrap() {
-        s.mark_delivered(row.id, T0 + 2, None).await.unwrap();
+        s.mark_delivered(&row, T0 + 2, None).await.unwrap();
     }
     for row in s.claim_due_outbox(T0 + 3, T0 + MINUTE, 10).await.unwrap() {
         if row.access_session_id == old {
-            s.mark_delivered(row.id, T0 + 3, None).await.unwrap();
+            s.mark_delivered(&row, T0 + 3, None).await.unwrap();
         }
     }
     assert_eq!(s.prune(T0 + 10 * MINUTE).await.unwrap(), 1);
@@ -1917,7 +2119,7 @@ async fn organization_changes_are_revisioned_audited_and_guarded(db: Db) {
     };
     for _ in 0..2 {
         for row in s.claim_due_outbox(T0 + 2, T0 + MINUTE, 10).await.unwrap() {
-            s.mark_delivered(row.id, T0 + 2, None).await.unwrap();
+            s.mark_delivered(&row, T0 + 2, None).await.unwrap();
         }
     }
     assert_eq!(

@@ -134,11 +134,12 @@ pub fn LoginPage() -> impl IntoView {
 
 /// While a sign-in is under way (the RADIUS server may take seconds) its button says so, and
 /// the form is `aria-busy`; the page coming back from the browser's history gets its label
-/// back. Nothing else: the form works the same without it (a second press is answered with
+/// back, and so does the page whose sign-in the user stopped with Escape (the browser's stop:
+/// the page stays, and its button would say "Signing in…" for ever). Nothing else: the form works the same without it (a second press is answered with
 /// the first one's session by the server). Inline, allowed by its hash in the
 /// Content-Security-Policy ([`crate::SIGN_IN_SCRIPT_HASH`]), so the kept sign-in page carries
 /// no per-request nonce.
-pub const SIGN_IN_SCRIPT: &str = "(function(){var s=document.currentScript,f=s&&s.previousElementSibling,b=f&&f.querySelector('button[type=submit]');if(!b)return;var t=b.textContent;f.addEventListener('submit',function(){b.textContent='Signing in\u{2026}';f.setAttribute('aria-busy','true')});addEventListener('pageshow',function(){b.textContent=t;f.removeAttribute('aria-busy')})})()";
+pub const SIGN_IN_SCRIPT: &str = "(function(){var s=document.currentScript,f=s&&s.previousElementSibling,b=f&&f.querySelector('button[type=submit]');if(!b)return;var t=b.textContent;function r(){b.textContent=t;f.removeAttribute('aria-busy')}f.addEventListener('submit',function(){b.textContent='Signing in\u{2026}';f.setAttribute('aria-busy','true')});addEventListener('pageshow',r);addEventListener('keydown',function(e){if(e.key==='Escape')r()})})()";
 
 #[cfg(feature = "ssr")]
 #[component]

@@ -72,7 +72,7 @@ pub fn SessionPage() -> impl IntoView {
                 </p>
             })}
             {view.reply_message.clone().map(|message| view! {
-                <p data-testid="reply-message" class="mb-4 whitespace-pre-line rounded bg-blue-50 px-4 py-3 text-blue-950">
+                <p data-testid="reply-message" dir="auto" class="mb-4 whitespace-pre-line rounded bg-blue-50 px-4 py-3 text-blue-950">
                     {message}
                 </p>
             })}
@@ -87,7 +87,7 @@ pub fn SessionPage() -> impl IntoView {
                     <div class="flex flex-wrap gap-x-3">
                         <dt class="w-32 shrink-0 text-slate-600">"User"</dt>
                         // As the RADIUS server named it (nothing checked it): never mirrored.
-                        <dd data-testid="username">{crate::validation::shown_plainly(&view.username).into_owned()}</dd>
+                        <dd data-testid="username" dir="auto">{crate::validation::shown_plainly(&view.username).into_owned()}</dd>
                     </div>
                     <div class="flex flex-wrap gap-x-3">
                         <dt class="w-32 shrink-0 text-slate-600">"Organization"</dt>

@@ -217,6 +217,30 @@ impl AccessSessions {
         Ok(self.storage.session(id).await?)
     }
 
+    /// The session a browser linked to session `id` holds, in any state: `id`'s — or, once a
+    /// sign-in of that browser replaced it, the one that replaced it, followed while each was
+    /// replaced so (at most [`crate::storage::REPLACEMENTS_FOLLOWED`] times). Two sign-ins of a
+    /// browser sent together (two tabs, the two addresses of a dual-stack host) each answer
+    /// with a cookie, and the browser may keep the one of the session the other replaced: its
+    /// pages, Refresh and Disconnect then act on the session it holds, not on nothing. One
+    /// read while `id` was not replaced.
+    pub async fn browsers(&self, id: i64) -> Result<Option<AccessSessionRecord>, SessionError> {
+        let mut found = self.storage.session(id).await?;
+        for _ in 0..crate::storage::REPLACEMENTS_FOLLOWED {
+            let next = match &found {
+                Some(s) if !s.active => s.replaced_by,
+                _ => None,
+            };
+            let Some(next) = next else { break };
+            match self.storage.session(next).await? {
+                Some(successor) => found = Some(successor),
+                // Deleted since (`[accounting] retention`): as the link's session says.
+                None => break,
+            }
+        }
+        Ok(found)
+    }
+
     /// The organization of `id`, if it passes the guard for `operation`. The flag is read from
     /// the database (a disable made by another process counts at once); the settings come from
     /// the cache. A denial is logged and audited.
@@ -730,6 +754,8 @@ impl AccessSessions {
         }
         // One budget for them all: the Start is held back at most that long, however many.
         let stops_until = deadline.max(Instant::now() + stop_budget);
+        // Those whose Stop was still on its way when the budget ran out.
+        let mut unsettled = Vec::new();
         for &old in &earlier {
             self.events.publish(old);
             let mut stop_deadline = stops_until;
@@ -757,6 +783,7 @@ impl AccessSessions {
                     session = old,
                     "Stop of the address's earlier session not acknowledged yet; it stays queued"
                 );
+                unsettled.push(old);
             }
         }
         if !earlier.is_empty() {
@@ -764,6 +791,7 @@ impl AccessSessions {
         }
         // The Start's own budget: what is left of the login deadline, but at least one exchange.
         let start_deadline = deadline.max(Instant::now() + exchange_time);
+        let start_sent_from = now_ms();
         let start_delivered = match claimed_start {
             Some(start) => {
                 // Straight after the write that found the organization active, that check
@@ -791,6 +819,10 @@ impl AccessSessions {
             }
         };
         if start_delivered {
+            if !unsettled.is_empty() {
+                self.after_unsettled_stops(session, &unsettled, start_sent_from)
+                    .await;
+            }
             return Ok(());
         }
         let rolled_back = self
@@ -834,6 +866,35 @@ impl AccessSessions {
         tracing::warn!(%acct_session_id, rolled_back,
             "Accounting-Start not acknowledged; the session is ended");
         Err(SessionError::AccountingUnavailable)
+    }
+
+    /// A sign-in's Start went while Stops of its address's earlier sessions were still on their
+    /// way (its budget for them ran out): one acknowledged since the Start left may have
+    /// reached the server after it — its recording saw no acknowledged Start to re-assert, as
+    /// it came first — so the session sends an Interim-Update now (one acknowledged later is
+    /// followed by one when it is recorded, `SessionStore::mark_delivered`).
+    async fn after_unsettled_stops(
+        &self,
+        session: &AccessSessionRecord,
+        unsettled: &[i64],
+        start_sent_from: i64,
+    ) {
+        match self
+            .storage
+            .reassert_after_stops(session.id, unsettled, start_sent_from, now_ms())
+            .await
+        {
+            Ok(true) => {
+                self.radius.metrics().late_stop();
+                tracing::info!(acct_session_id = %session.acct_session_id, client_ip = %session.client_ip,
+                    "an earlier session's Stop at this address was acknowledged after this session's Start left: it sends an Interim-Update, so an address-keyed firewall has its user again");
+                self.accounting.wake();
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(acct_session_id = %session.acct_session_id,
+                error = %crate::portal_backend::error_chain(&e),
+                "after Stops of the address acknowledged late, the session's Interim-Update could not be queued"),
+        }
     }
 
     /// Audits a login attempt that opened nothing (an accepted one is audited in the
@@ -883,8 +944,10 @@ impl AccessSessions {
     /// Restarts an active session's window (capped by the limit) and queues an
     /// Interim-Update: the session, and whether its window restarted — not within
     /// [`REFRESH_QUIET_MS`] of the last refresh.
+    /// `id` is the browser's link: a session a sign-in of that browser replaced is followed to
+    /// the one that replaced it ([`Self::browsers`]).
     pub async fn refresh(&self, id: i64) -> Result<(AccessSessionRecord, bool), SessionError> {
-        let session = match self.storage.session(id).await? {
+        let session = match self.browsers(id).await? {
             Some(s) if s.active && s.expires_at > now_ms() => s,
             // A session its organization's disable ended: the user hears that the
             // organization is disabled, not "sign in" (which would be refused too). Not a
@@ -918,6 +981,7 @@ impl AccessSessions {
         {
             return Ok((session, false));
         }
+        let id = session.id;
         let expires_at = timing::expires_at(now, session.window_ms, session.limit_at);
         // The flag is checked again inside the write: a disable committed since the guard
         // read it denies the refresh (no Interim-Update after the disable).
@@ -953,11 +1017,20 @@ impl AccessSessions {
     }
 
     /// Ends an active session on its user's behalf (Stop, User-Request). False if it was not
-    /// active.
+    /// active. `id` is the browser's link: a session a sign-in of that browser replaced is
+    /// followed to the one that replaced it ([`Self::browsers`]) — looked up only once `id`
+    /// is found ended.
     pub async fn disconnect(&self, id: i64) -> Result<bool, SessionError> {
-        let ended = self
+        let mut ended = self
             .stop_and_send(id, terminate_cause::USER_REQUEST, now_ms())
             .await?;
+        if !ended {
+            if let Some(current) = self.browsers(id).await?.filter(|s| s.id != id && s.active) {
+                ended = self
+                    .stop_and_send(current.id, terminate_cause::USER_REQUEST, now_ms())
+                    .await?;
+            }
+        }
         Ok(ended)
     }
 

@@ -23,9 +23,11 @@ use crate::{
         breaker::Carrier,
         encode_accounting,
         health::{Port, ServerHealth, Target},
-        status_type, terminate_cause, AccountingRecord, Radius, RadiusError, ServerEndpoint,
+        status_type, AccountingRecord, Radius, RadiusError, ServerEndpoint,
     },
-    storage::{AccessSessionRecord, Acknowledged, OutboxRow, SignInLease, Storage, StorageError},
+    storage::{
+        AccessSessionRecord, Acknowledged, Delivered, OutboxRow, SignInLease, Storage, StorageError,
+    },
 };
 use std::{
     collections::HashMap,
@@ -75,6 +77,45 @@ fn given_up_at() -> i64 {
 /// How long before its claim runs out a sender stops trying to record an acknowledgement (the
 /// clocks of replicas, which compare leases, may differ by this much).
 const CLAIM_MARGIN_MS: i64 = 10_000;
+/// The ends of the delivery loop's deliveries, by row: the latest delivery of each row the loop
+/// has not seen end yet, with a token cancelled when it ends (however: a panic too).
+#[derive(Default)]
+struct LoopEnds {
+    by_row: HashMap<i64, (u64, CancellationToken)>,
+    generation: u64,
+}
+
+impl LoopEnds {
+    /// A delivery of row `id` begins: the end of the one before it the loop has not seen end
+    /// (if any), this one's generation, and the token its end cancels.
+    fn begin(&mut self, id: i64) -> (Option<CancellationToken>, u64, CancellationToken) {
+        self.generation += 1;
+        let end = CancellationToken::new();
+        let before = self
+            .by_row
+            .insert(id, (self.generation, end.clone()))
+            .map(|(_, before)| before);
+        (before, self.generation, end)
+    }
+
+    /// Waits for the end of the delivery before (see [`Self::begin`]).
+    async fn after(before: Option<CancellationToken>) {
+        if let Some(before) = before {
+            before.cancelled().await;
+        }
+    }
+
+    /// Delivery `generation` of row `id` ended: true if it was the row's latest (no other
+    /// delivery of the row is under way).
+    fn ended(&mut self, id: i64, generation: u64) -> bool {
+        if self.by_row.get(&id).is_some_and(|(g, _)| *g == generation) {
+            self.by_row.remove(&id);
+            return true;
+        }
+        false
+    }
+}
+
 /// Longest sleep between outbox checks.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// Cap of the retry backoff.
@@ -733,28 +774,6 @@ impl Accounting {
         }));
     }
 
-    /// A replaced session's Stop delivered by the loop — after its successor's Start, if that
-    /// was acknowledged already (the Stop waited behind a silent server, or behind a Start a
-    /// dead replica had claimed): a firewall keying identities by address may have taken it
-    /// as the end of the address's user. The successor sends an Interim-Update, so it learns
-    /// the address's current user again.
-    async fn after_late_replaced_stop(&self, replaced: &AccessSessionRecord) {
-        match self.storage.reassert_successor(replaced.id, now_ms()).await {
-            Ok(Some(successor)) => {
-                tracing::info!(acct_session_id = %replaced.acct_session_id, successor,
-                    client_ip = %replaced.client_ip,
-                    "a replaced session's Stop went after the Start of the session that replaced it: that session sends an Interim-Update, so an address-keyed firewall has its user again");
-                self.wake();
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(acct_session_id = %replaced.acct_session_id,
-                    error = %crate::portal_backend::error_chain(&e),
-                    "after a replaced session's late Stop, its successor's Interim-Update could not be queued");
-            }
-        }
-    }
-
     async fn dead_letter(
         &self,
         row: &OutboxRow,
@@ -1258,8 +1277,8 @@ impl Accounting {
                     stop: row.status_type == i64::from(status_type::STOP),
                 };
                 let ack = row.copy_to.is_none().then_some(&ack);
-                let copies = match self.storage.mark_delivered(row.id, now_ms(), ack).await {
-                    Ok(copies) => copies,
+                let delivered = match self.storage.mark_delivered(&row, now_ms(), ack).await {
+                    Ok(delivered) => delivered,
                     // A sign-in waits on its Start: a database that cannot take the record
                     // now (a full disk, a restart) fails the sign-in, which ends the session
                     // (NAS-Error; the Start is sent again, then the Stop). Given to its user
@@ -1273,9 +1292,21 @@ impl Accounting {
                     }
                     Err(_) => self.record_delivered(&row, ack, None).await?,
                 };
-                if copies > 0 {
-                    tracing::info!(acct_session_id = %record.acct_session_id, server = %server.name, copies,
+                if delivered.copies > 0 {
+                    tracing::info!(acct_session_id = %record.acct_session_id, server = %server.name, copies = delivered.copies,
                         "the Stop is copied to the other servers that may hold the session open");
+                    self.wake();
+                }
+                if let Some(successor) = delivered.reasserted {
+                    // The Stop went after the Start of a newer session at its address (it
+                    // waited behind a silent server, a dead replica's claim, a backoff): a
+                    // firewall keying identities by address may have taken it as the end of
+                    // the address's user. That session sends an Interim-Update, so the
+                    // firewall learns its user again.
+                    self.radius.metrics().late_stop();
+                    tracing::info!(acct_session_id = %record.acct_session_id, successor,
+                        client_ip = %session.client_ip, server = %server.name,
+                        "a Stop went after the Start of a newer session at its address: that session sends an Interim-Update, so an address-keyed firewall has its user again");
                     self.wake();
                 }
                 if row.status_type == i64::from(status_type::STOP) {
@@ -1287,13 +1318,6 @@ impl Accounting {
                 tracing::info!(acct_session_id = %record.acct_session_id, status_type = record.status_type,
                     organization = %session.organization_id, username = record.username.as_str(),
                     server = %server.name, delay_s = record.delay_secs, "accounting delivered");
-                if !awaited
-                    && row.copy_to.is_none()
-                    && row.status_type == i64::from(status_type::STOP)
-                    && row.terminate_cause == Some(i64::from(terminate_cause::PORT_PREEMPTED))
-                {
-                    self.after_late_replaced_stop(&session).await;
-                }
                 Ok(Delivery::Delivered)
             }
             Err(e) => {
@@ -1648,15 +1672,15 @@ impl Accounting {
         row: &OutboxRow,
         ack: Option<&Acknowledged<'_>>,
         within: Option<Duration>,
-    ) -> Result<u64, StorageError> {
+    ) -> Result<Delivered, StorageError> {
         let mut give_up_at = self.kept.until(row) - CLAIM_MARGIN_MS;
         if let Some(within) = within {
             give_up_at = give_up_at.min(now_ms() + within.as_millis() as i64);
         }
         let mut wait = Duration::from_millis(250);
         loop {
-            match self.storage.mark_delivered(row.id, now_ms(), ack).await {
-                Ok(copies) => return Ok(copies),
+            match self.storage.mark_delivered(row, now_ms(), ack).await {
+                Ok(delivered) => return Ok(delivered),
                 Err(e) if now_ms() + (wait.as_millis() as i64) < give_up_at => {
                     tracing::warn!(error = %crate::portal_backend::error_chain(&e), row = row.id,
                         "an acknowledged accounting packet could not be recorded; trying again while the claim lasts");
@@ -1679,6 +1703,7 @@ impl Accounting {
         &self,
         mut in_flight: JoinSet<Result<Delivery, OutboxError>>,
         mut in_flight_ids: HashMap<i64, OutboxRow>,
+        mut ends: LoopEnds,
     ) {
         let flush_ends = now_ms() + SHUTDOWN_FLUSH.as_millis() as i64;
         let claim_failed = std::sync::atomic::AtomicBool::new(false);
@@ -1705,12 +1730,14 @@ impl Accounting {
                     stuck = false;
                 }
                 for row in rows {
-                    if in_flight_ids.insert(row.id, row.clone()).is_none() {
-                        let this = self.clone();
-                        in_flight.spawn(crate::storage::same_lane(async move {
-                            this.deliver(row, None, None, false).await
-                        }));
-                    }
+                    in_flight_ids.insert(row.id, row.clone());
+                    let (before, _, end) = ends.begin(row.id);
+                    let this = self.clone();
+                    in_flight.spawn(crate::storage::same_lane(async move {
+                        let _ended = end.drop_guard();
+                        LoopEnds::after(before).await;
+                        this.deliver(row, None, None, false).await
+                    }));
                 }
                 if in_flight.is_empty() && self.claimed.is_empty() {
                     // A row due within the flush's time is waited for; one due already that
@@ -1730,6 +1757,7 @@ impl Accounting {
                 self.claimed.close();
                 self.claimed.wait().await;
                 in_flight_ids.clear();
+                ends = LoopEnds::default();
             }
         })
         .await;
@@ -1798,10 +1826,11 @@ impl Accounting {
         let mut in_flight: JoinSet<Result<Delivery, OutboxError>> = JoinSet::new();
         // The loop's deliveries under way, as claimed.
         let mut in_flight_ids: HashMap<i64, OutboxRow> = HashMap::new();
-        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<i64>();
+        let mut ends = LoopEnds::default();
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(i64, u64)>();
         loop {
             if shutdown.is_cancelled() {
-                return self.flush(in_flight, in_flight_ids).await;
+                return self.flush(in_flight, in_flight_ids, ends).await;
             }
             // A server back, or an organization whose settings could not be built usable
             // again, since the last look: the rows waiting out a backoff (up to minutes), or
@@ -1827,8 +1856,10 @@ impl Accounting {
                     (server_woke, organization_woke) = (server_back, organization_back);
                 }
             }
-            while let Ok(id) = done_rx.try_recv() {
-                in_flight_ids.remove(&id);
+            while let Ok((id, generation)) = done_rx.try_recv() {
+                if ends.ended(id, generation) {
+                    in_flight_ids.remove(&id);
+                }
             }
             while let Some(done) = in_flight.try_join_next() {
                 match done {
@@ -1864,18 +1895,22 @@ impl Accounting {
                     Ok(rows) => {
                         claimed_all = rows.len() == capacity;
                         for row in rows {
-                            if in_flight_ids.insert(row.id, row.clone()).is_some() {
-                                // Still being delivered by a claim that ran out (a delivery
-                                // stalled for minutes): that delivery finds its claim gone and
-                                // leaves the row, which this claim holds until it runs out.
-                                continue;
-                            }
+                            in_flight_ids.insert(row.id, row.clone());
+                            // A delivery of the same row whose end the loop has not seen yet
+                            // — it released the row a moment ago (a failover due at once)
+                            // and reports its end just after, or, stalled past its claim's
+                            // lease, still holds on to it: this claim's delivery starts once
+                            // that one has ended (never two sends of a row at once), not when
+                            // this claim runs out 30 s later.
+                            let (before, generation, end) = ends.begin(row.id);
                             let this = self.clone();
                             let done = done_tx.clone();
                             in_flight.spawn(crate::storage::same_lane(async move {
+                                let _ended = end.drop_guard();
+                                LoopEnds::after(before).await;
                                 let id = row.id;
                                 let outcome = this.deliver(row, None, None, false).await;
-                                let _ = done.send(id);
+                                let _ = done.send((id, generation));
                                 outcome
                             }));
                         }
@@ -1910,7 +1945,7 @@ impl Accounting {
                 }
             };
             tokio::select! {
-                _ = shutdown.cancelled() => return self.flush(in_flight, in_flight_ids).await,
+                _ = shutdown.cancelled() => return self.flush(in_flight, in_flight_ids, ends).await,
                 _ = self.wake.notified() => {}
                 // Acted on at the top of the loop.
                 Ok(()) = recovered.changed() => server_woke = true,
@@ -1991,10 +2026,36 @@ where
 #[cfg(test)]
 mod tests {
     use super::{
-        backoff_ms, failover_settle, pick_server, retry_after, settle_left, Pick, Recoveries,
-        RunToEnd, Standing,
+        backoff_ms, failover_settle, pick_server, retry_after, settle_left, LoopEnds, Pick,
+        Recoveries, RunToEnd, Standing,
     };
     use std::{sync::Arc, time::Duration};
+
+    /// A row claimed again while the loop has not seen its last delivery end (that one
+    /// released it and reports its end a moment later) is delivered once that one has ended —
+    /// not held until its claim runs out — and only the latest delivery's end clears the row.
+    #[tokio::test]
+    async fn a_row_claimed_again_before_its_delivery_was_seen_ending_goes_after_it() {
+        let mut ends = LoopEnds::default();
+        let (none, first, first_end) = ends.begin(7);
+        assert!(none.is_none());
+        let (before, second, second_end) = ends.begin(7);
+        let before = before.expect("the first delivery's end");
+        let waiting = tokio::spawn(LoopEnds::after(Some(before)));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "waits for the first delivery");
+        drop(first_end.drop_guard()); // the first delivery ends (a panic ends it too)
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("goes once the first has ended")
+            .unwrap();
+        assert!(!ends.ended(7, first), "the second is still under way");
+        assert!(ends.ended(7, second));
+        assert!(!ends.ended(7, second), "once");
+        drop(second_end);
+        let (none, _, _) = ends.begin(7);
+        assert!(none.is_none(), "nothing under way before it");
+    }
 
     fn run_to_end<F>(work: F, tasks: &tokio_util::task::TaskTracker) -> RunToEnd<F>
     where

@@ -42,6 +42,8 @@ struct Watch {
     ip: Option<std::net::IpAddr>,
     notices: broadcast::Receiver<i64>,
     first: bool,
+    /// The link was followed to the session the browser holds (the first status read).
+    followed: bool,
     done: bool,
 }
 
@@ -94,6 +96,7 @@ pub async fn session_events(
         scope,
         ip: ip.map(|axum::extract::Extension(ip)| ip.0),
         first: true,
+        followed: false,
         done: false,
     };
     let stream = futures_util::stream::unfold(watch, |mut w| async move {
@@ -101,8 +104,25 @@ pub async fn session_events(
             return None;
         }
         w.first = false;
-        let status = match w.live.backend.status_for(w.id, &w.scope, w.ip).await {
-            Ok(status) => status,
+        // The page was just shown with the session the browser holds (its link followed to the
+        // one that replaced it, if another sign-in of the browser did): the stream watches
+        // that one from its first status — and says it ended if it is replaced later, as the
+        // rest of the page (user, address, message) is about it.
+        let follow = if w.followed {
+            crate::portal_backend::Follow::No
+        } else {
+            crate::portal_backend::Follow::Replacements
+        };
+        let status = match w
+            .live
+            .backend
+            .status_and_session_for(w.id, &w.scope, w.ip, follow)
+            .await
+        {
+            Ok((status, of)) => {
+                (w.id, w.followed) = (of, true);
+                status
+            }
             // Storage trouble: say nothing this time; the next resync tries again.
             Err(_) => {
                 return Some((

@@ -316,6 +316,11 @@ mod tests {
         let other_ip = IpAddr::V4([10, 0, 0, 2].into());
         let first = recent.turn("b1", "acme", "carol", IP, "pw").await;
         assert_eq!(first.opened_lately(), None);
+        // The store follows a replacement made within the same time (`replaced_by`).
+        assert_eq!(
+            SAME_SUBMIT.as_millis() as i64,
+            crate::storage::FOLLOWED_REPLACEMENT_MS
+        );
         let waiting = tokio::spawn({
             let recent = recent.clone();
             async move {

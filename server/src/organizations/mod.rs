@@ -528,6 +528,15 @@ impl Organizations {
             .collect()
     }
 
+    /// The enabled organizations' RADIUS servers as cached now.
+    pub fn enabled_servers(&self) -> Vec<ServerEndpoint> {
+        self.all()
+            .iter()
+            .filter(|org| org.active)
+            .flat_map(|org| org.servers.iter().cloned())
+            .collect()
+    }
+
     /// Looks an organization up.
     pub fn get(&self, id: &str) -> Option<Arc<Organization>> {
         self.by_id

@@ -145,8 +145,9 @@ impl ServerHealth {
     /// no check — is sent a Status-Server. An unanswered one counts as a failed exchange (so
     /// many in a row open its breaker, and its probes take over; the next check comes a probe
     /// interval later meanwhile): a dead backup is found before a failover needs it, and
-    /// `/readyz` and the breaker metrics see it. The first check comes `every` after the
-    /// server is configured. A server checked by request is never checked idle (only a real
+    /// `/readyz` and the breaker metrics see it. The first check comes between half of `every`
+    /// and `every` after the server is configured (at random: servers configured together are
+    /// not all checked at once). A server checked by request is never checked idle (only a real
     /// request can check it).
     pub fn with_idle_checks(mut self, every: Option<Duration>) -> Self {
         self.idle_check = every.filter(|d| !d.is_zero());
@@ -536,8 +537,21 @@ impl ServerHealth {
     /// changed starts with a closed breaker of its own. A down server now reached otherwise
     /// (another timeout or check: the operator fixed what made it fail) is probed at once with
     /// the new settings. Rows of accounting that waited for a server are tried again (one may
-    /// now go to its server's new address).
+    /// now go to its server's new address). Every one of them is checked while idle (when
+    /// idle checks are on): see [`Self::servers_in_use`].
     pub fn servers_changed(&self, servers: &[ServerEndpoint]) {
+        self.servers_in_use(servers, servers);
+    }
+
+    /// [`Self::servers_changed`], with idle checks ([`Self::with_idle_checks`]) only for the
+    /// targets of `checked_idle` (the enabled organizations' servers: a disabled
+    /// organization's are sent its sessions' Stops, and probed while down, but nobody signs in
+    /// there to need them found down beforehand — unless an enabled one uses them too).
+    pub fn servers_in_use(&self, servers: &[ServerEndpoint], checked_idle: &[ServerEndpoint]) {
+        let idle_targets: std::collections::HashSet<Target> = checked_idle
+            .iter()
+            .flat_map(|server| [Port::Auth, Port::Acct].map(|port| self.target(server, port)))
+            .collect();
         let mut configured: HashMap<Target, Vec<(&ServerEndpoint, Port)>> = HashMap::new();
         for server in servers {
             for port in [Port::Auth, Port::Acct] {
@@ -576,15 +590,25 @@ impl ServerHealth {
                 let before = std::mem::take(&mut registry.idle);
                 for (target, uses) in &configured {
                     let (server, port) = uses[0];
-                    if uses
-                        .iter()
-                        .any(|(s, _)| s.status_check != StatusCheck::StatusServer)
+                    if !idle_targets.contains(target)
+                        || uses
+                            .iter()
+                            .any(|(s, _)| s.status_check != StatusCheck::StatusServer)
                     {
                         continue;
                     }
-                    let (next, checking) = before
-                        .get(target)
-                        .map_or((now + every, false), |idle| (idle.next, idle.checking));
+                    // A target new to the checks is first checked after a random part of the
+                    // interval past its half: many servers configured at once (a start) are not
+                    // checked all in the same instant, then, each after its own answer.
+                    let (next, checking) = before.get(target).map_or_else(
+                        || {
+                            (
+                                now + every.mul_f64(0.5 + rand::random::<f64>() / 2.0),
+                                false,
+                            )
+                        },
+                        |idle| (idle.next, idle.checking),
+                    );
                     let idle = Idle {
                         server: server.clone(),
                         port,
@@ -1021,7 +1045,10 @@ mod tests {
         health.servers_changed(&[backup.clone(), nps.clone()]);
         let (due, next) = health.take_due_probes_at(t0);
         assert!(due.is_empty(), "{due:?}");
-        assert!(next.unwrap() >= t0 + minute, "the first check a minute on");
+        assert!(
+            next.unwrap() >= t0 + minute / 2 && next.unwrap() <= t0 + minute,
+            "the first check half a minute to a minute on"
+        );
 
         let t = t0 + minute + second;
         let (due, _) = health.take_due_probes_at(t);
@@ -1071,5 +1098,12 @@ mod tests {
         assert!(due
             .iter()
             .any(|(_, p, c)| (*p, *c) == (Port::Auth, Check::Idle)));
+
+        // Its organization disabled (only), it is no longer checked idle: nothing is due however
+        // long it stays idle — but it is still probed while down.
+        health.servers_in_use(std::slice::from_ref(&backup), &[]);
+        let (due, _) = health.take_due_probes_at(t + 10 * minute);
+        let checks: Vec<_> = due.iter().map(|(_, p, c)| (*p, *c)).collect();
+        assert_eq!(checks, [(Port::Acct, Check::Probe)]);
     }
 }

@@ -493,6 +493,11 @@ impl Radius {
         self
     }
 
+    /// Where exchanges are recorded (accounting records its own events there too).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
     /// Records exchanges in `metrics` (latency and timeouts per server).
     pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
         self.metrics = metrics;
@@ -808,18 +813,23 @@ impl Radius {
     /// signed (FreeRADIUS before 3.2.5 signs no answer to Status-Server, whatever it does
     /// for Access-Requests; its logins say if their answers go unsigned).
     ///
-    /// `configured` gives every organization's servers as they are now, and `changes` says
-    /// when they changed: a down server whose timeout or check the operator changed is probed
-    /// at once with its new settings (not with the ones that failed), a new secret or address
-    /// starts with a closed breaker of its own, and one no longer configured is no longer
-    /// probed.
+    /// `configured` gives every organization's servers as they are now — and, second, the
+    /// enabled organizations' (checked while idle, [`ServerHealth::servers_in_use`]) — and
+    /// `changes` says when they changed: a down server whose timeout or check the operator
+    /// changed is probed at once with its new settings (not with the ones that failed), a new
+    /// secret or address starts with a closed breaker of its own, and one no longer configured
+    /// is no longer probed.
     pub async fn run_prober(
         self,
-        configured: impl Fn() -> Vec<ServerEndpoint>,
+        configured: impl Fn() -> (Vec<ServerEndpoint>, Vec<ServerEndpoint>),
         mut changes: tokio::sync::watch::Receiver<u64>,
         shutdown: CancellationToken,
     ) {
-        self.health.servers_changed(&configured());
+        let in_use = |health: &ServerHealth| {
+            let (servers, enabled) = configured();
+            health.servers_in_use(&servers, &enabled);
+        };
+        in_use(&self.health);
         loop {
             let (due, next) = self.health.take_due_probes();
             for (server, port, check) in due {
@@ -869,7 +879,7 @@ impl Radius {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.health.opened().notified() => {}
-                Ok(()) = changes.changed() => self.health.servers_changed(&configured()),
+                Ok(()) = changes.changed() => in_use(&self.health),
                 _ = tokio::time::sleep_until(sleep_until) => {}
             }
         }

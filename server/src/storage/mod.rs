@@ -83,6 +83,17 @@ use std::path::Path;
 /// earlier row of its session).
 pub const STOPS_DUE_LATELY_MS: i64 = 60_000;
 
+/// How many replacements by the same browser a link to a session is followed through
+/// ([`AccessSessionRecord::replaced_by`]): a browser's cookie is at most a few sign-ins behind.
+pub const REPLACEMENTS_FOLLOWED: usize = 8;
+
+/// A session replaced by its browser's sign-in records the new one
+/// ([`AccessSessionRecord::replaced_by`]) only if it opened at most this long before it, for
+/// the same user — two sign-ins sent together, the case a cookie of the replaced one is kept
+/// in (`http::resubmit::SAME_SUBMIT`). A cookie shared with someone else's later sign-in (a
+/// planted one) must not lead to that session.
+pub const FOLLOWED_REPLACEMENT_MS: i64 = 10_000;
+
 /// The dead letter's reason of the rows a never-sent Start took along (nothing of that session
 /// reached a server).
 pub const NEVER_STARTED: &str = "its Start was never sent";
@@ -185,11 +196,14 @@ contract! {
         /// later attempt — one a delivery loop left to the sign-in that opened the session
         /// until that sign-in's lease ends, once the sign-in has failed. False if none waited.
         fn start_due_now(&self, id: i64, now: i64) -> bool;
-        /// After the Stop of session `replaced_id` (ended by a newer sign-in at its address) was
-        /// acknowledged: if the session that replaced it — active, of the same organization and
-        /// client address, opened after it — had its Start acknowledged already, queues an
-        /// Interim-Update of that session at `now` and gives its id.
-        fn reassert_successor(&self, replaced_id: i64, now: i64) -> Option<i64>;
+        /// After session `id`'s Start was acknowledged: if a Stop (own or copy) of one of the
+        /// sessions `earlier` (its address's, whose Stops were still on their way when the
+        /// Start left at `since`) was acknowledged at or after `since` — it may have reached
+        /// the server after the Start — queues `id`'s Interim-Update at `now`, as
+        /// [`SessionStore::mark_delivered`] does for a Stop acknowledged after the Start (not
+        /// for a session ended, past its deadline, or awaited by an operator's stop). True if
+        /// it did.
+        fn reassert_after_stops(&self, id: i64, earlier: &[i64], since: i64, now: i64) -> bool;
         /// Ends session `id` if a sign-in opened it and that sign-in's lease ran out before
         /// `now` while the session is still active and its Start unacknowledged: its process
         /// died during the sign-in (a sign-in renews its lease until it ends with the Start
@@ -273,12 +287,22 @@ contract! {
         fn release_outbox_claims(&self) -> u64;
         /// Marks a claimed row delivered. `ack`, for a row of the session's own accounting:
         /// who acknowledged it — another server than the session's is remembered as one that
-        /// may hold the session open (after a Start or Interim-Update), and a Stop is copied, in the same write, to each such
-        /// server and the session's own but the one that acknowledged it (once: a row already
-        /// delivered gets none). Returns the copies queued. May be relaxed (lost on power
-        /// failure: the row is sent again, which accounting servers take as a duplicate, and
-        /// its copies are queued then).
-        fn mark_delivered(&self, id: i64, now: i64, ack: Option<&Acknowledged<'_>>) -> u64;
+        /// may hold the session open (after a Start or Interim-Update), and a Stop is copied,
+        /// in the same write, to each such server and the session's own but the one that
+        /// acknowledged it (once: a row already delivered gets none).
+        ///
+        /// A Stop (the session's own or a copy) acknowledged after the Start of a newer session
+        /// of its organization and address — active, its Start acknowledged already: the Stop
+        /// went after it (it waited behind a silent server, a dead replica's claim, a backoff)
+        /// and a firewall that keys identities by address may have taken it for the end of the
+        /// address's current user — queues that session's Interim-Update at `now` in the same
+        /// write (once: a row already delivered queues none), so that user is asserted again.
+        /// Not for a session an operator's stop (a disable) waits for, nor one past its deadline:
+        /// it is about to end (its Stop dated then, not after a later Interim-Update).
+        ///
+        /// May be relaxed (lost on power failure: the row is sent again, which accounting
+        /// servers take as a duplicate, and its copies and Interim-Update are queued then).
+        fn mark_delivered(&self, row: &OutboxRow, now: i64, ack: Option<&Acknowledged<'_>>) -> Delivered;
         /// Makes `server_name` the session's accounting server: its Start was acknowledged
         /// there (a failover), so its Interim-Updates and Stop follow it (a Stop where the
         /// Start is not leaves the Start open). Durable.
@@ -746,6 +770,26 @@ pub fn away_in(error: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 impl StorageError {
+    /// The SQLite file is damaged or not a database (SQLITE_CORRUPT, SQLITE_NOTADB): `serve`
+    /// refuses it, and only a restore from a backup mends it.
+    pub fn is_damaged(&self) -> bool {
+        let damaged = |code: i32| matches!(code & 0xff, 11 | 26);
+        match self {
+            StorageError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => damaged(e.extended_code),
+            StorageError::Database(sqlx::Error::Database(e)) => e
+                .code()
+                .and_then(|code| code.parse::<i32>().ok())
+                .is_some_and(damaged),
+            StorageError::Migration(sqlx::migrate::MigrateError::Execute(
+                sqlx::Error::Database(e),
+            )) => e
+                .code()
+                .and_then(|code| code.parse::<i32>().ok())
+                .is_some_and(damaged),
+            _ => false,
+        }
+    }
+
     /// The database cannot be reached or take writes right now — a connection lost or not to
     /// be had in time, a server shutting down, a full disk, a read-only file, a writer queue
     /// full —, not a fault of the data or the code: the same request may work in a minute.
@@ -825,6 +869,10 @@ pub struct AccessSessionRecord {
     /// NAS-IPv6-Address, NAS-Identifier); None for a session stored before the portal recorded
     /// it, which presents its organization's current one.
     pub nas: Option<crate::radius::NasIdentity>,
+    /// The session a sign-in of the same browser replaced it with, if one did
+    /// ([`NewAccessSession::replaces`]) for the same user within [`FOLLOWED_REPLACEMENT_MS`]
+    /// of this one's start: where a browser still linked to this one finds its session.
+    pub replaced_by: Option<i64>,
 }
 
 impl AccessSessionRecord {
@@ -915,7 +963,11 @@ pub struct NewAccessSession {
     pub nas: Option<crate::radius::NasIdentity>,
     /// The session the signing-in browser holds in this organization, wherever its address:
     /// stopped with the client's own earlier session (Port-Preempted), so a browser that
-    /// moved to another address leaves no session behind on the one it left.
+    /// moved to another address leaves no session behind on the one it left. One that a sign-in
+    /// of the same browser replaced already is followed to the session that replaced it (a
+    /// browser's cookie from one of two sign-ins sent together names the one replaced), and
+    /// the session stopped records the new one as its `replaced_by` (the same user's, within
+    /// [`FOLLOWED_REPLACEMENT_MS`]).
     pub replaces: Option<i64>,
 }
 
@@ -943,6 +995,7 @@ impl NewAccessSession {
             stopped_at: None,
             terminate_cause: None,
             nas: self.nas,
+            replaced_by: None,
         }
     }
 }
@@ -1034,6 +1087,16 @@ impl Acknowledged<'_> {
     pub(crate) fn remembered(&self) -> Option<&str> {
         (self.by != self.own && !self.stop).then_some(self.by)
     }
+}
+
+/// What recording an acknowledged row queued ([`SessionStore::mark_delivered`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Delivered {
+    /// Copies of the session's Stop, one per other server that may hold the session open.
+    pub copies: u64,
+    /// The newer session at the Stop's address whose Interim-Update was queued (the Stop came
+    /// after its Start).
+    pub reasserted: Option<i64>,
 }
 
 /// Who acknowledged a row of a session's own accounting ([`SessionStore::mark_delivered`]).

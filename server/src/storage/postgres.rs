@@ -25,9 +25,9 @@
 use super::{
     decode_classes, encode_classes,
     organizations::{audit_in, Audit, OrgBackend, OrgTx},
-    AccessSessionRecord, Acknowledged, NewAccessSession, Notice, OpenedSession, OutboxEntry,
-    OutboxRow, SessionMatch, SessionStore, SignInLease, StopOutcome, Stopped, StorageError,
-    WaitingRow, AUTH_SERVER_DESTINATION,
+    AccessSessionRecord, Acknowledged, Delivered, NewAccessSession, Notice, OpenedSession,
+    OutboxEntry, OutboxRow, SessionMatch, SessionStore, SignInLease, StopOutcome, Stopped,
+    StorageError, WaitingRow, AUTH_SERVER_DESTINATION,
 };
 use crate::radius::{status_type, terminate_cause};
 use sqlx::{
@@ -398,7 +398,7 @@ macro_rules! select_sessions {
         concat!(
             "SELECT id, acct_session_id, organization_id, username, client_ip, server_index, server_name, \
              classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, \
-             state, stopped_at, terminate_cause, nas_ip, nas_identifier FROM access_sessions ",
+             state, stopped_at, terminate_cause, nas_ip, nas_identifier, replaced_by FROM access_sessions ",
             $rest
         )
     };
@@ -473,6 +473,7 @@ fn session_from_row(row: &PgRow) -> Result<AccessSessionRecord, StorageError> {
         stopped_at: row.try_get(16)?,
         terminate_cause: row.try_get(17)?,
         nas: super::stored_nas(row.try_get(18)?, row.try_get(19)?),
+        replaced_by: row.try_get(20)?,
     })
 }
 
@@ -859,6 +860,110 @@ async fn enqueue_interim(
     Ok(())
 }
 
+/// [`SessionStore::mark_delivered`]'s look for the newer session at stopped session
+/// `stopped`'s address to re-assert, made again under the address's lock (in a statement
+/// of its own: its snapshot is taken once the lock is held).
+async fn reassert_successor_locked(
+    pool: &sqlx::PgPool,
+    stopped: i64,
+    now: i64,
+) -> Result<Option<i64>, StorageError> {
+    let mut tx = pool.begin().await?;
+    lock_address_of(&mut tx, stopped).await?;
+    let reasserted: Option<i64> = sqlx::query_scalar(concat!(
+        "WITH ",
+        newer_session_of_r!("(SELECT * FROM access_sessions WHERE id = $1) r", "$2"),
+        ", ",
+        interim_of_s!("$2"),
+        " SELECT access_session_id FROM interim"
+    ))
+    .bind(stopped)
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(reasserted)
+}
+
+/// SQL, the CTE `s`: the newest session of stopped session `r`'s organization and address (`r`
+/// from `$rows`) — active, opened after it, its deadline after `$now`, no operator's stop
+/// waiting for it (see the SQLite backend) — whose Start was acknowledged, its row locked as
+/// every writer of its rows does first ([`SessionStore::mark_delivered`]).
+macro_rules! newer_session_of_r {
+    ($rows:literal, $now:literal) => {
+        concat!(
+            "s AS (SELECT s.id, s.started_at FROM ",
+            $rows,
+            " JOIN access_sessions s ON s.organization_id = r.organization_id \
+               AND s.client_ip = r.client_ip AND s.state = 'active' AND s.id > r.id AND s.expires_at > ",
+            $now,
+            " WHERE EXISTS (SELECT 1 FROM accounting_outbox o WHERE o.access_session_id = s.id \
+               AND o.status_type = 1 AND o.destination = 'auth-server' AND o.delivered_at IS NOT NULL) AND ",
+            super::no_stop_pending!(),
+            " ORDER BY s.id DESC LIMIT 1 FOR UPDATE OF s)"
+        )
+    };
+}
+use newer_session_of_r;
+
+/// SQL, the CTEs `superseded` and `interim`: session `s`'s Interim-Update queued at `$now`, one
+/// not yet on its way superseded (as `enqueue_interim`).
+macro_rules! interim_of_s {
+    ($now:literal) => {
+        concat!(
+            "superseded AS (DELETE FROM accounting_outbox WHERE access_session_id IN (SELECT id FROM s) \
+               AND status_type = 3 AND delivered_at IS NULL AND dead_at IS NULL AND claimed_until IS NULL), \
+             interim AS (INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
+               session_time_secs, next_attempt_at, created_at) \
+             SELECT id, 'auth-server', 3, ",
+            $now,
+            ", GREATEST(",
+            $now,
+            " / 1000 - started_at / 1000, 0), ",
+            $now,
+            ", ",
+            $now,
+            " FROM s RETURNING access_session_id)"
+        )
+    };
+}
+use interim_of_s;
+
+/// Takes, for the transaction, the lock of session `id`'s organization and address — the one
+/// `open_session` takes for the address it opens a session at.
+async fn lock_address_of(c: &mut PgConnection, id: i64) -> Result<(), StorageError> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended(organization_id || chr(1) || client_ip, 0)) \
+         FROM access_sessions WHERE id = $1",
+    )
+    .bind(id)
+    .execute(c)
+    .await?;
+    Ok(())
+}
+
+/// The session a browser linked to session `id` holds (see the SQLite backend's
+/// `browsers_session_in`).
+async fn browsers_session_in(c: &mut PgConnection, id: i64) -> Result<Option<i64>, StorageError> {
+    let mut at = id;
+    for _ in 0..super::REPLACEMENTS_FOLLOWED {
+        // Locked: a sign-in on another replica replacing it now commits first, and this one
+        // then reads (and follows) what it recorded.
+        let found: Option<(String, Option<i64>)> = sqlx::query_as(
+            "SELECT state, replaced_by FROM access_sessions WHERE id = $1 FOR UPDATE",
+        )
+        .bind(at)
+        .fetch_optional(&mut *c)
+        .await?;
+        match found {
+            None => return Ok(None),
+            Some((state, Some(next))) if state != "active" => at = next,
+            Some(_) => break,
+        }
+    }
+    Ok(Some(at))
+}
+
 /// Remembers that `server` was sent a packet of session `access_session_id` (it may hold the
 /// session open: see [`SessionStore::mark_delivered`]).
 async fn remember_sent(
@@ -1008,6 +1113,10 @@ impl SessionStore for PgStore {
         if active != Some(true) {
             return Err(StorageError::OrganizationDisabled);
         }
+        let replaces = match new.replaces {
+            Some(id) => browsers_session_in(&mut tx, id).await?,
+            None => None,
+        };
         let preempted = sqlx::query(stop_sessions!(
             "SELECT id, $3::BIGINT AS at, $4::BIGINT AS cause FROM access_sessions \
              WHERE organization_id = $1 AND client_ip = $2 AND state = 'active' \
@@ -1018,7 +1127,7 @@ impl SessionStore for PgStore {
         .bind(&new.client_ip)
         .bind(new.started_at)
         .bind(i64::from(terminate_cause::PORT_PREEMPTED))
-        .bind(new.replaces)
+        .bind(replaces)
         .fetch_all(&mut *tx)
         .await?
         .iter()
@@ -1050,6 +1159,19 @@ impl SessionStore for PgStore {
         .bind(new.start_claimed_until)
         .fetch_one(&mut *tx)
         .await?;
+        if let Some(replaced) = replaces.filter(|r| preempted.iter().any(|s| s.id == *r)) {
+            // Only the same user's sign-in sent together with it (see `replaced_by`).
+            sqlx::query(
+                "UPDATE access_sessions SET replaced_by = $1 WHERE id = $2 \
+                 AND lower(username) = lower($3) AND started_at >= $4",
+            )
+            .bind(id)
+            .bind(replaced)
+            .bind(&new.username)
+            .bind(new.started_at - super::FOLLOWED_REPLACEMENT_MS)
+            .execute(&mut *tx)
+            .await?;
+        }
         if !new.classes.is_empty() {
             sqlx::query(
                 "INSERT INTO session_classes (access_session_id, class) SELECT $1, unnest($2::BYTEA[])",
@@ -1166,34 +1288,35 @@ impl SessionStore for PgStore {
             > 0)
     }
 
-    async fn reassert_successor(
+    async fn reassert_after_stops(
         &self,
-        replaced_id: i64,
+        id: i64,
+        earlier: &[i64],
+        since: i64,
         now: i64,
-    ) -> Result<Option<i64>, StorageError> {
+    ) -> Result<bool, StorageError> {
+        // Under the address's lock (see `mark_delivered`), then one statement (a snapshot
+        // taken after the lock); the session's row locked as every writer of its rows does.
         let mut tx = self.pool().begin().await?;
-        // The successor's row locked, as every writer of its rows does first (a stop of it
-        // meanwhile: nothing queued behind its Stop).
-        let successor: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT s.id, s.started_at FROM access_sessions r \
-             JOIN access_sessions s ON s.organization_id = r.organization_id \
-               AND s.client_ip = r.client_ip AND s.state = 'active' AND s.id > r.id \
-             WHERE r.id = $1 AND EXISTS ( \
-               SELECT 1 FROM accounting_outbox o WHERE o.access_session_id = s.id \
-               AND o.status_type = $2 AND o.destination = $3 AND o.delivered_at IS NOT NULL) \
-             ORDER BY s.id DESC LIMIT 1 FOR UPDATE OF s",
-        )
-        .bind(replaced_id)
-        .bind(i64::from(status_type::START))
-        .bind(AUTH_SERVER_DESTINATION)
-        .fetch_optional(&mut *tx)
+        lock_address_of(&mut tx, id).await?;
+        let queued: i64 = sqlx::query_scalar(concat!(
+            "WITH s AS (SELECT s.id, s.started_at FROM access_sessions s \
+               WHERE s.id = $1 AND s.state = 'active' AND s.expires_at > $4 AND EXISTS ( \
+                 SELECT 1 FROM accounting_outbox o WHERE o.access_session_id = ANY($2) \
+                 AND o.status_type = 2 AND o.delivered_at >= $3) AND ",
+            super::no_stop_pending!(),
+            " FOR UPDATE OF s), ",
+            interim_of_s!("$4"),
+            " SELECT COUNT(*) FROM interim"
+        ))
+        .bind(id)
+        .bind(earlier)
+        .bind(since)
+        .bind(now)
+        .fetch_one(&mut *tx)
         .await?;
-        let Some((id, started_at)) = successor else {
-            return Ok(None);
-        };
-        enqueue_interim(&mut tx, id, started_at, now).await?;
         tx.commit().await?;
-        Ok(Some(id))
+        Ok(queued > 0)
     }
 
     async fn start_due_now(&self, id: i64, now: i64) -> Result<bool, StorageError> {
@@ -1537,17 +1660,18 @@ impl SessionStore for PgStore {
 
     async fn mark_delivered(
         &self,
-        id: i64,
+        row: &OutboxRow,
         now: i64,
         ack: Option<&Acknowledged<'_>>,
-    ) -> Result<u64, StorageError> {
+    ) -> Result<Delivered, StorageError> {
+        let id = row.id;
         // A Start or Interim-Update acknowledged by another server than the session's may have
         // opened the session there (rare: a failover).
         if let Some((ack, server)) = ack.and_then(|a| Some((a, a.remembered()?))) {
             let mut c = self.pool().acquire().await?;
             remember_sent(&mut c, ack.access_session_id, server).await?;
         }
-        let Some(ack) = ack.filter(|a| a.stop) else {
+        if row.status_type != i64::from(status_type::STOP) {
             sqlx::query(
                 "UPDATE accounting_outbox SET delivered_at = $1, claimed_until = NULL, last_error = NULL, \
                  transmissions = transmissions + 1 WHERE id = $2",
@@ -1556,32 +1680,70 @@ impl SessionStore for PgStore {
             .bind(id)
             .execute(self.pool())
             .await?;
-            return Ok(0);
+            return Ok(Delivered::default());
+        }
+        // A Stop: marked, copied when it is the session's own, and the newer session at its
+        // address that went before it asserted again — one statement. The update takes only a
+        // row not yet delivered, so a second recording (another replica, a retried write)
+        // waits for the first's lock on the row, finds it delivered and queues nothing. The
+        // successor's row is locked as every writer of its rows does first (a stop of it
+        // meanwhile: nothing queued behind its Stop; one that committed first: no successor).
+        let (access_session_id, own, by, copied) = match ack.filter(|a| a.stop) {
+            Some(ack) => (ack.access_session_id, ack.own, ack.by, true),
+            None => (row.access_session_id, "", "", false),
         };
-        // The session's Stop: marked and copied in one statement. The update takes only a row
-        // not yet delivered, so a second recording (another replica, a retried write) waits
-        // for the first's lock, finds it delivered and queues no copies.
-        let copies = sqlx::query(
+        let (copies, reasserted, unsure): (i64, Option<i64>, bool) = sqlx::query_as(concat!(
             "WITH d AS (UPDATE accounting_outbox SET delivered_at = $1, claimed_until = NULL, last_error = NULL, \
                transmissions = transmissions + 1 WHERE id = $2 AND delivered_at IS NULL \
-               RETURNING access_session_id, status_type, event_at, session_time_secs, terminate_cause) \
-             INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
-               session_time_secs, terminate_cause, next_attempt_at, created_at) \
-             SELECT d.access_session_id, $3 || t.server, d.status_type, d.event_at, d.session_time_secs, \
-               d.terminate_cause, $1, $1 \
-             FROM d, (SELECT server FROM accounting_sent WHERE access_session_id = $4 UNION SELECT $5::text) t \
-             WHERE t.server <> $6",
-        )
+               RETURNING access_session_id, status_type, event_at, session_time_secs, terminate_cause), \
+             ",
+            newer_session_of_r!(
+                "d JOIN access_sessions r ON r.id = d.access_session_id",
+                "$1"
+            ),
+            ", ",
+            interim_of_s!("$1"),
+            ", \
+             copies AS (INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
+                 session_time_secs, terminate_cause, next_attempt_at, created_at) \
+               SELECT d.access_session_id, $3 || t.server, d.status_type, d.event_at, d.session_time_secs, \
+                 d.terminate_cause, $1, $1 \
+               FROM d, (SELECT server FROM accounting_sent WHERE access_session_id = $4 UNION SELECT $5::text) t \
+               WHERE $7 AND t.server <> $6 RETURNING 1), \
+             waiting AS (SELECT 1 FROM d \
+               JOIN access_sessions r ON r.id = d.access_session_id \
+               JOIN access_sessions s ON s.organization_id = r.organization_id \
+                 AND s.client_ip = r.client_ip AND s.state = 'active' AND s.id > r.id AND s.expires_at > $1 \
+               WHERE NOT EXISTS (SELECT 1 FROM accounting_outbox o WHERE o.access_session_id = s.id \
+                 AND o.status_type = 1 AND o.destination = 'auth-server' AND o.delivered_at IS NOT NULL) \
+               LIMIT 1) \
+             SELECT (SELECT COUNT(*) FROM copies), (SELECT access_session_id FROM interim), \
+               EXISTS (SELECT 1 FROM waiting)"
+        ))
         .bind(now)
         .bind(id)
         .bind(super::SERVER_DESTINATION_PREFIX)
-        .bind(ack.access_session_id)
-        .bind(ack.own)
-        .bind(ack.by)
-        .execute(self.pool())
-        .await?
-        .rows_affected();
-        Ok(copies)
+        .bind(access_session_id)
+        .bind(own)
+        .bind(by)
+        .bind(copied)
+        .fetch_one(self.pool())
+        .await?;
+        // A newer session at the address whose Start this statement's snapshot did not see
+        // acknowledged: its Start may have been recorded meanwhile, and its sign-in's own look
+        // (`reassert_after_stops`) may not have seen this Stop yet — both statements' snapshots
+        // taken before the other's commit. Looked at again under the address's lock, which
+        // that look takes too: whichever comes second sees the other's write.
+        let reasserted = match reasserted {
+            None if unsure => {
+                reassert_successor_locked(self.pool(), row.access_session_id, now).await?
+            }
+            found => found,
+        };
+        Ok(Delivered {
+            copies: copies as u64,
+            reasserted,
+        })
     }
 
     async fn claim_session_copies(

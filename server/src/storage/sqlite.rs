@@ -8,9 +8,9 @@ use super::{
     decode_classes, encode_classes,
     engine::Engine,
     organizations::{audit_on, session_end_actor, Audit, OrgBackend, OrgTx},
-    AccessSessionRecord, Acknowledged, NewAccessSession, OpenedSession, OutboxEntry, OutboxRow,
-    SessionMatch, SessionStore, SignInLease, StopOutcome, Stopped, StorageError, WaitingRow,
-    AUTH_SERVER_DESTINATION,
+    AccessSessionRecord, Acknowledged, Delivered, NewAccessSession, OpenedSession, OutboxEntry,
+    OutboxRow, SessionMatch, SessionStore, SignInLease, StopOutcome, Stopped, StorageError,
+    WaitingRow, AUTH_SERVER_DESTINATION,
 };
 use crate::radius::{status_type, terminate_cause};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -36,7 +36,7 @@ macro_rules! select_sessions {
         concat!(
             "SELECT id, acct_session_id, organization_id, username, client_ip, server_index, server_name, \
              classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, \
-             state, stopped_at, terminate_cause, nas_ip, nas_identifier FROM access_sessions ",
+             state, stopped_at, terminate_cause, nas_ip, nas_identifier, replaced_by FROM access_sessions ",
             $rest
         )
     };
@@ -87,6 +87,7 @@ fn session_from_row(row: &rusqlite::Row<'_>) -> Result<AccessSessionRecord, Stor
         stopped_at: row.get(16)?,
         terminate_cause: row.get(17)?,
         nas: super::stored_nas(row.get(18)?, row.get(19)?),
+        replaced_by: row.get(20)?,
     })
 }
 
@@ -650,33 +651,43 @@ impl SessionStore for SqliteStore {
             .await
     }
 
-    async fn reassert_successor(
+    async fn reassert_after_stops(
         &self,
-        replaced_id: i64,
+        id: i64,
+        earlier: &[i64],
+        since: i64,
         now: i64,
-    ) -> Result<Option<i64>, StorageError> {
+    ) -> Result<bool, StorageError> {
+        let earlier = earlier.to_vec();
         self.engine
             .write(move |c| {
-                let successor: Option<(i64, i64)> = c
-                    .prepare_cached(
-                        "SELECT s.id, s.started_at FROM access_sessions r \
-                         JOIN access_sessions s ON s.organization_id = r.organization_id \
-                           AND s.client_ip = r.client_ip AND s.state = 'active' AND s.id > r.id \
-                         WHERE r.id = ?1 AND EXISTS ( \
-                           SELECT 1 FROM accounting_outbox o WHERE o.access_session_id = s.id \
-                           AND o.status_type = ?2 AND o.destination = ?3 AND o.delivered_at IS NOT NULL) \
-                         ORDER BY s.id DESC LIMIT 1",
-                    )?
-                    .query_row(
-                        params![replaced_id, status_type::START, AUTH_SERVER_DESTINATION],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
+                let mut late = false;
+                for session in &earlier {
+                    late |= c
+                        .prepare_cached(
+                            "SELECT EXISTS (SELECT 1 FROM accounting_outbox WHERE access_session_id = ?1 \
+                             AND status_type = ?2 AND delivered_at >= ?3)",
+                        )?
+                        .query_row(params![session, status_type::STOP, since], |r| {
+                            r.get::<_, bool>(0)
+                        })?;
+                }
+                if !late {
+                    return Ok(false);
+                }
+                let started_at: Option<i64> = c
+                    .prepare_cached(concat!(
+                        "SELECT s.started_at FROM access_sessions s \
+                         WHERE s.id = ?1 AND s.state = 'active' AND s.expires_at > ?2 AND ",
+                        super::no_stop_pending!()
+                    ))?
+                    .query_row(params![id, now], |r| r.get(0))
                     .optional()?;
-                let Some((id, started_at)) = successor else {
-                    return Ok(None);
+                let Some(started_at) = started_at else {
+                    return Ok(false);
                 };
                 enqueue_interim(c, id, started_at, now)?;
-                Ok(Some(id))
+                Ok(true)
             })
             .await
     }
@@ -1027,10 +1038,11 @@ impl SessionStore for SqliteStore {
 
     async fn mark_delivered(
         &self,
-        id: i64,
+        row: &OutboxRow,
         now: i64,
         ack: Option<&Acknowledged<'_>>,
-    ) -> Result<u64, StorageError> {
+    ) -> Result<Delivered, StorageError> {
+        let (id, stop) = (row.id, row.status_type == i64::from(status_type::STOP));
         let remembered = ack.and_then(|a| a.remembered()).map(str::to_owned);
         let ack = ack.map(|a| {
             (
@@ -1044,13 +1056,16 @@ impl SessionStore for SqliteStore {
         // row would be sent again, perhaps to its own server, and the Stop never copied there).
         let remembers = remembered.is_some();
         let work = move |c: &Connection| {
-            let mut copies = 0;
+            let mut delivered = Delivered::default();
+            if stop {
+                delivered.reasserted = reassert_successor(c, id, now)?;
+            }
             if let Some((session, by, own, stop)) = &ack {
                 if let Some(server) = &remembered {
                     remember_sent(c, *session, server)?;
                 }
                 if *stop {
-                    copies = c
+                    delivered.copies = c
                             .prepare_cached(
                                 "INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
                                  session_time_secs, terminate_cause, next_attempt_at, created_at) \
@@ -1075,7 +1090,7 @@ impl SessionStore for SqliteStore {
                      transmissions = transmissions + 1 WHERE id = ?",
                 )?
                 .execute([now, id])?;
-            Ok(copies)
+            Ok(delivered)
         };
         if remembers {
             self.engine.write(work).await
@@ -1563,6 +1578,40 @@ impl SessionStore for SqliteStore {
     }
 }
 
+/// Before Stop row `stop_row` is recorded delivered: the newer session of its organization and
+/// address whose Start was acknowledged before it gets an Interim-Update queued at `now` (see
+/// [`SessionStore::mark_delivered`]); its id. Nothing for a row recorded already.
+fn reassert_successor(
+    c: &Connection,
+    stop_row: i64,
+    now: i64,
+) -> Result<Option<i64>, StorageError> {
+    let successor: Option<(i64, i64)> = c
+        .prepare_cached(concat!(
+            "SELECT s.id, s.started_at FROM accounting_outbox d \
+             JOIN access_sessions r ON r.id = d.access_session_id \
+             JOIN access_sessions s ON s.client_ip = r.client_ip AND s.organization_id = r.organization_id \
+               AND s.state = 'active' AND s.id > r.id AND s.expires_at > ?4 \
+             WHERE d.id = ?1 AND d.delivered_at IS NULL AND EXISTS ( \
+               SELECT 1 FROM accounting_outbox o WHERE o.access_session_id = s.id \
+               AND o.status_type = ?2 AND o.destination = ?3 AND o.delivered_at IS NOT NULL) AND ",
+            // One an operator's stop (a disable) waits for gets none, as no periodic one: its
+            // Stop is dated when the stop was asked for, never before a queued Interim-Update.
+            super::no_stop_pending!(),
+            " ORDER BY s.id DESC LIMIT 1"
+        ))?
+        .query_row(
+            params![stop_row, status_type::START, AUTH_SERVER_DESTINATION, now],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((id, started_at)) = successor else {
+        return Ok(None);
+    };
+    enqueue_interim(c, id, started_at, now)?;
+    Ok(Some(id))
+}
+
 /// Remembers that `server` was sent a packet of session `access_session_id` (it may hold the
 /// session open: see [`SessionStore::mark_delivered`]).
 fn remember_sent(c: &Connection, access_session_id: i64, server: &str) -> Result<(), StorageError> {
@@ -1610,6 +1659,10 @@ fn open_session_in(c: &Connection, new: &NewAccessSession) -> Result<OpenedSessi
     if active != Some(true) {
         return Err(StorageError::OrganizationDisabled);
     }
+    let replaces = match new.replaces {
+        Some(id) => browsers_session_in(c, id)?,
+        None => None,
+    };
     let previous: Vec<i64> = c
         .prepare_cached(
             // Two look-ups, each on its index (an OR of the two would scan every active
@@ -1618,7 +1671,7 @@ fn open_session_in(c: &Connection, new: &NewAccessSession) -> Result<OpenedSessi
              UNION SELECT id FROM access_sessions WHERE id = ?3 AND organization_id = ?1 AND state = 'active'",
         )?
         .query_map(
-            params![new.organization_id, new.client_ip, new.replaces],
+            params![new.organization_id, new.client_ip, replaces],
             |r| r.get(0),
         )?
         .collect::<Result<_, _>>()?;
@@ -1663,6 +1716,19 @@ fn open_session_in(c: &Connection, new: &NewAccessSession) -> Result<OpenedSessi
             |r| r.get(0),
         )?;
     insert_classes(c, id, &new.classes)?;
+    if let Some(replaced) = replaces.filter(|r| stopped.iter().any(|s| s.id == *r)) {
+        // Only the same user's sign-in sent together with it (see `replaced_by`).
+        c.prepare_cached(
+            "UPDATE access_sessions SET replaced_by = ?1 WHERE id = ?2 \
+             AND lower(username) = lower(?3) AND started_at >= ?4",
+        )?
+        .execute(params![
+            id,
+            replaced,
+            new.username,
+            new.started_at - super::FOLLOWED_REPLACEMENT_MS
+        ])?;
+    }
     let start = enqueue(c, id, status_type::START, new.started_at, None, None)?;
     let claimed_start = match new.start_claimed_until {
         Some(until) => Some(
@@ -1689,6 +1755,25 @@ fn insert_classes(c: &Connection, id: i64, classes: &[Vec<u8>]) -> Result<(), St
         insert.execute(params![id, class])?;
     }
     Ok(())
+}
+
+/// The session a browser linked to session `id` holds: `id`, or the session a sign-in of that
+/// browser replaced it with, followed (at most [`super::REPLACEMENTS_FOLLOWED`] times) while
+/// each was replaced so; None if `id` does not exist.
+fn browsers_session_in(c: &Connection, id: i64) -> Result<Option<i64>, StorageError> {
+    let mut at = id;
+    for _ in 0..super::REPLACEMENTS_FOLLOWED {
+        let found: Option<(String, Option<i64>)> = c
+            .prepare_cached("SELECT state, replaced_by FROM access_sessions WHERE id = ?")?
+            .query_row([at], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        match found {
+            None => return Ok(None),
+            Some((state, Some(next))) if state != "active" => at = next,
+            Some(_) => break,
+        }
+    }
+    Ok(Some(at))
 }
 
 /// See [`SessionStore::dead_letter`].

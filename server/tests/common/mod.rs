@@ -891,3 +891,23 @@ impl Drop for PortalProcess {
         let _ = self.0.wait();
     }
 }
+
+/// The next `data:` of a Server-Sent Events response (comments and keep-alives skipped).
+#[allow(dead_code)]
+pub async fn next_event(stream: &mut reqwest::Response, buffer: &mut String) -> String {
+    loop {
+        if let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) {
+                return data.trim().to_string();
+            }
+            continue;
+        }
+        let chunk = stream
+            .chunk()
+            .await
+            .unwrap()
+            .expect("the stream stays open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
