@@ -1660,6 +1660,126 @@ async fn late_stop_then_interim(
     new_sid
 }
 
+/// A Stop held back after a failed attempt when a sign-in at its address sends its Start (not
+/// waited for: its server said nothing the last time), sent by the delivery loop while the
+/// Start's answer is still on its way and acknowledged first — its recording saw no
+/// acknowledged Start to re-assert —: once the Start is acknowledged, the sign-in's session
+/// sends an Interim-Update, so an address-keyed firewall that took the Stop last has its user
+/// again.
+#[tokio::test]
+async fn a_held_back_stop_acknowledged_before_a_start_it_followed_is_followed_by_an_interim_update()
+{
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let radius = FreeRadius::start().await;
+    let (armed, held, release) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let acct = SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
+    let relay = reply_holding_relay(acct, armed.clone(), held.clone(), release.clone()).await;
+    let (_dir, db) = temp_db();
+    let mut server = radius.server_settings("primary", true);
+    server.acct_port = relay;
+    // No retransmission of the Start while its answer is held.
+    server.timeout = Duration::from_secs(20);
+    let app = Arc::new(TestApp::spawn(&settings(&db, vec![server])).await);
+    let address = IpAddr::V4(client(92));
+    let earlier = app
+        .sessions
+        .login("acme", "erin", "erin-pass", address)
+        .await
+        .unwrap();
+    // Ended; its Stop's first attempt failed: held back for a second and a half.
+    let now = radius_portal::access_session::now_ms();
+    assert!(app
+        .storage
+        .stop_session(
+            earlier.id,
+            radius_portal::radius::terminate_cause::USER_REQUEST,
+            now
+        )
+        .await
+        .unwrap());
+    let stop = app
+        .storage
+        .claim_session_outbox(earlier.id, status_type::STOP, now, now + 60_000)
+        .await
+        .unwrap()
+        .expect("the Stop, due");
+    app.storage
+        .mark_failed(&stop, now + 1_500, "timeout", Some("primary"))
+        .await
+        .unwrap();
+
+    armed.store(true, SeqCst);
+    let login = tokio::spawn({
+        let app = app.clone();
+        async move {
+            app.sessions
+                .login("acme", "carol", "carol-pass", address)
+                .await
+        }
+    });
+    held.notified().await; // carol's Start answered by FreeRADIUS, the answer held
+    app.sessions.accounting().wake();
+    wait_until("the held-back Stop acknowledged", || async {
+        app.storage
+            .outbox_delivered(earlier.id, status_type::STOP)
+            .await
+            .unwrap()
+    })
+    .await;
+    release.notify_one(); // the Start's acknowledgement reaches the portal
+    let session = login.await.unwrap().unwrap();
+    let sid = format!("sid={} ", session.acct_session_id);
+    radius.wait_for_acct(&["status=Interim-Update", &sid]).await;
+    let lines = radius.acct_lines();
+    let old = format!("sid={} ", earlier.acct_session_id);
+    assert!(
+        line_of(&lines, "Start", &sid) < line_of(&lines, "Stop", &old),
+        "{lines:?}"
+    );
+    assert!(
+        line_of(&lines, "Stop", &old) < line_of(&lines, "Interim-Update", &sid),
+        "{lines:?}"
+    );
+    Arc::into_inner(app).unwrap().stop().await;
+}
+
+/// A UDP relay to `upstream` that, once `armed`, holds the next reply until `release` (`held` is
+/// told when it is held) and disarms; other replies pass at once. Its port.
+async fn reply_holding_relay(
+    upstream: SocketAddr,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    held: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
+) -> u16 {
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let port = front.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (len, from) = front.recv_from(&mut buf).await.unwrap();
+            let request = buf[..len].to_vec();
+            let (front, armed, held, release) =
+                (front.clone(), armed.clone(), held.clone(), release.clone());
+            tokio::spawn(async move {
+                let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                back.send_to(&request, upstream).await.unwrap();
+                let mut reply = vec![0u8; 4096];
+                let (n, _) = back.recv_from(&mut reply).await.unwrap();
+                if armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    held.notify_one();
+                    release.notified().await;
+                }
+                front.send_to(&reply[..n], from).await.unwrap();
+            });
+        }
+    });
+    port
+}
+
 /// The index of the one accounting line of `status` with `sid` in it.
 fn line_of(lines: &[String], status: &str, sid: &str) -> usize {
     let found: Vec<usize> = (0..lines.len())

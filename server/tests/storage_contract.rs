@@ -168,8 +168,10 @@ on_both_backends!(
 );
 
 /// The Stops of an address's earlier sessions that are due and unacknowledged — on their way —
-/// are found for a sign-in there (in its organization); one held back after a failed attempt,
-/// waiting behind its session's unacknowledged Start, due long ago, or acknowledged, is not.
+/// are found for a sign-in there (in its organization); one held back after a failed attempt
+/// (until before the sign-in's horizon) or waiting behind its session's unacknowledged Start is
+/// found as coming (it may go while the sign-in's Start does); one due long ago or held back
+/// past the horizon, or acknowledged, is not found.
 async fn an_addresss_stops_on_their_way_are_found(db: Db) {
     let s = &db.storage;
     let id = opened(s, login("10.0.7.1", T0, MINUTE)).await;
@@ -180,12 +182,17 @@ async fn an_addresss_stops_on_their_way_are_found(db: Db) {
         .unwrap();
     s.mark_delivered(&start, T0 + 1, None).await.unwrap();
     let other = opened(s, login("10.0.7.2", T0, MINUTE)).await;
-    let due = |org: &'static str, ip: &'static str, now: i64| async move {
-        s.stops_due_at(org, ip, now).await.unwrap()
+    let stops = |org: &'static str, ip: &'static str, now: i64, until: i64| async move {
+        let found = s.stops_due_at(org, ip, now, until).await.unwrap();
+        (found.due, found.coming)
     };
+    let due = |ids: Vec<i64>| (ids, Vec::<i64>::new());
+    let coming = |ids: Vec<i64>| (Vec::<i64>::new(), ids);
+    let none = || (Vec::<i64>::new(), Vec::<i64>::new());
+    let now = T0 + 2_000;
     assert_eq!(
-        due("acme", "10.0.7.1", T0 + 2_000).await,
-        Vec::<i64>::new(),
+        stops("acme", "10.0.7.1", now, now + MINUTE).await,
+        none(),
         "running"
     );
     assert!(s
@@ -196,26 +203,25 @@ async fn an_addresss_stops_on_their_way_are_found(db: Db) {
         .stop_session(other, terminate_cause::USER_REQUEST, T0 + 1_000)
         .await
         .unwrap());
-    let now = T0 + 2_000;
-    assert_eq!(due("acme", "10.0.7.1", now).await, vec![id]);
+    assert_eq!(stops("acme", "10.0.7.1", now, now).await, due(vec![id]));
     assert_eq!(
-        due("beta", "10.0.7.1", now).await,
-        Vec::<i64>::new(),
+        stops("beta", "10.0.7.1", now, now + MINUTE).await,
+        none(),
         "another organization's"
     );
     assert_eq!(
-        due("acme", "10.0.7.3", now).await,
-        Vec::<i64>::new(),
+        stops("acme", "10.0.7.3", now, now + MINUTE).await,
+        none(),
         "another address's"
     );
     assert_eq!(
-        due("acme", "10.0.7.2", now).await,
-        Vec::<i64>::new(),
+        stops("acme", "10.0.7.2", now, now).await,
+        coming(vec![other]),
         "behind its session's unacknowledged Start"
     );
     assert_eq!(
-        due("acme", "10.0.7.1", now + 2 * MINUTE).await,
-        Vec::<i64>::new(),
+        stops("acme", "10.0.7.1", now + 2 * MINUTE, now + 3 * MINUTE).await,
+        none(),
         "due long ago: it waits for something"
     );
     let stop = s
@@ -223,14 +229,23 @@ async fn an_addresss_stops_on_their_way_are_found(db: Db) {
         .await
         .unwrap()
         .expect("due");
-    assert_eq!(due("acme", "10.0.7.1", now).await, vec![id], "on its way");
+    assert_eq!(
+        stops("acme", "10.0.7.1", now, now).await,
+        due(vec![id]),
+        "on its way"
+    );
     s.mark_failed(&stop, now + MINUTE, "timeout", Some("primary"))
         .await
         .unwrap();
     assert_eq!(
-        due("acme", "10.0.7.1", now).await,
-        Vec::<i64>::new(),
-        "held back"
+        stops("acme", "10.0.7.1", now, now + MINUTE).await,
+        coming(vec![id]),
+        "held back until within the horizon"
+    );
+    assert_eq!(
+        stops("acme", "10.0.7.1", now, now + MINUTE - 1).await,
+        none(),
+        "held back past the horizon"
     );
     let stop = s
         .claim_session_outbox(id, status_type::STOP, now + MINUTE, now + 2 * MINUTE)
@@ -239,8 +254,8 @@ async fn an_addresss_stops_on_their_way_are_found(db: Db) {
         .expect("due again");
     s.mark_delivered(&stop, now + MINUTE, None).await.unwrap();
     assert_eq!(
-        due("acme", "10.0.7.1", now + MINUTE).await,
-        Vec::<i64>::new(),
+        stops("acme", "10.0.7.1", now + MINUTE, now + 2 * MINUTE).await,
+        none(),
         "acknowledged"
     );
 }

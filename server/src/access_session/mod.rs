@@ -732,30 +732,49 @@ impl AccessSessions {
             .unwrap_or(exchange_time)
             .max(exchange_time);
         let stop_budget = longest * self.radius.health().failures_to_open().saturating_add(1);
+        // One budget for them all: the Start is held back at most that long, however many.
+        let stops_until = deadline.max(Instant::now() + stop_budget);
         // The sessions whose Stop goes first: those this sign-in replaced, and the address's
         // earlier sessions whose Stop is still on its way (a Disconnect or an expiry a moment
         // before, by this replica or another: sent in the background; one whose expiry this
         // sign-in's write came just after, so it replaced nothing).
         let mut earlier: Vec<i64> = preempted.iter().map(|old| old.id).collect();
+        // And those whose Stop may go while the Start does, not waited for (held back after a
+        // failed attempt until about when the Start's acknowledgement is recorded at the
+        // latest, or behind an earlier row of their session: a server back after an outage
+        // sends them while this sign-in sends its Start): asked about with the unsettled ones
+        // once the Start is acknowledged.
+        let mut unsettled = Vec::new();
+        let start_recorded_by = now_ms()
+            + i64::try_from(
+                (stops_until + exchange_time)
+                    .saturating_duration_since(Instant::now())
+                    .as_millis(),
+            )
+            .unwrap_or(i64::MAX / 4)
+            + crate::accounting::CLOCK_SKEW_MS;
         match self
             .storage
-            .stops_due_at(&session.organization_id, &session.client_ip, now_ms())
+            .stops_due_at(
+                &session.organization_id,
+                &session.client_ip,
+                now_ms(),
+                start_recorded_by,
+            )
             .await
         {
-            Ok(due) => {
-                for id in due {
+            Ok(stops) => {
+                for id in stops.due {
                     if !earlier.contains(&id) {
                         earlier.push(id);
                     }
                 }
+                unsettled.extend(stops.coming.into_iter().filter(|id| !earlier.contains(id)));
             }
             Err(e) => tracing::warn!(error = %crate::portal_backend::error_chain(&e),
                 "the address's earlier sessions' Stops on their way could not be read; the Start does not wait for them"),
         }
-        // One budget for them all: the Start is held back at most that long, however many.
-        let stops_until = deadline.max(Instant::now() + stop_budget);
-        // Those whose Stop was still on its way when the budget ran out.
-        let mut unsettled = Vec::new();
+        // Those whose Stop was still on its way when the budget ran out join them.
         for &old in &earlier {
             self.events.publish(old);
             let mut stop_deadline = stops_until;
@@ -869,10 +888,12 @@ impl AccessSessions {
     }
 
     /// A sign-in's Start went while Stops of its address's earlier sessions were still on their
-    /// way (its budget for them ran out): one acknowledged since the Start left may have
-    /// reached the server after it — its recording saw no acknowledged Start to re-assert, as
-    /// it came first — so the session sends an Interim-Update now (one acknowledged later is
-    /// followed by one when it is recorded, `SessionStore::mark_delivered`).
+    /// way (its budget for them ran out, or they were not waited for): one acknowledged since
+    /// the Start left (by any replica's clock: [`crate::accounting::CLOCK_SKEW_MS`] before,
+    /// an Interim-Update too many rather than one too few) may have reached the server after
+    /// it — its recording saw no acknowledged Start to re-assert, as it came first — so the
+    /// session sends an Interim-Update now (one acknowledged later is followed by one when it
+    /// is recorded, `SessionStore::mark_delivered`).
     async fn after_unsettled_stops(
         &self,
         session: &AccessSessionRecord,
@@ -881,7 +902,12 @@ impl AccessSessions {
     ) {
         match self
             .storage
-            .reassert_after_stops(session.id, unsettled, start_sent_from, now_ms())
+            .reassert_after_stops(
+                session.id,
+                unsettled,
+                start_sent_from - crate::accounting::CLOCK_SKEW_MS,
+                now_ms(),
+            )
             .await
         {
             Ok(true) => {

@@ -74,9 +74,12 @@ fn given_up_at() -> i64 {
     now_ms() - CLAIM_LEASE_MS
 }
 
+/// How far apart the clocks of replicas sharing a database may be: what one stamps, another
+/// compares with its own time (leases, acknowledgements).
+pub(crate) const CLOCK_SKEW_MS: i64 = 10_000;
 /// How long before its claim runs out a sender stops trying to record an acknowledgement (the
 /// clocks of replicas, which compare leases, may differ by this much).
-const CLAIM_MARGIN_MS: i64 = 10_000;
+const CLAIM_MARGIN_MS: i64 = CLOCK_SKEW_MS;
 /// The ends of the delivery loop's deliveries, by row: the latest delivery of each row the loop
 /// has not seen end yet, with a token cancelled when it ends (however: a panic too).
 #[derive(Default)]

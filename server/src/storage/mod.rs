@@ -379,11 +379,14 @@ contract! {
         /// Whether a session's packet of `status_type` has been acknowledged.
         fn outbox_delivered(&self, access_session_id: i64, status_type: u32) -> bool;
         /// The sessions of `organization_id` at `client_ip` with a Stop (to their own server, or
-        /// a copy) that came due lately ([`STOPS_DUE_LATELY_MS`]) and is not yet acknowledged —
-        /// on its way, or about to be: ended a moment ago (a Disconnect, an expiry, by any
-        /// replica). A sign-in at that address sends its Start after them. Not those held back
-        /// after a failed attempt, nor one waiting behind an earlier row of its session.
-        fn stops_due_at(&self, organization_id: &str, client_ip: &str, now: i64) -> Vec<i64>;
+        /// a copy) not yet acknowledged, for a sign-in there: `due` — those that came due lately
+        /// ([`STOPS_DUE_LATELY_MS`]), on their way or about to be (ended a moment ago: a
+        /// Disconnect, an expiry, by any replica), the sign-in sends its Start after them —, and
+        /// `coming`, the others that may go while its Start does: held back after a failed
+        /// attempt until `until` at the latest, or come due lately behind an earlier row of
+        /// their session (the sign-in does not wait for them; whether one was acknowledged after
+        /// its Start left is asked once the Start is, [`SessionStore::reassert_after_stops`]).
+        fn stops_due_at(&self, organization_id: &str, client_ip: &str, now: i64, until: i64) -> AddressStops;
     }
 }
 
@@ -1087,6 +1090,16 @@ impl Acknowledged<'_> {
     pub(crate) fn remembered(&self) -> Option<&str> {
         (self.by != self.own && !self.stop).then_some(self.by)
     }
+}
+
+/// The unacknowledged Stops of an address's earlier sessions ([`SessionStore::stops_due_at`]),
+/// by session, oldest first (at most 32 in all).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AddressStops {
+    /// Came due lately: on their way, or about to be.
+    pub due: Vec<i64>,
+    /// Held back, or waiting behind an earlier row of their session.
+    pub coming: Vec<i64>,
 }
 
 /// What recording an acknowledged row queued ([`SessionStore::mark_delivered`]).

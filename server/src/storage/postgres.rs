@@ -25,9 +25,9 @@
 use super::{
     decode_classes, encode_classes,
     organizations::{audit_in, Audit, OrgBackend, OrgTx},
-    AccessSessionRecord, Acknowledged, Delivered, NewAccessSession, Notice, OpenedSession,
-    OutboxEntry, OutboxRow, SessionMatch, SessionStore, SignInLease, StopOutcome, Stopped,
-    StorageError, WaitingRow, AUTH_SERVER_DESTINATION,
+    AccessSessionRecord, Acknowledged, AddressStops, Delivered, NewAccessSession, Notice,
+    OpenedSession, OutboxEntry, OutboxRow, SessionMatch, SessionStore, SignInLease, StopOutcome,
+    Stopped, StorageError, WaitingRow, AUTH_SERVER_DESTINATION,
 };
 use crate::radius::{status_type, terminate_cause};
 use sqlx::{
@@ -1734,9 +1734,19 @@ impl SessionStore for PgStore {
         // (`reassert_after_stops`) may not have seen this Stop yet — both statements' snapshots
         // taken before the other's commit. Looked at again under the address's lock, which
         // that look takes too: whichever comes second sees the other's write.
+        // The Stop is recorded whatever that look says: a failed look (the database away a
+        // moment) is not a failed recording, which would have its caller record it again, find
+        // it recorded, and leave its copies to the delivery loop's next pass.
         let reasserted = match reasserted {
             None if unsure => {
-                reassert_successor_locked(self.pool(), row.access_session_id, now).await?
+                match reassert_successor_locked(self.pool(), row.access_session_id, now).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        tracing::warn!(session = row.access_session_id, error = %e,
+                            "a Stop recorded, the look for a newer session at its address to re-assert failed; that session's sign-in still looks once its Start is acknowledged");
+                        None
+                    }
+                }
             }
             found => found,
         };
@@ -2180,26 +2190,39 @@ impl SessionStore for PgStore {
         organization_id: &str,
         client_ip: &str,
         now: i64,
-    ) -> Result<Vec<i64>, StorageError> {
-        // Through the pending rows that came due lately (those on their way: few but in a
-        // recovery), not the sessions.
-        Ok(sqlx::query_scalar(
-            "SELECT o.access_session_id FROM accounting_outbox o \
-             JOIN access_sessions s ON s.id = o.access_session_id \
+        until: i64,
+    ) -> Result<AddressStops, StorageError> {
+        // Through the pending rows that came due lately or come due soon (those on their way:
+        // few but in a recovery), not the sessions.
+        let rows: Vec<(i64, bool)> = sqlx::query_as(
+            "SELECT o.access_session_id, bool_or(o.next_attempt_at <= $3 AND NOT EXISTS ( \
+               SELECT 1 FROM accounting_outbox e WHERE e.access_session_id = o.access_session_id \
+               AND e.destination = o.destination AND e.id < o.id AND e.delivered_at IS NULL \
+               AND e.dead_at IS NULL)) \
+             FROM accounting_outbox o JOIN access_sessions s ON s.id = o.access_session_id \
              WHERE o.delivered_at IS NULL AND o.dead_at IS NULL \
-             AND o.next_attempt_at <= $3 AND o.next_attempt_at > $3 - $5 \
+             AND o.next_attempt_at <= GREATEST($3, $6) AND o.next_attempt_at > $3 - $5 \
              AND o.status_type = $4 AND s.client_ip = $2 AND s.organization_id = $1 \
-             AND NOT EXISTS (SELECT 1 FROM accounting_outbox e WHERE e.access_session_id = o.access_session_id \
-               AND e.destination = o.destination AND e.id < o.id AND e.delivered_at IS NULL AND e.dead_at IS NULL) \
-             GROUP BY o.access_session_id ORDER BY MIN(o.id) LIMIT 16",
+             GROUP BY o.access_session_id ORDER BY MIN(o.id) LIMIT 32",
         )
         .bind(organization_id)
         .bind(client_ip)
         .bind(now)
         .bind(i64::from(status_type::STOP))
         .bind(super::STOPS_DUE_LATELY_MS)
+        .bind(until)
         .fetch_all(self.pool())
-        .await?)
+        .await?;
+        let mut stops = AddressStops::default();
+        for (id, due) in rows {
+            if due {
+                &mut stops.due
+            } else {
+                &mut stops.coming
+            }
+            .push(id);
+        }
+        Ok(stops)
     }
 }
 

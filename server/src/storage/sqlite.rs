@@ -8,9 +8,9 @@ use super::{
     decode_classes, encode_classes,
     engine::Engine,
     organizations::{audit_on, session_end_actor, Audit, OrgBackend, OrgTx},
-    AccessSessionRecord, Acknowledged, Delivered, NewAccessSession, OpenedSession, OutboxEntry,
-    OutboxRow, SessionMatch, SessionStore, SignInLease, StopOutcome, Stopped, StorageError,
-    WaitingRow, AUTH_SERVER_DESTINATION,
+    AccessSessionRecord, Acknowledged, AddressStops, Delivered, NewAccessSession, OpenedSession,
+    OutboxEntry, OutboxRow, SessionMatch, SessionStore, SignInLease, StopOutcome, Stopped,
+    StorageError, WaitingRow, AUTH_SERVER_DESTINATION,
 };
 use crate::radius::{status_type, terminate_cause};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -1549,31 +1549,40 @@ impl SessionStore for SqliteStore {
         organization_id: &str,
         client_ip: &str,
         now: i64,
-    ) -> Result<Vec<i64>, StorageError> {
+        until: i64,
+    ) -> Result<AddressStops, StorageError> {
         self.engine.read(|c| {
-            // Through the pending rows that came due lately (those on their way: few but in a
-            // recovery), not the sessions.
-            Ok(c.prepare_cached(
-                "SELECT o.access_session_id FROM accounting_outbox o \
-                 JOIN access_sessions s ON s.id = o.access_session_id \
-                 WHERE o.delivered_at IS NULL AND o.dead_at IS NULL \
-                 AND o.next_attempt_at <= ?3 AND o.next_attempt_at > ?3 - ?5 \
-                 AND o.status_type = ?4 AND s.client_ip = ?2 AND s.organization_id = ?1 \
-                 AND NOT EXISTS (SELECT 1 FROM accounting_outbox e WHERE e.access_session_id = o.access_session_id \
-                   AND e.destination = o.destination AND e.id < o.id AND e.delivered_at IS NULL AND e.dead_at IS NULL) \
-                 GROUP BY o.access_session_id ORDER BY MIN(o.id) LIMIT 16",
-            )?
-            .query_map(
-                params![
-                    organization_id,
-                    client_ip,
-                    now,
-                    status_type::STOP,
-                    super::STOPS_DUE_LATELY_MS
-                ],
-                |r| r.get(0),
-            )?
-            .collect::<Result<_, _>>()?)
+            // Through the pending rows that came due lately or come due soon (those on their
+            // way: few but in a recovery), not the sessions.
+            let mut stops = AddressStops::default();
+            for row in c
+                .prepare_cached(
+                    "SELECT o.access_session_id, MAX(o.next_attempt_at <= ?3 AND NOT EXISTS ( \
+                       SELECT 1 FROM accounting_outbox e WHERE e.access_session_id = o.access_session_id \
+                       AND e.destination = o.destination AND e.id < o.id AND e.delivered_at IS NULL \
+                       AND e.dead_at IS NULL)) \
+                     FROM accounting_outbox o JOIN access_sessions s ON s.id = o.access_session_id \
+                     WHERE o.delivered_at IS NULL AND o.dead_at IS NULL \
+                     AND o.next_attempt_at <= MAX(?3, ?6) AND o.next_attempt_at > ?3 - ?5 \
+                     AND o.status_type = ?4 AND s.client_ip = ?2 AND s.organization_id = ?1 \
+                     GROUP BY o.access_session_id ORDER BY MIN(o.id) LIMIT 32",
+                )?
+                .query_map(
+                    params![
+                        organization_id,
+                        client_ip,
+                        now,
+                        status_type::STOP,
+                        super::STOPS_DUE_LATELY_MS,
+                        until
+                    ],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?)),
+                )?
+            {
+                let (id, due) = row?;
+                if due { &mut stops.due } else { &mut stops.coming }.push(id);
+            }
+            Ok(stops)
         })
     }
 }
