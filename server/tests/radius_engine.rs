@@ -1145,6 +1145,91 @@ async fn an_idle_dead_backup_is_found_down_before_a_failover_needs_it() {
     app.stop().await;
 }
 
+/// A disabled organization's servers are not checked while idle (nobody signs in there), the
+/// enabled organizations' are; enabled, its servers are checked too. Here the servers checked
+/// are silent sockets that count what reaches them: the enabled organization's backup is found
+/// down by its first check (at most one interval after the start) and probed since; by a probe
+/// an interval after the start, the disabled organization's server would have had its first.
+#[tokio::test]
+async fn a_disabled_organizations_servers_are_checked_idle_only_once_it_is_enabled() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let (backup_port, backup_seen) = silent_counting_server().await;
+    let (beta_port, beta_seen) = silent_counting_server().await;
+    let silent = |name: &str, port: u16| {
+        let mut server = radius.server_settings(name, true);
+        server.auth_port = port;
+        server.acct_port = port;
+        server.timeout = Duration::from_millis(500);
+        server.retries = 0;
+        server
+    };
+    let mut config = settings(
+        &db,
+        vec![
+            radius.server_settings("primary", true),
+            silent("backup", backup_port),
+        ],
+    );
+    let mut beta = config.organizations[0].clone();
+    beta.id = "beta".into();
+    beta.name = "Beta Org".into();
+    beta.enabled = Some(false);
+    beta.servers = vec![silent("beta-primary", beta_port)];
+    config.organizations.push(beta);
+    config.radius.idle_check = Duration::from_secs(5);
+    config.radius.probe_interval = Duration::from_millis(500);
+    config.validate().unwrap();
+    let started = tokio::time::Instant::now();
+    let app = TestApp::spawn(&config).await;
+    let interval_on = started + config.radius.idle_check;
+    wait_until(
+        "a probe of the backup an interval after the start",
+        || async {
+            backup_seen
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|at| *at >= interval_on)
+        },
+    )
+    .await;
+    assert!(
+        beta_seen.lock().unwrap().is_empty(),
+        "the disabled organization's server was checked"
+    );
+    radius_portal::organizations::set_active(
+        &app.storage,
+        &app.organizations,
+        "beta",
+        true,
+        "test",
+    )
+    .await
+    .unwrap();
+    wait_until("the enabled organization's server checked", || async {
+        !beta_seen.lock().unwrap().is_empty()
+    })
+    .await;
+    app.stop().await;
+}
+
+/// A UDP socket on loopback that never answers and notes when each datagram reached it: its
+/// port and those instants.
+async fn silent_counting_server() -> (u16, Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noted = seen.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while socket.recv_from(&mut buf).await.is_ok() {
+            noted.lock().unwrap().push(tokio::time::Instant::now());
+        }
+    });
+    (port, seen)
+}
+
 /// `/readyz` says 503 while every server of every organization has an open breaker (no
 /// sign-in can succeed on this replica), and ready again once a probe closes one; the metrics
 /// show the breaker and the timeouts meanwhile.
