@@ -1832,6 +1832,58 @@ async fn a_held_back_stop_acknowledged_before_a_start_it_followed_is_followed_by
     Arc::into_inner(app).unwrap().stop().await;
 }
 
+/// A sign-in whose portal died while it waited for the Stop of the session it replaced (its
+/// Start never sent) has its Start sent by the delivery loop once its lease has run out, then a
+/// NAS-Error Stop — after the replaced session's Stop, as the sign-in would have sent them:
+/// here that Stop's server has gone silent, and the Stop fails over to the backup, which took
+/// the sign-in, first.
+#[tokio::test]
+async fn an_abandoned_sign_ins_start_goes_after_the_stop_of_the_session_it_replaced() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let radius = FreeRadius::start().await;
+    let open = Arc::new(AtomicBool::new(true));
+    let acct = SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
+    let relay = common::gated_relay(acct, open.clone()).await;
+    let (_dir, db) = temp_db();
+    let mut primary = radius.server_settings("primary", true);
+    primary.acct_port = relay.port;
+    primary.timeout = Duration::from_millis(500);
+    primary.retries = 0;
+    let backup = radius.server_settings("backup", true);
+    let app = TestApp::spawn(&settings(&db, vec![primary, backup])).await;
+    let address = client(93);
+    let earlier = app
+        .sessions
+        .login("acme", "erin", "erin-pass", IpAddr::V4(address))
+        .await
+        .unwrap();
+    let earlier_sid = format!("sid={} ", earlier.acct_session_id);
+    radius.wait_for_acct(&["status=Start", &earlier_sid]).await;
+    open.store(false, SeqCst); // the primary's accounting goes silent
+
+    // The dead sign-in: accepted by the backup, its session stored (replacing erin's, whose
+    // Stop is queued), its Start claimed by it for a lease that ran out a minute ago.
+    let now = radius_portal::access_session::now_ms();
+    let abandoned = NewAccessSession {
+        start_claimed_until: Some(now - 60_000),
+        server_index: 1,
+        server_name: "backup".into(),
+        ..stored_session("abandoned-sign-in", &address.to_string(), now)
+    };
+    let opened = app.storage.open_session(&abandoned).await.unwrap();
+    assert_eq!(opened.preempted.len(), 1, "erin's session replaced");
+    app.sessions.accounting().wake();
+    let sid = "sid=abandoned-sign-in ";
+    let stop = radius.wait_for_acct(&["status=Stop", sid]).await;
+    assert_eq!(field(&stop, "cause"), "NAS-Error");
+    let lines = radius.acct_lines();
+    assert!(
+        line_of(&lines, "Stop", &earlier_sid) < line_of(&lines, "Start", sid),
+        "{lines:?}"
+    );
+    app.stop().await;
+}
+
 /// A UDP relay to `upstream` that, once `armed`, holds the next reply until `release` (`held` is
 /// told when it is held) and disarms; other replies pass at once. Its port.
 async fn reply_holding_relay(

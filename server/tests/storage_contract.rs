@@ -183,7 +183,8 @@ async fn an_addresss_stops_on_their_way_are_found(db: Db) {
     s.mark_delivered(&start, T0 + 1, None).await.unwrap();
     let other = opened(s, login("10.0.7.2", T0, MINUTE)).await;
     let stops = |org: &'static str, ip: &'static str, now: i64, until: i64| async move {
-        let found = s.stops_due_at(org, ip, now, until).await.unwrap();
+        let since = now - radius_portal::storage::STOPS_DUE_LATELY_MS;
+        let found = s.stops_due_at(org, ip, now, since, until).await.unwrap();
         (found.due, found.coming)
     };
     let due = |ids: Vec<i64>| (ids, Vec::<i64>::new());

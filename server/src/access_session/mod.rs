@@ -717,22 +717,15 @@ impl AccessSessions {
         let _start = self.accounting.inline_delivery(id);
         let mut claimed_start = claimed_start;
         // A replaced session's Stop goes before the new Start, also when its server has gone
-        // silent: it keeps going there until that server's breaker opens (so many failed
-        // exchanges), then fails over — as many exchanges of the organization's slowest server
-        // as that, and one more, or the rest of the login's deadline if longer.
-        let longest = self
+        // silent (`Accounting::stops_first_budget`), or the rest of the login's deadline if
+        // longer. One budget for them all: the Start is held back at most that long, however
+        // many.
+        let servers = self
             .organizations
             .get(&session.organization_id)
-            .and_then(|org| {
-                org.servers
-                    .iter()
-                    .map(|s| (s.timeout * (s.retries + 1)).min(crate::accounting::MAX_EXCHANGE))
-                    .max()
-            })
-            .unwrap_or(exchange_time)
-            .max(exchange_time);
-        let stop_budget = longest * self.radius.health().failures_to_open().saturating_add(1);
-        // One budget for them all: the Start is held back at most that long, however many.
+            .map(|org| org.servers.clone())
+            .unwrap_or_default();
+        let stop_budget = self.accounting.stops_first_budget(&servers, exchange_time);
         let stops_until = deadline.max(Instant::now() + stop_budget);
         // The sessions whose Stop goes first: those this sign-in replaced, and the address's
         // earlier sessions whose Stop is still on its way (a Disconnect or an expiry a moment
@@ -759,6 +752,7 @@ impl AccessSessions {
                 &session.organization_id,
                 &session.client_ip,
                 now_ms(),
+                now_ms() - crate::storage::STOPS_DUE_LATELY_MS,
                 start_recorded_by,
             )
             .await

@@ -675,6 +675,79 @@ impl Accounting {
         }
     }
 
+    /// How long a Start is held back for the Stops of its address's earlier sessions (the
+    /// firewall must not see the new identity replaced by an old one's end): a Stop whose
+    /// server has gone silent keeps going there until that server's breaker opens (so many
+    /// failed exchanges), then fails over — as many exchanges of the organization's slowest
+    /// server (of `servers`, at least `exchange`) as that, and one more.
+    pub fn stops_first_budget(&self, servers: &[ServerEndpoint], exchange: Duration) -> Duration {
+        let longest = servers
+            .iter()
+            .map(|s| (s.timeout * (s.retries + 1)).min(MAX_EXCHANGE))
+            .max()
+            .unwrap_or(exchange)
+            .max(exchange);
+        longest * self.radius.health().failures_to_open().saturating_add(1)
+    }
+
+    /// Before a Start the delivery loop sends (of a sign-in whose portal died during it: the
+    /// sign-in sends its own, `AccessSessions::send_login_accounting`): the Stops of its
+    /// address's earlier sessions still on their way go first, as the sign-in would have sent
+    /// them — each sent (or waited for) with its copies, within one budget
+    /// ([`Self::stops_first_budget`]). One still unacknowledged then follows the Start (the
+    /// Start is not held for good: the server may be gone for hours).
+    /// (Boxed, and `Send` said outright: the deliveries it makes may send a Start again.)
+    fn earlier_stops_first<'a>(
+        &'a self,
+        org: &'a Organization,
+        session: &'a AccessSessionRecord,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let exchange = org
+                .servers
+                .get(session.server_index as usize)
+                .map_or(Duration::ZERO, |s| s.timeout * (s.retries + 1));
+            let budget = self.stops_first_budget(&org.servers, exchange);
+            let until = Instant::now() + budget;
+            let now = now_ms();
+            let stops = match self
+                .storage
+                .stops_due_at(
+                    &org.id,
+                    &session.client_ip,
+                    now,
+                    i64::MIN / 4,
+                    now + budget.as_millis() as i64,
+                )
+                .await
+            {
+                Ok(stops) => stops,
+                Err(e) => {
+                    tracing::warn!(error = %crate::portal_backend::error_chain(&e), session = session.id,
+                    "the address's earlier sessions' Stops on their way could not be read; the Start does not wait for them");
+                    return;
+                }
+            };
+            for earlier in stops.due.into_iter().chain(stops.coming) {
+                // Only those of sessions before it (a session opened there since is not its
+                // predecessor).
+                if earlier >= session.id {
+                    continue;
+                }
+                let mut sent = self.deliver_now(earlier, status_type::STOP, until).await;
+                if matches!(sent, Ok(true)) {
+                    sent = self
+                        .deliver_copies_now(earlier, until.max(Instant::now() + exchange))
+                        .await;
+                }
+                if !matches!(sent, Ok(true)) {
+                    tracing::warn!(session = earlier, before = session.id,
+                    "Stop of the address's earlier session not acknowledged yet; a Start the loop sends goes first, the Stop stays queued");
+                }
+            }
+        })
+    }
+
     /// Keeps `row` — a sign-in's Start, claimed by it — the sign-in's for `wait` more (the
     /// replaced sessions' Stops it waits for first), with time left to send it afterwards, so
     /// that no other sender takes it and sends it before them. Gives how long the sign-in may
@@ -1140,6 +1213,9 @@ impl Accounting {
                 }
                 SignInLease::None => {}
             }
+        }
+        if is_start && deadline.is_none() {
+            self.earlier_stops_first(&org, &session).await;
         }
         let health = self.radius.health();
         // The organization's servers' recoveries so far: one that comes back while this

@@ -379,14 +379,16 @@ contract! {
         /// Whether a session's packet of `status_type` has been acknowledged.
         fn outbox_delivered(&self, access_session_id: i64, status_type: u32) -> bool;
         /// The sessions of `organization_id` at `client_ip` with a Stop (to their own server, or
-        /// a copy) not yet acknowledged, for a sign-in there: `due` — those that came due lately
-        /// ([`STOPS_DUE_LATELY_MS`]), on their way or about to be (ended a moment ago: a
-        /// Disconnect, an expiry, by any replica), the sign-in sends its Start after them —, and
-        /// `coming`, the others that may go while its Start does: held back after a failed
-        /// attempt until `until` at the latest, or come due lately behind an earlier row of
-        /// their session (the sign-in does not wait for them; whether one was acknowledged after
-        /// its Start left is asked once the Start is, [`SessionStore::reassert_after_stops`]).
-        fn stops_due_at(&self, organization_id: &str, client_ip: &str, now: i64, until: i64) -> AddressStops;
+        /// a copy) not yet acknowledged and due after `since`, for a sign-in there: `due` — those
+        /// due by `now`, on their way or about to be (a sign-in asks since
+        /// [`STOPS_DUE_LATELY_MS`] ago: ended a moment ago, a Disconnect, an expiry, by any
+        /// replica; one due longer ago waits for something, its server, an earlier row of its
+        /// session), the sign-in sends its Start after them —, and `coming`, the others that
+        /// may go while its Start does: held back after a failed attempt until `until` at the
+        /// latest, or behind an earlier row of their session (the sign-in does not wait for
+        /// them; whether one was acknowledged after its Start left is asked once the Start is,
+        /// [`SessionStore::reassert_after_stops`]).
+        fn stops_due_at(&self, organization_id: &str, client_ip: &str, now: i64, since: i64, until: i64) -> AddressStops;
     }
 }
 

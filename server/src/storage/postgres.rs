@@ -2190,6 +2190,7 @@ impl SessionStore for PgStore {
         organization_id: &str,
         client_ip: &str,
         now: i64,
+        since: i64,
         until: i64,
     ) -> Result<AddressStops, StorageError> {
         // Through the pending rows that came due lately or come due soon (those on their way:
@@ -2201,7 +2202,7 @@ impl SessionStore for PgStore {
                AND e.dead_at IS NULL)) \
              FROM accounting_outbox o JOIN access_sessions s ON s.id = o.access_session_id \
              WHERE o.delivered_at IS NULL AND o.dead_at IS NULL \
-             AND o.next_attempt_at <= GREATEST($3, $6) AND o.next_attempt_at > $3 - $5 \
+             AND o.next_attempt_at <= GREATEST($3, $6) AND o.next_attempt_at > $5 \
              AND o.status_type = $4 AND s.client_ip = $2 AND s.organization_id = $1 \
              GROUP BY o.access_session_id ORDER BY MIN(o.id) LIMIT 32",
         )
@@ -2209,7 +2210,7 @@ impl SessionStore for PgStore {
         .bind(client_ip)
         .bind(now)
         .bind(i64::from(status_type::STOP))
-        .bind(super::STOPS_DUE_LATELY_MS)
+        .bind(since)
         .bind(until)
         .fetch_all(self.pool())
         .await?;

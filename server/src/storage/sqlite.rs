@@ -1549,6 +1549,7 @@ impl SessionStore for SqliteStore {
         organization_id: &str,
         client_ip: &str,
         now: i64,
+        since: i64,
         until: i64,
     ) -> Result<AddressStops, StorageError> {
         self.engine.read(|c| {
@@ -1563,7 +1564,7 @@ impl SessionStore for SqliteStore {
                        AND e.dead_at IS NULL)) \
                      FROM accounting_outbox o JOIN access_sessions s ON s.id = o.access_session_id \
                      WHERE o.delivered_at IS NULL AND o.dead_at IS NULL \
-                     AND o.next_attempt_at <= MAX(?3, ?6) AND o.next_attempt_at > ?3 - ?5 \
+                     AND o.next_attempt_at <= MAX(?3, ?6) AND o.next_attempt_at > ?5 \
                      AND o.status_type = ?4 AND s.client_ip = ?2 AND s.organization_id = ?1 \
                      GROUP BY o.access_session_id ORDER BY MIN(o.id) LIMIT 32",
                 )?
@@ -1573,7 +1574,7 @@ impl SessionStore for SqliteStore {
                         client_ip,
                         now,
                         status_type::STOP,
-                        super::STOPS_DUE_LATELY_MS,
+                        since,
                         until
                     ],
                     |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?)),
