@@ -221,6 +221,16 @@ pub enum Notice {
     RefreshedRecently,
 }
 
+/// What the session page shows after a Refresh: the server's notice after a plain form post,
+/// the panel's own after its Refresh (`changed_nothing`: within 5 s of the last one).
+pub fn refresh_notice(changed_nothing: bool) -> &'static str {
+    if changed_nothing {
+        "Your session was refreshed a few seconds ago, so this Refresh changed nothing: its time runs from then."
+    } else {
+        "Refreshed: your session now ends at the time shown below."
+    }
+}
+
 impl Notice {
     /// The notice's code on the wire (`http::flash`: a header, a cookie byte).
     pub fn code(self) -> u8 {

@@ -68,6 +68,9 @@ test("this page's Refresh is said to screen readers, a refresh elsewhere is not"
   await hydrated(page);
   await page.getByRole("button", { name: "Refresh" }).click();
   await expect(page.getByRole("status")).toContainText("Refreshed. Ends at");
+  // On screen too, for those who see it.
+  await expect(page.getByTestId("refreshed")).toBeVisible();
+  await expect(page.getByTestId("refreshed")).toHaveText("Refreshed: your session now ends at the time shown below.");
   // Again at once: a refresh within 5 s of the last changes nothing, and the page says so (as
   // it does without JavaScript). The answer says which it was (a machine that stalled past the
   // 5 s made it a real one).
@@ -77,6 +80,7 @@ test("this page's Refresh is said to screen readers, a refresh elsewhere is not"
   await expect(page.getByRole("status")).toContainText(
     unchanged ? "so this Refresh changed nothing. Ends at" : "Refreshed. Ends at",
   );
+  await expect(page.getByTestId("refreshed")).toContainText(unchanged ? "changed nothing" : "Refreshed:");
   const refreshedAt = Date.now();
   const other = await context.newPage();
   await other.goto(url("/session"));
@@ -88,6 +92,7 @@ test("this page's Refresh is said to screen readers, a refresh elsewhere is not"
   await expect(other.getByRole("status")).toContainText("Refreshed. Ends at");
   // The first page follows the other's refresh, and does not claim it.
   await expect(page.getByRole("status")).toHaveText("");
+  await expect(page.getByTestId("refreshed")).toBeHidden();
 });
 
 test("pages out of view let their streams go: six tabs leave a Disconnect room to go out", async ({ context }) => {
@@ -291,6 +296,10 @@ test("a Refresh's notice from before the page's script ran goes once the session
   );
   await expect(page.getByTestId("notice")).toContainText("Refreshed");
   await hydrated(page);
+  // A Refresh of the page's own then: its notice replaces the server's (not two).
+  await page.getByRole("button", { name: "Refresh" }).click();
+  await expect(page.getByTestId("refreshed")).toBeVisible();
+  await expect(page.getByTestId("notice")).toBeHidden();
   // Disconnected from another tab: the page says so in place, and the notice of an end time
   // no longer shown goes.
   const other = await context.newPage();

@@ -281,6 +281,15 @@ pub fn SessionPanel() -> impl IntoView {
         },
     }
     });
+    // After this page's Refresh, on screen too (as the server's notice after a plain form post,
+    // which the stylesheet hides while this one shows): the live region says it to screen
+    // readers.
+    let refreshed_text = Memo::new(move |_| match refreshed.get() {
+        Some((at, changed_nothing)) if at == state.get().ends_at_ms => {
+            Some(crate::dto::refresh_notice(changed_nothing))
+        }
+        _ => None,
+    });
     // When the session ends the controls go away: focus moves to the heading that says so, and
     // the tab's title follows (and goes back if it comes back). Only on a change: a re-check
     // that finds it still ended (the tab shown again) leaves focus where the user put it.
@@ -360,6 +369,8 @@ pub fn SessionPanel() -> impl IntoView {
                     {move || format_clock(remaining_secs())}
                 </p>
                 <p data-testid="ends" class="mt-2 text-center text-sm text-slate-700">{ends_text}</p>
+                <p data-testid="refreshed" aria-hidden="true" class="mt-4 rounded border border-green-700 bg-green-50 px-4 py-3 text-sm text-green-900"
+                    class:hidden=move || refreshed_text.get().is_none()>{move || refreshed_text.get()}</p>
                 {warning}
                 <ErrorMessage error />
                 // Side by side where they fit, stacked on a narrow screen or at large text.

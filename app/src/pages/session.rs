@@ -39,10 +39,8 @@ pub fn SessionPage() -> impl IntoView {
     let elsewhere = data.elsewhere.clone();
     // After a Refresh sent without JavaScript (the island says it itself).
     let refreshed = data.notice.and_then(|notice| match notice {
-        Notice::Refreshed => Some("Refreshed: your session now ends at the time shown below."),
-        Notice::RefreshedRecently => Some(
-            "Your session was refreshed a few seconds ago, so this Refresh changed nothing: its time runs from then.",
-        ),
+        Notice::Refreshed => Some(crate::dto::refresh_notice(false)),
+        Notice::RefreshedRecently => Some(crate::dto::refresh_notice(true)),
         Notice::Disconnected | Notice::AlreadyEnded(_) => None,
     });
     match data.session.unwrap_or(Ok(SessionStatus::NoSession)) {
