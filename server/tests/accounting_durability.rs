@@ -367,14 +367,7 @@ async fn a_stop_queued_behind_a_start_in_flight_follows_its_acknowledgement() {
     let app = Arc::new(TestApp::spawn(&settings(&db, vec![server])).await);
     let client = std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 6, 1));
 
-    let login = tokio::spawn({
-        let app = app.clone();
-        async move {
-            app.sessions
-                .login("acme", "carol", "carol-pass", client)
-                .await
-        }
-    });
+    let login = app.sign_in_in_background("carol", "carol-pass", client);
     held.notified().await; // the Start answered by FreeRADIUS, the answer held
     let session = app
         .storage

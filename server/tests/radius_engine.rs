@@ -583,12 +583,7 @@ async fn a_start_refused_once_then_taken_in_keeps_its_start_and_stop_queued() {
         Duration::from_secs(4),
     )
     .await;
-    let sessions = app.sessions.clone();
-    let login = tokio::spawn(async move {
-        sessions
-            .login("acme", "carol", "carol-pass", IpAddr::V4(client(47)))
-            .await
-    });
+    let login = app.sign_in_in_background("carol", "carol-pass", IpAddr::V4(client(47)));
     wait_until("the Start's first transmission is refused", || async {
         app.radius.client().icmp_errors() > 0
     })
@@ -624,12 +619,7 @@ async fn a_lone_server_restarting_answers_the_retransmission() {
     let app = TestApp::spawn(&settings).await;
 
     radius.kill();
-    let sessions = app.sessions.clone();
-    let login = tokio::spawn(async move {
-        sessions
-            .login("acme", "carol", "carol-pass", IpAddr::V4(client(42)))
-            .await
-    });
+    let login = app.sign_in_in_background("carol", "carol-pass", IpAddr::V4(client(42)));
     wait_until("the sign-in's request met the closed port", || async {
         app.radius.client().icmp_errors() > 0
     })
@@ -1798,14 +1788,7 @@ async fn a_held_back_stop_acknowledged_before_a_start_it_followed_is_followed_by
         .unwrap();
 
     armed.store(true, SeqCst);
-    let login = tokio::spawn({
-        let app = app.clone();
-        async move {
-            app.sessions
-                .login("acme", "carol", "carol-pass", address)
-                .await
-        }
-    });
+    let login = app.sign_in_in_background("carol", "carol-pass", address);
     held.notified().await; // carol's Start answered by FreeRADIUS, the answer held
     app.sessions.accounting().wake();
     wait_until("the held-back Stop acknowledged", || async {

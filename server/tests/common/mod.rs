@@ -377,6 +377,24 @@ impl TestApp {
         Self::try_spawn(settings).await.expect("portal builds")
     }
 
+    /// A sign-in of `username` at `client` in organization acme, under way in the background
+    /// (the test acts while it waits on its server).
+    #[allow(dead_code)]
+    pub fn sign_in_in_background(
+        &self,
+        username: &'static str,
+        password: &'static str,
+        client: std::net::IpAddr,
+    ) -> tokio::task::JoinHandle<
+        Result<
+            radius_portal::storage::AccessSessionRecord,
+            radius_portal::access_session::SessionError,
+        >,
+    > {
+        let sessions = self.sessions.clone();
+        tokio::spawn(async move { sessions.login("acme", username, password, client).await })
+    }
+
     /// [`TestApp::spawn`], or why the portal did not build.
     pub async fn try_spawn(settings: &Settings) -> anyhow::Result<TestApp> {
         Self::try_spawn_as(settings, false).await
