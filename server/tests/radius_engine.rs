@@ -1867,6 +1867,90 @@ async fn an_abandoned_sign_ins_start_goes_after_the_stop_of_the_session_it_repla
     app.stop().await;
 }
 
+/// A Start the delivery loop holds back for an earlier session's Stop asks the organization
+/// again once done waiting: disabled meanwhile, the Start is never sent (dead-lettered as
+/// cancelled; its session's NAS-Error Stop still goes, as the dead sign-in may have sent the
+/// Start before it died). Here the earlier Stop's server has gone silent (2 s an exchange): the
+/// disable lands while the Start waits, and the Stop then fails over to the backup, which
+/// answers — as it would the Start.
+#[tokio::test]
+async fn a_start_held_back_for_an_earlier_stop_is_not_sent_once_its_organization_is_disabled() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let radius = FreeRadius::start().await;
+    let acct = SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
+    let open = Arc::new(AtomicBool::new(true));
+    let relay = common::gated_relay(acct, open.clone()).await;
+    let (_dir, db) = temp_db();
+    let mut primary = radius.server_settings("primary", true);
+    primary.acct_port = relay.port;
+    primary.timeout = Duration::from_secs(2);
+    primary.retries = 0;
+    let backup = radius.server_settings("backup", true);
+    let app = TestApp::spawn(&settings(&db, vec![primary, backup])).await;
+    let address = client(94);
+    let earlier = app
+        .sessions
+        .login("acme", "erin", "erin-pass", IpAddr::V4(address))
+        .await
+        .unwrap();
+    open.store(false, SeqCst); // the primary's accounting goes silent
+    let now = radius_portal::access_session::now_ms();
+    let abandoned = NewAccessSession {
+        start_claimed_until: Some(now - 60_000),
+        server_index: 1,
+        server_name: "backup".into(),
+        ..stored_session("abandoned-then-disabled", &address.to_string(), now)
+    };
+    let opened = app.storage.open_session(&abandoned).await.unwrap();
+    app.sessions.accounting().wake();
+    // The loop has the Start and waits for erin's Stop, on its way to the silent primary.
+    wait_until("erin's Stop tried", || async {
+        relay.dropped.load(SeqCst) > 0
+    })
+    .await;
+    radius_portal::organizations::set_active(
+        &app.storage,
+        &app.organizations,
+        "acme",
+        false,
+        "test",
+    )
+    .await
+    .unwrap();
+    wait_until("the held-back Start cancelled", || async {
+        app.storage
+            .session_outbox(opened.id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|row| {
+                row.status_type == i64::from(status_type::START)
+                    && row.dead_reason.as_deref() == Some("cancelled: organization disabled")
+            })
+    })
+    .await;
+    // erin's Stop went, by the backup, and the dead sign-in's Stop; never its Start.
+    radius
+        .wait_for_acct(&["status=Stop", &format!("sid={} ", earlier.acct_session_id)])
+        .await;
+    radius
+        .wait_for_acct(&[
+            "status=Stop",
+            "sid=abandoned-then-disabled ",
+            "cause=NAS-Error",
+        ])
+        .await;
+    assert!(
+        !radius
+            .acct_lines()
+            .iter()
+            .any(|l| l.contains("status=Start") && l.contains("sid=abandoned-then-disabled ")),
+        "{:?}",
+        radius.acct_lines()
+    );
+    app.stop().await;
+}
+
 /// A UDP relay to `upstream` that, once `armed`, holds the next reply until `release` (`held` is
 /// told when it is held) and disarms; other replies pass at once. Its port.
 async fn reply_holding_relay(

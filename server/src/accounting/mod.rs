@@ -695,13 +695,14 @@ impl Accounting {
     /// address's earlier sessions still on their way go first, as the sign-in would have sent
     /// them — each sent (or waited for) with its copies, within one budget
     /// ([`Self::stops_first_budget`]). One still unacknowledged then follows the Start (the
-    /// Start is not held for good: the server may be gone for hours).
+    /// Start is not held for good: the server may be gone for hours). True if there were any
+    /// (the Start waited).
     /// (Boxed, and `Send` said outright: the deliveries it makes may send a Start again.)
     fn earlier_stops_first<'a>(
         &'a self,
         org: &'a Organization,
         session: &'a AccessSessionRecord,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
         Box::pin(async move {
             let exchange = org
                 .servers
@@ -725,15 +726,17 @@ impl Accounting {
                 Err(e) => {
                     tracing::warn!(error = %crate::portal_backend::error_chain(&e), session = session.id,
                     "the address's earlier sessions' Stops on their way could not be read; the Start does not wait for them");
-                    return;
+                    return false;
                 }
             };
+            let mut waited = false;
             for earlier in stops.due.into_iter().chain(stops.coming) {
                 // Only those of sessions before it (a session opened there since is not its
                 // predecessor).
                 if earlier >= session.id {
                     continue;
                 }
+                waited = true;
                 let mut sent = self.deliver_now(earlier, status_type::STOP, until).await;
                 if matches!(sent, Ok(true)) {
                     sent = self
@@ -745,6 +748,7 @@ impl Accounting {
                     "Stop of the address's earlier session not acknowledged yet; a Start the loop sends goes first, the Stop stays queued");
                 }
             }
+            waited
         })
     }
 
@@ -1214,9 +1218,24 @@ impl Accounting {
                 SignInLease::None => {}
             }
         }
-        if is_start && deadline.is_none() {
-            self.earlier_stops_first(&org, &session).await;
-        }
+        // A Start the loop sends with no exchange of it ended yet (its sign-in's process died
+        // before one did; a failed sign-in's Start, tried by the sign-in, saw to the order
+        // itself): the address's earlier Stops first. After that wait (up to minutes) the
+        // organization is asked again, as the sign-in does after its own.
+        let now = if is_start
+            && deadline.is_none()
+            && row.transmissions == 0
+            && self.earlier_stops_first(&org, &session).await
+        {
+            if !self.start_allowed(&session.organization_id, true).await? {
+                return self
+                    .dead_letter(&row, acct_id, CANCELLED_BY_DISABLE.into())
+                    .await;
+            }
+            now_ms()
+        } else {
+            now
+        };
         let health = self.radius.health();
         // The organization's servers' recoveries so far: one that comes back while this
         // delivery waits or fails elsewhere is tried at once, not after the backoff (the

@@ -1743,7 +1743,7 @@ impl SessionStore for PgStore {
                     Ok(found) => found,
                     Err(e) => {
                         tracing::warn!(session = row.access_session_id, error = %e,
-                            "a Stop recorded, the look for a newer session at its address to re-assert failed; that session's sign-in still looks once its Start is acknowledged");
+                            "a Stop recorded, the look for a newer session at its address to re-assert failed: a sign-in there that counted on this Stop looks once its Start is acknowledged, else no Interim-Update follows");
                         None
                     }
                 }
