@@ -1822,40 +1822,15 @@ async fn a_held_back_stop_acknowledged_before_a_start_it_followed_is_followed_by
 /// the sign-in, first.
 #[tokio::test]
 async fn an_abandoned_sign_ins_start_goes_after_the_stop_of_the_session_it_replaced() {
-    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     let radius = FreeRadius::start().await;
-    let open = Arc::new(AtomicBool::new(true));
-    let acct = SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
-    let relay = common::gated_relay(acct, open.clone()).await;
-    let (_dir, db) = temp_db();
-    let mut primary = radius.server_settings("primary", true);
-    primary.acct_port = relay.port;
-    primary.timeout = Duration::from_millis(500);
-    primary.retries = 0;
-    let backup = radius.server_settings("backup", true);
-    let app = TestApp::spawn(&settings(&db, vec![primary, backup])).await;
-    let address = client(93);
-    let earlier = app
-        .sessions
-        .login("acme", "erin", "erin-pass", IpAddr::V4(address))
-        .await
-        .unwrap();
+    let (app, _relay, earlier, _abandoned, _dir) = abandoned_sign_in_behind_a_silent_stop(
+        &radius,
+        93,
+        Duration::from_millis(500),
+        "abandoned-sign-in",
+    )
+    .await;
     let earlier_sid = format!("sid={} ", earlier.acct_session_id);
-    radius.wait_for_acct(&["status=Start", &earlier_sid]).await;
-    open.store(false, SeqCst); // the primary's accounting goes silent
-
-    // The dead sign-in: accepted by the backup, its session stored (replacing erin's, whose
-    // Stop is queued), its Start claimed by it for a lease that ran out a minute ago.
-    let now = radius_portal::access_session::now_ms();
-    let abandoned = NewAccessSession {
-        start_claimed_until: Some(now - 60_000),
-        server_index: 1,
-        server_name: "backup".into(),
-        ..stored_session("abandoned-sign-in", &address.to_string(), now)
-    };
-    let opened = app.storage.open_session(&abandoned).await.unwrap();
-    assert_eq!(opened.preempted.len(), 1, "erin's session replaced");
-    app.sessions.accounting().wake();
     let sid = "sid=abandoned-sign-in ";
     let stop = radius.wait_for_acct(&["status=Stop", sid]).await;
     assert_eq!(field(&stop, "cause"), "NAS-Error");
@@ -1875,34 +1850,15 @@ async fn an_abandoned_sign_ins_start_goes_after_the_stop_of_the_session_it_repla
 /// answers — as it would the Start.
 #[tokio::test]
 async fn a_start_held_back_for_an_earlier_stop_is_not_sent_once_its_organization_is_disabled() {
-    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::atomic::Ordering::SeqCst;
     let radius = FreeRadius::start().await;
-    let acct = SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
-    let open = Arc::new(AtomicBool::new(true));
-    let relay = common::gated_relay(acct, open.clone()).await;
-    let (_dir, db) = temp_db();
-    let mut primary = radius.server_settings("primary", true);
-    primary.acct_port = relay.port;
-    primary.timeout = Duration::from_secs(2);
-    primary.retries = 0;
-    let backup = radius.server_settings("backup", true);
-    let app = TestApp::spawn(&settings(&db, vec![primary, backup])).await;
-    let address = client(94);
-    let earlier = app
-        .sessions
-        .login("acme", "erin", "erin-pass", IpAddr::V4(address))
-        .await
-        .unwrap();
-    open.store(false, SeqCst); // the primary's accounting goes silent
-    let now = radius_portal::access_session::now_ms();
-    let abandoned = NewAccessSession {
-        start_claimed_until: Some(now - 60_000),
-        server_index: 1,
-        server_name: "backup".into(),
-        ..stored_session("abandoned-then-disabled", &address.to_string(), now)
-    };
-    let opened = app.storage.open_session(&abandoned).await.unwrap();
-    app.sessions.accounting().wake();
+    let (app, relay, earlier, opened, _dir) = abandoned_sign_in_behind_a_silent_stop(
+        &radius,
+        94,
+        Duration::from_secs(2),
+        "abandoned-then-disabled",
+    )
+    .await;
     // The loop has the Start and waits for erin's Stop, on its way to the silent primary.
     wait_until("erin's Stop tried", || async {
         relay.dropped.load(SeqCst) > 0
@@ -1949,6 +1905,54 @@ async fn a_start_held_back_for_an_earlier_stop_is_not_sent_once_its_organization
         radius.acct_lines()
     );
     app.stop().await;
+}
+
+/// erin signed in at `client(n)` through a primary whose accounting then goes silent (`timeout`
+/// an exchange; the backup answers), and a sign-in there that died: accepted by the backup, its
+/// session stored as `acct_session_id` (replacing erin's, whose Stop is queued), its Start
+/// claimed by it for a lease that ran out a minute ago; the delivery loop woken. Gives the
+/// portal, the primary's relay, erin's session, the dead sign-in's, and the database's directory.
+async fn abandoned_sign_in_behind_a_silent_stop(
+    radius: &FreeRadius,
+    n: u8,
+    timeout: Duration,
+    acct_session_id: &str,
+) -> (
+    TestApp,
+    common::GatedRelay,
+    radius_portal::storage::AccessSessionRecord,
+    radius_portal::storage::OpenedSession,
+    tempfile::TempDir,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let open = Arc::new(AtomicBool::new(true));
+    let acct = SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
+    let relay = common::gated_relay(acct, open.clone()).await;
+    let (dir, db) = temp_db();
+    let mut primary = radius.server_settings("primary", true);
+    primary.acct_port = relay.port;
+    primary.timeout = timeout;
+    primary.retries = 0;
+    let backup = radius.server_settings("backup", true);
+    let app = TestApp::spawn(&settings(&db, vec![primary, backup])).await;
+    let address = client(n);
+    let earlier = app
+        .sessions
+        .login("acme", "erin", "erin-pass", IpAddr::V4(address))
+        .await
+        .unwrap();
+    open.store(false, SeqCst); // the primary's accounting goes silent
+    let now = radius_portal::access_session::now_ms();
+    let abandoned = NewAccessSession {
+        start_claimed_until: Some(now - 60_000),
+        server_index: 1,
+        server_name: "backup".into(),
+        ..stored_session(acct_session_id, &address.to_string(), now)
+    };
+    let opened = app.storage.open_session(&abandoned).await.unwrap();
+    assert_eq!(opened.preempted.len(), 1, "erin's session replaced");
+    app.sessions.accounting().wake();
+    (app, relay, earlier, opened, dir)
 }
 
 /// A UDP relay to `upstream` that, once `armed`, holds the next reply until `release` (`held` is
