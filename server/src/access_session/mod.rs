@@ -779,19 +779,12 @@ impl AccessSessions {
                 let held_until = self.accounting.keep_claim_for(start, wait).await;
                 stop_deadline = stop_deadline.min(held_until);
             }
-            let mut sent = self
+            // Its copies too, before the new Start.
+            if !self
                 .accounting
-                .deliver_now(old, status_type::STOP, stop_deadline)
-                .await;
-            // Its copies too (servers that may hold it open), before the new Start: one
-            // exchange each (a copy never fails over: its server down, it waits for it).
-            if matches!(sent, Ok(true)) {
-                sent = self
-                    .accounting
-                    .deliver_copies_now(old, Instant::now() + exchange_time)
-                    .await;
-            }
-            if !matches!(sent, Ok(true)) {
+                .stop_and_copies_now(old, stop_deadline, exchange_time)
+                .await
+            {
                 tracing::warn!(
                     session = old,
                     "Stop of the address's earlier session not acknowledged yet; it stays queued"

@@ -690,6 +690,25 @@ impl Accounting {
         longest * self.radius.health().failures_to_open().saturating_add(1)
     }
 
+    /// Sends (or waits for) the Stop of session `id` before `deadline`, then its copies (servers
+    /// that may hold the session open), one exchange (`exchange`) each — a copy never fails
+    /// over: its server down, it waits for it. True once all are acknowledged. A Start at the
+    /// session's address goes after them (a sign-in's, and one the delivery loop sends).
+    pub async fn stop_and_copies_now(
+        &self,
+        id: i64,
+        deadline: Instant,
+        exchange: Duration,
+    ) -> bool {
+        match self.deliver_now(id, status_type::STOP, deadline).await {
+            Ok(true) => matches!(
+                self.deliver_copies_now(id, Instant::now() + exchange).await,
+                Ok(true)
+            ),
+            _ => false,
+        }
+    }
+
     /// Before a Start the delivery loop sends (of a sign-in whose portal died during it: the
     /// sign-in sends its own, `AccessSessions::send_login_accounting`): the Stops of its
     /// address's earlier sessions still on their way go first, as the sign-in would have sent
@@ -737,13 +756,7 @@ impl Accounting {
                     continue;
                 }
                 waited = true;
-                let mut sent = self.deliver_now(earlier, status_type::STOP, until).await;
-                if matches!(sent, Ok(true)) {
-                    sent = self
-                        .deliver_copies_now(earlier, until.max(Instant::now() + exchange))
-                        .await;
-                }
-                if !matches!(sent, Ok(true)) {
+                if !self.stop_and_copies_now(earlier, until, exchange).await {
                     tracing::warn!(session = earlier, before = session.id,
                     "Stop of the address's earlier session not acknowledged yet; a Start the loop sends goes first, the Stop stays queued");
                 }
