@@ -1907,6 +1907,76 @@ async fn a_start_held_back_for_an_earlier_stop_is_not_sent_once_its_organization
     app.stop().await;
 }
 
+/// A delivery dropped before it ends — the Stop a Start the delivery loop holds back sends
+/// first, when shutdown's time runs out or the Start's claim lapses — leaves its claim to be
+/// given up (as one a database error interrupted), so that another replica sharing the
+/// database sends the row at once, not once its lease has run out.
+#[tokio::test]
+async fn a_delivery_dropped_midway_leaves_its_claim_to_be_given_up() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let radius = FreeRadius::start().await;
+    let open = Arc::new(AtomicBool::new(true));
+    let acct = SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
+    let relay = common::gated_relay(acct, open.clone()).await;
+    let (_dir, db) = temp_db();
+    let mut primary = radius.server_settings("primary", true);
+    primary.acct_port = relay.port;
+    primary.timeout = Duration::from_secs(30);
+    primary.retries = 0;
+    let app = TestApp::spawn(&settings(&db, vec![primary])).await;
+    let erin = app
+        .sessions
+        .login("acme", "erin", "erin-pass", IpAddr::V4(client(95)))
+        .await
+        .unwrap();
+    open.store(false, SeqCst); // the server goes silent
+    let own = own_sender(&app);
+    // erin's Stop queued (the portal's loop not woken) and sent by a sender of the test's.
+    let now = radius_portal::access_session::now_ms();
+    assert!(app
+        .storage
+        .stop_session(
+            erin.id,
+            radius_portal::radius::terminate_cause::USER_REQUEST,
+            now
+        )
+        .await
+        .unwrap());
+    let sending = tokio::spawn({
+        let own = own.clone();
+        async move {
+            own.deliver_now(
+                erin.id,
+                status_type::STOP,
+                tokio::time::Instant::now() + Duration::from_secs(60),
+            )
+            .await
+        }
+    });
+    wait_until("erin's Stop sent", || async {
+        relay.dropped.load(SeqCst) > 0
+    })
+    .await;
+    assert_eq!(own.stranded_claims(), 0);
+    sending.abort();
+    assert!(sending.await.unwrap_err().is_cancelled());
+    assert_eq!(
+        own.stranded_claims(),
+        1,
+        "the dropped delivery's claim is left to be given up"
+    );
+    // Given up at the sender's next look (its loop): the row is free for any sender.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let looping = tokio::spawn(own.clone().run(shutdown.clone()));
+    wait_until("the claim given up", || async {
+        own.stranded_claims() == 0
+    })
+    .await;
+    shutdown.cancel();
+    looping.await.unwrap();
+    app.stop().await;
+}
+
 /// erin signed in at `client(n)` through a primary whose accounting then goes silent (`timeout`
 /// an exchange; the backup answers), and a sign-in there that died: accepted by the backup, its
 /// session stored as `acct_session_id` (replacing erin's, whose Stop is queued), its Start

@@ -953,8 +953,14 @@ impl Accounting {
         known: Option<AccessSessionRecord>,
         org_checked: bool,
     ) -> Result<Delivery, OutboxError> {
-        let claim = row.clone();
         let ending = self.ending.clone();
+        // Dropped before it ends — a delivery this one made (a Start's wait for its address's
+        // earlier Stop), ended with it by shutdown or a lapsed claim; a caller that stopped
+        // waiting —, the delivery leaves its claim to be given up.
+        let mut unfinished = Unfinished {
+            accounting: self,
+            claim: Some(row.clone()),
+        };
         // The claim is kept while this delivery runs; one that cannot be kept (the database
         // away) stops it before another sender may take the row.
         let holding = self.kept.hold(&row);
@@ -962,14 +968,22 @@ impl Accounting {
             biased;
             () = ending.cancelled() => {
                 // Shutdown's time is up: this delivery stops here (a packet already on the
-                // wire may arrive; its row is sent again), and its claim is given up.
-                let given_up = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    self.storage.renew_claim(&claim, given_up_at()),
-                )
-                .await;
-                if matches!(given_up, Ok(Ok(true))) {
-                    self.given_up.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // wire may arrive; its row is sent again), and its claim is given up — or,
+                // the database not answering at once, left to be (`release_stranded`).
+                if let Some(claim) = unfinished.claim.take() {
+                    let given_up = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        self.storage.renew_claim(&claim, given_up_at()),
+                    )
+                    .await;
+                    match given_up {
+                        Ok(Ok(true)) => {
+                            self.given_up.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        // Another sender's now, or settled.
+                        Ok(Ok(false)) => {}
+                        Err(_) | Ok(Err(_)) => unfinished.claim = Some(claim),
+                    }
                 }
                 return Ok(Delivery::RetryAt(now_ms()));
             }
@@ -982,15 +996,23 @@ impl Accounting {
         self.settled.notify_waiters();
         // Only the database away: an error of the data itself (a row without its session)
         // would fail again at once, and is left to its lease as before.
-        if matches!(&outcome, Err(OutboxError::Storage(e)) if e.is_unavailable()) {
-            let mut stranded = self.stranded.lock().unwrap_or_else(|p| p.into_inner());
-            if stranded.len() < STRANDED_MAX {
-                stranded.insert(claim.id, claim);
-            }
-            drop(stranded);
-            self.wake();
+        if !matches!(&outcome, Err(OutboxError::Storage(e)) if e.is_unavailable()) {
+            unfinished.claim = None;
         }
+        drop(unfinished);
         outcome
+    }
+
+    /// Leaves a claim to be given up as soon as the database answers
+    /// ([`Self::release_stranded`]): its delivery ended without settling its row or giving the
+    /// claim up.
+    fn strand(&self, claim: OutboxRow) {
+        let mut stranded = self.stranded.lock().unwrap_or_else(|p| p.into_inner());
+        if stranded.len() < STRANDED_MAX {
+            stranded.insert(claim.id, claim);
+        }
+        drop(stranded);
+        self.wake();
     }
 
     /// Ends every delivery of this process where it is (the loop's, a user's Stop, a sign-in's
@@ -2064,6 +2086,21 @@ impl Accounting {
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 _ = tokio::time::sleep(sleep) => {}
             }
+        }
+    }
+}
+
+/// A delivery's claim while the delivery runs ([`Accounting::deliver`]): left to be given up
+/// ([`Accounting::strand`]) if the delivery is dropped before it ends.
+struct Unfinished<'a> {
+    accounting: &'a Accounting,
+    claim: Option<OutboxRow>,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(claim) = self.claim.take() {
+            self.accounting.strand(claim);
         }
     }
 }
