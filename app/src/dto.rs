@@ -227,7 +227,7 @@ pub fn refresh_notice(changed_nothing: bool) -> &'static str {
     if changed_nothing {
         "Your session was refreshed a few seconds ago, so this Refresh changed nothing: its time runs from then."
     } else {
-        "Refreshed: your session now ends at the time shown below."
+        "Refreshed: your session now ends at the time shown on this page."
     }
 }
 

@@ -70,7 +70,7 @@ test("this page's Refresh is said to screen readers, a refresh elsewhere is not"
   await expect(page.getByRole("status")).toContainText("Refreshed. Ends at");
   // On screen too, for those who see it.
   await expect(page.getByTestId("refreshed")).toBeVisible();
-  await expect(page.getByTestId("refreshed")).toHaveText("Refreshed: your session now ends at the time shown below.");
+  await expect(page.getByTestId("refreshed")).toHaveText("Refreshed: your session now ends at the time shown on this page.");
   // Again at once: a refresh within 5 s of the last changes nothing, and the page says so (as
   // it does without JavaScript). The answer says which it was (a machine that stalled past the
   // 5 s made it a real one).
@@ -93,6 +93,24 @@ test("this page's Refresh is said to screen readers, a refresh elsewhere is not"
   // The first page follows the other's refresh, and does not claim it.
   await expect(page.getByRole("status")).toHaveText("");
   await expect(page.getByTestId("refreshed")).toBeHidden();
+});
+
+test("a Disconnect pressed while a Refresh is under way is not dropped: the session ends", async ({ page }) => {
+  await logIn(page, "carol", "carol-pass");
+  await hydrated(page);
+  // The Refresh is held on its way until the Disconnect has been pressed (a slow link).
+  let release!: () => void;
+  const held = new Promise<void>((resolve) => (release = resolve));
+  await page.route("**/api/refresh", async (route) => {
+    await held;
+    await route.continue().catch(() => {}); // the page may have gone on meanwhile
+  });
+  await page.getByRole("button", { name: "Refresh" }).click();
+  await expect(page.getByRole("button", { name: "Refresh" })).toHaveAttribute("aria-disabled", "true");
+  await page.getByRole("button", { name: "Disconnect" }).click();
+  release();
+  await expect(page).toHaveTitle("Disconnected – Sign in – End-to-End Org – Network access portal");
+  await expect(page.getByTestId("notice")).toContainText("You are disconnected");
 });
 
 test("pages out of view let their streams go: six tabs leave a Disconnect room to go out", async ({ context }) => {

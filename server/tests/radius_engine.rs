@@ -650,6 +650,13 @@ async fn with_every_server_down_login_fails_at_once_and_recovers_by_itself() {
     for n in 1..=2 {
         let page = app.browser(client(n)).login("carol", "carol-pass").await;
         assert!(page.body.contains("cannot be reached"), "{}", page.body);
+        // The password is to be typed again (the cursor there), but it is not said to be wrong.
+        let password = &page.body[page.body.find(r#"id="password""#).unwrap()..];
+        let password = &password[..password.find('>').unwrap()];
+        assert!(
+            password.contains("autofocus") && !password.contains("aria-invalid"),
+            "{password}"
+        );
     }
     assert!(!app.radius.health().allows(addr));
     let page = app.browser(client(3)).login("carol", "carol-pass").await;

@@ -114,7 +114,10 @@ pub fn SessionPanel() -> impl IntoView {
     // Without JavaScript, a failed form post comes back with its error (rendered by the
     // server); in the browser, the island's own requests set it.
     let error = RwSignal::new(form_post_error());
-    let busy = RwSignal::new(false);
+    // A Refresh, a Disconnect under way (each its own: a Disconnect pressed while a Refresh is
+    // under way goes at once, never dropped).
+    let refreshing = RwSignal::new(false);
+    let disconnecting = RwSignal::new(false);
     // The end this page's own Refresh gave the session: said out loud while it stands (a
     // screen reader user otherwise hears nothing of it); a refresh elsewhere is not this one.
     // With it, whether that Refresh changed nothing (one a few seconds before had).
@@ -170,20 +173,27 @@ pub fn SessionPanel() -> impl IntoView {
     let submit = move |path: String, token: String, refresh: bool| {
         #[cfg(feature = "hydrate")]
         {
-            // Busy: the buttons stay focusable (aria-disabled), a second press does nothing.
-            if busy.get_untracked() {
+            // Busy: the buttons stay focusable (aria-disabled); a press of one whose action is
+            // under way does nothing, nor any once a Disconnect is. A Disconnect pressed while
+            // a Refresh is under way goes at once: the user wants out.
+            let under_way = if refresh { refreshing } else { disconnecting };
+            if under_way.get_untracked() || disconnecting.get_untracked() {
                 return;
             }
-            busy.set(true);
+            under_way.set(true);
             let form = super::fetch::csrf_form(Some(&token));
             leptos::task::spawn_local(async move {
                 let result = if refresh {
-                    super::fetch::call(&path, form, PanelView::from_json)
-                        .await
-                        .map(|view| {
-                            refreshed.set(Some((view.ends_at_ms, view.refresh_changed_nothing)));
-                            apply(PanelStatus::Active(view));
-                        })
+                    let result = super::fetch::call(&path, form, PanelView::from_json).await;
+                    // A Disconnect went meanwhile: its outcome, not this one's, is the page's.
+                    if disconnecting.get_untracked() {
+                        refreshing.set(false);
+                        return;
+                    }
+                    result.map(|view| {
+                        refreshed.set(Some((view.ends_at_ms, view.refresh_changed_nothing)));
+                        apply(PanelStatus::Active(view));
+                    })
                 } else {
                     super::fetch::call(&path, form, |_| Some(()))
                         .await
@@ -195,7 +205,7 @@ pub fn SessionPanel() -> impl IntoView {
                 };
                 // Disconnected: busy until the sign-in page has replaced this one.
                 if refresh || result.is_err() {
-                    busy.set(false);
+                    under_way.set(false);
                 }
                 // A Disconnect that got no answer says so, and that the session may run on.
                 let result = result.map_err(|e| {
@@ -382,7 +392,7 @@ pub fn SessionPanel() -> impl IntoView {
                             submit(refresh_post.clone(), refresh_token.clone(), true);
                         }>
                         <input type="hidden" name="csrf" value=form_token.clone() />
-                        <button type="submit" node_ref=refresh_button aria-disabled=move || busy.get().then_some("true")
+                        <button type="submit" node_ref=refresh_button aria-disabled=move || (refreshing.get() || disconnecting.get()).then_some("true")
                             class="brand-button w-full rounded border-2 border-blue-800 bg-blue-800 px-2 py-2 font-semibold text-white hover:bg-blue-900 aria-disabled:opacity-60">
                             "Refresh"
                         </button>
@@ -393,7 +403,7 @@ pub fn SessionPanel() -> impl IntoView {
                             submit(disconnect_post.clone(), disconnect_token.clone(), false);
                         }>
                         <input type="hidden" name="csrf" value=form_token />
-                        <button type="submit" node_ref=disconnect_button aria-disabled=move || busy.get().then_some("true")
+                        <button type="submit" node_ref=disconnect_button aria-disabled=move || disconnecting.get().then_some("true")
                             class="w-full rounded border-2 border-slate-500 bg-white px-2 py-2 font-semibold hover:bg-slate-100 aria-disabled:opacity-60">
                             "Disconnect"
                         </button>

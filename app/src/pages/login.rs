@@ -37,11 +37,21 @@ pub fn LoginPage() -> impl IntoView {
     // After a failed sign-in: the name tried, filled in again, and the cursor in the password —
     // or in the username when that is what the server refused.
     let tried = data.username.unwrap_or_default();
+    let failed = login.value().get_untracked().and_then(Result::err);
     let username_refused = matches!(
-        login.value().get_untracked().and_then(Result::err),
+        failed,
         Some(crate::error::PortalError::InvalidInput { ref field, .. }) if field == "username"
     );
     let again = !tried.is_empty() && !username_refused;
+    // The password is said to be in question only when it may be what is wrong (refused by the
+    // server, or by the form's own check) — not when the servers could not be reached, say:
+    // it is to be typed again all the same (it is never sent back).
+    let password_refused = again
+        && matches!(
+            failed,
+            Some(crate::error::PortalError::Rejected { .. })
+                | Some(crate::error::PortalError::InvalidInput { .. })
+        );
     let notice = data.notice.and_then(|notice| {
         let text = match notice {
             Notice::Disconnected => {
@@ -98,8 +108,8 @@ pub fn LoginPage() -> impl IntoView {
                     <label for="password" class="block text-sm font-medium">"Password"</label>
                     <input id="password" name="password" type="password" required autofocus=again
                         maxlength="512"
-                        aria-invalid=again.then_some("true")
-                        aria-describedby=again.then_some("form-error")
+                        aria-invalid=password_refused.then_some("true")
+                        aria-describedby=password_refused.then_some("form-error")
                         autocomplete="current-password"
                         class="mt-1 w-full rounded border border-slate-500 px-3 py-2" />
                 </div>
