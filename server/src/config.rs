@@ -360,15 +360,25 @@ fn public_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PublicUrl>, D::E
         .map_err(serde::de::Error::custom)
 }
 
-/// Parses "10.0.0.0/8" or a single address ("127.0.0.1" = /32).
+/// Parses "10.0.0.0/8" or a single address ("127.0.0.1" = /32); a network written with host
+/// bits set (`10.1.2.3/8`) is the network it names (`10.0.0.0/8`). Every address (`*`,
+/// `0.0.0.0/0`, `::/0`) is refused: trusted proxies, the one user of this, are named.
 pub fn parse_network(text: &str) -> Result<IpNet, String> {
     let text = text.trim();
+    let every = |what: &str| {
+        format!("{what} (every peer a trusted proxy) is refused: any client could then choose the address the portal sees it at, and with it its rate limits and its one session per address; name the proxies' addresses or networks (e.g. `10.0.0.0/8`)")
+    };
     if text == "*" {
-        return Err("`*` (every peer a trusted proxy, as gunicorn reads it) is refused: any client could then choose the address the portal sees it at, and with it its rate limits and its one session per address; name the proxies' addresses or networks (e.g. `10.0.0.0/8`)".into());
+        return Err(every("`*`"));
     }
-    text.parse::<IpNet>()
+    let net = text
+        .parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("`{text}` is not an IP address or CIDR network"))
+        .map_err(|_| format!("`{text}` is not an IP address or CIDR network"))?;
+    if net.prefix_len() == 0 {
+        return Err(every(&format!("`{text}`")));
+    }
+    Ok(net.trunc())
 }
 
 fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
@@ -3031,6 +3041,26 @@ mod tests {
         let err = Settings::from_toml("[http]\ntrusted_proxies = [\"everyone\"]\n")
             .expect_err("bad entry");
         assert!(err.problem.contains("everyone"), "{err}");
+        // Every address, however written, is refused as `*` is.
+        for every in ["0.0.0.0/0", "::/0", "10.0.0.1/0"] {
+            let err = Settings::from_toml(&format!("[http]\ntrusted_proxies = [{every:?}]\n"))
+                .expect_err(every);
+            assert!(
+                err.problem.contains(every) && err.problem.contains("any client could then choose"),
+                "{err}"
+            );
+            let err = Settings::from_toml(MINIMAL)
+                .expect("parses")
+                .apply_env(|k| {
+                    (k == "PORTAL_HTTP_TRUSTED_PROXIES").then(|| format!("10.0.0.0/8,{every}"))
+                })
+                .expect_err(every);
+            assert_eq!(err.key, "PORTAL_HTTP_TRUSTED_PROXIES", "{err}");
+        }
+        // A network written with host bits set is the network it names.
+        let settings =
+            Settings::from_toml("[http]\ntrusted_proxies = [\"127.0.0.1/8\"]\n").expect("parses");
+        assert_eq!(settings.http.trusted_proxies[0].to_string(), "127.0.0.0/8");
     }
 
     #[test]

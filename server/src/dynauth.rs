@@ -6,8 +6,9 @@
 //!   dropped without an answer and counted.
 //! - Disconnect-Request: the session is found by Acct-Session-Id, else by User-Name together
 //!   with Framed-IP-Address, else by Class; found → Disconnect-ACK and the session stops (Stop,
-//!   Admin-Reset), whatever the organization's state (design.md §5); not found → Disconnect-NAK
-//!   with Error-Cause 503 (Session-Context-Not-Found).
+//!   Admin-Reset), whatever the organization's state (design.md §5); not found — or ended
+//!   meanwhile by something else (its user's Disconnect, its expiry) → Disconnect-NAK with
+//!   Error-Cause 503 (Session-Context-Not-Found).
 //! - CoA-Request: Disconnect-NAK's sibling CoA-NAK, Error-Cause 406 (Unsupported-Extension, RFC
 //!   5176 §3.5: the NAS does not support CoA; 405 would point at a Service-Type the request may
 //!   not even carry) — the portal has nothing to change a session with yet. The guard decides
@@ -561,15 +562,28 @@ impl DynAuthListener {
             return reply(nak, Some(UNSUPPORTED_EXTENSION));
         }
         let actor = format!("dynauth:{client}");
+        let mut ended = 0;
         for session in &found {
             match self.sessions.terminate_audited(session, &actor).await {
-                Ok(_) => tracing::info!(client, acct_session_id = %session.acct_session_id,
-                    organization = %session.organization_id, "session ended by Disconnect-Request"),
+                Ok(true) => {
+                    ended += 1;
+                    tracing::info!(client, acct_session_id = %session.acct_session_id,
+                        organization = %session.organization_id, "session ended by Disconnect-Request");
+                }
+                // Ended meanwhile (its user's Disconnect, its expiry): not by this request,
+                // audited as refused.
+                Ok(false) => tracing::info!(client, acct_session_id = %session.acct_session_id,
+                    organization = %session.organization_id, "the session a Disconnect-Request names ended meanwhile"),
                 Err(e) => {
                     tracing::error!(client, error = ?e, "stopping a session for a Disconnect-Request failed");
                     return reply(nak, Some(RESOURCES_UNAVAILABLE));
                 }
             }
+        }
+        // Acknowledged only when it ended one: every session it named had ended already is
+        // what a request for no active session is told (as the audit says it was refused).
+        if ended == 0 {
+            return reply(nak, Some(SESSION_CONTEXT_NOT_FOUND));
         }
         reply(ack, None)
     }

@@ -654,3 +654,63 @@ async fn answers_echo_proxy_state_bad_addresses_are_407_and_ends_are_audited() {
     assert!(ended.detail.contains(&sid), "{}", ended.detail);
     app.stop().await;
 }
+
+/// A Disconnect-Request that races its session's user pressing Disconnect: acknowledged only
+/// when it ended the session (the Stop says Admin-Reset); one the user's Disconnect beat is
+/// refused as naming no active session (503; the Stop says User-Request) — never acknowledged
+/// for an end it did not make, which the audit log records as refused.
+#[tokio::test]
+async fn a_disconnect_request_racing_the_users_disconnect_is_acknowledged_only_if_it_ended_the_session(
+) {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut settings = with_listener(settings(&db, vec![radius.server_settings("primary", true)]));
+    settings.rate_limit.login_per_user = 10_000; // one user, thirty sign-ins
+    let app = TestApp::spawn(&settings).await;
+    let (listener, _stats) = app.dynauth.clone().unwrap();
+    let mut races = tokio::task::JoinSet::new();
+    for n in 10..40u8 {
+        let browser = app.browser(client(n));
+        browser.login("carol", "carol-pass").await;
+        let start = radius
+            .wait_for_acct(&["status=Start", &format!("ip=127.0.2.{n} ")])
+            .await;
+        let sid = field(&start, "sid").to_string();
+        // The session page's form token, read before: the page may say the session ended.
+        let token = browser.form_token("/session").await;
+        races.spawn(async move {
+            let request = format!("Acct-Session-Id = \"{sid}\"\n");
+            // The user's Disconnect a little later each time (radclient takes a while to start),
+            // for some to land while the request is being acted on.
+            let (answer, _) = tokio::join!(
+                radclient_async(listener, "disconnect", SECRET, &request),
+                async {
+                    tokio::time::sleep(Duration::from_millis(2 * u64::from(n - 10))).await;
+                    browser
+                        .post_raw("/api/disconnect", "/session", &[("csrf", &token)], &[])
+                        .await
+                }
+            );
+            (sid, answer)
+        });
+    }
+    let (mut acked, mut refused) = (0, 0);
+    while let Some(race) = races.join_next().await {
+        let (sid, answer) = race.unwrap();
+        let stop = radius
+            .wait_for_acct(&["status=Stop", &format!("sid={sid} ")])
+            .await;
+        if answer.contains("Received Disconnect-ACK") {
+            acked += 1;
+            assert_eq!(field(&stop, "cause"), "Admin-Reset", "{answer}");
+        } else {
+            refused += 1;
+            assert!(answer.contains("Received Disconnect-NAK"), "{answer}");
+            assert!(answer.contains("Session-Context-Not-Found"), "{answer}");
+            assert_eq!(field(&stop, "cause"), "User-Request", "{answer}");
+        }
+    }
+    assert_eq!(acked + refused, 30);
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
+    app.stop().await;
+}
