@@ -264,20 +264,47 @@ pub async fn run() -> anyhow::Result<()> {
             ids.sort();
             ids.dedup();
             let addr = settings.http.listen.unwrap_or(options.site_addr);
-            let warnings = secrets_readable_warnings(cli.config.as_deref(), &settings)
+            // The file's organizations and those stored only in the database (created at run
+            // time), as `serve` holds them; the file's alone if they cannot be built.
+            let all = crate::organizations::Organizations::from_settings_and_stored(
+                &settings.organizations,
+                &stored,
+            )
+            .map(|all| all.all())
+            .ok();
+            let (duplicate_servers, shared_nas) = match &all {
+                Some(all) => (
+                    crate::startup::duplicate_server_warnings(
+                        all.iter().map(|org| crate::startup::stored_servers(org)),
+                    ),
+                    crate::startup::shared_nas_warnings(
+                        &all.iter()
+                            .map(|org| crate::startup::stored_nas(org))
+                            .collect::<Vec<_>>(),
+                        None,
+                    ),
+                ),
+                None => (
+                    crate::startup::duplicate_server_warnings(crate::startup::file_servers(
+                        &settings.organizations,
+                    )),
+                    crate::startup::shared_nas_warnings(
+                        &crate::startup::file_nas(&settings.organizations),
+                        None,
+                    ),
+                ),
+            };
+            let warnings = crate::telemetry::rust_log_warning(&settings.log)
+                .into_iter()
+                .chain(secrets_readable_warnings(cli.config.as_deref(), &settings))
                 .into_iter()
                 .chain(crate::startup::exposure_warnings(&settings, addr))
                 .chain(crate::startup::dynauth_warnings(
                     &settings.dynamic_authorization,
                     &ids,
                 ))
-                .chain(crate::startup::duplicate_server_warnings(
-                    crate::startup::file_servers(&settings.organizations),
-                ))
-                .chain(crate::startup::shared_nas_warnings(
-                    &crate::startup::file_nas(&settings.organizations),
-                    None,
-                ))
+                .chain(duplicate_servers)
+                .chain(shared_nas)
                 .chain(settings.organizations.iter().flat_map(|org| {
                     crate::organizations::settings_warnings(
                         &org.id,

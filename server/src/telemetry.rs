@@ -4,24 +4,37 @@
 use crate::config::LogSettings;
 use tracing_subscriber::{fmt, EnvFilter};
 
+/// The log filter: RUST_LOG's if it is set (not empty), else the configured one — or, RUST_LOG
+/// set to something that is no filter, what to warn of (the configured filter is used).
+fn rust_log_filter(settings: &LogSettings) -> Result<EnvFilter, String> {
+    let text = std::env::var("RUST_LOG").unwrap_or_default();
+    if text.trim().is_empty() {
+        return Ok(EnvFilter::new(&settings.filter));
+    }
+    EnvFilter::try_from_default_env().map_err(|e| {
+        format!(
+            "the environment variable RUST_LOG = {text:?} is no log filter ({e}): the configured filter {:?} is used",
+            settings.filter
+        )
+    })
+}
+
+/// What `serve` warns of about RUST_LOG as its log starts ([`init`]), for `check-config`.
+pub fn rust_log_warning(settings: &LogSettings) -> Option<String> {
+    rust_log_filter(settings).err()
+}
+
 /// Installs the global subscriber (RUST_LOG wins over the configured filter; an empty one counts
 /// as unset, as for most programs — not as a filter that shows errors alone). Safe to call twice.
 pub fn init(settings: &LogSettings) {
-    let rust_log_set = std::env::var("RUST_LOG").is_ok_and(|f| !f.trim().is_empty());
-    let from_env = match rust_log_set {
-        true => EnvFilter::try_from_default_env(),
-        false => Ok(EnvFilter::new(&settings.filter)),
-    };
-    let filter = from_env.unwrap_or_else(|e| {
+    let filter = match rust_log_filter(settings) {
+        Ok(filter) => filter,
         // Set, but not a filter: said (once, before the log starts), not passed over in silence.
-        if let Ok(text) = std::env::var("RUST_LOG") {
-            eprintln!(
-                "warning: the environment variable RUST_LOG = {text:?} is no log filter ({e}): the configured filter {:?} is used",
-                settings.filter
-            );
+        Err(warning) => {
+            eprintln!("warning: {warning}");
+            EnvFilter::new(&settings.filter)
         }
-        EnvFilter::new(&settings.filter)
-    });
+    };
     // tower-sessions warns ("possibly suspicious activity") for every request whose cookie names
     // no stored session: anyone can send those at will, and the portal answers them as it
     // answers a visitor without a session (the cookie is removed). And it logs an error for

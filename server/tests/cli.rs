@@ -489,6 +489,7 @@ fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
     )
     .unwrap();
     let output = portal(&["--config", good.to_str().unwrap(), "check-config"])
+        .env("RUST_LOG", "not a [filter")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -496,6 +497,14 @@ fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
     assert!(
         stdout.contains("configuration is valid") && stdout.contains("[redacted]"),
         "{stdout}"
+    );
+    // A RUST_LOG that is no filter, as `serve` warns of it.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "warning: the environment variable RUST_LOG = \"not a [filter\" is no log filter"
+        ),
+        "{stderr}"
     );
     assert!(!stdout.contains("very-secret-value"));
     // A RADIUS client address that is not this host's is refused here, naming the key, not
@@ -1366,6 +1375,17 @@ secret = "not-the-same-secret"
         "warning: organization `zeta` (stored in the database, not in this file) cannot be used:";
     assert!(stderr.contains(said), "{said:?} in {stderr}");
     assert!(stderr.contains("zeta.secret"), "{stderr}");
+    // Two stored only in the database that reach one server as one NAS (the default
+    // NAS-Identifier in both): said as `serve` says it at start-up.
+    for id in ["eta", "theta"] {
+        create(
+            &format!("{id}.toml"),
+            &format!("id = \"{id}\"\nname = \"{id}\"\n[[servers]]\nname = \"s\"\naddress = \"127.0.0.9\"\nsecret = \"eta-secret\"\n"),
+        );
+    }
+    let stderr = check();
+    let said = "warning: organizations `eta`, `theta` send accounting to 127.0.0.9:1813 as one NAS";
+    assert!(stderr.contains(said), "{said:?} in {stderr}");
 }
 
 /// A disable the configuration file undoes at the portal's next start (its `enabled = true` is
