@@ -297,7 +297,6 @@ pub async fn run() -> anyhow::Result<()> {
             let warnings = crate::telemetry::rust_log_warning(&settings.log)
                 .into_iter()
                 .chain(secrets_readable_warnings(cli.config.as_deref(), &settings))
-                .into_iter()
                 .chain(crate::startup::exposure_warnings(&settings, addr))
                 .chain(crate::startup::dynauth_warnings(
                     &settings.dynamic_authorization,
