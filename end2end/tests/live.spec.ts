@@ -126,7 +126,7 @@ test("pages out of view let their streams go: six tabs leave a Disconnect room t
     await hydrated(tab);
     await tab.evaluate(() => {
       Object.defineProperty(document, "hidden", { configurable: true, get: () => true });
-      document.dispatchEvent(new Event("visibilitychange", { bubbles: true }));
+      document.dispatchEvent(new Event("visibilitychange")); // at the document, as a browser fires it
     });
   }
   await first.bringToFront();
@@ -269,7 +269,7 @@ test("a page whose portal is out of reach asks less and less often, and follows 
   await page.evaluate(() => {
     const hide = (hidden: boolean) => {
       Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
-      document.dispatchEvent(new Event("visibilitychange", { bubbles: true }));
+      document.dispatchEvent(new Event("visibilitychange")); // at the document, as a browser fires it
     };
     hide(true);
     hide(false);

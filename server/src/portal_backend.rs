@@ -556,12 +556,11 @@ impl PortalBackend {
                 field: "org".into(),
                 message: "No organization has this id.".into(),
             })?;
-        // Spaces around a name are a phone keyboard's (autocompletion adds one), never part
-        // of it: the name is sent, rate-limited and stored without them.
-        // Only spaces: a control character around the name is refused like one inside it.
-        let username = username
-            .trim_matches(|c: char| c.is_whitespace() && !c.is_control())
-            .to_owned();
+        // White space around a name is a phone keyboard's (autocompletion adds a space) or a
+        // paste's (a spreadsheet cell's tab or line end), never part of it: the name is sent,
+        // rate-limited and stored without it. Any other control character is refused, around
+        // the name as inside it.
+        let username = username.trim_matches(char::is_whitespace).to_owned();
         validation::validate_username(&username, |u| org.username_pattern.is_match(u))?;
         validation::validate_password(&password)?;
         let ip = client_ip(request)?;

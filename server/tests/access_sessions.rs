@@ -402,7 +402,10 @@ async fn spaces_around_a_username_are_not_part_of_it() {
         "{}",
         page.body
     );
-    let page = browser.login("carol\n", "carol-pass").await;
+    // A paste's tab or line end around it is not part of it either; inside, it is refused.
+    let page = browser.login("carol\t\r\n", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    let page = browser.login("car\tol", "carol-pass").await;
     assert!(
         page.body.contains("Username contains control characters."),
         "{}",

@@ -611,9 +611,11 @@ mod live {
         // Hidden, the page lets its stream go; shown again, it opens one (while the session
         // is not over) and asks how things stand. The user coming back to the page or the
         // network returning asks at once too (the back-off ends with an answer, not before).
-        let _ = window_event_listener_untyped("visibilitychange", {
+        // Heard at the document, where the browser fires it (a script's own, which need not
+        // bubble to the window, too).
+        let on_visibility: js_sys::Function = Closure::<dyn FnMut()>::new({
             let ask = ask.clone();
-            move |_| {
+            move || {
                 if document().hidden() {
                     close();
                 } else {
@@ -623,7 +625,10 @@ mod live {
                     ask();
                 }
             }
-        });
+        })
+        .into_js_value()
+        .unchecked_into();
+        let _ = document().add_event_listener_with_callback("visibilitychange", &on_visibility);
         for event in ["online", "pageshow", "focus"] {
             let ask = ask.clone();
             let _ = window_event_listener_untyped(event, move |_| ask());
