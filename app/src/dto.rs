@@ -65,6 +65,11 @@ pub struct SessionView {
     pub window_text: String,
     /// Whether a refresh can currently push the end time out.
     pub can_extend: bool,
+    /// In how many milliseconds a refresh would reach the limit before a whole window (0:
+    /// already), extending the session only up to its maximum length — once so, always so;
+    /// none without a limit. Left out when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_reaches_limit_in_ms: Option<u64>,
     /// Path prefix of the organization's portal (`""` at `/`, else `/o/{slug}`): the page's
     /// forms, requests and links stay in the organization's portal.
     pub base: String,
@@ -93,6 +98,8 @@ pub struct PanelView {
     pub window_text: String,
     /// See [`SessionView::can_extend`].
     pub can_extend: bool,
+    /// See [`SessionView::refresh_reaches_limit_in_ms`].
+    pub refresh_reaches_limit_in_ms: Option<u64>,
     /// See [`SessionView::base`].
     pub base: String,
     /// See [`SessionView::refresh_changed_nothing`] (absent: false).
@@ -116,6 +123,9 @@ impl PanelView {
                 .unwrap_or_default()
                 .to_string(),
             can_extend: field("can_extend")?.bool()?,
+            refresh_reaches_limit_in_ms: field("refresh_reaches_limit_in_ms")
+                .and_then(Json::int)
+                .and_then(|ms| u64::try_from(ms).ok()),
             base: field("base")?.str()?.to_string(),
             refresh_changed_nothing: field("refresh_changed_nothing")
                 .and_then(Json::bool)
@@ -133,6 +143,7 @@ impl From<&SessionView> for PanelView {
             ends_at_ms: view.ends_at_ms,
             window_text: view.window_text.clone(),
             can_extend: view.can_extend,
+            refresh_reaches_limit_in_ms: view.refresh_reaches_limit_in_ms,
             base: view.base.clone(),
             refresh_changed_nothing: view.refresh_changed_nothing,
         }
@@ -342,6 +353,7 @@ mod tests {
             window_secs: 900,
             window_text: "15 minutes".into(),
             can_extend: false,
+            refresh_reaches_limit_in_ms: Some(4_000),
             base: "/o/acme".into(),
             refresh_changed_nothing: false,
         };

@@ -173,8 +173,10 @@ test("a Refresh that reaches the limit takes its button away and leaves focus on
   test.setTimeout(60_000);
   await logIn(page, "mona", "mona-pass"); // a 20-second window within a 30-second limit
   await hydrated(page);
-  // Past 10 s, a refresh's new window would run past the limit.
+  await expect(page.getByTestId("ends")).toContainText("A refresh gives you 20 seconds again.");
+  // Past 10 s, a refresh's new window would run past the limit: the page no longer promises it.
   await expect.poll(() => secondsLeft(page), { timeout: 25_000 }).toBeLessThanOrEqual(9);
+  await expect(page.getByTestId("ends")).toContainText("A refresh extends it only up to its maximum length.");
   const refresh = page.getByRole("button", { name: "Refresh" });
   await refresh.focus();
   await page.keyboard.press("Enter");

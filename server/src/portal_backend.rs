@@ -260,6 +260,9 @@ impl PortalBackend {
             window_secs: (s.window_ms / 1000) as u64,
             window_text: app::islands::session_panel::format_length((s.window_ms / 1000) as u64),
             can_extend: self.sessions.can_extend(s),
+            refresh_reaches_limit_in_ms: s
+                .limit_at
+                .map(|limit| (limit - s.window_ms - now_ms()).max(0) as u64),
             base: base_of(&self.organizations, &s.organization_id),
             refresh_changed_nothing: false,
         }

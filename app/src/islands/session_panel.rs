@@ -122,6 +122,13 @@ pub fn SessionPanel() -> impl IntoView {
     // screen reader user otherwise hears nothing of it); a refresh elsewhere is not this one.
     // With it, whether that Refresh changed nothing (one a few seconds before had).
     let refreshed = RwSignal::new(None::<(i64, bool)>);
+    // From when a refresh reaches the limit before a whole window (monotonic ms).
+    let limit_reached_from = RwSignal::new(reaches_limit_at(
+        now.get_untracked(),
+        &state.get_untracked(),
+    ));
+    let reaches_limit =
+        Memo::new(move |_| limit_reached_from.get().is_some_and(|at| now.get() >= at));
     let remaining_secs = move || ((deadline.get() - now.get()).max(0.0) / 1000.0).ceil() as u64;
     let time_up = Memo::new(move |_| remaining_secs() == 0);
     let apply = move |status: PanelStatus| {
@@ -136,6 +143,7 @@ pub fn SessionPanel() -> impl IntoView {
                 let at = monotonic_ms();
                 now.set(at);
                 deadline.set(at + view.remaining_ms as f64);
+                limit_reached_from.set(reaches_limit_at(at, &view));
                 state.set(view);
                 ended.set(None);
             }
@@ -241,6 +249,9 @@ pub fn SessionPanel() -> impl IntoView {
             return format!("Its end time, {at}, has passed.");
         }
         match s.ends_by {
+            EndsBy::Window if reaches_limit.get() => format!(
+                "Ends at {at} unless you refresh. A refresh extends it only up to its maximum length."
+            ),
             EndsBy::Window => format!(
                 "Ends at {at} unless you refresh. A refresh gives you {} again.",
                 s.window_text
@@ -412,6 +423,12 @@ pub fn SessionPanel() -> impl IntoView {
             </div>
         </div>
     }
+}
+
+/// From when (monotonic ms, the view read at `at`) a refresh of the session would reach its limit
+/// before a whole window.
+fn reaches_limit_at(at: f64, view: &PanelView) -> Option<f64> {
+    view.refresh_reaches_limit_in_ms.map(|ms| at + ms as f64)
 }
 
 /// The browser side of live state: the event stream, its polling fallback, re-syncs.
