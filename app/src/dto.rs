@@ -274,6 +274,8 @@ impl Notice {
 
 /// The state of the page's access session: what the live updates (Server-Sent Events) and the
 /// status server fn report. The server is the only source of it.
+// One per answer, moved and dropped: the active view unboxed costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum SessionStatus {
     /// Active, with its current view (remaining time measured by the server now).

@@ -793,6 +793,7 @@ mod tests {
                 ends_at_ms: 1_796_331_600_000,
                 window_text: "4 hours".into(),
                 can_extend: true,
+                refresh_reaches_limit_in_ms: Some(600_000),
                 base: "/o/acme".into(),
                 refresh_changed_nothing: false,
             },
