@@ -183,6 +183,17 @@ test("a Refresh that reaches the limit takes its button away and leaves focus on
   await expect(page.getByTestId("ends")).toContainText("maximum session length");
   await expect(refresh).toBeHidden();
   await expect(page.getByRole("button", { name: "Disconnect" })).toBeFocused();
+  // Its script runs: past the 10 s after which a page whose script never started says so,
+  // this one says nothing of the kind.
+  await expect(page.getByTestId("not-live")).toBeHidden();
+});
+
+test("a session page whose script never starts says so, rather than a countdown standing still", async ({ page }) => {
+  await page.route("**/pkg/*.wasm", (route) => route.abort());
+  await logIn(page, "carol", "carol-pass");
+  await expect(page.getByTestId("not-live")).toBeVisible({ timeout: 20_000 });
+  await expect(page.getByTestId("not-live")).toContainText("Reload the page");
+  await expect(page.locator(".hydrated")).toHaveCount(0);
 });
 
 test("a Refresh the portal never answers (a link gone silent) says the portal could not be reached", async ({ page }) => {

@@ -78,3 +78,16 @@ test("a crafted link cannot put text in the portal's alert box", async ({ page }
   await expect(page.getByText("555-0100")).toHaveCount(0);
   await expect(page.getByRole("alert")).toHaveCount(0);
 });
+
+test("without JavaScript, the session page's note is the one for no JavaScript, not that its script failed", async ({ page }) => {
+  await page.goto(url("/"));
+  await page.getByLabel("Username").fill("carol");
+  await page.getByLabel("Password").fill("carol-pass");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await expect(page).toHaveURL(url("/session"));
+  const shown = Date.now();
+  await expect(page.getByRole("timer")).toBeVisible();
+  // Past the 10 s after which a page whose script did not start says so.
+  await expect.poll(() => Date.now() - shown, { timeout: 15_000 }).toBeGreaterThan(11_000);
+  await expect(page.getByTestId("not-live")).toBeHidden();
+});

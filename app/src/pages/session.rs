@@ -104,6 +104,11 @@ pub fn SessionPage() -> impl IntoView {
                     "Without JavaScript the time left does not count down or update by itself: reload the page to see it."
                 </p>
             </noscript>
+            // With JavaScript, should the panel's script never start (a proxy that blocks it, a
+            // download that failed): shown by the stylesheet some seconds on, unless it did.
+            <p data-testid="not-live" class="not-live mt-4 text-center text-sm text-slate-600">
+                "The time left is not counting down: this page's script did not start (blocked, or the connection failed). Reload the page to see the time left."
+            </p>
             <IslandScripts />
         }
         .into_any()
