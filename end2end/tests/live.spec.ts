@@ -192,7 +192,7 @@ test("a session page whose script never starts says so, rather than a countdown 
   await page.route("**/pkg/*.wasm", (route) => route.abort());
   await logIn(page, "carol", "carol-pass");
   await expect(page.getByTestId("not-live")).toBeVisible({ timeout: 20_000 });
-  await expect(page.getByTestId("not-live")).toContainText("Reload the page");
+  await expect(page.getByTestId("not-live")).toContainText("reload the page");
   await expect(page.locator(".hydrated")).toHaveCount(0);
 });
 

@@ -1,6 +1,6 @@
 // The same journeys with JavaScript disabled: plain form posts must work.
 import { expect, test } from "@playwright/test";
-import { url } from "./helpers";
+import { logIn, url } from "./helpers";
 
 test.use({ javaScriptEnabled: false });
 
@@ -80,11 +80,7 @@ test("a crafted link cannot put text in the portal's alert box", async ({ page }
 });
 
 test("without JavaScript, the session page's note is the one for no JavaScript, not that its script failed", async ({ page }) => {
-  await page.goto(url("/"));
-  await page.getByLabel("Username").fill("carol");
-  await page.getByLabel("Password").fill("carol-pass");
-  await page.getByRole("button", { name: "Sign in" }).click();
-  await expect(page).toHaveURL(url("/session"));
+  await logIn(page, "carol", "carol-pass");
   const shown = Date.now();
   await expect(page.getByRole("timer")).toBeVisible();
   // Past the 10 s after which a page whose script did not start says so.

@@ -560,10 +560,12 @@ impl PortalBackend {
                 message: "No organization has this id.".into(),
             })?;
         // White space around a name is a phone keyboard's (autocompletion adds a space) or a
-        // paste's (a spreadsheet cell's tab or line end), never part of it: the name is sent,
-        // rate-limited and stored without it. Any other control character is refused, around
-        // the name as inside it.
-        let username = username.trim_matches(char::is_whitespace).to_owned();
+        // paste's (a spreadsheet cell's tab or line end, a byte-order mark, a zero-width
+        // space), never part of it: the name is sent, rate-limited and stored without it. Any
+        // other control character is refused, around the name as inside it.
+        let username = username
+            .trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}' || c == '\u{200b}')
+            .to_owned();
         validation::validate_username(&username, |u| org.username_pattern.is_match(u))?;
         validation::validate_password(&password)?;
         let ip = client_ip(request)?;

@@ -405,6 +405,9 @@ async fn spaces_around_a_username_are_not_part_of_it() {
     // A paste's tab or line end around it is not part of it either; inside, it is refused.
     let page = browser.login("carol\t\r\n", "carol-pass").await;
     assert_eq!(page.path, "/session", "{}", page.body);
+    // A paste's byte-order mark or zero-width space around it neither.
+    let page = browser.login("\u{feff}carol\u{200b}", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
     let page = browser.login("car\tol", "carol-pass").await;
     assert!(
         page.body.contains("Username contains control characters."),

@@ -193,8 +193,13 @@ pub fn SessionPanel() -> impl IntoView {
             leptos::task::spawn_local(async move {
                 let result = if refresh {
                     let result = super::fetch::call(&path, form, PanelView::from_json).await;
-                    // A Disconnect went meanwhile: its outcome, not this one's, is the page's.
+                    // A Disconnect went meanwhile: its outcome is the page's, not this one's —
+                    // but the session's new end is kept (said to no one), should the
+                    // Disconnect not get through.
                     if disconnecting.get_untracked() {
+                        if let Ok(view) = result {
+                            apply(PanelStatus::Active(view));
+                        }
                         refreshing.set(false);
                         return;
                     }
@@ -507,7 +512,14 @@ mod live {
         ended: RwSignal<Option<EndReason>>,
         hydrated: RwSignal<bool>,
     ) {
-        Effect::new(move |_| hydrated.set(true));
+        Effect::new(move |_| {
+            hydrated.set(true);
+            // The page's note for a script that never started (shown by the stylesheet some
+            // seconds on) is not this page's.
+            if let Some(note) = document().get_element_by_id("not-live") {
+                note.remove();
+            }
+        });
         // The open stream, if any. Only a page in view holds one: a browser keeps at most six
         // connections to a site over HTTP/1.1, and six tabs' streams would leave a Refresh or
         // Disconnect (and any new page) queued behind them for good.

@@ -47,10 +47,10 @@ pub fn LoginPage() -> impl IntoView {
     // server, or by the form's own check) — not when the servers could not be reached, say:
     // it is to be typed again all the same (it is never sent back).
     let password_refused = again
-        && matches!(
+        && matches!(failed, Some(crate::error::PortalError::Rejected { .. }))
+        || matches!(
             failed,
-            Some(crate::error::PortalError::Rejected { .. })
-                | Some(crate::error::PortalError::InvalidInput { .. })
+            Some(crate::error::PortalError::InvalidInput { ref field, .. }) if field == "password"
         );
     let notice = data.notice.and_then(|notice| {
         let text = match notice {

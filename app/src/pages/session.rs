@@ -104,10 +104,11 @@ pub fn SessionPage() -> impl IntoView {
                     "Without JavaScript the time left does not count down or update by itself: reload the page to see it."
                 </p>
             </noscript>
-            // With JavaScript, should the panel's script never start (a proxy that blocks it, a
-            // download that failed): shown by the stylesheet some seconds on, unless it did.
-            <p data-testid="not-live" class="not-live mt-4 text-center text-sm text-slate-600">
-                "The time left is not counting down: this page's script did not start (blocked, or the connection failed). Reload the page to see the time left."
+            // With JavaScript, should the panel's script not start (a proxy that blocks it, a
+            // download that failed or crawls): shown by the stylesheet some seconds on; the
+            // panel removes it once it runs.
+            <p id="not-live" data-testid="not-live" class="not-live mt-4 text-center text-sm text-slate-600">
+                "The time left is not counting down yet: this page's script has not started (blocked, or still loading over a slow connection). If it stays so, reload the page."
             </p>
             <IslandScripts />
         }

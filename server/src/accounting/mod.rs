@@ -1008,7 +1008,12 @@ impl Accounting {
     /// claim up.
     fn strand(&self, claim: OutboxRow) {
         let mut stranded = self.stranded.lock().unwrap_or_else(|p| p.into_inner());
-        if stranded.len() < STRANDED_MAX {
+        // Not over a newer claim of the row stranded before (an older delivery that outlived
+        // its lease ends after it).
+        let newer_kept = stranded
+            .get(&claim.id)
+            .is_some_and(|kept| kept.attempts > claim.attempts);
+        if stranded.len() < STRANDED_MAX && !newer_kept {
             stranded.insert(claim.id, claim);
         }
         drop(stranded);
