@@ -230,6 +230,9 @@ pub enum Notice {
     /// The same, for a Refresh within seconds of the last one, which restarted nothing (see
     /// the server's `REFRESH_QUIET_MS`).
     RefreshedRecently,
+    /// The sign-in page, after the session page was asked for by a browser that holds no
+    /// session there (its "Already signed in?" link, a bookmark): said, not a silent return.
+    NoSessionHere,
 }
 
 /// What the session page shows after a Refresh: the server's notice after a plain form post,
@@ -250,6 +253,7 @@ impl Notice {
             Notice::AlreadyEnded(None) => 1,
             Notice::Refreshed => 2,
             Notice::RefreshedRecently => 3,
+            Notice::NoSessionHere => 4,
             Notice::AlreadyEnded(Some(reason)) => {
                 16 + EndReason::ALL
                     .iter()
@@ -266,6 +270,7 @@ impl Notice {
             1 => Notice::AlreadyEnded(None),
             2 => Notice::Refreshed,
             3 => Notice::RefreshedRecently,
+            4 => Notice::NoSessionHere,
             16.. => Notice::AlreadyEnded(Some(*EndReason::ALL.get(usize::from(code - 16))?)),
             _ => return None,
         })

@@ -752,15 +752,31 @@ async fn the_sign_in_page_sends_a_signed_in_browser_to_its_session() {
     let page = browser.get("/").await;
     assert_eq!((page.path.as_str(), page.status), ("/session", 200));
     assert!(page.body.contains("carol"), "{}", page.body);
-    let other_browser = app.browser(CLIENT).get("/").await;
+    let other = app.browser(CLIENT);
+    let other_browser = other.get("/").await;
     assert_eq!(other_browser.path, "/", "no link, no redirect");
     assert!(other_browser.body.contains("name=\"password\""));
+    // Its session page asked for (the "Already signed in?" link): sent back to sign in, and
+    // told why (once), though the address has a session — another browser's.
+    const NONE_HERE: &str = "This browser holds no running session here.";
+    let page = other.get("/session").await;
+    assert_eq!((page.path.as_str(), page.status), ("/", 200));
+    assert!(page.body.contains(NONE_HERE), "{}", page.body);
+    assert!(
+        page.body.contains("To connect, sign in below."),
+        "{}",
+        page.body
+    );
+    assert!(!other.get("/").await.body.contains(NONE_HERE));
 
     let page = browser.post_form("/api/disconnect", "/session", &[]).await;
     assert_eq!(page.path, "/");
     let page = browser.get("/").await;
     assert_eq!((page.path.as_str(), page.status), ("/", 200));
     assert!(page.body.contains("name=\"password\""), "{}", page.body);
+    let page = browser.get("/session").await;
+    assert_eq!(page.path, "/");
+    assert!(page.body.contains(NONE_HERE), "{}", page.body);
     app.stop().await;
 }
 

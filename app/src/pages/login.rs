@@ -65,14 +65,19 @@ pub fn LoginPage() -> impl IntoView {
             Notice::AlreadyEnded(None) => {
                 "Your session had already ended (its time ran out, it was ended elsewhere, or a new sign-in from this device replaced it), so there was nothing to disconnect.".into()
             }
+            Notice::NoSessionHere => "This browser holds no running session here.".into(),
             // The session page's.
             Notice::Refreshed | Notice::RefreshedRecently => return None,
+        };
+        // A disabled organization's page offers no sign-in (its notice follows).
+        let then = match notice {
+            Notice::NoSessionHere => " To connect, sign in below.",
+            _ => " Sign in again to reconnect.",
         };
         Some(view! {
             <p role="status" data-testid="notice" class="mt-6 rounded border border-green-700 bg-green-50 px-4 py-3 text-green-900">
                 {text}
-                // A disabled organization's page offers no sign-in (its notice follows).
-                {active.then_some(" Sign in again to reconnect.")}
+                {active.then_some(then)}
             </p>
         })
     });

@@ -107,6 +107,18 @@ pub fn redirect(path: &str) {
     }
 }
 
+/// How a page leaves a notice for the page the browser shows next (the server provides it: the
+/// notice travels as the flash cookie a Disconnect's does).
+#[derive(Clone)]
+pub struct PageNoticeNext(pub std::sync::Arc<dyn Fn(crate::dto::Notice) + Send + Sync>);
+
+/// Leaves `notice` for the next page (nothing happens where no [`PageNoticeNext`] is provided).
+pub fn notice_next(notice: crate::dto::Notice) {
+    if let Some(PageNoticeNext(leave)) = leptos::prelude::use_context::<PageNoticeNext>() {
+        leave(notice);
+    }
+}
+
 /// The data [`load`] put on this request (empty if none).
 pub fn data() -> PageData {
     #[cfg(feature = "ssr")]

@@ -41,7 +41,7 @@ pub fn SessionPage() -> impl IntoView {
     let refreshed = data.notice.and_then(|notice| match notice {
         Notice::Refreshed => Some(crate::dto::refresh_notice(false)),
         Notice::RefreshedRecently => Some(crate::dto::refresh_notice(true)),
-        Notice::Disconnected | Notice::AlreadyEnded(_) => None,
+        Notice::Disconnected | Notice::AlreadyEnded(_) | Notice::NoSessionHere => None,
     });
     match data.session.unwrap_or(Ok(SessionStatus::NoSession)) {
         Ok(SessionStatus::Active(view)) => {
@@ -121,6 +121,7 @@ pub fn SessionPage() -> impl IntoView {
         // cookies cleared), never "no session" while the device's session and its network
         // access run on.
         Ok(SessionStatus::Ended(EndReason::NotLinked)) if !form_failed => {
+            super::notice_next(Notice::NoSessionHere);
             super::redirect(&format!("{base}/"));
             ().into_any()
         }
@@ -159,6 +160,7 @@ pub fn SessionPage() -> impl IntoView {
         }
         .into_any(),
         Ok(SessionStatus::NoSession) => {
+            super::notice_next(Notice::NoSessionHere);
             super::redirect(&format!("{base}/"));
             ().into_any()
         }

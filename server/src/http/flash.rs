@@ -437,12 +437,17 @@ where
     }
     let mut response = next(request).await;
     // A Disconnect made by a script (the session page's island) sets its notice too: the page
-    // the island goes to next shows it.
-    if let Some(cookie) = flash.notice_cookie(&visitor, response.extensions()) {
-        response.headers_mut().append(header::SET_COOKIE, cookie);
+    // the island goes to next shows it — as does a page that sends the browser on with one
+    // (the session page of a browser without a session).
+    let noticed = flash.notice_cookie(&visitor, response.extensions());
+    if let Some(cookie) = &noticed {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, cookie.clone());
     }
-    // Shown once: the page that showed it (or ignored a forged one) clears the cookie.
-    if cookie.is_some() {
+    // Shown once: the page that showed it (or ignored a forged one) clears the cookie — unless
+    // it left another.
+    if cookie.is_some() && noticed.is_none() {
         if let Some(clear) = flash.cookie("", 0) {
             response.headers_mut().append(header::SET_COOKIE, clear);
         }

@@ -265,13 +265,21 @@ fn render_page(
     page_response(html, status, headers)
 }
 
-/// The answer of a rendered page: its HTML, with the status and headers its render set.
-fn page_response(html: String, status: Option<StatusCode>, headers: HeaderMap) -> Response {
+/// The answer of a rendered page: its HTML, with the status and headers its render set — a
+/// notice it left for the next page ([`app::pages::notice_next`]) for the flash layer to carry.
+fn page_response(html: String, status: Option<StatusCode>, mut headers: HeaderMap) -> Response {
+    let notice = headers
+        .remove(super::flash::NOTICE_HEADER)
+        .as_ref()
+        .and_then(super::flash::NoticeNext::from_header);
     let mut response = Response::new(Body::from(html));
     if let Some(status) = status {
         *response.status_mut() = status;
     }
     *response.headers_mut() = headers;
+    if let Some(notice) = notice {
+        response.extensions_mut().insert(notice);
+    }
     response
 }
 
@@ -297,6 +305,15 @@ fn render_html(
                 redirect.insert_header(header::LOCATION, location);
                 redirect.set_status(StatusCode::FOUND);
             }
+        })));
+        // A notice for the next page: marked as a server fn marks its own (`page_response`
+        // turns it into what the flash layer carries).
+        let noticed = options.clone();
+        provide_context(app::pages::PageNoticeNext(Arc::new(move |notice| {
+            noticed.insert_header(
+                axum::http::HeaderName::from_static(super::flash::NOTICE_HEADER),
+                HeaderValue::from(u16::from(notice.code())),
+            );
         })));
         leptos::nonce::provide_nonce();
         provide_context(pages.portal.clone());
