@@ -266,33 +266,22 @@ pub async fn run() -> anyhow::Result<()> {
             let addr = settings.http.listen.unwrap_or(options.site_addr);
             // The file's organizations and those stored only in the database (created at run
             // time), as `serve` holds them; the file's alone if they cannot be built.
-            let all = crate::organizations::Organizations::from_settings_and_stored(
+            let merged = crate::organizations::Organizations::from_settings_and_stored(
                 &settings.organizations,
                 &stored,
             )
-            .map(|all| all.all())
             .ok();
-            let (duplicate_servers, shared_nas) = match &all {
-                Some(all) => (
-                    crate::startup::duplicate_server_warnings(
-                        all.iter().map(|org| crate::startup::stored_servers(org)),
-                    ),
-                    crate::startup::shared_nas_warnings(
-                        &all.iter()
-                            .map(|org| crate::startup::stored_nas(org))
-                            .collect::<Vec<_>>(),
-                        None,
-                    ),
-                ),
-                None => (
-                    crate::startup::duplicate_server_warnings(crate::startup::file_servers(
-                        &settings.organizations,
-                    )),
-                    crate::startup::shared_nas_warnings(
-                        &crate::startup::file_nas(&settings.organizations),
-                        None,
-                    ),
-                ),
+            let organization_warnings = match &merged {
+                Some(all) => crate::startup::stored_organization_warnings(&all.all()),
+                None => crate::startup::duplicate_server_warnings(crate::startup::file_servers(
+                    &settings.organizations,
+                ))
+                .into_iter()
+                .chain(crate::startup::shared_nas_warnings(
+                    &crate::startup::file_nas(&settings.organizations),
+                    None,
+                ))
+                .collect(),
             };
             let warnings = crate::telemetry::rust_log_warning(&settings.log)
                 .into_iter()
@@ -302,8 +291,7 @@ pub async fn run() -> anyhow::Result<()> {
                     &settings.dynamic_authorization,
                     &ids,
                 ))
-                .chain(duplicate_servers)
-                .chain(shared_nas)
+                .chain(organization_warnings)
                 .chain(settings.organizations.iter().flat_map(|org| {
                     crate::organizations::settings_warnings(
                         &org.id,
@@ -315,12 +303,10 @@ pub async fn run() -> anyhow::Result<()> {
                 // Among the file's organizations and those stored only in the database
                 // (created at run time), as `serve` logs them.
                 .chain(
-                    crate::organizations::Organizations::from_settings_and_stored(
-                        &settings.organizations,
-                        &stored,
-                    )
-                    .map(|all| all.secret_conflicts())
-                    .unwrap_or_default(),
+                    merged
+                        .as_ref()
+                        .map(|all| all.secret_conflicts())
+                        .unwrap_or_default(),
                 )
                 .chain(crate::organizations::Organizations::stored_unusable(
                     &settings.organizations,

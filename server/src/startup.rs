@@ -262,17 +262,7 @@ impl Application {
             .iter()
             .flat_map(|org| org.warnings())
             .chain(dynauth_warnings(&settings.dynamic_authorization, &ids))
-            .chain(duplicate_server_warnings(
-                organizations.all().iter().map(|org| stored_servers(org)),
-            ))
-            .chain(shared_nas_warnings(
-                &organizations
-                    .all()
-                    .iter()
-                    .map(|org| stored_nas(org))
-                    .collect::<Vec<_>>(),
-                None,
-            ))
+            .chain(stored_organization_warnings(&organizations.all()))
         {
             tracing::warn!("{warning}");
         }
@@ -724,6 +714,20 @@ pub(crate) fn change_warnings(
     warnings
 }
 
+/// What `serve` warns of among the organizations it holds (`check-config` of those it would):
+/// two servers of one that are one server, and several that reach one accounting server as
+/// one NAS.
+pub(crate) fn stored_organization_warnings(
+    all: &[Arc<crate::organizations::Organization>],
+) -> Vec<String> {
+    let mut warnings = duplicate_server_warnings(all.iter().map(|org| stored_servers(org)));
+    warnings.extend(shared_nas_warnings(
+        &all.iter().map(|org| stored_nas(org)).collect::<Vec<_>>(),
+        None,
+    ));
+    warnings
+}
+
 /// An organization as [`shared_nas_warnings`] compares them: its id, the NAS identity its
 /// accounting presents (NAS-IP-Address, NAS-Identifier) and its servers' accounting addresses.
 pub(crate) type NasAt<'a> = (&'a str, (IpAddr, &'a str), Vec<SocketAddr>);
@@ -778,7 +782,9 @@ pub(crate) fn shared_nas_warnings(organizations: &[NasAt<'_>], only: Option<&str
     groups
         .into_iter()
         .filter(|(_, ids)| ids.len() > 1 && only.is_none_or(|only| ids.contains(&only)))
-        .map(|((server, nas_ip, nas_identifier), ids)| {
+        .map(|((server, nas_ip, nas_identifier), mut ids)| {
+            // Named in order, whatever order the organizations came in (a cache's).
+            ids.sort_unstable();
             let mut named = ids
                 .iter()
                 .take(NAMED)
