@@ -82,7 +82,8 @@ pub struct FormError {
 /// server fns' layer turns it into [`NoticeNext`] and removes it.
 pub(crate) const NOTICE_HEADER: &str = "x-portal-notice";
 
-/// Marks the answer of the server fn being run with [`NOTICE_HEADER`]: what the next page
+/// Marks the answer of the server fn being run (or the page being rendered) with
+/// [`NOTICE_HEADER`]: what the next page
 /// says.
 pub(crate) fn mark_notice(notice: app::dto::Notice) {
     if let Some(options) = leptos::prelude::use_context::<leptos_axum::ResponseOptions>() {
@@ -104,6 +105,14 @@ impl NoticeNext {
     pub(crate) fn from_header(value: &HeaderValue) -> Option<NoticeNext> {
         let code = value.to_str().ok()?.parse().ok()?;
         app::dto::Notice::from_code(code).map(NoticeNext)
+    }
+
+    /// The notice an answer was marked with ([`mark_notice`]), the mark removed.
+    pub(crate) fn take_mark(headers: &mut axum::http::HeaderMap) -> Option<NoticeNext> {
+        headers
+            .remove(NOTICE_HEADER)
+            .as_ref()
+            .and_then(NoticeNext::from_header)
     }
 }
 

@@ -860,11 +860,7 @@ async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>)
     // A Disconnect or a Refresh (its server fn says how it went): the sign-in page shown next
     // says the session ended, or that it had ended already; the session page that it was
     // refreshed.
-    let marked = response
-        .headers_mut()
-        .remove(flash::NOTICE_HEADER)
-        .as_ref()
-        .and_then(flash::NoticeNext::from_header);
+    let marked = flash::NoticeNext::take_mark(response.headers_mut());
     let succeeded = (response.status().is_success() || response.status().is_redirection())
         && !response.headers().contains_key("serverfnerror");
     if let (Some(notice), true, true) = (marked, says_how_it_went, succeeded) {

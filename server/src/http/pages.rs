@@ -268,10 +268,7 @@ fn render_page(
 /// The answer of a rendered page: its HTML, with the status and headers its render set — a
 /// notice it left for the next page ([`app::pages::notice_next`]) for the flash layer to carry.
 fn page_response(html: String, status: Option<StatusCode>, mut headers: HeaderMap) -> Response {
-    let notice = headers
-        .remove(super::flash::NOTICE_HEADER)
-        .as_ref()
-        .and_then(super::flash::NoticeNext::from_header);
+    let notice = super::flash::NoticeNext::take_mark(&mut headers);
     let mut response = Response::new(Body::from(html));
     if let Some(status) = status {
         *response.status_mut() = status;
@@ -308,13 +305,9 @@ fn render_html(
         })));
         // A notice for the next page: marked as a server fn marks its own (`page_response`
         // turns it into what the flash layer carries).
-        let noticed = options.clone();
-        provide_context(app::pages::PageNoticeNext(Arc::new(move |notice| {
-            noticed.insert_header(
-                axum::http::HeaderName::from_static(super::flash::NOTICE_HEADER),
-                HeaderValue::from(u16::from(notice.code())),
-            );
-        })));
+        provide_context(app::pages::PageNoticeNext(Arc::new(
+            super::flash::mark_notice,
+        )));
         leptos::nonce::provide_nonce();
         provide_context(pages.portal.clone());
         // Into a buffer that holds any page (tachys's estimate of a page's length leaves out
