@@ -10,9 +10,9 @@ mod common;
 use radius_portal::{
     radius::{status_type, terminate_cause},
     storage::{
-        AccessSessionRecord, Acknowledged, Audit, DeleteOutcome, Delivered, NewAccessSession,
-        OrganizationWrite, SeedOutcome, SessionMatch, StopOutcome, Storage, StorageError,
-        UpdateOutcome,
+        AccessSessionRecord, Acknowledged, AfterStops, Audit, DeleteOutcome, Delivered,
+        NewAccessSession, OrganizationWrite, OutboxRow, SeedOutcome, SessionMatch, StopOutcome,
+        Storage, StorageError, UpdateOutcome,
     },
 };
 use std::collections::{BTreeSet, HashSet};
@@ -151,6 +151,7 @@ on_both_backends!(
     dead_letters_unblock_and_a_never_sent_start_takes_its_session_along,
     a_sign_in_lease_tells_a_dead_sign_in_from_one_under_way,
     a_stop_after_a_newer_start_at_its_address_has_that_session_repeat_itself,
+    a_sign_ins_start_recorded_after_a_late_stop_repeats_itself_in_the_same_write,
     disconnect_requests_find_sessions_by_id_address_user_and_class,
     periodic_interims_come_due_and_coalesce,
     session_time_is_the_difference_of_the_event_timestamps,
@@ -810,6 +811,7 @@ async fn a_stops_copies_are_queued_once_for_their_servers_alone(db: Db) {
         by,
         own: "primary",
         stop,
+        after_stops: None,
     };
     // The Start goes to "silent" unanswered, then "primary" acknowledges it.
     let start = s
@@ -1726,6 +1728,7 @@ async fn a_stop_after_a_newer_start_at_its_address_has_that_session_repeat_itsel
             by,
             own: "primary",
             stop: status == status_type::STOP,
+            after_stops: None,
         });
         let delivered = s.mark_delivered(&row, T0 + 4, ack.as_ref()).await.unwrap();
         (row, delivered)
@@ -1881,6 +1884,81 @@ async fn a_stop_after_a_newer_start_at_its_address_has_that_session_repeat_itsel
         Delivered::default()
     );
     assert_eq!(outbox_types(s, next).await, [START]);
+}
+
+/// A sign-in's Start sent while an earlier session's Stop at its address was on its way makes
+/// the sign-in's look for that Stop in its own recording: acknowledged since the Start left,
+/// the session's Interim-Update is queued in that write (nothing between the two for a crash
+/// to fall into); acknowledged before, none; recorded a second time, none more.
+async fn a_sign_ins_start_recorded_after_a_late_stop_repeats_itself_in_the_same_write(db: Db) {
+    let s = &db.storage;
+    let lease = T0 + 10 * MINUTE;
+    let claim = |id: i64, status: u32| async move {
+        s.claim_session_outbox(id, status, T0 + 3, lease)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let record = |row: OutboxRow, at: i64, earlier: Vec<i64>, since: i64| async move {
+        let ack = Acknowledged {
+            access_session_id: row.access_session_id,
+            by: "primary",
+            own: "primary",
+            stop: false,
+            after_stops: Some(AfterStops {
+                earlier: &earlier,
+                since,
+            }),
+        };
+        s.mark_delivered(&row, at, Some(&ack)).await.unwrap()
+    };
+    let again = |ip: &str, at: i64| {
+        let mut new = login(ip, at, 10 * MINUTE);
+        new.acct_session_id = format!("sid-{ip}-{at}-again");
+        new
+    };
+    for (ip, stop_acknowledged, reasserted) in
+        [("10.0.9.1", T0 + 6, true), ("10.0.9.2", T0 + 4, false)]
+    {
+        let ended = opened(s, login(ip, T0, 10 * MINUTE)).await;
+        let start = claim(ended, status_type::START).await;
+        s.mark_delivered(&start, T0 + 1, None).await.unwrap();
+        assert!(s
+            .stop_session(ended, terminate_cause::USER_REQUEST, T0 + 1)
+            .await
+            .unwrap());
+        let next = opened(s, again(ip, T0 + 2)).await;
+        // The new Start leaves at T0 + 5; the earlier session's Stop is acknowledged at
+        // `stop_acknowledged`, before the Start's acknowledgement is recorded at T0 + 7.
+        let start = claim(next, status_type::START).await;
+        let stop = claim(ended, status_type::STOP).await;
+        assert_eq!(
+            s.mark_delivered(&stop, stop_acknowledged, None)
+                .await
+                .unwrap(),
+            Delivered::default(),
+            "{ip}: the Stop's recording sees no acknowledged Start to re-assert"
+        );
+        let delivered = record(start.clone(), T0 + 7, vec![ended], T0 + 5).await;
+        assert_eq!(
+            delivered.reasserted,
+            reasserted.then_some(next),
+            "{ip}: the Start's recording made the look"
+        );
+        let expected: &[i64] = if reasserted {
+            &[START, INTERIM]
+        } else {
+            &[START]
+        };
+        assert_eq!(outbox_types(s, next).await, expected, "{ip}");
+        // Recorded a second time (a retried write): nothing more.
+        assert_eq!(
+            record(start, T0 + 8, vec![ended], T0 + 5).await,
+            Delivered::default(),
+            "{ip}: a second recording"
+        );
+        assert_eq!(outbox_types(s, next).await, expected, "{ip}");
+    }
 }
 
 async fn a_session_termination_is_queued_once(db: Db) {

@@ -797,7 +797,14 @@ impl AccessSessions {
         }
         // The Start's own budget: what is left of the login deadline, but at least one exchange.
         let start_deadline = deadline.max(Instant::now() + exchange_time);
-        let start_sent_from = now_ms();
+        // Stops still on their way may be acknowledged after the Start left: the Start's
+        // recording looks (by any replica's clock: `CLOCK_SKEW_MS` before, an Interim-Update
+        // too many rather than one too few).
+        let start_sent_from = now_ms() - crate::accounting::CLOCK_SKEW_MS;
+        let after_stops = (!unsettled.is_empty()).then(|| {
+            self.accounting
+                .start_after_stops(id, unsettled.clone(), start_sent_from)
+        });
         let start_delivered = match claimed_start {
             Some(start) => {
                 // Straight after the write that found the organization active, that check
@@ -825,9 +832,9 @@ impl AccessSessions {
             }
         };
         if start_delivered {
-            if !unsettled.is_empty() {
-                self.after_unsettled_stops(session, &unsettled, start_sent_from)
-                    .await;
+            // Recorded by another replica: the look is made here.
+            if let Some((unsettled, since)) = after_stops.and_then(|a| a.not_made()) {
+                self.after_unsettled_stops(session, &unsettled, since).await;
             }
             return Ok(());
         }
@@ -875,26 +882,21 @@ impl AccessSessions {
     }
 
     /// A sign-in's Start went while Stops of its address's earlier sessions were still on their
-    /// way (its budget for them ran out, or they were not waited for): one acknowledged since
-    /// the Start left (by any replica's clock: [`crate::accounting::CLOCK_SKEW_MS`] before,
-    /// an Interim-Update too many rather than one too few) may have reached the server after
-    /// it — its recording saw no acknowledged Start to re-assert, as it came first — so the
-    /// session sends an Interim-Update now (one acknowledged later is followed by one when it
-    /// is recorded, `SessionStore::mark_delivered`).
+    /// way (its budget for them ran out, or they were not waited for), and another replica
+    /// recorded it (this process's recording makes this look itself, in the same write,
+    /// [`crate::accounting::Accounting::start_after_stops`]): one acknowledged since the Start
+    /// left (`since`) may have reached the server after it — its recording saw no acknowledged
+    /// Start to re-assert, as it came first — so the session sends an Interim-Update now (one
+    /// acknowledged later is followed by one when it is recorded, `SessionStore::mark_delivered`).
     async fn after_unsettled_stops(
         &self,
         session: &AccessSessionRecord,
         unsettled: &[i64],
-        start_sent_from: i64,
+        since: i64,
     ) {
         match self
             .storage
-            .reassert_after_stops(
-                session.id,
-                unsettled,
-                start_sent_from - crate::accounting::CLOCK_SKEW_MS,
-                now_ms(),
-            )
+            .reassert_after_stops(session.id, unsettled, since, now_ms())
             .await
         {
             Ok(true) => {

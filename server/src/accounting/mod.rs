@@ -26,7 +26,8 @@ use crate::{
         status_type, AccountingRecord, Radius, RadiusError, ServerEndpoint,
     },
     storage::{
-        AccessSessionRecord, Acknowledged, Delivered, OutboxRow, SignInLease, Storage, StorageError,
+        AccessSessionRecord, Acknowledged, AfterStops, Delivered, OutboxRow, SignInLease, Storage,
+        StorageError,
     },
 };
 use std::{
@@ -191,6 +192,10 @@ pub struct Accounting {
     /// Bounded ([`UNSEEN_ROWS`]); a row not counted here is taken to have been seen (a copy too
     /// many).
     unseen: Arc<Mutex<HashMap<i64, i64>>>,
+    /// Sign-ins whose Start goes while Stops of their address's earlier sessions are still on
+    /// their way, by session: the Stops, and when the Start left. The Start's recording in
+    /// this process looks for one acknowledged since ([`SessionStore::mark_delivered`]).
+    after_stops: StartsAfterStops,
     /// Cancelled when a graceful shutdown's flush runs out of time: every delivery stops and
     /// gives its claim up ([`Accounting::end_deliveries`]).
     ending: CancellationToken,
@@ -225,6 +230,36 @@ struct Inline {
 
 /// Sessions remembered in [`Inline::queued`] at most (then forgotten all at once).
 const QUEUED_REMEMBERED: usize = 4096;
+
+/// Sign-ins' Starts sent while Stops of their address were on their way, by session: the
+/// Stops, and when the Start left ([`Accounting::start_after_stops`]).
+type StartsAfterStops = Arc<Mutex<HashMap<i64, (Vec<i64>, i64)>>>;
+
+/// A sign-in's look after Stops left to its Start's recording ([`Accounting::start_after_stops`]).
+pub(crate) struct StartAfterStops {
+    session_id: i64,
+    after_stops: StartsAfterStops,
+}
+
+impl StartAfterStops {
+    /// The look, if no recording of the Start by this process made it (another replica
+    /// recorded the Start): the Stops, and since when.
+    pub(crate) fn not_made(self) -> Option<(Vec<i64>, i64)> {
+        self.after_stops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.session_id)
+    }
+}
+
+impl Drop for StartAfterStops {
+    fn drop(&mut self) {
+        self.after_stops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.session_id);
+    }
+}
 
 /// A delivery made outside the delivery loop, from its start to its end (however it ends).
 pub(crate) struct InlineDelivery {
@@ -493,6 +528,7 @@ impl Accounting {
             ending: CancellationToken::new(),
             given_up: Arc::default(),
             unseen: Arc::default(),
+            after_stops: Arc::default(),
             kept: claims::Kept::new(storage.clone()),
             carriers: Arc::default(),
             settled: Arc::new(Notify::new()),
@@ -540,6 +576,27 @@ impl Accounting {
             }
         }
         self.wake();
+    }
+
+    /// A sign-in's Start about to go while the Stops of its address's earlier sessions
+    /// `earlier` are still on their way (`since`: when it leaves, less the replicas' clock
+    /// skew): its recording by this process looks for one of them acknowledged since, in the
+    /// same write — a crash between the two would leave the session unasserted. Until the
+    /// guard drops.
+    pub(crate) fn start_after_stops(
+        &self,
+        session_id: i64,
+        earlier: Vec<i64>,
+        since: i64,
+    ) -> StartAfterStops {
+        self.after_stops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session_id, (earlier, since));
+        StartAfterStops {
+            session_id,
+            after_stops: self.after_stops.clone(),
+        }
     }
 
     /// Counts a delivery of a row of `session_id` made outside the loop until the guard drops.
@@ -1406,6 +1463,16 @@ impl Accounting {
                     self.follow_start(&session, &server.name, row.attempts - 1 > unseen)
                         .await;
                 }
+                // A sign-in's Start sent while Stops of its address were on their way: its look
+                // for one acknowledged since goes with the recording.
+                let after_stops = if is_start && row.copy_to.is_none() {
+                    self.after_stops
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&session.id)
+                } else {
+                    None
+                };
                 // Of the session's own accounting: who acknowledged it is recorded with it
                 // (a Stop is then copied to the other servers that may hold the session open).
                 let ack = Acknowledged {
@@ -1413,6 +1480,10 @@ impl Accounting {
                     by: &server.name,
                     own: &session.server_name,
                     stop: row.status_type == i64::from(status_type::STOP),
+                    after_stops: after_stops.as_ref().map(|(earlier, since)| AfterStops {
+                        earlier,
+                        since: *since,
+                    }),
                 };
                 let ack = row.copy_to.is_none().then_some(&ack);
                 let delivered = match self.storage.mark_delivered(&row, now_ms(), ack).await {
@@ -1435,7 +1506,12 @@ impl Accounting {
                         "the Stop is copied to the other servers that may hold the session open");
                     self.wake();
                 }
-                if let Some(successor) = delivered.reasserted {
+                if is_start && delivered.reasserted.is_some() {
+                    self.radius.metrics().late_stop();
+                    tracing::info!(acct_session_id = %record.acct_session_id, client_ip = %session.client_ip,
+                        "an earlier session's Stop at this address was acknowledged after this session's Start left: it sends an Interim-Update, so an address-keyed firewall has its user again");
+                    self.wake();
+                } else if let Some(successor) = delivered.reasserted {
                     // The Stop went after the Start of a newer session at its address (it
                     // waited behind a silent server, a dead replica's claim, a backoff): a
                     // firewall keying identities by address may have taken it as the end of

@@ -202,7 +202,8 @@ contract! {
         /// the server after the Start — queues `id`'s Interim-Update at `now`, as
         /// [`SessionStore::mark_delivered`] does for a Stop acknowledged after the Start (not
         /// for a session ended, past its deadline, or awaited by an operator's stop). True if
-        /// it did.
+        /// it did. (A Start the sign-in's own process recorded made this look in its recording:
+        /// [`Acknowledged::after_stops`].)
         fn reassert_after_stops(&self, id: i64, earlier: &[i64], since: i64, now: i64) -> bool;
         /// Ends session `id` if a sign-in opened it and that sign-in's lease ran out before
         /// `now` while the session is still active and its Start unacknowledged: its process
@@ -299,6 +300,11 @@ contract! {
         /// write (once: a row already delivered queues none), so that user is asserted again.
         /// Not for a session an operator's stop (a disable) waits for, nor one past its deadline:
         /// it is about to end (its Stop dated then, not after a later Interim-Update).
+        ///
+        /// A sign-in's Start sent while Stops of its address's earlier sessions were on their
+        /// way (`ack`'s `after_stops`) makes that sign-in's look
+        /// ([`SessionStore::reassert_after_stops`]) in the same write, durably: a crash between
+        /// the Start's recording and a look of its own would leave the session unasserted.
         ///
         /// May be relaxed (lost on power failure: the row is sent again, which accounting
         /// servers take as a duplicate, and its copies and Interim-Update are queued then).
@@ -1126,6 +1132,19 @@ pub struct Acknowledged<'a> {
     /// The row is the session's Stop: it is copied to the other servers that may hold the
     /// session open.
     pub stop: bool,
+    /// The row is a sign-in's Start sent while Stops of its address's earlier sessions were
+    /// still on their way: the sign-in's look for one acknowledged after the Start left
+    /// ([`SessionStore::reassert_after_stops`]), made in the Start's recording.
+    pub after_stops: Option<AfterStops<'a>>,
+}
+
+/// The Stops a sign-in's Start went while they were still on their way ([`Acknowledged`]).
+#[derive(Clone, Copy, Debug)]
+pub struct AfterStops<'a> {
+    /// The address's earlier sessions whose Stops were on their way.
+    pub earlier: &'a [i64],
+    /// When the Start left (less the replicas' clock skew).
+    pub since: i64,
 }
 
 /// How a Dynamic Authorization request names the session(s) it is about.

@@ -860,6 +860,35 @@ async fn enqueue_interim(
     Ok(())
 }
 
+/// See [`SessionStore::reassert_after_stops`]: in `tx`, which holds the address's lock (see
+/// `mark_delivered`), one statement (a snapshot taken after the lock); the session's row
+/// locked as every writer of its rows does.
+async fn reassert_after_stops_locked(
+    tx: &mut PgConnection,
+    id: i64,
+    earlier: &[i64],
+    since: i64,
+    now: i64,
+) -> Result<bool, StorageError> {
+    let queued: i64 = sqlx::query_scalar(concat!(
+        "WITH s AS (SELECT s.id, s.started_at FROM access_sessions s \
+           WHERE s.id = $1 AND s.state = 'active' AND s.expires_at > $4 AND EXISTS ( \
+             SELECT 1 FROM accounting_outbox o WHERE o.access_session_id = ANY($2) \
+             AND o.status_type = 2 AND o.delivered_at >= $3) AND ",
+        super::no_stop_pending!(),
+        " FOR UPDATE OF s), ",
+        interim_of_s!("$4"),
+        " SELECT COUNT(*) FROM interim"
+    ))
+    .bind(id)
+    .bind(earlier)
+    .bind(since)
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(queued > 0)
+}
+
 /// [`SessionStore::mark_delivered`]'s look for the newer session at stopped session
 /// `stopped`'s address to re-assert, made again under the address's lock (in a statement
 /// of its own: its snapshot is taken once the lock is held).
@@ -1295,28 +1324,11 @@ impl SessionStore for PgStore {
         since: i64,
         now: i64,
     ) -> Result<bool, StorageError> {
-        // Under the address's lock (see `mark_delivered`), then one statement (a snapshot
-        // taken after the lock); the session's row locked as every writer of its rows does.
         let mut tx = self.pool().begin().await?;
         lock_address_of(&mut tx, id).await?;
-        let queued: i64 = sqlx::query_scalar(concat!(
-            "WITH s AS (SELECT s.id, s.started_at FROM access_sessions s \
-               WHERE s.id = $1 AND s.state = 'active' AND s.expires_at > $4 AND EXISTS ( \
-                 SELECT 1 FROM accounting_outbox o WHERE o.access_session_id = ANY($2) \
-                 AND o.status_type = 2 AND o.delivered_at >= $3) AND ",
-            super::no_stop_pending!(),
-            " FOR UPDATE OF s), ",
-            interim_of_s!("$4"),
-            " SELECT COUNT(*) FROM interim"
-        ))
-        .bind(id)
-        .bind(earlier)
-        .bind(since)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
+        let queued = reassert_after_stops_locked(&mut tx, id, earlier, since, now).await?;
         tx.commit().await?;
-        Ok(queued > 0)
+        Ok(queued)
     }
 
     async fn start_due_now(&self, id: i64, now: i64) -> Result<bool, StorageError> {
@@ -1670,6 +1682,37 @@ impl SessionStore for PgStore {
         if let Some((ack, server)) = ack.and_then(|a| Some((a, a.remembered()?))) {
             let mut c = self.pool().acquire().await?;
             remember_sent(&mut c, ack.access_session_id, server).await?;
+        }
+        // A sign-in's Start sent while Stops of its address were on their way: recorded, and
+        // the sign-in's look made, in one transaction (once: a Start recorded already queues
+        // nothing).
+        if let Some(after) = ack.and_then(|a| a.after_stops) {
+            let mut tx = self.pool().begin().await?;
+            lock_address_of(&mut tx, row.access_session_id).await?;
+            let recorded = sqlx::query(
+                "UPDATE accounting_outbox SET delivered_at = $1, claimed_until = NULL, last_error = NULL, \
+                 transmissions = transmissions + 1 WHERE id = $2 AND delivered_at IS NULL",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                > 0;
+            let reasserted = recorded
+                && reassert_after_stops_locked(
+                    &mut tx,
+                    row.access_session_id,
+                    after.earlier,
+                    after.since,
+                    now,
+                )
+                .await?;
+            tx.commit().await?;
+            return Ok(Delivered {
+                copies: 0,
+                reasserted: reasserted.then_some(row.access_session_id),
+            });
         }
         if row.status_type != i64::from(status_type::STOP) {
             sqlx::query(

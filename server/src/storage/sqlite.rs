@@ -660,35 +660,7 @@ impl SessionStore for SqliteStore {
     ) -> Result<bool, StorageError> {
         let earlier = earlier.to_vec();
         self.engine
-            .write(move |c| {
-                let mut late = false;
-                for session in &earlier {
-                    late |= c
-                        .prepare_cached(
-                            "SELECT EXISTS (SELECT 1 FROM accounting_outbox WHERE access_session_id = ?1 \
-                             AND status_type = ?2 AND delivered_at >= ?3)",
-                        )?
-                        .query_row(params![session, status_type::STOP, since], |r| {
-                            r.get::<_, bool>(0)
-                        })?;
-                }
-                if !late {
-                    return Ok(false);
-                }
-                let started_at: Option<i64> = c
-                    .prepare_cached(concat!(
-                        "SELECT s.started_at FROM access_sessions s \
-                         WHERE s.id = ?1 AND s.state = 'active' AND s.expires_at > ?2 AND ",
-                        super::no_stop_pending!()
-                    ))?
-                    .query_row(params![id, now], |r| r.get(0))
-                    .optional()?;
-                let Some(started_at) = started_at else {
-                    return Ok(false);
-                };
-                enqueue_interim(c, id, started_at, now)?;
-                Ok(true)
-            })
+            .write(move |c| reassert_after_stops_in(c, id, &earlier, since, now))
             .await
     }
 
@@ -1043,7 +1015,11 @@ impl SessionStore for SqliteStore {
         ack: Option<&Acknowledged<'_>>,
     ) -> Result<Delivered, StorageError> {
         let (id, stop) = (row.id, row.status_type == i64::from(status_type::STOP));
+        let session_id = row.access_session_id;
         let remembered = ack.and_then(|a| a.remembered()).map(str::to_owned);
+        let after_stops = ack
+            .and_then(|a| a.after_stops)
+            .map(|a| (a.earlier.to_vec(), a.since));
         let ack = ack.map(|a| {
             (
                 a.access_session_id,
@@ -1054,11 +1030,24 @@ impl SessionStore for SqliteStore {
         });
         // Remembering a server that may hold the session open must survive a power loss (the
         // row would be sent again, perhaps to its own server, and the Stop never copied there).
-        let remembers = remembered.is_some();
+        // So must the Interim-Update a sign-in's look after Stops queues (the Start recorded
+        // without it, the session would never be asserted again).
+        let durable = remembered.is_some() || after_stops.is_some();
         let work = move |c: &Connection| {
             let mut delivered = Delivered::default();
             if stop {
                 delivered.reasserted = reassert_successor(c, id, now)?;
+            }
+            // Once: a Start recorded already (a second recording) queues nothing.
+            if let Some((earlier, since)) = &after_stops {
+                let unrecorded = c
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM accounting_outbox WHERE id = ?1 AND delivered_at IS NULL)",
+                    )?
+                    .query_row([id], |r| r.get::<_, bool>(0))?;
+                if unrecorded && reassert_after_stops_in(c, session_id, earlier, *since, now)? {
+                    delivered.reasserted = Some(session_id);
+                }
             }
             if let Some((session, by, own, stop)) = &ack {
                 if let Some(server) = &remembered {
@@ -1092,7 +1081,7 @@ impl SessionStore for SqliteStore {
                 .execute([now, id])?;
             Ok(delivered)
         };
-        if remembers {
+        if durable {
             self.engine.write(work).await
         } else {
             self.engine.write_relaxed_small(work).await
@@ -1620,6 +1609,43 @@ fn reassert_successor(
     };
     enqueue_interim(c, id, started_at, now)?;
     Ok(Some(id))
+}
+
+/// See [`SessionStore::reassert_after_stops`].
+fn reassert_after_stops_in(
+    c: &Connection,
+    id: i64,
+    earlier: &[i64],
+    since: i64,
+    now: i64,
+) -> Result<bool, StorageError> {
+    let mut late = false;
+    for session in earlier {
+        late |= c
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM accounting_outbox WHERE access_session_id = ?1 \
+                 AND status_type = ?2 AND delivered_at >= ?3)",
+            )?
+            .query_row(params![session, status_type::STOP, since], |r| {
+                r.get::<_, bool>(0)
+            })?;
+    }
+    if !late {
+        return Ok(false);
+    }
+    let started_at: Option<i64> = c
+        .prepare_cached(concat!(
+            "SELECT s.started_at FROM access_sessions s \
+             WHERE s.id = ?1 AND s.state = 'active' AND s.expires_at > ?2 AND ",
+            super::no_stop_pending!()
+        ))?
+        .query_row(params![id, now], |r| r.get(0))
+        .optional()?;
+    let Some(started_at) = started_at else {
+        return Ok(false);
+    };
+    enqueue_interim(c, id, started_at, now)?;
+    Ok(true)
 }
 
 /// Remembers that `server` was sent a packet of session `access_session_id` (it may hold the
