@@ -465,6 +465,16 @@ async fn a_second_login_of_a_client_preempts_the_first(db: Db) {
     assert_eq!(replaced_by(e1.id).await, None);
     assert_eq!(s.active_sessions().await.unwrap(), 6);
     assert!(s.session(e2.id).await.unwrap().unwrap().active);
+    // The same user whatever the case of a letter beyond ASCII, on every backend (SQLite's
+    // `lower()` folds ASCII alone).
+    let t2 = t1 + MINUTE;
+    let z1 = opened(s, signed_in("ZOË", "10.0.0.14", t2, None)).await;
+    let z2 = s
+        .open_session(&signed_in("zoë", "10.0.0.15", t2 + 1_000, Some(z1)))
+        .await
+        .unwrap();
+    assert_eq!(preempted(&z2), [z1]);
+    assert_eq!(replaced_by(z1).await, Some(z2.id));
 }
 
 async fn a_disabled_organization_gets_no_session_and_a_stop_job(db: Db) {

@@ -94,6 +94,13 @@ pub const REPLACEMENTS_FOLLOWED: usize = 8;
 /// planted one) must not lead to that session.
 pub const FOLLOWED_REPLACEMENT_MS: i64 = 10_000;
 
+/// Whether a replaced session's user is the signing-in one ([`FOLLOWED_REPLACEMENT_MS`]):
+/// equal ignoring case, Unicode's — compared here, the same on every backend (SQLite's
+/// `lower()` folds ASCII alone, PostgreSQL's what its locale says).
+pub(crate) fn same_user(replaced: &str, signing_in: &str) -> bool {
+    replaced == signing_in || replaced.to_lowercase() == signing_in.to_lowercase()
+}
+
 /// The dead letter's reason of the rows a never-sent Start took along (nothing of that session
 /// reached a server).
 pub const NEVER_STARTED: &str = "its Start was never sent";

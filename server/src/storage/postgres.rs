@@ -1190,16 +1190,20 @@ impl SessionStore for PgStore {
         .await?;
         if let Some(replaced) = replaces.filter(|r| preempted.iter().any(|s| s.id == *r)) {
             // Only the same user's sign-in sent together with it (see `replaced_by`).
-            sqlx::query(
-                "UPDATE access_sessions SET replaced_by = $1 WHERE id = $2 \
-                 AND lower(username) = lower($3) AND started_at >= $4",
+            let user: Option<String> = sqlx::query_scalar(
+                "SELECT username FROM access_sessions WHERE id = $1 AND started_at >= $2",
             )
-            .bind(id)
             .bind(replaced)
-            .bind(&new.username)
             .bind(new.started_at - super::FOLLOWED_REPLACEMENT_MS)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
+            if user.is_some_and(|user| super::same_user(&user, &new.username)) {
+                sqlx::query("UPDATE access_sessions SET replaced_by = $1 WHERE id = $2")
+                    .bind(id)
+                    .bind(replaced)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         if !new.classes.is_empty() {
             sqlx::query(

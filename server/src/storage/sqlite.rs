@@ -1754,16 +1754,19 @@ fn open_session_in(c: &Connection, new: &NewAccessSession) -> Result<OpenedSessi
     insert_classes(c, id, &new.classes)?;
     if let Some(replaced) = replaces.filter(|r| stopped.iter().any(|s| s.id == *r)) {
         // Only the same user's sign-in sent together with it (see `replaced_by`).
-        c.prepare_cached(
-            "UPDATE access_sessions SET replaced_by = ?1 WHERE id = ?2 \
-             AND lower(username) = lower(?3) AND started_at >= ?4",
-        )?
-        .execute(params![
-            id,
-            replaced,
-            new.username,
-            new.started_at - super::FOLLOWED_REPLACEMENT_MS
-        ])?;
+        let user: Option<String> = c
+            .prepare_cached(
+                "SELECT username FROM access_sessions WHERE id = ?1 AND started_at >= ?2",
+            )?
+            .query_row(
+                params![replaced, new.started_at - super::FOLLOWED_REPLACEMENT_MS],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if user.is_some_and(|user| super::same_user(&user, &new.username)) {
+            c.prepare_cached("UPDATE access_sessions SET replaced_by = ?1 WHERE id = ?2")?
+                .execute(params![id, replaced])?;
+        }
     }
     let start = enqueue(c, id, status_type::START, new.started_at, None, None)?;
     let claimed_start = match new.start_claimed_until {
