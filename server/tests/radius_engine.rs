@@ -1822,6 +1822,87 @@ async fn a_held_back_stop_acknowledged_before_a_start_it_followed_is_followed_by
     Arc::into_inner(app).unwrap().stop().await;
 }
 
+/// A Stop that reaches a server after the Start of a newer session at its address, where that
+/// Start went unanswered and failed over (a server whose accounting stalled, then processed its
+/// backlog): the newer session's Interim-Update that asserts its user again goes to its own
+/// server and, as a copy, to the stalled one too — whose last word about the address would
+/// otherwise be the older session's Stop.
+#[tokio::test]
+async fn a_late_stops_interim_update_also_goes_to_a_server_the_newer_start_failed_over_from() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let primary = FreeRadius::start().await;
+    let backup = FreeRadius::start().await;
+    let stalled = Arc::new(AtomicBool::new(false));
+    let primary_acct = SocketAddr::from((Ipv4Addr::LOCALHOST, primary.acct_port));
+    let relay = reply_dropping_relay(primary_acct, stalled.clone()).await;
+    let (_dir, db) = temp_db();
+    let mut first = fast(&primary, "primary");
+    first.acct_port = relay;
+    let app = TestApp::spawn(&quick_failover(&db, vec![first, fast(&backup, "backup")])).await;
+    let n = 94;
+    // An earlier session at the address, its Start held by a sender that never sends it (a
+    // replica that died).
+    let now = radius_portal::access_session::now_ms();
+    let held = NewAccessSession {
+        start_claimed_until: Some(now + 3_600_000),
+        username: "dave".into(),
+        ..stored_session("held-by-the-dead-94", &client(n).to_string(), now)
+    };
+    let opened = app.storage.open_session(&held).await.unwrap();
+    let claim = opened.claimed_start.unwrap();
+    assert!(app.sessions.disconnect(opened.id).await.unwrap());
+
+    // The primary's accounting stalls (it processes what it is sent, its answers are lost):
+    // carol's Start reaches it unanswered, then fails over to the backup.
+    stalled.store(true, SeqCst);
+    let session = app
+        .sessions
+        .login("acme", "carol", "carol-pass", IpAddr::V4(client(n)))
+        .await
+        .unwrap();
+    let sid = format!("sid={} ", session.acct_session_id);
+    primary.wait_for_acct(&["status=Start", &sid]).await;
+    backup.wait_for_acct(&["status=Start", &sid]).await;
+    wait_until("carol's session moved to the backup", || async {
+        app.storage
+            .session(session.id)
+            .await
+            .unwrap()
+            .is_some_and(|s| s.server_name == "backup")
+    })
+    .await;
+
+    // The primary answers again; the dead sender's claim given up: the earlier session's
+    // Start and Stop go to it, after carol's Start.
+    stalled.store(false, SeqCst);
+    let health = app.radius.health().clone();
+    wait_until("the primary is back", || async {
+        health.allows(SocketAddr::from((Ipv4Addr::LOCALHOST, relay)))
+    })
+    .await;
+    assert!(app.storage.renew_claim(&claim, now - 1).await.unwrap());
+    app.sessions.accounting().wake();
+    let old = "sid=held-by-the-dead-94 ";
+    primary.wait_for_acct(&["status=Stop", old]).await;
+    // Carol is asserted again at both.
+    backup.wait_for_acct(&["status=Interim-Update", &sid]).await;
+    primary
+        .wait_for_acct(&["status=Interim-Update", &sid])
+        .await;
+    // (Carol's Start is there twice: sent again unanswered.)
+    let lines = primary.acct_lines();
+    let start = lines
+        .iter()
+        .position(|l| l.contains("status=Start ") && l.contains(&sid))
+        .unwrap();
+    assert!(start < line_of(&lines, "Stop", old), "{lines:?}");
+    assert!(
+        line_of(&lines, "Stop", old) < line_of(&lines, "Interim-Update", &sid),
+        "{lines:?}"
+    );
+    app.stop().await;
+}
+
 /// A sign-in whose portal died while it waited for the Stop of the session it replaced (its
 /// Start never sent) has its Start sent by the delivery loop once its lease has run out, then a
 /// NAS-Error Stop — after the replaced session's Stop, as the sign-in would have sent them:
@@ -2059,6 +2140,34 @@ async fn reply_holding_relay(
                     release.notified().await;
                 }
                 front.send_to(&reply[..n], from).await.unwrap();
+            });
+        }
+    });
+    port
+}
+
+/// A UDP relay to `upstream` on a port of its own that loses every answer while `dropping` is
+/// set (the requests still reach the server: its answers are lost on their way back).
+async fn reply_dropping_relay(
+    upstream: SocketAddr,
+    dropping: Arc<std::sync::atomic::AtomicBool>,
+) -> u16 {
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let port = front.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (len, from) = front.recv_from(&mut buf).await.unwrap();
+            let request = buf[..len].to_vec();
+            let (front, dropping) = (front.clone(), dropping.clone());
+            tokio::spawn(async move {
+                let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                back.send_to(&request, upstream).await.unwrap();
+                let mut reply = vec![0u8; 4096];
+                let (n, _) = back.recv_from(&mut reply).await.unwrap();
+                if !dropping.load(std::sync::atomic::Ordering::SeqCst) {
+                    front.send_to(&reply[..n], from).await.unwrap();
+                }
             });
         }
     });

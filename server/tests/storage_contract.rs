@@ -152,6 +152,7 @@ on_both_backends!(
     a_sign_in_lease_tells_a_dead_sign_in_from_one_under_way,
     a_stop_after_a_newer_start_at_its_address_has_that_session_repeat_itself,
     a_sign_ins_start_recorded_after_a_late_stop_repeats_itself_in_the_same_write,
+    a_late_stops_interim_update_goes_to_every_server_that_may_hold_the_session,
     disconnect_requests_find_sessions_by_id_address_user_and_class,
     periodic_interims_come_due_and_coalesce,
     session_time_is_the_difference_of_the_event_timestamps,
@@ -1894,6 +1895,65 @@ async fn a_stop_after_a_newer_start_at_its_address_has_that_session_repeat_itsel
         Delivered::default()
     );
     assert_eq!(outbox_types(s, next).await, [START]);
+}
+
+/// The Interim-Update that asserts a session's user again after a late Stop at its address
+/// goes, as a copy, to each other server that may hold the session open too (its Start went
+/// there unanswered, then failed over): that server may have had the late Stop after the
+/// session's Start as well. A refresh's or an interval's Interim-Update has no copies, and
+/// leaves those waiting.
+async fn a_late_stops_interim_update_goes_to_every_server_that_may_hold_the_session(db: Db) {
+    let s = &db.storage;
+    let lease = T0 + 10 * MINUTE;
+    let claim = |id: i64, status: u32, at: i64| async move {
+        s.claim_session_outbox(id, status, at, lease)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let interims = |id: i64| async move {
+        s.session_outbox(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|row| row.status_type == INTERIM && row.delivered_at.is_none())
+            .map(|row| row.copy_to)
+            .collect::<Vec<_>>()
+    };
+    let ended = opened(s, login("10.0.9.5", T0, 10 * MINUTE)).await;
+    let start = claim(ended, status_type::START, T0).await;
+    s.mark_delivered(&start, T0 + 1, None).await.unwrap();
+    assert!(s
+        .stop_session(ended, terminate_cause::USER_REQUEST, T0 + 1)
+        .await
+        .unwrap());
+    let mut again = login("10.0.9.5", T0 + 2, 10 * MINUTE);
+    again.acct_session_id = "sid-10.0.9.5-again".into();
+    let next = opened(s, again).await;
+    // The new Start went to "silent" unanswered, then "primary" acknowledged it.
+    let start = claim(next, status_type::START, T0 + 2).await;
+    s.mark_failed(&start, T0 + 3, "timeout", Some("silent"))
+        .await
+        .unwrap();
+    let start = claim(next, status_type::START, T0 + 3).await;
+    s.mark_delivered(&start, T0 + 4, None).await.unwrap();
+    assert_eq!(interims(next).await, Vec::<Option<String>>::new());
+    // The earlier session's Stop, late.
+    let stop = claim(ended, status_type::STOP, T0 + 5).await;
+    assert_eq!(
+        s.mark_delivered(&stop, T0 + 6, None)
+            .await
+            .unwrap()
+            .reasserted,
+        Some(next)
+    );
+    assert_eq!(interims(next).await, [None, Some("silent".to_string())]);
+    // A refresh's Interim-Update supersedes the session's own, not the copy.
+    s.refresh_session(next, T0 + 7, T0 + 10 * MINUTE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(interims(next).await, [Some("silent".to_string()), None]);
 }
 
 /// A sign-in's Start sent while an earlier session's Stop at its address was on its way makes

@@ -840,10 +840,11 @@ async fn enqueue_interim(
 ) -> Result<(), StorageError> {
     sqlx::query(
         "DELETE FROM accounting_outbox WHERE access_session_id = $1 AND status_type = $2 \
-         AND delivered_at IS NULL AND dead_at IS NULL AND claimed_until IS NULL",
+         AND destination = $3 AND delivered_at IS NULL AND dead_at IS NULL AND claimed_until IS NULL",
     )
     .bind(access_session_id)
     .bind(i64::from(status_type::INTERIM_UPDATE))
+    .bind(AUTH_SERVER_DESTINATION)
     .execute(&mut *c)
     .await?;
     sqlx::query(
@@ -935,8 +936,10 @@ macro_rules! newer_session_of_r {
 }
 use newer_session_of_r;
 
-/// SQL, the CTEs `superseded` and `interim`: session `s`'s Interim-Update queued at `$now`, one
-/// not yet on its way superseded (as `enqueue_interim`).
+/// SQL, the CTEs `superseded`, `interim` and `interim_copies`: session `s`'s Interim-Update that
+/// asserts its user again, queued at `$now` with a copy for each other server that may hold the
+/// session open, those not yet on their way superseded (as the SQLite backend's
+/// `enqueue_reassert`).
 macro_rules! interim_of_s {
     ($now:literal) => {
         concat!(
@@ -952,7 +955,19 @@ macro_rules! interim_of_s {
             $now,
             ", ",
             $now,
-            " FROM s RETURNING access_session_id)"
+            " FROM s RETURNING access_session_id), \
+             interim_copies AS (INSERT INTO accounting_outbox (access_session_id, destination, status_type, \
+               event_at, session_time_secs, next_attempt_at, created_at) \
+             SELECT s.id, 'server:' || t.server, 3, ",
+            $now,
+            ", GREATEST(",
+            $now,
+            " / 1000 - s.started_at / 1000, 0), ",
+            $now,
+            ", ",
+            $now,
+            " FROM s JOIN access_sessions x ON x.id = s.id \
+               JOIN accounting_sent t ON t.access_session_id = s.id WHERE t.server <> x.server_name)"
         )
     };
 }
@@ -1463,7 +1478,8 @@ impl SessionStore for PgStore {
                WHERE s.state = 'active' AND s.next_interim_at <= $1 AND s.expires_at > $1 AND ",
                super::no_stop_pending!(), " FOR UPDATE OF s SKIP LOCKED), \
              superseded AS (DELETE FROM accounting_outbox o USING due WHERE o.access_session_id = due.id \
-               AND o.status_type = $2 AND o.delivered_at IS NULL AND o.dead_at IS NULL AND o.claimed_until IS NULL), \
+               AND o.status_type = $2 AND o.destination = $3 AND o.delivered_at IS NULL AND o.dead_at IS NULL \
+               AND o.claimed_until IS NULL), \
              queued AS (INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
                session_time_secs, next_attempt_at, created_at) \
                SELECT id, $3, $2, $1, GREATEST($1 / 1000 - started_at / 1000, 0), $1, $1 FROM due), \

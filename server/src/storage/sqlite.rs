@@ -1607,7 +1607,7 @@ fn reassert_successor(
     let Some((id, started_at)) = successor else {
         return Ok(None);
     };
-    enqueue_interim(c, id, started_at, now)?;
+    enqueue_reassert(c, id, started_at, now)?;
     Ok(Some(id))
 }
 
@@ -1644,7 +1644,7 @@ fn reassert_after_stops_in(
     let Some(started_at) = started_at else {
         return Ok(false);
     };
-    enqueue_interim(c, id, started_at, now)?;
+    enqueue_reassert(c, id, started_at, now)?;
     Ok(true)
 }
 
@@ -1918,12 +1918,17 @@ fn enqueue_interim(
     now: i64,
 ) -> Result<(), StorageError> {
     // Coalesce: an Interim-Update not yet on its way is superseded by this newer one (an outage
-    // must not pile up one row per refresh or per interval).
+    // must not pile up one row per refresh or per interval). Not a copy of one
+    // ([`enqueue_reassert`]): its server has had no Interim-Update of the session since.
     c.prepare_cached(
         "DELETE FROM accounting_outbox WHERE access_session_id = ? AND status_type = ? \
-         AND delivered_at IS NULL AND dead_at IS NULL AND claimed_until IS NULL",
+         AND destination = ? AND delivered_at IS NULL AND dead_at IS NULL AND claimed_until IS NULL",
     )?
-    .execute(params![access_session_id, status_type::INTERIM_UPDATE])?;
+    .execute(params![
+        access_session_id,
+        status_type::INTERIM_UPDATE,
+        AUTH_SERVER_DESTINATION
+    ])?;
     let session_time = Some(super::whole_seconds_between(started_at, now));
     enqueue(
         c,
@@ -1934,6 +1939,44 @@ fn enqueue_interim(
         None,
     )
     .map(|_| ())
+}
+
+/// The Interim-Update that asserts a session's user again after a late Stop at its address
+/// ([`SessionStore::mark_delivered`]): to its server, and a copy to each other server that
+/// may hold the session open (sent a packet of it: `accounting_sent` — a Start that failed
+/// over, unanswered at a server that processes its backlog later), which may have had the late
+/// Stop after the session's Start too. Copies not yet on their way are superseded.
+fn enqueue_reassert(
+    c: &Connection,
+    access_session_id: i64,
+    started_at: i64,
+    now: i64,
+) -> Result<(), StorageError> {
+    enqueue_interim(c, access_session_id, started_at, now)?;
+    c.prepare_cached(
+        "DELETE FROM accounting_outbox WHERE access_session_id = ?1 AND status_type = ?2 \
+         AND destination != ?3 AND delivered_at IS NULL AND dead_at IS NULL AND claimed_until IS NULL",
+    )?
+    .execute(params![
+        access_session_id,
+        status_type::INTERIM_UPDATE,
+        AUTH_SERVER_DESTINATION
+    ])?;
+    c.prepare_cached(
+        "INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
+         session_time_secs, next_attempt_at, created_at) \
+         SELECT t.access_session_id, ?1 || t.server, ?2, ?3, ?4, ?3, ?3 \
+         FROM accounting_sent t JOIN access_sessions s ON s.id = t.access_session_id \
+         WHERE t.access_session_id = ?5 AND t.server != s.server_name",
+    )?
+    .execute(params![
+        super::SERVER_DESTINATION_PREFIX,
+        status_type::INTERIM_UPDATE,
+        now,
+        super::whole_seconds_between(started_at, now),
+        access_session_id
+    ])?;
+    Ok(())
 }
 
 fn enqueue(
