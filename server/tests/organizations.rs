@@ -1401,6 +1401,49 @@ async fn a_sign_in_page_opened_before_a_sign_in_to_another_organization_still_si
     app.stop().await;
 }
 
+/// A notice one organization's page leaves for its next (a failed sign-in's error, without
+/// JavaScript) waits for that organization's page: a page of another organization shown
+/// first — another tab — neither shows it nor takes it away.
+#[tokio::test]
+async fn a_notice_for_one_organizations_page_outlives_a_page_of_another() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&two_organizations(&db, &a, &b)).await;
+    let ip = Ipv4Addr::new(127, 0, 5, 34);
+    let jar = Arc::new(reqwest::cookie::Jar::default());
+    let browser = app.browser_with_jar(ip, jar.clone());
+    let token = browser.form_token("/").await;
+    // The same browser, its redirect not followed yet.
+    let posting = reqwest::Client::builder()
+        .cookie_provider(jar)
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(IpAddr::V4(ip))
+        .build()
+        .unwrap();
+    let refused = posting
+        .post(format!("{}/api/login", browser.base))
+        .header("origin", &browser.base)
+        .header("referer", format!("{}/", browser.base))
+        .header("accept", "text/html")
+        .form(&[
+            ("username", "carol"),
+            ("password", "not-carols"),
+            ("csrf", &token),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(refused.status().is_redirection(), "{refused:?}");
+    let beta = browser.get("/o/beta/").await;
+    assert!(!beta.body.contains("Sign-in refused"), "{}", beta.body);
+    let acme = browser.get("/").await;
+    assert!(acme.body.contains("Sign-in refused"), "{}", acme.body);
+    assert!(acme.body.contains(r#"value="carol""#), "{}", acme.body);
+    // Shown once.
+    assert!(!browser.get("/").await.body.contains("Sign-in refused"));
+    app.stop().await;
+}
+
 /// Disconnect pressed again on a second page of a session already disconnected on the first,
 /// in a browser signed in to another organization too (its web session lives on): the sign-in
 /// page says the session had already ended, not nothing.

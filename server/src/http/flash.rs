@@ -435,6 +435,7 @@ where
             *request.uri_mut() = uri;
         }
     }
+    let shown = pending.is_some();
     match pending {
         Some(Flash::FormError(error)) => {
             request.extensions_mut().insert(error);
@@ -454,9 +455,11 @@ where
             .headers_mut()
             .append(header::SET_COOKIE, cookie.clone());
     }
-    // Shown once: the page that showed it (or ignored a forged one) clears the cookie — unless
-    // it left another.
-    if cookie.is_some() && noticed.is_none() {
+    // Shown once: the page that showed it clears the cookie — unless it left another. One that
+    // does not open here stays: another organization's portal's (a tab of each open), shown by
+    // its own page; or forged, or out of date, and then shown nowhere, and gone with its
+    // Max-Age.
+    if shown && noticed.is_none() {
         if let Some(clear) = flash.cookie("", 0) {
             response.headers_mut().append(header::SET_COOKIE, clear);
         }
