@@ -630,6 +630,14 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
         .await
         .expect("the secret was kept");
 
+    // Named in other letters (as `/o/GAMMA/` may be): the same organization.
+    let shown = admin.ok(Method::GET, "/organizations/GAMMA", None).await;
+    assert_eq!(shown["id"], "gamma", "{shown}");
+    let listed = admin
+        .ok(Method::GET, "/sessions?organization=Gamma", None)
+        .await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+
     // Show, edit, give back: the settings round-trip without secrets (and with the id).
     let shown = admin.ok(Method::GET, "/organizations/gamma", None).await;
     let mut settings = shown["settings"].clone();

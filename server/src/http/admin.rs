@@ -54,6 +54,15 @@ pub struct AdminApi {
     pub listed: Arc<Vec<crate::config::OrganizationSettings>>,
 }
 
+impl AdminApi {
+    /// The organization a path or filter names, in any letter case (ids that differ only in
+    /// case count as one, and `/o/{id}/` takes any): its id as stored; one this process does
+    /// not know is left as written (answered as it is: none there).
+    fn organization_id(&self, id: String) -> String {
+        self.organizations.id_of(&id).unwrap_or(id)
+    }
+}
+
 /// The caller, once its token matched: `admin:<name>`.
 #[derive(Clone, Debug)]
 struct Actor(String);
@@ -281,6 +290,7 @@ async fn list_organizations(State(api): State<AdminApi>) -> Response {
 }
 
 async fn show_organization(State(api): State<AdminApi>, ApiPath(id): ApiPath<String>) -> Response {
+    let id = api.organization_id(id);
     match organization_view(&api, &id).await {
         Ok(Some(view)) => Json(view).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "no such organization"),
@@ -528,6 +538,7 @@ async fn update_organization(
     ApiPath(id): ApiPath<String>,
     WriteBody(body): WriteBody,
 ) -> Response {
+    let id = api.organization_id(id);
     let stored = match stored_settings(&api, &id).await {
         Ok(stored) => stored,
         Err(response) => return response,
@@ -547,6 +558,7 @@ async fn delete_organization(
     Extension(Actor(actor)): Extension<Actor>,
     ApiPath(id): ApiPath<String>,
 ) -> Response {
+    let id = api.organization_id(id);
     match change::delete(&api.storage, &api.organizations, &id, &actor).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => refused(e),
@@ -560,6 +572,7 @@ async fn add_server(
     ApiPath(id): ApiPath<String>,
     WriteBody(body): WriteBody,
 ) -> Response {
+    let id = api.organization_id(id);
     if let Some(refused) = new_file_refusal(&body, None) {
         return refused;
     }
@@ -576,6 +589,7 @@ async fn update_server(
     ApiPath((id, name)): ApiPath<(String, String)>,
     WriteBody(body): WriteBody,
 ) -> Response {
+    let id = api.organization_id(id);
     let stored = match stored_settings(&api, &id).await {
         Ok(stored) => stored
             .as_ref()
@@ -599,6 +613,7 @@ async fn remove_server(
     Extension(Actor(actor)): Extension<Actor>,
     ApiPath((id, name)): ApiPath<(String, String)>,
 ) -> Response {
+    let id = api.organization_id(id);
     match change::remove_server(&api.storage, &api.organizations, &id, &name, &actor).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => refused(e),
@@ -622,7 +637,8 @@ async fn list_sessions(
         Err(refused) => return *refused,
     };
     // As `session list --org`: an organization that does not exist is not an empty list.
-    if let Some(id) = &filter.organization {
+    let organization = filter.organization.map(|id| api.organization_id(id));
+    if let Some(id) = &organization {
         match api.storage.organization(id).await {
             Ok(Some(_)) => {}
             Ok(None) => return error(StatusCode::NOT_FOUND, "no such organization"),
@@ -631,7 +647,7 @@ async fn list_sessions(
     }
     match api
         .storage
-        .active_sessions_of(filter.organization.as_deref(), limit)
+        .active_sessions_of(organization.as_deref(), limit)
         .await
     {
         Ok(rows) => Json(rows.iter().map(SessionRow::from).collect::<Vec<_>>()).into_response(),
