@@ -20,7 +20,7 @@ use radius_portal::{
 };
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::Arc,
+    sync::{atomic::Ordering::SeqCst, Arc},
     time::Duration,
 };
 use tokio::net::UdpSocket;
@@ -1751,7 +1751,7 @@ async fn late_stop_then_interim(
 #[tokio::test]
 async fn a_held_back_stop_acknowledged_before_a_start_it_followed_is_followed_by_an_interim_update()
 {
-    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::atomic::AtomicBool;
     let radius = FreeRadius::start().await;
     let (armed, held, release) = (
         Arc::new(AtomicBool::new(false)),
@@ -1829,32 +1829,137 @@ async fn a_held_back_stop_acknowledged_before_a_start_it_followed_is_followed_by
 /// otherwise be the older session's Stop.
 #[tokio::test]
 async fn a_late_stops_interim_update_also_goes_to_a_server_the_newer_start_failed_over_from() {
-    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let at = carol_failed_over_from_a_stalled_primary(94).await;
+    let (primary, backup, app, sid) = (&at.primary, &at.backup, &at.app, &at.sid);
+    // The primary answers again; the dead sender's claim given up: the earlier session's
+    // Start and Stop go to it, after carol's Start.
+    at.relay_mode.store(RELAY_PASSES, SeqCst);
+    let health = app.radius.health().clone();
+    wait_until("the primary is back", || async {
+        health.allows(SocketAddr::from((Ipv4Addr::LOCALHOST, at.relay)))
+    })
+    .await;
+    at.give_up_the_dead_senders_claim().await;
+    primary.wait_for_acct(&["status=Stop", &at.old]).await;
+    // Carol is asserted again at both.
+    backup.wait_for_acct(&["status=Interim-Update", sid]).await;
+    primary.wait_for_acct(&["status=Interim-Update", sid]).await;
+    // (Carol's Start is there twice: sent again unanswered.)
+    let lines = primary.acct_lines();
+    let start = lines
+        .iter()
+        .position(|l| l.contains("status=Start ") && l.contains(sid.as_str()))
+        .unwrap();
+    assert!(start < line_of(&lines, "Stop", &at.old), "{lines:?}");
+    assert!(
+        line_of(&lines, "Stop", &at.old) < line_of(&lines, "Interim-Update", sid),
+        "{lines:?}"
+    );
+    at.app.stop().await;
+}
+
+/// That copy still waiting for its server when the session ends is dropped, never sent: the
+/// session's Stop closes the session at that server (sent there after it — the session's own
+/// Stop failing over there, unordered with the copy — it would open the session again).
+#[tokio::test]
+async fn a_copy_of_an_interim_update_waiting_when_its_session_ends_is_never_sent() {
+    let at = carol_failed_over_from_a_stalled_primary(95).await;
+    let (primary, backup, app, sid) = (&at.primary, &at.backup, &at.app, &at.sid);
+    // The primary's accounting gone altogether: the earlier session's Start and Stop fail over
+    // to the backup, after carol's Start; the copy of her Interim-Update waits for the primary.
+    at.relay_mode.store(RELAY_LOSES_ALL, SeqCst);
+    at.give_up_the_dead_senders_claim().await;
+    backup.wait_for_acct(&["status=Stop", &at.old]).await;
+    backup.wait_for_acct(&["status=Interim-Update", sid]).await;
+    let waiting_copy = || async {
+        app.storage
+            .session_outbox(at.session.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|row| {
+                row.status_type == i64::from(status_type::INTERIM_UPDATE)
+                    && row.copy_to.as_deref() == Some("primary")
+            })
+    };
+    assert!(waiting_copy()
+        .await
+        .is_some_and(|row| row.delivered_at.is_none()));
+    // Carol disconnects (her Stop acknowledged by the backup, its copy for the primary queued
+    // behind the Interim-Update's); the primary answers again.
+    assert!(app.sessions.disconnect(at.session.id).await.unwrap());
+    at.relay_mode.store(RELAY_PASSES, SeqCst);
+    let stop = primary.wait_for_acct(&["status=Stop", sid]).await;
+    assert_eq!(field(&stop, "cause"), "User-Request");
+    assert!(waiting_copy().await.is_none(), "the copy was dropped");
+    assert!(
+        !primary
+            .acct_lines()
+            .iter()
+            .any(|l| l.contains("status=Interim-Update ") && l.contains(sid.as_str())),
+        "{:?}",
+        primary.acct_lines()
+    );
+    at.app.stop().await;
+}
+
+/// [`carol_failed_over_from_a_stalled_primary`]'s portal and servers.
+struct FailedOver {
+    primary: FreeRadius,
+    backup: FreeRadius,
+    app: TestApp,
+    _dir: tempfile::TempDir,
+    /// The primary's accounting port as the portal knows it, and what it loses.
+    relay: u16,
+    relay_mode: Arc<std::sync::atomic::AtomicU8>,
+    /// The earlier session's Start claim, held by a sender that died; `sid=… ` of it.
+    claim: radius_portal::storage::OutboxRow,
+    old: String,
+    /// Carol's session, and `sid=… ` of it.
+    session: radius_portal::storage::AccessSessionRecord,
+    sid: String,
+}
+
+impl FailedOver {
+    /// The dead sender's claim given up: the earlier session's Start and Stop go.
+    async fn give_up_the_dead_senders_claim(&self) {
+        let now = radius_portal::access_session::now_ms();
+        assert!(self
+            .app
+            .storage
+            .renew_claim(&self.claim, now - 1)
+            .await
+            .unwrap());
+        self.app.sessions.accounting().wake();
+    }
+}
+
+/// An earlier session at `client(n)` whose Start a sender that died holds, ended; then carol
+/// signs in there while the primary's accounting loses its answers (it processes what it is
+/// sent): her Start reaches it unanswered and fails over to the backup, which her session
+/// moves to. The relay loses the primary's answers still.
+async fn carol_failed_over_from_a_stalled_primary(n: u8) -> FailedOver {
     let primary = FreeRadius::start().await;
     let backup = FreeRadius::start().await;
-    let stalled = Arc::new(AtomicBool::new(false));
+    let relay_mode = Arc::new(std::sync::atomic::AtomicU8::new(RELAY_PASSES));
     let primary_acct = SocketAddr::from((Ipv4Addr::LOCALHOST, primary.acct_port));
-    let relay = reply_dropping_relay(primary_acct, stalled.clone()).await;
-    let (_dir, db) = temp_db();
+    let relay = lossy_relay(primary_acct, relay_mode.clone()).await;
+    let (dir, db) = temp_db();
     let mut first = fast(&primary, "primary");
     first.acct_port = relay;
     let app = TestApp::spawn(&quick_failover(&db, vec![first, fast(&backup, "backup")])).await;
-    let n = 94;
-    // An earlier session at the address, its Start held by a sender that never sends it (a
-    // replica that died).
     let now = radius_portal::access_session::now_ms();
+    let old_sid = format!("held-by-the-dead-{n}");
     let held = NewAccessSession {
         start_claimed_until: Some(now + 3_600_000),
         username: "dave".into(),
-        ..stored_session("held-by-the-dead-94", &client(n).to_string(), now)
+        ..stored_session(&old_sid, &client(n).to_string(), now)
     };
     let opened = app.storage.open_session(&held).await.unwrap();
     let claim = opened.claimed_start.unwrap();
     assert!(app.sessions.disconnect(opened.id).await.unwrap());
 
-    // The primary's accounting stalls (it processes what it is sent, its answers are lost):
-    // carol's Start reaches it unanswered, then fails over to the backup.
-    stalled.store(true, SeqCst);
+    relay_mode.store(RELAY_LOSES_ANSWERS, SeqCst);
     let session = app
         .sessions
         .login("acme", "carol", "carol-pass", IpAddr::V4(client(n)))
@@ -1871,36 +1976,18 @@ async fn a_late_stops_interim_update_also_goes_to_a_server_the_newer_start_faile
             .is_some_and(|s| s.server_name == "backup")
     })
     .await;
-
-    // The primary answers again; the dead sender's claim given up: the earlier session's
-    // Start and Stop go to it, after carol's Start.
-    stalled.store(false, SeqCst);
-    let health = app.radius.health().clone();
-    wait_until("the primary is back", || async {
-        health.allows(SocketAddr::from((Ipv4Addr::LOCALHOST, relay)))
-    })
-    .await;
-    assert!(app.storage.renew_claim(&claim, now - 1).await.unwrap());
-    app.sessions.accounting().wake();
-    let old = "sid=held-by-the-dead-94 ";
-    primary.wait_for_acct(&["status=Stop", old]).await;
-    // Carol is asserted again at both.
-    backup.wait_for_acct(&["status=Interim-Update", &sid]).await;
-    primary
-        .wait_for_acct(&["status=Interim-Update", &sid])
-        .await;
-    // (Carol's Start is there twice: sent again unanswered.)
-    let lines = primary.acct_lines();
-    let start = lines
-        .iter()
-        .position(|l| l.contains("status=Start ") && l.contains(&sid))
-        .unwrap();
-    assert!(start < line_of(&lines, "Stop", old), "{lines:?}");
-    assert!(
-        line_of(&lines, "Stop", old) < line_of(&lines, "Interim-Update", &sid),
-        "{lines:?}"
-    );
-    app.stop().await;
+    FailedOver {
+        primary,
+        backup,
+        app,
+        _dir: dir,
+        relay,
+        relay_mode,
+        claim,
+        old: format!("sid={old_sid} "),
+        session,
+        sid,
+    }
 }
 
 /// A sign-in whose portal died while it waited for the Stop of the session it replaced (its
@@ -2001,7 +2088,7 @@ async fn a_start_held_back_for_an_earlier_stop_is_not_sent_once_its_organization
 /// database sends the row at once, not once its lease has run out.
 #[tokio::test]
 async fn a_delivery_dropped_midway_leaves_its_claim_to_be_given_up() {
-    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::atomic::AtomicBool;
     let radius = FreeRadius::start().await;
     let open = Arc::new(AtomicBool::new(true));
     let acct = SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
@@ -2082,7 +2169,7 @@ async fn abandoned_sign_in_behind_a_silent_stop(
     radius_portal::storage::OpenedSession,
     tempfile::TempDir,
 ) {
-    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::atomic::AtomicBool;
     let open = Arc::new(AtomicBool::new(true));
     let acct = SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
     let relay = common::gated_relay(acct, open.clone()).await;
@@ -2146,12 +2233,14 @@ async fn reply_holding_relay(
     port
 }
 
-/// A UDP relay to `upstream` on a port of its own that loses every answer while `dropping` is
-/// set (the requests still reach the server: its answers are lost on their way back).
-async fn reply_dropping_relay(
-    upstream: SocketAddr,
-    dropping: Arc<std::sync::atomic::AtomicBool>,
-) -> u16 {
+/// [`RELAY_PASSES`], [`RELAY_LOSES_ANSWERS`] (the requests still reach the server: its answers
+/// are lost on their way back), [`RELAY_LOSES_ALL`].
+const RELAY_PASSES: u8 = 0;
+const RELAY_LOSES_ANSWERS: u8 = 1;
+const RELAY_LOSES_ALL: u8 = 2;
+
+/// A UDP relay to `upstream` on a port of its own that loses what `mode` says.
+async fn lossy_relay(upstream: SocketAddr, mode: Arc<std::sync::atomic::AtomicU8>) -> u16 {
     let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let port = front.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -2159,13 +2248,16 @@ async fn reply_dropping_relay(
         loop {
             let (len, from) = front.recv_from(&mut buf).await.unwrap();
             let request = buf[..len].to_vec();
-            let (front, dropping) = (front.clone(), dropping.clone());
+            let (front, mode) = (front.clone(), mode.clone());
+            if mode.load(std::sync::atomic::Ordering::SeqCst) == RELAY_LOSES_ALL {
+                continue;
+            }
             tokio::spawn(async move {
                 let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
                 back.send_to(&request, upstream).await.unwrap();
                 let mut reply = vec![0u8; 4096];
                 let (n, _) = back.recv_from(&mut reply).await.unwrap();
-                if !dropping.load(std::sync::atomic::Ordering::SeqCst) {
+                if mode.load(std::sync::atomic::Ordering::SeqCst) == RELAY_PASSES {
                     front.send_to(&reply[..n], from).await.unwrap();
                 }
             });

@@ -1225,6 +1225,18 @@ impl Accounting {
                     .await;
             }
         }
+        // A copy of the Interim-Update that asserted the session again after a late Stop, the
+        // session ended since: its Stop (or the Stop's copy, queued behind it) closes the
+        // session at that server — sent after it, this would open the session there again.
+        if row.copy_to.is_some()
+            && row.status_type == i64::from(status_type::INTERIM_UPDATE)
+            && !session.active
+        {
+            self.storage.drop_superseded(&row).await?;
+            tracing::debug!(acct_session_id = %acct_id, server = row.copy_to.as_deref(),
+                "a copy of an Interim-Update dropped: its session ended, and its Stop closes it there");
+            return Ok(Delivery::Delivered);
+        }
         let Some(org) = org else {
             if row.copy_to.is_some() && now - row.created_at > COPY_GIVE_UP_MS {
                 let reason = "its organization could not be used for a day after the copy was made";
@@ -1749,7 +1761,7 @@ impl Accounting {
             }
             if now - row.created_at > COPY_GIVE_UP_MS {
                 let reason =
-                    format!("server `{name}` stayed down for a day after the session's Stop was acknowledged");
+                    format!("server `{name}` stayed down for a day after the copy was made (the session's Stop, or the Interim-Update after a late Stop, acknowledged by another server)");
                 return self.dead_letter(row, acct_id, reason).await.map(Err);
             }
             // Parked until its server is back (a recovery makes every waiting row due). One
@@ -1769,7 +1781,7 @@ impl Accounting {
                 self.storage.mark_failed(row, retry, reason, None).await?;
             }
             tracing::debug!(acct_session_id = %acct_id, server = %name,
-                "a copy of the session's Stop waits for its server to come back");
+                status_type = row.status_type, "a copy of the session's accounting waits for its server to come back");
             return Ok(Err(Delivery::RetryAt(retry)));
         }
         let settle = failover_settle(health.probe_interval());

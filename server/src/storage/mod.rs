@@ -279,6 +279,11 @@ contract! {
         /// other sender claimed the row since, even after the lease ran out) and the row is
         /// still pending. False: the row is another sender's, or settled.
         fn renew_claim(&self, row: &OutboxRow, lease_until: i64) -> bool;
+        /// Deletes the caller's claimed `row` that no server needs any more — a copy of an
+        /// Interim-Update whose session has ended (the session's Stop, or its copy, closes it
+        /// there; sent after that Stop, it would open the session again) — if it is still the
+        /// caller's and pending. False: another sender's, or settled.
+        fn drop_superseded(&self, row: &OutboxRow) -> bool;
         /// Keeps the claims a sender holds while it delivers them (`(row id, attempts)`, the
         /// claim's token): each still the sender's, still running at `now` (not given up) and
         /// pending is extended to `lease_until` — never shortened. Returns each claim kept

@@ -1917,6 +1917,20 @@ impl SessionStore for PgStore {
         Ok(renewed)
     }
 
+    async fn drop_superseded(&self, row: &OutboxRow) -> Result<bool, StorageError> {
+        let dropped = sqlx::query(
+            "DELETE FROM accounting_outbox WHERE id = $1 AND attempts = $2 \
+             AND claimed_until IS NOT NULL AND delivered_at IS NULL AND dead_at IS NULL",
+        )
+        .bind(row.id)
+        .bind(row.attempts)
+        .execute(self.pool())
+        .await?
+        .rows_affected()
+            == 1;
+        Ok(dropped)
+    }
+
     async fn announce_accounting(&self) -> Result<(), StorageError> {
         self.announce(&[Notice::Accounting]).await
     }

@@ -1203,6 +1203,20 @@ impl SessionStore for SqliteStore {
             .await
     }
 
+    async fn drop_superseded(&self, row: &OutboxRow) -> Result<bool, StorageError> {
+        let (id, attempts) = (row.id, row.attempts);
+        self.engine
+            .write_relaxed_small(move |c| {
+                Ok(c.prepare_cached(
+                    "DELETE FROM accounting_outbox WHERE id = ? AND attempts = ? \
+                     AND claimed_until IS NOT NULL AND delivered_at IS NULL AND dead_at IS NULL",
+                )?
+                .execute(params![id, attempts])?
+                    == 1)
+            })
+            .await
+    }
+
     async fn keep_claims(
         &self,
         claims: &[(i64, i64)],
