@@ -1954,6 +1954,42 @@ async fn a_late_stops_interim_update_goes_to_every_server_that_may_hold_the_sess
         .unwrap()
         .unwrap();
     assert_eq!(interims(next).await, [Some("silent".to_string()), None]);
+
+    // The session ends, and its Stop is acknowledged by "silent" (a failover) while the copy
+    // waits for it: the Stop is copied there too, behind that copy (which might be on its way
+    // already, and arrive after the Stop).
+    assert!(s
+        .stop_session(next, terminate_cause::USER_REQUEST, T0 + 8)
+        .await
+        .unwrap());
+    let interim = claim(next, status_type::INTERIM_UPDATE, T0 + 8).await;
+    s.mark_delivered(&interim, T0 + 8, None).await.unwrap();
+    let stop = claim(next, status_type::STOP, T0 + 9).await;
+    let by_silent = Acknowledged {
+        access_session_id: next,
+        by: "silent",
+        own: "primary",
+        stop: true,
+        after_stops: None,
+    };
+    let delivered = s
+        .mark_delivered(&stop, T0 + 9, Some(&by_silent))
+        .await
+        .unwrap();
+    assert_eq!(delivered.copies, 2);
+    let mut copied: Vec<Option<String>> = s
+        .session_outbox(next)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|row| row.status_type == STOP && row.copy_to.is_some())
+        .map(|row| row.copy_to)
+        .collect();
+    copied.sort();
+    assert_eq!(
+        copied,
+        [Some("primary".to_string()), Some("silent".to_string())]
+    );
 }
 
 /// A sign-in's Start sent while an earlier session's Stop at its address was on its way makes

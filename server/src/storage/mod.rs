@@ -302,7 +302,10 @@ contract! {
         /// who acknowledged it — another server than the session's is remembered as one that
         /// may hold the session open (after a Start or Interim-Update), and a Stop is copied,
         /// in the same write, to each such server and the session's own but the one that
-        /// acknowledged it (once: a row already delivered gets none).
+        /// acknowledged it (once: a row already delivered gets none) — and to that one too when
+        /// a copy of the session's Interim-Update waits for it: a copy on its way when the Stop
+        /// failed over there could arrive after the Stop, and the Stop's copy, queued behind
+        /// it, has the last word.
         ///
         /// A Stop (the session's own or a copy) acknowledged after the Start of a newer session
         /// of its organization and address — active, its Start acknowledged already: the Stop

@@ -1772,7 +1772,9 @@ impl SessionStore for PgStore {
                SELECT d.access_session_id, $3 || t.server, d.status_type, d.event_at, d.session_time_secs, \
                  d.terminate_cause, $1, $1 \
                FROM d, (SELECT server FROM accounting_sent WHERE access_session_id = $4 UNION SELECT $5::text) t \
-               WHERE $7 AND t.server <> $6 RETURNING 1), \
+               WHERE $7 AND (t.server <> $6 OR EXISTS (SELECT 1 FROM accounting_outbox i \
+                 WHERE i.access_session_id = $4 AND i.status_type = 3 AND i.destination = $3 || $6 \
+                 AND i.delivered_at IS NULL AND i.dead_at IS NULL)) RETURNING 1), \
              waiting AS (SELECT 1 FROM d \
                JOIN access_sessions r ON r.id = d.access_session_id \
                JOIN access_sessions s ON s.organization_id = r.organization_id \

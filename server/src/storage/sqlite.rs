@@ -1062,7 +1062,10 @@ impl SessionStore for SqliteStore {
                                    o.session_time_secs, o.terminate_cause, ?2, ?2 \
                                  FROM accounting_outbox o, \
                                    (SELECT server FROM accounting_sent WHERE access_session_id = ?3 UNION SELECT ?4) t \
-                                 WHERE o.id = ?5 AND o.delivered_at IS NULL AND t.server != ?6",
+                                 WHERE o.id = ?5 AND o.delivered_at IS NULL AND (t.server != ?6 OR EXISTS ( \
+                                   SELECT 1 FROM accounting_outbox i WHERE i.access_session_id = ?3 \
+                                   AND i.status_type = 3 AND i.destination = ?1 || ?6 \
+                                   AND i.delivered_at IS NULL AND i.dead_at IS NULL))",
                             )?
                             .execute(params![
                                 super::SERVER_DESTINATION_PREFIX,
