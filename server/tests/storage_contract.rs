@@ -1995,7 +1995,8 @@ async fn a_late_stops_interim_update_goes_to_every_server_that_may_hold_the_sess
 /// A sign-in's Start sent while an earlier session's Stop at its address was on its way makes
 /// the sign-in's look for that Stop in its own recording: acknowledged since the Start left,
 /// the session's Interim-Update is queued in that write (nothing between the two for a crash
-/// to fall into); acknowledged before, none; recorded a second time, none more.
+/// to fall into); acknowledged before, none. Recorded already (by another sender, which made
+/// no look), the look is made all the same — one Interim-Update waits, not two.
 async fn a_sign_ins_start_recorded_after_a_late_stop_repeats_itself_in_the_same_write(db: Db) {
     let s = &db.storage;
     let lease = T0 + 10 * MINUTE;
@@ -2057,13 +2058,25 @@ async fn a_sign_ins_start_recorded_after_a_late_stop_repeats_itself_in_the_same_
             &[START]
         };
         assert_eq!(outbox_types(s, next).await, expected, "{ip}");
-        // Recorded a second time (a retried write): nothing more.
+        // Recorded a second time: the look again, one Interim-Update still.
         assert_eq!(
-            record(start, T0 + 8, vec![ended], T0 + 5).await,
-            Delivered::default(),
+            record(start, T0 + 8, vec![ended], T0 + 5).await.reasserted,
+            reasserted.then_some(next),
             "{ip}: a second recording"
         );
         assert_eq!(outbox_types(s, next).await, expected, "{ip}");
+        // Recorded first by a sender that made no look: the sign-in's recording makes it.
+        if reasserted {
+            let again = opened(s, again(ip, T0 + 9)).await;
+            let start = claim(again, status_type::START).await;
+            s.mark_delivered(&start, T0 + 10, None).await.unwrap();
+            assert_eq!(
+                record(start, T0 + 11, vec![ended], T0 + 5).await.reasserted,
+                Some(again),
+                "{ip}: recorded first without the look"
+            );
+            assert_eq!(outbox_types(s, again).await, [START, INTERIM], "{ip}");
+        }
     }
 }
 

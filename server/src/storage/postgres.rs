@@ -1704,30 +1704,33 @@ impl SessionStore for PgStore {
             remember_sent(&mut c, ack.access_session_id, server).await?;
         }
         // A sign-in's Start sent while Stops of its address were on their way: recorded, and
-        // the sign-in's look made, in one transaction (once: a Start recorded already queues
-        // nothing).
+        // the sign-in's look made, in one transaction — also when recorded already (another
+        // sender recorded it first, without the look; the look's Interim-Update supersedes one
+        // queued and not yet on its way). The address's lock, then the session's row, as every
+        // writer of a session's rows takes them, then its outbox row.
         if let Some(after) = ack.and_then(|a| a.after_stops) {
             let mut tx = self.pool().begin().await?;
             lock_address_of(&mut tx, row.access_session_id).await?;
-            let recorded = sqlx::query(
+            sqlx::query("SELECT 1 FROM access_sessions WHERE id = $1 FOR UPDATE")
+                .bind(row.access_session_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
                 "UPDATE accounting_outbox SET delivered_at = $1, claimed_until = NULL, last_error = NULL, \
                  transmissions = transmissions + 1 WHERE id = $2 AND delivered_at IS NULL",
             )
             .bind(now)
             .bind(id)
             .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                > 0;
-            let reasserted = recorded
-                && reassert_after_stops_locked(
-                    &mut tx,
-                    row.access_session_id,
-                    after.earlier,
-                    after.since,
-                    now,
-                )
-                .await?;
+            .await?;
+            let reasserted = reassert_after_stops_locked(
+                &mut tx,
+                row.access_session_id,
+                after.earlier,
+                after.since,
+                now,
+            )
+            .await?;
             tx.commit().await?;
             return Ok(Delivered {
                 copies: 0,

@@ -1038,14 +1038,10 @@ impl SessionStore for SqliteStore {
             if stop {
                 delivered.reasserted = reassert_successor(c, id, now)?;
             }
-            // Once: a Start recorded already (a second recording) queues nothing.
+            // Also when recorded already (another sender recorded it first, without the look;
+            // the look's Interim-Update supersedes one queued and not yet on its way).
             if let Some((earlier, since)) = &after_stops {
-                let unrecorded = c
-                    .prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM accounting_outbox WHERE id = ?1 AND delivered_at IS NULL)",
-                    )?
-                    .query_row([id], |r| r.get::<_, bool>(0))?;
-                if unrecorded && reassert_after_stops_in(c, session_id, earlier, *since, now)? {
+                if reassert_after_stops_in(c, session_id, earlier, *since, now)? {
                     delivered.reasserted = Some(session_id);
                 }
             }
