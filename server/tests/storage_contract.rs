@@ -153,6 +153,7 @@ on_both_backends!(
     a_stop_after_a_newer_start_at_its_address_has_that_session_repeat_itself,
     a_sign_ins_start_recorded_after_a_late_stop_repeats_itself_in_the_same_write,
     a_late_stops_interim_update_goes_to_every_server_that_may_hold_the_session,
+    a_late_stops_interim_update_is_never_dated_before_its_sessions_start,
     disconnect_requests_find_sessions_by_id_address_user_and_class,
     periodic_interims_come_due_and_coalesce,
     session_time_is_the_difference_of_the_event_timestamps,
@@ -1990,6 +1991,42 @@ async fn a_late_stops_interim_update_goes_to_every_server_that_may_hold_the_sess
         copied,
         [Some("primary".to_string()), Some("silent".to_string())]
     );
+}
+
+/// The Interim-Update a late Stop queues is never dated before its session's start: the
+/// recording's clock was read before its write waited its turn, and the session opened (and
+/// had its Start acknowledged) meanwhile.
+async fn a_late_stops_interim_update_is_never_dated_before_its_sessions_start(db: Db) {
+    let s = &db.storage;
+    let lease = T0 + 10 * MINUTE;
+    let claim = |id: i64, status: u32, at: i64| async move {
+        s.claim_session_outbox(id, status, at, lease)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let ended = opened(s, login("10.0.9.8", T0, 10 * MINUTE)).await;
+    let start = claim(ended, status_type::START, T0).await;
+    s.mark_delivered(&start, T0 + 1, None).await.unwrap();
+    assert!(s
+        .stop_session(ended, terminate_cause::USER_REQUEST, T0 + 1)
+        .await
+        .unwrap());
+    let mut again = login("10.0.9.8", T0 + 50, 10 * MINUTE);
+    again.acct_session_id = "sid-10.0.9.8-again".into();
+    let next = opened(s, again).await;
+    let start = claim(next, status_type::START, T0 + 50).await;
+    s.mark_delivered(&start, T0 + 51, None).await.unwrap();
+    let stop = claim(ended, status_type::STOP, T0 + 51).await;
+    assert_eq!(
+        s.mark_delivered(&stop, T0 + 20, None)
+            .await
+            .unwrap()
+            .reasserted,
+        Some(next)
+    );
+    let interim = claim(next, status_type::INTERIM_UPDATE, T0 + 60).await;
+    assert!(interim.event_at >= T0 + 50, "{interim:?}");
 }
 
 /// A sign-in's Start sent while an earlier session's Stop at its address was on its way makes

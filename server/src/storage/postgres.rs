@@ -937,7 +937,8 @@ macro_rules! newer_session_of_r {
 use newer_session_of_r;
 
 /// SQL, the CTEs `superseded`, `interim` and `interim_copies`: session `s`'s Interim-Update that
-/// asserts its user again, queued at `$now` with a copy for each other server that may hold the
+/// asserts its user again, queued at `$now` (never dated before the session's start: `$now`
+/// was read before the statement waited for its locks) with a copy for each other server that may hold the
 /// session open, those not yet on their way superseded (as the SQLite backend's
 /// `enqueue_reassert`).
 macro_rules! interim_of_s {
@@ -947,9 +948,9 @@ macro_rules! interim_of_s {
                AND status_type = 3 AND delivered_at IS NULL AND dead_at IS NULL AND claimed_until IS NULL), \
              interim AS (INSERT INTO accounting_outbox (access_session_id, destination, status_type, event_at, \
                session_time_secs, next_attempt_at, created_at) \
-             SELECT id, 'auth-server', 3, ",
+             SELECT id, 'auth-server', 3, GREATEST(",
             $now,
-            ", GREATEST(",
+            ", started_at), GREATEST(",
             $now,
             " / 1000 - started_at / 1000, 0), ",
             $now,
@@ -958,9 +959,9 @@ macro_rules! interim_of_s {
             " FROM s RETURNING access_session_id), \
              interim_copies AS (INSERT INTO accounting_outbox (access_session_id, destination, status_type, \
                event_at, session_time_secs, next_attempt_at, created_at) \
-             SELECT s.id, 'server:' || t.server, 3, ",
+             SELECT s.id, 'server:' || t.server, 3, GREATEST(",
             $now,
-            ", GREATEST(",
+            ", s.started_at), GREATEST(",
             $now,
             " / 1000 - s.started_at / 1000, 0), ",
             $now,

@@ -1965,6 +1965,9 @@ fn enqueue_reassert(
     started_at: i64,
     now: i64,
 ) -> Result<(), StorageError> {
+    // Never dated before the session's start: `now` was read before this write waited its
+    // turn, and a session may have opened meanwhile (its Start acknowledged since).
+    let now = now.max(started_at);
     enqueue_interim(c, access_session_id, started_at, now)?;
     c.prepare_cached(
         "DELETE FROM accounting_outbox WHERE access_session_id = ?1 AND status_type = ?2 \
