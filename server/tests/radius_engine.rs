@@ -1742,6 +1742,84 @@ async fn late_stop_then_interim(
     new_sid
 }
 
+/// A Stop queued behind its session's Interim-Update while that is on its way (a refresh, then
+/// a Disconnect, the server answering slowly) is waited for by the next sign-in at the address,
+/// as any Stop on its way: its Start goes after them, and no Interim-Update is needed.
+#[tokio::test]
+async fn a_sign_in_waits_for_a_stop_queued_behind_its_sessions_interim_update() {
+    use std::sync::atomic::AtomicBool;
+    let radius = FreeRadius::start().await;
+    let (armed, held, release) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let acct = SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
+    let relay = reply_holding_relay(acct, armed.clone(), held.clone(), release.clone()).await;
+    let (_dir, db) = temp_db();
+    let mut server = radius.server_settings("primary", true);
+    server.acct_port = relay;
+    // No retransmission of the Interim-Update while its answer is held.
+    server.timeout = Duration::from_secs(20);
+    let app = TestApp::spawn(&settings(&db, vec![server])).await;
+    let address = IpAddr::V4(client(96));
+    let erin = app
+        .sessions
+        .login("acme", "erin", "erin-pass", address)
+        .await
+        .unwrap();
+    // A refresh: its Interim-Update answered, the answer held.
+    armed.store(true, SeqCst);
+    app.sessions.refresh(erin.id).await.unwrap();
+    held.notified().await;
+    // Ended meanwhile: the Stop queued behind the Interim-Update.
+    let now = radius_portal::access_session::now_ms();
+    assert!(app
+        .storage
+        .stop_session(
+            erin.id,
+            radius_portal::radius::terminate_cause::USER_REQUEST,
+            now
+        )
+        .await
+        .unwrap());
+    let login = app.sign_in_in_background("carol", "carol-pass", address);
+    wait_until("carol's session is opened", || async {
+        app.storage
+            .active_sessions_of(Some("acme"), 10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s.username == "carol")
+    })
+    .await;
+    release.notify_one();
+    let carol = login.await.unwrap().unwrap();
+    let (erin_sid, carol_sid) = (
+        format!("sid={} ", erin.acct_session_id),
+        format!("sid={} ", carol.acct_session_id),
+    );
+    radius.wait_for_acct(&["status=Start", &carol_sid]).await;
+    let lines = radius.acct_lines();
+    assert!(
+        line_of(&lines, "Interim-Update", &erin_sid) < line_of(&lines, "Stop", &erin_sid),
+        "{lines:?}"
+    );
+    assert!(
+        line_of(&lines, "Stop", &erin_sid) < line_of(&lines, "Start", &carol_sid),
+        "{lines:?}"
+    );
+    app.stop().await;
+    assert!(
+        !radius
+            .acct_lines()
+            .iter()
+            .any(|l| l.contains("status=Interim-Update ") && l.contains(&carol_sid)),
+        "{:?}",
+        radius.acct_lines()
+    );
+}
+
 /// A Stop held back after a failed attempt when a sign-in at its address sends its Start (not
 /// waited for: its server said nothing the last time), sent by the delivery loop while the
 /// Start's answer is still on its way and acknowledged first — its recording saw no

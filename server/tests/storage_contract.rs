@@ -262,6 +262,42 @@ async fn an_addresss_stops_on_their_way_are_found(db: Db) {
         none(),
         "acknowledged"
     );
+
+    // Behind its session's Interim-Update on its way (a refresh just before the Disconnect):
+    // due, as that Interim-Update is; behind one held back after a failed attempt, coming.
+    let refreshed = opened(s, login("10.0.7.4", T0, MINUTE)).await;
+    let start = s
+        .claim_session_outbox(refreshed, status_type::START, T0, T0 + MINUTE)
+        .await
+        .unwrap()
+        .unwrap();
+    s.mark_delivered(&start, T0 + 1, None).await.unwrap();
+    s.refresh_session(refreshed, T0 + 500, T0 + MINUTE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(s
+        .stop_session(refreshed, terminate_cause::USER_REQUEST, T0 + 1_000)
+        .await
+        .unwrap());
+    assert_eq!(
+        stops("acme", "10.0.7.4", now, now).await,
+        due(vec![refreshed]),
+        "behind its session's Interim-Update on its way"
+    );
+    let interim = s
+        .claim_session_outbox(refreshed, status_type::INTERIM_UPDATE, now, now + MINUTE)
+        .await
+        .unwrap()
+        .unwrap();
+    s.mark_failed(&interim, now + 30_000, "timeout", Some("primary"))
+        .await
+        .unwrap();
+    assert_eq!(
+        stops("acme", "10.0.7.4", now, now + MINUTE).await,
+        coming(vec![refreshed]),
+        "behind its session's Interim-Update held back"
+    );
 }
 
 async fn a_session_opens_refreshes_and_stops_once(db: Db) {

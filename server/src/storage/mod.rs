@@ -404,7 +404,8 @@ contract! {
         /// due by `now`, on their way or about to be (a sign-in asks since
         /// [`STOPS_DUE_LATELY_MS`] ago: ended a moment ago, a Disconnect, an expiry, by any
         /// replica; one due longer ago waits for something, its server, an earlier row of its
-        /// session), the sign-in sends its Start after them —, and `coming`, the others that
+        /// session; also one behind its session's Interim-Updates due by `now`, which go just
+        /// before it), the sign-in sends its Start after them —, and `coming`, the others that
         /// may go while its Start does: held back after a failed attempt until `until` at the
         /// latest, or behind an earlier row of their session (the sign-in does not wait for
         /// them; whether one was acknowledged after its Start left is asked once the Start is,

@@ -2282,7 +2282,7 @@ impl SessionStore for PgStore {
             "SELECT o.access_session_id, bool_or(o.next_attempt_at <= $3 AND NOT EXISTS ( \
                SELECT 1 FROM accounting_outbox e WHERE e.access_session_id = o.access_session_id \
                AND e.destination = o.destination AND e.id < o.id AND e.delivered_at IS NULL \
-               AND e.dead_at IS NULL)) \
+               AND e.dead_at IS NULL AND (e.status_type <> 3 OR e.next_attempt_at > $3))) \
              FROM accounting_outbox o JOIN access_sessions s ON s.id = o.access_session_id \
              WHERE o.delivered_at IS NULL AND o.dead_at IS NULL \
              AND o.next_attempt_at <= GREATEST($3, $6) AND o.next_attempt_at > $5 \
