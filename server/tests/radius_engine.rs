@@ -1747,27 +1747,16 @@ async fn late_stop_then_interim(
 /// as any Stop on its way: its Start goes after them, and no Interim-Update is needed.
 #[tokio::test]
 async fn a_sign_in_waits_for_a_stop_queued_behind_its_sessions_interim_update() {
-    use std::sync::atomic::AtomicBool;
-    let radius = FreeRadius::start().await;
-    let (armed, held, release) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(tokio::sync::Notify::new()),
-        Arc::new(tokio::sync::Notify::new()),
-    );
-    let acct = SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
-    let relay = reply_holding_relay(acct, armed.clone(), held.clone(), release.clone()).await;
-    let (_dir, db) = temp_db();
-    let mut server = radius.server_settings("primary", true);
-    server.acct_port = relay;
-    // No retransmission of the Interim-Update while its answer is held.
-    server.timeout = Duration::from_secs(20);
-    let app = TestApp::spawn(&settings(&db, vec![server])).await;
-    let address = IpAddr::V4(client(96));
-    let erin = app
-        .sessions
-        .login("acme", "erin", "erin-pass", address)
-        .await
-        .unwrap();
+    let HeldAnswers {
+        radius,
+        app,
+        _dir,
+        armed,
+        held,
+        release,
+        address,
+        erin,
+    } = erin_behind_a_holding_relay(96).await;
     // A refresh: its Interim-Update answered, the answer held.
     armed.store(true, SeqCst);
     app.sessions.refresh(erin.id).await.unwrap();
@@ -1829,27 +1818,16 @@ async fn a_sign_in_waits_for_a_stop_queued_behind_its_sessions_interim_update() 
 #[tokio::test]
 async fn a_held_back_stop_acknowledged_before_a_start_it_followed_is_followed_by_an_interim_update()
 {
-    use std::sync::atomic::AtomicBool;
-    let radius = FreeRadius::start().await;
-    let (armed, held, release) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(tokio::sync::Notify::new()),
-        Arc::new(tokio::sync::Notify::new()),
-    );
-    let acct = SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
-    let relay = reply_holding_relay(acct, armed.clone(), held.clone(), release.clone()).await;
-    let (_dir, db) = temp_db();
-    let mut server = radius.server_settings("primary", true);
-    server.acct_port = relay;
-    // No retransmission of the Start while its answer is held.
-    server.timeout = Duration::from_secs(20);
-    let app = Arc::new(TestApp::spawn(&settings(&db, vec![server])).await);
-    let address = IpAddr::V4(client(92));
-    let earlier = app
-        .sessions
-        .login("acme", "erin", "erin-pass", address)
-        .await
-        .unwrap();
+    let HeldAnswers {
+        radius,
+        app,
+        _dir,
+        armed,
+        held,
+        release,
+        address,
+        erin: earlier,
+    } = erin_behind_a_holding_relay(92).await;
     // Ended; its Stop's first attempt failed: held back for a second and a half.
     let now = radius_portal::access_session::now_ms();
     assert!(app
@@ -1897,7 +1875,7 @@ async fn a_held_back_stop_acknowledged_before_a_start_it_followed_is_followed_by
         line_of(&lines, "Stop", &old) < line_of(&lines, "Interim-Update", &sid),
         "{lines:?}"
     );
-    Arc::into_inner(app).unwrap().stop().await;
+    app.stop().await;
 }
 
 /// A Stop that reaches a server after the Start of a newer session at its address, where that
@@ -2316,6 +2294,53 @@ async fn reply_holding_relay(
 const RELAY_PASSES: u8 = 0;
 const RELAY_LOSES_ANSWERS: u8 = 1;
 const RELAY_LOSES_ALL: u8 = 2;
+
+/// [`erin_behind_a_holding_relay`]'s portal, server and session.
+struct HeldAnswers {
+    radius: FreeRadius,
+    app: TestApp,
+    _dir: tempfile::TempDir,
+    /// The relay's: armed, it holds the next answer until released ([`reply_holding_relay`]).
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    held: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
+    address: IpAddr,
+    erin: radius_portal::storage::AccessSessionRecord,
+}
+
+/// A portal whose one server's accounting answers pass a relay that can hold one (no
+/// retransmission while it does: a 20 s timeout), and erin's session at `client(n)`.
+async fn erin_behind_a_holding_relay(n: u8) -> HeldAnswers {
+    let radius = FreeRadius::start().await;
+    let (armed, held, release) = (
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let acct = SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
+    let relay = reply_holding_relay(acct, armed.clone(), held.clone(), release.clone()).await;
+    let (dir, db) = temp_db();
+    let mut server = radius.server_settings("primary", true);
+    server.acct_port = relay;
+    server.timeout = Duration::from_secs(20);
+    let app = TestApp::spawn(&settings(&db, vec![server])).await;
+    let address = IpAddr::V4(client(n));
+    let erin = app
+        .sessions
+        .login("acme", "erin", "erin-pass", address)
+        .await
+        .unwrap();
+    HeldAnswers {
+        radius,
+        app,
+        _dir: dir,
+        armed,
+        held,
+        release,
+        address,
+        erin,
+    }
+}
 
 /// A UDP relay to `upstream` on a port of its own that loses what `mode` says.
 async fn lossy_relay(upstream: SocketAddr, mode: Arc<std::sync::atomic::AtomicU8>) -> u16 {

@@ -1934,6 +1934,29 @@ async fn a_stop_after_a_newer_start_at_its_address_has_that_session_repeat_itsel
     assert_eq!(outbox_types(s, next).await, [START]);
 }
 
+/// Claims session `id`'s next row of `status`, due at `at`, for the rest of ten minutes.
+async fn claim_due(s: &Storage, id: i64, status: u32, at: i64) -> OutboxRow {
+    s.claim_session_outbox(id, status, at, T0 + 10 * MINUTE)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// A session at `ip` opened at `T0`, its Start acknowledged, ended by its user at `T0 + 1` (its
+/// Stop queued); and the next session there, opened at `next_at`.
+async fn ended_then_next(s: &Storage, ip: &str, next_at: i64) -> (i64, i64) {
+    let ended = opened(s, login(ip, T0, 10 * MINUTE)).await;
+    let start = claim_due(s, ended, status_type::START, T0).await;
+    s.mark_delivered(&start, T0 + 1, None).await.unwrap();
+    assert!(s
+        .stop_session(ended, terminate_cause::USER_REQUEST, T0 + 1)
+        .await
+        .unwrap());
+    let mut again = login(ip, next_at, 10 * MINUTE);
+    again.acct_session_id = format!("sid-{ip}-{next_at}-again");
+    (ended, opened(s, again).await)
+}
+
 /// The Interim-Update that asserts a session's user again after a late Stop at its address
 /// goes, as a copy, to each other server that may hold the session open too (its Start went
 /// there unanswered, then failed over): that server may have had the late Stop after the
@@ -1941,13 +1964,7 @@ async fn a_stop_after_a_newer_start_at_its_address_has_that_session_repeat_itsel
 /// leaves those waiting.
 async fn a_late_stops_interim_update_goes_to_every_server_that_may_hold_the_session(db: Db) {
     let s = &db.storage;
-    let lease = T0 + 10 * MINUTE;
-    let claim = |id: i64, status: u32, at: i64| async move {
-        s.claim_session_outbox(id, status, at, lease)
-            .await
-            .unwrap()
-            .unwrap()
-    };
+    let claim = |id: i64, status: u32, at: i64| claim_due(s, id, status, at);
     let interims = |id: i64| async move {
         s.session_outbox(id)
             .await
@@ -1957,16 +1974,7 @@ async fn a_late_stops_interim_update_goes_to_every_server_that_may_hold_the_sess
             .map(|row| row.copy_to)
             .collect::<Vec<_>>()
     };
-    let ended = opened(s, login("10.0.9.5", T0, 10 * MINUTE)).await;
-    let start = claim(ended, status_type::START, T0).await;
-    s.mark_delivered(&start, T0 + 1, None).await.unwrap();
-    assert!(s
-        .stop_session(ended, terminate_cause::USER_REQUEST, T0 + 1)
-        .await
-        .unwrap());
-    let mut again = login("10.0.9.5", T0 + 2, 10 * MINUTE);
-    again.acct_session_id = "sid-10.0.9.5-again".into();
-    let next = opened(s, again).await;
+    let (ended, next) = ended_then_next(s, "10.0.9.5", T0 + 2).await;
     // The new Start went to "silent" unanswered, then "primary" acknowledged it.
     let start = claim(next, status_type::START, T0 + 2).await;
     s.mark_failed(&start, T0 + 3, "timeout", Some("silent"))
@@ -2034,23 +2042,8 @@ async fn a_late_stops_interim_update_goes_to_every_server_that_may_hold_the_sess
 /// had its Start acknowledged) meanwhile.
 async fn a_late_stops_interim_update_is_never_dated_before_its_sessions_start(db: Db) {
     let s = &db.storage;
-    let lease = T0 + 10 * MINUTE;
-    let claim = |id: i64, status: u32, at: i64| async move {
-        s.claim_session_outbox(id, status, at, lease)
-            .await
-            .unwrap()
-            .unwrap()
-    };
-    let ended = opened(s, login("10.0.9.8", T0, 10 * MINUTE)).await;
-    let start = claim(ended, status_type::START, T0).await;
-    s.mark_delivered(&start, T0 + 1, None).await.unwrap();
-    assert!(s
-        .stop_session(ended, terminate_cause::USER_REQUEST, T0 + 1)
-        .await
-        .unwrap());
-    let mut again = login("10.0.9.8", T0 + 50, 10 * MINUTE);
-    again.acct_session_id = "sid-10.0.9.8-again".into();
-    let next = opened(s, again).await;
+    let claim = |id: i64, status: u32, at: i64| claim_due(s, id, status, at);
+    let (ended, next) = ended_then_next(s, "10.0.9.8", T0 + 50).await;
     let start = claim(next, status_type::START, T0 + 50).await;
     s.mark_delivered(&start, T0 + 51, None).await.unwrap();
     let stop = claim(ended, status_type::STOP, T0 + 51).await;
@@ -2072,13 +2065,7 @@ async fn a_late_stops_interim_update_is_never_dated_before_its_sessions_start(db
 /// no look), the look is made all the same — one Interim-Update waits, not two.
 async fn a_sign_ins_start_recorded_after_a_late_stop_repeats_itself_in_the_same_write(db: Db) {
     let s = &db.storage;
-    let lease = T0 + 10 * MINUTE;
-    let claim = |id: i64, status: u32| async move {
-        s.claim_session_outbox(id, status, T0 + 3, lease)
-            .await
-            .unwrap()
-            .unwrap()
-    };
+    let claim = |id: i64, status: u32| claim_due(s, id, status, T0 + 3);
     let record = |row: OutboxRow, at: i64, earlier: Vec<i64>, since: i64| async move {
         let ack = Acknowledged {
             access_session_id: row.access_session_id,
@@ -2100,14 +2087,7 @@ async fn a_sign_ins_start_recorded_after_a_late_stop_repeats_itself_in_the_same_
     for (ip, stop_acknowledged, reasserted) in
         [("10.0.9.1", T0 + 6, true), ("10.0.9.2", T0 + 4, false)]
     {
-        let ended = opened(s, login(ip, T0, 10 * MINUTE)).await;
-        let start = claim(ended, status_type::START).await;
-        s.mark_delivered(&start, T0 + 1, None).await.unwrap();
-        assert!(s
-            .stop_session(ended, terminate_cause::USER_REQUEST, T0 + 1)
-            .await
-            .unwrap());
-        let next = opened(s, again(ip, T0 + 2)).await;
+        let (ended, next) = ended_then_next(s, ip, T0 + 2).await;
         // The new Start leaves at T0 + 5; the earlier session's Stop is acknowledged at
         // `stop_acknowledged`, before the Start's acknowledgement is recorded at T0 + 7.
         let start = claim(next, status_type::START).await;
