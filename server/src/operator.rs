@@ -232,6 +232,10 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
     let storage = open(settings).await?;
     match command {
         SessionCommand::List { org, limit, json } => {
+            let org = match org {
+                Some(org) => Some(stored_id(&storage, org).await?),
+                None => None,
+            };
             if let Some(org) = &org {
                 if storage.organization(org).await?.is_none() {
                     return Ok(Outcome::NotFound(org.clone()));
@@ -584,9 +588,44 @@ fn uid() -> Option<String> {
     None
 }
 
+/// The stored id of the organization `id` names in any letter case (ids that differ only in
+/// case count as one, and `/o/{id}/` and the admin API take any); `id` itself if none.
+async fn stored_id(storage: &Storage, id: String) -> anyhow::Result<String> {
+    if storage.organization(&id).await?.is_some() {
+        return Ok(id);
+    }
+    Ok(storage
+        .organizations()
+        .await?
+        .into_iter()
+        .map(|row| row.id)
+        .find(|stored| stored.eq_ignore_ascii_case(&id))
+        .unwrap_or(id))
+}
+
+impl OrgCommand {
+    /// The organization the command names, if one.
+    fn id_mut(&mut self) -> Option<&mut String> {
+        match self {
+            OrgCommand::List { .. } | OrgCommand::Create { .. } => None,
+            OrgCommand::Show { id, .. }
+            | OrgCommand::Disable { id }
+            | OrgCommand::Enable { id }
+            | OrgCommand::Update { id, .. }
+            | OrgCommand::Delete { id }
+            | OrgCommand::ServerAdd { id, .. }
+            | OrgCommand::ServerUpdate { id, .. }
+            | OrgCommand::ServerRemove { id, .. } => Some(id),
+        }
+    }
+}
+
 /// Runs an `org` command.
-pub async fn org(settings: &Settings, command: OrgCommand) -> anyhow::Result<Outcome> {
+pub async fn org(settings: &Settings, mut command: OrgCommand) -> anyhow::Result<Outcome> {
     let storage = open(settings).await?;
+    if let Some(id) = command.id_mut() {
+        *id = stored_id(&storage, std::mem::take(id)).await?;
+    }
     match command {
         OrgCommand::List { json } => {
             let views = OrganizationView::of(&storage, &storage.organizations().await?).await?;

@@ -690,8 +690,9 @@ async fn stops_an_operator_asks_for_while_no_portal_runs_say_when_they_were_aske
         shown.contains("state:           active") && shown.contains("stop asked:"),
         "{shown}"
     );
-    // `session list` marks it too (STOP ASKED), and not the session no stop waits for.
-    let listed = portal(&config, &["session", "list", "--json"]).await;
+    // `session list` marks it too (STOP ASKED), and not the session no stop waits for (the
+    // organization named in other letters: the same one).
+    let listed = portal(&config, &["session", "list", "--org", "Acme", "--json"]).await;
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     let asked = |id: i64| {
         listed
@@ -714,7 +715,7 @@ async fn stops_an_operator_asks_for_while_no_portal_runs_say_when_they_were_aske
         let late = portal(&config, &["session", "terminate", &over.id.to_string()]).await;
         assert!(late.status.success(), "{late:?}");
     }
-    let disable = portal(&config, &["org", "disable", "acme"]).await;
+    let disable = portal(&config, &["org", "disable", "ACME"]).await;
     assert!(disable.status.success(), "{disable:?}");
     let said = String::from_utf8_lossy(&disable.stdout);
     assert!(
