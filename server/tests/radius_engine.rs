@@ -1663,14 +1663,7 @@ async fn a_late_stop_of_a_replaced_session_is_followed_by_its_successors_interim
         "{lines:?}"
     );
     app.stop().await;
-    assert!(
-        !radius
-            .acct_lines()
-            .iter()
-            .any(|l| l.contains("status=Interim-Update ") && l.contains(&third_sid)),
-        "{:?}",
-        radius.acct_lines()
-    );
+    assert_no_line(&radius, "Interim-Update", &third_sid);
 }
 
 /// Any session's Stop that went after the next session's Start at its address — here a
@@ -1799,14 +1792,7 @@ async fn a_sign_in_waits_for_a_stop_queued_behind_its_sessions_interim_update() 
         "{lines:?}"
     );
     app.stop().await;
-    assert!(
-        !radius
-            .acct_lines()
-            .iter()
-            .any(|l| l.contains("status=Interim-Update ") && l.contains(&carol_sid)),
-        "{:?}",
-        radius.acct_lines()
-    );
+    assert_no_line(&radius, "Interim-Update", &carol_sid);
 }
 
 /// A Stop held back after a failed attempt when a sign-in at its address sends its Start (not
@@ -1948,14 +1934,7 @@ async fn a_copy_of_an_interim_update_waiting_when_its_session_ends_is_never_sent
     let stop = primary.wait_for_acct(&["status=Stop", sid]).await;
     assert_eq!(field(&stop, "cause"), "User-Request");
     assert!(waiting_copy().await.is_none(), "the copy was dropped");
-    assert!(
-        !primary
-            .acct_lines()
-            .iter()
-            .any(|l| l.contains("status=Interim-Update ") && l.contains(sid.as_str())),
-        "{:?}",
-        primary.acct_lines()
-    );
+    assert_no_line(primary, "Interim-Update", sid.as_str());
     at.app.stop().await;
 }
 
@@ -2367,6 +2346,17 @@ async fn lossy_relay(upstream: SocketAddr, mode: Arc<std::sync::atomic::AtomicU8
         }
     });
     port
+}
+
+/// That `radius` logged no accounting line of `status` with `sid` in it.
+fn assert_no_line(radius: &FreeRadius, status: &str, sid: &str) {
+    let lines = radius.acct_lines();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains(&format!("status={status} ")) && l.contains(sid)),
+        "{status} of {sid}: {lines:?}"
+    );
 }
 
 /// The index of the one accounting line of `status` with `sid` in it.
