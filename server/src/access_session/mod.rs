@@ -899,12 +899,7 @@ impl AccessSessions {
             .reassert_after_stops(session.id, unsettled, since, now_ms())
             .await
         {
-            Ok(true) => {
-                self.radius.metrics().late_stop();
-                tracing::info!(acct_session_id = %session.acct_session_id, client_ip = %session.client_ip,
-                    "an earlier session's Stop at this address was acknowledged after this session's Start left: it sends an Interim-Update, so an address-keyed firewall has its user again");
-                self.accounting.wake();
-            }
+            Ok(true) => self.accounting.asserted_after_late_stops(session),
             Ok(false) => {}
             Err(e) => tracing::warn!(acct_session_id = %session.acct_session_id,
                 error = %crate::portal_backend::error_chain(&e),

@@ -599,6 +599,15 @@ impl Accounting {
         }
     }
 
+    /// A sign-in's look found a Stop of its address acknowledged after `session`'s Start left
+    /// and queued the session's Interim-Update: counted, said, and sent.
+    pub(crate) fn asserted_after_late_stops(&self, session: &AccessSessionRecord) {
+        self.radius.metrics().late_stop();
+        tracing::info!(acct_session_id = %session.acct_session_id, client_ip = %session.client_ip,
+            "an earlier session's Stop at this address was acknowledged after this session's Start left: it sends an Interim-Update, so an address-keyed firewall has its user again");
+        self.wake();
+    }
+
     /// Counts a delivery of a row of `session_id` made outside the loop until the guard drops.
     pub(crate) fn inline_delivery(&self, session_id: i64) -> InlineDelivery {
         let mut inline = self.inline.lock().unwrap_or_else(|p| p.into_inner());
@@ -1477,7 +1486,7 @@ impl Accounting {
                 }
                 // A sign-in's Start sent while Stops of its address were on their way: its look
                 // for one acknowledged since goes with the recording.
-                let after_stops = if is_start && row.copy_to.is_none() {
+                let after_stops = if is_start {
                     self.after_stops
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -1519,10 +1528,7 @@ impl Accounting {
                     self.wake();
                 }
                 if is_start && delivered.reasserted.is_some() {
-                    self.radius.metrics().late_stop();
-                    tracing::info!(acct_session_id = %record.acct_session_id, client_ip = %session.client_ip,
-                        "an earlier session's Stop at this address was acknowledged after this session's Start left: it sends an Interim-Update, so an address-keyed firewall has its user again");
-                    self.wake();
+                    self.asserted_after_late_stops(&session);
                 } else if let Some(successor) = delivered.reasserted {
                     // The Stop went after the Start of a newer session at its address (it
                     // waited behind a silent server, a dead replica's claim, a backoff): a
