@@ -534,6 +534,37 @@ impl Application {
                 let _ = handle.await;
             });
         }
+        // Several replicas (PostgreSQL): the exchanges this one's breakers count are told to
+        // the others, whose breakers count them too.
+        if self.storage.backend_name() == "postgres" {
+            if let Some(mut news) = self.radius.health().tell_peers() {
+                let (storage, shutdown) = (self.storage.clone(), shutdown.clone());
+                tasks.spawn(async move {
+                    loop {
+                        let news = tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            news = news.recv() => match news {
+                                Some(news) => news,
+                                None => return,
+                            },
+                        };
+                        let notice = crate::storage::Notice::Breaker {
+                            addr: news.addr,
+                            secret: news.secret,
+                            answered: news.answered,
+                        };
+                        let told = tokio::time::timeout(
+                            Duration::from_secs(2),
+                            storage.announce_breaker(notice),
+                        );
+                        if !matches!(told.await, Ok(Ok(()))) {
+                            tracing::debug!(addr = %news.addr,
+                                "a RADIUS server's news could not be told to the other replicas (they count their own exchanges)");
+                        }
+                    }
+                });
+            }
+        }
         if let Some(listener) = self.metrics_listener {
             let scrape = MetricsScrape {
                 metrics: self.metrics.clone(),
@@ -975,6 +1006,9 @@ impl NoticeListeners {
                                 Ok(Notice::Session(id)) => self.events.publish(id),
                                 Ok(Notice::Organizations) => self.worker.wake(),
                                 Ok(Notice::Accounting) => self.accounting.wake(),
+                                Ok(Notice::Breaker { addr, secret, answered }) => self.accounting.from_peer(
+                                    crate::radius::health::PeerNews { addr, secret, answered },
+                                ),
                                 Err(e) => {
                                     tracing::error!(error = %crate::portal_backend::error_chain(&e),
                                         "listening for other replicas' changes failed; reconnecting");

@@ -354,3 +354,75 @@ async fn a_replica_killed_during_a_sign_in_leaves_no_session_open() {
         "its Start went first"
     );
 }
+
+/// Replicas count each other's unanswered exchanges with a server (each told through the
+/// database): with `breaker_failures = 2`, one sign-in through each replica whose
+/// Access-Request a silent server never answers opens that server's breaker on both, where each
+/// alone counted one. So a packet whose retries the replicas take in turns (a Stop) fails over
+/// after two unanswered exchanges, as with one replica, not after two per replica. A replica
+/// does not count its own news twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_count_each_others_unanswered_exchanges_with_a_server() {
+    use radius_portal::radius::{breaker::BreakerState, health::Port};
+    let radius = FreeRadius::start().await;
+    let url = common::postgres::fresh_database().await;
+    // Takes the datagrams, never answers.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let config = || {
+        let mut quiet = radius.server_settings("quiet", true);
+        quiet.auth_port = silent_addr.port();
+        quiet.acct_port = silent_addr.port();
+        quiet.timeout = Duration::from_millis(300);
+        quiet.retries = 0;
+        let mut s = on_postgres(&url, &radius);
+        s.organizations[0].servers = vec![quiet, radius.server_settings("primary", true)];
+        s.radius.breaker_failures = 2;
+        s
+    };
+    let a = TestApp::spawn(&config()).await;
+    let b = TestApp::spawn(&config()).await;
+    let quiet_of = |app: &TestApp| app.organizations.get("acme").unwrap().servers[0].clone();
+    let failures = |app: &TestApp| {
+        app.radius
+            .health()
+            .states()
+            .into_iter()
+            .find(|(addr, _)| *addr == silent_addr)
+            .map(|(_, state)| state)
+    };
+
+    // A's sign-in: unanswered by the quiet server, accepted by the primary. B counts it.
+    let page = a
+        .browser(Ipv4Addr::new(127, 0, 0, 31))
+        .login("carol", "carol-pass")
+        .await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    wait_until("B to count A's unanswered exchange", || async {
+        failures(&b) == Some(BreakerState::Closed { failures: 1 })
+    })
+    .await;
+    assert_eq!(
+        failures(&a),
+        Some(BreakerState::Closed { failures: 1 }),
+        "A counts its own once"
+    );
+
+    // B's sign-in: the second unanswered exchange opens the quiet server's breaker on both.
+    let page = b
+        .browser(Ipv4Addr::new(127, 0, 0, 32))
+        .login("erin", "erin-pass")
+        .await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    for (name, app) in [("A", &a), ("B", &b)] {
+        let (quiet, health) = (quiet_of(app), app.radius.health().clone());
+        wait_until(
+            &format!("the quiet server to be down on {name}"),
+            || async { !health.is_up(&quiet, Port::Auth) },
+        )
+        .await;
+        let primary = app.organizations.get("acme").unwrap().servers[1].clone();
+        assert!(health.is_up(&primary, Port::Auth), "{name}");
+    }
+    drop(silent);
+}

@@ -553,6 +553,14 @@ impl Accounting {
             .is_empty()
     }
 
+    /// Another replica's news of a RADIUS server ([`ServerHealth::from_peer`]), for the
+    /// organizations' servers at its address.
+    pub fn from_peer(&self, news: crate::radius::health::PeerNews) {
+        self.radius
+            .health()
+            .from_peer(news, &self.organizations.servers());
+    }
+
     /// Asks the delivery loop to look at the outbox now.
     pub fn wake(&self) {
         self.wake.notify_one();

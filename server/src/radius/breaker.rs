@@ -206,6 +206,27 @@ impl Breaker {
         }
     }
 
+    /// Another replica's exchange with the server went unanswered (several replicas on one
+    /// database count each other's failures, so a packet whose retries they take in turns
+    /// fails over after `failure_threshold` of them, as with one replica). Counted like this
+    /// breaker's own while closed; open, or with a trial of its own out, it changes nothing
+    /// (that trial's outcome decides). Returns true when it opened the breaker.
+    pub fn record_peer_failure(&mut self, now: Instant) -> bool {
+        match self.state {
+            BreakerState::Closed { .. } => self.record_failure(now),
+            BreakerState::Open { .. } | BreakerState::Trial { .. } => false,
+        }
+    }
+
+    /// Another replica's exchange with the server was answered after failures it had
+    /// announced: while closed, the count starts again, as with this breaker's own success.
+    /// Open, only this replica's own probe (or trial) closes it.
+    pub fn record_peer_success(&mut self) {
+        if let BreakerState::Closed { .. } = self.state {
+            self.record_success();
+        }
+    }
+
     /// Whether a Status-Server probe should be sent now (open and its time has come). Taking the
     /// probe moves the next one a wait ahead, so concurrent probers send one at a time.
     pub fn take_probe(&mut self, now: Instant) -> bool {
@@ -378,6 +399,46 @@ mod tests {
         assert!(b.record_failure(now), "third consecutive failure opens");
         assert!(!b.allows_request(now));
         assert!(!b.record_failure(now), "already open");
+    }
+
+    #[test]
+    fn another_replicas_failures_count_while_closed_and_its_success_resets_them() {
+        let now = Instant::now();
+        let mut b = Breaker::new(policy());
+        assert!(!b.record_failure(now));
+        assert!(!b.record_peer_failure(now));
+        b.record_peer_success();
+        assert!(!b.record_peer_failure(now));
+        assert!(!b.record_failure(now));
+        assert!(
+            b.allows_request(now),
+            "the count started again at the peer's success"
+        );
+        assert!(
+            b.record_peer_failure(now),
+            "the third in a row, a peer's, opens it"
+        );
+        assert!(!b.allows_request(now));
+        b.record_peer_success();
+        assert!(!b.allows_request(now), "only its own probe closes it");
+        assert!(!b.record_peer_failure(now), "already open");
+    }
+
+    #[test]
+    fn another_replicas_failure_is_not_taken_for_the_loss_of_this_ones_trial() {
+        let now = Instant::now();
+        let mut b = Breaker::new(policy());
+        for _ in 0..3 {
+            b.record_failure(now);
+        }
+        let later = now + Duration::from_secs(5);
+        assert!(b.take_trial(later, Duration::from_secs(3), Carrier::Background));
+        assert!(!b.record_peer_failure(later));
+        assert!(
+            matches!(b.state(), BreakerState::Trial { .. }),
+            "the trial's own outcome decides"
+        );
+        assert!(b.record_success(), "the trial answered closes it");
     }
 
     #[test]

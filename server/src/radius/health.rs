@@ -6,6 +6,11 @@
 //! that reaches the same address with another secret — a wrong one: a RADIUS server knows one
 //! secret per client address — gets an entry of its own, so its failures (and its probes,
 //! made with its own secret) never lock the other organizations out.
+//!
+//! Replicas on one database count each other's unanswered exchanges ([`ServerHealth::tell_peers`],
+//! [`ServerHealth::peer_missed`]): a packet whose retries they take in turns fails over after
+//! `breaker_failures` of them, as with one replica. Each replica's breaker still closes only on
+//! its own probe's (or trial's) answer.
 
 use super::breaker::{Breaker, BreakerPolicy, BreakerState, Carrier};
 use super::ServerEndpoint;
@@ -89,7 +94,40 @@ pub struct ServerHealth {
     /// A server checked by Status-Server that nothing answered for this long is sent one
     /// ([`ServerHealth::with_idle_checks`]); None: never.
     idle_check: Option<Duration>,
+    /// Where this replica's breaker news goes for the others ([`ServerHealth::tell_peers`]).
+    peers: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<PeerNews>>>,
 }
+
+/// News of one server for the other replicas: an exchange with it went unanswered (counted
+/// while this replica's breaker was closed), or one was answered after such failures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerNews {
+    /// The address the exchange went to.
+    pub addr: SocketAddr,
+    /// [`secret_fingerprint`] of the secret it was signed with (replicas key breakers alike).
+    pub secret: u64,
+    /// Answered (the count starts again), or not.
+    pub answered: bool,
+}
+
+/// The same for a secret in every replica (unlike [`Target`]'s per-process key), so replicas
+/// can name a breaker to each other: the first 8 bytes of SHA-256 over a fixed label and the
+/// secret. It goes through the database's NOTIFY, where the secret itself is stored already
+/// (organizations added at run time); it is never logged.
+pub fn secret_fingerprint(secret: &crate::config::Secret) -> u64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"radius-portal breaker\0")
+        .chain_update(secret.expose().as_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// News the peers' channel holds at most: beyond, news is dropped (the breakers then count as
+/// each replica alone).
+const PEER_NEWS_QUEUE: usize = 256;
 
 /// A check of an idle server ([`ServerHealth::with_idle_checks`]).
 struct Idle {
@@ -137,6 +175,75 @@ impl ServerHealth {
             opened: Arc::new(Notify::new()),
             recovered: Arc::new(tokio::sync::watch::Sender::new(0)),
             idle_check: None,
+            peers: Arc::default(),
+        }
+    }
+
+    /// From now on, this replica's unanswered exchanges (and an answer after them) are told to
+    /// the other replicas through the returned receiver (PostgreSQL's NOTIFY). Once only:
+    /// None the second time.
+    pub fn tell_peers(&self) -> Option<tokio::sync::mpsc::Receiver<PeerNews>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(PEER_NEWS_QUEUE);
+        self.peers.set(tx).ok().map(|()| rx)
+    }
+
+    fn tell(&self, server: &ServerEndpoint, port: Port, answered: bool) {
+        if let Some(peers) = self.peers.get() {
+            let news = PeerNews {
+                addr: address(server, port),
+                secret: secret_fingerprint(&server.secret),
+                answered,
+            };
+            // Full (the database slow to take them): this one counts here only.
+            let _ = peers.try_send(news);
+        }
+    }
+
+    /// News from another replica, about each of `servers` (the organizations') at the address
+    /// and with the secret it names: an unanswered exchange is counted as this replica's own
+    /// would be while its breaker is closed, an answer after such failures starts the count
+    /// again. Told to nobody.
+    pub fn from_peer(&self, news: PeerNews, servers: &[ServerEndpoint]) {
+        let mut seen = std::collections::HashSet::new();
+        for server in servers {
+            for port in [Port::Auth, Port::Acct] {
+                if address(server, port) != news.addr
+                    || secret_fingerprint(&server.secret) != news.secret
+                    || !seen.insert(self.target(server, port))
+                {
+                    continue;
+                }
+                if news.answered {
+                    self.peer_answered(server, port);
+                } else {
+                    self.peer_missed(server, port);
+                }
+            }
+        }
+    }
+
+    fn peer_missed(&self, server: &ServerEndpoint, port: Port) {
+        let target = self.target(server, port);
+        if self.retired(target) {
+            return;
+        }
+        let opened = self.with(target, |e| {
+            e.probe = Some((server.clone(), port));
+            e.breaker.record_peer_failure(Instant::now())
+        });
+        if opened {
+            tracing::warn!(server = %server.name, addr = %address(server, port), ?port,
+                "RADIUS server not answering other replicas either: circuit breaker open, checking it from here too");
+            self.opened.notify_one();
+        }
+    }
+
+    /// Another replica's exchange with `server` at `port` was answered after failures it told
+    /// of: a closed breaker's count starts again.
+    fn peer_answered(&self, server: &ServerEndpoint, port: Port) {
+        let target = self.target(server, port);
+        if !self.retired(target) {
+            self.with(target, |e| e.breaker.record_peer_success());
         }
     }
 
@@ -296,8 +403,16 @@ impl ServerHealth {
             let mut registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             registry.learned.insert(addr);
         }
-        let (closed, sibling, name) = self.with(target, |e| {
+        let (closed, sibling, name, after_failures) = self.with(target, |e| {
             e.answered_at = Some(Instant::now());
+            // Failures the other replicas were told of: they start counting again too.
+            let after_failures = match e.breaker.state() {
+                BreakerState::Closed { failures } if failures > 0 => e
+                    .probe
+                    .as_ref()
+                    .map(|(server, port)| (server.clone(), *port)),
+                _ => None,
+            };
             let closed = e.breaker.record_success();
             if closed {
                 e.closed_again_at = Some(Instant::now());
@@ -315,8 +430,11 @@ impl ServerHealth {
                 .as_ref()
                 .filter(|_| closed)
                 .map(|(server, port)| (server.name.clone(), *port));
-            (closed, sibling, name)
+            (closed, sibling, name, after_failures)
         });
+        if let Some((server, port)) = after_failures {
+            self.tell(&server, port, true);
+        }
         if closed {
             let (server, port) = name.unzip();
             tracing::info!(server, ?port, %addr, "RADIUS server answered a trial request: circuit breaker closed");
@@ -346,10 +464,14 @@ impl ServerHealth {
             return;
         }
         let addr = address(server, port);
-        let opened = self.with(self.target(server, port), |e| {
+        let (opened, counted) = self.with(self.target(server, port), |e| {
             e.probe = Some((server.clone(), port));
-            e.breaker.record_failure(Instant::now())
+            let counted = matches!(e.breaker.state(), BreakerState::Closed { .. });
+            (e.breaker.record_failure(Instant::now()), counted)
         });
+        if counted {
+            self.tell(server, port, false);
+        }
         if opened {
             let check = match server.status_check {
                 StatusCheck::StatusServer => "probing with Status-Server",
@@ -747,6 +869,69 @@ mod tests {
             failure_threshold: 1,
             probe_interval: Duration::from_secs(3600),
         })
+    }
+
+    /// A replica tells the others of each unanswered exchange its closed breaker counts, and of
+    /// the answer after them (not of one with nothing to undo); what it hears counts for the
+    /// servers at that address with that secret only, and is told to nobody.
+    #[tokio::test]
+    async fn replicas_tell_each_other_what_their_breakers_count() {
+        let two = || {
+            ServerHealth::new(BreakerPolicy {
+                failure_threshold: 2,
+                probe_interval: Duration::from_secs(3600),
+            })
+        };
+        let (here, there) = (two(), two());
+        let mut told = here.tell_peers().unwrap();
+        assert!(here.tell_peers().is_none(), "once");
+        let primary = server("primary", 1813, "s");
+        let target = here.target(&primary, Port::Acct);
+        here.record_success(target, false);
+        assert!(told.try_recv().is_err(), "an answer with nothing to undo");
+        here.record_failure(&primary, Port::Acct);
+        let missed = told.try_recv().unwrap();
+        assert_eq!(
+            missed,
+            PeerNews {
+                addr: primary.acct_addr,
+                secret: secret_fingerprint(&primary.secret),
+                answered: false
+            }
+        );
+        here.record_success(target, false);
+        let answered = told.try_recv().unwrap();
+        assert!(answered.answered);
+
+        // Another secret at the same address (another organization's), or another port: not
+        // that breaker.
+        let other_secret = server("primary", 1813, "t");
+        let mut other_port = primary.clone();
+        other_port.acct_addr = SocketAddr::from(([127, 0, 0, 1], 1913));
+        let servers = [primary.clone(), other_secret.clone(), other_port.clone()];
+        there.from_peer(missed, &servers);
+        there.from_peer(missed, &servers);
+        assert!(
+            !there.is_up(&primary, Port::Acct),
+            "two of the peer's open it"
+        );
+        assert!(there.is_up(&primary, Port::Auth));
+        assert!(there.is_up(&other_secret, Port::Acct));
+        assert!(there.is_up(&other_port, Port::Acct));
+        there.from_peer(answered, &servers);
+        assert!(
+            !there.is_up(&primary, Port::Acct),
+            "only its own probe closes it"
+        );
+
+        // A peer's answer starts the count again; what a replica hears it does not tell.
+        let third = two();
+        let mut third_told = third.tell_peers().unwrap();
+        third.from_peer(missed, &servers);
+        third.from_peer(answered, &servers);
+        third.from_peer(missed, &servers);
+        assert!(third.is_up(&primary, Port::Acct));
+        assert!(third_told.try_recv().is_err(), "heard, not told");
     }
 
     /// A down server's first check after any instant is answered within one wait between

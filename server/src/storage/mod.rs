@@ -640,6 +640,15 @@ impl Storage {
         }
     }
 
+    /// Tells the other replicas of an exchange with a RADIUS server ([`Notice::Breaker`]).
+    /// Nothing on SQLite (one process).
+    pub async fn announce_breaker(&self, notice: Notice) -> Result<(), StorageError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(store) => store.announce(&[notice]).await,
+        }
+    }
+
     /// One stored organization.
     pub async fn organization(&self, id: &str) -> Result<Option<StoredOrganization>, StorageError> {
         Ok(self.organizations().await?.into_iter().find(|o| o.id == id))
@@ -1062,7 +1071,8 @@ pub enum StopOutcome {
 }
 
 /// A change announced by another process on the same database (PostgreSQL's NOTIFY, after its
-/// commit). It carries no state: the receiver re-reads what it is about.
+/// commit). It carries no state, the receiver re-reads what it is about — except a breaker's
+/// news, which is about no stored state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notice {
     /// Access session `id` changed (refreshed, stopped): its open pages re-read it.
@@ -1071,6 +1081,17 @@ pub enum Notice {
     Organizations,
     /// Accounting became due at once (a server came back): delivery loops look now.
     Accounting,
+    /// An exchange with the RADIUS server at `addr`, signed with the secret of that
+    /// fingerprint, went unanswered (or, `answered`, was answered after such failures): every
+    /// replica's breaker counts it ([`crate::radius::health::PeerNews`]).
+    Breaker {
+        /// The server's address.
+        addr: std::net::SocketAddr,
+        /// [`crate::radius::health::secret_fingerprint`] of its secret.
+        secret: u64,
+        /// Answered after failures, or unanswered.
+        answered: bool,
+    },
 }
 
 /// An outbox row claimed for delivery.

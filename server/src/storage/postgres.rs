@@ -338,8 +338,9 @@ impl NoticeListener {
     }
 }
 
-/// `<origin> s <id>`, `<origin> o`, `<origin> q`; None for this process's own and for
-/// anything else (another version's announcements are ignored, not misread).
+/// `<origin> s <id>`, `<origin> o`, `<origin> q`, `<origin> b <address> <secret's
+/// fingerprint, hex> <1: answered, 0: not>`; None for this process's own and for anything else
+/// (another version's announcements are ignored, not misread).
 fn parse_notice(payload: &str, own: &str) -> Option<Notice> {
     let mut parts = payload.split(' ');
     let origin = parts.next()?;
@@ -350,6 +351,15 @@ fn parse_notice(payload: &str, own: &str) -> Option<Notice> {
         ("s", Some(id)) => Notice::Session(id.parse().ok()?),
         ("o", None) => Notice::Organizations,
         ("q", None) => Notice::Accounting,
+        ("b", Some(addr)) => Notice::Breaker {
+            addr: addr.parse().ok()?,
+            secret: u64::from_str_radix(parts.next()?, 16).ok()?,
+            answered: match parts.next()? {
+                "1" => true,
+                "0" => false,
+                _ => return None,
+            },
+        },
         _ => return None,
     };
     parts.next().is_none().then_some(notice)
@@ -360,6 +370,11 @@ fn notice_payload(origin: &str, notice: &Notice) -> String {
         Notice::Session(id) => format!("{origin} s {id}"),
         Notice::Organizations => format!("{origin} o"),
         Notice::Accounting => format!("{origin} q"),
+        Notice::Breaker {
+            addr,
+            secret,
+            answered,
+        } => format!("{origin} b {addr} {secret:016x} {}", u8::from(*answered)),
     }
 }
 
@@ -691,7 +706,7 @@ impl PgStore {
         })
     }
 
-    async fn announce(&self, notices: &[Notice]) -> Result<(), StorageError> {
+    pub(crate) async fn announce(&self, notices: &[Notice]) -> Result<(), StorageError> {
         let mut c = self.pool().acquire().await?;
         notify(&mut c, &self.origin, notices).await
     }
@@ -2376,5 +2391,38 @@ mod tests {
             session_end_actor(terminate_cause::ADMIN_RESET)
         );
         assert!(sql.contains(&actor), "{sql}");
+    }
+
+    #[test]
+    fn announcements_read_back_as_made_and_a_processs_own_are_left_out() {
+        let notices = [
+            Notice::Session(42),
+            Notice::Organizations,
+            Notice::Accounting,
+            Notice::Breaker {
+                addr: "127.0.0.1:1813".parse().unwrap(),
+                secret: 0x00ab_cdef_0123_4567,
+                answered: false,
+            },
+            Notice::Breaker {
+                addr: "[::1]:1812".parse().unwrap(),
+                secret: u64::MAX,
+                answered: true,
+            },
+        ];
+        for notice in notices {
+            let payload = notice_payload("p1", &notice);
+            assert_eq!(parse_notice(&payload, "p2"), Some(notice), "{payload}");
+            assert_eq!(parse_notice(&payload, "p1"), None, "{payload}");
+        }
+        for odd in [
+            "p1 b 127.0.0.1:1813 12",
+            "p1 b 127.0.0.1:1813 12 2",
+            "p1 b nowhere 12 1",
+            "p1 b 127.0.0.1:1813 xyz 1",
+            "p1 b 127.0.0.1:1813 12 1 more",
+        ] {
+            assert_eq!(parse_notice(odd, "p2"), None, "{odd}");
+        }
     }
 }
