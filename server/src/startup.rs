@@ -67,7 +67,17 @@ pub struct Application {
     pub sign_ins: Arc<crate::http::resubmit::RecentSignIns>,
     /// SQLite: this process's hold on the database (see [`own_sqlite_database`]).
     _sqlite_owner: Option<std::fs::File>,
+    /// PostgreSQL: what this replica's breakers count, for the others ([`tell_peers`]).
+    breaker_news: Option<BreakerNews>,
 }
+
+/// This replica's breaker news on its way to the others (a supervised task restarted after a
+/// panic takes the same receiver).
+type BreakerNews = Arc<
+    tokio::sync::Mutex<
+        tokio::sync::mpsc::Receiver<(tokio::time::Instant, crate::radius::health::PeerNews)>,
+    >,
+>;
 
 /// How long start-up waits for the SQLite database's lock: a previous process still exiting (a
 /// restart), or a process being started that briefly holds a copy of the lock's descriptor.
@@ -356,6 +366,17 @@ impl Application {
             storage.app_secret("form_token_key").await?,
             settings.http.https(),
         );
+        // Several replicas (PostgreSQL): the exchanges this one's breakers count are told to
+        // the others, whose breakers count them too.
+        let breaker_news = if storage.backend_name() == "postgres" {
+            let key = storage.app_secret("breaker_news_key").await?;
+            radius
+                .health()
+                .tell_peers(crate::radius::health::SecretKey::new(key))
+                .map(|news| Arc::new(tokio::sync::Mutex::new(news)))
+        } else {
+            None
+        };
         let backend = Arc::new(
             PortalBackend::new(
                 sessions.clone(),
@@ -431,6 +452,7 @@ impl Application {
             org_worker,
             sessions,
             _sqlite_owner: sqlite_owner,
+            breaker_news,
         })
     }
 
@@ -534,36 +556,14 @@ impl Application {
                 let _ = handle.await;
             });
         }
-        // Several replicas (PostgreSQL): the exchanges this one's breakers count are told to
-        // the others, whose breakers count them too.
-        if self.storage.backend_name() == "postgres" {
-            if let Some(mut news) = self.radius.health().tell_peers() {
-                let (storage, shutdown) = (self.storage.clone(), shutdown.clone());
-                tasks.spawn(async move {
-                    loop {
-                        let news = tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            news = news.recv() => match news {
-                                Some(news) => news,
-                                None => return,
-                            },
-                        };
-                        let notice = crate::storage::Notice::Breaker {
-                            addr: news.addr,
-                            secret: news.secret,
-                            answered: news.answered,
-                        };
-                        let told = tokio::time::timeout(
-                            Duration::from_secs(2),
-                            storage.announce_breaker(notice),
-                        );
-                        if !matches!(told.await, Ok(Ok(()))) {
-                            tracing::debug!(addr = %news.addr,
-                                "a RADIUS server's news could not be told to the other replicas (they count their own exchanges)");
-                        }
-                    }
-                });
-            }
+        if let Some(news) = self.breaker_news.clone() {
+            let (storage, shutdown) = (self.storage.clone(), shutdown.clone());
+            let handle = supervise::spawn(self.tasks.clone(), "breaker-news", move || {
+                tell_peers(storage.clone(), news.clone(), shutdown.clone())
+            });
+            tasks.spawn(async move {
+                let _ = handle.await;
+            });
         }
         if let Some(listener) = self.metrics_listener {
             let scrape = MetricsScrape {
@@ -973,8 +973,38 @@ async fn scrape_text(scrape: &MetricsScrape) -> String {
     scrape.metrics.render(&snapshot)
 }
 
-/// Deletes accounting history and ended sessions older than the accounting retention, and
-/// audit entries older than the audit retention, hourly.
+/// Tells the other replicas (NOTIFY) what this one's breakers count, as it happens; news that
+/// waited longer than [`crate::radius::health::PEER_NEWS_FRESH`] (the database slow or away)
+/// is dropped, not told late.
+async fn tell_peers(storage: Storage, news: BreakerNews, shutdown: CancellationToken) {
+    let mut news = news.lock().await;
+    loop {
+        let (at, told) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = news.recv() => match next {
+                Some(next) => next,
+                None => return,
+            },
+        };
+        let left = crate::radius::health::PEER_NEWS_FRESH.saturating_sub(at.elapsed());
+        if left.is_zero() {
+            continue;
+        }
+        let notice = crate::storage::Notice::Breaker {
+            addr: told.addr,
+            secret: told.secret,
+            answered: told.answered,
+        };
+        if !matches!(
+            tokio::time::timeout(left, storage.announce_breaker(notice)).await,
+            Ok(Ok(()))
+        ) {
+            tracing::debug!(addr = %told.addr,
+                "a RADIUS server's news could not be told to the other replicas in time (they count their own exchanges)");
+        }
+    }
+}
+
 /// Where other replicas' announcements go (PostgreSQL; on SQLite the task ends at once).
 #[derive(Clone)]
 struct NoticeListeners {

@@ -360,19 +360,26 @@ async fn a_replica_killed_during_a_sign_in_leaves_no_session_open() {
 /// Access-Request a silent server never answers opens that server's breaker on both, where each
 /// alone counted one. So a packet whose retries the replicas take in turns (a Stop) fails over
 /// after two unanswered exchanges, as with one replica, not after two per replica. A replica
-/// does not count its own news twice.
+/// does not count its own news, and news of one port is not taken for the other's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_count_each_others_unanswered_exchanges_with_a_server() {
-    use radius_portal::radius::{breaker::BreakerState, health::Port};
+    use radius_portal::radius::{
+        breaker::BreakerState,
+        health::{secret_fingerprint, Port, SecretKey},
+    };
     let radius = FreeRadius::start().await;
     let url = common::postgres::fresh_database().await;
-    // Takes the datagrams, never answers.
-    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr = silent.local_addr().unwrap();
+    // Take the datagrams, never answer.
+    let silent_auth = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let silent_acct = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (auth_addr, acct_addr) = (
+        silent_auth.local_addr().unwrap(),
+        silent_acct.local_addr().unwrap(),
+    );
     let config = || {
         let mut quiet = radius.server_settings("quiet", true);
-        quiet.auth_port = silent_addr.port();
-        quiet.acct_port = silent_addr.port();
+        quiet.auth_port = auth_addr.port();
+        quiet.acct_port = acct_addr.port();
         quiet.timeout = Duration::from_millis(300);
         quiet.retries = 0;
         let mut s = on_postgres(&url, &radius);
@@ -382,14 +389,19 @@ async fn replicas_count_each_others_unanswered_exchanges_with_a_server() {
     };
     let a = TestApp::spawn(&config()).await;
     let b = TestApp::spawn(&config()).await;
-    let quiet_of = |app: &TestApp| app.organizations.get("acme").unwrap().servers[0].clone();
-    let failures = |app: &TestApp| {
+    let state = |app: &TestApp, at: std::net::SocketAddr| {
         app.radius
             .health()
             .states()
             .into_iter()
-            .find(|(addr, _)| *addr == silent_addr)
+            .find(|(addr, _)| *addr == at)
             .map(|(_, state)| state)
+    };
+    let closed = |failures, peer_failures| {
+        Some(BreakerState::Closed {
+            failures,
+            peer_failures,
+        })
     };
 
     // A's sign-in: unanswered by the quiet server, accepted by the primary. B counts it.
@@ -399,14 +411,25 @@ async fn replicas_count_each_others_unanswered_exchanges_with_a_server() {
         .await;
     assert_eq!(page.path, "/session", "{}", page.body);
     wait_until("B to count A's unanswered exchange", || async {
-        failures(&b) == Some(BreakerState::Closed { failures: 1 })
+        state(&b, auth_addr) == closed(0, 1)
     })
     .await;
-    assert_eq!(
-        failures(&a),
-        Some(BreakerState::Closed { failures: 1 }),
-        "A counts its own once"
-    );
+    // News of the acct port, told after A's: once A has counted it, A has heard its own too.
+    let storage = Storage::open_postgres(&url).await.unwrap();
+    let key = SecretKey::new(storage.app_secret("breaker_news_key").await.unwrap());
+    storage
+        .announce_breaker(radius_portal::storage::Notice::Breaker {
+            addr: acct_addr,
+            secret: secret_fingerprint(&key, &Secret::new(common::SECRET)),
+            answered: false,
+        })
+        .await
+        .unwrap();
+    wait_until("A to count the acct port's news", || async {
+        state(&a, acct_addr) == closed(0, 1)
+    })
+    .await;
+    assert_eq!(state(&a, auth_addr), closed(1, 0), "A counts its own once");
 
     // B's sign-in: the second unanswered exchange opens the quiet server's breaker on both.
     let page = b
@@ -415,14 +438,18 @@ async fn replicas_count_each_others_unanswered_exchanges_with_a_server() {
         .await;
     assert_eq!(page.path, "/session", "{}", page.body);
     for (name, app) in [("A", &a), ("B", &b)] {
-        let (quiet, health) = (quiet_of(app), app.radius.health().clone());
+        let servers = app.organizations.get("acme").unwrap().servers.clone();
+        let health = app.radius.health().clone();
         wait_until(
             &format!("the quiet server to be down on {name}"),
-            || async { !health.is_up(&quiet, Port::Auth) },
+            || async { !health.is_up(&servers[0], Port::Auth) },
         )
         .await;
-        let primary = app.organizations.get("acme").unwrap().servers[1].clone();
-        assert!(health.is_up(&primary, Port::Auth), "{name}");
+        assert!(
+            health.is_up(&servers[0], Port::Acct),
+            "{name}: its other port"
+        );
+        assert!(health.is_up(&servers[1], Port::Auth), "{name}: the primary");
     }
-    drop(silent);
+    drop((silent_auth, silent_acct));
 }

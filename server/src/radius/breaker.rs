@@ -66,10 +66,13 @@ pub enum Carrier {
 /// Where a breaker stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BreakerState {
-    /// Requests flow; `failures` consecutive failures so far.
+    /// Requests flow; `failures` + `peer_failures` consecutive failures so far.
     Closed {
-        /// Consecutive failed exchanges since the last success.
+        /// Consecutive failed exchanges of this replica since its last success.
         failures: u32,
+        /// Those other replicas told of since this one's last success and since their own
+        /// last answer ([`Breaker::record_peer_failure`]; 0 with one replica).
+        peer_failures: u32,
     },
     /// No requests; waiting for a probe (or trial) to be answered.
     Open {
@@ -112,7 +115,10 @@ impl Breaker {
     pub fn new(policy: BreakerPolicy) -> Self {
         Breaker {
             policy,
-            state: BreakerState::Closed { failures: 0 },
+            state: BreakerState::Closed {
+                failures: 0,
+                peer_failures: 0,
+            },
             backoff_level: 0,
             closed_on_probation: false,
         }
@@ -144,13 +150,19 @@ impl Breaker {
     pub fn record_success(&mut self) -> bool {
         match self.state {
             BreakerState::Closed { .. } => {
-                self.state = BreakerState::Closed { failures: 0 };
+                self.state = BreakerState::Closed {
+                    failures: 0,
+                    peer_failures: 0,
+                };
                 self.backoff_level = 0;
                 self.closed_on_probation = false;
                 false
             }
             BreakerState::Trial { .. } => {
-                self.state = BreakerState::Closed { failures: 0 };
+                self.state = BreakerState::Closed {
+                    failures: 0,
+                    peer_failures: 0,
+                };
                 self.backoff_level = 0;
                 self.closed_on_probation = false;
                 true
@@ -163,23 +175,24 @@ impl Breaker {
     /// breaker. A lost trial opens it again with a longer wait.
     pub fn record_failure(&mut self, now: Instant) -> bool {
         match self.state {
-            BreakerState::Closed { failures } => {
+            BreakerState::Closed {
+                failures,
+                peer_failures,
+            } => {
                 let failures = failures.saturating_add(1);
-                if failures >= self.policy.failure_threshold.max(1) {
+                if failures.saturating_add(peer_failures) >= self.policy.failure_threshold.max(1) {
                     self.backoff_level = if self.closed_on_probation {
                         (self.backoff_level + 1).min(MAX_BACKOFF_LEVEL)
                     } else {
                         0
                     };
-                    self.closed_on_probation = false;
-                    self.state = BreakerState::Open {
-                        since: now,
-                        next_probe: now + self.probe_wait(),
-                        checked: now,
-                    };
+                    self.open(now);
                     true
                 } else {
-                    self.state = BreakerState::Closed { failures };
+                    self.state = BreakerState::Closed {
+                        failures,
+                        peer_failures,
+                    };
                     false
                 }
             }
@@ -206,24 +219,53 @@ impl Breaker {
         }
     }
 
+    fn open(&mut self, now: Instant) {
+        self.closed_on_probation = false;
+        self.state = BreakerState::Open {
+            since: now,
+            next_probe: now + self.probe_wait(),
+            checked: now,
+        };
+    }
+
     /// Another replica's exchange with the server went unanswered (several replicas on one
     /// database count each other's failures, so a packet whose retries they take in turns
-    /// fails over after `failure_threshold` of them, as with one replica). Counted like this
+    /// fails over after `failure_threshold` of them, as with one replica). Counted with this
     /// breaker's own while closed; open, or with a trial of its own out, it changes nothing
-    /// (that trial's outcome decides). Returns true when it opened the breaker.
+    /// (that trial's outcome decides). An opening it makes leaves the probes' back-off as it
+    /// is: only this replica's own failures show the server flapping. Returns true when it
+    /// opened the breaker.
     pub fn record_peer_failure(&mut self, now: Instant) -> bool {
-        match self.state {
-            BreakerState::Closed { .. } => self.record_failure(now),
-            BreakerState::Open { .. } | BreakerState::Trial { .. } => false,
+        let BreakerState::Closed {
+            failures,
+            peer_failures,
+        } = self.state
+        else {
+            return false;
+        };
+        let peer_failures = peer_failures.saturating_add(1);
+        if failures.saturating_add(peer_failures) >= self.policy.failure_threshold.max(1) {
+            self.open(now);
+            true
+        } else {
+            self.state = BreakerState::Closed {
+                failures,
+                peer_failures,
+            };
+            false
         }
     }
 
-    /// Another replica's exchange with the server was answered after failures it had
-    /// announced: while closed, the count starts again, as with this breaker's own success.
+    /// Another replica's exchange with the server was answered after failures it had told
+    /// of: while closed, the other replicas' failures count no more — this replica's own do
+    /// (a server only this one cannot reach still opens its breaker), and the back-off stays.
     /// Open, only this replica's own probe (or trial) closes it.
     pub fn record_peer_success(&mut self) {
-        if let BreakerState::Closed { .. } = self.state {
-            self.record_success();
+        if let BreakerState::Closed { failures, .. } = self.state {
+            self.state = BreakerState::Closed {
+                failures,
+                peer_failures: 0,
+            };
         }
     }
 
@@ -370,7 +412,10 @@ impl Breaker {
         if was_open {
             self.closed_on_probation = true;
         }
-        self.state = BreakerState::Closed { failures: 0 };
+        self.state = BreakerState::Closed {
+            failures: 0,
+            peer_failures: 0,
+        };
         was_open
     }
 }
@@ -402,17 +447,17 @@ mod tests {
     }
 
     #[test]
-    fn another_replicas_failures_count_while_closed_and_its_success_resets_them() {
+    fn other_replicas_failures_count_with_its_own_while_closed() {
         let now = Instant::now();
         let mut b = Breaker::new(policy());
         assert!(!b.record_failure(now));
         assert!(!b.record_peer_failure(now));
-        b.record_peer_success();
-        assert!(!b.record_peer_failure(now));
-        assert!(!b.record_failure(now));
-        assert!(
-            b.allows_request(now),
-            "the count started again at the peer's success"
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed {
+                failures: 1,
+                peer_failures: 1
+            }
         );
         assert!(
             b.record_peer_failure(now),
@@ -422,6 +467,68 @@ mod tests {
         b.record_peer_success();
         assert!(!b.allows_request(now), "only its own probe closes it");
         assert!(!b.record_peer_failure(now), "already open");
+    }
+
+    #[test]
+    fn a_peers_answer_takes_back_the_peers_failures_and_its_own_answer_all() {
+        let now = Instant::now();
+        let mut b = Breaker::new(policy());
+        b.record_failure(now);
+        b.record_peer_failure(now);
+        b.record_peer_success();
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed {
+                failures: 1,
+                peer_failures: 0
+            }
+        );
+        // A server only this replica cannot reach: the others' answers do not hold it up.
+        b.record_peer_success();
+        assert!(!b.record_failure(now));
+        b.record_peer_success();
+        assert!(b.record_failure(now), "its own third failure opens it");
+
+        let mut b = Breaker::new(policy());
+        b.record_peer_failure(now);
+        b.record_peer_failure(now);
+        b.record_success();
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed {
+                failures: 0,
+                peer_failures: 0
+            },
+            "it reached the server itself"
+        );
+    }
+
+    #[test]
+    fn an_opening_by_other_replicas_failures_does_not_lengthen_the_probes_back_off() {
+        let now = Instant::now();
+        let on_probation = || {
+            let mut b = Breaker::new(policy());
+            for _ in 0..3 {
+                b.record_failure(now);
+            }
+            assert!(b.record_probe_success());
+            b
+        };
+        let mut by_peers = on_probation();
+        for _ in 0..3 {
+            by_peers.record_peer_failure(now);
+        }
+        assert!(by_peers.is_open());
+        assert_eq!(by_peers.probe_wait(), Duration::from_secs(5));
+        let mut by_itself = on_probation();
+        for _ in 0..3 {
+            by_itself.record_failure(now);
+        }
+        assert_eq!(
+            by_itself.probe_wait(),
+            Duration::from_secs(10),
+            "its own failures right after a probe closed it: flapping"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! made with its own secret) never lock the other organizations out.
 //!
 //! Replicas on one database count each other's unanswered exchanges ([`ServerHealth::tell_peers`],
-//! [`ServerHealth::peer_missed`]): a packet whose retries they take in turns fails over after
+//! [`ServerHealth::from_peer`]): a packet whose retries they take in turns fails over after
 //! `breaker_failures` of them, as with one replica. Each replica's breaker still closes only on
 //! its own probe's (or trial's) answer.
 
@@ -94,8 +94,25 @@ pub struct ServerHealth {
     /// A server checked by Status-Server that nothing answered for this long is sent one
     /// ([`ServerHealth::with_idle_checks`]); None: never.
     idle_check: Option<Duration>,
-    /// Where this replica's breaker news goes for the others ([`ServerHealth::tell_peers`]).
-    peers: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<PeerNews>>>,
+    /// Where this replica's breaker news goes for the others, and the key that names secrets
+    /// in it ([`ServerHealth::tell_peers`]).
+    peers: Arc<std::sync::OnceLock<Peers>>,
+}
+
+struct Peers {
+    news: tokio::sync::mpsc::Sender<(Instant, PeerNews)>,
+    key: SecretKey,
+}
+
+/// The replicas' shared key for naming secrets in breaker news ([`secret_fingerprint`]).
+#[derive(Clone)]
+pub struct SecretKey([u8; 32]);
+
+impl SecretKey {
+    /// The key (`app_secrets`' `breaker_news_key`, the same in every replica).
+    pub fn new(key: [u8; 32]) -> Self {
+        SecretKey(key)
+    }
 }
 
 /// News of one server for the other replicas: an exchange with it went unanswered (counted
@@ -104,22 +121,22 @@ pub struct ServerHealth {
 pub struct PeerNews {
     /// The address the exchange went to.
     pub addr: SocketAddr,
-    /// [`secret_fingerprint`] of the secret it was signed with (replicas key breakers alike).
+    /// [`secret_fingerprint`] of the secret it was signed with.
     pub secret: u64,
     /// Answered (the count starts again), or not.
     pub answered: bool,
 }
 
-/// The same for a secret in every replica (unlike [`Target`]'s per-process key), so replicas
-/// can name a breaker to each other: the first 8 bytes of SHA-256 over a fixed label and the
-/// secret. It goes through the database's NOTIFY, where the secret itself is stored already
-/// (organizations added at run time); it is never logged.
-pub fn secret_fingerprint(secret: &crate::config::Secret) -> u64 {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::new()
-        .chain_update(b"radius-portal breaker\0")
-        .chain_update(secret.expose().as_bytes())
-        .finalize();
+/// How replicas name a secret to each other (the same in every replica, unlike [`Target`]'s
+/// per-process key): the first 8 bytes of HMAC-SHA256 of the secret under the replicas' shared
+/// key, so what goes through NOTIFY — which any login to the database can listen to — is no
+/// unkeyed hash of a secret to be guessed offline. Never logged.
+pub fn secret_fingerprint(key: &SecretKey, secret: &crate::config::Secret) -> u64 {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&key.0)
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+    mac.update(secret.expose().as_bytes());
+    let digest = mac.finalize().into_bytes();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     u64::from_be_bytes(first)
@@ -128,6 +145,10 @@ pub fn secret_fingerprint(secret: &crate::config::Secret) -> u64 {
 /// News the peers' channel holds at most: beyond, news is dropped (the breakers then count as
 /// each replica alone).
 const PEER_NEWS_QUEUE: usize = 256;
+
+/// News older than this when it could go is dropped (the database was slow or away): a peer's
+/// breaker closed by its probe since must not count an old failure as a new one.
+pub const PEER_NEWS_FRESH: Duration = Duration::from_secs(2);
 
 /// A check of an idle server ([`ServerHealth::with_idle_checks`]).
 struct Idle {
@@ -180,22 +201,28 @@ impl ServerHealth {
     }
 
     /// From now on, this replica's unanswered exchanges (and an answer after them) are told to
-    /// the other replicas through the returned receiver (PostgreSQL's NOTIFY). Once only:
-    /// None the second time.
-    pub fn tell_peers(&self) -> Option<tokio::sync::mpsc::Receiver<PeerNews>> {
-        let (tx, rx) = tokio::sync::mpsc::channel(PEER_NEWS_QUEUE);
-        self.peers.set(tx).ok().map(|()| rx)
+    /// the other replicas through the returned receiver (PostgreSQL's NOTIFY), each with when
+    /// it happened, and their news is heard ([`ServerHealth::from_peer`]); `key` names the
+    /// secrets in it. Once only: None the second time.
+    pub fn tell_peers(
+        &self,
+        key: SecretKey,
+    ) -> Option<tokio::sync::mpsc::Receiver<(Instant, PeerNews)>> {
+        let (news, rx) = tokio::sync::mpsc::channel(PEER_NEWS_QUEUE);
+        self.peers.set(Peers { news, key }).ok().map(|()| rx)
     }
 
     fn tell(&self, server: &ServerEndpoint, port: Port, answered: bool) {
         if let Some(peers) = self.peers.get() {
             let news = PeerNews {
                 addr: address(server, port),
-                secret: secret_fingerprint(&server.secret),
+                secret: secret_fingerprint(&peers.key, &server.secret),
                 answered,
             };
             // Full (the database slow to take them): this one counts here only.
-            let _ = peers.try_send(news);
+            if peers.news.try_send((Instant::now(), news)).is_err() {
+                tracing::debug!(addr = %news.addr, "a RADIUS server's news for the other replicas was dropped (too many waiting)");
+            }
         }
     }
 
@@ -204,11 +231,14 @@ impl ServerHealth {
     /// would be while its breaker is closed, an answer after such failures starts the count
     /// again. Told to nobody.
     pub fn from_peer(&self, news: PeerNews, servers: &[ServerEndpoint]) {
+        let Some(peers) = self.peers.get() else {
+            return;
+        };
         let mut seen = std::collections::HashSet::new();
         for server in servers {
             for port in [Port::Auth, Port::Acct] {
                 if address(server, port) != news.addr
-                    || secret_fingerprint(&server.secret) != news.secret
+                    || secret_fingerprint(&peers.key, &server.secret) != news.secret
                     || !seen.insert(self.target(server, port))
                 {
                     continue;
@@ -407,7 +437,7 @@ impl ServerHealth {
             e.answered_at = Some(Instant::now());
             // Failures the other replicas were told of: they start counting again too.
             let after_failures = match e.breaker.state() {
-                BreakerState::Closed { failures } if failures > 0 => e
+                BreakerState::Closed { failures, .. } if failures > 0 => e
                     .probe
                     .as_ref()
                     .map(|(server, port)| (server.clone(), *port)),
@@ -872,36 +902,51 @@ mod tests {
     }
 
     /// A replica tells the others of each unanswered exchange its closed breaker counts, and of
-    /// the answer after them (not of one with nothing to undo); what it hears counts for the
-    /// servers at that address with that secret only, and is told to nobody.
+    /// the answer after its own failures (not of one with nothing to undo); what it hears counts
+    /// for the servers at that address with that secret only, and is told to nobody.
     #[tokio::test]
     async fn replicas_tell_each_other_what_their_breakers_count() {
-        let two = || {
-            ServerHealth::new(BreakerPolicy {
+        let key = || SecretKey::new([7; 32]);
+        let replica = || {
+            let health = ServerHealth::new(BreakerPolicy {
                 failure_threshold: 2,
                 probe_interval: Duration::from_secs(3600),
-            })
+            });
+            let told = health.tell_peers(key()).unwrap();
+            (health, told)
         };
-        let (here, there) = (two(), two());
-        let mut told = here.tell_peers().unwrap();
-        assert!(here.tell_peers().is_none(), "once");
+        let ((here, mut told), (there, _)) = (replica(), replica());
+        assert!(here.tell_peers(key()).is_none(), "once");
         let primary = server("primary", 1813, "s");
         let target = here.target(&primary, Port::Acct);
         here.record_success(target, false);
         assert!(told.try_recv().is_err(), "an answer with nothing to undo");
         here.record_failure(&primary, Port::Acct);
-        let missed = told.try_recv().unwrap();
+        let (_, missed) = told.try_recv().unwrap();
         assert_eq!(
             missed,
             PeerNews {
                 addr: primary.acct_addr,
-                secret: secret_fingerprint(&primary.secret),
+                secret: secret_fingerprint(&key(), &primary.secret),
                 answered: false
             }
         );
+        assert_ne!(
+            missed.secret,
+            secret_fingerprint(&SecretKey::new([8; 32]), &primary.secret),
+            "keyed"
+        );
         here.record_success(target, false);
-        let answered = told.try_recv().unwrap();
+        let (_, answered) = told.try_recv().unwrap();
         assert!(answered.answered);
+        // Open, its exchanges count no more: nothing told.
+        here.record_failure(&primary, Port::Acct);
+        here.record_failure(&primary, Port::Acct);
+        assert!(!here.is_up(&primary, Port::Acct));
+        let _ = told.try_recv().unwrap();
+        let _ = told.try_recv().unwrap();
+        here.record_failure(&primary, Port::Acct);
+        assert!(told.try_recv().is_err(), "open: not counted, not told");
 
         // Another secret at the same address (another organization's), or another port: not
         // that breaker.
@@ -924,14 +969,20 @@ mod tests {
             "only its own probe closes it"
         );
 
-        // A peer's answer starts the count again; what a replica hears it does not tell.
-        let third = two();
-        let mut third_told = third.tell_peers().unwrap();
+        // A peer's answer takes back the peers' failures; what a replica hears it does not
+        // tell; a replica that does not take part hears nothing.
+        let (third, mut third_told) = replica();
         third.from_peer(missed, &servers);
         third.from_peer(answered, &servers);
         third.from_peer(missed, &servers);
         assert!(third.is_up(&primary, Port::Acct));
         assert!(third_told.try_recv().is_err(), "heard, not told");
+        let alone = ServerHealth::new(BreakerPolicy {
+            failure_threshold: 1,
+            probe_interval: Duration::from_secs(3600),
+        });
+        alone.from_peer(missed, &servers);
+        assert!(alone.is_up(&primary, Port::Acct));
     }
 
     /// A down server's first check after any instant is answered within one wait between
