@@ -3134,3 +3134,60 @@ async fn a_secret_fixed_while_the_server_is_down_is_probed_at_once_and_the_waiti
         .unwrap();
     app.stop().await;
 }
+
+/// An accounting server whose genuine answers are of the wrong kind — a proxy's Protocol-Error
+/// (it could not pass the request on), or an Access-Accept — has not acknowledged anything
+/// (RFC 2865 §3, RFC 2866 §4): its replies are dropped as no answer, so its breaker opens as a
+/// silent server's would and the sign-in's Start fails over to the backup, after a few
+/// transmissions rather than a flood of them and a failed sign-in.
+#[tokio::test]
+async fn an_accounting_answer_of_the_wrong_kind_is_no_answer_and_the_start_fails_over() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let radius = FreeRadius::start().await;
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counted = asked.clone();
+    let proxy = udp_front(move |front, request, from| {
+        if request[0] != Code::AccountingRequest as u8 {
+            return;
+        }
+        counted.fetch_add(1, Ordering::SeqCst);
+        let mut reply = vec![52u8, request[1], 0, 20];
+        reply.extend_from_slice(&request[4..20]);
+        let authenticator: [u8; 16] = Md5::new()
+            .chain_update(&reply)
+            .chain_update(SECRET.as_bytes())
+            .finalize()
+            .into();
+        reply[4..20].copy_from_slice(&authenticator);
+        let front = front.clone();
+        tokio::spawn(async move { front.send_to(&reply, from).await.unwrap() });
+    })
+    .await;
+    let (_dir, db) = temp_db();
+    let mut primary = radius.server_settings("primary", true);
+    primary.acct_port = proxy.port();
+    primary.timeout = Duration::from_millis(300);
+    primary.retries = 1;
+    let app = TestApp::spawn(&settings(
+        &db,
+        vec![primary, radius.server_settings("backup", true)],
+    ))
+    .await;
+
+    let page = app.browser(client(61)).login("carol", "carol-pass").await;
+
+    assert_eq!(page.path, "/session", "{}", page.body);
+    let start = radius.wait_for_acct(&["status=Start", "user=carol"]).await;
+    let sid = field(&start, "sid").to_string();
+    let session = app.storage.session_by_acct_id(&sid).await.unwrap().unwrap();
+    assert_eq!(
+        session.server_name, "backup",
+        "the Start followed the backup"
+    );
+    let sent = asked.load(Ordering::SeqCst);
+    assert!(
+        (1..=4).contains(&sent),
+        "two exchanges of two transmissions opened the breaker, not a flood: {sent}"
+    );
+    app.stop().await;
+}

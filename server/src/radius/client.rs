@@ -55,6 +55,8 @@ pub struct Reply {
 /// What a reply to one request is checked against (known once the request is built).
 #[derive(Clone)]
 struct Expectation {
+    /// The request's code: a reply of a code that does not answer it is no answer.
+    request_code: u8,
     request_authenticator: [u8; 16],
     secret: Arc<[u8]>,
     require_message_authenticator: bool,
@@ -276,6 +278,7 @@ impl RadiusClient {
         let (bytes, request_authenticator) = build(key.2)?;
         if let Some(pending) = self.lock().waiters.get_mut(&key) {
             pending.expect = Some(Expectation {
+                request_code: bytes.first().copied().unwrap_or(0),
                 request_authenticator,
                 secret: Arc::from(ex.secret),
                 require_message_authenticator: ex.require_message_authenticator,
@@ -727,7 +730,7 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
     };
     match accept_reply(
         datagram,
-        &expect.request_authenticator,
+        (expect.request_code, &expect.request_authenticator),
         &expect.secret,
         expect.require_message_authenticator,
     ) {
@@ -815,7 +818,7 @@ fn note_reply_from_elsewhere(
     for (dest, expect) in candidates {
         if accept_reply(
             datagram,
-            &expect.request_authenticator,
+            (expect.request_code, &expect.request_authenticator),
             &expect.secret,
             false,
         )
@@ -850,6 +853,7 @@ mod tests {
             (0, server, 9),
             Pending {
                 expect: Some(Expectation {
+                    request_code: 1,
                     request_authenticator: AUTHENTICATOR,
                     secret: Arc::from(&b"secret"[..]),
                     require_message_authenticator: false,

@@ -580,6 +580,49 @@ pub enum Dropped {
     MissingMessageAuthenticator,
     /// Verified but the attributes do not parse.
     Undecodable(PacketError),
+    /// Verified, but its code does not answer the request (an Access-Accept or a proxy's
+    /// Protocol-Error to an Accounting-Request): no answer to it (RFC 2865 §3, RFC 2866 §4),
+    /// so it is retransmitted, and its server fails over as a silent one.
+    NotAnAnswer {
+        /// The reply's code.
+        code: u8,
+        /// The request's.
+        request: u8,
+    },
+}
+
+/// A RADIUS code's name, for the log (its number when unknown).
+fn code_name(code: u8) -> std::borrow::Cow<'static, str> {
+    let name = match code {
+        1 => "Access-Request",
+        2 => "Access-Accept",
+        3 => "Access-Reject",
+        4 => "Accounting-Request",
+        5 => "Accounting-Response",
+        11 => "Access-Challenge",
+        12 => "Status-Server",
+        13 => "Status-Client",
+        40 => "Disconnect-Request",
+        41 => "Disconnect-ACK",
+        42 => "Disconnect-NAK",
+        43 => "CoA-Request",
+        44 => "CoA-ACK",
+        45 => "CoA-NAK",
+        52 => "Protocol-Error",
+        other => return format!("code {other}").into(),
+    };
+    format!("{name} ({code})").into()
+}
+
+/// Whether a reply of code `reply` answers a request of code `request`: Access-Accept, -Reject
+/// or -Challenge an Access-Request, Accounting-Response an Accounting-Request. A Status-Server
+/// takes any (the prober and `radius test` say what each means).
+pub fn answers(request: u8, reply: u8) -> bool {
+    match request {
+        1 => matches!(reply, 2 | 3 | 11),
+        4 => reply == 5,
+        _ => true,
+    }
 }
 
 /// What the log says of a dropped reply: a sentence, not the variant's name.
@@ -600,16 +643,30 @@ impl std::fmt::Display for Dropped {
                 f.write_str("no Message-Authenticator although the server must send one")
             }
             Dropped::Undecodable(e) => write!(f, "its attributes cannot be read: {e}"),
+            Dropped::NotAnAnswer { code, request } => {
+                write!(
+                    f,
+                    "its code, {}, does not answer an {}",
+                    code_name(*code),
+                    code_name(*request)
+                )?;
+                if *code == 52 {
+                    f.write_str(" (a proxy's Protocol-Error: it could not pass the request on)")?;
+                }
+                Ok(())
+            }
         }
     }
 }
 
-/// The whole receive-side decision for one datagram: verified (Response Authenticator,
-/// Message-Authenticator when present or required) and decoded — or why it is dropped. Total
+/// The whole receive-side decision for one datagram, a reply to a `request` (its code and
+/// Request Authenticator): verified (Response Authenticator, Message-Authenticator when present
+/// or required), of a code that answers the request ([`answers`]), and decoded — or why it is
+/// dropped. Total
 /// over any bytes: never panics (fuzzed in the tests below).
 pub fn accept_reply(
     bytes: &[u8],
-    request_authenticator: &[u8; 16],
+    (request, request_authenticator): (u8, &[u8; 16]),
     secret: &[u8],
     require_message_authenticator: bool,
 ) -> Result<(Packet, bool), Dropped> {
@@ -617,6 +674,12 @@ pub fn accept_reply(
         ReplyCheck::Verified {
             has_message_authenticator,
         } => {
+            if !answers(request, bytes[0]) {
+                return Err(Dropped::NotAnAnswer {
+                    code: bytes[0],
+                    request,
+                });
+            }
             if require_message_authenticator && !has_message_authenticator {
                 return Err(Dropped::MissingMessageAuthenticator);
             }
@@ -972,7 +1035,7 @@ mod tests {
             verify_reply(&bytes, &request_auth, SECRET),
             ReplyCheck::BadMessageAuthenticator
         );
-        assert!(accept_reply(&bytes, &request_auth, SECRET, false).is_err());
+        assert!(accept_reply(&bytes, (1, &request_auth), SECRET, false).is_err());
         assert_eq!(
             verify_request_message_authenticator(&bytes, SECRET),
             Some(false)
@@ -998,7 +1061,7 @@ mod tests {
             bytes[2..4].copy_from_slice(&len.to_be_bytes());
             let authenticator = md5(&[&bytes[..4], &request_auth, &bytes[HEADER..], SECRET]);
             bytes[4..HEADER].copy_from_slice(&authenticator);
-            let why = accept_reply(&bytes, &request_auth, SECRET, false).expect_err("dropped");
+            let why = accept_reply(&bytes, (1, &request_auth), SECRET, false).expect_err("dropped");
             assert!(matches!(why, Dropped::Undecodable(_)), "{broken:?}: {why}");
             assert!(!why.to_string().contains("shared secret"), "{why}");
         }
@@ -1030,7 +1093,7 @@ mod tests {
             ReplyCheck::BadResponseAuthenticator
         );
         // The log says why in words (it used to print `Check(BadResponseAuthenticator)`).
-        let why = accept_reply(&bytes, &request_auth, b"other", true).expect_err("dropped");
+        let why = accept_reply(&bytes, (1, &request_auth), b"other", true).expect_err("dropped");
         assert!(why.to_string().contains("another shared secret"), "{why}");
     }
 
@@ -1061,6 +1124,64 @@ mod tests {
         );
     }
 
+    /// A genuine reply whose code does not answer the request is no answer: an Access-Accept
+    /// or a proxy's Protocol-Error to an Accounting-Request, an Accounting-Response to an
+    /// Access-Request; the log names both codes.
+    #[test]
+    fn a_signed_reply_of_the_wrong_kind_is_no_answer() {
+        let request_auth = [4u8; 16];
+        let request = Packet::new(Code::AccountingRequest, 1, request_auth, SECRET);
+        let reply = |code: Code| encode_response(&request.reply(code)).expect("encodes");
+        let accounting = (Code::AccountingRequest as u8, &request_auth);
+        assert!(accept_reply(&reply(Code::AccountingResponse), accounting, SECRET, false).is_ok());
+        let why = accept_reply(&reply(Code::AccessAccept), accounting, SECRET, false)
+            .map(|_| ())
+            .expect_err("dropped");
+        assert_eq!(
+            why,
+            Dropped::NotAnAnswer {
+                code: 2,
+                request: 4
+            }
+        );
+        assert_eq!(
+            why.to_string(),
+            "its code, Access-Accept (2), does not answer an Accounting-Request (4)"
+        );
+        let mut protocol_error = reply(Code::AccountingResponse);
+        protocol_error[0] = 52;
+        let authenticator = md5(&[
+            &protocol_error[..4],
+            &request_auth,
+            &protocol_error[HEADER..],
+            SECRET,
+        ]);
+        protocol_error[4..HEADER].copy_from_slice(&authenticator);
+        let why = accept_reply(&protocol_error, accounting, SECRET, false)
+            .map(|_| ())
+            .expect_err("dropped");
+        assert!(
+            why.to_string().contains("Protocol-Error (52)")
+                && why.to_string().contains("could not pass the request on"),
+            "{why}"
+        );
+        let access = (Code::AccessRequest as u8, &request_auth);
+        for answer in [
+            Code::AccessAccept,
+            Code::AccessReject,
+            Code::AccessChallenge,
+        ] {
+            assert!(
+                accept_reply(&reply(answer), access, SECRET, false).is_ok(),
+                "{answer:?}"
+            );
+        }
+        assert!(accept_reply(&reply(Code::AccountingResponse), access, SECRET, false).is_err());
+        let status = (Code::StatusServer as u8, &request_auth);
+        assert!(accept_reply(&reply(Code::AccountingResponse), status, SECRET, false).is_ok());
+        assert!(accept_reply(&reply(Code::AccessAccept), status, SECRET, false).is_ok());
+    }
+
     #[test]
     fn accept_reply_requires_message_authenticator_only_when_asked() {
         let request_auth = [3u8; 16];
@@ -1068,14 +1189,14 @@ mod tests {
         let mut plain = request.reply(Code::AccessAccept);
         plain.push(attr::CLASS, b"c");
         let bytes = encode_response(&plain).expect("encodes");
-        assert!(accept_reply(&bytes, &request_auth, SECRET, false).is_ok());
+        assert!(accept_reply(&bytes, (1, &request_auth), SECRET, false).is_ok());
         assert_eq!(
-            accept_reply(&bytes, &request_auth, SECRET, true).map(|_| ()),
+            accept_reply(&bytes, (1, &request_auth), SECRET, true).map(|_| ()),
             Err(Dropped::MissingMessageAuthenticator)
         );
         let signed = signed_reply(&request_auth);
         let (packet, has_ma) =
-            accept_reply(&signed, &request_auth, SECRET, true).expect("signed reply accepted");
+            accept_reply(&signed, (1, &request_auth), SECRET, true).expect("signed reply accepted");
         assert!(has_ma);
         assert_eq!(packet.get(attr::CLASS), Some(b"class".to_vec()));
     }
@@ -1098,8 +1219,9 @@ mod tests {
             /// Any datagram at all: every receive-side function returns, none panics.
             #[test]
             fn any_datagram_is_handled(bytes in proptest::collection::vec(any::<u8>(), 0..700),
-                                       auth in any::<[u8; 16]>(), require in any::<bool>()) {
-                let _ = accept_reply(&bytes, &auth, SECRET, require);
+                                       auth in any::<[u8; 16]>(), require in any::<bool>(),
+                                       request in any::<u8>()) {
+                let _ = accept_reply(&bytes, (request, &auth), SECRET, require);
                 if let Ok(p) = Packet::decode(&bytes, SECRET) {
                     let _ = p.user_password();
                     let _ = p.get_u32(attr::SESSION_TIMEOUT);
@@ -1123,7 +1245,7 @@ mod tests {
                     bytes[at] = value;
                 }
                 bytes.truncate(bytes.len().saturating_sub(cut % 8));
-                if let Ok((packet, _)) = accept_reply(&bytes, &request_auth, SECRET, true) {
+                if let Ok((packet, _)) = accept_reply(&bytes, (1, &request_auth), SECRET, true) {
                     // Only edits that changed nothing the checks cover can pass.
                     let decoded = Packet::decode(&genuine, SECRET).expect("genuine decodes");
                     prop_assert_eq!(packet.get_all(attr::CLASS), decoded.get_all(attr::CLASS));
