@@ -68,7 +68,12 @@ async fn main() -> anyhow::Result<()> {
         only_get: args.get,
     })
     .await?;
-    println!("{report}");
+    // A reader that stopped reading (`| head -1`) ends the report, not the program with a
+    // panic.
+    {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), "{report}");
+    }
     if args.strict && report.failed() > 0 {
         std::process::exit(1);
     }

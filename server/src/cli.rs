@@ -156,7 +156,7 @@ pub async fn main() -> std::process::ExitCode {
                 std::process::ExitCode::from(2)
             }
             None => {
-                eprintln!("error: {}", crate::portal_backend::error_chain(e.as_ref()));
+                crate::telemetry::fatal(&crate::portal_backend::error_chain(e.as_ref()));
                 std::process::ExitCode::FAILURE
             }
         },
@@ -976,6 +976,10 @@ fn survive_file_size_limits() {
 }
 
 async fn serve(settings: &Settings, options: LeptosOptions, demo: bool) -> anyhow::Result<()> {
+    // SIGHUP never ends the portal, also while it starts (waiting for the SQLite database's
+    // lock, for PostgreSQL): its default action is replaced now, for the process's life (the
+    // serving portal's own handler then reloads the certificate).
+    let _hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     survive_file_size_limits();
     let app = Application::build(settings, options, demo).await?;
     let addr = app.local_addr();

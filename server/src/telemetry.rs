@@ -71,10 +71,28 @@ pub fn init(settings: &LogSettings) {
         // stderr: the task that logged would die (a request, expiry, the SIGTERM handler).
         .log_internal_errors(false);
     let _ = if settings.format == "json" {
-        builder.json().try_init()
+        let done = builder.json().try_init();
+        if done.is_ok() {
+            JSON.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        done
     } else {
         builder.try_init()
     };
+}
+
+/// The log is JSON ([`init`] with `format = "json"`).
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The error that ends the process, said last: as a log line (`error` level) when the log is
+/// JSON, so a collector that reads only JSON gets the one line that says why the portal stopped
+/// (a crash loop's cause); else as `error: …` on stderr.
+pub fn fatal(text: &str) {
+    if JSON.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::error!(target: "radius_portal", "{text}");
+    } else {
+        crate::eprint_line!("error: {text}");
+    }
 }
 
 /// Log lines that could not be written (stderr a full disk, a pipe nobody reads any more):

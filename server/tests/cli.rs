@@ -1439,3 +1439,169 @@ fn a_disable_the_file_undoes_at_the_next_start_is_said() {
     let stderr = run(&enabling, &["check-config"]);
     assert!(stderr.contains(said), "{stderr}");
 }
+
+/// An operator command on PostgreSQL with only one connection slot left for it (its role's
+/// `CONNECTION LIMIT 1` here; in production, replicas holding the others) does its work on that
+/// one, or waits for another as long as it waits for a first one (70 s): it does not fail
+/// after a request's 5 s because it asked for a second connection.
+#[tokio::test]
+async fn an_operator_command_works_with_one_postgresql_connection_slot() {
+    let url = common::postgres::fresh_database().await;
+    let storage = radius_portal::storage::Storage::open_postgres(&url)
+        .await
+        .unwrap();
+    drop(storage);
+    let (head, database) = url.rsplit_once('/').unwrap();
+    let port = head.rsplit_once(':').unwrap().1;
+    let role = format!("one_slot_{database}");
+    {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+        for statement in [
+            format!("CREATE ROLE {role} LOGIN CONNECTION LIMIT 1"),
+            format!("GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}"),
+            format!("GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}"),
+        ] {
+            sqlx::query(&statement).execute(&mut admin).await.unwrap();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("operator.toml");
+    std::fs::write(
+        &path,
+        format!("[database]\nurl = \"postgres://{role}@127.0.0.1:{port}/{database}\"\n"),
+    )
+    .unwrap();
+    let path = path.to_str().unwrap();
+    for args in [
+        vec!["org", "list"],
+        vec!["session", "list"],
+        vec!["accounting", "backlog"],
+    ] {
+        let started = std::time::Instant::now();
+        let output = portal(&[&["--config", path][..], &args[..]].concat())
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        assert!(
+            output.status.success(),
+            "{args:?} after {:?}: {stdout}{stderr}",
+            started.elapsed()
+        );
+    }
+}
+
+/// SIGHUP never ends the portal, also while it starts: here while it waits for the SQLite
+/// database's lock (another portal was stopping), after which it serves.
+#[tokio::test]
+async fn a_sighup_while_the_portal_starts_does_not_end_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("portal.db");
+    let lock_path = dir.path().join("portal.db.lock");
+    let held = std::fs::File::create(&lock_path).unwrap();
+    held.lock().unwrap();
+    let port = common::free_port();
+    let config = dir.path().join("portal.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n[database]\npath = \"{}\"\n\
+             [[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
+             [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\nsecret = \"{SECRET}\"\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let mut child = portal(&["--config", config.to_str().unwrap(), "serve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // It waits for the lock once it holds the lock file open.
+    common::wait_until("the portal to wait for the database's lock", || async {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|to| to == lock_path))
+    })
+    .await;
+    let hang_up = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(hang_up.success());
+    drop(held);
+    let health = format!("http://127.0.0.1:{port}/healthz");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            panic!("the portal ended ({status}): {stderr}");
+        }
+        if reqwest::get(&health).await.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for the portal to serve"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let stop = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(stop.success());
+    assert!(child.wait().unwrap().success());
+}
+
+/// With `[log] format = "json"`, the error a start-up ends with (its address taken, here) is a
+/// JSON log line like the rest: a collector reading JSON gets the one line that says why.
+#[test]
+fn a_failed_start_says_why_in_json_when_the_log_is_json() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portal.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nformat = \"json\"\n[database]\npath = \"{}\"\n\
+             [[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
+             [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\nsecret = \"{SECRET}\"\n",
+            dir.path().join("portal.db").display()
+        ),
+    )
+    .unwrap();
+    let output = portal(&["--config", config.to_str().unwrap(), "serve"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let last = lines.last().expect("a line");
+    assert_eq!(last["level"], "ERROR", "{stderr}");
+    assert!(
+        last["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&port.to_string())),
+        "{stderr}"
+    );
+    drop(taken);
+}

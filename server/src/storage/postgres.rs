@@ -549,7 +549,7 @@ impl PgStore {
     /// [`operator_waits`]).
     pub async fn open_for(url: &str, serving: bool) -> Result<PgStore, StorageError> {
         operator_waits(serving, || async {
-            let store = Self::connect(url, serving).await?;
+            let store = Self::connect(url, serving, REQUEST_CONNECTIONS).await?;
             sqlx::migrate!("./migrations/postgres")
                 .run(store.pool())
                 .await
@@ -589,7 +589,10 @@ impl PgStore {
     async fn connect_reading_migrations(
         url: &str,
     ) -> Result<(PgStore, Vec<(i64, bool, Vec<u8>)>), StorageError> {
-        let store = operator_waits(false, || Self::connect(url, false)).await?;
+        // An operator command makes one request at a time: one connection, so it works when the
+        // replicas leave a single slot free (a second one would be asked for while the first
+        // is on its way back to the pool, and fail the command after the acquire's 5 s).
+        let store = operator_waits(false, || Self::connect(url, false, 1)).await?;
         let applied = match sqlx::query_as(super::APPLIED_MIGRATIONS)
             .fetch_all(store.pool())
             .await
@@ -601,7 +604,8 @@ impl PgStore {
         Ok((store, applied))
     }
 
-    async fn connect(url: &str, serving: bool) -> Result<PgStore, StorageError> {
+    /// The pools on `url`; `requests`: the requests' pool's connections at most.
+    async fn connect(url: &str, serving: bool, requests: u32) -> Result<PgStore, StorageError> {
         // A replica cut off in the middle of a transaction must not hold its locks (a login's
         // hold on its organization row, claims, due sessions) for the kernel's two-hour TCP
         // time-out: the server ends the transaction after 30 s idle, and probes the connection.
@@ -623,7 +627,7 @@ impl PgStore {
         // thousands under load. [`PgStore::guarded`] says it once in a while instead.
         let pool = PgPoolOptions::new()
             .acquire_slow_level(log::LevelFilter::Off)
-            .max_connections(REQUEST_CONNECTIONS)
+            .max_connections(requests)
             .max_lifetime(REQUEST_LIFETIME)
             .acquire_timeout(REQUEST_ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
