@@ -976,10 +976,6 @@ fn survive_file_size_limits() {
 }
 
 async fn serve(settings: &Settings, options: LeptosOptions, demo: bool) -> anyhow::Result<()> {
-    // SIGHUP never ends the portal, also while it starts (waiting for the SQLite database's
-    // lock, for PostgreSQL): its default action is replaced now, for the process's life (the
-    // serving portal's own handler then reloads the certificate).
-    let _hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     survive_file_size_limits();
     let app = Application::build(settings, options, demo).await?;
     let addr = app.local_addr();

@@ -69,6 +69,8 @@ pub struct Application {
     _sqlite_owner: Option<std::fs::File>,
     /// PostgreSQL: what this replica's breakers count, for the others ([`tell_peers`]).
     breaker_news: Option<BreakerNews>,
+    /// SIGHUP, watched since the start of [`Application::build`].
+    hangups: crate::http::tls::Hangups,
 }
 
 /// This replica's breaker news on its way to the others (a supervised task restarted after a
@@ -190,6 +192,9 @@ impl Application {
         leptos_options: LeptosOptions,
         demo: bool,
     ) -> anyhow::Result<Application> {
+        // SIGHUP never ends the portal, also while it starts (waiting for the SQLite database's
+        // lock, for PostgreSQL); one that comes now reloads the certificate once it serves.
+        let hangups = crate::http::tls::Hangups::watch();
         let sqlite_owner = match settings.database.url {
             None => Some(own_sqlite_database(&settings.database.path).await?),
             Some(_) => None,
@@ -453,6 +458,7 @@ impl Application {
             sessions,
             _sqlite_owner: sqlite_owner,
             breaker_news,
+            hangups,
         })
     }
 
@@ -618,6 +624,7 @@ impl Application {
         tasks.spawn(crate::http::tls::reload_on_sighup(
             self.tls.clone(),
             shutdown.clone(),
+            self.hangups,
         ));
         match self.tls {
             Some((files, current)) => {
@@ -1065,6 +1072,8 @@ impl NoticeListeners {
     }
 }
 
+/// Deletes accounting history and ended sessions older than the accounting retention, and
+/// audit entries older than the audit retention, hourly.
 async fn prune_loop(
     storage: Storage,
     (retention, audit_retention): (Duration, Duration),

@@ -88,7 +88,9 @@ static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(
 /// JSON, so a collector that reads only JSON gets the one line that says why the portal stopped
 /// (a crash loop's cause); else as `error: …` on stderr.
 pub fn fatal(text: &str) {
-    if JSON.load(std::sync::atomic::Ordering::Relaxed) {
+    if JSON.load(std::sync::atomic::Ordering::Relaxed)
+        && tracing::enabled!(target: "radius_portal", tracing::Level::ERROR)
+    {
         tracing::error!(target: "radius_portal", "{text}");
     } else {
         crate::eprint_line!("error: {text}");

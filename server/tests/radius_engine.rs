@@ -3135,23 +3135,26 @@ async fn a_secret_fixed_while_the_server_is_down_is_probed_at_once_and_the_waiti
     app.stop().await;
 }
 
-/// An accounting server whose genuine answers are of the wrong kind — a proxy's Protocol-Error
-/// (it could not pass the request on), or an Access-Accept — has not acknowledged anything
-/// (RFC 2865 §3, RFC 2866 §4): its replies are dropped as no answer, so its breaker opens as a
-/// silent server's would and the sign-in's Start fails over to the backup, after a few
-/// transmissions rather than a flood of them and a failed sign-in.
+/// A server whose genuine answers are of the wrong kind — a proxy's Protocol-Error to an
+/// Accounting-Request (it could not pass it on), an Accounting-Response to an Access-Request —
+/// has not answered (RFC 2865 §3, RFC 2866 §4), and will not: each exchange ends at its first
+/// such reply as that server's failure (no retransmission), the sign-in goes on to the backup at
+/// once, and its Start fails over once the accounting port's breaker opens — after a few
+/// packets, not a flood of them and a failed sign-in.
 #[tokio::test]
-async fn an_accounting_answer_of_the_wrong_kind_is_no_answer_and_the_start_fails_over() {
+async fn a_reply_of_the_wrong_kind_is_no_answer_and_the_request_fails_over() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let radius = FreeRadius::start().await;
-    let asked = Arc::new(AtomicUsize::new(0));
+    let asked = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
     let counted = asked.clone();
     let proxy = udp_front(move |front, request, from| {
-        if request[0] != Code::AccountingRequest as u8 {
-            return;
-        }
-        counted.fetch_add(1, Ordering::SeqCst);
-        let mut reply = vec![52u8, request[1], 0, 20];
+        let (kind, code) = match request[0] {
+            1 => (0, Code::AccountingResponse as u8),
+            4 => (1, 52),
+            _ => return,
+        };
+        counted[kind].fetch_add(1, Ordering::SeqCst);
+        let mut reply = vec![code, request[1], 0, 20];
         reply.extend_from_slice(&request[4..20]);
         let authenticator: [u8; 16] = Md5::new()
             .chain_update(&reply)
@@ -3164,30 +3167,50 @@ async fn an_accounting_answer_of_the_wrong_kind_is_no_answer_and_the_start_fails
     })
     .await;
     let (_dir, db) = temp_db();
-    let mut primary = radius.server_settings("primary", true);
-    primary.acct_port = proxy.port();
-    primary.timeout = Duration::from_millis(300);
-    primary.retries = 1;
-    let app = TestApp::spawn(&settings(
+    // `proxy` answers the first server's Access-Requests and the second's accounting.
+    let mut odd_auth = radius.server_settings("odd-auth", true);
+    odd_auth.auth_port = proxy.port();
+    odd_auth.retries = 2;
+    let mut odd_acct = radius.server_settings("odd-acct", true);
+    odd_acct.acct_port = proxy.port();
+    odd_acct.retries = 2;
+    let mut config = settings(
         &db,
-        vec![primary, radius.server_settings("backup", true)],
-    ))
-    .await;
+        vec![odd_auth, odd_acct, radius.server_settings("backup", true)],
+    );
+    config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    let app = TestApp::spawn(&config).await;
 
     let page = app.browser(client(61)).login("carol", "carol-pass").await;
 
     assert_eq!(page.path, "/session", "{}", page.body);
+    assert_eq!(
+        asked[0].load(Ordering::SeqCst),
+        1,
+        "the Access-Request was not sent again to a server that answered it wrongly"
+    );
     let start = radius.wait_for_acct(&["status=Start", "user=carol"]).await;
     let sid = field(&start, "sid").to_string();
     let session = app.storage.session_by_acct_id(&sid).await.unwrap().unwrap();
-    assert_eq!(
-        session.server_name, "backup",
-        "the Start followed the backup"
+    assert_ne!(
+        session.server_name, "odd-acct",
+        "the Start followed a server that acknowledged it"
     );
-    let sent = asked.load(Ordering::SeqCst);
+    let sent = asked[1].load(Ordering::SeqCst);
     assert!(
-        (1..=4).contains(&sent),
-        "two exchanges of two transmissions opened the breaker, not a flood: {sent}"
+        (1..=3).contains(&sent),
+        "an Accounting-Request per exchange until the breaker opened, not a flood: {sent}"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", app.metrics_addr.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"port="acct",result="not_an_answer""#)
+            && metrics.contains(r#"port="auth",result="not_an_answer""#),
+        "{metrics}"
     );
     app.stop().await;
 }

@@ -269,15 +269,36 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-/// Reloads the certificate and key (when serving HTTPS) on every SIGHUP until `shutdown`. The
-/// signal is watched from the call on (before the returned future first runs), so a SIGHUP
-/// right after start-up cannot end the process.
+/// SIGHUP, watched from [`Hangups::watch`] on: from then on it never ends the process (its
+/// default action), and one that comes before the portal serves is not lost for
+/// [`reload_on_sighup`].
+pub struct Hangups(
+    #[cfg(unix)] std::io::Result<tokio::signal::unix::Signal>,
+    #[cfg(not(unix))] (),
+);
+
+impl Hangups {
+    /// Watches SIGHUP from now on (a start-up's first step: while it waits for the database, a
+    /// SIGHUP must not end it).
+    pub fn watch() -> Self {
+        #[cfg(unix)]
+        return Hangups(tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        ));
+        #[cfg(not(unix))]
+        Hangups(())
+    }
+}
+
+/// Reloads the certificate and key (when serving HTTPS) on every SIGHUP `hangups` sees until
+/// `shutdown`.
 pub fn reload_on_sighup(
     tls: Option<(TlsSettings, CurrentConfig)>,
     shutdown: CancellationToken,
+    hangups: Hangups,
 ) -> impl std::future::Future<Output = ()> + Send {
     #[cfg(unix)]
-    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    let Hangups(hangups) = hangups;
     async move {
         #[cfg(unix)]
         {

@@ -108,7 +108,16 @@ pub struct Breaker {
     backoff_level: u32,
     /// Closed by a probe or trial, and no ordinary request has succeeded since.
     closed_on_probation: bool,
+    /// When another replica's failure was last counted: older than [`PEER_FAILURES_KEPT`],
+    /// the peers' failures count no more (a replica whose next answer would have taken them
+    /// back may have gone quiet, or closed its breaker by a probe, which it tells no one).
+    peer_failed_at: Option<Instant>,
 }
+
+/// How long other replicas' failures count after the last of them: long enough for a Stop's
+/// retries that replicas take in turns (their backoff starts at a second), short enough that
+/// stray losses an hour apart at different replicas never add up to an opening.
+pub const PEER_FAILURES_KEPT: Duration = Duration::from_secs(60);
 
 impl Breaker {
     /// A closed breaker.
@@ -121,6 +130,7 @@ impl Breaker {
             },
             backoff_level: 0,
             closed_on_probation: false,
+            peer_failed_at: None,
         }
     }
 
@@ -175,10 +185,8 @@ impl Breaker {
     /// breaker. A lost trial opens it again with a longer wait.
     pub fn record_failure(&mut self, now: Instant) -> bool {
         match self.state {
-            BreakerState::Closed {
-                failures,
-                peer_failures,
-            } => {
+            BreakerState::Closed { failures, .. } => {
+                let peer_failures = self.peer_failures_now(now);
                 let failures = failures.saturating_add(1);
                 if failures.saturating_add(peer_failures) >= self.policy.failure_threshold.max(1) {
                     self.backoff_level = if self.closed_on_probation {
@@ -219,6 +227,18 @@ impl Breaker {
         }
     }
 
+    /// The peers' failures that still count at `now` ([`PEER_FAILURES_KEPT`]).
+    fn peer_failures_now(&self, now: Instant) -> u32 {
+        match (self.state, self.peer_failed_at) {
+            (BreakerState::Closed { peer_failures, .. }, Some(at))
+                if now.saturating_duration_since(at) < PEER_FAILURES_KEPT =>
+            {
+                peer_failures
+            }
+            _ => 0,
+        }
+    }
+
     fn open(&mut self, now: Instant) {
         self.closed_on_probation = false;
         self.state = BreakerState::Open {
@@ -236,14 +256,11 @@ impl Breaker {
     /// is: only this replica's own failures show the server flapping. Returns true when it
     /// opened the breaker.
     pub fn record_peer_failure(&mut self, now: Instant) -> bool {
-        let BreakerState::Closed {
-            failures,
-            peer_failures,
-        } = self.state
-        else {
+        let BreakerState::Closed { failures, .. } = self.state else {
             return false;
         };
-        let peer_failures = peer_failures.saturating_add(1);
+        let peer_failures = self.peer_failures_now(now).saturating_add(1);
+        self.peer_failed_at = Some(now);
         if failures.saturating_add(peer_failures) >= self.policy.failure_threshold.max(1) {
             self.open(now);
             true
@@ -500,6 +517,33 @@ mod tests {
                 peer_failures: 0
             },
             "it reached the server itself"
+        );
+    }
+
+    #[test]
+    fn other_replicas_failures_count_for_a_minute_after_the_last() {
+        let now = Instant::now();
+        let peers_twice = || {
+            let mut b = Breaker::new(policy());
+            b.record_peer_failure(now);
+            b.record_peer_failure(now);
+            b
+        };
+        let mut soon = peers_twice();
+        assert!(soon.record_failure(now + PEER_FAILURES_KEPT - Duration::from_secs(1)));
+        let mut later = peers_twice();
+        assert!(!later.record_failure(now + PEER_FAILURES_KEPT));
+        assert_eq!(
+            later.state(),
+            BreakerState::Closed {
+                failures: 1,
+                peer_failures: 0
+            }
+        );
+        let mut by_peers = peers_twice();
+        assert!(
+            !by_peers.record_peer_failure(now + PEER_FAILURES_KEPT),
+            "a new one starts the peers' count again"
         );
     }
 

@@ -83,8 +83,19 @@ struct Pending {
     refusals: u32,
 }
 
-/// What ends a request's wait: its reply, or an ICMP error saying it cannot arrive.
-type Answer = Result<Reply, Refusal>;
+/// What ends a request's wait: its reply, an ICMP error saying it cannot arrive, or a genuine
+/// reply that does not answer it.
+type Answer = Result<Reply, Ended>;
+
+/// A request's wait ended without its answer.
+#[derive(Debug)]
+enum Ended {
+    /// An ICMP error quoting it.
+    Refused(Refusal),
+    /// A reply signed with the secret whose code does not answer the request (a proxy's
+    /// Protocol-Error): the server will not answer it otherwise, so retransmitting is no use.
+    NotAnAnswer(String),
+}
 
 /// An ICMP destination unreachable that ended a request.
 #[derive(Debug)]
@@ -305,12 +316,13 @@ impl RadiusClient {
                 Ok(Ok(Ok(reply))) => return Ok(reply),
                 // Nothing listens there, or no route: no retransmission can be answered. Refused
                 // at its first send by the destination itself, the request never arrived.
-                Ok(Ok(Err(refusal))) => {
+                Ok(Ok(Err(Ended::Refused(refusal)))) => {
                     return Err(RadiusError::Unreachable {
                         error: refusal.error,
                         maybe_received: attempt > 0 || !refusal.by_destination,
                     })
                 }
+                Ok(Ok(Err(Ended::NotAnAnswer(why)))) => return Err(RadiusError::NotAnAnswer(why)),
                 // The sender is dropped only with the registration: cannot happen while we wait.
                 Ok(Err(_)) => break,
                 Err(_) => {} // timed out: retransmit
@@ -658,10 +670,10 @@ fn handle_icmp(shared: &Shared, index: usize, icmp: &IcmpError) {
         return;
     }
     if let Some(tx) = pending.reply.take() {
-        let _ = tx.send(Err(Refusal {
+        let _ = tx.send(Err(Ended::Refused(Refusal {
             error: std::io::Error::from(icmp.error),
             by_destination: icmp.port_closed_at_destination,
-        }));
+        })));
     }
 }
 
@@ -752,6 +764,21 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
                 None => tracing::debug!(%from, id, "duplicate reply dropped"),
             }
         }
+        // Genuine (only a holder of the secret signs one), but of the wrong kind: the request
+        // ends now, as the server's failure (a forger could not have sent it).
+        Err(why @ Dropped::NotAnAnswer { .. }) => {
+            let sender = shared
+                .inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .waiters
+                .get_mut(&key)
+                .and_then(|p| p.reply.take());
+            if let Some(tx) = sender {
+                let _ = tx.send(Err(Ended::NotAnAnswer(why.to_string())));
+            }
+            drop_it(&why, DropCause::FromServer)
+        }
         Err(why) => {
             // The request ends as a timeout all the same (a forger must not end it), but says
             // why: the operator learns of the missing Message-Authenticator or of the secret,
@@ -816,14 +843,13 @@ fn note_reply_from_elsewhere(
             .collect()
     };
     for (dest, expect) in candidates {
-        if accept_reply(
+        // Signed with the secret (of whatever kind): the server's.
+        if let Err(Dropped::Check(_)) = accept_reply(
             datagram,
             (expect.request_code, &expect.request_authenticator),
             &expect.secret,
             false,
-        )
-        .is_err()
-        {
+        ) {
             continue;
         }
         let mut inner = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -928,7 +954,9 @@ mod tests {
             &port_unreachable(server, &header(9, AUTHENTICATOR)),
         );
         let answer = rx.try_recv().expect("ended");
-        let refusal = answer.expect_err("an error, not a reply");
+        let Err(Ended::Refused(refusal)) = answer else {
+            panic!("a refusal, not {answer:?}");
+        };
         assert_eq!(refusal.error.raw_os_error(), Some(nix::libc::ECONNREFUSED));
         assert!(refusal.by_destination);
 

@@ -64,6 +64,12 @@ pub enum RadiusError {
         /// address) at its first send, or at every transmission, so the request never arrived.
         maybe_received: bool,
     },
+    /// The server answered with a reply signed with the secret whose code does not answer the
+    /// request (a proxy's Protocol-Error: it could not pass the request on; an Access-Accept
+    /// to an Accounting-Request): no answer to it (RFC 2865 §3), and none will come — a failure
+    /// of this server for failover and the breaker, known at once. The text says which code.
+    #[error("the RADIUS server's reply does not answer the request: {0}")]
+    NotAnAnswer(String),
     /// The request could not be encoded (attribute too long): a bug or bad input; give up.
     #[error("RADIUS request could not be encoded")]
     Encode(#[source] PacketError),
@@ -551,6 +557,7 @@ impl Radius {
             Err(RadiusError::UnsignedReply) => "unsigned",
             Err(e) if e.is_no_answer() => "timeout",
             Err(RadiusError::Unreachable { .. }) => "unreachable",
+            Err(RadiusError::NotAnAnswer(_)) => "not_an_answer",
             Err(_) => "error",
         };
         let port_name = match port {
@@ -575,7 +582,10 @@ impl Radius {
             Err(RadiusError::UnsignedReply) => self
                 .health
                 .record_success(self.health.target(server, port), false),
-            Err(e) if e.is_server_silent() || matches!(e, RadiusError::Io(_)) => {
+            Err(e)
+                if e.is_server_silent()
+                    || matches!(e, RadiusError::Io(_) | RadiusError::NotAnAnswer(_)) =>
+            {
                 self.health.record_failure(server, port)
             }
             Err(_) => {}

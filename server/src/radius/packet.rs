@@ -582,7 +582,7 @@ pub enum Dropped {
     Undecodable(PacketError),
     /// Verified, but its code does not answer the request (an Access-Accept or a proxy's
     /// Protocol-Error to an Accounting-Request): no answer to it (RFC 2865 §3, RFC 2866 §4),
-    /// so it is retransmitted, and its server fails over as a silent one.
+    /// and none will come — the request ends as its server's failure.
     NotAnAnswer {
         /// The reply's code.
         code: u8,
