@@ -2206,12 +2206,7 @@ async fn metrics_keep_the_start_up_values_when_the_database_is_away_before_the_f
         .body
         .contains("ok"));
     relay.cut().await;
-    let text = reqwest::get(format!("http://{}/metrics", app.metrics_addr.unwrap()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     for expected in [
         "portal_database_up 0",
         r#"portal_active_sessions{organization="acme"} 0"#,

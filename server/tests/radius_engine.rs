@@ -1122,12 +1122,7 @@ async fn an_idle_dead_backup_is_found_down_before_a_failover_needs_it() {
     })
     .await;
     assert!(health.is_up(&servers[0], Port::Auth) && health.is_up(&servers[0], Port::Acct));
-    let metrics = reqwest::get(format!("http://{}/metrics", app.metrics_addr.unwrap()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     let dead = SocketAddr::from((Ipv4Addr::LOCALHOST, silent_port));
     assert!(
         metrics.contains(&format!(
@@ -1259,12 +1254,7 @@ async fn readiness_fails_while_every_server_is_open_circuit_and_recovers() {
     let answer = ready().await;
     assert_eq!(answer.status(), 503);
     assert!(answer.text().await.unwrap().contains("breakers open"));
-    let metrics = reqwest::get(format!("http://{}/metrics", app.metrics_addr.unwrap()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains(&format!(
             "portal_radius_breaker_state{{address=\"{addr}\"}} 1"
@@ -3201,12 +3191,7 @@ async fn a_reply_of_the_wrong_kind_is_no_answer_and_the_request_fails_over() {
         (1..=3).contains(&sent),
         "an Accounting-Request per exchange until the breaker opened, not a flood: {sent}"
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", app.metrics_addr.unwrap()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains(r#"port="acct",result="not_an_answer""#)
             && metrics.contains(r#"port="auth",result="not_an_answer""#),

@@ -747,13 +747,7 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
         expect.require_message_authenticator,
     ) {
         Ok((packet, has_message_authenticator)) => {
-            let sender = shared
-                .inner
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .waiters
-                .get_mut(&key)
-                .and_then(|p| p.reply.take());
+            let sender = take_waiter(shared, key);
             match sender {
                 Some(tx) => {
                     let _ = tx.send(Ok(Reply {
@@ -767,13 +761,7 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
         // Genuine (only a holder of the secret signs one), but of the wrong kind: the request
         // ends now, as the server's failure (a forger could not have sent it).
         Err(why @ Dropped::NotAnAnswer { .. }) => {
-            let sender = shared
-                .inner
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .waiters
-                .get_mut(&key)
-                .and_then(|p| p.reply.take());
+            let sender = take_waiter(shared, key);
             if let Some(tx) = sender {
                 let _ = tx.send(Err(Ended::NotAnAnswer(why.to_string())));
             }
@@ -807,6 +795,18 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
             drop_it(&why, cause)
         }
     }
+}
+
+/// The waiting request `key`'s end, to send it its outcome: None when it has one already (a
+/// duplicate reply) or gave up.
+fn take_waiter(shared: &Shared, key: Key) -> Option<oneshot::Sender<Answer>> {
+    shared
+        .inner
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .waiters
+        .get_mut(&key)
+        .and_then(|p| p.reply.take())
 }
 
 /// Most requests a reply from an unknown address is checked against (each an MD5): anyone can

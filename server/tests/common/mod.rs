@@ -373,6 +373,18 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// The Prometheus text of `/metrics` (`[metrics] listen` must be set).
+    #[allow(dead_code)]
+    pub async fn metrics_text(&self) -> String {
+        let addr = self.metrics_addr.expect("[metrics] listen set");
+        reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn spawn(settings: &Settings) -> TestApp {
         Self::try_spawn(settings).await.expect("portal builds")
     }
