@@ -3199,3 +3199,46 @@ async fn a_reply_of_the_wrong_kind_is_no_answer_and_the_request_fails_over() {
     );
     app.stop().await;
 }
+
+/// A server switched from `require_message_authenticator = true` to `"learn"` while the portal
+/// runs keeps what this process learnt of it: it has signed its answers, so an unsigned one is
+/// still refused (no BlastRADIUS window until its next signed answer).
+#[tokio::test]
+async fn a_server_switched_to_learn_keeps_what_was_learnt() {
+    use std::sync::atomic::AtomicBool;
+    let radius = FreeRadius::start().await;
+    let (_dir, app, _relay) = portal_before_older_freeradius(
+        &radius,
+        Arc::new(AtomicBool::new(true)),
+        Default::default(),
+    )
+    .await;
+    let page = app.browser(client(71)).login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    radius_portal::organizations::change::update_server(
+        &app.storage,
+        &app.organizations,
+        "acme",
+        "old",
+        serde_json::json!({ "require_message_authenticator": "learn" }),
+        "test",
+    )
+    .await
+    .unwrap();
+    app.org_worker.wake();
+    wait_until("the server to be in learn mode", || async {
+        app.organizations.get("acme").unwrap().servers[0].message_authenticator
+            == radius_portal::config::MessageAuthenticatorMode::Learn
+    })
+    .await;
+
+    let page = app.browser(client(72)).login("erin", "erin-pass").await;
+
+    assert_ne!(page.path, "/session", "{}", page.body);
+    assert!(
+        page.body.contains("answered, but without the signature"),
+        "{}",
+        page.body
+    );
+    app.stop().await;
+}
