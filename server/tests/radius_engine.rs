@@ -102,6 +102,22 @@ fn pass_on(front: &Arc<UdpSocket>, request: Vec<u8>, from: SocketAddr, upstream:
     });
 }
 
+/// Ends session `id` as its user's Disconnect does (its Stop queued, the delivery loop not
+/// woken); when (unix ms).
+async fn stopped_by_its_user(app: &TestApp, id: i64) -> i64 {
+    let now = radius_portal::access_session::now_ms();
+    assert!(app
+        .storage
+        .stop_session(
+            id,
+            radius_portal::radius::terminate_cause::USER_REQUEST,
+            now
+        )
+        .await
+        .unwrap());
+    now
+}
+
 /// A UDP socket on loopback that hands each datagram it receives to `handle` (with the socket,
 /// to answer from, and the sender); its address.
 async fn udp_front(
@@ -1745,16 +1761,7 @@ async fn a_sign_in_waits_for_a_stop_queued_behind_its_sessions_interim_update() 
     app.sessions.refresh(erin.id).await.unwrap();
     held.notified().await;
     // Ended meanwhile: the Stop queued behind the Interim-Update.
-    let now = radius_portal::access_session::now_ms();
-    assert!(app
-        .storage
-        .stop_session(
-            erin.id,
-            radius_portal::radius::terminate_cause::USER_REQUEST,
-            now
-        )
-        .await
-        .unwrap());
+    stopped_by_its_user(&app, erin.id).await;
     let login = app.sign_in_in_background("carol", "carol-pass", address);
     wait_until("carol's session is opened", || async {
         app.storage
@@ -1805,16 +1812,7 @@ async fn a_held_back_stop_acknowledged_before_a_start_it_followed_is_followed_by
         erin: earlier,
     } = erin_behind_a_holding_relay(92).await;
     // Ended; its Stop's first attempt failed: held back for a second and a half.
-    let now = radius_portal::access_session::now_ms();
-    assert!(app
-        .storage
-        .stop_session(
-            earlier.id,
-            radius_portal::radius::terminate_cause::USER_REQUEST,
-            now
-        )
-        .await
-        .unwrap());
+    let now = stopped_by_its_user(&app, earlier.id).await;
     let stop = app
         .storage
         .claim_session_outbox(earlier.id, status_type::STOP, now, now + 60_000)
@@ -2132,16 +2130,7 @@ async fn a_delivery_dropped_midway_leaves_its_claim_to_be_given_up() {
     open.store(false, SeqCst); // the server goes silent
     let own = own_sender(&app);
     // erin's Stop queued (the portal's loop not woken) and sent by a sender of the test's.
-    let now = radius_portal::access_session::now_ms();
-    assert!(app
-        .storage
-        .stop_session(
-            erin.id,
-            radius_portal::radius::terminate_cause::USER_REQUEST,
-            now
-        )
-        .await
-        .unwrap());
+    stopped_by_its_user(&app, erin.id).await;
     let sending = tokio::spawn({
         let own = own.clone();
         async move {

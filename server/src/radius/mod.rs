@@ -76,8 +76,9 @@ pub enum RadiusError {
     /// A verified reply could not be parsed: treat as no reply.
     #[error("RADIUS reply is malformed")]
     MalformedReply(#[source] PacketError),
-    /// The server answered with a code that does not fit the request (e.g. Access-Challenge,
-    /// which PAP login cannot continue): treat as a failure of this server.
+    /// A reply whose code its caller does not take: a guard only, as the client hands on no
+    /// reply whose code does not answer its request (those end as [`RadiusError::NotAnAnswer`],
+    /// [`packet::answers`]); treated as a failure of this server.
     #[error("unexpected RADIUS reply code {0:?}")]
     UnexpectedReply(Code),
     /// 256 requests to one server are in flight: retry shortly.
