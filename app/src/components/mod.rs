@@ -45,7 +45,7 @@ pub fn Logo(base: String, organization: String, shown: bool) -> impl IntoView {
     shown.then(|| {
         view! {
             <img src=format!("{base}/logo") alt=format!("{organization} logo") data-testid="logo"
-                class="mb-4 h-16 w-auto" />
+                class="logo mb-4 h-16 w-auto" />
         }
     })
 }

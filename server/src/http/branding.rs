@@ -29,10 +29,15 @@ pub async fn stylesheet(
     let Some(accent) = accent else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let (label, link) = readable(&accent);
+    let Readable {
+        label,
+        link,
+        dark_link,
+    } = readable(&accent);
     let css = format!(
         "button.brand-button{{background-color:{accent};border-color:{accent};color:{label}}}button.brand-button:hover{{filter:brightness(.9)}}\
-         a.brand-link{{color:{link}}}.brand-bar{{border-top:6px solid {accent}}}div.brand-bar{{padding-top:1rem}}"
+         a.brand-link{{color:{link}}}.brand-bar{{border-top:6px solid {accent}}}div.brand-bar{{padding-top:1rem}}\
+         @media (prefers-color-scheme:dark){{a.brand-link{{color:{dark_link}}}}}"
     );
     (
         [
@@ -44,12 +49,22 @@ pub async fn stylesheet(
         .into_response()
 }
 
-/// Text on the accent that reads: a button's label white or dark, whichever contrasts more with
-/// it (a light accent such as yellow would leave white text unreadable); and the accent as link
-/// text, darkened (its hue kept) until it reaches WCAG's 4.5:1 for text on the page's grey
-/// background (slate-100), and so on white too.
-/// `accent` is `#rrggbb`.
-fn readable(accent: &str) -> (&'static str, String) {
+/// The colours an accent gives text.
+#[derive(Debug, PartialEq)]
+struct Readable {
+    /// A button's label on the accent: white or dark, whichever contrasts more with it (a light
+    /// accent such as yellow would leave white text unreadable).
+    label: &'static str,
+    /// The accent as link text in the light scheme: darkened (its hue kept) until it reaches
+    /// WCAG's 4.5:1 on the page's grey background, and so on white too.
+    link: String,
+    /// The accent as link text in the dark scheme: lightened towards white until it reaches
+    /// 4.5:1 on the dark scheme's cards, and so on its darker page too.
+    dark_link: String,
+}
+
+/// What text on and in `accent` (`#rrggbb`) is drawn in.
+fn readable(accent: &str) -> Readable {
     const DARK: [f64; 3] = [17.0, 24.0, 39.0];
     const WHITE: [f64; 3] = [255.0, 255.0, 255.0];
     let rgb = rgb_of(accent);
@@ -62,16 +77,31 @@ fn readable(accent: &str) -> (&'static str, String) {
     while contrast(PAGE, link) < 4.5 {
         link = link.map(|c| (c * 0.9).floor());
     }
-    let link = format!(
+    let mut dark_link = rgb;
+    while contrast(DARK_CARD, dark_link) < 4.5 {
+        dark_link = dark_link.map(|c| (c + (255.0 - c) * 0.1).ceil());
+    }
+    Readable {
+        label,
+        link: hex(link),
+        dark_link: hex(dark_link),
+    }
+}
+
+fn hex(rgb: [f64; 3]) -> String {
+    format!(
         "#{:02x}{:02x}{:02x}",
-        link[0] as u8, link[1] as u8, link[2] as u8
-    );
-    (label, link)
+        rgb[0] as u8, rgb[1] as u8, rgb[2] as u8
+    )
 }
 
 /// The page's background (Tailwind's slate-100, `bg-slate-100` on the body): the darkest
 /// background links sit on (the rest are white).
 const PAGE: [f64; 3] = [241.0, 245.0, 249.0];
+
+/// The cards' background in the dark scheme (`style/tailwind.css` gives white slate-900's
+/// `#0f172b`): the lightest background links sit on there (the page is darker).
+const DARK_CARD: [f64; 3] = [15.0, 23.0, 43.0];
 
 /// `#rrggbb` as its three channels (0-255); black for anything else.
 fn rgb_of(colour: &str) -> [f64; 3] {
@@ -157,7 +187,7 @@ mod tests {
     #[test]
     fn a_light_accent_gets_dark_labels_and_darker_links() {
         // Yellow: white text on it would read at 1.07:1.
-        let (label, link) = readable("#ffff00");
+        let Readable { label, link, .. } = readable("#ffff00");
         assert_eq!(label, "#111827");
         assert!(contrast(PAGE, rgb_of(&link)) >= 4.5, "{link}");
         let hue = rgb_of(&link);
@@ -166,16 +196,41 @@ mod tests {
             "yellow stays yellow-ish: {link}"
         );
         // The example's teal: white labels, the colour itself as links (already readable).
-        assert_eq!(readable("#0f766e"), ("#fff", "#0f766e".to_string()));
+        let teal = readable("#0f766e");
+        assert_eq!((teal.label, teal.link.as_str()), ("#fff", "#0f766e"));
         // White: dark labels; links darkened to a readable grey.
-        let (label, link) = readable("#ffffff");
+        let Readable { label, link, .. } = readable("#ffffff");
         assert_eq!(label, "#111827");
         assert!(contrast(PAGE, rgb_of(&link)) >= 4.5, "{link}");
         // The tester's light yellow: 4.6:1 on white was 4.2:1 on the page's grey.
-        let (_, link) = readable("#fde047");
+        let link = readable("#fde047").link;
         assert!(contrast(PAGE, rgb_of(&link)) >= 4.5, "{link}");
         // Black: white labels, black links.
-        assert_eq!(readable("#000000"), ("#fff", "#000000".to_string()));
+        let black = readable("#000000");
+        assert_eq!((black.label, black.link.as_str()), ("#fff", "#000000"));
+    }
+
+    #[test]
+    fn a_dark_accent_gets_lighter_links_in_the_dark_scheme() {
+        // Already light enough on the dark cards: the accent itself.
+        assert_eq!(readable("#ffff00").dark_link, "#ffff00");
+        for accent in ["#0f766e", "#000000", "#1e3a8a", "#7f1d1d", "#ffffff"] {
+            let dark_link = readable(accent).dark_link;
+            assert!(
+                contrast(DARK_CARD, rgb_of(&dark_link)) >= 4.5,
+                "{accent}: {dark_link}"
+            );
+        }
+        // Teal stays teal-ish: green and blue above red.
+        let teal = rgb_of(&readable("#0f766e").dark_link);
+        assert!(teal[1] > teal[0] && teal[2] > teal[0], "{teal:?}");
+    }
+
+    #[test]
+    fn the_stylesheet_has_the_dark_cards_colour() {
+        // DARK_CARD is what the stylesheet gives white in the dark scheme.
+        let stylesheet = include_str!("../../../style/tailwind.css");
+        assert!(stylesheet.contains("--color-white: #0f172b;"));
     }
 
     #[test]

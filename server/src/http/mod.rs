@@ -625,12 +625,15 @@ fn push_escaped(out: &mut String, text: &str) {
 }
 
 /// The style of [`caller_error`]'s page: inline (the page must not depend on the site's files),
-/// allowed by its hash in the page's Content-Security-Policy.
+/// allowed by its hash in the page's Content-Security-Policy; dark where the device prefers it,
+/// in the site's dark colours (`style/tailwind.css`).
 const REFUSED_PAGE_STYLE: &str =
-    "body{font-family:ui-sans-serif,system-ui,sans-serif;color:#111827;margin:0}\
+    "body{font-family:ui-sans-serif,system-ui,sans-serif;background:#fff;color:#111827;margin:0}\
 main{max-width:28rem;margin:0 auto;padding:2.5rem 1rem}h1{font-size:1.5rem;font-weight:600}\
 p{line-height:1.5}a{color:#1e40af}\
-.demo{background:#fde68a;color:#451a03;font-weight:700;text-align:center;padding:.5rem 1rem;border-radius:.25rem}";
+.demo{background:#fde68a;color:#451a03;font-weight:700;text-align:center;padding:.5rem 1rem;border-radius:.25rem}\
+:root{color-scheme:light dark}@media (prefers-color-scheme:dark){body{background:#020618;color:#f1f5f9}\
+a{color:#8ec5ff}.demo{background:#973c00;color:#fffbeb}}";
 
 /// The Content-Security-Policy of [`caller_error`]'s page: nothing but its own style.
 fn refused_page_policy() -> &'static str {
