@@ -2,6 +2,8 @@
 // prefer: WCAG 2's 4.5:1 against what it is drawn on (3:1 for large text), for the sign-in page,
 // its error and notices, an organization's branded pages (its accent as links) and the session
 // page with its notices. The dark scheme is dark: light text on a dark page.
+import * as fs from "node:fs";
+import * as path from "node:path";
 import { expect, Page, test } from "@playwright/test";
 import { hydrated, logIn, submitLogin, url } from "./helpers";
 
@@ -121,6 +123,12 @@ for (const scheme of ["light", "dark"] as const) {
       await page.getByRole("button", { name: "Refresh" }).click();
       await expect(page.getByTestId("refreshed")).toBeVisible();
       await readsIn(page, scheme);
+      if (scheme === "dark") {
+        // README's picture of the dark scheme (`UPDATE_SCREENSHOTS=1` writes it to docs/).
+        const shots = process.env.UPDATE_SCREENSHOTS ? path.join(__dirname, "../../docs/screenshots") : test.info().outputDir;
+        fs.mkdirSync(shots, { recursive: true });
+        await page.screenshot({ path: path.join(shots, "session-beta-dark.png") });
+      }
       await page.getByRole("button", { name: "Disconnect" }).click();
       await expect(page).toHaveURL(url("/o/beta/"));
     });
