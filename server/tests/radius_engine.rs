@@ -3033,6 +3033,20 @@ async fn a_waiting_copy_goes_out_after_a_restart() {
         "{removal:?}"
     );
     app.stop().await;
+    // Nor through the file: a start with the server removed (or renamed) is refused, as
+    // `check-config` says, instead of giving the copy up (black-box tester S's D4).
+    for servers in [
+        vec![fast(&backup, "backup")],
+        vec![fast(&primary, "primary-1"), fast(&backup, "backup")],
+    ] {
+        let names: Vec<String> = servers.iter().map(|s| s.name.clone()).collect();
+        let without = quick_failover(&db, servers);
+        let refused = TestApp::try_spawn(&without).await.map(|_| ());
+        assert!(
+            matches!(&refused, Err(e) if format!("{e:#}").contains("server `primary` would be removed (or renamed), but 1 Stop copy(ies) still wait for it")),
+            "{names:?}: {refused:?}"
+        );
+    }
 
     primary.restart().await;
     let app = TestApp::spawn(&settings).await;

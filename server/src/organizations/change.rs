@@ -276,7 +276,7 @@ async fn store(
     let kept: Vec<&str> = kept.iter().map(String::as_str).collect();
     let after = checked(Value::Object(after), &key, &kept)?;
     // A server its sessions still need keeps its name and where its accounting goes.
-    if let Err(problem) = super::servers_still_needed(
+    if let Err(needed) = super::servers_still_needed(
         storage,
         id,
         servers_of(&before.settings),
@@ -285,23 +285,9 @@ async fn store(
     )
     .await?
     {
-        return Err(ChangeError::Conflict(format!(
-            "{problem}: keep it as it is until they have ended (disabling the organization ends them); to use another address, add it as a server of its own"
+        return Err(ChangeError::Conflict(needed.advice(
+            ": keep it as it is until they have ended (disabling the organization ends them); to use another address, add it as a server of its own",
         )));
-    }
-    // Nor does a server go while Stop copies wait for it (down when another server took the
-    // Stop): they would be given up at once. They go when it answers, or are given up a day on.
-    for gone in servers_of(&before.settings)
-        .iter()
-        .filter_map(name_of)
-        .filter(|name| !after.servers.iter().any(|s| s.name == *name))
-    {
-        let waiting = storage.copies_waiting_for(id, gone).await?;
-        if waiting > 0 {
-            return Err(ChangeError::Conflict(format!(
-                "server `{gone}` would be removed (or renamed), but {waiting} Stop copy(ies) still wait for it (it was down when another server took the Stop; `accounting backlog`): they are sent when it answers, or given up a day after their Stop went out; remove it then"
-            )));
-        }
     }
     // The next start applies the file's servers again: one added, renamed or sending its
     // accounting elsewhere here would be taken from the sessions it authenticated meanwhile

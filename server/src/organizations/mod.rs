@@ -734,12 +734,12 @@ pub async fn check_seed(
         let Some(row) = stored.iter().find(|row| row.id == s.id) else {
             continue;
         };
-        if let Err(problem) =
+        if let Err(needed) =
             servers_still_needed(storage, &s.id, &stored_servers(row), &s.servers, moves).await?
         {
             return Err(conflict(
                 format!("organizations[{i}].servers"),
-                format!("{problem} (their accounting goes to it by name, and a Stop must reach the server that has its Start): list it as it was until they have ended"),
+                needed.advice(" (their accounting goes to it by name, and a Stop must reach the server that has its Start): list it as it was until they have ended"),
             ));
         }
     }
@@ -794,15 +794,18 @@ fn stored_servers(row: &StoredOrganization) -> Vec<serde_json::Value> {
 /// to the server that authenticated them *by name*, so a server they still need (open, or with
 /// accounting not yet delivered) may neither go (removed, renamed) nor send its accounting
 /// somewhere else (another address or accounting port: maybe another server, which never saw
-/// their Starts). A new secret, timeout or authentication port is fine. `Ok(Err(problem))`
-/// says which server and why; the caller adds what to do.
+/// their Starts); nor may one that Stop copies wait for (it was down when another server took
+/// a Stop of a session it had the Start of: gone, the copies would be given up at once). A new
+/// secret, timeout or authentication port is fine. `Ok(Err(needed))` says which server and
+/// why; the caller adds what to do. The one check for every way servers change: the file at
+/// start (and `check-config`), the CLI and the admin API.
 pub(crate) async fn servers_still_needed(
     storage: &Storage,
     organization_id: &str,
     stored: &[serde_json::Value],
     after: &[crate::config::ServerSettings],
     moves: ServerMoves,
-) -> Result<Result<(), String>, StorageError> {
+) -> Result<Result<(), ServerNeeded>, StorageError> {
     for entry in stored {
         let Some(name) = entry.get("name").and_then(serde_json::Value::as_str) else {
             continue;
@@ -815,27 +818,56 @@ pub(crate) async fn servers_still_needed(
                 None => continue,
             },
         };
-        // A move also takes the Stop copies parked for it (a server down) elsewhere.
-        let needing = storage
+        let sessions = storage
             .sessions_needing_server(organization_id, name)
-            .await?
-            + match moved_to {
-                Some(_) => storage.copies_waiting_for(organization_id, name).await?,
-                None => 0,
-            };
+            .await?;
+        let copies = storage.copies_waiting_for(organization_id, name).await?;
+        let needing = sessions + copies;
         if needing == 0 {
             continue;
         }
-        return Ok(Err(match moved_to {
+        let problem = match moved_to {
+            None if sessions > 0 => format!(
+                "server `{name}` would be removed (or renamed), but {sessions} session(s) it authenticated still need it (open, or with accounting not yet delivered)"
+            ),
             None => format!(
-                "server `{name}` would be removed (or renamed), but {needing} session(s) it authenticated still need it (open, or with accounting not yet delivered)"
+                "server `{name}` would be removed (or renamed), but {copies} Stop copy(ies) still wait for it (it was down when another server took the Stop; `accounting backlog`): they are sent when it answers, or given up a day after their Stop went out"
             ),
             Some((from, to)) => format!(
                 "server `{name}` would send accounting to {to} instead of {from}, but it is still needed {needing} time(s) (sessions open or with accounting not yet delivered, and Stop copies waiting for it)"
             ),
+        };
+        return Ok(Err(ServerNeeded {
+            problem,
+            copies_only: sessions == 0,
         }));
     }
     Ok(Ok(()))
+}
+
+/// Why a server may neither go nor move ([`servers_still_needed`]).
+#[derive(Debug)]
+pub(crate) struct ServerNeeded {
+    /// Which server, what the change would do, and what needs it.
+    pub problem: String,
+    /// Only Stop copies wait for it: no session ends them (they go when it answers, or are
+    /// given up a day after their Stop went out), so "until they have ended" is not the advice.
+    pub copies_only: bool,
+}
+
+impl ServerNeeded {
+    /// The problem and what to do: `until_sessions_end` when sessions need the server, else
+    /// wait for its copies.
+    pub(crate) fn advice(&self, until_sessions_end: &str) -> String {
+        if self.copies_only {
+            format!(
+                "{}: keep it as it is until then (a Stop must reach the server that has its Start)",
+                self.problem
+            )
+        } else {
+            format!("{}{until_sessions_end}", self.problem)
+        }
+    }
 }
 
 /// The first server of `after` that is not among the `stored` entries by name, or sends its
