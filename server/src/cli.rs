@@ -514,7 +514,7 @@ async fn check_against_database(
     settings: &Settings,
 ) -> anyhow::Result<Vec<crate::storage::StoredOrganization>> {
     let location = settings.database.location();
-    if let Some(problem) = crate::storage::Storage::saved_copy_in_the_way(&settings.database) {
+    if let Some(problem) = crate::storage::Storage::file_in_the_way(&settings.database) {
         bail!("`serve` would refuse to start: {problem}");
     }
     if settings.database.url.is_none() {

@@ -521,7 +521,7 @@ impl OrganizationView {
 /// The database the running portal uses (`[database]`); a SQLite file must exist already (the
 /// portal creates it when it first starts).
 pub(crate) async fn open(settings: &Settings) -> anyhow::Result<Storage> {
-    if let Some(problem) = Storage::saved_copy_in_the_way(&settings.database) {
+    if let Some(problem) = Storage::file_in_the_way(&settings.database) {
         anyhow::bail!("{problem}");
     }
     if no_database_yet(settings) {

@@ -240,7 +240,7 @@ impl Application {
             ),
             None => None,
         };
-        if let Some(problem) = Storage::saved_copy_in_the_way(&settings.database) {
+        if let Some(problem) = Storage::file_in_the_way(&settings.database) {
             anyhow::bail!("{problem}");
         }
         let storage = Storage::connect(&settings.database, true)

@@ -1605,3 +1605,72 @@ fn a_failed_start_says_why_in_json_when_the_log_is_json() {
     );
     drop(taken);
 }
+
+/// A database file with a second name (a hard link) is refused by `serve`, by the operator
+/// commands and by `check-config`, under either name: SQLite keeps a -wal and -shm beside the
+/// name it opens, so each name would have its own journal for the one file, and a second portal
+/// could serve it through the other name, its lock being by name too (black-box tester S's D2).
+#[tokio::test]
+async fn a_database_file_with_two_names_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = minimal_config(dir.path(), "");
+    let db = dir.path().join("portal.db");
+    // Made as `serve` makes it.
+    let made = radius_portal::storage::Storage::connect(
+        &radius_portal::config::DatabaseSettings {
+            path: db.clone(),
+            url: None,
+        },
+        true,
+    )
+    .await
+    .unwrap();
+    drop(made);
+    let list = |config: &std::path::Path| {
+        portal(&["--config", config.to_str().unwrap(), "org", "list"])
+            .output()
+            .unwrap()
+    };
+    assert!(list(&config).status.success(), "{:?}", list(&config));
+
+    let other = dir.path().join("other.db");
+    std::fs::hard_link(&db, &other).unwrap();
+    let other_config = dir.path().join("other.toml");
+    std::fs::write(
+        &other_config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("portal.db", "other.db"),
+    )
+    .unwrap();
+    for config in [&config, &other_config] {
+        let mut serve = portal(&["--config", config.to_str().unwrap(), "serve"])
+            .current_dir(env!("CARGO_MANIFEST_DIR").to_string() + "/..")
+            .env("PORTAL_HTTP_LISTEN", "127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Refused at once; one that serves is stopped and fails the test.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while serve.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                serve.kill().unwrap();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let serve = serve.wait_with_output().unwrap();
+        let check = portal(&["--config", config.to_str().unwrap(), "check-config"])
+            .output()
+            .unwrap();
+        for output in [serve, list(config), check] {
+            assert!(!output.status.success(), "{output:?}");
+            assert!(
+                String::from_utf8_lossy(&output.stderr).contains("has 2 names (hard links)"),
+                "{output:?}"
+            );
+        }
+    }
+    // Nothing was written through the second name.
+    assert!(!dir.path().join("other.db-wal").exists());
+}

@@ -524,14 +524,31 @@ impl Storage {
         })
     }
 
-    /// Why `serve` must not start on the SQLite database `[database]` names: a copy saved
-    /// beside it when its file was removed while a portal ran ([`engine`]'s file watch) holds
-    /// sessions whose Stops the database at the path would not have. None: nothing in the way.
-    pub fn saved_copy_in_the_way(settings: &crate::config::DatabaseSettings) -> Option<String> {
+    /// Why neither `serve` nor an operator command may use the SQLite database `[database]`
+    /// names: a copy saved beside it when its file was removed while a portal ran ([`engine`]'s
+    /// file watch) holds sessions whose Stops the database at the path would not have; or the
+    /// file has other names (hard links): SQLite keeps a database's -wal and -shm files beside
+    /// the name it was opened by, so each name would have its own write-ahead log for the one
+    /// file (writes through one name lost or the file damaged by the other), and a second
+    /// portal could serve it through another name — the lock beside the file is by name too.
+    /// None: nothing in the way.
+    pub fn file_in_the_way(settings: &crate::config::DatabaseSettings) -> Option<String> {
         if settings.url.is_some() {
             return None;
         }
         let path = &settings.path;
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            // Through a symbolic link, the file it leads to (as SQLite opens it).
+            if let Ok(names) = std::fs::metadata(path).map(|m| m.nlink()) {
+                if names > 1 {
+                    return Some(format!(
+                        "the database file {path} has {names} names (hard links): SQLite keeps its -wal and -shm files beside the name it is opened by, so two names would write two journals for one file (a second portal could serve it through the other name too); remove the other names (`find / -xdev -samefile {path}`) and keep one, or copy the file instead of linking it",
+                        path = path.display()
+                    ));
+                }
+            }
+        }
         // Beside the path, or beside the file a symbolic link there leads to (where the
         // running portal saved it).
         let target = std::fs::read_link(path).ok().map(|to| match path.parent() {
