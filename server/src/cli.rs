@@ -591,6 +591,10 @@ async fn check_against_database(
             {
                 warn_of(&said);
             }
+            if let Some(said) = crate::organizations::root_moves(&stored, &settings.organizations)
+            {
+                warn_of(&said);
+            }
             return Ok(stored);
         }
         Ok(Ok(AsIs::Unfit {

@@ -2239,6 +2239,10 @@ timeout = "500ms"
         String::from_utf8_lossy(&out.stdout).contains("the organizations fit what it holds"),
         "{out:?}"
     );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("`/` serves"),
+        "{out:?}"
+    );
     let out = check(renamed.clone()).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{out:?}");
@@ -2301,6 +2305,13 @@ timeout = "500ms"
         "{stderr}"
     );
     assert!(stderr.contains("other users can read it"), "{stderr}");
+    // And that `/` moves to another organization: the sessions signed in there are acme's
+    // (black-box tester S's D9).
+    assert!(
+        stderr.contains("`/` serves organization `other` from this start (the first in the configuration file), not `acme` as before")
+            && stderr.contains("`/o/acme/session`"),
+        "{stderr}"
+    );
 
     // Disabled in the database (an operator, the admin API, or a start without it in the
     // file) and listed again without `enabled`: it stays disabled, which the file does not

@@ -616,6 +616,9 @@ pub async fn seed(
     for said in listed_but_disabled(&stored, settings) {
         tracing::warn!("{said}");
     }
+    if let Some(said) = root_moves(&stored, settings) {
+        tracing::warn!("{said}");
+    }
     // A disable the file undoes now: said as a warning, not among the settings updated.
     for row in stored.iter().filter(|row| !row.active) {
         if file_enables(settings, &row.id) {
@@ -677,6 +680,26 @@ pub fn file_enables(settings: &[OrganizationSettings], id: &str) -> bool {
     settings
         .iter()
         .any(|s| s.id == id && s.enabled == Some(true))
+}
+
+/// The organization `/` serves is another with this configuration than at the last start (one
+/// put before it in the file, or it removed): the sessions signed in at `/` are the one that
+/// was first's, and the pages at `/` no longer find them. A sentence, said at start-up and by
+/// `check-config`; None when `/` stays (or nothing was served yet).
+pub fn root_moves(
+    stored: &[StoredOrganization],
+    settings: &[OrganizationSettings],
+) -> Option<String> {
+    // Stored in the file's order at the last start, those it listed first.
+    let before = stored.first().filter(|row| row.from_config)?;
+    let after = settings.first()?;
+    (before.id != after.id).then(|| {
+        format!(
+            "`/` serves organization `{after}` from this start (the first in the configuration file), not `{before}` as before: sessions signed in at `/` are `{before}`'s, and pages at `/` no longer show them (a session page left open there says it is gone, while it runs) — their users find them at `/o/{before}/session`; put `{before}` first again to keep `/` as it was",
+            after = after.id,
+            before = before.id
+        )
+    })
 }
 
 /// Organizations the configuration lists without `enabled` that are disabled in the database
