@@ -47,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
             typed_username: None,
             nas: None,
             replaces: None,
+            accept_timeouts: None,
         };
         writes.spawn(async move {
             let opened = storage.open_session(&new).await;

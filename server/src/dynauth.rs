@@ -798,6 +798,7 @@ mod tests {
             terminate_cause: None,
             nas: None,
             replaced_by: None,
+            accept_timeouts: None,
         }
     }
 

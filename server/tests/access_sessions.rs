@@ -2723,3 +2723,82 @@ async fn a_wal_removed_while_running_is_checkpointed_and_changes_stop() {
     config.database.path = copy;
     judy_is_still_signed_in(&config).await;
 }
+
+/// An organization's `default_window` and `max_lifetime` changed while sessions run apply from
+/// each one's next refresh where its Access-Accept left them to the organization (black-box
+/// tester S's D1: an operator who sets `max_lifetime` after an incident expects it to bound the
+/// sessions open then, which were refreshed forever before); a server's Session-Timeout stays
+/// the limit; and a session older than a `max_lifetime` shortened below its age ends at that
+/// refresh, as its limit would have ended it (Session-Timeout).
+#[tokio::test]
+async fn a_changed_window_or_lifetime_applies_from_each_sessions_next_refresh() {
+    use radius_portal::organizations::change;
+    let (radius, app, _dir) = portal_with_one_server().await;
+    let login = |user: &'static str, last: u8| {
+        let sessions = app.sessions.clone();
+        async move {
+            sessions
+                .login(
+                    "acme",
+                    user,
+                    &format!("{user}-pass"),
+                    Ipv4Addr::new(10, 9, 0, last).into(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    // carol's Accept has no timeouts, lena's a Session-Timeout of 60 s, bob's an Idle-Timeout.
+    let (carol, lena, bob) = (
+        login("carol", 1).await,
+        login("lena", 2).await,
+        login("bob", 3).await,
+    );
+    assert_eq!((carol.window_ms, carol.limit_at), (4 * 3_600_000, None));
+
+    let change = |patch: serde_json::Value| {
+        let (storage, organizations) = (app.storage.clone(), app.organizations.clone());
+        async move {
+            change::update(&storage, &organizations, "acme", patch, "test")
+                .await
+                .unwrap()
+        }
+    };
+    assert!(change(serde_json::json!({ "default_window": "10m", "max_lifetime": "2h" })).await);
+    let (refreshed, written) = app.sessions.refresh(carol.id).await.unwrap();
+    assert!(written);
+    assert_eq!(
+        refreshed.window_ms, 600_000,
+        "the organization's window now"
+    );
+    assert_eq!(refreshed.limit_at, Some(carol.started_at + 2 * 3_600_000));
+    assert_eq!(refreshed.expires_at, refreshed.refreshed_at + 600_000);
+    let (lena_refreshed, _) = app.sessions.refresh(lena.id).await.unwrap();
+    assert_eq!(
+        (lena_refreshed.window_ms, lena_refreshed.limit_at),
+        (60_000, Some(lena.started_at + 60_000)),
+        "the server's Session-Timeout stays the limit (and bounds the window)"
+    );
+
+    // Shortened below bob's age: his next refresh ends his session, by its limit.
+    wait_until("bob's session to be older than a second", || async {
+        radius_portal::access_session::now_ms() - bob.started_at > 1_000
+    })
+    .await;
+    assert!(change(serde_json::json!({ "max_lifetime": "1s" })).await);
+    let refused = app.sessions.refresh(bob.id).await;
+    assert!(
+        matches!(
+            refused,
+            Err(radius_portal::access_session::SessionError::NotActive)
+        ),
+        "{refused:?}"
+    );
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={} ", bob.acct_session_id)])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Session-Timeout");
+    let ended = app.storage.session(bob.id).await.unwrap().unwrap();
+    assert!(!ended.active);
+    app.stop().await;
+}

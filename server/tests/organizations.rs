@@ -826,7 +826,15 @@ async fn a_terminate_whose_stop_a_refresh_made_is_audited_as_such() {
         radius_portal::storage::Termination::Queued
     );
     assert!(storage
-        .refresh_session(session.id, asked_at + 500, session.expires_at + 60_000)
+        .refresh_session(
+            session.id,
+            asked_at + 500,
+            radius_portal::storage::RefreshTerms {
+                window_ms: session.window_ms,
+                limit_at: session.limit_at,
+                expires_at: session.expires_at + 60_000,
+            },
+        )
         .await
         .unwrap()
         .is_none());

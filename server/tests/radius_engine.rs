@@ -2377,6 +2377,7 @@ fn stored_session(acct_session_id: &str, ip: &str, now: i64) -> NewAccessSession
         typed_username: None,
         nas: None,
         replaces: None,
+        accept_timeouts: None,
     }
 }
 

@@ -11,8 +11,8 @@ use radius_portal::{
     radius::{status_type, terminate_cause},
     storage::{
         AccessSessionRecord, Acknowledged, AfterStops, Audit, DeleteOutcome, Delivered,
-        NewAccessSession, OrganizationWrite, OutboxRow, SeedOutcome, SessionMatch, StopOutcome,
-        Storage, StorageError, UpdateOutcome,
+        NewAccessSession, OrganizationWrite, OutboxRow, RefreshTerms, SeedOutcome, SessionMatch,
+        StopOutcome, Storage, StorageError, UpdateOutcome,
     },
 };
 use std::collections::{BTreeSet, HashSet};
@@ -69,6 +69,15 @@ async fn open(place: &Place) -> Storage {
     }
 }
 
+/// A refresh at `now` to a deadline of `expires_at` (its window from now, no limit).
+fn refreshed_until(now: i64, expires_at: i64) -> RefreshTerms {
+    RefreshTerms {
+        window_ms: expires_at - now,
+        limit_at: None,
+        expires_at,
+    }
+}
+
 /// A login of `ip` at `at` with a `window_ms` window.
 /// Opens `new` and gives its id.
 async fn opened(s: &Storage, new: NewAccessSession) -> i64 {
@@ -94,6 +103,7 @@ fn login(ip: &str, at: i64, window_ms: i64) -> NewAccessSession {
         typed_username: None,
         nas: None,
         replaces: None,
+        accept_timeouts: None,
     }
 }
 
@@ -272,7 +282,7 @@ async fn an_addresss_stops_on_their_way_are_found(db: Db) {
         .unwrap()
         .unwrap();
     s.mark_delivered(&start, T0 + 1, None).await.unwrap();
-    s.refresh_session(refreshed, T0 + 500, T0 + MINUTE)
+    s.refresh_session(refreshed, T0 + 500, refreshed_until(T0 + 500, T0 + MINUTE))
         .await
         .unwrap()
         .unwrap();
@@ -309,6 +319,11 @@ async fn a_session_opens_refreshes_and_stops_once(db: Db) {
         ip: "2001:db8::7".parse().unwrap(),
         identifier: "portal-v6".into(),
     });
+    // What its Accept said of its window and limit, read back too.
+    new.accept_timeouts = Some(radius_portal::storage::AcceptTimeouts {
+        idle: 600,
+        session: 0,
+    });
     let opened = s.open_session(&new).await.unwrap();
     assert!(opened.preempted.is_empty());
     assert_eq!(opened.claimed_start, None);
@@ -334,17 +349,51 @@ async fn a_session_opens_refreshes_and_stops_once(db: Db) {
 
     // Two refreshes: the deadline moves, and one Interim-Update waits (the newer supersedes).
     let refreshed = s
-        .refresh_session(opened.id, T0 + MINUTE, T0 + 11 * MINUTE)
+        .refresh_session(
+            opened.id,
+            T0 + MINUTE,
+            refreshed_until(T0 + MINUTE, T0 + 11 * MINUTE),
+        )
         .await
         .unwrap()
         .unwrap();
     assert_eq!(refreshed.expires_at, T0 + 11 * MINUTE);
     assert_eq!(refreshed.refreshed_at, T0 + MINUTE);
-    s.refresh_session(opened.id, T0 + 2 * MINUTE, T0 + 12 * MINUTE)
+    // A refresh gives the session its window and limit as well (its organization's settings
+    // may have changed since the sign-in).
+    let terms = RefreshTerms {
+        window_ms: 5 * MINUTE,
+        limit_at: Some(T0 + 20 * MINUTE),
+        expires_at: T0 + 7 * MINUTE,
+    };
+    let refreshed = s
+        .refresh_session(opened.id, T0 + 2 * MINUTE, terms)
         .await
         .unwrap()
         .unwrap();
+    assert_eq!(
+        (
+            refreshed.window_ms,
+            refreshed.limit_at,
+            refreshed.expires_at
+        ),
+        (terms.window_ms, terms.limit_at, terms.expires_at)
+    );
+    assert_eq!(refreshed.accept_timeouts, session.accept_timeouts);
+    assert!(session.accept_timeouts.is_some());
     assert_eq!(outbox_types(s, opened.id).await, [START, INTERIM]);
+    // Never to a deadline already passed: nothing is written.
+    let passed = RefreshTerms {
+        expires_at: T0 + 2 * MINUTE + 500,
+        ..terms
+    };
+    assert_eq!(
+        s.refresh_session(opened.id, T0 + 2 * MINUTE + 500, passed)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(s.session(opened.id).await.unwrap().unwrap(), refreshed);
 
     let cause = terminate_cause::USER_REQUEST;
     assert!(s
@@ -361,9 +410,13 @@ async fn a_session_opens_refreshes_and_stops_once(db: Db) {
     assert_eq!(stopped.terminate_cause, Some(i64::from(cause)));
     assert_eq!(outbox_types(s, opened.id).await, [START, INTERIM, STOP]);
     assert_eq!(
-        s.refresh_session(opened.id, T0 + 5 * MINUTE, T0 + 15 * MINUTE)
-            .await
-            .unwrap(),
+        s.refresh_session(
+            opened.id,
+            T0 + 5 * MINUTE,
+            refreshed_until(T0 + 5 * MINUTE, T0 + 15 * MINUTE)
+        )
+        .await
+        .unwrap(),
         None
     );
     assert_eq!(s.active_sessions().await.unwrap(), 0);
@@ -581,7 +634,9 @@ async fn a_refresh_after_a_disable_is_refused_and_queues_nothing(db: Db) {
     s.set_organization_active("acme", false, "cli:test", T0 + 1)
         .await
         .unwrap();
-    let refused = s.refresh_session(id, T0 + 2, T0 + 2 + MINUTE).await;
+    let refused = s
+        .refresh_session(id, T0 + 2, refreshed_until(T0 + 2, T0 + 2 + MINUTE))
+        .await;
     assert!(
         matches!(refused, Err(StorageError::OrganizationDisabled)),
         "{refused:?}"
@@ -598,7 +653,7 @@ async fn a_refresh_after_a_disable_is_refused_and_queues_nothing(db: Db) {
         .await
         .unwrap();
     let refreshed = s
-        .refresh_session(id, T0 + 4, T0 + 4 + MINUTE)
+        .refresh_session(id, T0 + 4, refreshed_until(T0 + 4, T0 + 4 + MINUTE))
         .await
         .unwrap()
         .unwrap();
@@ -884,7 +939,7 @@ async fn a_stops_copies_are_queued_once_for_their_servers_alone(db: Db) {
         0
     );
     // An Interim-Update fails over to "backup".
-    s.refresh_session(opened.id, T0 + 2, T0 + 11 * MINUTE)
+    s.refresh_session(opened.id, T0 + 2, refreshed_until(T0 + 2, T0 + 11 * MINUTE))
         .await
         .unwrap()
         .unwrap();
@@ -1277,7 +1332,7 @@ async fn dead_letters_unblock_and_a_never_sent_start_takes_its_session_along(db:
     let s = &db.storage;
     // A Start that never went out: rolled back with everything behind it, no Stop follows.
     let unsent = opened(s, login("10.0.0.5", T0, MINUTE)).await;
-    s.refresh_session(unsent, T0 + 1, T0 + MINUTE)
+    s.refresh_session(unsent, T0 + 1, refreshed_until(T0 + 1, T0 + MINUTE))
         .await
         .unwrap();
     assert!(s
@@ -1452,10 +1507,14 @@ async fn periodic_interims_come_due_and_coalesce(db: Db) {
     assert_eq!(interim[0].session_time_secs, Some(600));
     // A refresh's Interim-Update counts as the periodic one: the next is an interval after it,
     // not at the 15 minutes the schedule said (two in a row otherwise).
-    s.refresh_session(id, T0 + 12 * MINUTE, T0 + 42 * MINUTE)
-        .await
-        .unwrap()
-        .unwrap();
+    s.refresh_session(
+        id,
+        T0 + 12 * MINUTE,
+        refreshed_until(T0 + 12 * MINUTE, T0 + 42 * MINUTE),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(s.next_interim().await.unwrap(), Some(T0 + 17 * MINUTE));
     assert_eq!(s.queue_due_interims(T0 + 15 * MINUTE).await.unwrap(), 0);
     assert_eq!(s.queue_due_interims(T0 + 17 * MINUTE).await.unwrap(), 1);
@@ -1590,7 +1649,11 @@ async fn a_session_due_while_an_operators_stop_waits_ends_when_it_was_asked_for(
         .unwrap();
     // A refresh while the stop waits does not move the Stop later: it makes the stop.
     assert!(s
-        .refresh_session(terminated, T0 + 1_500, T0 + 3_500)
+        .refresh_session(
+            terminated,
+            T0 + 1_500,
+            refreshed_until(T0 + 1_500, T0 + 3_500)
+        )
         .await
         .unwrap()
         .is_none());
@@ -1994,7 +2057,7 @@ async fn a_late_stops_interim_update_goes_to_every_server_that_may_hold_the_sess
     );
     assert_eq!(interims(next).await, [None, Some("silent".to_string())]);
     // A refresh's Interim-Update supersedes the session's own, not the copy.
-    s.refresh_session(next, T0 + 7, T0 + 10 * MINUTE)
+    s.refresh_session(next, T0 + 7, refreshed_until(T0 + 7, T0 + 10 * MINUTE))
         .await
         .unwrap()
         .unwrap();

@@ -17,8 +17,8 @@ use crate::{
     },
     radius::{status_type, terminate_cause, AuthOutcome, Radius, RadiusError},
     storage::{
-        AccessSessionRecord, Audit, NewAccessSession, SessionMatch, StopOutcome, Storage,
-        StorageError,
+        AcceptTimeouts, AccessSessionRecord, Audit, NewAccessSession, RefreshTerms, SessionMatch,
+        StopOutcome, Storage, StorageError,
     },
 };
 use events::SessionEvents;
@@ -531,6 +531,10 @@ impl AccessSessions {
             typed_username,
             nas: Some(org.nas.clone()),
             replaces,
+            accept_timeouts: Some(AcceptTimeouts {
+                idle: grant.idle_timeout.unwrap_or(0),
+                session: grant.session_timeout.unwrap_or(0),
+            }),
         };
         // The session's Stop carries the most attributes of its accounting (its Start's and
         // more): one that could not be encoded would be dead-lettered and the firewall would
@@ -975,12 +979,13 @@ impl AccessSessions {
             }
             None => return Err(SessionError::NotActive),
         };
-        self.guarded_organization(
-            &session.organization_id,
-            Operation::Refresh,
-            Who::of(&session),
-        )
-        .await?;
+        let org = self
+            .guarded_organization(
+                &session.organization_id,
+                Operation::Refresh,
+                Who::of(&session),
+            )
+            .await?;
         let now = now_ms();
         // A refresh soon after the last one (a script's loop, a held-down key) is answered with
         // the session as it stands: each would cost a durable write and an Interim-Update to
@@ -992,10 +997,20 @@ impl AccessSessions {
             return Ok((session, false));
         }
         let id = session.id;
-        let expires_at = timing::expires_at(now, session.window_ms, session.limit_at);
+        let terms = refresh_terms(&session, &org, now);
+        if terms.expires_at <= now {
+            // Its organization's `max_lifetime`, shortened since the sign-in, has passed: the
+            // limit ends it now (Session-Timeout), as its deadline would have.
+            tracing::info!(acct_session_id = %session.acct_session_id,
+                organization = %session.organization_id,
+                "access session past its organization's max_lifetime at a refresh: stopped");
+            self.stop_and_send(id, terminate_cause::SESSION_TIMEOUT, now)
+                .await?;
+            return Err(SessionError::NotActive);
+        }
         // The flag is checked again inside the write: a disable committed since the guard
         // read it denies the refresh (no Interim-Update after the disable).
-        let refreshed = match self.storage.refresh_session(id, now, expires_at).await {
+        let refreshed = match self.storage.refresh_session(id, now, terms).await {
             Err(StorageError::OrganizationDisabled) => {
                 return Err(self
                     .denied(
@@ -1440,5 +1455,30 @@ mod tests {
         assert!(later > earlier, "{later} should sort after {earlier}");
         let millis = i64::from_str_radix(&earlier[..12], 16).unwrap();
         assert!((super::now_ms() - millis).abs() < 60_000);
+    }
+}
+
+/// What a refresh at `now` gives `session`: the window and limit its Access-Accept and its
+/// organization's settings give now — a `default_window` or `max_lifetime` changed since the
+/// sign-in applies where the Accept left them to the organization (an operator who sets
+/// `max_lifetime` after an incident bounds the sessions refreshed since) —, or, for a session
+/// stored before the portal kept what its Accept said, the window and limit it has.
+fn refresh_terms(session: &AccessSessionRecord, org: &Organization, now: i64) -> RefreshTerms {
+    let (window_ms, limit_at) = match session.accept_timeouts {
+        Some(accept) => {
+            let terms = Terms::from_grant(
+                Some(accept.idle),
+                Some(accept.session),
+                org.default_window,
+                org.max_lifetime,
+            );
+            (terms.window_ms(), terms.limit_at(session.started_at))
+        }
+        None => (session.window_ms, session.limit_at),
+    };
+    RefreshTerms {
+        window_ms,
+        limit_at,
+        expires_at: timing::expires_at(now, window_ms, limit_at),
     }
 }

@@ -186,11 +186,11 @@ contract! {
         fn open_session(&self, new: &NewAccessSession) -> OpenedSession;
         /// Loads a session by id.
         fn session(&self, id: i64) -> Option<AccessSessionRecord>;
-        /// Moves an active session's deadline to `expires_at` (refreshed at `now`) and queues an
-        /// Interim-Update. Returns the updated session, or None if it is no longer active — or
-        /// an operator's stop waits for it: then this call makes that stop (Admin-Reset, dated
-        /// when it was asked for) instead.
-        fn refresh_session(&self, id: i64, now: i64, expires_at: i64) -> Option<AccessSessionRecord>;
+        /// Gives an active session `terms` (refreshed at `now`: its window, limit and deadline) and
+        /// queues an Interim-Update. Returns the updated session, or None if it is no longer
+        /// active (or its deadline passed) — or an operator's stop waits for it: then this call
+        /// makes that stop (Admin-Reset, dated when it was asked for) instead.
+        fn refresh_session(&self, id: i64, now: i64, terms: RefreshTerms) -> Option<AccessSessionRecord>;
         /// Stops an active session at `event_at` (never before its start, its last refresh or
         /// an Interim-Update queued for it) with `cause` and queues its Stop. False if it was not active (already stopped: nothing is queued
         /// twice).
@@ -926,6 +926,50 @@ pub struct AccessSessionRecord {
     /// ([`NewAccessSession::replaces`]) for the same user within [`FOLLOWED_REPLACEMENT_MS`]
     /// of this one's start: where a browser still linked to this one finds its session.
     pub replaced_by: Option<i64>,
+    /// What its Access-Accept said of its window and limit; None for a session stored before
+    /// the portal kept it (it keeps the window and limit it was given).
+    pub accept_timeouts: Option<AcceptTimeouts>,
+}
+
+/// An Access-Accept's Idle-Timeout and Session-Timeout in seconds, 0 where it had none: with
+/// the organization's settings *now*, what a refresh gives the session (a `default_window` or
+/// `max_lifetime` changed since the sign-in applies from its next refresh, where the Accept
+/// left them to the organization).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AcceptTimeouts {
+    /// Idle-Timeout (0: none).
+    pub idle: u32,
+    /// Session-Timeout (0: none).
+    pub session: u32,
+}
+
+impl AcceptTimeouts {
+    /// As stored (two nullable columns, both set or neither).
+    pub(crate) fn stored(idle: Option<i64>, session: Option<i64>) -> Option<AcceptTimeouts> {
+        let seconds = |v: i64| u32::try_from(v).unwrap_or(0);
+        Some(AcceptTimeouts {
+            idle: seconds(idle?),
+            session: seconds(session?),
+        })
+    }
+
+    /// The two columns' values.
+    pub(crate) fn columns(of: Option<AcceptTimeouts>) -> (Option<i64>, Option<i64>) {
+        of.map_or((None, None), |t| {
+            (Some(i64::from(t.idle)), Some(i64::from(t.session)))
+        })
+    }
+}
+
+/// What a refresh gives a session ([`SessionStore::refresh_session`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefreshTerms {
+    /// Its window from now on.
+    pub window_ms: i64,
+    /// Its limit from now on.
+    pub limit_at: Option<i64>,
+    /// Its new deadline.
+    pub expires_at: i64,
 }
 
 impl AccessSessionRecord {
@@ -1022,6 +1066,9 @@ pub struct NewAccessSession {
     /// the session stopped records the new one as its `replaced_by` (the same user's, within
     /// [`FOLLOWED_REPLACEMENT_MS`]).
     pub replaces: Option<i64>,
+    /// What the Access-Accept said of the window and limit (None: the session keeps the window
+    /// and limit it starts with, whatever its organization's settings become).
+    pub accept_timeouts: Option<AcceptTimeouts>,
 }
 
 impl NewAccessSession {
@@ -1049,6 +1096,7 @@ impl NewAccessSession {
             terminate_cause: None,
             nas: self.nas,
             replaced_by: None,
+            accept_timeouts: self.accept_timeouts,
         }
     }
 }

@@ -413,7 +413,8 @@ macro_rules! select_sessions {
         concat!(
             "SELECT id, acct_session_id, organization_id, username, client_ip, server_index, server_name, \
              classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, \
-             state, stopped_at, terminate_cause, nas_ip, nas_identifier, replaced_by FROM access_sessions ",
+             state, stopped_at, terminate_cause, nas_ip, nas_identifier, replaced_by, \
+             accept_idle_timeout, accept_session_timeout FROM access_sessions ",
             $rest
         )
     };
@@ -489,6 +490,7 @@ fn session_from_row(row: &PgRow) -> Result<AccessSessionRecord, StorageError> {
         terminate_cause: row.try_get(17)?,
         nas: super::stored_nas(row.try_get(18)?, row.try_get(19)?),
         replaced_by: row.try_get(20)?,
+        accept_timeouts: super::AcceptTimeouts::stored(row.try_get(21)?, row.try_get(22)?),
     })
 }
 
@@ -1198,11 +1200,12 @@ impl SessionStore for PgStore {
         .map(stopped_from_row)
         .collect::<Result<Vec<_>, _>>()?;
         notify(&mut tx, &self.origin, &session_notices(&preempted)).await?;
+        let accept_timeouts = super::AcceptTimeouts::columns(new.accept_timeouts);
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO access_sessions (acct_session_id, organization_id, username, client_ip, server_index, server_name, \
              classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, next_interim_at, state, \
-             nas_ip, nas_identifier, sign_in_until) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14, 'active', $15, $16, $17) RETURNING id",
+             nas_ip, nas_identifier, sign_in_until, accept_idle_timeout, accept_session_timeout) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14, 'active', $15, $16, $17, $18, $19) RETURNING id",
         )
         .bind(&new.acct_session_id)
         .bind(&new.organization_id)
@@ -1221,6 +1224,8 @@ impl SessionStore for PgStore {
         .bind(new.nas.as_ref().map(|nas| nas.ip.to_string()))
         .bind(new.nas.as_ref().map(|nas| nas.identifier.as_str()))
         .bind(new.start_claimed_until)
+        .bind(accept_timeouts.0)
+        .bind(accept_timeouts.1)
         .fetch_one(&mut *tx)
         .await?;
         if let Some(replaced) = replaces.filter(|r| preempted.iter().any(|s| s.id == *r)) {
@@ -1284,7 +1289,7 @@ impl SessionStore for PgStore {
         &self,
         id: i64,
         now: i64,
-        expires_at: i64,
+        terms: super::RefreshTerms,
     ) -> Result<Option<AccessSessionRecord>, StorageError> {
         let mut tx = self.pool().begin().await?;
         // A disable committed since the guard read the flag denies it; one under way waits
@@ -1315,12 +1320,14 @@ impl SessionStore for PgStore {
         // after it (a periodic one due a moment later would repeat it).
         let started_at: Option<i64> = sqlx::query_scalar(
             "UPDATE access_sessions SET refreshed_at = $1, expires_at = $2, \
-             next_interim_at = $1 + interim_interval * 1000 \
-             WHERE id = $3 AND state = 'active' AND expires_at > $1 RETURNING started_at",
+             window_ms = $4, limit_at = $5, next_interim_at = $1 + interim_interval * 1000 \
+             WHERE id = $3 AND state = 'active' AND expires_at > $1 AND $2 > $1 RETURNING started_at",
         )
         .bind(now)
-        .bind(expires_at)
+        .bind(terms.expires_at)
         .bind(id)
+        .bind(terms.window_ms)
+        .bind(terms.limit_at)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(started_at) = started_at else {

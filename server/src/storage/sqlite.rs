@@ -36,7 +36,8 @@ macro_rules! select_sessions {
         concat!(
             "SELECT id, acct_session_id, organization_id, username, client_ip, server_index, server_name, \
              classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, \
-             state, stopped_at, terminate_cause, nas_ip, nas_identifier, replaced_by FROM access_sessions ",
+             state, stopped_at, terminate_cause, nas_ip, nas_identifier, replaced_by, \
+             accept_idle_timeout, accept_session_timeout FROM access_sessions ",
             $rest
         )
     };
@@ -88,6 +89,7 @@ fn session_from_row(row: &rusqlite::Row<'_>) -> Result<AccessSessionRecord, Stor
         terminate_cause: row.get(17)?,
         nas: super::stored_nas(row.get(18)?, row.get(19)?),
         replaced_by: row.get(20)?,
+        accept_timeouts: super::AcceptTimeouts::stored(row.get(21)?, row.get(22)?),
     })
 }
 
@@ -588,7 +590,7 @@ impl SessionStore for SqliteStore {
         &self,
         id: i64,
         now: i64,
-        expires_at: i64,
+        terms: super::RefreshTerms,
     ) -> Result<Option<AccessSessionRecord>, StorageError> {
         self.engine
             .write(move |c| {
@@ -618,10 +620,13 @@ impl SessionStore for SqliteStore {
                 let started_at: Option<i64> = c
                     .prepare_cached(
                         "UPDATE access_sessions SET refreshed_at = ?1, expires_at = ?2, \
-                         next_interim_at = ?1 + interim_interval * 1000 \
-                         WHERE id = ?3 AND state = 'active' AND expires_at > ?1 RETURNING started_at",
+                         window_ms = ?4, limit_at = ?5, next_interim_at = ?1 + interim_interval * 1000 \
+                         WHERE id = ?3 AND state = 'active' AND expires_at > ?1 AND ?2 > ?1 RETURNING started_at",
                     )?
-                    .query_row(params![now, expires_at, id], |r| r.get(0))
+                    .query_row(
+                        params![now, terms.expires_at, id, terms.window_ms, terms.limit_at],
+                        |r| r.get(0),
+                    )
                     .optional()?;
                 let Some(started_at) = started_at else {
                     return Ok(None);
@@ -1734,12 +1739,13 @@ fn open_session_in(c: &Connection, new: &NewAccessSession) -> Result<OpenedSessi
             });
         }
     }
+    let accept_timeouts = super::AcceptTimeouts::columns(new.accept_timeouts);
     let id: i64 = c
         .prepare_cached(
             "INSERT INTO access_sessions (acct_session_id, organization_id, username, client_ip, server_index, server_name, \
              classes, reply_message, started_at, refreshed_at, window_ms, limit_at, expires_at, interim_interval, next_interim_at, state, \
-             nas_ip, nas_identifier, sign_in_until) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?) RETURNING id",
+             nas_ip, nas_identifier, sign_in_until, accept_idle_timeout, accept_session_timeout) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?) RETURNING id",
         )?
         .query_row(
             params![
@@ -1761,6 +1767,8 @@ fn open_session_in(c: &Connection, new: &NewAccessSession) -> Result<OpenedSessi
                 new.nas.as_ref().map(|nas| nas.ip.to_string()),
                 new.nas.as_ref().map(|nas| nas.identifier.as_str()),
                 new.start_claimed_until,
+                accept_timeouts.0,
+                accept_timeouts.1,
             ],
             |r| r.get(0),
         )?;
