@@ -1385,6 +1385,31 @@ fn new_acct_session_id() -> String {
     id
 }
 
+/// What a refresh at `now` gives `session`: the window and limit its Access-Accept and its
+/// organization's settings give now — a `default_window` or `max_lifetime` changed since the
+/// sign-in applies where the Accept left them to the organization (an operator who sets
+/// `max_lifetime` after an incident bounds the sessions refreshed since) —, or, for a session
+/// stored before the portal kept what its Accept said, the window and limit it has.
+fn refresh_terms(session: &AccessSessionRecord, org: &Organization, now: i64) -> RefreshTerms {
+    let (window_ms, limit_at) = match session.accept_timeouts {
+        Some(accept) => {
+            let terms = Terms::from_grant(
+                Some(accept.idle),
+                Some(accept.session),
+                org.default_window,
+                org.max_lifetime,
+            );
+            (terms.window_ms(), terms.limit_at(session.started_at))
+        }
+        None => (session.window_ms, session.limit_at),
+    };
+    RefreshTerms {
+        window_ms,
+        limit_at,
+        expires_at: timing::expires_at(now, window_ms, limit_at),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::radius::{encode_accounting, status_type, AccountingRecord, NasIdentity};
@@ -1455,30 +1480,5 @@ mod tests {
         assert!(later > earlier, "{later} should sort after {earlier}");
         let millis = i64::from_str_radix(&earlier[..12], 16).unwrap();
         assert!((super::now_ms() - millis).abs() < 60_000);
-    }
-}
-
-/// What a refresh at `now` gives `session`: the window and limit its Access-Accept and its
-/// organization's settings give now — a `default_window` or `max_lifetime` changed since the
-/// sign-in applies where the Accept left them to the organization (an operator who sets
-/// `max_lifetime` after an incident bounds the sessions refreshed since) —, or, for a session
-/// stored before the portal kept what its Accept said, the window and limit it has.
-fn refresh_terms(session: &AccessSessionRecord, org: &Organization, now: i64) -> RefreshTerms {
-    let (window_ms, limit_at) = match session.accept_timeouts {
-        Some(accept) => {
-            let terms = Terms::from_grant(
-                Some(accept.idle),
-                Some(accept.session),
-                org.default_window,
-                org.max_lifetime,
-            );
-            (terms.window_ms(), terms.limit_at(session.started_at))
-        }
-        None => (session.window_ms, session.limit_at),
-    };
-    RefreshTerms {
-        window_ms,
-        limit_at,
-        expires_at: timing::expires_at(now, window_ms, limit_at),
     }
 }
