@@ -231,7 +231,8 @@ pub async fn run() -> anyhow::Result<()> {
             exit_of(crate::operator::audit(&settings, command).await?)
         }
         Command::CheckConfig => {
-            let settings = Settings::load(cli.config.as_deref())?;
+            let mut settings = Settings::load(cli.config.as_deref())?;
+            settings.say_early();
             // The certificate and key as `serve` would load them (readable, PEM, a matching pair).
             if let Some(tls) = &settings.http.tls {
                 crate::http::tls::load(tls)?;
@@ -352,8 +353,9 @@ pub async fn run() -> anyhow::Result<()> {
             if cli.config.is_none() {
                 return Err(Usage("no configuration file: pass --config FILE (or PORTAL_CONFIG), or run `radius-portal demo`".into()).into());
             }
-            let settings = Settings::load(cli.config.as_deref())?;
+            let mut settings = Settings::load(cli.config.as_deref())?;
             telemetry::init(&settings.log);
+            settings.say_early();
             for warning in secrets_readable_warnings(cli.config.as_deref(), &settings) {
                 tracing::warn!("{warning}");
             }
@@ -377,6 +379,7 @@ pub async fn run() -> anyhow::Result<()> {
             // environment (a container's PORTAL_DATABASE_*) is never the demo's.
             settings.use_database(demo_settings(&data_dir).database);
             telemetry::init(&settings.log);
+            settings.say_early();
             // The site's files first: a missing Leptos.toml is the whole answer, before the
             // demo RADIUS server starts and logs.
             let options = leptos_options(&cli.leptos_config)?;
@@ -899,7 +902,7 @@ fn check_site_files(options: &LeptosOptions, hash_file: &Path) -> anyhow::Result
 
 /// What `serve` warns about in the files the configuration names, before it starts: shared
 /// secrets that other users of the machine can read — the configuration file (`path`) holding
-/// inline secrets, or a `secret_file`.
+/// inline secrets, a `secret_file`, or the built-in HTTPS's private key.
 fn secrets_readable_warnings(path: Option<&Path>, settings: &Settings) -> Vec<String> {
     let mut warnings = Vec::new();
     let inline = settings
@@ -945,6 +948,20 @@ fn secrets_readable_warnings(path: Option<&Path>, settings: &Settings) -> Vec<St
                 file.display()
             ));
         }
+    }
+    // The same for the private key (black-box tester S's D3): whoever reads it can pose as the
+    // portal, and read its users' passwords on their way in.
+    if let Some(key) = settings
+        .http
+        .tls
+        .as_ref()
+        .map(|tls| tls.key_file.as_path())
+        .filter(|key| readable_by(key, 0o004))
+    {
+        warnings.push(format!(
+            "the TLS private key {} ([http.tls] key_file) can be read by every user of the machine: `chmod o-r` it",
+            key.display()
+        ));
     }
     warnings
 }
@@ -1139,4 +1156,31 @@ pub(crate) fn output_failed(error: std::io::Error) -> ! {
     }
     eprintln!("error: writing the output failed: {error}");
     std::process::exit(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tls_private_key_every_user_can_read_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("portal.key");
+        std::fs::write(&key, "not read here").unwrap();
+        let mut settings = Settings::default();
+        settings.http.tls = Some(crate::config::TlsSettings {
+            cert_file: dir.path().join("portal.pem"),
+            key_file: key.clone(),
+        });
+        let said = |mode: u32| {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            secrets_readable_warnings(None, &settings)
+                .iter()
+                .any(|w| w.contains("TLS private key") && w.contains("portal.key"))
+        };
+        assert!(said(0o644), "readable by every user");
+        assert!(!said(0o640), "its group may read it (root:portal 0640)");
+        assert!(!said(0o600));
+    }
 }

@@ -236,6 +236,11 @@ pub struct Settings {
     /// settings): key → the variable, which the key's error names ([`Settings::named`]).
     #[serde(skip)]
     set_by: HashMap<&'static str, &'static str>,
+    /// What reading the environment found to say (a variable that replaced a file's value, one
+    /// that looks like a setting but is none: warning if true), said by [`Settings::say_early`]
+    /// once the command knows how: in a JSON log, as its first lines.
+    #[serde(skip)]
+    early: Vec<(bool, String)>,
 }
 
 /// `[metrics]`
@@ -1626,8 +1631,12 @@ impl Settings {
     /// Reads `path` (if given), applies environment overrides, validates. A value validation
     /// refuses is named with its line in the file, as one the parser refuses is.
     pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
-        let (settings, text) = Settings::read(path)?;
-        settings.validate().map_err(|e| at_line_in(e, text))?;
+        let (mut settings, text) = Settings::read(path)?;
+        if let Err(e) = settings.validate() {
+            // No log follows: what the environment did is said with the error.
+            settings.say_early();
+            return Err(at_line_in(e, text));
+        }
         Ok(settings)
     }
 
@@ -1635,7 +1644,8 @@ impl Settings {
     /// parsed (unknown keys are still errors) but not validated, so a file with `[database]`
     /// alone works and secret files need not be readable by the operator.
     pub fn load_for_operator(path: Option<&Path>) -> Result<Settings, ConfigError> {
-        let (settings, text) = Settings::read(path)?;
+        let (mut settings, text) = Settings::read(path)?;
+        settings.say_early();
         settings
             .validate_database()
             .map_err(|e| at_line_in(e, text))?;
@@ -1687,14 +1697,22 @@ impl Settings {
                 Err(_) => false,
             };
             for note in env_overrides(&text, &before, self, set) {
-                crate::eprint_line!("note: {note}");
+                self.early.push((false, note));
             }
         }
         for name in unknown_overrides(std::env::vars_os().map(|(k, _)| k)) {
-            // Before logging is set up (its settings are being read): on stderr.
-            crate::eprint_line!("warning: the environment variable {name} is not a setting of the portal (a typo?); it is ignored");
+            self.early.push((true, format!("the environment variable {name} is not a setting of the portal (a typo?); it is ignored")));
         }
         Ok(())
+    }
+
+    /// Says what reading the environment found ([`Settings::apply_process_env`]), once: as log
+    /// lines when the log is JSON (`serve` and `demo` call this once their log is set up, so a
+    /// collector reading JSON gets them), else as `note: …` and `warning: …` on stderr.
+    pub fn say_early(&mut self) {
+        for (warning, text) in std::mem::take(&mut self.early) {
+            crate::telemetry::said_early(warning, &text);
+        }
     }
 
     /// Parses TOML text (no environment, no validation).
@@ -1792,6 +1810,9 @@ impl Settings {
                 PublicUrl::parse(&url)
                     .map_err(|problem| config_error("PORTAL_HTTP_PUBLIC_URL", problem))?,
             );
+            // Checked again beside [http.tls]: the variable is what to name then too.
+            self.set_by
+                .insert("http.public_url", "PORTAL_HTTP_PUBLIC_URL");
         }
         if let Some(v) = var("PORTAL_HTTP_SECURE_COOKIES") {
             self.http.secure_cookies = parse_bool("PORTAL_HTTP_SECURE_COOKIES", &v)?;
@@ -1862,6 +1883,7 @@ impl Settings {
             ));
         }
         let mut names = std::collections::HashSet::new();
+        let mut hashes = std::collections::HashMap::new();
         for (i, token) in self.admin.tokens.iter().enumerate() {
             // The name is who acted in the audit log (`admin:<name>`): one each, and readable.
             if token.name.trim().is_empty() || !plain_text(&token.name, false) {
@@ -1888,6 +1910,15 @@ impl Settings {
                 return Err(config_error(
                     format!("admin.tokens[{i}].sha256"),
                     "is not 64 lower-case hex digits (use `radius-portal admin hash-token`)",
+                ));
+            }
+            // One token under two names: the audit log would name either for it.
+            if let Some(first) = hashes.insert(token.sha256.as_str(), token.name.as_str()) {
+                return Err(config_error(
+                    format!("admin.tokens[{i}].sha256"),
+                    format!(
+                        "is `{first}`'s too: one token under two names, the audit log could not say who acted by it (give each its own token)"
+                    ),
                 ));
             }
         }
@@ -2003,7 +2034,7 @@ impl Settings {
         if let (Some(_), Some(public)) = (&self.http.tls, &self.http.public_url) {
             if !public.is_https() {
                 return Err(config_error(
-                    "http.public_url",
+                    self.named("http.public_url"),
                     format!(
                         "`{}` is plain http, but [http.tls] serves HTTPS: browsers would send an https origin and every sign-in would be refused (use https://)",
                         public.origin()
@@ -2688,14 +2719,19 @@ mod tests {
 
     #[test]
     fn admin_token_names_are_one_each_and_readable() {
-        let token = |name: &str| {
+        // A token under `name`, its hash `digit` 64 times.
+        let hashed = |name: &str, digit: char| {
             format!(
                 "[[admin.tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\n",
-                "a".repeat(64)
+                digit.to_string().repeat(64)
             )
         };
+        // Each name its own token.
+        let token = |name: &str| hashed(name, if name == "ci" { 'c' } else { 'a' });
         for (tokens, problem) in [
-            (token("ops") + &token("ops"), "used twice"),
+            (token("ops") + &hashed("ops", 'b'), "used twice"),
+            // One token under two names (black-box tester S's D10).
+            (token("ops") + &token("ops2"), "`ops`'s too"),
             (token(""), "must be a name"),
             (
                 token("two\\n2026-12-02 config org.enable"),
@@ -2748,6 +2784,14 @@ mod tests {
         Settings::from_toml(&toml("https://portal.example.com"))
             .and_then(|s| s.validate())
             .expect("https public_url with TLS");
+        // Set by PORTAL_HTTP_PUBLIC_URL over the file's good one: named by the variable (black-box
+        // tester S's D8), where the operator has to look.
+        let mut settings = Settings::from_toml(&toml("https://portal.example.com")).unwrap();
+        settings
+            .apply_env(|k| (k == "PORTAL_HTTP_PUBLIC_URL").then(|| "http://127.0.0.1:8080".into()))
+            .expect("a URL");
+        let err = settings.validate().expect_err("http public_url with TLS");
+        assert_eq!(err.key, "PORTAL_HTTP_PUBLIC_URL", "{err}");
     }
 
     #[test]

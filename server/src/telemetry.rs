@@ -27,13 +27,10 @@ pub fn rust_log_warning(settings: &LogSettings) -> Option<String> {
 /// Installs the global subscriber (RUST_LOG wins over the configured filter; an empty one counts
 /// as unset, as for most programs — not as a filter that shows errors alone). Safe to call twice.
 pub fn init(settings: &LogSettings) {
-    let filter = match rust_log_filter(settings) {
-        Ok(filter) => filter,
-        // Set, but not a filter: said (once, before the log starts), not passed over in silence.
-        Err(warning) => {
-            eprintln!("warning: {warning}");
-            EnvFilter::new(&settings.filter)
-        }
+    let (filter, warning) = match rust_log_filter(settings) {
+        Ok(filter) => (filter, None),
+        // Set, but not a filter: said (once, as the log starts), not passed over in silence.
+        Err(warning) => (EnvFilter::new(&settings.filter), Some(warning)),
     };
     // tower-sessions warns ("possibly suspicious activity") for every request whose cookie names
     // no stored session: anyone can send those at will, and the portal answers them as it
@@ -79,6 +76,28 @@ pub fn init(settings: &LogSettings) {
     } else {
         builder.try_init()
     };
+    if let Some(warning) = warning {
+        said_early(true, &warning);
+    }
+}
+
+/// A line about the settings, said as the log starts: when the log is JSON, a log line (`warn`
+/// for a warning, else `info`) — unless the filter hides it —, so that a collector reading
+/// JSON lines reads it too; else `warning: …` or `note: …` on stderr, as before the log.
+pub fn said_early(warning: bool, text: &str) {
+    use tracing::Level;
+    let level = if warning { Level::WARN } else { Level::INFO };
+    let json = JSON.load(std::sync::atomic::Ordering::Relaxed);
+    match level {
+        Level::WARN if json && tracing::enabled!(target: "radius_portal", Level::WARN) => {
+            tracing::warn!(target: "radius_portal", "{text}");
+        }
+        Level::INFO if json && tracing::enabled!(target: "radius_portal", Level::INFO) => {
+            tracing::info!(target: "radius_portal", "{text}");
+        }
+        _ if warning => crate::eprint_line!("warning: {text}"),
+        _ => crate::eprint_line!("note: {text}"),
+    }
 }
 
 /// The log is JSON ([`init`] with `format = "json"`).

@@ -1578,14 +1578,18 @@ fn a_failed_start_says_why_in_json_when_the_log_is_json() {
     std::fs::write(
         &config,
         format!(
-            "[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nformat = \"json\"\n[database]\npath = \"{}\"\n\
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nformat = \"text\"\n[database]\npath = \"{}\"\n\
              [[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
              [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\nsecret = \"{SECRET}\"\n",
             dir.path().join("portal.db").display()
         ),
     )
     .unwrap();
+    // JSON by a variable over the file's text, and a variable's name mistyped: what reading
+    // the environment says is JSON lines too (black-box tester S's D7).
     let output = portal(&["--config", config.to_str().unwrap(), "serve"])
+        .env("PORTAL_LOG_FORMAT", "json")
+        .env("PORTAL_DATABSE_URL", "x")
         .output()
         .unwrap();
     assert!(!output.status.success());
@@ -1595,6 +1599,22 @@ fn a_failed_start_says_why_in_json_when_the_log_is_json() {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
+    let said = |level: &str, words: &str| {
+        lines.iter().any(|line| {
+            line["level"] == level
+                && line["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(words))
+        })
+    };
+    assert!(
+        said("WARN", "PORTAL_DATABSE_URL is not a setting"),
+        "{stderr}"
+    );
+    assert!(
+        said("INFO", "PORTAL_LOG_FORMAT sets log.format"),
+        "{stderr}"
+    );
     let last = lines.last().expect("a line");
     assert_eq!(last["level"], "ERROR", "{stderr}");
     assert!(

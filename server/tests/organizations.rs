@@ -2049,6 +2049,17 @@ async fn start_up_applies_a_listed_disable_keeps_operator_state_and_disables_rem
         .login("acme", "carol", "carol-pass", ip(43))
         .await
         .unwrap();
+    // Enabled again while it is no longer listed: the next start leaves it enabled — only the
+    // start that finds it gone from the file disables it (black-box tester S's D6 thought the
+    // next start would disable it again).
+    app.set_organization_active("beta", true).await;
+    app.stop().await;
+    let app = TestApp::spawn(&only_acme).await;
+    assert!(app.organizations.get("beta").unwrap().active);
+    app.sessions
+        .login("beta", "carol", "carol-pass", ip(44))
+        .await
+        .unwrap();
     app.stop().await;
 }
 

@@ -280,6 +280,12 @@ pub fn client_ip(
     Ok(Some(client))
 }
 
+/// Whether a request from `peer` carries the configured forwarding header though `peer` is not
+/// a trusted proxy (the header is ignored: the peer is the client).
+fn ignored_forwarding(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> bool {
+    !trusted.contains(peer.to_canonical()) && headers.contains_key(trusted.header.name())
+}
+
 /// Whether a request to `path` may need its client's address (a sign-in, a session): not the
 /// admin API, the health probes, or assets.
 fn uses_client_address(path: &str) -> bool {
@@ -298,6 +304,14 @@ pub fn insert_client_ip(trusted: &TrustedProxies, request: &mut Request) -> Opti
         .copied()?;
     match client_ip(peer.ip(), request.headers(), trusted) {
         Ok(Some(ip)) => {
+            if ignored_forwarding(peer.ip(), request.headers(), trusted)
+                && uses_client_address(request.uri().path())
+            {
+                // A proxy whose address left `trusted_proxies` (an edit, a new address): every
+                // user is the proxy then, and each sign-in replaces the last one's session.
+                crate::throttled!(info, peer = %peer.ip(), header = trusted.header.name(),
+                    "a request carries the forwarding header from a peer that is not a trusted proxy: the header is ignored and the peer is the client (if the portal sits behind a proxy at that address, add it to [http] trusted_proxies)");
+            }
             request.extensions_mut().insert(ClientIp(ip));
         }
         // Requests that never use the client's address (the admin API, probes, assets) say
@@ -349,6 +363,34 @@ mod tests {
             h.append(*k, HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn a_forwarding_header_from_an_untrusted_peer_is_said_to_be_ignored() {
+        // The proxy's address left `trusted_proxies` (black-box tester S's D11): noticed.
+        let proxies = trusted(&["10.0.0.0/8"]);
+        let forwarded = headers(&[("x-forwarded-for", "192.0.2.7")]);
+        assert!(ignored_forwarding(ip("203.0.113.9"), &forwarded, &proxies));
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &forwarded, &proxies).unwrap(),
+            Some(ip("203.0.113.9"))
+        );
+        // From a trusted proxy it is used; without the header there is nothing to say; another
+        // header than the configured one is not the proxy's.
+        assert!(!ignored_forwarding(ip("10.1.2.3"), &forwarded, &proxies));
+        assert!(!ignored_forwarding(
+            ip("203.0.113.9"),
+            &headers(&[]),
+            &proxies
+        ));
+        let real_ip = trusted_with(ForwardedHeader::XRealIp, &["10.0.0.0/8"]);
+        assert!(!ignored_forwarding(ip("203.0.113.9"), &forwarded, &real_ip));
+        // An IPv4 peer seen as IPv6-mapped is the same peer.
+        assert!(!ignored_forwarding(
+            ip("::ffff:10.1.2.3"),
+            &forwarded,
+            &proxies
+        ));
     }
 
     #[test]
