@@ -49,6 +49,29 @@ retries = 1
     (dir, path)
 }
 
+/// What `command` printed and how it ended, run for at most `seconds` (then killed: the test
+/// fails with `still_running`).
+async fn output_within(
+    command: &mut Command,
+    seconds: u64,
+    still_running: &str,
+) -> std::process::Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("{still_running}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    child.wait_with_output().unwrap()
+}
+
 fn portal(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_radius-portal"));
     command
@@ -405,21 +428,14 @@ retries = 0
         "test",
         "--username",
         "alice",
-    ])
-    .env("PORTAL_TEST_PASSWORD", "alice-pass")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("`radius test` still waiting on a server that refused the request");
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let output = child.wait_with_output().unwrap();
+    ]);
+    child.env("PORTAL_TEST_PASSWORD", "alice-pass");
+    let output = output_within(
+        &mut child,
+        20,
+        "`radius test` still waiting on a server that refused the request",
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success(), "{stdout}");
     assert!(
@@ -1664,22 +1680,12 @@ async fn a_database_file_with_two_names_is_refused() {
     )
     .unwrap();
     for config in [&config, &other_config] {
-        let mut serve = portal(&["--config", config.to_str().unwrap(), "serve"])
+        let mut serve = portal(&["--config", config.to_str().unwrap(), "serve"]);
+        serve
             .current_dir(env!("CARGO_MANIFEST_DIR").to_string() + "/..")
-            .env("PORTAL_HTTP_LISTEN", "127.0.0.1:0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .env("PORTAL_HTTP_LISTEN", "127.0.0.1:0");
         // Refused at once; one that serves is stopped and fails the test.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while serve.try_wait().unwrap().is_none() {
-            if std::time::Instant::now() > deadline {
-                serve.kill().unwrap();
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        let serve = serve.wait_with_output().unwrap();
+        let serve = output_within(&mut serve, 30, "`serve` started on the second name").await;
         let check = portal(&["--config", config.to_str().unwrap(), "check-config"])
             .output()
             .unwrap();
