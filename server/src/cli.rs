@@ -286,6 +286,13 @@ pub async fn run() -> anyhow::Result<()> {
             };
             let warnings = crate::telemetry::rust_log_warning(&settings.log)
                 .into_iter()
+                .chain(
+                    settings
+                        .http
+                        .tls
+                        .as_ref()
+                        .and_then(crate::http::tls::certificate_warning),
+                )
                 .chain(secrets_readable_warnings(cli.config.as_deref(), &settings))
                 .chain(crate::startup::exposure_warnings(&settings, addr))
                 .chain(crate::startup::dynauth_warnings(

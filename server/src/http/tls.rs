@@ -64,6 +64,11 @@ pub fn load(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
             settings.cert_file.display()
         )));
     }
+    if let Some(warning) = validity_warning(&certs[0], &settings.cert_file, now_secs()) {
+        // Served all the same (replacing it is the operator's call), but said at every load:
+        // the start, each SIGHUP reload.
+        tracing::warn!("{warning}");
+    }
     let key = PrivateKeyDer::from_pem_file(&settings.key_file)
         .map_err(|e| read_error("private key file", &settings.key_file, &e))?;
     let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
@@ -80,6 +85,124 @@ pub fn load(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// What `check-config` says of the certificate's dates ([`validity_warning`]), if anything.
+pub fn certificate_warning(settings: &TlsSettings) -> Option<String> {
+    let leaf = CertificateDer::pem_file_iter(&settings.cert_file)
+        .ok()?
+        .next()?
+        .ok()?;
+    validity_warning(&leaf, &settings.cert_file, now_secs())
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// How soon before its end a certificate is said to be ending.
+const ENDING_SOON_SECS: i64 = 14 * 86_400;
+
+/// A sentence when the leaf certificate `leaf` (from `file`) is not valid at `now` (Unix
+/// seconds) — expired, or not valid yet: browsers refuse it — or ends within 14 days. None
+/// when it is valid beyond that, or its dates cannot be read (rustls has accepted it).
+fn validity_warning(leaf: &[u8], file: &Path, now: i64) -> Option<String> {
+    let (not_before, not_after) = validity(leaf)?;
+    let day = |secs: i64| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64),
+        )
+        .to_string()
+    };
+    let file = file.display();
+    if now >= not_after {
+        Some(format!("the certificate {file} expired at {}: browsers refuse it (renew it, then SIGHUP the portal)", day(not_after)))
+    } else if now < not_before {
+        Some(format!("the certificate {file} is not valid before {}: browsers refuse it until then (check the machine's clock)", day(not_before)))
+    } else if not_after - now < ENDING_SOON_SECS {
+        Some(format!(
+            "the certificate {file} expires at {}: renew it (then SIGHUP the portal)",
+            day(not_after)
+        ))
+    } else {
+        None
+    }
+}
+
+/// A certificate's notBefore and notAfter (Unix seconds), read from its DER (X.509:
+/// Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL, serialNumber,
+/// signature, issuer, validity SEQUENCE { notBefore, notAfter }, … }, … }).
+fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    let (0x30, certificate, _) = tlv(der)? else {
+        return None;
+    };
+    let (0x30, mut tbs, _) = tlv(certificate)? else {
+        return None;
+    };
+    let (tag, _, rest) = tlv(tbs)?;
+    if tag == 0xA0 {
+        tbs = rest; // the version
+    }
+    for _ in 0..3 {
+        tbs = tlv(tbs)?.2; // serialNumber, signature, issuer
+    }
+    let (0x30, validity, _) = tlv(tbs)? else {
+        return None;
+    };
+    let (before_tag, before, rest) = tlv(validity)?;
+    let (after_tag, after, _) = tlv(rest)?;
+    Some((asn1_time(before_tag, before)?, asn1_time(after_tag, after)?))
+}
+
+/// One DER element: its tag, its content, and what follows it.
+fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (length, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at_checked(count)?;
+        (
+            bytes.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b)),
+            rest,
+        )
+    };
+    let (content, rest) = rest.split_at_checked(length)?;
+    Some((tag, content, rest))
+}
+
+/// An X.509 time (UTCTime `YYMMDDHHMMSSZ`, 0x17, years 1950-2049; GeneralizedTime
+/// `YYYYMMDDHHMMSSZ`, 0x18) as Unix seconds.
+fn asn1_time(tag: u8, content: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(content).ok()?.strip_suffix('Z')?;
+    let (year, rest) = match (tag, text.len()) {
+        (0x17, 12) => {
+            let yy: i64 = text.get(..2)?.parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &text[2..])
+        }
+        (0x18, 14) => (text.get(..4)?.parse().ok()?, &text[4..]),
+        _ => return None,
+    };
+    let field = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
+    let (month, day, hour, minute, second) =
+        (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm), then seconds.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    Some(days * 86_400 + hour * 3_600 + minute * 60 + second)
 }
 
 /// The certificate in use; replaced on reload.
@@ -346,6 +469,40 @@ mod tests {
         std::fs::write(&settings.cert_file, issued.cert.pem()).unwrap();
         std::fs::write(&settings.key_file, issued.key_pair.serialize_pem()).unwrap();
         settings
+    }
+
+    /// A self-signed certificate valid from `not_before` to `not_after` (years, months, days).
+    fn dated(not_before: (i32, u8, u8), not_after: (i32, u8, u8)) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_certificates_dates_are_read_and_an_expired_one_is_said() {
+        // 2026-12-05T00:00:00Z; 2049 is written as UTCTime, 2050 as GeneralizedTime.
+        let day = 1_796_428_800;
+        let cert = dated((2026, 1, 1), (2050, 1, 1));
+        assert_eq!(validity(&cert), Some((1_767_225_600, 2_524_608_000)));
+        let file = Path::new("/etc/portal/tls.crt");
+        assert_eq!(validity_warning(&cert, file, day), None);
+        let expired = dated((2025, 1, 1), (2026, 12, 4));
+        let said = validity_warning(&expired, file, day).expect("expired");
+        assert!(
+            said.contains("/etc/portal/tls.crt expired at 2026-12-04T00:00:00Z"),
+            "{said}"
+        );
+        let early = dated((2027, 1, 1), (2049, 12, 31));
+        let said = validity_warning(&early, file, day).expect("not yet valid");
+        assert!(said.contains("not valid before 2027-01-01"), "{said}");
+        let ending = dated((2026, 1, 1), (2026, 12, 12));
+        let said = validity_warning(&ending, file, day).expect("ending soon");
+        assert!(said.contains("expires at 2026-12-12"), "{said}");
+        // Not a certificate: nothing said (rustls refuses it anyway).
+        assert_eq!(validity(b"\x30\x03\x02\x01"), None);
+        assert_eq!(validity(&[]), None);
     }
 
     #[test]
