@@ -127,7 +127,7 @@ for (const scheme of ["light", "dark"] as const) {
         // README's picture of the dark scheme (`UPDATE_SCREENSHOTS=1` writes it to docs/).
         const shots = process.env.UPDATE_SCREENSHOTS ? path.join(__dirname, "../../docs/screenshots") : test.info().outputDir;
         fs.mkdirSync(shots, { recursive: true });
-        await page.screenshot({ path: path.join(shots, "session-beta-dark.png") });
+        await page.screenshot({ path: path.join(shots, "session-beta-dark.png"), fullPage: true });
       }
       await page.getByRole("button", { name: "Disconnect" }).click();
       await expect(page).toHaveURL(url("/o/beta/"));

@@ -966,7 +966,7 @@ fn secrets_readable_warnings(path: Option<&Path>, settings: &Settings) -> Vec<St
         .filter(|key| readable_by(key, 0o004))
     {
         warnings.push(format!(
-            "the TLS private key {} ([http.tls] key_file) can be read by every user of the machine: `chmod o-r` it",
+            "the TLS private key {} ([http.tls] key_file) can be read by every user of the machine: `chmod o-r` it (from a Kubernetes secret: give its volume `defaultMode: 0440` or less)",
             key.display()
         ));
     }

@@ -1681,8 +1681,9 @@ impl Settings {
         at_line_in(e, text)
     }
 
-    /// Applies this process's environment overrides, and names on stderr each variable that
-    /// looks like one but is none (a typo).
+    /// Applies this process's environment overrides, and keeps what to say of them for
+    /// [`Settings::say_early`]: each variable that replaced a file's value, and each that looks
+    /// like one but is none (a typo).
     pub fn apply_process_env(&mut self) -> Result<(), ConfigError> {
         let before = self
             .file

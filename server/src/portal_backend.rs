@@ -247,7 +247,14 @@ impl PortalBackend {
             .get(&s.organization_id)
             .map(|o| o.name.clone())
             .unwrap_or_else(|| s.organization_id.clone());
-        let ends_by = timing::ends_by(s.expires_at, s.limit_at);
+        // What a Refresh would give, and which end is the session's: the organization's
+        // settings of now count (a `max_lifetime` changed since the sign-in), as for
+        // `can_extend`.
+        let (window_ms, limit_at) = self
+            .sessions
+            .next_terms(s)
+            .map_or((s.window_ms, s.limit_at), |t| (t.window_ms, t.limit_at));
+        let ends_by = timing::ends_by(s.expires_at, limit_at);
         SessionView {
             username: s.username.clone(),
             organization,
@@ -257,12 +264,11 @@ impl PortalBackend {
             ends_at_utc: utc_clock(s.expires_at, now_ms()),
             ends_at_ms: s.expires_at,
             reply_message: s.reply_message.clone(),
-            window_secs: (s.window_ms / 1000) as u64,
-            window_text: app::islands::session_panel::format_length((s.window_ms / 1000) as u64),
+            window_secs: (window_ms / 1000) as u64,
+            window_text: app::islands::session_panel::format_length((window_ms / 1000) as u64),
             can_extend: self.sessions.can_extend(s),
-            refresh_reaches_limit_in_ms: s
-                .limit_at
-                .map(|limit| (limit - s.window_ms - now_ms()).max(0) as u64),
+            refresh_reaches_limit_in_ms: limit_at
+                .map(|limit| (limit - window_ms - now_ms()).max(0) as u64),
             base: base_of(&self.organizations, &s.organization_id),
             refresh_changed_nothing: false,
         }

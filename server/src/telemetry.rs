@@ -82,21 +82,16 @@ pub fn init(settings: &LogSettings) {
 }
 
 /// A line about the settings, said as the log starts: when the log is JSON, a log line (`warn`
-/// for a warning, else `info`) — unless the filter hides it —, so that a collector reading
-/// JSON lines reads it too; else `warning: …` or `note: …` on stderr, as before the log.
+/// for a warning, else `info`; one the filter hides is not said — never a plain line among the
+/// JSON ones), so that a collector reading JSON lines reads it too; else `warning: …` or
+/// `note: …` on stderr, as before the log.
 pub fn said_early(warning: bool, text: &str) {
-    use tracing::Level;
-    let level = if warning { Level::WARN } else { Level::INFO };
     let json = JSON.load(std::sync::atomic::Ordering::Relaxed);
-    match level {
-        Level::WARN if json && tracing::enabled!(target: "radius_portal", Level::WARN) => {
-            tracing::warn!(target: "radius_portal", "{text}");
-        }
-        Level::INFO if json && tracing::enabled!(target: "radius_portal", Level::INFO) => {
-            tracing::info!(target: "radius_portal", "{text}");
-        }
-        _ if warning => crate::eprint_line!("warning: {text}"),
-        _ => crate::eprint_line!("note: {text}"),
+    match (json, warning) {
+        (true, true) => tracing::warn!(target: "radius_portal", "{text}"),
+        (true, false) => tracing::info!(target: "radius_portal", "{text}"),
+        (false, true) => crate::eprint_line!("warning: {text}"),
+        (false, false) => crate::eprint_line!("note: {text}"),
     }
 }
 

@@ -2765,6 +2765,12 @@ async fn a_changed_window_or_lifetime_applies_from_each_sessions_next_refresh() 
         }
     };
     assert!(change(serde_json::json!({ "default_window": "10m", "max_lifetime": "2h" })).await);
+    // What the page offers says so before the refresh (a refresh gives 10 minutes).
+    let next = app.sessions.next_terms(&carol).expect("acme is known");
+    assert_eq!(
+        (next.window_ms, next.limit_at),
+        (600_000, Some(carol.started_at + 2 * 3_600_000))
+    );
     let (refreshed, written) = app.sessions.refresh(carol.id).await.unwrap();
     assert!(written);
     assert_eq!(
@@ -2785,7 +2791,12 @@ async fn a_changed_window_or_lifetime_applies_from_each_sessions_next_refresh() 
         radius_portal::access_session::now_ms() - bob.started_at > 1_000
     })
     .await;
+    assert!(app.sessions.can_extend(&bob));
     assert!(change(serde_json::json!({ "max_lifetime": "1s" })).await);
+    assert!(
+        !app.sessions.can_extend(&bob),
+        "past its limit now: no Refresh to offer"
+    );
     let refused = app.sessions.refresh(bob.id).await;
     assert!(
         matches!(

@@ -382,18 +382,6 @@ async fn a_session_opens_refreshes_and_stops_once(db: Db) {
     assert_eq!(refreshed.accept_timeouts, session.accept_timeouts);
     assert!(session.accept_timeouts.is_some());
     assert_eq!(outbox_types(s, opened.id).await, [START, INTERIM]);
-    // Never to a deadline already passed: nothing is written.
-    let passed = RefreshTerms {
-        expires_at: T0 + 2 * MINUTE + 500,
-        ..terms
-    };
-    assert_eq!(
-        s.refresh_session(opened.id, T0 + 2 * MINUTE + 500, passed)
-            .await
-            .unwrap(),
-        None
-    );
-    assert_eq!(s.session(opened.id).await.unwrap().unwrap(), refreshed);
 
     let cause = terminate_cause::USER_REQUEST;
     assert!(s
@@ -429,6 +417,57 @@ async fn a_session_opens_refreshes_and_stops_once(db: Db) {
     assert_eq!(detail["session_time_s"], 180);
     assert_eq!(detail["terminate_cause"], i64::from(cause));
     assert_eq!(end.actor, "user", "the user ended it (User-Request)");
+
+    // Terms whose deadline is not after the refresh (a `max_lifetime` shortened below the
+    // session's age): the refresh ends the session then, as its limit ends it.
+    let limited = s
+        .open_session(&login("10.0.0.9", T0, 10 * MINUTE))
+        .await
+        .unwrap()
+        .id;
+    let passed = RefreshTerms {
+        window_ms: 10 * MINUTE,
+        limit_at: Some(T0 + MINUTE),
+        expires_at: T0 + MINUTE,
+    };
+    assert_eq!(
+        s.refresh_session(limited, T0 + 2 * MINUTE, passed)
+            .await
+            .unwrap(),
+        None
+    );
+    let ended = s.session(limited).await.unwrap().unwrap();
+    assert!(!ended.active);
+    assert_eq!(ended.stopped_at, Some(T0 + 2 * MINUTE));
+    assert_eq!(
+        ended.terminate_cause,
+        Some(i64::from(terminate_cause::SESSION_TIMEOUT))
+    );
+    assert_eq!(outbox_types(s, limited).await, [START, STOP]);
+    // An operator's stop waiting for the session comes first: its Admin-Reset, dated when it
+    // was asked for, not the limit's.
+    let terminated = s
+        .open_session(&login("10.0.0.10", T0, 10 * MINUTE))
+        .await
+        .unwrap()
+        .id;
+    s.queue_session_termination(terminated, "cli:test", T0 + 30_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.refresh_session(terminated, T0 + 2 * MINUTE, passed)
+            .await
+            .unwrap(),
+        None
+    );
+    let ended = s.session(terminated).await.unwrap().unwrap();
+    assert_eq!(
+        (ended.stopped_at, ended.terminate_cause),
+        (
+            Some(T0 + 30_000),
+            Some(i64::from(terminate_cause::ADMIN_RESET))
+        )
+    );
 
     // A Start acknowledged by a failover server takes the session's accounting with it.
     assert_eq!(stopped.server_name, "primary");

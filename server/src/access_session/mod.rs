@@ -204,12 +204,25 @@ impl AccessSessions {
     /// Whether a Refresh could extend `session`: it ends by its window (not its limit) and its
     /// organization is enabled as this process knows it (the session page's Refresh button,
     /// the captive-portal API's `can-extend-session`; the refresh itself asks the guard).
+    /// Its limit is the one a refresh now would give ([`Self::next_terms`]: a `max_lifetime`
+    /// changed since the sign-in counts).
     pub fn can_extend(&self, session: &AccessSessionRecord) -> bool {
-        timing::ends_by(session.expires_at, session.limit_at) == app::dto::EndsBy::Window
-            && self
-                .organizations
-                .get(&session.organization_id)
-                .is_some_and(|org| org.active)
+        let active = self
+            .organizations
+            .get(&session.organization_id)
+            .is_some_and(|org| org.active);
+        let limit_at = self
+            .next_terms(session)
+            .map_or(session.limit_at, |terms| terms.limit_at);
+        active && timing::ends_by(session.expires_at, limit_at) == app::dto::EndsBy::Window
+    }
+
+    /// The window and limit a refresh of `session` now would give it ([`refresh_terms`]: its
+    /// organization's settings of now, where its Accept left them to the organization); None
+    /// when this process does not know its organization.
+    pub fn next_terms(&self, session: &AccessSessionRecord) -> Option<RefreshTerms> {
+        let org = self.organizations.get(&session.organization_id)?;
+        Some(refresh_terms(session, &org, now_ms()))
     }
 
     /// A session in any state (the page explains how it ended).
@@ -997,17 +1010,10 @@ impl AccessSessions {
             return Ok((session, false));
         }
         let id = session.id;
+        // A `max_lifetime` shortened since the sign-in may have passed: the write then ends the
+        // session (Session-Timeout), after the checks it makes of a disable or an operator's
+        // stop.
         let terms = refresh_terms(&session, &org, now);
-        if terms.expires_at <= now {
-            // Its organization's `max_lifetime`, shortened since the sign-in, has passed: the
-            // limit ends it now (Session-Timeout), as its deadline would have.
-            tracing::info!(acct_session_id = %session.acct_session_id,
-                organization = %session.organization_id,
-                "access session past its organization's max_lifetime at a refresh: stopped");
-            self.stop_and_send(id, terminate_cause::SESSION_TIMEOUT, now)
-                .await?;
-            return Err(SessionError::NotActive);
-        }
         // The flag is checked again inside the write: a disable committed since the guard
         // read it denies the refresh (no Interim-Update after the disable).
         let refreshed = match self.storage.refresh_session(id, now, terms).await {
@@ -1024,8 +1030,14 @@ impl AccessSessions {
             }
             Ok(Some(refreshed)) => refreshed,
             // Ended meanwhile, or by this write: an operator's stop that waited for the
-            // session is made now, dated when it was asked for (its Stop is queued).
+            // session is made now, dated when it was asked for, or its shortened limit ends it
+            // (its Stop is queued).
             Ok(None) => {
+                if terms.expires_at <= now {
+                    tracing::info!(acct_session_id = %session.acct_session_id,
+                        organization = %session.organization_id,
+                        "access session past its organization's max_lifetime at a refresh: it ends");
+                }
                 self.accounting.wake();
                 self.events.publish(id);
                 return Err(SessionError::NotActive);

@@ -281,9 +281,13 @@ pub fn client_ip(
 }
 
 /// Whether a request from `peer` carries the configured forwarding header though `peer` is not
-/// a trusted proxy (the header is ignored: the peer is the client).
+/// a trusted proxy (the header is ignored: the peer is the client), where some proxy is trusted
+/// (a portal exposed directly, trusting none, hears the header from clients and their forward
+/// proxies: nothing to say).
 fn ignored_forwarding(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> bool {
-    !trusted.contains(peer.to_canonical()) && headers.contains_key(trusted.header.name())
+    !trusted.networks.is_empty()
+        && !trusted.contains(peer.to_canonical())
+        && headers.contains_key(trusted.header.name())
 }
 
 /// Whether a request to `path` may need its client's address (a sign-in, a session): not the
@@ -308,9 +312,10 @@ pub fn insert_client_ip(trusted: &TrustedProxies, request: &mut Request) -> Opti
                 && uses_client_address(request.uri().path())
             {
                 // A proxy whose address left `trusted_proxies` (an edit, a new address): every
-                // user is the proxy then, and each sign-in replaces the last one's session.
+                // user has the proxy's address then, and each sign-in replaces the last one's
+                // session. Anyone can send the header: the line advises checking, not trusting.
                 crate::throttled!(info, peer = %peer.ip(), header = trusted.header.name(),
-                    "a request carries the forwarding header from a peer that is not a trusted proxy: the header is ignored and the peer is the client (if the portal sits behind a proxy at that address, add it to [http] trusted_proxies)");
+                    "a request carries the forwarding header from a peer that is not a trusted proxy: the header is ignored and the peer is the client (if your own reverse proxy sends from that address, check [http] trusted_proxies; never trust a client's or its forward proxy's)");
             }
             request.extensions_mut().insert(ClientIp(ip));
         }
@@ -385,6 +390,12 @@ mod tests {
         ));
         let real_ip = trusted_with(ForwardedHeader::XRealIp, &["10.0.0.0/8"]);
         assert!(!ignored_forwarding(ip("203.0.113.9"), &forwarded, &real_ip));
+        // A portal trusting no proxy (exposed directly) hears it from clients: nothing said.
+        assert!(!ignored_forwarding(
+            ip("203.0.113.9"),
+            &forwarded,
+            &trusted(&[])
+        ));
         // An IPv4 peer seen as IPv6-mapped is the same peer.
         assert!(!ignored_forwarding(
             ip("::ffff:10.1.2.3"),

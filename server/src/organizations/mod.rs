@@ -693,7 +693,18 @@ pub fn root_moves(
     // Stored in the file's order at the last start, those it listed first.
     let before = stored.first().filter(|row| row.from_config)?;
     let after = settings.first()?;
-    (before.id != after.id).then(|| {
+    if before.id == after.id {
+        return None;
+    }
+    if !settings.iter().any(|s| s.id == before.id) {
+        // Removed from the file: this start disables it (said apart), its sessions end.
+        return Some(format!(
+            "`/` serves organization `{after}` from this start (the first in the configuration file), not `{before}` as before, which the file no longer lists",
+            after = after.id,
+            before = before.id
+        ));
+    }
+    Some({
         format!(
             "`/` serves organization `{after}` from this start (the first in the configuration file), not `{before}` as before: sessions signed in at `/` are `{before}`'s, and pages at `/` no longer show them (a session page left open there says it is gone, while it runs) — their users find them at `/o/{before}/session`; put `{before}` first again to keep `/` as it was",
             after = after.id,
@@ -844,7 +855,12 @@ pub(crate) async fn servers_still_needed(
         let sessions = storage
             .sessions_needing_server(organization_id, name)
             .await?;
-        let copies = storage.copies_waiting_for(organization_id, name).await?;
+        // Those a day old are given up at their next attempt: a server down for good can go
+        // then, even if no portal ran meanwhile to give them up.
+        let since = crate::access_session::now_ms() - crate::accounting::COPY_GIVE_UP_MS;
+        let copies = storage
+            .copies_waiting_for(organization_id, name, since)
+            .await?;
         let needing = sessions + copies;
         if needing == 0 {
             continue;
@@ -854,7 +870,7 @@ pub(crate) async fn servers_still_needed(
                 "server `{name}` would be removed (or renamed), but {sessions} session(s) it authenticated still need it (open, or with accounting not yet delivered)"
             ),
             None => format!(
-                "server `{name}` would be removed (or renamed), but {copies} Stop copy(ies) still wait for it (it was down when another server took the Stop; `accounting backlog`): they are sent when it answers, or given up a day after their Stop went out"
+                "server `{name}` would be removed (or renamed), but {copies} Stop copy(ies) still wait for it (it was down when another server took the Stop; `accounting backlog`)"
             ),
             Some((from, to)) => format!(
                 "server `{name}` would send accounting to {to} instead of {from}, but it is still needed {needing} time(s) (sessions open or with accounting not yet delivered, and Stop copies waiting for it)"
@@ -884,7 +900,7 @@ impl ServerNeeded {
     pub(crate) fn advice(&self, until_sessions_end: &str) -> String {
         if self.copies_only {
             format!(
-                "{}: keep it as it is until then (a Stop must reach the server that has its Start)",
+                "{}: keep it as it is until they are sent (when it answers) or given up (a day after each copy was made; from then on the change is accepted, whether or not a portal ran meanwhile) — a Stop must reach the server that has its Start",
                 self.problem
             )
         } else {
@@ -1005,6 +1021,43 @@ pub async fn set_active(
 #[cfg(test)]
 mod tests {
     use super::anchored;
+
+    #[test]
+    fn root_moves_is_said_when_another_organization_comes_first() {
+        use super::{root_moves, StoredOrganization};
+        let stored = |id: &str, from_config: bool| StoredOrganization {
+            id: id.into(),
+            name: id.into(),
+            active: true,
+            settings: None,
+            revision: 1,
+            from_config,
+        };
+        let listed = |ids: &[&str]| {
+            let text: String = ids
+                .iter()
+                .map(|id| format!("[[organizations]]\nid = \"{id}\"\nname = \"{id}\"\n[[organizations.servers]]\nname = \"s\"\naddress = \"10.0.0.1\"\nsecret = \"s3cr3t\"\n"))
+                .collect();
+            crate::config::Settings::from_toml(&text)
+                .unwrap()
+                .organizations
+        };
+        let before = [stored("acme", true), stored("beta", true)];
+        assert_eq!(root_moves(&before, &listed(&["acme", "beta"])), None);
+        let said = root_moves(&before, &listed(&["beta", "acme"])).expect("moved");
+        assert!(
+            said.contains("`/` serves organization `beta`") && said.contains("`/o/acme/session`"),
+            "{said}"
+        );
+        let said = root_moves(&before, &listed(&["beta"])).expect("moved");
+        assert!(said.contains("which the file no longer lists"), "{said}");
+        // Nothing served from the file before (created at run time first, or a new database).
+        assert_eq!(
+            root_moves(&[stored("zeta", false)], &listed(&["beta"])),
+            None
+        );
+        assert_eq!(root_moves(&[], &listed(&["beta"])), None);
+    }
 
     #[test]
     fn a_pattern_is_anchored_when_it_starts_and_ends_with_an_anchor() {

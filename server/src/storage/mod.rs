@@ -188,8 +188,11 @@ contract! {
         fn session(&self, id: i64) -> Option<AccessSessionRecord>;
         /// Gives an active session `terms` (refreshed at `now`: its window, limit and deadline) and
         /// queues an Interim-Update. Returns the updated session, or None if it is no longer
-        /// active (or its deadline passed) — or an operator's stop waits for it: then this call
-        /// makes that stop (Admin-Reset, dated when it was asked for) instead.
+        /// active (its deadline passed) — or an operator's stop waits for it: then this call
+        /// makes that stop (Admin-Reset, dated when it was asked for) instead; or the new
+        /// deadline is not after `now` (its limit passed: a `max_lifetime` shortened since the
+        /// sign-in): then it stops the session now with Session-Timeout. A disabled
+        /// organization refuses it first (`OrganizationDisabled`).
         fn refresh_session(&self, id: i64, now: i64, terms: RefreshTerms) -> Option<AccessSessionRecord>;
         /// Stops an active session at `event_at` (never before its start, its last refresh or
         /// an Interim-Update queued for it) with `cause` and queues its Stop. False if it was not active (already stopped: nothing is queued
@@ -455,11 +458,14 @@ contract! {
         /// Sessions of an organization that still need server `name`: its sessions open or
         /// with their own accounting not yet delivered, and open sessions whose Stop will be
         /// copied there (a server that was sent a packet of theirs). Copies already queued for
-        /// it do not count: removing the server dead-letters them.
+        /// it are counted apart ([`SessionStore::copies_waiting_for`]).
         fn sessions_needing_server(&self, organization_id: &str, name: &str) -> i64;
-        /// Stop copies of an organization's sessions waiting to be sent to server `name`
-        /// (undelivered, not dead-lettered): moving the server would send them elsewhere.
-        fn copies_waiting_for(&self, organization_id: &str, name: &str) -> i64;
+        /// Copies of an organization's accounting (Stops, and the Interim-Updates that repeat a
+        /// session after a late Stop) waiting to be sent to server `name` (undelivered, not
+        /// dead-lettered), made at `since` or later: removing the server would give them up,
+        /// moving it would send them elsewhere. Older ones are given up at their next attempt
+        /// anyway (`accounting::COPY_GIVE_UP_MS`).
+        fn copies_waiting_for(&self, organization_id: &str, name: &str, since: i64) -> i64;
         /// Deletes an organization with its ended sessions and their accounting rows (the audit
         /// log keeps its history), audited. Refused while it is listed in the configuration, has
         /// open sessions or accounting not yet delivered: nothing may be lost.
@@ -543,7 +549,7 @@ impl Storage {
             if let Ok(names) = std::fs::metadata(path).map(|m| m.nlink()) {
                 if names > 1 {
                     return Some(format!(
-                        "the database file {path} has {names} names (hard links): SQLite keeps its -wal and -shm files beside the name it is opened by, so two names would write two journals for one file (a second portal could serve it through the other name too); remove the other names (`find / -xdev -samefile {path}`) and keep one, or copy the file instead of linking it",
+                        "the database file {path} has {names} names (hard links): SQLite keeps its -wal and -shm files beside the name it is opened by, so two names would write two journals for one file (a second portal could serve it through the other name too); keep this one and remove the others (`find \"$(stat -c %m {path})\" -xdev -samefile {path}` lists them; one that is a backup to keep: replace it with a copy, `sqlite3 {path} \".backup COPY\"`, first)",
                         path = path.display()
                     ));
                 }
@@ -944,12 +950,12 @@ pub struct AcceptTimeouts {
 }
 
 impl AcceptTimeouts {
-    /// As stored (two nullable columns, both set or neither).
+    /// As stored (two nullable columns, both set or neither); values no Accept can carry read
+    /// as unknown (the session keeps its terms), never as "none".
     pub(crate) fn stored(idle: Option<i64>, session: Option<i64>) -> Option<AcceptTimeouts> {
-        let seconds = |v: i64| u32::try_from(v).unwrap_or(0);
         Some(AcceptTimeouts {
-            idle: seconds(idle?),
-            session: seconds(session?),
+            idle: u32::try_from(idle?).ok()?,
+            session: u32::try_from(session?).ok()?,
         })
     }
 

@@ -1010,6 +1010,7 @@ impl<B: OrgBackend> OrganizationStore for B {
         &self,
         organization_id: &str,
         name: &str,
+        since: i64,
     ) -> Result<i64, StorageError> {
         let destination = format!("{}{name}", super::SERVER_DESTINATION_PREFIX);
         let (count,): (i64,) = self
@@ -1017,9 +1018,13 @@ impl<B: OrgBackend> OrganizationStore for B {
             .await?
             .fetch_optional(
                 "SELECT COUNT(*) FROM accounting_outbox o JOIN access_sessions s ON s.id = o.access_session_id \
-                 WHERE s.organization_id = $1 AND o.destination = $2 \
+                 WHERE s.organization_id = $1 AND o.destination = $2 AND o.created_at >= $3 \
                  AND o.delivered_at IS NULL AND o.dead_at IS NULL",
-                &[Arg::Text(organization_id), Arg::Text(&destination)],
+                &[
+                    Arg::Text(organization_id),
+                    Arg::Text(&destination),
+                    Arg::Int(since),
+                ],
             )
             .await?
             .unwrap_or((0,));

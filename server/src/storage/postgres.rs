@@ -1314,6 +1314,15 @@ impl SessionStore for PgStore {
                 }
                 return Ok(None);
             }
+            // Its limit (a `max_lifetime` shortened since the sign-in) has passed: it ends now,
+            // as that limit ends it.
+            Some((true, None)) if terms.expires_at <= now => {
+                if stop_in(&mut tx, id, terminate_cause::SESSION_TIMEOUT, now).await? {
+                    notify(&mut tx, &self.origin, &[Notice::Session(id)]).await?;
+                    tx.commit().await?;
+                }
+                return Ok(None);
+            }
             _ => {}
         }
         // The refresh's Interim-Update counts as the periodic one: the next is an interval
@@ -1321,7 +1330,7 @@ impl SessionStore for PgStore {
         let started_at: Option<i64> = sqlx::query_scalar(
             "UPDATE access_sessions SET refreshed_at = $1, expires_at = $2, \
              window_ms = $4, limit_at = $5, next_interim_at = $1 + interim_interval * 1000 \
-             WHERE id = $3 AND state = 'active' AND expires_at > $1 AND $2 > $1 RETURNING started_at",
+             WHERE id = $3 AND state = 'active' AND expires_at > $1 RETURNING started_at",
         )
         .bind(now)
         .bind(terms.expires_at)

@@ -613,6 +613,12 @@ impl SessionStore for SqliteStore {
                         stop_in(c, id, terminate_cause::ADMIN_RESET, asked_at.min(now), None)?;
                         return Ok(None);
                     }
+                    // Its limit (a `max_lifetime` shortened since the sign-in) has passed: it
+                    // ends now, as that limit ends it.
+                    Some((true, None)) if terms.expires_at <= now => {
+                        stop_in(c, id, terminate_cause::SESSION_TIMEOUT, now, None)?;
+                        return Ok(None);
+                    }
                     _ => {}
                 }
                 // The refresh's Interim-Update counts as the periodic one: the next is an
@@ -621,7 +627,7 @@ impl SessionStore for SqliteStore {
                     .prepare_cached(
                         "UPDATE access_sessions SET refreshed_at = ?1, expires_at = ?2, \
                          window_ms = ?4, limit_at = ?5, next_interim_at = ?1 + interim_interval * 1000 \
-                         WHERE id = ?3 AND state = 'active' AND expires_at > ?1 AND ?2 > ?1 RETURNING started_at",
+                         WHERE id = ?3 AND state = 'active' AND expires_at > ?1 RETURNING started_at",
                     )?
                     .query_row(
                         params![now, terms.expires_at, id, terms.window_ms, terms.limit_at],
