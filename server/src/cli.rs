@@ -601,7 +601,12 @@ async fn check_against_database(
             {
                 warn_of(&said);
             }
-            if let Some(said) = crate::organizations::root_moves(&stored, &settings.organizations)
+            for said in crate::organizations::root_moves(&stored, &settings.organizations)
+                .into_iter()
+                .chain(crate::organizations::demo_database(
+                    &stored,
+                    &settings.organizations,
+                ))
             {
                 warn_of(&said);
             }
@@ -1064,7 +1069,7 @@ pub fn demo_settings(data_dir: &Path) -> Settings {
         id: "demo".into(),
         name: "Demo Organization".into(),
         enabled: None,
-        nas_identifier: "radius-portal-demo".into(),
+        nas_identifier: crate::organizations::DEMO_NAS_IDENTIFIER.into(),
         nas_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         default_window: Duration::from_secs(4 * 3600),
         max_lifetime: None,

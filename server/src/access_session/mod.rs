@@ -1036,7 +1036,7 @@ impl AccessSessions {
                 if terms.expires_at <= now {
                     tracing::info!(acct_session_id = %session.acct_session_id,
                         organization = %session.organization_id,
-                        "access session past its organization's max_lifetime at a refresh: it ends");
+                        "access session past its organization's max_lifetime at a refresh: ended (by that limit, or by an operator's stop that waited for it)");
                 }
                 self.accounting.wake();
                 self.events.publish(id);

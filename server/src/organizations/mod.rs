@@ -616,7 +616,10 @@ pub async fn seed(
     for said in listed_but_disabled(&stored, settings) {
         tracing::warn!("{said}");
     }
-    if let Some(said) = root_moves(&stored, settings) {
+    for said in root_moves(&stored, settings)
+        .into_iter()
+        .chain(demo_database(&stored, settings))
+    {
         tracing::warn!("{said}");
     }
     // A disable the file undoes now: said as a warning, not among the settings updated.
@@ -711,6 +714,31 @@ pub fn root_moves(
             before = before.id
         )
     })
+}
+
+/// The NAS-Identifier of `radius-portal demo`'s organization: what tells its database apart.
+pub const DEMO_NAS_IDENTIFIER: &str = "radius-portal-demo";
+
+/// The database was made by `radius-portal demo` (it holds the demo's organization, which this
+/// configuration does not list): its sessions' Stops go to the demo's built-in RADIUS server,
+/// which runs only in demo mode, so they would wait in the backlog for ever. A sentence, said
+/// at start-up and by `check-config`.
+pub fn demo_database(
+    stored: &[StoredOrganization],
+    settings: &[OrganizationSettings],
+) -> Option<String> {
+    let demo = stored.iter().find(|row| {
+        !settings.iter().any(|s| s.id == row.id)
+            && row
+                .settings
+                .as_deref()
+                .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok())
+                .is_some_and(|v| v["nas_identifier"] == DEMO_NAS_IDENTIFIER)
+    })?;
+    Some(format!(
+        "this database was made by `radius-portal demo` (it holds its organization `{}`): the demo's sessions' Stops go to the demo's built-in RADIUS server, which runs only in demo mode, so they wait in `accounting backlog` for ever — give `serve` a database of its own (`[database] path`)",
+        demo.id
+    ))
 }
 
 /// Organizations the configuration lists without `enabled` that are disabled in the database
@@ -1057,6 +1085,25 @@ mod tests {
             None
         );
         assert_eq!(root_moves(&[], &listed(&["beta"])), None);
+
+        // A database `radius-portal demo` made, given to `serve` (black-box tester S's D5).
+        use super::demo_database;
+        let with_nas = |id: &str, nas: &str| StoredOrganization {
+            settings: Some(serde_json::json!({ "id": id, "nas_identifier": nas }).to_string()),
+            ..stored(id, true)
+        };
+        let demo = [
+            with_nas("demo", super::DEMO_NAS_IDENTIFIER),
+            stored("beta", true),
+        ];
+        let said = demo_database(&demo, &listed(&["beta"])).expect("the demo's database");
+        assert!(said.contains("made by `radius-portal demo`"), "{said}");
+        // The demo itself lists it; another organization named demo is not the demo's.
+        assert_eq!(demo_database(&demo, &listed(&["demo"])), None);
+        assert_eq!(
+            demo_database(&[with_nas("demo", "portal-lab")], &listed(&["beta"])),
+            None
+        );
     }
 
     #[test]
