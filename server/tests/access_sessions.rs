@@ -2095,15 +2095,7 @@ async fn metrics_count_what_happened_on_their_own_listener() {
     let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
     config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
     let app = TestApp::spawn(&config).await;
-    let metrics_addr = app.metrics_addr.expect("metrics listener");
-    let scrape = || async move {
-        reqwest::get(format!("http://{metrics_addr}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let scrape = || app.metrics_text();
     // Before anything happened every configured organization and server has its series, at 0
     // (an alert on "= 0" or `absent()` sees them from the start).
     let (auth, acct) = (

@@ -425,18 +425,23 @@ async fn a_session_opens_refreshes_and_stops_once(db: Db) {
         .await
         .unwrap()
         .id;
-    let passed = RefreshTerms {
-        window_ms: 10 * MINUTE,
-        limit_at: Some(T0 + MINUTE),
-        expires_at: T0 + MINUTE,
+    // Refreshed at T0 + 2 min to terms whose limit passed at T0 + 1 min: no session left to
+    // answer with; the session as it is then.
+    let refreshed_past_its_limit = |id: i64| async move {
+        let passed = RefreshTerms {
+            window_ms: 10 * MINUTE,
+            limit_at: Some(T0 + MINUTE),
+            expires_at: T0 + MINUTE,
+        };
+        assert_eq!(
+            s.refresh_session(id, T0 + 2 * MINUTE, passed)
+                .await
+                .unwrap(),
+            None
+        );
+        s.session(id).await.unwrap().unwrap()
     };
-    assert_eq!(
-        s.refresh_session(limited, T0 + 2 * MINUTE, passed)
-            .await
-            .unwrap(),
-        None
-    );
-    let ended = s.session(limited).await.unwrap().unwrap();
+    let ended = refreshed_past_its_limit(limited).await;
     assert!(!ended.active);
     assert_eq!(ended.stopped_at, Some(T0 + 2 * MINUTE));
     assert_eq!(
@@ -454,13 +459,7 @@ async fn a_session_opens_refreshes_and_stops_once(db: Db) {
     s.queue_session_termination(terminated, "cli:test", T0 + 30_000)
         .await
         .unwrap();
-    assert_eq!(
-        s.refresh_session(terminated, T0 + 2 * MINUTE, passed)
-            .await
-            .unwrap(),
-        None
-    );
-    let ended = s.session(terminated).await.unwrap().unwrap();
+    let ended = refreshed_past_its_limit(terminated).await;
     assert_eq!(
         (ended.stopped_at, ended.terminate_cause),
         (

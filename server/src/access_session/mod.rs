@@ -207,14 +207,13 @@ impl AccessSessions {
     /// Its limit is the one a refresh now would give ([`Self::next_terms`]: a `max_lifetime`
     /// changed since the sign-in counts).
     pub fn can_extend(&self, session: &AccessSessionRecord) -> bool {
-        let active = self
-            .organizations
+        self.organizations
             .get(&session.organization_id)
-            .is_some_and(|org| org.active);
-        let limit_at = self
-            .next_terms(session)
-            .map_or(session.limit_at, |terms| terms.limit_at);
-        active && timing::ends_by(session.expires_at, limit_at) == app::dto::EndsBy::Window
+            .is_some_and(|org| {
+                let limit_at = refresh_terms(session, &org, now_ms()).limit_at;
+                org.active
+                    && timing::ends_by(session.expires_at, limit_at) == app::dto::EndsBy::Window
+            })
     }
 
     /// The window and limit a refresh of `session` now would give it ([`refresh_terms`]: its
