@@ -113,6 +113,16 @@ pub enum AccountingCommand {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(0..=10_000))]
         limit: i64,
     },
+    /// Gives up the Stop copies waiting for a server gone for good (dead-lettered, audited):
+    /// that server is never told those sessions ended. It can then be removed.
+    GiveUpCopies {
+        /// The organization whose copies.
+        #[arg(long)]
+        org: String,
+        /// The server they wait for (its name in the organization's settings).
+        #[arg(long)]
+        server: String,
+    },
 }
 
 /// `radius …` subcommands.
@@ -494,6 +504,46 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
                         .map(|e| format!(" last error: {e}"))
                         .unwrap_or_default(),
                 );
+            }
+        }
+        AccountingCommand::GiveUpCopies { org, server } => {
+            let org = crate::operator::stored_id(&storage, org).await?;
+            let Some(stored) = storage.organization(&org).await? else {
+                bail!("no organization `{org}` (`org list` shows them)");
+            };
+            let listed = stored.settings.as_deref().is_some_and(|settings| {
+                serde_json::from_str::<serde_json::Value>(settings)
+                    .ok()
+                    .and_then(|s| s.get("servers").and_then(|s| s.as_array()).cloned())
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|s| s.get("name").and_then(serde_json::Value::as_str) == Some(&server))
+            });
+            let done = storage
+                .give_up_copies(
+                    &org,
+                    &server,
+                    &crate::operator::actor(),
+                    crate::access_session::now_ms(),
+                )
+                .await?;
+            say!(
+                "gave up {} Stop copy(ies) waiting for server `{server}` of `{org}`{}",
+                done.given_up,
+                if done.given_up > 0 {
+                    " (`accounting dead-letters` lists them): that server is not told those sessions ended"
+                } else {
+                    ""
+                }
+            );
+            if done.being_sent > 0 {
+                say!(
+                    "{} more being sent right now: left to their sender; run this again if the server still does not answer",
+                    done.being_sent
+                );
+            }
+            if listed && done.given_up > 0 {
+                say!("server `{server}` is still one of `{org}`'s servers: remove it (`org server-remove`, or from the configuration file) if it is gone for good");
             }
         }
     }

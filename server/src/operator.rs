@@ -590,7 +590,7 @@ fn uid() -> Option<String> {
 
 /// The stored id of the organization `id` names in any letter case (ids that differ only in
 /// case count as one, and `/o/{id}/` and the admin API take any); `id` itself if none.
-async fn stored_id(storage: &Storage, id: String) -> anyhow::Result<String> {
+pub(crate) async fn stored_id(storage: &Storage, id: String) -> anyhow::Result<String> {
     if storage.organization(&id).await?.is_some() {
         return Ok(id);
     }

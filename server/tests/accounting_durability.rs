@@ -11,21 +11,9 @@ use std::{net::Ipv4Addr, time::Duration};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 
-/// What `accounting backlog` prints for the database at `db` (an operator's file holding just
-/// its `[database]`).
+/// What `accounting backlog` prints for the database at `db`.
 fn backlog(db: &std::path::Path) -> String {
-    let operator = db.with_file_name("operator.toml");
-    std::fs::write(
-        &operator,
-        format!("[database]\npath = \"{}\"\n", db.display()),
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
-        .arg("--config")
-        .arg(&operator)
-        .args(["accounting", "backlog"])
-        .output()
-        .unwrap();
+    let out = common::operator_command(db, &["accounting", "backlog"]);
     assert!(out.status.success(), "{out:?}");
     String::from_utf8(out.stdout).unwrap()
 }

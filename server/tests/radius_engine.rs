@@ -2993,20 +2993,28 @@ async fn a_replaced_sessions_stop_copies_go_before_the_new_start() {
     app.stop().await;
 }
 
-/// A copy waiting for a server that is down, when the portal restarts: the new process knows
-/// nothing of the server's state (no probe will say it is back), so what waited is tried at
-/// start — the copy reaches the server once it answers, not minutes later.
-#[tokio::test]
-async fn a_waiting_copy_goes_out_after_a_restart() {
+/// Carol's session at the primary, disconnected while the primary is down: the backup took
+/// the Stop, and its copy for the primary waits.
+struct CopyWaiting {
+    primary: FreeRadius,
+    backup: FreeRadius,
+    dir: tempfile::TempDir,
+    db: std::path::PathBuf,
+    settings: radius_portal::config::Settings,
+    app: TestApp,
+    sid: String,
+}
+
+async fn a_copy_waiting_for_the_primary(n: u8) -> CopyWaiting {
     let mut primary = FreeRadius::start().await;
     let backup = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
+    let (dir, db) = temp_db();
     let settings = quick_failover(
         &db,
         vec![fast(&primary, "primary"), fast(&backup, "backup")],
     );
     let app = TestApp::spawn(&settings).await;
-    let (session, sid) = carol_at_primary(&app, &primary, 34).await;
+    let (session, sid) = carol_at_primary(&app, &primary, n).await;
     primary.kill();
     assert!(app.sessions.disconnect(session.id).await.unwrap());
     backup.wait_for_acct(&["status=Stop", &sid]).await;
@@ -3020,6 +3028,131 @@ async fn a_waiting_copy_goes_out_after_a_restart() {
             .any(|e| e.copy_to.as_deref() == Some("primary") && e.attempts > 0)
     })
     .await;
+    CopyWaiting {
+        primary,
+        backup,
+        dir,
+        db,
+        settings,
+        app,
+        sid,
+    }
+}
+
+/// A server gone for good that Stop copies wait for: the operator gives them up (dead letters,
+/// audited), and the server can be removed at once instead of a day later.
+#[tokio::test]
+async fn an_operator_gives_up_the_copies_of_a_server_gone_for_good() {
+    let CopyWaiting {
+        backup,
+        dir: _dir,
+        db,
+        app,
+        ..
+    } = a_copy_waiting_for_the_primary(35).await;
+    app.stop().await;
+    let text = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let refused = common::operator_command(
+        &db,
+        &[
+            "accounting",
+            "give-up-copies",
+            "--org",
+            "nope",
+            "--server",
+            "primary",
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("no organization `nope`"),
+        "{}",
+        text(&refused)
+    );
+    let without_primary = quick_failover(&db, vec![fast(&backup, "backup")]);
+    let advice = TestApp::try_spawn(&without_primary).await.map(|_| ());
+    assert!(
+        matches!(&advice, Err(e) if format!("{e:#}").contains("`accounting give-up-copies --org acme --server primary` gives them up now")),
+        "{advice:?}"
+    );
+
+    // In any letter case, as every operator command takes an organization.
+    let given_up = common::operator_command(
+        &db,
+        &[
+            "accounting",
+            "give-up-copies",
+            "--org",
+            "ACME",
+            "--server",
+            "primary",
+        ],
+    );
+    assert!(given_up.status.success(), "{}", text(&given_up));
+    assert!(
+        text(&given_up).contains("gave up 1 Stop copy(ies) waiting for server `primary` of `acme`")
+            && text(&given_up).contains("server `primary` is still one of `acme`'s servers"),
+        "{}",
+        text(&given_up)
+    );
+    let again = common::operator_command(
+        &db,
+        &[
+            "accounting",
+            "give-up-copies",
+            "--org",
+            "acme",
+            "--server",
+            "primary",
+        ],
+    );
+    assert!(
+        text(&again).contains("gave up 0 Stop copy(ies)"),
+        "{}",
+        text(&again)
+    );
+    let dead = text(&common::operator_command(
+        &db,
+        &["accounting", "dead-letters"],
+    ));
+    assert!(
+        dead.contains("Stop (copy for server primary)") && dead.contains("given up by"),
+        "{dead}"
+    );
+
+    // The server can go now, and the rest of the accounting is as it was.
+    let app = TestApp::spawn(&without_primary).await;
+    let audit = app.storage.audit_tail(10).await.unwrap();
+    assert!(
+        audit.iter().any(|e| e.action == "accounting.give_up_copies"
+            && e.organization_id.as_deref() == Some("acme")
+            && e.detail.contains("\"given_up\":1")),
+        "{audit:?}"
+    );
+    assert_eq!(app.storage.outbox_backlog().await.unwrap(), 0);
+    app.stop().await;
+}
+
+/// A copy waiting for a server that is down, when the portal restarts: the new process knows
+/// nothing of the server's state (no probe will say it is back), so what waited is tried at
+/// start — the copy reaches the server once it answers, not minutes later.
+#[tokio::test]
+async fn a_waiting_copy_goes_out_after_a_restart() {
+    let CopyWaiting {
+        mut primary,
+        backup,
+        dir: _dir,
+        db,
+        settings,
+        app,
+        sid,
+    } = a_copy_waiting_for_the_primary(34).await;
     // The operator cannot remove the server meanwhile: the copy would be given up at once.
     let removal = radius_portal::organizations::change::remove_server(
         &app.storage,

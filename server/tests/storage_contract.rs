@@ -10,7 +10,7 @@ mod common;
 use radius_portal::{
     radius::{status_type, terminate_cause},
     storage::{
-        AccessSessionRecord, Acknowledged, AfterStops, Audit, DeleteOutcome, Delivered,
+        AccessSessionRecord, Acknowledged, AfterStops, Audit, DeleteOutcome, Delivered, GivenUp,
         NewAccessSession, OrganizationWrite, OutboxRow, RefreshTerms, SeedOutcome, SessionMatch,
         StopOutcome, Storage, StorageError, UpdateOutcome,
     },
@@ -1121,19 +1121,58 @@ async fn a_stops_copies_are_queued_once_for_their_servers_alone(db: Db) {
         .unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].copy_to.as_deref(), Some("silent"));
-    assert!(s
-        .dead_letter(
-            again[0].id,
-            Some(again[0].attempts),
-            T0 + 3 * MINUTE,
-            "server removed",
-            false
-        )
+    // An operator giving up a server's copies (gone for good) leaves the one being sent to
+    // its sender, and touches only that organization's copies for that server.
+    let give_up = |org: &'static str, server: &'static str| {
+        s.give_up_copies(org, server, "cli:test", T0 + 3 * MINUTE)
+    };
+    let none = GivenUp {
+        given_up: 0,
+        being_sent: 0,
+    };
+    assert_eq!(
+        give_up("acme", "silent").await.unwrap(),
+        GivenUp {
+            given_up: 0,
+            being_sent: 1
+        }
+    );
+    s.mark_failed(&again[0], T0 + 4 * MINUTE, "down", None)
         .await
-        .unwrap());
+        .unwrap();
+    assert_eq!(give_up("other", "silent").await.unwrap(), none);
+    assert_eq!(give_up("acme", "primary").await.unwrap(), none);
+    assert_eq!(s.outbox_backlog().await.unwrap(), 1);
+    assert_eq!(
+        give_up("acme", "silent").await.unwrap(),
+        GivenUp {
+            given_up: 1,
+            being_sent: 0
+        }
+    );
+    assert_eq!(give_up("acme", "silent").await.unwrap(), none);
     let dead = s.dead_letters(10).await.unwrap();
     assert_eq!(dead[0].0.copy_to.as_deref(), Some("silent"));
+    assert!(
+        dead[0]
+            .0
+            .dead_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("given up by cli:test")),
+        "{dead:?}"
+    );
     assert_eq!(s.outbox_backlog().await.unwrap(), 0);
+    assert_eq!(s.copies_waiting_for("acme", "silent", 0).await.unwrap(), 0);
+    let audited: Vec<_> = s
+        .audit_tail(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "accounting.give_up_copies")
+        .collect();
+    assert_eq!(audited.len(), 1, "once, for the change: {audited:?}");
+    assert_eq!(audited[0].actor, "cli:test");
+    assert_eq!(audited[0].organization_id.as_deref(), Some("acme"));
 }
 
 async fn a_failed_row_waits_and_retry_now_makes_it_due(db: Db) {

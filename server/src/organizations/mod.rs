@@ -907,6 +907,7 @@ pub(crate) async fn servers_still_needed(
         return Ok(Err(ServerNeeded {
             problem,
             copies_only: sessions == 0,
+            give_up: format!("accounting give-up-copies --org {organization_id} --server {name}"),
         }));
     }
     Ok(Ok(()))
@@ -920,6 +921,8 @@ pub(crate) struct ServerNeeded {
     /// Only Stop copies wait for it: no session ends them (they go when it answers, or are
     /// given up a day after their Stop went out), so "until they have ended" is not the advice.
     pub copies_only: bool,
+    /// The operator command that gives the copies up (a server gone for good).
+    pub give_up: String,
 }
 
 impl ServerNeeded {
@@ -928,8 +931,8 @@ impl ServerNeeded {
     pub(crate) fn advice(&self, until_sessions_end: &str) -> String {
         if self.copies_only {
             format!(
-                "{}: keep it as it is until they are sent (when it answers) or given up (a day after each copy was made; from then on the change is accepted, whether or not a portal ran meanwhile) — a Stop must reach the server that has its Start",
-                self.problem
+                "{}: keep it as it is until they are sent (when it answers) or given up (a day after each copy was made; from then on the change is accepted, whether or not a portal ran meanwhile) — a Stop must reach the server that has its Start; for a server gone for good, `{}` gives them up now",
+                self.problem, self.give_up
             )
         } else {
             format!("{}{until_sessions_end}", self.problem)

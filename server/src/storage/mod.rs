@@ -466,6 +466,11 @@ contract! {
         /// moving it would send them elsewhere. Older ones are given up at their next attempt
         /// anyway (`accounting::COPY_GIVE_UP_MS`).
         fn copies_waiting_for(&self, organization_id: &str, name: &str, since: i64) -> i64;
+        /// Gives up, whatever their age, the copies [`OrganizationStore::copies_waiting_for`]
+        /// counts (an operator's word that server `name` is gone for good): dead-lettered with
+        /// the reason, audited if any was. Not those a sender holds at `now` — counted in
+        /// [`GivenUp::being_sent`]: they go, or are given up when asked again.
+        fn give_up_copies(&self, organization_id: &str, name: &str, actor: &str, now: i64) -> GivenUp;
         /// Deletes an organization with its ended sessions and their accounting rows (the audit
         /// log keeps its history), audited. Refused while it is listed in the configuration, has
         /// open sessions or accounting not yet delivered: nothing may be lost.
@@ -987,6 +992,15 @@ impl AccessSessionRecord {
     ) -> &'a crate::radius::NasIdentity {
         self.nas.as_ref().unwrap_or(current)
     }
+}
+
+/// What giving up a server's copies did ([`Storage::give_up_copies`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GivenUp {
+    /// Copies dead-lettered.
+    pub given_up: i64,
+    /// Copies a sender held (being sent): left to it.
+    pub being_sent: i64,
 }
 
 /// What asking for a session's termination did ([`Storage::queue_session_termination`]).

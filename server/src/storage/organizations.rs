@@ -7,7 +7,7 @@
 //! its turn, how other processes hear of a change, job claims on a shared database, and the
 //! SQLite engine's fast paths.
 
-use super::{OrganizationStore, StorageError, Termination};
+use super::{GivenUp, OrganizationStore, StorageError, Termination};
 use sqlx::{postgres::PgRow, sqlite::SqliteRow, Database, Transaction};
 use std::future::Future;
 
@@ -1029,6 +1029,64 @@ impl<B: OrgBackend> OrganizationStore for B {
             .await?
             .unwrap_or((0,));
         Ok(count)
+    }
+
+    async fn give_up_copies(
+        &self,
+        organization_id: &str,
+        name: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<GivenUp, StorageError> {
+        let destination = format!("{}{name}", super::SERVER_DESTINATION_PREFIX);
+        let reason = format!(
+            "given up by {actor}: server `{name}` gone for good (it was not told this session ended)"
+        );
+        let mut change = self.begin_write().await?;
+        let c = change.conn();
+        let waiting = "FROM accounting_outbox WHERE destination = $1 \
+             AND delivered_at IS NULL AND dead_at IS NULL \
+             AND access_session_id IN (SELECT id FROM access_sessions WHERE organization_id = $2)";
+        let given_up = c
+            .execute(
+                &format!(
+                    "UPDATE accounting_outbox SET dead_at = $3, dead_reason = $4, claimed_until = NULL \
+                     WHERE id IN (SELECT id {waiting} AND (claimed_until IS NULL OR claimed_until < $3))"
+                ),
+                &[
+                    Arg::Text(&destination),
+                    Arg::Text(organization_id),
+                    Arg::Int(now),
+                    Arg::Text(&reason),
+                ],
+            )
+            .await?;
+        let (being_sent,): (i64,) = c
+            .fetch_optional(
+                &format!("SELECT COUNT(*) {waiting}"),
+                &[Arg::Text(&destination), Arg::Text(organization_id)],
+            )
+            .await?
+            .unwrap_or((0,));
+        let given_up = i64::try_from(given_up).unwrap_or(i64::MAX);
+        if given_up > 0 {
+            audit_in(
+                c,
+                &Audit {
+                    at: now,
+                    actor,
+                    action: "accounting.give_up_copies",
+                    organization_id: Some(organization_id),
+                    detail: serde_json::json!({ "server": name, "given_up": given_up }),
+                },
+            )
+            .await?;
+        }
+        change.commit().await?;
+        Ok(GivenUp {
+            given_up,
+            being_sent,
+        })
     }
 
     async fn stop_asked_for(&self, session_id: i64) -> Result<Option<i64>, StorageError> {

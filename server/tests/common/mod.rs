@@ -850,6 +850,24 @@ pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// An operator command (`radius-portal … args`) run on the SQLite database at `db`, through a
+/// configuration file holding just its `[database]` (written beside it).
+#[cfg(test)]
+pub fn operator_command(db: &Path, args: &[&str]) -> std::process::Output {
+    let operator = db.with_file_name("operator.toml");
+    std::fs::write(
+        &operator,
+        format!("[database]\npath = \"{}\"\n", db.display()),
+    )
+    .unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
+        .arg("--config")
+        .arg(&operator)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// The workspace's Leptos.toml (the site `cargo leptos build` wrote).
 pub fn leptos_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../Leptos.toml")
