@@ -184,9 +184,7 @@ impl OrganizationWorker {
     async fn refresh_cache(&self) -> bool {
         match self.organizations.refresh(&self.storage).await {
             Ok(changed) => {
-                for id in &changed {
-                    tracing::info!(organization = %id, "organization changed: cached settings reloaded");
-                }
+                super::said_reloaded(&changed);
                 !changed.is_empty()
             }
             Err(e) => {
