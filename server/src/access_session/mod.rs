@@ -1012,18 +1012,7 @@ impl AccessSessions {
         // A `max_lifetime` shortened since the sign-in may have passed: the write then ends the
         // session (Session-Timeout), after the checks it makes of a disable or an operator's
         // stop.
-        let mut terms = refresh_terms(&session, &org, now);
-        // Past its limit by this process's copy of the organization: the database is asked
-        // before the session ends by it — an operator command or another replica may have
-        // lengthened `max_lifetime` a moment ago (this process hears of it within a second).
-        if terms.expires_at <= now {
-            if let Ok(changed) = self.organizations.refresh(&self.storage).await {
-                crate::organizations::said_reloaded(&changed);
-                if let Some(fresh) = self.organizations.get(&session.organization_id) {
-                    terms = refresh_terms(&session, &fresh, now);
-                }
-            }
-        }
+        let terms = refresh_terms(&session, &org, now);
         // The flag is checked again inside the write: a disable committed since the guard
         // read it denies the refresh (no Interim-Update after the disable).
         let refreshed = match self.storage.refresh_session(id, now, terms).await {

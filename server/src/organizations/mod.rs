@@ -913,13 +913,6 @@ pub(crate) async fn servers_still_needed(
     Ok(Ok(()))
 }
 
-/// Logs the organizations [`Organizations::refresh`] reloaded.
-pub(crate) fn said_reloaded(changed: &[String]) {
-    for id in changed {
-        tracing::info!(organization = %id, "organization changed: cached settings reloaded");
-    }
-}
-
 /// Why a server may neither go nor move ([`servers_still_needed`]).
 #[derive(Debug)]
 pub(crate) struct ServerNeeded {

@@ -184,7 +184,9 @@ impl OrganizationWorker {
     async fn refresh_cache(&self) -> bool {
         match self.organizations.refresh(&self.storage).await {
             Ok(changed) => {
-                super::said_reloaded(&changed);
+                for id in &changed {
+                    tracing::info!(organization = %id, "organization changed: cached settings reloaded");
+                }
                 !changed.is_empty()
             }
             Err(e) => {
