@@ -503,6 +503,12 @@ impl Application {
                 })
             },
             {
+                let (sessions, shutdown) = (self.sessions.clone(), shutdown.clone());
+                supervise::spawn(self.tasks.clone(), "lifetimes", move || {
+                    sessions.clone().run_lifetime_caps(shutdown.clone())
+                })
+            },
+            {
                 let (radius, shutdown, organizations) = (
                     self.radius.clone(),
                     shutdown.clone(),

@@ -2716,6 +2716,87 @@ async fn a_wal_removed_while_running_is_checkpointed_and_changes_stop() {
     judy_is_still_signed_in(&config).await;
 }
 
+/// A `max_lifetime` shortened while sessions are open holds for them at once, without a
+/// refresh: their limits come nearer, and one already older ends now (Stop with
+/// Session-Timeout, dated now, not back when its new limit passed) — also when the shorter
+/// value comes with the file at a restart. A server's Session-Timeout stays the session's.
+#[tokio::test]
+async fn a_shortened_max_lifetime_holds_for_open_sessions_at_once() {
+    use radius_portal::{access_session::now_ms, organizations::change};
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
+    let app = TestApp::spawn(&config).await;
+    let login = |user: &'static str, last: u8| {
+        let sessions = app.sessions.clone();
+        async move {
+            sessions
+                .login(
+                    "acme",
+                    user,
+                    &format!("{user}-pass"),
+                    Ipv4Addr::new(10, 9, 1, last).into(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    // carol's Accept has no timeouts; lena's has a Session-Timeout of 60 s.
+    let (carol, lena) = (login("carol", 1).await, login("lena", 2).await);
+    assert_eq!(carol.limit_at, None);
+    assert!(change::update(
+        &app.storage,
+        &app.organizations,
+        "acme",
+        serde_json::json!({ "max_lifetime": "1h" }),
+        "test"
+    )
+    .await
+    .unwrap());
+    let storage = app.storage.clone();
+    wait_until("carol's session to be capped to an hour", || async {
+        storage.session(carol.id).await.unwrap().unwrap().limit_at
+            == Some(carol.started_at + 3_600_000)
+    })
+    .await;
+    let capped = app.storage.session(carol.id).await.unwrap().unwrap();
+    assert!(capped.active);
+    assert_eq!(
+        (capped.expires_at, capped.window_ms),
+        (carol.started_at + 3_600_000, 3_600_000),
+        "its deadline and window no longer than its new limit"
+    );
+    let kept = app.storage.session(lena.id).await.unwrap().unwrap();
+    assert_eq!(
+        (kept.limit_at, kept.expires_at),
+        (lena.limit_at, lena.expires_at),
+        "the server's Session-Timeout stays"
+    );
+    app.stop().await;
+
+    // Shorter than carol's age, in the file at the next start: her session ends then.
+    wait_until(
+        "carol's session to be older than a second and a half",
+        || async { now_ms() - carol.started_at > 1_500 },
+    )
+    .await;
+    config.organizations[0].max_lifetime = Some(Duration::from_secs(1));
+    let restarted_at = now_ms();
+    let app = TestApp::spawn(&config).await;
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={} ", carol.acct_session_id)])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Session-Timeout");
+    let ended = app.storage.session(carol.id).await.unwrap().unwrap();
+    assert!(!ended.active);
+    assert!(
+        ended.stopped_at.unwrap() >= restarted_at,
+        "ended when the shorter limit came, not back when it would have passed: {ended:?}"
+    );
+    assert!(app.storage.session(lena.id).await.unwrap().unwrap().active);
+    app.stop().await;
+}
+
 /// An organization's `default_window` and `max_lifetime` changed while sessions run apply from
 /// each one's next refresh where its Access-Accept left them to the organization (black-box
 /// tester S's D1: an operator who sets `max_lifetime` after an incident expects it to bound the

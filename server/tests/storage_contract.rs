@@ -10,9 +10,9 @@ mod common;
 use radius_portal::{
     radius::{status_type, terminate_cause},
     storage::{
-        AccessSessionRecord, Acknowledged, AfterStops, Audit, DeleteOutcome, Delivered, GivenUp,
-        NewAccessSession, OrganizationWrite, OutboxRow, RefreshTerms, SeedOutcome, SessionMatch,
-        StopOutcome, Storage, StorageError, UpdateOutcome,
+        AcceptTimeouts, AccessSessionRecord, Acknowledged, AfterStops, Audit, DeleteOutcome,
+        Delivered, GivenUp, NewAccessSession, OrganizationWrite, OutboxRow, RefreshTerms,
+        SeedOutcome, SessionMatch, StopOutcome, Storage, StorageError, UpdateOutcome,
     },
 };
 use std::collections::{BTreeSet, HashSet};
@@ -178,7 +178,98 @@ on_both_backends!(
     two_replicas_logging_in_one_client_leave_one_session,
     two_replicas_creating_one_id_in_two_letter_cases_create_one,
     an_addresss_stops_on_their_way_are_found,
+    a_shortened_max_lifetime_caps_the_sessions_it_governs,
 );
+
+/// `cap_lifetimes`: only the open sessions whose Accept left their limit to the organization,
+/// only ever shorter, and one already older than the new limit is due now — not back then.
+async fn a_shortened_max_lifetime_caps_the_sessions_it_governs(db: Db) {
+    let s = &db.storage;
+    const HOUR: i64 = 60 * MINUTE;
+    let governed = Some(AcceptTimeouts {
+        idle: 0,
+        session: 0,
+    });
+    let session = |n: usize, accept: Option<AcceptTimeouts>, limit_at: Option<i64>| {
+        let mut new = login(&ip(n), T0, 4 * HOUR);
+        new.accept_timeouts = accept;
+        new.limit_at = limit_at;
+        new.expires_at = limit_at.map_or(T0 + 4 * HOUR, |l| l.min(T0 + 4 * HOUR));
+        opened(s, new)
+    };
+    let unbounded = session(1, governed, None).await;
+    let by_its_server = session(
+        2,
+        Some(AcceptTimeouts {
+            idle: 0,
+            session: 7_200,
+        }),
+        Some(T0 + 2 * HOUR),
+    )
+    .await;
+    let stored_before_timeouts = session(3, None, None).await;
+    let within = session(4, governed, Some(T0 + HOUR / 2)).await;
+    let as_stored = |id: i64| async move {
+        let r = s.session(id).await.unwrap().unwrap();
+        (r.active, r.window_ms, r.limit_at, r.expires_at)
+    };
+    let untouched = [
+        (by_its_server, as_stored(by_its_server).await),
+        (
+            stored_before_timeouts,
+            as_stored(stored_before_timeouts).await,
+        ),
+    ];
+
+    assert!(s
+        .cap_lifetimes("another", HOUR, T0 + 10 * MINUTE)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.cap_lifetimes("acme", HOUR, T0 + 10 * MINUTE)
+            .await
+            .unwrap(),
+        [(unbounded, T0 + HOUR)]
+    );
+    assert_eq!(
+        as_stored(unbounded).await,
+        (true, HOUR, Some(T0 + HOUR), T0 + HOUR)
+    );
+    assert_eq!(
+        as_stored(within).await,
+        (true, 4 * HOUR, Some(T0 + HOUR / 2), T0 + HOUR / 2),
+        "already within it"
+    );
+    assert!(
+        s.cap_lifetimes("acme", 2 * HOUR, T0 + 10 * MINUTE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "never longer"
+    );
+
+    // Shorter than their age: due now, and stopped as of now by their limit.
+    let now = T0 + 20 * MINUTE;
+    let mut capped = s.cap_lifetimes("acme", MINUTE, now).await.unwrap();
+    capped.sort_unstable();
+    assert_eq!(capped, [(unbounded, now), (within, now)]);
+    let mut stopped = s.stop_due_sessions(now).await.unwrap();
+    stopped.sort_by_key(|st| st.id);
+    assert_eq!(
+        stopped
+            .iter()
+            .map(|st| (st.id, st.due_at, st.cause))
+            .collect::<Vec<_>>(),
+        [
+            (unbounded, now, terminate_cause::SESSION_TIMEOUT),
+            (within, now, terminate_cause::SESSION_TIMEOUT)
+        ]
+    );
+    for (id, before) in untouched {
+        assert_eq!(as_stored(id).await, before);
+    }
+}
 
 /// The Stops of an address's earlier sessions that are due and unacknowledged — on their way —
 /// are found for a sign-in there (in its organization); one held back after a failed attempt

@@ -7,6 +7,7 @@
 
 pub mod events;
 pub mod expiry;
+mod lifetimes;
 pub mod timing;
 
 use crate::{
@@ -501,11 +502,17 @@ impl AccessSessions {
                 return Err(SessionError::ChallengeUnsupported { reply_message });
             }
         };
+        // The organization's settings as they are now, not as the sign-in began (a change
+        // while the RADIUS server took its time counts; `lifetimes` caps what comes after).
+        let now_known = self
+            .organizations
+            .get(&org.id)
+            .unwrap_or_else(|| org.clone());
         let terms = Terms::from_grant(
             grant.idle_timeout,
             grant.session_timeout,
-            org.default_window,
-            org.max_lifetime,
+            now_known.default_window,
+            now_known.max_lifetime,
         );
         let started_at = now_ms();
         let limit_at = terms.limit_at(started_at);

@@ -1349,6 +1349,31 @@ impl SessionStore for PgStore {
         Ok(session)
     }
 
+    async fn cap_lifetimes(
+        &self,
+        organization_id: &str,
+        max_lifetime_ms: i64,
+        now: i64,
+    ) -> Result<Vec<(i64, i64)>, StorageError> {
+        let mut tx = self.pool().begin().await?;
+        let capped: Vec<(i64, i64)> = sqlx::query_as(
+            "UPDATE access_sessions SET limit_at = started_at + $2, \
+             window_ms = LEAST(window_ms, $2), \
+             expires_at = LEAST(expires_at, GREATEST($3, started_at + $2)) \
+             WHERE organization_id = $1 AND state = 'active' AND accept_session_timeout = 0 \
+             AND (limit_at IS NULL OR limit_at > started_at + $2) RETURNING id, expires_at",
+        )
+        .bind(organization_id)
+        .bind(max_lifetime_ms)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let notices: Vec<Notice> = capped.iter().map(|(id, _)| Notice::Session(*id)).collect();
+        notify(&mut tx, &self.origin, &notices).await?;
+        tx.commit().await?;
+        Ok(capped)
+    }
+
     async fn stop_session(&self, id: i64, cause: u32, event_at: i64) -> Result<bool, StorageError> {
         let mut tx = self.pool().begin().await?;
         if !stop_in(&mut tx, id, cause, event_at).await? {

@@ -643,6 +643,32 @@ impl SessionStore for SqliteStore {
             .await
     }
 
+    async fn cap_lifetimes(
+        &self,
+        organization_id: &str,
+        max_lifetime_ms: i64,
+        now: i64,
+    ) -> Result<Vec<(i64, i64)>, StorageError> {
+        let organization_id = organization_id.to_string();
+        self.engine
+            .write(move |c| {
+                let capped = c
+                    .prepare_cached(
+                        "UPDATE access_sessions SET limit_at = started_at + ?2, \
+                         window_ms = min(window_ms, ?2), \
+                         expires_at = min(expires_at, max(?3, started_at + ?2)) \
+                         WHERE organization_id = ?1 AND state = 'active' AND accept_session_timeout = 0 \
+                         AND (limit_at IS NULL OR limit_at > started_at + ?2) RETURNING id, expires_at",
+                    )?
+                    .query_map(params![organization_id, max_lifetime_ms, now], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?
+                    .collect::<Result<Vec<(i64, i64)>, _>>()?;
+                Ok(capped)
+            })
+            .await
+    }
+
     async fn stop_session(&self, id: i64, cause: u32, event_at: i64) -> Result<bool, StorageError> {
         self.engine
             .write(move |c| stop_in(c, id, cause, event_at, None))
