@@ -2716,6 +2716,18 @@ async fn a_wal_removed_while_running_is_checkpointed_and_changes_stop() {
     judy_is_still_signed_in(&config).await;
 }
 
+/// `user` (password `<user>-pass`) signed in to acme from `ip`.
+async fn signed_in(
+    app: &TestApp,
+    user: &str,
+    ip: Ipv4Addr,
+) -> radius_portal::storage::AccessSessionRecord {
+    app.sessions
+        .login("acme", user, &format!("{user}-pass"), ip.into())
+        .await
+        .unwrap()
+}
+
 /// A `max_lifetime` shortened while sessions are open holds for them at once, without a
 /// refresh: their limits come nearer, and one already older ends now (Stop with
 /// Session-Timeout, dated now, not back when its new limit passed) — also when the shorter
@@ -2727,20 +2739,7 @@ async fn a_shortened_max_lifetime_holds_for_open_sessions_at_once() {
     let (_dir, db) = temp_db();
     let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
     let app = TestApp::spawn(&config).await;
-    let login = |user: &'static str, last: u8| {
-        let sessions = app.sessions.clone();
-        async move {
-            sessions
-                .login(
-                    "acme",
-                    user,
-                    &format!("{user}-pass"),
-                    Ipv4Addr::new(10, 9, 1, last).into(),
-                )
-                .await
-                .unwrap()
-        }
-    };
+    let login = |user: &'static str, last: u8| signed_in(&app, user, Ipv4Addr::new(10, 9, 1, last));
     // carol's Accept has no timeouts; lena's has a Session-Timeout of 60 s.
     let (carol, lena) = (login("carol", 1).await, login("lena", 2).await);
     assert_eq!(carol.limit_at, None);
@@ -2807,20 +2806,7 @@ async fn a_shortened_max_lifetime_holds_for_open_sessions_at_once() {
 async fn a_changed_window_or_lifetime_applies_from_each_sessions_next_refresh() {
     use radius_portal::organizations::change;
     let (radius, app, _dir) = portal_with_one_server().await;
-    let login = |user: &'static str, last: u8| {
-        let sessions = app.sessions.clone();
-        async move {
-            sessions
-                .login(
-                    "acme",
-                    user,
-                    &format!("{user}-pass"),
-                    Ipv4Addr::new(10, 9, 0, last).into(),
-                )
-                .await
-                .unwrap()
-        }
-    };
+    let login = |user: &'static str, last: u8| signed_in(&app, user, Ipv4Addr::new(10, 9, 0, last));
     // carol's Accept has no timeouts, lena's a Session-Timeout of 60 s, bob's an Idle-Timeout.
     let (carol, lena, bob) = (
         login("carol", 1).await,
