@@ -154,15 +154,15 @@ pub async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<NotFound>() {
             Some(not_found) => {
-                eprintln!("error: {not_found}");
+                crate::eprint_line!("error: {not_found}");
                 std::process::ExitCode::from(crate::operator::EXIT_NOT_FOUND)
             }
             None if e.is::<Refused>() => {
-                eprintln!("error: {e}");
+                crate::eprint_line!("error: {e}");
                 std::process::ExitCode::from(crate::operator::EXIT_REFUSED)
             }
             None if e.is::<Usage>() => {
-                eprintln!("error: {e}");
+                crate::eprint_line!("error: {e}");
                 std::process::ExitCode::from(2)
             }
             None => {
@@ -331,7 +331,7 @@ pub async fn run() -> anyhow::Result<()> {
                     &stored,
                 ));
             for warning in warnings {
-                eprintln!("warning: {warning}");
+                crate::eprint_line!("warning: {warning}");
             }
             say!("{}", effective_configuration(&settings)?);
             Ok(())
@@ -596,7 +596,7 @@ async fn check_against_database(
     .await;
     let not_checked = |why: String| {
         say!("# database: {location}: {why}: not checked against it");
-        eprintln!(
+        crate::eprint_line!(
             "warning: the configuration was not checked against the database {location}: {why}"
         );
     };
@@ -897,7 +897,7 @@ async fn audit_as_operator(
 /// A finding of `check-config` against the database: in its output (a comment) and on stderr.
 fn warn_of(said: &str) {
     say!("# {said}");
-    eprintln!("warning: {said}");
+    crate::eprint_line!("warning: {said}");
 }
 
 fn show(value: Option<u32>) -> String {
@@ -1216,7 +1216,8 @@ pub(crate) fn output_failed(error: std::io::Error) -> ! {
     if error.kind() == std::io::ErrorKind::BrokenPipe {
         std::process::exit(0);
     }
-    eprintln!("error: writing the output failed: {error}");
+    crate::eprint_line!("error: writing the output failed: {error}");
+    crate::telemetry::flush(std::time::Duration::from_secs(2));
     std::process::exit(1);
 }
 

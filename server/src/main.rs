@@ -12,7 +12,7 @@ fn main() -> std::process::ExitCode {
     if let Some(warning) = warning {
         radius_portal::eprint_line!("{warning}");
     }
-    match tokio::runtime::Builder::new_multi_thread()
+    let code = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
         .build()
@@ -22,5 +22,9 @@ fn main() -> std::process::ExitCode {
             radius_portal::eprint_line!("error: cannot start the async runtime: {e}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // The log's last lines (why it stopped) are written before the process ends — unless
+    // nobody reads them.
+    radius_portal::telemetry::flush(std::time::Duration::from_secs(2));
+    code
 }

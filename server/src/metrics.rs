@@ -281,7 +281,7 @@ impl Metrics {
         let log_write_failures = counter(
             &r,
             "portal_log_write_failures_total",
-            "Log lines that could not be written (stderr a full disk or a closed pipe): dropped, the portal goes on",
+            "Log lines that could not be written (stderr a full disk or a closed pipe, or too many waiting for a log nobody reads): dropped, the portal goes on",
             &[],
         );
         let dynauth_requests = counter(

@@ -250,7 +250,7 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                 .collect();
             if rows.len() as i64 > limit {
                 rows.truncate(limit as usize);
-                eprintln!("note: more than {limit} sessions are active: the oldest {limit} are listed (--limit N lists more)");
+                crate::eprint_line!("note: more than {limit} sessions are active: the oldest {limit} are listed (--limit N lists more)");
             }
             // A session an operator's stop waits for (a terminate, a disable made while no
             // portal ran) is open still, but not for long: said beside it. Asked per session
@@ -909,7 +909,7 @@ async fn set_state(
     }
     // Disabled now or already: a file that says `enabled = true` undoes it at the next start.
     if !active && organizations::file_enables(&settings.organizations, id) {
-        eprintln!("warning: {}", organizations::enabled_again_by_file(id));
+        crate::eprint_line!("warning: {}", organizations::enabled_again_by_file(id));
     }
     Ok(Outcome::Done)
 }
@@ -927,7 +927,7 @@ async fn cache(storage: &Storage) -> anyhow::Result<Organizations> {
 fn warn_after_change(cache: &Organizations, id: &str) {
     if let Some(org) = cache.get(id) {
         for warning in crate::startup::change_warnings(&cache.all(), &org) {
-            eprintln!("warning: {warning}");
+            crate::eprint_line!("warning: {warning}");
         }
     }
 }

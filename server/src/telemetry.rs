@@ -2,6 +2,7 @@
 //! tracing anywhere in the code base (secrets are [`crate::config::Secret`], redacted in Debug).
 
 use crate::config::LogSettings;
+use std::io::Write as _;
 use tracing_subscriber::{fmt, EnvFilter};
 
 /// The log filter: RUST_LOG's if it is set (not empty), else the configured one — or, RUST_LOG
@@ -116,7 +117,83 @@ pub fn fatal(text: &str) {
 /// go on without their log.
 pub static LOG_WRITE_FAILURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// stderr for the log, whose failed writes are counted and dropped.
+/// Bytes of log lines waiting for the log's own thread: a line beyond them is dropped (and
+/// counted).
+const WAITING_BYTES: usize = 1 << 20;
+
+/// The log's own thread, which alone writes to stderr, and the lines waiting for it: a stderr
+/// that blocks (a pipe nobody reads, a stopped terminal, a slow collector) holds up that thread
+/// alone — never a task of the runtime (with one worker thread, every sign-in, expiry and
+/// Stop would wait for the reader) — and lines beyond [`WAITING_BYTES`] are dropped.
+struct Sink {
+    lines: std::sync::mpsc::Sender<Vec<u8>>,
+    /// Bytes handed over and not yet written (or failed).
+    pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+static SINK: std::sync::OnceLock<Option<Sink>> = std::sync::OnceLock::new();
+
+fn sink() -> Option<&'static Sink> {
+    SINK.get_or_init(|| {
+        let (lines, received) = std::sync::mpsc::channel::<Vec<u8>>();
+        let pending = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let written = pending.clone();
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || {
+                let mut stderr = std::io::stderr();
+                for line in received {
+                    if stderr.write_all(&line).is_err() {
+                        LOG_WRITE_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    written.fetch_sub(line.len(), std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+            .ok()
+            .map(|_| Sink { lines, pending })
+    })
+    .as_ref()
+}
+
+/// Hands one line (with its newline) to the log's thread; dropped and counted when too much
+/// waits or stderr cannot be written. Without the thread (none could be started), written here.
+pub fn emit(line: Vec<u8>) {
+    let failed = match sink() {
+        Some(sink) => {
+            let size = line.len();
+            let before = sink
+                .pending
+                .fetch_add(size, std::sync::atomic::Ordering::SeqCst);
+            let sent = before + size <= WAITING_BYTES && sink.lines.send(line).is_ok();
+            if !sent {
+                sink.pending
+                    .fetch_sub(size, std::sync::atomic::Ordering::SeqCst);
+            }
+            !sent
+        }
+        None => std::io::stderr().write_all(&line).is_err(),
+    };
+    if failed {
+        LOG_WRITE_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Waits until the lines handed over are written, for at most `longest` (a stderr nobody
+/// reads keeps them: the process ends without them rather than hang). Before the process
+/// exits, so its last lines — why it stopped — are not lost with the thread.
+pub fn flush(longest: std::time::Duration) {
+    let Some(sink) = SINK.get().and_then(Option::as_ref) else {
+        return;
+    };
+    let until = std::time::Instant::now() + longest;
+    while sink.pending.load(std::sync::atomic::Ordering::SeqCst) > 0
+        && std::time::Instant::now() < until
+    {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// The log's writer: each event's line goes to the log's own thread ([`emit`]).
 struct LogWriter;
 
 impl std::io::Write for LogWriter {
@@ -125,28 +202,23 @@ impl std::io::Write for LogWriter {
     }
 
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        if std::io::stderr().write_all(buf).is_err() {
-            LOG_WRITE_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        emit(buf.to_vec());
         Ok(())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        let _ = std::io::stderr().flush();
         Ok(())
     }
 }
 
-/// `eprintln!` that never panics: a line for stderr that cannot be written is counted like a
-/// log line (before logging is set up, or beside it).
+/// `eprintln!` that never panics or blocks: the line goes the log's way ([`emit`]), in order
+/// with the log's lines; one that cannot be written is counted like a log line.
 #[macro_export]
 macro_rules! eprint_line {
     ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if writeln!(std::io::stderr(), $($arg)*).is_err() {
-            $crate::telemetry::LOG_WRITE_FAILURES
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        let mut line = format!($($arg)*);
+        line.push('\n');
+        $crate::telemetry::emit(line.into_bytes());
     }};
 }
 

@@ -1700,3 +1700,62 @@ async fn a_database_file_with_two_names_is_refused() {
     // Nothing was written through the second name.
     assert!(!dir.path().join("other.db-wal").exists());
 }
+
+/// A log nobody reads (stderr a pipe whose reader never reads: a stuck collector, `| sleep`)
+/// holds up no request: the log has a thread of its own, lines beyond those waiting for it are
+/// dropped and counted, and the portal goes on answering (black-box tester T's D4: a blocked
+/// write held the runtime's one worker thread, and every sign-in, expiry and Stop with it).
+#[tokio::test]
+async fn a_log_nobody_reads_holds_up_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics) = (common::free_port(), common::free_port());
+    // Each admin API call logs its queries at this filter (the pages log nothing per request).
+    let token = "a-token-for-the-log-test-0123456789";
+    let config = minimal_config(
+        dir.path(),
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n[log]\nfilter = \"debug\"\n[[admin.tokens]]\nname = \"ops\"\nsha256 = \"{}\"\n",
+            radius_portal::http::admin::hash_token(token)
+        ),
+    );
+    // The read end is kept open and never read.
+    let (_unread, log) = std::io::pipe().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let _portal = common::PortalProcess::start_logging(&config, &base, log).await;
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let dropped = || async {
+        let text = client
+            .get(format!("http://127.0.0.1:{metrics}/metrics"))
+            .send()
+            .await
+            .expect("/metrics answers")
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("portal_log_write_failures_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    common::wait_until(
+        "log lines to be dropped, every request answered",
+        || async {
+            for _ in 0..100 {
+                let answer = client
+                    .get(format!("{base}/admin/api/v1/organizations"))
+                    .bearer_auth(token)
+                    .send()
+                    .await;
+                assert!(
+                    answer.is_ok_and(|a| a.status().is_success()),
+                    "a request held up by the log"
+                );
+            }
+            dropped().await > 0.0
+        },
+    )
+    .await;
+}

@@ -289,7 +289,7 @@ where
             {
                 if !said {
                     said = true;
-                    eprintln!("note: PostgreSQL has no connection slot free ({e}): waiting up to {} s for one (the portal's replicas give theirs back within a minute)", OPERATOR_SLOT_WAIT.as_secs());
+                    crate::eprint_line!("note: PostgreSQL has no connection slot free ({e}): waiting up to {} s for one (the portal's replicas give theirs back within a minute)", OPERATOR_SLOT_WAIT.as_secs());
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
