@@ -528,7 +528,7 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
                 )
                 .await?;
             say!(
-                "gave up {} Stop copy(ies) waiting for server `{server}` of `{org}`{}",
+                "gave up {} copy(ies) waiting for server `{server}` of `{org}`{}",
                 done.given_up,
                 if done.given_up > 0 {
                     " (`accounting dead-letters` lists them): that server is not told those sessions ended"
@@ -538,9 +538,12 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
             );
             if done.being_sent > 0 {
                 say!(
-                    "{} more being sent right now: left to their sender; run this again if the server still does not answer",
+                    "{} more being sent right now (with any behind them in their session): left to their sender; run this again if the server still does not answer",
                     done.being_sent
                 );
+            }
+            if !listed && done.given_up == 0 && done.being_sent == 0 {
+                crate::eprint_line!("warning: `{server}` is not one of `{org}`'s servers, and no copies wait for a server of that name (`accounting backlog` names the servers copies wait for)");
             }
             if listed && done.given_up > 0 {
                 say!("server `{server}` is still one of `{org}`'s servers: remove it (`org server-remove`, or from the configuration file) if it is gone for good");

@@ -2716,6 +2716,41 @@ async fn a_wal_removed_while_running_is_checkpointed_and_changes_stop() {
     judy_is_still_signed_in(&config).await;
 }
 
+/// A sign-in under way when `max_lifetime` is shortened (its server took its time) gets the
+/// new limit: the cap made at the change could not see its session yet.
+#[tokio::test]
+async fn a_sign_in_under_way_when_max_lifetime_is_shortened_gets_the_new_limit() {
+    use radius_portal::organizations::change;
+    let held = HeldAnswers::start().await;
+    let sessions = held.app.sessions.clone();
+    let signing_in = tokio::spawn(async move {
+        sessions
+            .login(
+                "acme",
+                "carol",
+                "carol-pass",
+                Ipv4Addr::new(10, 9, 2, 1).into(),
+            )
+            .await
+    });
+    held.held.notified().await;
+    assert!(change::update(
+        &held.app.storage,
+        &held.app.organizations,
+        "acme",
+        serde_json::json!({ "max_lifetime": "1h" }),
+        "test"
+    )
+    .await
+    .unwrap());
+    held.release.notify_one();
+    let carol = signing_in.await.unwrap().unwrap();
+    let stored = held.app.storage.session(carol.id).await.unwrap().unwrap();
+    assert_eq!(stored.limit_at, Some(stored.started_at + 3_600_000));
+    assert!(stored.expires_at <= stored.started_at + 3_600_000);
+    held.app.stop().await;
+}
+
 /// `user` (password `<user>-pass`) signed in to acme from `ip`.
 async fn signed_in(
     app: &TestApp,
@@ -2740,8 +2775,8 @@ async fn a_shortened_max_lifetime_holds_for_open_sessions_at_once() {
     let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
     let app = TestApp::spawn(&config).await;
     let login = |user: &'static str, last: u8| signed_in(&app, user, Ipv4Addr::new(10, 9, 1, last));
-    // carol's Accept has no timeouts; lena's has a Session-Timeout of 60 s.
-    let (carol, lena) = (login("carol", 1).await, login("lena", 2).await);
+    // carol's Accept has no timeouts; sam's has a Session-Timeout of a day.
+    let (carol, sam) = (login("carol", 1).await, login("sam", 2).await);
     assert_eq!(carol.limit_at, None);
     assert!(change::update(
         &app.storage,
@@ -2765,10 +2800,10 @@ async fn a_shortened_max_lifetime_holds_for_open_sessions_at_once() {
         (carol.started_at + 3_600_000, 3_600_000),
         "its deadline and window no longer than its new limit"
     );
-    let kept = app.storage.session(lena.id).await.unwrap().unwrap();
+    let kept = app.storage.session(sam.id).await.unwrap().unwrap();
     assert_eq!(
         (kept.limit_at, kept.expires_at),
-        (lena.limit_at, lena.expires_at),
+        (sam.limit_at, sam.expires_at),
         "the server's Session-Timeout stays"
     );
     app.stop().await;
@@ -2792,7 +2827,7 @@ async fn a_shortened_max_lifetime_holds_for_open_sessions_at_once() {
         ended.stopped_at.unwrap() >= restarted_at,
         "ended when the shorter limit came, not back when it would have passed: {ended:?}"
     );
-    assert!(app.storage.session(lena.id).await.unwrap().unwrap().active);
+    assert!(app.storage.session(sam.id).await.unwrap().unwrap().active);
     app.stop().await;
 }
 

@@ -3096,7 +3096,7 @@ async fn an_operator_gives_up_the_copies_of_a_server_gone_for_good() {
     );
     assert!(given_up.status.success(), "{}", text(&given_up));
     assert!(
-        text(&given_up).contains("gave up 1 Stop copy(ies) waiting for server `primary` of `acme`")
+        text(&given_up).contains("gave up 1 copy(ies) waiting for server `primary` of `acme`")
             && text(&given_up).contains("server `primary` is still one of `acme`'s servers"),
         "{}",
         text(&given_up)
@@ -3113,9 +3113,25 @@ async fn an_operator_gives_up_the_copies_of_a_server_gone_for_good() {
         ],
     );
     assert!(
-        text(&again).contains("gave up 0 Stop copy(ies)"),
+        text(&again).contains("gave up 0 copy(ies)"),
         "{}",
         text(&again)
+    );
+    let misspelled = common::operator_command(
+        &db,
+        &[
+            "accounting",
+            "give-up-copies",
+            "--org",
+            "acme",
+            "--server",
+            "primray",
+        ],
+    );
+    assert!(
+        text(&misspelled).contains("`primray` is not one of `acme`'s servers"),
+        "{}",
+        text(&misspelled)
     );
     let dead = text(&common::operator_command(
         &db,

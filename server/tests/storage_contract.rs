@@ -209,6 +209,16 @@ async fn a_shortened_max_lifetime_caps_the_sessions_it_governs(db: Db) {
     .await;
     let stored_before_timeouts = session(3, None, None).await;
     let within = session(4, governed, Some(T0 + HOUR / 2)).await;
+    // A short window: its end stays (a cap never moves an end later), and once due it ends
+    // by its window, as it was due to.
+    let mut short = login(&ip(5), T0, 15 * MINUTE);
+    short.accept_timeouts = governed;
+    let short_window = opened(s, short).await;
+    let ended = session(6, governed, None).await;
+    assert!(s
+        .stop_session(ended, terminate_cause::USER_REQUEST, T0 + MINUTE)
+        .await
+        .unwrap());
     let as_stored = |id: i64| async move {
         let r = s.session(id).await.unwrap().unwrap();
         (r.active, r.window_ms, r.limit_at, r.expires_at)
@@ -219,6 +229,7 @@ async fn a_shortened_max_lifetime_caps_the_sessions_it_governs(db: Db) {
             stored_before_timeouts,
             as_stored(stored_before_timeouts).await,
         ),
+        (ended, as_stored(ended).await),
     ];
 
     assert!(s
@@ -226,11 +237,18 @@ async fn a_shortened_max_lifetime_caps_the_sessions_it_governs(db: Db) {
         .await
         .unwrap()
         .is_empty());
+    let mut capped = s
+        .cap_lifetimes("acme", HOUR, T0 + 10 * MINUTE)
+        .await
+        .unwrap();
+    capped.sort_unstable();
     assert_eq!(
-        s.cap_lifetimes("acme", HOUR, T0 + 10 * MINUTE)
-            .await
-            .unwrap(),
-        [(unbounded, T0 + HOUR)]
+        capped,
+        [(unbounded, T0 + HOUR), (short_window, T0 + 15 * MINUTE)]
+    );
+    assert_eq!(
+        as_stored(short_window).await,
+        (true, 15 * MINUTE, Some(T0 + HOUR), T0 + 15 * MINUTE)
     );
     assert_eq!(
         as_stored(unbounded).await,
@@ -263,7 +281,12 @@ async fn a_shortened_max_lifetime_caps_the_sessions_it_governs(db: Db) {
             .collect::<Vec<_>>(),
         [
             (unbounded, now, terminate_cause::SESSION_TIMEOUT),
-            (within, now, terminate_cause::SESSION_TIMEOUT)
+            (within, now, terminate_cause::SESSION_TIMEOUT),
+            (
+                short_window,
+                T0 + 15 * MINUTE,
+                terminate_cause::IDLE_TIMEOUT
+            )
         ]
     );
     for (id, before) in untouched {

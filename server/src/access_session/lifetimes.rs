@@ -3,42 +3,54 @@
 //! the organization are capped to it (a session already older ends now, with
 //! Session-Timeout, through expiry). Run for every organization when the process starts (a
 //! change whose cap a crash cut short is made then) and for each one whose `max_lifetime`
-//! this process's cache sees change. Idempotent, and only ever shortens, so replicas each
-//! doing it agree; a lengthened `max_lifetime` reaches a session at its next refresh.
+//! this process's cache sees change; and after a sign-in's or a refresh's write made while the
+//! value changed (it may have come after the cap). Idempotent, and only ever shortens, so
+//! replicas each doing it agree (one whose cache is late caps when it hears of the change); a
+//! lengthened `max_lifetime` reaches a session at its next refresh.
 
 use super::{now_ms, AccessSessions};
 use crate::{organizations::Organization, storage::StorageError};
 use std::{collections::HashMap, time::Duration};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Wait before trying again after a failed cap (the database away).
 const RETRY: Duration = Duration::from_secs(1);
-/// An organization's sessions are capped once more this long after its change: a sign-in
-/// that read the old `max_lifetime` just before may write its session just after the cap.
-const AGAIN_AFTER: Duration = Duration::from_secs(2);
 
 impl AccessSessions {
     /// Caps the sessions of each cached organization whose `max_lifetime` differs from the
     /// one `applied` holds for it (every organization, the first time), recording it there
     /// once done. An organization whose cap failed is left out of `applied`: tried again.
-    /// Returns the organizations whose value was new.
     pub async fn cap_lifetimes(
         &self,
         applied: &mut HashMap<String, Option<Duration>>,
-    ) -> Result<Vec<String>, StorageError> {
+    ) -> Result<(), StorageError> {
         let organizations = self.organizations.all();
         applied.retain(|id, _| organizations.iter().any(|org| &org.id == id));
-        let mut new = Vec::new();
         for org in organizations {
             if applied.get(&org.id) == Some(&org.max_lifetime) {
                 continue;
             }
             self.cap_organization(&org).await?;
             applied.insert(org.id.clone(), org.max_lifetime);
-            new.push(org.id.clone());
         }
-        Ok(new)
+        Ok(())
+    }
+
+    /// After a session's write made with `used` as its organization's `max_lifetime`: if the
+    /// cache says otherwise now (a change landed while the write was under way, which the
+    /// task's cap may have run before), the organization's sessions are capped again — this
+    /// one included. A failure is logged; the write stands.
+    pub(super) async fn cap_if_changed(&self, organization_id: &str, used: Option<Duration>) {
+        let Some(org) = self.organizations.get(organization_id) else {
+            return;
+        };
+        if org.max_lifetime == used {
+            return;
+        }
+        if let Err(e) = self.cap_organization(&org).await {
+            crate::throttled!(error, error = %e, organization = %org.id,
+                "bringing a session written during a max_lifetime change within it failed");
+        }
     }
 
     /// Caps `org`'s open sessions to its `max_lifetime` (none: nothing to do).
@@ -63,24 +75,16 @@ impl AccessSessions {
         Ok(())
     }
 
-    /// Runs [`Self::cap_lifetimes`] at start and at each change of the organization cache
-    /// (and once more [`AGAIN_AFTER`] a change), until `shutdown`.
+    /// Runs [`Self::cap_lifetimes`] at start and at each change of the organization cache,
+    /// until `shutdown`.
     pub async fn run_lifetime_caps(self, shutdown: CancellationToken) {
         let mut changes = self.organizations.changes();
         let mut applied = HashMap::new();
-        let mut again: Vec<String> = Vec::new();
-        let mut again_at = Instant::now();
         loop {
             let failed = match self.cap_lifetimes(&mut applied).await {
-                Ok(new) => {
-                    if !new.is_empty() {
-                        again.extend(new);
-                        again_at = Instant::now() + AGAIN_AFTER;
-                    }
-                    false
-                }
+                Ok(()) => false,
                 Err(e) => {
-                    tracing::error!(error = %e,
+                    crate::throttled!(error, error = %e,
                         "bringing open sessions within a changed max_lifetime failed; will retry");
                     true
                 }
@@ -93,16 +97,6 @@ impl AccessSessions {
                     }
                 }
                 () = tokio::time::sleep(RETRY), if failed => {}
-                () = tokio::time::sleep_until(again_at), if !again.is_empty() => {
-                    for id in std::mem::take(&mut again) {
-                        if let Some(org) = self.organizations.get(&id) {
-                            if let Err(e) = self.cap_organization(&org).await {
-                                tracing::error!(error = %e, organization = %id,
-                                    "bringing open sessions within a changed max_lifetime again failed");
-                            }
-                        }
-                    }
-                }
             }
         }
     }

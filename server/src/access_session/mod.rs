@@ -503,7 +503,8 @@ impl AccessSessions {
             }
         };
         // The organization's settings as they are now, not as the sign-in began (a change
-        // while the RADIUS server took its time counts; `lifetimes` caps what comes after).
+        // while the RADIUS server took its time counts; one while the session is written is
+        // made right after, `cap_if_changed`).
         let now_known = self
             .organizations
             .get(&org.id)
@@ -602,6 +603,8 @@ impl AccessSessions {
             other => other?,
         };
         let (id, preempted) = (opened.id, opened.preempted);
+        // A `max_lifetime` changed while the session was written holds for it too.
+        self.cap_if_changed(&org.id, now_known.max_lifetime).await;
         self.expiry_wake
             .due_at(new.interim_interval.map_or(new.expires_at, |secs| {
                 new.expires_at.min(new.started_at + secs * 1000)
@@ -1053,6 +1056,9 @@ impl AccessSessions {
         self.accounting.wake();
         self.expiry_wake.due_at(refreshed.expires_at);
         self.events.publish(id);
+        // A `max_lifetime` shortened while the refresh was written holds for it too.
+        self.cap_if_changed(&session.organization_id, org.max_lifetime)
+            .await;
         tracing::info!(acct_session_id = %refreshed.acct_session_id,
             organization = %refreshed.organization_id, username = refreshed.username.as_str(),
             "access session refreshed");

@@ -907,10 +907,28 @@ pub(crate) async fn servers_still_needed(
         return Ok(Err(ServerNeeded {
             problem,
             copies_only: sessions == 0,
-            give_up: format!("accounting give-up-copies --org {organization_id} --server {name}"),
+            give_up: format!(
+                "accounting give-up-copies --org {} --server {}",
+                shell_word(organization_id),
+                shell_word(name)
+            ),
         }));
     }
     Ok(Ok(()))
+}
+
+/// `word` as a shell reads it back: as it is when it holds nothing a shell treats specially,
+/// else in single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:@/+=,".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 /// Why a server may neither go nor move ([`servers_still_needed`]).
@@ -1051,6 +1069,14 @@ pub async fn set_active(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_word_for_the_shell_is_quoted_only_when_it_needs_it() {
+        assert_eq!(super::shell_word("ise-2.example"), "ise-2.example");
+        assert_eq!(super::shell_word("ISE node 2"), "'ISE node 2'");
+        assert_eq!(super::shell_word("it's"), r"'it'\''s'");
+        assert_eq!(super::shell_word(""), "''");
+    }
+
     use super::anchored;
 
     #[test]

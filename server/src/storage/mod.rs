@@ -198,8 +198,9 @@ contract! {
         /// organization (no Session-Timeout) within a `max_lifetime` of `max_lifetime_ms`: a
         /// limit later than their start plus it (or none) becomes that, their window no longer
         /// than it, and their deadline no later than it — but not before `now` (one already
-        /// past it ends now, not back then). Only ever shortens. Returns each session changed
-        /// with its new deadline.
+        /// past it ends now, not back then). Only ever shortens; a session already due is left
+        /// to end as it was due (its cause unchanged). Returns each session changed with its
+        /// new deadline.
         fn cap_lifetimes(&self, organization_id: &str, max_lifetime_ms: i64, now: i64) -> Vec<(i64, i64)>;
         /// Stops an active session at `event_at` (never before its start, its last refresh or
         /// an Interim-Update queued for it) with `cause` and queues its Stop. False if it was not active (already stopped: nothing is queued

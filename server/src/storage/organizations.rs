@@ -1040,24 +1040,35 @@ impl<B: OrgBackend> OrganizationStore for B {
     ) -> Result<GivenUp, StorageError> {
         let destination = format!("{}{name}", super::SERVER_DESTINATION_PREFIX);
         let reason = format!(
-            "given up by {actor}: server `{name}` gone for good (it was not told this session ended)"
+            "given up by {actor}: server `{name}` gone for good (it is not told what this copy says)"
         );
         let mut change = self.begin_write().await?;
         let c = change.conn();
         let waiting = "FROM accounting_outbox WHERE destination = $1 \
              AND delivered_at IS NULL AND dead_at IS NULL \
              AND access_session_id IN (SELECT id FROM access_sessions WHERE organization_id = $2)";
+        // The conditions on the row itself (PostgreSQL checks them again on a row another
+        // transaction changed meanwhile: a claim, a delivery); a claim counts as held until
+        // replicas' clocks can no longer disagree about it, and a session with any row held
+        // for the server keeps all of them (its copies go in order: a Stop given up behind an
+        // Interim-Update that goes would leave the session open there).
         let given_up = c
             .execute(
                 &format!(
                     "UPDATE accounting_outbox SET dead_at = $3, dead_reason = $4, claimed_until = NULL \
-                     WHERE id IN (SELECT id {waiting} AND (claimed_until IS NULL OR claimed_until < $3))"
+                     WHERE destination = $1 AND delivered_at IS NULL AND dead_at IS NULL \
+                     AND (claimed_until IS NULL OR claimed_until < $5) \
+                     AND access_session_id IN (SELECT id FROM access_sessions WHERE organization_id = $2) \
+                     AND NOT EXISTS (SELECT 1 {held} AND p.access_session_id = accounting_outbox.access_session_id)",
+                    held = "FROM accounting_outbox p WHERE p.destination = $1 AND p.delivered_at IS NULL \
+                            AND p.dead_at IS NULL AND p.claimed_until >= $5"
                 ),
                 &[
                     Arg::Text(&destination),
                     Arg::Text(organization_id),
                     Arg::Int(now),
                     Arg::Text(&reason),
+                    Arg::Int(now - crate::accounting::CLOCK_SKEW_MS),
                 ],
             )
             .await?;

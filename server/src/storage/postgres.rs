@@ -1361,7 +1361,8 @@ impl SessionStore for PgStore {
              window_ms = LEAST(window_ms, $2), \
              expires_at = LEAST(expires_at, GREATEST($3, started_at + $2)) \
              WHERE organization_id = $1 AND state = 'active' AND accept_session_timeout = 0 \
-             AND (limit_at IS NULL OR limit_at > started_at + $2) RETURNING id, expires_at",
+             AND expires_at > $3 AND (limit_at IS NULL OR limit_at > started_at + $2) \
+             RETURNING id, expires_at",
         )
         .bind(organization_id)
         .bind(max_lifetime_ms)

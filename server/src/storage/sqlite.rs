@@ -658,7 +658,8 @@ impl SessionStore for SqliteStore {
                          window_ms = min(window_ms, ?2), \
                          expires_at = min(expires_at, max(?3, started_at + ?2)) \
                          WHERE organization_id = ?1 AND state = 'active' AND accept_session_timeout = 0 \
-                         AND (limit_at IS NULL OR limit_at > started_at + ?2) RETURNING id, expires_at",
+                         AND expires_at > ?3 AND (limit_at IS NULL OR limit_at > started_at + ?2) \
+                         RETURNING id, expires_at",
                     )?
                     .query_map(params![organization_id, max_lifetime_ms, now], |r| {
                         Ok((r.get(0)?, r.get(1)?))
