@@ -48,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
             nas: None,
             replaces: None,
             accept_timeouts: None,
+            organization_revision: None,
         };
         writes.spawn(async move {
             let opened = storage.open_session(&new).await;

@@ -1116,6 +1116,8 @@ async fn settings_read_back_can_be_patched_with_their_secret_file() {
                 now: 1,
                 detail: &detail,
                 expected_revision: None,
+                servers_freed: &[],
+                copies_since: 0,
             },
             false,
         )

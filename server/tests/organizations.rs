@@ -2433,6 +2433,8 @@ async fn an_organization_that_cannot_be_rebuilt_keeps_its_last_settings_and_its_
         now: 0,
         detail: &detail,
         expected_revision: None,
+        servers_freed: &[],
+        copies_since: 0,
     };
     app.storage
         .update_organization(&write, false)

@@ -2378,6 +2378,7 @@ fn stored_session(acct_session_id: &str, ip: &str, now: i64) -> NewAccessSession
         nas: None,
         replaces: None,
         accept_timeouts: None,
+        organization_revision: None,
     }
 }
 
@@ -3392,6 +3393,66 @@ async fn a_server_switched_to_learn_keeps_what_was_learnt() {
         page.body.contains("answered, but without the signature"),
         "{}",
         page.body
+    );
+    app.stop().await;
+}
+
+/// A server's accounting moved by another process (an operator command, another replica)
+/// while a sign-in it authenticates is under way: this process has not heard of it yet, and
+/// the session's write — which finds the organization changed — has it worked out again with
+/// the stored settings, so its Start goes where its Stop will; never the Start to the old
+/// address and the Stop to the new one (black-box tester M's D2).
+#[tokio::test]
+async fn a_sign_in_under_way_when_its_servers_accounting_moves_sends_start_and_stop_to_one_server()
+{
+    use radius_portal::organizations::{change, Organizations};
+    let (old, new) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (held, release) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let relay = common::holding_relay(old.auth_addr(true), held.clone(), release.clone()).await;
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&settings(&db, vec![old.server_settings("primary", true)])).await;
+    // Made at run time (the file's organizations take their servers from the file).
+    let mut server = old.server_settings("mover", true);
+    server.auth_port = relay.port();
+    server.timeout = Duration::from_secs(5);
+    change::create(
+        &app.storage,
+        &app.organizations,
+        serde_json::json!({ "id": "mv", "name": "Mover", "servers": [server] }),
+        "test",
+    )
+    .await
+    .unwrap();
+    let sessions = app.sessions.clone();
+    let signing_in = tokio::spawn(async move {
+        sessions
+            .login("mv", "carol", "carol-pass", IpAddr::V4(client(51)))
+            .await
+    });
+    held.notified().await;
+    let elsewhere = Organizations::load(&app.storage).await.unwrap();
+    assert!(change::update_server(
+        &app.storage,
+        &elsewhere,
+        "mv",
+        "mover",
+        serde_json::json!({ "acct_port": new.acct_port, "secret": SECRET }),
+        "cli:test",
+    )
+    .await
+    .unwrap());
+    release.notify_one();
+    let session = signing_in.await.unwrap().unwrap();
+    let sid = format!("sid={} ", session.acct_session_id);
+    new.wait_for_acct(&["status=Start", &sid]).await;
+    assert!(app.sessions.disconnect(session.id).await.unwrap());
+    new.wait_for_acct(&["status=Stop", &sid]).await;
+    assert!(
+        !old.acct_lines().iter().any(|l| l.contains(&sid)),
+        "nothing of it at the old address"
     );
     app.stop().await;
 }

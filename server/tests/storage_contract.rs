@@ -104,6 +104,7 @@ fn login(ip: &str, at: i64, window_ms: i64) -> NewAccessSession {
         nas: None,
         replaces: None,
         accept_timeouts: None,
+        organization_revision: None,
     }
 }
 
@@ -179,7 +180,57 @@ on_both_backends!(
     two_replicas_creating_one_id_in_two_letter_cases_create_one,
     an_addresss_stops_on_their_way_are_found,
     a_shortened_max_lifetime_caps_the_sessions_it_governs,
+    a_sign_ins_write_and_a_change_freeing_its_server_never_cross,
 );
+
+/// A sign-in's session written with an organization revision that is no longer the stored one
+/// is refused (it is worked out again), and a change that frees a server — removes it, or sends
+/// its accounting elsewhere — finds in its own write a session that needs it: one of the two
+/// always sees the other, so a session's Start and Stop never go to two addresses.
+async fn a_sign_ins_write_and_a_change_freeing_its_server_never_cross(db: Db) {
+    let s = &db.storage;
+    let revision = s.organization("acme").await.unwrap().unwrap().revision;
+    let mut stale = login("10.0.9.1", T0, MINUTE);
+    stale.organization_revision = Some(revision - 1);
+    assert!(matches!(
+        s.open_session(&stale).await,
+        Err(StorageError::OrganizationChanged)
+    ));
+    assert!(s.active_session_ids_of("acme").await.unwrap().is_empty());
+    let mut current = login("10.0.9.1", T0, MINUTE);
+    current.organization_revision = Some(revision);
+    let id = opened(s, current).await;
+
+    let detail = serde_json::json!({ "by": "test" });
+    let (primary, other) = (["primary".to_string()], ["another".to_string()]);
+    let mut write = OrganizationWrite {
+        id: "acme",
+        name: "Acme renamed",
+        settings_json: "{}",
+        actor: "cli:test",
+        now: T0 + 1,
+        detail: &detail,
+        expected_revision: Some(revision),
+        servers_freed: &primary,
+        copies_since: 0,
+    };
+    assert_eq!(
+        s.update_organization(&write, true).await.unwrap(),
+        UpdateOutcome::ServerNeeded
+    );
+    let stored = s.organization("acme").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.name.as_str(), stored.revision),
+        ("Acme", revision),
+        "nothing written"
+    );
+    assert!(s.session(id).await.unwrap().unwrap().active);
+    write.servers_freed = &other;
+    assert_eq!(
+        s.update_organization(&write, true).await.unwrap(),
+        UpdateOutcome::Updated
+    );
+}
 
 /// `cap_lifetimes`: only the open sessions whose Accept left their limit to the organization,
 /// only ever shorter, and one already older than the new limit is due now — not back then.
@@ -2572,6 +2623,8 @@ async fn organization_changes_are_revisioned_audited_and_guarded(db: Db) {
         now: T0 + 1,
         detail: &detail,
         expected_revision,
+        servers_freed: &[],
+        copies_since: 0,
     };
     assert!(s
         .create_organization(&write("gamma", "Gamma", None), true)
@@ -2834,6 +2887,8 @@ async fn two_replicas_creating_one_id_in_two_letter_cases_create_one(db: Db) {
         now: T0,
         detail: &detail,
         expected_revision: None,
+        servers_freed: &[],
+        copies_since: 0,
     };
     for (round, (a, b)) in [("delta", "Delta"), ("EPSILON", "epsilon"), ("zeta", "zeta")]
         .into_iter()

@@ -502,25 +502,10 @@ impl AccessSessions {
                 return Err(SessionError::ChallengeUnsupported { reply_message });
             }
         };
-        // The organization's settings as they are now, not as the sign-in began (a change
-        // while the RADIUS server took its time counts; one while the session is written is
-        // made right after, `cap_if_changed`).
-        let now_known = self
-            .organizations
-            .get(&org.id)
-            .unwrap_or_else(|| org.clone());
-        let terms = Terms::from_grant(
-            grant.idle_timeout,
-            grant.session_timeout,
-            now_known.default_window,
-            now_known.max_lifetime,
-        );
-        let started_at = now_ms();
-        let limit_at = terms.limit_at(started_at);
         // RFC 2865 §5.1: a User-Name in the Accept is the name of this session's accounting
         // (a realm stripped, an identity normalised): the session is that user's from here on.
         let typed = username;
-        let (username, typed_username) = match grant.user_name {
+        let (username, typed_username) = match grant.user_name.clone() {
             Some(named) if named != typed => {
                 tracing::info!(organization = %org.id, typed, named = ?named, %client_ip,
                     "the server named the user in its Access-Accept: the session and its accounting use that name");
@@ -529,82 +514,121 @@ impl AccessSessions {
             _ => (typed.to_string(), None),
         };
         let username = username.as_str();
-        let new = NewAccessSession {
-            acct_session_id: new_acct_session_id(),
-            organization_id: org.id.clone(),
-            username: username.to_string(),
-            client_ip: client_ip.to_string(),
-            server_index: server as i64,
-            server_name: org.servers[server].name.clone(),
-            classes: grant.classes,
-            reply_message: grant.reply_message,
-            started_at,
-            window_ms: terms.window_ms(),
-            limit_at,
-            expires_at: timing::expires_at(started_at, terms.window_ms(), limit_at),
-            interim_interval: grant
-                .interim_interval
-                .filter(|secs| *secs > 0)
-                .map(|secs| i64::from(secs).max(org.min_interim_interval.as_secs() as i64)),
-            // This request sends the Start itself (below), so it is queued already claimed.
-            start_claimed_until: Some(started_at + crate::accounting::CLAIM_LEASE_MS),
-            typed_username,
-            nas: Some(org.nas.clone()),
-            replaces,
-            accept_timeouts: Some(AcceptTimeouts {
-                idle: grant.idle_timeout.unwrap_or(0),
-                session: grant.session_timeout.unwrap_or(0),
-            }),
-        };
-        // The session's Stop carries the most attributes of its accounting (its Start's and
-        // more): one that could not be encoded would be dead-lettered and the firewall would
-        // keep the identity. Such an Accept opens no session.
-        if let Err(e) = stop_fits(
-            &org.nas,
-            &new.acct_session_id,
-            username,
-            client_ip,
-            &new.classes,
-        ) {
-            tracing::warn!(error = %e,
-                "login accepted by RADIUS but its session's Accounting-Stop could not be encoded: no session");
-            let problem = "its Class and User-Name attributes are too long for the session's Accounting-Stop to fit in one RADIUS packet";
-            self.audit_login(
-                &org.id,
+        let authenticated_by = org.servers[server].name.clone();
+        let acct_session_id = new_acct_session_id();
+        // The session is worked out with the organization's settings as they are now, not as
+        // the sign-in began (a change while the RADIUS server took its time counts), and
+        // written only while they are still the stored ones: a change committed meanwhile —
+        // the server's accounting moved, say — has it worked out again, so that its Start goes
+        // where its Stop will. (A `max_lifetime` changed while it is written: capped right
+        // after, `cap_if_changed`.)
+        let mut tries = 0;
+        let (org, server, terms, new, opened) = loop {
+            let (revision, org) = match self.organizations.get_revised(&org.id) {
+                Some((revision, now_known)) => (Some(revision), now_known),
+                None => (None, org.clone()),
+            };
+            let Some(server) = org.servers.iter().position(|s| s.name == authenticated_by) else {
+                tracing::warn!(server = %authenticated_by,
+                    "login accepted by a server removed from the organization meanwhile: no session");
+                return Err(SessionError::Storage(StorageError::OrganizationChanged));
+            };
+            let terms = Terms::from_grant(
+                grant.idle_timeout,
+                grant.session_timeout,
+                org.default_window,
+                org.max_lifetime,
+            );
+            let started_at = now_ms();
+            let limit_at = terms.limit_at(started_at);
+            let new = NewAccessSession {
+                acct_session_id: acct_session_id.clone(),
+                organization_id: org.id.clone(),
+                username: username.to_string(),
+                client_ip: client_ip.to_string(),
+                server_index: server as i64,
+                server_name: authenticated_by.clone(),
+                classes: grant.classes.clone(),
+                reply_message: grant.reply_message.clone(),
+                started_at,
+                window_ms: terms.window_ms(),
+                limit_at,
+                expires_at: timing::expires_at(started_at, terms.window_ms(), limit_at),
+                interim_interval: grant
+                    .interim_interval
+                    .filter(|secs| *secs > 0)
+                    .map(|secs| i64::from(secs).max(org.min_interim_interval.as_secs() as i64)),
+                // This request sends the Start itself (below), so it is queued already claimed.
+                start_claimed_until: Some(started_at + crate::accounting::CLAIM_LEASE_MS),
+                typed_username: typed_username.clone(),
+                nas: Some(org.nas.clone()),
+                replaces,
+                accept_timeouts: Some(AcceptTimeouts {
+                    idle: grant.idle_timeout.unwrap_or(0),
+                    session: grant.session_timeout.unwrap_or(0),
+                }),
+                organization_revision: revision,
+            };
+            // The session's Stop carries the most attributes of its accounting (its Start's
+            // and more): one that could not be encoded would be dead-lettered and the firewall
+            // would keep the identity. Such an Accept opens no session.
+            if let Err(e) = stop_fits(
+                &org.nas,
+                &new.acct_session_id,
                 username,
                 client_ip,
-                "login.unusable_accept",
-                Some(problem),
-            )
-            .await;
-            return Err(SessionError::UnusableAccept {
-                problem: problem.into(),
-            });
-        }
-        let opened = match self.storage.open_session(&new).await {
-            Err(StorageError::OrganizationDisabled) => {
-                tracing::warn!(
-                    "login accepted by RADIUS but the organization was disabled meanwhile: no session");
-                // Audited as the guard's denial, saying the server accepted (the accepted
-                // attempt's own entry was part of the write that did not happen).
-                return Err(self
-                    .denied(
-                        &org.id,
-                        Operation::Login,
-                        OrgState::Disabled,
-                        Who {
-                            username,
-                            client_ip: &address,
-                        },
-                        Some("accepted"),
-                    )
-                    .await);
+                &new.classes,
+            ) {
+                tracing::warn!(error = %e,
+                    "login accepted by RADIUS but its session's Accounting-Stop could not be encoded: no session");
+                let problem = "its Class and User-Name attributes are too long for the session's Accounting-Stop to fit in one RADIUS packet";
+                self.audit_login(
+                    &org.id,
+                    username,
+                    client_ip,
+                    "login.unusable_accept",
+                    Some(problem),
+                )
+                .await;
+                return Err(SessionError::UnusableAccept {
+                    problem: problem.into(),
+                });
             }
-            other => other?,
+            match self.storage.open_session(&new).await {
+                Err(StorageError::OrganizationDisabled) => {
+                    tracing::warn!(
+                        "login accepted by RADIUS but the organization was disabled meanwhile: no session");
+                    // Audited as the guard's denial, saying the server accepted (the accepted
+                    // attempt's own entry was part of the write that did not happen).
+                    return Err(self
+                        .denied(
+                            &org.id,
+                            Operation::Login,
+                            OrgState::Disabled,
+                            Who {
+                                username,
+                                client_ip: &address,
+                            },
+                            Some("accepted"),
+                        )
+                        .await);
+                }
+                // Changed since this process read it: read again, and work the session out
+                // with what is stored now.
+                Err(StorageError::OrganizationChanged) if tries < 3 => {
+                    tries += 1;
+                    if let Err(e) = self.organizations.refresh(&self.storage).await {
+                        tracing::warn!(error = %crate::portal_backend::error_chain(&e),
+                            "the organization changed while the sign-in was under way, and could not be read again: no session");
+                        return Err(SessionError::Storage(StorageError::OrganizationChanged));
+                    }
+                }
+                other => break (org, server, terms, new, other?),
+            }
         };
         let (id, preempted) = (opened.id, opened.preempted);
         // A `max_lifetime` changed while the session was written holds for it too.
-        self.cap_if_changed(&org.id, now_known.max_lifetime).await;
+        self.cap_if_changed(&org.id, org.max_lifetime).await;
         self.expiry_wake
             .due_at(new.interim_interval.map_or(new.expires_at, |secs| {
                 new.expires_at.min(new.started_at + secs * 1000)

@@ -285,9 +285,7 @@ async fn store(
     )
     .await?
     {
-        return Err(ChangeError::Conflict(needed.advice(
-            ": keep it as it is until they have ended (disabling the organization ends them); to use another address, add it as a server of its own",
-        )));
+        return Err(ChangeError::Conflict(needed.advice(UNTIL_SESSIONS_END)));
     }
     // The next start applies the file's servers again: one added, renamed or sending its
     // accounting elsewhere here would be taken from the sessions it authenticated meanwhile
@@ -316,6 +314,13 @@ async fn store(
         })
         .map(|server| server.name.as_str())
         .collect();
+    // Checked again in the write: a session signed in meanwhile may need them.
+    let stored_servers = servers_of(&before.settings).to_vec();
+    let servers_freed: Vec<String> =
+        super::servers_freed(&stored_servers, &after.servers, super::ServerMoves::Refused)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
     let before_view =
         serde_json::from_value::<OrganizationSettings>(Value::Object(before.settings))
             .map(|b| redacted(&b))
@@ -331,18 +336,37 @@ async fn store(
     if !secret_changed.is_empty() {
         detail["secret_changed"] = serde_json::json!(secret_changed);
     }
+    let now = now_ms();
     let write = OrganizationWrite {
         id,
         name: &after.name,
         settings_json: &json,
         actor,
-        now: now_ms(),
+        now,
         detail: &detail,
         expected_revision: Some(before.revision),
+        servers_freed: &servers_freed,
+        copies_since: now - crate::accounting::COPY_GIVE_UP_MS,
     };
     let outcome = storage.update_organization(&write, require_active).await?;
     refresh_after_change(storage, organizations).await;
     match outcome {
+        // A session signed in while the change was worked out needs a server it frees: said
+        // as the check before the write says it.
+        UpdateOutcome::ServerNeeded => Err(ChangeError::Conflict(
+            match super::servers_still_needed(
+                storage,
+                id,
+                &stored_servers,
+                &after.servers,
+                super::ServerMoves::Refused,
+            )
+            .await?
+            {
+                Err(needed) => needed.advice(UNTIL_SESSIONS_END),
+                Ok(()) => format!("organization `{id}`: a session signed in while the change was made needs a server it removes or moves: try again"),
+            },
+        )),
         UpdateOutcome::Updated => Ok(true),
         UpdateOutcome::Unchanged => Ok(false),
         UpdateOutcome::NotFound => Err(ChangeError::NotFound(id.to_string())),
@@ -353,6 +377,9 @@ async fn store(
         ))),
     }
 }
+
+/// What to do about a server sessions still need ([`super::ServerNeeded::advice`]).
+const UNTIL_SESSIONS_END: &str = ": keep it as it is until they have ended (disabling the organization ends them); to use another address, add it as a server of its own";
 
 /// Creates an organization from settings in the configuration file's form (JSON). `enabled`
 /// (or `is_active`) false creates it disabled.
@@ -398,6 +425,8 @@ pub async fn create(
         now: now_ms(),
         detail: &detail,
         expected_revision: None,
+        servers_freed: &[],
+        copies_since: 0,
     };
     // Refused when the id exists already, also in other letter case: ids that differ only in
     // case would be told apart by a URL's case alone (and by whoever reads a log or a

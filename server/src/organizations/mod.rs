@@ -537,13 +537,18 @@ impl Organizations {
             .collect()
     }
 
-    /// Looks an organization up.
-    pub fn get(&self, id: &str) -> Option<Arc<Organization>> {
+    /// An organization with the stored revision it was built from.
+    pub fn get_revised(&self, id: &str) -> Option<(i64, Arc<Organization>)> {
         self.by_id
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
-            .map(|(_, org)| org.clone())
+            .map(|(revision, org)| (*revision, org.clone()))
+    }
+
+    /// The organization `id`, if this process knows it.
+    pub fn get(&self, id: &str) -> Option<Arc<Organization>> {
+        self.get_revised(id).map(|(_, org)| org)
     }
 
     /// The id as written of the organization `name` names, in any letter case.
@@ -868,18 +873,8 @@ pub(crate) async fn servers_still_needed(
     after: &[crate::config::ServerSettings],
     moves: ServerMoves,
 ) -> Result<Result<(), ServerNeeded>, StorageError> {
-    for entry in stored {
-        let Some(name) = entry.get("name").and_then(serde_json::Value::as_str) else {
-            continue;
-        };
-        let moved_to = match after.iter().find(|s| s.name == name) {
-            None => None,
-            Some(_) if moves == ServerMoves::SameServer => continue,
-            Some(kept) => match accounting_move(entry, kept) {
-                Some(moved) => Some(moved),
-                None => continue,
-            },
-        };
+    for (name, moved_to) in servers_freed(stored, after, moves) {
+        let name = name.as_str();
         let sessions = storage
             .sessions_needing_server(organization_id, name)
             .await?;
@@ -915,6 +910,28 @@ pub(crate) async fn servers_still_needed(
         }));
     }
     Ok(Ok(()))
+}
+
+/// The servers of `stored` that `after` removes (or renames) — and, unless `moves` is
+/// [`ServerMoves::SameServer`], keeps by name with their accounting sent elsewhere (from, to):
+/// those no session may need ([`servers_still_needed`]).
+pub(crate) fn servers_freed(
+    stored: &[serde_json::Value],
+    after: &[crate::config::ServerSettings],
+    moves: ServerMoves,
+) -> Vec<(String, Option<(SocketAddr, SocketAddr)>)> {
+    stored
+        .iter()
+        .filter_map(|entry| {
+            let name = entry.get("name").and_then(serde_json::Value::as_str)?;
+            let moved_to = match after.iter().find(|s| s.name == name) {
+                None => None,
+                Some(_) if moves == ServerMoves::SameServer => return None,
+                Some(kept) => Some(accounting_move(entry, kept)?),
+            };
+            Some((name.to_string(), moved_to))
+        })
+        .collect()
 }
 
 /// `word` as a shell reads it back: as it is when it holds nothing a shell treats specially,

@@ -817,6 +817,10 @@ pub enum StorageError {
     /// created the session): nothing was written.
     #[error("organization disabled")]
     OrganizationDisabled,
+    /// The organization changed since the session was worked out
+    /// ([`NewAccessSession::organization_revision`]): nothing was written; work it out again.
+    #[error("the organization's settings changed while the sign-in was under way")]
+    OrganizationChanged,
     /// The database is not one an operator command can use as it is (no portal tables yet,
     /// migrations to run, or a newer release's): why. Nothing was changed.
     #[error("{0}")]
@@ -1097,6 +1101,11 @@ pub struct NewAccessSession {
     /// What the Access-Accept said of the window and limit (None: the session keeps the window
     /// and limit it starts with, whatever its organization's settings become).
     pub accept_timeouts: Option<AcceptTimeouts>,
+    /// The organization's revision the session was worked out with (its server, NAS, terms):
+    /// another stored since refuses the write ([`StorageError::OrganizationChanged`]) — a
+    /// change of where the server's accounting goes, committed while the sign-in was under
+    /// way, must not leave its Start at one address and its Stop at another. None: not checked.
+    pub organization_revision: Option<i64>,
 }
 
 impl NewAccessSession {

@@ -143,6 +143,14 @@ pub struct OrganizationWrite<'a> {
     /// Updates only: the revision the change was computed from; another change stored since
     /// makes this one [`UpdateOutcome::Stale`] (no lost updates).
     pub expected_revision: Option<i64>,
+    /// Updates only: servers the change removes, renames or sends accounting elsewhere, which
+    /// no session may need when it commits — checked again inside its transaction, after the
+    /// row is written (a sign-in's session write, which reads the row `FOR SHARE`, is then
+    /// either seen here or sees the new revision): [`UpdateOutcome::ServerNeeded`].
+    pub servers_freed: &'a [String],
+    /// With `servers_freed`: Stop copies made at this time or later count (older ones are
+    /// given up at their next attempt anyway).
+    pub copies_since: i64,
 }
 
 /// What an operator's update did.
@@ -158,6 +166,9 @@ pub enum UpdateOutcome {
     Disabled,
     /// It changed since the change was computed (`expected_revision`).
     Stale,
+    /// A server of `servers_freed` is needed by a session or a Stop copy (one signed in while
+    /// the change was computed): nothing was written.
+    ServerNeeded,
 }
 
 /// What an operator's delete did.
@@ -606,6 +617,53 @@ async fn set_active_in<B: OrgBackend>(
     Ok(Some(Flipped { kept_by_enable }))
 }
 
+/// See [`OrganizationStore::sessions_needing_server`].
+async fn sessions_needing_in(
+    c: &mut impl OrgSql,
+    organization_id: &str,
+    name: &str,
+) -> Result<i64, StorageError> {
+    let (count,): (i64,) = c
+        .fetch_optional(
+            "SELECT COUNT(*) FROM access_sessions s WHERE s.organization_id = $1 AND ( \
+               (s.server_name = $2 AND (s.state = 'active' OR EXISTS (SELECT 1 FROM accounting_outbox o \
+                  WHERE o.access_session_id = s.id AND o.destination = 'auth-server' \
+                  AND o.delivered_at IS NULL AND o.dead_at IS NULL))) \
+               OR (EXISTS (SELECT 1 FROM accounting_sent a WHERE a.access_session_id = s.id AND a.server = $2) \
+                  AND (s.state = 'active' OR EXISTS (SELECT 1 FROM accounting_outbox o \
+                    WHERE o.access_session_id = s.id AND o.destination = 'auth-server' AND o.status_type = 2 \
+                    AND o.delivered_at IS NULL AND o.dead_at IS NULL))))",
+            &[Arg::Text(organization_id), Arg::Text(name)],
+        )
+        .await?
+        .unwrap_or((0,));
+    Ok(count)
+}
+
+/// See [`OrganizationStore::copies_waiting_for`].
+async fn copies_waiting_in(
+    c: &mut impl OrgSql,
+    organization_id: &str,
+    name: &str,
+    since: i64,
+) -> Result<i64, StorageError> {
+    let destination = format!("{}{name}", super::SERVER_DESTINATION_PREFIX);
+    let (count,): (i64,) = c
+        .fetch_optional(
+            "SELECT COUNT(*) FROM accounting_outbox o JOIN access_sessions s ON s.id = o.access_session_id \
+             WHERE s.organization_id = $1 AND o.destination = $2 AND o.created_at >= $3 \
+             AND o.delivered_at IS NULL AND o.dead_at IS NULL",
+            &[
+                Arg::Text(organization_id),
+                Arg::Text(&destination),
+                Arg::Int(since),
+            ],
+        )
+        .await?
+        .unwrap_or((0,));
+    Ok(count)
+}
+
 /// Columns of [`OrganizationJob`].
 const JOB_COLUMNS: &str = "id, organization_id, kind, access_session_id, created_at";
 
@@ -933,6 +991,8 @@ impl<B: OrgBackend> OrganizationStore for B {
             now,
             detail,
             expected_revision,
+            servers_freed,
+            copies_since,
         } = *write;
         let mut change = self.begin_change().await?;
         let c = change.conn();
@@ -966,6 +1026,15 @@ impl<B: OrgBackend> OrganizationStore for B {
             ],
         )
         .await?;
+        // After the row's write: a session written before this point is counted here, one
+        // after it reads the new revision (and is worked out again).
+        for server in servers_freed {
+            if sessions_needing_in(c, id, server).await? > 0
+                || copies_waiting_in(c, id, server, copies_since).await? > 0
+            {
+                return Ok(UpdateOutcome::ServerNeeded);
+            }
+        }
         bump_revision(self, c).await?;
         audit_in(
             c,
@@ -987,23 +1056,7 @@ impl<B: OrgBackend> OrganizationStore for B {
         organization_id: &str,
         name: &str,
     ) -> Result<i64, StorageError> {
-        let (count,): (i64,) = self
-            .reader()
-            .await?
-            .fetch_optional(
-                "SELECT COUNT(*) FROM access_sessions s WHERE s.organization_id = $1 AND ( \
-                   (s.server_name = $2 AND (s.state = 'active' OR EXISTS (SELECT 1 FROM accounting_outbox o \
-                      WHERE o.access_session_id = s.id AND o.destination = 'auth-server' \
-                      AND o.delivered_at IS NULL AND o.dead_at IS NULL))) \
-                   OR (EXISTS (SELECT 1 FROM accounting_sent a WHERE a.access_session_id = s.id AND a.server = $2) \
-                      AND (s.state = 'active' OR EXISTS (SELECT 1 FROM accounting_outbox o \
-                        WHERE o.access_session_id = s.id AND o.destination = 'auth-server' AND o.status_type = 2 \
-                        AND o.delivered_at IS NULL AND o.dead_at IS NULL))))",
-                &[Arg::Text(organization_id), Arg::Text(name)],
-            )
-            .await?
-            .unwrap_or((0,));
-        Ok(count)
+        sessions_needing_in(&mut *self.reader().await?, organization_id, name).await
     }
 
     async fn copies_waiting_for(
@@ -1012,23 +1065,7 @@ impl<B: OrgBackend> OrganizationStore for B {
         name: &str,
         since: i64,
     ) -> Result<i64, StorageError> {
-        let destination = format!("{}{name}", super::SERVER_DESTINATION_PREFIX);
-        let (count,): (i64,) = self
-            .reader()
-            .await?
-            .fetch_optional(
-                "SELECT COUNT(*) FROM accounting_outbox o JOIN access_sessions s ON s.id = o.access_session_id \
-                 WHERE s.organization_id = $1 AND o.destination = $2 AND o.created_at >= $3 \
-                 AND o.delivered_at IS NULL AND o.dead_at IS NULL",
-                &[
-                    Arg::Text(organization_id),
-                    Arg::Text(&destination),
-                    Arg::Int(since),
-                ],
-            )
-            .await?
-            .unwrap_or((0,));
-        Ok(count)
+        copies_waiting_in(&mut *self.reader().await?, organization_id, name, since).await
     }
 
     async fn give_up_copies(

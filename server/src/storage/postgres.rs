@@ -1171,13 +1171,19 @@ impl SessionStore for PgStore {
             .bind(&new.client_ip)
             .execute(&mut *tx)
             .await?;
-        let active: Option<bool> =
-            sqlx::query_scalar("SELECT is_active FROM organizations WHERE id = $1 FOR SHARE")
+        let found: Option<(bool, i64)> =
+            sqlx::query_as("SELECT is_active, revision FROM organizations WHERE id = $1 FOR SHARE")
                 .bind(&new.organization_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        if active != Some(true) {
+        let Some((true, revision)) = found else {
             return Err(StorageError::OrganizationDisabled);
+        };
+        if new
+            .organization_revision
+            .is_some_and(|worked_out| worked_out != revision)
+        {
+            return Err(StorageError::OrganizationChanged);
         }
         let replaces = match new.replaces {
             Some(id) => browsers_session_in(&mut tx, id).await?,

@@ -1739,12 +1739,18 @@ fn open_session_in(c: &Connection, new: &NewAccessSession) -> Result<OpenedSessi
     // Defence in depth against a disable racing the login: writers are serialized, so either
     // this session commits first (and the disable's stop job sees it) or the flag is already
     // off here and nothing is created.
-    let active: Option<bool> = c
-        .prepare_cached("SELECT is_active FROM organizations WHERE id = ?")?
-        .query_row([&new.organization_id], |r| r.get(0))
+    let found: Option<(bool, i64)> = c
+        .prepare_cached("SELECT is_active, revision FROM organizations WHERE id = ?")?
+        .query_row([&new.organization_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    if active != Some(true) {
+    let Some((true, revision)) = found else {
         return Err(StorageError::OrganizationDisabled);
+    };
+    if new
+        .organization_revision
+        .is_some_and(|worked_out| worked_out != revision)
+    {
+        return Err(StorageError::OrganizationChanged);
     }
     let replaces = match new.replaces {
         Some(id) => browsers_session_in(c, id)?,
