@@ -3456,3 +3456,94 @@ async fn a_sign_in_under_way_when_its_servers_accounting_moves_sends_start_and_s
     );
     app.stop().await;
 }
+
+/// A relay to `upstream` that drops every Access-Request for `user` (a directory behind a
+/// shared RADIUS server that is down for one organization's users) and passes the rest.
+async fn relay_dropping_user(upstream: SocketAddr, user: &'static str) -> SocketAddr {
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = front.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (len, from) = front.recv_from(&mut buf).await.unwrap();
+            let request = buf[..len].to_vec();
+            // Code 1 (Access-Request), then attributes after the 20-byte header: User-Name is 1.
+            let mut at = 20;
+            let mut named = None;
+            while at + 2 <= request.len() {
+                let (kind, size) = (request[at], usize::from(request[at + 1]));
+                if size < 2 || at + size > request.len() {
+                    break;
+                }
+                if kind == 1 {
+                    named = Some(request[at + 2..at + size].to_vec());
+                }
+                at += size;
+            }
+            if request.first() == Some(&1) && named.as_deref() == Some(user.as_bytes()) {
+                continue;
+            }
+            let front = front.clone();
+            tokio::spawn(async move {
+                let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                back.send_to(&request, upstream).await.unwrap();
+                let mut reply = vec![0u8; 4096];
+                let (n, _) = back.recv_from(&mut reply).await.unwrap();
+                front.send_to(&reply[..n], from).await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+/// Organizations sharing a RADIUS server (one address, one secret) each have a breaker of their
+/// own: one whose users the server never answers (their directory down behind it) opens its
+/// own, and the other's users still sign in there (black-box tester M's D6: one shared breaker
+/// let a noisy tenant shut every other tenant of the server out).
+#[tokio::test]
+async fn one_organizations_unanswered_users_never_shut_out_another_on_a_shared_server() {
+    let radius = FreeRadius::start().await;
+    let relay = relay_dropping_user(radius.auth_addr(true), "carol").await;
+    let (_dir, db) = temp_db();
+    let mut shared = radius.server_settings("shared", true);
+    shared.auth_port = relay.port();
+    shared.timeout = Duration::from_millis(300);
+    shared.retries = 0;
+    let mut config = settings(&db, vec![shared]);
+    config.radius.breaker_failures = 2;
+    let mut noisy = config.organizations[0].clone();
+    noisy.id = "noisy".into();
+    noisy.name = "Noisy".into();
+    config.organizations.push(noisy);
+    config.validate().unwrap();
+    let app = TestApp::spawn(&config).await;
+    for n in 60..63 {
+        let unanswered = app
+            .sessions
+            .login("noisy", "carol", "carol-pass", IpAddr::V4(client(n)))
+            .await;
+        assert!(unanswered.is_err(), "{unanswered:?}");
+    }
+    let shared_auth = SocketAddr::from(([127, 0, 0, 1], relay.port()));
+    assert!(
+        app.radius
+            .health()
+            .states()
+            .into_iter()
+            .any(|(addr, state)| addr == shared_auth
+                && matches!(
+                    state,
+                    radius_portal::radius::breaker::BreakerState::Open { .. }
+                )),
+        "the noisy organization's breaker opened"
+    );
+    let session = app
+        .sessions
+        .login("acme", "erin", "erin-pass", IpAddr::V4(client(63)))
+        .await;
+    assert!(
+        session.is_ok(),
+        "acme signs in at the shared server: {session:?}"
+    );
+    app.stop().await;
+}

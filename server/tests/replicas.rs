@@ -420,7 +420,7 @@ async fn replicas_count_each_others_unanswered_exchanges_with_a_server() {
     storage
         .announce_breaker(radius_portal::storage::Notice::Breaker {
             addr: acct_addr,
-            secret: secret_fingerprint(&key, &Secret::new(common::SECRET)),
+            secret: secret_fingerprint(&key, &a.organizations.get("acme").unwrap().servers[0]),
             answered: false,
         })
         .await

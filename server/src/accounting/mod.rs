@@ -2608,6 +2608,7 @@ mod tests {
             retries: 0,
             message_authenticator: Default::default(),
             status_check: Default::default(),
+            organization: "acme".into(),
         };
         let backup = crate::radius::ServerEndpoint {
             name: "backup".into(),

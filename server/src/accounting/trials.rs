@@ -162,6 +162,7 @@ mod tests {
             retries: 0,
             message_authenticator: MessageAuthenticatorMode::default(),
             status_check: StatusCheck::Request,
+            organization: "acme".into(),
         };
         health.target(&server, Port::Acct)
     }

@@ -126,6 +126,7 @@ impl Organization {
                     retries: server.retries,
                     message_authenticator: server.require_message_authenticator,
                     status_check: server.status_check,
+                    organization: s.id.clone(),
                 })
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;

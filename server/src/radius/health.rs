@@ -131,11 +131,14 @@ pub struct PeerNews {
 /// per-process key): the first 8 bytes of HMAC-SHA256 of the secret under the replicas' shared
 /// key, so what goes through NOTIFY — which any login to the database can listen to — is no
 /// unkeyed hash of a secret to be guessed offline. Never logged.
-pub fn secret_fingerprint(key: &SecretKey, secret: &crate::config::Secret) -> u64 {
+pub fn secret_fingerprint(key: &SecretKey, server: &ServerEndpoint) -> u64 {
     use hmac::{Hmac, Mac};
     let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&key.0)
         .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
-    mac.update(secret.expose().as_bytes());
+    // The organization too: each organization's server entry has a breaker of its own.
+    mac.update(server.organization.as_bytes());
+    mac.update(&[0]);
+    mac.update(server.secret.expose().as_bytes());
     let digest = mac.finalize().into_bytes();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
@@ -216,7 +219,7 @@ impl ServerHealth {
         if let Some(peers) = self.peers.get() {
             let news = PeerNews {
                 addr: address(server, port),
-                secret: secret_fingerprint(&peers.key, &server.secret),
+                secret: secret_fingerprint(&peers.key, server),
                 answered,
             };
             // Full (the database slow to take them): this one counts here only.
@@ -238,7 +241,7 @@ impl ServerHealth {
         for server in servers {
             for port in [Port::Auth, Port::Acct] {
                 if address(server, port) != news.addr
-                    || secret_fingerprint(&peers.key, &server.secret) != news.secret
+                    || secret_fingerprint(&peers.key, server) != news.secret
                     || !seen.insert(self.target(server, port))
                 {
                     continue;
@@ -295,7 +298,9 @@ impl ServerHealth {
     pub fn target(&self, server: &ServerEndpoint, port: Port) -> Target {
         Target {
             addr: address(server, port),
-            secret: self.secrets.hash_one(server.secret.expose()),
+            secret: self
+                .secrets
+                .hash_one((server.secret.expose(), &server.organization)),
         }
     }
 
@@ -891,6 +896,7 @@ mod tests {
             retries: 0,
             message_authenticator: MessageAuthenticatorMode::default(),
             status_check: StatusCheck::default(),
+            organization: "acme".into(),
         }
     }
 
@@ -927,13 +933,13 @@ mod tests {
             missed,
             PeerNews {
                 addr: primary.acct_addr,
-                secret: secret_fingerprint(&key(), &primary.secret),
+                secret: secret_fingerprint(&key(), &primary),
                 answered: false
             }
         );
         assert_ne!(
             missed.secret,
-            secret_fingerprint(&SecretKey::new([8; 32]), &primary.secret),
+            secret_fingerprint(&SecretKey::new([8; 32]), &primary),
             "keyed"
         );
         here.record_success(target, false);
@@ -1275,6 +1281,7 @@ mod tests {
         let backup = server("backup", 1813, "s");
         let nps = ServerEndpoint {
             status_check: StatusCheck::Request,
+            organization: "acme".into(),
             ..server("nps", 1814, "other")
         };
         let t0 = Instant::now();

@@ -145,6 +145,10 @@ pub struct ServerEndpoint {
     pub message_authenticator: MessageAuthenticatorMode,
     /// How the server is found alive again once its breaker opened.
     pub status_check: StatusCheck,
+    /// The organization whose server entry this is: its breaker is its own, so requests
+    /// another organization's users get no answer to (their directory down behind a shared
+    /// RADIUS server) never shut this organization out. Empty outside any organization.
+    pub organization: String,
 }
 
 /// How the portal identifies itself as the NAS.

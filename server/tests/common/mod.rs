@@ -234,6 +234,7 @@ impl FreeRadius {
             retries: 0,
             message_authenticator: strict.into(),
             status_check: Default::default(),
+            organization: "acme".into(),
         }
     }
 
