@@ -511,9 +511,11 @@ impl DynAuthListener {
             Ok(found) => found
                 .into_iter()
                 .filter(|s| {
-                    from.organizations
-                        .as_ref()
-                        .is_none_or(|orgs| orgs.contains(&s.organization_id))
+                    from.organizations.as_ref().is_none_or(|orgs| {
+                        // In any letter case, as organization ids are named everywhere.
+                        orgs.iter()
+                            .any(|id| id.eq_ignore_ascii_case(&s.organization_id))
+                    })
                 })
                 .filter(|s| identification.matches(s))
                 .collect::<Vec<_>>(),

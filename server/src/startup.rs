@@ -698,7 +698,10 @@ pub(crate) fn dynauth_warnings(
             None if organizations.len() > 1 => warnings.push(format!("Dynamic Authorization client `{name}` may end sessions of all {} organizations: a Disconnect-Request naming only a User-Name ends that name's sessions in every one; list the client's organizations (dynamic_authorization.clients.organizations)", organizations.len())),
             None => {}
             Some(named) => {
-                for id in named.iter().filter(|id| !organizations.contains(id)) {
+                for id in named
+                    .iter()
+                    .filter(|id| !organizations.iter().any(|o| o.eq_ignore_ascii_case(id)))
+                {
                     warnings.push(format!("Dynamic Authorization client `{name}` names organization `{id}`, which does not exist: its requests for it find no session"));
                 }
             }
@@ -1242,7 +1245,7 @@ mod tests {
         dynauth.listen = "192.0.2.10:3799".parse().unwrap();
         dynauth.clients = vec![
             client("ise", Some(&["acme"])),
-            client("fr", Some(&["beta"])),
+            client("fr", Some(&["BETA"])),
         ];
         assert!(dynauth_warnings(&dynauth, &orgs).is_empty());
         // One organization: an unrestricted client acts on it alone.

@@ -489,14 +489,14 @@ async fn sessions_from_before_the_class_index_are_found_by_class_after_a_restart
     app.stop().await;
 }
 
-/// A client tied to other organizations cannot end this organization's sessions: it is told
-/// there is no such session (nothing reveals that one exists).
-#[tokio::test]
-async fn a_client_tied_to_other_organizations_cannot_end_this_ones_sessions() {
+/// What a Disconnect-Request for carol's session (signed in to acme) gets from a client tied to
+/// `organizations`, and how many sessions are active after it.
+async fn disconnect_from_a_client_tied_to(organizations: &[&str]) -> (String, i64) {
     let radius = FreeRadius::start().await;
     let (_dir, db) = temp_db();
     let mut settings = with_listener(settings(&db, vec![radius.server_settings("primary", true)]));
-    settings.dynamic_authorization.clients[0].organizations = Some(vec!["beta".into()]);
+    settings.dynamic_authorization.clients[0].organizations =
+        Some(organizations.iter().map(|o| o.to_string()).collect());
     let app = TestApp::spawn(&settings).await;
     let (listener, _) = app.dynauth.clone().unwrap();
     app.browser(client(31)).login("carol", "carol-pass").await;
@@ -511,10 +511,28 @@ async fn a_client_tied_to_other_organizations_cannot_end_this_ones_sessions() {
         &format!("Acct-Session-Id = \"{sid}\"\n"),
     )
     .await;
+    let active = app.storage.active_sessions().await.unwrap();
+    app.stop().await;
+    (out, active)
+}
+
+/// A client tied to other organizations cannot end this organization's sessions: it is told
+/// there is no such session (nothing reveals that one exists).
+#[tokio::test]
+async fn a_client_tied_to_other_organizations_cannot_end_this_ones_sessions() {
+    let (out, active) = disconnect_from_a_client_tied_to(&["beta"]).await;
     assert!(out.contains("Received Disconnect-NAK"), "{out}");
     assert!(out.contains("Session-Context-Not-Found"), "{out}");
-    assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
-    app.stop().await;
+    assert_eq!(active, 1);
+}
+
+/// A client's organizations are named in any letter case, as organization ids are everywhere
+/// (black-box tester M's D3).
+#[tokio::test]
+async fn a_clients_organizations_are_named_in_any_letter_case() {
+    let (out, active) = disconnect_from_a_client_tied_to(&["ACME"]).await;
+    assert!(out.contains("Received Disconnect-ACK"), "{out}");
+    assert_eq!(active, 0);
 }
 
 /// After an operator renames the portal's NAS, a session opened before is still the NAS the
