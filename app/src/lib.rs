@@ -153,6 +153,16 @@ fn title(page: Page, open: bool) -> String {
     }
 }
 
+/// Reads what the pages take from `hash.txt` (the stylesheet's name, the island loader's
+/// markup) once, before `serve` takes requests: a first read under load that failed (out of
+/// file descriptors) would fail a page — or, for the stylesheet, name the wrong file until a
+/// restart.
+#[cfg(feature = "ssr")]
+pub fn warm_up(options: &LeptosOptions) {
+    let _ = stylesheet_href(options);
+    let _ = pages::session::island_scripts_template(options);
+}
+
 /// The stylesheet's URL with its content hash (`hash.txt` beside the binary, as Leptos's
 /// `HashedStylesheet` finds it), worked out once per process rather than read on every render.
 fn stylesheet_href(options: &LeptosOptions) -> String {

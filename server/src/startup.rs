@@ -195,6 +195,9 @@ impl Application {
         // SIGHUP never ends the portal, also while it starts (waiting for the SQLite database's
         // lock, for PostgreSQL); one that comes now reloads the certificate once it serves.
         let hangups = crate::http::tls::Hangups::watch();
+        // What pages read from `hash.txt`, read now rather than at a first request that may
+        // find the process out of file descriptors.
+        app::warm_up(&leptos_options);
         let sqlite_owner = match settings.database.url {
             None => Some(own_sqlite_database(&settings.database.path).await?),
             Some(_) => None,

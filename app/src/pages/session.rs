@@ -178,21 +178,18 @@ pub fn SessionPage() -> impl IntoView {
     }
 }
 
-/// The WASM loader, rendered only on pages that have an island so other pages download none.
-///
-/// Leptos's `HydrationScripts` reads `hash.txt` from disk on every render; its markup is the
-/// same for every page but the request's nonce, so it is rendered once per process with a
-/// nonce of its own, which each page swaps for the request's.
+/// The loader's markup with its placeholder nonce ([`IslandScripts`]), made once per process:
+/// the first call reads `hash.txt` (Leptos's `HydrationScripts` panics when it cannot — out of
+/// file descriptors, say), so `serve` makes it before it takes requests ([`crate::warm_up`]).
 #[cfg(feature = "ssr")]
-#[component]
-fn IslandScripts() -> impl IntoView {
+pub(crate) fn island_scripts_template(options: &LeptosOptions) -> &'static (String, String) {
     use leptos::nonce::use_nonce;
     static TEMPLATE: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
-    let options = use_context::<LeptosOptions>()?;
-    let (template, placeholder) = TEMPLATE.get_or_init(|| {
+    TEMPLATE.get_or_init(|| {
         Owner::new().with(|| {
             leptos::nonce::provide_nonce();
             let placeholder = use_nonce().map(|n| n.to_string()).unwrap_or_default();
+            let options = options.clone();
             let html = view! { <HydrationScripts options islands=true /> }.to_html();
             // Only the loader script: Leptos also writes preload links for the JS and the WASM,
             // which a browser without JavaScript downloads for nothing (right before the
@@ -204,7 +201,20 @@ fn IslandScripts() -> impl IntoView {
                 .to_string();
             (html, placeholder)
         })
-    });
+    })
+}
+
+/// The WASM loader, rendered only on pages that have an island so other pages download none.
+///
+/// Leptos's `HydrationScripts` reads `hash.txt` from disk on every render; its markup is the
+/// same for every page but the request's nonce, so it is rendered once per process with a
+/// nonce of its own, which each page swaps for the request's.
+#[cfg(feature = "ssr")]
+#[component]
+fn IslandScripts() -> impl IntoView {
+    use leptos::nonce::use_nonce;
+    let options = use_context::<LeptosOptions>()?;
+    let (template, placeholder) = island_scripts_template(&options);
     // What `HydrationScripts` does to the page besides its markup: in islands mode, what
     // follows is not hydrated.
     if let Some(context) = Owner::current_shared_context() {
