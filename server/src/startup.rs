@@ -512,6 +512,12 @@ impl Application {
                 })
             },
             {
+                let (sessions, shutdown) = (self.sessions.clone(), shutdown.clone());
+                supervise::spawn(self.tasks.clone(), "clock", move || {
+                    sessions.clone().run_clock_watch(shutdown.clone())
+                })
+            },
+            {
                 let (radius, shutdown, organizations) = (
                     self.radius.clone(),
                     shutdown.clone(),

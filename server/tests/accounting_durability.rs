@@ -774,3 +774,103 @@ async fn a_delivery_whose_claim_cannot_be_kept_stops_before_it_runs_out() {
     .await;
     app.stop().await;
 }
+
+/// libfaketime's library (`scripts/setup.sh` installs the Debian package).
+fn faketime_library() -> &'static std::path::Path {
+    let path = std::path::Path::new("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1");
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup.sh (Debian's libfaketime)",
+        path.display()
+    );
+    path
+}
+
+/// The wall clock steps an hour back (libfaketime moves it alone, as NTP or `date -s` does; the
+/// boot clock goes on) while a session with a Session-Timeout of 3 s is open: it still ends about
+/// 3 s after its sign-in, its Stop saying it lasted that long — not an hour later, which left a
+/// firewall identity an hour past its Session-Timeout (black-box tester T's D1).
+#[tokio::test]
+async fn a_session_keeps_its_real_length_when_the_wall_clock_steps_back() {
+    let radius = FreeRadius::start().await;
+    let (dir, _db, base, config) = common::process_config(
+        "[radius]\nbind = \"127.0.0.1\"\n",
+        "",
+        (radius.strict_port, radius.acct_port),
+        "",
+    );
+    let clock = dir.path().join("faketime");
+    std::fs::write(&clock, "+0\n").unwrap();
+    let _portal = PortalProcess::start_with(
+        &config,
+        &base,
+        std::process::Stdio::null(),
+        &[
+            ("LD_PRELOAD", faketime_library().as_os_str()),
+            ("FAKETIME_TIMESTAMP_FILE", clock.as_os_str()),
+            ("FAKETIME_NO_CACHE", "1".as_ref()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".as_ref()),
+        ],
+    )
+    .await;
+    let browser = common::Browser::of(&base);
+    let page = browser.login("ivan", "ivan-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    let start = radius.wait_for_acct(&["status=Start", "user=ivan"]).await;
+    std::fs::write(&clock, "-3600\n").unwrap();
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={} ", field(&start, "sid"))])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Session-Timeout");
+    assert_eq!(field(&stop, "session_time"), "3", "{stop}");
+}
+
+/// The wall clock steps ten minutes forward while a session with a Session-Timeout of 30 s is
+/// open: the session's stored times move with it and it stays open — not ended at once with a
+/// Stop claiming 30 s and a delay of ten minutes (black-box tester T's D2).
+#[tokio::test]
+async fn a_session_keeps_its_real_length_when_the_wall_clock_steps_forward() {
+    let radius = FreeRadius::start().await;
+    let (dir, db, base, config) = common::process_config(
+        "[radius]\nbind = \"127.0.0.1\"\n",
+        "",
+        (radius.strict_port, radius.acct_port),
+        "",
+    );
+    let clock = dir.path().join("faketime");
+    std::fs::write(&clock, "+0\n").unwrap();
+    let _portal = PortalProcess::start_with(
+        &config,
+        &base,
+        std::process::Stdio::null(),
+        &[
+            ("LD_PRELOAD", faketime_library().as_os_str()),
+            ("FAKETIME_TIMESTAMP_FILE", clock.as_os_str()),
+            ("FAKETIME_NO_CACHE", "1".as_ref()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".as_ref()),
+        ],
+    )
+    .await;
+    let browser = common::Browser::of(&base);
+    let page = browser.login("alice", "alice-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    radius.wait_for_acct(&["status=Start", "user=alice"]).await;
+    let storage = radius_portal::storage::Storage::open(&db).await.unwrap();
+    let id = storage.active_session_ids_of("acme").await.unwrap()[0];
+    let before = storage.session(id).await.unwrap().unwrap();
+    std::fs::write(&clock, "+600\n").unwrap();
+    wait_until("the session's times to move with the clock", || async {
+        storage.session(id).await.unwrap().unwrap().expires_at == before.expires_at + 600_000
+    })
+    .await;
+    let moved = storage.session(id).await.unwrap().unwrap();
+    assert!(moved.active, "{moved:?}");
+    assert_eq!(moved.started_at, before.started_at + 600_000);
+    assert!(
+        !radius
+            .acct_lines()
+            .iter()
+            .any(|l| l.contains("status=Stop")),
+        "no Stop"
+    );
+}

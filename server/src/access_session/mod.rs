@@ -5,6 +5,7 @@
 //! [`expiry::Expiry`] stops sessions whose persisted deadline has passed. Accounting packets are
 //! queued in storage in the same transaction as the change and delivered by `accounting`.
 
+pub mod clock_steps;
 pub mod events;
 pub mod expiry;
 mod lifetimes;
@@ -95,12 +96,10 @@ fn stop_fits(
     crate::radius::encode_accounting(0, nas, &stop, b"probe").map(|_| ())
 }
 
-/// Current time as Unix milliseconds.
+/// Current time as Unix milliseconds: the wall clock's, with a step of it held back until the
+/// stored times have moved with it ([`clock_steps`]).
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
+    clock_steps::now_ms()
 }
 
 /// Longest wait for a renewal of a sign-in's lease before it is tried again (a second later):

@@ -202,6 +202,13 @@ contract! {
         /// to end as it was due (its cause unchanged). Returns each session changed with its
         /// new deadline.
         fn cap_lifetimes(&self, organization_id: &str, max_lifetime_ms: i64, now: i64) -> Vec<(i64, i64)>;
+        /// Moves the stored times of what is under way — open sessions (start, last refresh,
+        /// deadline, limit, next Interim-Update, sign-in lease) and accounting not yet delivered
+        /// (event, next attempt, made, claim) — by `delta_ms`: the wall clock stepped by that
+        /// much, and each keeps the real time it had left. Returns the open sessions moved; None
+        /// where one process's clock is not the reference (PostgreSQL: replicas share the
+        /// times, and keep their clocks in sync) and nothing is moved.
+        fn shift_times(&self, delta_ms: i64) -> Option<Vec<i64>>;
         /// Stops an active session at `event_at` (never before its start, its last refresh or
         /// an Interim-Update queued for it) with `cause` and queues its Stop. False if it was not active (already stopped: nothing is queued
         /// twice).

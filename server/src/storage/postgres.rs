@@ -1381,6 +1381,10 @@ impl SessionStore for PgStore {
         Ok(capped)
     }
 
+    async fn shift_times(&self, _delta_ms: i64) -> Result<Option<Vec<i64>>, StorageError> {
+        Ok(None)
+    }
+
     async fn stop_session(&self, id: i64, cause: u32, event_at: i64) -> Result<bool, StorageError> {
         let mut tx = self.pool().begin().await?;
         if !stop_in(&mut tx, id, cause, event_at).await? {

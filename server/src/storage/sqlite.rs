@@ -670,6 +670,30 @@ impl SessionStore for SqliteStore {
             .await
     }
 
+    async fn shift_times(&self, delta_ms: i64) -> Result<Option<Vec<i64>>, StorageError> {
+        self.engine
+            .write(move |c| {
+                let moved = c
+                    .prepare_cached(
+                        "UPDATE access_sessions SET started_at = started_at + ?1, \
+                         refreshed_at = refreshed_at + ?1, expires_at = expires_at + ?1, \
+                         limit_at = limit_at + ?1, next_interim_at = next_interim_at + ?1, \
+                         sign_in_until = sign_in_until + ?1 WHERE state = 'active' RETURNING id",
+                    )?
+                    .query_map([delta_ms], |r| r.get(0))?
+                    .collect::<Result<Vec<i64>, _>>()?;
+                c.prepare_cached(
+                    "UPDATE accounting_outbox SET event_at = event_at + ?1, \
+                     next_attempt_at = next_attempt_at + ?1, created_at = created_at + ?1, \
+                     claimed_until = claimed_until + ?1 \
+                     WHERE delivered_at IS NULL AND dead_at IS NULL",
+                )?
+                .execute([delta_ms])?;
+                Ok(Some(moved))
+            })
+            .await
+    }
+
     async fn stop_session(&self, id: i64, cause: u32, event_at: i64) -> Result<bool, StorageError> {
         self.engine
             .write(move |c| stop_in(c, id, cause, event_at, None))

@@ -891,6 +891,16 @@ impl PortalProcess {
         base: &str,
         log: impl Into<std::process::Stdio>,
     ) -> PortalProcess {
+        Self::start_with(config, base, log, &[]).await
+    }
+
+    /// [`PortalProcess::start_logging`] with `env` set for it.
+    pub async fn start_with(
+        config: &std::path::Path,
+        base: &str,
+        log: impl Into<std::process::Stdio>,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> PortalProcess {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
             .arg("--config")
@@ -900,6 +910,7 @@ impl PortalProcess {
             .arg("serve")
             .current_dir(&root)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()

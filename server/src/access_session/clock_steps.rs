@@ -1,0 +1,165 @@
+//! Steps of the wall clock. Deadlines, leases and Event-Timestamps are Unix times from the wall
+//! clock, stored; a step of it — NTP correcting a clock that was off, an operator's `date -s`,
+//! a virtual machine resumed with its clock set again — would move every stored deadline
+//! against real time: a session given a minute would run on an hour after a step an hour back,
+//! and every session end at once after a step forward, its Stop claiming a length it never had.
+//! Every reading of the time ([`now_ms`]) compares the wall clock with the boot clock
+//! (`CLOCK_BOOTTIME`: it counts a suspend and is never stepped): when one says more time passed
+//! than the other by over [`STEP_MS`], the difference is a step. The process's time then goes on
+//! as if there had been none (the step is held as an offset) until the stored times of what is
+//! under way have moved with it ([`crate::storage::SessionStore::shift_times`], by the clock
+//! task), and follows the wall clock from then on — so each session keeps the real time it had
+//! left, its accounting its real length and delay, and nothing is written in one time line
+//! while the stored times are in the other. SQLite only: on PostgreSQL the replicas share the
+//! times and their clocks are the reference (one replica's step says its clock was, or is,
+//! wrong): the process follows its wall clock at once, with a warning.
+
+use super::AccessSessions;
+use std::{
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Mutex,
+    },
+    time::Duration,
+};
+use tokio_util::sync::CancellationToken;
+
+/// A difference between the two clocks' readings beyond this is a step (NTP's own slewing
+/// moves the wall clock by at most half a millisecond a second).
+pub const STEP_MS: i64 = 2_000;
+
+/// How often the clocks are compared.
+const EVERY: Duration = Duration::from_secs(1);
+
+/// The two clocks' last readings (Unix ms, boot ms).
+#[derive(Debug, Default)]
+pub struct StepWatch {
+    last: Option<(i64, i64)>,
+}
+
+impl StepWatch {
+    /// Takes a reading of both clocks: the wall clock's step since the last reading (how much
+    /// further it moved than the boot clock), if more than [`STEP_MS`].
+    pub fn observe(&mut self, wall_ms: i64, boot_ms: i64) -> Option<i64> {
+        let step = self
+            .last
+            .map(|(wall, boot)| (wall_ms - wall) - (boot_ms - boot));
+        self.last = Some((wall_ms, boot_ms));
+        step.filter(|step| step.abs() > STEP_MS)
+    }
+}
+
+/// The boot clock in milliseconds (None where it cannot be read).
+fn boot_ms() -> Option<i64> {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
+    Some(now.tv_sec() * 1_000 + now.tv_nsec() / 1_000_000)
+}
+
+/// The wall clock in Unix milliseconds.
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// The readings [`now_ms`] compares (taken by one caller at a time; the others go on).
+static WATCH: Mutex<StepWatch> = Mutex::new(StepWatch { last: None });
+/// Steps seen and not yet moved into the stored times: the process's time is the wall
+/// clock's less this.
+static HELD: AtomicI64 = AtomicI64::new(0);
+/// Wakes the clock task when a step is seen.
+static SEEN: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// The process's time in Unix milliseconds: the wall clock's, less the steps not yet moved
+/// into the stored times.
+pub fn now_ms() -> i64 {
+    let wall = wall_ms();
+    if let (Ok(mut watch), Some(boot)) = (WATCH.try_lock(), boot_ms()) {
+        if let Some(step) = watch.observe(wall, boot) {
+            HELD.fetch_add(step, Ordering::SeqCst);
+            SEEN.notify_one();
+        }
+    }
+    wall - HELD.load(Ordering::SeqCst)
+}
+
+impl AccessSessions {
+    /// The wall clock stepped by `step_ms`: what is under way keeps the real time it had left
+    /// (where the stored times are this process's own), and the expiry and accounting look
+    /// again, open pages read their session again. True when the process may follow the wall
+    /// clock now (false: the stored times could not be moved, and stay in the old time line).
+    pub async fn clock_stepped(&self, step_ms: i64) -> bool {
+        match self.storage.shift_times(step_ms).await {
+            Ok(Some(moved)) => {
+                tracing::warn!(step_ms, sessions = moved.len(),
+                    "the system clock stepped: the open sessions' times and the accounting waiting moved with it, so each keeps the real time it had left (keep the clock synchronised: NTP)");
+                self.expiry_wake.due_at(i64::MIN);
+                self.accounting.wake();
+                for id in moved {
+                    self.events.publish(id);
+                }
+                true
+            }
+            Ok(None) => {
+                tracing::warn!(step_ms,
+                    "the system clock stepped: the replicas share the sessions' times, so they stay as stored — a replica whose clock is off ends sessions early or late and dates their accounting wrongly: keep every replica's clock synchronised (NTP)");
+                true
+            }
+            Err(e) => {
+                crate::throttled!(error, step_ms, error = %e,
+                    "the system clock stepped, and the open sessions' times could not be moved with it yet: this process keeps its time line until they are (will retry)");
+                false
+            }
+        }
+    }
+
+    /// Reads the time at least every second (a step is seen by a reading) and moves the
+    /// stored times by each step seen, until `shutdown`.
+    pub async fn run_clock_watch(self, shutdown: CancellationToken) {
+        loop {
+            let _ = now_ms();
+            let held = HELD.load(Ordering::SeqCst);
+            if held != 0 && self.clock_stepped(held).await {
+                HELD.fetch_sub(held, Ordering::SeqCst);
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = SEEN.notified() => {}
+                () = tokio::time::sleep(EVERY) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StepWatch;
+
+    #[test]
+    fn a_step_is_what_the_wall_clock_moved_beyond_the_boot_clock() {
+        let mut watch = StepWatch::default();
+        assert_eq!(watch.observe(1_000_000, 50_000), None, "a first reading");
+        // A second on both, and a late tick (5 s on both): no step.
+        assert_eq!(watch.observe(1_001_000, 51_000), None);
+        assert_eq!(watch.observe(1_006_010, 56_000), None);
+        // An hour back while a second passed.
+        assert_eq!(
+            watch.observe(1_006_010 - 3_600_000 + 1_000, 57_000),
+            Some(-3_600_000)
+        );
+        // Ten minutes forward.
+        assert_eq!(
+            watch.observe(1_006_010 - 3_600_000 + 2_000 + 600_000, 58_000),
+            Some(600_000)
+        );
+        // A suspend (both clocks moved on by an hour): no step.
+        assert_eq!(
+            watch.observe(
+                1_006_010 - 3_600_000 + 2_000 + 600_000 + 3_600_000,
+                3_658_000
+            ),
+            None
+        );
+    }
+}
