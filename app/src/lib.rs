@@ -159,6 +159,11 @@ fn title(page: Page, open: bool) -> String {
 /// restart.
 #[cfg(feature = "ssr")]
 pub fn warm_up(options: &LeptosOptions) {
+    // Without the file (a test's site, say) there is nothing to read — and Leptos's loader
+    // would panic here rather than at a page.
+    if hash_file(options).is_some_and(|file| !file.exists()) {
+        return;
+    }
     let _ = stylesheet_href(options);
     let _ = pages::session::island_scripts_template(options);
 }

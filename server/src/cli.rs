@@ -1217,6 +1217,7 @@ pub fn effective_configuration(settings: &Settings) -> anyhow::Result<String> {
 /// Standard output could not be written: quietly done when the reader closed the pipe.
 pub(crate) fn output_failed(error: std::io::Error) -> ! {
     if error.kind() == std::io::ErrorKind::BrokenPipe {
+        crate::telemetry::flush(std::time::Duration::from_secs(2));
         std::process::exit(0);
     }
     crate::eprint_line!("error: writing the output failed: {error}");

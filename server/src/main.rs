@@ -6,6 +6,12 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // A panic's message comes after the log's lines before it, not ahead of them.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        radius_portal::telemetry::flush(std::time::Duration::from_secs(2));
+        report(info);
+    }));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let variable = std::env::var("TOKIO_WORKER_THREADS").ok();
     let (workers, warning) = radius_portal::startup::worker_threads(variable.as_deref(), cores);

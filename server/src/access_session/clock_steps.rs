@@ -1,18 +1,19 @@
 //! Steps of the wall clock. Deadlines, leases and Event-Timestamps are Unix times from the wall
-//! clock, stored; a step of it — NTP correcting a clock that was off, an operator's `date -s`,
-//! a virtual machine resumed with its clock set again — would move every stored deadline
-//! against real time: a session given a minute would run on an hour after a step an hour back,
-//! and every session end at once after a step forward, its Stop claiming a length it never had.
+//! clock, stored; a step back of it — NTP correcting a clock that ran ahead, an operator's
+//! `date -s` — would move every stored deadline later against real time: a session given a
+//! minute would run on an hour after a step an hour back, a firewall identity with it.
 //! Every reading of the time ([`now_ms`]) compares the wall clock with the boot clock
 //! (`CLOCK_BOOTTIME`: it counts a suspend and is never stepped): when one says more time passed
-//! than the other by over [`STEP_MS`], the difference is a step. The process's time then goes on
-//! as if there had been none (the step is held as an offset) until the stored times of what is
-//! under way have moved with it ([`crate::storage::SessionStore::shift_times`], by the clock
-//! task), and follows the wall clock from then on — so each session keeps the real time it had
-//! left, its accounting its real length and delay, and nothing is written in one time line
-//! while the stored times are in the other. SQLite only: on PostgreSQL the replicas share the
-//! times and their clocks are the reference (one replica's step says its clock was, or is,
-//! wrong): the process follows its wall clock at once, with a warning.
+//! than the other by over [`STEP_MS`], the difference is a step. A step back is held from the
+//! process's time (an offset) until the stored times of what is under way have moved with it
+//! ([`crate::storage::SessionStore::shift_times`], by the clock task), and the process follows
+//! the wall clock from then on — so each session keeps the real time it had left and its
+//! accounting its real length and delay. (A time worked out just before the move and written
+//! just after it is the one left in the old time line.) A step forward is taken as time that
+//! passed — a virtual machine paused with its boot clock looks the same as a clock put right —:
+//! followed at once, sessions whose time it covers end. SQLite only: on PostgreSQL the replicas
+//! share the times and their clocks are the reference (one replica's step says its clock was,
+//! or is, wrong): the process follows its wall clock at once, with a warning.
 
 use super::AccessSessions;
 use std::{
@@ -72,14 +73,14 @@ static HELD: AtomicI64 = AtomicI64::new(0);
 static SEEN: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// The process's time in Unix milliseconds: the wall clock's, less the steps not yet moved
-/// into the stored times.
+/// into the stored times. Both clocks are read under one lock, so readings are compared in the
+/// order they were taken (a reading taken before another's would look like a step back).
 pub fn now_ms() -> i64 {
+    let mut watch = WATCH.lock().unwrap_or_else(|p| p.into_inner());
     let wall = wall_ms();
-    if let (Ok(mut watch), Some(boot)) = (WATCH.try_lock(), boot_ms()) {
-        if let Some(step) = watch.observe(wall, boot) {
-            HELD.fetch_add(step, Ordering::SeqCst);
-            SEEN.notify_one();
-        }
+    if let Some(step) = boot_ms().and_then(|boot| watch.observe(wall, boot)) {
+        HELD.fetch_add(step, Ordering::SeqCst);
+        SEEN.notify_one();
     }
     wall - HELD.load(Ordering::SeqCst)
 }
@@ -115,12 +116,22 @@ impl AccessSessions {
     }
 
     /// Reads the time at least every second (a step is seen by a reading) and moves the
-    /// stored times by each step seen, until `shutdown`.
+    /// stored times by each step back seen, until `shutdown`. A step forward is taken as time
+    /// that passed (a virtual machine paused, whose boot clock stood still with it, looks the
+    /// same as a clock put right): the process follows the wall clock at once, and sessions
+    /// whose time it covers end — late, never longer than they were given.
     pub async fn run_clock_watch(self, shutdown: CancellationToken) {
         loop {
             let _ = now_ms();
             let held = HELD.load(Ordering::SeqCst);
-            if held != 0 && self.clock_stepped(held).await {
+            if held > 0 {
+                tracing::warn!(step_ms = held,
+                    "the system clock stepped forward: taken as time that passed (sessions whose time it covers end now); keep the clock synchronised (NTP)");
+                HELD.fetch_sub(held, Ordering::SeqCst);
+                // Their waits were worked out by the clock before.
+                self.expiry_wake.due_at(i64::MIN);
+                self.accounting.wake();
+            } else if held < 0 && self.clock_stepped(held).await {
                 HELD.fetch_sub(held, Ordering::SeqCst);
             }
             tokio::select! {

@@ -1,11 +1,10 @@
 //! What the portal knows about each RADIUS server while it runs: its circuit breaker, keyed by
 //! the address requests go to and the secret that signs them ([`Target`]), and whether the
 //! address has been seen sending Message-Authenticator (`learn` mode, per address). Auth and
-//! acct ports are separate entries (one can be down while the other answers), and
-//! organizations using the same server with the same secret share its entry. An organization
-//! that reaches the same address with another secret — a wrong one: a RADIUS server knows one
-//! secret per client address — gets an entry of its own, so its failures (and its probes,
-//! made with its own secret) never lock the other organizations out.
+//! acct ports are separate entries (one can be down while the other answers), and each
+//! organization's server has entries of its own (the organization is part of [`Target`]), so
+//! requests of one organization a shared server leaves unanswered — its users' directory down
+//! behind it, a wrong secret — never lock the other organizations out.
 //!
 //! Replicas on one database count each other's unanswered exchanges ([`ServerHealth::tell_peers`],
 //! [`ServerHealth::from_peer`]): a packet whose retries they take in turns fails over after

@@ -689,6 +689,14 @@ impl SessionStore for SqliteStore {
                      WHERE delivered_at IS NULL AND dead_at IS NULL",
                 )?
                 .execute([delta_ms])?;
+                // An operator's stop waiting is dated when it was asked for; a Disconnect-
+                // Request's answer is kept until its time.
+                c.prepare_cached(
+                    "UPDATE organization_jobs SET created_at = created_at + ?1 WHERE done_at IS NULL",
+                )?
+                .execute([delta_ms])?;
+                c.prepare_cached("UPDATE dynauth_requests SET until = until + ?1")?
+                    .execute([delta_ms])?;
                 Ok(Some(moved))
             })
             .await
