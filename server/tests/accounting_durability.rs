@@ -775,6 +775,49 @@ async fn a_delivery_whose_claim_cannot_be_kept_stops_before_it_runs_out() {
     app.stop().await;
 }
 
+/// The portal binary under libfaketime, which steps its wall clock alone (as NTP or `date -s`
+/// does; its boot clock goes on), serving one organization at `radius`.
+struct UnderFaketime {
+    dir: tempfile::TempDir,
+    base: String,
+    _portal: PortalProcess,
+}
+
+impl UnderFaketime {
+    async fn start(radius: &FreeRadius) -> UnderFaketime {
+        let (dir, _db, base, config) = common::process_config(
+            "[radius]\nbind = \"127.0.0.1\"\n",
+            "",
+            (radius.strict_port, radius.acct_port),
+            "",
+        );
+        let clock = dir.path().join("faketime");
+        std::fs::write(&clock, "+0\n").unwrap();
+        let portal = PortalProcess::start_with(
+            &config,
+            &base,
+            std::process::Stdio::null(),
+            &[
+                ("LD_PRELOAD", faketime_library().as_os_str()),
+                ("FAKETIME_TIMESTAMP_FILE", clock.as_os_str()),
+                ("FAKETIME_NO_CACHE", "1".as_ref()),
+                ("FAKETIME_DONT_FAKE_MONOTONIC", "1".as_ref()),
+            ],
+        )
+        .await;
+        UnderFaketime {
+            dir,
+            base,
+            _portal: portal,
+        }
+    }
+
+    /// Sets the wall clock's offset from the real time (libfaketime's form: `-3600`, `+600`).
+    fn set(&self, offset: &str) {
+        std::fs::write(self.dir.path().join("faketime"), format!("{offset}\n")).unwrap();
+    }
+}
+
 /// libfaketime's library (`scripts/setup.sh` installs the Debian package).
 fn faketime_library() -> &'static std::path::Path {
     let path = std::path::Path::new("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1");
@@ -793,31 +836,12 @@ fn faketime_library() -> &'static std::path::Path {
 #[tokio::test]
 async fn a_session_keeps_its_real_length_when_the_wall_clock_steps_back() {
     let radius = FreeRadius::start().await;
-    let (dir, _db, base, config) = common::process_config(
-        "[radius]\nbind = \"127.0.0.1\"\n",
-        "",
-        (radius.strict_port, radius.acct_port),
-        "",
-    );
-    let clock = dir.path().join("faketime");
-    std::fs::write(&clock, "+0\n").unwrap();
-    let _portal = PortalProcess::start_with(
-        &config,
-        &base,
-        std::process::Stdio::null(),
-        &[
-            ("LD_PRELOAD", faketime_library().as_os_str()),
-            ("FAKETIME_TIMESTAMP_FILE", clock.as_os_str()),
-            ("FAKETIME_NO_CACHE", "1".as_ref()),
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".as_ref()),
-        ],
-    )
-    .await;
-    let browser = common::Browser::of(&base);
+    let under = UnderFaketime::start(&radius).await;
+    let browser = common::Browser::of(&under.base);
     let page = browser.login("ivan", "ivan-pass").await;
     assert_eq!(page.path, "/session", "{}", page.body);
     let start = radius.wait_for_acct(&["status=Start", "user=ivan"]).await;
-    std::fs::write(&clock, "-3600\n").unwrap();
+    under.set("-3600");
     let stop = radius
         .wait_for_acct(&["status=Stop", &format!("sid={} ", field(&start, "sid"))])
         .await;
@@ -832,31 +856,12 @@ async fn a_session_keeps_its_real_length_when_the_wall_clock_steps_back() {
 #[tokio::test]
 async fn a_step_of_the_wall_clock_forward_is_time_that_passed() {
     let radius = FreeRadius::start().await;
-    let (dir, _db, base, config) = common::process_config(
-        "[radius]\nbind = \"127.0.0.1\"\n",
-        "",
-        (radius.strict_port, radius.acct_port),
-        "",
-    );
-    let clock = dir.path().join("faketime");
-    std::fs::write(&clock, "+0\n").unwrap();
-    let _portal = PortalProcess::start_with(
-        &config,
-        &base,
-        std::process::Stdio::null(),
-        &[
-            ("LD_PRELOAD", faketime_library().as_os_str()),
-            ("FAKETIME_TIMESTAMP_FILE", clock.as_os_str()),
-            ("FAKETIME_NO_CACHE", "1".as_ref()),
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".as_ref()),
-        ],
-    )
-    .await;
-    let browser = common::Browser::of(&base);
+    let under = UnderFaketime::start(&radius).await;
+    let browser = common::Browser::of(&under.base);
     let page = browser.login("alice", "alice-pass").await;
     assert_eq!(page.path, "/session", "{}", page.body);
     let start = radius.wait_for_acct(&["status=Start", "user=alice"]).await;
-    std::fs::write(&clock, "+600\n").unwrap();
+    under.set("+600");
     let stop = radius
         .wait_for_acct(&["status=Stop", &format!("sid={} ", field(&start, "sid"))])
         .await;

@@ -3059,17 +3059,20 @@ async fn an_operator_gives_up_the_copies_of_a_server_gone_for_good() {
             String::from_utf8_lossy(&out.stderr)
         )
     };
-    let refused = common::operator_command(
-        &db,
-        &[
-            "accounting",
-            "give-up-copies",
-            "--org",
-            "nope",
-            "--server",
-            "primary",
-        ],
-    );
+    let give_up = |org: &str, server: &str| {
+        common::operator_command(
+            &db,
+            &[
+                "accounting",
+                "give-up-copies",
+                "--org",
+                org,
+                "--server",
+                server,
+            ],
+        )
+    };
+    let refused = give_up("nope", "primary");
     assert!(!refused.status.success());
     assert!(
         text(&refused).contains("no organization `nope`"),
@@ -3084,17 +3087,7 @@ async fn an_operator_gives_up_the_copies_of_a_server_gone_for_good() {
     );
 
     // In any letter case, as every operator command takes an organization.
-    let given_up = common::operator_command(
-        &db,
-        &[
-            "accounting",
-            "give-up-copies",
-            "--org",
-            "ACME",
-            "--server",
-            "primary",
-        ],
-    );
+    let given_up = give_up("ACME", "primary");
     assert!(given_up.status.success(), "{}", text(&given_up));
     assert!(
         text(&given_up).contains("gave up 1 copy(ies) waiting for server `primary` of `acme`")
@@ -3102,33 +3095,13 @@ async fn an_operator_gives_up_the_copies_of_a_server_gone_for_good() {
         "{}",
         text(&given_up)
     );
-    let again = common::operator_command(
-        &db,
-        &[
-            "accounting",
-            "give-up-copies",
-            "--org",
-            "acme",
-            "--server",
-            "primary",
-        ],
-    );
+    let again = give_up("acme", "primary");
     assert!(
         text(&again).contains("gave up 0 copy(ies)"),
         "{}",
         text(&again)
     );
-    let misspelled = common::operator_command(
-        &db,
-        &[
-            "accounting",
-            "give-up-copies",
-            "--org",
-            "acme",
-            "--server",
-            "primray",
-        ],
-    );
+    let misspelled = give_up("acme", "primray");
     assert!(
         text(&misspelled).contains("`primray` is not one of `acme`'s servers"),
         "{}",
@@ -3457,45 +3430,6 @@ async fn a_sign_in_under_way_when_its_servers_accounting_moves_sends_start_and_s
     app.stop().await;
 }
 
-/// A relay to `upstream` that drops every Access-Request for `user` (a directory behind a
-/// shared RADIUS server that is down for one organization's users) and passes the rest.
-async fn relay_dropping_user(upstream: SocketAddr, user: &'static str) -> SocketAddr {
-    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let addr = front.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let (len, from) = front.recv_from(&mut buf).await.unwrap();
-            let request = buf[..len].to_vec();
-            // Code 1 (Access-Request), then attributes after the 20-byte header: User-Name is 1.
-            let mut at = 20;
-            let mut named = None;
-            while at + 2 <= request.len() {
-                let (kind, size) = (request[at], usize::from(request[at + 1]));
-                if size < 2 || at + size > request.len() {
-                    break;
-                }
-                if kind == 1 {
-                    named = Some(request[at + 2..at + size].to_vec());
-                }
-                at += size;
-            }
-            if request.first() == Some(&1) && named.as_deref() == Some(user.as_bytes()) {
-                continue;
-            }
-            let front = front.clone();
-            tokio::spawn(async move {
-                let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-                back.send_to(&request, upstream).await.unwrap();
-                let mut reply = vec![0u8; 4096];
-                let (n, _) = back.recv_from(&mut reply).await.unwrap();
-                front.send_to(&reply[..n], from).await.unwrap();
-            });
-        }
-    });
-    addr
-}
-
 /// Organizations sharing a RADIUS server (one address, one secret) each have a breaker of their
 /// own: one whose users the server never answers (their directory down behind it) opens its
 /// own, and the other's users still sign in there (black-box tester M's D6: one shared breaker
@@ -3503,7 +3437,7 @@ async fn relay_dropping_user(upstream: SocketAddr, user: &'static str) -> Socket
 #[tokio::test]
 async fn one_organizations_unanswered_users_never_shut_out_another_on_a_shared_server() {
     let radius = FreeRadius::start().await;
-    let relay = relay_dropping_user(radius.auth_addr(true), "carol").await;
+    let relay = common::relay_dropping_user(radius.auth_addr(true), "carol").await;
     let (_dir, db) = temp_db();
     let mut shared = radius.server_settings("shared", true);
     shared.auth_port = relay.port();

@@ -758,6 +758,49 @@ pub async fn holding_relay(
     held: std::sync::Arc<tokio::sync::Notify>,
     release: std::sync::Arc<tokio::sync::Notify>,
 ) -> SocketAddr {
+    relay(upstream, |_| true, Some((held, release))).await
+}
+
+/// A relay to `upstream` that drops every Access-Request for `user` (a directory behind a
+/// shared RADIUS server that is down for one organization's users) and passes the rest.
+pub async fn relay_dropping_user(upstream: SocketAddr, user: &'static str) -> SocketAddr {
+    relay(
+        upstream,
+        move |request| {
+            !(request.first() == Some(&1) && user_name(request) == Some(user.as_bytes()))
+        },
+        None,
+    )
+    .await
+}
+
+/// The User-Name (attribute 1) of a RADIUS packet, read from its attributes after the 20-byte
+/// header.
+fn user_name(packet: &[u8]) -> Option<&[u8]> {
+    let mut at = 20;
+    while at + 2 <= packet.len() {
+        let (kind, size) = (packet[at], usize::from(packet[at + 1]));
+        if size < 2 || at + size > packet.len() {
+            return None;
+        }
+        if kind == 1 {
+            return Some(&packet[at + 2..at + size]);
+        }
+        at += size;
+    }
+    None
+}
+
+/// A UDP relay to `upstream`: each datagram `pass` lets through goes there from a socket of its
+/// own, and the reply comes back — held until `hold`'s release when given (its first is told).
+async fn relay(
+    upstream: SocketAddr,
+    pass: impl Fn(&[u8]) -> bool + Send + 'static,
+    hold: Option<(
+        std::sync::Arc<tokio::sync::Notify>,
+        std::sync::Arc<tokio::sync::Notify>,
+    )>,
+) -> SocketAddr {
     let front = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let addr = front.local_addr().unwrap();
     tokio::spawn(async move {
@@ -765,14 +808,19 @@ pub async fn holding_relay(
         loop {
             let (len, from) = front.recv_from(&mut buf).await.unwrap();
             let request = buf[..len].to_vec();
-            let (front, held, release) = (front.clone(), held.clone(), release.clone());
+            if !pass(&request) {
+                continue;
+            }
+            let (front, hold) = (front.clone(), hold.clone());
             tokio::spawn(async move {
                 let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
                 back.send_to(&request, upstream).await.unwrap();
                 let mut reply = vec![0u8; 4096];
                 let (n, _) = back.recv_from(&mut reply).await.unwrap();
-                held.notify_one();
-                release.notified().await;
+                if let Some((held, release)) = hold {
+                    held.notify_one();
+                    release.notified().await;
+                }
                 front.send_to(&reply[..n], from).await.unwrap();
             });
         }
