@@ -64,7 +64,7 @@ fn wall_ms() -> i64 {
         .unwrap_or_default()
 }
 
-/// The readings [`now_ms`] compares (taken by one caller at a time; the others go on).
+/// The readings [`now_ms`] compares (one caller at a time).
 static WATCH: Mutex<StepWatch> = Mutex::new(StepWatch { last: None });
 /// Steps seen and not yet moved into the stored times: the process's time is the wall
 /// clock's less this.
