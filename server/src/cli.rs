@@ -511,14 +511,9 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
             let Some(stored) = storage.organization(&org).await? else {
                 bail!("no organization `{org}` (`org list` shows them)");
             };
-            let listed = stored.settings.as_deref().is_some_and(|settings| {
-                serde_json::from_str::<serde_json::Value>(settings)
-                    .ok()
-                    .and_then(|s| s.get("servers").and_then(|s| s.as_array()).cloned())
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|s| s.get("name").and_then(serde_json::Value::as_str) == Some(&server))
-            });
+            let listed = crate::organizations::stored_servers(&stored)
+                .iter()
+                .any(|s| s.get("name").and_then(serde_json::Value::as_str) == Some(&server));
             let done = storage
                 .give_up_copies(
                     &org,

@@ -849,7 +849,7 @@ pub enum ServerMoves {
 }
 
 /// The server entries of a stored organization's settings, as stored (none if unreadable).
-fn stored_servers(row: &StoredOrganization) -> Vec<serde_json::Value> {
+pub(crate) fn stored_servers(row: &StoredOrganization) -> Vec<serde_json::Value> {
     row.settings
         .as_deref()
         .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok())

@@ -764,31 +764,15 @@ pub async fn holding_relay(
 /// A relay to `upstream` that drops every Access-Request for `user` (a directory behind a
 /// shared RADIUS server that is down for one organization's users) and passes the rest.
 pub async fn relay_dropping_user(upstream: SocketAddr, user: &'static str) -> SocketAddr {
-    relay(
-        upstream,
-        move |request| {
-            !(request.first() == Some(&1) && user_name(request) == Some(user.as_bytes()))
-        },
-        None,
-    )
-    .await
-}
-
-/// The User-Name (attribute 1) of a RADIUS packet, read from its attributes after the 20-byte
-/// header.
-fn user_name(packet: &[u8]) -> Option<&[u8]> {
-    let mut at = 20;
-    while at + 2 <= packet.len() {
-        let (kind, size) = (packet[at], usize::from(packet[at + 1]));
-        if size < 2 || at + size > packet.len() {
-            return None;
-        }
-        if kind == 1 {
-            return Some(&packet[at + 2..at + size]);
-        }
-        at += size;
-    }
-    None
+    use radius::core::{code::Code, packet::Packet, rfc2865};
+    let for_user = move |request: &[u8]| {
+        Packet::decode(request, SECRET.as_bytes()).is_ok_and(|packet| {
+            packet.get_code() == Code::AccessRequest
+                && rfc2865::lookup_user_name(&packet)
+                    .is_some_and(|name| name.is_ok_and(|n| n == user))
+        })
+    };
+    relay(upstream, move |request| !for_user(request), None).await
 }
 
 /// A UDP relay to `upstream`: each datagram `pass` lets through goes there from a socket of its
