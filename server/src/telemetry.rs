@@ -142,8 +142,9 @@ fn sink() -> Option<&'static Sink> {
             .name("log-writer".into())
             .spawn(move || {
                 let mut stderr = std::io::stderr();
+                let mut cut = false;
                 for line in received {
-                    if stderr.write_all(&line).is_err() {
+                    if write_line(&mut stderr, &line, &mut cut).is_err() {
                         LOG_WRITE_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     written.fetch_sub(line.len(), std::sync::atomic::Ordering::SeqCst);
@@ -153,6 +154,31 @@ fn sink() -> Option<&'static Sink> {
             .map(|_| Sink { lines, pending })
     })
     .as_ref()
+}
+
+/// Writes one line (with its newline) to `out`. A line cut by a failed write (a full disk, after
+/// part of it went) is `cut`: the next line written first ends it, so it is not glued to the
+/// next one (a JSON-lines collector would drop both).
+fn write_line(out: &mut impl std::io::Write, line: &[u8], cut: &mut bool) -> std::io::Result<()> {
+    if *cut {
+        out.write_all(b"\n")?;
+        *cut = false;
+    }
+    let mut rest = line;
+    while !rest.is_empty() {
+        let failed = match out.write(rest) {
+            Ok(0) => std::io::Error::from(std::io::ErrorKind::WriteZero),
+            Ok(n) => {
+                rest = &rest[n..];
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => e,
+        };
+        *cut = rest.len() < line.len();
+        return Err(failed);
+    }
+    Ok(())
 }
 
 /// Hands one line (with its newline) to the log's thread; dropped and counted when too much
@@ -368,6 +394,46 @@ impl Default for Throttle {
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    /// A disk that takes `room` more bytes, then fails as a full one does.
+    struct Disk {
+        written: Vec<u8>,
+        room: usize,
+    }
+
+    impl std::io::Write for Disk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.room == 0 {
+                return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            let n = buf.len().min(self.room);
+            self.written.extend_from_slice(&buf[..n]);
+            self.room -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_line_cut_by_a_full_disk_is_ended_before_the_next() {
+        let mut disk = Disk {
+            written: Vec::new(),
+            room: 30,
+        };
+        let mut cut = false;
+        write_line(&mut disk, b"{\"first\":\"complete\"}\n", &mut cut).unwrap();
+        assert!(write_line(&mut disk, b"{\"second\":\"cut off\"}\n", &mut cut).is_err());
+        assert!(write_line(&mut disk, b"{\"third\":\"lost\"}\n", &mut cut).is_err());
+        disk.room = 1000; // space again
+        write_line(&mut disk, b"{\"fourth\":\"whole\"}\n", &mut cut).unwrap();
+        let text = String::from_utf8(disk.written).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text:?}");
+        assert_eq!(lines[2], "{\"fourth\":\"whole\"}", "{text:?}");
+    }
 
     #[test]
     fn a_throttle_writes_the_first_then_one_per_period_with_what_it_left_out() {

@@ -848,6 +848,40 @@ fn a_start_that_fails_creates_no_database() {
     );
 }
 
+/// A start that fails half-way through making the database (its file-size limit reached while
+/// the migrations write, as a full disk would) leaves its files readable by their owner only:
+/// they hold the organizations' secrets from the first write.
+#[test]
+fn a_start_that_fails_making_the_database_leaves_it_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("portal.db");
+    let config = minimal_config(
+        dir.path(),
+        &format!("[http]\nlisten = \"127.0.0.1:{}\"\n", common::free_port()),
+    );
+    // 16 KiB per file: less than the migrations write.
+    let output = Command::new("bash")
+        .args(["-c", "umask 022; ulimit -f 16; exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_radius-portal"))
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .env("PORTAL_LEPTOS_CONFIG", leptos_config())
+        .current_dir(env!("CARGO_MANIFEST_DIR").to_string() + "/..")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("migration"), "{stderr}");
+    assert!(db.exists(), "{stderr}");
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let file = dir.path().join(format!("portal.db{suffix}"));
+        if let Ok(meta) = std::fs::metadata(&file) {
+            let mode = meta.permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} is {mode:o}", file.display());
+        }
+    }
+}
+
 /// A database in a directory the portal's user cannot write in (its files it can: restored by
 /// another user, say) is refused naming the directory, not only with SQLite's "attempt to
 /// write a readonly database"; nothing is made there. So is a database file it cannot write,

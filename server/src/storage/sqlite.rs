@@ -144,6 +144,18 @@ fn restrict_to_owner(path: &Path) {
     }
 }
 
+/// A database file not there yet is made readable by its owner only before SQLite writes
+/// anything to it (SQLite gives its WAL and shared-memory files the same mode): a start that
+/// fails half-way (a full disk during the migrations) leaves no secrets others can read. One
+/// that cannot be made here is left to SQLite, which says why.
+fn create_for_owner(path: &Path) {
+    let mut create = std::fs::OpenOptions::new();
+    create.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut create, 0o600);
+    let _ = create.open(path);
+}
+
 /// The [`OutboxEntry`] columns, each prefixed by a table alias.
 macro_rules! outbox_entry_columns {
     ($p:literal) => {
@@ -226,6 +238,7 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StorageError::Database(sqlx::Error::Io(e)))?;
         }
+        create_for_owner(path);
         let pool = Self::open_pool(path, Open::Create).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         restrict_to_owner(path);
