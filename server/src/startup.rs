@@ -146,8 +146,15 @@ pub fn sqlite_portal_running(path: &std::path::Path) -> bool {
 /// [`SQLITE_OWNER_WAIT`].
 async fn own_sqlite_database(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("while creating the directory {}", dir.display()))?;
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            // Said as `check-config` says it, with the directory's absolute path.
+            if let Some(problem) = crate::storage::sqlite::write_access_problem(path, true) {
+                anyhow::bail!(problem);
+            }
+            let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+            return Err(e)
+                .with_context(|| format!("while creating the directory {}", shown.display()));
+        }
     }
     let lock = sqlite_lock_path(path);
     let file = match std::fs::OpenOptions::new()

@@ -1036,6 +1036,40 @@ fn a_database_directory_the_user_cannot_write_in_is_named() {
     mode(&data, 0o755);
 }
 
+/// A database whose directory no one can make (under /proc: its mode says writable to root,
+/// and still nothing can be made there) is refused by `check-config` as by `serve`, naming the
+/// directory by its absolute path when the configuration gives a relative one.
+#[test]
+fn a_database_directory_that_cannot_be_made_is_named_by_check_config_and_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = minimal_config(
+        dir.path(),
+        &format!("[http]\nlisten = \"127.0.0.1:{}\"\n", common::free_port()),
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    let db = dir.path().join("portal.db").display().to_string();
+    for (path, cwd, named) in [
+        ("/proc/no-such-dir/portal.db", "/", "/proc/no-such-dir"),
+        ("rel/portal.db", "/proc", "/proc/rel"),
+    ] {
+        std::fs::write(&config, text.replace(&db, path)).unwrap();
+        for command in ["check-config", "serve"] {
+            let output = portal(&["--config", config.to_str().unwrap(), command])
+                .current_dir(cwd)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{command} with {path}: {stderr}");
+            assert!(
+                stderr.contains(&format!(
+                    "this user cannot make the database's directory {named}:"
+                )),
+                "{command} with {path}: {stderr}"
+            );
+        }
+    }
+}
+
 /// `serve` warns when its configuration file holds shared secrets and others can read it, and
 /// keeps running on SIGHUP.
 #[tokio::test]

@@ -416,7 +416,11 @@ pub(crate) fn write_access_problem(path: &Path, with_lock: bool) -> Option<Strin
         fcntl::{AtFlags, AT_FDCWD},
         unistd::{access, faccessat, getegid, geteuid, getgid, getuid, AccessFlags},
     };
-    let resolved = std::fs::canonicalize(path).ok();
+    // Said as an absolute path: a relative one is relative to the working directory, which
+    // the reader of the message may not know.
+    let resolved = std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .ok();
     let path = resolved.as_deref().unwrap_or(path);
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -447,13 +451,27 @@ pub(crate) fn write_access_problem(path: &Path, with_lock: bool) -> Option<Strin
             .skip(1)
             .find(|a| !a.as_os_str().is_empty() && a.exists())
             .unwrap_or(Path::new("."));
-        return (!writable(existing)).then(|| {
-            format!(
+        if !writable(existing) {
+            return Some(format!(
                 "this user cannot make the database's directory {}: {} is not writable by it",
                 dir.display(),
                 existing.display()
-            )
-        });
+            ));
+        }
+        // Writable as its mode says, and still no directory can be made there (not a
+        // directory, a file system such as /proc): tried, and undone.
+        let probe = existing.join(format!(".radius-portal-check-{}", std::process::id()));
+        return match std::fs::create_dir(&probe) {
+            Ok(()) => {
+                let _ = std::fs::remove_dir(&probe);
+                None
+            }
+            Err(e) => Some(format!(
+                "this user cannot make the database's directory {}: making a directory in {} fails ({e})",
+                dir.display(),
+                existing.display()
+            )),
+        };
     }
     let beside = |suffix: &str| {
         let mut name = path.as_os_str().to_owned();
