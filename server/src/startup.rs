@@ -100,6 +100,54 @@ fn sqlite_lock_path(path: &std::path::Path) -> std::path::PathBuf {
     std::path::PathBuf::from(name)
 }
 
+/// File descriptors a portal needs free once it has started, to serve: one per connection, the
+/// database's readers under load, a Disconnect-Request's answer. Fewer, and it would say it
+/// listens and then accept nothing (`/readyz` unanswered, not 503) while expiry fails to open
+/// the database: refused at start-up instead.
+const SPARE_DESCRIPTORS: u64 = 64;
+
+/// Below this many free descriptors a started portal warns: connections beyond them wait.
+const FEW_DESCRIPTORS: u64 = 1024;
+
+/// Raises the process's soft limit of open files to its hard limit, as a server that holds a
+/// descriptor per connection should (the soft limit is often 1,024, kept low for programs
+/// that use `select`). A failure is left to the check at start-up ([`descriptors_to_serve`]).
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
+/// Whether the descriptors left, with those start-up holds open, are enough to serve: an
+/// error (refused) below [`SPARE_DESCRIPTORS`], a warning below [`FEW_DESCRIPTORS`]. Nothing
+/// when the limit or the open descriptors cannot be read.
+fn descriptors_to_serve() -> anyhow::Result<Option<String>> {
+    use nix::sys::resource::{getrlimit, Resource};
+    let Ok((limit, _)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return Ok(None);
+    };
+    // Less the one reading the directory.
+    let Ok(open) = std::fs::read_dir("/proc/self/fd").map(|d| d.count().saturating_sub(1)) else {
+        return Ok(None);
+    };
+    let open = open as u64;
+    let spare = limit.saturating_sub(open);
+    if spare < SPARE_DESCRIPTORS {
+        anyhow::bail!(
+            "too few file descriptors to serve: the limit of open files is {limit} (`ulimit -n`, systemd's LimitNOFILE=), start-up holds {open} and serving needs at least {SPARE_DESCRIPTORS} more (one per connection): raise it to at least {} — deploy/systemd's unit sets 65536",
+            open + SPARE_DESCRIPTORS
+        );
+    }
+    Ok((spare < FEW_DESCRIPTORS).then(|| {
+        format!(
+            "the limit of open files is {limit} (`ulimit -n`, systemd's LimitNOFILE=) and start-up holds {open}: about {spare} connections at once, more wait until others close; deploy/systemd's unit sets 65536"
+        )
+    }))
+}
+
 /// Async worker threads for the runtime: `TOKIO_WORKER_THREADS` when it is a positive number
 /// (tokio's own variable), else one fewer than the cores, at least one — the database writer
 /// has a thread of its own, and on two cores a second worker cost 6-21 % more CPU per
@@ -202,6 +250,7 @@ impl Application {
         // SIGHUP never ends the portal, also while it starts (waiting for the SQLite database's
         // lock, for PostgreSQL); one that comes now reloads the certificate once it serves.
         let hangups = crate::http::tls::Hangups::watch();
+        raise_descriptor_limit();
         // What pages read from `hash.txt`, read now rather than at a first request that may
         // find the process out of file descriptors.
         app::warm_up(&leptos_options);
@@ -264,6 +313,10 @@ impl Application {
         if let Err(e) = storage.open_background().await {
             tracing::warn!(error = %crate::portal_backend::error_chain(&e),
                 "the background work's own database connections could not all be opened now (each is opened when wanted): until then Stops and expiries may be late");
+        }
+        // The sockets and the database open: what is left must serve.
+        if let Some(warning) = descriptors_to_serve()? {
+            tracing::warn!("{warning}");
         }
         // The demo's built-in RADIUS server listens on new ports at every start: the same
         // server, so its sessions' accounting follows it there.

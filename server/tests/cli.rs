@@ -1036,6 +1036,56 @@ fn a_database_directory_the_user_cannot_write_in_is_named() {
     mode(&data, 0o755);
 }
 
+/// With too few file descriptors to serve, `serve` refuses to start and says which limit to
+/// raise, rather than say it listens and then accept nothing (`/readyz` unanswered). A low soft
+/// limit under a higher hard one is raised: the portal serves.
+#[tokio::test]
+async fn too_few_file_descriptors_to_serve_are_refused_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let config = minimal_config(
+        dir.path(),
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let under = |limit: &str| {
+        let mut command = Command::new("bash");
+        command
+            .args(["-c", &format!("ulimit {limit}; exec \"$0\" \"$@\"")])
+            .arg(env!("CARGO_BIN_EXE_radius-portal"))
+            .args(["--config", config.to_str().unwrap(), "serve"])
+            .env("PORTAL_LEPTOS_CONFIG", leptos_config())
+            .current_dir(env!("CARGO_MANIFEST_DIR").to_string() + "/..");
+        command
+    };
+    let output = output_within(
+        &mut under("-n 48"),
+        30,
+        "serve with 48 descriptors still runs",
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("too few file descriptors to serve: the limit of open files is 48"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening"), "{stderr}");
+    // 48 as the soft limit alone: raised to the hard one.
+    let mut serving = under("-Sn 48")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    common::wait_until("the portal to say it is ready", || async {
+        reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    serving.kill().unwrap();
+    serving.wait().unwrap();
+}
+
 /// A database whose directory no one can make (under /proc: its mode says writable to root,
 /// and still nothing can be made there) is refused by `check-config` as by `serve`, naming the
 /// directory by its absolute path when the configuration gives a relative one.
