@@ -372,6 +372,16 @@ pub enum AuditCommand {
         /// How many.
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=10_000))]
         limit: i64,
+        /// Only this organization's (its id, in any letter case).
+        #[arg(long, value_name = "ORG")]
+        org: Option<String>,
+        /// Only this action's (`org.disable`, `session.terminate`, …).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only those older than this entry (its id, the first column of `--json`): the page
+        /// before the one shown.
+        #[arg(long, value_name = "ID")]
+        before: Option<i64>,
         /// Machine-readable output (one JSON object per line).
         #[arg(long)]
         json: bool,
@@ -966,8 +976,20 @@ fn finish(result: Result<String, ChangeError>) -> anyhow::Result<Outcome> {
 pub async fn audit(settings: &Settings, command: AuditCommand) -> anyhow::Result<Outcome> {
     let storage = open(settings).await?;
     match command {
-        AuditCommand::Tail { limit, json } => {
-            for entry in storage.audit_tail(limit).await? {
+        AuditCommand::Tail {
+            limit,
+            org,
+            action,
+            before,
+            json,
+        } => {
+            let query = crate::storage::AuditQuery {
+                limit,
+                organization: org,
+                action,
+                before,
+            };
+            for entry in storage.audit_entries(&query).await? {
                 if json {
                     say!(
                         "{}",

@@ -499,6 +499,30 @@ async fn the_admin_api_follows_the_guard_and_never_shows_secrets() {
             "{action} by admin:ops in {audit}"
         );
     }
+    // One organization's disables alone, named in other letter case; the page before.
+    let disables = admin
+        .ok(Method::GET, "/audit?org=BETA&action=org.disable", None)
+        .await;
+    let disables = disables.as_array().unwrap();
+    assert!(!disables.is_empty(), "{audit}");
+    assert!(
+        disables
+            .iter()
+            .all(|e| e["action"] == "org.disable" && e["organization"] == "beta"),
+        "{disables:?}"
+    );
+    let first = disables[0]["id"].as_i64().unwrap();
+    let older = admin
+        .ok(Method::GET, &format!("/audit?before={first}"), None)
+        .await;
+    assert!(
+        older
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["id"].as_i64().unwrap() < first),
+        "{older}"
+    );
     for path in [
         "/organizations",
         "/organizations/acme",

@@ -1072,6 +1072,20 @@ async fn the_cli_disables_an_organization_of_the_running_portal() {
     );
     portal(&config, &["org", "enable", "acme"]).await;
     portal(&config, &["org", "disable", "acme"]).await;
+    // Who disabled it, found among the entries by organization and action.
+    let disables = portal(
+        &config,
+        &["audit", "tail", "--org", "ACME", "--action", "org.disable"],
+    )
+    .await;
+    let disables = String::from_utf8_lossy(&disables.stdout);
+    assert!(
+        !disables.is_empty()
+            && disables
+                .lines()
+                .all(|l| l.contains(" org.disable ") && l.contains(" acme ")),
+        "{disables}"
+    );
 
     let missing = portal(&config, &["org", "show", "no-such-org"]).await;
     assert_eq!(missing.status.code(), Some(3), "{missing:?}");

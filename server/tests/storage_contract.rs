@@ -10,9 +10,9 @@ mod common;
 use radius_portal::{
     radius::{status_type, terminate_cause},
     storage::{
-        AcceptTimeouts, AccessSessionRecord, Acknowledged, AfterStops, Audit, DeleteOutcome,
-        Delivered, GivenUp, NewAccessSession, OrganizationWrite, OutboxRow, RefreshTerms,
-        SeedOutcome, SessionMatch, StopOutcome, Storage, StorageError, UpdateOutcome,
+        AcceptTimeouts, AccessSessionRecord, Acknowledged, AfterStops, Audit, AuditQuery,
+        DeleteOutcome, Delivered, GivenUp, NewAccessSession, OrganizationWrite, OutboxRow,
+        RefreshTerms, SeedOutcome, SessionMatch, StopOutcome, Storage, StorageError, UpdateOutcome,
     },
 };
 use std::collections::{BTreeSet, HashSet};
@@ -181,7 +181,77 @@ on_both_backends!(
     an_addresss_stops_on_their_way_are_found,
     a_shortened_max_lifetime_caps_the_sessions_it_governs,
     a_sign_ins_write_and_a_change_freeing_its_server_never_cross,
+    audit_entries_are_found_by_organization_and_action_a_page_at_a_time,
 );
+
+/// The audit log read as an operator looks for one change on a busy portal: one organization's
+/// entries (named in any letter case, also once it is deleted), one action's, and the page
+/// before the one read.
+async fn audit_entries_are_found_by_organization_and_action_a_page_at_a_time(db: Db) {
+    let s = &db.storage;
+    let detail = serde_json::json!({});
+    let entry = |at: i64, action: &'static str, org: Option<&'static str>| Audit {
+        at,
+        actor: "cli:test",
+        action,
+        organization_id: org,
+        detail: detail.clone(),
+    };
+    // "acme" is stored as the test set-up made it; "goneco" is no organization (deleted).
+    for i in 0..30 {
+        let org = [Some("acme"), Some("goneco"), None][i % 3];
+        let action = if i == 7 {
+            "org.disable"
+        } else {
+            "login.accepted"
+        };
+        s.audit(&entry(T0 + i as i64, action, org)).await.unwrap();
+    }
+    let read = |organization: Option<&str>, action: Option<&str>, before: Option<i64>| {
+        let query = AuditQuery {
+            limit: 4,
+            organization: organization.map(str::to_owned),
+            action: action.map(str::to_owned),
+            before,
+        };
+        async move { s.audit_entries(&query).await.unwrap() }
+    };
+    let acme = read(Some("ACME"), None, None).await;
+    assert_eq!(acme.len(), 4);
+    assert!(
+        acme.iter()
+            .all(|e| e.organization_id.as_deref() == Some("acme")),
+        "{acme:?}"
+    );
+    assert!(acme.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
+    assert_eq!(acme.last().unwrap().at, T0 + 27);
+    // The page before: older, none of the first again.
+    let before = read(Some("acme"), None, Some(acme[0].id)).await;
+    assert_eq!(
+        before.iter().map(|e| e.at).collect::<Vec<_>>(),
+        [T0 + 6, T0 + 9, T0 + 12, T0 + 15]
+    );
+    let gone = read(Some("GoneCo"), None, None).await;
+    assert_eq!(
+        gone.len(),
+        4,
+        "a deleted organization's, in other letter case"
+    );
+    assert!(gone
+        .iter()
+        .all(|e| e.organization_id.as_deref() == Some("goneco")));
+    let disable = read(Some("goneco"), Some("org.disable"), None).await;
+    assert_eq!(disable.len(), 1);
+    assert_eq!(
+        (disable[0].at, disable[0].action.as_str()),
+        (T0 + 7, "org.disable")
+    );
+    assert!(read(Some("acme"), Some("org.disable"), None)
+        .await
+        .is_empty());
+    assert!(read(Some("nobody"), None, None).await.is_empty());
+    assert_eq!(read(None, None, None).await.last().unwrap().at, T0 + 29);
+}
 
 /// A sign-in's session written with an organization revision that is no longer the stored one
 /// is refused (it is worked out again), and a change that frees a server — removes it, or sends

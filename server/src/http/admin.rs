@@ -714,6 +714,9 @@ async fn terminate_session(
 #[serde(deny_unknown_fields)]
 struct AuditFilter {
     limit: Option<i64>,
+    org: Option<String>,
+    action: Option<String>,
+    before: Option<i64>,
 }
 
 async fn audit(State(api): State<AdminApi>, ApiQuery(filter): ApiQuery<AuditFilter>) -> Response {
@@ -721,8 +724,13 @@ async fn audit(State(api): State<AdminApi>, ApiQuery(filter): ApiQuery<AuditFilt
         Ok(limit) => limit,
         Err(refused) => return *refused,
     };
-    match api.storage.audit_tail(limit).await
-    {
+    let query = crate::storage::AuditQuery {
+        limit,
+        organization: filter.org.filter(|o| !o.is_empty()),
+        action: filter.action.filter(|a| !a.is_empty()),
+        before: filter.before,
+    };
+    match api.storage.audit_entries(&query).await {
         Ok(entries) => Json(
             entries
                 .into_iter()

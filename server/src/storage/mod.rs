@@ -71,7 +71,7 @@ pub mod sqlite;
 pub mod web_sessions;
 
 pub use organizations::{
-    Audit, AuditEntry, DeleteOutcome, OrganizationJob, OrganizationWrite, SeedOutcome,
+    Audit, AuditEntry, AuditQuery, DeleteOutcome, OrganizationJob, OrganizationWrite, SeedOutcome,
     StoredOrganization, UpdateOutcome,
 };
 use postgres::PgStore;
@@ -512,8 +512,19 @@ contract! {
         /// Deletes audit entries and finished organization jobs older than `before`
         /// (retention); how many audit entries.
         fn prune_audit(&self, before: i64) -> u64;
-        /// The newest `limit` audit entries, oldest first.
-        fn audit_tail(&self, limit: i64) -> Vec<AuditEntry>;
+        /// The newest audit entries `query` asks for, oldest first.
+        fn audit_entries(&self, query: &AuditQuery) -> Vec<AuditEntry>;
+    }
+}
+
+impl Storage {
+    /// The newest `limit` audit entries, oldest first.
+    pub async fn audit_tail(&self, limit: i64) -> Result<Vec<AuditEntry>, StorageError> {
+        self.audit_entries(&AuditQuery {
+            limit,
+            ..AuditQuery::default()
+        })
+        .await
     }
 }
 

@@ -222,6 +222,21 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// Which audit entries to read ([`OrganizationStore::audit_entries`]): the newest `limit` of
+/// those that match, oldest first.
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery {
+    /// How many at most.
+    pub limit: i64,
+    /// Of this organization only: its id in any letter case (as it is stored now, or as it
+    /// was stored, written the same way, for one deleted since).
+    pub organization: Option<String>,
+    /// Of this action only (`org.disable`, …).
+    pub action: Option<String>,
+    /// Older than this entry (its `id`): the page before one read.
+    pub before: Option<i64>,
+}
+
 /// One audit entry: at, actor, action, organization id, detail (JSON).
 pub(crate) const AUDIT_INSERT: &str =
     "INSERT INTO audit_log (at, actor, action, organization_id, detail) VALUES ($1, $2, $3, $4, $5)";
@@ -1353,13 +1368,39 @@ impl<B: OrgBackend> OrganizationStore for B {
         Ok(removed)
     }
 
-    async fn audit_tail(&self, limit: i64) -> Result<Vec<AuditEntry>, StorageError> {
-        self.reader()
-            .await?
+    async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StorageError> {
+        let mut reader = self.reader().await?;
+        // An organization's entries are stored under its id as it was written when it was
+        // made: the one stored now that matches in any letter case (compared here, as ids are
+        // everywhere), and the id as given and in lower case (one deleted since).
+        let (given, lower, stored) = match &query.organization {
+            Some(org) => {
+                let ids: Vec<(String,)> = reader
+                    .fetch_all("SELECT id FROM organizations", &[])
+                    .await?;
+                let stored = ids
+                    .into_iter()
+                    .map(|(id,)| id)
+                    .find(|id| id.eq_ignore_ascii_case(org))
+                    .unwrap_or_else(|| org.clone());
+                (org.as_str(), org.to_ascii_lowercase(), stored)
+            }
+            None => ("", String::new(), String::new()),
+        };
+        reader
             .fetch_all(
                 "SELECT id, at, actor, action, organization_id, detail FROM \
-                 (SELECT * FROM audit_log ORDER BY id DESC LIMIT $1) newest ORDER BY id",
-                &[Arg::Int(limit)],
+                 (SELECT * FROM audit_log WHERE id < $2 \
+                    AND ($3 = '' OR organization_id IN ($3, $4, $5)) AND ($6 = '' OR action = $6) \
+                  ORDER BY id DESC LIMIT $1) newest ORDER BY id",
+                &[
+                    Arg::Int(query.limit),
+                    Arg::Int(query.before.unwrap_or(i64::MAX)),
+                    Arg::Text(given),
+                    Arg::Text(&lower),
+                    Arg::Text(&stored),
+                    Arg::Text(query.action.as_deref().unwrap_or("")),
+                ],
             )
             .await
     }
