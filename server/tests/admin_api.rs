@@ -523,6 +523,39 @@ async fn the_admin_api_follows_the_guard_and_never_shows_secrets() {
             .all(|e| e["id"].as_i64().unwrap() < first),
         "{older}"
     );
+    // Organizations a page at a time, in the list's order.
+    let all: Vec<Value> = admin
+        .ok(Method::GET, "/organizations", None)
+        .await
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(all.len() >= 2, "{all:?}");
+    let first = admin.ok(Method::GET, "/organizations?limit=1", None).await;
+    assert_eq!(first.as_array().unwrap()[..], all[..1]);
+    let after = all[0]["id"].as_str().unwrap().to_uppercase();
+    let rest = admin
+        .ok(Method::GET, &format!("/organizations?after={after}"), None)
+        .await;
+    assert_eq!(rest.as_array().unwrap()[..], all[1..]);
+    for (query, said) in [
+        ("limit=0", "`limit` must be 1-10000"),
+        (
+            "after=no-such-org",
+            "`after`: no organization `no-such-org`",
+        ),
+    ] {
+        let (status, text) = admin
+            .call(
+                Method::GET,
+                &format!("/organizations?{query}"),
+                Some(TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {text}");
+        assert!(text.contains(said), "{query}: {text}");
+    }
     for path in [
         "/organizations",
         "/organizations/acme",

@@ -278,11 +278,41 @@ async fn organization_view(api: &AdminApi, id: &str) -> Result<Option<Organizati
         .map_err(internal)
 }
 
-async fn list_organizations(State(api): State<AdminApi>) -> Response {
-    let rows = match api.storage.organizations().await {
+/// `GET /organizations` paging: at most `limit`, those listed after organization `after`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrganizationPage {
+    limit: Option<i64>,
+    after: Option<String>,
+}
+
+async fn list_organizations(
+    State(api): State<AdminApi>,
+    ApiQuery(page): ApiQuery<OrganizationPage>,
+) -> Response {
+    let mut rows = match api.storage.organizations().await {
         Ok(rows) => rows,
         Err(e) => return internal(e),
     };
+    if let Some(after) = page.after.filter(|a| !a.is_empty()) {
+        match rows.iter().position(|r| r.id.eq_ignore_ascii_case(&after)) {
+            Some(at) => drop(rows.drain(..=at)),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "`after`: no organization `{after}` (deleted since? list from the start)"
+                    ),
+                )
+            }
+        }
+    }
+    if page.limit.is_some() {
+        match row_limit(page.limit, 0) {
+            Ok(limit) => rows.truncate(limit as usize),
+            Err(refused) => return *refused,
+        }
+    }
     match OrganizationView::of(&api.storage, &rows).await {
         Ok(views) => Json(views).into_response(),
         Err(e) => internal(e),
