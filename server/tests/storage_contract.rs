@@ -2180,11 +2180,34 @@ async fn a_stop_after_a_newer_start_at_its_address_has_that_session_repeat_itsel
     deliver(successor, status_type::START, None).await;
     let (stop, delivered) = deliver(replaced, status_type::STOP, None).await;
     assert_eq!(delivered.reasserted, Some(successor));
+    assert!(delivered.late, "acknowledged when the Start was: late");
     assert_eq!(outbox_types(s, successor).await, [START, INTERIM]);
     // Recorded a second time (a retried write): nothing more.
     assert_eq!(
         s.mark_delivered(&stop, T0 + 5, None).await.unwrap(),
         Delivered::default()
+    );
+    assert_eq!(outbox_types(s, successor).await, [START, INTERIM]);
+
+    // Acknowledged before the successor's Start was, recorded after it (its recording waited
+    // for a busy database): asserted again to be sure, and not late.
+    let replaced = opened(s, login("10.0.8.9", T0, 10 * MINUTE)).await;
+    let successor = opened(s, at("10.0.8.9", T0 + 1)).await;
+    deliver(replaced, status_type::START, None).await;
+    deliver(successor, status_type::START, None).await;
+    let stop = s
+        .claim_session_outbox(replaced, status_type::STOP, T0 + 2, lease)
+        .await
+        .unwrap()
+        .unwrap();
+    let delivered = s.mark_delivered(&stop, T0 + 3, None).await.unwrap();
+    assert_eq!(
+        delivered,
+        Delivered {
+            copies: 0,
+            reasserted: Some(successor),
+            late: false
+        }
     );
     assert_eq!(outbox_types(s, successor).await, [START, INTERIM]);
 
@@ -2203,7 +2226,8 @@ async fn a_stop_after_a_newer_start_at_its_address_has_that_session_repeat_itsel
         delivered,
         Delivered {
             copies: 1,
-            reasserted: Some(next)
+            reasserted: Some(next),
+            late: true
         }
     );
     let copy = s

@@ -1538,15 +1538,24 @@ impl Accounting {
                 if is_start && delivered.reasserted.is_some() {
                     self.asserted_after_late_stops(&session);
                 } else if let Some(successor) = delivered.reasserted {
-                    // The Stop went after the Start of a newer session at its address (it
-                    // waited behind a silent server, a dead replica's claim, a backoff): a
-                    // firewall keying identities by address may have taken it as the end of
-                    // the address's user. That session sends an Interim-Update, so the
-                    // firewall learns its user again.
-                    self.radius.metrics().late_stop();
-                    tracing::info!(acct_session_id = %record.acct_session_id, successor,
-                        client_ip = %session.client_ip, server = %server.name,
-                        "a Stop went after the Start of a newer session at its address: that session sends an Interim-Update, so an address-keyed firewall has its user again");
+                    // The Stop may have reached the server after the Start of a newer session
+                    // at its address: a firewall keying identities by address may have taken
+                    // it as the end of the address's user. That session sends an
+                    // Interim-Update, so the firewall learns its user again.
+                    if delivered.late {
+                        // Acknowledged after that Start was: it waited behind a silent server,
+                        // a dead replica's claim, a backoff.
+                        self.radius.metrics().late_stop();
+                        tracing::info!(acct_session_id = %record.acct_session_id, successor,
+                            client_ip = %session.client_ip, server = %server.name,
+                            "a Stop went after the Start of a newer session at its address: that session sends an Interim-Update, so an address-keyed firewall has its user again");
+                    } else {
+                        // Acknowledged about when that Start went, and recorded after it (a
+                        // busy database): not known to be late, asserted again to be sure.
+                        tracing::debug!(acct_session_id = %record.acct_session_id, successor,
+                            client_ip = %session.client_ip, server = %server.name,
+                            "a Stop acknowledged about when a newer session's Start at its address went: that session sends an Interim-Update to be sure");
+                    }
                     self.wake();
                 }
                 if row.status_type == i64::from(status_type::STOP) {

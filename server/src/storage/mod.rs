@@ -1272,9 +1272,14 @@ pub struct AddressStops {
 pub struct Delivered {
     /// Copies of the session's Stop, one per other server that may hold the session open.
     pub copies: u64,
-    /// The newer session at the Stop's address whose Interim-Update was queued (the Stop came
-    /// after its Start).
+    /// The newer session at the Stop's address whose Interim-Update was queued (the Stop may
+    /// have reached the server after its Start: recorded after that Start's acknowledgement).
     pub reasserted: Option<i64>,
+    /// The Stop was acknowledged after that newer session's Start was (by the recorders'
+    /// clocks): it surely came after it. Else it was acknowledged about when the Start went
+    /// (its recording waited, for a busy database, behind the Start's), and the
+    /// Interim-Update is sent to be sure.
+    pub late: bool,
 }
 
 /// Who acknowledged a row of a session's own accounting ([`SessionStore::mark_delivered`]).

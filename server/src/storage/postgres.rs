@@ -918,15 +918,15 @@ async fn reassert_successor_locked(
     pool: &sqlx::PgPool,
     stopped: i64,
     now: i64,
-) -> Result<Option<i64>, StorageError> {
+) -> Result<Option<(i64, bool)>, StorageError> {
     let mut tx = pool.begin().await?;
     lock_address_of(&mut tx, stopped).await?;
-    let reasserted: Option<i64> = sqlx::query_scalar(concat!(
+    let reasserted: Option<(i64, bool)> = sqlx::query_as(concat!(
         "WITH ",
         newer_session_of_r!("(SELECT * FROM access_sessions WHERE id = $1) r", "$2"),
         ", ",
         interim_of_s!("$2"),
-        " SELECT access_session_id FROM interim"
+        " SELECT i.access_session_id, s.acked <= $2 FROM interim i JOIN s ON s.id = i.access_session_id"
     ))
     .bind(stopped)
     .bind(now)
@@ -938,12 +938,13 @@ async fn reassert_successor_locked(
 
 /// SQL, the CTE `s`: the newest session of stopped session `r`'s organization and address (`r`
 /// from `$rows`) — active, opened after it, its deadline after `$now`, no operator's stop
-/// waiting for it (see the SQLite backend) — whose Start was acknowledged, its row locked as
-/// every writer of its rows does first ([`SessionStore::mark_delivered`]).
+/// waiting for it (see the SQLite backend) — whose Start was acknowledged (`acked`: when), its
+/// row locked as every writer of its rows does first ([`SessionStore::mark_delivered`]).
 macro_rules! newer_session_of_r {
     ($rows:literal, $now:literal) => {
         concat!(
-            "s AS (SELECT s.id, s.started_at FROM ",
+            "s AS (SELECT s.id, s.started_at, (SELECT MIN(a.delivered_at) FROM accounting_outbox a \
+               WHERE a.access_session_id = s.id AND a.status_type = 1 AND a.destination = 'auth-server') AS acked FROM ",
             $rows,
             " JOIN access_sessions s ON s.organization_id = r.organization_id \
                AND s.client_ip = r.client_ip AND s.state = 'active' AND s.id > r.id AND s.expires_at > ",
@@ -1807,6 +1808,7 @@ impl SessionStore for PgStore {
             return Ok(Delivered {
                 copies: 0,
                 reasserted: reasserted.then_some(row.access_session_id),
+                late: false,
             });
         }
         if row.status_type != i64::from(status_type::STOP) {
@@ -1830,7 +1832,8 @@ impl SessionStore for PgStore {
             Some(ack) => (ack.access_session_id, ack.own, ack.by, true),
             None => (row.access_session_id, "", "", false),
         };
-        let (copies, reasserted, unsure): (i64, Option<i64>, bool) = sqlx::query_as(concat!(
+        let (copies, reasserted, late, unsure): (i64, Option<i64>, bool, bool) =
+            sqlx::query_as(concat!(
             "WITH d AS (UPDATE accounting_outbox SET delivered_at = $1, claimed_until = NULL, last_error = NULL, \
                transmissions = transmissions + 1 WHERE id = $2 AND delivered_at IS NULL \
                RETURNING access_session_id, status_type, event_at, session_time_secs, terminate_cause), \
@@ -1858,7 +1861,7 @@ impl SessionStore for PgStore {
                  AND o.status_type = 1 AND o.destination = 'auth-server' AND o.delivered_at IS NOT NULL) \
                LIMIT 1) \
              SELECT (SELECT COUNT(*) FROM copies), (SELECT access_session_id FROM interim), \
-               EXISTS (SELECT 1 FROM waiting)"
+               COALESCE((SELECT acked <= $1 FROM s), false), EXISTS (SELECT 1 FROM waiting)"
         ))
         .bind(now)
         .bind(id)
@@ -1877,22 +1880,24 @@ impl SessionStore for PgStore {
         // The Stop is recorded whatever that look says: a failed look (the database away a
         // moment) is not a failed recording, which would have its caller record it again, find
         // it recorded, and leave its copies to the delivery loop's next pass.
-        let reasserted = match reasserted {
+        let (reasserted, late) = match reasserted {
             None if unsure => {
                 match reassert_successor_locked(self.pool(), row.access_session_id, now).await {
-                    Ok(found) => found,
+                    Ok(Some((found, late))) => (Some(found), late),
+                    Ok(None) => (None, false),
                     Err(e) => {
                         tracing::warn!(session = row.access_session_id, error = %e,
                             "a Stop recorded, the look for a newer session at its address to re-assert failed: a sign-in there that counted on this Stop looks once its Start is acknowledged, else no Interim-Update follows");
-                        None
+                        (None, false)
                     }
                 }
             }
-            found => found,
+            found => (found, late),
         };
         Ok(Delivered {
             copies: copies as u64,
             reasserted,
+            late,
         })
     }
 

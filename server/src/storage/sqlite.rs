@@ -1137,7 +1137,10 @@ impl SessionStore for SqliteStore {
         let work = move |c: &Connection| {
             let mut delivered = Delivered::default();
             if stop {
-                delivered.reasserted = reassert_successor(c, id, now)?;
+                if let Some((successor, late)) = reassert_successor(c, id, now)? {
+                    delivered.reasserted = Some(successor);
+                    delivered.late = late;
+                }
             }
             // Also when recorded already (another sender recorded it first, without the look;
             // the look's Interim-Update supersedes one queued and not yet on its way).
@@ -1698,10 +1701,12 @@ fn reassert_successor(
     c: &Connection,
     stop_row: i64,
     now: i64,
-) -> Result<Option<i64>, StorageError> {
-    let successor: Option<(i64, i64)> = c
+) -> Result<Option<(i64, bool)>, StorageError> {
+    let successor: Option<(i64, i64, bool)> = c
         .prepare_cached(concat!(
-            "SELECT s.id, s.started_at FROM accounting_outbox d \
+            "SELECT s.id, s.started_at, (SELECT MIN(o.delivered_at) FROM accounting_outbox o \
+               WHERE o.access_session_id = s.id AND o.status_type = ?2 AND o.destination = ?3) <= ?4 \
+             FROM accounting_outbox d \
              JOIN access_sessions r ON r.id = d.access_session_id \
              JOIN access_sessions s ON s.client_ip = r.client_ip AND s.organization_id = r.organization_id \
                AND s.state = 'active' AND s.id > r.id AND s.expires_at > ?4 \
@@ -1715,14 +1720,14 @@ fn reassert_successor(
         ))?
         .query_row(
             params![stop_row, status_type::START, AUTH_SERVER_DESTINATION, now],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
-    let Some((id, started_at)) = successor else {
+    let Some((id, started_at, late)) = successor else {
         return Ok(None);
     };
     enqueue_reassert(c, id, started_at, now)?;
-    Ok(Some(id))
+    Ok(Some((id, late)))
 }
 
 /// See [`SessionStore::reassert_after_stops`].
