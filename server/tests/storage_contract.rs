@@ -2276,25 +2276,50 @@ async fn a_stop_after_a_newer_start_at_its_address_has_that_session_repeat_itsel
     deliver(ended, status_type::STOP, None).await; // acknowledged at T0 + 4
     deliver(next, status_type::START, None).await;
     assert_eq!(outbox_types(s, next).await, [START]);
-    assert!(!s
-        .reassert_after_stops(next, &[ended], T0 + 5, T0 + 6)
-        .await
-        .unwrap());
+    fn after(earlier: &[i64], since: i64, left: i64) -> AfterStops<'_> {
+        AfterStops {
+            earlier,
+            since,
+            left,
+        }
+    }
+    let (just_ended, both) = (&[ended][..], &[elsewhere, ended][..]);
+    assert_eq!(
+        s.reassert_after_stops(next, &after(just_ended, T0 + 5, T0 + 5), T0 + 6)
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(outbox_types(s, next).await, [START]);
-    assert!(s
-        .reassert_after_stops(next, &[elsewhere, ended], T0 + 3, T0 + 6)
-        .await
-        .unwrap());
+    // Acknowledged within the replicas' clock skew before the Start left: asserted again to
+    // be sure, not late.
+    assert_eq!(
+        s.reassert_after_stops(next, &after(both, T0 + 3, T0 + 5), T0 + 6)
+            .await
+            .unwrap(),
+        Some(false)
+    );
+    assert_eq!(outbox_types(s, next).await, [START, INTERIM]);
+    // Acknowledged after the Start left: late (the Interim-Update not yet on its way is
+    // superseded: one waits).
+    assert_eq!(
+        s.reassert_after_stops(next, &after(just_ended, T0 + 3, T0 + 4), T0 + 6)
+            .await
+            .unwrap(),
+        Some(true)
+    );
     assert_eq!(outbox_types(s, next).await, [START, INTERIM]);
     // Nor for a session that ended meanwhile.
     assert!(s
         .stop_session(next, terminate_cause::USER_REQUEST, T0 + 7)
         .await
         .unwrap());
-    assert!(!s
-        .reassert_after_stops(next, &[ended], T0 + 3, T0 + 8)
-        .await
-        .unwrap());
+    assert_eq!(
+        s.reassert_after_stops(next, &after(just_ended, T0 + 3, T0 + 3), T0 + 8)
+            .await
+            .unwrap(),
+        None
+    );
 
     // Nor one past its deadline (its Stop is dated then).
     let ended = opened(s, login("10.0.8.6", T0, 10 * MINUTE)).await;
@@ -2474,6 +2499,7 @@ async fn a_sign_ins_start_recorded_after_a_late_stop_repeats_itself_in_the_same_
             after_stops: Some(AfterStops {
                 earlier: &earlier,
                 since,
+                left: since,
             }),
         };
         s.mark_delivered(&row, at, Some(&ack)).await.unwrap()
@@ -2504,6 +2530,7 @@ async fn a_sign_ins_start_recorded_after_a_late_stop_repeats_itself_in_the_same_
             reasserted.then_some(next),
             "{ip}: the Start's recording made the look"
         );
+        assert_eq!(delivered.late, reasserted, "{ip}: acknowledged after the Start left");
         let expected: &[i64] = if reasserted {
             &[START, INTERIM]
         } else {

@@ -849,10 +849,9 @@ impl AccessSessions {
         // Stops still on their way may be acknowledged after the Start left: the Start's
         // recording looks (by any replica's clock: `CLOCK_SKEW_MS` before, an Interim-Update
         // too many rather than one too few).
-        let start_sent_from = now_ms() - crate::accounting::CLOCK_SKEW_MS;
         let after_stops = (!unsettled.is_empty()).then(|| {
             self.accounting
-                .start_after_stops(id, unsettled.clone(), start_sent_from)
+                .start_after_stops(id, unsettled.clone(), now_ms())
         });
         let start_delivered = match claimed_start {
             Some(start) => {
@@ -882,8 +881,8 @@ impl AccessSessions {
         };
         if start_delivered {
             // Recorded by another replica: the look is made here.
-            if let Some((unsettled, since)) = after_stops.and_then(|a| a.not_made()) {
-                self.after_unsettled_stops(session, &unsettled, since).await;
+            if let Some((unsettled, left)) = after_stops.and_then(|a| a.not_made()) {
+                self.after_unsettled_stops(session, &unsettled, left).await;
             }
             return Ok(());
         }
@@ -934,22 +933,24 @@ impl AccessSessions {
     /// way (its budget for them ran out, or they were not waited for), and another replica
     /// recorded it (this process's recording makes this look itself, in the same write,
     /// [`crate::accounting::Accounting::start_after_stops`]): one acknowledged since the Start
-    /// left (`since`) may have reached the server after it — its recording saw no acknowledged
-    /// Start to re-assert, as it came first — so the session sends an Interim-Update now (one
-    /// acknowledged later is followed by one when it is recorded, `SessionStore::mark_delivered`).
+    /// left (at `left`, less the replicas' clock skew) may have reached the server after it —
+    /// its recording saw no acknowledged Start to re-assert, as it came first — so the session
+    /// sends an Interim-Update now (one acknowledged later is followed by one when it is
+    /// recorded, `SessionStore::mark_delivered`).
     async fn after_unsettled_stops(
         &self,
         session: &AccessSessionRecord,
         unsettled: &[i64],
-        since: i64,
+        left: i64,
     ) {
+        let after = crate::storage::AfterStops::left_at(unsettled, left);
         match self
             .storage
-            .reassert_after_stops(session.id, unsettled, since, now_ms())
+            .reassert_after_stops(session.id, &after, now_ms())
             .await
         {
-            Ok(true) => self.accounting.asserted_after_late_stops(session),
-            Ok(false) => {}
+            Ok(Some(late)) => self.accounting.asserted_after_late_stops(session, late),
+            Ok(None) => {}
             Err(e) => tracing::warn!(acct_session_id = %session.acct_session_id,
                 error = %crate::portal_backend::error_chain(&e),
                 "after Stops of the address acknowledged late, the session's Interim-Update could not be queued"),

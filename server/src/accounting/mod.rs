@@ -243,7 +243,7 @@ pub(crate) struct StartAfterStops {
 
 impl StartAfterStops {
     /// The look, if no recording of the Start by this process made it (another replica
-    /// recorded the Start): the Stops, and since when.
+    /// recorded the Start): the Stops, and when the Start left.
     pub(crate) fn not_made(self) -> Option<(Vec<i64>, i64)> {
         self.after_stops
             .lock()
@@ -587,20 +587,20 @@ impl Accounting {
     }
 
     /// A sign-in's Start about to go while the Stops of its address's earlier sessions
-    /// `earlier` are still on their way (`since`: when it leaves, less the replicas' clock
-    /// skew): its recording by this process looks for one of them acknowledged since, in the
-    /// same write — a crash between the two would leave the session unasserted. Until the
-    /// guard drops.
+    /// `earlier` are still on their way (`left`: when it leaves): its recording by this
+    /// process looks for one of them acknowledged since (less the replicas' clock skew,
+    /// [`AfterStops::left_at`]), in the same write — a crash between the two would leave the
+    /// session unasserted. Until the guard drops.
     pub(crate) fn start_after_stops(
         &self,
         session_id: i64,
         earlier: Vec<i64>,
-        since: i64,
+        left: i64,
     ) -> StartAfterStops {
         self.after_stops
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(session_id, (earlier, since));
+            .insert(session_id, (earlier, left));
         StartAfterStops {
             session_id,
             after_stops: self.after_stops.clone(),
@@ -608,11 +608,17 @@ impl Accounting {
     }
 
     /// A sign-in's look found a Stop of its address acknowledged after `session`'s Start left
-    /// and queued the session's Interim-Update: counted, said, and sent.
-    pub(crate) fn asserted_after_late_stops(&self, session: &AccessSessionRecord) {
-        self.radius.metrics().late_stop();
-        tracing::info!(acct_session_id = %session.acct_session_id, client_ip = %session.client_ip,
-            "an earlier session's Stop at this address was acknowledged after this session's Start left: it sends an Interim-Update, so an address-keyed firewall has its user again");
+    /// (`late`), or about when it did (within the replicas' clock skew before), and queued the
+    /// session's Interim-Update: sent, and a late one counted and said.
+    pub(crate) fn asserted_after_late_stops(&self, session: &AccessSessionRecord, late: bool) {
+        if late {
+            self.radius.metrics().late_stop();
+            tracing::info!(acct_session_id = %session.acct_session_id, client_ip = %session.client_ip,
+                "an earlier session's Stop at this address was acknowledged after this session's Start left: it sends an Interim-Update, so an address-keyed firewall has its user again");
+        } else {
+            tracing::debug!(acct_session_id = %session.acct_session_id, client_ip = %session.client_ip,
+                "an earlier session's Stop at this address was acknowledged about when this session's Start left: it sends an Interim-Update to be sure");
+        }
         self.wake();
     }
 
@@ -1509,10 +1515,9 @@ impl Accounting {
                     by: &server.name,
                     own: &session.server_name,
                     stop: row.status_type == i64::from(status_type::STOP),
-                    after_stops: after_stops.as_ref().map(|(earlier, since)| AfterStops {
-                        earlier,
-                        since: *since,
-                    }),
+                    after_stops: after_stops
+                        .as_ref()
+                        .map(|(earlier, left)| AfterStops::left_at(earlier, *left)),
                 };
                 let ack = row.copy_to.is_none().then_some(&ack);
                 let delivered = match self.storage.mark_delivered(&row, now_ms(), ack).await {
@@ -1536,7 +1541,7 @@ impl Accounting {
                     self.wake();
                 }
                 if is_start && delivered.reasserted.is_some() {
-                    self.asserted_after_late_stops(&session);
+                    self.asserted_after_late_stops(&session, delivered.late);
                 } else if let Some(successor) = delivered.reasserted {
                     // The Stop may have reached the server after the Start of a newer session
                     // at its address: a firewall keying identities by address may have taken

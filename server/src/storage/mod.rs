@@ -222,14 +222,15 @@ contract! {
         /// until that sign-in's lease ends, once the sign-in has failed. False if none waited.
         fn start_due_now(&self, id: i64, now: i64) -> bool;
         /// After session `id`'s Start was acknowledged: if a Stop (own or copy) of one of the
-        /// sessions `earlier` (its address's, whose Stops were still on their way when the
-        /// Start left at `since`) was acknowledged at or after `since` — it may have reached
+        /// sessions `after.earlier` (its address's, whose Stops were still on their way when
+        /// the Start left) was acknowledged at or after `after.since` — it may have reached
         /// the server after the Start — queues `id`'s Interim-Update at `now`, as
         /// [`SessionStore::mark_delivered`] does for a Stop acknowledged after the Start (not
-        /// for a session ended, past its deadline, or awaited by an operator's stop). True if
-        /// it did. (A Start the sign-in's own process recorded made this look in its recording:
-        /// [`Acknowledged::after_stops`].)
-        fn reassert_after_stops(&self, id: i64, earlier: &[i64], since: i64, now: i64) -> bool;
+        /// for a session ended, past its deadline, or awaited by an operator's stop). Whether
+        /// one of them surely came after the Start (acknowledged at or after `after.left`) if
+        /// it did, None if it did not. (A Start the sign-in's own process recorded made this
+        /// look in its recording: [`Acknowledged::after_stops`].)
+        fn reassert_after_stops(&self, id: i64, after: &AfterStops<'_>, now: i64) -> Option<bool>;
         /// Ends session `id` if a sign-in opened it and that sign-in's lease ran out before
         /// `now` while the session is still active and its Start unacknowledged: its process
         /// died during the sign-in (a sign-in renews its lease until it ends with the Start
@@ -1305,8 +1306,23 @@ pub struct Acknowledged<'a> {
 pub struct AfterStops<'a> {
     /// The address's earlier sessions whose Stops were on their way.
     pub earlier: &'a [i64],
-    /// When the Start left (less the replicas' clock skew).
+    /// From when a Stop acknowledged may have reached the server after the Start: when the
+    /// Start left, less the replicas' clock skew (a Stop recorded by another replica).
     pub since: i64,
+    /// When the Start left, by the clock of the process that sent it: a Stop acknowledged
+    /// from then on surely came after it (late).
+    pub left: i64,
+}
+
+impl<'a> AfterStops<'a> {
+    /// The look after Stops `earlier` for a Start that left at `left`.
+    pub fn left_at(earlier: &'a [i64], left: i64) -> Self {
+        AfterStops {
+            earlier,
+            since: left - crate::accounting::CLOCK_SKEW_MS,
+            left,
+        }
+    }
 }
 
 /// How a Dynamic Authorization request names the session(s) it is about.

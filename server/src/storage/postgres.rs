@@ -25,9 +25,9 @@
 use super::{
     decode_classes, encode_classes,
     organizations::{audit_in, Audit, OrgBackend, OrgTx},
-    AccessSessionRecord, Acknowledged, AddressStops, Delivered, NewAccessSession, Notice,
-    OpenedSession, OutboxEntry, OutboxRow, SessionMatch, SessionStore, SignInLease, StopOutcome,
-    Stopped, StorageError, WaitingRow, AUTH_SERVER_DESTINATION,
+    AccessSessionRecord, Acknowledged, AddressStops, AfterStops, Delivered, NewAccessSession,
+    Notice, OpenedSession, OutboxEntry, OutboxRow, SessionMatch, SessionStore, SignInLease,
+    StopOutcome, Stopped, StorageError, WaitingRow, AUTH_SERVER_DESTINATION,
 };
 use crate::radius::{status_type, terminate_cause};
 use sqlx::{
@@ -888,11 +888,10 @@ async fn enqueue_interim(
 async fn reassert_after_stops_locked(
     tx: &mut PgConnection,
     id: i64,
-    earlier: &[i64],
-    since: i64,
+    after: &AfterStops<'_>,
     now: i64,
-) -> Result<bool, StorageError> {
-    let queued: i64 = sqlx::query_scalar(concat!(
+) -> Result<Option<bool>, StorageError> {
+    let (queued, late): (i64, bool) = sqlx::query_as(concat!(
         "WITH s AS (SELECT s.id, s.started_at FROM access_sessions s \
            WHERE s.id = $1 AND s.state = 'active' AND s.expires_at > $4 AND EXISTS ( \
              SELECT 1 FROM accounting_outbox o WHERE o.access_session_id = ANY($2) \
@@ -900,15 +899,17 @@ async fn reassert_after_stops_locked(
         super::no_stop_pending!(),
         " FOR UPDATE OF s), ",
         interim_of_s!("$4"),
-        " SELECT COUNT(*) FROM interim"
+        " SELECT (SELECT COUNT(*) FROM interim), EXISTS (SELECT 1 FROM accounting_outbox o \
+           WHERE o.access_session_id = ANY($2) AND o.status_type = 2 AND o.delivered_at >= $5)"
     ))
     .bind(id)
-    .bind(earlier)
-    .bind(since)
+    .bind(after.earlier)
+    .bind(after.since)
     .bind(now)
+    .bind(after.left)
     .fetch_one(&mut *tx)
     .await?;
-    Ok(queued > 0)
+    Ok((queued > 0).then_some(late))
 }
 
 /// [`SessionStore::mark_delivered`]'s look for the newer session at stopped session
@@ -1412,13 +1413,12 @@ impl SessionStore for PgStore {
     async fn reassert_after_stops(
         &self,
         id: i64,
-        earlier: &[i64],
-        since: i64,
+        after: &AfterStops<'_>,
         now: i64,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<Option<bool>, StorageError> {
         let mut tx = self.pool().begin().await?;
         lock_address_of(&mut tx, id).await?;
-        let queued = reassert_after_stops_locked(&mut tx, id, earlier, since, now).await?;
+        let queued = reassert_after_stops_locked(&mut tx, id, after, now).await?;
         tx.commit().await?;
         Ok(queued)
     }
@@ -1796,19 +1796,13 @@ impl SessionStore for PgStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-            let reasserted = reassert_after_stops_locked(
-                &mut tx,
-                row.access_session_id,
-                after.earlier,
-                after.since,
-                now,
-            )
-            .await?;
+            let reasserted =
+                reassert_after_stops_locked(&mut tx, row.access_session_id, &after, now).await?;
             tx.commit().await?;
             return Ok(Delivered {
                 copies: 0,
-                reasserted: reasserted.then_some(row.access_session_id),
-                late: false,
+                reasserted: reasserted.map(|_| row.access_session_id),
+                late: reasserted.unwrap_or(false),
             });
         }
         if row.status_type != i64::from(status_type::STOP) {

@@ -8,9 +8,9 @@ use super::{
     decode_classes, encode_classes,
     engine::Engine,
     organizations::{audit_on, session_end_actor, Audit, OrgBackend, OrgTx},
-    AccessSessionRecord, Acknowledged, AddressStops, Delivered, NewAccessSession, OpenedSession,
-    OutboxEntry, OutboxRow, SessionMatch, SessionStore, SignInLease, StopOutcome, Stopped,
-    StorageError, WaitingRow, AUTH_SERVER_DESTINATION,
+    AccessSessionRecord, Acknowledged, AddressStops, AfterStops, Delivered, NewAccessSession,
+    OpenedSession, OutboxEntry, OutboxRow, SessionMatch, SessionStore, SignInLease, StopOutcome,
+    Stopped, StorageError, WaitingRow, AUTH_SERVER_DESTINATION,
 };
 use crate::radius::{status_type, terminate_cause};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -755,13 +755,19 @@ impl SessionStore for SqliteStore {
     async fn reassert_after_stops(
         &self,
         id: i64,
-        earlier: &[i64],
-        since: i64,
+        after: &AfterStops<'_>,
         now: i64,
-    ) -> Result<bool, StorageError> {
-        let earlier = earlier.to_vec();
+    ) -> Result<Option<bool>, StorageError> {
+        let (earlier, since, left) = (after.earlier.to_vec(), after.since, after.left);
         self.engine
-            .write(move |c| reassert_after_stops_in(c, id, &earlier, since, now))
+            .write(move |c| {
+                let after = AfterStops {
+                    earlier: &earlier,
+                    since,
+                    left,
+                };
+                reassert_after_stops_in(c, id, &after, now)
+            })
             .await
     }
 
@@ -1120,7 +1126,7 @@ impl SessionStore for SqliteStore {
         let remembered = ack.and_then(|a| a.remembered()).map(str::to_owned);
         let after_stops = ack
             .and_then(|a| a.after_stops)
-            .map(|a| (a.earlier.to_vec(), a.since));
+            .map(|a| (a.earlier.to_vec(), a.since, a.left));
         let ack = ack.map(|a| {
             (
                 a.access_session_id,
@@ -1144,9 +1150,15 @@ impl SessionStore for SqliteStore {
             }
             // Also when recorded already (another sender recorded it first, without the look;
             // the look's Interim-Update supersedes one queued and not yet on its way).
-            if let Some((earlier, since)) = &after_stops {
-                if reassert_after_stops_in(c, session_id, earlier, *since, now)? {
+            if let Some((earlier, since, left)) = &after_stops {
+                let after = AfterStops {
+                    earlier,
+                    since: *since,
+                    left: *left,
+                };
+                if let Some(late) = reassert_after_stops_in(c, session_id, &after, now)? {
                     delivered.reasserted = Some(session_id);
+                    delivered.late = late;
                 }
             }
             if let Some((session, by, own, stop)) = &ack {
@@ -1734,24 +1746,23 @@ fn reassert_successor(
 fn reassert_after_stops_in(
     c: &Connection,
     id: i64,
-    earlier: &[i64],
-    since: i64,
+    after: &AfterStops<'_>,
     now: i64,
-) -> Result<bool, StorageError> {
-    let mut late = false;
-    for session in earlier {
-        late |= c
+) -> Result<Option<bool>, StorageError> {
+    // The latest acknowledgement of those Stops (own or copies).
+    let mut latest: Option<i64> = None;
+    for session in after.earlier {
+        let acknowledged: Option<i64> = c
             .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM accounting_outbox WHERE access_session_id = ?1 \
-                 AND status_type = ?2 AND delivered_at >= ?3)",
+                "SELECT MAX(delivered_at) FROM accounting_outbox WHERE access_session_id = ?1 \
+                 AND status_type = ?2",
             )?
-            .query_row(params![session, status_type::STOP, since], |r| {
-                r.get::<_, bool>(0)
-            })?;
+            .query_row(params![session, status_type::STOP], |r| r.get(0))?;
+        latest = latest.max(acknowledged);
     }
-    if !late {
-        return Ok(false);
-    }
+    let Some(latest) = latest.filter(|at| *at >= after.since) else {
+        return Ok(None);
+    };
     let started_at: Option<i64> = c
         .prepare_cached(concat!(
             "SELECT s.started_at FROM access_sessions s \
@@ -1761,10 +1772,10 @@ fn reassert_after_stops_in(
         .query_row(params![id, now], |r| r.get(0))
         .optional()?;
     let Some(started_at) = started_at else {
-        return Ok(false);
+        return Ok(None);
     };
     enqueue_reassert(c, id, started_at, now)?;
-    Ok(true)
+    Ok(Some(latest >= after.left))
 }
 
 /// Remembers that `server` was sent a packet of session `access_session_id` (it may hold the
