@@ -1514,6 +1514,103 @@ async fn a_second_disconnect_with_another_organization_signed_in_says_the_sessio
 /// `/o/{slug}/` is that organization's portal: its name and form, its session page, its
 /// Captive API; a login there never touches the default organization's session; an unknown
 /// slug is a 404; a disabled organization's page says so and has no form.
+/// One browser signing in to two organizations at once (a tab each, both forms shown before
+/// either sign-in): the second organization's sign-in does not wait for the first's slow
+/// server. Both sessions open; the browser holds the one answered last (each sign-in gives
+/// the browser a new web session, as it must against session fixation: README).
+#[tokio::test]
+async fn one_browsers_sign_ins_to_two_organizations_at_once_keep_both_sessions() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (held, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let relay = holding_relay(a.auth_addr(true), held.clone(), release.clone()).await;
+    let (_dir, db) = temp_db();
+    let mut settings = two_organizations(&db, &a, &b);
+    // acme's server answers only when released: much later than beta's sign-in may take.
+    settings.organizations[0].servers[0].auth_port = relay.port();
+    settings.organizations[0].servers[0].timeout = Duration::from_secs(60);
+    settings.organizations[0].login_timeout = Duration::from_secs(60);
+    let app = TestApp::spawn(&settings).await;
+    for (n, signed_in_before) in [(41, false), (42, true)] {
+        let browser = app.browser(Ipv4Addr::new(127, 0, 5, n));
+        if signed_in_before {
+            // A web session already: signed in to beta, and out again.
+            assert_eq!(
+                browser
+                    .post_form(
+                        "/o/beta/api/login",
+                        "/o/beta/",
+                        &[("username", "judy"), ("password", "judy-pass")]
+                    )
+                    .await
+                    .path,
+                "/o/beta/session"
+            );
+            let token = browser.form_token("/o/beta/session").await;
+            browser
+                .post_raw(
+                    "/o/beta/api/disconnect",
+                    "/o/beta/session",
+                    &[("csrf", &token)],
+                    &[],
+                )
+                .await;
+        }
+        let (acme_form, beta_form) = (
+            browser.form_token("/").await,
+            browser.form_token("/o/beta/").await,
+        );
+        let acme = {
+            let browser = browser.clone();
+            tokio::spawn(async move {
+                browser
+                    .post_raw(
+                        "/api/login",
+                        "/",
+                        &[
+                            ("username", "carol"),
+                            ("password", "carol-pass"),
+                            ("csrf", &acme_form),
+                        ],
+                        &[],
+                    )
+                    .await
+            })
+        };
+        held.notified().await; // acme's Accept held at its relay
+        let beta = tokio::time::timeout(
+            Duration::from_secs(15),
+            browser.post_raw(
+                "/o/beta/api/login",
+                "/o/beta/",
+                &[
+                    ("username", "judy"),
+                    ("password", "judy-pass"),
+                    ("csrf", &beta_form),
+                ],
+                &[],
+            ),
+        )
+        .await
+        .expect("beta's sign-in answered while acme's waits for its server");
+        assert_eq!(beta.path, "/o/beta/session", "{}", beta.body);
+        release.notify_one();
+        let acme = acme.await.unwrap();
+        assert_eq!(acme.path, "/session", "{}", acme.body);
+        let acme_page = browser.get("/session").await;
+        assert!(acme_page.body.contains("carol"), "{}", acme_page.body);
+        let client = format!("127.0.5.{n}");
+        for org in ["acme", "beta"] {
+            assert!(app
+                .storage
+                .active_session_for_client(org, &client, radius_portal::access_session::now_ms())
+                .await
+                .unwrap()
+                .is_some());
+        }
+    }
+    app.stop().await;
+}
+
 /// One browser signed in to two organizations: the web session lives as long as the longer
 /// of the two sessions needs (its window and a day), whichever was signed in to last; and the
 /// first organization's page, open in another tab, goes on working (its form token is its own).

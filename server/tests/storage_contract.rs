@@ -2530,7 +2530,10 @@ async fn a_sign_ins_start_recorded_after_a_late_stop_repeats_itself_in_the_same_
             reasserted.then_some(next),
             "{ip}: the Start's recording made the look"
         );
-        assert_eq!(delivered.late, reasserted, "{ip}: acknowledged after the Start left");
+        assert_eq!(
+            delivered.late, reasserted,
+            "{ip}: acknowledged after the Start left"
+        );
         let expected: &[i64] = if reasserted {
             &[START, INTERIM]
         } else {

@@ -7,7 +7,8 @@
 //! A submit that waited for the same sign-in while it failed gets its answer too: one
 //! Access-Reject counted against the user's account on the server, not two; one wait for a
 //! dead server, not one after the other. A submit made after the failure was answered (the
-//! user tries again) is a sign-in of its own.
+//! user tries again) is a sign-in of its own. Turns are per organization: a browser's sign-in
+//! to one never waits for its sign-in to another (whose servers may be slow or dead).
 //!
 //! In memory, per process: two replicas behind a load balancer without affinity may still each
 //! sign in (the second replaces the first, as before). Only a keyed digest of the password is
@@ -164,7 +165,8 @@ impl Drop for Waiting<'_> {
 }
 
 impl RecentSignIns {
-    /// Waits for `browser`'s turn to sign in to `org` as `username` with `password` from `ip`.
+    /// Waits for `browser`'s turn to sign in to `org` as `username` with `password` from `ip`:
+    /// its sign-in to `org` under way, if any.
     pub async fn turn(
         &self,
         browser: &str,
@@ -185,7 +187,8 @@ impl RecentSignIns {
         }
         hash.update(password.as_bytes());
         let digest: [u8; 32] = hash.finalize().into();
-        let slot = self.slot(browser);
+        // Organization ids are ASCII, alike in any letter case.
+        let slot = self.slot(&format!("{browser}\u{1}{}", org.to_ascii_lowercase()));
         let asked = Instant::now();
         let guard = match slot.clone().try_lock_owned() {
             Ok(guard) => guard,
@@ -301,10 +304,26 @@ mod tests {
             !waiting.is_finished(),
             "it waits for the first sign-in's turn"
         );
-        // Another browser is not held up meanwhile.
+        // Another browser is not held up meanwhile, nor this one's sign-in to another
+        // organization; the same organization in other letter case is.
         drop(recent.turn("b2", "acme", "carol", IP, "pw").await);
+        let spawned = |org: &'static str| {
+            let recent = recent.clone();
+            tokio::spawn(async move { drop(recent.turn("b1", org, "carol", IP, "pw").await) })
+        };
+        let (elsewhere, same) = (spawned("beta"), spawned("ACME"));
+        tokio::task::yield_now().await;
+        assert!(
+            elsewhere.is_finished(),
+            "another organization's turn is its own"
+        );
+        assert!(
+            !same.is_finished(),
+            "the same organization in other letters waits"
+        );
         first.opened(9);
         assert_eq!(waiting.await.unwrap(), Some(9), "waited for the first");
+        same.await.unwrap();
     }
 
     /// A sign-in that waited for the browser's sign-in from another address (or with another
