@@ -744,7 +744,7 @@ async fn terminate_session(
 #[serde(deny_unknown_fields)]
 struct AuditFilter {
     limit: Option<i64>,
-    org: Option<String>,
+    organization: Option<String>,
     action: Option<String>,
     before: Option<i64>,
 }
@@ -756,7 +756,7 @@ async fn audit(State(api): State<AdminApi>, ApiQuery(filter): ApiQuery<AuditFilt
     };
     let query = crate::storage::AuditQuery {
         limit,
-        organization: filter.org.filter(|o| !o.is_empty()),
+        organization: filter.organization.filter(|o| !o.is_empty()),
         action: filter.action.filter(|a| !a.is_empty()),
         before: filter.before,
     };
