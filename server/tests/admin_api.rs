@@ -501,7 +501,11 @@ async fn the_admin_api_follows_the_guard_and_never_shows_secrets() {
     }
     // One organization's disables alone, named in other letter case; the page before.
     let disables = admin
-        .ok(Method::GET, "/audit?organization=BETA&action=org.disable", None)
+        .ok(
+            Method::GET,
+            "/audit?organization=BETA&action=org.disable",
+            None,
+        )
         .await;
     let disables = disables.as_array().unwrap();
     assert!(!disables.is_empty(), "{audit}");
