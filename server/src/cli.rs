@@ -358,7 +358,7 @@ pub async fn run() -> anyhow::Result<()> {
             let all_answered =
                 radius_test(&settings, org.as_deref(), credentials, client_ip).await?;
             if !all_answered {
-                bail!("not every RADIUS server answered");
+                bail!("not every RADIUS server answered usably: each line above says why");
             }
             Ok(())
         }
@@ -735,6 +735,30 @@ pub async fn radius_test(
     let org_id = org_id.unwrap_or(&default_id);
     let Some(org) = organizations.get(org_id) else {
         return Err(NotFound::Organization(org_id.to_string()).into());
+    };
+    // What a sign-in would refuse is no test of the servers: said as the sign-in says it,
+    // before anything is sent or audited.
+    let credentials = match credentials {
+        Some((typed, password)) => {
+            let user = crate::portal_backend::sign_in_name(&typed, &password, &org).map_err(
+                |refused| {
+                    let said = match refused {
+                        app::error::PortalError::InvalidInput { field, message } if field == "password" => {
+                            format!("the password (in the environment variable): {message}")
+                        }
+                        app::error::PortalError::InvalidInput { message, .. } => {
+                            format!("--username: {message}")
+                        }
+                        other => other.to_string(),
+                    };
+                    Usage(format!(
+                        "{said} A sign-in to `{org_id}` would refuse it: no Access-Request was sent."
+                    ))
+                },
+            )?;
+            Some((user.to_owned(), password))
+        }
+        None => None,
     };
     say!(
         "organization `{org_id}` ({}){}",

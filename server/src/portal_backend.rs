@@ -565,15 +565,7 @@ impl PortalBackend {
                 field: "org".into(),
                 message: "No organization has this id.".into(),
             })?;
-        // White space around a name is a phone keyboard's (autocompletion adds a space) or a
-        // paste's (a spreadsheet cell's tab or line end, a byte-order mark, a zero-width
-        // space), never part of it: the name is sent, rate-limited and stored without it. Any
-        // other control character is refused, around the name as inside it.
-        let username = username
-            .trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}' || c == '\u{200b}')
-            .to_owned();
-        validation::validate_username(&username, |u| org.username_pattern.is_match(u))?;
-        validation::validate_password(&password)?;
+        let username = sign_in_name(&username, &password, &org)?.to_owned();
         let ip = client_ip(request)?;
         let web = web_session(request)?;
         // The browser (its web session as its cookie names it, read before anything loads it:
@@ -921,6 +913,24 @@ fn shortened(text: String) -> String {
 }
 
 /// Maps lifecycle errors to what the user may see; logs the cause of internal ones.
+/// The name a sign-in to `org` goes by, typed as `typed` with `password`, or why a sign-in
+/// refuses them (`InvalidInput`, the field named). White space around a name is a phone
+/// keyboard's (autocompletion adds a space) or a paste's (a spreadsheet cell's tab or line
+/// end, a byte-order mark, a zero-width space), never part of it: the name is sent,
+/// rate-limited and stored without it. Any other control character is refused, around the
+/// name as inside it. `radius test --username` takes the same rules.
+pub(crate) fn sign_in_name<'a>(
+    typed: &'a str,
+    password: &str,
+    org: &crate::organizations::Organization,
+) -> Result<&'a str, PortalError> {
+    let username =
+        typed.trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}' || c == '\u{200b}');
+    validation::validate_username(username, |u| org.username_pattern.is_match(u))?;
+    validation::validate_password(password)?;
+    Ok(username)
+}
+
 fn user_error(error: SessionError) -> PortalError {
     match error {
         SessionError::Rejected { reply_message } => PortalError::Rejected {

@@ -382,6 +382,50 @@ async fn radius_test_with_a_username_sends_an_access_request() {
         String::from_utf8_lossy(&output.stderr).contains("PORTAL_TEST_PASSWORD"),
         "says where the password goes"
     );
+    // What a sign-in refuses is refused as a sign-in says it, and nothing is sent; white
+    // space around the name is dropped as a sign-in drops it.
+    for (name, password, said) in [
+        (
+            "al ice",
+            "alice-pass",
+            "--username: Username must not contain spaces.",
+        ),
+        (
+            "al\tice",
+            "alice-pass",
+            "--username: Username contains control characters.",
+        ),
+        (
+            "alice",
+            &"p".repeat(129)[..],
+            "the password (in the environment variable): Password is too long",
+        ),
+    ] {
+        let output = portal(&["--config", path, "radius", "test", "--username", name])
+            .env("PORTAL_TEST_PASSWORD", password)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name:?}: {stderr}");
+        assert!(stderr.contains(said), "{name:?}: {stderr}");
+        assert!(stderr.contains("no Access-Request was sent"), "{stderr}");
+    }
+    let output = portal(&["--config", path, "radius", "test", "--username", " alice\t"])
+        .env("PORTAL_TEST_PASSWORD", "alice-pass")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("Access-Accept"),
+        "{output:?}"
+    );
+    assert!(
+        !radius
+            .auth_lines()
+            .iter()
+            .any(|l| l.contains("al ice") || l.contains("al\tice")),
+        "never sent"
+    );
 }
 
 /// A server with nothing listening answers with an ICMP port unreachable: `radius test`
