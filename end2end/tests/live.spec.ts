@@ -134,6 +134,38 @@ test("pages out of view let their streams go: six tabs leave a Disconnect room t
   await expect(first).toHaveURL(url("/"), { timeout: 5_000 });
 });
 
+test("seven pages in view make way for one's Disconnect: it goes out", async ({ context }) => {
+  const first = await context.newPage();
+  await logIn(first, "carol", "carol-pass");
+  await hydrated(first);
+  // Six more pages of the session (windows side by side), each put in view once all are
+  // loaded: seven streams, and over HTTP/1.1 a browser keeps six connections to a site.
+  await context.addInitScript(() => {
+    const w = window as unknown as { inView: boolean };
+    w.inView = false;
+    Object.defineProperty(document, "hidden", { configurable: true, get: () => !w.inView });
+  });
+  const tabs = [];
+  for (let i = 0; i < 6; i++) {
+    const tab = await context.newPage();
+    await tab.goto(url("/session"));
+    await hydrated(tab);
+    tabs.push(tab);
+  }
+  for (const tab of tabs) {
+    await tab.evaluate(() => {
+      (window as unknown as { inView: boolean }).inView = true;
+      document.dispatchEvent(new Event("visibilitychange"));
+    });
+  }
+  const last = tabs[tabs.length - 1];
+  await last.bringToFront();
+  await last.getByRole("button", { name: "Disconnect" }).click();
+  await expect(last).toHaveURL(url("/"), { timeout: 10_000 });
+  // The other pages learn it (polling while they make way, or their streams again).
+  await expect(first.getByRole("heading", { name: "Session ended" })).toBeVisible({ timeout: 15_000 });
+});
+
 test("the Accept's Reply-Message is shown while the session runs, and a last-minute warning", async ({ page, context }) => {
   await logIn(page, "erin", "erin-pass");
   await expect(page.getByTestId("reply-message")).toHaveText("Welcome, erin");

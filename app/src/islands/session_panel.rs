@@ -189,6 +189,7 @@ pub fn SessionPanel() -> impl IntoView {
                 return;
             }
             under_way.set(true);
+            live::make_way();
             let form = super::fetch::csrf_form(Some(&token));
             leptos::task::spawn_local(async move {
                 let result = if refresh {
@@ -458,6 +459,35 @@ mod live {
         MISSES.store(0, Ordering::SeqCst);
     }
 
+    /// The channel the portal's pages in this browser make way for each other's Refreshes and
+    /// Disconnects on ([`make_way`]).
+    const PAGES_CHANNEL: &str = "radius-portal-pages";
+
+    /// How long a page that made way lets its stream be (ms), polling meanwhile.
+    const MADE_WAY_MS: f64 = 10_000.0;
+
+    /// Until when (this page's monotonic ms, as bits) it lets its stream be.
+    static MADE_WAY_UNTIL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    thread_local! {
+        /// This page's sender on [`PAGES_CHANNEL`] (its messages reach every other listener,
+        /// this page's own included).
+        static SENDER: Option<web_sys::BroadcastChannel> =
+            web_sys::BroadcastChannel::new(PAGES_CHANNEL).ok();
+    }
+
+    /// Before a Refresh or Disconnect: every page of the portal in this browser lets its live
+    /// stream go for [`MADE_WAY_MS`] (polling meanwhile), so the request gets a connection.
+    /// Over HTTP/1.1 a browser keeps at most six to a site, and seven pages in view (windows
+    /// side by side) would hold them all with their streams: the request would wait for good.
+    pub fn make_way() {
+        SENDER.with(|sender| {
+            if let Some(sender) = sender {
+                let _ = sender.post_message(&wasm_bindgen::JsValue::TRUE);
+            }
+        });
+    }
+
     /// Asks the server how the session stands and applies the answer; a portal that cannot be
     /// reached is said (the countdown alone would go on as if all were well).
     /// One question at a time: on a link gone silent the 2 s polls would otherwise pile up
@@ -552,6 +582,18 @@ mod live {
         let url = format!("{base}{}", crate::api::LIVE_EVENTS_PATH);
         // When the page last opened a stream ([`REOPEN_MS`]).
         let opened = StoredValue::new(0.0f64);
+        // Another page's (or this one's) Refresh or Disconnect asks for connections.
+        if let Ok(pages) = web_sys::BroadcastChannel::new(PAGES_CHANNEL) {
+            let on_make_way: js_sys::Function = Closure::<dyn FnMut()>::new(move || {
+                MADE_WAY_UNTIL.store((monotonic_ms() + MADE_WAY_MS).to_bits(), Ordering::SeqCst);
+                close();
+            })
+            .into_js_value()
+            .unchecked_into();
+            pages.set_onmessage(Some(&on_make_way));
+            // Kept for the page's life (a channel dropped stops listening).
+            std::mem::forget(pages);
+        }
         let open = move || {
             close();
             if let Ok(es) = EventSource::new(&url) {
@@ -598,11 +640,13 @@ mod live {
                 let misses = MISSES.load(Ordering::SeqCst);
                 let visible = !document().hidden();
                 let running = ended.get_untracked().is_none();
+                let making_way = t < f64::from_bits(MADE_WAY_UNTIL.load(Ordering::SeqCst));
                 if misses >= 2 && closed {
                     close();
                 } else if misses == 0
                     && running
                     && visible
+                    && !making_way
                     && state.is_none_or(|s| {
                         s == EventSource::CLOSED && t - opened.get_value() >= REOPEN_MS
                     })
