@@ -134,6 +134,26 @@ test("pages out of view let their streams go: six tabs leave a Disconnect room t
   await expect(first).toHaveURL(url("/"), { timeout: 5_000 });
 });
 
+test("a page whose script comes late counts down from when the page came", async ({ page }) => {
+  // A slow link: the WebAssembly comes 5 s after the page, the portal's answers later still.
+  await page.route("**/pkg/*.wasm", async (route) => {
+    await new Promise((resolve) => setTimeout(resolve, 5_000));
+    await route.continue();
+  });
+  for (const path of ["**/api/session_status", "**/session/events"]) {
+    await page.route(path, async (route) => {
+      await new Promise((resolve) => setTimeout(resolve, 15_000));
+      await route.continue().catch(() => {});
+    });
+  }
+  await logIn(page, "carol", "carol-pass");
+  const shown = await secondsLeft(page);
+  await hydrated(page);
+  // Its first tick: the 5 s the script took are counted, not shown as time still left.
+  await expect.poll(() => secondsLeft(page)).not.toBe(shown);
+  expect(await secondsLeft(page)).toBeLessThanOrEqual(shown - 4);
+});
+
 test("seven pages in view make way for one's Disconnect: it goes out", async ({ context }) => {
   const first = await context.newPage();
   await logIn(first, "carol", "carol-pass");

@@ -110,7 +110,10 @@ pub fn SessionPanel() -> impl IntoView {
     let ended = RwSignal::new(None::<EndReason>);
     let hydrated = RwSignal::new(false);
     let now = RwSignal::new(monotonic_ms());
-    let deadline = RwSignal::new(now.get_untracked() + state.get_untracked().remaining_ms as f64);
+    // Counted from when the page came (its times were measured as it was rendered): on a slow
+    // link its script runs seconds later.
+    let received = page_received_ms();
+    let deadline = RwSignal::new(received + state.get_untracked().remaining_ms as f64);
     // Without JavaScript, a failed form post comes back with its error (rendered by the
     // server); in the browser, the island's own requests set it.
     let error = RwSignal::new(form_post_error());
@@ -123,10 +126,7 @@ pub fn SessionPanel() -> impl IntoView {
     // With it, whether that Refresh changed nothing (one a few seconds before had).
     let refreshed = RwSignal::new(None::<(i64, bool)>);
     // From when a refresh reaches the limit before a whole window (monotonic ms).
-    let limit_reached_from = RwSignal::new(reaches_limit_at(
-        now.get_untracked(),
-        &state.get_untracked(),
-    ));
+    let limit_reached_from = RwSignal::new(reaches_limit_at(received, &state.get_untracked()));
     let reaches_limit =
         Memo::new(move |_| limit_reached_from.get().is_some_and(|at| now.get() >= at));
     let remaining_secs = move || ((deadline.get() - now.get()).max(0.0) / 1000.0).ceil() as u64;
@@ -749,6 +749,33 @@ fn local_time(unix_ms: i64) -> Option<String> {
         let _ = unix_ms;
         None
     }
+}
+
+/// When this page's answer began to arrive (monotonic ms; now if the browser does not say):
+/// its times were measured just before it was sent.
+fn page_received_ms() -> f64 {
+    let now = monotonic_ms();
+    #[cfg(feature = "hydrate")]
+    {
+        use wasm_bindgen::JsValue;
+        let number = |object: &JsValue, key: &str| {
+            js_sys::Reflect::get(object, &JsValue::from_str(key))
+                .ok()
+                .and_then(|v| v.as_f64())
+        };
+        if let Some(performance) = window().performance() {
+            let origin = number(&performance, "timeOrigin");
+            let start = js_sys::Reflect::get(&performance, &JsValue::from_str("timing"))
+                .ok()
+                .and_then(|timing| number(&timing, "responseStart"));
+            if let (Some(origin), Some(start)) = (origin, start) {
+                if start > 0.0 {
+                    return (start - origin).clamp(0.0, now);
+                }
+            }
+        }
+    }
+    now
 }
 
 /// The error of a no-JS form post of this panel, as the server renders it (`ServerAction` reads

@@ -567,7 +567,7 @@ pub(crate) struct Caller<'a> {
     /// A page asked for (GET/HEAD), not a form sent.
     viewing: bool,
     /// The sign-in page of the organization the request was for (`/o/{slug}/` or `/`).
-    home: String,
+    pub(crate) home: String,
     /// The portal runs in demo mode (its refusal pages say so too).
     demo: bool,
 }

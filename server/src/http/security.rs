@@ -218,11 +218,25 @@ pub fn cross_site_refusal(site: &SiteSecurity, request: &Request) -> Option<Resp
         host = %header(header::HOST),
         expected = site.public_url.as_ref().map_or_else(|| "the Host header's host and port (no public_url)".to_string(), |u| u.origin()),
         "cross-site request refused");
+    // With a `public_url`, the page may have been the portal's own, opened at another
+    // address (its IP, another name a captive redirect used): the way on is the portal's
+    // address, not this one's `/`, whose form would be refused again.
+    let mut caller = super::Caller::of(request);
+    let message = match &site.public_url {
+        Some(public) => {
+            caller.home = format!("{}{}", public.origin(), caller.home);
+            format!(
+                "{CROSS_SITE_REFUSED} The portal's address is {}: a page opened at another one cannot send its forms.",
+                public.origin()
+            )
+        }
+        None => CROSS_SITE_REFUSED.to_string(),
+    };
     Some(super::caller_error(
-        &super::Caller::of(request),
+        &caller,
         StatusCode::FORBIDDEN,
         "CrossSite",
-        CROSS_SITE_REFUSED,
+        &message,
     ))
 }
 
