@@ -810,7 +810,7 @@ fn names_alike(session_name: &str, typed: &str) -> bool {
 }
 
 /// A browser signed in already sent an out-of-date sign-in form with another name.
-pub(crate) const SIGNED_IN_AS_ANOTHER: &str = "This browser is already signed in here with another name, and this form is from before that. To sign in as someone else, send the form below: that ends the session signed in now. To keep it, go to your session page.";
+pub(crate) const SIGNED_IN_AS_ANOTHER: &str = "This browser is already signed in here with another name, and this form was not shown with that session (it is older, or came from a link). To sign in as someone else, send the form below: that ends the session signed in now. To keep it, go to your session page.";
 
 /// A state-changing request without this browser's form token: refused (logged).
 fn refused_form(supplied: &str) -> PortalError {
