@@ -1115,19 +1115,19 @@ async fn too_few_file_descriptors_to_serve_are_refused_at_start_up() {
     );
     assert!(!stderr.contains("listening"), "{stderr}");
     // 48 as the soft limit alone: raised to the hard one.
-    let mut serving = under("-Sn 48")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let _serving = common::PortalProcess::adopt(
+        under("-Sn 48")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     common::wait_until("the portal to say it is ready", || async {
         reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
             .await
             .is_ok_and(|r| r.status().is_success())
     })
     .await;
-    serving.kill().unwrap();
-    serving.wait().unwrap();
 }
 
 /// A database whose directory no one can make (under /proc: its mode says writable to root,

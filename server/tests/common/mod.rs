@@ -957,6 +957,12 @@ impl PortalProcess {
         PortalProcess(child)
     }
 
+    /// A portal process started otherwise (under a shell's limits, say): killed on drop too.
+    #[allow(dead_code)]
+    pub fn adopt(child: std::process::Child) -> PortalProcess {
+        PortalProcess(child)
+    }
+
     /// The process's id.
     #[allow(dead_code)]
     pub fn pid(&self) -> u32 {
