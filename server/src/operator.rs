@@ -983,10 +983,11 @@ pub async fn audit(settings: &Settings, command: AuditCommand) -> anyhow::Result
             before,
             json,
         } => {
+            // An empty one filters nothing, as the admin API's.
             let query = crate::storage::AuditQuery {
                 limit,
-                organization: org,
-                action,
+                organization: org.filter(|o| !o.is_empty()),
+                action: action.filter(|a| !a.is_empty()),
                 before,
             };
             for entry in storage.audit_entries(&query).await? {

@@ -129,11 +129,19 @@ fn descriptors_to_serve() -> anyhow::Result<Option<String>> {
     let Ok((limit, _)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return Ok(None);
     };
-    // Less the one reading the directory.
-    let Ok(open) = std::fs::read_dir("/proc/self/fd").map(|d| d.count().saturating_sub(1)) else {
-        return Ok(None);
+    // Less the one reading the directory; none left to read it with is none to serve with.
+    let open = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir.count().saturating_sub(1) as u64,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(nix::libc::EMFILE | nix::libc::ENFILE)
+            ) =>
+        {
+            limit
+        }
+        Err(_) => return Ok(None),
     };
-    let open = open as u64;
     let spare = limit.saturating_sub(open);
     if spare < SPARE_DESCRIPTORS {
         anyhow::bail!(
@@ -302,6 +310,9 @@ impl Application {
         if let Some(problem) = Storage::file_in_the_way(&settings.database) {
             anyhow::bail!("{problem}");
         }
+        // Too few descriptors already (before the database's own): refused before a database
+        // is made; looked at again once it is open, below.
+        descriptors_to_serve()?;
         let storage = Storage::connect(&settings.database, true)
             .await
             .with_context(|| {

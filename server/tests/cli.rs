@@ -1114,6 +1114,10 @@ async fn too_few_file_descriptors_to_serve_are_refused_at_start_up() {
         "{stderr}"
     );
     assert!(!stderr.contains("listening"), "{stderr}");
+    assert!(
+        !dir.path().join("portal.db").exists(),
+        "refused before a database is made"
+    );
     // 48 as the soft limit alone: raised to the hard one.
     let _serving = common::PortalProcess::adopt(
         under("-Sn 48")

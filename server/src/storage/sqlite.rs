@@ -459,13 +459,18 @@ pub(crate) fn write_access_problem(path: &Path, with_lock: bool) -> Option<Strin
             ));
         }
         // Writable as its mode says, and still no directory can be made there (not a
-        // directory, a file system such as /proc): tried, and undone.
-        let probe = existing.join(format!(".radius-portal-check-{}", std::process::id()));
+        // directory, a file system such as /proc): tried, and undone. One of that name there
+        // already (a check killed half-way) says directories can be made there.
+        let probe = existing.join(format!(
+            ".radius-portal-check-{}",
+            crate::hex(&rand::random::<[u8; 8]>())
+        ));
         return match std::fs::create_dir(&probe) {
             Ok(()) => {
                 let _ = std::fs::remove_dir(&probe);
                 None
             }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
             Err(e) => Some(format!(
                 "this user cannot make the database's directory {}: making a directory in {} fails ({e})",
                 dir.display(),
