@@ -470,20 +470,22 @@ mod live {
     static MADE_WAY_UNTIL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
     thread_local! {
-        /// This page's sender on [`PAGES_CHANNEL`] (its messages reach every other listener,
-        /// this page's own included).
-        static SENDER: Option<web_sys::BroadcastChannel> =
-            web_sys::BroadcastChannel::new(PAGES_CHANNEL).ok();
+        /// This page's end of [`PAGES_CHANNEL`], listening from [`follow`] on: what it sends
+        /// reaches every other page, not itself.
+        static PAGES: std::cell::RefCell<Option<web_sys::BroadcastChannel>> =
+            const { std::cell::RefCell::new(None) };
     }
 
-    /// Before a Refresh or Disconnect: every page of the portal in this browser lets its live
-    /// stream go for [`MADE_WAY_MS`] (polling meanwhile), so the request gets a connection.
-    /// Over HTTP/1.1 a browser keeps at most six to a site, and seven pages in view (windows
-    /// side by side) would hold them all with their streams: the request would wait for good.
+    /// Before a Refresh or Disconnect: every other page of the portal in this browser lets its
+    /// live stream go for [`MADE_WAY_MS`] (polling meanwhile), so the request gets a
+    /// connection. Over HTTP/1.1 a browser keeps at most six to a site, and seven pages in view
+    /// (windows side by side) would hold them all with their streams: the request would wait
+    /// for good. This page keeps its own: polling, its answers would take away what the
+    /// request's own failure says.
     pub fn make_way() {
-        SENDER.with(|sender| {
-            if let Some(sender) = sender {
-                let _ = sender.post_message(&wasm_bindgen::JsValue::TRUE);
+        PAGES.with(|pages| {
+            if let Some(pages) = pages.borrow().as_ref() {
+                let _ = pages.post_message(&wasm_bindgen::JsValue::TRUE);
             }
         });
     }
@@ -582,7 +584,7 @@ mod live {
         let url = format!("{base}{}", crate::api::LIVE_EVENTS_PATH);
         // When the page last opened a stream ([`REOPEN_MS`]).
         let opened = StoredValue::new(0.0f64);
-        // Another page's (or this one's) Refresh or Disconnect asks for connections.
+        // Another page's Refresh or Disconnect asks for connections.
         if let Ok(pages) = web_sys::BroadcastChannel::new(PAGES_CHANNEL) {
             let on_make_way: js_sys::Function = Closure::<dyn FnMut()>::new(move || {
                 MADE_WAY_UNTIL.store((monotonic_ms() + MADE_WAY_MS).to_bits(), Ordering::SeqCst);
@@ -591,8 +593,8 @@ mod live {
             .into_js_value()
             .unchecked_into();
             pages.set_onmessage(Some(&on_make_way));
-            // Kept for the page's life (a channel dropped stops listening).
-            std::mem::forget(pages);
+            // Kept for the page's life, and sent on by `make_way`.
+            PAGES.with(|kept| *kept.borrow_mut() = Some(pages));
         }
         let open = move || {
             close();
