@@ -368,7 +368,9 @@ async fn front_door<S: NextService>(
                 }
                 refusal
             }
-            None => next.run(request).await,
+            // A request waits for a stalled database's writes no longer than `/readyz`
+            // tolerates (`storage::answering`): a hung disk answers 503, not never.
+            None => crate::storage::answering(next.run(request)).await,
         };
         let (status, took) = (response.status(), started.elapsed());
         if status == StatusCode::SERVICE_UNAVAILABLE {

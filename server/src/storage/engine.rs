@@ -379,6 +379,15 @@ impl Drop for Queued<'_> {
     }
 }
 
+/// The writer thread at work (a batch, a checkpoint) until dropped.
+struct Working<'a>(&'a Progress);
+
+impl Drop for Working<'_> {
+    fn drop(&mut self) {
+        self.0.working.store(0, Ordering::SeqCst);
+    }
+}
+
 /// What `/readyz` needs to tell a stalled writer from an idle one, and what `/metrics` counts.
 #[derive(Default)]
 struct Progress {
@@ -386,6 +395,9 @@ struct Progress {
     queued: AtomicUsize,
     /// When the last batch finished (unix ms).
     last_batch: AtomicI64,
+    /// When the writer thread began the batch or checkpoint it is at (unix ms; 0: waiting for
+    /// work). A batch hung on the disk stays stalled when its callers have stopped waiting.
+    working: AtomicI64,
     /// Transactions committed under synchronous = FULL and under NORMAL.
     commits_full: AtomicU64,
     commits_normal: AtomicU64,
@@ -585,14 +597,53 @@ impl Engine {
     pub(crate) fn writer_alive(&self) -> bool {
         let progress = &self.inner.progress;
         let now = crate::access_session::now_ms();
-        let stalled = progress.queued.load(Ordering::SeqCst) > 0
-            && now - progress.last_batch.load(Ordering::SeqCst) > STALL_MS;
+        let stalled = self.stalled();
         let refusing = progress.refusing.load(Ordering::SeqCst)
             && now - progress.last_refusal.load(Ordering::SeqCst) < FAILING_FOR_MS;
         !self.inner.writer.is_finished()
             && !stalled
             && !refusing
             && !progress.lost.load(Ordering::SeqCst)
+    }
+
+    /// Whether the writer is stuck (a hung disk): the batch or checkpoint it is at began
+    /// [`STALL_MS`] ago, or writes wait and none has finished for as long.
+    fn stalled(&self) -> bool {
+        let progress = &self.inner.progress;
+        let now = crate::access_session::now_ms();
+        let working = progress.working.load(Ordering::SeqCst);
+        (working != 0 && now - working > STALL_MS)
+            || (progress.queued.load(Ordering::SeqCst) > 0
+                && now - progress.last_batch.load(Ordering::SeqCst) > STALL_MS)
+    }
+
+    /// Waits for `answer` — a write's result, the write gate —, or, for a request being
+    /// answered ([`super::answering`]), until the writer is stalled: the request is answered
+    /// (503) rather than kept waiting for a disk that may never come back. What it waited for
+    /// is given up: a write not yet begun never happens (its caller went away); one the hung
+    /// batch already holds is made when the disk comes back.
+    async fn waited<T>(
+        &self,
+        answer: impl std::future::Future<Output = T>,
+    ) -> Result<T, StorageError> {
+        if !super::answering_someone() {
+            return Ok(answer.await);
+        }
+        tokio::pin!(answer);
+        let mut wait = Duration::from_millis(STALL_MS as u64);
+        loop {
+            match tokio::time::timeout(wait, &mut answer).await {
+                Ok(answered) => return Ok(answered),
+                Err(_) if self.stalled() => {
+                    return Err(StorageError::Unreachable(format!(
+                        "the database has finished no write for {} s (its disk hung or far too slow?): the request stopped waiting",
+                        STALL_MS / 1000
+                    )))
+                }
+                // Waiting behind others while writes go on: wait on, looking again soon.
+                Err(_) => wait = Duration::from_secs(1),
+            }
+        }
     }
 
     /// What has been committed since the engine was opened.
@@ -607,8 +658,8 @@ impl Engine {
 
     /// Takes the write gate for a transaction made outside the engine (sqlx): the writer thread
     /// waits for it between batches instead of racing it for SQLite's lock.
-    pub(crate) async fn gate(&self) -> tokio::sync::OwnedMutexGuard<()> {
-        self.inner.gate.clone().lock_owned().await
+    pub(crate) async fn gate(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, StorageError> {
+        self.waited(self.inner.gate.clone().lock_owned()).await
     }
 
     /// Runs `work` in the next write batch and returns its result once the batch is durable.
@@ -700,8 +751,9 @@ impl Engine {
         let _counted = Queued(progress);
         let sent = self.inner.jobs.try_send(job as Box<dyn WriteJob>);
         let answered = match sent {
-            Ok(()) => answer
-                .await
+            Ok(()) => self
+                .waited(answer)
+                .await?
                 .map_err(|_| StorageError::Engine("the database writer has stopped".into()))
                 .and_then(|result| result),
             Err(mpsc::TrySendError::Full(_)) => Err(StorageError::Engine(
@@ -827,7 +879,12 @@ fn writer_loop(
         // been idle for an interval (the WAL does not stay large until the next write). The
         // writer wakes every interval even when idle: a small write committed on its caller's
         // thread ([`Engine::write_relaxed_small`]) never reaches this queue.
-        let first = match queue.recv_timeout(CHECKPOINT_INTERVAL) {
+        let first = queue.recv_timeout(CHECKPOINT_INTERVAL);
+        progress
+            .working
+            .store(crate::access_session::now_ms(), Ordering::SeqCst);
+        let _idle_after = Working(progress);
+        let first = match first {
             Ok(job) => job,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 // Found while idle too, so the files are saved and the log says so before
@@ -1209,7 +1266,7 @@ mod tests {
                 if let Some(started) = started.take() {
                     let _ = started.send(());
                 }
-                let _ = held.recv_timeout(Duration::from_secs(10));
+                let _ = held.recv_timeout(Duration::from_secs(60));
                 Ok(c.execute("INSERT INTO t (v) VALUES ('slow')", [])?)
             })
             .await
@@ -1534,6 +1591,49 @@ mod tests {
         assert_ne!(here.as_deref(), Some("sqlite-writer"));
     }
 
+    /// A hung disk (here: the writer held inside a write): a request's write gives up once the
+    /// writer has finished nothing for as long as `/readyz` tolerates, answered as the database
+    /// being away, and never happens; background work waits on and is done when the disk
+    /// comes back. The writer counts as stalled while its batch hangs, also when nobody waits
+    /// for it any more.
+    #[tokio::test]
+    async fn a_request_stops_waiting_for_a_stalled_writer_and_background_work_waits_on() {
+        let (_dir, engine) = engine().await;
+        let (release, busy) = hold_writer(&engine).await;
+        let asked = engine.clone();
+        let request = tokio::spawn(super::super::answering(async move {
+            asked
+                .write(|c| Ok(c.execute("INSERT INTO t (v) VALUES ('asked')", [])?))
+                .await
+        }));
+        let answer = tokio::time::timeout(Duration::from_secs(40), request)
+            .await
+            .expect("the request was answered while the writer hung")
+            .expect("task");
+        match answer {
+            Err(e @ StorageError::Unreachable(_)) => assert!(e.is_unavailable()),
+            other => panic!("expected the database to be away, got {other:?}"),
+        }
+        assert!(!engine.writer_alive(), "/readyz: stalled");
+        // Nobody waits for the hung batch any more: still stalled.
+        busy.abort();
+        assert!(busy.await.is_err(), "the held write's caller went away");
+        assert!(
+            !engine.writer_alive(),
+            "/readyz: stalled while the batch hangs"
+        );
+        let background = engine.clone();
+        let later = tokio::spawn(async move {
+            background
+                .write(|c| Ok(c.execute("INSERT INTO t (v) VALUES ('background')", [])?))
+                .await
+        });
+        release.send(()).expect("release the writer");
+        later.await.expect("task").expect("background write");
+        assert!(engine.writer_alive());
+        assert_eq!(values(&engine), ["slow", "background"]);
+    }
+
     #[test]
     fn checkpoints_wait_for_enough_writes_and_time_under_load_but_not_past_the_limit() {
         let interval = CHECKPOINT_INTERVAL;
@@ -1594,7 +1694,7 @@ mod tests {
     #[tokio::test]
     async fn the_writer_waits_for_a_transaction_holding_the_gate() {
         let (_dir, engine) = engine().await;
-        let gate = engine.gate().await;
+        let gate = engine.gate().await.expect("not answering a request: waits");
         let writer = engine.clone();
         let write = tokio::spawn(async move {
             writer

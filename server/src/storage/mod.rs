@@ -45,6 +45,21 @@ mod engine;
 tokio::task_local! {
     /// Set for the portal's background work ([`background`]).
     static BACKGROUND: bool;
+    /// Set while a request is being answered ([`answering`]).
+    static ANSWERING: ();
+}
+
+/// Runs `work` as the answer to a request (the HTTP layer wraps every request in it): a write
+/// it waits for gives up once the database has finished no write for as long as `/readyz`
+/// tolerates (a hung disk), and the request is answered 503 instead of never. Work that runs
+/// on after its request went away (`run_to_end`'s task) waits as long as it takes.
+pub fn answering<F: std::future::Future>(work: F) -> impl std::future::Future<Output = F::Output> {
+    ANSWERING.scope((), work)
+}
+
+/// Whether the current task is answering a request ([`answering`]).
+pub(crate) fn answering_someone() -> bool {
+    ANSWERING.try_with(|_| ()).is_ok()
 }
 
 /// Runs `work` as background work: the supervised loops (expiry, accounting, organization

@@ -525,7 +525,7 @@ impl OrgBackend for SqliteStore {
         if let Some(lost) = self.engine.files_lost() {
             return Err(lost);
         }
-        let gate = self.engine.gate().await;
+        let gate = self.engine.gate().await?;
         // Again under the gate: the writer thread may have found the files gone (and saved a
         // copy) while this waited for it.
         if let Some(lost) = self.engine.files_lost() {
