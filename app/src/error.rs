@@ -54,7 +54,7 @@ pub enum PortalError {
     /// The portal's database cannot be reached or written right now (a restart, a full disk):
     /// what was asked was not done (a sign-in whose session could be opened but not linked to
     /// the browser had it ended, Stop sent). Retry later.
-    #[error("The portal cannot reach its records right now, so this could not be done. Please try again in a minute.")]
+    #[error("The portal cannot reach its records right now, so this may not have been done. Please try again in a minute.")]
     Unavailable,
     /// The server accepted the sign-in with an answer the portal cannot use (a session length
     /// it cannot read, a service it does not provide, attributes that leave no room for the

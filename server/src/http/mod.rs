@@ -51,7 +51,7 @@ pub struct RouterParts {
     pub form_tokens: form_token::FormTokens,
     /// Proxies whose forwarding headers are believed.
     pub trusted_proxies: client_ip::TrustedProxies,
-    /// Database handle for readiness.
+    /// Database handle: readiness, and the front door's cut-off while it is stalled.
     pub storage: crate::storage::Storage,
     /// Background tasks' health for readiness.
     pub tasks: crate::supervise::TaskHealth,
@@ -158,7 +158,7 @@ pub fn router(parts: RouterParts) -> Site {
     route(
         "/readyz",
         get(readyz).with_state(Readiness {
-            storage,
+            storage: storage.clone(),
             tasks,
             organizations: organizations.clone(),
             radius_health,
@@ -224,6 +224,7 @@ pub fn router(parts: RouterParts) -> Site {
     let stack = tower::ServiceBuilder::new()
         // Outermost: every answer counts and is logged, refusals included.
         .layer(MiddlewareLayer(FrontDoor {
+            storage,
             organizations,
             metrics,
             site: site_security.clone(),
@@ -285,6 +286,7 @@ impl RouteLabels {
 /// What [`front_door`] needs.
 #[derive(Clone)]
 struct FrontDoor {
+    storage: crate::storage::Storage,
     organizations: std::sync::Arc<crate::organizations::Organizations>,
     metrics: crate::metrics::Metrics,
     site: security::SiteSecurity,
@@ -303,6 +305,7 @@ struct FrontDoor {
 ///   organization's id is redirected to the id as written;
 /// - cross-site state-changing requests and unusable forwarding data are refused, and the
 ///   client's address is put into the request;
+/// - the request waits for a hung disk no longer than `/readyz` tolerates (`CutShort`);
 /// - the answer gets the security headers, is counted by route ([`RouteLabels`]: the route's
 ///   path, so labels stay bounded: `/pkg` for assets, the admin API's prefix for its calls,
 ///   `other` for static files and unknown paths) and status, and is logged: at `debug` every
@@ -369,8 +372,22 @@ async fn front_door<S: NextService>(
                 refusal
             }
             // A request waits for a stalled database's writes no longer than `/readyz`
-            // tolerates (`storage::answering`): a hung disk answers 503, not never.
-            None => crate::storage::answering(next.run(request)).await,
+            // tolerates (`storage::answering`): a hung disk answers 503, not never. Whatever
+            // else it waits for then (a read stuck on the hung file) is cut short here, a
+            // little later, so that a write's own refusal answers first where it can (a form
+            // gets its own page back): a request is dropped the same way when its client goes
+            // away.
+            None => {
+                let cut_short = CutShort::of(&request);
+                tokio::select! {
+                    biased;
+                    response = crate::storage::answering(next.run(request)) => response,
+                    () = async {
+                        door.storage.until_stalled().await;
+                        tokio::time::sleep(CUT_SHORT_AFTER_STALL).await;
+                    } => cut_short.answer(),
+                }
+            }
         };
         let (status, took) = (response.status(), started.elapsed());
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -609,6 +626,70 @@ impl<'a> Caller<'a> {
     /// [`Caller::new`] of a request's parts.
     pub(crate) fn of_parts(parts: &'a axum::http::request::Parts) -> Self {
         Self::new(&parts.method, &parts.uri, &parts.headers, &parts.extensions)
+    }
+}
+
+/// How long after the database is found stalled [`front_door`] cuts a request short.
+const CUT_SHORT_AFTER_STALL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What the answer of a request cut short needs ([`front_door`]: the database stalled), kept
+/// from the request before it goes to the routes.
+struct CutShort {
+    html: bool,
+    viewing: bool,
+    home: String,
+    demo: bool,
+}
+
+impl CutShort {
+    fn of<B>(request: &axum::http::Request<B>) -> Self {
+        let Caller {
+            headers,
+            viewing,
+            home,
+            demo,
+        } = Caller::of(request);
+        CutShort {
+            html: app::service::accepts_html(headers),
+            viewing,
+            home,
+            demo,
+        }
+    }
+
+    /// 503, as a page or as JSON: the portal cannot reach its records.
+    fn answer(self) -> Response {
+        static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+        if let Some(left_out) = LOG.admit() {
+            tracing::warn!(
+                similar_left_out = left_out,
+                "request cut short: the database has finished no write for 10 s (a hung disk?)"
+            );
+        }
+        static HTML: std::sync::OnceLock<axum::http::HeaderMap> = std::sync::OnceLock::new();
+        static OTHER: std::sync::OnceLock<axum::http::HeaderMap> = std::sync::OnceLock::new();
+        let headers = if self.html {
+            HTML.get_or_init(|| {
+                let mut accept = axum::http::HeaderMap::new();
+                accept.insert(header::ACCEPT, HeaderValue::from_static("text/html"));
+                accept
+            })
+        } else {
+            OTHER.get_or_init(axum::http::HeaderMap::new)
+        };
+        let caller = Caller {
+            headers,
+            viewing: self.viewing,
+            home: self.home,
+            demo: self.demo,
+        };
+        let error = app::error::PortalError::Unavailable;
+        caller_error(
+            &caller,
+            crate::portal_backend::status_of(&error),
+            "Unavailable",
+            &error.to_string(),
+        )
     }
 }
 
@@ -1093,6 +1174,38 @@ mod tests {
         assert_eq!(home(Method::GET, "/", Some("")), ("/".into(), true));
         assert_eq!(home(Method::GET, "/session", None), ("/".into(), true));
         assert_eq!(home(Method::HEAD, "/o/", None), ("/".into(), true));
+    }
+
+    /// A request cut short by a hung disk gets the 503 its kind of caller reads: a page linking
+    /// to its organization's sign-in page, or the server fns' JSON.
+    #[tokio::test]
+    async fn a_request_cut_short_is_answered_as_its_caller_reads() {
+        use axum::http::{header, HeaderValue, Request, StatusCode};
+        async fn body(response: Response) -> (StatusCode, String) {
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .expect("body");
+            (status, String::from_utf8(body.to_vec()).expect("text"))
+        }
+        let mut form = Request::post("/api/disconnect")
+            .header(header::ACCEPT, HeaderValue::from_static("text/html,*/*"))
+            .body(())
+            .unwrap();
+        form.extensions_mut().insert(org_scope::OrgScope {
+            id: "beta".into(),
+            base: "/o/beta".into(),
+        });
+        let (status, page) = body(CutShort::of(&form).answer()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(page.contains("cannot reach its records"), "{page}");
+        assert!(page.contains("href=\"/o/beta/\""), "{page}");
+        assert!(page.contains("send it again"), "a form sent: {page}");
+        let script = Request::post("/api/disconnect").body(()).unwrap();
+        let (status, json) = body(CutShort::of(&script).answer()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let error: app::error::PortalError = serde_json::from_str(&json).expect(&json);
+        assert_eq!(error, app::error::PortalError::Unavailable);
     }
 
     #[test]

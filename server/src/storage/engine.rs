@@ -629,20 +629,21 @@ impl Engine {
         if !super::answering_someone() {
             return Ok(answer.await);
         }
-        tokio::pin!(answer);
-        let mut wait = Duration::from_millis(STALL_MS as u64);
-        loop {
-            match tokio::time::timeout(wait, &mut answer).await {
-                Ok(answered) => return Ok(answered),
-                Err(_) if self.stalled() => {
-                    return Err(StorageError::Unreachable(format!(
-                        "the database has finished no write for {} s (its disk hung or far too slow?): the request stopped waiting",
-                        STALL_MS / 1000
-                    )))
-                }
-                // Waiting behind others while writes go on: wait on, looking again soon.
-                Err(_) => wait = Duration::from_secs(1),
-            }
+        tokio::select! {
+            answered = answer => Ok(answered),
+            () = self.until_stalled() => Err(StorageError::Unreachable(format!(
+                "the database has finished no write for {} s (its disk hung or far too slow?): the request stopped waiting",
+                STALL_MS / 1000
+            ))),
+        }
+    }
+
+    /// Resolves once the writer is stalled ([`Engine::stalled`]), looked at first after
+    /// [`STALL_MS`] (nothing waited on can be stalled sooner) and then every second.
+    pub(crate) async fn until_stalled(&self) {
+        tokio::time::sleep(Duration::from_millis(STALL_MS as u64)).await;
+        while !self.stalled() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 

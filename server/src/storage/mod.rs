@@ -670,6 +670,16 @@ impl Storage {
         }
     }
 
+    /// Resolves once the database's writes are stalled (SQLite: a hung disk, as `/readyz`
+    /// says); never on PostgreSQL (a server away is found by its own checks: calls then fail
+    /// at once).
+    pub async fn until_stalled(&self) {
+        match &self.backend {
+            Backend::Sqlite(store) => store.engine.until_stalled().await,
+            Backend::Postgres(_) => std::future::pending().await,
+        }
+    }
+
     /// Whether writes can be made (SQLite: the engine's writer thread runs; PostgreSQL: the
     /// pool is open); `/readyz` asks.
     pub fn writable(&self) -> bool {
