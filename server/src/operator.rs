@@ -868,13 +868,6 @@ async fn set_state(
     active: bool,
 ) -> anyhow::Result<Outcome> {
     let cache = cache(storage).await?;
-    // A disable's stop not yet made (no portal ran, or it had not come to it) is skipped by
-    // the enable: its sessions keep running, and the operator hears so.
-    let kept = if active {
-        organizations::kept_by_an_enable(storage, id).await?
-    } else {
-        None
-    };
     // The sessions a disable stops, counted before it: a running portal (a replica) may have
     // stopped them by the time the disable returns.
     // Not read: said without a count (a failed read never keeps a disable from being made).
@@ -892,13 +885,18 @@ async fn set_state(
             )
         })? {
         None => return Ok(Outcome::NotFound(id.to_string())),
-        Some(false) if active => say!("organization {id} is already active"),
-        Some(false) => say!("organization {id} is already disabled"),
-        Some(true) if active => {
-            let kept = kept.map_or_else(String::new, |open| format!("; the disable's stop of its sessions was not done and is skipped: its {open} open session(s) keep running (`org disable {id}` stops them)"));
-            say!("organization {id} enabled{kept}");
+        Some(change) if !change.changed && active => say!("organization {id} is already active"),
+        Some(change) if !change.changed => say!("organization {id} is already disabled"),
+        // A disable's stop not yet done (no portal ran, or it had not come to it, or it was
+        // under way) is skipped by the enable: the sessions it left keep running, and the
+        // operator hears so — with the counts of the enable's own write (and audit entry).
+        Some(change) if active => {
+            let skipped = change
+                .skipped_stop
+                .map_or_else(String::new, |skipped| skipped_stop_said(id, skipped));
+            say!("organization {id} enabled{skipped}");
         }
-        Some(true) => {
+        Some(_) => {
             // Those past their deadline (no portal ran to end them) end by it instead.
             let now = crate::access_session::now_ms();
             let (open, due): (Vec<_>, Vec<_>) =
@@ -925,6 +923,25 @@ async fn set_state(
 }
 
 /// The stored organizations, built (the change functions refresh it).
+/// What an enable says of the disable's stop it skipped (`; …`, after "enabled").
+fn skipped_stop_said(id: &str, skipped: crate::storage::SkippedStop) -> String {
+    let crate::storage::SkippedStop {
+        stopped_before,
+        open_sessions,
+    } = skipped;
+    let kept = match open_sessions {
+        0 => "none of its sessions is open".to_string(),
+        n => format!("its {n} open session(s) keep running (`org disable {id}` stops them)"),
+    };
+    match stopped_before {
+        0 if open_sessions == 0 => String::new(),
+        0 => format!("; the disable's stop of its sessions was not done and is skipped: {kept}"),
+        n => format!(
+            "; the disable's stop of its sessions was under way: {n} session(s) were stopped already (Accounting-Stop, Admin-Reset) and stay stopped; the rest is skipped: {kept}"
+        ),
+    }
+}
+
 async fn cache(storage: &Storage) -> anyhow::Result<Organizations> {
     Organizations::load(storage)
         .await

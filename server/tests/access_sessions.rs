@@ -2858,21 +2858,46 @@ async fn a_changed_window_or_lifetime_applies_from_each_sessions_next_refresh() 
                 .unwrap()
         }
     };
-    assert!(change(serde_json::json!({ "default_window": "10m", "max_lifetime": "2h" })).await);
-    // What the page offers says so before the refresh (a refresh gives 10 minutes).
+    // A shorter window never cuts short the time a session has (black-box tester R's D2: a
+    // refresh moved the end of a session the status said it would not move 4.5 minutes
+    // earlier): it reaches the session once it would end later than the end it has. Until
+    // then no Refresh is offered, and one made anyway (a script) keeps the end.
+    assert!(change(serde_json::json!({ "default_window": "10m" })).await);
+    assert!(
+        !app.sessions.can_extend(&carol),
+        "a refresh would not move the end later"
+    );
+    let (refreshed, written) = app.sessions.refresh(carol.id).await.unwrap();
+    assert!(written, "refreshed: an Interim-Update");
+    assert_eq!(
+        refreshed.window_ms, 600_000,
+        "the organization's window now"
+    );
+    assert_eq!(
+        refreshed.expires_at, carol.expires_at,
+        "the end the session had"
+    );
+    let carol = refreshed;
+    assert!(change(serde_json::json!({ "max_lifetime": "2h" })).await);
+    // What the page offers says so before the refresh (a refresh gives 10 minutes, within
+    // the limit the new `max_lifetime` gives).
     let next = app.sessions.next_terms(&carol).expect("acme is known");
     assert_eq!(
         (next.window_ms, next.limit_at),
         (600_000, Some(carol.started_at + 2 * 3_600_000))
     );
+    wait_until("carol's refresh quiet time over", || async {
+        radius_portal::access_session::now_ms() - carol.refreshed_at > 5_000
+    })
+    .await;
     let (refreshed, written) = app.sessions.refresh(carol.id).await.unwrap();
     assert!(written);
-    assert_eq!(
-        refreshed.window_ms, 600_000,
-        "the organization's window now"
-    );
     assert_eq!(refreshed.limit_at, Some(carol.started_at + 2 * 3_600_000));
-    assert_eq!(refreshed.expires_at, refreshed.refreshed_at + 600_000);
+    assert_eq!(
+        refreshed.expires_at,
+        carol.started_at + 2 * 3_600_000,
+        "ends by the new limit, not earlier"
+    );
     let (lena_refreshed, _) = app.sessions.refresh(lena.id).await.unwrap();
     assert_eq!(
         (lena_refreshed.window_ms, lena_refreshed.limit_at),

@@ -833,6 +833,7 @@ async fn a_terminate_whose_stop_a_refresh_made_is_audited_as_such() {
                 window_ms: session.window_ms,
                 limit_at: session.limit_at,
                 expires_at: session.expires_at + 60_000,
+                follows: None,
             },
         )
         .await
@@ -941,6 +942,59 @@ async fn an_enable_before_the_disables_stop_ran_says_the_sessions_keep_running()
     let said = String::from_utf8_lossy(&enable.stdout);
     assert_eq!(said.trim(), "organization acme enabled", "{enable:?}");
     app.stop().await;
+}
+
+/// An enable while a running portal's stop of the disabled organization's sessions is under way
+/// (a batch done, the job still open): the sessions stopped stay stopped, and the enable says
+/// how many — with the counts of its own write, which its audit entry has too.
+#[tokio::test]
+async fn an_enable_while_the_disables_stop_is_under_way_says_what_it_stopped() {
+    let (_radius, _dir, _db, config, _settings, app, _session) = cli_portal_with("carol", 50).await;
+    let storage = app.storage.clone();
+    app.stop().await;
+
+    let disable = portal(&config, &["org", "disable", "acme"]).await;
+    assert!(disable.status.success(), "{disable:?}");
+    // A running portal's first batch of the job (its worker's own call).
+    let job = storage
+        .pending_organization_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|j| j.organization_id == "acme" && j.kind == "stop_sessions")
+        .expect("the disable's job");
+    let batch = storage
+        .stop_disabled_sessions(
+            "acme",
+            job.id,
+            radius_portal::radius::terminate_cause::ADMIN_RESET,
+            job.created_at,
+            1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 1, "one session stopped by the batch");
+    let enable = portal(&config, &["org", "enable", "acme"]).await;
+    assert!(enable.status.success(), "{enable:?}");
+    let said = String::from_utf8_lossy(&enable.stdout);
+    assert!(
+        said.contains("organization acme enabled")
+            && said.contains("was under way: 1 session(s) were stopped already")
+            && said.contains("none of its sessions is open")
+            && !said.contains("not done"),
+        "{said}"
+    );
+    let entry = storage
+        .audit_tail(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.action == "org.enable")
+        .expect("the enable audited");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&entry.detail).unwrap()["skipped_stop"],
+        serde_json::json!({ "open_sessions": 0, "stopped_before": 1 })
+    );
 }
 
 #[tokio::test]

@@ -146,7 +146,8 @@ async fn a_browser_moves_between_replicas_and_a_disable_holds_on_both() {
                 radius_portal::access_session::now_ms()
             )
             .await
-            .unwrap(),
+            .unwrap()
+            .map(|change| change.changed),
         Some(true)
     );
     let auths = radius.auth_lines().len();

@@ -75,6 +75,7 @@ fn refreshed_until(now: i64, expires_at: i64) -> RefreshTerms {
         window_ms: expires_at - now,
         limit_at: None,
         expires_at,
+        follows: None,
     }
 }
 
@@ -153,6 +154,7 @@ on_both_backends!(
     a_disabled_organization_gets_no_session_and_a_stop_job,
     a_refresh_after_a_disable_is_refused_and_queues_nothing,
     a_disabled_organizations_sessions_stop_in_batches_and_an_enable_keeps_the_rest,
+    two_refreshes_sent_together_make_one,
     due_sessions_stop_once_at_their_deadline_across_replicas,
     outbox_rows_go_in_order_and_no_claim_is_shared,
     a_stops_copies_are_queued_once_for_their_servers_alone,
@@ -600,6 +602,7 @@ async fn a_session_opens_refreshes_and_stops_once(db: Db) {
         window_ms: 5 * MINUTE,
         limit_at: Some(T0 + 20 * MINUTE),
         expires_at: T0 + 7 * MINUTE,
+        follows: None,
     };
     let refreshed = s
         .refresh_session(opened.id, T0 + 2 * MINUTE, terms)
@@ -667,6 +670,7 @@ async fn a_session_opens_refreshes_and_stops_once(db: Db) {
             window_ms: 10 * MINUTE,
             limit_at: Some(T0 + MINUTE),
             expires_at: T0 + MINUTE,
+            follows: None,
         };
         assert_eq!(
             s.refresh_session(id, T0 + 2 * MINUTE, passed)
@@ -847,13 +851,15 @@ async fn a_disabled_organization_gets_no_session_and_a_stop_job(db: Db) {
     assert_eq!(
         s.set_organization_active("acme", false, "cli:test", T0)
             .await
-            .unwrap(),
+            .unwrap()
+            .map(|change| change.changed),
         Some(true)
     );
     assert_eq!(
         s.set_organization_active("acme", false, "cli:test", T0)
             .await
-            .unwrap(),
+            .unwrap()
+            .map(|change| change.changed),
         Some(false)
     );
     assert_eq!(
@@ -938,6 +944,52 @@ async fn a_refresh_after_a_disable_is_refused_and_queues_nothing(db: Db) {
 /// write each, with their Stops queued and their ends audited; none while the organization is
 /// active, so an enable committed between two batches keeps the rest; another organization's
 /// sessions never.
+/// Two refreshes sent together (two tabs, a double click, two replicas) follow the same
+/// refresh: the first written restarts the window and queues an Interim-Update; the other
+/// changes nothing and is answered with the session as the first left it. One that follows the
+/// first is made.
+async fn two_refreshes_sent_together_make_one(db: Db) {
+    let s = &db.storage;
+    let id = opened(s, login("10.0.9.1", T0, 10 * MINUTE)).await;
+    let following = |follows: i64, now: i64| RefreshTerms {
+        follows: Some(follows),
+        ..refreshed_until(now, now + 10 * MINUTE)
+    };
+    let interims = || async {
+        s.session_outbox(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.status_type == INTERIM)
+            .map(|e| e.id)
+            .collect::<Vec<_>>()
+    };
+    let first = s
+        .refresh_session(id, T0 + MINUTE, following(T0, T0 + MINUTE))
+        .await
+        .unwrap()
+        .expect("refreshed");
+    assert_eq!(first.refreshed_at, T0 + MINUTE);
+    let queued = interims().await;
+    assert_eq!(queued.len(), 1, "the first refresh's Interim-Update");
+    let second = s
+        .refresh_session(id, T0 + MINUTE + 5, following(T0, T0 + MINUTE + 5))
+        .await
+        .unwrap()
+        .expect("answered with the session as it stands");
+    assert_eq!(second.refreshed_at, T0 + MINUTE, "not refreshed again");
+    assert_eq!(second.expires_at, T0 + 11 * MINUTE);
+    assert_eq!(interims().await, queued, "no second Interim-Update");
+    let third = s
+        .refresh_session(id, T0 + 2 * MINUTE, following(T0 + MINUTE, T0 + 2 * MINUTE))
+        .await
+        .unwrap()
+        .expect("refreshed");
+    assert_eq!(third.refreshed_at, T0 + 2 * MINUTE);
+    assert_eq!(third.expires_at, T0 + 12 * MINUTE);
+    assert_ne!(interims().await, queued, "its own Interim-Update");
+}
+
 async fn a_disabled_organizations_sessions_stop_in_batches_and_an_enable_keeps_the_rest(db: Db) {
     let s = &db.storage;
     s.seed_organization("beta", "Beta", "{}", None, 1, T0)
@@ -1000,17 +1052,27 @@ async fn a_disabled_organizations_sessions_stop_in_batches_and_an_enable_keeps_t
         2
     );
 
-    // Enabled between two batches: the next one stops nothing, and the enable closed the job.
-    s.set_organization_active("acme", true, "cli:test", T0 + 4)
+    // Enabled between two batches: the next one stops nothing, and the enable closed the job,
+    // saying what the stop had done and what it left running.
+    let enabled = s
+        .set_organization_active("acme", true, "cli:test", T0 + 4)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("found");
+    assert_eq!(
+        enabled.skipped_stop,
+        Some(radius_portal::storage::SkippedStop {
+            stopped_before: 2,
+            open_sessions: 4
+        })
+    );
     assert_eq!(job().await, None, "the enable closed the disable's job");
     let enable = s.audit_tail(1).await.unwrap().remove(0);
     assert_eq!(enable.action, "org.enable");
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&enable.detail).unwrap()["skipped_stop"],
-        serde_json::json!({ "open_sessions": 4 }),
-        "the enable's audit entry says the stop was skipped and what it left running"
+        serde_json::json!({ "open_sessions": 4, "stopped_before": 2 }),
+        "the enable's audit entry says the stop was cut short and what it left running"
     );
     let after_enable = s
         .stop_disabled_sessions("acme", first_job, admin_reset, T0 + 5, 2)

@@ -201,18 +201,21 @@ impl AccessSessions {
         &self.events
     }
 
-    /// Whether a Refresh could extend `session`: it ends by its window (not its limit) and its
-    /// organization is enabled as this process knows it (the session page's Refresh button,
-    /// the captive-portal API's `can-extend-session`; the refresh itself asks the guard).
-    /// Its limit is the one a refresh now would give ([`Self::next_terms`]: a `max_lifetime`
-    /// changed since the sign-in counts).
+    /// Whether a Refresh could extend `session`: it ends by its window (not its limit), a
+    /// refresh now would move its end later (not so while a `default_window` shortened since
+    /// ends sooner than the end it has), and its organization is enabled as this process knows
+    /// it (the session page's Refresh button, the captive-portal API's `can-extend-session`;
+    /// the refresh itself asks the guard). Its limit is the one a refresh now would give
+    /// ([`Self::next_terms`]: a `max_lifetime` changed since the sign-in counts).
     pub fn can_extend(&self, session: &AccessSessionRecord) -> bool {
         self.organizations
             .get(&session.organization_id)
             .is_some_and(|org| {
-                let limit_at = refresh_terms(session, &org, now_ms()).limit_at;
+                let next = refresh_terms(session, &org, now_ms());
                 org.active
-                    && timing::ends_by(session.expires_at, limit_at) == app::dto::EndsBy::Window
+                    && timing::ends_by(session.expires_at, next.limit_at)
+                        == app::dto::EndsBy::Window
+                    && next.expires_at > session.expires_at
             })
     }
 
@@ -1061,6 +1064,9 @@ impl AccessSessions {
                     )
                     .await);
             }
+            // Another refresh sent with this one came first: this one changed nothing (as one
+            // soon after the last).
+            Ok(Some(current)) if current.refreshed_at != now => return Ok((current, false)),
             Ok(Some(refreshed)) => refreshed,
             // Ended meanwhile, or by this write: an operator's stop that waited for the
             // session is made now, dated when it was asked for, or its shortened limit ends it
@@ -1451,10 +1457,16 @@ fn refresh_terms(session: &AccessSessionRecord, org: &Organization, now: i64) ->
         }
         None => (session.window_ms, session.limit_at),
     };
+    // A refresh never moves the end earlier: a `default_window` shortened since reaches the
+    // session once its new window ends later than the end it has (a refresh must not cut a
+    // user's time short; `can_extend` says whether it would move the end). Only a limit does
+    // (a `max_lifetime` shortened since).
+    let kept = limit_at.map_or(session.expires_at, |limit| session.expires_at.min(limit));
     RefreshTerms {
         window_ms,
         limit_at,
-        expires_at: timing::expires_at(now, window_ms, limit_at),
+        expires_at: timing::expires_at(now, window_ms, limit_at).max(kept),
+        follows: Some(session.refreshed_at),
     }
 }
 

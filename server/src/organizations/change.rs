@@ -490,7 +490,7 @@ pub async fn update(
         }
         return match set_active(storage, organizations, id, active, actor).await? {
             None => Err(ChangeError::NotFound(id.to_string())),
-            Some(changed) => Ok(changed),
+            Some(change) => Ok(change.changed),
         };
     }
     if !guard::allows(Operation::AdminUpdate, state) {

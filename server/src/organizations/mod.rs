@@ -667,7 +667,7 @@ pub async fn seed(
             if storage
                 .set_organization_active(&stored.id, false, "config", now)
                 .await?
-                == Some(true)
+                .is_some_and(|c| c.changed)
             {
                 tracing::warn!(organization = %stored.id, "organization removed from the configuration: disabled, its open sessions are stopped");
             }
@@ -1068,11 +1068,11 @@ pub async fn set_active(
     id: &str,
     active: bool,
     actor: &str,
-) -> Result<Option<bool>, OrganizationError> {
+) -> Result<Option<crate::storage::ActiveChange>, OrganizationError> {
     let changed = storage
         .set_organization_active(id, active, actor, crate::access_session::now_ms())
         .await?;
-    if changed == Some(true) {
+    if changed.is_some_and(|c| c.changed) {
         tracing::warn!(
             organization = id,
             active,

@@ -86,8 +86,8 @@ pub mod sqlite;
 pub mod web_sessions;
 
 pub use organizations::{
-    Audit, AuditEntry, AuditQuery, DeleteOutcome, OrganizationJob, OrganizationWrite, SeedOutcome,
-    StoredOrganization, UpdateOutcome,
+    ActiveChange, Audit, AuditEntry, AuditQuery, DeleteOutcome, OrganizationJob, OrganizationWrite,
+    SeedOutcome, SkippedStop, StoredOrganization, UpdateOutcome,
 };
 use postgres::PgStore;
 use sqlite::SqliteStore;
@@ -468,8 +468,9 @@ contract! {
         fn seed_organization(&self, id: &str, name: &str, settings_json: &str, enabled: Option<bool>, position: i64, now: i64) -> SeedOutcome;
         /// Enables or disables an organization: one transaction flips the flag, bumps the
         /// revisions, audits, and on disable queues the job that stops its open sessions.
-        /// `Ok(None)`: no such organization; `Ok(Some(changed))` otherwise.
-        fn set_organization_active(&self, id: &str, active: bool, actor: &str, now: i64) -> Option<bool>;
+        /// `Ok(None)`: no such organization; otherwise whether it changed, and what an enable
+        /// skipped of a disable's stop not yet done.
+        fn set_organization_active(&self, id: &str, active: bool, actor: &str, now: i64) -> Option<ActiveChange>;
         /// An organization no longer listed in the configuration: it is no longer the
         /// configuration's (its position is cleared).
         fn forget_config_position(&self, id: &str) -> ();
@@ -1037,6 +1038,10 @@ pub struct RefreshTerms {
     pub limit_at: Option<i64>,
     /// Its new deadline.
     pub expires_at: i64,
+    /// The refresh (or sign-in) this one follows, as the caller read it (`refreshed_at`): a
+    /// refresh made meanwhile (two sent together) wins, and this one changes nothing (the
+    /// session is answered as it stands, no Interim-Update). None: not checked.
+    pub follows: Option<i64>,
 }
 
 impl AccessSessionRecord {

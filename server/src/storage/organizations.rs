@@ -171,6 +171,24 @@ pub enum UpdateOutcome {
     ServerNeeded,
 }
 
+/// What enabling or disabling an organization did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActiveChange {
+    /// The flag changed (false: it was so already).
+    pub changed: bool,
+    /// An enable closed a disable's stop not yet done: what it left.
+    pub skipped_stop: Option<SkippedStop>,
+}
+
+/// A disable's stop of its sessions closed by an enable before it was done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkippedStop {
+    /// Sessions it had stopped already (Admin-Reset).
+    pub stopped_before: i64,
+    /// Open sessions it left: they keep running.
+    pub open_sessions: i64,
+}
+
 /// What an operator's delete did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeleteOutcome {
@@ -544,20 +562,34 @@ async fn bump_revision<B: OrgBackend>(backend: &B, c: &mut B::Conn) -> Result<()
 
 /// What [`set_active_in`] changed.
 struct Flipped {
-    /// An enable closed a disable's stop not yet done: the sessions it left running.
-    kept_by_enable: Option<i64>,
+    /// An enable closed a disable's stop not yet done: what it left.
+    skipped_stop: Option<SkippedStop>,
 }
 
 impl Flipped {
     /// Said once the change is committed (a rolled-back enable skipped nothing).
     fn log(&self, id: &str, actor: &str) {
-        if let Some(open) = self.kept_by_enable {
-            tracing::warn!(
+        match self.skipped_stop {
+            Some(SkippedStop {
+                stopped_before: 0,
+                open_sessions,
+            }) => tracing::warn!(
                 organization = id,
-                open_sessions = open,
+                open_sessions,
                 actor,
                 "organization enabled before its disable's stop was done: the stop is skipped, its open sessions keep running"
-            );
+            ),
+            Some(SkippedStop {
+                stopped_before,
+                open_sessions,
+            }) => tracing::warn!(
+                organization = id,
+                stopped_before,
+                open_sessions,
+                actor,
+                "organization enabled while its disable's stop was under way: the sessions it stopped stay stopped, the rest is skipped and keeps running"
+            ),
+            None => {}
         }
     }
 }
@@ -586,29 +618,47 @@ async fn set_active_in<B: OrgBackend>(
     bump_revision(backend, c).await?;
     let mut detail =
         serde_json::json!({ "before": { "active": !active }, "after": { "active": active } });
-    let mut kept_by_enable = None;
+    let mut skipped_stop = None;
     if active {
         // A disable's stop not yet done is skipped (design.md: the organization keeps its
         // sessions), and closed now, also one a portal is running (its batches stop only while
         // their job is open; PostgreSQL: this waits for a batch under way): a later disable's
-        // own job runs, dated by that disable. The enable's audit entry says so.
-        let closed = c
-            .execute(
-                "UPDATE organization_jobs SET done_at = $2, outcome = 'skipped: re-enabled' \
+        // own job runs, dated by that disable. The enable's audit entry says so, and how many
+        // sessions the stop had stopped already (each batch counts itself on the job's row).
+        let stopped: Option<(i64, i64)> = c
+            .fetch_optional(
+                "SELECT COUNT(*), CAST(COALESCE(SUM(stopped), 0) AS BIGINT) FROM organization_jobs \
                  WHERE organization_id = $1 AND kind = 'stop_sessions' AND done_at IS NULL",
-                &[Arg::Text(id), Arg::Int(now)],
+                &[Arg::Text(id)],
             )
             .await?;
-        if closed > 0 {
+        let (pending, stopped_before) = stopped.unwrap_or((0, 0));
+        if pending > 0 {
+            let outcome = match stopped_before {
+                0 => "skipped: re-enabled".to_string(),
+                n => format!("stopped {n} sessions, the rest skipped: re-enabled"),
+            };
+            c.execute(
+                "UPDATE organization_jobs SET done_at = $2, outcome = $3 \
+                 WHERE organization_id = $1 AND kind = 'stop_sessions' AND done_at IS NULL",
+                &[Arg::Text(id), Arg::Int(now), Arg::Text(&outcome)],
+            )
+            .await?;
             let open: Option<(i64,)> = c
                 .fetch_optional(
                     "SELECT COUNT(*) FROM access_sessions WHERE organization_id = $1 AND state = 'active'",
                     &[Arg::Text(id)],
                 )
                 .await?;
-            let open = open.map_or(0, |(n,)| n);
-            detail["skipped_stop"] = serde_json::json!({ "open_sessions": open });
-            kept_by_enable = Some(open);
+            let open_sessions = open.map_or(0, |(n,)| n);
+            detail["skipped_stop"] = serde_json::json!({
+                "open_sessions": open_sessions,
+                "stopped_before": stopped_before,
+            });
+            skipped_stop = Some(SkippedStop {
+                stopped_before,
+                open_sessions,
+            });
         }
     } else {
         c.execute(
@@ -629,7 +679,7 @@ async fn set_active_in<B: OrgBackend>(
         },
     )
     .await?;
-    Ok(Some(Flipped { kept_by_enable }))
+    Ok(Some(Flipped { skipped_stop }))
 }
 
 /// See [`OrganizationStore::sessions_needing_server`].
@@ -826,7 +876,7 @@ impl<B: OrgBackend> OrganizationStore for B {
         active: bool,
         actor: &str,
         now: i64,
-    ) -> Result<Option<bool>, StorageError> {
+    ) -> Result<Option<ActiveChange>, StorageError> {
         let mut change = self.begin_change().await?;
         let c = change.conn();
         let exists: Option<(String,)> = c
@@ -843,7 +893,10 @@ impl<B: OrgBackend> OrganizationStore for B {
         if let Some(flipped) = &flipped {
             flipped.log(id, actor);
         }
-        Ok(Some(flipped.is_some()))
+        Ok(Some(ActiveChange {
+            changed: flipped.is_some(),
+            skipped_stop: flipped.and_then(|f| f.skipped_stop),
+        }))
     }
 
     async fn forget_config_position(&self, id: &str) -> Result<(), StorageError> {

@@ -1338,17 +1338,23 @@ impl SessionStore for PgStore {
         let started_at: Option<i64> = sqlx::query_scalar(
             "UPDATE access_sessions SET refreshed_at = $1, expires_at = $2, \
              window_ms = $4, limit_at = $5, next_interim_at = $1 + interim_interval * 1000 \
-             WHERE id = $3 AND state = 'active' AND expires_at > $1 RETURNING started_at",
+             WHERE id = $3 AND state = 'active' AND expires_at > $1 \
+             AND ($6::BIGINT IS NULL OR refreshed_at = $6) RETURNING started_at",
         )
         .bind(now)
         .bind(terms.expires_at)
         .bind(id)
         .bind(terms.window_ms)
         .bind(terms.limit_at)
+        .bind(terms.follows)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(started_at) = started_at else {
-            return Ok(None);
+            // Refreshed meanwhile (another refresh sent with this one, perhaps through another
+            // replica: its commit was waited for): as it stands.
+            return Ok(session_by_id(&mut tx, id).await?.filter(|s| {
+                s.active && s.expires_at > now && terms.follows.is_some_and(|f| s.refreshed_at != f)
+            }));
         };
         enqueue_interim(&mut tx, id, started_at, now).await?;
         notify(&mut tx, &self.origin, &[Notice::Session(id)]).await?;
@@ -1515,9 +1521,10 @@ impl SessionStore for PgStore {
     ) -> Result<Vec<i64>, StorageError> {
         let mut tx = self.pool().begin().await?;
         // The organization's row is read under a share lock, as a login and a refresh read it:
-        // an enable committed meanwhile is seen, and one not yet committed waits for this. So
-        // is the job's row: an enable closes the job, and a closed job stops nothing more (a
-        // later disable's own job dates the Stops).
+        // an enable committed meanwhile is seen, and one not yet committed waits for this. The
+        // job's row is locked too (the batch counts itself on it): an enable closes the job —
+        // reading how many it stopped —, and a closed job stops nothing more (a later
+        // disable's own job dates the Stops).
         // Sessions another transaction holds (an interim sweep, a server move) are waited for,
         // not skipped: a skipped one would make the last batch come back empty and the job end
         // with that session still open.
@@ -1527,7 +1534,7 @@ impl SessionStore for PgStore {
              JOIN organization_jobs j ON j.id = $5 AND j.done_at IS NULL \
                AND j.organization_id = s.organization_id AND j.kind = 'stop_sessions' \
              WHERE s.organization_id = $1 AND s.state = 'active' AND NOT o.is_active \
-             AND s.expires_at > $2 ORDER BY s.id LIMIT $4 FOR UPDATE OF s FOR SHARE OF o, j"
+             AND s.expires_at > $2 ORDER BY s.id LIMIT $4 FOR UPDATE OF s, j FOR SHARE OF o"
         ))
         .bind(organization_id)
         .bind(event_at)
@@ -1540,6 +1547,13 @@ impl SessionStore for PgStore {
             .iter()
             .map(stopped_from_row)
             .collect::<Result<Vec<_>, _>>()?;
+        if !stopped.is_empty() {
+            sqlx::query("UPDATE organization_jobs SET stopped = stopped + $1 WHERE id = $2")
+                .bind(stopped.len() as i64)
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         notify(&mut tx, &self.origin, &session_notices(&stopped)).await?;
         tx.commit().await?;
         Ok(stopped.into_iter().map(|s| s.id).collect())

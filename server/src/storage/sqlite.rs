@@ -663,15 +663,25 @@ impl SessionStore for SqliteStore {
                     .prepare_cached(
                         "UPDATE access_sessions SET refreshed_at = ?1, expires_at = ?2, \
                          window_ms = ?4, limit_at = ?5, next_interim_at = ?1 + interim_interval * 1000 \
-                         WHERE id = ?3 AND state = 'active' AND expires_at > ?1 RETURNING started_at",
+                         WHERE id = ?3 AND state = 'active' AND expires_at > ?1 \
+                         AND (?6 IS NULL OR refreshed_at = ?6) RETURNING started_at",
                     )?
                     .query_row(
-                        params![now, terms.expires_at, id, terms.window_ms, terms.limit_at],
+                        params![
+                            now,
+                            terms.expires_at,
+                            id,
+                            terms.window_ms,
+                            terms.limit_at,
+                            terms.follows
+                        ],
                         |r| r.get(0),
                     )
                     .optional()?;
                 let Some(started_at) = started_at else {
-                    return Ok(None);
+                    // Refreshed meanwhile (another refresh sent with this one): as it stands.
+                    return Ok(session_by_id(c, id)?
+                        .filter(|s| s.active && s.expires_at > now && terms.follows.is_some_and(|f| s.refreshed_at != f)));
                 };
                 enqueue_interim(c, id, started_at, now)?;
                 session_by_id(c, id)
@@ -891,6 +901,10 @@ impl SessionStore for SqliteStore {
                     if stop_in(c, id, cause, event_at, None)? {
                         stopped.push(id);
                     }
+                }
+                if !stopped.is_empty() {
+                    c.prepare_cached("UPDATE organization_jobs SET stopped = stopped + ?1 WHERE id = ?2")?
+                        .execute(params![stopped.len() as i64, job_id])?;
                 }
                 Ok(stopped)
             })

@@ -494,6 +494,7 @@ impl TestApp {
         )
         .await
         .unwrap()
+        .map(|change| change.changed)
     }
 
     /// Graceful shutdown, as on SIGTERM.
