@@ -31,6 +31,19 @@ macro_rules! no_stop_pending {
 }
 pub(crate) use no_stop_pending;
 
+/// SQL: the session `s`'s Start has been acknowledged. One whose Start is still on its way (a
+/// sign-in under way or cut off, its Start held or unanswered) gets no periodic Interim-Update:
+/// its user may never have had it (the sign-in is then ended with a NAS-Error Stop dated at its
+/// start, which a queued Interim would date later), and Interims dated while the Start was held
+/// would follow it in a burst. The first one is queued once the Start is acknowledged.
+macro_rules! start_acknowledged {
+    () => {
+        "EXISTS (SELECT 1 FROM accounting_outbox st WHERE st.access_session_id = s.id \
+         AND st.status_type = 1 AND st.destination = 'auth-server' AND st.delivered_at IS NOT NULL)"
+    };
+}
+pub(crate) use start_acknowledged;
+
 /// SQL: when the earliest operator's stop still waiting for the session `s` was asked for;
 /// NULL if none. A session due meanwhile ends then (Admin-Reset), not later by its deadline.
 macro_rules! stop_asked_at {

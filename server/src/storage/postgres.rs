@@ -1563,7 +1563,8 @@ impl SessionStore for PgStore {
         let queued: i64 = sqlx::query_scalar(
             concat!("WITH due AS (SELECT s.id, s.started_at, s.interim_interval FROM access_sessions s \
                WHERE s.state = 'active' AND s.next_interim_at <= $1 AND s.expires_at > $1 AND ",
-               super::no_stop_pending!(), " FOR UPDATE OF s SKIP LOCKED), \
+               super::no_stop_pending!(), " AND ", super::start_acknowledged!(),
+               " FOR UPDATE OF s SKIP LOCKED), \
              superseded AS (DELETE FROM accounting_outbox o USING due WHERE o.access_session_id = due.id \
                AND o.status_type = $2 AND o.destination = $3 AND o.delivered_at IS NULL AND o.dead_at IS NULL \
                AND o.claimed_until IS NULL), \
@@ -1588,6 +1589,8 @@ impl SessionStore for PgStore {
             "SELECT s.next_interim_at FROM access_sessions s \
                  WHERE s.state = 'active' AND s.next_interim_at IS NOT NULL AND ",
             super::no_stop_pending!(),
+            " AND ",
+            super::start_acknowledged!(),
             " ORDER BY s.next_interim_at LIMIT 1"
         ))
         .fetch_optional(self.pool())

@@ -919,7 +919,9 @@ impl SessionStore for SqliteStore {
                         concat!(
                             "SELECT s.id, s.started_at, s.interim_interval FROM access_sessions s \
                              WHERE s.state = 'active' AND s.next_interim_at <= ?1 AND s.expires_at > ?1 AND ",
-                            super::no_stop_pending!()
+                            super::no_stop_pending!(),
+                            " AND ",
+                            super::start_acknowledged!()
                         ),
                     )?
                     .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -944,6 +946,8 @@ impl SessionStore for SqliteStore {
                 "SELECT s.next_interim_at FROM access_sessions s \
                      WHERE s.state = 'active' AND s.next_interim_at IS NOT NULL AND ",
                 super::no_stop_pending!(),
+                " AND ",
+                super::start_acknowledged!(),
                 " ORDER BY s.next_interim_at LIMIT 1"
             ))?
             .query_row([], |r| r.get(0))
