@@ -33,6 +33,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// A built, bound, not yet running portal.
 pub struct Application {
     listener: TcpListener,
+    /// Connections served at once ([`crate::http::serve::connections_for`]).
+    max_connections: usize,
     /// `[metrics] listen`, bound at start-up.
     metrics_listener: Option<TcpListener>,
     metrics: crate::metrics::Metrics,
@@ -124,10 +126,10 @@ fn raise_descriptor_limit() {
 /// Whether the descriptors left, with those start-up holds open, are enough to serve: an
 /// error (refused) below [`SPARE_DESCRIPTORS`], a warning below [`FEW_DESCRIPTORS`]. Nothing
 /// when the limit or the open descriptors cannot be read.
-fn descriptors_to_serve() -> anyhow::Result<Option<String>> {
+fn descriptors_to_serve() -> anyhow::Result<(Option<u64>, Option<String>)> {
     use nix::sys::resource::{getrlimit, Resource};
     let Ok((limit, _)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return Ok(None);
+        return Ok((None, None));
     };
     // Less the one reading the directory; none left to read it with is none to serve with.
     let open = match std::fs::read_dir("/proc/self/fd") {
@@ -140,7 +142,7 @@ fn descriptors_to_serve() -> anyhow::Result<Option<String>> {
         {
             limit
         }
-        Err(_) => return Ok(None),
+        Err(_) => return Ok((None, None)),
     };
     let spare = limit.saturating_sub(open);
     if spare < SPARE_DESCRIPTORS {
@@ -149,11 +151,13 @@ fn descriptors_to_serve() -> anyhow::Result<Option<String>> {
             open + SPARE_DESCRIPTORS
         );
     }
-    Ok((spare < FEW_DESCRIPTORS).then(|| {
+    let warning = (spare < FEW_DESCRIPTORS).then(|| {
         format!(
-            "the limit of open files is {limit} (`ulimit -n`, systemd's LimitNOFILE=) and start-up holds {open}: about {spare} connections at once, more wait until others close; deploy/systemd's unit sets 65536"
+            "the limit of open files is {limit} (`ulimit -n`, systemd's LimitNOFILE=) and start-up holds {open}: {} connections at once (the rest of the {spare} free are kept for the database and RADIUS), more wait until others close; deploy/systemd's unit sets 65536",
+            crate::http::serve::connections_for(Some(spare))
         )
-    }))
+    });
+    Ok((Some(spare), warning))
 }
 
 /// Async worker threads for the runtime: `TOKIO_WORKER_THREADS` when it is a positive number
@@ -325,10 +329,13 @@ impl Application {
             tracing::warn!(error = %crate::portal_backend::error_chain(&e),
                 "the background work's own database connections could not all be opened now (each is opened when wanted): until then Stops and expiries may be late");
         }
-        // The sockets and the database open: what is left must serve.
-        if let Some(warning) = descriptors_to_serve()? {
+        // The sockets and the database open: what is left must serve, and bounds how many
+        // connections are open at once.
+        let (spare, warning) = descriptors_to_serve()?;
+        if let Some(warning) = warning {
             tracing::warn!("{warning}");
         }
+        let max_connections = crate::http::serve::connections_for(spare);
         // The demo's built-in RADIUS server listens on new ports at every start: the same
         // server, so its sessions' accounting follows it there.
         let moves = if demo {
@@ -510,6 +517,7 @@ impl Application {
         });
         Ok(Application {
             listener,
+            max_connections,
             metrics_listener,
             metrics,
             trusted_proxies: settings.http.trusted_proxies.clone(),
@@ -682,6 +690,7 @@ impl Application {
                 shutdown.clone(),
                 || {},
                 crate::http::serve::Ending::at_once(SHUTDOWN_GRACE),
+                crate::http::serve::METRICS_CONNECTIONS,
             ));
         }
         let store = self.session_store.clone();
@@ -728,6 +737,7 @@ impl Application {
                     web_shutdown.clone(),
                     on_shutdown,
                     crate::http::serve::Ending::pages(SHUTDOWN_GRACE),
+                    self.max_connections,
                 )
                 .await
             }
@@ -739,6 +749,7 @@ impl Application {
                     web_shutdown.clone(),
                     on_shutdown,
                     crate::http::serve::Ending::pages(SHUTDOWN_GRACE),
+                    self.max_connections,
                 )
                 .await
             }

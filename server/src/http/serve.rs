@@ -35,8 +35,27 @@ pub const HEADER_DEADLINE: Duration = Duration::from_secs(10);
 /// is well under 8 KiB; 256 connections per client each holding hyper's default (~400 KiB)
 /// would be 100 MiB per client.
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
-/// Open connections at most.
+/// Open connections at most (fewer with few file descriptors: [`connections_for`]).
 pub const MAX_CONNECTIONS: usize = 16_384;
+/// File descriptors kept for the portal's own work however many connections are open: the
+/// database's connections and files (readers under load, sqlx's pools, PostgreSQL's sixteen),
+/// the metrics listener's connections, a Disconnect-Request's answer, files read (TLS on
+/// SIGHUP). Connections took them all under load with a low limit of open files, and sign-ins
+/// RADIUS had accepted failed for want of a database connection (black-box tester Q's D2).
+pub const RESERVED_DESCRIPTORS: u64 = 48;
+/// Connections the metrics listener serves at once (a scrape or two).
+pub const METRICS_CONNECTIONS: usize = 16;
+
+/// Connections to serve at once with `spare` file descriptors free once started (None: not
+/// known): all but [`RESERVED_DESCRIPTORS`], at least 16, at most [`MAX_CONNECTIONS`]. More
+/// wait to be accepted until others close.
+pub fn connections_for(spare: Option<u64>) -> usize {
+    spare.map_or(MAX_CONNECTIONS, |spare| {
+        usize::try_from(spare.saturating_sub(RESERVED_DESCRIPTORS))
+            .unwrap_or(MAX_CONNECTIONS)
+            .clamp(16, MAX_CONNECTIONS)
+    })
+}
 /// Open connections at most per client address (IPv6: per /64). Behind a reverse proxy every
 /// connection comes from the proxy, so trusted proxies are not limited.
 pub const MAX_CONNECTIONS_PER_CLIENT: usize = 256;
@@ -75,9 +94,11 @@ impl Ending {
 }
 
 /// Counts open connections per client; a guard gives its slot back when dropped.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Slots {
     open: Arc<Mutex<(usize, HashMap<IpAddr, usize>)>>,
+    /// Open connections at most.
+    max: usize,
 }
 
 struct Slot {
@@ -94,7 +115,7 @@ impl Slots {
     /// A slot for a connection from `client` (None: not limited per client), if one is free.
     fn take(&self, client: Option<IpAddr>) -> Option<Slot> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if open.0 >= MAX_CONNECTIONS {
+        if open.0 >= self.max {
             return None;
         }
         if let Some(client) = client {
@@ -130,7 +151,7 @@ impl Drop for Slot {
 /// Serves `router` (the portal's [`super::Site`], or a plain router) on `listener` until
 /// `shutdown`; then stops accepting, runs `on_shutdown` (ends long-lived streams), serves the
 /// open connections a moment more (each answer with `Connection: close`), and waits for open
-/// requests ([`Ending`]).
+/// requests ([`Ending`]). At most `max_connections` are open at once ([`connections_for`]).
 pub async fn serve<L, S>(
     mut listener: L,
     router: S,
@@ -138,6 +159,7 @@ pub async fn serve<L, S>(
     shutdown: CancellationToken,
     on_shutdown: impl FnOnce(),
     ending: Ending,
+    max_connections: usize,
 ) where
     L: Listener<Addr = SocketAddr>,
     S: tower::Service<
@@ -156,7 +178,10 @@ pub async fn serve<L, S>(
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
-    let slots = Slots::default();
+    let slots = Slots {
+        open: Arc::default(),
+        max: max_connections,
+    };
     // When the latest request arrived once shutdown began (ms after `began`).
     let began = tokio::time::Instant::now();
     let latest = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -257,6 +282,29 @@ mod tests {
         String::from_utf8(answer).unwrap().to_ascii_lowercase()
     }
 
+    /// With few file descriptors, connections leave the portal's own work its reserve (a low
+    /// limit of open files, black-box tester Q's D2); one beyond the cap waits for a slot.
+    #[test]
+    fn connections_leave_the_portals_own_work_its_descriptors() {
+        assert_eq!(connections_for(None), MAX_CONNECTIONS);
+        assert_eq!(connections_for(Some(1_000_000)), MAX_CONNECTIONS);
+        assert_eq!(
+            connections_for(Some(300)),
+            300 - RESERVED_DESCRIPTORS as usize
+        );
+        assert_eq!(connections_for(Some(64)), 16, "at least a few");
+        let slots = Slots {
+            open: Arc::default(),
+            max: 2,
+        };
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        let first = slots.take(Some(client)).expect("a slot");
+        let _second = slots.take(None).expect("a slot");
+        assert!(slots.take(Some(client)).is_none(), "beyond the cap");
+        drop(first);
+        assert!(slots.take(None).is_some(), "freed");
+    }
+
     /// Shutting down, a keep-alive connection still open is served its next request, answered
     /// with `Connection: close` — its client learns from the answer that the connection ends,
     /// instead of sending a request into a connection closed under it — while new connections
@@ -280,6 +328,7 @@ mod tests {
             shutdown.clone(),
             || {},
             ending,
+            MAX_CONNECTIONS,
         ));
         let mut open = tokio::net::TcpStream::connect(addr).await.unwrap();
         let before = get(&mut open).await;
