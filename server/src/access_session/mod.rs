@@ -668,6 +668,11 @@ impl AccessSessions {
                 deadline,
             );
             this.holding_sign_in(stored.id, accounting).await?;
+            // Its Start acknowledged: its periodic Interim-Updates come due from now on (none
+            // is queued for a session whose Start is not: `storage::start_acknowledged!`).
+            if let Some(secs) = stored.interim_interval {
+                this.expiry_wake.due_at(stored.started_at + secs * 1000);
+            }
             this.disabled_while_starting(&stored).await
         })
         .await?;
