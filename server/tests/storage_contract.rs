@@ -940,10 +940,6 @@ async fn a_refresh_after_a_disable_is_refused_and_queues_nothing(db: Db) {
     assert_eq!(outbox_types(s, id).await.last(), Some(&INTERIM));
 }
 
-/// The disable's stop job: batches of a disabled organization's open sessions stopped in one
-/// write each, with their Stops queued and their ends audited; none while the organization is
-/// active, so an enable committed between two batches keeps the rest; another organization's
-/// sessions never.
 /// Two refreshes sent together (two tabs, a double click, two replicas) follow the same
 /// refresh: the first written restarts the window and queues an Interim-Update; the other
 /// changes nothing and is answered with the session as the first left it. One that follows the
@@ -990,6 +986,10 @@ async fn two_refreshes_sent_together_make_one(db: Db) {
     assert_ne!(interims().await, queued, "its own Interim-Update");
 }
 
+/// The disable's stop job: batches of a disabled organization's open sessions stopped in one
+/// write each, with their Stops queued and their ends audited; none while the organization is
+/// active, so an enable committed between two batches keeps the rest; another organization's
+/// sessions never.
 async fn a_disabled_organizations_sessions_stop_in_batches_and_an_enable_keeps_the_rest(db: Db) {
     let s = &db.storage;
     s.seed_organization("beta", "Beta", "{}", None, 1, T0)

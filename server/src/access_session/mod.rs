@@ -669,7 +669,7 @@ impl AccessSessions {
             );
             this.holding_sign_in(stored.id, accounting).await?;
             // Its Start acknowledged: its periodic Interim-Updates come due from now on (none
-            // is queued for a session whose Start is not: `storage::start_acknowledged!`).
+            // is queued for a session whose Start is on its way: `storage::no_start_pending!`).
             if let Some(secs) = stored.interim_interval {
                 this.expiry_wake.due_at(stored.started_at + secs * 1000);
             }

@@ -2255,8 +2255,9 @@ where
         };
         // A panic in the work ends it here: the caller's unwinding must not hand a future that
         // panicked to a task of its own.
-        let done =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.as_mut().poll(cx)));
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::storage::run_on(|| work.as_mut().poll(cx))
+        }));
         match done {
             Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
             Ok(ready) => {
@@ -2341,6 +2342,21 @@ mod tests {
     async fn poll_once<F: std::future::Future + Unpin>(work: &mut F) -> std::task::Poll<F::Output> {
         std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut *work).poll(cx)))
             .await
+    }
+
+    /// Work run to its end is no request's, also while its request polls it: its writes wait
+    /// for a hung disk as long as it takes (`storage::run_on`), never given up half-way.
+    #[tokio::test]
+    async fn work_run_to_its_end_is_no_requests_own() {
+        let tasks = tokio_util::task::TaskTracker::new();
+        let inside = crate::storage::answering(async {
+            assert!(crate::storage::answering_someone());
+            let inside = run_to_end(async { crate::storage::answering_someone() }, &tasks).await;
+            assert!(crate::storage::answering_someone(), "the request's again");
+            inside
+        })
+        .await;
+        assert!(!inside, "not the request's");
     }
 
     #[tokio::test]

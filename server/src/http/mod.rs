@@ -383,8 +383,14 @@ async fn front_door<S: NextService>(
                     biased;
                     response = crate::storage::answering(next.run(request)) => response,
                     () = async {
-                        door.storage.until_stalled().await;
-                        tokio::time::sleep(CUT_SHORT_AFTER_STALL).await;
+                        // Stalled still after the grace (not one slow batch that finished).
+                        loop {
+                            door.storage.until_stalled().await;
+                            tokio::time::sleep(CUT_SHORT_AFTER_STALL).await;
+                            if door.storage.stalled() {
+                                break;
+                            }
+                        }
                     } => cut_short.answer(),
                 }
             }

@@ -65,6 +65,23 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 /// Writes after which a checkpoint is due however recent the last one (bounds the WAL).
 const CHECKPOINT_LIMIT: usize = 4096;
 
+/// The clock a stalled writer is told by: milliseconds (from 1) on the monotonic clock since
+/// the first look — a step of the wall clock is no stall, and hides none.
+fn stall_clock_ms() -> i64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    i64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_millis())
+        .unwrap_or(i64::MAX)
+        .saturating_add(1)
+}
+
+/// What a request gets from a stalled writer ([`Engine::waited`]).
+fn stalled_error() -> StorageError {
+    StorageError::Unreachable(format!(
+        "the database has finished no write for {} s (its disk hung or far too slow?): the request stopped waiting",
+        STALL_MS / 1000
+    ))
+}
+
 /// Whether a checkpoint is due after `unchecked` writes, `since` the last one.
 fn checkpoint_due(unchecked: usize, since: Duration, interval: Duration) -> bool {
     unchecked >= CHECKPOINT_LIMIT || (unchecked >= CHECKPOINT_EVERY && since >= interval)
@@ -393,10 +410,11 @@ impl Drop for Working<'_> {
 struct Progress {
     /// Writes submitted and not yet answered.
     queued: AtomicUsize,
-    /// When the last batch finished (unix ms).
+    /// When the last batch finished ([`stall_clock_ms`]).
     last_batch: AtomicI64,
-    /// When the writer thread began the batch or checkpoint it is at (unix ms; 0: waiting for
-    /// work). A batch hung on the disk stays stalled when its callers have stopped waiting.
+    /// When the writer thread began the batch or checkpoint it is at ([`stall_clock_ms`]; 0:
+    /// waiting for work). A batch hung on the disk stays stalled when its callers have stopped
+    /// waiting.
     working: AtomicI64,
     /// Transactions committed under synchronous = FULL and under NORMAL.
     commits_full: AtomicU64,
@@ -608,9 +626,9 @@ impl Engine {
 
     /// Whether the writer is stuck (a hung disk): the batch or checkpoint it is at began
     /// [`STALL_MS`] ago, or writes wait and none has finished for as long.
-    fn stalled(&self) -> bool {
+    pub(crate) fn stalled(&self) -> bool {
         let progress = &self.inner.progress;
-        let now = crate::access_session::now_ms();
+        let now = stall_clock_ms();
         let working = progress.working.load(Ordering::SeqCst);
         (working != 0 && now - working > STALL_MS)
             || (progress.queued.load(Ordering::SeqCst) > 0
@@ -618,10 +636,11 @@ impl Engine {
     }
 
     /// Waits for `answer` — a write's result, the write gate —, or, for a request being
-    /// answered ([`super::answering`]), until the writer is stalled: the request is answered
-    /// (503) rather than kept waiting for a disk that may never come back. What it waited for
-    /// is given up: a write not yet begun never happens (its caller went away); one the hung
-    /// batch already holds is made when the disk comes back.
+    /// answered ([`super::answering`]; not work run to its end, [`super::run_on`]), until the
+    /// writer is stalled: the request is answered (503) rather than kept waiting for a disk
+    /// that may never come back. What it waited for is given up: a write not yet begun never
+    /// happens (its caller went away); one the hung batch already holds is made when the disk
+    /// comes back.
     async fn waited<T>(
         &self,
         answer: impl std::future::Future<Output = T>,
@@ -631,10 +650,7 @@ impl Engine {
         }
         tokio::select! {
             answered = answer => Ok(answered),
-            () = self.until_stalled() => Err(StorageError::Unreachable(format!(
-                "the database has finished no write for {} s (its disk hung or far too slow?): the request stopped waiting",
-                STALL_MS / 1000
-            ))),
+            () = self.until_stalled() => Err(stalled_error()),
         }
     }
 
@@ -719,6 +735,11 @@ impl Engine {
         F: FnMut(&Connection) -> Result<R, StorageError> + Send + 'static,
         R: Send + 'static,
     {
+        // Stalled already: a request is answered at once, its write not queued behind the hung
+        // ones (where it would never happen anyway, its caller gone by then).
+        if super::answering_someone() && self.stalled() {
+            return Err(stalled_error());
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Box::new(Job {
             durable,
@@ -744,7 +765,7 @@ impl Engine {
             // Idle until now: the stall clock starts with this write.
             progress
                 .last_batch
-                .store(crate::access_session::now_ms(), Ordering::SeqCst);
+                .store(stall_clock_ms(), Ordering::SeqCst);
         }
         // Counted down however this ends, also when the caller stops waiting (a cancelled
         // request): a count left up would report a stalled writer and keep the writer's fast
@@ -881,9 +902,7 @@ fn writer_loop(
         // writer wakes every interval even when idle: a small write committed on its caller's
         // thread ([`Engine::write_relaxed_small`]) never reaches this queue.
         let first = queue.recv_timeout(CHECKPOINT_INTERVAL);
-        progress
-            .working
-            .store(crate::access_session::now_ms(), Ordering::SeqCst);
+        progress.working.store(stall_clock_ms(), Ordering::SeqCst);
         let _idle_after = Working(progress);
         let first = match first {
             Ok(job) => job,
@@ -939,7 +958,7 @@ fn writer_loop(
         drop(gate);
         progress
             .last_batch
-            .store(crate::access_session::now_ms(), Ordering::SeqCst);
+            .store(stall_clock_ms(), Ordering::SeqCst);
         for job in batch {
             job.finish(outcome.clone());
         }

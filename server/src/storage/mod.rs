@@ -31,18 +31,21 @@ macro_rules! no_stop_pending {
 }
 pub(crate) use no_stop_pending;
 
-/// SQL: the session `s`'s Start has been acknowledged. One whose Start is still on its way (a
-/// sign-in under way or cut off, its Start held or unanswered) gets no periodic Interim-Update:
+/// SQL: the session `s`'s Start is not on its way: acknowledged (or given up: a dead-lettered
+/// Start leaves its session to the Interim-Updates that assert it). One whose Start is still
+/// on its way (a sign-in under way or cut off, its Start held or unanswered) gets no periodic
+/// Interim-Update:
 /// its user may never have had it (the sign-in is then ended with a NAS-Error Stop dated at its
 /// start, which a queued Interim would date later), and Interims dated while the Start was held
 /// would follow it in a burst. The first one is queued once the Start is acknowledged.
-macro_rules! start_acknowledged {
+macro_rules! no_start_pending {
     () => {
-        "EXISTS (SELECT 1 FROM accounting_outbox st WHERE st.access_session_id = s.id \
-         AND st.status_type = 1 AND st.destination = 'auth-server' AND st.delivered_at IS NOT NULL)"
+        "NOT EXISTS (SELECT 1 FROM accounting_outbox st WHERE st.access_session_id = s.id \
+         AND st.status_type = 1 AND st.destination = 'auth-server' AND st.delivered_at IS NULL \
+         AND st.dead_at IS NULL)"
     };
 }
-pub(crate) use start_acknowledged;
+pub(crate) use no_start_pending;
 
 /// SQL: when the earliest operator's stop still waiting for the session `s` was asked for;
 /// NULL if none. A session due meanwhile ends then (Admin-Reset), not later by its deadline.
@@ -58,8 +61,8 @@ mod engine;
 tokio::task_local! {
     /// Set for the portal's background work ([`background`]).
     static BACKGROUND: bool;
-    /// Set while a request is being answered ([`answering`]).
-    static ANSWERING: ();
+    /// Whether a request is being answered ([`answering`], [`run_on`]).
+    static ANSWERING: bool;
 }
 
 /// Runs `work` as the answer to a request (the HTTP layer wraps every request in it): a write
@@ -67,12 +70,21 @@ tokio::task_local! {
 /// tolerates (a hung disk), and the request is answered 503 instead of never. Work that runs
 /// on after its request went away (`run_to_end`'s task) waits as long as it takes.
 pub fn answering<F: std::future::Future>(work: F) -> impl std::future::Future<Output = F::Output> {
-    ANSWERING.scope((), work)
+    ANSWERING.scope(true, work)
+}
+
+/// Runs `poll` — a step of work that must run to its end (`accounting::RunToEnd`), polled by
+/// a request or by a task of its own once the request went away — as no request's: its
+/// writes wait for a hung disk as long as it takes, never given up half-way (a Start sent and
+/// its delivery not recorded, a Stop claimed by nobody). Its request is answered by the front
+/// door meanwhile.
+pub fn run_on<R>(poll: impl FnOnce() -> R) -> R {
+    ANSWERING.sync_scope(false, poll)
 }
 
 /// Whether the current task is answering a request ([`answering`]).
 pub(crate) fn answering_someone() -> bool {
-    ANSWERING.try_with(|_| ()).is_ok()
+    ANSWERING.try_with(|answering| *answering).unwrap_or(false)
 }
 
 /// Runs `work` as background work: the supervised loops (expiry, accounting, organization
@@ -681,6 +693,15 @@ impl Storage {
         match &self.backend {
             Backend::Sqlite(store) => store.engine.files_lost(),
             Backend::Postgres(_) => None,
+        }
+    }
+
+    /// Whether the database's writes are stalled now (SQLite: a hung disk, as `/readyz` says);
+    /// never on PostgreSQL.
+    pub fn stalled(&self) -> bool {
+        match &self.backend {
+            Backend::Sqlite(store) => store.engine.stalled(),
+            Backend::Postgres(_) => false,
         }
     }
 

@@ -1521,10 +1521,11 @@ impl SessionStore for PgStore {
     ) -> Result<Vec<i64>, StorageError> {
         let mut tx = self.pool().begin().await?;
         // The organization's row is read under a share lock, as a login and a refresh read it:
-        // an enable committed meanwhile is seen, and one not yet committed waits for this. The
-        // job's row is locked too (the batch counts itself on it): an enable closes the job —
-        // reading how many it stopped —, and a closed job stops nothing more (a later
-        // disable's own job dates the Stops).
+        // an enable committed meanwhile is seen, and one not yet committed waits for this. So
+        // is the job's row, after the organization's (an enable locks them in that order: no
+        // deadlock): an enable closes the job — reading how many it stopped, which the batch
+        // adds below —, and a closed job stops nothing more (a later disable's own job dates
+        // the Stops).
         // Sessions another transaction holds (an interim sweep, a server move) are waited for,
         // not skipped: a skipped one would make the last batch come back empty and the job end
         // with that session still open.
@@ -1534,7 +1535,7 @@ impl SessionStore for PgStore {
              JOIN organization_jobs j ON j.id = $5 AND j.done_at IS NULL \
                AND j.organization_id = s.organization_id AND j.kind = 'stop_sessions' \
              WHERE s.organization_id = $1 AND s.state = 'active' AND NOT o.is_active \
-             AND s.expires_at > $2 ORDER BY s.id LIMIT $4 FOR UPDATE OF s, j FOR SHARE OF o"
+             AND s.expires_at > $2 ORDER BY s.id LIMIT $4 FOR UPDATE OF s FOR SHARE OF o, j"
         ))
         .bind(organization_id)
         .bind(event_at)
@@ -1563,7 +1564,7 @@ impl SessionStore for PgStore {
         let queued: i64 = sqlx::query_scalar(
             concat!("WITH due AS (SELECT s.id, s.started_at, s.interim_interval FROM access_sessions s \
                WHERE s.state = 'active' AND s.next_interim_at <= $1 AND s.expires_at > $1 AND ",
-               super::no_stop_pending!(), " AND ", super::start_acknowledged!(),
+               super::no_stop_pending!(), " AND ", super::no_start_pending!(),
                " FOR UPDATE OF s SKIP LOCKED), \
              superseded AS (DELETE FROM accounting_outbox o USING due WHERE o.access_session_id = due.id \
                AND o.status_type = $2 AND o.destination = $3 AND o.delivered_at IS NULL AND o.dead_at IS NULL \
@@ -1590,7 +1591,7 @@ impl SessionStore for PgStore {
                  WHERE s.state = 'active' AND s.next_interim_at IS NOT NULL AND ",
             super::no_stop_pending!(),
             " AND ",
-            super::start_acknowledged!(),
+            super::no_start_pending!(),
             " ORDER BY s.next_interim_at LIMIT 1"
         ))
         .fetch_optional(self.pool())

@@ -921,7 +921,7 @@ impl SessionStore for SqliteStore {
                              WHERE s.state = 'active' AND s.next_interim_at <= ?1 AND s.expires_at > ?1 AND ",
                             super::no_stop_pending!(),
                             " AND ",
-                            super::start_acknowledged!()
+                            super::no_start_pending!()
                         ),
                     )?
                     .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -947,7 +947,7 @@ impl SessionStore for SqliteStore {
                      WHERE s.state = 'active' AND s.next_interim_at IS NOT NULL AND ",
                 super::no_stop_pending!(),
                 " AND ",
-                super::start_acknowledged!(),
+                super::no_start_pending!(),
                 " ORDER BY s.next_interim_at LIMIT 1"
             ))?
             .query_row([], |r| r.get(0))
