@@ -654,9 +654,13 @@ impl Engine {
         }
     }
 
-    /// Resolves once the writer is stalled ([`Engine::stalled`]), looked at first after
-    /// [`STALL_MS`] (nothing waited on can be stalled sooner) and then every second.
+    /// Resolves once the writer is stalled ([`Engine::stalled`]): at once if it is, else
+    /// looked at after [`STALL_MS`] (nothing waited on can be stalled sooner) and then every
+    /// second.
     pub(crate) async fn until_stalled(&self) {
+        if self.stalled() {
+            return;
+        }
         tokio::time::sleep(Duration::from_millis(STALL_MS as u64)).await;
         while !self.stalled() {
             tokio::time::sleep(Duration::from_secs(1)).await;
