@@ -113,6 +113,17 @@ fn ip(n: usize) -> String {
     format!("10.{}.{}.{}", n / 65536 % 256, n / 256 % 256, n % 256)
 }
 
+/// Session `id`'s Start claimed at `at` and acknowledged a millisecond later (its row).
+async fn acknowledge_start(s: &Storage, id: i64, at: i64) -> radius_portal::storage::OutboxRow {
+    let start = s
+        .claim_session_outbox(id, status_type::START, at, at + MINUTE)
+        .await
+        .unwrap()
+        .unwrap();
+    s.mark_delivered(&start, at + 1, None).await.unwrap();
+    start
+}
+
 /// Status types of a session's accounting rows, oldest first.
 async fn outbox_types(s: &Storage, id: i64) -> Vec<i64> {
     s.session_outbox(id)
@@ -425,12 +436,7 @@ async fn a_shortened_max_lifetime_caps_the_sessions_it_governs(db: Db) {
 async fn an_addresss_stops_on_their_way_are_found(db: Db) {
     let s = &db.storage;
     let id = opened(s, login("10.0.7.1", T0, MINUTE)).await;
-    let start = s
-        .claim_session_outbox(id, status_type::START, T0, T0 + MINUTE)
-        .await
-        .unwrap()
-        .unwrap();
-    s.mark_delivered(&start, T0 + 1, None).await.unwrap();
+    acknowledge_start(s, id, T0).await;
     let other = opened(s, login("10.0.7.2", T0, MINUTE)).await;
     let stops = |org: &'static str, ip: &'static str, now: i64, until: i64| async move {
         let since = now - radius_portal::storage::STOPS_DUE_LATELY_MS;
@@ -513,12 +519,7 @@ async fn an_addresss_stops_on_their_way_are_found(db: Db) {
     // Behind its session's Interim-Update on its way (a refresh just before the Disconnect):
     // due, as that Interim-Update is; behind one held back after a failed attempt, coming.
     let refreshed = opened(s, login("10.0.7.4", T0, MINUTE)).await;
-    let start = s
-        .claim_session_outbox(refreshed, status_type::START, T0, T0 + MINUTE)
-        .await
-        .unwrap()
-        .unwrap();
-    s.mark_delivered(&start, T0 + 1, None).await.unwrap();
+    acknowledge_start(s, refreshed, T0).await;
     s.refresh_session(refreshed, T0 + 500, refreshed_until(T0 + 500, T0 + MINUTE))
         .await
         .unwrap()
@@ -1537,12 +1538,7 @@ async fn a_failed_row_waits_and_retry_now_makes_it_due(db: Db) {
     assert_eq!(both.len(), 2);
     assert_eq!(both[0], row.id);
     assert_eq!(s.waiting_rows(1).await.unwrap().len(), 1);
-    let second = s
-        .claim_session_outbox(later, status_type::START, T0 + 6, T0 + MINUTE)
-        .await
-        .unwrap()
-        .unwrap();
-    s.mark_delivered(&second, T0 + 7, None).await.unwrap();
+    let second = acknowledge_start(s, later, T0 + 6).await;
     assert_eq!(s.waiting_rows(10).await.unwrap().len(), 1);
     assert!(s
         .claim_due_outbox(T0 + 1, T0 + MINUTE, 10)
@@ -1864,12 +1860,7 @@ async fn periodic_interims_come_due_and_coalesce(db: Db) {
     assert_eq!(s.next_interim().await.unwrap(), None);
     assert_eq!(s.queue_due_interims(T0 + 5 * MINUTE).await.unwrap(), 0);
     assert_eq!(outbox_types(s, id).await, [START]);
-    let start = s
-        .claim_session_outbox(id, status_type::START, T0, T0 + MINUTE)
-        .await
-        .unwrap()
-        .unwrap();
-    s.mark_delivered(&start, T0 + 1, None).await.unwrap();
+    acknowledge_start(s, id, T0).await;
     assert_eq!(s.next_interim().await.unwrap(), Some(T0 + 5 * MINUTE));
     assert_eq!(s.queue_due_interims(T0 + 4 * MINUTE).await.unwrap(), 0);
     assert_eq!(s.queue_due_interims(T0 + 5 * MINUTE).await.unwrap(), 1);
@@ -1950,12 +1941,7 @@ async fn session_time_is_the_difference_of_the_event_timestamps(db: Db) {
     let mut with_interims = login("10.0.2.3", started, 30 * MINUTE);
     with_interims.interim_interval = Some(300);
     let interim = opened(s, with_interims).await;
-    let start = s
-        .claim_session_outbox(interim, status_type::START, started, started + MINUTE)
-        .await
-        .unwrap()
-        .unwrap();
-    s.mark_delivered(&start, started + 1, None).await.unwrap();
+    let start = acknowledge_start(s, interim, started).await;
     let mut sent = vec![(interim, START, start.event_at / 1000, None)];
     assert_eq!(s.queue_due_interims(T0 + 301_100).await.unwrap(), 1);
     // A stop asked for before the session began (another machine's clock): at its start.
