@@ -791,7 +791,7 @@ pub async fn org(settings: &Settings, mut command: OrgCommand) -> anyhow::Result
             finish(
                 change::update(&storage, &cache, &id, patch, &actor())
                     .await
-                    .map(|changed| match changed {
+                    .map(|updated| match updated.changed {
                         true => format!("organization {id} updated"),
                         false => format!("organization {id}: nothing changed"),
                     })
@@ -893,7 +893,10 @@ async fn set_state(
         Some(change) if active => {
             let skipped = change
                 .skipped_stop
-                .map_or_else(String::new, |skipped| skipped_stop_said(id, skipped));
+                .and_then(|skipped| {
+                    organizations::skipped_stop_said(skipped, &format!("`org disable {id}`"))
+                })
+                .map_or_else(String::new, |said| format!("; {said}"));
             say!("organization {id} enabled{skipped}");
         }
         Some(_) => {
@@ -923,25 +926,6 @@ async fn set_state(
 }
 
 /// The stored organizations, built (the change functions refresh it).
-/// What an enable says of the disable's stop it skipped (`; …`, after "enabled").
-fn skipped_stop_said(id: &str, skipped: crate::storage::SkippedStop) -> String {
-    let crate::storage::SkippedStop {
-        stopped_before,
-        open_sessions,
-    } = skipped;
-    let kept = match open_sessions {
-        0 => "none of its sessions is open".to_string(),
-        n => format!("its {n} open session(s) keep running (`org disable {id}` stops them)"),
-    };
-    match stopped_before {
-        0 if open_sessions == 0 => String::new(),
-        0 => format!("; the disable's stop of its sessions was not done and is skipped: {kept}"),
-        n => format!(
-            "; the disable's stop of its sessions was under way: {n} session(s) were stopped already (Accounting-Stop, Admin-Reset) and stay stopped; the rest is skipped: {kept}"
-        ),
-    }
-}
-
 async fn cache(storage: &Storage) -> anyhow::Result<Organizations> {
     Organizations::load(storage)
         .await

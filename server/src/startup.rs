@@ -724,11 +724,14 @@ impl Application {
         match self.tls {
             Some((files, current)) => {
                 tracing::info!(cert = %files.cert_file.display(), "serving HTTPS");
+                let (handshakes, connections) =
+                    crate::http::tls::handshakes_and_connections(self.max_connections);
                 let listener = crate::http::tls::TlsListener::new(
                     self.listener,
                     current,
                     unlimited.clone(),
                     web_shutdown.clone(),
+                    handshakes,
                 );
                 crate::http::serve::serve(
                     listener,
@@ -737,7 +740,7 @@ impl Application {
                     web_shutdown.clone(),
                     on_shutdown,
                     crate::http::serve::Ending::pages(SHUTDOWN_GRACE),
-                    self.max_connections,
+                    connections,
                 )
                 .await
             }

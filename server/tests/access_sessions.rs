@@ -2734,15 +2734,18 @@ async fn a_sign_in_under_way_when_max_lifetime_is_shortened_gets_the_new_limit()
             .await
     });
     held.held.notified().await;
-    assert!(change::update(
-        &held.app.storage,
-        &held.app.organizations,
-        "acme",
-        serde_json::json!({ "max_lifetime": "1h" }),
-        "test"
-    )
-    .await
-    .unwrap());
+    assert!(
+        change::update(
+            &held.app.storage,
+            &held.app.organizations,
+            "acme",
+            serde_json::json!({ "max_lifetime": "1h" }),
+            "test"
+        )
+        .await
+        .unwrap()
+        .changed
+    );
     held.release.notify_one();
     let carol = signing_in.await.unwrap().unwrap();
     let stored = held.app.storage.session(carol.id).await.unwrap().unwrap();
@@ -2778,15 +2781,18 @@ async fn a_shortened_max_lifetime_holds_for_open_sessions_at_once() {
     // carol's Accept has no timeouts; sam's has a Session-Timeout of a day.
     let (carol, sam) = (login("carol", 1).await, login("sam", 2).await);
     assert_eq!(carol.limit_at, None);
-    assert!(change::update(
-        &app.storage,
-        &app.organizations,
-        "acme",
-        serde_json::json!({ "max_lifetime": "1h" }),
-        "test"
-    )
-    .await
-    .unwrap());
+    assert!(
+        change::update(
+            &app.storage,
+            &app.organizations,
+            "acme",
+            serde_json::json!({ "max_lifetime": "1h" }),
+            "test"
+        )
+        .await
+        .unwrap()
+        .changed
+    );
     let storage = app.storage.clone();
     wait_until("carol's session to be capped to an hour", || async {
         storage.session(carol.id).await.unwrap().unwrap().limit_at
@@ -2856,6 +2862,7 @@ async fn a_changed_window_or_lifetime_applies_from_each_sessions_next_refresh() 
             change::update(&storage, &organizations, "acme", patch, "test")
                 .await
                 .unwrap()
+                .changed
         }
     };
     // A shorter window never cuts short the time a session has (black-box tester R's D2: a

@@ -997,6 +997,68 @@ async fn an_enable_while_the_disables_stop_is_under_way_says_what_it_stopped() {
     );
 }
 
+/// The admin API's enable (`change::update`, `is_active: true`) while a disable's stop is under
+/// way answers with what it skipped, as the CLI says it: the counts of its own write.
+#[tokio::test]
+async fn an_enable_through_the_admin_path_answers_with_the_stop_it_skipped() {
+    let (_radius, _dir, _db, _config, _settings, app, _carol) = cli_portal_with("carol", 51).await;
+    app.sessions
+        .login("acme", "alice", "alice-pass", ip(52))
+        .await
+        .unwrap();
+    let storage = app.storage.clone();
+    app.stop().await;
+    let organizations = radius_portal::organizations::Organizations::load(&storage)
+        .await
+        .unwrap();
+    let update = |active: bool| {
+        radius_portal::organizations::change::update(
+            &storage,
+            &organizations,
+            "acme",
+            serde_json::json!({ "is_active": active }),
+            "ops",
+        )
+    };
+    assert_eq!(
+        update(false).await.unwrap(),
+        radius_portal::organizations::change::Updated {
+            changed: true,
+            skipped_stop: None
+        }
+    );
+    let job = storage
+        .pending_organization_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|j| j.organization_id == "acme" && j.kind == "stop_sessions")
+        .expect("the disable's job");
+    let batch = storage
+        .stop_disabled_sessions(
+            "acme",
+            job.id,
+            radius_portal::radius::terminate_cause::ADMIN_RESET,
+            job.created_at,
+            1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 1, "one session stopped by the batch");
+    let enabled = update(true).await.unwrap();
+    let skipped = radius_portal::storage::SkippedStop {
+        stopped_before: 1,
+        open_sessions: 1,
+    };
+    assert_eq!(enabled.skipped_stop, Some(skipped), "{enabled:?}");
+    let said = radius_portal::organizations::skipped_stop_said(skipped, "a disable").unwrap();
+    assert!(
+        said.contains("1 session(s) were stopped already")
+            && said.contains("its 1 open session(s) keep running (a disable stops them)"),
+        "{said}"
+    );
+}
+
 #[tokio::test]
 async fn the_cli_disables_an_organization_of_the_running_portal() {
     let (radius, dir, db, config, _settings, app, session) = cli_portal_with("carol", 20).await;

@@ -522,8 +522,27 @@ fn refused(e: ChangeError) -> Response {
 /// The organization after a change, with what the change's caller should know (`warnings`,
 /// also logged): settings likely mistaken, a disable the next start undoes.
 async fn changed(api: AdminApi, id: &str, status: StatusCode) -> Response {
+    changed_skipping(api, id, status, None).await
+}
+
+/// [`changed`], for an enable that closed a disable's stop before it was done: the answer
+/// carries `skipped_stop` (its counts) and a warning that says them.
+async fn changed_skipping(
+    api: AdminApi,
+    id: &str,
+    status: StatusCode,
+    skipped_stop: Option<crate::storage::SkippedStop>,
+) -> Response {
     api.worker.wake();
     let mut warnings = Vec::new();
+    if let Some(said) = skipped_stop.and_then(|skipped| {
+        crate::organizations::skipped_stop_said(
+            skipped,
+            "a disable (`PATCH` with `is_active: false`)",
+        )
+    }) {
+        warnings.push(format!("organization {id} enabled: {said}"));
+    }
     if let Some(org) = api.organizations.get(id) {
         warnings = crate::startup::change_warnings(&api.organizations.all(), &org);
         if !org.active && crate::organizations::file_enables(&api.listed, id) {
@@ -538,6 +557,12 @@ async fn changed(api: AdminApi, id: &str, status: StatusCode) -> Response {
             let mut view = serde_json::to_value(view).unwrap_or_default();
             if !warnings.is_empty() {
                 view["warnings"] = warnings.into();
+            }
+            if let Some(skipped) = skipped_stop {
+                view["skipped_stop"] = serde_json::json!({
+                    "stopped_before": skipped.stopped_before,
+                    "open_sessions": skipped.open_sessions,
+                });
             }
             (status, Json(view)).into_response()
         }
@@ -577,7 +602,7 @@ async fn update_organization(
         return refused;
     }
     match change::update(&api.storage, &api.organizations, &id, body, &actor).await {
-        Ok(_) => changed(api, &id, StatusCode::OK).await,
+        Ok(updated) => changed_skipping(api, &id, StatusCode::OK, updated.skipped_stop).await,
         Err(e) => refused(e),
     }
 }

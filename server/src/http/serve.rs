@@ -59,6 +59,13 @@ pub fn connections_for(spare: Option<u64>) -> usize {
 /// Open connections at most per client address (IPv6: per /64). Behind a reverse proxy every
 /// connection comes from the proxy, so trusted proxies are not limited.
 pub const MAX_CONNECTIONS_PER_CLIENT: usize = 256;
+
+/// Open connections at most per client address with `max` in all: a quarter of a low total
+/// (one client cannot take them all), at least 8 (a browser's six and a spare), at most
+/// [`MAX_CONNECTIONS_PER_CLIENT`].
+pub fn per_client_for(max: usize) -> usize {
+    (max / 4).clamp(8, MAX_CONNECTIONS_PER_CLIENT)
+}
 /// How [`serve`] ends once told to.
 #[derive(Clone, Copy, Debug)]
 pub struct Ending {
@@ -99,6 +106,8 @@ struct Slots {
     open: Arc<Mutex<(usize, HashMap<IpAddr, usize>)>>,
     /// Open connections at most.
     max: usize,
+    /// Open connections at most from one client ([`per_client_for`]).
+    per_client: usize,
 }
 
 struct Slot {
@@ -107,6 +116,14 @@ struct Slot {
 }
 
 impl Slots {
+    fn new(max: usize) -> Slots {
+        Slots {
+            open: Arc::default(),
+            max,
+            per_client: per_client_for(max),
+        }
+    }
+
     /// Connections open now.
     fn open(&self) -> usize {
         self.open.lock().unwrap_or_else(|p| p.into_inner()).0
@@ -120,7 +137,7 @@ impl Slots {
         }
         if let Some(client) = client {
             let count = open.1.entry(client).or_insert(0);
-            if *count >= MAX_CONNECTIONS_PER_CLIENT {
+            if *count >= self.per_client {
                 return None;
             }
             *count += 1;
@@ -178,10 +195,7 @@ pub async fn serve<L, S>(
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
-    let slots = Slots {
-        open: Arc::default(),
-        max: max_connections,
-    };
+    let slots = Slots::new(max_connections);
     // When the latest request arrived once shutdown began (ms after `began`).
     let began = tokio::time::Instant::now();
     let latest = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -293,16 +307,34 @@ mod tests {
             300 - RESERVED_DESCRIPTORS as usize
         );
         assert_eq!(connections_for(Some(64)), 16, "at least a few");
-        let slots = Slots {
-            open: Arc::default(),
-            max: 2,
-        };
+        let slots = Slots::new(2);
         let client: IpAddr = "192.0.2.1".parse().unwrap();
         let first = slots.take(Some(client)).expect("a slot");
         let _second = slots.take(None).expect("a slot");
         assert!(slots.take(Some(client)).is_none(), "beyond the cap");
         drop(first);
         assert!(slots.take(None).is_some(), "freed");
+    }
+
+    /// One client cannot take every connection a low total allows (a quarter of it, at least
+    /// a browser's six and a spare); with many, the usual cap per client.
+    #[test]
+    fn one_client_takes_a_share_of_a_low_total() {
+        assert_eq!(per_client_for(16), 8);
+        assert_eq!(per_client_for(252), 63);
+        assert_eq!(per_client_for(MAX_CONNECTIONS), MAX_CONNECTIONS_PER_CLIENT);
+        let slots = Slots::new(252);
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        let held: Vec<_> = (0..63)
+            .map(|_| slots.take(Some(client)).expect("a slot"))
+            .collect();
+        assert!(slots.take(Some(client)).is_none(), "its share is taken");
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(
+            slots.take(Some(other)).is_some(),
+            "another client is served"
+        );
+        drop(held);
     }
 
     /// Shutting down, a keep-alive connection still open is served its next request, answered

@@ -3,7 +3,8 @@
 //! restart; a broken pair is refused and the previous one kept).
 //!
 //! Handshakes run in their own tasks with a deadline, at most 16 at once per client address
-//! (IPv6: per /64) and 1024 in all; beyond that a connection is closed at once, so a client that
+//! (IPv6: per /64) and 1024 in all (a quarter of the connections a low limit of open files
+//! allows); beyond that a connection is closed at once, so a client that
 //! connects and never speaks cannot hold up anyone else's; completed connections are handed to
 //! the connection loop (`serve`) through [`TlsListener`].
 
@@ -38,6 +39,15 @@ use tokio_util::sync::CancellationToken;
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
 /// Handshakes in progress at once; beyond it new connections are closed at once.
 const MAX_HANDSHAKES: usize = 1024;
+
+/// `descriptors` for the web's connections ([`super::serve::connections_for`]) shared between
+/// handshakes in progress (a quarter, at most [`MAX_HANDSHAKES`]) and the connections served
+/// (the rest): together they never take more (each holds a descriptor), so handshakes under a
+/// low limit of open files cannot take the database's.
+pub fn handshakes_and_connections(descriptors: usize) -> (usize, usize) {
+    let handshakes = (descriptors / 4).clamp(1, MAX_HANDSHAKES);
+    (handshakes, descriptors.saturating_sub(handshakes).max(1))
+}
 /// Handshakes in progress at once from one client address (IPv6: one /64).
 const MAX_HANDSHAKES_PER_CLIENT: usize = 16;
 
@@ -306,19 +316,21 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Accepts on `tcp` until `shutdown`, handshaking with the current certificate; peers for
-    /// which `unlimited` says yes (a load balancer in front) are not limited per client.
+    /// Accepts on `tcp` until `shutdown`, handshaking with the current certificate, at most
+    /// `max_handshakes` at once ([`handshakes_and_connections`]); peers for which `unlimited`
+    /// says yes (a load balancer in front) are not limited per client.
     pub fn new(
         tcp: TcpListener,
         current: CurrentConfig,
         unlimited: Arc<dyn Fn(IpAddr) -> bool + Send + Sync>,
         shutdown: CancellationToken,
+        max_handshakes: usize,
     ) -> Self {
         let local = tcp
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (tx, connections) = mpsc::channel(64);
-        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let handshakes = Arc::new(Semaphore::new(max_handshakes));
         let per_client: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
         tokio::spawn(async move {
             loop {
@@ -459,6 +471,22 @@ pub fn reload_on_sighup(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Handshakes in progress and connections served share the descriptors the web has: never
+    /// more together (a low limit of open files: handshakes cannot take the database's).
+    #[test]
+    fn handshakes_and_connections_share_the_webs_descriptors() {
+        for descriptors in [16, 100, 252, 4096, 16_384] {
+            let (handshakes, connections) = handshakes_and_connections(descriptors);
+            assert_eq!(handshakes + connections, descriptors, "{descriptors}");
+            assert!(
+                handshakes >= 1 && connections >= handshakes,
+                "{descriptors}"
+            );
+        }
+        assert_eq!(handshakes_and_connections(252), (63, 189));
+        assert_eq!(handshakes_and_connections(16_384), (MAX_HANDSHAKES, 15_360));
+    }
 
     fn pair(dir: &Path, name: &str) -> TlsSettings {
         let issued = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();

@@ -451,16 +451,25 @@ pub async fn create(
     Ok(settings.id)
 }
 
+/// What an organization's change did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Updated {
+    /// Something changed.
+    pub changed: bool,
+    /// An enable closed a disable's stop of its sessions before it was done.
+    pub skipped_stop: Option<crate::storage::SkippedStop>,
+}
+
 /// Changes an organization: `is_active` (or `enabled`) on its own, or any other settings keys
 /// of the configuration file's form (`servers` replaces the list; a server listed without a
-/// secret keeps its stored one). True if something changed.
+/// secret keeps its stored one).
 pub async fn update(
     storage: &Storage,
     organizations: &Organizations,
     id: &str,
     patch: Value,
     actor: &str,
-) -> Result<bool, ChangeError> {
+) -> Result<Updated, ChangeError> {
     let mut patch = object(patch, "change")?;
     let state = state_of(storage, id).await?;
     let mut flags = ACTIVE_KEYS
@@ -490,7 +499,10 @@ pub async fn update(
         }
         return match set_active(storage, organizations, id, active, actor).await? {
             None => Err(ChangeError::NotFound(id.to_string())),
-            Some(change) => Ok(change.changed),
+            Some(change) => Ok(Updated {
+                changed: change.changed,
+                skipped_stop: change.skipped_stop,
+            }),
         };
     }
     if !guard::allows(Operation::AdminUpdate, state) {
@@ -537,6 +549,10 @@ pub async fn update(
         after,
     )
     .await
+    .map(|changed| Updated {
+        changed,
+        skipped_stop: None,
+    })
 }
 
 /// Deletes an organization that has nothing left to do: no open sessions, no accounting to

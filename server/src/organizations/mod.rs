@@ -1059,6 +1059,28 @@ pub fn stop_among(jobs: &[crate::storage::OrganizationJob], id: &str) -> bool {
         .any(|job| job.organization_id == id && job.kind == "stop_sessions")
 }
 
+/// What an enable says of the disable's stop it skipped (None: nothing worth saying — the
+/// stop had nothing left to do); `disable` names how to stop the sessions it left.
+pub fn skipped_stop_said(skipped: crate::storage::SkippedStop, disable: &str) -> Option<String> {
+    let crate::storage::SkippedStop {
+        stopped_before,
+        open_sessions,
+    } = skipped;
+    let kept = match open_sessions {
+        0 => "none of its sessions is open".to_string(),
+        n => format!("its {n} open session(s) keep running ({disable} stops them)"),
+    };
+    match stopped_before {
+        0 if open_sessions == 0 => None,
+        0 => Some(format!(
+            "the disable's stop of its sessions was not done and is skipped: {kept}"
+        )),
+        n => Some(format!(
+            "the disable's stop of its sessions was under way: {n} session(s) were stopped already (Accounting-Stop, Admin-Reset) and stay stopped; the rest is skipped: {kept}"
+        )),
+    }
+}
+
 /// Enables or disables an organization — the one write path: the stored flag (with its audit
 /// entry and, on disable, the durable job that stops its open sessions), then this process's
 /// cache entry for that organization only. `Ok(None)`: no such organization.
