@@ -38,6 +38,20 @@ pub fn end_text(reason: EndReason) -> &'static str {
     }
 }
 
+/// Why a session this browser no longer holds (its link taken by a Disconnect, here or on
+/// another page) ended: by its time, when that had come on this page's clock — which never
+/// runs ahead of the portal's (counted from when the page came, after the portal measured) — as
+/// a Disconnect made after it finds the session ended already (a Refresh racing another
+/// page's Disconnect at the end said "disconnected": black-box tester U's D1); else by a
+/// Disconnect.
+pub fn gone_after(time_up: bool, ends_by: EndsBy) -> EndReason {
+    match (time_up, ends_by) {
+        (false, _) => EndReason::Disconnected,
+        (true, EndsBy::Window) => EndReason::Expired,
+        (true, EndsBy::Limit) => EndReason::LimitReached,
+    }
+}
+
 /// The heading (the start of the tab's title too) and first sentence once the page's session
 /// is over for it: ended — or running on without this browser, which is not "ended".
 pub fn over_texts(reason: EndReason) -> [&'static str; 2] {
@@ -155,7 +169,8 @@ pub fn SessionPanel() -> impl IntoView {
             }
             PanelStatus::NoSession => {
                 clear_if_shown(error, crate::error::DISCONNECT_UNREACHABLE);
-                ended.set(Some(EndReason::Disconnected));
+                let time_up = monotonic_ms() >= deadline.get_untracked();
+                ended.set(Some(gone_after(time_up, state.get_untracked().ends_by)));
             }
         }
     };
@@ -848,6 +863,14 @@ pub fn format_length(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_gone_after_its_time_ended_by_it() {
+        assert_eq!(gone_after(false, EndsBy::Window), EndReason::Disconnected);
+        assert_eq!(gone_after(false, EndsBy::Limit), EndReason::Disconnected);
+        assert_eq!(gone_after(true, EndsBy::Window), EndReason::Expired);
+        assert_eq!(gone_after(true, EndsBy::Limit), EndReason::LimitReached);
+    }
 
     #[test]
     fn clock_shows_hours_only_when_needed() {
