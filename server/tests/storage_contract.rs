@@ -1891,6 +1891,27 @@ async fn periodic_interims_come_due_and_coalesce(db: Db) {
     assert_eq!(s.next_interim().await.unwrap(), Some(T0 + 17 * MINUTE));
     assert_eq!(s.queue_due_interims(T0 + 15 * MINUTE).await.unwrap(), 0);
     assert_eq!(s.queue_due_interims(T0 + 17 * MINUTE).await.unwrap(), 1);
+    // A refresh a moment after a periodic Interim-Update (on its way already) restarts the
+    // window but queues none of its own: two a few milliseconds apart say nothing more
+    // (black-box tester R); the next periodic one stays when it was due.
+    let interim = s
+        .claim_due_outbox(T0 + 17 * MINUTE, T0 + 18 * MINUTE, 10)
+        .await
+        .unwrap();
+    assert_eq!(interim.len(), 1);
+    let queued = outbox_types(s, id).await;
+    let moment = T0 + 17 * MINUTE + 40;
+    let refreshed = s
+        .refresh_session(id, moment, refreshed_until(moment, moment + 30 * MINUTE))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(refreshed.expires_at, moment + 30 * MINUTE);
+    s.mark_delivered(&interim[0], T0 + 17 * MINUTE + 50, None)
+        .await
+        .unwrap();
+    assert_eq!(outbox_types(s, id).await, queued, "none more");
+    assert_eq!(s.next_interim().await.unwrap(), Some(T0 + 22 * MINUTE));
 
     // An operator's stop waiting for the session (a terminate, a disable, asked for while no
     // portal ran): no Interim-Update is due for it, nor queued, until the job is done — its

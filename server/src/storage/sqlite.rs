@@ -657,12 +657,15 @@ impl SessionStore for SqliteStore {
                     }
                     _ => {}
                 }
+                // A periodic Interim-Update queued moments ago stands for the refresh's own.
+                let quiet = interim_just_queued(c, id, now)?;
                 // The refresh's Interim-Update counts as the periodic one: the next is an
                 // interval after it (a periodic one due a moment later would repeat it).
                 let started_at: Option<i64> = c
                     .prepare_cached(
                         "UPDATE access_sessions SET refreshed_at = ?1, expires_at = ?2, \
-                         window_ms = ?4, limit_at = ?5, next_interim_at = ?1 + interim_interval * 1000 \
+                         window_ms = ?4, limit_at = ?5, \
+                         next_interim_at = CASE WHEN ?7 THEN next_interim_at ELSE ?1 + interim_interval * 1000 END \
                          WHERE id = ?3 AND state = 'active' AND expires_at > ?1 \
                          AND (?6 IS NULL OR refreshed_at = ?6) RETURNING started_at",
                     )?
@@ -673,7 +676,8 @@ impl SessionStore for SqliteStore {
                             id,
                             terms.window_ms,
                             terms.limit_at,
-                            terms.follows
+                            terms.follows,
+                            quiet
                         ],
                         |r| r.get(0),
                     )
@@ -683,7 +687,9 @@ impl SessionStore for SqliteStore {
                     return Ok(session_by_id(c, id)?
                         .filter(|s| s.active && s.expires_at > now && terms.follows.is_some_and(|f| s.refreshed_at != f)));
                 };
-                enqueue_interim(c, id, started_at, now)?;
+                if !quiet {
+                    enqueue_interim(c, id, started_at, now)?;
+                }
                 session_by_id(c, id)
             })
             .await
@@ -2070,6 +2076,20 @@ fn stop_in(
         Some(cause),
     )?;
     Ok(true)
+}
+
+/// Whether session `id`'s last Interim-Update (periodic, or a refresh's) was queued less than
+/// [`crate::access_session::REFRESH_QUIET_MS`] before `now`: a refresh then queues none of its
+/// own (two a few milliseconds apart said nothing more; black-box tester R).
+fn interim_just_queued(c: &Connection, id: i64, now: i64) -> Result<bool, StorageError> {
+    let last: Option<i64> = c
+        .prepare_cached(
+            "SELECT next_interim_at - interim_interval * 1000 FROM access_sessions WHERE id = ?",
+        )?
+        .query_row([id], |r| r.get(0))
+        .optional()?
+        .flatten();
+    Ok(last.is_some_and(|last| (now - last).abs() < crate::access_session::REFRESH_QUIET_MS))
 }
 
 /// Queues an Interim-Update at `now` with the session time since `started_at`.
