@@ -144,6 +144,10 @@ pub enum RadiusCommand {
         /// Calling-Station-Id / Framed-IP-Address to send.
         #[arg(long, default_value = "127.0.0.1")]
         client_ip: IpAddr,
+        /// Test the organization's servers as the configuration file lists them (the next
+        /// start's), not as the database holds them (the running portal's).
+        #[arg(long)]
+        from_file: bool,
     },
 }
 
@@ -264,6 +268,17 @@ pub async fn run() -> anyhow::Result<()> {
                     .display()
             );
             let stored = check_against_database(&settings).await?;
+            // What the next start changes (a secret rotated, a server moved): the running
+            // portal and `radius test` use the database's until then.
+            for (id, changed) in
+                crate::organizations::file_changes(&stored, &settings.organizations)
+            {
+                say!(
+                    "# the next start updates organization `{id}` from this file: {} (until then the running portal uses the database's; `radius test --org {} --from-file` tests this file's servers)",
+                    changed.join(", "),
+                    crate::organizations::shell_word(&id)
+                );
+            }
             // What `serve` would warn about at start-up, said now (on stderr: stdout is the
             // effective configuration).
             let mut ids: Vec<String> = settings
@@ -343,6 +358,7 @@ pub async fn run() -> anyhow::Result<()> {
                     username,
                     password_env,
                     client_ip,
+                    from_file,
                 },
         } => {
             let settings = Settings::load_for_operator(cli.config.as_deref())?;
@@ -356,7 +372,7 @@ pub async fn run() -> anyhow::Result<()> {
                 None => None,
             };
             let all_answered =
-                radius_test(&settings, org.as_deref(), credentials, client_ip).await?;
+                radius_test(&settings, org.as_deref(), credentials, client_ip, from_file).await?;
             if !all_answered {
                 bail!("not every RADIUS server answered usably: each line above says why");
             }
@@ -689,6 +705,7 @@ pub async fn radius_test(
     org_id: Option<&str>,
     credentials: Option<(String, String)>,
     client_ip: IpAddr,
+    from_file: bool,
 ) -> anyhow::Result<bool> {
     use crate::{
         organizations::{
@@ -726,16 +743,51 @@ pub async fn radius_test(
             Err(e) => return Err(e),
         }
     };
-    let organizations = match &storage {
-        None => Organizations::from_settings(&settings.organizations)?,
-        Some(storage) => Organizations::load(storage).await?,
+    let rows = match &storage {
+        None => None,
+        Some(storage) => Some(storage.organizations().await?),
+    };
+    let organizations = match (&storage, from_file) {
+        (Some(storage), false) => Organizations::load(storage).await?,
+        _ => Organizations::from_settings(&settings.organizations)?,
     };
     let default_id = organizations.default_id();
     let chosen = org_id.is_some();
     let org_id = org_id.unwrap_or(&default_id);
-    let Some(org) = organizations.get(org_id) else {
+    let Some(mut org) = organizations.get(org_id) else {
+        if from_file {
+            return Err(Usage(format!(
+                "--from-file: the configuration file lists no organization `{}` (without --from-file the database's organizations are tested)",
+                crate::shortened(org_id)
+            ))
+            .into());
+        }
         return Err(NotFound::Organization(org_id.to_string()).into());
     };
+    if let Some(rows) = &rows {
+        // The file's settings, the database's state: a disabled organization is one still.
+        if let Some(row) = rows.iter().find(|row| from_file && row.id == org_id) {
+            std::sync::Arc::make_mut(&mut org).active = row.active;
+        }
+        // What is tested is what the running portal uses (or, --from-file, what the next
+        // start will): said when the two differ, so a change in the file is not taken for
+        // tested (black-box tester S's D2).
+        if let Some((_, changed)) =
+            crate::organizations::file_changes(rows, &settings.organizations)
+                .into_iter()
+                .find(|(id, _)| id == org_id)
+        {
+            say!(
+                "note: the configuration file's settings of `{org_id}` differ from the database's ({}): the running portal uses the database's until its next start{}",
+                changed.join(", "),
+                if from_file {
+                    "; testing the file's (--from-file)"
+                } else {
+                    "; testing the database's (--from-file tests the file's)"
+                }
+            );
+        }
+    }
     // What a sign-in would refuse is no test of the servers: said as the sign-in says it,
     // before anything is sent or audited.
     let credentials = match credentials {
@@ -804,18 +856,22 @@ pub async fn radius_test(
         |server: &crate::radius::ServerEndpoint,
          port: Port,
          started: tokio::time::Instant,
-         outcome: Result<(String, &str), crate::radius::RadiusError>| {
+         outcome: Result<(String, &str, bool), crate::radius::RadiusError>| {
             let elapsed = started.elapsed().as_millis();
             let (addr, role) = match port {
                 Port::Auth => (server.auth_addr, "authentication"),
                 Port::Acct => (server.acct_addr, "accounting"),
             };
             match outcome {
-                // A note after the time: it explains what was seen, and may be long.
-                Ok((text, note)) => say!(
-                    "{} ({addr}, {role}): {text} in {elapsed} ms{note}",
-                    server.name
-                ),
+                // A note after the time: it explains what was seen, and may be long. An
+                // answer no sign-in can use fails the test as no answer does.
+                Ok((text, note, usable)) => {
+                    all_answered &= usable;
+                    say!(
+                        "{} ({addr}, {role}): {text} in {elapsed} ms{note}",
+                        server.name
+                    )
+                }
                 Err(e) => {
                     all_answered = false;
                     let by_request = if server.status_check == crate::config::StatusCheck::Request {
@@ -841,37 +897,49 @@ pub async fn radius_test(
         let outcome = match &credentials {
             None => radius.status_server(server, Port::Auth, deadline).await.map(|(code, unsigned)| {
                 if unsigned {
-                    (format!("answered Status-Server ({code:?}) without a Message-Authenticator"), ": Status-Server answers need none, but with `require_message_authenticator` every Access-Accept must carry one (FreeRADIUS before 3.2.5 signs one only where its post-auth adds it; \"learn\" or false for a server that cannot): --username USER tests a login")
+                    (format!("answered Status-Server ({code:?}) without a Message-Authenticator"), ": Status-Server answers need none, but with `require_message_authenticator` every Access-Accept must carry one (FreeRADIUS before 3.2.5 signs one only where its post-auth adds it; \"learn\" or false for a server that cannot): --username USER tests a login", true)
                 } else {
-                    (format!("answered Status-Server ({code:?})"), "")
+                    (format!("answered Status-Server ({code:?})"), "", true)
                 }
             }),
             Some((user, password)) => radius
                 .authenticate(std::slice::from_ref(server), &org.nas, user, password, client_ip, deadline, crate::radius::always_go_on)
                 .await
-                .map(|outcome| (match outcome {
-                    AuthOutcome::Accept { grant, .. } => format!(
-                        "Access-Accept: Session-Timeout={} Idle-Timeout={} Acct-Interim-Interval={} Class={} value(s){}{}",
-                        show(grant.session_timeout),
-                        show(grant.idle_timeout),
-                        show(grant.interim_interval),
-                        grant.classes.len(),
-                        // A renamed user: the name the session (accounting, Disconnect-Requests) goes by.
-                        grant.user_name.filter(|name| name != user).map(|m| format!(" User-Name={m:?}")).unwrap_or_default(),
-                        grant.reply_message.map(|m| format!(" Reply-Message={m:?}")).unwrap_or_default()
-                    ),
-                    AuthOutcome::Reject { reply_message, .. } => format!(
+                .map(|outcome| match outcome {
+                    // The checks a sign-in makes after the Accept's own: its session's Stop
+                    // must fit one packet.
+                    AuthOutcome::Accept { grant, .. } => match crate::access_session::accept_unusable_for_its_stop(
+                        &org.nas,
+                        grant.user_name.as_deref().unwrap_or(user),
+                        client_ip,
+                        &grant.classes,
+                    ) {
+                        Some(problem) => (format!("Access-Accept the portal cannot use: {problem}"), "", false),
+                        None => (format!(
+                            "Access-Accept: Session-Timeout={} Idle-Timeout={} Acct-Interim-Interval={} Class={} value(s){}{}",
+                            show(grant.session_timeout),
+                            show(grant.idle_timeout),
+                            show(grant.interim_interval),
+                            grant.classes.len(),
+                            // A renamed user: the name the session (accounting, Disconnect-Requests) goes by.
+                            grant.user_name.filter(|name| name != user).map(|m| format!(" User-Name={m:?}")).unwrap_or_default(),
+                            grant.reply_message.map(|m| format!(" Reply-Message={m:?}")).unwrap_or_default()
+                        ), "", true),
+                    },
+                    // The server answered as it should: the user's password or account is
+                    // what it refused.
+                    AuthOutcome::Reject { reply_message, .. } => (format!(
                         "Access-Reject{}",
                         reply_message.map(|m| format!(" Reply-Message={m:?}")).unwrap_or_default()
-                    ),
+                    ), "", true),
                     AuthOutcome::Unusable { problem } => {
-                        format!("Access-Accept the portal cannot use: {problem}")
+                        (format!("Access-Accept the portal cannot use: {problem}"), "", false)
                     }
-                    AuthOutcome::Challenge { reply_message } => format!(
-                        "Access-Challenge (not supported by the portal){}",
+                    AuthOutcome::Challenge { reply_message } => (format!(
+                        "Access-Challenge (not supported by the portal: a sign-in fails){}",
                         reply_message.map(|m| format!(" Reply-Message={m:?}")).unwrap_or_default()
-                    ),
-                }, "")),
+                    ), "", false),
+                }),
         };
         report(server, Port::Auth, started, outcome);
         // The accounting port is another listener (one can be down while the other answers):
@@ -891,7 +959,7 @@ pub async fn radius_test(
         let outcome = radius
             .status_server(server, Port::Acct, deadline)
             .await
-            .map(|(code, _)| (format!("answered Status-Server ({code:?})"), ""));
+            .map(|(code, _)| (format!("answered Status-Server ({code:?})"), "", true));
         report(server, Port::Acct, started, outcome);
     }
     Ok(all_answered)

@@ -221,15 +221,82 @@ async fn radius_test_tests_the_accounting_port_too() {
 /// An Access-Reject (or Accounting-Response) for `request`, signed with the shared secret:
 /// Response Authenticator = MD5(head, Request Authenticator, secret).
 fn signed_reject(request: &[u8]) -> Vec<u8> {
+    signed_answer(request, if request[0] == 4 { 5 } else { 3 }, &[])
+}
+
+/// An answer of `code` with `attributes` (type, value) for `request`, signed with the shared
+/// secret: Response Authenticator = MD5(head, Request Authenticator, attributes, secret).
+fn signed_answer(request: &[u8], code: u8, attributes: &[(u8, Vec<u8>)]) -> Vec<u8> {
     use md5::{Digest, Md5};
-    let code = if request[0] == 4 { 5 } else { 3 };
-    let mut reply = vec![code, request[1], 0, 20];
+    let mut body = Vec::new();
+    for (kind, value) in attributes {
+        body.push(*kind);
+        body.push(value.len() as u8 + 2);
+        body.extend_from_slice(value);
+    }
+    let length = (20 + body.len()) as u16;
+    let mut reply = vec![code, request[1]];
+    reply.extend_from_slice(&length.to_be_bytes());
     let mut md5 = Md5::new();
     md5.update(&reply);
     md5.update(&request[4..20]);
+    md5.update(&body);
     md5.update(SECRET.as_bytes());
     reply.extend_from_slice(&md5.finalize());
+    reply.extend_from_slice(&body);
     reply
+}
+
+/// An answer no sign-in can use fails `radius test` as no answer does, and its line says why
+/// (black-box tester P's D3: exit 0 while every sign-in failed): an Access-Challenge, an
+/// Access-Accept whose Session-Timeout cannot be read, one whose session's Accounting-Stop
+/// would not fit one packet (its Class and User-Name). An Accept a sign-in can use passes.
+#[tokio::test]
+async fn radius_test_fails_on_an_answer_no_sign_in_can_use() {
+    let radius = FreeRadius::start().await;
+    let long_class = (1..=15).map(|_| (25u8, vec![b'c'; 253]));
+    let cases: Vec<(u8, Vec<(u8, Vec<u8>)>, &str, bool)> = vec![
+        (2, vec![(27, vec![0, 0, 0, 60])], "Access-Accept: Session-Timeout=60", true),
+        (
+            11,
+            vec![],
+            "Access-Challenge (not supported by the portal: a sign-in fails)",
+            false,
+        ),
+        (
+            2,
+            vec![(27, vec![0, 0, 60])],
+            "Access-Accept the portal cannot use",
+            false,
+        ),
+        (
+            2,
+            std::iter::once((1u8, vec![b'u'; 150])).chain(long_class).collect(),
+            "Access-Accept the portal cannot use: its Class and User-Name attributes are too long for the session's Accounting-Stop to fit in one RADIUS packet",
+            false,
+        ),
+    ];
+    for (code, attributes, said, usable) in cases {
+        let asked = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = asked.local_addr().unwrap().port();
+        let answers = asked.try_clone().unwrap();
+        answer_each_request(asked, answers, move |request| {
+            signed_answer(request, code, &attributes)
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let path = one_server(
+            &dir,
+            "odd",
+            (port, radius.acct_port),
+            "require_message_authenticator = false\n",
+        );
+        let (success, stdout) = radius_test(&path, Some("alice"));
+        assert_eq!(success, usable, "{said}: {stdout}");
+        assert!(
+            stdout.contains(&format!("odd (127.0.0.1:{port}, authentication): {said}")),
+            "{stdout}"
+        );
+    }
 }
 
 /// A stand-in RADIUS server for what FreeRADIUS will not do: each request read from `asked`

@@ -997,6 +997,82 @@ async fn an_enable_while_the_disables_stop_is_under_way_says_what_it_stopped() {
     );
 }
 
+/// A secret rotated in the file while the portal runs on the database's: `radius test` says the
+/// two differ and which it tests (the database's, the running portal's), `--from-file` tests
+/// the file's (here a wrong one: it fails), and `check-config` names what the next start
+/// changes — keys, never the secret (black-box tester S's D2: a typo in a rotated secret
+/// passed both with exit 0).
+#[tokio::test]
+async fn radius_test_and_check_config_say_what_the_next_start_changes() {
+    let (_radius, dir, _db, config, _settings, app, _session) = cli_portal_with("carol", 53).await;
+    app.stop().await;
+    let same = portal(&config, &["radius", "test"]).await;
+    assert!(same.status.success(), "{same:?}");
+    assert!(
+        !String::from_utf8_lossy(&same.stdout).contains("differ"),
+        "{same:?}"
+    );
+    let leptos = common::leptos_config();
+    let leptos = [("PORTAL_LEPTOS_CONFIG", leptos.to_str().unwrap())];
+    let unchanged = portal_with_env(&config, &["check-config"], &leptos).await;
+    assert!(unchanged.status.success(), "{unchanged:?}");
+    assert!(
+        !String::from_utf8_lossy(&unchanged.stdout).contains("the next start updates"),
+        "{unchanged:?}"
+    );
+
+    let rotated = dir.path().join("rotated.toml");
+    std::fs::write(
+        &rotated,
+        std::fs::read_to_string(&config).unwrap().replace(
+            &format!("secret = \"{SECRET}\""),
+            "secret = \"typo-in-the-new-one\"",
+        ),
+    )
+    .unwrap();
+    let stored = portal(&rotated, &["radius", "test"]).await;
+    let said = String::from_utf8_lossy(&stored.stdout);
+    assert!(
+        stored.status.success(),
+        "the database's secret answers: {stored:?}"
+    );
+    assert!(
+        said.contains("note: the configuration file's settings of `acme` differ from the database's (settings.servers.primary.secret)")
+            && said.contains("testing the database's (--from-file tests the file's)"),
+        "{said}"
+    );
+    let from_file = portal(&rotated, &["radius", "test", "--from-file"]).await;
+    let said = String::from_utf8_lossy(&from_file.stdout);
+    assert!(
+        !from_file.status.success(),
+        "the file's secret is wrong: {from_file:?}"
+    );
+    assert!(
+        said.contains("testing the file's (--from-file)") && said.contains("no usable answer"),
+        "{said}"
+    );
+    let checked = portal_with_env(&rotated, &["check-config"], &leptos).await;
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{checked:?}");
+    assert!(
+        said.contains("# the next start updates organization `acme` from this file: settings.servers.primary.secret"),
+        "{said}"
+    );
+    for output in [&stored, &from_file, &checked] {
+        let all = format!("{output:?}");
+        assert!(
+            !all.contains("typo-in-the-new-one") && !all.contains(SECRET),
+            "{all}"
+        );
+    }
+    let nowhere = portal(
+        &rotated,
+        &["radius", "test", "--from-file", "--org", "beta"],
+    )
+    .await;
+    assert_eq!(nowhere.status.code(), Some(2), "{nowhere:?}");
+}
+
 /// The admin API's enable (`change::update`, `is_active: true`) while a disable's stop is under
 /// way answers with what it skipped, as the CLI says it: the counts of its own write.
 #[tokio::test]

@@ -96,6 +96,23 @@ fn stop_fits(
     crate::radius::encode_accounting(0, nas, &stop, b"probe").map(|_| ())
 }
 
+/// What keeps an Access-Accept for `username` (the Accept's User-Name, else the one typed)
+/// from opening a session ([`stop_fits`]): None when its Stop fits one packet. `radius test`
+/// says it as a sign-in would.
+pub fn accept_unusable_for_its_stop(
+    nas: &crate::radius::NasIdentity,
+    username: &str,
+    client_ip: IpAddr,
+    classes: &[Vec<u8>],
+) -> Option<&'static str> {
+    stop_fits(nas, &new_acct_session_id(), username, client_ip, classes)
+        .is_err()
+        .then_some(STOP_DOES_NOT_FIT)
+}
+
+/// Why an Accept whose session's Stop would not fit one packet opens no session.
+const STOP_DOES_NOT_FIT: &str = "its Class and User-Name attributes are too long for the session's Accounting-Stop to fit in one RADIUS packet";
+
 /// Current time as Unix milliseconds: the wall clock's, with a step of it held back until the
 /// stored times have moved with it ([`clock_steps`]).
 pub fn now_ms() -> i64 {
@@ -583,7 +600,7 @@ impl AccessSessions {
             ) {
                 tracing::warn!(error = %e,
                     "login accepted by RADIUS but its session's Accounting-Stop could not be encoded: no session");
-                let problem = "its Class and User-Name attributes are too long for the session's Accounting-Stop to fit in one RADIUS packet";
+                let problem = STOP_DOES_NOT_FIT;
                 self.audit_login(
                     &org.id,
                     username,

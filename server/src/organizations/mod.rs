@@ -677,6 +677,34 @@ pub async fn seed(
     Ok(())
 }
 
+/// What the next start changes of each organization the file lists and the database holds (as
+/// [`seed`] finds it): its id and the keys that differ (never values: secrets are among them),
+/// for those where any do. `check-config` and `radius test` say them: the running portal uses
+/// the database's until then.
+pub fn file_changes(
+    stored: &[StoredOrganization],
+    settings: &[OrganizationSettings],
+) -> Vec<(String, Vec<String>)> {
+    settings
+        .iter()
+        .filter_map(|s| {
+            let row = stored.iter().find(|row| row.id == s.id)?;
+            let file = serde_json::to_string(s).ok()?;
+            let mut changed = Vec::new();
+            if row.name != s.name {
+                changed.push("name".to_string());
+            }
+            if row.settings.as_deref() != Some(file.as_str()) {
+                changed.extend(crate::storage::settings_changes(
+                    row.settings.as_deref().unwrap_or("{}"),
+                    &file,
+                ));
+            }
+            (!changed.is_empty()).then(|| (s.id.clone(), changed))
+        })
+        .collect()
+}
+
 /// The configuration file lists organization `id` with `enabled = true` while it is disabled:
 /// said by `org disable`, the admin API's disable, `check-config` and the start-up itself, so a
 /// disable is not undone by a restart unawares (the file's `enabled` is applied at every start).
@@ -937,7 +965,7 @@ pub(crate) fn servers_freed(
 
 /// `word` as a shell reads it back: as it is when it holds nothing a shell treats specially,
 /// else in single quotes.
-fn shell_word(word: &str) -> String {
+pub fn shell_word(word: &str) -> String {
     let plain = !word.is_empty()
         && word
             .chars()

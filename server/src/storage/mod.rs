@@ -111,8 +111,8 @@ pub mod sqlite;
 pub mod web_sessions;
 
 pub use organizations::{
-    ActiveChange, Audit, AuditEntry, AuditQuery, DeleteOutcome, OrganizationJob, OrganizationWrite,
-    SeedOutcome, SkippedStop, StoredOrganization, UpdateOutcome,
+    settings_changes, ActiveChange, Audit, AuditEntry, AuditQuery, DeleteOutcome, OrganizationJob,
+    OrganizationWrite, SeedOutcome, SkippedStop, StoredOrganization, UpdateOutcome,
 };
 use postgres::PgStore;
 use sqlite::SqliteStore;
