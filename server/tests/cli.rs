@@ -255,7 +255,8 @@ fn signed_answer(request: &[u8], code: u8, attributes: &[(u8, Vec<u8>)]) -> Vec<
 async fn radius_test_fails_on_an_answer_no_sign_in_can_use() {
     let radius = FreeRadius::start().await;
     let long_class = (1..=15).map(|_| (25u8, vec![b'c'; 253]));
-    let cases: Vec<(u8, Vec<(u8, Vec<u8>)>, &str, bool)> = vec![
+    type Attributes = Vec<(u8, Vec<u8>)>;
+    let cases: Vec<(u8, Attributes, &str, bool)> = vec![
         (2, vec![(27, vec![0, 0, 0, 60])], "Access-Accept: Session-Timeout=60", true),
         (
             11,
