@@ -1234,6 +1234,36 @@ fn a_database_directory_that_cannot_be_made_is_named_by_check_config_and_serve()
             );
         }
     }
+    // A directory where no file can be made (/proc itself: its mode tells root yes), and a
+    // "directory" that is a file (black-box tester S's D1: check-config passed both, and
+    // `serve` said "File exists" or "No such file or directory").
+    let file = dir.path().join("token");
+    std::fs::write(&file, "not a directory").unwrap();
+    let under_file = file.join("portal.db").display().to_string();
+    for (path, said) in [
+        (
+            "/proc/portal.db".to_string(),
+            "this user cannot make the database's files in the directory /proc: making a file there fails".to_string(),
+        ),
+        (
+            under_file,
+            format!(
+                "the database's directory {} cannot be made or used: {} is a file, not a directory",
+                file.display(),
+                file.display()
+            ),
+        ),
+    ] {
+        std::fs::write(&config, text.replace(&db, &path)).unwrap();
+        for command in ["check-config", "serve"] {
+            let output = portal(&["--config", config.to_str().unwrap(), command])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{command} with {path}: {stderr}");
+            assert!(stderr.contains(&said), "{command} with {path}: {stderr}");
+        }
+    }
 }
 
 /// `serve` warns when its configuration file holds shared secrets and others can read it, and

@@ -401,11 +401,13 @@ fn read_only_file(path: &Path) -> String {
 }
 
 /// What keeps this process from writing the SQLite database at `path` as `serve` does, looked
-/// at without writing anything (as this process's effective user): the file and its -wal and
-/// -shm files where they exist, and — when one of those is still to be made — the directory
-/// SQLite makes it in (the file's own, a symbolic link followed, as SQLite does); or, that
-/// directory not there yet, the nearest one that is, where it would be made. None when nothing
-/// does (SQLite itself has the last word at its first write).
+/// at without writing anything of the database's (as this process's effective user): the file
+/// and its -wal and -shm files where they exist, and — when one of those is still to be made —
+/// the directory SQLite makes it in (the file's own, a symbolic link followed, as SQLite does),
+/// which must be a directory; or, that directory not there yet, the nearest one that is, where
+/// it would be made. Where the modes say yes, a directory or file is made there and removed
+/// (the modes cannot tell of /proc, and tell root yes everywhere). None when nothing does
+/// (SQLite itself has the last word at its first write).
 ///
 /// `with_lock`: `serve`'s view, which also writes `<file>.lock` beside the file. Only a
 /// refusal (EACCES) or a read-only file system is a problem: any other answer (a container's
@@ -445,6 +447,19 @@ pub(crate) fn write_access_problem(path: &Path, with_lock: bool) -> Option<Strin
         )
     };
     let writable = |p: &Path| check(p).is_ok();
+    // Its directory, or the nearest that exists, is something else (a file): nothing can be
+    // made under it (`serve` met "File exists" making it: black-box tester S's D1).
+    if let Some(not_a_dir) = dir
+        .ancestors()
+        .find(|a| !a.as_os_str().is_empty() && a.exists())
+        .filter(|a| !a.is_dir())
+    {
+        return Some(format!(
+            "the database's directory {} cannot be made or used: {} is a file, not a directory",
+            dir.display(),
+            not_a_dir.display()
+        ));
+    }
     if !dir.exists() {
         let existing = dir
             .ancestors()
@@ -503,6 +518,29 @@ pub(crate) fn write_access_problem(path: &Path, with_lock: bool) -> Option<Strin
     match check(dir) {
         Err(Errno::EROFS) if to_make => Some(read_only_fs(path)),
         Err(_) if to_make => Some(read_only_directory(dir)),
+        // Writable as its mode says (root is told yes everywhere), and still no file may be
+        // made there (a file system such as /proc): tried, and undone.
+        Ok(()) if to_make => {
+            let probe = dir.join(format!(
+                ".radius-portal-check-{}",
+                crate::hex(&rand::random::<[u8; 8]>())
+            ));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&probe)
+            {
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&probe);
+                    None
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
+                Err(e) => Some(format!(
+                    "this user cannot make the database's files in the directory {}: making a file there fails ({e}): put the database where the portal can write",
+                    dir.display()
+                )),
+            }
+        }
         _ => None,
     }
 }
