@@ -525,7 +525,7 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
         AccountingCommand::GiveUpCopies { org, server } => {
             let org = crate::operator::stored_id(&storage, org).await?;
             let Some(stored) = storage.organization(&org).await? else {
-                bail!("no organization `{org}` (`org list` shows them)");
+                return Err(NotFound::Organization(org).into());
             };
             let listed = crate::organizations::stored_servers(&stored)
                 .iter()

@@ -64,12 +64,13 @@ pub enum OrgCommand {
     },
     /// Change an organization: the keys in the file replace the stored ones (`servers` replaces
     /// the list; a server without `secret`/`secret_file` keeps its stored secret). Refused while
-    /// it is disabled (enable it first).
+    /// it is disabled (enable it first). Give `--file`, `--name` or both.
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true).args(["file", "name"])))]
     Update {
         /// Organization id (slug).
         id: String,
         /// Settings to change (TOML, or JSON if the name ends in `.json`).
-        #[arg(long, required_unless_present = "name")]
+        #[arg(long)]
         file: Option<std::path::PathBuf>,
         /// New display name.
         #[arg(long)]
@@ -378,8 +379,8 @@ pub enum AuditCommand {
         /// Only this action's (`org.disable`, `session.terminate`, …).
         #[arg(long)]
         action: Option<String>,
-        /// Only those older than this entry (its id, the first column of `--json`): the page
-        /// before the one shown.
+        /// Only those older than this entry (its id: the first column, `#ID`, or `id` in
+        /// `--json`): the page before the one shown.
         #[arg(long, value_name = "ID")]
         before: Option<i64>,
         /// Machine-readable output (one JSON object per line).
@@ -991,19 +992,31 @@ pub async fn audit(settings: &Settings, command: AuditCommand) -> anyhow::Result
                 action: action.filter(|a| !a.is_empty()),
                 before,
             };
+            // The id first: `--before` takes it.
+            #[derive(serde::Serialize)]
+            struct Line<'a> {
+                id: i64,
+                at_ms: i64,
+                actor: &'a str,
+                action: &'a str,
+                organization: Option<&'a str>,
+                detail: serde_json::Value,
+            }
             for entry in storage.audit_entries(&query).await? {
                 if json {
-                    say!(
-                        "{}",
-                        serde_json::json!({
-                            "id": entry.id, "at_ms": entry.at, "actor": entry.actor,
-                            "action": entry.action, "organization": entry.organization_id,
-                            "detail": serde_json::from_str::<serde_json::Value>(&entry.detail).unwrap_or_default(),
-                        })
-                    );
+                    let line = Line {
+                        id: entry.id,
+                        at_ms: entry.at,
+                        actor: &entry.actor,
+                        action: &entry.action,
+                        organization: entry.organization_id.as_deref(),
+                        detail: serde_json::from_str(&entry.detail).unwrap_or_default(),
+                    };
+                    say!("{}", serde_json::to_string(&line)?);
                 } else {
                     say!(
-                        "{} {:<16} {:<14} {:<12} {}",
+                        "#{} {} {:<16} {:<18} {:<12} {}",
+                        entry.id,
                         humantime::format_rfc3339_millis(
                             std::time::UNIX_EPOCH
                                 + std::time::Duration::from_millis(entry.at.max(0) as u64)

@@ -1278,6 +1278,35 @@ async fn the_cli_disables_an_organization_of_the_running_portal() {
                 .all(|l| l.contains(" org.disable ") && l.contains(" acme ")),
         "{disables}"
     );
+    // Each line starts with its entry's id, which `--before` takes (the page before it), as
+    // each JSON line does.
+    let newest = disables.lines().last().unwrap();
+    let id = newest.split(' ').next().unwrap().strip_prefix('#').unwrap();
+    let before = portal(
+        &config,
+        &[
+            "audit",
+            "tail",
+            "--org",
+            "acme",
+            "--action",
+            "org.disable",
+            "--before",
+            id,
+            "--json",
+        ],
+    )
+    .await;
+    let before = String::from_utf8_lossy(&before.stdout);
+    assert_eq!(
+        before.lines().count(),
+        disables.lines().count() - 1,
+        "{before}"
+    );
+    assert!(
+        before.lines().all(|l| l.starts_with("{\"id\":")),
+        "{before}"
+    );
 
     let missing = portal(&config, &["org", "show", "no-such-org"]).await;
     assert_eq!(missing.status.code(), Some(3), "{missing:?}");
@@ -1472,6 +1501,13 @@ accent_color = "#0f766e"
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("default_window"),
         "{out:?}"
+    );
+    // Neither a file nor a name: the usage names both (either will do).
+    let nothing = portal(&config, &["org", "update", "gamma"]).await;
+    assert_eq!(nothing.status.code(), Some(2), "{nothing:?}");
+    assert!(
+        String::from_utf8_lossy(&nothing.stderr).contains("<--file <FILE>|--name <NAME>>"),
+        "{nothing:?}"
     );
     let rename = portal(&config, &["org", "update", "gamma", "--name", "Gamma Two"]).await;
     assert!(rename.status.success(), "{rename:?}");

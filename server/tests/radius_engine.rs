@@ -3073,7 +3073,11 @@ async fn an_operator_gives_up_the_copies_of_a_server_gone_for_good() {
         )
     };
     let refused = give_up("nope", "primary");
-    assert!(!refused.status.success());
+    assert_eq!(
+        refused.status.code(),
+        Some(3),
+        "no such organization, as every command says it"
+    );
     assert!(
         text(&refused).contains("no organization `nope`"),
         "{}",
