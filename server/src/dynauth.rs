@@ -465,8 +465,17 @@ impl DynAuthListener {
     }
 
     /// Why a request fails replay protection (RFC 5176 §3.5), if it does: its Event-Timestamp
-    /// is outside the window around our clock, or missing while required.
+    /// is outside the window around our clock, or missing while required — or not one 4-byte
+    /// time (the protection's input: never read as absent, nor as the first of several;
+    /// black-box tester P's D1).
     fn replay_check(&self, request: &Packet) -> Option<&'static str> {
+        let stamps = request.get_all(attr::EVENT_TIMESTAMP);
+        if stamps.len() > 1 {
+            return Some("more than one Event-Timestamp (RFC 5176 allows one)");
+        }
+        if stamps.iter().any(|stamp| stamp.len() != 4) {
+            return Some("an Event-Timestamp that is not a 4-byte time");
+        }
         match request.get_u32(attr::EVENT_TIMESTAMP) {
             Some(sent) => {
                 let now = crate::access_session::now_ms() / 1000;

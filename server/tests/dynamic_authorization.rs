@@ -258,6 +258,33 @@ async fn unknown_sessions_coa_and_forged_requests_are_refused() {
     );
     assert!(stats.dropped.load(Ordering::Relaxed) > dropped_before);
 
+    // An Event-Timestamp that is not one 4-byte time — 3 bytes, or two of them, the first
+    // current — is the replay check's input gone wrong: dropped, never read as absent or as
+    // its first (black-box tester P's D1). The session runs on (checked below).
+    let now = (an_hour_ago + 3600) as u32;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for stamps in [
+        vec![vec![1u8, 2, 3]],
+        vec![
+            now.to_be_bytes().to_vec(),
+            (now - 3600).to_be_bytes().to_vec(),
+        ],
+    ] {
+        let dropped_before = stats.dropped.load(Ordering::Relaxed);
+        let mut request = Packet::new(Code::DisconnectRequest, 78, [0; 16], SECRET.as_bytes());
+        request.push(attr::ACCT_SESSION_ID, sid.as_bytes());
+        for stamp in &stamps {
+            request.push(attr::EVENT_TIMESTAMP, stamp);
+        }
+        let bytes = encode_dynauth_request(&request).unwrap();
+        socket.send_to(&bytes, listener).await.unwrap();
+        wait_until(
+            "the request with a malformed Event-Timestamp is dropped",
+            || async { stats.dropped.load(Ordering::Relaxed) > dropped_before },
+        )
+        .await;
+    }
+
     // Every identification attribute given must match (RFC 5176 §3): the right id with
     // another user or address names no session; another NAS is a mismatch; none is missing.
     for (attributes, cause) in [
