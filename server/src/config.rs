@@ -1644,7 +1644,7 @@ impl Settings {
     /// parsed (unknown keys are still errors) but not validated, so a file with `[database]`
     /// alone works and secret files need not be readable by the operator.
     pub fn load_for_operator(path: Option<&Path>) -> Result<Settings, ConfigError> {
-        let (mut settings, text) = Settings::read(path)?;
+        let (mut settings, text) = Settings::read_leniently(path, true)?;
         settings.say_early();
         settings
             .validate_database()
@@ -1654,6 +1654,17 @@ impl Settings {
 
     /// The file (or defaults) with the environment applied, and the file's text.
     fn read(path: Option<&Path>) -> Result<(Settings, Option<String>), ConfigError> {
+        Settings::read_leniently(path, false)
+    }
+
+    /// [`Settings::read`]; `without_broken_organizations`: an operator command's, which an
+    /// organization that cannot be read (a typo in a key being edited) does not stop — it
+    /// goes on without the file's organizations, and says so (black-box tester S's D12: an
+    /// incident-time `session terminate` was refused for an unrelated typo).
+    fn read_leniently(
+        path: Option<&Path>,
+        without_broken_organizations: bool,
+    ) -> Result<(Settings, Option<String>), ConfigError> {
         let (mut settings, text) = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
@@ -1662,7 +1673,23 @@ impl Settings {
                         format!("cannot read the file: {e}"),
                     )
                 })?;
-                (Settings::from_toml(&text)?, Some(text))
+                let settings = match Settings::from_toml(&text) {
+                    Ok(settings) => settings,
+                    Err(e)
+                        if without_broken_organizations && e.key.starts_with("organizations") =>
+                    {
+                        let Some(mut settings) = Settings::without_organizations(&text) else {
+                            return Err(e);
+                        };
+                        settings.early.push((
+                            true,
+                            format!("{e}: this command goes on without the configuration file's organizations (`check-config` says what to mend before the next start)"),
+                        ));
+                        settings
+                    }
+                    Err(e) => return Err(e),
+                };
+                (settings, Some(text))
             }
             None => (Settings::default(), None),
         };
@@ -1714,6 +1741,13 @@ impl Settings {
         for (warning, text) in std::mem::take(&mut self.early) {
             crate::telemetry::said_early(warning, &text);
         }
+    }
+
+    /// `text` read without its `[[organizations]]` (None if the rest cannot be read either).
+    fn without_organizations(text: &str) -> Option<Settings> {
+        let mut table: toml::Table = toml::from_str(text).ok()?;
+        table.remove("organizations");
+        toml::Value::Table(table).try_into().ok()
     }
 
     /// Parses TOML text (no environment, no validation).

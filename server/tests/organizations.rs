@@ -1071,6 +1071,35 @@ async fn radius_test_and_check_config_say_what_the_next_start_changes() {
     )
     .await;
     assert_eq!(nowhere.status.code(), Some(2), "{nowhere:?}");
+
+    // A typo in an organization of a file being edited does not stop an operator command
+    // (README: they check `[database]` alone; black-box tester S's D12): it goes on without
+    // the file's organizations, and says so.
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(
+        &typo,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("nas_identifier = ", "nas_identifer = "),
+    )
+    .unwrap();
+    let list = portal(&typo, &["org", "list"]).await;
+    assert!(list.status.success(), "{list:?}");
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains("acme"),
+        "{list:?}"
+    );
+    let said = String::from_utf8_lossy(&list.stderr);
+    assert!(
+        said.contains("nas_identifer")
+            && said.contains("goes on without the configuration file's organizations"),
+        "{said}"
+    );
+    let checked = portal_with_env(&typo, &["check-config"], &leptos).await;
+    assert!(
+        !checked.status.success(),
+        "check-config still refuses it: {checked:?}"
+    );
 }
 
 /// The admin API's enable (`change::update`, `is_active: true`) while a disable's stop is under
