@@ -1531,6 +1531,20 @@ accent_color = "#0f766e"
         String::from_utf8_lossy(&out.stderr).contains("default_window"),
         "{out:?}"
     );
+    // A JSON file that gives a key twice is refused (as the admin API and TOML refuse it),
+    // not read as its last value (black-box tester S's D6).
+    let twice = dir.path().join("twice.json");
+    std::fs::write(&twice, r#"{"name": "X", "name": "Y"}"#).unwrap();
+    let out = portal(
+        &config,
+        &["org", "update", "gamma", "--file", twice.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the key `name` is given twice"),
+        "{out:?}"
+    );
     // Neither a file nor a name: the usage names both (either will do).
     let nothing = portal(&config, &["org", "update", "gamma"]).await;
     assert_eq!(nothing.status.code(), Some(2), "{nothing:?}");

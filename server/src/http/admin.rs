@@ -358,6 +358,12 @@ impl<S: Send + Sync> FromRequest<S> for WriteBody {
 /// tool reading the first), so it is refused rather than guessed.
 struct StrictJson(Value);
 
+/// `text` as JSON whose objects name each key once ([`StrictJson`]): the admin API's bodies,
+/// and the CLI's settings files, read alike.
+pub(crate) fn strict_json(text: &str) -> Result<Value, serde_json::Error> {
+    serde_json::from_str::<StrictJson>(text).map(|StrictJson(value)| value)
+}
+
 impl<'de> Deserialize<'de> for StrictJson {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(StrictVisitor).map(StrictJson)
