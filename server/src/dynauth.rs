@@ -90,6 +90,30 @@ const MISSING_ATTRIBUTE: u32 = 402;
 const NAS_IDENTIFICATION_MISMATCH: u32 = 403;
 /// Error-Cause 407: Invalid-Attribute-Value (RFC 5176): e.g. an address that is none.
 const INVALID_ATTRIBUTE_VALUE: u32 = 407;
+/// Error-Cause 401: Unsupported-Attribute (RFC 5176): a Disconnect-Request with more than
+/// session identification.
+const UNSUPPORTED_ATTRIBUTE: u32 = 401;
+
+/// The attributes a Disconnect-Request may carry (RFC 5176 §3 and its §3.6 table): NAS and
+/// session identification — User-Name, NAS-IP-Address, NAS-Port, Framed-IP-Address,
+/// Called-/Calling-Station-Id, NAS-Identifier, Acct-Session-Id, Acct-Multi-Session-Id,
+/// NAS-Port-Id, Chargeable-User-Identity, NAS-IPv6-Address, Framed-Interface-Id,
+/// Framed-IPv6-Prefix, Framed-IPv6-Address (RFC 6911) —, and Reply-Message, Class,
+/// Vendor-Specific, Proxy-State, Acct-Terminate-Cause, Event-Timestamp, EAP-Message,
+/// Message-Authenticator. "If other attributes are included in a Disconnect-Request,
+/// implementations MUST send a Disconnect-NAK."
+const DISCONNECT_ATTRIBUTES: [u8; 22] = [
+    1, 4, 5, 8, 18, 25, 26, 30, 31, 32, 33, 44, 49, 50, 55, 79, 80, 87, 89, 95, 96, 97,
+];
+
+/// The first attribute of Disconnect-Request `request` that it may not carry
+/// ([`DISCONNECT_ATTRIBUTES`]), if any.
+fn unsupported_in_disconnect(request: &Packet) -> Option<u8> {
+    request
+        .types()
+        .into_iter()
+        .find(|typ| !DISCONNECT_ATTRIBUTES.contains(typ) && *typ != attr::FRAMED_IPV6_ADDRESS)
+}
 
 /// Counters, for tests and metrics.
 #[derive(Debug, Default)]
@@ -500,6 +524,17 @@ impl DynAuthListener {
             (Code::CoAACK, Code::CoANAK)
         };
         let reply = |code: Code, cause: Option<u32>| reply_to(request, code, cause);
+        // An authorization attribute in a Disconnect-Request (a CoA's sent as a Disconnect, a
+        // misrouted request): refused, not acted on with part of it ignored (black-box tester
+        // P's D4).
+        if let Some(attribute) = disconnect
+            .then(|| unsupported_in_disconnect(request))
+            .flatten()
+        {
+            crate::throttled!(info, client, attribute,
+                "Disconnect-Request with an attribute other than session identification (RFC 5176 §3)");
+            return reply(nak, Some(UNSUPPORTED_ATTRIBUTE));
+        }
         let identification = Identification::of(request);
         if identification.has_malformed_address() {
             let (attribute, length) = wrong_length_address(request).unwrap_or(("?", 0));

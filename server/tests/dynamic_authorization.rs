@@ -308,6 +308,12 @@ async fn unknown_sessions_coa_and_forged_requests_are_refused() {
             "NAS-Identifier = \"radius-portal\"\n".to_string(),
             "Missing-Attribute",
         ),
+        // An authorization attribute in a Disconnect-Request (RFC 5176 §3: NAK; black-box
+        // tester P's D4): not acted on with it ignored.
+        (
+            format!("Acct-Session-Id = \"{sid}\"\nSession-Timeout = 10\nFilter-Id = \"acl\"\n"),
+            "Unsupported-Attribute",
+        ),
     ] {
         let out = radclient_async(listener, "disconnect", SECRET, &attributes).await;
         assert!(

@@ -181,6 +181,13 @@ impl Packet {
         self.wire.lookup(typ).map(AVP::encode_bytes)
     }
 
+    /// The types of the attributes it holds, each once, in type order.
+    pub fn types(&self) -> Vec<u8> {
+        (1..=u8::MAX)
+            .filter(|typ| self.wire.lookup(*typ).is_some())
+            .collect()
+    }
+
     /// Every value of an attribute, in order.
     pub fn get_all(&self, typ: u8) -> Vec<Vec<u8>> {
         self.wire
