@@ -379,6 +379,27 @@ pub struct Standing<Up, Allows, Settling, Steady, TrialLeft> {
     /// could take it (each new row checks the own server once; its retries do not wait on
     /// a silent one).
     pub never_sent: bool,
+    /// The row may go as the trial of another server checked by request while nothing is up
+    /// ([`may_try_others`]).
+    pub may_try_others: bool,
+}
+
+/// Whether a row of a session whose own server is `own` may go as the trial of another server
+/// of `servers` checked by request while every server is down: only once the own server has
+/// been down [`MAX_FAILOVER_SETTLE`] (or is no longer configured). Before that its probes find
+/// it back first, and a Stop does not go as the trial of a backup that never saw the
+/// session's Start — which, both back together, would answer it before the own server
+/// (black-box tester P's D5).
+fn may_try_others(
+    health: &crate::radius::health::ServerHealth,
+    servers: &[ServerEndpoint],
+    own: &str,
+) -> bool {
+    servers.iter().find(|s| s.name == own).is_none_or(|own| {
+        health
+            .down_for(own, Port::Acct)
+            .is_some_and(|down| down >= MAX_FAILOVER_SETTLE)
+    })
 }
 
 /// The server an accounting row goes to: the session's own (by name) while it is up; else,
@@ -407,6 +428,7 @@ pub fn pick_server<'a>(
         steady,
         trial_left,
         never_sent,
+        may_try_others,
     } = standing;
     let own = org.servers.iter().find(|s| s.name == session_server);
     if let Some(own) = own.filter(|s| up(s)) {
@@ -436,8 +458,9 @@ pub fn pick_server<'a>(
     if let Some(wait) = wait {
         return Pick::Settling(wait);
     }
-    // Nothing up to wait for: one checked by request may take the row as its trial.
-    if let Some(other) = others().find(|s| !up(s) && allows(s)) {
+    // Nothing up to wait for: one checked by request may take the row as its trial — once the
+    // own server has been down a while.
+    if let Some(other) = others().find(|s| may_try_others && !up(s) && allows(s)) {
         return Pick::Failover(other);
     }
     Pick::AllDown
@@ -1424,7 +1447,7 @@ impl Accounting {
                             "no send slot in time (server busy)",
                             (None, tried),
                             &seen,
-                            &org.servers,
+                            (&org.servers, &session.server_name),
                             row.attempts,
                         )
                         .await;
@@ -1441,7 +1464,7 @@ impl Accounting {
                     "accounting server went down",
                     (None, tried),
                     &seen,
-                    &org.servers,
+                    (&org.servers, &session.server_name),
                     row.attempts,
                 )
                 .await;
@@ -1627,7 +1650,7 @@ impl Accounting {
                     &e.to_string(),
                     (sent_to, Some(health.target(server, Port::Acct))),
                     &seen,
-                    &org.servers,
+                    (&org.servers, &session.server_name),
                     failed_exchanges,
                 )
                 .await
@@ -1650,7 +1673,7 @@ impl Accounting {
         reason: &str,
         (sent_to, tried): (Option<&str>, Option<Target>),
         seen: &Recoveries,
-        servers: &[ServerEndpoint],
+        (servers, own): (&[ServerEndpoint], &str),
         failures: i64,
     ) -> Result<Delivery, OutboxError> {
         let health = self.radius.health();
@@ -1667,7 +1690,7 @@ impl Accounting {
         if another_up {
             retry = now;
         }
-        if let Some(trial) = self.trial_slot(row, servers, tried, now).await {
+        if let Some(trial) = self.trial_slot(row, (servers, own), tried, now).await {
             retry = retry.min(trial);
         }
         self.storage
@@ -1690,7 +1713,7 @@ impl Accounting {
     async fn trial_slot(
         &self,
         row: &OutboxRow,
-        servers: &[ServerEndpoint],
+        (servers, own): (&[ServerEndpoint], &str),
         tried: Option<Target>,
         now: i64,
     ) -> Option<i64> {
@@ -1703,8 +1726,11 @@ impl Accounting {
             None if servers.iter().any(|s| health.is_up(s, Port::Acct)) => return None,
             None => servers,
         };
+        // Another server's trials only once the own server has been down a while (as
+        // [`pick_server`] sends the row).
+        let others = may_try_others(health, servers, own) || row.copy_to.is_some();
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
-        for server in servers {
+        for server in servers.iter().filter(|s| others || s.name == own) {
             let Some(within) = health.background_trial_in(server, Port::Acct) else {
                 continue;
             };
@@ -1799,7 +1825,7 @@ impl Accounting {
             let reason = "the server is down: this copy waits for it";
             let now = now_ms();
             let mut retry = self
-                .trial_slot(row, std::slice::from_ref(server), None, now)
+                .trial_slot(row, (std::slice::from_ref(server), name), None, now)
                 .await
                 .unwrap_or(now + MAX_BACKOFF_MS);
             self.storage.mark_failed(row, retry, reason, None).await?;
@@ -1839,6 +1865,7 @@ impl Accounting {
             },
             trial_left: |s: &ServerEndpoint| health.trial_left(s, Port::Acct),
             never_sent: row.transmissions == 0,
+            may_try_others: may_try_others(health, &org.servers, &session.server_name),
         };
         match pick_server(org, &session.server_name, standing) {
             Pick::Own(server) => Ok(Ok((server, false))),
@@ -1875,9 +1902,16 @@ impl Accounting {
                         "accounting held: every server of the organization is down; will retry");
                 }
                 let reason = "every accounting server is down";
-                self.release(row, reason, (None, None), seen, &org.servers, row.attempts)
-                    .await
-                    .map(Err)
+                self.release(
+                    row,
+                    reason,
+                    (None, None),
+                    seen,
+                    (&org.servers, &session.server_name),
+                    row.attempts,
+                )
+                .await
+                .map(Err)
             }
         }
     }
@@ -2438,7 +2472,9 @@ mod tests {
             move |s: &crate::radius::ServerEndpoint| names.contains(&s.name.as_str())
         };
         // `up`: breakers closed; `trial`: checked by request with a trial due; `back`: how long
-        // each server still settles; `steady`: never down (or back long ago); `new`: never sent.
+        // each server still settles; `steady`: never down (or back long ago); `new`: never sent;
+        // `own_long_down`: the own server down long enough for another's trial to carry it.
+        let own_long_down = std::cell::Cell::new(true);
         let pick = |own: &str,
                     up: &'static [&'static str],
                     trial: &'static [&'static str],
@@ -2458,6 +2494,7 @@ mod tests {
                         is(out)(s).then(|| Duration::from_secs(3))
                     },
                     never_sent: new,
+                    may_try_others: own_long_down.get(),
                 },
             ))
         };
@@ -2543,6 +2580,15 @@ mod tests {
             pick("backup", &[], &["third"], &settled, &[], &[], false),
             "failover third"
         );
+        // …once the own server has been down a while: before, its probes find it back, and
+        // a backup that never saw the Start does not get the row as its trial (both back
+        // together, it would answer first: black-box tester P's D5).
+        own_long_down.set(false);
+        assert_eq!(
+            pick("backup", &[], &["third"], &settled, &[], &[], false),
+            "all down"
+        );
+        own_long_down.set(true);
         // The own server's trial is out (another row took it, its answer known in 3 s) and the
         // others are only just back: the trial's answer decides, the row looks again then; a
         // server up all along still takes a row sent before.

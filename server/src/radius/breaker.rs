@@ -149,6 +149,14 @@ impl Breaker {
         matches!(self.state, BreakerState::Closed { .. })
     }
 
+    /// Since when the server is down (its breaker opened), while it is (open, or a trial out).
+    pub fn down_since(&self) -> Option<Instant> {
+        match self.state {
+            BreakerState::Open { since, .. } | BreakerState::Trial { since, .. } => Some(since),
+            BreakerState::Closed { .. } => None,
+        }
+    }
+
     /// Whether the breaker is open with no trial out (nothing may be sent but a probe).
     pub fn is_open(&self) -> bool {
         matches!(self.state, BreakerState::Open { .. })

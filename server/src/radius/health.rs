@@ -821,6 +821,14 @@ impl ServerHealth {
         })
     }
 
+    /// How long `server` at `port` has been down (its breaker open, or a trial out); None while
+    /// it is up.
+    pub fn down_for(&self, server: &ServerEndpoint, port: Port) -> Option<Duration> {
+        self.with(self.target(server, port), |e| {
+            e.breaker.down_since().map(|since| since.elapsed())
+        })
+    }
+
     /// For `server` at `port` while it is down (its breaker open, or a trial out): how long
     /// after any instant its first check since then — a Status-Server probe, or a trial
     /// request — has had its answer at the latest: one wait between checks, and the check's
