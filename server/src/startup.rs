@@ -296,7 +296,7 @@ impl Application {
         let tls = match &settings.http.tls {
             Some(files) => Some((
                 files.clone(),
-                crate::http::tls::CurrentConfig::new(crate::http::tls::load(files)?),
+                crate::http::tls::CurrentConfig::loaded(files)?,
             )),
             None => None,
         };

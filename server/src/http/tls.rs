@@ -99,11 +99,20 @@ pub fn load(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
 
 /// What `check-config` says of the certificate's dates ([`validity_warning`]), if anything.
 pub fn certificate_warning(settings: &TlsSettings) -> Option<String> {
-    let leaf = CertificateDer::pem_file_iter(&settings.cert_file)
+    validity_warning(&leaf_of(settings)?, &settings.cert_file, now_secs())
+}
+
+/// The leaf certificate (the file's first) `settings` names, if it can be read.
+fn leaf_of(settings: &TlsSettings) -> Option<CertificateDer<'static>> {
+    CertificateDer::pem_file_iter(&settings.cert_file)
         .ok()?
         .next()?
-        .ok()?;
-    validity_warning(&leaf, &settings.cert_file, now_secs())
+        .ok()
+}
+
+/// The notBefore and notAfter of the leaf certificate `settings` names, if they can be read.
+fn leaf_validity(settings: &TlsSettings) -> Option<(i64, i64)> {
+    validity(&leaf_of(settings)?)
 }
 
 fn now_secs() -> i64 {
@@ -220,6 +229,8 @@ fn asn1_time(tag: u8, content: &[u8]) -> Option<i64> {
 pub struct CurrentConfig {
     config: Arc<RwLock<Arc<ServerConfig>>>,
     outcomes: Arc<ReloadOutcomes>,
+    /// The leaf certificate's notBefore and notAfter (Unix seconds), where known.
+    validity: Arc<RwLock<Option<(i64, i64)>>>,
 }
 
 /// How many reloads succeeded and failed since start (for operators and tests).
@@ -237,7 +248,15 @@ impl CurrentConfig {
         CurrentConfig {
             config: Arc::new(RwLock::new(config)),
             outcomes: Arc::default(),
+            validity: Arc::default(),
         }
+    }
+
+    /// Starts with the certificate and key `settings` name ([`load`]), knowing its dates.
+    pub fn loaded(settings: &TlsSettings) -> Result<Self, TlsError> {
+        let current = CurrentConfig::new(load(settings)?);
+        *current.validity.write().unwrap_or_else(|p| p.into_inner()) = leaf_validity(settings);
+        Ok(current)
     }
 
     fn get(&self) -> Arc<ServerConfig> {
@@ -250,9 +269,27 @@ impl CurrentConfig {
     /// Loads the files again; on success new connections use them, on failure the previous
     /// certificate stays (and the error is returned).
     pub fn reload(&self, settings: &TlsSettings) -> Result<(), TlsError> {
-        let result = load(settings).map(|config| {
-            *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
-        });
+        // A certificate that is not valid now (expired, or not yet) would be refused by every
+        // browser: while the one in use is valid, it stays (black-box tester S's D9). At the
+        // start there is no other: it is used, with a warning.
+        let incoming = leaf_validity(settings);
+        let now = now_secs();
+        let valid_now = |dates: Option<(i64, i64)>| {
+            dates.is_some_and(|(not_before, not_after)| not_before <= now && now < not_after)
+        };
+        let in_use = *self.validity.read().unwrap_or_else(|p| p.into_inner());
+        let result = if incoming.is_some() && !valid_now(incoming) && valid_now(in_use) {
+            Err(TlsError(format!(
+                "the certificate {} is not valid now ({}): browsers would refuse it",
+                settings.cert_file.display(),
+                certificate_warning(settings).unwrap_or_else(|| "its dates".into())
+            )))
+        } else {
+            load(settings).map(|config| {
+                *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+                *self.validity.write().unwrap_or_else(|p| p.into_inner()) = incoming;
+            })
+        };
         let counter = match result {
             Ok(()) => &self.outcomes.succeeded,
             Err(_) => &self.outcomes.failed,
@@ -448,12 +485,14 @@ pub fn reload_on_sighup(
                         if got.is_none() {
                             return;
                         }
+                        // Said each time: SIGHUP is no reload of the configuration file
+                        // (black-box tester S's D14).
                         let Some((settings, current)) = &tls else {
-                            tracing::info!("SIGHUP: nothing to reload (no built-in TLS)");
+                            tracing::info!("SIGHUP: nothing to reload (no built-in TLS; the configuration file is read at start only: restart the portal to apply changes to it)");
                             continue;
                         };
                         match current.reload(settings) {
-                            Ok(()) => tracing::info!(cert = %settings.cert_file.display(), "TLS certificate reloaded"),
+                            Ok(()) => tracing::info!(cert = %settings.cert_file.display(), "TLS certificate reloaded (only it: the configuration file is read at start only, restart the portal to apply changes to it)"),
                             Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays in use"),
                         }
                     }
@@ -552,5 +591,38 @@ mod tests {
             !Arc::ptr_eq(&before, &current.get()),
             "a good pair replaces it"
         );
+    }
+
+    /// A pair whose certificate is not valid now (expired) does not replace a valid one in use
+    /// (every browser would refuse it: black-box tester S's D9); a valid one still does.
+    #[test]
+    fn a_reload_keeps_a_valid_certificate_over_an_expired_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = pair(dir.path(), "good");
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let expired = TlsSettings {
+            cert_file: dir.path().join("expired.crt"),
+            key_file: dir.path().join("expired.key"),
+        };
+        std::fs::write(&expired.cert_file, params.self_signed(&key).unwrap().pem()).unwrap();
+        std::fs::write(&expired.key_file, key.serialize_pem()).unwrap();
+        load(&expired).expect("a pair that goes together");
+
+        let current = CurrentConfig::loaded(&good).unwrap();
+        let before = current.get();
+        let e = current.reload(&expired).expect_err("expired");
+        assert!(e.to_string().contains("is not valid now"), "{e}");
+        assert!(Arc::ptr_eq(&before, &current.get()), "still the valid one");
+        current.reload(&pair(dir.path(), "renewed")).unwrap();
+        assert!(
+            !Arc::ptr_eq(&before, &current.get()),
+            "a valid one replaces it"
+        );
+        // Started with an expired one (nothing else to serve): another expired one may follow.
+        let started_expired = CurrentConfig::loaded(&expired).unwrap();
+        started_expired.reload(&expired).unwrap();
     }
 }

@@ -94,6 +94,13 @@ pub fn without_secrets(settings: &OrganizationSettings) -> Value {
 fn object(value: Value, what: &str) -> Result<Map<String, Value>, ChangeError> {
     match value {
         Value::Object(map) if !map.is_empty() => Ok(map),
+        // A new one (an organization, a server) is missing everything; a change, its keys.
+        Value::Object(_) if what == "organization" => Err(ChangeError::Invalid(
+            "organization: empty: give its settings (`id`, `name`, `servers`, …)".into(),
+        )),
+        Value::Object(_) if what == "new server" => Err(ChangeError::Invalid(
+            "server: empty: give its settings (`name`, `address`, `secret`, …)".into(),
+        )),
         Value::Object(_) => Err(ChangeError::Invalid(format!("{what}: nothing to change"))),
         _ => Err(ChangeError::Invalid(format!(
             "{what}: must be a JSON object"
@@ -379,7 +386,7 @@ async fn store(
 }
 
 /// What to do about a server sessions still need ([`super::ServerNeeded::advice`]).
-const UNTIL_SESSIONS_END: &str = ": keep it as it is until they have ended (disabling the organization ends them); to use another address, add it as a server of its own";
+const UNTIL_SESSIONS_END: &str = ": keep it as it is until they have ended (disabling the organization ends them); to send new sessions to another server meanwhile, add that one beside it, first";
 
 /// Creates an organization from settings in the configuration file's form (JSON). `enabled`
 /// (or `is_active`) false creates it disabled.
@@ -607,7 +614,7 @@ pub async fn add_server(
     server: Value,
     actor: &str,
 ) -> Result<(), ChangeError> {
-    let server = object(server, "server")?;
+    let server = object(server, "new server")?;
     if !guard::allows(Operation::AdminCreate, state_of(storage, id).await?) {
         return Err(ChangeError::Forbidden(DISABLED_CREATE.into()));
     }
@@ -739,7 +746,7 @@ pub async fn remove_server(
             "enable it and add another first"
         };
         return Err(ChangeError::Conflict(format!(
-            "`{name}` is the last RADIUS server of organization `{id}`: {first}, or delete the organization"
+            "`{name}` is the last RADIUS server of organization `{id}`: {first} (or delete the organization, if the configuration file does not list it)"
         )));
     }
     let mut after = before.settings.clone();
