@@ -834,7 +834,10 @@ pub async fn org(settings: &Settings, mut command: OrgCommand) -> anyhow::Result
                 change::update_server(&storage, &cache, &id, &name, patch, &actor())
                     .await
                     .inspect(|_| warn_after_change(&cache, &id))
-                    .map(|_| format!("server {name} of organization {id} updated{note}")),
+                    .map(|changed| match changed {
+                        true => format!("server {name} of organization {id} updated{note}"),
+                        false => format!("server {name} of organization {id}: nothing changed"),
+                    }),
             )
         }
         OrgCommand::ServerRemove { id, name } => {
