@@ -627,6 +627,20 @@ async fn check_against_database(
                 format!("`serve` would refuse this configuration with the database {location}")
             })?;
             say!("# database: {location}: the organizations fit what it holds");
+            // A database older than the one a portal last served there (a backup put back):
+            // said before `serve` starts on it (and by `serve`).
+            if let (Ok(lock), Ok(Some(newest))) = (
+                std::fs::File::open(crate::startup::sqlite_lock_path(&settings.database.path)),
+                storage.newest_session_id().await,
+            ) {
+                if let Some(said) = crate::startup::older_database(
+                    &settings.database.path,
+                    crate::startup::read_watermark(&lock),
+                    newest,
+                ) {
+                    warn_of(&said);
+                }
+            }
             let stored = storage.organizations().await?;
             // What the start-up disables: organizations no longer listed, and those the file
             // says `enabled = false` of.

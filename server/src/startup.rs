@@ -68,7 +68,7 @@ pub struct Application {
     /// The browsers' sign-ins (tests: those waiting for their browser's turn).
     pub sign_ins: Arc<crate::http::resubmit::RecentSignIns>,
     /// SQLite: this process's hold on the database (see [`own_sqlite_database`]).
-    _sqlite_owner: Option<std::fs::File>,
+    sqlite_owner: Option<std::sync::Arc<std::fs::File>>,
     /// PostgreSQL: what this replica's breakers count, for the others ([`tell_peers`]).
     breaker_news: Option<BreakerNews>,
     /// SIGHUP, watched since the start of [`Application::build`].
@@ -90,7 +90,7 @@ const SQLITE_OWNER_WAIT: Duration = Duration::from_secs(5);
 /// The lock file beside a SQLite database that its serving portal holds — beside the file the
 /// path names, symbolic links resolved, so a second portal reaching the same file through a
 /// link (or a relative path) finds the same lock.
-fn sqlite_lock_path(path: &std::path::Path) -> std::path::PathBuf {
+pub fn sqlite_lock_path(path: &std::path::Path) -> std::path::PathBuf {
     let real = std::fs::canonicalize(path).ok().or_else(|| {
         // Not created yet: its directory resolved.
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
@@ -198,6 +198,74 @@ pub fn sqlite_portal_running(path: &std::path::Path) -> bool {
     }
 }
 
+/// What a serving portal writes in its SQLite database's lock file ([`own_sqlite_database`]):
+/// the highest access session id it has seen there, `newest_session_id=N`.
+const WATERMARK: &str = "newest_session_id=";
+
+/// How often a serving portal writes [`WATERMARK`] (and once more as it stops).
+const WATERMARK_EVERY: Duration = Duration::from_secs(5);
+
+/// The newest session id a lock file says its portal saw, if it says one.
+pub fn read_watermark(mut file: &std::fs::File) -> Option<i64> {
+    use std::io::{Read, Seek};
+    file.seek(std::io::SeekFrom::Start(0)).ok()?;
+    let mut text = String::new();
+    file.take(128).read_to_string(&mut text).ok()?;
+    text.trim().strip_prefix(WATERMARK)?.parse().ok()
+}
+
+/// Writes `newest` as the newest session id seen (the whole of the lock file's text).
+fn write_watermark(mut file: &std::fs::File, newest: i64) -> std::io::Result<()> {
+    use std::io::{Seek, Write};
+    let text = format!("{WATERMARK}{newest}\n");
+    file.seek(std::io::SeekFrom::Start(0))?;
+    file.write_all(text.as_bytes())?;
+    file.set_len(text.len() as u64)
+}
+
+/// A sentence when the SQLite database at `path`, whose newest session id is `newest`, is older
+/// than the one its last portal served (`seen`, from the lock file): a backup put back, the file
+/// replaced. The sessions opened after the copy was made have no record in it, so the portal
+/// sends them no Stop — said at start-up and by `check-config` (black-box tester S's D7: a
+/// restore lost those Stops without a word).
+pub fn older_database(path: &std::path::Path, seen: Option<i64>, newest: i64) -> Option<String> {
+    let seen = seen.filter(|&seen| seen > newest)?;
+    Some(format!(
+        "the database {} is older than the one the portal last served there: its newest session is number {newest}, and the portal had seen number {seen} (a backup put back, or the file replaced). Up to {} session(s) opened after this copy was made have no record in it: their Starts went out and the portal will send them no Stop — end them at the RADIUS server or firewall (its accounting records have their Starts); sessions ended since the copy are open again here and get a second Stop (README, \"Backup and restore\")",
+        path.display(),
+        seen - newest
+    ))
+}
+
+/// Keeps the lock file's [`WATERMARK`] up to date while the portal serves (written when it
+/// changes, every [`WATERMARK_EVERY`], and once more at `shutdown`).
+async fn keep_watermark(
+    storage: Storage,
+    owner: std::sync::Arc<std::fs::File>,
+    shutdown: CancellationToken,
+) {
+    let mut written = None;
+    loop {
+        let stopping = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = tokio::time::sleep(WATERMARK_EVERY) => false,
+        };
+        if let Ok(Some(newest)) = storage.newest_session_id().await {
+            if written != Some(newest) {
+                match write_watermark(&owner, newest) {
+                    Ok(()) => written = Some(newest),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "the lock file's newest session id could not be written")
+                    }
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
 /// Takes the SQLite database for this portal process, or says which one has it: releasing a
 /// previous run's claims at start-up, the expiry and accounting loops and the web sessions kept
 /// in memory all assume one portal per file (PostgreSQL is for several). An advisory lock on
@@ -220,6 +288,7 @@ async fn own_sqlite_database(path: &std::path::Path) -> anyhow::Result<std::fs::
     let file = match std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .open(&lock)
     {
@@ -325,6 +394,20 @@ impl Application {
                     settings.database.location()
                 )
             })?;
+        // A database older than the one last served here (a backup put back): said, loudly;
+        // then this one's newest session is the mark.
+        if let Some(owner) = &sqlite_owner {
+            if let Ok(Some(newest)) = storage.newest_session_id().await {
+                if let Some(said) =
+                    older_database(&settings.database.path, read_watermark(owner), newest)
+                {
+                    tracing::error!("{said}");
+                }
+                if let Err(e) = write_watermark(owner, newest) {
+                    tracing::warn!(error = %e, "the lock file beside the database could not be written");
+                }
+            }
+        }
         if let Err(e) = storage.open_background().await {
             tracing::warn!(error = %crate::portal_backend::error_chain(&e),
                 "the background work's own database connections could not all be opened now (each is opened when wanted): until then Stops and expiries may be late");
@@ -538,7 +621,7 @@ impl Application {
             organizations,
             org_worker,
             sessions,
-            _sqlite_owner: sqlite_owner,
+            sqlite_owner: sqlite_owner.map(std::sync::Arc::new),
             breaker_news,
             hangups,
         })
@@ -643,6 +726,15 @@ impl Application {
                 })
             },
         ];
+        if let Some(owner) = &self.sqlite_owner {
+            let (storage, owner, shutdown) =
+                (self.storage.clone(), owner.clone(), shutdown.clone());
+            supervised.push(supervise::spawn(
+                self.tasks.clone(),
+                "watermark",
+                move || keep_watermark(storage.clone(), owner.clone(), shutdown.clone()),
+            ));
+        }
         if let Some(listener) = &self.dynauth {
             let (listener, shutdown) = (listener.clone(), shutdown.clone());
             supervised.push(supervise::spawn(

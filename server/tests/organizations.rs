@@ -1102,6 +1102,75 @@ async fn radius_test_and_check_config_say_what_the_next_start_changes() {
     );
 }
 
+/// A database put back from an older copy (a backup restored) is said to be older than the one
+/// the portal last served there — by `check-config` before the start, and (the same sentence)
+/// by `serve` — with how many sessions may have no record in it: their Stops will not come
+/// (black-box tester S's D7). The start that finds it takes it as the mark from then on.
+#[tokio::test]
+async fn a_database_older_than_the_one_last_served_is_said() {
+    let (_radius, dir, db, config, settings, app, _carol) = cli_portal_with("carol", 54).await;
+    app.stop().await;
+    let lock = {
+        let mut name = std::fs::canonicalize(&db).unwrap().into_os_string();
+        name.push(".lock");
+        std::path::PathBuf::from(name)
+    };
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap(),
+        "newest_session_id=1\n",
+        "the stop wrote its newest session"
+    );
+    // A copy of the database as it is now (the portal stopped), put back later.
+    let backup = dir.path().join("backup");
+    std::fs::create_dir(&backup).unwrap();
+    let files = |at: &std::path::Path| {
+        ["portal.db", "portal.db-wal", "portal.db-shm"].map(|name| at.join(name))
+    };
+    for (from, to) in files(dir.path()).iter().zip(files(&backup).iter()) {
+        if from.exists() {
+            std::fs::copy(from, to).unwrap();
+        }
+    }
+    let app = TestApp::spawn(&settings).await;
+    app.sessions
+        .login("acme", "alice", "alice-pass", ip(55))
+        .await
+        .unwrap();
+    app.stop().await;
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap(),
+        "newest_session_id=2\n"
+    );
+    for (live, copy) in files(dir.path()).iter().zip(files(&backup).iter()) {
+        let _ = std::fs::remove_file(live);
+        if copy.exists() {
+            std::fs::copy(copy, live).unwrap();
+        }
+    }
+    let leptos = common::leptos_config();
+    let leptos = [("PORTAL_LEPTOS_CONFIG", leptos.to_str().unwrap())];
+    let checked = portal_with_env(&config, &["check-config"], &leptos).await;
+    assert!(checked.status.success(), "{checked:?}");
+    let said = String::from_utf8_lossy(&checked.stderr);
+    assert!(
+        said.contains("is older than the one the portal last served there: its newest session is number 1, and the portal had seen number 2")
+            && said.contains("Up to 1 session(s) opened after this copy was made have no record in it"),
+        "{said}"
+    );
+    // Served once, this one is the mark: nothing more is said.
+    let app = TestApp::spawn(&settings).await;
+    app.stop().await;
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap(),
+        "newest_session_id=1\n"
+    );
+    let checked = portal_with_env(&config, &["check-config"], &leptos).await;
+    assert!(
+        !String::from_utf8_lossy(&checked.stderr).contains("is older than"),
+        "{checked:?}"
+    );
+}
+
 /// The admin API's enable (`change::update`, `is_active: true`) while a disable's stop is under
 /// way answers with what it skipped, as the CLI says it: the counts of its own write.
 #[tokio::test]

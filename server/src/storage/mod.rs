@@ -696,6 +696,25 @@ impl Storage {
         }
     }
 
+    /// SQLite: the highest access session id it ever gave (AUTOINCREMENT's own record: ended
+    /// sessions removed by retention keep it), 0 for none. None on PostgreSQL.
+    pub async fn newest_session_id(&self) -> Result<Option<i64>, StorageError> {
+        match &self.backend {
+            Backend::Sqlite(store) => store
+                .engine
+                .read_long(|c| {
+                    Ok(c.query_row(
+                        "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'access_sessions'), 0)",
+                        [],
+                        |r| r.get(0),
+                    )?)
+                })
+                .await
+                .map(Some),
+            Backend::Postgres(_) => Ok(None),
+        }
+    }
+
     /// Whether the database's writes are stalled now (SQLite: a hung disk, as `/readyz` says);
     /// never on PostgreSQL.
     pub fn stalled(&self) -> bool {
