@@ -757,6 +757,12 @@ pub async fn radius_test(
             Err(e) => return Err(e),
         }
     };
+    if from_file && settings.unread_organizations.is_some() {
+        return Err(Usage(
+            "--from-file: the configuration file's organizations cannot be read (the warning above says why): mend them first".into(),
+        )
+        .into());
+    }
     let rows = match &storage {
         None => None,
         Some(storage) => Some(storage.organizations().await?),

@@ -241,6 +241,11 @@ pub struct Settings {
     /// once the command knows how: in a JSON log, as its first lines.
     #[serde(skip)]
     early: Vec<(bool, String)>,
+    /// An operator command's file whose organizations could not be read (left out of
+    /// `organizations`): each table's `id` and `enabled`, where they could be — so a disable
+    /// the file undoes at the next start is still said ([`Settings::file_enables`]).
+    #[serde(skip)]
+    pub unread_organizations: Option<Vec<(String, Option<bool>)>>,
 }
 
 /// `[metrics]`
@@ -1743,11 +1748,37 @@ impl Settings {
         }
     }
 
-    /// `text` read without its `[[organizations]]` (None if the rest cannot be read either).
+    /// `text` read without its `[[organizations]]` (None if the rest cannot be read either),
+    /// with what can be read of each ([`Settings::unread_organizations`]).
     fn without_organizations(text: &str) -> Option<Settings> {
         let mut table: toml::Table = toml::from_str(text).ok()?;
-        table.remove("organizations");
-        toml::Value::Table(table).try_into().ok()
+        let unread = table
+            .remove("organizations")
+            .and_then(|orgs| match orgs {
+                toml::Value::Array(orgs) => Some(orgs),
+                _ => None,
+            })
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|org| {
+                let id = org.get("id")?.as_str()?.to_string();
+                Some((id, org.get("enabled").and_then(toml::Value::as_bool)))
+            })
+            .collect();
+        let mut settings: Settings = toml::Value::Table(table).try_into().ok()?;
+        settings.unread_organizations = Some(unread);
+        Some(settings)
+    }
+
+    /// Whether the file says `enabled = true` of organization `id` (applied at every start),
+    /// also one whose other keys could not be read ([`Settings::unread_organizations`]).
+    pub fn file_enables(&self, id: &str) -> bool {
+        crate::organizations::file_enables(&self.organizations, id)
+            || self
+                .unread_organizations
+                .iter()
+                .flatten()
+                .any(|(unread, enabled)| unread == id && *enabled == Some(true))
     }
 
     /// Parses TOML text (no environment, no validation).

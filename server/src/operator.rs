@@ -382,12 +382,21 @@ pub enum AuditCommand {
         action: Option<String>,
         /// Only those older than this entry (its id: the first column, `#ID`, or `id` in
         /// `--json`): the page before the one shown.
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", value_parser = entry_id)]
         before: Option<i64>,
         /// Machine-readable output (one JSON object per line).
         #[arg(long)]
         json: bool,
     },
+}
+
+/// An audit entry's id as `audit tail` shows it (`#123`) or as a number.
+fn entry_id(given: &str) -> Result<i64, String> {
+    given
+        .strip_prefix('#')
+        .unwrap_or(given)
+        .parse()
+        .map_err(|_| "an entry's id: a number, as `audit tail` shows it (`#123` or `123`)".into())
 }
 
 /// An outcome the CLI turns into an exit code.
@@ -924,7 +933,7 @@ async fn set_state(
         }
     }
     // Disabled now or already: a file that says `enabled = true` undoes it at the next start.
-    if !active && organizations::file_enables(&settings.organizations, id) {
+    if !active && settings.file_enables(id) {
         crate::eprint_line!("warning: {}", organizations::enabled_again_by_file(id));
     }
     Ok(Outcome::Done)

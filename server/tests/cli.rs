@@ -1248,7 +1248,7 @@ fn a_database_directory_that_cannot_be_made_is_named_by_check_config_and_serve()
         (
             under_file,
             format!(
-                "the database's directory {} cannot be made or used: {} is a file, not a directory",
+                "the database's directory {} cannot be made or used: {} is not a directory",
                 file.display(),
                 file.display()
             ),

@@ -1080,7 +1080,7 @@ async fn radius_test_and_check_config_say_what_the_next_start_changes() {
         &typo,
         std::fs::read_to_string(&config)
             .unwrap()
-            .replace("nas_identifier = ", "nas_identifer = "),
+            .replace("nas_identifier = ", "enabled = true\nnas_identifer = "),
     )
     .unwrap();
     let list = portal(&typo, &["org", "list"]).await;
@@ -1099,6 +1099,21 @@ async fn radius_test_and_check_config_say_what_the_next_start_changes() {
     assert!(
         !checked.status.success(),
         "check-config still refuses it: {checked:?}"
+    );
+    // What can be read of it still counts: a disable its `enabled = true` undoes at the next
+    // start is said; `--from-file` has nothing to test.
+    let from_file = portal(&typo, &["radius", "test", "--from-file"]).await;
+    assert_eq!(from_file.status.code(), Some(2), "{from_file:?}");
+    assert!(
+        String::from_utf8_lossy(&from_file.stderr).contains("organizations cannot be read"),
+        "{from_file:?}"
+    );
+    let disable = portal(&typo, &["org", "disable", "acme"]).await;
+    assert!(disable.status.success(), "{disable:?}");
+    assert!(
+        String::from_utf8_lossy(&disable.stderr)
+            .contains("says `enabled = true` for organization `acme`"),
+        "{disable:?}"
     );
 }
 
@@ -1379,7 +1394,9 @@ async fn the_cli_disables_an_organization_of_the_running_portal() {
     // Each line starts with its entry's id, which `--before` takes (the page before it), as
     // each JSON line does.
     let newest = disables.lines().last().unwrap();
-    let id = newest.split(' ').next().unwrap().strip_prefix('#').unwrap();
+    // As shown (`#ID`): `--before` takes it as it is.
+    let id = newest.split(' ').next().unwrap();
+    assert!(id.starts_with('#'), "{newest}");
     let before = portal(
         &config,
         &[

@@ -550,7 +550,10 @@ async fn changed_skipping(
         warnings.push(format!("organization {id} enabled: {said}"));
     }
     if let Some(org) = api.organizations.get(id) {
-        warnings = crate::startup::change_warnings(&api.organizations.all(), &org);
+        warnings.extend(crate::startup::change_warnings(
+            &api.organizations.all(),
+            &org,
+        ));
         if !org.active && crate::organizations::file_enables(&api.listed, id) {
             warnings.push(crate::organizations::enabled_again_by_file(id));
         }

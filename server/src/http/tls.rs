@@ -51,6 +51,13 @@ pub fn handshakes_and_connections(descriptors: usize) -> (usize, usize) {
 /// Handshakes in progress at once from one client address (IPv6: one /64).
 const MAX_HANDSHAKES_PER_CLIENT: usize = 16;
 
+/// Handshakes in progress at once from one client with `handshakes` in all: a quarter of a low
+/// total (one client cannot hold them all), at least one, at most
+/// [`MAX_HANDSHAKES_PER_CLIENT`].
+fn handshakes_per_client(handshakes: usize) -> usize {
+    (handshakes / 4).clamp(1, MAX_HANDSHAKES_PER_CLIENT)
+}
+
 /// Why the certificate and key could not be used: which file, what is wrong.
 #[derive(Debug, thiserror::Error)]
 #[error("TLS: {0}")]
@@ -58,6 +65,12 @@ pub struct TlsError(String);
 
 /// Reads the certificate chain and key and checks that they belong together.
 pub fn load(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+    load_dated(settings).map(|(config, _)| config)
+}
+
+/// [`load`], and the leaf certificate's notBefore and notAfter (Unix seconds) where they can be
+/// read — of the very certificate loaded.
+fn load_dated(settings: &TlsSettings) -> Result<(Arc<ServerConfig>, Option<(i64, i64)>), TlsError> {
     let read_error = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
         TlsError(format!("cannot read the {what} {}: {e}", path.display()))
     };
@@ -79,6 +92,7 @@ pub fn load(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
         // the start, each SIGHUP reload.
         tracing::warn!("{warning}");
     }
+    let dates = validity(&certs[0]);
     let key = PrivateKeyDer::from_pem_file(&settings.key_file)
         .map_err(|e| read_error("private key file", &settings.key_file, &e))?;
     let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
@@ -94,7 +108,7 @@ pub fn load(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
             ))
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), dates))
 }
 
 /// What `check-config` says of the certificate's dates ([`validity_warning`]), if anything.
@@ -108,11 +122,6 @@ fn leaf_of(settings: &TlsSettings) -> Option<CertificateDer<'static>> {
         .ok()?
         .next()?
         .ok()
-}
-
-/// The notBefore and notAfter of the leaf certificate `settings` names, if they can be read.
-fn leaf_validity(settings: &TlsSettings) -> Option<(i64, i64)> {
-    validity(&leaf_of(settings)?)
 }
 
 fn now_secs() -> i64 {
@@ -254,8 +263,9 @@ impl CurrentConfig {
 
     /// Starts with the certificate and key `settings` name ([`load`]), knowing its dates.
     pub fn loaded(settings: &TlsSettings) -> Result<Self, TlsError> {
-        let current = CurrentConfig::new(load(settings)?);
-        *current.validity.write().unwrap_or_else(|p| p.into_inner()) = leaf_validity(settings);
+        let (config, dates) = load_dated(settings)?;
+        let current = CurrentConfig::new(config);
+        *current.validity.write().unwrap_or_else(|p| p.into_inner()) = dates;
         Ok(current)
     }
 
@@ -269,27 +279,25 @@ impl CurrentConfig {
     /// Loads the files again; on success new connections use them, on failure the previous
     /// certificate stays (and the error is returned).
     pub fn reload(&self, settings: &TlsSettings) -> Result<(), TlsError> {
-        // A certificate that is not valid now (expired, or not yet) would be refused by every
-        // browser: while the one in use is valid, it stays (black-box tester S's D9). At the
-        // start there is no other: it is used, with a warning.
-        let incoming = leaf_validity(settings);
+        // A certificate that has expired would be refused by every browser: while the one in
+        // use has not, it stays (black-box tester S's D9). One not valid yet is taken (a
+        // renewal dated a moment ahead of this host's clock: a deploy hook sends one SIGHUP).
+        // At the start there is no other: it is used, with a warning.
         let now = now_secs();
-        let valid_now = |dates: Option<(i64, i64)>| {
-            dates.is_some_and(|(not_before, not_after)| not_before <= now && now < not_after)
-        };
+        let unexpired =
+            |dates: Option<(i64, i64)>| dates.is_some_and(|(_, not_after)| now < not_after);
         let in_use = *self.validity.read().unwrap_or_else(|p| p.into_inner());
-        let result = if incoming.is_some() && !valid_now(incoming) && valid_now(in_use) {
-            Err(TlsError(format!(
-                "the certificate {} is not valid now ({}): browsers would refuse it",
-                settings.cert_file.display(),
-                certificate_warning(settings).unwrap_or_else(|| "its dates".into())
-            )))
-        } else {
-            load(settings).map(|config| {
-                *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
-                *self.validity.write().unwrap_or_else(|p| p.into_inner()) = incoming;
-            })
-        };
+        let result = load_dated(settings).and_then(|(config, dates)| {
+            if dates.is_some() && !unexpired(dates) && unexpired(in_use) {
+                return Err(TlsError(format!(
+                    "the certificate {} has expired: browsers would refuse it",
+                    settings.cert_file.display()
+                )));
+            }
+            *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+            *self.validity.write().unwrap_or_else(|p| p.into_inner()) = dates;
+            Ok(())
+        });
         let counter = match result {
             Ok(()) => &self.outcomes.succeeded,
             Err(_) => &self.outcomes.failed,
@@ -368,6 +376,7 @@ impl TlsListener {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (tx, connections) = mpsc::channel(64);
         let handshakes = Arc::new(Semaphore::new(max_handshakes));
+        let per_client_cap = handshakes_per_client(max_handshakes);
         let per_client: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
         tokio::spawn(async move {
             loop {
@@ -392,7 +401,7 @@ impl TlsListener {
                 if !unlimited(ip) {
                     let mut counts = per_client.lock().unwrap_or_else(|p| p.into_inner());
                     let count = counts.entry(client).or_insert(0);
-                    if *count >= MAX_HANDSHAKES_PER_CLIENT {
+                    if *count >= per_client_cap {
                         continue;
                     }
                     *count += 1;
@@ -525,6 +534,13 @@ mod tests {
         }
         assert_eq!(handshakes_and_connections(252), (63, 189));
         assert_eq!(handshakes_and_connections(16_384), (MAX_HANDSHAKES, 15_360));
+        // One client holds a share of them: not all of a low total.
+        assert_eq!(handshakes_per_client(4), 1);
+        assert_eq!(handshakes_per_client(63), 15);
+        assert_eq!(
+            handshakes_per_client(MAX_HANDSHAKES),
+            MAX_HANDSHAKES_PER_CLIENT
+        );
     }
 
     fn pair(dir: &Path, name: &str) -> TlsSettings {
@@ -614,7 +630,7 @@ mod tests {
         let current = CurrentConfig::loaded(&good).unwrap();
         let before = current.get();
         let e = current.reload(&expired).expect_err("expired");
-        assert!(e.to_string().contains("is not valid now"), "{e}");
+        assert!(e.to_string().contains("has expired"), "{e}");
         assert!(Arc::ptr_eq(&before, &current.get()), "still the valid one");
         current.reload(&pair(dir.path(), "renewed")).unwrap();
         assert!(
@@ -624,5 +640,21 @@ mod tests {
         // Started with an expired one (nothing else to serve): another expired one may follow.
         let started_expired = CurrentConfig::loaded(&expired).unwrap();
         started_expired.reload(&expired).unwrap();
+        // One not valid yet (a renewal dated ahead of this host's clock) is taken.
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2090, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2091, 1, 1);
+        let ahead = TlsSettings {
+            cert_file: dir.path().join("ahead.crt"),
+            key_file: dir.path().join("ahead.key"),
+        };
+        std::fs::write(&ahead.cert_file, params.self_signed(&key).unwrap().pem()).unwrap();
+        std::fs::write(&ahead.key_file, key.serialize_pem()).unwrap();
+        let renewed = current.get();
+        current.reload(&ahead).unwrap();
+        assert!(
+            !Arc::ptr_eq(&renewed, &current.get()),
+            "one not valid yet is taken"
+        );
     }
 }

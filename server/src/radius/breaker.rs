@@ -108,6 +108,10 @@ pub struct Breaker {
     backoff_level: u32,
     /// Closed by a probe or trial, and no ordinary request has succeeded since.
     closed_on_probation: bool,
+    /// When the server was found down and has not served an ordinary request since: a breaker
+    /// that a probe closes on probation and the next requests open again (a server that
+    /// answers Status-Server while its back end is down) stays down from the first opening.
+    down_from: Option<Instant>,
     /// When another replica's failure was last counted: older than [`PEER_FAILURES_KEPT`],
     /// the peers' failures count no more (a replica whose next answer would have taken them
     /// back may have gone quiet, or closed its breaker by a probe, which it tells no one).
@@ -130,6 +134,7 @@ impl Breaker {
             },
             backoff_level: 0,
             closed_on_probation: false,
+            down_from: None,
             peer_failed_at: None,
         }
     }
@@ -149,10 +154,14 @@ impl Breaker {
         matches!(self.state, BreakerState::Closed { .. })
     }
 
-    /// Since when the server is down (its breaker opened), while it is (open, or a trial out).
+    /// Since when the server is down, while it is (open, or a trial out): from the first
+    /// opening since it last served an ordinary request (closings on probation in between do
+    /// not count).
     pub fn down_since(&self) -> Option<Instant> {
         match self.state {
-            BreakerState::Open { since, .. } | BreakerState::Trial { since, .. } => Some(since),
+            BreakerState::Open { since, .. } | BreakerState::Trial { since, .. } => {
+                Some(self.down_from.map_or(since, |from| from.min(since)))
+            }
             BreakerState::Closed { .. } => None,
         }
     }
@@ -174,6 +183,7 @@ impl Breaker {
                 };
                 self.backoff_level = 0;
                 self.closed_on_probation = false;
+                self.down_from = None;
                 false
             }
             BreakerState::Trial { .. } => {
@@ -183,6 +193,7 @@ impl Breaker {
                 };
                 self.backoff_level = 0;
                 self.closed_on_probation = false;
+                self.down_from = None;
                 true
             }
             BreakerState::Open { .. } => false,
@@ -248,6 +259,9 @@ impl Breaker {
     }
 
     fn open(&mut self, now: Instant) {
+        if !self.closed_on_probation || self.down_from.is_none() {
+            self.down_from = Some(now);
+        }
         self.closed_on_probation = false;
         self.state = BreakerState::Open {
             since: now,
@@ -686,13 +700,18 @@ mod tests {
             open(&mut b, now); // its back end is still down: requests time out again
         }
         assert_eq!(waits, vec![5, 10, 20, 40, 80, 160, 160, 160]);
-        // An ordinary success after a probe closed it resets the back-off.
+        // Down all along since the first opening: the closings on probation do not count
+        // (accounting waits a minute of it before another server's trial carries a Stop).
+        let first = now - Duration::from_secs(waits.iter().sum());
+        assert_eq!(b.down_since(), Some(first));
+        // An ordinary success after a probe closed it resets the back-off, and the outage.
         now = b.probe_due().expect("open");
         assert!(b.take_probe(now));
         b.record_probe_success();
         b.record_success();
         open(&mut b, now);
         assert_eq!(b.probe_due(), Some(now + Duration::from_secs(5)));
+        assert_eq!(b.down_since(), Some(now));
     }
 
     #[test]

@@ -256,7 +256,11 @@ impl SqliteStore {
     /// portal running on this host, maybe of the release before, uses it —, and a file
     /// without the portal's tables or not at this release's migrations is refused.
     pub(crate) async fn open_for_operator(path: &Path) -> Result<SqliteStore, StorageError> {
-        if let Some(problem) = write_access_problem(path, false).filter(|_| path.exists()) {
+        if let Some(problem) = path
+            .exists()
+            .then(|| write_access_problem(path, false))
+            .flatten()
+        {
             return Err(StorageError::Engine(problem));
         }
         let pool = Self::open_pool(path, Open::Existing)
@@ -451,15 +455,23 @@ pub(crate) fn write_access_problem(path: &Path, with_lock: bool) -> Option<Strin
     // made under it (`serve` met "File exists" making it: black-box tester S's D1).
     if let Some(not_a_dir) = dir
         .ancestors()
-        .find(|a| !a.as_os_str().is_empty() && a.exists())
+        .find(|a| !a.as_os_str().is_empty() && a.symlink_metadata().is_ok())
         .filter(|a| !a.is_dir())
     {
         return Some(format!(
-            "the database's directory {} cannot be made or used: {} is a file, not a directory",
+            "the database's directory {} cannot be made or used: {} is not a directory (a file, or a symbolic link to none)",
             dir.display(),
             not_a_dir.display()
         ));
     }
+    // What a probe's failure says: refused, or nothing can be made there. Anything else (a
+    // full disk, an I/O error) leaves it to SQLite, which names it.
+    let cannot_make = |e: &std::io::Error| {
+        matches!(
+            e.raw_os_error().map(Errno::from_raw),
+            Some(Errno::EACCES | Errno::EPERM | Errno::EROFS | Errno::ENOENT)
+        )
+    };
     if !dir.exists() {
         let existing = dir
             .ancestors()
@@ -485,7 +497,7 @@ pub(crate) fn write_access_problem(path: &Path, with_lock: bool) -> Option<Strin
                 let _ = std::fs::remove_dir(&probe);
                 None
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
+            Err(e) if !cannot_make(&e) => None,
             Err(e) => Some(format!(
                 "this user cannot make the database's directory {}: making a directory in {} fails ({e})",
                 dir.display(),
@@ -534,7 +546,7 @@ pub(crate) fn write_access_problem(path: &Path, with_lock: bool) -> Option<Strin
                     let _ = std::fs::remove_file(&probe);
                     None
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
+                Err(e) if !cannot_make(&e) => None,
                 Err(e) => Some(format!(
                     "this user cannot make the database's files in the directory {}: making a file there fails ({e}): put the database where the portal can write",
                     dir.display()
