@@ -63,6 +63,9 @@ fn handshakes_per_client(handshakes: usize) -> usize {
 #[error("TLS: {0}")]
 pub struct TlsError(String);
 
+/// A certificate's notBefore and notAfter (Unix seconds).
+type Dates = (i64, i64);
+
 /// Reads the certificate chain and key and checks that they belong together.
 pub fn load(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
     load_dated(settings).map(|(config, _)| config)
@@ -70,7 +73,7 @@ pub fn load(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
 
 /// [`load`], and the leaf certificate's notBefore and notAfter (Unix seconds) where they can be
 /// read — of the very certificate loaded.
-fn load_dated(settings: &TlsSettings) -> Result<(Arc<ServerConfig>, Option<(i64, i64)>), TlsError> {
+fn load_dated(settings: &TlsSettings) -> Result<(Arc<ServerConfig>, Option<Dates>), TlsError> {
     let read_error = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
         TlsError(format!("cannot read the {what} {}: {e}", path.display()))
     };
