@@ -944,18 +944,9 @@ async fn an_enable_before_the_disables_stop_ran_says_the_sessions_keep_running()
     app.stop().await;
 }
 
-/// An enable while a running portal's stop of the disabled organization's sessions is under way
-/// (a batch done, the job still open): the sessions stopped stay stopped, and the enable says
-/// how many — with the counts of its own write, which its audit entry has too.
-#[tokio::test]
-async fn an_enable_while_the_disables_stop_is_under_way_says_what_it_stopped() {
-    let (_radius, _dir, _db, config, _settings, app, _session) = cli_portal_with("carol", 50).await;
-    let storage = app.storage.clone();
-    app.stop().await;
-
-    let disable = portal(&config, &["org", "disable", "acme"]).await;
-    assert!(disable.status.success(), "{disable:?}");
-    // A running portal's first batch of the job (its worker's own call).
+/// A running portal's first batch of acme's disable's stop job (its worker's own call), one
+/// session long.
+async fn first_batch_of_the_disable(storage: &radius_portal::storage::Storage) {
     let job = storage
         .pending_organization_jobs()
         .await
@@ -974,6 +965,20 @@ async fn an_enable_while_the_disables_stop_is_under_way_says_what_it_stopped() {
         .await
         .unwrap();
     assert_eq!(batch.len(), 1, "one session stopped by the batch");
+}
+
+/// An enable while a running portal's stop of the disabled organization's sessions is under way
+/// (a batch done, the job still open): the sessions stopped stay stopped, and the enable says
+/// how many — with the counts of its own write, which its audit entry has too.
+#[tokio::test]
+async fn an_enable_while_the_disables_stop_is_under_way_says_what_it_stopped() {
+    let (_radius, _dir, _db, config, _settings, app, _session) = cli_portal_with("carol", 50).await;
+    let storage = app.storage.clone();
+    app.stop().await;
+
+    let disable = portal(&config, &["org", "disable", "acme"]).await;
+    assert!(disable.status.success(), "{disable:?}");
+    first_batch_of_the_disable(&storage).await;
     let enable = portal(&config, &["org", "enable", "acme"]).await;
     assert!(enable.status.success(), "{enable:?}");
     let said = String::from_utf8_lossy(&enable.stdout);
@@ -1216,24 +1221,7 @@ async fn an_enable_through_the_admin_path_answers_with_the_stop_it_skipped() {
             skipped_stop: None
         }
     );
-    let job = storage
-        .pending_organization_jobs()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|j| j.organization_id == "acme" && j.kind == "stop_sessions")
-        .expect("the disable's job");
-    let batch = storage
-        .stop_disabled_sessions(
-            "acme",
-            job.id,
-            radius_portal::radius::terminate_cause::ADMIN_RESET,
-            job.created_at,
-            1,
-        )
-        .await
-        .unwrap();
-    assert_eq!(batch.len(), 1, "one session stopped by the batch");
+    first_batch_of_the_disable(&storage).await;
     let enabled = update(true).await.unwrap();
     let skipped = radius_portal::storage::SkippedStop {
         stopped_before: 1,
