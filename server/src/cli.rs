@@ -600,6 +600,21 @@ async fn check_against_database(
     }
     if crate::operator::no_database_yet(settings) {
         say!("# database: none at {location} yet (created at the first start): nothing to check against it");
+        // Gone since a portal served it (lost, or removed): the sessions it had are as good
+        // as a backup's lost ones (`serve` says so too).
+        if let Some(said) =
+            std::fs::File::open(crate::startup::sqlite_lock_path(&settings.database.path))
+                .ok()
+                .and_then(|lock| {
+                    crate::startup::older_database(
+                        &settings.database.path,
+                        crate::startup::read_watermark(&lock),
+                        0,
+                    )
+                })
+        {
+            warn_of(&said);
+        }
         return Ok(Vec::new());
     }
     use crate::storage::{AsIs, Storage};
@@ -731,6 +746,12 @@ pub async fn radius_test(
     // The database is the truth (organizations created or changed at run time); before the
     // portal first started (no SQLite file yet) there is only the configuration file.
     let file_only = !settings.organizations.is_empty();
+    if settings.unread_organizations.is_some() && crate::operator::no_database_yet(settings) {
+        return Err(Usage(
+            "the configuration file's organizations cannot be read (the warning above says why) and there is no database yet: nothing to test — mend them first".into(),
+        )
+        .into());
+    }
     let storage = if crate::operator::no_database_yet(settings) && file_only {
         say!(
             "no database at {} yet: testing the configuration file's organizations",
@@ -773,7 +794,9 @@ pub async fn radius_test(
     };
     let default_id = organizations.default_id();
     let chosen = org_id.is_some();
-    let org_id = org_id.unwrap_or(&default_id);
+    // In any letter case, as every command names organizations.
+    let named = org_id.map(|id| organizations.id_of(id).unwrap_or_else(|| id.to_string()));
+    let org_id = named.as_deref().unwrap_or(&default_id);
     let Some(mut org) = organizations.get(org_id) else {
         if from_file {
             return Err(Usage(format!(

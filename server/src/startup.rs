@@ -153,7 +153,7 @@ fn descriptors_to_serve() -> anyhow::Result<(Option<u64>, Option<String>)> {
     }
     let warning = (spare < FEW_DESCRIPTORS).then(|| {
         format!(
-            "the limit of open files is {limit} (`ulimit -n`, systemd's LimitNOFILE=) and start-up holds {open}: {} connections at once (the rest of the {spare} free are kept for the database and RADIUS), more wait until others close; deploy/systemd's unit sets 65536",
+            "the limit of open files is {limit} (`ulimit -n`, systemd's LimitNOFILE=) and start-up holds {open}: {} connections at once (with built-in TLS a quarter of them for handshakes in progress; the rest of the {spare} free are kept for the database and RADIUS), and a connection beyond them is closed at once (the log says so); deploy/systemd's unit sets 65536",
             crate::http::serve::connections_for(Some(spare))
         )
     });
@@ -202,8 +202,9 @@ pub fn sqlite_portal_running(path: &std::path::Path) -> bool {
 /// the highest access session id it has seen there, `newest_session_id=N`.
 const WATERMARK: &str = "newest_session_id=";
 
-/// How often a serving portal writes [`WATERMARK`] (and once more as it stops).
-const WATERMARK_EVERY: Duration = Duration::from_secs(5);
+/// How often a serving portal writes [`WATERMARK`] (and once more as it stops): a crash may
+/// leave the last second's sessions uncounted.
+const WATERMARK_EVERY: Duration = Duration::from_secs(1);
 
 /// The newest session id a lock file says its portal saw, if it says one.
 pub fn read_watermark(mut file: &std::fs::File) -> Option<i64> {

@@ -1013,6 +1013,13 @@ async fn radius_test_and_check_config_say_what_the_next_start_changes() {
     app.stop().await;
     let same = portal(&config, &["radius", "test"]).await;
     assert!(same.status.success(), "{same:?}");
+    // The id in any letter case, as every command takes it (black-box tester W's D8).
+    let upper = portal(&config, &["radius", "test", "--org", "ACME"]).await;
+    assert!(upper.status.success(), "{upper:?}");
+    assert!(
+        String::from_utf8_lossy(&upper.stdout).contains("organization `acme`"),
+        "{upper:?}"
+    );
     assert!(
         !String::from_utf8_lossy(&same.stdout).contains("differ"),
         "{same:?}"
@@ -1109,6 +1116,21 @@ async fn radius_test_and_check_config_say_what_the_next_start_changes() {
     // start is said; `--from-file` has nothing to test.
     let from_file = portal(&typo, &["radius", "test", "--from-file"]).await;
     assert_eq!(from_file.status.code(), Some(2), "{from_file:?}");
+    // Nor is there anything to test without a database yet.
+    let elsewhere = dir.path().join("elsewhere.toml");
+    std::fs::write(
+        &elsewhere,
+        std::fs::read_to_string(&typo)
+            .unwrap()
+            .replace("portal.db", "not-yet/portal.db"),
+    )
+    .unwrap();
+    let nothing = portal(&elsewhere, &["radius", "test"]).await;
+    assert_eq!(nothing.status.code(), Some(2), "{nothing:?}");
+    assert!(
+        String::from_utf8_lossy(&nothing.stderr).contains("there is no database yet"),
+        "{nothing:?}"
+    );
     assert!(
         String::from_utf8_lossy(&from_file.stderr).contains("organizations cannot be read"),
         "{from_file:?}"
@@ -1187,6 +1209,16 @@ async fn a_database_older_than_the_one_last_served_is_said() {
     let checked = portal_with_env(&config, &["check-config"], &leptos).await;
     assert!(
         !String::from_utf8_lossy(&checked.stderr).contains("is older than"),
+        "{checked:?}"
+    );
+    // The database gone (lost, removed) while its lock remembers sessions: said too.
+    for live in files(dir.path()) {
+        let _ = std::fs::remove_file(live);
+    }
+    let checked = portal_with_env(&config, &["check-config"], &leptos).await;
+    assert!(
+        String::from_utf8_lossy(&checked.stderr)
+            .contains("its newest session is number 0, and the portal had seen number 1"),
         "{checked:?}"
     );
 }

@@ -209,7 +209,7 @@ pub async fn serve<L, S>(
         let ip = peer.ip().to_canonical();
         let limited = (!unlimited(ip)).then(|| client_key(ip, 64));
         let Some(slot) = slots.take(limited) else {
-            tracing::debug!(%peer, "connection refused: too many open connections");
+            crate::throttled!(warn, %peer, max_connections, "connection closed at once: too many open connections (in all, or from this client); a low limit of open files lowers the cap — the start-up warning says how many");
             drop(io);
             continue;
         };

@@ -66,6 +66,10 @@ pub struct TlsError(String);
 /// A certificate's notBefore and notAfter (Unix seconds).
 type Dates = (i64, i64);
 
+/// How far ahead of this host's clock a renewed certificate may begin and still replace the
+/// one in use at a reload (its issuer's clock a moment ahead).
+const NOT_YET_SLACK_SECS: i64 = 3_600;
+
 /// Reads the certificate chain and key and checks that they belong together.
 pub fn load(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
     load_dated(settings).map(|(config, _)| config)
@@ -297,6 +301,16 @@ impl CurrentConfig {
                     settings.cert_file.display()
                 )));
             }
+            // Valid only from more than an hour on (black-box tester W: ten days ahead): not
+            // a renewal dated a moment ahead of this host's clock.
+            if dates.is_some_and(|(not_before, _)| not_before > now + NOT_YET_SLACK_SECS)
+                && unexpired(in_use)
+            {
+                return Err(TlsError(format!(
+                    "the certificate {} is not valid yet: browsers would refuse it until then",
+                    settings.cert_file.display()
+                )));
+            }
             *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
             *self.validity.write().unwrap_or_else(|p| p.into_inner()) = dates;
             Ok(())
@@ -397,6 +411,7 @@ impl TlsListener {
                 };
                 // Full (in total or for this client): closed at once, never queued.
                 let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    crate::throttled!(warn, %peer, max_handshakes, "connection closed at once: too many TLS handshakes in progress");
                     continue;
                 };
                 let ip = peer.ip().to_canonical();
@@ -405,6 +420,7 @@ impl TlsListener {
                     let mut counts = per_client.lock().unwrap_or_else(|p| p.into_inner());
                     let count = counts.entry(client).or_insert(0);
                     if *count >= per_client_cap {
+                        crate::throttled!(warn, %peer, per_client_cap, "connection closed at once: too many TLS handshakes in progress from this client");
                         continue;
                     }
                     *count += 1;
@@ -643,9 +659,22 @@ mod tests {
         // Started with an expired one (nothing else to serve): another expired one may follow.
         let started_expired = CurrentConfig::loaded(&expired).unwrap();
         started_expired.reload(&expired).unwrap();
-        // One not valid yet (a renewal dated ahead of this host's clock) is taken.
+        // One valid only from years on is refused; one a moment ahead of this host's clock (a
+        // renewal dated by its issuer's) is taken.
         let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
         params.not_before = rcgen::date_time_ymd(2090, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2091, 1, 1);
+        let years = TlsSettings {
+            cert_file: dir.path().join("years.crt"),
+            key_file: dir.path().join("years.key"),
+        };
+        std::fs::write(&years.cert_file, params.self_signed(&key).unwrap().pem()).unwrap();
+        std::fs::write(&years.key_file, key.serialize_pem()).unwrap();
+        let e = current.reload(&years).expect_err("not valid for years");
+        assert!(e.to_string().contains("is not valid yet"), "{e}");
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2026, 1, 1)
+            + std::time::Duration::from_secs((now_secs() - 1_767_225_600 + 300).max(0) as u64);
         params.not_after = rcgen::date_time_ymd(2091, 1, 1);
         let ahead = TlsSettings {
             cert_file: dir.path().join("ahead.crt"),
