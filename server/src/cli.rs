@@ -962,7 +962,11 @@ pub async fn radius_test(
                             "Access-Accept: Session-Timeout={} Idle-Timeout={} Acct-Interim-Interval={} Class={} value(s){}{}",
                             show(grant.session_timeout),
                             show(grant.idle_timeout),
-                            show(grant.interim_interval),
+                            // As a session keeps it (raised to `min_interim_interval`).
+                            match (grant.interim_interval, crate::access_session::interim_interval_used(grant.interim_interval, &org)) {
+                                (Some(sent), Some(used)) if i64::from(sent) != used => format!("{sent} (a session sends one every {used} s: min_interim_interval)"),
+                                (sent, _) => show(sent),
+                            },
                             grant.classes.len(),
                             // A renamed user: the name the session (accounting, Disconnect-Requests) goes by.
                             grant.user_name.filter(|name| name != user).map(|m| format!(" User-Name={m:?}")).unwrap_or_default(),

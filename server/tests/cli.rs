@@ -437,6 +437,19 @@ async fn radius_test_with_a_username_sends_an_access_request() {
     .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains(r#"User-Name="rw""#), "{stdout}");
+    // An Acct-Interim-Interval below `min_interim_interval` is said as a session keeps it
+    // (black-box tester W's D9).
+    let output = portal(&["--config", path, "radius", "test", "--username", "kate"])
+        .env("PORTAL_TEST_PASSWORD", "kate-pass")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(
+            "Acct-Interim-Interval=1 (a session sends one every 60 s: min_interim_interval)"
+        ),
+        "{stdout}"
+    );
     let output = portal(&["--config", path, "radius", "test", "--org", "nope"])
         .output()
         .unwrap();

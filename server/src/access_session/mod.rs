@@ -96,6 +96,15 @@ fn stop_fits(
     crate::radius::encode_accounting(0, nas, &stop, b"probe").map(|_| ())
 }
 
+/// The Interim-Update interval (seconds) a session of `org` keeps for an Accept's
+/// Acct-Interim-Interval `granted`: none for none or 0, else at least the organization's
+/// `min_interim_interval`. `radius test` says it as a session keeps it.
+pub fn interim_interval_used(granted: Option<u32>, org: &Organization) -> Option<i64> {
+    granted
+        .filter(|secs| *secs > 0)
+        .map(|secs| i64::from(secs).max(org.min_interim_interval.as_secs() as i64))
+}
+
 /// What keeps an Access-Accept for `username` (the Accept's User-Name, else the one typed)
 /// from opening a session ([`stop_fits`]): None when its Stop fits one packet. `radius test`
 /// says it as a sign-in would.
@@ -573,10 +582,7 @@ impl AccessSessions {
                 window_ms: terms.window_ms(),
                 limit_at,
                 expires_at: timing::expires_at(started_at, terms.window_ms(), limit_at),
-                interim_interval: grant
-                    .interim_interval
-                    .filter(|secs| *secs > 0)
-                    .map(|secs| i64::from(secs).max(org.min_interim_interval.as_secs() as i64)),
+                interim_interval: interim_interval_used(grant.interim_interval, &org),
                 // This request sends the Start itself (below), so it is queued already claimed.
                 start_claimed_until: Some(started_at + crate::accounting::CLAIM_LEASE_MS),
                 typed_username: typed_username.clone(),
