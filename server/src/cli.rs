@@ -602,17 +602,7 @@ async fn check_against_database(
         say!("# database: none at {location} yet (created at the first start): nothing to check against it");
         // Gone since a portal served it (lost, or removed): the sessions it had are as good
         // as a backup's lost ones (`serve` says so too).
-        if let Some(said) =
-            std::fs::File::open(crate::startup::sqlite_lock_path(&settings.database.path))
-                .ok()
-                .and_then(|lock| {
-                    crate::startup::older_database(
-                        &settings.database.path,
-                        crate::startup::read_watermark(&lock),
-                        0,
-                    )
-                })
-        {
+        if let Some(said) = crate::startup::older_than_last_served(&settings.database.path, 0) {
             warn_of(&said);
         }
         return Ok(Vec::new());
@@ -644,15 +634,10 @@ async fn check_against_database(
             say!("# database: {location}: the organizations fit what it holds");
             // A database older than the one a portal last served there (a backup put back):
             // said before `serve` starts on it (and by `serve`).
-            if let (Ok(lock), Ok(Some(newest))) = (
-                std::fs::File::open(crate::startup::sqlite_lock_path(&settings.database.path)),
-                storage.newest_session_id().await,
-            ) {
-                if let Some(said) = crate::startup::older_database(
-                    &settings.database.path,
-                    crate::startup::read_watermark(&lock),
-                    newest,
-                ) {
+            if let Ok(Some(newest)) = storage.newest_session_id().await {
+                if let Some(said) =
+                    crate::startup::older_than_last_served(&settings.database.path, newest)
+                {
                     warn_of(&said);
                 }
             }

@@ -90,7 +90,7 @@ const SQLITE_OWNER_WAIT: Duration = Duration::from_secs(5);
 /// The lock file beside a SQLite database that its serving portal holds — beside the file the
 /// path names, symbolic links resolved, so a second portal reaching the same file through a
 /// link (or a relative path) finds the same lock.
-pub fn sqlite_lock_path(path: &std::path::Path) -> std::path::PathBuf {
+fn sqlite_lock_path(path: &std::path::Path) -> std::path::PathBuf {
     let real = std::fs::canonicalize(path).ok().or_else(|| {
         // Not created yet: its directory resolved.
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
@@ -207,7 +207,7 @@ const WATERMARK: &str = "newest_session_id=";
 const WATERMARK_EVERY: Duration = Duration::from_secs(1);
 
 /// The newest session id a lock file says its portal saw, if it says one.
-pub fn read_watermark(mut file: &std::fs::File) -> Option<i64> {
+fn read_watermark(mut file: &std::fs::File) -> Option<i64> {
     use std::io::{Read, Seek};
     file.seek(std::io::SeekFrom::Start(0)).ok()?;
     let mut text = String::new();
@@ -229,13 +229,20 @@ fn write_watermark(mut file: &std::fs::File, newest: i64) -> std::io::Result<()>
 /// replaced. The sessions opened after the copy was made have no record in it, so the portal
 /// sends them no Stop — said at start-up and by `check-config` (black-box tester S's D7: a
 /// restore lost those Stops without a word).
-pub fn older_database(path: &std::path::Path, seen: Option<i64>, newest: i64) -> Option<String> {
+fn older_database(path: &std::path::Path, seen: Option<i64>, newest: i64) -> Option<String> {
     let seen = seen.filter(|&seen| seen > newest)?;
     Some(format!(
         "the database {} is older than the one the portal last served there: its newest session is number {newest}, and the portal had seen number {seen} (a backup put back, or the file replaced). Up to {} session(s) opened after this copy was made have no record in it: their Starts went out and the portal will send them no Stop — end them at the RADIUS server or firewall (its accounting records have their Starts); sessions ended since the copy are open again here and get a second Stop (README, \"Backup and restore\")",
         path.display(),
         seen - newest
     ))
+}
+
+/// [`older_database`] for the SQLite database at `path` whose newest session id is `newest`, by
+/// the lock file beside it (for `check-config`; `serve` reads the one it holds).
+pub fn older_than_last_served(path: &std::path::Path, newest: i64) -> Option<String> {
+    let lock = std::fs::File::open(sqlite_lock_path(path)).ok()?;
+    older_database(path, read_watermark(&lock), newest)
 }
 
 /// Keeps the lock file's [`WATERMARK`] up to date while the portal serves (written when it

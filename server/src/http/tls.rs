@@ -633,17 +633,25 @@ mod tests {
     #[test]
     fn a_reload_keeps_a_valid_certificate_over_an_expired_one() {
         let dir = tempfile::tempdir().unwrap();
-        let good = pair(dir.path(), "good");
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let expired = TlsSettings {
-            cert_file: dir.path().join("expired.crt"),
-            key_file: dir.path().join("expired.key"),
+        // A pair named `name` whose certificate is valid from `not_before` to `not_after`.
+        let dated = |name: &str, not_before, not_after| {
+            let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+            (params.not_before, params.not_after) = (not_before, not_after);
+            let key = rcgen::KeyPair::generate().unwrap();
+            let settings = TlsSettings {
+                cert_file: dir.path().join(format!("{name}.crt")),
+                key_file: dir.path().join(format!("{name}.key")),
+            };
+            std::fs::write(&settings.cert_file, params.self_signed(&key).unwrap().pem()).unwrap();
+            std::fs::write(&settings.key_file, key.serialize_pem()).unwrap();
+            settings
         };
-        std::fs::write(&expired.cert_file, params.self_signed(&key).unwrap().pem()).unwrap();
-        std::fs::write(&expired.key_file, key.serialize_pem()).unwrap();
+        let good = pair(dir.path(), "good");
+        let expired = dated(
+            "expired",
+            rcgen::date_time_ymd(2020, 1, 1),
+            rcgen::date_time_ymd(2021, 1, 1),
+        );
         load(&expired).expect("a pair that goes together");
 
         let current = CurrentConfig::loaded(&good).unwrap();
@@ -661,27 +669,16 @@ mod tests {
         started_expired.reload(&expired).unwrap();
         // One valid only from years on is refused; one a moment ahead of this host's clock (a
         // renewal dated by its issuer's) is taken.
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
-        params.not_before = rcgen::date_time_ymd(2090, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2091, 1, 1);
-        let years = TlsSettings {
-            cert_file: dir.path().join("years.crt"),
-            key_file: dir.path().join("years.key"),
-        };
-        std::fs::write(&years.cert_file, params.self_signed(&key).unwrap().pem()).unwrap();
-        std::fs::write(&years.key_file, key.serialize_pem()).unwrap();
+        let years = dated(
+            "years",
+            rcgen::date_time_ymd(2090, 1, 1),
+            rcgen::date_time_ymd(2091, 1, 1),
+        );
         let e = current.reload(&years).expect_err("not valid for years");
         assert!(e.to_string().contains("is not valid yet"), "{e}");
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
-        params.not_before = rcgen::date_time_ymd(2026, 1, 1)
+        let in_five_minutes = rcgen::date_time_ymd(2026, 1, 1)
             + std::time::Duration::from_secs((now_secs() - 1_767_225_600 + 300).max(0) as u64);
-        params.not_after = rcgen::date_time_ymd(2091, 1, 1);
-        let ahead = TlsSettings {
-            cert_file: dir.path().join("ahead.crt"),
-            key_file: dir.path().join("ahead.key"),
-        };
-        std::fs::write(&ahead.cert_file, params.self_signed(&key).unwrap().pem()).unwrap();
-        std::fs::write(&ahead.key_file, key.serialize_pem()).unwrap();
+        let ahead = dated("ahead", in_five_minutes, rcgen::date_time_ymd(2091, 1, 1));
         let renewed = current.get();
         current.reload(&ahead).unwrap();
         assert!(

@@ -91,17 +91,12 @@ pub fn without_secrets(settings: &OrganizationSettings) -> Value {
     value
 }
 
-fn object(value: Value, what: &str) -> Result<Map<String, Value>, ChangeError> {
+/// `value` as the JSON object `what` is; an empty one is refused with `when_empty` (a new
+/// organization or server misses everything, a change its keys).
+fn object(value: Value, what: &str, when_empty: &str) -> Result<Map<String, Value>, ChangeError> {
     match value {
         Value::Object(map) if !map.is_empty() => Ok(map),
-        // A new one (an organization, a server) is missing everything; a change, its keys.
-        Value::Object(_) if what == "organization" => Err(ChangeError::Invalid(
-            "organization: empty: give its settings (`id`, `name`, `servers`, …)".into(),
-        )),
-        Value::Object(_) if what == "new server" => Err(ChangeError::Invalid(
-            "server: empty: give its settings (`name`, `address`, `secret`, …)".into(),
-        )),
-        Value::Object(_) => Err(ChangeError::Invalid(format!("{what}: nothing to change"))),
+        Value::Object(_) => Err(ChangeError::Invalid(format!("{what}: {when_empty}"))),
         _ => Err(ChangeError::Invalid(format!(
             "{what}: must be a JSON object"
         ))),
@@ -385,6 +380,9 @@ async fn store(
     }
 }
 
+/// What an empty change is refused with.
+const NOTHING_TO_CHANGE: &str = "nothing to change";
+
 /// What to do about a server sessions still need ([`super::ServerNeeded::advice`]).
 const UNTIL_SESSIONS_END: &str = ": keep it as it is until they have ended (disabling the organization ends them); to send new sessions to another server meanwhile, add that one beside it, first";
 
@@ -396,7 +394,11 @@ pub async fn create(
     body: Value,
     actor: &str,
 ) -> Result<String, ChangeError> {
-    let mut body = object(body, "organization")?;
+    let mut body = object(
+        body,
+        "organization",
+        "empty: give its settings (`id`, `name`, `servers`, …)",
+    )?;
     // One of the flag's names at most (as for a change): two could say different things.
     let given: Vec<&str> = ACTIVE_KEYS
         .into_iter()
@@ -477,7 +479,7 @@ pub async fn update(
     patch: Value,
     actor: &str,
 ) -> Result<Updated, ChangeError> {
-    let mut patch = object(patch, "change")?;
+    let mut patch = object(patch, "change", NOTHING_TO_CHANGE)?;
     let state = state_of(storage, id).await?;
     let mut flags = ACTIVE_KEYS
         .iter()
@@ -614,7 +616,11 @@ pub async fn add_server(
     server: Value,
     actor: &str,
 ) -> Result<(), ChangeError> {
-    let server = object(server, "new server")?;
+    let server = object(
+        server,
+        "server",
+        "empty: give its settings (`name`, `address`, `secret`, …)",
+    )?;
     if !guard::allows(Operation::AdminCreate, state_of(storage, id).await?) {
         return Err(ChangeError::Forbidden(DISABLED_CREATE.into()));
     }
@@ -661,7 +667,7 @@ pub async fn update_server(
     patch: Value,
     actor: &str,
 ) -> Result<bool, ChangeError> {
-    let patch = object(patch, "server")?;
+    let patch = object(patch, "server", NOTHING_TO_CHANGE)?;
     if !guard::allows(Operation::AdminUpdate, state_of(storage, id).await?) {
         return Err(ChangeError::Forbidden(DISABLED_UPDATE.into()));
     }
