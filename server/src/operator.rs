@@ -122,7 +122,7 @@ fn settings_file(path: &std::path::Path) -> anyhow::Result<Result<serde_json::Va
         .is_some_and(|e| e.eq_ignore_ascii_case("json"))
     {
         // A key given twice is refused, as the admin API refuses it (and TOML does).
-        return Ok(crate::http::admin::strict_json(&text)
+        return Ok(crate::organizations::change::strict_json(&text)
             .map_err(|e| format!("{} is not valid JSON: {e}", path.display())));
     }
     // The parser's own message quotes the offending line, which may hold a secret: say only

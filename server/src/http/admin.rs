@@ -339,10 +339,11 @@ impl<S: Send + Sync> FromRequest<S> for WriteBody {
     type Rejection = Response;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
-        let read = super::within_body_deadline(Json::<StrictJson>::from_request(request, state))
-            .await
-            .map_err(|too_slow| error(StatusCode::REQUEST_TIMEOUT, &too_slow))?;
-        let Json(StrictJson(body)) = read.map_err(|rejection: JsonRejection| {
+        let read =
+            super::within_body_deadline(Json::<change::StrictJson>::from_request(request, state))
+                .await
+                .map_err(|too_slow| error(StatusCode::REQUEST_TIMEOUT, &too_slow))?;
+        let Json(change::StrictJson(body)) = read.map_err(|rejection: JsonRejection| {
             let status = match rejection.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
                 _ => StatusCode::BAD_REQUEST,
@@ -350,85 +351,6 @@ impl<S: Send + Sync> FromRequest<S> for WriteBody {
             error(status, &format!("invalid body: {}", rejection.body_text()))
         })?;
         Ok(WriteBody(body))
-    }
-}
-
-/// A JSON value whose objects name each key once: `{"is_active": true, "is_active": false}`
-/// means one thing to one parser (the last wins) and another to the next (a proxy or audit
-/// tool reading the first), so it is refused rather than guessed.
-struct StrictJson(Value);
-
-/// `text` as JSON whose objects name each key once ([`StrictJson`]): the admin API's bodies,
-/// and the CLI's settings files, read alike.
-pub(crate) fn strict_json(text: &str) -> Result<Value, serde_json::Error> {
-    serde_json::from_str::<StrictJson>(text).map(|StrictJson(value)| value)
-}
-
-impl<'de> Deserialize<'de> for StrictJson {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(StrictVisitor).map(StrictJson)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> serde::de::Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(v.into())
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(v.into())
-    }
-
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
-        serde_json::Number::from_f64(v)
-            .map(Value::Number)
-            .ok_or_else(|| E::custom("not a finite number"))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(StrictJson(item)) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Value::Array(items))
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut object = serde_json::Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if object.contains_key(&key) {
-                return Err(serde::de::Error::custom(format!(
-                    "the key `{key}` is given twice"
-                )));
-            }
-            let StrictJson(value) = map.next_value()?;
-            object.insert(key, value);
-        }
-        Ok(Value::Object(object))
     }
 }
 
