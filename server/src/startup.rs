@@ -3,7 +3,12 @@
 
 use crate::storage::web_sessions::WebSessionStore;
 use crate::{
-    access_session::{events::SessionEvents, expiry::Expiry, now_ms, AccessSessions},
+    access_session::{
+        clock_steps::{self, ClockMark},
+        events::SessionEvents,
+        expiry::Expiry,
+        now_ms, AccessSessions,
+    },
     accounting::Accounting,
     config::Settings,
     dynauth::{DynAuthListener, DynAuthSocket},
@@ -199,29 +204,65 @@ pub fn sqlite_portal_running(path: &std::path::Path) -> bool {
 }
 
 /// What a serving portal writes in its SQLite database's lock file ([`own_sqlite_database`]):
-/// the highest access session id it has seen there, `newest_session_id=N`.
+/// the highest access session id it has seen there, `newest_session_id=N`, and where its time
+/// stood against the boot clock, `clock=…` ([`ClockMark`]).
 const WATERMARK: &str = "newest_session_id=";
+/// The lock file's line of the [`ClockMark`].
+const CLOCK_MARK: &str = "clock=";
 
 /// How often a serving portal writes [`WATERMARK`] (and once more as it stops): a crash may
 /// leave the last second's sessions uncounted.
 const WATERMARK_EVERY: Duration = Duration::from_secs(1);
 
-/// The newest session id a lock file says its portal saw, if it says one.
-fn read_watermark(mut file: &std::fs::File) -> Option<i64> {
+/// The value of the lock file's line that starts with `key`, if it has one.
+fn lock_file_line(mut file: &std::fs::File, key: &str) -> Option<String> {
     use std::io::{Read, Seek};
     file.seek(std::io::SeekFrom::Start(0)).ok()?;
     let mut text = String::new();
-    file.take(128).read_to_string(&mut text).ok()?;
-    text.trim().strip_prefix(WATERMARK)?.parse().ok()
+    file.take(512).read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix(key).map(str::to_owned))
 }
 
-/// Writes `newest` as the newest session id seen (the whole of the lock file's text).
-fn write_watermark(mut file: &std::fs::File, newest: i64) -> std::io::Result<()> {
+/// The newest session id a lock file says its portal saw, if it says one.
+fn read_watermark(file: &std::fs::File) -> Option<i64> {
+    lock_file_line(file, WATERMARK)?.parse().ok()
+}
+
+/// Where the last portal's time stood, by its lock file, if it says.
+fn read_clock_mark(file: &std::fs::File) -> Option<ClockMark> {
+    ClockMark::parse(&lock_file_line(file, CLOCK_MARK)?)
+}
+
+/// Writes `newest` as the newest session id seen, and the clock's mark now (the whole of the
+/// lock file's text).
+fn write_watermark(mut file: &std::fs::File, newest: Option<i64>) -> std::io::Result<()> {
     use std::io::{Seek, Write};
-    let text = format!("{WATERMARK}{newest}\n");
+    let mut text = String::new();
+    if let Some(newest) = newest {
+        text.push_str(&format!("{WATERMARK}{newest}\n"));
+    }
+    if let Some(mark) = ClockMark::now() {
+        text.push_str(&format!("{CLOCK_MARK}{}\n", mark.line()));
+    }
     file.seek(std::io::SeekFrom::Start(0))?;
     file.write_all(text.as_bytes())?;
     file.set_len(text.len() as u64)
+}
+
+/// A clock stepped back since the portal last served the SQLite database whose lock file is
+/// `owner` (no portal ran to see it): held from the process's time until the open sessions'
+/// stored times have moved with it, as a step seen while serving — each keeps the real time it
+/// had left (black-box tester T's D2). Before any task reads the time.
+fn clock_put_back_since_last_run(owner: &std::fs::File) {
+    let (Some(mark), Some(now)) = (read_clock_mark(owner), ClockMark::now()) else {
+        return;
+    };
+    if let Some(step_ms) = mark.step_back_since(&now) {
+        tracing::warn!(step_ms,
+            "the system clock is behind the time the portal last served this database in (by the lock file beside it): taken as a step back made while no portal ran — the open sessions' times and the accounting waiting move with it (keep the clock synchronised: NTP)");
+        clock_steps::hold_step_back(step_ms);
+    }
 }
 
 /// A sentence when the SQLite database at `path`, whose newest session id is `newest`, is older
@@ -252,20 +293,15 @@ async fn keep_watermark(
     owner: std::sync::Arc<std::fs::File>,
     shutdown: CancellationToken,
 ) {
-    let mut written = None;
     loop {
         let stopping = tokio::select! {
             _ = shutdown.cancelled() => true,
             _ = tokio::time::sleep(WATERMARK_EVERY) => false,
         };
-        if let Ok(Some(newest)) = storage.newest_session_id().await {
-            if written != Some(newest) {
-                match write_watermark(&owner, newest) {
-                    Ok(()) => written = Some(newest),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "the lock file's newest session id could not be written")
-                    }
-                }
+        // Written every time: the clock's mark moves on.
+        if let Ok(newest) = storage.newest_session_id().await {
+            if let Err(e) = write_watermark(&owner, newest) {
+                tracing::debug!(error = %e, "the lock file's newest session id could not be written")
             }
         }
         if stopping {
@@ -405,10 +441,11 @@ impl Application {
         // A database older than the one last served here (a backup put back): said, loudly;
         // then this one's newest session is the mark.
         if let Some(owner) = &sqlite_owner {
-            if let Ok(Some(newest)) = storage.newest_session_id().await {
-                if let Some(said) =
+            clock_put_back_since_last_run(owner);
+            if let Ok(newest) = storage.newest_session_id().await {
+                if let Some(said) = newest.and_then(|newest| {
                     older_database(&settings.database.path, read_watermark(owner), newest)
-                {
+                }) {
                     tracing::error!("{said}");
                 }
                 if let Err(e) = write_watermark(owner, newest) {

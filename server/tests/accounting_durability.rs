@@ -780,7 +780,8 @@ async fn a_delivery_whose_claim_cannot_be_kept_stops_before_it_runs_out() {
 struct UnderFaketime {
     dir: tempfile::TempDir,
     base: String,
-    _portal: PortalProcess,
+    config: std::path::PathBuf,
+    portal: Option<PortalProcess>,
 }
 
 impl UnderFaketime {
@@ -791,11 +792,22 @@ impl UnderFaketime {
             (radius.strict_port, radius.acct_port),
             "",
         );
-        let clock = dir.path().join("faketime");
-        std::fs::write(&clock, "+0\n").unwrap();
-        let portal = PortalProcess::start_with(
-            &config,
-            &base,
+        let mut under = UnderFaketime {
+            dir,
+            base,
+            config,
+            portal: None,
+        };
+        under.set("+0");
+        under.portal = Some(under.spawn().await);
+        under
+    }
+
+    async fn spawn(&self) -> PortalProcess {
+        let clock = self.dir.path().join("faketime");
+        PortalProcess::start_with(
+            &self.config,
+            &self.base,
             std::process::Stdio::null(),
             &[
                 ("LD_PRELOAD", faketime_library().as_os_str()),
@@ -804,12 +816,17 @@ impl UnderFaketime {
                 ("FAKETIME_DONT_FAKE_MONOTONIC", "1".as_ref()),
             ],
         )
-        .await;
-        UnderFaketime {
-            dir,
-            base,
-            _portal: portal,
+        .await
+    }
+
+    /// `kill -9` of the portal, the wall clock set to `offset` while none runs, and the portal
+    /// started again on the same database.
+    async fn restart_at(&mut self, offset: &str) {
+        if let Some(portal) = self.portal.take() {
+            portal.kill_9();
         }
+        self.set(offset);
+        self.portal = Some(self.spawn().await);
     }
 
     /// Sets the wall clock's offset from the real time (libfaketime's form: `-3600`, `+600`).
@@ -842,6 +859,27 @@ async fn a_session_keeps_its_real_length_when_the_wall_clock_steps_back() {
     assert_eq!(page.path, "/session", "{}", page.body);
     let start = radius.wait_for_acct(&["status=Start", "user=ivan"]).await;
     under.set("-3600");
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={} ", field(&start, "sid"))])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Session-Timeout");
+    assert_eq!(field(&stop, "session_time"), "3", "{stop}");
+}
+
+/// The wall clock is put an hour back while no portal runs (a kill -9, then a start an hour
+/// earlier by the clock) with a session of a 3 s Session-Timeout open: the start sees the step
+/// by the lock file's clock mark and the session still ends 3 s after its sign-in, its Stop
+/// saying so — not an hour on, which gave every open session the step on top of its time
+/// (black-box tester T's D2).
+#[tokio::test]
+async fn a_clock_put_back_while_no_portal_ran_gives_no_session_more_time() {
+    let radius = FreeRadius::start().await;
+    let mut under = UnderFaketime::start(&radius).await;
+    let browser = common::Browser::of(&under.base);
+    let page = browser.login("ivan", "ivan-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    let start = radius.wait_for_acct(&["status=Start", "user=ivan"]).await;
+    under.restart_at("-3600").await;
     let stop = radius
         .wait_for_acct(&["status=Stop", &format!("sid={} ", field(&start, "sid"))])
         .await;

@@ -76,13 +76,92 @@ static SEEN: tokio::sync::Notify = tokio::sync::Notify::const_new();
 /// into the stored times. Both clocks are read under one lock, so readings are compared in the
 /// order they were taken (a reading taken before another's would look like a step back).
 pub fn now_ms() -> i64 {
+    reading().0
+}
+
+/// The process's time ([`now_ms`]) and the boot clock's reading taken with it.
+fn reading() -> (i64, Option<i64>) {
     let mut watch = WATCH.lock().unwrap_or_else(|p| p.into_inner());
     let wall = wall_ms();
-    if let Some(step) = boot_ms().and_then(|boot| watch.observe(wall, boot)) {
+    let boot = boot_ms();
+    if let Some(step) = boot.and_then(|boot| watch.observe(wall, boot)) {
         HELD.fetch_add(step, Ordering::SeqCst);
         SEEN.notify_one();
     }
-    wall - HELD.load(Ordering::SeqCst)
+    (wall - HELD.load(Ordering::SeqCst), boot)
+}
+
+/// Where a process's time stood against the boot clock: what a serving portal leaves in its
+/// SQLite database's lock file every second, so that the next start sees a step of the wall
+/// clock made while no portal ran ([`ClockMark::step_back_since`]) — a clock put back across
+/// a restart would otherwise give every open session the step on top of its time (black-box
+/// tester T's D2: a Session-Timeout of two minutes ran an hour).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClockMark {
+    /// The process's time (Unix ms): the time line the stored times are in.
+    pub unix_ms: i64,
+    /// The boot clock (ms since boot), read with it.
+    pub boot_ms: i64,
+    /// The kernel's id of this boot: boot clocks of two boots are not comparable.
+    pub boot_id: String,
+}
+
+impl ClockMark {
+    /// Now (None where the boot clock cannot be read).
+    pub fn now() -> Option<ClockMark> {
+        let (unix_ms, boot_ms) = reading();
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|id| id.trim().to_owned())
+            .unwrap_or_default();
+        Some(ClockMark {
+            unix_ms,
+            boot_ms: boot_ms?,
+            boot_id,
+        })
+    }
+
+    /// As one line of text (`UNIX_MS BOOT_MS BOOT_ID`), which [`ClockMark::parse`] reads.
+    pub fn line(&self) -> String {
+        format!("{} {} {}", self.unix_ms, self.boot_ms, self.boot_id)
+    }
+
+    /// Reads [`ClockMark::line`]'s text.
+    pub fn parse(text: &str) -> Option<ClockMark> {
+        let mut parts = text.split_whitespace();
+        let unix_ms = parts.next()?.parse().ok()?;
+        let boot_ms = parts.next()?.parse().ok()?;
+        let boot_id = parts.next().unwrap_or_default().to_owned();
+        Some(ClockMark {
+            unix_ms,
+            boot_ms,
+            boot_id,
+        })
+    }
+
+    /// How far the wall clock went back between `self` (left by the last run) and `now`, if by
+    /// more than [`STEP_MS`] (a negative step). Within one boot the boot clock tells exactly how
+    /// long no portal ran; across a reboot it cannot, and the step is at least as far as the
+    /// clock now reads before the mark (the time no portal ran is then taken as none: sessions
+    /// keep at most that time on top of theirs, where without this they would keep the step).
+    /// A step forward is time that passed, as while serving.
+    pub fn step_back_since(&self, now: &ClockMark) -> Option<i64> {
+        let by_wall = now.unix_ms - self.unix_ms;
+        let same_boot = !now.boot_id.is_empty() && now.boot_id == self.boot_id;
+        let step = if same_boot {
+            (by_wall - (now.boot_ms - self.boot_ms)).min(by_wall)
+        } else {
+            by_wall
+        };
+        (step < -STEP_MS).then_some(step)
+    }
+}
+
+/// A step back found at start-up ([`ClockMark::step_back_since`]): held from the process's time
+/// as a step seen while serving is, until the clock task has moved the stored times with it.
+/// Before any task that reads the time starts.
+pub fn hold_step_back(step_ms: i64) {
+    HELD.fetch_add(step_ms.min(0), Ordering::SeqCst);
+    SEEN.notify_one();
 }
 
 impl AccessSessions {
@@ -145,7 +224,50 @@ impl AccessSessions {
 
 #[cfg(test)]
 mod tests {
-    use super::StepWatch;
+    use super::{ClockMark, StepWatch};
+
+    fn mark(unix_ms: i64, boot_ms: i64, boot_id: &str) -> ClockMark {
+        ClockMark {
+            unix_ms,
+            boot_ms,
+            boot_id: boot_id.into(),
+        }
+    }
+
+    #[test]
+    fn a_clock_put_back_while_no_portal_ran_is_a_step_back_since_the_mark() {
+        let left = mark(10_000_000, 500_000, "boot-a");
+        assert_eq!(ClockMark::parse(&left.line()), Some(left.clone()));
+        // One boot: ten minutes down, the clock an hour back: exactly the hour.
+        let now = mark(10_000_000 - 3_600_000 + 600_000, 1_100_000, "boot-a");
+        assert_eq!(left.step_back_since(&now), Some(-3_600_000));
+        // Ten minutes down, no step (or one forward: time that passed): none.
+        assert_eq!(
+            left.step_back_since(&mark(10_600_000, 1_100_000, "boot-a")),
+            None
+        );
+        assert_eq!(
+            left.step_back_since(&mark(20_600_000, 1_100_000, "boot-a")),
+            None
+        );
+        // A boot clock that moved as far back as the wall clock (it never does; a tool faking
+        // both): the wall clock alone, which reads before the mark.
+        let faked = mark(
+            10_000_000 - 3_600_000 + 3_000,
+            500_000 - 3_600_000 + 3_000,
+            "boot-a",
+        );
+        assert_eq!(left.step_back_since(&faked), Some(-3_597_000));
+        // Another boot: the boot clocks say nothing; the wall clock reads 55 minutes before the
+        // mark, which is as far back as it went at least.
+        let rebooted = mark(10_000_000 - 3_300_000, 90_000, "boot-b");
+        assert_eq!(left.step_back_since(&rebooted), Some(-3_300_000));
+        // A second back is no step.
+        assert_eq!(
+            left.step_back_since(&mark(9_999_000, 90_000, "boot-b")),
+            None
+        );
+    }
 
     #[test]
     fn a_step_is_what_the_wall_clock_moved_beyond_the_boot_clock() {
