@@ -462,17 +462,17 @@ impl DynAuthListener {
         } else {
             self.stats.naked.fetch_add(1, Ordering::Relaxed);
         }
-        if let Err(e) = self.socket.send_to(&bytes, from).await {
-            tracing::warn!(%from, error = %e, "Dynamic Authorization reply not sent");
-        }
-        // Recorded once answered (the answer never waits for it), for as long as a replay of
-        // the request would pass the replay check. Not recorded: the next one is acted on as
-        // new — a stop made already is then found ended (NAK 503), never made twice.
+        // Recorded before it is sent, for as long as a replay of the request would pass the
+        // replay check: a retransmission of a request whose answer was lost, sent to another
+        // replica, finds the answer there (black-box tester M's D1: recorded after sending,
+        // one sent at once on the answer's heels was answered NAK 503). Not recorded: the
+        // next one is acted on as new — a stop made already is then found ended (NAK 503),
+        // never made twice.
         if !retry_afresh {
             let until = now_ms + i64::try_from(keep.as_millis()).unwrap_or(i64::MAX / 2);
             let record = self.storage.record_dynauth_answer(
                 &recorded,
-                bytes,
+                bytes.clone(),
                 until,
                 crate::access_session::now_ms(),
             );
@@ -485,6 +485,9 @@ impl DynAuthListener {
                     tracing::warn!(%from, "recording the answer to a Dynamic Authorization request took too long; left unrecorded")
                 }
             }
+        }
+        if let Err(e) = self.socket.send_to(&bytes, from).await {
+            tracing::warn!(%from, error = %e, "Dynamic Authorization reply not sent");
         }
     }
 

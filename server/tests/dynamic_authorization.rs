@@ -481,6 +481,62 @@ async fn a_disconnect_replayed_after_a_restart_is_not_acted_on_again() {
     app.stop().await;
 }
 
+/// A Disconnect-Request whose answer was lost, sent again at once to another replica (a second
+/// listener on the same database): that one answers as the first did, byte for byte, and does
+/// not act again — the answer is recorded before it is sent (black-box tester M's D1: sent on
+/// the answer's heels, it was answered NAK 503, the session not found).
+#[tokio::test]
+async fn a_disconnect_sent_again_to_another_replica_at_once_gets_the_same_answer() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let settings = with_listener(settings(&db, vec![radius.server_settings("primary", true)]));
+    let app = TestApp::spawn(&settings).await;
+    let (listener, _) = app.dynauth.clone().unwrap();
+    let other = radius_portal::dynauth::DynAuthSocket::bind(&settings.dynamic_authorization)
+        .await
+        .unwrap()
+        .unwrap()
+        .serving(app.sessions.clone(), app.storage.clone());
+    let other_addr = other.local_addr().unwrap();
+    let other_stats = other.stats();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(other.run(shutdown.clone()));
+    app.browser(client(26)).login("carol", "carol-pass").await;
+    radius
+        .wait_for_acct(&["status=Start", "ip=127.0.2.26"])
+        .await;
+    let mut request = Packet::new(Code::DisconnectRequest, 79, [0; 16], SECRET.as_bytes());
+    request.push(attr::USER_NAME, b"carol");
+    let bytes = encode_dynauth_request(&request).unwrap();
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut answers = Vec::new();
+    for to in [listener, other_addr] {
+        socket.send_to(&bytes, to).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        answers.push(buf[..n].to_vec());
+    }
+    assert_eq!(
+        Packet::decode(&answers[0], SECRET.as_bytes())
+            .unwrap()
+            .code(),
+        Code::DisconnectACK
+    );
+    assert_eq!(
+        answers[1], answers[0],
+        "the answer it was given, byte for byte"
+    );
+    assert_eq!(other_stats.duplicates.load(Ordering::Relaxed), 1);
+    radius
+        .wait_for_acct(&["status=Stop", "ip=127.0.2.26", "cause=Admin-Reset"])
+        .await;
+    shutdown.cancel();
+    app.stop().await;
+}
+
 /// Sessions opened before the Class index existed are indexed at start-up: a Disconnect-Request
 /// by Class still finds them.
 #[tokio::test]
