@@ -1770,15 +1770,16 @@ impl Settings {
         Some(settings)
     }
 
-    /// Whether the file says `enabled = true` of organization `id` (applied at every start),
-    /// also one whose other keys could not be read ([`Settings::unread_organizations`]).
-    pub fn file_enables(&self, id: &str) -> bool {
-        crate::organizations::file_enables(&self.organizations, id)
-            || self
-                .unread_organizations
+    /// What the file says of organization `id`'s `enabled` (applied at every start), also of
+    /// one whose other keys could not be read ([`Settings::unread_organizations`]).
+    pub fn file_says_enabled(&self, id: &str) -> Option<bool> {
+        crate::organizations::file_says_enabled(&self.organizations, id).or_else(|| {
+            self.unread_organizations
                 .iter()
                 .flatten()
-                .any(|(unread, enabled)| unread == id && *enabled == Some(true))
+                .find(|(unread, _)| unread == id)
+                .and_then(|(_, enabled)| *enabled)
+        })
     }
 
     /// Parses TOML text (no environment, no validation).

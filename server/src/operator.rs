@@ -932,9 +932,15 @@ async fn set_state(
             say!("organization {id} disabled: logins and refreshes are refused; its {open} session(s) are stopped (Accounting-Stop, Admin-Reset) {by} (their Stops dated now, when the disable was asked for){due}");
         }
     }
-    // Disabled now or already: a file that says `enabled = true` undoes it at the next start.
-    if !active && settings.file_enables(id) {
-        crate::eprint_line!("warning: {}", organizations::enabled_again_by_file(id));
+    // Disabled (enabled) now or already: a file that says otherwise undoes it at the next start.
+    match settings.file_says_enabled(id) {
+        Some(true) if !active => {
+            crate::eprint_line!("warning: {}", organizations::enabled_again_by_file(id));
+        }
+        Some(false) if active => {
+            crate::eprint_line!("warning: {}", organizations::disabled_again_by_file(id));
+        }
+        _ => {}
     }
     Ok(Outcome::Done)
 }

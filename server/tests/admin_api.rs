@@ -70,6 +70,39 @@ impl Admin {
     }
 }
 
+/// An enable of an organization the configuration file says `enabled = false` of is answered
+/// with a warning that the next start disables it again, and stops its sessions (black-box
+/// tester M's D3).
+#[tokio::test]
+async fn an_enable_the_file_undoes_at_the_next_start_is_answered_with_a_warning() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (_dir, db) = temp_db();
+    let mut settings = with_admin(&db, &a, &b);
+    settings.organizations[1].enabled = Some(false);
+    let app = TestApp::spawn(&settings).await;
+    let admin = Admin {
+        http: reqwest::Client::new(),
+        base: format!("http://{}", app.addr),
+    };
+    let enable = json!({ "is_active": true });
+    let beta = admin
+        .ok(Method::PATCH, "/organizations/beta", Some(enable.clone()))
+        .await;
+    assert_eq!(beta["active"], true, "{beta}");
+    let warnings = beta["warnings"].as_array().cloned().unwrap_or_default();
+    assert!(
+        warnings.iter().any(|w| w
+            .as_str()
+            .unwrap_or_default()
+            .contains("says `enabled = false` for organization `beta`")),
+        "{beta}"
+    );
+    let acme = admin
+        .ok(Method::PATCH, "/organizations/acme", Some(enable))
+        .await;
+    assert!(acme.get("warnings").is_none(), "{acme}");
+}
+
 /// A disable of an organization the configuration file says `enabled = true` of (applied at
 /// every start) is answered with a warning that the next start enables it again; another
 /// organization's disable has no `warnings`.

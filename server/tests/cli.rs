@@ -1682,8 +1682,8 @@ secret = "not-the-same-secret"
 }
 
 /// A disable the configuration file undoes at the portal's next start (its `enabled = true` is
-/// applied at every start) is said so by `org disable` and by `check-config`; nothing is said
-/// for a file without `enabled`.
+/// applied at every start) is said so by `org disable` and by `check-config`, and an enable one
+/// with `enabled = false` undoes by `org enable`; nothing is said for a file without `enabled`.
 #[test]
 fn a_disable_the_file_undoes_at_the_next_start_is_said() {
     let dir = tempfile::tempdir().unwrap();
@@ -1731,6 +1731,23 @@ fn a_disable_the_file_undoes_at_the_next_start_is_said() {
     assert!(stderr.contains(said), "{stderr}");
     let stderr = run(&enabling, &["check-config"]);
     assert!(stderr.contains(said), "{stderr}");
+    // The mirror (black-box tester M's D3): an enable with a file that says `enabled = false`
+    // is said to last until the next start, which disables it again; a disable with it is not.
+    let disabling = dir.path().join("disabling.toml");
+    std::fs::write(
+        &disabling,
+        text.replace("name = \"Acme\"\n", "name = \"Acme\"\nenabled = false\n"),
+    )
+    .unwrap();
+    let said = "says `enabled = false` for organization `acme`";
+    let stderr = run(&disabling, &["org", "enable", "acme"]);
+    assert!(
+        stderr.contains(&format!("warning: the configuration file {said}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("disables it again"), "{stderr}");
+    assert!(!run(&disabling, &["org", "disable", "acme"]).contains(said));
+    assert!(!run(&plain, &["org", "enable", "acme"]).contains(said));
 }
 
 /// An operator command on PostgreSQL with only one connection slot left for it (its role's

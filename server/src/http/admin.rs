@@ -476,8 +476,14 @@ async fn changed_skipping(
             &api.organizations.all(),
             &org,
         ));
-        if !org.active && crate::organizations::file_enables(&api.listed, id) {
-            warnings.push(crate::organizations::enabled_again_by_file(id));
+        match crate::organizations::file_says_enabled(&api.listed, id) {
+            Some(true) if !org.active => {
+                warnings.push(crate::organizations::enabled_again_by_file(id))
+            }
+            Some(false) if org.active => {
+                warnings.push(crate::organizations::disabled_again_by_file(id))
+            }
+            _ => {}
         }
     }
     for warning in &warnings {

@@ -712,11 +712,23 @@ pub fn enabled_again_by_file(id: &str) -> String {
     format!("the configuration file says `enabled = true` for organization `{id}`, applied at every start of the portal: a disable made with `org disable` or the admin API lasts until the next start — remove that line (or write `enabled = false`) to keep it disabled")
 }
 
+/// The configuration file lists organization `id` with `enabled = false` while it is enabled:
+/// said by `org enable` and the admin API's enable, so an enable is not undone by a restart
+/// unawares — the start disables it again and stops its open sessions (black-box tester M's
+/// D3; `check-config` says what the start does).
+pub fn disabled_again_by_file(id: &str) -> String {
+    format!("the configuration file says `enabled = false` for organization `{id}`, applied at every start of the portal: an enable made with `org enable` or the admin API lasts until the next start, which disables it again and stops its open sessions — remove that line (or write `enabled = true`) to keep it enabled")
+}
+
+/// What the configuration says of organization `id`'s `enabled` (applied at every start), if it
+/// lists it with one.
+pub fn file_says_enabled(settings: &[OrganizationSettings], id: &str) -> Option<bool> {
+    settings.iter().find(|s| s.id == id).and_then(|s| s.enabled)
+}
+
 /// Whether the configuration lists organization `id` with `enabled = true`.
 pub fn file_enables(settings: &[OrganizationSettings], id: &str) -> bool {
-    settings
-        .iter()
-        .any(|s| s.id == id && s.enabled == Some(true))
+    file_says_enabled(settings, id) == Some(true)
 }
 
 /// The organization `/` serves is another with this configuration than at the last start (one
