@@ -203,6 +203,45 @@ async fn forged_replies_are_dropped_and_the_login_succeeds_through_the_real_serv
     app.stop().await;
 }
 
+/// A server that answers every request, signed with another shared secret: its breaker opens
+/// (its replies never verify) and the line that says so names the replies that do not verify,
+/// not a server "not answering" (black-box tester T's D3: an operator alerting on that line
+/// looked at the network, not at the secret).
+#[tokio::test]
+async fn a_breaker_opened_by_replies_that_do_not_verify_says_so() {
+    let other_secret = udp_front(|front, request, from| {
+        let front = front.clone();
+        tokio::spawn(async move {
+            let reply = Packet::decode(&request, b"not-the-secret")
+                .unwrap()
+                .reply(Code::AccessReject);
+            let bytes = encode_response(&reply).unwrap();
+            front.send_to(&bytes, from).await.unwrap();
+        });
+    })
+    .await;
+    let (dir, _db, base, config) = common::process_config(
+        "[radius]\nbind = \"127.0.0.1\"\nbreaker_failures = 2\n",
+        "",
+        (other_secret.port(), common::free_port()),
+        "timeout = \"100ms\"\nretries = 0\n",
+    );
+    let log = dir.path().join("portal.log");
+    let _portal =
+        common::PortalProcess::start_logging(&config, &base, std::fs::File::create(&log).unwrap())
+            .await;
+    let browser = common::Browser::of(&base);
+    let said = "RADIUS server answering with replies that do not verify (its Response Authenticator does not verify";
+    wait_until("the breaker's line", || async {
+        let page = browser.login("alice", "alice-pass").await;
+        assert_ne!(page.path, "/session", "{}", page.body);
+        std::fs::read_to_string(&log).unwrap().contains(said)
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("not answering"), "{text}");
+}
+
 /// A server whose policy sends an Accept with a malformed Session-Timeout (3 bytes): the limit
 /// it meant cannot be read, so no session opens (read as absent, it would have none); the user
 /// is told to ask the administrator and the audit says why.

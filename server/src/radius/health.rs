@@ -494,6 +494,13 @@ impl ServerHealth {
 
     /// An exchange with `server` at `port` got no verified reply in time (or was refused).
     pub fn record_failure(&self, server: &ServerEndpoint, port: Port) {
+        self.record_failure_seen(server, port, None)
+    }
+
+    /// [`Health::record_failure`] of an exchange whose replies came but did not verify (`why`:
+    /// the first's reason): the breaker's line says so — a server answering with another
+    /// shared secret is not one "not answering" (black-box tester T's D3).
+    pub fn record_failure_seen(&self, server: &ServerEndpoint, port: Port, why: Option<&str>) {
         if self.retired(self.target(server, port)) {
             return;
         }
@@ -511,8 +518,12 @@ impl ServerHealth {
                 StatusCheck::StatusServer => "probing with Status-Server",
                 StatusCheck::Request => "one request at a time goes as a trial",
             };
-            tracing::warn!(server = %server.name, %addr, ?port,
-                "RADIUS server not answering (or nothing listening there): circuit breaker open, {check}");
+            match why {
+                Some(why) => tracing::warn!(server = %server.name, %addr, ?port,
+                    "RADIUS server answering with replies that do not verify ({why}): circuit breaker open, {check}"),
+                None => tracing::warn!(server = %server.name, %addr, ?port,
+                    "RADIUS server not answering (or nothing listening there): circuit breaker open, {check}"),
+            }
             self.opened.notify_one();
         }
     }

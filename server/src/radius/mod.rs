@@ -587,6 +587,10 @@ impl Radius {
             Err(RadiusError::UnsignedReply) => self
                 .health
                 .record_success(self.health.target(server, port), false),
+            Err(RadiusError::UnverifiedReply(why)) => {
+                self.health
+                    .record_failure_seen(server, port, Some(why.as_str()))
+            }
             Err(e)
                 if e.is_server_silent()
                     || matches!(e, RadiusError::Io(_) | RadiusError::NotAnAnswer(_)) =>
