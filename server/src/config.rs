@@ -243,7 +243,7 @@ pub struct Settings {
     early: Vec<(bool, String)>,
     /// An operator command's file whose organizations could not be read (left out of
     /// `organizations`): each table's `id` and `enabled`, where they could be — so a disable
-    /// the file undoes at the next start is still said ([`Settings::file_enables`]).
+    /// the file undoes at the next start is still said ([`Settings::file_says_enabled`]).
     #[serde(skip)]
     pub unread_organizations: Option<Vec<(String, Option<bool>)>>,
 }

@@ -234,10 +234,12 @@ fn read_clock_mark(file: &std::fs::File) -> Option<ClockMark> {
     ClockMark::parse(&lock_file_line(file, CLOCK_MARK)?)
 }
 
-/// Writes `newest` as the newest session id seen, and the clock's mark now (the whole of the
-/// lock file's text).
+/// Writes `newest` as the newest session id seen — with none (no session in the database), the
+/// one the file says already stays, which says a database lost or put back until one newer is
+/// seen —, and the clock's mark now (the whole of the lock file's text).
 fn write_watermark(mut file: &std::fs::File, newest: Option<i64>) -> std::io::Result<()> {
     use std::io::{Seek, Write};
+    let newest = newest.or_else(|| read_watermark(file));
     let mut text = String::new();
     if let Some(newest) = newest {
         text.push_str(&format!("{WATERMARK}{newest}\n"));
@@ -297,6 +299,7 @@ async fn keep_watermark(
         let stopping = tokio::select! {
             _ = shutdown.cancelled() => true,
             _ = tokio::time::sleep(WATERMARK_EVERY) => false,
+            _ = clock_steps::MOVED.notified() => false,
         };
         // Written every time: the clock's mark moves on.
         if let Ok(newest) = storage.newest_session_id().await {
@@ -443,9 +446,11 @@ impl Application {
         if let Some(owner) = &sqlite_owner {
             clock_put_back_since_last_run(owner);
             if let Ok(newest) = storage.newest_session_id().await {
-                if let Some(said) = newest.and_then(|newest| {
-                    older_database(&settings.database.path, read_watermark(owner), newest)
-                }) {
+                if let Some(said) = older_database(
+                    &settings.database.path,
+                    read_watermark(owner),
+                    newest.unwrap_or(0),
+                ) {
                     tracing::error!("{said}");
                 }
                 if let Err(e) = write_watermark(owner, newest) {

@@ -1150,6 +1150,12 @@ async fn radius_test_and_check_config_say_what_the_next_start_changes() {
 /// (black-box tester S's D7). The start that finds it takes it as the mark from then on.
 #[tokio::test]
 async fn a_database_older_than_the_one_last_served_is_said() {
+    // The lock file's line of the newest session (the clock's mark is another).
+    let newest_in = |lock: &std::path::Path| {
+        let text = std::fs::read_to_string(lock).unwrap();
+        assert!(text.contains("\nclock="), "{text}");
+        text.lines().next().unwrap_or_default().to_owned()
+    };
     let (_radius, dir, db, config, settings, app, _carol) = cli_portal_with("carol", 54).await;
     app.stop().await;
     let lock = {
@@ -1158,8 +1164,8 @@ async fn a_database_older_than_the_one_last_served_is_said() {
         std::path::PathBuf::from(name)
     };
     assert_eq!(
-        std::fs::read_to_string(&lock).unwrap(),
-        "newest_session_id=1\n",
+        newest_in(&lock),
+        "newest_session_id=1",
         "the stop wrote its newest session"
     );
     // A copy of the database as it is now (the portal stopped), put back later.
@@ -1179,10 +1185,7 @@ async fn a_database_older_than_the_one_last_served_is_said() {
         .await
         .unwrap();
     app.stop().await;
-    assert_eq!(
-        std::fs::read_to_string(&lock).unwrap(),
-        "newest_session_id=2\n"
-    );
+    assert_eq!(newest_in(&lock), "newest_session_id=2");
     for (live, copy) in files(dir.path()).iter().zip(files(&backup).iter()) {
         let _ = std::fs::remove_file(live);
         if copy.exists() {
@@ -1202,10 +1205,7 @@ async fn a_database_older_than_the_one_last_served_is_said() {
     // Served once, this one is the mark: nothing more is said.
     let app = TestApp::spawn(&settings).await;
     app.stop().await;
-    assert_eq!(
-        std::fs::read_to_string(&lock).unwrap(),
-        "newest_session_id=1\n"
-    );
+    assert_eq!(newest_in(&lock), "newest_session_id=1");
     let checked = portal_with_env(&config, &["check-config"], &leptos).await;
     assert!(
         !String::from_utf8_lossy(&checked.stderr).contains("is older than"),

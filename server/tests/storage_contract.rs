@@ -2729,14 +2729,16 @@ async fn a_dynamic_authorization_request_is_acted_on_once_until_it_expires(db: D
         other.dynauth_answer_given(request, T0 + 1).await.unwrap(),
         Some(b"ack".to_vec())
     );
-    // Recorded again (a second answer): the latest counts.
+    // Recorded again while the first stands (a replica that acted on it too, before the first
+    // answer was recorded, and found the session ended: NAK 503): the first answer stands —
+    // a later retransmission is told what was done, not that nothing was found.
     other
         .record_dynauth_answer(request, b"nak".to_vec(), until, T0 + 2)
         .await
         .unwrap();
     assert_eq!(
         s.dynauth_answer_given(request, T0 + 3).await.unwrap(),
-        Some(b"nak".to_vec())
+        Some(b"ack".to_vec())
     );
     // Expired: not an answer any more, and dropped by the next record.
     assert_eq!(s.dynauth_answer_given(request, until).await.unwrap(), None);

@@ -71,6 +71,10 @@ static WATCH: Mutex<StepWatch> = Mutex::new(StepWatch { last: None });
 static HELD: AtomicI64 = AtomicI64::new(0);
 /// Wakes the clock task when a step is seen.
 static SEEN: tokio::sync::Notify = tokio::sync::Notify::const_new();
+/// Told once the stored times have moved with a step back: the lock file's mark is written
+/// again at once, in the new time line (until it is, a kill -9 would have the next start move
+/// them a second time).
+pub static MOVED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// The process's time in Unix milliseconds: the wall clock's, less the steps not yet moved
 /// into the stored times. Both clocks are read under one lock, so readings are compared in the
@@ -139,20 +143,24 @@ impl ClockMark {
     }
 
     /// How far the wall clock went back between `self` (left by the last run) and `now`, if by
-    /// more than [`STEP_MS`] (a negative step). Within one boot the boot clock tells exactly how
-    /// long no portal ran; across a reboot it cannot, and the step is at least as far as the
-    /// clock now reads before the mark (the time no portal ran is then taken as none: sessions
-    /// keep at most that time on top of theirs, where without this they would keep the step).
-    /// A step forward is time that passed, as while serving.
+    /// more than [`STEP_MS`] (a negative step), within one boot: the boot clock tells exactly
+    /// how long no portal ran. Across a reboot nothing is said: the boot clocks cannot be
+    /// compared, and a clock that reads behind the mark there is as often one not synchronised
+    /// yet (a hardware clock that drifted, read before NTP answered), which NTP then steps
+    /// forward — taken as time that passed, a held step back would have ended every session
+    /// early. A step forward is time that passed, as while serving; a mark beyond any clock's
+    /// reach (a damaged file) is no step.
     pub fn step_back_since(&self, now: &ClockMark) -> Option<i64> {
-        let by_wall = now.unix_ms - self.unix_ms;
-        let same_boot = !now.boot_id.is_empty() && now.boot_id == self.boot_id;
-        let step = if same_boot {
-            (by_wall - (now.boot_ms - self.boot_ms)).min(by_wall)
-        } else {
-            by_wall
-        };
-        (step < -STEP_MS).then_some(step)
+        const CENTURY_MS: i64 = 100 * 366 * 24 * 3_600_000;
+        if now.boot_id.is_empty() || now.boot_id != self.boot_id {
+            return None;
+        }
+        let by_wall = now.unix_ms.checked_sub(self.unix_ms)?;
+        let by_boot = now.boot_ms.checked_sub(self.boot_ms)?;
+        // The lesser: a tool that moves the boot clock with the wall clock (libfaketime) still
+        // shows the step as the wall clock reading before the mark.
+        let step = by_wall.checked_sub(by_boot)?.min(by_wall);
+        (step < -STEP_MS && step > -CENTURY_MS).then_some(step)
     }
 }
 
@@ -212,6 +220,7 @@ impl AccessSessions {
                 self.accounting.wake();
             } else if held < 0 && self.clock_stepped(held).await {
                 HELD.fetch_sub(held, Ordering::SeqCst);
+                MOVED.notify_one();
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -235,7 +244,7 @@ mod tests {
     }
 
     #[test]
-    fn a_clock_put_back_while_no_portal_ran_is_a_step_back_since_the_mark() {
+    fn a_clock_put_back_while_no_portal_ran_is_a_step_back_since_the_mark_within_one_boot() {
         let left = mark(10_000_000, 500_000, "boot-a");
         assert_eq!(ClockMark::parse(&left.line()), Some(left.clone()));
         // One boot: ten minutes down, the clock an hour back: exactly the hour.
@@ -258,13 +267,16 @@ mod tests {
             "boot-a",
         );
         assert_eq!(left.step_back_since(&faked), Some(-3_597_000));
-        // Another boot: the boot clocks say nothing; the wall clock reads 55 minutes before the
-        // mark, which is as far back as it went at least.
+        // Another boot: nothing is said (a clock not synchronised yet reads behind as often).
         let rebooted = mark(10_000_000 - 3_300_000, 90_000, "boot-b");
-        assert_eq!(left.step_back_since(&rebooted), Some(-3_300_000));
-        // A second back is no step.
+        assert_eq!(left.step_back_since(&rebooted), None);
+        // A second back is no step; nor is a mark from beyond any clock's reach.
         assert_eq!(
-            left.step_back_since(&mark(9_999_000, 90_000, "boot-b")),
+            left.step_back_since(&mark(9_999_000, 500_500, "boot-a")),
+            None
+        );
+        assert_eq!(
+            mark(i64::MAX, 500_000, "boot-a").step_back_since(&mark(10_000_000, 500_500, "boot-a")),
             None
         );
     }

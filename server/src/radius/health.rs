@@ -497,7 +497,7 @@ impl ServerHealth {
         self.record_failure_seen(server, port, None)
     }
 
-    /// [`Health::record_failure`] of an exchange whose replies came but did not verify (`why`:
+    /// [`Self::record_failure`] of an exchange whose replies came but did not verify (`why`:
     /// the first's reason): the breaker's line says so — a server answering with another
     /// shared secret is not one "not answering" (black-box tester T's D3).
     pub fn record_failure_seen(&self, server: &ServerEndpoint, port: Port, why: Option<&str>) {

@@ -453,8 +453,9 @@ contract! {
         /// expired at `now`.
         fn dynauth_answer_given(&self, request: &str, now: i64) -> Option<Vec<u8>>;
         /// Records the answer given to a Dynamic Authorization request, kept until `until`;
-        /// records expired at `now` are dropped. Relaxed on SQLite: a power failure may forget
-        /// one.
+        /// records expired at `now` are dropped. One recorded already and not expired stands
+        /// (the first answer: a replica that acted on the request too found it done). Relaxed
+        /// on SQLite: a power failure may forget one.
         fn record_dynauth_answer(&self, request: &str, reply: Vec<u8>, until: i64, now: i64) -> ();
         /// Whether a session's packet of `status_type` has been acknowledged.
         fn outbox_delivered(&self, access_session_id: i64, status_type: u32) -> bool;

@@ -2334,11 +2334,13 @@ impl SessionStore for PgStore {
         .await?;
         sqlx::query(
             "INSERT INTO dynauth_requests (request, until, reply) VALUES ($1, $2, $3) \
-             ON CONFLICT (request) DO UPDATE SET until = EXCLUDED.until, reply = EXCLUDED.reply",
+             ON CONFLICT (request) DO UPDATE SET until = EXCLUDED.until, reply = EXCLUDED.reply \
+             WHERE dynauth_requests.until <= $4",
         )
         .bind(request)
         .bind(until)
         .bind(reply)
+        .bind(now)
         .execute(self.pool())
         .await?;
         Ok(())

@@ -1704,9 +1704,10 @@ impl SessionStore for SqliteStore {
                     .execute([now])?;
                 c.prepare_cached(
                     "INSERT INTO dynauth_requests (request, until, reply) VALUES (?, ?, ?) \
-                     ON CONFLICT (request) DO UPDATE SET until = excluded.until, reply = excluded.reply",
+                     ON CONFLICT (request) DO UPDATE SET until = excluded.until, reply = excluded.reply \
+                     WHERE dynauth_requests.until <= ?",
                 )?
-                .execute(params![request, until, reply])?;
+                .execute(params![request, until, reply, now])?;
                 Ok(())
             })
             .await
