@@ -438,7 +438,7 @@ impl DynAuthListener {
             }
         }
         let reply = self.answer(client, &request).await;
-        let Ok(bytes) = packet::encode_response(&reply) else {
+        let Ok(mut bytes) = packet::encode_response(&reply) else {
             // Too large (the request's Proxy-State echoed with our attributes): no answer, and
             // no mark either that would swallow its retransmissions.
             self.recent
@@ -477,7 +477,28 @@ impl DynAuthListener {
                 crate::access_session::now_ms(),
             );
             match tokio::time::timeout(RECORD_WAIT, record).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => {
+                    // Another replica that acted on this request at once may have answered ACK
+                    // (it ended the session this one found ended): that answer stands, and is
+                    // the one sent; and a NAK is not kept here, so that a retransmission
+                    // reads what stands (black-box tester T2's D3: each replica repeated its
+                    // own answer).
+                    let standing = tokio::time::timeout(
+                        RECORD_WAIT,
+                        self.storage
+                            .dynauth_answer_given(&recorded, crate::access_session::now_ms()),
+                    )
+                    .await;
+                    if let Ok(Ok(Some(standing))) = standing {
+                        bytes = standing;
+                    }
+                    if !crate::storage::acknowledges(&bytes) {
+                        self.recent
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&key);
+                    }
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(%from, error = %e, "the answer to a Dynamic Authorization request could not be recorded")
                 }

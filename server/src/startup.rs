@@ -234,12 +234,11 @@ fn read_clock_mark(file: &std::fs::File) -> Option<ClockMark> {
     ClockMark::parse(&lock_file_line(file, CLOCK_MARK)?)
 }
 
-/// Writes `newest` as the newest session id seen — with none (no session in the database), the
-/// one the file says already stays, which says a database lost or put back until one newer is
-/// seen —, and the clock's mark now (the whole of the lock file's text).
+/// Writes `newest` as the newest session id seen (0 for a database without sessions; none where
+/// the database keeps no such count), and the clock's mark now (the whole of the lock file's
+/// text).
 fn write_watermark(mut file: &std::fs::File, newest: Option<i64>) -> std::io::Result<()> {
     use std::io::{Seek, Write};
-    let newest = newest.or_else(|| read_watermark(file));
     let mut text = String::new();
     if let Some(newest) = newest {
         text.push_str(&format!("{WATERMARK}{newest}\n"));
@@ -255,9 +254,15 @@ fn write_watermark(mut file: &std::fs::File, newest: Option<i64>) -> std::io::Re
 /// A clock stepped back since the portal last served the SQLite database whose lock file is
 /// `owner` (no portal ran to see it): held from the process's time until the open sessions'
 /// stored times have moved with it, as a step seen while serving — each keeps the real time it
-/// had left (black-box tester T's D2). Before any task reads the time.
-fn clock_put_back_since_last_run(owner: &std::fs::File) {
-    let (Some(mark), Some(now)) = (read_clock_mark(owner), ClockMark::now()) else {
+/// had left (black-box tester T's D2). The mark is read in the line of the stored times
+/// (`moved_ms`, the database's total of moves: a mark written before the last move is moved
+/// with it). Before any task reads the time.
+fn clock_put_back_since_last_run(owner: &std::fs::File, moved_ms: i64) {
+    clock_steps::moved_so_far(moved_ms);
+    let (Some(mark), Some(now)) = (
+        read_clock_mark(owner).and_then(|mark| mark.in_line_with(moved_ms)),
+        ClockMark::now(),
+    ) else {
         return;
     };
     if let Some(step_ms) = mark.step_back_since(&now) {
@@ -444,7 +449,11 @@ impl Application {
         // A database older than the one last served here (a backup put back): said, loudly;
         // then this one's newest session is the mark.
         if let Some(owner) = &sqlite_owner {
-            clock_put_back_since_last_run(owner);
+            let moved_ms = storage
+                .clock_moved_ms()
+                .await
+                .context("while reading how far the stored times moved with the clock")?;
+            clock_put_back_since_last_run(owner, moved_ms);
             if let Ok(newest) = storage.newest_session_id().await {
                 if let Some(said) = older_database(
                     &settings.database.path,

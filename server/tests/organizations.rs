@@ -1221,6 +1221,10 @@ async fn a_database_older_than_the_one_last_served_is_said() {
             .contains("its newest session is number 0, and the portal had seen number 1"),
         "{checked:?}"
     );
+    // Served once (a new database, no session yet), it is the mark, as a copy put back is.
+    let app = TestApp::spawn(&settings).await;
+    app.stop().await;
+    assert_eq!(newest_in(&lock), "newest_session_id=0");
 }
 
 /// The admin API's enable (`change::update`, `is_active: true`) while a disable's stop is under

@@ -2720,29 +2720,31 @@ async fn a_dynamic_authorization_request_is_acted_on_once_until_it_expires(db: D
     let s = &db.storage;
     let other = db.open().await;
     let (request, until) = ("10.0.0.9:00112233", T0 + 600_000);
+    // A Disconnect-ACK's and a Disconnect-NAK's first bytes (their codes).
+    let (ack, nak) = (vec![41u8, 7, 0, 20], vec![42u8, 7, 0, 26]);
     assert_eq!(s.dynauth_answer_given(request, T0).await.unwrap(), None);
-    s.record_dynauth_answer(request, b"ack".to_vec(), until, T0)
+    s.record_dynauth_answer(request, ack.clone(), until, T0)
         .await
         .unwrap();
     // Another process, another replica: the answer given.
     assert_eq!(
         other.dynauth_answer_given(request, T0 + 1).await.unwrap(),
-        Some(b"ack".to_vec())
+        Some(ack.clone())
     );
     // Recorded again while the first stands (a replica that acted on it too, before the first
     // answer was recorded, and found the session ended: NAK 503): the first answer stands —
     // a later retransmission is told what was done, not that nothing was found.
     other
-        .record_dynauth_answer(request, b"nak".to_vec(), until, T0 + 2)
+        .record_dynauth_answer(request, nak.clone(), until, T0 + 2)
         .await
         .unwrap();
     assert_eq!(
         s.dynauth_answer_given(request, T0 + 3).await.unwrap(),
-        Some(b"ack".to_vec())
+        Some(ack.clone())
     );
     // Expired: not an answer any more, and dropped by the next record.
     assert_eq!(s.dynauth_answer_given(request, until).await.unwrap(), None);
-    s.record_dynauth_answer("10.0.0.9:44", b"ack".to_vec(), until + 600_000, until)
+    s.record_dynauth_answer("10.0.0.9:44", ack.clone(), until + 600_000, until)
         .await
         .unwrap();
     assert_eq!(s.dynauth_answer_given(request, T0).await.unwrap(), None);
@@ -2751,7 +2753,23 @@ async fn a_dynamic_authorization_request_is_acted_on_once_until_it_expires(db: D
             .dynauth_answer_given("10.0.0.9:44", until)
             .await
             .unwrap(),
-        Some(b"ack".to_vec())
+        Some(ack.clone())
+    );
+    // The other way round (the NAK recorded first): the ACK takes its place — it is what
+    // was done.
+    let other_request = "10.0.0.9:44556677";
+    s.record_dynauth_answer(other_request, nak.clone(), until + 600_000, until)
+        .await
+        .unwrap();
+    other
+        .record_dynauth_answer(other_request, ack.clone(), until + 600_000, until + 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.dynauth_answer_given(other_request, until + 2)
+            .await
+            .unwrap(),
+        Some(ack.clone())
     );
 }
 

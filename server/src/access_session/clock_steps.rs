@@ -72,9 +72,18 @@ static HELD: AtomicI64 = AtomicI64::new(0);
 /// Wakes the clock task when a step is seen.
 static SEEN: tokio::sync::Notify = tokio::sync::Notify::const_new();
 /// Told once the stored times have moved with a step back: the lock file's mark is written
-/// again at once, in the new time line (until it is, a kill -9 would have the next start move
-/// them a second time).
+/// again at once, in the new time line.
 pub static MOVED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+/// How far the stored times have been moved in all (ms), as the database records it with each
+/// move: a [`ClockMark`] says the total its time is in line with. Changed together with
+/// [`HELD`]'s release, under this lock, so a mark never pairs one line's time with the other's
+/// total.
+static LINE: Mutex<i64> = Mutex::new(0);
+
+/// The database's total of moves ([`crate::storage::Storage::clock_moved_ms`]), at start-up.
+pub fn moved_so_far(total_ms: i64) {
+    *LINE.lock().unwrap_or_else(|p| p.into_inner()) = total_ms;
+}
 
 /// The process's time in Unix milliseconds: the wall clock's, less the steps not yet moved
 /// into the stored times. Both clocks are read under one lock, so readings are compared in the
@@ -106,27 +115,69 @@ pub struct ClockMark {
     pub unix_ms: i64,
     /// The boot clock (ms since boot), read with it.
     pub boot_ms: i64,
-    /// The kernel's id of this boot: boot clocks of two boots are not comparable.
+    /// The kernel's id of this boot: boot clocks of two boots are not comparable. Empty where
+    /// it cannot be read, or where the boot clock does not read as the kernel's uptime (a
+    /// tool that fakes it: libfaketime's monotonic clocks).
     pub boot_id: String,
+    /// The moves of the stored times in all ([`LINE`]) that `unix_ms` is in line with.
+    pub moved_ms: i64,
 }
 
 impl ClockMark {
     /// Now (None where the boot clock cannot be read).
     pub fn now() -> Option<ClockMark> {
+        let line = LINE.lock().unwrap_or_else(|p| p.into_inner());
         let (unix_ms, boot_ms) = reading();
-        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .map(|id| id.trim().to_owned())
-            .unwrap_or_default();
+        let moved_ms = *line;
+        drop(line);
+        let boot_ms = boot_ms?;
+        let uptime_ms = std::fs::read_to_string("/proc/uptime")
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse::<f64>().ok())
+            .map(|secs| (secs * 1000.0) as i64);
+        let boot_id = match uptime_ms {
+            Some(uptime) if (uptime - boot_ms).abs() <= 60_000 => {
+                std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                    .map(|id| id.trim().to_owned())
+                    .unwrap_or_default()
+            }
+            _ => String::new(),
+        };
         Some(ClockMark {
             unix_ms,
-            boot_ms: boot_ms?,
+            boot_ms,
             boot_id,
+            moved_ms,
         })
     }
 
-    /// As one line of text (`UNIX_MS BOOT_MS BOOT_ID`), which [`ClockMark::parse`] reads.
+    /// As one line of text (`UNIX_MS BOOT_MS BOOT_ID MOVED_MS`), which [`ClockMark::parse`]
+    /// reads.
     pub fn line(&self) -> String {
-        format!("{} {} {}", self.unix_ms, self.boot_ms, self.boot_id)
+        format!(
+            "{} {} {} {}",
+            self.unix_ms,
+            self.boot_ms,
+            if self.boot_id.is_empty() {
+                "-"
+            } else {
+                &self.boot_id
+            },
+            self.moved_ms
+        )
+    }
+
+    /// This mark in the time line of a database whose moves total `moved_ms`: a mark written
+    /// before the last move (a kill -9 between the move's write and the mark's next) is moved
+    /// as the stored times were, so the same step is never found twice.
+    pub fn in_line_with(&self, moved_ms: i64) -> Option<ClockMark> {
+        Some(ClockMark {
+            unix_ms: self
+                .unix_ms
+                .checked_add(moved_ms.checked_sub(self.moved_ms)?)?,
+            moved_ms,
+            ..self.clone()
+        })
     }
 
     /// Reads [`ClockMark::line`]'s text.
@@ -134,11 +185,16 @@ impl ClockMark {
         let mut parts = text.split_whitespace();
         let unix_ms = parts.next()?.parse().ok()?;
         let boot_ms = parts.next()?.parse().ok()?;
-        let boot_id = parts.next().unwrap_or_default().to_owned();
+        let boot_id = match parts.next().unwrap_or_default() {
+            "-" => String::new(),
+            id => id.to_owned(),
+        };
+        let moved_ms = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
         Some(ClockMark {
             unix_ms,
             boot_ms,
             boot_id,
+            moved_ms,
         })
     }
 
@@ -157,9 +213,7 @@ impl ClockMark {
         }
         let by_wall = now.unix_ms.checked_sub(self.unix_ms)?;
         let by_boot = now.boot_ms.checked_sub(self.boot_ms)?;
-        // The lesser: a tool that moves the boot clock with the wall clock (libfaketime) still
-        // shows the step as the wall clock reading before the mark.
-        let step = by_wall.checked_sub(by_boot)?.min(by_wall);
+        let step = by_wall.checked_sub(by_boot)?;
         (step < -STEP_MS && step > -CENTURY_MS).then_some(step)
     }
 }
@@ -219,7 +273,10 @@ impl AccessSessions {
                 self.expiry_wake.due_at(i64::MIN);
                 self.accounting.wake();
             } else if held < 0 && self.clock_stepped(held).await {
+                let mut line = LINE.lock().unwrap_or_else(|p| p.into_inner());
                 HELD.fetch_sub(held, Ordering::SeqCst);
+                *line += held;
+                drop(line);
                 MOVED.notify_one();
             }
             tokio::select! {
@@ -240,6 +297,7 @@ mod tests {
             unix_ms,
             boot_ms,
             boot_id: boot_id.into(),
+            moved_ms: 0,
         }
     }
 
@@ -259,14 +317,22 @@ mod tests {
             left.step_back_since(&mark(20_600_000, 1_100_000, "boot-a")),
             None
         );
-        // A boot clock that moved as far back as the wall clock (it never does; a tool faking
-        // both): the wall clock alone, which reads before the mark.
-        let faked = mark(
-            10_000_000 - 3_600_000 + 3_000,
-            500_000 - 3_600_000 + 3_000,
-            "boot-a",
+        // A mark written before the last move of the stored times (a kill -9 between the
+        // move's write and the mark's next): read in the moved line, the step is not found
+        // again.
+        let moved = ClockMark {
+            moved_ms: -3_600_000,
+            ..now.clone()
+        };
+        let in_line = left.in_line_with(-3_600_000).unwrap();
+        assert_eq!(in_line.unix_ms, 10_000_000 - 3_600_000);
+        assert_eq!(in_line.step_back_since(&moved), None);
+        assert_eq!(ClockMark::parse(&moved.line()), Some(moved.clone()));
+        // A boot clock not read as the kernel's (no boot id): nothing is said.
+        assert_eq!(
+            mark(10_000_000, 500_000, "").step_back_since(&mark(1, 1, "")),
+            None
         );
-        assert_eq!(left.step_back_since(&faked), Some(-3_597_000));
         // Another boot: nothing is said (a clock not synchronised yet reads behind as often).
         let rebooted = mark(10_000_000 - 3_300_000, 90_000, "boot-b");
         assert_eq!(left.step_back_since(&rebooted), None);

@@ -65,6 +65,13 @@ tokio::task_local! {
     static ANSWERING: bool;
 }
 
+/// Whether a Dynamic Authorization answer (its bytes) is a Disconnect-ACK or CoA-ACK: what a
+/// replica did, which an answer recorded before it gives way to
+/// ([`SessionStore::record_dynauth_answer`]).
+pub fn acknowledges(reply: &[u8]) -> bool {
+    matches!(reply.first(), Some(41 | 44))
+}
+
 /// Runs `work` as the answer to a request (the HTTP layer wraps every request in it): a write
 /// it waits for gives up once the database has finished no write for as long as `/readyz`
 /// tolerates (a hung disk), and the request is answered 503 instead of never. Work that runs
@@ -453,9 +460,11 @@ contract! {
         /// expired at `now`.
         fn dynauth_answer_given(&self, request: &str, now: i64) -> Option<Vec<u8>>;
         /// Records the answer given to a Dynamic Authorization request, kept until `until`;
-        /// records expired at `now` are dropped. One recorded already and not expired stands
-        /// (the first answer: a replica that acted on the request too found it done). Relaxed
-        /// on SQLite: a power failure may forget one.
+        /// records expired at `now` are dropped. One recorded already and not expired stands,
+        /// unless this one is an ACK ([`acknowledges`]): two replicas that acted on one request
+        /// at once answered ACK (the one that ended the session) and NAK 503 (the one that
+        /// found it ended), and the ACK is what was done. Relaxed on SQLite: a power failure
+        /// may forget one.
         fn record_dynauth_answer(&self, request: &str, reply: Vec<u8>, until: i64, now: i64) -> ();
         /// Whether a session's packet of `status_type` has been acknowledged.
         fn outbox_delivered(&self, access_session_id: i64, status_type: u32) -> bool;
@@ -713,6 +722,27 @@ impl Storage {
                 .await
                 .map(Some),
             Backend::Postgres(_) => Ok(None),
+        }
+    }
+
+    /// SQLite: how far its stored times have been moved with steps of the wall clock in all
+    /// (ms), written with each move ([`SessionStore::shift_times`]). 0 on PostgreSQL (its
+    /// times are never moved).
+    pub async fn clock_moved_ms(&self) -> Result<i64, StorageError> {
+        match &self.backend {
+            Backend::Sqlite(store) => {
+                store
+                    .engine
+                    .read_long(|c| {
+                        Ok(c.query_row(
+                            "SELECT COALESCE((SELECT moved_ms FROM clock_moves WHERE id = 1), 0)",
+                            [],
+                            |r| r.get(0),
+                        )?)
+                    })
+                    .await
+            }
+            Backend::Postgres(_) => Ok(0),
         }
     }
 

@@ -2324,6 +2324,7 @@ impl SessionStore for PgStore {
         until: i64,
         now: i64,
     ) -> Result<(), StorageError> {
+        let acked = super::acknowledges(&reply);
         // Expired rows another replica is deleting right now are left to it (never waited for).
         sqlx::query(
             "DELETE FROM dynauth_requests WHERE request IN \
@@ -2335,12 +2336,13 @@ impl SessionStore for PgStore {
         sqlx::query(
             "INSERT INTO dynauth_requests (request, until, reply) VALUES ($1, $2, $3) \
              ON CONFLICT (request) DO UPDATE SET until = EXCLUDED.until, reply = EXCLUDED.reply \
-             WHERE dynauth_requests.until <= $4",
+             WHERE dynauth_requests.until <= $4 OR $5",
         )
         .bind(request)
         .bind(until)
         .bind(reply)
         .bind(now)
+        .bind(acked)
         .execute(self.pool())
         .await?;
         Ok(())

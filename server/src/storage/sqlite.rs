@@ -799,6 +799,12 @@ impl SessionStore for SqliteStore {
                 .execute([delta_ms])?;
                 c.prepare_cached("UPDATE dynauth_requests SET until = until + ?1")?
                     .execute([delta_ms])?;
+                // The total moved, with the move (the lock file's mark is read against it).
+                c.prepare_cached(
+                    "INSERT INTO clock_moves (id, moved_ms) VALUES (1, ?1) \
+                     ON CONFLICT (id) DO UPDATE SET moved_ms = moved_ms + ?1",
+                )?
+                .execute([delta_ms])?;
                 Ok(Some(moved))
             })
             .await
@@ -1698,6 +1704,7 @@ impl SessionStore for SqliteStore {
         now: i64,
     ) -> Result<(), StorageError> {
         let request = request.to_owned();
+        let acked = super::acknowledges(&reply);
         self.engine
             .write_relaxed_small(move |c| {
                 c.prepare_cached("DELETE FROM dynauth_requests WHERE until <= ?")?
@@ -1705,9 +1712,9 @@ impl SessionStore for SqliteStore {
                 c.prepare_cached(
                     "INSERT INTO dynauth_requests (request, until, reply) VALUES (?, ?, ?) \
                      ON CONFLICT (request) DO UPDATE SET until = excluded.until, reply = excluded.reply \
-                     WHERE dynauth_requests.until <= ?",
+                     WHERE dynauth_requests.until <= ? OR ?",
                 )?
-                .execute(params![request, until, reply, now])?;
+                .execute(params![request, until, reply, now, acked])?;
                 Ok(())
             })
             .await
