@@ -251,13 +251,15 @@ fn write_watermark(mut file: &std::fs::File, newest: Option<i64>) -> std::io::Re
     file.set_len(text.len() as u64)
 }
 
-/// A clock stepped back since the portal last served the SQLite database whose lock file is
-/// `owner` (no portal ran to see it): held from the process's time until the open sessions'
-/// stored times have moved with it, as a step seen while serving — each keeps the real time it
-/// had left (black-box tester T's D2). The mark is read in the line of the stored times
-/// (`moved_ms`, the database's total of moves: a mark written before the last move is moved
-/// with it). Before any task reads the time.
-fn clock_put_back_since_last_run(owner: &std::fs::File, moved_ms: i64) {
+/// A clock stepped since the portal last served the SQLite database whose lock file is
+/// `owner` (no portal ran to see it). A step back is held from the process's time until the
+/// open sessions' stored times have moved with it, as a step seen while serving — each keeps
+/// the real time it had left (black-box tester T's D2) — and the clock task's line says so. A
+/// step forward is taken as time that passed, as while serving, and said here (tester T2's
+/// D4). The mark is read in the line of the stored times (`moved_ms`, the database's total of
+/// moves: a mark written before the last move is moved with it). Before any task reads the
+/// time.
+fn clock_stepped_since_last_run(owner: &std::fs::File, moved_ms: i64) {
     clock_steps::moved_so_far(moved_ms);
     let (Some(mark), Some(now)) = (
         read_clock_mark(owner).and_then(|mark| mark.in_line_with(moved_ms)),
@@ -265,10 +267,11 @@ fn clock_put_back_since_last_run(owner: &std::fs::File, moved_ms: i64) {
     ) else {
         return;
     };
-    if let Some(step_ms) = mark.step_back_since(&now) {
-        tracing::warn!(step_ms,
-            "the system clock is behind the time the portal last served this database in (by the lock file beside it): taken as a step back made while no portal ran — the open sessions' times and the accounting waiting move with it (keep the clock synchronised: NTP)");
-        clock_steps::hold_step_back(step_ms);
+    match mark.step_since(&now) {
+        Some(step_ms) if step_ms < 0 => clock_steps::hold_step_back(step_ms),
+        Some(step_ms) => tracing::warn!(step_ms,
+            "the system clock is ahead of the time the portal last served this database in by more than the time that passed since (by the lock file beside it): taken as time that passed, as a step forward while serving is — sessions whose time it covers end now (keep the clock synchronised: NTP)"),
+        None => {}
     }
 }
 
@@ -453,7 +456,7 @@ impl Application {
                 .clock_moved_ms()
                 .await
                 .context("while reading how far the stored times moved with the clock")?;
-            clock_put_back_since_last_run(owner, moved_ms);
+            clock_stepped_since_last_run(owner, moved_ms);
             if let Ok(newest) = storage.newest_session_id().await {
                 if let Some(said) = older_database(
                     &settings.database.path,

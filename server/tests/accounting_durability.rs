@@ -782,6 +782,8 @@ struct UnderFaketime {
     base: String,
     config: std::path::PathBuf,
     portal: Option<PortalProcess>,
+    /// How many portals were started: the log of the `n`th is `portal-n.log` in `dir`.
+    started: usize,
 }
 
 impl UnderFaketime {
@@ -797,18 +799,20 @@ impl UnderFaketime {
             base,
             config,
             portal: None,
+            started: 0,
         };
         under.set("+0");
         under.portal = Some(under.spawn().await);
         under
     }
 
-    async fn spawn(&self) -> PortalProcess {
+    async fn spawn(&mut self) -> PortalProcess {
         let clock = self.dir.path().join("faketime");
+        self.started += 1;
         PortalProcess::start_with(
             &self.config,
             &self.base,
-            std::process::Stdio::null(),
+            std::fs::File::create(self.log()).unwrap(),
             &[
                 ("LD_PRELOAD", faketime_library().as_os_str()),
                 ("FAKETIME_TIMESTAMP_FILE", clock.as_os_str()),
@@ -827,6 +831,29 @@ impl UnderFaketime {
         }
         self.set(offset);
         self.portal = Some(self.spawn().await);
+    }
+
+    /// The log of the portal started last.
+    fn log(&self) -> std::path::PathBuf {
+        self.dir.path().join(format!("portal-{}.log", self.started))
+    }
+
+    /// The lines of the portal started last that speak of the system clock, once its log has
+    /// one.
+    async fn clock_lines(&self) -> Vec<String> {
+        let lines = || {
+            std::fs::read_to_string(self.log())
+                .unwrap_or_default()
+                .lines()
+                .filter(|line| line.contains("the system clock"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        common::wait_until("the portal's log to speak of the clock", || async {
+            !lines().is_empty()
+        })
+        .await;
+        lines()
     }
 
     /// Sets the wall clock's offset from the real time (libfaketime's form: `-3600`, `+600`).
@@ -885,6 +912,41 @@ async fn a_clock_put_back_while_no_portal_ran_gives_no_session_more_time() {
         .await;
     assert_eq!(field(&stop, "cause"), "Session-Timeout");
     assert_eq!(field(&stop, "session_time"), "3", "{stop}");
+    // One step, one line, which says when it was made (tester T2's D4: two lines).
+    let said = under.clock_lines().await;
+    assert_eq!(said.len(), 1, "{said:#?}");
+    assert!(
+        said[0].contains("behind the time the portal last served this database in")
+            && said[0].contains("sessions=1"),
+        "{said:#?}"
+    );
+}
+
+/// The wall clock is put ten minutes forward while no portal runs, with a session of a 30 s
+/// Session-Timeout open: taken as time that passed, as a step forward while serving is — the
+/// session ends at the start, its Stop saying 30 s with the delay — and the start says why
+/// (tester T2's D4: it said nothing of the clock).
+#[tokio::test]
+async fn a_clock_put_forward_while_no_portal_ran_is_time_that_passed_and_said() {
+    let radius = FreeRadius::start().await;
+    let mut under = UnderFaketime::start(&radius).await;
+    let browser = common::Browser::of(&under.base);
+    let page = browser.login("alice", "alice-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    let start = radius.wait_for_acct(&["status=Start", "user=alice"]).await;
+    under.restart_at("+600").await;
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={} ", field(&start, "sid"))])
+        .await;
+    assert_eq!(field(&stop, "session_time"), "30", "{stop}");
+    let delay: u32 = field(&stop, "delay").parse().unwrap();
+    assert!(delay > 0, "{stop}");
+    let said = under.clock_lines().await;
+    assert_eq!(said.len(), 1, "{said:#?}");
+    assert!(
+        said[0].contains("the system clock is ahead of the time the portal last served"),
+        "{said:#?}"
+    );
 }
 
 /// The wall clock steps ten minutes forward while a session with a Session-Timeout of 30 s is

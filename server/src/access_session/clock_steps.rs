@@ -18,7 +18,7 @@
 use super::AccessSessions;
 use std::{
     sync::{
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
         Mutex,
     },
     time::Duration,
@@ -79,6 +79,8 @@ pub static MOVED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 /// [`HELD`]'s release, under this lock, so a mark never pairs one line's time with the other's
 /// total.
 static LINE: Mutex<i64> = Mutex::new(0);
+/// The step held is one found at start-up ([`hold_step_back`]) and not moved yet.
+static FOUND_AT_START: AtomicBool = AtomicBool::new(false);
 
 /// The database's total of moves ([`crate::storage::Storage::clock_moved_ms`]), at start-up.
 pub fn moved_so_far(total_ms: i64) {
@@ -106,7 +108,7 @@ fn reading() -> (i64, Option<i64>) {
 
 /// Where a process's time stood against the boot clock: what a serving portal leaves in its
 /// SQLite database's lock file every second, so that the next start sees a step of the wall
-/// clock made while no portal ran ([`ClockMark::step_back_since`]) — a clock put back across
+/// clock made while no portal ran ([`ClockMark::step_since`]) — a clock put back across
 /// a restart would otherwise give every open session the step on top of its time (black-box
 /// tester T's D2: a Session-Timeout of two minutes ran an hour).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,15 +200,15 @@ impl ClockMark {
         })
     }
 
-    /// How far the wall clock went back between `self` (left by the last run) and `now`, if by
-    /// more than [`STEP_MS`] (a negative step), within one boot: the boot clock tells exactly
-    /// how long no portal ran. Across a reboot nothing is said: the boot clocks cannot be
-    /// compared, and a clock that reads behind the mark there is as often one not synchronised
-    /// yet (a hardware clock that drifted, read before NTP answered), which NTP then steps
-    /// forward — taken as time that passed, a held step back would have ended every session
-    /// early. A step forward is time that passed, as while serving; a mark beyond any clock's
-    /// reach (a damaged file) is no step.
-    pub fn step_back_since(&self, now: &ClockMark) -> Option<i64> {
+    /// How far the wall clock stepped between `self` (left by the last run) and `now` beyond
+    /// what the boot clock counted, if by more than [`STEP_MS`] (negative: back), within one
+    /// boot: the boot clock tells exactly how long no portal ran. Across a reboot nothing is
+    /// said: the boot clocks cannot be compared, and a clock that reads behind the mark there
+    /// is as often one not synchronised yet (a hardware clock that drifted, read before NTP
+    /// answered), which NTP then steps forward — taken as time that passed, a held step back
+    /// would have ended every session early. A mark beyond any clock's reach (a damaged file)
+    /// is no step.
+    pub fn step_since(&self, now: &ClockMark) -> Option<i64> {
         const CENTURY_MS: i64 = 100 * 366 * 24 * 3_600_000;
         if now.boot_id.is_empty() || now.boot_id != self.boot_id {
             return None;
@@ -214,15 +216,17 @@ impl ClockMark {
         let by_wall = now.unix_ms.checked_sub(self.unix_ms)?;
         let by_boot = now.boot_ms.checked_sub(self.boot_ms)?;
         let step = by_wall.checked_sub(by_boot)?;
-        (step < -STEP_MS && step > -CENTURY_MS).then_some(step)
+        (step.abs() > STEP_MS && step.abs() < CENTURY_MS).then_some(step)
     }
 }
 
-/// A step back found at start-up ([`ClockMark::step_back_since`]): held from the process's time
-/// as a step seen while serving is, until the clock task has moved the stored times with it.
-/// Before any task that reads the time starts.
+/// A step back found at start-up ([`ClockMark::step_since`]): held from the process's time
+/// as a step seen while serving is, until the clock task has moved the stored times with it
+/// (its one line then says the step was made while no portal ran). Before any task that reads
+/// the time starts.
 pub fn hold_step_back(step_ms: i64) {
     HELD.fetch_add(step_ms.min(0), Ordering::SeqCst);
+    FOUND_AT_START.store(true, Ordering::SeqCst);
     SEEN.notify_one();
 }
 
@@ -231,11 +235,18 @@ impl AccessSessions {
     /// (where the stored times are this process's own), and the expiry and accounting look
     /// again, open pages read their session again. True when the process may follow the wall
     /// clock now (false: the stored times could not be moved, and stay in the old time line).
-    pub async fn clock_stepped(&self, step_ms: i64) -> bool {
+    /// `while_stopped`: the step was made while no portal ran, found at start-up by the lock
+    /// file's mark.
+    pub async fn clock_stepped(&self, step_ms: i64, while_stopped: bool) -> bool {
         match self.storage.shift_times(step_ms).await {
             Ok(Some(moved)) => {
-                tracing::warn!(step_ms, sessions = moved.len(),
-                    "the system clock stepped: the open sessions' times and the accounting waiting moved with it, so each keeps the real time it had left (keep the clock synchronised: NTP)");
+                if while_stopped {
+                    tracing::warn!(step_ms, sessions = moved.len(),
+                        "the system clock is behind the time the portal last served this database in (by the lock file beside it): taken as a step back made while no portal ran — the open sessions' times and the accounting waiting moved with it, so each keeps the real time it had left (keep the clock synchronised: NTP)");
+                } else {
+                    tracing::warn!(step_ms, sessions = moved.len(),
+                        "the system clock stepped: the open sessions' times and the accounting waiting moved with it, so each keeps the real time it had left (keep the clock synchronised: NTP)");
+                }
                 self.expiry_wake.due_at(i64::MIN);
                 self.accounting.wake();
                 for id in moved {
@@ -272,7 +283,12 @@ impl AccessSessions {
                 // Their waits were worked out by the clock before.
                 self.expiry_wake.due_at(i64::MIN);
                 self.accounting.wake();
-            } else if held < 0 && self.clock_stepped(held).await {
+            } else if held < 0
+                && self
+                    .clock_stepped(held, FOUND_AT_START.load(Ordering::SeqCst))
+                    .await
+            {
+                FOUND_AT_START.store(false, Ordering::SeqCst);
                 let mut line = LINE.lock().unwrap_or_else(|p| p.into_inner());
                 HELD.fetch_sub(held, Ordering::SeqCst);
                 *line += held;
@@ -307,15 +323,16 @@ mod tests {
         assert_eq!(ClockMark::parse(&left.line()), Some(left.clone()));
         // One boot: ten minutes down, the clock an hour back: exactly the hour.
         let now = mark(10_000_000 - 3_600_000 + 600_000, 1_100_000, "boot-a");
-        assert_eq!(left.step_back_since(&now), Some(-3_600_000));
-        // Ten minutes down, no step (or one forward: time that passed): none.
+        assert_eq!(left.step_since(&now), Some(-3_600_000));
+        // Ten minutes down, no step: none; a step forward is said too (the start logs it,
+        // and takes it as time that passed).
         assert_eq!(
-            left.step_back_since(&mark(10_600_000, 1_100_000, "boot-a")),
+            left.step_since(&mark(10_600_000, 1_100_000, "boot-a")),
             None
         );
         assert_eq!(
-            left.step_back_since(&mark(20_600_000, 1_100_000, "boot-a")),
-            None
+            left.step_since(&mark(20_600_000, 1_100_000, "boot-a")),
+            Some(10_000_000)
         );
         // A mark written before the last move of the stored times (a kill -9 between the
         // move's write and the mark's next): read in the moved line, the step is not found
@@ -326,23 +343,20 @@ mod tests {
         };
         let in_line = left.in_line_with(-3_600_000).unwrap();
         assert_eq!(in_line.unix_ms, 10_000_000 - 3_600_000);
-        assert_eq!(in_line.step_back_since(&moved), None);
+        assert_eq!(in_line.step_since(&moved), None);
         assert_eq!(ClockMark::parse(&moved.line()), Some(moved.clone()));
         // A boot clock not read as the kernel's (no boot id): nothing is said.
         assert_eq!(
-            mark(10_000_000, 500_000, "").step_back_since(&mark(1, 1, "")),
+            mark(10_000_000, 500_000, "").step_since(&mark(1, 1, "")),
             None
         );
         // Another boot: nothing is said (a clock not synchronised yet reads behind as often).
         let rebooted = mark(10_000_000 - 3_300_000, 90_000, "boot-b");
-        assert_eq!(left.step_back_since(&rebooted), None);
+        assert_eq!(left.step_since(&rebooted), None);
         // A second back is no step; nor is a mark from beyond any clock's reach.
+        assert_eq!(left.step_since(&mark(9_999_000, 500_500, "boot-a")), None);
         assert_eq!(
-            left.step_back_since(&mark(9_999_000, 500_500, "boot-a")),
-            None
-        );
-        assert_eq!(
-            mark(i64::MAX, 500_000, "boot-a").step_back_since(&mark(10_000_000, 500_500, "boot-a")),
+            mark(i64::MAX, 500_000, "boot-a").step_since(&mark(10_000_000, 500_500, "boot-a")),
             None
         );
     }
