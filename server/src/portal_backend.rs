@@ -302,8 +302,20 @@ impl PortalBackend {
     }
 
     fn status_of_record(&self, s: &AccessSessionRecord) -> SessionStatus {
+        let organization_active = self
+            .organizations
+            .get(&s.organization_id)
+            .is_some_and(|o| o.active);
         if s.active && s.expires_at > now_ms() {
-            return SessionStatus::Active(self.view(s));
+            // A session of an organization disabled since reads as the disable's stop will
+            // make it, before that stop has reached it (a replica that ran the stop died: up to
+            // its claim's lease; black-box tester M): the page never shows a disabled
+            // organization's session running.
+            return if organization_active {
+                SessionStatus::Active(self.view(s))
+            } else {
+                SessionStatus::Ended(EndReason::OrganizationDisabled)
+            };
         }
         let expired = match timing::ends_by(s.expires_at, s.limit_at) {
             EndsBy::Limit => EndReason::LimitReached,
@@ -317,14 +329,7 @@ impl PortalBackend {
             Some(cause::SESSION_TIMEOUT) => EndReason::LimitReached,
             // Stopped by the operator; if it was by disabling the organization, which is still
             // disabled, the page must not offer to sign in again.
-            Some(cause::ADMIN_RESET)
-                if !self
-                    .organizations
-                    .get(&s.organization_id)
-                    .is_some_and(|o| o.active) =>
-            {
-                EndReason::OrganizationDisabled
-            }
+            Some(cause::ADMIN_RESET) if !organization_active => EndReason::OrganizationDisabled,
             Some(cause::ADMIN_RESET) => EndReason::EndedByOperator,
             Some(cause::PORT_PREEMPTED) => EndReason::Replaced,
             Some(_) => EndReason::Failed,

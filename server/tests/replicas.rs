@@ -454,3 +454,61 @@ async fn replicas_count_each_others_unanswered_exchanges_with_a_server() {
     }
     drop((silent_auth, silent_acct));
 }
+
+/// A disabled organization's session whose stop a dead replica holds (it died running the
+/// disable's stop job: its claim lasts its lease) reads on every replica as the disable will
+/// make it, before the stop reaches it: the session page and its live stream say the
+/// organization is disabled and the Captive Portal API says captive — no read says a disabled
+/// organization's user has access (black-box tester M: for up to 30 s they said it ran).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_organizations_session_reads_as_stopped_while_a_dead_replica_holds_its_stop() {
+    let radius = FreeRadius::start().await;
+    let url = common::postgres::fresh_database().await;
+    let a = TestApp::spawn(&on_postgres(&url, &radius)).await;
+    let on_a = a.browser(Ipv4Addr::new(127, 0, 0, 7));
+    assert_eq!(on_a.login("carol", "carol-pass").await.path, "/session");
+    let start = radius.wait_for_acct(&["status=Start", "user=carol"]).await;
+    let sid = field(&start, "sid").to_string();
+    let storage = a.storage.clone();
+    a.stop().await;
+    // The disable, and its stop job claimed by a replica that then died (A's storage, stopped).
+    let now = radius_portal::access_session::now_ms();
+    storage
+        .set_organization_active("acme", false, "cli:test", now)
+        .await
+        .unwrap();
+    let held = storage
+        .claim_organization_jobs(now, now + 600_000)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1, "the disable's stop job");
+
+    let b = TestApp::spawn(&on_postgres(&url, &radius)).await;
+    let on_b = Browser {
+        http: on_a.http.clone(),
+        base: format!("http://{}", b.addr),
+    };
+    let page = on_b.get("/session").await;
+    assert!(
+        page.body.contains("has been disabled") && !page.body.contains("Disconnect"),
+        "{}",
+        page.body
+    );
+    let captive: serde_json::Value =
+        serde_json::from_str(&on_b.get("/captive-portal/api").await.body).unwrap();
+    assert_eq!(captive["captive"], true, "{captive}");
+    let mut live = on_b
+        .http
+        .get(format!("http://{}/session/events", b.addr))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let first = next_event(&mut live, &mut String::new()).await;
+    assert!(first.contains("OrganizationDisabled"), "{first}");
+    // The stop is still held: the session is open in the database, no Stop went out.
+    let session = b.storage.session_by_acct_id(&sid).await.unwrap().unwrap();
+    assert!(session.active);
+    assert_eq!(acct_count(&radius, "Stop", &sid), 0);
+    b.stop().await;
+}

@@ -1441,12 +1441,17 @@ impl AccessSessions {
         self.organizations.get(id).map(|o| o.active)
     }
 
-    /// The client's active session in the organization, if any (Captive Portal API).
+    /// The client's active session in the organization, if any (Captive Portal API). None
+    /// while the organization is disabled (or unknown), before its disable's stop has reached
+    /// the session too: no read says a disabled organization's client has access.
     pub async fn active_for_client(
         &self,
         organization_id: &str,
         client_ip: IpAddr,
     ) -> Result<Option<AccessSessionRecord>, SessionError> {
+        if self.organization_active(organization_id) != Some(true) {
+            return Ok(None);
+        }
         Ok(self
             .storage
             .active_session_for_client(organization_id, &client_ip.to_string(), now_ms())
