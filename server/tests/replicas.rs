@@ -459,7 +459,9 @@ async fn replicas_count_each_others_unanswered_exchanges_with_a_server() {
 /// disable's stop job: its claim lasts its lease) reads on every replica as the disable will
 /// make it, before the stop reaches it: the session page and its live stream say the
 /// organization is disabled and the Captive Portal API says captive — no read says a disabled
-/// organization's user has access (black-box tester M: for up to 30 s they said it ran).
+/// organization's user has access (black-box tester M: for up to 30 s they said it ran). An
+/// enable through the admin API before the stop is taken over answers, over HTTP, that the stop
+/// is skipped and the session keeps running; its page reads it running again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disabled_organizations_session_reads_as_stopped_while_a_dead_replica_holds_its_stop() {
     let radius = FreeRadius::start().await;
@@ -483,7 +485,15 @@ async fn a_disabled_organizations_session_reads_as_stopped_while_a_dead_replica_
         .unwrap();
     assert_eq!(held.len(), 1, "the disable's stop job");
 
-    let b = TestApp::spawn(&on_postgres(&url, &radius)).await;
+    let mut with_admin = on_postgres(&url, &radius);
+    with_admin
+        .admin
+        .tokens
+        .push(radius_portal::config::AdminToken {
+            name: "ops".into(),
+            sha256: radius_portal::http::admin::hash_token("admin-token"),
+        });
+    let b = TestApp::spawn(&with_admin).await;
     let on_b = Browser {
         http: on_a.http.clone(),
         base: format!("http://{}", b.addr),
@@ -509,6 +519,38 @@ async fn a_disabled_organizations_session_reads_as_stopped_while_a_dead_replica_
     // The stop is still held: the session is open in the database, no Stop went out.
     let session = b.storage.session_by_acct_id(&sid).await.unwrap().unwrap();
     assert!(session.active);
+    assert_eq!(acct_count(&radius, "Stop", &sid), 0);
+
+    // Enabled again through B's admin API before the stop was taken over: the answer says the
+    // stop is skipped and the session keeps running, and its page reads so again.
+    let answer = reqwest::Client::new()
+        .patch(format!("http://{}/admin/api/v1/organizations/acme", b.addr))
+        .bearer_auth("admin-token")
+        .header("content-type", "application/json")
+        .body(r#"{"is_active": true}"#)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let enabled: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        enabled["skipped_stop"],
+        serde_json::json!({ "open_sessions": 1, "stopped_before": 0 }),
+        "{enabled}"
+    );
+    assert!(
+        enabled["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("its 1 open session(s) keep running")),
+        "{enabled}"
+    );
+    wait_until(
+        "the session page to read the session running again",
+        || async { on_b.get("/session").await.body.contains("Disconnect") },
+    )
+    .await;
     assert_eq!(acct_count(&radius, "Stop", &sid), 0);
     b.stop().await;
 }
