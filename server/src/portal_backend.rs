@@ -302,21 +302,22 @@ impl PortalBackend {
     }
 
     fn status_of_record(&self, s: &AccessSessionRecord) -> SessionStatus {
-        let organization_active = self
-            .organizations
-            .get(&s.organization_id)
-            .is_some_and(|o| o.active);
         if s.active && s.expires_at > now_ms() {
             // A session of an organization disabled since reads as the disable's stop will
             // make it, before that stop has reached it (a replica that ran the stop died: up to
             // its claim's lease; black-box tester M): the page never shows a disabled
-            // organization's session running.
-            return if organization_active {
-                SessionStatus::Active(self.view(s))
-            } else {
+            // organization's session running. (One whose organization the cache does not
+            // know — its settings unusable, not disabled — reads as it runs.)
+            return if self.organization_disabled(&s.organization_id) {
                 SessionStatus::Ended(EndReason::OrganizationDisabled)
+            } else {
+                SessionStatus::Active(self.view(s))
             };
         }
+        let organization_active = self
+            .organizations
+            .get(&s.organization_id)
+            .is_some_and(|o| o.active);
         let expired = match timing::ends_by(s.expires_at, s.limit_at) {
             EndsBy::Limit => EndReason::LimitReached,
             EndsBy::Window => EndReason::Expired,
@@ -430,7 +431,19 @@ impl PortalBackend {
             .map_err(user_error)
     }
 
-    /// The running access session a web session is linked to in organization `org`, if any.
+    /// Whether the organization cache says organization `id` is disabled (a disable made
+    /// here or, by its notice, on another replica).
+    pub fn organization_disabled(&self, id: &str) -> bool {
+        self.organizations.get(id).is_some_and(|o| !o.active)
+    }
+
+    /// Tells when the organization cache changed ([`Organizations::changes`]).
+    pub fn organization_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.organizations.changes()
+    }
+
+    /// The running access session a web session is linked to in organization `org`, if any
+    /// (none while its organization is disabled: [`Self::status_of_record`]).
     async fn linked_running(
         &self,
         web: &Session,
@@ -444,7 +457,11 @@ impl PortalBackend {
                 .browsers(id)
                 .await
                 .map_err(user_error)?
-                .filter(|s| s.active && s.expires_at > now_ms())),
+                .filter(|s| {
+                    s.active
+                        && s.expires_at > now_ms()
+                        && !self.organization_disabled(&s.organization_id)
+                })),
             None => Ok(None),
         }
     }

@@ -18,7 +18,7 @@
 use super::AccessSessions;
 use std::{
     sync::{
-        atomic::{AtomicBool, AtomicI64, Ordering},
+        atomic::{AtomicI64, Ordering},
         Mutex,
     },
     time::Duration,
@@ -79,8 +79,10 @@ pub static MOVED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 /// [`HELD`]'s release, under this lock, so a mark never pairs one line's time with the other's
 /// total.
 static LINE: Mutex<i64> = Mutex::new(0);
-/// The step held is one found at start-up ([`hold_step_back`]) and not moved yet.
-static FOUND_AT_START: AtomicBool = AtomicBool::new(false);
+/// The step back found at start-up ([`hold_step_back`]) while it is held: the clock task's
+/// line says so when it moves exactly that (a step seen since, added to it, makes it a step
+/// like any other).
+static FOUND_AT_START: AtomicI64 = AtomicI64::new(0);
 
 /// The database's total of moves ([`crate::storage::Storage::clock_moved_ms`]), at start-up.
 pub fn moved_so_far(total_ms: i64) {
@@ -216,7 +218,8 @@ impl ClockMark {
         let by_wall = now.unix_ms.checked_sub(self.unix_ms)?;
         let by_boot = now.boot_ms.checked_sub(self.boot_ms)?;
         let step = by_wall.checked_sub(by_boot)?;
-        (step.abs() > STEP_MS && step.abs() < CENTURY_MS).then_some(step)
+        let size = step.checked_abs()?;
+        (size > STEP_MS && size < CENTURY_MS).then_some(step)
     }
 }
 
@@ -226,7 +229,7 @@ impl ClockMark {
 /// the time starts.
 pub fn hold_step_back(step_ms: i64) {
     HELD.fetch_add(step_ms.min(0), Ordering::SeqCst);
-    FOUND_AT_START.store(true, Ordering::SeqCst);
+    FOUND_AT_START.store(step_ms.min(0), Ordering::SeqCst);
     SEEN.notify_one();
 }
 
@@ -276,6 +279,12 @@ impl AccessSessions {
         loop {
             let _ = now_ms();
             let held = HELD.load(Ordering::SeqCst);
+            let at_start = FOUND_AT_START.load(Ordering::SeqCst);
+            if held >= 0 {
+                // Nothing of a step found at start-up is held any more (a step forward seen
+                // since made up for it: said below as what is left).
+                FOUND_AT_START.store(0, Ordering::SeqCst);
+            }
             if held > 0 {
                 tracing::warn!(step_ms = held,
                     "the system clock stepped forward: taken as time that passed (sessions whose time it covers end now); keep the clock synchronised (NTP)");
@@ -283,12 +292,8 @@ impl AccessSessions {
                 // Their waits were worked out by the clock before.
                 self.expiry_wake.due_at(i64::MIN);
                 self.accounting.wake();
-            } else if held < 0
-                && self
-                    .clock_stepped(held, FOUND_AT_START.load(Ordering::SeqCst))
-                    .await
-            {
-                FOUND_AT_START.store(false, Ordering::SeqCst);
+            } else if held < 0 && self.clock_stepped(held, held == at_start).await {
+                FOUND_AT_START.store(0, Ordering::SeqCst);
                 let mut line = LINE.lock().unwrap_or_else(|p| p.into_inner());
                 HELD.fetch_sub(held, Ordering::SeqCst);
                 *line += held;

@@ -1442,14 +1442,14 @@ impl AccessSessions {
     }
 
     /// The client's active session in the organization, if any (Captive Portal API). None
-    /// while the organization is disabled (or unknown), before its disable's stop has reached
-    /// the session too: no read says a disabled organization's client has access.
+    /// while the organization is disabled, before its disable's stop has reached the session
+    /// too: no read says a disabled organization's client has access.
     pub async fn active_for_client(
         &self,
         organization_id: &str,
         client_ip: IpAddr,
     ) -> Result<Option<AccessSessionRecord>, SessionError> {
-        if self.organization_active(organization_id) != Some(true) {
+        if self.organization_active(organization_id) == Some(false) {
             return Ok(None);
         }
         Ok(self

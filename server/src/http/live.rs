@@ -41,6 +41,12 @@ struct Watch {
     scope: super::org_scope::OrgScope,
     ip: Option<std::net::IpAddr>,
     notices: broadcast::Receiver<i64>,
+    /// The organization cache's changes (None once its sender is gone), and whether it said
+    /// the page's organization was disabled when last looked at: a disable or an enable is
+    /// news to the page even before any session of it changed (a disable's stop held by a
+    /// replica that died).
+    organizations: Option<tokio::sync::watch::Receiver<u64>>,
+    disabled: bool,
     first: bool,
     /// The link was followed to the session the browser holds (the first status read).
     followed: bool,
@@ -63,6 +69,19 @@ impl Watch {
                     Err(RecvError::Lagged(_)) => return true,
                     Err(RecvError::Closed) => return false,
                 },
+                changed = async { self.organizations.as_mut()?.changed().await.ok() },
+                    if self.organizations.is_some() =>
+                {
+                    if changed.is_none() {
+                        self.organizations = None;
+                        continue;
+                    }
+                    let disabled = self.live.backend.organization_disabled(&self.scope.id);
+                    if disabled != self.disabled {
+                        self.disabled = disabled;
+                        return true;
+                    }
+                }
             }
         }
     }
@@ -91,6 +110,8 @@ pub async fn session_events(
     };
     let watch = Watch {
         notices: live.events.subscribe(),
+        organizations: Some(live.backend.organization_changes()),
+        disabled: live.backend.organization_disabled(&scope.id),
         live,
         id,
         scope,
