@@ -397,6 +397,42 @@ async fn radius_test_names_a_reply_from_another_port() {
     );
 }
 
+/// A server that answers with another Identifier than the request's — signing the reply with
+/// it, or a middlebox rewriting it after the server signed: the line says so, not "no reply"
+/// and a firewall (black-box tester V's D1).
+#[tokio::test]
+async fn radius_test_names_a_reply_with_another_identifier() {
+    for rewritten_after_signing in [false, true] {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let answers = server.try_clone().unwrap();
+        answer_each_request(server, answers, move |request| {
+            let mut request = request.to_vec();
+            if !rewritten_after_signing {
+                request[1] = request[1].wrapping_add(1);
+            }
+            let mut reply = signed_reject(&request);
+            reply[1] = request[1].wrapping_add(u8::from(rewritten_after_signing));
+            reply
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let path = one_server(
+            &dir,
+            "newid",
+            (port, port),
+            "require_message_authenticator = false\n",
+        );
+        let (success, stdout) = radius_test(&path, Some("alice"));
+        assert!(!success, "{stdout}");
+        assert!(
+            stdout.contains(&format!(
+                "newid (127.0.0.1:{port}, authentication): no usable answer: no usable reply from the RADIUS server in time: its reply was dropped, it came with Identifier "
+            )) && stdout.contains("something between rewrites Identifiers, or the server answers with another one"),
+            "{stdout}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn radius_test_with_a_username_sends_an_access_request() {
     let radius = FreeRadius::start().await;

@@ -931,7 +931,7 @@ pub(crate) async fn servers_still_needed(
         }
         let problem = match moved_to {
             None if sessions > 0 => format!(
-                "server `{name}` would be removed (or renamed), but {sessions} session(s) it authenticated still need it (open, or with accounting not yet delivered)"
+                "server `{name}` would be removed (or renamed), but {sessions} session(s) whose accounting goes to it still need it (open, or with accounting not yet delivered; the server that authenticated a session, or the one that took its Start when that one was down)"
             ),
             None => format!(
                 "server `{name}` would be removed (or renamed), but {copies} Stop copy(ies) still wait for it (it was down when another server took the Stop; `accounting backlog`)"

@@ -735,6 +735,12 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
                 DropCause::Anyone,
             );
         }
+        // A reply signed for a request waiting there with another Identifier: something
+        // between rewrites Identifiers, or the server answers with another one — silence
+        // otherwise (black-box tester V's D1).
+        if let Some(why) = note_reply_with_another_identifier(shared, index, from, id, datagram) {
+            return drop_it(&why, DropCause::FromServer);
+        }
         // Routine: a late reply to a request that was answered or gave up.
         shared.dropped.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%from, id, "RADIUS reply for no waiting request dropped");
@@ -860,6 +866,59 @@ fn note_reply_from_elsewhere(
         }
         return;
     }
+}
+
+/// A reply from a server a request went to, with an Identifier no request waits with, which
+/// is signed with the secret for a request waiting there with another Identifier — as it
+/// came, or with that request's Identifier put back (a middlebox that rewrote it): dropped
+/// (RFC 2865 matches a reply by its Identifier), but that request's error says so instead of
+/// "no reply" — what the log's line says too (returned). At most [`ELSEWHERE_CANDIDATES`]
+/// requests are checked (each an MD5 or two): a late reply to a request that was answered or
+/// gave up, the routine case, costs no more.
+fn note_reply_with_another_identifier(
+    shared: &Shared,
+    index: usize,
+    from: SocketAddr,
+    id: u8,
+    datagram: &[u8],
+) -> Option<String> {
+    let candidates: Vec<(u8, Expectation)> = {
+        let inner = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .waiters
+            .iter()
+            .filter(|((i, dest, other), pending)| {
+                *i == index && *dest == from && *other != id && pending.reply.is_some()
+            })
+            .filter_map(|(&(_, _, other), pending)| Some((other, pending.expect.clone()?)))
+            .take(ELSEWHERE_CANDIDATES)
+            .collect()
+    };
+    for (other, expect) in candidates {
+        let mut rewritten = datagram.to_vec();
+        rewritten[1] = other;
+        let signed = |datagram: &[u8]| {
+            !matches!(
+                accept_reply(
+                    datagram,
+                    (expect.request_code, &expect.request_authenticator),
+                    &expect.secret,
+                    false,
+                ),
+                Err(Dropped::Check(_))
+            )
+        };
+        if !signed(datagram) && !signed(&rewritten) {
+            continue;
+        }
+        let why = format!("it came with Identifier {id}, and the request it is signed for has Identifier {other} (something between rewrites Identifiers, or the server answers with another one)");
+        let mut inner = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pending) = inner.waiters.get_mut(&(index, from, other)) {
+            pending.unverified_reply.get_or_insert_with(|| why.clone());
+        }
+        return Some(why);
+    }
+    None
 }
 
 #[cfg(test)]
