@@ -896,13 +896,7 @@ async fn a_pages_live_stream_says_its_session_was_replaced_though_the_link_follo
     let here = app.browser_with_jar(Ipv4Addr::new(127, 0, 0, 46), jar.clone());
     let page = here.login("carol", "carol-pass").await;
     assert_eq!(page.path, "/session");
-    let mut live = here
-        .http
-        .get(format!("{}/session/events", here.base))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let mut live = here.live_events().await;
     let mut buffer = String::new();
     let first = common::next_event(&mut live, &mut buffer).await;
     assert!(first.contains("Active"), "{first}");

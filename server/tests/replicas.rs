@@ -90,13 +90,7 @@ async fn a_browser_moves_between_replicas_and_a_disable_holds_on_both() {
         page.body
     );
     // The session page open on A follows what is done through B.
-    let mut live_a = on_a
-        .http
-        .get(format!("http://{}/session/events", a.addr))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let mut live_a = on_a.live_events().await;
     let mut buffer = String::new();
     let first = next_event(&mut live_a, &mut buffer).await;
     assert!(first.contains("Active"), "{first}");
@@ -480,13 +474,7 @@ async fn a_disabled_organizations_session_reads_as_stopped_while_a_dead_replica_
     assert_eq!(on_b.login("carol", "carol-pass").await.path, "/session");
     let start = radius.wait_for_acct(&["status=Start", "user=carol"]).await;
     let sid = field(&start, "sid").to_string();
-    let mut live = on_b
-        .http
-        .get(format!("http://{}/session/events", b.addr))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let mut live = on_b.live_events().await;
     let mut buffer = String::new();
     let first = next_event(&mut live, &mut buffer).await;
     assert!(first.contains("Active"), "{first}");

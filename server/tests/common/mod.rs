@@ -564,6 +564,18 @@ pub struct Page {
 }
 
 impl Browser {
+    /// The session page's live stream (`/session/events`), opened: read it with
+    /// [`next_event`].
+    #[allow(dead_code)]
+    pub async fn live_events(&self) -> reqwest::Response {
+        self.http
+            .get(format!("{}/session/events", self.base))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> Page {
         let response = self
             .http
