@@ -431,6 +431,46 @@ impl PortalBackend {
             .map_err(user_error)
     }
 
+    /// The access session the browser's web session links to in organization `org` — or, when
+    /// it links to none, the one its own sign-in opened whose answer never reached it (the
+    /// request dropped: its user gave up on a slow server and reloaded), linked now, so the
+    /// page shows it with its Disconnect (black-box tester U's D1). For a page about to be
+    /// shown: the link is stored, and the answer carries its cookie.
+    async fn linked_or_adopted(
+        &self,
+        request: &Parts,
+        web: &Session,
+        org: &str,
+    ) -> Result<Option<i64>, PortalError> {
+        let browser = browser_key(request, web);
+        let linked = self.linked_session_id(web, org).await?;
+        let Some(unanswered) = browser
+            .filter(|_| linked.is_none())
+            .and_then(|browser| self.recent_sign_ins.adopt(&browser, org))
+        else {
+            return Ok(linked);
+        };
+        let Some(session) = self
+            .sessions
+            .active(unanswered.session_id)
+            .await
+            .map_err(user_error)?
+        else {
+            return Ok(None);
+        };
+        let saved = request.extensions.get::<SavedDuringRequest>().cloned();
+        link_to_end(
+            &self.sessions,
+            saved,
+            web,
+            (org, &unanswered.typed),
+            &session,
+        )
+        .await
+        .map_err(|e| web_session_failed("storing the web session", &e))?;
+        Ok(Some(session.id))
+    }
+
     /// Whether the organization cache says organization `id` is disabled (a disable made
     /// here or, by its notice, on another replica).
     pub fn organization_disabled(&self, id: &str) -> bool {
@@ -443,13 +483,19 @@ impl PortalBackend {
     }
 
     /// The running access session a web session is linked to in organization `org`, if any
-    /// (none while its organization is disabled: [`Self::status_of_record`]).
+    /// (none while its organization is disabled: [`Self::status_of_record`]); with `request`,
+    /// one its browser's unanswered sign-in opened is linked ([`Self::linked_or_adopted`]).
     async fn linked_running(
         &self,
         web: &Session,
         org: &str,
+        request: Option<&Parts>,
     ) -> Result<Option<AccessSessionRecord>, PortalError> {
-        match self.linked_session_id(web, org).await? {
+        let linked = match request {
+            Some(request) => self.linked_or_adopted(request, web, org).await?,
+            None => self.linked_session_id(web, org).await?,
+        };
+        match linked {
             // The session the browser holds: one a sign-in of the same browser replaced is
             // followed to the one that replaced it.
             Some(id) => Ok(self
@@ -595,12 +641,7 @@ impl PortalBackend {
         // under way, if any; the same form sent again is answered with the session that one
         // opened (`resubmit`) — with an out-of-date form token too: a first sign-in whose
         // answer never reached the browser replaced the web session its cookie names.
-        let browser = web.id().map(|id| format!("w:{id}")).or_else(|| {
-            request
-                .extensions
-                .get::<AnonId>()
-                .map(|anon| format!("a:{}", anon.0))
-        });
+        let browser = browser_key(request, &web);
         // The token of the organization signed in to (a form may name another than the
         // request's scope: at `/api/login`, `org`).
         let fresh_form = self
@@ -637,7 +678,7 @@ impl PortalBackend {
             // Only for a name that is that session's: another name is a sign-in as someone
             // else, which this form cannot make (Disconnect first).
             // Said as it is: reloading would show that session's page, not a form.
-            if let Some(session) = self.linked_running(&web, &org_id).await? {
+            if let Some(session) = self.linked_running(&web, &org_id, None).await? {
                 // The name the session was signed in with here counts too: the server may have
                 // answered with another (a User-Name rewrite).
                 let typed_then = web
@@ -713,6 +754,8 @@ impl PortalBackend {
             ip,
             replaces,
             turn,
+            browser,
+            request_gone: tokio_util::sync::CancellationToken::new(),
             _permit: permit,
         }))
     }
@@ -735,7 +778,12 @@ impl PortalBackend {
         // the same form sent again then finds the session only once it is the browser's, and
         // one sent while this one failed gets its answer.
         let SignIn {
-            saved, web, turn, ..
+            saved,
+            web,
+            turn,
+            browser,
+            request_gone,
+            ..
         } = sign_in;
         let linked = match opened {
             Ok(session) => {
@@ -747,7 +795,22 @@ impl PortalBackend {
                 )
                 .await
                 {
-                    Ok(()) => Ok(session),
+                    Ok(()) => {
+                        // The answer will not reach the browser, nor the new web session's
+                        // cookie with it: kept for the browser's return (black-box tester
+                        // U's D1: a reload found no session while its identity ran on).
+                        if let (true, Some(browser)) = (request_gone.is_cancelled(), &browser) {
+                            tracing::info!(acct_session_id = %session.acct_session_id,
+                                "the sign-in's browser went away before its answer: its session is shown to it when it comes back");
+                            self.recent_sign_ins.unanswered(
+                                browser,
+                                &sign_in.org_id,
+                                session.id,
+                                &sign_in.username,
+                            );
+                        }
+                        Ok(session)
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, acct_session_id = %session.acct_session_id,
                         "the new session's web session could not be stored: ending the session");
@@ -811,6 +874,13 @@ struct SignIn {
     replaces: Option<i64>,
     /// The browser's turn, held until the session is linked.
     turn: Option<crate::http::resubmit::Turn>,
+    /// The browser ([`browser_key`]).
+    browser: Option<String>,
+    /// Cancelled when the request is dropped (the browser went away): the session opened is
+    /// then kept for the browser's return ([`RecentSignIns::unanswered`]).
+    ///
+    /// [`RecentSignIns::unanswered`]: crate::http::resubmit::RecentSignIns::unanswered
+    request_gone: tokio_util::sync::CancellationToken,
     /// Its place among the sign-ins under way.
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -863,6 +933,18 @@ fn tokens_match(expected: &str, supplied: &str) -> bool {
 /// A fresh random form token (stored in a web session).
 fn random_token() -> String {
     crate::hex(&rand::random::<[u8; 32]>())
+}
+
+/// The browser a request comes from, for its sign-ins' turns and their answers: its web
+/// session as its cookie names it (read before anything loads it: a record not found forgets
+/// the id), or its anonymous id.
+fn browser_key(request: &Parts, web: &Session) -> Option<String> {
+    web.id().map(|id| format!("w:{id}")).or_else(|| {
+        request
+            .extensions
+            .get::<AnonId>()
+            .map(|anon| format!("a:{}", anon.0))
+    })
 }
 
 fn web_session(request: &Parts) -> Result<Session, PortalError> {
@@ -1141,6 +1223,8 @@ impl PortalService for PortalBackend {
                 answer
             }
             Ok(Prepared::SignIn(sign_in)) => {
+                // Dropped with this request's future: the browser went away.
+                let _request_alive = sign_in.request_gone.clone().drop_guard();
                 let this = self.clone();
                 self.sessions
                     .run_to_end(
@@ -1171,7 +1255,7 @@ impl PortalService for PortalBackend {
         let result = async {
             let web = web_session(request)?;
             let scope = self.scope_named(request, org)?;
-            let running = self.linked_running(&web, &scope.id).await?;
+            let running = self.linked_running(&web, &scope.id, Some(request)).await?;
             Ok(running.map(|session| self.seen_from(&scope, self.view(&session))))
         }
         .await;
@@ -1186,7 +1270,7 @@ impl PortalService for PortalBackend {
         let result = async {
             let scope = self.scope_named(request, org)?;
             let id = self
-                .linked_session_id(&web_session(request)?, &scope.id)
+                .linked_or_adopted(request, &web_session(request)?, &scope.id)
                 .await?;
             self.status_for(id, &scope, client_ip(request).ok()).await
         }

@@ -1075,6 +1075,68 @@ async fn a_sign_in_whose_browser_went_away_finishes_and_the_form_sent_again_gets
     held.app.stop().await;
 }
 
+/// A sign-in whose browser gave up on it (a slow server: the user reloads; the request is
+/// dropped) opens its session all the same, and the browser coming back — a reload, minutes
+/// later — is shown that session, linked, with its Disconnect: not a sign-in form while the
+/// identity runs on at the address (black-box tester U's D1). A browser that never had a web
+/// session (its anonymous id) and one that had (the sign-in replaced it, and its new cookie
+/// never arrived) alike; another browser at that address is not linked to it.
+#[tokio::test]
+async fn a_browser_that_gave_up_on_its_sign_in_is_shown_its_session_when_it_comes_back() {
+    let held = HeldAnswers::start().await;
+    let app = &held.app;
+    let mut accepted = 0;
+    for (client, signed_in_before) in [
+        (Ipv4Addr::new(127, 0, 0, 26), false),
+        (Ipv4Addr::new(127, 0, 0, 27), true),
+    ] {
+        let browser = app.browser(client);
+        if signed_in_before {
+            let bob = tokio::spawn({
+                let browser = browser.clone();
+                async move {
+                    let token = browser.form_token("/").await;
+                    let form = [
+                        ("username", "bob"),
+                        ("password", "bob-pass"),
+                        ("csrf", token.as_str()),
+                    ];
+                    browser.post_raw("/api/login", "/", &form, &[]).await
+                }
+            });
+            held.held.notified().await;
+            held.release.notify_one();
+            assert_eq!(bob.await.unwrap().path, "/session");
+            accepted += 1;
+            wait_until("bob's sign-in counted", || held.accepted(accepted)).await;
+        }
+        let token = browser.form_token("/").await;
+        held.drop_while_held(HeldAnswers::submit(&browser, &token), client)
+            .await;
+        held.release.notify_one();
+        accepted += 1;
+        wait_until("the sign-in counted", || held.accepted(accepted)).await;
+
+        // Another browser at that address is not linked to it.
+        let other = app.browser(client);
+        let page = other.get("/session").await;
+        assert!(!page.body.contains("You are connected"), "{}", page.body);
+        // The browser that signed in is, when it comes back: its session page, then the
+        // sign-in page sends it there too.
+        let page = browser.get("/").await;
+        assert_eq!(page.path, "/session", "{}", page.body);
+        assert!(
+            page.body.contains("You are connected") && page.body.contains("carol"),
+            "{}",
+            page.body
+        );
+        let page = browser.post_form("/api/disconnect", "/session", &[]).await;
+        assert_eq!(page.path, "/");
+        assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
+    }
+    held.app.stop().await;
+}
+
 /// A wrong password submitted twice at once (a double click): one Access-Request, so the
 /// server counts one failed attempt against the account, and both answers say it was refused.
 /// The form sent again once the refusal was shown is a sign-in of its own.

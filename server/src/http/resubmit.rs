@@ -51,9 +51,31 @@ enum Outcome {
 
 type Slot = Arc<AsyncMutex<Option<Recent>>>;
 
+/// How long a browser whose sign-in's answer never reached it (the request dropped: the user
+/// gave up on a slow server and reloaded) is shown that sign-in's session when it comes back.
+pub const ADOPT_WITHIN: Duration = Duration::from_secs(3_600);
+
+/// Most sign-ins kept for their browsers' return ([`RecentSignIns::unanswered`]); beyond, the
+/// oldest go (each a few dozen bytes).
+const MAX_UNANSWERED: usize = 65_536;
+
+/// A sign-in whose answer never reached its browser: the session it opened, linked to a web
+/// session whose cookie the browser never got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unanswered {
+    /// The access session it opened.
+    pub session_id: i64,
+    /// The name typed into its form.
+    pub typed: String,
+    at: Instant,
+}
+
 /// The browsers' recent sign-ins. Cheap to share (an `Arc` of it).
 pub struct RecentSignIns {
     slots: Mutex<Slots>,
+    /// Sign-ins whose answer never reached the browser, by browser and organization
+    /// (lower-case), for the browser's return.
+    unanswered: Mutex<HashMap<String, Unanswered>>,
     /// Keys the digests (a digest is useless outside this process).
     key: [u8; 32],
     /// Sign-ins waiting for their browser's turn.
@@ -150,10 +172,16 @@ impl Default for RecentSignIns {
                 by_browser: HashMap::new(),
                 prune_at: MIN_PRUNE_AT,
             }),
+            unanswered: Mutex::new(HashMap::new()),
             key: rand::random(),
             waiting: AtomicUsize::new(0),
         }
     }
+}
+
+/// Organization ids are ASCII, alike in any letter case.
+fn unanswered_key(browser: &str, org: &str) -> String {
+    format!("{browser}\u{1}{}", org.to_ascii_lowercase())
 }
 
 struct Waiting<'a>(&'a AtomicUsize);
@@ -205,6 +233,44 @@ impl RecentSignIns {
             org: org.to_owned(),
             asked,
         }
+    }
+
+    /// `browser`'s sign-in to `org` opened session `session_id`, and its answer never reached
+    /// the browser (its request was dropped: the browser went away, or its user gave up and
+    /// reloaded): the browser is shown that session when it comes back ([`Self::adopt`]) —
+    /// within [`ADOPT_WITHIN`], from this process.
+    pub fn unanswered(&self, browser: &str, org: &str, session_id: i64, typed: &str) {
+        let mut unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        if unanswered.len() >= MAX_UNANSWERED {
+            unanswered.retain(|_, u| u.at.elapsed() < ADOPT_WITHIN);
+            if unanswered.len() >= MAX_UNANSWERED {
+                if let Some(oldest) = unanswered
+                    .iter()
+                    .min_by_key(|(_, u)| u.at)
+                    .map(|(key, _)| key.clone())
+                {
+                    unanswered.remove(&oldest);
+                }
+            }
+        }
+        unanswered.insert(
+            unanswered_key(browser, org),
+            Unanswered {
+                session_id,
+                typed: typed.to_owned(),
+                at: Instant::now(),
+            },
+        );
+    }
+
+    /// The sign-in to `org` whose answer never reached `browser`, if one is kept (taken: a
+    /// browser adopts it once).
+    pub fn adopt(&self, browser: &str, org: &str) -> Option<Unanswered> {
+        self.unanswered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&unanswered_key(browser, org))
+            .filter(|u| u.at.elapsed() < ADOPT_WITHIN)
     }
 
     /// Sign-ins waiting for their browser's sign-in under way.
