@@ -55,12 +55,19 @@ test("disabling an organization ends its open page in place and closes its form"
   await expect(other).toHaveTitle("Sign-in not available – Beta Branch Office – Network access portal");
   await other.goto(url("/"));
   await expect(other.getByRole("button", { name: "Sign in" })).toBeVisible();
-  await other.close();
+  // The session page loaded (not left open) while the organization is disabled says so too.
+  await other.goto(url("/o/beta/session"));
+  await expect(other.getByTestId("ended")).toContainText("who disabled this organization");
+  await expect(other.getByTestId("ended").getByTestId("disabled")).toContainText("has been disabled");
 
-  // Enabled again: the page left open offers the sign-in once more (it looks every 15 s).
+  // Enabled again: the page left open and the page loaded while disabled offer the sign-in
+  // once more (each looks every 15 s).
   expect(portalCli("org", "enable", "beta")).toContain("enabled");
-  await expect(page.getByRole("link", { name: "Sign in again" })).toBeVisible({ timeout: 25_000 });
-  await expect(page.getByTestId("ended").getByTestId("disabled")).toHaveCount(0);
+  for (const shown of [page, other]) {
+    await expect(shown.getByRole("link", { name: "Sign in again" })).toBeVisible({ timeout: 25_000 });
+    await expect(shown.getByTestId("ended").getByTestId("disabled")).toHaveCount(0);
+  }
+  await other.close();
 });
 
 test("two organizations' branding side by side", async ({ page }) => {

@@ -55,7 +55,7 @@ pub fn LoginPage() -> impl IntoView {
     let notice = data.notice.and_then(|notice| {
         let text = match notice {
             Notice::Disconnected => {
-                "You are disconnected: your session has ended, and with it the network access it gave.".into()
+                "You are disconnected: your session has ended, and the network access it gave is being removed.".into()
             }
             // Why, when the portal knows.
             Notice::AlreadyEnded(Some(reason)) => format!(
