@@ -434,21 +434,31 @@ impl PortalBackend {
     /// The access session the browser's web session links to in organization `org` — or, when
     /// it links to none, the one its own sign-in opened whose answer never reached it (the
     /// request dropped: its user gave up on a slow server and reloaded), linked now, so the
-    /// page shows it with its Disconnect (black-box tester U's D1). For a page about to be
-    /// shown: the link is stored, and the answer carries its cookie.
+    /// page shows it with its Disconnect (black-box tester U's D1); with `wait`, a sign-in of
+    /// the browser still under way is waited for first (up to [`UNDER_WAY_WAIT`]). Only at
+    /// the address the session is of: a browser that moved, or whose cookies someone else
+    /// holds elsewhere, is not given it. For a page about to be shown: the link is stored, and
+    /// the answer carries its cookie.
     async fn linked_or_adopted(
         &self,
         request: &Parts,
         web: &Session,
         org: &str,
+        wait: bool,
     ) -> Result<Option<i64>, PortalError> {
-        let browser = browser_key(request, web);
+        // Both as the request's cookies name them, before the web session is loaded.
+        let (browser, back) = (browser_key(request, web), return_key(request, web));
         let linked = self.linked_session_id(web, org).await?;
-        let Some(unanswered) = browser
-            .filter(|_| linked.is_none())
-            .and_then(|browser| self.recent_sign_ins.adopt(&browser, org))
-        else {
+        let (None, Some(back)) = (linked, back) else {
             return Ok(linked);
+        };
+        if let (true, Some(browser)) = (wait, &browser) {
+            self.recent_sign_ins
+                .under_way_done(browser, org, UNDER_WAY_WAIT)
+                .await;
+        }
+        let Some(unanswered) = self.recent_sign_ins.adopt(&back, org) else {
+            return Ok(None);
         };
         let Some(session) = self
             .sessions
@@ -458,8 +468,12 @@ impl PortalBackend {
         else {
             return Ok(None);
         };
+        if session.client_ip.parse::<IpAddr>().ok() != client_ip(request).ok() {
+            self.recent_sign_ins.put_back(&back, org, unanswered);
+            return Ok(None);
+        }
         let saved = request.extensions.get::<SavedDuringRequest>().cloned();
-        link_to_end(
+        if let Err(e) = link_to_end(
             &self.sessions,
             saved,
             web,
@@ -467,7 +481,13 @@ impl PortalBackend {
             &session,
         )
         .await
-        .map_err(|e| web_session_failed("storing the web session", &e))?;
+        {
+            // Kept for the next look.
+            self.recent_sign_ins.put_back(&back, org, unanswered);
+            return Err(web_session_failed("storing the web session", &e));
+        }
+        tracing::info!(acct_session_id = %session.acct_session_id,
+            "the browser that went away during its sign-in came back: shown its session");
         Ok(Some(session.id))
     }
 
@@ -483,16 +503,17 @@ impl PortalBackend {
     }
 
     /// The running access session a web session is linked to in organization `org`, if any
-    /// (none while its organization is disabled: [`Self::status_of_record`]); with `request`,
-    /// one its browser's unanswered sign-in opened is linked ([`Self::linked_or_adopted`]).
+    /// (none while its organization is disabled: [`Self::status_of_record`]); with the
+    /// request, one its browser's unanswered sign-in opened is linked
+    /// ([`Self::linked_or_adopted`], waiting for one under way if asked).
     async fn linked_running(
         &self,
         web: &Session,
         org: &str,
-        request: Option<&Parts>,
+        adopting: Option<(&Parts, bool)>,
     ) -> Result<Option<AccessSessionRecord>, PortalError> {
-        let linked = match request {
-            Some(request) => self.linked_or_adopted(request, web, org).await?,
+        let linked = match adopting {
+            Some((request, wait)) => self.linked_or_adopted(request, web, org, wait).await?,
             None => self.linked_session_id(web, org).await?,
         };
         match linked {
@@ -642,6 +663,7 @@ impl PortalBackend {
         // opened (`resubmit`) — with an out-of-date form token too: a first sign-in whose
         // answer never reached the browser replaced the web session its cookie names.
         let browser = browser_key(request, &web);
+        let back = return_key(request, &web);
         // The token of the organization signed in to (a form may name another than the
         // request's scope: at `/api/login`, `org`).
         let fresh_form = self
@@ -657,6 +679,10 @@ impl PortalBackend {
         };
         let saved = request.extensions.get::<SavedDuringRequest>().cloned();
         if let Some(id) = turn.as_ref().and_then(|t| t.same_as_recent()) {
+            // Answered now: not kept for the browser's return any more.
+            if let Some(back) = &back {
+                self.recent_sign_ins.adopt(back, &org_id);
+            }
             if let Some(session) = self.sessions.active(id).await.map_err(user_error)? {
                 tracing::debug!(acct_session_id = %session.acct_session_id,
                     "the same sign-in submitted again: answered with its session");
@@ -678,7 +704,11 @@ impl PortalBackend {
             // Only for a name that is that session's: another name is a sign-in as someone
             // else, which this form cannot make (Disconnect first).
             // Said as it is: reloading would show that session's page, not a form.
-            if let Some(session) = self.linked_running(&web, &org_id, None).await? {
+            // (Its turn is this sign-in's: no waiting for a sign-in under way.)
+            if let Some(session) = self
+                .linked_running(&web, &org_id, Some((request, false)))
+                .await?
+            {
                 // The name the session was signed in with here counts too: the server may have
                 // answered with another (a User-Name rewrite).
                 let typed_then = web
@@ -754,7 +784,7 @@ impl PortalBackend {
             ip,
             replaces,
             turn,
-            browser,
+            browser: back,
             request_gone: tokio_util::sync::CancellationToken::new(),
             _permit: permit,
         }))
@@ -874,7 +904,7 @@ struct SignIn {
     replaces: Option<i64>,
     /// The browser's turn, held until the session is linked.
     turn: Option<crate::http::resubmit::Turn>,
-    /// The browser ([`browser_key`]).
+    /// The browser as it is known when it comes back ([`return_key`]).
     browser: Option<String>,
     /// Cancelled when the request is dropped (the browser went away): the session opened is
     /// then kept for the browser's return ([`RecentSignIns::unanswered`]).
@@ -946,6 +976,20 @@ fn browser_key(request: &Parts, web: &Session) -> Option<String> {
             .map(|anon| format!("a:{}", anon.0))
     })
 }
+
+/// The browser as it is known when it comes back after a sign-in whose answer it never got:
+/// its anonymous id (every request carries one; never rotated, nor cleared with a web session
+/// whose record is gone), else [`browser_key`].
+fn return_key(request: &Parts, web: &Session) -> Option<String> {
+    request
+        .extensions
+        .get::<AnonId>()
+        .map(|anon| format!("a:{}", anon.0))
+        .or_else(|| browser_key(request, web))
+}
+
+/// How long a page reloaded during its browser's sign-in waits for that sign-in to end.
+const UNDER_WAY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn web_session(request: &Parts) -> Result<Session, PortalError> {
     request.extensions.get::<Session>().cloned().ok_or_else(|| {
@@ -1255,7 +1299,9 @@ impl PortalService for PortalBackend {
         let result = async {
             let web = web_session(request)?;
             let scope = self.scope_named(request, org)?;
-            let running = self.linked_running(&web, &scope.id, Some(request)).await?;
+            let running = self
+                .linked_running(&web, &scope.id, Some((request, true)))
+                .await?;
             Ok(running.map(|session| self.seen_from(&scope, self.view(&session))))
         }
         .await;
@@ -1270,7 +1316,7 @@ impl PortalService for PortalBackend {
         let result = async {
             let scope = self.scope_named(request, org)?;
             let id = self
-                .linked_or_adopted(request, &web_session(request)?, &scope.id)
+                .linked_or_adopted(request, &web_session(request)?, &scope.id, true)
                 .await?;
             self.status_for(id, &scope, client_ip(request).ok()).await
         }

@@ -1076,13 +1076,14 @@ async fn a_sign_in_whose_browser_went_away_finishes_and_the_form_sent_again_gets
 }
 
 /// A sign-in whose browser gave up on it (a slow server: the user reloads; the request is
-/// dropped) opens its session all the same, and the browser coming back — a reload, minutes
-/// later — is shown that session, linked, with its Disconnect: not a sign-in form while the
-/// identity runs on at the address (black-box tester U's D1). A browser that never had a web
-/// session (its anonymous id) and one that had (the sign-in replaced it, and its new cookie
-/// never arrived) alike; another browser at that address is not linked to it.
+/// dropped) opens its session all the same, and the browser's pages show it, linked, with its
+/// Disconnect: a reload while the sign-in is still under way waits for it, and a browser that
+/// comes back later gets it too — not a sign-in form while the identity runs on at the address
+/// (black-box tester U's D1). A browser that never had a web session (its anonymous id) and one
+/// that had (the sign-in replaced it, and its new cookie never arrived) alike; another browser
+/// at that address is not linked to it, nor the same browser seen from another address.
 #[tokio::test]
-async fn a_browser_that_gave_up_on_its_sign_in_is_shown_its_session_when_it_comes_back() {
+async fn a_browser_that_gave_up_on_its_sign_in_is_shown_its_session() {
     let held = HeldAnswers::start().await;
     let app = &held.app;
     let mut accepted = 0;
@@ -1090,7 +1091,8 @@ async fn a_browser_that_gave_up_on_its_sign_in_is_shown_its_session_when_it_come
         (Ipv4Addr::new(127, 0, 0, 26), false),
         (Ipv4Addr::new(127, 0, 0, 27), true),
     ] {
-        let browser = app.browser(client);
+        let jar = Arc::new(reqwest::cookie::Jar::default());
+        let browser = app.browser_with_jar(client, jar.clone());
         if signed_in_before {
             let bob = tokio::spawn({
                 let browser = browser.clone();
@@ -1113,23 +1115,39 @@ async fn a_browser_that_gave_up_on_its_sign_in_is_shown_its_session_when_it_come
         let token = browser.form_token("/").await;
         held.drop_while_held(HeldAnswers::submit(&browser, &token), client)
             .await;
-        held.release.notify_one();
         accepted += 1;
-        wait_until("the sign-in counted", || held.accepted(accepted)).await;
-
-        // Another browser at that address is not linked to it.
-        let other = app.browser(client);
-        let page = other.get("/session").await;
-        assert!(!page.body.contains("You are connected"), "{}", page.body);
-        // The browser that signed in is, when it comes back: its session page, then the
-        // sign-in page sends it there too.
-        let page = browser.get("/").await;
+        let page = if signed_in_before {
+            // Comes back once the sign-in is done.
+            held.release.notify_one();
+            wait_until("the sign-in counted", || held.accepted(accepted)).await;
+            // Seen from another address first (its cookies elsewhere): not given it.
+            let elsewhere = app.browser_with_jar(Ipv4Addr::new(127, 0, 0, 28), jar.clone());
+            let page = elsewhere.get("/session").await;
+            assert!(!page.body.contains("You are connected"), "{}", page.body);
+            browser.get("/").await
+        } else {
+            // Reloads while the sign-in is under way: the page waits for it.
+            let reload = tokio::spawn({
+                let browser = browser.clone();
+                async move { browser.get("/").await }
+            });
+            wait_until("the reload waits for the sign-in", || async {
+                app.sign_ins.waiting() == 1
+            })
+            .await;
+            held.release.notify_one();
+            reload.await.unwrap()
+        };
         assert_eq!(page.path, "/session", "{}", page.body);
         assert!(
             page.body.contains("You are connected") && page.body.contains("carol"),
             "{}",
             page.body
         );
+        // Another browser at that address is not linked to it.
+        let other = app.browser(client);
+        let page = other.get("/session").await;
+        assert!(!page.body.contains("You are connected"), "{}", page.body);
         let page = browser.post_form("/api/disconnect", "/session", &[]).await;
         assert_eq!(page.path, "/");
         assert_eq!(app.storage.active_sessions().await.unwrap(), 0);

@@ -143,7 +143,8 @@ pub fn SessionPage() -> impl IntoView {
                 </div>
             </section>
             {help}
-            {(reason == EndReason::OrganizationDisabled).then(|| view! { <WatchForEnable base=base.clone() /> })}
+            // Wherever the disabled notice is shown.
+            {(!active || reason == EndReason::OrganizationDisabled).then(|| view! { <WatchForEnable base=base.clone() /> })}
         }
         .into_any(),
         // A form post (Refresh without JavaScript) from a page whose session this browser no
@@ -274,14 +275,15 @@ fn local_end_time_script(at_ms: i64, utc: &str) -> String {
         .replace("'UTC'", &format!("'{utc} UTC'"))
 }
 
-/// A page loaded saying its organization is disabled looks every 15 s (while in view) how the
-/// session stands, and is loaded again once it is no longer that: the organization enabled
-/// (it offers the sign-in again), or a session whose stop the enable skipped runs on — as the
-/// live panel of a page that was open does (black-box tester U's D3: a reloaded page said
-/// "not available" long after the enable). A failed look changes nothing. Without JavaScript
-/// the user reloads.
+/// A page loaded saying its organization is disabled looks every 15 s (while in view, and
+/// when it comes into view) whether the organization is enabled again, and is loaded again
+/// then: it offers the sign-in again, or shows the session an enable that skipped its stop
+/// left running — as the live panel of a page that was open does (black-box tester U's D3: a
+/// reloaded page said "not available" long after the enable). It asks the organization's
+/// `site_info` (the portal's cache: no database read); a failed look changes nothing. Without
+/// JavaScript the user reloads.
 #[cfg(feature = "ssr")]
-const WATCH_FOR_ENABLE_JS: &str = "(function(){setInterval(function(){if(document.hidden)return;fetch('PATH',{method:'POST',headers:{'Content-Type':'application/x-www-form-urlencoded','Accept':'application/json'},body:''}).then(function(r){return r.ok?r.json():null}).then(function(s){if(s!==null&&!(s&&s.Ended==='OrganizationDisabled'))location.reload()}).catch(function(){})},15000)})()";
+const WATCH_FOR_ENABLE_JS: &str = "(function(){function look(){if(document.hidden)return;fetch('PATH',{method:'POST',headers:{'Content-Type':'application/x-www-form-urlencoded','Accept':'application/json'},body:''}).then(function(r){return r.ok?r.json():null}).then(function(s){if(s&&s.active===true)location.reload()}).catch(function(){})}setInterval(look,15000);document.addEventListener('visibilitychange',look)})()";
 
 #[cfg(feature = "ssr")]
 #[component]
@@ -305,7 +307,7 @@ fn watch_for_enable_script(base: &str) -> String {
         .collect();
     let path = format!(
         "{base}{}",
-        <crate::api::GetSessionStatus as leptos::server_fn::ServerFn>::PATH
+        <crate::api::GetSiteInfo as leptos::server_fn::ServerFn>::PATH
     );
     WATCH_FOR_ENABLE_JS.replace("PATH", &path)
 }
@@ -334,10 +336,7 @@ mod tests {
     #[test]
     fn the_disabled_pages_script_asks_its_own_portal_and_carries_nothing_else() {
         let script = super::watch_for_enable_script("/o/beta");
-        assert!(
-            script.contains("fetch('/o/beta/api/session_status'"),
-            "{script}"
-        );
+        assert!(script.contains("fetch('/o/beta/api/site_info'"), "{script}");
         let hostile = super::watch_for_enable_script("/o/x');alert(1);('");
         assert!(!hostile.contains("alert(1)"), "{hostile}");
         assert!(!hostile.contains("');"), "{hostile}");

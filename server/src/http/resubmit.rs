@@ -53,10 +53,10 @@ type Slot = Arc<AsyncMutex<Option<Recent>>>;
 
 /// How long a browser whose sign-in's answer never reached it (the request dropped: the user
 /// gave up on a slow server and reloaded) is shown that sign-in's session when it comes back.
-pub const ADOPT_WITHIN: Duration = Duration::from_secs(3_600);
+pub const ADOPT_WITHIN: Duration = Duration::from_secs(600);
 
 /// Most sign-ins kept for their browsers' return ([`RecentSignIns::unanswered`]); beyond, the
-/// oldest go (each a few dozen bytes).
+/// oldest go (each a few hundred bytes).
 const MAX_UNANSWERED: usize = 65_536;
 
 /// A sign-in whose answer never reached its browser: the session it opened, linked to a web
@@ -70,12 +70,20 @@ pub struct Unanswered {
     at: Instant,
 }
 
+/// The sign-ins kept for their browsers' return, by browser and organization, and their keys
+/// in the order they came (the oldest go first).
+#[derive(Default)]
+struct UnansweredSignIns {
+    by_browser: HashMap<String, Unanswered>,
+    order: std::collections::VecDeque<(String, Instant)>,
+}
+
 /// The browsers' recent sign-ins. Cheap to share (an `Arc` of it).
 pub struct RecentSignIns {
     slots: Mutex<Slots>,
     /// Sign-ins whose answer never reached the browser, by browser and organization
     /// (lower-case), for the browser's return.
-    unanswered: Mutex<HashMap<String, Unanswered>>,
+    unanswered: Mutex<UnansweredSignIns>,
     /// Keys the digests (a digest is useless outside this process).
     key: [u8; 32],
     /// Sign-ins waiting for their browser's turn.
@@ -172,15 +180,15 @@ impl Default for RecentSignIns {
                 by_browser: HashMap::new(),
                 prune_at: MIN_PRUNE_AT,
             }),
-            unanswered: Mutex::new(HashMap::new()),
+            unanswered: Mutex::new(UnansweredSignIns::default()),
             key: rand::random(),
             waiting: AtomicUsize::new(0),
         }
     }
 }
 
-/// Organization ids are ASCII, alike in any letter case.
-fn unanswered_key(browser: &str, org: &str) -> String {
+/// A browser's key in organization `org`: ids are ASCII, alike in any letter case.
+fn browser_org_key(browser: &str, org: &str) -> String {
     format!("{browser}\u{1}{}", org.to_ascii_lowercase())
 }
 
@@ -215,8 +223,7 @@ impl RecentSignIns {
         }
         hash.update(password.as_bytes());
         let digest: [u8; 32] = hash.finalize().into();
-        // Organization ids are ASCII, alike in any letter case.
-        let slot = self.slot(&format!("{browser}\u{1}{}", org.to_ascii_lowercase()));
+        let slot = self.slot(&browser_org_key(browser, org));
         let asked = Instant::now();
         let guard = match slot.clone().try_lock_owned() {
             Ok(guard) => guard,
@@ -240,21 +247,9 @@ impl RecentSignIns {
     /// reloaded): the browser is shown that session when it comes back ([`Self::adopt`]) —
     /// within [`ADOPT_WITHIN`], from this process.
     pub fn unanswered(&self, browser: &str, org: &str, session_id: i64, typed: &str) {
-        let mut unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
-        if unanswered.len() >= MAX_UNANSWERED {
-            unanswered.retain(|_, u| u.at.elapsed() < ADOPT_WITHIN);
-            if unanswered.len() >= MAX_UNANSWERED {
-                if let Some(oldest) = unanswered
-                    .iter()
-                    .min_by_key(|(_, u)| u.at)
-                    .map(|(key, _)| key.clone())
-                {
-                    unanswered.remove(&oldest);
-                }
-            }
-        }
-        unanswered.insert(
-            unanswered_key(browser, org),
+        self.keep(
+            browser,
+            org,
             Unanswered {
                 session_id,
                 typed: typed.to_owned(),
@@ -263,17 +258,62 @@ impl RecentSignIns {
         );
     }
 
+    /// Keeps `unanswered` again (its time unchanged): [`Self::adopt`] took it, and it was
+    /// not for that request (another address) or could not be linked.
+    pub fn put_back(&self, browser: &str, org: &str, unanswered: Unanswered) {
+        self.keep(browser, org, unanswered);
+    }
+
+    fn keep(&self, browser: &str, org: &str, unanswered: Unanswered) {
+        let mut kept = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        // The oldest go: those past their time, and beyond the most kept.
+        while let Some((key, at)) = kept.order.front().cloned() {
+            if now.duration_since(at) < ADOPT_WITHIN && kept.order.len() < MAX_UNANSWERED {
+                break;
+            }
+            kept.order.pop_front();
+            // Unless it was kept again since.
+            if kept.by_browser.get(&key).is_some_and(|u| u.at == at) {
+                kept.by_browser.remove(&key);
+            }
+        }
+        let key = browser_org_key(browser, org);
+        kept.order.push_back((key.clone(), unanswered.at));
+        kept.by_browser.insert(key, unanswered);
+    }
+
     /// The sign-in to `org` whose answer never reached `browser`, if one is kept (taken: a
-    /// browser adopts it once).
+    /// browser adopts it once; [`Self::unanswered`] puts it back if that fails).
     pub fn adopt(&self, browser: &str, org: &str) -> Option<Unanswered> {
         self.unanswered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&unanswered_key(browser, org))
+            .by_browser
+            .remove(&browser_org_key(browser, org))
             .filter(|u| u.at.elapsed() < ADOPT_WITHIN)
     }
 
-    /// Sign-ins waiting for their browser's sign-in under way.
+    /// Waits, for at most `limit`, until `browser`'s sign-in to `org` under way, if any, is
+    /// done (its session linked, or its failure known): a page it reloads meanwhile then shows
+    /// what the sign-in did, not a sign-in form beside a session opening.
+    pub async fn under_way_done(&self, browser: &str, org: &str, limit: Duration) {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_browser
+            .get(&browser_org_key(browser, org))
+            .cloned();
+        if let Some(slot) = slot {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let _counted = Waiting(&self.waiting);
+            let _ = tokio::time::timeout(limit, slot.lock()).await;
+        }
+    }
+
+    /// Sign-ins (and pages: [`Self::under_way_done`]) waiting for their browser's sign-in
+    /// under way.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
     }

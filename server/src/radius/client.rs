@@ -872,9 +872,10 @@ fn note_reply_from_elsewhere(
 /// is signed with the secret for a request waiting there with another Identifier — as it
 /// came, or with that request's Identifier put back (a middlebox that rewrote it): dropped
 /// (RFC 2865 matches a reply by its Identifier), but that request's error says so instead of
-/// "no reply" — what the log's line says too (returned). At most [`ELSEWHERE_CANDIDATES`]
-/// requests are checked (each an MD5 or two): a late reply to a request that was answered or
-/// gave up, the routine case, costs no more.
+/// "no reply" — what the log's line says too (returned). The requests waiting at that server
+/// are looked up by Identifier (at most 255 lookups, never the whole map), and at most
+/// [`ELSEWHERE_CANDIDATES`] are checked (each an MD5 or two): a late reply to a request that
+/// was answered or gave up, the routine case, costs that much more and finds none.
 fn note_reply_with_another_identifier(
     shared: &Shared,
     index: usize,
@@ -884,13 +885,13 @@ fn note_reply_with_another_identifier(
 ) -> Option<String> {
     let candidates: Vec<(u8, Expectation)> = {
         let inner = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner
-            .waiters
-            .iter()
-            .filter(|((i, dest, other), pending)| {
-                *i == index && *dest == from && *other != id && pending.reply.is_some()
+        (0..=u8::MAX)
+            .filter(|&other| other != id)
+            .filter_map(|other| {
+                let pending = inner.waiters.get(&(index, from, other))?;
+                pending.reply.as_ref()?;
+                Some((other, pending.expect.clone()?))
             })
-            .filter_map(|(&(_, _, other), pending)| Some((other, pending.expect.clone()?)))
             .take(ELSEWHERE_CANDIDATES)
             .collect()
     };
