@@ -1023,6 +1023,26 @@ impl HeldAnswers {
         wait_connections_closed(self.app.addr, client).await;
     }
 
+    /// `browser` signs in as bob (its Access-Request held, then let go), and is shown the
+    /// session page.
+    async fn sign_in_as_bob(&self, browser: &common::Browser) {
+        let bob = tokio::spawn({
+            let browser = browser.clone();
+            async move {
+                let token = browser.form_token("/").await;
+                let form = [
+                    ("username", "bob"),
+                    ("password", "bob-pass"),
+                    ("csrf", token.as_str()),
+                ];
+                browser.post_raw("/api/login", "/", &form, &[]).await
+            }
+        });
+        self.held.notified().await;
+        self.release.notify_one();
+        assert_eq!(bob.await.unwrap().path, "/session");
+    }
+
     /// Whether the metrics count `n` accepted sign-ins.
     async fn accepted(&self, n: usize) -> bool {
         let metrics = format!("http://{}/metrics", self.app.metrics_addr.unwrap());
@@ -1094,21 +1114,7 @@ async fn a_browser_that_gave_up_on_its_sign_in_is_shown_its_session() {
         let jar = Arc::new(reqwest::cookie::Jar::default());
         let browser = app.browser_with_jar(client, jar.clone());
         if signed_in_before {
-            let bob = tokio::spawn({
-                let browser = browser.clone();
-                async move {
-                    let token = browser.form_token("/").await;
-                    let form = [
-                        ("username", "bob"),
-                        ("password", "bob-pass"),
-                        ("csrf", token.as_str()),
-                    ];
-                    browser.post_raw("/api/login", "/", &form, &[]).await
-                }
-            });
-            held.held.notified().await;
-            held.release.notify_one();
-            assert_eq!(bob.await.unwrap().path, "/session");
+            held.sign_in_as_bob(&browser).await;
             accepted += 1;
             wait_until("bob's sign-in counted", || held.accepted(accepted)).await;
         }
@@ -1215,21 +1221,7 @@ async fn a_returning_browser_whose_sign_in_was_dropped_gets_its_session_with_the
     let client = Ipv4Addr::new(127, 0, 0, 25);
     let browser = app.browser(client);
     // Signed in before as bob, and still: the browser has a web session (and its form token).
-    let first = tokio::spawn({
-        let browser = browser.clone();
-        async move {
-            let token = browser.form_token("/").await;
-            let bob = [
-                ("username", "bob"),
-                ("password", "bob-pass"),
-                ("csrf", token.as_str()),
-            ];
-            browser.post_raw("/api/login", "/", &bob, &[]).await
-        }
-    });
-    held.held.notified().await;
-    held.release.notify_one();
-    assert_eq!(first.await.unwrap().path, "/session");
+    held.sign_in_as_bob(&browser).await;
     let token = browser.form_token("/session").await;
     wait_until("bob's sign-in counted", || held.accepted(1)).await;
 
