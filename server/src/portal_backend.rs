@@ -472,19 +472,54 @@ impl PortalBackend {
             self.recent_sign_ins.put_back(&back, org, unanswered);
             return Ok(None);
         }
+        // What the browser held when its sign-in linked (its links to other organizations'
+        // sessions: U2's D1) is its own again; what it holds now, if anything, stays.
+        let held_then = match (unanswered.web_session, &self.web_sessions) {
+            (Some(id), Some(store)) => {
+                use tower_sessions::SessionStore as _;
+                match store.load(&id).await {
+                    Ok(record) => record.map(|r| (id, r.data)),
+                    Err(e) => {
+                        self.recent_sign_ins.put_back(&back, org, unanswered);
+                        return Err(web_session_failed(
+                            "reading the web session",
+                            &tower_sessions::session::Error::Store(e),
+                        ));
+                    }
+                }
+            }
+            _ => None,
+        };
         let saved = request.extensions.get::<SavedDuringRequest>().cloned();
-        if let Err(e) = link_to_end(
-            &self.sessions,
-            saved,
-            web,
-            (org, &unanswered.typed),
-            &session,
-        )
-        .await
-        {
+        let adopted = async {
+            if let Some((_, data)) = &held_then {
+                for (key, value) in data {
+                    if web.get_value(key).await?.is_none() {
+                        web.insert_value(key, value.clone()).await?;
+                    }
+                }
+            }
+            link_to_end(
+                &self.sessions,
+                saved,
+                web,
+                (org, &unanswered.typed),
+                &session,
+            )
+            .await
+        }
+        .await;
+        if let Err(e) = adopted {
             // Kept for the next look.
             self.recent_sign_ins.put_back(&back, org, unanswered);
             return Err(web_session_failed("storing the web session", &e));
+        }
+        // Nobody holds its cookie: gone, its contents the browser's web session's now.
+        if let (Some((id, _)), Some(store)) = (held_then, &self.web_sessions) {
+            use tower_sessions::SessionStore as _;
+            if let Err(e) = store.delete(&id).await {
+                tracing::warn!(error = %e, "the web session the browser's unanswered sign-in linked could not be deleted (it expires by itself)");
+            }
         }
         tracing::info!(acct_session_id = %session.acct_session_id,
             "the browser that went away during its sign-in came back: shown its session");
@@ -833,10 +868,10 @@ impl PortalBackend {
                             tracing::info!(acct_session_id = %session.acct_session_id,
                                 "the sign-in's browser went away before its answer: its session is shown to it when it comes back");
                             self.recent_sign_ins.unanswered(
-                                browser,
-                                &sign_in.org_id,
+                                (browser, &sign_in.org_id),
                                 session.id,
                                 &sign_in.username,
+                                web.id(),
                             );
                         }
                         Ok(session)

@@ -979,6 +979,11 @@ impl HeldAnswers {
         server.timeout = Duration::from_secs(5);
         let mut config = settings(&db, vec![server]);
         config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+        // A second organization on the same server (`/o/beta/`).
+        let mut beta = config.organizations[0].clone();
+        beta.id = "beta".into();
+        beta.name = "Beta Org".into();
+        config.organizations.push(beta);
         let app = TestApp::spawn(&config).await;
         HeldAnswers {
             radius,
@@ -1023,24 +1028,31 @@ impl HeldAnswers {
         wait_connections_closed(self.app.addr, client).await;
     }
 
-    /// `browser` signs in as bob (its Access-Request held, then let go), and is shown the
-    /// session page.
-    async fn sign_in_as_bob(&self, browser: &common::Browser) {
+    /// `browser` signs in as bob at the portal under `prefix` (`""`, `/o/beta`; its
+    /// Access-Request held, then let go), and is shown the session page.
+    async fn sign_in_as_bob(&self, browser: &common::Browser, prefix: &str) {
         let bob = tokio::spawn({
-            let browser = browser.clone();
+            let (browser, prefix) = (browser.clone(), prefix.to_owned());
             async move {
-                let token = browser.form_token("/").await;
+                let token = browser.form_token(&format!("{prefix}/")).await;
                 let form = [
                     ("username", "bob"),
                     ("password", "bob-pass"),
                     ("csrf", token.as_str()),
                 ];
-                browser.post_raw("/api/login", "/", &form, &[]).await
+                browser
+                    .post_raw(
+                        &format!("{prefix}/api/login"),
+                        &format!("{prefix}/"),
+                        &form,
+                        &[],
+                    )
+                    .await
             }
         });
         self.held.notified().await;
         self.release.notify_one();
-        assert_eq!(bob.await.unwrap().path, "/session");
+        assert_eq!(bob.await.unwrap().path, format!("{prefix}/session"));
     }
 
     /// Whether the metrics count `n` accepted sign-ins.
@@ -1114,9 +1126,9 @@ async fn a_browser_that_gave_up_on_its_sign_in_is_shown_its_session() {
         let jar = Arc::new(reqwest::cookie::Jar::default());
         let browser = app.browser_with_jar(client, jar.clone());
         if signed_in_before {
-            held.sign_in_as_bob(&browser).await;
-            accepted += 1;
-            wait_until("bob's sign-in counted", || held.accepted(accepted)).await;
+            // At another organization's portal: that link stays the browser's (tester U2's
+            // D1: the sign-in's new web session held it, and its cookie never arrived).
+            held.sign_in_as_bob(&browser, "/o/beta").await;
         }
         let token = browser.form_token("/").await;
         held.drop_while_held(HeldAnswers::submit(&browser, &token), client)
@@ -1156,6 +1168,18 @@ async fn a_browser_that_gave_up_on_its_sign_in_is_shown_its_session() {
         assert!(!page.body.contains("You are connected"), "{}", page.body);
         let page = browser.post_form("/api/disconnect", "/session", &[]).await;
         assert_eq!(page.path, "/");
+        if signed_in_before {
+            let page = browser.get("/o/beta/session").await;
+            assert!(
+                page.body.contains("You are connected") && page.body.contains("bob"),
+                "{}",
+                page.body
+            );
+            let page = browser
+                .post_form("/o/beta/api/disconnect", "/o/beta/session", &[])
+                .await;
+            assert_eq!(page.path, "/o/beta/");
+        }
         assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
     }
     held.app.stop().await;
@@ -1221,7 +1245,7 @@ async fn a_returning_browser_whose_sign_in_was_dropped_gets_its_session_with_the
     let client = Ipv4Addr::new(127, 0, 0, 25);
     let browser = app.browser(client);
     // Signed in before as bob, and still: the browser has a web session (and its form token).
-    held.sign_in_as_bob(&browser).await;
+    held.sign_in_as_bob(&browser, "").await;
     let token = browser.form_token("/session").await;
     wait_until("bob's sign-in counted", || held.accepted(1)).await;
 

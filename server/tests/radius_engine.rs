@@ -231,7 +231,7 @@ async fn a_breaker_opened_by_replies_that_do_not_verify_says_so() {
         common::PortalProcess::start_logging(&config, &base, std::fs::File::create(&log).unwrap())
             .await;
     let browser = common::Browser::of(&base);
-    let said = "RADIUS server answering with replies that do not verify (its Response Authenticator does not verify";
+    let said = "RADIUS server answering with replies the portal cannot use (its Response Authenticator does not verify";
     wait_until("the breaker's line", || async {
         let page = browser.login("alice", "alice-pass").await;
         assert_ne!(page.path, "/session", "{}", page.body);

@@ -67,6 +67,9 @@ pub struct Unanswered {
     pub session_id: i64,
     /// The name typed into its form.
     pub typed: String,
+    /// The web session it linked (its cookie never arrived): what the browser held then, its
+    /// links to other organizations' sessions too, is the browser's again when it comes back.
+    pub web_session: Option<tower_sessions::session::Id>,
     at: Instant,
 }
 
@@ -246,13 +249,20 @@ impl RecentSignIns {
     /// the browser (its request was dropped: the browser went away, or its user gave up and
     /// reloaded): the browser is shown that session when it comes back ([`Self::adopt`]) —
     /// within [`ADOPT_WITHIN`], from this process.
-    pub fn unanswered(&self, browser: &str, org: &str, session_id: i64, typed: &str) {
+    pub fn unanswered(
+        &self,
+        (browser, org): (&str, &str),
+        session_id: i64,
+        typed: &str,
+        web_session: Option<tower_sessions::session::Id>,
+    ) {
         self.keep(
             browser,
             org,
             Unanswered {
                 session_id,
                 typed: typed.to_owned(),
+                web_session,
                 at: Instant::now(),
             },
         );

@@ -520,7 +520,7 @@ impl ServerHealth {
             };
             match why {
                 Some(why) => tracing::warn!(server = %server.name, %addr, ?port,
-                    "RADIUS server answering with replies that do not verify ({why}): circuit breaker open, {check}"),
+                    "RADIUS server answering with replies the portal cannot use ({why}): circuit breaker open, {check}"),
                 None => tracing::warn!(server = %server.name, %addr, ?port,
                     "RADIUS server not answering (or nothing listening there): circuit breaker open, {check}"),
             }
