@@ -494,7 +494,16 @@ impl PortalBackend {
         let adopted = async {
             if let Some((_, data)) = &held_then {
                 for (key, value) in data {
-                    if web.get_value(key).await?.is_none() {
+                    let wanted = match web.get_value(key).await? {
+                        None => true,
+                        // The longest window linked: the larger, so the web session outlives
+                        // every session it links.
+                        Some(held) => {
+                            key == LONGEST_WINDOW_KEY
+                                && value.as_i64().unwrap_or(0) > held.as_i64().unwrap_or(0)
+                        }
+                    };
+                    if wanted {
                         web.insert_value(key, value.clone()).await?;
                     }
                 }

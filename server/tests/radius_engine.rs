@@ -204,7 +204,7 @@ async fn forged_replies_are_dropped_and_the_login_succeeds_through_the_real_serv
 }
 
 /// A server that answers every request, signed with another shared secret: its breaker opens
-/// (its replies never verify) and the line that says so names the replies that do not verify,
+/// (its replies never verify) and the line that says so names replies the portal cannot use,
 /// not a server "not answering" (black-box tester T's D3: an operator alerting on that line
 /// looked at the network, not at the secret).
 #[tokio::test]
