@@ -70,6 +70,12 @@ pub trait PortalService: Send + Sync + 'static {
     fn client_address(&self, _request: &Parts) -> Option<String> {
         None
     }
+    /// The failure of this browser's sign-in whose answer never reached it (its user reloaded
+    /// the page while the server was slow), with the name typed: told once, by the browser's
+    /// next sign-in page.
+    fn sign_in_failure_untold(&self, _request: &Parts) -> Option<(PortalError, String)> {
+        None
+    }
 }
 
 /// Whether the caller is a browser asking for a page (a plain form post or a page view), not a

@@ -787,6 +787,11 @@ impl PortalBackend {
             // is refused whatever runs: only a form the portal rendered carries one).
             return Err(refused_form(&form_token));
         }
+        // What this sign-in answers is what the browser's page says: not an earlier sign-in's
+        // failure it never heard of (`RecentSignIns::failure_untold`).
+        if let Some(back) = &back {
+            self.recent_sign_ins.forget_failure(back, &org_id);
+        }
         if let Some(error) = turn.as_ref().and_then(|t| t.failed_while_waiting()) {
             tracing::debug!(
                 error = error.kind(),
@@ -904,6 +909,18 @@ impl PortalBackend {
             }
             Err(e) => Err(e),
         };
+        // A failure whose answer will not reach the browser: its next sign-in page says it.
+        if let (Err(e), true, Some(browser)) = (&linked, request_gone.is_cancelled(), &browser) {
+            tracing::info!(
+                error = e.kind(),
+                "the sign-in's browser went away before its answer: its failure is told when it comes back"
+            );
+            self.recent_sign_ins.failed_unanswered(
+                (browser, &sign_in.org_id),
+                e,
+                &sign_in.username,
+            );
+        }
         if let Some(turn) = turn {
             match &linked {
                 Ok(session) => turn.opened(session.id),
@@ -1245,6 +1262,12 @@ fn civil_date(days: i64) -> (i64, i64, i64) {
 impl PortalService for PortalBackend {
     fn client_address(&self, request: &Parts) -> Option<String> {
         client_ip(request).ok().map(|ip| ip.to_string())
+    }
+
+    fn sign_in_failure_untold(&self, request: &Parts) -> Option<(PortalError, String)> {
+        let back = return_key(request, &web_session(request).ok()?)?;
+        self.recent_sign_ins
+            .failure_untold(&back, &self.scope(request).id)
     }
 
     fn site_info(&self, request: &Parts) -> SiteInfo {

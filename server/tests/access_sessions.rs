@@ -1188,6 +1188,71 @@ async fn a_browser_that_gave_up_on_its_sign_in_is_shown_its_session() {
     held.app.stop().await;
 }
 
+/// A sign-in its browser gave up on (a slow server; the user reloaded) that then fails: the
+/// page reloaded during it says so, as the sign-in's own answer would have, with the name typed
+/// filled in again — once (tester U2's D2: a plain form said nothing of it). A sign-in made
+/// after it answers for itself: the earlier failure is not told on top of it.
+#[tokio::test]
+async fn a_browser_that_gave_up_on_a_failing_sign_in_is_told_it_failed() {
+    let held = HeldAnswers::start().await;
+    let app = &held.app;
+    let client = Ipv4Addr::new(127, 0, 0, 29);
+    let browser = app.browser(client);
+    let token = browser.form_token("/").await;
+    let refused = |page: &common::Page| {
+        page.body.contains("Sign-in refused") && page.body.contains(r#"value="carol""#)
+    };
+    for told in [true, false] {
+        held.drop_while_held(
+            HeldAnswers::submit_password(&browser, &token, "wrong"),
+            client,
+        )
+        .await;
+        if told {
+            let reload = tokio::spawn({
+                let browser = browser.clone();
+                async move { browser.get("/").await }
+            });
+            wait_until("the reload waits for the sign-in", || async {
+                app.sign_ins.waiting() == 1
+            })
+            .await;
+            held.release.notify_one();
+            let page = reload.await.unwrap();
+            assert_eq!(page.path, "/", "{}", page.body);
+            assert!(refused(&page), "{}", page.body);
+            // Told once.
+            let page = browser.get("/").await;
+            assert!(!refused(&page), "{}", page.body);
+        } else {
+            // Given up on, and then a sign-in of its own, answered: only its answer is shown.
+            held.release.notify_one();
+            wait_until("the refusal counted", || async {
+                app.storage
+                    .audit_tail(20)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .filter(|e| e.action == "login.rejected")
+                    .count()
+                    == 2
+            })
+            .await;
+            // (No page seen in between: the form shown before.)
+            let own = HeldAnswers::submit(&browser, &token);
+            tokio::time::timeout(Duration::from_secs(15), held.held.notified())
+                .await
+                .expect("the new sign-in reached FreeRADIUS");
+            held.release.notify_one();
+            assert_eq!(own.await.unwrap().path, "/session");
+            let page = browser.post_form("/api/disconnect", "/session", &[]).await;
+            assert_eq!(page.path, "/");
+            assert!(!refused(&page), "{}", page.body);
+        }
+    }
+    held.app.stop().await;
+}
+
 /// A wrong password submitted twice at once (a double click): one Access-Request, so the
 /// server counts one failed attempt against the account, and both answers say it was refused.
 /// The form sent again once the refusal was shown is a sign-in of its own.

@@ -26,6 +26,9 @@ pub struct PageData {
     pub form_failed: bool,
     /// The browser's session runs (the sign-in page): it is sent to its session page instead.
     pub signed_in: bool,
+    /// The failure of the browser's sign-in whose answer never reached it (the page reloaded
+    /// during it), and the name typed: the sign-in page shows it as that sign-in's error.
+    pub untold_failure: Option<(PortalError, String)>,
     /// The session page of a session running for another address than this request's: the
     /// request's (the device moved to another network, or reaches the portal over IPv6 while
     /// its session is for its IPv4 address).
@@ -57,17 +60,20 @@ pub async fn load(
         // web session that names a session costs a lookup.
         // Its form token too: the sign-in page is shown to it all the same when it carries a
         // failed sign-in's error, with a form that works.
-        "/" if matches!(service.current_session(request, None).await, Ok(Some(_))) => {
+        "/" => {
+            // Waits for the browser's sign-in under way, if any (a page reloaded during it).
+            let signed_in = matches!(service.current_session(request, None).await, Ok(Some(_)));
             Some(PageData {
-                signed_in: true,
+                signed_in,
                 form_token: Some(service.form_token(request, None).await),
+                // The sign-in it waited for, or gave up on a moment ago, failed: said here, as
+                // its own answer would have.
+                untold_failure: (!signed_in)
+                    .then(|| service.sign_in_failure_untold(request))
+                    .flatten(),
                 ..PageData::default()
             })
         }
-        "/" => Some(PageData {
-            form_token: Some(service.form_token(request, None).await),
-            ..PageData::default()
-        }),
         "/session" => {
             // A session running for the address without this browser's link (`NotLinked`) is
             // kept: the page shows it only after a form post of its own failed (see

@@ -127,8 +127,13 @@ pub async fn not_found(State(pages): State<Pages>, request: Request) -> Response
 fn render_at(pages: &Pages, mut head: Parts, path: &str) -> Response {
     let page = app::Page::at(path);
     // The failed form post this page shows, from the flash cookie (`http::flash`), and the
-    // username it was tried with.
-    let flash = head.extensions.get::<super::flash::FormError>().cloned();
+    // username it was tried with — or the failed sign-in whose answer never reached the
+    // browser (the page reloaded during it), as its answer would have shown it.
+    let flash = head
+        .extensions
+        .get::<super::flash::FormError>()
+        .cloned()
+        .or_else(|| untold_failure(&mut head));
     let form_error = flash
         .as_ref()
         .map(|e| ServerActionError::new(&e.path, &e.err));
@@ -167,6 +172,20 @@ fn render_at(pages: &Pages, mut head: Parts, path: &str) -> Response {
         *response.status_mut() = status;
     }
     response
+}
+
+/// The page data's failed sign-in whose answer never reached the browser, taken, as the form
+/// error its answer would have left ([`super::flash::FormError`]).
+fn untold_failure(head: &mut Parts) -> Option<super::flash::FormError> {
+    use base64::Engine as _;
+    use leptos::server_fn::{error::FromServerFnError as _, ServerFn as _};
+    let data = head.extensions.get_mut::<app::pages::PageData>()?;
+    let (error, typed) = data.untold_failure.take()?;
+    Some(super::flash::FormError {
+        path: app::api::Login::PATH.to_owned(),
+        err: base64::engine::general_purpose::URL_SAFE.encode(error.ser()),
+        username: (!typed.is_empty()).then_some(typed),
+    })
 }
 
 /// The answer to a signed-in browser asking for the sign-in page (of the portal at `base`):

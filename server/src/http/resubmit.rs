@@ -73,11 +73,35 @@ pub struct Unanswered {
     at: Instant,
 }
 
+/// How long a browser whose sign-in failed after it gave up on it (reloaded the page while
+/// the server was slow) is told of that failure on its sign-in page: as long as a failed form
+/// post's error is shown (`http::flash`).
+pub const FAILURE_SHOWN_WITHIN: Duration = Duration::from_secs(60);
+
+/// A sign-in whose answer never reached its browser, as it ended.
+#[derive(Clone, Debug)]
+enum Kept {
+    /// It opened a session (for the browser to adopt).
+    Opened(Unanswered),
+    /// It failed: the error and the name typed, and when (told once, on the browser's next
+    /// sign-in page).
+    Failed(PortalError, String, Instant),
+}
+
+impl Kept {
+    fn at(&self) -> Instant {
+        match self {
+            Kept::Opened(unanswered) => unanswered.at,
+            Kept::Failed(_, _, at) => *at,
+        }
+    }
+}
+
 /// The sign-ins kept for their browsers' return, by browser and organization, and their keys
 /// in the order they came (the oldest go first).
 #[derive(Default)]
 struct UnansweredSignIns {
-    by_browser: HashMap<String, Unanswered>,
+    by_browser: HashMap<String, Kept>,
     order: std::collections::VecDeque<(String, Instant)>,
 }
 
@@ -259,22 +283,48 @@ impl RecentSignIns {
         self.keep(
             browser,
             org,
-            Unanswered {
+            Kept::Opened(Unanswered {
                 session_id,
                 typed: typed.to_owned(),
                 web_session,
                 at: Instant::now(),
-            },
+            }),
         );
+    }
+
+    /// `browser`'s sign-in to `org` with the name `typed` failed with `error`, and its answer
+    /// never reached the browser (its user gave up on a slow server and reloaded): the
+    /// browser's next sign-in page says so ([`Self::failure_untold`]), within
+    /// [`FAILURE_SHOWN_WITHIN`] — rather than a plain form that says nothing of the sign-in
+    /// the user waited for (black-box tester U2's D2). A session kept for the browser's
+    /// return is kept rather than this (a session running matters more than a message).
+    pub fn failed_unanswered(
+        &self,
+        (browser, org): (&str, &str),
+        error: &PortalError,
+        typed: &str,
+    ) {
+        let opened_kept = matches!(
+            self.unanswered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .by_browser
+                .get(&browser_org_key(browser, org)),
+            Some(Kept::Opened(u)) if u.at.elapsed() < ADOPT_WITHIN
+        );
+        if !opened_kept {
+            let failed = Kept::Failed(error.clone(), typed.to_owned(), Instant::now());
+            self.keep(browser, org, failed);
+        }
     }
 
     /// Keeps `unanswered` again (its time unchanged): [`Self::adopt`] took it, and it was
     /// not for that request (another address) or could not be linked.
     pub fn put_back(&self, browser: &str, org: &str, unanswered: Unanswered) {
-        self.keep(browser, org, unanswered);
+        self.keep(browser, org, Kept::Opened(unanswered));
     }
 
-    fn keep(&self, browser: &str, org: &str, unanswered: Unanswered) {
+    fn keep(&self, browser: &str, org: &str, unanswered: Kept) {
         let mut kept = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         // The oldest go: those past their time, and beyond the most kept.
@@ -284,24 +334,51 @@ impl RecentSignIns {
             }
             kept.order.pop_front();
             // Unless it was kept again since.
-            if kept.by_browser.get(&key).is_some_and(|u| u.at == at) {
+            if kept.by_browser.get(&key).is_some_and(|u| u.at() == at) {
                 kept.by_browser.remove(&key);
             }
         }
         let key = browser_org_key(browser, org);
-        kept.order.push_back((key.clone(), unanswered.at));
+        kept.order.push_back((key.clone(), unanswered.at()));
         kept.by_browser.insert(key, unanswered);
     }
 
-    /// The sign-in to `org` whose answer never reached `browser`, if one is kept (taken: a
-    /// browser adopts it once; [`Self::unanswered`] puts it back if that fails).
+    /// The sign-in to `org` whose answer never reached `browser` and which opened a session,
+    /// if one is kept (taken: a browser adopts it once; [`Self::put_back`] keeps it again if
+    /// that fails).
     pub fn adopt(&self, browser: &str, org: &str) -> Option<Unanswered> {
-        self.unanswered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_browser
-            .remove(&browser_org_key(browser, org))
-            .filter(|u| u.at.elapsed() < ADOPT_WITHIN)
+        let mut kept = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        let key = browser_org_key(browser, org);
+        match kept.by_browser.remove(&key)? {
+            Kept::Opened(unanswered) => Some(unanswered).filter(|u| u.at.elapsed() < ADOPT_WITHIN),
+            // Not a session: left for the sign-in page to tell.
+            failed @ Kept::Failed(..) => {
+                kept.by_browser.insert(key, failed);
+                None
+            }
+        }
+    }
+
+    /// The failure of `browser`'s sign-in to `org` whose answer never reached it, with the
+    /// name typed, if one is kept from the last [`FAILURE_SHOWN_WITHIN`] (taken: told once).
+    pub fn failure_untold(&self, browser: &str, org: &str) -> Option<(PortalError, String)> {
+        let mut kept = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        let key = browser_org_key(browser, org);
+        match kept.by_browser.remove(&key)? {
+            Kept::Failed(error, typed, at) => {
+                Some((error, typed)).filter(|_| at.elapsed() < FAILURE_SHOWN_WITHIN)
+            }
+            opened @ Kept::Opened(_) => {
+                kept.by_browser.insert(key, opened);
+                None
+            }
+        }
+    }
+
+    /// Forgets the untold failure of `browser`'s sign-in to `org`, if any: the browser signs
+    /// in again, and what that sign-in answers is what its page says.
+    pub fn forget_failure(&self, browser: &str, org: &str) {
+        let _ = self.failure_untold(browser, org);
     }
 
     /// Waits, for at most `limit`, until `browser`'s sign-in to `org` under way, if any, is
@@ -537,5 +614,31 @@ mod tests {
             drop(recent.turn(&format!("b{n}"), "acme", "u", IP, "pw").await);
         }
         assert!(recent.len() <= MIN_PRUNE_AT, "{}", recent.len());
+    }
+
+    #[test]
+    fn an_unanswered_failure_is_told_once_and_never_hides_a_session_kept() {
+        let recent = RecentSignIns::default();
+        let refused = PortalError::Rejected { message: None };
+        recent.failed_unanswered(("b1", "acme"), &refused, "carol");
+        // Not a session to adopt; left for the sign-in page, in its organization only.
+        assert_eq!(recent.adopt("b1", "acme"), None);
+        assert!(recent.failure_untold("b1", "beta").is_none());
+        assert!(recent.failure_untold("b2", "acme").is_none());
+        let (error, typed) = recent.failure_untold("b1", "acme").expect("told");
+        assert!(matches!(error, PortalError::Rejected { .. }), "{error:?}");
+        assert_eq!(typed, "carol");
+        assert!(recent.failure_untold("b1", "acme").is_none(), "told once");
+
+        // A session kept for the browser stays kept: a later failure does not replace it.
+        recent.unanswered(("b2", "acme"), 7, "carol", None);
+        recent.failed_unanswered(("b2", "acme"), &refused, "carol");
+        assert!(recent.failure_untold("b2", "acme").is_none());
+        assert_eq!(recent.adopt("b2", "acme").map(|u| u.session_id), Some(7));
+
+        // Forgotten when the browser signs in again.
+        recent.failed_unanswered(("b3", "acme"), &refused, "carol");
+        recent.forget_failure("b3", "acme");
+        assert!(recent.failure_untold("b3", "acme").is_none());
     }
 }
