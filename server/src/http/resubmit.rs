@@ -363,6 +363,10 @@ impl RecentSignIns {
     /// name typed, if one is kept from the last [`FAILURE_SHOWN_WITHIN`] (taken: told once).
     pub fn failure_untold(&self, browser: &str, org: &str) -> Option<(PortalError, String)> {
         let mut kept = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.by_browser.is_empty() {
+            // Every sign-in page asks: no key made when nothing is kept.
+            return None;
+        }
         let key = browser_org_key(browser, org);
         match kept.by_browser.remove(&key)? {
             Kept::Failed(error, typed, at) => {
