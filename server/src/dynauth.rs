@@ -574,17 +574,17 @@ impl DynAuthListener {
             crate::throttled!(info, client, code = ?request.code(), "Dynamic Authorization request names no session (no identification attribute)");
             return reply(nak, Some(MISSING_ATTRIBUTE));
         };
+        // A client tied to organizations sees only their sessions (others: not found).
+        let may_act_on = |org: &str| {
+            from.organizations.as_ref().is_none_or(|orgs| {
+                // In any letter case, as organization ids are named everywhere.
+                orgs.iter().any(|id| id.eq_ignore_ascii_case(org))
+            })
+        };
         let candidates = match self.sessions.find_active(&wanted).await {
-            // A client tied to organizations sees only their sessions (others: not found).
             Ok(found) => found
                 .into_iter()
-                .filter(|s| {
-                    from.organizations.as_ref().is_none_or(|orgs| {
-                        // In any letter case, as organization ids are named everywhere.
-                        orgs.iter()
-                            .any(|id| id.eq_ignore_ascii_case(&s.organization_id))
-                    })
-                })
+                .filter(|s| may_act_on(&s.organization_id))
                 .filter(|s| identification.matches(s))
                 .collect::<Vec<_>>(),
             Err(e) => {
@@ -606,7 +606,16 @@ impl DynAuthListener {
             })
             .cloned()
             .collect::<Vec<_>>();
-        if found.is_empty() && !candidates.is_empty() {
+        // Another NAS only when the one named is none of the portal's: a request naming one of
+        // its organizations' NAS identities and a session that organization does not have is
+        // for no session, whatever sessions the name has in other organizations (black-box
+        // tester S's D1: the answer depended on them).
+        if found.is_empty()
+            && !candidates.is_empty()
+            && !self
+                .sessions
+                .names_a_nas_of(|nas| identification.names_nas(nas), may_act_on)
+        {
             crate::throttled!(info, client, code = ?request.code(), "Dynamic Authorization request names another NAS");
             return reply(nak, Some(NAS_IDENTIFICATION_MISMATCH));
         }

@@ -625,8 +625,9 @@ async fn a_clients_organizations_are_named_in_any_letter_case() {
 }
 
 /// After an operator renames the portal's NAS, a session opened before is still the NAS the
-/// server knows it by: a Disconnect-Request naming the old NAS-Identifier ends it, one naming
-/// the new identifier is another NAS's (403); a session opened after answers to the new one.
+/// server knows it by: a Disconnect-Request naming the old NAS-Identifier ends it; the NAS the
+/// new identifier names has no such session (503: it is the portal's own, not another NAS); a
+/// session opened after answers to the new one.
 #[tokio::test]
 async fn a_session_answers_to_the_nas_identity_it_started_with() {
     let (radius, app, _dir) = portal_with_listener().await;
@@ -646,7 +647,7 @@ async fn a_session_answers_to_the_nas_identity_it_started_with() {
     )
     .await;
     assert!(out.contains("Received Disconnect-NAK"), "{out}");
-    assert!(out.contains("NAS-Identification-Mismatch"), "{out}");
+    assert!(out.contains("Session-Context-Not-Found"), "{out}");
     let out = radclient_async(
         listener,
         "disconnect",
@@ -675,6 +676,73 @@ async fn a_session_answers_to_the_nas_identity_it_started_with() {
     )
     .await;
     assert!(out.contains("Received Disconnect-ACK"), "{out}");
+    app.stop().await;
+}
+
+/// The portal is one NAS per organization: a request naming another organization's NAS
+/// identity and a user who has a session only in this one names no session of that NAS (503),
+/// as it would for a user with no session at all — the answer never depends on the user's
+/// sessions elsewhere (black-box tester S's D1: it was 403 then) — and ends nothing; a NAS
+/// identity of no organization the client may act on is another NAS (403).
+#[tokio::test]
+async fn a_request_naming_another_organizations_nas_finds_no_session_there() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut settings = with_listener(settings(&db, vec![radius.server_settings("primary", true)]));
+    let mut beta = settings.organizations[0].clone();
+    beta.id = "beta".into();
+    beta.name = "Beta Org".into();
+    beta.nas_identifier = "portal-beta".into();
+    settings.organizations.push(beta);
+    // A second client, for acme only: beta's identity is none of its organizations'.
+    let mut acme_only = dynauth_client("acme-only", "127.0.0.2");
+    acme_only.organizations = Some(vec!["acme".into()]);
+    settings.dynamic_authorization.clients.push(acme_only);
+    let app = TestApp::spawn(&settings).await;
+    let (listener, _) = app.dynauth.clone().unwrap();
+    app.browser(client(40)).login("carol", "carol-pass").await;
+    radius
+        .wait_for_acct(&["status=Start", "ip=127.0.2.40"])
+        .await;
+
+    for user in ["carol", "nobody-here"] {
+        let out = radclient_async(
+            listener,
+            "disconnect",
+            SECRET,
+            &format!("User-Name = \"{user}\"\nNAS-Identifier = \"portal-beta\"\n"),
+        )
+        .await;
+        assert!(out.contains("Received Disconnect-NAK"), "{user}: {out}");
+        assert!(out.contains("Session-Context-Not-Found"), "{user}: {out}");
+    }
+    let out = radclient_async(
+        listener,
+        "disconnect",
+        SECRET,
+        "User-Name = \"carol\"\nNAS-Identifier = \"no-such-nas\"\n",
+    )
+    .await;
+    assert!(out.contains("NAS-Identification-Mismatch"), "{out}");
+    // From the client tied to acme, beta's NAS is not one it may name: another NAS.
+    let mut request = Packet::new(Code::DisconnectRequest, 41, [0; 16], SECRET.as_bytes());
+    request.push(attr::USER_NAME, b"carol");
+    request.push(attr::NAS_IDENTIFIER, b"portal-beta");
+    let socket = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    socket
+        .send_to(&encode_dynauth_request(&request).unwrap(), listener)
+        .await
+        .unwrap();
+    let mut answer = [0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(10), socket.recv_from(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let answer = Packet::decode(&answer[..n], SECRET.as_bytes()).unwrap();
+    assert_eq!(answer.code(), Code::DisconnectNAK);
+    assert_eq!(answer.get_u32(attr::ERROR_CAUSE), Some(403));
+
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
     app.stop().await;
 }
 

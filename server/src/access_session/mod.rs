@@ -1436,6 +1436,20 @@ impl AccessSessions {
         self.organizations.get(id).map(|o| o.nas.clone())
     }
 
+    /// Whether the NAS attributes `names` allow are those of one of the organizations
+    /// `may_act_on` allows (Dynamic Authorization: a request naming one of the portal's NASes
+    /// and no session of it is for no session, not for another NAS).
+    pub fn names_a_nas_of(
+        &self,
+        names: impl Fn(&crate::radius::NasIdentity) -> bool,
+        may_act_on: impl Fn(&str) -> bool,
+    ) -> bool {
+        self.organizations
+            .all()
+            .iter()
+            .any(|o| may_act_on(&o.id) && names(&o.nas))
+    }
+
     /// Whether an organization is active (None: unknown), as the guard's callers need it.
     pub fn organization_active(&self, id: &str) -> Option<bool> {
         self.organizations.get(id).map(|o| o.active)
