@@ -222,10 +222,23 @@ pub async fn run() -> anyhow::Result<()> {
         Command::Admin {
             command: AdminCommand::HashToken,
         } => {
-            let mut token = String::new();
-            std::io::stdin()
-                .read_line(&mut token)
-                .context("while reading the token from stdin")?;
+            // All of it (bounded): a second line is a token wrapped in two, or two tokens —
+            // either way no client's token, said rather than hashed in part (black-box tester
+            // S's D3: only the first line was hashed).
+            let mut input = String::new();
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(std::io::stdin(), 64 * 1024),
+                &mut input,
+            )
+            .context("while reading the token from stdin")?;
+            let lines: Vec<&str> = input.lines().filter(|l| !l.trim().is_empty()).collect();
+            if lines.len() > 1 {
+                bail!(
+                    "stdin holds {} lines: give one token, on one line (a token wrapped in two lines is not that token)",
+                    lines.len()
+                );
+            }
+            let token = lines.first().copied().unwrap_or_default();
             if token.trim().is_empty() {
                 bail!("no token on stdin (generate one, e.g. `openssl rand -hex 32`)");
             }
@@ -233,7 +246,7 @@ pub async fn run() -> anyhow::Result<()> {
             if token.trim().chars().count() < 16 {
                 bail!("the token is too short: use at least 16 random characters (e.g. `openssl rand -hex 32`)");
             }
-            say!("{}", crate::http::admin::hash_token(&token));
+            say!("{}", crate::http::admin::hash_token(token));
             Ok(())
         }
         Command::Session { command } => {

@@ -823,7 +823,8 @@ fn check_config_prints_the_settings_with_secrets_redacted_and_names_bad_keys() {
     );
 }
 
-/// `admin hash-token` prints the SHA-256 the configuration holds, and refuses a short token.
+/// `admin hash-token` prints the SHA-256 the configuration holds, and refuses a short token
+/// and more than one line.
 #[test]
 fn admin_hash_token_hashes_a_long_token_and_refuses_a_short_one() {
     use std::io::Write as _;
@@ -853,6 +854,20 @@ fn admin_hash_token_hashes_a_long_token_and_refuses_a_short_one() {
     assert!(
         String::from_utf8_lossy(&short.stderr).contains("too short"),
         "{short:?}"
+    );
+    // Two lines (a token wrapped, two tokens): refused, not hashed in part (tester S's D3).
+    let two = hash("0123456789abcdef0123\n0123456789abcdef0123-2");
+    assert!(!two.status.success(), "{two:?}");
+    assert!(two.stdout.is_empty(), "{two:?}");
+    assert!(
+        String::from_utf8_lossy(&two.stderr).contains("stdin holds 2 lines"),
+        "{two:?}"
+    );
+    // Blank lines and a CR around the one token are not lines of it.
+    let framed = hash("\n  0123456789abcdef0123\r\n\n");
+    assert_eq!(
+        String::from_utf8_lossy(&framed.stdout).trim(),
+        radius_portal::http::admin::hash_token("0123456789abcdef0123")
     );
 }
 
