@@ -116,6 +116,16 @@ fn parse_duration<E: serde::de::Error>(text: &str) -> Result<Duration, E> {
     })
 }
 
+/// Text with the white space around it left out (a display name typed or pasted with a space
+/// at either end: black-box tester S's D4).
+fn trimmed<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = String::deserialize(d)?;
+    Ok(match text.trim() {
+        same if same.len() == text.len() => text,
+        inner => inner.to_owned(),
+    })
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     parse_duration(&String::deserialize(d)?)
 }
@@ -941,7 +951,8 @@ impl Default for LogSettings {
 pub struct OrganizationSettings {
     /// Stable identifier (letters, digits, `-`, `_`).
     pub id: String,
-    /// Display name.
+    /// Display name (the white space around it left out).
+    #[serde(deserialize_with = "trimmed")]
     pub name: String,
     /// A disabled organization cannot log in or refresh (design.md §5). At start-up, a listed
     /// value is applied (false: its open sessions are stopped); left out, a new organization is

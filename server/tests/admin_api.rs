@@ -424,7 +424,8 @@ async fn the_admin_api_follows_the_guard_and_never_shows_secrets() {
         .ok(
             Method::PATCH,
             "/organizations/acme",
-            Some(json!({ "name": "Acme Renamed" })),
+            // The white space around a name is not part of it (tester S's D4).
+            Some(json!({ "name": " Acme Renamed\t " })),
         )
         .await;
     assert_eq!(acme["name"], "Acme Renamed");
