@@ -1140,6 +1140,10 @@ pub(crate) fn sign_in_name<'a>(
     Ok(username)
 }
 
+/// What a sign-in overtaken by the deletion of its organization is told.
+pub const ORGANIZATION_GONE: &str =
+    "This organization's portal no longer exists: it was removed while you signed in. Ask your network administrator.";
+
 fn user_error(error: SessionError) -> PortalError {
     match error {
         SessionError::Rejected { reply_message } => PortalError::Rejected {
@@ -1150,6 +1154,10 @@ fn user_error(error: SessionError) -> PortalError {
         },
         SessionError::UnusableAccept { problem } => PortalError::UnusableAnswer { problem },
         SessionError::OrganizationDisabled => PortalError::OrganizationDisabled,
+        SessionError::OrganizationGone => PortalError::InvalidInput {
+            field: "org".into(),
+            message: ORGANIZATION_GONE.into(),
+        },
         // The (last) server answered, unsigned: not an outage, and not the user's to retry.
         SessionError::ServersUnavailable(crate::radius::RadiusError::UnsignedReply) => {
             PortalError::UnsignedAnswer

@@ -360,6 +360,18 @@ async fn a_disable_while_the_start_is_on_its_way_denies_the_sign_in_and_stops_it
 /// says the login was withdrawn, from which address.
 #[tokio::test]
 async fn a_disable_while_the_primary_is_silent_sends_nothing_to_the_backup() {
+    a_sign_in_waiting_on_a_silent_primary_overtaken(false).await;
+}
+
+/// The same for the organization deleted meanwhile: nothing more is sent, and the user hears
+/// that its portal no longer exists, not that it is disabled (black-box tester S's D5).
+#[tokio::test]
+async fn a_delete_while_the_primary_is_silent_sends_nothing_more_and_says_so() {
+    a_sign_in_waiting_on_a_silent_primary_overtaken(true).await;
+}
+
+/// A sign-in to beta waits on its silent primary while beta is disabled — or `deleted`.
+async fn a_sign_in_waiting_on_a_silent_primary_overtaken(deleted: bool) {
     let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
     // The primary: takes Access-Requests and never answers.
     let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -386,7 +398,20 @@ async fn a_disable_while_the_primary_is_silent_sends_nothing_to_the_backup() {
     primary.retries = 2;
     settings.organizations[1].servers.insert(0, primary);
     settings.validate().unwrap();
+    // One to be deleted is made at run time (the configuration file's would come back).
+    let made_later =
+        deleted.then(|| serde_json::to_value(settings.organizations.remove(1)).unwrap());
     let app = Arc::new(TestApp::spawn(&settings).await);
+    if let Some(beta) = made_later {
+        radius_portal::organizations::change::create(
+            &app.storage,
+            &app.organizations,
+            beta,
+            "test",
+        )
+        .await
+        .unwrap();
+    }
 
     let login = {
         let app = app.clone();
@@ -397,15 +422,33 @@ async fn a_disable_while_the_primary_is_silent_sends_nothing_to_the_backup() {
         })
     };
     heard.notified().await; // the primary has the Access-Request and stays silent
-    app.set_organization_active("beta", false).await;
+    if deleted {
+        radius_portal::organizations::change::delete(
+            &app.storage,
+            &app.organizations,
+            "beta",
+            "test",
+        )
+        .await
+        .unwrap();
+    } else {
+        app.set_organization_active("beta", false).await;
+    }
     let outcome = login.await.unwrap();
     // Refused at once: the primary was given no retransmission (retries = 0 here, and its 2 s
-    // are not waited out either: the login ends as the disable lands).
+    // are not waited out either: the login ends as the change lands).
 
-    assert!(
-        matches!(outcome, Err(SessionError::OrganizationDisabled)),
-        "{outcome:?}"
-    );
+    if deleted {
+        assert!(
+            matches!(outcome, Err(SessionError::OrganizationGone)),
+            "{outcome:?}"
+        );
+    } else {
+        assert!(
+            matches!(outcome, Err(SessionError::OrganizationDisabled)),
+            "{outcome:?}"
+        );
+    }
     assert!(
         !b.auth_lines().iter().any(|l| l.contains("carol")),
         "the backup was asked: {:?}",

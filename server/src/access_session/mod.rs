@@ -55,6 +55,10 @@ pub enum SessionError {
     /// The organization is disabled or unknown: nothing was sent.
     #[error("organization is disabled or unknown")]
     OrganizationDisabled,
+    /// The organization was deleted while the login waited for its RADIUS server: nothing
+    /// more was sent, and there is no portal of it to sign in to any more.
+    #[error("organization deleted")]
+    OrganizationGone,
     /// No RADIUS server answered: tell the user to retry later.
     #[error("RADIUS servers unavailable")]
     ServersUnavailable(#[source] RadiusError),
@@ -456,10 +460,18 @@ impl AccessSessions {
                     Ok(None) => "withdrawn: the organization was deleted while it waited",
                     _ => "withdrawn: the organization was disabled while it waited",
                 };
+                let gone = matches!(read, Ok(None));
                 let state = OrgState::from_active(read.ok().flatten());
-                return Err(self
+                let denied = self
                     .denied(&org.id, Operation::Login, state, who, Some(why))
-                    .await);
+                    .await;
+                // Said as what happened: a deleted organization is not one disabled
+                // (black-box tester S's D5).
+                return Err(if gone {
+                    SessionError::OrganizationGone
+                } else {
+                    denied
+                });
             }
             Err(e) => {
                 // Audited when a request went out unanswered. Refused before anything was sent
