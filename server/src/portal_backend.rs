@@ -154,6 +154,11 @@ pub struct PortalBackend {
     demo: bool,
     /// Login attempts per client IP (IPv6: per network of `ipv6_prefix`).
     per_ip: RateLimiter<IpAddr>,
+    /// The same for sign-ins to an organization this process knows disabled: those attempts
+    /// are refused by the guard, and never use up the address's attempts at the other
+    /// organizations (users of another organization behind the same NAT: black-box tester
+    /// S's D2).
+    per_ip_disabled: RateLimiter<IpAddr>,
     ipv6_prefix: u8,
     /// Login attempts per (organization, lower-cased username).
     per_user: RateLimiter<(String, String)>,
@@ -184,6 +189,7 @@ impl PortalBackend {
             organizations,
             demo,
             per_ip: RateLimiter::new(limits.login_per_ip, limits.period),
+            per_ip_disabled: RateLimiter::new(limits.login_per_ip, limits.period),
             ipv6_prefix: limits.ipv6_prefix,
             per_user: RateLimiter::new(limits.login_per_user, limits.period),
             form_tokens,
@@ -216,19 +222,35 @@ impl PortalBackend {
 
     /// Counts a login attempt against both limits (the per-username one by the account a
     /// username names, [`account_of`]).
-    fn check_rate(&self, org_id: &str, username: &str, ip: IpAddr) -> Result<(), PortalError> {
+    /// Takes a sign-in attempt of `username` at organization `org_id` from `ip` from the rate
+    /// limits (`disabled`: the organization is disabled as this process knows it — its own
+    /// bucket per address, and a refusal says the organization is disabled: waiting would not
+    /// change the answer).
+    fn check_rate(
+        &self,
+        (org_id, disabled): (&str, bool),
+        username: &str,
+        ip: IpAddr,
+    ) -> Result<(), PortalError> {
         let now = std::time::Instant::now();
         let user_key = (org_id.to_string(), account_of(username));
         let ip_key = client_key(ip, self.ipv6_prefix);
+        let per_ip = if disabled {
+            &self.per_ip_disabled
+        } else {
+            &self.per_ip
+        };
         // Both limits or neither (an attempt one refuses costs the other nothing); each logs on
         // its own line: a flood from one address must not hide the guessing of one account's
         // password from many.
-        crate::http::rate_limit::check_both(
-            (&self.per_ip, &ip_key),
-            (&self.per_user, &user_key),
-            now,
-        )
-        .map_err(|(by_address, by_username, wait)| {
+        crate::http::rate_limit::check_both((per_ip, &ip_key), (&self.per_user, &user_key), now)
+            .map_err(|(by_address, by_username, wait)| {
+            if disabled {
+                // Not audited, as any refusal by the limits (a flood writes nothing).
+                crate::throttled!(info, organization = org_id, %ip,
+                    "sign-in to a disabled organization refused without a look at the database: too many from this address or with this username");
+                return PortalError::OrganizationDisabled;
+            }
             if by_address {
                 crate::throttled!(warn, organization = org_id, username, %ip, "login rate limited: too many sign-ins from this address");
             }
@@ -814,7 +836,7 @@ impl PortalBackend {
                     retry_after_secs: 2,
                 }
             })?;
-        self.check_rate(&org_id, &username, ip)?;
+        self.check_rate((&org_id, !org.active), &username, ip)?;
         // The browser's session there, if it holds one: a sign-in from this browser replaces
         // it wherever its address (a laptop moved to another network signs in again) — the
         // one its sign-in that went just before opened, if any: sent together with this one

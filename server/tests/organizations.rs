@@ -3080,3 +3080,54 @@ async fn an_organization_whose_secret_file_comes_back_is_used_again_and_its_held
     assert!(app.storage.dead_letters(10).await.unwrap().is_empty());
     app.stop().await;
 }
+
+/// Sign-ins to a disabled organization are told it is disabled however many there are (not
+/// to wait and try again: waiting would not change the answer), audited only as far as the
+/// limits let them through, and never use up the address's attempts at the other
+/// organizations: a user of another one behind the same NAT still signs in (black-box tester
+/// S's D2: after five refusals both were told to wait).
+#[tokio::test]
+async fn a_disabled_organizations_sign_ins_leave_the_addresss_attempts_to_the_others() {
+    let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (_dir, db) = temp_db();
+    let mut settings = two_organizations(&db, &a, &b);
+    settings.rate_limit.login_per_ip = 3;
+    let app = TestApp::spawn(&settings).await;
+    let browser = app.browser(Ipv4Addr::new(127, 0, 5, 34));
+    // The form, shown before the disable (a disabled organization's page has none).
+    let token = browser.form_token("/o/beta/").await;
+    app.set_organization_active("beta", false).await;
+    for attempt in 0..6 {
+        let page = browser
+            .post_raw(
+                "/o/beta/api/login",
+                "/o/beta/",
+                &[
+                    ("username", "judy"),
+                    ("password", "judy-pass"),
+                    ("csrf", &token),
+                ],
+                &[],
+            )
+            .await;
+        assert!(
+            page.body.contains("Signing in is not available")
+                && !page.body.contains("Too many sign-in attempts"),
+            "attempt {attempt}: {}",
+            page.body
+        );
+    }
+    let audit = app.storage.audit_tail(50).await.unwrap();
+    let denied = audit
+        .iter()
+        .filter(|e| e.action == "guard.denied" && e.organization_id.as_deref() == Some("beta"))
+        .count();
+    assert_eq!(denied, 3, "as many as the limit let through: {audit:?}");
+    assert!(b.auth_lines().is_empty(), "{:?}", b.auth_lines());
+    // acme's user at the same address: the address's attempts are all there.
+    for _ in 0..2 {
+        let page = browser.login("carol", "carol-pass").await;
+        assert_eq!(page.path, "/session", "{}", page.body);
+    }
+    app.stop().await;
+}
