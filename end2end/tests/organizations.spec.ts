@@ -60,14 +60,22 @@ test("disabling an organization ends its open page in place and closes its form"
   await expect(other.getByTestId("ended")).toContainText("who disabled this organization");
   await expect(other.getByTestId("ended").getByTestId("disabled")).toContainText("has been disabled");
 
-  // Enabled again: the page left open and the page loaded while disabled offer the sign-in
+  // And its sign-in page, loaded while disabled and left open.
+  const signIn = await page.context().newPage();
+  await signIn.goto(url("/o/beta/"));
+  await expect(signIn.getByTestId("disabled")).toContainText("has been disabled");
+
+  // Enabled again: the page left open and the pages loaded while disabled offer the sign-in
   // once more (each looks every 15 s).
   expect(portalCli("org", "enable", "beta")).toContain("enabled");
   for (const shown of [page, other]) {
     await expect(shown.getByRole("link", { name: "Sign in again" })).toBeVisible({ timeout: 25_000 });
     await expect(shown.getByTestId("ended").getByTestId("disabled")).toHaveCount(0);
   }
+  await expect(signIn.getByRole("button", { name: "Sign in" })).toBeVisible({ timeout: 25_000 });
+  await expect(signIn.getByTestId("disabled")).toHaveCount(0);
   await other.close();
+  await signIn.close();
 });
 
 test("two organizations' branding side by side", async ({ page }) => {

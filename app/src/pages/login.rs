@@ -6,7 +6,7 @@
 
 use crate::{
     api::Login,
-    components::{DemoBanner, DisabledNotice, ErrorMessage, Help, Logo},
+    components::{DemoBanner, DisabledNotice, ErrorMessage, Help, Logo, WatchForEnable},
     dto::Notice,
 };
 use leptos::{either::Either, prelude::*, server_fn::ServerFn};
@@ -131,7 +131,9 @@ pub fn LoginPage() -> impl IntoView {
             <Help help_text=branding.help_text.clone() contact=branding.contact.clone() />
         })
     } else {
-        Either::Right(view! { <DisabledNotice /> })
+        // Reloaded by itself once the organization is enabled again (black-box tester S's
+        // O2: the form came back only when its user reloaded).
+        Either::Right(view! { <DisabledNotice /> <WatchForEnable base=base.clone() /> })
     };
     let logo =
         view! { <Logo base=base.clone() organization=organization.clone() shown=branding.logo /> };
