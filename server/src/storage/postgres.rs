@@ -53,7 +53,26 @@ pub struct PgStore {
     origin: Arc<str>,
     /// Whether the server is known not to answer (every request then fails at once).
     reach: Arc<Reachability>,
+    /// What this replica knows of the planner's statistics of the outbox
+    /// ([`PgStore::keep_outbox_statistics`]).
+    outbox_statistics: Arc<OutboxStatistics>,
 }
+
+/// The outbox's statistics as this replica keeps them up to date: the pending rows counted
+/// when it last had them analysed, when it last counted, and whether it may analyse at all.
+#[derive(Default)]
+struct OutboxStatistics {
+    analysed_at_pending: std::sync::atomic::AtomicI64,
+    counted_at: std::sync::Mutex<Option<std::time::Instant>>,
+    refused: std::sync::atomic::AtomicBool,
+}
+
+/// How often the pending rows are counted, at most (the delivery loop asks on each look).
+const STATISTICS_LOOK_EVERY: Duration = Duration::from_secs(2);
+/// Pending rows below which the planner's view of them does not matter.
+const STATISTICS_MIN_PENDING: i64 = 1_000;
+/// A sweep that queued this many rows has the statistics looked at before its Stops leave.
+const STATISTICS_BULK: usize = 500;
 
 /// How long a check of a database suspected away waits for a connection.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -683,7 +702,80 @@ impl PgStore {
             starved: Arc::default(),
             origin: format!("{origin:016x}").into(),
             reach,
+            outbox_statistics: Arc::default(),
         })
+    }
+
+    /// Brings PostgreSQL's statistics of the outbox up to date (`ANALYZE`) when its pending
+    /// rows have grown well past what they were when this replica last had it analysed — a
+    /// thousand sessions expiring in one second, a backlog held for a dead accounting server.
+    /// The planner estimates the pending rows from statistics taken while there were few, and
+    /// then plans the claims' check that a row is the first of its session (an anti-join of the
+    /// pending rows with themselves) as a nested loop over all of them: 12,000 Stops due at
+    /// once took 20-60 s per statement, and no Stop left for a minute, until autovacuum's own
+    /// analyse, which waits up to its naptime (black-box tester Q's D1). Counted at most every
+    /// [`STATISTICS_LOOK_EVERY`] unless `now` (a sweep that queued many rows asks before its
+    /// rows are claimed). Nothing here fails a caller: a failed look is tried again later, and
+    /// a refused `ANALYZE` (not the tables' owner) is said once and not asked again.
+    async fn keep_outbox_statistics(&self, now: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let kept = &self.outbox_statistics;
+        if kept.refused.load(Relaxed) {
+            return;
+        }
+        {
+            let mut counted_at = kept.counted_at.lock().unwrap_or_else(|p| p.into_inner());
+            if !now && counted_at.is_some_and(|at| at.elapsed() < STATISTICS_LOOK_EVERY) {
+                return;
+            }
+            *counted_at = Some(std::time::Instant::now());
+        }
+        // Bounded: a backlog of millions is counted as a million (enough to decide).
+        let Ok(pending) = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM accounting_outbox \
+             WHERE delivered_at IS NULL AND dead_at IS NULL LIMIT 1000000) t",
+        )
+        .fetch_one(self.pool())
+        .await
+        else {
+            return;
+        };
+        let analysed_at = kept.analysed_at_pending.load(Relaxed);
+        if pending < STATISTICS_MIN_PENDING || pending <= analysed_at.saturating_mul(4) {
+            if pending < analysed_at / 4 {
+                // Fallen since: a surge from here is seen as one.
+                kept.analysed_at_pending.store(pending, Relaxed);
+            }
+            return;
+        }
+        let started = std::time::Instant::now();
+        // SKIP_LOCKED: another replica analysing it at this moment does the same.
+        match sqlx::query("ANALYZE (SKIP_LOCKED) accounting_outbox")
+            .execute(self.pool())
+            .await
+        {
+            Ok(_) => {
+                kept.analysed_at_pending.store(pending, Relaxed);
+                tracing::info!(
+                    pending,
+                    before = analysed_at,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "the accounting outbox's pending rows grew: PostgreSQL's statistics of it brought up to date (ANALYZE)"
+                );
+            }
+            Err(e) => {
+                let refused = e
+                    .as_database_error()
+                    .and_then(|d| d.code())
+                    .is_some_and(|code| code == "42501");
+                if refused {
+                    kept.refused.store(true, Relaxed);
+                    tracing::warn!(error = %e, "the accounting outbox's statistics cannot be brought up to date (ANALYZE refused: the database user does not own the tables): a large backlog may be delivered slowly until autovacuum analyses it");
+                } else {
+                    tracing::debug!(error = %e, "bringing the outbox's statistics up to date failed: tried again later");
+                }
+            }
+        }
     }
 
     /// Opens background work's connections now, as a replica starts: it has them before a
@@ -1516,6 +1608,9 @@ impl SessionStore for PgStore {
                 .collect::<Result<Vec<_>, _>>()?;
             notify(&mut tx, &self.origin, &session_notices(&stopped)).await?;
             tx.commit().await?;
+            if stopped.len() >= STATISTICS_BULK {
+                self.keep_outbox_statistics(true).await;
+            }
             all.extend(stopped);
             if done {
                 return Ok(all);
@@ -1569,6 +1664,9 @@ impl SessionStore for PgStore {
         }
         notify(&mut tx, &self.origin, &session_notices(&stopped)).await?;
         tx.commit().await?;
+        if stopped.len() >= STATISTICS_BULK {
+            self.keep_outbox_statistics(true).await;
+        }
         Ok(stopped.into_iter().map(|s| s.id).collect())
     }
 
@@ -1593,6 +1691,9 @@ impl SessionStore for PgStore {
         .bind(AUTH_SERVER_DESTINATION)
         .fetch_one(self.pool())
         .await?;
+        if queued as usize >= STATISTICS_BULK {
+            self.keep_outbox_statistics(true).await;
+        }
         Ok(queued as usize)
     }
 
@@ -1729,6 +1830,7 @@ impl SessionStore for PgStore {
         lease_until: i64,
         limit: i64,
     ) -> Result<Vec<OutboxRow>, StorageError> {
+        self.keep_outbox_statistics(false).await;
         let rows = sqlx::query(concat!(
             "UPDATE accounting_outbox SET claimed_until = $1, attempts = attempts + 1 WHERE id IN ( \
                SELECT o.id FROM accounting_outbox o WHERE o.next_attempt_at <= $2 \
@@ -2241,6 +2343,7 @@ impl SessionStore for PgStore {
     }
 
     async fn next_outbox_attempt(&self) -> Result<Option<i64>, StorageError> {
+        self.keep_outbox_statistics(false).await;
         Ok(sqlx::query_scalar(concat!(
             "SELECT MIN(GREATEST(o.next_attempt_at, COALESCE(o.claimed_until, 0))) FROM accounting_outbox o WHERE ",
             pending_head_o!()
