@@ -253,7 +253,7 @@ impl Metrics {
         let breaker = gauge_vec(
             &r,
             "portal_radius_breaker_state",
-            "Circuit breaker per server address (auth and acct ports apart): 0 closed, 1 open, 2 half-open",
+            "Circuit breaker per server address (auth and acct ports apart): 0 closed, 1 open, 2 half-open; each organization has its own breaker at a shared address, and this is the least healthy of them",
             &["address"],
         );
         let tasks_down = int_gauge(
