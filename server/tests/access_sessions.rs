@@ -2132,6 +2132,12 @@ async fn repeated_logins_for_one_username_are_rate_limited_with_retry_after() {
 
     let response = browser.login_as_script("dave", "guess").await;
     assert_eq!(response.status().as_u16(), 429);
+    // The JSON says it; Leptos's own mark of a failed call is not passed on (tester Q's D4).
+    assert!(
+        response.headers().get("serverfnerror").is_none(),
+        "{:?}",
+        response.headers()
+    );
     let retry_after: u64 = response.headers()["retry-after"]
         .to_str()
         .unwrap()
