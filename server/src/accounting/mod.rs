@@ -2049,11 +2049,18 @@ impl Accounting {
             }
         })
         .await;
-        // Who sends what is left: on PostgreSQL another replica may run.
-        let later = if self.storage.backend_name() == "postgres" {
+        // Who sends what is left: on PostgreSQL another replica may run (and the queue counted
+        // below is all of theirs); SQLite has one portal (tester Q's D5: "every replica's").
+        let shared = self.storage.backend_name() == "postgres";
+        let later = if shared {
             "another replica sharing the database sends it at once if one runs, else this one at its next start"
         } else {
             "it is sent at the next start"
+        };
+        let queue = if shared {
+            "the database's queue, every replica's"
+        } else {
+            "the database's queue"
         };
         // Deliveries still under way when the time is up (a silent server) are ended and their
         // claims given up: another replica sends those rows now, or this one at its next
@@ -2075,14 +2082,14 @@ impl Accounting {
             (Ok(()), Ok(0)) if !claim_failed => tracing::info!("accounting flushed at shutdown"),
             (Ok(()), Ok(left)) if !claim_failed => tracing::warn!(
                 left,
-                "accounting at shutdown: what could be sent was sent; the rest waits for a server or its backoff: {later} (left: the database's queue, every replica's)"
+                "accounting at shutdown: what could be sent was sent; the rest waits for a server or its backoff: {later} (left: {queue})"
             ),
             (Ok(()), Ok(_)) => tracing::warn!(
                 "accounting not flushed at shutdown: the database refused its rows (see above); for what it holds, {later}"
             ),
             (Err(_), Ok(left)) => tracing::warn!(
                 left,
-                "accounting not flushed within {SHUTDOWN_FLUSH:?}: for the rest, {later} (left: the database's queue, every replica's)"
+                "accounting not flushed within {SHUTDOWN_FLUSH:?}: for the rest, {later} (left: {queue})"
             ),
             (_, Err(e)) => tracing::warn!(error = ?e, "accounting at shutdown: what is left could not be counted"),
         }
