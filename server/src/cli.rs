@@ -222,15 +222,25 @@ pub async fn run() -> anyhow::Result<()> {
         Command::Admin {
             command: AdminCommand::HashToken,
         } => {
-            // All of it (bounded): a second line is a token wrapped in two, or two tokens —
-            // either way no client's token, said rather than hashed in part (black-box tester
-            // S's D3: only the first line was hashed).
-            let mut input = String::new();
-            std::io::Read::read_to_string(
-                &mut std::io::Read::take(std::io::stdin(), 64 * 1024),
-                &mut input,
-            )
+            // Piped, all of it (bounded): a second line is a token wrapped in two, or two
+            // tokens — either way no client's token, said rather than hashed in part
+            // (black-box tester S's D3: only the first line was hashed). Typed at a terminal,
+            // the line ends it (no end of input to wait for).
+            const MOST: u64 = 64 * 1024;
+            let mut bytes = Vec::new();
+            let stdin = std::io::stdin();
+            if std::io::IsTerminal::is_terminal(&stdin) {
+                std::io::BufRead::read_until(&mut stdin.lock(), b'\n', &mut bytes)
+            } else {
+                std::io::Read::read_to_end(&mut std::io::Read::take(stdin, MOST + 1), &mut bytes)
+            }
             .context("while reading the token from stdin")?;
+            if bytes.len() as u64 > MOST {
+                bail!("stdin holds more than {MOST} bytes: give one token, on one line");
+            }
+            let Ok(input) = String::from_utf8(bytes) else {
+                bail!("stdin is not UTF-8 text: give one token, on one line");
+            };
             let lines: Vec<&str> = input.lines().filter(|l| !l.trim().is_empty()).collect();
             if lines.len() > 1 {
                 bail!(

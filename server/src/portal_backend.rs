@@ -471,16 +471,39 @@ impl PortalBackend {
         // Both as the request's cookies name them, before the web session is loaded.
         let (browser, back) = (browser_key(request, web), return_key(request, web));
         let linked = self.linked_session_id(web, org).await?;
-        let (None, Some(back)) = (linked, back) else {
+        let Some(back) = back else {
             return Ok(linked);
         };
+        // A link to a session that runs (itself, or one a sign-in of this browser replaced it
+        // with) is what the page shows. A link to one that ended (expired, say) is not: a
+        // sign-in made since, given up on, is what this browser is looking for (reviewer: it
+        // was adopted only by a browser with no link there at all).
+        if let Some(id) = linked {
+            // (Looked up only when there is something to wait for or adopt: a page of a
+            // linked browser costs no read more.)
+            if !self
+                .recent_sign_ins
+                .news_for(&back, browser.as_deref(), org)
+            {
+                return Ok(linked);
+            }
+            let running = self
+                .sessions
+                .browsers(id)
+                .await
+                .map_err(user_error)?
+                .is_some_and(|s| s.active && s.expires_at > now_ms());
+            if running {
+                return Ok(linked);
+            }
+        }
         if let (true, Some(browser)) = (wait, &browser) {
             self.recent_sign_ins
                 .under_way_done(browser, org, UNDER_WAY_WAIT)
                 .await;
         }
         let Some(unanswered) = self.recent_sign_ins.adopt(&back, org) else {
-            return Ok(None);
+            return Ok(linked);
         };
         let Some(session) = self
             .sessions
@@ -488,11 +511,11 @@ impl PortalBackend {
             .await
             .map_err(user_error)?
         else {
-            return Ok(None);
+            return Ok(linked);
         };
         if session.client_ip.parse::<IpAddr>().ok() != client_ip(request).ok() {
             self.recent_sign_ins.put_back(&back, org, unanswered);
-            return Ok(None);
+            return Ok(linked);
         }
         // What the browser held when its sign-in linked (its links to other organizations'
         // sessions: U2's D1) is its own again; what it holds now, if anything, stays.

@@ -1188,6 +1188,60 @@ async fn a_browser_that_gave_up_on_its_sign_in_is_shown_its_session() {
     held.app.stop().await;
 }
 
+/// A browser whose link there is to a session that has ended (expired, ended by an operator)
+/// gives up on its next sign-in: the page reloaded meanwhile waits for it and shows the new
+/// session, as for a browser with no link (review: only a browser with none was shown it).
+#[tokio::test]
+async fn a_browser_linked_to_an_ended_session_that_gave_up_on_its_next_sign_in_is_shown_it() {
+    let held = HeldAnswers::start().await;
+    let app = &held.app;
+    let client = Ipv4Addr::new(127, 0, 0, 30);
+    let browser = app.browser(client);
+    let token = browser.form_token("/").await;
+    let first = HeldAnswers::submit(&browser, &token);
+    tokio::time::timeout(Duration::from_secs(15), held.held.notified())
+        .await
+        .expect("the first sign-in reached FreeRADIUS");
+    held.release.notify_one();
+    assert_eq!(first.await.unwrap().path, "/session");
+    let session = app
+        .storage
+        .active_session_for_client(
+            "acme",
+            &client.to_string(),
+            radius_portal::access_session::now_ms(),
+        )
+        .await
+        .unwrap()
+        .expect("the first session runs");
+    assert!(app
+        .storage
+        .stop_session(
+            session.id,
+            radius_portal::radius::terminate_cause::ADMIN_RESET,
+            radius_portal::access_session::now_ms()
+        )
+        .await
+        .unwrap());
+
+    let token = browser.form_token("/").await;
+    held.drop_while_held(HeldAnswers::submit(&browser, &token), client)
+        .await;
+    let reload = tokio::spawn({
+        let browser = browser.clone();
+        async move { browser.get("/").await }
+    });
+    wait_until("the reload waits for the sign-in", || async {
+        app.sign_ins.waiting() == 1
+    })
+    .await;
+    held.release.notify_one();
+    let page = reload.await.unwrap();
+    assert_eq!(page.path, "/session", "{}", page.body);
+    assert!(page.body.contains("You are connected"), "{}", page.body);
+    held.app.stop().await;
+}
+
 /// A sign-in its browser gave up on (a slow server; the user reloaded) that then fails: the
 /// page reloaded during it says so, as the sign-in's own answer would have, with the name typed
 /// filled in again — once (tester U2's D2: a plain form said nothing of it). A sign-in made

@@ -78,39 +78,81 @@ pub struct Unanswered {
 /// post's error is shown (`http::flash`).
 pub const FAILURE_SHOWN_WITHIN: Duration = Duration::from_secs(60);
 
-/// A sign-in whose answer never reached its browser, as it ended.
+/// Most failures kept for their browsers' next sign-in page ([`RecentSignIns::failed_unanswered`]):
+/// their own bound, so a flood of sign-ins dropped on purpose never pushes out a session kept for
+/// a browser's return.
+const MAX_UNTOLD_FAILURES: usize = 16_384;
+
+/// A failed sign-in whose answer never reached its browser: the error and the name typed.
 #[derive(Clone, Debug)]
-enum Kept {
-    /// It opened a session (for the browser to adopt).
-    Opened(Unanswered),
-    /// It failed: the error and the name typed, and when (told once, on the browser's next
-    /// sign-in page).
-    Failed(PortalError, String, Instant),
+struct UntoldFailure {
+    error: PortalError,
+    typed: String,
 }
 
-impl Kept {
-    fn at(&self) -> Instant {
-        match self {
-            Kept::Opened(unanswered) => unanswered.at,
-            Kept::Failed(_, _, at) => *at,
+/// Values kept per browser and organization for a while, the oldest going first when they
+/// are past their time or beyond the most kept: the keys in the order they came, with when.
+struct KeptForReturn<T> {
+    by_browser: HashMap<String, (T, Instant)>,
+    order: std::collections::VecDeque<(String, Instant)>,
+    within: Duration,
+    most: usize,
+}
+
+impl<T> KeptForReturn<T> {
+    fn new(within: Duration, most: usize) -> Self {
+        KeptForReturn {
+            by_browser: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            within,
+            most,
         }
     }
-}
 
-/// The sign-ins kept for their browsers' return, by browser and organization, and their keys
-/// in the order they came (the oldest go first).
-#[derive(Default)]
-struct UnansweredSignIns {
-    by_browser: HashMap<String, Kept>,
-    order: std::collections::VecDeque<(String, Instant)>,
+    /// Keeps `value` for `key`, from `at` (in place of what the key held).
+    fn keep(&mut self, key: String, value: T, at: Instant) {
+        let now = Instant::now();
+        while let Some((old, old_at)) = self.order.front().cloned() {
+            if now.duration_since(old_at) < self.within && self.order.len() < self.most {
+                break;
+            }
+            self.order.pop_front();
+            // Unless it was kept again since.
+            if self
+                .by_browser
+                .get(&old)
+                .is_some_and(|(_, at)| *at == old_at)
+            {
+                self.by_browser.remove(&old);
+            }
+        }
+        self.order.push_back((key.clone(), at));
+        self.by_browser.insert(key, (value, at));
+    }
+
+    /// What `key` holds, taken, if it is still within its time.
+    fn take(&mut self, key: &str) -> Option<(T, Instant)> {
+        let within = self.within;
+        self.by_browser
+            .remove(key)
+            .filter(|(_, at)| at.elapsed() < within)
+    }
+
+    fn holds(&self, key: &str) -> bool {
+        self.by_browser
+            .get(key)
+            .is_some_and(|(_, at)| at.elapsed() < self.within)
+    }
 }
 
 /// The browsers' recent sign-ins. Cheap to share (an `Arc` of it).
 pub struct RecentSignIns {
     slots: Mutex<Slots>,
     /// Sign-ins whose answer never reached the browser, by browser and organization
-    /// (lower-case), for the browser's return.
-    unanswered: Mutex<UnansweredSignIns>,
+    /// (lower-case), for the browser's return: those that opened a session, and those that
+    /// failed (each store its own bound).
+    unanswered: Mutex<KeptForReturn<Unanswered>>,
+    untold_failures: Mutex<KeptForReturn<UntoldFailure>>,
     /// Keys the digests (a digest is useless outside this process).
     key: [u8; 32],
     /// Sign-ins waiting for their browser's turn.
@@ -207,7 +249,11 @@ impl Default for RecentSignIns {
                 by_browser: HashMap::new(),
                 prune_at: MIN_PRUNE_AT,
             }),
-            unanswered: Mutex::new(UnansweredSignIns::default()),
+            unanswered: Mutex::new(KeptForReturn::new(ADOPT_WITHIN, MAX_UNANSWERED)),
+            untold_failures: Mutex::new(KeptForReturn::new(
+                FAILURE_SHOWN_WITHIN,
+                MAX_UNTOLD_FAILURES,
+            )),
             key: rand::random(),
             waiting: AtomicUsize::new(0),
         }
@@ -280,103 +326,107 @@ impl RecentSignIns {
         typed: &str,
         web_session: Option<tower_sessions::session::Id>,
     ) {
-        self.keep(
+        let at = Instant::now();
+        self.put_back(
             browser,
             org,
-            Kept::Opened(Unanswered {
+            Unanswered {
                 session_id,
                 typed: typed.to_owned(),
                 web_session,
-                at: Instant::now(),
-            }),
+                at,
+            },
         );
+    }
+
+    /// Keeps `unanswered` again (its time unchanged): [`Self::adopt`] took it, and it was
+    /// not for that request (another address) or could not be linked.
+    pub fn put_back(&self, browser: &str, org: &str, unanswered: Unanswered) {
+        let key = browser_org_key(browser, org);
+        // A failure kept for the same browser's page is older news than this session.
+        self.untold_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(&key);
+        let at = unanswered.at;
+        self.unanswered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keep(key, unanswered, at);
+    }
+
+    /// Whether there is news of a sign-in to `org` for a browser coming back as `back` (its
+    /// [`Self::adopt`] key) — kept for it, or (as `browser`, its turn's key) under way now.
+    pub fn news_for(&self, back: &str, browser: Option<&str>, org: &str) -> bool {
+        let kept = self
+            .unanswered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .holds(&browser_org_key(back, org));
+        kept || browser.is_some_and(|browser| {
+            self.slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .by_browser
+                .get(&browser_org_key(browser, org))
+                .is_some_and(|slot| slot.try_lock().is_err())
+        })
+    }
+
+    /// The sign-in to `org` whose answer never reached `browser`, if one is kept (taken: a
+    /// browser adopts it once; [`Self::put_back`] keeps it again if that fails).
+    pub fn adopt(&self, browser: &str, org: &str) -> Option<Unanswered> {
+        self.unanswered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(&browser_org_key(browser, org))
+            .map(|(unanswered, _)| unanswered)
     }
 
     /// `browser`'s sign-in to `org` with the name `typed` failed with `error`, and its answer
     /// never reached the browser (its user gave up on a slow server and reloaded): the
     /// browser's next sign-in page says so ([`Self::failure_untold`]), within
     /// [`FAILURE_SHOWN_WITHIN`] — rather than a plain form that says nothing of the sign-in
-    /// the user waited for (black-box tester U2's D2). A session kept for the browser's
-    /// return is kept rather than this (a session running matters more than a message).
+    /// the user waited for (black-box tester U2's D2). Not while a session is kept for the
+    /// browser's return (what it is shown then is that session).
     pub fn failed_unanswered(
         &self,
         (browser, org): (&str, &str),
         error: &PortalError,
         typed: &str,
     ) {
-        let opened_kept = matches!(
-            self.unanswered
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .by_browser
-                .get(&browser_org_key(browser, org)),
-            Some(Kept::Opened(u)) if u.at.elapsed() < ADOPT_WITHIN
-        );
-        if !opened_kept {
-            let failed = Kept::Failed(error.clone(), typed.to_owned(), Instant::now());
-            self.keep(browser, org, failed);
-        }
-    }
-
-    /// Keeps `unanswered` again (its time unchanged): [`Self::adopt`] took it, and it was
-    /// not for that request (another address) or could not be linked.
-    pub fn put_back(&self, browser: &str, org: &str, unanswered: Unanswered) {
-        self.keep(browser, org, Kept::Opened(unanswered));
-    }
-
-    fn keep(&self, browser: &str, org: &str, unanswered: Kept) {
-        let mut kept = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        // The oldest go: those past their time, and beyond the most kept.
-        while let Some((key, at)) = kept.order.front().cloned() {
-            if now.duration_since(at) < ADOPT_WITHIN && kept.order.len() < MAX_UNANSWERED {
-                break;
-            }
-            kept.order.pop_front();
-            // Unless it was kept again since.
-            if kept.by_browser.get(&key).is_some_and(|u| u.at() == at) {
-                kept.by_browser.remove(&key);
-            }
-        }
         let key = browser_org_key(browser, org);
-        kept.order.push_back((key.clone(), unanswered.at()));
-        kept.by_browser.insert(key, unanswered);
-    }
-
-    /// The sign-in to `org` whose answer never reached `browser` and which opened a session,
-    /// if one is kept (taken: a browser adopts it once; [`Self::put_back`] keeps it again if
-    /// that fails).
-    pub fn adopt(&self, browser: &str, org: &str) -> Option<Unanswered> {
-        let mut kept = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
-        let key = browser_org_key(browser, org);
-        match kept.by_browser.remove(&key)? {
-            Kept::Opened(unanswered) => Some(unanswered).filter(|u| u.at.elapsed() < ADOPT_WITHIN),
-            // Not a session: left for the sign-in page to tell.
-            failed @ Kept::Failed(..) => {
-                kept.by_browser.insert(key, failed);
-                None
-            }
+        if self
+            .unanswered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .holds(&key)
+        {
+            return;
         }
+        let failure = UntoldFailure {
+            error: error.clone(),
+            typed: typed.to_owned(),
+        };
+        self.untold_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keep(key, failure, Instant::now());
     }
 
     /// The failure of `browser`'s sign-in to `org` whose answer never reached it, with the
     /// name typed, if one is kept from the last [`FAILURE_SHOWN_WITHIN`] (taken: told once).
     pub fn failure_untold(&self, browser: &str, org: &str) -> Option<(PortalError, String)> {
-        let mut kept = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept = self
+            .untold_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if kept.by_browser.is_empty() {
             // Every sign-in page asks: no key made when nothing is kept.
             return None;
         }
-        let key = browser_org_key(browser, org);
-        match kept.by_browser.remove(&key)? {
-            Kept::Failed(error, typed, at) => {
-                Some((error, typed)).filter(|_| at.elapsed() < FAILURE_SHOWN_WITHIN)
-            }
-            opened @ Kept::Opened(_) => {
-                kept.by_browser.insert(key, opened);
-                None
-            }
-        }
+        kept.take(&browser_org_key(browser, org))
+            .map(|(failure, _)| (failure.error, failure.typed))
     }
 
     /// Forgets the untold failure of `browser`'s sign-in to `org`, if any: the browser signs

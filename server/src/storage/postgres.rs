@@ -715,8 +715,9 @@ impl PgStore {
     /// once took 20-60 s per statement, and no Stop left for a minute, until autovacuum's own
     /// analyse, which waits up to its naptime (black-box tester Q's D1). Counted at most every
     /// [`STATISTICS_LOOK_EVERY`] unless `now` (a sweep that queued many rows asks before its
-    /// rows are claimed). Nothing here fails a caller: a failed look is tried again later, and
-    /// a refused `ANALYZE` (not the tables' owner) is said once and not asked again.
+    /// rows are claimed). Nothing here fails a caller: a failed look (the table held by
+    /// autovacuum for over a second) is tried again at the next, and a user who may not analyse
+    /// the table (not its owner) is told once and not asked again.
     async fn keep_outbox_statistics(&self, now: bool) {
         use std::sync::atomic::Ordering::Relaxed;
         let kept = &self.outbox_statistics;
@@ -730,10 +731,11 @@ impl PgStore {
             }
             *counted_at = Some(std::time::Instant::now());
         }
-        // Bounded: a backlog of millions is counted as a million (enough to decide).
+        // Bounded: a larger backlog is counted as 100,000 (enough to decide: analysed at that,
+        // the planner knows that many wait).
         let Ok(pending) = sqlx::query_scalar::<_, i64>(
             "SELECT COUNT(*) FROM (SELECT 1 FROM accounting_outbox \
-             WHERE delivered_at IS NULL AND dead_at IS NULL LIMIT 1000000) t",
+             WHERE delivered_at IS NULL AND dead_at IS NULL LIMIT 100000) t",
         )
         .fetch_one(self.pool())
         .await
@@ -748,13 +750,37 @@ impl PgStore {
             }
             return;
         }
+        // PostgreSQL skips a table the user may not analyse with a warning, not an error:
+        // asked first (the tables' owner, the database's, or a superuser).
+        let may: Result<bool, _> = sqlx::query_scalar(
+            "SELECT pg_has_role(c.relowner, 'USAGE') OR pg_has_role( \
+               (SELECT datdba FROM pg_database WHERE datname = current_database()), 'USAGE') \
+             FROM pg_class c WHERE c.oid = 'accounting_outbox'::regclass",
+        )
+        .fetch_one(self.pool())
+        .await;
+        if let Ok(false) = may {
+            kept.refused.store(true, Relaxed);
+            tracing::warn!("the accounting outbox's statistics cannot be brought up to date (ANALYZE needs the tables' owner, and the database user is not): a large backlog may be delivered slowly until autovacuum analyses it");
+            return;
+        }
         let started = std::time::Instant::now();
-        // SKIP_LOCKED: another replica analysing it at this moment does the same.
-        match sqlx::query("ANALYZE (SKIP_LOCKED) accounting_outbox")
-            .execute(self.pool())
-            .await
-        {
-            Ok(_) => {
+        // Waiting at most a second for the table (autovacuum, or another replica analysing it
+        // at this moment, holds it): an error then, tried again at the next look, where
+        // SKIP_LOCKED would skip it with a warning that reads as done.
+        let analysed = async {
+            let mut tx = self.pool().begin().await?;
+            sqlx::query("SET LOCAL lock_timeout = '1s'")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("ANALYZE accounting_outbox")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        }
+        .await;
+        match analysed {
+            Ok(()) => {
                 kept.analysed_at_pending.store(pending, Relaxed);
                 tracing::info!(
                     pending,
@@ -764,16 +790,7 @@ impl PgStore {
                 );
             }
             Err(e) => {
-                let refused = e
-                    .as_database_error()
-                    .and_then(|d| d.code())
-                    .is_some_and(|code| code == "42501");
-                if refused {
-                    kept.refused.store(true, Relaxed);
-                    tracing::warn!(error = %e, "the accounting outbox's statistics cannot be brought up to date (ANALYZE refused: the database user does not own the tables): a large backlog may be delivered slowly until autovacuum analyses it");
-                } else {
-                    tracing::debug!(error = %e, "bringing the outbox's statistics up to date failed: tried again later");
-                }
+                tracing::debug!(error = %e, "bringing the outbox's statistics up to date failed: tried again at the next look");
             }
         }
     }
