@@ -1028,6 +1028,31 @@ impl HeldAnswers {
         wait_connections_closed(self.app.addr, client).await;
     }
 
+    /// Lets `request` through: waits until its Access-Request was answered (the answer held),
+    /// lets the answer go, and gives its page.
+    async fn let_through(&self, request: tokio::task::JoinHandle<common::Page>) -> common::Page {
+        tokio::time::timeout(Duration::from_secs(15), self.held.notified())
+            .await
+            .expect("the Access-Request reached FreeRADIUS");
+        self.release.notify_one();
+        request.await.unwrap()
+    }
+
+    /// `browser` reloads its sign-in page while its sign-in's answer is held: the page waits
+    /// for that sign-in, whose answer is then let go. The page shown.
+    async fn reload_while_held(&self, browser: &Browser) -> common::Page {
+        let reload = tokio::spawn({
+            let browser = browser.clone();
+            async move { browser.get("/").await }
+        });
+        wait_until("the reload waits for the sign-in", || async {
+            self.app.sign_ins.waiting() == 1
+        })
+        .await;
+        self.release.notify_one();
+        reload.await.unwrap()
+    }
+
     /// `browser` signs in as bob at the portal under `prefix` (`""`, `/o/beta`; its
     /// Access-Request held, then let go), and is shown the session page.
     async fn sign_in_as_bob(&self, browser: &common::Browser, prefix: &str) {
@@ -1148,16 +1173,7 @@ async fn a_browser_that_gave_up_on_its_sign_in_is_shown_its_session() {
             browser.get("/").await
         } else {
             // Reloads while the sign-in is under way: the page waits for it.
-            let reload = tokio::spawn({
-                let browser = browser.clone();
-                async move { browser.get("/").await }
-            });
-            wait_until("the reload waits for the sign-in", || async {
-                app.sign_ins.waiting() == 1
-            })
-            .await;
-            held.release.notify_one();
-            reload.await.unwrap()
+            held.reload_while_held(&browser).await
         };
         assert_eq!(page.path, "/session", "{}", page.body);
         assert!(
@@ -1198,12 +1214,10 @@ async fn a_browser_linked_to_an_ended_session_that_gave_up_on_its_next_sign_in_i
     let client = Ipv4Addr::new(127, 0, 0, 30);
     let browser = app.browser(client);
     let token = browser.form_token("/").await;
-    let first = HeldAnswers::submit(&browser, &token);
-    tokio::time::timeout(Duration::from_secs(15), held.held.notified())
-        .await
-        .expect("the first sign-in reached FreeRADIUS");
-    held.release.notify_one();
-    assert_eq!(first.await.unwrap().path, "/session");
+    let first = held
+        .let_through(HeldAnswers::submit(&browser, &token))
+        .await;
+    assert_eq!(first.path, "/session");
     let session = app
         .storage
         .active_session_for_client(
@@ -1227,16 +1241,7 @@ async fn a_browser_linked_to_an_ended_session_that_gave_up_on_its_next_sign_in_i
     let token = browser.form_token("/").await;
     held.drop_while_held(HeldAnswers::submit(&browser, &token), client)
         .await;
-    let reload = tokio::spawn({
-        let browser = browser.clone();
-        async move { browser.get("/").await }
-    });
-    wait_until("the reload waits for the sign-in", || async {
-        app.sign_ins.waiting() == 1
-    })
-    .await;
-    held.release.notify_one();
-    let page = reload.await.unwrap();
+    let page = held.reload_while_held(&browser).await;
     assert_eq!(page.path, "/session", "{}", page.body);
     assert!(page.body.contains("You are connected"), "{}", page.body);
     held.app.stop().await;
@@ -1263,16 +1268,7 @@ async fn a_browser_that_gave_up_on_a_failing_sign_in_is_told_it_failed() {
         )
         .await;
         if told {
-            let reload = tokio::spawn({
-                let browser = browser.clone();
-                async move { browser.get("/").await }
-            });
-            wait_until("the reload waits for the sign-in", || async {
-                app.sign_ins.waiting() == 1
-            })
-            .await;
-            held.release.notify_one();
-            let page = reload.await.unwrap();
+            let page = held.reload_while_held(&browser).await;
             assert_eq!(page.path, "/", "{}", page.body);
             assert!(refused(&page), "{}", page.body);
             // Told once.
@@ -1293,12 +1289,10 @@ async fn a_browser_that_gave_up_on_a_failing_sign_in_is_told_it_failed() {
             })
             .await;
             // (No page seen in between: the form shown before.)
-            let own = HeldAnswers::submit(&browser, &token);
-            tokio::time::timeout(Duration::from_secs(15), held.held.notified())
-                .await
-                .expect("the new sign-in reached FreeRADIUS");
-            held.release.notify_one();
-            assert_eq!(own.await.unwrap().path, "/session");
+            let own = held
+                .let_through(HeldAnswers::submit(&browser, &token))
+                .await;
+            assert_eq!(own.path, "/session");
             let page = browser.post_form("/api/disconnect", "/session", &[]).await;
             assert_eq!(page.path, "/");
             assert!(!refused(&page), "{}", page.body);
@@ -1346,12 +1340,10 @@ async fn a_refused_sign_in_submitted_twice_sends_one_access_request() {
     assert_eq!(refused, 1, "the refusal is audited once: {audit:?}");
 
     // Tried again after the answer: sent to the server.
-    let again = HeldAnswers::submit_password(&browser, &token, "wrong");
-    tokio::time::timeout(Duration::from_secs(15), held.held.notified())
-        .await
-        .expect("the sign-in tried again reached FreeRADIUS");
-    held.release.notify_one();
-    assert!(again.await.unwrap().body.contains("Sign-in refused"));
+    let again = held
+        .let_through(HeldAnswers::submit_password(&browser, &token, "wrong"))
+        .await;
+    assert!(again.body.contains("Sign-in refused"));
     assert_eq!(access_requests_of(radius, "carol"), 2);
     held.app.stop().await;
 }
