@@ -230,7 +230,22 @@ pub async fn run() -> anyhow::Result<()> {
             let mut bytes = Vec::new();
             let stdin = std::io::stdin();
             if std::io::IsTerminal::is_terminal(&stdin) {
-                std::io::BufRead::read_until(&mut stdin.lock(), b'\n', &mut bytes)
+                let read = std::io::BufRead::read_until(&mut stdin.lock(), b'\n', &mut bytes);
+                // A token pasted with a line break in it: its second line is there at once
+                // (a reader thread, given a moment; one typed by hand leaves nothing more).
+                let (more_tx, more) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    let mut line = String::new();
+                    let _ = std::io::stdin().read_line(&mut line);
+                    let _ = more_tx.send(line);
+                });
+                if more
+                    .recv_timeout(Duration::from_millis(300))
+                    .is_ok_and(|line| !line.trim().is_empty())
+                {
+                    bail!("stdin holds more than one line: give one token, on one line (a token wrapped in two lines is not that token)");
+                }
+                read
             } else {
                 std::io::Read::read_to_end(&mut std::io::Read::take(stdin, MOST + 1), &mut bytes)
             }
@@ -251,6 +266,11 @@ pub async fn run() -> anyhow::Result<()> {
             let token = lines.first().copied().unwrap_or_default();
             if token.trim().is_empty() {
                 bail!("no token on stdin (generate one, e.g. `openssl rand -hex 32`)");
+            }
+            // A control character (a carriage return between two tokens, a tab) cannot travel
+            // in an Authorization header: its hash would never match (tester W's D2).
+            if token.trim().chars().any(char::is_control) {
+                bail!("the token holds a control character (a carriage return, a tab…): give one token, on one line, of printable characters");
             }
             // Anyone who reaches the API may guess it: a short token is a weak password.
             if token.trim().chars().count() < 16 {

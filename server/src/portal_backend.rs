@@ -481,10 +481,9 @@ impl PortalBackend {
         if let Some(id) = linked {
             // (Looked up only when there is something to wait for or adopt: a page of a
             // linked browser costs no read more.)
-            if !self
-                .recent_sign_ins
-                .news_for(&back, browser.as_deref(), org)
-            {
+            // (A form post, which waits for nothing, holds its own turn: not news.)
+            let under_way = browser.as_deref().filter(|_| wait);
+            if !self.recent_sign_ins.news_for(&back, under_way, org) {
                 return Ok(linked);
             }
             let running = self

@@ -863,6 +863,13 @@ fn admin_hash_token_hashes_a_long_token_and_refuses_a_short_one() {
         String::from_utf8_lossy(&two.stderr).contains("stdin holds 2 lines"),
         "{two:?}"
     );
+    // A carriage return inside: no header carries it (tester W's D2).
+    let inner = hash("0123456789abcdef0123\r0123456789abcdef0123");
+    assert!(!inner.status.success(), "{inner:?}");
+    assert!(
+        String::from_utf8_lossy(&inner.stderr).contains("control character"),
+        "{inner:?}"
+    );
     // Blank lines and a CR around the one token are not lines of it.
     let framed = hash("\n  0123456789abcdef0123\r\n\n");
     assert_eq!(

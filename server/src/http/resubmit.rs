@@ -109,11 +109,15 @@ impl<T> KeptForReturn<T> {
         }
     }
 
-    /// Keeps `value` for `key`, from `at` (in place of what the key held).
+    /// Keeps `value` for `key`, from `at` (in place of what the key held). The bound counts
+    /// what is kept, not the order's entries: a value taken and kept again (a browser's
+    /// adoption tried from another address, put back) leaves a second entry of the same key
+    /// there, and a flood of those must not push out other browsers' values (reviewer). The
+    /// order is compacted when such entries make it twice the bound.
     fn keep(&mut self, key: String, value: T, at: Instant) {
         let now = Instant::now();
         while let Some((old, old_at)) = self.order.front().cloned() {
-            if now.duration_since(old_at) < self.within && self.order.len() < self.most {
+            if now.duration_since(old_at) < self.within && self.by_browser.len() < self.most {
                 break;
             }
             self.order.pop_front();
@@ -128,6 +132,13 @@ impl<T> KeptForReturn<T> {
         }
         self.order.push_back((key.clone(), at));
         self.by_browser.insert(key, (value, at));
+        if self.order.len() > 2 * self.most {
+            let mut seen = std::collections::HashSet::new();
+            let by_browser = &self.by_browser;
+            self.order.retain(|(key, at)| {
+                by_browser.get(key).is_some_and(|(_, kept)| kept == at) && seen.insert(key.clone())
+            });
+        }
     }
 
     /// What `key` holds, taken, if it is still within its time.
@@ -356,7 +367,8 @@ impl RecentSignIns {
     }
 
     /// Whether there is news of a sign-in to `org` for a browser coming back as `back` (its
-    /// [`Self::adopt`] key) — kept for it, or (as `browser`, its turn's key) under way now.
+    /// [`Self::adopt`] key) — kept for it, or (as `browser`, its turn's key, if given: a page
+    /// that would wait for it) under way now.
     pub fn news_for(&self, back: &str, browser: Option<&str>, org: &str) -> bool {
         let kept = self
             .unanswered
@@ -668,6 +680,27 @@ mod tests {
             drop(recent.turn(&format!("b{n}"), "acme", "u", IP, "pw").await);
         }
         assert!(recent.len() <= MIN_PRUNE_AT, "{}", recent.len());
+    }
+
+    #[test]
+    fn a_value_taken_and_kept_again_many_times_pushes_out_no_other() {
+        let mut kept = KeptForReturn::new(Duration::from_secs(60), 4);
+        let at = Instant::now();
+        for key in ["b1", "b2", "b3"] {
+            kept.keep(key.into(), key, at);
+        }
+        // One browser's adoption tried again and again from another address.
+        for _ in 0..100 {
+            let (value, at) = kept.take("b1").expect("kept");
+            kept.keep("b1".into(), value, at);
+        }
+        assert!(kept.holds("b2") && kept.holds("b3") && kept.holds("b1"));
+        assert!(kept.order.len() <= 2 * 4 + 1, "{}", kept.order.len());
+        // Beyond the bound the oldest goes.
+        kept.keep("b4".into(), "b4", Instant::now());
+        kept.keep("b5".into(), "b5", Instant::now());
+        assert_eq!(kept.by_browser.len(), 4);
+        assert!(kept.holds("b5"));
     }
 
     #[test]

@@ -65,6 +65,19 @@ struct OutboxStatistics {
     analysed_at_pending: std::sync::atomic::AtomicI64,
     counted_at: std::sync::Mutex<Option<std::time::Instant>>,
     refused: std::sync::atomic::AtomicBool,
+    /// A look is under way.
+    looking: std::sync::atomic::AtomicBool,
+}
+
+/// Marks the outbox statistics' look done when dropped.
+struct LookDone(Arc<OutboxStatistics>);
+
+impl Drop for LookDone {
+    fn drop(&mut self) {
+        self.0
+            .looking
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// How often the pending rows are counted, at most (the delivery loop asks on each look).
@@ -731,6 +744,29 @@ impl PgStore {
             }
             *counted_at = Some(std::time::Instant::now());
         }
+        // One look at a time; a claim's look runs beside the claim, never holding it (the
+        // table held by autovacuum makes an ANALYZE wait up to its lock timeout: reviewer),
+        // while a sweep's runs before its rows are claimed.
+        if kept.looking.swap(true, Relaxed) {
+            return;
+        }
+        let store = self.clone();
+        let look = super::same_lane(async move {
+            // Done however the look ends (a task cut off at shutdown, a panic).
+            let _done = LookDone(store.outbox_statistics.clone());
+            store.look_at_outbox_statistics().await;
+        });
+        if now {
+            look.await;
+        } else {
+            tokio::spawn(look);
+        }
+    }
+
+    /// [`Self::keep_outbox_statistics`]'s count, and `ANALYZE` if it is due.
+    async fn look_at_outbox_statistics(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let kept = &self.outbox_statistics;
         // Bounded: a larger backlog is counted as 100,000 (enough to decide: analysed at that,
         // the planner knows that many wait).
         let Ok(pending) = sqlx::query_scalar::<_, i64>(
@@ -751,10 +787,13 @@ impl PgStore {
             return;
         }
         // PostgreSQL skips a table the user may not analyse with a warning, not an error:
-        // asked first (the tables' owner, the database's, or a superuser).
+        // asked first (the tables' owner, the database's, or a superuser; from PostgreSQL 17
+        // also whoever holds MAINTAIN on it).
         let may: Result<bool, _> = sqlx::query_scalar(
             "SELECT pg_has_role(c.relowner, 'USAGE') OR pg_has_role( \
                (SELECT datdba FROM pg_database WHERE datname = current_database()), 'USAGE') \
+             OR CASE WHEN current_setting('server_version_num')::INT >= 170000 \
+               THEN has_table_privilege(c.oid, 'MAINTAIN') ELSE FALSE END \
              FROM pg_class c WHERE c.oid = 'accounting_outbox'::regclass",
         )
         .fetch_one(self.pool())
