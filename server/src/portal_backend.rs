@@ -220,12 +220,11 @@ impl PortalBackend {
         self
     }
 
-    /// Counts a login attempt against both limits (the per-username one by the account a
-    /// username names, [`account_of`]).
-    /// Takes a sign-in attempt of `username` at organization `org_id` from `ip` from the rate
-    /// limits (`disabled`: the organization is disabled as this process knows it — its own
-    /// bucket per address, and a refusal says the organization is disabled: waiting would not
-    /// change the answer).
+    /// Counts a sign-in attempt of `username` at organization `org_id` from `ip` against both
+    /// limits (the per-username one by the account a username names, [`account_of`]);
+    /// `disabled`: the organization is disabled as this process knows it — its own bucket per
+    /// address, and a refusal says the organization is disabled (waiting would not change the
+    /// answer).
     fn check_rate(
         &self,
         (org_id, disabled): (&str, bool),
@@ -479,9 +478,9 @@ impl PortalBackend {
         // sign-in made since, given up on, is what this browser is looking for (reviewer: it
         // was adopted only by a browser with no link there at all).
         if let Some(id) = linked {
-            // (Looked up only when there is something to wait for or adopt: a page of a
-            // linked browser costs no read more.)
-            // (A form post, which waits for nothing, holds its own turn: not news.)
+            // Looked up only when there is something to wait for or adopt: a page of a linked
+            // browser costs no read more. (A form post, which waits for nothing, holds its own
+            // turn: that is not news.)
             let under_way = browser.as_deref().filter(|_| wait);
             if !self.recent_sign_ins.news_for(&back, under_way, org) {
                 return Ok(linked);
