@@ -1576,15 +1576,16 @@ async fn forget_access_session(
     Ok(())
 }
 
-/// The user part of a name: after a `DOMAIN\`, before an `@realm`.
+/// The user part of a name: after a `DOMAIN\` or a `realm/` (FreeRADIUS's prefix realms),
+/// before an `@realm` or a `%realm` (its suffix realms of another delimiter).
 fn bare(name: &str) -> &str {
-    let user = name.rsplit_once('\\').map_or(name, |(_, user)| user);
-    user.split_once('@').map_or(user, |(user, _)| user)
+    let user = name.rsplit_once(['\\', '/']).map_or(name, |(_, user)| user);
+    user.split_once(['@', '%']).map_or(user, |(user, _)| user)
 }
 
 /// The account a username names, for the per-username sign-in limit: lower-cased, without a
-/// realm ([`bare`]) — `alice`, `Alice@corp`, `alice@corp.example.` and `CORP\alice` are one
-/// account to the directory behind most RADIUS servers, so each spelling must not get a
+/// realm ([`bare`]) — `alice`, `Alice@corp`, `alice@corp.example.`, `CORP\alice`,
+/// `corp/alice` and `alice%corp` are one account to the directory behind most RADIUS servers, so each spelling must not get a
 /// bucket of its own (the limit keeps password guessing from locking the account out). A
 /// username that is all realm is kept whole.
 fn account_of(username: &str) -> String {
@@ -1606,6 +1607,11 @@ mod tests {
             "victim@CORP.example.",
             "CORP\\victim",
             "corp\\VICTIM@corp",
+            // Realms as FreeRADIUS's prefix (`/`) and suffix (`%`) delimiters spell them (a
+            // code review: each spelling had a bucket of its own).
+            "corp/victim",
+            "victim%corp",
+            "CORP/Victim%corp.example",
         ] {
             assert_eq!(super::account_of(spelt), "victim", "{spelt}");
         }

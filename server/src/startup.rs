@@ -630,6 +630,7 @@ impl Application {
                 backend,
                 events: events.clone(),
                 stop: live_stop.clone(),
+                streams: crate::http::live::stream_slots(max_connections),
             },
             session_store: session_store.clone(),
             secure_cookies: settings.http.https(),

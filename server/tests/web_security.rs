@@ -622,6 +622,63 @@ async fn slow_clients_are_cut_off_and_connections_per_client_are_capped() {
 /// nonce in its Content-Security-Policy that every script of the page carries, and with the
 /// security headers; a path that is neither a page nor a file gets the not-found page (404)
 /// the same way.
+/// One signed-in browser opening live stream after stream (a code review's M1: each held a
+/// connection for as long as the session runs, until none was left for anyone's pages) holds
+/// at most `STREAMS_PER_SESSION`: the next is refused (429, its page polls instead), another
+/// session's stream is still served, and a stream closed gives its place back.
+#[tokio::test]
+async fn one_session_holds_a_bounded_number_of_live_streams() {
+    use radius_portal::http::live::STREAMS_PER_SESSION;
+    let (_radius, app, _dir) = portal_with_one_server().await;
+    let open = |b: &common::Browser| {
+        let request = b.http.get(format!("{}/session/events", b.base));
+        async move { request.send().await.unwrap() }
+    };
+    let first_event = |mut stream: reqwest::Response| async move {
+        let chunk = stream.chunk().await.unwrap().expect("an event");
+        (String::from_utf8_lossy(&chunk).to_string(), stream)
+    };
+    let browser = app.browser(Ipv4Addr::new(127, 0, 11, 1));
+    browser.login("carol", "carol-pass").await;
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS_PER_SESSION {
+        let stream = open(&browser).await;
+        assert_eq!(stream.status(), StatusCode::OK);
+        let (event, stream) = first_event(stream).await;
+        assert!(event.contains(r#"data: {"Active""#), "{event}");
+        streams.push(stream);
+    }
+    let refused = open(&browser).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["retry-after"], "15");
+    assert_eq!(refused.headers()["cache-control"], "no-store");
+    let text = refused.text().await.unwrap();
+    assert!(text.contains("too many live streams"), "{text}");
+
+    let other = app.browser(Ipv4Addr::new(127, 0, 11, 2));
+    other.login("alice", "alice-pass").await;
+    let (event, _other_stream) = first_event(open(&other).await).await;
+    assert!(event.contains(r#"data: {"Active""#), "{event}");
+
+    // A stream its client closed gives its place back (once the portal sees the connection
+    // gone: at once, or at the next keep-alive comment).
+    drop(streams.pop());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(40);
+    loop {
+        let stream = open(&browser).await;
+        if stream.status() == StatusCode::OK {
+            break;
+        }
+        assert_eq!(stream.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed stream's place came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn pages_are_whole_with_their_csp_nonce_and_unknown_paths_get_the_not_found_page() {
     let (_radius, app, _dir) = portal_with_one_server().await;

@@ -2,7 +2,10 @@
 //! (same origin, allowed by `connect-src 'self'`) of the web session's access-session status.
 //! One event at once, one whenever that session changes (refresh in another tab, expiry,
 //! Disconnect-Request, operator), and one every [`RESYNC`] so a page that slept re-syncs. The
-//! stream ends after reporting an ended session (or none), and at shutdown.
+//! stream ends after reporting an ended session (or none), and at shutdown. Streams are
+//! counted ([`STREAMS_PER_SESSION`] per access session, half the portal's connections in all):
+//! one signed-in client opening stream after stream cannot hold every connection the portal
+//! serves (a code review's M1); a page refused one (429) polls instead.
 
 use crate::{access_session::events::SessionEvents, portal_backend::PortalBackend};
 use app::dto::SessionStatus;
@@ -22,6 +25,16 @@ use tower_sessions::Session;
 pub const PATH: &str = app::api::LIVE_EVENTS_PATH;
 /// A status is sent at least this often, whatever happens.
 pub const RESYNC: Duration = Duration::from_secs(15);
+/// Streams open at most for one access session: its tabs (a browser opens six connections to a
+/// host over HTTP/1.1; more over HTTP/2), with room to spare.
+pub const STREAMS_PER_SESSION: usize = 16;
+
+/// The count of open streams for a portal serving `max_connections` at once: at most half of
+/// them in all (the rest stays for pages, sign-ins and Disconnects), [`STREAMS_PER_SESSION`]
+/// per access session.
+pub(crate) fn stream_slots(max_connections: usize) -> super::serve::Slots<i64> {
+    super::serve::Slots::limited((max_connections / 2).max(1), STREAMS_PER_SESSION)
+}
 
 /// What the stream handler needs.
 #[derive(Clone)]
@@ -32,6 +45,8 @@ pub struct LiveState {
     pub events: SessionEvents,
     /// Cancelled at shutdown: ends every open stream.
     pub stop: CancellationToken,
+    /// The streams open ([`stream_slots`]).
+    pub(crate) streams: super::serve::Slots<i64>,
 }
 
 struct Watch {
@@ -48,6 +63,8 @@ struct Watch {
     organizations: Option<tokio::sync::watch::Receiver<u64>>,
     disabled: bool,
     first: bool,
+    /// This stream's count, given back when it ends (or its client goes).
+    _slot: super::serve::Slot<i64>,
     /// The link was followed to the session the browser holds (the first status read).
     followed: bool,
     done: bool,
@@ -108,7 +125,24 @@ pub async fn session_events(
             return no_store(Sse::new(retry).into_response());
         }
     };
+    // A stream without a session (none linked) ends after its first status; it still counts
+    // in all while it is open.
+    let Some(slot) = live.streams.take(id) else {
+        crate::throttled!(
+            warn,
+            "a live stream refused: too many open (for this access session, or in all); its page polls instead"
+        );
+        return no_store(
+            (
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                [(axum::http::header::RETRY_AFTER, "15")],
+                "too many live streams are open for this session; the page asks every few seconds instead",
+            )
+                .into_response(),
+        );
+    };
     let watch = Watch {
+        _slot: slot,
         notices: live.events.subscribe(),
         organizations: Some(live.backend.organization_changes()),
         disabled: live.backend.organization_disabled(&scope.id),

@@ -100,44 +100,53 @@ impl Ending {
     }
 }
 
-/// Counts open connections per client; a guard gives its slot back when dropped.
+/// Counts what is open (connections; the live streams, per access session) in all and per
+/// key (a client address; a session); a guard gives its slot back when dropped.
 #[derive(Clone)]
-struct Slots {
-    open: Arc<Mutex<(usize, HashMap<IpAddr, usize>)>>,
-    /// Open connections at most.
+pub(crate) struct Slots<K: Copy + Eq + std::hash::Hash = IpAddr> {
+    open: Arc<Mutex<(usize, HashMap<K, usize>)>>,
+    /// Open at most.
     max: usize,
-    /// Open connections at most from one client ([`per_client_for`]).
-    per_client: usize,
+    /// Open at most under one key.
+    per_key: usize,
 }
 
-struct Slot {
-    slots: Slots,
-    client: Option<IpAddr>,
+pub(crate) struct Slot<K: Copy + Eq + std::hash::Hash = IpAddr> {
+    slots: Slots<K>,
+    key: Option<K>,
 }
 
-impl Slots {
+impl Slots<IpAddr> {
+    /// Connections: `max` in all, [`per_client_for`] from one client.
     fn new(max: usize) -> Slots {
+        Slots::limited(max, per_client_for(max))
+    }
+}
+
+impl<K: Copy + Eq + std::hash::Hash> Slots<K> {
+    /// `max` in all, `per_key` under one key.
+    pub(crate) fn limited(max: usize, per_key: usize) -> Slots<K> {
         Slots {
             open: Arc::default(),
             max,
-            per_client: per_client_for(max),
+            per_key,
         }
     }
 
-    /// Connections open now.
+    /// Open now.
     fn open(&self) -> usize {
         self.open.lock().unwrap_or_else(|p| p.into_inner()).0
     }
 
-    /// A slot for a connection from `client` (None: not limited per client), if one is free.
-    fn take(&self, client: Option<IpAddr>) -> Option<Slot> {
+    /// A slot under `key` (None: counted in all only), if one is free.
+    pub(crate) fn take(&self, key: Option<K>) -> Option<Slot<K>> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.0 >= self.max {
             return None;
         }
-        if let Some(client) = client {
-            let count = open.1.entry(client).or_insert(0);
-            if *count >= self.per_client {
+        if let Some(key) = key {
+            let count = open.1.entry(key).or_insert(0);
+            if *count >= self.per_key {
                 return None;
             }
             *count += 1;
@@ -145,20 +154,20 @@ impl Slots {
         open.0 += 1;
         Some(Slot {
             slots: self.clone(),
-            client,
+            key,
         })
     }
 }
 
-impl Drop for Slot {
+impl<K: Copy + Eq + std::hash::Hash> Drop for Slot<K> {
     fn drop(&mut self) {
         let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
         open.0 = open.0.saturating_sub(1);
-        if let Some(client) = self.client {
-            if let Some(count) = open.1.get_mut(&client) {
+        if let Some(key) = self.key {
+            if let Some(count) = open.1.get_mut(&key) {
                 *count = count.saturating_sub(1);
                 if *count == 0 {
-                    open.1.remove(&client);
+                    open.1.remove(&key);
                 }
             }
         }
