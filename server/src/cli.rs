@@ -373,7 +373,10 @@ pub async fn run() -> anyhow::Result<()> {
                         &org.id,
                         &org.username_pattern,
                         org.nas_ip,
-                        org.servers.iter().map(|s| s.address),
+                        org.login_timeout,
+                        org.servers
+                            .iter()
+                            .map(|s| (s.name.as_str(), s.address, s.timeout)),
                     )
                 }))
                 // Among the file's organizations and those stored only in the database

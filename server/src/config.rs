@@ -164,7 +164,7 @@ fn duration_text<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::E
 }
 
 /// [`duration_text`]'s form of a duration (also how errors name bounds).
-fn exact_duration(d: &Duration) -> String {
+pub(crate) fn exact_duration(d: &Duration) -> String {
     let ms = d.as_millis();
     match ms {
         _ if !d.subsec_nanos().is_multiple_of(1_000_000) => {

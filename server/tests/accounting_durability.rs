@@ -383,6 +383,76 @@ async fn a_stop_queued_behind_a_start_in_flight_follows_its_acknowledgement() {
     Arc::into_inner(app).unwrap().stop().await;
 }
 
+/// A sign-in's Start that waited for a send slot (its server's window full, as under a burst)
+/// still has one whole exchange on the wire — not what the wait left of the sign-in's time —
+/// and a server that answers within it is never taken for silent (black-box tester V's D1:
+/// such Starts failed against a server answering every packet, and their exchanges, cut short
+/// by the sign-in's deadline, opened its breaker).
+#[tokio::test]
+async fn a_start_that_waited_for_a_send_slot_has_a_whole_exchange() {
+    use std::sync::Arc;
+    let radius = FreeRadius::start().await;
+    let (held, release) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let acct = std::net::SocketAddr::from(([127, 0, 0, 1], radius.acct_port));
+    let relay = common::holding_relay(acct, held.clone(), release.clone()).await;
+    let (_dir, db) = temp_db();
+    let mut server = radius.server_settings("primary", true);
+    server.acct_port = relay.port();
+    server.timeout = Duration::from_secs(2);
+    server.retries = 0;
+    let mut config = settings(&db, vec![server]);
+    config.organizations[0].login_timeout = Duration::from_secs(1);
+    let app = Arc::new(TestApp::spawn(&config).await);
+    let window = app
+        .sessions
+        .accounting()
+        .fill_send_window(relay)
+        .await
+        .expect("the window");
+    let client = std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 8, 1));
+    let login = app.sign_in_in_background("carol", "carol-pass", client);
+    wait_until("the sign-in accepted, its Start queued", || async {
+        app.storage
+            .active_session_for_client(
+                "acme",
+                &client.to_string(),
+                radius_portal::access_session::now_ms(),
+            )
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    // Most of the time the sign-in has for its Start (one exchange, 2 s) passes while the
+    // Start waits for a slot (time passing is the case here, not a condition to wait for).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(window);
+    held.notified().await; // the Start went out and FreeRADIUS answered; the answer held
+                           // Past what the sign-in had left when its Start went out, within the Start's own exchange.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    release.notify_one();
+    let session = login
+        .await
+        .unwrap()
+        .expect("the sign-in opened its session");
+    radius
+        .wait_for_acct(&["status=Start", &format!("sid={}", session.acct_session_id)])
+        .await;
+    let organization = app.organizations.get("acme").unwrap();
+    let health = app.radius.health();
+    assert!(
+        !health.is_open(health.target(
+            &organization.servers[0],
+            radius_portal::radius::health::Port::Acct
+        )),
+        "the server answered every packet: its breaker stays closed"
+    );
+    Arc::into_inner(app).unwrap().stop().await;
+}
+
 /// A delivery whose outcome cannot be written (the database away for longer than a write
 /// waits) leaves its row claimed. The live process gives that claim up as soon as the
 /// database answers again, so the Stop goes out then — not after the claim's two-minute lease,

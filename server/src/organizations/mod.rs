@@ -70,12 +70,14 @@ pub fn anchored(pattern: &str) -> bool {
 
 /// What an organization's settings say that is likely a mistake (start-up, `check-config`, and
 /// after a change through the CLI or the admin API): a username pattern that is searched, not
-/// matched whole; a loopback NAS-IP-Address sent to servers elsewhere.
-pub(crate) fn settings_warnings(
+/// matched whole; a loopback NAS-IP-Address sent to servers elsewhere; a `login_timeout`
+/// shorter than a server's `timeout`. `servers`: each server's name, address and timeout.
+pub(crate) fn settings_warnings<'a>(
     id: &str,
     username_pattern: &str,
     nas_ip: std::net::IpAddr,
-    mut server_addresses: impl Iterator<Item = std::net::IpAddr>,
+    login_timeout: std::time::Duration,
+    servers: impl Iterator<Item = (&'a str, std::net::IpAddr, std::time::Duration)> + Clone,
 ) -> Vec<String> {
     let mut warnings = Vec::new();
     // A regular expression is searched: without `^…$` a name that merely contains a match
@@ -87,10 +89,25 @@ pub(crate) fn settings_warnings(
     }
     // NAS-IP-Address names the portal to servers elsewhere (their client lists, ISE's session
     // directory, CoA): a loopback address says nothing there.
-    if nas_ip.is_loopback() && server_addresses.any(|address| !address.is_loopback()) {
+    if nas_ip.is_loopback()
+        && servers
+            .clone()
+            .any(|(_, address, _)| !address.is_loopback())
+    {
         warnings.push(format!(
             "organization `{id}`: nas_ip {nas_ip} is a loopback address but the RADIUS servers are elsewhere: set nas_ip to the address the servers see the portal at"
         ));
+    }
+    // A sign-in gives up before such a server's first timeout: its silence then is the
+    // sign-in's deadline, not the server's failure, and never opens its breaker.
+    for (name, _, timeout) in servers {
+        if login_timeout < timeout {
+            warnings.push(format!(
+                "organization `{id}`: login_timeout {} is shorter than server `{name}`'s timeout {}: sign-ins give up before it has had its timeout to answer, and a silent server is then found down only by accounting and its checks; make login_timeout at least the timeout",
+                crate::config::exact_duration(&login_timeout),
+                crate::config::exact_duration(&timeout),
+            ));
+        }
     }
     warnings
 }
@@ -102,7 +119,10 @@ impl Organization {
             &self.id,
             self.username_pattern.as_str(),
             self.nas.ip,
-            self.servers.iter().map(|s| s.auth_addr.ip()),
+            self.login_timeout,
+            self.servers
+                .iter()
+                .map(|s| (s.name.as_str(), s.auth_addr.ip(), s.timeout)),
         )
     }
 
@@ -1234,13 +1254,40 @@ mod tests {
     fn likely_mistakes_in_an_organizations_settings_are_said() {
         let loopback = "127.0.0.1".parse().unwrap();
         let elsewhere = "10.0.0.1".parse().unwrap();
-        let said = super::settings_warnings("acme", "[a-z]+", loopback, [elsewhere].into_iter());
+        let second = std::time::Duration::from_secs(1);
+        let said = super::settings_warnings(
+            "acme",
+            "[a-z]+",
+            loopback,
+            second * 10,
+            [("a", elsewhere, second * 3)].into_iter(),
+        );
         assert_eq!(said.len(), 2, "{said:?}");
         assert!(said[0].contains("`acme`") && said[0].contains("not anchored"));
         assert!(said[1].contains("nas_ip 127.0.0.1"));
         // Anchored, and servers on this host too: nothing to say.
-        let fine = super::settings_warnings("acme", "^[a-z]+$", loopback, [loopback].into_iter());
+        let fine = super::settings_warnings(
+            "acme",
+            "^[a-z]+$",
+            loopback,
+            second * 3,
+            [("a", loopback, second * 3)].into_iter(),
+        );
         assert!(fine.is_empty(), "{fine:?}");
+        // A sign-in that gives up before a server's timeout (tester V's D1: such a silence is
+        // the sign-in's deadline, not the server's failure).
+        let short = super::settings_warnings(
+            "acme",
+            "^[a-z]+$",
+            loopback,
+            second * 2,
+            [("a", loopback, second), ("b", loopback, second * 5)].into_iter(),
+        );
+        assert_eq!(short.len(), 1, "{short:?}");
+        assert!(
+            short[0].contains("login_timeout 2s is shorter than server `b`'s timeout 5s"),
+            "{short:?}"
+        );
     }
 
     #[test]

@@ -174,6 +174,15 @@ pub struct Exchange<'a> {
     pub end_when_unreachable: bool,
 }
 
+/// Whether an exchange that ended unanswered now gave its server less than its `timeout` (by a
+/// tenth: the deadline of an exchange of whole timeouts falls a moment before the last wait's
+/// end) since its first transmission went out at `first_sent`: its caller's deadline came
+/// first (a sign-in's Start that waited behind other packets for a send slot, black-box
+/// tester V's D1). Says nothing about the server.
+fn cut_short(first_sent: Option<Instant>, timeout: Duration) -> bool {
+    first_sent.is_some_and(|at| at.elapsed() < timeout.mul_f64(0.9))
+}
+
 fn new_socket(local: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
@@ -297,6 +306,9 @@ impl RadiusClient {
             });
         }
         let mut sent = false;
+        // When the first transmission went out: a server given less than its `timeout` since
+        // then, when the deadline ends the exchange, was cut short, not silent.
+        let mut first_sent: Option<Instant> = None;
         // For each transmission, the destination's refusals counted before it went out.
         let mut refused_before: Vec<u32> = Vec::new();
         for attempt in 0..=ex.retries {
@@ -310,6 +322,7 @@ impl RadiusClient {
             sent |= went;
             if went {
                 refused_before.push(before);
+                first_sent.get_or_insert_with(Instant::now);
             }
             let wait_until = (Instant::now() + ex.timeout).min(ex.deadline);
             match tokio::time::timeout_at(wait_until, &mut reply).await {
@@ -359,6 +372,7 @@ impl RadiusClient {
                 maybe_received: !every_one_refused,
             },
             (true, false, None, Some(why)) => RadiusError::UnverifiedReply(why),
+            (true, false, None, None) if cut_short(first_sent, ex.timeout) => RadiusError::CutShort,
             (true, false, None, None) => RadiusError::Timeout,
             (false, ..) => RadiusError::NotSent,
         })
@@ -973,6 +987,35 @@ mod tests {
         let mut header = vec![4, id, 0, 20];
         header.extend_from_slice(&authenticator);
         header
+    }
+
+    /// An exchange its deadline ends before the server had its `timeout` is cut short — the
+    /// caller's time ran out, not the server's, and its breaker is not told (black-box tester
+    /// V's D1) —; one that waited a whole timeout (the deadline a moment before its end, as an
+    /// exchange of whole timeouts has) is the server's silence.
+    #[tokio::test]
+    async fn an_exchange_its_deadline_cuts_short_is_no_silence_of_the_server() {
+        let client = RadiusClient::bind(Ipv4Addr::LOCALHOST).await.unwrap();
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let timeout = Duration::from_millis(400);
+        let exchange = |deadline| Exchange {
+            destination: silent.local_addr().unwrap(),
+            secret: b"secret",
+            timeout,
+            retries: 0,
+            deadline,
+            require_message_authenticator: false,
+            end_when_unreachable: false,
+        };
+        let build = |id| Ok((header(id, AUTHENTICATOR), AUTHENTICATOR));
+        let cut = client
+            .exchange(exchange(Instant::now() + timeout / 4), build)
+            .await;
+        assert!(matches!(cut, Err(RadiusError::CutShort)), "{cut:?}");
+        let whole = client
+            .exchange(exchange(Instant::now() + timeout), build)
+            .await;
+        assert!(matches!(whole, Err(RadiusError::Timeout)), "{whole:?}");
     }
 
     #[tokio::test]

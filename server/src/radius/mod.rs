@@ -94,6 +94,11 @@ pub enum RadiusError {
     /// server (not a breaker failure, not a transmission).
     #[error("no time left to send the RADIUS request")]
     NotSent,
+    /// No answer yet when the exchange's deadline came, before the server had had its
+    /// `timeout` since the request went out (the caller's time ran out, not the server's): a
+    /// transmission, but not a breaker failure nor a timeout in the metrics.
+    #[error("no reply from the RADIUS server before the request's deadline (it had less than its timeout to answer)")]
+    CutShort,
     /// Every server's circuit breaker is open: nothing was sent; they are being probed.
     #[error("every RADIUS server is down (circuit breakers open)")]
     AllServersDown,
@@ -559,6 +564,7 @@ impl Radius {
         let result = self.client.exchange(exchange, build).await;
         let outcome = match &result {
             Ok(_) => "answered",
+            Err(RadiusError::CutShort) => "cut_short",
             Err(RadiusError::UnsignedReply) => "unsigned",
             Err(e) if e.is_no_answer() => "timeout",
             Err(RadiusError::Unreachable { .. }) => "unreachable",
