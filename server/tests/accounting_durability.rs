@@ -858,9 +858,14 @@ struct UnderFaketime {
 
 impl UnderFaketime {
     async fn start(radius: &FreeRadius) -> UnderFaketime {
+        Self::start_with(radius, "").await
+    }
+
+    /// [`UnderFaketime::start`] with more keys of the organization.
+    async fn start_with(radius: &FreeRadius, org_keys: &str) -> UnderFaketime {
         let (dir, _db, base, config) = common::process_config(
             "[radius]\nbind = \"127.0.0.1\"\n",
-            "",
+            org_keys,
             (radius.strict_port, radius.acct_port),
             "",
         );
@@ -990,6 +995,56 @@ async fn a_clock_put_back_while_no_portal_ran_gives_no_session_more_time() {
             && said[0].contains("sessions=1"),
         "{said:#?}"
     );
+}
+
+/// The wall clock is put ten minutes back while no portal runs, with a session that has
+/// periodic Interim-Updates open: they go on in the new time line, each saying the session's
+/// real length, and the user's Disconnect sends its Stop at once with that length — before, the
+/// start queued an Interim-Update dated ten minutes ahead (read in the old time line just after
+/// the move), and the session's Stop waited behind it those ten minutes (black-box tester T's
+/// D1: an operator's terminate too).
+#[tokio::test]
+async fn a_clock_put_back_while_no_portal_ran_leaves_no_interim_update_ahead_of_the_stop() {
+    let radius = FreeRadius::start().await;
+    let mut under = UnderFaketime::start_with(&radius, "min_interim_interval = \"2s\"\n").await;
+    let browser = common::Browser::of(&under.base);
+    let page = browser.login("kate", "kate-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    let start = radius.wait_for_acct(&["status=Start", "user=kate"]).await;
+    let sid = format!("sid={} ", field(&start, "sid"));
+    radius.wait_for_acct(&["status=Interim-Update", &sid]).await;
+    under.restart_at("-600").await;
+    under.clock_lines().await;
+    // An Interim-Update of the new run (after the one before the restart).
+    let interims = || {
+        radius
+            .acct_lines()
+            .into_iter()
+            .filter(|l| l.contains("status=Interim-Update") && l.contains(&sid))
+            .collect::<Vec<_>>()
+    };
+    let before = interims().len();
+    common::wait_for(
+        "an Interim-Update after the restart",
+        Duration::from_secs(15),
+        || (interims().len() > before).then_some(()),
+    )
+    .await;
+    let page = browser.post_form("/api/disconnect", "/session", &[]).await;
+    assert!(page.body.contains("disconnected"), "{}", page.body);
+    let stop = radius.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&stop, "cause"), "User-Request");
+    let length: u64 = field(&stop, "session_time").parse().unwrap();
+    assert!(
+        length < 300,
+        "the session's real length, not the step's: {stop}\n{:#?}\n{}",
+        radius.acct_lines(),
+        std::fs::read_to_string(under.log()).unwrap_or_default()
+    );
+    for interim in interims() {
+        let at: u64 = field(&interim, "session_time").parse().unwrap();
+        assert!(at <= length, "no Interim-Update dated ahead: {interim}");
+    }
 }
 
 /// The wall clock is put ten minutes forward while no portal runs, with a session of a 30 s

@@ -84,6 +84,19 @@ static LINE: Mutex<i64> = Mutex::new(0);
 /// like any other).
 static FOUND_AT_START: AtomicI64 = AtomicI64::new(0);
 
+/// Held by a move of the stored times with a step (until the process follows the wall clock
+/// again) and by each expiry pass (its reading of the time and its writes): a pass never reads
+/// the time in one line and stops sessions or queues Interim-Updates against times moved to
+/// the other — one that did, woken by the move itself, queued an Interim-Update dated the
+/// step's size ahead, which held the session's Stop that long (black-box tester T's D1), and
+/// could have stopped sessions early. Other writes keep the smaller risk the module's doc says.
+static MOVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// [`MOVE`], for an expiry pass.
+pub async fn one_time_line() -> tokio::sync::MutexGuard<'static, ()> {
+    MOVE.lock().await
+}
+
 /// The database's total of moves ([`crate::storage::Storage::clock_moved_ms`]), at start-up.
 pub fn moved_so_far(total_ms: i64) {
     *LINE.lock().unwrap_or_else(|p| p.into_inner()) = total_ms;
@@ -235,12 +248,12 @@ pub fn hold_step_back(step_ms: i64) {
 
 impl AccessSessions {
     /// The wall clock stepped by `step_ms`: what is under way keeps the real time it had left
-    /// (where the stored times are this process's own), and the expiry and accounting look
-    /// again, open pages read their session again. True when the process may follow the wall
-    /// clock now (false: the stored times could not be moved, and stay in the old time line).
+    /// (where the stored times are this process's own). The sessions whose times moved when
+    /// the process may follow the wall clock now (None: the stored times could not be moved,
+    /// and stay in the old time line); once it does, [`Self::after_step`].
     /// `while_stopped`: the step was made while no portal ran, found at start-up by the lock
     /// file's mark.
-    pub async fn clock_stepped(&self, step_ms: i64, while_stopped: bool) -> bool {
+    async fn clock_stepped(&self, step_ms: i64, while_stopped: bool) -> Option<Vec<i64>> {
         match self.storage.shift_times(step_ms).await {
             Ok(Some(moved)) => {
                 if while_stopped {
@@ -250,23 +263,29 @@ impl AccessSessions {
                     tracing::warn!(step_ms, sessions = moved.len(),
                         "the system clock stepped: the open sessions' times and the accounting waiting moved with it, so each keeps the real time it had left (keep the clock synchronised: NTP)");
                 }
-                self.expiry_wake.due_at(i64::MIN);
-                self.accounting.wake();
-                for id in moved {
-                    self.events.publish(id);
-                }
-                true
+                Some(moved)
             }
             Ok(None) => {
                 tracing::warn!(step_ms,
                     "the system clock stepped: the replicas share the sessions' times, so they stay as stored — a replica whose clock is off ends sessions early or late and dates their accounting wrongly: keep every replica's clock synchronised (NTP)");
-                true
+                Some(Vec::new())
             }
             Err(e) => {
                 crate::throttled!(error, step_ms, error = %e,
                     "the system clock stepped, and the open sessions' times could not be moved with it yet: this process keeps its time line until they are (will retry)");
-                false
+                None
             }
+        }
+    }
+
+    /// Once the process follows the wall clock after a step: the expiry and accounting look
+    /// again (their waits were worked out by the clock before), open pages of the sessions
+    /// whose times `moved` read their session again.
+    fn after_step(&self, moved: Vec<i64>) {
+        self.expiry_wake.due_at(i64::MIN);
+        self.accounting.wake();
+        for id in moved {
+            self.events.publish(id);
         }
     }
 
@@ -289,16 +308,20 @@ impl AccessSessions {
                 tracing::warn!(step_ms = held,
                     "the system clock stepped forward: taken as time that passed (sessions whose time it covers end now); keep the clock synchronised (NTP)");
                 HELD.fetch_sub(held, Ordering::SeqCst);
-                // Their waits were worked out by the clock before.
-                self.expiry_wake.due_at(i64::MIN);
-                self.accounting.wake();
-            } else if held < 0 && self.clock_stepped(held, held == at_start).await {
-                FOUND_AT_START.store(0, Ordering::SeqCst);
-                let mut line = LINE.lock().unwrap_or_else(|p| p.into_inner());
-                HELD.fetch_sub(held, Ordering::SeqCst);
-                *line += held;
-                drop(line);
-                MOVED.notify_one();
+                self.after_step(Vec::new());
+            } else if held < 0 {
+                // No expiry pass between the move and the process following the clock.
+                let one_line = MOVE.lock().await;
+                if let Some(moved) = self.clock_stepped(held, held == at_start).await {
+                    FOUND_AT_START.store(0, Ordering::SeqCst);
+                    let mut line = LINE.lock().unwrap_or_else(|p| p.into_inner());
+                    HELD.fetch_sub(held, Ordering::SeqCst);
+                    *line += held;
+                    drop(line);
+                    drop(one_line);
+                    MOVED.notify_one();
+                    self.after_step(moved);
+                }
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,

@@ -140,6 +140,9 @@ impl Expiry {
             // From here until `next_look` is stored, every new deadline wakes the task.
             wake.next_look.store(i64::MAX, Ordering::SeqCst);
             let notified = wake.notify.notified();
+            // The time read and the pass's writes in one time line (no move of the stored
+            // times with a clock step between them).
+            let one_line = crate::access_session::clock_steps::one_time_line().await;
             let now = now_ms();
             let mut failed = false;
             // Passes fail alike while the database is away: a line per 5 s at most each.
@@ -157,6 +160,7 @@ impl Expiry {
                     tracing::error!(error = ?e, failures, similar_left_out = left_out, "queueing interim updates failed; retrying");
                 }
             }
+            drop(one_line);
             failures = if failed {
                 failures.saturating_add(1)
             } else {

@@ -791,6 +791,15 @@ impl SessionStore for SqliteStore {
                      WHERE delivered_at IS NULL AND dead_at IS NULL",
                 )?
                 .execute([delta_ms])?;
+                // What an open session's packets already said moves too: its Stop is never
+                // dated before them (`stop_in`), and one dated by a packet of the old time line
+                // said the step on top of its length (black-box tester T's D1).
+                c.prepare_cached(
+                    "UPDATE accounting_outbox SET event_at = event_at + ?1 \
+                     WHERE (delivered_at IS NOT NULL OR dead_at IS NOT NULL) AND access_session_id IN \
+                     (SELECT id FROM access_sessions WHERE state = 'active')",
+                )?
+                .execute([delta_ms])?;
                 // An operator's stop waiting is dated when it was asked for; a Disconnect-
                 // Request's answer is kept until its time.
                 c.prepare_cached(
