@@ -10,8 +10,9 @@
 //!   meanwhile by something else (its user's Disconnect, its expiry) → Disconnect-NAK with
 //!   Error-Cause 503 (Session-Context-Not-Found).
 //! - CoA-Request: Disconnect-NAK's sibling CoA-NAK, Error-Cause 406 (Unsupported-Extension, RFC
-//!   5176 §3.5: the NAS does not support CoA; 405 would point at a Service-Type the request may
-//!   not even carry) — the portal has nothing to change a session with yet. The guard decides
+//!   5176 §3.5: the NAS does not support CoA) — or 405 (Unsupported-Service) for one that
+//!   carries a Service-Type ("Authorize Only", §3.2), its State sent back (§3.3) — the portal
+//!   has nothing to change a session with yet. The guard decides
 //!   first: a disabled organization's session is NAKed (Error-Cause 503 is not given for it,
 //!   406 is).
 //! - A retransmitted request (same source address and Request Authenticator — which covers
@@ -64,6 +65,13 @@ fn reply_to(request: &Packet, code: Code, cause: Option<u32>) -> Packet {
     for state in request.get_all(attr::PROXY_STATE) {
         p.push(attr::PROXY_STATE, state);
     }
+    // A CoA-Request's State goes back unmodified in its ACK or NAK (RFC 5176 §3.3; a code
+    // review): the server ties the answer to the authorization it asked about by it.
+    if matches!(code, Code::CoAACK | Code::CoANAK) {
+        if let Some(state) = request.get(attr::STATE) {
+            p.push(attr::STATE, state);
+        }
+    }
     p
 }
 
@@ -82,6 +90,9 @@ const MAX_IN_PROGRESS: usize = 256;
 const RESOURCES_UNAVAILABLE: u32 = 506;
 /// Error-Cause 406: Unsupported-Extension (CoA is not supported).
 const UNSUPPORTED_EXTENSION: u32 = 406;
+/// Error-Cause 405: Unsupported-Service (a CoA-Request's Service-Type, "Authorize Only": RFC
+/// 5176 §3.2 says a NAS that does not support it answers so).
+const UNSUPPORTED_SERVICE: u32 = 405;
 /// Error-Cause 503: Session-Context-Not-Found.
 const SESSION_CONTEXT_NOT_FOUND: u32 = 503;
 /// Error-Cause 402: Missing-Attribute (no session identification attribute).
@@ -609,9 +620,10 @@ impl DynAuthListener {
         // Another NAS only when the one named is none of the portal's: a request naming one of
         // its organizations' NAS identities and a session that organization does not have is
         // for no session, whatever sessions the name has in other organizations (black-box
-        // tester S's D1: the answer depended on them).
+        // tester S's D1: the answer depended on them). One naming no NAS of the portal is for
+        // another NAS whether or not a session matches the rest (RFC 5176 §3.5; a code review).
         if found.is_empty()
-            && !candidates.is_empty()
+            && identification.names_a_nas()
             && !self
                 .sessions
                 .names_a_nas_of(|nas| identification.names_nas(nas), may_act_on)
@@ -638,7 +650,14 @@ impl DynAuthListener {
                 disabled,
                 "CoA-Request refused: changing a session is not supported"
             );
-            return reply(nak, Some(UNSUPPORTED_EXTENSION));
+            // One asking for a service (Service-Type: "Authorize Only") is told that service is
+            // not supported (RFC 5176 §3.2; a code review), others that CoA is not.
+            let cause = if request.get(attr::SERVICE_TYPE).is_some() {
+                UNSUPPORTED_SERVICE
+            } else {
+                UNSUPPORTED_EXTENSION
+            };
+            return reply(nak, Some(cause));
         }
         let actor = format!("dynauth:{client}");
         let mut ended = 0;
@@ -797,6 +816,11 @@ impl Identification {
     pub fn has_malformed_address(&self) -> bool {
         self.client_ips.iter().any(|ip| ip == MALFORMED)
             || self.nas_ips.iter().any(|ip| ip.is_unspecified())
+    }
+
+    /// Whether the request gives a NAS attribute (NAS-IP-Address, NAS-Identifier).
+    pub fn names_a_nas(&self) -> bool {
+        !self.nas_ips.is_empty() || !self.nas_identifiers.is_empty()
     }
 
     /// Whether the NAS attributes the request gives (if any) are `nas`'s.

@@ -224,6 +224,20 @@ async fn unknown_sessions_coa_and_forged_requests_are_refused() {
     .await;
     assert!(out.contains("Received CoA-NAK"), "{out}");
     assert!(out.contains("Unsupported-Extension"), "{out}");
+    // "Authorize Only" is a service not supported (405), its State sent back (RFC 5176 §3.2,
+    // §3.3; a code review).
+    let out = radclient_async(
+        listener,
+        "coa",
+        SECRET,
+        &format!(
+            "Acct-Session-Id = \"{sid}\"\nService-Type = Authorize-Only\nState = 0x01020304\n"
+        ),
+    )
+    .await;
+    assert!(out.contains("Received CoA-NAK"), "{out}");
+    assert!(out.contains("Unsupported-Service"), "{out}");
+    assert!(out.contains("State = 0x01020304"), "{out}");
 
     let out = radclient_async(
         listener,
@@ -721,6 +735,15 @@ async fn a_request_naming_another_organizations_nas_finds_no_session_there() {
         "disconnect",
         SECRET,
         "User-Name = \"carol\"\nNAS-Identifier = \"no-such-nas\"\n",
+    )
+    .await;
+    assert!(out.contains("NAS-Identification-Mismatch"), "{out}");
+    // Another NAS whether or not a session matches the rest (RFC 5176 §3.5; a code review).
+    let out = radclient_async(
+        listener,
+        "disconnect",
+        SECRET,
+        "User-Name = \"nobody-here\"\nNAS-Identifier = \"no-such-nas\"\n",
     )
     .await;
     assert!(out.contains("NAS-Identification-Mismatch"), "{out}");

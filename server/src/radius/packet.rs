@@ -29,6 +29,7 @@ pub mod attr {
     pub const USER_PASSWORD: u8 = rfc2865::USER_PASSWORD_TYPE;
     pub const NAS_IP_ADDRESS: u8 = rfc2865::NAS_IP_ADDRESS_TYPE;
     pub const SERVICE_TYPE: u8 = rfc2865::SERVICE_TYPE_TYPE;
+    pub const STATE: u8 = rfc2865::STATE_TYPE;
     pub const FRAMED_IP_ADDRESS: u8 = rfc2865::FRAMED_IP_ADDRESS_TYPE;
     pub const REPLY_MESSAGE: u8 = rfc2865::REPLY_MESSAGE_TYPE;
     pub const CLASS: u8 = rfc2865::CLASS_TYPE;
