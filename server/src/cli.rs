@@ -643,6 +643,11 @@ async fn check_against_database(
             // Checked as this user: run as another than the portal's, it may not hold there.
             bail!("`serve`, run as this user, would refuse to start: {problem}");
         }
+        if let Some(problem) = crate::storage::sqlite::space_problem(path) {
+            warn_of(&format!(
+                "{problem} — `serve` may not start there, and a portal serving it refuses every change"
+            ));
+        }
     }
     if crate::operator::no_database_yet(settings) {
         say!("# database: none at {location} yet (created at the first start): nothing to check against it");

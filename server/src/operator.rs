@@ -555,8 +555,9 @@ pub(crate) async fn open(settings: &Settings) -> anyhow::Result<Storage> {
         .await
         .with_context(|| {
             format!(
-                "while opening the database {}",
-                settings.database.location()
+                "while opening the database {}{}",
+                settings.database.location(),
+                crate::storage::sqlite::full_disk_note(&settings.database)
             )
         })
 }

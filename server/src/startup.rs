@@ -445,8 +445,9 @@ impl Application {
             .await
             .with_context(|| {
                 format!(
-                    "while opening the database {}",
-                    settings.database.location()
+                    "while opening the database {}{}",
+                    settings.database.location(),
+                    crate::storage::sqlite::full_disk_note(&settings.database)
                 )
             })?;
         // A database older than the one last served here (a backup put back): said, loudly;

@@ -266,7 +266,7 @@ impl FileWatch {
         let next = match (&lost.saved, lost.gone) {
             (Some(copy), Gone::Database) => format!("what it held is saved in {copy}: stop the portal, remove {path} (and its -wal and -shm files) if there, move {copy} to {path}, and start it again"),
             (Some(_), Gone::Wal) => "its pages are in the database file now: restart the portal".to_string(),
-            (None, _) => "saving what it held has not succeeded yet (tried again every quarter second): do not stop the portal".to_string(),
+            (None, _) => "saving what it held has not succeeded yet (tried again after a quarter second, waiting twice as long after each failure, up to 5 s): do not stop the portal".to_string(),
         };
         Some(format!(
             "{what}; {next}; until then every change is refused"

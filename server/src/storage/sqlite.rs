@@ -404,6 +404,41 @@ fn read_only_file(path: &Path) -> String {
     )
 }
 
+/// Space at most left on the file system of a database said to be full ([`space_problem`]).
+const NEARLY_FULL_BYTES: u64 = 64 * 1024;
+
+/// Whether the file system holding the SQLite database at `path` (its directory, or the
+/// nearest that exists) is full: SQLite then says only "disk I/O error" at the start
+/// (black-box tester T's D2), an operator reading failing hardware.
+pub(crate) fn space_problem(path: &Path) -> Option<String> {
+    space_below(path, NEARLY_FULL_BYTES)
+}
+
+/// [`space_problem`] with a file system said full below `least` bytes left.
+fn space_below(path: &Path, least: u64) -> Option<String> {
+    let dir = std::path::absolute(path).ok()?;
+    let existing = dir.ancestors().skip(1).find(|a| a.is_dir())?;
+    let stats = nix::sys::statvfs::statvfs(existing).ok()?;
+    let free = stats
+        .blocks_available()
+        .saturating_mul(stats.fragment_size());
+    (free < least).then(|| {
+        format!(
+            "the file system holding {} is full ({free} bytes left for this user): free space there, or put the database elsewhere",
+            existing.display()
+        )
+    })
+}
+
+/// [`space_problem`] of a SQLite database, as a note to the error of opening it (`" (…)"`; empty
+/// when there is none, or the database is PostgreSQL).
+pub(crate) fn full_disk_note(database: &crate::config::DatabaseSettings) -> String {
+    if database.url.is_some() {
+        return String::new();
+    }
+    space_problem(&database.path).map_or_else(String::new, |problem| format!(" ({problem})"))
+}
+
 /// What keeps this process from writing the SQLite database at `path` as `serve` does, looked
 /// at without writing anything of the database's (as this process's effective user): the file
 /// and its -wal and -shm files where they exist, and — when one of those is still to be made —
@@ -2252,4 +2287,21 @@ fn enqueue(
         cause
     ])?;
     Ok(c.last_insert_rowid())
+}
+
+#[cfg(test)]
+mod tests {
+    /// A file system with less left than asked for is said full, naming the directory that
+    /// holds (or would hold) the database; this one has room.
+    #[test]
+    fn a_full_file_system_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not-yet").join("portal.db");
+        assert_eq!(super::space_problem(&path), None);
+        let said = super::space_below(&path, u64::MAX).expect("said full");
+        assert!(
+            said.contains(&format!("{} is full", dir.path().display())),
+            "{said}"
+        );
+    }
 }
