@@ -10,8 +10,8 @@
 //!   meanwhile by something else (its user's Disconnect, its expiry) → Disconnect-NAK with
 //!   Error-Cause 503 (Session-Context-Not-Found).
 //! - CoA-Request: Disconnect-NAK's sibling CoA-NAK, Error-Cause 406 (Unsupported-Extension, RFC
-//!   5176 §3.5: the NAS does not support CoA) — or 405 (Unsupported-Service) for one that
-//!   carries a Service-Type ("Authorize Only", §3.2), its State sent back (§3.3) — the portal
+//!   5176 §3.5: the NAS does not support CoA) — or 405 (Unsupported-Service) for one whose
+//!   Service-Type is "Authorize Only" (§3.2), its State sent back (§3.3) — the portal
 //!   has nothing to change a session with yet. The guard decides
 //!   first: a disabled organization's session is NAKed (Error-Cause 503 is not given for it,
 //!   406 is).
@@ -93,6 +93,8 @@ const UNSUPPORTED_EXTENSION: u32 = 406;
 /// Error-Cause 405: Unsupported-Service (a CoA-Request's Service-Type, "Authorize Only": RFC
 /// 5176 §3.2 says a NAS that does not support it answers so).
 const UNSUPPORTED_SERVICE: u32 = 405;
+/// Service-Type "Authorize Only" (RFC 3576).
+const AUTHORIZE_ONLY: u32 = 17;
 /// Error-Cause 503: Session-Context-Not-Found.
 const SESSION_CONTEXT_NOT_FOUND: u32 = 503;
 /// Error-Cause 402: Missing-Attribute (no session identification attribute).
@@ -652,7 +654,7 @@ impl DynAuthListener {
             );
             // One asking for a service (Service-Type: "Authorize Only") is told that service is
             // not supported (RFC 5176 §3.2; a code review), others that CoA is not.
-            let cause = if request.get(attr::SERVICE_TYPE).is_some() {
+            let cause = if request.get_u32(attr::SERVICE_TYPE) == Some(AUTHORIZE_ONLY) {
                 UNSUPPORTED_SERVICE
             } else {
                 UNSUPPORTED_EXTENSION

@@ -897,7 +897,7 @@ async fn more_than_256_requests_in_flight_to_one_server_all_complete_over_more_s
             };
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             radius
-                .account(&endpoint, &nas, &record, deadline, true)
+                .account(&endpoint, &nas, &record, deadline, (true, false))
                 .await
         });
     }

@@ -618,10 +618,6 @@ async fn slow_clients_are_cut_off_and_connections_per_client_are_capped() {
     app.stop().await;
 }
 
-/// Pages are answered whole (their length is known; no chunked stream), each with a fresh
-/// nonce in its Content-Security-Policy that every script of the page carries, and with the
-/// security headers; a path that is neither a page nor a file gets the not-found page (404)
-/// the same way.
 /// One signed-in browser opening live stream after stream (a code review's M1: each held a
 /// connection for as long as the session runs, until none was left for anyone's pages) holds
 /// at most `STREAMS_PER_SESSION`: the next is refused (429, its page polls instead), another
@@ -679,6 +675,10 @@ async fn one_session_holds_a_bounded_number_of_live_streams() {
     app.stop().await;
 }
 
+/// Pages are answered whole (their length is known; no chunked stream), each with a fresh
+/// nonce in its Content-Security-Policy that every script of the page carries, and with the
+/// security headers; a path that is neither a page nor a file gets the not-found page (404)
+/// the same way.
 #[tokio::test]
 async fn pages_are_whole_with_their_csp_nonce_and_unknown_paths_get_the_not_found_page() {
     let (_radius, app, _dir) = portal_with_one_server().await;

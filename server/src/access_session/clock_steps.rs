@@ -92,9 +92,15 @@ static FOUND_AT_START: AtomicI64 = AtomicI64::new(0);
 /// could have stopped sessions early. Other writes keep the smaller risk the module's doc says.
 static MOVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// [`MOVE`], for an expiry pass.
-pub async fn one_time_line() -> tokio::sync::MutexGuard<'static, ()> {
-    MOVE.lock().await
+/// [`MOVE`], for an expiry pass on a store whose times move with the clock (`moves`: SQLite;
+/// on PostgreSQL nothing moves, and a pass held up by a database away would only hold the
+/// process in the old time line).
+pub async fn one_time_line(moves: bool) -> Option<tokio::sync::MutexGuard<'static, ()>> {
+    if moves {
+        Some(MOVE.lock().await)
+    } else {
+        None
+    }
 }
 
 /// The database's total of moves ([`crate::storage::Storage::clock_moved_ms`]), at start-up.
@@ -311,7 +317,7 @@ impl AccessSessions {
                 self.after_step(Vec::new());
             } else if held < 0 {
                 // No expiry pass between the move and the process following the clock.
-                let one_line = MOVE.lock().await;
+                let one_line = one_time_line(self.storage.moves_times_with_the_clock()).await;
                 if let Some(moved) = self.clock_stepped(held, held == at_start).await {
                     FOUND_AT_START.store(0, Ordering::SeqCst);
                     let mut line = LINE.lock().unwrap_or_else(|p| p.into_inner());

@@ -142,7 +142,10 @@ impl Expiry {
             let notified = wake.notify.notified();
             // The time read and the pass's writes in one time line (no move of the stored
             // times with a clock step between them).
-            let one_line = crate::access_session::clock_steps::one_time_line().await;
+            let one_line = crate::access_session::clock_steps::one_time_line(
+                self.storage.moves_times_with_the_clock(),
+            )
+            .await;
             let now = now_ms();
             let mut failed = false;
             // Passes fail alike while the database is away: a line per 5 s at most each.

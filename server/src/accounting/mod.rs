@@ -664,6 +664,7 @@ impl Accounting {
 
     /// Takes every send slot of `destination` until the permit is dropped: its window full, as
     /// under a burst (tests). None once the window is gone (never, while the process runs).
+    #[doc(hidden)]
     pub async fn fill_send_window(
         &self,
         destination: SocketAddr,
@@ -1514,9 +1515,9 @@ impl Accounting {
         // left of the sign-in's time (black-box tester V's D1: a Start given half a timeout
         // failed against a server that answers every packet). The caller's deadline bounds
         // the wait for the slot (above), and whatever else a delivery waited on does.
-        let deadline = match deadline {
-            Some(d) if !is_start => d.min(own_deadline),
-            _ => own_deadline,
+        let (deadline, cut_by_caller) = match deadline {
+            Some(d) if !is_start => (d.min(own_deadline), d < own_deadline),
+            _ => (own_deadline, false),
         };
         match self
             .radius
@@ -1525,7 +1526,7 @@ impl Accounting {
                 session.nas_or(&org.nas),
                 &record,
                 deadline,
-                end_when_unreachable,
+                (end_when_unreachable, cut_by_caller),
             )
             .await
         {

@@ -98,12 +98,12 @@ pub(crate) fn settings_warnings<'a>(
             "organization `{id}`: nas_ip {nas_ip} is a loopback address but the RADIUS servers are elsewhere: set nas_ip to the address the servers see the portal at"
         ));
     }
-    // A sign-in gives up before such a server's first timeout: its silence then is the
-    // sign-in's deadline, not the server's failure, and never opens its breaker.
+    // A sign-in gives up before such a server's first timeout: an answer slower than that is
+    // never waited for, nor a retransmission made.
     for (name, _, timeout) in servers {
         if login_timeout < timeout {
             warnings.push(format!(
-                "organization `{id}`: login_timeout {} is shorter than server `{name}`'s timeout {}: sign-ins give up before it has had its timeout to answer, and a silent server is then found down only by accounting and its checks; make login_timeout at least the timeout",
+                "organization `{id}`: login_timeout {} is shorter than server `{name}`'s timeout {}: a sign-in gives up before that server has had its timeout to answer (a slower answer is never waited for, and no request sent again); make login_timeout at least the timeout",
                 crate::config::exact_duration(&login_timeout),
                 crate::config::exact_duration(&timeout),
             ));

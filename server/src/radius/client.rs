@@ -172,6 +172,10 @@ pub struct Exchange<'a> {
     /// again later anyway. False: keep retransmitting until the deadline (a lone server
     /// restarting answers the retransmission).
     pub end_when_unreachable: bool,
+    /// `deadline` is a caller's, which may end the exchange before the server has had its
+    /// `timeout`: an exchange it ends so is [`RadiusError::CutShort`], not the server's silence.
+    /// False: the deadline is the exchange's own (whole timeouts), whatever it cuts is silence.
+    pub callers_deadline: bool,
 }
 
 /// Whether an exchange that ended unanswered now gave its server less than its `timeout` (by a
@@ -372,7 +376,11 @@ impl RadiusClient {
                 maybe_received: !every_one_refused,
             },
             (true, false, None, Some(why)) => RadiusError::UnverifiedReply(why),
-            (true, false, None, None) if cut_short(first_sent, ex.timeout) => RadiusError::CutShort,
+            (true, false, None, None)
+                if ex.callers_deadline && cut_short(first_sent, ex.timeout) =>
+            {
+                RadiusError::CutShort
+            }
             (true, false, None, None) => RadiusError::Timeout,
             (false, ..) => RadiusError::NotSent,
         })
@@ -989,10 +997,10 @@ mod tests {
         header
     }
 
-    /// An exchange its deadline ends before the server had its `timeout` is cut short — the
-    /// caller's time ran out, not the server's, and its breaker is not told (black-box tester
-    /// V's D1) —; one that waited a whole timeout (the deadline a moment before its end, as an
-    /// exchange of whole timeouts has) is the server's silence.
+    /// An exchange a caller's deadline ends before the server had its `timeout` is cut short —
+    /// the caller's time ran out, not the server's, and its breaker is not told (black-box
+    /// tester V's D1) —; one that waited a whole timeout, or whose deadline is its own, is the
+    /// server's silence.
     #[tokio::test]
     async fn an_exchange_its_deadline_cuts_short_is_no_silence_of_the_server() {
         let client = RadiusClient::bind(Ipv4Addr::LOCALHOST).await.unwrap();
@@ -1006,6 +1014,7 @@ mod tests {
             deadline,
             require_message_authenticator: false,
             end_when_unreachable: false,
+            callers_deadline: true,
         };
         let build = |id| Ok((header(id, AUTHENTICATOR), AUTHENTICATOR));
         let cut = client
@@ -1016,6 +1025,17 @@ mod tests {
             .exchange(exchange(Instant::now() + timeout), build)
             .await;
         assert!(matches!(whole, Err(RadiusError::Timeout)), "{whole:?}");
+        // A deadline that is the exchange's own cuts nothing short (a send made late).
+        let own = client
+            .exchange(
+                Exchange {
+                    callers_deadline: false,
+                    ..exchange(Instant::now() + timeout / 4)
+                },
+                build,
+            )
+            .await;
+        assert!(matches!(own, Err(RadiusError::Timeout)), "{own:?}");
     }
 
     #[tokio::test]

@@ -94,9 +94,11 @@ pub enum RadiusError {
     /// server (not a breaker failure, not a transmission).
     #[error("no time left to send the RADIUS request")]
     NotSent,
-    /// No answer yet when the exchange's deadline came, before the server had had its
-    /// `timeout` since the request went out (the caller's time ran out, not the server's): a
-    /// transmission, but not a breaker failure nor a timeout in the metrics.
+    /// No answer yet when a caller's deadline (a user waiting on a Stop) ended the exchange,
+    /// before the server had had its `timeout` since the request went out (the caller's time
+    /// ran out, not the server's): a transmission, but not a breaker failure nor a timeout in
+    /// the metrics. Sign-ins' Access-Requests never end so: a share of a sign-in's time given up
+    /// on is the server's silence.
     #[error("no reply from the RADIUS server before the request's deadline (it had less than its timeout to answer)")]
     CutShort,
     /// Every server's circuit breaker is open: nothing was sent; they are being probed.
@@ -547,7 +549,7 @@ impl Radius {
         server: &ServerEndpoint,
         port: Port,
         deadline: Instant,
-        (require_message_authenticator, end_when_unreachable): (bool, bool),
+        (require_message_authenticator, end_when_unreachable, callers_deadline): (bool, bool, bool),
         build: impl FnOnce(u8) -> Result<(Vec<u8>, [u8; 16]), RadiusError>,
     ) -> Result<Reply, RadiusError> {
         let destination = health::address(server, port);
@@ -559,6 +561,7 @@ impl Radius {
             deadline,
             require_message_authenticator,
             end_when_unreachable,
+            callers_deadline,
         };
         let started = std::time::Instant::now();
         let result = self.client.exchange(exchange, build).await;
@@ -670,9 +673,13 @@ impl Radius {
                         server,
                         Port::Auth,
                         server_deadline,
+                        // A sign-in's share of its deadline, given up on: the server's
+                        // silence, for its breaker and failover, as before (a code review: a
+                        // silent server a short `login_timeout` always cut was never left).
                         (
                             self.requires_message_authenticator(server),
                             end_when_unreachable,
+                            false,
                         ),
                         |id| {
                             let authenticator = random_authenticator();
@@ -765,7 +772,7 @@ impl Radius {
         nas: &NasIdentity,
         record: &AccountingRecord,
         deadline: Instant,
-        end_when_unreachable: bool,
+        (end_when_unreachable, callers_deadline): (bool, bool),
     ) -> Result<(), RadiusError> {
         let secret = server.secret.expose().as_bytes();
         // Accounting-Responses rarely carry Message-Authenticator; the Response Authenticator
@@ -775,7 +782,7 @@ impl Radius {
                 server,
                 Port::Acct,
                 deadline,
-                (false, end_when_unreachable),
+                (false, end_when_unreachable, callers_deadline),
                 |id| encode_accounting(id, nas, record, secret),
             )
             .await?;
@@ -820,6 +827,7 @@ impl Radius {
             require_message_authenticator,
             // A probe is made again anyway; `radius test` says at once.
             end_when_unreachable: true,
+            callers_deadline: false,
         };
         self.client
             .exchange(exchange, |id| {

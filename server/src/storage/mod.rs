@@ -688,6 +688,12 @@ impl Storage {
         }
     }
 
+    /// Whether a step of the clock moves the stored times ([`SessionStore::shift_times`]):
+    /// SQLite's, this process's own; PostgreSQL's are the replicas' shared ones.
+    pub fn moves_times_with_the_clock(&self) -> bool {
+        matches!(self.backend, Backend::Sqlite(_))
+    }
+
     /// Which backend: `sqlite` or `postgres` (logs, `/readyz` text).
     pub fn backend_name(&self) -> &'static str {
         match &self.backend {
