@@ -334,6 +334,40 @@ async fn an_acknowledgement_recorded_late_is_not_sent_again() {
     app.stop().await;
 }
 
+/// A FreeRADIUS whose accounting answers pass a relay that holds each until `release` (`held`
+/// is told of each), and its server's settings (accounting through the relay, `timeout`), with
+/// a database path.
+struct HeldAccounting {
+    radius: FreeRadius,
+    held: std::sync::Arc<tokio::sync::Notify>,
+    release: std::sync::Arc<tokio::sync::Notify>,
+    server: radius_portal::config::ServerSettings,
+    _dir: tempfile::TempDir,
+    db: std::path::PathBuf,
+}
+
+impl HeldAccounting {
+    async fn start(timeout: Duration) -> HeldAccounting {
+        let radius = FreeRadius::start().await;
+        let held = std::sync::Arc::new(tokio::sync::Notify::new());
+        let release = std::sync::Arc::new(tokio::sync::Notify::new());
+        let acct = std::net::SocketAddr::from(([127, 0, 0, 1], radius.acct_port));
+        let relay = common::holding_relay(acct, held.clone(), release.clone()).await;
+        let (_dir, db) = temp_db();
+        let mut server = radius.server_settings("primary", true);
+        server.acct_port = relay.port();
+        server.timeout = timeout;
+        HeldAccounting {
+            radius,
+            held,
+            release,
+            server,
+            _dir,
+            db,
+        }
+    }
+}
+
 /// An operator's Stop made while the session's Start is still on its way (the login waits for
 /// its acknowledgement) is queued behind it, and goes out as soon as the Start is acknowledged:
 /// before, the delivery loop slept until its next timer (up to 30 s on SQLite), and a
@@ -341,17 +375,14 @@ async fn an_acknowledgement_recorded_late_is_not_sent_again() {
 #[tokio::test]
 async fn a_stop_queued_behind_a_start_in_flight_follows_its_acknowledgement() {
     use std::sync::Arc;
-    let radius = FreeRadius::start().await;
-    let (held, release) = (
-        Arc::new(tokio::sync::Notify::new()),
-        Arc::new(tokio::sync::Notify::new()),
-    );
-    let acct = std::net::SocketAddr::from(([127, 0, 0, 1], radius.acct_port));
-    let relay = common::holding_relay(acct, held.clone(), release.clone()).await;
-    let (_dir, db) = temp_db();
-    let mut server = radius.server_settings("primary", true);
-    server.acct_port = relay.port();
-    server.timeout = Duration::from_secs(5);
+    let HeldAccounting {
+        radius,
+        held,
+        release,
+        server,
+        db,
+        _dir,
+    } = HeldAccounting::start(Duration::from_secs(5)).await;
     let app = Arc::new(TestApp::spawn(&settings(&db, vec![server])).await);
     let client = std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 6, 1));
 
@@ -391,17 +422,15 @@ async fn a_stop_queued_behind_a_start_in_flight_follows_its_acknowledgement() {
 #[tokio::test]
 async fn a_start_that_waited_for_a_send_slot_has_a_whole_exchange() {
     use std::sync::Arc;
-    let radius = FreeRadius::start().await;
-    let (held, release) = (
-        Arc::new(tokio::sync::Notify::new()),
-        Arc::new(tokio::sync::Notify::new()),
-    );
-    let acct = std::net::SocketAddr::from(([127, 0, 0, 1], radius.acct_port));
-    let relay = common::holding_relay(acct, held.clone(), release.clone()).await;
-    let (_dir, db) = temp_db();
-    let mut server = radius.server_settings("primary", true);
-    server.acct_port = relay.port();
-    server.timeout = Duration::from_secs(4);
+    let HeldAccounting {
+        radius,
+        held,
+        release,
+        mut server,
+        db,
+        _dir,
+    } = HeldAccounting::start(Duration::from_secs(4)).await;
+    let relay = std::net::SocketAddr::from(([127, 0, 0, 1], server.acct_port));
     server.retries = 0;
     let mut config = settings(&db, vec![server]);
     config.organizations[0].login_timeout = Duration::from_secs(1);

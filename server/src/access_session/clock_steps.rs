@@ -84,8 +84,9 @@ static LINE: Mutex<i64> = Mutex::new(0);
 /// like any other).
 static FOUND_AT_START: AtomicI64 = AtomicI64::new(0);
 
-/// Held by a move of the stored times with a step (until the process follows the wall clock
-/// again) and by each expiry pass (its reading of the time and its writes): a pass never reads
+/// On SQLite (where stored times move with the clock), held by a move of the stored times
+/// with a step (until the process follows the wall clock again) and by each expiry pass (its
+/// reading of the time and its writes): a pass never reads
 /// the time in one line and stops sessions or queues Interim-Updates against times moved to
 /// the other — one that did, woken by the move itself, queued an Interim-Update dated the
 /// step's size ahead, which held the session's Stop that long (black-box tester T's D1), and

@@ -1515,8 +1515,14 @@ impl Accounting {
         // left of the sign-in's time (black-box tester V's D1: a Start given half a timeout
         // failed against a server that answers every packet). The caller's deadline bounds
         // the wait for the slot (above), and whatever else a delivery waited on does.
+        // Cut by the caller: its deadline comes before the exchange's own by more than the
+        // moments between working the two out (a copy's deadline is an exchange, read before
+        // its claim's writes).
         let (deadline, cut_by_caller) = match deadline {
-            Some(d) if !is_start => (d.min(own_deadline), d < own_deadline),
+            Some(d) if !is_start => (
+                d.min(own_deadline),
+                own_deadline.saturating_duration_since(d) > server.timeout / 10,
+            ),
             _ => (own_deadline, false),
         };
         match self

@@ -103,7 +103,7 @@ pub(crate) fn settings_warnings<'a>(
     for (name, _, timeout) in servers {
         if login_timeout < timeout {
             warnings.push(format!(
-                "organization `{id}`: login_timeout {} is shorter than server `{name}`'s timeout {}: a sign-in gives up before that server has had its timeout to answer (a slower answer is never waited for, and no request sent again); make login_timeout at least the timeout",
+                "organization `{id}`: login_timeout {} is shorter than server `{name}`'s timeout {}: a sign-in gives up before that server has had its timeout to answer (a slower answer is never waited for, no request is sent again, and its silence until then counts against it: its circuit breaker opens); make login_timeout at least the timeout",
                 crate::config::exact_duration(&login_timeout),
                 crate::config::exact_duration(&timeout),
             ));

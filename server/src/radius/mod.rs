@@ -94,11 +94,12 @@ pub enum RadiusError {
     /// server (not a breaker failure, not a transmission).
     #[error("no time left to send the RADIUS request")]
     NotSent,
-    /// No answer yet when a caller's deadline (a user waiting on a Stop) ended the exchange,
-    /// before the server had had its `timeout` since the request went out (the caller's time
-    /// ran out, not the server's): a transmission, but not a breaker failure nor a timeout in
-    /// the metrics. Sign-ins' Access-Requests never end so: a share of a sign-in's time given up
-    /// on is the server's silence.
+    /// No answer yet when a caller's deadline (a sign-in waiting for a replaced session's Stop
+    /// or its copies) ended an accounting exchange before the server had had its `timeout`
+    /// since the request went out (the caller's time ran out, not the server's): a
+    /// transmission, but not a breaker failure nor a timeout in the metrics; the packet is sent
+    /// again in the background, with a whole exchange. Sign-ins' Access-Requests never end so:
+    /// a share of a sign-in's time given up on is the server's silence.
     #[error("no reply from the RADIUS server before the request's deadline (it had less than its timeout to answer)")]
     CutShort,
     /// Every server's circuit breaker is open: nothing was sent; they are being probed.
