@@ -379,6 +379,15 @@ pub async fn run() -> anyhow::Result<()> {
                             .map(|s| (s.name.as_str(), s.address, s.timeout)),
                     )
                 }))
+                // Those stored only in the database (created at run time) likewise, as
+                // `serve` says them (black-box tester W's D2: the file's alone were).
+                .chain(
+                    merged
+                        .iter()
+                        .flat_map(|all| all.all())
+                        .filter(|org| settings.organizations.iter().all(|f| f.id != org.id))
+                        .flat_map(|org| org.warnings()),
+                )
                 // Among the file's organizations and those stored only in the database
                 // (created at run time), as `serve` logs them.
                 .chain(

@@ -1737,6 +1737,15 @@ secret = "not-the-same-secret"
     let stderr = check();
     let said = "warning: organizations `eta`, `theta` send accounting to 127.0.0.9:1813 as one NAS";
     assert!(stderr.contains(said), "{said:?} in {stderr}");
+    // One whose settings look mistaken (a sign-in giving up before its server's timeout): said
+    // as for the file's (black-box tester W's D2: only the file's were).
+    create(
+        "iota.toml",
+        "id = \"iota\"\nname = \"Iota\"\nnas_identifier = \"iota\"\nlogin_timeout = \"2s\"\n[[servers]]\nname = \"i1\"\naddress = \"127.0.0.10\"\nsecret = \"iota-secret\"\ntimeout = \"5s\"\n",
+    );
+    let stderr = check();
+    let said = "warning: organization `iota`: login_timeout 2s is shorter than server `i1`'s timeout 5s";
+    assert!(stderr.contains(said), "{said:?} in {stderr}");
 }
 
 /// A disable the configuration file undoes at the portal's next start (its `enabled = true` is

@@ -1456,6 +1456,11 @@ impl Accounting {
                 // The semaphore is never closed, so acquiring cannot fail.
                 Ok(slot) => (slot.ok(), true),
                 Err(_) => {
+                    // Said, once in a while: a sign-in that fails so would otherwise be told
+                    // only that its Start was not acknowledged (black-box tester W's D1).
+                    crate::throttled!(warn, server = %server.name, organization = %org.id,
+                        waited_ms = slot_wait.as_millis() as u64,
+                        "no send slot in time (server busy): more packets were in flight to the accounting server than its window of 64; the packet waits for a later look (a sign-in's Start: the sign-in fails)");
                     let tried = Some(health.target(server, Port::Acct));
                     return self
                         .release(

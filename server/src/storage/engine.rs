@@ -329,8 +329,9 @@ fn check_files(conn: &mut WriteConn, progress: &Progress, may_save: bool) -> Res
         }
         Err(e) => {
             files.retry_at = Instant::now() + files.retry_wait;
-            files.retry_wait = (files.retry_wait * 2).min(SAVE_BACKOFF_MAX);
+            // The wait before this next try (tester W's D3: the one after it was logged).
             tracing::error!(error = %e, retry_in = ?files.retry_wait, "saving what the database held failed; trying again");
+            files.retry_wait = (files.retry_wait * 2).min(SAVE_BACKOFF_MAX);
         }
     }
     let refusal = files.refusal().unwrap_or_default();
