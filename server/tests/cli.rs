@@ -1744,7 +1744,8 @@ secret = "not-the-same-secret"
         "id = \"iota\"\nname = \"Iota\"\nnas_identifier = \"iota\"\nlogin_timeout = \"2s\"\n[[servers]]\nname = \"i1\"\naddress = \"127.0.0.10\"\nsecret = \"iota-secret\"\ntimeout = \"5s\"\n",
     );
     let stderr = check();
-    let said = "warning: organization `iota`: login_timeout 2s is shorter than server `i1`'s timeout 5s";
+    let said =
+        "warning: organization `iota`: login_timeout 2s is shorter than server `i1`'s timeout 5s";
     assert!(stderr.contains(said), "{said:?} in {stderr}");
 }
 
