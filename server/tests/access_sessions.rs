@@ -1219,14 +1219,8 @@ async fn a_browser_linked_to_an_ended_session_that_gave_up_on_its_next_sign_in_i
         .await;
     assert_eq!(first.path, "/session");
     let session = app
-        .storage
-        .active_session_for_client(
-            "acme",
-            &client.to_string(),
-            radius_portal::access_session::now_ms(),
-        )
+        .session_at(client.into())
         .await
-        .unwrap()
         .expect("the first session runs");
     assert!(app
         .storage

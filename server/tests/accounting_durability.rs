@@ -389,14 +389,8 @@ async fn a_stop_queued_behind_a_start_in_flight_follows_its_acknowledgement() {
     let login = app.sign_in_in_background("carol", "carol-pass", client);
     held.notified().await; // the Start answered by FreeRADIUS, the answer held
     let session = app
-        .storage
-        .active_session_for_client(
-            "acme",
-            &client.to_string(),
-            radius_portal::access_session::now_ms(),
-        )
+        .session_at(client)
         .await
-        .unwrap()
         .expect("the session being opened");
     assert!(app.sessions.stop_by_operator(session.id).await.unwrap());
     release.notify_one(); // the Start's acknowledgement reaches the portal
@@ -444,15 +438,7 @@ async fn a_start_that_waited_for_a_send_slot_has_a_whole_exchange() {
     let client = std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 8, 1));
     let login = app.sign_in_in_background("carol", "carol-pass", client);
     wait_until("the sign-in accepted, its Start queued", || async {
-        app.storage
-            .active_session_for_client(
-                "acme",
-                &client.to_string(),
-                radius_portal::access_session::now_ms(),
-            )
-            .await
-            .unwrap()
-            .is_some()
+        app.session_at(client).await.is_some()
     })
     .await;
     // Most of the time the sign-in has for its Start (one exchange, 4 s) passes while the

@@ -390,6 +390,23 @@ impl TestApp {
         Self::try_spawn(settings).await.expect("portal builds")
     }
 
+    /// The session stored as running for `client` in organization acme now (opened, or being
+    /// opened: its Start on its way), if any.
+    #[allow(dead_code)]
+    pub async fn session_at(
+        &self,
+        client: std::net::IpAddr,
+    ) -> Option<radius_portal::storage::AccessSessionRecord> {
+        self.storage
+            .active_session_for_client(
+                "acme",
+                &client.to_string(),
+                radius_portal::access_session::now_ms(),
+            )
+            .await
+            .unwrap()
+    }
+
     /// A sign-in of `username` at `client` in organization acme, under way in the background
     /// (the test acts while it waits on its server).
     #[allow(dead_code)]
