@@ -853,8 +853,13 @@ pub async fn radius_test(
         return Err(NotFound::Organization(org_id.to_string()).into());
     };
     if let Some(rows) = &rows {
-        // The file's settings, the database's state: a disabled organization is one still.
-        if let Some(row) = rows.iter().find(|row| from_file && row.id == org_id) {
+        // The file's settings, the database's state: a disabled organization is one still,
+        // whatever letter case the file spells its id in. One the database does not have yet
+        // keeps the file's (what the next start stores).
+        if let Some(row) = rows
+            .iter()
+            .find(|row| from_file && row.id.eq_ignore_ascii_case(org_id))
+        {
             std::sync::Arc::make_mut(&mut org).active = row.active;
         }
         // What is tested is what the running portal uses (or, --from-file, what the next

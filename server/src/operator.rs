@@ -553,13 +553,7 @@ pub(crate) async fn open(settings: &Settings) -> anyhow::Result<Storage> {
     }
     Storage::connect(&settings.database, false)
         .await
-        .with_context(|| {
-            format!(
-                "while opening the database {}{}",
-                settings.database.location(),
-                crate::storage::sqlite::full_disk_note(&settings.database)
-            )
-        })
+        .with_context(|| crate::storage::sqlite::opening_context(&settings.database))
 }
 
 /// The SQLite file the portal would create at its first start is not there (yet).

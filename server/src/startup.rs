@@ -443,13 +443,7 @@ impl Application {
         descriptors_to_serve()?;
         let storage = Storage::connect(&settings.database, true)
             .await
-            .with_context(|| {
-                format!(
-                    "while opening the database {}{}",
-                    settings.database.location(),
-                    crate::storage::sqlite::full_disk_note(&settings.database)
-                )
-            })?;
+            .with_context(|| crate::storage::sqlite::opening_context(&settings.database))?;
         // A database older than the one last served here (a backup put back): said, loudly;
         // then this one's newest session is the mark.
         if let Some(owner) = &sqlite_owner {
@@ -1289,11 +1283,13 @@ impl NoticeListeners {
                 Ok(None) => return,
                 Ok(Some(mut listener)) => {
                     if lost {
-                        // What other replicas announced meanwhile was not heard: the cache
-                        // and the outbox are looked at now rather than at their next timers.
+                        // What other replicas announced meanwhile was not heard: the cache,
+                        // the outbox and the open pages' sessions are looked at now rather
+                        // than at their next timers.
                         tracing::info!("listening for other replicas' changes again");
                         self.worker.wake();
                         self.accounting.wake();
+                        self.events.publish_any();
                     }
                     loop {
                         tokio::select! {

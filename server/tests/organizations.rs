@@ -1185,6 +1185,36 @@ async fn radius_test_and_check_config_say_what_the_next_start_changes() {
             .contains("says `enabled = true` for organization `acme`"),
         "{disable:?}"
     );
+    // The database's state, also where the file spells the id in another letter case: no
+    // Access-Request for the disabled organization (code review: the file's state was used).
+    let upper = dir.path().join("upper.toml");
+    std::fs::write(
+        &upper,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("id = \"acme\"", "id = \"ACME\""),
+    )
+    .unwrap();
+    let refused = portal_with_env(
+        &upper,
+        &[
+            "radius",
+            "test",
+            "--from-file",
+            "--org",
+            "acme",
+            "--username",
+            "carol",
+        ],
+        &[("PORTAL_TEST_PASSWORD", "carol-pass")],
+    )
+    .await;
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("is disabled: no Access-Request was sent"),
+        "{refused:?}"
+    );
 }
 
 /// A database put back from an older copy (a backup restored) is said to be older than the one

@@ -921,6 +921,50 @@ async fn more_than_256_requests_in_flight_to_one_server_all_complete_over_more_s
     .await;
 }
 
+/// An unanswered Status-Server is not retransmitted (RFC 5997 §6): the next try is a new packet,
+/// with its own Identifier and Request Authenticator, and its answer is taken.
+#[tokio::test]
+async fn an_unanswered_status_server_is_tried_again_as_a_new_packet() {
+    let server = FreeRadius::start().await;
+    let upstream = server.auth_addr(false);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let front = {
+        let seen = seen.clone();
+        relay(move |request| {
+            let mut seen = seen.lock().unwrap();
+            seen.push(request.to_vec());
+            // The first is lost on the way; the rest go through.
+            (seen.len() > 1).then_some(upstream)
+        })
+        .await
+    };
+    let radius = Radius::new(RadiusClient::bind(Ipv4Addr::LOCALHOST).await.unwrap());
+    let mut endpoint = server.endpoint("primary", false);
+    endpoint.auth_addr = front;
+    endpoint.timeout = Duration::from_secs(1);
+    endpoint.retries = 1;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let answer = radius
+        .status_server(
+            &endpoint,
+            radius_portal::radius::health::Port::Auth,
+            deadline,
+        )
+        .await;
+    assert!(answer.is_ok(), "the second try is answered: {answer:?}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "one try lost, one answered");
+    for packet in &seen {
+        assert_eq!(packet[0], Code::StatusServer as u8);
+    }
+    assert_ne!(seen[0][1], seen[1][1], "each try has its own Identifier");
+    assert_ne!(
+        seen[0][4..20],
+        seen[1][4..20],
+        "each try has its own Request Authenticator"
+    );
+}
+
 /// A UDP relay in front of a real server that behaves like a server without Status-Server
 /// (Microsoft NPS): Status-Server is never answered (and counted); everything else is passed on
 /// while `up`.

@@ -210,9 +210,10 @@ async fn audit_entries_are_found_by_organization_and_action_a_page_at_a_time(db:
         organization_id: org,
         detail: detail.clone(),
     };
-    // "acme" is stored as the test set-up made it; "goneco" is no organization (deleted).
+    // "acme" is stored as the test set-up made it; "GoneCo" is no organization (deleted; its
+    // entries found in any letter case, as the id was written or not).
     for i in 0..30 {
-        let org = [Some("acme"), Some("goneco"), None][i % 3];
+        let org = [Some("acme"), Some("GoneCo"), None][i % 3];
         let action = if i == 7 {
             "org.disable"
         } else {
@@ -244,7 +245,7 @@ async fn audit_entries_are_found_by_organization_and_action_a_page_at_a_time(db:
         before.iter().map(|e| e.at).collect::<Vec<_>>(),
         [T0 + 6, T0 + 9, T0 + 12, T0 + 15]
     );
-    let gone = read(Some("GoneCo"), None, None).await;
+    let gone = read(Some("GONECO"), None, None).await;
     assert_eq!(
         gone.len(),
         4,
@@ -252,7 +253,7 @@ async fn audit_entries_are_found_by_organization_and_action_a_page_at_a_time(db:
     );
     assert!(gone
         .iter()
-        .all(|e| e.organization_id.as_deref() == Some("goneco")));
+        .all(|e| e.organization_id.as_deref() == Some("GoneCo")));
     let disable = read(Some("goneco"), Some("org.disable"), None).await;
     assert_eq!(disable.len(), 1);
     assert_eq!(
@@ -1036,6 +1037,11 @@ async fn a_disabled_organizations_sessions_stop_in_batches_and_an_enable_keeps_t
         .await
         .unwrap();
     assert_eq!(first, acme[..2], "the oldest first, at most the limit");
+    // A run that ends here (cut short) leaves its count with the job: the run that finishes
+    // it says every session the job stopped.
+    let pending = s.pending_organization_jobs().await.unwrap();
+    let cut_short = pending.iter().find(|j| j.id == first_job).unwrap();
+    assert_eq!(cut_short.stopped, 2, "the job row counts its runs' stops");
     for id in &first {
         let session = s.session(*id).await.unwrap().unwrap();
         assert!(!session.active);
@@ -3484,6 +3490,33 @@ async fn postgres_stopped_is_found_while_the_first_call_still_waits() {
         other => panic!("the server away was not found while the first call waited: {other:?}"),
     }
     assert!(storage.background_starved().is_none());
+}
+
+/// The connection that hears other replicas' notices, ended by the server (a restart, an idle
+/// reaper): said at once, as an error the portal logs and catches up from — not made again in
+/// silence, with what was announced meanwhile never heard (code review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_listening_connection_lost_is_said() {
+    use sqlx::Connection;
+    let url = common::postgres::fresh_database().await;
+    let (base, name) = url.rsplit_once('/').unwrap();
+    let storage = Storage::open_postgres(&url).await.unwrap();
+    let mut listener = storage.listen().await.unwrap().expect("PostgreSQL listens");
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .unwrap();
+    let ended: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'",
+    )
+    .bind(name)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(ended, [(true,)], "the listening connection ended");
+    let heard = tokio::time::timeout(std::time::Duration::from_secs(20), listener.recv())
+        .await
+        .expect("the loss is said, not waited through");
+    assert!(heard.is_err(), "{heard:?}");
 }
 
 /// The portal's database renamed (or dropped, or closed to connections) under a running

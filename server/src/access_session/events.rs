@@ -23,11 +23,20 @@ impl Default for SessionEvents {
     }
 }
 
+/// The notice that any session may have changed (no session has this id): every page re-reads.
+pub const ANY_SESSION: i64 = -1;
+
 impl SessionEvents {
     /// Access session `id` changed.
     pub fn publish(&self, id: i64) {
         // No subscriber (no open page) is not an error.
         let _ = self.tx.send(id);
+    }
+
+    /// Any session may have changed unheard (other replicas' notices missed while the
+    /// connection that hears them was lost): every open page re-reads its own.
+    pub fn publish_any(&self) {
+        self.publish(ANY_SESSION);
     }
 
     /// Notices from now on.

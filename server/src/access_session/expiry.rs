@@ -148,19 +148,27 @@ impl Expiry {
             .await;
             let now = now_ms();
             let mut failed = false;
+            // Whether this pass stopped a session or queued an Interim-Update.
+            let mut progressed = false;
             // Passes fail alike while the database is away: a line per 5 s at most each.
             static EXPIRY_LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
             static INTERIM_LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
-            if let Err(e) = self.expire_due(now).await {
-                failed = true;
-                if let Some(left_out) = EXPIRY_LOG.admit_if_away(e.is_unavailable()) {
-                    tracing::error!(error = ?e, failures, similar_left_out = left_out, "expiry check failed; retrying");
+            match self.expire_due(now).await {
+                Ok(stopped) => progressed |= !stopped.is_empty(),
+                Err(e) => {
+                    failed = true;
+                    if let Some(left_out) = EXPIRY_LOG.admit_if_away(e.is_unavailable()) {
+                        tracing::error!(error = ?e, failures, similar_left_out = left_out, "expiry check failed; retrying");
+                    }
                 }
             }
-            if let Err(e) = self.send_due_interims(now).await {
-                failed = true;
-                if let Some(left_out) = INTERIM_LOG.admit_if_away(e.is_unavailable()) {
-                    tracing::error!(error = ?e, failures, similar_left_out = left_out, "queueing interim updates failed; retrying");
+            match self.send_due_interims(now).await {
+                Ok(queued) => progressed |= queued > 0,
+                Err(e) => {
+                    failed = true;
+                    if let Some(left_out) = INTERIM_LOG.admit_if_away(e.is_unavailable()) {
+                        tracing::error!(error = ?e, failures, similar_left_out = left_out, "queueing interim updates failed; retrying");
+                    }
                 }
             }
             drop(one_line);
@@ -172,6 +180,10 @@ impl Expiry {
             let longest = MAX_SLEEP.min(self.storage.longest_sleep());
             let sleep = match self.next_due().await {
                 _ if failures > 0 => retry_after(failures),
+                // Due already when this pass began, yet it did nothing: another replica's
+                // transaction holds those rows (it stops them, or lets them go when it ends)
+                // — looked at again a moment later, not every millisecond meanwhile.
+                Ok(Some(at)) if at <= now && !progressed => HELD_ROWS_WAIT,
                 Ok(Some(at)) => {
                     Duration::from_millis((at - now_ms()).max(0) as u64 + 1).min(longest)
                 }
@@ -191,6 +203,9 @@ impl Expiry {
         }
     }
 }
+
+/// The wait before the next pass when something due was left by a pass that did nothing.
+const HELD_ROWS_WAIT: Duration = Duration::from_millis(200);
 
 /// The wait before the next pass after `failures` failed passes in a row: 100 ms, doubling,
 /// at most 5 s.

@@ -399,6 +399,10 @@ impl AccessSessions {
             username,
             client_ip: &address,
         };
+        // Watched from before the guard's read: a change this process makes between that read
+        // and the Access-Request still ends the wait below (a subscription sees only what
+        // follows it).
+        let mut changes = self.organizations.changes();
         let org = self
             .guarded_organization(organization_id, Operation::Login, who)
             .await?;
@@ -423,7 +427,6 @@ impl AccessSessions {
         // another process's within the worker's poll or a replica's notice) ends the wait
         // there: no retransmission to that server, and the user hears it now, not after the
         // server's time. Only the cache is looked at (no read per login).
-        let mut changes = self.organizations.changes();
         let disabled_meanwhile = async {
             loop {
                 if changes.changed().await.is_err() {

@@ -81,7 +81,7 @@ impl Watch {
                 _ = self.live.stop.cancelled() => return false,
                 _ = &mut resync => return true,
                 notice = self.notices.recv() => match notice {
-                    Ok(id) if Some(id) == self.id => return true,
+                    Ok(id) if Some(id) == self.id || id == crate::access_session::events::ANY_SESSION => return true,
                     Ok(_) => {}
                     Err(RecvError::Lagged(_)) => return true,
                     Err(RecvError::Closed) => return false,

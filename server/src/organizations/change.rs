@@ -187,7 +187,7 @@ pub(crate) fn destination(server: &Map<String, Value>) -> (Option<String>, u64, 
 
 /// Refreshes this process's cache after a committed change; a failure is logged (the change
 /// is stored; the worker's next pass brings the cache up to it).
-async fn refresh_after_change(storage: &Storage, organizations: &Organizations) {
+pub(super) async fn refresh_after_change(storage: &Storage, organizations: &Organizations) {
     if let Err(e) = organizations.refresh(storage).await {
         tracing::error!(error = %e, "organization cache not refreshed after a change; the worker retries");
     }

@@ -1143,7 +1143,7 @@ pub fn skipped_stop_said(skipped: crate::storage::SkippedStop, disable: &str) ->
 
 /// Enables or disables an organization — the one write path: the stored flag (with its audit
 /// entry and, on disable, the durable job that stops its open sessions), then this process's
-/// cache entry for that organization only. `Ok(None)`: no such organization.
+/// cache. `Ok(None)`: no such organization; `Err`: nothing was stored.
 pub async fn set_active(
     storage: &Storage,
     organizations: &Organizations,
@@ -1163,7 +1163,10 @@ pub async fn set_active(
             if active { "enabled" } else { "disabled" }
         );
     }
-    organizations.refresh(storage).await?;
+    // Stored: the answer says so whatever the cache does next (a failed refresh is logged; the
+    // worker's pass brings it up) — "not done" would be false, and an enable's skipped stop,
+    // said only here, lost.
+    change::refresh_after_change(storage, organizations).await;
     Ok(changed)
 }
 

@@ -99,10 +99,22 @@ impl OrganizationWorker {
     pub async fn tick(&self) -> anyhow::Result<Vec<(OrganizationJob, JobOutcome)>> {
         let now = Instant::now();
         let claimed_at = now_ms();
-        let jobs = self
+        let jobs = match self
             .storage
             .claim_organization_jobs(claimed_at, claimed_at + JOB_LEASE_MS)
-            .await?;
+            .await
+        {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                // The claim is a write: while writes fail and reads work (a full disk, a
+                // read-only standby), the cache still follows the stored flags (pages, the
+                // captive API, logins waiting on a silent server).
+                if self.refresh_cache().await {
+                    self.sessions.look_again();
+                }
+                return Err(e.into());
+            }
+        };
         // After the claim: a job's change (a disable) was committed with the job, so the
         // cache shows it before the job's effects do (a page the job ends, then reloaded,
         // already says the organization is disabled).
@@ -338,8 +350,10 @@ impl OrganizationWorker {
                     sessions = n,
                     "disabled organization: open sessions stopped (Admin-Reset)"
                 );
+                // The job's outcome: every session it stopped, in earlier runs too.
+                let all = usize::try_from(job.stopped).unwrap_or(0).saturating_add(*n);
                 self.storage
-                    .finish_organization_job(job, &format!("stopped {n} sessions"), now_ms())
+                    .finish_organization_job(job, &format!("stopped {all} sessions"), now_ms())
                     .await?;
             }
         }

@@ -819,27 +819,37 @@ impl Radius {
         require_message_authenticator: bool,
     ) -> Result<Reply, RadiusError> {
         let secret = server.secret.expose().as_bytes();
-        let exchange = Exchange {
-            destination: health::address(server, port),
-            secret,
-            timeout: server.timeout,
-            retries: server.retries,
-            deadline,
-            require_message_authenticator,
-            // A probe is made again anyway; `radius test` says at once.
-            end_when_unreachable: true,
-            callers_deadline: false,
-        };
-        self.client
-            .exchange(exchange, |id| {
-                let authenticator = random_authenticator();
-                let p = Request::access_request(Code::StatusServer, id, authenticator, secret);
-                Ok((
-                    packet::encode_access_request(&p).map_err(RadiusError::Encode)?,
-                    authenticator,
-                ))
-            })
-            .await
+        // RFC 5997 §6: a Status-Server is never retransmitted; each try until `deadline` (one
+        // timeout each) is a new packet, with its own Identifier and Request Authenticator.
+        loop {
+            let now = Instant::now();
+            let exchange = Exchange {
+                destination: health::address(server, port),
+                secret,
+                timeout: server.timeout,
+                retries: 0,
+                deadline: deadline.min(now + server.timeout),
+                require_message_authenticator,
+                // A probe is made again anyway; `radius test` says at once.
+                end_when_unreachable: true,
+                callers_deadline: false,
+            };
+            let answer = self
+                .client
+                .exchange(exchange, |id| {
+                    let authenticator = random_authenticator();
+                    let p = Request::access_request(Code::StatusServer, id, authenticator, secret);
+                    Ok((
+                        packet::encode_access_request(&p).map_err(RadiusError::Encode)?,
+                        authenticator,
+                    ))
+                })
+                .await;
+            match answer {
+                Err(RadiusError::Timeout) if Instant::now() < deadline => continue,
+                other => return other,
+            }
+        }
     }
 
     /// Probes servers whose breakers are open, each once per probe interval, until `shutdown`.

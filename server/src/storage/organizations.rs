@@ -221,6 +221,9 @@ pub struct OrganizationJob {
     /// When it was asked for (Unix ms): the time its Stops say the sessions ended, however
     /// much later a portal runs it (none may have been running).
     pub created_at: i64,
+    /// The sessions its runs before this claim stopped (a run cut short, a replica that
+    /// stalled): the job's outcome counts them with this run's.
+    pub stopped: i64,
 }
 
 /// One audit log entry.
@@ -730,7 +733,7 @@ async fn copies_waiting_in(
 }
 
 /// Columns of [`OrganizationJob`].
-const JOB_COLUMNS: &str = "id, organization_id, kind, access_session_id, created_at";
+const JOB_COLUMNS: &str = "id, organization_id, kind, access_session_id, created_at, stopped";
 
 impl<B: OrgBackend> OrganizationStore for B {
     async fn organizations(&self) -> Result<Vec<StoredOrganization>, StorageError> {
@@ -1422,36 +1425,20 @@ impl<B: OrgBackend> OrganizationStore for B {
     }
 
     async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StorageError> {
-        let mut reader = self.reader().await?;
         // An organization's entries are stored under its id as it was written when it was
-        // made: the one stored now that matches in any letter case (compared here, as ids are
-        // everywhere), and the id as given and in lower case (one deleted since).
-        let (given, lower, stored) = match &query.organization {
-            Some(org) => {
-                let ids: Vec<(String,)> = reader
-                    .fetch_all("SELECT id FROM organizations", &[])
-                    .await?;
-                let stored = ids
-                    .into_iter()
-                    .map(|(id,)| id)
-                    .find(|id| id.eq_ignore_ascii_case(org))
-                    .unwrap_or_else(|| org.clone());
-                (org.as_str(), org.to_ascii_lowercase(), stored)
-            }
-            None => ("", String::new(), String::new()),
-        };
-        reader
+        // made: compared in any letter case (ids are ASCII, so `lower` folds them alike on
+        // both backends), also for an organization deleted since.
+        self.reader()
+            .await?
             .fetch_all(
                 "SELECT id, at, actor, action, organization_id, detail FROM \
                  (SELECT * FROM audit_log WHERE id < $2 \
-                    AND ($3 = '' OR organization_id IN ($3, $4, $5)) AND ($6 = '' OR action = $6) \
+                    AND ($3 = '' OR lower(organization_id) = lower($3)) AND ($4 = '' OR action = $4) \
                   ORDER BY id DESC LIMIT $1) newest ORDER BY id",
                 &[
                     Arg::Int(query.limit),
                     Arg::Int(query.before.unwrap_or(i64::MAX)),
-                    Arg::Text(given),
-                    Arg::Text(&lower),
-                    Arg::Text(&stored),
+                    Arg::Text(query.organization.as_deref().unwrap_or("")),
                     Arg::Text(query.action.as_deref().unwrap_or("")),
                 ],
             )

@@ -356,13 +356,49 @@ pub struct NoticeListener {
     origin: Arc<str>,
 }
 
+/// How long the listening connection may be quiet before it is checked with a query: a path to
+/// the server that died without a word (a host powered off, a failover of its address) leaves
+/// a connection that only reads waiting for ever (the client sets no TCP keepalive).
+const LISTENER_QUIET: Duration = Duration::from_secs(30);
+/// How long that check may take before the connection counts as lost.
+const LISTENER_CHECK: Duration = Duration::from_secs(10);
+
 impl NoticeListener {
-    /// The next announcement of another process. Reconnects by itself when the connection
-    /// drops (announcements made meanwhile are missed: the polling loops catch up); an error
-    /// means it could not.
+    /// The next announcement of another process. An error: the connection was lost — it
+    /// dropped (announcements made meanwhile were missed, even where it could be made again at
+    /// once), or a quiet one did not answer its check; the caller listens on a new one and
+    /// catches up.
     pub async fn recv(&mut self) -> Result<Notice, StorageError> {
+        let lost = |what: &str| {
+            StorageError::from(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                what.to_string(),
+            )))
+        };
         loop {
-            let notification = self.listener.recv().await?;
+            let heard = match tokio::time::timeout(LISTENER_QUIET, self.listener.try_recv()).await {
+                Ok(heard) => heard?,
+                Err(_) => {
+                    match tokio::time::timeout(
+                        LISTENER_CHECK,
+                        sqlx::query("SELECT 1").execute(&mut self.listener),
+                    )
+                    .await
+                    {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(e)) => return Err(e.into()),
+                        Err(_) => {
+                            return Err(lost(&format!(
+                                "the listening connection answered no check within {} s",
+                                LISTENER_CHECK.as_secs()
+                            )))
+                        }
+                    }
+                }
+            };
+            let Some(notification) = heard else {
+                return Err(lost("the listening connection was lost"));
+            };
             if let Some(notice) = parse_notice(notification.payload(), &self.origin) {
                 return Ok(notice);
             }
@@ -2373,16 +2409,18 @@ impl SessionStore for PgStore {
     }
 
     async fn retry_pending_now(&self, now: i64) -> Result<u64, StorageError> {
-        // Every replica's delivery loop looks now (a server came back).
-        self.announce(&[Notice::Accounting]).await?;
-        Ok(sqlx::query(
+        let made_due = sqlx::query(
             "UPDATE accounting_outbox SET next_attempt_at = $1 WHERE delivered_at IS NULL AND dead_at IS NULL \
              AND next_attempt_at > $1",
         )
         .bind(now)
         .execute(self.pool())
         .await?
-        .rows_affected())
+        .rows_affected();
+        // Every replica's delivery loop looks now (a server came back): once the rows are due,
+        // or a replica woken first finds nothing and sleeps on their old times.
+        self.announce(&[Notice::Accounting]).await?;
+        Ok(made_due)
     }
 
     async fn retry_row_at(&self, id: i64, at: i64) -> Result<bool, StorageError> {

@@ -430,13 +430,20 @@ fn space_below(path: &Path, least: u64) -> Option<String> {
     })
 }
 
-/// [`space_problem`] of a SQLite database, as a note to the error of opening it (`" (…)"`; empty
-/// when there is none, or the database is PostgreSQL).
-pub(crate) fn full_disk_note(database: &crate::config::DatabaseSettings) -> String {
-    if database.url.is_some() {
-        return String::new();
+/// The context of an error opening the database `[database]` names (`serve`'s and the operator
+/// commands'): where it is, and a SQLite database's [`space_problem`] when there is one.
+pub(crate) fn opening_context(database: &crate::config::DatabaseSettings) -> String {
+    let full = match &database.url {
+        Some(_) => None,
+        None => space_problem(&database.path),
+    };
+    match full {
+        Some(problem) => format!(
+            "while opening the database {} ({problem})",
+            database.location()
+        ),
+        None => format!("while opening the database {}", database.location()),
     }
-    space_problem(&database.path).map_or_else(String::new, |problem| format!(" ({problem})"))
 }
 
 /// What keeps this process from writing the SQLite database at `path` as `serve` does, looked
