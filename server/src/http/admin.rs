@@ -431,6 +431,22 @@ fn new_file_refusal(key: &str, body: &Value, stored: Option<&Value>) -> Option<R
     })
 }
 
+/// A body naming files refused (`refusal`), unless the change is refused first for what the
+/// body cannot mend — no such organization or server (404), a disabled organization (403) —
+/// as it would be without the files.
+async fn refused_first(
+    api: &AdminApi,
+    id: &str,
+    create: bool,
+    server: Option<&str>,
+    refusal: Response,
+) -> Response {
+    match change::refused_before_the_body(&api.storage, id, create, server).await {
+        Ok(()) => refusal,
+        Err(e) => refused(e),
+    }
+}
+
 /// An organization's stored settings as JSON (`None` when it has none or does not exist: the
 /// change itself then says so).
 async fn stored_settings(api: &AdminApi, id: &str) -> Result<Option<Value>, Response> {
@@ -543,9 +559,9 @@ async fn update_organization(
         Ok(stored) => stored,
         Err(response) => return response,
     };
-    if let Some(refused) = new_file_refusal(&format!("organizations.{id}"), &body, stored.as_ref())
+    if let Some(refusal) = new_file_refusal(&format!("organizations.{id}"), &body, stored.as_ref())
     {
-        return refused;
+        return refused_first(&api, &id, false, None, refusal).await;
     }
     match change::update(&api.storage, &api.organizations, &id, body, &actor).await {
         Ok(updated) => changed_skipping(api, &id, StatusCode::OK, updated.skipped_stop).await,
@@ -574,8 +590,8 @@ async fn add_server(
     WriteBody(body): WriteBody,
 ) -> Response {
     let id = api.organization_id(id);
-    if let Some(refused) = new_file_refusal("server", &body, None) {
-        return refused;
+    if let Some(refusal) = new_file_refusal("server", &body, None) {
+        return refused_first(&api, &id, true, None, refusal).await;
     }
     match change::add_server(&api.storage, &api.organizations, &id, body, &actor).await {
         Ok(()) => changed(api, &id, StatusCode::CREATED).await,
@@ -599,8 +615,8 @@ async fn update_server(
             .cloned(),
         Err(response) => return response,
     };
-    if let Some(refused) = new_file_refusal("server", &body, stored.as_ref()) {
-        return refused;
+    if let Some(refusal) = new_file_refusal("server", &body, stored.as_ref()) {
+        return refused_first(&api, &id, false, Some(&name), refusal).await;
     }
     match change::update_server(&api.storage, &api.organizations, &id, &name, body, &actor).await {
         Ok(_) => changed(api, &id, StatusCode::OK).await,

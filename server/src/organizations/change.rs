@@ -137,6 +137,33 @@ async fn state_of(storage: &Storage, id: &str) -> Result<OrgState, ChangeError> 
     }
 }
 
+/// What a change of `id` (a server's, `server` named) would be refused for before its body is
+/// read: no such organization (or server), or the guard (`create`: the guard's AdminCreate
+/// row, else AdminUpdate). For an answer that has another reason to refuse the body (the admin
+/// API's files), so that it names the one a caller must mend first.
+pub async fn refused_before_the_body(
+    storage: &Storage,
+    id: &str,
+    create: bool,
+    server: Option<&str>,
+) -> Result<(), ChangeError> {
+    let (operation, said) = if create {
+        (Operation::AdminCreate, DISABLED_CREATE)
+    } else {
+        (Operation::AdminUpdate, DISABLED_UPDATE)
+    };
+    if !guard::allows(operation, state_of(storage, id).await?) {
+        return Err(ChangeError::Forbidden(said.into()));
+    }
+    if let Some(name) = server {
+        let stored = stored_settings(storage, id).await?;
+        if stored_server(&stored.settings, name).is_none() {
+            return Err(ChangeError::NoServer(id.to_string(), name.to_string()));
+        }
+    }
+    Ok(())
+}
+
 /// An organization's stored settings as JSON, with the revision they were read at.
 pub(crate) struct Stored {
     pub(crate) settings: Map<String, Value>,

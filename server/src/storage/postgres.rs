@@ -620,8 +620,16 @@ impl PgStore {
     pub async fn open_for(url: &str, serving: bool) -> Result<PgStore, StorageError> {
         operator_waits(serving, || async {
             let store = Self::connect(url, serving, REQUEST_CONNECTIONS).await?;
+            // On a connection of its own, without the requests' lock and statement timeouts:
+            // a replica starting while another migrates waits for it (sqlx's advisory lock)
+            // rather than failing after 10 s, and a migration's index over a large table is not
+            // cancelled at 60 s (it would be, at every start). Not given back to the pool.
+            let mut migrating = store.pool().acquire().await?.detach();
+            sqlx::raw_sql("SET lock_timeout = 0; SET statement_timeout = 0")
+                .execute(&mut migrating)
+                .await?;
             sqlx::migrate!("./migrations/postgres")
-                .run(store.pool())
+                .run(&mut migrating)
                 .await
                 .map_err(|e| match e {
                     // Not a migration's fault: no connection to run it on.
