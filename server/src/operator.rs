@@ -607,16 +607,7 @@ fn uid() -> Option<String> {
 /// The stored id of the organization `id` names in any letter case (ids that differ only in
 /// case count as one, and `/o/{id}/` and the admin API take any); `id` itself if none.
 pub(crate) async fn stored_id(storage: &Storage, id: String) -> anyhow::Result<String> {
-    if storage.organization(&id).await?.is_some() {
-        return Ok(id);
-    }
-    Ok(storage
-        .organizations()
-        .await?
-        .into_iter()
-        .map(|row| row.id)
-        .find(|stored| stored.eq_ignore_ascii_case(&id))
-        .unwrap_or(id))
+    Ok(crate::organizations::stored_id(storage, id).await?)
 }
 
 impl OrgCommand {

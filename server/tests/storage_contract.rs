@@ -3153,6 +3153,16 @@ async fn two_replicas_creating_one_id_in_two_letter_cases_create_one(db: Db) {
         .create_organization(&write("DELTA"), true)
         .await
         .unwrap());
+    // And a start's seed from its file (its check made before another replica's create):
+    // looked at again in its own write (code review).
+    let seeded = other
+        .seed_organization("DELTA", "Delta", "{}", None, 5, T0)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&seeded, radius_portal::storage::SeedOutcome::OtherCase(stored) if stored.eq_ignore_ascii_case("delta")),
+        "{seeded:?}"
+    );
     // Every audited create is one that was made.
     let creates = db
         .storage

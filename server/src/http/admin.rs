@@ -56,10 +56,18 @@ pub struct AdminApi {
 
 impl AdminApi {
     /// The organization a path or filter names, in any letter case (ids that differ only in
-    /// case count as one, and `/o/{id}/` takes any): its id as stored; one this process does
-    /// not know is left as written (answered as it is: none there).
-    fn organization_id(&self, id: String) -> String {
-        self.organizations.id_of(&id).unwrap_or(id)
+    /// case count as one, and `/o/{id}/` takes any): its id as stored — this process's cache
+    /// first, else the database (as the CLI: one the cache lacks is found there too); one
+    /// neither has, or a failed read, is left as written (answered as it is: none there, or
+    /// the read's error).
+    async fn organization_id(&self, id: String) -> String {
+        if let Some(known) = self.organizations.id_of(&id) {
+            return known;
+        }
+        match crate::organizations::stored_id(&self.storage, id.clone()).await {
+            Ok(stored) => stored,
+            Err(_) => id,
+        }
     }
 }
 
@@ -320,7 +328,7 @@ async fn list_organizations(
 }
 
 async fn show_organization(State(api): State<AdminApi>, ApiPath(id): ApiPath<String>) -> Response {
-    let id = api.organization_id(id);
+    let id = api.organization_id(id).await;
     match organization_view(&api, &id).await {
         Ok(Some(view)) => Json(view).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "no such organization"),
@@ -554,7 +562,7 @@ async fn update_organization(
     ApiPath(id): ApiPath<String>,
     WriteBody(body): WriteBody,
 ) -> Response {
-    let id = api.organization_id(id);
+    let id = api.organization_id(id).await;
     let stored = match stored_settings(&api, &id).await {
         Ok(stored) => stored,
         Err(response) => return response,
@@ -575,7 +583,7 @@ async fn delete_organization(
     Extension(Actor(actor)): Extension<Actor>,
     ApiPath(id): ApiPath<String>,
 ) -> Response {
-    let id = api.organization_id(id);
+    let id = api.organization_id(id).await;
     match change::delete(&api.storage, &api.organizations, &id, &actor).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => refused(e),
@@ -589,7 +597,7 @@ async fn add_server(
     ApiPath(id): ApiPath<String>,
     WriteBody(body): WriteBody,
 ) -> Response {
-    let id = api.organization_id(id);
+    let id = api.organization_id(id).await;
     if let Some(refusal) = new_file_refusal("server", &body, None) {
         return refused_first(&api, &id, true, None, refusal).await;
     }
@@ -606,7 +614,7 @@ async fn update_server(
     ApiPath((id, name)): ApiPath<(String, String)>,
     WriteBody(body): WriteBody,
 ) -> Response {
-    let id = api.organization_id(id);
+    let id = api.organization_id(id).await;
     let stored = match stored_settings(&api, &id).await {
         Ok(stored) => stored
             .as_ref()
@@ -630,7 +638,7 @@ async fn remove_server(
     Extension(Actor(actor)): Extension<Actor>,
     ApiPath((id, name)): ApiPath<(String, String)>,
 ) -> Response {
-    let id = api.organization_id(id);
+    let id = api.organization_id(id).await;
     match change::remove_server(&api.storage, &api.organizations, &id, &name, &actor).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => refused(e),
@@ -654,7 +662,10 @@ async fn list_sessions(
         Err(refused) => return *refused,
     };
     // As `session list --org`: an organization that does not exist is not an empty list.
-    let organization = filter.organization.map(|id| api.organization_id(id));
+    let organization = match filter.organization {
+        Some(id) => Some(api.organization_id(id).await),
+        None => None,
+    };
     if let Some(id) = &organization {
         match api.storage.organization(id).await {
             Ok(Some(_)) => {}

@@ -677,6 +677,12 @@ pub async fn seed(
             SeedOutcome::Unchanged => {
                 tracing::debug!(organization = %s.id, "organization unchanged")
             }
+            SeedOutcome::OtherCase(other) => {
+                return Err(OrganizationError::Config(ConfigError {
+                    key: format!("organizations[{i}].id"),
+                    problem: other_case(&s.id, &other),
+                }))
+            }
         }
     }
     // Removed from the configuration: disabled (its open sessions are stopped), kept for the
@@ -853,10 +859,7 @@ pub async fn check_seed(
         {
             return Err(conflict(
                 format!("organizations[{i}].id"),
-                format!(
-                    "`{}` exists already as `{}` (ids that differ only in letter case count as one): use that id",
-                    s.id, other.id
-                ),
+                other_case(&s.id, &other.id),
             ));
         }
         let Some(row) = stored.iter().find(|row| row.id == s.id) else {
@@ -1139,6 +1142,33 @@ pub fn skipped_stop_said(skipped: crate::storage::SkippedStop, disable: &str) ->
             "the disable's stop of its sessions was under way: {n} session(s) were stopped already (Accounting-Stop, Admin-Reset) and stay stopped; the rest is skipped: {kept}"
         )),
     }
+}
+
+/// A file's organization `id` the database holds as `stored`, in other letters.
+fn other_case(id: &str, stored: &str) -> String {
+    format!(
+        "`{id}` exists already as `{stored}` (ids that differ only in letter case count as one): use that id"
+    )
+}
+
+/// The stored id of the organization `id` names in any letter case (ids that differ only in
+/// case count as one, and `/o/{id}/`, the admin API and the CLI take any), read from the
+/// database (also one this process's cache lacks: its settings unusable here, or made by
+/// another replica a moment ago); `id` itself if none.
+pub async fn stored_id(
+    storage: &Storage,
+    id: String,
+) -> Result<String, crate::storage::StorageError> {
+    if storage.organization(&id).await?.is_some() {
+        return Ok(id);
+    }
+    Ok(storage
+        .organizations()
+        .await?
+        .into_iter()
+        .map(|row| row.id)
+        .find(|stored| stored.eq_ignore_ascii_case(&id))
+        .unwrap_or(id))
 }
 
 /// Enables or disables an organization — the one write path: the stored flag (with its audit

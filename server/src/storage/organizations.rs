@@ -123,6 +123,9 @@ pub enum SeedOutcome {
     Updated(Vec<String>),
     /// Nothing changed.
     Unchanged,
+    /// Not created: the database holds it under this id in other letters (made since the file
+    /// was checked, by another replica's CLI or API); ids that differ only in case count as one.
+    OtherCase(String),
 }
 
 /// An operator's write of an organization's name and settings, with its audit entry.
@@ -781,6 +784,15 @@ impl<B: OrgBackend> OrganizationStore for B {
         let mut flipped = None;
         let outcome = match existing {
             None => {
+                // Changes run one at a time (`begin_change`): looked at again in this write, so
+                // one made in other letters since the start-up's check is found.
+                let ids: Vec<(String,)> = c.fetch_all("SELECT id FROM organizations", &[]).await?;
+                if let Some((other,)) = ids
+                    .into_iter()
+                    .find(|(other,)| other.eq_ignore_ascii_case(id))
+                {
+                    return Ok(SeedOutcome::OtherCase(other));
+                }
                 let active = enabled.unwrap_or(true);
                 c.execute(
                     "INSERT INTO organizations (id, name, is_active, settings, revision, created_at, updated_at, position) \

@@ -623,21 +623,30 @@ impl PgStore {
             // On a connection of its own, without the requests' lock and statement timeouts:
             // a replica starting while another migrates waits for it (sqlx's advisory lock)
             // rather than failing after 10 s, and a migration's index over a large table is not
-            // cancelled at 60 s (it would be, at every start). Not given back to the pool.
-            let mut migrating = store.pool().acquire().await?.detach();
-            sqlx::raw_sql("SET lock_timeout = 0; SET statement_timeout = 0")
-                .execute(&mut migrating)
+            // cancelled at 60 s (it would be, at every start). The later settings win.
+            let migrating = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(REQUEST_ACQUIRE_TIMEOUT)
+                .connect_with(
+                    store
+                        .pool()
+                        .connect_options()
+                        .as_ref()
+                        .clone()
+                        .options([("lock_timeout", "0"), ("statement_timeout", "0")]),
+                )
                 .await?;
-            sqlx::migrate!("./migrations/postgres")
-                .run(&mut migrating)
-                .await
-                .map_err(|e| match e {
-                    // Not a migration's fault: no connection to run it on.
-                    sqlx::migrate::MigrateError::Execute(sqlx::Error::PoolTimedOut) => {
-                        StorageError::Database(sqlx::Error::PoolTimedOut)
-                    }
-                    e => e.into(),
-                })?;
+            let migrated = sqlx::migrate!("./migrations/postgres")
+                .run(&migrating)
+                .await;
+            migrating.close().await;
+            migrated.map_err(|e| match e {
+                // Not a migration's fault: no connection to run it on.
+                sqlx::migrate::MigrateError::Execute(sqlx::Error::PoolTimedOut) => {
+                    StorageError::Database(sqlx::Error::PoolTimedOut)
+                }
+                e => e.into(),
+            })?;
             Ok(store)
         })
         .await
