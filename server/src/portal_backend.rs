@@ -319,10 +319,10 @@ impl PortalBackend {
         let Some(s) = found.map_err(user_error)? else {
             return Ok((SessionStatus::NoSession, Some(id)));
         };
-        Ok((self.status_of_record(&s), Some(s.id)))
+        Ok((self.status_of_record(&s).await, Some(s.id)))
     }
 
-    fn status_of_record(&self, s: &AccessSessionRecord) -> SessionStatus {
+    async fn status_of_record(&self, s: &AccessSessionRecord) -> SessionStatus {
         if s.active && s.expires_at > now_ms() {
             // A session of an organization disabled since reads as the disable's stop will
             // make it, before that stop has reached it (a replica that ran the stop died: up to
@@ -335,10 +335,6 @@ impl PortalBackend {
                 SessionStatus::Active(self.view(s))
             };
         }
-        let organization_active = self
-            .organizations
-            .get(&s.organization_id)
-            .is_some_and(|o| o.active);
         let expired = match timing::ends_by(s.expires_at, s.limit_at) {
             EndsBy::Limit => EndReason::LimitReached,
             EndsBy::Window => EndReason::Expired,
@@ -350,9 +346,20 @@ impl PortalBackend {
             Some(cause::IDLE_TIMEOUT) => EndReason::Expired,
             Some(cause::SESSION_TIMEOUT) => EndReason::LimitReached,
             // Stopped by the operator; if it was by disabling the organization, which is still
-            // disabled, the page must not offer to sign in again.
-            Some(cause::ADMIN_RESET) if !organization_active => EndReason::OrganizationDisabled,
-            Some(cause::ADMIN_RESET) => EndReason::EndedByOperator,
+            // disabled, the page must not offer to sign in again. Asked of the database: a
+            // replica's stream hears the disable's stop before its cache follows the disable
+            // (code review: "ended by the operator", and the stream ended there).
+            Some(cause::ADMIN_RESET) => {
+                if self
+                    .sessions
+                    .organization_not_enabled_now(&s.organization_id)
+                    .await
+                {
+                    EndReason::OrganizationDisabled
+                } else {
+                    EndReason::EndedByOperator
+                }
+            }
             Some(cause::PORT_PREEMPTED) => EndReason::Replaced,
             Some(_) => EndReason::Failed,
         };

@@ -226,6 +226,16 @@ impl AccessSessions {
         self.expiry_wake.due_at(now_ms());
     }
 
+    /// Whether organization `id` is not enabled as the database has it now (disabled, or
+    /// gone), not as this process's cache has it (which follows another replica's disable a
+    /// moment later); the cache when the database cannot be read.
+    pub async fn organization_not_enabled_now(&self, id: &str) -> bool {
+        match self.storage.organization_active(id).await {
+            Ok(stored) => stored != Some(true),
+            Err(_) => !self.organizations.get(id).is_some_and(|o| o.active),
+        }
+    }
+
     /// The change notices (the live session page subscribes).
     pub fn events(&self) -> &SessionEvents {
         &self.events
@@ -636,22 +646,35 @@ impl AccessSessions {
             }
             match self.storage.open_session(&new).await {
                 Err(StorageError::OrganizationDisabled) => {
+                    // Disabled, or deleted (the write finds no row either way): said as what
+                    // happened, as for a login withdrawn while it waited.
+                    let gone = matches!(self.storage.organization_active(&org.id).await, Ok(None));
                     tracing::warn!(
-                        "login accepted by RADIUS but the organization was disabled meanwhile: no session");
+                        "login accepted by RADIUS but the organization was {} meanwhile: no session",
+                        if gone { "deleted" } else { "disabled" });
                     // Audited as the guard's denial, saying the server accepted (the accepted
                     // attempt's own entry was part of the write that did not happen).
-                    return Err(self
+                    let denied = self
                         .denied(
                             &org.id,
                             Operation::Login,
-                            OrgState::Disabled,
+                            if gone {
+                                OrgState::Unknown
+                            } else {
+                                OrgState::Disabled
+                            },
                             Who {
                                 username,
                                 client_ip: &address,
                             },
                             Some("accepted"),
                         )
-                        .await);
+                        .await;
+                    return Err(if gone {
+                        SessionError::OrganizationGone
+                    } else {
+                        denied
+                    });
                 }
                 // Changed since this process read it: read again, and work the session out
                 // with what is stored now.

@@ -1054,10 +1054,23 @@ impl Accounting {
     /// The guard's answer for an Accounting-Start of `organization_id`, from the stored flag
     /// (not the cache: a disable made a moment ago by another process must stop a queued
     /// Start). `known`: this process can build the organization at all.
-    async fn start_allowed(&self, organization_id: &str, known: bool) -> Result<bool, OutboxError> {
+    async fn start_allowed(
+        &self,
+        organization_id: &str,
+        known: bool,
+    ) -> Result<Result<(), String>, OutboxError> {
         let stored = self.storage.organization_active(organization_id).await?;
         let state = OrgState::from_active(stored.filter(|_| known));
-        Ok(guard::allows(Operation::AccountingStart, state))
+        if guard::allows(Operation::AccountingStart, state) {
+            return Ok(Ok(()));
+        }
+        // Why, as the dead letter records it: disabled, or unknown to this process (the guard
+        // denies both; an operator mends them differently).
+        Ok(Err(match stored {
+            Some(false) => CANCELLED_BY_DISABLE.into(),
+            Some(true) => "cancelled: organization unusable here (its settings could not be loaded; the log says why)".into(),
+            None => "cancelled: organization deleted".into(),
+        }))
     }
 
     /// Delivers a claimed row ([`Self::deliver_once`]); a claim left held by a database error
@@ -1265,14 +1278,14 @@ impl Accounting {
         if is_start {
             // `org_checked`: the Start was stored just now by a write that found the
             // organization active (see `deliver_claimed`).
-            let allowed = (org_checked && org.as_ref().is_some_and(|o| o.active))
-                || self
-                    .start_allowed(&session.organization_id, org.is_some())
-                    .await?;
-            if !allowed {
-                return self
-                    .dead_letter(&row, acct_id, CANCELLED_BY_DISABLE.into())
-                    .await;
+            let allowed = if org_checked && org.as_ref().is_some_and(|o| o.active) {
+                Ok(())
+            } else {
+                self.start_allowed(&session.organization_id, org.is_some())
+                    .await?
+            };
+            if let Err(why) = allowed {
+                return self.dead_letter(&row, acct_id, why).await;
             }
             if row.transmissions > 0 && now - row.event_at > START_GIVE_UP_MS {
                 return self
@@ -1395,10 +1408,8 @@ impl Accounting {
             && row.transmissions == 0
             && self.earlier_stops_first(&org, &session).await
         {
-            if !self.start_allowed(&session.organization_id, true).await? {
-                return self
-                    .dead_letter(&row, acct_id, CANCELLED_BY_DISABLE.into())
-                    .await;
+            if let Err(why) = self.start_allowed(&session.organization_id, true).await? {
+                return self.dead_letter(&row, acct_id, why).await;
             }
             now_ms()
         } else {
@@ -1493,10 +1504,10 @@ impl Accounting {
         // A Start that waited for its slot may have waited while the organization was
         // disabled: the guard is asked again at the moment the packet would leave (a slot free
         // at once follows the first answer within the same moment).
-        if is_start && waited && !self.start_allowed(&session.organization_id, true).await? {
-            return self
-                .dead_letter(&row, acct_id, CANCELLED_BY_DISABLE.into())
-                .await;
+        if is_start && waited {
+            if let Err(why) = self.start_allowed(&session.organization_id, true).await? {
+                return self.dead_letter(&row, acct_id, why).await;
+            }
         }
         // Acct-Delay-Time counts from the event to this transmission (time in the window too).
         let record = AccountingRecord {
