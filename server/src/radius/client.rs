@@ -118,6 +118,11 @@ struct Inner {
     /// went to: bounded by the configured servers). Each server's first warns, so a server
     /// with the wrong secret is named in the log whatever other datagrams were dropped before.
     unverified_from: HashMap<SocketAddr, u64>,
+    /// The last request each (socket, server, Identifier) carried, once it ended: a reply to it
+    /// that comes late, after the Identifier went to a new request, is told from a reply that
+    /// fails verification (a wrong secret) — a slow server is not taken for a misconfigured
+    /// one. Bounded as `waiters` is (one per Identifier a request used).
+    ended: HashMap<Key, Expectation>,
     v4: Vec<Arc<UdpSocket>>,
     v6: Vec<Arc<UdpSocket>>,
 }
@@ -490,12 +495,11 @@ struct Registration<'a> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        self.shared
-            .inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .waiters
-            .remove(&self.key);
+        let mut inner = self.shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(expect) = inner.waiters.remove(&self.key).and_then(|p| p.expect) {
+            inner.ended.insert(self.key, expect);
+        }
+        drop(inner);
         self.shared.freed.notify_waiters();
     }
 }
@@ -795,6 +799,14 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
             drop_it(&why, DropCause::FromServer)
         }
         Err(why) => {
+            // A late reply to the request this Identifier carried before (timed out, and the
+            // Identifier went round to this one): routine under a slow server, said as such —
+            // not as a secret that does not verify.
+            if matches!(why, Dropped::Check(_)) && answers_the_one_before(shared, key, datagram) {
+                shared.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%from, id, "late RADIUS reply to an earlier request with this Identifier dropped");
+                return;
+            }
             // The request ends as a timeout all the same (a forger must not end it), but says
             // why: the operator learns of the missing Message-Authenticator or of the secret,
             // not of silence.
@@ -822,6 +834,30 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
             drop_it(&why, cause)
         }
     }
+}
+
+/// Whether `datagram` is signed for the request that carried `key` before the one waiting with
+/// it now.
+fn answers_the_one_before(shared: &Shared, key: Key, datagram: &[u8]) -> bool {
+    let Some(before) = shared
+        .inner
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .ended
+        .get(&key)
+        .cloned()
+    else {
+        return false;
+    };
+    !matches!(
+        accept_reply(
+            datagram,
+            (before.request_code, &before.request_authenticator),
+            &before.secret,
+            false,
+        ),
+        Err(Dropped::Check(_))
+    )
 }
 
 /// The waiting request `key`'s end, to send it its outcome: None when it has one already (a
@@ -1042,6 +1078,52 @@ mod tests {
             )
             .await;
         assert!(matches!(own, Err(RadiusError::Timeout)), "{own:?}");
+    }
+
+    /// A reply signed for the request an Identifier carried before the one waiting with it (a
+    /// slow server's late answer, the Identifier gone round) is dropped as late, not kept as a
+    /// reply that fails verification (which says "another shared secret" when the request
+    /// times out); one signed for neither still is.
+    #[tokio::test]
+    async fn a_late_reply_to_an_identifiers_earlier_request_is_no_secret_mismatch() {
+        use crate::radius::packet::{encode_response, Code, Packet};
+        let client = RadiusClient::bind(Ipv4Addr::LOCALHOST).await.unwrap();
+        let server: SocketAddr = "127.0.0.1:1812".parse().unwrap();
+        let earlier = [5u8; 16];
+        let reply_to = |authenticator: [u8; 16]| {
+            let request = Packet::new(Code::AccessRequest, 9, authenticator, b"secret");
+            encode_response(&request.reply(Code::AccessReject)).unwrap()
+        };
+        let unverified = |client: &RadiusClient| {
+            client
+                .lock()
+                .waiters
+                .get(&(0, server, 9))
+                .and_then(|p| p.unverified_reply.clone())
+        };
+        let _rx = waiting(&client, server, false);
+        client.lock().ended.insert(
+            (0, server, 9),
+            Expectation {
+                request_code: 1,
+                request_authenticator: earlier,
+                secret: Arc::from(&b"secret"[..]),
+                require_message_authenticator: false,
+                end_when_unreachable: false,
+            },
+        );
+        handle_datagram(&client.shared, 0, server, &reply_to(earlier));
+        assert_eq!(
+            unverified(&client),
+            None,
+            "a late reply, not a wrong secret"
+        );
+        let other_secret = {
+            let request = Packet::new(Code::AccessRequest, 9, AUTHENTICATOR, b"another");
+            encode_response(&request.reply(Code::AccessReject)).unwrap()
+        };
+        handle_datagram(&client.shared, 0, server, &other_secret);
+        assert!(unverified(&client).is_some(), "signed with another secret");
     }
 
     #[tokio::test]
