@@ -8,16 +8,16 @@ use crate::{
 };
 use leptos::prelude::*;
 
-/// Facts for the login page (organization name, demo mode).
+/// Facts for the login page (organization name, whether it is enabled, demo mode).
+/// Every call takes `org`: at the root, the organization it is for (else the default); under
+/// an organization's prefix, if sent, it must be that one.
 #[server(endpoint = "site_info")]
-pub async fn get_site_info() -> Result<SiteInfo, PortalError> {
+pub async fn get_site_info(org: Option<String>) -> Result<SiteInfo, PortalError> {
     let (service, request) = crate::service::portal()?;
-    Ok(service.site_info(&request))
+    service.site_info_named(&request, named(&org))
 }
 
 /// The form token to put in every state-changing form (`csrf` field).
-/// Every call but `site_info` takes `org`: at the root, the organization it is for (else the
-/// default); under an organization's prefix, if sent, it must be that one.
 #[server(endpoint = "form_token")]
 pub async fn get_form_token(org: Option<String>) -> Result<String, PortalError> {
     let (service, request) = crate::service::portal()?;

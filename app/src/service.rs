@@ -29,6 +29,9 @@ pub struct LoginInput {
 pub trait PortalService: Send + Sync + 'static {
     /// Facts for the login page.
     fn site_info(&self, request: &Parts) -> SiteInfo;
+    /// [`Self::site_info`] of the organization a call names (`org`, as every call's): the
+    /// `/api/site_info` call.
+    fn site_info_named(&self, request: &Parts, org: Option<&str>) -> Result<SiteInfo, PortalError>;
     /// The web session's form token, created on first use; every state-changing form carries it.
     /// `org`: each call's `org` field — at the root, the organization the call is for (else
     /// the default); under an organization's prefix, if sent, it must be that one (400).

@@ -52,6 +52,9 @@ test("disabling an organization ends its open page in place and closes its form"
   await other.goto(url("/o/beta/"));
   await expect(other.getByTestId("disabled")).toContainText("has been disabled");
   await expect(other.getByRole("button", { name: "Sign in" })).toHaveCount(0);
+  // The notice asks the user to contact someone: the organization's help line and contact
+  // are there (black-box tester M's D3).
+  await expect(other.getByTestId("help")).toContainText("it-help@beta.example");
   await expect(other).toHaveTitle("Sign-in not available – Beta Branch Office – Network access portal");
   await other.goto(url("/"));
   await expect(other.getByRole("button", { name: "Sign in" })).toBeVisible();

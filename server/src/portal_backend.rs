@@ -675,6 +675,27 @@ impl PortalBackend {
     }
 
     /// The organization a request is for: its `/o/{slug}` scope, else the default.
+    /// The facts of the sign-in page of organization `scope` (the portal's cache: no read).
+    fn site_info_of(&self, scope: OrgScope) -> SiteInfo {
+        let org = self.organizations.get(&scope.id);
+        SiteInfo {
+            organization: org.as_ref().map(|o| o.name.clone()).unwrap_or_default(),
+            active: org.as_ref().is_some_and(|o| o.active),
+            organization_id: scope.id,
+            base: scope.base,
+            demo: self.demo,
+            branding: org
+                .as_ref()
+                .map(|o| BrandingInfo {
+                    accent: o.branding.accent_color.is_some(),
+                    logo: o.branding.logo_file.is_some(),
+                    help_text: o.branding.help_text.clone(),
+                    contact: o.branding.contact.clone(),
+                })
+                .unwrap_or_default(),
+        }
+    }
+
     fn scope(&self, request: &Parts) -> OrgScope {
         request
             .extensions
@@ -1329,24 +1350,11 @@ impl PortalService for PortalBackend {
     }
 
     fn site_info(&self, request: &Parts) -> SiteInfo {
-        let scope = self.scope(request);
-        let org = self.organizations.get(&scope.id);
-        SiteInfo {
-            organization: org.as_ref().map(|o| o.name.clone()).unwrap_or_default(),
-            active: org.as_ref().is_some_and(|o| o.active),
-            organization_id: scope.id,
-            base: scope.base,
-            demo: self.demo,
-            branding: org
-                .as_ref()
-                .map(|o| BrandingInfo {
-                    accent: o.branding.accent_color.is_some(),
-                    logo: o.branding.logo_file.is_some(),
-                    help_text: o.branding.help_text.clone(),
-                    contact: o.branding.contact.clone(),
-                })
-                .unwrap_or_default(),
-        }
+        self.site_info_of(self.scope(request))
+    }
+
+    fn site_info_named(&self, request: &Parts, org: Option<&str>) -> Result<SiteInfo, PortalError> {
+        Ok(self.site_info_of(with_status(request, self.scope_named(request, org))?))
     }
 
     async fn form_token(&self, request: &Parts, org: Option<&str>) -> Result<String, PortalError> {

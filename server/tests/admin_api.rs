@@ -779,10 +779,23 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
             Method::POST,
             "/organizations/gamma/servers",
             Some(TOKEN),
-            Some(g2),
+            Some(g2.clone()),
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
+    // Nor in other letters (black-box tester M's D6): one name for an operator.
+    let mut upper = g2;
+    upper["name"] = "G2".into();
+    let (status, text) = admin
+        .call(
+            Method::POST,
+            "/organizations/gamma/servers",
+            Some(TOKEN),
+            Some(upper),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("differ only in letter case"), "{text}");
     let changed = admin
         .ok(
             Method::PATCH,

@@ -2507,6 +2507,14 @@ async fn every_call_at_the_root_acts_for_the_organization_its_org_names() {
     assert_eq!(code, 400, "{body}");
     let (code, _) = script("/o/acme/api/session_status", vec![("org", "beta".into())]).await;
     assert_eq!(code, 400);
+    // `site_info` too (black-box tester M's D2: the default organization's facts answered).
+    let (code, body) = script("/api/site_info", vec![("org", "BETA".into())]).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"organization_id\":\"beta\""), "{body}");
+    for (path, org) in [("/api/site_info", "zzz"), ("/o/acme/api/site_info", "beta")] {
+        let (code, body) = script(path, vec![("org", org.into())]).await;
+        assert_eq!(code, 400, "{path} {org}: {body}");
+    }
     assert!(
         b.acct_lines().iter().all(|l| !l.contains("status=Stop")),
         "nothing ended by a refused call"

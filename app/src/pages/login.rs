@@ -133,7 +133,13 @@ pub fn LoginPage() -> impl IntoView {
     } else {
         // Reloaded by itself once the organization is enabled again (black-box tester S's
         // O2: the form came back only when its user reloaded).
-        Either::Right(view! { <DisabledNotice /> <WatchForEnable base=base.clone() /> })
+        // The help line and contact too: the notice asks the user to contact someone (black-box
+        // tester M's D3).
+        Either::Right(view! {
+            <DisabledNotice />
+            <WatchForEnable base=base.clone() />
+            <Help help_text=branding.help_text.clone() contact=branding.contact.clone() />
+        })
     };
     let logo =
         view! { <Logo base=base.clone() organization=organization.clone() shown=branding.logo /> };

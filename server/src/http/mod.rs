@@ -1140,7 +1140,7 @@ async fn readyz(State(ready): State<Readiness>) -> Response {
     match storage.ping().await {
         Ok(()) if ready.all_servers_down() => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "every RADIUS server of every organization is unreachable (circuit breakers open)",
+            "every RADIUS server of every enabled organization is unreachable (circuit breakers open: the log and portal_radius_breaker_state name them)",
         )
             .into_response(),
         Ok(()) => "ready".into_response(),
