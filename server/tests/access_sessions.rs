@@ -3041,6 +3041,34 @@ async fn a_shortened_max_lifetime_holds_for_open_sessions_at_once() {
     app.stop().await;
 }
 
+/// The session page of a session whose window was shortened below its time left offers no
+/// Refresh, and its text promises none (black-box tester U's D3: "unless you refresh. A refresh
+/// gives you 10 minutes again" beside no button).
+#[tokio::test]
+async fn a_window_shortened_below_the_time_left_is_said_so_on_the_session_page() {
+    let (_radius, app, _dir) = portal_with_one_server().await;
+    let browser = app.browser(Ipv4Addr::new(127, 0, 9, 77));
+    let page = browser.login("carol", "carol-pass").await;
+    assert!(page.body.contains("unless you refresh"), "{}", page.body);
+    radius_portal::organizations::change::update(
+        &app.storage,
+        &app.organizations,
+        "acme",
+        serde_json::json!({ "default_window": "10m" }),
+        "test",
+    )
+    .await
+    .unwrap();
+    let page = browser.get("/session").await;
+    assert!(
+        page.body.contains("No refresh is offered now")
+            && !page.body.contains("unless you refresh"),
+        "{}",
+        page.body
+    );
+    app.stop().await;
+}
+
 /// An organization's `default_window` and `max_lifetime` changed while sessions run apply from
 /// each one's next refresh where its Access-Accept left them to the organization (black-box
 /// tester S's D1: an operator who sets `max_lifetime` after an incident expects it to bound the

@@ -681,6 +681,26 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
     assert_eq!(created["id"], "gamma");
     assert_eq!(created["servers"][0]["secret"], "set");
     assert_eq!(created["branding"]["accent_color"], "#0f766e");
+    // A branding key changed alone keeps the others (black-box tester U's D1); null removes one.
+    let changed = admin
+        .ok(
+            Method::PATCH,
+            "/organizations/gamma",
+            Some(json!({ "branding": { "contact": "desk@gamma.example" } })),
+        )
+        .await;
+    assert_eq!(changed["branding"]["accent_color"], "#0f766e", "{changed}");
+    assert_eq!(changed["branding"]["help_text"], "Ask the front desk.");
+    assert_eq!(changed["branding"]["contact"], "desk@gamma.example");
+    let changed = admin
+        .ok(
+            Method::PATCH,
+            "/organizations/gamma",
+            Some(json!({ "branding": { "contact": null } })),
+        )
+        .await;
+    assert!(changed["branding"]["contact"].is_null(), "{changed}");
+    assert_eq!(changed["branding"]["accent_color"], "#0f766e");
     let (status, _) = admin
         .call(
             Method::POST,

@@ -828,6 +828,31 @@ async fn pages_are_whole_with_their_csp_nonce_and_unknown_paths_get_the_not_foun
         assert_eq!(response.status(), StatusCode::FOUND, "{accept}");
         assert_eq!(response.headers()["location"], "/", "{accept}");
     }
+    // A server fn's address opened in a browser (a bookmark; the address bar after a post the
+    // portal, down, never answered): the page that says where things stand, not a blank 405
+    // (black-box tester U's D2); a script's GET is a 405 naming the method.
+    for (path, to) in [
+        ("/api/login", "/"),
+        ("/api/refresh", "/session"),
+        ("/api/disconnect", "/session"),
+    ] {
+        let page = script
+            .get(format!("{}{path}", browser.base))
+            .header("accept", "text/html,application/xhtml+xml")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(page.headers()["location"], to, "{path}");
+        let api = script
+            .get(format!("{}{path}", browser.base))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(api.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        assert_eq!(api.headers()["allow"], "POST", "{path}");
+    }
     app.stop().await;
 }
 

@@ -270,6 +270,12 @@ pub fn SessionPanel() -> impl IntoView {
             return format!("Its end time, {at}, has passed.");
         }
         match s.ends_by {
+            // No Refresh offered (black-box tester U's D3: the text still promised one): a
+            // window shortened below the time left, or a maximum length shortened below the
+            // session's age.
+            EndsBy::Window if !s.can_extend => {
+                format!("Ends at {at}. No refresh is offered now: it would not move this end later.")
+            }
             EndsBy::Window if reaches_limit.get() => format!(
                 "Ends at {at} unless you refresh. A refresh extends it only up to its maximum length."
             ),

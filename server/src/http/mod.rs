@@ -183,7 +183,9 @@ pub fn router(parts: RouterParts) -> Site {
             .unwrap_or(axum::routing::MethodFilter::POST);
         route(
             path,
-            axum::routing::on(method, server_fns::handle).with_state(portal.clone()),
+            axum::routing::on(method, server_fns::handle)
+                .fallback(server_fns::wrong_method)
+                .with_state(portal.clone()),
         );
     }
     for path in app::Page::PATHS {

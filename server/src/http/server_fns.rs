@@ -20,6 +20,42 @@ use leptos::{
 };
 use leptos_axum::ResponseOptions;
 
+/// A server fn asked for with a method other than its own. A browser's GET (a bookmark, the
+/// address bar after a post that never got its answer — the portal was down) is sent to the
+/// page that says where it stands: the sign-in page for `login`, else the session page (a
+/// Disconnect that never arrived shows the session still running there; black-box tester U's
+/// D2: a blank 405 said nothing). Anything else: 405, `Allow` naming the method.
+pub async fn wrong_method(request: Request) -> Response {
+    let browser = matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) && app::service::accepts_html(request.headers());
+    let mut response = Response::new(axum::body::Body::empty());
+    if browser {
+        let base = request
+            .extensions()
+            .get::<super::org_scope::OrgScope>()
+            .map(|scope| scope.base.clone())
+            .unwrap_or_default();
+        let login = request.uri().path() == <app::api::Login as leptos::server_fn::ServerFn>::PATH;
+        let to = if login {
+            format!("{base}/")
+        } else {
+            format!("{base}/session")
+        };
+        *response.status_mut() = StatusCode::SEE_OTHER;
+        if let Ok(location) = header::HeaderValue::from_str(&to) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        return response;
+    }
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+    response
+}
+
 /// Runs the server fn at the request's path (404, in the server fns' error form, when there
 /// is none).
 pub async fn handle(State(portal): State<Portal>, request: Request) -> Response {

@@ -583,6 +583,21 @@ pub async fn update(
                 }
             }
         }
+        // A table of keys (branding) is merged into the stored one, key by key — one key
+        // given changes that key (black-box tester U's D1: the accent colour, help line and
+        // contact went with a change of the logo alone); `null` removes a key (JSON merge
+        // patch). The server list is replaced whole (its entries are objects of their own).
+        if let (Value::Object(given), Some(Value::Object(stored))) = (&value, after.get(&key)) {
+            let mut merged = stored.clone();
+            for (inner, v) in given {
+                if v.is_null() {
+                    merged.remove(inner);
+                } else {
+                    merged.insert(inner.clone(), v.clone());
+                }
+            }
+            value = Value::Object(merged);
+        }
         after.insert(key, value);
     }
     store(
