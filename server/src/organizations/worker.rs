@@ -194,10 +194,28 @@ impl OrganizationWorker {
     /// this process's cache. A failure is logged; the next call tries again.
     /// True if an organization changed.
     async fn refresh_cache(&self) -> bool {
+        let was_active: std::collections::HashMap<String, bool> = self
+            .organizations
+            .all()
+            .iter()
+            .map(|org| (org.id.clone(), org.active))
+            .collect();
         match self.organizations.refresh(&self.storage).await {
             Ok(changed) => {
                 for id in &changed {
-                    tracing::info!(organization = %id, "organization changed: cached settings reloaded");
+                    // An enable or disable made elsewhere (the CLI, another replica) is said as
+                    // such in this process's log too, as one made through it is (black-box
+                    // tester M: an enable read as "settings reloaded").
+                    let now = self.organizations.get(id).map(|org| org.active);
+                    match (was_active.get(id).copied(), now) {
+                        (Some(false), Some(true)) => tracing::warn!(organization = %id,
+                            "organization enabled (changed elsewhere: the CLI or another replica)"),
+                        (Some(true), Some(false)) => tracing::warn!(organization = %id,
+                            "organization disabled (changed elsewhere: the CLI or another replica)"),
+                        _ => {
+                            tracing::info!(organization = %id, "organization changed: cached settings reloaded")
+                        }
+                    }
                 }
                 !changed.is_empty()
             }
