@@ -856,10 +856,11 @@ pub async fn radius_test(
         // The file's settings, the database's state: a disabled organization is one still,
         // whatever letter case the file spells its id in. One the database does not have yet
         // keeps the file's (what the next start stores).
-        if let Some(row) = rows
+        let stored = rows
             .iter()
-            .find(|row| from_file && row.id.eq_ignore_ascii_case(org_id))
-        {
+            .find(|row| row.id == org_id)
+            .or_else(|| rows.iter().find(|row| row.id.eq_ignore_ascii_case(org_id)));
+        if let Some(row) = stored.filter(|_| from_file) {
             std::sync::Arc::make_mut(&mut org).active = row.active;
         }
         // What is tested is what the running portal uses (or, --from-file, what the next

@@ -349,11 +349,14 @@ impl PortalBackend {
             // disabled, the page must not offer to sign in again. Asked of the database: a
             // replica's stream hears the disable's stop before its cache follows the disable
             // (code review: "ended by the operator", and the stream ended there).
+            // The cache first: a disable it knows of needs no read (every page a disable
+            // ended asks at once).
             Some(cause::ADMIN_RESET) => {
-                if self
-                    .sessions
-                    .organization_not_enabled_now(&s.organization_id)
-                    .await
+                if self.organization_disabled(&s.organization_id)
+                    || self
+                        .sessions
+                        .organization_not_enabled_now(&s.organization_id)
+                        .await
                 {
                     EndReason::OrganizationDisabled
                 } else {

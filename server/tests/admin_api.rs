@@ -654,6 +654,14 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
             "colour",
         ),
         (
+            // Two names for one server (black-box tester M's D6; a code review: at create too).
+            json!({ "id": "gamma", "name": "G", "servers": [
+                { "name": "x1", "address": "10.0.0.1", "secret": "s" },
+                { "name": "X1", "address": "10.0.0.2", "secret": "s" },
+            ] }),
+            "servers[1].name",
+        ),
+        (
             json!({ "id": "gamma", "name": "G", "servers": [{ "name": "x", "address": "not-an-ip", "secret": "s" }] }),
             "servers[0].address",
         ),

@@ -922,7 +922,9 @@ async fn more_than_256_requests_in_flight_to_one_server_all_complete_over_more_s
 }
 
 /// An unanswered Status-Server is not retransmitted (RFC 5997 §6): the next try is a new packet,
-/// with its own Identifier and Request Authenticator, and its answer is taken.
+/// with its own Identifier and Request Authenticator — and an answer to an earlier try that
+/// comes after its timeout, while a later one waits, is still taken (a code review: a server
+/// answering in 1.5 timeouts failed every try).
 #[tokio::test]
 async fn an_unanswered_status_server_is_tried_again_as_a_new_packet() {
     let server = FreeRadius::start().await;
@@ -930,11 +932,17 @@ async fn an_unanswered_status_server_is_tried_again_as_a_new_packet() {
     let seen = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
     let front = {
         let seen = seen.clone();
-        relay(move |request| {
+        udp_front(move |front, request, from| {
             let mut seen = seen.lock().unwrap();
-            seen.push(request.to_vec());
-            // The first is lost on the way; the rest go through.
-            (seen.len() > 1).then_some(upstream)
+            seen.push(request.clone());
+            // The first is answered late (after one and a half timeouts); the rest are lost.
+            if seen.len() == 1 {
+                let front = front.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    pass_on(&front, request, from, upstream);
+                });
+            }
         })
         .await
     };
@@ -942,8 +950,8 @@ async fn an_unanswered_status_server_is_tried_again_as_a_new_packet() {
     let mut endpoint = server.endpoint("primary", false);
     endpoint.auth_addr = front;
     endpoint.timeout = Duration::from_secs(1);
-    endpoint.retries = 1;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    endpoint.retries = 2;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     let answer = radius
         .status_server(
             &endpoint,
@@ -951,9 +959,16 @@ async fn an_unanswered_status_server_is_tried_again_as_a_new_packet() {
             deadline,
         )
         .await;
-    assert!(answer.is_ok(), "the second try is answered: {answer:?}");
+    assert!(
+        answer.is_ok(),
+        "the first try's late answer is taken: {answer:?}"
+    );
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 2, "one try lost, one answered");
+    assert!(
+        seen.len() >= 2,
+        "a second try went out meanwhile: {}",
+        seen.len()
+    );
     for packet in &seen {
         assert_eq!(packet[0], Code::StatusServer as u8);
     }

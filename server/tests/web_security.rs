@@ -835,6 +835,7 @@ async fn pages_are_whole_with_their_csp_nonce_and_unknown_paths_get_the_not_foun
         ("/api/login", "/"),
         ("/api/refresh", "/session"),
         ("/api/disconnect", "/session"),
+        ("/o/acme/api/disconnect", "/o/acme/session"),
     ] {
         let page = script
             .get(format!("{}{path}", browser.base))

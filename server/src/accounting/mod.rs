@@ -1053,23 +1053,23 @@ impl Accounting {
 
     /// The guard's answer for an Accounting-Start of `organization_id`, from the stored flag
     /// (not the cache: a disable made a moment ago by another process must stop a queued
-    /// Start). `known`: this process can build the organization at all.
+    /// Start); `Err`: why not, as its dead letter says. One enabled there that this process's
+    /// cache lacks (made a moment ago on another replica, or its settings unusable here) is
+    /// allowed: the delivery then holds it as it holds an Interim or a Stop, for this process
+    /// or another to send (a code review: it was dead-lettered, its session's rows with it).
     async fn start_allowed(
         &self,
         organization_id: &str,
-        known: bool,
     ) -> Result<Result<(), String>, OutboxError> {
         let stored = self.storage.organization_active(organization_id).await?;
-        let state = OrgState::from_active(stored.filter(|_| known));
-        if guard::allows(Operation::AccountingStart, state) {
+        if guard::allows(Operation::AccountingStart, OrgState::from_active(stored)) {
             return Ok(Ok(()));
         }
-        // Why, as the dead letter records it: disabled, or unknown to this process (the guard
-        // denies both; an operator mends them differently).
+        // Why, as the dead letter records it (the guard denies both; an operator mends them
+        // differently).
         Ok(Err(match stored {
-            Some(false) => CANCELLED_BY_DISABLE.into(),
-            Some(true) => "cancelled: organization unusable here (its settings could not be loaded; the log says why)".into(),
             None => "cancelled: organization deleted".into(),
+            Some(_) => CANCELLED_BY_DISABLE.into(),
         }))
     }
 
@@ -1281,8 +1281,7 @@ impl Accounting {
             let allowed = if org_checked && org.as_ref().is_some_and(|o| o.active) {
                 Ok(())
             } else {
-                self.start_allowed(&session.organization_id, org.is_some())
-                    .await?
+                self.start_allowed(&session.organization_id).await?
             };
             if let Err(why) = allowed {
                 return self.dead_letter(&row, acct_id, why).await;
@@ -1408,7 +1407,7 @@ impl Accounting {
             && row.transmissions == 0
             && self.earlier_stops_first(&org, &session).await
         {
-            if let Err(why) = self.start_allowed(&session.organization_id, true).await? {
+            if let Err(why) = self.start_allowed(&session.organization_id).await? {
                 return self.dead_letter(&row, acct_id, why).await;
             }
             now_ms()
@@ -1505,7 +1504,7 @@ impl Accounting {
         // disabled: the guard is asked again at the moment the packet would leave (a slot free
         // at once follows the first answer within the same moment).
         if is_start && waited {
-            if let Err(why) = self.start_allowed(&session.organization_id, true).await? {
+            if let Err(why) = self.start_allowed(&session.organization_id).await? {
                 return self.dead_letter(&row, acct_id, why).await;
             }
         }

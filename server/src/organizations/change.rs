@@ -137,6 +137,24 @@ async fn state_of(storage: &Storage, id: &str) -> Result<OrgState, ChangeError> 
     }
 }
 
+/// Server names that differ only in letter case name one server to an operator (the log,
+/// metrics, `session show`): refused in a create or a change, as ids are (black-box tester M's
+/// D6). Not in the configuration's own check: a database an older release wrote still loads.
+fn server_names_once(servers: &[ServerSettings], key: &str) -> Result<(), ChangeError> {
+    for (j, server) in servers.iter().enumerate() {
+        if let Some(first) = servers[..j]
+            .iter()
+            .find(|other| other.name.eq_ignore_ascii_case(&server.name))
+        {
+            return Err(ChangeError::Invalid(format!(
+                "{key}.servers[{j}].name: `{}` is `{}` in other letters (server names that differ only in letter case count as one)",
+                server.name, first.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// What a change of `id` (a server's, `server` named) would be refused for before its body is
 /// read: no such organization (or server), or the guard (`create`: the guard's AdminCreate
 /// row, else AdminUpdate). For an answer that has another reason to refuse the body (the admin
@@ -304,20 +322,7 @@ async fn store(
         .collect();
     let kept: Vec<&str> = kept.iter().map(String::as_str).collect();
     let after = checked(Value::Object(after), &key, &kept)?;
-    // Server names that differ only in letter case name one server to an operator (the log,
-    // metrics, `session show`): refused in a change, as ids are (black-box tester M's D6).
-    // Not in the configuration's own check: a database an older release wrote still loads.
-    for (j, server) in after.servers.iter().enumerate() {
-        if let Some(first) = after.servers[..j]
-            .iter()
-            .find(|other| other.name.eq_ignore_ascii_case(&server.name))
-        {
-            return Err(ChangeError::Invalid(format!(
-                "{key}.servers[{j}].name: `{}` is `{}` in other letters (server names that differ only in letter case count as one)",
-                server.name, first.name
-            )));
-        }
-    }
+    server_names_once(&after.servers, &key)?;
     // A server its sessions still need keeps its name and where its accounting goes.
     if let Err(needed) = super::servers_still_needed(
         storage,
@@ -463,6 +468,7 @@ pub async fn create(
         }
     }
     let settings = checked(Value::Object(body), "organization", &[])?;
+    server_names_once(&settings.servers, "organization")?;
     let active = active.or(settings.enabled).unwrap_or(true);
     let json = serde_json::to_string(&settings)
         .map_err(|e| OrganizationError::Corrupt(settings.id.clone(), e.to_string()))?;

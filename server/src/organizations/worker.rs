@@ -220,8 +220,12 @@ impl OrganizationWorker {
                 !changed.is_empty()
             }
             Err(e) => {
-                tracing::error!(error = %crate::portal_backend::error_chain(&e),
-                    "reloading changed organizations failed; retrying on the next pass");
+                // Every pass (twice a second) while the database is away: a line per 5 s.
+                static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+                if let Some(left_out) = LOG.admit() {
+                    tracing::error!(error = %crate::portal_backend::error_chain(&e), similar_left_out = left_out,
+                        "reloading changed organizations failed; retrying on the next pass");
+                }
                 false
             }
         }

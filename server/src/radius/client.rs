@@ -121,8 +121,12 @@ struct Inner {
     /// The last request each (socket, server, Identifier) carried, once it ended: a reply to it
     /// that comes late, after the Identifier went to a new request, is told from a reply that
     /// fails verification (a wrong secret) — a slow server is not taken for a misconfigured
-    /// one. Bounded as `waiters` is (one per Identifier a request used).
-    ended: HashMap<Key, Expectation>,
+    /// one. One per Identifier a request used, and those of the last [`ENDED_KEPT`] only once
+    /// there are many (a removed server's, and its secret, are not kept for ever).
+    ended: HashMap<Key, (Instant, Expectation)>,
+    /// When `ended` was last pruned (at most every [`ENDED_KEPT`]: under load it is large with
+    /// recent requests, and a look at each at every request's end would cost).
+    ended_pruned: Option<Instant>,
     v4: Vec<Arc<UdpSocket>>,
     v6: Vec<Arc<UdpSocket>>,
 }
@@ -497,7 +501,17 @@ impl Drop for Registration<'_> {
     fn drop(&mut self) {
         let mut inner = self.shared.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(expect) = inner.waiters.remove(&self.key).and_then(|p| p.expect) {
-            inner.ended.insert(self.key, expect);
+            let now = Instant::now();
+            let due = inner
+                .ended_pruned
+                .is_none_or(|at| now.duration_since(at) >= ENDED_KEPT);
+            if inner.ended.len() >= ENDED_PRUNE_AT && due {
+                inner
+                    .ended
+                    .retain(|_, (at, _)| now.duration_since(*at) < ENDED_KEPT);
+                inner.ended_pruned = Some(now);
+            }
+            inner.ended.insert(self.key, (now, expect));
         }
         drop(inner);
         self.shared.freed.notify_waiters();
@@ -836,6 +850,11 @@ fn handle_datagram(shared: &Shared, index: usize, from: SocketAddr, datagram: &[
     }
 }
 
+/// How long an ended request is remembered for its late replies ([`Inner::ended`]), once
+/// [`ENDED_PRUNE_AT`] are.
+const ENDED_KEPT: Duration = Duration::from_secs(120);
+const ENDED_PRUNE_AT: usize = 4096;
+
 /// Whether `datagram` is signed for the request that carried `key` before the one waiting with
 /// it now.
 fn answers_the_one_before(shared: &Shared, key: Key, datagram: &[u8]) -> bool {
@@ -845,7 +864,7 @@ fn answers_the_one_before(shared: &Shared, key: Key, datagram: &[u8]) -> bool {
         .unwrap_or_else(|p| p.into_inner())
         .ended
         .get(&key)
-        .cloned()
+        .map(|(_, before)| before.clone())
     else {
         return false;
     };
@@ -1104,13 +1123,16 @@ mod tests {
         let _rx = waiting(&client, server, false);
         client.lock().ended.insert(
             (0, server, 9),
-            Expectation {
-                request_code: 1,
-                request_authenticator: earlier,
-                secret: Arc::from(&b"secret"[..]),
-                require_message_authenticator: false,
-                end_when_unreachable: false,
-            },
+            (
+                Instant::now(),
+                Expectation {
+                    request_code: 1,
+                    request_authenticator: earlier,
+                    secret: Arc::from(&b"secret"[..]),
+                    require_message_authenticator: false,
+                    end_when_unreachable: false,
+                },
+            ),
         );
         handle_datagram(&client.shared, 0, server, &reply_to(earlier));
         assert_eq!(

@@ -818,36 +818,49 @@ impl Radius {
         deadline: Instant,
         require_message_authenticator: bool,
     ) -> Result<Reply, RadiusError> {
+        use futures_util::stream::{FuturesUnordered, StreamExt as _};
         let secret = server.secret.expose().as_bytes();
-        // RFC 5997 §6: a Status-Server is never retransmitted; each try until `deadline` (one
-        // timeout each) is a new packet, with its own Identifier and Request Authenticator.
-        loop {
+        // RFC 5997 §6: a Status-Server is never retransmitted. Each timeout until `deadline`
+        // sends a new one (its own Identifier and Request Authenticator), and every one sent
+        // waits for its answer until `deadline`: a server answering later than one timeout is
+        // still heard (a code review: each try's wait ended at its timeout).
+        let one_try = || {
             let now = Instant::now();
             let exchange = Exchange {
                 destination: health::address(server, port),
                 secret,
-                timeout: server.timeout,
+                timeout: deadline.saturating_duration_since(now),
                 retries: 0,
-                deadline: deadline.min(now + server.timeout),
+                deadline,
                 require_message_authenticator,
                 // A probe is made again anyway; `radius test` says at once.
                 end_when_unreachable: true,
                 callers_deadline: false,
             };
-            let answer = self
-                .client
-                .exchange(exchange, |id| {
-                    let authenticator = random_authenticator();
-                    let p = Request::access_request(Code::StatusServer, id, authenticator, secret);
-                    Ok((
-                        packet::encode_access_request(&p).map_err(RadiusError::Encode)?,
-                        authenticator,
-                    ))
-                })
-                .await;
-            match answer {
-                Err(RadiusError::Timeout) if Instant::now() < deadline => continue,
-                other => return other,
+            self.client.exchange(exchange, |id| {
+                let authenticator = random_authenticator();
+                let p = Request::access_request(Code::StatusServer, id, authenticator, secret);
+                Ok((
+                    packet::encode_access_request(&p).map_err(RadiusError::Encode)?,
+                    authenticator,
+                ))
+            })
+        };
+        let mut tries = FuturesUnordered::new();
+        tries.push(one_try());
+        let mut next = Instant::now() + server.timeout;
+        loop {
+            tokio::select! {
+                Some(answer) = tries.next(), if !tries.is_empty() => match answer {
+                    // Unanswered so far: the tries still waiting (or the next) may be.
+                    Err(RadiusError::Timeout) => {}
+                    answer => return answer,
+                },
+                () = tokio::time::sleep_until(next), if next < deadline => {
+                    tries.push(one_try());
+                    next += server.timeout;
+                }
+                else => return Err(RadiusError::Timeout),
             }
         }
     }

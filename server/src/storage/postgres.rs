@@ -905,7 +905,17 @@ impl PgStore {
 
     /// Listens for other processes' announcements (a connection of its own).
     pub(crate) async fn listen(&self) -> Result<NoticeListener, StorageError> {
-        let mut listener = PgListener::connect_with(&self.listening).await?;
+        // A pool of its own each time: a listener dropped after its connection went silent
+        // holds its slot while its `UNLISTEN` waits on the dead connection (until TCP gives
+        // up, many minutes), and the new one must not wait for it (a code review).
+        let pool = PgPoolOptions::new()
+            .acquire_slow_level(log::LevelFilter::Off)
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(BACKGROUND_ACQUIRE_TIMEOUT)
+            .connect_lazy_with(self.listening.connect_options().as_ref().clone());
+        let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(CHANNEL).await?;
         Ok(NoticeListener {
             listener,
