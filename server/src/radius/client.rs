@@ -64,6 +64,22 @@ struct Expectation {
     end_when_unreachable: bool,
 }
 
+impl Expectation {
+    /// Whether `datagram` is a reply signed for this request (with its secret), whatever
+    /// else it is.
+    fn signs(&self, datagram: &[u8]) -> bool {
+        !matches!(
+            accept_reply(
+                datagram,
+                (self.request_code, &self.request_authenticator),
+                &self.secret,
+                false,
+            ),
+            Err(Dropped::Check(_))
+        )
+    }
+}
+
 /// One request in flight.
 struct Pending {
     /// None between reserving the Identifier and building the request: replies are dropped.
@@ -868,15 +884,7 @@ fn answers_the_one_before(shared: &Shared, key: Key, datagram: &[u8]) -> bool {
     else {
         return false;
     };
-    !matches!(
-        accept_reply(
-            datagram,
-            (before.request_code, &before.request_authenticator),
-            &before.secret,
-            false,
-        ),
-        Err(Dropped::Check(_))
-    )
+    before.signs(datagram)
 }
 
 /// The waiting request `key`'s end, to send it its outcome: None when it has one already (a
@@ -926,12 +934,7 @@ fn note_reply_from_elsewhere(
     };
     for (dest, expect) in candidates {
         // Signed with the secret (of whatever kind): the server's.
-        if let Err(Dropped::Check(_)) = accept_reply(
-            datagram,
-            (expect.request_code, &expect.request_authenticator),
-            &expect.secret,
-            false,
-        ) {
+        if !expect.signs(datagram) {
             continue;
         }
         let mut inner = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -974,18 +977,7 @@ fn note_reply_with_another_identifier(
     for (other, expect) in candidates {
         let mut rewritten = datagram.to_vec();
         rewritten[1] = other;
-        let signed = |datagram: &[u8]| {
-            !matches!(
-                accept_reply(
-                    datagram,
-                    (expect.request_code, &expect.request_authenticator),
-                    &expect.secret,
-                    false,
-                ),
-                Err(Dropped::Check(_))
-            )
-        };
-        if !signed(datagram) && !signed(&rewritten) {
+        if !expect.signs(datagram) && !expect.signs(&rewritten) {
             continue;
         }
         let why = format!("it came with Identifier {id}, and the request it is signed for has Identifier {other} (something between rewrites Identifiers, or the server answers with another one)");

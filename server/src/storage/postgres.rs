@@ -347,6 +347,18 @@ fn server_away(error: &sqlx::Error) -> bool {
     }
 }
 
+/// A pool for one listening connection (opened when a listener asks for it, never closed
+/// for idleness or age: a listener holds it as long as it listens).
+fn listening_pool(options: PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .acquire_slow_level(log::LevelFilter::Off)
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .acquire_timeout(BACKGROUND_ACQUIRE_TIMEOUT)
+        .connect_lazy_with(options)
+}
+
 /// The NOTIFY channel of every announcement.
 const CHANNEL: &str = "radius_portal";
 
@@ -729,13 +741,7 @@ impl PgStore {
             .max_lifetime(CONNECTION_LIFETIME)
             .acquire_timeout(BACKGROUND_ACQUIRE_TIMEOUT)
             .connect_lazy_with(options.clone());
-        let listening = PgPoolOptions::new()
-            .acquire_slow_level(log::LevelFilter::Off)
-            .max_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .acquire_timeout(BACKGROUND_ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options.clone());
+        let listening = listening_pool(options.clone());
         // A server that cannot give even one replica its connections: said at start-up, not
         // found out under load as Stops that wait.
         let slots: Result<i32, _> = sqlx::query_scalar(
@@ -908,13 +914,7 @@ impl PgStore {
         // A pool of its own each time: a listener dropped after its connection went silent
         // holds its slot while its `UNLISTEN` waits on the dead connection (until TCP gives
         // up, many minutes), and the new one must not wait for it (a code review).
-        let pool = PgPoolOptions::new()
-            .acquire_slow_level(log::LevelFilter::Off)
-            .max_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .acquire_timeout(BACKGROUND_ACQUIRE_TIMEOUT)
-            .connect_lazy_with(self.listening.connect_options().as_ref().clone());
+        let pool = listening_pool(self.listening.connect_options().as_ref().clone());
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(CHANNEL).await?;
         Ok(NoticeListener {
