@@ -2004,6 +2004,20 @@ impl Settings {
         for (i, org) in self.organizations.iter().enumerate() {
             let key = format!("organizations[{i}]");
             org.validate(&key)?;
+            // Server names that differ only in letter case name one server to an operator (the
+            // log, metrics): refused in the file as in a change through the CLI or the API
+            // (black-box tester W: the file let them in, and every change was refused after).
+            // Here, not in each organization's own check: a database an older release wrote
+            // still loads.
+            if let Some((j, first)) = server_names_clash(&org.servers) {
+                return Err(config_error(
+                    format!("{key}.servers[{j}].name"),
+                    format!(
+                        "`{}` is `{first}` in other letters (server names that differ only in letter case count as one)",
+                        org.servers[j].name
+                    ),
+                ));
+            }
             // Ids that differ only in letter case would be told apart by a URL's case alone.
             if !seen.insert(org.id.to_ascii_lowercase()) {
                 return Err(config_error(
@@ -2299,6 +2313,17 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// The first server whose name one before it has in other letters: its index, and that other
+/// name (server names that differ only in letter case name one server to an operator).
+pub(crate) fn server_names_clash(servers: &[ServerSettings]) -> Option<(usize, &str)> {
+    servers.iter().enumerate().find_map(|(j, server)| {
+        servers[..j]
+            .iter()
+            .find(|other| other.name.eq_ignore_ascii_case(&server.name))
+            .map(|first| (j, first.name.as_str()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2462,6 +2487,14 @@ mod tests {
             (
                 format!("{MINIMAL}{second}auth_port = 0\n"),
                 "organizations[1].servers[1].auth_port (line 21)",
+            ),
+            // Server names that differ only in letter case count as one (black-box tester W).
+            (
+                format!(
+                    "{MINIMAL}{}",
+                    second.replace("name = \"b\"", "name = \"A\"")
+                ),
+                "organizations[1].servers[1].name (line 18)",
             ),
             // A value the file leaves out: the table that should hold it.
             (
