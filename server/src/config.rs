@@ -2009,14 +2009,10 @@ impl Settings {
             // (black-box tester W: the file let them in, and every change was refused after).
             // Here, not in each organization's own check: a database an older release wrote
             // still loads.
-            if let Some((j, first)) = server_names_clash(&org.servers) {
-                return Err(config_error(
-                    format!("{key}.servers[{j}].name"),
-                    format!(
-                        "`{}` is `{first}` in other letters (server names that differ only in letter case count as one)",
-                        org.servers[j].name
-                    ),
-                ));
+            if let Some((j, problem)) =
+                server_names_clash(org.servers.iter().map(|s| s.name.as_str()))
+            {
+                return Err(config_error(format!("{key}.servers[{j}].name"), problem));
             }
             // Ids that differ only in letter case would be told apart by a URL's case alone.
             if !seen.insert(org.id.to_ascii_lowercase()) {
@@ -2313,14 +2309,23 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
     }
 }
 
-/// The first server whose name one before it has in other letters: its index, and that other
-/// name (server names that differ only in letter case name one server to an operator).
-pub(crate) fn server_names_clash(servers: &[ServerSettings]) -> Option<(usize, &str)> {
-    servers.iter().enumerate().find_map(|(j, server)| {
-        servers[..j]
+/// The first of `names` (an organization's servers') that one before it has in other letters:
+/// its index, and what is wrong with it (server names that differ only in letter case name one
+/// server to an operator: the log, metrics, `session show`).
+pub(crate) fn server_names_clash<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+) -> Option<(usize, String)> {
+    let names: Vec<&str> = names.into_iter().collect();
+    names.iter().enumerate().find_map(|(j, name)| {
+        names[..j]
             .iter()
-            .find(|other| other.name.eq_ignore_ascii_case(&server.name))
-            .map(|first| (j, first.name.as_str()))
+            .find(|other| other.eq_ignore_ascii_case(name))
+            .map(|first| {
+                (
+                    j,
+                    format!("`{name}` is `{first}` in other letters (server names that differ only in letter case count as one)"),
+                )
+            })
     })
 }
 

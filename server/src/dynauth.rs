@@ -596,17 +596,12 @@ impl DynAuthListener {
         };
         // Sessions it names of organizations the client may not act on: none of its business,
         // answered as no session, but the log says why (black-box tester M).
-        let mut outside = 0usize;
-        let candidates = match self.sessions.find_active(&wanted).await {
+        let (candidates, outside): (Vec<_>, Vec<_>) = match self.sessions.find_active(&wanted).await
+        {
             Ok(found) => found
                 .into_iter()
                 .filter(|s| identification.matches(s))
-                .filter(|s| {
-                    let may = may_act_on(&s.organization_id);
-                    outside += usize::from(!may);
-                    may
-                })
-                .collect::<Vec<_>>(),
+                .partition(|s| may_act_on(&s.organization_id)),
             Err(e) => {
                 crate::throttled!(error, client, error = ?e, "looking up the session of a Dynamic Authorization request failed");
                 // Not an answer the server should act on: let it retransmit.
@@ -641,8 +636,8 @@ impl DynAuthListener {
             return reply(nak, Some(NAS_IDENTIFICATION_MISMATCH));
         }
         if found.is_empty() {
-            if outside > 0 {
-                crate::throttled!(info, client, code = ?request.code(), named = %identification.described(), sessions = outside,
+            if !outside.is_empty() {
+                crate::throttled!(info, client, code = ?request.code(), named = %identification.described(), sessions = outside.len(),
                     "Dynamic Authorization request for no active session of the organizations this client may act on (its `organizations` list): the sessions it names are other organizations'");
             } else {
                 crate::throttled!(info, client, code = ?request.code(), named = %identification.described(),

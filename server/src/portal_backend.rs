@@ -346,11 +346,10 @@ impl PortalBackend {
             Some(cause::IDLE_TIMEOUT) => EndReason::Expired,
             Some(cause::SESSION_TIMEOUT) => EndReason::LimitReached,
             // Stopped by the operator; if it was by disabling the organization, which is still
-            // disabled, the page must not offer to sign in again. Asked of the database: a
-            // replica's stream hears the disable's stop before its cache follows the disable
-            // (code review: "ended by the operator", and the stream ended there).
-            // The cache first: a disable it knows of needs no read (every page a disable
-            // ended asks at once).
+            // disabled, the page must not offer to sign in again. The cache first (a disable
+            // it knows of needs no read: every page a disable ended asks at once), else the
+            // database: a replica's stream hears the disable's stop before its cache follows
+            // the disable (code review: "ended by the operator", and the stream ended there).
             Some(cause::ADMIN_RESET) => {
                 if self.organization_disabled(&s.organization_id)
                     || self
@@ -677,7 +676,6 @@ impl PortalBackend {
                 .is_some_and(|expected| tokens_match(&expected, supplied)))
     }
 
-    /// The organization a request is for: its `/o/{slug}` scope, else the default.
     /// The facts of the sign-in page of organization `scope` (the portal's cache: no read).
     fn site_info_of(&self, scope: OrgScope) -> SiteInfo {
         let org = self.organizations.get(&scope.id);
@@ -699,6 +697,7 @@ impl PortalBackend {
         }
     }
 
+    /// The organization a request is for: its `/o/{slug}` scope, else the default.
     fn scope(&self, request: &Parts) -> OrgScope {
         request
             .extensions

@@ -137,14 +137,12 @@ async fn state_of(storage: &Storage, id: &str) -> Result<OrgState, ChangeError> 
     }
 }
 
-/// Server names that differ only in letter case name one server to an operator (the log,
-/// metrics, `session show`): refused in a create or a change, as ids are (black-box tester M's
-/// D6). Not in the configuration's own check: a database an older release wrote still loads.
+/// Server names that differ only in letter case are refused in a create or a change, as ids
+/// are (black-box tester M's D6; the configuration file's are, in `Settings::validate`).
 fn server_names_once(servers: &[ServerSettings], key: &str) -> Result<(), ChangeError> {
-    match crate::config::server_names_clash(servers) {
-        Some((j, first)) => Err(ChangeError::Invalid(format!(
-            "{key}.servers[{j}].name: `{}` is `{first}` in other letters (server names that differ only in letter case count as one)",
-            servers[j].name
+    match crate::config::server_names_clash(servers.iter().map(|s| s.name.as_str())) {
+        Some((j, problem)) => Err(ChangeError::Invalid(format!(
+            "{key}.servers[{j}].name: {problem}"
         ))),
         None => Ok(()),
     }
@@ -319,10 +317,8 @@ async fn store(
     let after = checked(Value::Object(after), &key, &kept)?;
     // Only a clash the change makes: one stored already (an older release let it in) leaves
     // the organization's other changes possible (black-box tester W).
-    let stored: Vec<ServerSettings> =
-        serde_json::from_value(Value::Array(servers_of(&before.settings).to_vec()))
-            .unwrap_or_default();
-    if crate::config::server_names_clash(&stored).is_none() {
+    let stored = servers_of(&before.settings).iter().filter_map(name_of);
+    if crate::config::server_names_clash(stored).is_none() {
         server_names_once(&after.servers, &key)?;
     }
     // A server its sessions still need keeps its name and where its accounting goes.
