@@ -1248,10 +1248,13 @@ fn survive_file_size_limits() {
 
 async fn serve(settings: &Settings, options: LeptosOptions, demo: bool) -> anyhow::Result<()> {
     survive_file_size_limits();
-    let app = Application::build(settings, options, demo).await?;
-    let addr = app.local_addr();
+    // Heard from before start-up (which may take seconds: a database to open and migrate,
+    // sessions due to stop): a SIGTERM then ends the portal once it has started, as at any
+    // other time, not by the signal's default action (a code review).
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let app = Application::build(settings, options, demo).await?;
+    let addr = app.local_addr();
     if demo {
         let scheme = if settings.http.tls.is_some() {
             "https"
@@ -1273,28 +1276,40 @@ async fn serve(settings: &Settings, options: LeptosOptions, demo: bool) -> anyho
     app.run(shutdown).await
 }
 
+/// Cancels `token` at the first SIGTERM or SIGINT (Ctrl-C); a second one ends the process at
+/// once (an operator cutting a slow stop short: what is stored is sent at the next start, as
+/// after a kill -9).
 async fn cancel_on_signal(token: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    token.cancel();
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    let mut term = None::<()>;
+    signalled(&mut term).await;
     tracing::info!("shutting down");
     token.cancel();
+    signalled(&mut term).await;
+    tracing::warn!("a second signal: stopping at once, without finishing the stop under way");
+    crate::telemetry::flush(Duration::from_secs(2));
+    std::process::exit(1);
+}
+
+/// The next SIGINT (Ctrl-C) or, where it could be listened for, SIGTERM.
+#[cfg(unix)]
+async fn signalled(term: &mut Option<tokio::signal::unix::Signal>) {
+    match term {
+        Some(term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        },
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn signalled(_: &mut Option<()>) {
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Settings of the demo: one organization whose server is the in-process demo RADIUS server

@@ -398,6 +398,21 @@ pub fn parse_network(text: &str) -> Result<IpNet, String> {
     if net.prefix_len() == 0 {
         return Err(every(&format!("`{text}`")));
     }
+    // An IPv4 address in its IPv6 form (`::ffff:10.0.0.1`, copied from a dual-stack log) is
+    // that IPv4 address: a peer is compared in its IPv4 form, so it would never match (a code
+    // review).
+    if let IpNet::V6(v6) = net {
+        if let (Some(v4), Some(prefix)) = (
+            v6.network().to_ipv4_mapped(),
+            v6.prefix_len().checked_sub(96),
+        ) {
+            return Ok(IpNet::V4(
+                ipnet::Ipv4Net::new(v4, prefix)
+                    .map_err(|e| e.to_string())?
+                    .trunc(),
+            ));
+        }
+    }
     Ok(net.trunc())
 }
 
@@ -2138,15 +2153,35 @@ impl Settings {
 struct TomlLine<'a> {
     /// Numbered from 1.
     number: usize,
-    /// Trimmed.
-    text: &'a str,
     /// The table it is in, named as validation names keys (`organizations[1].servers[0]`); a
     /// header line is in its own table.
     table: Option<String>,
     /// A table header (`[http]`, `[[organizations.servers]]`).
     header: bool,
-    /// The key a `key = value` line sets (quotes taken off).
+    /// The key a `key = value` line sets (quotes taken off) — or, on a line that is not one
+    /// (`key: value`, `key "value"`), the key-like word it begins with. Never any of a value.
     key: Option<&'a str>,
+    /// The key whose multi-line string this line is inside of.
+    inside_string_of: Option<&'a str>,
+}
+
+/// The key a line that is not a table header sets, or begins with: the text before its `=`
+/// when that is a key (bare or dotted; quotes taken off), else the bare key-like word the line
+/// begins with (`secret: "…"`, `secret "a=b"`), else none — so nothing of a value (a secret
+/// written in another syntax) is ever named as its key.
+fn key_of_line(line: &str) -> Option<&str> {
+    let bare = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if let Some((key, _)) = line.split_once('=') {
+        let key = key.trim();
+        let unquoted = key.trim_matches(|c| c == '"' || c == '\'');
+        // A quoted key is one pair of quotes around text without quotes.
+        let quoted = key.len() == unquoted.len() + 2 && !unquoted.contains(['"', '\'']);
+        if !unquoted.is_empty() && (quoted || unquoted.chars().all(bare)) {
+            return Some(unquoted);
+        }
+    }
+    let word = &line[..line.find(|c: char| !bare(c)).unwrap_or(line.len())];
+    (!word.is_empty()).then_some(word)
 }
 
 /// The name in a table header line and whether it is an array's (`[[…]]`); not for a line of
@@ -2173,20 +2208,22 @@ fn header_of(line: &str) -> Option<(&str, bool)> {
 fn lines_in_tables(text: &str) -> impl Iterator<Item = TomlLine<'_>> {
     let mut elements: HashMap<String, usize> = HashMap::new();
     let mut table = None::<String>;
-    let mut in_string = None::<&str>;
+    // The quotes of a multi-line string open, and the key it is the value of.
+    let mut in_string = None::<(&str, Option<&str>)>;
     text.lines().enumerate().map(move |(i, line)| {
         let line = line.trim();
         let mut parsed = TomlLine {
             number: i + 1,
-            text: line,
             table: None,
             header: false,
             key: None,
+            inside_string_of: None,
         };
-        if let Some(quotes) = in_string {
+        if let Some((quotes, key)) = in_string {
             if line.matches(quotes).count() % 2 == 1 {
                 in_string = None;
             }
+            parsed.inside_string_of = key;
             parsed.table = table.clone();
             return parsed;
         }
@@ -2212,13 +2249,12 @@ fn lines_in_tables(text: &str) -> impl Iterator<Item = TomlLine<'_>> {
             table = Some(indexed);
             parsed.header = true;
         } else if !line.starts_with('#') {
-            parsed.key = line
-                .split_once('=')
-                .map(|(key, _)| key.trim().trim_matches(|c| c == '"' || c == '\''));
+            parsed.key = key_of_line(line);
             // A multi-line string opened on this line: what follows up to its end is text.
             in_string = ["\"\"\"", "'''"]
                 .into_iter()
-                .find(|quotes| line.matches(quotes).count() % 2 == 1);
+                .find(|quotes| line.matches(quotes).count() % 2 == 1)
+                .map(|quotes| (quotes, parsed.key));
         }
         parsed.table = table.clone();
         parsed
@@ -2233,10 +2269,17 @@ pub(crate) fn locate(text: &str, offset: usize) -> String {
     let Some(line) = lines_in_tables(text).nth(line_no - 1) else {
         return format!("line {line_no}");
     };
-    match (line.key, line.table) {
-        (Some(key), Some(table)) => format!("{table}.{key} (line {line_no})"),
-        (Some(key), None) => format!("{key} (line {line_no})"),
-        (None, _) => format!("line {line_no}: {}", line.text),
+    // Never the line's text: it may hold a secret written in another syntax (a code review).
+    let inside = line.inside_string_of.is_some();
+    let at = if inside {
+        format!("line {line_no}, inside its multi-line string")
+    } else {
+        format!("line {line_no}")
+    };
+    match (line.key.or(line.inside_string_of), line.table) {
+        (Some(key), Some(table)) => format!("{table}.{key} ({at})"),
+        (Some(key), None) => format!("{key} ({at})"),
+        (None, _) => at,
     }
 }
 
@@ -2461,6 +2504,35 @@ mod tests {
             ) && notes.lines().count() == 1,
             "{notes}"
         );
+    }
+
+    #[test]
+    fn a_secret_in_another_syntax_is_not_echoed_by_a_parse_error() {
+        let secret = "Xy9!k=w0rd";
+        let cases = [
+            // A YAML habit, a missing `=`, a line inside a multi-line secret.
+            (
+                format!("secret: \"{secret}\""),
+                "organizations[0].servers[0].secret (line",
+            ),
+            (
+                format!("secret \"{secret}\""),
+                "organizations[0].servers[0].secret (line",
+            ),
+            (
+                format!("secret = \"\"\"\n{secret}\\q\n\"\"\""),
+                "organizations[0].servers[0].secret (line 9, inside its multi-line string)",
+            ),
+        ];
+        for (line, named) in cases {
+            let text = MINIMAL.replace("secret = \"s3cr3t-value\"", &line);
+            assert_ne!(text, MINIMAL);
+            let e = Settings::from_toml(&text)
+                .expect_err("not TOML")
+                .to_string();
+            assert!(!e.contains("Xy9") && !e.contains("w0rd"), "{e}");
+            assert!(e.contains(named), "{e}");
+        }
     }
 
     #[test]
@@ -3198,6 +3270,17 @@ mod tests {
             .expect_err("bad entry");
         assert_eq!(err.key, "PORTAL_HTTP_TRUSTED_PROXIES");
         assert!(err.problem.contains("not-an-ip"));
+        // An IPv4 address or network in its IPv6 form is the IPv4 one (peers are compared so).
+        for (mapped, v4) in [
+            ("::ffff:127.0.0.1", "127.0.0.1/32"),
+            ("::ffff:10.1.0.0/112", "10.1.0.0/16"),
+        ] {
+            assert_eq!(
+                parse_network(mapped),
+                Ok(v4.parse().expect("net")),
+                "{mapped}"
+            );
+        }
         let err = Settings::from_toml("[http]\ntrusted_proxies = [\"everyone\"]\n")
             .expect_err("bad entry");
         assert!(err.problem.contains("everyone"), "{err}");

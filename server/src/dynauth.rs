@@ -377,9 +377,11 @@ impl DynAuthListener {
         if !matches!(request.code(), Code::DisconnectRequest | Code::CoARequest) {
             return self.drop_request(from, "not a Disconnect-Request or CoA-Request");
         }
-        if let Some(why) = self.replay_check(&request) {
-            return self.drop_request(from, why);
-        }
+        // A request outside the replay window is still answered when it is a copy of one
+        // answered already (a retransmission of a Disconnect whose ACK was lost, under a short
+        // `event_timestamp_window`; a code review): the answer given, nothing done again. Any
+        // other is dropped.
+        let stale = self.replay_check(&request);
         let key = (sender(from), request.authenticator());
         // Keep the entry while a replay of this request would still pass the replay check.
         let keep = match request.get_u32(attr::EVENT_TIMESTAMP) {
@@ -393,7 +395,7 @@ impl DynAuthListener {
             let now = Instant::now();
             recent.retain(|_, (until, _)| *until > now);
             let cached = recent.get(&key).map(|(_, reply)| reply.clone());
-            if cached.is_none() {
+            if cached.is_none() && stale.is_none() {
                 recent.insert(key, (now + keep, Vec::new()));
             }
             cached
@@ -427,6 +429,7 @@ impl DynAuthListener {
                 return;
             }
             Ok(Ok(None)) => {}
+            _ if stale.is_some() => {}
             unknown => {
                 match unknown {
                     Ok(Err(e)) => crate::throttled!(warn, %from, error = %e,
@@ -449,6 +452,9 @@ impl DynAuthListener {
                 }
                 return;
             }
+        }
+        if let Some(why) = stale {
+            return self.drop_request(from, why);
         }
         let reply = self.answer(client, &request).await;
         let Ok(mut bytes) = packet::encode_response(&reply) else {

@@ -23,7 +23,13 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(radius_portal::cli::main()),
+        Ok(runtime) => {
+            let code = runtime.block_on(radius_portal::cli::main());
+            // Not waiting for ever on work still blocked (a read of a hung disk): what the
+            // stop had to do is done or stored by now (a code review).
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            code
+        }
         Err(e) => {
             radius_portal::eprint_line!("error: cannot start the async runtime: {e}");
             std::process::ExitCode::FAILURE

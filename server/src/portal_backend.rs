@@ -262,6 +262,23 @@ impl PortalBackend {
         })
     }
 
+    /// [`Self::check_rate`]'s limit of the address alone.
+    fn check_address_rate(&self, disabled: bool, ip: IpAddr) -> Result<(), PortalError> {
+        let per_ip = if disabled {
+            &self.per_ip_disabled
+        } else {
+            &self.per_ip
+        };
+        per_ip
+            .check(&client_key(ip, self.ipv6_prefix), std::time::Instant::now())
+            .map_err(|wait| {
+                crate::throttled!(warn, %ip, "the same sign-in sent again too often from this address: refused");
+                PortalError::RateLimited {
+                    retry_after_secs: wait.as_secs() + 1,
+                }
+            })
+    }
+
     fn view(&self, s: &AccessSessionRecord) -> SessionView {
         let organization = self
             .organizations
@@ -796,6 +813,11 @@ impl PortalBackend {
         };
         let saved = request.extensions.get::<SavedDuringRequest>().cloned();
         if let Some(id) = turn.as_ref().and_then(|t| t.same_as_recent()) {
+            // No RADIUS exchange, but a web session linked (a row): the address's limit counts
+            // it as an attempt (not the username's, which spares the directory's account) —
+            // the same form sent again and again for as long as it is answered so must not
+            // cost the database more than sign-ins do (a code review).
+            self.check_address_rate(!org.active, ip)?;
             // Answered now: not kept for the browser's return any more.
             if let Some(back) = &back {
                 self.recent_sign_ins.adopt(back, &org_id);

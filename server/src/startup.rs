@@ -917,6 +917,13 @@ impl Application {
         if drained.is_err() {
             tracing::warn!("background tasks did not stop within {SHUTDOWN_GRACE:?}");
         }
+        // Bounded: a hung disk does not hold the exit.
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.storage.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the database's last writes did not finish within {SHUTDOWN_GRACE:?}");
+        }
         Ok(())
     }
 }
@@ -1174,16 +1181,31 @@ async fn serve_metrics(
         .into_response()
 }
 
+/// How long a scrape waits for the database's gauges (Prometheus waits 10 s by default).
+const METRICS_READ_LIMIT: Duration = Duration::from_secs(3);
+
 /// The metrics' text, with the state gauges set from what is read now.
 async fn scrape_text(scrape: &MetricsScrape) -> String {
     // The database away (a PostgreSQL restart) is when the other metrics matter most: they
     // are still served, with `portal_database_up` 0.
-    let mut snapshot = match scrape.storage.metrics_snapshot(now_ms()).await {
-        Ok(snapshot) => snapshot,
-        Err(e) => {
+    // A database that does not answer (a hung disk, a path to PostgreSQL gone without a word)
+    // is one that cannot be read: a scrape waiting on it would not be answered at all, its
+    // connection held (a code review).
+    let read = tokio::time::timeout(
+        METRICS_READ_LIMIT,
+        scrape.storage.metrics_snapshot(now_ms()),
+    )
+    .await;
+    let mut snapshot = match read {
+        Ok(Ok(snapshot)) => snapshot,
+        failed => {
+            let error = match failed {
+                Ok(Err(e)) => crate::portal_backend::error_chain(&e),
+                _ => format!("no answer within {METRICS_READ_LIMIT:?}"),
+            };
             static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
             if let Some(left_out) = LOG.admit() {
-                tracing::warn!(error = %crate::portal_backend::error_chain(&e), similar_left_out = left_out,
+                tracing::warn!(%error, similar_left_out = left_out,
                     "metrics: the database cannot be read; its gauges keep their last values");
             }
             crate::metrics::Snapshot {

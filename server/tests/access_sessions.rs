@@ -821,6 +821,51 @@ async fn the_same_sign_in_submitted_twice_opens_one_session() {
     app.stop().await;
 }
 
+/// The same form sent again while its first sign-in is recent is answered with that session
+/// (no Access-Request) — and, since each answer links a web session (a row), counted against
+/// the address's limit: a client dropping its web-session cookie to be answered so again and
+/// again cannot write rows faster than sign-ins may (a code review).
+#[tokio::test]
+async fn the_same_sign_in_sent_again_and_again_is_counted_against_the_address() {
+    use reqwest::cookie::CookieStore;
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
+    config.rate_limit.login_per_ip = 3;
+    let app = TestApp::spawn(&config).await;
+    let jar = Arc::new(reqwest::cookie::Jar::default());
+    let browser = app.browser_with_jar(CLIENT, jar.clone());
+    let token = browser.form_token("/").await;
+    let form = carol_form(&token);
+    let page = browser.post_raw("/api/login", "/", &form, &[]).await;
+    assert_eq!(page.path, "/session");
+    // The anonymous id alone, as the first sign-in was sent with.
+    let base: reqwest::Url = format!("http://{}/", app.addr).parse().unwrap();
+    let cookies = jar.cookies(&base).unwrap();
+    let anonymous = cookies
+        .to_str()
+        .unwrap()
+        .split("; ")
+        .find(|c| c.starts_with("portal_anon="))
+        .expect("an anonymous id")
+        .to_string();
+    let mut paths = Vec::new();
+    for _ in 0..3 {
+        let again = reqwest::cookie::Jar::default();
+        again.add_cookie_str(&anonymous, &base);
+        let resent = app.browser_with_jar(CLIENT, Arc::new(again));
+        paths.push(resent.post_raw("/api/login", "/", &form, &[]).await.path);
+    }
+    assert_eq!(
+        paths,
+        ["/session", "/session", "/"],
+        "the third is one too many"
+    );
+    assert_eq!(access_requests_of(&radius, "carol"), 1);
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
+    app.stop().await;
+}
+
 /// One browser's sign-ins sent together from two addresses (a dual-stack host, two tabs), each
 /// with the cookie the browser had: the second replaces the session the first opened, as any
 /// sign-in of the browser replaces its session — not a second session the browser holds no

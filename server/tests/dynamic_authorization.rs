@@ -423,6 +423,86 @@ async fn a_retransmitted_disconnect_is_answered_from_the_cache_and_acted_on_once
     app.stop().await;
 }
 
+/// Under a short `event_timestamp_window`, the retransmission of a Disconnect-Request whose ACK
+/// was lost may come after the window: it is a copy of a request answered already, and gets
+/// that answer (it was dropped as a replay: the server took the disconnect for failed). A new
+/// request as old is still dropped.
+#[tokio::test]
+async fn a_copy_of_an_answered_disconnect_is_answered_after_a_short_replay_window() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut settings = with_listener(settings(&db, vec![radius.server_settings("primary", true)]));
+    settings.dynamic_authorization.event_timestamp_window = Duration::from_secs(1);
+    let app = TestApp::spawn(&settings).await;
+    let (listener, stats) = app.dynauth.clone().unwrap();
+    app.browser(client(25)).login("carol", "carol-pass").await;
+    let start = radius
+        .wait_for_acct(&["status=Start", "ip=127.0.2.25"])
+        .await;
+    let sid = field(&start, "sid").to_string();
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as u32
+    };
+    let stamp = unix_now();
+    let request = |identifier: u8| {
+        let mut request = Packet::new(
+            Code::DisconnectRequest,
+            identifier,
+            [0; 16],
+            SECRET.as_bytes(),
+        );
+        request.push(attr::ACCT_SESSION_ID, sid.as_bytes());
+        request.push_u32(attr::EVENT_TIMESTAMP, stamp);
+        encode_dynauth_request(&request).unwrap()
+    };
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let exchange = async |bytes: &[u8], wait: Duration| {
+        socket.send_to(bytes, listener).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        tokio::time::timeout(wait, socket.recv_from(&mut buf))
+            .await
+            .ok()
+            .map(|got| buf[..got.unwrap().0].to_vec())
+    };
+    let first = request(90);
+    let acked = exchange(&first, Duration::from_secs(5))
+        .await
+        .expect("an answer");
+    assert_eq!(
+        Packet::decode(&acked, SECRET.as_bytes()).unwrap().code(),
+        Code::DisconnectACK
+    );
+    // The window (1 s either way) passed for the request's Event-Timestamp.
+    while unix_now() < stamp + 3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = exchange(&first, Duration::from_secs(5)).await;
+    assert_eq!(
+        again.as_deref(),
+        Some(&acked[..]),
+        "the answer given, byte for byte"
+    );
+    let dropped_before = stats.dropped.load(Ordering::Relaxed);
+    assert_eq!(
+        exchange(&request(91), Duration::from_secs(1)).await,
+        None,
+        "a new request as old is a replay: dropped"
+    );
+    assert!(stats.dropped.load(Ordering::Relaxed) > dropped_before);
+    assert_eq!(
+        radius
+            .acct_lines()
+            .iter()
+            .filter(|l| l.contains("status=Stop"))
+            .count(),
+        1
+    );
+    app.stop().await;
+}
+
 /// A Disconnect-Request captured and replayed after the portal restarted, inside its
 /// Event-Timestamp window — and from another client's address that shares its secret — is
 /// answered as it was and not acted on again: the user's new session runs on.

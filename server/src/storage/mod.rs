@@ -702,6 +702,16 @@ impl Storage {
         }
     }
 
+    /// Ends this process's use of the database when the portal stops (SQLite: the writes queued
+    /// are made, later ones refused, the files no longer watched; PostgreSQL: nothing, its
+    /// pool closes with the last handle).
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Sqlite(store) => store.engine.close().await,
+            Backend::Postgres(_) => {}
+        }
+    }
+
     /// Why nothing may be written until a restart: the SQLite database's files were removed or
     /// replaced under the running portal (what it held is saved; the log says where). None on
     /// PostgreSQL, and while the files are the portal's.

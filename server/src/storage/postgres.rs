@@ -617,6 +617,46 @@ fn stopped_from_row(row: &PgRow) -> Result<Stopped, StorageError> {
     })
 }
 
+/// How often a migration under way (or waiting for another replica's) is said in the log, and
+/// the server asked whether it still answers.
+const MIGRATION_LOOK_EVERY: Duration = Duration::from_secs(30);
+
+/// Runs `migration` (waiting for no lock or statement time: another replica's migration, an
+/// index built over a large table) while looking every [`MIGRATION_LOOK_EVERY`] that the
+/// server still answers on another connection of `pool` within [`LISTENER_CHECK`]: a database
+/// host gone without a word (no FIN, no RST) fails the start-up with what happened rather than
+/// holding it for ever, and a wait that goes on is said in the log.
+async fn watched_migration(
+    migration: impl std::future::Future<Output = Result<(), sqlx::migrate::MigrateError>>,
+    pool: &PgPool,
+) -> Result<(), sqlx::migrate::MigrateError> {
+    let began = std::time::Instant::now();
+    tokio::pin!(migration);
+    loop {
+        tokio::select! {
+            done = &mut migration => return done,
+            () = tokio::time::sleep(MIGRATION_LOOK_EVERY) => {}
+        }
+        let answered =
+            tokio::time::timeout(LISTENER_CHECK, sqlx::query("SELECT 1").execute(pool)).await;
+        match answered {
+            Ok(Ok(_)) => tracing::warn!(
+                waited_s = began.elapsed().as_secs(),
+                "the database's migrations are still running, or waiting for another replica's; the database answers, so start-up goes on waiting"
+            ),
+            Ok(Err(e)) => return Err(sqlx::migrate::MigrateError::Execute(e)),
+            Err(_) => {
+                return Err(sqlx::migrate::MigrateError::Execute(sqlx::Error::Io(
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the database did not answer within {LISTENER_CHECK:?} while its migrations ran"),
+                    ),
+                )))
+            }
+        }
+    }
+}
+
 impl PgStore {
     /// Connects (pools of up to 16 connections in all, for an operator command) and runs the
     /// migrations; replicas starting together migrate once (sqlx takes an advisory lock).
@@ -648,9 +688,11 @@ impl PgStore {
                         .options([("lock_timeout", "0"), ("statement_timeout", "0")]),
                 )
                 .await?;
-            let migrated = sqlx::migrate!("./migrations/postgres")
-                .run(&migrating)
-                .await;
+            let migrated = watched_migration(
+                sqlx::migrate!("./migrations/postgres").run(&migrating),
+                store.pool(),
+            )
+            .await;
             migrating.close().await;
             migrated.map_err(|e| match e {
                 // Not a migration's fault: no connection to run it on.
