@@ -35,6 +35,9 @@ struct Inner {
     late_stops: IntCounter,
     breaker: IntGaugeVec,
     tasks_down: IntGauge,
+    task_crashes: IntCounterVec,
+    sessions_overdue: IntGauge,
+    oldest_overdue: Gauge,
     database_up: IntGauge,
     database_commits: IntCounterVec,
     /// A vector without labels: no series at all until SQLite's engine reports (PostgreSQL
@@ -63,10 +66,17 @@ pub struct Snapshot {
     /// Of them, Stops (copies too) of sessions whose Start may have reached a server: an
     /// identity a server — and the firewall it feeds — may keep.
     pub dead_stops: i64,
+    /// Active sessions past their end by more than [`OVERDUE_AFTER_MS`]: expiry behind or
+    /// failing (each an identity kept after its time).
+    pub sessions_overdue: i64,
+    /// How far past its end the oldest of them is.
+    pub oldest_overdue: Duration,
     /// Breaker per server address (auth and acct ports apart): 0 closed, 1 open, 2 half-open.
     pub breakers: Vec<(String, i64)>,
     /// Background tasks restarting now.
     pub tasks_down: i64,
+    /// Crashes so far of each background task that has crashed.
+    pub task_crashes: Vec<(String, u64)>,
     /// What the embedded database has committed (SQLite; none on PostgreSQL, whose own
     /// statistics count its transactions).
     pub database_commits: Option<DatabaseCommits>,
@@ -107,6 +117,11 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
     let _ = registry.register(Box::new(metric.clone()));
     metric
 }
+
+/// How far past its end an active session must be to count as overdue: expiry stops a due
+/// session within milliseconds (10,000 due in one second within 2 s), so one this late is
+/// expiry behind or failing.
+pub const OVERDUE_AFTER_MS: i64 = 5_000;
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     register(
@@ -261,6 +276,25 @@ impl Metrics {
             "portal_background_tasks_down",
             "Background tasks restarting after a failure",
         );
+        let sessions_overdue = int_gauge(
+            &r,
+            "portal_sessions_overdue",
+            "Active sessions past their end by more than 5 s: expiry behind or failing (alert on it)",
+        );
+        let oldest_overdue = register(
+            &r,
+            Gauge::new(
+                "portal_sessions_oldest_overdue_seconds",
+                "How far past its end the oldest overdue active session is (0: none)",
+            )
+            .unwrap_or_else(|_| unreachable_metric("portal_sessions_oldest_overdue_seconds")),
+        );
+        let task_crashes = counter(
+            &r,
+            "portal_background_task_crashes_total",
+            "Crashes of each background task since the start (each restarted after a pause, longer while it crashes again within 5 minutes)",
+            &["task"],
+        );
         let database_up = int_gauge(
             &r,
             "portal_database_up",
@@ -307,6 +341,9 @@ impl Metrics {
             late_stops,
             breaker,
             tasks_down,
+            task_crashes,
+            sessions_overdue,
+            oldest_overdue,
             database_up,
             database_commits,
             database_writes,
@@ -401,12 +438,20 @@ impl Metrics {
                 .set(snapshot.outbox_oldest.as_secs_f64());
             inner.dead_letters.set(snapshot.dead_letters);
             inner.dead_stops.set(snapshot.dead_stops);
+            inner.sessions_overdue.set(snapshot.sessions_overdue);
+            inner
+                .oldest_overdue
+                .set(snapshot.oldest_overdue.as_secs_f64());
         }
         inner.breaker.reset();
         for (address, state) in &snapshot.breakers {
             inner.breaker.with_label_values(&[address]).set(*state);
         }
         inner.tasks_down.set(snapshot.tasks_down);
+        for (task, total) in &snapshot.task_crashes {
+            let counter = inner.task_crashes.with_label_values(&[task]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
         if let Some(commits) = snapshot.database_commits {
             // Counted by the engine; brought up to its totals here.
             for (counter, total) in [
@@ -493,7 +538,10 @@ mod tests {
             dead_letters: 1,
             dead_stops: 1,
             breakers: vec![("127.0.0.1:1812".into(), 1)],
+            sessions_overdue: 2,
+            oldest_overdue: Duration::from_secs(9),
             tasks_down: 0,
+            task_crashes: vec![("accounting".into(), 2)],
             database_commits: Some(DatabaseCommits {
                 full: 5,
                 normal: 2,
@@ -520,7 +568,10 @@ mod tests {
             "portal_accounting_dead_stops 1",
             "portal_accounting_late_stops_total 1",
             "portal_radius_breaker_state{address=\"127.0.0.1:1812\"} 1",
+            "portal_sessions_overdue 2",
+            "portal_sessions_oldest_overdue_seconds 9",
             "portal_background_tasks_down 0",
+            "portal_background_task_crashes_total{task=\"accounting\"} 2",
             "portal_database_commits_total{synchronous=\"full\"} 5",
             "portal_database_commits_total{synchronous=\"normal\"} 2",
             "portal_database_writes_total 9",

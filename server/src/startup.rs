@@ -1230,6 +1230,7 @@ async fn scrape_text(scrape: &MetricsScrape) -> String {
         })
         .collect();
     snapshot.tasks_down = scrape.tasks.down().len() as i64;
+    snapshot.task_crashes = scrape.tasks.all_crashes();
     snapshot.dynauth = scrape.dynauth.as_ref().map(|stats| stats.counts());
     // Every configured organization and server has its series, at 0 while nothing happened:
     // an alert on "= 0" or on `absent()` sees them from the start, not after a first event.

@@ -1786,6 +1786,22 @@ async fn dead_letters_unblock_and_a_never_sent_start_takes_its_session_along(db:
         .unwrap();
     let snapshot = s.metrics_snapshot(T0 + MINUTE).await.unwrap();
     assert_eq!((snapshot.dead_letters, snapshot.dead_stops), (6, 1));
+
+    // An active session past its end: overdue once more than 5 s past it (expiry behind or
+    // failing), by how far.
+    let late = opened(s, login("10.0.0.9", T0, MINUTE)).await;
+    let snapshot = s.metrics_snapshot(T0 + MINUTE + 4_000).await.unwrap();
+    assert_eq!(snapshot.sessions_overdue, 0);
+    let snapshot = s.metrics_snapshot(T0 + MINUTE + 60_000).await.unwrap();
+    assert_eq!(
+        (snapshot.sessions_overdue, snapshot.oldest_overdue),
+        (1, std::time::Duration::from_secs(60))
+    );
+    s.stop_session(late, terminate_cause::SESSION_TIMEOUT, T0 + MINUTE + 60_000)
+        .await
+        .unwrap();
+    let snapshot = s.metrics_snapshot(T0 + MINUTE + 60_000).await.unwrap();
+    assert_eq!(snapshot.sessions_overdue, 0);
 }
 
 async fn disconnect_requests_find_sessions_by_id_address_user_and_class(db: Db) {

@@ -932,6 +932,13 @@ fn no_migrations_table(error: &sqlx::Error) -> bool {
 const APPLIED_MIGRATIONS: &str =
     "SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version";
 
+/// How far past its end (`oldest_end`, unix ms) an overdue session is at `now` (zero: none).
+fn overdue_by(now: i64, oldest_end: Option<i64>) -> std::time::Duration {
+    std::time::Duration::from_millis(
+        oldest_end.map_or(0, |end| now.saturating_sub(end).max(0) as u64),
+    )
+}
+
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

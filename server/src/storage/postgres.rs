@@ -2557,8 +2557,16 @@ impl SessionStore for PgStore {
         .bind(super::NEVER_STARTED)
         .fetch_one(self.pool())
         .await?;
+        let (overdue, oldest_end): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MIN(expires_at) FROM access_sessions WHERE state = 'active' AND expires_at < $1",
+        )
+        .bind(now.saturating_sub(crate::metrics::OVERDUE_AFTER_MS))
+        .fetch_one(self.pool())
+        .await?;
         Ok(crate::metrics::Snapshot {
             active_sessions,
+            sessions_overdue: overdue,
+            oldest_overdue: super::overdue_by(now, oldest_end),
             outbox_backlog: backlog,
             outbox_oldest: Duration::from_millis(
                 oldest.map_or(0, |o| now.saturating_sub(o).max(0) as u64),

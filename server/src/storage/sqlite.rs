@@ -1715,8 +1715,18 @@ impl SessionStore for SqliteStore {
                     .query_row(params![status_type::STOP, super::NEVER_STARTED], |r| {
                         Ok((r.get(0)?, r.get(1)?))
                     })?;
+                let (overdue, oldest_end): (i64, Option<i64>) = c
+                    .prepare_cached(
+                        "SELECT COUNT(*), MIN(expires_at) FROM access_sessions WHERE state = 'active' AND expires_at < ?1",
+                    )?
+                    .query_row(
+                        [now.saturating_sub(crate::metrics::OVERDUE_AFTER_MS)],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?;
                 Ok(crate::metrics::Snapshot {
                     active_sessions,
+                    sessions_overdue: overdue,
+                    oldest_overdue: super::overdue_by(now, oldest_end),
                     outbox_backlog: backlog,
                     outbox_oldest: std::time::Duration::from_millis(
                         oldest.map_or(0, |o| now.saturating_sub(o).max(0) as u64),
