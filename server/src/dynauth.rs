@@ -86,6 +86,8 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(30);
 const RECORD_WAIT: Duration = Duration::from_secs(1);
 /// Requests handled at once; beyond it datagrams are dropped (the server retransmits).
 const MAX_IN_PROGRESS: usize = 256;
+/// How long the exit waits for requests under way (within the accounting flush's time).
+const HANDLERS_AT_EXIT: Duration = Duration::from_secs(3);
 /// Error-Cause 506: Resources-Unavailable (the portal's own trouble: not cached, retry welcome).
 const RESOURCES_UNAVAILABLE: u32 = 506;
 /// Error-Cause 406: Unsupported-Extension (CoA is not supported).
@@ -301,14 +303,26 @@ impl DynAuthListener {
         self.stats.clone()
     }
 
-    /// Answers requests until `shutdown`. Each request is handled in its own task, so a slow
+    /// Answers requests until `shutdown`, then waits up to [`HANDLERS_AT_EXIT`] for those under
+    /// way. Each request is handled in its own task, so a slow
     /// database write never holds up the next datagram.
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let mut buf = vec![0u8; MAX_PACKET];
         loop {
             let (len, from) = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    // Requests under way are answered (and their answers recorded) before the
+                    // exit, briefly: a Disconnect that ended its session and was cut before its
+                    // ACK would be told NAK 503 when sent again to the next start (a code review).
+                    let all = u32::try_from(MAX_IN_PROGRESS).unwrap_or(u32::MAX);
+                    let _ = tokio::time::timeout(
+                        HANDLERS_AT_EXIT,
+                        this.in_progress.acquire_many(all),
+                    )
+                    .await;
+                    return;
+                }
                 r = this.socket.recv_from(&mut buf) => match r {
                     Ok(r) => r,
                     Err(e) => {

@@ -30,8 +30,13 @@ use std::{
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
-/// How long shutdown waits for background tasks.
+/// How long shutdown waits for requests under way (and at most for sessions whose sign-in
+/// failed to be ended).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a stop takes from the SIGTERM, as README says: requests under way (up to
+/// [`SHUTDOWN_GRACE`]) and the accounting flush. A flush is never cut below its own time, so
+/// a stop whose requests took all of theirs takes longer (README: at most 22 s).
+const STOP_WITHIN: Duration = Duration::from_secs(15);
 /// How often old accounting history and ended sessions are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -711,6 +716,16 @@ impl Application {
         // delivers the Starts and Stops those requests queue, then flushes what is due.
         let web_shutdown = shutdown;
         let shutdown = CancellationToken::new();
+        // When the stop began (SIGTERM): every step after the web server's is bounded by one
+        // deadline from it, not each by its own (a code review: they added up to 30 s).
+        let stop_began = Arc::new(std::sync::OnceLock::new());
+        {
+            let (token, began) = (web_shutdown.clone(), stop_began.clone());
+            tokio::spawn(async move {
+                token.cancelled().await;
+                let _ = began.set(tokio::time::Instant::now());
+            });
+        }
         let mut tasks = JoinSet::new();
         let mut supervised = vec![
             {
@@ -907,22 +922,38 @@ impl Application {
                 .await
             }
         }
+        let stop_ends = stop_began
+            .get()
+            .copied()
+            .unwrap_or_else(tokio::time::Instant::now)
+            + STOP_WITHIN;
+        // What the accounting flush needs after it is told, whatever the steps before took:
+        // its own time and the giving up of what is still under way.
+        let flush_needs = crate::accounting::SHUTDOWN_FLUSH + Duration::from_secs(3);
+        let left = || stop_ends.saturating_duration_since(tokio::time::Instant::now());
         // Before the accounting loop flushes: its Stops go with the rest.
-        self.sessions.end_unlinked_before_exit(SHUTDOWN_GRACE).await;
+        self.sessions
+            .end_unlinked_before_exit(
+                left()
+                    .saturating_sub(flush_needs)
+                    .clamp(Duration::from_secs(1), SHUTDOWN_GRACE),
+            )
+            .await;
         shutdown.cancel();
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let drain_for = left().max(flush_needs);
+        let drained = tokio::time::timeout(drain_for, async {
             while tasks.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
-            tracing::warn!("background tasks did not stop within {SHUTDOWN_GRACE:?}");
+            tracing::warn!("background tasks did not stop within {drain_for:?}");
         }
         // Bounded: a hung disk does not hold the exit.
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.storage.close())
+        if tokio::time::timeout(Duration::from_secs(1), self.storage.close())
             .await
             .is_err()
         {
-            tracing::warn!("the database's last writes did not finish within {SHUTDOWN_GRACE:?}");
+            tracing::warn!("the database's last writes did not finish at the exit");
         }
         Ok(())
     }

@@ -2123,7 +2123,15 @@ impl Accounting {
         }
         // `left`: the database's queue — with several replicas, all of theirs (each says it).
         let claim_failed = claim_failed.into_inner();
-        match (flushed, self.storage.outbox_backlog().await) {
+        // Counted briefly: a database that does not answer does not hold the exit.
+        let backlog = tokio::time::timeout(Duration::from_secs(1), self.storage.outbox_backlog())
+            .await
+            .unwrap_or_else(|_| {
+                Err(StorageError::Engine(
+                    "the database did not answer within 1s".into(),
+                ))
+            });
+        match (flushed, backlog) {
             (Ok(()), Ok(0)) if !claim_failed => tracing::info!("accounting flushed at shutdown"),
             (Ok(()), Ok(left)) if !claim_failed => tracing::warn!(
                 left,
