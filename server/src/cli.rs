@@ -441,8 +441,14 @@ pub async fn run() -> anyhow::Result<()> {
             if cli.config.is_none() {
                 return Err(Usage("no configuration file: pass --config FILE (or PORTAL_CONFIG), or run `radius-portal demo`".into()).into());
             }
+            // The log as the file and the environment ask for it, before the rest of the file
+            // is checked: a start that fails on a value ends with a JSON line where JSON is
+            // asked for (black-box tester N's D1), and what is said of the environment too.
+            telemetry::init(&crate::config::LogSettings::as_far_as_known(
+                cli.config.as_deref(),
+                |name| std::env::var(name).ok(),
+            ));
             let mut settings = Settings::load(cli.config.as_deref())?;
-            telemetry::init(&settings.log);
             settings.say_early();
             for warning in secrets_readable_warnings(cli.config.as_deref(), &settings) {
                 tracing::warn!("{warning}");

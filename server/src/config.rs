@@ -334,6 +334,18 @@ pub struct PublicUrl {
 }
 
 impl PublicUrl {
+    /// The host, without its port (an IPv6 address without brackets).
+    pub fn host(&self) -> String {
+        let host = match self.authority.rsplit_once(':') {
+            // `host:port`, `[v6]:port`; a bare `[v6]` has its colons inside the brackets.
+            Some((host, port)) if !port.contains(']') => host,
+            _ => self.authority.as_str(),
+        };
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string()
+    }
+
     /// Parses `https://host[:port]` (a trailing `/` is fine; a path prefix is not supported).
     pub fn parse(text: &str) -> Result<PublicUrl, String> {
         let url = url::Url::parse(text.trim())
@@ -947,6 +959,31 @@ fn default_log_format() -> String {
 }
 fn default_log_filter() -> String {
     "info".into()
+}
+
+impl LogSettings {
+    /// The log a file that could not be loaded asks for, as far as it can be read — its
+    /// `[log]` table when the file is TOML at all (a value refused elsewhere in it), then
+    /// `PORTAL_LOG_FORMAT` and `PORTAL_LOG_FILTER` — so that the error a failed start ends
+    /// with is a JSON line where JSON is asked for (black-box tester N's D1).
+    pub fn as_far_as_known(
+        path: Option<&Path>,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> LogSettings {
+        let mut log = path
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .and_then(|text| text.parse::<toml::Table>().ok())
+            .and_then(|table| table.get("log").cloned())
+            .and_then(|log| log.try_into::<LogSettings>().ok())
+            .unwrap_or_default();
+        if let Some(format) = var("PORTAL_LOG_FORMAT") {
+            log.format = format;
+        }
+        if let Some(filter) = var("PORTAL_LOG_FILTER") {
+            log.filter = filter;
+        }
+        log
+    }
 }
 
 impl Default for LogSettings {

@@ -266,6 +266,9 @@ fn write_watermark(mut file: &std::fs::File, newest: Option<i64>) -> std::io::Re
 /// time.
 fn clock_stepped_since_last_run(owner: &std::fs::File, moved_ms: i64) {
     clock_steps::moved_so_far(moved_ms);
+    if let Some(problem) = clock_steps::boot_identity_problem() {
+        tracing::warn!("{problem}");
+    }
     let (Some(mark), Some(now)) = (
         read_clock_mark(owner).and_then(|mark| mark.in_line_with(moved_ms)),
         ClockMark::now(),
@@ -1151,12 +1154,16 @@ pub(crate) fn duplicate_server_warnings<'a>(
     warnings
 }
 
-/// What `serve` warns about the way it is reached (`addr`: where it listens): a wide trusted
-/// proxy network, and — reachable by others — no `public_url`, or plain HTTP. `check-config`
+/// What `serve` warns about the way it is reached (`addr`: where it listens): a certificate not
+/// for `public_url`'s host, a wide trusted proxy network, and — reachable by others — no
+/// `public_url`, or plain HTTP. `check-config`
 /// says the same.
 pub(crate) fn exposure_warnings(settings: &Settings, addr: SocketAddr) -> Vec<String> {
     let http = &settings.http;
     let mut warnings = Vec::new();
+    if let (Some(tls), Some(url)) = (&http.tls, &http.public_url) {
+        warnings.extend(crate::http::tls::name_warning(tls, url));
+    }
     for net in &http.trusted_proxies {
         let wide = match net {
             ipnet::IpNet::V4(v4) => v4.prefix_len() < 24,

@@ -1945,6 +1945,50 @@ async fn a_sighup_while_the_portal_starts_does_not_end_it() {
     assert!(child.wait().unwrap().success());
 }
 
+/// With `[log] format = "json"`, a start refused for a value in the file ends with a JSON line
+/// too, and so does what is said of the environment before it (black-box tester N's D1: a
+/// plain `error: configuration error …`, the commonest failed start).
+#[test]
+fn a_configuration_error_is_said_in_json_when_the_file_asks_for_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portal.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[log]\nformat = \"json\"\n[database]\npath = \"{}\"\n\
+             [[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
+             [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\nsecret = \"{SECRET}\"\nretries = 11\n",
+            dir.path().join("portal.db").display()
+        ),
+    )
+    .unwrap();
+    let output = portal(&["--config", config.to_str().unwrap(), "serve"])
+        .env("PORTAL_DATABSE_URL", "x")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let last = lines.last().expect("a line");
+    assert_eq!(last["level"], "ERROR", "{stderr}");
+    assert!(
+        last["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("retries") && m.contains("must be at most 10")),
+        "{stderr}"
+    );
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("PORTAL_DATABSE_URL"))),
+        "{stderr}"
+    );
+}
+
 /// With `[log] format = "json"`, the error a start-up ends with (its address taken, here) is a
 /// JSON log line like the rest: a collector reading JSON gets the one line that says why.
 #[test]

@@ -147,6 +147,23 @@ pub struct ClockMark {
     pub moved_ms: i64,
 }
 
+/// Why a step of the clock made while no portal ran cannot be found on this host: the kernel's
+/// boot id or uptime cannot be read (black-box tester Q's D1: systemd's `ProcSubset=pid` hid
+/// them, and the correction was off without a word). None when both can.
+pub fn boot_identity_problem() -> Option<String> {
+    unreadable_of(&["/proc/sys/kernel/random/boot_id", "/proc/uptime"])
+}
+
+/// [`boot_identity_problem`] for `files`.
+fn unreadable_of(files: &[&str]) -> Option<String> {
+    files
+        .iter()
+        .find_map(|file| std::fs::read_to_string(file).err().map(|e| (file, e)))
+        .map(|(file, e)| {
+            format!("{file} cannot be read ({e}): a step of the system clock made while no portal ran cannot be told from a reboot, so the open sessions' times are not moved with a step back at start-up (they would run longer than granted); under systemd, ProcSubset=pid hides it (deploy/systemd's unit does not set it)")
+        })
+}
+
 impl ClockMark {
     /// Now (None where the boot clock cannot be read).
     pub fn now() -> Option<ClockMark> {
@@ -341,7 +358,18 @@ impl AccessSessions {
 
 #[cfg(test)]
 mod tests {
-    use super::{ClockMark, StepWatch};
+    use super::{boot_identity_problem, unreadable_of, ClockMark, StepWatch};
+
+    #[test]
+    fn a_boot_id_that_cannot_be_read_is_said() {
+        assert_eq!(boot_identity_problem(), None, "this host's /proc has both");
+        let said = unreadable_of(&["/proc/uptime", "/nonexistent/boot_id"]).expect("said");
+        assert!(
+            said.starts_with("/nonexistent/boot_id cannot be read")
+                && said.contains("ProcSubset=pid"),
+            "{said}"
+        );
+    }
 
     fn mark(unix_ms: i64, boot_ms: i64, boot_id: &str) -> ClockMark {
         ClockMark {

@@ -123,6 +123,25 @@ pub fn certificate_warning(settings: &TlsSettings) -> Option<String> {
     validity_warning(&leaf_of(settings)?, &settings.cert_file, now_secs())
 }
 
+/// A sentence when the certificate `settings` names is not for `public_url`'s host: every
+/// browser refuses it there (black-box tester N's D5). None when it is, or when it cannot be
+/// read (`load` says why).
+pub fn name_warning(
+    settings: &TlsSettings,
+    public_url: &crate::config::PublicUrl,
+) -> Option<String> {
+    let host = public_url.host();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.as_str()).ok()?;
+    let leaf = leaf_of(settings)?;
+    let certificate = webpki::EndEntityCert::try_from(&leaf).ok()?;
+    certificate.verify_is_valid_for_subject_name(&name).err().map(|_| {
+        format!(
+            "the certificate {} is not for {host}, public_url's host: browsers refuse it there (use a certificate that names {host}, or set public_url to a name the certificate holds)",
+            settings.cert_file.display()
+        )
+    })
+}
+
 /// The leaf certificate (the file's first) `settings` names, if it can be read.
 fn leaf_of(settings: &TlsSettings) -> Option<CertificateDer<'static>> {
     CertificateDer::pem_file_iter(&settings.cert_file)
@@ -605,6 +624,25 @@ mod tests {
         // Not a certificate: nothing said (rustls refuses it anyway).
         assert_eq!(validity(b"\x30\x03\x02\x01"), None);
         assert_eq!(validity(&[]), None);
+    }
+
+    /// A certificate that does not name public_url's host is said (browsers refuse it there);
+    /// one that does — a DNS name, or an address among its names — is not.
+    #[test]
+    fn a_certificate_not_for_the_public_urls_host_is_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = pair(dir.path(), "localhost");
+        let url = |text: &str| crate::config::PublicUrl::parse(text).unwrap();
+        assert_eq!(name_warning(&tls, &url("https://localhost:8443")), None);
+        let said = name_warning(&tls, &url("https://portal.example.com")).expect("not its name");
+        assert!(
+            said.contains("is not for portal.example.com, public_url's host"),
+            "{said}"
+        );
+        assert!(name_warning(&tls, &url("https://127.0.0.1")).is_some());
+        assert!(name_warning(&tls, &url("https://[::1]:8443")).is_some());
+        assert_eq!(url("https://[::1]:8443").host(), "::1");
+        assert_eq!(url("https://[::1]").host(), "::1");
     }
 
     #[test]

@@ -702,9 +702,9 @@ impl Storage {
         }
     }
 
-    /// Ends this process's use of the database when the portal stops (SQLite: the writes queued
-    /// are made, later ones refused, the files no longer watched; PostgreSQL: nothing, its
-    /// pool closes with the last handle).
+    /// Marks the end of the portal's serving on the database (SQLite: once the writes queued are
+    /// made, its files are no longer watched — the engine may live on in a process that goes on
+    /// while the files become another's; PostgreSQL: nothing).
     pub async fn close(&self) {
         match &self.backend {
             Backend::Sqlite(store) => store.engine.close().await,

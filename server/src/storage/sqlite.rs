@@ -483,7 +483,8 @@ pub(crate) fn write_access_problem(path: &Path, with_lock: bool) -> Option<Strin
         faccessat(AT_FDCWD, p, AccessFlags::W_OK, AtFlags::AT_EACCESS)
     } {
         Ok(()) => Ok(()),
-        Err(e @ (Errno::EACCES | Errno::EROFS)) => Err(e),
+        // EPERM: an immutable file (`chattr +i`), which root cannot write either.
+        Err(e @ (Errno::EACCES | Errno::EROFS | Errno::EPERM)) => Err(e),
         Err(_) => Ok(()), // cannot tell: SQLite has the last word
     };
     let read_only_fs = |p: &Path| {
@@ -559,6 +560,14 @@ pub(crate) fn write_access_problem(path: &Path, with_lock: bool) -> Option<Strin
         match check(file) {
             Ok(()) => {}
             Err(Errno::EROFS) => return Some(read_only_fs(path)),
+            // The -shm most of all: SQLite maps it into memory, and a write there that cannot
+            // be made ends the process (SIGBUS, black-box tester Q's D2).
+            Err(Errno::EPERM) => {
+                return Some(format!(
+                    "{} cannot be written: it is immutable or append-only (`lsattr` shows it; `chattr -i` undoes it)",
+                    file.display()
+                ))
+            }
             Err(_) if lock.as_ref() == Some(file) => {
                 return Some(format!(
                     "this user cannot write {}, which `serve` locks to own the database: give the portal's user write access to it",
