@@ -1258,8 +1258,10 @@ async fn serve(settings: &Settings, options: LeptosOptions, demo: bool) -> anyho
     // sessions due to stop): a SIGTERM then ends the portal once it has started, as at any
     // other time, not by the signal's default action (a code review).
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let app = Application::build(settings, options, demo).await?;
+    let asked = crate::startup::StopAsked::default();
+    tokio::spawn(cancel_on_signal(shutdown.clone(), asked.clone()));
+    let mut app = Application::build(settings, options, demo).await?;
+    app.stop_asked_at(asked);
     let addr = app.local_addr();
     if demo {
         let scheme = if settings.http.tls.is_some() {
@@ -1285,12 +1287,13 @@ async fn serve(settings: &Settings, options: LeptosOptions, demo: bool) -> anyho
 /// Cancels `token` at the first SIGTERM or SIGINT (Ctrl-C); a second one ends the process at
 /// once (an operator cutting a slow stop short: what is stored is sent at the next start, as
 /// after a kill -9).
-async fn cancel_on_signal(token: CancellationToken) {
+async fn cancel_on_signal(token: CancellationToken, asked: crate::startup::StopAsked) {
     #[cfg(unix)]
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     #[cfg(not(unix))]
     let mut term = None::<()>;
     signalled(&mut term).await;
+    let _ = asked.set(tokio::time::Instant::now());
     tracing::info!("shutting down");
     token.cancel();
     signalled(&mut term).await;

@@ -407,23 +407,24 @@ pub fn parse_network(text: &str) -> Result<IpNet, String> {
         .parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
         .map_err(|_| format!("`{text}` is not an IP address or CIDR network"))?;
-    if net.prefix_len() == 0 {
-        return Err(every(&format!("`{text}`")));
-    }
     // An IPv4 address in its IPv6 form (`::ffff:10.0.0.1`, copied from a dual-stack log) is
     // that IPv4 address: a peer is compared in its IPv4 form, so it would never match (a code
-    // review).
-    if let IpNet::V6(v6) = net {
-        if let (Some(v4), Some(prefix)) = (
+    // review). Mapped first, so that every IPv4 address in that form (`::ffff:0:0/96`) is
+    // refused as `0.0.0.0/0` is.
+    let net = match net {
+        IpNet::V6(v6) => match (
             v6.network().to_ipv4_mapped(),
             v6.prefix_len().checked_sub(96),
         ) {
-            return Ok(IpNet::V4(
-                ipnet::Ipv4Net::new(v4, prefix)
-                    .map_err(|e| e.to_string())?
-                    .trunc(),
-            ));
-        }
+            (Some(v4), Some(prefix)) => {
+                IpNet::V4(ipnet::Ipv4Net::new(v4, prefix).map_err(|e| e.to_string())?)
+            }
+            _ => net,
+        },
+        IpNet::V4(_) => net,
+    };
+    if net.prefix_len() == 0 {
+        return Err(every(&format!("`{text}`")));
     }
     Ok(net.trunc())
 }
@@ -981,6 +982,14 @@ impl LogSettings {
         }
         if let Some(filter) = var("PORTAL_LOG_FILTER") {
             log.filter = filter;
+        }
+        // A value the checks refuse is not used (the refusal follows, in the log so made):
+        // an unusable filter would be said by the logging library as a plain line.
+        if check_log_format("log.format", &log.format).is_err() {
+            log.format = default_log_format();
+        }
+        if check_log_filter("log.filter", &log.filter).is_err() {
+            log.filter = default_log_filter();
         }
         log
     }
@@ -2198,7 +2207,7 @@ struct TomlLine<'a> {
     /// The key a `key = value` line sets (quotes taken off) — or, on a line that is not one
     /// (`key: value`, `key "value"`), the key-like word it begins with. Never any of a value.
     key: Option<&'a str>,
-    /// The key whose multi-line string this line is inside of.
+    /// The key whose multi-line string this line is inside of (only whether it is counts).
     inside_string_of: Option<&'a str>,
 }
 
@@ -2299,24 +2308,27 @@ fn lines_in_tables(text: &str) -> impl Iterator<Item = TomlLine<'_>> {
 }
 
 /// "table.key (line N)" for a byte offset in a TOML text: the key whose line the offset falls
-/// on, under the table it is in.
+/// on, under the table it is in. Never the line's text, and a key only where the text is TOML
+/// (a value of the wrong kind, an unknown key): in text that is not, what a line begins with
+/// may be a secret written in another syntax or pasted on a line of its own (code reviews) —
+/// only the table and the line are named there.
 pub(crate) fn locate(text: &str, offset: usize) -> String {
     let before = text.get(..offset.min(text.len())).unwrap_or(text);
     let line_no = before.matches('\n').count() + 1;
     let Some(line) = lines_in_tables(text).nth(line_no - 1) else {
         return format!("line {line_no}");
     };
-    // Never the line's text: it may hold a secret written in another syntax (a code review).
-    let inside = line.inside_string_of.is_some();
-    let at = if inside {
-        format!("line {line_no}, inside its multi-line string")
+    let at = if line.inside_string_of.is_some() {
+        format!("line {line_no}, inside a multi-line string")
     } else {
         format!("line {line_no}")
     };
-    match (line.key.or(line.inside_string_of), line.table) {
+    let well_formed = text.parse::<toml::Table>().is_ok();
+    match (line.key.filter(|_| well_formed), line.table) {
         (Some(key), Some(table)) => format!("{table}.{key} ({at})"),
         (Some(key), None) => format!("{key} ({at})"),
-        (None, _) => at,
+        (None, Some(table)) => format!("{table} ({at})"),
+        (None, None) => at,
     }
 }
 
@@ -2545,20 +2557,26 @@ mod tests {
 
     #[test]
     fn a_secret_in_another_syntax_is_not_echoed_by_a_parse_error() {
-        let secret = "Xy9!k=w0rd";
+        let secret = "Xy9kw0rd=";
         let cases = [
-            // A YAML habit, a missing `=`, a line inside a multi-line secret.
+            // A YAML habit, a missing `=`, a secret pasted on a line of its own (base64, its
+            // padding an `=`), a line inside a multi-line secret.
             (
                 format!("secret: \"{secret}\""),
-                "organizations[0].servers[0].secret (line",
+                "organizations[0].servers[0] (line 8)",
             ),
             (
                 format!("secret \"{secret}\""),
-                "organizations[0].servers[0].secret (line",
+                "organizations[0].servers[0] (line 8)",
             ),
             (
+                format!("secret =\n{secret}="),
+                "organizations[0].servers[0] (line",
+            ),
+            (secret.to_string(), "organizations[0].servers[0] (line 8)"),
+            (
                 format!("secret = \"\"\"\n{secret}\\q\n\"\"\""),
-                "organizations[0].servers[0].secret (line 9, inside its multi-line string)",
+                "organizations[0].servers[0] (line 9, inside a multi-line string)",
             ),
         ];
         for (line, named) in cases {
@@ -2570,6 +2588,14 @@ mod tests {
             assert!(!e.contains("Xy9") && !e.contains("w0rd"), "{e}");
             assert!(e.contains(named), "{e}");
         }
+        // In text that is TOML, a value of the wrong kind is named by its key.
+        let e = Settings::from_toml(&MINIMAL.replace("address = \"10.0.0.1\"", "address = 7"))
+            .expect_err("not an address")
+            .to_string();
+        assert!(
+            e.contains("organizations[0].servers[0].address (line 7)"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -3322,7 +3348,7 @@ mod tests {
             .expect_err("bad entry");
         assert!(err.problem.contains("everyone"), "{err}");
         // Every address, however written, is refused as `*` is.
-        for every in ["0.0.0.0/0", "::/0", "10.0.0.1/0"] {
+        for every in ["0.0.0.0/0", "::/0", "10.0.0.1/0", "::ffff:0:0/96"] {
             let err = Settings::from_toml(&format!("[http]\ntrusted_proxies = [{every:?}]\n"))
                 .expect_err(every);
             assert!(

@@ -391,10 +391,11 @@ impl DynAuthListener {
         if !matches!(request.code(), Code::DisconnectRequest | Code::CoARequest) {
             return self.drop_request(from, "not a Disconnect-Request or CoA-Request");
         }
-        // A request outside the replay window is still answered when it is a copy of one
-        // answered already (a retransmission of a Disconnect whose ACK was lost, under a short
+        // A request outside the replay window is still answered when it is a copy of one this
+        // process answered (a retransmission of a Disconnect whose ACK was lost, under a short
         // `event_timestamp_window`; a code review): the answer given, nothing done again. Any
-        // other is dropped.
+        // other is dropped, without a look at the database (a captured packet replayed in a
+        // loop costs no read).
         let stale = self.replay_check(&request);
         let key = (sender(from), request.authenticator());
         // Keep the entry while a replay of this request would still pass the replay check.
@@ -421,6 +422,9 @@ impl DynAuthListener {
             }
             return;
         }
+        if let Some(why) = stale {
+            return self.drop_request(from, why);
+        }
         // Answered before by an earlier process, or by another replica on this database: the
         // answer it gave, not a second stop (a captured request replayed after a restart).
         // By Request Authenticator alone, which covers every byte and the secret: a copy sent
@@ -443,7 +447,6 @@ impl DynAuthListener {
                 return;
             }
             Ok(Ok(None)) => {}
-            _ if stale.is_some() => {}
             unknown => {
                 match unknown {
                     Ok(Err(e)) => crate::throttled!(warn, %from, error = %e,
@@ -466,9 +469,6 @@ impl DynAuthListener {
                 }
                 return;
             }
-        }
-        if let Some(why) = stale {
-            return self.drop_request(from, why);
         }
         let reply = self.answer(client, &request).await;
         let Ok(mut bytes) = packet::encode_response(&reply) else {

@@ -292,7 +292,7 @@ impl Metrics {
         let task_crashes = counter(
             &r,
             "portal_background_task_crashes_total",
-            "Crashes of each background task since the start (each restarted after a pause, longer while it crashes again within 5 minutes)",
+            "Crashes of each background task since the start (each restarted a second later)",
             &["task"],
         );
         let database_up = int_gauge(

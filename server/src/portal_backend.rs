@@ -262,7 +262,8 @@ impl PortalBackend {
         })
     }
 
-    /// [`Self::check_rate`]'s limit of the address alone.
+    /// [`Self::check_rate`]'s limit of the address alone (a disabled organization's refusal is
+    /// the disable, as there: waiting would not change the answer).
     fn check_address_rate(&self, disabled: bool, ip: IpAddr) -> Result<(), PortalError> {
         let per_ip = if disabled {
             &self.per_ip_disabled
@@ -272,6 +273,9 @@ impl PortalBackend {
         per_ip
             .check(&client_key(ip, self.ipv6_prefix), std::time::Instant::now())
             .map_err(|wait| {
+                if disabled {
+                    return PortalError::OrganizationDisabled;
+                }
                 crate::throttled!(warn, %ip, "the same sign-in sent again too often from this address: refused");
                 PortalError::RateLimited {
                     retry_after_secs: wait.as_secs() + 1,
@@ -813,16 +817,17 @@ impl PortalBackend {
         };
         let saved = request.extensions.get::<SavedDuringRequest>().cloned();
         if let Some(id) = turn.as_ref().and_then(|t| t.same_as_recent()) {
-            // No RADIUS exchange, but a web session linked (a row): the address's limit counts
-            // it as an attempt (not the username's, which spares the directory's account) —
-            // the same form sent again and again for as long as it is answered so must not
-            // cost the database more than sign-ins do (a code review).
-            self.check_address_rate(!org.active, ip)?;
             // Answered now: not kept for the browser's return any more.
             if let Some(back) = &back {
                 self.recent_sign_ins.adopt(back, &org_id);
             }
             if let Some(session) = self.sessions.active(id).await.map_err(user_error)? {
+                // No RADIUS exchange, but a web session linked (a row): the address's limit
+                // counts it as an attempt (not the username's, which spares the directory's
+                // account) — the same form sent again and again for as long as it is answered
+                // so must not cost the database more than sign-ins do (a code review). Only
+                // when it is answered so: one that goes on to a sign-in is counted there.
+                self.check_address_rate(!org.active, ip)?;
                 tracing::debug!(acct_session_id = %session.acct_session_id,
                     "the same sign-in submitted again: answered with its session");
                 // A disable since is the answer (its stop job may not have reached the

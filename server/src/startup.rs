@@ -34,8 +34,9 @@ use tokio_util::sync::CancellationToken;
 /// failed to be ended).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long a stop takes from the SIGTERM, as README says: requests under way (up to
-/// [`SHUTDOWN_GRACE`]) and the accounting flush. A flush is never cut below its own time, so
-/// a stop whose requests took all of theirs takes longer (README: at most 22 s).
+/// [`SHUTDOWN_GRACE`]) and the accounting flush. A flush is never cut below its own time, nor
+/// the ending of sessions whose sign-in failed below one try, so a stop whose requests took all
+/// of theirs takes longer (README: at most 25 s).
 const STOP_WITHIN: Duration = Duration::from_secs(15);
 /// How often old accounting history and ended sessions are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -83,7 +84,13 @@ pub struct Application {
     breaker_news: Option<BreakerNews>,
     /// SIGHUP, watched since the start of [`Application::build`].
     hangups: crate::http::tls::Hangups,
+    /// When the portal was asked to stop: the signal's moment (the CLI's handler sets it, also
+    /// during start-up, [`Application::stop_asked_at`]), else when `run`'s token is cancelled.
+    stop_asked: StopAsked,
 }
+
+/// When a stop was asked for (set once).
+pub type StopAsked = Arc<std::sync::OnceLock<tokio::time::Instant>>;
 
 /// This replica's breaker news on its way to the others (a supervised task restarted after a
 /// panic takes the same receiver).
@@ -690,6 +697,7 @@ impl Application {
             sqlite_owner: sqlite_owner.map(std::sync::Arc::new),
             breaker_news,
             hangups,
+            stop_asked: StopAsked::default(),
         })
     }
 
@@ -703,6 +711,12 @@ impl Application {
         self.metrics_listener
             .as_ref()
             .and_then(|l| l.local_addr().ok())
+    }
+
+    /// Takes the moment a stop is asked for from `asked` (the CLI's signal handler, listening
+    /// from before start-up): the stop's deadline counts from the signal.
+    pub fn stop_asked_at(&mut self, asked: StopAsked) {
+        self.stop_asked = asked;
     }
 
     /// The bound address (port 0 resolved).
@@ -721,12 +735,11 @@ impl Application {
         let shutdown = CancellationToken::new();
         // When the stop began (SIGTERM): every step after the web server's is bounded by one
         // deadline from it, not each by its own (a code review: they added up to 30 s).
-        let stop_began = Arc::new(std::sync::OnceLock::new());
         {
-            let (token, began) = (web_shutdown.clone(), stop_began.clone());
+            let (token, asked) = (web_shutdown.clone(), self.stop_asked.clone());
             tokio::spawn(async move {
                 token.cancelled().await;
-                let _ = began.set(tokio::time::Instant::now());
+                let _ = asked.set(tokio::time::Instant::now());
             });
         }
         let mut tasks = JoinSet::new();
@@ -812,7 +825,10 @@ impl Application {
             ));
         }
         if let Some(listener) = &self.dynauth {
-            let (listener, shutdown) = (listener.clone(), shutdown.clone());
+            // Stopped with the web server, not with the background tasks: the Stops of the
+            // Disconnects it answers last are queued before the accounting flush looks (a code
+            // review: one acknowledged during the flush waited for the next start).
+            let (listener, shutdown) = (listener.clone(), web_shutdown.clone());
             supervised.push(supervise::spawn(
                 self.tasks.clone(),
                 "dynamic-authorization",
@@ -925,21 +941,25 @@ impl Application {
                 .await
             }
         }
-        let stop_ends = stop_began
+        let stop_ends = self
+            .stop_asked
             .get()
             .copied()
             .unwrap_or_else(tokio::time::Instant::now)
             + STOP_WITHIN;
         // What the accounting flush needs after it is told, whatever the steps before took:
-        // its own time and the giving up of what is still under way.
-        let flush_needs = crate::accounting::SHUTDOWN_FLUSH + Duration::from_secs(3);
+        // its own time, then the giving up of what is still under way, the backlog's count and
+        // the release of stranded claims (`Accounting::flush`: 2 + 1 + 1 + 1 s at most).
+        let flush_needs = crate::accounting::SHUTDOWN_FLUSH + Duration::from_secs(5);
         let left = || stop_ends.saturating_duration_since(tokio::time::Instant::now());
-        // Before the accounting loop flushes: its Stops go with the rest.
+        // Before the accounting loop flushes: its Stops go with the rest. At least one whole
+        // try of a session's stop (3 s): the sessions it ends are ones whose sign-in failed to
+        // link them — open at the server until their deadline otherwise (a code review).
         self.sessions
             .end_unlinked_before_exit(
                 left()
                     .saturating_sub(flush_needs)
-                    .clamp(Duration::from_secs(1), SHUTDOWN_GRACE),
+                    .clamp(Duration::from_secs(3), SHUTDOWN_GRACE),
             )
             .await;
         shutdown.cancel();

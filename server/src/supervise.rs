@@ -1,7 +1,8 @@
-//! Supervised background tasks: a task that panics is logged and restarted after a pause (longer
-//! each time while it crashes again within minutes), and while it is down its name is listed in
-//! [`TaskHealth`], which `/readyz` reports and `/metrics` counts. A task that returns normally
-//! (shutdown) is not restarted.
+//! Supervised background tasks: a task that panics is logged and restarted after a pause (a
+//! second: expiry, accounting and the organizations' stops are not held down longer), and while
+//! it is down its name is listed in [`TaskHealth`], which `/readyz` reports; `/metrics` counts
+//! each task's crashes, so a crash loop is seen. A task that returns normally (shutdown) is not
+//! restarted.
 
 use std::{
     collections::BTreeMap,
@@ -13,26 +14,6 @@ use tokio::task::JoinHandle;
 
 /// Pause before a crashed task is started again (keeps a crash loop from spinning).
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
-/// A task crashing again within this of its last crash is in a loop: each pause is twice the
-/// one before, up to [`MAX_RESTART_PAUSE`] — down (and `/readyz` not ready) for most of the
-/// time, not for one second of each run (a code review: a task crashing every 20 s was ready
-/// 95 % of the time).
-const CRASH_LOOP_WITHIN: Duration = Duration::from_secs(300);
-const MAX_RESTART_PAUSE: Duration = Duration::from_secs(60);
-
-/// The pause before a restart after a crash now, given the last crash and its pause.
-fn restart_pause(
-    last: Option<(std::time::Instant, Duration)>,
-    now: std::time::Instant,
-) -> Duration {
-    match last {
-        Some((at, pause)) if now.saturating_duration_since(at) < CRASH_LOOP_WITHIN => {
-            (pause * 2).min(MAX_RESTART_PAUSE)
-        }
-        _ => RESTART_PAUSE,
-    }
-}
-
 /// Which supervised tasks are down right now, and how often each has crashed. Cheap to clone.
 #[derive(Clone, Default, Debug)]
 pub struct TaskHealth {
@@ -87,18 +68,14 @@ where
 {
     let name = name.into();
     tokio::spawn(async move {
-        let mut last_crash = None;
         loop {
             match tokio::spawn(crate::storage::background(make())).await {
                 Ok(()) => return,
                 Err(e) if e.is_panic() => {
                     health.set(&name, true);
-                    let now = std::time::Instant::now();
-                    let pause = restart_pause(last_crash, now);
-                    last_crash = Some((now, pause));
-                    tracing::error!(task = %name, restart_in = ?pause, crashes = health.crashes(&name),
+                    tracing::error!(task = %name, crashes = health.crashes(&name),
                         "background task crashed; restarting it");
-                    tokio::time::sleep(pause).await;
+                    tokio::time::sleep(RESTART_PAUSE).await;
                     health.set(&name, false);
                 }
                 // Cancelled through its runtime shutting down: nothing to restart.
@@ -135,24 +112,6 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 2, "restarted once");
         assert!(health.down().is_empty());
         assert_eq!(health.crashes("flaky"), 1);
-    }
-
-    #[test]
-    fn a_task_crashing_again_soon_waits_longer_each_time_up_to_a_minute() {
-        let now = std::time::Instant::now();
-        assert_eq!(restart_pause(None, now), RESTART_PAUSE);
-        let mut last = None;
-        let mut pauses = Vec::new();
-        for run in 0..9u64 {
-            let at = now + Duration::from_secs(run * 20);
-            let pause = restart_pause(last, at);
-            pauses.push(pause.as_secs());
-            last = Some((at, pause));
-        }
-        assert_eq!(pauses, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
-        // Quiet for long enough: a crash is one again.
-        let later = now + Duration::from_secs(8 * 20) + CRASH_LOOP_WITHIN;
-        assert_eq!(restart_pause(last, later), RESTART_PAUSE);
     }
 
     #[tokio::test]

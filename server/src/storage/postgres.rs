@@ -693,7 +693,9 @@ impl PgStore {
                 store.pool(),
             )
             .await;
-            migrating.close().await;
+            // Bounded: a connection to a host gone without a word is pinged when it goes back
+            // to the pool, and closing waits for it (a code review).
+            let _ = tokio::time::timeout(LISTENER_CHECK, migrating.close()).await;
             migrated.map_err(|e| match e {
                 // Not a migration's fault: no connection to run it on.
                 sqlx::migrate::MigrateError::Execute(sqlx::Error::PoolTimedOut) => {
