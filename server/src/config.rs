@@ -2209,6 +2209,8 @@ struct TomlLine<'a> {
     key: Option<&'a str>,
     /// The key whose multi-line string this line is inside of (only whether it is counts).
     inside_string_of: Option<&'a str>,
+    /// A multi-line string opens on this line and does not close on it.
+    opens_string: bool,
 }
 
 /// The key a line that is not a table header sets, or begins with: the text before its `=`
@@ -2264,6 +2266,7 @@ fn lines_in_tables(text: &str) -> impl Iterator<Item = TomlLine<'_>> {
             header: false,
             key: None,
             inside_string_of: None,
+            opens_string: false,
         };
         if let Some((quotes, key)) = in_string {
             if line.matches(quotes).count() % 2 == 1 {
@@ -2301,6 +2304,7 @@ fn lines_in_tables(text: &str) -> impl Iterator<Item = TomlLine<'_>> {
                 .into_iter()
                 .find(|quotes| line.matches(quotes).count() % 2 == 1)
                 .map(|quotes| (quotes, parsed.key));
+            parsed.opens_string = in_string.is_some();
         }
         parsed.table = table.clone();
         parsed
@@ -2315,8 +2319,25 @@ fn lines_in_tables(text: &str) -> impl Iterator<Item = TomlLine<'_>> {
 pub(crate) fn locate(text: &str, offset: usize) -> String {
     let before = text.get(..offset.min(text.len())).unwrap_or(text);
     let line_no = before.matches('\n').count() + 1;
-    let Some(line) = lines_in_tables(text).nth(line_no - 1) else {
-        return format!("line {line_no}");
+    let lines: Vec<_> = lines_in_tables(text).collect();
+    let Some(line) = lines.get(line_no - 1) else {
+        // The end of the text: a multi-line string left open is said where it opened (black-
+        // box tester W: "line 57" of 56 lines).
+        let open = lines
+            .iter()
+            .rposition(|l| l.inside_string_of.is_none())
+            .filter(|&opener| opener + 1 < lines.len() || lines[opener].opens_string);
+        return match open.map(|opener| &lines[opener]) {
+            Some(opener) => format!(
+                "{}line {}, where a multi-line string opens that is never closed",
+                opener
+                    .table
+                    .as_ref()
+                    .map_or_else(String::new, |t| format!("{t}, ")),
+                opener.number
+            ),
+            None => format!("the end of the file (line {})", lines.len()),
+        };
     };
     let at = if line.inside_string_of.is_some() {
         format!("line {line_no}, inside a multi-line string")
@@ -2324,7 +2345,7 @@ pub(crate) fn locate(text: &str, offset: usize) -> String {
         format!("line {line_no}")
     };
     let well_formed = text.parse::<toml::Table>().is_ok();
-    match (line.key.filter(|_| well_formed), line.table) {
+    match (line.key.filter(|_| well_formed), line.table.as_deref()) {
         (Some(key), Some(table)) => format!("{table}.{key} ({at})"),
         (Some(key), None) => format!("{key} ({at})"),
         (None, Some(table)) => format!("{table} ({at})"),
@@ -2588,6 +2609,19 @@ mod tests {
             assert!(!e.contains("Xy9") && !e.contains("w0rd"), "{e}");
             assert!(e.contains(named), "{e}");
         }
+        // A multi-line secret never closed: said where it opens (the error is at the end).
+        let text = format!(
+            "{}secret = \"\"\"\n{secret}\n",
+            MINIMAL.replace("secret = \"s3cr3t-value\"", "")
+        );
+        let e = Settings::from_toml(&text)
+            .expect_err("open string")
+            .to_string();
+        assert!(!e.contains("Xy9"), "{e}");
+        assert!(
+            e.contains("organizations[0].servers[0], line 9, where a multi-line string opens that is never closed"),
+            "{e}"
+        );
         // In text that is TOML, a value of the wrong kind is named by its key.
         let e = Settings::from_toml(&MINIMAL.replace("address = \"10.0.0.1\"", "address = 7"))
             .expect_err("not an address")

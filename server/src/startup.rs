@@ -84,6 +84,8 @@ pub struct Application {
     breaker_news: Option<BreakerNews>,
     /// SIGHUP, watched since the start of [`Application::build`].
     hangups: crate::http::tls::Hangups,
+    /// Where users reach the portal: a certificate reloaded by SIGHUP is checked against it.
+    public_url: Option<crate::config::PublicUrl>,
     /// When the portal was asked to stop: the signal's moment (the CLI's handler sets it, also
     /// during start-up, [`Application::stop_asked_at`]), else when `run`'s token is cancelled.
     stop_asked: StopAsked,
@@ -698,6 +700,7 @@ impl Application {
             breaker_news,
             hangups,
             stop_asked: StopAsked::default(),
+            public_url: settings.http.public_url.clone(),
         })
     }
 
@@ -902,6 +905,7 @@ impl Application {
         // with built-in TLS it reloads the certificate, otherwise there is nothing to reload.
         tasks.spawn(crate::http::tls::reload_on_sighup(
             self.tls.clone(),
+            self.public_url.clone(),
             shutdown.clone(),
             self.hangups,
         ));

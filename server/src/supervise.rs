@@ -36,11 +36,11 @@ impl TaskHealth {
         self.lock().get(name).map_or(0, |(_, n)| *n)
     }
 
-    /// Crashes so far of each task that has crashed (`/metrics`).
+    /// Crashes so far of each supervised task, 0 for one that has not crashed (`/metrics`: a
+    /// series exists from the start, so an alert on its rate sees the first crash).
     pub fn all_crashes(&self) -> Vec<(String, u64)> {
         self.lock()
             .iter()
-            .filter(|(_, (_, n))| *n > 0)
             .map(|(name, (_, n))| (name.clone(), *n))
             .collect()
     }
@@ -67,6 +67,7 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let name = name.into();
+    health.lock().entry(name.clone()).or_insert((false, 0));
     tokio::spawn(async move {
         loop {
             match tokio::spawn(crate::storage::background(make())).await {
@@ -112,6 +113,12 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 2, "restarted once");
         assert!(health.down().is_empty());
         assert_eq!(health.crashes("flaky"), 1);
+        // Every supervised task has a count, from 0.
+        spawn(health.clone(), "steady", || async {}).await.unwrap();
+        assert_eq!(
+            health.all_crashes(),
+            [("flaky".to_string(), 1), ("steady".to_string(), 0)]
+        );
     }
 
     #[tokio::test]

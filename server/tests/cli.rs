@@ -1945,6 +1945,14 @@ async fn a_sighup_while_the_portal_starts_does_not_end_it() {
     assert!(child.wait().unwrap().success());
 }
 
+/// Each line of a log that must be JSON, parsed (a line that is not fails the test).
+fn json_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
 /// With `[log] format = "json"`, a start refused for a value in the file ends with a JSON line
 /// too, and so does what is said of the environment before it (black-box tester N's D1: a
 /// plain `error: configuration error …`, the commonest failed start).
@@ -1968,11 +1976,7 @@ fn a_configuration_error_is_said_in_json_when_the_file_asks_for_json() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let lines: Vec<serde_json::Value> = stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
+    let lines = json_lines(&stderr);
     let last = lines.last().expect("a line");
     assert_eq!(last["level"], "ERROR", "{stderr}");
     assert!(
@@ -2016,11 +2020,7 @@ fn a_failed_start_says_why_in_json_when_the_log_is_json() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let lines: Vec<serde_json::Value> = stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
+    let lines = json_lines(&stderr);
     let said = |level: &str, words: &str| {
         lines.iter().any(|line| {
             line["level"] == level

@@ -85,14 +85,28 @@ async fn radclient_async(
 /// One FreeRADIUS, and a portal with it as its only server and the listener on (its
 /// database's directory lives as long as the guard).
 async fn portal_with_listener() -> (FreeRadius, TestApp, tempfile::TempDir) {
+    portal_with_listener_and(|_| {}).await
+}
+
+/// [`portal_with_listener`] with `change` made to its settings.
+async fn portal_with_listener_and(
+    change: impl FnOnce(&mut Settings),
+) -> (FreeRadius, TestApp, tempfile::TempDir) {
     let radius = FreeRadius::start().await;
     let (dir, db) = temp_db();
-    let app = TestApp::spawn(&with_listener(settings(
-        &db,
-        vec![radius.server_settings("primary", true)],
-    )))
-    .await;
+    let mut settings = with_listener(settings(&db, vec![radius.server_settings("primary", true)]));
+    change(&mut settings);
+    let app = TestApp::spawn(&settings).await;
     (radius, app, dir)
+}
+
+/// The Accounting-Stops `radius` has received.
+fn stops(radius: &FreeRadius) -> usize {
+    radius
+        .acct_lines()
+        .iter()
+        .filter(|l| l.contains("status=Stop"))
+        .count()
 }
 
 fn client(n: u8) -> Ipv4Addr {
@@ -412,14 +426,7 @@ async fn a_retransmitted_disconnect_is_answered_from_the_cache_and_acted_on_once
         0,
         "the session ended once"
     );
-    assert_eq!(
-        radius
-            .acct_lines()
-            .iter()
-            .filter(|l| l.contains("status=Stop"))
-            .count(),
-        1
-    );
+    assert_eq!(stops(&radius), 1);
     app.stop().await;
 }
 
@@ -429,11 +436,10 @@ async fn a_retransmitted_disconnect_is_answered_from_the_cache_and_acted_on_once
 /// request as old is still dropped.
 #[tokio::test]
 async fn a_copy_of_an_answered_disconnect_is_answered_after_a_short_replay_window() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let mut settings = with_listener(settings(&db, vec![radius.server_settings("primary", true)]));
-    settings.dynamic_authorization.event_timestamp_window = Duration::from_secs(1);
-    let app = TestApp::spawn(&settings).await;
+    let (radius, app, _dir) = portal_with_listener_and(|settings| {
+        settings.dynamic_authorization.event_timestamp_window = Duration::from_secs(1);
+    })
+    .await;
     let (listener, stats) = app.dynauth.clone().unwrap();
     app.browser(client(25)).login("carol", "carol-pass").await;
     let start = radius
@@ -492,14 +498,7 @@ async fn a_copy_of_an_answered_disconnect_is_answered_after_a_short_replay_windo
         "a new request as old is a replay: dropped"
     );
     assert!(stats.dropped.load(Ordering::Relaxed) > dropped_before);
-    assert_eq!(
-        radius
-            .acct_lines()
-            .iter()
-            .filter(|l| l.contains("status=Stop"))
-            .count(),
-        1
-    );
+    assert_eq!(stops(&radius), 1);
     app.stop().await;
 }
 

@@ -513,6 +513,7 @@ impl Hangups {
 /// `shutdown`.
 pub fn reload_on_sighup(
     tls: Option<(TlsSettings, CurrentConfig)>,
+    public_url: Option<crate::config::PublicUrl>,
     shutdown: CancellationToken,
     hangups: Hangups,
 ) -> impl std::future::Future<Output = ()> + Send {
@@ -539,7 +540,13 @@ pub fn reload_on_sighup(
                             continue;
                         };
                         match current.reload(settings) {
-                            Ok(()) => tracing::info!(cert = %settings.cert_file.display(), "TLS certificate reloaded (only it: the configuration file is read at start only, restart the portal to apply changes to it)"),
+                            Ok(()) => {
+                                tracing::info!(cert = %settings.cert_file.display(), "TLS certificate reloaded (only it: the configuration file is read at start only, restart the portal to apply changes to it)");
+                                // As at the start (black-box tester W).
+                                if let Some(warning) = public_url.as_ref().and_then(|url| name_warning(settings, url)) {
+                                    tracing::warn!("{warning}");
+                                }
+                            }
                             Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays in use"),
                         }
                     }
@@ -548,7 +555,7 @@ pub fn reload_on_sighup(
         }
         #[cfg(not(unix))]
         {
-            let _ = tls;
+            let _ = (tls, public_url);
             shutdown.cancelled().await;
         }
     }
