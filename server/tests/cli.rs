@@ -1945,12 +1945,41 @@ async fn a_sighup_while_the_portal_starts_does_not_end_it() {
     assert!(child.wait().unwrap().success());
 }
 
-/// Each line of a log that must be JSON, parsed (a line that is not fails the test).
-fn json_lines(log: &str) -> Vec<serde_json::Value> {
-    log.lines()
+/// The log of a `serve` that fails to start, with `head` (the file's tables before its
+/// organization: `[log]`, `[database]` is added) and `server` (more keys of its one server),
+/// `PORTAL_DATABSE_URL` mistyped and `env` set: each line parsed as JSON (a line that is not
+/// fails the test), and the text.
+fn failed_start_json_log(
+    head: &str,
+    server: &str,
+    env: &[(&str, &str)],
+) -> (Vec<serde_json::Value>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portal.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{head}[database]\npath = \"{}\"\n\
+             [[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
+             [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\nsecret = \"{SECRET}\"\n{server}",
+            dir.path().join("portal.db").display()
+        ),
+    )
+    .unwrap();
+    let mut command = portal(&["--config", config.to_str().unwrap(), "serve"]);
+    command.env("PORTAL_DATABSE_URL", "x");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let lines = stderr
+        .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
+        .collect();
+    (lines, stderr)
 }
 
 /// With `[log] format = "json"`, a start refused for a value in the file ends with a JSON line
@@ -1958,25 +1987,8 @@ fn json_lines(log: &str) -> Vec<serde_json::Value> {
 /// plain `error: configuration error …`, the commonest failed start).
 #[test]
 fn a_configuration_error_is_said_in_json_when_the_file_asks_for_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("portal.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[log]\nformat = \"json\"\n[database]\npath = \"{}\"\n\
-             [[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
-             [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\nsecret = \"{SECRET}\"\nretries = 11\n",
-            dir.path().join("portal.db").display()
-        ),
-    )
-    .unwrap();
-    let output = portal(&["--config", config.to_str().unwrap(), "serve"])
-        .env("PORTAL_DATABSE_URL", "x")
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let lines = json_lines(&stderr);
+    let (lines, stderr) =
+        failed_start_json_log("[log]\nformat = \"json\"\n", "retries = 11\n", &[]);
     let last = lines.last().expect("a line");
     assert_eq!(last["level"], "ERROR", "{stderr}");
     assert!(
@@ -1999,28 +2011,13 @@ fn a_configuration_error_is_said_in_json_when_the_file_asks_for_json() {
 fn a_failed_start_says_why_in_json_when_the_log_is_json() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("portal.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nformat = \"text\"\n[database]\npath = \"{}\"\n\
-             [[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
-             [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\nsecret = \"{SECRET}\"\n",
-            dir.path().join("portal.db").display()
-        ),
-    )
-    .unwrap();
     // JSON by a variable over the file's text, and a variable's name mistyped: what reading
     // the environment says is JSON lines too (black-box tester S's D7).
-    let output = portal(&["--config", config.to_str().unwrap(), "serve"])
-        .env("PORTAL_LOG_FORMAT", "json")
-        .env("PORTAL_DATABSE_URL", "x")
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let lines = json_lines(&stderr);
+    let (lines, stderr) = failed_start_json_log(
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nformat = \"text\"\n"),
+        "",
+        &[("PORTAL_LOG_FORMAT", "json")],
+    );
     let said = |level: &str, words: &str| {
         lines.iter().any(|line| {
             line["level"] == level
