@@ -374,6 +374,7 @@ pub async fn run() -> anyhow::Result<()> {
                         &org.username_pattern,
                         org.nas_ip,
                         org.login_timeout,
+                        org.min_interim_interval,
                         org.servers
                             .iter()
                             .map(|s| (s.name.as_str(), s.address, s.timeout)),
@@ -997,9 +998,9 @@ pub async fn radius_test(
         let outcome = match &credentials {
             None => radius.status_server(server, Port::Auth, deadline).await.map(|(code, unsigned)| {
                 if unsigned {
-                    (format!("answered Status-Server ({code:?}) without a Message-Authenticator"), ": Status-Server answers need none, but with `require_message_authenticator` every Access-Accept must carry one (FreeRADIUS before 3.2.5 signs one only where its post-auth adds it; \"learn\" or false for a server that cannot): --username USER tests a login", true)
+                    (format!("answered Status-Server ({}) without a Message-Authenticator", crate::radius::packet::code_text(code)), ": Status-Server answers need none, but with `require_message_authenticator` every Access-Accept must carry one (FreeRADIUS before 3.2.5 signs one only where its post-auth adds it; \"learn\" or false for a server that cannot): --username USER tests a login", true)
                 } else {
-                    (format!("answered Status-Server ({code:?})"), "", true)
+                    (format!("answered Status-Server ({})", crate::radius::packet::code_text(code)), "", true)
                 }
             }),
             Some((user, password)) => radius
@@ -1063,7 +1064,16 @@ pub async fn radius_test(
         let outcome = radius
             .status_server(server, Port::Acct, deadline)
             .await
-            .map(|(code, _)| (format!("answered Status-Server ({code:?})"), "", true));
+            .map(|(code, _)| {
+                (
+                    format!(
+                        "answered Status-Server ({})",
+                        crate::radius::packet::code_text(code)
+                    ),
+                    "",
+                    true,
+                )
+            });
         report(server, Port::Acct, started, outcome);
     }
     Ok(all_answered)

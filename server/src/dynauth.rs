@@ -105,6 +105,9 @@ const MISSING_ATTRIBUTE: u32 = 402;
 const NAS_IDENTIFICATION_MISMATCH: u32 = 403;
 /// Error-Cause 407: Invalid-Attribute-Value (RFC 5176): e.g. an address that is none.
 const INVALID_ATTRIBUTE_VALUE: u32 = 407;
+/// Error-Cause 404: Invalid-Request (an attribute not formatted as RFC 2865 allows: an empty
+/// string).
+const INVALID_REQUEST: u32 = 404;
 /// Error-Cause 401: Unsupported-Attribute (RFC 5176): a Disconnect-Request with more than
 /// session identification.
 const UNSUPPORTED_ATTRIBUTE: u32 = 401;
@@ -599,6 +602,14 @@ impl DynAuthListener {
                 "Dynamic Authorization request with an address attribute that is no address");
             return reply(nak, Some(INVALID_ATTRIBUTE_VALUE));
         }
+        // RFC 2865 §5: a text or string attribute holds 1-253 octets. An empty one identifies
+        // nothing: the request is not formed as the RFC allows (black-box tester V's D5: it was
+        // answered as for no session).
+        if let Some(attribute) = empty_identification(request) {
+            crate::throttled!(info, client, code = ?request.code(), attribute,
+                "Dynamic Authorization request with an empty identification attribute");
+            return reply(nak, Some(INVALID_REQUEST));
+        }
         if identification.only_foreign() {
             crate::throttled!(info, client, code = ?request.code(), "Dynamic Authorization request names a session by attributes no session of the portal has");
             return reply(nak, Some(SESSION_CONTEXT_NOT_FOUND));
@@ -891,6 +902,25 @@ fn wrong_length_address(request: &Packet) -> Option<(&'static str, usize)> {
                 .find(|value| value.len() != wanted)
                 .map(|value| (name, value.len()))
         })
+}
+
+/// The first identification attribute of `request` that is empty (0 octets), by name.
+fn empty_identification(request: &Packet) -> Option<&'static str> {
+    [
+        (attr::ACCT_SESSION_ID, "Acct-Session-Id"),
+        (attr::USER_NAME, "User-Name"),
+        (attr::CALLING_STATION_ID, "Calling-Station-Id"),
+        (attr::CLASS, "Class"),
+        (attr::NAS_IDENTIFIER, "NAS-Identifier"),
+    ]
+    .into_iter()
+    .find_map(|(typ, name)| {
+        request
+            .get_all(typ)
+            .iter()
+            .any(|value| value.is_empty())
+            .then_some(name)
+    })
 }
 
 /// What a malformed address attribute reads as: it names no one.

@@ -75,7 +75,7 @@ pub struct Snapshot {
     pub breakers: Vec<(String, i64)>,
     /// Background tasks restarting now.
     pub tasks_down: i64,
-    /// Crashes so far of each background task that has crashed.
+    /// Crashes so far of each supervised background task (0 for one that has not crashed).
     pub task_crashes: Vec<(String, u64)>,
     /// What the embedded database has committed (SQLite; none on PostgreSQL, whose own
     /// statistics count its transactions).

@@ -827,17 +827,18 @@ impl Application {
                 move || keep_watermark(storage.clone(), owner.clone(), shutdown.clone()),
             ));
         }
-        if let Some(listener) = &self.dynauth {
-            // Stopped with the web server, not with the background tasks: the Stops of the
-            // Disconnects it answers last are queued before the accounting flush looks (a code
-            // review: one acknowledged during the flush waited for the next start).
-            let (listener, shutdown) = (listener.clone(), web_shutdown.clone());
-            supervised.push(supervise::spawn(
-                self.tasks.clone(),
-                "dynamic-authorization",
-                move || listener.clone().run(shutdown.clone()),
-            ));
-        }
+        // The Dynamic Authorization listener answers while the web server drains, and stops
+        // before the background tasks are told: the Stops of the Disconnects it answered last
+        // are queued before the accounting flush looks (code reviews: stopped with the
+        // background tasks, one acknowledged during the flush waited for the next start;
+        // stopped at the SIGTERM, it was deaf for the whole drain).
+        let dynauth_stop = CancellationToken::new();
+        let dynauth = self.dynauth.as_ref().map(|listener| {
+            let (listener, stop) = (listener.clone(), dynauth_stop.clone());
+            supervise::spawn(self.tasks.clone(), "dynamic-authorization", move || {
+                listener.clone().run(stop.clone())
+            })
+        });
         for handle in supervised {
             tasks.spawn(async move {
                 let _ = handle.await;
@@ -944,6 +945,11 @@ impl Application {
                 )
                 .await
             }
+        }
+        dynauth_stop.cancel();
+        if let Some(listener) = dynauth {
+            // Its own wait for the requests under way is bounded (3 s); this one too.
+            let _ = tokio::time::timeout(Duration::from_secs(4), listener).await;
         }
         let stop_ends = self
             .stop_asked

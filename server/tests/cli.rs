@@ -144,14 +144,14 @@ async fn radius_test_probes_every_server_and_fails_when_one_is_silent() {
     );
     assert!(
         stdout.contains(&format!(
-            "primary (127.0.0.1:{}, authentication): answered Status-Server (AccessAccept)",
+            "primary (127.0.0.1:{}, authentication): answered Status-Server (Access-Accept)",
             radius.strict_port
         )),
         "{stdout}"
     );
     assert!(
         stdout.contains(&format!(
-            "primary (127.0.0.1:{}, accounting): answered Status-Server (AccountingResponse)",
+            "primary (127.0.0.1:{}, accounting): answered Status-Server (Accounting-Response)",
             radius.acct_port
         )),
         "the accounting port is tested too: {stdout}"
@@ -184,7 +184,7 @@ async fn radius_test_tests_the_accounting_port_too() {
         let auth = if username.is_some() {
             "Access-Accept"
         } else {
-            "answered Status-Server (AccessAccept)"
+            "answered Status-Server (Access-Accept)"
         };
         assert!(
             stdout.contains(&format!(
@@ -633,7 +633,7 @@ async fn radius_test_takes_an_unsigned_status_server_answer_with_a_note() {
     let (success, stdout) = radius_test(&path, None);
     assert!(success, "{stdout}");
     assert!(
-        stdout.contains("answered Status-Server (AccessAccept) without a Message-Authenticator")
+        stdout.contains("answered Status-Server (Access-Accept) without a Message-Authenticator")
             && stdout.contains("--username USER tests a login"),
         "{stdout}"
     );
@@ -647,7 +647,7 @@ async fn radius_test_takes_an_unsigned_status_server_answer_with_a_note() {
     let (success, stdout) = radius_test(&path, None);
     assert!(success, "{stdout}");
     assert!(
-        stdout.contains("answered Status-Server (AccessAccept) in"),
+        stdout.contains("answered Status-Server (Access-Accept) in"),
         "{stdout}"
     );
     assert!(

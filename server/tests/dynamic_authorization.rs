@@ -907,6 +907,19 @@ async fn answers_echo_proxy_state_bad_addresses_are_407_and_ends_are_audited() {
     assert_eq!(nak.code(), Code::DisconnectNAK);
     assert_eq!(nak.get_u32(attr::ERROR_CAUSE), Some(407));
     assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
+    // An empty Acct-Session-Id (RFC 2865: 1-253 octets) beside the session's user: a request
+    // not formed as the RFC allows, 404 (black-box tester V's D5: 503, no such session).
+    let nak = ask(
+        4,
+        vec![
+            (attr::ACCT_SESSION_ID, Vec::new()),
+            (attr::USER_NAME, b"carol".to_vec()),
+        ],
+    )
+    .await;
+    assert_eq!(nak.code(), Code::DisconnectNAK);
+    assert_eq!(nak.get_u32(attr::ERROR_CAUSE), Some(404));
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 1);
 
     let ack = ask(
         2,

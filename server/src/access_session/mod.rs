@@ -1334,14 +1334,18 @@ impl AccessSessions {
             .iter()
             .map(|(id, at)| (*id, *at))
             .collect();
-        for (id, failed_at) in pending {
-            // Each try bounded: a database that does not answer holds up the exit by seconds,
-            // and every session left is still named below.
+        // All at once, each try bounded: a database that does not answer holds up the exit by
+        // seconds, not by seconds per session (a code review: one budget shared in turn left
+        // all but the first to their deadline), and every session left is named below.
+        let tries = pending.into_iter().map(|(id, failed_at)| async move {
             let tried = tokio::time::timeout_at(
                 deadline.min(tokio::time::Instant::now() + std::time::Duration::from_secs(3)),
                 self.stop_unlinked(id, failed_at),
             )
             .await;
+            (id, tried)
+        });
+        for (id, tried) in futures_util::future::join_all(tries).await {
             match tried {
                 Ok(Ok(ended)) => {
                     self.unlinked_set().remove(&id);

@@ -77,9 +77,18 @@ pub(crate) fn settings_warnings<'a>(
     username_pattern: &str,
     nas_ip: std::net::IpAddr,
     login_timeout: std::time::Duration,
+    min_interim_interval: std::time::Duration,
     servers: impl Iterator<Item = (&'a str, std::net::IpAddr, std::time::Duration)> + Clone,
 ) -> Vec<String> {
     let mut warnings = Vec::new();
+    // RFC 2869 §5.16: an Acct-Interim-Interval SHOULD NOT be under 60 s (black-box tester V's
+    // D3: 5 s was taken, and an Interim-Update sent every 5 s per session).
+    if min_interim_interval < std::time::Duration::from_secs(60) {
+        warnings.push(format!(
+            "organization `{id}`: min_interim_interval {} is under RFC 2869's 60 s: every session may send an Interim-Update that often (the load on the accounting servers grows with it)",
+            crate::config::exact_duration(&min_interim_interval),
+        ));
+    }
     // A regular expression is searched: without `^…$` a name that merely contains a match
     // passes. Said, not changed (a pattern written as a search keeps working).
     if !anchored(username_pattern) {
@@ -120,6 +129,7 @@ impl Organization {
             self.username_pattern.as_str(),
             self.nas.ip,
             self.login_timeout,
+            self.min_interim_interval,
             self.servers
                 .iter()
                 .map(|s| (s.name.as_str(), s.auth_addr.ip(), s.timeout)),
@@ -1293,6 +1303,7 @@ mod tests {
             "[a-z]+",
             loopback,
             second * 10,
+            second * 60,
             [("a", elsewhere, second * 3)].into_iter(),
         );
         assert_eq!(said.len(), 2, "{said:?}");
@@ -1304,6 +1315,7 @@ mod tests {
             "^[a-z]+$",
             loopback,
             second * 3,
+            second * 60,
             [("a", loopback, second * 3)].into_iter(),
         );
         assert!(fine.is_empty(), "{fine:?}");
@@ -1314,12 +1326,27 @@ mod tests {
             "^[a-z]+$",
             loopback,
             second * 2,
+            second * 60,
             [("a", loopback, second), ("b", loopback, second * 5)].into_iter(),
         );
         assert_eq!(short.len(), 1, "{short:?}");
         assert!(
             short[0].contains("login_timeout 2s is shorter than server `b`'s timeout 5s"),
             "{short:?}"
+        );
+        // Interim-Updates more often than RFC 2869 allows (tester V's D3).
+        let often = super::settings_warnings(
+            "acme",
+            "^[a-z]+$",
+            loopback,
+            second * 3,
+            second * 5,
+            [("a", loopback, second)].into_iter(),
+        );
+        assert_eq!(often.len(), 1, "{often:?}");
+        assert!(
+            often[0].contains("min_interim_interval 5s is under RFC 2869's 60 s"),
+            "{often:?}"
         );
     }
 

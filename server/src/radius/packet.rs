@@ -601,7 +601,21 @@ pub enum Dropped {
 
 /// A RADIUS code's name, for the log (its number when unknown).
 fn code_name(code: u8) -> std::borrow::Cow<'static, str> {
-    let name = match code {
+    match name_of(code) {
+        Some(name) => format!("{name} ({code})").into(),
+        None => format!("code {code}").into(),
+    }
+}
+
+/// A packet code as the RFCs name it (`radius test`'s output: black-box tester V's D1).
+pub fn code_text(code: Code) -> std::borrow::Cow<'static, str> {
+    let number = code as u8;
+    name_of(number).map_or_else(|| format!("code {number}").into(), Into::into)
+}
+
+/// A RADIUS code's name as the RFCs write it (none when unknown).
+fn name_of(code: u8) -> Option<&'static str> {
+    Some(match code {
         1 => "Access-Request",
         2 => "Access-Accept",
         3 => "Access-Reject",
@@ -617,9 +631,8 @@ fn code_name(code: u8) -> std::borrow::Cow<'static, str> {
         44 => "CoA-ACK",
         45 => "CoA-NAK",
         52 => "Protocol-Error",
-        other => return format!("code {other}").into(),
-    };
-    format!("{name} ({code})").into()
+        _ => return None,
+    })
 }
 
 /// Whether a reply of code `reply` answers a request of code `request`: Access-Accept, -Reject
