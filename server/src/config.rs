@@ -2207,8 +2207,8 @@ struct TomlLine<'a> {
     /// The key a `key = value` line sets (quotes taken off) — or, on a line that is not one
     /// (`key: value`, `key "value"`), the key-like word it begins with. Never any of a value.
     key: Option<&'a str>,
-    /// The key whose multi-line string this line is inside of (only whether it is counts).
-    inside_string_of: Option<&'a str>,
+    /// The line is inside a multi-line string (its text is a value's).
+    inside_string: bool,
     /// A multi-line string opens on this line and does not close on it.
     opens_string: bool,
 }
@@ -2256,8 +2256,8 @@ fn header_of(line: &str) -> Option<(&str, bool)> {
 fn lines_in_tables(text: &str) -> impl Iterator<Item = TomlLine<'_>> {
     let mut elements: HashMap<String, usize> = HashMap::new();
     let mut table = None::<String>;
-    // The quotes of a multi-line string open, and the key it is the value of.
-    let mut in_string = None::<(&str, Option<&str>)>;
+    // The quotes of a multi-line string open.
+    let mut in_string = None::<&str>;
     text.lines().enumerate().map(move |(i, line)| {
         let line = line.trim();
         let mut parsed = TomlLine {
@@ -2265,14 +2265,14 @@ fn lines_in_tables(text: &str) -> impl Iterator<Item = TomlLine<'_>> {
             table: None,
             header: false,
             key: None,
-            inside_string_of: None,
+            inside_string: false,
             opens_string: false,
         };
-        if let Some((quotes, key)) = in_string {
+        if let Some(quotes) = in_string {
             if line.matches(quotes).count() % 2 == 1 {
                 in_string = None;
             }
-            parsed.inside_string_of = key;
+            parsed.inside_string = true;
             parsed.table = table.clone();
             return parsed;
         }
@@ -2302,8 +2302,7 @@ fn lines_in_tables(text: &str) -> impl Iterator<Item = TomlLine<'_>> {
             // A multi-line string opened on this line: what follows up to its end is text.
             in_string = ["\"\"\"", "'''"]
                 .into_iter()
-                .find(|quotes| line.matches(quotes).count() % 2 == 1)
-                .map(|quotes| (quotes, parsed.key));
+                .find(|quotes| line.matches(quotes).count() % 2 == 1);
             parsed.opens_string = in_string.is_some();
         }
         parsed.table = table.clone();
@@ -2325,7 +2324,7 @@ pub(crate) fn locate(text: &str, offset: usize) -> String {
         // box tester W: "line 57" of 56 lines).
         let open = lines
             .iter()
-            .rposition(|l| l.inside_string_of.is_none())
+            .rposition(|l| !l.inside_string)
             .filter(|&opener| opener + 1 < lines.len() || lines[opener].opens_string);
         return match open.map(|opener| &lines[opener]) {
             Some(opener) => format!(
@@ -2339,7 +2338,7 @@ pub(crate) fn locate(text: &str, offset: usize) -> String {
             None => format!("the end of the file (line {})", lines.len()),
         };
     };
-    let at = if line.inside_string_of.is_some() {
+    let at = if line.inside_string {
         format!("line {line_no}, inside a multi-line string")
     } else {
         format!("line {line_no}")

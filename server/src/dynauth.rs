@@ -86,7 +86,8 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(30);
 const RECORD_WAIT: Duration = Duration::from_secs(1);
 /// Requests handled at once; beyond it datagrams are dropped (the server retransmits).
 const MAX_IN_PROGRESS: usize = 256;
-/// How long the exit waits for requests under way (within the accounting flush's time).
+/// How long the exit waits for requests under way (before the accounting flush: their Stops go
+/// with it).
 const HANDLERS_AT_EXIT: Duration = Duration::from_secs(3);
 /// Error-Cause 506: Resources-Unavailable (the portal's own trouble: not cached, retry welcome).
 const RESOURCES_UNAVAILABLE: u32 = 506;
@@ -307,8 +308,8 @@ impl DynAuthListener {
     }
 
     /// Answers requests until `shutdown`, then waits up to [`HANDLERS_AT_EXIT`] for those under
-    /// way. Each request is handled in its own task, so a slow
-    /// database write never holds up the next datagram.
+    /// way. Each request is handled in its own task, so a slow database write never holds up
+    /// the next datagram.
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let mut buf = vec![0u8; MAX_PACKET];

@@ -947,10 +947,6 @@ impl Application {
             }
         }
         dynauth_stop.cancel();
-        if let Some(listener) = dynauth {
-            // Its own wait for the requests under way is bounded (3 s); this one too.
-            let _ = tokio::time::timeout(Duration::from_secs(4), listener).await;
-        }
         let stop_ends = self
             .stop_asked
             .get()
@@ -962,16 +958,23 @@ impl Application {
         // the release of stranded claims (`Accounting::flush`: 2 + 1 + 1 + 1 s at most).
         let flush_needs = crate::accounting::SHUTDOWN_FLUSH + Duration::from_secs(5);
         let left = || stop_ends.saturating_duration_since(tokio::time::Instant::now());
-        // Before the accounting loop flushes: its Stops go with the rest. At least one whole
-        // try of a session's stop (3 s): the sessions it ends are ones whose sign-in failed to
-        // link them — open at the server until their deadline otherwise (a code review).
-        self.sessions
-            .end_unlinked_before_exit(
+        // Before the accounting loop flushes, their Stops to go with the rest, together: the
+        // ending of sessions whose sign-in failed — at least one whole try of each (3 s): open
+        // at the server until their deadline otherwise (a code review) — and the Dynamic
+        // Authorization requests under way (its own wait is bounded, 3 s; this one too).
+        let dynauth_ends = async {
+            if let Some(listener) = dynauth {
+                let _ = tokio::time::timeout(Duration::from_secs(4), listener).await;
+            }
+        };
+        tokio::join!(
+            self.sessions.end_unlinked_before_exit(
                 left()
                     .saturating_sub(flush_needs)
                     .clamp(Duration::from_secs(3), SHUTDOWN_GRACE),
-            )
-            .await;
+            ),
+            dynauth_ends,
+        );
         shutdown.cancel();
         let drain_for = left().max(flush_needs);
         let drained = tokio::time::timeout(drain_for, async {

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 /// Pause before a crashed task is started again (keeps a crash loop from spinning).
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
 /// Which supervised tasks are down right now, and how often each has crashed. Cheap to clone.
 #[derive(Clone, Default, Debug)]
 pub struct TaskHealth {
