@@ -11,8 +11,9 @@ use std::{
 };
 
 /// Most keys remembered (about 10 MB): beyond it, full (idle) buckets are forgotten first,
-/// then the least recently used, down to three quarters — memory stays bounded under a flood
-/// of distinct keys, and the cost of a clean-up is spread over the checks that filled it.
+/// then the least recently used — those that still allow an attempt before the spent ones —,
+/// down to three quarters: memory stays bounded under a flood of distinct keys, a key being
+/// refused stays refused, and the cost of a clean-up is spread over the checks that filled it.
 const MAX_KEYS: usize = 100_000;
 
 /// A bucket of `capacity` attempts, refilled evenly over `period`.
@@ -67,12 +68,19 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
             });
             let keep = self.max_keys * 3 / 4;
             if buckets.len() > keep {
-                // Still crowded with fresh keys (a flood): forget the least recently used.
-                let mut times: Vec<Instant> = buckets.values().map(|(_, at)| *at).collect();
-                let cut = times.len() - keep;
-                let (_, oldest_kept, _) = times.select_nth_unstable(cut);
-                let oldest_kept = *oldest_kept;
-                buckets.retain(|_, (_, at)| *at >= oldest_kept);
+                // Still crowded with fresh keys (a flood): forget the least recently used — those
+                // that still allow an attempt first, the spent ones (a key being refused: an
+                // account whose password is being guessed) last, so a flood of fresh keys, each an
+                // attempt in, does not give a guessed account its attempts back (a code review).
+                let spent = |(tokens, at): &(f64, Instant)| {
+                    *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < 1.0
+                };
+                let mut order: Vec<(bool, Instant)> =
+                    buckets.values().map(|b| (spent(b), b.1)).collect();
+                let cut = order.len() - keep;
+                let (_, first_kept, _) = order.select_nth_unstable(cut);
+                let first_kept = *first_kept;
+                buckets.retain(|_, b| (spent(b), b.1) >= first_kept);
             }
         }
         let (tokens, at) = buckets.entry(key.clone()).or_insert((self.capacity, now));
@@ -151,6 +159,29 @@ mod tests {
         assert!(limiter
             .check(&9_999, t0 + Duration::from_millis(10_001))
             .is_err());
+    }
+
+    /// A flood of fresh keys, each one attempt in (many addresses, many made-up names), does
+    /// not push out the bucket of a key being refused: a guessed account stays limited.
+    #[test]
+    fn a_flood_of_fresh_keys_does_not_give_a_spent_key_its_attempts_back() {
+        let mut limiter = RateLimiter::new(3, Duration::from_secs(3600));
+        limiter.max_keys = 1000;
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(limiter.check(&u32::MAX, t0).is_ok());
+        }
+        assert!(limiter.check(&u32::MAX, t0).is_err());
+        for i in 0..10_000u32 {
+            let _ = limiter.check(&i, t0 + Duration::from_millis(u64::from(i) + 1));
+            assert!(limiter.len() <= 1000);
+        }
+        assert!(
+            limiter
+                .check(&u32::MAX, t0 + Duration::from_millis(10_001))
+                .is_err(),
+            "still spent"
+        );
     }
 
     #[test]
