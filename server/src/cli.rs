@@ -976,13 +976,13 @@ pub async fn radius_test(
                 Err(e) => {
                     all_answered = false;
                     let by_request = if server.status_check == crate::config::StatusCheck::Request {
-                        " (its status_check is \"request\": a server such as NPS may answer no Status-Server at all)"
+                        " (its status_check is \"request\": a server such as NPS may answer no Status-Server at all)".to_string()
                     } else if matches!(e, crate::radius::RadiusError::Timeout) {
                         // What a wrong secret looks like from here: FreeRADIUS drops a request
                         // whose Message-Authenticator does not verify, without a word.
-                        " (a server down, a firewall, or a server that does not know this host or its shared secret: a RADIUS server drops requests it cannot verify without answering; its log says which)"
+                        format!(" ({})", crate::radius::SILENT_SERVER_HINT)
                     } else {
-                        ""
+                        String::new()
                     };
                     say!(
                         "{} ({addr}, {role}): no usable answer: {} after {elapsed} ms{by_request}",

@@ -26,8 +26,9 @@ use std::{
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// What a server that does not answer may be: said with the log line of a sign-in it failed.
-pub const SILENT_SERVER_HINT: &str = "a server down, a firewall, or a server that does not know this host or its shared secret: a RADIUS server drops requests it cannot verify without answering; its log says which, and `radius-portal radius test` asks each server";
+/// What a server that does not answer may be: said by `radius test` and with the log line of a
+/// sign-in it failed.
+pub const SILENT_SERVER_HINT: &str = "a server down, a firewall, or a server that does not know this host or its shared secret: a RADIUS server drops requests it cannot verify without answering; its log says which";
 
 /// Failures of a RADIUS exchange.
 #[derive(Debug, thiserror::Error)]
@@ -758,11 +759,13 @@ impl Radius {
                 Err(e) => {
                     // What a silent server may be, where the operator reads first (black-box
                     // tester N's D2: `radius test` said it, the log did not).
-                    let hint = matches!(e, RadiusError::Timeout).then_some(SILENT_SERVER_HINT);
+                    let hint = matches!(e, RadiusError::Timeout).then(|| {
+                        format!("{SILENT_SERVER_HINT}, and `radius-portal radius test` asks each server")
+                    });
                     if k + 1 < candidates.len() {
-                        tracing::warn!(server = %server.name, error = %e, hint, "RADIUS server failed, trying the next one");
+                        tracing::warn!(server = %server.name, error = %e, hint = hint.as_deref(), "RADIUS server failed, trying the next one");
                     } else {
-                        tracing::warn!(server = %server.name, error = %e, hint, "RADIUS server failed; no other server to try");
+                        tracing::warn!(server = %server.name, error = %e, hint = hint.as_deref(), "RADIUS server failed; no other server to try");
                     }
                     last_error = e;
                 }
