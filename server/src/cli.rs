@@ -502,6 +502,11 @@ pub async fn run() -> anyhow::Result<()> {
 /// Prints the accounting outbox's dead letters or backlog.
 async fn accounting_report(settings: &Settings, command: AccountingCommand) -> anyhow::Result<()> {
     let storage = crate::operator::open(settings).await?;
+    // A SQLite database no portal serves: a claim on a row is a dead process's (a kill -9), not
+    // a send under way; the next portal to start takes them back (the operations review's L5:
+    // they were said "being sent" until their lease ran out).
+    let no_sender = settings.database.url.is_none()
+        && !crate::startup::sqlite_portal_running(&settings.database.path);
     match command {
         AccountingCommand::DeadLetters { limit } => {
             let rows = storage.dead_letters(limit).await?;
@@ -545,6 +550,9 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
                 first_in_line.entry(line).or_insert(row.entry.id);
                 let when = match (ahead, row.claimed_until) {
                     (Some(ahead), _) => format!("waits for row {ahead} of its session"),
+                    (None, Some(until)) if until > now && no_sender => {
+                        "held by a portal that is no longer running: the next portal to start sends it".to_string()
+                    }
                     (None, Some(until)) if until > now => {
                         format!(
                             "being sent (claimed until {})",
@@ -609,7 +617,12 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
                     ""
                 }
             );
-            if done.being_sent > 0 {
+            if done.being_sent > 0 && no_sender {
+                say!(
+                    "{} more held by a portal that is no longer running (with any behind them in their session): the next portal to start takes them back; run this again after it starts if the server still does not answer",
+                    done.being_sent
+                );
+            } else if done.being_sent > 0 {
                 say!(
                     "{} more being sent right now (with any behind them in their session): left to their sender; run this again if the server still does not answer",
                     done.being_sent

@@ -1648,15 +1648,23 @@ fn check_secret(
     key: &str,
 ) -> Result<(), ConfigError> {
     let loaded = load_secret(secret, secret_file, key)?;
+    let field = if secret.is_some() {
+        "secret"
+    } else {
+        "secret_file"
+    };
     if loaded.expose().chars().any(char::is_control) {
-        let field = if secret.is_some() {
-            "secret"
-        } else {
-            "secret_file"
-        };
         return Err(config_error(
             format!("{key}.{field}"),
             "the secret holds a control character (a line break inside the file, a tab, a NUL): a shared secret is one line of text",
+        ));
+    }
+    // README's examples write `secret = "..."`: copied and left so, the portal signed with it
+    // and learnt of the mistake only as a server that never answers (black-box tester N's D4).
+    if loaded.expose().chars().all(|c| c == '.' || c == '…') {
+        return Err(config_error(
+            format!("{key}.{field}"),
+            "is only dots, the placeholder README's examples write: put the shared secret the RADIUS server has for this portal here",
         ));
     }
     Ok(())
@@ -3045,6 +3053,14 @@ mod tests {
             .and_then(|s| s.validate())
             .expect_err("the placeholder");
         assert!(e.to_string().contains("placeholder"), "{e}");
+        // README's own placeholder, copied and not replaced (black-box tester N's D4).
+        for dots in ["...", "…"] {
+            let e = Settings::from_toml(&MINIMAL.replace("s3cr3t-value", dots))
+                .and_then(|s| s.validate())
+                .expect_err(dots);
+            assert!(e.key.ends_with(".secret"), "{e}");
+            assert!(e.to_string().contains("placeholder"), "{e}");
+        }
         let text = format!("{MINIMAL}\n[audit]\nretention = \"365d\"\n");
         let settings = Settings::from_toml(&text).expect("parses");
         let value = toml::Value::try_from(&settings).expect("serializes");

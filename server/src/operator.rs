@@ -449,6 +449,11 @@ pub struct OrganizationView {
     /// The settings in the configuration file's form, without secrets: edit and give back to
     /// `org update` (servers without a secret keep theirs).
     settings: Option<serde_json::Value>,
+    /// Why its stored settings cannot be used, as read by this process (a secret file gone or
+    /// unreadable): a portal refuses its sign-ins and holds its accounting until they can
+    /// (black-box tester N's D3: `org list` said "active" without a word).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unusable: Option<String>,
 }
 
 impl OrganizationView {
@@ -535,6 +540,9 @@ impl OrganizationView {
                 .map(|s| s.branding.clone())
                 .unwrap_or_default(),
             settings: settings.as_ref().map(change::without_secrets),
+            unusable: crate::organizations::build_stored(row)
+                .err()
+                .map(|e| e.to_string()),
         }
     }
 }
@@ -569,6 +577,10 @@ fn text_of(value: &impl Serialize) -> String {
         Err(_) => "?".into(),
     }
 }
+
+/// Said under an organization whose stored settings this command could not build.
+const UNUSABLE: &str =
+    "^ its settings cannot be used as this command reads them (a portal refuses its sign-ins and holds its accounting until they can)";
 
 fn state(active: bool) -> &'static str {
     if active {
@@ -663,6 +675,9 @@ pub async fn org(settings: &Settings, mut command: OrgCommand) -> anyhow::Result
                             ""
                         }
                     );
+                    if let Some(why) = &v.unusable {
+                        say!("{:<20} {UNUSABLE}: {why}", "");
+                    }
                 }
             }
             Ok(Outcome::Done)
@@ -678,6 +693,9 @@ pub async fn org(settings: &Settings, mut command: OrgCommand) -> anyhow::Result
                 say!("id:               {}", view.id);
                 say!("name:             {}", view.name);
                 say!("state:            {}", state(view.active));
+                if let Some(why) = &view.unusable {
+                    say!("                  {UNUSABLE}: {why}");
+                }
                 say!(
                     "open sessions:    {}{}",
                     view.active_sessions,

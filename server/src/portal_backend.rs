@@ -234,11 +234,7 @@ impl PortalBackend {
         let now = std::time::Instant::now();
         let user_key = (org_id.to_string(), account_of(username));
         let ip_key = client_key(ip, self.ipv6_prefix);
-        let per_ip = if disabled {
-            &self.per_ip_disabled
-        } else {
-            &self.per_ip
-        };
+        let per_ip = self.address_limit(disabled);
         // Both limits or neither (an attempt one refuses costs the other nothing); each logs on
         // its own line: a flood from one address must not hide the guessing of one account's
         // password from many.
@@ -265,12 +261,7 @@ impl PortalBackend {
     /// [`Self::check_rate`]'s limit of the address alone (a disabled organization's refusal is
     /// the disable, as there: waiting would not change the answer).
     fn check_address_rate(&self, disabled: bool, ip: IpAddr) -> Result<(), PortalError> {
-        let per_ip = if disabled {
-            &self.per_ip_disabled
-        } else {
-            &self.per_ip
-        };
-        per_ip
+        self.address_limit(disabled)
             .check(&client_key(ip, self.ipv6_prefix), std::time::Instant::now())
             .map_err(|wait| {
                 if disabled {
@@ -281,6 +272,22 @@ impl PortalBackend {
                     retry_after_secs: wait.as_secs() + 1,
                 }
             })
+    }
+
+    /// Gives back the attempt [`Self::check_address_rate`] just took.
+    fn give_back_address_rate(&self, disabled: bool, ip: IpAddr) {
+        self.address_limit(disabled)
+            .give_back(&client_key(ip, self.ipv6_prefix));
+    }
+
+    /// The per-address limit of sign-ins to an organization enabled or `disabled` (each its
+    /// own: a disabled one's never use up the address's attempts at the others).
+    fn address_limit(&self, disabled: bool) -> &RateLimiter<IpAddr> {
+        if disabled {
+            &self.per_ip_disabled
+        } else {
+            &self.per_ip
+        }
     }
 
     fn view(&self, s: &AccessSessionRecord) -> SessionView {
@@ -821,13 +828,17 @@ impl PortalBackend {
             if let Some(back) = &back {
                 self.recent_sign_ins.adopt(back, &org_id);
             }
-            if let Some(session) = self.sessions.active(id).await.map_err(user_error)? {
-                // No RADIUS exchange, but a web session linked (a row): the address's limit
-                // counts it as an attempt (not the username's, which spares the directory's
-                // account) — the same form sent again and again for as long as it is answered
-                // so must not cost the database more than sign-ins do (a code review). Only
-                // when it is answered so: one that goes on to a sign-in is counted there.
-                self.check_address_rate(!org.active, ip)?;
+            // No RADIUS exchange, but a database read and a web session linked (a row): the
+            // address's limit counts it as an attempt (not the username's, which spares the
+            // directory's account), before the read — the same form sent again and again for
+            // as long as it is answered so must not cost the database more than sign-ins do (a
+            // code review). Given back when it goes on to a sign-in, which is counted there.
+            self.check_address_rate(!org.active, ip)?;
+            let running = self.sessions.active(id).await;
+            if !matches!(running, Ok(Some(_))) {
+                self.give_back_address_rate(!org.active, ip);
+            }
+            if let Some(session) = running.map_err(user_error)? {
                 tracing::debug!(acct_session_id = %session.acct_session_id,
                     "the same sign-in submitted again: answered with its session");
                 // A disable since is the answer (its stop job may not have reached the
@@ -1627,13 +1638,22 @@ fn bare(name: &str) -> &str {
     user.split_once(['@', '%']).map_or(user, |(user, _)| user)
 }
 
-/// The account a username names, for the per-username sign-in limit: lower-cased, without a
-/// realm ([`bare`]) — `alice`, `Alice@corp`, `alice@corp.example.`, `CORP\alice`,
-/// `corp/alice` and `alice%corp` are one account to the directory behind most RADIUS servers, so each spelling must not get a
-/// bucket of its own (the limit keeps password guessing from locking the account out). A
-/// username that is all realm is kept whole.
+/// The account a username names, for the per-username sign-in limit: in its compatibility
+/// form (NFKC: fullwidth `ａｌｉｃｅ` is `alice`, as a directory comparing names with width
+/// ignored takes it), lower-cased, without a realm ([`bare`]) — `alice`, `Alice@corp`,
+/// `alice@corp.example.`, `CORP\alice`, `corp/alice` and `alice%corp` are one account to the
+/// directory behind most RADIUS servers, so each spelling must not get a bucket of its own (the
+/// limit keeps password guessing from locking the account out). A username that is all realm
+/// is kept whole.
 fn account_of(username: &str) -> String {
-    let lower = username.to_lowercase();
+    use unicode_normalization::UnicodeNormalization as _;
+    // Lower-casing may leave a form NFKC changes again (and the reverse): both ways, once each.
+    let lower: String = username
+        .nfkc()
+        .collect::<String>()
+        .to_lowercase()
+        .nfkc()
+        .collect();
     match bare(&lower) {
         "" => lower,
         user => user.to_string(),
@@ -1661,6 +1681,16 @@ mod tests {
         }
         assert_eq!(super::account_of("@corp"), "@corp");
         assert_eq!(super::account_of("other"), "other");
+        // Width and compatibility forms (a code review: where a pattern allows them, each
+        // fullwidth spelling had a bucket of its own; a directory ignores width).
+        for spelt in [
+            "ｖｉｃｔｉｍ",
+            "vＩctim",
+            "ＶＩＣＴＩＭ＠corp",
+            "ｃｏｒｐ＼victim",
+        ] {
+            assert_eq!(super::account_of(spelt), "victim", "{spelt}");
+        }
     }
 
     /// Each cause once: one its error already quotes is not repeated; others follow it.

@@ -866,6 +866,33 @@ async fn the_same_sign_in_sent_again_and_again_is_counted_against_the_address() 
     app.stop().await;
 }
 
+/// The same sign-in sent again after its session ended is a sign-in of its own: the attempt
+/// the answer from memory would have taken is given back, so it counts once, not twice (the
+/// attempt is taken before the database is read, for a flood of such forms).
+#[tokio::test]
+async fn the_same_sign_in_sent_again_after_its_session_ended_counts_once() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
+    config.rate_limit.login_per_ip = 2;
+    let app = TestApp::spawn(&config).await;
+    let browser = app.browser(CLIENT);
+    let token = browser.form_token("/").await;
+    let form = carol_form(&token);
+    let page = browser.post_raw("/api/login", "/", &form, &[]).await;
+    assert_eq!(page.path, "/session");
+    let page = browser.post_form("/api/disconnect", "/session", &[]).await;
+    assert_eq!(page.path, "/");
+    let page = browser.post_raw("/api/login", "/", &form, &[]).await;
+    assert_eq!(
+        page.path, "/session",
+        "the second of two attempts: {}",
+        page.body
+    );
+    assert_eq!(access_requests_of(&radius, "carol"), 2);
+    app.stop().await;
+}
+
 /// One browser's sign-ins sent together from two addresses (a dual-stack host, two tabs), each
 /// with the cookie the browser had: the second replaces the session the first opened, as any
 /// sign-in of the browser replaces its session — not a second session the browser holds no

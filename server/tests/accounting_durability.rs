@@ -75,6 +75,29 @@ async fn an_unacknowledged_start_fails_the_login_and_keeps_start_and_stop_queued
         stop.contains(&format!("waits for row {start_row} of its session")),
         "{text}"
     );
+    // A claim left by a process that is gone (a kill -9 while it sent the Start) is not said to
+    // be "being sent": no portal serves the file (the operations review's L5).
+    let storage = radius_portal::storage::Storage::open(&db).await.unwrap();
+    // Claimed as due whenever its next attempt is (a day on), for a minute from then.
+    let later = radius_portal::access_session::now_ms() + 86_400_000;
+    let claimed = storage
+        .claim_due_outbox(later, later + 60_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "the Start");
+    drop(storage);
+    let text = backlog(&db);
+    let start = text
+        .lines()
+        .find(|l| l.contains(" Start org=acme"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        start.contains(
+            "held by a portal that is no longer running: the next portal to start sends it"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("being sent"), "{text}");
 }
 
 #[tokio::test]

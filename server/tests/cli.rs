@@ -1726,6 +1726,30 @@ secret = "not-the-same-secret"
         "warning: organization `zeta` (stored in the database, not in this file) cannot be used:";
     assert!(stderr.contains(said), "{said:?} in {stderr}");
     assert!(stderr.contains("zeta.secret"), "{stderr}");
+    // `org list` and `org show` say it under its state, and `--json` has it (black-box tester
+    // N's D3: "active" without a word); the others have nothing of the kind.
+    let org = |args: &[&str]| {
+        let out = portal(&[&["--config", path.to_str().unwrap(), "org"][..], args].concat())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let said = "its settings cannot be used as this command reads them";
+    for shown in [org(&["list"]), org(&["show", "zeta"])] {
+        assert_eq!(shown.matches(said).count(), 1, "{shown}");
+        assert!(shown.contains("zeta.secret"), "{shown}");
+    }
+    assert!(!org(&["show", "epsilon"]).contains(said));
+    let json: serde_json::Value = serde_json::from_str(&org(&["list", "--json"])).unwrap();
+    let unusable: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o.get("unusable").is_some())
+        .map(|o| o["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(unusable, ["zeta"]);
     // Two stored only in the database that reach one server as one NAS (the default
     // NAS-Identifier in both): said as `serve` says it at start-up.
     for id in ["eta", "theta"] {

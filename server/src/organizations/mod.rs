@@ -623,7 +623,7 @@ impl Organizations {
 }
 
 /// Builds a stored organization (settings from JSON, the flag from its column).
-fn build_stored(row: &StoredOrganization) -> Result<Organization, OrganizationError> {
+pub(crate) fn build_stored(row: &StoredOrganization) -> Result<Organization, OrganizationError> {
     let json = row.settings.as_deref().ok_or_else(|| {
         OrganizationError::Corrupt(
             row.id.clone(),

@@ -550,6 +550,11 @@ pub enum ReplyCheck {
 
 /// Verifies a reply's Response Authenticator (by the crate, on the bytes cut to their Length)
 /// and Message-Authenticator (over the request's authenticator) (RFC 2865 §3, RFC 3579 §3.2).
+/// An Accounting-Response's Message-Authenticator is defined by no RFC but RFC 5997's (to a
+/// Status-Server: over the request's authenticator); FreeRADIUS signs one to an
+/// Accounting-Request over 16 zero octets, as its requests: either is taken (the RADIUS
+/// review's M1: such replies were dropped, every Start and Stop never acknowledged) — the
+/// Response Authenticator, over the whole reply with the secret, has verified it already.
 pub fn verify_reply(bytes: &[u8], request_authenticator: &[u8; 16], secret: &[u8]) -> ReplyCheck {
     let Some(len) = declared_length(bytes) else {
         return ReplyCheck::Malformed;
@@ -566,9 +571,14 @@ pub fn verify_reply(bytes: &[u8], request_authenticator: &[u8; 16], secret: &[u8
         MessageAuthenticator::Malformed => ReplyCheck::BadMessageAuthenticator,
         MessageAuthenticator::At(at) => {
             let mut scratch = bytes.to_vec();
-            scratch[4..HEADER].copy_from_slice(request_authenticator);
             scratch[at..at + 16].fill(0);
-            if hmac_md5(secret, &scratch)[..] == bytes[at..at + 16] {
+            let mut signed_over = |vector: &[u8; 16]| {
+                scratch[4..HEADER].copy_from_slice(vector);
+                hmac_md5(secret, &scratch)[..] == bytes[at..at + 16]
+            };
+            if signed_over(request_authenticator)
+                || (bytes[0] == Code::AccountingResponse as u8 && signed_over(&[0; 16]))
+            {
                 ReplyCheck::Verified {
                     has_message_authenticator: true,
                 }
@@ -1116,6 +1126,55 @@ mod tests {
         // The log says why in words (it used to print `Check(BadResponseAuthenticator)`).
         let why = accept_reply(&bytes, (1, &request_auth), b"other", true).expect_err("dropped");
         assert!(why.to_string().contains("another shared secret"), "{why}");
+    }
+
+    /// An Accounting-Response signed as FreeRADIUS signs one (its Message-Authenticator over
+    /// 16 zero octets, the Response Authenticator over the request's) is an answer; an
+    /// Access-Accept signed so is not, nor an Accounting-Response whose signature is wrong.
+    #[test]
+    fn an_accounting_response_signed_over_zeros_is_taken() {
+        let request_auth = [9u8; 16];
+        let over_zeros = |code: Code, tamper: bool| {
+            let request = Packet::new(Code::AccountingRequest, 5, request_auth, SECRET);
+            let mut reply = request.reply(code);
+            reply.push(attr::MESSAGE_AUTHENTICATOR, [0; 16]);
+            let mut bytes = encode_response(&reply).expect("encodes");
+            sign_message_authenticator(&mut bytes, SECRET, &[0; 16]);
+            if tamper {
+                let last = bytes.len() - 1;
+                bytes[last] ^= 1;
+            }
+            bytes[4..HEADER].copy_from_slice(&request_auth);
+            let auth = md5(&[&bytes, SECRET]);
+            bytes[4..HEADER].copy_from_slice(&auth);
+            bytes
+        };
+        assert_eq!(
+            verify_reply(
+                &over_zeros(Code::AccountingResponse, false),
+                &request_auth,
+                SECRET
+            ),
+            ReplyCheck::Verified {
+                has_message_authenticator: true
+            }
+        );
+        assert_eq!(
+            verify_reply(
+                &over_zeros(Code::AccountingResponse, true),
+                &request_auth,
+                SECRET
+            ),
+            ReplyCheck::BadMessageAuthenticator
+        );
+        assert_eq!(
+            verify_reply(
+                &over_zeros(Code::AccessAccept, false),
+                &request_auth,
+                SECRET
+            ),
+            ReplyCheck::BadMessageAuthenticator
+        );
     }
 
     #[test]
