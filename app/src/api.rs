@@ -62,11 +62,18 @@ pub async fn current_session(org: Option<String>) -> Result<Option<SessionView>,
 pub const LIVE_EVENTS_PATH: &str = "/session/events";
 
 /// The caller's access session, active or ended (the island's fallback when the live stream at
-/// `/session/events` is unavailable).
+/// `/session/events` is unavailable). `shown`: the [`SessionView::session_ref`] of the session
+/// the asking page shows — one the browser no longer holds is said as it stands (running
+/// without this browser, or how it ended), not as none.
 #[server(endpoint = "session_status")]
-pub async fn get_session_status(org: Option<String>) -> Result<SessionStatus, PortalError> {
+pub async fn get_session_status(
+    org: Option<String>,
+    shown: Option<String>,
+) -> Result<SessionStatus, PortalError> {
     let (service, request) = crate::service::portal()?;
-    service.session_status(&request, named(&org)).await
+    service
+        .session_status(&request, named(&org), shown.as_deref())
+        .await
 }
 
 /// Restarts the window (capped by the limit) and returns the new state; a plain form post is

@@ -77,6 +77,13 @@ pub struct SessionView {
     /// this Refresh changed nothing (its time runs from then). Left out when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub refresh_changed_nothing: bool,
+    /// Which session this is, signed by the portal (the same for the session's life, another
+    /// for another session): a page gives it back when it asks how its session stands, so that
+    /// one its browser no longer holds is told as running or ended — not as none, which read
+    /// as "disconnected" (the UI review's H1) — and a page never shows another session's time
+    /// under this one's user and address (its M2). Empty from a replica of the version before.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub session_ref: String,
 }
 
 /// What the session panel island holds of a [`SessionView`]: what it starts from, and what it
@@ -104,6 +111,8 @@ pub struct PanelView {
     pub base: String,
     /// See [`SessionView::refresh_changed_nothing`] (absent: false).
     pub refresh_changed_nothing: bool,
+    /// See [`SessionView::session_ref`] (absent: empty).
+    pub session_ref: String,
 }
 
 #[cfg(any(feature = "hydrate", test))]
@@ -130,6 +139,10 @@ impl PanelView {
             refresh_changed_nothing: field("refresh_changed_nothing")
                 .and_then(Json::bool)
                 .unwrap_or_default(),
+            session_ref: field("session_ref")
+                .and_then(Json::str)
+                .unwrap_or_default()
+                .to_string(),
         })
     }
 }
@@ -146,6 +159,7 @@ impl From<&SessionView> for PanelView {
             refresh_reaches_limit_in_ms: view.refresh_reaches_limit_in_ms,
             base: view.base.clone(),
             refresh_changed_nothing: view.refresh_changed_nothing,
+            session_ref: view.session_ref.clone(),
         }
     }
 }
@@ -363,8 +377,10 @@ mod tests {
             refresh_reaches_limit_in_ms: Some(4_000),
             base: "/o/acme".into(),
             refresh_changed_nothing: false,
+            session_ref: "42.0123456789abcdef0123456789abcdef".into(),
         };
         let panel = PanelView::from(&view);
+        assert_eq!(panel.session_ref, view.session_ref);
         // A Refresh that changed nothing says so; any other answer leaves the field out.
         assert!(!serde_json::to_string(&view)
             .unwrap()

@@ -48,11 +48,13 @@ pub trait PortalService: Send + Sync + 'static {
         request: &Parts,
         org: Option<&str>,
     ) -> Result<Option<SessionView>, PortalError>;
-    /// The web session's access session, active or ended (live updates, polling fallback).
+    /// The web session's access session, active or ended (live updates, polling fallback);
+    /// `shown`: the asking page's session ([`crate::dto::SessionView::session_ref`]).
     async fn session_status(
         &self,
         request: &Parts,
         org: Option<&str>,
+        shown: Option<&str>,
     ) -> Result<SessionStatus, PortalError>;
     /// Restarts the window of the web session's access session.
     async fn refresh(

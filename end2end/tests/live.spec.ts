@@ -140,7 +140,7 @@ test("a page whose script comes late counts down from when the page came", async
     await new Promise((resolve) => setTimeout(resolve, 5_000));
     await route.continue();
   });
-  for (const path of ["**/api/session_status", "**/session/events"]) {
+  for (const path of ["**/api/session_status", "**/session/events*"]) {
     await page.route(path, async (route) => {
       await new Promise((resolve) => setTimeout(resolve, 15_000));
       await route.continue().catch(() => {});
@@ -208,7 +208,7 @@ test("at 0:00 with the portal out of reach the page no longer says connected", a
   // countdown cannot be confirmed, and the page says the time is up rather than "connected".
   test.setTimeout(60_000);
   await page.route("**/api/session_status", (route) => route.abort());
-  await page.route("**/session/events", (route) => route.abort());
+  await page.route("**/session/events*", (route) => route.abort());
   // A 20-second window: the page is shown well before it runs out, however slow the machine.
   await logIn(page, "bob", "bob-pass");
   await expect(page.getByRole("heading", { name: "You are connected" })).toBeVisible();
@@ -328,7 +328,7 @@ test("a page whose portal is out of reach asks less and less often, and follows 
   await expect.poll(settled).toBe(true);
   // The portal goes out of reach: the page's questions and streams fail from now on.
   await page.route("**/api/session_status", (route) => route.abort());
-  await page.route("**/session/events", (route) => route.abort());
+  await page.route("**/session/events*", (route) => route.abort());
   // The open stream goes with it (the page put out of view and back: it lets its stream go,
   // then opens another and asks).
   await page.evaluate(() => {
@@ -362,7 +362,7 @@ test("a page whose portal is out of reach asks less and less often, and follows 
   // it any more and opens its stream again. The page's time runs on from here: the answer's
   // body is read after its headers, and the page opens its stream at a tick after that.
   await page.unroute("**/api/session_status");
-  await page.unroute("**/session/events");
+  await page.unroute("**/session/events*");
   await page.evaluate(() => window.dispatchEvent(new Event("focus")));
   await page.clock.resume();
   await expect(page.getByRole("alert")).toHaveCount(0);
@@ -405,4 +405,45 @@ test("a browser gone offline says at once that the portal cannot be reached, and
   await expect(page.getByRole("heading", { name: "You are connected" })).toBeVisible();
   await page.getByRole("button", { name: "Disconnect" }).click();
   await expect(page).toHaveURL(url("/"));
+});
+
+test("a page whose script comes after the last minute began hydrates and says the end", async ({ page }) => {
+  // The script comes 3 s after the page, whose session (a 2-second limit) is over by then: the
+  // island's first rendering must be the server's (its warning, "You are connected"), or
+  // hydration stops where they differ and the page's controls and messages stay dead.
+  const errors: string[] = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.route("**/pkg/*.wasm", async (route) => {
+    await new Promise((resolve) => setTimeout(resolve, 3_000));
+    await route.continue();
+  });
+  await logIn(page, "gina", "gina-pass");
+  await hydrated(page);
+  await expect(page.getByTestId("ended")).toContainText("maximum length");
+  await expect(page.getByRole("heading", { name: "Session ended" })).toBeVisible();
+  // A rendering that differed stops hydration with an error ("unreachable" in a release
+  // build): none.
+  expect(errors).toEqual([]);
+});
+
+test("a page whose session ended shows the browser's next session when looked at, not its time under this one's name", async ({ context }) => {
+  const first = await context.newPage();
+  await logIn(first, "carol", "carol-pass");
+  await hydrated(first);
+  // Disconnected in a second tab, which then signs in under another name.
+  const second = await context.newPage();
+  await second.goto(url("/session"));
+  await second.getByRole("button", { name: "Disconnect" }).click();
+  await expect(second).toHaveURL(url("/"));
+  await expect(first.getByTestId("ended")).toContainText("disconnected");
+  await logIn(second, "bob", "bob-pass");
+  // Looked at again: bob's page, not bob's countdown under carol's name and address (with
+  // forms of a token from before bob's sign-in).
+  await first.bringToFront();
+  await first.evaluate(() => window.dispatchEvent(new Event("focus")));
+  await expect(first.getByTestId("username")).toHaveText("bob");
+  await hydrated(first);
+  await expect(first.getByRole("heading", { name: "You are connected" })).toBeVisible();
+  await first.getByRole("button", { name: "Disconnect" }).click();
+  await expect(first).toHaveURL(url("/"));
 });

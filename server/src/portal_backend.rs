@@ -320,7 +320,35 @@ impl PortalBackend {
                 .map(|limit| (limit - window_ms - now_ms()).max(0) as u64),
             base: base_of(&self.organizations, &s.organization_id),
             refresh_changed_nothing: false,
+            session_ref: self.session_ref(s.id),
         }
+    }
+
+    /// [`SessionView::session_ref`] of access session `id`: the id and a MAC of it under the
+    /// portal's key (every replica's), so a page can name only a session it was shown.
+    fn session_ref(&self, id: i64) -> String {
+        format!("{id}.{}", &self.session_ref_mac(id)[..32])
+    }
+
+    fn session_ref_mac(&self, id: i64) -> String {
+        self.form_tokens
+            .sign(b"radius-portal session ref\0", id.to_string().as_bytes())
+    }
+
+    /// The access session a [`SessionView::session_ref`] names, if it is one this portal signed.
+    fn shown_session(&self, session_ref: &str) -> Option<i64> {
+        let (id, mac) = session_ref.split_once('.')?;
+        let id: i64 = id.parse().ok()?;
+        let expected = self.session_ref_mac(id);
+        // Compared in constant time: a MAC guessed byte by byte from the answer's time would
+        // let a page name any session.
+        let same = mac.len() == 32
+            && expected.as_bytes()[..32]
+                .iter()
+                .zip(mac.as_bytes())
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0;
+        same.then_some(id)
     }
 
     /// The state of the session a browser linked to access session `id` holds
@@ -396,18 +424,19 @@ impl PortalBackend {
         SessionStatus::Ended(reason)
     }
 
-    /// [`Self::status_of`] for a page of organization `org` at client address `ip`. Without a
-    /// linked session, one still running for that address is not "none": the browser lost its
-    /// link (its cookie removed, its web session gone), and the page must not read as if the
-    /// session — and the network access with it — had ended.
+    /// [`Self::status_of`] for a page of organization `org` at client address `ip` showing
+    /// the session `shown` names ([`SessionView::session_ref`]). Without a linked session, the
+    /// page's own session or one still running for that address is not "none": the browser
+    /// lost its link (its cookie removed, its web session gone), and the page must not read as
+    /// if the session — and the network access with it — had ended.
     pub async fn status_for(
         &self,
         id: Option<i64>,
         scope: &OrgScope,
-        ip: Option<IpAddr>,
+        (ip, shown): (Option<IpAddr>, Option<&str>),
     ) -> Result<SessionStatus, PortalError> {
         Ok(self
-            .status_and_session_for(id, scope, ip, Follow::Replacements)
+            .status_and_session_for(id, scope, (ip, shown), Follow::Replacements)
             .await?
             .0)
     }
@@ -418,7 +447,7 @@ impl PortalBackend {
         &self,
         id: Option<i64>,
         scope: &OrgScope,
-        ip: Option<IpAddr>,
+        (ip, shown): (Option<IpAddr>, Option<&str>),
         follow: Follow,
     ) -> Result<(SessionStatus, Option<i64>), PortalError> {
         let (status, of) = self.status_and_session(id, follow).await?;
@@ -426,7 +455,23 @@ impl PortalBackend {
             SessionStatus::Active(view) => SessionStatus::Active(self.seen_from(scope, view)),
             other => other,
         };
-        let (SessionStatus::NoSession, Some(ip)) = (&status, ip) else {
+        if !matches!(status, SessionStatus::NoSession) {
+            return Ok((status, of));
+        }
+        // The page's own session, wherever the browser now asks from (the UI review's H1: a
+        // dual-stack laptop's page, asking over IPv6, read its IPv4 session as disconnected):
+        // running, it runs without this browser; ended, as it ended. Of this organization only.
+        if let Some(shown) = shown.and_then(|r| self.shown_session(r)) {
+            let record = self.sessions.record(shown).await.map_err(user_error)?;
+            if let Some(s) = record.filter(|s| s.organization_id == scope.id) {
+                let status = match self.status_of_record(&s).await {
+                    SessionStatus::Active(_) => SessionStatus::Ended(EndReason::NotLinked),
+                    ended => ended,
+                };
+                return Ok((status, of));
+            }
+        }
+        let Some(ip) = ip else {
             return Ok((status, of));
         };
         let running = self
@@ -1485,13 +1530,15 @@ impl PortalService for PortalBackend {
         &self,
         request: &Parts,
         org: Option<&str>,
+        shown: Option<&str>,
     ) -> Result<SessionStatus, PortalError> {
         let result = async {
             let scope = self.scope_named(request, org)?;
             let id = self
                 .linked_or_adopted(request, &web_session(request)?, &scope.id, true)
                 .await?;
-            self.status_for(id, &scope, client_ip(request).ok()).await
+            self.status_for(id, &scope, (client_ip(request).ok(), shown))
+                .await
         }
         .await;
         with_status(request, result)

@@ -1752,6 +1752,49 @@ async fn a_browser_that_lost_its_link_is_told_the_session_runs_on_not_that_it_en
     let stranger = app.browser(Ipv4Addr::new(127, 0, 0, 2));
     assert_eq!(stranger.get("/session").await.path, "/");
     assert_eq!(status(&stranger).await, r#""NoSession""#);
+    // The page's own session named (its `session_ref`), asked from another address — a
+    // dual-stack laptop's page over IPv6, one moved to another network (the UI review's H1:
+    // read as "disconnected" while it ran): it runs without this browser. A reference the
+    // portal did not sign names nothing.
+    let view = browser
+        .http
+        .post(format!("{}/api/current_session", browser.base))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let view: serde_json::Value = serde_json::from_str(&view).unwrap();
+    let shown = view["session_ref"]
+        .as_str()
+        .expect("a session_ref")
+        .to_string();
+    let asked = |b: &Browser, shown: String| {
+        let request = b
+            .http
+            .post(format!("{}/api/session_status", b.base))
+            .header("accept", "application/json")
+            .form(&[("shown", shown)]);
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    assert_eq!(
+        asked(&stranger, shown.clone()).await,
+        r#"{"Ended":"NotLinked"}"#
+    );
+    let (id, _) = shown.split_once('.').unwrap();
+    let forged = format!("{id}.{}", "0".repeat(32));
+    assert_eq!(asked(&stranger, forged).await, r#""NoSession""#);
+    let mut events = stranger
+        .http
+        .get(format!("{}/session/events?shown={shown}", stranger.base))
+        .send()
+        .await
+        .unwrap();
+    let first = events.chunk().await.unwrap().unwrap();
+    let first = String::from_utf8_lossy(&first);
+    assert!(first.contains(r#"data: {"Ended":"NotLinked"}"#), "{first}");
     // Without JavaScript too: the open page's Refresh or Disconnect, posted from the browser
     // whose cookies were cleared, says the session runs on — never "no session" while the
     // device's network access stays open.
@@ -1787,6 +1830,8 @@ async fn a_browser_that_lost_its_link_is_told_the_session_runs_on_not_that_it_en
     assert_eq!(page.path, "/");
     radius.wait_for_acct(&["status=Stop", "user=carol"]).await;
     assert_eq!(status(&cleared).await, r#""NoSession""#);
+    // The page's session named: how it ended.
+    assert_eq!(asked(&stranger, shown).await, r#"{"Ended":"Disconnected"}"#);
     let page = browser
         .post_raw("/api/refresh", "/session", &[("csrf", &stale_token)], &[])
         .await;

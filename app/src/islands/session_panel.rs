@@ -73,6 +73,12 @@ pub struct PanelStart {
     pub form_token: String,
     /// The organization's name (the tab's title names it).
     pub organization: String,
+    /// The error of a Refresh or Disconnect posted without the island (before its script ran,
+    /// or without JavaScript), which the page comes back with: the island starts showing it
+    /// in the browser as on the server (the UI review's M1: the server's rendering had it and
+    /// the browser's first did not, and hydration stopped there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub form_error: Option<String>,
 }
 
 /// The attribute of the element around the island that holds its [`PanelStart`].
@@ -97,6 +103,10 @@ impl PanelStart {
             session: PanelView::from_json(json.get("session")?)?,
             form_token: json.get("form_token")?.str()?.to_string(),
             organization: json.get("organization")?.str()?.to_string(),
+            form_error: match json.get("form_error") {
+                Some(error) => Some(error.str()?.to_string()),
+                None => None,
+            },
         })
     }
 
@@ -116,6 +126,7 @@ pub fn SessionPanel() -> impl IntoView {
         session,
         form_token,
         organization,
+        form_error,
     } = PanelStart::get();
     // Only the browser changes the tab's title.
     #[cfg(not(feature = "hydrate"))]
@@ -123,14 +134,17 @@ pub fn SessionPanel() -> impl IntoView {
     let state = RwSignal::new(session);
     let ended = RwSignal::new(None::<EndReason>);
     let hydrated = RwSignal::new(false);
-    let now = RwSignal::new(monotonic_ms());
     // Counted from when the page came (its times were measured as it was rendered): on a slow
-    // link its script runs seconds later.
+    // link its script runs seconds later. The first rendering is the server's (the clock at
+    // the page's arrival; the ticker moves it on): one that differs — the last minute's
+    // warning or 0:00 reached while the script came — stops hydration where it differs (the
+    // UI review's M1).
     let received = page_received_ms();
+    let now = RwSignal::new(received);
     let deadline = RwSignal::new(received + state.get_untracked().remaining_ms as f64);
-    // Without JavaScript, a failed form post comes back with its error (rendered by the
-    // server); in the browser, the island's own requests set it.
-    let error = RwSignal::new(form_post_error());
+    // A failed form post comes back with its error (rendered by the server, and given to the
+    // browser's island in its start); in the browser, the island's own requests set it.
+    let error = RwSignal::new(form_error);
     // A Refresh, a Disconnect under way (each its own: a Disconnect pressed while a Refresh is
     // under way goes at once, never dropped).
     let refreshing = RwSignal::new(false);
@@ -152,6 +166,15 @@ pub fn SessionPanel() -> impl IntoView {
         #[cfg(feature = "hydrate")]
         live::answered();
         match status {
+            // Another session than the page's (another sign-in of this browser, in another
+            // tab): the page's user, address and forms are of this one — shown again, for the
+            // browser's session (once: a page that comes back so says what it says).
+            #[cfg(feature = "hydrate")]
+            PanelStatus::Active(view) if another_session(&state.get_untracked(), &view) => {
+                if !RELOADED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    let _ = window().location().reload();
+                }
+            }
             PanelStatus::Active(view) => {
                 // The clock's last tick may be a quarter second old: count from now.
                 let at = monotonic_ms();
@@ -181,6 +204,8 @@ pub fn SessionPanel() -> impl IntoView {
     let _ = window_event_listener_untyped("online", move |_| {
         clear_if_shown(error, crate::error::UNREACHABLE)
     });
+    #[cfg(feature = "hydrate")]
+    live::shows(&state.get_untracked().session_ref);
     #[cfg(feature = "hydrate")]
     live::follow(
         state.get_untracked().base,
@@ -452,6 +477,18 @@ pub fn SessionPanel() -> impl IntoView {
     }
 }
 
+/// The page was shown again for the browser's session ([`SessionPanel`]'s `apply`).
+#[cfg(feature = "hydrate")]
+static RELOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `view` is of another session than `shown` (a replica of the version before names
+/// none: taken as the same).
+pub fn another_session(shown: &PanelView, view: &PanelView) -> bool {
+    !shown.session_ref.is_empty()
+        && !view.session_ref.is_empty()
+        && shown.session_ref != view.session_ref
+}
+
 /// From when (monotonic ms, the view read at `at`) a refresh of the session would reach its limit
 /// before a whole window.
 fn reaches_limit_at(at: f64, view: &PanelView) -> Option<f64> {
@@ -472,8 +509,37 @@ mod live {
     static ASKING: AtomicBool = AtomicBool::new(false);
     /// Another was asked for while it was ([`resync`]).
     static ASK_AGAIN: AtomicBool = AtomicBool::new(false);
-    /// Questions in a row that could not reach the portal (0: the portal answered since).
+    /// Questions in a row that could not reach the portal or got no status from it (a 503
+    /// while its database is away) (0: the portal answered since).
     static MISSES: AtomicU32 = AtomicU32::new(0);
+
+    thread_local! {
+        /// The session this page shows ([`crate::dto::SessionView::session_ref`]): given back
+        /// with every question about it ([`resync`], the stream).
+        static SHOWN: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+
+    /// The page shows the session `session_ref` names.
+    pub fn shows(session_ref: &str) {
+        SHOWN.with(|shown| *shown.borrow_mut() = session_ref.to_string());
+    }
+
+    /// `name=` the shown session's reference, for a form or a query (empty when none).
+    fn shown_as(name: &str) -> String {
+        SHOWN.with(|shown| {
+            let shown = shown.borrow();
+            // A signed reference is digits, a dot and hex digits: nothing to encode.
+            if shown.is_empty()
+                || !shown
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.')
+            {
+                String::new()
+            } else {
+                format!("{name}={shown}")
+            }
+        })
+    }
 
     /// The portal answered (a question, a Refresh, the stream): no back-off.
     pub fn answered() {
@@ -529,7 +595,7 @@ mod live {
         leptos::task::spawn_local(async move {
             let path = format!("{base}{}", <GetSessionStatus as ServerFn>::PATH);
             let answer =
-                crate::islands::fetch::call(&path, String::new(), PanelStatus::from_json).await;
+                crate::islands::fetch::call(&path, shown_as("shown"), PanelStatus::from_json).await;
             ASKING.store(false, Ordering::SeqCst);
             match answer {
                 Ok(status) => apply(status),
@@ -542,7 +608,12 @@ mod live {
                         error.set(Some(e));
                     }
                 }
-                Err(_) => {}
+                // Answered without a status (a 503 while the portal's database is away): as
+                // unanswered for the back-off (the UI review's M3: every page kept asking
+                // every 2 s through the outage); the countdown goes on meanwhile.
+                Err(_) => {
+                    MISSES.fetch_add(1, Ordering::SeqCst);
+                }
             }
             if ASK_AGAIN.swap(false, Ordering::SeqCst) {
                 // This answer is older than the question asked meanwhile: that one has the
@@ -602,7 +673,10 @@ mod live {
             })
             .into_js_value()
             .unchecked_into();
-        let url = format!("{base}{}", crate::api::LIVE_EVENTS_PATH);
+        let url = match shown_as("shown") {
+            query if query.is_empty() => format!("{base}{}", crate::api::LIVE_EVENTS_PATH),
+            query => format!("{base}{}?{query}", crate::api::LIVE_EVENTS_PATH),
+        };
         // When the page last opened a stream ([`REOPEN_MS`]).
         let opened = StoredValue::new(0.0f64);
         // Another page's Refresh or Disconnect asks for connections.
@@ -805,7 +879,7 @@ fn page_received_ms() -> f64 {
 
 /// The error of a no-JS form post of this panel, as the server renders it (`ServerAction` reads
 /// it on the server); none in the browser.
-fn form_post_error() -> Option<String> {
+pub fn form_post_error() -> Option<String> {
     #[cfg(not(feature = "hydrate"))]
     {
         let of = |value: Option<Result<(), crate::error::PortalError>>| value.and_then(Result::err);
@@ -912,12 +986,20 @@ mod tests {
                 refresh_reaches_limit_in_ms: Some(600_000),
                 base: "/o/acme".into(),
                 refresh_changed_nothing: false,
+                session_ref: "7.00ff".into(),
             },
             form_token: "a+b/c=\"<&'".into(),
             organization: "Acme \"Süd\" – Café".into(),
+            form_error: None,
         };
         let written = serde_json::to_string(&start).unwrap();
-        assert_eq!(PanelStart::from_json(&written), Some(start));
+        assert_eq!(PanelStart::from_json(&written), Some(start.clone()));
+        let failed = PanelStart {
+            form_error: Some("This page was out of date: \"reload\"".into()),
+            ..start
+        };
+        let written = serde_json::to_string(&failed).unwrap();
+        assert_eq!(PanelStart::from_json(&written), Some(failed));
         assert_eq!(PanelStart::from_json(r#"{"session":{}}"#), None);
     }
 }

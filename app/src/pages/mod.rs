@@ -78,7 +78,7 @@ pub async fn load(
             // A session running for the address without this browser's link (`NotLinked`) is
             // kept: the page shows it only after a form post of its own failed (see
             // `SessionPage`).
-            let session = service.session_status(request, None).await;
+            let session = service.session_status(request, None, None).await;
             // Only an active session's page has forms.
             let (form_token, elsewhere) = match &session {
                 Ok(SessionStatus::Active(view)) => (

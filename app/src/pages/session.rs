@@ -51,6 +51,7 @@ pub fn SessionPage() -> impl IntoView {
                 session: crate::dto::PanelView::from(&view),
                 form_token: token,
                 organization: organization.clone(),
+                form_error: crate::islands::session_panel::form_post_error(),
             };
             let start_json = leptos::serde_json::to_string(&start).unwrap_or_default();
             provide_context(start);

@@ -49,12 +49,24 @@ pub struct LiveState {
     pub(crate) streams: super::serve::Slots<i64>,
 }
 
+/// How long a browser waits before it opens the stream again after one the portal's storage
+/// trouble ended.
+const RETRY_AFTER_TROUBLE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The stream's query: `shown`, the session the page shows (its `session_ref`).
+#[derive(serde::Deserialize, Default)]
+pub struct Asked {
+    shown: Option<String>,
+}
+
 struct Watch {
     live: LiveState,
     id: Option<i64>,
     /// The portal the page is in (the organization, and the prefix its pages are under).
     scope: super::org_scope::OrgScope,
     ip: Option<std::net::IpAddr>,
+    /// The session the page shows (its `session_ref`, as the page gave it).
+    shown: Option<String>,
     notices: broadcast::Receiver<i64>,
     /// The organization cache's changes (None once its sender is gone), and whether it said
     /// the page's organization was disabled when last looked at: a disable or an enable is
@@ -109,18 +121,21 @@ pub async fn session_events(
     State(live): State<LiveState>,
     scope: Option<axum::extract::Extension<super::org_scope::OrgScope>>,
     ip: Option<axum::extract::Extension<super::client_ip::ClientIp>>,
+    axum::extract::Query(asked): axum::extract::Query<Asked>,
     web: Session,
 ) -> Response {
     let scope = scope
         .map(|axum::extract::Extension(s)| s)
         .unwrap_or_default();
     // A web session that cannot be read now (the database away) is not "none": the page would
-    // take its session for ended. The stream ends at once; the browser reconnects in a moment.
+    // take its session for ended. The stream ends at once; the browser reconnects in 15 s (the
+    // UI review's M3: by its default of ~3 s, every open page through the outage), polling
+    // meanwhile.
     let id = match live.backend.linked_session_id(&web, &scope.id).await {
         Ok(id) => id,
         Err(_) => {
             let retry = futures_util::stream::once(async {
-                Ok::<Event, Infallible>(Event::default().comment("retry"))
+                Ok::<Event, Infallible>(Event::default().retry(RETRY_AFTER_TROUBLE))
             });
             return no_store(Sse::new(retry).into_response());
         }
@@ -150,6 +165,7 @@ pub async fn session_events(
         id,
         scope,
         ip: ip.map(|axum::extract::Extension(ip)| ip.0),
+        shown: asked.shown,
         first: true,
         followed: false,
         done: false,
@@ -171,7 +187,7 @@ pub async fn session_events(
         let status = match w
             .live
             .backend
-            .status_and_session_for(w.id, &w.scope, w.ip, follow)
+            .status_and_session_for(w.id, &w.scope, (w.ip, w.shown.as_deref()), follow)
             .await
         {
             Ok((status, of)) => {
