@@ -1310,47 +1310,37 @@ impl Branding {
                 }
             }
         }
-        if let Some(path) = &self.logo_file {
-            let content_type = logo_content_type(path).ok_or_else(|| {
-                config_error(
-                    format!("{key}.logo_file"),
-                    format!(
-                        "`{}` is not a .png, .jpg, .jpeg, .svg or .webp file",
-                        path.display()
-                    ),
-                )
-            })?;
-            let size = std::fs::metadata(path)
-                .map_err(|e| {
-                    config_error(
-                        format!("{key}.logo_file"),
-                        format!("cannot read `{}`: {e}", path.display()),
-                    )
-                })?
-                .len();
-            if size > MAX_LOGO_BYTES {
-                return Err(config_error(
-                    format!("{key}.logo_file"),
-                    format!(
-                        "`{}` is {size} bytes; at most {MAX_LOGO_BYTES}",
-                        path.display()
-                    ),
-                ));
-            }
-            let bytes = read_logo(path).map_err(|e| {
-                config_error(
-                    format!("{key}.logo_file"),
-                    format!("cannot read `{}`: {e}", path.display()),
-                )
-            })?;
-            if let Some(problem) = logo_mismatch(content_type, &bytes) {
-                return Err(config_error(
-                    format!("{key}.logo_file"),
-                    format!("`{}` {problem}", path.display()),
-                ));
-            }
+        if let Some(problem) = self.logo_file.as_deref().and_then(logo_problem) {
+            return Err(config_error(format!("{key}.logo_file"), problem));
         }
         Ok(())
+    }
+}
+
+/// Why the logo file at `path` cannot be served, if it cannot: its kind by its name, its size,
+/// its content. For a new setting (refused) and for one stored or listed before (warned of at
+/// start-up and by `check-config`: a file moved or replaced since).
+pub fn logo_problem(path: &std::path::Path) -> Option<String> {
+    let shown = path.display();
+    let Some(content_type) = logo_content_type(path) else {
+        return Some(format!(
+            "`{shown}` is not a .png, .jpg, .jpeg, .svg or .webp file"
+        ));
+    };
+    let size = match std::fs::metadata(path) {
+        Ok(meta) => meta.len(),
+        Err(e) => return Some(format!("cannot read `{shown}`: {e}")),
+    };
+    if size > MAX_LOGO_BYTES {
+        return Some(format!(
+            "`{shown}` is {size} bytes; at most {MAX_LOGO_BYTES}"
+        ));
+    }
+    match read_logo(path) {
+        Err(e) => Some(format!("cannot read `{shown}`: {e}")),
+        Ok(bytes) => {
+            logo_mismatch(content_type, &bytes).map(|problem| format!("`{shown}` {problem}"))
+        }
     }
 }
 
@@ -1404,7 +1394,11 @@ pub fn read_regular_file(path: &std::path::Path, max: u64) -> std::io::Result<Ve
 /// named `.png` that holds something else is refused rather than served as an image.
 pub fn logo_mismatch(content_type: &str, bytes: &[u8]) -> Option<&'static str> {
     let is = match content_type {
-        "image/png" => bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+        // The signature, then the header chunk every PNG begins with (black-box tester S's D2:
+        // the signature followed by a script passed).
+        "image/png" => {
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.get(12..16) == Some(&b"IHDR"[..])
+        }
         "image/jpeg" => bytes.starts_with(&[0xff, 0xd8, 0xff]),
         "image/webp" => bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP",
         "image/svg+xml" => {
@@ -2033,7 +2027,13 @@ impl Settings {
         let mut hashes = std::collections::HashMap::new();
         for (i, token) in self.admin.tokens.iter().enumerate() {
             // The name is who acted in the audit log (`admin:<name>`): one each, and readable.
-            if token.name.trim().is_empty() || !plain_text(&token.name, false) {
+            if token.name.trim().is_empty() {
+                return Err(config_error(
+                    format!("admin.tokens[{i}].name"),
+                    "is empty: give the token a name (the audit log says who acted by it)",
+                ));
+            }
+            if !plain_text(&token.name, false) {
                 return Err(config_error(
                     format!("admin.tokens[{i}].name"),
                     format!("must be a name {PLAIN} (the audit log says who acted by it)"),
@@ -2487,6 +2487,7 @@ mod tests {
         assert!(check("script.svg", b"<html><script>x</script></html>").is_err());
         assert!(check("photo.jpg", b"\x89PNG\r\n\x1a\n....").is_err());
         assert!(check("anim.webp", b"RIFF\0\0\0\0WAVEfmt ").is_err());
+        assert!(check("sig.png", b"\x89PNG\r\n\x1a\n<script>alert(1)</script>").is_err());
         check("logo.png", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR").unwrap();
         check("logo.jpeg", &[0xff, 0xd8, 0xff, 0xe0, 0, 0x10]).unwrap();
         check("logo.webp", b"RIFF\x10\0\0\0WEBPVP8 ").unwrap();
@@ -3024,7 +3025,9 @@ mod tests {
             (token("ops") + &hashed("ops", 'b'), "used twice"),
             // One token under two names (black-box tester S's D10).
             (token("ops") + &token("ops2"), "`ops`'s too"),
-            (token(""), "must be a name"),
+            // Said as empty, not as holding what it does not (black-box tester S's D7).
+            (token(""), "is empty"),
+            (token("  "), "is empty"),
             (
                 token("two\\n2026-12-02 config org.enable"),
                 "must be a name",

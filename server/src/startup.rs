@@ -382,7 +382,7 @@ async fn own_sqlite_database(path: &std::path::Path) -> anyhow::Result<std::fs::
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
-                "another portal process is serving the SQLite database {} (it holds {}): run one portal per SQLite file, or PostgreSQL ([database] url) for several replicas",
+                "another process holds {1}, the lock of the SQLite database {0}: another portal serving it (run one portal per SQLite file, or PostgreSQL — [database] url — for several replicas), or a tool holding its lock (`fuser {1}` names it)",
                 path.display(),
                 lock.display()
             ),

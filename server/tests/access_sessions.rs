@@ -2627,7 +2627,8 @@ async fn a_second_portal_on_the_same_sqlite_file_is_refused_until_the_first_stop
         Err(e) => format!("{e:#}"),
     };
     assert!(
-        refused.contains("another portal process is serving the SQLite database"),
+        refused.contains("the lock of the SQLite database")
+            && refused.contains("another portal serving it"),
         "{refused}"
     );
     first.stop().await;

@@ -561,6 +561,19 @@ async fn the_admin_api_follows_the_guard_and_never_shows_secrets() {
             .all(|e| e["id"].as_i64().unwrap() < first),
         "{older}"
     );
+    // An id no entry can have is refused by name (black-box tester S's D5: an empty list).
+    for before in ["-1", "0"] {
+        let (status, body) = admin
+            .call(
+                Method::GET,
+                &format!("/audit?before={before}"),
+                Some(TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(status, 400, "{before}: {body}");
+        assert!(body.contains("`before`"), "{body}");
+    }
     // Organizations a page at a time, in the list's order.
     let all: Vec<Value> = admin
         .ok(Method::GET, "/organizations", None)

@@ -1771,6 +1771,22 @@ secret = "not-the-same-secret"
     let said =
         "warning: organization `iota`: login_timeout 2s is shorter than server `i1`'s timeout 5s";
     assert!(stderr.contains(said), "{said:?} in {stderr}");
+    // One whose logo file went after it was set (black-box tester S's D1: nothing said it,
+    // and every page showed a missing image).
+    let logo = dir.path().join("kappa.png");
+    std::fs::write(&logo, b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR").unwrap();
+    create(
+        "kappa.toml",
+        &format!(
+            "id = \"kappa\"\nname = \"Kappa\"\nnas_identifier = \"kappa\"\n[branding]\nlogo_file = \"{}\"\n[[servers]]\nname = \"k1\"\naddress = \"127.0.0.11\"\nsecret = \"kappa-secret\"\n",
+            logo.display()
+        ),
+    );
+    assert!(!check().contains("`kappa`"));
+    std::fs::remove_file(&logo).unwrap();
+    let stderr = check();
+    let said = "warning: organization `kappa`: branding.logo_file cannot read";
+    assert!(stderr.contains(said), "{said:?} in {stderr}");
 }
 
 /// A disable the configuration file undoes at the portal's next start (its `enabled = true` is

@@ -1815,7 +1815,7 @@ accent_color = "#0f766e"
     assert_eq!(last.status.code(), Some(4), "{last:?}");
     assert!(
         String::from_utf8_lossy(&last.stderr)
-            .contains("enable it and add another first (or delete the organization, if the configuration file does not list it)"),
+            .contains("enable it and add another first (or delete the organization); for an organization the configuration file lists, change its servers in the file"),
         "{last:?}"
     );
     radius

@@ -752,6 +752,14 @@ async fn audit(State(api): State<AdminApi>, ApiQuery(filter): ApiQuery<AuditFilt
         Ok(limit) => limit,
         Err(refused) => return *refused,
     };
+    // Entries are numbered from 1: an id below names none (black-box tester S's D5: `-1`
+    // answered an empty list).
+    if filter.before.is_some_and(|before| before < 1) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`before` must be an audit entry's id (1 or more)",
+        );
+    }
     let query = crate::storage::AuditQuery {
         limit,
         organization: filter.organization.filter(|o| !o.is_empty()),

@@ -812,7 +812,7 @@ pub async fn remove_server(
             "enable it and add another first"
         };
         return Err(ChangeError::Conflict(format!(
-            "`{name}` is the last RADIUS server of organization `{id}`: {first} (or delete the organization, if the configuration file does not list it)"
+            "`{name}` is the last RADIUS server of organization `{id}`: {first} (or delete the organization); for an organization the configuration file lists, change its servers in the file"
         )));
     }
     let mut after = before.settings.clone();

@@ -124,7 +124,7 @@ pub(crate) fn settings_warnings<'a>(
 impl Organization {
     /// [`settings_warnings`] of this organization.
     pub(crate) fn warnings(&self) -> Vec<String> {
-        settings_warnings(
+        let mut warnings = settings_warnings(
             &self.id,
             self.username_pattern.as_str(),
             self.nas.ip,
@@ -133,7 +133,21 @@ impl Organization {
             self.servers
                 .iter()
                 .map(|s| (s.name.as_str(), s.auth_addr.ip(), s.timeout)),
-        )
+        );
+        // A logo file checked when it was set, moved or replaced since (black-box tester S's
+        // D1: every page showed a broken image, and nothing said why).
+        if let Some(problem) = self
+            .branding
+            .logo_file
+            .as_deref()
+            .and_then(crate::config::logo_problem)
+        {
+            warnings.push(format!(
+                "organization `{}`: branding.logo_file {problem}: its pages show a missing image until it can be served",
+                self.id
+            ));
+        }
+        warnings
     }
 
     /// Builds an organization from its settings (already validated: errors name `key` anyway).

@@ -372,10 +372,19 @@ impl OrganizationWorker {
                     sessions = n,
                     "disabled organization: open sessions stopped (Admin-Reset)"
                 );
-                // The job's outcome: every session it stopped, in earlier runs too.
+                // The job's outcome: every session it stopped, in earlier runs too. None: any
+                // the disable ended before the job reached them (the expiry pass ends a session
+                // due meanwhile as the disable would, Admin-Reset at its moment) were ended on
+                // its behalf, each audited as such — not "stopped 0" as if there had been none
+                // (black-box tester S's D6).
                 let all = usize::try_from(job.stopped).unwrap_or(0).saturating_add(*n);
+                let said = if all == 0 {
+                    "stopped none itself: any open sessions were ended at the disable's moment before the job reached them (each audited as session.end)".to_string()
+                } else {
+                    format!("stopped {all} sessions")
+                };
                 self.storage
-                    .finish_organization_job(job, &format!("stopped {all} sessions"), now_ms())
+                    .finish_organization_job(job, &said, now_ms())
                     .await?;
             }
         }
