@@ -861,6 +861,7 @@ impl Application {
                 radius: self.radius.clone(),
                 tasks: self.tasks.clone(),
                 dynauth: self.dynauth.as_ref().map(DynAuthListener::stats),
+                runtime: tokio::runtime::Handle::current(),
             };
             // One scrape now: the database's gauges have values from the start, which a
             // database away before the first real scrape then keeps (as it does later).
@@ -871,15 +872,46 @@ impl Application {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "metrics served at /metrics");
             }
-            tasks.spawn(crate::http::serve::serve(
-                listener,
-                router,
-                |_| false,
-                shutdown.clone(),
-                || {},
-                crate::http::serve::Ending::at_once(SHUTDOWN_GRACE),
-                crate::http::serve::METRICS_CONNECTIONS,
-            ));
+            // On a thread of its own (black-box tester T's D3): the portal's worker threads
+            // read the database where they are, and a read that waits on a hung disk holds its
+            // thread in the kernel — on two cores the only one. The scrape is what says so.
+            let listener = listener
+                .into_std()
+                .context("while handing the metrics listener to its thread")?;
+            let stop = shutdown.clone();
+            let (done, ended) = tokio::sync::oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name("metrics".into())
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build();
+                    match runtime {
+                        Ok(runtime) => runtime.block_on(async move {
+                            match tokio::net::TcpListener::from_std(listener) {
+                                Ok(listener) => {
+                                    crate::http::serve::serve(
+                                        listener,
+                                        router,
+                                        |_| false,
+                                        stop,
+                                        || {},
+                                        crate::http::serve::Ending::at_once(SHUTDOWN_GRACE),
+                                        crate::http::serve::METRICS_CONNECTIONS,
+                                    )
+                                    .await
+                                }
+                                Err(e) => tracing::error!(error = %e, "metrics: the listener cannot be served"),
+                            }
+                        }),
+                        Err(e) => tracing::error!(error = %e, "metrics: no runtime for its thread"),
+                    }
+                    let _ = done.send(());
+                })
+                .context("while starting the metrics thread")?;
+            tasks.spawn(async move {
+                let _ = ended.await;
+            });
         }
         let store = self.session_store.clone();
         let cleanup_shutdown = shutdown.clone();
@@ -1235,6 +1267,8 @@ struct MetricsScrape {
     radius: Radius,
     tasks: TaskHealth,
     dynauth: Option<Arc<crate::dynauth::DynAuthStats>>,
+    /// The portal's runtime (the database is read on it).
+    runtime: tokio::runtime::Handle,
 }
 
 /// `GET /metrics` on the metrics listener: recorded metrics plus the state read now.
@@ -1262,18 +1296,34 @@ async fn scrape_text(scrape: &MetricsScrape) -> String {
     // A database that does not answer (a hung disk, a path to PostgreSQL gone without a word)
     // is one that cannot be read: a scrape waiting on it would not be answered at all, its
     // connection held (a code review).
-    let read = tokio::time::timeout(
-        METRICS_READ_LIMIT,
-        scrape.storage.metrics_snapshot(now_ms()),
-    )
-    .await;
+    // Read on a blocking thread of the portal's runtime (its database connections are that
+    // runtime's): a read held by a hung disk holds that thread, not this one, and one such read
+    // at a time — the next scrapes say the database cannot be read without another.
+    static READING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let read = if READING.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        Err("the previous scrape's read has not come back".to_string())
+    } else {
+        let storage = scrape.storage.clone();
+        let portal = scrape.runtime.clone();
+        let reading = portal.spawn_blocking(move || {
+            let read =
+                tokio::runtime::Handle::current().block_on(storage.metrics_snapshot(now_ms()));
+            READING.store(false, std::sync::atomic::Ordering::SeqCst);
+            read
+        });
+        match tokio::time::timeout(METRICS_READ_LIMIT, reading).await {
+            Ok(Ok(Ok(snapshot))) => Ok(snapshot),
+            Ok(Ok(Err(e))) => Err(crate::portal_backend::error_chain(&e)),
+            Ok(Err(e)) => {
+                READING.store(false, std::sync::atomic::Ordering::SeqCst);
+                Err(format!("the read failed: {e}"))
+            }
+            Err(_) => Err(format!("no answer within {METRICS_READ_LIMIT:?}")),
+        }
+    };
     let mut snapshot = match read {
-        Ok(Ok(snapshot)) => snapshot,
-        failed => {
-            let error = match failed {
-                Ok(Err(e)) => crate::portal_backend::error_chain(&e),
-                _ => format!("no answer within {METRICS_READ_LIMIT:?}"),
-            };
+        Ok(snapshot) => snapshot,
+        Err(error) => {
             static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
             if let Some(left_out) = LOG.admit() {
                 tracing::warn!(%error, similar_left_out = left_out,
