@@ -893,6 +893,51 @@ async fn the_same_sign_in_sent_again_after_its_session_ended_counts_once() {
     app.stop().await;
 }
 
+/// A Disconnect, or the operator's stop, made after the session's deadline but before the
+/// expiry pass reached it (the writer busy, a replica's pass behind) ends it by its deadline:
+/// its timeout's cause and its granted time — not User-Request or Admin-Reset with a session
+/// time past what was granted (the RADIUS review's L1).
+#[tokio::test]
+async fn a_stop_after_the_deadline_ends_the_session_by_its_deadline() {
+    let (radius, app, dir) = portal_with_one_server().await;
+    let db = rusqlite::Connection::open(dir.path().join("portal.db")).unwrap();
+    for (user, by_operator) in [("carol", false), ("bob", true)] {
+        let browser = app.browser(CLIENT);
+        browser.login(user, &format!("{user}-pass")).await;
+        let start = radius
+            .wait_for_acct(&["status=Start", &format!("user={user}")])
+            .await;
+        let token = browser.form_token("/session").await;
+        // Its deadline a minute ago, which the expiry pass (asleep until the deadline it knew)
+        // has not seen.
+        let deadline = radius_portal::access_session::now_ms() - 60_000;
+        db.execute(
+            "UPDATE access_sessions SET expires_at = MAX(started_at, ?1) WHERE username = ?2 AND state = 'active'",
+            rusqlite::params![deadline, user],
+        )
+        .unwrap();
+        if by_operator {
+            let session = app
+                .storage
+                .session_by_acct_id(field(&start, "sid"))
+                .await
+                .unwrap()
+                .unwrap();
+            let stopped = app.sessions.stop_by_operator(session.id).await.unwrap();
+            assert!(!stopped, "ended by its deadline, not by the operator");
+        } else {
+            browser
+                .post_raw("/api/disconnect", "/session", &[("csrf", &token)], &[])
+                .await;
+        }
+        let stop = radius
+            .wait_for_acct(&["status=Stop", &format!("user={user}")])
+            .await;
+        assert_eq!(field(&stop, "cause"), "Idle-Timeout", "{user}: {stop}");
+    }
+    app.stop().await;
+}
+
 /// One browser's sign-ins sent together from two addresses (a dual-stack host, two tabs), each
 /// with the cookie the browser had: the second replaces the session the first opened, as any
 /// sign-in of the browser replaces its session — not a second session the browser holds no

@@ -1167,16 +1167,36 @@ impl AccessSessions {
     /// is found ended.
     pub async fn disconnect(&self, id: i64) -> Result<bool, SessionError> {
         let mut ended = self
-            .stop_and_send(id, terminate_cause::USER_REQUEST, now_ms())
+            .stop_unless_due(id, terminate_cause::USER_REQUEST)
             .await?;
         if !ended {
             if let Some(current) = self.browsers(id).await?.filter(|s| s.id != id && s.active) {
                 ended = self
-                    .stop_and_send(current.id, terminate_cause::USER_REQUEST, now_ms())
+                    .stop_unless_due(current.id, terminate_cause::USER_REQUEST)
                     .await?;
             }
         }
         Ok(ended)
+    }
+
+    /// Stops session `id` now for `cause` (a Disconnect, the operator, a Disconnect-Request) —
+    /// unless its deadline has come and the expiry pass not yet reached it (the writer busy, a
+    /// replica's pass behind): then it ended by that deadline, and is stopped at it with its
+    /// timeout's cause, as the pass would, and false (not ended by this stop; a
+    /// Disconnect-Request is answered as for a session not found) — never a User-Request or
+    /// Admin-Reset with a session time past what was granted (the RADIUS review's L1).
+    async fn stop_unless_due(&self, id: i64, cause: u32) -> Result<bool, SessionError> {
+        let now = now_ms();
+        if let Some(s) = self
+            .record(id)
+            .await?
+            .filter(|s| s.active && s.expires_at <= now)
+        {
+            let by = timing::deadline_cause(s.expires_at, s.limit_at);
+            self.stop_and_send(id, by, s.expires_at).await?;
+            return Ok(false);
+        }
+        self.stop_and_send(id, cause, now).await
     }
 
     /// Runs `work` to its end even if the request that began it is dropped: work that must not
@@ -1406,8 +1426,7 @@ impl AccessSessions {
     /// Ends a session on the operator's or the RADIUS server's behalf (Stop, Admin-Reset).
     /// False if it was not active.
     pub async fn stop_by_operator(&self, id: i64) -> Result<bool, SessionError> {
-        self.stop_and_send(id, terminate_cause::ADMIN_RESET, now_ms())
-            .await
+        self.stop_unless_due(id, terminate_cause::ADMIN_RESET).await
     }
 
     /// [`Self::stop_by_operator`] for a termination asked for at `asked_at` (a queued job:
