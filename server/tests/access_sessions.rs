@@ -866,6 +866,28 @@ async fn the_same_sign_in_sent_again_and_again_is_counted_against_the_address() 
     app.stop().await;
 }
 
+/// A browser that keeps no cookies is told so when its form comes back refused, on that
+/// answer (the UI review's M4: redirected to the same empty form, with no word, every time);
+/// nothing is sent to RADIUS.
+#[tokio::test]
+async fn a_browser_without_cookies_is_told_its_sign_in_needs_them() {
+    let (radius, app, _dir) = portal_with_one_server().await;
+    let browser = app.browser_without_cookies(CLIENT);
+    let token = browser.form_token("/").await;
+    let page = browser
+        .post_raw("/api/login", "/", &carol_form(&token), &[])
+        .await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert!(
+        page.body.contains("did not send this portal")
+            && page.body.contains("allow cookies for this site"),
+        "{}",
+        page.body
+    );
+    assert_eq!(access_requests_of(&radius, "carol"), 0);
+    app.stop().await;
+}
+
 /// The same sign-in sent again after its session ended is a sign-in of its own: the attempt
 /// the answer from memory would have taken is given back, so it counts once, not twice (the
 /// attempt is taken before the database is read, for a flood of such forms).

@@ -53,6 +53,9 @@ fn unix_now() -> u64 {
 /// The visitor a request is from (its `portal_anon` id; empty if it has none), in the
 /// organization's portal it is for: a flash is sealed to both, so one organization's failed
 /// sign-in is never shown on another's page (a tab of each open).
+/// What a form posted by a browser that sent none of the portal's cookies is answered.
+pub const NO_COOKIES: &str = "Your browser did not send this portal's cookies, which signing in and the session's controls need: allow cookies for this site (and open it at its https:// address if it has one), then try again.";
+
 fn visitor(request: &Request) -> String {
     let anon = request
         .extensions()
@@ -351,6 +354,15 @@ where
             .map_or_else(String::new, |scope| scope.base.clone());
         let sign_in = format!("{base}/");
         let visitor = visitor(&request);
+        // A browser that keeps none of the portal's cookies (all cookies blocked; a portal of
+        // Secure cookies reached over plain http) sends none back: its form token cannot be
+        // checked, and a flash cookie would not carry the error to the next page either.
+        let cookieless = (!request.headers().contains_key(header::COOKIE)).then(|| {
+            (
+                request.headers().clone(),
+                request.extensions().get::<super::Demo>().is_some(),
+            )
+        });
         let response = next(request).await;
         let Some(location) = response
             .headers()
@@ -367,6 +379,22 @@ where
             .get("serverfnerror")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        if let (Some((headers, demo)), Some(_)) = (&cookieless, &failed_fn) {
+            // Said on this answer, not on a page after a redirect the error would not reach
+            // (the UI review's M4: the same empty form came back every time, without a word).
+            let caller = super::Caller {
+                headers,
+                viewing: false,
+                home: sign_in,
+                demo: *demo,
+            };
+            return super::caller_error(
+                &caller,
+                axum::http::StatusCode::FORBIDDEN,
+                "CookiesRefused",
+                NO_COOKIES,
+            );
+        }
         let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
         let location = local_location(&location, &hosts).unwrap_or_else(|| sign_in.clone());
         let (mut parts, body) = response.into_parts();

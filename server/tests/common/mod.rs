@@ -536,6 +536,12 @@ impl TestApp {
         self.browser_with(client_ip, reqwest::Client::builder().cookie_provider(jar))
     }
 
+    /// A browser at `client_ip` that keeps no cookies (all blocked).
+    #[allow(dead_code)]
+    pub fn browser_without_cookies(&self, client_ip: Ipv4Addr) -> Browser {
+        self.browser_with(client_ip, reqwest::Client::builder())
+    }
+
     fn browser_with(&self, client_ip: Ipv4Addr, builder: reqwest::ClientBuilder) -> Browser {
         let http = builder
             // A request the portal never answers fails the test with its URL instead of
