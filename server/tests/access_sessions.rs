@@ -2181,6 +2181,8 @@ async fn state_changing_posts_without_the_form_token_are_refused() {
     let (radius, app, _dir) = portal_with_one_server().await;
     let browser = app.browser(CLIENT);
     let login = [("username", "carol"), ("password", "carol-pass")];
+    // A visitor of the page (one that sends no cookie is told it needs them).
+    browser.get("/").await;
 
     // Without the field: told which field is missing.
     let page = browser.post_raw("/api/login", "/", &login, &[]).await;
