@@ -506,7 +506,7 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
     // a send under way; the next portal to start takes them back (the operations review's L5:
     // they were said "being sent" until their lease ran out).
     let no_sender = settings.database.url.is_none()
-        && !crate::startup::sqlite_portal_running(&settings.database.path);
+        && crate::startup::sqlite_portal_surely_stopped(&settings.database.path);
     match command {
         AccountingCommand::DeadLetters { limit } => {
             let rows = storage.dead_letters(limit).await?;

@@ -461,14 +461,17 @@ impl PortalBackend {
         // The page's own session, wherever the browser now asks from (the UI review's H1: a
         // dual-stack laptop's page, asking over IPv6, read its IPv4 session as disconnected):
         // running, it runs without this browser; ended, as it ended. Of this organization only.
+        // Ended, how it ended — unless a session runs for the asking address (below).
+        let mut status = status;
         if let Some(shown) = shown.and_then(|r| self.shown_session(r)) {
             let record = self.sessions.record(shown).await.map_err(user_error)?;
             if let Some(s) = record.filter(|s| s.organization_id == scope.id) {
-                let status = match self.status_of_record(&s).await {
-                    SessionStatus::Active(_) => SessionStatus::Ended(EndReason::NotLinked),
-                    ended => ended,
-                };
-                return Ok((status, of));
+                match self.status_of_record(&s).await {
+                    SessionStatus::Active(_) => {
+                        return Ok((SessionStatus::Ended(EndReason::NotLinked), of))
+                    }
+                    ended => status = ended,
+                }
             }
         }
         let Some(ip) = ip else {

@@ -217,6 +217,22 @@ pub fn sqlite_portal_running(path: &std::path::Path) -> bool {
     }
 }
 
+/// Whether no portal serves the SQLite database at `path` now, known for sure: its lock file
+/// is not there (never served), or its lock was taken and given back here — not a lock file
+/// this user cannot open or lock (a portal may serve it all the same).
+pub fn sqlite_portal_surely_stopped(path: &std::path::Path) -> bool {
+    match std::fs::File::open(sqlite_lock_path(path)) {
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        Ok(file) => match file.try_lock() {
+            Ok(()) => {
+                let _ = file.unlock();
+                true
+            }
+            Err(_) => false,
+        },
+    }
+}
+
 /// What a serving portal writes in its SQLite database's lock file ([`own_sqlite_database`]):
 /// the highest access session id it has seen there, `newest_session_id=N`, and where its time
 /// stood against the boot clock, `clock=…` ([`ClockMark`]).
@@ -1306,18 +1322,20 @@ async fn scrape_text(scrape: &MetricsScrape) -> String {
         let storage = scrape.storage.clone();
         let portal = scrape.runtime.clone();
         let reading = portal.spawn_blocking(move || {
-            let read =
-                tokio::runtime::Handle::current().block_on(storage.metrics_snapshot(now_ms()));
-            READING.store(false, std::sync::atomic::Ordering::SeqCst);
-            read
+            // Cleared however the read ends (a panic too).
+            struct Done;
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    READING.store(false, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            let _done = Done;
+            tokio::runtime::Handle::current().block_on(storage.metrics_snapshot(now_ms()))
         });
         match tokio::time::timeout(METRICS_READ_LIMIT, reading).await {
             Ok(Ok(Ok(snapshot))) => Ok(snapshot),
             Ok(Ok(Err(e))) => Err(crate::portal_backend::error_chain(&e)),
-            Ok(Err(e)) => {
-                READING.store(false, std::sync::atomic::Ordering::SeqCst);
-                Err(format!("the read failed: {e}"))
-            }
+            Ok(Err(e)) => Err(format!("the read failed: {e}")),
             Err(_) => Err(format!("no answer within {METRICS_READ_LIMIT:?}")),
         }
     };

@@ -1185,18 +1185,35 @@ impl AccessSessions {
     /// timeout's cause, as the pass would, and false (not ended by this stop; a
     /// Disconnect-Request is answered as for a session not found) — never a User-Request or
     /// Admin-Reset with a session time past what was granted (the RADIUS review's L1).
+    /// An operator's stop asked for before that deadline and not yet made (a disable whose job
+    /// has not reached it) ended it at that moment, Admin-Reset, as the pass would say too.
+    /// Runs to its end, its look at the session included ([`Self::run_to_end`]).
     async fn stop_unless_due(&self, id: i64, cause: u32) -> Result<bool, SessionError> {
-        let now = now_ms();
-        if let Some(s) = self
-            .record(id)
-            .await?
-            .filter(|s| s.active && s.expires_at <= now)
-        {
-            let by = timing::deadline_cause(s.expires_at, s.limit_at);
-            self.stop_and_send(id, by, s.expires_at).await?;
-            return Ok(false);
-        }
-        self.stop_and_send(id, cause, now).await
+        use tracing::Instrument as _;
+        let this = self.clone();
+        self.run_to_end(
+            async move {
+                let now = now_ms();
+                let Some(s) = this
+                    .record(id)
+                    .await?
+                    .filter(|s| s.active && s.expires_at <= now)
+                else {
+                    return this.stop_and_send_here(id, cause, now).await;
+                };
+                let (by, at) = match this.storage.stop_asked_for(id).await? {
+                    Some(asked) if asked < s.expires_at => (terminate_cause::ADMIN_RESET, asked),
+                    _ => (
+                        timing::deadline_cause(s.expires_at, s.limit_at),
+                        s.expires_at,
+                    ),
+                };
+                this.stop_and_send_here(id, by, at).await?;
+                Ok(false)
+            }
+            .in_current_span(),
+        )
+        .await
     }
 
     /// Runs `work` to its end even if the request that began it is dropped: work that must not

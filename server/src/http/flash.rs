@@ -354,10 +354,14 @@ where
             .map_or_else(String::new, |scope| scope.base.clone());
         let sign_in = format!("{base}/");
         let visitor = visitor(&request);
-        // A browser that keeps none of the portal's cookies (all cookies blocked; a portal of
-        // Secure cookies reached over plain http) sends none back: its form token cannot be
-        // checked, and a flash cookie would not carry the error to the next page either.
-        let cookieless = (!request.headers().contains_key(header::COOKIE)).then(|| {
+        // A sign-in from a browser that keeps none of the portal's cookies (all cookies blocked;
+        // a portal of Secure cookies reached over plain http) comes without its visitor cookie:
+        // its form token cannot be checked, and a flash cookie would not carry the error to the
+        // next page either. (A Refresh or Disconnect so refused keeps its redirect: a browser
+        // whose cookies were cleared is shown there that its session runs on.)
+        let cookieless = (request.uri().path().ends_with("/api/login")
+            && !flash.tokens.has_visitor_cookie(request.headers()))
+        .then(|| {
             (
                 request.headers().clone(),
                 request.extensions().get::<super::Demo>().is_some(),
@@ -379,26 +383,32 @@ where
             .get("serverfnerror")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        if let (Some((headers, demo)), Some(_)) = (&cookieless, &failed_fn) {
-            // Said on this answer, not on a page after a redirect the error would not reach
-            // (the UI review's M4: the same empty form came back every time, without a word).
-            let caller = super::Caller {
-                headers,
-                viewing: false,
-                home: sign_in,
-                demo: *demo,
-            };
-            return super::caller_error(
-                &caller,
-                axum::http::StatusCode::FORBIDDEN,
-                "CookiesRefused",
-                NO_COOKIES,
-            );
-        }
         let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
         let location = local_location(&location, &hosts).unwrap_or_else(|| sign_in.clone());
         let (mut parts, body) = response.into_parts();
         if let Some(path) = &failed_fn {
+            let bytes = axum::body::to_bytes(body, MAX_FLASH).await;
+            // Refused for its form token, from a browser that sent no visitor cookie: said on
+            // this answer, not on a page after a redirect the error would not reach (the UI
+            // review's M4: the same empty form came back every time, without a word).
+            let refused_token = bytes.as_ref().is_ok_and(|bytes| {
+                serde_json::from_slice::<app::error::PortalError>(bytes)
+                    .is_ok_and(|e| e == app::error::PortalError::Forbidden)
+            });
+            if let (Some((headers, demo)), true) = (&cookieless, refused_token) {
+                let caller = super::Caller {
+                    headers,
+                    viewing: false,
+                    home: sign_in,
+                    demo: *demo,
+                };
+                return super::caller_error(
+                    &caller,
+                    axum::http::StatusCode::FORBIDDEN,
+                    "CookiesRefused",
+                    NO_COOKIES,
+                );
+            }
             let username = parts
                 .extensions
                 .get::<SubmittedUsername>()
@@ -407,7 +417,7 @@ where
                 .filter(|u| u.len() <= MAX_FLASH_USERNAME && !u.chars().any(char::is_control))
                 .unwrap_or_default()
                 .to_string();
-            match axum::body::to_bytes(body, MAX_FLASH).await {
+            match bytes {
                 Ok(bytes) => {
                     let sealed =
                         flash.seal_form_error(&visitor, unix_now(), path, &bytes, &username);

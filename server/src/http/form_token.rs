@@ -82,6 +82,11 @@ impl FormTokens {
         self.secure
     }
 
+    /// Whether `headers` carry a visitor cookie (well-formed or not).
+    pub fn has_visitor_cookie(&self, headers: &axum::http::HeaderMap) -> bool {
+        super::cookie_value(headers, self.cookie).is_some()
+    }
+
     /// The visitor id in a request's cookies, if well-formed (64 hex digits).
     fn visitor_in(&self, request: &Request) -> Option<AnonId> {
         super::cookie_value(request.headers(), self.cookie)
