@@ -623,6 +623,10 @@ mod live {
         });
     }
 
+    /// Wall-clock time passed beyond the monotonic clock's between two ticks (ms) taken for a
+    /// machine that slept: the page asks how things stand at once.
+    const SLEPT_MS: f64 = 5_000.0;
+
     /// A stream that ended is opened again at most this often (ms) by the ticker.
     const REOPEN_MS: f64 = 30_000.0;
 
@@ -716,10 +720,23 @@ mod live {
             }
         };
         let reopen = open.clone();
+        // The wall clock beside the monotonic one at the last tick: a machine that slept (a
+        // laptop's lid closed) moved the first on and not the second — the countdown resumed
+        // where it stood and the stream looked open (the UI review's L1: "You are connected"
+        // for a session that expired meanwhile).
+        let last_tick = StoredValue::new((js_sys::Date::now(), monotonic_ms()));
         let ticker = set_interval_with_handle(
             move || {
                 let t = monotonic_ms();
                 now.set(t);
+                let wall = js_sys::Date::now();
+                let (wall_then, t_then) = last_tick.get_value();
+                last_tick.set_value((wall, t));
+                if (wall - wall_then) - (t - t_then) > SLEPT_MS && ended.get_untracked().is_none() {
+                    reopen();
+                    last_check.set_value(t);
+                    resync(base_for_ticks.get_value(), apply, error);
+                }
                 let due = ended.get_untracked().is_none() && remaining_secs() == 0;
                 let state = stream.with_value(|s| s.as_ref().map(EventSource::ready_state));
                 // No working stream (closed for good, reconnecting, or silent past the server's

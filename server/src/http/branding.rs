@@ -21,6 +21,7 @@ const CACHE: &str = "public, max-age=60";
 pub async fn stylesheet(
     State(organizations): State<Arc<Organizations>>,
     scope: Option<Extension<OrgScope>>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
     let accent = scope
         .and_then(|Extension(scope)| organizations.get(&scope.id))
@@ -39,14 +40,57 @@ pub async fn stylesheet(
          a.brand-link{{color:{link}}}.brand-bar{{border-top:6px solid {accent}}}div.brand-bar{{padding-top:1rem}}\
          @media (prefers-color-scheme:dark){{a.brand-link{{color:{dark_link}}}}}"
     );
-    (
-        [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
-            (header::CACHE_CONTROL, CACHE),
-        ],
-        css,
+    validated(
+        &headers,
+        css.as_bytes(),
+        "text/css; charset=utf-8",
+        &[],
+        css.clone(),
     )
-        .into_response()
+}
+
+/// An answer of `bytes` with a validator (their digest): a browser asking again with it after
+/// the minute gets 304 and no body (the UI review's L3: the logo, up to 256 KiB, came again in
+/// full on every visit after the minute).
+fn validated(
+    headers: &axum::http::HeaderMap,
+    bytes: &[u8],
+    content_type: &'static str,
+    more: &[(header::HeaderName, &'static str)],
+    body: impl IntoResponse,
+) -> Response {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(bytes);
+    let tag = format!("\"{}\"", crate::hex(&digest[..16]));
+    let asked_again = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().trim_start_matches("W/") == tag || t.trim() == "*");
+    let mut response = if asked_again {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut response = body.into_response();
+        if let Ok(value) = header::HeaderValue::from_str(content_type) {
+            response.headers_mut().insert(header::CONTENT_TYPE, value);
+        }
+        for (name, value) in more {
+            response
+                .headers_mut()
+                .insert(name.clone(), header::HeaderValue::from_static(value));
+        }
+        response
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static(CACHE),
+    );
+    if let Ok(value) = header::HeaderValue::from_str(&tag) {
+        headers.insert(header::ETAG, value);
+    }
+    response
 }
 
 /// The colours an accent gives text.
@@ -136,6 +180,7 @@ fn contrast(a: [f64; 3], b: [f64; 3]) -> f64 {
 pub async fn logo(
     State(organizations): State<Arc<Organizations>>,
     scope: Option<Extension<OrgScope>>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
     let Some(org) = scope.and_then(|Extension(scope)| organizations.get(&scope.id)) else {
         return StatusCode::NOT_FOUND.into_response();
@@ -159,19 +204,17 @@ pub async fn logo(
             None => Ok(bytes),
         });
     match bytes {
-        Ok(bytes) => (
-            [
-                (header::CONTENT_TYPE, content_type),
-                (header::CACHE_CONTROL, CACHE),
-                // An SVG is an image here, never a document with scripts.
-                (
-                    header::CONTENT_SECURITY_POLICY,
-                    "default-src 'none'; style-src 'unsafe-inline'; sandbox",
-                ),
-            ],
-            bytes,
-        )
-            .into_response(),
+        // An SVG is an image here, never a document with scripts.
+        Ok(bytes) => validated(
+            &headers,
+            &bytes,
+            content_type,
+            &[(
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; sandbox",
+            )],
+            bytes.clone(),
+        ),
         Err(e) => {
             // Anyone may ask for it again and again: at most a line per 5 s.
             crate::throttled!(warn, organization = %org.id, file = %path.display(), error = %e, "logo cannot be served");
@@ -183,6 +226,30 @@ pub async fn logo(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A logo or stylesheet asked for again with its validator is 304 without a body; another
+    /// validator, or none, gets the bytes, each time with the validator and the short cache.
+    #[test]
+    fn an_unchanged_logo_asked_again_is_not_sent_again() {
+        let bytes = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+        let answer = |if_none_match: Option<&str>| {
+            let mut headers = axum::http::HeaderMap::new();
+            if let Some(tag) = if_none_match {
+                headers.insert(header::IF_NONE_MATCH, tag.parse().unwrap());
+            }
+            validated(&headers, &bytes, "image/png", &[], bytes.clone())
+        };
+        let first = answer(None);
+        assert_eq!(first.status(), StatusCode::OK);
+        assert_eq!(first.headers()[header::CONTENT_TYPE], "image/png");
+        assert_eq!(first.headers()[header::CACHE_CONTROL], CACHE);
+        let tag = first.headers()[header::ETAG].to_str().unwrap().to_string();
+        assert!(tag.starts_with('"') && tag.len() == 34, "{tag}");
+        let again = answer(Some(&format!("\"other\", W/{tag}")));
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(again.headers()[header::ETAG], tag.as_str());
+        assert_eq!(answer(Some("\"other\"")).status(), StatusCode::OK);
+    }
 
     #[test]
     fn a_light_accent_gets_dark_labels_and_darker_links() {
