@@ -1407,7 +1407,9 @@ pub fn logo_mismatch(content_type: &str, bytes: &[u8]) -> Option<&'static str> {
         _ => false,
     };
     (!is).then_some(match content_type {
-        "image/png" => "is not a PNG image (it does not begin as one)",
+        "image/png" => {
+            "is not a PNG image (it does not begin with a PNG's signature and header chunk)"
+        }
         "image/jpeg" => "is not a JPEG image (it does not begin as one)",
         "image/webp" => "is not a WebP image (it does not begin as one)",
         "image/svg+xml" => "is not an SVG image (UTF-8 text with an <svg> element)",

@@ -55,6 +55,11 @@ pub struct Snapshot {
     /// The database could not be read for this scrape: the gauges read from it keep their
     /// last values and `portal_database_up` is 0 (everything else is still served).
     pub database_unreadable: bool,
+    /// The database takes no writes now (SQLite: a hung disk, its writer stalled or stopped; a
+    /// full disk; its files gone), as `/readyz` says: `portal_database_up` is 0, though what
+    /// could be read is shown (black-box tester W: a hung disk whose reads still came back
+    /// read as up while every request waited).
+    pub database_unwritable: bool,
     /// Active sessions per organization id.
     pub active_sessions: Vec<(String, i64)>,
     /// Undelivered accounting rows.
@@ -298,7 +303,7 @@ impl Metrics {
         let database_up = int_gauge(
             &r,
             "portal_database_up",
-            "1 when the database answered this scrape's reads; 0 when it could not be read (its gauges then keep their last values)",
+            "1 when the database answered this scrape's reads and takes writes; 0 when it could not be read (its gauges then keep their last values) or takes no writes (a hung or full disk)",
         );
         let database_commits = counter(
             &r,
@@ -421,9 +426,9 @@ impl Metrics {
         let inner = &self.0;
         // Two scrapes at once must not interleave one's reset with the other's gather.
         let _one_at_a_time = inner.render_lock.lock().unwrap_or_else(|p| p.into_inner());
-        inner
-            .database_up
-            .set(i64::from(!snapshot.database_unreadable));
+        inner.database_up.set(i64::from(
+            !snapshot.database_unreadable && !snapshot.database_unwritable,
+        ));
         if !snapshot.database_unreadable {
             inner.active_sessions.reset();
             for (organization, count) in &snapshot.active_sessions {
@@ -532,6 +537,7 @@ mod tests {
         m.late_stop();
         let text = m.render(&Snapshot {
             database_unreadable: false,
+            database_unwritable: false,
             active_sessions: vec![("acme".into(), 3)],
             outbox_backlog: 2,
             outbox_oldest: Duration::from_secs(7),
@@ -595,6 +601,14 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected} missing in:\n{text}");
         }
+        // Read, but taking no writes (a hung disk): down, its gauges as read.
+        let text = m.render(&Snapshot {
+            database_unwritable: true,
+            outbox_backlog: 5,
+            ..Snapshot::default()
+        });
+        assert!(text.contains("portal_database_up 0"), "{text}");
+        assert!(text.contains("portal_accounting_backlog 5"), "{text}");
         // State gauges follow the snapshot: an organization without sessions disappears.
         let text = m.render(&Snapshot::default());
         assert!(!text.contains("portal_active_sessions{"), "{text}");

@@ -1312,36 +1312,28 @@ async fn scrape_text(scrape: &MetricsScrape) -> String {
     // A database that does not answer (a hung disk, a path to PostgreSQL gone without a word)
     // is one that cannot be read: a scrape waiting on it would not be answered at all, its
     // connection held (a code review).
-    // Read on a blocking thread of the portal's runtime (its database connections are that
-    // runtime's): a read held by a hung disk holds that thread, not this one, and one such read
-    // at a time — the next scrapes say the database cannot be read without another.
+    // Read apart from this thread (and at most one such read out at a time): a read a hung
+    // disk holds must not hold the scrape.
     static READING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let read = if READING.swap(true, std::sync::atomic::Ordering::SeqCst) {
-        Err("the previous scrape's read has not come back".to_string())
-    } else {
-        let storage = scrape.storage.clone();
-        let portal = scrape.runtime.clone();
-        let reading = portal.spawn_blocking(move || {
-            // Cleared however the read ends (a panic too).
-            struct Done;
-            impl Drop for Done {
-                fn drop(&mut self) {
-                    READING.store(false, std::sync::atomic::Ordering::SeqCst);
-                }
-            }
-            let _done = Done;
-            tokio::runtime::Handle::current().block_on(storage.metrics_snapshot(now_ms()))
-        });
-        match tokio::time::timeout(METRICS_READ_LIMIT, reading).await {
-            Ok(Ok(Ok(snapshot))) => Ok(snapshot),
-            Ok(Ok(Err(e))) => Err(crate::portal_backend::error_chain(&e)),
-            Ok(Err(e)) => Err(format!("the read failed: {e}")),
-            Err(_) => Err(format!("no answer within {METRICS_READ_LIMIT:?}")),
-        }
-    };
+    let read = scrape
+        .storage
+        .read_apart(
+            &scrape.runtime,
+            &READING,
+            METRICS_READ_LIMIT,
+            |storage| async move { storage.metrics_snapshot(now_ms()).await },
+        )
+        .await;
+    let unwritable = !scrape.storage.writable()
+        || scrape.storage.stalled()
+        || scrape.storage.files_lost().is_some();
     let mut snapshot = match read {
-        Ok(snapshot) => snapshot,
-        Err(error) => {
+        Ok(snapshot) => crate::metrics::Snapshot {
+            database_unwritable: unwritable,
+            ..snapshot
+        },
+        Err(e) => {
+            let error = crate::portal_backend::error_chain(&e);
             static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
             if let Some(left_out) = LOG.admit() {
                 tracing::warn!(%error, similar_left_out = left_out,

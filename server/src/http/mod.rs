@@ -1139,7 +1139,19 @@ async fn readyz(State(ready): State<Readiness>) -> Response {
         }
         return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response();
     }
-    match storage.ping().await {
+    // Read apart from this thread, bounded, one at a time: on a hung disk the probe answers
+    // 503 rather than waiting with it on one of the portal's worker threads (black-box tester
+    // W: with two threads, a request waiting and the probe waiting took both, `/healthz` too).
+    static PINGING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let ping = storage
+        .read_apart(
+            &tokio::runtime::Handle::current(),
+            &PINGING,
+            std::time::Duration::from_secs(3),
+            |storage| async move { storage.ping().await },
+        )
+        .await;
+    match ping {
         Ok(()) if ready.all_servers_down() => (
             StatusCode::SERVICE_UNAVAILABLE,
             "every RADIUS server of every enabled organization is unreachable (circuit breakers open: the log and portal_radius_breaker_state name them)",

@@ -381,7 +381,7 @@ impl OrganizationWorker {
                 let said = if all == 0 {
                     "stopped none itself: any open sessions were ended at the disable's moment before the job reached them (each audited as session.end)".to_string()
                 } else {
-                    format!("stopped {all} sessions")
+                    format!("stopped {all} sessions (any due meanwhile were ended at the disable's moment by the expiry pass, each audited as session.end)")
                 };
                 self.storage
                     .finish_organization_job(job, &said, now_ms())
