@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    field, holding_relay, portal_with_one_server, settings, temp_db, wait_connections_closed,
-    wait_for, wait_until, Browser, FreeRadius, TestApp,
+    field, holding_relay, portal_with_one_server, portal_with_one_server_where, settings, temp_db,
+    wait_connections_closed, wait_for, wait_until, Browser, FreeRadius, TestApp,
 };
 use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 use tokio::sync::Notify;
@@ -828,11 +828,7 @@ async fn the_same_sign_in_submitted_twice_opens_one_session() {
 #[tokio::test]
 async fn the_same_sign_in_sent_again_and_again_is_counted_against_the_address() {
     use reqwest::cookie::CookieStore;
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
-    config.rate_limit.login_per_ip = 3;
-    let app = TestApp::spawn(&config).await;
+    let (radius, app, _dir) = portal_with_one_server_where(|c| c.rate_limit.login_per_ip = 3).await;
     let jar = Arc::new(reqwest::cookie::Jar::default());
     let browser = app.browser_with_jar(CLIENT, jar.clone());
     let token = browser.form_token("/").await;
@@ -893,11 +889,7 @@ async fn a_browser_without_cookies_is_told_its_sign_in_needs_them() {
 /// attempt is taken before the database is read, for a flood of such forms).
 #[tokio::test]
 async fn the_same_sign_in_sent_again_after_its_session_ended_counts_once() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
-    config.rate_limit.login_per_ip = 2;
-    let app = TestApp::spawn(&config).await;
+    let (radius, app, _dir) = portal_with_one_server_where(|c| c.rate_limit.login_per_ip = 2).await;
     let browser = app.browser(CLIENT);
     let token = browser.form_token("/").await;
     let form = carol_form(&token);
@@ -2338,11 +2330,8 @@ async fn the_captive_portal_api_reports_the_clients_own_session() {
 
 #[tokio::test]
 async fn repeated_logins_for_one_username_are_rate_limited_with_retry_after() {
-    let radius = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
-    config.rate_limit.login_per_user = 2;
-    let app = TestApp::spawn(&config).await;
+    let (radius, app, _dir) =
+        portal_with_one_server_where(|c| c.rate_limit.login_per_user = 2).await;
     let browser = app.browser(CLIENT);
 
     for _ in 0..2 {

@@ -734,9 +734,25 @@ pub async fn demo_portal_with_one_server() -> (FreeRadius, TestApp, tempfile::Te
 }
 
 async fn one_server_portal(demo: bool) -> (FreeRadius, TestApp, tempfile::TempDir) {
+    one_server_portal_where(demo, |_| {}).await
+}
+
+/// [`portal_with_one_server`] with its settings changed by `change` first.
+#[allow(dead_code)]
+pub async fn portal_with_one_server_where(
+    change: impl FnOnce(&mut Settings),
+) -> (FreeRadius, TestApp, tempfile::TempDir) {
+    one_server_portal_where(false, change).await
+}
+
+async fn one_server_portal_where(
+    demo: bool,
+    change: impl FnOnce(&mut Settings),
+) -> (FreeRadius, TestApp, tempfile::TempDir) {
     let radius = FreeRadius::start().await;
     let (dir, db) = temp_db();
-    let config = settings(&db, vec![radius.server_settings("primary", true)]);
+    let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
+    change(&mut config);
     let app = TestApp::try_spawn_as(&config, demo)
         .await
         .expect("portal builds");
