@@ -1815,17 +1815,7 @@ async fn a_browser_that_lost_its_link_is_told_the_session_runs_on_not_that_it_en
     // dual-stack laptop's page over IPv6, one moved to another network (the UI review's H1:
     // read as "disconnected" while it ran): it runs without this browser. A reference the
     // portal did not sign names nothing.
-    let view = browser
-        .http
-        .post(format!("{}/api/current_session", browser.base))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let view: serde_json::Value = serde_json::from_str(&view).unwrap();
+    let view = browser.script_json("/api/current_session").await;
     let shown = view["session_ref"]
         .as_str()
         .expect("a session_ref")

@@ -599,6 +599,22 @@ impl Browser {
             .unwrap()
     }
 
+    /// The JSON a server fn at `path` answers a script (a POST without a form).
+    #[allow(dead_code)]
+    pub async fn script_json(&self, path: &str) -> serde_json::Value {
+        let text = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
+    }
+
     pub async fn get(&self, path: &str) -> Page {
         let response = self
             .http
