@@ -878,6 +878,7 @@ impl Application {
                 tasks: self.tasks.clone(),
                 dynauth: self.dynauth.as_ref().map(DynAuthListener::stats),
                 runtime: tokio::runtime::Handle::current(),
+                reads: Default::default(),
             };
             // One scrape now: the database's gauges have values from the start, which a
             // database away before the first real scrape then keeps (as it does later).
@@ -1285,6 +1286,8 @@ struct MetricsScrape {
     dynauth: Option<Arc<crate::dynauth::DynAuthStats>>,
     /// The portal's runtime (the database is read on it).
     runtime: tokio::runtime::Handle,
+    /// Its reads' turns ([`Storage::read_apart`]).
+    reads: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// `GET /metrics` on the metrics listener: recorded metrics plus the state read now.
@@ -1314,12 +1317,11 @@ async fn scrape_text(scrape: &MetricsScrape) -> String {
     // connection held (a code review).
     // Read apart from this thread (and at most one such read out at a time): a read a hung
     // disk holds must not hold the scrape.
-    static READING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let read = scrape
         .storage
         .read_apart(
             &scrape.runtime,
-            &READING,
+            &scrape.reads,
             METRICS_READ_LIMIT,
             |storage| async move { storage.metrics_snapshot(now_ms()).await },
         )

@@ -732,8 +732,17 @@ mod live {
                 let wall = js_sys::Date::now();
                 let (wall_then, t_then) = last_tick.get_value();
                 last_tick.set_value((wall, t));
-                if (wall - wall_then) - (t - t_then) > SLEPT_MS && ended.get_untracked().is_none() {
-                    reopen();
+                // In view only (a page out of view asks when shown again), and not over a
+                // back-off or another page's Refresh the streams make way for.
+                if (wall - wall_then) - (t - t_then) > SLEPT_MS
+                    && ended.get_untracked().is_none()
+                    && !document().hidden()
+                {
+                    if MISSES.load(Ordering::SeqCst) == 0
+                        && t >= f64::from_bits(MADE_WAY_UNTIL.load(Ordering::SeqCst))
+                    {
+                        reopen();
+                    }
                     last_check.set_value(t);
                     resync(base_for_ticks.get_value(), apply, error);
                 }

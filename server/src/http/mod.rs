@@ -162,6 +162,7 @@ pub fn router(parts: RouterParts) -> Site {
             tasks,
             organizations: organizations.clone(),
             radius_health,
+            reads: Default::default(),
         }),
     );
     route(
@@ -1074,6 +1075,8 @@ struct Readiness {
     tasks: crate::supervise::TaskHealth,
     organizations: std::sync::Arc<crate::organizations::Organizations>,
     radius_health: Option<crate::radius::health::ServerHealth>,
+    /// Its look at the database's turns ([`crate::storage::Storage::read_apart`]).
+    reads: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Readiness {
@@ -1142,11 +1145,10 @@ async fn readyz(State(ready): State<Readiness>) -> Response {
     // Read apart from this thread, bounded, one at a time: on a hung disk the probe answers
     // 503 rather than waiting with it on one of the portal's worker threads (black-box tester
     // W: with two threads, a request waiting and the probe waiting took both, `/healthz` too).
-    static PINGING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let ping = storage
         .read_apart(
             &tokio::runtime::Handle::current(),
-            &PINGING,
+            &ready.reads,
             std::time::Duration::from_secs(3),
             |storage| async move { storage.ping().await },
         )

@@ -763,14 +763,16 @@ impl Storage {
     }
 
     /// Runs `read` — a read of this database — on a blocking thread of `runtime` (the runtime
-    /// its connections belong to), bounded by `limit`, while no read started so under the same
-    /// `one_at_a_time` is still out: a read held by a hung disk holds that thread in the kernel,
-    /// not the caller's — a probe or a scrape answers "cannot be read" instead of waiting with
-    /// it, and holding the last of the portal's worker threads (black-box tester T's D3).
+    /// its connections belong to), one at a time per `turns`, bounded by `limit` (the wait for
+    /// the turn included): a read held by a hung disk holds that thread in the kernel, and its
+    /// turn until it comes back, not the caller's thread — a probe or a scrape answers "cannot
+    /// be read" within `limit` instead of waiting with it on one of the portal's worker threads
+    /// (black-box tester T's D3). Two callers at once on a database that answers each get
+    /// their answer, one after the other.
     pub async fn read_apart<T, F>(
         &self,
         runtime: &tokio::runtime::Handle,
-        one_at_a_time: &'static std::sync::atomic::AtomicBool,
+        turns: &std::sync::Arc<tokio::sync::Mutex<()>>,
         limit: std::time::Duration,
         read: impl FnOnce(Storage) -> F + Send + 'static,
     ) -> Result<T, StorageError>
@@ -778,29 +780,22 @@ impl Storage {
         F: std::future::Future<Output = Result<T, StorageError>>,
         T: Send + 'static,
     {
-        use std::sync::atomic::Ordering;
-        if one_at_a_time.swap(true, Ordering::SeqCst) {
-            return Err(StorageError::Unreachable(
-                "the previous such read has not come back (a hung disk?)".into(),
-            ));
-        }
-        let storage = self.clone();
-        let reading = runtime.spawn_blocking(move || {
-            // Cleared however the read ends (a panic too).
-            struct Done(&'static std::sync::atomic::AtomicBool);
-            impl Drop for Done {
-                fn drop(&mut self) {
-                    self.0.store(false, Ordering::SeqCst);
-                }
-            }
-            let _done = Done(one_at_a_time);
-            tokio::runtime::Handle::current().block_on(read(storage))
-        });
+        let (storage, turns, runtime) = (self.clone(), turns.clone(), runtime.clone());
+        let reading = async move {
+            let turn = turns.lock_owned().await;
+            runtime
+                .spawn_blocking(move || {
+                    // The turn is held until the read comes back, whoever waits for it.
+                    let _turn = turn;
+                    tokio::runtime::Handle::current().block_on(read(storage))
+                })
+                .await
+        };
         match tokio::time::timeout(limit, reading).await {
             Ok(Ok(read)) => read,
             Ok(Err(e)) => Err(StorageError::Engine(format!("the read failed: {e}"))),
             Err(_) => Err(StorageError::Unreachable(format!(
-                "no answer within {limit:?}"
+                "no answer within {limit:?} (a read before it, or this one, waits on the database)"
             ))),
         }
     }
