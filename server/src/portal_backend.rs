@@ -339,16 +339,9 @@ impl PortalBackend {
     fn shown_session(&self, session_ref: &str) -> Option<i64> {
         let (id, mac) = session_ref.split_once('.')?;
         let id: i64 = id.parse().ok()?;
-        let expected = self.session_ref_mac(id);
-        // Compared in constant time: a MAC guessed byte by byte from the answer's time would
-        // let a page name any session.
-        let same = mac.len() == 32
-            && expected.as_bytes()[..32]
-                .iter()
-                .zip(mac.as_bytes())
-                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-                == 0;
-        same.then_some(id)
+        // Compared as form tokens are (no early exit): a MAC guessed byte by byte from the
+        // answer's time would let a page name any session.
+        tokens_match(&self.session_ref_mac(id)[..32], mac).then_some(id)
     }
 
     /// The state of the session a browser linked to access session `id` holds
@@ -459,9 +452,9 @@ impl PortalBackend {
             return Ok((status, of));
         }
         // The page's own session, wherever the browser now asks from (the UI review's H1: a
-        // dual-stack laptop's page, asking over IPv6, read its IPv4 session as disconnected):
-        // running, it runs without this browser; ended, as it ended. Of this organization only.
-        // Ended, how it ended — unless a session runs for the asking address (below).
+        // dual-stack laptop's page, asking over IPv6, read its IPv4 session as disconnected),
+        // of this organization only: running, it runs without this browser; ended, as it
+        // ended — unless a session runs for the asking address (below).
         let mut status = status;
         if let Some(shown) = shown.and_then(|r| self.shown_session(r)) {
             let record = self.sessions.record(shown).await.map_err(user_error)?;

@@ -203,32 +203,31 @@ pub fn worker_threads(variable: Option<&str>, cores: usize) -> (usize, Option<St
 /// Whether a portal serves the SQLite database at `path` now (it holds the database's lock):
 /// what an operator command queues is then carried out at once, else at the next start.
 pub fn sqlite_portal_running(path: &std::path::Path) -> bool {
-    // Read-only is enough for the lock (an operator who may not write the file still sees).
-    let Ok(file) = std::fs::File::open(sqlite_lock_path(path)) else {
-        return false; // never served
-    };
-    match file.try_lock() {
-        Ok(()) => {
-            let _ = file.unlock();
-            false
-        }
-        Err(std::fs::TryLockError::WouldBlock) => true,
-        Err(std::fs::TryLockError::Error(_)) => false,
-    }
+    sqlite_served(path) == Some(true)
 }
 
 /// Whether no portal serves the SQLite database at `path` now, known for sure: its lock file
 /// is not there (never served), or its lock was taken and given back here — not a lock file
 /// this user cannot open or lock (a portal may serve it all the same).
 pub fn sqlite_portal_surely_stopped(path: &std::path::Path) -> bool {
+    sqlite_served(path) == Some(false)
+}
+
+/// Whether a portal holds the lock of the SQLite database at `path`: Some(false) when its lock
+/// file is not there (never served) or its lock was taken and given back here, None when the
+/// lock file cannot be opened or locked (not known).
+fn sqlite_served(path: &std::path::Path) -> Option<bool> {
+    // Read-only is enough for the lock (an operator who may not write the file still sees).
     match std::fs::File::open(sqlite_lock_path(path)) {
-        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(false),
+        Err(_) => None,
         Ok(file) => match file.try_lock() {
             Ok(()) => {
                 let _ = file.unlock();
-                true
+                Some(false)
             }
-            Err(_) => false,
+            Err(std::fs::TryLockError::WouldBlock) => Some(true),
+            Err(std::fs::TryLockError::Error(_)) => None,
         },
     }
 }

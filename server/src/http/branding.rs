@@ -40,13 +40,7 @@ pub async fn stylesheet(
          a.brand-link{{color:{link}}}.brand-bar{{border-top:6px solid {accent}}}div.brand-bar{{padding-top:1rem}}\
          @media (prefers-color-scheme:dark){{a.brand-link{{color:{dark_link}}}}}"
     );
-    validated(
-        &headers,
-        css.as_bytes(),
-        "text/css; charset=utf-8",
-        &[],
-        css.clone(),
-    )
+    validated(&headers, css.into_bytes(), "text/css; charset=utf-8", &[])
 }
 
 /// An answer of `bytes` with a validator (their digest): a browser asking again with it after
@@ -54,13 +48,12 @@ pub async fn stylesheet(
 /// full on every visit after the minute).
 fn validated(
     headers: &axum::http::HeaderMap,
-    bytes: &[u8],
+    bytes: Vec<u8>,
     content_type: &'static str,
     more: &[(header::HeaderName, &'static str)],
-    body: impl IntoResponse,
 ) -> Response {
     use sha2::Digest as _;
-    let digest = sha2::Sha256::digest(bytes);
+    let digest = sha2::Sha256::digest(&bytes);
     let tag = format!("\"{}\"", crate::hex(&digest[..16]));
     let asked_again = headers
         .get_all(header::IF_NONE_MATCH)
@@ -71,7 +64,7 @@ fn validated(
     let mut response = if asked_again {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        let mut response = body.into_response();
+        let mut response = bytes.into_response();
         if let Ok(value) = header::HeaderValue::from_str(content_type) {
             response.headers_mut().insert(header::CONTENT_TYPE, value);
         }
@@ -207,13 +200,12 @@ pub async fn logo(
         // An SVG is an image here, never a document with scripts.
         Ok(bytes) => validated(
             &headers,
-            &bytes,
+            bytes,
             content_type,
             &[(
                 header::CONTENT_SECURITY_POLICY,
                 "default-src 'none'; style-src 'unsafe-inline'; sandbox",
             )],
-            bytes.clone(),
         ),
         Err(e) => {
             // Anyone may ask for it again and again: at most a line per 5 s.
@@ -237,7 +229,7 @@ mod tests {
             if let Some(tag) = if_none_match {
                 headers.insert(header::IF_NONE_MATCH, tag.parse().unwrap());
             }
-            validated(&headers, &bytes, "image/png", &[], bytes.clone())
+            validated(&headers, bytes.clone(), "image/png", &[])
         };
         let first = answer(None);
         assert_eq!(first.status(), StatusCode::OK);
