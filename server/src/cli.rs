@@ -113,6 +113,19 @@ pub enum AccountingCommand {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(0..=10_000))]
         limit: i64,
     },
+    /// Gives up the accounting an organization's ended sessions still wait to send, when every
+    /// accounting server of the organization is gone for good (dead-lettered, audited): their
+    /// Stops, and the Starts, Interim-Updates and copies before them — no server is told those
+    /// sessions ended. Open sessions keep theirs: end them first (`session terminate`, `org
+    /// disable`). The organization can then be deleted, its servers removed.
+    GiveUp {
+        /// The organization whose accounting.
+        #[arg(long)]
+        org: String,
+        /// Only this session's (row id or Acct-Session-Id).
+        #[arg(long)]
+        session: Option<String>,
+    },
     /// Gives up the Stop copies waiting for a server gone for good (dead-lettered, audited):
     /// that server is never told those sessions ended. It can then be removed.
     GiveUpCopies {
@@ -592,6 +605,63 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
                 );
             }
         }
+        AccountingCommand::GiveUp { org, session } => {
+            let org = crate::operator::stored_id(&storage, org).await?;
+            if storage.organization(&org).await?.is_none() {
+                return Err(NotFound::Organization(org).into());
+            }
+            let session = match session {
+                None => None,
+                Some(id) => {
+                    let Some(s) = crate::operator::find_session(&storage, &id).await? else {
+                        return Err(NotFound::Session(id).into());
+                    };
+                    if s.organization_id != org {
+                        return Err(Refused(format!(
+                            "session {} is of organization `{}`, not `{org}`: nothing given up",
+                            s.id, s.organization_id
+                        ))
+                        .into());
+                    }
+                    if s.active {
+                        return Err(Refused(format!(
+                            "session {} is open: end it first (`session terminate {}`), then give up its accounting: nothing given up",
+                            s.id, s.id
+                        ))
+                        .into());
+                    }
+                    Some(s.id)
+                }
+            };
+            let done = storage
+                .give_up(
+                    &org,
+                    crate::storage::GiveUp::EndedSessions(session),
+                    &crate::operator::actor(),
+                    crate::access_session::now_ms(),
+                )
+                .await?;
+            let whose = match session {
+                Some(id) => format!("session {id} of `{org}`"),
+                None => format!("`{org}`'s ended sessions"),
+            };
+            say!(
+                "gave up {} accounting row(s) of {whose}{}",
+                done.given_up,
+                if done.given_up > 0 {
+                    " (`accounting dead-letters` lists them): no server is told what they say"
+                } else {
+                    ""
+                }
+            );
+            say_being_sent(done.being_sent, no_sender);
+            if session.is_none() {
+                let open = storage.active_session_ids_of(&org).await?.len();
+                if open > 0 {
+                    say!("{open} session(s) of `{org}` still open keep theirs: end them (`org disable {org}`, or `session terminate`), then run this again");
+                }
+            }
+        }
         AccountingCommand::GiveUpCopies { org, server } => {
             let org = crate::operator::stored_id(&storage, org).await?;
             let Some(stored) = storage.organization(&org).await? else {
@@ -601,9 +671,9 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
                 .iter()
                 .any(|s| s.get("name").and_then(serde_json::Value::as_str) == Some(&server));
             let done = storage
-                .give_up_copies(
+                .give_up(
                     &org,
-                    &server,
+                    crate::storage::GiveUp::CopiesFor(&server),
                     &crate::operator::actor(),
                     crate::access_session::now_ms(),
                 )
@@ -617,17 +687,7 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
                     ""
                 }
             );
-            if done.being_sent > 0 && no_sender {
-                say!(
-                    "{} more held by a portal that is no longer running (with any behind them in their session): the next portal to start takes them back; run this again after it starts if the server still does not answer",
-                    done.being_sent
-                );
-            } else if done.being_sent > 0 {
-                say!(
-                    "{} more being sent right now (with any behind them in their session): left to their sender; run this again if the server still does not answer",
-                    done.being_sent
-                );
-            }
+            say_being_sent(done.being_sent, no_sender);
             if !listed && done.given_up == 0 && done.being_sent == 0 {
                 crate::eprint_line!("warning: `{server}` is not one of `{org}`'s servers, and no copies wait for a server of that name (`accounting backlog` names the servers copies wait for)");
             }
@@ -637,6 +697,19 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
         }
     }
     Ok(())
+}
+
+/// What an operator's give-up left to a sender ([`crate::storage::GivenUp::being_sent`]).
+fn say_being_sent(being_sent: i64, no_sender: bool) {
+    if being_sent > 0 && no_sender {
+        say!(
+            "{being_sent} more held by a portal that is no longer running (with any behind them in their session): the next portal to start takes them back; run this again after it starts if the server still does not answer"
+        );
+    } else if being_sent > 0 {
+        say!(
+            "{being_sent} more being sent right now (with any behind them in their session): left to their sender; run this again if the server still does not answer"
+        );
+    }
 }
 
 /// A row's packet as the accounting commands name it: its kind, and the server of a copy.
@@ -1005,7 +1078,19 @@ pub async fn radius_test(
                 }
             }
         };
-    for server in &org.servers {
+    for (i, server) in org.servers.iter().enumerate() {
+        // A disable that lands while a server stays silent stops the test before its next
+        // server, as it stops a sign-in (the guard review's L1).
+        if let (Some((user, _)), Some(storage), true) = (&credentials, &storage, i > 0) {
+            if !crate::access_session::still_enabled(storage, org_id).await {
+                let detail = serde_json::json!({ "operation": "Login", "state": "Disabled", "username": user, "command": "radius test" });
+                audit_as_operator(storage, "guard.denied", org_id, detail).await?;
+                return Err(Refused(format!(
+                    "organization `{org_id}` was disabled meanwhile: no Access-Request to its next servers"
+                ))
+                .into());
+            }
+        }
         let started = tokio::time::Instant::now();
         let deadline = started + server.timeout * (server.retries + 1);
         let outcome = match &credentials {

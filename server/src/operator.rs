@@ -220,7 +220,10 @@ pub(crate) fn clock(unix_ms: i64) -> String {
     .to_string()
 }
 
-async fn find_session(storage: &Storage, id: &str) -> anyhow::Result<Option<AccessSessionRecord>> {
+pub(crate) async fn find_session(
+    storage: &Storage,
+    id: &str,
+) -> anyhow::Result<Option<AccessSessionRecord>> {
     if let Ok(row_id) = id.parse::<i64>() {
         if let Some(s) = storage.session(row_id).await? {
             return Ok(Some(s));

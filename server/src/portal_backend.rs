@@ -376,9 +376,14 @@ impl PortalBackend {
             // A session of an organization disabled since reads as the disable's stop will
             // make it, before that stop has reached it (a replica that ran the stop died: up to
             // its claim's lease; black-box tester M): the page never shows a disabled
-            // organization's session running. (One whose organization the cache does not
-            // know — its settings unusable, not disabled — reads as it runs.)
-            return if self.organization_disabled(&s.organization_id) {
+            // organization's session running. One whose organization the cache does not
+            // know (its settings unusable here) reads as its stored flag says (the guard
+            // review's L2).
+            return if self
+                .sessions
+                .organization_disabled_for_reads(&s.organization_id)
+                .await
+            {
                 SessionStatus::Ended(EndReason::OrganizationDisabled)
             } else {
                 SessionStatus::Active(self.view(s))
@@ -684,16 +689,25 @@ impl PortalBackend {
         match linked {
             // The session the browser holds: one a sign-in of the same browser replaced is
             // followed to the one that replaced it.
-            Some(id) => Ok(self
-                .sessions
-                .browsers(id)
-                .await
-                .map_err(user_error)?
-                .filter(|s| {
-                    s.active
-                        && s.expires_at > now_ms()
-                        && !self.organization_disabled(&s.organization_id)
-                })),
+            Some(id) => {
+                let running = self
+                    .sessions
+                    .browsers(id)
+                    .await
+                    .map_err(user_error)?
+                    .filter(|s| s.active && s.expires_at > now_ms());
+                match running {
+                    Some(s)
+                        if !self
+                            .sessions
+                            .organization_disabled_for_reads(&s.organization_id)
+                            .await =>
+                    {
+                        Ok(Some(s))
+                    }
+                    _ => Ok(None),
+                }
+            }
             None => Ok(None),
         }
     }

@@ -3231,6 +3231,161 @@ async fn an_operator_gives_up_the_copies_of_a_server_gone_for_good() {
     app.stop().await;
 }
 
+/// `radius test --username` sends Access-Requests as a sign-in does, and stops as one does: an
+/// organization disabled while its first server stays silent gets none to its next server
+/// (the guard review's L1).
+#[tokio::test]
+async fn radius_test_stops_before_the_next_server_once_its_organization_is_disabled() {
+    let radius = FreeRadius::start().await;
+    let silent_socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    silent_socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut silent = fast(&radius, "silent");
+    silent.auth_port = silent_socket.local_addr().unwrap().port();
+    silent.timeout = Duration::from_secs(5);
+    silent.retries = 0;
+    let (_dir, db) = temp_db();
+    let settings = quick_failover(&db, vec![silent, fast(&radius, "primary")]);
+    TestApp::spawn(&settings).await.stop().await;
+    assert!(common::operator_command(&db, &["org", "list"])
+        .status
+        .success());
+    let test = std::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
+        .arg("--config")
+        .arg(db.with_file_name("operator.toml"))
+        .args(["radius", "test", "--org", "acme", "--username", "carol"])
+        .env("PORTAL_TEST_PASSWORD", "carol-pass")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    silent_socket
+        .recv_from(&mut buf)
+        .expect("the first server is asked");
+    let disabled = common::operator_command(&db, &["org", "disable", "acme"]);
+    assert!(disabled.status.success(), "{disabled:?}");
+    let out = test.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(
+        text.contains(
+            "organization `acme` was disabled meanwhile: no Access-Request to its next servers"
+        ),
+        "{text}"
+    );
+    assert!(
+        !radius
+            .auth_lines()
+            .iter()
+            .any(|l| l.contains("user=carol ")),
+        "{:?}",
+        radius.auth_lines()
+    );
+}
+
+/// The organization's only server gone for good with a Stop waiting for it (it would wait for
+/// ever): the operator gives up its ended sessions' accounting (dead letters, audited), never
+/// an open session's, and the server can be replaced at once.
+#[tokio::test]
+async fn an_operator_gives_up_the_accounting_of_an_organization_whose_servers_are_gone() {
+    let mut primary = FreeRadius::start().await;
+    let other = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let settings = quick_failover(&db, vec![fast(&primary, "primary")]);
+    let app = TestApp::spawn(&settings).await;
+    let (ended, _) = carol_at_primary(&app, &primary, 36).await;
+    let (open, _) = carol_at_primary(&app, &primary, 37).await;
+    primary.kill();
+    assert!(app.sessions.disconnect(ended.id).await.unwrap());
+    let storage = app.storage.clone();
+    wait_until("the Stop waits for the dead server", || async {
+        storage
+            .session_outbox(ended.id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.status_type == 2 && e.attempts > 0)
+    })
+    .await;
+    app.stop().await;
+    let replaced = quick_failover(&db, vec![fast(&other, "other")]);
+    let refused = TestApp::try_spawn(&replaced).await.map(|_| ());
+    assert!(
+        matches!(&refused, Err(e) if format!("{e:#}").contains("primary")),
+        "the server is still needed: {refused:?}"
+    );
+
+    let give_up = |args: &[&str]| {
+        let out = common::operator_command(&db, &[&["accounting", "give-up"], args].concat());
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = give_up(&["--org", "nope"]);
+    assert_eq!(code, Some(3), "{text}");
+    let open_id = open.id.to_string();
+    let (code, text) = give_up(&["--org", "acme", "--session", &open_id]);
+    assert_eq!(code, Some(4), "{text}");
+    assert!(
+        text.contains(&format!("session {open_id} is open: end it first")),
+        "{text}"
+    );
+    let (code, text) = give_up(&["--org", "ACME"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("gave up 1 accounting row(s) of `acme`'s ended sessions")
+            && text.contains("1 session(s) of `acme` still open keep theirs"),
+        "{text}"
+    );
+    let dead = give_up(&["--org", "acme"]).1;
+    assert!(dead.contains("gave up 0 accounting row(s)"), "{dead}");
+    let dead = common::operator_command(&db, &["accounting", "dead-letters"]);
+    let dead = String::from_utf8_lossy(&dead.stdout);
+    assert!(
+        dead.contains(&format!(
+            "Stop org=acme acct_session_id={}",
+            ended.acct_session_id
+        )) && dead.contains("accounting servers gone for good"),
+        "{dead}"
+    );
+
+    // The open session still needs the server; once ended, its accounting goes too, and the
+    // server can be replaced.
+    let app = TestApp::spawn(&settings).await;
+    assert!(app.sessions.disconnect(open.id).await.unwrap());
+    app.stop().await;
+    let (code, text) = give_up(&["--org", "acme", "--session", &open.acct_session_id]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!(
+            "gave up 1 accounting row(s) of session {open_id} of `acme`"
+        )),
+        "its Stop: {text}"
+    );
+    let app = TestApp::spawn(&replaced).await;
+    assert_eq!(app.storage.outbox_backlog().await.unwrap(), 0);
+    let audit = app.storage.audit_tail(20).await.unwrap();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|e| e.action == "accounting.give_up"
+                && e.organization_id.as_deref() == Some("acme"))
+            .count(),
+        2,
+        "{audit:?}"
+    );
+    app.stop().await;
+}
+
 /// A copy waiting for a server that is down, when the portal restarts: the new process knows
 /// nothing of the server's state (no probe will say it is back), so what waited is tried at
 /// start — the copy reaches the server once it answers, not minutes later.

@@ -11,7 +11,7 @@ use radius_portal::{
     radius::{status_type, terminate_cause},
     storage::{
         AcceptTimeouts, AccessSessionRecord, Acknowledged, AfterStops, Audit, AuditQuery,
-        DeleteOutcome, Delivered, GivenUp, NewAccessSession, OrganizationWrite, OutboxRow,
+        DeleteOutcome, Delivered, GiveUp, GivenUp, NewAccessSession, OrganizationWrite, OutboxRow,
         RefreshTerms, SeedOutcome, SessionMatch, StopOutcome, Storage, StorageError, UpdateOutcome,
     },
 };
@@ -170,6 +170,8 @@ on_both_backends!(
     outbox_rows_go_in_order_and_no_claim_is_shared,
     a_stops_copies_are_queued_once_for_their_servers_alone,
     a_failed_row_waits_and_retry_now_makes_it_due,
+    an_operator_gives_up_the_accounting_of_ended_sessions,
+    a_stop_asked_for_ends_a_session_by_its_deadline_or_an_earlier_operators_stop,
     a_lapsed_claim_is_renewed_only_by_its_holder_and_a_transmission_always_counts,
     claims_under_way_are_kept_together_and_only_while_they_are_the_senders,
     dead_letters_unblock_and_a_never_sent_start_takes_its_session_along,
@@ -1428,7 +1430,7 @@ async fn a_stops_copies_are_queued_once_for_their_servers_alone(db: Db) {
     // An operator giving up a server's copies (gone for good) leaves the one being sent to
     // its sender, and touches only that organization's copies for that server.
     let give_up = |org: &'static str, server: &'static str| {
-        s.give_up_copies(org, server, "cli:test", T0 + 3 * MINUTE)
+        s.give_up(org, GiveUp::CopiesFor(server), "cli:test", T0 + 3 * MINUTE)
     };
     let none = GivenUp {
         given_up: 0,
@@ -1477,6 +1479,175 @@ async fn a_stops_copies_are_queued_once_for_their_servers_alone(db: Db) {
     assert_eq!(audited.len(), 1, "once, for the change: {audited:?}");
     assert_eq!(audited[0].actor, "cli:test");
     assert_eq!(audited[0].organization_id.as_deref(), Some("acme"));
+}
+
+/// A stop asked for now (a Disconnect, the operator, a Disconnect-Request) ends a session as
+/// the expiry pass and the disable's job would have: by its deadline if that came first, at a
+/// disable (or termination) still waiting for it if asked for before, Admin-Reset — decided
+/// in the write that stops it.
+async fn a_stop_asked_for_ends_a_session_by_its_deadline_or_an_earlier_operators_stop(db: Db) {
+    let s = &db.storage;
+    // The cause the stop says, and its Stop's (claimed in the write: the Start was acknowledged).
+    let stopped = |id: i64, cause: u32, at: i64| async move {
+        match s
+            .stop_session_claiming(id, cause, at, at + MINUTE)
+            .await
+            .unwrap()
+        {
+            StopOutcome::Claimed(cause, stop, _) => {
+                assert_eq!(stop.terminate_cause, Some(i64::from(cause)));
+                Some((cause, stop.event_at, stop.session_time_secs))
+            }
+            StopOutcome::Queued(_) => panic!("its Stop behind nothing: claimed"),
+            StopOutcome::NotActive => None,
+        }
+    };
+    // Due a second before the Disconnect: Idle-Timeout at its deadline.
+    let due = opened(s, login("10.0.0.50", T0, MINUTE)).await;
+    acknowledge_start(s, due, T0).await;
+    assert_eq!(
+        stopped(due, terminate_cause::USER_REQUEST, T0 + MINUTE + 1_000).await,
+        Some((terminate_cause::IDLE_TIMEOUT, T0 + MINUTE, Some(60)))
+    );
+    assert_eq!(
+        stopped(due, terminate_cause::USER_REQUEST, T0 + MINUTE + 2_000).await,
+        None
+    );
+    // Not due: as asked.
+    let running = opened(s, login("10.0.0.51", T0, MINUTE)).await;
+    acknowledge_start(s, running, T0).await;
+    assert_eq!(
+        stopped(running, terminate_cause::USER_REQUEST, T0 + 30_000).await,
+        Some((terminate_cause::USER_REQUEST, T0 + 30_000, Some(30)))
+    );
+    // A termination queued at T0 + 10 s and not made yet: Admin-Reset then.
+    let terminated = opened(s, login("10.0.0.52", T0, MINUTE)).await;
+    acknowledge_start(s, terminated, T0).await;
+    s.queue_session_termination(terminated, "cli:test", T0 + 10_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        stopped(terminated, terminate_cause::USER_REQUEST, T0 + 20_000).await,
+        Some((terminate_cause::ADMIN_RESET, T0 + 10_000, Some(10)))
+    );
+    // The organization disabled at T0 + 40 s, its job not yet at the session; asked after its
+    // deadline (T0 + 60 s): the disable came first.
+    let disabled = opened(s, login("10.0.0.53", T0, MINUTE)).await;
+    acknowledge_start(s, disabled, T0).await;
+    s.set_organization_active("acme", false, "cli:test", T0 + 40_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        stopped(disabled, terminate_cause::USER_REQUEST, T0 + 90_000).await,
+        Some((terminate_cause::ADMIN_RESET, T0 + 40_000, Some(40)))
+    );
+}
+
+/// Every accounting server of an organization gone for good: the operator gives up what its
+/// ended sessions still wait to send — one session's, or all — never an open session's, one a
+/// sender holds, or another organization's.
+async fn an_operator_gives_up_the_accounting_of_ended_sessions(db: Db) {
+    let s = &db.storage;
+    let ended = |ip: &'static str, at: i64, org: &'static str| async move {
+        let mut new = login(ip, at, MINUTE);
+        new.organization_id = org.into();
+        let id = opened(s, new).await;
+        assert!(s.stop_session(id, 1, at + 1_000).await.unwrap());
+        id
+    };
+    let stopped = ended("10.0.0.40", T0, "acme").await;
+    acknowledge_start(s, stopped, T0).await;
+    let never_started = ended("10.0.0.41", T0, "acme").await;
+    let open = opened(s, login("10.0.0.42", T0, MINUTE)).await;
+    s.seed_organization("beta", "Beta", "{}", None, 1, T0)
+        .await
+        .unwrap();
+    let elsewhere = ended("10.0.0.43", T0, "beta").await;
+    assert_eq!(outbox_types(s, never_started).await, [START, STOP]);
+    let give_up = |session: Option<i64>| {
+        s.give_up(
+            "acme",
+            GiveUp::EndedSessions(session),
+            "cli:test",
+            T0 + 3 * MINUTE,
+        )
+    };
+    let none = GivenUp {
+        given_up: 0,
+        being_sent: 0,
+    };
+    // One session's: its Start and Stop, nothing else.
+    assert_eq!(
+        give_up(Some(never_started)).await.unwrap(),
+        GivenUp {
+            given_up: 2,
+            being_sent: 0
+        }
+    );
+    assert_eq!(give_up(Some(open)).await.unwrap(), none, "open");
+    assert_eq!(give_up(Some(elsewhere)).await.unwrap(), none, "another's");
+    // The Stop a sender holds is left to it, and given up once it is no longer held.
+    let stop = s
+        .claim_session_outbox(stopped, status_type::STOP, T0 + 2 * MINUTE, T0 + 4 * MINUTE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        give_up(None).await.unwrap(),
+        GivenUp {
+            given_up: 0,
+            being_sent: 1
+        }
+    );
+    s.mark_failed(&stop, T0 + 3 * MINUTE, "timeout", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        give_up(None).await.unwrap(),
+        GivenUp {
+            given_up: 1,
+            being_sent: 0
+        }
+    );
+    assert_eq!(give_up(None).await.unwrap(), none);
+    // The open session's Start and the other organization's rows still wait.
+    let mut waiting: Vec<String> = s
+        .waiting_rows(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.acct_session_id)
+        .collect();
+    waiting.sort();
+    let sid = |ip: &str| format!("sid-{ip}-{T0}");
+    assert_eq!(
+        waiting,
+        [sid("10.0.0.42"), sid("10.0.0.43"), sid("10.0.0.43")]
+    );
+    let dead = s.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 3);
+    assert!(
+        dead.iter().all(|(row, _, org)| org == "acme"
+            && row.dead_reason.as_deref().is_some_and(|r| r.contains(
+                "given up by cli:test: the organization's accounting servers gone for good"
+            ))),
+        "{dead:?}"
+    );
+    let audited: Vec<_> = s
+        .audit_tail(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "accounting.give_up")
+        .collect();
+    assert_eq!(
+        audited.len(),
+        2,
+        "once per change that gave up: {audited:?}"
+    );
+    assert!(audited
+        .iter()
+        .all(|e| e.actor == "cli:test" && e.organization_id.as_deref() == Some("acme")));
 }
 
 async fn a_failed_row_waits_and_retry_now_makes_it_due(db: Db) {
@@ -2933,7 +3104,7 @@ async fn organization_changes_are_revisioned_audited_and_guarded(db: Db) {
             pending_accounting: 1
         }
     );
-    let StopOutcome::Queued = s
+    let StopOutcome::Queued(terminate_cause::ADMIN_RESET) = s
         .stop_session_claiming(id, terminate_cause::ADMIN_RESET, T0 + 1, T0 + MINUTE)
         .await
         .unwrap()

@@ -236,6 +236,18 @@ impl AccessSessions {
         }
     }
 
+    /// Whether reads take organization `id` as not enabled (a session of it is not shown
+    /// running): disabled as the cache knows it — or, unknown to the cache (its stored settings
+    /// unusable here), not enabled as stored or unreadable ([`Self::organization_not_enabled_now`]).
+    /// The guard review's L2: such an organization's sessions were shown running after its
+    /// disable, until the disable's stop reached them.
+    pub async fn organization_disabled_for_reads(&self, id: &str) -> bool {
+        match self.organizations.get(id) {
+            Some(org) => !org.active,
+            None => self.organization_not_enabled_now(id).await,
+        }
+    }
+
     /// The change notices (the live session page subscribes).
     pub fn events(&self) -> &SessionEvents {
         &self.events
@@ -424,15 +436,7 @@ impl AccessSessions {
         // A disable that lands while a server stays silent stops the login before its next
         // server: no Access-Request of a disabled organization is sent (design.md §5). A failed
         // read goes on: the session's write checks the flag again.
-        let still_enabled = || -> crate::radius::GoOn {
-            let (storage, id) = (self.storage.clone(), org.id.clone());
-            Box::pin(async move {
-                storage
-                    .organization_active(&id)
-                    .await
-                    .map_or(true, |active| active == Some(true))
-            })
-        };
+        let still_enabled = || still_enabled(&self.storage, &org.id);
         // And one this process learns of while a server stays silent (its own change at once,
         // another process's within the worker's poll or a replica's notice) ends the wait
         // there: no retransmission to that server, and the user hears it now, not after the
@@ -1166,54 +1170,27 @@ impl AccessSessions {
     /// followed to the one that replaced it ([`Self::browsers`]) — looked up only once `id`
     /// is found ended.
     pub async fn disconnect(&self, id: i64) -> Result<bool, SessionError> {
-        let mut ended = self
-            .stop_unless_due(id, terminate_cause::USER_REQUEST)
-            .await?;
+        let mut ended = self.stop_now(id, terminate_cause::USER_REQUEST).await?;
         if !ended {
             if let Some(current) = self.browsers(id).await?.filter(|s| s.id != id && s.active) {
                 ended = self
-                    .stop_unless_due(current.id, terminate_cause::USER_REQUEST)
+                    .stop_now(current.id, terminate_cause::USER_REQUEST)
                     .await?;
             }
         }
         Ok(ended)
     }
 
-    /// Stops session `id` now for `cause` (a Disconnect, the operator, a Disconnect-Request) —
-    /// unless its deadline has come and the expiry pass not yet reached it (the writer busy, a
-    /// replica's pass behind): then it ended by that deadline, and is stopped at it with its
-    /// timeout's cause, as the pass would, and false (not ended by this stop; a
-    /// Disconnect-Request is answered as for a session not found) — never a User-Request or
-    /// Admin-Reset with a session time past what was granted (the RADIUS review's L1).
-    /// An operator's stop asked for before that deadline and not yet made (a disable whose job
-    /// has not reached it) ended it at that moment, Admin-Reset, as the pass would say too.
-    /// Runs to its end, its look at the session included ([`Self::run_to_end`]).
-    async fn stop_unless_due(&self, id: i64, cause: u32) -> Result<bool, SessionError> {
-        use tracing::Instrument as _;
-        let this = self.clone();
-        self.run_to_end(
-            async move {
-                let now = now_ms();
-                let Some(s) = this
-                    .record(id)
-                    .await?
-                    .filter(|s| s.active && s.expires_at <= now)
-                else {
-                    return this.stop_and_send_here(id, cause, now).await;
-                };
-                let (by, at) = match this.storage.stop_asked_for(id).await? {
-                    Some(asked) if asked < s.expires_at => (terminate_cause::ADMIN_RESET, asked),
-                    _ => (
-                        timing::deadline_cause(s.expires_at, s.limit_at),
-                        s.expires_at,
-                    ),
-                };
-                this.stop_and_send_here(id, by, at).await?;
-                Ok(false)
-            }
-            .in_current_span(),
-        )
-        .await
+    /// Stops session `id` now for `cause` (a Disconnect, the operator, a Disconnect-Request).
+    /// The stop is made as [`timing::ending`] says, in the write: a session whose deadline
+    /// came before the expiry pass reached it (the writer busy, a replica's pass behind) ends
+    /// by that deadline with its timeout's cause — never a User-Request or Admin-Reset with a
+    /// session time past what was granted (the RADIUS review's L1) —, and one an operator's
+    /// stop still waits for (a disable whose job has not reached it) ends when that was asked
+    /// for, Admin-Reset (the guard review's M1). True if the session was active and this
+    /// stopped it, whatever the Stop then says. Runs to its end ([`Self::run_to_end`]).
+    async fn stop_now(&self, id: i64, cause: u32) -> Result<bool, SessionError> {
+        self.stop_and_send(id, cause, now_ms()).await
     }
 
     /// Runs `work` to its end even if the request that began it is dropped: work that must not
@@ -1263,12 +1240,13 @@ impl AccessSessions {
             )
             .await?;
         // The line an operator matches with the server's accounting: which session, whose.
-        let named = match &outcome {
+        let (cause, named) = match &outcome {
             StopOutcome::NotActive => return Ok(false),
-            StopOutcome::Queued => None,
-            StopOutcome::Claimed(_, session) => {
-                Some((session.acct_session_id.clone(), session.username.clone()))
-            }
+            StopOutcome::Queued(cause) => (*cause, None),
+            StopOutcome::Claimed(cause, _, session) => (
+                *cause,
+                Some((session.acct_session_id.clone(), session.username.clone())),
+            ),
         };
         tracing::info!(
             session = id,
@@ -1281,8 +1259,8 @@ impl AccessSessions {
         );
         match outcome {
             StopOutcome::NotActive => {}
-            StopOutcome::Queued => self.accounting.wake_for([id]),
-            StopOutcome::Claimed(stop, session) => self.accounting.send_claimed(stop, *session),
+            StopOutcome::Queued(_) => self.accounting.wake_for([id]),
+            StopOutcome::Claimed(_, stop, session) => self.accounting.send_claimed(stop, *session),
         }
         self.events.publish(id);
         Ok(true)
@@ -1443,28 +1421,17 @@ impl AccessSessions {
     /// Ends a session on the operator's or the RADIUS server's behalf (Stop, Admin-Reset).
     /// False if it was not active.
     pub async fn stop_by_operator(&self, id: i64) -> Result<bool, SessionError> {
-        self.stop_unless_due(id, terminate_cause::ADMIN_RESET).await
+        self.stop_now(id, terminate_cause::ADMIN_RESET).await
     }
 
     /// [`Self::stop_by_operator`] for a termination asked for at `asked_at` (a queued job:
     /// perhaps while no portal ran): the Stop says the session ended then (Acct-Delay-Time
     /// counts the wait). A session whose deadline came first ended by it: stopped here at that
-    /// deadline with its timeout's cause — never left to expiry, which a refresh on a replica
-    /// whose clock is behind could overtake. False if it was not active.
+    /// deadline with its timeout's cause ([`timing::ending`]) — never left to expiry, which a
+    /// refresh on a replica whose clock is behind could overtake. False if it was not active.
     pub async fn stop_asked_at(&self, id: i64, asked_at: i64) -> Result<bool, SessionError> {
-        let asked_at = asked_at.min(now_ms());
-        let Some(s) = self.record(id).await?.filter(|s| s.active) else {
-            return Ok(false);
-        };
-        let (cause, at) = if s.expires_at > asked_at {
-            (terminate_cause::ADMIN_RESET, asked_at)
-        } else {
-            (
-                timing::deadline_cause(s.expires_at, s.limit_at),
-                s.expires_at,
-            )
-        };
-        self.stop_and_send(id, cause, at).await
+        self.stop_and_send(id, terminate_cause::ADMIN_RESET, asked_at.min(now_ms()))
+            .await
     }
 
     /// [`Self::stop_by_operator`] for `session`, audited as `session.terminate` by `actor`
@@ -1535,13 +1502,14 @@ impl AccessSessions {
 
     /// The client's active session in the organization, if any (Captive Portal API). None
     /// while the organization is disabled, before its disable's stop has reached the session
-    /// too: no read says a disabled organization's client has access.
+    /// too: no read says a disabled
+    /// organization's client has access.
     pub async fn active_for_client(
         &self,
         organization_id: &str,
         client_ip: IpAddr,
     ) -> Result<Option<AccessSessionRecord>, SessionError> {
-        if self.organization_active(organization_id) == Some(false) {
+        if self.organization_disabled_for_reads(organization_id).await {
             return Ok(None);
         }
         Ok(self
@@ -1549,6 +1517,20 @@ impl AccessSessions {
             .active_session_for_client(organization_id, &client_ip.to_string(), now_ms())
             .await?)
     }
+}
+
+/// Whether organization `id` is still enabled as stored, asked before a login's next server
+/// ([`crate::radius::GoOn`]): a disable that lands while a server stays silent stops the login
+/// there — a sign-in's and `radius test --username`'s alike. A failed read goes on (a
+/// sign-in's write checks the flag again).
+pub fn still_enabled(storage: &Storage, id: &str) -> crate::radius::GoOn {
+    let (storage, id) = (storage.clone(), id.to_string());
+    Box::pin(async move {
+        storage
+            .organization_active(&id)
+            .await
+            .map_or(true, |active| active == Some(true))
+    })
 }
 
 /// A new unique Acct-Session-Id, 32 hex digits: the login's time in milliseconds (12 digits),

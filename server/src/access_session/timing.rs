@@ -79,6 +79,29 @@ pub fn deadline_cause(expires_at: i64, limit_at: Option<i64>) -> u32 {
     }
 }
 
+/// How a stop asked for with `cause` at `at` ends a session whose deadline is `expires_at`
+/// (`limit_at` its limit), an operator's stop of which (a disable whose job has not reached it,
+/// a queued termination) was asked for at `asked_at`: by whichever came first — that stop
+/// (Admin-Reset), the deadline (its timeout's cause: the session ended by it, whatever ends it
+/// in the database later; never a session time past what was granted), or the stop asked for.
+/// Ties go to the deadline over the request, the request over the operator's stop.
+pub fn ending(
+    cause: u32,
+    at: i64,
+    expires_at: i64,
+    limit_at: Option<i64>,
+    asked_at: Option<i64>,
+) -> (u32, i64) {
+    let mut ends = (cause, at);
+    if expires_at <= at {
+        ends = (deadline_cause(expires_at, limit_at), expires_at);
+    }
+    match asked_at {
+        Some(asked) if asked < ends.1 => (crate::radius::terminate_cause::ADMIN_RESET, asked),
+        _ => ends,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

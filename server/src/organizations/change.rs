@@ -655,7 +655,8 @@ pub async fn delete(
         ))),
         // Its sessions ended already (a disable stopped them): only their accounting is left.
         DeleteOutcome::Busy { open_sessions: 0, pending_accounting } => Err(ChangeError::Conflict(format!(
-            "organization `{id}` has {pending_accounting} accounting record(s) not yet delivered to its RADIUS servers: delete it once they are (they are retried until acknowledged, or dead-lettered; `accounting backlog` shows them)"
+            "organization `{id}` has {pending_accounting} accounting record(s) not yet delivered to its RADIUS servers: delete it once they are (they are retried until acknowledged, or dead-lettered; `accounting backlog` shows them; should none of its servers ever answer again, `{}` gives them up)",
+            super::give_up_command(id)
         ))),
         // Disabled already: its stop has not come to them yet (a running portal does it within a
         // second or so; none running, the next start does).

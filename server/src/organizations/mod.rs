@@ -990,11 +990,12 @@ pub(crate) async fn servers_still_needed(
         return Ok(Err(ServerNeeded {
             problem,
             copies_only: sessions == 0,
-            give_up: format!(
+            give_up_copies: format!(
                 "accounting give-up-copies --org {} --server {}",
                 shell_word(organization_id),
                 shell_word(name)
             ),
+            give_up_ended: give_up_command(organization_id),
         }));
     }
     Ok(Ok(()))
@@ -1045,7 +1046,16 @@ pub(crate) struct ServerNeeded {
     /// given up a day after their Stop went out), so "until they have ended" is not the advice.
     pub copies_only: bool,
     /// The operator command that gives the copies up (a server gone for good).
-    pub give_up: String,
+    pub give_up_copies: String,
+    /// The operator command that gives up what the organization's ended sessions wait to send
+    /// (every server of the organization gone for good).
+    pub give_up_ended: String,
+}
+
+/// The operator command that gives up what an organization's ended sessions wait to send,
+/// when none of its servers will ever answer again (`accounting give-up`).
+pub(crate) fn give_up_command(organization_id: &str) -> String {
+    format!("accounting give-up --org {}", shell_word(organization_id))
 }
 
 impl ServerNeeded {
@@ -1055,10 +1065,13 @@ impl ServerNeeded {
         if self.copies_only {
             format!(
                 "{}: keep it as it is until they are sent (when it answers) or given up (a day after each copy was made; from then on the change is accepted, whether or not a portal ran meanwhile) — a Stop must reach the server that has its Start; for a server gone for good, `{}` gives them up now",
-                self.problem, self.give_up
+                self.problem, self.give_up_copies
             )
         } else {
-            format!("{}{until_sessions_end}", self.problem)
+            format!(
+                "{}{until_sessions_end} (should no server of the organization ever answer again, `{}` gives up what its ended sessions wait to send)",
+                self.problem, self.give_up_ended
+            )
         }
     }
 }

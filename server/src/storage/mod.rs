@@ -355,9 +355,11 @@ contract! {
         /// pending is extended to `lease_until` — never shortened. Returns each claim kept
         /// (row id, attempts) and until when it now runs. One write for them all.
         fn keep_claims(&self, claims: &[(i64, i64)], lease_until: i64, now: i64) -> Vec<(i64, i64, i64)>;
-        /// Stops an active session like `stop_session` and, in the same write, claims its Stop
-        /// for the caller until `lease_until` when nothing of the session is still pending
-        /// before it (the caller sends it at once).
+        /// Stops an active session asked to stop with `cause` at `event_at` — ended, in the
+        /// same write, as [`crate::access_session::timing::ending`] says: at its deadline if
+        /// that came first, at an operator's stop still waiting for it (a disable's) if asked
+        /// for before — and claims its Stop for the caller until `lease_until` when nothing of
+        /// the session is still pending before it (the caller sends it at once).
         fn stop_session_claiming(&self, id: i64, cause: u32, event_at: i64, lease_until: i64) -> StopOutcome;
         /// At start-up: releases the claims a previous process of this database left behind
         /// (their rows are sent again, idempotent by Acct-Session-Id and status type). Where
@@ -533,11 +535,12 @@ contract! {
         /// moving it would send them elsewhere. Older ones are given up at their next attempt
         /// anyway (`accounting::COPY_GIVE_UP_MS`).
         fn copies_waiting_for(&self, organization_id: &str, name: &str, since: i64) -> i64;
-        /// Gives up, whatever their age, the copies [`OrganizationStore::copies_waiting_for`]
-        /// counts (an operator's word that server `name` is gone for good): dead-lettered with
-        /// the reason, audited if any was. Not those a sender holds at `now` — counted in
-        /// [`GivenUp::being_sent`]: they go, or are given up when asked again.
-        fn give_up_copies(&self, organization_id: &str, name: &str, actor: &str, now: i64) -> GivenUp;
+        /// Gives up, whatever their age, an organization's accounting waiting for servers an
+        /// operator says are gone for good ([`GiveUp`]): dead-lettered with the reason,
+        /// audited if any was. Not those a sender holds at `now`, nor the others of their
+        /// session — counted in [`GivenUp::being_sent`]: they go, or are given up when asked
+        /// again.
+        fn give_up(&self, organization_id: &str, what: GiveUp<'_>, actor: &str, now: i64) -> GivenUp;
         /// Deletes an organization with its ended sessions and their accounting rows (the audit
         /// log keeps its history), audited. Refused while it is listed in the configuration, has
         /// open sessions or accounting not yet delivered: nothing may be lost.
@@ -1200,12 +1203,24 @@ impl AccessSessionRecord {
     }
 }
 
-/// What giving up a server's copies did ([`Storage::give_up_copies`]).
+/// What an operator gives up ([`Storage::give_up`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GiveUp<'a> {
+    /// The copies [`OrganizationStore::copies_waiting_for`] counts for server `name`.
+    CopiesFor(&'a str),
+    /// Everything still waiting of the organization's ended sessions — of the one given, or
+    /// of all — whichever server it waits for (their Stops, the Starts and Interim-Updates
+    /// before them, copies): every accounting server of the organization is gone for good.
+    /// An open session's rows are not touched (its Stop is queued when it ends).
+    EndedSessions(Option<i64>),
+}
+
+/// What giving up accounting did ([`Storage::give_up`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GivenUp {
-    /// Copies dead-lettered.
+    /// Rows dead-lettered.
     pub given_up: i64,
-    /// Copies a sender held (being sent): left to it.
+    /// Rows a sender held (being sent), with the others of their session: left to it.
     pub being_sent: i64,
 }
 
@@ -1359,11 +1374,13 @@ pub struct Stopped {
 pub enum StopOutcome {
     /// The session was not active: nothing changed.
     NotActive,
-    /// Stopped; its Stop waits behind earlier rows for the delivery loop.
-    Queued,
-    /// Stopped; its Stop is claimed for the caller, with the session as the stop left it (read
-    /// in the same transaction, so the delivery needs no read of its own).
-    Claimed(OutboxRow, Box<AccessSessionRecord>),
+    /// Stopped, with this Acct-Terminate-Cause ([`Storage::stop_session_claiming`]); its Stop
+    /// waits behind earlier rows for the delivery loop.
+    Queued(u32),
+    /// Stopped, with this Acct-Terminate-Cause; its Stop is claimed for the caller, with the
+    /// session as the stop left it (read in the same transaction, so the delivery needs no
+    /// read of its own).
+    Claimed(u32, OutboxRow, Box<AccessSessionRecord>),
 }
 
 /// A change announced by another process on the same database (PostgreSQL's NOTIFY, after its

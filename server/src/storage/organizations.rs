@@ -7,7 +7,7 @@
 //! its turn, how other processes hear of a change, job claims on a shared database, and the
 //! SQLite engine's fast paths.
 
-use super::{GivenUp, OrganizationStore, StorageError, Termination};
+use super::{GiveUp, GivenUp, OrganizationStore, StorageError, Termination};
 use sqlx::{postgres::PgRow, sqlite::SqliteRow, Database, Transaction};
 use std::future::Future;
 
@@ -1151,41 +1151,68 @@ impl<B: OrgBackend> OrganizationStore for B {
         copies_waiting_in(&mut *self.reader().await?, organization_id, name, since).await
     }
 
-    async fn give_up_copies(
+    async fn give_up(
         &self,
         organization_id: &str,
-        name: &str,
+        what: GiveUp<'_>,
         actor: &str,
         now: i64,
     ) -> Result<GivenUp, StorageError> {
-        let destination = format!("{}{name}", super::SERVER_DESTINATION_PREFIX);
-        let reason = format!(
-            "given up by {actor}: server `{name}` gone for good (it is not told what this copy says)"
-        );
+        // A row is given up with its session's others in scope (for copies, those for the
+        // same server): a session with any of them held by a sender keeps all (they go in
+        // order: a Stop given up behind an Interim-Update that goes would leave the session
+        // open there). A claim counts as held until replicas' clocks can no longer disagree
+        // about it.
+        let destination;
+        let (reason, scope, action, detail) = match what {
+            GiveUp::CopiesFor(name) => {
+                destination = format!("{}{name}", super::SERVER_DESTINATION_PREFIX);
+                (
+                    format!("given up by {actor}: server `{name}` gone for good (it is not told what this copy says)"),
+                    Arg::Text(&destination),
+                    "accounting.give_up_copies",
+                    serde_json::json!({ "server": name }),
+                )
+            }
+            GiveUp::EndedSessions(session) => (
+                format!("given up by {actor}: the organization's accounting servers gone for good (they are not told what this row says)"),
+                Arg::Int(session.unwrap_or(-1)),
+                "accounting.give_up",
+                serde_json::json!({ "session": session }),
+            ),
+        };
+        // The condition on the rows waiting in scope, `$2` the scope's argument ($1 the
+        // organization): on the row itself, which PostgreSQL checks again on a row another
+        // transaction changed meanwhile (a claim, a delivery).
+        let waiting = match what {
+            GiveUp::CopiesFor(_) => {
+                "destination = $2 AND delivered_at IS NULL AND dead_at IS NULL \
+                 AND access_session_id IN (SELECT id FROM access_sessions WHERE organization_id = $1)"
+            }
+            GiveUp::EndedSessions(_) => {
+                "delivered_at IS NULL AND dead_at IS NULL \
+                 AND access_session_id IN (SELECT id FROM access_sessions \
+                     WHERE organization_id = $1 AND state <> 'active' AND ($2 < 0 OR id = $2))"
+            }
+        };
+        let held = match what {
+            GiveUp::CopiesFor(_) => " AND p.destination = accounting_outbox.destination",
+            GiveUp::EndedSessions(_) => "",
+        };
         let mut change = self.begin_write().await?;
         let c = change.conn();
-        let waiting = "FROM accounting_outbox WHERE destination = $1 \
-             AND delivered_at IS NULL AND dead_at IS NULL \
-             AND access_session_id IN (SELECT id FROM access_sessions WHERE organization_id = $2)";
-        // The conditions on the row itself (PostgreSQL checks them again on a row another
-        // transaction changed meanwhile: a claim, a delivery); a claim counts as held until
-        // replicas' clocks can no longer disagree about it, and a session with any row held
-        // for the server keeps all of them (its copies go in order: a Stop given up behind an
-        // Interim-Update that goes would leave the session open there).
         let given_up = c
             .execute(
                 &format!(
                     "UPDATE accounting_outbox SET dead_at = $3, dead_reason = $4, claimed_until = NULL \
-                     WHERE destination = $1 AND delivered_at IS NULL AND dead_at IS NULL \
-                     AND (claimed_until IS NULL OR claimed_until < $5) \
-                     AND access_session_id IN (SELECT id FROM access_sessions WHERE organization_id = $2) \
-                     AND NOT EXISTS (SELECT 1 {held} AND p.access_session_id = accounting_outbox.access_session_id)",
-                    held = "FROM accounting_outbox p WHERE p.destination = $1 AND p.delivered_at IS NULL \
-                            AND p.dead_at IS NULL AND p.claimed_until >= $5"
+                     WHERE {waiting} AND (claimed_until IS NULL OR claimed_until < $5) \
+                     AND NOT EXISTS (SELECT 1 FROM accounting_outbox p \
+                         WHERE p.access_session_id = accounting_outbox.access_session_id{held} \
+                         AND p.delivered_at IS NULL AND p.dead_at IS NULL AND p.claimed_until >= $5)"
                 ),
                 &[
-                    Arg::Text(&destination),
                     Arg::Text(organization_id),
+                    scope,
                     Arg::Int(now),
                     Arg::Text(&reason),
                     Arg::Int(now - crate::accounting::CLOCK_SKEW_MS),
@@ -1194,21 +1221,23 @@ impl<B: OrgBackend> OrganizationStore for B {
             .await?;
         let (being_sent,): (i64,) = c
             .fetch_optional(
-                &format!("SELECT COUNT(*) {waiting}"),
-                &[Arg::Text(&destination), Arg::Text(organization_id)],
+                &format!("SELECT COUNT(*) FROM accounting_outbox WHERE {waiting}"),
+                &[Arg::Text(organization_id), scope],
             )
             .await?
             .unwrap_or((0,));
         let given_up = i64::try_from(given_up).unwrap_or(i64::MAX);
         if given_up > 0 {
+            let mut detail = detail;
+            detail["given_up"] = given_up.into();
             audit_in(
                 c,
                 &Audit {
                     at: now,
                     actor,
-                    action: "accounting.give_up_copies",
+                    action,
                     organization_id: Some(organization_id),
-                    detail: serde_json::json!({ "server": name, "given_up": given_up }),
+                    detail,
                 },
             )
             .await?;

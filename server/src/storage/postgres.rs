@@ -2034,7 +2034,22 @@ impl SessionStore for PgStore {
         lease_until: i64,
     ) -> Result<StopOutcome, StorageError> {
         let mut tx = self.pool().begin().await?;
-        if !stop_in(&mut tx, id, cause, event_at).await? {
+        // The session's row locked, as every writer of it does, so its deadline and the
+        // operator's stops waiting for it are those the stop is made against.
+        let ends: Option<(i64, Option<i64>, Option<i64>)> = sqlx::query_as(concat!(
+            "SELECT s.expires_at, s.limit_at, ",
+            super::stop_asked_at!(),
+            " FROM access_sessions s WHERE s.id = $1 AND s.state = 'active' FOR UPDATE OF s"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((expires_at, limit_at, asked_at)) = ends else {
+            return Ok(StopOutcome::NotActive);
+        };
+        let (cause, at) =
+            crate::access_session::timing::ending(cause, event_at, expires_at, limit_at, asked_at);
+        if !stop_in(&mut tx, id, cause, at).await? {
             return Ok(StopOutcome::NotActive);
         }
         let claimed =
@@ -2043,9 +2058,9 @@ impl SessionStore for PgStore {
                     let session = session_by_id(&mut tx, id).await?.ok_or_else(|| {
                         StorageError::Corrupt(format!("session {id} vanished while it stopped"))
                     })?;
-                    StopOutcome::Claimed(stop, Box::new(session))
+                    StopOutcome::Claimed(cause, stop, Box::new(session))
                 }
-                None => StopOutcome::Queued,
+                None => StopOutcome::Queued(cause),
             };
         notify(&mut tx, &self.origin, &[Notice::Session(id)]).await?;
         tx.commit().await?;

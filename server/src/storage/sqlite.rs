@@ -975,13 +975,13 @@ impl SessionStore for SqliteStore {
                 for (id, expires_at, limit_at, asked_at) in due {
                     // An operator's stop asked for before the deadline and not yet made ends it
                     // then (its job finds it ended).
-                    let (cause, at) = match asked_at {
-                        Some(asked) if asked < expires_at => (terminate_cause::ADMIN_RESET, asked),
-                        _ => (
-                            crate::access_session::timing::deadline_cause(expires_at, limit_at),
-                            expires_at,
-                        ),
-                    };
+                    let (cause, at) = crate::access_session::timing::ending(
+                        crate::access_session::timing::deadline_cause(expires_at, limit_at),
+                        expires_at,
+                        expires_at,
+                        limit_at,
+                        asked_at,
+                    );
                     if stop_in(c, id, cause, at, Some(now))? {
                         stopped.push(Stopped {
                             id,
@@ -1234,17 +1234,31 @@ impl SessionStore for SqliteStore {
     ) -> Result<StopOutcome, StorageError> {
         self.engine
             .write(move |c| {
-                if !stop_in(c, id, cause, event_at, None)? {
+                let ends: Option<(i64, Option<i64>, Option<i64>)> = c
+                    .prepare_cached(concat!(
+                        "SELECT s.expires_at, s.limit_at, ",
+                        super::stop_asked_at!(),
+                        " FROM access_sessions s WHERE s.id = ? AND s.state = 'active'"
+                    ))?
+                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?;
+                let Some((expires_at, limit_at, asked_at)) = ends else {
+                    return Ok(StopOutcome::NotActive);
+                };
+                let (cause, at) = crate::access_session::timing::ending(
+                    cause, event_at, expires_at, limit_at, asked_at,
+                );
+                if !stop_in(c, id, cause, at, None)? {
                     return Ok(StopOutcome::NotActive);
                 }
                 let Some(stop) = claim_session_in(c, id, status_type::STOP, event_at, lease_until)?
                 else {
-                    return Ok(StopOutcome::Queued);
+                    return Ok(StopOutcome::Queued(cause));
                 };
                 let session = session_by_id(c, id)?.ok_or_else(|| {
                     StorageError::Corrupt(format!("session {id} vanished while it stopped"))
                 })?;
-                Ok(StopOutcome::Claimed(stop, Box::new(session)))
+                Ok(StopOutcome::Claimed(cause, stop, Box::new(session)))
             })
             .await
     }
