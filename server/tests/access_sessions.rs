@@ -2589,6 +2589,48 @@ async fn metrics_keep_the_start_up_values_when_the_database_is_away_before_the_f
     app.stop().await;
 }
 
+/// A PostgreSQL server that answers reads but takes no writes (a standby the address still
+/// names after a failover, a database made read-only): the portal is not ready and
+/// `portal_database_up` is 0 — not "up" while no session can be stopped (the storage
+/// review's M1).
+#[tokio::test]
+async fn a_postgresql_server_that_takes_no_writes_is_not_ready() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let url = common::postgres::fresh_database().await;
+    let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
+    config.database.url = Some(radius_portal::config::Secret::new(url.clone()));
+    config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    let app = TestApp::spawn(&config).await;
+    let probe = app.browser(Ipv4Addr::new(127, 0, 2, 45));
+    assert_eq!(probe.get("/readyz").await.status, 200);
+    // Read-only from now on: every connection made again.
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', current_database()); END $$")
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        .execute(&admin)
+        .await
+        .unwrap();
+    wait_until("/readyz to say the database is unavailable", || async {
+        probe.get("/readyz").await.status == 503
+    })
+    .await;
+    // A sign-in refused by the database: the metric says so.
+    let browser = app.browser(Ipv4Addr::new(127, 0, 2, 46));
+    let token = browser.form_token("/").await;
+    browser
+        .post_raw("/api/login", "/", &carol_form(&token), &[])
+        .await;
+    wait_until("portal_database_up 0", || async {
+        app.metrics_text().await.contains("portal_database_up 0")
+    })
+    .await;
+    app.stop().await;
+}
+
 /// PostgreSQL away while a signed-in user opens the session page: the page cannot read the
 /// session, and says so with a 503 and a link to look again (not a page with nothing to do).
 #[tokio::test]

@@ -3687,6 +3687,83 @@ async fn a_sign_in_under_way_when_its_servers_accounting_moves_sends_start_and_s
     app.stop().await;
 }
 
+/// An organization deleted and made again under its id by another process while a sign-in's
+/// Access-Request waits, with a server of the same name at another host: the Accept of the
+/// deleted organization's server opens no session in the new one — no Start to a server that
+/// never authenticated the user (the guard review's M2).
+#[tokio::test]
+async fn an_accept_from_a_server_the_organization_no_longer_has_opens_no_session() {
+    use radius_portal::organizations::{change, Organizations};
+    let (old, new) = (FreeRadius::start().await, FreeRadius::start().await);
+    let (held, release) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let relay = common::holding_relay(old.auth_addr(true), held.clone(), release.clone()).await;
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&settings(&db, vec![old.server_settings("primary", true)])).await;
+    let mut server = old.server_settings("mover", true);
+    server.auth_port = relay.port();
+    server.timeout = Duration::from_secs(5);
+    change::create(
+        &app.storage,
+        &app.organizations,
+        serde_json::json!({ "id": "mv", "name": "Mover", "servers": [server] }),
+        "test",
+    )
+    .await
+    .unwrap();
+    let sessions = app.sessions.clone();
+    let signing_in = tokio::spawn(async move {
+        sessions
+            .login("mv", "carol", "carol-pass", IpAddr::V4(client(52)))
+            .await
+    });
+    held.notified().await;
+    let elsewhere = Organizations::load(&app.storage).await.unwrap();
+    change::delete(&app.storage, &elsewhere, "mv", "cli:test")
+        .await
+        .unwrap();
+    let mut moved = new.server_settings("mover", true);
+    moved.address = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+    change::create(
+        &app.storage,
+        &elsewhere,
+        serde_json::json!({ "id": "mv", "name": "Mover again", "servers": [moved] }),
+        "cli:test",
+    )
+    .await
+    .unwrap();
+    release.notify_one();
+    let refused = signing_in.await.unwrap();
+    assert!(
+        matches!(
+            refused,
+            Err(radius_portal::access_session::SessionError::Storage(
+                radius_portal::storage::StorageError::OrganizationChanged
+            ))
+        ),
+        "no session worked out at all: {refused:?}"
+    );
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
+    assert!(
+        app.storage.session_outbox(1).await.unwrap().is_empty()
+            && app.storage.waiting_rows(10).await.unwrap().is_empty(),
+        "nothing queued"
+    );
+    for radius in [&old, &new] {
+        assert!(
+            !radius
+                .acct_lines()
+                .iter()
+                .any(|l| l.contains("status=Start")),
+            "{:?}",
+            radius.acct_lines()
+        );
+    }
+    app.stop().await;
+}
+
 /// Organizations sharing a RADIUS server (one address, one secret) each have a breaker of their
 /// own: one whose users the server never answers (their directory down behind it) opens its
 /// own, and the other's users still sign in there (black-box tester M's D6: one shared breaker

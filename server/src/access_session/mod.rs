@@ -572,6 +572,7 @@ impl AccessSessions {
         };
         let username = username.as_str();
         let authenticated_by = org.servers[server].name.clone();
+        let answered_at = org.servers[server].auth_addr;
         let acct_session_id = new_acct_session_id();
         // The session is worked out with the organization's settings as they are now, not as
         // the sign-in began (a change while the RADIUS server took its time counts), and
@@ -585,9 +586,16 @@ impl AccessSessions {
                 Some((revision, now_known)) => (Some(revision), now_known),
                 None => (None, org.clone()),
             };
-            let Some(server) = org.servers.iter().position(|s| s.name == authenticated_by) else {
+            // The server that answered, by name and address: one of that name at another
+            // address is another server (the organization deleted and made again meanwhile,
+            // with servers of its own: the guard review's M2) — its Accept opens nothing there.
+            let Some(server) = org
+                .servers
+                .iter()
+                .position(|s| s.name == authenticated_by && s.auth_addr.ip() == answered_at.ip())
+            else {
                 tracing::warn!(server = %authenticated_by,
-                    "login accepted by a server removed from the organization meanwhile: no session");
+                    "login accepted by a server removed from the organization (or moved) meanwhile: no session");
                 return Err(SessionError::Storage(StorageError::OrganizationChanged));
             };
             let terms = Terms::from_grant(

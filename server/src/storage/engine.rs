@@ -446,7 +446,7 @@ impl Progress {
 /// How long after a failed batch, with none committed since, the database counts as not
 /// writable (`/readyz`): long enough to cover the retries that follow, short enough that an
 /// idle portal whose disk was freed is ready again without writing to find out.
-const FAILING_FOR_MS: i64 = 30_000;
+pub(crate) const FAILING_FOR_MS: i64 = 30_000;
 
 /// A queued write, type-erased for the writer's channel.
 trait WriteJob: Send {

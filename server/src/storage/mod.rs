@@ -1059,6 +1059,13 @@ impl StorageError {
         }
     }
 
+    /// The database refuses to store anything now — PostgreSQL: a standby or a read-only
+    /// transaction (25006), a full disk (53100) —, not a rule of the write's own.
+    pub fn refuses_writes(&self) -> bool {
+        matches!(self, StorageError::Database(sqlx::Error::Database(d))
+            if d.code().is_some_and(|code| ["25006", "53100"].contains(&code.as_ref())))
+    }
+
     /// The database cannot be reached or take writes right now — a connection lost or not to
     /// be had in time, a server shutting down, a full disk, a read-only file, a writer queue
     /// full —, not a fault of the data or the code: the same request may work in a minute.

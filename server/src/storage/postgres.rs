@@ -56,6 +56,11 @@ pub struct PgStore {
     /// What this replica knows of the planner's statistics of the outbox
     /// ([`PgStore::keep_outbox_statistics`]).
     outbox_statistics: Arc<OutboxStatistics>,
+    /// When a call last found the server refusing writes (unix ms, 0: never) — a standby, a
+    /// read-only setting, a full disk ([`StorageError::refuses_writes`]): not writable for
+    /// [`super::engine::FAILING_FOR_MS`] after it (`/readyz`, `portal_database_up`), as on
+    /// SQLite (the storage review's M1: both said "up" while no session could be stopped).
+    refused_writes_at: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// The outbox's statistics as this replica keeps them up to date: the pending rows counted
@@ -150,12 +155,20 @@ impl Reachability {
         }
     }
 
-    /// After `error`: if it says the database is away, checks it (unless a check runs).
+    /// After `error`: if it says the database is away, checks it (unless a check runs). A
+    /// pool that found no connection in time proves nothing of the server (the pool's
+    /// connections all busy under load): only a definite refusal makes it away then — not a
+    /// new connection slow to open on a busy server, which had every replica fail every call
+    /// at once, and their `/readyz` with them, until the load came back (the storage review's
+    /// L2).
     fn observe(self: &Arc<Self>, error: &StorageError) {
         if !error.is_unavailable() || matches!(error, StorageError::Unreachable(_)) {
             return;
         }
-        self.check(false);
+        self.check(matches!(
+            error,
+            StorageError::Database(sqlx::Error::PoolTimedOut)
+        ));
     }
 
     /// A call has waited [`SLOW_CALL`]: the server may be away — the pool retries a refused
@@ -819,6 +832,7 @@ impl PgStore {
             origin: format!("{origin:016x}").into(),
             reach,
             outbox_statistics: Arc::default(),
+            refused_writes_at: Arc::default(),
         })
     }
 
@@ -997,6 +1011,12 @@ impl PgStore {
         .map_err(Into::into);
         if let Err(e) = &result {
             self.reach.observe(e);
+            if e.refuses_writes() {
+                self.refused_writes_at.store(
+                    crate::access_session::now_ms(),
+                    std::sync::atomic::Ordering::SeqCst,
+                );
+            }
         }
         let took = started.elapsed();
         // A server found away meanwhile is what made it slow, and is said as such.
@@ -1061,9 +1081,16 @@ impl PgStore {
         *self.starved.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The pool is open (connections are made on demand; `ping` checks one answers).
+    /// The pool is open (connections are made on demand; `ping` checks one answers, and that
+    /// the server takes writes), and no call found the server refusing writes lately.
     pub(crate) fn writable(&self) -> bool {
-        !self.requests.is_closed() && !self.background.is_closed() && !self.listening.is_closed()
+        let refused_at = self
+            .refused_writes_at
+            .load(std::sync::atomic::Ordering::SeqCst);
+        !self.requests.is_closed()
+            && !self.background.is_closed()
+            && !self.listening.is_closed()
+            && crate::access_session::now_ms() - refused_at >= super::engine::FAILING_FOR_MS
     }
 
     /// The connections of the work at hand: background work's own, or requests'.
@@ -1745,32 +1772,48 @@ impl SessionStore for PgStore {
     async fn stop_due_sessions(&self, now: i64) -> Result<Vec<Stopped>, StorageError> {
         let mut all = Vec::new();
         loop {
-            let mut tx = self.pool().begin().await?;
-            // An operator's stop asked for before the deadline and not yet made ends the
-            // session then (Admin-Reset; its job finds it ended).
-            let chunk = sqlx::query(stop_sessions!(concat!(
-                "SELECT s.id, CASE WHEN a.asked < s.expires_at THEN a.asked ELSE s.expires_at END AS at, \
-                 CASE WHEN a.asked < s.expires_at THEN $5::BIGINT \
-                 WHEN s.limit_at IS NOT NULL AND s.limit_at <= s.expires_at THEN $2::BIGINT ELSE $3::BIGINT END AS cause \
-                 FROM access_sessions s, LATERAL (SELECT ",
-                super::stop_asked_at!(),
-                " AS asked) a \
-                 WHERE s.state = 'active' AND s.expires_at <= $1 ORDER BY s.expires_at LIMIT $4 FOR UPDATE OF s SKIP LOCKED"
-            )))
-            .bind(now)
-            .bind(i64::from(terminate_cause::SESSION_TIMEOUT))
-            .bind(i64::from(terminate_cause::IDLE_TIMEOUT))
-            .bind(STOP_CHUNK)
-            .bind(i64::from(terminate_cause::ADMIN_RESET))
-            .fetch_all(&mut *tx)
-            .await?;
-            let done = (chunk.len() as i64) < STOP_CHUNK;
-            let stopped = chunk
-                .iter()
-                .map(stopped_from_row)
-                .collect::<Result<Vec<_>, _>>()?;
-            notify(&mut tx, &self.origin, &session_notices(&stopped)).await?;
-            tx.commit().await?;
+            let chunk = async {
+                let mut tx = self.pool().begin().await?;
+                // An operator's stop asked for before the deadline and not yet made ends the
+                // session then (Admin-Reset; its job finds it ended).
+                let chunk = sqlx::query(stop_sessions!(concat!(
+                    "SELECT s.id, CASE WHEN a.asked < s.expires_at THEN a.asked ELSE s.expires_at END AS at, \
+                     CASE WHEN a.asked < s.expires_at THEN $5::BIGINT \
+                     WHEN s.limit_at IS NOT NULL AND s.limit_at <= s.expires_at THEN $2::BIGINT ELSE $3::BIGINT END AS cause \
+                     FROM access_sessions s, LATERAL (SELECT ",
+                    super::stop_asked_at!(),
+                    " AS asked) a \
+                     WHERE s.state = 'active' AND s.expires_at <= $1 ORDER BY s.expires_at LIMIT $4 FOR UPDATE OF s SKIP LOCKED"
+                )))
+                .bind(now)
+                .bind(i64::from(terminate_cause::SESSION_TIMEOUT))
+                .bind(i64::from(terminate_cause::IDLE_TIMEOUT))
+                .bind(STOP_CHUNK)
+                .bind(i64::from(terminate_cause::ADMIN_RESET))
+                .fetch_all(&mut *tx)
+                .await?;
+                let stopped = chunk
+                    .iter()
+                    .map(stopped_from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                notify(&mut tx, &self.origin, &session_notices(&stopped)).await?;
+                tx.commit().await?;
+                Ok::<_, StorageError>(stopped)
+            }
+            .await;
+            let stopped = match chunk {
+                Ok(stopped) => stopped,
+                // The chunks committed before are stopped: said, so their Stops are sent and
+                // their pages told now (the storage review's L3); the rest, still due, are the
+                // next pass's.
+                Err(e) if !all.is_empty() => {
+                    tracing::warn!(error = %e, stopped = all.len(),
+                        "stopping due sessions: a later batch failed; the rest are stopped at the next pass");
+                    return Ok(all);
+                }
+                Err(e) => return Err(e),
+            };
+            let done = (stopped.len() as i64) < STOP_CHUNK;
             if stopped.len() >= STATISTICS_BULK {
                 self.keep_outbox_statistics(true).await;
             }
@@ -1973,9 +2016,19 @@ impl SessionStore for PgStore {
     }
 
     async fn ping(&self) -> Result<(), StorageError> {
-        sqlx::query_scalar::<_, i64>("SELECT value FROM organization_revision WHERE id = 1")
-            .fetch_one(self.pool())
-            .await?;
+        // And whether it takes writes: a standby (the address still pointing at it after a
+        // failover) or a read-only database answers reads while no session can be stopped.
+        let read_only: bool = sqlx::query_scalar(
+            "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on' \
+             FROM organization_revision WHERE id = 1",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        if read_only {
+            return Err(StorageError::Unreachable(
+                "the PostgreSQL server takes no writes (a standby, or transactions read-only by default): no session can be stopped".into(),
+            ));
+        }
         Ok(())
     }
 
