@@ -233,7 +233,23 @@ pub fn SessionPanel() -> impl IntoView {
             let form = super::fetch::csrf_form(Some(&token));
             leptos::task::spawn_local(async move {
                 let result = if refresh {
-                    let result = super::fetch::call(&path, form, PanelView::from_json).await;
+                    let heard = live::ends_heard();
+                    let result = super::fetch::call(&path, form, PanelView::from_json)
+                        .await
+                        // Refreshed, then ended (the stream said so meanwhile): the new end
+                        // is no news.
+                        .map(|view| {
+                            let status = PanelStatus::Active(view);
+                            (live::still_news(&status, heard), status)
+                        });
+                    let result = match result {
+                        Ok((true, PanelStatus::Active(view))) => Ok(view),
+                        Ok(_) => {
+                            refreshing.set(false);
+                            return;
+                        }
+                        Err(e) => Err(e),
+                    };
                     // A Disconnect went meanwhile: its outcome is the page's, not this one's —
                     // but the session's new end is kept (said to no one), should the
                     // Disconnect not get through.
@@ -512,6 +528,21 @@ mod live {
     /// Questions in a row that could not reach the portal or got no status from it (a 503
     /// while its database is away) (0: the portal answered since).
     static MISSES: AtomicU32 = AtomicU32::new(0);
+    /// How many times the stream said the session ended: an answer saying it runs, to a
+    /// question (or a Refresh) asked before the last of them, is older than that and dropped
+    /// — not "connected" again for the seconds until the next question (the UI review's L2).
+    static ENDS_HEARD: AtomicU32 = AtomicU32::new(0);
+
+    /// [`ENDS_HEARD`] now, before a question or a Refresh is sent.
+    pub fn ends_heard() -> u32 {
+        ENDS_HEARD.load(Ordering::SeqCst)
+    }
+
+    /// Whether an answer to a question sent at `heard` ([`ends_heard`]) may be applied: not
+    /// one saying the session runs when the stream has said it ended since.
+    pub fn still_news(status: &PanelStatus, heard: u32) -> bool {
+        !matches!(status, PanelStatus::Active(_)) || ends_heard() == heard
+    }
 
     thread_local! {
         /// The session this page shows ([`crate::dto::SessionView::session_ref`]): given back
@@ -594,11 +625,14 @@ mod live {
         }
         leptos::task::spawn_local(async move {
             let path = format!("{base}{}", <GetSessionStatus as ServerFn>::PATH);
+            let heard = ends_heard();
             let answer =
                 crate::islands::fetch::call(&path, shown_as("shown"), PanelStatus::from_json).await;
             ASKING.store(false, Ordering::SeqCst);
             match answer {
-                Ok(status) => apply(status),
+                Ok(status) if still_news(&status, heard) => apply(status),
+                // The portal answered (no back-off), with news the stream has overtaken.
+                Ok(_) => answered(),
                 // Said unless a Disconnect that did not get through is (it says more).
                 Err(e) if e == crate::error::UNREACHABLE => {
                     MISSES.fetch_add(1, Ordering::SeqCst);
@@ -670,6 +704,7 @@ mod live {
                 let json = crate::islands::json::Json::parse(&text);
                 if let Some(status) = json.as_ref().and_then(PanelStatus::from_json) {
                     if !matches!(status, PanelStatus::Active(_)) {
+                        ENDS_HEARD.fetch_add(1, Ordering::SeqCst);
                         close();
                     }
                     apply(status);
