@@ -47,9 +47,21 @@ pub fn validate_username(
         let one = username.chars().count() == 1;
         let set_like =
             username.chars().any(alone) || (one && ['a', 'A', '0'].into_iter().any(alone));
+        // A name with no character such a set takes alone (all Cyrillic, fullwidth): the first
+        // character a plain name refuses between two letters (or digits) it takes (black-box
+        // tester U's D3: "иван" was told its form was wrong, "иван1" which character).
+        let between = || {
+            let probe = ['a', 'A', '0']
+                .into_iter()
+                .find(|p| allowed(&format!("{p}{p}{p}")))?;
+            username
+                .chars()
+                .find(|c| !allowed(&format!("{probe}{c}{probe}")))
+        };
         let refused = set_like
             .then(|| username.chars().find(|c| !alone(*c)))
-            .flatten();
+            .flatten()
+            .or_else(between);
         let message = match refused {
             Some(c) if c.is_whitespace() => "Username must not contain spaces.".to_string(),
             // Quoted it would read as empty quotes: named by its code point instead.
@@ -205,6 +217,12 @@ mod tests {
         // One refused character alone is named too, as within a name.
         assert_eq!(message("é", letters), "Username must not contain “é”.");
         assert_eq!(message("\\", letters), "Username must not contain “\\”.");
+        // No character the set takes, alone or between its letters: the first is named.
+        assert_eq!(message("иван", letters), "Username must not contain “и”.");
+        assert_eq!(
+            message("ａｌｉｃｅ", letters),
+            "Username must not contain “ａ”."
+        );
         // A pattern no single character satisfies (a whole form): said as such.
         let email: fn(&str) -> bool = |u| u.ends_with("@example.org");
         assert_eq!(

@@ -1168,7 +1168,13 @@ pub async fn radius_test(
                         "answered Status-Server ({})",
                         crate::radius::packet::code_text(code)
                     ),
-                    "",
+                    // RFC 5997 §3: an Accounting-Response there (black-box tester V's D2); the
+                    // portal takes either as a sign of life.
+                    if code == crate::radius::packet::Code::AccountingResponse {
+                        ""
+                    } else {
+                        ": RFC 5997 has a server answer Status-Server on its accounting port with an Accounting-Response — this one may not be an accounting listener (is acct_port the authentication port?); a sign-in's Start shows whether it takes accounting"
+                    },
                     true,
                 )
             });

@@ -651,7 +651,24 @@ async fn radius_test_takes_an_unsigned_status_server_answer_with_a_note() {
         "{stdout}"
     );
     assert!(
-        !stdout.contains("without a Message-Authenticator"),
+        !stdout.contains("without a Message-Authenticator") && !stdout.contains("RFC 5997"),
+        "{stdout}"
+    );
+    // Its accounting port set to the authentication port: answered there with an
+    // Access-Accept, said with a note (black-box tester V's D2).
+    let path = one_server(
+        &dir,
+        "swapped",
+        (radius.auth_port, radius.auth_port),
+        "require_message_authenticator = false\n",
+    );
+    let (success, stdout) = radius_test(&path, None);
+    assert!(success, "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "swapped (127.0.0.1:{}, accounting): answered Status-Server (Access-Accept)",
+            radius.auth_port
+        )) && stdout.contains("is acct_port the authentication port?"),
         "{stdout}"
     );
 }

@@ -406,6 +406,46 @@ async fn unreadable_and_oversized_requests_are_the_callers_errors() {
             .unwrap();
         assert_eq!(missing.status(), StatusCode::NOT_FOUND, "GET {path}");
     }
+    // A script caller gets every error as JSON: a path with nothing there, a method an address
+    // does not take (black-box tester U's D1: the not-found page's HTML, an empty 405).
+    for (method, path, status, kind) in [
+        ("GET", "/nonexistent", StatusCode::NOT_FOUND, "NotFound"),
+        (
+            "GET",
+            "/o/acme/nonexistent",
+            StatusCode::NOT_FOUND,
+            "NotFound",
+        ),
+        (
+            "DELETE",
+            "/session",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+        ),
+        (
+            "PUT",
+            "/healthz",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+        ),
+        (
+            "DELETE",
+            "/api/login",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+        ),
+    ] {
+        let refused = browser
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", browser.base))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), status, "{method} {path}");
+        let body: serde_json::Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
+        assert_eq!(body["error"], kind, "{method} {path}: {body}");
+    }
     assert!(radius.auth_lines().is_empty(), "nothing sent");
     let healthy = reqwest::get(format!("{}/healthz", browser.base))
         .await

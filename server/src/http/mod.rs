@@ -220,7 +220,9 @@ pub fn router(parts: RouterParts) -> Site {
         // A path that is neither a page nor an asset: the not-found page. The site root holds
         // nothing else to serve (`/pkg` and the icon are routed above), so an unknown path never
         // touches the file system (a file name too long for it was a 500 and an error log).
-        .fallback_service(axum::handler::Handler::with_state(pages::not_found, pages));
+        .fallback_service(axum::handler::Handler::with_state(pages::not_found, pages))
+        // A method a route does not take: said as every error is.
+        .method_not_allowed_fallback(pages::wrong_method);
     // The layers every request passes wrap the routes once, outside them: a layer added to a
     // router is added to each of its routes, and each request then cloned and boxed the whole
     // stack of its route, layer by layer.

@@ -119,8 +119,30 @@ pub async fn render(State(pages): State<Pages>, request: Request) -> Response {
 /// Renders the not-found page (404), whatever the path: a path nothing else answered is never
 /// matched against the pages (`/x/../session` is not `/session`).
 pub async fn not_found(State(pages): State<Pages>, request: Request) -> Response {
+    // A script caller (no `text/html` in its `Accept`) gets the error as JSON, as every
+    // error (black-box tester U's D1: the page's HTML).
+    if !app::service::accepts_html(request.headers()) {
+        return super::caller_error(
+            &super::Caller::of(&request),
+            axum::http::StatusCode::NOT_FOUND,
+            "NotFound",
+            "There is nothing at this address.",
+        );
+    }
     let (head, _body) = request.into_parts();
     render_at(&pages, head, super::org_scope::NO_SUCH_PORTAL)
+}
+
+/// A method an address does not take (a page or an endpoint asked for with `DELETE`, say):
+/// 405, said as every error is — a page for a browser, JSON for a script caller (black-box
+/// tester U's D1: an empty answer).
+pub async fn wrong_method(request: Request) -> Response {
+    super::caller_error(
+        &super::Caller::of(&request),
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        "This address does not take that method.",
+    )
 }
 
 /// Renders the page at `path` (with its query) for the request `head`.

@@ -1069,8 +1069,8 @@ impl ServerNeeded {
             )
         } else {
             format!(
-                "{}{until_sessions_end} (should no server of the organization ever answer again, `{}` gives up what its ended sessions wait to send)",
-                self.problem, self.give_up_ended
+                "{}{until_sessions_end} — for a server gone for good, add its replacement beside it as a server of its own (their Stops fail over to it; then `{}` for the copies left waiting here) and remove this one once nothing needs it, or, should no server of the organization ever answer again, `{}` gives up what its ended sessions wait to send",
+                self.problem, self.give_up_copies, self.give_up_ended
             )
         }
     }

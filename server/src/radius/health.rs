@@ -651,17 +651,8 @@ impl ServerHealth {
         // no probe of it was ever answered at either: maybe it never answers Status-Server
         // (Microsoft NPS) and is down for good here — said, since nothing else would say why
         // its accounting (or logins) wait.
-        let other = port.other();
-        let now = Instant::now();
-        let never_probed_back =
-            timed_out && !self.with(self.target(server, port), |e| e.probe_answered);
-        let answers_there = never_probed_back
-            && self.with(self.target(server, other), |e| {
-                !e.probe_answered
-                    && e.breaker.allows_request(now)
-                    && e.answered_at
-                        .is_some_and(|at| now.duration_since(at) < Duration::from_secs(600))
-            });
+        let answers_there =
+            timed_out && self.answers_only_at_other_port(server, port, Instant::now());
         static HINT: crate::telemetry::Throttles = crate::telemetry::Throttles::new();
         if answers_there {
             if let Some(left_out) = HINT.admit(&server.name) {
@@ -675,6 +666,33 @@ impl ServerHealth {
             // The prober may sleep until the damped probe: wake it for the sooner one.
             self.opened.notify_one();
         }
+    }
+
+    /// Whether `server`, down at `port` (its breaker open) and never answering a probe there,
+    /// answered requests at its other port since it went down there (within 10 minutes), no
+    /// probe of it answered there either: a server that may never answer Status-Server.
+    /// Not one whose other port last answered before it went down here (black-box tester U's
+    /// D2: a server stopped whole was said to answer at its other port).
+    fn answers_only_at_other_port(
+        &self,
+        server: &ServerEndpoint,
+        port: Port,
+        now: Instant,
+    ) -> bool {
+        let down_since = self.with(self.target(server, port), |e| match e.breaker.state() {
+            BreakerState::Open { since, .. } if !e.probe_answered => Some(since),
+            _ => None,
+        });
+        let Some(down_since) = down_since else {
+            return false;
+        };
+        self.with(self.target(server, port.other()), |e| {
+            !e.probe_answered
+                && e.breaker.allows_request(now)
+                && e.answered_at.is_some_and(|at| {
+                    at > down_since && now.duration_since(at) < Duration::from_secs(600)
+                })
+        })
     }
 
     /// A probe of `addr` was answered: close its breaker.
@@ -1031,6 +1049,21 @@ mod tests {
             health.checked_within(&tried, Port::Acct),
             Some(Duration::from_secs(3600) + Duration::from_millis(300))
         );
+    }
+
+    /// The hint for a server that may never answer Status-Server (NPS) needs its other port to
+    /// have answered since this one went down: a server stopped whole, whose other port last
+    /// answered before, is down, not NPS (black-box tester U's D2).
+    #[tokio::test]
+    async fn only_an_answer_since_a_port_went_down_says_the_other_port_answers() {
+        let health = health();
+        let fr = server("fr", 1813, "s");
+        health.record_success(health.target(&fr, Port::Auth), false);
+        health.record_failure(&fr, Port::Acct);
+        let now = Instant::now();
+        assert!(!health.answers_only_at_other_port(&fr, Port::Acct, now));
+        health.record_success(health.target(&fr, Port::Auth), false);
+        assert!(health.answers_only_at_other_port(&fr, Port::Acct, Instant::now()));
     }
 
     /// A server checked by request found back on one port (its held accounting's trial

@@ -605,10 +605,13 @@ impl Radius {
                 self.health
                     .record_failure_seen(server, port, Some(why.as_str()))
             }
-            Err(e)
-                if e.is_server_silent()
-                    || matches!(e, RadiusError::Io(_) | RadiusError::NotAnAnswer(_)) =>
-            {
+            // Answered, with a code that does not answer the request: the breaker's line says
+            // so, not "not answering" (black-box tester V's D1).
+            Err(RadiusError::NotAnAnswer(why)) => {
+                self.health
+                    .record_failure_seen(server, port, Some(why.as_str()))
+            }
+            Err(e) if e.is_server_silent() || matches!(e, RadiusError::Io(_)) => {
                 self.health.record_failure(server, port)
             }
             Err(_) => {}
