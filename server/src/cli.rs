@@ -125,6 +125,10 @@ pub enum AccountingCommand {
         /// Only this session's (row id or Acct-Session-Id).
         #[arg(long)]
         session: Option<String>,
+        /// Even though one of its servers acknowledged the organization's accounting within
+        /// the last hour (it is refused then: that server is not gone).
+        #[arg(long)]
+        force: bool,
     },
     /// Gives up the Stop copies waiting for a server gone for good (dead-lettered, audited):
     /// that server is never told those sessions ended. It can then be removed.
@@ -605,7 +609,11 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
                 );
             }
         }
-        AccountingCommand::GiveUp { org, session } => {
+        AccountingCommand::GiveUp {
+            org,
+            session,
+            force,
+        } => {
             let org = crate::operator::stored_id(&storage, org).await?;
             if storage.organization(&org).await?.is_none() {
                 return Err(NotFound::Organization(org).into());
@@ -636,11 +644,18 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
             let done = storage
                 .give_up(
                     &org,
-                    crate::storage::GiveUp::EndedSessions(session),
+                    crate::storage::GiveUp::EndedSessions { session, force },
                     &crate::operator::actor(),
                     crate::access_session::now_ms(),
                 )
                 .await?;
+            if let Some(at) = done.acknowledged_at {
+                return Err(Refused(format!(
+                    "a server of `{org}` acknowledged its accounting at {} (`accounting backlog` shows what waits, and why): its servers are not all gone for good — nothing given up (--force gives up all the same)",
+                    crate::operator::clock(at)
+                ))
+                .into());
+            }
             let whose = match session {
                 Some(id) => format!("session {id} of `{org}`"),
                 None => format!("`{org}`'s ended sessions"),
@@ -654,11 +669,26 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
                     ""
                 }
             );
-            say_being_sent(done.being_sent, no_sender);
+            say_being_sent(
+                done.being_sent,
+                no_sender,
+                "its servers still do not answer",
+            );
+            if done.not_tried > 0 {
+                say!(
+                    "{} more of sessions whose accounting was not tried yet (queued a moment ago): left to be tried; run this again once `accounting backlog` shows them failing",
+                    done.not_tried
+                );
+            }
             if session.is_none() {
                 let open = storage.active_session_ids_of(&org).await?.len();
                 if open > 0 {
-                    say!("{open} session(s) of `{org}` still open keep theirs: end them (`org disable {org}`, or `session terminate`), then run this again");
+                    let end_them = if storage.organization_active(&org).await? == Some(false) {
+                        "the disable's stop ends them in the running portal (at its next start if none runs)"
+                    } else {
+                        "end them (`org disable`, or `session terminate`)"
+                    };
+                    say!("{open} session(s) of `{org}` still open keep theirs: {end_them}; then run this again");
                 }
             }
         }
@@ -687,7 +717,11 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
                     ""
                 }
             );
-            say_being_sent(done.being_sent, no_sender);
+            say_being_sent(
+                done.being_sent,
+                no_sender,
+                "the server still does not answer",
+            );
             if !listed && done.given_up == 0 && done.being_sent == 0 {
                 crate::eprint_line!("warning: `{server}` is not one of `{org}`'s servers, and no copies wait for a server of that name (`accounting backlog` names the servers copies wait for)");
             }
@@ -700,14 +734,14 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
 }
 
 /// What an operator's give-up left to a sender ([`crate::storage::GivenUp::being_sent`]).
-fn say_being_sent(being_sent: i64, no_sender: bool) {
+fn say_being_sent(being_sent: i64, no_sender: bool, still: &str) {
     if being_sent > 0 && no_sender {
         say!(
-            "{being_sent} more held by a portal that is no longer running (with any behind them in their session): the next portal to start takes them back; run this again after it starts if the server still does not answer"
+            "{being_sent} more held by a portal that is no longer running (with any behind them in their session): the next portal to start takes them back; run this again after it starts if {still}"
         );
     } else if being_sent > 0 {
         say!(
-            "{being_sent} more being sent right now (with any behind them in their session): left to their sender; run this again if the server still does not answer"
+            "{being_sent} more being sent right now (with any behind them in their session): left to their sender; run this again if {still}"
         );
     }
 }
@@ -945,6 +979,15 @@ pub async fn radius_test(
         }
         return Err(NotFound::Organization(org_id.to_string()).into());
     };
+    // The organization as stored (its id there), if it is: only a stored one can be disabled
+    // while the test runs (the review's M2: one only in the file, or spelt there in another
+    // letter case, was said disabled meanwhile before its second server).
+    let stored_id = rows.as_ref().and_then(|rows| {
+        rows.iter()
+            .find(|row| row.id == org_id)
+            .or_else(|| rows.iter().find(|row| row.id.eq_ignore_ascii_case(org_id)))
+            .map(|row| row.id.clone())
+    });
     if let Some(rows) = &rows {
         // The file's settings, the database's state: a disabled organization is one still,
         // whatever letter case the file spells its id in. One the database does not have yet
@@ -1081,8 +1124,10 @@ pub async fn radius_test(
     for (i, server) in org.servers.iter().enumerate() {
         // A disable that lands while a server stays silent stops the test before its next
         // server, as it stops a sign-in (the guard review's L1).
-        if let (Some((user, _)), Some(storage), true) = (&credentials, &storage, i > 0) {
-            if !crate::access_session::still_enabled(storage, org_id).await {
+        if let (Some((user, _)), Some(storage), Some(stored_id), true) =
+            (&credentials, &storage, &stored_id, i > 0)
+        {
+            if !crate::access_session::still_enabled(storage, stored_id).await {
                 let detail = serde_json::json!({ "operation": "Login", "state": "Disabled", "username": user, "command": "radius test" });
                 audit_as_operator(storage, "guard.denied", org_id, detail).await?;
                 return Err(Refused(format!(

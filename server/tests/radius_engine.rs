@@ -3289,6 +3289,69 @@ async fn radius_test_stops_before_the_next_server_once_its_organization_is_disab
     );
 }
 
+/// `radius test --from-file` for an organization only the file has (the next start stores
+/// it): no stored organization to be disabled meanwhile — each server is asked (the review's
+/// M2: refused before the second as "disabled meanwhile", and audited so).
+#[tokio::test]
+async fn radius_test_from_the_file_asks_every_server_of_an_organization_not_stored_yet() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    TestApp::spawn(&settings(
+        &db,
+        vec![radius.server_settings("primary", true)],
+    ))
+    .await
+    .stop()
+    .await;
+    let server = |name: &str| {
+        format!(
+            "[[organizations.servers]]\nname = \"{name}\"\naddress = \"127.0.0.1\"\nauth_port = {}\nacct_port = {}\nsecret = \"{SECRET}\"\nrequire_message_authenticator = false\n",
+            radius.auth_port, radius.acct_port
+        )
+    };
+    let config = db.with_file_name("lab.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\npath = \"{}\"\n[radius]\nbind = \"127.0.0.1\"\n[[organizations]]\nid = \"lab\"\nname = \"Lab\"\n{}{}",
+            db.display(),
+            server("one"),
+            server("two")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_radius-portal"))
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "radius",
+            "test",
+            "--from-file",
+            "--org",
+            "lab",
+            "--username",
+            "carol",
+        ])
+        .env("PORTAL_TEST_PASSWORD", "carol-pass")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    for name in ["one", "two"] {
+        assert!(
+            text.contains(&format!(
+                "{name} (127.0.0.1:{}, authentication): Access-Accept",
+                radius.auth_port
+            )),
+            "{text}"
+        );
+    }
+}
+
 /// The organization's only server gone for good with a Stop waiting for it (it would wait for
 /// ever): the operator gives up its ended sessions' accounting (dead letters, audited), never
 /// an open session's, and the server can be replaced at once.
@@ -3310,7 +3373,7 @@ async fn an_operator_gives_up_the_accounting_of_an_organization_whose_servers_ar
             .await
             .unwrap()
             .iter()
-            .any(|e| e.status_type == 2 && e.attempts > 0)
+            .any(|e| e.status_type == 2 && e.last_error.is_some())
     })
     .await;
     app.stop().await;
@@ -3339,14 +3402,22 @@ async fn an_operator_gives_up_the_accounting_of_an_organization_whose_servers_ar
         text.contains(&format!("session {open_id} is open: end it first")),
         "{text}"
     );
+    // Its Starts were acknowledged a moment ago: not gone for good, says the database.
     let (code, text) = give_up(&["--org", "ACME"]);
+    assert_eq!(code, Some(4), "{text}");
+    assert!(
+        text.contains("a server of `acme` acknowledged its accounting at")
+            && text.contains("nothing given up (--force gives up all the same)"),
+        "{text}"
+    );
+    let (code, text) = give_up(&["--org", "ACME", "--force"]);
     assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains("gave up 1 accounting row(s) of `acme`'s ended sessions")
             && text.contains("1 session(s) of `acme` still open keep theirs"),
         "{text}"
     );
-    let dead = give_up(&["--org", "acme"]).1;
+    let dead = give_up(&["--org", "acme", "--force"]).1;
     assert!(dead.contains("gave up 0 accounting row(s)"), "{dead}");
     let dead = common::operator_command(&db, &["accounting", "dead-letters"]);
     let dead = String::from_utf8_lossy(&dead.stdout);
@@ -3362,8 +3433,24 @@ async fn an_operator_gives_up_the_accounting_of_an_organization_whose_servers_ar
     // server can be replaced.
     let app = TestApp::spawn(&settings).await;
     assert!(app.sessions.disconnect(open.id).await.unwrap());
+    let storage = app.storage.clone();
+    wait_until("its Stop fails at the dead server", || async {
+        storage
+            .session_outbox(open.id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.status_type == 2 && e.last_error.is_some())
+    })
+    .await;
     app.stop().await;
-    let (code, text) = give_up(&["--org", "acme", "--session", &open.acct_session_id]);
+    let (code, text) = give_up(&[
+        "--org",
+        "acme",
+        "--session",
+        &open.acct_session_id,
+        "--force",
+    ]);
     assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains(&format!(

@@ -1432,15 +1432,13 @@ async fn a_stops_copies_are_queued_once_for_their_servers_alone(db: Db) {
     let give_up = |org: &'static str, server: &'static str| {
         s.give_up(org, GiveUp::CopiesFor(server), "cli:test", T0 + 3 * MINUTE)
     };
-    let none = GivenUp {
-        given_up: 0,
-        being_sent: 0,
-    };
+    let none = GivenUp::default();
     assert_eq!(
         give_up("acme", "silent").await.unwrap(),
         GivenUp {
             given_up: 0,
-            being_sent: 1
+            being_sent: 1,
+            ..GivenUp::default()
         }
     );
     s.mark_failed(&again[0], T0 + 4 * MINUTE, "down", None)
@@ -1453,7 +1451,8 @@ async fn a_stops_copies_are_queued_once_for_their_servers_alone(db: Db) {
         give_up("acme", "silent").await.unwrap(),
         GivenUp {
             given_up: 1,
-            being_sent: 0
+            being_sent: 0,
+            ..GivenUp::default()
         }
     );
     assert_eq!(give_up("acme", "silent").await.unwrap(), none);
@@ -1567,21 +1566,62 @@ async fn an_operator_gives_up_the_accounting_of_ended_sessions(db: Db) {
     let give_up = |session: Option<i64>| {
         s.give_up(
             "acme",
-            GiveUp::EndedSessions(session),
+            GiveUp::EndedSessions {
+                session,
+                force: true,
+            },
             "cli:test",
             T0 + 3 * MINUTE,
         )
     };
-    let none = GivenUp {
-        given_up: 0,
-        being_sent: 0,
-    };
+    let none = GivenUp::default();
+    // A server acknowledged the organization's accounting a moment ago (the Starts): not
+    // gone for good — nothing, unless forced.
+    assert_eq!(
+        s.give_up(
+            "acme",
+            GiveUp::EndedSessions {
+                session: None,
+                force: false
+            },
+            "cli:test",
+            T0 + 3 * MINUTE,
+        )
+        .await
+        .unwrap(),
+        GivenUp {
+            acknowledged_at: Some(T0 + 1),
+            ..GivenUp::default()
+        }
+    );
+    // Not tried yet (queued a moment ago): left to be tried.
+    assert_eq!(
+        give_up(Some(never_started)).await.unwrap(),
+        GivenUp {
+            not_tried: 2,
+            ..GivenUp::default()
+        }
+    );
+    let start = s
+        .claim_session_outbox(
+            never_started,
+            status_type::START,
+            T0 + MINUTE,
+            T0 + 2 * MINUTE,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    s.mark_failed(&start, T0 + MINUTE, "timeout", None)
+        .await
+        .unwrap();
     // One session's: its Start and Stop, nothing else.
     assert_eq!(
         give_up(Some(never_started)).await.unwrap(),
         GivenUp {
             given_up: 2,
-            being_sent: 0
+            being_sent: 0,
+            ..GivenUp::default()
         }
     );
     assert_eq!(give_up(Some(open)).await.unwrap(), none, "open");
@@ -1596,7 +1636,8 @@ async fn an_operator_gives_up_the_accounting_of_ended_sessions(db: Db) {
         give_up(None).await.unwrap(),
         GivenUp {
             given_up: 0,
-            being_sent: 1
+            being_sent: 1,
+            ..GivenUp::default()
         }
     );
     s.mark_failed(&stop, T0 + 3 * MINUTE, "timeout", None)
@@ -1606,7 +1647,8 @@ async fn an_operator_gives_up_the_accounting_of_ended_sessions(db: Db) {
         give_up(None).await.unwrap(),
         GivenUp {
             given_up: 1,
-            being_sent: 0
+            being_sent: 0,
+            ..GivenUp::default()
         }
     );
     assert_eq!(give_up(None).await.unwrap(), none);

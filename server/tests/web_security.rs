@@ -410,6 +410,13 @@ async fn unreadable_and_oversized_requests_are_the_callers_errors() {
     // does not take (black-box tester U's D1: the not-found page's HTML, an empty 405).
     for (method, path, status, kind) in [
         ("GET", "/nonexistent", StatusCode::NOT_FOUND, "NotFound"),
+        ("GET", "/o/nope/session", StatusCode::NOT_FOUND, "NotFound"),
+        (
+            "POST",
+            "/pkg/app.js",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+        ),
         (
             "GET",
             "/o/acme/nonexistent",
@@ -443,6 +450,9 @@ async fn unreadable_and_oversized_requests_are_the_callers_errors() {
             .await
             .unwrap();
         assert_eq!(refused.status(), status, "{method} {path}");
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            assert!(refused.headers().contains_key("allow"), "{method} {path}");
+        }
         let body: serde_json::Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
         assert_eq!(body["error"], kind, "{method} {path}: {body}");
     }

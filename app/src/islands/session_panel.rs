@@ -187,10 +187,14 @@ pub fn SessionPanel() -> impl IntoView {
             // A Disconnect that got no answer is no longer in doubt once the session has
             // ended (its answer was lost on the way back, or it ended otherwise).
             PanelStatus::Ended(reason) => {
+                #[cfg(feature = "hydrate")]
+                live::heard_end();
                 clear_if_shown(error, crate::error::DISCONNECT_UNREACHABLE);
                 ended.set(Some(reason));
             }
             PanelStatus::NoSession => {
+                #[cfg(feature = "hydrate")]
+                live::heard_end();
                 clear_if_shown(error, crate::error::DISCONNECT_UNREACHABLE);
                 let time_up = monotonic_ms() >= deadline.get_untracked();
                 ended.set(Some(gone_after(time_up, state.get_untracked().ends_by)));
@@ -528,10 +532,16 @@ mod live {
     /// Questions in a row that could not reach the portal or got no status from it (a 503
     /// while its database is away) (0: the portal answered since).
     static MISSES: AtomicU32 = AtomicU32::new(0);
-    /// How many times the stream said the session ended: an answer saying it runs, to a
-    /// question (or a Refresh) asked before the last of them, is older than that and dropped
-    /// — not "connected" again for the seconds until the next question (the UI review's L2).
+    /// How many times the page was told the session ended (the stream, a question): an
+    /// answer saying it runs, to a question (or a Refresh) asked before the last of them, is
+    /// older than that and dropped — not "connected" again for the seconds until the next
+    /// question (the UI review's L2).
     static ENDS_HEARD: AtomicU32 = AtomicU32::new(0);
+
+    /// The page was told the session ended ([`ENDS_HEARD`]).
+    pub fn heard_end() {
+        ENDS_HEARD.fetch_add(1, Ordering::SeqCst);
+    }
 
     /// [`ENDS_HEARD`] now, before a question or a Refresh is sent.
     pub fn ends_heard() -> u32 {
@@ -704,7 +714,6 @@ mod live {
                 let json = crate::islands::json::Json::parse(&text);
                 if let Some(status) = json.as_ref().and_then(PanelStatus::from_json) {
                     if !matches!(status, PanelStatus::Active(_)) {
-                        ENDS_HEARD.fetch_add(1, Ordering::SeqCst);
                         close();
                     }
                     apply(status);

@@ -195,9 +195,7 @@ pub fn router(parts: RouterParts) -> Site {
             // method (a form posted there too).
             route(
                 path,
-                get(pages::render)
-                    .fallback(pages::not_found)
-                    .with_state(pages.clone()),
+                axum::routing::any(pages::not_found).with_state(pages.clone()),
             );
         } else {
             route(path, page.clone());
@@ -549,6 +547,8 @@ where
         }
         response
     })
+    // A method the files do not take: said as every error is.
+    .fallback(pages::wrong_method)
 }
 
 /// The values of the cookies named `name` in a request's `Cookie` headers, in order. Pairs are

@@ -1218,17 +1218,31 @@ pub enum GiveUp<'a> {
     /// Everything still waiting of the organization's ended sessions — of the one given, or
     /// of all — whichever server it waits for (their Stops, the Starts and Interim-Updates
     /// before them, copies): every accounting server of the organization is gone for good.
-    /// An open session's rows are not touched (its Stop is queued when it ends).
-    EndedSessions(Option<i64>),
+    /// An open session's rows are not touched (its Stop is queued when it ends), nor a
+    /// session's none of whose rows was tried and failed yet; and nothing while a server
+    /// acknowledged the organization's accounting within the last hour
+    /// ([`GivenUp::acknowledged_at`]), unless `force`.
+    EndedSessions {
+        /// Only this session's.
+        session: Option<i64>,
+        /// Even though a server acknowledged the organization's accounting lately.
+        force: bool,
+    },
 }
 
 /// What giving up accounting did ([`Storage::give_up`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GivenUp {
     /// Rows dead-lettered.
     pub given_up: i64,
     /// Rows a sender held (being sent), with the others of their session: left to it.
     pub being_sent: i64,
+    /// Rows of sessions none of whose rows was tried and failed yet ([`GiveUp::EndedSessions`]):
+    /// left to be tried.
+    pub not_tried: i64,
+    /// When a server last acknowledged the organization's accounting, if within the last
+    /// hour and not forced: nothing was given up.
+    pub acknowledged_at: Option<i64>,
 }
 
 /// What asking for a session's termination did ([`Storage::queue_session_termination`]).

@@ -458,6 +458,10 @@ where
     Ok(arguments)
 }
 
+/// How recently a server's acknowledgement of an organization's accounting makes its servers
+/// not gone for good to `accounting give-up` (unless forced).
+const ACKNOWLEDGED_LATELY_MS: i64 = 3_600_000;
+
 /// [`OrgSql`] on a backend's connection and [`Change`] on its transactions.
 macro_rules! backend_sql {
     ($db:ty, $conn:ty, $arguments:ty) => {
@@ -1174,7 +1178,7 @@ impl<B: OrgBackend> OrganizationStore for B {
                     serde_json::json!({ "server": name }),
                 )
             }
-            GiveUp::EndedSessions(session) => (
+            GiveUp::EndedSessions { session, .. } => (
                 format!("given up by {actor}: the organization's accounting servers gone for good (they are not told what this row says)"),
                 Arg::Int(session.unwrap_or(-1)),
                 "accounting.give_up",
@@ -1189,25 +1193,70 @@ impl<B: OrgBackend> OrganizationStore for B {
                 "destination = $2 AND delivered_at IS NULL AND dead_at IS NULL \
                  AND access_session_id IN (SELECT id FROM access_sessions WHERE organization_id = $1)"
             }
-            GiveUp::EndedSessions(_) => {
+            GiveUp::EndedSessions { .. } => {
                 "delivered_at IS NULL AND dead_at IS NULL \
                  AND access_session_id IN (SELECT id FROM access_sessions \
                      WHERE organization_id = $1 AND state <> 'active' AND ($2 < 0 OR id = $2))"
             }
         };
-        let held = match what {
-            GiveUp::CopiesFor(_) => " AND p.destination = accounting_outbox.destination",
-            GiveUp::EndedSessions(_) => "",
+        // The organization's servers gone for good is the operator's word; what the database
+        // knows may say otherwise (the review's M3: rows a live server would take were given
+        // up): a session is given up only once one of its rows was tried and failed (not a
+        // Stop queued a moment ago), and none while a server acknowledged the organization's
+        // accounting within the last hour, unless forced.
+        let (session_scope, held_scope) = match what {
+            GiveUp::CopiesFor(_) => ("", " AND p.destination = accounting_outbox.destination"),
+            GiveUp::EndedSessions { .. } => (
+                " AND EXISTS (SELECT 1 FROM accounting_outbox t \
+                   WHERE t.access_session_id = accounting_outbox.access_session_id \
+                   AND t.delivered_at IS NULL AND t.dead_at IS NULL \
+                   AND t.attempts > 0 AND t.last_error IS NOT NULL)",
+                "",
+            ),
         };
         let mut change = self.begin_write().await?;
         let c = change.conn();
+        if let GiveUp::EndedSessions { force: false, .. } = what {
+            let acknowledged: Option<(Option<i64>,)> = c
+                .fetch_optional(
+                    "SELECT MAX(o.delivered_at) FROM accounting_outbox o \
+                     JOIN access_sessions s ON s.id = o.access_session_id \
+                     WHERE s.organization_id = $1",
+                    &[Arg::Text(organization_id)],
+                )
+                .await?;
+            if let Some(at) = acknowledged
+                .and_then(|(at,)| at)
+                .filter(|at| *at > now - ACKNOWLEDGED_LATELY_MS)
+            {
+                return Ok(GivenUp {
+                    acknowledged_at: Some(at),
+                    ..GivenUp::default()
+                });
+            }
+        }
+        // PostgreSQL: the rows in scope locked first (waiting for a sender's claim under way),
+        // so the statement below — a snapshot of its own, taken after — sees every claim
+        // committed on any of a session's rows (the review's L1: a Stop given up while its
+        // Start, claimed meanwhile, was sent).
+        if !B::LOCK_ROW.is_empty() {
+            let _: Vec<(i64,)> = c
+                .fetch_all(
+                    &format!(
+                        "SELECT id FROM accounting_outbox WHERE {waiting} ORDER BY id{}",
+                        B::LOCK_ROW
+                    ),
+                    &[Arg::Text(organization_id), scope],
+                )
+                .await?;
+        }
         let given_up = c
             .execute(
                 &format!(
                     "UPDATE accounting_outbox SET dead_at = $3, dead_reason = $4, claimed_until = NULL \
-                     WHERE {waiting} AND (claimed_until IS NULL OR claimed_until < $5) \
+                     WHERE {waiting} AND (claimed_until IS NULL OR claimed_until < $5){session_scope} \
                      AND NOT EXISTS (SELECT 1 FROM accounting_outbox p \
-                         WHERE p.access_session_id = accounting_outbox.access_session_id{held} \
+                         WHERE p.access_session_id = accounting_outbox.access_session_id{held_scope} \
                          AND p.delivered_at IS NULL AND p.dead_at IS NULL AND p.claimed_until >= $5)"
                 ),
                 &[
@@ -1219,13 +1268,27 @@ impl<B: OrgBackend> OrganizationStore for B {
                 ],
             )
             .await?;
-        let (being_sent,): (i64,) = c
+        // What is left in scope: held by a sender (with the rest of its session), or of a
+        // session none of whose rows was tried yet.
+        let (being_sent, not_tried): (i64, i64) = c
             .fetch_optional(
-                &format!("SELECT COUNT(*) FROM accounting_outbox WHERE {waiting}"),
-                &[Arg::Text(organization_id), scope],
+                &format!(
+                    "SELECT COUNT(*) FILTER (WHERE EXISTS (SELECT 1 FROM accounting_outbox p \
+                         WHERE p.access_session_id = accounting_outbox.access_session_id{held_scope} \
+                         AND p.delivered_at IS NULL AND p.dead_at IS NULL AND p.claimed_until >= $3)), \
+                     COUNT(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM accounting_outbox p \
+                         WHERE p.access_session_id = accounting_outbox.access_session_id{held_scope} \
+                         AND p.delivered_at IS NULL AND p.dead_at IS NULL AND p.claimed_until >= $3)) \
+                     FROM accounting_outbox WHERE {waiting}"
+                ),
+                &[
+                    Arg::Text(organization_id),
+                    scope,
+                    Arg::Int(now - crate::accounting::CLOCK_SKEW_MS),
+                ],
             )
             .await?
-            .unwrap_or((0,));
+            .unwrap_or((0, 0));
         let given_up = i64::try_from(given_up).unwrap_or(i64::MAX);
         if given_up > 0 {
             let mut detail = detail;
@@ -1246,6 +1309,8 @@ impl<B: OrgBackend> OrganizationStore for B {
         Ok(GivenUp {
             given_up,
             being_sent,
+            not_tried,
+            acknowledged_at: None,
         })
     }
 

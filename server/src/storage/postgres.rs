@@ -94,6 +94,9 @@ const STATISTICS_BULK: usize = 500;
 
 /// How long a check of a database suspected away waits for a connection.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// The second look's, after a first that proved nothing ([`Reachability::check`]'s
+/// `refusal_only`): long enough for a busy server to open a connection.
+const PATIENT_CHECK_TIMEOUT: Duration = Duration::from_secs(8);
 /// How long the check then waits for a working connection of the pool's.
 const POOL_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the database is checked again while it does not answer.
@@ -156,11 +159,11 @@ impl Reachability {
     }
 
     /// After `error`: if it says the database is away, checks it (unless a check runs). A
-    /// pool that found no connection in time proves nothing of the server (the pool's
-    /// connections all busy under load): only a definite refusal makes it away then — not a
-    /// new connection slow to open on a busy server, which had every replica fail every call
-    /// at once, and their `/readyz` with them, until the load came back (the storage review's
-    /// L2).
+    /// pool that found no connection in time proves little of the server (the pool's
+    /// connections all busy under load): a new connection slow to open then is looked at again
+    /// with patience before the server counts as away — it had every replica of a busy server
+    /// fail every call at once, and their `/readyz` with them, until the load came back (the
+    /// storage review's L2).
     fn observe(self: &Arc<Self>, error: &StorageError) {
         if !error.is_unavailable() || matches!(error, StorageError::Unreachable(_)) {
             return;
@@ -175,8 +178,9 @@ impl Reachability {
     /// connection until its acquire timeout, 5 s for requests and 15 s for background work —,
     /// so it is checked now, while that call waits on, at most once per [`SUSPECT_EVERY`].
     /// Calls slow for another reason (pools full, a busy server) cost a connection attempt
-    /// that often, and never make the server "away": only a definite refusal does, not a
-    /// connection slow to open.
+    /// that often, and do not make the server "away" by a connection slow to open: only a
+    /// definite refusal does, or no connection within a patient second look either while the
+    /// pool's own give none.
     fn suspect(self: &Arc<Self>) {
         {
             let mut last = self.suspected_at.lock().unwrap_or_else(|p| p.into_inner());
@@ -190,7 +194,8 @@ impl Reachability {
 
     /// Checks the server (unless a check runs), and again every [`RECHECK_EVERY`] while it
     /// does not answer. `refusal_only`: the first look counts the server away only if it
-    /// refuses (a connection that does not open in time proves nothing of a busy server).
+    /// refuses; one that does not open a connection in time (which proves nothing of a busy
+    /// server) is followed by a patient look ([`PATIENT_CHECK_TIMEOUT`]) that decides.
     fn check(self: &Arc<Self>, refusal_only: bool) {
         use std::sync::atomic::Ordering;
         if self.checking.swap(true, Ordering::SeqCst) {
@@ -199,9 +204,10 @@ impl Reachability {
         let this = self.clone();
         tokio::spawn(async move {
             let mut refusal_only = refusal_only;
+            let mut patience = CHECK_TIMEOUT;
             loop {
                 let away = match tokio::time::timeout(
-                    CHECK_TIMEOUT,
+                    patience,
                     sqlx::ConnectOptions::connect(&this.options),
                 )
                 .await
@@ -227,10 +233,20 @@ impl Reachability {
                         }
                         None
                     }
-                    Err(_) if refusal_only => None,
-                    Err(_) => Some(format!("no answer within {CHECK_TIMEOUT:?}")),
+                    // A first look that proves nothing (a busy server may be slow to open a
+                    // connection): a patient second one decides — a server that hangs or whose
+                    // packets are dropped is found away (the review's M1: never, when a slow
+                    // look counted as an answer).
+                    Err(_) if refusal_only => {
+                        refusal_only = false;
+                        patience = PATIENT_CHECK_TIMEOUT;
+                        tokio::time::sleep(RECHECK_EVERY).await;
+                        continue;
+                    }
+                    Err(_) => Some(format!("no answer within {patience:?}")),
                 };
                 refusal_only = false;
+                patience = CHECK_TIMEOUT;
                 // Not while a connection the pool holds still answers: a new connection failed
                 // for a reason of its own (a slow login on a busy server, a name not resolved).
                 let failure = match away {
@@ -2025,6 +2041,11 @@ impl SessionStore for PgStore {
         .fetch_one(self.pool())
         .await?;
         if read_only {
+            // Not writable from now (the metric too), as a write refused would make it.
+            self.refused_writes_at.store(
+                crate::access_session::now_ms(),
+                std::sync::atomic::Ordering::SeqCst,
+            );
             return Err(StorageError::Unreachable(
                 "the PostgreSQL server takes no writes (a standby, or transactions read-only by default): no session can be stopped".into(),
             ));
@@ -2808,6 +2829,49 @@ impl OrgBackend for PgStore {
 mod tests {
     use super::*;
     use crate::storage::organizations::session_end_actor;
+
+    /// A server that takes connections and never says a word (a postmaster stopped, its
+    /// packets dropped after the handshake), found when a pool timed out: the first look
+    /// proves nothing (a busy server may be slow), the patient second one finds it away — not
+    /// never (the review's M1), which left every request waiting the pool's 5 s.
+    #[tokio::test]
+    async fn a_server_that_never_answers_is_found_away_after_a_patient_look() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let options = PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(port)
+            .username("portal")
+            .database("portal");
+        let pool = || {
+            PgPoolOptions::new()
+                .acquire_timeout(Duration::from_millis(500))
+                .connect_lazy_with(options.clone())
+        };
+        let reach = Arc::new(Reachability {
+            options: options.clone(),
+            pools: [pool(), pool()],
+            down: std::sync::Mutex::new(None),
+            checking: std::sync::atomic::AtomicBool::new(false),
+            suspected_at: std::sync::Mutex::new(None),
+        });
+        reach.observe(&StorageError::Database(sqlx::Error::PoolTimedOut));
+        let deadline = std::time::Instant::now() + Duration::from_secs(40);
+        while reach.admit().is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the silent server is never found away"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        silent.abort();
+    }
 
     #[test]
     fn the_stop_query_queues_stops_for_the_auth_server() {
