@@ -676,8 +676,14 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
             );
             if done.not_tried > 0 {
                 say!(
-                    "{} more of sessions whose accounting was not tried yet (queued a moment ago): left to be tried; run this again once `accounting backlog` shows them failing",
-                    done.not_tried
+                    "{} more of sessions whose accounting has not been failing for {} minutes yet (not tried yet, or a failure that may pass): left to be tried{}; run this again once `accounting backlog` shows them failing",
+                    done.not_tried,
+                    crate::storage::FAILING_FOR_MS / 60_000,
+                    if no_sender {
+                        " (no portal runs on this database: they are tried when one starts)"
+                    } else {
+                        ""
+                    }
                 );
             }
             if session.is_none() {

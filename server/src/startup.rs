@@ -1326,6 +1326,7 @@ async fn scrape_text(scrape: &MetricsScrape) -> String {
         )
         .await;
     let unwritable = !scrape.storage.writable()
+        || scrape.storage.found_read_only()
         || scrape.storage.stalled()
         || scrape.storage.files_lost().is_some();
     let mut snapshot = match read {

@@ -3384,6 +3384,16 @@ async fn an_operator_gives_up_the_accounting_of_an_organization_whose_servers_ar
         "the server is still needed: {refused:?}"
     );
 
+    // Failing for a while (5 minutes, as `give-up` asks), not a moment.
+    let age = |db: &std::path::Path| {
+        rusqlite::Connection::open(db)
+            .unwrap()
+            .execute(
+                "UPDATE accounting_outbox SET created_at = created_at - 600000 WHERE delivered_at IS NULL",
+                [],
+            )
+            .unwrap();
+    };
     let give_up = |args: &[&str]| {
         let out = common::operator_command(&db, &[&["accounting", "give-up"], args].concat());
         let text = format!(
@@ -3402,6 +3412,18 @@ async fn an_operator_gives_up_the_accounting_of_an_organization_whose_servers_ar
         text.contains(&format!("session {open_id} is open: end it first")),
         "{text}"
     );
+    // Failing a moment ago only: left to be tried.
+    let (code, text) = give_up(&["--org", "acme", "--force"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("gave up 0 accounting row(s)")
+            && text.contains(
+                "1 more of sessions whose accounting has not been failing for 5 minutes yet"
+            )
+            && text.contains("no portal runs on this database"),
+        "{text}"
+    );
+    age(&db);
     // Its Starts were acknowledged a moment ago: not gone for good, says the database.
     let (code, text) = give_up(&["--org", "ACME"]);
     assert_eq!(code, Some(4), "{text}");
@@ -3444,6 +3466,7 @@ async fn an_operator_gives_up_the_accounting_of_an_organization_whose_servers_ar
     })
     .await;
     app.stop().await;
+    age(&db);
     let (code, text) = give_up(&[
         "--org",
         "acme",

@@ -1571,7 +1571,7 @@ async fn an_operator_gives_up_the_accounting_of_ended_sessions(db: Db) {
                 force: true,
             },
             "cli:test",
-            T0 + 3 * MINUTE,
+            T0 + 10 * MINUTE,
         )
     };
     let none = GivenUp::default();
@@ -1585,7 +1585,7 @@ async fn an_operator_gives_up_the_accounting_of_ended_sessions(db: Db) {
                 force: false
             },
             "cli:test",
-            T0 + 3 * MINUTE,
+            T0 + 10 * MINUTE,
         )
         .await
         .unwrap(),
@@ -1615,6 +1615,24 @@ async fn an_operator_gives_up_the_accounting_of_ended_sessions(db: Db) {
     s.mark_failed(&start, T0 + MINUTE, "timeout", None)
         .await
         .unwrap();
+    // Failing for less than 5 minutes (a failure that may pass): left too.
+    assert_eq!(
+        s.give_up(
+            "acme",
+            GiveUp::EndedSessions {
+                session: Some(never_started),
+                force: true
+            },
+            "cli:test",
+            T0 + 3 * MINUTE,
+        )
+        .await
+        .unwrap(),
+        GivenUp {
+            not_tried: 2,
+            ..GivenUp::default()
+        }
+    );
     // One session's: its Start and Stop, nothing else.
     assert_eq!(
         give_up(Some(never_started)).await.unwrap(),
@@ -1628,7 +1646,12 @@ async fn an_operator_gives_up_the_accounting_of_ended_sessions(db: Db) {
     assert_eq!(give_up(Some(elsewhere)).await.unwrap(), none, "another's");
     // The Stop a sender holds is left to it, and given up once it is no longer held.
     let stop = s
-        .claim_session_outbox(stopped, status_type::STOP, T0 + 2 * MINUTE, T0 + 4 * MINUTE)
+        .claim_session_outbox(
+            stopped,
+            status_type::STOP,
+            T0 + 2 * MINUTE,
+            T0 + 20 * MINUTE,
+        )
         .await
         .unwrap()
         .unwrap();

@@ -119,7 +119,7 @@ pub mod web_sessions;
 
 pub use organizations::{
     settings_changes, ActiveChange, Audit, AuditEntry, AuditQuery, DeleteOutcome, OrganizationJob,
-    OrganizationWrite, SeedOutcome, SkippedStop, StoredOrganization, UpdateOutcome,
+    OrganizationWrite, SeedOutcome, SkippedStop, StoredOrganization, UpdateOutcome, FAILING_FOR_MS,
 };
 use postgres::PgStore;
 use sqlite::SqliteStore;
@@ -800,6 +800,15 @@ impl Storage {
             Err(_) => Err(StorageError::Unreachable(format!(
                 "no answer within {limit:?} (a read before it, or this one, waits on the database)"
             ))),
+        }
+    }
+
+    /// Whether the last `/readyz` probe found the database taking no writes (PostgreSQL: a
+    /// standby, read-only); never on SQLite (its refused writes say it, [`Self::writable`]).
+    pub fn found_read_only(&self) -> bool {
+        match &self.backend {
+            Backend::Sqlite(_) => false,
+            Backend::Postgres(store) => store.read_only_seen(),
         }
     }
 

@@ -461,6 +461,9 @@ where
 /// How recently a server's acknowledgement of an organization's accounting makes its servers
 /// not gone for good to `accounting give-up` (unless forced).
 const ACKNOWLEDGED_LATELY_MS: i64 = 3_600_000;
+/// How long a session's accounting must have waited, one of its rows tried and failed, before
+/// `accounting give-up` takes it (a failure that passes is retried well within it).
+pub const FAILING_FOR_MS: i64 = 5 * 60_000;
 
 /// [`OrgSql`] on a backend's connection and [`Change`] on its transactions.
 macro_rules! backend_sql {
@@ -1178,11 +1181,11 @@ impl<B: OrgBackend> OrganizationStore for B {
                     serde_json::json!({ "server": name }),
                 )
             }
-            GiveUp::EndedSessions { session, .. } => (
+            GiveUp::EndedSessions { session, force } => (
                 format!("given up by {actor}: the organization's accounting servers gone for good (they are not told what this row says)"),
                 Arg::Int(session.unwrap_or(-1)),
                 "accounting.give_up",
-                serde_json::json!({ "session": session }),
+                serde_json::json!({ "session": session, "force": force }),
             ),
         };
         // The condition on the rows waiting in scope, `$2` the scope's argument ($1 the
@@ -1201,8 +1204,9 @@ impl<B: OrgBackend> OrganizationStore for B {
         };
         // The organization's servers gone for good is the operator's word; what the database
         // knows may say otherwise (the review's M3: rows a live server would take were given
-        // up): a session is given up only once one of its rows was tried and failed (not a
-        // Stop queued a moment ago), and none while a server acknowledged the organization's
+        // up): a session is given up only once one of its rows was tried and failed and has
+        // waited [`FAILING_FOR_MS`] (not a Stop queued a moment ago, nor one a passing
+        // failure held back), and none while a server acknowledged the organization's
         // accounting within the last hour, unless forced.
         let (session_scope, held_scope) = match what {
             GiveUp::CopiesFor(_) => ("", " AND p.destination = accounting_outbox.destination"),
@@ -1210,7 +1214,7 @@ impl<B: OrgBackend> OrganizationStore for B {
                 " AND EXISTS (SELECT 1 FROM accounting_outbox t \
                    WHERE t.access_session_id = accounting_outbox.access_session_id \
                    AND t.delivered_at IS NULL AND t.dead_at IS NULL \
-                   AND t.attempts > 0 AND t.last_error IS NOT NULL)",
+                   AND t.attempts > 0 AND t.last_error IS NOT NULL AND t.created_at <= $6)",
                 "",
             ),
         };
@@ -1239,16 +1243,35 @@ impl<B: OrgBackend> OrganizationStore for B {
         // so the statement below — a snapshot of its own, taken after — sees every claim
         // committed on any of a session's rows (the review's L1: a Stop given up while its
         // Start, claimed meanwhile, was sent).
+        // Not those a sender holds (never given up: its claim renewals lock them in their
+        // own order).
         if !B::LOCK_ROW.is_empty() {
             let _: Vec<(i64,)> = c
                 .fetch_all(
                     &format!(
-                        "SELECT id FROM accounting_outbox WHERE {waiting} ORDER BY id{}",
+                        "SELECT id FROM accounting_outbox WHERE {waiting} \
+                         AND (claimed_until IS NULL OR claimed_until < $3) ORDER BY id{}",
                         B::LOCK_ROW
                     ),
-                    &[Arg::Text(organization_id), scope],
+                    &[
+                        Arg::Text(organization_id),
+                        scope,
+                        Arg::Int(now - crate::accounting::CLOCK_SKEW_MS),
+                    ],
                 )
                 .await?;
+        }
+        // $6 (the sessions' scope only): when a failed row must have been made by.
+        let failing_since = now - FAILING_FOR_MS;
+        let mut args = vec![
+            Arg::Text(organization_id),
+            scope,
+            Arg::Int(now),
+            Arg::Text(&reason),
+            Arg::Int(now - crate::accounting::CLOCK_SKEW_MS),
+        ];
+        if !session_scope.is_empty() {
+            args.push(Arg::Int(failing_since));
         }
         let given_up = c
             .execute(
@@ -1259,17 +1282,11 @@ impl<B: OrgBackend> OrganizationStore for B {
                          WHERE p.access_session_id = accounting_outbox.access_session_id{held_scope} \
                          AND p.delivered_at IS NULL AND p.dead_at IS NULL AND p.claimed_until >= $5)"
                 ),
-                &[
-                    Arg::Text(organization_id),
-                    scope,
-                    Arg::Int(now),
-                    Arg::Text(&reason),
-                    Arg::Int(now - crate::accounting::CLOCK_SKEW_MS),
-                ],
+                &args,
             )
             .await?;
         // What is left in scope: held by a sender (with the rest of its session), or of a
-        // session none of whose rows was tried yet.
+        // session none of whose rows has failed long enough yet.
         let (being_sent, not_tried): (i64, i64) = c
             .fetch_optional(
                 &format!(

@@ -61,6 +61,8 @@ pub struct PgStore {
     /// [`super::engine::FAILING_FOR_MS`] after it (`/readyz`, `portal_database_up`), as on
     /// SQLite (the storage review's M1: both said "up" while no session could be stopped).
     refused_writes_at: Arc<std::sync::atomic::AtomicI64>,
+    /// The last `/readyz` probe found the server taking no writes ([`SessionStore::ping`]).
+    read_only_seen: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The outbox's statistics as this replica keeps them up to date: the pending rows counted
@@ -849,6 +851,7 @@ impl PgStore {
             reach,
             outbox_statistics: Arc::default(),
             refused_writes_at: Arc::default(),
+            read_only_seen: Arc::default(),
         })
     }
 
@@ -1107,6 +1110,13 @@ impl PgStore {
             && !self.background.is_closed()
             && !self.listening.is_closed()
             && crate::access_session::now_ms() - refused_at >= super::engine::FAILING_FOR_MS
+    }
+
+    /// Whether the last `/readyz` probe found the server taking no writes (a standby,
+    /// read-only): `portal_database_up` says 0 with it.
+    pub(crate) fn read_only_seen(&self) -> bool {
+        self.read_only_seen
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The connections of the work at hand: background work's own, or requests'.
@@ -2040,12 +2050,11 @@ impl SessionStore for PgStore {
         )
         .fetch_one(self.pool())
         .await?;
+        // Kept for the metric, and found again by each probe (a standby promoted is ready at
+        // the next one).
+        self.read_only_seen
+            .store(read_only, std::sync::atomic::Ordering::SeqCst);
         if read_only {
-            // Not writable from now (the metric too), as a write refused would make it.
-            self.refused_writes_at.store(
-                crate::access_session::now_ms(),
-                std::sync::atomic::Ordering::SeqCst,
-            );
             return Err(StorageError::Unreachable(
                 "the PostgreSQL server takes no writes (a standby, or transactions read-only by default): no session can be stopped".into(),
             ));
