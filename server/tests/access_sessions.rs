@@ -2618,12 +2618,22 @@ async fn a_postgresql_server_that_takes_no_writes_is_not_ready() {
         probe.get("/readyz").await.status == 503
     })
     .await;
-    // A sign-in refused by the database: the metric says so.
+    // A sign-in is refused before its Access-Request (no Accept that would open nothing), and
+    // the metric says the database takes no writes.
     let browser = app.browser(Ipv4Addr::new(127, 0, 2, 46));
     let token = browser.form_token("/").await;
-    browser
+    let page = browser
         .post_raw("/api/login", "/", &carol_form(&token), &[])
         .await;
+    assert_ne!(page.path, "/session", "{}", page.body);
+    assert!(
+        !radius
+            .auth_lines()
+            .iter()
+            .any(|l| l.contains("user=carol ")),
+        "{:?}",
+        radius.auth_lines()
+    );
     wait_until("portal_database_up 0", || async {
         app.metrics_text().await.contains("portal_database_up 0")
     })

@@ -411,6 +411,8 @@ async fn unreadable_and_oversized_requests_are_the_callers_errors() {
     for (method, path, status, kind) in [
         ("GET", "/nonexistent", StatusCode::NOT_FOUND, "NotFound"),
         ("GET", "/o/nope/session", StatusCode::NOT_FOUND, "NotFound"),
+        ("GET", "/pkg/missing.js", StatusCode::NOT_FOUND, "NotFound"),
+        ("GET", "/pkg/missing", StatusCode::NOT_FOUND, "NotFound"),
         (
             "POST",
             "/pkg/app.js",

@@ -428,9 +428,17 @@ impl AccessSessions {
         let org = self
             .guarded_organization(organization_id, Operation::Login, who)
             .await?;
-        // A session could not be stored: no Access-Request for it.
+        // A session could not be stored: no Access-Request for it — nor while the database
+        // takes no writes (`/readyz` says not ready: a full disk, a standby, a stalled writer;
+        // black-box tester W's D2: an Accept that opened nothing, the user told 503).
         if let Some(lost) = self.storage.files_lost() {
             return Err(SessionError::Storage(lost));
+        }
+        if !self.storage.writable() || self.storage.found_read_only() {
+            tracing::warn!("sign-in refused before its Access-Request: the database takes no writes now (`/readyz` says why)");
+            return Err(SessionError::Storage(StorageError::Unreachable(
+                "the database takes no writes now".into(),
+            )));
         }
         let deadline = Instant::now() + org.login_timeout;
         // A disable that lands while a server stays silent stops the login before its next

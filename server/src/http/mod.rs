@@ -527,11 +527,31 @@ where
             && [".js", ".wasm", ".css"]
                 .iter()
                 .any(|extension| path.ends_with(extension));
+        // A miss: to a script caller its JSON error, as every error (black-box tester W's D1:
+        // an empty 404); a browser's asset request gets none to show.
+        let script = (!app::service::accepts_html(request.headers())).then(|| {
+            (
+                request.method().clone(),
+                request.uri().clone(),
+                request.headers().clone(),
+            )
+        });
+        let missing = |response: Response| match &script {
+            Some((method, uri, headers)) if response.status() == StatusCode::NOT_FOUND => {
+                caller_error(
+                    &Caller::new(method, uri, headers, &axum::http::Extensions::new()),
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    "There is nothing at this address.",
+                )
+            }
+            _ => response,
+        };
         if !asset {
-            return StatusCode::NOT_FOUND.into_response();
+            return missing(StatusCode::NOT_FOUND.into_response());
         }
         let mut response = match tower::ServiceExt::oneshot(files, request).await {
-            Ok(response) => response.into_response(),
+            Ok(response) => missing(response.into_response()),
             Err(never) => match never {},
         };
         // Hashed names: a file is cached for good — but not a miss (a file of the next build,
