@@ -252,6 +252,14 @@ impl FreeRadius {
         self.read("auth.log").lines().map(str::to_string).collect()
     }
 
+    /// How many Access-Requests for `user` arrived.
+    pub fn access_requests_of(&self, user: &str) -> usize {
+        self.auth_lines()
+            .iter()
+            .filter(|l| l.contains(&format!("user={user} ")))
+            .count()
+    }
+
     /// Full detail records of accounting packets.
     pub fn detail(&self) -> String {
         self.read("detail")
