@@ -3363,18 +3363,22 @@ async fn an_operator_gives_up_the_accounting_of_an_organization_whose_servers_ar
     let (ended, _) = carol_at_primary(&app, &primary, 36).await;
     let (open, _) = carol_at_primary(&app, &primary, 37).await;
     primary.kill();
-    assert!(app.sessions.disconnect(ended.id).await.unwrap());
-    let storage = app.storage.clone();
-    wait_until("the Stop waits for the dead server", || async {
-        storage
-            .session_outbox(ended.id)
-            .await
-            .unwrap()
-            .iter()
-            .any(|e| e.status_type == 2 && e.last_error.is_some())
-    })
-    .await;
-    app.stop().await;
+    // Disconnected while the server is dead: its Stop failed there, and waits.
+    let disconnected_stop_fails = |app: TestApp, id: i64| async move {
+        assert!(app.sessions.disconnect(id).await.unwrap());
+        let storage = app.storage.clone();
+        wait_until("the Stop fails at the dead server", || async {
+            storage
+                .session_outbox(id)
+                .await
+                .unwrap()
+                .iter()
+                .any(|e| e.status_type == 2 && e.last_error.is_some())
+        })
+        .await;
+        app.stop().await;
+    };
+    disconnected_stop_fails(app, ended.id).await;
     let replaced = quick_failover(&db, vec![fast(&other, "other")]);
     let refused = TestApp::try_spawn(&replaced).await.map(|_| ());
     assert!(
@@ -3451,19 +3455,7 @@ async fn an_operator_gives_up_the_accounting_of_an_organization_whose_servers_ar
 
     // The open session still needs the server; once ended, its accounting goes too, and the
     // server can be replaced.
-    let app = TestApp::spawn(&settings).await;
-    assert!(app.sessions.disconnect(open.id).await.unwrap());
-    let storage = app.storage.clone();
-    wait_until("its Stop fails at the dead server", || async {
-        storage
-            .session_outbox(open.id)
-            .await
-            .unwrap()
-            .iter()
-            .any(|e| e.status_type == 2 && e.last_error.is_some())
-    })
-    .await;
-    app.stop().await;
+    disconnected_stop_fails(TestApp::spawn(&settings).await, open.id).await;
     age(&db);
     let (code, text) = give_up(&[
         "--org",
