@@ -61,8 +61,10 @@ pub struct PgStore {
     /// [`super::engine::FAILING_FOR_MS`] after it (`/readyz`, `portal_database_up`), as on
     /// SQLite (the storage review's M1: both said "up" while no session could be stopped).
     refused_writes_at: Arc<std::sync::atomic::AtomicI64>,
-    /// The last `/readyz` probe found the server taking no writes ([`SessionStore::ping`]).
-    read_only_seen: Arc<std::sync::atomic::AtomicBool>,
+    /// When the last `/readyz` probe found the server taking no writes (unix ms; 0: it did
+    /// not) ([`SessionStore::ping`]): counted for [`super::engine::FAILING_FOR_MS`], so a
+    /// finding no probe follows up does not refuse sign-ins for good.
+    read_only_seen_at: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// The outbox's statistics as this replica keeps them up to date: the pending rows counted
@@ -851,7 +853,7 @@ impl PgStore {
             reach,
             outbox_statistics: Arc::default(),
             refused_writes_at: Arc::default(),
-            read_only_seen: Arc::default(),
+            read_only_seen_at: Arc::default(),
         })
     }
 
@@ -1112,11 +1114,14 @@ impl PgStore {
             && crate::access_session::now_ms() - refused_at >= super::engine::FAILING_FOR_MS
     }
 
-    /// Whether the last `/readyz` probe found the server taking no writes (a standby,
-    /// read-only): `portal_database_up` says 0 with it.
+    /// Whether the last `/readyz` probe, within the last 30 s, found the server taking no
+    /// writes (a standby, read-only): `portal_database_up` says 0 with it, and sign-ins are
+    /// refused before their Access-Request.
     pub(crate) fn read_only_seen(&self) -> bool {
-        self.read_only_seen
-            .load(std::sync::atomic::Ordering::SeqCst)
+        let at = self
+            .read_only_seen_at
+            .load(std::sync::atomic::Ordering::SeqCst);
+        at != 0 && crate::access_session::now_ms() - at < super::engine::FAILING_FOR_MS
     }
 
     /// The connections of the work at hand: background work's own, or requests'.
@@ -2052,8 +2057,14 @@ impl SessionStore for PgStore {
         .await?;
         // Kept for the metric, and found again by each probe (a standby promoted is ready at
         // the next one).
-        self.read_only_seen
-            .store(read_only, std::sync::atomic::Ordering::SeqCst);
+        self.read_only_seen_at.store(
+            if read_only {
+                crate::access_session::now_ms()
+            } else {
+                0
+            },
+            std::sync::atomic::Ordering::SeqCst,
+        );
         if read_only {
             return Err(StorageError::Unreachable(
                 "the PostgreSQL server takes no writes (a standby, or transactions read-only by default): no session can be stopped".into(),
