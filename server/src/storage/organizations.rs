@@ -1261,6 +1261,15 @@ impl<B: OrgBackend> OrganizationStore for B {
                 )
                 .await?;
         }
+        // A row of the session in scope that a sender holds since `$n` (a claim counts as held
+        // until replicas' clocks can no longer disagree about it).
+        let held = |n: u8| {
+            format!(
+                "EXISTS (SELECT 1 FROM accounting_outbox p \
+                 WHERE p.access_session_id = accounting_outbox.access_session_id{held_scope} \
+                 AND p.delivered_at IS NULL AND p.dead_at IS NULL AND p.claimed_until >= ${n})"
+            )
+        };
         // $6 (the sessions' scope only): when a failed row must have been made by.
         let failing_since = now - FAILING_FOR_MS;
         let mut args = vec![
@@ -1278,9 +1287,8 @@ impl<B: OrgBackend> OrganizationStore for B {
                 &format!(
                     "UPDATE accounting_outbox SET dead_at = $3, dead_reason = $4, claimed_until = NULL \
                      WHERE {waiting} AND (claimed_until IS NULL OR claimed_until < $5){session_scope} \
-                     AND NOT EXISTS (SELECT 1 FROM accounting_outbox p \
-                         WHERE p.access_session_id = accounting_outbox.access_session_id{held_scope} \
-                         AND p.delivered_at IS NULL AND p.dead_at IS NULL AND p.claimed_until >= $5)"
+                     AND NOT {}",
+                    held(5)
                 ),
                 &args,
             )
@@ -1290,13 +1298,9 @@ impl<B: OrgBackend> OrganizationStore for B {
         let (being_sent, not_tried): (i64, i64) = c
             .fetch_optional(
                 &format!(
-                    "SELECT COUNT(*) FILTER (WHERE EXISTS (SELECT 1 FROM accounting_outbox p \
-                         WHERE p.access_session_id = accounting_outbox.access_session_id{held_scope} \
-                         AND p.delivered_at IS NULL AND p.dead_at IS NULL AND p.claimed_until >= $3)), \
-                     COUNT(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM accounting_outbox p \
-                         WHERE p.access_session_id = accounting_outbox.access_session_id{held_scope} \
-                         AND p.delivered_at IS NULL AND p.dead_at IS NULL AND p.claimed_until >= $3)) \
-                     FROM accounting_outbox WHERE {waiting}"
+                    "SELECT COUNT(*) FILTER (WHERE {held}), COUNT(*) FILTER (WHERE NOT {held}) \
+                     FROM accounting_outbox WHERE {waiting}",
+                    held = held(3)
                 ),
                 &[
                     Arg::Text(organization_id),
