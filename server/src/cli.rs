@@ -339,6 +339,19 @@ pub async fn run() -> anyhow::Result<()> {
                     crate::organizations::shell_word(&id)
                 );
             }
+            // And those it creates (black-box tester Q's D6), in a database that holds some.
+            if !stored.is_empty() {
+                for new in settings
+                    .organizations
+                    .iter()
+                    .filter(|s| !stored.iter().any(|row| row.id == s.id))
+                {
+                    say!(
+                        "# the next start creates organization `{}` from this file (with several replicas: one started with an older file, without it, disables it again)",
+                        new.id
+                    );
+                }
+            }
             // What `serve` would warn about at start-up, said now (on stderr: stdout is the
             // effective configuration).
             let mut ids: Vec<String> = settings
@@ -1152,9 +1165,23 @@ pub async fn radius_test(
                     (format!("answered Status-Server ({})", crate::radius::packet::code_text(code)), "", true)
                 }
             }),
-            Some((user, password)) => radius
-                .authenticate(std::slice::from_ref(server), &org.nas, user, password, client_ip, deadline, crate::radius::always_go_on)
-                .await
+            Some((user, password)) => tokio::select! {
+                answered = radius.authenticate(std::slice::from_ref(server), &org.nas, user, password, client_ip, deadline, crate::radius::always_go_on) => answered,
+                // A disable stored while the server stays silent ends the exchange there, no
+                // retransmission, as it ends a sign-in's (black-box tester M's D3: it went on
+                // for the server's whole time). Looked at in the database (no cache here).
+                () = disabled_while_asked(storage.as_ref(), stored_id.as_deref()) => {
+                    let detail = serde_json::json!({ "operation": "Login", "state": "Disabled", "username": user, "command": "radius test", "radius": format!("withdrawn: the organization was disabled while `{}` was asked", server.name) });
+                    if let Some(storage) = &storage {
+                        audit_as_operator(storage, "guard.denied", org_id, detail).await?;
+                    }
+                    return Err(Refused(format!(
+                        "organization `{org_id}` was disabled while `{}` was asked: no more Access-Requests (no retransmission, none to its next servers)",
+                        server.name
+                    ))
+                    .into());
+                }
+            }
                 .map(|outcome| match outcome {
                     // The checks a sign-in makes after the Accept's own: its session's Stop
                     // must fit one packet.
@@ -1232,6 +1259,20 @@ pub async fn radius_test(
         report(server, Port::Acct, started, outcome);
     }
     Ok(all_answered)
+}
+
+/// Ends once the stored organization `id` is found disabled (or gone), looked at every half
+/// second; never without a database, or for an organization only a file has.
+async fn disabled_while_asked(storage: Option<&crate::storage::Storage>, id: Option<&str>) {
+    let (Some(storage), Some(id)) = (storage, id) else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if !crate::access_session::still_enabled(storage, id).await {
+            return;
+        }
+    }
 }
 
 /// An audit entry of `action` on `org_id` by the person running the command.

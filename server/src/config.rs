@@ -721,8 +721,13 @@ pub fn redact_url(url: &str) -> String {
             let query: Vec<String> = query
                 .split('&')
                 .map(|pair| match pair.split_once('=') {
-                    // `password`, `sslpassword` (the client key's), any spelling.
-                    Some((key, _)) if key.to_ascii_lowercase().contains("pass") => {
+                    // `password`, `sslpassword` (the client key's), any spelling — also
+                    // percent-encoded (`p%61ssword`: the driver decodes the key).
+                    Some((key, _))
+                        if form_urlencoded::parse(key.as_bytes())
+                            .next()
+                            .is_some_and(|(key, _)| key.to_ascii_lowercase().contains("pass")) =>
+                    {
                         format!("{key}={REDACTED}")
                     }
                     _ => pair.to_string(),
@@ -3139,6 +3144,11 @@ mod tests {
         assert_eq!(
             redact_url("postgres://portal@db/portal?sslmode=require&sslpassword=KeyPass&PASSWORD=x"),
             "postgres://portal@db/portal?sslmode=require&sslpassword=[redacted]&PASSWORD=[redacted]"
+        );
+        // Its name percent-encoded (the driver decodes it: the operations review's L2).
+        assert_eq!(
+            redact_url("postgres://portal@db/portal?p%61ssword=S3cret&ssl%70assword=k"),
+            "postgres://portal@db/portal?p%61ssword=[redacted]&ssl%70assword=[redacted]"
         );
         // A password parameter holding an `@`: the query hidden whole.
         assert_eq!(

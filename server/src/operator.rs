@@ -213,6 +213,14 @@ impl From<&AccessSessionRecord> for SessionRow {
     }
 }
 
+/// `text` padded with spaces to `width` columns of a terminal, as `{:<width}` pads ASCII: a
+/// wide character (CJK, most emoji) takes two columns, a combining one none (black-box tester
+/// S's D8: a name with an emoji moved the columns after it).
+fn cell(text: &str, width: usize) -> String {
+    let used = unicode_width::UnicodeWidthStr::width(text);
+    format!("{text}{}", " ".repeat(width.saturating_sub(used)))
+}
+
 pub(crate) fn clock(unix_ms: i64) -> String {
     humantime::format_rfc3339_seconds(
         std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms.max(0) as u64),
@@ -280,10 +288,10 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                 );
                 for r in &rows {
                     let line = format!(
-                        "{:>6} {:<16} {:<20} {:<16} {:<20} {:<20} {}",
+                        "{:>6} {} {} {:<16} {:<20} {:<20} {}",
                         r.id,
-                        r.organization,
-                        shown_plainly(&r.username),
+                        cell(&r.organization, 16),
+                        cell(&shown_plainly(&r.username), 20),
                         r.client_ip,
                         clock(r.started_at_ms),
                         clock(r.expires_at_ms),
@@ -345,12 +353,14 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                 Termination::NotActive => {
                     return Ok(Outcome::Refused(format!("session {} is not active", s.id)))
                 }
-                Termination::AlreadyQueued => {
+                Termination::AlreadyQueued { asked_at } => {
                     say!(
-                        "session {} ({}, {}) is already to be stopped: a termination asked for earlier is not done yet",
+                        "session {} ({}, {}) is already to be stopped: an operator's stop asked for at {} (a termination, or its organization's disable) is not done yet — it is made as asked then (Admin-Reset dated {}): nothing more queued",
                         s.id,
                         shown_plainly(&s.username),
-                        s.organization_id
+                        s.organization_id,
+                        clock(asked_at),
+                        clock(asked_at)
                     );
                     return Ok(Outcome::Done);
                 }
@@ -562,9 +572,39 @@ pub(crate) async fn open(settings: &Settings) -> anyhow::Result<Storage> {
             settings.database.path.display()
         );
     }
+    if let Some(problem) = files_lost_under_a_portal(settings) {
+        anyhow::bail!("{problem}");
+    }
     Storage::connect(&settings.database, false)
         .await
         .with_context(|| crate::storage::sqlite::opening_context(&settings.database))
+}
+
+/// Why no command may work on the SQLite database now: a portal serves it, and its files were
+/// removed or replaced under it — that portal then refuses every change until it is restarted
+/// (it has saved what they held), and says so in its lock file; or its WAL file is gone, which
+/// the portal may not have found yet. A command would write into files that the portal's stop
+/// throws away (black-box tester Q's D1: a disable reported done, undone at the restart), and
+/// read a database without what the lost WAL held.
+fn files_lost_under_a_portal(settings: &Settings) -> Option<String> {
+    let path = &settings.database.path;
+    if settings.database.url.is_some() || !crate::startup::sqlite_portal_surely_serving(path) {
+        return None;
+    }
+    // SQLite names the WAL after the file a symbolic link leads to.
+    let mut wal = std::fs::canonicalize(path).ok()?.into_os_string();
+    wal.push("-wal");
+    let wal_gone = matches!(
+        std::fs::symlink_metadata(&wal),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound
+    );
+    (wal_gone || crate::startup::sqlite_files_lost(path)).then(|| {
+        format!(
+            "the portal serving {} found its database files removed or replaced under it (or its WAL file {} is gone): it refuses every change until it is restarted, and what this command wrote would be lost when it stops — nothing done; restart the portal first (its log says where it saved what they held)",
+            path.display(),
+            std::path::Path::new(&wal).display()
+        )
+    })
 }
 
 /// The SQLite file the portal would create at its first start is not there (yet).
@@ -666,9 +706,9 @@ pub async fn org(settings: &Settings, mut command: OrgCommand) -> anyhow::Result
                 for v in &views {
                     let servers: Vec<&str> = v.servers.iter().map(|s| s.name.as_str()).collect();
                     say!(
-                        "{:<20} {:<28} {:<9} {:>8}  {}{}",
-                        v.id,
-                        v.name,
+                        "{} {} {:<9} {:>8}  {}{}",
+                        cell(&v.id, 20),
+                        cell(&v.name, 28),
                         state(v.active),
                         v.active_sessions,
                         servers.join(", "),
@@ -1041,20 +1081,41 @@ pub async fn audit(settings: &Settings, command: AuditCommand) -> anyhow::Result
                     say!("{}", serde_json::to_string(&line)?);
                 } else {
                     say!(
-                        "#{} {} {:<16} {:<18} {:<12} {}",
+                        "#{} {} {} {:<18} {} {}",
                         entry.id,
                         humantime::format_rfc3339_millis(
                             std::time::UNIX_EPOCH
                                 + std::time::Duration::from_millis(entry.at.max(0) as u64)
                         ),
-                        shown_plainly(&entry.actor),
+                        cell(&shown_plainly(&entry.actor), 16),
                         entry.action,
-                        entry.organization_id.as_deref().unwrap_or("-"),
+                        cell(entry.organization_id.as_deref().unwrap_or("-"), 12),
                         shown_plainly(&entry.detail)
                     );
                 }
             }
             Ok(Outcome::Done)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cell_is_as_wide_on_a_terminal_whatever_its_script() {
+        let cells = ["acme", "Délta 🚀 Ωmega", "東京支社", "e\u{301}e"].map(|t| super::cell(t, 16));
+        for cell in &cells {
+            assert_eq!(
+                unicode_width::UnicodeWidthStr::width(cell.as_str()),
+                16,
+                "{cell:?}"
+            );
+        }
+        assert_eq!(cells[0], format!("{:<16}", "acme"));
+        // Longer than its column: as it is (never cut).
+        assert_eq!(
+            super::cell("a-very-long-organization-id", 8),
+            "a-very-long-organization-id"
+        );
     }
 }

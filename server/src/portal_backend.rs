@@ -275,6 +275,13 @@ impl PortalBackend {
     }
 
     /// Gives back the attempt [`Self::check_address_rate`] just took.
+    /// Gives back the attempt [`Self::check_rate`] took (both limits).
+    fn give_back_rate(&self, (org_id, disabled): (&str, bool), username: &str, ip: IpAddr) {
+        self.give_back_address_rate(disabled, ip);
+        self.per_user
+            .give_back(&(org_id.to_string(), account_of(username)));
+    }
+
     fn give_back_address_rate(&self, disabled: bool, ip: IpAddr) {
         self.address_limit(disabled)
             .give_back(&client_key(ip, self.ipv6_prefix));
@@ -980,6 +987,11 @@ impl PortalBackend {
                     retry_after_secs: 2,
                 }
             })?;
+        // Nothing could be stored: refused before the limits take an attempt no directory
+        // would see (a disabled organization's sign-in hears the disable, as below).
+        if org.active {
+            self.sessions.sessions_storable().map_err(user_error)?;
+        }
         self.check_rate((&org_id, !org.active), &username, ip)?;
         // The browser's session there, if it holds one: a sign-in from this browser replaces
         // it wherever its address (a laptop moved to another network signs in again) — the
@@ -1001,6 +1013,7 @@ impl PortalBackend {
             turn,
             browser: back,
             request_gone: tokio_util::sync::CancellationToken::new(),
+            limited_as_disabled: !org.active,
             _permit: permit,
         }))
     }
@@ -1017,8 +1030,19 @@ impl PortalBackend {
                 sign_in.ip,
                 sign_in.replaces,
             )
-            .await
-            .map_err(user_error);
+            .await;
+        // No server was asked (every breaker open): the attempt no directory saw is given back
+        // (the web review's M1: retries during an outage left the user rate limited after it).
+        if let Err(SessionError::ServersUnavailable(crate::radius::RadiusError::AllServersDown)) =
+            &opened
+        {
+            self.give_back_rate(
+                (&sign_in.org_id, sign_in.limited_as_disabled),
+                &sign_in.username,
+                sign_in.ip,
+            );
+        }
+        let opened = opened.map_err(user_error);
         // The browser's next sign-in waits until this one is linked (or ended below):
         // the same form sent again then finds the session only once it is the browser's, and
         // one sent while this one failed gets its answer.
@@ -1138,6 +1162,8 @@ struct SignIn {
     ///
     /// [`RecentSignIns::unanswered`]: crate::http::resubmit::RecentSignIns::unanswered
     request_gone: tokio_util::sync::CancellationToken,
+    /// Its attempt was taken from the limits of a disabled organization's sign-ins.
+    limited_as_disabled: bool,
     /// Its place among the sign-ins under way.
     _permit: tokio::sync::OwnedSemaphorePermit,
 }

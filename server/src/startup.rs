@@ -213,6 +213,12 @@ pub fn sqlite_portal_surely_stopped(path: &std::path::Path) -> bool {
     sqlite_served(path) == Some(false)
 }
 
+/// Whether a portal serves the SQLite database at `path` now, known for sure (it holds the
+/// lock).
+pub fn sqlite_portal_surely_serving(path: &std::path::Path) -> bool {
+    sqlite_served(path) == Some(true)
+}
+
 /// Whether a portal holds the lock of the SQLite database at `path`: Some(false) when its lock
 /// file is not there (never served) or its lock was taken and given back here, None when the
 /// lock file cannot be opened or locked (not known).
@@ -238,6 +244,20 @@ fn sqlite_served(path: &std::path::Path) -> Option<bool> {
 const WATERMARK: &str = "newest_session_id=";
 /// The lock file's line of the [`ClockMark`].
 const CLOCK_MARK: &str = "clock=";
+/// The lock file's line while the serving portal finds its database's files removed or
+/// replaced under it (`Storage::files_lost`): it refuses every change until restarted, and
+/// operator commands refuse to work on the files there now ([`sqlite_files_lost`]).
+const FILES_LOST: &str = "files_lost=yes";
+
+/// Whether the portal serving the SQLite database at `path` now says its files were removed or
+/// replaced under it (its lock file's [`FILES_LOST`] line: black-box tester Q's D1).
+pub fn sqlite_files_lost(path: &std::path::Path) -> bool {
+    sqlite_portal_surely_serving(path)
+        && std::fs::File::open(sqlite_lock_path(path))
+            .ok()
+            .and_then(|file| lock_file_line(&file, FILES_LOST))
+            .is_some()
+}
 
 /// How often a serving portal writes [`WATERMARK`] (and once more as it stops): a crash may
 /// leave the last second's sessions uncounted.
@@ -266,11 +286,19 @@ fn read_clock_mark(file: &std::fs::File) -> Option<ClockMark> {
 /// Writes `newest` as the newest session id seen (0 for a database without sessions; none where
 /// the database keeps no such count), and the clock's mark now (the whole of the lock file's
 /// text).
-fn write_watermark(mut file: &std::fs::File, newest: Option<i64>) -> std::io::Result<()> {
+fn write_watermark(
+    mut file: &std::fs::File,
+    newest: Option<i64>,
+    files_lost: bool,
+) -> std::io::Result<()> {
     use std::io::{Seek, Write};
     let mut text = String::new();
     if let Some(newest) = newest {
         text.push_str(&format!("{WATERMARK}{newest}\n"));
+    }
+    if files_lost {
+        text.push_str(FILES_LOST);
+        text.push('\n');
     }
     if let Some(mark) = ClockMark::now() {
         text.push_str(&format!("{CLOCK_MARK}{}\n", mark.line()));
@@ -341,9 +369,10 @@ async fn keep_watermark(
             _ = tokio::time::sleep(WATERMARK_EVERY) => false,
             _ = clock_steps::MOVED.notified() => false,
         };
-        // Written every time: the clock's mark moves on.
+        // Written every time: the clock's mark moves on (and files lost are said within a
+        // second of being found).
         if let Ok(newest) = storage.newest_session_id().await {
-            if let Err(e) = write_watermark(&owner, newest) {
+            if let Err(e) = write_watermark(&owner, newest, storage.files_lost().is_some()) {
                 tracing::debug!(error = %e, "the lock file's newest session id could not be written")
             }
         }
@@ -492,7 +521,7 @@ impl Application {
                 ) {
                     tracing::error!("{said}");
                 }
-                if let Err(e) = write_watermark(owner, newest) {
+                if let Err(e) = write_watermark(owner, newest, false) {
                     tracing::warn!(error = %e, "the lock file beside the database could not be written");
                 }
             }
@@ -929,21 +958,28 @@ impl Application {
                 let _ = ended.await;
             });
         }
-        let store = self.session_store.clone();
-        let cleanup_shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            tokio::select! {
-                _ = cleanup_shutdown.cancelled() => {}
-                _ = async {
-                    let mut every_hour = tokio::time::interval(Duration::from_secs(3600));
-                    loop {
-                        every_hour.tick().await;
-                        if let Err(e) = store.delete_expired().await {
-                            tracing::warn!(error = %e, "expired web sessions could not be deleted; will retry");
+        // Supervised as every background task is (the operations review's L1: a panic ended
+        // it unseen, `/readyz` still ready).
+        let (store, cleanup_shutdown) = (self.session_store.clone(), shutdown.clone());
+        let cleanup = supervise::spawn(self.tasks.clone(), "web-session-cleanup", move || {
+            let (store, shutdown) = (store.clone(), cleanup_shutdown.clone());
+            async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = async {
+                        let mut every_hour = tokio::time::interval(Duration::from_secs(3600));
+                        loop {
+                            every_hour.tick().await;
+                            if let Err(e) = store.delete_expired().await {
+                                tracing::warn!(error = %e, "expired web sessions could not be deleted; will retry");
+                            }
                         }
-                    }
-                } => {}
+                    } => {}
+                }
             }
+        });
+        tasks.spawn(async move {
+            let _ = cleanup.await;
         });
         let live_stop = self.live_stop.clone();
         let proxies = Arc::new(self.trusted_proxies.clone());
@@ -952,12 +988,25 @@ impl Application {
         let on_shutdown = move || live_stop.cancel();
         // SIGHUP (a reload habit, logrotate, systemd's ExecReload) never ends the portal:
         // with built-in TLS it reloads the certificate, otherwise there is nothing to reload.
-        tasks.spawn(crate::http::tls::reload_on_sighup(
-            self.tls.clone(),
-            self.public_url.clone(),
-            shutdown.clone(),
-            self.hangups,
-        ));
+        let reload = {
+            let (tls, public_url, shutdown, hangups) = (
+                self.tls.clone(),
+                self.public_url.clone(),
+                shutdown.clone(),
+                self.hangups,
+            );
+            supervise::spawn(self.tasks.clone(), "tls-reload", move || {
+                crate::http::tls::reload_on_sighup(
+                    tls.clone(),
+                    public_url.clone(),
+                    shutdown.clone(),
+                    hangups.clone(),
+                )
+            })
+        };
+        tasks.spawn(async move {
+            let _ = reload.await;
+        });
         match self.tls {
             Some((files, current)) => {
                 tracing::info!(cert = %files.cert_file.display(), "serving HTTPS");

@@ -884,6 +884,49 @@ async fn a_browser_without_cookies_is_told_its_sign_in_needs_them() {
     app.stop().await;
 }
 
+/// A visitor cookie planted beside the browser's own (for a narrower path, on plain HTTP where
+/// the name has no `__Host-` prefix): neither is taken — the planter's id would be the
+/// browser's, its sign-ins refused without a word (the web review's L1) — and the user is
+/// told on the answer what to do; nothing is sent to RADIUS.
+#[tokio::test]
+async fn a_second_visitor_cookie_is_neither_taken_and_the_user_is_told() {
+    use reqwest::cookie::CookieStore as _;
+    let (radius, app, _dir) = portal_with_one_server().await;
+    let jar = Arc::new(reqwest::cookie::Jar::default());
+    let browser = app.browser_with_jar(CLIENT, jar.clone());
+    let token = browser.form_token("/").await;
+    let own = jar
+        .cookies(&format!("http://{}/", app.addr).parse().unwrap())
+        .expect("the visitor cookie");
+    // The planted one first, as a browser sends the one of the longer path.
+    let cookies = format!("portal_anon={}; {}", "ab".repeat(32), own.to_str().unwrap());
+    assert!(cookies.matches("portal_anon=").count() == 2, "{cookies}");
+    let page = browser
+        .post_raw(
+            "/api/login",
+            "/",
+            &carol_form(&token),
+            &[("cookie", cookies.as_str())],
+        )
+        .await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert!(
+        page.body.contains("sent two of this portal"),
+        "{}",
+        page.body
+    );
+    assert_eq!(access_requests_of(&radius, "carol"), 0);
+    // Not the planter's id taken for the browser's: a new one is given.
+    let given = jar
+        .cookies(&format!("http://{}/", app.addr).parse().unwrap())
+        .expect("the visitor cookie");
+    assert_ne!(given, own, "a new visitor id");
+    // Its own alone: signed in.
+    let page = browser.login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
+    app.stop().await;
+}
+
 /// The same sign-in sent again after its session ended is a sign-in of its own: the attempt
 /// the answer from memory would have taken is given back, so it counts once, not twice (the
 /// attempt is taken before the database is read, for a flood of such forms).
@@ -2588,7 +2631,8 @@ async fn metrics_keep_the_start_up_values_when_the_database_is_away_before_the_f
 /// A PostgreSQL server that answers reads but takes no writes (a standby the address still
 /// names after a failover, a database made read-only): the portal is not ready and
 /// `portal_database_up` is 0 — not "up" while no session can be stopped (the storage
-/// review's M1).
+/// review's M1). Sign-ins are refused meanwhile without using up the user's attempts: once
+/// the database takes writes again, the user signs in (the web review's M1: 429).
 #[tokio::test]
 async fn a_postgresql_server_that_takes_no_writes_is_not_ready() {
     let radius = FreeRadius::start().await;
@@ -2597,17 +2641,22 @@ async fn a_postgresql_server_that_takes_no_writes_is_not_ready() {
     let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
     config.database.url = Some(radius_portal::config::Secret::new(url.clone()));
     config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    config.rate_limit.login_per_user = 1;
+    config.rate_limit.period = Duration::from_secs(3600);
     let app = TestApp::spawn(&config).await;
     let probe = app.browser(Ipv4Addr::new(127, 0, 2, 45));
     assert_eq!(probe.get("/readyz").await.status, 200);
     // Read-only from now on: every connection made again.
-    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    // One connection throughout: made before the database turned read-only, it can turn it back.
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
     sqlx::query("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', current_database()); END $$")
-        .execute(&admin)
+        .execute(&mut admin)
         .await
         .unwrap();
     sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
-        .execute(&admin)
+        .execute(&mut admin)
         .await
         .unwrap();
     wait_until("/readyz to say the database is unavailable", || async {
@@ -2617,11 +2666,18 @@ async fn a_postgresql_server_that_takes_no_writes_is_not_ready() {
     // A sign-in is refused before its Access-Request (no Accept that would open nothing), and
     // the metric says the database takes no writes.
     let browser = app.browser(Ipv4Addr::new(127, 0, 2, 46));
-    let token = browser.form_token("/").await;
-    let page = browser
-        .post_raw("/api/login", "/", &carol_form(&token), &[])
-        .await;
-    assert_ne!(page.path, "/session", "{}", page.body);
+    for _ in 0..2 {
+        let token = browser.form_token("/").await;
+        let page = browser
+            .post_raw("/api/login", "/", &carol_form(&token), &[])
+            .await;
+        assert_ne!(page.path, "/session", "{}", page.body);
+        assert!(
+            page.body.contains("cannot reach its records"),
+            "{}",
+            page.body
+        );
+    }
     assert_eq!(
         radius.access_requests_of("carol"),
         0,
@@ -2632,6 +2688,21 @@ async fn a_postgresql_server_that_takes_no_writes_is_not_ready() {
         app.metrics_text().await.contains("portal_database_up 0")
     })
     .await;
+    // Writes taken again: the user's one attempt of the hour is still there.
+    sqlx::query("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = off', current_database()); END $$")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    wait_until("/readyz to say ready again", || async {
+        probe.get("/readyz").await.status == 200
+    })
+    .await;
+    let page = browser.login("carol", "carol-pass").await;
+    assert_eq!(page.path, "/session", "{}", page.body);
     app.stop().await;
 }
 

@@ -312,6 +312,92 @@ async fn a_graceful_shutdown_delivers_the_stops_queued_just_before() {
     assert_eq!(storage.outbox_backlog().await.unwrap(), 0);
 }
 
+/// A graceful stop keeps claiming while a delivery hangs: a Stop whose backoff ends during the
+/// flush goes to its server, which answers, though another Stop is still being sent to a
+/// silent one (the operations review's M1: the flush waited for every send under way before
+/// it claimed again, and the Stop due meanwhile waited for the next start).
+#[tokio::test]
+async fn a_graceful_shutdown_sends_a_stop_due_while_another_hangs_at_a_silent_server() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let acct = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
+    let (acme_open, beta_open) = (
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+    );
+    let acme_relay = common::gated_relay(acct, acme_open.clone()).await;
+    let mut acme_server = radius.server_settings("a-primary", true);
+    acme_server.acct_port = acme_relay.port;
+    // One exchange (9 s) outlasts the flush's 5 s.
+    acme_server.timeout = Duration::from_secs(3);
+    acme_server.retries = 2;
+    let mut beta_server = radius.server_settings("b-primary", true);
+    beta_server.acct_port = common::gated_relay(acct, beta_open.clone()).await.port;
+    beta_server.timeout = Duration::from_millis(200);
+    beta_server.retries = 0;
+    let mut config = settings(&db, vec![acme_server]);
+    let mut beta = config.organizations[0].clone();
+    beta.id = "beta".into();
+    beta.name = "Beta Org".into();
+    beta.nas_identifier = "portal-beta".into();
+    beta.servers = vec![beta_server];
+    config.organizations.push(beta);
+    config.validate().unwrap();
+    let app = TestApp::spawn(&config).await;
+    let client = |n| std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 7, n));
+    let alice = app
+        .sessions
+        .login("acme", "carol", "carol-pass", client(20))
+        .await
+        .unwrap();
+    let bob = app
+        .sessions
+        .login("beta", "carol", "carol-pass", client(21))
+        .await
+        .unwrap();
+    let bob_sid = format!("sid={}", bob.acct_session_id);
+    radius.wait_for_acct(&["status=Start", &bob_sid]).await;
+
+    // Bob's Stop fails once (its server silent for a moment): tried again a second later.
+    beta_open.store(false, SeqCst);
+    assert!(app.sessions.disconnect(bob.id).await.unwrap());
+    wait_until("bob's Stop to fail once", || async {
+        app.storage
+            .session_outbox(bob.id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|row| row.status_type == 2 && row.last_error.is_some())
+    })
+    .await;
+    beta_open.store(true, SeqCst);
+    // Alice's Stop on its way to a server gone silent when the portal is told to stop.
+    acme_open.store(false, SeqCst);
+    let sessions = app.sessions.clone();
+    let alice_stop = tokio::spawn(async move { sessions.disconnect(alice.id).await });
+    common::wait_for(
+        "alice's Stop to be on its way",
+        Duration::from_secs(10),
+        || (acme_relay.dropped.load(SeqCst) > 0).then_some(()),
+    )
+    .await;
+    let bob_stopped = || {
+        radius
+            .acct_lines()
+            .iter()
+            .any(|l| l.contains("status=Stop") && l.contains(&bob_sid))
+    };
+    assert!(!bob_stopped(), "bob's Stop waits out its backoff");
+    app.stop().await;
+
+    assert!(
+        bob_stopped(),
+        "bob's Stop, due during the flush, was sent before the exit"
+    );
+    let _ = alice_stop.await;
+}
+
 /// An acknowledgement the database cannot record at once (a PostgreSQL restart, a stalled
 /// disk; here a trigger refuses the write for a while) is recorded once it can be, by the
 /// sender that got it: the packet is not sent again when its claim runs out (a second Stop).

@@ -2219,3 +2219,93 @@ async fn a_log_nobody_reads_holds_up_nothing() {
     )
     .await;
 }
+
+/// The WAL file of a SQLite database a portal serves removed under it (a clean-up script): the
+/// portal refuses every change until restarted, and so does an operator command — a disable
+/// written into a new WAL was reported done, then undone when the portal stopped (black-box
+/// tester Q's D1).
+#[tokio::test]
+async fn a_command_refuses_a_database_whose_wal_went_while_a_portal_serves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let config = minimal_config(
+        dir.path(),
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let db = dir.path().join("portal.db");
+    let served = common::PortalProcess::start(&config, &format!("http://127.0.0.1:{port}")).await;
+    let disable = || {
+        portal(&[
+            "--config",
+            config.to_str().unwrap(),
+            "org",
+            "disable",
+            "acme",
+        ])
+        .output()
+        .unwrap()
+    };
+    for suffix in ["-wal", "-shm"] {
+        let mut file = db.clone().into_os_string();
+        file.push(suffix);
+        std::fs::remove_file(file).unwrap();
+    }
+    // Once the portal has found it (its lock file says so), whatever files are there now — a
+    // new WAL file, as a connection opened since makes.
+    let lock = dir.path().join("portal.db.lock");
+    common::wait_until("the portal to say its files are gone", || async {
+        std::fs::read_to_string(&lock).is_ok_and(|text| text.contains("files_lost=yes"))
+    })
+    .await;
+    let mut wal = db.clone().into_os_string();
+    wal.push("-wal");
+    std::fs::write(&wal, b"").unwrap();
+    let out = disable();
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("WAL file") && stderr.contains("restart the portal"),
+        "{stderr}"
+    );
+    served.kill_9();
+}
+
+/// A PostgreSQL database that takes no writes (read-only here; a standby the address still
+/// names after a failover alike): `check-config` says `serve` refuses it, and `serve` says why
+/// — not "migration failed … cannot execute CREATE TABLE in a read-only transaction"
+/// (black-box tester Q's D3: the check passed).
+#[tokio::test]
+async fn a_postgresql_database_that_takes_no_writes_is_named_by_check_config_and_serve() {
+    use sqlx::Connection as _;
+    let url = common::postgres::fresh_database().await;
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', current_database()); END $$")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portal.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[database]\nurl = \"{url}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[[organizations]]\nid = \"acme\"\nname = \"Acme\"\n\
+             [[organizations.servers]]\nname = \"primary\"\naddress = \"127.0.0.1\"\nsecret = \"{SECRET}\"\n"
+        ),
+    )
+    .unwrap();
+    for command in ["check-config", "serve"] {
+        let output = portal(&["--config", path.to_str().unwrap(), command])
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!output.status.success(), "{command}: {said}");
+        assert!(
+            said.contains("the database takes no writes: it is read-only"),
+            "{command}: {said}"
+        );
+    }
+}

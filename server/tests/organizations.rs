@@ -1041,7 +1041,7 @@ async fn an_enable_while_the_disables_stop_is_under_way_says_what_it_stopped() {
         .expect("the enable audited");
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&entry.detail).unwrap()["skipped_stop"],
-        serde_json::json!({ "open_sessions": 0, "stopped_before": 1 })
+        serde_json::json!({ "open_sessions": 0, "stopped_before": 1, "terminations_pending": 0 })
     );
 }
 
@@ -1112,6 +1112,24 @@ async fn radius_test_and_check_config_say_what_the_next_start_changes() {
     assert!(
         said.contains("# the next start updates organization `acme` from this file: settings.servers.primary.secret"),
         "{said}"
+    );
+    // An organization the database does not hold yet: created by the next start, said so
+    // (black-box tester Q's D6).
+    let grown = dir.path().join("grown.toml");
+    std::fs::write(
+        &grown,
+        format!(
+            "{}\n[[organizations]]\nid = \"zeta\"\nname = \"Zeta\"\n[[organizations.servers]]\nname = \"z\"\naddress = \"127.0.0.1\"\nsecret = \"z-secret\"\n",
+            std::fs::read_to_string(&rotated).unwrap()
+        ),
+    )
+    .unwrap();
+    let grows = portal_with_env(&grown, &["check-config"], &leptos).await;
+    let said = String::from_utf8_lossy(&grows.stdout);
+    assert!(
+        said.contains("# the next start creates organization `zeta` from this file"),
+        "{said}{}",
+        String::from_utf8_lossy(&grows.stderr)
     );
     for output in [&stored, &from_file, &checked] {
         let all = format!("{output:?}");
@@ -1335,6 +1353,7 @@ async fn an_enable_through_the_admin_path_answers_with_the_stop_it_skipped() {
     let skipped = radius_portal::storage::SkippedStop {
         stopped_before: 1,
         open_sessions: 1,
+        terminations_pending: 0,
     };
     assert_eq!(enabled.skipped_stop, Some(skipped), "{enabled:?}");
     let said = radius_portal::organizations::skipped_stop_said(skipped, "a disable").unwrap();
@@ -3168,4 +3187,84 @@ async fn a_disabled_organizations_sign_ins_leave_the_addresss_attempts_to_the_ot
         assert_eq!(page.path, "/session", "{}", page.body);
     }
     app.stop().await;
+}
+
+/// An organization deleted and made again under its id while a process still caches it, with
+/// settings this process cannot build (a secret file only the other replicas have): it is
+/// unknown here until they can be built (its sign-ins refused) — never the deleted
+/// organization's settings under the new one's flag and name (the guard review's M2: its
+/// sign-ins went to the deleted organization's servers). A change of the same organization
+/// that cannot be built keeps its previous settings, as before (its sessions' Stops).
+#[tokio::test]
+async fn a_remade_organization_that_cannot_be_built_here_is_unknown_not_the_deleted_one() {
+    use radius_portal::{
+        organizations::Organizations,
+        storage::{DeleteOutcome, OrganizationWrite, Storage, UpdateOutcome},
+    };
+    let (dir, db) = temp_db();
+    let storage = Storage::open(&db).await.unwrap();
+    let readable = dir.path().join("secret");
+    std::fs::write(&readable, "s3cr3t-value\n").unwrap();
+    let missing = dir.path().join("not-here");
+    let json = |address: &str, secret_file: &std::path::Path| -> String {
+        let settings: OrganizationSettings = toml::from_str(&format!(
+            "id = \"acme\"\nname = \"Acme\"\n[[servers]]\nname = \"a\"\naddress = \"{address}\"\nsecret_file = \"{}\"",
+            secret_file.display()
+        ))
+        .unwrap();
+        serde_json::to_string(&settings).unwrap()
+    };
+    let detail = serde_json::json!({});
+    fn write<'a>(json: &'a str, now: i64, detail: &'a serde_json::Value) -> OrganizationWrite<'a> {
+        OrganizationWrite {
+            id: "acme",
+            name: "Acme",
+            settings_json: json,
+            actor: "test",
+            now,
+            detail,
+            expected_revision: None,
+            servers_freed: &[],
+            copies_since: 0,
+        }
+    }
+    let address = |orgs: &Organizations| {
+        orgs.get("acme")
+            .map(|org| org.servers[0].auth_addr.ip().to_string())
+    };
+    let first = json("10.0.0.1", &readable);
+    assert!(storage
+        .create_organization(&write(&first, 1, &detail), true)
+        .await
+        .unwrap());
+    let orgs = Organizations::load(&storage).await.unwrap();
+    assert_eq!(address(&orgs).as_deref(), Some("10.0.0.1"));
+
+    // Changed so that this process cannot build it: its previous settings stay.
+    let changed = json("10.0.0.2", &missing);
+    assert_eq!(
+        storage
+            .update_organization(&write(&changed, 2, &detail), false)
+            .await
+            .unwrap(),
+        UpdateOutcome::Updated
+    );
+    orgs.refresh(&storage).await.unwrap();
+    assert_eq!(address(&orgs).as_deref(), Some("10.0.0.1"));
+
+    // Deleted and made again (elsewhere) before this process looked: not the deleted one.
+    assert_eq!(
+        storage
+            .delete_organization("acme", "test", 3, &detail)
+            .await
+            .unwrap(),
+        DeleteOutcome::Deleted
+    );
+    let remade = json("10.0.0.3", &missing);
+    assert!(storage
+        .create_organization(&write(&remade, 4, &detail), true)
+        .await
+        .unwrap());
+    orgs.refresh(&storage).await.unwrap();
+    assert_eq!(address(&orgs), None, "unknown until it can be built");
 }

@@ -3232,8 +3232,9 @@ async fn an_operator_gives_up_the_copies_of_a_server_gone_for_good() {
 }
 
 /// `radius test --username` sends Access-Requests as a sign-in does, and stops as one does: an
-/// organization disabled while its first server stays silent gets none to its next server
-/// (the guard review's L1).
+/// organization disabled while its first server stays silent gets no retransmission there and
+/// none to its next server (the guard review's L1; black-box tester M's D3: it retransmitted
+/// for the server's whole time).
 #[tokio::test]
 async fn radius_test_stops_before_the_next_server_once_its_organization_is_disabled() {
     let radius = FreeRadius::start().await;
@@ -3244,7 +3245,7 @@ async fn radius_test_stops_before_the_next_server_once_its_organization_is_disab
     let mut silent = fast(&radius, "silent");
     silent.auth_port = silent_socket.local_addr().unwrap().port();
     silent.timeout = Duration::from_secs(5);
-    silent.retries = 0;
+    silent.retries = 2;
     let (_dir, db) = temp_db();
     let settings = quick_failover(&db, vec![silent, fast(&radius, "primary")]);
     TestApp::spawn(&settings).await.stop().await;
@@ -3274,9 +3275,7 @@ async fn radius_test_stops_before_the_next_server_once_its_organization_is_disab
     );
     assert_eq!(out.status.code(), Some(4), "{text}");
     assert!(
-        text.contains(
-            "organization `acme` was disabled meanwhile: no Access-Request to its next servers"
-        ),
+        text.contains("organization `acme` was disabled while `silent` was asked"),
         "{text}"
     );
     assert_eq!(
@@ -3284,6 +3283,16 @@ async fn radius_test_stops_before_the_next_server_once_its_organization_is_disab
         0,
         "{:?}",
         radius.auth_lines()
+    );
+    silent_socket.set_nonblocking(true).unwrap();
+    assert!(
+        silent_socket.recv_from(&mut buf).is_err(),
+        "no retransmission to the silent server"
+    );
+    let audit = common::operator_command(&db, &["audit", "tail", "--action", "guard.denied"]);
+    assert!(
+        String::from_utf8_lossy(&audit.stdout).contains("withdrawn"),
+        "{audit:?}"
     );
 }
 

@@ -539,7 +539,7 @@ async fn a_disabled_organizations_session_reads_as_stopped_while_a_dead_replica_
     let enabled: serde_json::Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(
         enabled["skipped_stop"],
-        serde_json::json!({ "open_sessions": 1, "stopped_before": 0 }),
+        serde_json::json!({ "open_sessions": 1, "stopped_before": 0, "terminations_pending": 0 }),
         "{enabled}"
     );
     assert!(

@@ -172,6 +172,7 @@ on_both_backends!(
     a_failed_row_waits_and_retry_now_makes_it_due,
     an_operator_gives_up_the_accounting_of_ended_sessions,
     a_stop_asked_for_ends_a_session_by_its_deadline_or_an_earlier_operators_stop,
+    a_preempted_session_ends_by_its_deadline_or_an_earlier_operators_stop,
     a_lapsed_claim_is_renewed_only_by_its_holder_and_a_transmission_always_counts,
     claims_under_way_are_kept_together_and_only_while_they_are_the_senders,
     dead_letters_unblock_and_a_never_sent_start_takes_its_session_along,
@@ -1030,6 +1031,13 @@ async fn a_disabled_organizations_sessions_stop_in_batches_and_an_enable_keeps_t
         "an active organization keeps its sessions"
     );
 
+    // One of them an operator asked to end before the disable (its termination not made yet).
+    assert_eq!(
+        s.queue_session_termination(acme[4], "cli:test", T0 + 1)
+            .await
+            .unwrap(),
+        radius_portal::storage::Termination::Queued
+    );
     s.set_organization_active("acme", false, "cli:test", T0 + 2)
         .await
         .unwrap();
@@ -1072,7 +1080,8 @@ async fn a_disabled_organizations_sessions_stop_in_batches_and_an_enable_keeps_t
         enabled.skipped_stop,
         Some(radius_portal::storage::SkippedStop {
             stopped_before: 2,
-            open_sessions: 4
+            open_sessions: 3,
+            terminations_pending: 1,
         })
     );
     assert_eq!(job().await, None, "the enable closed the disable's job");
@@ -1080,7 +1089,7 @@ async fn a_disabled_organizations_sessions_stop_in_batches_and_an_enable_keeps_t
     assert_eq!(enable.action, "org.enable");
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&enable.detail).unwrap()["skipped_stop"],
-        serde_json::json!({ "open_sessions": 4, "stopped_before": 2 }),
+        serde_json::json!({ "open_sessions": 3, "terminations_pending": 1, "stopped_before": 2 }),
         "the enable's audit entry says the stop was cut short and what it left running"
     );
     let after_enable = s
@@ -1542,6 +1551,56 @@ async fn a_stop_asked_for_ends_a_session_by_its_deadline_or_an_earlier_operators
     );
 }
 
+/// A client's earlier session that its new sign-in preempts ends as every ad-hoc stop does: by
+/// its deadline if that came first (the expiry pass had not reached it: never a session time
+/// past what was granted), at an operator's stop still waiting for it (Admin-Reset), else
+/// Port-Preempted at the new sign-in.
+async fn a_preempted_session_ends_by_its_deadline_or_an_earlier_operators_stop(db: Db) {
+    let s = &db.storage;
+    // What the new sign-in at `ip` at `at` stopped, and how the stopped session reads.
+    let preempting = |ip: &'static str, at: i64| async move {
+        let opened = s.open_session(&login(ip, at, MINUTE)).await.unwrap();
+        let [stopped] = opened.preempted.as_slice() else {
+            panic!("one session preempted: {:?}", opened.preempted);
+        };
+        let record = s.session(stopped.id).await.unwrap().unwrap();
+        assert_eq!(
+            (record.stopped_at, record.terminate_cause),
+            (Some(stopped.due_at), Some(i64::from(stopped.cause)))
+        );
+        let stop = s
+            .session_outbox(stopped.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|row| row.status_type == STOP)
+            .expect("its Stop queued");
+        assert_eq!(stop.dead_at, None);
+        (stopped.cause, stopped.due_at)
+    };
+    // Due a minute before the new sign-in: Idle-Timeout at its deadline.
+    opened(s, login("10.0.0.60", T0, MINUTE)).await;
+    assert_eq!(
+        preempting("10.0.0.60", T0 + 2 * MINUTE).await,
+        (terminate_cause::IDLE_TIMEOUT, T0 + MINUTE)
+    );
+    // A termination queued at T0 + 10 s and not made yet: Admin-Reset then.
+    let terminated = opened(s, login("10.0.0.61", T0, 10 * MINUTE)).await;
+    s.queue_session_termination(terminated, "cli:test", T0 + 10_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        preempting("10.0.0.61", T0 + 20_000).await,
+        (terminate_cause::ADMIN_RESET, T0 + 10_000)
+    );
+    // Running: Port-Preempted at the new sign-in.
+    opened(s, login("10.0.0.62", T0, 10 * MINUTE)).await;
+    assert_eq!(
+        preempting("10.0.0.62", T0 + 30_000).await,
+        (terminate_cause::PORT_PREEMPTED, T0 + 30_000)
+    );
+}
+
 /// Every accounting server of an organization gone for good: the operator gives up what its
 /// ended sessions still wait to send — one session's, or all — never an open session's, one a
 /// sender holds, or another organization's.
@@ -1713,6 +1772,25 @@ async fn an_operator_gives_up_the_accounting_of_ended_sessions(db: Db) {
     assert!(audited
         .iter()
         .all(|e| e.actor == "cli:test" && e.organization_id.as_deref() == Some("acme")));
+    // Each names the sessions it gave up (the audit log outlives the dead letters).
+    let mut named: Vec<String> = audited
+        .iter()
+        .flat_map(|e| {
+            let detail: serde_json::Value = serde_json::from_str(&e.detail).unwrap();
+            detail["sessions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["acct_session_id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    named.sort();
+    named.dedup();
+    let mut dead_sessions: Vec<String> = dead.into_iter().map(|(_, sid, _)| sid).collect();
+    dead_sessions.sort();
+    dead_sessions.dedup();
+    assert_eq!(named, dead_sessions);
 }
 
 async fn a_failed_row_waits_and_retry_now_makes_it_due(db: Db) {
@@ -2915,7 +2993,10 @@ async fn a_session_termination_is_queued_once(db: Db) {
     assert_eq!(s.stop_asked_for(id).await.unwrap(), None);
     assert_eq!(ask().await.unwrap(), Termination::Queued);
     assert_eq!(s.stop_asked_for(id).await.unwrap(), Some(T0 + 1));
-    assert_eq!(ask().await.unwrap(), Termination::AlreadyQueued);
+    assert_eq!(
+        ask().await.unwrap(),
+        Termination::AlreadyQueued { asked_at: T0 + 1 }
+    );
     let jobs = s.pending_organization_jobs().await.unwrap();
     assert_eq!(
         jobs.iter()
@@ -2962,7 +3043,10 @@ async fn a_session_termination_is_queued_once(db: Db) {
     outcomes.sort_by_key(|t| *t != Termination::Queued);
     assert_eq!(
         outcomes,
-        [Termination::Queued, Termination::AlreadyQueued],
+        [
+            Termination::Queued,
+            Termination::AlreadyQueued { asked_at: T0 + 3 }
+        ],
         "one queued, the other found it"
     );
     // Its organization's disable, asked for earlier than nothing: the earliest stop counts.
@@ -2972,6 +3056,20 @@ async fn a_session_termination_is_queued_once(db: Db) {
         .unwrap();
     assert_eq!(s.stop_asked_for(third).await.unwrap(), Some(T0 + 4));
     assert_eq!(s.stop_asked_for(id).await.unwrap(), Some(T0 + 3));
+    // A termination asked for after it: the disable's stop is the one made (black-box tester
+    // M's D1) — nothing queued, nothing audited.
+    let (jobs, audited) = (
+        s.pending_organization_jobs().await.unwrap().len(),
+        s.audit_tail(1000).await.unwrap().len(),
+    );
+    assert_eq!(
+        s.queue_session_termination(third, "cli:jo", T0 + 5)
+            .await
+            .unwrap(),
+        Termination::AlreadyQueued { asked_at: T0 + 4 }
+    );
+    assert_eq!(s.pending_organization_jobs().await.unwrap().len(), jobs);
+    assert_eq!(s.audit_tail(1000).await.unwrap().len(), audited);
 }
 
 async fn a_dynamic_authorization_request_is_acted_on_once_until_it_expires(db: Db) {

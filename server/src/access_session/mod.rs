@@ -386,6 +386,25 @@ impl AccessSessions {
             .await
     }
 
+    /// Whether a session can be stored now: none is while the database's files are lost or it
+    /// takes no writes (`/readyz` says not ready: a full disk, a standby, a stalled writer),
+    /// and no Access-Request goes for one (black-box tester W's D2: an Accept that opened
+    /// nothing, the user told 503). In-memory flags only: a sign-in looks before the rate
+    /// limits take an attempt of the user's (the web review's M1: a retry during a failover
+    /// used up attempts no directory saw).
+    pub fn sessions_storable(&self) -> Result<(), SessionError> {
+        if let Some(lost) = self.storage.files_lost() {
+            return Err(SessionError::Storage(lost));
+        }
+        if !self.storage.writable() || self.storage.found_read_only() {
+            crate::throttled!(warn, "sign-in refused before its Access-Request: the database takes no writes now (`/readyz` says why)");
+            return Err(SessionError::Storage(StorageError::Unreachable(
+                "the database takes no writes now".into(),
+            )));
+        }
+        Ok(())
+    }
+
     /// [`AccessSessions::login`] that also stops `replaces` — the session the signing-in
     /// browser holds in the organization, at whatever address — in the same write.
     /// Every line logged on its way names the organization, the username and the client's
@@ -428,18 +447,9 @@ impl AccessSessions {
         let org = self
             .guarded_organization(organization_id, Operation::Login, who)
             .await?;
-        // A session could not be stored: no Access-Request for it — nor while the database
-        // takes no writes (`/readyz` says not ready: a full disk, a standby, a stalled writer;
-        // black-box tester W's D2: an Accept that opened nothing, the user told 503).
-        if let Some(lost) = self.storage.files_lost() {
-            return Err(SessionError::Storage(lost));
-        }
-        if !self.storage.writable() || self.storage.found_read_only() {
-            tracing::warn!("sign-in refused before its Access-Request: the database takes no writes now (`/readyz` says why)");
-            return Err(SessionError::Storage(StorageError::Unreachable(
-                "the database takes no writes now".into(),
-            )));
-        }
+        // Also looked at before the rate limits take an attempt (`portal_backend`); again here,
+        // after the guard's read.
+        self.sessions_storable()?;
         let deadline = Instant::now() + org.login_timeout;
         // A disable that lands while a server stays silent stops the login before its next
         // server: no Access-Request of a disabled organization is sent (design.md §5). A failed

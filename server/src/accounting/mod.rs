@@ -129,6 +129,9 @@ const MAX_IN_FLIGHT: usize = 2048;
 /// At shutdown, how long what is due (a Stop just queued) and what is on its way may still be
 /// delivered before the process exits; the rest stays in the outbox for the next start.
 pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+/// At shutdown, how often the flush looks for rows come due (queued meanwhile, their backoff
+/// over) while deliveries are under way.
+const FLUSH_LOOK: Duration = Duration::from_millis(100);
 /// Accounting-Requests in flight to one server at once.
 const WINDOW_PER_DESTINATION: usize = 64;
 /// A Start still unacknowledged this long after its event is given up (see the module doc).
@@ -2035,35 +2038,47 @@ impl Accounting {
     async fn flush(
         &self,
         mut in_flight: JoinSet<Result<Delivery, OutboxError>>,
-        mut in_flight_ids: HashMap<i64, OutboxRow>,
         mut ends: LoopEnds,
     ) {
         let flush_ends = now_ms() + SHUTDOWN_FLUSH.as_millis() as i64;
         let claim_failed = std::sync::atomic::AtomicBool::new(false);
+        // Every request's send is waited for from here (closed, the tracker's wait ends once
+        // they have; a send begun meanwhile is still waited for).
+        self.claimed.close();
         let flushed = tokio::time::timeout(SHUTDOWN_FLUSH, async {
             let mut stuck = false;
             loop {
+                // Claimed again at every turn, while deliveries are under way too: one round
+                // that waited for its slowest delivery (an exchange with a silent server, 9 s)
+                // claimed nothing more, and a Stop due meanwhile at a server that answers
+                // waited for the next start (the operations review's M1).
                 let now = now_ms();
-                let rows = match self
-                    .storage
-                    .claim_due_outbox(now, now + CLAIM_LEASE_MS, MAX_IN_FLIGHT as i64)
-                    .await
-                {
-                    Ok(rows) => {
-                        claim_failed.store(false, std::sync::atomic::Ordering::Relaxed);
-                        rows
-                    }
-                    Err(e) => {
-                        tracing::error!(error = ?e, "claiming accounting rows at shutdown failed");
-                        claim_failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                        Vec::new()
+                let capacity = MAX_IN_FLIGHT.saturating_sub(in_flight.len());
+                let rows = if capacity == 0 {
+                    Vec::new()
+                } else {
+                    match self
+                        .storage
+                        .claim_due_outbox(now, now + CLAIM_LEASE_MS, capacity as i64)
+                        .await
+                    {
+                        Ok(rows) => {
+                            claim_failed.store(false, std::sync::atomic::Ordering::Relaxed);
+                            rows
+                        }
+                        Err(e) => {
+                            // Said once, not at every turn while the database is away.
+                            if !claim_failed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                                tracing::error!(error = ?e, "claiming accounting rows at shutdown failed");
+                            }
+                            Vec::new()
+                        }
                     }
                 };
                 if !rows.is_empty() {
                     stuck = false;
                 }
                 for row in rows {
-                    in_flight_ids.insert(row.id, row.clone());
                     let (before, _, end) = ends.begin(row.id);
                     let this = self.clone();
                     in_flight.spawn(crate::storage::same_lane(async move {
@@ -2072,25 +2087,29 @@ impl Accounting {
                         this.deliver(row, None, None, false).await
                     }));
                 }
-                if in_flight.is_empty() && self.claimed.is_empty() {
-                    // A row due within the flush's time is waited for; one due already that
-                    // two rounds in a row could not claim (a database error) is left to the
-                    // next start.
-                    match self.storage.next_outbox_attempt().await {
-                        Ok(Some(at)) if at < flush_ends && (at > now_ms() || !stuck) => {
-                            stuck = at <= now_ms();
-                            let wait = u64::try_from(at - now_ms()).unwrap_or(0);
-                            tokio::time::sleep(Duration::from_millis(wait)).await;
-                            continue;
-                        }
-                        _ => return,
+                let busy = !in_flight.is_empty() || !self.claimed.is_empty();
+                // A row due within the flush's time is waited for; one due already that two
+                // turns in a row could not claim (a database error) is looked at again only
+                // while deliveries are under way, else left to the next start.
+                let due = match self.storage.next_outbox_attempt().await {
+                    Ok(Some(at)) if at < flush_ends && (at > now_ms() || !stuck) => {
+                        stuck = at <= now_ms();
+                        Some(at)
                     }
+                    _ => None,
+                };
+                if due.is_none() && !busy {
+                    return;
                 }
-                while in_flight.join_next().await.is_some() {}
-                self.claimed.close();
-                self.claimed.wait().await;
-                in_flight_ids.clear();
-                ends = LoopEnds::default();
+                let until = due.map_or(FLUSH_LOOK, |at| {
+                    Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0))
+                        .clamp(Duration::from_millis(1), FLUSH_LOOK)
+                });
+                tokio::select! {
+                    Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                    () = self.claimed.wait(), if in_flight.is_empty() && busy => {}
+                    () = tokio::time::sleep(until) => {}
+                }
             }
         })
         .await;
@@ -2178,7 +2197,7 @@ impl Accounting {
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(i64, u64)>();
         loop {
             if shutdown.is_cancelled() {
-                return self.flush(in_flight, in_flight_ids, ends).await;
+                return self.flush(in_flight, ends).await;
             }
             // A server back, or an organization whose settings could not be built usable
             // again, since the last look: the rows waiting out a backoff (up to minutes), or
@@ -2293,7 +2312,7 @@ impl Accounting {
                 }
             };
             tokio::select! {
-                _ = shutdown.cancelled() => return self.flush(in_flight, in_flight_ids, ends).await,
+                _ = shutdown.cancelled() => return self.flush(in_flight, ends).await,
                 _ = self.wake.notified() => {}
                 // Acted on at the top of the loop.
                 Ok(()) = recovered.changed() => server_woke = true,

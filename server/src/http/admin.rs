@@ -531,6 +531,7 @@ async fn changed_skipping(
                 view["skipped_stop"] = serde_json::json!({
                     "stopped_before": skipped.stopped_before,
                     "open_sessions": skipped.open_sessions,
+                    "terminations_pending": skipped.terminations_pending,
                 });
             }
             (status, Json(view)).into_response()

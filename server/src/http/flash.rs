@@ -56,6 +56,10 @@ fn unix_now() -> u64 {
 /// What a form posted by a browser that sent none of the portal's cookies is answered.
 pub const NO_COOKIES: &str = "Your browser did not send this portal's cookies, which signing in and the session's controls need: allow cookies for this site (and open it at its https:// address if it has one), then try again.";
 
+/// What a sign-in whose browser sent two visitor cookies is told (one set for a part of the
+/// site, by another page or on the way: neither is taken).
+pub const TWO_COOKIES: &str = "Your browser sent two of this portal's visitor cookies (one set for part of this site), and which is its own cannot be told: delete this site's cookies, then try again.";
+
 fn visitor(request: &Request) -> String {
     let anon = request
         .extensions()
@@ -359,14 +363,21 @@ where
         // its form token cannot be checked, and a flash cookie would not carry the error to the
         // next page either. (A Refresh or Disconnect so refused keeps its redirect: a browser
         // whose cookies were cleared is shown there that its session runs on.)
-        let cookieless = (request.uri().path().ends_with("/api/login")
-            && !flash.tokens.has_visitor_cookie(request.headers()))
-        .then(|| {
-            (
-                request.headers().clone(),
-                request.extensions().get::<super::Demo>().is_some(),
-            )
-        });
+        // Two or more (one planted for a narrower path on plain HTTP) count as none: which is
+        // the browser's own cannot be told, and the form token is refused the same way.
+        let visitor_cookies = flash.tokens.visitor_cookies(request.headers());
+        let cookieless = (request.uri().path().ends_with("/api/login") && visitor_cookies != 1)
+            .then(|| {
+                (
+                    request.headers().clone(),
+                    request.extensions().get::<super::Demo>().is_some(),
+                    if visitor_cookies == 0 {
+                        NO_COOKIES
+                    } else {
+                        TWO_COOKIES
+                    },
+                )
+            });
         let response = next(request).await;
         let Some(location) = response
             .headers()
@@ -395,7 +406,7 @@ where
                 serde_json::from_slice::<app::error::PortalError>(bytes)
                     .is_ok_and(|e| e == app::error::PortalError::Forbidden)
             });
-            if let (Some((headers, demo)), true) = (&cookieless, refused_token) {
+            if let (Some((headers, demo, why)), true) = (&cookieless, refused_token) {
                 let caller = super::Caller {
                     headers,
                     viewing: false,
@@ -406,7 +417,7 @@ where
                     &caller,
                     axum::http::StatusCode::FORBIDDEN,
                     "CookiesRefused",
-                    NO_COOKIES,
+                    why,
                 );
             }
             let username = parts

@@ -82,9 +82,10 @@ impl FormTokens {
         self.secure
     }
 
-    /// Whether `headers` carry a visitor cookie (well-formed or not).
-    pub fn has_visitor_cookie(&self, headers: &axum::http::HeaderMap) -> bool {
-        super::cookie_value(headers, self.cookie).is_some()
+    /// How many visitor cookies `headers` carry (well-formed or not): one, or none (cookies
+    /// refused), or more (one planted for a narrower path: none counts).
+    pub fn visitor_cookies(&self, headers: &axum::http::HeaderMap) -> usize {
+        super::cookie_values(headers, self.cookie).count()
     }
 
     /// The visitor id in a request's cookies, if well-formed (64 hex digits).

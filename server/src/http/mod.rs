@@ -592,12 +592,17 @@ pub(crate) fn cookie_values<'a>(
         })
 }
 
-/// The value of the cookie `name` in a request's `Cookie` headers (the first one so named).
+/// The value of the cookie `name` in a request's `Cookie` headers — None when there are two or
+/// more so named, as for the web-session cookie (one planted for a narrower path, say, on plain
+/// HTTP where the name has no `__Host-` prefix: the browser sends it first, and the portal
+/// would take the planter's; the web review's L1).
 pub(crate) fn cookie_value<'a>(
     headers: &'a axum::http::HeaderMap,
     name: &'a str,
 ) -> Option<&'a str> {
-    cookie_values(headers, name).next()
+    let mut values = cookie_values(headers, name);
+    let value = values.next()?;
+    values.next().is_none().then_some(value)
 }
 
 /// A portal error answered before a server fn ran, as the server fn would have answered it.
@@ -1160,7 +1165,13 @@ async fn readyz(State(ready): State<Readiness>) -> Response {
         // Probes come every few seconds (and anyone may ask): a line per 5 s at most.
         static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
         if let Some(left_out) = LOG.admit() {
-            tracing::error!(similar_left_out = left_out, "readiness check failed: the database writer has stopped, is stuck, or the database refuses writes (full disk, read-only file)");
+            // As the backend's causes go (black-box tester Q's D4: SQLite's said of PostgreSQL).
+            let why = if storage.backend_name() == "postgres" {
+                "the database refuses writes (a standby, a read-only database, a full disk: the lines of the calls it refused say which) or this process has closed its connections"
+            } else {
+                "the database writer has stopped, is stuck, or the database refuses writes (full disk, read-only file) or is damaged (the log says which)"
+            };
+            tracing::error!(similar_left_out = left_out, "readiness check failed: {why}");
         }
         return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response();
     }

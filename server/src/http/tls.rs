@@ -491,8 +491,10 @@ impl axum::serve::Listener for TlsListener {
 /// SIGHUP, watched from [`Hangups::watch`] on: from then on it never ends the process (its
 /// default action), and one that comes before the portal serves is not lost for
 /// [`reload_on_sighup`].
+/// Shared, so that [`reload_on_sighup`] restarted after a crash (supervised) watches on.
+#[derive(Clone)]
 pub struct Hangups(
-    #[cfg(unix)] std::io::Result<tokio::signal::unix::Signal>,
+    #[cfg(unix)] std::sync::Arc<tokio::sync::Mutex<std::io::Result<tokio::signal::unix::Signal>>>,
     #[cfg(not(unix))] (),
 );
 
@@ -501,9 +503,9 @@ impl Hangups {
     /// SIGHUP must not end it).
     pub fn watch() -> Self {
         #[cfg(unix)]
-        return Hangups(tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::hangup(),
-        ));
+        return Hangups(std::sync::Arc::new(tokio::sync::Mutex::new(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()),
+        )));
         #[cfg(not(unix))]
         Hangups(())
     }
@@ -522,7 +524,8 @@ pub fn reload_on_sighup(
     async move {
         #[cfg(unix)]
         {
-            let Ok(mut hangups) = hangups else {
+            let mut watched = hangups.lock().await;
+            let Ok(hangups) = &mut *watched else {
                 tracing::warn!("SIGHUP cannot be watched: certificate reload by signal is off");
                 return;
             };

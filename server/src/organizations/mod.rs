@@ -53,6 +53,9 @@ pub struct Organization {
     pub servers: Vec<ServerEndpoint>,
     /// How its pages look.
     pub branding: Branding,
+    /// When the stored organization it was built from was made
+    /// ([`crate::storage::StoredOrganization::created_at`]; None: from the file alone).
+    pub made_at: Option<i64>,
 }
 
 /// Whether a pattern matches whole names only: it starts with `^` (or `\A`) and ends with `$`
@@ -191,6 +194,7 @@ impl Organization {
             min_interim_interval: s.min_interim_interval,
             servers,
             branding: s.branding.clone(),
+            made_at: None,
         })
     }
 }
@@ -410,7 +414,10 @@ impl Organizations {
                 }
                 Err(e) => {
                     unbuilt.push((row.id.clone(), row.revision, e.to_string()));
-                    match self.get(&row.id) {
+                    // The same organization's (not one deleted since and made again under
+                    // its id: its servers are no longer this organization's — the guard
+                    // review's M2).
+                    match self.get(&row.id).filter(|o| o.made_at == row.created_at) {
                         // Its sessions still need their Stops: keep the last settings that
                         // worked, with the stored flag and name (a disable must still take
                         // effect).
@@ -423,7 +430,9 @@ impl Organizations {
                             rebuilt.push((row.id.clone(), row.revision, Some(Arc::new(org))));
                         }
                         // Fail closed: an organization that was never built is unknown (login
-                        // and Start denied; its queued Stops wait for it, see `accounting`).
+                        // and Start denied; its queued Stops wait for it, see `accounting`) —
+                        // also one made again (the deleted one's sessions had all ended and
+                        // their accounting was settled: a delete refuses otherwise).
                         None => {
                             tracing::error!(organization = %row.id, error = %e,
                                 "organization cannot be used (a running portal tries it again every 5 s)");
@@ -649,6 +658,7 @@ pub(crate) fn build_stored(row: &StoredOrganization) -> Result<Organization, Org
     let mut org = Organization::from_settings(&format!("organizations.{}", row.id), &settings)?;
     org.active = row.active;
     org.name = row.name.trim().to_string();
+    org.made_at = row.created_at;
     Ok(org)
 }
 
@@ -1165,13 +1175,19 @@ pub fn skipped_stop_said(skipped: crate::storage::SkippedStop, disable: &str) ->
     let crate::storage::SkippedStop {
         stopped_before,
         open_sessions,
+        terminations_pending,
     } = skipped;
-    let kept = match open_sessions {
+    let mut kept = match open_sessions {
         0 => "none of its sessions is open".to_string(),
         n => format!("its {n} open session(s) keep running ({disable} stops them)"),
     };
+    if terminations_pending > 0 {
+        kept += &format!(
+            "; {terminations_pending} more are stopped by the termination asked for each before"
+        );
+    }
     match stopped_before {
-        0 if open_sessions == 0 => None,
+        0 if open_sessions == 0 && terminations_pending == 0 => None,
         0 => Some(format!(
             "the disable's stop of its sessions was not done and is skipped: {kept}"
         )),
@@ -1259,6 +1275,7 @@ mod tests {
             settings: None,
             revision: 1,
             from_config,
+            created_at: None,
         };
         let listed = |ids: &[&str]| {
             let text: String = ids
@@ -1393,6 +1410,7 @@ mod tests {
             settings: Some(serde_json::to_string(&settings).unwrap()),
             revision: 2,
             from_config: false,
+            created_at: Some(1),
         };
         assert_eq!(super::build_stored(&stored).unwrap().name, "Acme Renamed");
     }

@@ -428,6 +428,9 @@ struct Progress {
     refusing: AtomicBool,
     /// When it last refused (unix ms).
     last_refusal: AtomicI64,
+    /// A read or write found the database file damaged ("database disk image is malformed":
+    /// a file copied over it while it ran, a disk fault): not writable until a restart.
+    damaged: AtomicBool,
     /// The database's files were removed or replaced under it (see [`FileWatch`]).
     lost: AtomicBool,
     /// And what the open database held has been saved since.
@@ -435,6 +438,18 @@ struct Progress {
 }
 
 impl Progress {
+    /// A call met `error`: the file damaged is said once, and kept (black-box tester Q's D7: a
+    /// file copied over the running portal's was found only by the requests that failed on it,
+    /// and `/readyz` said ready while sessions came due unstopped).
+    fn met(&self, error: &rusqlite::Error) {
+        use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+        let damage = matches!(error, rusqlite::Error::SqliteFailure(e, _)
+            if matches!(e.code, DatabaseCorrupt | NotADatabase));
+        if damage && !self.damaged.swap(true, Ordering::SeqCst) {
+            tracing::error!(error = %error, "the database file is damaged (a file copied over it while the portal ran, a disk fault): sign-ins are refused and /readyz says not ready until the portal is restarted on a sound file (README, \"Backup and restore\")");
+        }
+    }
+
     /// The database refused a batch's writes.
     fn refused(&self) {
         self.last_refusal
@@ -462,6 +477,8 @@ trait WriteJob: Send {
     /// Whether its last run failed because the database refused to store anything (a full
     /// disk, a read-only or broken file), not by a rule of its own.
     fn refused_by_database(&self) -> bool;
+    /// Tells `progress` what its last run's error was ([`Progress::met`]).
+    fn tell(&self, progress: &Progress);
     /// Reports the outcome once the batch is over (`Err`: the batch was not committed).
     fn finish(self: Box<Self>, batch: Result<(), String>);
 }
@@ -524,6 +541,12 @@ where
 
     fn refused_by_database(&self) -> bool {
         matches!(&self.result, Some(Err(e)) if database_refuses(e))
+    }
+
+    fn tell(&self, progress: &Progress) {
+        if let Some(Err(StorageError::Sqlite(e))) = &self.result {
+            progress.met(e);
+        }
     }
 
     fn finish(self: Box<Self>, batch: Result<(), String>) {
@@ -638,6 +661,7 @@ impl Engine {
         !self.inner.writer.is_finished()
             && !stalled
             && !refusing
+            && !progress.damaged.load(Ordering::SeqCst)
             && !progress.lost.load(Ordering::SeqCst)
     }
 
@@ -855,6 +879,9 @@ impl Engine {
     ) -> Result<R, StorageError> {
         let conn = self.reader()?;
         let result = work(&conn);
+        if let Err(StorageError::Sqlite(e)) = &result {
+            self.inner.progress.met(e);
+        }
         let mut idle = self.inner.readers.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE_READERS {
             idle.push(conn);
@@ -1075,6 +1102,7 @@ fn commit(
                 }
             } else if batch.iter().any(|job| job.refused_by_database()) {
                 progress.refused();
+                batch.iter().for_each(|job| job.tell(progress));
             }
             Ok(())
         }
@@ -1085,6 +1113,8 @@ fn commit(
             if sqlite_refuses(&e) || batch.iter().any(|job| job.refused_by_database()) {
                 progress.refused();
             }
+            progress.met(&e);
+            batch.iter().for_each(|job| job.tell(progress));
             static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
             if let Some(left_out) = LOG.admit() {
                 tracing::error!(error = %e, writes = batch.len(), similar_left_out = left_out,
@@ -1249,6 +1279,36 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// A read that finds the file damaged (a file copied over the running portal's) makes the
+    /// database not writable for good, said once (black-box tester Q's D7: `/readyz` said
+    /// ready, sign-ins went on into the damaged file).
+    #[tokio::test]
+    async fn a_damaged_file_met_by_a_read_is_not_writable_any_more() {
+        let (_dir, engine) = engine().await;
+        insert_small(&engine, "a").await;
+        let busy = engine.read(|_| {
+            Err::<(), _>(StorageError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                None,
+            )))
+        });
+        assert!(busy.is_err());
+        assert!(engine.writer_alive(), "a busy read is no damage");
+        let damaged = engine.read(|_| {
+            Err::<(), _>(StorageError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some("database disk image is malformed".into()),
+            )))
+        });
+        assert!(damaged.is_err());
+        assert!(!engine.writer_alive(), "damaged");
+        insert_small(&engine, "b").await;
+        assert!(
+            !engine.writer_alive(),
+            "a write that works proves nothing of the rest"
+        );
     }
 
     #[tokio::test]

@@ -1259,8 +1259,12 @@ pub struct GivenUp {
 pub enum Termination {
     /// Queued (and audited): the running portal stops the session.
     Queued,
-    /// An earlier termination of it is queued and not done yet: nothing more was queued.
-    AlreadyQueued,
+    /// An operator's stop of it asked for earlier — a termination, its organization's disable —
+    /// is not done yet: nothing more was queued (nor audited).
+    AlreadyQueued {
+        /// When that stop was asked for (its Stop is dated then), unix ms.
+        asked_at: i64,
+    },
     /// The session is not active.
     NotActive,
 }

@@ -27,6 +27,9 @@ pub struct StoredOrganization {
     pub revision: i64,
     /// Listed in the configuration at the last start-up.
     pub from_config: bool,
+    /// When this organization was made (unix ms; None for one stored before this was kept):
+    /// one deleted and made again under its id is another organization.
+    pub created_at: Option<i64>,
 }
 
 /// The servers of stored settings as an audit entry names them: name, address and ports
@@ -188,8 +191,11 @@ pub struct ActiveChange {
 pub struct SkippedStop {
     /// Sessions it had stopped already (Admin-Reset).
     pub stopped_before: i64,
-    /// Open sessions it left: they keep running.
+    /// Open sessions it left that keep running.
     pub open_sessions: i64,
+    /// Open sessions it left that an operator's termination, asked for earlier and not made
+    /// yet, still stops (black-box tester M's D2: counted among those that keep running).
+    pub terminations_pending: i64,
 }
 
 /// What an operator's delete did.
@@ -586,19 +592,23 @@ impl Flipped {
             Some(SkippedStop {
                 stopped_before: 0,
                 open_sessions,
+                terminations_pending,
             }) => tracing::warn!(
                 organization = id,
                 open_sessions,
+                terminations_pending,
                 actor,
                 "organization enabled before its disable's stop was done: the stop is skipped, its open sessions keep running"
             ),
             Some(SkippedStop {
                 stopped_before,
                 open_sessions,
+                terminations_pending,
             }) => tracing::warn!(
                 organization = id,
                 stopped_before,
                 open_sessions,
+                terminations_pending,
                 actor,
                 "organization enabled while its disable's stop was under way: the sessions it stopped stay stopped, the rest is skipped and keeps running"
             ),
@@ -657,20 +667,29 @@ async fn set_active_in<B: OrgBackend>(
                 &[Arg::Text(id), Arg::Int(now), Arg::Text(&outcome)],
             )
             .await?;
-            let open: Option<(i64,)> = c
+            // The disable's jobs closed above: the stops still waiting are terminations.
+            let open: Option<(i64, i64)> = c
                 .fetch_optional(
-                    "SELECT COUNT(*) FROM access_sessions WHERE organization_id = $1 AND state = 'active'",
+                    concat!(
+                        "SELECT COUNT(*), CAST(COALESCE(SUM(CASE WHEN ",
+                        super::no_stop_pending!(),
+                        " THEN 0 ELSE 1 END), 0) AS BIGINT) FROM access_sessions s \
+                         WHERE s.organization_id = $1 AND s.state = 'active'"
+                    ),
                     &[Arg::Text(id)],
                 )
                 .await?;
-            let open_sessions = open.map_or(0, |(n,)| n);
+            let (open, terminations_pending) = open.unwrap_or((0, 0));
+            let open_sessions = open - terminations_pending;
             detail["skipped_stop"] = serde_json::json!({
                 "open_sessions": open_sessions,
+                "terminations_pending": terminations_pending,
                 "stopped_before": stopped_before,
             });
             skipped_stop = Some(SkippedStop {
                 stopped_before,
                 open_sessions,
+                terminations_pending,
             });
         }
     } else {
@@ -745,12 +764,16 @@ async fn copies_waiting_in(
 /// Columns of [`OrganizationJob`].
 const JOB_COLUMNS: &str = "id, organization_id, kind, access_session_id, created_at, stopped";
 
+/// The sessions an `accounting.give_up` audit entry names at most (the first, by id; more: it
+/// says so, `sessions_listed`).
+const GIVEN_UP_LISTED: usize = 1000;
+
 impl<B: OrgBackend> OrganizationStore for B {
     async fn organizations(&self) -> Result<Vec<StoredOrganization>, StorageError> {
         self.reader()
             .await?
             .fetch_all(
-                "SELECT id, name, is_active, settings, revision, position IS NOT NULL AS from_config \
+                "SELECT id, name, is_active, settings, revision, position IS NOT NULL AS from_config, created_at \
                  FROM organizations ORDER BY position IS NULL, position, created_at, id",
                 &[],
             )
@@ -958,16 +981,23 @@ impl<B: OrgBackend> OrganizationStore for B {
         };
         let active = state == "active";
         if active {
-            // Asked again before the portal got to it: one job (and one audit entry) is enough.
-            let pending: Option<(i64,)> = c
+            // Asked again before the portal got to it, or its organization's disable waits to
+            // stop it (black-box tester M's D1: a second job, and an audit entry of a stop the
+            // disable made): the stop asked for first is the one made, dated then — one job
+            // (and one audit entry) is enough.
+            let (asked_at,): (Option<i64>,) = c
                 .fetch_optional(
-                    "SELECT id FROM organization_jobs WHERE done_at IS NULL \
-                     AND kind = 'terminate_session' AND access_session_id = $1 LIMIT 1",
+                    concat!(
+                        "SELECT ",
+                        super::stop_asked_at!(),
+                        " FROM access_sessions s WHERE s.id = $1"
+                    ),
                     &[Arg::Int(session_id)],
                 )
-                .await?;
-            if pending.is_some() {
-                return Ok(Termination::AlreadyQueued);
+                .await?
+                .unwrap_or((None,));
+            if let Some(asked_at) = asked_at {
+                return Ok(Termination::AlreadyQueued { asked_at });
             }
             c.execute(
                 "INSERT INTO organization_jobs (organization_id, kind, access_session_id, created_at) \
@@ -1314,6 +1344,35 @@ impl<B: OrgBackend> OrganizationStore for B {
         if given_up > 0 {
             let mut detail = detail;
             detail["given_up"] = given_up.into();
+            // Whose: the identities the server is never told ended outlive the dead letters in
+            // the audit log (an organization deleted after removes those; black-box tester
+            // M's D4: only a count was left).
+            let sessions: Vec<(String, String, String)> = c
+                .fetch_all(
+                    &format!(
+                        "SELECT s.acct_session_id, s.username, s.client_ip FROM access_sessions s \
+                         WHERE s.organization_id = $1 AND EXISTS (SELECT 1 FROM accounting_outbox o \
+                           WHERE o.access_session_id = s.id AND o.dead_at = $2 AND o.dead_reason = $3) \
+                         ORDER BY s.id LIMIT {}",
+                        GIVEN_UP_LISTED + 1
+                    ),
+                    &[Arg::Text(organization_id), Arg::Int(now), Arg::Text(&reason)],
+                )
+                .await?;
+            if sessions.len() > GIVEN_UP_LISTED {
+                detail["sessions_listed"] = GIVEN_UP_LISTED.into();
+            }
+            detail["sessions"] = sessions
+                .iter()
+                .take(GIVEN_UP_LISTED)
+                .map(|(acct_session_id, username, client_ip)| {
+                    serde_json::json!({
+                        "acct_session_id": acct_session_id,
+                        "username": username,
+                        "client_ip": client_ip,
+                    })
+                })
+                .collect();
             audit_in(
                 c,
                 &Audit {

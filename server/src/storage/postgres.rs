@@ -705,6 +705,13 @@ impl PgStore {
     pub async fn open_for(url: &str, serving: bool) -> Result<PgStore, StorageError> {
         operator_waits(serving, || async {
             let store = Self::connect(url, serving, REQUEST_CONNECTIONS).await?;
+            // A standby or a read-only database: said as such, not as the migration's
+            // "cannot execute CREATE TABLE in a read-only transaction" (black-box tester Q's D3).
+            if let Some(why) = refusing_writes(store.pool()).await? {
+                return Err(StorageError::NotUsable(format!(
+                    "the database takes no writes: {why}"
+                )));
+            }
             // On a connection of its own, without the requests' lock and statement timeouts:
             // a replica starting while another migrates waits for it (sqlx's advisory lock)
             // rather than failing after 10 s, and a migration's index over a large table is not
@@ -756,7 +763,13 @@ impl PgStore {
         url: &str,
     ) -> Result<(PgStore, Option<Result<String, String>>), StorageError> {
         let (store, applied) = Self::connect_reading_migrations(url).await?;
-        let state = super::migration_state(&sqlx::migrate!("./migrations/postgres"), &applied);
+        // What `serve` refuses first (black-box tester Q's D3: the check passed).
+        let state = match refusing_writes(store.pool()).await? {
+            Some(why) => Some(Err(format!(
+                "the database takes no writes: {why} (`serve` refuses it)"
+            ))),
+            None => super::migration_state(&sqlx::migrate!("./migrations/postgres"), &applied),
+        };
         Ok((store, state))
     }
 
@@ -1148,21 +1161,73 @@ async fn session_by_id(
 }
 
 /// Stops `id` if active, queues its Stop and audits it. False if it was not active.
+/// Why the server behind `pool` takes no writes now (None: it takes them): a standby, or a
+/// database or server made read-only.
+async fn refusing_writes(pool: &PgPool) -> Result<Option<&'static str>, StorageError> {
+    let (standby, read_only): (bool, bool) = sqlx::query_as(
+        "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(if standby {
+        Some("it is a standby (in recovery): point [database] url at the primary (an address still naming the standby after a failover?)")
+    } else if read_only {
+        Some("it is read-only (default_transaction_read_only, or the server's own setting): make it writable, or point [database] url at one that is")
+    } else {
+        None
+    })
+}
+
 async fn stop_in(
     c: &mut PgConnection,
     id: i64,
     cause: u32,
     event_at: i64,
 ) -> Result<bool, StorageError> {
-    let stopped = sqlx::query(stop_sessions!(
+    Ok(stopped_in(c, id, cause, event_at).await?.is_some())
+}
+
+/// [`stop_in`], saying what it stopped.
+async fn stopped_in(
+    c: &mut PgConnection,
+    id: i64,
+    cause: u32,
+    event_at: i64,
+) -> Result<Option<Stopped>, StorageError> {
+    sqlx::query(stop_sessions!(
         "SELECT $1::BIGINT AS id, $2::BIGINT AS at, $3::BIGINT AS cause"
     ))
     .bind(id)
     .bind(event_at)
     .bind(i64::from(cause))
     .fetch_optional(c)
+    .await?
+    .as_ref()
+    .map(stopped_from_row)
+    .transpose()
+}
+
+/// How a stop asked for with `cause` at `at` ends active session `id`
+/// ([`crate::access_session::timing::ending`], from its stored deadline and the operator's
+/// stops waiting for it), its row locked as every writer of it locks it; None if it is not
+/// active.
+async fn ending_in(
+    c: &mut PgConnection,
+    id: i64,
+    cause: u32,
+    at: i64,
+) -> Result<Option<(u32, i64)>, StorageError> {
+    let ends: Option<(i64, Option<i64>, Option<i64>)> = sqlx::query_as(concat!(
+        "SELECT s.expires_at, s.limit_at, ",
+        super::stop_asked_at!(),
+        " FROM access_sessions s WHERE s.id = $1 AND s.state = 'active' FOR UPDATE OF s"
+    ))
+    .bind(id)
+    .fetch_optional(c)
     .await?;
-    Ok(stopped.is_some())
+    Ok(ends.map(|(expires_at, limit_at, asked_at)| {
+        crate::access_session::timing::ending(cause, at, expires_at, limit_at, asked_at)
+    }))
 }
 
 /// Queues an Interim-Update at `now` (superseding one not yet on its way).
@@ -1504,22 +1569,29 @@ impl SessionStore for PgStore {
             Some(id) => browsers_session_in(&mut tx, id).await?,
             None => None,
         };
-        let preempted = sqlx::query(stop_sessions!(
-            "SELECT id, $3::BIGINT AS at, $4::BIGINT AS cause FROM access_sessions \
-             WHERE organization_id = $1 AND client_ip = $2 AND state = 'active' \
-             UNION SELECT id, $3::BIGINT, $4::BIGINT FROM access_sessions \
-             WHERE id = $5 AND organization_id = $1 AND state = 'active'"
-        ))
+        let previous: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM access_sessions WHERE organization_id = $1 AND client_ip = $2 AND state = 'active' \
+             UNION SELECT id FROM access_sessions WHERE id = $3 AND organization_id = $1 AND state = 'active' \
+             ORDER BY id",
+        )
         .bind(&new.organization_id)
         .bind(&new.client_ip)
-        .bind(new.started_at)
-        .bind(i64::from(terminate_cause::PORT_PREEMPTED))
         .bind(replaces)
         .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(stopped_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
+        .await?;
+        let mut preempted = Vec::new();
+        for id in previous {
+            // Ended by its deadline if that came first (not yet reached by the expiry pass),
+            // or by an operator's stop still waiting for it — as every ad-hoc stop is.
+            let Some((cause, at)) =
+                ending_in(&mut tx, id, terminate_cause::PORT_PREEMPTED, new.started_at).await?
+            else {
+                continue;
+            };
+            if let Some(stopped) = stopped_in(&mut tx, id, cause, at).await? {
+                preempted.push(stopped);
+            }
+        }
         notify(&mut tx, &self.origin, &session_notices(&preempted)).await?;
         let accept_timeouts = super::AcceptTimeouts::columns(new.accept_timeouts);
         let id: i64 = sqlx::query_scalar(
@@ -2130,19 +2202,9 @@ impl SessionStore for PgStore {
         let mut tx = self.pool().begin().await?;
         // The session's row locked, as every writer of it does, so its deadline and the
         // operator's stops waiting for it are those the stop is made against.
-        let ends: Option<(i64, Option<i64>, Option<i64>)> = sqlx::query_as(concat!(
-            "SELECT s.expires_at, s.limit_at, ",
-            super::stop_asked_at!(),
-            " FROM access_sessions s WHERE s.id = $1 AND s.state = 'active' FOR UPDATE OF s"
-        ))
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((expires_at, limit_at, asked_at)) = ends else {
+        let Some((cause, at)) = ending_in(&mut tx, id, cause, event_at).await? else {
             return Ok(StopOutcome::NotActive);
         };
-        let (cause, at) =
-            crate::access_session::timing::ending(cause, event_at, expires_at, limit_at, asked_at);
         if !stop_in(&mut tx, id, cause, at).await? {
             return Ok(StopOutcome::NotActive);
         }

@@ -1234,20 +1234,9 @@ impl SessionStore for SqliteStore {
     ) -> Result<StopOutcome, StorageError> {
         self.engine
             .write(move |c| {
-                let ends: Option<(i64, Option<i64>, Option<i64>)> = c
-                    .prepare_cached(concat!(
-                        "SELECT s.expires_at, s.limit_at, ",
-                        super::stop_asked_at!(),
-                        " FROM access_sessions s WHERE s.id = ? AND s.state = 'active'"
-                    ))?
-                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()?;
-                let Some((expires_at, limit_at, asked_at)) = ends else {
+                let Some((cause, at)) = ending_in(c, id, cause, event_at)? else {
                     return Ok(StopOutcome::NotActive);
                 };
-                let (cause, at) = crate::access_session::timing::ending(
-                    cause, event_at, expires_at, limit_at, asked_at,
-                );
                 if !stop_in(c, id, cause, at, None)? {
                     return Ok(StopOutcome::NotActive);
                 }
@@ -2020,11 +2009,17 @@ fn open_session_in(c: &Connection, new: &NewAccessSession) -> Result<OpenedSessi
         .collect::<Result<_, _>>()?;
     let mut stopped = Vec::new();
     for id in previous {
-        if stop_in(c, id, terminate_cause::PORT_PREEMPTED, new.started_at, None)? {
+        // Ended by its deadline if that came first (not yet reached by the expiry pass), or by
+        // an operator's stop still waiting for it — as every ad-hoc stop is.
+        let Some((cause, at)) = ending_in(c, id, terminate_cause::PORT_PREEMPTED, new.started_at)?
+        else {
+            continue;
+        };
+        if stop_in(c, id, cause, at, None)? {
             stopped.push(Stopped {
                 id,
-                due_at: new.started_at,
-                cause: terminate_cause::PORT_PREEMPTED,
+                due_at: at,
+                cause,
             });
         }
     }
@@ -2158,6 +2153,28 @@ fn dead_letter_in(
 
 /// Stops `id` if active and queues its Stop (Acct-Session-Time up to `event_at`). `due_by` makes
 /// the stop conditional on the deadline still being due (a concurrent refresh wins).
+/// How a stop asked for with `cause` at `at` ends active session `id`
+/// ([`crate::access_session::timing::ending`], from its stored deadline and the operator's
+/// stops waiting for it); None if it is not active.
+fn ending_in(
+    c: &Connection,
+    id: i64,
+    cause: u32,
+    at: i64,
+) -> Result<Option<(u32, i64)>, StorageError> {
+    let ends: Option<(i64, Option<i64>, Option<i64>)> = c
+        .prepare_cached(concat!(
+            "SELECT s.expires_at, s.limit_at, ",
+            super::stop_asked_at!(),
+            " FROM access_sessions s WHERE s.id = ? AND s.state = 'active'"
+        ))?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    Ok(ends.map(|(expires_at, limit_at, asked_at)| {
+        crate::access_session::timing::ending(cause, at, expires_at, limit_at, asked_at)
+    }))
+}
+
 fn stop_in(
     c: &Connection,
     id: i64,
