@@ -3945,3 +3945,38 @@ async fn one_organizations_unanswered_users_never_shut_out_another_on_a_shared_s
     );
     app.stop().await;
 }
+
+/// A sign-in refused because every server's breaker is open sent nothing: it takes no attempt
+/// of the user's (the web review's M1: retries during an outage used up the username's limit,
+/// and the user, the server back, was told 429).
+#[tokio::test]
+async fn sign_ins_refused_while_every_breaker_is_open_take_no_attempt() {
+    let radius = FreeRadius::start().await;
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut server = fast(&radius, "primary");
+    server.auth_port = common::gated_relay(radius.auth_addr(true), open.clone())
+        .await
+        .port;
+    let (_dir, db) = temp_db();
+    let mut settings = quick_failover(&db, vec![server]);
+    settings.rate_limit.login_per_user = 2;
+    settings.rate_limit.period = Duration::from_secs(3600);
+    let app = TestApp::spawn(&settings).await;
+    let browser = app.browser(Ipv4Addr::new(127, 0, 9, 41));
+    // The first is sent, unanswered: the breaker opens (one attempt taken).
+    let first = browser.login_as_script("carol", "carol-pass").await;
+    assert_eq!(first.status(), 503);
+    // Then none is sent while it stays open: each refused at once, none taking an attempt.
+    for _ in 0..3 {
+        let refused = browser.login_as_script("carol", "carol-pass").await;
+        assert_eq!(refused.status(), 503, "{:?}", refused.text().await);
+    }
+    open.store(true, SeqCst);
+    wait_until("the server back, the user signs in", || async {
+        let answer = browser.login_as_script("carol", "carol-pass").await;
+        assert_ne!(answer.status(), 429, "an attempt left");
+        answer.status().is_success()
+    })
+    .await;
+    app.stop().await;
+}
