@@ -827,6 +827,11 @@ async fn check_against_database(
     };
     match opened {
         Ok(Ok(AsIs::Ready(storage))) => {
+            if let Some(damage) = storage.damage().await? {
+                anyhow::bail!(
+                    "`serve` would refuse the database {location}: its file is damaged ({damage}): stop the portal and put a sound copy in place (README, \"Backup and restore\")"
+                );
+            }
             crate::organizations::check_seed(
                 &storage,
                 &settings.organizations,
@@ -1171,12 +1176,15 @@ pub async fn radius_test(
                 // retransmission, as it ends a sign-in's (black-box tester M's D3: it went on
                 // for the server's whole time). Looked at in the database (no cache here).
                 () = disabled_while_asked(storage.as_ref(), stored_id.as_deref()) => {
-                    let detail = serde_json::json!({ "operation": "Login", "state": "Disabled", "username": user, "command": "radius test", "radius": format!("withdrawn: the organization was disabled while `{}` was asked", server.name) });
+                    let detail = serde_json::json!({ "operation": "Login", "state": "Disabled", "username": user, "command": "radius test", "radius": format!("withdrawn: the organization was disabled (or deleted) while `{}` was asked", server.name) });
+                    // The refusal stands whether or not it could be audited.
                     if let Some(storage) = &storage {
-                        audit_as_operator(storage, "guard.denied", org_id, detail).await?;
+                        if let Err(e) = audit_as_operator(storage, "guard.denied", org_id, detail).await {
+                            warn_of(&format!("the refusal could not be audited: {e:#}"));
+                        }
                     }
                     return Err(Refused(format!(
-                        "organization `{org_id}` was disabled while `{}` was asked: no more Access-Requests (no retransmission, none to its next servers)",
+                        "organization `{org_id}` was disabled (or deleted) while `{}` was asked: no more Access-Requests (no retransmission, none to its next servers)",
                         server.name
                     ))
                     .into());

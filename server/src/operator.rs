@@ -355,12 +355,21 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                 }
                 Termination::AlreadyQueued { asked_at } => {
                     say!(
-                        "session {} ({}, {}) is already to be stopped: an operator's stop asked for at {} (a termination, or its organization's disable) is not done yet — it is made as asked then (Admin-Reset dated {}): nothing more queued",
+                        "session {} ({}, {}) is already to be stopped: a termination asked for at {} is not done yet (its Stop is dated then, unless its deadline came first): nothing more queued",
                         s.id,
                         shown_plainly(&s.username),
                         s.organization_id,
-                        clock(asked_at),
                         clock(asked_at)
+                    );
+                    return Ok(Outcome::Done);
+                }
+                Termination::QueuedBehindDisable { disable_asked_at } => {
+                    say!(
+                        "session {} ({}, {}) is stopped by its organization's disable, asked for at {} and not made yet (its Stop is dated then, unless its deadline came first); this termination is kept should an enable skip that stop",
+                        s.id,
+                        shown_plainly(&s.username),
+                        s.organization_id,
+                        clock(disable_asked_at)
                     );
                     return Ok(Outcome::Done);
                 }

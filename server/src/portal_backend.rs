@@ -274,7 +274,6 @@ impl PortalBackend {
             })
     }
 
-    /// Gives back the attempt [`Self::check_address_rate`] just took.
     /// Gives back the attempt [`Self::check_rate`] took (both limits).
     fn give_back_rate(&self, (org_id, disabled): (&str, bool), username: &str, ip: IpAddr) {
         self.give_back_address_rate(disabled, ip);
@@ -282,6 +281,7 @@ impl PortalBackend {
             .give_back(&(org_id.to_string(), account_of(username)));
     }
 
+    /// Gives back the attempt [`Self::check_address_rate`] just took.
     fn give_back_address_rate(&self, disabled: bool, ip: IpAddr) {
         self.address_limit(disabled)
             .give_back(&client_key(ip, self.ipv6_prefix));

@@ -227,7 +227,9 @@ fn sqlite_served(path: &std::path::Path) -> Option<bool> {
     match std::fs::File::open(sqlite_lock_path(path)) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(false),
         Err(_) => None,
-        Ok(file) => match file.try_lock() {
+        // Shared: two commands looking at once do not take each other for a portal (the
+        // whole-change review's L1); a portal's lock is exclusive.
+        Ok(file) => match file.try_lock_shared() {
             Ok(()) => {
                 let _ = file.unlock();
                 Some(false)
@@ -248,6 +250,29 @@ const CLOCK_MARK: &str = "clock=";
 /// replaced under it (`Storage::files_lost`): it refuses every change until restarted, and
 /// operator commands refuse to work on the files there now ([`sqlite_files_lost`]).
 const FILES_LOST: &str = "files_lost=yes";
+
+/// Drops the [`FILES_LOST`] line a previous run left in its lock file (`file`, now this run's):
+/// operator commands would refuse the database until this run's first write of it (the
+/// whole-change review's L1). The rest of the text is kept (read at the start).
+fn forget_files_lost(mut file: &std::fs::File) {
+    use std::io::{Read, Seek, Write};
+    let mut text = String::new();
+    if file.seek(std::io::SeekFrom::Start(0)).is_err()
+        || file.take(4096).read_to_string(&mut text).is_err()
+        || !text.lines().any(|line| line.trim() == FILES_LOST)
+    {
+        return;
+    }
+    let kept: String = text
+        .lines()
+        .filter(|line| line.trim() != FILES_LOST)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let _ = file
+        .seek(std::io::SeekFrom::Start(0))
+        .and_then(|_| file.write_all(kept.as_bytes()))
+        .and_then(|()| file.set_len(kept.len() as u64));
+}
 
 /// Whether the portal serving the SQLite database at `path` now says its files were removed or
 /// replaced under it (its lock file's [`FILES_LOST`] line: black-box tester Q's D1).
@@ -421,7 +446,10 @@ async fn own_sqlite_database(path: &std::path::Path) -> anyhow::Result<std::fs::
     let deadline = tokio::time::Instant::now() + SQLITE_OWNER_WAIT;
     loop {
         match file.try_lock() {
-            Ok(()) => return Ok(file),
+            Ok(()) => {
+                forget_files_lost(&file);
+                return Ok(file);
+            }
             Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -1608,6 +1636,26 @@ mod tests {
         }
         drop(held);
         assert!(!sqlite_portal_running(&db), "its portal has ended");
+    }
+
+    /// A run whose files were lost left `files_lost=yes` in the lock file: the next run drops it
+    /// as it takes the lock (operator commands would refuse the database), keeping the rest.
+    #[tokio::test]
+    async fn a_new_run_forgets_the_last_runs_lost_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("portal.db");
+        let lock = dir.path().join("portal.db.lock");
+        let held = own_sqlite_database(&db).await.unwrap();
+        write_watermark(&held, Some(7), true).unwrap();
+        assert!(sqlite_files_lost(&db), "said while that run serves");
+        drop(held);
+        assert!(!sqlite_files_lost(&db), "no portal serves it");
+        let held = own_sqlite_database(&db).await.unwrap();
+        assert!(!sqlite_files_lost(&db));
+        assert_eq!(read_watermark(&held), Some(7), "the rest kept");
+        assert!(!std::fs::read_to_string(&lock)
+            .unwrap()
+            .contains("files_lost"));
     }
 
     #[test]

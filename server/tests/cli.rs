@@ -2309,3 +2309,35 @@ async fn a_postgresql_database_that_takes_no_writes_is_named_by_check_config_and
         );
     }
 }
+
+/// A SQLite database file damaged (a file copied over a running portal's): `check-config` says
+/// `serve` would refuse it, as `serve` does (black-box tester W's D2: "the organizations fit
+/// what it holds", exit 0).
+#[tokio::test]
+async fn check_config_names_a_damaged_database_file() {
+    use std::io::{Seek, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let config = minimal_config(dir.path(), "");
+    let db = dir.path().join("portal.db");
+    let mut settings =
+        radius_portal::config::Settings::from_toml(&std::fs::read_to_string(&config).unwrap())
+            .unwrap();
+    settings.http.listen = Some("127.0.0.1:0".parse().unwrap());
+    common::TestApp::spawn(&settings).await.stop().await;
+    let checked = portal(&["--config", config.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert!(checked.status.success(), "{checked:?}");
+    // The last page overwritten (one the organizations' reads do not need).
+    let mut file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    let len = file.metadata().unwrap().len();
+    file.seek(std::io::SeekFrom::Start(len - 1024)).unwrap();
+    file.write_all(&[0xAB; 1024]).unwrap();
+    drop(file);
+    let checked = portal(&["--config", config.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&checked.stderr);
+    assert!(!checked.status.success(), "{checked:?}");
+    assert!(said.contains("its file is damaged"), "{said}");
+}

@@ -3275,7 +3275,7 @@ async fn radius_test_stops_before_the_next_server_once_its_organization_is_disab
     );
     assert_eq!(out.status.code(), Some(4), "{text}");
     assert!(
-        text.contains("organization `acme` was disabled while `silent` was asked"),
+        text.contains("organization `acme` was disabled (or deleted) while `silent` was asked"),
         "{text}"
     );
     assert_eq!(

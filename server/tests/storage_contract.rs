@@ -3056,20 +3056,34 @@ async fn a_session_termination_is_queued_once(db: Db) {
         .unwrap();
     assert_eq!(s.stop_asked_for(third).await.unwrap(), Some(T0 + 4));
     assert_eq!(s.stop_asked_for(id).await.unwrap(), Some(T0 + 3));
-    // A termination asked for after it: the disable's stop is the one made (black-box tester
-    // M's D1) — nothing queued, nothing audited.
-    let (jobs, audited) = (
-        s.pending_organization_jobs().await.unwrap().len(),
-        s.audit_tail(1000).await.unwrap().len(),
-    );
+    // A termination asked for after it: the disable's stop is the one made, and the answer says
+    // so (black-box tester M's D1); it is queued all the same (an enable skips the disable's
+    // stop, not the operator's: the whole-change review's M1), and audited as asked behind it.
+    let jobs = s.pending_organization_jobs().await.unwrap().len();
     assert_eq!(
         s.queue_session_termination(third, "cli:jo", T0 + 5)
             .await
             .unwrap(),
-        Termination::AlreadyQueued { asked_at: T0 + 4 }
+        Termination::QueuedBehindDisable {
+            disable_asked_at: T0 + 4
+        }
     );
-    assert_eq!(s.pending_organization_jobs().await.unwrap().len(), jobs);
-    assert_eq!(s.audit_tail(1000).await.unwrap().len(), audited);
+    assert_eq!(s.pending_organization_jobs().await.unwrap().len(), jobs + 1);
+    let asked = s.audit_tail(1).await.unwrap().remove(0);
+    assert_eq!(asked.action, "session.terminate");
+    assert!(
+        asked
+            .detail
+            .contains(&format!("\"behind_disable_asked_at\":{}", T0 + 4)),
+        "{}",
+        asked.detail
+    );
+    assert_eq!(s.stop_asked_for(third).await.unwrap(), Some(T0 + 4));
+    // Enabled before the disable's stop: the termination still stops it.
+    s.set_organization_active("acme", true, "cli:jo", T0 + 6)
+        .await
+        .unwrap();
+    assert_eq!(s.stop_asked_for(third).await.unwrap(), Some(T0 + 5));
 }
 
 async fn a_dynamic_authorization_request_is_acted_on_once_until_it_expires(db: Db) {

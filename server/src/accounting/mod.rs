@@ -132,6 +132,8 @@ pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 /// At shutdown, how often the flush looks for rows come due (queued meanwhile, their backoff
 /// over) while deliveries are under way.
 const FLUSH_LOOK: Duration = Duration::from_millis(100);
+/// At shutdown, the shortest time between two of the flush's claims.
+const FLUSH_TURN: Duration = Duration::from_millis(10);
 /// Accounting-Requests in flight to one server at once.
 const WINDOW_PER_DESTINATION: usize = 64;
 /// A Start still unacknowledged this long after its event is given up (see the module doc).
@@ -2047,7 +2049,14 @@ impl Accounting {
         self.claimed.close();
         let flushed = tokio::time::timeout(SHUTDOWN_FLUSH, async {
             let mut stuck = false;
+            let mut turned_at: Option<tokio::time::Instant> = None;
             loop {
+                // Each turn claims and scans what waits: at most one per `FLUSH_TURN` (a large
+                // backlog's deliveries ending one by one would make a scan each).
+                if let Some(at) = turned_at {
+                    tokio::time::sleep_until(at + FLUSH_TURN).await;
+                }
+                turned_at = Some(tokio::time::Instant::now());
                 // Claimed again at every turn, while deliveries are under way too: one round
                 // that waited for its slowest delivery (an exchange with a silent server, 9 s)
                 // claimed nothing more, and a Stop due meanwhile at a server that answers

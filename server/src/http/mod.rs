@@ -1167,7 +1167,7 @@ async fn readyz(State(ready): State<Readiness>) -> Response {
         if let Some(left_out) = LOG.admit() {
             // As the backend's causes go (black-box tester Q's D4: SQLite's said of PostgreSQL).
             let why = if storage.backend_name() == "postgres" {
-                "the database refuses writes (a standby, a read-only database, a full disk: the lines of the calls it refused say which) or this process has closed its connections"
+                "the database cannot be reached, or refuses writes (a standby, a read-only database, a full disk: the lines of the calls it refused say which), or this process has closed its connections"
             } else {
                 "the database writer has stopped, is stuck, or the database refuses writes (full disk, read-only file) or is damaged (the log says which)"
             };

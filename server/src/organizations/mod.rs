@@ -1147,10 +1147,21 @@ pub async fn kept_by_an_enable(
     storage: &Storage,
     id: &str,
 ) -> Result<Option<usize>, crate::storage::StorageError> {
-    if !stop_pending(storage, id).await? {
+    let jobs = storage.pending_organization_jobs().await?;
+    if !stop_among(&jobs, id) {
         return Ok(None);
     }
-    let open = storage.active_session_ids_of(id).await?.len();
+    // Not those a termination asked for before still stops (black-box tester M's D2).
+    let open = storage
+        .active_session_ids_of(id)
+        .await?
+        .into_iter()
+        .filter(|session| {
+            !jobs.iter().any(|job| {
+                job.kind == "terminate_session" && job.access_session_id == Some(*session)
+            })
+        })
+        .count();
     Ok((open > 0).then_some(open))
 }
 
@@ -1177,13 +1188,14 @@ pub fn skipped_stop_said(skipped: crate::storage::SkippedStop, disable: &str) ->
         open_sessions,
         terminations_pending,
     } = skipped;
-    let mut kept = match open_sessions {
-        0 => "none of its sessions is open".to_string(),
-        n => format!("its {n} open session(s) keep running ({disable} stops them)"),
+    let mut kept = match (open_sessions, terminations_pending) {
+        (0, 0) => "none of its sessions is open".to_string(),
+        (0, _) => "none of its sessions keeps running".to_string(),
+        (n, _) => format!("its {n} open session(s) keep running ({disable} stops them)"),
     };
     if terminations_pending > 0 {
         kept += &format!(
-            "; {terminations_pending} more are stopped by the termination asked for each before"
+            "; {terminations_pending} open session(s) are stopped by the termination asked for each before"
         );
     }
     match stopped_before {

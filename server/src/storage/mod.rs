@@ -697,6 +697,33 @@ impl Storage {
         matches!(self.backend, Backend::Sqlite(_))
     }
 
+    /// What SQLite's `PRAGMA quick_check` finds wrong with the database file, if anything (a
+    /// file copied over a running portal's; `check-config`, before `serve` would meet it:
+    /// black-box tester W's D2); None on PostgreSQL. Reads every page: for a check, not a
+    /// request.
+    pub async fn damage(&self) -> Result<Option<String>, StorageError> {
+        match &self.backend {
+            Backend::Sqlite(store) => {
+                let checked = store
+                    .engine
+                    .read_long(|c| {
+                        let said: String = c.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+                        Ok(said)
+                    })
+                    .await;
+                match checked {
+                    Ok(said) if said == "ok" => Ok(None),
+                    Ok(said) => Ok(Some(said)),
+                    Err(StorageError::Sqlite(e)) if engine::sqlite_refuses(&e) => {
+                        Ok(Some(e.to_string()))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Backend::Postgres(_) => Ok(None),
+        }
+    }
+
     /// Which backend: `sqlite` or `postgres` (logs, `/readyz` text).
     pub fn backend_name(&self) -> &'static str {
         match &self.backend {
@@ -1259,10 +1286,17 @@ pub struct GivenUp {
 pub enum Termination {
     /// Queued (and audited): the running portal stops the session.
     Queued,
-    /// An operator's stop of it asked for earlier — a termination, its organization's disable —
-    /// is not done yet: nothing more was queued (nor audited).
+    /// Queued (and audited), but its organization's disable, asked for earlier and not made
+    /// yet, stops it first (Admin-Reset dated then): this one stops it only if an enable skips
+    /// that stop.
+    QueuedBehindDisable {
+        /// When the disable was asked for, unix ms.
+        disable_asked_at: i64,
+    },
+    /// A termination of it asked for earlier is not done yet: nothing more was queued (nor
+    /// audited).
     AlreadyQueued {
-        /// When that stop was asked for (its Stop is dated then), unix ms.
+        /// When that termination was asked for (its Stop is dated then), unix ms.
         asked_at: i64,
     },
     /// The session is not active.

@@ -980,25 +980,34 @@ impl<B: OrgBackend> OrganizationStore for B {
             return Ok(Termination::NotActive);
         };
         let active = state == "active";
+        let mut disable_pending = None;
         if active {
-            // Asked again before the portal got to it, or its organization's disable waits to
-            // stop it (black-box tester M's D1: a second job, and an audit entry of a stop the
-            // disable made): the stop asked for first is the one made, dated then — one job
-            // (and one audit entry) is enough.
-            let (asked_at,): (Option<i64>,) = c
+            // Asked again before the portal got to it: one job (and one audit entry) is enough.
+            let pending: Option<(i64,)> = c
                 .fetch_optional(
-                    concat!(
-                        "SELECT ",
-                        super::stop_asked_at!(),
-                        " FROM access_sessions s WHERE s.id = $1"
-                    ),
+                    "SELECT created_at FROM organization_jobs WHERE done_at IS NULL \
+                     AND kind = 'terminate_session' AND access_session_id = $1 \
+                     ORDER BY created_at LIMIT 1",
                     &[Arg::Int(session_id)],
+                )
+                .await?;
+            if let Some((asked_at,)) = pending {
+                return Ok(Termination::AlreadyQueued { asked_at });
+            }
+            // Its organization's disable, not made yet, stops it first (with Admin-Reset dated
+            // then): said so, and audited as such (black-box tester M's D1: "dated now", and an
+            // entry read as the operator's stop). The termination is queued all the same: an
+            // enable before the disable's stop is made skips that stop, not this one (the
+            // whole-change review's M1).
+            let (disabled_at,): (Option<i64>,) = c
+                .fetch_optional(
+                    "SELECT MIN(created_at) FROM organization_jobs WHERE done_at IS NULL \
+                     AND kind = 'stop_sessions' AND organization_id = $1",
+                    &[Arg::Text(&organization_id)],
                 )
                 .await?
                 .unwrap_or((None,));
-            if let Some(asked_at) = asked_at {
-                return Ok(Termination::AlreadyQueued { asked_at });
-            }
+            disable_pending = disabled_at;
             c.execute(
                 "INSERT INTO organization_jobs (organization_id, kind, access_session_id, created_at) \
                  VALUES ($1, 'terminate_session', $2, $3)",
@@ -1012,6 +1021,9 @@ impl<B: OrgBackend> OrganizationStore for B {
         }
         let mut detail =
             serde_json::json!({ "acct_session_id": acct_session_id, "username": username });
+        if let Some(at) = disable_pending {
+            detail["behind_disable_asked_at"] = at.into();
+        }
         if !active {
             // Refused, and audited as the admin API's refusal is: who tried to end what.
             detail["stopped"] = false.into();
@@ -1035,7 +1047,10 @@ impl<B: OrgBackend> OrganizationStore for B {
         // The job worker of every process looks now.
         self.announce(c).await?;
         change.commit().await?;
-        Ok(Termination::Queued)
+        Ok(match disable_pending {
+            Some(disable_asked_at) => Termination::QueuedBehindDisable { disable_asked_at },
+            None => Termination::Queued,
+        })
     }
 
     async fn create_organization(

@@ -705,13 +705,6 @@ impl PgStore {
     pub async fn open_for(url: &str, serving: bool) -> Result<PgStore, StorageError> {
         operator_waits(serving, || async {
             let store = Self::connect(url, serving, REQUEST_CONNECTIONS).await?;
-            // A standby or a read-only database: said as such, not as the migration's
-            // "cannot execute CREATE TABLE in a read-only transaction" (black-box tester Q's D3).
-            if let Some(why) = refusing_writes(store.pool()).await? {
-                return Err(StorageError::NotUsable(format!(
-                    "the database takes no writes: {why}"
-                )));
-            }
             // On a connection of its own, without the requests' lock and statement timeouts:
             // a replica starting while another migrates waits for it (sqlx's advisory lock)
             // rather than failing after 10 s, and a migration's index over a large table is not
@@ -728,21 +721,35 @@ impl PgStore {
                         .options([("lock_timeout", "0"), ("statement_timeout", "0")]),
                 )
                 .await?;
-            let migrated = watched_migration(
-                sqlx::migrate!("./migrations/postgres").run(&migrating),
-                store.pool(),
-            )
-            .await;
+            // A standby or a read-only database: said as such, not as the migration's
+            // "cannot execute CREATE TABLE in a read-only transaction" (black-box tester Q's D3).
+            // Asked on the migration's connection (no slot more).
+            let refusing = match refusing_writes(&migrating).await {
+                Ok(Some(why)) => Some(StorageError::NotUsable(format!(
+                    "the database takes no writes: {why}"
+                ))),
+                Ok(None) => None,
+                Err(e) => Some(e),
+            };
+            let migrated = match refusing {
+                Some(refused) => Err(refused),
+                None => watched_migration(
+                    sqlx::migrate!("./migrations/postgres").run(&migrating),
+                    store.pool(),
+                )
+                .await
+                .map_err(|e| match e {
+                    // Not a migration's fault: no connection to run it on.
+                    sqlx::migrate::MigrateError::Execute(sqlx::Error::PoolTimedOut) => {
+                        StorageError::Database(sqlx::Error::PoolTimedOut)
+                    }
+                    e => e.into(),
+                }),
+            };
             // Bounded: a connection to a host gone without a word is pinged when it goes back
             // to the pool, and closing waits for it (a code review).
             let _ = tokio::time::timeout(LISTENER_CHECK, migrating.close()).await;
-            migrated.map_err(|e| match e {
-                // Not a migration's fault: no connection to run it on.
-                sqlx::migrate::MigrateError::Execute(sqlx::Error::PoolTimedOut) => {
-                    StorageError::Database(sqlx::Error::PoolTimedOut)
-                }
-                e => e.into(),
-            })?;
+            migrated?;
             Ok(store)
         })
         .await
@@ -1125,6 +1132,9 @@ impl PgStore {
             && !self.background.is_closed()
             && !self.listening.is_closed()
             && crate::access_session::now_ms() - refused_at >= super::engine::FAILING_FOR_MS
+            // Nor while the server is known away: a sign-in is refused before the rate limits
+            // take an attempt (the whole-change review's M2), as `/readyz` says.
+            && self.reach.admit().is_ok()
     }
 
     /// Whether the last `/readyz` probe, within the last 30 s, found the server taking no
@@ -1160,7 +1170,6 @@ async fn session_by_id(
         .transpose()
 }
 
-/// Stops `id` if active, queues its Stop and audits it. False if it was not active.
 /// Why the server behind `pool` takes no writes now (None: it takes them): a standby, or a
 /// database or server made read-only.
 async fn refusing_writes(pool: &PgPool) -> Result<Option<&'static str>, StorageError> {
@@ -1178,6 +1187,7 @@ async fn refusing_writes(pool: &PgPool) -> Result<Option<&'static str>, StorageE
     })
 }
 
+/// Stops `id` if active, queues its Stop and audits it. False if it was not active.
 async fn stop_in(
     c: &mut PgConnection,
     id: i64,

@@ -2151,8 +2151,6 @@ fn dead_letter_in(
     Ok(session.is_some())
 }
 
-/// Stops `id` if active and queues its Stop (Acct-Session-Time up to `event_at`). `due_by` makes
-/// the stop conditional on the deadline still being due (a concurrent refresh wins).
 /// How a stop asked for with `cause` at `at` ends active session `id`
 /// ([`crate::access_session::timing::ending`], from its stored deadline and the operator's
 /// stops waiting for it); None if it is not active.
@@ -2175,6 +2173,8 @@ fn ending_in(
     }))
 }
 
+/// Stops `id` if active and queues its Stop (Acct-Session-Time up to `event_at`). `due_by` makes
+/// the stop conditional on the deadline still being due (a concurrent refresh wins).
 fn stop_in(
     c: &Connection,
     id: i64,
