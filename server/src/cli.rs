@@ -827,10 +827,20 @@ async fn check_against_database(
     };
     match opened {
         Ok(Ok(AsIs::Ready(storage))) => {
-            if let Some(damage) = storage.damage().await? {
-                anyhow::bail!(
+            // Bounded as the connection is: a large file is read for long (said, not waited
+            // for). A read that fails otherwise than on damage is said, not fatal.
+            match tokio::time::timeout(std::time::Duration::from_secs(10), storage.damage()).await {
+                Ok(Ok(Some(damage))) => anyhow::bail!(
                     "`serve` would refuse the database {location}: its file is damaged ({damage}): stop the portal and put a sound copy in place (README, \"Backup and restore\")"
-                );
+                ),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => warn_of(&format!(
+                    "the database {location} could not be read whole to check it for damage: {}",
+                    crate::portal_backend::error_chain(&e)
+                )),
+                Err(_) => warn_of(&format!(
+                    "the database {location} was not read whole for damage within 10 s (a large file): `sqlite3 FILE 'PRAGMA integrity_check'` checks it"
+                )),
             }
             crate::organizations::check_seed(
                 &storage,

@@ -355,7 +355,7 @@ pub async fn session(settings: &Settings, command: SessionCommand) -> anyhow::Re
                 }
                 Termination::AlreadyQueued { asked_at } => {
                     say!(
-                        "session {} ({}, {}) is already to be stopped: a termination asked for at {} is not done yet (its Stop is dated then, unless its deadline came first): nothing more queued",
+                        "session {} ({}, {}) is already to be stopped: a termination asked for earlier is not done yet (its Stop is dated {}, when the first operator's stop of it was asked for, unless its deadline came first): nothing more queued",
                         s.id,
                         shown_plainly(&s.username),
                         s.organization_id,
@@ -603,10 +603,18 @@ fn files_lost_under_a_portal(settings: &Settings) -> Option<String> {
     // SQLite names the WAL after the file a symbolic link leads to.
     let mut wal = std::fs::canonicalize(path).ok()?.into_os_string();
     wal.push("-wal");
-    let wal_gone = matches!(
-        std::fs::symlink_metadata(&wal),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound
-    );
+    let missing = || {
+        matches!(
+            std::fs::symlink_metadata(&wal),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound
+        )
+    };
+    // Looked at twice, a second apart: a portal taking the lock as it starts makes its WAL a
+    // moment later (the second read of the review of the change: refused as lost meanwhile).
+    let wal_gone = missing() && {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        missing() && crate::startup::sqlite_portal_surely_serving(path)
+    };
     (wal_gone || crate::startup::sqlite_files_lost(path)).then(|| {
         format!(
             "the portal serving {} found its database files removed or replaced under it (or its WAL file {} is gone): it refuses every change until it is restarted, and what this command wrote would be lost when it stops — nothing done; restart the portal first (its log says where it saved what they held)",

@@ -2651,14 +2651,7 @@ async fn a_postgresql_server_that_takes_no_writes_is_not_ready() {
     let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
         .await
         .unwrap();
-    sqlx::query("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', current_database()); END $$")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    common::postgres::set_read_only(&mut admin, true).await;
     wait_until("/readyz to say the database is unavailable", || async {
         probe.get("/readyz").await.status == 503
     })
@@ -2689,14 +2682,7 @@ async fn a_postgresql_server_that_takes_no_writes_is_not_ready() {
     })
     .await;
     // Writes taken again: the user's one attempt of the hour is still there.
-    sqlx::query("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = off', current_database()); END $$")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    common::postgres::set_read_only(&mut admin, false).await;
     wait_until("/readyz to say ready again", || async {
         probe.get("/readyz").await.status == 200
     })

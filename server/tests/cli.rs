@@ -2279,10 +2279,7 @@ async fn a_postgresql_database_that_takes_no_writes_is_named_by_check_config_and
     use sqlx::Connection as _;
     let url = common::postgres::fresh_database().await;
     let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
-    sqlx::query("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', current_database()); END $$")
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    common::postgres::set_read_only(&mut admin, true).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portal.toml");
     std::fs::write(
@@ -2328,11 +2325,26 @@ async fn check_config_names_a_damaged_database_file() {
         .output()
         .unwrap();
     assert!(checked.status.success(), "{checked:?}");
-    // The last page overwritten (one the organizations' reads do not need).
+    // The audit log's first page overwritten (one the organizations' reads do not need), the
+    // file checkpointed whole first (no newer copy of it in a WAL).
+    let (root, page_size): (u64, u64) = {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        (
+            c.query_row(
+                "SELECT rootpage FROM sqlite_schema WHERE name = 'audit_log'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap(),
+            c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap(),
+        )
+    };
     let mut file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
-    let len = file.metadata().unwrap().len();
-    file.seek(std::io::SeekFrom::Start(len - 1024)).unwrap();
-    file.write_all(&[0xAB; 1024]).unwrap();
+    file.seek(std::io::SeekFrom::Start((root - 1) * page_size))
+        .unwrap();
+    file.write_all(&vec![0xAB; page_size as usize]).unwrap();
     drop(file);
     let checked = portal(&["--config", config.to_str().unwrap(), "check-config"])
         .output()

@@ -3079,6 +3079,13 @@ async fn a_session_termination_is_queued_once(db: Db) {
         asked.detail
     );
     assert_eq!(s.stop_asked_for(third).await.unwrap(), Some(T0 + 4));
+    // Asked again: one is waiting, whose Stop is dated at the disable, the earlier.
+    assert_eq!(
+        s.queue_session_termination(third, "cli:jo", T0 + 5)
+            .await
+            .unwrap(),
+        Termination::AlreadyQueued { asked_at: T0 + 4 }
+    );
     // Enabled before the disable's stop: the termination still stops it.
     s.set_organization_active("acme", true, "cli:jo", T0 + 6)
         .await

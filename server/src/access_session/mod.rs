@@ -397,9 +397,9 @@ impl AccessSessions {
             return Err(SessionError::Storage(lost));
         }
         if !self.storage.writable() || self.storage.found_read_only() {
-            crate::throttled!(warn, "sign-in refused before its Access-Request: the database takes no writes now (`/readyz` says why)");
+            crate::throttled!(warn, "sign-in refused before its Access-Request: the database cannot be reached or takes no writes now (`/readyz` says why)");
             return Err(SessionError::Storage(StorageError::Unreachable(
-                "the database takes no writes now".into(),
+                "the database cannot be reached or takes no writes now".into(),
             )));
         }
         Ok(())

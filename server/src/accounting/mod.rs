@@ -2115,7 +2115,11 @@ impl Accounting {
                         .clamp(Duration::from_millis(1), FLUSH_LOOK)
                 });
                 tokio::select! {
-                    Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                    Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {
+                        // And every other one ended meanwhile: their places are claimed again
+                        // in one turn, not one a turn.
+                        while in_flight.try_join_next().is_some() {}
+                    }
                     () = self.claimed.wait(), if in_flight.is_empty() && busy => {}
                     () = tokio::time::sleep(until) => {}
                 }

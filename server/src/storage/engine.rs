@@ -442,10 +442,7 @@ impl Progress {
     /// file copied over the running portal's was found only by the requests that failed on it,
     /// and `/readyz` said ready while sessions came due unstopped).
     fn met(&self, error: &rusqlite::Error) {
-        use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
-        let damage = matches!(error, rusqlite::Error::SqliteFailure(e, _)
-            if matches!(e.code, DatabaseCorrupt | NotADatabase));
-        if damage && !self.damaged.swap(true, Ordering::SeqCst) {
+        if sqlite_damage(error) && !self.damaged.swap(true, Ordering::SeqCst) {
             tracing::error!(error = %error, "the database file is damaged (a file copied over it while the portal ran, a disk fault): sign-ins are refused and /readyz says not ready until the portal is restarted on a sound file (README, \"Backup and restore\")");
         }
     }
@@ -487,6 +484,14 @@ trait WriteJob: Send {
 /// broke a rule).
 fn database_refuses(error: &StorageError) -> bool {
     matches!(error, StorageError::Sqlite(e) if sqlite_refuses(e))
+}
+
+/// Whether SQLite says the database file is damaged ("database disk image is malformed", "file
+/// is not a database").
+pub(crate) fn sqlite_damage(error: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    matches!(error, rusqlite::Error::SqliteFailure(e, _)
+        if matches!(e.code, DatabaseCorrupt | NotADatabase))
 }
 
 /// Whether SQLite says it cannot store anything now (not: busy, or a rule of one write).

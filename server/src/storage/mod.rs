@@ -697,9 +697,10 @@ impl Storage {
         matches!(self.backend, Backend::Sqlite(_))
     }
 
-    /// What SQLite's `PRAGMA quick_check` finds wrong with the database file, if anything (a
-    /// file copied over a running portal's; `check-config`, before `serve` would meet it:
-    /// black-box tester W's D2); None on PostgreSQL. Reads every page: for a check, not a
+    /// What SQLite's `PRAGMA integrity_check` finds wrong with the database file, if anything
+    /// (a file copied over a running portal's: an index that no longer fits its table, which
+    /// `quick_check` does not look at; `check-config`, before `serve` would meet it: black-box
+    /// tester W's D2); None on PostgreSQL. Reads every page and index: for a check, not a
     /// request.
     pub async fn damage(&self) -> Result<Option<String>, StorageError> {
         match &self.backend {
@@ -707,14 +708,15 @@ impl Storage {
                 let checked = store
                     .engine
                     .read_long(|c| {
-                        let said: String = c.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+                        let said: String =
+                            c.query_row("PRAGMA integrity_check(1)", [], |r| r.get(0))?;
                         Ok(said)
                     })
                     .await;
                 match checked {
                     Ok(said) if said == "ok" => Ok(None),
                     Ok(said) => Ok(Some(said)),
-                    Err(StorageError::Sqlite(e)) if engine::sqlite_refuses(&e) => {
+                    Err(StorageError::Sqlite(e)) if engine::sqlite_damage(&e) => {
                         Ok(Some(e.to_string()))
                     }
                     Err(e) => Err(e),
@@ -1296,7 +1298,8 @@ pub enum Termination {
     /// A termination of it asked for earlier is not done yet: nothing more was queued (nor
     /// audited).
     AlreadyQueued {
-        /// When that termination was asked for (its Stop is dated then), unix ms.
+        /// When the earliest operator's stop waiting for it was asked for (that termination, or
+        /// its organization's disable before it): its Stop is dated then, unix ms.
         asked_at: i64,
     },
     /// The session is not active.

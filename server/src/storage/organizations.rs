@@ -982,16 +982,21 @@ impl<B: OrgBackend> OrganizationStore for B {
         let active = state == "active";
         let mut disable_pending = None;
         if active {
-            // Asked again before the portal got to it: one job (and one audit entry) is enough.
-            let pending: Option<(i64,)> = c
+            // Asked again before the portal got to it: one job (and one audit entry) is enough;
+            // said with the time its Stop has, the earliest operator's stop waiting for it (its
+            // organization's disable, if asked for before).
+            let pending: Option<(Option<i64>,)> = c
                 .fetch_optional(
-                    "SELECT created_at FROM organization_jobs WHERE done_at IS NULL \
-                     AND kind = 'terminate_session' AND access_session_id = $1 \
-                     ORDER BY created_at LIMIT 1",
+                    concat!(
+                        "SELECT ",
+                        super::stop_asked_at!(),
+                        " FROM access_sessions s WHERE s.id = $1 AND EXISTS (SELECT 1 FROM organization_jobs t \
+                         WHERE t.done_at IS NULL AND t.kind = 'terminate_session' AND t.access_session_id = s.id)"
+                    ),
                     &[Arg::Int(session_id)],
                 )
                 .await?;
-            if let Some((asked_at,)) = pending {
+            if let Some((Some(asked_at),)) = pending {
                 return Ok(Termination::AlreadyQueued { asked_at });
             }
             // Its organization's disable, not made yet, stops it first (with Admin-Reset dated

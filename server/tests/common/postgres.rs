@@ -225,6 +225,22 @@ pub async fn fresh_database() -> String {
     format!("postgres://postgres@127.0.0.1:{}/{name}", cluster.port)
 }
 
+/// Makes the database `admin` is connected to read-only (`on`) or writable again for every
+/// connection made from now on, and ends the others (they are made again with it). `admin`
+/// itself, made before, can turn it back.
+#[allow(dead_code)]
+pub async fn set_read_only(admin: &mut sqlx::PgConnection, on: bool) {
+    let value = if on { "on" } else { "off" };
+    sqlx::query(&format!("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = {value}', current_database()); END $$"))
+        .execute(&mut *admin)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        .execute(&mut *admin)
+        .await
+        .unwrap();
+}
+
 /// The cluster's server log (for a failing test's message).
 pub fn server_log() -> String {
     CLUSTER
