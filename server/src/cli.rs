@@ -1091,7 +1091,7 @@ pub async fn radius_test(
     if let Some((user, _)) = &credentials {
         if !guard::allows(Operation::Login, state) {
             if let Some(storage) = &storage {
-                let detail = serde_json::json!({ "operation": "Login", "state": format!("{state:?}"), "username": user, "command": "radius test" });
+                let detail = denied_by_the_guard(&format!("{state:?}"), user);
                 audit_as_operator(storage, "guard.denied", org_id, detail).await?;
             }
             return Err(Refused(format!(
@@ -1162,7 +1162,7 @@ pub async fn radius_test(
             (&credentials, &storage, &stored_id, i > 0)
         {
             if !crate::access_session::still_enabled(storage, stored_id).await {
-                let detail = serde_json::json!({ "operation": "Login", "state": "Disabled", "username": user, "command": "radius test" });
+                let detail = denied_by_the_guard("Disabled", user);
                 audit_as_operator(storage, "guard.denied", org_id, detail).await?;
                 return Err(Refused(format!(
                     "organization `{org_id}` was disabled meanwhile: no Access-Request to its next servers"
@@ -1186,7 +1186,8 @@ pub async fn radius_test(
                 // retransmission, as it ends a sign-in's (black-box tester M's D3: it went on
                 // for the server's whole time). Looked at in the database (no cache here).
                 () = disabled_while_asked(storage.as_ref(), stored_id.as_deref()) => {
-                    let detail = serde_json::json!({ "operation": "Login", "state": "Disabled", "username": user, "command": "radius test", "radius": format!("withdrawn: the organization was disabled (or deleted) while `{}` was asked", server.name) });
+                    let mut detail = denied_by_the_guard("Disabled", user);
+                    detail["radius"] = format!("withdrawn: the organization was disabled (or deleted) while `{}` was asked", server.name).into();
                     // The refusal stands whether or not it could be audited.
                     if let Some(storage) = &storage {
                         if let Err(e) = audit_as_operator(storage, "guard.denied", org_id, detail).await {
@@ -1277,6 +1278,11 @@ pub async fn radius_test(
         report(server, Port::Acct, started, outcome);
     }
     Ok(all_answered)
+}
+
+/// The `guard.denied` audit detail of a `radius test` refused for its organization's `state`.
+fn denied_by_the_guard(state: &str, user: &str) -> serde_json::Value {
+    serde_json::json!({ "operation": "Login", "state": state, "username": user, "command": "radius test" })
 }
 
 /// Ends once the stored organization `id` is found disabled (or gone), looked at every half

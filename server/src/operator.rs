@@ -609,10 +609,13 @@ fn files_lost_under_a_portal(settings: &Settings) -> Option<String> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound
         )
     };
-    // Looked at twice, a second apart: a portal taking the lock as it starts makes its WAL a
-    // moment later (the second read of the review of the change: refused as lost meanwhile).
+    // Missing for a second: a portal taking the lock as it starts makes its WAL a moment later
+    // (the second read of the review of the change: refused as lost meanwhile).
     let wal_gone = missing() && {
-        std::thread::sleep(std::time::Duration::from_secs(1));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while missing() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         missing() && crate::startup::sqlite_portal_surely_serving(path)
     };
     (wal_gone || crate::startup::sqlite_files_lost(path)).then(|| {
