@@ -92,9 +92,17 @@ pub enum PortalError {
         "The portal cannot tell your device's address (the proxy in front of it did not pass it). Please tell your network administrator."
     )]
     AddressUnknown,
-    /// Anything else; the server logged the cause. Retry.
-    #[error("Something went wrong on our side. Please try again.")]
-    Internal,
+    /// Anything else; the server logged the cause, under the request's id, which the user is
+    /// shown as the reference to give the operator (the UI review's M1 of session 80: the id
+    /// was only in a response header no phone shows). Retry.
+    #[error(
+        "Something went wrong on our side. Please try again.{}",
+        reference_text(reference)
+    )]
+    Internal {
+        /// The failed request's id (`X-Request-Id`, `request{id=…}` in the log).
+        reference: Option<String>,
+    },
     /// The browser could not reach the server or decode its answer (detail kept for debugging).
     #[error("{UNREACHABLE}")]
     Communication(String),
@@ -110,6 +118,16 @@ pub const UNREACHABLE: &str =
 /// stays until the user acts or the session is seen to end — a user leaving a shared device
 /// must not take "connected again" for "signed out".
 pub const DISCONNECT_UNREACHABLE: &str = "Your Disconnect could not be confirmed: the portal could not be reached, so your session may still be running. Check your connection and press Disconnect again.";
+
+/// What [`PortalError::Internal`] adds for its reference.
+fn reference_text(reference: &Option<String>) -> String {
+    match reference {
+        Some(id) => {
+            format!(" If it happens again, tell your network administrator this reference: {id}.")
+        }
+        None => String::new(),
+    }
+}
 
 /// "1 second", "30 seconds".
 fn seconds(n: &u64) -> String {
@@ -150,6 +168,8 @@ struct WireError {
     retry_after_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     detail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reference: Option<String>,
 }
 
 impl PortalError {
@@ -169,7 +189,7 @@ impl PortalError {
             PortalError::NoSession => "NoSession",
             PortalError::Forbidden => "Forbidden",
             PortalError::AddressUnknown => "AddressUnknown",
-            PortalError::Internal => "Internal",
+            PortalError::Internal { .. } => "Internal",
             PortalError::Communication(_) => "Communication",
         }
     }
@@ -192,6 +212,7 @@ impl Serialize for PortalError {
             }
             PortalError::Communication(detail)
             | PortalError::UnusableAnswer { problem: detail } => wire.detail = Some(detail.clone()),
+            PortalError::Internal { reference } => wire.reference = reference.clone(),
             _ => {}
         }
         wire.serialize(serializer)
@@ -226,7 +247,9 @@ impl<'de> Deserialize<'de> for PortalError {
             "NoSession" => PortalError::NoSession,
             "Forbidden" => PortalError::Forbidden,
             "AddressUnknown" => PortalError::AddressUnknown,
-            "Internal" => PortalError::Internal,
+            "Internal" => PortalError::Internal {
+                reference: wire.reference,
+            },
             "Communication" => PortalError::Communication(wire.detail.unwrap_or_default()),
             other => {
                 return Err(serde::de::Error::custom(format_args!(
@@ -327,6 +350,10 @@ mod tests {
             PortalError::Forbidden,
             PortalError::AddressUnknown,
             PortalError::Communication("reset".into()),
+            PortalError::Internal { reference: None },
+            PortalError::Internal {
+                reference: Some("3f9c2a1b04d7e6aa".into()),
+            },
         ];
         for error in cases {
             let json = serde_json::to_value(&error).expect("serializes");
@@ -365,6 +392,24 @@ mod tests {
             e.to_string()
                 .contains("`username` is not a single text value"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_fault_names_its_reference() {
+        let e = PortalError::Internal {
+            reference: Some("3f9c2a1b04d7e6aa".into()),
+        };
+        assert!(
+            e.to_string().ends_with("reference: 3f9c2a1b04d7e6aa."),
+            "{e}"
+        );
+        let json = serde_json::to_value(&e).expect("serializes");
+        assert_eq!(json["reference"], "3f9c2a1b04d7e6aa", "{json}");
+        let e = PortalError::Internal { reference: None };
+        assert_eq!(
+            e.to_string(),
+            "Something went wrong on our side. Please try again."
         );
     }
 

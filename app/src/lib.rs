@@ -143,8 +143,13 @@ fn title(page: Page, open: bool) -> String {
                     Some(dto::Notice::RefreshedRecently) => {
                         "Refresh changed nothing – Your session"
                     }
+                    // A Refresh or Disconnect sent without JavaScript and refused: the title
+                    // (what a screen reader reads as the page loads) says it was not done (the
+                    // UI review's L1: "Your session", as before the press).
+                    _ if data.form_failed => "Not done – Your session",
                     _ => SESSION_TITLE,
                 },
+                Some(Err(_)) => "Not available – Your session",
                 _ => SESSION_TITLE,
             };
             what.to_string()

@@ -100,8 +100,9 @@ pub struct Portal(pub Arc<dyn PortalService>);
 /// is taken out of the context, not copied (headers and every extension): a server fn reads
 /// it once, here, and answers with [`redirect`], which needs no context of it.
 pub fn portal() -> Result<(Arc<dyn PortalService>, Parts), PortalError> {
-    let service = use_context::<Portal>().ok_or(PortalError::Internal)?;
-    let parts = leptos::prelude::take_context::<Parts>().ok_or(PortalError::Internal)?;
+    let service = use_context::<Portal>().ok_or(PortalError::Internal { reference: None })?;
+    let parts = leptos::prelude::take_context::<Parts>()
+        .ok_or(PortalError::Internal { reference: None })?;
     Ok((service.0, parts))
 }
 

@@ -1094,6 +1094,29 @@ fn plain_text(text: &str, lines: bool) -> bool {
     })
 }
 
+/// What a branding text may not hold.
+const BRANDING_PLAIN: &str = "without control characters or invisible characters (zero-width spaces, text-direction embeddings or overrides); direction marks (U+200E, U+200F, U+061C) and isolates (U+2066, U+2067 or U+2068 … U+2069, each closed) may order a phone number in a right-to-left text";
+
+/// Whether a branding text (`help_text`, `contact`: shown in an element of its own direction,
+/// `dir="auto"`, on the pages only) is plain text that may hold lines, direction marks and
+/// closed isolates: a phone number in a right-to-left contact is shown with its digit groups
+/// reversed unless isolated (U+2066 … U+2069) or marked (black-box tester U's D1 of session 80:
+/// the mark that mends it was refused). Embeddings and overrides (U+202A–U+202E), which make
+/// text display other than it is written, stay refused, as do isolates left open.
+fn branding_text(text: &str) -> bool {
+    let mut open = 0usize;
+    for c in text.chars() {
+        match c {
+            '\u{2066}'..='\u{2068}' => open += 1,
+            '\u{2069}' if open > 0 => open -= 1,
+            '\u{200E}' | '\u{200F}' | '\u{061C}' => {}
+            c if !plain_text(c.encode_utf8(&mut [0; 4]), true) => return false,
+            _ => {}
+        }
+    }
+    open == 0
+}
+
 /// Whether `ip` names one host (not "any", a multicast group or the broadcast address).
 fn one_host(ip: IpAddr) -> bool {
     !(ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::V4(std::net::Ipv4Addr::BROADCAST))
@@ -1307,10 +1330,10 @@ impl Branding {
             ("contact", &self.contact, 200),
         ] {
             if let Some(text) = text {
-                if text.chars().count() > limit || !plain_text(text, true) {
+                if text.chars().count() > limit || !branding_text(text) {
                     return Err(config_error(
                         format!("{key}.{field}"),
-                        format!("must be at most {limit} characters {PLAIN}"),
+                        format!("must be at most {limit} characters {BRANDING_PLAIN}"),
                     ));
                 }
             }
@@ -2971,6 +2994,34 @@ mod tests {
             let e = settings.validate().expect_err(to);
             assert_eq!(e.key, key, "{to}: {e}");
             assert!(e.to_string().contains("invisible characters"), "{e}");
+        }
+        // A branding text may order a phone number in a right-to-left text with a mark or a
+        // closed isolate (black-box tester U's D1); never with an override.
+        for (contact, fine) in [
+            (
+                "\u{62e}\u{62f}\u{645}\u{629}: \u{2066}+971 4 123 4567\u{2069}",
+                true,
+            ),
+            (
+                "\u{62e}\u{62f}\u{645}\u{629}: \u{200E}+971 4 123 4567",
+                true,
+            ),
+            ("\u{2067}\u{2066}+971\u{2069} ext. 4\u{2069}", true),
+            (
+                "\u{62e}\u{62f}\u{645}\u{629}: \u{2066}+971 4 123 4567",
+                false,
+            ),
+            ("a\u{2069}b", false),
+            ("\u{202E}7654 321 4 179+", false),
+            ("call\u{200B}us", false),
+        ] {
+            let text = MINIMAL.replacen(
+                "name = \"Acme\"",
+                &format!("name = \"Acme\"\n[organizations.branding]\ncontact = \"{contact}\""),
+                1,
+            );
+            let checked = Settings::from_toml(&text).expect("parses").validate();
+            assert_eq!(checked.is_ok(), fine, "{contact:?}: {checked:?}");
         }
         // Line breaks stay allowed where a text has lines.
         let text = MINIMAL.replacen(

@@ -1092,7 +1092,7 @@ impl PortalBackend {
                         Err(if crate::storage::web_sessions::is_unavailable(&e) {
                             PortalError::Unavailable
                         } else {
-                            PortalError::Internal
+                            PortalError::Internal { reference: None }
                         })
                     }
                 }
@@ -1247,7 +1247,7 @@ const UNDER_WAY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 fn web_session(request: &Parts) -> Result<Session, PortalError> {
     request.extensions.get::<Session>().cloned().ok_or_else(|| {
         tracing::error!("no web session on the request (session layer missing)");
-        PortalError::Internal
+        PortalError::Internal { reference: None }
     })
 }
 
@@ -1275,7 +1275,7 @@ fn web_session_failed(context: &str, error: &tower_sessions::session::Error) -> 
 
 fn internal(context: &str, error: &dyn std::error::Error) -> PortalError {
     tracing::error!(error = %error_chain(error), "{context} failed");
-    PortalError::Internal
+    PortalError::Internal { reference: None }
 }
 
 /// `error: cause: cause…` for logs.

@@ -880,6 +880,15 @@ async fn a_browser_without_cookies_is_told_its_sign_in_needs_them() {
         "{}",
         page.body
     );
+    // A script's sign-in (JSON) too.
+    let body = cookies_refused_to_a_script(&browser, &token, None).await;
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not send this portal"),
+        "{body}"
+    );
     assert_eq!(access_requests_of(&radius, "carol"), 0);
     app.stop().await;
 }
@@ -914,6 +923,16 @@ async fn a_second_visitor_cookie_is_neither_taken_and_the_user_is_told() {
         page.body.contains("sent two of this portal"),
         "{}",
         page.body
+    );
+    // A script's sign-in (JSON) is told the same, not "out of date, reload" (W's D5).
+    let token = browser.form_token("/").await;
+    let body = cookies_refused_to_a_script(&browser, &token, Some(&cookies)).await;
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("sent two of this portal"),
+        "{body}"
     );
     assert_eq!(access_requests_of(&radius, "carol"), 0);
     // Not the planter's id taken for the browser's: a new one is given.
@@ -1119,6 +1138,28 @@ async fn carol_signs_in_from_both(
 }
 
 /// carol's sign-in form with the form token `token`.
+/// A script's sign-in (JSON) of carol's with `token`, sending `cookies` (else the browser's
+/// own): answered 403 `CookiesRefused`; its body.
+async fn cookies_refused_to_a_script(
+    browser: &common::Browser,
+    token: &str,
+    cookies: Option<&str>,
+) -> serde_json::Value {
+    let mut request = browser
+        .http
+        .post(format!("{}/api/login", browser.base))
+        .header("accept", "application/json")
+        .header("origin", browser.base.clone());
+    if let Some(cookies) = cookies {
+        request = request.header("cookie", cookies);
+    }
+    let answer = request.form(&carol_form(token)).send().await.unwrap();
+    assert_eq!(answer.status(), 403);
+    let body: serde_json::Value = serde_json::from_str(&answer.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "CookiesRefused", "{body}");
+    body
+}
+
 fn carol_form(token: &str) -> [(&'static str, &str); 3] {
     [
         ("username", "carol"),

@@ -883,12 +883,22 @@ async fn a_terminate_whose_stop_a_refresh_made_is_audited_as_such() {
         .unwrap()
         .is_none());
     drop(storage);
-    let app = TestApp::spawn(&settings).await;
+    // The job finds its stop made: it says so, not that the session was gone.
+    the_terminate_job_finds_its_stop_made(&radius, &settings, &session).await;
+}
+
+/// The portal started again on `settings`: `session` is stopped (Admin-Reset), and the
+/// operator's terminate job, finding it stopped, says so.
+async fn the_terminate_job_finds_its_stop_made(
+    radius: &FreeRadius,
+    settings: &Settings,
+    session: &radius_portal::storage::AccessSessionRecord,
+) {
+    let app = TestApp::spawn(settings).await;
     let stop = radius
         .wait_for_acct(&["status=Stop", &format!("sid={}", session.acct_session_id)])
         .await;
     assert_eq!(field(&stop, "cause"), "Admin-Reset", "{stop}");
-    // The job finds its stop made: it says so, not that the session was gone.
     let job_done = || async {
         app.storage
             .audit_tail(50)
@@ -908,6 +918,35 @@ async fn a_terminate_whose_stop_a_refresh_made_is_audited_as_such() {
         "{outcome}"
     );
     app.stop().await;
+}
+
+/// A terminate asked for behind its organization's disable, whose stop (dated when the disable
+/// was asked for, before the terminate) the disable's job made: the terminate job says the
+/// session was stopped before it ran, not that it "was not active" (the s79 second read's L4).
+#[tokio::test]
+async fn a_terminate_behind_a_disable_whose_stop_came_first_is_audited_as_such() {
+    let (radius, _dir, _db, _config, settings, app, session) = cli_portal_with("carol", 53).await;
+    radius
+        .wait_for_acct(&["status=Start", &format!("sid={}", session.acct_session_id)])
+        .await;
+    let storage = app.storage.clone();
+    app.stop().await;
+    let disabled_at = session.started_at + 1000;
+    storage
+        .set_organization_active("acme", false, "cli:test", disabled_at)
+        .await
+        .unwrap();
+    assert_eq!(
+        storage
+            .queue_session_termination(session.id, "cli:test", disabled_at + 500)
+            .await
+            .unwrap(),
+        radius_portal::storage::Termination::QueuedBehindDisable {
+            disable_asked_at: disabled_at
+        }
+    );
+    drop(storage);
+    the_terminate_job_finds_its_stop_made(&radius, &settings, &session).await;
 }
 
 #[tokio::test]

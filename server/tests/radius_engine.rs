@@ -1439,6 +1439,71 @@ async fn readiness_fails_while_every_server_is_open_circuit_and_recovers() {
     app.stop().await;
 }
 
+/// One accounting server whose send window stays full (slow, or dead before its breaker opens)
+/// with a backlog larger than the delivery loop holds (2048): another server's row, due after
+/// them, is still claimed and delivered at once — not after the busy server's queue has
+/// drained or its waiters given up 45 s later (the RADIUS review's M1 of session 80).
+#[tokio::test]
+async fn a_busy_servers_backlog_does_not_hold_up_another_servers_rows() {
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let acct = SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
+    let relay = common::gated_relay(acct, Arc::new(std::sync::atomic::AtomicBool::new(true))).await;
+    let mut acme_server = radius.server_settings("primary", true);
+    acme_server.acct_port = relay.port;
+    let mut config = settings(&db, vec![acme_server]);
+    let mut beta = config.organizations[0].clone();
+    beta.id = "beta".into();
+    beta.name = "Beta Org".into();
+    beta.nas_identifier = "portal-beta".into();
+    beta.servers = vec![radius.server_settings("primary", true)];
+    config.organizations.push(beta);
+    config.validate().unwrap();
+    let app = TestApp::spawn(&config).await;
+    // Acme's server takes no more packets: every slot of its window is held.
+    let window = app
+        .sessions
+        .accounting()
+        .fill_send_window(SocketAddr::from((Ipv4Addr::LOCALHOST, relay.port)))
+        .await
+        .expect("the window");
+    let now = radius_portal::access_session::now_ms();
+    let backlog = 2200u32;
+    let mut opening = tokio::task::JoinSet::new();
+    for k in 0..backlog {
+        let session = stored_session(
+            &format!("acme-backlog-{k}"),
+            &format!("127.2.{}.{}", k / 250, k % 250 + 1),
+            now,
+        );
+        let storage = app.storage.clone();
+        opening.spawn(async move { storage.open_session(&session).await.unwrap() });
+    }
+    opening.join_all().await;
+    // Beta's Start, queued after all of them.
+    let beta_session = app
+        .storage
+        .open_session(&NewAccessSession {
+            organization_id: "beta".into(),
+            ..stored_session("beta-after-the-backlog", "127.3.0.1", now + 1)
+        })
+        .await
+        .unwrap();
+    assert!(beta_session.claimed_start.is_none());
+    radius
+        .wait_for_acct(&["status=Start", "sid=beta-after-the-backlog"])
+        .await;
+    assert!(
+        !radius
+            .acct_lines()
+            .iter()
+            .any(|l| l.contains("acme-backlog-")),
+        "acme's window stayed full"
+    );
+    drop(window);
+    app.stop().await;
+}
+
 /// A row claimed again and again without being sent (held while every accounting server was
 /// down) whose first exchange then fails is tried again after the backoff of that one failed
 /// exchange — a second —, not after the five minutes its claims would make (black-box

@@ -56,8 +56,10 @@ pub fn Help(help_text: Option<String>, contact: Option<String>) -> impl IntoView
     (help_text.is_some() || contact.is_some()).then(|| {
         view! {
             <div class="mt-4 text-sm text-slate-700" data-testid="help">
-                {help_text.map(|text| view! { <p>{text}</p> })}
-                {contact.map(|contact| view! { <p class="mt-1">"Contact: " {contact}</p> })}
+                // Its line breaks are the operator's (the configuration allows them), and
+                // either may be written right to left (the UI review's L5).
+                {help_text.map(|text| view! { <p class="whitespace-pre-line" dir="auto">{text}</p> })}
+                {contact.map(|contact| view! { <p class="mt-1">"Contact: " <span dir="auto">{contact}</span></p> })}
             </div>
         }
     })

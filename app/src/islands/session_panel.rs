@@ -134,8 +134,8 @@ pub fn SessionPanel() -> impl IntoView {
     let state = RwSignal::new(session);
     let ended = RwSignal::new(None::<EndReason>);
     let hydrated = RwSignal::new(false);
-    // Counted from when the page came (its times were measured as it was rendered): on a slow
-    // link its script runs seconds later. The first rendering is the server's (the clock at
+    // Counted from when the page was asked for (its times were measured as it was rendered,
+    // after that): on a slow link its script runs seconds later. The first rendering is the server's (the clock at
     // the page's arrival; the ticker moves it on): one that differs — the last minute's
     // warning or 0:00 reached while the script came — stops hydration where it differs (the
     // UI review's M1).
@@ -238,16 +238,20 @@ pub fn SessionPanel() -> impl IntoView {
             leptos::task::spawn_local(async move {
                 let result = if refresh {
                     let heard = live::ends_heard();
+                    let sent = monotonic_ms();
                     let result = super::fetch::call(&path, form, PanelView::from_json)
                         .await
                         // Refreshed, then ended (the stream said so meanwhile): the new end
                         // is no news.
                         .map(|view| {
-                            let status = PanelStatus::Active(view);
+                            let status = PanelStatus::Active(counted_from(view, sent));
                             (live::still_news(&status, heard), status)
                         });
                     let result = match result {
-                        Ok((true, PanelStatus::Active(view))) => Ok(view),
+                        Ok((true, PanelStatus::Active(view))) => {
+                            live::heard_news();
+                            Ok(view)
+                        }
                         Ok(_) => {
                             refreshing.set(false);
                             return;
@@ -538,9 +542,22 @@ mod live {
     /// question (the UI review's L2).
     static ENDS_HEARD: AtomicU32 = AtomicU32::new(0);
 
-    /// The page was told the session ended ([`ENDS_HEARD`]).
+    /// How many times the page was told something newer than any status question asked
+    /// before: an end ([`heard_end`]), a stream event, its own Refresh's answer. A question's
+    /// answer saying the session runs, asked before the last of them, is older and dropped —
+    /// a poll answered after a Refresh took the time it gained back off the countdown for
+    /// seconds, and the "Refreshed" notice with it (the UI review's L2 of session 80).
+    static NEWS: AtomicU32 = AtomicU32::new(0);
+
+    /// The page was told the session ended ([`ENDS_HEARD`], [`NEWS`]).
     pub fn heard_end() {
         ENDS_HEARD.fetch_add(1, Ordering::SeqCst);
+        heard_news();
+    }
+
+    /// The page was told how the session stands by the stream or its Refresh ([`NEWS`]).
+    pub fn heard_news() {
+        NEWS.fetch_add(1, Ordering::SeqCst);
     }
 
     /// [`ENDS_HEARD`] now, before a question or a Refresh is sent.
@@ -635,12 +652,16 @@ mod live {
         }
         leptos::task::spawn_local(async move {
             let path = format!("{base}{}", <GetSessionStatus as ServerFn>::PATH);
-            let heard = ends_heard();
+            let heard = NEWS.load(Ordering::SeqCst);
+            let sent = monotonic_ms();
             let answer =
                 crate::islands::fetch::call(&path, shown_as("shown"), PanelStatus::from_json).await;
             ASKING.store(false, Ordering::SeqCst);
             match answer {
-                Ok(status) if still_news(&status, heard) => apply(status),
+                Ok(PanelStatus::Active(view)) if NEWS.load(Ordering::SeqCst) == heard => {
+                    apply(PanelStatus::Active(counted_from(view, sent)))
+                }
+                Ok(status @ (PanelStatus::Ended(_) | PanelStatus::NoSession)) => apply(status),
                 // The portal answered (no back-off), with news the stream has overtaken.
                 Ok(_) => answered(),
                 // Said unless a Disconnect that did not get through is (it says more).
@@ -716,6 +737,7 @@ mod live {
                     if !matches!(status, PanelStatus::Active(_)) {
                         close();
                     }
+                    heard_news();
                     apply(status);
                 }
             })
@@ -918,8 +940,23 @@ fn local_time(unix_ms: i64) -> Option<String> {
     }
 }
 
-/// When this page's answer began to arrive (monotonic ms; now if the browser does not say):
-/// its times were measured just before it was sent.
+/// A view answered to a request sent at `sent` (monotonic ms), its times counted from then:
+/// the server measured them before it answered, so a slow link's delay falls on the early
+/// side — counted from the answer's arrival, a Refresh pressed at 0:02 could reach a session
+/// ended seconds before (the UI review's L3 of session 80).
+#[cfg(feature = "hydrate")]
+fn counted_from(mut view: PanelView, sent: f64) -> PanelView {
+    let late = (monotonic_ms() - sent).max(0.0) as u64;
+    view.remaining_ms = view.remaining_ms.saturating_sub(late);
+    view.refresh_reaches_limit_in_ms = view
+        .refresh_reaches_limit_in_ms
+        .map(|ms| ms.saturating_sub(late));
+    view
+}
+
+/// When this page was asked for (monotonic ms; now if the browser does not say): its times
+/// were measured after that, so the countdown counted from then is early by the link's delay,
+/// never late (the UI review's L3 of session 80).
 fn page_received_ms() -> f64 {
     let now = monotonic_ms();
     #[cfg(feature = "hydrate")]
@@ -934,7 +971,7 @@ fn page_received_ms() -> f64 {
             let origin = number(&performance, "timeOrigin");
             let start = js_sys::Reflect::get(&performance, &JsValue::from_str("timing"))
                 .ok()
-                .and_then(|timing| number(&timing, "responseStart"));
+                .and_then(|timing| number(&timing, "requestStart"));
             if let (Some(origin), Some(start)) = (origin, start) {
                 if start > 0.0 {
                     // Not `clamp`: its check of its bounds brings float formatting into the

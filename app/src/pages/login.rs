@@ -74,8 +74,14 @@ pub fn LoginPage() -> impl IntoView {
             Notice::NoSessionHere => " To connect, sign in below.",
             _ => " Sign in again to reconnect.",
         };
+        // A Disconnect done is a success; a session found ended already, or none, is news
+        // (black-box tester U's D4 of session 80: all in the success's green).
+        let colours = match notice {
+            Notice::Disconnected => "border-green-700 bg-green-50 text-green-900",
+            _ => "border-blue-800 bg-blue-50 text-blue-900",
+        };
         Some(view! {
-            <p role="status" data-testid="notice" class="mt-6 rounded border border-green-700 bg-green-50 px-4 py-3 text-green-900">
+            <p role="status" data-testid="notice" class=format!("mt-6 rounded border px-4 py-3 {colours}")>
                 {text}
                 {active.then_some(then)}
             </p>

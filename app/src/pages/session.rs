@@ -80,6 +80,19 @@ pub fn SessionPage() -> impl IntoView {
                 data-panel=start_json>
                 <SessionPanel />
                 <LocalEndTime at_ms=view.ends_at_ms utc=view.ends_at_utc.clone() />
+                // Beside the countdown they speak of (black-box tester U's D2 of session 80:
+                // below the organization's help, off a phone's screen).
+                <noscript>
+                    <p class="mt-4 text-center text-sm text-slate-600">
+                        "Without JavaScript the time left does not count down or update by itself: reload the page to see it."
+                    </p>
+                </noscript>
+                // With JavaScript, should the panel's script not start (a proxy that blocks it, a
+                // download that failed or crawls): shown by the stylesheet some seconds on; the
+                // panel removes it once it runs.
+                <p id="not-live" data-testid="not-live" class="not-live mt-4 text-center text-sm text-slate-600">
+                    "The time left is not counting down yet: this page's script has not started (blocked, or still loading over a slow connection). If it stays so, reload the page."
+                </p>
                 // Fixed for the session's life: rendered here, not in the island's WASM.
                 // Each name beside its value where both fit, the value below it where not.
                 <dl class="mt-6 space-y-1 border-t border-slate-200 pt-4 text-sm">
@@ -100,17 +113,6 @@ pub fn SessionPage() -> impl IntoView {
                 </dl>
             </section>
             {help}
-            <noscript>
-                <p class="mt-4 text-center text-sm text-slate-600">
-                    "Without JavaScript the time left does not count down or update by itself: reload the page to see it."
-                </p>
-            </noscript>
-            // With JavaScript, should the panel's script not start (a proxy that blocks it, a
-            // download that failed or crawls): shown by the stylesheet some seconds on; the
-            // panel removes it once it runs.
-            <p id="not-live" data-testid="not-live" class="not-live mt-4 text-center text-sm text-slate-600">
-                "The time left is not counting down yet: this page's script has not started (blocked, or still loading over a slow connection). If it stays so, reload the page."
-            </p>
             <IslandScripts />
         }
         .into_any()
@@ -169,13 +171,19 @@ pub fn SessionPage() -> impl IntoView {
         }
         // The session could not be read (the database away): the page says so, and how to
         // look again once it is back.
+        // With a heading, as every other state of the page (the UI review's L1).
         Err(e) => view! {
-            <ErrorMessage error=Signal::stored(Some(e.to_string())) />
-            <p class="mt-4">
-                <a href=format!("{base}/session") data-testid="try-again" class="brand-link text-blue-800 underline">
-                    "Try again"
-                </a>
-            </p>
+            <DemoBanner demo />
+            {logo}
+            <section class="brand-bar rounded-lg bg-white p-4 shadow sm:p-6" aria-labelledby="session-title">
+                <h1 id="session-title" class="mb-4 text-2xl font-semibold">"Your session cannot be shown right now"</h1>
+                <ErrorMessage error=Signal::stored(Some(e.to_string())) />
+                <p class="mt-4">
+                    <a href=format!("{base}/session") data-testid="try-again" class="brand-link text-blue-800 underline">
+                        "Try again"
+                    </a>
+                </p>
+            </section>
         }
         .into_any(),
     }

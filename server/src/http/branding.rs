@@ -31,12 +31,14 @@ pub async fn stylesheet(
         return StatusCode::NOT_FOUND.into_response();
     };
     let Readable {
+        button,
+        hover,
         label,
         link,
         dark_link,
     } = readable(&accent);
     let css = format!(
-        "button.brand-button{{background-color:{accent};border-color:{accent};color:{label}}}button.brand-button:hover{{filter:brightness(.9)}}\
+        "button.brand-button{{background-color:{button};border-color:{button};color:{label}}}button.brand-button:hover{{background-color:{hover};border-color:{hover}}}\
          a.brand-link{{color:{link}}}.brand-bar{{border-top:6px solid {accent}}}div.brand-bar{{padding-top:1rem}}\
          @media (prefers-color-scheme:dark){{a.brand-link{{color:{dark_link}}}}}"
     );
@@ -86,10 +88,18 @@ fn validated(
     response
 }
 
-/// The colours an accent gives text.
+/// The colours an accent gives buttons and text.
 #[derive(Debug, PartialEq)]
 struct Readable {
-    /// A button's label on the accent: white or dark, whichever contrasts more with it (a light
+    /// A button's background: the accent, or — where neither label reaches WCAG's 4.5:1 on it
+    /// (a mid-tone such as `#7b61ff`: 4.2:1 either way; the UI review's L4) — the accent
+    /// darkened (its hue kept) until a white label does.
+    button: String,
+    /// The button under the pointer: away from its label (darker under a white one, lighter
+    /// under a dark one), so its contrast only grows (a `brightness(.9)` filter darkened a dark
+    /// label's background, `#0f9d58` from 5.05:1 to 4.29:1).
+    hover: String,
+    /// A button's label on it: white or dark, whichever contrasts more with it (a light
     /// accent such as yellow would leave white text unreadable).
     label: &'static str,
     /// The accent as link text in the light scheme: darkened (its hue kept) until it reaches
@@ -105,10 +115,18 @@ fn readable(accent: &str) -> Readable {
     const DARK: [f64; 3] = [17.0, 24.0, 39.0];
     const WHITE: [f64; 3] = [255.0, 255.0, 255.0];
     let rgb = rgb_of(accent);
-    let label = if contrast(WHITE, rgb) >= contrast(DARK, rgb) {
-        "#fff"
+    let mut button = rgb;
+    let white = contrast(WHITE, rgb) >= contrast(DARK, rgb);
+    if white || contrast(DARK, rgb) < 4.5 {
+        while contrast(WHITE, button) < 4.5 {
+            button = button.map(|c| (c * 0.9).floor());
+        }
+    }
+    let white = white || contrast(DARK, rgb) < 4.5;
+    let (label, hover) = if white {
+        ("#fff", button.map(|c| (c * 0.9).floor()))
     } else {
-        "#111827"
+        ("#111827", button.map(|c| (c + (255.0 - c) * 0.1).ceil()))
     };
     let mut link = rgb;
     while contrast(PAGE, link) < 4.5 {
@@ -119,6 +137,8 @@ fn readable(accent: &str) -> Readable {
         dark_link = dark_link.map(|c| (c + (255.0 - c) * 0.1).ceil());
     }
     Readable {
+        button: hex(button),
+        hover: hex(hover),
         label,
         link: hex(link),
         dark_link: hex(dark_link),
@@ -267,6 +287,42 @@ mod tests {
         // Black: white labels, black links.
         let black = readable("#000000");
         assert_eq!((black.label, black.link.as_str()), ("#fff", "#000000"));
+    }
+
+    /// Every button's label reads at 4.5:1 or more on it, under the pointer too (the UI
+    /// review's L4: a mid-tone accent gave 4.2:1 either way, and the hover filter darkened a
+    /// dark label's background).
+    #[test]
+    fn every_button_label_reads_at_four_and_a_half_to_one() {
+        let label_rgb = |label: &str| {
+            if label == "#fff" {
+                [255.0; 3]
+            } else {
+                rgb_of(label)
+            }
+        };
+        for accent in [
+            "#7b61ff", "#0f9d58", "#0f766e", "#ffff00", "#ffffff", "#000000", "#808080", "#ff0000",
+            "#3b82f6", "#f97316",
+        ] {
+            let r = readable(accent);
+            let label = label_rgb(r.label);
+            for (what, colour) in [("button", &r.button), ("hover", &r.hover)] {
+                let c = contrast(label, rgb_of(colour));
+                assert!(
+                    c >= 4.5,
+                    "{accent}: {what} {colour} with {}: {c:.2}",
+                    r.label
+                );
+            }
+        }
+        // An accent that reads already is kept as it is.
+        assert_eq!(readable("#0f766e").button, "#0f766e");
+        assert_eq!(readable("#ffff00").button, "#ffff00");
+        // The mid-tone is darkened, under white.
+        let violet = readable("#7b61ff");
+        assert_eq!(violet.label, "#fff");
+        assert_ne!(violet.button, "#7b61ff");
     }
 
     #[test]

@@ -329,6 +329,19 @@ fn accepts_html(request: &Request) -> bool {
     app::service::accepts_html(request.headers())
 }
 
+/// What a sign-in (`/api/login`) is told when its browser sent none of the visitor cookies or
+/// several (which is its own cannot be told): its form token is refused for that.
+fn visitor_cookies_unusable(flash: &FlashState, request: &Request) -> Option<&'static str> {
+    if !request.uri().path().ends_with("/api/login") {
+        return None;
+    }
+    match flash.tokens.visitor_cookies(request.headers()) {
+        1 => None,
+        0 => Some(NO_COOKIES),
+        _ => Some(TWO_COOKIES),
+    }
+}
+
 /// Moves a failed form post's error from the redirect URL into a signed flash
 /// cookie and back into the page renderer, so no error text ever comes from a URL.
 pub async fn carry_form_errors<F, Fut>(
@@ -365,19 +378,13 @@ where
         // whose cookies were cleared is shown there that its session runs on.)
         // Two or more (one planted for a narrower path on plain HTTP) count as none: which is
         // the browser's own cannot be told, and the form token is refused the same way.
-        let visitor_cookies = flash.tokens.visitor_cookies(request.headers());
-        let cookieless = (request.uri().path().ends_with("/api/login") && visitor_cookies != 1)
-            .then(|| {
-                (
-                    request.headers().clone(),
-                    request.extensions().get::<super::Demo>().is_some(),
-                    if visitor_cookies == 0 {
-                        NO_COOKIES
-                    } else {
-                        TWO_COOKIES
-                    },
-                )
-            });
+        let cookieless = visitor_cookies_unusable(flash, &request).map(|why| {
+            (
+                request.headers().clone(),
+                request.extensions().get::<super::Demo>().is_some(),
+                why,
+            )
+        });
         let response = next(request).await;
         let Some(location) = response
             .headers()
@@ -459,6 +466,40 @@ where
         }
         parts.headers.remove(header::CONTENT_LENGTH);
         return Response::from_parts(parts, axum::body::Body::empty());
+    }
+    // A script's sign-in (JSON) refused for its form token from a browser without exactly one
+    // visitor cookie is told why, as a form's is (W's D5: "out of date, reload" sent it round
+    // in circles).
+    if request.method() == Method::POST {
+        if let Some(why) = visitor_cookies_unusable(flash, &request) {
+            let caller = super::Caller::of(&request);
+            let (headers, home, demo) = (caller.headers.clone(), caller.home, caller.demo);
+            let response = next(request).await;
+            if response.status() != axum::http::StatusCode::FORBIDDEN {
+                return response;
+            }
+            let (parts, body) = response.into_parts();
+            let bytes = axum::body::to_bytes(body, MAX_FLASH)
+                .await
+                .unwrap_or_default();
+            if serde_json::from_slice::<app::error::PortalError>(&bytes)
+                .is_ok_and(|e| e == app::error::PortalError::Forbidden)
+            {
+                let caller = super::Caller {
+                    headers: &headers,
+                    viewing: false,
+                    home,
+                    demo,
+                };
+                return super::caller_error(
+                    &caller,
+                    axum::http::StatusCode::FORBIDDEN,
+                    "CookiesRefused",
+                    why,
+                );
+            }
+            return Response::from_parts(parts, axum::body::Body::from(bytes));
+        }
     }
     let page_view = request.method() == Method::GET && accepts_html(&request);
     let query = request.uri().query().unwrap_or("");

@@ -75,6 +75,25 @@ pub struct RouterParts {
 #[derive(Clone, Copy)]
 pub struct Demo;
 
+/// A request's id (put in by the front door): the reference a fault's message gives the user.
+#[derive(Clone)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    /// `error` given the request's id (`id`) as its reference, if it is a fault without one.
+    fn give(id: Option<&RequestId>, error: &mut app::error::PortalError) {
+        if let (
+            app::error::PortalError::Internal {
+                reference: reference @ None,
+            },
+            Some(id),
+        ) = (error, id)
+        {
+            *reference = Some(id.0.clone());
+        }
+    }
+}
+
 /// The portal's web service: the layers every request passes, around the routes.
 #[derive(Clone)]
 pub struct Site(SiteStack);
@@ -327,6 +346,7 @@ async fn front_door<S: NextService>(
     if door.demo {
         request.extensions_mut().insert(Demo);
     }
+    request.extensions_mut().insert(RequestId(id.clone()));
     // The path before `/o/{slug}` comes off (the request logs below see the rest).
     if request.uri().path().starts_with("/o/") {
         span.record("scoped", request.uri().path());
@@ -856,9 +876,18 @@ async fn page_data<S: NextService>(
     }
     let (mut parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
-    let Some(data) = app::pages::load(&path, portal.0.as_ref(), &parts).await else {
+    let Some(mut data) = app::pages::load(&path, portal.0.as_ref(), &parts).await else {
         return next.run(Request::from_parts(parts, body)).await;
     };
+    for failed in [
+        data.session.as_mut().and_then(|s| s.as_mut().err()),
+        data.form_token.as_mut().and_then(|t| t.as_mut().err()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        RequestId::give(parts.extensions.get(), failed);
+    }
     // A script asking for the page learns of a failure from the status, as from a server fn.
     let failed = [
         data.session.as_ref().and_then(|s| s.as_ref().err()),
@@ -971,10 +1000,11 @@ async fn server_fn_limits<S: NextService>(request: Request<Body>, next: Next<S>)
     let path = parts.uri.path();
     let says_how_it_went = path == <app::api::Disconnect as leptos::server_fn::ServerFn>::PATH
         || path == <app::api::Refresh as leptos::server_fn::ServerFn>::PATH;
+    let id = parts.extensions.get::<RequestId>().cloned();
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
-    let mut response = error_status(response).await;
+    let mut response = error_status(response, id).await;
     if let Some(username) = username {
         response
             .extensions_mut()
@@ -1068,7 +1098,7 @@ fn percent_decoded(text: &[u8]) -> Vec<u8> {
 
 /// A server fn's error answered before our code ran (its arguments could not be read) comes
 /// back as 500: give it the status of the error it carries, as for every other error.
-async fn error_status(response: Response) -> Response {
+async fn error_status(response: Response, id: Option<RequestId>) -> Response {
     if response.status() != StatusCode::INTERNAL_SERVER_ERROR
         || !response.headers().contains_key("serverfnerror")
     {
@@ -1089,6 +1119,7 @@ async fn error_status(response: Response) -> Response {
             message: "The request could not be read: it is not a form of text fields.".into(),
         };
     }
+    RequestId::give(id.as_ref(), &mut error);
     parts.status = crate::portal_backend::status_of(&error);
     let body = serde_json::to_vec(&error).unwrap_or_default();
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
@@ -1207,6 +1238,44 @@ async fn readyz(State(ready): State<Readiness>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server fn's fault is answered with the failed request's id as its reference, in its
+    /// sentence too (what the island and a form's page show): a user can give it, the log has it
+    /// (the UI review's M1 of session 80).
+    #[tokio::test]
+    async fn a_fault_is_answered_with_the_requests_id_as_its_reference() {
+        let failed = || {
+            let mut response = Response::new(Body::from(
+                serde_json::to_vec(&app::error::PortalError::Internal { reference: None }).unwrap(),
+            ));
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            response.headers_mut().insert(
+                "serverfnerror",
+                axum::http::HeaderValue::from_static("/api/login"),
+            );
+            response
+        };
+        let answer = error_status(failed(), Some(RequestId("3f9c2a1b04d7e6aa".into()))).await;
+        assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body: serde_json::Value = serde_json::from_slice(
+            &axum::body::to_bytes(answer.into_body(), 1 << 16)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(body["reference"], "3f9c2a1b04d7e6aa", "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("reference: 3f9c2a1b04d7e6aa"),
+            "{body}"
+        );
+        // Other errors are as they were.
+        let mut other = app::error::PortalError::Forbidden;
+        RequestId::give(Some(&RequestId("x".into())), &mut other);
+        assert_eq!(other, app::error::PortalError::Forbidden);
+    }
 
     #[test]
     fn a_refusal_page_links_to_the_sign_in_page_of_the_organization_asked() {

@@ -243,14 +243,15 @@ impl OrganizationWorker {
             };
             // Not stopped here: ended already — possibly by an Admin-Reset on the job's behalf
             // (a refresh or the expiry pass ends a session an operator's stop waits for, dated
-            // when it was asked for), which the audit says rather than "was not active". Who
-            // made it is not known here (another operator's stop, a Disconnect-Request too).
+            // when it was asked for) or by its organization's disable asked for before it (dated
+            // then, before the job: the second read's L4), which the audit says rather than
+            // "was not active" (the job was queued only for an active session). Who made it is
+            // not known here (another operator's stop, a Disconnect-Request too).
             let reset_before = match (stopped, job.access_session_id) {
                 (false, Some(id)) => self.sessions.record(id).await?.is_some_and(|s| {
                     !s.active
                         && s.terminate_cause
                             == Some(i64::from(crate::radius::terminate_cause::ADMIN_RESET))
-                        && s.stopped_at.is_some_and(|at| at >= job.created_at)
                 }),
                 _ => false,
             };

@@ -112,6 +112,9 @@ pub struct Breaker {
     /// that a probe closes on probation and the next requests open again (a server that
     /// answers Status-Server while its back end is down) stays down from the first opening.
     down_from: Option<Instant>,
+    /// When the state last changed kind (opened, a trial taken, closed; None: never): an
+    /// exchange begun before then says nothing of the state now ([`Breaker::record_failure`]).
+    changed_at: Option<Instant>,
     /// When another replica's failure was last counted: older than [`PEER_FAILURES_KEPT`],
     /// the peers' failures count no more (a replica whose next answer would have taken them
     /// back may have gone quiet, or closed its breaker by a probe, which it tells no one).
@@ -135,8 +138,17 @@ impl Breaker {
             backoff_level: 0,
             closed_on_probation: false,
             down_from: None,
+            changed_at: None,
             peer_failed_at: None,
         }
+    }
+
+    /// Moves to `state`, noting when its kind changed.
+    fn set_state(&mut self, state: BreakerState) {
+        if std::mem::discriminant(&state) != std::mem::discriminant(&self.state) {
+            self.changed_at = Some(Instant::now());
+        }
+        self.state = state;
     }
 
     /// Current state.
@@ -177,20 +189,20 @@ impl Breaker {
     pub fn record_success(&mut self) -> bool {
         match self.state {
             BreakerState::Closed { .. } => {
-                self.state = BreakerState::Closed {
+                self.set_state(BreakerState::Closed {
                     failures: 0,
                     peer_failures: 0,
-                };
+                });
                 self.backoff_level = 0;
                 self.closed_on_probation = false;
                 self.down_from = None;
                 false
             }
             BreakerState::Trial { .. } => {
-                self.state = BreakerState::Closed {
+                self.set_state(BreakerState::Closed {
                     failures: 0,
                     peer_failures: 0,
-                };
+                });
                 self.backoff_level = 0;
                 self.closed_on_probation = false;
                 self.down_from = None;
@@ -201,8 +213,19 @@ impl Breaker {
     }
 
     /// An exchange got no verified reply. Returns true when this failure opened a closed
-    /// breaker. A lost trial opens it again with a longer wait.
-    pub fn record_failure(&mut self, now: Instant) -> bool {
+    /// breaker. A lost trial opens it again with a longer wait. An exchange begun (`started`)
+    /// before the state last changed kind counts for nothing — as a late reply's success
+    /// does not: a request sent before an opening that times out after the probe closed the
+    /// breaker is no news of the server now, nor is one sent before a trial was taken the
+    /// trial's loss (the RADIUS review's L4 of session 80: they reopened a breaker on a
+    /// server back up, with a longer wait, and threw the trial's answer away).
+    pub fn record_failure(&mut self, now: Instant, started: Option<Instant>) -> bool {
+        if started
+            .zip(self.changed_at)
+            .is_some_and(|(started, changed)| started < changed)
+        {
+            return false;
+        }
         match self.state {
             BreakerState::Closed { failures, .. } => {
                 let peer_failures = self.peer_failures_now(now);
@@ -216,10 +239,10 @@ impl Breaker {
                     self.open(now);
                     true
                 } else {
-                    self.state = BreakerState::Closed {
+                    self.set_state(BreakerState::Closed {
                         failures,
                         peer_failures,
-                    };
+                    });
                     false
                 }
             }
@@ -235,11 +258,11 @@ impl Breaker {
                 if carrier == Carrier::User {
                     self.backoff_level = (self.backoff_level + 1).min(MAX_BACKOFF_LEVEL);
                 }
-                self.state = BreakerState::Open {
+                self.set_state(BreakerState::Open {
                     since,
                     next_probe: next_probe.max(now + self.probe_wait()),
                     checked: now,
-                };
+                });
                 false
             }
             BreakerState::Open { .. } => false,
@@ -263,11 +286,11 @@ impl Breaker {
             self.down_from = Some(now);
         }
         self.closed_on_probation = false;
-        self.state = BreakerState::Open {
+        self.set_state(BreakerState::Open {
             since: now,
             next_probe: now + self.probe_wait(),
             checked: now,
-        };
+        });
     }
 
     /// Another replica's exchange with the server went unanswered (several replicas on one
@@ -287,10 +310,10 @@ impl Breaker {
             self.open(now);
             true
         } else {
-            self.state = BreakerState::Closed {
+            self.set_state(BreakerState::Closed {
                 failures,
                 peer_failures,
-            };
+            });
             false
         }
     }
@@ -301,10 +324,10 @@ impl Breaker {
     /// Open, only this replica's own probe (or trial) closes it.
     pub fn record_peer_success(&mut self) {
         if let BreakerState::Closed { failures, .. } = self.state {
-            self.state = BreakerState::Closed {
+            self.set_state(BreakerState::Closed {
                 failures,
                 peer_failures: 0,
-            };
+            });
         }
     }
 
@@ -317,11 +340,11 @@ impl Breaker {
                 next_probe,
                 checked,
             } if now >= next_probe => {
-                self.state = BreakerState::Open {
+                self.set_state(BreakerState::Open {
                     since,
                     next_probe: now + self.probe_wait(),
                     checked,
-                };
+                });
                 true
             }
             _ => false,
@@ -346,12 +369,12 @@ impl Breaker {
         else {
             return false;
         };
-        self.state = BreakerState::Trial {
+        self.set_state(BreakerState::Trial {
             since,
             until: now + hold,
             carrier,
             next_probe,
-        };
+        });
         true
     }
 
@@ -380,11 +403,11 @@ impl Breaker {
             BreakerState::Open { since, .. } | BreakerState::Trial { since, .. } => {
                 self.backoff_level = 0;
                 self.closed_on_probation = false;
-                self.state = BreakerState::Open {
+                self.set_state(BreakerState::Open {
                     since,
                     next_probe: now,
                     checked: now,
-                };
+                });
                 true
             }
             BreakerState::Closed { .. } => false,
@@ -401,11 +424,11 @@ impl Breaker {
                 next_probe,
                 checked,
             } if next_probe > now => {
-                self.state = BreakerState::Open {
+                self.set_state(BreakerState::Open {
                     since,
                     next_probe: now,
                     checked,
-                };
+                });
                 true
             }
             _ => false,
@@ -433,11 +456,11 @@ impl Breaker {
             } if self.backoff_level > 0 => {
                 self.backoff_level -= 1;
                 let sooner = now + self.probe_wait();
-                self.state = BreakerState::Open {
+                self.set_state(BreakerState::Open {
                     since,
                     next_probe: next_probe.min(sooner),
                     checked: now,
-                };
+                });
                 sooner < next_probe
             }
             _ => false,
@@ -451,10 +474,10 @@ impl Breaker {
         if was_open {
             self.closed_on_probation = true;
         }
-        self.state = BreakerState::Closed {
+        self.set_state(BreakerState::Closed {
             failures: 0,
             peer_failures: 0,
-        };
+        });
         was_open
     }
 }
@@ -474,22 +497,25 @@ mod tests {
     fn consecutive_failures_open_it_and_a_success_in_between_resets_the_count() {
         let now = Instant::now();
         let mut b = Breaker::new(policy());
-        assert!(!b.record_failure(now));
-        assert!(!b.record_failure(now));
+        assert!(!b.record_failure(now, None));
+        assert!(!b.record_failure(now, None));
         b.record_success();
-        assert!(!b.record_failure(now));
-        assert!(!b.record_failure(now));
+        assert!(!b.record_failure(now, None));
+        assert!(!b.record_failure(now, None));
         assert!(b.allows_request(now));
-        assert!(b.record_failure(now), "third consecutive failure opens");
+        assert!(
+            b.record_failure(now, None),
+            "third consecutive failure opens"
+        );
         assert!(!b.allows_request(now));
-        assert!(!b.record_failure(now), "already open");
+        assert!(!b.record_failure(now, None), "already open");
     }
 
     #[test]
     fn other_replicas_failures_count_with_its_own_while_closed() {
         let now = Instant::now();
         let mut b = Breaker::new(policy());
-        assert!(!b.record_failure(now));
+        assert!(!b.record_failure(now, None));
         assert!(!b.record_peer_failure(now));
         assert_eq!(
             b.state(),
@@ -512,7 +538,7 @@ mod tests {
     fn a_peers_answer_takes_back_the_peers_failures_and_its_own_answer_all() {
         let now = Instant::now();
         let mut b = Breaker::new(policy());
-        b.record_failure(now);
+        b.record_failure(now, None);
         b.record_peer_failure(now);
         b.record_peer_success();
         assert_eq!(
@@ -524,9 +550,12 @@ mod tests {
         );
         // A server only this replica cannot reach: the others' answers do not hold it up.
         b.record_peer_success();
-        assert!(!b.record_failure(now));
+        assert!(!b.record_failure(now, None));
         b.record_peer_success();
-        assert!(b.record_failure(now), "its own third failure opens it");
+        assert!(
+            b.record_failure(now, None),
+            "its own third failure opens it"
+        );
 
         let mut b = Breaker::new(policy());
         b.record_peer_failure(now);
@@ -552,9 +581,9 @@ mod tests {
             b
         };
         let mut soon = peers_twice();
-        assert!(soon.record_failure(now + PEER_FAILURES_KEPT - Duration::from_secs(1)));
+        assert!(soon.record_failure(now + PEER_FAILURES_KEPT - Duration::from_secs(1), None));
         let mut later = peers_twice();
-        assert!(!later.record_failure(now + PEER_FAILURES_KEPT));
+        assert!(!later.record_failure(now + PEER_FAILURES_KEPT, None));
         assert_eq!(
             later.state(),
             BreakerState::Closed {
@@ -575,7 +604,7 @@ mod tests {
         let on_probation = || {
             let mut b = Breaker::new(policy());
             for _ in 0..3 {
-                b.record_failure(now);
+                b.record_failure(now, None);
             }
             assert!(b.record_probe_success());
             b
@@ -588,7 +617,7 @@ mod tests {
         assert_eq!(by_peers.probe_wait(), Duration::from_secs(5));
         let mut by_itself = on_probation();
         for _ in 0..3 {
-            by_itself.record_failure(now);
+            by_itself.record_failure(now, None);
         }
         assert_eq!(
             by_itself.probe_wait(),
@@ -602,7 +631,7 @@ mod tests {
         let now = Instant::now();
         let mut b = Breaker::new(policy());
         for _ in 0..3 {
-            b.record_failure(now);
+            b.record_failure(now, None);
         }
         let later = now + Duration::from_secs(5);
         assert!(b.take_trial(later, Duration::from_secs(3), Carrier::Background));
@@ -619,7 +648,7 @@ mod tests {
         let now = Instant::now();
         let mut b = Breaker::new(policy());
         for _ in 0..3 {
-            b.record_failure(now);
+            b.record_failure(now, None);
         }
         b.record_success(); // a late reply to an old request
         assert!(
@@ -645,15 +674,15 @@ mod tests {
         let now = Instant::now();
         let mut b = Breaker::new(policy());
         for _ in 0..3 {
-            b.record_failure(now);
+            b.record_failure(now, None);
         }
         b.record_probe_success();
         assert!(
-            !b.record_failure(now),
+            !b.record_failure(now, None),
             "count starts from zero after closing"
         );
-        b.record_failure(now);
-        assert!(b.record_failure(now));
+        b.record_failure(now, None);
+        assert!(b.record_failure(now, None));
         assert!(matches!(b.state(), BreakerState::Open { .. }));
     }
 
@@ -664,11 +693,11 @@ mod tests {
             failure_threshold: 0,
             probe_interval: Duration::from_secs(1),
         });
-        assert!(b.record_failure(now));
+        assert!(b.record_failure(now, None));
     }
 
     fn open(b: &mut Breaker, now: Instant) {
-        while !b.record_failure(now) {}
+        while !b.record_failure(now, None) {}
     }
 
     /// An open breaker's server answers its next probe `times` times, and each time fails the
@@ -789,7 +818,10 @@ mod tests {
         );
         assert!(!b.allows_request(t1));
         assert!(!b.is_open(), "a trial is out");
-        assert!(!b.record_failure(t1), "a lost trial is not a new opening");
+        assert!(
+            !b.record_failure(t1, None),
+            "a lost trial is not a new opening"
+        );
         assert_eq!(
             b.probe_due(),
             Some(t1 + Duration::from_secs(10)),
@@ -802,7 +834,57 @@ mod tests {
         assert!(b.take_trial(t2 + hold, hold, Carrier::User));
         assert!(b.record_success(), "an answered trial closes it");
         assert!(b.allows_request(t2 + hold));
-        assert!(!b.record_failure(t2), "the count starts afresh");
+        assert!(!b.record_failure(t2, None), "the count starts afresh");
+    }
+
+    /// A request sent before the breaker last changed — before it opened, before its trial
+    /// was taken — that fails afterwards is no news of the server now (the RADIUS review's L4):
+    /// it neither reopens a breaker its probe closed nor loses the trial out.
+    #[test]
+    fn a_failure_of_an_exchange_begun_before_the_last_change_is_no_news() {
+        let now = Instant::now();
+        let earlier = Instant::now() - Duration::from_millis(1);
+        let mut b = Breaker::new(policy());
+        for _ in 0..3 {
+            b.record_failure(now, Some(earlier));
+        }
+        assert!(b.is_open(), "begun while it was closed: counted");
+        let later = now + Duration::from_secs(5);
+        assert!(b.take_probe(later));
+        assert!(b.record_probe_success(), "closed by its probe");
+        for _ in 0..5 {
+            assert!(!b.record_failure(later, Some(earlier)));
+        }
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed {
+                failures: 0,
+                peer_failures: 0
+            },
+            "the old requests' timeouts count for nothing"
+        );
+        assert!(!b.record_failure(later, Some(Instant::now())));
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed {
+                failures: 1,
+                peer_failures: 0
+            },
+            "one begun since the close counts"
+        );
+        // A trial out: an older request's loss is not the trial's.
+        let mut b = Breaker::new(policy());
+        open(&mut b, now);
+        let before_the_trial = Instant::now() - Duration::from_millis(1);
+        assert!(b.take_trial(later, Duration::from_secs(3), Carrier::User));
+        assert!(!b.record_failure(later, Some(before_the_trial)));
+        assert!(
+            matches!(b.state(), BreakerState::Trial { .. }),
+            "{:?}",
+            b.state()
+        );
+        assert!(!b.record_failure(later, Some(Instant::now())));
+        assert!(b.is_open(), "the trial's own loss");
     }
 
     #[test]
@@ -817,7 +899,7 @@ mod tests {
         for _ in 0..3 {
             t = b.probe_due().expect("open");
             assert!(b.take_trial(t, hold, Carrier::User));
-            b.record_failure(t + hold);
+            b.record_failure(t + hold, None);
         }
         let lost = t + hold;
         assert_eq!(b.probe_due(), Some(lost + interval * 8));
@@ -837,7 +919,7 @@ mod tests {
         for _ in 0..4 {
             assert!(b.take_trial(t, hold, Carrier::Background));
             assert!(!b.take_trial(t, hold, Carrier::User), "one trial at a time");
-            assert!(!b.record_failure(t + hold));
+            assert!(!b.record_failure(t + hold, None));
             // Lost: the next background trial an interval after, the back-off unchanged, and
             // users' trials a full (damped) wait after this check.
             assert_eq!(b.trial_at(Carrier::Background), Some(t + hold + interval));

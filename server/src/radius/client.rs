@@ -37,6 +37,22 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
+/// One transmission of `bytes` to `destination`. A socket's pending asynchronous error is
+/// cleared first: with `IP_RECVERR` every ICMP error naming its port sets it — about any
+/// earlier datagram, or forged by anyone off the path who knows the port — and it would fail
+/// this send, whatever its destination: a flood of them failed every try, which the breakers
+/// counted as the servers' failures and opened (the RADIUS review's M2 of session 80). The
+/// errors themselves stay in the error queue, read for the requests they are about
+/// (`read_errors`); a send that fails now fails for itself.
+async fn send_once(
+    socket: &UdpSocket,
+    bytes: &[u8],
+    destination: SocketAddr,
+) -> std::io::Result<usize> {
+    let _ = socket.take_error();
+    socket.send_to(bytes, destination).await
+}
+
 /// Source sockets per address family: 256 Identifiers each, per destination.
 pub const MAX_SOCKETS_PER_FAMILY: usize = 16;
 /// Receive buffer asked of the kernel (it caps it at `net.core.rmem_max`): hundreds of replies
@@ -411,9 +427,9 @@ impl RadiusClient {
     }
 
     /// Sends `bytes` to `destination` from `socket` (number `index` of its family); false: the
-    /// host dropped it. With `IP_RECVERR`, a socket's pending ICMP error — about any server —
-    /// fails the next send on it (and is cleared by it), and a full transmit queue says ENOBUFS
-    /// instead of dropping the datagram in silence. So a failed send is made again, up to
+    /// host dropped it. With `IP_RECVERR` a full transmit queue says ENOBUFS instead of
+    /// dropping the datagram in silence, and a socket's pending ICMP error would fail the next
+    /// send on it ([`send_once`] clears it first). A failed send is made again, up to
     /// [`SEND_TRIES`] times: only a send that keeps failing is this send's own failure
     /// (`Io`: no route, say), except ENOBUFS, which stays a dropped datagram.
     async fn send(
@@ -426,7 +442,7 @@ impl RadiusClient {
         let mut tries = 0;
         loop {
             tries += 1;
-            let error = match socket.send_to(bytes, destination).await {
+            let error = match send_once(socket, bytes, destination).await {
                 Ok(_) => return Ok(true),
                 Err(e) => e,
             };
@@ -1138,6 +1154,33 @@ mod tests {
         };
         handle_datagram(&client.shared, 0, server, &other_secret);
         assert!(unverified(&client).is_some(), "signed with another secret");
+    }
+
+    /// An ICMP error pending on the socket (about an earlier datagram to another port — or
+    /// forged) does not fail the next send to a server that listens (the RADIUS review's M2).
+    #[tokio::test]
+    async fn a_pending_icmp_error_fails_no_later_send() {
+        let socket = new_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let closed = {
+            let gone = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            gone.local_addr().unwrap()
+        };
+        socket.send_to(b"anyone?", closed).await.unwrap();
+        // The port unreachable has come back: the socket has an error to report.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            socket.ready(Interest::ERROR),
+        )
+        .await
+        .expect("the ICMP error came back")
+        .unwrap();
+        let live = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        send_once(&socket, b"request", live.local_addr().unwrap())
+            .await
+            .expect("sent, the pending error notwithstanding");
+        let mut buffer = [0u8; 16];
+        let (n, _) = live.recv_from(&mut buffer).await.unwrap();
+        assert_eq!(&buffer[..n], b"request");
     }
 
     #[tokio::test]

@@ -367,6 +367,20 @@ impl ServerHealth {
         self.with(target, |e| e.breaker.allows_request(Instant::now()))
     }
 
+    /// Whether [`ServerHealth::admit`] would let a request for `carrier` go to `server` at
+    /// `port` now — taking nothing: a sign-in lists the servers it may try with it, and takes
+    /// a request-checked server's trial only when it asks that server (the RADIUS review's L2
+    /// of session 80: each sign-in took the backup's trial up front and, the primary
+    /// answering, never sent it — the backup shown down for as long as the primary worked).
+    pub fn would_admit(&self, server: &ServerEndpoint, port: Port, carrier: Carrier) -> bool {
+        let now = Instant::now();
+        self.with(self.target(server, port), |e| {
+            e.breaker.allows_request(now)
+                || (server.status_check == StatusCheck::Request
+                    && e.breaker.trial_at(carrier).is_some_and(|at| now >= at))
+        })
+    }
+
     /// Whether a request made for `carrier` may go to `server` at `port` now: its breaker is
     /// closed, or — for a server checked by request (`status_check = "request"`) — a trial
     /// for that carrier is due, which this request then is.
@@ -501,6 +515,18 @@ impl ServerHealth {
     /// the first's reason): the breaker's line says so — a server answering with another
     /// shared secret is not one "not answering" (black-box tester T's D3).
     pub fn record_failure_seen(&self, server: &ServerEndpoint, port: Port, why: Option<&str>) {
+        self.record_exchange_failure(server, port, why, None)
+    }
+
+    /// [`Self::record_failure_seen`] of an exchange begun at `started` (if known): one begun
+    /// before the breaker last changed counts for nothing ([`Breaker::record_failure`]).
+    pub fn record_exchange_failure(
+        &self,
+        server: &ServerEndpoint,
+        port: Port,
+        why: Option<&str>,
+        started: Option<Instant>,
+    ) {
         if self.retired(self.target(server, port)) {
             return;
         }
@@ -508,7 +534,10 @@ impl ServerHealth {
         let (opened, counted) = self.with(self.target(server, port), |e| {
             e.probe = Some((server.clone(), port));
             let counted = matches!(e.breaker.state(), BreakerState::Closed { .. });
-            (e.breaker.record_failure(Instant::now()), counted)
+            let before = e.breaker.state();
+            let opened = e.breaker.record_failure(Instant::now(), started);
+            // Not counted when it was no news (begun before the last change).
+            (opened, counted && e.breaker.state() != before)
         });
         if counted {
             self.tell(server, port, false);
@@ -1113,6 +1142,43 @@ mod tests {
             !health.admit(&nps, Port::Auth, Carrier::User),
             "once per outage"
         );
+    }
+
+    /// Asking whether a request-checked server's trial may go takes nothing; taking it does,
+    /// once (the RADIUS review's L2).
+    #[tokio::test]
+    async fn whether_a_trial_may_go_is_asked_without_taking_it() {
+        let health = health();
+        let mut nps = server("nps", 1812, "s");
+        nps.status_check = StatusCheck::Request;
+        health.record_failure(&nps, Port::Auth);
+        assert!(!health.is_up(&nps, Port::Auth));
+        assert!(
+            !health.would_admit(&nps, Port::Auth, Carrier::User),
+            "not due: an hour here"
+        );
+        // Its trial made due now (the wait over).
+        health.with(health.target(&nps, Port::Auth), |e| {
+            e.breaker.reconfigured(Instant::now());
+        });
+        for _ in 0..3 {
+            assert!(health.would_admit(&nps, Port::Auth, Carrier::User));
+        }
+        assert!(
+            health.trial_left(&nps, Port::Auth).is_none(),
+            "nothing taken"
+        );
+        assert!(health.admit(&nps, Port::Auth, Carrier::User), "taken");
+        assert!(health.trial_left(&nps, Port::Auth).is_some(), "out");
+        assert!(
+            !health.would_admit(&nps, Port::Auth, Carrier::User),
+            "one at a time"
+        );
+        // A server checked by Status-Server: a closed breaker only.
+        let probed = server("probed", 1912, "s");
+        assert!(health.would_admit(&probed, Port::Auth, Carrier::User));
+        health.record_failure(&probed, Port::Auth);
+        assert!(!health.would_admit(&probed, Port::Auth, Carrier::User));
     }
 
     /// A breaker that closes while its watcher (the accounting loop) is busy elsewhere — not

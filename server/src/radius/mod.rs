@@ -569,6 +569,7 @@ impl Radius {
             callers_deadline,
         };
         let started = std::time::Instant::now();
+        let begun = tokio::time::Instant::now();
         let result = self.client.exchange(exchange, build).await;
         let outcome = match &result {
             Ok(_) => "answered",
@@ -603,17 +604,17 @@ impl Radius {
                 .record_success(self.health.target(server, port), false),
             Err(RadiusError::UnverifiedReply(why)) => {
                 self.health
-                    .record_failure_seen(server, port, Some(why.as_str()))
+                    .record_exchange_failure(server, port, Some(why.as_str()), Some(begun))
             }
             // Answered, with a code that does not answer the request: the breaker's line says
             // so, not "not answering" (black-box tester V's D1).
             Err(RadiusError::NotAnAnswer(why)) => {
                 self.health
-                    .record_failure_seen(server, port, Some(why.as_str()))
+                    .record_exchange_failure(server, port, Some(why.as_str()), Some(begun))
             }
-            Err(e) if e.is_server_silent() || matches!(e, RadiusError::Io(_)) => {
-                self.health.record_failure(server, port)
-            }
+            Err(e) if e.is_server_silent() || matches!(e, RadiusError::Io(_)) => self
+                .health
+                .record_exchange_failure(server, port, None, Some(begun)),
             Err(_) => {}
         }
         result
@@ -641,10 +642,12 @@ impl Radius {
         if servers.is_empty() {
             return Err(RadiusError::NoServers);
         }
+        // The servers it may try; a request-checked server's trial is taken only as it is
+        // asked (`admit` below), never up front by a sign-in an earlier server answers.
         let candidates: Vec<(usize, &ServerEndpoint)> = servers
             .iter()
             .enumerate()
-            .filter(|(_, s)| self.health.admit(s, Port::Auth, Carrier::User))
+            .filter(|(_, s)| self.health.would_admit(s, Port::Auth, Carrier::User))
             .collect();
         let mut last_error = RadiusError::AllServersDown;
         for (k, (index, server)) in candidates.iter().enumerate() {
@@ -652,8 +655,9 @@ impl Radius {
             if now >= deadline {
                 break;
             }
-            if k > 0 && self.health.is_open(self.health.target(server, Port::Auth)) {
-                continue; // opened by a concurrent login meanwhile
+            // Opened by a concurrent sign-in meanwhile, or its trial taken by one.
+            if !self.health.admit(server, Port::Auth, Carrier::User) {
+                continue;
             }
             if k > 0 && !go_on().await {
                 return Err(RadiusError::Withdrawn);

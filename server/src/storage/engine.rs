@@ -442,7 +442,14 @@ impl Progress {
     /// file copied over the running portal's was found only by the requests that failed on it,
     /// and `/readyz` said ready while sessions came due unstopped).
     fn met(&self, error: &rusqlite::Error) {
-        if sqlite_damage(error) && !self.damaged.swap(true, Ordering::SeqCst) {
+        if sqlite_damage(error) {
+            self.damage_found(error);
+        }
+    }
+
+    /// The file was found damaged (by `error`): said once, and kept.
+    fn damage_found(&self, error: &dyn std::fmt::Display) {
+        if !self.damaged.swap(true, Ordering::SeqCst) {
             tracing::error!(error = %error, "the database file is damaged (a file copied over it while the portal ran, a disk fault): sign-ins are refused and /readyz says not ready until the portal is restarted on a sound file (README, \"Backup and restore\")");
         }
     }
@@ -652,6 +659,14 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .files = None;
+    }
+
+    /// A call outside the engine (the organizations' store, on sqlx) met `error`: a damaged
+    /// file marks the database as the engine's own calls do (the review's L2: only they did).
+    pub(crate) fn note(&self, error: &StorageError) {
+        if error.is_damaged() {
+            self.inner.progress.damage_found(error);
+        }
     }
 
     /// False once the writer thread has ended (it never should: every write is isolated from

@@ -207,7 +207,9 @@ macro_rules! contract {
             $( $(#[$meta])*
             pub async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StorageError> {
                 match &self.backend {
-                    Backend::Sqlite(store) => $trait::$name(store $(, $arg)*).await,
+                    Backend::Sqlite(store) => {
+                        $trait::$name(store $(, $arg)*).await.inspect_err(|e| store.engine.note(e))
+                    }
                     Backend::Postgres(store) => {
                         store.guarded(|_| $trait::$name(store $(, $arg)*)).await
                     }
@@ -1706,6 +1708,45 @@ mod tests {
             "7.88 s late, sent in second 534"
         );
         assert_eq!(whole_seconds_between(12_100, 10_900), 0, "never negative");
+    }
+
+    /// A damaged page met by the organizations' store (sqlx, outside the engine) marks the
+    /// database as the engine's own reads do: not writable, so `/readyz` and sign-ins say so
+    /// (the s79 review's L2: only the engine's reads did).
+    #[tokio::test]
+    async fn a_damaged_page_met_by_the_organizations_store_marks_the_database() {
+        use std::io::{Seek, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portal.db");
+        Storage::open(&path).await.unwrap().close().await;
+        let (root, page_size): (u64, u64) = {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .unwrap();
+            (
+                c.query_row(
+                    "SELECT rootpage FROM sqlite_schema WHERE name = 'organizations'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap(),
+                c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap(),
+            )
+        };
+        let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.seek(std::io::SeekFrom::Start((root - 1) * page_size))
+            .unwrap();
+        file.write_all(&vec![0xAB; page_size as usize]).unwrap();
+        drop(file);
+        let storage = Storage::open(&path).await.unwrap();
+        assert!(storage.writable(), "nothing damaged met yet");
+        let read = storage.organizations().await;
+        assert!(
+            read.as_ref().is_err_and(StorageError::is_damaged),
+            "{read:?}"
+        );
+        assert!(!storage.writable(), "damaged");
+        storage.close().await;
     }
 
     /// What `check-config` says of a database by the migrations recorded in it.
