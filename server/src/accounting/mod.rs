@@ -132,56 +132,10 @@ pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 /// At shutdown, how often the flush looks for rows come due (queued meanwhile, their backoff
 /// over) while deliveries are under way.
 const FLUSH_LOOK: Duration = Duration::from_millis(100);
-/// At shutdown, how long a delivery whose packet was acknowledged may still take to record it.
-const RECORD_AT_SHUTDOWN: Duration = Duration::from_secs(2);
 /// At shutdown, the shortest time between two of the flush's claims.
 const FLUSH_TURN: Duration = Duration::from_millis(10);
 /// Accounting-Requests in flight to one server at once.
 const WINDOW_PER_DESTINATION: usize = 64;
-/// The delivery loop's rows that wait for a send slot of one server at most: one more is given
-/// back at once for a later look rather than hold one of the loop's places too (the RADIUS
-/// review's M1 of session 80: a slow or dead server's backlog filled all 2048, and other
-/// servers' Stops, due, were not claimed until its queue drained — minutes).
-const WAITING_PER_DESTINATION: usize = WINDOW_PER_DESTINATION;
-
-/// Every send slot of a destination, taken until dropped ([`Accounting::fill_send_window`]).
-#[doc(hidden)]
-pub struct WindowFilled(Arc<Window>);
-
-impl Drop for WindowFilled {
-    fn drop(&mut self) {
-        self.0.slots.add_permits(WINDOW_PER_DESTINATION);
-    }
-}
-
-/// One accounting server's send window: its slots, and how many of the loop's deliveries wait
-/// for one.
-struct Window {
-    slots: Semaphore,
-    waiting: std::sync::atomic::AtomicUsize,
-}
-
-/// A delivery waiting for a send slot ([`Window::waiting`]) until dropped.
-struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Window {
-    /// A place in the queue for a slot, unless [`WAITING_PER_DESTINATION`] wait already.
-    fn queue(&self) -> Option<Waiting<'_>> {
-        use std::sync::atomic::Ordering::SeqCst;
-        self.waiting
-            .fetch_update(SeqCst, SeqCst, |n| {
-                (n < WAITING_PER_DESTINATION).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Waiting(&self.waiting))
-    }
-}
 /// A Start still unacknowledged this long after its event is given up (see the module doc).
 pub const START_GIVE_UP_MS: i64 = 3_600_000;
 
@@ -218,7 +172,7 @@ pub struct Accounting {
     wake: Arc<Notify>,
     /// One send window per destination address, so a slow or dead server only ever holds its
     /// own slots. A std Mutex: map lookups only.
-    windows: Arc<Mutex<HashMap<SocketAddr, Arc<Window>>>>,
+    windows: Arc<Mutex<HashMap<SocketAddr, Arc<Semaphore>>>>,
     /// Deliveries of rows a request claimed itself (a login's Start, a user's Stop): a graceful
     /// shutdown waits for them like for the loop's own.
     claimed: tokio_util::task::TaskTracker,
@@ -718,28 +672,22 @@ impl Accounting {
     /// Takes every send slot of `destination` until the permit is dropped: its window full, as
     /// under a burst (tests). None once the window is gone (never, while the process runs).
     #[doc(hidden)]
-    pub async fn fill_send_window(&self, destination: SocketAddr) -> Option<WindowFilled> {
-        let window = self.window(destination);
-        window
-            .slots
-            .acquire_many(WINDOW_PER_DESTINATION as u32)
+    pub async fn fill_send_window(
+        &self,
+        destination: SocketAddr,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.window(destination)
+            .acquire_many_owned(WINDOW_PER_DESTINATION as u32)
             .await
-            .ok()?
-            .forget();
-        Some(WindowFilled(window))
+            .ok()
     }
 
-    fn window(&self, destination: SocketAddr) -> Arc<Window> {
+    fn window(&self, destination: SocketAddr) -> Arc<Semaphore> {
         self.windows
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(destination)
-            .or_insert_with(|| {
-                Arc::new(Window {
-                    slots: Semaphore::new(WINDOW_PER_DESTINATION),
-                    waiting: Default::default(),
-                })
-            })
+            .or_insert_with(|| Arc::new(Semaphore::new(WINDOW_PER_DESTINATION)))
             .clone()
     }
 
@@ -1152,20 +1100,9 @@ impl Accounting {
         // The claim is kept while this delivery runs; one that cannot be kept (the database
         // away) stops it before another sender may take the row.
         let holding = self.kept.hold(&row);
-        let answered = std::sync::atomic::AtomicBool::new(false);
-        let once = self.deliver_once(row, deadline, known, (org_checked, &answered));
-        tokio::pin!(once);
         let outcome = tokio::select! {
             biased;
-            () = ending.cancelled() => 'ending: {
-                // Acknowledged already, its record being written: that is waited for (a
-                // little), not given up — the server holds the packet, and sent again at the
-                // next start it would be a new one (the RADIUS review's L1 of session 80).
-                if answered.load(std::sync::atomic::Ordering::SeqCst) {
-                    if let Ok(outcome) = tokio::time::timeout(RECORD_AT_SHUTDOWN, &mut once).await {
-                        break 'ending outcome;
-                    }
-                }
+            () = ending.cancelled() => {
                 // Shutdown's time is up: this delivery stops here (a packet already on the
                 // wire may arrive; its row is sent again), and its claim is given up — or,
                 // the database not answering at once, left to be (`release_stranded`).
@@ -1185,11 +1122,11 @@ impl Accounting {
                     }
                 }
                 return Ok(Delivery::RetryAt(now_ms()));
-            },
+            }
             () = holding.lapsed() => Err(OutboxError::Storage(StorageError::Unreachable(
                 "the delivery's claim could not be kept".into(),
             ))),
-            outcome = &mut once => outcome,
+            outcome = self.deliver_once(row, deadline, known, org_checked) => outcome,
         };
         drop(holding);
         self.settled.notify_waiters();
@@ -1307,7 +1244,7 @@ impl Accounting {
         row: OutboxRow,
         deadline: Option<Instant>,
         known: Option<AccessSessionRecord>,
-        (org_checked, answered): (bool, &std::sync::atomic::AtomicBool),
+        org_checked: bool,
     ) -> Result<Delivery, OutboxError> {
         let mut row = row;
         // A claim taken long ago (a login's Start after waiting for a preempted session's
@@ -1540,47 +1477,30 @@ impl Accounting {
         let slot_wait = deadline.map_or(SLOT_WAIT, |d| {
             d.saturating_duration_since(Instant::now()).min(SLOT_WAIT)
         });
-        let (_slot, waited) = match window.slots.try_acquire() {
+        let (_slot, waited) = match window.try_acquire() {
             Ok(slot) => (Some(slot), false),
-            Err(_) => {
-                // The loop's rows queue for a slot up to a window's worth; one more is given
-                // back now, for a later look (its backoff), and the loop claims other servers'
-                // rows meanwhile. A row someone waits for (a sign-in's Start) queues.
-                let queued = window.queue();
-                let waited = if queued.is_none() && deadline.is_none() {
-                    Err("no send slot (server busy: a window of packets in flight and as many waiting)")
-                } else {
-                    tokio::time::timeout(slot_wait, window.slots.acquire())
-                        .await
-                        .map_err(|_| {
-                            // Said, once in a while: a sign-in that fails so would otherwise be
-                            // told only that its Start was not acknowledged (black-box tester
-                            // W's D1).
-                            crate::throttled!(warn, server = %server.name, organization = %org.id,
-                                waited_ms = slot_wait.as_millis() as u64,
-                                "no send slot in time (server busy): more packets were in flight to the accounting server than its window of 64; the packet waits for a later look (a sign-in's Start: the sign-in fails)");
-                            "no send slot in time (server busy)"
-                        })
-                };
-                drop(queued);
-                match waited {
-                    // The semaphore is never closed, so acquiring cannot fail.
-                    Ok(slot) => (slot.ok(), true),
-                    Err(reason) => {
-                        let tried = Some(health.target(server, Port::Acct));
-                        return self
-                            .release(
-                                &row,
-                                reason,
-                                (None, tried),
-                                &seen,
-                                (&org.servers, &session.server_name),
-                                row.attempts,
-                            )
-                            .await;
-                    }
+            Err(_) => match tokio::time::timeout(slot_wait, window.acquire()).await {
+                // The semaphore is never closed, so acquiring cannot fail.
+                Ok(slot) => (slot.ok(), true),
+                Err(_) => {
+                    // Said, once in a while: a sign-in that fails so would otherwise be told
+                    // only that its Start was not acknowledged (black-box tester W's D1).
+                    crate::throttled!(warn, server = %server.name, organization = %org.id,
+                        waited_ms = slot_wait.as_millis() as u64,
+                        "no send slot in time (server busy): more packets were in flight to the accounting server than its window of 64; the packet waits for a later look (a sign-in's Start: the sign-in fails)");
+                    let tried = Some(health.target(server, Port::Acct));
+                    return self
+                        .release(
+                            &row,
+                            "no send slot in time (server busy)",
+                            (None, tried),
+                            &seen,
+                            (&org.servers, &session.server_name),
+                            row.attempts,
+                        )
+                        .await;
                 }
-            }
+            },
         };
         // The server may have gone down while this row waited for a slot: do not queue up
         // behind its timeouts, try again (or fail over) later.
@@ -1649,8 +1569,6 @@ impl Accounting {
             .await
         {
             Ok(()) => {
-                // Acknowledged: recorded from here on, also at shutdown (`deliver`).
-                answered.store(true, std::sync::atomic::Ordering::SeqCst);
                 // Acknowledged: the row checks no down server any more.
                 self.settled_carrier(row.id);
                 let unseen = if is_start {

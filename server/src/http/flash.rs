@@ -478,7 +478,7 @@ where
             if response.status() != axum::http::StatusCode::FORBIDDEN {
                 return response;
             }
-            let (parts, body) = response.into_parts();
+            let (mut parts, body) = response.into_parts();
             let bytes = axum::body::to_bytes(body, MAX_FLASH)
                 .await
                 .unwrap_or_default();
@@ -498,6 +498,7 @@ where
                     why,
                 );
             }
+            parts.headers.remove(header::CONTENT_LENGTH);
             return Response::from_parts(parts, axum::body::Body::from(bytes));
         }
     }

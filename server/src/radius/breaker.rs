@@ -375,6 +375,9 @@ impl Breaker {
             carrier,
             next_probe,
         });
+        // A trial taken again (the last one's hold over, its exchange maybe still out) is a
+        // change too: the earlier one's late loss is not this one's.
+        self.changed_at = Some(Instant::now());
         true
     }
 

@@ -1175,7 +1175,7 @@ mod tests {
             "one at a time"
         );
         // A server checked by Status-Server: a closed breaker only.
-        let probed = server("probed", 1912, "s");
+        let probed = server("probed", 1813, "other");
         assert!(health.would_admit(&probed, Port::Auth, Carrier::User));
         health.record_failure(&probed, Port::Auth);
         assert!(!health.would_admit(&probed, Port::Auth, Carrier::User));

@@ -655,9 +655,8 @@ impl Radius {
             if now >= deadline {
                 break;
             }
-            // Opened by a concurrent sign-in meanwhile, or its trial taken by one.
-            if !self.health.admit(server, Port::Auth, Carrier::User) {
-                continue;
+            if k > 0 && !self.health.would_admit(server, Port::Auth, Carrier::User) {
+                continue; // opened by a concurrent sign-in meanwhile, or its trial taken by one
             }
             if k > 0 && !go_on().await {
                 return Err(RadiusError::Withdrawn);
@@ -665,6 +664,11 @@ impl Radius {
             let now = Instant::now();
             if now >= deadline {
                 break;
+            }
+            // Taken (a request-checked server's trial) only now, right before the exchange:
+            // never by a sign-in withdrawn or out of time first.
+            if !self.health.admit(server, Port::Auth, Carrier::User) {
+                continue;
             }
             let remaining = deadline - now;
             let share = remaining / (candidates.len() - k) as u32;
@@ -676,7 +680,7 @@ impl Radius {
             let others_left = || {
                 candidates[k + 1..]
                     .iter()
-                    .any(|(_, later)| !self.health.is_open(self.health.target(later, Port::Auth)))
+                    .any(|(_, later)| self.health.would_admit(later, Port::Auth, Carrier::User))
             };
             let mut end_when_unreachable = !self.patient_last_server || others_left();
             let reply = loop {
