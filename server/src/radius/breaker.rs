@@ -369,14 +369,14 @@ impl Breaker {
         else {
             return false;
         };
-        self.set_state(BreakerState::Trial {
+        // A change also when a trial is taken again (the last one's hold over, its exchange
+        // maybe still out): the earlier one's late loss is not this one's.
+        self.state = BreakerState::Trial {
             since,
             until: now + hold,
             carrier,
             next_probe,
-        });
-        // A trial taken again (the last one's hold over, its exchange maybe still out) is a
-        // change too: the earlier one's late loss is not this one's.
+        };
         self.changed_at = Some(Instant::now());
         true
     }

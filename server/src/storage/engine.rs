@@ -661,8 +661,9 @@ impl Engine {
             .files = None;
     }
 
-    /// A call outside the engine (the organizations' store, on sqlx) met `error`: a damaged
-    /// file marks the database as the engine's own calls do (the review's L2: only they did).
+    /// A call of the storage contract met `error` (every call: the engine's own are marked by
+    /// `Progress::met` already, the organizations' store on sqlx only here): a damaged file
+    /// marks the database (the review's L2: only the engine's calls did).
     pub(crate) fn note(&self, error: &StorageError) {
         if error.is_damaged() {
             self.inner.progress.damage_found(error);
