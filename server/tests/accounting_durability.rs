@@ -569,6 +569,104 @@ async fn a_start_that_waited_for_a_send_slot_has_a_whole_exchange() {
     Arc::into_inner(app).unwrap().stop().await;
 }
 
+/// One accounting server's backlog, more rows than the delivery loop has places (2,048),
+/// waiting for its window (full: 64 packets in flight, as under a burst to a slow server), does
+/// not hold up another server's Start: beyond a window's worth waiting, the loop's rows are given
+/// back to be claimed again at their turn, and the loop's next pass takes the other's Start
+/// (the RADIUS review's M1 of session 80: before, that Start waited until the backlog's rows had
+/// waited out 45 s for a slot). Once the busy server has room again the backlog drains at the
+/// pace it answers (given back with a failure's backoff, it took minutes).
+#[tokio::test]
+async fn a_busy_servers_backlog_does_not_hold_up_another_servers_start() {
+    use std::sync::{atomic::AtomicBool, Arc};
+    const BACKLOG: usize = 2_100;
+    let radius = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let acct = std::net::SocketAddr::from(([127, 0, 0, 1], radius.acct_port));
+    let mut beta_server = radius.server_settings("b-primary", true);
+    beta_server.acct_port = common::gated_relay(acct, Arc::new(AtomicBool::new(true)))
+        .await
+        .port;
+    let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
+    let mut beta = config.organizations[0].clone();
+    beta.id = "beta".into();
+    beta.name = "Beta Org".into();
+    beta.nas_identifier = "portal-beta".into();
+    beta.servers = vec![beta_server];
+    config.organizations.push(beta);
+    config.validate().unwrap();
+    let app = TestApp::spawn(&config).await;
+    let accounting = app.sessions.accounting();
+    // Sessions written straight into storage, their Starts left to the delivery loop.
+    let stored = |sid: String, org: &str, server: &str, ip: String, now: i64| {
+        radius_portal::storage::NewAccessSession {
+            acct_session_id: sid,
+            organization_id: org.into(),
+            username: "carol".into(),
+            client_ip: ip,
+            server_index: 0,
+            server_name: server.into(),
+            classes: vec![],
+            reply_message: None,
+            started_at: now,
+            window_ms: 3_600_000,
+            limit_at: None,
+            expires_at: now + 3_600_000,
+            interim_interval: None,
+            start_claimed_until: None,
+            typed_username: None,
+            nas: None,
+            replaces: None,
+            accept_timeouts: None,
+            organization_revision: None,
+        }
+    };
+
+    // Acme's server takes no more packets; acme's sessions' Starts queue up behind it.
+    let window = accounting.fill_send_window(acct).await.expect("the window");
+    let now = radius_portal::access_session::now_ms();
+    let mut opening = tokio::task::JoinSet::new();
+    for n in 0..BACKLOG {
+        let (storage, ip) = (app.storage.clone(), format!("10.1.{}.{}", n / 256, n % 256));
+        let session = stored(format!("busy-{n}"), "acme", "primary", ip, now);
+        opening.spawn(async move { storage.open_session(&session).await.unwrap() });
+    }
+    while let Some(opened) = opening.join_next().await {
+        opened.unwrap();
+    }
+    // Beta's Start, due after all of them, goes at once.
+    let later = radius_portal::access_session::now_ms().max(now + 1);
+    let beta_session = stored(
+        "beta-late".into(),
+        "beta",
+        "b-primary",
+        "10.2.0.1".into(),
+        later,
+    );
+    app.storage.open_session(&beta_session).await.unwrap();
+    accounting.wake();
+    radius
+        .wait_for_acct(&["status=Start", "sid=beta-late "])
+        .await;
+    let busy_sent = |lines: Vec<String>| {
+        lines
+            .iter()
+            .filter(|l| l.contains("status=Start") && l.contains("sid=busy-"))
+            .count()
+    };
+    assert_eq!(busy_sent(radius.acct_lines()), 0, "acme's window was full");
+
+    // Room again: the whole backlog goes.
+    drop(window);
+    common::wait_for(
+        "every Start of the backlog at the server",
+        Duration::from_secs(60),
+        || (busy_sent(radius.acct_lines()) >= BACKLOG).then_some(()),
+    )
+    .await;
+    app.stop().await;
+}
+
 /// A delivery whose outcome cannot be written (the database away for longer than a write
 /// waits) leaves its row claimed. The live process gives that claim up as soon as the
 /// database answers again, so the Stop goes out then — not after the claim's two-minute lease,

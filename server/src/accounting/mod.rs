@@ -36,15 +36,12 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
-use tokio::{
-    sync::{Notify, Semaphore},
-    task::JoinSet,
-    time::Instant,
-};
+use tokio::{sync::Notify, task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 mod claims;
 mod trials;
+mod window;
 
 /// A sender owns a claimed row this long; afterwards the row may be claimed again — by another
 /// replica when the sender was killed. A delivery under way keeps its claim, however long it
@@ -134,8 +131,6 @@ pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 const FLUSH_LOOK: Duration = Duration::from_millis(100);
 /// At shutdown, the shortest time between two of the flush's claims.
 const FLUSH_TURN: Duration = Duration::from_millis(10);
-/// Accounting-Requests in flight to one server at once.
-const WINDOW_PER_DESTINATION: usize = 64;
 /// A Start still unacknowledged this long after its event is given up (see the module doc).
 pub const START_GIVE_UP_MS: i64 = 3_600_000;
 
@@ -171,8 +166,9 @@ pub struct Accounting {
     /// Wakes the delivery loop when rows were queued.
     wake: Arc<Notify>,
     /// One send window per destination address, so a slow or dead server only ever holds its
-    /// own slots. A std Mutex: map lookups only.
-    windows: Arc<Mutex<HashMap<SocketAddr, Arc<Semaphore>>>>,
+    /// own slots, and a short line of the loop's places ([`window`]). A std Mutex: map lookups
+    /// only.
+    windows: Arc<Mutex<HashMap<SocketAddr, Arc<window::Window>>>>,
     /// Deliveries of rows a request claimed itself (a login's Start, a user's Stop): a graceful
     /// shutdown waits for them like for the loop's own.
     claimed: tokio_util::task::TaskTracker,
@@ -676,18 +672,15 @@ impl Accounting {
         &self,
         destination: SocketAddr,
     ) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.window(destination)
-            .acquire_many_owned(WINDOW_PER_DESTINATION as u32)
-            .await
-            .ok()
+        self.window(destination).fill().await
     }
 
-    fn window(&self, destination: SocketAddr) -> Arc<Semaphore> {
+    fn window(&self, destination: SocketAddr) -> Arc<window::Window> {
         self.windows
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(destination)
-            .or_insert_with(|| Arc::new(Semaphore::new(WINDOW_PER_DESTINATION)))
+            .or_insert_with(|| Arc::new(window::Window::new()))
             .clone()
     }
 
@@ -1477,30 +1470,36 @@ impl Accounting {
         let slot_wait = deadline.map_or(SLOT_WAIT, |d| {
             d.saturating_duration_since(Instant::now()).min(SLOT_WAIT)
         });
-        let (_slot, waited) = match window.try_acquire() {
-            Ok(slot) => (Some(slot), false),
-            Err(_) => match tokio::time::timeout(slot_wait, window.acquire()).await {
-                // The semaphore is never closed, so acquiring cannot fail.
-                Ok(slot) => (slot.ok(), true),
-                Err(_) => {
-                    // Said, once in a while: a sign-in that fails so would otherwise be told
-                    // only that its Start was not acknowledged (black-box tester W's D1).
-                    crate::throttled!(warn, server = %server.name, organization = %org.id,
-                        waited_ms = slot_wait.as_millis() as u64,
-                        "no send slot in time (server busy): more packets were in flight to the accounting server than its window of 64; the packet waits for a later look (a sign-in's Start: the sign-in fails)");
-                    let tried = Some(health.target(server, Port::Acct));
-                    return self
-                        .release(
-                            &row,
-                            "no send slot in time (server busy)",
-                            (None, tried),
-                            &seen,
-                            (&org.servers, &session.server_name),
-                            row.attempts,
-                        )
-                        .await;
-                }
-            },
+        let (_slot, waited) = match window.enter(slot_wait, deadline.is_none(), now_ms()).await {
+            window::Entry::Slot { permit, waited } => (permit, waited),
+            window::Entry::GiveBack(turn) => {
+                // Nobody waits on this row, and the server's line is full: it is claimed again
+                // at its turn, and the loop's place goes to other servers' rows meanwhile.
+                crate::throttled!(info, server = %server.name, organization = %org.id,
+                    "accounting server busy: more packets than its window of 64 are in flight and as many wait; the rows beyond are claimed again at their turn");
+                self.storage
+                    .mark_failed(&row, turn, "server busy: waits its turn", None)
+                    .await?;
+                return Ok(Delivery::RetryAt(turn));
+            }
+            window::Entry::NoSlot => {
+                // Said, once in a while: a sign-in that fails so would otherwise be told
+                // only that its Start was not acknowledged (black-box tester W's D1).
+                crate::throttled!(warn, server = %server.name, organization = %org.id,
+                    waited_ms = slot_wait.as_millis() as u64,
+                    "no send slot in time (server busy): more packets were in flight to the accounting server than its window of 64; the packet waits for a later look (a sign-in's Start: the sign-in fails)");
+                let tried = Some(health.target(server, Port::Acct));
+                return self
+                    .release(
+                        &row,
+                        "no send slot in time (server busy)",
+                        (None, tried),
+                        &seen,
+                        (&org.servers, &session.server_name),
+                        row.attempts,
+                    )
+                    .await;
+            }
         };
         // The server may have gone down while this row waited for a slot: do not queue up
         // behind its timeouts, try again (or fail over) later.
@@ -1557,7 +1556,8 @@ impl Accounting {
             ),
             _ => (own_deadline, false),
         };
-        match self
+        let sent_at = Instant::now();
+        let answered = self
             .radius
             .account(
                 server,
@@ -1566,8 +1566,10 @@ impl Accounting {
                 deadline,
                 (end_when_unreachable, cut_by_caller),
             )
-            .await
-        {
+            .await;
+        // The pace of the rows given back while the window is full.
+        window.exchanged(sent_at.elapsed());
+        match answered {
             Ok(()) => {
                 // Acknowledged: the row checks no down server any more.
                 self.settled_carrier(row.id);

@@ -1,0 +1,247 @@
+//! One accounting server address's send window: at most [`WINDOW`] packets in flight to it, and
+//! the line of rows waiting for a place.
+//!
+//! The delivery loop has [`super::MAX_IN_FLIGHT`] places for all servers together. A row that
+//! waits for a busy server's window keeps its place while it waits, so the line is short: once
+//! [`WAITING`] rows wait, a row nobody waits on (the loop's) is given back — released, not
+//! failed — to be claimed again at its turn, worked out from how fast the server has been
+//! answering. A slow or dying server's backlog therefore holds at most a window and a line of
+//! the loop's places, and other servers' rows due meanwhile are claimed at the loop's next pass
+//! (the RADIUS review's M1 of session 80: before, 2,048 rows of one slow server waited up to
+//! 45 s each, and every other server's Stops with them). Given back at the server's own pace,
+//! a burst to a server that answers drains as fast as it answers (a failure's backoff would
+//! drain it over minutes), and a row comes back about when the line has room for it.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Packets in flight to one destination at most.
+pub(super) const WINDOW: usize = 64;
+
+/// Rows waiting for a destination's slot at most before the loop's rows are given back.
+pub(super) const WAITING: usize = 64;
+
+/// What an exchange is taken to last before any was measured (ms).
+const FIRST_EXCHANGE_MS: f64 = 100.0;
+
+/// Turns are given out in steps of this (ms): the loop claims the rows given back in a few
+/// claims a second, not one per row.
+const TURN_STEP_MS: i64 = 50;
+
+/// A row given back looks again within this at most (ms): a server that went down meanwhile
+/// (its breaker open) has the row failed over or parked then, not after a long line's turn.
+pub(super) const MAX_TURN_MS: i64 = 15_000;
+
+/// A destination's window and its line.
+pub(super) struct Window {
+    slots: Arc<Semaphore>,
+    line: Mutex<Line>,
+}
+
+/// The rows waiting for a destination's slot, and the turns given out to rows given back.
+#[derive(Debug)]
+struct Line {
+    /// Rows waiting for a slot now.
+    waiting: usize,
+    /// The turn given to the last row given back (unix ms).
+    last_turn: i64,
+    /// How long an exchange with the destination has been taking (ms, a moving average).
+    exchange_ms: f64,
+}
+
+impl Line {
+    fn new() -> Self {
+        Line {
+            waiting: 0,
+            last_turn: i64::MIN,
+            exchange_ms: FIRST_EXCHANGE_MS,
+        }
+    }
+
+    /// When a row given back at `now` is to be claimed again: after the rows waiting now and
+    /// those given back before it, at the pace the destination answers (a window's worth of
+    /// rows per exchange), rounded up to a [`TURN_STEP_MS`], never more than [`MAX_TURN_MS`]
+    /// away.
+    fn give_back(&mut self, now: i64) -> i64 {
+        let per_row = self.exchange_ms / WINDOW as f64;
+        let behind_waiting = now + (self.waiting as f64 * per_row) as i64;
+        let step = (per_row.ceil() as i64).max(1);
+        let turn = (self.last_turn.max(behind_waiting) + step).min(now + MAX_TURN_MS);
+        self.last_turn = turn;
+        (turn + TURN_STEP_MS - 1).div_euclid(TURN_STEP_MS) * TURN_STEP_MS
+    }
+
+    fn exchanged(&mut self, took: Duration) {
+        let took_ms = took.as_secs_f64() * 1000.0;
+        self.exchange_ms += (took_ms - self.exchange_ms) / 8.0;
+    }
+}
+
+/// How a delivery got on with a destination's window.
+pub(super) enum Entry {
+    /// A slot, held until dropped; `waited`: not free at once.
+    Slot {
+        permit: OwnedSemaphorePermit,
+        waited: bool,
+    },
+    /// The line was full: the row is to be claimed again at this time (unix ms).
+    GiveBack(i64),
+    /// No slot within the wait.
+    NoSlot,
+}
+
+/// A place in a destination's line, left when dropped.
+struct InLine<'a>(&'a Mutex<Line>);
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        lock(self.0).waiting -= 1;
+    }
+}
+
+fn lock(line: &Mutex<Line>) -> std::sync::MutexGuard<'_, Line> {
+    line.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Window {
+    pub(super) fn new() -> Self {
+        Window {
+            slots: Arc::new(Semaphore::new(WINDOW)),
+            line: Mutex::new(Line::new()),
+        }
+    }
+
+    /// A slot, at once or within `wait`; a row nobody waits on (`may_give_back`) finding
+    /// [`WAITING`] rows in line is given back instead of joining it.
+    pub(super) async fn enter(&self, wait: Duration, may_give_back: bool, now: i64) -> Entry {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Entry::Slot {
+                permit,
+                waited: false,
+            };
+        }
+        let _in_line = {
+            let mut line = lock(&self.line);
+            if may_give_back && line.waiting >= WAITING {
+                return Entry::GiveBack(line.give_back(now));
+            }
+            line.waiting += 1;
+            InLine(&self.line)
+        };
+        match tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
+            // The semaphore is never closed.
+            Ok(Ok(permit)) => Entry::Slot {
+                permit,
+                waited: true,
+            },
+            Ok(Err(_)) | Err(_) => Entry::NoSlot,
+        }
+    }
+
+    /// An exchange with the destination ended (answered or not) after `took`.
+    pub(super) fn exchanged(&self, took: Duration) {
+        lock(&self.line).exchanged(took);
+    }
+
+    /// Every slot, until the permit is dropped (tests: the window full).
+    pub(super) async fn fill(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots
+            .clone()
+            .acquire_many_owned(WINDOW as u32)
+            .await
+            .ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_given_back_get_turns_one_after_another_at_the_servers_pace() {
+        let mut line = Line::new();
+        line.exchange_ms = 640.0; // 10 ms a row with a window of 64
+        line.waiting = WAITING;
+        let now = 1_000_000;
+        // Behind the 64 waiting (640 ms), then 10 ms apart, in steps of 50 ms.
+        assert_eq!(line.give_back(now), now + 650);
+        assert_eq!(line.give_back(now), now + 700);
+        // Later, the next turn still follows the last one given out.
+        assert_eq!(line.give_back(now + 5), now + 700);
+        let turns: Vec<i64> = (0..5).map(|_| line.give_back(now + 5)).collect();
+        assert_eq!(
+            turns,
+            [now + 700, now + 700, now + 700, now + 750, now + 750]
+        );
+        // Once the line has moved on past the turns given out, they start from now again.
+        let later = now + 10_000;
+        assert_eq!(line.give_back(later), later + 650);
+    }
+
+    #[test]
+    fn a_slow_servers_turns_are_never_further_than_the_cap() {
+        let mut line = Line::new();
+        line.exchange_ms = 9_000.0; // a dying server's timeouts
+        line.waiting = WAITING;
+        let now = 5_000;
+        let turns: Vec<i64> = (0..1000).map(|_| line.give_back(now)).collect();
+        assert!(turns.windows(2).all(|t| t[0] <= t[1]), "in order");
+        assert!(turns.iter().all(|&t| t > now && t <= now + MAX_TURN_MS));
+    }
+
+    #[test]
+    fn the_pace_follows_the_exchanges() {
+        let mut line = Line::new();
+        for _ in 0..64 {
+            line.exchanged(Duration::from_millis(2_000));
+        }
+        assert!(
+            (line.exchange_ms - 2_000.0).abs() < 10.0,
+            "{}",
+            line.exchange_ms
+        );
+        for _ in 0..64 {
+            line.exchanged(Duration::from_millis(5));
+        }
+        assert!(line.exchange_ms < 10.0, "{}", line.exchange_ms);
+    }
+
+    #[tokio::test]
+    async fn only_a_row_nobody_waits_on_is_given_back_and_only_once_the_line_is_full() {
+        let window = Window::new();
+        let _all = window.fill().await.unwrap();
+        let (window, now) = (Arc::new(window), 1_000);
+        let mut waiting = Vec::new();
+        for _ in 0..WAITING {
+            let window = window.clone();
+            waiting.push(tokio::spawn(async move {
+                matches!(
+                    window.enter(Duration::from_secs(60), true, now).await,
+                    Entry::Slot { .. }
+                )
+            }));
+        }
+        while lock(&window.line).waiting < WAITING {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(
+            window.enter(Duration::from_secs(60), true, now).await,
+            Entry::GiveBack(at) if at > now
+        ));
+        // One a caller waits on joins the line and waits its wait out.
+        assert!(matches!(
+            window.enter(Duration::from_millis(20), false, now).await,
+            Entry::NoSlot
+        ));
+        assert_eq!(lock(&window.line).waiting, WAITING);
+        drop(_all);
+        for waiter in waiting {
+            assert!(waiter.await.unwrap());
+        }
+        assert_eq!(lock(&window.line).waiting, 0);
+    }
+}
