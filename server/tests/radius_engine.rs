@@ -897,7 +897,7 @@ async fn more_than_256_requests_in_flight_to_one_server_all_complete_over_more_s
             };
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             radius
-                .account(&endpoint, &nas, &record, deadline, (true, false))
+                .account(&endpoint, &nas, &record, deadline, (true, false), None)
                 .await
         });
     }
@@ -2775,6 +2775,54 @@ async fn a_stop_the_server_never_answers_does_not_keep_it_looking_down() {
         stop_of(unstorable.id).await.delivered_at.is_none(),
         "never answered"
     );
+    app.stop().await;
+}
+
+/// An organization's one server answers Status-Server and every other packet, but never one
+/// Stop (its accounting cannot store that record). That Stop, sent again after a probe found
+/// the server back, is the packet's silence, not the server's: it does not open the breaker
+/// again — before, each of its retries reopened it for ever longer (2 s … 64 s), and while it
+/// was open every sign-in of the organization failed (black-box tester T's D1 of session 80).
+#[tokio::test]
+async fn a_stop_the_server_never_answers_does_not_reopen_its_breaker() {
+    let primary = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(&quick_failover(&db, vec![fast(&primary, "primary")])).await;
+    let server = app.organizations.get("acme").unwrap().servers[0].clone();
+    let health = app.radius.health().clone();
+    let target = health.target(&server, radius_portal::radius::health::Port::Acct);
+    let unstorable = app
+        .sessions
+        .login(
+            "acme",
+            "unstorable",
+            "unstorable-pass",
+            IpAddr::V4(client(47)),
+        )
+        .await
+        .unwrap();
+    assert!(app.sessions.disconnect(unstorable.id).await.unwrap());
+    // Its first exchange opens the breaker (one failure opens it here), a probe closes it,
+    // and the Stop goes again at once, and again after its backoff.
+    wait_until("the unanswered Stop was sent three times", || async {
+        stop_row(&app, unstorable.id).await.transmissions >= 3
+    })
+    .await;
+    assert_eq!(
+        health.recoveries_at(target),
+        1,
+        "only the first silence opened the breaker"
+    );
+    assert!(health.is_up(&server, radius_portal::radius::health::Port::Acct));
+    // The organization's sign-ins go on.
+    let carol = app
+        .sessions
+        .login("acme", "carol", "carol-pass", IpAddr::V4(client(48)))
+        .await
+        .unwrap();
+    let sid = format!("sid={} ", carol.acct_session_id);
+    primary.wait_for_acct(&["status=Start", &sid]).await;
+    assert!(stop_row(&app, unstorable.id).await.delivered_at.is_none());
     app.stop().await;
 }
 

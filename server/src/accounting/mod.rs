@@ -193,6 +193,12 @@ pub struct Accounting {
     /// Bounded ([`UNSEEN_ROWS`]); a row not counted here is taken to have been seen (a copy too
     /// many).
     unseen: Arc<Mutex<HashMap<i64, i64>>>,
+    /// Rows whose packet a server left unanswered, by row id: that server, and when the first
+    /// such exchange began. A packet with nowhere else to go (its organization's one server, a
+    /// copy for its server) left unanswered again after the server was heard since is the
+    /// packet's silence, not the server's: it opens no breaker
+    /// ([`crate::radius::Radius::account`]). Bounded ([`SILENT_ROWS`]).
+    silences: Arc<Mutex<HashMap<i64, (Target, Instant)>>>,
     /// Sign-ins whose Start goes while Stops of their address's earlier sessions are still on
     /// their way, by session: the Stops, and when the Start left. The Start's recording in
     /// this process looks for one acknowledged since ([`SessionStore::mark_delivered`]).
@@ -213,6 +219,10 @@ pub struct Accounting {
 
 /// Start rows [`Accounting`] remembers refused attempts of, at most.
 const UNSEEN_ROWS: usize = 65_536;
+
+/// Rows [`Accounting`] remembers the silences of, at most (then forgotten all at once: a
+/// forgotten row's next silence counts against its server once more).
+const SILENT_ROWS: usize = 65_536;
 
 /// Stranded claims remembered at most; beyond, a claim runs out with its lease.
 const STRANDED_MAX: usize = 65_536;
@@ -547,6 +557,7 @@ impl Accounting {
             organizations,
             wake: Arc::new(Notify::new()),
             windows: Arc::default(),
+            silences: Arc::default(),
             claimed: tokio_util::task::TaskTracker::new(),
             moved: Arc::default(),
             inline: Arc::default(),
@@ -1556,6 +1567,18 @@ impl Accounting {
             ),
             _ => (own_deadline, false),
         };
+        // A packet with nowhere else to go, left unanswered there before.
+        let target = health.target(server, Port::Acct);
+        let earlier_silence = if row.copy_to.is_some() || org.servers.len() == 1 {
+            self.silences
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&row.id)
+                .filter(|(at, _)| *at == target)
+                .map(|(_, since)| *since)
+        } else {
+            None
+        };
         let sent_at = Instant::now();
         let answered = self
             .radius
@@ -1565,10 +1588,21 @@ impl Accounting {
                 &record,
                 deadline,
                 (end_when_unreachable, cut_by_caller),
+                earlier_silence,
             )
             .await;
         // The pace of the rows given back while the window is full.
         window.exchanged(sent_at.elapsed());
+        if matches!(answered, Err(RadiusError::Timeout)) {
+            let mut silences = self.silences.lock().unwrap_or_else(|p| p.into_inner());
+            if silences.len() >= SILENT_ROWS && !silences.contains_key(&row.id) {
+                silences.clear();
+            }
+            let first = silences.entry(row.id).or_insert((target, sent_at));
+            if first.0 != target {
+                *first = (target, sent_at);
+            }
+        }
         match answered {
             Ok(()) => {
                 // Acknowledged: the row checks no down server any more.
@@ -1824,6 +1858,10 @@ impl Accounting {
     /// made due at their time — in the background: an acknowledgement (a sign-in's Start)
     /// does not wait for that write.
     fn settled_carrier(&self, row: i64) {
+        self.silences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&row);
         let handed = self.carriers.settled(row);
         if !handed.is_empty() {
             let this = self.clone();

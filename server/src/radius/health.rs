@@ -72,6 +72,8 @@ struct Entry {
     answered_at: Option<Instant>,
     /// A Status-Server probe of it was answered once.
     probe_answered: bool,
+    /// When it was last heard: an ordinary request, a probe or an idle check answered.
+    heard_at: Option<Instant>,
     /// The outage (by when its breaker opened) in which its next trial was brought forward
     /// once already, the server having answered at its other port.
     brought_forward: Option<Instant>,
@@ -313,6 +315,7 @@ impl ServerHealth {
             recoveries: 0,
             answered_at: None,
             probe_answered: false,
+            heard_at: None,
             brought_forward: None,
         };
         let mut registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -453,6 +456,7 @@ impl ServerHealth {
         }
         let (closed, sibling, name, after_failures) = self.with(target, |e| {
             e.answered_at = Some(Instant::now());
+            e.heard_at = e.answered_at;
             // Failures the other replicas were told of: they start counting again too.
             let after_failures = match e.breaker.state() {
                 BreakerState::Closed { failures, .. } if failures > 0 => e
@@ -557,6 +561,25 @@ impl ServerHealth {
         }
     }
 
+    /// Whether `target` was heard (a request, probe or idle check answered) after `at`.
+    pub fn heard_since(&self, target: Target, at: Instant) -> bool {
+        self.with(target, |e| e.heard_at.is_some_and(|heard| heard > at))
+    }
+
+    /// An exchange begun at `started` of a packet that `server` at `port` left unanswered
+    /// before and was heard since — its silence is the packet's (a record the server cannot
+    /// store), not the server's: a closed breaker does not count it (the packet, sent again,
+    /// would otherwise open it every time a probe has closed it: black-box tester T's D1 of
+    /// session 80); a trial's loss is still one ([`Self::record_exchange_failure`]).
+    pub fn record_packet_silence(&self, server: &ServerEndpoint, port: Port, started: Instant) {
+        let closed = self.with(self.target(server, port), |e| {
+            matches!(e.breaker.state(), BreakerState::Closed { .. })
+        });
+        if !closed {
+            self.record_exchange_failure(server, port, None, Some(started));
+        }
+    }
+
     /// Probes due now (each taken once per probe interval), and when the next one is due.
     pub fn take_due_probes(&self) -> (Vec<(ServerEndpoint, Port, Check)>, Option<Instant>) {
         self.take_due_probes_at(Instant::now())
@@ -645,7 +668,10 @@ impl ServerHealth {
         };
         if still_checked && !self.retired(target) {
             match answered {
-                Some(true) => self.with(target, |e| e.probe_answered = true),
+                Some(true) => self.with(target, |e| {
+                    e.probe_answered = true;
+                    e.heard_at = Some(now);
+                }),
                 Some(false) => {
                     tracing::info!(server = %server.name, addr = %address(server, port), ?port,
                         "RADIUS server idle and its Status-Server check went unanswered");
@@ -732,6 +758,7 @@ impl ServerHealth {
         let addr = address(server, port);
         let closed = self.with(self.target(server, port), |e| {
             e.probe_answered = true;
+            e.heard_at = Some(Instant::now());
             let closed = e.breaker.record_probe_success();
             if closed {
                 e.closed_again_at = Some(Instant::now());

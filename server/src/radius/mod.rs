@@ -555,6 +555,7 @@ impl Radius {
         port: Port,
         deadline: Instant,
         (require_message_authenticator, end_when_unreachable, callers_deadline): (bool, bool, bool),
+        earlier_silence: Option<Instant>,
         build: impl FnOnce(u8) -> Result<(Vec<u8>, [u8; 16]), RadiusError>,
     ) -> Result<Reply, RadiusError> {
         let destination = health::address(server, port);
@@ -611,6 +612,16 @@ impl Radius {
             Err(RadiusError::NotAnAnswer(why)) => {
                 self.health
                     .record_exchange_failure(server, port, Some(why.as_str()), Some(begun))
+            }
+            // The packet was left unanswered before, and the server heard since: its silence
+            // is the packet's.
+            Err(RadiusError::Timeout)
+                if earlier_silence.is_some_and(|at| {
+                    self.health
+                        .heard_since(self.health.target(server, port), at)
+                }) =>
+            {
+                self.health.record_packet_silence(server, port, begun)
             }
             Err(e) if e.is_server_silent() || matches!(e, RadiusError::Io(_)) => self
                 .health
@@ -697,6 +708,7 @@ impl Radius {
                             end_when_unreachable,
                             false,
                         ),
+                        None,
                         |id| {
                             let authenticator = random_authenticator();
                             let mut p = Request::access_request(
@@ -786,7 +798,10 @@ impl Radius {
     }
 
     /// Sends one Accounting-Request to `server` and waits for the Accounting-Response (see
-    /// [`Exchange`] for `end_when_unreachable`).
+    /// [`Exchange`] for `end_when_unreachable`). `earlier_silence`: when an exchange of this
+    /// packet with the server, unanswered, began before (a packet that has nowhere else to
+    /// go): left unanswered again after the server was heard since, its silence is the
+    /// packet's ([`ServerHealth::record_packet_silence`]).
     pub async fn account(
         &self,
         server: &ServerEndpoint,
@@ -794,6 +809,7 @@ impl Radius {
         record: &AccountingRecord,
         deadline: Instant,
         (end_when_unreachable, callers_deadline): (bool, bool),
+        earlier_silence: Option<Instant>,
     ) -> Result<(), RadiusError> {
         let secret = server.secret.expose().as_bytes();
         // Accounting-Responses rarely carry Message-Authenticator; the Response Authenticator
@@ -804,6 +820,7 @@ impl Radius {
                 Port::Acct,
                 deadline,
                 (false, end_when_unreachable, callers_deadline),
+                earlier_silence,
                 |id| encode_accounting(id, nas, record, secret),
             )
             .await?;
