@@ -664,6 +664,51 @@ fn unix_secs() -> i64 {
         .as_secs() as i64
 }
 
+/// An operator's write on SQLite waits for the database's write lock longer than SQLite's own
+/// 5 s: a portal under a burst of sign-ins holds it but for moments between its batches, and
+/// `org disable` — the command meant to stop that burst — failed with "database is locked"
+/// (the guard review's M1 of session 81). Here another connection holds the lock for 6 s, and
+/// a session's terminate and the organization's disable both wait it out.
+#[tokio::test]
+async fn an_operators_write_waits_out_a_write_lock_held_longer_than_five_seconds() {
+    let (radius, _dir, db, config, _settings, app, first) = cli_portal_with("carol", 60).await;
+    let second = app
+        .sessions
+        .login("acme", "erin", "erin-pass", ip(61))
+        .await
+        .unwrap();
+    let held_for_six_seconds = || {
+        let holder = rusqlite::Connection::open(&db).unwrap();
+        holder.busy_timeout(Duration::from_secs(5)).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(6);
+        std::thread::spawn(move || {
+            // The lock held that long is the case here, not a condition to wait for.
+            std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()));
+            holder.execute_batch("COMMIT").unwrap();
+        })
+    };
+
+    let holder = held_for_six_seconds();
+    let terminate = portal(&config, &["session", "terminate", &second.id.to_string()]).await;
+    holder.join().unwrap();
+    assert!(terminate.status.success(), "{terminate:?}");
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={}", second.acct_session_id)])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Admin-Reset");
+
+    let holder = held_for_six_seconds();
+    let disable = portal(&config, &["org", "disable", "acme"]).await;
+    holder.join().unwrap();
+    assert!(disable.status.success(), "{disable:?}");
+    let stop = radius
+        .wait_for_acct(&["status=Stop", &format!("sid={}", first.acct_session_id)])
+        .await;
+    assert_eq!(field(&stop, "cause"), "Admin-Reset");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn stops_an_operator_asks_for_while_no_portal_runs_say_when_they_were_asked_for() {
     let radius = FreeRadius::start().await;

@@ -25,6 +25,9 @@ use std::{path::Path, str::FromStr, time::Duration};
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// An operator command's: one connection that waits for no lock, for the organization
+    /// store's write transactions, begun by tries a millisecond apart ([`OPERATOR_PATIENCE`]).
+    patient_writes: Option<SqlitePool>,
     pub(crate) engine: Engine,
     /// The web-session records this process wrote (see `web_sessions`).
     pub(crate) web_records: std::sync::Arc<super::web_sessions::RecordCache>,
@@ -221,6 +224,42 @@ enum Open {
     Existing,
     /// Read-only, as it is (`check-config`).
     ReadOnly,
+    /// As it is, one connection for an operator command's writes that waits for no lock (its
+    /// caller tries again, [`begin_patiently`]).
+    Patient,
+}
+
+/// How long an operator command's write waits for the database's write lock — its writes
+/// are the organization store's, on sqlx; the engine's writer is `serve`'s (as on
+/// PostgreSQL, `postgres::operator_waits`): a portal under a burst of sign-ins holds it all but
+/// a few microseconds between its batches, and SQLite's own busy handler, trying every 100 ms,
+/// missed those gaps for its 5 s (the guard review's M1 of session 81: `org disable` failed
+/// with "database is locked" during the burst it was meant to stop).
+const OPERATOR_PATIENCE: Duration = Duration::from_secs(70);
+
+/// Whether a SQLite result code (as sqlx gives it: the extended code in decimal) is
+/// SQLITE_BUSY or one of its extended codes.
+fn is_busy_code(code: Option<&str>) -> bool {
+    code.and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| c & 0xff == rusqlite::ffi::SQLITE_BUSY)
+}
+
+/// A write transaction on `pool` (whose connection waits for no lock), tried every millisecond
+/// until it begins or [`OPERATOR_PATIENCE`] has passed.
+async fn begin_patiently(
+    pool: &SqlitePool,
+) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StorageError> {
+    let until = std::time::Instant::now() + OPERATOR_PATIENCE;
+    loop {
+        match pool.begin_with("BEGIN IMMEDIATE").await {
+            Err(sqlx::Error::Database(e))
+                if is_busy_code(e.code().as_deref()) && std::time::Instant::now() < until =>
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            begun => return Ok(begun?),
+        }
+    }
 }
 
 impl SqliteStore {
@@ -245,6 +284,7 @@ impl SqliteStore {
         let engine = Engine::open(path)?;
         let storage = SqliteStore {
             pool,
+            patient_writes: None,
             engine,
             web_records: Default::default(),
         };
@@ -268,9 +308,13 @@ impl SqliteStore {
             .map_err(|e| explain_read_only(e, path))?;
         let applied = Self::applied_migrations(&pool).await?;
         super::fit_for_operator(&sqlx::migrate!("./migrations/sqlite"), &applied)?;
+        let patient_writes = Self::open_pool(path, Open::Patient)
+            .await
+            .map_err(|e| explain_read_only(e, path))?;
         let engine = Engine::open(path).map_err(|e| explain_read_only(e, path))?;
         Ok(SqliteStore {
             pool,
+            patient_writes: Some(patient_writes),
             engine,
             web_records: Default::default(),
         })
@@ -302,6 +346,7 @@ impl SqliteStore {
         Ok((
             SqliteStore {
                 pool,
+                patient_writes: None,
                 engine,
                 web_records: Default::default(),
             },
@@ -314,19 +359,24 @@ impl SqliteStore {
         let url = format!("sqlite://{}", path.display());
         let options = SqliteConnectOptions::from_str(&url)?
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5))
+            .busy_timeout(if matches!(open, Open::Patient) {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(5)
+            })
             .foreign_keys(true);
+        let connections = if matches!(open, Open::Patient) { 1 } else { 4 };
         let options = match open {
             Open::Create => options
                 .create_if_missing(true)
                 .page_size(1024)
                 .journal_mode(SqliteJournalMode::Wal),
             // WAL mode is the file's own, set when it was made.
-            Open::Existing => options,
+            Open::Existing | Open::Patient => options,
             Open::ReadOnly => options.read_only(true),
         };
         Ok(SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(connections)
             .connect_with(options)
             .await?)
     }
@@ -632,7 +682,10 @@ impl OrgBackend for SqliteStore {
         if let Some(lost) = self.engine.files_lost() {
             return Err(lost);
         }
-        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let tx = match &self.patient_writes {
+            Some(patient) => begin_patiently(patient).await?,
+            None => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+        };
         Ok(OrgTx::new(tx, Some(gate)))
     }
 
