@@ -190,6 +190,7 @@ on_both_backends!(
     sign_ins_that_never_finished_end_as_they_would_have,
     pruning_keeps_what_is_pending,
     organization_changes_are_revisioned_audited_and_guarded,
+    an_organization_the_file_no_longer_lists_is_disabled_and_unlisted_together,
     keys_and_web_sessions_are_shared_by_every_process,
     logins_racing_a_disable_never_outlive_it,
     two_replicas_logging_in_one_client_leave_one_session,
@@ -3176,6 +3177,40 @@ async fn pruning_keeps_what_is_pending(db: Db) {
     );
     assert!(s.session(active).await.unwrap().is_some());
     assert_eq!(s.outbox_backlog().await.unwrap(), 1);
+}
+
+/// At start-up, an organization the file no longer lists is disabled (its stop job queued,
+/// audited by `config`) and no longer the file's — both in one call, one transaction.
+async fn an_organization_the_file_no_longer_lists_is_disabled_and_unlisted_together(db: Db) {
+    let s = &db.storage;
+    let acme = |orgs: Vec<radius_portal::storage::StoredOrganization>| {
+        orgs.into_iter().find(|o| o.id == "acme").unwrap()
+    };
+    let before = acme(s.organizations().await.unwrap());
+    assert!(before.active && before.from_config);
+    let retired = s.retire_from_config("acme", T0).await.unwrap().unwrap();
+    assert!(retired.changed);
+    let after = acme(s.organizations().await.unwrap());
+    assert!(!after.active && !after.from_config, "{after:?}");
+    assert!(after.revision > before.revision);
+    let jobs = s.pending_organization_jobs().await.unwrap();
+    assert!(jobs.iter().any(|j| j.organization_id == "acme"), "{jobs:?}");
+    let audited = s.audit_tail(5).await.unwrap();
+    assert!(
+        audited
+            .iter()
+            .any(|e| e.action == "org.disable" && e.actor == "config"),
+        "{audited:?}"
+    );
+    // Again: nothing more changes; an organization that is not there is none.
+    assert!(
+        !s.retire_from_config("acme", T0)
+            .await
+            .unwrap()
+            .unwrap()
+            .changed
+    );
+    assert!(s.retire_from_config("nope", T0).await.unwrap().is_none());
 }
 
 async fn organization_changes_are_revisioned_audited_and_guarded(db: Db) {

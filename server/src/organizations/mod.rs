@@ -725,13 +725,12 @@ pub async fn seed(
         if stored.from_config && !settings.iter().any(|s| s.id == stored.id) {
             let now = crate::access_session::now_ms();
             if storage
-                .set_organization_active(&stored.id, false, "config", now)
+                .retire_from_config(&stored.id, now)
                 .await?
                 .is_some_and(|c| c.changed)
             {
                 tracing::warn!(organization = %stored.id, "organization removed from the configuration: disabled, its open sessions are stopped");
             }
-            storage.forget_config_position(&stored.id).await?;
         }
     }
     Ok(())

@@ -513,6 +513,12 @@ contract! {
         /// An organization no longer listed in the configuration: it is no longer the
         /// configuration's (its position is cleared).
         fn forget_config_position(&self, id: &str) -> ();
+        /// An organization the configuration no longer lists, at start-up: disabled (as
+        /// [`OrganizationStore::set_organization_active`], by `config`) and no longer the
+        /// configuration's, in one transaction — a crash between the two left it disabled and
+        /// still "listed in the file": `org delete` refused it for that, and enabled again by an
+        /// operator, the next start disabled it again (the guard review's L3 of session 81).
+        fn retire_from_config(&self, id: &str, now: i64) -> Option<ActiveChange>;
         /// Queues the termination of an active session for the running portal (operator command
         /// in another process), audited — once: a termination still pending is not queued again.
         fn queue_session_termination(&self, session_id: i64, actor: &str, now: i64) -> Termination;

@@ -619,6 +619,43 @@ impl Flipped {
 
 /// Flips the active flag in a change (row revision, global revision, audit entry, and on
 /// disable the stop job). None if it was already so.
+/// [`OrganizationStore::set_organization_active`] in one transaction; `retire`: the
+/// organization is no longer the configuration's too ([`OrganizationStore::retire_from_config`]).
+async fn change_active<B: OrgBackend>(
+    store: &B,
+    id: &str,
+    (active, actor, now): (bool, &str, i64),
+    retire: bool,
+) -> Result<Option<ActiveChange>, StorageError> {
+    let mut change = store.begin_change().await?;
+    let c = change.conn();
+    let exists: Option<(String,)> = c
+        .fetch_optional(
+            "SELECT id FROM organizations WHERE id = $1",
+            &[Arg::Text(id)],
+        )
+        .await?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let flipped = set_active_in(store, c, id, active, actor, now).await?;
+    if retire {
+        c.execute(
+            "UPDATE organizations SET position = NULL WHERE id = $1",
+            &[Arg::Text(id)],
+        )
+        .await?;
+    }
+    change.commit().await?;
+    if let Some(flipped) = &flipped {
+        flipped.log(id, actor);
+    }
+    Ok(Some(ActiveChange {
+        changed: flipped.is_some(),
+        skipped_stop: flipped.and_then(|f| f.skipped_stop),
+    }))
+}
+
 async fn set_active_in<B: OrgBackend>(
     backend: &B,
     c: &mut B::Conn,
@@ -922,26 +959,15 @@ impl<B: OrgBackend> OrganizationStore for B {
         actor: &str,
         now: i64,
     ) -> Result<Option<ActiveChange>, StorageError> {
-        let mut change = self.begin_change().await?;
-        let c = change.conn();
-        let exists: Option<(String,)> = c
-            .fetch_optional(
-                "SELECT id FROM organizations WHERE id = $1",
-                &[Arg::Text(id)],
-            )
-            .await?;
-        if exists.is_none() {
-            return Ok(None);
-        }
-        let flipped = set_active_in(self, c, id, active, actor, now).await?;
-        change.commit().await?;
-        if let Some(flipped) = &flipped {
-            flipped.log(id, actor);
-        }
-        Ok(Some(ActiveChange {
-            changed: flipped.is_some(),
-            skipped_stop: flipped.and_then(|f| f.skipped_stop),
-        }))
+        change_active(self, id, (active, actor, now), false).await
+    }
+
+    async fn retire_from_config(
+        &self,
+        id: &str,
+        now: i64,
+    ) -> Result<Option<ActiveChange>, StorageError> {
+        change_active(self, id, (false, "config", now), true).await
     }
 
     async fn forget_config_position(&self, id: &str) -> Result<(), StorageError> {
