@@ -27,6 +27,14 @@ pub const POLL: Duration = Duration::from_millis(500);
 /// a replica that dies leaves the job to another once the lease runs out (which stops nothing
 /// twice).
 const JOB_LEASE_MS: i64 = 30_000;
+
+/// How long the jobs a pass claims are left to this process before it starts each (its lease
+/// renewed to [`JOB_LEASE_MS`] then): a pass runs its jobs one after another, and a second
+/// organization disabled together with a large one had its Stops wait behind the first's job
+/// — up to the lease — while other replicas had nothing to do (the guard review's L2 of
+/// session 81). Now another replica's pass takes it once this hold runs out. Longer than a
+/// few passes ([`POLL`]), so a job waiting out its back-off here stays here.
+const JOB_CLAIM_HOLD_MS: i64 = 2_000;
 /// How often a long stop job reloads the organizations changed elsewhere (a pass does it
 /// before its jobs; a job of many sessions would otherwise hold that up until it ends).
 const CACHE_REFRESH_MS: i64 = 500;
@@ -101,7 +109,7 @@ impl OrganizationWorker {
         let claimed_at = now_ms();
         let jobs = match self
             .storage
-            .claim_organization_jobs(claimed_at, claimed_at + JOB_LEASE_MS)
+            .claim_organization_jobs(claimed_at, claimed_at + JOB_CLAIM_HOLD_MS)
             .await
         {
             Ok(jobs) => jobs,
