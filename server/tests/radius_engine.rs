@@ -3942,6 +3942,58 @@ async fn an_accept_from_a_server_the_organization_no_longer_has_opens_no_session
     app.stop().await;
 }
 
+/// An organization deleted and made again under its id while a sign-in's Access-Request waits,
+/// with the same server but settings this process cannot build (a secret file it cannot
+/// read): an organization unknown here is denied — the Accept opens no session, nothing is
+/// sent.
+#[tokio::test]
+async fn an_accept_for_an_organization_this_process_cannot_build_now_opens_no_session() {
+    use radius_portal::organizations::change;
+    let MoverSignIn {
+        old,
+        new,
+        release,
+        app,
+        elsewhere,
+        signing_in,
+        _dir,
+    } = mover_signing_in(53).await;
+    change::delete(&app.storage, &elsewhere, "mv", "cli:test")
+        .await
+        .unwrap();
+    let secret_file = _dir.path().join("mover.secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let mut same = old.server_settings("mover", true);
+    same.secret = None;
+    same.secret_file = Some(secret_file.clone());
+    change::create(
+        &app.storage,
+        &elsewhere,
+        serde_json::json!({ "id": "mv", "name": "Mover again", "servers": [same] }),
+        "cli:test",
+    )
+    .await
+    .unwrap();
+    std::fs::remove_file(&secret_file).unwrap();
+    wait_until("this process has dropped the organization", || async {
+        app.organizations.get("mv").is_none()
+    })
+    .await;
+    release.notify_one();
+    let refused = signing_in.await.unwrap();
+    assert!(
+        matches!(
+            refused,
+            Err(radius_portal::access_session::SessionError::OrganizationDisabled)
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(app.storage.active_sessions().await.unwrap(), 0);
+    assert!(!old.acct_lines().iter().any(|l| l.contains("status=Start")));
+    drop(new);
+    app.stop().await;
+}
+
 /// Organizations sharing a RADIUS server (one address, one secret) each have a breaker of their
 /// own: one whose users the server never answers (their directory down behind it) opens its
 /// own, and the other's users still sign in there (black-box tester M's D6: one shared breaker
