@@ -2826,6 +2826,97 @@ async fn a_stop_the_server_never_answers_does_not_reopen_its_breaker() {
     app.stop().await;
 }
 
+/// A Stop its own server never answers, while the server answers every other packet (other
+/// users sign in and out all the time, so its breaker stays closed): after two unanswered
+/// exchanges with the server heard since, the Stop goes to the backup — before, it stayed at
+/// the own server, backing off to five minutes, for as long as the other traffic went on
+/// (black-box tester N's H1 of session 81).
+#[tokio::test]
+async fn a_stop_its_server_never_answers_goes_to_the_backup_while_others_keep_it_up() {
+    let primary = FreeRadius::start().await;
+    let backup = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let primary_acct = SocketAddr::from(([127, 0, 0, 1], primary.acct_port));
+    let mut own = fast(&primary, "primary");
+    own.acct_port = common::relay_dropping_stops_of(primary_acct, "erin")
+        .await
+        .port();
+    let mut config = settings(&db, vec![own, fast(&backup, "backup")]);
+    config.radius.probe_interval = Duration::from_millis(500);
+    let app = TestApp::spawn(&config).await;
+    let erin = app
+        .sessions
+        .login("acme", "erin", "erin-pass", IpAddr::V4(client(49)))
+        .await
+        .unwrap();
+    assert_eq!(erin.server_name, "primary");
+    // Other users keep the primary answering.
+    let busy = {
+        let sessions = app.sessions.clone();
+        tokio::spawn(async move {
+            for n in 0u8.. {
+                let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 2, n % 200 + 1));
+                if let Ok(s) = sessions.login("acme", "carol", "carol-pass", ip).await {
+                    let _ = sessions.disconnect(s.id).await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    assert!(app.sessions.disconnect(erin.id).await.unwrap());
+    let sid = format!("sid={} ", erin.acct_session_id);
+    let stop = backup.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&stop, "cause"), "User-Request");
+    busy.abort();
+    let health = app.radius.health();
+    let server = app.organizations.get("acme").unwrap().servers[0].clone();
+    assert!(
+        health.is_up(&server, radius_portal::radius::health::Port::Acct),
+        "the primary stayed up"
+    );
+    app.stop().await;
+}
+
+/// A server back after an outage but slow — answering in more than one timeout, well within
+/// its timeout × tries, as requests are given — is found back by its probe: before, a probe had
+/// one timeout, and the server stayed down (its Stops held, every sign-in failing) for as long
+/// as it was that slow, though it served requests (black-box tester N's H2 of session 81).
+#[tokio::test]
+async fn a_server_back_but_slower_than_one_timeout_is_found_back() {
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    let primary = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let delay = Arc::new(AtomicU64::new(0));
+    let mut slow = fast(&primary, "primary");
+    slow.retries = 2; // 300 ms a try, 900 ms an exchange
+    slow.acct_port = common::delaying_relay(
+        SocketAddr::from(([127, 0, 0, 1], primary.acct_port)),
+        delay.clone(),
+    )
+    .await;
+    let app = TestApp::spawn(&quick_failover(&db, vec![slow])).await;
+    let (session, sid) = carol_at_primary(&app, &primary, 50).await;
+    let server = app.organizations.get("acme").unwrap().servers[0].clone();
+    let health = app.radius.health().clone();
+    let acct = radius_portal::radius::health::Port::Acct;
+
+    delay.store(u64::MAX, SeqCst);
+    assert!(app.sessions.disconnect(session.id).await.unwrap());
+    wait_until("the server's breaker open", || async {
+        !health.is_up(&server, acct)
+    })
+    .await;
+    // Back, answering in 500 ms: more than a try's 300 ms.
+    delay.store(500, SeqCst);
+    let stop = primary.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&stop, "cause"), "User-Request");
+    wait_until("the server found back", || async {
+        health.is_up(&server, acct)
+    })
+    .await;
+    app.stop().await;
+}
+
 /// A Start that failed over (the session's own server answered its Access-Request, but its
 /// accounting port was down) takes the session's accounting with it: the Stop goes where the
 /// Start is, also once the own server's accounting is back — not a Start open at one server

@@ -193,12 +193,13 @@ pub struct Accounting {
     /// Bounded ([`UNSEEN_ROWS`]); a row not counted here is taken to have been seen (a copy too
     /// many).
     unseen: Arc<Mutex<HashMap<i64, i64>>>,
-    /// Rows whose packet a server left unanswered, by row id: that server, and when the first
-    /// such exchange began. A packet with nowhere else to go (its organization's one server, a
-    /// copy for its server) left unanswered again after the server was heard since is the
-    /// packet's silence, not the server's: it opens no breaker
-    /// ([`crate::radius::Radius::account`]). Bounded ([`SILENT_ROWS`]).
-    silences: Arc<Mutex<HashMap<i64, (Target, Instant)>>>,
+    /// Rows whose packet a server left unanswered, by row id: that server, when the first such
+    /// exchange began, and how many there were. Left unanswered again after the server was
+    /// heard since, the silence is the packet's, not the server's: a packet with nowhere else
+    /// to go (its organization's one server, a copy for its server) opens no breaker
+    /// ([`crate::radius::Radius::account`]), and one with a backup fails over
+    /// ([`Accounting::packets_own_silence`]). Bounded ([`SILENT_ROWS`]).
+    silences: Arc<Mutex<HashMap<i64, Silence>>>,
     /// Sign-ins whose Start goes while Stops of their address's earlier sessions are still on
     /// their way, by session: the Stops, and when the Start left. The Start's recording in
     /// this process looks for one acknowledged since ([`SessionStore::mark_delivered`]).
@@ -219,6 +220,14 @@ pub struct Accounting {
 
 /// Start rows [`Accounting`] remembers refused attempts of, at most.
 const UNSEEN_ROWS: usize = 65_536;
+
+/// A row's packet left unanswered by a server ([`Accounting::silences`]).
+#[derive(Clone, Copy)]
+struct Silence {
+    at: Target,
+    first: Instant,
+    times: u32,
+}
 
 /// Rows [`Accounting`] remembers the silences of, at most (then forgotten all at once: a
 /// forgotten row's next silence counts against its server once more).
@@ -1461,11 +1470,11 @@ impl Accounting {
             if let Some(left_out) = org_line(OrgLine::FailsOver, &scope) {
                 tracing::warn!(acct_session_id = %acct_id, status_type = record.status_type,
                     session_server = %session.server_name, server = %server.name, organization = %org.id, left_out,
-                    "accounting fails over: the session's server is down");
+                    "accounting fails over: the session's server is down (or leaves this packet unanswered)");
             } else {
                 tracing::debug!(acct_session_id = %acct_id, status_type = record.status_type,
                     session_server = %session.server_name, server = %server.name,
-                    "accounting fails over: the session's server is down");
+                    "accounting fails over: the session's server is down (or leaves this packet unanswered)");
             }
             // An Interim-Update may open the session where it goes: remembered before it
             // leaves (a kill -9 after the answer, before it is recorded, would lose it), so
@@ -1574,8 +1583,8 @@ impl Accounting {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&row.id)
-                .filter(|(at, _)| *at == target)
-                .map(|(_, since)| *since)
+                .filter(|silence| silence.at == target)
+                .map(|silence| silence.first)
         } else {
             None
         };
@@ -1591,17 +1600,30 @@ impl Accounting {
                 earlier_silence,
             )
             .await;
-        // The pace of the rows given back while the window is full.
-        window.exchanged(sent_at.elapsed());
+        // The pace of the rows given back while the window is full: answered exchanges only
+        // (a timeout says nothing of how fast the server answers: measured during an outage,
+        // the rows given back once it returned came round seconds late, tester N's L1).
+        if answered.is_ok() {
+            window.exchanged(sent_at.elapsed());
+        }
         if matches!(answered, Err(RadiusError::Timeout)) {
             let mut silences = self.silences.lock().unwrap_or_else(|p| p.into_inner());
             if silences.len() >= SILENT_ROWS && !silences.contains_key(&row.id) {
                 silences.clear();
             }
-            let first = silences.entry(row.id).or_insert((target, sent_at));
-            if first.0 != target {
-                *first = (target, sent_at);
+            let silence = silences.entry(row.id).or_insert(Silence {
+                at: target,
+                first: sent_at,
+                times: 0,
+            });
+            if silence.at != target {
+                *silence = Silence {
+                    at: target,
+                    first: sent_at,
+                    times: 0,
+                };
             }
+            silence.times += 1;
         }
         match answered {
             Ok(()) => {
@@ -1857,6 +1879,23 @@ impl Accounting {
     /// `row` is settled: the trials it carried go to the row held longest for that server,
     /// made due at their time — in the background: an acknowledgement (a sign-in's Start)
     /// does not wait for that write.
+    /// Whether `server` has left row `row`'s packet unanswered twice or more and was heard
+    /// since the first time: its silence is the packet's, not the server's.
+    fn packets_own_silence(&self, row: i64, server: &ServerEndpoint) -> bool {
+        let health = self.radius.health();
+        let silence = self
+            .silences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&row)
+            .copied();
+        silence.is_some_and(|silence| {
+            silence.at == health.target(server, Port::Acct)
+                && silence.times >= 2
+                && health.heard_since(silence.at, silence.first)
+        })
+    }
+
     fn settled_carrier(&self, row: i64) {
         self.silences
             .lock()
@@ -1939,6 +1978,28 @@ impl Accounting {
             tracing::debug!(acct_session_id = %acct_id, server = %name,
                 status_type = row.status_type, "a copy of the session's accounting waits for its server to come back");
             return Ok(Err(Delivery::RetryAt(retry)));
+        }
+        // The session's own server is up but has left this packet unanswered twice while it
+        // answered others since: the silence is the packet's (a record it cannot store), and
+        // another server that is up takes it — with its other traffic answered, the own
+        // server's breaker never opened, and the packet was never failed over (black-box
+        // tester N's H1 of session 81).
+        if let Some(own) = org
+            .servers
+            .iter()
+            .find(|s| s.name == session.server_name)
+            .filter(|own| self.packets_own_silence(row.id, own))
+        {
+            if let Some(other) = org
+                .servers
+                .iter()
+                .find(|s| s.name != own.name && health.is_up(s, Port::Acct))
+            {
+                tracing::warn!(acct_session_id = %acct_id, status_type = row.status_type,
+                    session_server = %own.name, server = %other.name, organization = %org.id,
+                    "the session's accounting server answers other packets but has left this one unanswered twice: it goes to another server");
+                return Ok(Ok((other, true)));
+            }
         }
         let settle = failover_settle(health.probe_interval());
         // The session's own server, down: how long after another came back its first check

@@ -49,7 +49,7 @@ struct Line {
     waiting: usize,
     /// The turn given to the last row given back (unix ms).
     last_turn: i64,
-    /// How long an exchange with the destination has been taking (ms, a moving average).
+    /// How long the destination has been taking to answer (ms, a moving average).
     exchange_ms: f64,
 }
 
@@ -142,7 +142,7 @@ impl Window {
         }
     }
 
-    /// An exchange with the destination ended (answered or not) after `took`.
+    /// An exchange with the destination was answered after `took`.
     pub(super) fn exchanged(&self, took: Duration) {
         lock(&self.line).exchanged(took);
     }

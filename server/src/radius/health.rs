@@ -23,14 +23,11 @@ use std::{
 };
 use tokio::{sync::Notify, time::Instant};
 
-/// How long one check of a down server takes at most: a Status-Server probe gets one try of
-/// the server's timeout (the prober's deadline); a trial request (`status_check = "request"`)
-/// its timeout × tries, as any request.
+/// How long one check of a down server takes at most: its timeout × tries, as any request —
+/// a Status-Server probe (a new packet every timeout, the prober's deadline) and a trial
+/// request (`status_check = "request"`) alike.
 pub fn check_answered_within(server: &ServerEndpoint) -> Duration {
-    match server.status_check {
-        StatusCheck::Request => server.timeout * (server.retries + 1),
-        StatusCheck::StatusServer => server.timeout,
-    }
+    server.timeout * (server.retries + 1)
 }
 /// A server as its breaker knows it: where requests go, and which secret signs them (a keyed
 /// hash, random per process: the secret itself is kept nowhere here).

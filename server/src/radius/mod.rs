@@ -929,12 +929,12 @@ impl Radius {
             for (server, port, check) in due {
                 let radius = self.clone();
                 tokio::spawn(async move {
-                    // A probe is one try (it is made again soon); an idle check has the tries
-                    // of a request, since its silence counts as a request's would.
-                    let tries = match check {
-                        health::Check::Probe => 1,
-                        health::Check::Idle => server.retries.saturating_add(1),
-                    };
+                    // A check waits for its answer as long as a request does (its timeout ×
+                    // tries, a new Status-Server every timeout, each answer taken until then):
+                    // a probe given one timeout never found back a server that, busy after an
+                    // outage, answered in 1-3 timeouts — it served requests, but stayed down
+                    // (black-box tester N's H2 of session 81).
+                    let tries = server.retries.saturating_add(1);
                     let deadline = Instant::now() + server.timeout.saturating_mul(tries);
                     let answer = radius
                         .status_server_at(&server, port, deadline, false)

@@ -851,6 +851,59 @@ pub async fn relay_dropping_user(upstream: SocketAddr, user: &'static str) -> So
     relay(upstream, move |request| !for_user(request), None).await
 }
 
+/// A UDP relay to `upstream` whose replies come back `delay_ms` late — a server slower than
+/// its timeout — or, `u64::MAX`, that drops every request (a server gone).
+#[allow(dead_code)]
+pub async fn delaying_relay(
+    upstream: SocketAddr,
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> u16 {
+    use std::sync::atomic::Ordering::SeqCst;
+    let front = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let port = front.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (len, from) = front.recv_from(&mut buf).await.unwrap();
+            let delay = delay_ms.load(SeqCst);
+            if delay == u64::MAX {
+                continue;
+            }
+            let request = buf[..len].to_vec();
+            let front = front.clone();
+            tokio::spawn(async move {
+                let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                back.send_to(&request, upstream).await.unwrap();
+                let mut reply = vec![0u8; 4096];
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(5), back.recv_from(&mut reply)).await;
+                if let Ok(Ok((n, _))) = answer {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    let _ = front.send_to(&reply[..n], from).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A UDP relay to accounting at `upstream` that drops every Accounting-Request Stop of `user`
+/// (a record the server cannot store) and passes the rest.
+#[allow(dead_code)]
+pub async fn relay_dropping_stops_of(upstream: SocketAddr, user: &'static str) -> SocketAddr {
+    use radius::core::{code::Code, packet::Packet, rfc2865, rfc2866};
+    let stop_of_user = move |request: &[u8]| {
+        Packet::decode(request, SECRET.as_bytes()).is_ok_and(|packet| {
+            packet.get_code() == Code::AccountingRequest
+                && rfc2866::lookup_acct_status_type(&packet)
+                    .is_some_and(|t| t.is_ok_and(|t| t == 2))
+                && rfc2865::lookup_user_name(&packet)
+                    .is_some_and(|name| name.is_ok_and(|n| n == user))
+        })
+    };
+    relay(upstream, move |request| !stop_of_user(request), None).await
+}
+
 /// A UDP relay to `upstream`: each datagram `pass` lets through goes there from a socket of its
 /// own, and the reply comes back — held until `hold`'s release when given (its first is told).
 async fn relay(
