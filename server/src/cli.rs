@@ -766,7 +766,7 @@ fn say_being_sent(being_sent: i64, no_sender: bool, still: &str) {
 }
 
 /// A row's packet as the accounting commands name it: its kind, and the server of a copy.
-fn packet_of(row: &crate::storage::OutboxEntry) -> String {
+pub(crate) fn packet_of(row: &crate::storage::OutboxEntry) -> String {
     let kind = match row.status_type {
         1 => "Start",
         2 => "Stop",

@@ -75,6 +75,16 @@ async fn an_unacknowledged_start_fails_the_login_and_keeps_start_and_stop_queued
         stop.contains(&format!("waits for row {start_row} of its session")),
         "{text}"
     );
+    // And `session show` says that the ended session's accounting reached no server.
+    let shown = common::operator_command(&db, &["session", "show", "1"]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("state:           ended"), "{shown}");
+    assert!(
+        shown.contains("accounting:      Start not acknowledged yet, sent ")
+            && shown.contains(" time(s), last error: ")
+            && shown.contains("accounting:      Stop not acknowledged yet, sent 0 time(s)"),
+        "{shown}"
+    );
     // A claim left by a process that is gone (a kill -9 while it sent the Start) is not said to
     // be "being sent": no portal serves the file (the operations review's L5).
     let storage = radius_portal::storage::Storage::open(&db).await.unwrap();

@@ -3197,9 +3197,10 @@ async fn an_organization_the_file_no_longer_lists_is_disabled_and_unlisted_toget
     assert!(jobs.iter().any(|j| j.organization_id == "acme"), "{jobs:?}");
     let audited = s.audit_tail(5).await.unwrap();
     assert!(
-        audited
-            .iter()
-            .any(|e| e.action == "org.disable" && e.actor == "config"),
+        audited.iter().any(|e| e.action == "org.disable"
+            && e.actor == "config"
+            && e.detail
+                .contains("no longer listed in the configuration file")),
         "{audited:?}"
     );
     // Again: nothing more changes; an organization that is not there is none.

@@ -1081,8 +1081,8 @@ mod tests {
     }
 
     /// A down server's first check after any instant is answered within one wait between
-    /// checks and the check's own time: a probe's one try, a trial's tries (the failover's
-    /// wait for the session's own server is counted from it).
+    /// checks and the check's own time: its tries, a probe's as a trial's (the failover's wait
+    /// for the session's own server is counted from it).
     #[tokio::test]
     async fn a_down_servers_first_check_is_answered_within_a_wait_and_its_own_time() {
         let health = health();
@@ -1092,7 +1092,7 @@ mod tests {
         health.record_failure(&probed, Port::Acct);
         assert_eq!(
             health.checked_within(&probed, Port::Acct),
-            Some(Duration::from_secs(3600) + Duration::from_millis(100))
+            Some(Duration::from_secs(3600) + Duration::from_millis(300))
         );
         let mut tried = server("nps", 1814, "s");
         tried.retries = 2;

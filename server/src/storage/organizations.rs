@@ -638,7 +638,9 @@ async fn change_active<B: OrgBackend>(
     if exists.is_none() {
         return Ok(None);
     }
-    let flipped = set_active_in(store, c, id, active, actor, now).await?;
+    // Why the file changed it (tester M's D4 of session 81: `config` alone did not say).
+    let reason = retire.then_some("no longer listed in the configuration file");
+    let flipped = set_active_in(store, c, id, (active, actor, now), reason).await?;
     if retire {
         c.execute(
             "UPDATE organizations SET position = NULL WHERE id = $1",
@@ -660,9 +662,8 @@ async fn set_active_in<B: OrgBackend>(
     backend: &B,
     c: &mut B::Conn,
     id: &str,
-    active: bool,
-    actor: &str,
-    now: i64,
+    (active, actor, now): (bool, &str, i64),
+    reason: Option<&str>,
 ) -> Result<Option<Flipped>, StorageError> {
     let changed = c
         .execute(
@@ -678,6 +679,9 @@ async fn set_active_in<B: OrgBackend>(
     bump_revision(backend, c).await?;
     let mut detail =
         serde_json::json!({ "before": { "active": !active }, "after": { "active": active } });
+    if let Some(reason) = reason {
+        detail["reason"] = reason.into();
+    }
     let mut skipped_stop = None;
     if active {
         // A disable's stop not yet done is skipped (design.md: the organization keeps its
@@ -933,7 +937,9 @@ impl<B: OrgBackend> OrganizationStore for B {
                     .await?;
                 }
                 if let Some(active) = enabled {
-                    flipped = set_active_in(self, c, id, active, "config", now).await?;
+                    let reason = format!("enabled = {active} in the configuration file");
+                    flipped =
+                        set_active_in(self, c, id, (active, "config", now), Some(&reason)).await?;
                     if flipped.is_some() {
                         changed.push(if active { "enabled" } else { "disabled" }.to_string());
                     }
