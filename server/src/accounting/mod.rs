@@ -1,7 +1,8 @@
 //! Durable accounting: delivers the outbox rows that storage wrote with each session change
 //! (Start, Interim-Update, Stop), strictly in order per session, concurrently across sessions,
 //! to the server that authenticated the session (by name; the organization's next server while
-//! its breaker is open), retrying with backoff until acknowledged. A crash loses nothing: rows
+//! its breaker is open, or for a packet it has left unanswered twice while it answered packets
+//! sent after it), retrying with backoff until acknowledged. A crash loses nothing: rows
 //! are delivered after restart, with Acct-Delay-Time saying how late they are.
 //!
 //! Rows that can never be sent are dead-lettered with a reason instead of blocking their
@@ -225,8 +226,10 @@ const UNSEEN_ROWS: usize = 65_536;
 #[derive(Clone, Copy)]
 struct Silence {
     at: Target,
+    /// When the first such exchange began.
     first: Instant,
-    times: u32,
+    /// Those whose server answered a packet sent after it meanwhile: refused, not lost.
+    refused: u32,
 }
 
 /// Rows [`Accounting`] remembers the silences of, at most (then forgotten all at once: a
@@ -1589,6 +1592,7 @@ impl Accounting {
             None
         };
         let sent_at = Instant::now();
+        let recoveries_before = health.recoveries_at(target);
         let answered = self
             .radius
             .account(
@@ -1600,30 +1604,30 @@ impl Accounting {
                 earlier_silence,
             )
             .await;
-        // The pace of the rows given back while the window is full: answered exchanges only
-        // (a timeout says nothing of how fast the server answers: measured during an outage,
-        // the rows given back once it returned came round seconds late, tester N's L1).
-        if answered.is_ok() {
-            window.exchanged(sent_at.elapsed());
-        }
+        // The pace of the rows given back while the window is full: how long exchanges hold
+        // their slots, counted afresh after an outage (its timeouts, measured, had the rows
+        // given back once the server returned come round seconds late: tester N's L1).
+        window.exchanged(
+            sent_at.elapsed(),
+            (recoveries_before, health.recoveries_at(target)),
+        );
         if matches!(answered, Err(RadiusError::Timeout)) {
             let mut silences = self.silences.lock().unwrap_or_else(|p| p.into_inner());
             if silences.len() >= SILENT_ROWS && !silences.contains_key(&row.id) {
                 silences.clear();
             }
-            let silence = silences.entry(row.id).or_insert(Silence {
+            let fresh = Silence {
                 at: target,
                 first: sent_at,
-                times: 0,
-            });
+                refused: 0,
+            };
+            let silence = silences.entry(row.id).or_insert(fresh);
             if silence.at != target {
-                *silence = Silence {
-                    at: target,
-                    first: sent_at,
-                    times: 0,
-                };
+                *silence = fresh;
             }
-            silence.times += 1;
+            if health.heard_since(target, sent_at) {
+                silence.refused += 1;
+            }
         }
         match answered {
             Ok(()) => {
@@ -1879,8 +1883,9 @@ impl Accounting {
     /// `row` is settled: the trials it carried go to the row held longest for that server,
     /// made due at their time — in the background: an acknowledgement (a sign-in's Start)
     /// does not wait for that write.
-    /// Whether `server` has left row `row`'s packet unanswered twice or more and was heard
-    /// since the first time: its silence is the packet's, not the server's.
+    /// Whether `server`, up, has left row `row`'s packet unanswered twice or more while it
+    /// answered packets sent after it: its silence is the packet's, not the server's (a
+    /// server slow or down leaves later packets unanswered too).
     fn packets_own_silence(&self, row: i64, server: &ServerEndpoint) -> bool {
         let health = self.radius.health();
         let silence = self
@@ -1891,8 +1896,8 @@ impl Accounting {
             .copied();
         silence.is_some_and(|silence| {
             silence.at == health.target(server, Port::Acct)
-                && silence.times >= 2
-                && health.heard_since(silence.at, silence.first)
+                && silence.refused >= 2
+                && health.is_up(server, Port::Acct)
         })
     }
 

@@ -549,7 +549,7 @@ fn answer_of_change(
         Some(view) => view,
         None => {
             warnings.push(format!(
-                "the change is stored, but the organization could not be read back (the database is unavailable): GET /organizations/{id} later"
+                "the change is stored, but the organization could not be read back (see the portal's log): GET /organizations/{id} later"
             ));
             serde_json::json!({ "id": id })
         }

@@ -351,6 +351,26 @@ impl Breaker {
         }
     }
 
+    /// The probe just taken lasts until `until` (it sends a new Status-Server every timeout
+    /// itself): no other is taken before it ends (the review of session 81's F5: probes
+    /// lasting timeout × tries, one taken every probe interval, overlapped four or five deep).
+    pub fn probe_lasts_until(&mut self, until: Instant) {
+        if let BreakerState::Open {
+            since,
+            next_probe,
+            checked,
+        } = self.state
+        {
+            if until > next_probe {
+                self.set_state(BreakerState::Open {
+                    since,
+                    next_probe: until,
+                    checked,
+                });
+            }
+        }
+    }
+
     /// Whether one ordinary request made for `carrier` may go now as a trial (servers checked
     /// by request): open and its time has come — for a trial nobody waits on, a probe interval
     /// after the server was last found down, whatever the users' back-off — or an earlier
@@ -494,6 +514,24 @@ mod tests {
             failure_threshold: 3,
             probe_interval: Duration::from_secs(5),
         }
+    }
+
+    #[test]
+    fn no_probe_is_taken_while_one_is_out() {
+        let now = Instant::now();
+        let mut b = Breaker::new(BreakerPolicy {
+            failure_threshold: 1,
+            probe_interval: Duration::from_secs(2),
+        });
+        b.record_failure(now, None);
+        let first = now + Duration::from_secs(2);
+        assert!(b.take_probe(first));
+        b.probe_lasts_until(first + Duration::from_secs(9));
+        assert!(
+            !b.take_probe(first + Duration::from_secs(4)),
+            "the first is still out"
+        );
+        assert!(b.take_probe(first + Duration::from_secs(9)));
     }
 
     #[test]

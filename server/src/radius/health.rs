@@ -69,7 +69,7 @@ struct Entry {
     answered_at: Option<Instant>,
     /// A Status-Server probe of it was answered once.
     probe_answered: bool,
-    /// When it was last heard: an ordinary request, a probe or an idle check answered.
+    /// The latest start of an exchange it answered (a request, a probe, an idle check).
     heard_at: Option<Instant>,
     /// The outage (by when its breaker opened) in which its next trial was brought forward
     /// once already, the server having answered at its other port.
@@ -453,7 +453,6 @@ impl ServerHealth {
         }
         let (closed, sibling, name, after_failures) = self.with(target, |e| {
             e.answered_at = Some(Instant::now());
-            e.heard_at = e.answered_at;
             // Failures the other replicas were told of: they start counting again too.
             let after_failures = match e.breaker.state() {
                 BreakerState::Closed { failures, .. } if failures > 0 => e
@@ -558,7 +557,19 @@ impl ServerHealth {
         }
     }
 
-    /// Whether `target` was heard (a request, probe or idle check answered) after `at`.
+    /// `target` answered an exchange (a request, a probe, an idle check) begun at `begun`.
+    pub fn record_heard(&self, target: Target, begun: Instant) {
+        if self.retired(target) {
+            return;
+        }
+        self.with(target, |e| {
+            e.heard_at = Some(e.heard_at.map_or(begun, |heard| heard.max(begun)));
+        });
+    }
+
+    /// Whether `target` has answered an exchange begun after `at`: a packet sent at `at` and
+    /// left unanswered while a later one was answered was refused, not lost to a slow or dead
+    /// server (a server slow in order answers the earlier first).
     pub fn heard_since(&self, target: Target, at: Instant) -> bool {
         self.with(target, |e| e.heard_at.is_some_and(|heard| heard > at))
     }
@@ -601,6 +612,9 @@ impl ServerHealth {
             }
             if entry.breaker.take_probe(now) {
                 if let Some((server, port)) = &entry.probe {
+                    entry
+                        .breaker
+                        .probe_lasts_until(now + check_answered_within(server));
                     due.push((server.clone(), *port, Check::Probe));
                 }
             }
@@ -665,10 +679,7 @@ impl ServerHealth {
         };
         if still_checked && !self.retired(target) {
             match answered {
-                Some(true) => self.with(target, |e| {
-                    e.probe_answered = true;
-                    e.heard_at = Some(now);
-                }),
+                Some(true) => self.with(target, |e| e.probe_answered = true),
                 Some(false) => {
                     tracing::info!(server = %server.name, addr = %address(server, port), ?port,
                         "RADIUS server idle and its Status-Server check went unanswered");
@@ -755,7 +766,6 @@ impl ServerHealth {
         let addr = address(server, port);
         let closed = self.with(self.target(server, port), |e| {
             e.probe_answered = true;
-            e.heard_at = Some(Instant::now());
             let closed = e.breaker.record_probe_success();
             if closed {
                 e.closed_again_at = Some(Instant::now());

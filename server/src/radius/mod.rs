@@ -592,6 +592,10 @@ impl Radius {
             outcome,
             started.elapsed(),
         );
+        if matches!(&result, Ok(_) | Err(RadiusError::UnsignedReply)) {
+            self.health
+                .record_heard(self.health.target(server, port), begun);
+        }
         match &result {
             Ok(reply) => self.health.record_success(
                 self.health.target(server, port),
@@ -935,10 +939,16 @@ impl Radius {
                     // outage, answered in 1-3 timeouts — it served requests, but stayed down
                     // (black-box tester N's H2 of session 81).
                     let tries = server.retries.saturating_add(1);
-                    let deadline = Instant::now() + server.timeout.saturating_mul(tries);
+                    let begun = Instant::now();
+                    let deadline = begun + server.timeout.saturating_mul(tries);
                     let answer = radius
                         .status_server_at(&server, port, deadline, false)
                         .await;
+                    if answer.is_ok() {
+                        radius
+                            .health
+                            .record_heard(radius.health.target(&server, port), begun);
+                    }
                     if check == health::Check::Idle {
                         // A fault of this host (no socket, no Identifier free) says nothing
                         // about the server.

@@ -617,8 +617,6 @@ impl Flipped {
     }
 }
 
-/// Flips the active flag in a change (row revision, global revision, audit entry, and on
-/// disable the stop job). None if it was already so.
 /// [`OrganizationStore::set_organization_active`] in one transaction; `retire`: the
 /// organization is no longer the configuration's too ([`OrganizationStore::retire_from_config`]).
 async fn change_active<B: OrgBackend>(
@@ -658,6 +656,8 @@ async fn change_active<B: OrgBackend>(
     }))
 }
 
+/// Flips the active flag in a change (row revision, global revision, audit entry — with
+/// `reason` when given —, and on disable the stop job). None if it was already so.
 async fn set_active_in<B: OrgBackend>(
     backend: &B,
     c: &mut B::Conn,
