@@ -12,6 +12,24 @@ use std::{net::Ipv4Addr, time::Duration};
 const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 
 /// What `accounting backlog` prints for the database at `db`.
+/// Settings for organization `acme` with `acme_server` and a second organization, `beta`, with
+/// `beta_server` (a NAS-Identifier of its own).
+fn with_beta(
+    db: &std::path::Path,
+    acme_server: radius_portal::config::ServerSettings,
+    beta_server: radius_portal::config::ServerSettings,
+) -> radius_portal::config::Settings {
+    let mut config = settings(db, vec![acme_server]);
+    let mut beta = config.organizations[0].clone();
+    beta.id = "beta".into();
+    beta.name = "Beta Org".into();
+    beta.nas_identifier = "portal-beta".into();
+    beta.servers = vec![beta_server];
+    config.organizations.push(beta);
+    config.validate().unwrap();
+    config
+}
+
 fn backlog(db: &std::path::Path) -> String {
     let out = common::operator_command(db, &["accounting", "backlog"]);
     assert!(out.status.success(), "{out:?}");
@@ -346,14 +364,7 @@ async fn a_graceful_shutdown_sends_a_stop_due_while_another_hangs_at_a_silent_se
     beta_server.acct_port = common::gated_relay(acct, beta_open.clone()).await.port;
     beta_server.timeout = Duration::from_millis(200);
     beta_server.retries = 0;
-    let mut config = settings(&db, vec![acme_server]);
-    let mut beta = config.organizations[0].clone();
-    beta.id = "beta".into();
-    beta.name = "Beta Org".into();
-    beta.nas_identifier = "portal-beta".into();
-    beta.servers = vec![beta_server];
-    config.organizations.push(beta);
-    config.validate().unwrap();
+    let config = with_beta(&db, acme_server, beta_server);
     let app = TestApp::spawn(&config).await;
     let client = |n| std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 7, n));
     let alice = app
@@ -597,40 +608,9 @@ async fn a_busy_servers_backlog_does_not_hold_up_another_servers_start() {
     beta_server.acct_port = common::gated_relay(acct, Arc::new(AtomicBool::new(true)))
         .await
         .port;
-    let mut config = settings(&db, vec![radius.server_settings("primary", true)]);
-    let mut beta = config.organizations[0].clone();
-    beta.id = "beta".into();
-    beta.name = "Beta Org".into();
-    beta.nas_identifier = "portal-beta".into();
-    beta.servers = vec![beta_server];
-    config.organizations.push(beta);
-    config.validate().unwrap();
+    let config = with_beta(&db, radius.server_settings("primary", true), beta_server);
     let app = TestApp::spawn(&config).await;
     let accounting = app.sessions.accounting();
-    // Sessions written straight into storage, their Starts left to the delivery loop.
-    let stored = |sid: String, org: &str, server: &str, ip: String, now: i64| {
-        radius_portal::storage::NewAccessSession {
-            acct_session_id: sid,
-            organization_id: org.into(),
-            username: "carol".into(),
-            client_ip: ip,
-            server_index: 0,
-            server_name: server.into(),
-            classes: vec![],
-            reply_message: None,
-            started_at: now,
-            window_ms: 3_600_000,
-            limit_at: None,
-            expires_at: now + 3_600_000,
-            interim_interval: None,
-            start_claimed_until: None,
-            typed_username: None,
-            nas: None,
-            replaces: None,
-            accept_timeouts: None,
-            organization_revision: None,
-        }
-    };
 
     // Acme's server takes no more packets; acme's sessions' Starts queue up behind it.
     let window = accounting.fill_send_window(acct).await.expect("the window");
@@ -638,7 +618,7 @@ async fn a_busy_servers_backlog_does_not_hold_up_another_servers_start() {
     let mut opening = tokio::task::JoinSet::new();
     for n in 0..BACKLOG {
         let (storage, ip) = (app.storage.clone(), format!("10.1.{}.{}", n / 256, n % 256));
-        let session = stored(format!("busy-{n}"), "acme", "primary", ip, now);
+        let session = common::stored_session(&format!("busy-{n}"), ("acme", "primary"), &ip, now);
         opening.spawn(async move { storage.open_session(&session).await.unwrap() });
     }
     while let Some(opened) = opening.join_next().await {
@@ -646,13 +626,8 @@ async fn a_busy_servers_backlog_does_not_hold_up_another_servers_start() {
     }
     // Beta's Start, due after all of them, goes at once.
     let later = radius_portal::access_session::now_ms().max(now + 1);
-    let beta_session = stored(
-        "beta-late".into(),
-        "beta",
-        "b-primary",
-        "10.2.0.1".into(),
-        later,
-    );
+    let beta_session =
+        common::stored_session("beta-late", ("beta", "b-primary"), "10.2.0.1", later);
     app.storage.open_session(&beta_session).await.unwrap();
     accounting.wake();
     radius

@@ -2457,27 +2457,7 @@ fn own_sender(app: &TestApp) -> radius_portal::accounting::Accounting {
 /// A session of carol's at `ip` opened at `now` for an hour, as written straight into storage
 /// (no login, no RADIUS exchange), its Start queued unclaimed.
 fn stored_session(acct_session_id: &str, ip: &str, now: i64) -> NewAccessSession {
-    NewAccessSession {
-        acct_session_id: acct_session_id.into(),
-        organization_id: "acme".into(),
-        username: "carol".into(),
-        client_ip: ip.into(),
-        server_index: 0,
-        server_name: "primary".into(),
-        classes: vec![],
-        reply_message: None,
-        started_at: now,
-        window_ms: 3_600_000,
-        limit_at: None,
-        expires_at: now + 3_600_000,
-        interim_interval: None,
-        start_claimed_until: None,
-        typed_username: None,
-        nas: None,
-        replaces: None,
-        accept_timeouts: None,
-        organization_revision: None,
-    }
+    common::stored_session(acct_session_id, ("acme", "primary"), ip, now)
 }
 
 /// Carol's session from `client(n)`, authenticated by the primary, once the primary has its

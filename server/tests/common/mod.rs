@@ -851,6 +851,39 @@ pub async fn relay_dropping_user(upstream: SocketAddr, user: &'static str) -> So
     relay(upstream, move |request| !for_user(request), None).await
 }
 
+/// A session of carol's at `ip` in `organization`, authenticated by `server`, opened at `now`
+/// for an hour, as written straight into storage (no login, no RADIUS exchange): its Start is
+/// queued unclaimed, for the delivery loop.
+#[allow(dead_code)]
+pub fn stored_session(
+    acct_session_id: &str,
+    (organization, server): (&str, &str),
+    ip: &str,
+    now: i64,
+) -> radius_portal::storage::NewAccessSession {
+    radius_portal::storage::NewAccessSession {
+        acct_session_id: acct_session_id.into(),
+        organization_id: organization.into(),
+        username: "carol".into(),
+        client_ip: ip.into(),
+        server_index: 0,
+        server_name: server.into(),
+        classes: vec![],
+        reply_message: None,
+        started_at: now,
+        window_ms: 3_600_000,
+        limit_at: None,
+        expires_at: now + 3_600_000,
+        interim_interval: None,
+        start_claimed_until: None,
+        typed_username: None,
+        nas: None,
+        replaces: None,
+        accept_timeouts: None,
+        organization_revision: None,
+    }
+}
+
 /// A UDP relay to `upstream` whose replies come back `delay_ms` late — a server slower than
 /// its timeout — or, `u64::MAX`, that drops every request (a server gone).
 #[allow(dead_code)]
