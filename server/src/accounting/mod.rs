@@ -1512,6 +1512,9 @@ impl Accounting {
                     waited_ms = slot_wait.as_millis() as u64,
                     "no send slot in time (server busy): more packets were in flight to the accounting server than its window of 64; the packet waits for a later look (a sign-in's Start: the sign-in fails)");
                 let tried = Some(health.target(server, Port::Acct));
+                // Backed off by the exchanges that failed, not the claims: each give-back is a
+                // claim too (the whole-change review's F7 of session 81: a row given back a few
+                // times then waited out here for up to five minutes).
                 return self
                     .release(
                         &row,
@@ -1519,7 +1522,7 @@ impl Accounting {
                         (None, tried),
                         &seen,
                         (&org.servers, &session.server_name),
-                        row.attempts,
+                        row.transmissions,
                     )
                     .await;
             }
@@ -1535,7 +1538,7 @@ impl Accounting {
                     (None, tried),
                     &seen,
                     (&org.servers, &session.server_name),
-                    row.attempts,
+                    row.transmissions,
                 )
                 .await;
         }
