@@ -32,6 +32,7 @@ struct Inner {
     outbox_oldest: Gauge,
     dead_letters: IntGauge,
     dead_stops: IntGauge,
+    dead_stops_last_day: IntGauge,
     late_stops: IntCounter,
     breaker: IntGaugeVec,
     tasks_down: IntGauge,
@@ -48,6 +49,9 @@ struct Inner {
     /// Serializes scrapes (see `render`).
     render_lock: std::sync::Mutex<()>,
 }
+
+/// How far back a dead Stop counts in [`Snapshot::dead_stops_last_day`].
+pub const DEAD_STOPS_RECENT_MS: i64 = 24 * 3600 * 1000;
 
 /// State read at scrape time.
 #[derive(Debug, Default)]
@@ -71,6 +75,12 @@ pub struct Snapshot {
     /// Of them, Stops (copies too) of sessions whose Start may have reached a server: an
     /// identity a server — and the firewall it feeds — may keep.
     pub dead_stops: i64,
+    /// Of those, the ones given up within the last day ([`DEAD_STOPS_RECENT_MS`]): what to
+    /// alert on — it only grows with a new dead Stop, never with pruning (a gauge of every
+    /// dead Stop kept drops when retention deletes old ones, which Prometheus' `increase()`
+    /// takes for a counter reset: a false page a retention period after every real one, the
+    /// storage review's F6 of session 82).
+    pub dead_stops_last_day: i64,
     /// Active sessions past their end by more than [`OVERDUE_AFTER_MS`]: expiry behind or
     /// failing (each an identity kept after its time).
     pub sessions_overdue: i64,
@@ -262,6 +272,11 @@ impl Metrics {
             "portal_accounting_dead_stops",
             "Accounting-Stops given up whose session's Start may have reached a server (an identity it may keep)",
         );
+        let dead_stops_last_day = int_gauge(
+            &r,
+            "portal_accounting_dead_stops_last_day",
+            "Accounting-Stops given up within the last day whose session's Start may have reached a server (alert when above 0)",
+        );
         let late_stops = register(
             &r,
             IntCounter::new(
@@ -343,6 +358,7 @@ impl Metrics {
             outbox_oldest,
             dead_letters,
             dead_stops,
+            dead_stops_last_day,
             late_stops,
             breaker,
             tasks_down,
@@ -443,6 +459,7 @@ impl Metrics {
                 .set(snapshot.outbox_oldest.as_secs_f64());
             inner.dead_letters.set(snapshot.dead_letters);
             inner.dead_stops.set(snapshot.dead_stops);
+            inner.dead_stops_last_day.set(snapshot.dead_stops_last_day);
             inner.sessions_overdue.set(snapshot.sessions_overdue);
             inner
                 .oldest_overdue
@@ -543,6 +560,7 @@ mod tests {
             outbox_oldest: Duration::from_secs(7),
             dead_letters: 1,
             dead_stops: 1,
+            dead_stops_last_day: 1,
             breakers: vec![("127.0.0.1:1812".into(), 1)],
             sessions_overdue: 2,
             oldest_overdue: Duration::from_secs(9),
@@ -572,6 +590,7 @@ mod tests {
             "portal_accounting_oldest_seconds 7",
             "portal_accounting_dead_letters 1",
             "portal_accounting_dead_stops 1",
+            "portal_accounting_dead_stops_last_day 1",
             "portal_accounting_late_stops_total 1",
             "portal_radius_breaker_state{address=\"127.0.0.1:1812\"} 1",
             "portal_sessions_overdue 2",

@@ -897,7 +897,14 @@ async fn more_than_256_requests_in_flight_to_one_server_all_complete_over_more_s
             };
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             radius
-                .account(&endpoint, &nas, &record, deadline, (true, false), None)
+                .account(
+                    &endpoint,
+                    &nas,
+                    &record,
+                    deadline,
+                    (true, false),
+                    Default::default(),
+                )
                 .await
         });
     }
@@ -2820,6 +2827,7 @@ async fn a_stop_its_server_never_answers_goes_to_the_backup_while_others_keep_it
     let mut own = fast(&primary, "primary");
     own.acct_port = common::relay_dropping_stops_of(primary_acct, "erin")
         .await
+        .0
         .port();
     let mut config = settings(&db, vec![own, fast(&backup, "backup")]);
     config.radius.probe_interval = Duration::from_millis(500);
@@ -2854,6 +2862,86 @@ async fn a_stop_its_server_never_answers_goes_to_the_backup_while_others_keep_it
         health.is_up(&server, radius_portal::radius::health::Port::Acct),
         "the primary stayed up"
     );
+    app.stop().await;
+}
+
+/// A Stop neither server stores (both leave it unanswered, answering everything else): failed
+/// over once for its own server's silence and left unanswered at the backup too, it stays with
+/// its own server, backing off — and its silence at the idle backup is the packet's, not the
+/// backup's. Before, it bounced between the two (own, own, backup, own, own, backup …), and
+/// each visit counted against the backup's breaker, which nothing else answered: the backup
+/// opened, for ever longer after each probe (the whole-change review's F3 of session 81).
+#[tokio::test]
+async fn a_stop_no_server_answers_stays_with_its_own_and_leaves_the_backup_up() {
+    use radius_portal::radius::{breaker::BreakerState, health::Port};
+    use std::sync::atomic::Ordering::SeqCst;
+    let primary = FreeRadius::start().await;
+    let backup = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let acct_of = |radius: &FreeRadius| SocketAddr::from(([127, 0, 0, 1], radius.acct_port));
+    let (own_relay, _) = common::relay_dropping_stops_of(acct_of(&primary), "erin").await;
+    let (backup_relay, dropped_at_backup) =
+        common::relay_dropping_stops_of(acct_of(&backup), "erin").await;
+    let mut own = fast(&primary, "primary");
+    own.acct_port = own_relay.port();
+    let mut other = fast(&backup, "backup");
+    other.acct_port = backup_relay.port();
+    let mut config = settings(&db, vec![own, other]);
+    config.radius.probe_interval = Duration::from_millis(500);
+    let app = TestApp::spawn(&config).await;
+    let erin = app
+        .sessions
+        .login("acme", "erin", "erin-pass", IpAddr::V4(client(51)))
+        .await
+        .unwrap();
+    assert_eq!(erin.server_name, "primary");
+    // Other users keep the primary answering; nothing but erin's Stop reaches the backup.
+    let busy = {
+        let sessions = app.sessions.clone();
+        tokio::spawn(async move {
+            for n in (0..200u8).cycle() {
+                let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 3, n + 1));
+                if let Ok(s) = sessions.login("acme", "carol", "carol-pass", ip).await {
+                    let _ = sessions.disconnect(s.id).await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    assert!(app.sessions.disconnect(erin.id).await.unwrap());
+    // Twice at the primary, once at the backup, then at the primary again and again (it
+    // backs off: 1, 2, 4, 8, 16 s).
+    common::wait_until_within(
+        "the Stop sent six times",
+        Duration::from_secs(90),
+        || async { stop_row(&app, erin.id).await.transmissions >= 6 },
+    )
+    .await;
+    busy.abort();
+    // One exchange reached the backup (each exchange is two tries here).
+    assert_eq!(
+        dropped_at_backup.load(SeqCst),
+        2,
+        "one exchange at the backup"
+    );
+    let health = app.radius.health().clone();
+    let backup_server = app.organizations.get("acme").unwrap().servers[1].clone();
+    let backup_target = health.target(&backup_server, Port::Acct);
+    assert_eq!(
+        health.recoveries_at(backup_target),
+        0,
+        "the backup never opened"
+    );
+    let state = health
+        .states()
+        .into_iter()
+        .find(|(addr, _)| *addr == backup_relay)
+        .map(|(_, state)| state);
+    assert!(
+        matches!(state, Some(BreakerState::Closed { failures: 0, .. })),
+        "the Stop's silence not counted against the backup: {state:?}"
+    );
+    assert!(stop_row(&app, erin.id).await.delivered_at.is_none());
     app.stop().await;
 }
 

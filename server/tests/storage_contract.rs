@@ -189,6 +189,7 @@ on_both_backends!(
     a_session_due_while_an_operators_stop_waits_ends_when_it_was_asked_for,
     sign_ins_that_never_finished_end_as_they_would_have,
     pruning_keeps_what_is_pending,
+    pruning_goes_in_chunks_oldest_first,
     organization_changes_are_revisioned_audited_and_guarded,
     an_organization_the_file_no_longer_lists_is_disabled_and_unlisted_together,
     keys_and_web_sessions_are_shared_by_every_process,
@@ -2101,6 +2102,12 @@ async fn dead_letters_unblock_and_a_never_sent_start_takes_its_session_along(db:
         .unwrap();
     let snapshot = s.metrics_snapshot(T0 + MINUTE).await.unwrap();
     assert_eq!((snapshot.dead_letters, snapshot.dead_stops), (6, 1));
+    assert_eq!(snapshot.dead_stops_last_day, 1);
+    // A day after it was given up, it is kept and counted, but no longer among the last day's.
+    let day = radius_portal::metrics::DEAD_STOPS_RECENT_MS;
+    let snapshot = s.metrics_snapshot(T0 + 7 + day).await.unwrap();
+    assert_eq!(snapshot.dead_stops, 1);
+    assert_eq!(snapshot.dead_stops_last_day, 0);
 
     // An active session past its end: overdue once more than 5 s past it (expiry behind or
     // failing), by how far.
@@ -3151,6 +3158,47 @@ async fn a_dynamic_authorization_request_is_acted_on_once_until_it_expires(db: D
     );
 }
 
+/// Pruning goes in chunks (the storage review's F2 of session 82): at most `limit` sessions a
+/// write, those that ended first; a chunk short of `limit` says nothing older is left.
+async fn pruning_goes_in_chunks_oldest_first(db: Db) {
+    let s = &db.storage;
+    let mut ended = Vec::new();
+    for n in 0..5 {
+        let id = opened(s, login(&format!("10.0.2.{}", n + 1), T0, MINUTE)).await;
+        s.stop_session(id, terminate_cause::USER_REQUEST, T0 + 1 + n)
+            .await
+            .unwrap();
+        ended.push(id);
+    }
+    for row in s.claim_due_outbox(T0 + 10, T0 + MINUTE, 100).await.unwrap() {
+        s.mark_delivered(&row, T0 + 10, None).await.unwrap();
+    }
+    for row in s.claim_due_outbox(T0 + 11, T0 + MINUTE, 100).await.unwrap() {
+        s.mark_delivered(&row, T0 + 11, None).await.unwrap();
+    }
+    assert_eq!(s.outbox_backlog().await.unwrap(), 0);
+    let before = T0 + 10 * MINUTE;
+    assert_eq!(s.prune(before, 2).await.unwrap(), 2);
+    for (n, id) in ended.iter().enumerate() {
+        assert_eq!(
+            s.session(*id).await.unwrap().is_none(),
+            n < 2,
+            "the two that ended first went: session {n}"
+        );
+    }
+    assert_eq!(s.prune(before, 2).await.unwrap(), 2);
+    assert_eq!(
+        s.prune(before, 2).await.unwrap(),
+        1,
+        "the last, short chunk"
+    );
+    assert_eq!(s.prune(before, 2).await.unwrap(), 0);
+    for id in ended {
+        assert!(s.session(id).await.unwrap().is_none());
+        assert!(s.session_outbox(id).await.unwrap().is_empty());
+    }
+}
+
 async fn pruning_keeps_what_is_pending(db: Db) {
     let s = &db.storage;
     let old = opened(s, login("10.0.1.1", T0, MINUTE)).await;
@@ -3169,7 +3217,7 @@ async fn pruning_keeps_what_is_pending(db: Db) {
             s.mark_delivered(&row, T0 + 3, None).await.unwrap();
         }
     }
-    assert_eq!(s.prune(T0 + 10 * MINUTE).await.unwrap(), 1);
+    assert_eq!(s.prune(T0 + 10 * MINUTE, 1_000).await.unwrap(), 1);
     assert!(s.session(old).await.unwrap().is_none());
     assert!(
         s.session(pending).await.unwrap().is_some(),
@@ -3373,7 +3421,28 @@ async fn organization_changes_are_revisioned_audited_and_guarded(db: Db) {
         );
     }
     assert_eq!(actions.last().map(String::as_str), Some("guard.denied"));
-    assert!(s.prune_audit(T0 + 10).await.unwrap() > 0);
+    // In chunks: the oldest first, then the rest.
+    let all = s.audit_tail(100).await.unwrap();
+    let entries = all.len() as u64;
+    assert!(entries > 2, "{actions:?}");
+    let mut by_age: Vec<(i64, i64)> = all.iter().map(|e| (e.at, e.id)).collect();
+    by_age.sort();
+    assert_eq!(s.prune_audit(T0 + 10, 2).await.unwrap(), 2);
+    let left: Vec<i64> = s
+        .audit_tail(100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(left.len() as u64, entries - 2);
+    for (_, gone) in &by_age[..2] {
+        assert!(
+            !left.contains(gone),
+            "the oldest went first: {by_age:?}, left {left:?}"
+        );
+    }
+    assert_eq!(s.prune_audit(T0 + 10, 1_000).await.unwrap(), entries - 2);
     assert!(s.audit_tail(100).await.unwrap().is_empty());
 }
 

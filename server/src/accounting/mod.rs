@@ -24,7 +24,7 @@ use crate::{
         breaker::Carrier,
         encode_accounting,
         health::{Port, ServerHealth, Target},
-        status_type, AccountingRecord, Radius, RadiusError, ServerEndpoint,
+        status_type, AccountingRecord, EarlierSilence, Radius, RadiusError, ServerEndpoint,
     },
     storage::{
         AccessSessionRecord, Acknowledged, AfterStops, Delivered, OutboxRow, SignInLease, Storage,
@@ -230,6 +230,10 @@ struct Silence {
     first: Instant,
     /// Those whose server answered a packet sent after it meanwhile: refused, not lost.
     refused: u32,
+    /// Failed over for that ([`Accounting::packets_own_silence`]), the packet was left
+    /// unanswered where it went too: no server stores it, and it stays with its own (the
+    /// whole-change review's F3 of session 81: it bounced between the two).
+    refused_elsewhere: bool,
 }
 
 /// Rows [`Accounting`] remembers the silences of, at most (then forgotten all at once: a
@@ -1582,17 +1586,17 @@ impl Accounting {
             ),
             _ => (own_deadline, false),
         };
-        // A packet with nowhere else to go, left unanswered there before.
+        // A packet left unanswered here before, or refused by its own server.
         let target = health.target(server, Port::Acct);
-        let earlier_silence = if row.copy_to.is_some() || org.servers.len() == 1 {
-            self.silences
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&row.id)
-                .filter(|silence| silence.at == target)
-                .map(|silence| silence.first)
-        } else {
-            None
+        let earlier_silence = match self
+            .silences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&row.id)
+        {
+            Some(silence) if silence.at == target => EarlierSilence::Here(silence.first),
+            Some(silence) if silence.refused >= 2 => EarlierSilence::RefusedByItsOwn,
+            _ => EarlierSilence::None,
         };
         let sent_at = Instant::now();
         let recoveries_before = health.recoveries_at(target);
@@ -1623,13 +1627,18 @@ impl Accounting {
                 at: target,
                 first: sent_at,
                 refused: 0,
+                refused_elsewhere: false,
             };
             let silence = silences.entry(row.id).or_insert(fresh);
-            if silence.at != target {
-                *silence = fresh;
-            }
-            if health.heard_since(target, sent_at) {
-                silence.refused += 1;
+            if silence.at != target && silence.refused >= 2 {
+                silence.refused_elsewhere = true;
+            } else {
+                if silence.at != target {
+                    *silence = fresh;
+                }
+                if health.heard_since(target, sent_at) {
+                    silence.refused += 1;
+                }
             }
         }
         match answered {
@@ -1888,7 +1897,9 @@ impl Accounting {
     /// does not wait for that write.
     /// Whether `server`, up, has left row `row`'s packet unanswered twice or more while it
     /// answered packets sent after it: its silence is the packet's, not the server's (a
-    /// server slow or down leaves later packets unanswered too).
+    /// server slow or down leaves later packets unanswered too). Not once the server it
+    /// failed over to left it unanswered as well: no server stores it, and it stays with its
+    /// own, backing off.
     fn packets_own_silence(&self, row: i64, server: &ServerEndpoint) -> bool {
         let health = self.radius.health();
         let silence = self
@@ -1900,6 +1911,7 @@ impl Accounting {
         silence.is_some_and(|silence| {
             silence.at == health.target(server, Port::Acct)
                 && silence.refused >= 2
+                && !silence.refused_elsewhere
                 && health.is_up(server, Port::Acct)
         })
     }

@@ -454,6 +454,24 @@ fn push_nas_and_client(p: &mut Request<'_>, nas: &NasIdentity, client_ip: IpAddr
     }
 }
 
+/// What an accounting exchange knows of its packet's silences before it: an unanswered
+/// exchange whose silence is the packet's — a record the server cannot store — is not counted
+/// by a closed breaker ([`ServerHealth::record_packet_silence`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EarlierSilence {
+    /// Nothing: a silence is the server's.
+    #[default]
+    None,
+    /// This server left the packet unanswered in an exchange begun then: left unanswered
+    /// again after the server was heard since, the silence is the packet's.
+    Here(Instant),
+    /// The session's own server, answering later packets, left it unanswered twice (it failed
+    /// over for that): its silence here is the packet's too — an idle backup, heard by
+    /// nothing else, would otherwise open its breaker for every such packet, and again after
+    /// each probe (the whole-change review's F3 of session 81).
+    RefusedByItsOwn,
+}
+
 /// One accounting packet's content (RFC 2866).
 #[derive(Clone, Debug)]
 pub struct AccountingRecord {
@@ -555,7 +573,7 @@ impl Radius {
         port: Port,
         deadline: Instant,
         (require_message_authenticator, end_when_unreachable, callers_deadline): (bool, bool, bool),
-        earlier_silence: Option<Instant>,
+        earlier_silence: EarlierSilence,
         build: impl FnOnce(u8) -> Result<(Vec<u8>, [u8; 16]), RadiusError>,
     ) -> Result<Reply, RadiusError> {
         let destination = health::address(server, port);
@@ -617,13 +635,16 @@ impl Radius {
                 self.health
                     .record_exchange_failure(server, port, Some(why.as_str()), Some(begun))
             }
-            // The packet was left unanswered before, and the server heard since: its silence
-            // is the packet's.
+            // The packet was left unanswered before, and the server heard since — or its own
+            // server refused it —: its silence is the packet's.
             Err(RadiusError::Timeout)
-                if earlier_silence.is_some_and(|at| {
-                    self.health
-                        .heard_since(self.health.target(server, port), at)
-                }) =>
+                if match earlier_silence {
+                    EarlierSilence::None => false,
+                    EarlierSilence::Here(at) => self
+                        .health
+                        .heard_since(self.health.target(server, port), at),
+                    EarlierSilence::RefusedByItsOwn => true,
+                } =>
             {
                 self.health.record_packet_silence(server, port, begun)
             }
@@ -712,7 +733,7 @@ impl Radius {
                             end_when_unreachable,
                             false,
                         ),
-                        None,
+                        EarlierSilence::None,
                         |id| {
                             let authenticator = random_authenticator();
                             let mut p = Request::access_request(
@@ -802,10 +823,8 @@ impl Radius {
     }
 
     /// Sends one Accounting-Request to `server` and waits for the Accounting-Response (see
-    /// [`Exchange`] for `end_when_unreachable`). `earlier_silence`: when an exchange of this
-    /// packet with the server, unanswered, began before (a packet that has nowhere else to
-    /// go): left unanswered again after the server was heard since, its silence is the
-    /// packet's ([`ServerHealth::record_packet_silence`]).
+    /// [`Exchange`] for `end_when_unreachable`). `earlier_silence`: what is known of the
+    /// packet's silences before ([`EarlierSilence`]).
     pub async fn account(
         &self,
         server: &ServerEndpoint,
@@ -813,7 +832,7 @@ impl Radius {
         record: &AccountingRecord,
         deadline: Instant,
         (end_when_unreachable, callers_deadline): (bool, bool),
-        earlier_silence: Option<Instant>,
+        earlier_silence: EarlierSilence,
     ) -> Result<(), RadiusError> {
         let secret = server.secret.expose().as_bytes();
         // Accounting-Responses rarely carry Message-Authenticator; the Response Authenticator

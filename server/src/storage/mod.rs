@@ -130,6 +130,12 @@ use std::path::Path;
 /// earlier row of its session).
 pub const STOPS_DUE_LATELY_MS: i64 = 60_000;
 
+/// Sessions (or audit entries) one pruning write deletes at most: the retention's first pass
+/// after it was lowered — months of history — is many short writes, not one that holds every
+/// other write back for minutes on SQLite, or outlasts PostgreSQL's `statement_timeout` and is
+/// rolled back every hour (the storage review's F2 of session 82).
+pub const PRUNE_CHUNK: i64 = 1_000;
+
 /// How many replacements by the same browser a link to a session is followed through
 /// ([`AccessSessionRecord::replaced_by`]): a browser's cookie is at most a few sign-ins behind.
 pub const REPLACEMENTS_FOLLOWED: usize = 8;
@@ -450,10 +456,12 @@ contract! {
         /// count (a row waiting behind an undelivered earlier row cannot be claimed, so its time
         /// must not wake anyone), and a claimed row counts from its lease end.
         fn next_outbox_attempt(&self) -> Option<i64>;
-        /// Deletes accounting history and ended sessions older than `before` (unix ms):
-        /// delivered or dead rows of sessions that ended before it, then those sessions. Returns
-        /// the number of sessions removed. Pending rows and active sessions are never touched.
-        fn prune(&self, before: i64) -> u64;
+        /// Deletes accounting history and ended sessions older than `before` (unix ms), at
+        /// most `limit` sessions, those that ended first, in one write: their delivered or
+        /// dead rows, then the sessions. Returns the number of sessions removed (fewer than
+        /// `limit`: none older is left). Pending rows and active sessions are never touched.
+        /// Called in chunks ([`PRUNE_CHUNK`]): one write holds no other back for long.
+        fn prune(&self, before: i64, limit: i64) -> u64;
         /// What the metrics show of the database at a scrape: active sessions per organization,
         /// undelivered accounting rows and the age of the oldest, dead letters kept.
         fn metrics_snapshot(&self, now: i64) -> crate::metrics::Snapshot;
@@ -573,8 +581,9 @@ contract! {
         /// Appends an audit entry on its own (guard denials and other events outside a change).
         fn audit(&self, entry: &Audit<'_>) -> ();
         /// Deletes audit entries and finished organization jobs older than `before`
-        /// (retention); how many audit entries.
-        fn prune_audit(&self, before: i64) -> u64;
+        /// (retention), at most `limit` of each, the oldest, in one write; how many audit
+        /// entries (fewer than `limit`: none older is left).
+        fn prune_audit(&self, before: i64, limit: i64) -> u64;
         /// The newest audit entries `query` asks for, oldest first.
         fn audit_entries(&self, query: &AuditQuery) -> Vec<AuditEntry>;
     }

@@ -1646,17 +1646,22 @@ impl<B: OrgBackend> OrganizationStore for B {
         self.audit_alone(entry).await
     }
 
-    async fn prune_audit(&self, before: i64) -> Result<u64, StorageError> {
+    async fn prune_audit(&self, before: i64, limit: i64) -> Result<u64, StorageError> {
         let mut change = self.begin_write().await?;
         let c = change.conn();
         // Finished organization jobs are history too (their outcome is in the audit log).
         c.execute(
-            "DELETE FROM organization_jobs WHERE done_at IS NOT NULL AND done_at < $1",
-            &[Arg::Int(before)],
+            "DELETE FROM organization_jobs WHERE id IN (SELECT id FROM organization_jobs \
+             WHERE done_at IS NOT NULL AND done_at < $1 ORDER BY done_at, id LIMIT $2)",
+            &[Arg::Int(before), Arg::Int(limit)],
         )
         .await?;
         let removed = c
-            .execute("DELETE FROM audit_log WHERE at < $1", &[Arg::Int(before)])
+            .execute(
+                "DELETE FROM audit_log WHERE id IN \
+                 (SELECT id FROM audit_log WHERE at < $1 ORDER BY at, id LIMIT $2)",
+                &[Arg::Int(before), Arg::Int(limit)],
+            )
             .await?;
         change.commit().await?;
         Ok(removed)

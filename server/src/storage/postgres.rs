@@ -2698,22 +2698,30 @@ impl SessionStore for PgStore {
         .await?)
     }
 
-    async fn prune(&self, before: i64) -> Result<u64, StorageError> {
+    async fn prune(&self, before: i64, limit: i64) -> Result<u64, StorageError> {
         let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "DELETE FROM accounting_outbox WHERE access_session_id IN ( \
-               SELECT s.id FROM access_sessions s WHERE s.state = 'stopped' AND s.stopped_at < $1 \
-                 AND NOT EXISTS (SELECT 1 FROM accounting_outbox p WHERE p.access_session_id = s.id \
-                                 AND p.delivered_at IS NULL AND p.dead_at IS NULL))",
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT s.id FROM access_sessions s WHERE s.state = 'stopped' AND s.stopped_at < $1 \
+             AND NOT EXISTS (SELECT 1 FROM accounting_outbox p WHERE p.access_session_id = s.id \
+                             AND p.delivered_at IS NULL AND p.dead_at IS NULL) \
+             ORDER BY s.stopped_at LIMIT $2 FOR UPDATE OF s SKIP LOCKED",
         )
         .bind(before)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM accounting_outbox WHERE access_session_id = ANY($1) \
+             AND (delivered_at IS NOT NULL OR dead_at IS NOT NULL)",
+        )
+        .bind(&ids)
         .execute(&mut *tx)
         .await?;
         let removed = sqlx::query(
-            "DELETE FROM access_sessions WHERE state = 'stopped' AND stopped_at < $1 \
+            "DELETE FROM access_sessions WHERE id = ANY($1) \
              AND NOT EXISTS (SELECT 1 FROM accounting_outbox p WHERE p.access_session_id = access_sessions.id)",
         )
-        .bind(before)
+        .bind(&ids)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -2732,12 +2740,14 @@ impl SessionStore for PgStore {
         )
         .fetch_one(self.pool())
         .await?;
-        let (dead_letters, dead_stops): (i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), COUNT(*) FILTER (WHERE status_type = $1 AND dead_reason IS DISTINCT FROM $2) \
+        let (dead_letters, dead_stops, dead_stops_last_day): (i64, i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE status_type = $1 AND dead_reason IS DISTINCT FROM $2), \
+             COUNT(*) FILTER (WHERE status_type = $1 AND dead_reason IS DISTINCT FROM $2 AND dead_at > $3) \
              FROM accounting_outbox WHERE dead_at IS NOT NULL",
         )
         .bind(i64::from(status_type::STOP))
         .bind(super::NEVER_STARTED)
+        .bind(now - crate::metrics::DEAD_STOPS_RECENT_MS)
         .fetch_one(self.pool())
         .await?;
         let (overdue, oldest_end): (i64, Option<i64>) = sqlx::query_as(
@@ -2756,6 +2766,7 @@ impl SessionStore for PgStore {
             ),
             dead_letters,
             dead_stops,
+            dead_stops_last_day,
             ..Default::default()
         })
     }

@@ -1739,21 +1739,32 @@ impl SessionStore for SqliteStore {
             .await
     }
 
-    async fn prune(&self, before: i64) -> Result<u64, StorageError> {
+    async fn prune(&self, before: i64, limit: i64) -> Result<u64, StorageError> {
         self.engine
             .write_relaxed(move |c| {
-                c.execute(
-                    "DELETE FROM accounting_outbox WHERE access_session_id IN ( \
-                       SELECT s.id FROM access_sessions s WHERE s.state = 'stopped' AND s.stopped_at < ? \
+                let ids: Vec<i64> = c
+                    .prepare_cached(
+                        "SELECT s.id FROM access_sessions s WHERE s.state = 'stopped' AND s.stopped_at < ? \
                          AND NOT EXISTS (SELECT 1 FROM accounting_outbox p WHERE p.access_session_id = s.id \
-                                         AND p.delivered_at IS NULL AND p.dead_at IS NULL))",
-                    [before],
+                                         AND p.delivered_at IS NULL AND p.dead_at IS NULL) \
+                         ORDER BY s.stopped_at LIMIT ?",
+                    )?
+                    .query_map([before, limit], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let mut history = c.prepare_cached(
+                    "DELETE FROM accounting_outbox WHERE access_session_id = ? \
+                     AND (delivered_at IS NOT NULL OR dead_at IS NOT NULL)",
                 )?;
-                Ok(c.execute(
-                    "DELETE FROM access_sessions WHERE state = 'stopped' AND stopped_at < ? \
+                let mut session = c.prepare_cached(
+                    "DELETE FROM access_sessions WHERE id = ? \
                      AND NOT EXISTS (SELECT 1 FROM accounting_outbox p WHERE p.access_session_id = access_sessions.id)",
-                    [before],
-                )? as u64)
+                )?;
+                let mut removed = 0u64;
+                for id in ids {
+                    history.execute([id])?;
+                    removed += session.execute([id])? as u64;
+                }
+                Ok(removed)
             })
             .await
     }
@@ -1772,14 +1783,20 @@ impl SessionStore for SqliteStore {
                     "SELECT COUNT(*), MIN(created_at) FROM accounting_outbox WHERE delivered_at IS NULL AND dead_at IS NULL",
                 )?
                 .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                let (dead_letters, dead_stops): (i64, i64) = c
+                let (dead_letters, dead_stops, dead_stops_last_day): (i64, i64, i64) = c
                     .prepare_cached(
-                        "SELECT COUNT(*), COUNT(*) FILTER (WHERE status_type = ?1 AND dead_reason IS NOT ?2) \
+                        "SELECT COUNT(*), COUNT(*) FILTER (WHERE status_type = ?1 AND dead_reason IS NOT ?2), \
+                         COUNT(*) FILTER (WHERE status_type = ?1 AND dead_reason IS NOT ?2 AND dead_at > ?3) \
                          FROM accounting_outbox WHERE dead_at IS NOT NULL",
                     )?
-                    .query_row(params![status_type::STOP, super::NEVER_STARTED], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })?;
+                    .query_row(
+                        params![
+                            status_type::STOP,
+                            super::NEVER_STARTED,
+                            now - crate::metrics::DEAD_STOPS_RECENT_MS
+                        ],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )?;
                 let (overdue, oldest_end): (i64, Option<i64>) = c
                     .prepare_cached(
                         "SELECT COUNT(*), MIN(expires_at) FROM access_sessions WHERE state = 'active' AND expires_at < ?1",
@@ -1798,6 +1815,7 @@ impl SessionStore for SqliteStore {
                     ),
                     dead_letters,
                     dead_stops,
+                    dead_stops_last_day,
                     database_commits,
                     ..Default::default()
                 })

@@ -39,15 +39,25 @@ pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() 
 }
 
 /// Polls the async `check` until it is true, for at most 15 s (then panics with `what`).
-pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+pub async fn wait_until<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    wait_until_within(what, Duration::from_secs(15), check).await
+}
+
+/// Polls the async `check` until it is true, for at most `timeout` (then panics with `what`).
+#[allow(dead_code)]
+pub async fn wait_until_within<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
     while !check().await {
         if Instant::now() >= deadline {
-            panic!("timed out waiting for {what}");
+            panic!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -921,9 +931,12 @@ pub async fn delaying_relay(
 }
 
 /// A UDP relay to accounting at `upstream` that drops every Accounting-Request Stop of `user`
-/// (a record the server cannot store) and passes the rest.
+/// (a record the server cannot store) and passes the rest; how many it dropped.
 #[allow(dead_code)]
-pub async fn relay_dropping_stops_of(upstream: SocketAddr, user: &'static str) -> SocketAddr {
+pub async fn relay_dropping_stops_of(
+    upstream: SocketAddr,
+    user: &'static str,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use radius::core::{code::Code, packet::Packet, rfc2865, rfc2866};
     let stop_of_user = move |request: &[u8]| {
         Packet::decode(request, SECRET.as_bytes()).is_ok_and(|packet| {
@@ -934,7 +947,16 @@ pub async fn relay_dropping_stops_of(upstream: SocketAddr, user: &'static str) -
                     .is_some_and(|name| name.is_ok_and(|n| n == user))
         })
     };
-    relay(upstream, move |request| !stop_of_user(request), None).await
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = dropped.clone();
+    let pass = move |request: &[u8]| {
+        let drop = stop_of_user(request);
+        if drop {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        !drop
+    };
+    (relay(upstream, pass, None).await, dropped)
 }
 
 /// A UDP relay to `upstream`: each datagram `pass` lets through goes there from a socket of its
