@@ -127,6 +127,15 @@ const BACKGROUND_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(15);
 /// A call through [`PgStore::guarded`] this long is logged (throttled): a pool too small for
 /// the load, a lock wait, or a slow server.
 const SLOW_CALL: Duration = Duration::from_secs(2);
+/// A call through [`PgStore::guarded`] not answered within this is given up, as the database
+/// away (its outcome unknown, as after a connection reset): a live server answers or cancels
+/// each statement within its `statement_timeout` (60 s). A call already on the wire when the
+/// server's host died without a word (power lost, a partition, a failover that moved the
+/// address) would otherwise wait for TCP's retransmissions to give up — about 15 minutes —,
+/// or for ever when the server had acknowledged the query: the expiry pass or the delivery
+/// loop stuck on it, no Stop leaving this replica, while `/readyz` says ready (the storage
+/// review's F1 of session 82).
+const CALL_GIVE_UP: Duration = Duration::from_secs(90);
 
 /// Whether PostgreSQL is known not to answer. The pool alone would make every request wait
 /// its acquire timeout (5 s) while the server is stopped — it retries a refused connection
@@ -1036,20 +1045,43 @@ impl PgStore {
         Fut: std::future::Future<Output = Result<T, E>>,
         E: Into<StorageError>,
     {
+        self.guarded_within(CALL_GIVE_UP, work).await
+    }
+
+    /// [`Self::guarded`], the call given up after `give_up`.
+    async fn guarded_within<'a, T, E, F, Fut>(
+        &'a self,
+        give_up: Duration,
+        work: F,
+    ) -> Result<T, StorageError>
+    where
+        F: FnOnce(&'a PgPool) -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+        E: Into<StorageError>,
+    {
         self.reach.admit()?;
         let started = std::time::Instant::now();
         let work = work(self.pool());
         tokio::pin!(work);
         let result = tokio::select! {
             biased;
-            done = &mut work => done,
-            () = tokio::time::sleep(SLOW_CALL) => {
-                // Not cut short: the call may be a write the server is about to commit.
+            done = &mut work => done.map_err(Into::into),
+            () = tokio::time::sleep(SLOW_CALL.min(give_up)) => {
+                // Not cut short: the call may be a write the server is about to commit — until
+                // no live server would still be working on it.
                 self.reach.suspect();
-                work.await
+                match tokio::time::timeout(give_up.saturating_sub(SLOW_CALL), &mut work).await {
+                    Ok(done) => done.map_err(Into::into),
+                    Err(_) => {
+                        self.reach.check(false);
+                        Err(StorageError::Unreachable(format!(
+                            "PostgreSQL did not answer a call within {:?} (the path to it lost?): what it did is not known",
+                            give_up
+                        )))
+                    }
+                }
             }
-        }
-        .map_err(Into::into);
+        };
         if let Err(e) = &result {
             self.reach.observe(e);
             if e.refuses_writes() {
@@ -2974,6 +3006,63 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         silent.abort();
+    }
+
+    /// A store on pools that open no connection until asked (to a port nobody listens on).
+    fn lazy_store() -> PgStore {
+        let options = PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(1)
+            .username("portal")
+            .database("portal");
+        let pool = || PgPoolOptions::new().connect_lazy_with(options.clone());
+        PgStore {
+            requests: pool(),
+            background: pool(),
+            listening: pool(),
+            starved: Arc::default(),
+            origin: "test".into(),
+            reach: Arc::new(Reachability {
+                options: options.clone(),
+                pools: [pool(), pool()],
+                down: std::sync::Mutex::new(None),
+                checking: std::sync::atomic::AtomicBool::new(false),
+                suspected_at: std::sync::Mutex::new(None),
+            }),
+            outbox_statistics: Arc::default(),
+            refused_writes_at: Arc::default(),
+            read_only_seen_at: Arc::default(),
+        }
+    }
+
+    /// A call the server never answers (its host gone without a word after the query went
+    /// out) is given up after its bound ([`CALL_GIVE_UP`]), as the database away — not waited
+    /// on for the quarter of an hour TCP takes, or for ever (the storage review's F1 of session
+    /// 82); a call answered within it is not cut short, however slow.
+    #[tokio::test]
+    async fn a_call_never_answered_is_given_up_as_the_database_away() {
+        let give_up = Duration::from_millis(300);
+        let given_up = tokio::time::timeout(
+            Duration::from_secs(10),
+            lazy_store().guarded_within(give_up, |_| {
+                std::future::pending::<Result<(), sqlx::Error>>()
+            }),
+        )
+        .await
+        .expect("the call is given up, not waited on for ever");
+        assert!(
+            matches!(&given_up, Err(StorageError::Unreachable(why)) if why.contains("did not answer")),
+            "{given_up:?}"
+        );
+        assert!(given_up.unwrap_err().is_unavailable());
+
+        let slow = lazy_store()
+            .guarded_within(Duration::from_secs(60), |_| async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok::<_, sqlx::Error>(7)
+            })
+            .await;
+        assert!(matches!(slow, Ok(7)), "{slow:?}");
     }
 
     #[test]
