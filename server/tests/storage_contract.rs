@@ -190,6 +190,7 @@ on_both_backends!(
     sign_ins_that_never_finished_end_as_they_would_have,
     pruning_keeps_what_is_pending,
     pruning_goes_in_chunks_oldest_first,
+    due_sessions_stop_in_chunks_earliest_first,
     organization_changes_are_revisioned_audited_and_guarded,
     an_organization_the_file_no_longer_lists_is_disabled_and_unlisted_together,
     keys_and_web_sessions_are_shared_by_every_process,
@@ -3155,6 +3156,46 @@ async fn a_dynamic_authorization_request_is_acted_on_once_until_it_expires(db: D
             .await
             .unwrap(),
         Some(ack.clone())
+    );
+}
+
+/// An expiry sweep goes in chunks (the storage review's F4 of session 82: one write on
+/// SQLite): at most `limit` sessions a write, those due first; a short chunk says none due is
+/// left.
+async fn due_sessions_stop_in_chunks_earliest_first(db: Db) {
+    let s = &db.storage;
+    let mut due = Vec::new();
+    for n in 0..5 {
+        due.push(opened(s, login(&format!("10.0.3.{}", n + 1), T0, MINUTE + n)).await);
+    }
+    let later = opened(s, login("10.0.3.9", T0, 10 * MINUTE)).await;
+    let now = T0 + 2 * MINUTE;
+    let first = s.stop_due_chunk(now, 2).await.unwrap();
+    assert_eq!(
+        first.iter().map(|st| st.id).collect::<Vec<_>>(),
+        due[..2],
+        "the two due first"
+    );
+    assert_eq!(s.stop_due_chunk(now, 2).await.unwrap().len(), 2);
+    assert_eq!(
+        s.stop_due_chunk(now, 2).await.unwrap().len(),
+        1,
+        "the last, short chunk"
+    );
+    assert!(s.stop_due_chunk(now, 2).await.unwrap().is_empty());
+    for id in &due {
+        assert!(s.session(*id).await.unwrap().unwrap().stopped_at.is_some());
+    }
+    assert!(s
+        .session(later)
+        .await
+        .unwrap()
+        .unwrap()
+        .stopped_at
+        .is_none());
+    assert_eq!(
+        s.stop_due_sessions(T0 + 11 * MINUTE).await.unwrap().len(),
+        1
     );
 }
 

@@ -130,6 +130,10 @@ use std::path::Path;
 /// earlier row of its session).
 pub const STOPS_DUE_LATELY_MS: i64 = 60_000;
 
+/// Due sessions one write of an expiry sweep stops at most ([`Storage::stop_due_sessions`]);
+/// on PostgreSQL another replica takes the rows this one has locked meanwhile.
+pub const STOP_CHUNK: i64 = 2_000;
+
 /// Sessions (or audit entries) one pruning write deletes at most: the retention's first pass
 /// after it was lowered — months of history — is many short writes, not one that holds every
 /// other write back for minutes on SQLite, or outlasts PostgreSQL's `statement_timeout` and is
@@ -292,10 +296,12 @@ contract! {
         /// acknowledged, rolled back or the session stopped), so no user was given it. Stopped
         /// with NAS-Error at its start, its Stop queued behind its Start.
         fn end_abandoned_sign_in(&self, id: i64, now: i64) -> SignInLease;
-        /// Stops every active session whose deadline is at or before `now`. Each is stopped at
-        /// its own deadline, with Session-Timeout when the limit was reached, else Idle-Timeout.
-        /// Several processes may run this at once: each session is stopped exactly once.
-        fn stop_due_sessions(&self, now: i64) -> Vec<Stopped>;
+        /// Stops at most `limit` active sessions whose deadline is at or before `now`, those due
+        /// first, in one write (fewer than `limit`: none due is left; a whole sweep is
+        /// [`Storage::stop_due_sessions`]). Each is stopped at its own deadline, with
+        /// Session-Timeout when the limit was reached, else Idle-Timeout. Several processes
+        /// may run this at once: each session is stopped exactly once.
+        fn stop_due_chunk(&self, now: i64, limit: i64) -> Vec<Stopped>;
         /// Stops up to `limit` active sessions of a *disabled* organization at `event_at`
         /// with `cause`, in one write, and queues their Stops (the delivery loop sends them,
         /// paced like any other row), for the disable's stop job `job_id`. Nothing if the
@@ -590,6 +596,33 @@ contract! {
 }
 
 impl Storage {
+    /// Stops every active session whose deadline is at or before `now`, in writes of at most
+    /// [`STOP_CHUNK`] ([`SessionStore::stop_due_chunk`]): a large sweep — a VM resumed after
+    /// hours, a start after an outage — holds no other write back for long, and each chunk's
+    /// Stops can leave while the next is written (the storage review's F4 of session 82: on
+    /// SQLite it was one write). A chunk that fails after others were committed ends the
+    /// sweep with those (said, so their Stops are sent and their pages told now); the rest,
+    /// still due, are the next pass's.
+    pub async fn stop_due_sessions(&self, now: i64) -> Result<Vec<Stopped>, StorageError> {
+        let mut all = Vec::new();
+        loop {
+            let stopped = match self.stop_due_chunk(now, STOP_CHUNK).await {
+                Ok(stopped) => stopped,
+                Err(e) if !all.is_empty() => {
+                    tracing::warn!(error = %e, stopped = all.len(),
+                        "stopping due sessions: a later batch failed; the rest are stopped at the next pass");
+                    return Ok(all);
+                }
+                Err(e) => return Err(e),
+            };
+            let done = (stopped.len() as i64) < STOP_CHUNK;
+            all.extend(stopped);
+            if done {
+                return Ok(all);
+            }
+        }
+    }
+
     /// The newest `limit` audit entries, oldest first.
     pub async fn audit_tail(&self, limit: i64) -> Result<Vec<AuditEntry>, StorageError> {
         self.audit_entries(&AuditQuery {

@@ -522,10 +522,6 @@ fn session_notices(stopped: &[Stopped]) -> Vec<Notice> {
     stopped.iter().map(|s| Notice::Session(s.id)).collect()
 }
 
-/// Due sessions stopped per transaction: a large sweep commits in chunks (each chunk's Stops
-/// can leave while the next is written) and another replica takes the rows this one has locked.
-const STOP_CHUNK: i64 = 2_000;
-
 /// Key of the advisory lock every organization change takes (serializes them across replicas).
 const ORGANIZATION_LOCK: i64 = 0x7261_6469_7573_6f72; // "radiusor"
 
@@ -1914,59 +1910,36 @@ impl SessionStore for PgStore {
         Ok(SignInLease::Ended)
     }
 
-    async fn stop_due_sessions(&self, now: i64) -> Result<Vec<Stopped>, StorageError> {
-        let mut all = Vec::new();
-        loop {
-            let chunk = async {
-                let mut tx = self.pool().begin().await?;
-                // An operator's stop asked for before the deadline and not yet made ends the
-                // session then (Admin-Reset; its job finds it ended).
-                let chunk = sqlx::query(stop_sessions!(concat!(
-                    "SELECT s.id, CASE WHEN a.asked < s.expires_at THEN a.asked ELSE s.expires_at END AS at, \
-                     CASE WHEN a.asked < s.expires_at THEN $5::BIGINT \
-                     WHEN s.limit_at IS NOT NULL AND s.limit_at <= s.expires_at THEN $2::BIGINT ELSE $3::BIGINT END AS cause \
-                     FROM access_sessions s, LATERAL (SELECT ",
-                    super::stop_asked_at!(),
-                    " AS asked) a \
-                     WHERE s.state = 'active' AND s.expires_at <= $1 ORDER BY s.expires_at LIMIT $4 FOR UPDATE OF s SKIP LOCKED"
-                )))
-                .bind(now)
-                .bind(i64::from(terminate_cause::SESSION_TIMEOUT))
-                .bind(i64::from(terminate_cause::IDLE_TIMEOUT))
-                .bind(STOP_CHUNK)
-                .bind(i64::from(terminate_cause::ADMIN_RESET))
-                .fetch_all(&mut *tx)
-                .await?;
-                let stopped = chunk
-                    .iter()
-                    .map(stopped_from_row)
-                    .collect::<Result<Vec<_>, _>>()?;
-                notify(&mut tx, &self.origin, &session_notices(&stopped)).await?;
-                tx.commit().await?;
-                Ok::<_, StorageError>(stopped)
-            }
-            .await;
-            let stopped = match chunk {
-                Ok(stopped) => stopped,
-                // The chunks committed before are stopped: said, so their Stops are sent and
-                // their pages told now (the storage review's L3); the rest, still due, are the
-                // next pass's.
-                Err(e) if !all.is_empty() => {
-                    tracing::warn!(error = %e, stopped = all.len(),
-                        "stopping due sessions: a later batch failed; the rest are stopped at the next pass");
-                    return Ok(all);
-                }
-                Err(e) => return Err(e),
-            };
-            let done = (stopped.len() as i64) < STOP_CHUNK;
-            if stopped.len() >= STATISTICS_BULK {
-                self.keep_outbox_statistics(true).await;
-            }
-            all.extend(stopped);
-            if done {
-                return Ok(all);
-            }
+    async fn stop_due_chunk(&self, now: i64, limit: i64) -> Result<Vec<Stopped>, StorageError> {
+        let mut tx = self.pool().begin().await?;
+        // An operator's stop asked for before the deadline and not yet made ends the session
+        // then (Admin-Reset; its job finds it ended).
+        let chunk = sqlx::query(stop_sessions!(concat!(
+            "SELECT s.id, CASE WHEN a.asked < s.expires_at THEN a.asked ELSE s.expires_at END AS at, \
+             CASE WHEN a.asked < s.expires_at THEN $5::BIGINT \
+             WHEN s.limit_at IS NOT NULL AND s.limit_at <= s.expires_at THEN $2::BIGINT ELSE $3::BIGINT END AS cause \
+             FROM access_sessions s, LATERAL (SELECT ",
+            super::stop_asked_at!(),
+            " AS asked) a \
+             WHERE s.state = 'active' AND s.expires_at <= $1 ORDER BY s.expires_at LIMIT $4 FOR UPDATE OF s SKIP LOCKED"
+        )))
+        .bind(now)
+        .bind(i64::from(terminate_cause::SESSION_TIMEOUT))
+        .bind(i64::from(terminate_cause::IDLE_TIMEOUT))
+        .bind(limit)
+        .bind(i64::from(terminate_cause::ADMIN_RESET))
+        .fetch_all(&mut *tx)
+        .await?;
+        let stopped = chunk
+            .iter()
+            .map(stopped_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        notify(&mut tx, &self.origin, &session_notices(&stopped)).await?;
+        tx.commit().await?;
+        if stopped.len() >= STATISTICS_BULK {
+            self.keep_outbox_statistics(true).await;
         }
+        Ok(stopped)
     }
 
     async fn stop_disabled_sessions(

@@ -1011,7 +1011,7 @@ impl SessionStore for SqliteStore {
             .await
     }
 
-    async fn stop_due_sessions(&self, now: i64) -> Result<Vec<Stopped>, StorageError> {
+    async fn stop_due_chunk(&self, now: i64, limit: i64) -> Result<Vec<Stopped>, StorageError> {
         self.engine
             .write(move |c| {
                 type Due = (i64, i64, Option<i64>, Option<i64>);
@@ -1020,9 +1020,11 @@ impl SessionStore for SqliteStore {
                         "SELECT s.id, s.expires_at, s.limit_at, ",
                         super::stop_asked_at!(),
                         " FROM access_sessions s \
-                         WHERE s.state = 'active' AND s.expires_at <= ? ORDER BY s.expires_at"
+                         WHERE s.state = 'active' AND s.expires_at <= ? ORDER BY s.expires_at LIMIT ?"
                     ))?
-                    .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .query_map([now, limit], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })?
                     .collect::<Result<_, _>>()?;
                 let mut stopped = Vec::new();
                 for (id, expires_at, limit_at, asked_at) in due {
