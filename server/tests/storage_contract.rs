@@ -3413,6 +3413,46 @@ async fn organization_changes_are_revisioned_audited_and_guarded(db: Db) {
             pending_accounting: 1
         }
     );
+    // Ended sessions beside it: their history is deleted in chunks before the organization
+    // (the storage review's F7 of session 82) — never while the delete is refused.
+    let mut ended = Vec::new();
+    for n in 2..4 {
+        let mut new = login(&format!("10.0.2.{n}"), T0, MINUTE);
+        new.organization_id = "gamma".into();
+        let other = s.open_session(&new).await.unwrap().id;
+        s.stop_session(other, terminate_cause::USER_REQUEST, T0 + 1)
+            .await
+            .unwrap();
+        ended.push(other);
+    }
+    // Their accounting delivered (the open session's Start not yet).
+    loop {
+        let rows: Vec<_> = s
+            .claim_due_outbox(T0 + 2, T0 + MINUTE, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|row| ended.contains(&row.access_session_id))
+            .collect();
+        if rows.is_empty() {
+            break;
+        }
+        for row in rows {
+            s.mark_delivered(&row, T0 + 2, None).await.unwrap();
+        }
+    }
+    assert!(matches!(
+        s.delete_organization("gamma", "cli:test", T0, &detail)
+            .await
+            .unwrap(),
+        DeleteOutcome::Busy { .. }
+    ));
+    for other in &ended {
+        assert!(
+            s.session(*other).await.unwrap().is_some(),
+            "kept while refused"
+        );
+    }
     let StopOutcome::Queued(terminate_cause::ADMIN_RESET) = s
         .stop_session_claiming(id, terminate_cause::ADMIN_RESET, T0 + 1, T0 + MINUTE)
         .await
@@ -3420,17 +3460,33 @@ async fn organization_changes_are_revisioned_audited_and_guarded(db: Db) {
     else {
         panic!("the Stop waits behind the Start")
     };
-    for _ in 0..2 {
-        for row in s.claim_due_outbox(T0 + 2, T0 + MINUTE, 10).await.unwrap() {
-            s.mark_delivered(&row, T0 + 2, None).await.unwrap();
+    loop {
+        // The open session's Start, claimed above, is claimable again once its lease ran out.
+        let rows = s
+            .claim_due_outbox(T0 + 2 * MINUTE, T0 + 3 * MINUTE, 10)
+            .await
+            .unwrap();
+        if rows.is_empty() {
+            break;
+        }
+        for row in rows {
+            s.mark_delivered(&row, T0 + 2 * MINUTE, None).await.unwrap();
         }
     }
+    assert_eq!(s.forget_ended_sessions("gamma", 2).await.unwrap(), 2);
+    assert!(
+        s.session(id).await.unwrap().is_none(),
+        "the lowest ids first"
+    );
+    assert!(s.session(ended[0]).await.unwrap().is_none());
+    assert!(s.session(ended[1]).await.unwrap().is_some());
     assert_eq!(
         s.delete_organization("gamma", "cli:test", T0 + 3, &detail)
             .await
             .unwrap(),
         DeleteOutcome::Deleted
     );
+    assert!(s.session(ended[1]).await.unwrap().is_none());
     assert!(s.session(id).await.unwrap().is_none());
     assert_eq!(s.organization_active("gamma").await.unwrap(), None);
     s.audit(&Audit {

@@ -567,6 +567,11 @@ contract! {
         /// log keeps its history), audited. Refused while it is listed in the configuration, has
         /// open sessions or accounting not yet delivered: nothing may be lost.
         fn delete_organization(&self, id: &str, actor: &str, now: i64, detail: &serde_json::Value) -> DeleteOutcome;
+        /// Deletes at most `limit` of organization `id`'s ended sessions whose accounting was
+        /// all delivered, with their rows, the lowest ids first, in one write that takes no
+        /// organization lock; how many (fewer than `limit`: none is left). What
+        /// [`Self::delete_organization`] does first, in chunks ([`PRUNE_CHUNK`]).
+        fn forget_ended_sessions(&self, id: &str, limit: i64) -> u64;
         /// Organization jobs not done yet, oldest first (inspection: tests, operators).
         fn pending_organization_jobs(&self) -> Vec<OrganizationJob>;
         /// The jobs for this process to run, oldest first. On a shared database (PostgreSQL)
