@@ -2945,6 +2945,62 @@ async fn a_stop_no_server_answers_stays_with_its_own_and_leaves_the_backup_up() 
     app.stop().await;
 }
 
+/// Three servers: a Stop its own server never answers, while it answers everyone else, and
+/// the second server leaves unanswered too, goes to the third — before, it bounced between the
+/// first two, its backoff growing to minutes, while the third was up all along (black-box
+/// tester W's D1 of session 82).
+#[tokio::test]
+async fn a_stop_two_servers_leave_unanswered_goes_to_the_third() {
+    let primary = FreeRadius::start().await;
+    let backup = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let acct_of = |radius: &FreeRadius| SocketAddr::from(([127, 0, 0, 1], radius.acct_port));
+    let (own_relay, _) = common::relay_dropping_stops_of(acct_of(&primary), "erin").await;
+    let (second_relay, dropped_at_second) =
+        common::relay_dropping_stops_of(acct_of(&backup), "erin").await;
+    // The third reaches the same FreeRADIUS as the second through a relay that drops nothing.
+    let (third_relay, _) = common::relay_dropping_stops_of(acct_of(&backup), "nobody").await;
+    let mut own = fast(&primary, "primary");
+    own.acct_port = own_relay.port();
+    let mut second = fast(&backup, "second");
+    second.acct_port = second_relay.port();
+    let mut third = fast(&backup, "third");
+    third.acct_port = third_relay.port();
+    let mut config = settings(&db, vec![own, second, third]);
+    config.radius.probe_interval = Duration::from_millis(500);
+    let app = TestApp::spawn(&config).await;
+    let erin = app
+        .sessions
+        .login("acme", "erin", "erin-pass", IpAddr::V4(client(52)))
+        .await
+        .unwrap();
+    assert_eq!(erin.server_name, "primary");
+    // Other users keep the primary answering.
+    let busy = {
+        let sessions = app.sessions.clone();
+        tokio::spawn(async move {
+            for n in (0..200u8).cycle() {
+                let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 4, n + 1));
+                if let Ok(s) = sessions.login("acme", "carol", "carol-pass", ip).await {
+                    let _ = sessions.disconnect(s.id).await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    assert!(app.sessions.disconnect(erin.id).await.unwrap());
+    let sid = format!("sid={} ", erin.acct_session_id);
+    let stop = backup.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&stop, "cause"), "User-Request");
+    busy.abort();
+    assert_eq!(
+        dropped_at_second.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one exchange at the second server, then the third"
+    );
+    app.stop().await;
+}
+
 /// A server back after an outage but slow — answering in more than one timeout, well within
 /// its timeout × tries, as requests are given — is found back by its probe: before, a probe had
 /// one timeout, and the server stayed down (its Stops held, every sign-in failing) for as long

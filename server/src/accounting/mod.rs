@@ -223,17 +223,19 @@ pub struct Accounting {
 const UNSEEN_ROWS: usize = 65_536;
 
 /// A row's packet left unanswered by a server ([`Accounting::silences`]).
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Silence {
     at: Target,
     /// When the first such exchange began.
     first: Instant,
     /// Those whose server answered a packet sent after it meanwhile: refused, not lost.
     refused: u32,
-    /// Failed over for that ([`Accounting::packets_own_silence`]), the packet was left
-    /// unanswered where it went too: no server stores it, and it stays with its own (the
-    /// whole-change review's F3 of session 81: it bounced between the two).
-    refused_elsewhere: bool,
+    /// Failed over for that ([`Accounting::packets_own_silence`]), the servers that left it
+    /// unanswered too: it goes to another up server not among them, and with none left, no
+    /// server stores it and it stays with its own (the whole-change review's F3 of session
+    /// 81: it bounced between the two; black-box tester W's D1 of session 82: with three, a
+    /// silent second server had it bounce between those two, never tried at the third).
+    refused_elsewhere: Vec<Target>,
 }
 
 /// Rows [`Accounting`] remembers the silences of, at most (then forgotten all at once: a
@@ -1497,7 +1499,11 @@ impl Accounting {
         let slot_wait = deadline.map_or(SLOT_WAIT, |d| {
             d.saturating_duration_since(Instant::now()).min(SLOT_WAIT)
         });
-        let (_slot, waited) = match window.enter(slot_wait, deadline.is_none(), now_ms()).await {
+        let recoveries = health.recoveries_at(health.target(server, Port::Acct));
+        let (_slot, waited) = match window
+            .enter(slot_wait, deadline.is_none(), (now_ms(), recoveries))
+            .await
+        {
             window::Entry::Slot { permit, waited } => (permit, waited),
             window::Entry::GiveBack(turn) => {
                 // Nobody waits on this row, and the server's line is full: it is claimed again
@@ -1627,11 +1633,13 @@ impl Accounting {
                 at: target,
                 first: sent_at,
                 refused: 0,
-                refused_elsewhere: false,
+                refused_elsewhere: Vec::new(),
             };
-            let silence = silences.entry(row.id).or_insert(fresh);
+            let silence = silences.entry(row.id).or_insert_with(|| fresh.clone());
             if silence.at != target && silence.refused >= 2 {
-                silence.refused_elsewhere = true;
+                if !silence.refused_elsewhere.contains(&target) {
+                    silence.refused_elsewhere.push(target);
+                }
             } else {
                 if silence.at != target {
                     *silence = fresh;
@@ -1895,24 +1903,33 @@ impl Accounting {
     /// `row` is settled: the trials it carried go to the row held longest for that server,
     /// made due at their time — in the background: an acknowledgement (a sign-in's Start)
     /// does not wait for that write.
-    /// Whether `server`, up, has left row `row`'s packet unanswered twice or more while it
-    /// answered packets sent after it: its silence is the packet's, not the server's (a
-    /// server slow or down leaves later packets unanswered too). Not once the server it
-    /// failed over to left it unanswered as well: no server stores it, and it stays with its
-    /// own, backing off.
-    fn packets_own_silence(&self, row: i64, server: &ServerEndpoint) -> bool {
+    /// Where row `row`'s packet goes instead of `own`, its session's server, when that one,
+    /// up, has left it unanswered twice or more while it answered packets sent after it — its
+    /// silence is the packet's, not the server's (a server slow or down leaves later packets
+    /// unanswered too): the first other server of `servers` that is up and has not left it
+    /// unanswered since. None: it stays with its own (with none left, no server stores it; it
+    /// backs off there).
+    fn packets_own_silence<'o>(
+        &self,
+        row: i64,
+        own: &ServerEndpoint,
+        servers: &'o [ServerEndpoint],
+    ) -> Option<&'o ServerEndpoint> {
         let health = self.radius.health();
-        let silence = self
-            .silences
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&row)
-            .copied();
-        silence.is_some_and(|silence| {
-            silence.at == health.target(server, Port::Acct)
-                && silence.refused >= 2
-                && !silence.refused_elsewhere
-                && health.is_up(server, Port::Acct)
+        let silences = self.silences.lock().unwrap_or_else(|p| p.into_inner());
+        let silence = silences.get(&row)?;
+        if silence.at != health.target(own, Port::Acct)
+            || silence.refused < 2
+            || !health.is_up(own, Port::Acct)
+        {
+            return None;
+        }
+        servers.iter().find(|s| {
+            s.name != own.name
+                && health.is_up(s, Port::Acct)
+                && !silence
+                    .refused_elsewhere
+                    .contains(&health.target(s, Port::Acct))
         })
     }
 
@@ -2004,17 +2021,8 @@ impl Accounting {
         // another server that is up takes it — with its other traffic answered, the own
         // server's breaker never opened, and the packet was never failed over (black-box
         // tester N's H1 of session 81).
-        if let Some(own) = org
-            .servers
-            .iter()
-            .find(|s| s.name == session.server_name)
-            .filter(|own| self.packets_own_silence(row.id, own))
-        {
-            if let Some(other) = org
-                .servers
-                .iter()
-                .find(|s| s.name != own.name && health.is_up(s, Port::Acct))
-            {
+        if let Some(own) = org.servers.iter().find(|s| s.name == session.server_name) {
+            if let Some(other) = self.packets_own_silence(row.id, own, &org.servers) {
                 tracing::warn!(acct_session_id = %acct_id, status_type = row.status_type,
                     session_server = %own.name, server = %other.name, organization = %org.id,
                     "the session's accounting server answers other packets but has left this one unanswered twice: it goes to another server");

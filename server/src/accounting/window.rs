@@ -72,14 +72,30 @@ impl Line {
     /// When a row given back at `now` is to be claimed again: after the rows waiting now and
     /// those given back before it, at the pace the destination answers (a window's worth of
     /// rows per exchange), rounded up to a [`TURN_STEP_MS`], never more than [`MAX_TURN_MS`]
-    /// away.
-    fn give_back(&mut self, now: i64) -> i64 {
+    /// away. `recoveries`: the destination's now — back since the average was begun, its
+    /// outage's pace and turns count for nothing (black-box tester W's D2 of session 82: the
+    /// rows claimed at a server's return were given turns at its timeouts' pace, 64 per 9 s
+    /// exchange, before any exchange since had ended — a backlog of a server answering in 2 s
+    /// drained at 7 a second, not 32).
+    fn give_back(&mut self, now: i64, recoveries: u64) -> i64 {
+        self.afresh_after(recoveries);
         let per_row = self.exchange_ms / WINDOW as f64;
         let behind_waiting = now + (self.waiting as f64 * per_row) as i64;
         let step = (per_row.ceil() as i64).max(1);
         let turn = (self.last_turn.max(behind_waiting) + step).min(now + MAX_TURN_MS);
         self.last_turn = turn;
         (turn + TURN_STEP_MS - 1).div_euclid(TURN_STEP_MS) * TURN_STEP_MS
+    }
+
+    /// The pace and the turns begun afresh if the destination came back (`recoveries`, its
+    /// count now) since they were begun: its outage said nothing of its pace after it, and
+    /// every row held through it came due at its return.
+    fn afresh_after(&mut self, recoveries: u64) {
+        if self.recoveries != recoveries {
+            self.recoveries = recoveries;
+            self.exchange_ms = FIRST_EXCHANGE_MS;
+            self.last_turn = i64::MIN;
+        }
     }
 
     /// An exchange begun at the destination's `begun_after` recoveries held its slot for
@@ -89,10 +105,7 @@ impl Line {
         if begun_after != recoveries {
             return;
         }
-        if self.recoveries != recoveries {
-            self.recoveries = recoveries;
-            self.exchange_ms = FIRST_EXCHANGE_MS;
-        }
+        self.afresh_after(recoveries);
         let took_ms = took.as_secs_f64() * 1000.0;
         self.exchange_ms += (took_ms - self.exchange_ms) / 8.0;
     }
@@ -133,8 +146,14 @@ impl Window {
     }
 
     /// A slot, at once or within `wait`; a row nobody waits on (`may_give_back`) finding
-    /// [`WAITING`] rows in line is given back instead of joining it.
-    pub(super) async fn enter(&self, wait: Duration, may_give_back: bool, now: i64) -> Entry {
+    /// [`WAITING`] rows in line is given back instead of joining it (`now`, and the
+    /// destination's `recoveries` now, for its turn: [`Line::give_back`]).
+    pub(super) async fn enter(
+        &self,
+        wait: Duration,
+        may_give_back: bool,
+        (now, recoveries): (i64, u64),
+    ) -> Entry {
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
             return Entry::Slot {
                 permit,
@@ -146,7 +165,7 @@ impl Window {
         let _in_line = if may_give_back {
             let mut line = lock(&self.line);
             if line.waiting >= WAITING {
-                return Entry::GiveBack(line.give_back(now));
+                return Entry::GiveBack(line.give_back(now, recoveries));
             }
             line.waiting += 1;
             Some(InLine(&self.line))
@@ -190,18 +209,18 @@ mod tests {
         line.waiting = WAITING;
         let now = 1_000_000;
         // Behind the 64 waiting (640 ms), then 10 ms apart, in steps of 50 ms.
-        assert_eq!(line.give_back(now), now + 650);
-        assert_eq!(line.give_back(now), now + 700);
+        assert_eq!(line.give_back(now, 0), now + 650);
+        assert_eq!(line.give_back(now, 0), now + 700);
         // Later, the next turn still follows the last one given out.
-        assert_eq!(line.give_back(now + 5), now + 700);
-        let turns: Vec<i64> = (0..5).map(|_| line.give_back(now + 5)).collect();
+        assert_eq!(line.give_back(now + 5, 0), now + 700);
+        let turns: Vec<i64> = (0..5).map(|_| line.give_back(now + 5, 0)).collect();
         assert_eq!(
             turns,
             [now + 700, now + 700, now + 700, now + 750, now + 750]
         );
         // Once the line has moved on past the turns given out, they start from now again.
         let later = now + 10_000;
-        assert_eq!(line.give_back(later), later + 650);
+        assert_eq!(line.give_back(later, 0), later + 650);
     }
 
     #[test]
@@ -210,7 +229,7 @@ mod tests {
         line.exchange_ms = 9_000.0; // a dying server's timeouts
         line.waiting = WAITING;
         let now = 5_000;
-        let turns: Vec<i64> = (0..1000).map(|_| line.give_back(now)).collect();
+        let turns: Vec<i64> = (0..1000).map(|_| line.give_back(now, 0)).collect();
         assert!(turns.windows(2).all(|t| t[0] <= t[1]), "in order");
         assert!(turns.iter().all(|&t| t > now && t <= now + MAX_TURN_MS));
     }
@@ -241,6 +260,25 @@ mod tests {
         assert!(line.exchange_ms < FIRST_EXCHANGE_MS, "{}", line.exchange_ms);
     }
 
+    /// The rows claimed at a server's return are given turns at a fresh pace, not its outage's
+    /// — before any exchange begun since has ended (black-box tester W's D2 of session 82).
+    #[test]
+    fn turns_given_at_a_servers_return_start_afresh() {
+        let mut line = Line::new();
+        for _ in 0..64 {
+            line.exchanged(Duration::from_millis(9_000), (0, 0));
+        }
+        line.waiting = WAITING;
+        let now = 1_000_000;
+        let during: Vec<i64> = (0..64).map(|_| line.give_back(now, 0)).collect();
+        assert!(during[63] > now + 8_000, "the outage's pace: {during:?}");
+        // Back (one recovery): the next turns come at a fresh pace, from now.
+        let back = now + 100;
+        let after: Vec<i64> = (0..64).map(|_| line.give_back(back, 1)).collect();
+        assert!(after[63] < back + 1_000, "{after:?}");
+        assert!(after.windows(2).all(|t| t[0] <= t[1]), "in order");
+    }
+
     #[tokio::test]
     async fn only_a_row_nobody_waits_on_is_given_back_and_only_once_the_line_is_full() {
         let window = Window::new();
@@ -251,7 +289,7 @@ mod tests {
             let window = window.clone();
             waiting.push(tokio::spawn(async move {
                 matches!(
-                    window.enter(Duration::from_secs(60), true, now).await,
+                    window.enter(Duration::from_secs(60), true, (now, 0)).await,
                     Entry::Slot { .. }
                 )
             }));
@@ -260,12 +298,14 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(matches!(
-            window.enter(Duration::from_secs(60), true, now).await,
+            window.enter(Duration::from_secs(60), true, (now, 0)).await,
             Entry::GiveBack(at) if at > now
         ));
         // One a caller waits on waits its wait out beside the line, not counted in it.
         assert!(matches!(
-            window.enter(Duration::from_millis(20), false, now).await,
+            window
+                .enter(Duration::from_millis(20), false, (now, 0))
+                .await,
             Entry::NoSlot
         ));
         assert_eq!(lock(&window.line).waiting, WAITING);

@@ -725,16 +725,27 @@ async fn set_active_in<B: OrgBackend>(
         // sessions), and closed now, also one a portal is running (its batches stop only while
         // their job is open; PostgreSQL: this waits for a batch under way): a later disable's
         // own job runs, dated by that disable. The enable's audit entry says so, and how many
-        // sessions the stop had stopped already (each batch counts itself on the job's row).
-        let stopped: Option<(i64, i64)> = c
+        // sessions were stopped as the disable ends them already: by the stop's batches, and
+        // otherwise meanwhile — a Disconnect-Request, an operator's termination, a deadline
+        // passed, each dated the disable's moment (black-box tester M's D3 of session 81: only
+        // the batches were counted).
+        let stopped: Option<(i64, Option<i64>)> = c
             .fetch_optional(
-                "SELECT COUNT(*), CAST(COALESCE(SUM(stopped), 0) AS BIGINT) FROM organization_jobs \
+                "SELECT COUNT(*), MIN(created_at) FROM organization_jobs \
                  WHERE organization_id = $1 AND kind = 'stop_sessions' AND done_at IS NULL",
                 &[Arg::Text(id)],
             )
             .await?;
-        let (pending, stopped_before) = stopped.unwrap_or((0, 0));
-        if pending > 0 {
+        let (pending, asked_at) = stopped.unwrap_or((0, None));
+        if let (true, Some(asked_at)) = (pending > 0, asked_at) {
+            let stopped_before: Option<(i64,)> = c
+                .fetch_optional(
+                    "SELECT COUNT(*) FROM access_sessions WHERE organization_id = $1 \
+                     AND state = 'stopped' AND stopped_at >= $2",
+                    &[Arg::Text(id), Arg::Int(asked_at)],
+                )
+                .await?;
+            let stopped_before = stopped_before.map_or(0, |(n,)| n);
             let outcome = match stopped_before {
                 0 => "skipped: re-enabled".to_string(),
                 n => format!("stopped {n} sessions, the rest skipped: re-enabled"),
