@@ -2993,6 +2993,29 @@ async fn a_failed_sign_ins_session_is_ended_once_the_database_is_back() {
     app.stop().await;
 }
 
+/// A longer outage (32 s of the database refusing the Stop): the session is still ended
+/// within seconds of the database taking writes again — the tries do not back off to half a
+/// minute, which left the sessions of a 40 s outage to their deadline (black-box tester S's D1
+/// of session 82).
+#[tokio::test]
+async fn a_failed_sign_ins_session_is_ended_soon_after_a_long_outage() {
+    let (radius, app, dir) = portal_with_one_server().await;
+    let conn = sign_in_failing_with_its_stop(&app, dir.path()).await;
+    let start = radius.wait_for_acct(&["status=Start", "user=carol"]).await;
+    let sid = format!("sid={}", field(&start, "sid"));
+    // The outage itself: the database refuses the Stop for 32 s.
+    tokio::time::sleep(Duration::from_secs(32)).await;
+    assert_eq!(
+        app.storage.active_sessions().await.unwrap(),
+        1,
+        "not ended while the database refuses"
+    );
+    conn.execute_batch("DROP TRIGGER refuse_stops;").unwrap();
+    let stop = radius.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&stop, "cause"), "NAS-Error");
+    app.stop().await;
+}
+
 /// The portal stopped (SIGTERM) while such a session still waits for its Stop's write: one
 /// more try before the exit ends it (nothing in the database says its sign-in failed: after
 /// the exit it would have run to its deadline), and its Stop goes out with the last flush.

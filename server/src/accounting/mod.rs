@@ -1426,7 +1426,7 @@ impl Accounting {
                 SignInLease::Ended => {
                     tracing::warn!(acct_session_id = %acct_id, session = session.id, organization = %org.id,
                         username = %session.username,
-                        "a sign-in whose portal stopped during it is ended (its lease ran out): its Start is sent, then a NAS-Error Stop");
+                        "a sign-in whose lease ran out before its Start was recorded (its portal stopped, or lost the database, during it) is ended: its Start is sent, then a NAS-Error Stop");
                 }
                 SignInLease::Held(until) => {
                     let again = until + CLAIM_MARGIN_MS + 1;
