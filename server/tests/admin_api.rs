@@ -679,6 +679,11 @@ async fn organizations_and_their_servers_are_created_changed_and_deleted_by_the_
             "servers[0].address",
         ),
         (
+            // Said as the file's check says it (black-box tester S's D4 of session 82).
+            json!({ "id": "gamma", "name": "G", "servers": [{ "name": "x", "address": "localhost", "secret": "s" }] }),
+            "organization.servers[0].address: not an IP address like `10.0.0.1` or `2001:db8::1` (host names are not looked up)",
+        ),
+        (
             // Named in full, as every other field (tester S's D7).
             json!({ "id": "gamma", "name": "G", "servers": [{ "name": "x", "address": "10.0.0.1", "secret_file": "/etc/shadow" }] }),
             "organization.servers[0].secret_file: files",

@@ -104,7 +104,7 @@ fn object(value: Value, what: &str, when_empty: &str) -> Result<Map<String, Valu
 }
 
 /// Deserializes `value`, naming the field a problem is in (`organization.servers[0].address:
-/// invalid IP address syntax`).
+/// not an IP address like …`).
 fn parse<T: serde::de::DeserializeOwned>(value: Value, key: &str) -> Result<T, ChangeError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
@@ -113,7 +113,10 @@ fn parse<T: serde::de::DeserializeOwned>(value: Value, key: &str) -> Result<T, C
         } else {
             format!("{key}.{path}")
         };
-        ChangeError::Invalid(format!("{at}: {}", e.inner()))
+        ChangeError::Invalid(format!(
+            "{at}: {}",
+            crate::config::explained(&e.inner().to_string())
+        ))
     })
 }
 
