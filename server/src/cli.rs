@@ -590,11 +590,23 @@ async fn accounting_report(settings: &Settings, command: AccountingCommand) -> a
                         )
                     }
                     _ if row.next_attempt_at <= now => "due now".to_string(),
-                    // A copy goes to its server alone: held for it, it goes once that server
-                    // answers again (the time is a fallback, up to 5 minutes out).
+                    // A copy goes to its server alone: held for it while it is down, it goes once
+                    // that server answers again (the time is a fallback, up to 5 minutes out);
+                    // left unanswered by it while it is up, at its next attempt (black-box
+                    // tester W's D3 of session 82: "answers again" sent the operator looking for
+                    // an outage that was not there).
                     _ => match &row.entry.copy_to {
+                        Some(server)
+                            if row.entry.last_error.as_deref()
+                                == Some(crate::accounting::COPY_WAITS_FOR_ITS_SERVER) =>
+                        {
+                            format!(
+                                "goes when server {server} answers again (next attempt {} at the latest)",
+                                crate::operator::clock(row.next_attempt_at)
+                            )
+                        }
                         Some(server) => format!(
-                            "goes when server {server} answers again (next attempt {} at the latest)",
+                            "goes to server {server} alone, next attempt {}",
                             crate::operator::clock(row.next_attempt_at)
                         ),
                         None => format!(

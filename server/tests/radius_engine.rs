@@ -2862,6 +2862,21 @@ async fn a_stop_its_server_never_answers_goes_to_the_backup_while_others_keep_it
         health.is_up(&server, radius_portal::radius::health::Port::Acct),
         "the primary stayed up"
     );
+    // Its copy for the primary, which the primary leaves unanswered too, is not said to wait
+    // for the primary to "answer again", as if it were down (black-box tester W's D3 of
+    // session 82).
+    wait_until("the backlog names the copy's next attempt", || async {
+        let out = common::operator_command(&db, &["accounting", "backlog"]);
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        said.contains("(copy for server primary)")
+            && said.contains("goes to server primary alone, next attempt")
+    })
+    .await;
+    let out = common::operator_command(&db, &["accounting", "backlog"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("answers again"),
+        "{out:?}"
+    );
     app.stop().await;
 }
 

@@ -219,6 +219,10 @@ pub struct Accounting {
     settled: Arc<Notify>,
 }
 
+/// The last error of a copy held while its server is down (`accounting backlog` tells it from
+/// a copy its server, up, left unanswered).
+pub const COPY_WAITS_FOR_ITS_SERVER: &str = "the server is down: this copy waits for it";
+
 /// Start rows [`Accounting`] remembers refused attempts of, at most.
 const UNSEEN_ROWS: usize = 65_536;
 
@@ -2000,7 +2004,7 @@ impl Accounting {
             // checked by trial requests (`status_check = "request"`) is found back only by a
             // request sent to it: the copy goes as that trial when the next may go, if it is
             // the row that carries the server's trials.
-            let reason = "the server is down: this copy waits for it";
+            let reason = COPY_WAITS_FOR_ITS_SERVER;
             let now = now_ms();
             let mut retry = self
                 .trial_slot(row, (std::slice::from_ref(server), name), None, now)
