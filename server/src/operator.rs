@@ -781,7 +781,7 @@ pub async fn org(settings: &Settings, mut command: OrgCommand) -> anyhow::Result
                         servers.join(", "),
                         match (v.stopping_sessions, v.active_sessions) {
                             (false, _) => "",
-                            (true, 0) => "  (the disable's stop has none left to stop; it is recorded done by the portal that holds it)",
+                            (true, 0) => "  (the disable's stop has none left to stop; a running portal records it done)",
                             (true, _) => "  (sessions to be stopped: the disable's stop is pending)",
                         }
                     );
@@ -813,7 +813,7 @@ pub async fn org(settings: &Settings, mut command: OrgCommand) -> anyhow::Result
                         (false, _) => "",
                         // Done but not yet recorded so: a replica that stopped answering holds
                         // the job until its claim runs out (black-box tester M's D2 of s81).
-                        (true, 0) => " (the disable's stop has none left to stop; it is recorded done by the portal that holds it — within 30 s when that portal stopped answering)",
+                        (true, 0) => " (the disable's stop has none left to stop; a running portal records it done — within 30 s when the one that held it stopped answering)",
                         (true, _) => " (to be stopped: the disable's stop is pending; a running portal does it)",
                     }
                 );

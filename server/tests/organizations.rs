@@ -1020,7 +1020,7 @@ async fn a_disables_stop_with_none_left_to_stop_is_said_so() {
     let show = portal(&config, &["org", "show", "acme"]).await;
     let said = String::from_utf8_lossy(&show.stdout);
     assert!(
-        said.contains("open sessions:    0 (the disable's stop has none left to stop; it is recorded done by the portal that holds it"),
+        said.contains("open sessions:    0 (the disable's stop has none left to stop; a running portal records it done"),
         "{show:?}"
     );
     let list = portal(&config, &["org", "list"]).await;

@@ -3451,6 +3451,7 @@ async fn organization_changes_are_revisioned_audited_and_guarded(db: Db) {
             .unwrap(),
         DeleteOutcome::Busy { .. }
     ));
+    assert_eq!(s.forget_ended_sessions("gamma", 10).await.unwrap(), 0);
     for other in &ended {
         assert!(
             s.session(*other).await.unwrap().is_some(),

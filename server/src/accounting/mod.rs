@@ -1503,7 +1503,7 @@ impl Accounting {
         let slot_wait = deadline.map_or(SLOT_WAIT, |d| {
             d.saturating_duration_since(Instant::now()).min(SLOT_WAIT)
         });
-        let recoveries = health.recoveries_at(health.target(server, Port::Acct));
+        let recoveries = health.recoveries_at_address(health.target(server, Port::Acct).addr);
         let (_slot, waited) = match window
             .enter(slot_wait, deadline.is_none(), (now_ms(), recoveries))
             .await
@@ -1596,20 +1596,30 @@ impl Accounting {
             ),
             _ => (own_deadline, false),
         };
-        // A packet left unanswered here before, or refused by its own server.
+        // A packet with nowhere else to go, or one this server refused (left it unanswered
+        // twice while answering packets sent after it), left unanswered here before — with a
+        // backup and no such refusal, its silences count as the server's, so that a server
+        // whose accounting is dead while it answers Status-Server is left (its breaker opens;
+        // the whole-change review of session 82, F1) —; or one its own server refused, at
+        // another.
         let target = health.target(server, Port::Acct);
+        let nowhere_else = row.copy_to.is_some() || org.servers.len() == 1;
         let earlier_silence = match self
             .silences
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&row.id)
         {
-            Some(silence) if silence.at == target => EarlierSilence::Here(silence.first),
-            Some(silence) if silence.refused >= 2 => EarlierSilence::RefusedByItsOwn,
+            Some(silence) if silence.at == target && (nowhere_else || silence.refused >= 2) => {
+                EarlierSilence::Here(silence.first)
+            }
+            Some(silence) if silence.at != target && silence.refused >= 2 => {
+                EarlierSilence::RefusedByItsOwn
+            }
             _ => EarlierSilence::None,
         };
         let sent_at = Instant::now();
-        let recoveries_before = health.recoveries_at(target);
+        let recoveries_before = health.recoveries_at_address(target.addr);
         let answered = self
             .radius
             .account(
@@ -1626,7 +1636,7 @@ impl Accounting {
         // given back once the server returned come round seconds late: tester N's L1).
         window.exchanged(
             sent_at.elapsed(),
-            (recoveries_before, health.recoveries_at(target)),
+            (recoveries_before, health.recoveries_at_address(target.addr)),
         );
         if matches!(answered, Err(RadiusError::Timeout)) {
             let mut silences = self.silences.lock().unwrap_or_else(|p| p.into_inner());

@@ -965,6 +965,21 @@ impl ServerHealth {
         self.with(target, |e| e.recoveries)
     }
 
+    /// How often the breakers of every target at `addr` (each organization's, each secret's)
+    /// have closed after being open, together: what a send window, which is per address, counts
+    /// a server's returns by (the whole-change review of session 82, F2: one organization's
+    /// count beside another's at a shared server had the window begin its pace afresh at each
+    /// exchange). May drop when a target is no longer configured (a fresh start, harmless).
+    pub fn recoveries_at_address(&self, addr: std::net::SocketAddr) -> u64 {
+        let registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        registry
+            .entries
+            .iter()
+            .filter(|(target, _)| target.addr == addr)
+            .map(|(_, e)| e.recoveries)
+            .sum()
+    }
+
     /// Counts the breakers that closed: a receiver sees each change, also one made while it
     /// was not waiting.
     pub fn recovered(&self) -> tokio::sync::watch::Receiver<u64> {

@@ -569,8 +569,9 @@ contract! {
         fn delete_organization(&self, id: &str, actor: &str, now: i64, detail: &serde_json::Value) -> DeleteOutcome;
         /// Deletes at most `limit` of organization `id`'s ended sessions whose accounting was
         /// all delivered, with their rows, the lowest ids first, in one write that takes no
-        /// organization lock; how many (fewer than `limit`: none is left). What
-        /// [`Self::delete_organization`] does first, in chunks ([`PRUNE_CHUNK`]).
+        /// organization lock; how many (fewer than `limit`: none is left). Nothing while the
+        /// organization may not be deleted ([`Self::delete_organization`] would refuse it):
+        /// what an operator's delete does first, in chunks ([`PRUNE_CHUNK`]).
         fn forget_ended_sessions(&self, id: &str, limit: i64) -> u64;
         /// Organization jobs not done yet, oldest first (inspection: tests, operators).
         fn pending_organization_jobs(&self) -> Vec<OrganizationJob>;
@@ -603,9 +604,8 @@ contract! {
 impl Storage {
     /// Stops every active session whose deadline is at or before `now`, in writes of at most
     /// [`STOP_CHUNK`] ([`SessionStore::stop_due_chunk`]): a large sweep — a VM resumed after
-    /// hours, a start after an outage — holds no other write back for long, and each chunk's
-    /// Stops can leave while the next is written (the storage review's F4 of session 82: on
-    /// SQLite it was one write). A chunk that fails after others were committed ends the
+    /// hours, a start after an outage — holds no other write back for long (the storage
+    /// review's F4 of session 82: on SQLite it was one write). A chunk that fails after others were committed ends the
     /// sweep with those (said, so their Stops are sent and their pages told now); the rest,
     /// still due, are the next pass's.
     pub async fn stop_due_sessions(&self, now: i64) -> Result<Vec<Stopped>, StorageError> {

@@ -1517,18 +1517,6 @@ impl<B: OrgBackend> OrganizationStore for B {
         now: i64,
         detail: &serde_json::Value,
     ) -> Result<DeleteOutcome, StorageError> {
-        // Its ended sessions' history first, in short writes of their own: one transaction
-        // holding every writer out (SQLite's write lock, PostgreSQL's organization lock) while
-        // a month of history went held up every other organization's sign-ins and changes,
-        // and outlasted `statement_timeout` (the storage review's F7 of session 82). Not
-        // unless the organization may be deleted (asked again below, in the change).
-        if let Some(refused) = delete_refused::<B>(&mut *self.reader().await?, id, "").await? {
-            return Ok(refused);
-        }
-        while self.forget_ended_sessions(id, super::PRUNE_CHUNK).await? == super::PRUNE_CHUNK as u64
-        {
-            tokio::task::yield_now().await;
-        }
         let mut change = self.begin_change().await?;
         let c = change.conn();
         if let Some(refused) = delete_refused::<B>(c, id, B::LOCK_ROW).await? {
@@ -1571,26 +1559,52 @@ impl<B: OrgBackend> OrganizationStore for B {
     }
 
     async fn forget_ended_sessions(&self, id: &str, limit: i64) -> Result<u64, StorageError> {
+        // Only an organization that may be deleted (a refused delete keeps its history).
+        if delete_refused::<B>(&mut *self.reader().await?, id, "")
+            .await?
+            .is_some()
+        {
+            return Ok(0);
+        }
         let mut change = self.begin_write().await?;
         let c = change.conn();
-        // Ended, every packet delivered (a dead letter goes into the delete's audit entry).
-        let chosen = "SELECT s.id FROM access_sessions s WHERE s.organization_id = $1 \
-             AND s.state = 'stopped' AND NOT EXISTS (SELECT 1 FROM accounting_outbox o \
-             WHERE o.access_session_id = s.id AND o.delivered_at IS NULL) ORDER BY s.id LIMIT $2";
-        let args = [Arg::Text(id), Arg::Int(limit)];
-        for table in ["session_classes", "accounting_outbox"] {
+        // Ended, every packet delivered (a dead letter goes into the delete's audit entry);
+        // chosen once, and locked first, as pruning locks them (PostgreSQL).
+        let chosen: Vec<(i64,)> = c
+            .fetch_all(
+                &format!(
+                    "SELECT s.id FROM access_sessions s WHERE s.organization_id = $1 \
+                     AND s.state = 'stopped' AND NOT EXISTS (SELECT 1 FROM accounting_outbox o \
+                     WHERE o.access_session_id = s.id AND o.delivered_at IS NULL) \
+                     ORDER BY s.id LIMIT $2{}",
+                    B::LOCK_ROW
+                ),
+                &[Arg::Text(id), Arg::Int(limit)],
+            )
+            .await?;
+        let mut removed = 0;
+        for (session,) in chosen {
+            let session = [Arg::Int(session)];
             c.execute(
-                &format!("DELETE FROM {table} WHERE access_session_id IN ({chosen})"),
-                &args,
+                "DELETE FROM session_classes WHERE access_session_id = $1",
+                &session,
             )
             .await?;
+            c.execute(
+                "DELETE FROM accounting_outbox WHERE access_session_id = $1 \
+                 AND delivered_at IS NOT NULL",
+                &session,
+            )
+            .await?;
+            // Not one a row was queued for meanwhile.
+            removed += c
+                .execute(
+                    "DELETE FROM access_sessions WHERE id = $1 AND NOT EXISTS \
+                     (SELECT 1 FROM accounting_outbox o WHERE o.access_session_id = $1)",
+                    &session,
+                )
+                .await?;
         }
-        let removed = c
-            .execute(
-                &format!("DELETE FROM access_sessions WHERE id IN ({chosen})"),
-                &args,
-            )
-            .await?;
         change.commit().await?;
         Ok(removed)
     }

@@ -65,6 +65,57 @@ pub struct PgStore {
     /// not) ([`SessionStore::ping`]): counted for [`super::engine::FAILING_FOR_MS`], so a
     /// finding no probe follows up does not refuse sign-ins for good.
     read_only_seen_at: Arc<std::sync::atomic::AtomicI64>,
+    /// When a call was last given up unanswered ([`CALL_GIVE_UP`]; unix ms, 0: never): the
+    /// connections going back to the pools are checked with a bound for a while after
+    /// ([`released_checked`]).
+    gave_up_at: Arc<std::sync::atomic::AtomicI64>,
+}
+
+/// For this long after a call was given up unanswered (ms), a connection going back to its
+/// pool is checked with a bound ([`released_checked`]).
+const CHECK_RELEASES_FOR_MS: i64 = 10 * 60 * 1000;
+
+/// How long such a check waits for the server's answer.
+const RELEASE_CHECK: Duration = Duration::from_secs(5);
+
+/// A connection going back to its pool (sqlx's `after_release`): shortly after a call was given
+/// up unanswered (`gave_up_at`), pinged with a bound, and dropped when the server says nothing
+/// — sqlx's own ping of a returned connection waits without one, holding the connection's
+/// pool slot for the quarter of an hour TCP takes (the whole-change review's F7 of session
+/// 82: a given-up call freed its caller, but the background pool's four connections stayed
+/// taken, and no Stop left the replica). Otherwise kept as it is, at no cost.
+fn released_checked<'c>(
+    connection: &'c mut PgConnection,
+    gave_up_at: Arc<std::sync::atomic::AtomicI64>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, sqlx::Error>> + Send + 'c>> {
+    Box::pin(async move {
+        let since =
+            crate::access_session::now_ms() - gave_up_at.load(std::sync::atomic::Ordering::Relaxed);
+        if since > CHECK_RELEASES_FOR_MS {
+            return Ok(true);
+        }
+        match tokio::time::timeout(RELEASE_CHECK, sqlx::Connection::ping(connection)).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "a connection going back to the pool did not answer its check",
+            ))),
+        }
+    })
+}
+
+/// `hook`, typed as sqlx's `after_release` takes it (for every lifetime of the connection).
+fn release_hook<F>(hook: F) -> F
+where
+    F: for<'c> Fn(
+        &'c mut PgConnection,
+        sqlx::pool::PoolConnectionMetadata,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<bool, sqlx::Error>> + Send + 'c>,
+    >,
+{
+    hook
 }
 
 /// The outbox's statistics as this replica keeps them up to date: the pending rows counted
@@ -826,8 +877,14 @@ impl PgStore {
         sqlx::Connection::close(sqlx::ConnectOptions::connect(&options).await?).await?;
         // sqlx's own line for a slow acquire names neither pool nor cause, once per call:
         // thousands under load. [`PgStore::guarded`] says it once in a while instead.
+        let gave_up_at: Arc<std::sync::atomic::AtomicI64> = Arc::default();
+        let checked = |gave_up_at: &Arc<std::sync::atomic::AtomicI64>| {
+            let gave_up_at = gave_up_at.clone();
+            release_hook(move |connection, _| released_checked(connection, gave_up_at.clone()))
+        };
         let pool = PgPoolOptions::new()
             .acquire_slow_level(log::LevelFilter::Off)
+            .after_release(checked(&gave_up_at))
             .max_connections(requests)
             .max_lifetime(REQUEST_LIFETIME)
             .acquire_timeout(REQUEST_ACQUIRE_TIMEOUT)
@@ -837,6 +894,7 @@ impl PgStore {
         // operator commands never use them), and kept at `min_connections` for `serve`.
         let background = PgPoolOptions::new()
             .acquire_slow_level(log::LevelFilter::Off)
+            .after_release(checked(&gave_up_at))
             .max_connections(BACKGROUND_CONNECTIONS)
             .min_connections(if serving { BACKGROUND_CONNECTIONS } else { 0 })
             .idle_timeout(None)
@@ -879,6 +937,7 @@ impl PgStore {
             outbox_statistics: Arc::default(),
             refused_writes_at: Arc::default(),
             read_only_seen_at: Arc::default(),
+            gave_up_at,
         })
     }
 
@@ -1069,6 +1128,10 @@ impl PgStore {
                 match tokio::time::timeout(give_up.saturating_sub(SLOW_CALL), &mut work).await {
                     Ok(done) => done.map_err(Into::into),
                     Err(_) => {
+                        self.gave_up_at.store(
+                            crate::access_session::now_ms(),
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
                         self.reach.check(false);
                         Err(StorageError::Unreachable(format!(
                             "PostgreSQL did not answer a call within {:?} (the path to it lost?): what it did is not known",
@@ -3005,6 +3068,7 @@ mod tests {
             outbox_statistics: Arc::default(),
             refused_writes_at: Arc::default(),
             read_only_seen_at: Arc::default(),
+            gave_up_at: Arc::default(),
         }
     }
 
