@@ -2813,6 +2813,21 @@ async fn a_stop_the_server_never_answers_does_not_reopen_its_breaker() {
     app.stop().await;
 }
 
+/// Other users of acme (carol, from 127.0.`subnet`.1-200 in turn) sign in and out every 100 ms,
+/// keeping the organization's server answering, until the task is aborted.
+fn others_keep_signing_in(app: &TestApp, subnet: u8) -> tokio::task::JoinHandle<()> {
+    let sessions = app.sessions.clone();
+    tokio::spawn(async move {
+        for n in (0..200u8).cycle() {
+            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, subnet, n + 1));
+            if let Ok(s) = sessions.login("acme", "carol", "carol-pass", ip).await {
+                let _ = sessions.disconnect(s.id).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
 /// A Stop its own server never answers, while the server answers every other packet (other
 /// users sign in and out all the time, so its breaker stays closed): after two unanswered
 /// exchanges with the server heard since, the Stop goes to the backup — before, it stayed at
@@ -2839,18 +2854,7 @@ async fn a_stop_its_server_never_answers_goes_to_the_backup_while_others_keep_it
         .unwrap();
     assert_eq!(erin.server_name, "primary");
     // Other users keep the primary answering.
-    let busy = {
-        let sessions = app.sessions.clone();
-        tokio::spawn(async move {
-            for n in 0u8.. {
-                let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 2, n % 200 + 1));
-                if let Ok(s) = sessions.login("acme", "carol", "carol-pass", ip).await {
-                    let _ = sessions.disconnect(s.id).await;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let busy = others_keep_signing_in(&app, 2);
     assert!(app.sessions.disconnect(erin.id).await.unwrap());
     let sid = format!("sid={} ", erin.acct_session_id);
     let stop = backup.wait_for_acct(&["status=Stop", &sid]).await;
@@ -2911,18 +2915,7 @@ async fn a_stop_no_server_answers_stays_with_its_own_and_leaves_the_backup_up() 
         .unwrap();
     assert_eq!(erin.server_name, "primary");
     // Other users keep the primary answering; nothing but erin's Stop reaches the backup.
-    let busy = {
-        let sessions = app.sessions.clone();
-        tokio::spawn(async move {
-            for n in (0..200u8).cycle() {
-                let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 3, n + 1));
-                if let Ok(s) = sessions.login("acme", "carol", "carol-pass", ip).await {
-                    let _ = sessions.disconnect(s.id).await;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let busy = others_keep_signing_in(&app, 3);
     assert!(app.sessions.disconnect(erin.id).await.unwrap());
     // Twice at the primary, once at the backup, then at the primary again and again (it
     // backs off: 1, 2, 4, 8, 16 s).
@@ -2991,18 +2984,7 @@ async fn a_stop_two_servers_leave_unanswered_goes_to_the_third() {
         .unwrap();
     assert_eq!(erin.server_name, "primary");
     // Other users keep the primary answering.
-    let busy = {
-        let sessions = app.sessions.clone();
-        tokio::spawn(async move {
-            for n in (0..200u8).cycle() {
-                let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 4, n + 1));
-                if let Ok(s) = sessions.login("acme", "carol", "carol-pass", ip).await {
-                    let _ = sessions.disconnect(s.id).await;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let busy = others_keep_signing_in(&app, 4);
     assert!(app.sessions.disconnect(erin.id).await.unwrap());
     let sid = format!("sid={} ", erin.acct_session_id);
     let stop = backup.wait_for_acct(&["status=Stop", &sid]).await;
