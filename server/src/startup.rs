@@ -1562,7 +1562,7 @@ impl NoticeListeners {
 
 /// Deletes accounting history and ended sessions older than the accounting retention, and
 /// audit entries older than the audit retention, hourly — in chunks, each its own write
-/// ([`crate::storage::PRUNE_CHUNK`]).
+/// ([`crate::storage::in_chunks`]).
 async fn prune_loop(
     storage: Storage,
     (retention, audit_retention): (Duration, Duration),
@@ -1570,12 +1570,13 @@ async fn prune_loop(
 ) {
     loop {
         let before = now_ms() - audit_retention.as_millis() as i64;
-        if let Err(e) = prune_in_chunks(&shutdown, |limit| storage.prune_audit(before, limit)).await
+        if let Err(e) =
+            crate::storage::in_chunks(&shutdown, |limit| storage.prune_audit(before, limit)).await
         {
             tracing::error!(error = ?e, "pruning old audit entries failed");
         }
         let before = now_ms() - retention.as_millis() as i64;
-        match prune_in_chunks(&shutdown, |limit| storage.prune(before, limit)).await {
+        match crate::storage::in_chunks(&shutdown, |limit| storage.prune(before, limit)).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 sessions = n,
@@ -1590,75 +1591,9 @@ async fn prune_loop(
     }
 }
 
-/// Runs `chunk` (one pruning write of at most [`crate::storage::PRUNE_CHUNK`]) until it
-/// removes fewer than that, or shutdown; how many it removed in all. What a chunk removed
-/// stays removed when a later one fails.
-pub async fn prune_in_chunks<F, Fut>(
-    shutdown: &CancellationToken,
-    mut chunk: F,
-) -> Result<u64, crate::storage::StorageError>
-where
-    F: FnMut(i64) -> Fut,
-    Fut: std::future::Future<Output = Result<u64, crate::storage::StorageError>>,
-{
-    let limit = crate::storage::PRUNE_CHUNK;
-    let mut removed = 0;
-    while !shutdown.is_cancelled() {
-        let n = chunk(limit).await?;
-        removed += n;
-        if n < limit as u64 {
-            break;
-        }
-        // Other writes go between two chunks.
-        tokio::task::yield_now().await;
-    }
-    Ok(removed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn pruning_goes_on_in_chunks_until_one_is_short_or_shutdown() {
-        let limit = crate::storage::PRUNE_CHUNK as u64;
-        let shutdown = CancellationToken::new();
-        let mut left = vec![3, limit, limit];
-        let removed = prune_in_chunks(&shutdown, |asked| {
-            assert_eq!(asked as u64, limit);
-            let n = left.pop().unwrap();
-            async move { Ok(n) }
-        })
-        .await
-        .unwrap();
-        assert_eq!(removed, 2 * limit + 3);
-        assert!(left.is_empty());
-        // A failed chunk ends the pass (what the others removed stays removed).
-        let mut calls = 0;
-        let failed = prune_in_chunks(&shutdown, |_| {
-            calls += 1;
-            let n = calls;
-            async move {
-                if n == 1 {
-                    Ok(limit)
-                } else {
-                    Err(crate::storage::StorageError::Unreachable("away".into()))
-                }
-            }
-        })
-        .await;
-        assert!(failed.is_err());
-        assert_eq!(calls, 2);
-        shutdown.cancel();
-        let mut calls = 0;
-        let stopped = prune_in_chunks(&shutdown, |_| {
-            calls += 1;
-            async move { Ok(limit) }
-        })
-        .await
-        .unwrap();
-        assert_eq!((stopped, calls), (0, 0), "none after shutdown");
-    }
 
     #[test]
     fn workers_leave_a_core_to_the_database_writer_unless_told() {

@@ -596,7 +596,7 @@ async fn signing_in_again_right_after_a_disconnect_sends_the_start_after_the_sto
     let radius = FreeRadius::start().await;
     let (_dir, db) = temp_db();
     let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let acct = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
+    let acct = radius.acct_addr();
     let relay = common::gated_relay(acct, open.clone()).await;
     let mut server = radius.server_settings("primary", true);
     server.acct_port = relay.port;

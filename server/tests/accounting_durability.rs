@@ -349,7 +349,7 @@ async fn a_graceful_shutdown_sends_a_stop_due_while_another_hangs_at_a_silent_se
     use std::sync::atomic::Ordering::SeqCst;
     let radius = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let acct = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
+    let acct = radius.acct_addr();
     let (acme_open, beta_open) = (
         std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
         std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
@@ -481,7 +481,7 @@ impl HeldAccounting {
         let radius = FreeRadius::start().await;
         let held = std::sync::Arc::new(tokio::sync::Notify::new());
         let release = std::sync::Arc::new(tokio::sync::Notify::new());
-        let acct = std::net::SocketAddr::from(([127, 0, 0, 1], radius.acct_port));
+        let acct = radius.acct_addr();
         let relay = common::holding_relay(acct, held.clone(), release.clone()).await;
         let (_dir, db) = temp_db();
         let mut server = radius.server_settings("primary", true);
@@ -603,7 +603,7 @@ async fn a_busy_servers_backlog_does_not_hold_up_another_servers_start() {
     const BACKLOG: usize = 2_100;
     let radius = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let acct = std::net::SocketAddr::from(([127, 0, 0, 1], radius.acct_port));
+    let acct = radius.acct_addr();
     let mut beta_server = radius.server_settings("b-primary", true);
     beta_server.acct_port = common::gated_relay(acct, Arc::new(AtomicBool::new(true)))
         .await
@@ -901,7 +901,7 @@ async fn a_stop_given_up_at_shutdown_is_sent_by_the_other_replica_at_once() {
     let (_dir, db) = temp_db();
     let url = common::postgres::fresh_database().await;
     let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let acct = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
+    let acct = radius.acct_addr();
     let mut server = radius.server_settings("primary", true);
     server.acct_port = common::gated_relay(acct, open.clone()).await.port;
     // One exchange (9 s) outlasts the shutdown's 5 s flush.

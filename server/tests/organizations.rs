@@ -234,7 +234,7 @@ async fn beta_sign_in_through_a_relay(
     let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
     let (held, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let upstream = if accounting {
-        std::net::SocketAddr::from(([127, 0, 0, 1], b.acct_port))
+        b.acct_addr()
     } else {
         b.auth_addr(true)
     };
@@ -476,7 +476,7 @@ async fn a_sign_in_waiting_on_a_silent_primary_overtaken(deleted: bool) {
 async fn a_start_withheld_by_a_disable_tells_the_user_the_organization_is_disabled() {
     let (a, b) = (FreeRadius::start().await, FreeRadius::start().await);
     let (held, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let acct = std::net::SocketAddr::from(([127, 0, 0, 1], b.acct_port));
+    let acct = b.acct_addr();
     let relay = holding_relay(acct, held.clone(), release.clone()).await;
     let (_dir, db) = temp_db();
     let mut settings = two_organizations(&db, &a, &b);

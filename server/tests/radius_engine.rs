@@ -1518,7 +1518,7 @@ async fn a_row_lost_while_its_server_came_back_is_due_again_at_once() {
     let radius = FreeRadius::start().await;
     let (dir, db) = temp_db();
     let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let acct = SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
+    let acct = radius.acct_addr();
     let relay = common::gated_relay(acct, open.clone()).await;
     let mut settings_of_server = radius.server_settings("primary", true);
     settings_of_server.acct_port = relay.port;
@@ -2070,7 +2070,7 @@ async fn carol_failed_over_from_a_stalled_primary(n: u8) -> FailedOver {
     let primary = FreeRadius::start().await;
     let backup = FreeRadius::start().await;
     let relay_mode = Arc::new(std::sync::atomic::AtomicU8::new(RELAY_PASSES));
-    let primary_acct = SocketAddr::from((Ipv4Addr::LOCALHOST, primary.acct_port));
+    let primary_acct = primary.acct_addr();
     let relay = lossy_relay(primary_acct, relay_mode.clone()).await;
     let (dir, db) = temp_db();
     let mut first = fast(&primary, "primary");
@@ -2219,7 +2219,7 @@ async fn a_delivery_dropped_midway_leaves_its_claim_to_be_given_up() {
     use std::sync::atomic::AtomicBool;
     let radius = FreeRadius::start().await;
     let open = Arc::new(AtomicBool::new(true));
-    let acct = SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
+    let acct = radius.acct_addr();
     let relay = common::gated_relay(acct, open.clone()).await;
     let (_dir, db) = temp_db();
     let mut primary = radius.server_settings("primary", true);
@@ -2290,7 +2290,7 @@ async fn abandoned_sign_in_behind_a_silent_stop(
 ) {
     use std::sync::atomic::AtomicBool;
     let open = Arc::new(AtomicBool::new(true));
-    let acct = SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
+    let acct = radius.acct_addr();
     let relay = common::gated_relay(acct, open.clone()).await;
     let (dir, db) = temp_db();
     let mut primary = radius.server_settings("primary", true);
@@ -2380,7 +2380,7 @@ async fn erin_behind_a_holding_relay(n: u8) -> HeldAnswers {
         Arc::new(tokio::sync::Notify::new()),
         Arc::new(tokio::sync::Notify::new()),
     );
-    let acct = SocketAddr::from((Ipv4Addr::LOCALHOST, radius.acct_port));
+    let acct = radius.acct_addr();
     let relay = reply_holding_relay(acct, armed.clone(), held.clone(), release.clone()).await;
     let (dir, db) = temp_db();
     let mut server = radius.server_settings("primary", true);
@@ -2494,6 +2494,17 @@ fn fast(radius: &FreeRadius, name: &str) -> radius_portal::config::ServerSetting
     server
 }
 
+/// [`fast`], its accounting reached through `relay` (on loopback).
+fn fast_through(
+    radius: &FreeRadius,
+    name: &str,
+    relay: SocketAddr,
+) -> radius_portal::config::ServerSettings {
+    let mut server = fast(radius, name);
+    server.acct_port = relay.port();
+    server
+}
+
 /// Settings for `servers` that notice an outage at the first unanswered exchange and a
 /// return within half a second (the failover tests).
 fn quick_failover(
@@ -2548,8 +2559,7 @@ async fn a_stop_held_through_an_outage_goes_to_the_sessions_own_server_when_both
         vec![fast(&primary, "primary"), fast(&backup, "backup")],
     );
     let app = TestApp::spawn(&settings).await;
-    let acct = |radius: &FreeRadius| SocketAddr::from(([127, 0, 0, 1], radius.acct_port));
-    let (primary_acct, backup_acct) = (acct(&primary), acct(&backup));
+    let (primary_acct, backup_acct) = (primary.acct_addr(), backup.acct_addr());
 
     // The primary is down: the session opens on the backup.
     primary.kill();
@@ -2598,8 +2608,7 @@ async fn a_stop_held_while_its_server_is_silent_fails_over_once_another_is_back(
         vec![fast(&primary, "primary"), fast(&backup, "backup")],
     );
     let app = TestApp::spawn(&settings).await;
-    let acct = |radius: &FreeRadius| SocketAddr::from(([127, 0, 0, 1], radius.acct_port));
-    let (primary_acct, backup_acct) = (acct(&primary), acct(&backup));
+    let (primary_acct, backup_acct) = (primary.acct_addr(), backup.acct_addr());
     let (session, sid) = carol_at_primary(&app, &primary, 40).await;
 
     // The primary goes silent, the backup down; the user disconnects: the Stop is held.
@@ -2838,12 +2847,8 @@ async fn a_stop_its_server_never_answers_goes_to_the_backup_while_others_keep_it
     let primary = FreeRadius::start().await;
     let backup = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let primary_acct = SocketAddr::from(([127, 0, 0, 1], primary.acct_port));
-    let mut own = fast(&primary, "primary");
-    own.acct_port = common::relay_dropping_stops_of(primary_acct, "erin")
-        .await
-        .0
-        .port();
+    let (own_relay, _) = common::relay_dropping_stops_of(primary.acct_addr(), "erin").await;
+    let own = fast_through(&primary, "primary", own_relay);
     let mut config = settings(&db, vec![own, fast(&backup, "backup")]);
     config.radius.probe_interval = Duration::from_millis(500);
     let app = TestApp::spawn(&config).await;
@@ -2897,14 +2902,11 @@ async fn a_stop_no_server_answers_stays_with_its_own_and_leaves_the_backup_up() 
     let primary = FreeRadius::start().await;
     let backup = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let acct_of = |radius: &FreeRadius| SocketAddr::from(([127, 0, 0, 1], radius.acct_port));
-    let (own_relay, _) = common::relay_dropping_stops_of(acct_of(&primary), "erin").await;
+    let (own_relay, _) = common::relay_dropping_stops_of(primary.acct_addr(), "erin").await;
     let (backup_relay, dropped_at_backup) =
-        common::relay_dropping_stops_of(acct_of(&backup), "erin").await;
-    let mut own = fast(&primary, "primary");
-    own.acct_port = own_relay.port();
-    let mut other = fast(&backup, "backup");
-    other.acct_port = backup_relay.port();
+        common::relay_dropping_stops_of(backup.acct_addr(), "erin").await;
+    let own = fast_through(&primary, "primary", own_relay);
+    let other = fast_through(&backup, "backup", backup_relay);
     let mut config = settings(&db, vec![own, other]);
     config.radius.probe_interval = Duration::from_millis(500);
     let app = TestApp::spawn(&config).await;
@@ -2962,18 +2964,14 @@ async fn a_stop_two_servers_leave_unanswered_goes_to_the_third() {
     let primary = FreeRadius::start().await;
     let backup = FreeRadius::start().await;
     let (_dir, db) = temp_db();
-    let acct_of = |radius: &FreeRadius| SocketAddr::from(([127, 0, 0, 1], radius.acct_port));
-    let (own_relay, _) = common::relay_dropping_stops_of(acct_of(&primary), "erin").await;
+    let (own_relay, _) = common::relay_dropping_stops_of(primary.acct_addr(), "erin").await;
     let (second_relay, dropped_at_second) =
-        common::relay_dropping_stops_of(acct_of(&backup), "erin").await;
+        common::relay_dropping_stops_of(backup.acct_addr(), "erin").await;
     // The third reaches the same FreeRADIUS as the second through a relay that drops nothing.
-    let (third_relay, _) = common::relay_dropping_stops_of(acct_of(&backup), "nobody").await;
-    let mut own = fast(&primary, "primary");
-    own.acct_port = own_relay.port();
-    let mut second = fast(&backup, "second");
-    second.acct_port = second_relay.port();
-    let mut third = fast(&backup, "third");
-    third.acct_port = third_relay.port();
+    let (third_relay, _) = common::relay_dropping_stops_of(backup.acct_addr(), "nobody").await;
+    let own = fast_through(&primary, "primary", own_relay);
+    let second = fast_through(&backup, "second", second_relay);
+    let third = fast_through(&backup, "third", third_relay);
     let mut config = settings(&db, vec![own, second, third]);
     config.radius.probe_interval = Duration::from_millis(500);
     let app = TestApp::spawn(&config).await;
@@ -3010,11 +3008,7 @@ async fn a_server_back_but_slower_than_one_timeout_is_found_back() {
     let delay = Arc::new(AtomicU64::new(0));
     let mut slow = fast(&primary, "primary");
     slow.retries = 2; // 300 ms a try, 900 ms an exchange
-    slow.acct_port = common::delaying_relay(
-        SocketAddr::from(([127, 0, 0, 1], primary.acct_port)),
-        delay.clone(),
-    )
-    .await;
+    slow.acct_port = common::delaying_relay(primary.acct_addr(), delay.clone()).await;
     let app = TestApp::spawn(&quick_failover(&db, vec![slow])).await;
     let (session, sid) = carol_at_primary(&app, &primary, 50).await;
     let server = app.organizations.get("acme").unwrap().servers[0].clone();
@@ -3052,7 +3046,7 @@ async fn a_stop_follows_its_start_to_the_server_that_acknowledged_it() {
     let primary = split_primary(&authenticator, &own_accounting);
     let settings = quick_failover(&db, vec![primary, fast(&backup, "backup")]);
     let app = TestApp::spawn(&settings).await;
-    let primary_acct = SocketAddr::from(([127, 0, 0, 1], own_accounting.acct_port));
+    let primary_acct = own_accounting.acct_addr();
     let health = app.radius.health().clone();
 
     // The primary's accounting goes down; a first sign-in finds out (its Start times out).
@@ -3233,7 +3227,7 @@ async fn a_stop_is_copied_to_a_server_an_interim_update_failed_over_to() {
     // The primary is back; the user disconnects: the Stop at the primary, a copy at the backup.
     primary.restart().await;
     let health = app.radius.health().clone();
-    let primary_acct = SocketAddr::from(([127, 0, 0, 1], primary.acct_port));
+    let primary_acct = primary.acct_addr();
     wait_until("the primary is back", || async {
         health.allows(primary_acct)
     })
@@ -3319,7 +3313,7 @@ async fn a_replaced_sessions_stop_copies_go_before_the_new_start() {
     let settings = quick_failover(&db, vec![primary, fast(&backup, "backup")]);
     let app = TestApp::spawn(&settings).await;
     let health = app.radius.health().clone();
-    let primary_acct = SocketAddr::from(([127, 0, 0, 1], own_accounting.acct_port));
+    let primary_acct = own_accounting.acct_addr();
     let ip = IpAddr::V4(client(33));
     let first = app
         .sessions
@@ -3822,10 +3816,7 @@ async fn a_secret_fixed_while_the_server_is_down_is_probed_at_once_and_the_waiti
     settings.radius.probe_interval = Duration::from_secs(60);
     settings.organizations[0].login_timeout = Duration::from_secs(1);
     let app = TestApp::spawn(&settings).await;
-    let (auth, acct) = (
-        radius.auth_addr(true),
-        SocketAddr::from(([127, 0, 0, 1], radius.acct_port)),
-    );
+    let (auth, acct) = (radius.auth_addr(true), radius.acct_addr());
     let session = app
         .sessions
         .login("acme", "carol", "carol-pass", IpAddr::V4(client(40)))

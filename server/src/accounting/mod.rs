@@ -1914,9 +1914,6 @@ impl Accounting {
         None
     }
 
-    /// `row` is settled: the trials it carried go to the row held longest for that server,
-    /// made due at their time — in the background: an acknowledgement (a sign-in's Start)
-    /// does not wait for that write.
     /// Where row `row`'s packet goes instead of `own`, its session's server, when that one,
     /// up, has left it unanswered twice or more while it answered packets sent after it — its
     /// silence is the packet's, not the server's (a server slow or down leaves later packets
@@ -1947,6 +1944,9 @@ impl Accounting {
         })
     }
 
+    /// `row` is settled: the trials it carried go to the row held longest for that server,
+    /// made due at their time — in the background: an acknowledgement (a sign-in's Start)
+    /// does not wait for that write.
     fn settled_carrier(&self, row: i64) {
         self.silences
             .lock()

@@ -649,10 +649,10 @@ pub async fn delete(
     // Its ended sessions' history first, in short writes of their own (each its own call: on
     // PostgreSQL one call is given up after 90 s) — nothing while the delete would be
     // refused; the delete then takes the rest.
-    let chunk = crate::storage::PRUNE_CHUNK;
-    while storage.forget_ended_sessions(id, chunk).await? == chunk as u64 {
-        tokio::task::yield_now().await;
-    }
+    crate::storage::in_chunks(&tokio_util::sync::CancellationToken::new(), |limit| {
+        storage.forget_ended_sessions(id, limit)
+    })
+    .await?;
     match storage.delete_organization(id, actor, now_ms(), &detail).await? {
         DeleteOutcome::Deleted => {
             refresh_after_change(storage, organizations).await;

@@ -601,6 +601,31 @@ contract! {
     }
 }
 
+/// Runs `chunk` (one write removing at most [`PRUNE_CHUNK`] rows) until it removes fewer than
+/// that, or `stop`; how many it removed in all. What a chunk removed stays removed when a
+/// later one fails. Pruning, and an organization's delete, go so.
+pub async fn in_chunks<F, Fut>(
+    stop: &tokio_util::sync::CancellationToken,
+    mut chunk: F,
+) -> Result<u64, StorageError>
+where
+    F: FnMut(i64) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, StorageError>>,
+{
+    let limit = PRUNE_CHUNK;
+    let mut removed = 0;
+    while !stop.is_cancelled() {
+        let n = chunk(limit).await?;
+        removed += n;
+        if n < limit as u64 {
+            break;
+        }
+        // Other writes go between two chunks.
+        tokio::task::yield_now().await;
+    }
+    Ok(removed)
+}
+
 impl Storage {
     /// Stops every active session whose deadline is at or before `now`, in writes of at most
     /// [`STOP_CHUNK`] ([`SessionStore::stop_due_chunk`]): a large sweep — a VM resumed after
@@ -1736,6 +1761,47 @@ pub fn decode_classes(blob: &[u8]) -> Result<Vec<Vec<u8>>, StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn pruning_goes_on_in_chunks_until_one_is_short_or_shutdown() {
+        let limit = PRUNE_CHUNK as u64;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let mut left = vec![3, limit, limit];
+        let removed = in_chunks(&shutdown, |asked| {
+            assert_eq!(asked as u64, limit);
+            let n = left.pop().unwrap();
+            async move { Ok(n) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(removed, 2 * limit + 3);
+        assert!(left.is_empty());
+        // A failed chunk ends the pass (what the others removed stays removed).
+        let mut calls = 0;
+        let failed = in_chunks(&shutdown, |_| {
+            calls += 1;
+            let n = calls;
+            async move {
+                if n == 1 {
+                    Ok(limit)
+                } else {
+                    Err(StorageError::Unreachable("away".into()))
+                }
+            }
+        })
+        .await;
+        assert!(failed.is_err());
+        assert_eq!(calls, 2);
+        shutdown.cancel();
+        let mut calls = 0;
+        let stopped = in_chunks(&shutdown, |_| {
+            calls += 1;
+            async move { Ok(limit) }
+        })
+        .await
+        .unwrap();
+        assert_eq!((stopped, calls), (0, 0), "none after shutdown");
+    }
 
     /// Acct-Session-Time is the Event-Timestamps' difference: Start + it = Stop.
     #[test]

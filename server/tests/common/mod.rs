@@ -172,6 +172,11 @@ impl FreeRadius {
         SocketAddr::from((Ipv4Addr::LOCALHOST, port))
     }
 
+    /// The accounting address the portal sends to.
+    pub fn acct_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.acct_port))
+    }
+
     /// Starts the server again on the same ports and state directory.
     pub async fn restart(&mut self) {
         self.kill();
