@@ -51,6 +51,9 @@ pub struct Application {
     metrics: crate::metrics::Metrics,
     /// Proxies whose connections are not limited per client (all users come through them).
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// `[rate_limit] ipv6_prefix`: an IPv6 client's connections count per network this long,
+    /// as its sign-ins do.
+    ipv6_prefix: u8,
     /// Built-in TLS: the files and the certificate in use.
     tls: Option<(crate::config::TlsSettings, crate::http::tls::CurrentConfig)>,
     router: crate::http::Site,
@@ -751,6 +754,7 @@ impl Application {
             metrics_listener,
             metrics,
             trusted_proxies: settings.http.trusted_proxies.clone(),
+            ipv6_prefix: settings.rate_limit.ipv6_prefix,
             tls,
             router,
             accounting,
@@ -966,7 +970,7 @@ impl Application {
                                     crate::http::serve::serve(
                                         listener,
                                         router,
-                                        |_| false,
+                                        Some,
                                         stop,
                                         || {},
                                         crate::http::serve::Ending::at_once(SHUTDOWN_GRACE),
@@ -1010,9 +1014,8 @@ impl Application {
             let _ = cleanup.await;
         });
         let live_stop = self.live_stop.clone();
-        let proxies = Arc::new(self.trusted_proxies.clone());
-        let unlimited: Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync> =
-            Arc::new(move |ip| proxies.iter().any(|net| net.contains(&ip)));
+        let counted_as =
+            crate::http::serve::counted_as(self.trusted_proxies.clone(), self.ipv6_prefix);
         let on_shutdown = move || live_stop.cancel();
         // SIGHUP (a reload habit, logrotate, systemd's ExecReload) never ends the portal:
         // with built-in TLS it reloads the certificate, otherwise there is nothing to reload.
@@ -1043,14 +1046,14 @@ impl Application {
                 let listener = crate::http::tls::TlsListener::new(
                     self.listener,
                     current,
-                    unlimited.clone(),
+                    counted_as.clone(),
                     web_shutdown.clone(),
                     handshakes,
                 );
                 crate::http::serve::serve(
                     listener,
                     self.router,
-                    move |ip| unlimited(ip),
+                    move |ip| counted_as(ip),
                     web_shutdown.clone(),
                     on_shutdown,
                     crate::http::serve::Ending::pages(SHUTDOWN_GRACE),
@@ -1062,7 +1065,7 @@ impl Application {
                 crate::http::serve::serve(
                     self.listener,
                     self.router,
-                    move |ip| unlimited(ip),
+                    move |ip| counted_as(ip),
                     web_shutdown.clone(),
                     on_shutdown,
                     crate::http::serve::Ending::pages(SHUTDOWN_GRACE),

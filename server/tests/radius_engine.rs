@@ -3032,6 +3032,62 @@ async fn a_server_back_but_slower_than_one_timeout_is_found_back() {
     app.stop().await;
 }
 
+/// A server back but slow enough that only a probe's last Status-Server is answered, after the
+/// probe's deadline (within the timeout × tries a request's answer is waited for), is found
+/// back by that answer: before, it was dropped as late, and such a server was never found back
+/// (at the defaults, tester W's D4 of session 82: found back a probe later).
+#[tokio::test]
+async fn a_probes_last_status_server_answered_after_its_deadline_finds_the_server_back() {
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    let primary = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let delay = Arc::new(AtomicU64::new(0));
+    let mut slow = fast(&primary, "primary");
+    slow.retries = 2; // a probe: Status-Servers at 0, 300 and 600 ms, its deadline at 900 ms
+                      // Status-Servers come in threes 300 ms apart, a probe's last and the next probe's first
+                      // at least 900 ms apart (the probe interval below): the third of each three passes.
+    let mut last: Option<(std::time::Instant, u32)> = None;
+    let only_each_probes_last = move |request: &[u8]| {
+        if request.first() != Some(&12) {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        let nth = match last {
+            Some((at, nth)) if now - at < Duration::from_millis(600) => nth + 1,
+            _ => 0,
+        };
+        last = Some((now, nth));
+        nth == 2
+    };
+    slow.acct_port =
+        common::delaying_relay_where(primary.acct_addr(), delay.clone(), only_each_probes_last)
+            .await;
+    let mut settings = quick_failover(&db, vec![slow]);
+    settings.radius.probe_interval = Duration::from_millis(1500);
+    let app = TestApp::spawn(&settings).await;
+    let (session, sid) = carol_at_primary(&app, &primary, 51).await;
+    let server = app.organizations.get("acme").unwrap().servers[0].clone();
+    let health = app.radius.health().clone();
+    let acct = radius_portal::radius::health::Port::Acct;
+
+    delay.store(u64::MAX, SeqCst);
+    assert!(app.sessions.disconnect(session.id).await.unwrap());
+    wait_until("the server's breaker open", || async {
+        !health.is_up(&server, acct)
+    })
+    .await;
+    // Back, answering in 500 ms, each probe's last Status-Server only: sent at 600 ms, answered
+    // at 1.1 s — after the probe's 900 ms, within that packet's own 900 ms.
+    delay.store(500, SeqCst);
+    let stop = primary.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&stop, "cause"), "User-Request");
+    wait_until("the server found back", || async {
+        health.is_up(&server, acct)
+    })
+    .await;
+    app.stop().await;
+}
+
 /// A Start that failed over (the session's own server answered its Access-Request, but its
 /// accounting port was down) takes the session's accounting with it: the Stop goes where the
 /// Start is, also once the own server's accounting is back — not a Start open at one server

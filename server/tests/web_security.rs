@@ -853,6 +853,22 @@ async fn pages_are_whole_with_their_csp_nonce_and_unknown_paths_get_the_not_foun
     assert_eq!(icon.status(), 200);
     assert_eq!(icon.headers()["cache-control"], "public, max-age=86400");
     assert!(icon.headers().get("set-cookie").is_none());
+    // Nor does it with a malformed web-session cookie: a removal of it on an answer caches may
+    // keep (`public`) would be handed to every user (the web review of session 83, F1).
+    let client = reqwest::Client::new();
+    for path in ["/favicon.svg", "/brand.css", "/pkg/missing.js"] {
+        let asset = client
+            .get(format!("{}{path}", browser.base))
+            .header("cookie", "portal_session=not-an-id")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            asset.headers().get("set-cookie").is_none(),
+            "{path}: {:?}",
+            asset.headers()
+        );
+    }
     // The old name leads to it (browsers and captive assistants that ask for it).
     let old_name = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -185,6 +185,17 @@ async fn require_token(State(api): State<AdminApi>, mut request: Request, next: 
         })
     });
     let Some(actor) = actor else {
+        // Said where an operator looks (at most a line a minute, with how many were left
+        // out): the API listens beside the users' pages, and a run of these is someone
+        // guessing tokens (the web review of session 83, F4).
+        let client = request
+            .extensions()
+            .get::<super::client_ip::ClientIp>()
+            .map(|ip| ip.0.to_string())
+            .unwrap_or_else(|| "a trusted proxy".into());
+        crate::throttled!(warn, %client, path = %crate::shortened(request.uri().path()),
+            given = if only.is_some() { "a token that matches none configured" } else { "no single Authorization header" },
+            "admin API request refused (401)");
         let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized");
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,

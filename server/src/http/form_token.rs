@@ -107,19 +107,7 @@ pub fn insert_anonymous_id(tokens: &FormTokens, request: &mut Request) -> Option
     // form token never needs a stored web session; assets, probes, the Captive API (polled by
     // OS assistants), the live stream and the admin API do not.
     let path = request.uri().path();
-    if ["/pkg/", "/healthz", "/readyz", "/admin/"]
-        .iter()
-        .any(|prefix| path.starts_with(prefix))
-        || [
-            super::captive::PATH,
-            super::live::PATH,
-            super::branding::CSS_PATH,
-            super::branding::LOGO_PATH,
-            super::FAVICON_PATH,
-            "/favicon.ico",
-        ]
-        .contains(&path)
-    {
+    if super::without_visitors(path) || [super::captive::PATH, super::live::PATH].contains(&path) {
         return None;
     }
     let anon = AnonId(hex(&rand::random::<[u8; 32]>()));

@@ -497,14 +497,35 @@ struct PerVisitor {
     portal: Portal,
 }
 
+/// Whether `path` is one no visitor state serves (assets, probes, the admin API): neither a
+/// web session nor an anonymous id is opened for it — assets are answered `public` to caches,
+/// and a cookie set or removed there (a malformed session cookie sent with an asset request)
+/// would be a cache's to hand to every user (the web review of session 83, F1).
+fn without_visitors(path: &str) -> bool {
+    ["/pkg/", "/healthz", "/readyz", "/admin/"]
+        .iter()
+        .any(|prefix| path.starts_with(prefix))
+        || [
+            branding::CSS_PATH,
+            branding::LOGO_PATH,
+            FAVICON_PATH,
+            "/favicon.ico",
+        ]
+        .contains(&path)
+}
+
 /// Middleware: the visitor's web session (`web_session`: opened from its cookie, saved after
 /// the answer), its anonymous id (and its cookie when new), a failed form post's error carried
-/// to the page, and then a server fn's body limits or a page's data.
+/// to the page, and then a server fn's body limits or a page's data — none of it for a path
+/// [`without_visitors`].
 async fn per_visitor<S: NextService>(
     visitor: PerVisitor,
     mut request: Request<Body>,
     next: Next<S>,
 ) -> Response {
+    if without_visitors(request.uri().path()) {
+        return next.run(request).await;
+    }
     let web_session = visitor.web_sessions.open(&mut request);
     let new_id = form_token::insert_anonymous_id(&visitor.tokens, &mut request);
     let mut response = flash::carry_form_errors(&visitor.flash, request, |request| async {

@@ -3,7 +3,8 @@
 //! deadline), request headers must arrive within [`HEADER_DEADLINE`] — from the first byte of a
 //! new connection and on an idle keep-alive one — so a silent client or one sending a byte at a
 //! time (slowloris) cannot hold a connection; open connections are
-//! capped in total and per client address (per /64 for IPv6), and excess connections are closed
+//! capped in total and per client address (per `[rate_limit] ipv6_prefix` network for IPv6),
+//! and excess connections are closed
 //! at once. Long-lived responses (the session page's event stream) are unaffected: the deadline
 //! covers request headers only. On shutdown the listener closes (a new connection is refused:
 //! its client knows nothing was delivered and can go elsewhere), and for a moment the
@@ -12,7 +13,6 @@
 //! request (a Disconnect, say) into a connection closed under it, never knowing whether it
 //! arrived. Then connections finish their requests within the grace period.
 
-use super::rate_limit::client_key;
 use axum::{extract::ConnectInfo, serve::Listener};
 use hyper::server::conn::http1::Builder;
 use hyper_util::{
@@ -56,7 +56,20 @@ pub fn connections_for(spare: Option<u64>) -> usize {
             .clamp(16, MAX_CONNECTIONS)
     })
 }
-/// Open connections at most per client address (IPv6: per /64). Behind a reverse proxy every
+/// The client a peer's connections count against: its address (IPv6: its network of
+/// `ipv6_prefix`, as for the sign-in limits — a fixed /64 let one host of a network whose hosts
+/// share one lock every other out, the web review of session 83), none for a trusted proxy.
+pub fn counted_as(
+    trusted_proxies: Vec<ipnet::IpNet>,
+    ipv6_prefix: u8,
+) -> std::sync::Arc<dyn Fn(IpAddr) -> Option<IpAddr> + Send + Sync> {
+    std::sync::Arc::new(move |ip| {
+        (!trusted_proxies.iter().any(|net| net.contains(&ip)))
+            .then(|| super::rate_limit::client_key(ip, ipv6_prefix))
+    })
+}
+
+/// Open connections at most per client address (IPv6: per network of `ipv6_prefix`). Behind a reverse proxy every
 /// connection comes from the proxy, so trusted proxies are not limited.
 pub const MAX_CONNECTIONS_PER_CLIENT: usize = 256;
 
@@ -177,11 +190,13 @@ impl<K: Copy + Eq + std::hash::Hash> Drop for Slot<K> {
 /// Serves `router` (the portal's [`super::Site`], or a plain router) on `listener` until
 /// `shutdown`; then stops accepting, runs `on_shutdown` (ends long-lived streams), serves the
 /// open connections a moment more (each answer with `Connection: close`), and waits for open
-/// requests ([`Ending`]). At most `max_connections` are open at once ([`connections_for`]).
+/// requests ([`Ending`]). At most `max_connections` are open at once ([`connections_for`]), and
+/// a share of them per client: `counted_as` names the client a peer counts as (an IPv6
+/// network of the configured prefix), or none (a trusted proxy: not limited per client).
 pub async fn serve<L, S>(
     mut listener: L,
     router: S,
-    unlimited: impl Fn(IpAddr) -> bool + Send + 'static,
+    counted_as: impl Fn(IpAddr) -> Option<IpAddr> + Send + 'static,
     shutdown: CancellationToken,
     on_shutdown: impl FnOnce(),
     ending: Ending,
@@ -216,7 +231,7 @@ pub async fn serve<L, S>(
             accepted = listener.accept() => accepted,
         };
         let ip = peer.ip().to_canonical();
-        let limited = (!unlimited(ip)).then(|| client_key(ip, 64));
+        let limited = counted_as(ip);
         let Some(slot) = slots.take(limited) else {
             crate::throttled!(warn, %peer, max_connections, "connection closed at once: too many open connections (in all, or from this client); a low limit of open files lowers the cap — the start-up warning says how many");
             drop(io);
@@ -346,6 +361,33 @@ mod tests {
         drop(held);
     }
 
+    /// An IPv6 client's connections count per network of the configured prefix: with 128, two
+    /// hosts of one /64 (a network whose hosts share one) hold a share each — with a fixed /64
+    /// one host's connections locked the other out; a trusted proxy is not counted.
+    #[test]
+    fn ipv6_hosts_count_per_the_configured_network() {
+        let (a, b): (IpAddr, IpAddr) = (
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+        );
+        let proxy: IpAddr = "192.0.2.9".parse().unwrap();
+        let proxies = vec!["192.0.2.9/32".parse().unwrap()];
+        let per_network = counted_as(proxies.clone(), 64);
+        assert_eq!(per_network(a), per_network(b), "one /64: one client");
+        let per_host = counted_as(proxies, 128);
+        assert_ne!(per_host(a), per_host(b), "per address");
+        assert_eq!(per_host(proxy), None, "a proxy is not limited per client");
+        let slots = Slots::limited(2, 1);
+        let _first = slots.take(per_host(a)).expect("a slot");
+        assert!(
+            slots.take(per_host(b)).is_some(),
+            "the other host is served"
+        );
+        let slots = Slots::limited(2, 1);
+        let _first = slots.take(per_network(a)).expect("a slot");
+        assert!(slots.take(per_network(b)).is_none(), "one network's share");
+    }
+
     /// Shutting down, a keep-alive connection still open is served its next request, answered
     /// with `Connection: close` — its client learns from the answer that the connection ends,
     /// instead of sending a request into a connection closed under it — while new connections
@@ -365,7 +407,7 @@ mod tests {
         let server = tokio::spawn(serve(
             listener,
             router,
-            |_| false,
+            Some,
             shutdown.clone(),
             || {},
             ending,

@@ -8,7 +8,6 @@
 //! connects and never speaks cannot hold up anyone else's; completed connections are handed to
 //! the connection loop (`serve`) through [`TlsListener`].
 
-use super::rate_limit::client_key;
 use crate::config::TlsSettings;
 use std::{
     collections::HashMap,
@@ -398,12 +397,13 @@ pub struct TlsListener {
 
 impl TlsListener {
     /// Accepts on `tcp` until `shutdown`, handshaking with the current certificate, at most
-    /// `max_handshakes` at once ([`handshakes_and_connections`]); peers for which `unlimited`
-    /// says yes (a load balancer in front) are not limited per client.
+    /// `max_handshakes` at once ([`handshakes_and_connections`]), and a share of them per
+    /// client: `counted_as` names the client a peer counts as (an IPv6 network of the
+    /// configured prefix), or none (a load balancer in front: not limited per client).
     pub fn new(
         tcp: TcpListener,
         current: CurrentConfig,
-        unlimited: Arc<dyn Fn(IpAddr) -> bool + Send + Sync>,
+        counted_as: Arc<dyn Fn(IpAddr) -> Option<IpAddr> + Send + Sync>,
         shutdown: CancellationToken,
         max_handshakes: usize,
     ) -> Self {
@@ -433,9 +433,8 @@ impl TlsListener {
                     crate::throttled!(warn, %peer, max_handshakes, "connection closed at once: too many TLS handshakes in progress");
                     continue;
                 };
-                let ip = peer.ip().to_canonical();
-                let client = client_key(ip, 64);
-                if !unlimited(ip) {
+                let client = counted_as(peer.ip().to_canonical());
+                if let Some(client) = client {
                     let mut counts = per_client.lock().unwrap_or_else(|p| p.into_inner());
                     let count = counts.entry(client).or_insert(0);
                     if *count >= per_client_cap {
@@ -444,13 +443,12 @@ impl TlsListener {
                     }
                     *count += 1;
                 }
-                let unlimited_peer = unlimited(ip);
                 let acceptor = TlsAcceptor::from(current.get());
                 let tx = tx.clone();
                 let per_client = per_client.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let _slot = (!unlimited_peer).then_some(HandshakeSlot { per_client, client });
+                    let _slot = client.map(|client| HandshakeSlot { per_client, client });
                     // One deadline for everything before the handshake completes.
                     let deadline = tokio::time::Instant::now() + HANDSHAKE_DEADLINE;
                     let mut stream = stream;

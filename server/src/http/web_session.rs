@@ -133,10 +133,14 @@ impl WebSessions {
             }
             format!("{}=; Max-Age=0{}", self.cookie, self.attributes())
         } else {
-            if !session.is_modified() || response.status().is_server_error() {
+            let saved_already = saved.0.load(Ordering::SeqCst);
+            // A failed request stores nothing — but one that stored its session already (a
+            // sign-in's, under a new id: the record its cookie named is gone) still sends the
+            // cookie of what it stored, or the browser loses its sessions (the web review of
+            // session 83, F2).
+            if !session.is_modified() || (response.status().is_server_error() && !saved_already) {
                 return;
             }
-            let saved_already = saved.0.load(Ordering::SeqCst);
             // A change that is not a sign-in or a refresh (a Disconnect in one organization,
             // a form token for another's page) keeps the deadline the longest linked window
             // needs: the session was opened with the default day.

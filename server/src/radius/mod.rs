@@ -866,32 +866,42 @@ impl Radius {
         deadline: Instant,
     ) -> Result<(Code, bool), RadiusError> {
         let require = port == Port::Auth && self.requires_message_authenticator(server);
-        self.status_server_at(server, port, deadline, false)
+        self.status_server_at(server, port, deadline, false, None::<(Duration, fn())>)
             .await
             .map(|r| (r.packet.code(), require && !r.has_message_authenticator))
     }
 
+    /// `late`, for the prober: each Status-Server sent waits for its answer for that long from
+    /// its own send (not only until `deadline`), and once `deadline` passes unanswered while
+    /// some still wait, the function given is called (the probe's failure is recorded then, as
+    /// without `late`) before the wait goes on.
     async fn status_server_at(
         &self,
         server: &ServerEndpoint,
         port: Port,
         deadline: Instant,
         require_message_authenticator: bool,
+        late: Option<(Duration, impl FnOnce())>,
     ) -> Result<Reply, RadiusError> {
         use futures_util::stream::{FuturesUnordered, StreamExt as _};
         let secret = server.secret.expose().as_bytes();
+        let each_waits = late.as_ref().map(|(wait, _)| *wait);
+        let mut at_deadline = late.map(|(_, then)| then);
         // RFC 5997 §6: a Status-Server is never retransmitted. Each timeout until `deadline`
         // sends a new one (its own Identifier and Request Authenticator), and every one sent
-        // waits for its answer until `deadline`: a server answering later than one timeout is
-        // still heard (a code review: each try's wait ended at its timeout).
+        // waits for its answer until `deadline`, or `late`'s wait from its send: a server
+        // answering later than one timeout is still heard (a code review: each try's wait
+        // ended at its timeout), and so is one answering the last tries of a probe after the
+        // probe's deadline (tester W's D4 of session 82: found back a probe later).
         let one_try = || {
             let now = Instant::now();
+            let ends = each_waits.map_or(deadline, |wait| (now + wait).max(deadline));
             let exchange = Exchange {
                 destination: health::address(server, port),
                 secret,
-                timeout: deadline.saturating_duration_since(now),
+                timeout: ends.saturating_duration_since(now),
                 retries: 0,
-                deadline,
+                deadline: ends,
                 require_message_authenticator,
                 // A probe is made again anyway; `radius test` says at once.
                 end_when_unreachable: true,
@@ -919,6 +929,11 @@ impl Radius {
                 () = tokio::time::sleep_until(next), if next < deadline => {
                     tries.push(one_try());
                     next += server.timeout;
+                }
+                () = tokio::time::sleep_until(deadline), if at_deadline.is_some() && !tries.is_empty() => {
+                    if let Some(then) = at_deadline.take() {
+                        then();
+                    }
                 }
                 else => return Err(RadiusError::Timeout),
             }
@@ -957,11 +972,25 @@ impl Radius {
                     // a probe given one timeout never found back a server that, busy after an
                     // outage, answered in 1-3 timeouts — it served requests, but stayed down
                     // (black-box tester N's H2 of session 81).
-                    let tries = server.retries.saturating_add(1);
                     let begun = Instant::now();
-                    let deadline = begun + server.timeout.saturating_mul(tries);
+                    let deadline = begun + health::check_answered_within(&server);
+                    // A probe's failure is recorded at its deadline (the next probe's time
+                    // counts from it), but each of its Status-Servers is still heard for as
+                    // long as a request's answer is waited for: a server answering the last
+                    // ones after the deadline is found back then, not a probe later.
+                    let mut failed_at_deadline = false;
+                    let late = (check == health::Check::Probe).then(|| {
+                        let (radius, server, failed) = (&radius, &server, &mut failed_at_deadline);
+                        let record = move || {
+                            *failed = true;
+                            tracing::debug!(server = %server.name, ?port,
+                                "Status-Server probe unanswered by its deadline; its last ones are still listened for");
+                            radius.health.record_probe_failure(server, port, true);
+                        };
+                        (health::check_answered_within(server), record)
+                    });
                     let answer = radius
-                        .status_server_at(&server, port, deadline, false)
+                        .status_server_at(&server, port, deadline, false, late)
                         .await;
                     if answer.is_ok() {
                         radius
@@ -985,6 +1014,7 @@ impl Radius {
                     }
                     match answer {
                         Ok(_) => radius.health.record_probe_success(&server, port),
+                        Err(_) if failed_at_deadline => {}
                         Err(e) => {
                             tracing::debug!(server = %server.name, ?port, error = %e, "Status-Server probe unanswered");
                             if e.is_server_silent() {

@@ -906,6 +906,16 @@ pub async fn delaying_relay(
     upstream: SocketAddr,
     delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> u16 {
+    delaying_relay_where(upstream, delay_ms, |_| true).await
+}
+
+/// A [`delaying_relay`] that drops, besides, each request `pass` says no to.
+#[allow(dead_code)]
+pub async fn delaying_relay_where(
+    upstream: SocketAddr,
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    mut pass: impl FnMut(&[u8]) -> bool + Send + 'static,
+) -> u16 {
     use std::sync::atomic::Ordering::SeqCst;
     let front = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let port = front.local_addr().unwrap().port();
@@ -914,7 +924,7 @@ pub async fn delaying_relay(
         loop {
             let (len, from) = front.recv_from(&mut buf).await.unwrap();
             let delay = delay_ms.load(SeqCst);
-            if delay == u64::MAX {
+            if delay == u64::MAX || !pass(&buf[..len]) {
                 continue;
             }
             let request = buf[..len].to_vec();
