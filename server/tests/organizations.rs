@@ -3289,7 +3289,10 @@ async fn a_disabled_organizations_sign_ins_leave_the_addresss_attempts_to_the_ot
             .await;
         assert!(
             page.body.contains("Signing in is not available")
-                && !page.body.contains("Too many sign-in attempts"),
+                && !page.body.contains("Too many sign-in attempts")
+                // Its heading offers no sign-in either (tester U's D6 of session 83).
+                && page.body.contains("Network access unavailable")
+                && !page.body.contains("Sign in to the network"),
             "attempt {attempt}: {}",
             page.body
         );

@@ -179,7 +179,11 @@ pub fn SessionPanel() -> impl IntoView {
                 // The clock's last tick may be a quarter second old: count from now.
                 let at = monotonic_ms();
                 now.set(at);
-                deadline.set(at + view.remaining_ms as f64);
+                deadline.set(deadline_after(
+                    deadline.get_untracked(),
+                    &state.get_untracked(),
+                    (at, &view),
+                ));
                 limit_reached_from.set(reaches_limit_at(at, &view));
                 state.set(view);
                 ended.set(None);
@@ -511,6 +515,22 @@ pub fn another_session(shown: &PanelView, view: &PanelView) -> bool {
     !shown.session_ref.is_empty()
         && !view.session_ref.is_empty()
         && shown.session_ref != view.session_ref
+}
+
+/// The page's deadline (monotonic ms) once `view` is read at `at`, the page's being `deadline`
+/// for `shown`. A view's time left is counted from its arrival (the stream's) or its request's
+/// sending: the first is late by the link's delay, the second early. For the same end (no
+/// refresh since, the same session) the earliest count stands — taking each as it came, a link
+/// of 2 s moved the countdown up and down by seconds (black-box tester U's D1 of session 83);
+/// a new end (a refresh, here or elsewhere) counts afresh.
+fn deadline_after(deadline: f64, shown: &PanelView, (at, view): (f64, &PanelView)) -> f64 {
+    let counted = at + view.remaining_ms as f64;
+    let same_end = shown.ends_at_ms == view.ends_at_ms && shown.session_ref == view.session_ref;
+    if same_end {
+        counted.min(deadline)
+    } else {
+        counted
+    }
 }
 
 /// From when (monotonic ms, the view read at `at`) a refresh of the session would reach its limit
@@ -1108,5 +1128,50 @@ mod tests {
         let written = serde_json::to_string(&failed).unwrap();
         assert_eq!(PanelStart::from_json(&written), Some(failed));
         assert_eq!(PanelStart::from_json(r#"{"session":{}}"#), None);
+    }
+
+    /// Views of one end never move the countdown up: a stream's, late by the link's delay,
+    /// leaves the earlier count of a request's; a later one whose count is earlier is taken.
+    /// A new end (a refresh) or another session counts afresh, up too.
+    #[test]
+    fn the_countdown_keeps_the_earliest_count_of_one_end() {
+        let view = |remaining_ms, ends_at_ms, session_ref: &str| PanelView {
+            remaining_ms,
+            ends_by: EndsBy::Window,
+            ends_at_utc: String::new(),
+            ends_at_ms,
+            window_text: String::new(),
+            can_extend: true,
+            refresh_reaches_limit_in_ms: None,
+            base: String::new(),
+            refresh_changed_nothing: false,
+            session_ref: session_ref.into(),
+        };
+        let shown = view(60_000, 1_000_000, "7.a");
+        // Shown at 0 for 60 s; a stream's view of the same end arrives 2 s late at 10 s.
+        let deadline = 60_000.0;
+        let late = view(52_000, 1_000_000, "7.a");
+        assert_eq!(
+            deadline_after(deadline, &shown, (10_000.0, &late)),
+            60_000.0
+        );
+        // A view counted earlier than the page's is taken.
+        let early = view(49_000, 1_000_000, "7.a");
+        assert_eq!(
+            deadline_after(deadline, &shown, (10_000.0, &early)),
+            59_000.0
+        );
+        // Refreshed: a new end, later.
+        let refreshed = view(60_000, 1_050_000, "7.a");
+        assert_eq!(
+            deadline_after(deadline, &shown, (50_000.0, &refreshed)),
+            110_000.0
+        );
+        // Another session of the same end (a new sign-in, replaced): its own count.
+        let other = view(59_000, 1_000_000, "8.b");
+        assert_eq!(
+            deadline_after(deadline, &shown, (10_000.0, &other)),
+            69_000.0
+        );
     }
 }

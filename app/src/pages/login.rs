@@ -153,7 +153,11 @@ pub fn LoginPage() -> impl IntoView {
         <DemoBanner demo />
         <div class="brand-bar">
             {logo}
-            <h1 class="text-2xl font-semibold">"Sign in to the network"</h1>
+            // No sign-in is offered while the organization is disabled: the heading does not
+            // offer one either (black-box tester U's D6 of session 83).
+            <h1 class="text-2xl font-semibold">
+                {if active { "Sign in to the network" } else { "Network access unavailable" }}
+            </h1>
             <p class="mt-1 text-slate-700" data-testid="organization" dir="auto">{organization}</p>
         </div>
         {notice}
