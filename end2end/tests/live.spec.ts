@@ -217,6 +217,9 @@ test("at 0:00 with the portal out of reach the page no longer says connected", a
   // Nothing on it speaks of the end as still to come.
   await expect(page.getByTestId("warning")).toHaveCount(0);
   await expect(page.getByTestId("ends")).toContainText("has passed");
+  // A refresh cannot bring it back: no Refresh; Disconnect stays (it may still run).
+  await expect(page.getByRole("button", { name: "Refresh" })).toBeHidden();
+  await expect(page.getByRole("button", { name: "Disconnect" })).toBeVisible();
   // Said to screen readers as it happens.
   await expect(page.getByRole("status")).toContainText("Your time is up.");
 });

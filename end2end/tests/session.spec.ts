@@ -122,6 +122,21 @@ test("the login page downloads no WebAssembly", async ({ page }) => {
   expect(wasm).toEqual([]);
 });
 
+test("on a phone every control of the sign-in page is a tap target of 40 px or more", async ({ page }) => {
+  await page.setViewportSize({ width: 320, height: 568 });
+  await page.goto(url("/"));
+  for (const control of [
+    page.getByLabel("Username"),
+    page.getByLabel("Password"),
+    page.getByRole("button", { name: "Sign in" }),
+    // The way back to a running session (black-box tester U's D8: 16 px high).
+    page.getByRole("link", { name: "See your session" }),
+  ]) {
+    const box = (await control.boundingBox())!;
+    expect(box.height, await control.evaluate((e) => e.outerHTML)).toBeGreaterThanOrEqual(40);
+  }
+});
+
 test("a double click on Sign in opens one session with one Access-Request", async ({ page }) => {
   // Two clicks as fast as a user's double click: Chromium sends the form twice and cancels the
   // first request (when the second click lands before the first answer). The first sign-in

@@ -399,7 +399,9 @@ pub fn SessionPanel() -> impl IntoView {
     let refresh_button = NodeRef::<leptos::html::Button>::new();
     #[cfg(feature = "hydrate")]
     let over_title = Memo::new(move |_| ended.get().map(|reason| over_texts(reason)[0]));
-    let extendable = Memo::new(move |_| state.get().can_extend);
+    // Not once the time is up either (the portal out of reach): a refresh cannot bring the
+    // session back (black-box tester U's D7 of session 83); Disconnect stays.
+    let extendable = Memo::new(move |_| state.get().can_extend && !time_up.get());
     #[cfg(feature = "hydrate")]
     Effect::new(move |_| {
         let title = over_title.get();

@@ -130,9 +130,10 @@ pub fn LoginPage() -> impl IntoView {
                 </button>
             </form>
             <SigningIn />
+            // The way back to a session: a tap target 44 px high (black-box tester U's D8).
             <p class="mt-4 text-sm text-slate-600">
                 "Already signed in? "
-                <a href=format!("{base}/session") class="brand-link text-blue-800 underline">"See your session"</a>
+                <a href=format!("{base}/session") class="brand-link inline-block py-3 text-blue-800 underline">"See your session"</a>
             </p>
             <Help help_text=branding.help_text.clone() contact=branding.contact.clone() />
         })
