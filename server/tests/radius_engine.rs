@@ -2996,6 +2996,63 @@ async fn a_stop_two_servers_leave_unanswered_goes_to_the_third() {
     app.stop().await;
 }
 
+/// The same on a quiet portal (nothing else to the servers): the Stop's two silences at its
+/// own server open its breaker (nothing shows them the packet's yet), and the probe that finds
+/// it answering at once shows them refusals — the Stop goes on to the other servers and reaches
+/// the third, never sent back to its own. Before, it went back to its own after each probe,
+/// reopening its breaker, and to the second server again, opening that one's too (black-box
+/// tester T's D2 of session 83: 27 s, seven exchanges).
+#[tokio::test]
+async fn on_a_quiet_portal_a_stop_its_own_server_refuses_is_not_sent_back_after_its_probe() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let primary = FreeRadius::start().await;
+    let backup = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let (own_relay, _) = common::relay_dropping_stops_of(primary.acct_addr(), "erin").await;
+    let (second_relay, dropped_at_second) =
+        common::relay_dropping_stops_of(backup.acct_addr(), "erin").await;
+    let (third_relay, _) = common::relay_dropping_stops_of(backup.acct_addr(), "nobody").await;
+    let own = fast_through(&primary, "primary", own_relay);
+    let second = fast_through(&backup, "second", second_relay);
+    let third = fast_through(&backup, "third", third_relay);
+    let mut config = settings(&db, vec![own, second, third]);
+    config.radius.probe_interval = Duration::from_millis(500);
+    let app = TestApp::spawn(&config).await;
+    let erin = app
+        .sessions
+        .login("acme", "erin", "erin-pass", IpAddr::V4(client(53)))
+        .await
+        .unwrap();
+    assert_eq!(erin.server_name, "primary");
+    assert!(app.sessions.disconnect(erin.id).await.unwrap());
+    let sid = format!("sid={} ", erin.acct_session_id);
+    let stop = backup.wait_for_acct(&["status=Stop", &sid]).await;
+    assert_eq!(field(&stop, "cause"), "User-Request");
+    // Two exchanges at its own server, one at the second (two if the probe answered only
+    // after that one ended), the third's: four or five claims — none back at its own (a copy
+    // for its own server follows, as copies do: its own row).
+    let delivered = || async {
+        let rows = app.storage.session_outbox(erin.id).await.unwrap();
+        rows.into_iter().find(|row| {
+            row.status_type == i64::from(status_type::STOP)
+                && row.copy_to.is_none()
+                && row.delivered_at.is_some()
+        })
+    };
+    wait_until("the Stop recorded delivered", || async {
+        delivered().await.is_some()
+    })
+    .await;
+    let stop = delivered().await.unwrap();
+    assert!((4..=5).contains(&stop.attempts), "{stop:?}");
+    let at_second = dropped_at_second.load(SeqCst);
+    assert!(
+        at_second <= 4,
+        "at most two exchanges at the second: {at_second}"
+    );
+    app.stop().await;
+}
+
 /// A server back after an outage but slow — answering in more than one timeout, well within
 /// its timeout × tries, as requests are given — is found back by its probe: before, a probe had
 /// one timeout, and the server stayed down (its Stops held, every sign-in failing) for as long

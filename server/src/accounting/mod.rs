@@ -232,8 +232,9 @@ struct Silence {
     at: Target,
     /// When the first such exchange began.
     first: Instant,
-    /// Those whose server answered a packet sent after it meanwhile: refused, not lost.
-    refused: u32,
+    /// When each such exchange began (the latest [`SILENCES_KEPT`]): those after which the
+    /// server was up are refusals, not losses ([`Silence::refused`]).
+    silent: Vec<Instant>,
     /// Failed over for that ([`Accounting::packets_own_silence`]), the servers that left it
     /// unanswered too: it goes to another up server not among them, and with none left, no
     /// server stores it and it stays with its own (the whole-change review's F3 of session
@@ -241,6 +242,24 @@ struct Silence {
     /// silent second server had it bounce between those two, never tried at the third).
     refused_elsewhere: Vec<Target>,
 }
+
+impl Silence {
+    /// How many of its silences at `at` were the packet's own: the server answered an
+    /// exchange begun after each, and no check of it went unanswered since
+    /// ([`ServerHealth::up_since`]) — found also once the exchange that shows it ended (on a
+    /// quiet portal, the probe after the breaker opened: counted only while the packet's
+    /// exchange lasted, such a packet went back to its own server after each probe and
+    /// reopened its breaker, black-box tester T's D2 of session 83), never for an outage.
+    fn refused(&self, health: &crate::radius::health::ServerHealth) -> usize {
+        self.silent
+            .iter()
+            .filter(|&&sent| health.up_since(self.at, sent))
+            .count()
+    }
+}
+
+/// The silences of a row at one server remembered, at most (the latest).
+const SILENCES_KEPT: usize = 4;
 
 /// Rows [`Accounting`] remembers the silences of, at most (then forgotten all at once: a
 /// forgotten row's next silence counts against its server once more).
@@ -1610,10 +1629,12 @@ impl Accounting {
             .unwrap_or_else(|p| p.into_inner())
             .get(&row.id)
         {
-            Some(silence) if silence.at == target && (nowhere_else || silence.refused >= 2) => {
+            Some(silence)
+                if silence.at == target && (nowhere_else || silence.refused(health) >= 2) =>
+            {
                 EarlierSilence::Here(silence.first)
             }
-            Some(silence) if silence.at != target && silence.refused >= 2 => {
+            Some(silence) if silence.at != target && silence.refused(health) >= 2 => {
                 EarlierSilence::RefusedByItsOwn
             }
             _ => EarlierSilence::None,
@@ -1646,21 +1667,31 @@ impl Accounting {
             let fresh = Silence {
                 at: target,
                 first: sent_at,
-                refused: 0,
+                silent: Vec::new(),
                 refused_elsewhere: Vec::new(),
             };
+            let own = org
+                .servers
+                .iter()
+                .find(|s| s.name == session.server_name)
+                .map(|s| health.target(s, Port::Acct));
             let silence = silences.entry(row.id).or_insert_with(|| fresh.clone());
-            if silence.at != target && silence.refused >= 2 {
+            if silence.at != target && silence.refused(health) >= 2 {
                 if !silence.refused_elsewhere.contains(&target) {
                     silence.refused_elsewhere.push(target);
                 }
+            } else if silence.at != target && Some(silence.at) == own {
+                // A failover while its own server was down: its silences there are kept (the
+                // probe that finds the server back may show them refusals), and this one is
+                // the other server's as usual.
             } else {
                 if silence.at != target {
                     *silence = fresh;
                 }
-                if health.heard_since(target, sent_at) {
-                    silence.refused += 1;
+                if silence.silent.len() >= SILENCES_KEPT {
+                    silence.silent.remove(0);
                 }
+                silence.silent.push(sent_at);
             }
         }
         match answered {
@@ -1930,7 +1961,7 @@ impl Accounting {
         let silences = self.silences.lock().unwrap_or_else(|p| p.into_inner());
         let silence = silences.get(&row)?;
         if silence.at != health.target(own, Port::Acct)
-            || silence.refused < 2
+            || silence.refused(health) < 2
             || !health.is_up(own, Port::Acct)
         {
             return None;

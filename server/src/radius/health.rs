@@ -71,6 +71,9 @@ struct Entry {
     probe_answered: bool,
     /// The latest start of an exchange it answered (a request, a probe, an idle check).
     heard_at: Option<Instant>,
+    /// The latest start of a Status-Server check of it (a probe, an idle check) left
+    /// unanswered: it was down then.
+    check_unanswered_at: Option<Instant>,
     /// The outage (by when its breaker opened) in which its next trial was brought forward
     /// once already, the server having answered at its other port.
     brought_forward: Option<Instant>,
@@ -313,6 +316,7 @@ impl ServerHealth {
             answered_at: None,
             probe_answered: false,
             heard_at: None,
+            check_unanswered_at: None,
             brought_forward: None,
         };
         let mut registry = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -572,6 +576,28 @@ impl ServerHealth {
     /// server (a server slow in order answers the earlier first).
     pub fn heard_since(&self, target: Target, at: Instant) -> bool {
         self.with(target, |e| e.heard_at.is_some_and(|heard| heard > at))
+    }
+
+    /// A Status-Server check of `target` (a probe, an idle check) begun at `begun` went
+    /// unanswered.
+    pub fn record_check_unanswered(&self, target: Target, begun: Instant) {
+        if self.retired(target) {
+            return;
+        }
+        self.with(target, |e| {
+            e.check_unanswered_at = Some(e.check_unanswered_at.map_or(begun, |c| c.max(begun)));
+        });
+    }
+
+    /// Whether `target` has answered an exchange begun after `at`, and no check of it begun
+    /// after `at` went unanswered: up since then, as far as anything shows — a packet sent at
+    /// `at` and left unanswered was refused, not lost in an outage (whose checks go unanswered
+    /// until the server is back).
+    pub fn up_since(&self, target: Target, at: Instant) -> bool {
+        self.with(target, |e| {
+            e.heard_at.is_some_and(|heard| heard > at)
+                && e.check_unanswered_at.is_none_or(|check| check <= at)
+        })
     }
 
     /// An exchange begun at `started` of a packet that `server` at `port` left unanswered

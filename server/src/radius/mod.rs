@@ -986,6 +986,9 @@ impl Radius {
                             tracing::debug!(server = %server.name, ?port,
                                 "Status-Server probe unanswered by its deadline; its last ones are still listened for");
                             radius.health.record_probe_failure(server, port, true);
+                            radius
+                                .health
+                                .record_check_unanswered(radius.health.target(server, port), begun);
                         };
                         (health::check_answered_within(server), record)
                     });
@@ -1009,6 +1012,12 @@ impl Radius {
                                 None
                             }
                         };
+                        if verdict == Some(false) {
+                            radius.health.record_check_unanswered(
+                                radius.health.target(&server, port),
+                                begun,
+                            );
+                        }
                         radius.health.record_idle_check(&server, port, verdict);
                         return;
                     }
@@ -1022,6 +1031,10 @@ impl Radius {
                                     &server,
                                     port,
                                     matches!(e, RadiusError::Timeout),
+                                );
+                                radius.health.record_check_unanswered(
+                                    radius.health.target(&server, port),
+                                    begun,
                                 );
                             }
                         }
