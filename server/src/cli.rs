@@ -1216,13 +1216,19 @@ pub async fn radius_test(
                 .map(|outcome| match outcome {
                     // The checks a sign-in makes after the Accept's own: its session's Stop
                     // must fit one packet.
-                    AuthOutcome::Accept { grant, .. } => match crate::access_session::accept_unusable_for_its_stop(
-                        &org.nas,
-                        grant.user_name.as_deref().unwrap_or(user),
-                        client_ip,
-                        &grant.classes,
-                    ) {
-                        Some(problem) => (format!("Access-Accept the portal cannot use: {problem}"), "", false),
+                    // From this client address, and from those whose packets are longest: one
+                    // that fits from here but not from every address is refused to some users.
+                    AuthOutcome::Accept { grant, .. } => match std::iter::once(client_ip)
+                        .chain(crate::access_session::LONGEST_CLIENT_ADDRESSES)
+                        .find_map(|from| crate::access_session::accept_unusable_for_its_stop(
+                            &org.nas,
+                            grant.user_name.as_deref().unwrap_or(user),
+                            from,
+                            &grant.classes,
+                        ).map(|problem| (problem, from)))
+                    {
+                        Some((problem, from)) if from == client_ip => (format!("Access-Accept the portal cannot use: {problem}"), "", false),
+                        Some((problem, from)) => (format!("Access-Accept the portal cannot use from every client address: from {client_ip} it opens a session, but a sign-in from {} is refused: {problem}", if from.is_ipv4() { "a longer IPv4 address (such as 255.255.255.255)" } else { "an IPv6 address" }), "", false),
                         None => (format!(
                             "Access-Accept: Session-Timeout={} Idle-Timeout={} Acct-Interim-Interval={} Class={} value(s){}{}",
                             show(grant.session_timeout),
