@@ -2955,6 +2955,60 @@ async fn a_stop_no_server_answers_stays_with_its_own_and_leaves_the_backup_up() 
     app.stop().await;
 }
 
+/// The same on a quiet portal (nothing but the Stop reaches either server): its own server's
+/// breaker opens once, for its first two silences, and the probe that finds the server
+/// answering shows them refusals — the Stop then stays with its own server without opening
+/// its breaker again, and the backup never opens. Before, every probe sent it round again,
+/// opening each server's breaker in turn (black-box tester T's D2 of session 83).
+#[tokio::test]
+async fn on_a_quiet_portal_a_stop_no_server_answers_opens_its_own_breaker_once() {
+    use radius_portal::radius::health::Port;
+    use std::sync::atomic::Ordering::SeqCst;
+    let primary = FreeRadius::start().await;
+    let backup = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let (own_relay, _) = common::relay_dropping_stops_of(primary.acct_addr(), "erin").await;
+    let (backup_relay, dropped_at_backup) =
+        common::relay_dropping_stops_of(backup.acct_addr(), "erin").await;
+    let own = fast_through(&primary, "primary", own_relay);
+    let other = fast_through(&backup, "backup", backup_relay);
+    let mut config = settings(&db, vec![own, other]);
+    config.radius.probe_interval = Duration::from_millis(500);
+    let app = TestApp::spawn(&config).await;
+    let erin = app
+        .sessions
+        .login("acme", "erin", "erin-pass", IpAddr::V4(client(54)))
+        .await
+        .unwrap();
+    assert!(app.sessions.disconnect(erin.id).await.unwrap());
+    common::wait_until_within(
+        "the Stop sent six times",
+        Duration::from_secs(90),
+        || async { stop_row(&app, erin.id).await.transmissions >= 6 },
+    )
+    .await;
+    let health = app.radius.health().clone();
+    let servers = app.organizations.get("acme").unwrap().servers.clone();
+    let (own_target, backup_target) = (
+        health.target(&servers[0], Port::Acct),
+        health.target(&servers[1], Port::Acct),
+    );
+    assert_eq!(health.recoveries_at(own_target), 1, "its own opened once");
+    assert!(health.is_up(&servers[0], Port::Acct));
+    assert_eq!(
+        health.recoveries_at(backup_target),
+        0,
+        "the backup never opened"
+    );
+    assert!(health.is_up(&servers[1], Port::Acct));
+    // At most two exchanges at the backup: one while its own server was down, one as the
+    // server its own refused it to.
+    let at_backup = dropped_at_backup.load(SeqCst);
+    assert!(at_backup <= 4, "{at_backup}");
+    assert!(stop_row(&app, erin.id).await.delivered_at.is_none());
+    app.stop().await;
+}
+
 /// Three servers: a Stop its own server never answers, while it answers everyone else, and
 /// the second server leaves unanswered too, goes to the third — before, it bounced between the
 /// first two, its backoff growing to minutes, while the third was up all along (black-box
