@@ -3009,6 +3009,61 @@ async fn on_a_quiet_portal_a_stop_no_server_answers_opens_its_own_breaker_once()
     app.stop().await;
 }
 
+/// Its own server down (its probes unanswered), a Stop the backup never stores, on a quiet
+/// portal: the backup's breaker opens once, for the Stop's first two silences, and the probe
+/// that finds it answering shows them the packet's — its later silences there count for
+/// nothing, and the backup, the organization's one working server, stays up. (Its own
+/// server's record alone kept, every silence at the backup counted: it reopened after each
+/// probe — the whole-change review of session 83, F1.)
+#[tokio::test]
+async fn a_stop_the_backup_refuses_while_its_own_server_is_down_opens_the_backup_once() {
+    use radius_portal::radius::health::Port;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let primary = FreeRadius::start().await;
+    let backup = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let open = Arc::new(AtomicBool::new(true));
+    let gate = common::gated_relay(primary.acct_addr(), open.clone()).await;
+    let (backup_relay, _) = common::relay_dropping_stops_of(backup.acct_addr(), "erin").await;
+    let own = fast_through(
+        &primary,
+        "primary",
+        SocketAddr::from(([127, 0, 0, 1], gate.port)),
+    );
+    let other = fast_through(&backup, "backup", backup_relay);
+    let mut config = settings(&db, vec![own, other]);
+    config.radius.probe_interval = Duration::from_millis(500);
+    let app = TestApp::spawn(&config).await;
+    let erin = app
+        .sessions
+        .login("acme", "erin", "erin-pass", IpAddr::V4(client(55)))
+        .await
+        .unwrap();
+    open.store(false, SeqCst);
+    assert!(app.sessions.disconnect(erin.id).await.unwrap());
+    common::wait_until_within(
+        "the Stop sent six times",
+        Duration::from_secs(90),
+        || async { stop_row(&app, erin.id).await.transmissions >= 6 },
+    )
+    .await;
+    let health = app.radius.health().clone();
+    let servers = app.organizations.get("acme").unwrap().servers.clone();
+    assert!(
+        !health.is_up(&servers[0], Port::Acct),
+        "its own server down"
+    );
+    let backup_target = health.target(&servers[1], Port::Acct);
+    assert!(
+        health.recoveries_at(backup_target) <= 1,
+        "the backup opened {} times",
+        health.recoveries_at(backup_target)
+    );
+    assert!(health.is_up(&servers[1], Port::Acct), "the backup up");
+    assert!(stop_row(&app, erin.id).await.delivered_at.is_none());
+    app.stop().await;
+}
+
 /// Three servers: a Stop its own server never answers, while it answers everyone else, and
 /// the second server leaves unanswered too, goes to the third — before, it bounced between the
 /// first two, its backoff growing to minutes, while the third was up all along (black-box

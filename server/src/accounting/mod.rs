@@ -226,16 +226,18 @@ pub const COPY_WAITS_FOR_ITS_SERVER: &str = "the server is down: this copy waits
 /// Start rows [`Accounting`] remembers refused attempts of, at most.
 const UNSEEN_ROWS: usize = 65_536;
 
-/// A row's packet left unanswered by a server ([`Accounting::silences`]).
-#[derive(Clone)]
+/// A row's packet left unanswered by servers ([`Accounting::silences`]).
+#[derive(Default)]
 struct Silence {
-    at: Target,
-    /// When the first such exchange began.
-    first: Instant,
-    /// When each such exchange began (the latest [`SILENCES_KEPT`]): those after which the
-    /// server was up are refusals, not losses ([`Silence::refused`]).
-    silent: Vec<Instant>,
-    /// Failed over for that ([`Accounting::packets_own_silence`]), the servers that left it
+    /// Per server, when each exchange there that left it unanswered began (the latest
+    /// [`SILENCES_KEPT`]): those after which the server was up are refusals, not losses
+    /// ([`Silence::refused`]). Kept per server: a failover while the own server is down keeps
+    /// the own server's (the probe that finds it back may show them refusals), and a backup
+    /// that refuses the packet then is told by its own (one record, moved to the backup,
+    /// lost the own server's; kept at the own server, the backup's silences all counted —
+    /// the whole-change review of session 83, F1).
+    at: Vec<(Target, Vec<Instant>)>,
+    /// Failed over for its own server's refusal ([`Accounting::packets_own_silence`]), the servers that left it
     /// unanswered too: it goes to another up server not among them, and with none left, no
     /// server stores it and it stays with its own (the whole-change review's F3 of session
     /// 81: it bounced between the two; black-box tester W's D1 of session 82: with three, a
@@ -244,17 +246,55 @@ struct Silence {
 }
 
 impl Silence {
-    /// How many of its silences at `at` were the packet's own: the server answered an
+    fn times(&self, target: Target) -> &[Instant] {
+        self.at
+            .iter()
+            .find(|(at, _)| *at == target)
+            .map_or(&[], |(_, times)| times.as_slice())
+    }
+
+    /// When its first silence at `target` remembered began.
+    fn first(&self, target: Target) -> Option<Instant> {
+        self.times(target).first().copied()
+    }
+
+    /// How many of its silences at `target` were the packet's own: the server answered an
     /// exchange begun after each, and no check of it went unanswered since
     /// ([`ServerHealth::up_since`]) — found also once the exchange that shows it ended (on a
     /// quiet portal, the probe after the breaker opened: counted only while the packet's
     /// exchange lasted, such a packet went back to its own server after each probe and
-    /// reopened its breaker, black-box tester T's D2 of session 83), never for an outage.
-    fn refused(&self, health: &crate::radius::health::ServerHealth) -> usize {
-        self.silent
+    /// reopened its breaker, black-box tester T's D2 of session 83), not for an outage whose
+    /// checks went unanswered.
+    fn refused(&self, target: Target, health: &crate::radius::health::ServerHealth) -> usize {
+        self.times(target)
             .iter()
-            .filter(|&&sent| health.up_since(self.at, sent))
+            .filter(|&&sent| health.up_since(target, sent))
             .count()
+    }
+
+    /// Whether `own` (the session's server) refused it: left it unanswered twice while up.
+    fn refused_by(
+        &self,
+        own: Option<Target>,
+        health: &crate::radius::health::ServerHealth,
+    ) -> bool {
+        own.is_some_and(|own| self.refused(own, health) >= 2)
+    }
+
+    /// An exchange at `target` begun at `sent` left it unanswered.
+    fn note(&mut self, target: Target, sent: Instant) {
+        let index = match self.at.iter().position(|(at, _)| *at == target) {
+            Some(index) => index,
+            None => {
+                self.at.push((target, Vec::new()));
+                self.at.len() - 1
+            }
+        };
+        let times = &mut self.at[index].1;
+        if times.len() >= SILENCES_KEPT {
+            times.remove(0);
+        }
+        times.push(sent);
     }
 }
 
@@ -1622,6 +1662,11 @@ impl Accounting {
         // the whole-change review of session 82, F1) —; or one its own server refused, at
         // another.
         let target = health.target(server, Port::Acct);
+        let own = org
+            .servers
+            .iter()
+            .find(|s| s.name == session.server_name)
+            .map(|s| health.target(s, Port::Acct));
         let nowhere_else = row.copy_to.is_some() || org.servers.len() == 1;
         let earlier_silence = match self
             .silences
@@ -1629,15 +1674,16 @@ impl Accounting {
             .unwrap_or_else(|p| p.into_inner())
             .get(&row.id)
         {
-            Some(silence)
-                if silence.at == target && (nowhere_else || silence.refused(health) >= 2) =>
-            {
-                EarlierSilence::Here(silence.first)
-            }
-            Some(silence) if silence.at != target && silence.refused(health) >= 2 => {
+            Some(silence) if own != Some(target) && silence.refused_by(own, health) => {
                 EarlierSilence::RefusedByItsOwn
             }
-            _ => EarlierSilence::None,
+            Some(silence) => match silence.first(target) {
+                Some(first) if nowhere_else || silence.refused(target, health) >= 2 => {
+                    EarlierSilence::Here(first)
+                }
+                _ => EarlierSilence::None,
+            },
+            None => EarlierSilence::None,
         };
         let sent_at = Instant::now();
         let recoveries_before = health.recoveries_at_address(target.addr);
@@ -1664,34 +1710,13 @@ impl Accounting {
             if silences.len() >= SILENT_ROWS && !silences.contains_key(&row.id) {
                 silences.clear();
             }
-            let fresh = Silence {
-                at: target,
-                first: sent_at,
-                silent: Vec::new(),
-                refused_elsewhere: Vec::new(),
-            };
-            let own = org
-                .servers
-                .iter()
-                .find(|s| s.name == session.server_name)
-                .map(|s| health.target(s, Port::Acct));
-            let silence = silences.entry(row.id).or_insert_with(|| fresh.clone());
-            if silence.at != target && silence.refused(health) >= 2 {
+            let silence = silences.entry(row.id).or_default();
+            if own != Some(target) && silence.refused_by(own, health) {
                 if !silence.refused_elsewhere.contains(&target) {
                     silence.refused_elsewhere.push(target);
                 }
-            } else if silence.at != target && Some(silence.at) == own {
-                // A failover while its own server was down: its silences there are kept (the
-                // probe that finds the server back may show them refusals), and this one is
-                // the other server's as usual.
             } else {
-                if silence.at != target {
-                    *silence = fresh;
-                }
-                if silence.silent.len() >= SILENCES_KEPT {
-                    silence.silent.remove(0);
-                }
-                silence.silent.push(sent_at);
+                silence.note(target, sent_at);
             }
         }
         match answered {
@@ -1960,8 +1985,7 @@ impl Accounting {
         let health = self.radius.health();
         let silences = self.silences.lock().unwrap_or_else(|p| p.into_inner());
         let silence = silences.get(&row)?;
-        if silence.at != health.target(own, Port::Acct)
-            || silence.refused(health) < 2
+        if !silence.refused_by(Some(health.target(own, Port::Acct)), health)
             || !health.is_up(own, Port::Acct)
         {
             return None;

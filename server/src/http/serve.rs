@@ -58,14 +58,15 @@ pub fn connections_for(spare: Option<u64>) -> usize {
 }
 /// The client a peer's connections count against: its address (IPv6: its network of
 /// `ipv6_prefix`, as for the sign-in limits — a fixed /64 let one host of a network whose hosts
-/// share one lock every other out, the web review of session 83), none for a trusted proxy.
+/// share one lock every other out, the web review of session 83 —, but never wider than a
+/// /64: a wider one would let one host take a whole site's share), none for a trusted proxy.
 pub fn counted_as(
     trusted_proxies: Vec<ipnet::IpNet>,
     ipv6_prefix: u8,
 ) -> std::sync::Arc<dyn Fn(IpAddr) -> Option<IpAddr> + Send + Sync> {
     std::sync::Arc::new(move |ip| {
         (!trusted_proxies.iter().any(|net| net.contains(&ip)))
-            .then(|| super::rate_limit::client_key(ip, ipv6_prefix))
+            .then(|| super::rate_limit::client_key(ip, ipv6_prefix.max(64)))
     })
 }
 
@@ -374,7 +375,13 @@ mod tests {
         let proxies = vec!["192.0.2.9/32".parse().unwrap()];
         let per_network = counted_as(proxies.clone(), 64);
         assert_eq!(per_network(a), per_network(b), "one /64: one client");
-        let per_host = counted_as(proxies, 128);
+        let per_host = counted_as(proxies.clone(), 128);
+        let wider: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        assert_ne!(
+            counted_as(proxies, 48)(a),
+            counted_as(vec![], 48)(wider),
+            "never wider than a /64"
+        );
         assert_ne!(per_host(a), per_host(b), "per address");
         assert_eq!(per_host(proxy), None, "a proxy is not limited per client");
         let slots = Slots::limited(2, 1);

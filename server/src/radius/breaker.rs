@@ -491,17 +491,19 @@ impl Breaker {
     }
 
     /// A probe was answered with a verified reply: close, on probation until an ordinary request
-    /// succeeds. Returns true if it was open.
+    /// succeeds. Returns true if it was open. A closed breaker is left as it is: the answer of
+    /// a probe that outlasted its deadline, the breaker closed since, says nothing of the
+    /// failures counted after that (the whole-change review of session 83, F3).
     pub fn record_probe_success(&mut self) -> bool {
-        let was_open = !matches!(self.state, BreakerState::Closed { .. });
-        if was_open {
-            self.closed_on_probation = true;
+        if matches!(self.state, BreakerState::Closed { .. }) {
+            return false;
         }
+        self.closed_on_probation = true;
         self.set_state(BreakerState::Closed {
             failures: 0,
             peer_failures: 0,
         });
-        was_open
+        true
     }
 }
 

@@ -540,6 +540,17 @@ impl ServerHealth {
             let counted = matches!(e.breaker.state(), BreakerState::Closed { .. });
             let before = e.breaker.state();
             let opened = e.breaker.record_failure(Instant::now(), started);
+            // A lost trial of a server checked by request is its check left unanswered (it has
+            // no probes): silences before it were its outage's, not refusals (the whole-change
+            // review of session 83, F2).
+            if let (BreakerState::Trial { .. }, Some(started), StatusCheck::Request) =
+                (before, started, server.status_check)
+            {
+                if e.breaker.state() != before {
+                    e.check_unanswered_at =
+                        Some(e.check_unanswered_at.map_or(started, |c| c.max(started)));
+                }
+            }
             // Not counted when it was no news (begun before the last change).
             (opened, counted && e.breaker.state() != before)
         });
@@ -1254,6 +1265,41 @@ mod tests {
         assert!(health.would_admit(&probed, Port::Auth, Carrier::User));
         health.record_failure(&probed, Port::Auth);
         assert!(!health.would_admit(&probed, Port::Auth, Carrier::User));
+    }
+
+    /// A server up since a packet's silence: it answered an exchange begun after it, and no
+    /// check of it went unanswered since — a Status-Server check, or a request-checked
+    /// server's trial (it has no probes: the whole-change review of session 83, F2).
+    #[tokio::test]
+    async fn up_since_a_silence_takes_an_unanswered_check_for_an_outage() {
+        let health = health();
+        let probed = server("probed", 1813, "s");
+        let target = health.target(&probed, Port::Acct);
+        let silence = Instant::now();
+        let later = silence + Duration::from_millis(1);
+        health.record_heard(target, later);
+        assert!(health.up_since(target, silence));
+        health.record_check_unanswered(target, later);
+        assert!(
+            !health.up_since(target, silence),
+            "a check unanswered since"
+        );
+        assert!(!health.up_since(target, later), "nothing answered after it");
+
+        let mut nps = server("nps", 1812, "s");
+        nps.status_check = StatusCheck::Request;
+        let target = health.target(&nps, Port::Acct);
+        health.record_failure(&nps, Port::Acct);
+        health.with(target, |e| e.breaker.reconfigured(Instant::now()));
+        let silence = Instant::now();
+        assert!(health.admit(&nps, Port::Acct, Carrier::User), "its trial");
+        let trial = Instant::now();
+        health.record_exchange_failure(&nps, Port::Acct, None, Some(trial));
+        health.record_heard(target, trial + Duration::from_millis(1));
+        assert!(
+            !health.up_since(target, silence),
+            "its lost trial was an unanswered check"
+        );
     }
 
     /// A breaker that closes while its watcher (the accounting loop) is busy elsewhere — not

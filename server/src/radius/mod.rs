@@ -986,9 +986,6 @@ impl Radius {
                             tracing::debug!(server = %server.name, ?port,
                                 "Status-Server probe unanswered by its deadline; its last ones are still listened for");
                             radius.health.record_probe_failure(server, port, true);
-                            radius
-                                .health
-                                .record_check_unanswered(radius.health.target(server, port), begun);
                         };
                         (health::check_answered_within(server), record)
                     });
@@ -1023,7 +1020,11 @@ impl Radius {
                     }
                     match answer {
                         Ok(_) => radius.health.record_probe_success(&server, port),
-                        Err(_) if failed_at_deadline => {}
+                        // Unanswered to the end (an answer after the deadline found the
+                        // server up: no check of it unanswered then).
+                        Err(_) if failed_at_deadline => radius
+                            .health
+                            .record_check_unanswered(radius.health.target(&server, port), begun),
                         Err(e) => {
                             tracing::debug!(server = %server.name, ?port, error = %e, "Status-Server probe unanswered");
                             if e.is_server_silent() {
