@@ -2849,15 +2849,7 @@ async fn a_stop_its_server_never_answers_goes_to_the_backup_while_others_keep_it
     let (_dir, db) = temp_db();
     let (own_relay, _) = common::relay_dropping_stops_of(primary.acct_addr(), "erin").await;
     let own = fast_through(&primary, "primary", own_relay);
-    let mut config = settings(&db, vec![own, fast(&backup, "backup")]);
-    config.radius.probe_interval = Duration::from_millis(500);
-    let app = TestApp::spawn(&config).await;
-    let erin = app
-        .sessions
-        .login("acme", "erin", "erin-pass", IpAddr::V4(client(49)))
-        .await
-        .unwrap();
-    assert_eq!(erin.server_name, "primary");
+    let (app, erin) = erin_signed_in(&db, vec![own, fast(&backup, "backup")], 49).await;
     // Other users keep the primary answering.
     let busy = others_keep_signing_in(&app, 2);
     assert!(app.sessions.disconnect(erin.id).await.unwrap());
@@ -2889,6 +2881,35 @@ async fn a_stop_its_server_never_answers_goes_to_the_backup_while_others_keep_it
     app.stop().await;
 }
 
+/// A portal for `servers` (probed every 500 ms) and erin's session at `client(n)`,
+/// authenticated by the first ("primary").
+async fn erin_signed_in(
+    db: &std::path::Path,
+    servers: Vec<radius_portal::config::ServerSettings>,
+    n: u8,
+) -> (TestApp, radius_portal::storage::AccessSessionRecord) {
+    let mut config = settings(db, servers);
+    config.radius.probe_interval = Duration::from_millis(500);
+    let app = TestApp::spawn(&config).await;
+    let erin = app
+        .sessions
+        .login("acme", "erin", "erin-pass", IpAddr::V4(client(n)))
+        .await
+        .unwrap();
+    assert_eq!(erin.server_name, "primary");
+    (app, erin)
+}
+
+/// Waits until the session's Stop has been sent `times` times (an exchange's tries count once).
+async fn stop_sent(app: &TestApp, session: i64, times: i64) {
+    common::wait_until_within(
+        &format!("the Stop sent {times} times"),
+        Duration::from_secs(90),
+        || async { stop_row(app, session).await.transmissions >= times },
+    )
+    .await;
+}
+
 /// A Stop neither server stores (both leave it unanswered, answering everything else): failed
 /// over once for its own server's silence and left unanswered at the backup too, it stays with
 /// its own server, backing off — and its silence at the idle backup is the packet's, not the
@@ -2907,26 +2928,13 @@ async fn a_stop_no_server_answers_stays_with_its_own_and_leaves_the_backup_up() 
         common::relay_dropping_stops_of(backup.acct_addr(), "erin").await;
     let own = fast_through(&primary, "primary", own_relay);
     let other = fast_through(&backup, "backup", backup_relay);
-    let mut config = settings(&db, vec![own, other]);
-    config.radius.probe_interval = Duration::from_millis(500);
-    let app = TestApp::spawn(&config).await;
-    let erin = app
-        .sessions
-        .login("acme", "erin", "erin-pass", IpAddr::V4(client(51)))
-        .await
-        .unwrap();
-    assert_eq!(erin.server_name, "primary");
+    let (app, erin) = erin_signed_in(&db, vec![own, other], 51).await;
     // Other users keep the primary answering; nothing but erin's Stop reaches the backup.
     let busy = others_keep_signing_in(&app, 3);
     assert!(app.sessions.disconnect(erin.id).await.unwrap());
     // Twice at the primary, once at the backup, then at the primary again and again (it
     // backs off: 1, 2, 4, 8, 16 s).
-    common::wait_until_within(
-        "the Stop sent six times",
-        Duration::from_secs(90),
-        || async { stop_row(&app, erin.id).await.transmissions >= 6 },
-    )
-    .await;
+    stop_sent(&app, erin.id, 6).await;
     busy.abort();
     // One exchange reached the backup (each exchange is two tries here).
     assert_eq!(
@@ -2972,21 +2980,9 @@ async fn on_a_quiet_portal_a_stop_no_server_answers_opens_its_own_breaker_once()
         common::relay_dropping_stops_of(backup.acct_addr(), "erin").await;
     let own = fast_through(&primary, "primary", own_relay);
     let other = fast_through(&backup, "backup", backup_relay);
-    let mut config = settings(&db, vec![own, other]);
-    config.radius.probe_interval = Duration::from_millis(500);
-    let app = TestApp::spawn(&config).await;
-    let erin = app
-        .sessions
-        .login("acme", "erin", "erin-pass", IpAddr::V4(client(54)))
-        .await
-        .unwrap();
+    let (app, erin) = erin_signed_in(&db, vec![own, other], 54).await;
     assert!(app.sessions.disconnect(erin.id).await.unwrap());
-    common::wait_until_within(
-        "the Stop sent six times",
-        Duration::from_secs(90),
-        || async { stop_row(&app, erin.id).await.transmissions >= 6 },
-    )
-    .await;
+    stop_sent(&app, erin.id, 6).await;
     let health = app.radius.health().clone();
     let servers = app.organizations.get("acme").unwrap().servers.clone();
     let (own_target, backup_target) = (
@@ -3031,22 +3027,10 @@ async fn a_stop_the_backup_refuses_while_its_own_server_is_down_opens_the_backup
         SocketAddr::from(([127, 0, 0, 1], gate.port)),
     );
     let other = fast_through(&backup, "backup", backup_relay);
-    let mut config = settings(&db, vec![own, other]);
-    config.radius.probe_interval = Duration::from_millis(500);
-    let app = TestApp::spawn(&config).await;
-    let erin = app
-        .sessions
-        .login("acme", "erin", "erin-pass", IpAddr::V4(client(55)))
-        .await
-        .unwrap();
+    let (app, erin) = erin_signed_in(&db, vec![own, other], 55).await;
     open.store(false, SeqCst);
     assert!(app.sessions.disconnect(erin.id).await.unwrap());
-    common::wait_until_within(
-        "the Stop sent six times",
-        Duration::from_secs(90),
-        || async { stop_row(&app, erin.id).await.transmissions >= 6 },
-    )
-    .await;
+    stop_sent(&app, erin.id, 6).await;
     let health = app.radius.health().clone();
     let servers = app.organizations.get("acme").unwrap().servers.clone();
     assert!(
@@ -3081,15 +3065,7 @@ async fn a_stop_two_servers_leave_unanswered_goes_to_the_third() {
     let own = fast_through(&primary, "primary", own_relay);
     let second = fast_through(&backup, "second", second_relay);
     let third = fast_through(&backup, "third", third_relay);
-    let mut config = settings(&db, vec![own, second, third]);
-    config.radius.probe_interval = Duration::from_millis(500);
-    let app = TestApp::spawn(&config).await;
-    let erin = app
-        .sessions
-        .login("acme", "erin", "erin-pass", IpAddr::V4(client(52)))
-        .await
-        .unwrap();
-    assert_eq!(erin.server_name, "primary");
+    let (app, erin) = erin_signed_in(&db, vec![own, second, third], 52).await;
     // Other users keep the primary answering.
     let busy = others_keep_signing_in(&app, 4);
     assert!(app.sessions.disconnect(erin.id).await.unwrap());
@@ -3124,15 +3100,7 @@ async fn on_a_quiet_portal_a_stop_its_own_server_refuses_is_not_sent_back_after_
     let own = fast_through(&primary, "primary", own_relay);
     let second = fast_through(&backup, "second", second_relay);
     let third = fast_through(&backup, "third", third_relay);
-    let mut config = settings(&db, vec![own, second, third]);
-    config.radius.probe_interval = Duration::from_millis(500);
-    let app = TestApp::spawn(&config).await;
-    let erin = app
-        .sessions
-        .login("acme", "erin", "erin-pass", IpAddr::V4(client(53)))
-        .await
-        .unwrap();
-    assert_eq!(erin.server_name, "primary");
+    let (app, erin) = erin_signed_in(&db, vec![own, second, third], 53).await;
     assert!(app.sessions.disconnect(erin.id).await.unwrap());
     let sid = format!("sid={} ", erin.acct_session_id);
     let stop = backup.wait_for_acct(&["status=Stop", &sid]).await;
