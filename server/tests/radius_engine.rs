@@ -3136,34 +3136,7 @@ async fn on_a_quiet_portal_a_stop_its_own_server_refuses_is_not_sent_back_after_
 /// as it was that slow, though it served requests (black-box tester N's H2 of session 81).
 #[tokio::test]
 async fn a_server_back_but_slower_than_one_timeout_is_found_back() {
-    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-    let primary = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let delay = Arc::new(AtomicU64::new(0));
-    let mut slow = fast(&primary, "primary");
-    slow.retries = 2; // 300 ms a try, 900 ms an exchange
-    slow.acct_port = common::delaying_relay(primary.acct_addr(), delay.clone()).await;
-    let app = TestApp::spawn(&quick_failover(&db, vec![slow])).await;
-    let (session, sid) = carol_at_primary(&app, &primary, 50).await;
-    let server = app.organizations.get("acme").unwrap().servers[0].clone();
-    let health = app.radius.health().clone();
-    let acct = radius_portal::radius::health::Port::Acct;
-
-    delay.store(u64::MAX, SeqCst);
-    assert!(app.sessions.disconnect(session.id).await.unwrap());
-    wait_until("the server's breaker open", || async {
-        !health.is_up(&server, acct)
-    })
-    .await;
-    // Back, answering in 500 ms: more than a try's 300 ms.
-    delay.store(500, SeqCst);
-    let stop = primary.wait_for_acct(&["status=Stop", &sid]).await;
-    assert_eq!(field(&stop, "cause"), "User-Request");
-    wait_until("the server found back", || async {
-        health.is_up(&server, acct)
-    })
-    .await;
-    app.stop().await;
+    found_back_answering_late(|_| true, None, 50).await;
 }
 
 /// A server back but slow enough that only a probe's last Status-Server is answered, after the
@@ -3172,14 +3145,8 @@ async fn a_server_back_but_slower_than_one_timeout_is_found_back() {
 /// (at the defaults, tester W's D4 of session 82: found back a probe later).
 #[tokio::test]
 async fn a_probes_last_status_server_answered_after_its_deadline_finds_the_server_back() {
-    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-    let primary = FreeRadius::start().await;
-    let (_dir, db) = temp_db();
-    let delay = Arc::new(AtomicU64::new(0));
-    let mut slow = fast(&primary, "primary");
-    slow.retries = 2; // a probe: Status-Servers at 0, 300 and 600 ms, its deadline at 900 ms
-                      // Status-Servers come in threes 300 ms apart, a probe's last and the next probe's first
-                      // at least 900 ms apart (the probe interval below): the third of each three passes.
+    // Status-Servers come in threes 300 ms apart, a probe's last and the next probe's first at
+    // least 900 ms apart (the probe interval below): the third of each three passes.
     let mut last: Option<(std::time::Instant, u32)> = None;
     let only_each_probes_last = move |request: &[u8]| {
         if request.first() != Some(&12) {
@@ -3193,13 +3160,31 @@ async fn a_probes_last_status_server_answered_after_its_deadline_finds_the_serve
         last = Some((now, nth));
         nth == 2
     };
-    slow.acct_port =
-        common::delaying_relay_where(primary.acct_addr(), delay.clone(), only_each_probes_last)
-            .await;
+    found_back_answering_late(only_each_probes_last, Some(Duration::from_millis(1500)), 51).await;
+}
+
+/// Carol's Stop held while her server's accounting (reached through a relay) is silent; then
+/// the relay passes what `pass` lets through, answered 500 ms late — more than a try's 300 ms,
+/// within an exchange's 900 ms (a probe: Status-Servers at 0, 300 and 600 ms, its deadline at
+/// 900 ms): the Stop arrives and the server is found back.
+async fn found_back_answering_late(
+    pass: impl FnMut(&[u8]) -> bool + Send + 'static,
+    probe_interval: Option<Duration>,
+    n: u8,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    let primary = FreeRadius::start().await;
+    let (_dir, db) = temp_db();
+    let delay = Arc::new(AtomicU64::new(0));
+    let mut slow = fast(&primary, "primary");
+    slow.retries = 2;
+    slow.acct_port = common::delaying_relay_where(primary.acct_addr(), delay.clone(), pass).await;
     let mut settings = quick_failover(&db, vec![slow]);
-    settings.radius.probe_interval = Duration::from_millis(1500);
+    if let Some(every) = probe_interval {
+        settings.radius.probe_interval = every;
+    }
     let app = TestApp::spawn(&settings).await;
-    let (session, sid) = carol_at_primary(&app, &primary, 51).await;
+    let (session, sid) = carol_at_primary(&app, &primary, n).await;
     let server = app.organizations.get("acme").unwrap().servers[0].clone();
     let health = app.radius.health().clone();
     let acct = radius_portal::radius::health::Port::Acct;
@@ -3210,8 +3195,6 @@ async fn a_probes_last_status_server_answered_after_its_deadline_finds_the_serve
         !health.is_up(&server, acct)
     })
     .await;
-    // Back, answering in 500 ms, each probe's last Status-Server only: sent at 600 ms, answered
-    // at 1.1 s — after the probe's 900 ms, within that packet's own 900 ms.
     delay.store(500, SeqCst);
     let stop = primary.wait_for_acct(&["status=Stop", &sid]).await;
     assert_eq!(field(&stop, "cause"), "User-Request");

@@ -900,16 +900,8 @@ pub fn stored_session(
 }
 
 /// A UDP relay to `upstream` whose replies come back `delay_ms` late — a server slower than
-/// its timeout — or, `u64::MAX`, that drops every request (a server gone).
-#[allow(dead_code)]
-pub async fn delaying_relay(
-    upstream: SocketAddr,
-    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
-) -> u16 {
-    delaying_relay_where(upstream, delay_ms, |_| true).await
-}
-
-/// A [`delaying_relay`] that drops, besides, each request `pass` says no to.
+/// its timeout — or, `u64::MAX`, that drops every request (a server gone); it drops, besides,
+/// each request `pass` says no to.
 #[allow(dead_code)]
 pub async fn delaying_relay_where(
     upstream: SocketAddr,
