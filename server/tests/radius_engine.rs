@@ -3127,6 +3127,33 @@ async fn on_a_quiet_portal_a_stop_its_own_server_refuses_is_not_sent_back_after_
         at_second <= 4,
         "at most two exchanges at the second: {at_second}"
     );
+    // Its copy for its own server, unanswered there as the Stop was, opens nothing (tester
+    // V's V2 of session 83: the copy's first silences reopened it); the second server's count
+    // of the Stop's silence was taken back (V1: kept, the next such Stop opened it).
+    let copy_sent = || async {
+        let rows = app.storage.session_outbox(erin.id).await.unwrap();
+        rows.into_iter()
+            .find(|row| row.copy_to.as_deref() == Some("primary"))
+            .is_some_and(|copy| copy.transmissions >= 2)
+    };
+    common::wait_until_within("the copy sent twice", Duration::from_secs(60), copy_sent).await;
+    let health = app.radius.health().clone();
+    let servers = app.organizations.get("acme").unwrap().servers.clone();
+    let acct = radius_portal::radius::health::Port::Acct;
+    assert_eq!(health.recoveries_at(health.target(&servers[0], acct)), 1);
+    assert!(health.is_up(&servers[0], acct), "its own server up");
+    let second_state = health
+        .states()
+        .into_iter()
+        .find(|(addr, _)| *addr == second_relay)
+        .map(|(_, state)| state);
+    assert!(
+        matches!(
+            second_state,
+            Some(radius_portal::radius::breaker::BreakerState::Closed { failures: 0, .. })
+        ),
+        "{second_state:?}"
+    );
     app.stop().await;
 }
 

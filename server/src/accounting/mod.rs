@@ -194,13 +194,13 @@ pub struct Accounting {
     /// Bounded ([`UNSEEN_ROWS`]); a row not counted here is taken to have been seen (a copy too
     /// many).
     unseen: Arc<Mutex<HashMap<i64, i64>>>,
-    /// Rows whose packet a server left unanswered, by row id: that server, when the first such
-    /// exchange began, and how many there were. Left unanswered again after the server was
-    /// heard since, the silence is the packet's, not the server's: a packet with nowhere else
-    /// to go (its organization's one server, a copy for its server) opens no breaker
-    /// ([`crate::radius::Radius::account`]), and one with a backup fails over
+    /// Packets servers left unanswered, by packet ([`packet_of`]: a Stop and its copies are
+    /// one): which servers, and when each such exchange began. Left unanswered again after
+    /// the server was found up since, the silence is the packet's, not the server's: a packet
+    /// with nowhere else to go (its organization's one server, a copy for its server) opens no
+    /// breaker ([`crate::radius::Radius::account`]), and one with a backup fails over
     /// ([`Accounting::packets_own_silence`]). Bounded ([`SILENT_ROWS`]).
-    silences: Arc<Mutex<HashMap<i64, Silence>>>,
+    silences: Arc<Mutex<HashMap<Packet, Silence>>>,
     /// Sign-ins whose Start goes while Stops of their address's earlier sessions are still on
     /// their way, by session: the Stops, and when the Start left. The Start's recording in
     /// this process looks for one acknowledged since ([`SessionStore::mark_delivered`]).
@@ -226,7 +226,16 @@ pub const COPY_WAITS_FOR_ITS_SERVER: &str = "the server is down: this copy waits
 /// Start rows [`Accounting`] remembers refused attempts of, at most.
 const UNSEEN_ROWS: usize = 65_536;
 
-/// A row's packet left unanswered by servers ([`Accounting::silences`]).
+/// A packet as servers see it: its session, kind and event time — a Stop's copies are the
+/// Stop (their server knows it unanswered as the Stop: a copy's first silences there opened
+/// the breaker the Stop had been found refused at, black-box tester V's V2 of session 83).
+type Packet = (i64, i64, i64);
+
+fn packet_of(row: &OutboxRow) -> Packet {
+    (row.access_session_id, row.status_type, row.event_at)
+}
+
+/// A packet left unanswered by servers ([`Accounting::silences`]).
 #[derive(Default)]
 struct Silence {
     /// Per server, when each exchange there that left it unanswered began (the latest
@@ -237,6 +246,11 @@ struct Silence {
     /// lost the own server's; kept at the own server, the backup's silences all counted —
     /// the whole-change review of session 83, F1).
     at: Vec<(Target, Vec<Instant>)>,
+    /// Its silences at other servers than its own that their breakers counted (its own
+    /// server's refusal not yet known): taken back once it is ([`Silence::own_refused`];
+    /// tester V's V1 of session 83: left counted, the next such Stop opened the backup after
+    /// one exchange).
+    counted_elsewhere: Vec<(Target, Instant)>,
     /// Failed over for its own server's refusal ([`Accounting::packets_own_silence`]), the servers that left it
     /// unanswered too: it goes to another up server not among them, and with none left, no
     /// server stores it and it stays with its own (the whole-change review's F3 of session
@@ -281,6 +295,22 @@ impl Silence {
         own.is_some_and(|own| self.refused(own, health) >= 2)
     }
 
+    /// [`Silence::refused_by`], and if so its silences elsewhere that breakers counted are
+    /// taken back: they were the packet's.
+    fn own_refused(
+        &mut self,
+        own: Option<Target>,
+        health: &crate::radius::health::ServerHealth,
+    ) -> bool {
+        let refused = self.refused_by(own, health);
+        if refused {
+            for (target, started) in self.counted_elsewhere.drain(..) {
+                health.take_back_failure(target, started);
+            }
+        }
+        refused
+    }
+
     /// An exchange at `target` begun at `sent` left it unanswered.
     fn note(&mut self, target: Target, sent: Instant) {
         let index = match self.at.iter().position(|(at, _)| *at == target) {
@@ -290,15 +320,18 @@ impl Silence {
                 self.at.len() - 1
             }
         };
+        // The first two stay (the breaker's opening found them refused; the later ones, on a
+        // quiet portal, are never followed by an answered exchange: rolled out, the packet went
+        // round its servers again, tester V's V3 of session 83), the latest roll.
         let times = &mut self.at[index].1;
         if times.len() >= SILENCES_KEPT {
-            times.remove(0);
+            times.remove(2);
         }
         times.push(sent);
     }
 }
 
-/// The silences of a row at one server remembered, at most (the latest).
+/// The silences of a packet at one server remembered, at most (the first two, the latest).
 const SILENCES_KEPT: usize = 4;
 
 /// Rows [`Accounting`] remembers the silences of, at most (then forgotten all at once: a
@@ -1093,6 +1126,7 @@ impl Accounting {
             .dead_letter(row.id, Some(row.attempts), now_ms(), &reason, cascade)
             .await?;
         self.settled_carrier(row.id);
+        self.forget_silences(row);
         if !closed {
             tracing::warn!(%acct_session_id, status_type = row.status_type, reason = %reason,
                 "accounting row not dead-lettered: another sender has taken it (or settled it) meanwhile");
@@ -1672,7 +1706,7 @@ impl Accounting {
             .silences
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&row.id)
+            .get(&packet_of(&row))
         {
             Some(silence) if own != Some(target) && silence.refused_by(own, health) => {
                 EarlierSilence::RefusedByItsOwn
@@ -1707,11 +1741,18 @@ impl Accounting {
         );
         if matches!(answered, Err(RadiusError::Timeout)) {
             let mut silences = self.silences.lock().unwrap_or_else(|p| p.into_inner());
-            if silences.len() >= SILENT_ROWS && !silences.contains_key(&row.id) {
+            let packet = packet_of(&row);
+            if silences.len() >= SILENT_ROWS && !silences.contains_key(&packet) {
                 silences.clear();
             }
-            let silence = silences.entry(row.id).or_default();
-            if own != Some(target) && silence.refused_by(own, health) {
+            let silence = silences.entry(packet).or_default();
+            if own != Some(target) && earlier_silence == EarlierSilence::None {
+                if silence.counted_elsewhere.len() >= SILENCES_KEPT {
+                    silence.counted_elsewhere.remove(0);
+                }
+                silence.counted_elsewhere.push((target, sent_at));
+            }
+            if own != Some(target) && silence.own_refused(own, health) {
                 if !silence.refused_elsewhere.contains(&target) {
                     silence.refused_elsewhere.push(target);
                 }
@@ -1776,6 +1817,9 @@ impl Accounting {
                     tracing::info!(acct_session_id = %record.acct_session_id, server = %server.name, copies = delivered.copies,
                         "the Stop is copied to the other servers that may hold the session open");
                     self.wake();
+                } else {
+                    // Its copies, if any, go with what the servers showed of it.
+                    self.forget_silences(&row);
                 }
                 if is_start && delivered.reasserted.is_some() {
                     self.asserted_after_late_stops(&session, delivered.late);
@@ -1978,14 +2022,14 @@ impl Accounting {
     /// backs off there).
     fn packets_own_silence<'o>(
         &self,
-        row: i64,
+        packet: Packet,
         own: &ServerEndpoint,
         servers: &'o [ServerEndpoint],
     ) -> Option<&'o ServerEndpoint> {
         let health = self.radius.health();
-        let silences = self.silences.lock().unwrap_or_else(|p| p.into_inner());
-        let silence = silences.get(&row)?;
-        if !silence.refused_by(Some(health.target(own, Port::Acct)), health)
+        let mut silences = self.silences.lock().unwrap_or_else(|p| p.into_inner());
+        let silence = silences.get_mut(&packet)?;
+        if !silence.own_refused(Some(health.target(own, Port::Acct)), health)
             || !health.is_up(own, Port::Acct)
         {
             return None;
@@ -1999,14 +2043,19 @@ impl Accounting {
         })
     }
 
+    /// `row`'s packet is settled (a copy delivered settles it too: a second copy's silences then
+    /// count as they come).
+    fn forget_silences(&self, row: &OutboxRow) {
+        self.silences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&packet_of(row));
+    }
+
     /// `row` is settled: the trials it carried go to the row held longest for that server,
     /// made due at their time — in the background: an acknowledgement (a sign-in's Start)
     /// does not wait for that write.
     fn settled_carrier(&self, row: i64) {
-        self.silences
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&row);
         let handed = self.carriers.settled(row);
         if !handed.is_empty() {
             let this = self.clone();
@@ -2091,7 +2140,7 @@ impl Accounting {
         // server's breaker never opened, and the packet was never failed over (black-box
         // tester N's H1 of session 81).
         if let Some(own) = org.servers.iter().find(|s| s.name == session.server_name) {
-            if let Some(other) = self.packets_own_silence(row.id, own, &org.servers) {
+            if let Some(other) = self.packets_own_silence(packet_of(row), own, &org.servers) {
                 tracing::warn!(acct_session_id = %acct_id, status_type = row.status_type,
                     session_server = %own.name, server = %other.name, organization = %org.id,
                     "the session's accounting server answers other packets but has left this one unanswered twice: it goes to another server");
@@ -2633,9 +2682,80 @@ where
 mod tests {
     use super::{
         backoff_ms, failover_settle, pick_server, retry_after, settle_left, LoopEnds, Pick,
-        Recoveries, RunToEnd, Standing,
+        Recoveries, RunToEnd, Silence, Standing,
     };
     use std::{sync::Arc, time::Duration};
+
+    /// A packet's first two silences at a server stay however often it is sent again (the
+    /// later ones roll): the refusal the probe after them showed holds — rolled out, on a quiet
+    /// portal, the packet went round its servers again (tester V's V3 of session 83). And a
+    /// backup's count of its silence there is taken back once its own server's refusal shows
+    /// (V1: left counted, the next such packet opened the backup after one exchange).
+    #[test]
+    fn a_packets_first_silences_stay_and_its_counts_elsewhere_are_taken_back() {
+        use crate::radius::{
+            breaker::{BreakerPolicy, BreakerState},
+            health::{Port, ServerHealth},
+            ServerEndpoint,
+        };
+        use tokio::time::Instant;
+        let server = |name: &str, port: u16| ServerEndpoint {
+            name: name.into(),
+            auth_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 1812)),
+            acct_addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            secret: crate::config::Secret::new("s"),
+            timeout: Duration::from_millis(100),
+            retries: 0,
+            message_authenticator: Default::default(),
+            status_check: Default::default(),
+            organization: "acme".into(),
+        };
+        let health = ServerHealth::new(BreakerPolicy {
+            failure_threshold: 3,
+            probe_interval: Duration::from_secs(3600),
+        });
+        let (own, backup) = (server("own", 1813), server("backup", 1814));
+        let (own_target, backup_target) = (
+            health.target(&own, Port::Acct),
+            health.target(&backup, Port::Acct),
+        );
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut silence = Silence::default();
+        silence.note(own_target, at(0));
+        silence.note(own_target, at(1));
+        // At the backup, counted by its breaker as it went.
+        health.record_exchange_failure(&backup, Port::Acct, None, Some(at(2)));
+        silence.counted_elsewhere.push((backup_target, at(2)));
+        assert!(
+            !silence.own_refused(Some(own_target), &health),
+            "nothing shows it yet"
+        );
+        // The probe after them answered: refused.
+        health.record_heard(own_target, at(3));
+        assert!(silence.own_refused(Some(own_target), &health));
+        let backup_state = || {
+            health
+                .states()
+                .into_iter()
+                .find(|(addr, _)| *addr == backup.acct_addr)
+                .map(|(_, state)| state)
+        };
+        assert!(
+            matches!(
+                backup_state(),
+                Some(BreakerState::Closed { failures: 0, .. })
+            ),
+            "{:?}",
+            backup_state()
+        );
+        // Sent again and again, never answered, nothing heard since: the first two hold.
+        for ms in 10..20 {
+            silence.note(own_target, at(ms));
+        }
+        assert_eq!(silence.refused(own_target, &health), 2);
+        assert!(silence.own_refused(Some(own_target), &health));
+    }
 
     /// A row claimed again while the loop has not seen its last delivery end (that one
     /// released it and reports its end a moment later) is delivered once that one has ended —

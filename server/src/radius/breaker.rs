@@ -490,6 +490,27 @@ impl Breaker {
         }
     }
 
+    /// Takes back a failure counted for an exchange begun at `started` that turned out to be its
+    /// packet's, not the server's (a record the server cannot store): while closed, and only
+    /// one counted since it last changed kind.
+    pub fn take_back_failure(&mut self, started: Instant) {
+        if self.changed_at.is_some_and(|changed| started < changed) {
+            return;
+        }
+        if let BreakerState::Closed {
+            failures,
+            peer_failures,
+        } = self.state
+        {
+            if failures > 0 {
+                self.set_state(BreakerState::Closed {
+                    failures: failures - 1,
+                    peer_failures,
+                });
+            }
+        }
+    }
+
     /// A probe was answered with a verified reply: close, on probation until an ordinary request
     /// succeeds. Returns true if it was open. A closed breaker is left as it is: the answer of
     /// a probe that outlasted its deadline, the breaker closed since, says nothing of the

@@ -266,7 +266,7 @@ impl ServerHealth {
             e.breaker.record_peer_failure(Instant::now())
         });
         if opened {
-            tracing::warn!(server = %server.name, addr = %address(server, port), ?port,
+            tracing::warn!(server = %server.name, organization = %server.organization, addr = %address(server, port), ?port,
                 "RADIUS server not answering other replicas either: circuit breaker open, checking it from here too");
             self.opened.notify_one();
         }
@@ -477,19 +477,19 @@ impl ServerHealth {
                 .as_ref()
                 .filter(|(server, _)| closed && server.status_check == StatusCheck::Request)
                 .map(|(server, port)| (server.clone(), port.other()));
-            let name = e
-                .probe
-                .as_ref()
-                .filter(|_| closed)
-                .map(|(server, port)| (server.name.clone(), *port));
+            let name =
+                e.probe.as_ref().filter(|_| closed).map(|(server, port)| {
+                    ((server.name.clone(), server.organization.clone()), *port)
+                });
             (closed, sibling, name, after_failures)
         });
         if let Some((server, port)) = after_failures {
             self.tell(&server, port, true);
         }
         if closed {
-            let (server, port) = name.unzip();
-            tracing::info!(server, ?port, %addr, "RADIUS server answered a trial request: circuit breaker closed");
+            let (names, port) = name.unzip();
+            let (server, organization) = names.unzip();
+            tracing::info!(server, organization, ?port, %addr, "RADIUS server answered a trial request: circuit breaker closed");
             self.recovered.send_modify(|n| *n += 1);
         }
         if let Some((server, port)) = sibling {
@@ -563,13 +563,26 @@ impl ServerHealth {
                 StatusCheck::Request => "one request at a time goes as a trial",
             };
             match why {
-                Some(why) => tracing::warn!(server = %server.name, %addr, ?port,
-                    "RADIUS server answering with replies the portal cannot use ({why}): circuit breaker open, {check}"),
-                None => tracing::warn!(server = %server.name, %addr, ?port,
-                    "RADIUS server not answering (or nothing listening there): circuit breaker open, {check}"),
+                Some(why) => {
+                    tracing::warn!(server = %server.name, organization = %server.organization, %addr, ?port,
+                    "RADIUS server answering with replies the portal cannot use ({why}): circuit breaker open, {check}")
+                }
+                None => {
+                    tracing::warn!(server = %server.name, organization = %server.organization, %addr, ?port,
+                    "RADIUS server not answering (or nothing listening there): circuit breaker open, {check}")
+                }
             }
             self.opened.notify_one();
         }
+    }
+
+    /// An unanswered exchange with `target` begun at `started`, counted against its breaker,
+    /// was its packet's silence after all ([`Breaker::take_back_failure`]).
+    pub fn take_back_failure(&self, target: Target, started: Instant) {
+        if self.retired(target) {
+            return;
+        }
+        self.with(target, |e| e.breaker.take_back_failure(started));
     }
 
     /// `target` answered an exchange (a request, a probe, an idle check) begun at `begun`.
@@ -811,7 +824,7 @@ impl ServerHealth {
             closed
         });
         if closed {
-            tracing::info!(server = %server.name, %addr, ?port,
+            tracing::info!(server = %server.name, organization = %server.organization, %addr, ?port,
                 "RADIUS server answers Status-Server again: circuit breaker closed");
             self.recovered.send_modify(|n| *n += 1);
         }
