@@ -238,8 +238,8 @@ fn packet_of(row: &OutboxRow) -> Packet {
 /// A packet left unanswered by servers ([`Accounting::silences`]).
 #[derive(Default)]
 struct Silence {
-    /// Per server, when each exchange there that left it unanswered began (the latest
-    /// [`SILENCES_KEPT`]): those after which the server was up are refusals, not losses
+    /// Per server, when each exchange there that left it unanswered began (the first two and
+    /// the latest, [`SILENCES_KEPT`] in all): those after which the server was up are refusals, not losses
     /// ([`Silence::refused`]). Kept per server: a failover while the own server is down keeps
     /// the own server's (the probe that finds it back may show them refusals), and a backup
     /// that refuses the packet then is told by its own (one record, moved to the backup,
@@ -251,8 +251,8 @@ struct Silence {
     /// tester V's V1 of session 83: left counted, the next such Stop opened the backup after
     /// one exchange).
     counted_elsewhere: Vec<(Target, Instant)>,
-    /// Failed over for its own server's refusal ([`Accounting::packets_own_silence`]), the servers that left it
-    /// unanswered too: it goes to another up server not among them, and with none left, no
+    /// Failed over for its own server's refusal ([`Accounting::packets_own_silence`]), the
+    /// servers that left it unanswered too: it goes to another up server not among them, and with none left, no
     /// server stores it and it stays with its own (the whole-change review's F3 of session
     /// 81: it bounced between the two; black-box tester W's D1 of session 82: with three, a
     /// silent second server had it bounce between those two, never tried at the third).
@@ -1818,7 +1818,8 @@ impl Accounting {
                         "the Stop is copied to the other servers that may hold the session open");
                     self.wake();
                 } else {
-                    // Its copies, if any, go with what the servers showed of it.
+                    // Settled, no copy to follow (a Stop's copies are the same packet: they
+                    // keep what the servers showed of it).
                     self.forget_silences(&row);
                 }
                 if is_start && delivered.reasserted.is_some() {
