@@ -2900,6 +2900,19 @@ async fn erin_signed_in(
     (app, erin)
 }
 
+/// The state of the breaker of the server reached at `addr`.
+fn breaker_state(
+    app: &TestApp,
+    addr: SocketAddr,
+) -> Option<radius_portal::radius::breaker::BreakerState> {
+    app.radius
+        .health()
+        .states()
+        .into_iter()
+        .find(|(at, _)| *at == addr)
+        .map(|(_, state)| state)
+}
+
 /// Waits until the session's Stop has been sent `times` times (an exchange's tries count once).
 async fn stop_sent(app: &TestApp, session: i64, times: i64) {
     common::wait_until_within(
@@ -2950,11 +2963,7 @@ async fn a_stop_no_server_answers_stays_with_its_own_and_leaves_the_backup_up() 
         0,
         "the backup never opened"
     );
-    let state = health
-        .states()
-        .into_iter()
-        .find(|(addr, _)| *addr == backup_relay)
-        .map(|(_, state)| state);
+    let state = breaker_state(&app, backup_relay);
     assert!(
         matches!(state, Some(BreakerState::Closed { failures: 0, .. })),
         "the Stop's silence not counted against the backup: {state:?}"
@@ -3142,11 +3151,7 @@ async fn on_a_quiet_portal_a_stop_its_own_server_refuses_is_not_sent_back_after_
     let acct = radius_portal::radius::health::Port::Acct;
     assert_eq!(health.recoveries_at(health.target(&servers[0], acct)), 1);
     assert!(health.is_up(&servers[0], acct), "its own server up");
-    let second_state = health
-        .states()
-        .into_iter()
-        .find(|(addr, _)| *addr == second_relay)
-        .map(|(_, state)| state);
+    let second_state = breaker_state(&app, second_relay);
     assert!(
         matches!(
             second_state,
